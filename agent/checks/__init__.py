@@ -1,0 +1,1 @@
+"""Static detectors: the engine, shared analyses, native rules (`rules/`), peer linters."""

@@ -1,0 +1,213 @@
+"""The contract every native rule follows, and the per-module context rules read from.
+
+A rule subscribes to AST node types; the engine walks each module once and calls
+`visit(node, ctx)` on every subscribed rule, then `finish(ctx)`. Rules report through
+`ctx.report(...)`. Analyses that need the whole module (name bindings, training loops,
+data-flow) are computed lazily on the context, so a module pays only for what its rules ask.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.models import Severity
+
+if TYPE_CHECKING:
+    from agent.checks.dataflow import DataFlow
+    from agent.checks.loops import LoopAnalysis
+
+
+class RawFinding(BaseModel):
+    """A rule's report before a reasoner turns it into a `Finding`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str
+    file: str
+    line: int
+    end_line: int
+    code: str
+    message: str
+    severity: Severity
+    excerpt: str
+    data: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the user selected; picklable so worker processes get the same view."""
+
+    select: frozenset[str] = frozenset()
+    ignore: frozenset[str] = frozenset()
+    target_torch: tuple[int, int] | None = None
+    file_deadline_s: float = 10.0
+
+
+class ImportTable:
+    """Local names bound by imports -> the qualified name they stand for."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, str] = {}
+
+    def add(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    self.aliases[alias.asname] = alias.name
+                else:
+                    top = alias.name.split(".")[0]
+                    self.aliases[top] = top
+        elif node.module and node.level == 0:
+            for alias in node.names:
+                if alias.name != "*":
+                    self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def resolve(self, node: ast.AST) -> str | None:
+        """`F.softmax` -> `torch.nn.functional.softmax` when `F` came from an import."""
+        parts: list[str] = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        base = self.aliases.get(node.id)
+        if base is None:
+            return None
+        return ".".join([base, *reversed(parts)])
+
+
+@dataclass
+class ModuleContext:
+    """Everything a rule may read about one module, plus the sink it reports into."""
+
+    path: str
+    source: str
+    tree: ast.Module
+    config: EngineConfig = field(default_factory=EngineConfig)
+    imports: ImportTable = field(default_factory=ImportTable)
+    parents: dict[ast.AST, ast.AST] = field(default_factory=dict)
+    findings: list[RawFinding] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return self.source.splitlines()
+
+    @cached_property
+    def loops(self) -> LoopAnalysis:
+        from agent.checks.loops import LoopAnalysis
+
+        return LoopAnalysis(self)
+
+    @cached_property
+    def flow(self) -> DataFlow:
+        from agent.checks.dataflow import DataFlow
+
+        return DataFlow(self)
+
+    def qualname(self, node: ast.AST) -> str | None:
+        return self.imports.resolve(node)
+
+    def call_qualname(self, call: ast.Call) -> str | None:
+        return self.imports.resolve(call.func)
+
+    def ancestors(self, node: ast.AST) -> Iterable[ast.AST]:
+        current = self.parents.get(node)
+        while current is not None:
+            yield current
+            current = self.parents.get(current)
+
+    def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        for anc in self.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                return anc
+        return None
+
+    def segment(self, node: ast.AST) -> str:
+        start = getattr(node, "lineno", 1)
+        end = getattr(node, "end_lineno", start) or start
+        return "\n".join(self.lines[start - 1 : end])
+
+    def excerpt(self, line: int, end_line: int, context: int = 2) -> str:
+        """Numbered lines around a location: just enough to act on."""
+        first = max(1, line - context)
+        last = min(len(self.lines), end_line + context)
+        width = len(str(last))
+        return "\n".join(
+            f"{'>' if line <= n <= end_line else ' '} {n:>{width}} | {self.lines[n - 1]}"
+            for n in range(first, last + 1)
+        )
+
+    def suppressed(self, rule_id: str, line: int) -> bool:
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        marker = text.partition("# torchdoctor: ignore")[2]
+        if not text or "# torchdoctor: ignore" not in text:
+            return False
+        return not marker.startswith("[") or rule_id in marker.split("]")[0]
+
+    def report(
+        self,
+        rule: Rule,
+        node: ast.AST,
+        message: str,
+        *,
+        severity: Severity | None = None,
+        data: dict[str, Any] | None = None,
+        header_only: bool = False,
+    ) -> None:
+        """Record a finding at `node` (only its first line when `header_only`, e.g. a loop)."""
+        line = getattr(node, "lineno", 1)
+        end_line = line if header_only else (getattr(node, "end_lineno", line) or line)
+        if self.suppressed(rule.id, line):
+            return
+        self.findings.append(
+            RawFinding(
+                rule=rule.id,
+                file=self.path,
+                line=line,
+                end_line=end_line,
+                code="\n".join(self.lines[line - 1 : end_line]),
+                message=message,
+                severity=severity or rule.severity,
+                excerpt=self.excerpt(line, min(end_line, line + 6)),
+                data=data or {},
+            )
+        )
+
+
+class Rule:
+    """Base of every native rule. Its docstring is its documentation (what, why, example, fix).
+
+    Subclasses set the class attributes and override `visit` and/or `finish`. Project-wide
+    rules also record picklable `ctx.facts[...]` and override `check_project`.
+    """
+
+    id: ClassVar[str]
+    point: ClassVar[int]
+    severity: ClassVar[Severity]
+    title: ClassVar[str]
+    items: ClassVar[tuple[str, ...]]
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
+    tier: ClassVar[Literal["default", "opt-in"]] = "default"
+    fixable: ClassVar[bool] = False
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        """Whether the module has what this rule checks (drives 'not applicable' coverage)."""
+        return True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        """Called for every node of a type in `node_types`, in source order."""
+
+    def finish(self, ctx: ModuleContext) -> None:
+        """Called once after the walk, for rules that reason over the whole module."""
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """Project-wide pass over every module's facts (path -> facts); default: nothing."""
+        return []

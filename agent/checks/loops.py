@@ -1,0 +1,255 @@
+"""Finds training loops however they are written.
+
+A training loop is the innermost `for`/`while` whose body, directly or through functions and
+methods defined in the same module (transitively), calls `backward()` and an optimizer
+`step()`. Lightning-style `training_step` methods count as step bodies too (the framework owns
+the loop). Rules ask this module instead of pattern-matching loops themselves.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.checks.base import ModuleContext
+
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+_SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
+_BACKWARD_METHODS = {"backward", "manual_backward"}
+
+
+def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
+    """Every node under `nodes`, not descending into nested functions, classes or lambdas."""
+    stack: list[ast.AST] = list(reversed(nodes)) if isinstance(nodes, list) else [nodes]
+    while stack:
+        node = stack.pop()
+        yield node
+        children = [c for c in ast.iter_child_nodes(node) if not isinstance(c, _SCOPE_NODES)]
+        stack.extend(reversed(children))
+
+
+def receiver_name(call: ast.Call) -> str:
+    """`self.optimizer.step()` -> 'optimizer'; `opt.step()` -> 'opt'; otherwise ''."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return ""
+    value = func.value
+    if isinstance(value, ast.Attribute):
+        return value.attr
+    if isinstance(value, ast.Name):
+        return value.id
+    return ""
+
+
+def method_name(call: ast.Call) -> str:
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return ""
+
+
+def is_backward_call(call: ast.Call) -> bool:
+    """`loss.backward()`, `scaler.scale(loss).backward()`, `accelerator.backward(loss)`..."""
+    return isinstance(call.func, ast.Attribute) and call.func.attr in _BACKWARD_METHODS
+
+
+def is_scheduler_receiver(name: str) -> bool:
+    lowered = name.lower()
+    return any(hint in lowered for hint in _SCHEDULER_HINTS)
+
+
+def is_optimizer_step(call: ast.Call) -> bool:
+    if method_name(call) != "step" or not isinstance(call.func, ast.Attribute):
+        return False
+    receiver = receiver_name(call)
+    return not is_scheduler_receiver(receiver)
+
+
+def is_zero_grad(node: ast.AST) -> bool:
+    if isinstance(node, ast.Call):
+        return method_name(node) == "zero_grad"
+    if isinstance(node, ast.Assign):  # p.grad = None
+        return any(
+            isinstance(t, ast.Attribute) and t.attr == "grad" for t in node.targets
+        ) and isinstance(node.value, ast.Constant) and node.value.value is None
+    return False
+
+
+@dataclass
+class Effects:
+    backward: list[ast.Call] = field(default_factory=list)
+    step: list[ast.Call] = field(default_factory=list)
+    zero_grad: list[ast.AST] = field(default_factory=list)
+    callees: set[str] = field(default_factory=set)
+
+    def merge(self, other: Effects) -> bool:
+        """Add other's calls; True if anything new arrived (for the fixpoint)."""
+        before = (len(self.backward), len(self.step), len(self.zero_grad))
+        for attr in ("backward", "step", "zero_grad"):
+            mine: list[ast.AST] = getattr(self, attr)
+            for call in getattr(other, attr):
+                if call not in mine:
+                    mine.append(call)
+        return before != (len(self.backward), len(self.step), len(self.zero_grad))
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.backward) and bool(self.step)
+
+
+def direct_effects(body: list[ast.stmt] | ast.AST) -> Effects:
+    effects = Effects()
+    for node in walk_scope(body):
+        if is_zero_grad(node):
+            effects.zero_grad.append(node)
+        if not isinstance(node, ast.Call):
+            continue
+        if is_backward_call(node):
+            effects.backward.append(node)
+        elif is_optimizer_step(node):
+            effects.step.append(node)
+        elif not is_zero_grad(node) and (callee := local_callee(node)):
+            effects.callees.add(callee)
+    return effects
+
+
+_FRAMEWORK_METHODS = frozenset(
+    {"step", "backward", "zero_grad", "forward", "item", "to", "cuda", "cpu", "train", "eval",
+     "update", "append", "extend", "add_", "mul_", "detach", "numpy", "tolist", "sum", "mean"}
+)
+
+
+def local_callee(call: ast.Call) -> str:
+    """The name a call may resolve to among the module's own functions and methods.
+
+    `f(x)` and `self.f(x)` always; `obj.f(x)` unless `f` is a common framework method name
+    (so `opt.step()` never links to a local function that happens to be called `step`).
+    """
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        if isinstance(func.value, ast.Name) and func.value.id in ("self", "cls"):
+            return func.attr
+        if func.attr not in _FRAMEWORK_METHODS:
+            return func.attr
+    return ""
+
+
+@dataclass
+class TrainingLoop:
+    node: ast.For | ast.While | FunctionNode
+    kind: str  # "loop" | "lightning"
+    effects: Effects
+
+    @property
+    def body(self) -> list[ast.stmt]:
+        return self.node.body
+
+
+class LoopAnalysis:
+    """Training loops and per-function effects of one module, computed once on demand."""
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self.ctx = ctx
+
+    @cached_property
+    def functions(self) -> dict[str, list[FunctionNode]]:
+        found: dict[str, list[FunctionNode]] = {}
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                found.setdefault(node.name, []).append(node)
+        return found
+
+    @cached_property
+    def function_effects(self) -> dict[str, Effects]:
+        """Transitive effects of each local function name (fixpoint over local calls)."""
+        summaries: dict[str, Effects] = {}
+        for name, defs in self.functions.items():
+            total = Effects()
+            for fn in defs:
+                eff = direct_effects(fn.body)
+                total.merge(eff)
+                total.callees |= eff.callees
+            summaries[name] = total
+        changed = True
+        while changed:
+            changed = False
+            for summary in summaries.values():
+                for callee in list(summary.callees):
+                    if callee in summaries and summaries[callee] is not summary:
+                        changed |= summary.merge(summaries[callee])
+        return summaries
+
+    def effects_of(self, body: list[ast.stmt] | ast.AST) -> Effects:
+        effects = direct_effects(body)
+        for callee in list(effects.callees):
+            if callee in self.function_effects:
+                effects.merge(self.function_effects[callee])
+        return effects
+
+    @cached_property
+    def training_loops(self) -> list[TrainingLoop]:
+        if "backward" not in self.ctx.source:
+            return []
+        loops: list[TrainingLoop] = []
+        candidates = [
+            node for node in ast.walk(self.ctx.tree) if isinstance(node, ast.For | ast.While)
+        ]
+        training = {id(node): self.effects_of(node.body) for node in candidates}
+        for node in candidates:
+            eff = training[id(node)]
+            if not eff.trains:
+                continue
+            inner = [
+                child
+                for child in walk_scope(node.body)
+                if child is not node
+                and isinstance(child, ast.For | ast.While)
+                and training.get(id(child), Effects()).trains
+            ]
+            if not inner:
+                loops.append(TrainingLoop(node, "loop", eff))
+        for defs in self.functions.values():
+            for fn in defs:
+                if fn.name == "training_step":
+                    loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
+        return loops
+
+    def loop_containing(self, node: ast.AST) -> TrainingLoop | None:
+        """The training loop whose body holds `node` directly (same function scope)."""
+        ancestors = set(map(id, self.ctx.ancestors(node)))
+        for loop in self.training_loops:
+            if id(loop.node) in ancestors:
+                return loop
+        return None
+
+    @cached_property
+    def step_functions(self) -> set[str]:
+        """Local functions called from a training loop's body: their bodies run every step."""
+        names: set[str] = set()
+        for loop in self.training_loops:
+            names |= direct_effects(loop.body).callees & set(self.functions)
+        frontier = set(names)
+        while frontier:
+            nxt: set[str] = set()
+            for name in frontier:
+                for fn in self.functions[name]:
+                    nxt |= direct_effects(fn.body).callees & set(self.functions)
+            frontier = nxt - names
+            names |= frontier
+        return names
+
+    def in_training_step(self, node: ast.AST) -> bool:
+        """True when `node` runs once per training step (loop body or a function it calls)."""
+        if self.loop_containing(node) is not None:
+            return True
+        fn = self.ctx.enclosing_function(node)
+        return fn is not None and (fn.name in self.step_functions or fn.name == "training_step")

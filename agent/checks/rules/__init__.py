@@ -1,0 +1,1 @@
+"""Native rules, one per module. Each module defines exactly one `Rule` subclass."""
