@@ -1,0 +1,1 @@
+"""Reasoners turn one checklist point's evidence into findings and coverage verdicts."""

@@ -1,0 +1,54 @@
+"""The seam between evidence and judgement: what a reasoner receives and must return.
+
+The offline reasoner and the LLM reasoner implement the same protocol, so the audit graph
+never knows which one it is talking to.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.checks.base import RawFinding
+from agent.models import CoverageEntry, Evidence, Finding
+
+
+class PointRequest(BaseModel):
+    """Everything gathered for one checklist point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point: int
+    lang: str = "en"
+    raw_findings: list[RawFinding] = Field(default_factory=list)
+    """Native static findings whose rule belongs to this point."""
+    evidence: list[Evidence] = Field(default_factory=list)
+    """Other evidence for this point: peer linters, probes (each names its checklist items
+    in `data["items"]` when it speaks to specific items)."""
+    rules_run: list[str] = Field(default_factory=list)
+    applicable_rules: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    """Relative paths of the audited Python files (the reasoner may read windows of them)."""
+    notes: list[str] = Field(default_factory=list)
+
+
+class PointResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    point: int
+    findings: list[Finding] = Field(default_factory=list)
+    coverage: list[CoverageEntry] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    usage: dict[str, int] = Field(default_factory=dict)
+    """Token counts or other costs the reasoner spent on this point."""
+
+
+@runtime_checkable
+class Reasoner(Protocol):
+    """Judges one checklist point from its evidence."""
+
+    @property
+    def name(self) -> str: ...
+
+    def reason(self, request: PointRequest) -> PointResult: ...
