@@ -9,7 +9,7 @@ data-flow) are computed lazily on the context, so a module pays only for what it
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -82,6 +82,17 @@ class ImportTable:
         return ".".join([base, *reversed(parts)])
 
 
+def numbered_excerpt(lines: Sequence[str], line: int, end_line: int, context: int = 2) -> str:
+    """Numbered lines around `line..end_line` (marked with '>'), for any text file."""
+    first = max(1, line - context)
+    last = min(len(lines), end_line + context)
+    width = len(str(last))
+    return "\n".join(
+        f"{'>' if line <= n <= end_line else ' '} {n:>{width}} | {lines[n - 1]}"
+        for n in range(first, last + 1)
+    )
+
+
 @dataclass
 class ModuleContext:
     """Everything a rule may read about one module, plus the sink it reports into."""
@@ -136,13 +147,7 @@ class ModuleContext:
 
     def excerpt(self, line: int, end_line: int, context: int = 2) -> str:
         """Numbered lines around a location: just enough to act on."""
-        first = max(1, line - context)
-        last = min(len(self.lines), end_line + context)
-        width = len(str(last))
-        return "\n".join(
-            f"{'>' if line <= n <= end_line else ' '} {n:>{width}} | {self.lines[n - 1]}"
-            for n in range(first, last + 1)
-        )
+        return numbered_excerpt(self.lines, line, end_line, context)
 
     def suppressed(self, rule_id: str, line: int) -> bool:
         text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
@@ -196,6 +201,7 @@ class Rule:
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
     tier: ClassVar[Literal["default", "opt-in"]] = "default"
     fixable: ClassVar[bool] = False
+    reads_manifests: ClassVar[bool] = False
 
     def applies(self, ctx: ModuleContext) -> bool:
         """Whether the module has what this rule checks (drives 'not applicable' coverage)."""
@@ -210,4 +216,12 @@ class Rule:
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         """Project-wide pass over every module's facts (path -> facts); default: nothing."""
+        return []
+
+    @classmethod
+    def check_manifests(cls, manifests: Mapping[str, str]) -> list[RawFinding]:
+        """Project-level pass over dependency manifests (relative path -> text); default: nothing.
+
+        Rules that override it set `reads_manifests = True` so coverage counts them as applied.
+        """
         return []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
@@ -40,6 +40,7 @@ class StaticResult(BaseModel):
 
     files: list[FileResult]
     project_findings: list[RawFinding] = Field(default_factory=list)
+    project_applicable: list[str] = Field(default_factory=list)
     rules_run: list[str]
     seconds: float
 
@@ -48,14 +49,17 @@ class StaticResult(BaseModel):
         return found + self.project_findings
 
     def applicable_rules(self) -> set[str]:
-        return {rule for result in self.files for rule in result.applicable}
+        per_file = {rule for result in self.files for rule in result.applicable}
+        return per_file | set(self.project_applicable)
 
 
 class _DeadlineExceeded(Exception):
     pass
 
 
-def _walk(ctx: ModuleContext, dispatch: dict[type, list[Callable[..., None]]], deadline: float) -> None:
+def _walk(
+    ctx: ModuleContext, dispatch: dict[type, list[Callable[..., None]]], deadline: float
+) -> None:
     """One pre-order walk in source order: records parents, imports, and dispatches nodes."""
     stack: list[ast.AST] = [ctx.tree]
     parents = ctx.parents
@@ -124,8 +128,13 @@ def analyse_files(
     files: Sequence[tuple[str, str]],
     config: EngineConfig | None = None,
     workers: int | None = None,
+    manifests: Mapping[str, str] | None = None,
 ) -> StaticResult:
-    """Run every enabled rule over `(relative path, text)` pairs, in parallel for many files."""
+    """Run every enabled rule over `(relative path, text)` pairs, in parallel for many files.
+
+    `manifests` (relative path -> text of requirements*.txt, pyproject.toml, ...) feeds the
+    rules that read dependency manifests.
+    """
     config = config or EngineConfig()
     started = time.perf_counter()
     rule_types = enabled_rules(config.select, config.ignore)
@@ -135,14 +144,23 @@ def analyse_files(
     else:
         chunks = _balanced_chunks(list(files), workers * 8)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-            results = [r for chunk in pool.map(_analyse_chunk, [(c, config) for c in chunks]) for r in chunk]
+            results = [
+                r
+                for chunk in pool.map(_analyse_chunk, [(c, config) for c in chunks])
+                for r in chunk
+            ]
     facts_by_file = {r.path: r.facts for r in results if r.facts}
     project_findings: list[RawFinding] = []
+    project_applicable: list[str] = []
     for rule_type in rule_types:
         project_findings.extend(rule_type.check_project(facts_by_file))
+        if manifests and rule_type.reads_manifests:
+            project_findings.extend(rule_type.check_manifests(manifests))
+            project_applicable.append(rule_type.id)
     return StaticResult(
         files=sorted(results, key=lambda r: r.path),
         project_findings=project_findings,
+        project_applicable=project_applicable,
         rules_run=[r.id for r in rule_types],
         seconds=time.perf_counter() - started,
     )
