@@ -69,6 +69,8 @@ def is_optimizer_step(call: ast.Call) -> bool:
     if method_name(call) != "step" or not isinstance(call.func, ast.Attribute):
         return False
     receiver = receiver_name(call)
+    if receiver in ("self", "cls"):
+        return False  # `self.step(batch)`: a method of the trainer, resolved as a local callee
     return not is_scheduler_receiver(receiver)
 
 

@@ -1,0 +1,314 @@
+"""Recognisers shared by the training, performance and idiom rules (points 4-10).
+
+Each answers one question about a node using the module context: is this a grad-disabling
+context, is this expression a model, is this code guarded to run only every N steps. They are
+heuristics with a bias towards silence: when unsure they answer "no", so the rules built on
+them stay precise.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+
+from agent.checks.base import ModuleContext
+from agent.checks.loops import FunctionNode, method_name, walk_scope
+
+GRAD_OFF = frozenset(
+    {
+        "torch.no_grad",
+        "torch.inference_mode",
+        "torch.autograd.no_grad",
+        "torch.autograd.inference_mode",
+        "torch.autograd.grad_mode.no_grad",
+        "torch.autograd.grad_mode.inference_mode",
+    }
+)
+SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled"})
+OPTIMIZERS = frozenset(
+    f"torch.optim.{name}"
+    for name in (
+        "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "NAdam",
+        "RAdam", "ASGD", "LBFGS", "SparseAdam", "Adafactor",
+    )
+)
+FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{n}" for n in ("SGD", "Adam", "AdamW", "Adagrad"))
+DATALOADERS = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
+NN_MODULE_BASES = frozenset(
+    {
+        "torch.nn.Module",
+        "torch.nn.modules.module.Module",
+        "lightning.LightningModule",
+        "lightning.pytorch.LightningModule",
+        "pytorch_lightning.LightningModule",
+    }
+)
+_MODEL_NAME = re.compile(
+    r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
+    r"policy|transformer|detector|segmenter)s?($|_)|^(model|net)\w*$",
+    re.IGNORECASE,
+)
+_MODEL_FACTORIES = ("torchvision.models.", "timm.create_model", "transformers.")
+_MODE_METHODS = frozenset(
+    {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "train", "eval", "requires_grad_"}
+)
+_CUDA_USE = re.compile(r"\.cuda\(|[\"']cuda|torch\.cuda\.is_available|device_count\(")
+# One-entry cache: rules of the same module ask repeatedly; the next module replaces it.
+_CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
+_MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
+_LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
+
+
+def qualname_in(ctx: ModuleContext, node: ast.AST, names: frozenset[str]) -> bool:
+    qual = ctx.call_qualname(node) if isinstance(node, ast.Call) else ctx.qualname(node)
+    return qual in names
+
+
+def kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
+def has_star_kwargs(call: ast.Call) -> bool:
+    return any(keyword.arg is None for keyword in call.keywords)
+
+
+def argument(call: ast.Call, name: str, position: int) -> ast.expr | None:
+    """The argument passed as keyword `name` or at `position`, if any."""
+    found = kwarg(call, name)
+    if found is not None:
+        return found
+    if position < len(call.args) and not any(isinstance(a, ast.Starred) for a in call.args):
+        return call.args[position]
+    return None
+
+
+def constant_number(node: ast.expr | None) -> float | None:
+    """The value of a numeric literal (including `-x` and `1e-3`), else None."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = constant_number(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    return None
+
+
+def is_false(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value in (False, 0) and node.value is not None
+
+
+def is_grad_off_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """`torch.no_grad()`, `torch.inference_mode()` (also bare decorators), grad enabled False."""
+    target = expr.func if isinstance(expr, ast.Call) else expr
+    qual = ctx.qualname(target)
+    if qual in GRAD_OFF:
+        if isinstance(expr, ast.Call) and expr.args:  # inference_mode(False) re-enables
+            return not is_false(expr.args[0])
+        mode = kwarg(expr, "mode") if isinstance(expr, ast.Call) else None
+        return not is_false(mode)
+    if qual in SET_GRAD_ENABLED and isinstance(expr, ast.Call) and expr.args:
+        return is_false(expr.args[0])
+    return False
+
+
+def per_module_cache(ctx: ModuleContext, key: str) -> dict[int, bool]:
+    """A memo table that lives as long as the module being analysed (one module at a time)."""
+    entry = _MODULE_CACHE.get(key)
+    if entry is None or entry[0] is not ctx.tree:
+        entry = (ctx.tree, {})
+        _MODULE_CACHE[key] = entry
+    return entry[1]
+
+
+def grad_off_function(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """Decorated with a grad-disabling decorator, or disables grad with a bare statement."""
+    memo = per_module_cache(ctx, "grad_off_function")
+    if id(fn) not in memo:
+        memo[id(fn)] = _grad_off_function(ctx, fn)
+    return memo[id(fn)]
+
+
+def _grad_off_function(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    if any(is_grad_off_expr(ctx, d) for d in fn.decorator_list):
+        return True
+    return any(
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and ctx.qualname(stmt.value.func) in SET_GRAD_ENABLED
+        and is_grad_off_expr(ctx, stmt.value)
+        for stmt in walk_scope(fn.body)
+    )
+
+
+def grad_disabled_at(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Whether `node` runs with autograd off (a `with` block or its function says so)."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.With | ast.AsyncWith):
+            if any(is_grad_off_expr(ctx, item.context_expr) for item in anc.items):
+                return True
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            if grad_off_function(ctx, anc):
+                return True
+    return False
+
+
+def peel_mode_calls(expr: ast.expr) -> ast.expr:
+    """`Net().to(dev).eval()` -> `Net()`: the constructor behind device/mode chains."""
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in _MODE_METHODS
+    ):
+        expr = expr.func.value
+    return expr
+
+
+def module_classes(ctx: ModuleContext) -> set[str]:
+    """Names of the module's classes that are `nn.Module`s (directly or through local bases)."""
+    cached = _CLASS_CACHE.get("last")
+    if cached is not None and cached[0] is ctx.tree:
+        return cached[1]
+    classes = [n for n in ast.walk(ctx.tree) if isinstance(n, ast.ClassDef)]
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for cls in classes:
+            if cls.name in found:
+                continue
+            for base in cls.bases:
+                qual = ctx.qualname(base) or ""
+                simple = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if qual in NN_MODULE_BASES or simple in found or simple.endswith("Module"):
+                    found.add(cls.name)
+                    changed = True
+                    break
+    _CLASS_CACHE["last"] = (ctx.tree, found)
+    return found
+
+
+def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """Whether `expr` may hold a network: a local nn.Module class, a model factory, etc."""
+    classes = module_classes(ctx)
+    for source in ctx.flow.sources(expr):
+        call = peel_mode_calls(source)
+        if not isinstance(call, ast.Call):
+            continue
+        if isinstance(call.func, ast.Name) and call.func.id in classes:
+            return True
+        qual = ctx.call_qualname(call) or ""
+        if qual.startswith(_MODEL_FACTORIES) or qual.endswith(("from_pretrained", "Sequential")):
+            return True
+    return False
+
+
+def terminal_name(expr: ast.expr) -> str:
+    if isinstance(expr, ast.Attribute):
+        return expr.attr
+    if isinstance(expr, ast.Name):
+        return expr.id
+    return ""
+
+
+def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """A model by construction, or by a name that says so (`model`, `net`, `self.encoder`)."""
+    if isinstance(expr, ast.Name) and expr.id == "self":
+        return False
+    name = terminal_name(expr)
+    if name and _MODEL_NAME.search(name):
+        return True
+    return bool(name) and constructed_model(ctx, expr)
+
+
+def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
+    """Calls of a model object (`model(x)`, `self.net(x)`) in `body`, same scope.
+
+    Constructor calls (`Net()`, capitalised names) are not model calls.
+    """
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name | ast.Attribute):
+            continue
+        if terminal_name(node.func)[:1].isupper() or ctx.qualname(node.func) is not None:
+            continue
+        if is_model_expr(ctx, node.func):
+            yield node
+
+
+def module_level(tree: ast.Module) -> Iterator[ast.AST]:
+    """Nodes that run at import time: the module body outside functions and classes."""
+    top = [s for s in tree.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)]
+    return walk_scope([s for s in top if not isinstance(s, ast.ClassDef)])
+
+
+def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.Call]:
+    """`.eval()` / `.train(False)` calls (mode='eval') in `body`."""
+    found: list[ast.Call] = []
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        attr = node.func.attr
+        if mode == "eval" and (
+            attr == "eval" or (attr == "train" and node.args and is_false(node.args[0]))
+        ):
+            found.append(node)
+    return found
+
+
+def mentions_modulo(expr: ast.AST) -> bool:
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in ast.walk(expr))
+
+
+def is_periodic_guard(test: ast.expr) -> bool:
+    """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps."""
+    if mentions_modulo(test):
+        return True
+    return any(
+        isinstance(n, ast.Name | ast.Attribute) and bool(_LOG_GUARD_NAME.search(terminal_name(n)))
+        for n in ast.walk(test)
+    )
+
+
+def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None) -> bool:
+    """Whether an `if` between `node` and `stop` (a loop or function) runs it only periodically."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return False
+        if isinstance(anc, ast.If) and child is not anc.test and is_periodic_guard(anc.test):
+            return True
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef) and stop is None:
+            return False
+        child = anc
+    return False
+
+
+def has_main_guard(tree: ast.Module) -> bool:
+    return any(is_main_guard(stmt) for stmt in tree.body)
+
+
+def is_main_guard(stmt: ast.stmt) -> bool:
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    parts = [stmt.test.left, *stmt.test.comparators]
+    names = {p.id for p in parts if isinstance(p, ast.Name)}
+    consts = {p.value for p in parts if isinstance(p, ast.Constant)}
+    return "__name__" in names and "__main__" in consts
+
+
+def calls_named(body: list[ast.stmt] | ast.AST, names: frozenset[str]) -> Iterator[ast.Call]:
+    for node in walk_scope(body):
+        if isinstance(node, ast.Call) and method_name(node) in names:
+            yield node
+
+
+def uses_cuda(ctx: ModuleContext) -> bool:
+    """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`)."""
+    return "cuda" in ctx.source and bool(_CUDA_USE.search(ctx.source))
+
+
+def functions(ctx: ModuleContext) -> Iterator[FunctionNode]:
+    for defs in ctx.loops.functions.values():
+        yield from defs

@@ -1,0 +1,58 @@
+"""direct-forward-call: `module.forward(x)` instead of `module(x)`."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+
+class DirectForwardCall(Rule):
+    """Detects a module's `forward` method called directly (`model.forward(x)`,
+    `self.encoder.forward(x)`).
+
+    Why it matters: `nn.Module.__call__` runs the forward pre-hooks and hooks that AMP, FSDP,
+    quantization, pruning, profilers and this tool's own probes install; calling `forward`
+    skips all of them, so those features silently do nothing for that call. Calling the parent
+    implementation (`super().forward(x)`, `nn.Module.forward(self, x)`) or `self.forward` from
+    the class's own methods is fine and is not reported.
+
+    Example:
+        logits = model.forward(images)
+
+    Fix: call the module: `logits = model(images)`.
+    """
+
+    id = "direct-forward-call"
+    point = 10
+    severity = Severity.LOW
+    title = "forward() called directly"
+    items: ClassVar[tuple[str, ...]] = ("10.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Call)
+        func = node.func
+        if not isinstance(func, ast.Attribute) or func.attr != "forward":
+            return
+        receiver = func.value
+        if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Name):
+            if receiver.func.id == "super":
+                return
+        if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+            return
+        if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "self":
+            return  # Base.forward(self, x): an explicit parent call
+        if ctx.qualname(receiver) is not None:
+            return  # a class reached through an import, e.g. nn.Linear.forward
+        if isinstance(receiver, ast.Name) and receiver.id[:1].isupper():
+            return  # a local class: an unbound call
+        ctx.report(
+            self,
+            node,
+            "forward() is called directly: module hooks (AMP, FSDP, profilers, probes) "
+            "are skipped; call the module instead",
+        )

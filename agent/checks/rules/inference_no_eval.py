@@ -1,0 +1,107 @@
+"""inference-no-eval: a predict/serve path runs the model in training mode."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import walk_scope
+from agent.checks.patterns import functions, is_main_guard, mode_call_receivers, model_calls
+from agent.models import Severity
+
+_INFERENCE_FUNCTION = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
+_LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
+
+
+class InferenceNoEval(Rule):
+    """Detects an inference path — a function named like `predict`/`infer`/`serve`, or the
+    `if __name__ == "__main__":` block of a script that does not train — that calls the model
+    without a preceding `.eval()` (in that function, a local helper it calls, or, for a model
+    passed in as a parameter, anywhere in the module).
+
+    Why it matters: in training mode dropout stays active and BatchNorm normalises with the
+    current batch's statistics (and updates its running averages), so predictions are noisy,
+    depend on the other samples in the batch and differ from the validated model.
+
+    Example:
+        def predict(image):
+            model = Net()
+            model.load_state_dict(torch.load("net.pt", weights_only=True))
+            return model(image).argmax(1)
+
+    Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
+    """
+
+    id = "inference-no-eval"
+    point = 7
+    severity = Severity.HIGH
+    title = "Inference without model.eval()"
+    items: ClassVar[tuple[str, ...]] = ("7.4",)
+    fixable = True
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "(" not in ctx.source:
+            return
+        module_evals = mode_call_receivers(ctx.tree, "eval") if ".eval(" in ctx.source else []
+        local_evals = {
+            name
+            for name, defs in ctx.loops.functions.items()
+            if any(mode_call_receivers(fn.body, "eval") for fn in defs)
+        }
+        for fn in functions(ctx):
+            if fn.name in _LIGHTNING_HOOKS or not _INFERENCE_FUNCTION.search(fn.name):
+                continue
+            if fn.name.startswith("test_"):
+                continue
+            params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+            self._check(ctx, fn.body, params, local_evals, bool(module_evals))
+        for stmt in ctx.tree.body:
+            if is_main_guard(stmt) and not ctx.loops.training_loops:
+                assert isinstance(stmt, ast.If)
+                self._check(ctx, stmt.body, set(), local_evals, False)
+
+    def _check(
+        self,
+        ctx: ModuleContext,
+        body: list[ast.stmt],
+        params: set[str],
+        local_evals: set[str],
+        module_has_eval: bool,
+    ) -> None:
+        if ctx.loops.effects_of(body).backward:
+            return
+        evals = [c.lineno for c in mode_call_receivers(body, "eval")]
+        evals += [
+            c.lineno
+            for c in walk_scope(body)
+            if isinstance(c, ast.Call) and _callee(c) in local_evals
+        ]
+        for call in model_calls(ctx, body):
+            if any(line <= call.lineno for line in evals):
+                return
+            root = _root_name(call.func)
+            if module_has_eval and (root in params or root == "self"):
+                return
+            ctx.report(
+                self,
+                call,
+                "the model is used for inference without .eval(): dropout and batch-norm "
+                "still behave as in training",
+            )
+            return
+
+
+def _callee(call: ast.Call) -> str:
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    return ""
+
+
+def _root_name(expr: ast.expr) -> str:
+    while isinstance(expr, ast.Attribute):
+        expr = expr.value
+    return expr.id if isinstance(expr, ast.Name) else ""

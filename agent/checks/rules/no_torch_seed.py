@@ -1,0 +1,246 @@
+"""no-torch-seed: an entry script trains or samples without seeding torch."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import PurePosixPath
+from typing import Any, ClassVar
+
+from agent.checks.base import ModuleContext, RawFinding, Rule
+from agent.checks.loops import walk_scope
+from agent.checks.patterns import has_main_guard, is_main_guard, module_level
+from agent.models import Severity
+
+_SEEDERS = frozenset(
+    {
+        "torch.manual_seed",
+        "torch.random.manual_seed",
+        "torch.cuda.manual_seed_all",
+        "torch.cuda.manual_seed",
+        "lightning.seed_everything",
+        "lightning.pytorch.seed_everything",
+        "lightning.fabric.seed_everything",
+        "pytorch_lightning.seed_everything",
+        "transformers.set_seed",
+        "accelerate.utils.set_seed",
+    }
+)
+_SEED_METHODS = frozenset({"manual_seed", "seed_everything", "set_seed"})
+_TORCH_RANDOM = frozenset(
+    {"rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout"}
+)
+_KEY = "no-torch-seed"
+
+
+def _is_seed_call(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.call_qualname(call)
+    if qual in _SEEDERS:
+        return True
+    func = call.func
+    return isinstance(func, ast.Attribute) and func.attr in _SEED_METHODS and qual is None
+
+
+def _called_name(call: ast.Call) -> str:
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    return ""
+
+
+class NoTorchSeed(Rule):
+    """Detects an entry script (it trains, or has an `if __name__ == "__main__":` block and
+    uses torch randomness) that never seeds torch: no `torch.manual_seed`, `seed_everything`
+    (Lightning) or `transformers.set_seed`, in the script or in a helper of the same project
+    that it imports and calls (`from utils import seed_all`).
+
+    Why it matters: weight initialisation, shuffling, dropout and augmentation differ on every
+    run, so results cannot be reproduced, a regression cannot be bisected and two
+    configurations cannot be compared on equal terms.
+
+    Example:
+        if __name__ == "__main__":
+            model = Net()
+            train(model, DataLoader(data, shuffle=True))
+
+    Fix: seed once at start-up, before building the model and the loaders:
+    `torch.manual_seed(seed)` (plus `random.seed`, `np.random.seed`), or
+    `lightning.seed_everything(seed, workers=True)`.
+    """
+
+    id = "no-torch-seed"
+    point = 5
+    severity = Severity.MEDIUM
+    title = "Entry script never seeds torch"
+    items: ClassVar[tuple[str, ...]] = ("5.1",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "torch" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "seed" not in ctx.source and "torch" not in ctx.source:
+            return
+        seeding_functions = self._seeding_functions(ctx)
+        module_seeds = any(
+            isinstance(n, ast.Call) and _is_seed_call(ctx, n) for n in module_level(ctx.tree)
+        )
+        calls = sorted(
+            {_called_name(n) for n in ast.walk(ctx.tree) if isinstance(n, ast.Call)} - {""}
+        )
+        anchor = self._entry_anchor(ctx)
+        fact: dict[str, Any] = {
+            "seeding_functions": sorted(seeding_functions),
+            "module_seeds": module_seeds,
+            "imports": self._imports(ctx),
+        }
+        if anchor is not None and not seeding_functions and not module_seeds:
+            if not ctx.suppressed(self.id, anchor.lineno):
+                fact["entry"] = {
+                    "line": anchor.lineno,
+                    "code": ctx.lines[anchor.lineno - 1],
+                    "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
+                    "calls": calls,
+                }
+        if fact["seeding_functions"] or module_seeds or "entry" in fact:
+            ctx.facts[_KEY] = fact
+
+    @staticmethod
+    def _seeding_functions(ctx: ModuleContext) -> set[str]:
+        if "seed" not in ctx.source:
+            return set()
+        direct = {
+            name
+            for name, defs in ctx.loops.functions.items()
+            if any(
+                isinstance(n, ast.Call) and _is_seed_call(ctx, n)
+                for fn in defs
+                for n in walk_scope(fn.body)
+            )
+        }
+        found = set(direct)
+        changed = True
+        while changed:
+            changed = False
+            for name, defs in ctx.loops.functions.items():
+                if name in found:
+                    continue
+                called = {
+                    _called_name(n)
+                    for fn in defs
+                    for n in walk_scope(fn.body)
+                    if isinstance(n, ast.Call)
+                }
+                if called & found:
+                    found.add(name)
+                    changed = True
+        return found
+
+    @staticmethod
+    def _entry_anchor(ctx: ModuleContext) -> ast.AST | None:
+        """Where an entry script starts: its main guard, or its top-level training loop."""
+        guard = next((s for s in ctx.tree.body if is_main_guard(s)), None)
+        loops = ctx.loops.training_loops
+        top_level = [
+            loop.node for loop in loops if ctx.enclosing_function(loop.node) is None
+        ]
+        if guard is None:
+            return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
+        if loops or _uses_torch_randomness(ctx):
+            return guard
+        return None
+
+    @staticmethod
+    def _imports(ctx: ModuleContext) -> list[list[str]]:
+        """[module, imported name or ''] pairs, relative imports made absolute-ish."""
+        pairs: list[list[str]] = []
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.Import):
+                pairs += [[alias.name, ""] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                pairs += [[module, alias.name] for alias in node.names]
+        return pairs
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        mine = {path: f[_KEY] for path, f in facts.items() if _KEY in f}
+        findings: list[RawFinding] = []
+        for path, fact in mine.items():
+            entry = fact.get("entry")
+            if entry is None or cls._seeded_through_imports(path, fact, entry["calls"], mine):
+                continue
+            findings.append(
+                RawFinding(
+                    rule=cls.id,
+                    file=path,
+                    line=entry["line"],
+                    end_line=entry["line"],
+                    code=entry["code"],
+                    message="this entry script never seeds torch (torch.manual_seed / "
+                    "seed_everything): runs are not reproducible",
+                    severity=cls.severity,
+                    excerpt=entry["excerpt"],
+                )
+            )
+        return findings
+
+    @staticmethod
+    def _seeded_through_imports(
+        path: str, fact: dict[str, Any], calls: list[str], mine: dict[str, dict[str, Any]]
+    ) -> bool:
+        for module, name in fact["imports"]:
+            target = _resolve_module(path, module, mine)
+            imported = name
+            if target is None and name and name != "*":  # `from pkg import utils`
+                joined = module + name if module.endswith(".") else f"{module}.{name}"
+                target, imported = _resolve_module(path, joined, mine), ""
+            if target is None:
+                continue
+            helper = mine[target]
+            if helper["module_seeds"]:
+                return True
+            seeders = set(helper["seeding_functions"])
+            if imported in ("", "*") and seeders & set(calls):
+                return True
+            if imported in seeders and imported in calls:
+                return True
+        return False
+
+
+def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> str | None:
+    """The project file an import names, matched by path suffix (or relative to `path`)."""
+    level = len(module) - len(module.lstrip("."))
+    dotted = module.lstrip(".")
+    if level:
+        base = PurePosixPath(path).parents[level - 1] if level - 1 < len(
+            PurePosixPath(path).parents
+        ) else PurePosixPath()
+        stem = str(base / dotted.replace(".", "/")) if dotted else str(base)
+        suffixes = [f"{stem}.py", f"{stem}/__init__.py"]
+        return next((p for p in mine if p in suffixes or p.lstrip("./") in suffixes), None)
+    rel = dotted.replace(".", "/")
+    for candidate in mine:
+        posix = candidate.replace("\\", "/")
+        if posix == f"{rel}.py" or posix.endswith((f"/{rel}.py", f"/{rel}/__init__.py")):
+            return candidate
+        if posix == f"{rel}/__init__.py":
+            return candidate
+    return None
+
+
+def _uses_torch_randomness(ctx: ModuleContext) -> bool:
+    if "torch" not in ctx.source:
+        return False
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.Call):
+            qual = ctx.call_qualname(node) or ""
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
+                return True
+            if qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1][:1].isupper():
+                return True  # building layers draws random initial weights
+            if qual.endswith("DataLoader") and any(
+                k.arg == "shuffle" for k in node.keywords
+            ):
+                return True
+    return False

@@ -1,0 +1,95 @@
+"""validation-with-grad: evaluation runs the model with autograd recording."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import FunctionNode
+from agent.checks.patterns import functions, grad_disabled_at, model_calls
+from agent.models import Severity
+
+_EVAL_FUNCTION = re.compile(
+    r"^(eval|evaluate|evaluation|valid|validate|validation|val|test|predict|inference|infer)"
+    r"($|_)|_(eval|evaluate|evaluation|validate|validation|val|valid|test|predict|inference)$",
+    re.IGNORECASE,
+)
+_EVAL_LOADER = re.compile(r"val|valid|test|eval|dev_", re.IGNORECASE)
+_LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
+
+
+def is_eval_function(fn: FunctionNode) -> bool:
+    return (
+        fn.name not in _LIGHTNING_HOOKS
+        and not fn.name.startswith("test_")
+        and bool(_EVAL_FUNCTION.search(fn.name))
+    )
+
+
+class ValidationWithGrad(Rule):
+    """Detects an evaluation function or loop (`evaluate`, `validate`, `test`, a loop over
+    `val_loader`) that calls the model with no backward pass and outside `torch.no_grad()` /
+    `torch.inference_mode()` (as a `with` block, a decorator, or `torch.set_grad_enabled(False)`).
+
+    Why it matters: autograd records every operation and keeps the activations alive for a
+    backward pass that never comes: evaluation uses several times the memory it needs and
+    runs slower, and large batches run out of memory.
+
+    Example:
+        def evaluate(model, loader):
+            model.eval()
+            for x, y in loader:
+                correct += (model(x).argmax(1) == y).sum()
+
+    Fix: decorate the function with `@torch.inference_mode()` (or wrap the loop in
+    `with torch.no_grad():` when its outputs are reused in autograd later).
+    """
+
+    id = "validation-with-grad"
+    point = 6
+    severity = Severity.MEDIUM
+    title = "Evaluation runs with gradients enabled"
+    items: ClassVar[tuple[str, ...]] = ("6.1",)
+    fixable = True
+
+    def finish(self, ctx: ModuleContext) -> None:
+        source = ctx.source
+        if "(" not in source or not any(k in source for k in ("val", "test", "eval", "pred")):
+            return
+        reported: set[int] = set()
+        candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
+        guarded_callers = self._grad_off_call_sites(ctx) if candidates else set()
+        for fn in candidates:
+            if fn.name not in guarded_callers:
+                self._check_body(ctx, fn.body, reported)
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.For) and _EVAL_LOADER.search(ast.unparse(node.iter)[:80]):
+                self._check_body(ctx, node.body, reported)
+
+    def _check_body(self, ctx: ModuleContext, body: list[ast.stmt], reported: set[int]) -> None:
+        if ctx.loops.effects_of(body).backward:
+            return
+        for call in model_calls(ctx, body):
+            if call.lineno in reported or grad_disabled_at(ctx, call):
+                continue
+            reported.add(call.lineno)
+            ctx.report(
+                self,
+                call,
+                "the model runs for evaluation with autograd on: activations are kept for a "
+                "backward pass that never happens",
+            )
+            return
+
+    @staticmethod
+    def _grad_off_call_sites(ctx: ModuleContext) -> set[str]:
+        """Local functions every call of which already runs under no_grad/inference_mode."""
+        sites: dict[str, list[bool]] = {}
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
+                name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+                if name in ctx.loops.functions:
+                    sites.setdefault(name, []).append(grad_disabled_at(ctx, node))
+        return {name for name, flags in sites.items() if flags and all(flags)}

@@ -1,0 +1,55 @@
+"""zero-grad-order: gradients are cleared between backward() and step()."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import direct_effects
+from agent.models import Severity
+
+
+class ZeroGradOrder(Rule):
+    """Detects `zero_grad()` called after `backward()` and before `optimizer.step()` in the
+    same training-loop iteration.
+
+    Why it matters: the step then sees empty (or zero) gradients and updates nothing, or only
+    applies weight decay; the model does not learn and no error is raised.
+
+    Example:
+        loss.backward()
+        optimizer.zero_grad()
+        optimizer.step()
+
+    Fix: clear gradients before the forward pass (or right after `step()`):
+    `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`.
+    """
+
+    id = "zero-grad-order"
+    point = 4
+    severity = Severity.HIGH
+    title = "zero_grad() between backward() and step()"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(ctx.loops.training_loops)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "zero_grad" not in ctx.source and ".grad = None" not in ctx.source:
+            return
+        for loop in ctx.loops.training_loops:
+            effects = direct_effects(loop.body)
+            backward_lines = sorted(c.lineno for c in effects.backward)
+            step_lines = sorted(c.lineno for c in effects.step)
+            for clear in effects.zero_grad:
+                line = clear.lineno
+                if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
+                    if any(s < line for s in step_lines if s > backward_lines[0]):
+                        continue  # step() already ran after backward in this iteration
+                    ctx.report(
+                        self,
+                        clear,
+                        "gradients are cleared after backward() and before step(): "
+                        "the optimizer step sees no gradient",
+                    )

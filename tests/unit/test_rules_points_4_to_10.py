@@ -1,0 +1,97 @@
+"""Every rule of checklist points 4-10 against its fixtures: exact (rule, line) pairs.
+
+Fixtures live in tests/fixtures/rules/<rule-id>/: `positive_*.py` files mark each expected
+finding with `# expect: <rule-id>` on its line; `negative_*.py` files are near misses that must
+stay silent. A case may be a folder of several files (project-level rules).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.checks.base import EngineConfig
+from agent.checks.engine import analyse_files
+from agent.checks.registry import rule_doc, rules_by_id
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+
+RULES = (
+    # point 4
+    "zero-grad-missing",
+    "zero-grad-order",
+    "scheduler-before-optimizer",
+    # point 5
+    "no-torch-seed",
+    # point 6
+    "validation-with-grad",
+    "host-sync-in-step",
+    # point 7
+    "inference-no-eval",
+    # point 10
+    "direct-forward-call",
+)
+
+
+def _cases() -> list[object]:
+    cases = []
+    for rule in RULES:
+        folder = FIXTURES / rule
+        for case in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if case.name.startswith(("positive_", "negative_")):
+                cases.append(pytest.param(rule, case, id=f"{rule}/{case.stem}"))
+    return cases
+
+
+def _load(case: Path) -> list[tuple[str, str]]:
+    if case.is_dir():
+        return [(p.relative_to(case).as_posix(), p.read_text()) for p in sorted(case.rglob("*.py"))]
+    return [(case.name, case.read_text())]
+
+
+def _expected(files: list[tuple[str, str]], rule: str) -> set[tuple[str, int]]:
+    marker = re.compile(rf"#\s*expect:\s*{re.escape(rule)}\b")
+    return {
+        (path, number)
+        for path, text in files
+        for number, line in enumerate(text.splitlines(), start=1)
+        if marker.search(line)
+    }
+
+
+@pytest.mark.parametrize(("rule", "case"), _cases())
+def test_rule_reports_exactly_the_marked_lines(rule: str, case: Path) -> None:
+    files = _load(case)
+    expected = _expected(files, rule)
+    if case.name.startswith("positive_"):
+        assert expected, f"{case} has no '# expect: {rule}' marker"
+    else:
+        assert not expected, f"negative fixture {case} carries an expect marker"
+    result = analyse_files(files, EngineConfig(select=frozenset({rule})))
+    found = {(f.file, f.line) for f in result.all_findings() if f.rule == rule}
+    assert found == expected
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rule_has_positive_and_negative_fixtures(rule: str) -> None:
+    names = [p.name for p in (FIXTURES / rule).iterdir()]
+    assert any(n.startswith("positive_") for n in names), f"{rule}: no positive fixture"
+    assert any(n.startswith("negative_") for n in names), f"{rule}: no negative fixture"
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rule_docstring_has_what_why_example_fix(rule: str) -> None:
+    doc = rule_doc(rules_by_id()[rule])
+    assert doc.startswith("Detects"), f"{rule}: the docstring must open with what it detects"
+    for part in ("Why it matters:", "Example:", "Fix:"):
+        assert part in doc, f"{rule}: docstring lacks '{part}'"
+
+
+def test_rule_metadata_is_consistent() -> None:
+    points = {rules_by_id()[r].point for r in RULES}
+    assert points <= set(range(4, 11))
+    for rule in RULES:
+        cls = rules_by_id()[rule]
+        assert cls.items and all(item.split(".")[0] == str(cls.point) for item in cls.items)
