@@ -1,0 +1,170 @@
+"""The seam every peer-linter adapter follows, and the results they hand back (pydantic).
+
+Peer linters are evidence, not authorities: an adapter runs one tool as a subprocess, maps its
+codes onto checklist items, and says plainly when it could not check something (tool missing,
+crashed, timed out, offline). A tool's failure is a coverage note, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.checklist import ITEMS
+from agent.checks.linters.evidence import EvidenceFactory
+from agent.checks.linters.process import (
+    ToolMissing,
+    ToolOutput,
+    ToolTimeout,
+    resolve_executable,
+    run_tool,
+)
+from agent.models import Evidence
+
+LinterStatus = Literal["ok", "partial", "not-installed", "failed", "timeout", "not-run"]
+VERSION_TIMEOUT_S = 30.0
+_VERSION = re.compile(r"\d+(?:\.\d+)+")
+
+
+class LinterResult(BaseModel):
+    """One tool's run: its evidence, and what it could not check (`unknown`) and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str
+    version: str = ""
+    status: LinterStatus
+    evidence: list[Evidence] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    unknown: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+@runtime_checkable
+class LinterAdapter(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def available(self) -> bool: ...
+
+    def version(self) -> str: ...
+
+    def run(self, root: Path, files: list[str]) -> LinterResult: ...
+
+
+class ToolOutputError(Exception):
+    """The tool's output is not what its documented format promises."""
+
+
+def json_output(text: str) -> Any:
+    """The tool's stdout as JSON, or `ToolOutputError` quoting what came instead."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ToolOutputError(f"expected JSON, got {text.strip()[:120]!r}") from err
+
+
+@dataclass
+class Parsed:
+    evidence: list[Evidence]
+    notes: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def tool_items(tool: str) -> list[str]:
+    """Checklist items that name `tool:<tool>` among their checks."""
+    return [item.id for item in ITEMS if f"tool:{tool}" in item.checks]
+
+
+class SubprocessLinter(ABC):
+    """An adapter for a tool with a machine-readable report: build argv, parse stdout."""
+
+    name: ClassVar[str]
+    executable: ClassVar[str]
+    ok_exit_codes: ClassVar[frozenset[int]] = frozenset({0, 1})
+
+    def __init__(self, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
+        self._version: str | None = None
+
+    def executable_path(self) -> str | None:
+        return resolve_executable(self.executable)
+
+    def available(self) -> bool:
+        return self.executable_path() is not None
+
+    def version(self) -> str:
+        """The tool's version as it reports it ('' when it cannot say)."""
+        if self._version is None:
+            self._version = self._read_version()
+        return self._version
+
+    def _read_version(self) -> str:
+        output = self._version_output()
+        match = _VERSION.search(output)
+        return match.group(0) if match else ""
+
+    def _version_output(self) -> str:
+        path = self.executable_path()
+        if path is None:
+            return ""
+        try:
+            out = run_tool([path, "--version"], Path.cwd(), VERSION_TIMEOUT_S)
+        except (ToolMissing, ToolTimeout):
+            return ""
+        return out.stdout + out.stderr if out.returncode == 0 else ""
+
+    @abstractmethod
+    def command(self, executable: str, files: Sequence[str], scratch: Path) -> list[str]:
+        """The argv that checks `files` (relative to the working directory, the project root)."""
+
+    @abstractmethod
+    def parse(self, output: ToolOutput, evidence: EvidenceFactory) -> Parsed:
+        """Evidence from the tool's stdout; raises `ToolOutputError` on unreadable output."""
+
+    def result(self, status: LinterStatus, started: float, **fields: object) -> LinterResult:
+        return LinterResult.model_validate(
+            {
+                "tool": self.name,
+                "version": self.version() if status != "not-installed" else "",
+                "status": status,
+                "seconds": time.perf_counter() - started,
+                **fields,
+            }
+        )
+
+    def run(self, root: Path, files: list[str]) -> LinterResult:
+        started = time.perf_counter()
+        path = self.executable_path()
+        if path is None:
+            return self.result("not-installed", started, notes=[f"{self.name} is not installed"])
+        if not files:
+            return self.result("not-run", started, notes=["no files to check"])
+        with tempfile.TemporaryDirectory(prefix=f"td-{self.name}-") as scratch:
+            try:
+                output = run_tool(self.command(path, files, Path(scratch)), root, self.timeout_s)
+            except ToolMissing as err:
+                return self.result("not-installed", started, notes=[f"{self.name}: {err}"])
+            except ToolTimeout as err:
+                return self.result("timeout", started, notes=[f"{self.name} {err}"])
+        if output.returncode not in self.ok_exit_codes:
+            note = f"{self.name} exited with status {output.returncode}: {output.stderr_tail()}"
+            return self.result("failed", started, notes=[note])
+        try:
+            parsed = self.parse(output, EvidenceFactory(self.name, self.version(), root))
+        except ToolOutputError as err:
+            note = f"{self.name} output could not be read ({err}); nothing it reported is used"
+            return self.result("failed", started, notes=[note])
+        status: LinterStatus = "partial" if parsed.unknown else "ok"
+        return self.result(
+            status, started, evidence=parsed.evidence, notes=parsed.notes, unknown=parsed.unknown
+        )

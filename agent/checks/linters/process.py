@@ -1,0 +1,73 @@
+"""Runs one external tool as a real subprocess, bounded in time, never raising on its failure.
+
+Each tool gets its own session (process group) so a timeout kills it and every worker it
+spawned (flake8 -j forks). Executables are looked up on PATH first, then next to the running
+interpreter, so a virtualenv's tools are found without activating it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ToolMissing(Exception):
+    """The executable is not there, or cannot be executed."""
+
+
+class ToolTimeout(Exception):
+    """The tool ran past its time limit and was killed with its process group."""
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def stderr_tail(self, chars: int = 400) -> str:
+        text = self.stderr.strip() or self.stdout.strip()
+        return text[-chars:]
+
+
+def resolve_executable(name: str) -> str | None:
+    """`name` on PATH, else in the running interpreter's bin folder, else None."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def run_tool(
+    argv: Sequence[str],
+    cwd: Path,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+) -> ToolOutput:
+    started = time.perf_counter()
+    try:
+        process = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise ToolMissing(f"{argv[0]}: {err.strerror or err}") from err
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise ToolTimeout(f"stopped after the {timeout_s:g}s limit") from err
+    return ToolOutput(process.returncode, stdout, stderr, time.perf_counter() - started)
