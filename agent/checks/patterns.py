@@ -312,3 +312,36 @@ def uses_cuda(ctx: ModuleContext) -> bool:
 def functions(ctx: ModuleContext) -> Iterator[FunctionNode]:
     for defs in ctx.loops.functions.values():
         yield from defs
+
+
+def nn_layer(ctx: ModuleContext, node: ast.AST) -> str:
+    """`nn.Conv2d(...)` -> 'Conv2d' when `node` constructs a `torch.nn` layer, else ''."""
+    if not isinstance(node, ast.Call):
+        return ""
+    qual = ctx.call_qualname(node) or ""
+    if not qual.startswith("torch.nn.") or qual.startswith("torch.nn.functional."):
+        return ""
+    last = qual.rsplit(".", 1)[-1]
+    return last if last[:1].isupper() else ""
+
+
+def sequential_layers(ctx: ModuleContext, call: ast.Call) -> list[tuple[str, ast.expr]]:
+    """The layers of an `nn.Sequential(a, b, ...)` call as (layer class or '', node) pairs."""
+    if nn_layer(ctx, call) != "Sequential":
+        return []
+    return [(nn_layer(ctx, arg), arg) for arg in call.args if not isinstance(arg, ast.Starred)]
+
+
+def class_methods(cls: ast.ClassDef) -> dict[str, FunctionNode]:
+    return {
+        stmt.name: stmt
+        for stmt in cls.body
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def module_class_defs(ctx: ModuleContext) -> Iterator[ast.ClassDef]:
+    names = module_classes(ctx)
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            yield node

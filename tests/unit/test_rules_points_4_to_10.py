@@ -23,6 +23,14 @@ RULES = (
     "zero-grad-missing",
     "zero-grad-order",
     "scheduler-before-optimizer",
+    "grad-accum-no-scale",
+    "unused-layer",
+    "bias-before-norm",
+    "missing-nonlinearity",
+    "activation-on-logits",
+    "high-dropout",
+    "adam-with-weight-decay",
+    "python-loop-over-tensor",
     # point 5
     "no-torch-seed",
     # point 6

@@ -1,0 +1,100 @@
+"""activation-on-logits: the network's last layer is an activation before a logits loss."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import class_methods, module_class_defs, nn_layer, sequential_layers
+from agent.models import Severity
+
+_ACTIVATIONS = frozenset({"ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh"})
+_FUNCTIONAL = frozenset(
+    {
+        "torch.relu",
+        "torch.sigmoid",
+        "torch.tanh",
+        "torch.nn.functional.relu",
+        "torch.nn.functional.sigmoid",
+        "torch.nn.functional.tanh",
+        "torch.nn.functional.gelu",
+        "torch.nn.functional.leaky_relu",
+        "torch.nn.functional.silu",
+    }
+)
+_LOGIT_LOSSES = (
+    "CrossEntropyLoss",
+    "cross_entropy",
+    "BCEWithLogitsLoss",
+    "binary_cross_entropy_with_logits",
+)
+
+
+class ActivationOnLogits(Rule):
+    """Detects a network whose final operation is an activation (ReLU, sigmoid, tanh...) — the
+    last layer of an `nn.Sequential` or the value `forward` returns — in a module that trains
+    with a logits loss (`CrossEntropyLoss`, `BCEWithLogitsLoss`).
+
+    Why it matters: those losses expect unbounded logits. A ReLU clips every negative logit to
+    zero (classes become indistinguishable and gradients die), a sigmoid or tanh squeezes them
+    into a narrow range so the softmax can never become confident: training stalls.
+
+    Example:
+        model = nn.Sequential(nn.Linear(128, 10), nn.ReLU())
+        loss = nn.CrossEntropyLoss()(model(x), y)
+
+    Fix: return the raw output of the last Linear layer and let the loss apply the
+    (log-)softmax or sigmoid.
+    """
+
+    id = "activation-on-logits"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Activation applied to the logits"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return any(loss in ctx.source for loss in _LOGIT_LOSSES)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.Call) and "Sequential" in ast.unparse(node.func)[:40]:
+                layers = sequential_layers(ctx, node)
+                if len(layers) >= 2 and layers[-1][0] in _ACTIVATIONS:
+                    self._report(ctx, layers[-1][1], layers[-1][0])
+        for cls in module_class_defs(ctx):
+            forward = class_methods(cls).get("forward")
+            if forward is None:
+                continue
+            for ret in ast.walk(forward):
+                if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Call):
+                    name = self._activation(ctx, ret.value)
+                    if name:
+                        self._report(ctx, ret.value, name)
+
+    def _activation(self, ctx: ModuleContext, call: ast.Call) -> str:
+        qual = ctx.call_qualname(call)
+        if qual in _FUNCTIONAL:
+            return qual.rsplit(".", 1)[-1]
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr in ("relu", "sigmoid", "tanh"):
+            if not call.args and ctx.qualname(func) is None:
+                return func.attr  # x.relu()
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            if func.value.id == "self":  # self.act(x) where self.act = nn.ReLU()
+                for value in ctx.flow.definitions(func):
+                    layer = nn_layer(ctx, value)
+                    if layer in _ACTIVATIONS:
+                        return layer
+        return ""
+
+    def _report(self, ctx: ModuleContext, node: ast.AST, name: str) -> None:
+        ctx.report(
+            self,
+            node,
+            f"the network ends in {name}, but the loss expects raw logits: negative or large "
+            "logits are squashed and training stalls",
+        )

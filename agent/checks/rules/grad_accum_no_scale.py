@@ -1,0 +1,109 @@
+"""grad-accum-no-scale: accumulated gradients are not divided by the number of micro-steps."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import direct_effects, walk_scope
+from agent.checks.patterns import mentions_modulo
+from agent.models import Severity
+
+
+def _divided(expr: ast.expr) -> bool:
+    return isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Div | ast.FloorDiv)
+
+
+class GradAccumNoScale(Rule):
+    """Detects gradient accumulation (`optimizer.step()` only when `(i + 1) % k == 0`) whose
+    loss is back-propagated without being divided by the number of accumulated micro-batches.
+
+    Why it matters: gradients add up over the k micro-batches, so each step is k times larger
+    than with one big batch of the same size: the effective learning rate is multiplied by k,
+    and changing k silently changes the optimisation.
+
+    Example:
+        loss = criterion(model(x), y)
+        loss.backward()
+        if (i + 1) % accum_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+    Fix: scale the loss before backward: `(loss / accum_steps).backward()` (or
+    `loss = loss / accum_steps`), or let the framework do it (`accelerator.accumulate`).
+    """
+
+    id = "grad-accum-no-scale"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Gradient accumulation without loss scaling"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(ctx.loops.training_loops)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "%" not in ctx.source or "accumulate(" in ctx.source:
+            return
+        for loop in ctx.loops.training_loops:
+            if loop.kind != "loop":
+                continue
+            effects = direct_effects(loop.body)
+            if not effects.step or not all(self._periodic(ctx, s, loop.node) for s in effects.step):
+                continue
+            divided_names = self._divided_names(loop.body)
+            fn = ctx.enclosing_function(loop.node)
+            if fn is not None:
+                divided_names |= self._divided_names(fn.body)
+            for backward in effects.backward:
+                loss = self._loss_expr(backward)
+                if loss is None or _divided(loss):
+                    continue
+                if isinstance(loss, ast.Name) and loss.id in divided_names:
+                    continue
+                ctx.report(
+                    self,
+                    backward,
+                    "gradients are accumulated over several micro-batches but the loss is not "
+                    "divided by their number: the effective learning rate is multiplied",
+                )
+
+    @staticmethod
+    def _periodic(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
+        for anc in ctx.ancestors(node):
+            if anc is stop:
+                return False
+            if isinstance(anc, ast.If) and mentions_modulo(anc.test):
+                return True
+        return False
+
+    @staticmethod
+    def _loss_expr(call: ast.Call) -> ast.expr | None:
+        """The loss a backward call differentiates (`loss.backward()`, `scaler.scale(loss)...`)."""
+        assert isinstance(call.func, ast.Attribute)
+        receiver = call.func.value
+        if call.func.attr == "manual_backward" or (call.args and not _is_tensor_method(call)):
+            return call.args[0] if call.args else None
+        if isinstance(receiver, ast.Call) and receiver.args:
+            if isinstance(receiver.func, ast.Attribute) and receiver.func.attr == "scale":
+                return receiver.args[0]
+        return receiver
+
+    @staticmethod
+    def _divided_names(body: list[ast.stmt]) -> set[str]:
+        names: set[str] = set()
+        for node in walk_scope(body):
+            if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Div | ast.FloorDiv):
+                if isinstance(node.target, ast.Name):
+                    names.add(node.target.id)
+            elif isinstance(node, ast.Assign) and _divided(node.value):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        return names
+
+
+def _is_tensor_method(call: ast.Call) -> bool:
+    """`loss.backward(gradient)` takes a tensor argument; `accelerator.backward(loss)` a loss."""
+    receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+    name = receiver.id if isinstance(receiver, ast.Name) else ""
+    return "loss" in name.lower()

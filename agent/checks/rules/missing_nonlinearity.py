@@ -1,0 +1,51 @@
+"""missing-nonlinearity: two linear layers in a row collapse into one."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import sequential_layers
+from agent.models import Severity
+
+_LINEAR = frozenset({"Linear", "LazyLinear"})
+_TRANSPARENT = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Identity", "Flatten"})
+
+
+class MissingNonlinearity(Rule):
+    """Detects, inside `nn.Sequential(...)`, two `Linear` layers with no activation between
+    them (dropout, flatten and identity layers do not count as activations). Convolutions are
+    left alone: depthwise-then-pointwise factorisations are deliberate.
+
+    Why it matters: the composition of two affine maps is one affine map, so the extra layer
+    adds parameters and compute but no expressive power; it usually means an activation was
+    forgotten.
+
+    Example:
+        nn.Sequential(nn.Linear(784, 256), nn.Linear(256, 10))
+
+    Fix: insert an activation (`nn.ReLU()`, `nn.GELU()`) between the layers, or merge them
+    into one layer if a low-rank factorisation was intended and document it.
+    """
+
+    id = "missing-nonlinearity"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Consecutive linear layers without activation"
+    items: ClassVar[tuple[str, ...]] = ("4.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Call)
+        if len(node.args) < 2 or "Sequential" not in ast.unparse(node.func):
+            return
+        layers = [(n, a) for n, a in sequential_layers(ctx, node) if n not in _TRANSPARENT]
+        for (first, _), (second, node_two) in zip(layers, layers[1:], strict=False):
+            if first in _LINEAR and second in _LINEAR:
+                ctx.report(
+                    self,
+                    node_two,
+                    f"{first} followed directly by {second}: without an activation between "
+                    "them the two layers are one linear map",
+                )

@@ -1,0 +1,87 @@
+"""python-loop-over-tensor: a Python loop over a tensor's rows in forward()."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import class_methods, module_class_defs
+from agent.models import Severity
+
+
+class PythonLoopOverTensor(Rule):
+    """Detects, in an `nn.Module`'s `forward`, a Python `for` loop over the indices of one of
+    its tensor arguments (`for i in range(x.size(0))`, `range(x.shape[0])`, `range(len(x))`)
+    whose body indexes that tensor (`x[i]`).
+
+    Why it matters: each iteration launches its own small kernels and the batch dimension is
+    no longer parallel: on a GPU the loop is typically one to two orders of magnitude slower
+    than the vectorised operation, and it cannot be fused or captured well by `torch.compile`.
+
+    Example:
+        def forward(self, x):
+            for i in range(x.size(0)):
+                x[i] = x[i] / x[i].norm()
+
+    Fix: operate on the whole batch at once (broadcasting, `x / x.norm(dim=1, keepdim=True)`,
+    `torch.bmm`, `torch.vmap`).
+    """
+
+    id = "python-loop-over-tensor"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Python loop over a tensor in forward()"
+    items: ClassVar[tuple[str, ...]] = ("4.2",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "range(" not in ctx.source or "forward" not in ctx.source:
+            return
+        for cls in module_class_defs(ctx):
+            forward = class_methods(cls).get("forward")
+            if forward is None:
+                continue
+            params = {a.arg for a in forward.args.args[1:]}
+            for node in ast.walk(forward):
+                if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+                    tensor = _ranged_tensor(node.iter)
+                    if tensor in params and _indexes(node.body, tensor, node.target.id):
+                        ctx.report(
+                            self,
+                            node,
+                            f"a Python loop walks `{tensor}` row by row: vectorise it over the "
+                            "batch dimension",
+                            header_only=True,
+                        )
+
+
+def _ranged_tensor(expr: ast.expr) -> str:
+    """`range(x.size(0))`, `range(x.shape[0])`, `range(len(x))` -> 'x'."""
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)):
+        return ""
+    if expr.func.id != "range" or len(expr.args) != 1:
+        return ""
+    bound = expr.args[0]
+    if isinstance(bound, ast.Call) and isinstance(bound.func, ast.Name) and bound.func.id == "len":
+        inner = bound.args[0] if bound.args else None
+        return inner.id if isinstance(inner, ast.Name) else ""
+    if isinstance(bound, ast.Call) and isinstance(bound.func, ast.Attribute):
+        if bound.func.attr == "size" and isinstance(bound.func.value, ast.Name):
+            return bound.func.value.id
+    if isinstance(bound, ast.Subscript) and isinstance(bound.value, ast.Attribute):
+        if bound.value.attr == "shape" and isinstance(bound.value.value, ast.Name):
+            return bound.value.value.id
+    return ""
+
+
+def _indexes(body: list[ast.stmt], tensor: str, index: str) -> bool:
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == tensor
+                and any(isinstance(n, ast.Name) and n.id == index for n in ast.walk(node.slice))
+            ):
+                return True
+    return False

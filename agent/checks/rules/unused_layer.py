@@ -1,0 +1,84 @@
+"""unused-layer: a sub-module is created but never used."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import class_methods, module_class_defs, module_classes, nn_layer
+from agent.models import Severity
+
+_INTROSPECTION = ("children(", "modules(", "_modules", "getattr(self", "__dict__", "named_")
+
+
+class UnusedLayer(Rule):
+    """Detects a layer assigned in an `nn.Module`'s `__init__` (`self.fc2 = nn.Linear(...)`)
+    whose attribute is never read anywhere in the module's source.
+
+    Why it matters: the layer's parameters are allocated, saved, moved to the device and handed
+    to the optimizer, but receive no gradient: wasted memory, a misleading parameter count,
+    and DistributedDataParallel fails unless `find_unused_parameters=True`. Often it is a sign
+    that `forward` skips a layer the author meant to use.
+
+    Example:
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(784, 128)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            return self.fc1(x)
+
+    Fix: use the layer in `forward`, or delete it.
+    """
+
+    id = "unused-layer"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Layer defined but never used"
+    items: ClassVar[tuple[str, ...]] = ("4.1",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "__init__" in ctx.source and bool(module_classes(ctx))
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "self." not in ctx.source or not module_classes(ctx):
+            return
+        read: set[str] | None = None
+        for cls in module_class_defs(ctx):
+            init = class_methods(cls).get("__init__")
+            if init is None or any(k in ctx.segment(cls) for k in _INTROSPECTION):
+                continue
+            for stmt in ast.walk(init):
+                if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+                    continue
+                target = stmt.targets[0]
+                if not (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    continue
+                layer = nn_layer(ctx, stmt.value)
+                if not layer or layer in ("Parameter", "ParameterList", "ParameterDict"):
+                    continue
+                if read is None:
+                    read = _attributes_read(ctx.tree)
+                if target.attr not in read:
+                    ctx.report(
+                        self,
+                        stmt,
+                        f"`self.{target.attr}` ({layer}) is created but never used: its "
+                        "parameters are allocated and trained for nothing",
+                    )
+
+
+def _attributes_read(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)
+    return names
