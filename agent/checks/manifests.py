@@ -37,6 +37,7 @@ SKIPPED_DIRS = frozenset(
 )  # fmt: skip
 MAX_MANIFEST_BYTES = 1_000_000
 CONDA_NAMES = {"pytorch": "torch"}
+CONDA_NOT_PACKAGES = frozenset({"python", "pip"})  # the environment's runtime, not dependencies
 _EXACT = re.compile(r"^===?\s*([^,*;\s]+)$")
 _CONDA_SPEC = re.compile(r"^(?:[\w.\-]+::)?([A-Za-z0-9_.\-]+)\s*(.*)$")
 
@@ -241,6 +242,8 @@ def _conda_pin(spec: str, path: str, line: int, raw: str) -> Pin | None:
     if match is None:
         return None
     name, version = match.group(1), match.group(2).strip()
+    if name in CONDA_NOT_PACKAGES:
+        return None
     if version and version[0].isdigit():
         version = "=" + version.split()[0]  # `name 2.1` means `name=2.1`
     if version.startswith("=") and not version.startswith("=="):
