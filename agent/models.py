@@ -157,7 +157,7 @@ class Provenance(Strict):
 
 
 class AuditReport(Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     tool: ToolInfo
     target: Target
     findings: list[Finding]

@@ -78,9 +78,11 @@ def is_zero_grad(node: ast.AST) -> bool:
     if isinstance(node, ast.Call):
         return method_name(node) == "zero_grad"
     if isinstance(node, ast.Assign):  # p.grad = None
-        return any(
-            isinstance(t, ast.Attribute) and t.attr == "grad" for t in node.targets
-        ) and isinstance(node.value, ast.Constant) and node.value.value is None
+        return (
+            any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in node.targets)
+            and isinstance(node.value, ast.Constant)
+            and node.value.value is None
+        )
     return False
 
 
@@ -123,8 +125,28 @@ def direct_effects(body: list[ast.stmt] | ast.AST) -> Effects:
 
 
 _FRAMEWORK_METHODS = frozenset(
-    {"step", "backward", "zero_grad", "forward", "item", "to", "cuda", "cpu", "train", "eval",
-     "update", "append", "extend", "add_", "mul_", "detach", "numpy", "tolist", "sum", "mean"}
+    {
+        "step",
+        "backward",
+        "zero_grad",
+        "forward",
+        "item",
+        "to",
+        "cuda",
+        "cpu",
+        "train",
+        "eval",
+        "update",
+        "append",
+        "extend",
+        "add_",
+        "mul_",
+        "detach",
+        "numpy",
+        "tolist",
+        "sum",
+        "mean",
+    }
 )
 
 

@@ -1,0 +1,186 @@
+"""One audit, end to end: snapshot -> graph -> ledger statuses -> report -> ledger file.
+
+The CLI and the API both call `run_audit`; it never prints (progress goes to a callback).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import __version__
+from agent.checklist import ITEMS
+from agent.config import AuditConfig, find_project_root, load_config
+from agent.gather import installed_torch_version, run_static, split_by_point
+from agent.graph import build_audit_graph, sqlite_checkpointer
+from agent.ledger import Ledger, default_ledger_path
+from agent.models import (
+    AuditReport,
+    CoverageEntry,
+    Finding,
+    GateDecision,
+    Provenance,
+    Summary,
+    Target,
+    ToolInfo,
+)
+from agent.reasoning.base import PointRequest, Reasoner
+from agent.reasoning.offline import OfflineReasoner
+from agent.workspace import Workspace, load_workspace
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class AuditOptions(BaseModel):
+    """What the caller asked for; unset values fall back to `[tool.torchdoctor]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: Path
+    offline: bool = False
+    lang: Literal["en", "fr"] | None = None
+    ledger: Path | None = None
+    write_ledger: bool = True
+    select: list[str] = Field(default_factory=list)
+    ignore: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    torch_version: str | None = None
+
+
+class AuditOutcome(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    report: AuditReport
+    ledger_path: Path | None
+    trace: list[str]
+
+
+def torchdoctor_home() -> Path:
+    return Path(os.environ.get("TORCHDOCTOR_HOME", Path.home() / ".cache" / "torchdoctor"))
+
+
+def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
+    config = load_config(root)
+    updates: dict[str, Any] = {
+        "select": config.select + options.select,
+        "ignore": config.ignore + options.ignore,
+        "exclude": config.exclude + options.exclude,
+    }
+    if options.lang:
+        updates["lang"] = options.lang
+    if options.torch_version:
+        updates["torch_version"] = options.torch_version
+    return config.model_copy(update=updates)
+
+
+def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Workspace) -> Reasoner:
+    """The offline reasoner unless an LLM is configured and `--offline` was not given."""
+    return OfflineReasoner()
+
+
+def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditOutcome:
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    audit_id = uuid.uuid4().hex
+    root = find_project_root(options.target)
+    config = effective_config(options, root)
+    workspace = load_workspace(options.target, config.exclude, config.max_file_bytes)
+    reasoner = choose_reasoner(options, config, workspace)
+
+    def gather() -> dict[int, PointRequest]:
+        static = run_static(workspace, config)
+        return split_by_point(workspace, static, config.lang)
+
+    graph = build_audit_graph(reasoner, gather)
+    run_config: RunnableConfig = {"configurable": {"thread_id": audit_id}}
+    with sqlite_checkpointer(torchdoctor_home() / "checkpoints.sqlite") as saver:
+        app = graph.compile(checkpointer=saver)
+        for mode, chunk in app.stream(
+            {"audit_id": audit_id}, run_config, stream_mode=["updates", "custom"]
+        ):
+            if mode == "custom" and progress is not None and isinstance(chunk, dict):
+                progress(chunk)
+        state = app.get_state(run_config).values
+
+    findings = sort_findings([Finding.model_validate(f) for f in state.get("findings", [])])
+    coverage = sorted(
+        (CoverageEntry.model_validate(c) for c in state.get("coverage", [])),
+        key=lambda c: _item_order(c.item),
+    )
+    gates = [GateDecision.model_validate(g) for g in state.get("gates", [])]
+    ledger_path = (
+        (options.ledger or default_ledger_path(options.target)) if options.write_ledger else None
+    )
+    ledger = Ledger.read(ledger_path) if ledger_path else Ledger.empty()
+    findings = ledger.apply_user_statuses(findings)
+    notes = list(state.get("notes", []))
+    provenance = Provenance(
+        tools={"torchdoctor": __version__},
+        torch_version=installed_torch_version(),
+        target_torch_version=config.torch_version or installed_torch_version(),
+        python_version=platform.python_version(),
+        reasoner=reasoner.name,
+        audit_id=audit_id,
+        started_at=started_at,
+        duration_s=round(time.perf_counter() - started, 3),
+        extra={"usage": state.get("usage", {})} if state.get("usage") else {},
+    )
+    report = AuditReport(
+        tool=ToolInfo(version=__version__),
+        target=Target(
+            path=str(options.target), kind="file" if workspace.kind == "file" else "folder"
+        ),
+        findings=findings,
+        coverage=coverage,
+        summary=summarize(findings, coverage, workspace, gates, notes),
+        provenance=provenance,
+    )
+    if ledger_path is not None:
+        ledger.merge(report, lang=config.lang).write(ledger_path)
+    return AuditOutcome(report=report, ledger_path=ledger_path, trace=list(state.get("trace", [])))
+
+
+_ITEM_INDEX = {item.id: index for index, item in enumerate(ITEMS)}
+
+
+def _item_order(item_id: str) -> int:
+    return _ITEM_INDEX.get(item_id, len(_ITEM_INDEX))
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Phase order first (correctness first), then severity, then location; ids unique."""
+    unique = {f.id: f for f in findings}
+    return sorted(
+        unique.values(),
+        key=lambda f: (f.phase, f.checkpoint, -f.severity.rank, f.file, f.line, f.rule),
+    )
+
+
+def summarize(
+    findings: list[Finding],
+    coverage: list[CoverageEntry],
+    workspace: Workspace,
+    gates: list[GateDecision],
+    notes: list[str],
+) -> Summary:
+    return Summary(
+        total=len(findings),
+        by_severity=dict(Counter(f.severity.value for f in findings)),
+        by_point={str(k): v for k, v in sorted(Counter(f.checkpoint for f in findings).items())},
+        by_status=dict(Counter(f.status.value for f in findings)),
+        coverage=dict(Counter(c.verdict for c in coverage)),
+        files_audited=len(workspace.files),
+        files_skipped=list(workspace.notes),
+        gates=sorted(gates, key=lambda g: g.after_phase),
+        notes=notes,
+    )

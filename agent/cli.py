@@ -1,0 +1,206 @@
+"""`torchdoctor` command line: audit, rules.
+
+Exit codes: 0 nothing open at or above `--fail-on`; 1 open findings at or above it;
+2 a usage or input error (with a one-line message, never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from agent.audit import AuditOptions, AuditOutcome, run_audit
+from agent.checks.registry import rule_doc, rules_by_id
+from agent.config import ConfigError
+from agent.models import Severity
+from agent.report import render
+from agent.workspace import InputError
+
+app = typer.Typer(
+    help="Audit PyTorch code along a 12-point checklist, with evidence.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stderr = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    json = "json"
+    sarif = "sarif"
+    markdown = "markdown"
+
+
+class Lang(StrEnum):
+    en = "en"
+    fr = "fr"
+
+
+def _fail(message: str) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _with_progress(options: AuditOptions) -> AuditOutcome:
+    if not stderr.is_terminal:
+        return run_audit(options)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), console=stderr, transient=True
+    ) as bar:
+        task = bar.add_task("ingest: static analysis", total=13)
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "point":
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"point {event['point']}: {event['findings']} finding(s)",
+                )
+            elif kind == "phase":
+                bar.update(task, description=f"phase {event['phase']}")
+            elif kind == "finalize":
+                bar.update(task, advance=1, description="finalize")
+
+        return run_audit(options, progress=on_event)
+
+
+@app.command()
+def audit(
+    path: Annotated[Path, typer.Argument(help="A Python file or a folder (repository).")],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = OutputFormat.markdown,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here instead of stdout.")
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option(help="Use the deterministic reasoner even if an LLM is configured.")
+    ] = False,
+    fail_on: Annotated[
+        Severity | None,
+        typer.Option("--fail-on", help="Exit 1 if an open finding is at or above this severity."),
+    ] = None,
+    lang: Annotated[
+        Lang | None, typer.Option(help="Language of the markdown report and the ledger.")
+    ] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Ledger path (default: ISSUES.md in the audited folder).")
+    ] = None,
+    no_ledger: Annotated[
+        bool, typer.Option("--no-ledger", help="Do not write the ISSUES.md ledger.")
+    ] = False,
+    select: Annotated[
+        list[str] | None,
+        typer.Option(help="Enable opt-in rules (rule id, point number, or 'all')."),
+    ] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="Disable a rule by id.")] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of relative paths to skip.")
+    ] = None,
+    torch_version: Annotated[
+        str | None,
+        typer.Option(
+            "--torch-version",
+            help="Target PyTorch version for compatibility rules (default: installed).",
+        ),
+    ] = None,
+) -> None:
+    """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
+    options = AuditOptions(
+        target=path,
+        offline=offline,
+        lang=lang.value if lang else None,
+        ledger=ledger,
+        write_ledger=not no_ledger,
+        select=select or [],
+        ignore=ignore or [],
+        exclude=exclude or [],
+        torch_version=torch_version,
+    )
+    try:
+        outcome = _with_progress(options)
+    except (InputError, ConfigError) as err:
+        raise _fail(str(err)) from None
+    report = outcome.report
+    threshold = fail_on
+    text = render(report, fmt.value, lang.value if lang else "en")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for note in report.summary.files_skipped:
+        stderr.print(f"[yellow]not audited:[/] {note.file}: {note.reason}", highlight=False)
+    by_sev = ", ".join(f"{k}: {v}" for k, v in report.summary.by_severity.items()) or "none"
+    ledger_note = f"; ledger: {outcome.ledger_path}" if outcome.ledger_path else ""
+    stderr.print(f"{report.summary.total} finding(s) ({by_sev}){ledger_note}", highlight=False)
+    if threshold is not None and any(
+        f.status.is_open and f.severity.rank >= threshold.rank for f in report.findings
+    ):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def rules(
+    rule_id: Annotated[str | None, typer.Argument(help="Explain one rule.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+) -> None:
+    """List the native rules, or explain one (its documentation)."""
+    registry = rules_by_id()
+    if rule_id is not None:
+        rule = registry.get(rule_id)
+        if rule is None:
+            raise _fail(f"unknown rule {rule_id!r} (see `torchdoctor rules`)")
+        if fmt == "json":
+            sys.stdout.write(json.dumps(_rule_json(rule_id), indent=2) + "\n")
+            return
+        sys.stdout.write(
+            f"{rule.id} — {rule.title}\npoint {rule.point} · severity "
+            f"{rule.severity.value} · tier {rule.tier} · fix: "
+            f"{'yes' if rule.fixable else 'no'} · items {', '.join(rule.items)}\n\n"
+        )
+        sys.stdout.write(rule_doc(rule) + "\n")
+        return
+    if fmt == "json":
+        sys.stdout.write(json.dumps([_rule_json(r) for r in registry], indent=2) + "\n")
+        return
+    if fmt != "table":
+        raise _fail(f"unknown format {fmt!r}: use table or json")
+    table = Table("id", "point", "severity", "tier", "fix", "title")
+    for rule in registry.values():
+        table.add_row(
+            rule.id,
+            str(rule.point),
+            rule.severity.value,
+            rule.tier,
+            "yes" if rule.fixable else "no",
+            rule.title,
+        )
+    Console().print(table)
+
+
+def _rule_json(rule_id: str) -> dict[str, Any]:
+    rule = rules_by_id()[rule_id]
+    return {
+        "id": rule.id,
+        "point": rule.point,
+        "severity": rule.severity.value,
+        "tier": rule.tier,
+        "has_fix": rule.fixable,
+        "items": list(rule.items),
+        "title": rule.title,
+        "doc": rule_doc(rule),
+    }
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,196 @@
+"""The deterministic reasoner: the same evidence always gives the same findings and verdicts.
+
+Conventions it reads from `Evidence.data` (producers: linters, probes):
+- `items`: checklist item ids the evidence speaks to;
+- `verdict`: "pass" | "fail" | "not-applicable" for those items (a probe's coverage hint);
+- `finding`: {rule, severity, title, line?, end_line?, code?} when the evidence is a problem;
+- `attach_to`: "rule|file|line" of a native finding the evidence confirms (de-duplication).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from agent import __version__
+from agent.checklist import ITEMS_BY_ID, items_of_point, phase_of_point
+from agent.checks.base import RawFinding
+from agent.checks.registry import rules_by_id
+from agent.models import CoverageEntry, Evidence, Finding, Severity, fingerprint
+from agent.reasoning.base import PointRequest, PointResult
+
+STATIC_SOURCE = "torchdoctor-static"
+
+
+def attach_key(rule: str, file: str, line: int) -> str:
+    return f"{rule}|{file}|{line}"
+
+
+class OfflineReasoner:
+    """Maps evidence to findings and coverage with fixed rules; no model, no network."""
+
+    @property
+    def name(self) -> str:
+        return "offline"
+
+    def reason(self, request: PointRequest) -> PointResult:
+        attached: dict[str, list[Evidence]] = {}
+        standalone: list[Evidence] = []
+        for ev in request.evidence:
+            key = ev.data.get("attach_to")
+            if isinstance(key, str):
+                attached.setdefault(key, []).append(ev)
+            else:
+                standalone.append(ev)
+        findings = self._native_findings(request, attached)
+        findings += self._evidence_findings(request.point, standalone)
+        coverage = [
+            self._verdict(item.id, request, findings, standalone)
+            for item in items_of_point(request.point)
+        ]
+        return PointResult(point=request.point, findings=findings, coverage=coverage)
+
+    def _native_findings(
+        self, request: PointRequest, attached: dict[str, list[Evidence]]
+    ) -> list[Finding]:
+        rules = rules_by_id()
+        occurrences: Counter[tuple[str, str, str]] = Counter()
+        findings: list[Finding] = []
+        for raw in sorted(request.raw_findings, key=lambda r: (r.file, r.line, r.rule)):
+            key = (raw.rule, raw.file, " ".join(raw.code.split()))
+            occurrence = occurrences[key]
+            occurrences[key] += 1
+            rule = rules.get(raw.rule)
+            evidence = [_static_evidence(raw)]
+            evidence += attached.get(attach_key(raw.rule, raw.file, raw.line), [])
+            findings.append(
+                Finding(
+                    id=fingerprint(raw.rule, raw.file, raw.code, occurrence),
+                    rule=raw.rule,
+                    checkpoint=request.point,
+                    phase=phase_of_point(request.point),
+                    severity=raw.severity,
+                    title=rule.title if rule else raw.rule,
+                    file=raw.file,
+                    line=raw.line,
+                    end_line=max(raw.end_line, raw.line),
+                    evidence=evidence,
+                )
+            )
+        return findings
+
+    def _evidence_findings(self, point: int, evidence: list[Evidence]) -> list[Finding]:
+        findings: list[Finding] = []
+        occurrences: Counter[tuple[str, str, str]] = Counter()
+        for ev in evidence:
+            spec: dict[str, Any] | None = ev.data.get("finding")
+            if not spec or ev.file is None:
+                continue
+            line = int(spec.get("line") or ev.line or 1)
+            code = str(spec.get("code") or ev.message)
+            key = (str(spec["rule"]), ev.file, " ".join(code.split()))
+            occurrence = occurrences[key]
+            occurrences[key] += 1
+            findings.append(
+                Finding(
+                    id=fingerprint(key[0], ev.file, code, occurrence),
+                    rule=key[0],
+                    checkpoint=point,
+                    phase=phase_of_point(point),
+                    severity=Severity(spec.get("severity", "medium")),
+                    title=str(spec.get("title") or ev.message),
+                    file=ev.file,
+                    line=max(1, line),
+                    end_line=max(1, line, int(spec.get("end_line") or line)),
+                    evidence=[ev],
+                )
+            )
+        return findings
+
+    def _verdict(
+        self, item_id: str, request: PointRequest, findings: list[Finding], evidence: list[Evidence]
+    ) -> CoverageEntry:
+        rules = rules_by_id()
+        covering = sorted(r for r in request.rules_run if r in rules and item_id in rules[r].items)
+        failing = sorted({f.rule for f in findings if item_id in _finding_items(f, rules)})
+        hints = [ev for ev in evidence if item_id in ev.data.get("items", [])]
+        if failing:
+            return CoverageEntry(
+                item=item_id,
+                verdict="fail",
+                how=_how(covering, hints),
+                reason=f"{len(failing)} rule(s) fired: {', '.join(failing)}",
+            )
+        hint_verdicts = {ev.data.get("verdict") for ev in hints} - {None}
+        if "fail" in hint_verdicts:
+            return CoverageEntry(
+                item=item_id,
+                verdict="fail",
+                how=_how(covering, hints),
+                reason="; ".join(ev.message for ev in hints if ev.data.get("verdict") == "fail"),
+            )
+        applicable = [r for r in covering if r in request.applicable_rules]
+        if applicable or "pass" in hint_verdicts:
+            return CoverageEntry(
+                item=item_id,
+                verdict="pass",
+                how=_how(covering, hints),
+                reason="checked; nothing found",
+            )
+        if covering or "not-applicable" in hint_verdicts:
+            return CoverageEntry(
+                item=item_id,
+                verdict="not-applicable",
+                how=_how(covering, hints),
+                reason="the code has nothing these checks apply to (e.g. no training loop)",
+            )
+        return CoverageEntry(
+            item=item_id, verdict="not-checked", how="none", reason=_not_checked_reason(item_id)
+        )
+
+
+def _static_evidence(raw: RawFinding) -> Evidence:
+    return Evidence(
+        source=STATIC_SOURCE,
+        source_version=__version__,
+        kind="static",
+        message=raw.message,
+        file=raw.file,
+        line=raw.line,
+        excerpt=raw.excerpt,
+        data=dict(raw.data),
+    )
+
+
+def _finding_items(finding: Finding, rules: dict[str, Any]) -> tuple[str, ...]:
+    rule = rules.get(finding.rule)
+    if rule is not None:
+        return tuple(rule.items)
+    items: list[str] = []
+    for ev in finding.evidence:
+        items += ev.data.get("items", [])
+    return tuple(items)
+
+
+def _how(covering: list[str], hints: list[Evidence]) -> str:
+    parts = []
+    if covering:
+        parts.append("static rules: " + ", ".join(covering))
+    sources = sorted({ev.source for ev in hints})
+    if sources:
+        parts.append("evidence: " + ", ".join(sources))
+    return "; ".join(parts) or "none"
+
+
+def _not_checked_reason(item_id: str) -> str:
+    checks = ITEMS_BY_ID[item_id].checks
+    probes = [c.removeprefix("probe:") for c in checks if c.startswith("probe:")]
+    tools = [c.removeprefix("tool:") for c in checks if c.startswith("tool:")]
+    reasons = []
+    if probes:
+        reasons.append(f"needs an instrumented run (probes: {', '.join(probes)}; pass --run)")
+    if tools:
+        reasons.append(f"needs {', '.join(tools)} (install torchdoctor[linters])")
+    if "review" in checks:
+        reasons.append("needs a reviewer's judgement (configure an LLM or review by hand)")
+    return "; ".join(reasons) or "no automated check covers this item yet"

@@ -1,0 +1,19 @@
+"""Reporters: they only render an `AuditReport`, they never compute."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from agent.models import AuditReport
+from agent.report.markdown import render_markdown
+from agent.report.sarif import render_sarif
+
+Format = Literal["json", "sarif", "markdown"]
+
+
+def render(report: AuditReport, fmt: Format, lang: str = "en") -> str:
+    if fmt == "json":
+        return report.model_dump_json(indent=2) + "\n"
+    if fmt == "sarif":
+        return render_sarif(report)
+    return render_markdown(report, lang)

@@ -1,0 +1,41 @@
+"""The markdown report: the JSON report's content, laid out for a human reader."""
+
+from __future__ import annotations
+
+import re
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from agent.checklist import ITEMS_BY_ID, POINTS, point_title
+from agent.i18n import labels
+from agent.models import AuditReport
+
+_ENV = Environment(
+    loader=PackageLoader("agent", "templates"),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+_ENV.filters["cell"] = lambda text: " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render_markdown(report: AuditReport, lang: str = "en") -> str:
+    points = []
+    for point in POINTS:
+        findings = [f for f in report.findings if f.checkpoint == point.number]
+        points.append(
+            {"number": point.number, "title": point_title(point.number, lang), "findings": findings}
+        )
+    coverage = [
+        {
+            **c.model_dump(),
+            "title": ITEMS_BY_ID[c.item].title(lang) if c.item in ITEMS_BY_ID else c.item,
+        }
+        for c in report.coverage
+    ]
+    text = _ENV.get_template("report.md.j2").render(
+        L=labels(lang), report=report, points=points, coverage=coverage
+    )
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

@@ -1,0 +1,167 @@
+"""`torchdoctor audit` as a user runs it: a real subprocess, real files, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.conftest import EXAMPLES, REPO
+
+FINDING_FIELDS = {
+    "id",
+    "rule",
+    "checkpoint",
+    "phase",
+    "severity",
+    "title",
+    "file",
+    "line",
+    "end_line",
+    "evidence",
+    "status",
+    "fix",
+}
+TOP_FIELDS = {"schema_version", "tool", "target", "findings", "coverage", "summary", "provenance"}
+PLANTED = {
+    "zero-grad-missing",
+    "double-softmax",
+    "bce-on-sigmoid",
+    "loss-graph-accumulation",
+    "retain-graph-in-loop",
+    "host-sync-in-step",
+    "validation-with-grad",
+    "eval-without-eval-mode",
+    "torch-load-unsafe",
+    "no-torch-seed",
+    "direct-forward-call",
+}
+
+
+def torchdoctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=os.environ.copy(),
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    target = tmp_path / "train_buggy.py"
+    target.write_bytes((EXAMPLES / "train_buggy.py").read_bytes())
+    return target
+
+
+def test_json_report_contract_and_every_planted_problem(example: Path) -> None:
+    result = torchdoctor("audit", str(example), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == TOP_FIELDS
+    assert report["schema_version"] == 1
+    assert report["tool"]["name"] == "torchdoctor"
+    for finding in report["findings"]:
+        assert set(finding) == FINDING_FIELDS
+        assert finding["file"] == "train_buggy.py"
+        assert 1 <= finding["checkpoint"] <= 12 and 1 <= finding["phase"] <= 5
+        assert finding["id"].startswith("TD-")
+        assert finding["fix"] is None or set(finding["fix"]) >= {"diff", "verified", "verification"}
+    rules = {f["rule"] for f in report["findings"]}
+    assert rules >= PLANTED, PLANTED - rules
+    points = {f["checkpoint"] for f in report["findings"] if f["rule"] in PLANTED}
+    assert len(points) >= 5
+    assert len(report["coverage"]) == 50
+    assert {c["verdict"] for c in report["coverage"]} <= {
+        "pass",
+        "fail",
+        "not-applicable",
+        "not-checked",
+    }
+    assert report["provenance"]["reasoner"] == "offline"
+    assert (example.parent / "ISSUES.md").exists()
+
+
+def test_sarif_validates_against_the_official_schema(example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit.sarif"
+    result = torchdoctor("audit", str(example.parent), "--format", "sarif", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "", "nothing but the report goes to stdout, and it went to a file"
+    sarif = json.loads(out.read_text())
+    schema = json.loads((REPO / "tests" / "schemas" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.validate(sarif, schema)
+    assert sarif["runs"][0]["results"]
+
+
+def test_markdown_report_in_french(example: Path) -> None:
+    result = torchdoctor("audit", str(example), "--lang", "fr", "--no-ledger")
+    assert result.returncode == 0, result.stderr
+    assert "# Rapport d'audit torchdoctor" in result.stdout
+    assert "Couverture de la liste de contrôle" in result.stdout
+    assert not (example.parent / "ISSUES.md").exists()
+
+
+def test_exit_codes(example: Path, tmp_path: Path) -> None:
+    assert (
+        torchdoctor("audit", str(example), "--format", "json", "--fail-on", "high").returncode == 1
+    )
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "ok.py").write_text("def add(a: int, b: int) -> int:\n    return a + b\n")
+    assert torchdoctor("audit", str(clean), "--format", "json", "--fail-on", "low").returncode == 0
+    missing = torchdoctor("audit", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert torchdoctor("audit", str(example), "--format", "xml").returncode == 2
+    notpy = tmp_path / "data.csv"
+    notpy.write_text("a,b\n")
+    assert torchdoctor("audit", str(notpy)).returncode == 2
+
+
+def test_bad_inputs_are_notes_and_the_rest_is_audited(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "broken.py").write_text("def f(:\n")
+    (repo / "pkg" / "blob.py").write_bytes(b"\x00\x01\x02" * 100)
+    (repo / "pkg" / "latin.py").write_bytes(b"x = '\xe9t\xe9'\n")
+    (repo / "pkg" / "generated.py").write_text("X = 1\n" * 900_000)
+    (repo / "pkg" / "dangling.py").symlink_to(repo / "missing.py")
+    (repo / "pkg" / "loop").symlink_to(repo / "pkg")
+    (repo / "train.py").write_text((EXAMPLES / "train_buggy.py").read_text())
+    result = torchdoctor("audit", str(repo), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    skipped = {n["file"]: n["reason"] for n in report["summary"]["files_skipped"]}
+    assert "binary" in skipped["pkg/blob.py"]
+    assert "encoding" in skipped["pkg/latin.py"]
+    assert "MB" in skipped["pkg/generated.py"]
+    assert "broken symbolic link" in skipped["pkg/dangling.py"]
+    rules = {(f["file"], f["rule"]) for f in report["findings"]}
+    assert ("pkg/broken.py", "syntax-error") in rules
+    assert ("train.py", "zero-grad-missing") in rules
+
+
+def test_empty_folder_is_reported_not_crashed(tmp_path: Path) -> None:
+    result = torchdoctor("audit", str(tmp_path), "--format", "json", "--no-ledger")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["files_audited"] == 0
+    assert report["summary"]["files_skipped"][0]["reason"].startswith("no Python files")
+
+
+def test_rules_command_lists_and_explains(tmp_path: Path) -> None:
+    listing = torchdoctor("rules", "--format", "json")
+    assert listing.returncode == 0
+    rules = json.loads(listing.stdout)
+    assert {"id", "point", "severity", "has_fix"} <= set(rules[0])
+    explained = torchdoctor("rules", "zero-grad-missing")
+    assert "Fix:" in explained.stdout and "Example:" in explained.stdout
+    assert torchdoctor("rules", "no-such-rule").returncode == 2

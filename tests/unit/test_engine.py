@@ -1,0 +1,56 @@
+"""The static engine: one parse, one walk, rules by node type; bad files never stop the rest."""
+
+from __future__ import annotations
+
+from agent.checks.base import EngineConfig
+from agent.checks.engine import analyse_files, analyse_source
+from agent.checks.registry import enabled_rules
+
+GOOD = "import torch\nx = torch.zeros(3)\n"
+
+
+def test_syntax_error_becomes_a_finding_and_other_files_still_run() -> None:
+    result = analyse_files([("bad.py", "def f(:\n    pass\n"), ("good.py", GOOD)])
+    bad = next(r for r in result.files if r.path == "bad.py")
+    assert [f.rule for f in bad.findings] == ["syntax-error"]
+    assert "SyntaxError" in bad.findings[0].message
+    assert next(r for r in result.files if r.path == "good.py").note is None
+
+
+def test_deadline_stops_a_pathological_file_with_a_note() -> None:
+    huge = "x = [" + ",".join(["1"] * 200_000) + "]\n"
+    result = analyse_source("huge.py", huge, enabled_rules(), EngineConfig(file_deadline_s=0.0))
+    assert result.note is not None and "deadline" in result.note
+
+
+def test_deeply_nested_expression_is_a_note_not_a_crash() -> None:
+    nested = "x = " + "(" * 5000 + "1" + ")" * 5000 + "\n"
+    result = analyse_source("nested.py", nested, enabled_rules(), EngineConfig())
+    assert result.note is not None or result.findings
+
+
+def test_inline_suppression() -> None:
+    source = (
+        "def train(model, loader, opt):\n"
+        "    for x in loader:  # torchdoctor: ignore[zero-grad-missing]\n"
+        "        model(x).sum().backward()\n"
+        "        opt.step()\n"
+    )
+    result = analyse_files([("t.py", source)])
+    assert not [f for f in result.all_findings() if f.rule == "zero-grad-missing"]
+
+
+def test_parallel_and_sequential_passes_agree() -> None:
+    files = [
+        (
+            f"m{i}.py",
+            GOOD + f"def f{i}(model, loader, opt):\n    for x in loader:\n"
+            "        model(x).sum().backward()\n        opt.step()\n",
+        )
+        for i in range(30)
+    ]
+    sequential = analyse_files(files, workers=1)
+    parallel = analyse_files(files, workers=2)
+    key = lambda r: sorted((f.file, f.line, f.rule) for f in r.all_findings())  # noqa: E731
+    assert key(sequential) == key(parallel)
+    assert len(key(sequential)) >= 30
