@@ -48,7 +48,7 @@ def engine_config(config: AuditConfig) -> EngineConfig:
 
 
 def run_static(workspace: Workspace, config: AuditConfig) -> StaticResult:
-    return analyse_files(workspace.pairs(), engine_config(config))
+    return analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
 
 
 def split_by_point(
