@@ -5,22 +5,296 @@ in that function, then to the module's. `self.x` resolves to every `self.x = ...
 A call to a function defined in the module resolves to what that function returns. This is
 flow-insensitive by design: rules ask "may this value come from X?", and a may-answer over a
 module is what lets them see a model built in one function and trained in another.
+
+On top of the def-use tables sit the questions the rules ask of a value:
+- `graph_origin`: is this tensor still attached to the autograd graph (a loss or a model output
+  not passed through `.item()`/`.detach()`/`float()`, not computed under `no_grad`)?
+- `held_out_kind`: does this value derive from the test/validation split?
+- `producers`: which calls produce this value through shape-preserving steps (softmax, sigmoid)?
+- `saved_kind`: was the file at this path written by `torch.save` from a `state_dict()`/tensors
+  or from a whole pickled module?
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from agent.checks.loops import walk_scope
+from agent.checks.loops import local_callee, walk_scope
 
 if TYPE_CHECKING:
     from agent.checks.base import ModuleContext
 
 ScopeNode = ast.Module | ast.FunctionDef | ast.AsyncFunctionDef
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+GraphOrigin = Literal["loss", "output"]
+SavedKind = Literal["weights", "module", "unknown"]
 _MAX_DEPTH = 8
+_MAX_VISITS = 400
+
+GRAD_OFF = frozenset(
+    {
+        "torch.no_grad",
+        "torch.inference_mode",
+        "torch.autograd.no_grad",
+        "torch.autograd.inference_mode",
+        "torch.autograd.grad_mode.no_grad",
+        "torch.autograd.grad_mode.inference_mode",
+    }
+)
+_SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled"})
+NN_MODULE_BASES = frozenset(
+    {
+        "torch.nn.Module",
+        "torch.nn.modules.module.Module",
+        "lightning.LightningModule",
+        "lightning.pytorch.LightningModule",
+        "pytorch_lightning.LightningModule",
+    }
+)
+_MODEL_FACTORY_PREFIXES = ("torchvision.models.", "timm.create_model", "transformers.")
+_MODEL_NAME = re.compile(
+    r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
+    r"transformer)s?($|_)|^(model|net)\w*$",
+    re.IGNORECASE,
+)
+_LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+_LOSS_FUNCTIONS = frozenset(
+    {
+        "cross_entropy",
+        "nll_loss",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "kl_div",
+        "ctc_loss",
+        "poisson_nll_loss",
+        "gaussian_nll_loss",
+        "triplet_margin_loss",
+        "margin_ranking_loss",
+        "hinge_embedding_loss",
+        "cosine_embedding_loss",
+        "multilabel_margin_loss",
+        "multilabel_soft_margin_loss",
+        "multi_margin_loss",
+    }
+)
+# Results that no longer hold the autograd graph.
+_DETACHING_METHODS = frozenset(
+    {
+        "item",
+        "detach",
+        "detach_",
+        "tolist",
+        "numpy",
+        "backward",
+        "argmax",
+        "argmin",
+        "eq",
+        "ne",
+        "gt",
+        "lt",
+        "ge",
+        "le",
+        "long",
+        "int",
+        "bool",
+        "sign",
+        "nonzero",
+        "size",
+        "dim",
+        "numel",
+        "round",
+        "floor",
+        "ceil",
+        "isnan",
+        "isfinite",
+        "isinf",
+        "any",
+        "all",
+        "append",
+        "extend",
+        "step",
+        "zero_grad",
+        "state_dict",
+        "count_nonzero",
+    }
+)
+_DETACHING_BUILTINS = frozenset({"float", "int", "bool", "str", "len", "round", "repr", "format"})
+_AGGREGATING_BUILTINS = frozenset({"sum", "max", "min", "abs"})
+_NON_GRAD_TORCH = frozenset(
+    {
+        "tensor",
+        "as_tensor",
+        "from_numpy",
+        "argmax",
+        "argmin",
+        "eq",
+        "ne",
+        "gt",
+        "lt",
+        "ge",
+        "le",
+        "isnan",
+        "isfinite",
+        "isinf",
+        "randn",
+        "rand",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "randint",
+        "randperm",
+        "manual_seed",
+        "device",
+        "no_grad",
+        "save",
+        "load",
+    }
+)
+# Steps that keep the value (and what it means): views, dtype/device moves, clamps, logs.
+PASSTHROUGH_METHODS = frozenset(
+    {
+        "view",
+        "reshape",
+        "squeeze",
+        "unsqueeze",
+        "float",
+        "double",
+        "half",
+        "to",
+        "cpu",
+        "cuda",
+        "contiguous",
+        "permute",
+        "transpose",
+        "flatten",
+        "clamp",
+        "clamp_min",
+        "clip",
+        "log",
+        "type_as",
+        "view_as",
+        "reshape_as",
+        "bfloat16",
+        "t",
+    }
+)
+_PASSTHROUGH_FUNCTIONS = frozenset(
+    {"torch.log", "torch.clamp", "torch.clip", "torch.squeeze", "torch.flatten", "torch.reshape"}
+)
+
+_HELD_OUT_TOKENS = {
+    "test": "test",
+    "tst": "test",
+    "holdout": "test",
+    "heldout": "test",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "val",
+}
+_NOT_DATA_TOKENS = frozenset(
+    {
+        "freq",
+        "interval",
+        "every",
+        "size",
+        "ratio",
+        "frac",
+        "fraction",
+        "pct",
+        "percent",
+        "num",
+        "n",
+        "count",
+        "steps",
+        "epochs",
+        "batch",
+        "bs",
+        "split",
+        "splits",
+        "mode",
+        "only",
+        "case",
+        "cases",
+        "time",
+        "func",
+        "fn",
+        "step",
+        "period",
+        "flag",
+        "enabled",
+        "dir",
+        "path",
+        "file",
+        "collate",
+        "transform",
+        "transforms",
+        "fmt",
+        "print",
+        "verbose",
+    }
+)
+_DATA_SUFFIXES = (
+    "loader",
+    "set",
+    "data",
+    "dataset",
+    "ds",
+    "dl",
+    "iter",
+    "x",
+    "y",
+    "images",
+    "labels",
+    "df",
+    "features",
+    "targets",
+)
+_NON_DATA_KEYWORDS = frozenset(
+    {
+        "collate_fn",
+        "transform",
+        "target_transform",
+        "transforms",
+        "batch_size",
+        "num_workers",
+        "shuffle",
+        "sampler",
+        "batch_sampler",
+        "pin_memory",
+        "drop_last",
+        "device",
+        "dtype",
+        "worker_init_fn",
+        "generator",
+        "callbacks",
+        "model",
+        "optimizer",
+        "criterion",
+        "loss_fn",
+        "scheduler",
+        "random_state",
+        "test_size",
+        "train_size",
+        "stratify",
+    }
+)
+_HELD_OUT_SPLIT_VALUES = frozenset({"test", "val", "valid", "validation", "eval", "holdout", "dev"})
+_TOKEN_SPLIT = re.compile(r"[^A-Za-z]+|(?<=[a-z])(?=[A-Z])")
+SPLIT_FUNCTIONS = frozenset(
+    {
+        "sklearn.model_selection.train_test_split",
+        "torch.utils.data.random_split",
+        "torch.utils.data.dataset.random_split",
+    }
+)
+_SPLIT_SIMPLE_NAMES = frozenset({"train_test_split", "random_split"})
 
 
 def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
@@ -32,39 +306,112 @@ def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
     elif isinstance(target, ast.Tuple | ast.List):
         for elt in target.elts:
             yield from _target_names(elt)
+    elif isinstance(target, ast.Starred):
+        yield from _target_names(target.value)
+
+
+def identifier(expr: ast.AST) -> str:
+    """`self.model` -> 'model'; `crit` -> 'crit'; `model.forward` -> 'forward'."""
+    if isinstance(expr, ast.Attribute):
+        return expr.attr
+    if isinstance(expr, ast.Name):
+        return expr.id
+    return ""
+
+
+def kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
+def first_argument(call: ast.Call, name: str) -> ast.expr | None:
+    """The argument passed as keyword `name` or first positionally."""
+    found = kwarg(call, name)
+    if found is not None:
+        return found
+    if call.args and not isinstance(call.args[0], ast.Starred):
+        return call.args[0]
+    return None
+
+
+def held_out_name_kind(name: str) -> str | None:
+    """'X_test' -> 'test', 'valloader' -> 'val', 'val_freq' -> None, 'latest' -> None."""
+    tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+    if any(t in _NOT_DATA_TOKENS for t in tokens):
+        return None
+    for token in tokens:
+        if token in _HELD_OUT_TOKENS:
+            return _HELD_OUT_TOKENS[token]
+        for prefix in ("test", "val", "valid", "eval"):
+            if token.startswith(prefix) and token[len(prefix) :] in _DATA_SUFFIXES:
+                return _HELD_OUT_TOKENS[prefix]
+        for suffix in ("test", "val"):
+            if token.endswith(suffix) and token[: -len(suffix)] in _DATA_SUFFIXES:
+                return _HELD_OUT_TOKENS[suffix]
+    return None
+
+
+def _is_false(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
 
 
 class DataFlow:
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx
+        self._origin_memo: dict[int, GraphOrigin | None] = {}
+
+    # ---- def-use tables -------------------------------------------------------------------
+
+    @cached_property
+    def _scopes(self) -> list[ScopeNode]:
+        scopes: list[ScopeNode] = [self.ctx.tree]
+        scopes += [
+            n
+            for n in ast.walk(self.ctx.tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        return scopes
 
     @cached_property
     def _scope_bindings(self) -> dict[int, dict[str, list[ast.expr]]]:
         """scope node id -> name -> assigned value expressions (tuple unpacking kept whole)."""
         result: dict[int, dict[str, list[ast.expr]]] = {}
-        scopes: list[ScopeNode] = [self.ctx.tree]
-        scopes += [
-            n for n in ast.walk(self.ctx.tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-        ]
-        for scope in scopes:
+        for scope in self._scopes:
             table: dict[str, list[ast.expr]] = {}
-            for node in walk_scope(scope.body):
-                pairs: list[tuple[ast.expr, ast.expr]] = []
-                if isinstance(node, ast.Assign):
-                    pairs = [(t, node.value) for t in node.targets]
-                elif isinstance(node, ast.AnnAssign | ast.AugAssign) and node.value is not None:
-                    pairs = [(node.target, node.value)]
-                elif isinstance(node, ast.NamedExpr):
-                    pairs = [(node.target, node.value)]
-                elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
-                    pairs = [(node.target, node.iter)]
-                elif isinstance(node, ast.withitem) and node.optional_vars is not None:
-                    pairs = [(node.optional_vars, node.context_expr)]
-                for target, value in pairs:
-                    for name, _ in _target_names(target):
-                        table.setdefault(name, []).append(value)
+            for target, value in self._binding_pairs(scope):
+                for name, _ in _target_names(target):
+                    table.setdefault(name, []).append(value)
             result[id(scope)] = table
         return result
+
+    @staticmethod
+    def _binding_pairs(scope: ScopeNode) -> Iterator[tuple[ast.expr, ast.expr]]:
+        for node in walk_scope(scope.body):
+            if isinstance(node, ast.Assign):
+                for t in node.targets:
+                    yield t, node.value
+            elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
+                if node.value is not None:
+                    yield node.target, node.value
+            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+                yield node.target, node.iter
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                yield node.optional_vars, node.context_expr
+
+    @cached_property
+    def _unpacked_by_name(self) -> dict[tuple[int, str], list[tuple[ast.expr, int, int]]]:
+        """(scope id, name) -> every `(value, position, arity)` unpacking that binds it."""
+        found: dict[tuple[int, str], list[tuple[ast.expr, int, int]]] = {}
+        for scope in self._scopes:
+            for target, value in self._binding_pairs(scope):
+                if isinstance(target, ast.Tuple | ast.List):
+                    for index, elt in enumerate(target.elts):
+                        for name, _ in _target_names(elt):
+                            key = (id(scope), name)
+                            found.setdefault(key, []).append((value, index, len(target.elts)))
+        return found
 
     @cached_property
     def _self_attributes(self) -> dict[str, list[ast.expr]]:
@@ -77,17 +424,59 @@ class DataFlow:
         return merged
 
     @cached_property
+    def functions(self) -> dict[str, list[FunctionNode]]:
+        found: dict[str, list[FunctionNode]] = {}
+        for scope in self._scopes:
+            if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+                found.setdefault(scope.name, []).append(scope)
+        return found
+
+    @cached_property
     def _returns(self) -> dict[str, list[ast.expr]]:
         result: dict[str, list[ast.expr]] = {}
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        for name, defs in self.functions.items():
+            for node in defs:
                 values = [
                     r.value
                     for r in walk_scope(node.body)
                     if isinstance(r, ast.Return) and r.value is not None
                 ]
-                result.setdefault(node.name, []).extend(values)
+                result.setdefault(name, []).extend(values)
         return result
+
+    @cached_property
+    def classes(self) -> dict[str, ast.ClassDef]:
+        return {n.name: n for n in ast.walk(self.ctx.tree) if isinstance(n, ast.ClassDef)}
+
+    @cached_property
+    def module_classes(self) -> set[str]:
+        """Local classes that are `nn.Module`s, directly or through local bases."""
+        found: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for cls in self.classes.values():
+                if cls.name in found:
+                    continue
+                for base in cls.bases:
+                    qual = self.ctx.qualname(base) or ""
+                    if qual in NN_MODULE_BASES or identifier(base) in found:
+                        found.add(cls.name)
+                        changed = True
+                        break
+        return found
+
+    @cached_property
+    def callers(self) -> dict[str, list[ast.Call]]:
+        """Local function name -> the calls in the module that may reach it."""
+        found: dict[str, list[ast.Call]] = {}
+        names = set(self.functions)
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.Call):
+                callee = local_callee(node)
+                if callee in names:
+                    found.setdefault(callee, []).append(node)
+        return found
 
     def _scope_of(self, node: ast.AST) -> ScopeNode:
         fn = self.ctx.enclosing_function(node)
@@ -107,6 +496,25 @@ class DataFlow:
             scope = self._scope_of(node)
             key = f"{node.value.id}.{node.attr}"
             return self._scope_bindings.get(id(scope), {}).get(key, [])
+        return []
+
+    def unpackings(self, node: ast.Name) -> list[tuple[ast.expr, int, int]]:
+        """Where `node`'s name is bound by tuple unpacking: (value, position, arity)."""
+        scope = self._scope_of(node)
+        found = self._unpacked_by_name.get((id(scope), node.id))
+        if found:
+            return found
+        return self._unpacked_by_name.get((id(self.ctx.tree), node.id), [])
+
+    def returns_of(self, call: ast.Call) -> list[ast.expr]:
+        """What a call of a local function (`f(x)` or `self.f(x)`) may return."""
+        func = call.func
+        if isinstance(func, ast.Name) or (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in ("self", "cls")
+        ):
+            return self._returns.get(identifier(func), [])
         return []
 
     def sources(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.expr]:
@@ -135,17 +543,653 @@ class DataFlow:
                     return qual
         return None
 
+    def constructors(self, expr: ast.expr) -> Iterator[ast.Call]:
+        """Calls whose result `expr` may hold, seen through `.to()/.eval()`-style chains."""
+        for source in self.sources(expr):
+            call = source
+            while (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("to", "cuda", "cpu", "eval", "train", "float", "half")
+            ):
+                call = call.func.value
+            if isinstance(call, ast.Call):
+                yield call
+
+    def local_class(self, expr: ast.expr) -> ast.ClassDef | None:
+        """The module's own class whose instance `expr` may hold (`model = Net()`)."""
+        for call in self.constructors(expr):
+            if isinstance(call.func, ast.Name) and call.func.id in self.classes:
+                return self.classes[call.func.id]
+        return None
+
     def derives_from(self, expr: ast.expr, predicate: Callable[[ast.AST], bool]) -> bool:
         """Whether any sub-expression of any source of `expr` satisfies `predicate`."""
         for source in self.sources(expr):
             for sub in walk_scope(source):
                 if predicate(sub):
                     return True
-                if sub is not source and isinstance(sub, ast.Name | ast.Attribute):
-                    if any(predicate(s) for s in self._shallow_sources(sub)):
-                        return True
+                if (
+                    sub is not source
+                    and isinstance(sub, ast.Name | ast.Attribute)
+                    and any(predicate(s) for s in self._shallow_sources(sub))
+                ):
+                    return True
         return False
 
     def _shallow_sources(self, expr: ast.expr) -> Iterator[ast.AST]:
         for value in self.definitions(expr):
             yield from walk_scope(value)
+
+    # ---- grad mode --------------------------------------------------------------------------
+
+    def is_grad_off(self, expr: ast.expr) -> bool:
+        """`torch.no_grad()`, `torch.inference_mode()` (bare or called), grad enabled False."""
+        target = expr.func if isinstance(expr, ast.Call) else expr
+        qual = self.ctx.qualname(target)
+        if qual in GRAD_OFF:
+            if isinstance(expr, ast.Call) and expr.args:
+                return not _is_false(expr.args[0])
+            return not (isinstance(expr, ast.Call) and _is_false(kwarg(expr, "mode")))
+        if qual in _SET_GRAD_ENABLED and isinstance(expr, ast.Call) and expr.args:
+            return _is_false(expr.args[0])
+        return False
+
+    def grad_off_function(self, fn: FunctionNode) -> bool:
+        return any(self.is_grad_off(d) for d in fn.decorator_list)
+
+    def grad_off_block(self, node: ast.AST) -> ast.With | ast.AsyncWith | FunctionNode | None:
+        """The innermost `with no_grad()` block or decorated function that `node` runs under."""
+        for anc in self.ctx.ancestors(node):
+            if isinstance(anc, ast.With | ast.AsyncWith):
+                if any(self.is_grad_off(item.context_expr) for item in anc.items):
+                    return anc
+            elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                return anc if self.grad_off_function(anc) else None
+            elif isinstance(anc, ast.Lambda | ast.ClassDef):
+                return None
+        return None
+
+    def grad_disabled_at(self, node: ast.AST) -> bool:
+        return self.grad_off_block(node) is not None
+
+    # ---- models and losses ------------------------------------------------------------------
+
+    def is_module_value(self, expr: ast.expr) -> bool:
+        """Whether `expr` may hold an `nn.Module` (by construction, or a name like `model`)."""
+        if isinstance(expr, ast.Name) and expr.id in ("self", "cls"):
+            return False
+        for call in self.constructors(expr):
+            if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
+                return True
+            qual = self.ctx.call_qualname(call) or ""
+            last = qual.rsplit(".", 1)[-1]
+            if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
+                return True
+            if qual.startswith(_MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
+                return True
+        name = identifier(expr)
+        return bool(name) and self.ctx.qualname(expr) is None and bool(_MODEL_NAME.search(name))
+
+    def is_model_call(self, call: ast.Call) -> bool:
+        """`model(x)`, `self.net(x)`, `model.forward(x)`."""
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr == "forward":
+            return self.is_module_value(func.value)
+        if not isinstance(func, ast.Name | ast.Attribute):
+            return False
+        if self.ctx.qualname(func) is not None or self.is_loss_callee(func):
+            return False
+        return self.is_module_value(func)
+
+    def loss_class(self, callee: ast.expr) -> str | None:
+        """'CrossEntropyLoss' when `callee` holds a torch loss module, else None."""
+        qual = self.constructed_as(callee) or ""
+        last = qual.rsplit(".", 1)[-1]
+        if qual.startswith("torch.nn.") and last.endswith("Loss"):
+            return last
+        return None
+
+    def is_loss_callee(self, callee: ast.expr) -> bool:
+        qual = self.ctx.qualname(callee) or ""
+        if qual.startswith("torch.nn.functional."):
+            name = qual.rsplit(".", 1)[-1]
+            return name in _LOSS_FUNCTIONS or name.endswith("_loss")
+        if qual:
+            return False
+        return self.loss_class(callee) is not None or bool(_LOSS_NAME.search(identifier(callee)))
+
+    # ---- graph attachment -------------------------------------------------------------------
+
+    def graph_origin(self, expr: ast.expr) -> GraphOrigin | None:
+        """'loss' or 'output' when `expr` may still hold an autograd graph, else None.
+
+        A value is attached when it comes from a loss (a criterion, `F.*_loss`, a function
+        named like a loss) or a model's output, through arithmetic, reductions and views; it
+        is detached by `.item()`, `.detach()`, `float()`, comparisons and `argmax`, and
+        anything computed under `no_grad`/`inference_mode`.
+        """
+        return self._origin(expr, set())
+
+    def _origin(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
+        key = id(expr)
+        if key in self._origin_memo:
+            return self._origin_memo[key]
+        if key in active or len(active) > _MAX_VISITS:
+            return None
+        active.add(key)
+        result = self._origin_uncached(expr, active)
+        active.discard(key)
+        self._origin_memo[key] = result
+        return result
+
+    def _first_origin(self, exprs: Iterable[ast.expr], active: set[int]) -> GraphOrigin | None:
+        found: GraphOrigin | None = None
+        for expr in exprs:
+            origin = self._origin(expr, active)
+            if origin == "loss":
+                return origin
+            found = found or origin
+        return found
+
+    def _origin_uncached(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
+        if self.grad_disabled_at(expr):
+            return None
+        if isinstance(expr, ast.Name):
+            return self._first_origin(self.definitions(expr), active)
+        if isinstance(expr, ast.Attribute):
+            if expr.attr in ("data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"):
+                return None
+            return self._first_origin(self.definitions(expr), active)
+        if isinstance(expr, ast.Call):
+            return self._call_origin(expr, active)
+        if isinstance(expr, ast.BinOp):
+            return self._first_origin((expr.left, expr.right), active)
+        if isinstance(expr, ast.UnaryOp):
+            return self._origin(expr.operand, active)
+        if isinstance(expr, ast.Subscript | ast.Starred):
+            return self._origin(expr.value, active)
+        if isinstance(expr, ast.IfExp):
+            return self._first_origin((expr.body, expr.orelse), active)
+        if isinstance(expr, ast.Tuple | ast.List):
+            return self._first_origin(expr.elts, active)
+        return None
+
+    def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in _DETACHING_BUILTINS:
+            return None
+        if isinstance(func, ast.Attribute) and func.attr in _DETACHING_METHODS:
+            return None
+        if self.is_loss_callee(func):
+            return "loss"
+        if self.is_model_call(call):
+            return "output"
+        qual = self.ctx.call_qualname(call)
+        if qual is not None:
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in _NON_GRAD_TORCH:
+                return self._first_origin(call.args, active)
+            return None
+        if isinstance(func, ast.Name) and func.id in _AGGREGATING_BUILTINS:
+            return self._first_origin(call.args, active)
+        returned = self.returns_of(call)
+        if returned:
+            return self._first_origin(returned, active)
+        if isinstance(func, ast.Attribute):
+            return self._origin(func.value, active)
+        return None
+
+    # ---- producers (what a value *is*, through shape-preserving steps) -------------------------
+
+    def producers(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
+        """The calls that produce `expr`, seen through names, local returns, views and casts.
+
+        `p = F.softmax(z); q = p.view(-1, C)` -> the softmax call for `q`. A model call yields
+        itself and, for a local class, the producers of what its `forward` returns.
+        """
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(expr, ast.Name | ast.Attribute):
+            for value in self.definitions(expr):
+                if value is not expr:
+                    yield from self.producers(value, depth + 1)
+        elif isinstance(expr, ast.Subscript | ast.Starred):
+            yield from self.producers(expr.value, depth + 1)
+        elif isinstance(expr, ast.IfExp):
+            yield from self.producers(expr.body, depth + 1)
+            yield from self.producers(expr.orelse, depth + 1)
+        elif isinstance(expr, ast.Call):
+            yield expr
+            func = expr.func
+            if isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS:
+                yield from self.producers(func.value, depth + 1)
+            elif self.ctx.call_qualname(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
+                yield from self.producers(expr.args[0], depth + 1)
+            else:
+                for value in self.returns_of(expr):
+                    yield from self.producers(value, depth + 1)
+
+    def module_output_producers(self, module: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
+        """Calls that produce what calling `module` returns: the last layer of an
+        `nn.Sequential`, or what a local class's `forward` returns."""
+        if depth > 3:
+            return
+        for call in self.constructors(module):
+            qual = self.ctx.call_qualname(call) or ""
+            if qual.endswith("Sequential") and call.args:
+                last = call.args[-1]
+                if isinstance(last, ast.Call):
+                    yield last
+                    yield from self.module_output_producers(last, depth + 1)
+            elif isinstance(call.func, ast.Name) and call.func.id in self.classes:
+                yield from self._forward_producers(self.classes[call.func.id], depth)
+
+    def _forward_producers(self, cls: ast.ClassDef, depth: int) -> Iterator[ast.Call]:
+        for stmt in cls.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
+                for node in walk_scope(stmt.body):
+                    if isinstance(node, ast.Return) and node.value is not None:
+                        for producer in self.producers(node.value):
+                            yield producer
+                            if isinstance(producer.func, ast.Attribute | ast.Name):
+                                callee = producer.func
+                                if self.is_module_value(callee):
+                                    yield from self.module_output_producers(callee, depth + 1)
+
+    def value_producers(self, expr: ast.expr) -> Iterator[ast.Call]:
+        """`producers`, plus the output layers of any model whose call produces `expr`."""
+        for call in self.producers(expr):
+            yield call
+            func = call.func
+            if self.is_model_call(call):
+                forward = isinstance(func, ast.Attribute) and func.attr == "forward"
+                target = func.value if forward and isinstance(func, ast.Attribute) else func
+                yield from self.module_output_producers(target)
+
+    # ---- held-out (test/validation) derivation --------------------------------------------------
+
+    def is_split_call(self, call: ast.Call) -> bool:
+        qual = self.ctx.call_qualname(call)
+        if qual is not None:
+            return qual in SPLIT_FUNCTIONS
+        return identifier(call.func) in _SPLIT_SIMPLE_NAMES
+
+    def held_out_kind(
+        self, expr: ast.expr, kinds: frozenset[str] = frozenset({"test", "val"})
+    ) -> str | None:
+        """'test' or 'val' when `expr` may derive from that held-out split, else None.
+
+        Evidence: a name that says so (`X_test`, `val_loader`, `testset`), a dataset built with
+        `train=False` or `split="test"`, the held-out half of `train_test_split`/`random_split`
+        (kind 'split' for an unnamed `random_split` part), the tail `x[k:]` of a sequence whose
+        head `x[:k]` is taken too, and anything computed from those (calls, loaders, loops).
+        """
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, 0)]
+        while stack and len(seen) < _MAX_VISITS:
+            node, depth = stack.pop()
+            if id(node) in seen or depth > _MAX_DEPTH * 2:
+                continue
+            seen.add(id(node))
+            kind = self._direct_held_out(node)
+            if kind is not None and kind in kinds:
+                return kind
+            stack.extend((child, depth + 1) for child in self._held_out_children(node))
+        return None
+
+    def _direct_held_out(self, node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name | ast.Attribute):
+            if isinstance(node, ast.Name) and node.id == "self":
+                return None
+            kind = held_out_name_kind(identifier(node))
+            if kind is not None:
+                return kind
+            if isinstance(node, ast.Name):
+                for value, index, _ in self.unpackings(node):
+                    if isinstance(value, ast.Call) and self.is_split_call(value) and index > 0:
+                        split = identifier(value.func)
+                        if split == "train_test_split" and index % 2 == 1:
+                            return "test"
+                        if split == "random_split":
+                            return "split"
+            return None
+        if isinstance(node, ast.Call):
+            if _is_false(kwarg(node, "train")):
+                return "test"
+            for name in ("split", "subset", "mode"):
+                option = kwarg(node, name)
+                if (
+                    isinstance(option, ast.Constant)
+                    and isinstance(option.value, str)
+                    and option.value.lower() in _HELD_OUT_SPLIT_VALUES
+                ):
+                    return held_out_name_kind(option.value) or "val"
+            return None
+        if isinstance(node, ast.Subscript) and self._is_tail_slice(node):
+            return "split"
+        return None
+
+    def _held_out_children(self, node: ast.expr) -> Iterator[ast.expr]:
+        if isinstance(node, ast.Name | ast.Attribute):
+            yield from self.definitions(node)
+            if isinstance(node, ast.Attribute):
+                yield node.value
+        elif isinstance(node, ast.Call):
+            if not self.is_split_call(node):
+                yield from node.args
+                yield from (k.value for k in node.keywords if k.arg not in _NON_DATA_KEYWORDS)
+                # A returned tuple mixes splits (`return train, test`): its parts are not all
+                # held out, and unpacking positions are not tracked through returns.
+                yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))
+            if isinstance(node.func, ast.Attribute):
+                yield node.func.value
+        elif isinstance(node, ast.Subscript | ast.Starred):
+            yield node.value
+        elif isinstance(node, ast.BinOp):
+            yield node.left
+            yield node.right
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+            yield from node.elts
+        elif isinstance(node, ast.IfExp):
+            yield node.body
+            yield node.orelse
+        elif isinstance(node, ast.ListComp | ast.GeneratorExp | ast.SetComp):
+            yield node.elt
+            yield from (g.iter for g in node.generators)
+
+    @cached_property
+    def _head_slices(self) -> set[tuple[str, str]]:
+        """(sequence text, bound text) of every `x[:k]` in the module."""
+        found: set[tuple[str, str]] = set()
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+                s = node.slice
+                if s.lower is None and s.upper is not None and s.step is None:
+                    found.add((ast.unparse(node.value), ast.unparse(s.upper)))
+        return found
+
+    def _is_tail_slice(self, node: ast.Subscript) -> bool:
+        s = node.slice
+        if not isinstance(s, ast.Slice) or s.lower is None or s.upper is not None:
+            return False
+        return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
+
+    def split_inputs(self) -> list[tuple[ast.Call, list[ast.expr]]]:
+        """Every split call with the data it splits (positional arguments)."""
+        return [
+            (node, [a for a in node.args if not isinstance(a, ast.Starred)])
+            for node in ast.walk(self.ctx.tree)
+            if isinstance(node, ast.Call) and self.is_split_call(node)
+        ]
+
+    def root_names(self, expr: ast.expr) -> set[str]:
+        """Every plain name `expr` is computed from, through definitions (transitively)."""
+        names: set[str] = set()
+        for source in self.sources(expr):
+            for sub in walk_scope(source):
+                if isinstance(sub, ast.Name):
+                    names.add(sub.id)
+        return names
+
+    def sources_include(
+        self, expr: ast.expr, predicate: Callable[[ast.AST], bool]
+    ) -> ast.AST | None:
+        """The first node among `expr`'s sources (and their parts) matching `predicate`."""
+        for source in self.sources(expr):
+            for sub in walk_scope(source):
+                if predicate(sub):
+                    return sub
+                if sub is not source and isinstance(sub, ast.Name):
+                    for value in self.definitions(sub):
+                        for inner in walk_scope(value):
+                            if predicate(inner):
+                                return inner
+        return None
+
+    # ---- saved-artifact provenance ---------------------------------------------------------------
+
+    @cached_property
+    def _saves(self) -> list[tuple[set[str], ast.expr]]:
+        """Every `torch.save(obj, f)` as (path keys of f, obj)."""
+        found: list[tuple[set[str], ast.expr]] = []
+        if "save" not in self.ctx.source:
+            return found
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.Call) and self.ctx.call_qualname(node) == "torch.save":
+                obj = first_argument(node, "obj")
+                path = kwarg(node, "f") or (node.args[1] if len(node.args) > 1 else None)
+                if obj is not None and path is not None:
+                    found.append((self.path_keys(path), obj))
+        return found
+
+    def path_keys(self, expr: ast.expr) -> set[str]:
+        """Texts that identify a file path: the expression, a literal, and what names hold."""
+        keys = {ast.unparse(expr)}
+        if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+            keys.add(repr(expr.value))
+        for source in self.sources(expr):
+            if source is not expr and not isinstance(source, ast.Name):
+                keys.add(ast.unparse(source))
+        return keys
+
+    def saved_kind(self, path: ast.expr) -> SavedKind | None:
+        """How the file at `path` was written by a `torch.save` in this module.
+
+        'weights' when every matching save wrote a `state_dict()`, tensors or a dict of those;
+        'module' when one wrote a whole module (or another pickled object); 'unknown' when a
+        save matches but its object is not recognised; None when no save matches.
+        """
+        keys = self.path_keys(path)
+        kinds = [self._object_kind(obj) for save_keys, obj in self._saves if save_keys & keys]
+        if not kinds:
+            return None
+        if "module" in kinds:
+            return "module"
+        if all(k == "weights" for k in kinds):
+            return "weights"
+        return "unknown"
+
+    def _object_kind(self, obj: ast.expr, depth: int = 0) -> SavedKind:
+        if depth > 3:
+            return "unknown"
+        if isinstance(obj, ast.Dict):
+            kinds = [self._object_kind(v, depth + 1) for v in obj.values]
+            if "module" in kinds:
+                return "module"
+            return "weights" if all(k == "weights" for k in kinds) else "unknown"
+        if isinstance(obj, ast.Constant):
+            return "weights"
+        if isinstance(obj, ast.Call):
+            func = obj.func
+            if isinstance(func, ast.Attribute) and func.attr in (
+                "state_dict",
+                "item",
+                "detach",
+                "cpu",
+                "clone",
+            ):
+                return "weights"
+            qual = self.ctx.call_qualname(obj) or ""
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _NON_GRAD_TORCH:
+                return "weights"
+            if self.is_module_value(func) or (
+                isinstance(func, ast.Name) and func.id in self.module_classes
+            ):
+                return "module"
+            return "unknown"
+        if isinstance(obj, ast.Name | ast.Attribute):
+            if self.is_module_value(obj):
+                return "module"
+            values = self.definitions(obj)
+            if not values:
+                return "unknown"
+            kinds = [self._object_kind(v, depth + 1) for v in values]
+            if "module" in kinds:
+                return "module"
+            return "weights" if all(k == "weights" for k in kinds) else "unknown"
+        return "unknown"
+
+    # ---- method reachability -------------------------------------------------------------------
+
+    @cached_property
+    def _direct_methods(self) -> dict[str, set[str]]:
+        """Local function name -> attribute methods its body calls (`model.eval()` -> 'eval')."""
+        found: dict[str, set[str]] = {}
+        for name, defs in self.functions.items():
+            methods: set[str] = set()
+            for fn in defs:
+                methods |= self.methods_called(fn.body)
+            found[name] = methods
+        return found
+
+    @staticmethod
+    def methods_called(body: list[ast.stmt] | ast.AST) -> set[str]:
+        """Mode methods a body calls directly: 'eval', 'train' (`train(False)` counts as eval)."""
+        methods: set[str] = set()
+        for node in walk_scope(body):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                attr = node.func.attr
+                if attr == "train" and node.args and _is_false(node.args[0]):
+                    methods.add("eval")
+                elif attr in ("eval", "train") and not (attr == "eval" and node.args):
+                    methods.add(attr)
+        return methods
+
+    def reaches_method(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
+        """Whether `body` calls `.method()` directly or through local functions it calls."""
+        if method in self.methods_called(body):
+            return True
+        seen: set[str] = set()
+        frontier = {local_callee(n) for n in walk_scope(body) if isinstance(n, ast.Call)} & set(
+            self.functions
+        )
+        while frontier:
+            name = frontier.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if method in self._direct_methods.get(name, set()):
+                return True
+            for fn in self.functions[name]:
+                frontier |= {
+                    local_callee(n) for n in walk_scope(fn.body) if isinstance(n, ast.Call)
+                } & set(self.functions)
+        return False
+
+    # ---- accumulation across iterations (graph retention) ----------------------------------------
+
+    @cached_property
+    def accumulations(self) -> list[Accumulation]:
+        """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop, where `acc` outlives the
+        iteration (not re-assigned in the loop body) and is never back-propagated itself."""
+        found: list[Accumulation] = []
+        for node in ast.walk(self.ctx.tree):
+            pair = _accumulation_pair(node)
+            if pair is None:
+                continue
+            target, value = pair
+            loop = self._innermost_loop(node)
+            if loop is None or self._assigned_in(target, loop, node):
+                continue
+            found.append(Accumulation(node, target, value, loop))
+        return [a for a in found if not self.is_backpropagated(a.target)]
+
+    def _innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
+        for anc in self.ctx.ancestors(node):
+            if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+                return anc
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                return None
+        return None
+
+    @staticmethod
+    def _assigned_in(
+        target: ast.expr, loop: ast.For | ast.While | ast.AsyncFor, skip: ast.AST
+    ) -> bool:
+        """Whether the loop body re-binds `target` (a reset, not an accumulation)."""
+        text = ast.unparse(target)
+        for node in walk_scope(loop.body):
+            if node is skip or not isinstance(node, ast.Assign | ast.AnnAssign):
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if node.value is not None and _accumulation_pair(node) is not None:
+                continue
+            if any(ast.unparse(t) == text for t in targets):
+                return True
+        return False
+
+    def is_backpropagated(self, target: ast.expr) -> bool:
+        """Whether some `.backward()`/`autograd.grad` in the module runs on a value derived from
+        `target` (summing micro-batch losses before one backward is intended)."""
+        text = ast.unparse(target)
+        for call in self._backward_calls:
+            receivers: list[ast.expr] = list(call.args)
+            if isinstance(call.func, ast.Attribute):
+                receivers.append(call.func.value)
+            for receiver in receivers:
+                if self.derives_from(receiver, lambda n: _same_text(n, text)):
+                    return True
+        return False
+
+    @cached_property
+    def _backward_calls(self) -> list[ast.Call]:
+        calls: list[ast.Call] = []
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.Call):
+                qual = self.ctx.call_qualname(node) or ""
+                if identifier(node.func) in ("backward", "manual_backward") or qual in (
+                    "torch.autograd.backward",
+                    "torch.autograd.grad",
+                ):
+                    calls.append(node)
+        return calls
+
+
+class Accumulation:
+    """One accumulation site: `node` adds `value` into `target` inside `loop`."""
+
+    __slots__ = ("loop", "node", "target", "value")
+
+    def __init__(
+        self,
+        node: ast.AST,
+        target: ast.expr,
+        value: ast.expr,
+        loop: ast.For | ast.While | ast.AsyncFor,
+    ) -> None:
+        self.node = node
+        self.target = target
+        self.value = value
+        self.loop = loop
+
+
+def _same_text(node: ast.AST, text: str) -> bool:
+    return isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node) == text
+
+
+def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
+    """(accumulator, added value) for `a += v`, `a = a + v`, `a.append(v)`; else None."""
+    if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+        if isinstance(node.target, ast.Name | ast.Attribute):
+            return node.target, node.value
+    elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, value = node.targets[0], node.value
+        if (
+            isinstance(target, ast.Name | ast.Attribute)
+            and isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.Add)
+        ):
+            text = ast.unparse(target)
+            if ast.unparse(value.left) == text:
+                return target, value.right
+            if ast.unparse(value.right) == text:
+                return target, value.left
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        receiver = node.func.value
+        if (
+            node.func.attr in ("append", "extend")
+            and len(node.args) == 1
+            and isinstance(receiver, ast.Name | ast.Attribute)
+        ):
+            return receiver, node.args[0]
+    return None

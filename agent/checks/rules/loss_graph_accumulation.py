@@ -1,0 +1,68 @@
+"""loss-graph-accumulation: a loss tensor is summed or stored across iterations with its graph."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+
+class LossGraphAccumulation(Rule):
+    """Detects a loss that is accumulated across loop iterations while still attached to the
+    autograd graph: `running_loss += loss`, `total = total + loss`, `losses.append(loss)`,
+    where `loss` comes from a criterion or loss function (directly or through variables and
+    local functions) and was not passed through `.item()`, `.detach()` or `float()`.
+
+    Why it matters: each stored tensor keeps its whole computation graph alive (activations
+    included), so memory grows every step until the process runs out of memory; the PyTorch
+    FAQ calls this "accumulating history across your training loop". Accumulation under
+    `torch.no_grad()`/`inference_mode()`, into a variable reset every iteration, or into a
+    total that is itself back-propagated (micro-batch losses summed before one backward) is
+    not reported.
+
+    Example:
+        running_loss = 0.0
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss
+
+    Fix: accumulate a detached value: `running_loss += loss.detach()` (keeps the sum on the
+    device, no sync), or `loss.item()` when a Python float is needed anyway.
+    """
+
+    id = "loss-graph-accumulation"
+    point = 1
+    severity = Severity.HIGH
+    title = "Loss accumulated with its autograd graph"
+    items: ClassVar[tuple[str, ...]] = ("1.4",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return _may_have_losses(ctx)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not _may_have_losses(ctx):
+            return
+        flow = ctx.flow
+        for acc in flow.accumulations:
+            if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
+                continue
+            target = ast.unparse(acc.target)
+            ctx.report(
+                self,
+                acc.node,
+                f"`{target}` accumulates `{ast.unparse(acc.value)}`, which still holds the "
+                "autograd graph: every iteration's graph stays in memory",
+                data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
+            )
+
+
+def _may_have_losses(ctx: ModuleContext) -> bool:
+    text = ctx.source
+    return ("loss" in text or "criterion" in text) and (
+        "+=" in text or "append" in text or "+ " in text
+    )

@@ -1,0 +1,51 @@
+"""outputs-stored-with-grad: model outputs are collected across iterations with their graph."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+
+class OutputsStoredWithGrad(Rule):
+    """Detects model outputs collected across loop iterations while autograd is on:
+    `preds.append(model(x))`, `outputs += [logits]`, `all_out = all_out + out`, outside any
+    `torch.no_grad()`/`inference_mode()` block and without `.detach()`/`.cpu().numpy()`.
+
+    Why it matters: every stored output keeps the graph of the forward pass that made it, so
+    an evaluation or prediction loop that should use constant memory grows until it runs out.
+    Outputs gathered to compute one loss that is back-propagated are not reported.
+
+    Example:
+        preds = []
+        for x, _ in loader:
+            preds.append(model(x))
+
+    Fix: run the loop under `with torch.inference_mode():` (or `torch.no_grad()`), or store
+    `model(x).detach()`.
+    """
+
+    id = "outputs-stored-with-grad"
+    point = 1
+    severity = Severity.MEDIUM
+    title = "Model outputs stored with their autograd graph"
+    items: ClassVar[tuple[str, ...]] = ("1.4",)
+    fixable = True
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "append" not in ctx.source and "+" not in ctx.source:
+            return
+        flow = ctx.flow
+        for acc in flow.accumulations:
+            if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "output":
+                continue
+            target = ast.unparse(acc.target)
+            ctx.report(
+                self,
+                acc.node,
+                f"`{target}` collects model outputs with autograd on: each keeps its forward "
+                "graph alive; detach them or run the loop under torch.inference_mode()",
+                data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
+            )

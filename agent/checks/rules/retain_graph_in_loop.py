@@ -1,0 +1,86 @@
+"""retain-graph-in-loop: every backward of a loop keeps its graph (`retain_graph=True`)."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.checks.loops import walk_scope
+from agent.models import Severity
+
+_AUTOGRAD_FUNCTIONS = frozenset({"torch.autograd.backward", "torch.autograd.grad"})
+
+
+class RetainGraphInLoop(Rule):
+    """Detects `backward(retain_graph=True)` (or `torch.autograd.grad/backward` with it) inside
+    a loop or a per-step function, when no other backward in the same loop body frees the
+    graph.
+
+    Why it matters: `retain_graph=True` keeps the buffers of the whole graph after backward.
+    Called every step, memory stays high or grows (and a graph reused across steps raises or
+    silently back-propagates through stale values). Several losses back-propagated through a
+    shared graph, the last one without `retain_graph`, are legitimate and not reported.
+
+    Example:
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward(retain_graph=True)
+            optimizer.step()
+
+    Fix: drop `retain_graph=True`; if two losses share a graph, sum them and call backward
+    once, or keep `retain_graph=True` only on all but the last backward.
+    """
+
+    id = "retain-graph-in-loop"
+    point = 1
+    severity = Severity.MEDIUM
+    title = "retain_graph=True on every step"
+    items: ClassVar[tuple[str, ...]] = ("1.4",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "retain_graph" not in ctx.source:
+            return
+        for node in ast.walk(ctx.tree):
+            if not isinstance(node, ast.Call) or not _retains(node):
+                continue
+            region = _per_step_region(ctx, node)
+            if region is None or _some_backward_frees(ctx, region):
+                continue
+            ctx.report(
+                self,
+                node,
+                "backward(retain_graph=True) runs every iteration and no later backward frees "
+                "the graph: its buffers stay in memory",
+            )
+
+
+def _is_backward(ctx: ModuleContext, call: ast.Call) -> bool:
+    if isinstance(call.func, ast.Attribute) and call.func.attr == "backward":
+        return True
+    return ctx.call_qualname(call) in _AUTOGRAD_FUNCTIONS
+
+
+def _retains(call: ast.Call) -> bool:
+    value = kwarg(call, "retain_graph")
+    return isinstance(value, ast.Constant) and value.value is True
+
+
+def _per_step_region(ctx: ModuleContext, node: ast.Call) -> list[ast.stmt] | None:
+    """The loop body (or per-step function body) the call runs in, if any."""
+    if not _is_backward(ctx, node):
+        return None
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            return anc.body
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return anc.body if ctx.loops.in_training_step(node) else None
+    return None
+
+
+def _some_backward_frees(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
+    return any(
+        isinstance(n, ast.Call) and _is_backward(ctx, n) and not _retains(n)
+        for n in walk_scope(body)
+    )
