@@ -33,9 +33,25 @@ RULES = (
     "python-loop-over-tensor",
     # point 5
     "no-torch-seed",
+    "dataloader-worker-seed",
+    "sklearn-random-state",
+    "checkpoint-incomplete",
+    "no-deterministic-algorithms",
+    "no-ml-tests",
     # point 6
     "validation-with-grad",
     "host-sync-in-step",
+    "pin-memory-off",
+    "persistent-workers-off",
+    "zero-grad-set-to-none-false",
+    "cpu-then-move",
+    "unfused-optimizer",
+    "dataparallel-not-ddp",
+    "empty-cache-in-loop",
+    "float64-on-gpu",
+    "no-amp",
+    "tf32-off",
+    "ddp-accum-no-sync",
     # point 7
     "inference-no-eval",
     # point 10

@@ -1,0 +1,70 @@
+"""ddp-accum-no-sync: gradient accumulation under DDP all-reduces every micro-batch."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import direct_effects
+from agent.checks.patterns import mentions_modulo
+from agent.models import Severity
+
+
+class DdpAccumNoSync(Rule):
+    """Detects gradient accumulation (optimizer steps only every k micro-batches) in a module
+    that wraps the model in `DistributedDataParallel`, with no `no_sync()` context.
+
+    Why it matters: DDP all-reduces gradients on every `backward()`; during accumulation only
+    the last micro-batch's all-reduce is needed, so the other k-1 are pure communication cost
+    (often the dominant cost on multi-node jobs).
+
+    Example:
+        model = DDP(model)
+        for i, (x, y) in enumerate(loader):
+            criterion(model(x), y).div(k).backward()
+            if (i + 1) % k == 0:
+                optimizer.step(); optimizer.zero_grad()
+
+    Fix: run the first k-1 micro-batches under `with model.no_sync():` (or use
+    `accelerator.accumulate(model)`, which does it for you).
+    """
+
+    id = "ddp-accum-no-sync"
+    point = 6
+    severity = Severity.MEDIUM
+    title = "DDP gradient accumulation without no_sync()"
+    items: ClassVar[tuple[str, ...]] = ("6.8",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "DistributedDataParallel" in ctx.source or "DDP" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        source = ctx.source
+        if not self.applies(ctx) or "no_sync" in source or "accumulate(" in source:
+            return
+        if not any(
+            isinstance(n, ast.Call)
+            and (ctx.call_qualname(n) or "").endswith("DistributedDataParallel")
+            for n in ast.walk(ctx.tree)
+        ):
+            return
+        for loop in ctx.loops.training_loops:
+            steps = direct_effects(loop.body).step
+            if steps and all(self._accumulates(ctx, s, loop.node) for s in steps):
+                ctx.report(
+                    self,
+                    loop.node,
+                    "gradients are accumulated under DDP without no_sync(): every micro-batch "
+                    "pays a full all-reduce",
+                    header_only=True,
+                )
+
+    @staticmethod
+    def _accumulates(ctx: ModuleContext, step: ast.AST, stop: ast.AST) -> bool:
+        for anc in ctx.ancestors(step):
+            if anc is stop:
+                return False
+            if isinstance(anc, ast.If) and mentions_modulo(anc.test):
+                return True
+        return False

@@ -1,0 +1,60 @@
+"""empty-cache-in-loop: the CUDA cache is flushed on every iteration."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import under_periodic_guard
+from agent.models import Severity
+
+
+class EmptyCacheInLoop(Rule):
+    """Detects `torch.cuda.empty_cache()` called inside a loop, on every iteration.
+
+    Why it matters: it returns the caching allocator's free blocks to the driver, so the next
+    iteration has to `cudaMalloc` them again (slow, and synchronising); it frees no memory that
+    live tensors hold, so it does not fix a leak or an out-of-memory error.
+
+    Example:
+        for x, y in loader:
+            train_step(x, y)
+            torch.cuda.empty_cache()
+
+    Fix: remove the call; to fight fragmentation set
+    `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`, and to find a leak use the memory
+    snapshot tools.
+    """
+
+    id = "empty-cache-in-loop"
+    point = 6
+    severity = Severity.MEDIUM
+    title = "torch.cuda.empty_cache() in a loop"
+    items: ClassVar[tuple[str, ...]] = ("6.7",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Call)
+        if not isinstance(node.func, ast.Attribute) or node.func.attr != "empty_cache":
+            return
+        if ctx.call_qualname(node) != "torch.cuda.empty_cache":
+            return
+        for anc in ctx.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                if ctx.loops.in_training_step(node) and not under_periodic_guard(ctx, node, anc):
+                    self._report(ctx, node)
+                return
+            if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+                if not under_periodic_guard(ctx, node, anc):
+                    self._report(ctx, node)
+                return
+
+    def _report(self, ctx: ModuleContext, node: ast.Call) -> None:
+        ctx.report(
+            self,
+            node,
+            "empty_cache() every iteration forces the allocator to re-allocate from the "
+            "driver; it does not free live memory",
+        )

@@ -1,0 +1,51 @@
+"""no-amp: CUDA training entirely in float32."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import uses_cuda
+from agent.models import Severity
+
+_MIXED_PRECISION = ("autocast", "amp.", "GradScaler", "bfloat16", "float16", ".half(", "precision=")
+
+
+class NoAmp(Rule):
+    """Detects a training loop in a module that trains on CUDA and never uses mixed precision
+    (`torch.autocast`, `GradScaler`, bf16/fp16 dtypes, Lightning's `precision=`).
+
+    Why it matters: on tensor-core GPUs (V100 and later) bf16/fp16 matmuls and convolutions run
+    several times faster than float32 and halve activation memory; bf16 autocast needs no loss
+    scaling and usually no other change.
+
+    Example:
+        for x, y in loader:
+            loss = criterion(model(x.cuda()), y.cuda())
+            loss.backward()
+
+    Fix: `with torch.autocast("cuda", dtype=torch.bfloat16): loss = criterion(model(x), y)`
+    (fp16 additionally needs `torch.amp.GradScaler("cuda")`); check the loss curve matches.
+    """
+
+    id = "no-amp"
+    point = 6
+    severity = Severity.LOW
+    title = "No mixed precision in CUDA training"
+    items: ClassVar[tuple[str, ...]] = ("6.4",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return uses_cuda(ctx) and bool(ctx.loops.training_loops)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if any(marker in ctx.source for marker in _MIXED_PRECISION) or not uses_cuda(ctx):
+            return
+        loops = ctx.loops.training_loops
+        if loops:
+            ctx.report(
+                self,
+                loops[0].node,
+                "CUDA training runs entirely in float32: bf16 autocast is typically several "
+                "times faster on tensor cores",
+                header_only=True,
+            )

@@ -1,0 +1,73 @@
+"""sklearn-random-state: a random split without `random_state`."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import has_star_kwargs, kwarg
+from agent.models import Severity
+
+_ALWAYS_RANDOM = frozenset(
+    {
+        "sklearn.model_selection.train_test_split",
+        "sklearn.model_selection.ShuffleSplit",
+        "sklearn.model_selection.StratifiedShuffleSplit",
+        "sklearn.model_selection.GroupShuffleSplit",
+    }
+)
+_RANDOM_WHEN_SHUFFLED = frozenset(
+    {
+        "sklearn.model_selection.KFold",
+        "sklearn.model_selection.StratifiedKFold",
+        "sklearn.model_selection.RepeatedKFold",
+    }
+)
+
+
+class SklearnRandomState(Rule):
+    """Detects a scikit-learn split that shuffles (`train_test_split`, `ShuffleSplit`,
+    `KFold(shuffle=True)`...) without `random_state=`.
+
+    Why it matters: every run draws a different train/validation/test partition, so metrics
+    move between runs for reasons unrelated to the model, and a test set can leak into
+    training across restarts when splits are recomputed.
+
+    Example:
+        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2)
+
+    Fix: pass a fixed seed: `train_test_split(x, y, test_size=0.2, random_state=SEED)`.
+    """
+
+    id = "sklearn-random-state"
+    point = 5
+    severity = Severity.MEDIUM
+    title = "Random split without random_state"
+    items: ClassVar[tuple[str, ...]] = ("5.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Call)
+        if "sklearn" not in ctx.source or has_star_kwargs(node):
+            return
+        qual = ctx.call_qualname(node)
+        if qual in _RANDOM_WHEN_SHUFFLED:
+            shuffle = kwarg(node, "shuffle")
+            if not (isinstance(shuffle, ast.Constant) and shuffle.value is True):
+                if qual != "sklearn.model_selection.RepeatedKFold":
+                    return
+        elif qual in _ALWAYS_RANDOM:
+            shuffle = kwarg(node, "shuffle")
+            if isinstance(shuffle, ast.Constant) and shuffle.value is False:
+                return
+        else:
+            return
+        if kwarg(node, "random_state") is None:
+            name = qual.rsplit(".", 1)[-1]
+            ctx.report(
+                self,
+                node,
+                f"{name} shuffles without random_state: every run gets a different split",
+            )
