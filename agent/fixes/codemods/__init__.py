@@ -1,0 +1,42 @@
+"""Codemods by rule id: every module of this package except `base` and `common` holds one."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from functools import cache
+
+from agent.fixes.codemods.base import Codemod
+
+_INFRASTRUCTURE = {"base", "common"}
+
+
+class CodemodRegistryError(RuntimeError):
+    pass
+
+
+@cache
+def all_codemods() -> dict[str, Codemod]:
+    """rule id -> its codemod instance."""
+    found: dict[str, Codemod] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in _INFRASTRUCTURE:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        defined = [
+            obj
+            for _, obj in inspect.getmembers(module, inspect.isclass)
+            if issubclass(obj, Codemod) and obj is not Codemod and obj.__module__ == module.__name__
+        ]
+        if len(defined) != 1:
+            raise CodemodRegistryError(f"{module.__name__} must define exactly one codemod")
+        codemod = defined[0]()
+        if codemod.rule in found:
+            raise CodemodRegistryError(f"two codemods for rule {codemod.rule}")
+        found[codemod.rule] = codemod
+    return found
+
+
+def codemod_for(rule: str) -> Codemod | None:
+    return all_codemods().get(rule)

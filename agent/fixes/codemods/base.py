@@ -1,0 +1,454 @@
+"""The codemod contract, and the libcst plumbing every codemod shares.
+
+A codemod edits only what its finding flags, keeps the rest of the file byte-for-byte
+(libcst round-trips formatting and comments), returns None when it cannot apply safely, and
+finds nothing to do when run on its own output (idempotence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import ClassVar, TypeVar
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
+
+from agent.fixes.models import FixKind, FixTarget, SmokeRun
+
+N = TypeVar("N", bound=cst.CSTNode)
+Edit = Callable[[cst.CSTNode], cst.CSTNode]
+
+EXACT_RTOL = 1e-5
+"""'Exact' for a refactor: identical up to printing round-trips of the probe's floats."""
+BF16_RTOL = 2e-2
+
+
+class Codemod:
+    """One mechanical fix for one rule. Subclasses set the class attributes and `edit`."""
+
+    rule: ClassVar[str]
+    kind: ClassVar[FixKind]
+    summary: ClassVar[str]
+    rtol: ClassVar[float | None] = None
+    """Allowed relative deviation of the seeded loss trajectory; None: not compared."""
+
+    def transform(self, source: str, target: FixTarget) -> str | None:
+        """The fixed source, or None when the fix does not apply (or is already there)."""
+        try:
+            ctx = SourceContext(source)
+        except (cst.ParserSyntaxError, RecursionError):
+            return None
+        if not self.edit(ctx, target) or not ctx.has_edits:
+            return None
+        fixed = ctx.apply().code
+        return None if fixed == source else fixed
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        """Register edits on `ctx`; False when the fix cannot be applied safely."""
+        raise NotImplementedError
+
+    def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+        """For correctness fixes: did the defect's observable symptom disappear?
+
+        The default asks for a healthy run: every recorded loss finite. Codemods whose symptom
+        the probes measure directly override this.
+        """
+        bad = [v for v in after.losses if v != v or v in (float("inf"), float("-inf"))]
+        if bad:
+            return False, f"{len(bad)} non-finite losses after the fix"
+        if not after.losses:
+            return False, "the fixed run recorded no loss"
+        return True, f"{len(after.losses)} finite losses after the fix"
+
+
+class _Collector(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.nodes: list[cst.CSTNode] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self.nodes.append(node)
+        return True
+
+
+class _Rewriter(cst.CSTTransformer):
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def on_leave(  # type: ignore[override]
+        self, original_node: cst.CSTNode, updated_node: cst.CSTNode
+    ) -> cst.CSTNode | cst.RemovalSentinel | cst.FlattenSentinel[cst.CSTNode]:
+        key = id(original_node)
+        if key in self.ctx.removed:
+            return cst.RemovalSentinel.REMOVE
+        node = updated_node
+        for edit in self.ctx.replacements.get(key, ()):
+            node = edit(node)
+        before = self.ctx.before.get(key, [])
+        after = self.ctx.after.get(key, [])
+        if before or after:
+            return cst.FlattenSentinel([*before, node, *after])
+        return node
+
+
+class SourceContext:
+    """A parsed module with positions, parents, import aliases, and a queue of edits."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.module = cst.parse_module(source)
+        wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+        self._positions = wrapper.resolve(PositionProvider)
+        self._parents = wrapper.resolve(ParentNodeProvider)
+        collector = _Collector()
+        self.module.visit(collector)
+        self.nodes = collector.nodes
+        self.replacements: dict[int, list[Edit]] = {}
+        self.before: dict[int, list[cst.CSTNode]] = {}
+        self.after: dict[int, list[cst.CSTNode]] = {}
+        self.removed: set[int] = set()
+        self.aliases = _import_aliases(self.module)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def line(self, node: cst.CSTNode) -> int:
+        return int(self._positions[node].start.line)
+
+    def end_line(self, node: cst.CSTNode) -> int:
+        return int(self._positions[node].end.line)
+
+    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        return self._parents.get(node)
+
+    def ancestors(self, node: cst.CSTNode) -> Iterable[cst.CSTNode]:
+        current = self._parents.get(node)
+        while current is not None:
+            yield current
+            current = self._parents.get(current)
+
+    def find(
+        self,
+        node_type: type[N],
+        within: tuple[int, int] | None = None,
+        where: Callable[[N], bool] | None = None,
+        inside: cst.CSTNode | None = None,
+    ) -> list[N]:
+        """Nodes of a type, in source order: overlapping lines `within`, under `inside`."""
+        found: list[N] = []
+        pool = self.nodes if inside is None else descendants(inside)
+        for node in pool:
+            if not isinstance(node, node_type):
+                continue
+            if within is not None and not _overlaps(self, node, within):
+                continue
+            if where is not None and not where(node):
+                continue
+            found.append(node)
+        return found
+
+    def qualname(self, expr: cst.BaseExpression) -> str | None:
+        """`F.softmax` -> 'torch.nn.functional.softmax' when `F` came from an import."""
+        dotted = dotted_name(expr)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        base = self.aliases.get(head)
+        if base is None:
+            return None
+        return f"{base}.{rest}" if rest else base
+
+    def alias_of(self, module_name: str) -> str | None:
+        """The local name bound to a whole module (`import numpy as np` -> 'np')."""
+        for local, qualified in self.aliases.items():
+            if qualified == module_name:
+                return local
+        return None
+
+    def code(self, node: cst.CSTNode) -> str:
+        return self.module.code_for_node(node)
+
+    def calls_method(self, scope: cst.CSTNode, receiver: str, method: str) -> bool:
+        """Whether `receiver.method(...)` is called anywhere under `scope`."""
+        return any(
+            isinstance(c.func, cst.Attribute)
+            and c.func.attr.value == method
+            and dotted_name(c.func.value) == receiver
+            for c in self.find(cst.Call, inside=scope)
+        )
+
+    # --- editing -------------------------------------------------------------------------
+
+    @property
+    def has_edits(self) -> bool:
+        return bool(self.replacements or self.before or self.after or self.removed)
+
+    def replace(self, node: cst.CSTNode, edit: Edit) -> None:
+        self.replacements.setdefault(id(node), []).append(edit)
+
+    def substitute(self, node: cst.CSTNode, new: cst.CSTNode) -> None:
+        """Replace `node` by `new` (nothing under `node` may carry other edits)."""
+
+        def put(_old: cst.CSTNode) -> cst.CSTNode:
+            return new
+
+        self.replace(node, put)
+
+    def set_call_keyword(self, call: cst.Call, name: str, value: str) -> None:
+        """Give `call` the keyword argument `name=value` (replacing an existing value)."""
+
+        def put(node: cst.CSTNode) -> cst.CSTNode:
+            return set_keyword(node, name, value) if isinstance(node, cst.Call) else node
+
+        self.replace(call, put)
+
+    def remove(self, stmt: cst.CSTNode) -> None:
+        self.removed.add(id(stmt))
+
+    def insert_before(self, stmt: cst.CSTNode, code: str | Sequence[cst.CSTNode]) -> None:
+        self.before.setdefault(id(stmt), []).extend(_statements(code))
+
+    def insert_after(self, stmt: cst.CSTNode, code: str | Sequence[cst.CSTNode]) -> None:
+        self.after.setdefault(id(stmt), []).extend(_statements(code))
+
+    def require_module(self, module_name: str) -> str:
+        """The local name of `module_name`, adding `import module_name` when it is missing."""
+        local = self.alias_of(module_name)
+        if local is not None:
+            return local
+        self.insert_module_level(f"import {module_name}\n", imports=True)
+        self.aliases[module_name.split(".")[0]] = module_name.split(".")[0]
+        return module_name
+
+    def insert_module_level(self, code: str, *, imports: bool = False) -> None:
+        """Insert after the module's imports; code that is not an import gets a blank line."""
+        if not imports and not code.startswith("\n"):
+            code = "\n" + code
+        body = list(self.module.body)
+        anchor = _last_import(body)
+        if anchor is not None:
+            self.insert_after(anchor, code)
+        elif body and _is_docstring(body[0]):
+            self.insert_after(body[0], code)
+        elif body:
+            self.insert_before(body[0], code)
+        else:
+            self.replacements.setdefault(id(self.module), []).append(
+                lambda m: m.with_changes(body=_statements(code)) if isinstance(m, cst.Module) else m
+            )
+
+    def apply(self) -> cst.Module:
+        return self.module.visit(_Rewriter(self))
+
+
+# --- helpers shared by codemods ---------------------------------------------------------------
+
+
+def dotted_name(expr: cst.BaseExpression) -> str | None:
+    """`self.opt` -> 'self.opt'; anything but a Name/Attribute chain -> None."""
+    parts: list[str] = []
+    while isinstance(expr, cst.Attribute):
+        parts.append(expr.attr.value)
+        expr = expr.value
+    if not isinstance(expr, cst.Name):
+        return None
+    parts.append(expr.value)
+    return ".".join(reversed(parts))
+
+
+def method_call(node: cst.CSTNode, method: str) -> cst.Call | None:
+    """`node` when it is a call `<something>.method(...)`."""
+    if (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value == method
+    ):
+        return node
+    return None
+
+
+def keyword(call: cst.Call, name: str) -> cst.Arg | None:
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == name:
+            return arg
+    return None
+
+
+def add_keyword(call: cst.Call, name: str, value: str) -> cst.Call:
+    """Append `name=value` to a call, keeping a trailing comma style when there is one."""
+    new_arg = cst.Arg(
+        keyword=cst.Name(name),
+        value=cst.parse_expression(value),
+        equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
+        ),
+    )
+    args = list(call.args)
+    if not args:
+        return call.with_changes(args=[new_arg])
+    last = args[-1]
+    if isinstance(last.comma, cst.Comma) and isinstance(
+        last.comma.whitespace_after, cst.ParenthesizedWhitespace
+    ):
+        # one argument per line with a trailing comma: the new one gets its own line, indented
+        # like the previous argument; the last argument keeps its comment
+        closing = last.comma.whitespace_after
+        before_last = args[-2].comma if len(args) > 1 else None
+        if isinstance(before_last, cst.Comma) and isinstance(
+            before_last.whitespace_after, cst.ParenthesizedWhitespace
+        ):
+            indent = before_last.whitespace_after
+        else:
+            indent = closing.with_changes(
+                last_line=cst.SimpleWhitespace(closing.last_line.value + "    ")
+            )
+        args[-1] = last.with_changes(
+            comma=last.comma.with_changes(
+                whitespace_after=closing.with_changes(
+                    indent=indent.indent, last_line=indent.last_line
+                )
+            )
+        )
+        new_comma = cst.Comma(
+            whitespace_after=closing.with_changes(first_line=cst.TrailingWhitespace())
+        )
+        args.append(new_arg.with_changes(comma=new_comma))
+        return call.with_changes(args=args)
+    args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+    args.append(new_arg)
+    return call.with_changes(args=args)
+
+
+def set_keyword(call: cst.Call, name: str, value: str) -> cst.Call:
+    """Set `name=value`, replacing the keyword's value when it is already there."""
+    existing = keyword(call, name)
+    if existing is None:
+        return add_keyword(call, name, value)
+    args = [
+        a.with_changes(value=cst.parse_expression(value)) if a is existing else a for a in call.args
+    ]
+    return call.with_changes(args=args)
+
+
+def statement_of(ctx: SourceContext, node: cst.CSTNode) -> cst.BaseStatement | None:
+    """The statement (simple line or compound) that holds `node`, or `node` itself."""
+    if isinstance(node, cst.BaseStatement):
+        return node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.BaseStatement):
+            return anc
+    return None
+
+
+def enclosing_body(ctx: SourceContext, stmt: cst.CSTNode) -> Sequence[cst.BaseStatement] | None:
+    """The statement list `stmt` sits in (a block's or the module's)."""
+    parent = ctx.parent(stmt)
+    if isinstance(parent, cst.IndentedBlock | cst.Module):
+        return parent.body
+    return None
+
+
+def scope_of(ctx: SourceContext, node: cst.CSTNode) -> cst.CSTNode:
+    """The function around `node`, or the module."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.FunctionDef):
+            return anc
+    return ctx.module
+
+
+def name_is_read(
+    ctx: SourceContext,
+    name: str,
+    scope: cst.CSTNode,
+    skip: cst.CSTNode | Sequence[cst.CSTNode],
+) -> bool:
+    """Whether `name` is read under `scope`, outside the subtree(s) `skip`."""
+    skipped = {
+        id(n) for s in ([skip] if isinstance(skip, cst.CSTNode) else skip) for n in descendants(s)
+    }
+    for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
+        if id(node) in skipped:
+            continue
+        parent = ctx.parent(node)
+        if isinstance(parent, cst.AssignTarget) or (
+            isinstance(parent, cst.Attribute) and parent.attr is node
+        ):
+            continue
+        return True
+    return False
+
+
+def descendants(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """`node` and every node under it, in source order."""
+    collector = _Collector()
+    node.visit(collector)
+    return collector.nodes
+
+
+def _overlaps(ctx: SourceContext, node: cst.CSTNode, within: tuple[int, int]) -> bool:
+    first, last = within
+    return ctx.line(node) <= last and ctx.end_line(node) >= first
+
+
+def _statements(code: str | Sequence[cst.CSTNode]) -> list[cst.CSTNode]:
+    if not isinstance(code, str):
+        return list(code)
+    module = cst.parse_module(code)
+    body: list[cst.CSTNode] = list(module.body)
+    if (
+        body
+        and module.header
+        and isinstance(body[0], cst.SimpleStatementLine | cst.BaseCompoundStatement)
+    ):
+        # blank lines written before the first statement belong to it, not to a module header
+        body[0] = body[0].with_changes(leading_lines=[*module.header, *body[0].leading_lines])
+    return body
+
+
+def _is_docstring(stmt: cst.BaseStatement) -> bool:
+    return (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and len(stmt.body) == 1
+        and isinstance(stmt.body[0], cst.Expr)
+        and isinstance(stmt.body[0].value, cst.SimpleString | cst.ConcatenatedString)
+    )
+
+
+def _last_import(body: Sequence[cst.BaseStatement]) -> cst.BaseStatement | None:
+    """The last top-level import of the leading import block (docstring and comments aside)."""
+    last: cst.BaseStatement | None = None
+    for stmt in body:
+        if isinstance(stmt, cst.SimpleStatementLine) and all(
+            isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body
+        ):
+            last = stmt
+        elif _is_docstring(stmt) and last is None:
+            continue
+        elif last is not None:
+            break
+    return last
+
+
+def _import_aliases(module: cst.Module) -> dict[str, str]:
+    """Local names bound by top-level and nested imports -> the qualified name they stand for."""
+    aliases: dict[str, str] = {}
+    collector = _Collector()
+    module.visit(collector)
+    for node in collector.nodes:
+        if isinstance(node, cst.Import):
+            for alias in node.names:
+                full = dotted_name(alias.name) or ""
+                if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                    aliases[alias.asname.name.value] = full
+                else:
+                    head = full.split(".")[0]
+                    aliases[head] = head
+        elif isinstance(node, cst.ImportFrom) and not node.relative and node.module is not None:
+            base = dotted_name(node.module) or ""
+            if isinstance(node.names, cst.ImportStar):
+                continue
+            for alias in node.names:
+                name = dotted_name(alias.name) or ""
+                local = name
+                if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                    local = alias.asname.name.value
+                aliases[local] = f"{base}.{name}"
+    return aliases

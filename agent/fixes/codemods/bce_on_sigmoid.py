@@ -1,0 +1,91 @@
+"""bce-on-sigmoid: BCEWithLogitsLoss on logits instead of BCELoss on a sigmoid."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, dotted_name
+from agent.fixes.models import FixKind, FixTarget
+
+_SIGMOIDS = ("torch.sigmoid", "torch.nn.functional.sigmoid")
+_BCE_FUNCTION = "torch.nn.functional.binary_cross_entropy"
+
+
+class BceOnSigmoidFix(Codemod):
+    """`nn.BCELoss()` + `criterion(torch.sigmoid(z), y)` -> `nn.BCEWithLogitsLoss()` +
+    `criterion(z, y)`; `F.binary_cross_entropy(torch.sigmoid(z), y)` ->
+    `F.binary_cross_entropy_with_logits(z, y)`. Applied only when every use of the criterion
+    takes a sigmoid, so no caller is left passing probabilities to a logits loss. Same
+    function, computed stably (log-sum-exp): a precision-class change."""
+
+    rule = "bce-on-sigmoid"
+    kind = FixKind.PRECISION
+    summary = "BCEWithLogitsLoss on logits instead of BCELoss on sigmoid outputs"
+    rtol = BF16_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
+            if not call.args or _sigmoid_input(ctx, call.args[0].value) is None:
+                continue
+            if ctx.qualname(call.func) == _BCE_FUNCTION:
+                if not isinstance(call.func, cst.Attribute):
+                    return False
+                ctx.replace(call, _to_logits_function)
+                _drop_sigmoid(ctx, call)
+                return True
+            name = dotted_name(call.func)
+            if name is not None:
+                return _edit_criterion(ctx, name)
+        return False
+
+
+def _edit_criterion(ctx: SourceContext, name: str) -> bool:
+    ctors = [
+        a
+        for a in ctx.find(cst.Assign)
+        if any(dotted_name(t.target) == name for t in a.targets)
+        and isinstance(a.value, cst.Call)
+        and (ctx.qualname(a.value.func) or "").endswith("nn.BCELoss")
+    ]
+    uses = ctx.find(cst.Call, where=lambda c: dotted_name(c.func) == name)
+    if len(ctors) != 1 or not uses or not isinstance(ctors[0].value, cst.Call):
+        return False
+    ctor = ctors[0].value
+    if not isinstance(ctor.func, cst.Attribute):
+        return False
+    if any(not u.args or _sigmoid_input(ctx, u.args[0].value) is None for u in uses):
+        return False
+    ctx.replace(ctor.func, _to_logits_class)
+    for use in uses:
+        _drop_sigmoid(ctx, use)
+    return True
+
+
+def _sigmoid_input(ctx: SourceContext, expr: cst.BaseExpression) -> cst.BaseExpression | None:
+    if not isinstance(expr, cst.Call):
+        return None
+    if ctx.qualname(expr.func) in _SIGMOIDS and len(expr.args) == 1:
+        return expr.args[0].value
+    if isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "sigmoid" and not expr.args:
+        return expr.func.value
+    return None
+
+
+def _drop_sigmoid(ctx: SourceContext, call: cst.Call) -> None:
+    first = call.args[0].value
+    inner = _sigmoid_input(ctx, first)
+    if inner is not None:
+        ctx.substitute(first, inner)
+
+
+def _to_logits_function(node: cst.CSTNode) -> cst.CSTNode:
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        logits = node.func.with_changes(attr=cst.Name("binary_cross_entropy_with_logits"))
+        return node.with_changes(func=logits)
+    return node
+
+
+def _to_logits_class(node: cst.CSTNode) -> cst.CSTNode:
+    if isinstance(node, cst.Attribute):
+        return node.with_changes(attr=cst.Name("BCEWithLogitsLoss"))
+    return node

@@ -1,0 +1,171 @@
+"""Patterns several codemods look for: training loops, models, DataLoaders, optimizers."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import SourceContext, dotted_name, method_call
+from agent.fixes.models import FixTarget
+
+Loop = cst.For | cst.While
+_SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
+_NOT_MODELS = {
+    "DataLoader",
+    "Dataset",
+    "TensorDataset",
+    "Generator",
+    "Tensor",
+    "Path",
+    "ArgumentParser",
+    "SummaryWriter",
+    "GradScaler",
+    "Adam",
+    "AdamW",
+    "SGD",
+    "RMSprop",
+    "Adagrad",
+    "LBFGS",
+    "CrossEntropyLoss",
+    "MSELoss",
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "NLLLoss",
+    "L1Loss",
+}
+NO_GRAD_CONTEXTS = ("no_grad", "inference_mode")
+
+
+def is_scheduler(name: str) -> bool:
+    lowered = name.lower()
+    return any(hint in lowered for hint in _SCHEDULER_HINTS)
+
+
+def trains(ctx: SourceContext, node: cst.CSTNode) -> bool:
+    """Whether `backward()` and an optimizer `step()` are both called directly under `node`."""
+    calls = ctx.find(cst.Call, inside=node)
+    backward = any(method_call(c, "backward") for c in calls)
+    return backward and bool(optimizer_steps(ctx, node))
+
+
+def optimizer_steps(ctx: SourceContext, node: cst.CSTNode) -> list[cst.Call]:
+    steps = []
+    for call in ctx.find(cst.Call, inside=node):
+        if method_call(call, "step") and isinstance(call.func, cst.Attribute):
+            receiver = dotted_name(call.func.value) or ""
+            if receiver and not is_scheduler(receiver.split(".")[-1]):
+                steps.append(call)
+    return steps
+
+
+def training_loops(ctx: SourceContext) -> list[Loop]:
+    """Innermost for/while loops whose body calls backward() and step()."""
+    loops = [n for n in ctx.find(cst.For) + ctx.find(cst.While) if trains(ctx, n.body)]
+    return [
+        loop
+        for loop in loops
+        if not any(other is not loop and loop_contains(ctx, loop, other) for other in loops)
+    ]
+
+
+def loop_contains(ctx: SourceContext, outer: cst.CSTNode, inner: cst.CSTNode) -> bool:
+    return any(anc is outer for anc in ctx.ancestors(inner))
+
+
+def flagged_loop(ctx: SourceContext, target: FixTarget) -> Loop | None:
+    """The training loop a finding points at: starting on its line, else overlapping it."""
+    loops = training_loops(ctx)
+    for loop in loops:
+        if ctx.line(loop) == target.line:
+            return loop
+    overlapping = [
+        loop
+        for loop in loops
+        if ctx.line(loop) <= target.end_line and ctx.end_line(loop) >= target.line
+    ]
+    if len(overlapping) == 1:
+        return overlapping[0]
+    return loops[0] if len(loops) == 1 else None
+
+
+def enclosing_loop(ctx: SourceContext, node: cst.CSTNode) -> Loop | None:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.For | cst.While):
+            return anc
+        if isinstance(anc, cst.FunctionDef | cst.ClassDef):
+            return None
+    return None
+
+
+def under_no_grad(ctx: SourceContext, node: cst.CSTNode) -> bool:
+    """Inside `with torch.no_grad()`/`inference_mode()` or a function decorated with either."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.With) and any(is_no_grad(ctx, item.item) for item in anc.items):
+            return True
+        if isinstance(anc, cst.FunctionDef) and any(
+            is_no_grad(ctx, d.decorator) for d in anc.decorators
+        ):
+            return True
+    return False
+
+
+def is_no_grad(ctx: SourceContext, expr: cst.BaseExpression) -> bool:
+    func = expr.func if isinstance(expr, cst.Call) else expr
+    name = ctx.qualname(func) or dotted_name(func) or ""
+    return name.split(".")[-1] in NO_GRAD_CONTEXTS
+
+
+def is_dataloader(ctx: SourceContext, call: cst.Call) -> bool:
+    name = ctx.qualname(call.func) or dotted_name(call.func) or ""
+    return name.split(".")[-1] == "DataLoader"
+
+
+def model_names(ctx: SourceContext) -> set[str]:
+    """Names bound to something built by a class call (`Net(...)`, `nn.Sequential(...)`,
+    `Net().to(device)`), or to a torchvision/timm-style factory."""
+    names: set[str] = set()
+    for assign in ctx.find(cst.Assign):
+        value = assign.value
+        while (
+            isinstance(value, cst.Call)
+            and isinstance(value.func, cst.Attribute)
+            and value.func.attr.value in ("to", "cuda", "train", "float", "half", "bfloat16")
+        ):
+            value = value.func.value
+        if not isinstance(value, cst.Call):
+            continue
+        callee = dotted_name(value.func) or ""
+        last = callee.split(".")[-1]
+        qual = ctx.qualname(value.func) or ""
+        built = (last[:1].isupper() and last not in _NOT_MODELS) or qual.startswith(
+            ("torchvision.models.", "timm.")
+        )
+        if not built:
+            continue
+        for target in assign.targets:
+            name = dotted_name(target.target)
+            if name:
+                names.add(name)
+    return names
+
+
+def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) -> str | None:
+    """The one model called under `scope`: the finding's hint, else a model-built name, else a
+    callee named like a model (`model`, `net`, `self.encoder_model`)."""
+    called = [dotted_name(c.func) for c in ctx.find(cst.Call, inside=scope)]
+    names = [n for n in called if n]
+    if hint:
+        return hint if hint in names else None
+    built = model_names(ctx)
+    candidates = {n for n in names if n in built}
+    if not candidates:
+        candidates = {
+            n
+            for n in names
+            if ctx.qualname(cst.parse_expression(n)) is None
+            and any(k in n.split(".")[-1].lower() for k in ("model", "net"))
+        }
+    return candidates.pop() if len(candidates) == 1 else None
+
+
+def mentions_cuda(ctx: SourceContext) -> bool:
+    return "cuda" in ctx.source

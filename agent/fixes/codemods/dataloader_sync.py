@@ -1,0 +1,55 @@
+"""dataloader-sync: load batches in worker processes, overlapping the training step."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import (
+    EXACT_RTOL,
+    Codemod,
+    SourceContext,
+    add_keyword,
+    keyword,
+    set_keyword,
+)
+from agent.fixes.codemods.common import is_dataloader
+from agent.fixes.models import FixKind, FixTarget
+
+MAX_WORKERS = 4
+
+
+class DataLoaderSyncFix(Codemod):
+    """Sets `num_workers=min(4, os.cpu_count() or 1)` and `persistent_workers=True` on a
+    DataLoader that loads in the main process. Whether this pays depends on the dataset (an
+    in-memory TensorDataset gains nothing), which is exactly what the timing check decides."""
+
+    rule = "dataloader-sync"
+    kind = FixKind.PERFORMANCE
+    summary = "DataLoader(num_workers=min(4, os.cpu_count() or 1), persistent_workers=True)"
+    rtol = EXACT_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):
+            if not is_dataloader(ctx, loader) or (
+                len(loader.args) > 5 and loader.args[5].keyword is None
+            ):
+                continue
+            workers = keyword(loader, "num_workers")
+            if workers is not None and not (
+                isinstance(workers.value, cst.Integer) and int(workers.value.value) == 0
+            ):
+                continue
+            os_name = ctx.require_module("os")
+            count = f"min({MAX_WORKERS}, {os_name}.cpu_count() or 1)"
+
+            def edit_call(node: cst.CSTNode, count: str = count) -> cst.CSTNode:
+                if not isinstance(node, cst.Call):
+                    return node
+                node = set_keyword(node, "num_workers", count)
+                if keyword(node, "persistent_workers") is None:
+                    node = add_keyword(node, "persistent_workers", "True")
+                return node
+
+            ctx.replace(loader, edit_call)
+            return True
+        return False

@@ -1,0 +1,72 @@
+"""eval-without-eval-mode: evaluate in eval mode, then restore the mode the model was in."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import Codemod, SourceContext, descendants, scope_of
+from agent.fixes.codemods.common import is_no_grad, model_called_in
+from agent.fixes.models import FixKind, FixTarget, SmokeRun
+
+_EXITS = (cst.Return, cst.Break, cst.Continue, cst.Raise, cst.Yield)
+
+
+class EvalWithoutEvalModeFix(Codemod):
+    """Puts `model.eval()` before the flagged `no_grad`/`inference_mode` block and restores the
+    previous mode after it (`model.train(was_training)`), inside `try/finally` when the block
+    can leave early. Dropout and batch-norm then behave as at inference during evaluation."""
+
+    rule = "eval-without-eval-mode"
+    kind = FixKind.CORRECTNESS
+    summary = "model.eval() around evaluation, then restore the previous mode"
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        block = _no_grad_block(ctx, target)
+        if block is None:
+            return False
+        model = model_called_in(ctx, block, target.data.get("model"))
+        if model is None or ctx.calls_method(scope_of(ctx, block), model, "eval"):
+            return False
+        flag = _free_name(ctx, "was_training")
+        ctx.insert_before(block, f"{flag} = {model}.training\n{model}.eval()\n")
+        restore = f"{model}.train({flag})\n"
+        if any(isinstance(n, _EXITS) for n in descendants(block)):
+            ctx.replace(block, lambda n: _try_finally(n, restore))
+        else:
+            ctx.insert_after(block, restore)
+        return True
+
+    def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+        """The mode probe counts forwards run under no_grad while the model was training."""
+        count = after.signals.get("train_mode_forwards_without_grad")
+        if count is None:
+            return super().symptom_gone(before, after)
+        return count == 0, f"forwards in train mode under no_grad after the fix: {count}"
+
+
+def _no_grad_block(ctx: SourceContext, target: FixTarget) -> cst.With | None:
+    span = (target.line, target.end_line)
+    blocks = [
+        w for w in ctx.find(cst.With, within=span) if any(is_no_grad(ctx, i.item) for i in w.items)
+    ]
+    outermost = [b for b in blocks if not any(a in blocks for a in ctx.ancestors(b))]
+    return outermost[0] if len(outermost) == 1 else None
+
+
+def _free_name(ctx: SourceContext, base: str) -> str:
+    taken = {n.value for n in ctx.find(cst.Name)}
+    name, index = base, 1
+    while name in taken:
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def _try_finally(node: cst.CSTNode, restore: str) -> cst.CSTNode:
+    if not isinstance(node, cst.With):
+        return node
+    return cst.Try(
+        body=cst.IndentedBlock(body=[node.with_changes(leading_lines=[])]),
+        finalbody=cst.Finally(body=cst.IndentedBlock(body=list(cst.parse_module(restore).body))),
+        leading_lines=node.leading_lines,
+    )

@@ -1,0 +1,64 @@
+"""loss-graph-accumulation: accumulate a detached loss so each step's graph can be freed."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, method_call
+from agent.fixes.models import FixKind, FixTarget, SmokeRun
+
+_DETACHING = ("detach", "item", "tolist", "cpu", "numpy")
+
+
+class LossGraphAccumulationFix(Codemod):
+    """`total += loss` -> `total += loss.detach()` (and `losses.append(loss)` likewise).
+    `detach()` rather than `item()`: it frees the graph without a host-device sync."""
+
+    rule = "loss-graph-accumulation"
+    kind = FixKind.CORRECTNESS
+    summary = "accumulate loss.detach() instead of the loss tensor"
+    rtol = EXACT_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        span = (target.line, target.end_line)
+        for aug in ctx.find(cst.AugAssign, within=span):
+            if isinstance(aug.operator, cst.AddAssign) and not _detached(aug.value):
+                ctx.replace(aug, _detach_value)
+                return True
+        for call in ctx.find(cst.Call, within=span):
+            if (
+                method_call(call, "append")
+                and len(call.args) == 1
+                and not _detached(call.args[0].value)
+            ):
+                ctx.replace(call, _detach_first_arg)
+                return True
+        return False
+
+    def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+        """The memory probe's slope of allocated bytes per step must stop growing."""
+        slope = after.signals.get("memory_slope_bytes_per_step")
+        if slope is None:
+            return super().symptom_gone(before, after)
+        return slope <= 0, f"allocated memory slope after the fix: {slope:.0f} B/step"
+
+
+def _detached(expr: cst.BaseExpression) -> bool:
+    return any(method_call(expr, m) is not None for m in _DETACHING)
+
+
+def _detach(expr: cst.BaseExpression) -> cst.BaseExpression:
+    if not isinstance(expr, cst.Name | cst.Attribute | cst.Call | cst.Subscript):
+        expr = expr.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return cst.Call(func=cst.Attribute(value=expr, attr=cst.Name("detach")))
+
+
+def _detach_value(node: cst.CSTNode) -> cst.CSTNode:
+    return node.with_changes(value=_detach(node.value)) if isinstance(node, cst.AugAssign) else node
+
+
+def _detach_first_arg(node: cst.CSTNode) -> cst.CSTNode:
+    if not isinstance(node, cst.Call):
+        return node
+    first = node.args[0]
+    return node.with_changes(args=[first.with_changes(value=_detach(first.value))])

@@ -1,0 +1,140 @@
+"""no-amp: run forward and loss under bf16 autocast on GPUs that compute bf16 natively."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import libcst as cst
+
+from agent.fixes.codemods.base import (
+    BF16_RTOL,
+    Codemod,
+    SourceContext,
+    dotted_name,
+    method_call,
+)
+from agent.fixes.codemods.common import flagged_loop, loop_contains
+from agent.fixes.models import FixKind, FixTarget
+
+_AUTOCASTS = ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast")
+_DEVICE_MOVES = ("to", "cuda", "float", "long", "pin_memory")
+
+
+class NoAmpFix(Codemod):
+    """Wraps the statements from the forward to the loss (the ones just before
+    `loss.backward()`) in `torch.autocast("cuda", dtype=torch.bfloat16, enabled=...)`, enabled
+    only where the GPU has native bf16 (Ampere and later), so CPU runs stay float32. The
+    backward stays outside, and bf16 needs no GradScaler."""
+
+    rule = "no-amp"
+    kind = FixKind.PERFORMANCE
+    summary = "bf16 torch.autocast around forward and loss"
+    rtol = BF16_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if any(ctx.qualname(c.func) in _AUTOCASTS for c in ctx.find(cst.Call)):
+            return False
+        found = _step_block(ctx, target)
+        if found is None:
+            return False
+        stmts, first, last = found
+        torch = ctx.require_module("torch")
+        header = (
+            f'{torch}.autocast(device_type="cuda", dtype={torch}.bfloat16, '
+            f"enabled={torch}.cuda.is_bf16_supported(including_emulation=False))"
+        )
+        rest = list(stmts[first + 1 : last + 1])
+
+        def wrap(node: cst.CSTNode) -> cst.CSTNode:
+            if not isinstance(node, cst.SimpleStatementLine):
+                return node
+            return cst.With(
+                items=[cst.WithItem(item=cst.parse_expression(header))],
+                body=cst.IndentedBlock(body=[node.with_changes(leading_lines=[]), *rest]),
+                leading_lines=node.leading_lines,
+            )
+
+        ctx.replace(stmts[first], wrap)
+        for stmt in rest:
+            ctx.remove(stmt)
+        return True
+
+
+def _step_block(
+    ctx: SourceContext, target: FixTarget
+) -> tuple[Sequence[cst.BaseStatement], int, int] | None:
+    """The statement list holding `loss.backward()`, and the forward..loss index range."""
+    loop = flagged_loop(ctx, target)
+    candidates = []
+    for block in ctx.find(cst.IndentedBlock):
+        if loop is not None and block is not loop.body and not loop_contains(ctx, loop, block):
+            continue
+        span = _forward_span(block.body)
+        if span is not None:
+            candidates.append((block.body, *span))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
+    for index, stmt in enumerate(stmts):
+        loss = _backward_receiver(stmt)
+        if loss is None:
+            continue
+        assigned = [i for i in range(index) if loss in _assigned_names(stmts[i])]
+        if not assigned:
+            return None
+        last = assigned[-1]
+        first = last
+        while first > 0 and _is_compute(stmts[first - 1]):
+            first -= 1
+        return first, last
+    return None
+
+
+def _backward_receiver(stmt: cst.BaseStatement) -> str | None:
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    expr = stmt.body[0]
+    if not isinstance(expr, cst.Expr):
+        return None
+    call = method_call(expr.value, "backward")
+    if call is None or not isinstance(call.func, cst.Attribute):
+        return None
+    return dotted_name(call.func.value)
+
+
+def _assigned_names(stmt: cst.BaseStatement) -> set[str]:
+    names: set[str] = set()
+    if isinstance(stmt, cst.SimpleStatementLine):
+        for small in stmt.body:
+            if isinstance(small, cst.Assign):
+                for target in small.targets:
+                    names |= _names_in(target.target)
+    return names
+
+
+def _names_in(expr: cst.BaseExpression) -> set[str]:
+    if isinstance(expr, cst.Tuple | cst.List):
+        return {n for e in expr.elements for n in _names_in(e.value)}
+    name = dotted_name(expr)
+    return {name} if name else set()
+
+
+def _is_compute(stmt: cst.BaseStatement) -> bool:
+    """A simple statement of the forward pass: not gradient clearing, not a device move."""
+    if not isinstance(stmt, cst.SimpleStatementLine):
+        return False
+    for small in stmt.body:
+        if isinstance(small, cst.Expr) and method_call(small.value, "zero_grad"):
+            return False
+        if isinstance(small, cst.Assign) and _is_device_move(small.value):
+            return False
+        if not isinstance(small, cst.Assign | cst.AugAssign | cst.AnnAssign | cst.Expr):
+            return False
+    return True
+
+
+def _is_device_move(value: cst.BaseExpression) -> bool:
+    if isinstance(value, cst.Tuple):
+        return all(_is_device_move(e.value) for e in value.elements)
+    return any(method_call(value, m) is not None for m in _DEVICE_MOVES)

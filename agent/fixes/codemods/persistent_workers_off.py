@@ -1,0 +1,35 @@
+"""persistent-workers-off: keep DataLoader workers alive across epochs."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
+from agent.fixes.codemods.common import is_dataloader
+from agent.fixes.models import FixKind, FixTarget
+
+
+class PersistentWorkersOffFix(Codemod):
+    """Adds `persistent_workers=True` to a DataLoader with `num_workers` > 0 (or
+    `persistent_workers=<num_workers> > 0` when the count is an expression)."""
+
+    rule = "persistent-workers-off"
+    kind = FixKind.PERFORMANCE
+    summary = "DataLoader(persistent_workers=True)"
+    rtol = EXACT_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):
+            if not is_dataloader(ctx, loader) or keyword(loader, "persistent_workers"):
+                continue
+            workers = keyword(loader, "num_workers")
+            if workers is None:
+                continue
+            if isinstance(workers.value, cst.Integer):
+                if int(workers.value.value) == 0:
+                    continue
+                value = "True"
+            else:
+                value = f"{ctx.code(workers.value)} > 0"
+            ctx.set_call_keyword(loader, "persistent_workers", value)
+        return True

@@ -1,0 +1,29 @@
+"""pin-memory-off: page-locked host batches, so host-to-device copies can run asynchronously."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
+from agent.fixes.codemods.common import is_dataloader
+from agent.fixes.models import FixKind, FixTarget
+
+
+class PinMemoryOffFix(Codemod):
+    rule = "pin-memory-off"
+    kind = FixKind.PERFORMANCE
+    summary = "DataLoader(pin_memory=torch.cuda.is_available())"
+    rtol = EXACT_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        loaders = [
+            c
+            for c in ctx.find(cst.Call, within=(target.line, target.end_line))
+            if is_dataloader(ctx, c) and keyword(c, "pin_memory") is None
+        ]
+        if not loaders:
+            return False
+        torch = ctx.require_module("torch")
+        for loader in loaders:
+            ctx.set_call_keyword(loader, "pin_memory", f"{torch}.cuda.is_available()")
+        return True

@@ -1,0 +1,35 @@
+"""torch-load-unsafe: load checkpoints with weights_only=True when that is known to work."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
+from agent.fixes.models import FixKind, FixTarget
+
+
+class TorchLoadUnsafeFix(Codemod):
+    """Adds `weights_only=True` to the flagged `torch.load`, only when the rule's data says
+    `fix_safe` (the file was written from a state_dict or tensors, no `pickle_module`):
+    `weights_only=True` refuses pickled modules, so applying it blindly can break loading."""
+
+    rule = "torch-load-unsafe"
+    kind = FixKind.REFACTOR
+    summary = "torch.load(..., weights_only=True)"
+    rtol = EXACT_RTOL
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if target.data.get("fix_safe") is not True:
+            return False
+        for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
+            if ctx.qualname(call.func) != "torch.load" or keyword(call, "pickle_module"):
+                continue
+            current = keyword(call, "weights_only")
+            if (
+                current is not None
+                and isinstance(current.value, cst.Name)
+                and current.value.value == "True"
+            ):
+                continue
+            ctx.set_call_keyword(call, "weights_only", "True")
+        return True

@@ -1,0 +1,96 @@
+"""The fix pipeline's own data: what a codemod is told, the patch it yields, what a run showed.
+
+`Fix`/`Verification` on a finding (agent.models) stay the public contract; these models are the
+pipeline's working state and the results of apply/undo.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.models import Finding
+
+
+class FixKind(StrEnum):
+    """What a fix changes, which decides how its behaviour is checked."""
+
+    CORRECTNESS = "correctness"
+    """Changes results on purpose: the symptom must disappear, the run must stay healthy."""
+    PRECISION = "precision"
+    """Changes numerics: the seeded loss trajectory must stay within a bf16-level tolerance."""
+    PERFORMANCE = "performance"
+    """Must be measurably faster, with the trajectory within the fix's tolerance."""
+    REFACTOR = "refactor"
+    """Must not change results: the seeded loss trajectory must match exactly."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FixTarget(_Model):
+    """The part of a finding a codemod reads: where, and what the rule measured there."""
+
+    rule: str
+    file: str
+    line: int
+    end_line: int
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_finding(cls, finding: Finding) -> FixTarget:
+        data: dict[str, Any] = {}
+        for evidence in finding.evidence:
+            if evidence.kind == "static":
+                data.update(evidence.data)
+        return cls(
+            rule=finding.rule,
+            file=finding.file,
+            line=finding.line,
+            end_line=finding.end_line,
+            data=data,
+        )
+
+
+class Patch(_Model):
+    """A unified diff against the workspace, and where it came from."""
+
+    finding_id: str
+    rule: str
+    origin: Literal["codemod", "llm"] = "codemod"
+    diff: str
+    files: list[str]
+
+
+class SmokeRun(_Model):
+    """What one bounded, seeded run of the user's script showed (from the probes harness)."""
+
+    ok: bool
+    detail: str = ""
+    losses: list[float] = Field(default_factory=list)
+    step_times_s: list[float] = Field(default_factory=list)
+    signals: dict[str, Any] = Field(default_factory=dict)
+    """Probe observations a correctness fix reads its symptom from (memory slope, NaN count...)."""
+
+
+class AppliedFile(_Model):
+    path: str
+    sha256_before: str
+    sha256_after: str
+
+
+class ApplyResult(_Model):
+    applied: list[str] = Field(default_factory=list, description="finding ids written")
+    skipped: dict[str, str] = Field(default_factory=dict, description="finding id -> why not")
+    files: list[AppliedFile] = Field(default_factory=list)
+    journal: str | None = None
+    refused: str | None = None
+
+
+class UndoResult(_Model):
+    restored: list[str] = Field(default_factory=list)
+    journal: str | None = None
+    refused: str | None = None

@@ -1,0 +1,186 @@
+"""Every codemod against its fixture: the exact fix, idempotence, comments kept, refusals."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.fixes.codemods import all_codemods, codemod_for
+from agent.fixes.models import FixKind, FixTarget
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "fixes"
+RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())
+_COMMENT = re.compile(r"#.*$")
+
+
+def _target(rule: str, source_dir: Path) -> FixTarget:
+    spec = json.loads((source_dir / "target.json").read_text())
+    return FixTarget(
+        rule=rule,
+        file="before.py",
+        line=spec["line"],
+        end_line=spec["end_line"],
+        data=spec.get("data", {}),
+    )
+
+
+def _comments(text: str) -> list[str]:
+    return [m.group(0) for line in text.splitlines() if (m := _COMMENT.search(line))]
+
+
+def test_every_codemod_has_a_fixture() -> None:
+    assert sorted(all_codemods()) == RULES
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_codemod_turns_before_into_after(rule: str) -> None:
+    folder = FIXTURES / rule
+    fixed = codemod_for(rule).transform((folder / "before.py").read_text(), _target(rule, folder))  # type: ignore[union-attr]
+    assert fixed == (folder / "after.py").read_text()
+    ast.parse(fixed)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_codemod_is_idempotent(rule: str) -> None:
+    folder = FIXTURES / rule
+    after = (folder / "after.py").read_text()
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    target = _target(rule, folder)
+    shifted = after.count("\n") - (folder / "before.py").read_text().count("\n")
+    for line in {target.line, target.line + shifted}:
+        again = target.model_copy(update={"line": line, "end_line": target.end_line + shifted})
+        assert codemod.transform(after, again) in (None, after)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_codemod_keeps_every_comment(rule: str) -> None:
+    folder = FIXTURES / rule
+    kept = _comments((folder / "after.py").read_text())
+    for comment in _comments((folder / "before.py").read_text()):
+        assert comment in kept
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_codemod_declares_how_it_is_checked(rule: str) -> None:
+    codemod = codemod_for(rule)
+    assert codemod is not None and codemod.summary
+    if codemod.kind in (FixKind.PRECISION, FixKind.REFACTOR):
+        assert codemod.rtol is not None
+
+
+def test_unparsable_source_is_refused() -> None:
+    codemod = codemod_for("zero-grad-missing")
+    assert codemod is not None
+    target = FixTarget(rule="zero-grad-missing", file="x.py", line=1, end_line=1)
+    assert codemod.transform("for x in (:\n", target) is None
+
+
+def test_torch_load_needs_fix_safe() -> None:
+    folder = FIXTURES / "torch-load-unsafe"
+    target = _target("torch-load-unsafe", folder).model_copy(update={"data": {}})
+    codemod = codemod_for("torch-load-unsafe")
+    assert codemod is not None
+    assert codemod.transform((folder / "before.py").read_text(), target) is None
+
+
+def test_double_softmax_keeps_probabilities_used_elsewhere() -> None:
+    source = (
+        "import torch.nn.functional as F\n"
+        "def step(model, x, y):\n"
+        "    probs = F.softmax(model(x), dim=1)\n"
+        "    loss = F.cross_entropy(probs, y)\n"
+        "    return loss, probs.argmax(1)\n"
+    )
+    target = FixTarget(rule="double-softmax", file="m.py", line=4, end_line=4)
+    codemod = codemod_for("double-softmax")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+
+
+def test_double_softmax_rewrites_a_probabilities_variable_used_once() -> None:
+    source = (
+        "import torch.nn.functional as F\n"
+        "def step(model, x, y):\n"
+        "    probs = F.softmax(model(x), dim=1)\n"
+        "    return F.cross_entropy(probs, y)\n"
+    )
+    target = FixTarget(rule="double-softmax", file="m.py", line=4, end_line=4)
+    codemod = codemod_for("double-softmax")
+    assert codemod is not None
+    assert codemod.transform(source, target) == source.replace(
+        "F.softmax(model(x), dim=1)", "model(x)"
+    )
+
+
+def test_bce_refused_when_the_criterion_also_takes_probabilities() -> None:
+    source = (
+        "import torch\nfrom torch import nn\n"
+        "criterion = nn.BCELoss()\n"
+        "a = criterion(torch.sigmoid(z), y)\n"
+        "b = criterion(p, y)\n"
+    )
+    target = FixTarget(rule="bce-on-sigmoid", file="m.py", line=4, end_line=4)
+    codemod = codemod_for("bce-on-sigmoid")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+
+
+def test_eval_mode_restored_in_finally_when_the_block_returns() -> None:
+    source = (
+        "import torch\n"
+        "def evaluate(model, x):\n"
+        "    with torch.no_grad():\n"
+        "        return model(x)\n"
+    )
+    target = FixTarget(rule="eval-without-eval-mode", file="m.py", line=3, end_line=4)
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None
+    assert "try:" in fixed and "finally:\n        model.train(was_training)" in fixed
+    ast.parse(fixed)
+
+
+def test_unfused_optimizer_left_alone_in_a_cpu_only_script() -> None:
+    source = "import torch\nopt = torch.optim.Adam(params, lr=1e-3)\n"
+    target = FixTarget(rule="unfused-optimizer", file="m.py", line=2, end_line=2)
+    codemod = codemod_for("unfused-optimizer")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+
+
+def test_host_sync_refused_when_the_accumulator_is_read_in_the_loop() -> None:
+    source = (
+        "total = 0.0\n"
+        "for step in range(3):\n"
+        "    total += loss.item()\n"
+        "    print(total)\n"
+    )
+    target = FixTarget(rule="host-sync-in-step", file="m.py", line=3, end_line=3)
+    codemod = codemod_for("host-sync-in-step")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+
+
+def test_manual_attention_refused_when_weights_are_returned() -> None:
+    source = (FIXTURES / "manual-attention" / "before.py").read_text().replace(
+        "return self.c_proj(y)", "return self.c_proj(y), att"
+    )
+    target = _target("manual-attention", FIXTURES / "manual-attention")
+    codemod = codemod_for("manual-attention")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+
+
+def test_seed_adds_numpy_seeding_when_numpy_is_imported() -> None:
+    source = "import numpy as np\nimport torch\n\nx = torch.randn(2)\n"
+    target = FixTarget(rule="no-torch-seed", file="m.py", line=1, end_line=1)
+    codemod = codemod_for("no-torch-seed")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None and "np.random.seed(0)" in fixed and "torch.manual_seed(0)" in fixed
