@@ -1,0 +1,89 @@
+"""double-softmax: probabilities (softmax/log_softmax output) fed to cross-entropy."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import first_argument
+from agent.models import Severity
+
+_SOFTMAX_FUNCTIONS = frozenset(
+    {
+        "torch.nn.functional.softmax",
+        "torch.nn.functional.log_softmax",
+        "torch.softmax",
+        "torch.log_softmax",
+        "torch.special.softmax",
+        "torch.special.log_softmax",
+    }
+)
+_SOFTMAX_MODULES = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax"})
+
+
+class DoubleSoftmax(Rule):
+    """Detects a softmax or log-softmax output passed as the input of `nn.CrossEntropyLoss`
+    or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module, or a
+    model whose last layer (`nn.Sequential(..., nn.Softmax(1))`) or `forward` return is a
+    softmax, followed through variables, attributes (`self.criterion`) and local functions.
+
+    Why it matters: cross-entropy applies `log_softmax` itself. Fed probabilities, it computes
+    the loss of a softmax of probabilities: gradients shrink, the loss plateaus near ln(C) and
+    accuracy stalls, without any error.
+
+    Example:
+        criterion = nn.CrossEntropyLoss()
+        probs = F.softmax(model(x), dim=1)
+        loss = criterion(probs, y)
+
+    Fix: pass the logits to the loss and apply softmax only where probabilities are needed
+    (metrics, inference). If the model must output log-probabilities, use `nn.NLLLoss`.
+    """
+
+    id = "double-softmax"
+    point = 3
+    severity = Severity.HIGH
+    title = "Softmax applied before CrossEntropyLoss"
+    items: ClassVar[tuple[str, ...]] = ("3.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "oftmax" not in ctx.source or not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for node in ast.walk(ctx.tree):
+            if not isinstance(node, ast.Call) or not _is_cross_entropy(ctx, node):
+                continue
+            logits = first_argument(node, "input")
+            if logits is None:
+                continue
+            softmax = next((p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None)
+            if softmax is None:
+                continue
+            ctx.report(
+                self,
+                node,
+                f"cross-entropy receives `{ast.unparse(logits)}`, the output of a softmax "
+                f"(line {softmax.lineno}); it applies log_softmax again",
+                data={"softmax_line": softmax.lineno},
+            )
+
+
+def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.call_qualname(call)
+    if qual is not None:
+        return qual == "torch.nn.functional.cross_entropy"
+    return ctx.flow.loss_class(call.func) == "CrossEntropyLoss"
+
+
+def _is_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.call_qualname(call)
+    if qual in _SOFTMAX_FUNCTIONS or qual in _SOFTMAX_MODULES:
+        return True
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in ("softmax", "log_softmax") and qual is None:
+        return not ctx.flow.is_module_value(func.value)
+    return qual is None and ctx.flow.constructed_as(func) in _SOFTMAX_MODULES

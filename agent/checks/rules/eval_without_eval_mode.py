@@ -1,0 +1,203 @@
+"""eval-without-eval-mode: an evaluation path runs the model while it is in training mode."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import PurePath
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import FunctionNode
+from agent.checks.loops import walk_scope
+from agent.models import Severity
+
+_EVAL_FUNCTION = re.compile(
+    r"^(evaluate|evaluation|eval|validate|validation|val|valid|test|testing)(_|$)"
+    r"|_(evaluate|evaluation|eval|validate|validation|val|test)$",
+    re.IGNORECASE,
+)
+# Prediction/serving paths belong to inference-no-eval (point 7); Lightning's *_step hooks run
+# after the framework has already switched the mode.
+_OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify|_step$", re.IGNORECASE)
+_MODE_DEPENDENT = re.compile(r"Dropout|BatchNorm|InstanceNorm|dropout|LSTM|GRU|RNN|Transformer")
+_MAX_CALLER_DEPTH = 3
+
+
+class EvalWithoutEvalMode(Rule):
+    """Detects an evaluation path that calls the model with no `.eval()` on its way: a
+    function named like `evaluate`/`validate`/`test_epoch`, a `with torch.no_grad()` or
+    `torch.inference_mode()` block, or a function decorated with `@torch.no_grad()` /
+    `@torch.inference_mode()`. `.eval()` counts when it is called in that function, in a
+    function it calls, in any function that calls it (up to three levels), or on the model
+    object itself (`model = Net().eval()`, `self.model.eval()`).
+
+    Why it matters: in training mode dropout keeps dropping units and BatchNorm normalises
+    with the batch's own statistics (and updates its running averages with validation data),
+    so validation metrics are noisy, batch-size dependent and lower than the model's real
+    quality; model selection built on them is wrong. Models known to have no dropout or
+    normalisation layer are not reported; prediction/serving functions are left to
+    `inference-no-eval`.
+
+    Example:
+        @torch.no_grad()
+        def evaluate(model, loader):
+            return sum((model(x).argmax(1) == y).sum() for x, y in loader)
+
+    Fix: call `model.eval()` before the evaluation loop and `model.train()` after it (or at
+    the start of the next training epoch).
+    """
+
+    id = "eval-without-eval-mode"
+    point = 3
+    severity = Severity.HIGH
+    title = "Evaluation runs in training mode"
+    items: ClassVar[tuple[str, ...]] = ("3.4",)
+    fixable = True
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if (
+            "no_grad" not in ctx.source
+            and "inference_mode" not in ctx.source
+            and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
+        ):
+            return
+        reported: set[int] = set()
+        for owner, body in _evaluation_regions(ctx):
+            calls = [
+                n for n in walk_scope(body) if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
+            ]
+            if not calls or id(calls[0]) in reported or ctx.loops.effects_of(body).backward:
+                continue
+            call = calls[0]
+            if _eval_on_path(ctx, owner, call) or not _mode_dependent(ctx, _model_expr(call)):
+                continue
+            reported.add(id(call))
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call.func)}` runs on an evaluation path with no `.eval()` "
+                "before it: dropout and BatchNorm behave as in training",
+            )
+
+
+def _is_test_module(path: str) -> bool:
+    name = PurePath(path).name
+    return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+
+
+def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
+    flow = ctx.flow
+    regions: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
+    named: set[int] = set()
+    test_module = _is_test_module(ctx.path)
+    for defs in flow.functions.values():
+        for fn in defs:
+            if _OTHER_RULES_PATHS.search(fn.name):
+                continue
+            by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
+            if by_name or flow.grad_off_function(fn):
+                regions.append((fn, fn.body))
+                named.add(id(fn))
+    for node in ast.walk(ctx.tree):
+        if not isinstance(node, ast.With | ast.AsyncWith):
+            continue
+        if not any(flow.is_grad_off(item.context_expr) for item in node.items):
+            continue
+        owner = ctx.enclosing_function(node)
+        if owner is not None and (id(owner) in named or _OTHER_RULES_PATHS.search(owner.name)):
+            continue
+        regions.append((owner, node.body))
+    return regions
+
+
+def _model_expr(call: ast.Call) -> ast.expr:
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        return func.value
+    return func
+
+
+def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:
+    flow = ctx.flow
+    if flow.reaches_method(owner.body if owner is not None else ctx.tree.body, "eval"):
+        return True
+    if _model_put_in_eval(ctx, _model_expr(call)):
+        return True
+    frontier = [owner.name] if owner is not None else []
+    seen: set[str] = set()
+    for _ in range(_MAX_CALLER_DEPTH):
+        next_names: list[str] = []
+        for name in frontier:
+            if name in seen:
+                continue
+            seen.add(name)
+            for site in flow.callers.get(name, []):
+                caller = ctx.enclosing_function(site)
+                scope = caller.body if caller is not None else ctx.tree.body
+                if flow.reaches_method(scope, "eval"):
+                    return True
+                if caller is not None:
+                    next_names.append(caller.name)
+        frontier = next_names
+    return False
+
+
+def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
+    """`model = Net().eval()`, or `.eval()` called on this very attribute (`self.model`)."""
+    for source in ctx.flow.sources(model):
+        for sub in ast.walk(source):
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Attribute)
+                and sub.func.attr == "eval"
+                and not sub.args
+            ):
+                return True
+    if not isinstance(model, ast.Attribute):
+        return False
+    text = ast.unparse(model)
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "eval"
+        and ast.unparse(n.func.value) == text
+        for n in ast.walk(ctx.tree)
+    )
+
+
+def _mode_dependent(ctx: ModuleContext, model: ast.expr) -> bool:
+    """False only when the model is known to have no dropout/normalisation/recurrent layer."""
+    flow = ctx.flow
+    constructors = list(flow.constructors(model))
+    if not constructors:
+        return True
+    for call in constructors:
+        name = call.func.id if isinstance(call.func, ast.Name) else None
+        if name is not None and name in flow.classes:
+            if _class_mode_dependent(ctx, flow.classes[name], set()):
+                return True
+            continue
+        qual = ctx.call_qualname(call) or ""
+        if not qual.startswith("torch.nn.") or _MODE_DEPENDENT.search(ast.unparse(call)):
+            return True
+    return False
+
+
+def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str]) -> bool:
+    seen.add(cls.name)
+    text = ast.unparse(cls)
+    if _MODE_DEPENDENT.search(text):
+        return True
+    classes = ctx.flow.classes
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Call):
+            callee = node.func.id if isinstance(node.func, ast.Name) else ""
+            if callee in classes and callee not in seen:
+                if _class_mode_dependent(ctx, classes[callee], seen):
+                    return True
+            elif callee and callee not in classes and callee[:1].isupper():
+                qual = ctx.call_qualname(node) or ""
+                if not qual.startswith("torch.nn."):
+                    return True
+    return False

@@ -1,0 +1,137 @@
+"""torch-load-unsafe: `torch.load` may unpickle arbitrary code (no `weights_only=True`)."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.data.torch_api import format_version, target_torch, torch_api
+from agent.checks.dataflow import first_argument, kwarg
+from agent.models import Severity
+
+
+class TorchLoadUnsafe(Rule):
+    """Detects `torch.load(...)` (also imported as `from torch import load as L`) called
+    without `weights_only=True`, or with a custom `pickle_module`. The advice depends on how
+    the module's own `torch.save` wrote the same path (literal, expression or variable):
+
+    - written from tensors or a `state_dict()` (or a dict of those): `weights_only=True`
+      loads it unchanged, so adding it is safe (`data["fix_safe"]` is True);
+    - written from a whole module (`torch.save(model, path)`): `weights_only=True` would fail;
+      save `model.state_dict()` (or use safetensors) and load that instead;
+    - unknown provenance: pass `weights_only=True` if the file holds only tensors, otherwise
+      load only files you trust.
+
+    Why it matters: without `weights_only=True`, `torch.load` runs the pickle machinery,
+    which can execute arbitrary code from a crafted checkpoint downloaded or shared by
+    someone else. PyTorch 2.6 made `weights_only=True` the default: on the targeted torch
+    (`target_torch`, else the installed one) a missing argument is then a portability issue
+    (older torch is unsafe) or, for pickled modules, a load failure.
+
+    Example:
+        torch.save(model.state_dict(), "ckpt.pt")
+        state = torch.load("ckpt.pt")
+
+    Fix: `torch.load("ckpt.pt", weights_only=True)`; save state_dicts (or safetensors) rather
+    than whole modules.
+    """
+
+    id = "torch-load-unsafe"
+    point = 11
+    severity = Severity.HIGH
+    title = "torch.load without weights_only=True"
+    items: ClassVar[tuple[str, ...]] = ("11.2",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "load" in ctx.source and "torch" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.Call) and ctx.call_qualname(node) == "torch.load":
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, call: ast.Call) -> None:
+        if any(k.arg is None for k in call.keywords):
+            return
+        weights_only = kwarg(call, "weights_only")
+        pickle_module = kwarg(call, "pickle_module")
+        if isinstance(weights_only, ast.Constant) and weights_only.value is True:
+            return
+        path = first_argument(call, "f")
+        provenance = ctx.flow.saved_kind(path) if path is not None else None
+        if weights_only is not None and provenance != "weights" and pickle_module is None:
+            return  # an explicit weights_only=False (or a variable) is a documented choice
+        flip = torch_api().default_change("torch.load", "weights_only").changed
+        target = target_torch(ctx.config)
+        safe_default = target is not None and target >= flip and pickle_module is None
+        data: dict[str, object] = {
+            "provenance": provenance or "unknown",
+            "fix_safe": provenance == "weights" and pickle_module is None,
+            "target_torch": format_version(target) if target else None,
+        }
+        message, severity = _advice(provenance, weights_only, pickle_module, safe_default, flip)
+        ctx.report(self, call, message, severity=severity, data=data)
+
+
+def _advice(
+    provenance: str | None,
+    weights_only: ast.expr | None,
+    pickle_module: ast.expr | None,
+    safe_default: bool,
+    flip: tuple[int, int],
+) -> tuple[str, Severity]:
+    since = format_version(flip)
+    if pickle_module is not None:
+        return (
+            "torch.load with a custom pickle_module unpickles arbitrary objects: load "
+            "state_dicts with weights_only=True (or safetensors) instead",
+            Severity.HIGH,
+        )
+    if provenance == "weights":
+        if weights_only is not None:
+            return (
+                "this file was written from a state_dict/tensors by this module: "
+                "weights_only=False is unnecessary and unsafe; pass weights_only=True",
+                Severity.MEDIUM,
+            )
+        if safe_default:
+            return (
+                "this file was written from a state_dict/tensors: pass weights_only=True "
+                f"explicitly (default only since torch {since}; older torch unpickles code)",
+                Severity.LOW,
+            )
+        return (
+            "torch.load without weights_only=True unpickles arbitrary code; this file was "
+            "written from a state_dict/tensors, so weights_only=True loads it unchanged",
+            Severity.HIGH,
+        )
+    if provenance == "module":
+        if safe_default:
+            return (
+                "this file holds a whole pickled module (torch.save(model, ...)): it fails to "
+                f"load under the weights_only=True default of torch {since}+; save "
+                "model.state_dict() (or safetensors) and load that",
+                Severity.HIGH,
+            )
+        return (
+            "torch.load unpickles a whole module here (torch.save(model, ...)), which can "
+            "run arbitrary code; weights_only=True would fail: save model.state_dict() "
+            "(or safetensors) and load that with weights_only=True",
+            Severity.HIGH,
+        )
+    if safe_default:
+        return (
+            "torch.load without an explicit weights_only: safe by default only on torch "
+            f"{since}+; pass weights_only=True if the file holds tensors/state_dicts only",
+            Severity.LOW,
+        )
+    return (
+        "torch.load without weights_only=True unpickles arbitrary code: pass "
+        "weights_only=True if the file holds only tensors/state_dicts, otherwise load only "
+        "files you trust",
+        Severity.HIGH,
+    )
