@@ -1,0 +1,105 @@
+"""The harness's command line, parsed into one frozen config."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_TIME_BUDGET_S = 600.0
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    script: str
+    script_args: tuple[str, ...] = ()
+    steps: int = 20
+    out: str = "evidence.json"
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    grace_s: float = 10.0
+    probes: frozenset[str] = field(default_factory=frozenset)
+    determinism_steps: int = 0
+    export: bool = False
+    int8: bool = False
+    seed: int | None = None
+    sample_every: int = 1
+    flush_every: int = 1
+    compile_backend: str = "inductor"
+    flops: bool = True
+
+    @property
+    def flop_step(self) -> int:
+        """One step away from the first (warm-up, lazy init) when the run is long enough."""
+        return 1 if self.steps >= 3 else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.probes",
+        description="Run a training or inference script for a bounded number of steps, "
+        "instrumented, and write an evidence document. Arguments the harness does not know "
+        "are passed to the script; put the script's own arguments after `--` when they clash.",
+    )
+    parser.add_argument("script")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps (or forwards)")
+    parser.add_argument("--out", default="evidence.json")
+    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S)
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds after the budget before a stuck script is killed",
+    )
+    parser.add_argument("--probe", action="append", default=[], choices=["compile"])
+    parser.add_argument(
+        "--determinism",
+        type=int,
+        default=0,
+        metavar="K",
+        help="compare the losses of two seeded runs of K steps",
+    )
+    parser.add_argument("--export", action="store_true")
+    parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--sample-every",
+        type=int,
+        default=None,
+        help="activation/NaN sampling interval (default 1 on CPU, 10 on CUDA)",
+    )
+    parser.add_argument(
+        "--flush-every",
+        type=int,
+        default=None,
+        help="steps between device reads (default 1 on CPU, 25 on CUDA)",
+    )
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--no-flops", action="store_true")
+    return parser
+
+
+def parse_args(argv: list[str]) -> ProbeConfig:
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    ns, extra = _parser().parse_known_args(argv)
+    cuda = torch.cuda.is_available()
+    return ProbeConfig(
+        script=ns.script,
+        script_args=tuple(extra + passthrough),
+        steps=max(ns.steps, 1),
+        out=ns.out,
+        time_budget_s=ns.time_budget,
+        grace_s=ns.grace,
+        probes=frozenset(ns.probe),
+        determinism_steps=ns.determinism,
+        export=ns.export,
+        int8=ns.int8,
+        seed=ns.seed,
+        sample_every=ns.sample_every if ns.sample_every is not None else (10 if cuda else 1),
+        flush_every=ns.flush_every if ns.flush_every is not None else (25 if cuda else 1),
+        compile_backend=ns.compile_backend,
+        flops=not ns.no_flops,
+    )

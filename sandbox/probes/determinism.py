@@ -1,0 +1,99 @@
+"""Determinism probe (item 5.1): the same script, the same seed, two fresh processes, K steps
+each; the loss sequences are compared value by value."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from sandbox.probes.config import ProbeConfig
+
+SEED = 1234
+RELATIVE_TOLERANCE = 1e-5
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run_once(config: ProbeConfig, out: str) -> dict[str, Any] | None:
+    command = [
+        sys.executable,
+        "-m",
+        "sandbox.probes",
+        config.script,
+        "--steps",
+        str(config.determinism_steps),
+        "--seed",
+        str(SEED),
+        "--out",
+        out,
+        "--time-budget",
+        str(config.time_budget_s),
+        "--sample-every",
+        "0",
+        "--no-flops",
+        "--",
+        *config.script_args,
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    try:
+        subprocess.run(
+            command,
+            env=env,
+            timeout=config.time_budget_s + config.grace_s + 30,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        with open(out, encoding="utf-8") as handle:
+            document: dict[str, Any] = json.load(handle)
+            return document
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def compare(first: list[float | None], second: list[float | None]) -> dict[str, Any]:
+    pairs = list(zip(first, second, strict=False))
+    max_abs = max_rel = 0.0
+    first_divergence: int | None = None
+    bitwise = len(first) == len(second)
+    for index, (a, b) in enumerate(pairs):
+        if a is None or b is None:
+            same = a is b
+            abs_diff = rel_diff = 0.0 if same else math.inf
+        else:
+            abs_diff = abs(a - b)
+            rel_diff = abs_diff / max(abs(a), abs(b), 1e-12)
+            same = a == b
+        bitwise = bitwise and same
+        max_abs, max_rel = max(max_abs, abs_diff), max(max_rel, rel_diff)
+        if rel_diff > RELATIVE_TOLERANCE and first_divergence is None:
+            first_divergence = index
+    return {
+        "steps_compared": len(pairs),
+        "bitwise_equal": bitwise,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "tolerance": RELATIVE_TOLERANCE,
+        "deterministic": first_divergence is None and len(pairs) > 0,
+        "first_divergent_step": first_divergence,
+    }
+
+
+def probe(config: ProbeConfig) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="probes-determinism-") as folder:
+        runs = [_run_once(config, os.path.join(folder, f"run{i}.json")) for i in (0, 1)]
+    if any(r is None for r in runs):
+        return {"ok": False, "seed": SEED, "error": "a seeded run wrote no evidence"}
+    losses = [r["loss"]["values"] for r in runs if r is not None]
+    return {
+        "ok": True,
+        "seed": SEED,
+        "outcomes": [r["outcome"]["kind"] for r in runs if r is not None],
+        "losses": losses,
+        **compare(losses[0], losses[1]),
+    }

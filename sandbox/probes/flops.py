@@ -1,0 +1,63 @@
+"""FLOPs of one step counted by `FlopCounterMode`, turned into achieved TFLOP/s and MFU
+against the GPU's dense bf16 peak (item 8.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sandbox.probes.gpu_peaks import peak_tflops
+
+
+class FlopProbe:
+    def __init__(self) -> None:
+        self._mode: FlopCounterMode | None = None
+        self.flops: int | None = None
+        self.step: int | None = None
+        self.error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._mode is not None
+
+    def start(self, step: int) -> None:
+        try:
+            self._mode = FlopCounterMode(display=False)
+            self._mode.__enter__()
+            self.step = step
+        except Exception as exc:
+            self._mode = None
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> None:
+        if self._mode is None:
+            return
+        mode, self._mode = self._mode, None
+        try:
+            mode.__exit__(None, None, None)
+            self.flops = int(mode.get_total_flops())
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def report(self, median_step_s: float | None) -> dict[str, Any]:
+        name = (
+            torch.cuda.get_device_name()
+            if (torch.cuda.is_available() and torch.cuda.is_initialized())
+            else None
+        )
+        peak = peak_tflops(name) if name else None
+        tflops = (
+            self.flops / median_step_s / 1e12 if self.flops is not None and median_step_s else None
+        )
+        return {
+            "step": self.step,
+            "flops_per_step": self.flops,
+            "median_step_s": median_step_s,
+            "achieved_tflops": tflops,
+            "device_name": name,
+            "peak_bf16_tflops": peak,
+            "mfu": tflops / peak if tflops is not None and peak else None,
+            "error": self.error,
+        }

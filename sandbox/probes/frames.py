@@ -1,0 +1,69 @@
+"""Which source files are the user's, and where in them a call came from.
+
+Every probe that attributes an event to a line (a host sync, a forward in train mode, a
+synchronising CUDA call) asks this module for the innermost frame that lies in the user's
+files, so library frames (torch, this harness) never appear in evidence.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from types import FrameType
+
+_LIBRARY_ROOTS = tuple(
+    os.path.realpath(p)
+    for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]}
+    | {sysconfig.get_paths()["platlib"]}
+)
+_HARNESS_ROOT = os.path.dirname(os.path.realpath(__file__))
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+    function: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "function": self.function}
+
+
+class UserFiles:
+    """Files under the script's folder, minus installed libraries and this harness."""
+
+    def __init__(self, script: str) -> None:
+        self.script = os.path.realpath(script)
+        self.root = os.path.dirname(self.script)
+        self._known: dict[str, bool] = {}
+
+    def contains(self, filename: str) -> bool:
+        known = self._known.get(filename)
+        if known is None:
+            real = os.path.realpath(filename)
+            known = (
+                real.startswith(self.root + os.sep)
+                and not real.startswith(_HARNESS_ROOT)
+                and not real.startswith(_LIBRARY_ROOTS)
+                and "site-packages" not in real
+            )
+            self._known[filename] = known
+        return known
+
+    def relpath(self, filename: str) -> str:
+        return os.path.relpath(os.path.realpath(filename), self.root)
+
+    def caller(self, skip: int = 1) -> Location | None:
+        """The innermost user frame above the caller of this function, if any."""
+        frame: FrameType | None = sys._getframe(skip + 1)
+        while frame is not None:
+            code = frame.f_code
+            if self.contains(code.co_filename):
+                return Location(self.relpath(code.co_filename), frame.f_lineno, code.co_name)
+            frame = frame.f_back
+        return None
+
+    def first_script_line(self) -> Location:
+        return Location(self.relpath(self.script), 1, "<module>")

@@ -1,0 +1,192 @@
+"""Memory growth across steps and autograd graphs kept alive between steps (item 1.4), and
+the CUDA caching allocator's fragmentation (item 6.7).
+
+Graph retention is measured, not guessed: at a few scheduled steps the probe walks the live
+tensors that still carry a `grad_fn` and counts the distinct autograd nodes they reach. A
+loop that keeps a reference to each step's graph (`total += loss`) makes that count grow
+with every step; a healthy loop keeps it flat.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import os
+from typing import Any
+
+import torch
+
+from sandbox.probes.frames import UserFiles
+
+NODE_CAP = 200_000
+FRAGMENTATION_MIN_BYTES = 256 * 2**20
+FRAGMENTATION_RATIO = 0.25
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _reachable_nodes(roots: list[Any], cap: int = NODE_CAP) -> int:
+    seen: dict[int, Any] = {}
+    stack = list(roots)
+    while stack and len(seen) < cap:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        for child, _ in getattr(node, "next_functions", ()):
+            if child is not None and id(child) not in seen:
+                stack.append(child)
+    return len(seen)
+
+
+def _graph_roots() -> list[torch.Tensor]:
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, torch.Tensor)
+        and not isinstance(obj, torch.nn.Parameter)
+        and obj.grad_fn is not None
+    ]
+
+
+def scan_schedule(step: int) -> bool:
+    """Steps at which the (costly) graph scan runs: the first eight, then powers of two."""
+    return step < 8 or (step & (step - 1)) == 0
+
+
+class MemoryProbe:
+    def __init__(self, user_files: UserFiles) -> None:
+        self.user_files = user_files
+        self.per_step: dict[int, int] = {}
+        self.graph_nodes: list[dict[str, int]] = []
+        self.source = "rss"
+        self.culprit: dict[str, Any] | None = None
+
+    def end_step(self, step: int) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.source = "cuda-allocated"
+            self.per_step[step] = torch.cuda.memory_allocated()
+        else:
+            self.per_step[step] = rss_bytes()
+        if scan_schedule(step):
+            roots = _graph_roots()
+            nodes = _reachable_nodes([t.grad_fn for t in roots])
+            self.graph_nodes.append({"step": step, "tensors": len(roots), "nodes": nodes})
+            if self.culprit is None and self._rising():
+                self.culprit = self._culprit()  # now, while the script's frames are alive
+
+    def _rising(self) -> bool:
+        counts = [g["nodes"] for g in self.graph_nodes if g["step"] >= 1]
+        return len(counts) >= 3 and all(b > a for a, b in zip(counts, counts[1:], strict=False))
+
+    def retention(self) -> dict[str, Any] | None:
+        """The growing graph and the variable holding it, when node counts grow each scan."""
+        if not self._rising():
+            return None
+        samples = [g for g in self.graph_nodes if g["step"] >= 1]
+        span = samples[-1]["step"] - samples[0]["step"]
+        growth = (samples[-1]["nodes"] - samples[0]["nodes"]) / span if span else 0.0
+        return {"nodes_per_step": growth, **(self.culprit or self._culprit())}
+
+    def _culprit(self) -> dict[str, Any]:
+        best: tuple[int, torch.Tensor] | None = None
+        for tensor in _graph_roots():
+            size = _reachable_nodes([tensor.grad_fn], cap=20_000)
+            if best is None or size > best[0]:
+                best = (size, tensor)
+        if best is None:
+            return {"variable": None, "file": None, "line": None}
+        name = None
+        for referrer in gc.get_referrers(best[1]):
+            if isinstance(referrer, dict):
+                name = next(
+                    (k for k, v in referrer.items() if v is best[1] and isinstance(k, str)), None
+                )
+                if name:
+                    break
+        file, line = self._assignment(name) if name else (None, None)
+        return {"variable": name, "file": file, "line": line, "graph_nodes": best[0]}
+
+    def _assignment(self, name: str) -> tuple[str | None, int | None]:
+        """Where `name` is accumulated (`name += ...`) in the script, else first assigned."""
+        script = self.user_files.script
+        try:
+            with open(script, encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+        except (OSError, SyntaxError):
+            return None, None
+        assigned: int | None = None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                if node.target.id == name:
+                    return self.user_files.relpath(script), node.lineno
+            if (
+                isinstance(node, ast.Assign)
+                and assigned is None
+                and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+            ):
+                assigned = node.lineno
+        return (self.user_files.relpath(script), assigned) if assigned else (None, None)
+
+    def report(self) -> dict[str, Any]:
+        steps = sorted(self.per_step)
+        values = [self.per_step[s] for s in steps]
+        slope = _slope([float(s) for s in steps[1:]], [float(v) for v in values[1:]])
+        return {
+            "source": self.source,
+            "steps": steps,
+            "bytes": values,
+            "slope_bytes_per_step": slope,
+            "graph_scans": self.graph_nodes,
+            "retention": self.retention(),
+        }
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def vram_report() -> dict[str, Any] | None:
+    """Reserved vs allocated, inactive split bytes and allocator retries, with advice."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    stats = torch.cuda.memory_stats()
+    reserved = int(stats.get("reserved_bytes.all.current", 0))
+    allocated = int(stats.get("allocated_bytes.all.current", 0))
+    inactive = int(stats.get("inactive_split_bytes.all.current", 0))
+    retries = int(stats.get("num_alloc_retries", 0))
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + os.environ.get("PYTORCH_ALLOC_CONF", "")
+    expandable = "expandable_segments:True" in conf
+    gap = reserved - allocated
+    fragmented = retries > 0 or (
+        gap >= FRAGMENTATION_MIN_BYTES
+        and reserved > 0
+        and gap / reserved >= FRAGMENTATION_RATIO
+        and inactive >= FRAGMENTATION_MIN_BYTES
+    )
+    return {
+        "reserved_bytes": reserved,
+        "allocated_bytes": allocated,
+        "peak_allocated_bytes": int(stats.get("allocated_bytes.all.peak", 0)),
+        "peak_reserved_bytes": int(stats.get("reserved_bytes.all.peak", 0)),
+        "inactive_split_bytes": inactive,
+        "num_alloc_retries": retries,
+        "num_ooms": int(stats.get("num_ooms", 0)),
+        "expandable_segments": expandable,
+        "fragmented": bool(fragmented and not expandable),
+        "advice": (
+            "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+            if fragmented and not expandable
+            else ""
+        ),
+    }

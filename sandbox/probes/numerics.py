@@ -1,0 +1,274 @@
+"""Loss trajectory, gradient norms, activation magnitudes and the first non-finite value.
+
+Everything here stays on the device during the run (no host sync of our own): values are
+kept as 0-d/1-d tensors and read back in one transfer per `flush()`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sandbox.probes.tensors import finite, first_float, read_scalars, read_vectors
+
+EXPLODING_NORM = 1e4
+EXPLODING_GROWTH = 100.0
+VANISHING_NORM = 1e-7
+RELU_TYPES = (torch.nn.ReLU, torch.nn.ReLU6)
+
+
+class LossProbe:
+    """One loss value per step: the criterion's output that carries a graph, else the tensor
+    `backward()` was called on, else the criterion's output computed without grad."""
+
+    def __init__(self) -> None:
+        self._criterion: torch.Tensor | None = None
+        self._criterion_nograd: torch.Tensor | None = None
+        self._backward: list[torch.Tensor] = []
+        self._pending: list[tuple[int, str, torch.Tensor]] = []
+        self.values: dict[int, float] = {}
+        self.sources: set[str] = set()
+
+    def on_criterion(self, value: Any) -> None:
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+            if value.requires_grad:
+                self._criterion = value.detach()
+            else:
+                self._criterion_nograd = value.detach()
+
+    def on_backward(self, tensor: torch.Tensor) -> None:
+        if tensor.numel() == 1:
+            self._backward.append(tensor.detach())
+
+    def end_step(self, step: int) -> None:
+        chosen: tuple[str, torch.Tensor] | None = None
+        if self._criterion is not None:
+            chosen = ("criterion", self._criterion)
+        elif self._backward:
+            chosen = (
+                "backward",
+                torch.stack([b.float().reshape(()) for b in self._backward]).mean(),
+            )
+        elif self._criterion_nograd is not None:
+            chosen = ("criterion-no-grad", self._criterion_nograd)
+        if chosen is not None:
+            self._pending.append((step, chosen[0], chosen[1].float().reshape(())))
+        self._criterion = self._criterion_nograd = None
+        self._backward = []
+
+    def flush(self) -> None:
+        values = read_scalars([t for _, _, t in self._pending])
+        for (step, source, _), value in zip(self._pending, values, strict=True):
+            self.values[step] = value
+            self.sources.add(source)
+        self._pending = []
+
+    def report(self) -> dict[str, Any]:
+        steps = sorted(self.values)
+        series = [self.values[s] for s in steps]
+        return {
+            "steps": steps,
+            "values": [v if finite(v) else None for v in series],
+            "nonfinite_steps": [s for s in steps if not finite(self.values[s])],
+            "sources": sorted(self.sources),
+        }
+
+
+@dataclass
+class _StepGrads:
+    step: int
+    optimizer: int
+    group_sizes: list[int]
+    param_ids: list[int]
+    norms: torch.Tensor
+
+
+@dataclass
+class GradientProbe:
+    """Per-step global and per-group gradient norms; parameters that never get a gradient;
+    parameters that get one but that no optimizer updates."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    optimized: dict[int, torch.nn.Parameter] = field(default_factory=dict)
+    received: set[int] = field(default_factory=set)
+    grad_outside_optimizer: set[int] = field(default_factory=set)
+    _pending: list[_StepGrads] = field(default_factory=list)
+    global_norms: dict[int, float] = field(default_factory=dict)
+    group_norms: dict[int, list[float]] = field(default_factory=dict)
+    first_nonfinite: dict[str, Any] | None = None
+    optimizers_seen: int = 0
+    _optimizer_index: dict[int, int] = field(default_factory=dict)
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        index = self._optimizer_index.setdefault(id(optimizer), len(self._optimizer_index))
+        self.optimizers_seen = len(self._optimizer_index)
+        grads: list[torch.Tensor] = []
+        ids: list[int] = []
+        sizes: list[int] = []
+        for group in optimizer.param_groups:
+            count = 0
+            for p in group["params"]:
+                self.optimized.setdefault(id(p), p)
+                if p.grad is not None:
+                    self.received.add(id(p))
+                    grads.append(p.grad)
+                    ids.append(id(p))
+                    count += 1
+            sizes.append(count)
+        if grads:
+            with torch.no_grad():
+                norms = [n.reshape(1).float() for n in torch._foreach_norm(grads)]
+                by_device: dict[torch.device, list[torch.Tensor]] = {}
+                for n in norms:
+                    by_device.setdefault(n.device, []).append(n)
+                first = next(iter(by_device))
+                stacked = torch.cat([torch.cat(v).to(first) for v in by_device.values()])
+            self._pending.append(_StepGrads(step, index, sizes, ids, stacked))
+
+    def scan_model(self, model: torch.nn.Module) -> None:
+        for p in model.parameters():
+            if p.grad is not None and id(p) not in self.optimized:
+                self.grad_outside_optimizer.add(id(p))
+
+    def flush(self) -> None:
+        vectors = read_vectors([g.norms for g in self._pending])
+        for grads, vector in zip(self._pending, vectors, strict=True):
+            if self.first_nonfinite is None:
+                for pid, value in zip(grads.param_ids, vector, strict=True):
+                    if not finite(value):
+                        self.first_nonfinite = {
+                            "step": grads.step,
+                            "parameter": self.names.get(pid, "?"),
+                        }
+                        break
+            if grads.optimizer != 0:
+                continue
+            position, group_values = 0, []
+            for size in grads.group_sizes:
+                part = vector[position : position + size]
+                position += size
+                group_values.append(math.sqrt(sum(v * v for v in part)) if part else 0.0)
+            self.group_norms[grads.step] = group_values
+            self.global_norms[grads.step] = math.sqrt(sum(v * v for v in vector))
+        self._pending = []
+
+    def report(self, steps_completed: int) -> dict[str, Any]:
+        steps = sorted(self.global_norms)
+        series = [self.global_norms[s] for s in steps]
+        finite_series = [v for v in series if finite(v)]
+        exploding = any(not finite(v) or v > EXPLODING_NORM for v in series) or bool(
+            finite_series
+            and finite_series[0] > 0
+            and max(finite_series) / finite_series[0] > EXPLODING_GROWTH
+        )
+        vanishing = bool(finite_series) and statistics.median(finite_series) < VANISHING_NORM
+        never = (
+            [
+                self.names.get(pid, "?")
+                for pid, p in self.optimized.items()
+                if p.requires_grad and pid not in self.received
+            ]
+            if steps_completed > 0
+            else []
+        )
+        outside = [
+            self.names.get(pid, "?")
+            for pid in self.grad_outside_optimizer
+            if pid not in self.optimized
+        ]
+        return {
+            "steps": steps,
+            "global_norm": [v if finite(v) else None for v in series],
+            "group_norms": [[v if finite(v) else None for v in self.group_norms[s]] for s in steps],
+            "optimizers": self.optimizers_seen,
+            "exploding": exploding,
+            "vanishing": vanishing,
+            "never_received_grad": sorted(never),
+            "grad_not_in_optimizer": sorted(outside),
+            "first_nonfinite": self.first_nonfinite,
+        }
+
+
+@dataclass
+class _ModuleStats:
+    calls: int = 0
+    mean_abs_sum: float = 0.0
+    max_abs: float = 0.0
+    dead_sum: float = 0.0
+    dead_calls: int = 0
+    nonfinite_calls: int = 0
+
+
+class ForwardWatch:
+    """On watched steps: magnitude statistics and a finiteness flag for every module output,
+    and for the model's inputs; the first module whose output turns non-finite."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, str, str, torch.Tensor]] = []
+        self.stats: dict[str, _ModuleStats] = {}
+        self.types: dict[str, str] = {}
+        self.first_nonfinite: dict[str, Any] | None = None
+
+    def on_input(self, step: int, root_name: str, args: Any) -> None:
+        tensor = first_float(args)
+        if tensor is not None:
+            with torch.no_grad():
+                flag = (~torch.isfinite(tensor)).any().float().reshape(1)
+                stats = torch.cat([flag, torch.full_like(flag, -1.0).repeat(3)])
+            self._pending.append((step, f"input of {root_name}", "input", stats))
+
+    def on_output(self, step: int, name: str, module: torch.nn.Module, output: Any) -> None:
+        tensor = first_float(output)
+        if tensor is None:
+            return
+        with torch.no_grad():
+            x = tensor.detach()
+            magnitude = x.abs().float()
+            if isinstance(module, RELU_TYPES) and x.dim() >= 2:
+                dead = (x == 0).flatten(1).all(dim=0).float().mean()
+            else:
+                dead = torch.full((), -1.0, device=x.device)
+            stats = torch.stack(
+                [(~torch.isfinite(x)).any().float(), magnitude.mean(), magnitude.amax(), dead]
+            )
+        self.types.setdefault(name, type(module).__name__)
+        self._pending.append((step, name, "forward", stats))
+
+    def flush(self) -> None:
+        vectors = read_vectors([s for _, _, _, s in self._pending])
+        for (step, name, phase, _), (nonfinite, mean_abs, max_abs, dead) in zip(
+            self._pending, vectors, strict=True
+        ):
+            if nonfinite > 0 and self.first_nonfinite is None:
+                self.first_nonfinite = {"step": step, "phase": phase, "module": name}
+            if phase == "input":
+                continue
+            entry = self.stats.setdefault(name, _ModuleStats())
+            entry.calls += 1
+            entry.nonfinite_calls += int(nonfinite > 0)
+            if finite(mean_abs):
+                entry.mean_abs_sum += mean_abs
+            if finite(max_abs):
+                entry.max_abs = max(entry.max_abs, max_abs)
+            if dead >= 0:
+                entry.dead_sum += dead
+                entry.dead_calls += 1
+        self._pending = []
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "module": name,
+                "type": self.types.get(name, "?"),
+                "calls_sampled": s.calls,
+                "mean_abs": s.mean_abs_sum / s.calls if s.calls else 0.0,
+                "max_abs": s.max_abs,
+                "dead_fraction": s.dead_sum / s.dead_calls if s.dead_calls else None,
+                "nonfinite_calls": s.nonfinite_calls,
+            }
+            for name, s in self.stats.items()
+        ]

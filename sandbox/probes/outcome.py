@@ -1,0 +1,59 @@
+"""How the script's run ended, as the evidence document states it."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Literal
+
+from sandbox.probes.frames import UserFiles
+
+OutcomeKind = Literal[
+    "completed-steps",
+    "script-finished",
+    "script-error",
+    "sys-exit",
+    "time-budget",
+    "no-optimizer",
+    "no-model",
+    "harness-error",
+]
+TRACEBACK_LINES = 30
+
+
+def outcome(kind: OutcomeKind, detail: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "detail": detail,
+        "exit_code": None,
+        "error_type": None,
+        "traceback": None,
+        "file": None,
+        "line": None,
+        **extra,
+    }
+
+
+def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
+    """A script error: type, message, the user's innermost frame, a traceback excerpt that
+    keeps the user's frames and the frame that raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    kept = [f for f in frames if user_files.contains(f.filename)]
+    if frames and (not kept or kept[-1] is not frames[-1]):
+        kept.append(frames[-1])
+    lines = traceback.format_list(kept) + traceback.format_exception_only(type(exc), exc)
+    excerpt = "".join(lines).splitlines()[-TRACEBACK_LINES:]
+    user = [f for f in frames if user_files.contains(f.filename)]
+    return outcome(
+        "script-error",
+        f"{type(exc).__name__}: {exc}"[:500],
+        error_type=type(exc).__name__,
+        traceback="\n".join(excerpt),
+        file=user_files.relpath(user[-1].filename) if user else None,
+        line=user[-1].lineno if user else None,
+    )
+
+
+def from_exit(exc: SystemExit) -> dict[str, Any]:
+    code = exc.code
+    exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+    return outcome("sys-exit", f"sys.exit({code!r})", exit_code=exit_code)

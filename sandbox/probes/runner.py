@@ -1,0 +1,173 @@
+"""Run the user's script as `__main__` under the probes, stop it cleanly, and write the
+evidence document whatever happens (finish, crash, hang, `sys.exit`, no optimizer)."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import random
+import runpy
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from sandbox.probes import datasets as standins
+from sandbox.probes import determinism, document, posthoc
+from sandbox.probes.config import ProbeConfig
+from sandbox.probes.control import StopRun, TimeBudgetExceeded, Watchdog
+from sandbox.probes.frames import UserFiles
+from sandbox.probes.outcome import from_exception, from_exit, outcome
+from sandbox.probes.session import Session
+
+POSTHOC_BUDGET_S = 300.0
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def _natural_end(session: Session) -> dict[str, Any]:
+    mode = document.mode_of(session)
+    if mode == "train":
+        return outcome("script-finished", f"script ended after {session.step} steps")
+    if mode == "inference":
+        return outcome("no-optimizer", f"no optimizer was built; {session.forwards} forward passes")
+    return outcome("no-model", "no nn.Module forward ran")
+
+
+def _run_script(config: ProbeConfig, session: Session, user_files: UserFiles) -> dict[str, Any]:
+    saved_argv, saved_path = list(sys.argv), list(sys.path)
+    sys.argv = [config.script, *config.script_args]
+    sys.path.insert(0, user_files.root)
+    try:
+        runpy.run_path(config.script, run_name="__main__")
+        return _natural_end(session)
+    except StopRun:
+        unit = "optimizer steps" if document.mode_of(session) == "train" else "forward passes"
+        return outcome("completed-steps", f"stopped after {config.steps} {unit}")
+    except TimeBudgetExceeded:
+        return outcome("time-budget", f"stopped after {config.time_budget_s:g} s")
+    except SystemExit as exc:
+        return from_exit(exc)
+    except BaseException as exc:
+        result = from_exception(exc, user_files)
+        exc.__traceback__ = None
+        return result
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+
+
+def _reap_workers() -> int:
+    """Let DataLoader iterators die, then make sure no worker process outlives the run."""
+    gc.collect()
+    children = multiprocessing.active_children()
+    for child in children:
+        child.join(timeout=2)
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(timeout=2)
+    return len(multiprocessing.active_children())
+
+
+def _posthoc(config: ProbeConfig, session: Session, doc: dict[str, Any]) -> None:
+    model = session.main_model()
+    if model is None or id(model) not in session.captured:
+        reason = {"ok": False, "error": "no model with a captured input"}
+        doc["export"] = reason if config.export else None
+        doc["int8"] = reason if config.int8 else None
+        doc["compile"] = reason if "compile" in config.probes else None
+        return
+    args, kwargs = session.captured[id(model)]
+    if config.export:
+        doc["export"] = posthoc.try_export(model, args, kwargs)
+    if config.int8:
+        doc["int8"] = posthoc.try_int8(model, args, kwargs)
+    if "compile" in config.probes:
+        doc["compile"] = posthoc.try_compile(
+            model, args, kwargs, document.mode_of(session) == "train", config.compile_backend
+        )
+
+
+def run(config: ProbeConfig) -> int:
+    """Run, measure, write `config.out`. Returns 0 when the evidence was written."""
+    user_files = UserFiles(config.script)
+    main_pid = os.getpid()
+    started = time.perf_counter()
+    if config.seed is not None:
+        _seed(config.seed)
+    standins.install()
+    session = Session(config, user_files)
+    state: dict[str, Any] = {
+        "outcome": outcome(
+            "time-budget", "the script did not return after the time budget; the process was ended"
+        )
+    }
+
+    def write_when_stuck() -> None:
+        doc = document.build(
+            session,
+            config,
+            user_files,
+            state["outcome"],
+            time.perf_counter() - started,
+            read_device=False,
+        )
+        document.write(doc, config.out)
+
+    watchdog = Watchdog(config.time_budget_s, config.grace_s, write_when_stuck)
+    try:
+        session.install()
+        watchdog.start()
+        run_outcome = _run_script(config, session, user_files)
+    finally:
+        watchdog.stop()
+        session.uninstall()
+    if os.getpid() != main_pid:
+        os._exit(0)
+    try:
+        left = _reap_workers()
+        doc = document.build(
+            session, config, user_files, run_outcome, time.perf_counter() - started
+        )
+        doc["worker_processes_left"] = left
+        document.write(doc, config.out)
+        posthoc_guard = Watchdog(POSTHOC_BUDGET_S, config.grace_s, lambda: None)
+        posthoc_guard.start()
+        try:
+            _posthoc(config, session, doc)
+        except TimeBudgetExceeded:
+            doc["probe_errors"].append("post-run probes ran out of time")
+        finally:
+            posthoc_guard.stop()
+        if config.determinism_steps > 0:
+            doc["determinism"] = determinism.probe(config)
+        document.write(doc, config.out)
+    except Exception:
+        document.write(_harness_error(config, run_outcome), config.out)
+    return 0
+
+
+def _harness_error(config: ProbeConfig, run_outcome: dict[str, Any]) -> dict[str, Any]:
+    from sandbox.probes import SCHEMA_VERSION, TOOL_NAME
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": TOOL_NAME,
+        "script": os.path.basename(config.script),
+        "outcome": outcome(
+            "harness-error",
+            traceback.format_exc(limit=6)[-2000:],
+            script_outcome=run_outcome["kind"],
+        ),
+    }

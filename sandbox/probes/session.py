@@ -1,0 +1,335 @@
+"""The instrumented run's state: global hooks on every module, optimizer and backward call,
+step bookkeeping, and the dispatch to each probe.
+
+A *step* is one call of the first optimizer that steps (other optimizers, as in a GAN, do
+not advance it); for a script that never builds an optimizer it is one top-level forward.
+Hooks never raise into the user's code except `StopRun` after the last step: a probe that
+fails is recorded in `errors` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.hooks import RemovableHandle
+
+from sandbox.probes.config import ProbeConfig
+from sandbox.probes.control import StopRun
+from sandbox.probes.dataflow import DataFlowProbe
+from sandbox.probes.dataloader import DataLoaderProbe
+from sandbox.probes.flops import FlopProbe
+from sandbox.probes.frames import UserFiles
+from sandbox.probes.memory import MemoryProbe
+from sandbox.probes.mode import ModeProbe
+from sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
+from sandbox.probes.syncs import SyncProbe
+from sandbox.probes.warnings_probe import WarningsProbe
+
+FUNCTIONAL_LOSSES = (
+    "cross_entropy",
+    "nll_loss",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div",
+)
+CAPTURE_MAX_NUMEL = 50_000_000
+_Loss = torch.nn.modules.loss._Loss
+
+
+class Session:
+    def __init__(self, config: ProbeConfig, user_files: UserFiles) -> None:
+        self.config = config
+        self.user_files = user_files
+        self.step = 0
+        self.forwards = 0
+        self.optimizer_built = False
+        self.main_optimizer: int | None = None
+        self.depth = 0
+        self.loss_depth = 0
+        self.roots: dict[int, torch.nn.Module] = {}
+        self.names: dict[int, str] = {}
+        self.param_paths: dict[int, tuple[int, str]] = {}
+        self.captured: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.step_seconds: dict[int, float] = {}
+        self.cuda_events: dict[int, Any] = {}
+        self.errors: list[str] = []
+        self.hunting = False
+        self.watching = self._watched(0)
+        self.dataflow_on = True
+        self._step_started = time.perf_counter()
+        self._handles: list[RemovableHandle] = []
+        self._patches: list[tuple[Any, str, Any]] = []
+
+        self.loss = LossProbe()
+        self.grads = GradientProbe()
+        self.forward = ForwardWatch()
+        self.memory = MemoryProbe(user_files)
+        self.syncs = SyncProbe(user_files)
+        self.warnings = WarningsProbe(user_files, self._on_sync_warning)
+        self.dataloader = DataLoaderProbe(user_files)
+        self.dataflow = DataFlowProbe()
+        self.flops = FlopProbe()
+        self.mode = ModeProbe(user_files)
+
+    # --- installation --------------------------------------------------------------------
+
+    def install(self) -> None:
+        nn_module = torch.nn.modules.module
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
+            nn_module.register_module_forward_hook(self._guard(self._post), always_call=True),
+            register_optimizer_step_pre_hook(self._guard(self._optimizer_pre)),
+            register_optimizer_step_post_hook(self._guard(self._optimizer_post)),
+        ]
+        self._patch(torch.Tensor, "backward", self._wrap_backward)
+        self._patch(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
+        for name in FUNCTIONAL_LOSSES:
+            self._patch(F, name, self._wrap_functional_loss)
+        self.syncs.install()
+        self.warnings.install()
+        self.dataloader.install()
+        if self.config.flops and self.config.flop_step == 0:
+            self.flops.start(0)
+
+    def uninstall(self) -> None:
+        self.flops.stop()
+        for handle in self._handles:
+            handle.remove()
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._handles, self._patches = [], []
+        self.syncs.uninstall()
+        self.warnings.uninstall()
+        self.dataloader.uninstall()
+
+    def _patch(self, owner: Any, name: str, wrap: Callable[[Any], Any]) -> None:
+        original = getattr(owner, name)
+        self._patches.append((owner, name, original))
+        setattr(owner, name, wrap(original))
+
+    def _guard(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any) -> None:
+            try:
+                hook(*args)
+            except (StopRun, KeyboardInterrupt):
+                raise
+            except Exception:
+                self._error()
+
+        return guarded
+
+    def _error(self) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(traceback.format_exc(limit=4)[-1200:])
+
+    # --- wrappers ------------------------------------------------------------------------
+
+    def _wrap_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def backward(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            try:
+                self.loss.on_backward(tensor)
+                self.mode.on_backward()
+            except Exception:
+                self._error()
+            return original(tensor, *args, **kwargs)
+
+        return backward
+
+    def _wrap_optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def init(optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            original(optimizer, *args, **kwargs)
+            if not self.optimizer_built:
+                self.optimizer_built = True
+                self.step = self.forwards = 0
+                self.syncs.step = self.dataloader.step = 0
+
+        return init
+
+    def _wrap_functional_loss(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def loss(*args: Any, **kwargs: Any) -> Any:
+            value = original(*args, **kwargs)
+            if self.loss_depth == 0:
+                self.loss.on_criterion(value)
+            return value
+
+        return loss
+
+    # --- module hooks --------------------------------------------------------------------
+
+    def _name(self, module: torch.nn.Module) -> str:
+        return self.names.get(id(module)) or type(module).__name__
+
+    def _register_root(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        key = id(module)
+        self.roots[key] = module
+        prefix = type(module).__name__
+        for path, sub in module.named_modules():
+            self.names.setdefault(id(sub), f"{prefix}.{path}" if path else prefix)
+        for path, param in module.named_parameters():
+            self.param_paths.setdefault(id(param), (key, path))
+            self.grads.names.setdefault(id(param), f"{prefix}.{path}")
+        numel = sum(t.numel() for t in _flat_tensors((args, kwargs)))
+        if numel <= CAPTURE_MAX_NUMEL:
+            self.captured[key] = (_detached(args), _detached(kwargs))
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        self.depth += 1
+        if isinstance(module, _Loss):
+            self.loss_depth += 1
+            return
+        if self.depth == 1:
+            if id(module) not in self.roots:
+                self._register_root(module, args, {})
+            self.mode.on_root_forward(self._name(module), module)
+            if self.watching:
+                self.forward.on_input(self.step, self._name(module), args)
+        if self.dataflow_on:
+            self.dataflow.on_enter(self.step, self.depth - 1, self._name(module), module, args)
+
+    def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.depth = max(self.depth - 1, 0)
+        if isinstance(module, _Loss):
+            self.loss_depth = max(self.loss_depth - 1, 0)
+            if self.loss_depth == 0:
+                self.loss.on_criterion(output)
+            return
+        if self.watching:
+            self.forward.on_output(self.step, self._name(module), module, output)
+        if self.dataflow_on:
+            self.dataflow.on_exit(module, output)
+        if self.depth == 0:
+            self.mode.on_root_output(self._name(module), module, output)
+            if not self.optimizer_built:
+                self.forwards += 1
+                self._end_step()
+
+    # --- optimizer hooks -----------------------------------------------------------------
+
+    def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.main_optimizer is None:
+            self.main_optimizer = id(optimizer)
+        self.grads.before_step(self.step, optimizer)
+        if id(optimizer) == self.main_optimizer and self.watching:
+            for root in self.roots.values():
+                self.grads.scan_model(root)
+
+    def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if id(optimizer) == self.main_optimizer:
+            self._end_step()
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def _watched(self, step: int) -> bool:
+        every = self.config.sample_every
+        return self.hunting or (every > 0 and step % every == 0)
+
+    def _end_step(self) -> None:
+        step = self.step
+        now = time.perf_counter()
+        self.step_seconds[step] = now - self._step_started
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.cuda_events[step] = event
+        self.loss.end_step(step)
+        if self.flops.active and self.flops.step == step:
+            self.flops.stop()
+        self.dataflow_on = False
+        self.step += 1
+        self.syncs.step = self.dataloader.step = self.step
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # our own reads must not show up as the user's
+            self.memory.end_step(step)
+            if self.step % max(self.config.flush_every, 1) == 0:
+                self.flush()
+        if self.step >= self.config.steps:
+            raise StopRun()
+        self.watching = self._watched(self.step)
+        if self.config.flops and self.step == self.config.flop_step:
+            self.flops.start(self.step)
+        if self.step == 1:
+            self.syncs.set_cuda_mode(True)
+        self._step_started = time.perf_counter()
+
+    def flush(self) -> None:
+        """Read device-side values back (the harness's only host syncs), then decide whether
+        to hunt for the first non-finite value on every following step."""
+        cuda_mode = self.syncs.cuda_mode
+        self.syncs.set_cuda_mode(False)
+        try:
+            self.loss.flush()
+            self.grads.flush()
+            self.forward.flush()
+        finally:
+            self.syncs.set_cuda_mode(cuda_mode)
+        nonfinite = self.grads.first_nonfinite is not None or any(
+            v != v or v in (float("inf"), float("-inf")) for v in self.loss.values.values()
+        )
+        if nonfinite and self.forward.first_nonfinite is None:
+            self.hunting = True
+
+    def _on_sync_warning(self) -> None:
+        self.syncs.on_cuda_warning()
+
+    # --- results -------------------------------------------------------------------------
+
+    def step_times_s(self) -> dict[int, float]:
+        """Per-step seconds: CUDA event deltas when the GPU was used, else wall clock."""
+        events = self.cuda_events
+        if len(events) >= 2:
+            torch.cuda.synchronize()
+            steps = sorted(events)
+            return {
+                b: events[a].elapsed_time(events[b]) / 1e3
+                for a, b in zip(steps, steps[1:], strict=False)
+                if b == a + 1
+            }
+        return dict(self.step_seconds)
+
+    def main_model(self) -> torch.nn.Module | None:
+        """The root module the optimizer updates most, else the largest root module."""
+        if not self.roots:
+            return None
+
+        def score(module: torch.nn.Module) -> tuple[int, int]:
+            params = list(module.parameters())
+            optimized = sum(1 for p in params if id(p) in self.grads.optimized)
+            return optimized, sum(p.numel() for p in params)
+
+        return max(self.roots.values(), key=score)
+
+
+def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, tuple | list):
+        return [t for item in obj for t in _flat_tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _flat_tensors(item)]
+    return []
+
+
+def _detached(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_detached(item) for item in obj))
+    if isinstance(obj, tuple | list):
+        return type(obj)(_detached(item) for item in obj)
+    if isinstance(obj, dict):
+        return {key: _detached(value) for key, value in obj.items()}
+    return obj

@@ -1,0 +1,97 @@
+"""Host-device synchronisations made by the user's code (item 6.1).
+
+Everywhere: `.item()`, `.cpu()`, `.numpy()` and `.tolist()` are wrapped, and each call whose
+caller is a user file is counted per step and per line. These are host syncs on a GPU and
+per-element Python work on a CPU. On CUDA the harness also turns on
+`torch.cuda.set_sync_debug_mode("warn")` and attributes each warning to the user's line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sandbox.probes.frames import UserFiles
+
+SYNC_METHODS = ("item", "cpu", "numpy", "tolist")
+
+
+class SyncProbe:
+    def __init__(self, user_files: UserFiles) -> None:
+        self.user_files = user_files
+        self.by_line: Counter[tuple[str, int, str]] = Counter()
+        self.per_step: Counter[int] = Counter()
+        self.cuda_by_line: Counter[tuple[str, int]] = Counter()
+        self.cuda_per_step: Counter[int] = Counter()
+        self.step = 0
+        self._originals: dict[str, Callable[..., Any]] = {}
+        self.cuda_mode = False
+
+    def install(self) -> None:
+        for method in SYNC_METHODS:
+            original = getattr(torch.Tensor, method)
+            self._originals[method] = original
+            setattr(torch.Tensor, method, self._wrap(method, original))
+
+    def uninstall(self) -> None:
+        for method, original in self._originals.items():
+            setattr(torch.Tensor, method, original)
+        self._originals = {}
+        self.set_cuda_mode(False)
+
+    def _wrap(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        contains = self.user_files.contains
+        relpath = self.user_files.relpath
+        by_line, per_step = self.by_line, self.per_step
+
+        def wrapper(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            frame = sys._getframe(1)
+            filename = frame.f_code.co_filename
+            if contains(filename):
+                by_line[(relpath(filename), frame.f_lineno, method)] += 1
+                per_step[self.step] += 1
+            return original(tensor, *args, **kwargs)
+
+        wrapper.__name__ = method
+        wrapper.__doc__ = original.__doc__
+        return wrapper
+
+    def set_cuda_mode(self, on: bool) -> None:
+        """Toggle CUDA's sync debug mode; the harness turns it off around its own reads."""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.set_sync_debug_mode("warn" if on else 0)
+            self.cuda_mode = on
+
+    def on_cuda_warning(self) -> None:
+        location = self.user_files.caller(skip=2)
+        if location is not None:
+            self.cuda_by_line[(location.file, location.line)] += 1
+            self.cuda_per_step[self.step] += 1
+
+    def report(self, steps_completed: int) -> dict[str, Any]:
+        counted = [s for s in range(1, steps_completed)]
+        per_step = (
+            sum(self.per_step[s] for s in counted) / len(counted)
+            if counted
+            else (float(self.per_step[0]) if steps_completed else 0.0)
+        )
+        cuda_per_step = (
+            sum(self.cuda_per_step[s] for s in counted) / len(counted) if counted else 0.0
+        )
+        return {
+            "per_step": per_step,
+            "calls": [
+                {"file": f, "line": line, "kind": kind, "count": count}
+                for (f, line, kind), count in self.by_line.most_common(50)
+            ],
+            "cuda_sync_debug": self.cuda_mode or bool(self.cuda_by_line),
+            "cuda_syncs_per_step": cuda_per_step,
+            "cuda_syncs": [
+                {"file": f, "line": line, "count": count}
+                for (f, line), count in self.cuda_by_line.most_common(50)
+            ],
+        }

@@ -1,0 +1,72 @@
+"""Small tensor helpers shared by the probes: find tensors in outputs, read scalars in one go."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def tensors_in(obj: Any, limit: int = 8) -> list[torch.Tensor]:
+    """Tensors directly inside `obj` (a tensor, or a tuple/list/dict one level deep)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    found: list[torch.Tensor] = []
+    items: Sequence[Any]
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, list | tuple):
+        items = obj
+    else:
+        return found
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def first_float(obj: Any) -> torch.Tensor | None:
+    for t in tensors_in(obj):
+        if t.is_floating_point() and t.numel() > 0:
+            return t
+    return None
+
+
+def describe(t: torch.Tensor) -> dict[str, Any]:
+    return {
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "device": str(t.device),
+    }
+
+
+def read_scalars(values: Sequence[torch.Tensor]) -> list[float]:
+    """Host copies of many one-element device tensors, one transfer per device, in order."""
+    return [vector[0] if vector else float("nan") for vector in read_vectors(values)]
+
+
+def read_vectors(values: Sequence[torch.Tensor]) -> list[list[float]]:
+    """Host copies of 1-d device tensors, one transfer per device."""
+    if not values:
+        return []
+    by_device: dict[torch.device, list[int]] = {}
+    for index, value in enumerate(values):
+        by_device.setdefault(value.device, []).append(index)
+    out: list[list[float]] = [[] for _ in values]
+    with torch.no_grad():
+        for indices in by_device.values():
+            flat = torch.cat([values[i].detach().reshape(-1).float() for i in indices])
+            host = flat.cpu().tolist()
+            position = 0
+            for i in indices:
+                size = values[i].numel()
+                out[i] = host[position : position + size]
+                position += size
+    return out
+
+
+def finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
