@@ -1,0 +1,220 @@
+"""The ways the local backend can confine a process, strongest first, and the command line each
+one needs. Which one is used is decided by probing (see `sandbox.local`), never assumed.
+
+- bwrap: new PID, network, mount, IPC and UTS namespaces; a root made of read-only binds of the
+  system, the interpreter and this package; only the workspace and a private /tmp writable.
+- unshare: the same namespaces from util-linux; the host filesystem stays visible (writes are
+  limited by the job's unprivileged uid) and /tmp, /var/tmp, /dev/shm are private tmpfs.
+- rlimits: no namespaces at all; only resource limits, the job's uid and the final sweep.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from sandbox.models import Isolation
+
+LAUNCHER = Path(__file__).with_name("launch.py")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_ENTRIES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "hosts",
+    "localtime",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "os-release",
+)
+HIDDEN_DIRS = ("/root", "/home")
+NAMESPACES = ["pid", "net", "mount", "ipc", "uts"]
+
+
+class Mechanism(StrEnum):
+    BWRAP = "bwrap"
+    UNSHARE = "unshare"
+    RLIMITS = "rlimits"
+
+    @property
+    def tool(self) -> str | None:
+        return {Mechanism.BWRAP: "bwrap", Mechanism.UNSHARE: "unshare"}.get(self)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What of the host a job needs to see: interpreter trees and extra read-only folders."""
+
+    python: str
+    read_only: tuple[str, ...]
+    privileged: bool
+    gpu_nodes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything `launch.py` needs, serialised to JSON on its command line."""
+
+    workspace: str
+    uid: int | None
+    rlimits: dict[str, int]
+    private_tmp_mb: int
+    init: bool
+    read_only: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "workspace": self.workspace,
+                "uid": self.uid,
+                "gid": self.uid,
+                "rlimits": self.rlimits,
+                "private_tmp_mb": self.private_tmp_mb,
+                "init": self.init,
+                "read_only": list(self.read_only),
+                "hide": list(self.hide),
+            }
+        )
+
+
+def gpu_device_nodes() -> tuple[str, ...]:
+    return tuple(sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/nvidia-caps/*")))
+
+
+def command(
+    mechanism: Mechanism, layout: Layout, spec: LaunchSpec, tmp_mb: int, argv: list[str]
+) -> list[str]:
+    launcher = [layout.python, "-I", "-S", str(LAUNCHER), spec.to_json(), "--", *argv]
+    if mechanism is Mechanism.BWRAP:
+        return [*_bwrap(layout, spec.workspace, tmp_mb), "--", *launcher]
+    if mechanism is Mechanism.UNSHARE:
+        return [*_unshare(), "--", *launcher]
+    return launcher
+
+
+def launch_spec(
+    mechanism: Mechanism,
+    layout: Layout,
+    workspace: str,
+    uid: int | None,
+    rlimits: dict[str, int],
+    tmp_mb: int,
+) -> LaunchSpec:
+    unshared = mechanism is Mechanism.UNSHARE
+    return LaunchSpec(
+        workspace=workspace,
+        uid=uid,
+        rlimits=rlimits,
+        private_tmp_mb=tmp_mb if unshared else 0,
+        init=unshared,
+        read_only=layout.read_only if unshared else (),
+        hide=HIDDEN_DIRS if unshared else (),
+    )
+
+
+def _unshare() -> list[str]:
+    return [
+        shutil.which("unshare") or "unshare",
+        "--pid",
+        "--net",
+        "--mount",
+        "--ipc",
+        "--uts",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ]
+
+
+def _bwrap(layout: Layout, workspace: str, tmp_mb: int) -> list[str]:
+    args = [
+        shutil.which("bwrap") or "bwrap",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
+    if layout.privileged:
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    for directory in SYSTEM_DIRS:
+        if os.path.islink(directory):
+            args += ["--symlink", os.readlink(directory), directory]
+        elif os.path.isdir(directory):
+            args += ["--ro-bind", directory, directory]
+    for entry in ETC_ENTRIES:
+        args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--size", str(tmp_mb * 2**20), "--tmpfs", "/tmp"]
+    args += ["--size", str(tmp_mb * 2**20), "--tmpfs", "/dev/shm"]
+    for ancestor in _ancestors([*layout.read_only, workspace]):
+        args += ["--perms", "0755", "--dir", ancestor]
+    for root in layout.read_only:
+        args += ["--ro-bind", root, root]
+    if layout.gpu_nodes:
+        for node in layout.gpu_nodes:
+            args += ["--dev-bind", node, node]
+        args += ["--ro-bind", "/sys", "/sys"]
+    args += ["--bind", workspace, workspace, "--chdir", workspace]
+    return args
+
+
+def _ancestors(paths: list[str]) -> list[str]:
+    """Folders bwrap must create, traversable, above the bind targets (it makes them 0700)."""
+    found: set[str] = set()
+    for path in paths:
+        for parent in map(str, Path(path).parents):
+            under_system = any(parent == d or parent.startswith(d + "/") for d in SYSTEM_DIRS)
+            if parent not in ("/", "/tmp", "/dev", "/proc", "/etc") and not under_system:
+                found.add(parent)
+    return sorted(found)
+
+
+def describe(mechanism: Mechanism, *, job_user: str | None, gpu: bool) -> Isolation:
+    """The isolation a job gets; `job_user` is None when it runs as the service's own user."""
+    warnings: list[str] = []
+    namespaced = mechanism is not Mechanism.RLIMITS
+    if not namespaced:
+        warnings.append(
+            "DEGRADED ISOLATION: no Linux namespaces are available; the job shares the host's "
+            "network, process table and filesystem and is held only by rlimits"
+            + (" and its own uid" if job_user is not None else "")
+        )
+    if job_user is None:
+        warnings.append(
+            "the job runs as the service's own user: it can read what the service can read "
+            "and process limits are not per job"
+        )
+    filesystem = {
+        Mechanism.BWRAP: "read-only system and interpreter; writable: workspace, private /tmp",
+        Mechanism.UNSHARE: "host visible (writes held by permissions), /root and /home hidden; "
+        "writable: workspace, private tmpfs /tmp /var/tmp /dev/shm",
+        Mechanism.RLIMITS: "host filesystem; writable wherever the job's user may write",
+    }[mechanism]
+    return Isolation(
+        backend="local",
+        mechanism=mechanism.value,
+        namespaces=list(NAMESPACES) if namespaced else [],
+        user=job_user or "the service's own user",
+        network="none" if namespaced else "host",
+        filesystem=filesystem,
+        gpu=gpu,
+        degraded=bool(warnings),
+        warnings=warnings,
+    )

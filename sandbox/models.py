@@ -1,0 +1,130 @@
+"""The sandbox's data contract: what a job asks for and what a run reports (pydantic).
+
+A `Job` is everything a backend needs to run untrusted code once; a `RunResult` is everything
+the caller may rely on afterwards, including which isolation was actually in force, so that a
+report can say how much a smoke run or a fix verification can be trusted.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|COOKIE|SESSION", re.IGNORECASE)
+TRUNCATION_MARKER = "\n[torchdoctor-sandbox: output truncated, {dropped} more bytes discarded]\n"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(Strict):
+    """Resource ceilings for one job; every backend enforces all of them."""
+
+    wall_s: float = Field(60.0, gt=0, description="wall-clock time before the job is killed")
+    cpu_s: int = Field(60, gt=0, description="CPU seconds per process (RLIMIT_CPU)")
+    memory_mb: int = Field(2048, gt=0, description="resident memory of the whole job")
+    processes: int = Field(64, gt=0, description="processes and threads of the job's user")
+    file_size_mb: int = Field(256, gt=0, description="largest single file (RLIMIT_FSIZE)")
+    disk_mb: int = Field(512, gt=0, description="total bytes written to the workspace and /tmp")
+    open_files: int = Field(256, gt=0, description="file descriptors per process")
+    output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr before the kill")
+    collect_bytes: int = Field(1_000_000, gt=0, description="largest collected file content")
+
+
+class Job(Strict):
+    """One execution of untrusted code.
+
+    `workspace` is a folder (or a single file) that the sandbox copies into a fresh private
+    directory before running; the original is never written to. `command` runs with that copy
+    as its working directory. `collect` names workspace-relative files (glob patterns allowed)
+    whose contents come back in the result.
+    """
+
+    workspace: Path
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    collect: list[str] = Field(default_factory=list)
+    gpu: bool = False
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        leaked = sorted(name for name in env if SECRET_NAME.search(name))
+        if leaked:
+            raise ValueError(f"secret-looking variables may not be passed to a job: {leaked}")
+        return env
+
+    @field_validator("collect")
+    @classmethod
+    def _relative_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if pattern.startswith("/") or ".." in Path(pattern).parts:
+                raise ValueError(f"collect pattern must stay inside the workspace: {pattern!r}")
+        return patterns
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory-limit"
+    OUTPUT_LIMIT = "output-limit"
+    KILLED = "killed"
+    SANDBOX_ERROR = "sandbox-error"
+
+
+class Isolation(Strict):
+    """What actually confined a job, as found by probing the host, not as configured."""
+
+    backend: str
+    mechanism: str = Field(description="bwrap | unshare | rlimits | docker")
+    namespaces: list[str] = Field(default_factory=list)
+    user: str
+    rlimits: dict[str, int] = Field(default_factory=dict)
+    network: str = Field(description="none | host")
+    filesystem: str
+    gpu: bool = False
+    degraded: bool = False
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        ns = ",".join(self.namespaces) or "no namespaces"
+        text = f"{self.backend}/{self.mechanism} ({ns}; user {self.user}; network {self.network})"
+        return f"DEGRADED {text}" if self.degraded else text
+
+
+class CollectedFile(Strict):
+    path: str
+    size: int
+    content: bytes
+    truncated: bool = False
+
+
+class ResourceUsage(Strict):
+    wall_s: float
+    user_cpu_s: float | None = None
+    system_cpu_s: float | None = None
+    peak_memory_mb: float | None = None
+
+
+class RunResult(Strict):
+    outcome: Outcome
+    exit_code: int | None = Field(None, description="None when the job ended by a signal")
+    signal: int | None = None
+    reason: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    files: list[CollectedFile] = Field(default_factory=list)
+    usage: ResourceUsage
+    isolation: Isolation
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK

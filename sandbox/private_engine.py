@@ -1,0 +1,154 @@
+"""A private Docker engine and a host-bound sandbox image, for tests and benchmarks.
+
+No registry can be reached from the test machines, so nothing is pulled: the image is a
+`docker import` of an almost empty root filesystem (a few folders, `/etc/passwd`, merged-/usr
+symlinks), and the host's /usr and Python interpreter trees are bind-mounted read-only into each
+container. The engine runs with its own data root, exec root, pid file and socket under a
+temporary folder, without a bridge, iptables rules or IP forwarding, so the host's network is
+left exactly as it was. Production uses the image built from `sandbox/Dockerfile` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from sandbox.config import DockerConfig
+
+TEST_IMAGE = "torchdoctor-sandbox-test:latest"
+START_TIMEOUT_S = 30.0
+
+
+class EngineUnavailable(RuntimeError):
+    """No Docker engine could be started here; the reason says why."""
+
+
+@contextmanager
+def private_engine(scratch: Path) -> Iterator[str]:
+    """Start `dockerd` confined to `scratch`, yield its socket URL, stop it afterwards."""
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise EngineUnavailable("dockerd is not installed (apt-get install -y docker.io)")
+    if os.geteuid() != 0:
+        raise EngineUnavailable("dockerd needs root to start")
+    scratch.mkdir(parents=True, exist_ok=True)
+    socket = scratch / "docker.sock"
+    log = (scratch / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        [
+            dockerd,
+            f"--data-root={scratch / 'data'}",
+            f"--exec-root={scratch / 'exec'}",
+            f"--pidfile={scratch / 'docker.pid'}",
+            f"--host=unix://{socket}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"unix://{socket}"
+    try:
+        _await_engine(url, process, scratch / "dockerd.log")
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _await_engine(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-800:]
+            raise EngineUnavailable(f"dockerd exited with status {process.returncode}: {tail}")
+        try:
+            docker.DockerClient(base_url=url, timeout=2).ping()
+            return
+        except (docker.errors.DockerException, OSError):
+            time.sleep(0.2)
+    _stop(process)
+    raise EngineUnavailable(f"dockerd did not answer within {START_TIMEOUT_S:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def host_python_roots() -> list[Path]:
+    """The running interpreter's trees (venv and base), which the test image binds read-only."""
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.prefix).resolve()}
+    return sorted(roots)
+
+
+def import_test_image(url: str, image: str = TEST_IMAGE) -> None:
+    """Import a minimal root filesystem as `image` (idempotent)."""
+    client = docker.DockerClient(base_url=url, timeout=60)
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    repository, _, tag = image.partition(":")
+    client.api.import_image_from_data(_rootfs_tar(), repository=repository, tag=tag or "latest")
+
+
+def engine_config(url: str, image: str = TEST_IMAGE) -> DockerConfig:
+    venv_bin = Path(sys.prefix) / "bin"
+    return DockerConfig(
+        image=image,
+        base_url=url,
+        read_only=[Path("/usr"), *host_python_roots()],
+        path=f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+    )
+
+
+def _rootfs_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in ("workspace", "tmp", "etc", "root", "proc", "sys", "dev", "usr", "home"):
+            _add_dir(tar, folder, 0o1777 if folder == "tmp" else 0o755)
+        for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+            info = tarfile.TarInfo(link)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+        _add_file(tar, "etc/passwd", b"nobody:x:65534:65534:nobody:/workspace:/usr/sbin/nologin\n")
+        _add_file(tar, "etc/group", b"nogroup:x:65534:\n")
+    return buffer.getvalue()
+
+
+def _add_dir(tar: tarfile.TarFile, name: str, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _add_file(tar: tarfile.TarFile, name: str, content: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(content)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(content))

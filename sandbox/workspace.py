@@ -1,0 +1,114 @@
+"""Fresh private copies of audited code: jobs run on copies, never on the user's files.
+
+A symlink is copied only when it points inside the tree it belongs to (as a relative link);
+one that leads outside would let a job read or overwrite host files through its workspace, so
+the copy is refused. Devices, sockets and FIFOs are refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+SKIPPED_NAMES = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+
+
+class WorkspaceError(ValueError):
+    """A source cannot be copied safely into a workspace."""
+
+
+def stage_workspace(
+    sources: Path | Sequence[Path], root: Path | None = None, *, prefix: str = "td-ws-"
+) -> Path:
+    """Copy a folder, a file, or several of them into a new directory and return it.
+
+    A single folder is copied as the workspace itself; a file, or each entry of a list, is
+    copied under its own name. On any refusal the partial copy is removed.
+    """
+    workspace = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        if isinstance(sources, Path) and sources.is_dir() and not sources.is_symlink():
+            _copy_tree(sources, workspace, sources)
+        else:
+            for source in [sources] if isinstance(sources, Path) else sources:
+                _copy_entry(source, workspace / source.name, source.parent)
+    except BaseException:
+        remove_workspace(workspace)
+        raise
+    return workspace
+
+
+def remove_workspace(workspace: Path) -> None:
+    """Delete a workspace even where a job removed its own permissions on sub-folders."""
+    if workspace.is_symlink():
+        workspace.unlink()
+        return
+    if not workspace.exists():
+        return
+    for folder, dirs, _files in os.walk(workspace):
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+    shutil.rmtree(workspace)
+
+
+def hand_over(workspace: Path, uid: int, gid: int) -> None:
+    """Make a staged copy the job user's own and private to it."""
+    for folder, dirs, files in os.walk(workspace):
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, gid)
+    os.chown(workspace, uid, gid)
+    os.chmod(workspace, 0o700)
+
+
+def tree_bytes(root: Path) -> int:
+    """Disk blocks used under `root` (symlinks not followed); vanished entries count zero."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            continue
+    return total
+
+
+def _entries(folder: Path) -> Iterable[Path]:
+    return sorted(p for p in folder.iterdir() if p.name not in SKIPPED_NAMES)
+
+
+def _copy_entry(source: Path, destination: Path, tree_root: Path) -> None:
+    mode = source.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        _copy_symlink(source, destination, tree_root)
+    elif stat.S_ISDIR(mode):
+        destination.mkdir()
+        _copy_tree(source, destination, tree_root)
+    elif stat.S_ISREG(mode):
+        shutil.copyfile(source, destination, follow_symlinks=False)
+        os.chmod(destination, (mode & 0o777) | stat.S_IRUSR | stat.S_IWUSR)
+    else:
+        raise WorkspaceError(f"refusing to copy a special file: {source}")
+
+
+def _copy_tree(source: Path, destination: Path, tree_root: Path) -> None:
+    for entry in _entries(source):
+        _copy_entry(entry, destination / entry.name, tree_root)
+
+
+def _copy_symlink(source: Path, destination: Path, tree_root: Path) -> None:
+    root = tree_root.resolve()
+    target = source.resolve()
+    if target != root and root not in target.parents:
+        raise WorkspaceError(f"refusing a symlink that leaves the tree: {source} -> {target}")
+    destination.symlink_to(os.path.relpath(target, source.parent.resolve()))
