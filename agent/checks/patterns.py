@@ -9,8 +9,10 @@ them stay precise.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 from collections.abc import Iterator
+from functools import cache
 
 from agent.checks.base import ModuleContext
 from agent.checks.loops import FunctionNode, method_name, walk_scope
@@ -29,8 +31,20 @@ SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad
 OPTIMIZERS = frozenset(
     f"torch.optim.{name}"
     for name in (
-        "SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "NAdam",
-        "RAdam", "ASGD", "LBFGS", "SparseAdam", "Adafactor",
+        "SGD",
+        "Adam",
+        "AdamW",
+        "Adamax",
+        "Adagrad",
+        "Adadelta",
+        "RMSprop",
+        "Rprop",
+        "NAdam",
+        "RAdam",
+        "ASGD",
+        "LBFGS",
+        "SparseAdam",
+        "Adafactor",
     )
 )
 FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{n}" for n in ("SGD", "Adam", "AdamW", "Adagrad"))
@@ -91,8 +105,9 @@ def constant_number(node: ast.expr | None) -> float | None:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         inner = constant_number(node.operand)
         return None if inner is None else -inner
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return float(node.value)
+    value = node.value if isinstance(node, ast.Constant) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     return None
 
 
@@ -149,9 +164,10 @@ def grad_disabled_at(ctx: ModuleContext, node: ast.AST) -> bool:
         if isinstance(anc, ast.With | ast.AsyncWith):
             if any(is_grad_off_expr(ctx, item.context_expr) for item in anc.items):
                 return True
-        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
-            if grad_off_function(ctx, anc):
-                return True
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef) and grad_off_function(
+            ctx, anc
+        ):
+            return True
     return False
 
 
@@ -345,3 +361,18 @@ def module_class_defs(ctx: ModuleContext) -> Iterator[ast.ClassDef]:
     for node in ast.walk(ctx.tree):
         if isinstance(node, ast.ClassDef) and node.name in names:
             yield node
+
+
+def target_torch(ctx: ModuleContext) -> tuple[int, int] | None:
+    """The torch version the audited code targets: the configured one, else the installed one."""
+    return ctx.config.target_torch or _installed_torch()
+
+
+@cache
+def _installed_torch() -> tuple[int, int] | None:
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None

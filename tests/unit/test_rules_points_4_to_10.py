@@ -54,8 +54,26 @@ RULES = (
     "ddp-accum-no-sync",
     # point 7
     "inference-no-eval",
+    "no-grad-not-inference-mode",
+    "onnx-legacy-exporter",
+    "torchscript-for-deploy",
+    "legacy-quantization",
+    # point 8
+    "no-torch-compile",
+    "per-item-file-io",
+    "checkpoint-too-often",
+    # point 9
+    "hardcoded-paths",
+    "hardcoded-hparams",
+    "god-function",
+    "no-main-guard-workers",
     # point 10
     "direct-forward-call",
+    "tensor-constructor",
+    "type-cast-legacy",
+    "data-attribute-idiom",
+    "torchvision-import-style",
+    "magic-numbers",
 )
 
 

@@ -80,15 +80,22 @@ class ActivationOnLogits(Rule):
         if qual in _FUNCTIONAL:
             return qual.rsplit(".", 1)[-1]
         func = call.func
-        if isinstance(func, ast.Attribute) and func.attr in ("relu", "sigmoid", "tanh"):
-            if not call.args and ctx.qualname(func) is None:
-                return func.attr  # x.relu()
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-            if func.value.id == "self":  # self.act(x) where self.act = nn.ReLU()
-                for value in ctx.flow.definitions(func):
-                    layer = nn_layer(ctx, value)
-                    if layer in _ACTIVATIONS:
-                        return layer
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in ("relu", "sigmoid", "tanh")
+            and not call.args
+            and ctx.qualname(func) is None
+        ):
+            return func.attr  # x.relu()
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "self"  # self.act(x) where self.act = nn.ReLU()
+        ):
+            for value in ctx.flow.definitions(func):
+                layer = nn_layer(ctx, value)
+                if layer in _ACTIVATIONS:
+                    return layer
         return ""
 
     def _report(self, ctx: ModuleContext, node: ast.AST, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from itertools import pairwise
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
@@ -41,7 +42,7 @@ class BiasBeforeNorm(Rule):
         if not node.args or "Sequential" not in ast.unparse(node.func):
             return
         layers = sequential_layers(ctx, node)
-        for (layer, first), (following, _) in zip(layers, layers[1:], strict=False):
+        for (layer, first), (following, _) in pairwise(layers):
             if layer in _BIASED and following in _BATCH_NORMS and isinstance(first, ast.Call):
                 bias = kwarg(first, "bias")
                 if bias is None or (isinstance(bias, ast.Constant) and bias.value is True):

@@ -12,8 +12,19 @@ from agent.models import Severity
 _FACTORIES = frozenset(
     f"torch.{name}"
     for name in (
-        "rand", "randn", "randint", "randperm", "zeros", "ones", "empty", "full", "arange",
-        "eye", "linspace", "logspace", "tensor",
+        "rand",
+        "randn",
+        "randint",
+        "randperm",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "eye",
+        "linspace",
+        "logspace",
+        "tensor",
     )
 )
 

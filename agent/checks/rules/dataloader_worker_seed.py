@@ -10,8 +10,10 @@ from agent.checks.base import ModuleContext, Rule
 from agent.checks.patterns import DATALOADERS, argument, constant_number, has_star_kwargs, kwarg
 from agent.models import Severity
 
-_HOST_RANDOM = re.compile(r"\bnp\.random\.|\bnumpy\.random\.|\brandom\.(random|randint|choice|"
-                          r"shuffle|uniform|sample|gauss)\(")
+_HOST_RANDOM = re.compile(
+    r"\bnp\.random\.|\bnumpy\.random\.|\brandom\.(random|randint|choice|"
+    r"shuffle|uniform|sample|gauss)\("
+)
 
 
 class DataLoaderWorkerSeed(Rule):

@@ -9,8 +9,11 @@ from agent.checks.base import ModuleContext, Rule
 from agent.models import Severity
 
 _DATA_PARALLEL = frozenset(
-    {"torch.nn.DataParallel", "torch.nn.parallel.DataParallel",
-     "torch.nn.parallel.data_parallel.DataParallel"}
+    {
+        "torch.nn.DataParallel",
+        "torch.nn.parallel.DataParallel",
+        "torch.nn.parallel.data_parallel.DataParallel",
+    }
 )
 
 

@@ -39,9 +39,12 @@ class DirectForwardCall(Rule):
         if not isinstance(func, ast.Attribute) or func.attr != "forward":
             return
         receiver = func.value
-        if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Name):
-            if receiver.func.id == "super":
-                return
+        if (
+            isinstance(receiver, ast.Call)
+            and isinstance(receiver.func, ast.Name)
+            and receiver.func.id == "super"
+        ):
+            return
         if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
             return
         if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "self":

@@ -10,6 +10,7 @@ from agent.checks.patterns import kwarg, uses_cuda
 from agent.models import Severity
 
 _DOUBLE = frozenset({"torch.float64", "torch.double"})
+_CASTS = ("to", "type", "set_default_dtype")
 
 
 class Float64OnGpu(Rule):
@@ -44,12 +45,11 @@ class Float64OnGpu(Rule):
             dtype = kwarg(node, "dtype")
             if dtype is not None and ctx.qualname(dtype) in _DOUBLE:
                 hit = True
-            elif isinstance(func, ast.Attribute) and func.attr in ("to", "type", "set_default_dtype"):
+            elif isinstance(func, ast.Attribute) and func.attr in _CASTS:
                 hit = any(ctx.qualname(a) in _DOUBLE for a in node.args)
         if hit and uses_cuda(ctx):
             ctx.report(
                 self,
                 node,
-                "float64 on a GPU runs at a fraction of float32 speed and doubles memory "
-                "traffic",
+                "float64 on a GPU runs at a fraction of float32 speed and doubles memory traffic",
             )

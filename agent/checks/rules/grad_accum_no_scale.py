@@ -85,9 +85,13 @@ class GradAccumNoScale(Rule):
         receiver = call.func.value
         if call.func.attr == "manual_backward" or (call.args and not _is_tensor_method(call)):
             return call.args[0] if call.args else None
-        if isinstance(receiver, ast.Call) and receiver.args:
-            if isinstance(receiver.func, ast.Attribute) and receiver.func.attr == "scale":
-                return receiver.args[0]
+        if (
+            isinstance(receiver, ast.Call)
+            and receiver.args
+            and isinstance(receiver.func, ast.Attribute)
+            and receiver.func.attr == "scale"
+        ):
+            return receiver.args[0]
         return receiver
 
     @staticmethod

@@ -50,14 +50,19 @@ class HostSyncInStep(Rule):
         assert isinstance(node, ast.Call)
         func = node.func
         if isinstance(func, ast.Attribute):
-            if func.attr in _SYNC_METHODS and not node.args and not node.keywords:
-                if not (func.attr == "numpy" and _is_cpu_call(func.value)):
-                    self.candidates.append(node)
+            if (
+                func.attr in _SYNC_METHODS
+                and not node.args
+                and not node.keywords
+                and not (func.attr == "numpy" and _is_cpu_call(func.value))
+            ):
+                self.candidates.append(node)
         elif isinstance(func, ast.Name) and func.id == "float" and len(node.args) == 1:
             arg = node.args[0]
-            if isinstance(arg, ast.Name | ast.Attribute | ast.Subscript | ast.Call):
-                if _TENSORISH.search(ast.unparse(arg)[:60]):
-                    self.candidates.append(node)
+            if isinstance(
+                arg, ast.Name | ast.Attribute | ast.Subscript | ast.Call
+            ) and _TENSORISH.search(ast.unparse(arg)[:60]):
+                self.candidates.append(node)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.candidates or "backward" not in ctx.source:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from itertools import pairwise
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
@@ -41,7 +42,7 @@ class MissingNonlinearity(Rule):
         if len(node.args) < 2 or "Sequential" not in ast.unparse(node.func):
             return
         layers = [(n, a) for n, a in sequential_layers(ctx, node) if n not in _TRANSPARENT]
-        for (first, _), (second, node_two) in zip(layers, layers[1:], strict=False):
+        for (first, _), (second, node_two) in pairwise(layers):
             if first in _LINEAR and second in _LINEAR:
                 ctx.report(
                     self,

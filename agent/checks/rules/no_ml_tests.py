@@ -54,7 +54,7 @@ class NoMlTests(Rule):
         ctx.facts[_KEY] = fact
 
     @staticmethod
-    def _anchor(ctx: ModuleContext) -> ast.AST | None:
+    def _anchor(ctx: ModuleContext) -> ast.stmt | None:
         if "torch" not in ctx.source:
             return None
         classes = module_classes(ctx)

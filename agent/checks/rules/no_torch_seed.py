@@ -94,14 +94,14 @@ class NoTorchSeed(Rule):
             "module_seeds": module_seeds,
             "imports": self._imports(ctx),
         }
-        if anchor is not None and not seeding_functions and not module_seeds:
-            if not ctx.suppressed(self.id, anchor.lineno):
-                fact["entry"] = {
-                    "line": anchor.lineno,
-                    "code": ctx.lines[anchor.lineno - 1],
-                    "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
-                    "calls": calls,
-                }
+        seeded = bool(seeding_functions) or module_seeds
+        if anchor is not None and not seeded and not ctx.suppressed(self.id, anchor.lineno):
+            fact["entry"] = {
+                "line": anchor.lineno,
+                "code": ctx.lines[anchor.lineno - 1],
+                "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
+                "calls": calls,
+            }
         if fact["seeding_functions"] or module_seeds or "entry" in fact:
             ctx.facts[_KEY] = fact
 
@@ -137,13 +137,11 @@ class NoTorchSeed(Rule):
         return found
 
     @staticmethod
-    def _entry_anchor(ctx: ModuleContext) -> ast.AST | None:
+    def _entry_anchor(ctx: ModuleContext) -> ast.stmt | None:
         """Where an entry script starts: its main guard, or its top-level training loop."""
         guard = next((s for s in ctx.tree.body if is_main_guard(s)), None)
         loops = ctx.loops.training_loops
-        top_level = [
-            loop.node for loop in loops if ctx.enclosing_function(loop.node) is None
-        ]
+        top_level = [loop.node for loop in loops if ctx.enclosing_function(loop.node) is None]
         if guard is None:
             return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
         if loops or _uses_torch_randomness(ctx):
@@ -213,9 +211,11 @@ def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> 
     level = len(module) - len(module.lstrip("."))
     dotted = module.lstrip(".")
     if level:
-        base = PurePosixPath(path).parents[level - 1] if level - 1 < len(
-            PurePosixPath(path).parents
-        ) else PurePosixPath()
+        base = (
+            PurePosixPath(path).parents[level - 1]
+            if level - 1 < len(PurePosixPath(path).parents)
+            else PurePosixPath()
+        )
         stem = str(base / dotted.replace(".", "/")) if dotted else str(base)
         suffixes = [f"{stem}.py", f"{stem}/__init__.py"]
         return next((p for p in mine if p in suffixes or p.lstrip("./") in suffixes), None)
@@ -239,8 +239,6 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
                 return True
             if qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1][:1].isupper():
                 return True  # building layers draws random initial weights
-            if qual.endswith("DataLoader") and any(
-                k.arg == "shuffle" for k in node.keywords
-            ):
+            if qual.endswith("DataLoader") and any(k.arg == "shuffle" for k in node.keywords):
                 return True
     return False

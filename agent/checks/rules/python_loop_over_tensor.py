@@ -65,12 +65,20 @@ def _ranged_tensor(expr: ast.expr) -> str:
     if isinstance(bound, ast.Call) and isinstance(bound.func, ast.Name) and bound.func.id == "len":
         inner = bound.args[0] if bound.args else None
         return inner.id if isinstance(inner, ast.Name) else ""
-    if isinstance(bound, ast.Call) and isinstance(bound.func, ast.Attribute):
-        if bound.func.attr == "size" and isinstance(bound.func.value, ast.Name):
-            return bound.func.value.id
-    if isinstance(bound, ast.Subscript) and isinstance(bound.value, ast.Attribute):
-        if bound.value.attr == "shape" and isinstance(bound.value.value, ast.Name):
-            return bound.value.value.id
+    if (
+        isinstance(bound, ast.Call)
+        and isinstance(bound.func, ast.Attribute)
+        and bound.func.attr == "size"
+        and isinstance(bound.func.value, ast.Name)
+    ):
+        return bound.func.value.id
+    if (
+        isinstance(bound, ast.Subscript)
+        and isinstance(bound.value, ast.Attribute)
+        and bound.value.attr == "shape"
+        and isinstance(bound.value.value, ast.Name)
+    ):
+        return bound.value.value.id
     return ""
 
 

@@ -62,11 +62,7 @@ class SchedulerBeforeOptimizer(Rule):
             if loop.kind != "loop":
                 continue
             first_step = min(
-                (
-                    c.lineno
-                    for c in direct_effects(loop.body).step
-                    if not is_scheduler_step(ctx, c)
-                ),
+                (c.lineno for c in direct_effects(loop.body).step if not is_scheduler_step(ctx, c)),
                 default=None,
             )
             early = [

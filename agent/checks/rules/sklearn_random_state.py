@@ -55,9 +55,9 @@ class SklearnRandomState(Rule):
         qual = ctx.call_qualname(node)
         if qual in _RANDOM_WHEN_SHUFFLED:
             shuffle = kwarg(node, "shuffle")
-            if not (isinstance(shuffle, ast.Constant) and shuffle.value is True):
-                if qual != "sklearn.model_selection.RepeatedKFold":
-                    return
+            shuffled = isinstance(shuffle, ast.Constant) and shuffle.value is True
+            if not shuffled and qual != "sklearn.model_selection.RepeatedKFold":
+                return
         elif qual in _ALWAYS_RANDOM:
             shuffle = kwarg(node, "shuffle")
             if isinstance(shuffle, ast.Constant) and shuffle.value is False:

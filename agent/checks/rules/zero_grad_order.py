@@ -43,7 +43,7 @@ class ZeroGradOrder(Rule):
             backward_lines = sorted(c.lineno for c in effects.backward)
             step_lines = sorted(c.lineno for c in effects.step)
             for clear in effects.zero_grad:
-                line = clear.lineno
+                line = getattr(clear, "lineno", 0)
                 if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
                     if any(s < line for s in step_lines if s > backward_lines[0]):
                         continue  # step() already ran after backward in this iteration

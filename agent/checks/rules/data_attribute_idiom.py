@@ -1,0 +1,70 @@
+"""data-attribute-idiom: tensors read or written through `.data`."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+_PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
+
+
+class DataAttributeIdiom(Rule):
+    """Detects the `.data` idiom on parameters and tensors: `p.data = ...`,
+    `p.data.mul_(...)` (any in-place method), and `.weight.data` / `.bias.data` /
+    `.grad.data`, or `.data` on the loop variable of `for p in model.parameters()`.
+
+    Why it matters: `.data` returns a tensor that autograd does not track and whose changes
+    skip the version counter, so an in-place update of a tensor needed for backward yields
+    silently wrong gradients instead of an error; it is a pre-0.4 idiom.
+
+    Example:
+        for p in model.parameters():
+            p.data.add_(-lr * p.grad.data)
+
+    Fix: `with torch.no_grad(): p.add_(p.grad, alpha=-lr)`, and `x.detach()` to read a value
+    without tracking.
+    """
+
+    id = "data-attribute-idiom"
+    point = 10
+    severity = Severity.LOW
+    title = "Tensor accessed through .data"
+    items: ClassVar[tuple[str, ...]] = ("10.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Attribute,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Attribute)
+        if node.attr != "data":
+            return
+        parent = ctx.parents.get(node)
+        if isinstance(parent, ast.Attribute) and parent.attr == "data":
+            return  # `.data.data`: report the outer one only
+        reason = ""
+        if isinstance(node.ctx, ast.Store):
+            reason = "assigning to .data"
+        elif (
+            isinstance(parent, ast.Attribute)
+            and parent.attr.endswith("_")
+            and not parent.attr.startswith("_")
+        ):
+            reason = f".data.{parent.attr}() changes the tensor behind autograd's back"
+        elif isinstance(node.value, ast.Attribute) and node.value.attr in _PARAMETER_ATTRS:
+            reason = f".{node.value.attr}.data bypasses autograd"
+        elif isinstance(node.value, ast.Name) and self._parameter_loop_var(
+            ctx, node, node.value.id
+        ):
+            reason = "a parameter's .data bypasses autograd"
+        if reason:
+            ctx.report(self, node, f"{reason}: use torch.no_grad() or .detach() instead")
+
+    @staticmethod
+    def _parameter_loop_var(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
+        for anc in ctx.ancestors(node):
+            if isinstance(anc, ast.For) and isinstance(anc.target, ast.Name | ast.Tuple):
+                targets = [anc.target] if isinstance(anc.target, ast.Name) else anc.target.elts
+                if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                    return "parameters()" in ast.unparse(anc.iter)[:200]
+        return False

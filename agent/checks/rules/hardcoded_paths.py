@@ -1,0 +1,55 @@
+"""hardcoded-paths: absolute, machine-specific paths in the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+_ABSOLUTE = re.compile(
+    r"^(/home/|/Users/|/root/|/mnt/|/data/|/scratch/|/content/|/kaggle/|/workspace/|/nfs/|"
+    r"/datasets?/|/media/|[A-Za-z]:[\\/])"
+)
+
+
+class HardcodedPaths(Rule):
+    """Detects an absolute, machine-specific path literal (`/home/...`, `/Users/...`,
+    `/content/drive/...`, `/mnt/...`, `C:\\...`) passed to a call or assigned to a variable.
+
+    Why it matters: the code only runs on the author's machine; anyone else (CI, a cluster, a
+    colleague, a container) has to edit the source, and data and output locations cannot be
+    changed per experiment.
+
+    Example:
+        dataset = ImageFolder("/home/alice/data/imagenet/train")
+
+    Fix: take the path from the command line or a config file (`--data-dir`), an environment
+    variable, or build it relative to the project (`Path(__file__).parent / "data"`).
+    """
+
+    id = "hardcoded-paths"
+    point = 9
+    severity = Severity.LOW
+    title = "Hard-coded absolute path"
+    items: ClassVar[tuple[str, ...]] = ("9.3",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Constant,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Constant)
+        if not isinstance(node.value, str) or not _ABSOLUTE.match(node.value):
+            return
+        if "\n" in node.value or " " in node.value.strip():
+            return
+        parent = ctx.parents.get(node)
+        if isinstance(parent, ast.keyword):
+            parent = ctx.parents.get(parent)
+        if isinstance(parent, ast.Call | ast.Assign | ast.AnnAssign):
+            ctx.report(
+                self,
+                node,
+                f"the absolute path {node.value!r} ties the code to one machine: take it from "
+                "the command line or a config",
+            )
