@@ -914,13 +914,16 @@ class DataFlow:
             return False
         return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
 
-    def split_inputs(self) -> list[tuple[ast.Call, list[ast.expr]]]:
-        """Every split call with the data it splits (positional arguments)."""
-        return [
-            (node, [a for a in node.args if not isinstance(a, ast.Starred)])
-            for node in ast.walk(self.ctx.tree)
-            if isinstance(node, ast.Call) and self.is_split_call(node)
-        ]
+    def split_inputs(self) -> list[tuple[ast.expr, list[ast.expr]]]:
+        """Every split with the data it divides: split calls (their positional arguments)
+        and `x[k:]` tails whose head `x[:k]` is taken too (the sequence `x`)."""
+        found: list[tuple[ast.expr, list[ast.expr]]] = []
+        for node in ast.walk(self.ctx.tree):
+            if isinstance(node, ast.Call) and self.is_split_call(node):
+                found.append((node, [a for a in node.args if not isinstance(a, ast.Starred)]))
+            elif isinstance(node, ast.Subscript) and self._is_tail_slice(node):
+                found.append((node, [node.value]))
+        return found
 
     def root_names(self, expr: ast.expr) -> set[str]:
         """Every plain name `expr` is computed from, through definitions (transitively)."""

@@ -1,0 +1,130 @@
+"""leak-multi-test: the test set drives model selection (early stopping, best checkpoint)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import identifier
+from agent.checks.loops import walk_scope
+from agent.models import Severity
+
+_TEST = frozenset({"test"})
+_ORDERING = (ast.Gt, ast.GtE, ast.Lt, ast.LtE)
+_SELECTION_NAME = re.compile(r"best|patience|stop|bad_epochs", re.IGNORECASE)
+_SCHEDULER_NAME = re.compile(r"sched|plateau|lr_", re.IGNORECASE)
+_EARLY_STOP = re.compile(r"early_?stop", re.IGNORECASE)
+_SAVE_CALLS = frozenset({"save", "state_dict", "deepcopy", "copy", "save_checkpoint"})
+
+
+class LeakMultiTest(Rule):
+    """Detects the test split used to make training decisions: a comparison with a
+    test-derived metric that saves a checkpoint, records a "best" value or stops training
+    (`if test_acc > best_acc:`), `best = max(best, test_acc)`, `scheduler.step(test_loss)`,
+    an early-stopping object fed a test metric, or a hyper-parameter `objective(trial)` that
+    returns one. Test-derived means computed from data named or built as the test split
+    (`test_loader`, `train=False`, the test half of `train_test_split`), through variables,
+    loops and local functions. A test evaluation used only for the final report is fine.
+
+    Why it matters: every decision taken on the test set fits the model to it; the final
+    test score is then optimistically biased and no longer an unbiased estimate (Yang et al.,
+    ASE'22, "multi-test leakage").
+
+    Example:
+        test_acc = evaluate(model, test_loader)
+        if test_acc > best_acc:
+            best_acc = test_acc
+            torch.save(model.state_dict(), "best.pt")
+
+    Fix: carve a validation split out of the training data and select on it; touch the test
+    set once, at the end.
+    """
+
+    id = "leak-multi-test"
+    point = 3
+    severity = Severity.MEDIUM
+    title = "Test set used for model selection"
+    items: ClassVar[tuple[str, ...]] = ("3.1",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        text = ctx.source
+        if "test" not in text.lower() and "holdout" not in text.lower():
+            return
+        flow = ctx.flow
+        for node in ast.walk(ctx.tree):
+            if isinstance(node, ast.If):
+                metric = self._selection_metric(ctx, node)
+                if metric is not None:
+                    self._report(ctx, node.test, metric, "selects a model on it")
+            elif isinstance(node, ast.Call):
+                self._check_call(ctx, node)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                call = node.value
+                if identifier(call.func) in ("max", "min") and any(
+                    _SELECTION_NAME.search(identifier(t)) for t in node.targets
+                ):
+                    for arg in call.args:
+                        if flow.held_out_kind(arg, _TEST):
+                            self._report(ctx, node, arg, "keeps the best value of it")
+                            break
+            elif isinstance(node, ast.FunctionDef) and node.name == "objective":
+                for ret in walk_scope(node.body):
+                    if (
+                        isinstance(ret, ast.Return)
+                        and ret.value is not None
+                        and flow.held_out_kind(ret.value, _TEST)
+                    ):
+                        self._report(ctx, ret, ret.value, "tunes hyper-parameters on it")
+
+    def _selection_metric(self, ctx: ModuleContext, node: ast.If) -> ast.expr | None:
+        selects = any(
+            (isinstance(n, ast.Break))
+            or (isinstance(n, ast.Call) and identifier(n.func) in _SAVE_CALLS)
+            or (
+                isinstance(n, ast.Assign | ast.AugAssign)
+                and any(
+                    _SELECTION_NAME.search(identifier(t))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                )
+            )
+            for n in walk_scope(node.body)
+        )
+        if not selects:
+            return None
+        for compare in ast.walk(node.test):
+            if not isinstance(compare, ast.Compare):
+                continue
+            if not any(isinstance(op, _ORDERING) for op in compare.ops):
+                continue
+            for operand in [compare.left, *compare.comparators]:
+                if ctx.flow.held_out_kind(operand, _TEST):
+                    return operand
+        return None
+
+    def _check_call(self, ctx: ModuleContext, call: ast.Call) -> None:
+        func = call.func
+        flow = ctx.flow
+        is_scheduler = (
+            isinstance(func, ast.Attribute)
+            and func.attr == "step"
+            and bool(_SCHEDULER_NAME.search(identifier(func.value)))
+        )
+        if not is_scheduler and not _EARLY_STOP.search(identifier(func)):
+            return
+        for arg in [*call.args, *(k.value for k in call.keywords)]:
+            data_like = isinstance(arg, ast.Name | ast.Attribute | ast.Call | ast.Subscript)
+            if data_like and flow.held_out_kind(arg, _TEST):
+                purpose = "adapts the learning rate" if is_scheduler else "stops training"
+                self._report(ctx, call, arg, f"{purpose} on it")
+                return
+
+    def _report(self, ctx: ModuleContext, node: ast.AST, metric: ast.expr, what: str) -> None:
+        ctx.report(
+            self,
+            node,
+            f"`{ast.unparse(metric)}` comes from the test split and the code {what}: the final "
+            "test score is no longer an unbiased estimate",
+            data={"metric": ast.unparse(metric)},
+        )

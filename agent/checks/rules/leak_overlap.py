@@ -1,0 +1,112 @@
+"""leak-overlap: the same samples can end up in training and in the held-out split."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import identifier
+from agent.models import Severity
+
+_DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
+_TRANSFORMER_NAME = re.compile(
+    r"scaler|normali[sz]er|encoder|imputer|vectori[sz]er|selector|pca|tokenizer|vocab", re.I
+)
+_HELD_OUT = frozenset({"test", "val", "split"})
+
+
+class LeakOverlap(Rule):
+    """Detects train/test overlap visible in the code: a split (`train_test_split`,
+    `random_split`) applied to data that was oversampled (`fit_resample`, SMOTE) or augmented
+    beforehand, a training loop that iterates over data derived from the test/validation split
+    (directly, through a `DataLoader`, a `ConcatDataset`, or a local function), and an
+    estimator `fit` on test data.
+
+    Why it matters: oversampling or augmenting before the split puts copies (or near-copies)
+    of the same sample on both sides; training on held-out rows makes the model memorise what
+    it is evaluated on. Either way the test score measures recall, not generalisation
+    (Yang et al., ASE'22, "overlap leakage").
+
+    Example:
+        X_res, y_res = SMOTE().fit_resample(X, y)
+        X_train, X_test, y_train, y_test = train_test_split(X_res, y_res)
+
+    Fix: split first; oversample/augment only the training part; build the training loader
+    from the training split only.
+    """
+
+    id = "leak-overlap"
+    point = 3
+    severity = Severity.HIGH
+    title = "Training and test data overlap"
+    items: ClassVar[tuple[str, ...]] = ("3.1",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not any(w in ctx.source for w in ("split", "test", "val", "Test", "Val")):
+            return
+        self._resampled_before_split(ctx)
+        self._held_out_in_training(ctx)
+
+    def _resampled_before_split(self, ctx: ModuleContext) -> None:
+        flow = ctx.flow
+        for split, inputs in flow.split_inputs():
+            if not isinstance(split, ast.Call):
+                continue
+            for data in inputs:
+                origin = flow.sources_include(data, _duplicating_call)
+                if origin is None or not isinstance(origin, ast.Call):
+                    continue
+                ctx.report(
+                    self,
+                    split,
+                    f"the split divides `{ast.unparse(data)}`, oversampled/augmented by "
+                    f"`{ast.unparse(origin.func)}` (line {origin.lineno}): copies of one sample "
+                    "land in both train and test",
+                    data={"resample_line": origin.lineno},
+                )
+                break
+
+    def _held_out_in_training(self, ctx: ModuleContext) -> None:
+        flow = ctx.flow
+        for loop in ctx.loops.training_loops:
+            node = loop.node
+            if not isinstance(node, ast.For | ast.AsyncFor):
+                continue
+            kind = flow.held_out_kind(node.iter, _HELD_OUT)
+            if kind is not None:
+                ctx.report(
+                    self,
+                    node,
+                    f"the training loop iterates over `{ast.unparse(node.iter)}`, which derives "
+                    "from the held-out split: the model trains on what it is evaluated on",
+                    data={"held_out": kind},
+                    header_only=True,
+                )
+        for call in ast.walk(ctx.tree):
+            if not (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "fit"
+                and call.args
+            ):
+                continue
+            receiver = call.func.value
+            if _TRANSFORMER_NAME.search(identifier(receiver)):
+                continue
+            qual = flow.constructed_as(receiver) or ""
+            if qual.startswith(("sklearn.preprocessing.", "sklearn.feature_", "sklearn.impute.")):
+                continue
+            if flow.held_out_kind(call.args[0], frozenset({"test"})) is not None:
+                ctx.report(
+                    self,
+                    call,
+                    f"`{ast.unparse(call.func)}` trains on `{ast.unparse(call.args[0])}`, "
+                    "which derives from the test split",
+                    data={"held_out": "test"},
+                )
+
+
+def _duplicating_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and bool(_DUPLICATING.search(identifier(node.func)))
