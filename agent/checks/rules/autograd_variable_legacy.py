@@ -1,0 +1,54 @@
+"""autograd-variable-legacy: `torch.autograd.Variable`, a no-op wrapper since PyTorch 0.4."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.models import Severity
+
+_VARIABLE = frozenset({"torch.autograd.Variable", "torch.autograd.variable.Variable"})
+
+
+class AutogradVariableLegacy(Rule):
+    """Detects `Variable(...)` from `torch.autograd` (however imported), including the
+    `volatile=True` flag.
+
+    Why it matters: since 0.4 `Variable(x)` just returns a tensor; `volatile=True` is ignored
+    (with a warning), so code relying on it to disable autograd during evaluation builds
+    graphs and uses far more memory than intended. It also marks code written for a PyTorch
+    that is years old, whose other assumptions deserve a look.
+
+    Example:
+        x = Variable(images.cuda(), volatile=True)
+
+    Fix: use the tensor directly (`x = images.cuda()`); `requires_grad=True` becomes
+    `x.requires_grad_()`; `volatile=True` becomes a `with torch.no_grad():` block.
+    """
+
+    id = "autograd-variable-legacy"
+    point = 1
+    severity = Severity.LOW
+    title = "Legacy autograd.Variable"
+    items: ClassVar[tuple[str, ...]] = ("1.6",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        if ctx.call_qualname(node) not in _VARIABLE:
+            return
+        volatile = kwarg(node, "volatile") is not None
+        message = "`Variable` is a no-op since PyTorch 0.4: use the tensor directly"
+        if volatile:
+            message += "; `volatile=True` is ignored, so autograd stays on (use torch.no_grad())"
+        ctx.report(
+            self,
+            node,
+            message,
+            severity=Severity.MEDIUM if volatile else None,
+            data={"volatile": volatile},
+        )

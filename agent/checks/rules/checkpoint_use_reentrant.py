@@ -1,0 +1,52 @@
+"""checkpoint-use-reentrant: activation checkpointing without an explicit `use_reentrant`."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.models import Severity
+
+_CHECKPOINT = frozenset(
+    {"torch.utils.checkpoint.checkpoint", "torch.utils.checkpoint.checkpoint_sequential"}
+)
+
+
+class CheckpointUseReentrant(Rule):
+    """Detects `torch.utils.checkpoint.checkpoint(...)` / `checkpoint_sequential(...)` called
+    without `use_reentrant=` (and without `**kwargs` that could carry it).
+
+    Why it matters: PyTorch warns when the argument is omitted and plans to change its
+    default. The reentrant variant does not support inputs without `requires_grad` (the
+    checkpointed block then gets no gradient, silently), nested structures or
+    `torch.autograd.grad`; the non-reentrant one is the recommended mode.
+
+    Example:
+        h = checkpoint(self.block, h)
+
+    Fix: `checkpoint(self.block, h, use_reentrant=False)`.
+    """
+
+    id = "checkpoint-use-reentrant"
+    point = 1
+    severity = Severity.MEDIUM
+    title = "checkpoint without use_reentrant"
+    items: ClassVar[tuple[str, ...]] = ("1.6",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        if ctx.call_qualname(node) not in _CHECKPOINT:
+            return
+        if kwarg(node, "use_reentrant") is not None or any(k.arg is None for k in node.keywords):
+            return
+        ctx.report(
+            self,
+            node,
+            "activation checkpointing without use_reentrant=: pass use_reentrant=False "
+            "(the recommended, non-reentrant implementation)",
+        )

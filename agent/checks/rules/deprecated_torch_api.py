@@ -1,0 +1,66 @@
+"""deprecated-torch-api: a call of a torch API deprecated in the targeted release."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.data.torch_api import ApiChange, format_version, rows_by_name, target_torch
+from agent.models import Severity
+
+
+class DeprecatedTorchApi(Rule):
+    """Detects uses of deprecated PyTorch APIs listed in `agent/checks/data/torch_api.json`:
+    `torch.cuda.amp.autocast`/`custom_fwd`/`custom_bwd`, `torch.cpu.amp.autocast`,
+    `torch.backends.cuda.sdp_kernel`, `functorch.*` transforms, `torch.cholesky`, `qr`, `lu`,
+    `norm`, `range`, `ger`, `chain_matmul`, `nn.utils.weight_norm`, `assert_allclose`, ...
+    as calls, `with` items or decorators, resolved through imports. A use is reported only
+    when the targeted torch (`target_torch`, else the installed one) already deprecates it.
+
+    Why it matters: deprecated APIs emit warnings, have different defaults than their
+    replacements and are removed in a later release, which then breaks the code.
+
+    Example:
+        with torch.cuda.amp.autocast():
+            out = model(x)
+
+    Fix: use the replacement the message names, e.g. `torch.amp.autocast("cuda")`,
+    `torch.linalg.cholesky`, `torch.func.vmap`, `torch.arange(start, end + 1)`.
+    """
+
+    id = "deprecated-torch-api"
+    point = 1
+    severity = Severity.LOW
+    title = "Deprecated PyTorch API"
+    items: ClassVar[tuple[str, ...]] = ("1.6",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (
+        ast.Call,
+        ast.FunctionDef,
+        ast.AsyncFunctionDef,
+    )
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if isinstance(node, ast.Call):
+            self._check(ctx, node, ctx.call_qualname(node))
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Name | ast.Attribute):
+                    self._check(ctx, decorator, ctx.qualname(decorator))
+
+    def _check(self, ctx: ModuleContext, node: ast.AST, qual: str | None) -> None:
+        row = rows_by_name("deprecated").get(qual or "")
+        if row is None or not _deprecated_for(ctx, row):
+            return
+        since = format_version(row.deprecated) if row.deprecated else "an earlier release"
+        ctx.report(
+            self,
+            node,
+            f"`{qual}` is deprecated (since torch {since}): use {row.replacement}",
+            data={"name": qual, "replacement": row.replacement},
+        )
+
+
+def _deprecated_for(ctx: ModuleContext, row: ApiChange) -> bool:
+    target = target_torch(ctx.config)
+    return target is None or row.deprecated is None or target >= row.deprecated

@@ -1,0 +1,93 @@
+"""device-mismatch-factory-in-forward: `forward` creates CPU tensors with no `device=`."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.checks.loops import walk_scope
+from agent.models import Severity
+
+_FACTORIES = frozenset(
+    f"torch.{name}"
+    for name in (
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "rand",
+        "randn",
+        "randint",
+        "arange",
+        "eye",
+        "linspace",
+        "tensor",
+    )
+)
+_MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
+
+
+class DeviceMismatchFactoryInForward(Rule):
+    """Detects tensor factories (`torch.zeros/ones/empty/full/rand/randn/randint/arange/eye/
+    linspace/tensor`) called inside an `nn.Module.forward` without `device=` and without an
+    immediate `.to(...)`/`.cuda()`/`.type_as(...)`. Scalar `torch.tensor(0.5)` is not
+    reported (0-dim CPU tensors mix with CUDA tensors).
+
+    Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
+    GPU the forward fails with "Expected all tensors to be on the same device", or pays a
+    host-to-device copy on every call when moved afterwards.
+
+    Example:
+        def forward(self, x):
+            mask = torch.ones(x.shape[0], x.shape[1])
+            return x * mask
+
+    Fix: `torch.ones(..., device=x.device, dtype=x.dtype)`, `torch.ones_like(x)` or
+    `x.new_ones(...)`; constant tensors belong in a registered buffer.
+    """
+
+    id = "device-mismatch-factory-in-forward"
+    point = 1
+    severity = Severity.MEDIUM
+    title = "Tensor created without device= in forward()"
+    items: ClassVar[tuple[str, ...]] = ("1.3",)
+    fixable = True
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "def forward" not in ctx.source:
+            return
+        flow = ctx.flow
+        for name in sorted(flow.module_classes):
+            for stmt in flow.classes[name].body:
+                if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
+                    self._check_forward(ctx, stmt)
+
+    def _check_forward(self, ctx: ModuleContext, forward: ast.FunctionDef) -> None:
+        for node in walk_scope(forward.body):
+            if not isinstance(node, ast.Call):
+                continue
+            qual = ctx.call_qualname(node)
+            if qual not in _FACTORIES or _placed(ctx, node):
+                continue
+            ctx.report(
+                self,
+                node,
+                f"`{qual}` in forward() creates a CPU tensor whatever the model's device: "
+                "pass device= (e.g. device=x.device) or use a *_like / x.new_* factory",
+                data={"factory": qual},
+            )
+
+
+def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
+    if kwarg(call, "device") is not None or any(k.arg is None for k in call.keywords):
+        return True
+    if ctx.call_qualname(call) == "torch.tensor" and call.args:
+        arg = call.args[0]
+        if isinstance(arg, ast.Constant) or (
+            isinstance(arg, ast.UnaryOp) and isinstance(arg.operand, ast.Constant)
+        ):
+            return True
+    parent = ctx.parents.get(call)
+    return isinstance(parent, ast.Attribute) and parent.attr in _MOVES

@@ -1,0 +1,62 @@
+"""legacy-tensor-ctor: typed tensor constructors (`torch.FloatTensor(...)`)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.models import Severity
+
+_LEGACY = re.compile(
+    r"^torch\.(cuda\.)?(Float|Double|Half|BFloat16|Long|Int|Short|Char|Byte|Bool)Tensor$"
+)
+
+
+class LegacyTensorCtor(Rule):
+    """Detects the legacy typed constructors `torch.FloatTensor(...)`, `torch.LongTensor`,
+    `torch.cuda.FloatTensor(...)`, ... and `x.type(torch.FloatTensor)` casts.
+
+    Why it matters: `torch.FloatTensor(3, 4)` allocates uninitialised memory while
+    `torch.FloatTensor([3, 4])` copies data, a classic source of garbage values; the CUDA
+    variants hard-code the device; all of them ignore the default dtype and device settings
+    and are discouraged in the PyTorch docs.
+
+    Example:
+        weights = torch.FloatTensor(num_classes)
+
+    Fix: `torch.tensor(data, dtype=torch.float32)` for data, `torch.empty/zeros(shape,
+    dtype=..., device=...)` for shapes, `x.float()` / `x.to(torch.float32)` for casts.
+    """
+
+    id = "legacy-tensor-ctor"
+    point = 1
+    severity = Severity.LOW
+    title = "Legacy typed tensor constructor"
+    items: ClassVar[tuple[str, ...]] = ("1.6",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        qual = ctx.call_qualname(node) or ""
+        if _LEGACY.match(qual):
+            ctx.report(
+                self,
+                node,
+                f"`{qual}` is a legacy constructor: use torch.tensor/torch.empty with dtype= "
+                "and device=",
+                data={"name": qual},
+            )
+            return
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "type" and len(node.args) == 1:
+            cast = ctx.qualname(node.args[0]) or ""
+            if _LEGACY.match(cast):
+                ctx.report(
+                    self,
+                    node,
+                    f"`.type({cast})` is a legacy cast: use .to(dtype) (and device=)",
+                    data={"name": cast},
+                )

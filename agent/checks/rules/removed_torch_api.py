@@ -1,0 +1,53 @@
+"""removed-torch-api: a call of a torch function removed in the targeted release."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.data.torch_api import format_version, rows_by_name, target_torch
+from agent.models import Severity
+
+
+class RemovedTorchApi(Rule):
+    """Detects calls of torch functions removed from PyTorch (`torch.solve`, `torch.symeig`,
+    `torch.matrix_rank`, `torch.lstsq`, `torch.eig`), resolved through imports and aliases.
+    The table lives in `agent/checks/data/torch_api.json`. On a targeted torch older than the
+    removal the call still works and is reported as deprecated, at lower severity.
+
+    Why it matters: the call raises `RuntimeError` at run time on current PyTorch, typically
+    deep inside training or evaluation, after minutes or hours of work.
+
+    Example:
+        x, _ = torch.solve(b, A)
+
+    Fix: use the `torch.linalg` replacement the message names; mind the argument order
+    (`torch.linalg.solve(A, b)`) and the changed return values.
+    """
+
+    id = "removed-torch-api"
+    point = 1
+    severity = Severity.HIGH
+    title = "Removed PyTorch function"
+    items: ClassVar[tuple[str, ...]] = ("1.6",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        qual = ctx.call_qualname(node)
+        row = rows_by_name("removed").get(qual or "")
+        if row is None or row.removed is None:
+            return
+        target = target_torch(ctx.config)
+        removed = format_version(row.removed)
+        if target is not None and target < row.removed:
+            message = (
+                f"`{qual}` is deprecated and removed in torch {removed}: use {row.replacement}"
+            )
+            severity = Severity.MEDIUM
+        else:
+            message = f"`{qual}` was removed in torch {removed} and raises: use {row.replacement}"
+            severity = Severity.HIGH
+        ctx.report(self, node, message, severity=severity, data={"name": qual, "removed": removed})
