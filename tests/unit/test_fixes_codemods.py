@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.checks.base import EngineConfig
+from agent.checks.engine import analyse_files
+from agent.checks.registry import rules_by_id
 from agent.fixes.codemods import all_codemods, codemod_for
 from agent.fixes.models import FixKind, FixTarget
 
@@ -155,12 +158,7 @@ def test_unfused_optimizer_left_alone_in_a_cpu_only_script() -> None:
 
 
 def test_host_sync_refused_when_the_accumulator_is_read_in_the_loop() -> None:
-    source = (
-        "total = 0.0\n"
-        "for step in range(3):\n"
-        "    total += loss.item()\n"
-        "    print(total)\n"
-    )
+    source = "total = 0.0\nfor step in range(3):\n    total += loss.item()\n    print(total)\n"
     target = FixTarget(rule="host-sync-in-step", file="m.py", line=3, end_line=3)
     codemod = codemod_for("host-sync-in-step")
     assert codemod is not None
@@ -168,8 +166,10 @@ def test_host_sync_refused_when_the_accumulator_is_read_in_the_loop() -> None:
 
 
 def test_manual_attention_refused_when_weights_are_returned() -> None:
-    source = (FIXTURES / "manual-attention" / "before.py").read_text().replace(
-        "return self.c_proj(y)", "return self.c_proj(y), att"
+    source = (
+        (FIXTURES / "manual-attention" / "before.py")
+        .read_text()
+        .replace("return self.c_proj(y)", "return self.c_proj(y), att")
     )
     target = _target("manual-attention", FIXTURES / "manual-attention")
     codemod = codemod_for("manual-attention")
@@ -184,3 +184,31 @@ def test_seed_adds_numpy_seeding_when_numpy_is_imported() -> None:
     assert codemod is not None
     fixed = codemod.transform(source, target)
     assert fixed is not None and "np.random.seed(0)" in fixed and "torch.manual_seed(0)" in fixed
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rule_fires_on_before_and_not_on_after(rule: str) -> None:
+    if rule not in rules_by_id():
+        pytest.skip(f"{rule} has no static rule")
+    folder = FIXTURES / rule
+    config = EngineConfig(select=frozenset({rule}))
+
+    def flagged(name: str) -> list[int]:
+        text = (folder / name).read_text()
+        found = analyse_files([("m.py", text)], config, workers=1).all_findings()
+        return [f.line for f in found if f.rule == rule]
+
+    assert _target(rule, folder).line in flagged("before.py")
+    assert flagged("after.py") == []
+
+
+def test_validation_with_grad_decorates_an_evaluation_function() -> None:
+    source = (
+        "import torch\n\n\ndef evaluate(model, loader):\n    return [model(x) for x in loader]\n"
+    )
+    target = FixTarget(rule="validation-with-grad", file="m.py", line=5, end_line=5)
+    codemod = codemod_for("validation-with-grad")
+    assert codemod is not None
+    assert codemod.transform(source, target) == source.replace(
+        "def evaluate", "@torch.no_grad()\ndef evaluate"
+    )

@@ -20,27 +20,35 @@ class ValidationWithGradFix(Codemod):
     rtol = EXACT_RTOL
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        span = (target.line, target.line)
-        nodes: list[cst.CSTNode] = [
-            *ctx.find(cst.FunctionDef, within=span),
-            *ctx.find(cst.For, within=span),
-            *ctx.find(cst.While, within=span),
-        ]
-        starting = [n for n in nodes if ctx.line(n) == target.line]
-        if not starting:
+        calls = ctx.find(cst.Call, within=(target.line, target.line))
+        if not calls or under_no_grad(ctx, calls[0]):
             return False
-        node = starting[0]
-        if under_no_grad(ctx, node) or any(
-            method_call(c, "backward") for c in ctx.find(cst.Call, inside=node)
-        ):
+        node = _evaluation_scope(ctx, calls[0])
+        if node is None:
             return False
         torch = ctx.require_module("torch")
         if isinstance(node, cst.FunctionDef):
             decorator = cst.Decorator(decorator=cst.parse_expression(f"{torch}.no_grad()"))
             ctx.substitute(node, node.with_changes(decorators=[*node.decorators, decorator]))
-            return True
-        ctx.replace(node, lambda n: _wrap_in_no_grad(n, torch))
+        else:
+            ctx.replace(node, lambda n: _wrap_in_no_grad(n, torch))
         return True
+
+
+def _evaluation_scope(ctx: SourceContext, call: cst.Call) -> cst.CSTNode | None:
+    """The enclosing function when it never calls backward(), else the innermost such loop."""
+    for anc in ctx.ancestors(call):
+        if isinstance(anc, cst.For | cst.While | cst.FunctionDef) and not any(
+            method_call(c, "backward") for c in ctx.find(cst.Call, inside=anc)
+        ):
+            if isinstance(anc, cst.FunctionDef):
+                return anc
+            outer = next((a for a in ctx.ancestors(anc) if isinstance(a, cst.FunctionDef)), None)
+            if outer is None or any(
+                method_call(c, "backward") for c in ctx.find(cst.Call, inside=outer)
+            ):
+                return anc
+    return None
 
 
 def _wrap_in_no_grad(node: cst.CSTNode, torch: str) -> cst.CSTNode:

@@ -1,0 +1,23 @@
+"""Fixes that are proven: codemods propose, the sandbox verifies, apply/undo write atomically.
+
+Entry points:
+- `propose_and_verify(root, findings, sandbox, run_command=..., steps=...)` -> findings with
+  `fix` filled (verified only after a smoke run);
+- `apply_fixes(root, findings, force)` -> ApplyResult (verified, gate-allowed fixes only);
+- `undo(root, force)` -> UndoResult.
+"""
+
+from agent.fixes.apply import apply_fixes, undo
+from agent.fixes.gate import fix_gate
+from agent.fixes.models import ApplyResult, Patch, UndoResult
+from agent.fixes.pipeline import propose_and_verify
+
+__all__ = [
+    "ApplyResult",
+    "Patch",
+    "UndoResult",
+    "apply_fixes",
+    "fix_gate",
+    "propose_and_verify",
+    "undo",
+]

@@ -1,0 +1,109 @@
+"""The fix stage's entry point: propose a codemod fix per finding, prove each, then prove them
+together. Nothing here touches the user's files (see `apply.apply_fixes`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.checks.base import EngineConfig
+from agent.fixes.codemods import codemod_for
+from agent.fixes.combine import combine
+from agent.fixes.diffs import unified_diff
+from agent.fixes.gate import fix_gate
+from agent.fixes.models import FixTarget, Patch
+from agent.fixes.smoke import ProbeRunner
+from agent.fixes.verify import Claim, FixSpec, Verifier
+from agent.models import Finding, Fix, Status
+from sandbox.protocol import Sandbox
+
+
+def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
+    """The codemod's patch for `finding`, or None when no codemod applies safely."""
+    codemod = codemod_for(finding.rule)
+    path = workspace_root / finding.file
+    if codemod is None or not path.is_file():
+        return None
+    source = path.read_text(encoding="utf-8")
+    fixed = codemod.transform(source, FixTarget.from_finding(finding))
+    if fixed is None:
+        return None
+    return Patch(
+        finding_id=finding.id,
+        rule=finding.rule,
+        origin="codemod",
+        diff=unified_diff(finding.file, source, fixed),
+        files=[finding.file],
+    )
+
+
+def propose_and_verify(
+    workspace_root: Path,
+    findings: list[Finding],
+    sandbox: Sandbox | None,
+    *,
+    run_command: list[str] | None = None,
+    steps: int = 20,
+    timing_runs: int = 3,
+    gpu: bool = False,
+    config: EngineConfig | None = None,
+) -> list[Finding]:
+    """Return `findings` with `fix` filled where a codemod applies, each fix verified alone
+    (phase order, earlier phases first) and then in combination with the fixes before it.
+
+    Without `run_command` (or a sandbox) verification stops after the static steps and no fix
+    is marked verified. A fix whose verification fails leaves its finding open, with the
+    failing step and its reason in `fix.verification`.
+    """
+    runner = ProbeRunner(sandbox, gpu=gpu) if sandbox is not None else None
+    verifier = Verifier(
+        workspace_root,
+        runner,
+        run_command,
+        steps=steps,
+        timing_runs=timing_runs,
+        config=config,
+    )
+    by_id = {f.id: f for f in findings}
+    specs: dict[str, FixSpec] = {}
+    for finding in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id)):
+        if not finding.status.is_open:
+            continue
+        patch = propose_patch(workspace_root, finding)
+        codemod = codemod_for(finding.rule)
+        if patch is None or codemod is None:
+            continue
+        spec = FixSpec.of(codemod)
+        checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+        verified = all(c.ok for c in checks)
+        by_id[finding.id] = finding.model_copy(
+            update={
+                "fix": Fix(
+                    diff=patch.diff, verified=verified, origin="codemod", verification=checks
+                ),
+                "status": Status.VERIFIED if verified else finding.status,
+            }
+        )
+        if verified:
+            specs[finding.id] = spec
+    _combine_verified(verifier, by_id, specs)
+    return [by_id[f.id] for f in findings]
+
+
+def _combine_verified(
+    verifier: Verifier, by_id: dict[str, Finding], specs: dict[str, FixSpec]
+) -> None:
+    """Re-verify the verified fixes together (only those the correctness gate lets through)."""
+    gate = fix_gate(list(by_id.values()))
+    candidates = [(by_id[i], s) for i, s in specs.items() if i not in gate.blocked]
+    if len(candidates) < 2:
+        return
+    combination, notes = combine(verifier, candidates)
+    for finding_id, note in notes.items():
+        finding = by_id[finding_id]
+        assert finding.fix is not None
+        dropped = finding_id in combination.dropped
+        fix = finding.fix.model_copy(
+            update={"verification": [*finding.fix.verification, note], "verified": not dropped}
+        )
+        status = Status.OPEN if dropped else finding.status
+        by_id[finding_id] = finding.model_copy(update={"fix": fix, "status": status})

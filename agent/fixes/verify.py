@@ -1,0 +1,270 @@
+"""Proving a fix: each step recorded as a `Verification`, in the order the design fixes.
+
+1. the patch applies to a private copy of the workspace;
+2. every touched file parses;
+3. the rule no longer fires there and no new finding of equal or higher severity appears;
+4. the probes smoke run (N seeded steps, in the sandbox) succeeds;
+5. behaviour is preserved as the fix's kind requires: the seeded loss trajectory within the
+   fix's tolerance (exact for refactors, bf16-level for precision changes), or, for
+   correctness fixes, the symptom gone;
+6. a performance fix is faster by more than run-to-run noise.
+Only a fix that passes every step is verified.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from agent.checks.base import EngineConfig, RawFinding
+from agent.checks.engine import analyse_files
+from agent.fixes.codemods.base import Codemod
+from agent.fixes.diffs import PatchError, apply_patch
+from agent.fixes.models import FixKind, Patch, SmokeRun
+from agent.fixes.smoke import ProbeRunner
+from agent.fixes.stats import speed_up, trajectories_match
+from agent.fixes.workcopy import SKIPPED, workspace_copy
+from agent.models import Severity, Verification
+
+MAX_ANALYSED_FILES = 2000
+NO_RUN = "no smoke run: pass --run"
+Symptom = Callable[[SmokeRun, SmokeRun], tuple[bool, str]]
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class FixSpec:
+    """How a fix is judged: its kind, trajectory tolerance, symptom check, repeat mode."""
+
+    kind: FixKind
+    rtol: float | None
+    symptom: Symptom
+    unseeded_repeat: bool = False
+
+    @classmethod
+    def of(cls, codemod: Codemod) -> FixSpec:
+        return cls(
+            kind=codemod.kind,
+            rtol=codemod.rtol,
+            symptom=codemod.symptom_gone,
+            unseeded_repeat=codemod.rule == "no-torch-seed",
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a patch claims to fix: a rule at a severity in some files."""
+
+    rules: frozenset[str]
+    severity: Severity
+
+
+class Verifier:
+    """Verifies patches against one workspace; the baseline run is made once and reused."""
+
+    def __init__(
+        self,
+        root: Path,
+        runner: ProbeRunner | None,
+        run_command: list[str] | None,
+        *,
+        steps: int = 20,
+        timing_runs: int = 3,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.root = root
+        self.runner = runner
+        self.run_command = run_command
+        self.steps = steps
+        self.timing_runs = timing_runs
+        self.config = config or EngineConfig()
+        self._baseline: SmokeRun | None = None
+        self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
+        steps: list[Verification] = []
+        with workspace_copy(self.root) as copy:
+            try:
+                touched = apply_patch(copy, patch.diff)
+            except PatchError as err:
+                return [Verification(step="patch-applies", ok=False, detail=str(err))]
+            steps.append(Verification(step="patch-applies", ok=True, detail=", ".join(touched)))
+            parsed = _parse_all(copy, touched)
+            steps.append(parsed)
+            if not parsed.ok:
+                return steps
+            steps.append(self._static(copy, touched, claim))
+            if not steps[-1].ok:
+                return steps
+            if self.runner is None or self.run_command is None:
+                steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
+                return steps
+            after = self.runner.run(copy, self.run_command, self.steps)
+            steps.append(
+                Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
+            )
+            if not after.ok:
+                return steps
+            if spec.unseeded_repeat:
+                after = self._with_unseeded_repeat(copy, after)
+            steps.append(self._behaviour(after, spec))
+            if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
+                steps.append(self._speed(copy, after))
+        return steps
+
+    def baseline(self) -> SmokeRun:
+        """The original script's seeded run (made once)."""
+        if self._baseline is None:
+            assert self.runner is not None and self.run_command is not None
+            self._baseline = self.runner.run(self.root, self.run_command, self.steps)
+        return self._baseline
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _static(self, copy: Path, touched: list[str], claim: Claim) -> Verification:
+        # opt-in rules a fix claims to clear are run too, so their clearing is checked
+        config = replace(self.config, select=self.config.select | claim.rules)
+        before = self.original_findings(config)
+        after = _findings_of(copy, config)
+        touched_set = set(touched)
+        rules_run = _rules_run(config)
+
+        def in_touched(found: list[RawFinding]) -> list[RawFinding]:
+            return [f for f in found if f.file in touched_set]
+
+        remaining = [
+            rule
+            for rule in sorted(claim.rules & rules_run)
+            if _count(in_touched(after), rule) >= _count(in_touched(before), rule)
+        ]
+        if remaining:
+            return Verification(
+                step="rule-cleared", ok=False, detail=f"still fires: {', '.join(remaining)}"
+            )
+        known = Counter(_key(f) for f in before)
+        new = []
+        for found in after:
+            key = _key(found)
+            if known[key] > 0:
+                known[key] -= 1
+            elif found.severity.rank >= claim.severity.rank and found.rule not in claim.rules:
+                new.append(found)
+        if new:
+            listed = "; ".join(f"{f.rule} at {f.file}:{f.line} ({f.severity})" for f in new[:5])
+            return Verification(step="rule-cleared", ok=False, detail=f"new findings: {listed}")
+        unchecked = sorted(claim.rules - rules_run)
+        detail = "the rule no longer fires; no new finding of equal or higher severity"
+        if unchecked:
+            detail = (
+                f"{', '.join(unchecked)} is not a static rule: checked only that no new finding "
+                "of equal or higher severity appears"
+            )
+        return Verification(step="rule-cleared", ok=True, detail=detail)
+
+    def _behaviour(self, after: SmokeRun, spec: FixSpec) -> Verification:
+        before = self.baseline()
+        if not before.ok:
+            if spec.kind is FixKind.CORRECTNESS:
+                return Verification(
+                    step="behaviour",
+                    ok=True,
+                    detail=f"the original run failed ({before.detail}); the fixed run completes",
+                )
+            return Verification(
+                step="behaviour",
+                ok=False,
+                detail=f"no baseline: the original run failed: {before.detail}",
+            )
+        details: list[str] = []
+        ok = True
+        if spec.rtol is not None:
+            same, text = trajectories_match(before.losses, after.losses, spec.rtol)
+            ok &= same
+            details.append(f"loss trajectory: {text}")
+        if spec.kind is FixKind.CORRECTNESS:
+            gone, text = spec.symptom(before, after)
+            ok &= gone
+            details.append(f"symptom: {text}")
+        return Verification(step="behaviour", ok=ok, detail="; ".join(details))
+
+    def _speed(self, copy: Path, after: SmokeRun) -> Verification:
+        assert self.runner is not None and self.run_command is not None
+        before_times = list(self.baseline().step_times_s)
+        after_times = list(after.step_times_s)
+        for _ in range(self.timing_runs - 1):
+            # interleaved, so drift in machine load hits both sides alike
+            before_times += self.runner.run(self.root, self.run_command, self.steps).step_times_s
+            after_times += self.runner.run(copy, self.run_command, self.steps).step_times_s
+        if len(before_times) < 4 or len(after_times) < 4:
+            return Verification(
+                step="speed-up", ok=False, detail="too few steady-state steps timed: raise --steps"
+            )
+        result = speed_up(before_times, after_times)
+        verdict = "beats" if result.significant else "does not beat"
+        return Verification(
+            step="speed-up",
+            ok=result.significant,
+            detail=f"{result.detail}; {verdict} run-to-run noise (2x IQR and 3%)",
+        )
+
+    def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
+        """Two runs without the harness's seed: only the script's own seeding can match them."""
+        assert self.runner is not None and self.run_command is not None
+        first = self.runner.run(copy, self.run_command, self.steps, seed=None)
+        second = self.runner.run(copy, self.run_command, self.steps, seed=None)
+        signals = {**after.signals, "repeat_losses": second.losses}
+        return first.model_copy(update={"signals": signals})
+
+    def original_findings(self, config: EngineConfig) -> list[RawFinding]:
+        if config not in self._original_findings:
+            self._original_findings[config] = _findings_of(self.root, config)
+        return self._original_findings[config]
+
+
+def _parse_all(copy: Path, touched: list[str]) -> Verification:
+    for path in touched:
+        try:
+            ast.parse((copy / path).read_text(encoding="utf-8"), filename=path)
+        except SyntaxError as err:
+            return Verification(step="parses", ok=False, detail=f"{path}:{err.lineno}: {err.msg}")
+    return Verification(step="parses", ok=True, detail=f"{len(touched)} file(s) parse")
+
+
+def _python_files(root: Path) -> list[tuple[str, str]]:
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if any(part in SKIPPED for part in relative.parts):
+            continue
+        files.append((relative.as_posix(), path.read_text(encoding="utf-8", errors="replace")))
+        if len(files) >= MAX_ANALYSED_FILES:
+            break
+    return files
+
+
+def _findings_of(root: Path, config: EngineConfig) -> list[RawFinding]:
+    return analyse_files(_python_files(root), config, workers=1).all_findings()
+
+
+def _rules_run(config: EngineConfig) -> frozenset[str]:
+    return frozenset(analyse_files([], config, workers=1).rules_run)
+
+
+def _count(found: list[RawFinding], rule: str) -> int:
+    return sum(1 for f in found if f.rule == rule)
+
+
+def _key(found: RawFinding) -> tuple[str, str, str]:
+    return found.rule, found.file, _WS.sub(" ", found.code).strip()
+
+
+def _describe_run(run: SmokeRun, steps: int) -> str:
+    if not run.ok:
+        return f"the fixed script failed: {run.detail}"
+    return f"{len(run.losses)} of {steps} steps recorded ({run.detail})"
