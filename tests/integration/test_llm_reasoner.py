@@ -179,7 +179,7 @@ def test_unknown_checkpoint_is_dropped_and_another_point_is_rerouted(
             claim(
                 checkpoint=11,
                 item="11.2",
-                rule="torch-load-unsafe",
+                rule="checkpoint-of-unknown-origin",
                 severity="high",
                 line=9,
                 snippet='state = torch.load("checkpoint.pt")',
@@ -187,7 +187,7 @@ def test_unknown_checkpoint_is_dropped_and_another_point_is_rerouted(
         )
     )
     result = make(stub, workspace).reason(requests_[6])
-    rerouted = [f for f in result.findings if f.rule == "llm-torch-load-unsafe"]
+    rerouted = [f for f in result.findings if f.rule == "llm-checkpoint-of-unknown-origin"]
     assert [(f.checkpoint, f.phase) for f in rerouted] == [(11, 5)]
     assert result.usage["llm_claims_dropped"] == 1 and result.usage["llm_rerouted"] == 1
     assert any("re-routed to point 11" in n for n in result.notes)

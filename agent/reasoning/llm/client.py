@@ -325,7 +325,7 @@ class LLMClient:
             except _RETRYABLE as err:
                 if attempt >= self.config.max_retries:
                     raise LLMUnavailable(
-                        f"{_describe(err)} (after {attempt + 1} attempts)"
+                        f"{_describe(err)} (after {_attempts(attempt + 1)})"
                     ) from err
                 self._sleep(self._delay(err, attempt))
                 attempt += 1
@@ -392,6 +392,10 @@ def _retry_after(headers: Any) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
 
 
 def _describe(err: Exception) -> str:

@@ -90,7 +90,7 @@ class LLMReasoner:
         native = [r.id for r in all_rules()]
         selection, messages = self._messages(request, base)
         completion = self.client.complete(messages, PointAnswer, f"torchdoctor_point_{point}")
-        self._record(completion.usage, lang, point)
+        self.account(completion.usage, lang, "system", f"point_{point:02d}")
         shown = {w.file for w in selection.windows}
         ctx = Context(
             point=point,
@@ -199,10 +199,11 @@ class LLMReasoner:
             boundary=boundary_for(*untrusted),
         )
 
-    def _record(self, usage: Usage, lang: str, point: int) -> None:
+    def account(self, usage: Usage, lang: str, *templates: str) -> None:
+        """Add a request's usage and the templates it rendered to this audit's totals."""
         with self._lock:
             self.usage.add(usage)
-            for name in ("system", f"point_{point:02d}"):
+            for name in templates:
                 self.templates[f"{lang}/{name}"] = template_hash(lang, name)
 
     def _notes(
@@ -261,9 +262,7 @@ class LLMReasoner:
             completion = self.client.complete(messages, FixAnswer, "torchdoctor_fix")
         except (BudgetExhausted, LLMUnavailable, AnswerInvalid):
             return None
-        with self._lock:
-            self.usage.add(completion.usage)
-            self.templates[f"{lang}/fix"] = template_hash(lang, "fix")
+        self.account(completion.usage, lang, "system", "fix")
         try:
             diff = check_diff(completion.answer.diff, [finding.file], self.files.lines)
         except DiffRejected:

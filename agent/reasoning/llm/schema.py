@@ -55,15 +55,17 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema with every property required and no additional properties."""
     schema = copy.deepcopy(model.model_json_schema())
 
-    def tighten(node: Any) -> None:
+    def tighten(node: Any, names: bool = False) -> None:
+        """`names`: the node maps property or definition names to schemas (keep its keys)."""
         if isinstance(node, dict):
-            node.pop("default", None)
-            node.pop("title", None)
-            if node.get("type") == "object" and "properties" in node:
-                node["required"] = sorted(node["properties"])
-                node["additionalProperties"] = False
-            for value in node.values():
-                tighten(value)
+            if not names:
+                node.pop("default", None)
+                node.pop("title", None)
+                if node.get("type") == "object" and "properties" in node:
+                    node["required"] = sorted(node["properties"])
+                    node["additionalProperties"] = False
+            for key, value in node.items():
+                tighten(value, names=not names and key in ("properties", "$defs"))
         elif isinstance(node, list):
             for value in node:
                 tighten(value)
