@@ -105,5 +105,6 @@ def smoke_run_from_evidence(evidence: dict[str, Any]) -> SmokeRun:
         "nonfinite": evidence.get("nonfinite"),
         "syncs_per_step": syncs.get("cuda_syncs_per_step"),
         "device": (evidence.get("device") or {}).get("name"),
+        "grad_norms": (evidence.get("gradients") or {}).get("global_norm") or [],
     }
     return SmokeRun(ok=ok, detail=detail, losses=losses, step_times_s=steady, signals=signals)

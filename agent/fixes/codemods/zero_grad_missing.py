@@ -6,7 +6,7 @@ import libcst as cst
 
 from agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, method_call
 from agent.fixes.codemods.common import flagged_loop, optimizer_steps
-from agent.fixes.models import FixKind, FixTarget
+from agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 
 class ZeroGradMissingFix(Codemod):
@@ -30,3 +30,17 @@ class ZeroGradMissingFix(Codemod):
         optimizer = receivers.pop()
         ctx.insert_before(loop.body.body[0], f"{optimizer}.zero_grad(set_to_none=True)\n")
         return True
+
+    def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+        """Accumulated gradients grow step after step; cleared ones stay at one step's size."""
+        grown = _last_norm(before)
+        cleared = _last_norm(after)
+        if grown is None or cleared is None:
+            return super().symptom_gone(before, after)
+        ok = cleared < grown
+        return ok, f"last gradient norm {grown:.3g} before the fix, {cleared:.3g} after"
+
+
+def _last_norm(run: SmokeRun) -> float | None:
+    norms = [n for n in run.signals.get("grad_norms", []) if isinstance(n, int | float)]
+    return float(norms[-1]) if norms else None
