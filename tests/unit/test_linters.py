@@ -240,7 +240,8 @@ def test_broken_missing_and_hanging_tools_become_coverage_notes(
         fake_bin,
         "flake8",
         'if [ "$1" = "--version" ]; then echo "7.5.0 (TorchFix: 0.7.0) CPython"; exit 0; fi\n'
-        'echo "Traceback (most recent call last): garbage"; exit 1',
+        'echo "Fatal Python error: init_import_site: Failed to import the site module" >&2\n'
+        "exit 1",  # what flake8 really did while a package was being reinstalled
     )
     fake_tool(
         fake_bin,
@@ -264,7 +265,8 @@ def test_broken_missing_and_hanging_tools_become_coverage_notes(
     assert all(c.status == "not-checked" for c in run.coverage)
     reasons = [c.reason for c in run.coverage]
     assert "exited with status 3" in reasons[0] and "internal panic" in reasons[0]
-    assert "could not be read" in reasons[1] and "could not be read" in reasons[2]
+    assert "could not be read" in reasons[1]
+    assert "exited with status 1: Fatal Python error" in reasons[2]
     assert "stopped after the 1s limit" in reasons[3]
     assert reasons[4] == "ruff is not installed"
     assert not _alive(int(pid_file.read_text())), "the hung tool's child must be killed too"

@@ -156,7 +156,7 @@ class SubprocessLinter(ABC):
                 return self.result("not-installed", started, notes=[f"{self.name}: {err}"])
             except ToolTimeout as err:
                 return self.result("timeout", started, notes=[f"{self.name} {err}"])
-        if output.returncode not in self.ok_exit_codes:
+        if output.returncode not in self.ok_exit_codes or output.crashed:
             note = f"{self.name} exited with status {output.returncode}: {output.stderr_tail()}"
             return self.result("failed", started, notes=[note])
         try:

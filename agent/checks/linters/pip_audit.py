@@ -107,7 +107,7 @@ class PipAuditAdapter(SubprocessLinter):
         if any(marker in output.stderr for marker in NETWORK_ERRORS):
             note = f"{OFFLINE} (the vulnerability service could not be reached)"
             return self.result("failed", started, notes=[note], unknown=requirements)
-        if output.returncode not in self.ok_exit_codes:
+        if output.returncode not in self.ok_exit_codes or output.crashed:
             note = f"pip-audit exited with status {output.returncode}: {output.stderr_tail()}"
             return self.result("failed", started, notes=[note], unknown=requirements)
         try:

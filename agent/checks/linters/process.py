@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error")
+
 
 class ToolMissing(Exception):
     """The executable is not there, or cannot be executed."""
@@ -32,6 +34,12 @@ class ToolOutput:
     stdout: str
     stderr: str
     seconds: float
+
+    @property
+    def crashed(self) -> bool:
+        """A Python traceback or interpreter failure on stderr: the exit status can't be trusted
+        (flake8 exits 1 both for findings and when its interpreter fails to start)."""
+        return any(marker in self.stderr for marker in CRASH_MARKERS)
 
     def stderr_tail(self, chars: int = 400) -> str:
         text = self.stderr.strip() or self.stdout.strip()
