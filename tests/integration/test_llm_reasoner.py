@@ -342,3 +342,28 @@ def test_an_llm_patch_is_kept_unverified_only_when_it_applies(
     assert fixed is not None and fixed.origin == "llm" and fixed.verified is False
     assert fixes["llm-other"] is None
     assert any("1 LLM patch(es) rejected" in n for n in result.notes)
+
+
+def test_propose_fix_returns_an_unverified_llm_patch_or_nothing(
+    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    target = OfflineReasoner().reason(requests_[6]).findings[0]
+    good = (
+        "--- a/train_small.py\n+++ b/train_small.py\n@@ -19,1 +19,1 @@\n"
+        "-    losses.append(loss.item())\n+    losses.append(loss.detach())\n"
+    )
+    stub.push(
+        Reply.json({"diff": good, "explanation": "keep the tensor on the device"}),
+        Reply.json(
+            {
+                "diff": good.replace("losses.append", "history.add"),
+                "explanation": "wrong file content",
+            }
+        ),
+    )
+    reasoner = make(stub, workspace, cache=False)
+    fix = reasoner.propose_fix(target)
+    assert fix is not None and (fix.origin, fix.verified, fix.diff) == ("llm", False, good)
+    assert reasoner.propose_fix(target) is None
+    assert "en/fix" in reasoner.provenance()["templates"]
+    assert "Boundary token for this message" in stub.requests[-1]["messages"][1]["content"]

@@ -49,7 +49,7 @@ def test_the_system_prompt_carries_the_reviewers_stance(lang: str) -> None:
     text = render(lang, "system").lower()
     keys = {
         "en": [
-            "correctness comes before everything",
+            "correctness first",
             "cuda",
             "skip none",
             "verbatim",

@@ -250,7 +250,23 @@ def _loop(
         calls = message.tool_calls or []
         if not calls:
             return ChatAnswer(text=message.content or "")
-        messages.append(message.model_dump(exclude_none=True))
+        messages.append(
+            {
+                "role": "assistant",
+                "content": message.content or "",
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": call.function.arguments,
+                        },
+                    }
+                    for call in calls
+                ],
+            }
+        )
         for call in calls:
             if len(records) >= bound:
                 note = (

@@ -128,6 +128,8 @@ class LLMClient:
             max_retries=0,
         )
         self._json_object_ok = True
+        self.probe_usage = Usage()
+        """What the capability probe cost (counted in the budget, not in any point)."""
 
     @property
     def probe_key(self) -> str:
@@ -162,7 +164,7 @@ class LLMClient:
             try:
                 self._request(
                     messages,
-                    Usage(),
+                    self.probe_usage,
                     max_tokens=64,
                     response_format=_json_schema_format("torchdoctor_probe", ProbeAnswer),
                 )

@@ -282,6 +282,8 @@ class LLMReasoner:
                 "context_tokens": None if caps is None else caps.context_tokens,
                 "templates": dict(sorted(self.templates.items())),
                 **self.usage.as_dict(),
+                "probe_prompt_tokens": self.client.probe_usage.prompt_tokens,
+                "probe_completion_tokens": self.client.probe_usage.completion_tokens,
                 "cost_usd": self.budget.cost_label(),
                 "token_budget": self.config.token_budget,
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
