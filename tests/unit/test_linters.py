@@ -333,3 +333,15 @@ def test_real_tools_merge_onto_one_native_torch_load_finding(real_run: LinterRun
     attached, standalone = merge_linter_evidence([load], real_run.evidence)
     assert sorted(e.data["code"] for e in attached[native_key(load)]) == ["B614", "TOR102"]
     assert len(standalone) == len(real_run.evidence) - 2
+
+
+@needs_bandit
+def test_project_modules_never_shadow_the_tools_own_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "types.py").write_text("raise SystemExit('the project shadowed types')\n")
+    (tmp_path / "train.py").write_text("import pickle\n")
+    monkeypatch.setenv("PYTHONPATH", ".")
+    result = BanditAdapter().run(tmp_path, ["train.py"])
+    assert result.status == "ok", result.notes
+    assert [e.data["code"] for e in result.evidence] == ["B403"]

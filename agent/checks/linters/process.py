@@ -51,6 +51,14 @@ def resolve_executable(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
+def tool_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment minus PYTHONPATH: the tool runs inside the audited project, where a
+    relative entry ('.') would let the project's `types.py` or `random.py` shadow the standard
+    library in the tool's own interpreter."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return {**env, **(overrides or {})}
+
+
 def run_tool(
     argv: Sequence[str],
     cwd: Path,
@@ -67,7 +75,7 @@ def run_tool(
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            env={**os.environ, **(env or {})},
+            env=tool_environment(env),
             start_new_session=True,
         )
     except OSError as err:

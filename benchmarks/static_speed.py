@@ -1,0 +1,189 @@
+"""How fast is the native static pass? Measured on the installed torch package's own sources.
+
+One run prints, over the same ~2,300 files (1.2M lines): bare `ast.parse` (one process), the
+native pass (`analyse_files`, every enabled rule, all cores), TorchFix (flake8 --select=TOR, all
+cores with -j) and ruff (its default rules, its own threads); files/s and lines/s for each; the
+ratios the targets are about (native within 2x of bare parsing, >= 10x TorchFix's throughput);
+the slowest files and the longest per-file time (the engine stops a file at its deadline).
+It exits 1 if any file raised, hit the deadline, or failed to parse.
+
+    PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.checks.base import EngineConfig
+from agent.checks.engine import analyse_files
+from agent.checks.linters.process import ToolMissing, ToolTimeout, resolve_executable, run_tool
+from agent.checks.linters.torchfix import FORMAT, TorchFixAdapter
+from agent.checks.registry import enabled_rules
+
+TOOL_TIMEOUT_S = 1800.0
+TARGET_PARSE_RATIO = 2.0
+TARGET_TORCHFIX_SPEEDUP = 10.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    seconds: float
+    files: int
+    lines: int
+
+    def row(self) -> str:
+        return (
+            f"{self.name:<34} {self.seconds:8.2f}s {self.files / self.seconds:10.0f} files/s "
+            f"{self.lines / self.seconds:12.0f} lines/s"
+        )
+
+
+def torch_sources(limit: int | None) -> tuple[Path, list[tuple[str, str]]]:
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        sys.exit("torch is not installed in this interpreter")
+    root = Path(spec.origin).parent
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        try:
+            files.append((path.relative_to(root).as_posix(), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return root, files[:limit] if limit else files
+
+
+def time_bare_parse(files: Sequence[tuple[str, str]], lines: int) -> tuple[Timing, list[str]]:
+    failures = []
+    started = time.perf_counter()
+    for path, text in files:
+        try:
+            ast.parse(text, filename=path)
+        except (SyntaxError, ValueError) as err:
+            failures.append(f"{path}: {err}")
+    return Timing(
+        "ast.parse (1 process)", time.perf_counter() - started, len(files), lines
+    ), failures
+
+
+def time_tool(name: str, argv: list[str], cwd: Path, files: int, lines: int) -> Timing | str:
+    try:
+        output = run_tool(argv, cwd, TOOL_TIMEOUT_S)
+    except (ToolMissing, ToolTimeout) as err:
+        return f"{name}: not measured ({err})"
+    if output.returncode not in (0, 1) or output.crashed:
+        return f"{name}: not measured (exit {output.returncode}: {output.stderr_tail(200)})"
+    return Timing(name, output.seconds, files, lines)
+
+
+def count_lines(files: Sequence[tuple[str, str]]) -> int:
+    return sum(text.count("\n") + 1 for _, text in files)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="only the first N files")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--torchfix-sample",
+        type=int,
+        default=60,
+        help="files TorchFix is timed on (every k-th file): libcst makes it ~100x slower",
+    )
+    args = parser.parse_args()
+    cores = args.workers
+
+    root, files = torch_sources(args.limit)
+    lines = count_lines(files)
+    print(f"corpus: {root} — {len(files)} files, {lines} lines")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average before: {load()}; "
+        f"Python {platform.python_version()}; {len(enabled_rules())} native rules enabled"
+    )
+
+    bare, parse_failures = time_bare_parse(files, lines)
+    started = time.perf_counter()
+    result = analyse_files(files, workers=cores)
+    elapsed = time.perf_counter() - started
+    native = Timing(f"torchdoctor native ({cores} procs)", elapsed, len(files), lines)
+
+    measured: list[Timing | str] = [bare, native]
+    flake8 = resolve_executable("flake8")
+    if flake8 and TorchFixAdapter().available():
+        sample = files[:: max(1, len(files) // args.torchfix_sample)][: args.torchfix_sample]
+        argv = [flake8, "--isolated", "--select=TOR", f"--format={FORMAT}", "-j", str(cores)]
+        label = f"TorchFix -j {cores} ({len(sample)}-file sample)"
+        argv += [path for path, _ in sample]
+        measured.append(time_tool(label, argv, root, len(sample), count_lines(sample)))
+    else:
+        measured.append("TorchFix: not installed (pip install torchfix)")
+    ruff = resolve_executable("ruff")
+    if ruff:
+        argv = [ruff, "check", "--isolated", "--no-cache", "--exit-zero", "--quiet"]
+        argv += [path for path, _ in files]
+        measured.append(time_tool("ruff (default rules, threads)", argv, root, len(files), lines))
+    else:
+        measured.append("ruff: not installed")
+
+    print()
+    for entry in measured:
+        print(entry.row() if isinstance(entry, Timing) else entry)
+    print()
+    report_ratios(bare, native, [m for m in measured if isinstance(m, Timing)])
+
+    slowest = sorted(result.files, key=lambda r: r.seconds, reverse=True)[:5]
+    deadline = EngineConfig().file_deadline_s
+    print(f"\nmax per-file time: {slowest[0].seconds * 1000:.0f} ms (deadline {deadline:g} s)")
+    for file_result in slowest:
+        print(f"  {file_result.seconds * 1000:8.1f} ms  {file_result.path}")
+    findings = result.all_findings()
+    rules_fired = len({f.rule for f in findings})
+    print(f"\nnative findings on torch itself: {len(findings)} from {rules_fired} rules")
+    print(f"load average after: {load()}")
+
+    problems = parse_failures + [f"{r.path}: {r.note}" for r in result.files if r.note]
+    problems += [f"{f.file}: {f.message}" for f in findings if f.rule == "syntax-error"]
+    if problems:
+        print(f"\n{len(problems)} file(s) not fully analysed:")
+        for problem in problems[:20]:
+            print(f"  {problem}")
+        return 1
+    print("\nevery file analysed without an exception, a parse failure or a deadline stop")
+    return 0
+
+
+def report_ratios(bare: Timing, native: Timing, timings: list[Timing]) -> None:
+    def rate(t: Timing) -> float:
+        return t.lines / t.seconds
+
+    parse_ratio = native.seconds / bare.seconds
+    verdict = "PASS" if parse_ratio <= TARGET_PARSE_RATIO else "MISS"
+    target = f"target <= {TARGET_PARSE_RATIO:g}x"
+    print(f"native / bare parse time: {parse_ratio:.2f}x ({target}) {verdict}")
+    for timing in timings:
+        if timing.name.startswith("TorchFix"):
+            speedup = rate(native) / rate(timing)
+            verdict = "PASS" if speedup >= TARGET_TORCHFIX_SPEEDUP else "MISS"
+            print(
+                f"native vs TorchFix throughput (lines/s): {speedup:.1f}x "
+                f"(target >= {TARGET_TORCHFIX_SPEEDUP:g}x) {verdict}"
+            )
+        if timing.name.startswith("ruff"):
+            print(f"native vs ruff throughput (lines/s): {rate(native) / rate(timing):.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
