@@ -44,16 +44,15 @@ def test_a_key_alone_targets_openai() -> None:
 
 
 def test_pyproject_table_configures_a_local_server() -> None:
-    table = {
-        "base_url": "http://localhost:11434/v1",
-        "model": "llama3.1",
-        "temperature": 0.2,
-        "prices": {"llama3.1": {"input_per_mtok": 0, "output_per_mtok": 0}},
-    }
+    table = {"base_url": "http://localhost:11434/v1", "model": "llama3.1", "temperature": 0.2}
     config = load_reasoner_config(env={}, pyproject_table=table)
     assert isinstance(config, OpenAIConfig)
-    assert config.model == "llama3.1" and config.temperature == 0.2
-    assert config.price() is not None
+    assert (config.base_url, config.model, config.temperature) == (
+        "http://localhost:11434/v1",
+        "llama3.1",
+        0.2,
+    )
+    assert config.price() is None
 
 
 def test_an_audited_pyproject_cannot_redirect_the_users_key() -> None:
@@ -91,3 +90,21 @@ def test_cache_dir_follows_torchdoctor_home(tmp_path: Path) -> None:
     assert config.resolved_cache_dir({"TORCHDOCTOR_HOME": str(tmp_path)}) == (
         tmp_path / "llm-cache"
     )
+
+
+def test_an_audited_pyproject_cannot_raise_spend_or_move_the_cache(tmp_path: Path) -> None:
+    table = {
+        "base_url": "http://127.0.0.1:9/v1",
+        "token_budget": 10**9,
+        "max_output_tokens": 100,
+        "cache_dir": str(tmp_path / "elsewhere"),
+        "prices": {"gpt-4o-mini": {"input_per_mtok": 0, "output_per_mtok": 0}},
+    }
+    config = load_reasoner_config(
+        env={"TORCHDOCTOR_LLM_TOKEN_BUDGET": "5000"}, pyproject_table=table
+    )
+    assert isinstance(config, OpenAIConfig)
+    assert (config.token_budget, config.max_output_tokens) == (5000, 100)
+    assert config.cache_dir is None and config.prices == {}
+    trusted = load_reasoner_config(env={}, pyproject_table=table, pyproject_trusted=True)
+    assert isinstance(trusted, OpenAIConfig) and trusted.token_budget == 10**9

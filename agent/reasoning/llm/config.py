@@ -104,15 +104,31 @@ def parse_reasoner_config(data: Mapping[str, Any]) -> OfflineConfig | OpenAIConf
     return _ADAPTER.validate_python({"type": "openai", **data})
 
 
+_UNTRUSTED_IGNORED = ("cache_dir", "prices")
+"""Keys an audited repository may not set: where files are written, what tokens cost."""
+_UNTRUSTED_LOWER_ONLY = (
+    "token_budget",
+    "cost_budget_usd",
+    "max_output_tokens",
+    "max_concurrency",
+    "max_retries",
+    "max_tool_calls",
+)
+"""Keys an audited repository may only lower: it must not spend more of the user's money."""
+
+
 def load_reasoner_config(
     *,
     offline: bool = False,
     env: Mapping[str, str] | None = None,
     pyproject_table: Mapping[str, Any] | None = None,
+    pyproject_trusted: bool = False,
 ) -> OfflineConfig | OpenAIConfig:
     """The reasoner an audit should use, from the flag, the environment and the pyproject table.
 
     An LLM is used only when an endpoint or key is configured somewhere and `offline` is false.
+    `pyproject_trusted` is false for the audited repository's own pyproject: it then cannot
+    move the cache, set prices, or raise budgets and limits above the user's (or the defaults).
     """
     env = os.environ if env is None else env
     table = dict(pyproject_table or {})
@@ -123,9 +139,12 @@ def load_reasoner_config(
     if not (env_url or env_key or table.get("base_url") or table.get("api_key")):
         return OfflineConfig()
     data: dict[str, Any] = {k: v for k, v in table.items() if k != "type"}
-    for name, field in _ENV_FIELDS.items():
-        if env.get(name):
-            data[field] = env[name]
+    user: dict[str, Any] = {
+        field: env[name] for name, field in _ENV_FIELDS.items() if env.get(name)
+    }
+    if not pyproject_trusted:
+        data = _restrict(data, user)
+    data.update(user)
     key_url = env_url or OPENAI_DEFAULT_BASE_URL
     if env_url:
         data["base_url"] = env_url
@@ -133,6 +152,21 @@ def load_reasoner_config(
     if env_key and _same_endpoint(url, key_url):
         data["api_key"] = env_key
     return parse_reasoner_config(data)
+
+
+def _restrict(table: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    defaults = OpenAIConfig()
+    kept = {k: v for k, v in table.items() if k not in _UNTRUSTED_IGNORED}
+    for key in _UNTRUSTED_LOWER_ONLY:
+        if kept.get(key) is None:
+            kept.pop(key, None)
+            continue
+        ceiling = user.get(key, getattr(defaults, key))
+        if ceiling is not None:
+            kept[key] = min(float(kept[key]), float(ceiling))
+            if key != "cost_budget_usd":
+                kept[key] = int(kept[key])
+    return kept
 
 
 def _same_endpoint(a: str, b: str) -> bool:
