@@ -36,11 +36,15 @@ class LossGraphAccumulationFix(Codemod):
         return False
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
-        """The memory probe's slope of allocated bytes per step must stop growing."""
-        slope = after.signals.get("memory_slope_bytes_per_step")
-        if slope is None:
+        """The memory probe scans live autograd graphs: their size must stop growing."""
+        grew = before.signals.get("graph_retention")
+        if not isinstance(grew, dict):
             return super().symptom_gone(before, after)
-        return slope <= 0, f"allocated memory slope after the fix: {slope:.0f} B/step"
+        grows = after.signals.get("graph_retention")
+        rate = f"{grew.get('nodes_per_step', 0):.0f} graph nodes/step kept alive before the fix"
+        if isinstance(grows, dict):
+            return False, f"{rate}; still {grows.get('nodes_per_step', 0):.0f} after"
+        return True, f"{rate}; no growing graph after"
 
 
 def _detached(expr: cst.BaseExpression) -> bool:

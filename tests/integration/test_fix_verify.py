@@ -1,0 +1,152 @@
+"""The fix pipeline end to end on a tiny CPU script: real static engine, offline reasoner,
+local sandbox and probes harness (each smoke run is a real sandboxed subprocess)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.checks.engine import analyse_files
+from agent.checks.registry import rules_by_id
+from agent.fixes import propose_and_verify
+from agent.fixes.diffs import unified_diff
+from agent.fixes.models import FixKind, Patch
+from agent.fixes.smoke import ProbeRunner
+from agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
+from agent.models import Finding, Severity, Status
+from agent.reasoning.base import PointRequest
+from agent.reasoning.offline import OfflineReasoner
+from sandbox.config import get_sandbox
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).parents[1] / "fixtures" / "fixes_integration" / "train.py"
+RUN = ["python", "train.py"]
+STEPS = 20
+WANTED = {"zero-grad-missing", "loss-graph-accumulation", "pin-memory-off"}
+
+
+def audit(root: Path) -> list[Finding]:
+    """Static findings turned into `Finding`s by the offline reasoner, as the graph does."""
+    raw = analyse_files([("train.py", (root / "train.py").read_text())], workers=1).all_findings()
+    rules = rules_by_id()
+    findings: list[Finding] = []
+    for point in sorted({rules[r.rule].point for r in raw}):
+        request = PointRequest(
+            point=point, raw_findings=[r for r in raw if rules[r.rule].point == point]
+        )
+        findings += OfflineReasoner().reason(request).findings
+    return findings
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fix-workspace")
+    shutil.copy(SCRIPT, root / "train.py")
+    return root
+
+
+@pytest.fixture(scope="module")
+def verified(workspace: Path) -> dict[str, Finding]:
+    findings = [f for f in audit(workspace) if f.rule in WANTED]
+    assert {f.rule for f in findings} == WANTED
+    out = propose_and_verify(
+        workspace, findings, get_sandbox("local"), run_command=RUN, steps=STEPS, timing_runs=1
+    )
+    return {f.rule: f for f in out}
+
+
+def steps_of(finding: Finding) -> dict[str, tuple[bool, str]]:
+    assert finding.fix is not None
+    return {v.step: (v.ok, v.detail) for v in finding.fix.verification}
+
+
+def test_correctness_fix_is_verified_by_its_symptom(verified: dict[str, Finding]) -> None:
+    finding = verified["zero-grad-missing"]
+    steps = steps_of(finding)
+    assert finding.status is Status.VERIFIED and finding.fix and finding.fix.verified
+    assert list(steps)[:5] == ["patch-applies", "parses", "rule-cleared", "smoke-run", "behaviour"]
+    assert "last gradient norm" in steps["behaviour"][1]
+
+
+def test_leak_fix_keeps_the_exact_trajectory_and_stops_the_growth(
+    verified: dict[str, Finding],
+) -> None:
+    steps = steps_of(verified["loss-graph-accumulation"])
+    assert steps["behaviour"][0], steps["behaviour"][1]
+    assert "loss trajectory" in steps["behaviour"][1]
+
+
+def test_verified_fixes_are_verified_together(verified: dict[str, Finding]) -> None:
+    for rule in ("zero-grad-missing", "loss-graph-accumulation"):
+        combined = steps_of(verified[rule])["combined"]
+        assert combined[0], combined[1]
+
+
+def test_perf_fix_without_a_measurable_gain_is_not_verified(
+    verified: dict[str, Finding], workspace: Path
+) -> None:
+    finding = verified["pin-memory-off"]
+    steps = steps_of(finding)
+    assert steps["behaviour"][0]  # pin_memory=False on CPU: same losses
+    assert not steps["speed-up"][0]
+    assert finding.status is Status.OPEN and finding.fix and not finding.fix.verified
+    assert (workspace / "train.py").read_text() == SCRIPT.read_text()  # user file untouched
+
+
+def test_static_audit_without_a_run_verifies_nothing(workspace: Path) -> None:
+    findings = [f for f in audit(workspace) if f.rule == "zero-grad-missing"]
+    (out,) = propose_and_verify(workspace, findings, None, run_command=None)
+    assert out.fix is not None and not out.fix.verified and out.status is Status.OPEN
+    assert out.fix.verification[-1].step == "smoke-run"
+    assert out.fix.verification[-1].detail == NO_RUN
+
+
+@pytest.fixture(scope="module")
+def verifier(workspace: Path, verified: dict[str, Finding]) -> Verifier:
+    return Verifier(workspace, ProbeRunner(get_sandbox("local")), RUN, steps=STEPS, timing_runs=1)
+
+
+def _patch(workspace: Path, old: str, new: str) -> Patch:
+    source = (workspace / "train.py").read_text()
+    assert old in source
+    diff = unified_diff("train.py", source, source.replace(old, new))
+    return Patch(finding_id="TD-test", rule="zero-grad-missing", diff=diff, files=["train.py"])
+
+
+CLAIM = Claim(rules=frozenset({"zero-grad-missing"}), severity=Severity.HIGH)
+
+
+def test_a_fix_that_breaks_the_script_is_rejected(verifier: Verifier, workspace: Path) -> None:
+    patch = _patch(
+        workspace,
+        "        loss.backward()\n",
+        "        optimizer.zero_grad()\n        loss.backwards()\n",
+    )
+    spec = FixSpec(kind=FixKind.CORRECTNESS, rtol=None, symptom=lambda b, a: (True, ""))
+    steps = {v.step: v for v in verifier.verify(patch, CLAIM, spec)}
+    assert steps["rule-cleared"].ok
+    assert not steps["smoke-run"].ok and "AttributeError" in steps["smoke-run"].detail
+    assert "behaviour" not in steps
+
+
+def test_a_change_beyond_tolerance_is_rejected(verifier: Verifier, workspace: Path) -> None:
+    patch = _patch(
+        workspace,
+        "        loss.backward()\n",
+        "        optimizer.zero_grad()\n        (loss * 10).backward()\n",
+    )
+    spec = FixSpec(kind=FixKind.REFACTOR, rtol=1e-5, symptom=lambda b, a: (True, ""))
+    steps = {v.step: v for v in verifier.verify(patch, CLAIM, spec)}
+    assert steps["smoke-run"].ok
+    assert not steps["behaviour"].ok and "largest relative deviation" in steps["behaviour"].detail
+
+
+def test_a_patch_that_does_not_apply_stops_verification(verifier: Verifier) -> None:
+    diff = unified_diff("train.py", "not the file\n", "something else\n")
+    patch = Patch(finding_id="TD-x", rule="zero-grad-missing", diff=diff, files=["train.py"])
+    spec = FixSpec(kind=FixKind.CORRECTNESS, rtol=None, symptom=lambda b, a: (True, ""))
+    (only,) = verifier.verify(patch, CLAIM, spec)
+    assert only.step == "patch-applies" and not only.ok
