@@ -149,7 +149,7 @@ class LLMReasoner:
                 "id": item.id,
                 "title": item.title(request.lang),
                 "verdict": verdicts[item.id].verdict if item.id in verdicts else "not-checked",
-                "reason": verdicts[item.id].reason if item.id in verdicts else "",
+                "reason": _short_reason(verdicts.get(item.id)),
             }
             for item in items_of_point(request.point)
         ]
