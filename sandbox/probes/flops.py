@@ -3,10 +3,12 @@ against the GPU's dense bf16 peak (item 8.1)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
 
 from sandbox.probes.gpu_peaks import peak_tflops
 
@@ -23,6 +25,8 @@ class FlopProbe:
         return self._mode is not None
 
     def start(self, step: int) -> None:
+        from torch.utils.flop_counter import FlopCounterMode  # heavy import: only when used
+
         try:
             self._mode = FlopCounterMode(display=False)
             self._mode.__enter__()

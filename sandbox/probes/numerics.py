@@ -160,7 +160,7 @@ class GradientProbe:
         steps = sorted(self.global_norms)
         series = [self.global_norms[s] for s in steps]
         finite_series = [v for v in series if finite(v)]
-        exploding = any(not finite(v) or v > EXPLODING_NORM for v in series) or bool(
+        exploding = any(v > EXPLODING_NORM for v in finite_series) or bool(
             finite_series
             and finite_series[0] > 0
             and max(finite_series) / finite_series[0] > EXPLODING_GROWTH

@@ -40,7 +40,12 @@ def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
     kept = [f for f in frames if user_files.contains(f.filename)]
     if frames and (not kept or kept[-1] is not frames[-1]):
         kept.append(frames[-1])
-    lines = traceback.format_list(kept) + traceback.format_exception_only(type(exc), exc)
+    shown = [
+        traceback.FrameSummary(user_files.relpath(f.filename), f.lineno, f.name, line=f.line)
+        if user_files.contains(f.filename) else f
+        for f in kept
+    ]
+    lines = traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)
     excerpt = "".join(lines).splitlines()[-TRACEBACK_LINES:]
     user = [f for f in frames if user_files.contains(f.filename)]
     return outcome(

@@ -84,7 +84,7 @@ def _posthoc(config: ProbeConfig, session: Session, doc: dict[str, Any]) -> None
     model = session.main_model()
     if model is None or id(model) not in session.captured:
         reason = {"ok": False, "error": "no model with a captured input"}
-        doc["export"] = reason if config.export else None
+        doc["export"] = {"torch_export": reason} if config.export else None
         doc["int8"] = reason if config.int8 else None
         doc["compile"] = reason if "compile" in config.probes else None
         return

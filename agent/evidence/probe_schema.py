@@ -1,0 +1,325 @@
+"""The probes harness's evidence document (schema v1) as pydantic models.
+
+The harness (`sandbox/probes`, torch and the standard library only) writes plain JSON; this
+module is its typed mirror on the audit side. Every section is optional with a default, so
+a run that ended early (a crash before the first step, a harness error) still validates.
+Unknown fields are rejected: a harness change that is not mirrored here fails loudly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROBES_SCHEMA_VERSION = 1
+
+OutcomeKind = Literal[
+    "completed-steps", "script-finished", "script-error", "sys-exit", "time-budget",
+    "no-optimizer", "no-model", "harness-error",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Outcome(_Model):
+    kind: OutcomeKind
+    detail: str = ""
+    exit_code: int | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    file: str | None = None
+    line: int | None = None
+    script_outcome: str | None = None
+
+
+class RunConfig(_Model):
+    steps: int
+    time_budget_s: float
+    sample_every: int
+    flush_every: int
+    probes: list[str] = Field(default_factory=list)
+    determinism_steps: int = 0
+    export: bool = False
+    int8: bool = False
+    seed: int | None = None
+
+
+class Device(_Model):
+    cuda_available: bool = False
+    cuda_used: bool = False
+    name: str = "cpu"
+
+
+class Timing(_Model):
+    wall_s: float = 0.0
+    step_ms: list[float | None] = Field(default_factory=list)
+    median_step_ms: float | None = None
+    source: Literal["cuda-events", "wall-clock"] = "wall-clock"
+
+
+class TensorInfo(_Model):
+    shape: list[int]
+    dtype: str
+    device: str
+
+
+class ModelSummary(_Model):
+    class_: str = Field(alias="class")
+    file: str | None = None
+    line: int | None = None
+    forward_line: int | None = None
+    parameters: int = 0
+    captured_input: list[TensorInfo] = Field(default_factory=list)
+    roots: list[str] = Field(default_factory=list)
+
+
+class Loss(_Model):
+    steps: list[int] = Field(default_factory=list)
+    values: list[float | None] = Field(default_factory=list)
+    nonfinite_steps: list[int] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+
+
+class NamedLocation(_Model):
+    name: str
+    file: str | None = None
+    line: int | None = None
+
+
+class Gradients(_Model):
+    steps: list[int] = Field(default_factory=list)
+    global_norm: list[float | None] = Field(default_factory=list)
+    group_norms: list[list[float | None]] = Field(default_factory=list)
+    optimizers: int = 0
+    exploding: bool = False
+    vanishing: bool = False
+    never_received_grad: list[NamedLocation] = Field(default_factory=list)
+    grad_not_in_optimizer: list[NamedLocation] = Field(default_factory=list)
+    first_nonfinite: dict[str, Any] | None = None
+
+
+class NonFinite(_Model):
+    step: int
+    phase: Literal["input", "forward", "loss", "backward"]
+    module: str | None = None
+    parameter: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+
+class Activation(_Model):
+    module: str
+    type: str
+    calls_sampled: int
+    mean_abs: float | None = None
+    max_abs: float | None = None
+    dead_fraction: float | None = None
+    nonfinite_calls: int = 0
+
+
+class GraphScan(_Model):
+    step: int
+    tensors: int
+    nodes: int
+
+
+class Retention(_Model):
+    nodes_per_step: float
+    variable: str | None = None
+    file: str | None = None
+    line: int | None = None
+    graph_nodes: int | None = None
+
+
+class Memory(_Model):
+    source: Literal["rss", "cuda-allocated"] = "rss"
+    steps: list[int] = Field(default_factory=list)
+    bytes: list[int] = Field(default_factory=list)
+    slope_bytes_per_step: float | None = 0.0
+    graph_scans: list[GraphScan] = Field(default_factory=list)
+    retention: Retention | None = None
+
+
+class Vram(_Model):
+    reserved_bytes: int
+    allocated_bytes: int
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    inactive_split_bytes: int
+    num_alloc_retries: int
+    num_ooms: int
+    expandable_segments: bool
+    fragmented: bool
+    advice: str = ""
+
+
+class SyncCall(_Model):
+    file: str
+    line: int
+    kind: str
+    count: int
+
+
+class CudaSync(_Model):
+    file: str
+    line: int
+    count: int
+
+
+class Syncs(_Model):
+    per_step: float = 0.0
+    calls: list[SyncCall] = Field(default_factory=list)
+    cuda_sync_debug: bool = False
+    cuda_syncs_per_step: float = 0.0
+    cuda_syncs: list[CudaSync] = Field(default_factory=list)
+
+
+class Loader(_Model):
+    file: str | None = None
+    line: int | None = None
+    dataset: str
+    batch_size: int | None = None
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None = None
+    batches: int
+    wait_s: float
+
+
+class DataLoaders(_Model):
+    loaders: list[Loader] = Field(default_factory=list)
+    wait_share: float | None = None
+    first_step_wait_s: float | None = 0.0
+
+
+class FlowCall(_Model):
+    index: int
+    module: str
+    type: str
+    depth: int
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[TensorInfo] = Field(default_factory=list)
+    param_dtypes: list[str] = Field(default_factory=list)
+    autocast: bool = False
+    grad_enabled: bool = True
+
+
+class DataFlow(_Model):
+    step: int | None = None
+    calls: list[FlowCall] = Field(default_factory=list)
+    truncated: bool = False
+
+
+class DtypeMixing(_Model):
+    module: str
+    type: str
+    reason: str
+
+
+class Flops(_Model):
+    step: int | None = None
+    flops_per_step: int | None = None
+    median_step_s: float | None = None
+    achieved_tflops: float | None = None
+    device_name: str | None = None
+    peak_bf16_tflops: float | None = None
+    mfu: float | None = None
+    error: str | None = None
+
+
+class ModeIssue(_Model):
+    kind: Literal["train-mode-at-inference", "eval-with-grad"]
+    module: str
+    file: str | None = None
+    line: int | None = None
+    count: int
+
+
+class Attempt(_Model):
+    """One post-run try (export, ONNX, INT8, compile): `ok`, then what it measured or why
+    it failed."""
+
+    model_config = ConfigDict(extra="allow")
+    ok: bool
+    error: str | None = None
+    error_type: str | None = None
+
+
+class Export(_Model):
+    torch_export: Attempt | None = None
+    onnx: Attempt | None = None
+
+
+class Determinism(_Model):
+    ok: bool
+    seed: int
+    error: str | None = None
+    outcomes: list[str] = Field(default_factory=list)
+    losses: list[list[float | None]] = Field(default_factory=list)
+    steps_compared: int = 0
+    bitwise_equal: bool = False
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    tolerance: float = 0.0
+    deterministic: bool = False
+    first_divergent_step: int | None = None
+
+
+class SyntheticDataset(_Model):
+    dataset: str
+    root: str
+    train: bool
+    shape: list[int]
+    dtype: str
+    classes: int
+    length: int
+    reason: str
+
+
+class CapturedWarning(_Model):
+    category: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    count: int
+
+
+class ProbeDocument(_Model):
+    schema_version: Literal[1] = PROBES_SCHEMA_VERSION
+    tool: str
+    script: str
+    outcome: Outcome
+    torch_version: str | None = None
+    python_version: str | None = None
+    argv: list[str] = Field(default_factory=list)
+    config: RunConfig | None = None
+    mode: Literal["train", "inference", "none"] = "none"
+    steps_completed: int = 0
+    forward_passes: int = 0
+    device: Device = Field(default_factory=Device)
+    timing: Timing = Field(default_factory=Timing)
+    model: ModelSummary | None = None
+    loss: Loss = Field(default_factory=Loss)
+    gradients: Gradients = Field(default_factory=Gradients)
+    nonfinite: NonFinite | None = None
+    activations: list[Activation] = Field(default_factory=list)
+    memory: Memory = Field(default_factory=Memory)
+    vram: Vram | None = None
+    syncs: Syncs = Field(default_factory=Syncs)
+    dataloader: DataLoaders = Field(default_factory=DataLoaders)
+    dataflow: DataFlow = Field(default_factory=DataFlow)
+    dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
+    flops: Flops | None = None
+    mode_issues: list[ModeIssue] = Field(default_factory=list)
+    export: Export | None = None
+    int8: Attempt | None = None
+    compile: Attempt | None = None
+    determinism: Determinism | None = None
+    synthetic_datasets: list[SyntheticDataset] = Field(default_factory=list)
+    warnings: list[CapturedWarning] = Field(default_factory=list)
+    probe_errors: list[str] = Field(default_factory=list)
+    worker_processes_left: int = 0

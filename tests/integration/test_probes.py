@@ -1,0 +1,257 @@
+"""The probes harness as a real subprocess on small scripts that each show one symptom.
+
+Each test runs `python -m sandbox.probes` on a fixture from tests/fixtures/probes/, checks
+the evidence document against its typed mirror, and asserts the right probe caught it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.evidence.probe_schema import ProbeDocument
+from agent.evidence.probes import probe_findings
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "probes"
+
+
+def run_probes(tmp_path: Path, script: str | Path, *options: str,
+               env_extra: dict[str, str] | None = None, timeout: float = 120
+               ) -> tuple[ProbeDocument, subprocess.CompletedProcess[str]]:
+    out = tmp_path / "evidence.json"
+    path = script if isinstance(script, Path) else FIXTURES / script
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox.probes", str(path), "--out", str(out), *options],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert out.exists(), done.stderr[-3000:]
+    raw: dict[str, Any] = json.loads(out.read_text())
+    document = ProbeDocument.model_validate(raw)
+    assert document.probe_errors == [], document.probe_errors
+    return document, done
+
+
+def rules(document: ProbeDocument, script: str) -> set[str]:
+    return {f.rule for f in probe_findings(document, f"src/{script}").findings}
+
+
+def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> None:
+    doc, done = run_probes(tmp_path, "train_ok.py", "--steps", "4", "--determinism", "3",
+                           "--export", "--int8")
+    assert done.returncode == 0
+    assert doc.outcome.kind == "completed-steps"
+    assert doc.steps_completed == 4 and doc.mode == "train"
+    assert len(doc.loss.values) == 4 and all(v is not None for v in doc.loss.values)
+    assert len(doc.gradients.global_norm) == 4
+    assert doc.dataflow.calls[0].type == "Sequential"
+    assert doc.flops is not None and doc.flops.flops_per_step and doc.flops.flops_per_step > 0
+    assert doc.memory.retention is None
+    assert len({scan.nodes for scan in doc.memory.graph_scans if scan.step >= 1}) == 1
+    # seeded twice in fresh processes: the same losses, bit for bit
+    assert doc.determinism is not None and doc.determinism.deterministic
+    assert doc.determinism.bitwise_equal
+    # a plain MLP exports and quantizes
+    assert doc.export is not None and doc.export.torch_export is not None
+    assert doc.export.torch_export.ok
+    assert doc.int8 is not None and doc.int8.ok
+    assert (doc.int8.model_extra or {})["linear_layers"] == 2
+    assert rules(doc, "train_ok.py") == set()
+
+
+def test_nan_is_traced_to_the_module_and_step_where_it_starts(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "nan_at_step3.py", "--steps", "5")
+    assert doc.nonfinite is not None
+    assert (doc.nonfinite.step, doc.nonfinite.phase) == (2, "forward")
+    assert doc.nonfinite.module == "Sequential.1"
+    assert (doc.nonfinite.file, doc.nonfinite.line) == ("nan_at_step3.py", 12)
+    assert "probe-nan" in rules(doc, "nan_at_step3.py")
+
+
+def test_loss_accumulated_as_a_tensor_is_reported_as_graph_retention(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "leak_total_loss.py", "--steps", "6")
+    retention = doc.memory.retention
+    assert retention is not None and retention.nodes_per_step > 0
+    assert (retention.variable, retention.file, retention.line) == (
+        "total", "leak_total_loss.py", 16)
+    assert "probe-graph-retention" in rules(doc, "leak_total_loss.py")
+
+
+def test_item_in_every_step_is_counted_at_its_line(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "item_per_step.py", "--steps", "6")
+    assert doc.syncs.per_step == pytest.approx(1.0)
+    assert (doc.syncs.calls[0].file, doc.syncs.calls[0].line, doc.syncs.calls[0].kind) == (
+        "item_per_step.py", 16, "item")
+    assert "probe-host-sync" in rules(doc, "item_per_step.py")
+
+
+def test_unused_layer_is_a_dead_parameter_located_at_its_assignment(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "dead_parameter.py", "--steps", "3")
+    dead = {(p.name, p.file, p.line) for p in doc.gradients.never_received_grad}
+    assert dead == {("Net.unused.weight", "dead_parameter.py", 11),
+                    ("Net.unused.bias", "dead_parameter.py", 11)}
+    analysis = probe_findings(doc, "src/dead_parameter.py")
+    assert {(f.rule, f.file, f.line) for f in analysis.findings} == {
+        ("probe-dead-parameter", "src/dead_parameter.py", 11)}
+    assert analysis.coverage["4.3"].verdict == "fail"
+
+
+def test_parameter_with_gradient_outside_the_optimizer(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "grad_not_in_optimizer.py", "--steps", "3")
+    assert {p.name for p in doc.gradients.grad_not_in_optimizer} == {
+        "Net.head.weight", "Net.head.bias"}
+    assert "probe-grad-not-in-optimizer" in rules(doc, "grad_not_in_optimizer.py")
+
+
+def test_clock_seeded_noise_makes_seeded_runs_diverge(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "nondeterministic.py", "--steps", "1", "--determinism", "3")
+    assert doc.determinism is not None and doc.determinism.ok
+    assert doc.determinism.deterministic is False
+    assert "probe-nondeterministic" in rules(doc, "nondeterministic.py")
+
+
+def test_inference_in_training_mode_is_flagged_at_the_call(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "train_mode_inference.py", "--steps", "50")
+    assert doc.mode == "inference" and doc.outcome.kind == "no-optimizer"
+    assert doc.forward_passes == 10
+    assert [(i.kind, i.file, i.line) for i in doc.mode_issues] == [
+        ("train-mode-at-inference", "train_mode_inference.py", 10)]
+    assert "probe-train-mode-at-inference" in rules(doc, "train_mode_inference.py")
+
+
+def test_eval_forward_with_autograd_is_flagged(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "eval_with_grad.py", "--steps", "3")
+    assert [(i.kind, i.line) for i in doc.mode_issues] == [("eval-with-grad", 12)]
+
+
+def test_data_dependent_forward_fails_export_and_is_reported(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "unexportable.py", "--steps", "1", "--export")
+    assert doc.export is not None and doc.export.torch_export is not None
+    assert doc.export.torch_export.ok is False
+    assert doc.export.onnx is not None
+    analysis = probe_findings(doc, "unexportable.py")
+    failed = [f for f in analysis.findings if f.rule == "probe-export-failed"]
+    assert failed and (failed[0].file, failed[0].line) == ("unexportable.py", 13)
+
+
+def test_crashing_script_yields_script_error_with_its_line(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "crash.py", "--steps", "5")
+    assert doc.outcome.kind == "script-error"
+    assert doc.outcome.error_type == "RuntimeError"
+    assert (doc.outcome.file, doc.outcome.line) == ("crash.py", 14)
+    assert doc.outcome.traceback and "crash.py" in doc.outcome.traceback
+    assert doc.steps_completed == 1
+
+
+def test_hanging_script_is_stopped_by_its_time_budget(tmp_path: Path) -> None:
+    doc, done = run_probes(tmp_path, "hang.py", "--steps", "5", "--time-budget", "4",
+                           timeout=90)
+    assert doc.outcome.kind == "time-budget"
+    assert doc.steps_completed <= 1
+    assert doc.timing.wall_s < 30
+
+
+def test_script_stuck_in_c_code_is_ended_by_the_watchdog(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent("""
+        import signal
+        import time
+        import torch
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # the script disarms the alarm
+        model = torch.nn.Linear(2, 1)
+        model(torch.zeros(1, 2))
+        time.sleep(3600)
+    """))
+    doc, done = run_probes(tmp_path, script, "--steps", "5", "--time-budget", "1",
+                           "--grace", "1", timeout=60)
+    assert doc.outcome.kind == "time-budget"
+    assert doc.forward_passes == 1
+
+
+def test_sys_exit_is_recorded_with_its_code(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "sys_exit.py", "--steps", "5")
+    assert (doc.outcome.kind, doc.outcome.exit_code) == ("sys-exit", 3)
+    assert doc.steps_completed == 2
+
+
+def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
+    doc, done = run_probes(tmp_path, "dataloader_workers.py", "--steps", "4")
+    assert doc.outcome.kind == "completed-steps"
+    loader = doc.dataloader.loaders[0]
+    assert (loader.num_workers, loader.batch_size, loader.file, loader.line) == (
+        2, 16, "dataloader_workers.py", 10)
+    assert loader.batches >= 4
+    assert doc.dataloader.wait_share is not None
+    assert doc.worker_processes_left == 0
+    assert done.returncode == 0
+
+
+def test_inference_script_stops_after_n_forwards(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "no_optimizer.py", "--steps", "3")
+    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("completed-steps",
+                                                                 "inference", 3)
+    assert doc.mode_issues == []
+
+
+def test_script_without_a_model_reports_no_model(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "no_model.py", "--steps", "3")
+    assert doc.outcome.kind == "no-model"
+    assert doc.model is None
+
+
+def test_torchvision_download_gets_a_synthetic_stand_in(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "torchvision_download.py", "--steps", "2")
+    assert doc.outcome.kind == "completed-steps"
+    assert [(d.dataset, d.shape, d.classes) for d in doc.synthetic_datasets] == [
+        ("MNIST", [1, 28, 28], 10)]
+    assert doc.model is not None
+    assert [t.shape for t in doc.model.captured_input] == [[32, 1, 28, 28]]
+    assert not (tmp_path / "data").exists()
+    analysis = probe_findings(doc, "torchvision_download.py")
+    assert any("synthetic stand-in for MNIST" in note for note in analysis.notes)
+
+
+def test_installed_torchvision_without_files_falls_back_to_the_stand_in(tmp_path: Path
+                                                                         ) -> None:
+    fake = tmp_path / "site" / "torchvision"
+    (fake / "datasets").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "datasets" / "__init__.py").write_text(textwrap.dedent("""
+        class CIFAR10:
+            def __init__(self, root, train=True, transform=None, download=False):
+                raise RuntimeError("Dataset not found or corrupted.")
+    """))
+    script = tmp_path / "cifar.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from torchvision import datasets
+        data = datasets.CIFAR10("./data", train=False, download=True)
+        image, label = data[0]
+        model = torch.nn.Linear(3, 1)
+        model(torch.zeros(1, 3))
+    """))
+    doc, _ = run_probes(tmp_path, script, "--steps", "1",
+                        env_extra={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path / 'site'}"})
+    assert doc.outcome.kind == "completed-steps"
+    assert [(d.dataset, d.train, d.length) for d in doc.synthetic_datasets] == [
+        ("CIFAR10", False, 10000)]
+    assert "files absent" in doc.synthetic_datasets[0].reason
+
+
+def test_script_arguments_after_double_dash_reach_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "args.py"
+    script.write_text("import sys\nimport torch\nif sys.argv[1:] != ['--steps', '7']:\n"
+                      "    raise SystemExit(2)\ntorch.nn.Linear(1, 1)(torch.zeros(1, 1))\n")
+    doc, _ = run_probes(tmp_path, script, "--steps", "1", "--", "--steps", "7")
+    assert doc.argv == ["--steps", "7"]
+    assert doc.outcome.kind == "completed-steps"

@@ -1,0 +1,175 @@
+"""From a probes evidence document to findings, coverage hints and rendered data-flow maps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from agent.evidence.probe_schema import ProbeDocument
+from agent.evidence.probes import (
+    probe_findings,
+    render_dataflow_markdown,
+    render_dataflow_mermaid,
+)
+from agent.models import Severity
+
+
+def document(**sections: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "schema_version": 1,
+        "tool": "torchdoctor-probes",
+        "script": "train.py",
+        "outcome": {"kind": "completed-steps", "detail": "stopped after 4 optimizer steps"},
+        "mode": "train",
+        "steps_completed": 4,
+        "loss": {"steps": [0, 1, 2, 3], "values": [1.0, 0.9, 0.8, 0.7]},
+    }
+    base.update(sections)
+    return base
+
+
+def linear_call(index: int, depth: int, dtype: str = "float32") -> dict[str, Any]:
+    tensor = {"shape": [8, 4], "dtype": dtype, "device": "cuda:0"}
+    return {"index": index, "module": f"Net.layer{index}" if depth else "Net",
+            "type": "Linear" if depth else "Net", "depth": depth, "inputs": [tensor],
+            "outputs": [tensor], "param_dtypes": ["float32"] if depth else []}
+
+
+def test_clean_run_passes_the_items_it_observed() -> None:
+    analysis = probe_findings(document(), "src/train.py")
+    assert analysis.findings == []
+    assert analysis.coverage["2.3"].verdict == "pass"
+    assert analysis.outcome == "completed-steps"
+    assert "4 optimizer steps" in analysis.summary
+
+
+def test_locations_are_joined_to_the_scripts_folder() -> None:
+    doc = document(nonfinite={"step": 2, "phase": "forward", "module": "Net.act",
+                              "file": "models/net.py", "line": 12})
+    finding = probe_findings(doc, "project/train.py").findings[0]
+    assert (finding.rule, finding.file, finding.line) == ("probe-nan", "project/models/net.py", 12)
+    assert finding.severity is Severity.CRITICAL
+    assert finding.checkpoint == 2
+
+
+def test_finding_without_a_location_points_at_the_scripts_first_line() -> None:
+    doc = document(determinism={"ok": True, "seed": 1, "deterministic": False,
+                                "first_divergent_step": 0, "max_rel_diff": 0.04,
+                                "steps_compared": 3})
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert (finding.rule, finding.file, finding.line) == ("probe-nondeterministic", "train.py", 1)
+
+
+def test_nan_fails_both_edge_case_and_stability_items() -> None:
+    doc = document(nonfinite={"step": 0, "phase": "backward", "parameter": "Net.w"})
+    coverage = probe_findings(doc, "train.py").coverage
+    assert coverage["2.3"].verdict == "fail" and coverage["3.3"].verdict == "fail"
+
+
+def test_graph_retention_names_the_variable() -> None:
+    doc = document(memory={"source": "rss", "retention": {
+        "nodes_per_step": 7.0, "variable": "total", "file": "train.py", "line": 16}})
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert (finding.rule, finding.line, finding.code) == ("probe-graph-retention", 16, "total")
+    assert "`total`" in finding.message
+
+
+def test_host_syncs_point_at_the_most_frequent_line() -> None:
+    doc = document(syncs={"per_step": 2.0, "calls": [
+        {"file": "train.py", "line": 30, "kind": "item", "count": 6},
+        {"file": "train.py", "line": 31, "kind": "cpu", "count": 2}]})
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert (finding.rule, finding.line, finding.items) == ("probe-host-sync", 30, ["6.1"])
+
+
+def test_low_mfu_on_a_known_gpu_is_a_finding() -> None:
+    doc = document(flops={"flops_per_step": 10**12, "achieved_tflops": 50.0, "mfu": 0.05,
+                          "device_name": "NVIDIA H100 80GB HBM3", "peak_bf16_tflops": 989.4})
+    analysis = probe_findings(doc, "train.py")
+    assert [f.rule for f in analysis.findings] == ["probe-low-mfu"]
+    assert analysis.coverage["8.1"].verdict == "fail"
+
+
+def test_fragmented_allocator_gets_the_expandable_segments_advice() -> None:
+    gib = 2**30
+    doc = document(vram={"reserved_bytes": 10 * gib, "allocated_bytes": 4 * gib,
+                         "peak_allocated_bytes": 8 * gib, "peak_reserved_bytes": 10 * gib,
+                         "inactive_split_bytes": 3 * gib, "num_alloc_retries": 2,
+                         "num_ooms": 0, "expandable_segments": False, "fragmented": True,
+                         "advice": "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"})
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert finding.rule == "probe-vram-fragmentation"
+    assert "expandable_segments:True" in finding.message
+
+
+def test_dead_parameters_and_mode_issues_keep_their_lines() -> None:
+    doc = document(
+        gradients={"never_received_grad": [
+            {"name": "Net.unused.weight", "file": "train.py", "line": 11}]},
+        mode_issues=[{"kind": "train-mode-at-inference", "module": "Net", "file": "train.py",
+                      "line": 40, "count": 3}],
+    )
+    found = {(f.rule, f.line) for f in probe_findings(doc, "train.py").findings}
+    assert found == {("probe-dead-parameter", 11), ("probe-train-mode-at-inference", 40)}
+
+
+def test_script_error_is_a_finding_at_the_raising_line() -> None:
+    doc = document(outcome={"kind": "script-error", "detail": "ValueError: bad",
+                            "error_type": "ValueError", "file": "train.py", "line": 9,
+                            "traceback": "..."}, steps_completed=0)
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert (finding.rule, finding.line, finding.severity) == (
+        "probe-script-error", 9, Severity.HIGH)
+
+
+def test_evidence_follows_the_offline_reasoner_convention() -> None:
+    doc = document(syncs={"per_step": 1.0, "calls": [
+        {"file": "train.py", "line": 5, "kind": "item", "count": 4}]})
+    sources = {"train.py": "\n".join(f"line {n}" for n in range(1, 11))}
+    analysis = probe_findings(doc, "train.py", read_source=sources.get)
+    pairs = analysis.by_point()
+    finding_evidence = [ev for point, ev in pairs if "finding" in ev.data]
+    assert len(finding_evidence) == 1
+    ev = finding_evidence[0]
+    assert ev.kind == "probe" and ev.source == "torchdoctor-probes"
+    assert ev.data["verdict"] == "fail" and ev.data["items"] == ["6.1"]
+    assert ev.data["finding"]["rule"] == "probe-host-sync"
+    assert "    5 | line 5" in ev.excerpt
+    assert {point for point, ev in pairs if ev.data.get("items") == ["2.3"]} == {2}
+
+
+def test_harness_error_document_still_validates() -> None:
+    analysis = probe_findings({"schema_version": 1, "tool": "torchdoctor-probes",
+                               "script": "t.py", "outcome": {"kind": "harness-error"}}, "t.py")
+    assert analysis.outcome == "harness-error" and analysis.findings == []
+
+
+def test_unknown_fields_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        ProbeDocument.model_validate(document(surprise=1))
+
+
+def test_dataflow_renderers_show_shapes_dtypes_and_devices() -> None:
+    doc = ProbeDocument.model_validate(document(dataflow={"step": 0, "calls": [
+        linear_call(0, 0), linear_call(1, 1), linear_call(2, 1, "bfloat16")]}))
+    table = render_dataflow_markdown(doc.dataflow)
+    assert table.splitlines()[0].startswith("| # | module")
+    assert "[8, 4] bfloat16 cuda:0" in table
+    assert len(table.splitlines()) == 5
+    mermaid = render_dataflow_mermaid(doc.dataflow)
+    assert mermaid.startswith("flowchart TD")
+    assert "input -->|8x4 float32| n1" in mermaid
+    assert "n1 -->|8x4 bfloat16| n2" in mermaid
+    assert mermaid.rstrip().endswith("n2 --> output")
+
+
+def test_dtype_mixing_is_a_finding_for_item_1_5() -> None:
+    doc = document(dataflow={"calls": [linear_call(0, 0)]}, dtype_mixing=[
+        {"module": "Net.head", "type": "Linear", "reason": "inputs ['float16'] vs parameters "
+         "['float32']"}])
+    analysis = probe_findings(doc, "train.py")
+    assert [f.rule for f in analysis.findings] == ["probe-dtype-mixing"]
+    assert analysis.coverage["1.5"].verdict == "fail"
+    assert analysis.coverage["1.3"].verdict == "pass"

@@ -1,0 +1,68 @@
+"""Pure parts of the probes harness: argument splitting, loss comparison, GPU peak lookup,
+graph-scan schedule, the torchvision stand-in's datasets and transforms."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sandbox.probes.config import parse_args  # noqa: E402
+from sandbox.probes.datasets import (  # noqa: E402
+    Compose,
+    Normalize,
+    RandomCrop,
+    SyntheticVisionDataset,
+    ToTensor,
+)
+from sandbox.probes.determinism import compare  # noqa: E402
+from sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
+from sandbox.probes.memory import scan_schedule  # noqa: E402
+
+
+def test_unknown_options_and_those_after_double_dash_go_to_the_script() -> None:
+    config = parse_args(["train.py", "--lr", "0.1", "--steps", "3", "--", "--steps", "9"])
+    assert config.steps == 3
+    assert config.script_args == ("--lr", "0.1", "--steps", "9")
+
+
+def test_identical_losses_are_deterministic_and_bitwise_equal() -> None:
+    result = compare([1.0, 0.5, None], [1.0, 0.5, None])
+    assert result["deterministic"] and result["bitwise_equal"]
+
+
+def test_divergence_beyond_tolerance_names_the_first_step() -> None:
+    result = compare([1.0, 0.5, 0.4], [1.0, 0.51, 0.3])
+    assert not result["deterministic"]
+    assert result["first_divergent_step"] == 1
+
+
+def test_tiny_float_noise_is_within_tolerance_but_not_bitwise() -> None:
+    result = compare([1.0], [1.0 + 1e-9])
+    assert result["deterministic"] and not result["bitwise_equal"]
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.4),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.1), ("NVIDIA L4", 121.0),
+    ("NVIDIA GeForce RTX 4090", 165.2), ("NVIDIA B200", 2250.0), ("Tesla T4", None),
+])
+def test_gpu_peak_lookup_prefers_the_specific_name(name: str, peak: float | None) -> None:
+    assert peak_tflops(name) == peak
+
+
+def test_graph_scans_run_early_then_at_powers_of_two() -> None:
+    assert [s for s in range(40) if scan_schedule(s)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 32]
+
+
+def test_stand_in_dataset_has_the_real_shape_length_and_is_repeatable() -> None:
+    transform = Compose([RandomCrop(32, padding=4), ToTensor(),
+                         Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    data = SyntheticVisionDataset("CIFAR10", "test", "./data", train=True, transform=transform)
+    image, label = data[3]
+    assert len(data) == 50000
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= label < 10
+    raw = SyntheticVisionDataset("MNIST", "test", "./data", train=False)
+    assert len(raw) == 10000
+    assert torch.equal(ToTensor()(raw[5][0]), ToTensor()(raw[5][0]))
