@@ -62,12 +62,15 @@ class StubLLM:
         structured_outputs: bool = True,
         json_object: bool = True,
         context_length: int | None = None,
+        refuses: tuple[str, ...] = (),
         fallback: Callable[[dict[str, Any]], Reply] | None = None,
     ) -> None:
         self.model = model
         self.structured_outputs = structured_outputs
         self.json_object = json_object
         self.context_length = context_length
+        self.refuses = refuses
+        """Request parameters this 'model' rejects, as OpenAI's reasoning models do."""
         self.fallback = fallback or (lambda _request: Reply.json(EMPTY_ANSWER))
         self.script: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
@@ -125,6 +128,10 @@ class StubLLM:
                 self.probe_calls += 1
             else:
                 self.chat_calls += 1
+        for name in self.refuses:
+            if name in body:
+                message = f"Unsupported parameter: '{name}' is not supported with this model."
+                return 400, _error(message), {}
         if fmt.get("type") == "json_schema" and not self.structured_outputs:
             return 400, _error("response_format json_schema is not supported"), {}
         if fmt.get("type") == "json_object" and not self.json_object:

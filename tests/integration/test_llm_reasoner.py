@@ -367,3 +367,37 @@ def test_propose_fix_returns_an_unverified_llm_patch_or_nothing(
     assert reasoner.propose_fix(target) is None
     assert "en/fix" in reasoner.provenance()["templates"]
     assert "Boundary token for this message" in stub.requests[-1]["messages"][1]["content"]
+
+
+def test_parameters_a_reasoning_model_refuses_are_adapted_once(
+    workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    with StubLLM(refuses=("max_tokens", "temperature")) as stub:
+        stub.push(answer(claim()))
+        reasoner = make(stub, workspace)
+        result = reasoner.reason(requests_[6])
+        assert any(f.rule == "llm-print-forces-sync" for f in result.findings)
+        assert reasoner.provenance()["structured_outputs"] is True
+        last = stub.requests[-1]
+        assert "max_completion_tokens" in last and "temperature" not in last
+        assert "max_tokens" not in last
+
+
+def test_changed_code_misses_the_cache(
+    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    make(stub, workspace).reason(requests_[6])
+    source = workspace / "train_small.py"
+    source.write_text(source.read_text().replace("loss {loss.item():.4f}", "loss {loss}"))
+    stub.reset_counts()
+    make(stub, workspace).reason(point_requests(workspace)[6])
+    assert stub.chat_calls == 1
+
+
+def test_a_french_audit_sends_the_french_prompts(stub: StubLLM, workspace: Path) -> None:
+    reasoner = make(stub, workspace)
+    reasoner.reason(point_requests(workspace, lang="fr")[6])
+    system, user = (m["content"] for m in stub.requests[-1]["messages"])
+    assert "Rédigez titres et explications en français." in system
+    assert user.startswith("Point 6 de la checklist : Performance CPU/GPU")
+    assert set(reasoner.provenance()["templates"]) == {"fr/point_06", "fr/system"}

@@ -44,6 +44,14 @@ _CONTEXT_KEYS = (
     "n_ctx_train",
     "n_ctx",
 )
+_REFUSAL_WORDS = (
+    "unsupported",
+    "not supported",
+    "unrecognized",
+    "unknown parameter",
+    "does not support",
+    "only the default",
+)
 REPAIR_PROMPT = (
     "Your previous reply could not be used: {error}. Reply again with only the corrected JSON "
     "object, matching the requested shape, and nothing else."
@@ -128,6 +136,8 @@ class LLMClient:
             max_retries=0,
         )
         self._json_object_ok = True
+        self._max_tokens_param: str = config.max_tokens_param
+        self._refused_params: set[str] = set()
         self.probe_usage = Usage()
         """What the capability probe cost (counted in the budget, not in any point)."""
 
@@ -292,10 +302,12 @@ class LLMClient:
             "model": self.config.model,
             "messages": messages,
             "temperature": self.config.temperature,
-            self.config.max_tokens_param: limit,
+            self._max_tokens_param: limit,
         }
         if self.config.seed is not None:
             kwargs["seed"] = self.config.seed
+        for name in self._refused_params:
+            kwargs.pop(name, None)
         kwargs.update({k: v for k, v in extra.items() if v is not None})
         prompt = completion = 0
         try:
@@ -323,7 +335,8 @@ class LLMClient:
                     response: ChatCompletion = self._sdk.chat.completions.create(**kwargs)
                 return response
             except _UNSUPPORTED as err:
-                raise LLMUnsupported(_describe(err)) from err
+                if not self._adapt(kwargs, err):
+                    raise LLMUnsupported(_describe(err)) from err
             except _RETRYABLE as err:
                 if attempt >= self.config.max_retries:
                     raise LLMUnavailable(
@@ -334,6 +347,23 @@ class LLMClient:
                 usage.retries += 1
             except openai.OpenAIError as err:
                 raise LLMUnavailable(_describe(err)) from err
+
+    def _adapt(self, kwargs: dict[str, Any], err: openai.APIStatusError) -> bool:
+        """Drop or rename a parameter the model refuses (reasoning models refuse `max_tokens`
+        and a non-default `temperature`); True when the request should be sent again."""
+        message = str(err).lower()
+        if not any(word in message for word in _REFUSAL_WORDS):
+            return False
+        if "max_tokens" in kwargs and "'max_tokens'" in message:
+            kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
+            self._max_tokens_param = "max_completion_tokens"
+            return True
+        for name in ("temperature", "seed"):
+            if name in kwargs and f"'{name}'" in message:
+                kwargs.pop(name)
+                self._refused_params.add(name)
+                return True
+        return False
 
     def _delay(self, err: Exception, attempt: int) -> float:
         backoff = min(self.config.backoff_max_s, self.config.backoff_base_s * 2.0**attempt)
