@@ -12,11 +12,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROBES_SCHEMA_VERSION = 1
+PROBES_SCHEMA_VERSION: Literal[1] = 1
 
 OutcomeKind = Literal[
-    "completed-steps", "script-finished", "script-error", "sys-exit", "time-budget",
-    "no-optimizer", "no-model", "harness-error",
+    "completed-steps",
+    "script-finished",
+    "script-error",
+    "sys-exit",
+    "time-budget",
+    "no-optimizer",
+    "no-model",
+    "harness-error",
 ]
 
 

@@ -86,8 +86,12 @@ class ProbeAnalysis(BaseModel):
 class _Builder:
     """Accumulates findings and coverage hints with the script's path conventions."""
 
-    def __init__(self, doc: ProbeDocument, script_relpath: str,
-                 read_source: Callable[[str], str | None] | None) -> None:
+    def __init__(
+        self,
+        doc: ProbeDocument,
+        script_relpath: str,
+        read_source: Callable[[str], str | None] | None,
+    ) -> None:
         self.doc = doc
         self.script = script_relpath
         self.folder = posixpath.dirname(script_relpath)
@@ -100,15 +104,34 @@ class _Builder:
             return self.script
         return posixpath.normpath(posixpath.join(self.folder, file)) if self.folder else file
 
-    def find(self, rule: str, checkpoint: int, severity: Severity, title: str, message: str,
-             items: list[str], code: str, file: str | None = None, line: int | None = None,
-             **data: Any) -> None:
+    def find(
+        self,
+        rule: str,
+        checkpoint: int,
+        severity: Severity,
+        title: str,
+        message: str,
+        items: list[str],
+        code: str,
+        file: str | None = None,
+        line: int | None = None,
+        **data: Any,
+    ) -> None:
         located = file is not None and line is not None
-        self.findings.append(ProbeFinding(
-            rule=rule, checkpoint=checkpoint, severity=severity, title=title, message=message,
-            file=self.path(file if located else None), line=line if located and line else 1,
-            items=items, code=code, data=data,
-        ))
+        self.findings.append(
+            ProbeFinding(
+                rule=rule,
+                checkpoint=checkpoint,
+                severity=severity,
+                title=title,
+                message=message,
+                file=self.path(file if located else None),
+                line=line if located and line else 1,
+                items=items,
+                code=code,
+                data=data,
+            )
+        )
         for item in items:
             self.hint(item, "fail", f"probe {rule}", message)
 
@@ -137,14 +160,28 @@ class _Builder:
 def _outcome(b: _Builder) -> None:
     o = b.doc.outcome
     if o.kind == "script-error":
-        b.find("probe-script-error", 2, Severity.HIGH, "The script fails when run",
-               f"The script raised during the instrumented run: {o.detail}", ["2.2"],
-               code=o.error_type or "error", file=o.file, line=o.line,
-               traceback=o.traceback)
+        b.find(
+            "probe-script-error",
+            2,
+            Severity.HIGH,
+            "The script fails when run",
+            f"The script raised during the instrumented run: {o.detail}",
+            ["2.2"],
+            code=o.error_type or "error",
+            file=o.file,
+            line=o.line,
+            traceback=o.traceback,
+        )
     elif o.kind == "time-budget" and b.doc.steps_completed + b.doc.forward_passes <= 1:
-        b.find("probe-hang", 2, Severity.MEDIUM, "The script made no progress in its time budget",
-               f"{o.detail}; {b.doc.steps_completed} optimizer steps completed.", [],
-               code="time-budget")
+        b.find(
+            "probe-hang",
+            2,
+            Severity.MEDIUM,
+            "The script made no progress in its time budget",
+            f"{o.detail}; {b.doc.steps_completed} optimizer steps completed.",
+            [],
+            code="time-budget",
+        )
 
 
 def _nonfinite(b: _Builder) -> None:
@@ -152,15 +189,29 @@ def _nonfinite(b: _Builder) -> None:
     trained = b.doc.steps_completed > 0 or b.doc.forward_passes > 0
     if nf is None:
         if trained and b.doc.loss.values:
-            b.hint("2.3", "pass", "probe:nan", "no NaN/Inf in inputs, activations, loss or "
-                   f"gradients over {len(b.doc.loss.values)} steps")
+            b.hint(
+                "2.3",
+                "pass",
+                "probe:nan",
+                "no NaN/Inf in inputs, activations, loss or "
+                f"gradients over {len(b.doc.loss.values)} steps",
+            )
         return
     where = nf.module or nf.parameter or "the loss"
-    message = (f"First non-finite value at step {nf.step}, in the {nf.phase} pass, "
-               f"in {where}.")
-    b.find("probe-nan", 2, Severity.CRITICAL, "NaN/Inf appears during training", message,
-           ["2.3"], code=f"{nf.phase} {where}", file=nf.file, line=nf.line,
-           step=nf.step, phase=nf.phase)
+    message = f"First non-finite value at step {nf.step}, in the {nf.phase} pass, in {where}."
+    b.find(
+        "probe-nan",
+        2,
+        Severity.CRITICAL,
+        "NaN/Inf appears during training",
+        message,
+        ["2.3"],
+        code=f"{nf.phase} {where}",
+        file=nf.file,
+        line=nf.line,
+        step=nf.step,
+        phase=nf.phase,
+    )
     b.hint("3.3", "fail", "probe:nan", message)
 
 
@@ -171,41 +222,82 @@ def _gradients(b: _Builder) -> None:
             b.hint("4.3", "not-applicable", "probe:gradients", "inference script: no training")
         return
     for param in g.never_received_grad:
-        b.find("probe-dead-parameter", 4, Severity.MEDIUM,
-               "A parameter never receives a gradient",
-               f"`{param.name}` is in the optimizer but got no gradient in "
-               f"{b.doc.steps_completed} steps: it is not used in the loss's graph.",
-               ["4.3"], code=param.name, file=param.file, line=param.line)
+        b.find(
+            "probe-dead-parameter",
+            4,
+            Severity.MEDIUM,
+            "A parameter never receives a gradient",
+            f"`{param.name}` is in the optimizer but got no gradient in "
+            f"{b.doc.steps_completed} steps: it is not used in the loss's graph.",
+            ["4.3"],
+            code=param.name,
+            file=param.file,
+            line=param.line,
+        )
     for param in g.grad_not_in_optimizer:
-        b.find("probe-grad-not-in-optimizer", 4, Severity.HIGH,
-               "A parameter gets gradients but no optimizer updates it",
-               f"`{param.name}` receives a gradient but is in no optimizer's param_groups: "
-               "it never trains.", ["4.3"], code=param.name, file=param.file, line=param.line)
+        b.find(
+            "probe-grad-not-in-optimizer",
+            4,
+            Severity.HIGH,
+            "A parameter gets gradients but no optimizer updates it",
+            f"`{param.name}` receives a gradient but is in no optimizer's param_groups: "
+            "it never trains.",
+            ["4.3"],
+            code=param.name,
+            file=param.file,
+            line=param.line,
+        )
     if not g.never_received_grad and not g.grad_not_in_optimizer:
-        b.hint("4.3", "pass", "probe:gradients",
-               f"every optimized parameter received a gradient over {b.doc.steps_completed} "
-               "steps, and every parameter with a gradient is optimized")
+        b.hint(
+            "4.3",
+            "pass",
+            "probe:gradients",
+            f"every optimized parameter received a gradient over {b.doc.steps_completed} "
+            "steps, and every parameter with a gradient is optimized",
+        )
     norms = [v for v in g.global_norm if v is not None]
     if g.exploding:
-        b.find("probe-exploding-gradients", 3, Severity.HIGH, "Gradients explode",
-               f"Global gradient norm reaches {max(norms, default=float('nan')):.3g}.",
-               ["3.3"], code="exploding")
+        b.find(
+            "probe-exploding-gradients",
+            3,
+            Severity.HIGH,
+            "Gradients explode",
+            f"Global gradient norm reaches {max(norms, default=float('nan')):.3g}.",
+            ["3.3"],
+            code="exploding",
+        )
     if g.vanishing:
-        b.find("probe-vanishing-gradients", 3, Severity.MEDIUM, "Gradients vanish",
-               f"Median global gradient norm is {sorted(norms)[len(norms) // 2]:.3g}.",
-               ["3.3"], code="vanishing")
+        b.find(
+            "probe-vanishing-gradients",
+            3,
+            Severity.MEDIUM,
+            "Gradients vanish",
+            f"Median global gradient norm is {sorted(norms)[len(norms) // 2]:.3g}.",
+            ["3.3"],
+            code="vanishing",
+        )
 
 
 def _activations(b: _Builder) -> None:
     for act in b.doc.activations:
         if act.dead_fraction is not None and act.dead_fraction >= DEAD_RELU_FRACTION:
-            b.find("probe-dead-relu", 3, Severity.MEDIUM, "Most ReLU units are dead",
-                   f"{act.dead_fraction:.0%} of `{act.module}`'s units output zero for a whole "
-                   "batch.", ["3.3"], code=act.module)
+            b.find(
+                "probe-dead-relu",
+                3,
+                Severity.MEDIUM,
+                "Most ReLU units are dead",
+                f"{act.dead_fraction:.0%} of `{act.module}`'s units output zero for a whole batch.",
+                ["3.3"],
+                code=act.module,
+            )
     if b.doc.steps_completed > 0 and b.doc.activations:
-        b.hint("3.3", "pass", "probe:gradients, probe:activations, probe:loss",
-               f"gradient norms, activation magnitudes of {len(b.doc.activations)} modules and "
-               "the loss stayed finite and bounded")
+        b.hint(
+            "3.3",
+            "pass",
+            "probe:gradients, probe:activations, probe:loss",
+            f"gradient norms, activation magnitudes of {len(b.doc.activations)} modules and "
+            "the loss stayed finite and bounded",
+        )
 
 
 def _memory(b: _Builder) -> None:
@@ -213,19 +305,42 @@ def _memory(b: _Builder) -> None:
     if m.retention is not None:
         r = m.retention
         holder = f"`{r.variable}`" if r.variable else "a live tensor"
-        b.find("probe-graph-retention", 1, Severity.HIGH, "Autograd graphs accumulate across steps",
-               f"{holder} keeps every step's autograd graph alive (+{r.nodes_per_step:.0f} "
-               "graph nodes per step): accumulate `loss.item()` or `loss.detach()` instead.",
-               ["1.4"], code=r.variable or "retention", file=r.file, line=r.line)
-    elif (m.source == "cuda-allocated" and len(m.steps) >= 5
-          and (m.slope_bytes_per_step or 0) >= CUDA_GROWTH_BYTES_PER_STEP):
-        b.find("probe-memory-growth", 1, Severity.MEDIUM, "GPU memory grows every step",
-               f"Allocated CUDA memory grows by {(m.slope_bytes_per_step or 0) / 2**20:.1f} MiB "
-               "per step.", ["1.4"], code="cuda-growth")
+        b.find(
+            "probe-graph-retention",
+            1,
+            Severity.HIGH,
+            "Autograd graphs accumulate across steps",
+            f"{holder} keeps every step's autograd graph alive (+{r.nodes_per_step:.0f} "
+            "graph nodes per step): accumulate `loss.item()` or `loss.detach()` instead.",
+            ["1.4"],
+            code=r.variable or "retention",
+            file=r.file,
+            line=r.line,
+        )
+    elif (
+        m.source == "cuda-allocated"
+        and len(m.steps) >= 5
+        and (m.slope_bytes_per_step or 0) >= CUDA_GROWTH_BYTES_PER_STEP
+    ):
+        b.find(
+            "probe-memory-growth",
+            1,
+            Severity.MEDIUM,
+            "GPU memory grows every step",
+            f"Allocated CUDA memory grows by {(m.slope_bytes_per_step or 0) / 2**20:.1f} MiB "
+            "per step.",
+            ["1.4"],
+            code="cuda-growth",
+        )
     elif len(m.graph_scans) >= 3:
-        b.hint("1.4", "pass", "probe:memory", f"autograd graph size flat over "
-               f"{len(m.graph_scans)} scans; memory slope "
-               f"{(m.slope_bytes_per_step or 0) / 2**20:.2f} MiB/step ({m.source})")
+        b.hint(
+            "1.4",
+            "pass",
+            "probe:memory",
+            f"autograd graph size flat over "
+            f"{len(m.graph_scans)} scans; memory slope "
+            f"{(m.slope_bytes_per_step or 0) / 2**20:.2f} MiB/step ({m.source})",
+        )
 
 
 def _vram(b: _Builder) -> None:
@@ -234,14 +349,25 @@ def _vram(b: _Builder) -> None:
         return
     if v.fragmented:
         gap = (v.reserved_bytes - v.allocated_bytes) / 2**30
-        b.find("probe-vram-fragmentation", 6, Severity.MEDIUM, "The CUDA allocator is fragmented",
-               f"{gap:.2f} GiB reserved but unallocated, {v.inactive_split_bytes / 2**30:.2f} GiB "
-               f"in inactive split blocks, {v.num_alloc_retries} allocation retries: {v.advice}.",
-               ["6.7"], code="fragmentation")
+        b.find(
+            "probe-vram-fragmentation",
+            6,
+            Severity.MEDIUM,
+            "The CUDA allocator is fragmented",
+            f"{gap:.2f} GiB reserved but unallocated, {v.inactive_split_bytes / 2**30:.2f} GiB "
+            f"in inactive split blocks, {v.num_alloc_retries} allocation retries: {v.advice}.",
+            ["6.7"],
+            code="fragmentation",
+        )
     else:
-        b.hint("6.7", "pass", "probe:memory", f"{v.num_alloc_retries} allocator retries; "
-               f"reserved {v.reserved_bytes / 2**30:.2f} GiB vs allocated "
-               f"{v.allocated_bytes / 2**30:.2f} GiB")
+        b.hint(
+            "6.7",
+            "pass",
+            "probe:memory",
+            f"{v.num_alloc_retries} allocator retries; "
+            f"reserved {v.reserved_bytes / 2**30:.2f} GiB vs allocated "
+            f"{v.allocated_bytes / 2**30:.2f} GiB",
+        )
 
 
 def _syncs(b: _Builder) -> None:
@@ -251,20 +377,39 @@ def _syncs(b: _Builder) -> None:
         return
     if s.per_step >= 1 and s.calls:
         top = s.calls[0]
-        b.find("probe-host-sync", 6, Severity.MEDIUM, "Host-device sync in every step",
-               f"{s.per_step:.1f} `.item()/.cpu()/.numpy()/.tolist()` calls per step; the most "
-               f"frequent is `.{top.kind}()` ({top.count} calls). Each one stalls the GPU "
-               "queue: keep values on the device and read them every N steps.",
-               ["6.1"], code=f"{top.kind} {top.file}", file=top.file, line=top.line)
+        b.find(
+            "probe-host-sync",
+            6,
+            Severity.MEDIUM,
+            "Host-device sync in every step",
+            f"{s.per_step:.1f} `.item()/.cpu()/.numpy()/.tolist()` calls per step; the most "
+            f"frequent is `.{top.kind}()` ({top.count} calls). Each one stalls the GPU "
+            "queue: keep values on the device and read them every N steps.",
+            ["6.1"],
+            code=f"{top.kind} {top.file}",
+            file=top.file,
+            line=top.line,
+        )
     elif s.cuda_syncs_per_step >= 1 and s.cuda_syncs:
         top_sync = s.cuda_syncs[0]
-        b.find("probe-host-sync", 6, Severity.MEDIUM, "Host-device sync in every step",
-               f"{s.cuda_syncs_per_step:.1f} synchronizing CUDA calls per step (sync debug "
-               "mode).", ["6.1"], code=f"cuda-sync {top_sync.file}", file=top_sync.file,
-               line=top_sync.line)
+        b.find(
+            "probe-host-sync",
+            6,
+            Severity.MEDIUM,
+            "Host-device sync in every step",
+            f"{s.cuda_syncs_per_step:.1f} synchronizing CUDA calls per step (sync debug mode).",
+            ["6.1"],
+            code=f"cuda-sync {top_sync.file}",
+            file=top_sync.file,
+            line=top_sync.line,
+        )
     else:
-        b.hint("6.1", "pass", "probe:syncs", f"{s.per_step:.2f} host syncs per step from the "
-               "script's own lines")
+        b.hint(
+            "6.1",
+            "pass",
+            "probe:syncs",
+            f"{s.per_step:.2f} host syncs per step from the script's own lines",
+        )
 
 
 def _dataloader(b: _Builder) -> None:
@@ -275,25 +420,45 @@ def _dataloader(b: _Builder) -> None:
         return
     loader = d.loaders[0]
     if d.wait_share is not None and d.wait_share >= INPUT_BOUND_SHARE:
-        b.find("probe-input-bound", 6, Severity.MEDIUM, "Training waits on data",
-               f"{d.wait_share:.0%} of step time is spent waiting for the next batch "
-               f"(num_workers={loader.num_workers}, pin_memory={loader.pin_memory}, "
-               f"persistent_workers={loader.persistent_workers}).", ["6.6"],
-               code="dataloader-wait", file=loader.file, line=loader.line,
-               loader=loader.model_dump())
+        b.find(
+            "probe-input-bound",
+            6,
+            Severity.MEDIUM,
+            "Training waits on data",
+            f"{d.wait_share:.0%} of step time is spent waiting for the next batch "
+            f"(num_workers={loader.num_workers}, pin_memory={loader.pin_memory}, "
+            f"persistent_workers={loader.persistent_workers}).",
+            ["6.6"],
+            code="dataloader-wait",
+            file=loader.file,
+            line=loader.line,
+            loader=loader.model_dump(),
+        )
     elif d.wait_share is not None:
-        b.hint("6.6", "pass", "probe:dataloader",
-               f"{d.wait_share:.0%} of step time waiting for data")
+        b.hint(
+            "6.6", "pass", "probe:dataloader", f"{d.wait_share:.0%} of step time waiting for data"
+        )
 
 
 def _dataflow(b: _Builder) -> None:
     if not b.doc.dataflow.calls:
         return
-    b.hint("1.3", "pass", "probe:dataflow-map",
-           f"shapes/dtypes/devices of {len(b.doc.dataflow.calls)} module calls recorded")
+    b.hint(
+        "1.3",
+        "pass",
+        "probe:dataflow-map",
+        f"shapes/dtypes/devices of {len(b.doc.dataflow.calls)} module calls recorded",
+    )
     for mix in b.doc.dtype_mixing:
-        b.find("probe-dtype-mixing", 1, Severity.MEDIUM, "Mixed dtypes in the forward pass",
-               f"`{mix.module}` ({mix.type}): {mix.reason}.", ["1.5"], code=mix.module)
+        b.find(
+            "probe-dtype-mixing",
+            1,
+            Severity.MEDIUM,
+            "Mixed dtypes in the forward pass",
+            f"`{mix.module}` ({mix.type}): {mix.reason}.",
+            ["1.5"],
+            code=mix.module,
+        )
     if not b.doc.dtype_mixing:
         b.hint("1.5", "pass", "probe:dataflow-map", "one dtype per call outside autocast")
 
@@ -306,34 +471,64 @@ def _determinism(b: _Builder) -> None:
         b.hint("5.1", "not-checked", "probe:determinism", d.error or "seeded runs failed")
         return
     if d.deterministic:
-        b.hint("5.1", "pass", "probe:determinism", f"two runs seeded {d.seed} gave the same "
-               f"{d.steps_compared} losses (max relative difference {d.max_rel_diff:.1e})")
+        b.hint(
+            "5.1",
+            "pass",
+            "probe:determinism",
+            f"two runs seeded {d.seed} gave the same "
+            f"{d.steps_compared} losses (max relative difference {d.max_rel_diff:.1e})",
+        )
     else:
-        b.find("probe-nondeterministic", 5, Severity.MEDIUM, "Seeded runs are not reproducible",
-               f"Two runs with seed {d.seed} diverge at step {d.first_divergent_step} (max "
-               f"relative loss difference {d.max_rel_diff:.2e}): some randomness escapes the "
-               "seed (a clock-seeded generator, unseeded workers, non-deterministic kernels).",
-               ["5.1"], code="determinism")
+        b.find(
+            "probe-nondeterministic",
+            5,
+            Severity.MEDIUM,
+            "Seeded runs are not reproducible",
+            f"Two runs with seed {d.seed} diverge at step {d.first_divergent_step} (max "
+            f"relative loss difference {d.max_rel_diff:.2e}): some randomness escapes the "
+            "seed (a clock-seeded generator, unseeded workers, non-deterministic kernels).",
+            ["5.1"],
+            code="determinism",
+        )
 
 
 def _mode(b: _Builder) -> None:
     for issue in b.doc.mode_issues:
         if issue.kind == "train-mode-at-inference":
-            b.find("probe-train-mode-at-inference", 7, Severity.HIGH,
-                   "Inference runs with the model in training mode",
-                   f"`{issue.module}` runs under no_grad/inference_mode while in training mode "
-                   f"({issue.count} calls); its dropout/batch-norm layers act as in training. "
-                   "Call `model.eval()` first.", ["7.4"], code=issue.module,
-                   file=issue.file, line=issue.line)
+            b.find(
+                "probe-train-mode-at-inference",
+                7,
+                Severity.HIGH,
+                "Inference runs with the model in training mode",
+                f"`{issue.module}` runs under no_grad/inference_mode while in training mode "
+                f"({issue.count} calls); its dropout/batch-norm layers act as in training. "
+                "Call `model.eval()` first.",
+                ["7.4"],
+                code=issue.module,
+                file=issue.file,
+                line=issue.line,
+            )
         else:
-            b.find("probe-eval-with-grad", 7, Severity.MEDIUM,
-                   "Evaluation builds autograd graphs",
-                   f"`{issue.module}` runs in eval mode with autograd on and no backward "
-                   f"({issue.count} calls): wrap evaluation in `torch.inference_mode()`.",
-                   ["7.4"], code=issue.module, file=issue.file, line=issue.line)
+            b.find(
+                "probe-eval-with-grad",
+                7,
+                Severity.MEDIUM,
+                "Evaluation builds autograd graphs",
+                f"`{issue.module}` runs in eval mode with autograd on and no backward "
+                f"({issue.count} calls): wrap evaluation in `torch.inference_mode()`.",
+                ["7.4"],
+                code=issue.module,
+                file=issue.file,
+                line=issue.line,
+            )
     if not b.doc.mode_issues and b.doc.forward_passes + b.doc.steps_completed > 0:
-        b.hint("7.4", "pass", "probe:mode", "no no-grad forward in training mode and no eval "
-               "forward with autograd among the calls that ran")
+        b.hint(
+            "7.4",
+            "pass",
+            "probe:mode",
+            "no no-grad forward in training mode and no eval "
+            "forward with autograd among the calls that ran",
+        )
 
 
 def _model_location(b: _Builder) -> tuple[str | None, int | None]:
@@ -350,16 +545,25 @@ def _export(b: _Builder) -> None:
     file, line = _model_location(b)
     if e.torch_export.ok:
         onnx = e.onnx
-        onnx_note = ("; ONNX export ok" if onnx and onnx.ok else
-                     f"; ONNX: {onnx.error}" if onnx else "")
+        onnx_note = (
+            "; ONNX export ok" if onnx and onnx.ok else f"; ONNX: {onnx.error}" if onnx else ""
+        )
         b.hint("7.1", "pass", "probe:export", f"torch.export.export succeeded{onnx_note}")
         return
     error = (e.torch_export.error or "").strip().splitlines()
-    b.find("probe-export-failed", 7, Severity.MEDIUM, "The model cannot be exported",
-           f"torch.export.export failed on the captured input: "
-           f"{e.torch_export.error_type}: {error[0] if error else ''}"[:400],
-           ["7.1"], code=e.torch_export.error_type or "export", file=file, line=line,
-           error=e.torch_export.error)
+    b.find(
+        "probe-export-failed",
+        7,
+        Severity.MEDIUM,
+        "The model cannot be exported",
+        f"torch.export.export failed on the captured input: "
+        f"{e.torch_export.error_type}: {error[0] if error else ''}"[:400],
+        ["7.1"],
+        code=e.torch_export.error_type or "export",
+        file=file,
+        line=line,
+        error=e.torch_export.error,
+    )
 
 
 def _int8(b: _Builder) -> None:
@@ -373,10 +577,14 @@ def _int8(b: _Builder) -> None:
         return
     rel = float(extra.get("max_rel_diff") or 0.0)
     ratio = extra.get("latency_ratio")
-    b.hint("7.2", "pass", "probe:int8",
-           f"dynamic INT8 of {extra.get('linear_layers')} Linear layers: max relative output "
-           f"difference {rel:.3f} ({'acceptable' if rel <= INT8_MAX_REL_DIFF else 'large'}), "
-           f"CPU latency ratio {ratio if ratio is None else f'{ratio:.2f}'}")
+    b.hint(
+        "7.2",
+        "pass",
+        "probe:int8",
+        f"dynamic INT8 of {extra.get('linear_layers')} Linear layers: max relative output "
+        f"difference {rel:.3f} ({'acceptable' if rel <= INT8_MAX_REL_DIFF else 'large'}), "
+        f"CPU latency ratio {ratio if ratio is None else f'{ratio:.2f}'}",
+    )
 
 
 def _flops(b: _Builder) -> None:
@@ -385,10 +593,17 @@ def _flops(b: _Builder) -> None:
         return
     if f.mfu is not None:
         if f.mfu < LOW_MFU:
-            b.find("probe-low-mfu", 8, Severity.MEDIUM, "Low model FLOP utilisation",
-                   f"{f.achieved_tflops:.1f} TFLOP/s achieved = {f.mfu:.1%} of the "
-                   f"{f.device_name}'s dense bf16 peak ({f.peak_bf16_tflops:.0f} TFLOP/s).",
-                   ["8.1"], code="mfu", mfu=f.mfu)
+            b.find(
+                "probe-low-mfu",
+                8,
+                Severity.MEDIUM,
+                "Low model FLOP utilisation",
+                f"{f.achieved_tflops:.1f} TFLOP/s achieved = {f.mfu:.1%} of the "
+                f"{f.device_name}'s dense bf16 peak ({f.peak_bf16_tflops:.0f} TFLOP/s).",
+                ["8.1"],
+                code="mfu",
+                mfu=f.mfu,
+            )
         else:
             b.hint("8.1", "pass", "probe:flops", f"MFU {f.mfu:.1%} on {f.device_name}")
 
@@ -402,26 +617,61 @@ def _compile(b: _Builder) -> None:
         b.hint("8.2", "not-checked", "probe:compile", c.error or "torch.compile failed")
         return
     speedup, break_even = extra.get("speedup"), extra.get("break_even_steps")
-    summary = (f"compile {extra.get('compile_s', 0):.1f} s, speed-up "
-               f"{speedup if speedup is None else f'{speedup:.2f}x'}, break-even after "
-               f"{break_even} steps")
+    summary = (
+        f"compile {extra.get('compile_s', 0):.1f} s, speed-up "
+        f"{speedup if speedup is None else f'{speedup:.2f}x'}, break-even after "
+        f"{break_even} steps"
+    )
     b.hint("8.2", "pass", "probe:compile", summary)
     if speedup is not None and speedup >= COMPILE_WORTH_SPEEDUP and break_even is not None:
         file, line = _model_location(b)
-        b.find("probe-compile-pays", 6, Severity.LOW, "torch.compile would pay off",
-               f"torch.compile: {summary}.", ["6.3"], code="compile", file=file, line=line)
+        b.find(
+            "probe-compile-pays",
+            6,
+            Severity.LOW,
+            "torch.compile would pay off",
+            f"torch.compile: {summary}.",
+            ["6.3"],
+            code="compile",
+            file=file,
+            line=line,
+        )
 
 
 def _deprecations(b: _Builder) -> None:
     for w in b.doc.warnings:
         if w.category in ("FutureWarning", "DeprecationWarning") and w.file and w.line:
-            b.find("probe-deprecated-api", 1, Severity.LOW, "Deprecated PyTorch API in use",
-                   f"{w.category}: {w.message}"[:400], ["1.6"], code=w.message[:120],
-                   file=w.file, line=w.line)
+            b.find(
+                "probe-deprecated-api",
+                1,
+                Severity.LOW,
+                "Deprecated PyTorch API in use",
+                f"{w.category}: {w.message}"[:400],
+                ["1.6"],
+                code=w.message[:120],
+                file=w.file,
+                line=w.line,
+            )
 
 
-_CHECKS = (_outcome, _nonfinite, _gradients, _activations, _memory, _vram, _syncs, _dataloader,
-           _dataflow, _determinism, _mode, _export, _int8, _flops, _compile, _deprecations)
+_CHECKS = (
+    _outcome,
+    _nonfinite,
+    _gradients,
+    _activations,
+    _memory,
+    _vram,
+    _syncs,
+    _dataloader,
+    _dataflow,
+    _determinism,
+    _mode,
+    _export,
+    _int8,
+    _flops,
+    _compile,
+    _deprecations,
+)
 
 
 # --- assembly ---------------------------------------------------------------------------------
@@ -436,8 +686,10 @@ def _summary(doc: ProbeDocument) -> str:
 
 
 def _notes(doc: ProbeDocument) -> list[str]:
-    notes = [f"synthetic stand-in for {d.dataset} ({d.reason}); losses are not the real "
-             "data's" for d in doc.synthetic_datasets]
+    notes = [
+        f"synthetic stand-in for {d.dataset} ({d.reason}); losses are not the real data's"
+        for d in doc.synthetic_datasets
+    ]
     if doc.worker_processes_left:
         notes.append(f"{doc.worker_processes_left} DataLoader worker(s) had to be terminated")
     notes += [f"probe error: {e.splitlines()[-1] if e else e}" for e in doc.probe_errors]
@@ -448,11 +700,27 @@ def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
     version = f"schema {b.doc.schema_version}; torch {b.doc.torch_version}"
     out = [
         Evidence(
-            source=SOURCE, source_version=version, kind="probe", message=f.message,
-            file=f.file, line=f.line, excerpt=b.excerpt(f.file, f.line),
-            data={"items": f.items, "verdict": "fail", "point": f.checkpoint, "probe": f.rule,
-                  "finding": {"rule": f.rule, "severity": f.severity.value, "title": f.title,
-                              "line": f.line, "code": f.code}, **f.data},
+            source=SOURCE,
+            source_version=version,
+            kind="probe",
+            message=f.message,
+            file=f.file,
+            line=f.line,
+            excerpt=b.excerpt(f.file, f.line),
+            data={
+                "items": f.items,
+                "verdict": "fail",
+                "point": f.checkpoint,
+                "probe": f.rule,
+                "finding": {
+                    "rule": f.rule,
+                    "severity": f.severity.value,
+                    "title": f.title,
+                    "line": f.line,
+                    "code": f.code,
+                },
+                **f.data,
+            },
         )
         for f in b.findings
     ]
@@ -460,25 +728,50 @@ def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
     for hint in b.coverage.values():
         if hint.item in failed_by_finding:
             continue
-        out.append(Evidence(
-            source=SOURCE, source_version=version, kind="probe",
-            message=f"{hint.how}: {hint.reason}", file=b.script,
-            data={"items": [hint.item], "verdict": hint.verdict,
-                  "point": ITEMS_BY_ID[hint.item].point, "probe": hint.how},
-        ))
-    out.append(Evidence(
-        source=SOURCE, source_version=version, kind="probe", message=analysis_summary,
-        file=b.script, line=1,
-        data={"items": [], "point": 1, "probe": "run", "outcome": b.doc.outcome.kind,
-              "mode": b.doc.mode, "steps": b.doc.steps_completed,
-              "loss": b.doc.loss.values, "median_step_ms": b.doc.timing.median_step_ms,
-              "synthetic_datasets": [d.dataset for d in b.doc.synthetic_datasets]},
-    ))
+        out.append(
+            Evidence(
+                source=SOURCE,
+                source_version=version,
+                kind="probe",
+                message=f"{hint.how}: {hint.reason}",
+                file=b.script,
+                data={
+                    "items": [hint.item],
+                    "verdict": hint.verdict,
+                    "point": ITEMS_BY_ID[hint.item].point,
+                    "probe": hint.how,
+                },
+            )
+        )
+    out.append(
+        Evidence(
+            source=SOURCE,
+            source_version=version,
+            kind="probe",
+            message=analysis_summary,
+            file=b.script,
+            line=1,
+            data={
+                "items": [],
+                "point": 1,
+                "probe": "run",
+                "outcome": b.doc.outcome.kind,
+                "mode": b.doc.mode,
+                "steps": b.doc.steps_completed,
+                "loss": b.doc.loss.values,
+                "median_step_ms": b.doc.timing.median_step_ms,
+                "synthetic_datasets": [d.dataset for d in b.doc.synthetic_datasets],
+            },
+        )
+    )
     return out
 
 
-def probe_findings(doc: ProbeDocument | dict[str, Any], script_relpath: str,
-                   read_source: Callable[[str], str | None] | None = None) -> ProbeAnalysis:
+def probe_findings(
+    doc: ProbeDocument | dict[str, Any],
+    script_relpath: str,
+    read_source: Callable[[str], str | None] | None = None,
+) -> ProbeAnalysis:
     """Evidence, findings and coverage hints from one probes run of `script_relpath`.
     `read_source(relpath)`, when given, supplies the text for numbered excerpts."""
     document = doc if isinstance(doc, ProbeDocument) else ProbeDocument.model_validate(doc)
@@ -509,12 +802,13 @@ def render_dataflow_markdown(flow: DataFlow) -> str:
     """One row per module call of the mapped step, indented by nesting depth."""
     if not flow.calls:
         return ""
-    rows = ["| # | module | type | inputs | outputs | params |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| # | module | type | inputs | outputs | params |", "|---|---|---|---|---|---|"]
     for call in flow.calls:
         name = "&nbsp;&nbsp;" * call.depth + f"`{call.module}`"
-        rows.append(f"| {call.index} | {name} | {call.type} | {_tensors(call.inputs)} | "
-                    f"{_tensors(call.outputs)} | {', '.join(call.param_dtypes) or '-'} |")
+        rows.append(
+            f"| {call.index} | {name} | {call.type} | {_tensors(call.inputs)} | "
+            f"{_tensors(call.outputs)} | {', '.join(call.param_dtypes) or '-'} |"
+        )
     if flow.truncated:
         rows.append("| … | (truncated) | | | | |")
     return "\n".join(rows)

@@ -59,12 +59,12 @@ class SyntheticImage:
 
 def _to_pil(pixels: torch.Tensor) -> Any:
     try:
-        from PIL import Image
+        image_module: Any = importlib.import_module("PIL.Image")
     except ImportError:
         return SyntheticImage(pixels)
     channels, height, width = pixels.shape
     data = pixels.permute(1, 2, 0).contiguous().flatten().tolist()
-    image = Image.frombytes("L" if channels == 1 else "RGB", (width, height), bytes(data))
+    image = image_module.frombytes("L" if channels == 1 else "RGB", (width, height), bytes(data))
     return image
 
 
@@ -285,7 +285,7 @@ class _ShimLoader(importlib.abc.Loader):
         module.__dict__["__getattr__"] = lambda attribute: _shim_attribute(name, attribute)
         if name == "torchvision":
             module.__path__ = []
-            module.__version__ = "0.0.0+torchdoctor-standin"
+            module.__dict__["__version__"] = "0.0.0+torchdoctor-standin"
         elif name == "torchvision.datasets":
             reason = "torchvision not installed"
             for dataset in SPECS:

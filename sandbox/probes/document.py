@@ -18,7 +18,7 @@ from sandbox.probes.frames import Location, UserFiles
 from sandbox.probes.locate import attribute_location, class_location, forward_location
 from sandbox.probes.memory import vram_report
 from sandbox.probes.session import Session
-from sandbox.probes.tensors import describe
+from sandbox.probes.tensors import cuda_in_use, describe
 
 PHASE_ORDER = {"input": 0, "forward": 1, "loss": 2, "backward": 3}
 
@@ -141,7 +141,7 @@ def build(
     gradients = session.grads.report(steps_done)
     for key in ("never_received_grad", "grad_not_in_optimizer"):
         gradients[key] = _parameter_locations(session, gradients[key], user_files)
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = cuda_in_use()
     document = {
         "schema_version": SCHEMA_VERSION,
         "tool": TOOL_NAME,

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
 from sandbox.probes.gpu_peaks import peak_tflops
+from sandbox.probes.tensors import cuda_in_use
 
 
 class FlopProbe:
@@ -29,7 +30,7 @@ class FlopProbe:
 
         try:
             self._mode = FlopCounterMode(display=False)
-            self._mode.__enter__()
+            self._mode.__enter__()  # type: ignore[no-untyped-call]
             self.step = step
         except Exception as exc:
             self._mode = None
@@ -40,17 +41,13 @@ class FlopProbe:
             return
         mode, self._mode = self._mode, None
         try:
-            mode.__exit__(None, None, None)
+            mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             self.flops = int(mode.get_total_flops())
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def report(self, median_step_s: float | None) -> dict[str, Any]:
-        name = (
-            torch.cuda.get_device_name()
-            if (torch.cuda.is_available() and torch.cuda.is_initialized())
-            else None
-        )
+        name = torch.cuda.get_device_name() if (cuda_in_use()) else None
         peak = peak_tflops(name) if name else None
         tflops = (
             self.flops / median_step_s / 1e12 if self.flops is not None and median_step_s else None

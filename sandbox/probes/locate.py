@@ -62,8 +62,9 @@ def forward_location(module: torch.nn.Module, user_files: UserFiles) -> Location
     return class_location(module, user_files)
 
 
-def attribute_location(root: torch.nn.Module, dotted: str, user_files: UserFiles
-                       ) -> Location | None:
+def attribute_location(
+    root: torch.nn.Module, dotted: str, user_files: UserFiles
+) -> Location | None:
     """Where the submodule or parameter named `dotted` (relative to `root`) is assigned in its
     owner's class (`self.<attr> =`); else the owner's class line."""
     parts = dotted.split(".")

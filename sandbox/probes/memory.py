@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ast
 import gc
+import itertools
 import os
 from typing import Any
 
 import torch
 
 from sandbox.probes.frames import UserFiles
+from sandbox.probes.tensors import cuda_in_use
 
 NODE_CAP = 200_000
 FRAGMENTATION_MIN_BYTES = 256 * 2**20
@@ -69,7 +71,7 @@ class MemoryProbe:
         self.culprit: dict[str, Any] | None = None
 
     def end_step(self, step: int) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if cuda_in_use():
             self.source = "cuda-allocated"
             self.per_step[step] = torch.cuda.memory_allocated()
         else:
@@ -83,7 +85,7 @@ class MemoryProbe:
 
     def _rising(self) -> bool:
         counts = [g["nodes"] for g in self.graph_nodes if g["step"] >= 1]
-        return len(counts) >= 3 and all(b > a for a, b in zip(counts, counts[1:], strict=False))
+        return len(counts) >= 3 and all(b > a for a, b in itertools.pairwise(counts))
 
     def retention(self) -> dict[str, Any] | None:
         """The growing graph and the variable holding it, when node counts grow each scan."""
@@ -123,9 +125,12 @@ class MemoryProbe:
             return None, None
         assigned: int | None = None
         for node in ast.walk(tree):
-            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-                if node.target.id == name:
-                    return self.user_files.relpath(script), node.lineno
+            if (
+                isinstance(node, ast.AugAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == name
+            ):
+                return self.user_files.relpath(script), node.lineno
             if (
                 isinstance(node, ast.Assign)
                 and assigned is None
@@ -158,7 +163,7 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 def vram_report() -> dict[str, Any] | None:
     """Reserved vs allocated, inactive split bytes and allocator retries, with advice."""
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+    if not cuda_in_use():
         return None
     stats = torch.cuda.memory_stats()
     reserved = int(stats.get("reserved_bytes.all.current", 0))

@@ -42,7 +42,8 @@ def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
         kept.append(frames[-1])
     shown = [
         traceback.FrameSummary(user_files.relpath(f.filename), f.lineno, f.name, line=f.line)
-        if user_files.contains(f.filename) else f
+        if user_files.contains(f.filename)
+        else f
         for f in kept
     ]
     lines = traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)

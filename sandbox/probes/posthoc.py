@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from sandbox.probes.tensors import cuda_in_use
+
 INT8_REPEATS = 7
 COMPILE_REPEATS = 10
 
@@ -100,7 +102,7 @@ def try_int8(
     try:
         reference = _eval_copy(model).cpu().float()
         cpu_args, cpu_kwargs = _to_cpu(args), _to_cpu(kwargs)
-        quantized = torch.ao.quantization.quantize_dynamic(
+        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             copy.deepcopy(reference), {torch.nn.Linear}, dtype=torch.qint8
         )
         with torch.inference_mode():
@@ -127,7 +129,7 @@ def try_int8(
 
 
 def _synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda_in_use():
         torch.cuda.synchronize()
 
 
@@ -145,7 +147,7 @@ def try_compile(
         def run() -> None:
             out = _first_output(module(*args, **kwargs))
             if training and out is not None and out.requires_grad:
-                out.float().sum().backward()
+                out.float().sum().backward()  # type: ignore[no-untyped-call]
             _synchronize()
 
         return run

@@ -4,6 +4,7 @@ evidence document whatever happens (finish, crash, hang, `sys.exit`, no optimize
 from __future__ import annotations
 
 import gc
+import importlib
 import multiprocessing
 import os
 import random
@@ -30,11 +31,10 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
-        import numpy
-
-        numpy.random.seed(seed)
+        numpy: Any = importlib.import_module("numpy")
     except ImportError:
-        pass
+        return
+    numpy.random.seed(seed)
 
 
 def _natural_end(session: Session) -> dict[str, Any]:

@@ -9,6 +9,7 @@ fails is recorded in `errors` and the run goes on.
 
 from __future__ import annotations
 
+import itertools
 import time
 import traceback
 import warnings
@@ -33,6 +34,7 @@ from sandbox.probes.memory import MemoryProbe
 from sandbox.probes.mode import ModeProbe
 from sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
 from sandbox.probes.syncs import SyncProbe
+from sandbox.probes.tensors import cuda_in_use
 from sandbox.probes.warnings_probe import WarningsProbe
 
 FUNCTIONAL_LOSSES = (
@@ -241,8 +243,8 @@ class Session:
         step = self.step
         now = time.perf_counter()
         self.step_seconds[step] = now - self._step_started
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            event = torch.cuda.Event(enable_timing=True)
+        if cuda_in_use():
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             event.record()
             self.cuda_events[step] = event
         self.loss.end_step(step)
@@ -295,7 +297,7 @@ class Session:
             steps = sorted(events)
             return {
                 b: events[a].elapsed_time(events[b]) / 1e3
-                for a, b in zip(steps, steps[1:], strict=False)
+                for a, b in itertools.pairwise(steps)
                 if b == a + 1
             }
         return dict(self.step_seconds)

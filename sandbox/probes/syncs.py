@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sandbox.probes.frames import UserFiles
+from sandbox.probes.tensors import cuda_in_use
 
 SYNC_METHODS = ("item", "cpu", "numpy", "tolist")
 
@@ -62,7 +63,7 @@ class SyncProbe:
 
     def set_cuda_mode(self, on: bool) -> None:
         """Toggle CUDA's sync debug mode; the harness turns it off around its own reads."""
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if cuda_in_use():
             torch.cuda.set_sync_debug_mode("warn" if on else 0)
             self.cuda_mode = on
 

@@ -8,6 +8,13 @@ from typing import Any
 import torch
 
 
+def cuda_in_use() -> bool:
+    """CUDA is available and the script has initialised it (no probe initialises it)."""
+    if not torch.cuda.is_available():
+        return False
+    return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+
+
 def tensors_in(obj: Any, limit: int = 8) -> list[torch.Tensor]:
     """Tensors directly inside `obj` (a tensor, or a tuple/list/dict one level deep)."""
     if isinstance(obj, torch.Tensor):

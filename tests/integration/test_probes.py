@@ -25,15 +25,24 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "probes"
 
 
-def run_probes(tmp_path: Path, script: str | Path, *options: str,
-               env_extra: dict[str, str] | None = None, timeout: float = 120
-               ) -> tuple[ProbeDocument, subprocess.CompletedProcess[str]]:
+def run_probes(
+    tmp_path: Path,
+    script: str | Path,
+    *options: str,
+    env_extra: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> tuple[ProbeDocument, subprocess.CompletedProcess[str]]:
     out = tmp_path / "evidence.json"
     path = script if isinstance(script, Path) else FIXTURES / script
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     done = subprocess.run(
         [sys.executable, "-m", "sandbox.probes", str(path), "--out", str(out), *options],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert out.exists(), done.stderr[-3000:]
     raw: dict[str, Any] = json.loads(out.read_text())
@@ -47,8 +56,9 @@ def rules(document: ProbeDocument, script: str) -> set[str]:
 
 
 def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> None:
-    doc, done = run_probes(tmp_path, "train_ok.py", "--steps", "4", "--determinism", "3",
-                           "--export", "--int8")
+    doc, done = run_probes(
+        tmp_path, "train_ok.py", "--steps", "4", "--determinism", "3", "--export", "--int8"
+    )
     assert done.returncode == 0
     assert doc.outcome.kind == "completed-steps"
     assert doc.steps_completed == 4 and doc.mode == "train"
@@ -83,7 +93,10 @@ def test_loss_accumulated_as_a_tensor_is_reported_as_graph_retention(tmp_path: P
     retention = doc.memory.retention
     assert retention is not None and retention.nodes_per_step > 0
     assert (retention.variable, retention.file, retention.line) == (
-        "total", "leak_total_loss.py", 16)
+        "total",
+        "leak_total_loss.py",
+        16,
+    )
     assert "probe-graph-retention" in rules(doc, "leak_total_loss.py")
 
 
@@ -91,25 +104,33 @@ def test_item_in_every_step_is_counted_at_its_line(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "item_per_step.py", "--steps", "6")
     assert doc.syncs.per_step == pytest.approx(1.0)
     assert (doc.syncs.calls[0].file, doc.syncs.calls[0].line, doc.syncs.calls[0].kind) == (
-        "item_per_step.py", 16, "item")
+        "item_per_step.py",
+        16,
+        "item",
+    )
     assert "probe-host-sync" in rules(doc, "item_per_step.py")
 
 
 def test_unused_layer_is_a_dead_parameter_located_at_its_assignment(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "dead_parameter.py", "--steps", "3")
     dead = {(p.name, p.file, p.line) for p in doc.gradients.never_received_grad}
-    assert dead == {("Net.unused.weight", "dead_parameter.py", 11),
-                    ("Net.unused.bias", "dead_parameter.py", 11)}
+    assert dead == {
+        ("Net.unused.weight", "dead_parameter.py", 11),
+        ("Net.unused.bias", "dead_parameter.py", 11),
+    }
     analysis = probe_findings(doc, "src/dead_parameter.py")
     assert {(f.rule, f.file, f.line) for f in analysis.findings} == {
-        ("probe-dead-parameter", "src/dead_parameter.py", 11)}
+        ("probe-dead-parameter", "src/dead_parameter.py", 11)
+    }
     assert analysis.coverage["4.3"].verdict == "fail"
 
 
 def test_parameter_with_gradient_outside_the_optimizer(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "grad_not_in_optimizer.py", "--steps", "3")
     assert {p.name for p in doc.gradients.grad_not_in_optimizer} == {
-        "Net.head.weight", "Net.head.bias"}
+        "Net.head.weight",
+        "Net.head.bias",
+    }
     assert "probe-grad-not-in-optimizer" in rules(doc, "grad_not_in_optimizer.py")
 
 
@@ -125,7 +146,8 @@ def test_inference_in_training_mode_is_flagged_at_the_call(tmp_path: Path) -> No
     assert doc.mode == "inference" and doc.outcome.kind == "no-optimizer"
     assert doc.forward_passes == 10
     assert [(i.kind, i.file, i.line) for i in doc.mode_issues] == [
-        ("train-mode-at-inference", "train_mode_inference.py", 10)]
+        ("train-mode-at-inference", "train_mode_inference.py", 10)
+    ]
     assert "probe-train-mode-at-inference" in rules(doc, "train_mode_inference.py")
 
 
@@ -154,8 +176,7 @@ def test_crashing_script_yields_script_error_with_its_line(tmp_path: Path) -> No
 
 
 def test_hanging_script_is_stopped_by_its_time_budget(tmp_path: Path) -> None:
-    doc, done = run_probes(tmp_path, "hang.py", "--steps", "5", "--time-budget", "4",
-                           timeout=90)
+    doc, _done = run_probes(tmp_path, "hang.py", "--steps", "5", "--time-budget", "4", timeout=90)
     assert doc.outcome.kind == "time-budget"
     assert doc.steps_completed <= 1
     assert doc.timing.wall_s < 30
@@ -163,7 +184,8 @@ def test_hanging_script_is_stopped_by_its_time_budget(tmp_path: Path) -> None:
 
 def test_script_stuck_in_c_code_is_ended_by_the_watchdog(tmp_path: Path) -> None:
     script = tmp_path / "stuck.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import signal
         import time
         import torch
@@ -171,9 +193,11 @@ def test_script_stuck_in_c_code_is_ended_by_the_watchdog(tmp_path: Path) -> None
         model = torch.nn.Linear(2, 1)
         model(torch.zeros(1, 2))
         time.sleep(3600)
-    """))
-    doc, done = run_probes(tmp_path, script, "--steps", "5", "--time-budget", "1",
-                           "--grace", "1", timeout=60)
+    """)
+    )
+    doc, _done = run_probes(
+        tmp_path, script, "--steps", "5", "--time-budget", "1", "--grace", "1", timeout=60
+    )
     assert doc.outcome.kind == "time-budget"
     assert doc.forward_passes == 1
 
@@ -189,7 +213,11 @@ def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
     assert doc.outcome.kind == "completed-steps"
     loader = doc.dataloader.loaders[0]
     assert (loader.num_workers, loader.batch_size, loader.file, loader.line) == (
-        2, 16, "dataloader_workers.py", 10)
+        2,
+        16,
+        "dataloader_workers.py",
+        10,
+    )
     assert loader.batches >= 4
     assert doc.dataloader.wait_share is not None
     assert doc.worker_processes_left == 0
@@ -198,8 +226,7 @@ def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
 
 def test_inference_script_stops_after_n_forwards(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "no_optimizer.py", "--steps", "3")
-    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("completed-steps",
-                                                                 "inference", 3)
+    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("completed-steps", "inference", 3)
     assert doc.mode_issues == []
 
 
@@ -213,7 +240,8 @@ def test_torchvision_download_gets_a_synthetic_stand_in(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "torchvision_download.py", "--steps", "2")
     assert doc.outcome.kind == "completed-steps"
     assert [(d.dataset, d.shape, d.classes) for d in doc.synthetic_datasets] == [
-        ("MNIST", [1, 28, 28], 10)]
+        ("MNIST", [1, 28, 28], 10)
+    ]
     assert doc.model is not None
     assert [t.shape for t in doc.model.captured_input] == [[32, 1, 28, 28]]
     assert not (tmp_path / "data").exists()
@@ -221,37 +249,48 @@ def test_torchvision_download_gets_a_synthetic_stand_in(tmp_path: Path) -> None:
     assert any("synthetic stand-in for MNIST" in note for note in analysis.notes)
 
 
-def test_installed_torchvision_without_files_falls_back_to_the_stand_in(tmp_path: Path
-                                                                         ) -> None:
+def test_installed_torchvision_without_files_falls_back_to_the_stand_in(tmp_path: Path) -> None:
     fake = tmp_path / "site" / "torchvision"
     (fake / "datasets").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "datasets" / "__init__.py").write_text(textwrap.dedent("""
+    (fake / "datasets" / "__init__.py").write_text(
+        textwrap.dedent("""
         class CIFAR10:
             def __init__(self, root, train=True, transform=None, download=False):
                 raise RuntimeError("Dataset not found or corrupted.")
-    """))
+    """)
+    )
     script = tmp_path / "cifar.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import torch
         from torchvision import datasets
         data = datasets.CIFAR10("./data", train=False, download=True)
         image, label = data[0]
         model = torch.nn.Linear(3, 1)
         model(torch.zeros(1, 3))
-    """))
-    doc, _ = run_probes(tmp_path, script, "--steps", "1",
-                        env_extra={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path / 'site'}"})
+    """)
+    )
+    doc, _ = run_probes(
+        tmp_path,
+        script,
+        "--steps",
+        "1",
+        env_extra={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path / 'site'}"},
+    )
     assert doc.outcome.kind == "completed-steps"
     assert [(d.dataset, d.train, d.length) for d in doc.synthetic_datasets] == [
-        ("CIFAR10", False, 10000)]
+        ("CIFAR10", False, 10000)
+    ]
     assert "files absent" in doc.synthetic_datasets[0].reason
 
 
 def test_script_arguments_after_double_dash_reach_the_script(tmp_path: Path) -> None:
     script = tmp_path / "args.py"
-    script.write_text("import sys\nimport torch\nif sys.argv[1:] != ['--steps', '7']:\n"
-                      "    raise SystemExit(2)\ntorch.nn.Linear(1, 1)(torch.zeros(1, 1))\n")
+    script.write_text(
+        "import sys\nimport torch\nif sys.argv[1:] != ['--steps', '7']:\n"
+        "    raise SystemExit(2)\ntorch.nn.Linear(1, 1)(torch.zeros(1, 1))\n"
+    )
     doc, _ = run_probes(tmp_path, script, "--steps", "1", "--", "--steps", "7")
     assert doc.argv == ["--steps", "7"]
     assert doc.outcome.kind == "completed-steps"

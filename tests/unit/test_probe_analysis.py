@@ -32,9 +32,15 @@ def document(**sections: Any) -> dict[str, Any]:
 
 def linear_call(index: int, depth: int, dtype: str = "float32") -> dict[str, Any]:
     tensor = {"shape": [8, 4], "dtype": dtype, "device": "cuda:0"}
-    return {"index": index, "module": f"Net.layer{index}" if depth else "Net",
-            "type": "Linear" if depth else "Net", "depth": depth, "inputs": [tensor],
-            "outputs": [tensor], "param_dtypes": ["float32"] if depth else []}
+    return {
+        "index": index,
+        "module": f"Net.layer{index}" if depth else "Net",
+        "type": "Linear" if depth else "Net",
+        "depth": depth,
+        "inputs": [tensor],
+        "outputs": [tensor],
+        "param_dtypes": ["float32"] if depth else [],
+    }
 
 
 def test_clean_run_passes_the_items_it_observed() -> None:
@@ -46,8 +52,15 @@ def test_clean_run_passes_the_items_it_observed() -> None:
 
 
 def test_locations_are_joined_to_the_scripts_folder() -> None:
-    doc = document(nonfinite={"step": 2, "phase": "forward", "module": "Net.act",
-                              "file": "models/net.py", "line": 12})
+    doc = document(
+        nonfinite={
+            "step": 2,
+            "phase": "forward",
+            "module": "Net.act",
+            "file": "models/net.py",
+            "line": 12,
+        }
+    )
     finding = probe_findings(doc, "project/train.py").findings[0]
     assert (finding.rule, finding.file, finding.line) == ("probe-nan", "project/models/net.py", 12)
     assert finding.severity is Severity.CRITICAL
@@ -55,9 +68,16 @@ def test_locations_are_joined_to_the_scripts_folder() -> None:
 
 
 def test_finding_without_a_location_points_at_the_scripts_first_line() -> None:
-    doc = document(determinism={"ok": True, "seed": 1, "deterministic": False,
-                                "first_divergent_step": 0, "max_rel_diff": 0.04,
-                                "steps_compared": 3})
+    doc = document(
+        determinism={
+            "ok": True,
+            "seed": 1,
+            "deterministic": False,
+            "first_divergent_step": 0,
+            "max_rel_diff": 0.04,
+            "steps_compared": 3,
+        }
+    )
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.file, finding.line) == ("probe-nondeterministic", "train.py", 1)
 
@@ -69,24 +89,46 @@ def test_nan_fails_both_edge_case_and_stability_items() -> None:
 
 
 def test_graph_retention_names_the_variable() -> None:
-    doc = document(memory={"source": "rss", "retention": {
-        "nodes_per_step": 7.0, "variable": "total", "file": "train.py", "line": 16}})
+    doc = document(
+        memory={
+            "source": "rss",
+            "retention": {
+                "nodes_per_step": 7.0,
+                "variable": "total",
+                "file": "train.py",
+                "line": 16,
+            },
+        }
+    )
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.line, finding.code) == ("probe-graph-retention", 16, "total")
     assert "`total`" in finding.message
 
 
 def test_host_syncs_point_at_the_most_frequent_line() -> None:
-    doc = document(syncs={"per_step": 2.0, "calls": [
-        {"file": "train.py", "line": 30, "kind": "item", "count": 6},
-        {"file": "train.py", "line": 31, "kind": "cpu", "count": 2}]})
+    doc = document(
+        syncs={
+            "per_step": 2.0,
+            "calls": [
+                {"file": "train.py", "line": 30, "kind": "item", "count": 6},
+                {"file": "train.py", "line": 31, "kind": "cpu", "count": 2},
+            ],
+        }
+    )
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.line, finding.items) == ("probe-host-sync", 30, ["6.1"])
 
 
 def test_low_mfu_on_a_known_gpu_is_a_finding() -> None:
-    doc = document(flops={"flops_per_step": 10**12, "achieved_tflops": 50.0, "mfu": 0.05,
-                          "device_name": "NVIDIA H100 80GB HBM3", "peak_bf16_tflops": 989.4})
+    doc = document(
+        flops={
+            "flops_per_step": 10**12,
+            "achieved_tflops": 50.0,
+            "mfu": 0.05,
+            "device_name": "NVIDIA H100 80GB HBM3",
+            "peak_bf16_tflops": 989.4,
+        }
+    )
     analysis = probe_findings(doc, "train.py")
     assert [f.rule for f in analysis.findings] == ["probe-low-mfu"]
     assert analysis.coverage["8.1"].verdict == "fail"
@@ -94,11 +136,20 @@ def test_low_mfu_on_a_known_gpu_is_a_finding() -> None:
 
 def test_fragmented_allocator_gets_the_expandable_segments_advice() -> None:
     gib = 2**30
-    doc = document(vram={"reserved_bytes": 10 * gib, "allocated_bytes": 4 * gib,
-                         "peak_allocated_bytes": 8 * gib, "peak_reserved_bytes": 10 * gib,
-                         "inactive_split_bytes": 3 * gib, "num_alloc_retries": 2,
-                         "num_ooms": 0, "expandable_segments": False, "fragmented": True,
-                         "advice": "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"})
+    doc = document(
+        vram={
+            "reserved_bytes": 10 * gib,
+            "allocated_bytes": 4 * gib,
+            "peak_allocated_bytes": 8 * gib,
+            "peak_reserved_bytes": 10 * gib,
+            "inactive_split_bytes": 3 * gib,
+            "num_alloc_retries": 2,
+            "num_ooms": 0,
+            "expandable_segments": False,
+            "fragmented": True,
+            "advice": "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+        }
+    )
     finding = probe_findings(doc, "train.py").findings[0]
     assert finding.rule == "probe-vram-fragmentation"
     assert "expandable_segments:True" in finding.message
@@ -106,27 +157,50 @@ def test_fragmented_allocator_gets_the_expandable_segments_advice() -> None:
 
 def test_dead_parameters_and_mode_issues_keep_their_lines() -> None:
     doc = document(
-        gradients={"never_received_grad": [
-            {"name": "Net.unused.weight", "file": "train.py", "line": 11}]},
-        mode_issues=[{"kind": "train-mode-at-inference", "module": "Net", "file": "train.py",
-                      "line": 40, "count": 3}],
+        gradients={
+            "never_received_grad": [{"name": "Net.unused.weight", "file": "train.py", "line": 11}]
+        },
+        mode_issues=[
+            {
+                "kind": "train-mode-at-inference",
+                "module": "Net",
+                "file": "train.py",
+                "line": 40,
+                "count": 3,
+            }
+        ],
     )
     found = {(f.rule, f.line) for f in probe_findings(doc, "train.py").findings}
     assert found == {("probe-dead-parameter", 11), ("probe-train-mode-at-inference", 40)}
 
 
 def test_script_error_is_a_finding_at_the_raising_line() -> None:
-    doc = document(outcome={"kind": "script-error", "detail": "ValueError: bad",
-                            "error_type": "ValueError", "file": "train.py", "line": 9,
-                            "traceback": "..."}, steps_completed=0)
+    doc = document(
+        outcome={
+            "kind": "script-error",
+            "detail": "ValueError: bad",
+            "error_type": "ValueError",
+            "file": "train.py",
+            "line": 9,
+            "traceback": "...",
+        },
+        steps_completed=0,
+    )
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.line, finding.severity) == (
-        "probe-script-error", 9, Severity.HIGH)
+        "probe-script-error",
+        9,
+        Severity.HIGH,
+    )
 
 
 def test_evidence_follows_the_offline_reasoner_convention() -> None:
-    doc = document(syncs={"per_step": 1.0, "calls": [
-        {"file": "train.py", "line": 5, "kind": "item", "count": 4}]})
+    doc = document(
+        syncs={
+            "per_step": 1.0,
+            "calls": [{"file": "train.py", "line": 5, "kind": "item", "count": 4}],
+        }
+    )
     sources = {"train.py": "\n".join(f"line {n}" for n in range(1, 11))}
     analysis = probe_findings(doc, "train.py", read_source=sources.get)
     pairs = analysis.by_point()
@@ -141,8 +215,15 @@ def test_evidence_follows_the_offline_reasoner_convention() -> None:
 
 
 def test_harness_error_document_still_validates() -> None:
-    analysis = probe_findings({"schema_version": 1, "tool": "torchdoctor-probes",
-                               "script": "t.py", "outcome": {"kind": "harness-error"}}, "t.py")
+    analysis = probe_findings(
+        {
+            "schema_version": 1,
+            "tool": "torchdoctor-probes",
+            "script": "t.py",
+            "outcome": {"kind": "harness-error"},
+        },
+        "t.py",
+    )
     assert analysis.outcome == "harness-error" and analysis.findings == []
 
 
@@ -152,8 +233,14 @@ def test_unknown_fields_are_rejected() -> None:
 
 
 def test_dataflow_renderers_show_shapes_dtypes_and_devices() -> None:
-    doc = ProbeDocument.model_validate(document(dataflow={"step": 0, "calls": [
-        linear_call(0, 0), linear_call(1, 1), linear_call(2, 1, "bfloat16")]}))
+    doc = ProbeDocument.model_validate(
+        document(
+            dataflow={
+                "step": 0,
+                "calls": [linear_call(0, 0), linear_call(1, 1), linear_call(2, 1, "bfloat16")],
+            }
+        )
+    )
     table = render_dataflow_markdown(doc.dataflow)
     assert table.splitlines()[0].startswith("| # | module")
     assert "[8, 4] bfloat16 cuda:0" in table
@@ -166,9 +253,16 @@ def test_dataflow_renderers_show_shapes_dtypes_and_devices() -> None:
 
 
 def test_dtype_mixing_is_a_finding_for_item_1_5() -> None:
-    doc = document(dataflow={"calls": [linear_call(0, 0)]}, dtype_mixing=[
-        {"module": "Net.head", "type": "Linear", "reason": "inputs ['float16'] vs parameters "
-         "['float32']"}])
+    doc = document(
+        dataflow={"calls": [linear_call(0, 0)]},
+        dtype_mixing=[
+            {
+                "module": "Net.head",
+                "type": "Linear",
+                "reason": "inputs ['float16'] vs parameters ['float32']",
+            }
+        ],
+    )
     analysis = probe_findings(doc, "train.py")
     assert [f.rule for f in analysis.findings] == ["probe-dtype-mixing"]
     assert analysis.coverage["1.5"].verdict == "fail"

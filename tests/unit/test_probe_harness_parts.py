@@ -42,11 +42,20 @@ def test_tiny_float_noise_is_within_tolerance_but_not_bitwise() -> None:
     assert result["deterministic"] and not result["bitwise_equal"]
 
 
-@pytest.mark.parametrize(("name", "peak"), [
-    ("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.4),
-    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.1), ("NVIDIA L4", 121.0),
-    ("NVIDIA GeForce RTX 4090", 165.2), ("NVIDIA B200", 2250.0), ("Tesla T4", None),
-])
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA L40S", 362.1),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA GeForce RTX 4090", 165.2),
+        ("NVIDIA B200", 2250.0),
+        ("Tesla T4", None),
+    ],
+)
 def test_gpu_peak_lookup_prefers_the_specific_name(name: str, peak: float | None) -> None:
     assert peak_tflops(name) == peak
 
@@ -56,8 +65,9 @@ def test_graph_scans_run_early_then_at_powers_of_two() -> None:
 
 
 def test_stand_in_dataset_has_the_real_shape_length_and_is_repeatable() -> None:
-    transform = Compose([RandomCrop(32, padding=4), ToTensor(),
-                         Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    transform = Compose(
+        [RandomCrop(32, padding=4), ToTensor(), Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
+    )
     data = SyntheticVisionDataset("CIFAR10", "test", "./data", train=True, transform=transform)
     image, label = data[3]
     assert len(data) == 50000
