@@ -401,3 +401,14 @@ def test_a_french_audit_sends_the_french_prompts(stub: StubLLM, workspace: Path)
     assert "Rédigez titres et explications en français." in system
     assert user.startswith("Point 6 de la checklist : Performance CPU/GPU")
     assert set(reasoner.provenance()["templates"]) == {"fr/point_06", "fr/system"}
+
+
+def test_an_unusable_cache_dir_disables_the_cache_not_the_audit(
+    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    blocker = workspace.parent / "not-a-dir"
+    blocker.write_text("a file where the cache dir should be")
+    reasoner = make(stub, workspace, cache_dir=blocker)
+    reasoner.reason(requests_[6])
+    assert stub.chat_calls == 1
+    assert str(reasoner.provenance()["cache"]).startswith("answer cache disabled:")

@@ -136,6 +136,7 @@ class LLMClient:
             max_retries=0,
         )
         self._json_object_ok = True
+        self._schema_refused = False
         self._max_tokens_param: str = config.max_tokens_param
         self._refused_params: set[str] = set()
         self.probe_usage = Usage()
@@ -251,7 +252,7 @@ class LLMClient:
         return Completion(answer, content, usage, False, mode)
 
     def _mode(self) -> Mode:
-        if self.capabilities().structured_outputs:
+        if self.capabilities().structured_outputs and not self._schema_refused:
             return "json_schema"
         return "json_object" if self._json_object_ok else "plain"
 
@@ -270,6 +271,8 @@ class LLMClient:
                 raise LLMUnavailable("the endpoint rejected a plain chat request") from None
             if mode == "json_object":
                 self._json_object_ok = False
+            if mode == "json_schema":
+                self._schema_refused = True
             return self._ask(
                 messages, model, name, "json_object" if mode == "json_schema" else "plain", usage
             )

@@ -9,6 +9,7 @@ and a note saying so.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -62,7 +63,13 @@ class LLMReasoner:
         self.offline = offline
         self.files = WorkspaceFiles(workspace_root)
         self.budget = Budget(config.token_budget, config.cost_budget_usd, config.price())
-        cache = ResponseCache(config.resolved_cache_dir()) if config.cache else None
+        self.cache_problem = ""
+        cache = None
+        if config.cache:
+            try:
+                cache = ResponseCache(config.resolved_cache_dir())
+            except (OSError, sqlite3.Error) as err:
+                self.cache_problem = f"answer cache disabled: {err}"
         self.client = LLMClient(config, self.budget, cache, sleep=sleep)
         self.usage = Usage()
         self.templates: dict[str, str] = {}
@@ -286,6 +293,7 @@ class LLMReasoner:
                 "probe_completion_tokens": self.client.probe_usage.completion_tokens,
                 "cost_usd": self.budget.cost_label(),
                 "token_budget": self.config.token_budget,
+                "cache": self.cache_problem or ("on" if self.config.cache else "off"),
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
             }
 
