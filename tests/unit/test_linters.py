@@ -24,7 +24,7 @@ from agent.checks.linters import (
     run_linters,
 )
 from agent.checks.linters.bandit import BanditAdapter
-from agent.checks.linters.base import LinterResult
+from agent.checks.linters.base import LinterResult, command_line_batches
 from agent.checks.linters.detect_secrets import DetectSecretsAdapter
 from agent.checks.linters.evidence import EvidenceFactory, classify
 from agent.checks.linters.mypy import MypyAdapter
@@ -345,3 +345,22 @@ def test_project_modules_never_shadow_the_tools_own_imports(
     result = BanditAdapter().run(tmp_path, ["train.py"])
     assert result.status == "ok", result.notes
     assert [e.data["code"] for e in result.evidence] == ["B403"]
+
+
+def test_long_file_lists_are_split_across_command_lines() -> None:
+    names = [f"pkg/module_{i:04d}.py" for i in range(1000)]
+    batches = command_line_batches(names, budget=2000)
+    assert [n for batch in batches for n in batch] == names
+    assert all(sum(len(n) + 1 for n in batch) <= 2000 for batch in batches)
+    assert len(batches) > 1
+
+
+@needs_ruff
+def test_batches_of_one_tool_run_merge_into_one_result() -> None:
+    adapter = RuffAdapter()
+    adapter.argv_budget = 20  # one file per command line
+    result = adapter.run(FIXTURES, FILES)
+    assert result.status == "ok"
+    assert ("train_legacy.py", 32, "E722") in {
+        (e.file, e.line, e.data["code"]) for e in result.evidence
+    }

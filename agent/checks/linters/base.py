@@ -32,6 +32,7 @@ from agent.models import Evidence
 
 LinterStatus = Literal["ok", "partial", "not-installed", "failed", "timeout", "not-run"]
 VERSION_TIMEOUT_S = 30.0
+ARGV_BUDGET = 200_000  # characters of file names per command line, well below the OS limit
 _VERSION = re.compile(r"\d+(?:\.\d+)+")
 
 
@@ -91,6 +92,7 @@ class SubprocessLinter(ABC):
     name: ClassVar[str]
     executable: ClassVar[str]
     ok_exit_codes: ClassVar[frozenset[int]] = frozenset({0, 1})
+    argv_budget: int = ARGV_BUDGET
 
     def __init__(self, timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
@@ -149,22 +151,65 @@ class SubprocessLinter(ABC):
             return self.result("not-installed", started, notes=[f"{self.name} is not installed"])
         if not files:
             return self.result("not-run", started, notes=["no files to check"])
+        factory = EvidenceFactory(self.name, self.version(), root)
+        collected = Parsed([])
+        for batch in command_line_batches(files, self.argv_budget):
+            remaining = self.timeout_s - (time.perf_counter() - started)
+            failure = self._run_batch(path, root, batch, remaining, factory, collected)
+            if failure is not None:
+                stopped, note = failure
+                return self.result(stopped, started, evidence=collected.evidence, notes=[note])
+        status: LinterStatus = "partial" if collected.unknown else "ok"
+        return self.result(
+            status,
+            started,
+            evidence=collected.evidence,
+            notes=collected.notes,
+            unknown=collected.unknown,
+        )
+
+    def _run_batch(
+        self,
+        executable: str,
+        root: Path,
+        files: list[str],
+        timeout_s: float,
+        factory: EvidenceFactory,
+        into: Parsed,
+    ) -> tuple[LinterStatus, str] | None:
+        """Run one command line's worth of files into `into`; (status, note) if it failed."""
+        if timeout_s <= 0:
+            return "timeout", f"{self.name} stopped after the {self.timeout_s:g}s limit"
         with tempfile.TemporaryDirectory(prefix=f"td-{self.name}-") as scratch:
             try:
-                output = run_tool(self.command(path, files, Path(scratch)), root, self.timeout_s)
+                output = run_tool(self.command(executable, files, Path(scratch)), root, timeout_s)
             except ToolMissing as err:
-                return self.result("not-installed", started, notes=[f"{self.name}: {err}"])
-            except ToolTimeout as err:
-                return self.result("timeout", started, notes=[f"{self.name} {err}"])
+                return "not-installed", f"{self.name}: {err}"
+            except ToolTimeout:
+                return "timeout", f"{self.name} stopped after the {self.timeout_s:g}s limit"
         if output.returncode not in self.ok_exit_codes or output.crashed:
-            note = f"{self.name} exited with status {output.returncode}: {output.stderr_tail()}"
-            return self.result("failed", started, notes=[note])
+            return (
+                "failed",
+                f"{self.name} exited with status {output.returncode}: {output.stderr_tail()}",
+            )
         try:
-            parsed = self.parse(output, EvidenceFactory(self.name, self.version(), root))
+            parsed = self.parse(output, factory)
         except ToolOutputError as err:
-            note = f"{self.name} output could not be read ({err}); nothing it reported is used"
-            return self.result("failed", started, notes=[note])
-        status: LinterStatus = "partial" if parsed.unknown else "ok"
-        return self.result(
-            status, started, evidence=parsed.evidence, notes=parsed.notes, unknown=parsed.unknown
-        )
+            return "failed", f"{self.name} output could not be read ({err}); its report is not used"
+        into.evidence.extend(parsed.evidence)
+        into.notes.extend(parsed.notes)
+        into.unknown.extend(parsed.unknown)
+        return None
+
+
+def command_line_batches(files: list[str], budget: int = ARGV_BUDGET) -> list[list[str]]:
+    """`files` split so no command line exceeds `budget` characters of file names."""
+    batches: list[list[str]] = [[]]
+    size = 0
+    for name in files:
+        if batches[-1] and size + len(name) + 1 > budget:
+            batches.append([])
+            size = 0
+        batches[-1].append(name)
+        size += len(name) + 1
+    return batches
