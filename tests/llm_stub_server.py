@@ -52,7 +52,7 @@ class Reply:
         return cls(tool_calls=[call])
 
 
-EMPTY_ANSWER = {"findings": [], "explanations": [], "not_checked": []}
+EMPTY_ANSWER: dict[str, list[Any]] = {"findings": [], "explanations": [], "not_checked": []}
 
 
 class StubLLM:
