@@ -10,19 +10,21 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from agent.audit import AuditOptions, AuditOutcome, run_audit
 from agent.checks.registry import rule_doc, rules_by_id
 from agent.config import ConfigError
 from agent.models import Severity
 from agent.report import render
 from agent.workspace import InputError
+
+if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
+    from agent.audit import AuditOptions, AuditOutcome
 
 app = typer.Typer(
     help="Audit PyTorch code along a 12-point checklist, with evidence.",
@@ -50,6 +52,8 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _with_progress(options: AuditOptions) -> AuditOutcome:
+    from agent.audit import run_audit
+
     if not stderr.is_terminal:
         return run_audit(options)
     with Progress(
@@ -115,6 +119,8 @@ def audit(
     ] = None,
 ) -> None:
     """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
+    from agent.audit import AuditOptions
+
     options = AuditOptions(
         target=path,
         offline=offline,

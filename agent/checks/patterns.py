@@ -240,7 +240,7 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
 
 
 def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
-    """Calls of a model object (`model(x)`, `self.net(x)`) in `body`, same scope.
+    """Calls of a model object (`model(x)`, `self.net(x)`, `model.forward(x)`) in `body`.
 
     Constructor calls (`Net()`, capitalised names) are not model calls.
     """
@@ -249,7 +249,10 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
             continue
         if terminal_name(node.func)[:1].isupper() or ctx.qualname(node.func) is not None:
             continue
-        if is_model_expr(ctx, node.func):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "forward":
+            func = func.value  # `model.forward(x)` runs the model too
+        if is_model_expr(ctx, func):
             yield node
 
 
