@@ -17,7 +17,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.fixes.combine import merge_texts
+from agent.fixes.combine import merge_fixes
 from agent.fixes.diffs import PatchError
 from agent.fixes.gate import fix_gate
 from agent.fixes.models import AppliedFile, ApplyResult, UndoResult
@@ -84,7 +84,7 @@ def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> App
         return ApplyResult(refused=reason)
     gate = fix_gate(findings)
     result = ApplyResult()
-    diffs: list[tuple[Finding, str]] = []
+    candidates: list[Finding] = []
     for finding in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id)):
         if finding.fix is None:
             continue
@@ -93,16 +93,16 @@ def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> App
         elif finding.id in gate.blocked:
             result.skipped[finding.id] = gate.blocked[finding.id]
         else:
-            diffs.append((finding, finding.fix.diff))
+            candidates.append(finding)
     texts: dict[str, str] = {}
-    kept: list[str] = []
-    for finding, diff in diffs:
+    kept: list[Finding] = []
+    for finding in candidates:
         try:
-            texts = merge_texts(root, [*[d for f, d in diffs if f.id in kept], diff])
+            texts = merge_fixes(root, [*kept, finding])
         except PatchError as err:
             result.skipped[finding.id] = f"does not apply to the current files: {err}"
             continue
-        kept.append(finding.id)
+        kept.append(finding)
     if not texts:
         return result
     journal = _journal(root, texts)
@@ -114,7 +114,7 @@ def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> App
         result.files.append(
             AppliedFile(path=relative, sha256_before=sha256(before), sha256_after=sha256(after))
         )
-    result.applied = kept
+    result.applied = [f.id for f in kept]
     result.journal = str(journal)
     return result
 

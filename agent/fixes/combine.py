@@ -3,12 +3,15 @@ applies cleanly and still passes verification; a conflict or regression drops th
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.fixes.codemods import codemod_for
+from agent.fixes.codemods.base import Codemod
 from agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
-from agent.fixes.models import FixKind, Patch, SmokeRun
+from agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from agent.fixes.verify import Claim, FixSpec, Verifier
 from agent.models import Finding, Verification
 
@@ -21,17 +24,57 @@ class Combination(BaseModel):
     diff: str = ""
 
 
-def merge_texts(root: Path, diffs: list[str]) -> dict[str, str]:
-    """Apply diffs one after another onto the workspace's texts (exact content, shifted lines
-    allowed); raises PatchError on a conflict. Returns path -> new text for touched files."""
+def merge_fixes(root: Path, findings: list[Finding]) -> dict[str, str]:
+    """The files under `root` with the findings' fixes applied one after another, in order.
+
+    Each fix must still apply exactly to the file it was verified against (else the file
+    changed since). A codemod fix is re-run on the text the earlier fixes left, at its
+    finding's lines mapped through those edits, so neighbouring fixes do not collide on
+    diff context; an LLM patch is applied with shifted lines allowed. Raises PatchError
+    (naming the finding) on a conflict. Returns path -> new text for the touched files.
+    """
+    originals: dict[str, str] = {}
     texts: dict[str, str] = {}
-    for diff in diffs:
-        for patch in parse(diff):
-            current = texts.get(patch.path)
-            if current is None:
-                current = (root / patch.path).read_text(encoding="utf-8")
-            texts[patch.path] = apply_to_text(current, patch, offsets=True)
+    for finding in findings:
+        if finding.fix is None:
+            continue
+        patches = parse(finding.fix.diff)
+        for patch in patches:
+            if patch.path not in originals:
+                originals[patch.path] = (root / patch.path).read_text(encoding="utf-8")
+            apply_to_text(originals[patch.path], patch)
+        codemod = codemod_for(finding.rule) if finding.fix.origin == "codemod" else None
+        if codemod is not None and [p.path for p in patches] == [finding.file]:
+            texts[finding.file] = _replay(codemod, finding, originals[finding.file], texts)
+        else:
+            for patch in patches:
+                current = texts.get(patch.path, originals[patch.path])
+                texts[patch.path] = apply_to_text(current, patch, offsets=True)
     return texts
+
+
+def _replay(codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]) -> str:
+    current = texts.get(finding.file, original)
+    target = FixTarget.from_finding(finding)
+    line = map_line(original, current, target.line)
+    end_line = map_line(original, current, target.end_line)
+    if line is None or end_line is None:
+        raise PatchError(f"{finding.id}: an earlier fix changed the flagged lines")
+    fixed = codemod.transform(
+        current, target.model_copy(update={"line": line, "end_line": end_line})
+    )
+    if fixed is None:
+        raise PatchError(f"{finding.id}: the fix no longer applies after the earlier fixes")
+    return fixed
+
+
+def map_line(before: str, after: str, line: int) -> int | None:
+    """Where line `line` of `before` is in `after`; None when an edit replaced or removed it."""
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    for tag, i1, i2, j1, _ in matcher.get_opcodes():
+        if i1 <= line - 1 < i2:
+            return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
+    return None
 
 
 def combined_diff(root: Path, texts: dict[str, str]) -> str:
@@ -44,50 +87,55 @@ def combined_diff(root: Path, texts: dict[str, str]) -> str:
 def combine(
     verifier: Verifier, fixed: list[tuple[Finding, FixSpec]]
 ) -> tuple[Combination, dict[str, Verification]]:
-    """Add verified fixes one at a time (phase order); re-verify each growing combination."""
+    """Merge the verified fixes in phase order (a fix that conflicts with those before it is
+    dropped), verify the combination, and while it regresses drop the last fix and retry."""
     order = sorted(fixed, key=lambda item: (item[0].phase, -item[0].severity.rank, item[0].id))
     result = Combination()
     notes: dict[str, Verification] = {}
+
+    def drop(finding: Finding, reason: str) -> None:
+        result.dropped[finding.id] = reason
+        notes[finding.id] = Verification(step="combined", ok=False, detail=reason)
+
     kept: list[tuple[Finding, FixSpec]] = []
     for finding, spec in order:
-        assert finding.fix is not None
-        candidate = [*kept, (finding, spec)]
         try:
-            texts = merge_texts(verifier.root, [f.fix.diff for f, _ in candidate if f.fix])
+            merge_fixes(verifier.root, [f for f, _ in [*kept, (finding, spec)]])
         except PatchError as err:
-            reason = f"conflicts with the fixes before it: {err}"
-            result.dropped[finding.id] = reason
-            notes[finding.id] = Verification(step="combined", ok=False, detail=reason)
+            drop(finding, f"conflicts with the fixes before it: {err}")
             continue
+        kept.append((finding, spec))
+    while kept:
+        texts = merge_fixes(verifier.root, [f for f, _ in kept])
         diff = combined_diff(verifier.root, texts)
-        if len(candidate) > 1:
+        failed = None
+        if len(kept) > 1:
             checks = verifier.verify(
                 Patch(
-                    finding_id="+".join(f.id for f, _ in candidate),
-                    rule="+".join(f.rule for f, _ in candidate),
+                    finding_id="+".join(f.id for f, _ in kept),
+                    rule="+".join(f.rule for f, _ in kept),
                     diff=diff,
                     files=sorted(texts),
                 ),
                 Claim(
-                    rules=frozenset(f.rule for f, _ in candidate),
-                    severity=min((f.severity for f, _ in candidate), key=lambda s: s.rank),
+                    rules=frozenset(f.rule for f, _ in kept),
+                    severity=min((f.severity for f, _ in kept), key=lambda s: s.rank),
                 ),
-                _joint_spec([s for _, s in candidate]),
+                _joint_spec([s for _, s in kept]),
             )
             failed = next((c for c in checks if not c.ok), None)
-            if failed is not None:
-                reason = f"regression when combined ({failed.step}): {failed.detail}"
-                result.dropped[finding.id] = reason
-                notes[finding.id] = Verification(step="combined", ok=False, detail=reason)
-                continue
-        kept = candidate
-        result.kept.append(finding.id)
-        result.diff = diff
-        notes[finding.id] = Verification(
-            step="combined",
-            ok=True,
-            detail=f"verified together with {len(candidate) - 1} earlier fix(es)",
-        )
+        if failed is None:
+            result.kept = [f.id for f, _ in kept]
+            result.diff = diff
+            for finding, _ in kept:
+                notes[finding.id] = Verification(
+                    step="combined",
+                    ok=True,
+                    detail=f"verified together with {len(kept) - 1} other fix(es)",
+                )
+            break
+        last, _ = kept.pop()
+        drop(last, f"regression when combined ({failed.step}): {failed.detail}")
     return result, notes
 
 
