@@ -7,7 +7,7 @@ ratios the targets are about (native within 2x of bare parsing, >= 10x TorchFix'
 the slowest files and the longest per-file time (the engine stops a file at its deadline).
 It exits 1 if any file raised, hit the deadline, or failed to parse.
 
-    PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N]
+    PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N] [--per-rule N]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.checks.base import EngineConfig
-from agent.checks.engine import analyse_files
+from agent.checks.base import EngineConfig, Rule
+from agent.checks.engine import analyse_files, analyse_source
 from agent.checks.linters.process import ToolMissing, ToolTimeout, resolve_executable, run_tool
 from agent.checks.linters.torchfix import FORMAT, TorchFixAdapter
 from agent.checks.registry import enabled_rules
@@ -98,6 +98,13 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N files")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--per-rule",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time each rule alone on N evenly spread files and list the costliest",
+    )
+    parser.add_argument(
         "--torchfix-sample",
         type=int,
         default=60,
@@ -154,6 +161,10 @@ def main() -> int:
     print(f"\nnative findings on torch itself: {len(findings)} from {rules_fired} rules")
     print(f"load average after: {load()}")
 
+    if args.per_rule:
+        sample = files[:: max(1, len(files) // args.per_rule)][: args.per_rule]
+        print_rule_costs(sample)
+
     problems = parse_failures + [f"{r.path}: {r.note}" for r in result.files if r.note]
     problems += [f"{f.file}: {f.message}" for f in findings if f.rule == "syntax-error"]
     if problems:
@@ -183,6 +194,34 @@ def report_ratios(bare: Timing, native: Timing, timings: list[Timing]) -> None:
             )
         if timing.name.startswith("ruff"):
             print(f"native vs ruff throughput (lines/s): {rate(native) / rate(timing):.2f}x")
+
+
+def print_rule_costs(sample: Sequence[tuple[str, str]]) -> None:
+    """Each rule's own cost: a pass with only that rule minus a pass with no rule at all.
+
+    A rule's cost includes the shared analyses (loops, data flow) it is the first to ask for,
+    so rules that share one each show its cost; noise makes the cheapest ones read as ~0.
+    """
+    config = EngineConfig(file_deadline_s=3600)
+
+    def pass_seconds(rules: tuple[type[Rule], ...]) -> float:
+        started = time.perf_counter()
+        for path, text in sample:
+            analyse_source(path, text, rules, config)
+        return time.perf_counter() - started
+
+    baseline = min(pass_seconds(()) for _ in range(3))
+    parse = time_bare_parse(sample, count_lines(sample))[0].seconds
+    costs = sorted(
+        ((max(0.0, pass_seconds((rule,)) - baseline), rule.id) for rule in enabled_rules()),
+        reverse=True,
+    )
+    print(
+        f"\nper-rule cost on {len(sample)} files (bare parse {parse:.2f}s, parse+walk "
+        f"{baseline:.2f}s, sum of rule costs {sum(c for c, _ in costs):.2f}s):"
+    )
+    for seconds, rule_id in costs[:12]:
+        print(f"  {seconds:7.2f}s  {seconds / parse:6.1f}x parse  {rule_id}")
 
 
 if __name__ == "__main__":

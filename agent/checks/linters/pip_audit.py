@@ -49,6 +49,7 @@ class PipAuditAdapter(SubprocessLinter):
         self._pins: dict[str, Pin] = {}
 
     def command(self, executable: str, files: Sequence[str], scratch: Path) -> list[str]:
+        """For pip-audit, `files` are the `name==version` requirements to audit."""
         requirements = scratch / "requirements.txt"
         requirements.write_text("".join(f"{req}\n" for req in files), encoding="utf-8")
         return [
