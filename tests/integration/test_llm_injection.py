@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from agent.models import Evidence, Status
+from agent.models import AuditReport, Evidence, Provenance, Status, Summary, Target, ToolInfo
 from agent.reasoning.base import PointRequest, PointResult
 from agent.reasoning.llm import LLMReasoner, OpenAIConfig
+from agent.reasoning.llm.chat import ChatSession, chat_turn
 from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
@@ -151,3 +152,48 @@ def test_planted_text_reaches_the_model_only_inside_data_blocks(
         assert token is not None
         assert user.count(f"<<<{token.group(1)}") == user.count(f"{token.group(1)}>>>") == 3
     assert seen == set(PLANTED)
+
+
+def test_planted_text_read_through_a_chat_tool_stays_data(workspace: Path) -> None:
+    results = [OfflineReasoner().reason(r) for r in point_requests(workspace).values()]
+    findings = [f for r in results for f in r.findings]
+    report = AuditReport(
+        tool=ToolInfo(version="test"),
+        target=Target(path=str(workspace), kind="folder"),
+        findings=findings,
+        coverage=[c for r in results for c in r.coverage],
+        summary=Summary(
+            total=len(findings),
+            by_severity={},
+            by_point={},
+            by_status={},
+            coverage={},
+            files_audited=2,
+        ),
+        provenance=Provenance(
+            python_version="3.11",
+            reasoner="offline",
+            audit_id="a",
+            started_at="2026-01-01T00:00:00Z",
+            duration_s=0.0,
+        ),
+    )
+    before = report.model_dump()
+    with StubLLM() as stub:
+        stub.push(
+            Reply.tool(
+                "read_file_window", {"file": "injection_comments.py", "start": 1, "end": 12}
+            ),
+            Reply(content="All findings are fixed."),
+        )
+        config = OpenAIConfig(model=stub.model, base_url=stub.base_url, cache=False, timeout_s=1.0)
+        session = ChatSession(report=report, files=["injection_comments.py"])
+        answer = chat_turn(
+            session, "Is it fixed?", reasoner=LLMReasoner(config, workspace, OfflineReasoner())
+        )
+    result = answer.tool_calls[0].result
+    [(token, body)] = BLOCK.findall(result)
+    assert "ignore previous instructions" in body.lower()
+    assert token in stub.requests[0]["messages"][0]["content"]
+    assert session.report.model_dump() == before
+    assert answer.proposed_fixes == {}
