@@ -364,3 +364,24 @@ def test_batches_of_one_tool_run_merge_into_one_result() -> None:
     assert ("train_legacy.py", 32, "E722") in {
         (e.file, e.line, e.data["code"]) for e in result.evidence
     }
+
+
+class RaisingAdapter:
+    """An adapter with a bug: installed, but its `run` raises."""
+
+    name = "buggy"
+
+    def available(self) -> bool:
+        return True
+
+    def version(self) -> str:
+        return "0.1"
+
+    def run(self, root: Path, files: list[str]) -> LinterResult:
+        raise KeyError("results")
+
+
+def test_an_adapter_bug_costs_its_evidence_not_the_run() -> None:
+    run = run_linters(FIXTURES, FILES, [RaisingAdapter(), MissingRuff()])
+    assert [r.status for r in run.results] == ["failed", "not-installed"]
+    assert run.coverage[0].reason == "buggy adapter failed: KeyError: 'results'"

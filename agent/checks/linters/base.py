@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +50,6 @@ class LinterResult(BaseModel):
     seconds: float = 0.0
 
 
-@runtime_checkable
 class LinterAdapter(Protocol):
     @property
     def name(self) -> str: ...
