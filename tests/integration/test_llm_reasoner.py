@@ -412,3 +412,16 @@ def test_an_unusable_cache_dir_disables_the_cache_not_the_audit(
     reasoner.reason(requests_[6])
     assert stub.chat_calls == 1
     assert str(reasoner.provenance()["cache"]).startswith("answer cache disabled:")
+
+
+def test_a_dead_endpoint_is_not_called_again_after_two_failed_points(
+    workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    with StubLLM(fallback=lambda _b: Reply.error(503)) as stub:
+        reasoner = make(stub, workspace, max_retries=1)
+        results = [reasoner.reason(requests_[p]) for p in (1, 2, 3)]
+        assert stub.chat_calls == 4
+        assert results[2].notes[-1] == (
+            "point 3: not reasoned over by the LLM: endpoint unavailable "
+            "(not called again after 2 consecutive failures)"
+        )

@@ -70,6 +70,8 @@ class OpenAIConfig(BaseModel):
     """Most code lines one point's prompt carries."""
     max_tool_calls: int = Field(6, ge=1)
     """Most tool calls one chat turn may make."""
+    circuit_breaker_failures: int = Field(2, ge=1)
+    """Consecutive points the endpoint may fail before the audit stops calling it."""
 
     def resolved_cache_dir(self, env: Mapping[str, str] | None = None) -> Path:
         if self.cache_dir is not None:

@@ -74,6 +74,8 @@ class LLMReasoner:
         self.usage = Usage()
         self.templates: dict[str, str] = {}
         self.degraded: dict[int, str] = {}
+        self._failures = 0
+        """Consecutive points the endpoint failed; at the configured limit it is not called."""
         self._lock = threading.Lock()
 
     @property
@@ -82,14 +84,24 @@ class LLMReasoner:
 
     def reason(self, request: PointRequest) -> PointResult:
         base = self.offline.reason(request)
+        with self._lock:
+            open_circuit = self._failures >= self.config.circuit_breaker_failures
+        if open_circuit:
+            detail = f"not called again after {self._failures} consecutive failures"
+            return self._degraded(base, "endpoint unavailable", detail)
         try:
-            return self._reason(request, base)
+            result = self._reason(request, base)
         except BudgetExhausted as err:
             return self._degraded(base, "budget exhausted", str(err))
         except LLMUnavailable as err:
+            with self._lock:
+                self._failures += 1
             return self._degraded(base, "endpoint unavailable", str(err))
         except AnswerInvalid as err:
             return self._degraded(base, "answer unusable after one repair", str(err))
+        with self._lock:
+            self._failures = 0
+        return result
 
     def _reason(self, request: PointRequest, base: PointResult) -> PointResult:
         point = request.point
