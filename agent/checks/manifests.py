@@ -32,9 +32,24 @@ MANIFEST_PATTERNS: tuple[str, ...] = (
     "environment*.yaml",
 )
 SKIPPED_DIRS = frozenset(
-    {".git", ".hg", ".venv", "venv", "env", ".tox", ".nox", "node_modules", "__pycache__",
-     "site-packages", "build", "dist", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
-)  # fmt: skip
+    {
+        ".git",
+        ".hg",
+        ".venv",
+        "venv",
+        "env",
+        ".tox",
+        ".nox",
+        "node_modules",
+        "__pycache__",
+        "site-packages",
+        "build",
+        "dist",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+    }
+)
 MAX_MANIFEST_BYTES = 1_000_000
 CONDA_NAMES = {"pytorch": "torch"}
 CONDA_NOT_PACKAGES = frozenset({"python", "pip"})  # the environment's runtime, not dependencies
@@ -157,10 +172,12 @@ def _locate(lines: list[str], needle: str, after: int) -> int:
 def _located_pins(
     path: str, text: str, groups: Iterable[tuple[str, str, list[str]]]
 ) -> Iterator[Pin]:
-    """Pins for `(section, header text, requirements)` groups, lines found by text search."""
+    """Pins for `(section, key pattern, requirements)` groups: each requirement's line is
+    the first at or after its key's `key =` line that contains its text."""
     lines = text.splitlines()
     for section, header, requirements in groups:
-        cursor = _locate(lines, header, 1)
+        key = re.compile(rf"^\s*[\"']?{header}[\"']?\s*=")
+        cursor = next((n for n, line in enumerate(lines, start=1) if key.match(line)), 1)
         for requirement in requirements:
             number = _locate(lines, requirement, cursor)
             cursor = number
@@ -170,19 +187,26 @@ def _located_pins(
 
 
 def _pyproject_pins(path: str, text: str) -> Iterator[Pin]:
+    """`[project]` dependencies and optional dependencies, and `[dependency-groups]`."""
     try:
-        project = tomllib.loads(text).get("project", {})
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return
+    project = document.get("project", {})
     groups: list[tuple[str, str, list[str]]] = []
     dependencies = project.get("dependencies", [])
     if isinstance(dependencies, list):
         groups.append(("project.dependencies", "dependencies", [str(d) for d in dependencies]))
-    optional = project.get("optional-dependencies", {})
-    if isinstance(optional, dict):
-        for extra, requirements in optional.items():
+    for table, prefix in (
+        (project.get("optional-dependencies"), "optional"),
+        (document.get("dependency-groups"), "group"),
+    ):
+        if not isinstance(table, dict):
+            continue
+        for key, requirements in table.items():
             if isinstance(requirements, list):
-                groups.append((f"optional:{extra}", f"{extra} =", [str(r) for r in requirements]))
+                names = [r for r in requirements if isinstance(r, str)]  # not {include-group}
+                groups.append((f"{prefix}:{key}", re.escape(str(key)), names))
     yield from _located_pins(path, text, groups)
 
 
@@ -198,7 +222,7 @@ def _setup_cfg_pins(path: str, text: str) -> Iterator[Pin]:
         groups.append(("install_requires", "install_requires", requirements))
     if parser.has_section("options.extras_require"):
         for extra, value in parser.items("options.extras_require"):
-            groups.append((f"optional:{extra}", extra, _cfg_list(value)))
+            groups.append((f"optional:{extra}", re.escape(extra), _cfg_list(value)))
     yield from _located_pins(path, text, groups)
 
 

@@ -65,7 +65,7 @@ def test_requirements_continuations_hashes_options_and_urls(pins: dict) -> None:
     assert names == {"torch", "torchvision", "numpy", "pandas", "mylib"}  # no -r/-e/garbage
 
 
-def test_pyproject_dependencies_and_extras(pins: dict) -> None:
+def test_pyproject_dependencies_extras_and_dependency_groups(pins: dict) -> None:
     assert pins[("pyproject.toml", "torch")].line in (5, 13)
     from_project = parse_manifest("pyproject.toml", (FIXTURES / "pyproject.toml").read_text())
     assert [(p.name, p.line, p.section) for p in from_project] == [
@@ -74,6 +74,8 @@ def test_pyproject_dependencies_and_extras(pins: dict) -> None:
         ("pytest", 10, "optional:dev"),
         ("fastapi", 12, "optional:serve"),
         ("torch", 13, "optional:serve"),
+        ("pytest", 17, "group:test"),
+        ("ruff", 18, "group:lint"),
     ]
 
 
