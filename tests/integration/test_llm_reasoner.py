@@ -425,3 +425,13 @@ def test_a_dead_endpoint_is_not_called_again_after_two_failed_points(
             "point 3: not reasoned over by the LLM: endpoint unavailable "
             "(not called again after 2 consecutive failures)"
         )
+
+
+def test_locations_beyond_the_window_cap_are_named_in_the_notes(
+    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    result = make(stub, workspace, max_window_lines=10, window_context=3).reason(requests_[6])
+    assert any(
+        n.startswith("point 6: ") and "not shown to the LLM (at most 10 code lines" in n
+        for n in result.notes
+    )

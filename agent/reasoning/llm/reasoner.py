@@ -129,7 +129,11 @@ class LLMReasoner:
             ]
             + validated.findings,
             coverage=_coverage(base.coverage, validated, point, self.name),
-            notes=[*base.notes, *self._notes(point, validated, answer, completion.cached)],
+            notes=[
+                *base.notes,
+                *self._notes(point, validated, answer, completion.cached),
+                *_window_notes(point, selection, self.config.max_window_lines),
+            ],
             usage={**base.usage, **completion.usage.as_dict(), **_counts(validated)},
         )
         return result
@@ -308,6 +312,18 @@ class LLMReasoner:
                 "cache": self.cache_problem or ("on" if self.config.cache else "off"),
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
             }
+
+
+def _window_notes(point: int, selection: Selection, cap: int) -> list[str]:
+    """Say which evidence the model did not see, so its silence is not read as a pass."""
+    if selection.omitted_locations:
+        return [
+            f"point {point}: {selection.omitted_locations} evidence location(s) not shown to "
+            f"the LLM (at most {cap} code lines per point)"
+        ]
+    if selection.outline:
+        return [f"point {point}: the LLM saw only the files' outline (no located evidence)"]
+    return []
 
 
 def _short_reason(entry: CoverageEntry | None) -> str:
