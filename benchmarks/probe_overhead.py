@@ -1,0 +1,163 @@
+"""Cost of watching: step time of a reference training loop, plain vs with the probes
+harness's cheap probes on (module/optimizer/backward hooks, loss and gradient norms kept on
+the device, activation sampling every k steps, graph scans on a sparse schedule).
+
+Run: `PYTHONPATH=. python benchmarks/probe_overhead.py [--steps 60] [--device cpu|cuda]`.
+Prints the median step time of each variant (per-step CUDA events on the GPU, wall clock on
+the CPU), the ratio, and the mean ratio (which also carries the sparse, costly steps).
+Target: at most 1.15x on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sandbox.probes.config import ProbeConfig
+from sandbox.probes.control import StopRun
+from sandbox.probes.frames import UserFiles
+from sandbox.probes.session import Session
+
+
+@dataclass(frozen=True)
+class Shape:
+    width: int
+    layers: int
+    heads: int
+    batch: int
+    tokens: int
+
+
+GPU_SHAPE = Shape(width=1024, layers=6, heads=16, batch=16, tokens=256)
+CPU_SHAPE = Shape(width=128, layers=2, heads=4, batch=8, tokens=64)
+
+
+def build(shape: Shape, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    layer = nn.TransformerEncoderLayer(
+        shape.width, shape.heads, 4 * shape.width, dropout=0.1, batch_first=True
+    )
+    model = nn.Sequential(
+        nn.TransformerEncoder(layer, shape.layers, enable_nested_tensor=False),
+        nn.LayerNorm(shape.width),
+        nn.Linear(shape.width, 10),
+    ).to(device)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, shape: Shape, device: torch.device
+) -> Callable[[], None]:
+    x = torch.randn(shape.batch, shape.tokens, shape.width, device=device)
+    y = torch.randint(0, 10, (shape.batch,), device=device)
+    criterion = nn.CrossEntropyLoss()
+    autocast = device.type == "cuda"
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = criterion(model(x).mean(dim=1), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Per-step seconds: CUDA events on the GPU (no host sync inside the loop)."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        events = [
+            torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            for _ in range(steps + 1)
+        ]
+        torch.cuda.synchronize()
+        events[0].record()
+        for i in range(steps):
+            step()
+            events[i + 1].record()
+        torch.cuda.synchronize()
+        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def instrumented(
+    step: Callable[[], None],
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    sample_every: int | None,
+) -> tuple[list[float], Session]:
+    cuda = device.type == "cuda"
+    config = ProbeConfig(
+        script=__file__,
+        steps=10**9,
+        sample_every=sample_every or (10 if cuda else 1),
+        flush_every=25 if cuda else 1,
+    )
+    session = Session(config, UserFiles(__file__))
+    session.install()
+    try:
+        return timed(step, steps, warmup, device), session
+    except StopRun:
+        raise RuntimeError("the benchmark must not reach the step limit") from None
+    finally:
+        session.uninstall()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--sample-every",
+        type=int,
+        default=None,
+        help="activation/NaN sampling interval (harness default per device)",
+    )
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    shape = GPU_SHAPE if device.type == "cuda" else CPU_SHAPE
+    torch.manual_seed(0)
+    model, optimizer = build(shape, device)
+    step = make_step(model, optimizer, shape, device)
+    plain_a = timed(step, args.steps, args.warmup, device)
+    probed, session = instrumented(step, args.steps, args.warmup, device, args.sample_every)
+    plain_b = timed(step, args.steps, args.warmup, device)
+    plain = plain_a + plain_b
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    ratio = statistics.median(probed) / statistics.median(plain)
+    mean_ratio = statistics.mean(probed) / statistics.mean(plain)
+    print(f"device: {name}; torch {torch.__version__}; shape {shape}")
+    print(f"steps measured: {args.steps} (after {args.warmup} warm-up), plain run twice")
+    print(
+        f"plain        median {statistics.median(plain) * 1e3:8.2f} ms  "
+        f"mean {statistics.mean(plain) * 1e3:8.2f} ms"
+    )
+    print(
+        f"instrumented median {statistics.median(probed) * 1e3:8.2f} ms  "
+        f"mean {statistics.mean(probed) * 1e3:8.2f} ms"
+    )
+    print(f"overhead ratio (median): {ratio:.3f}x   (mean): {mean_ratio:.3f}x")
+    print(
+        f"probe errors: {len(session.errors)}; sampled every {session.config.sample_every} "
+        f"steps; device reads every {session.config.flush_every} steps"
+    )
+    if device.type == "cuda":
+        print(f"target <= 1.15x on the GPU: {'met' if ratio <= 1.15 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
