@@ -21,7 +21,7 @@ import ast
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from agent.checks.loops import local_callee, walk_scope
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 ScopeNode = ast.Module | ast.FunctionDef | ast.AsyncFunctionDef
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 GraphOrigin = Literal["loss", "output"]
+_N = TypeVar("_N", bound=ast.AST)
 SavedKind = Literal["weights", "module", "unknown"]
 _MAX_DEPTH = 8
 _MAX_VISITS = 400
@@ -353,6 +354,44 @@ def held_out_name_kind(name: str) -> str | None:
     return None
 
 
+_BINDING_NODES: tuple[type[ast.AST], ...] = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.NamedExpr,
+    ast.For,
+    ast.AsyncFor,
+    ast.comprehension,
+    ast.withitem,
+)
+
+
+def _binding_pairs(node: ast.AST) -> Iterator[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs a binding statement creates."""
+    if isinstance(node, ast.Assign):
+        for t in node.targets:
+            yield t, node.value
+    elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
+        if node.value is not None:
+            yield node.target, node.value
+    elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+        yield node.target, node.iter
+    elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        yield node.optional_vars, node.context_expr
+
+
+def _mode_method(call: ast.Call) -> str | None:
+    """'eval' for `.eval()`/`.train(False)`, 'train' for `.train()`/`.train(True)`, else None."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return None
+    if func.attr == "train":
+        return "eval" if call.args and _is_false(call.args[0]) else "train"
+    if func.attr == "eval" and not call.args:
+        return "eval"
+    return None
+
+
 def _is_false(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is False
 
@@ -361,57 +400,71 @@ class DataFlow:
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx
         self._origin_memo: dict[int, GraphOrigin | None] = {}
+        self._reaching: dict[str, frozenset[str]] = {}
+
+    # ---- node index --------------------------------------------------------------------------
+
+    @cached_property
+    def _index(self) -> dict[type[ast.AST], list[ast.AST]]:
+        """Every node of the module grouped by type, from the engine's single walk."""
+        index: dict[type[ast.AST], list[ast.AST]] = {}
+        nodes: Iterable[ast.AST] = self.ctx.parents or ast.walk(self.ctx.tree)
+        for node in nodes:
+            index.setdefault(type(node), []).append(node)
+        return index
+
+    def nodes(self, kind: type[_N]) -> list[_N]:
+        """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
+        return cast(list[_N], self._index.get(kind, []))
+
+    def _scope_key(self, node: ast.AST) -> ScopeNode | None:
+        """The function (or module) whose local names `node` binds; None inside a class body
+        or a lambda, whose names rules do not track."""
+        for anc in self.ctx.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                return anc
+            if isinstance(anc, ast.ClassDef | ast.Lambda):
+                return None
+        return self.ctx.tree
 
     # ---- def-use tables -------------------------------------------------------------------
 
     @cached_property
-    def _scopes(self) -> list[ScopeNode]:
-        scopes: list[ScopeNode] = [self.ctx.tree]
-        scopes += [
-            n
-            for n in ast.walk(self.ctx.tree)
-            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-        ]
-        return scopes
+    def _tables(
+        self,
+    ) -> tuple[
+        dict[int, dict[str, list[ast.expr]]],
+        dict[tuple[int, str], list[tuple[ast.expr, int, int]]],
+    ]:
+        """(scope id -> name -> assigned values, (scope id, name) -> tuple unpackings)."""
+        bindings: dict[int, dict[str, list[ast.expr]]] = {id(self.ctx.tree): {}}
+        unpacked: dict[tuple[int, str], list[tuple[ast.expr, int, int]]] = {}
+        for kind in _BINDING_NODES:
+            for node in self.nodes(kind):
+                scope = self._scope_key(node)
+                if scope is None:
+                    continue
+                table = bindings.setdefault(id(scope), {})
+                for target, value in _binding_pairs(node):
+                    for name, _ in _target_names(target):
+                        table.setdefault(name, []).append(value)
+                    if isinstance(target, ast.Tuple | ast.List):
+                        for position, elt in enumerate(target.elts):
+                            for name, _ in _target_names(elt):
+                                unpacked.setdefault((id(scope), name), []).append(
+                                    (value, position, len(target.elts))
+                                )
+        return bindings, unpacked
 
-    @cached_property
+    @property
     def _scope_bindings(self) -> dict[int, dict[str, list[ast.expr]]]:
         """scope node id -> name -> assigned value expressions (tuple unpacking kept whole)."""
-        result: dict[int, dict[str, list[ast.expr]]] = {}
-        for scope in self._scopes:
-            table: dict[str, list[ast.expr]] = {}
-            for target, value in self._binding_pairs(scope):
-                for name, _ in _target_names(target):
-                    table.setdefault(name, []).append(value)
-            result[id(scope)] = table
-        return result
+        return self._tables[0]
 
-    @staticmethod
-    def _binding_pairs(scope: ScopeNode) -> Iterator[tuple[ast.expr, ast.expr]]:
-        for node in walk_scope(scope.body):
-            if isinstance(node, ast.Assign):
-                for t in node.targets:
-                    yield t, node.value
-            elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
-                if node.value is not None:
-                    yield node.target, node.value
-            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
-                yield node.target, node.iter
-            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
-                yield node.optional_vars, node.context_expr
-
-    @cached_property
+    @property
     def _unpacked_by_name(self) -> dict[tuple[int, str], list[tuple[ast.expr, int, int]]]:
         """(scope id, name) -> every `(value, position, arity)` unpacking that binds it."""
-        found: dict[tuple[int, str], list[tuple[ast.expr, int, int]]] = {}
-        for scope in self._scopes:
-            for target, value in self._binding_pairs(scope):
-                if isinstance(target, ast.Tuple | ast.List):
-                    for index, elt in enumerate(target.elts):
-                        for name, _ in _target_names(elt):
-                            key = (id(scope), name)
-                            found.setdefault(key, []).append((value, index, len(target.elts)))
-        return found
+        return self._tables[1]
 
     @cached_property
     def _self_attributes(self) -> dict[str, list[ast.expr]]:
@@ -426,27 +479,23 @@ class DataFlow:
     @cached_property
     def functions(self) -> dict[str, list[FunctionNode]]:
         found: dict[str, list[FunctionNode]] = {}
-        for scope in self._scopes:
-            if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
-                found.setdefault(scope.name, []).append(scope)
+        defs: list[FunctionNode] = [*self.nodes(ast.FunctionDef), *self.nodes(ast.AsyncFunctionDef)]
+        for fn in defs:
+            found.setdefault(fn.name, []).append(fn)
         return found
 
     @cached_property
     def _returns(self) -> dict[str, list[ast.expr]]:
         result: dict[str, list[ast.expr]] = {}
-        for name, defs in self.functions.items():
-            for node in defs:
-                values = [
-                    r.value
-                    for r in walk_scope(node.body)
-                    if isinstance(r, ast.Return) and r.value is not None
-                ]
-                result.setdefault(name, []).extend(values)
+        for node in self.nodes(ast.Return):
+            scope = self._scope_key(node)
+            if node.value is not None and isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+                result.setdefault(scope.name, []).append(node.value)
         return result
 
     @cached_property
     def classes(self) -> dict[str, ast.ClassDef]:
-        return {n.name: n for n in ast.walk(self.ctx.tree) if isinstance(n, ast.ClassDef)}
+        return {n.name: n for n in self.nodes(ast.ClassDef)}
 
     @cached_property
     def module_classes(self) -> set[str]:
@@ -471,11 +520,10 @@ class DataFlow:
         """Local function name -> the calls in the module that may reach it."""
         found: dict[str, list[ast.Call]] = {}
         names = set(self.functions)
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.Call):
-                callee = local_callee(node)
-                if callee in names:
-                    found.setdefault(callee, []).append(node)
+        for node in self.nodes(ast.Call):
+            callee = local_callee(node)
+            if callee in names:
+                found.setdefault(callee, []).append(node)
         return found
 
     def _scope_of(self, node: ast.AST) -> ScopeNode:
@@ -901,8 +949,8 @@ class DataFlow:
     def _head_slices(self) -> set[tuple[str, str]]:
         """(sequence text, bound text) of every `x[:k]` in the module."""
         found: set[tuple[str, str]] = set()
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+        for node in self.nodes(ast.Subscript):
+            if isinstance(node.slice, ast.Slice):
                 s = node.slice
                 if s.lower is None and s.upper is not None and s.step is None:
                     found.add((ast.unparse(node.value), ast.unparse(s.upper)))
@@ -914,15 +962,20 @@ class DataFlow:
             return False
         return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
 
+    @cached_property
     def split_inputs(self) -> list[tuple[ast.expr, list[ast.expr]]]:
         """Every split with the data it divides: split calls (their positional arguments)
         and `x[k:]` tails whose head `x[:k]` is taken too (the sequence `x`)."""
         found: list[tuple[ast.expr, list[ast.expr]]] = []
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.Call) and self.is_split_call(node):
-                found.append((node, [a for a in node.args if not isinstance(a, ast.Starred)]))
-            elif isinstance(node, ast.Subscript) and self._is_tail_slice(node):
-                found.append((node, [node.value]))
+        text = self.ctx.source
+        if "split" in text:
+            for call in self.nodes(ast.Call):
+                if self.is_split_call(call):
+                    found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
+        if ":]" in text:
+            for sub in self.nodes(ast.Subscript):
+                if self._is_tail_slice(sub):
+                    found.append((sub, [sub.value]))
         return found
 
     def root_names(self, expr: ast.expr) -> set[str]:
@@ -957,8 +1010,8 @@ class DataFlow:
         found: list[tuple[set[str], ast.expr]] = []
         if "save" not in self.ctx.source:
             return found
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.Call) and self.ctx.call_qualname(node) == "torch.save":
+        for node in self.nodes(ast.Call):
+            if self.ctx.call_qualname(node) == "torch.save":
                 obj = first_argument(node, "obj")
                 path = kwarg(node, "f") or (node.args[1] if len(node.args) > 1 else None)
                 if obj is not None and path is not None:
@@ -1035,48 +1088,58 @@ class DataFlow:
     # ---- method reachability -------------------------------------------------------------------
 
     @cached_property
-    def _direct_methods(self) -> dict[str, set[str]]:
-        """Local function name -> attribute methods its body calls (`model.eval()` -> 'eval')."""
-        found: dict[str, set[str]] = {}
-        for name, defs in self.functions.items():
-            methods: set[str] = set()
-            for fn in defs:
-                methods |= self.methods_called(fn.body)
-            found[name] = methods
-        return found
+    def _call_graph(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """(function name -> mode methods its body calls, function name -> local callees)."""
+        methods: dict[str, set[str]] = {}
+        callees: dict[str, set[str]] = {}
+        names = set(self.functions)
+        for call in self.nodes(ast.Call):
+            scope = self._scope_key(call)
+            if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            mode = _mode_method(call)
+            if mode is not None:
+                methods.setdefault(scope.name, set()).add(mode)
+            callee = local_callee(call)
+            if callee in names:
+                callees.setdefault(scope.name, set()).add(callee)
+        return methods, callees
+
+    def functions_reaching(self, method: str) -> frozenset[str]:
+        """Local functions that call `.method()` ('eval' or 'train') directly or transitively."""
+        if method in self._reaching:
+            return self._reaching[method]
+        methods, callees = self._call_graph
+        reaching = {name for name, called in methods.items() if method in called}
+        changed = True
+        while changed:
+            changed = False
+            for name, called in callees.items():
+                if name not in reaching and called & reaching:
+                    reaching.add(name)
+                    changed = True
+        self._reaching[method] = frozenset(reaching)
+        return self._reaching[method]
 
     @staticmethod
     def methods_called(body: list[ast.stmt] | ast.AST) -> set[str]:
         """Mode methods a body calls directly: 'eval', 'train' (`train(False)` counts as eval)."""
-        methods: set[str] = set()
+        found: set[str] = set()
         for node in walk_scope(body):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                attr = node.func.attr
-                if attr == "train" and node.args and _is_false(node.args[0]):
-                    methods.add("eval")
-                elif attr in ("eval", "train") and not (attr == "eval" and node.args):
-                    methods.add(attr)
-        return methods
+            if isinstance(node, ast.Call):
+                mode = _mode_method(node)
+                if mode is not None:
+                    found.add(mode)
+        return found
 
     def reaches_method(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
         """Whether `body` calls `.method()` directly or through local functions it calls."""
-        if method in self.methods_called(body):
-            return True
-        seen: set[str] = set()
-        frontier = {local_callee(n) for n in walk_scope(body) if isinstance(n, ast.Call)} & set(
-            self.functions
-        )
-        while frontier:
-            name = frontier.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            if method in self._direct_methods.get(name, set()):
+        reaching = self.functions_reaching(method)
+        for node in walk_scope(body):
+            if isinstance(node, ast.Call) and (
+                _mode_method(node) == method or local_callee(node) in reaching
+            ):
                 return True
-            for fn in self.functions[name]:
-                frontier |= {
-                    local_callee(n) for n in walk_scope(fn.body) if isinstance(n, ast.Call)
-                } & set(self.functions)
         return False
 
     # ---- accumulation across iterations (graph retention) ----------------------------------------
@@ -1086,7 +1149,11 @@ class DataFlow:
         """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop, where `acc` outlives the
         iteration (not re-assigned in the loop body) and is never back-propagated itself."""
         found: list[Accumulation] = []
-        for node in ast.walk(self.ctx.tree):
+        candidates: list[ast.AST] = [*self.nodes(ast.AugAssign), *self.nodes(ast.Assign)]
+        candidates += [
+            c for c in self.nodes(ast.Call) if identifier(c.func) in ("append", "extend")
+        ]
+        for node in candidates:
             pair = _accumulation_pair(node)
             if pair is None:
                 continue
@@ -1137,14 +1204,13 @@ class DataFlow:
     @cached_property
     def _backward_calls(self) -> list[ast.Call]:
         calls: list[ast.Call] = []
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.Call):
-                qual = self.ctx.call_qualname(node) or ""
-                if identifier(node.func) in ("backward", "manual_backward") or qual in (
-                    "torch.autograd.backward",
-                    "torch.autograd.grad",
-                ):
-                    calls.append(node)
+        for node in self.nodes(ast.Call):
+            qual = self.ctx.call_qualname(node) or ""
+            if identifier(node.func) in ("backward", "manual_backward") or qual in (
+                "torch.autograd.backward",
+                "torch.autograd.grad",
+            ):
+                calls.append(node)
         return calls
 
 

@@ -46,8 +46,8 @@ class BceOnSigmoid(Rule):
         if ("igmoid" not in ctx.source and "expit" not in ctx.source) or not self.applies(ctx):
             return
         flow = ctx.flow
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, ast.Call) or not _is_bce(ctx, node):
+        for node in flow.nodes(ast.Call):
+            if not _is_bce(ctx, node):
                 continue
             probs = first_argument(node, "input")
             if probs is None:

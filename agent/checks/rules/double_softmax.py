@@ -54,8 +54,8 @@ class DoubleSoftmax(Rule):
         if "oftmax" not in ctx.source or not self.applies(ctx):
             return
         flow = ctx.flow
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, ast.Call) or not _is_cross_entropy(ctx, node):
+        for node in flow.nodes(ast.Call):
+            if not _is_cross_entropy(ctx, node):
                 continue
             logits = first_argument(node, "input")
             if logits is None:

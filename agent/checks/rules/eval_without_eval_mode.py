@@ -99,9 +99,8 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             if by_name or flow.grad_off_function(fn):
                 regions.append((fn, fn.body))
                 named.add(id(fn))
-    for node in ast.walk(ctx.tree):
-        if not isinstance(node, ast.With | ast.AsyncWith):
-            continue
+    blocks: list[ast.With | ast.AsyncWith] = [*flow.nodes(ast.With), *flow.nodes(ast.AsyncWith)]
+    for node in blocks:
         if not any(flow.is_grad_off(item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
@@ -162,7 +161,7 @@ def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
         and isinstance(n.func, ast.Attribute)
         and n.func.attr == "eval"
         and ast.unparse(n.func.value) == text
-        for n in ast.walk(ctx.tree)
+        for n in ctx.flow.nodes(ast.Call)
     )
 
 

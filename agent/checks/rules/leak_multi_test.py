@@ -53,14 +53,14 @@ class LeakMultiTest(Rule):
         if "test" not in text.lower() and "holdout" not in text.lower():
             return
         flow = ctx.flow
-        for node in ast.walk(ctx.tree):
-            if isinstance(node, ast.If):
-                metric = self._selection_metric(ctx, node)
-                if metric is not None:
-                    self._report(ctx, node.test, metric, "selects a model on it")
-            elif isinstance(node, ast.Call):
-                self._check_call(ctx, node)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+        for branch in flow.nodes(ast.If):
+            metric = self._selection_metric(ctx, branch)
+            if metric is not None:
+                self._report(ctx, branch.test, metric, "selects a model on it")
+        for call in flow.nodes(ast.Call):
+            self._check_call(ctx, call)
+        for node in flow.nodes(ast.Assign):
+            if isinstance(node.value, ast.Call):
                 call = node.value
                 if identifier(call.func) in ("max", "min") and any(
                     _SELECTION_NAME.search(identifier(t)) for t in node.targets
@@ -69,16 +69,23 @@ class LeakMultiTest(Rule):
                         if flow.held_out_kind(arg, _TEST):
                             self._report(ctx, node, arg, "keeps the best value of it")
                             break
-            elif isinstance(node, ast.FunctionDef) and node.name == "objective":
-                for ret in walk_scope(node.body):
-                    if (
-                        isinstance(ret, ast.Return)
-                        and ret.value is not None
-                        and flow.held_out_kind(ret.value, _TEST)
-                    ):
-                        self._report(ctx, ret, ret.value, "tunes hyper-parameters on it")
+        for fn in flow.functions.get("objective", []):
+            for ret in walk_scope(fn.body):
+                if (
+                    isinstance(ret, ast.Return)
+                    and ret.value is not None
+                    and flow.held_out_kind(ret.value, _TEST)
+                ):
+                    self._report(ctx, ret, ret.value, "tunes hyper-parameters on it")
 
     def _selection_metric(self, ctx: ModuleContext, node: ast.If) -> ast.expr | None:
+        compares = [
+            c
+            for c in ast.walk(node.test)
+            if isinstance(c, ast.Compare) and any(isinstance(op, _ORDERING) for op in c.ops)
+        ]
+        if not compares:
+            return None
         selects = any(
             (isinstance(n, ast.Break))
             or (isinstance(n, ast.Call) and identifier(n.func) in _SAVE_CALLS)
@@ -93,11 +100,7 @@ class LeakMultiTest(Rule):
         )
         if not selects:
             return None
-        for compare in ast.walk(node.test):
-            if not isinstance(compare, ast.Compare):
-                continue
-            if not any(isinstance(op, _ORDERING) for op in compare.ops):
-                continue
+        for compare in compares:
             for operand in [compare.left, *compare.comparators]:
                 if ctx.flow.held_out_kind(operand, _TEST):
                     return operand

@@ -51,7 +51,7 @@ class LeakOverlap(Rule):
 
     def _resampled_before_split(self, ctx: ModuleContext) -> None:
         flow = ctx.flow
-        for split, inputs in flow.split_inputs():
+        for split, inputs in flow.split_inputs:
             if not isinstance(split, ast.Call):
                 continue
             for data in inputs:
@@ -70,7 +70,7 @@ class LeakOverlap(Rule):
 
     def _held_out_in_training(self, ctx: ModuleContext) -> None:
         flow = ctx.flow
-        for loop in ctx.loops.training_loops:
+        for loop in ctx.loops.training_loops if "backward" in ctx.source else []:
             node = loop.node
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
@@ -84,13 +84,10 @@ class LeakOverlap(Rule):
                     data={"held_out": kind},
                     header_only=True,
                 )
-        for call in ast.walk(ctx.tree):
-            if not (
-                isinstance(call, ast.Call)
-                and isinstance(call.func, ast.Attribute)
-                and call.func.attr == "fit"
-                and call.args
-            ):
+        if ".fit(" not in ctx.source:
+            return
+        for call in flow.nodes(ast.Call):
+            if not (isinstance(call.func, ast.Attribute) and call.func.attr == "fit" and call.args):
                 continue
             receiver = call.func.value
             if _TRANSFORMER_NAME.search(identifier(receiver)):

@@ -60,10 +60,8 @@ class LeakPreprocessing(Rule):
         if not any(word in text for word in ("fit", "mean(", "std(", "ocab")):
             return
         flow = ctx.flow
-        split_inputs = [arg for _, args in flow.split_inputs() for arg in args]
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, ast.Call):
-                continue
+        split_inputs = [arg for _, args in flow.split_inputs for arg in args]
+        for node in flow.nodes(ast.Call):
             data = _fitted_data(ctx, node)
             if data is None:
                 continue

@@ -42,8 +42,8 @@ class RetainGraphInLoop(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "retain_graph" not in ctx.source:
             return
-        for node in ast.walk(ctx.tree):
-            if not isinstance(node, ast.Call) or not _retains(node):
+        for node in ctx.flow.nodes(ast.Call):
+            if not _retains(node):
                 continue
             region = _per_step_region(ctx, node)
             if region is None or _some_backward_frees(ctx, region):

@@ -45,13 +45,13 @@ class TorchLoadUnsafe(Rule):
     fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "load" in ctx.source and "torch" in ctx.source
+        return "load(" in ctx.source and "torch" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for node in ast.walk(ctx.tree):
-            if isinstance(node, ast.Call) and ctx.call_qualname(node) == "torch.load":
+        for node in ctx.flow.nodes(ast.Call):
+            if ctx.call_qualname(node) == "torch.load":
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, call: ast.Call) -> None:

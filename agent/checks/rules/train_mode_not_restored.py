@@ -6,10 +6,11 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import local_callee, walk_scope
+from agent.checks.loops import local_callee
 from agent.models import Severity
 
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
 
 class TrainModeNotRestored(Rule):
@@ -43,45 +44,37 @@ class TrainModeNotRestored(Rule):
         if "eval()" not in ctx.source and "train(False)" not in ctx.source:
             return
         flow = ctx.flow
-        candidates = [
-            node
-            for node in ast.walk(ctx.tree)
-            if isinstance(node, _LOOPS)
-            and ctx.loops.effects_of(node.body).trains
-            and flow.reaches_method(node.body, "eval")
-            and not flow.reaches_method(node.body, "train")
-        ]
-        nested = {
-            id(outer)
-            for outer in candidates
-            for inner in candidates
-            if inner is not outer and inner in set(walk_scope(outer.body))
-        }
-        for loop in candidates:
-            if id(loop) in nested:
+        evaluating = flow.functions_reaching("eval")
+        verdicts: dict[int, bool] = {}
+        reported: set[int] = set()
+        for call in flow.nodes(ast.Call):
+            if flow.methods_called(call) != {"eval"} and local_callee(call) not in evaluating:
                 continue
-            switch = _eval_switch(ctx, loop)
+            loop = self._innermost_unrestored_loop(ctx, call, verdicts)
+            if loop is None or id(loop) in reported:
+                continue
+            reported.add(id(loop))
             ctx.report(
                 self,
-                switch,
+                call,
                 "this loop puts the model in eval mode and never calls .train() again: "
                 "later epochs train with dropout off and BatchNorm frozen",
                 data={"loop_line": loop.lineno},
-                header_only=switch is loop,
             )
 
-
-def _eval_switch(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncFor) -> ast.AST:
-    """The statement in the loop body that leads to `.eval()` (the loop itself if unclear)."""
-    flow = ctx.flow
-    for node in walk_scope(loop.body):
-        if not isinstance(node, ast.Call):
-            continue
-        if "eval" in flow.methods_called(node):
-            return node
-        callee = local_callee(node)
-        if callee in flow.functions and any(
-            flow.reaches_method(fn.body, "eval") for fn in flow.functions[callee]
-        ):
-            return node
-    return loop
+    @staticmethod
+    def _innermost_unrestored_loop(
+        ctx: ModuleContext, call: ast.Call, verdicts: dict[int, bool]
+    ) -> ast.For | ast.While | ast.AsyncFor | None:
+        for anc in ctx.ancestors(call):
+            if isinstance(anc, _SCOPES):
+                return None
+            if not isinstance(anc, _LOOPS):
+                continue
+            if id(anc) not in verdicts:
+                verdicts[id(anc)] = ctx.loops.effects_of(anc.body).trains and not (
+                    ctx.flow.reaches_method(anc.body, "train")
+                )
+            if verdicts[id(anc)]:
+                return anc
+        return None
