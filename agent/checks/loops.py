@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 _SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)
 _SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
 _BACKWARD_METHODS = {"backward", "manual_backward"}
 
@@ -31,6 +32,28 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         yield node
         children = [c for c in ast.iter_child_nodes(node) if not isinstance(c, _SCOPE_NODES)]
         stack.extend(reversed(children))
+
+
+_INDEX: dict[str, tuple[ast.Module, dict[type[ast.AST], list[ast.AST]]]] = {}
+
+
+def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
+    """Every node of the given types in the module, in source order.
+
+    Built once per module from the engine's parent map (no second tree walk) and shared by all
+    rules; only the module being analysed is kept.
+    """
+    entry = _INDEX.get("last")
+    if entry is None or entry[0] is not ctx.tree:
+        by_type: dict[type[ast.AST], list[ast.AST]] = {}
+        for node in ctx.parents or ast.walk(ctx.tree):
+            by_type.setdefault(type(node), []).append(node)
+        entry = (ctx.tree, by_type)
+        _INDEX["last"] = entry
+    found = [node for kind in kinds for node in entry[1].get(kind, ())]
+    if len(kinds) > 1:
+        found.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+    return found
 
 
 def receiver_name(call: ast.Call) -> str:
@@ -187,10 +210,60 @@ class LoopAnalysis:
     @cached_property
     def functions(self) -> dict[str, list[FunctionNode]]:
         found: dict[str, list[FunctionNode]] = {}
-        for node in ast.walk(self.ctx.tree):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                found.setdefault(node.name, []).append(node)
+        for node in nodes_of(self.ctx, ast.FunctionDef, ast.AsyncFunctionDef):
+            assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            found.setdefault(node.name, []).append(node)
         return found
+
+    @cached_property
+    def _direct_by_owner(self) -> dict[int, Effects]:
+        """id(loop or function) -> the effects in its body, same scope; one pass over calls.
+
+        Equivalent to `direct_effects(owner.body)` for every loop and function at once: each
+        relevant call is credited to the loops and the function that enclose it, instead of
+        re-walking every (nested) body.
+        """
+        owners: dict[int, Effects] = {}
+        for node in nodes_of(self.ctx, ast.Call, ast.Assign):
+            kind = self._classify(node)
+            if not kind:
+                continue
+            child: ast.AST = node
+            for anc in self.ctx.ancestors(node):
+                if isinstance(anc, ast.Lambda | ast.ClassDef):
+                    break
+                if isinstance(anc, _OWNER_NODES) and child in anc.body:
+                    effects = owners.setdefault(id(anc), Effects())
+                    if kind == "callee":
+                        assert isinstance(node, ast.Call)
+                        effects.callees.add(local_callee(node))
+                    else:
+                        getattr(effects, kind).append(node)
+                if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                    break
+                child = anc
+        return owners
+
+    @staticmethod
+    def _classify(node: ast.AST) -> str:
+        if is_zero_grad(node):
+            return "zero_grad"
+        if not isinstance(node, ast.Call):
+            return ""
+        if is_backward_call(node):
+            return "backward"
+        if is_optimizer_step(node):
+            return "step"
+        return "callee" if local_callee(node) else ""
+
+    def _direct(self, owner: ast.AST) -> Effects:
+        """A fresh copy of `owner`'s direct effects (safe to merge into)."""
+        found = self._direct_by_owner.get(id(owner))
+        copy = Effects()
+        if found is not None:
+            copy.merge(found)
+            copy.callees |= found.callees
+        return copy
 
     @cached_property
     def function_effects(self) -> dict[str, Effects]:
@@ -199,7 +272,7 @@ class LoopAnalysis:
         for name, defs in self.functions.items():
             total = Effects()
             for fn in defs:
-                eff = direct_effects(fn.body)
+                eff = self._direct(fn)
                 total.merge(eff)
                 total.callees |= eff.callees
             summaries[name] = total
@@ -212,6 +285,13 @@ class LoopAnalysis:
                         changed |= summary.merge(summaries[callee])
         return summaries
 
+    def _loop_effects(self, loop: ast.For | ast.While) -> Effects:
+        effects = self._direct(loop)
+        for callee in list(effects.callees):
+            if callee in self.function_effects:
+                effects.merge(self.function_effects[callee])
+        return effects
+
     def effects_of(self, body: list[ast.stmt] | ast.AST) -> Effects:
         effects = direct_effects(body)
         for callee in list(effects.callees):
@@ -221,13 +301,15 @@ class LoopAnalysis:
 
     @cached_property
     def training_loops(self) -> list[TrainingLoop]:
-        if "backward" not in self.ctx.source:
-            return []
+        source = self.ctx.source
         loops: list[TrainingLoop] = []
+        trains = "backward" in source and "step(" in source
         candidates = [
-            node for node in ast.walk(self.ctx.tree) if isinstance(node, ast.For | ast.While)
+            node
+            for node in (nodes_of(self.ctx, ast.For, ast.While) if trains else [])
+            if isinstance(node, ast.For | ast.While)
         ]
-        training = {id(node): self.effects_of(node.body) for node in candidates}
+        training = {id(node): self._loop_effects(node) for node in candidates}
         for node in candidates:
             eff = training[id(node)]
             if not eff.trains:
@@ -241,10 +323,8 @@ class LoopAnalysis:
             ]
             if not inner:
                 loops.append(TrainingLoop(node, "loop", eff))
-        for defs in self.functions.values():
-            for fn in defs:
-                if fn.name == "training_step":
-                    loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
+        for fn in self.functions.get("training_step", []) if "training_step" in source else []:
+            loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
         return loops
 
     def loop_containing(self, node: ast.AST) -> TrainingLoop | None:

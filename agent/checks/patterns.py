@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from agent.checks.base import ModuleContext
-from agent.checks.loops import FunctionNode, method_name, walk_scope
+from agent.checks.loops import FunctionNode, method_name, nodes_of, walk_scope
 
 GRAD_OFF = frozenset(
     {
@@ -71,6 +71,7 @@ _CUDA_USE = re.compile(r"\.cuda\(|[\"']cuda|torch\.cuda\.is_available|device_cou
 # One-entry cache: rules of the same module ask repeatedly; the next module replaces it.
 _CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
 _MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
+_TEXT_CACHE: dict[str, tuple[ast.Module, dict[str, bool]]] = {}
 _LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
 
 
@@ -187,7 +188,7 @@ def module_classes(ctx: ModuleContext) -> set[str]:
     cached = _CLASS_CACHE.get("last")
     if cached is not None and cached[0] is ctx.tree:
         return cached[1]
-    classes = [n for n in ast.walk(ctx.tree) if isinstance(n, ast.ClassDef)]
+    classes = [n for n in nodes_of(ctx, ast.ClassDef) if isinstance(n, ast.ClassDef)]
     found: set[str] = set()
     changed = True
     while changed:
@@ -249,7 +250,7 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
             continue
         if terminal_name(node.func)[:1].isupper() or ctx.qualname(node.func) is not None:
             continue
-        func = node.func
+        func: ast.expr = node.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             func = func.value  # `model.forward(x)` runs the model too
         if is_model_expr(ctx, func):
@@ -323,9 +324,24 @@ def calls_named(body: list[ast.stmt] | ast.AST, names: frozenset[str]) -> Iterat
             yield node
 
 
+def source_has(ctx: ModuleContext, token: str) -> bool:
+    """`token in ctx.source`, computed once per module: cheap enough for per-node gates."""
+    memo = _TEXT_CACHE.get("last")
+    if memo is None or memo[0] is not ctx.tree:
+        memo = (ctx.tree, {})
+        _TEXT_CACHE["last"] = memo
+    found = memo[1].get(token)
+    if found is None:
+        found = memo[1][token] = token in ctx.source
+    return found
+
+
 def uses_cuda(ctx: ModuleContext) -> bool:
     """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`)."""
-    return "cuda" in ctx.source and bool(_CUDA_USE.search(ctx.source))
+    memo = per_module_cache(ctx, "uses_cuda")
+    if 0 not in memo:
+        memo[0] = "cuda" in ctx.source and bool(_CUDA_USE.search(ctx.source))
+    return memo[0]
 
 
 def functions(ctx: ModuleContext) -> Iterator[FunctionNode]:
@@ -361,7 +377,7 @@ def class_methods(cls: ast.ClassDef) -> dict[str, FunctionNode]:
 
 def module_class_defs(ctx: ModuleContext) -> Iterator[ast.ClassDef]:
     names = module_classes(ctx)
-    for node in ast.walk(ctx.tree):
+    for node in nodes_of(ctx, ast.ClassDef):
         if isinstance(node, ast.ClassDef) and node.name in names:
             yield node
 

@@ -6,7 +6,14 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import class_methods, module_class_defs, nn_layer, sequential_layers
+from agent.checks.loops import nodes_of
+from agent.checks.patterns import (
+    class_methods,
+    module_class_defs,
+    nn_layer,
+    sequential_layers,
+    terminal_name,
+)
 from agent.models import Severity
 
 _ACTIVATIONS = frozenset({"ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh"})
@@ -60,8 +67,8 @@ class ActivationOnLogits(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for node in ast.walk(ctx.tree):
-            if isinstance(node, ast.Call) and "Sequential" in ast.unparse(node.func)[:40]:
+        for node in nodes_of(ctx, ast.Call):
+            if isinstance(node, ast.Call) and terminal_name(node.func) == "Sequential":
                 layers = sequential_layers(ctx, node)
                 if len(layers) >= 2 and layers[-1][0] in _ACTIVATIONS:
                     self._report(ctx, layers[-1][1], layers[-1][0])

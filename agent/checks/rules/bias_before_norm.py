@@ -7,7 +7,7 @@ from itertools import pairwise
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import kwarg, sequential_layers
+from agent.checks.patterns import kwarg, sequential_layers, terminal_name
 from agent.models import Severity
 
 _BIASED = frozenset({"Conv1d", "Conv2d", "Conv3d", "Linear", "LazyConv2d", "LazyLinear"})
@@ -39,7 +39,7 @@ class BiasBeforeNorm(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if not node.args or "Sequential" not in ast.unparse(node.func):
+        if not node.args or terminal_name(node.func) != "Sequential":
             return
         layers = sequential_layers(ctx, node)
         for (layer, first), (following, _) in pairwise(layers):

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import OPTIMIZERS
 from agent.models import Severity
 
@@ -70,5 +71,5 @@ class CheckpointIncomplete(Rule):
             return True
         return any(
             isinstance(n, ast.Call) and ctx.call_qualname(n) in OPTIMIZERS
-            for n in ast.walk(ctx.tree)
+            for n in nodes_of(ctx, ast.Call)
         )

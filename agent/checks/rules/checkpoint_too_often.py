@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import terminal_name
 from agent.models import Severity
 
 _SAVES = frozenset({"torch.save", "safetensors.torch.save_file", "safetensors.torch.save_model"})
@@ -42,8 +43,7 @@ class CheckpointTooOften(Rule):
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         if (
-            isinstance(node.func, ast.Attribute | ast.Name)
-            and "save" in ast.unparse(node.func)
+            terminal_name(node.func) in ("save", "save_file", "save_model")
             and ctx.call_qualname(node) in _SAVES
         ):
             self.saves.append(node)

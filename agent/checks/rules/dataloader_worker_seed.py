@@ -7,7 +7,14 @@ import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import DATALOADERS, argument, constant_number, has_star_kwargs, kwarg
+from agent.checks.patterns import (
+    DATALOADERS,
+    argument,
+    constant_number,
+    has_star_kwargs,
+    kwarg,
+    terminal_name,
+)
 from agent.models import Severity
 
 _HOST_RANDOM = re.compile(
@@ -45,7 +52,7 @@ class DataLoaderWorkerSeed(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "DataLoader" not in ast.unparse(node.func)[:60]:
+        if terminal_name(node.func) != "DataLoader":
             return
         if ctx.call_qualname(node) not in DATALOADERS or has_star_kwargs(node):
             return

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import direct_effects
+from agent.checks.loops import direct_effects, nodes_of
 from agent.checks.patterns import mentions_modulo
 from agent.models import Severity
 
@@ -46,7 +46,7 @@ class DdpAccumNoSync(Rule):
         if not any(
             isinstance(n, ast.Call)
             and (ctx.call_qualname(n) or "").endswith("DistributedDataParallel")
-            for n in ast.walk(ctx.tree)
+            for n in nodes_of(ctx, ast.Call)
         ):
             return
         for loop in ctx.loops.training_loops:

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import argument, constant_number
+from agent.checks.patterns import argument, constant_number, terminal_name
 from agent.models import Severity
 
 _DROPOUTS = frozenset(
@@ -46,7 +46,7 @@ class HighDropout(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "ropout" not in ast.unparse(node.func)[:60]:
+        if "ropout" not in terminal_name(node.func):
             return
         qual = ctx.call_qualname(node)
         if qual not in _DROPOUTS:

@@ -7,8 +7,14 @@ import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import walk_scope
-from agent.checks.patterns import functions, is_main_guard, mode_call_receivers, model_calls
+from agent.checks.loops import nodes_of, walk_scope
+from agent.checks.patterns import (
+    functions,
+    has_main_guard,
+    is_main_guard,
+    mode_call_receivers,
+    model_calls,
+)
 from agent.models import Severity
 
 _INFERENCE_FUNCTION = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
@@ -42,19 +48,22 @@ class InferenceNoEval(Rule):
     fixable = True
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "(" not in ctx.source:
+        candidates = [
+            fn
+            for fn in functions(ctx)
+            if fn.name not in _LIGHTNING_HOOKS
+            and not fn.name.startswith("test_")
+            and _INFERENCE_FUNCTION.search(fn.name)
+        ]
+        if not candidates and not has_main_guard(ctx.tree):
             return
-        module_evals = mode_call_receivers(ctx.tree, "eval") if ".eval(" in ctx.source else []
+        module_evals = [
+            c for c in nodes_of(ctx, ast.Call) if isinstance(c, ast.Call) and _is_eval_call(c)
+        ]
         local_evals = {
-            name
-            for name, defs in ctx.loops.functions.items()
-            if any(mode_call_receivers(fn.body, "eval") for fn in defs)
+            fn.name for c in module_evals if (fn := ctx.enclosing_function(c)) is not None
         }
-        for fn in functions(ctx):
-            if fn.name in _LIGHTNING_HOOKS or not _INFERENCE_FUNCTION.search(fn.name):
-                continue
-            if fn.name.startswith("test_"):
-                continue
+        for fn in candidates:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
             self._check(ctx, fn.body, params, local_evals, bool(module_evals))
         for stmt in ctx.tree.body:
@@ -105,3 +114,7 @@ def _root_name(expr: ast.expr) -> str:
     while isinstance(expr, ast.Attribute):
         expr = expr.value
     return expr.id if isinstance(expr, ast.Name) else ""
+
+
+def _is_eval_call(call: ast.Call) -> bool:
+    return bool(mode_call_receivers(call, "eval"))

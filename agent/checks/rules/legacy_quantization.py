@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import target_torch
+from agent.checks.patterns import source_has, target_torch
 from agent.models import Severity
 
 _PREFIXES = ("torch.ao.quantization.", "torch.quantization.")
@@ -52,7 +52,7 @@ class LegacyQuantization(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "quantiz" not in ctx.source:
+        if not source_has(ctx, "quantiz"):
             return
         qual = ctx.call_qualname(node) or ""
         if not qual.startswith(_PREFIXES) or qual.rsplit(".", 1)[-1] not in _ENTRY_POINTS:

@@ -7,7 +7,7 @@ from itertools import pairwise
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import sequential_layers
+from agent.checks.patterns import sequential_layers, terminal_name
 from agent.models import Severity
 
 _LINEAR = frozenset({"Linear", "LazyLinear"})
@@ -39,7 +39,7 @@ class MissingNonlinearity(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if len(node.args) < 2 or "Sequential" not in ast.unparse(node.func):
+        if len(node.args) < 2 or terminal_name(node.func) != "Sequential":
             return
         layers = [(n, a) for n, a in sequential_layers(ctx, node) if n not in _TRANSPARENT]
         for (first, _), (second, node_two) in pairwise(layers):

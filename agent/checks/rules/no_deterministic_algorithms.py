@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import is_main_guard
 from agent.models import Severity
 
@@ -45,7 +46,7 @@ class NoDeterministicAlgorithms(Rule):
             return
         seeds = [
             n
-            for n in ast.walk(ctx.tree)
+            for n in nodes_of(ctx, ast.Call)
             if isinstance(n, ast.Call)
             and isinstance(n.func, ast.Attribute | ast.Name)
             and (n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id)

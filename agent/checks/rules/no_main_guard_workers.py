@@ -6,7 +6,13 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import DATALOADERS, argument, constant_number, has_main_guard
+from agent.checks.patterns import (
+    DATALOADERS,
+    argument,
+    constant_number,
+    has_main_guard,
+    terminal_name,
+)
 from agent.models import Severity
 
 
@@ -37,7 +43,7 @@ class NoMainGuardWorkers(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "DataLoader" not in ast.unparse(node.func)[:60]:
+        if terminal_name(node.func) != "DataLoader":
             return
         if ctx.call_qualname(node) not in DATALOADERS or ctx.enclosing_function(node):
             return

@@ -7,6 +7,7 @@ import re
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import module_classes
 from agent.models import Severity
 
@@ -60,7 +61,9 @@ class NoMlTests(Rule):
         classes = module_classes(ctx)
         if classes:
             return next(
-                n for n in ast.walk(ctx.tree) if isinstance(n, ast.ClassDef) and n.name in classes
+                n
+                for n in nodes_of(ctx, ast.ClassDef)
+                if isinstance(n, ast.ClassDef) and n.name in classes
             )
         loops = ctx.loops.training_loops
         return loops[0].node if loops else None

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.loops import walk_scope
+from agent.checks.loops import nodes_of, walk_scope
 from agent.checks.patterns import has_main_guard, is_main_guard, module_level
 from agent.models import Severity
 
@@ -86,7 +86,7 @@ class NoTorchSeed(Rule):
             isinstance(n, ast.Call) and _is_seed_call(ctx, n) for n in module_level(ctx.tree)
         )
         calls = sorted(
-            {_called_name(n) for n in ast.walk(ctx.tree) if isinstance(n, ast.Call)} - {""}
+            {_called_name(n) for n in nodes_of(ctx, ast.Call) if isinstance(n, ast.Call)} - {""}
         )
         anchor = self._entry_anchor(ctx)
         fact: dict[str, Any] = {
@@ -152,7 +152,7 @@ class NoTorchSeed(Rule):
     def _imports(ctx: ModuleContext) -> list[list[str]]:
         """[module, imported name or ''] pairs, relative imports made absolute-ish."""
         pairs: list[list[str]] = []
-        for node in ast.walk(ctx.tree):
+        for node in nodes_of(ctx, ast.Import, ast.ImportFrom):
             if isinstance(node, ast.Import):
                 pairs += [[alias.name, ""] for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -232,7 +232,7 @@ def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> 
 def _uses_torch_randomness(ctx: ModuleContext) -> bool:
     if "torch" not in ctx.source:
         return False
-    for node in ast.walk(ctx.tree):
+    for node in nodes_of(ctx, ast.Call):
         if isinstance(node, ast.Call):
             qual = ctx.call_qualname(node) or ""
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:

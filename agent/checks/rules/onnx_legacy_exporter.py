@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import is_false, kwarg, target_torch
+from agent.checks.patterns import is_false, kwarg, source_has, target_torch
 from agent.models import Severity
 
 _EXPORT = "torch.onnx.export"
@@ -41,7 +41,7 @@ class OnnxLegacyExporter(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "onnx" not in ctx.source:
+        if not source_has(ctx, "onnx"):
             return
         qual = ctx.call_qualname(node)
         version = target_torch(ctx) or (0, 0)

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import class_methods
 from agent.models import Severity
 
@@ -60,7 +61,7 @@ class PerItemFileIo(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "__getitem__" not in ctx.source:
             return
-        for cls in ast.walk(ctx.tree):
+        for cls in nodes_of(ctx, ast.ClassDef):
             if not isinstance(cls, ast.ClassDef):
                 continue
             getitem = class_methods(cls).get("__getitem__")

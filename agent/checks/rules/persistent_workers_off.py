@@ -6,7 +6,15 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import DATALOADERS, argument, constant_number, has_star_kwargs, kwarg
+from agent.checks.patterns import (
+    DATALOADERS,
+    argument,
+    constant_number,
+    has_star_kwargs,
+    kwarg,
+    source_has,
+    terminal_name,
+)
 from agent.models import Severity
 
 
@@ -36,7 +44,7 @@ class PersistentWorkersOff(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "DataLoader" not in ast.unparse(node.func)[:60] or "epoch" not in ctx.source:
+        if terminal_name(node.func) != "DataLoader" or not source_has(ctx, "epoch"):
             return
         if ctx.call_qualname(node) not in DATALOADERS or has_star_kwargs(node):
             return

@@ -6,7 +6,14 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import DATALOADERS, has_star_kwargs, is_false, kwarg, uses_cuda
+from agent.checks.patterns import (
+    DATALOADERS,
+    has_star_kwargs,
+    is_false,
+    kwarg,
+    terminal_name,
+    uses_cuda,
+)
 from agent.models import Severity
 
 
@@ -36,7 +43,7 @@ class PinMemoryOff(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "DataLoader" not in ast.unparse(node.func)[:60] or not uses_cuda(ctx):
+        if terminal_name(node.func) != "DataLoader" or not uses_cuda(ctx):
             return
         if ctx.call_qualname(node) not in DATALOADERS or has_star_kwargs(node):
             return

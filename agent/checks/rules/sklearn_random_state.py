@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import has_star_kwargs, kwarg
+from agent.checks.patterns import has_star_kwargs, kwarg, source_has
 from agent.models import Severity
 
 _ALWAYS_RANDOM = frozenset(
@@ -50,7 +50,7 @@ class SklearnRandomState(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if "sklearn" not in ctx.source or has_star_kwargs(node):
+        if not source_has(ctx, "sklearn") or has_star_kwargs(node):
             return
         qual = ctx.call_qualname(node)
         if qual in _RANDOM_WHEN_SHUFFLED:

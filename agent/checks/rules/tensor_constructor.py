@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import terminal_name
 from agent.models import Severity
 
 
@@ -35,7 +36,7 @@ class TensorConstructor(Rule):
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         func = node.func
-        if not (isinstance(func, ast.Attribute | ast.Name)) or "Tensor" not in ast.unparse(func):
+        if terminal_name(func) != "Tensor":
             return
         if ctx.call_qualname(node) != "torch.Tensor" or not node.args:
             return

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import class_methods, module_class_defs, module_classes, nn_layer
 from agent.models import Severity
 
@@ -64,7 +65,7 @@ class UnusedLayer(Rule):
                 if not layer or layer in ("Parameter", "ParameterList", "ParameterDict"):
                     continue
                 if read is None:
-                    read = _attributes_read(ctx.tree)
+                    read = _attributes_read(ctx)
                 if target.attr not in read:
                     ctx.report(
                         self,
@@ -74,9 +75,9 @@ class UnusedLayer(Rule):
                     )
 
 
-def _attributes_read(tree: ast.Module) -> set[str]:
+def _attributes_read(ctx: ModuleContext) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in nodes_of(ctx, ast.Attribute, ast.Constant):
         if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
             names.add(node.attr)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):

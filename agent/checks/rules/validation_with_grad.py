@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import FunctionNode
+from agent.checks.loops import FunctionNode, nodes_of
 from agent.checks.patterns import functions, grad_disabled_at, model_calls
 from agent.models import Severity
 
@@ -60,12 +60,15 @@ class ValidationWithGrad(Rule):
             return
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
-        guarded_callers = self._grad_off_call_sites(ctx) if candidates else set()
+        names = {fn.name for fn in candidates}
+        guarded_callers = self._grad_off_call_sites(ctx, names) if candidates else set()
         for fn in candidates:
             if fn.name not in guarded_callers:
                 self._check_body(ctx, fn.body, reported)
-        for node in ast.walk(ctx.tree):
-            if isinstance(node, ast.For) and _EVAL_LOADER.search(ast.unparse(node.iter)[:80]):
+        for node in nodes_of(ctx, ast.For):
+            if isinstance(node, ast.For) and any(
+                _EVAL_LOADER.search(name) for name in _names_in(node.iter)
+            ):
                 self._check_body(ctx, node.body, reported)
 
     def _check_body(self, ctx: ModuleContext, body: list[ast.stmt], reported: set[int]) -> None:
@@ -84,12 +87,21 @@ class ValidationWithGrad(Rule):
             return
 
     @staticmethod
-    def _grad_off_call_sites(ctx: ModuleContext) -> set[str]:
-        """Local functions every call of which already runs under no_grad/inference_mode."""
+    def _grad_off_call_sites(ctx: ModuleContext, names: set[str]) -> set[str]:
+        """Those of `names` every call of which already runs under no_grad/inference_mode."""
         sites: dict[str, list[bool]] = {}
-        for node in ast.walk(ctx.tree):
+        for node in nodes_of(ctx, ast.Call):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
                 name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-                if name in ctx.loops.functions:
+                if name in names:
                     sites.setdefault(name, []).append(grad_disabled_at(ctx, node))
         return {name for name, flags in sites.items() if flags and all(flags)}
+
+
+def _names_in(expr: ast.expr) -> list[str]:
+    """Identifiers an iterable expression mentions: `enumerate(self.val_loader)` -> names."""
+    return [
+        n.id if isinstance(n, ast.Name) else n.attr
+        for n in ast.walk(expr)
+        if isinstance(n, ast.Name | ast.Attribute)
+    ]
