@@ -21,7 +21,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.reasoning.llm import LLMReasoner, OpenAIConfig  # noqa: E402
+from agent.reasoning.llm import OpenAIConfig  # noqa: E402
+from agent.reasoning.llm.reasoner import LLMReasoner  # noqa: E402
 from agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from tests.llm_stub_server import Reply, StubLLM  # noqa: E402
 from tests.llm_workspace import point_requests  # noqa: E402

@@ -16,7 +16,8 @@ import pytest
 
 from agent.models import Status
 from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm import LLMReasoner, ModelPrice, OpenAIConfig, build_reasoner
+from agent.reasoning.llm import ModelPrice, OfflineConfig, OpenAIConfig, build_reasoner
+from agent.reasoning.llm.reasoner import LLMReasoner
 from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
@@ -94,8 +95,6 @@ def test_factory_picks_the_backend_from_the_config(stub: StubLLM, workspace: Pat
     assert build_reasoner(OpenAIConfig(base_url=stub.base_url), workspace, offline).name == (
         "llm:gpt-4o-mini"
     )
-    from agent.reasoning.llm import OfflineConfig
-
     assert build_reasoner(OfflineConfig(), workspace, offline) is offline
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.models import Severity, Status
-from agent.reasoning.llm.diffs import DiffRejected, check_diff
+from agent.reasoning.llm.diffs import DiffRejected, check_diff, llm_patch
 from agent.reasoning.llm.schema import LLMExplanation, LLMFinding, PointAnswer, strict_schema
 from agent.reasoning.llm.validation import Context, locate_snippet, validate_answer
 
@@ -142,3 +142,17 @@ def test_the_strict_schema_requires_every_key_and_allows_no_others() -> None:
     finding = schema["$defs"]["LLMFinding"]
     assert finding["additionalProperties"] is False and "status" not in finding["properties"]
     assert set(finding["required"]) == set(finding["properties"])
+
+
+def test_an_llm_fix_becomes_a_patch_for_the_fix_pipeline() -> None:
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -7 +7 @@\n-    print(loss.item())\n+    pass\n"
+    [finding] = validate_answer([claim(fix_diff=diff)], [], ctx()).findings
+    patch = llm_patch(finding)
+    assert patch is not None
+    assert (patch.origin, patch.files, patch.rule, patch.diff) == (
+        "llm",
+        ["train.py"],
+        "llm-print-sync",
+        diff,
+    )
+    assert llm_patch(finding.model_copy(update={"fix": None})) is None

@@ -1,4 +1,8 @@
-"""The LLM reasoner: any OpenAI-compatible endpoint, layered over the offline reasoner."""
+"""The LLM reasoner: any OpenAI-compatible endpoint, layered over the offline reasoner.
+
+Importing this package does not import `openai`; `build_reasoner` does, for an OpenAI config.
+The reasoner itself is `agent.reasoning.llm.reasoner.LLMReasoner`.
+"""
 
 from agent.reasoning.llm.config import (
     ModelPrice,
@@ -9,10 +13,8 @@ from agent.reasoning.llm.config import (
     parse_reasoner_config,
 )
 from agent.reasoning.llm.factory import build_reasoner
-from agent.reasoning.llm.reasoner import LLMReasoner
 
 __all__ = [
-    "LLMReasoner",
     "ModelPrice",
     "OfflineConfig",
     "OpenAIConfig",

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from agent.fixes.models import Patch
+from agent.models import Finding
+
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
 
 
@@ -72,3 +75,16 @@ def _contains(source: list[str], block: list[str]) -> bool:
     have = [line.rstrip() for line in source]
     size = len(wanted)
     return any(have[i : i + size] == wanted for i in range(len(have) - size + 1))
+
+
+def llm_patch(finding: Finding) -> Patch | None:
+    """The finding's LLM fix as the fix pipeline's `Patch` (None for no fix or a codemod's),
+    so it goes through exactly the verification a codemod's patch does."""
+    if finding.fix is None or finding.fix.origin != "llm":
+        return None
+    files = sorted(
+        {_path(line[4:]) for line in finding.fix.diff.splitlines() if line.startswith("--- ")}
+    )
+    return Patch(
+        finding_id=finding.id, rule=finding.rule, origin="llm", diff=finding.fix.diff, files=files
+    )

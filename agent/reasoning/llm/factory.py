@@ -1,4 +1,7 @@
-"""Builds the reasoner an audit's config asks for (SWE-ReX style: the config picks the backend)."""
+"""Builds the reasoner an audit's config asks for (SWE-ReX style: the config picks the backend).
+
+The LLM reasoner is imported only when asked for, so an offline install needs no `openai`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ from pathlib import Path
 
 from agent.reasoning.base import Reasoner
 from agent.reasoning.llm.config import OfflineConfig, OpenAIConfig
-from agent.reasoning.llm.reasoner import LLMReasoner
 from agent.reasoning.offline import OfflineReasoner
 
 
@@ -15,5 +17,7 @@ def build_reasoner(
 ) -> Reasoner:
     """One reasoner per audit: the LLM one holds that audit's budget and usage totals."""
     if isinstance(config, OpenAIConfig):
+        from agent.reasoning.llm.reasoner import LLMReasoner
+
         return LLMReasoner(config, workspace_root, offline)
     return offline
