@@ -337,6 +337,15 @@ def first_argument(call: ast.Call, name: str) -> ast.expr | None:
     return None
 
 
+def module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The module's own statements, without the bodies of its functions and classes."""
+    return [
+        s
+        for s in tree.body
+        if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+
+
 def held_out_name_kind(name: str) -> str | None:
     """'X_test' -> 'test', 'valloader' -> 'val', 'val_freq' -> None, 'latest' -> None."""
     tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]

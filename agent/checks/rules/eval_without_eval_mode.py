@@ -8,7 +8,7 @@ from pathlib import PurePath
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import FunctionNode
+from agent.checks.dataflow import FunctionNode, module_level
 from agent.checks.loops import walk_scope
 from agent.models import Severity
 
@@ -119,7 +119,7 @@ def _model_expr(call: ast.Call) -> ast.expr:
 
 def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:
     flow = ctx.flow
-    if flow.reaches_method(owner.body if owner is not None else ctx.tree.body, "eval"):
+    if flow.reaches_method(owner.body if owner is not None else module_level(ctx.tree), "eval"):
         return True
     if _model_put_in_eval(ctx, _model_expr(call)):
         return True
@@ -133,7 +133,7 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
             seen.add(name)
             for site in flow.callers.get(name, []):
                 caller = ctx.enclosing_function(site)
-                scope = caller.body if caller is not None else ctx.tree.body
+                scope = caller.body if caller is not None else module_level(ctx.tree)
                 if flow.reaches_method(scope, "eval"):
                     return True
                 if caller is not None:

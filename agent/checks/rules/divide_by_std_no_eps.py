@@ -1,0 +1,59 @@
+"""divide-by-std-no-eps: division by a standard deviation or norm with no epsilon."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import identifier
+from agent.models import Severity
+
+_SPREAD = frozenset({"std", "var", "norm"})
+_ROOTS = frozenset({"sqrt", "rsqrt"})
+
+
+class DivideByStdNoEps(Rule):
+    """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`
+    (also `/=`) where the divisor has no `+ eps` and no `clamp`.
+
+    Why it matters: the spread is zero for a constant input, a single-element batch or an
+    all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads
+    through the loss into every weight.
+
+    Example:
+        advantages = (adv - adv.mean()) / adv.std()
+
+    Fix: `/ (x.std() + 1e-8)`, `x.norm(...).clamp_min(eps)`, or `F.normalize(x, eps=...)`.
+    """
+
+    id = "divide-by-std-no-eps"
+    point = 2
+    severity = Severity.LOW
+    title = "Division by std/norm without epsilon"
+    items: ClassVar[tuple[str, ...]] = ("2.3",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp, ast.AugAssign)
+    fixable = True
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div):
+            divisor = node.right if isinstance(node, ast.BinOp) else node.value
+            if _unguarded_spread(divisor):
+                ctx.report(
+                    self,
+                    node,
+                    f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the "
+                    "spread is zero (constant or single-element input)",
+                )
+
+
+def _unguarded_spread(divisor: ast.expr) -> bool:
+    if not isinstance(divisor, ast.Call):
+        return False
+    name = identifier(divisor.func)
+    if name in _SPREAD:
+        return True
+    if name in _ROOTS and divisor.args:
+        inner = divisor.args[0]
+        return isinstance(inner, ast.Call) and identifier(inner.func) in _SPREAD
+    return False
