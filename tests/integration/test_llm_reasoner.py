@@ -434,3 +434,9 @@ def test_locations_beyond_the_window_cap_are_named_in_the_notes(
         n.startswith("point 6: ") and "not shown to the LLM (at most 10 code lines" in n
         for n in result.notes
     )
+
+
+def test_provenance_never_shows_credentials_in_the_endpoint(workspace: Path) -> None:
+    config = OpenAIConfig(base_url="https://user:hunter2@llm.example:8443/v1?key=abc", cache=False)
+    provenance = LLMReasoner(config, workspace, OfflineReasoner()).provenance()
+    assert provenance["base_url"] == "https://llm.example:8443/v1"

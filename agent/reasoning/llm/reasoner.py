@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -298,7 +299,7 @@ class LLMReasoner:
         with self._lock:
             return {
                 "model": self.config.model,
-                "base_url": self.config.base_url,
+                "base_url": _without_credentials(self.config.base_url),
                 "temperature": self.config.temperature,
                 "seed": self.config.seed,
                 "structured_outputs": None if caps is None else caps.structured_outputs,
@@ -312,6 +313,14 @@ class LLMReasoner:
                 "cache": self.cache_problem or ("on" if self.config.cache else "off"),
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
             }
+
+
+def _without_credentials(url: str) -> str:
+    """The endpoint as the report may show it: no user:password, no query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _window_notes(point: int, selection: Selection, cap: int) -> list[str]:
