@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__
 from agent.checklist import ITEMS
-from agent.config import AuditConfig, find_project_root, load_config
+from agent.config import AuditConfig, ConfigError, find_project_root, load_config
 from agent.gather import installed_torch_version, run_static, split_by_point
 from agent.graph import build_audit_graph, sqlite_checkpointer
 from agent.ledger import Ledger, default_ledger_path
@@ -85,7 +85,19 @@ def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
 
 def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Workspace) -> Reasoner:
     """The offline reasoner unless an LLM is configured and `--offline` was not given."""
-    return OfflineReasoner()
+    from agent.reasoning.llm import build_reasoner, load_reasoner_config
+
+    table = {key.replace("-", "_"): value for key, value in config.llm.items()}
+    try:
+        llm = load_reasoner_config(offline=options.offline, pyproject_table=table)
+    except ValidationError as err:
+        raise ConfigError(f"[tool.torchdoctor.llm]: {err}") from err
+    return build_reasoner(llm, workspace.root, OfflineReasoner())
+
+
+def reasoner_provenance(reasoner: Reasoner) -> dict[str, Any]:
+    provenance = getattr(reasoner, "provenance", None)
+    return {"llm": provenance()} if callable(provenance) else {}
 
 
 def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditOutcome:
@@ -133,7 +145,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         audit_id=audit_id,
         started_at=started_at,
         duration_s=round(time.perf_counter() - started, 3),
-        extra={"usage": state.get("usage", {})} if state.get("usage") else {},
+        extra={"usage": state.get("usage", {}), **reasoner_provenance(reasoner)},
     )
     report = AuditReport(
         tool=ToolInfo(version=__version__),
