@@ -1,0 +1,63 @@
+"""hub-remote-code: model loading that executes code fetched from a remote repository."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.models import Severity
+
+_HUB_LOADERS = frozenset({"torch.hub.load", "torch.hub.list", "torch.hub.help"})
+
+
+class HubRemoteCode(Rule):
+    """Detects `torch.hub.load(...)` from a remote repository (it imports and runs the
+    repository's `hubconf.py`) and any call with `trust_remote_code=True` (Hugging Face
+    `from_pretrained`, `pipeline`, `AutoModel...`), which executes Python shipped with the
+    model.
+
+    Why it matters: the code runs with the training job's permissions and credentials, and
+    the remote repository can change between two runs unless a revision is pinned.
+
+    Example:
+        model = AutoModel.from_pretrained("org/model", trust_remote_code=True)
+
+    Fix: prefer architectures available in the installed libraries; otherwise review the
+    remote code and pin it (`revision=<commit sha>` for Hugging Face, `repo:tag` or a local
+    clone with `source="local"` for torch.hub).
+    """
+
+    id = "hub-remote-code"
+    point = 11
+    severity = Severity.MEDIUM
+    title = "Model loading runs remote code"
+    items: ClassVar[tuple[str, ...]] = ("11.2",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        trust = kwarg(node, "trust_remote_code")
+        if isinstance(trust, ast.Constant) and trust.value is True:
+            pinned = kwarg(node, "revision") is not None
+            ctx.report(
+                self,
+                node,
+                "trust_remote_code=True executes Python shipped with the model"
+                + ("" if pinned else ", and no revision= pins it"),
+                severity=Severity.MEDIUM if pinned else Severity.HIGH,
+                data={"pinned": pinned},
+            )
+            return
+        if ctx.call_qualname(node) in _HUB_LOADERS:
+            source = kwarg(node, "source")
+            if isinstance(source, ast.Constant) and source.value == "local":
+                return
+            ctx.report(
+                self,
+                node,
+                "torch.hub runs the remote repository's hubconf.py: pin a tag or commit and "
+                "review it, or load from a local clone",
+            )

@@ -1,0 +1,101 @@
+"""no-model-card: the project saves a model but documents it nowhere."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any, ClassVar
+
+from agent.checks.base import ModuleContext, RawFinding, Rule
+from agent.checks.dataflow import identifier
+from agent.models import Severity
+
+_SAVERS = frozenset(
+    {
+        "torch.save",
+        "torch.jit.save",
+        "torch.onnx.export",
+        "torch.export.save",
+        "safetensors.torch.save_file",
+        "safetensors.torch.save_model",
+    }
+)
+_SAVE_METHODS = frozenset({"save_pretrained", "push_to_hub"})
+_CARD = re.compile(r"model[_ ]?card|ModelCard|MODEL_CARD", re.IGNORECASE)
+_FACT = "no-model-card"
+
+
+class NoModelCard(Rule):
+    """Detects a project that saves or publishes a trained model (`torch.save`,
+    `torch.jit.save`, `torch.onnx.export`, safetensors, `save_pretrained`, `push_to_hub`)
+    while no module writes or mentions a model card (`MODEL_CARD`, `ModelCard`,
+    `model_card`). Project-level: each module records what it saves, the project pass
+    decides. A card file kept in the repository (MODEL_CARD.md, a Hugging Face README with
+    card sections) is outside what this rule reads; the audit's review treats it.
+
+    Why it matters: a model without its intended use, training data, evaluation results and
+    limitations gets reused where it fails (other populations, other input ranges) and
+    cannot be audited; model cards (Mitchell et al., 2019) are the standard remedy.
+
+    Example:
+        torch.save(model.state_dict(), "classifier.pt")   # and nothing documents it
+
+    Fix: add a MODEL_CARD.md next to the artifact (intended use, data, metrics per group,
+    limitations, license), or write one with `huggingface_hub.ModelCard` when publishing.
+    """
+
+    id = "no-model-card"
+    point = 12
+    severity = Severity.LOW
+    title = "No model card"
+    items: ClassVar[tuple[str, ...]] = ("12.3",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if (
+            "save" not in ctx.source
+            and "export" not in ctx.source
+            and "push_to_hub" not in (ctx.source)
+        ):
+            return
+        saves = [
+            call
+            for call in ctx.flow.nodes(ast.Call)
+            if ctx.call_qualname(call) in _SAVERS or identifier(call.func) in _SAVE_METHODS
+        ]
+        card = bool(_CARD.search(ctx.source))
+        if not saves and not card:
+            return
+        first = min(saves, key=lambda c: c.lineno) if saves else None
+        ctx.facts[_FACT] = {
+            "card": card,
+            "save": None
+            if first is None
+            else {
+                "line": first.lineno,
+                "code": ctx.lines[first.lineno - 1] if ctx.lines else "",
+                "excerpt": ctx.excerpt(first.lineno, first.lineno),
+            },
+        }
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        entries = {path: f[_FACT] for path, f in facts.items() if _FACT in f}
+        if not entries or any(entry["card"] for entry in entries.values()):
+            return []
+        saving = sorted((path, e["save"]) for path, e in entries.items() if e["save"])
+        if not saving:
+            return []
+        path, save = saving[0]
+        return [
+            RawFinding(
+                rule=cls.id,
+                file=path,
+                line=save["line"],
+                end_line=save["line"],
+                code=save["code"],
+                message="the project saves a model but no model card documents its intended "
+                "use, data, metrics and limitations",
+                severity=cls.severity,
+                excerpt=save["excerpt"],
+            )
+        ]

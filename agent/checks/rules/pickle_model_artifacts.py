@@ -1,0 +1,74 @@
+"""pickle-model-artifacts: model or data files loaded through pickle."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import kwarg
+from agent.models import Severity
+
+_PICKLE_LOADERS = frozenset(
+    {
+        "pickle.load",
+        "pickle.loads",
+        "_pickle.load",
+        "cPickle.load",
+        "dill.load",
+        "dill.loads",
+        "cloudpickle.load",
+        "cloudpickle.loads",
+        "joblib.load",
+        "sklearn.externals.joblib.load",
+        "pandas.read_pickle",
+    }
+)
+
+
+class PickleModelArtifacts(Rule):
+    """Detects artifacts loaded through pickle: `pickle.load(s)`, `dill`, `cloudpickle`,
+    `joblib.load`, `pandas.read_pickle`, and `numpy.load(..., allow_pickle=True)`
+    (`torch.load` is covered by `torch-load-unsafe`).
+
+    Why it matters: unpickling executes code chosen by whoever wrote the file; a model or
+    dataset downloaded from a hub, a colleague or a compromised bucket can run arbitrary
+    commands on the training machine. Pickles also break across library versions.
+
+    Example:
+        with open("model.pkl", "rb") as f:
+            model = pickle.load(f)
+
+    Fix: store weights as safetensors or `state_dict` tensors (`torch.load(...,
+    weights_only=True)`), arrays as `.npy` without pickle, tables as Parquet; load pickles
+    only from trusted, checksummed sources.
+    """
+
+    id = "pickle-model-artifacts"
+    point = 11
+    severity = Severity.MEDIUM
+    title = "Artifact loaded with pickle"
+    items: ClassVar[tuple[str, ...]] = ("11.2",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not isinstance(node, ast.Call):
+            return
+        qual = ctx.call_qualname(node)
+        if qual in _PICKLE_LOADERS:
+            ctx.report(
+                self,
+                node,
+                f"`{qual}` unpickles the file: loading it can run arbitrary code",
+                data={"loader": qual},
+            )
+        elif qual == "numpy.load":
+            allow = kwarg(node, "allow_pickle")
+            if isinstance(allow, ast.Constant) and allow.value is True:
+                ctx.report(
+                    self,
+                    node,
+                    "numpy.load(allow_pickle=True) unpickles object arrays: loading the file "
+                    "can run arbitrary code",
+                    data={"loader": qual},
+                )

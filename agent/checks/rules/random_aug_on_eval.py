@@ -1,0 +1,90 @@
+"""random-aug-on-eval: random augmentations applied to validation or test data."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from agent.checks.base import ModuleContext, Rule
+from agent.checks.dataflow import identifier, kwarg
+from agent.models import Severity
+
+_RANDOM_OPS = re.compile(
+    r"^(Random\w+|ColorJitter|RandAugment|AutoAugment|TrivialAugmentWide|AugMix|ElasticTransform)$"
+)
+_EVAL_TRANSFORM_NAME = re.compile(
+    r"(^|_)(val|valid|validation|test|eval|inference)_?(transforms?|tfms?|tf|aug\w*|preprocess\w*)$",
+    re.IGNORECASE,
+)
+_HELD_OUT = frozenset({"test", "val"})
+
+
+class RandomAugOnEval(Rule):
+    """Detects random augmentations (`RandomCrop`, `RandomHorizontalFlip`, `ColorJitter`,
+    `RandAugment`, ...) in the transform of a validation/test dataset (one built with
+    `train=False`, `split="val"`, or bound to a held-out name), or in a transform variable
+    named like `val_transform`/`test_transforms`, followed through variables and `Compose`.
+
+    Why it matters: evaluation metrics become random (two runs of the same checkpoint
+    disagree), are biased low, and are not comparable with published numbers that use a
+    deterministic resize/center-crop.
+
+    Example:
+        test_set = CIFAR10(root, train=False, transform=T.Compose([T.RandomCrop(32, 4),
+                                                                    T.ToTensor()]))
+
+    Fix: give held-out data a deterministic transform (`Resize` + `CenterCrop` +
+    `ToTensor` + `Normalize`); keep random ops for the training set.
+    """
+
+    id = "random-aug-on-eval"
+    point = 3
+    severity = Severity.MEDIUM
+    title = "Random augmentation on evaluation data"
+    items: ClassVar[tuple[str, ...]] = ("3.4",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if (
+            "Random" not in ctx.source
+            and "Jitter" not in ctx.source
+            and "Augment" not in (ctx.source)
+        ):
+            return
+        flow = ctx.flow
+        reported: set[int] = set()
+        for node in flow.nodes(ast.Assign):
+            if any(_EVAL_TRANSFORM_NAME.search(identifier(t)) for t in node.targets):
+                self._check(ctx, node, node.value, reported)
+        for call in flow.nodes(ast.Call):
+            transform = kwarg(call, "transform") or kwarg(call, "transforms")
+            if transform is None or not self._held_out_dataset(ctx, call):
+                continue
+            self._check(ctx, call, transform, reported)
+
+    def _held_out_dataset(self, ctx: ModuleContext, call: ast.Call) -> bool:
+        if ctx.flow.held_out_kind(call, _HELD_OUT) is not None:
+            return True
+        parent = ctx.parents.get(call)
+        return isinstance(parent, ast.Assign) and any(
+            ctx.flow.held_out_kind(t, _HELD_OUT) is not None for t in parent.targets
+        )
+
+    def _check(
+        self, ctx: ModuleContext, node: ast.AST, transform: ast.expr, seen: set[int]
+    ) -> None:
+        op = ctx.flow.sources_include(transform, _is_random_op)
+        if not isinstance(op, ast.Call) or id(op) in seen:
+            return
+        seen.add(id(op))
+        ctx.report(
+            self,
+            node,
+            f"evaluation data gets the random augmentation `{ast.unparse(op.func)}` "
+            f"(line {op.lineno}): metrics become noisy and biased",
+            data={"augmentation_line": op.lineno},
+        )
+
+
+def _is_random_op(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and bool(_RANDOM_OPS.match(identifier(node.func)))
