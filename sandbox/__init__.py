@@ -55,7 +55,26 @@ _EXPORTS = {
     "stage_workspace": "sandbox.workspace",
 }
 
-__all__ = ["PACKAGE_ROOT", *_EXPORTS]
+__all__ = [
+    "PACKAGE_ROOT",
+    "CollectedFile",
+    "DockerConfig",
+    "DoctorReport",
+    "Isolation",
+    "Job",
+    "Limits",
+    "LocalConfig",
+    "Outcome",
+    "ResourceUsage",
+    "RunResult",
+    "Sandbox",
+    "SandboxConfig",
+    "WorkspaceError",
+    "get_sandbox",
+    "render_doctor",
+    "self_check",
+    "stage_workspace",
+]
 
 
 def __getattr__(name: str) -> Any:

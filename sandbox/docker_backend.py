@@ -3,16 +3,21 @@
 The container has no network, a read-only root with a tmpfs /tmp, no capabilities, no way to
 gain privileges, a non-root user, an init process as PID 1 (so signals and orphans behave),
 and cgroup limits on memory (no swap) and processes; CPU time, file size and descriptors are
-ulimits. The job's workspace is a fresh host copy bind-mounted at `/workspace`. GPUs are passed
-with a device request when the job asks for one and the host has NVIDIA devices.
+ulimits. Output is attached before the start and never logged by the engine (a job printing
+without end must not fill the host's disk with a JSON log). The job's workspace is a fresh
+host copy bind-mounted at `/workspace`. GPUs are passed with a device request when the job
+asks for one and the host has NVIDIA devices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +25,14 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-from docker.types import DeviceRequest, Ulimit
+from docker.types import DeviceRequest, LogConfig, Ulimit
 
 from sandbox.capture import CappedStream, OutputBudget
 from sandbox.collect import collect_files
 from sandbox.environment import job_environment
 from sandbox.mechanisms import NAMESPACES, gpu_device_nodes
 from sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
-from sandbox.outcome import Stop, classify
+from sandbox.outcome import Stop, classify, error_result
 from sandbox.workspace import hand_over, remove_workspace, stage_workspace, tree_bytes
 
 if TYPE_CHECKING:
@@ -83,28 +88,30 @@ class DockerSandbox:
         limits = job.limits
         gpu = self._gpu_wanted(job.gpu)
         ulimits = _ulimits(limits)
-        container = self._create(job, workspace, gpu, ulimits)
+        try:
+            container = self._create(job, workspace, gpu, ulimits)
+        except docker.errors.APIError as exc:
+            return error_result(
+                f"the engine refused the job: {exc.explanation or exc}",
+                self._describe(gpu=gpu, rlimits={}),
+            )
         stop: list[Stop] = []
-        lock = threading.Lock()
 
         def kill(reason: Stop) -> None:
-            with lock:
-                if stop:
-                    return
+            if not stop:
                 stop.append(reason)
-            try:
-                container.kill()
-            except docker.errors.APIError:
-                return
+                with contextlib.suppress(docker.errors.APIError):
+                    container.kill()
 
-        budget = OutputBudget(limits.output_bytes, lambda: kill(Stop.OUTPUT))
+        budget = OutputBudget(limits.output_bytes, lambda: None)
         out, err = CappedStream(budget), CappedStream(budget)
         try:
+            attached = self._attach(container)
+            reader = threading.Thread(target=_pump, args=(attached, out, err, budget), daemon=True)
+            reader.start()
             started = time.monotonic()
             container.start()
-            reader = threading.Thread(target=_pump, args=(container, out, err), daemon=True)
-            reader.start()
-            self._wait(container, workspace, limits, started, kill)
+            self._wait(container, workspace, limits, started, budget, kill)
             wall = time.monotonic() - started
             reader.join(timeout=5)
             container.reload()
@@ -164,9 +171,19 @@ class DockerSandbox:
             volumes=volumes,
             device_requests=requests_,
             init=True,
+            log_config=LogConfig(type=LogConfig.types.NONE),
             labels={LABEL: "1"},
             detach=True,
         )
+
+    def _attach(self, container: Container) -> socket.socket:
+        """The raw multiplexed output socket, attached before the start so nothing is missed."""
+        params = {"stdout": 1, "stderr": 1, "stream": 1}
+        raw = self.client.api.attach_socket(str(container.id), params=params)
+        sock = getattr(raw, "_sock", raw)
+        if not isinstance(sock, socket.socket):
+            raise RuntimeError(f"unsupported Docker transport for attach: {type(raw).__name__}")
+        return sock
 
     def _wait(
         self,
@@ -174,7 +191,8 @@ class DockerSandbox:
         workspace: Path,
         limits: Limits,
         started: float,
-        kill: Any,
+        budget: OutputBudget,
+        kill: Callable[[Stop], None],
     ) -> None:
         while True:
             try:
@@ -182,7 +200,9 @@ class DockerSandbox:
                 return
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 pass
-            if time.monotonic() - started >= limits.wall_s:
+            if budget.overflowed:
+                kill(Stop.OUTPUT)
+            elif time.monotonic() - started >= limits.wall_s:
                 kill(Stop.WALL)
             elif tree_bytes(workspace) > limits.disk_mb * 2**20:
                 kill(Stop.DISK)
@@ -214,13 +234,30 @@ def _ulimits(limits: Limits) -> list[Ulimit]:
     ]
 
 
-def _pump(container: Container, out: CappedStream, err: CappedStream) -> None:
-    """Feed the container's demultiplexed output into the capped streams until it ends."""
+def _pump(sock: socket.socket, out: CappedStream, err: CappedStream, budget: OutputBudget) -> None:
+    """Demultiplex the attach stream (8-byte frame headers: stream id, size) into the capped
+    streams. Once the budget is spent the socket is shut: the engine stops copying output and
+    the kill that follows is not held up by a job blocked writing to it."""
     try:
-        for stdout, stderr in container.attach(stream=True, logs=True, demux=True):
-            if stdout:
-                out.feed(stdout)
-            if stderr:
-                err.feed(stderr)
-    except (docker.errors.APIError, requests.exceptions.RequestException):
+        while not budget.overflowed:
+            header = _recv_exactly(sock, 8)
+            if len(header) < 8:
+                return
+            payload = _recv_exactly(sock, int.from_bytes(header[4:8], "big"))
+            (err if header[0] == 2 else out).feed(payload)
+    except OSError:
         return
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, missing = [], size
+    while missing:
+        chunk = sock.recv(min(missing, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)

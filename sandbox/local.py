@@ -37,7 +37,7 @@ from sandbox.mechanisms import (
     launch_spec,
 )
 from sandbox.models import Isolation, Job, Limits, Outcome, ResourceUsage, RunResult
-from sandbox.outcome import Stop, classify
+from sandbox.outcome import Stop, classify, error_result
 from sandbox.processes import JobIdentity, job_pids, resident_mb, sweep
 from sandbox.workspace import hand_over, remove_workspace, stage_workspace, tree_bytes
 
@@ -206,15 +206,19 @@ class LocalSandbox:
         argv = command(mechanism, layout, spec, limits.disk_mb, job.command)
         watch = _Watch()
         started = time.monotonic()
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            isolation = describe(mechanism, job_user=_job_user(uid), gpu=bool(nodes))
+            return error_result(f"the job could not be started: {exc.strerror}", isolation)
         identity = JobIdentity(uid, process.pid)
 
         def kill(reason: Stop) -> None:
@@ -242,8 +246,7 @@ class LocalSandbox:
             cpu_s=cpu,
             cpu_limit_s=limits.cpu_s,
         )
-        job_user = f"uid {uid} (unprivileged, this job only)" if uid is not None else None
-        isolation = describe(mechanism, job_user=job_user, gpu=bool(nodes)).model_copy(
+        isolation = describe(mechanism, job_user=_job_user(uid), gpu=bool(nodes)).model_copy(
             update={"rlimits": rlimits}
         )
         return RunResult(
@@ -325,6 +328,10 @@ def _read_only_roots(config: LocalConfig) -> tuple[str, ...]:
     roots |= {str(Path(p).resolve()) for p in config.read_only}
     ordered = sorted(roots)
     return tuple(r for r in ordered if not any(r.startswith(o + "/") for o in ordered if o != r))
+
+
+def _job_user(uid: int | None) -> str | None:
+    return f"uid {uid} (unprivileged, this job only)" if uid is not None else None
 
 
 def _reader(stream: CappedStream, pipe: IO[bytes] | None) -> threading.Thread:

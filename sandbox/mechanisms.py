@@ -161,8 +161,8 @@ def _bwrap(layout: Layout, workspace: str, tmp_mb: int) -> list[str]:
     for entry in ETC_ENTRIES:
         args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    args += ["--size", str(tmp_mb * 2**20), "--tmpfs", "/tmp"]
-    args += ["--size", str(tmp_mb * 2**20), "--tmpfs", "/dev/shm"]
+    for scratch in ("/tmp", "/dev/shm"):
+        args += ["--perms", "1777", "--size", str(tmp_mb * 2**20), "--tmpfs", scratch]
     for ancestor in _ancestors([*layout.read_only, workspace]):
         args += ["--perms", "0755", "--dir", ancestor]
     for root in layout.read_only:

@@ -12,7 +12,7 @@ import signal
 from enum import StrEnum
 
 from sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
-from sandbox.models import Outcome
+from sandbox.models import Isolation, Outcome, ResourceUsage, RunResult
 
 MEMORY_ERROR_SIGNS = (
     "MemoryError",
@@ -75,3 +75,13 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def error_result(reason: str, isolation: Isolation) -> RunResult:
+    """The result of a job the sandbox could not start (the job itself never ran)."""
+    return RunResult(
+        outcome=Outcome.SANDBOX_ERROR,
+        reason=reason,
+        usage=ResourceUsage(wall_s=0.0),
+        isolation=isolation,
+    )
