@@ -165,3 +165,42 @@ def test_rules_command_lists_and_explains(tmp_path: Path) -> None:
     explained = torchdoctor("rules", "zero-grad-missing")
     assert "Fix:" in explained.stdout and "Example:" in explained.stdout
     assert torchdoctor("rules", "no-such-rule").returncode == 2
+
+
+EXAMPLE_EXPECTATIONS = {
+    "leaky_tabular.py": {
+        "leak-preprocessing",
+        "leak-multi-test",
+        "bias-before-norm",
+        "missing-nonlinearity",
+        "adam-with-weight-decay",
+        "hardcoded-paths",
+        "persistent-workers-off",
+    },
+    "serve_model.py": {
+        "hardcoded-secrets",
+        "torch-load-unsafe",
+        "inference-no-eval",
+        "torchscript-for-deploy",
+        "legacy-quantization",
+        "no-grad-not-inference-mode",
+    },
+    "train_lm_slow.py": {
+        "host-sync-in-step",
+        "empty-cache-in-loop",
+        "unfused-optimizer",
+        "pin-memory-off",
+        "dataparallel-not-ddp",
+        "no-torch-compile",
+        "device-mismatch-factory-in-forward",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_EXPECTATIONS))
+def test_other_bundled_examples_have_their_planted_problems_caught(name: str) -> None:
+    from agent.audit import AuditOptions, run_audit
+
+    outcome = run_audit(AuditOptions(target=EXAMPLES / name, write_ledger=False))
+    rules = {f.rule for f in outcome.report.findings}
+    assert EXAMPLE_EXPECTATIONS[name] <= rules, EXAMPLE_EXPECTATIONS[name] - rules
