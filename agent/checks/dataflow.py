@@ -376,10 +376,10 @@ _BINDING_NODES: tuple[type[ast.AST], ...] = (
 
 
 def _binding_pairs(node: ast.AST) -> Iterator[tuple[ast.expr, ast.expr]]:
-    """(target, value) pairs a binding statement creates."""
+    """(target, value) pairs a binding statement creates; `a, b = x, y` pairs element-wise."""
     if isinstance(node, ast.Assign):
         for t in node.targets:
-            yield t, node.value
+            yield from _element_pairs(t, node.value)
     elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
         if node.value is not None:
             yield node.target, node.value
@@ -387,6 +387,19 @@ def _binding_pairs(node: ast.AST) -> Iterator[tuple[ast.expr, ast.expr]]:
         yield node.target, node.iter
     elif isinstance(node, ast.withitem) and node.optional_vars is not None:
         yield node.optional_vars, node.context_expr
+
+
+def _element_pairs(target: ast.expr, value: ast.expr) -> Iterator[tuple[ast.expr, ast.expr]]:
+    if (
+        isinstance(target, ast.Tuple | ast.List)
+        and isinstance(value, ast.Tuple | ast.List)
+        and len(target.elts) == len(value.elts)
+        and not any(isinstance(e, ast.Starred) for e in [*target.elts, *value.elts])
+    ):
+        for t, v in zip(target.elts, value.elts, strict=True):
+            yield from _element_pairs(t, v)
+    else:
+        yield target, value
 
 
 def _mode_method(call: ast.Call) -> str | None:
@@ -693,6 +706,8 @@ class DataFlow:
         func = call.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             return self.is_module_value(func.value)
+        if isinstance(func, ast.Call):  # `Net()(x)`
+            return self.is_module_value(func)
         if not isinstance(func, ast.Name | ast.Attribute):
             return False
         if self.ctx.qualname(func) is not None or self.is_loss_callee(func):

@@ -10,36 +10,42 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from agent.checks.base import EngineConfig
+from agent.checks.base import EngineConfig, RawFinding
 from agent.checks.engine import analyse_files
 from agent.checks.registry import rules_by_id
+from agent.models import Severity
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
-POINTS = {1, 2, 3, 11, 12}
-# Rules of these points owned by other modules (manifest and syntax checks) with no fixtures here.
-FOREIGN = {"syntax-error", "vulnerable-torch-pin", "unpinned-dependencies"}
+OWNED = (
+    # point 1
+    "loss-graph-accumulation", "retain-graph-in-loop", "outputs-stored-with-grad",
+    "removed-torch-api", "deprecated-torch-api", "amp-gradscaler-legacy", "requires-grad-typo",
+    "checkpoint-use-reentrant", "module-list-not-registered", "missing-super-init",
+    "autograd-variable-legacy", "legacy-tensor-ctor", "device-mismatch-factory-in-forward",
+    # point 2
+    "amp-clip-without-unscale", "oom-handling", "anomaly-mode-left-on", "divide-by-std-no-eps",
+    "log-unmasked", "nonfinite-loss-unchecked", "bn-batch-of-one",
+    # point 3
+    "double-softmax", "bce-on-sigmoid", "eval-without-eval-mode", "train-mode-not-restored",
+    "leak-preprocessing", "leak-overlap", "leak-multi-test", "random-aug-on-eval",
+    "metric-batch-mean-bias", "threshold-dependent-metric-only",
+    # point 11
+    "torch-load-unsafe", "pickle-model-artifacts", "hub-remote-code", "unverified-download",
+    "hardcoded-secrets",
+    # point 12
+    "no-model-card", "no-group-metrics", "no-explainability-hook",
+)  # fmt: skip
 _EXPECT = re.compile(r"#\s*expect:\s*([\w-]+(?:\s*,\s*[\w-]+)*)")
 _DOC_PARTS = ("Detects", "Why it matters:", "Example:", "Fix:")
 
 
-def _our_rules() -> list[str]:
-    return sorted(
-        rule_id
-        for rule_id, rule in rules_by_id().items()
-        if rule.point in POINTS and rule_id not in FOREIGN and (FIXTURES / rule_id).is_dir()
-    )
-
-
 def _fixture_files() -> list[Path]:
-    return sorted(
-        path
-        for rule_id in _our_rules()
-        for path in (FIXTURES / rule_id).glob("*.py")
-    )
+    return sorted(path for rule_id in OWNED for path in (FIXTURES / rule_id).glob("*.py"))
 
 
 def _expected(path: Path, rule_id: str) -> list[int]:
@@ -51,15 +57,20 @@ def _expected(path: Path, rule_id: str) -> list[int]:
     ]
 
 
+def _run(
+    files: list[tuple[str, str]], rule_id: str, target: tuple[int, int] | None = None
+) -> list[RawFinding]:
+    config = EngineConfig(select=frozenset({rule_id}), target_torch=target)
+    result = analyse_files(files, config, workers=1)
+    return [f for f in result.all_findings() if f.rule == rule_id]
+
+
 def _found(path: Path, rule_id: str) -> list[int]:
-    config = EngineConfig(select=frozenset({rule_id}))
-    result = analyse_files([(path.name, path.read_text(encoding="utf-8"))], config, workers=1)
-    return sorted(f.line for f in result.all_findings() if f.rule == rule_id)
+    findings = _run([(path.name, path.read_text(encoding="utf-8"))], rule_id)
+    return sorted(f.line for f in findings)
 
 
-@pytest.mark.parametrize(
-    "path", _fixture_files(), ids=lambda p: f"{p.parent.name}/{p.name}"
-)
+@pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rule_reports_exactly_the_marked_lines(path: Path) -> None:
     rule_id = path.parent.name
     expected = _expected(path, rule_id)
@@ -71,8 +82,9 @@ def test_rule_reports_exactly_the_marked_lines(path: Path) -> None:
     assert _found(path, rule_id) == expected
 
 
-@pytest.mark.parametrize("rule_id", _our_rules())
+@pytest.mark.parametrize("rule_id", OWNED)
 def test_rule_is_documented_and_has_both_kinds_of_fixture(rule_id: str) -> None:
+    assert rule_id in rules_by_id(), f"{rule_id} is not registered"
     rule = rules_by_id()[rule_id]
     doc = inspect.cleandoc(rule.__doc__ or "")
     for part in _DOC_PARTS:
@@ -85,9 +97,92 @@ def test_rule_is_documented_and_has_both_kinds_of_fixture(rule_id: str) -> None:
 
 
 def test_points_have_the_planned_number_of_rules() -> None:
-    by_point: dict[int, int] = {}
-    for rule_id in _our_rules():
-        point = rules_by_id()[rule_id].point
-        by_point[point] = by_point.get(point, 0) + 1
-    assert by_point.get(1, 0) >= 8 and by_point.get(3, 0) >= 8
-    assert all(by_point.get(p, 0) >= 3 for p in (2, 11, 12))
+    by_point = Counter(rules_by_id()[rule_id].point for rule_id in OWNED)
+    assert by_point[1] >= 8 and by_point[3] >= 8
+    assert all(by_point[p] >= 3 for p in (2, 11, 12))
+
+
+def test_high_false_positive_rules_are_opt_in() -> None:
+    opt_in = {r for r in OWNED if rules_by_id()[r].tier == "opt-in"}
+    assert opt_in == {
+        "log-unmasked",
+        "nonfinite-loss-unchecked",
+        "threshold-dependent-metric-only",
+        "no-group-metrics",
+        "no-explainability-hook",
+    }
+    defaults = analyse_files([("m.py", "import torch\n")], EngineConfig(), workers=1).rules_run
+    assert not opt_in & set(defaults)
+
+
+def _fixture(rule_id: str, name: str) -> list[tuple[str, str]]:
+    path = FIXTURES / rule_id / name
+    return [(name, path.read_text(encoding="utf-8"))]
+
+
+def test_torch_load_advice_follows_what_was_saved() -> None:
+    findings = _run(_fixture("torch-load-unsafe", "positive_provenance.py"), "torch-load-unsafe")
+    by_line = {f.line: f for f in findings}
+    assert by_line[16].data["provenance"] == "weights" and by_line[16].data["fix_safe"] is True
+    assert by_line[17].data["provenance"] == "weights" and by_line[17].data["fix_safe"] is True
+    assert by_line[22].data["provenance"] == "module" and by_line[22].data["fix_safe"] is False
+    assert "state_dict" in by_line[22].message
+    assert by_line[26].data["provenance"] == "unknown" and by_line[26].data["fix_safe"] is False
+    assert by_line[30].data["fix_safe"] is False
+
+
+def test_torch_load_severity_depends_on_the_targeted_release() -> None:
+    files = _fixture("torch-load-unsafe", "positive_provenance.py")
+    old = {f.line: f.severity for f in _run(files, "torch-load-unsafe", target=(2, 4))}
+    new = {f.line: f.severity for f in _run(files, "torch-load-unsafe", target=(2, 8))}
+    assert old[16] == Severity.HIGH and new[16] == Severity.LOW
+    assert old[22] == new[22] == Severity.HIGH  # a pickled module fails or is unsafe either way
+
+
+def test_deprecations_respect_the_targeted_release() -> None:
+    source = (
+        "import torch\nwith torch.cuda.amp.autocast():\n    pass\ns = torch.cuda.amp.GradScaler()\n"
+    )
+    files = [("m.py", source)]
+    assert _run(files, "deprecated-torch-api", target=(2, 3)) == []
+    assert [f.line for f in _run(files, "deprecated-torch-api", target=(2, 4))] == [2]
+    assert _run(files, "amp-gradscaler-legacy", target=(2, 3)) == []
+    assert [f.line for f in _run(files, "amp-gradscaler-legacy", target=(2, 8))] == [4]
+    removed = [("m.py", "import torch\nx = torch.solve(b, A)\n")]
+    assert [f.severity for f in _run(removed, "removed-torch-api", target=(1, 12))] == [
+        Severity.MEDIUM
+    ]
+    assert [f.severity for f in _run(removed, "removed-torch-api", target=(2, 0))] == [
+        Severity.HIGH
+    ]
+
+
+def test_hardcoded_secret_is_masked_in_the_report() -> None:
+    findings = _run(_fixture("hardcoded-secrets", "positive_tokens.py"), "hardcoded-secrets")
+    assert findings
+    for finding in findings:
+        for secret in ("AbCdEfGhIjKlMnOp", "3f9a8c7d6e5b4a3f2e1d", "IOSFODNN7EXAMPL3"):
+            assert secret not in finding.code and secret not in finding.excerpt
+
+
+def test_model_card_anywhere_in_the_project_satisfies_no_model_card() -> None:
+    saving = _fixture("no-model-card", "positive_saved_undocumented.py")
+    card = [
+        (
+            "docs/card.py",
+            'from huggingface_hub import ModelCard\nModelCard("x").save("README.md")\n',
+        )
+    ]
+    assert [f.file for f in _run(saving, "no-model-card")] == ["positive_saved_undocumented.py"]
+    assert _run(saving + card, "no-model-card") == []
+
+
+def test_evaluation_names_in_pytest_modules_are_not_evaluation_paths() -> None:
+    source = (
+        "import torch.nn as nn\n"
+        "def test_forward():\n"
+        "    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))\n"
+        "    assert model(x).shape == (1, 2)\n"
+    )
+    assert _run([("tests/test_model.py", source)], "eval-without-eval-mode") == []
+    assert [f.line for f in _run([("evaluation.py", source)], "eval-without-eval-mode")] == [4]

@@ -27,10 +27,11 @@ _MAX_CALLER_DEPTH = 3
 class EvalWithoutEvalMode(Rule):
     """Detects an evaluation path that calls the model with no `.eval()` on its way: a
     function named like `evaluate`/`validate`/`test_epoch`, a `with torch.no_grad()` or
-    `torch.inference_mode()` block, or a function decorated with `@torch.no_grad()` /
-    `@torch.inference_mode()`. `.eval()` counts when it is called in that function, in a
-    function it calls, in any function that calls it (up to three levels), or on the model
-    object itself (`model = Net().eval()`, `self.model.eval()`).
+    `torch.inference_mode()` block (at a script's top level only when the script trains), or
+    a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`. `.eval()`
+    counts when it is called in that function, in a function it calls, in any function that
+    calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
+    `self.model.eval()`).
 
     Why it matters: in training mode dropout keeps dropping units and BatchNorm normalises
     with the batch's own statistics (and updates its running averages with validation data),
@@ -91,6 +92,7 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
     regions: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     named: set[int] = set()
     test_module = _is_test_module(ctx.path)
+    trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
             if _OTHER_RULES_PATHS.search(fn.name):
@@ -104,6 +106,8 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
         if not any(flow.is_grad_off(item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
+        if owner is None and not trains:
+            continue  # a script's top level that does not train is inference-no-eval's
         if owner is not None and (id(owner) in named or _OTHER_RULES_PATHS.search(owner.name)):
             continue
         regions.append((owner, node.body))

@@ -6,7 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
+from agent.checks.base import ModuleContext, RawFinding, Rule
 from agent.checks.dataflow import identifier
 from agent.models import Severity
 
@@ -51,29 +51,32 @@ class HardcodedSecrets(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not _PRE_CHECK.search(ctx.source):
             return
+        first = len(ctx.findings)
+        secrets: list[str] = []
         for node in ctx.flow.nodes(ast.Constant):
             if not isinstance(node.value, str) or len(node.value) < 16:
                 continue
             kind = _token_kind(node.value) or _named_secret(ctx, node)
             if kind is None:
                 continue
-            before = len(ctx.findings)
+            secrets.append(node.value)
             ctx.report(
                 self,
                 node,
                 f"a {kind} is written in the source: revoke it and read it from the environment",
                 data={"kind": kind},
             )
-            if len(ctx.findings) == before:
-                continue
-            finding = ctx.findings[-1]
-            masked = _mask(node.value)
-            ctx.findings[-1] = finding.model_copy(
-                update={
-                    "code": finding.code.replace(node.value, masked),
-                    "excerpt": finding.excerpt.replace(node.value, masked),
-                }
-            )
+        for index in range(first, len(ctx.findings)):
+            ctx.findings[index] = _masked(ctx.findings[index], secrets)
+
+
+def _masked(finding: RawFinding, secrets: list[str]) -> RawFinding:
+    """The finding with every detected secret of the module masked in its code and excerpt."""
+    code, excerpt = finding.code, finding.excerpt
+    for secret in secrets:
+        code = code.replace(secret, _mask(secret))
+        excerpt = excerpt.replace(secret, _mask(secret))
+    return finding.model_copy(update={"code": code, "excerpt": excerpt})
 
 
 def _token_kind(text: str) -> str | None:

@@ -16,7 +16,8 @@ _LEGACY = re.compile(
 
 class LegacyTensorCtor(Rule):
     """Detects the legacy typed constructors `torch.FloatTensor(...)`, `torch.LongTensor`,
-    `torch.cuda.FloatTensor(...)`, ... and `x.type(torch.FloatTensor)` casts.
+    `torch.cuda.FloatTensor(...)`, ... (casts like `x.type(torch.FloatTensor)` are
+    `type-cast-legacy`'s).
 
     Why it matters: `torch.FloatTensor(3, 4)` allocates uninitialised memory while
     `torch.FloatTensor([3, 4])` copies data, a classic source of garbage values; the CUDA
@@ -27,7 +28,7 @@ class LegacyTensorCtor(Rule):
         weights = torch.FloatTensor(num_classes)
 
     Fix: `torch.tensor(data, dtype=torch.float32)` for data, `torch.empty/zeros(shape,
-    dtype=..., device=...)` for shapes, `x.float()` / `x.to(torch.float32)` for casts.
+    dtype=..., device=...)` for shapes.
     """
 
     id = "legacy-tensor-ctor"
@@ -49,14 +50,3 @@ class LegacyTensorCtor(Rule):
                 "and device=",
                 data={"name": qual},
             )
-            return
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "type" and len(node.args) == 1:
-            cast = ctx.qualname(node.args[0]) or ""
-            if _LEGACY.match(cast):
-                ctx.report(
-                    self,
-                    node,
-                    f"`.type({cast})` is a legacy cast: use .to(dtype) (and device=)",
-                    data={"name": cast},
-                )

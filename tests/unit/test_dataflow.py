@@ -1,0 +1,335 @@
+"""The data-flow analysis rules rely on: def-use, graph attachment, held-out derivation,
+producers, save provenance, accumulations and mode reachability."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import pytest
+
+from agent.checks.base import ModuleContext
+from agent.checks.dataflow import DataFlow, held_out_name_kind, module_level
+
+
+def flow_of(source: str) -> DataFlow:
+    """A DataFlow over `source`, with imports and parents recorded as the engine does."""
+    text = textwrap.dedent(source)
+    tree = ast.parse(text)
+    ctx = ModuleContext(path="m.py", source=text, tree=tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            ctx.imports.add(node)
+        for child in ast.iter_child_nodes(node):
+            ctx.parents[child] = node
+    return ctx.flow
+
+
+def expr_at(flow: DataFlow, text: str) -> ast.expr:
+    """The first expression node whose source text is `text` (the last one bound, for names)."""
+    matches = [
+        n for n in ast.walk(flow.ctx.tree) if isinstance(n, ast.expr) and ast.unparse(n) == text
+    ]
+    assert matches, f"{text!r} not in the module"
+    return max(matches, key=lambda n: (n.lineno, n.col_offset))
+
+
+def call_of(flow: DataFlow, name: str) -> ast.Call:
+    calls = [
+        n
+        for n in ast.walk(flow.ctx.tree)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == name
+    ]
+    assert calls, f"no call of {name}"
+    return calls[0]
+
+
+# ---- def-use (the original API) ----------------------------------------------------------
+
+
+def test_definitions_resolve_function_locals_then_module_names() -> None:
+    flow = flow_of(
+        """
+        import torch.nn as nn
+        crit = nn.CrossEntropyLoss()
+        def step(x):
+            model = nn.Linear(2, 2)
+            return crit(model(x), 0)
+        """
+    )
+    assert flow.constructed_as(expr_at(flow, "crit")) == "torch.nn.CrossEntropyLoss"
+    assert flow.constructed_as(expr_at(flow, "model")) == "torch.nn.Linear"
+
+
+def test_self_attributes_resolve_across_methods() -> None:
+    flow = flow_of(
+        """
+        from torch.nn import CrossEntropyLoss as CE
+        class T:
+            def __init__(self):
+                self.criterion = CE()
+            def step(self, out, y):
+                return self.criterion(out, y)
+        """
+    )
+    assert flow.loss_class(expr_at(flow, "self.criterion")) == "CrossEntropyLoss"
+
+
+def test_local_function_returns_are_followed() -> None:
+    flow = flow_of(
+        """
+        import torch.nn as nn
+        def build():
+            return nn.Sequential(nn.Linear(2, 2))
+        net = build()
+        """
+    )
+    assert flow.constructed_as(expr_at(flow, "net")) == "torch.nn.Sequential"
+
+
+def test_node_index_holds_every_node_once() -> None:
+    flow = flow_of("def f(x):\n    return g(x) + h(x)\n")
+    assert {ast.unparse(c.func) for c in flow.nodes(ast.Call)} == {"g", "h"}
+    assert [fn.name for fn in flow.nodes(ast.FunctionDef)] == ["f"]
+
+
+def test_module_level_excludes_function_and_class_bodies() -> None:
+    tree = ast.parse("x = 1\ndef f():\n    y = 2\nclass C:\n    z = 3\nprint(x)\n")
+    assert [ast.unparse(s) for s in module_level(tree)] == ["x = 1", "print(x)"]
+
+
+# ---- graph attachment ----------------------------------------------------------------------
+
+GRAPH = """
+import torch
+import torch.nn.functional as F
+
+def compute_loss(model, x, y):
+    return F.cross_entropy(model(x), y)
+
+def train(model, loader, criterion):
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        scaled = loss * 2
+        value = loss.item()
+        detached = loss.detach()
+        number = float(loss)
+        out = model(x)
+        preds = out.argmax(1)
+        correct = (preds == y).sum()
+        helper = compute_loss(model, x, y)
+        with torch.no_grad():
+            frozen = model(x)
+        batch = x
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "origin"),
+    [
+        ("loss", "loss"),
+        ("scaled", "loss"),
+        ("helper", "loss"),
+        ("out", "output"),
+        ("value", None),
+        ("detached", None),
+        ("number", None),
+        ("preds", None),
+        ("correct", None),
+        ("frozen", None),
+        ("batch", None),
+    ],
+)
+def test_graph_origin(name: str, origin: str | None) -> None:
+    flow = flow_of(GRAPH)
+    assert flow.graph_origin(expr_at(flow, name)) == origin
+
+
+def test_grad_disabled_by_decorator_and_by_block() -> None:
+    flow = flow_of(
+        """
+        import torch
+        @torch.inference_mode()
+        def ev(model, x):
+            return model(x)
+        def tr(model, x):
+            with torch.no_grad():
+                a = model(x)
+            b = model(x)
+        """
+    )
+    assert flow.grad_disabled_at(call_of(flow, "model"))
+    calls = [n for n in ast.walk(flow.ctx.tree) if isinstance(n, ast.Call)]
+    by_line = {c.lineno: flow.grad_disabled_at(c) for c in calls if ast.unparse(c.func) == "model"}
+    assert by_line == {5: True, 8: True, 9: False}
+
+
+def test_accumulations_skip_resets_and_backpropagated_totals() -> None:
+    flow = flow_of(
+        """
+        def f(model, loader, crit):
+            total = 0
+            summed = 0
+            for x, y in loader:
+                step_loss = crit(model(x), y)
+                step_loss += 1
+                total += step_loss
+                summed = summed + step_loss
+            summed.backward()
+        """
+    )
+    assert [ast.unparse(a.target) for a in flow.accumulations] == ["total"]
+
+
+# ---- held-out derivation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("X_test", "test"),
+        ("test_loader", "test"),
+        ("testset", "test"),
+        ("valloader", "val"),
+        ("val_ds", "val"),
+        ("eval_data", "val"),
+        ("val_freq", None),
+        ("test_size", None),
+        ("latest", None),
+        ("value", None),
+        ("interval", None),
+        ("train_loader", None),
+    ],
+)
+def test_held_out_names(name: str, kind: str | None) -> None:
+    assert held_out_name_kind(name) == kind
+
+
+HELD_OUT = """
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, random_split
+from torchvision import datasets
+
+a, b, c, d = train_test_split(X, y)
+first, second = random_split(ds, [0.8, 0.2])
+mnist = datasets.MNIST("data", train=False)
+imagenet = datasets.ImageNet("data", split="val")
+loader = DataLoader(mnist, batch_size=8)
+for xb, yb in loader:
+    pass
+head, tail = data[:800], data[800:]
+lonely = other[5:]
+
+def loaders():
+    return train_part, test_part
+
+left, right = loaders()
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a", None),
+        ("b", "test"),
+        ("d", "test"),
+        ("first", None),
+        ("second", "split"),
+        ("mnist", "test"),
+        ("imagenet", "val"),
+        ("loader", "test"),
+        ("xb", "test"),
+        ("head", None),
+        ("tail", "split"),
+        ("lonely", None),
+        ("left", None),
+    ],
+)
+def test_held_out_derivation(name: str, kind: str | None) -> None:
+    flow = flow_of(HELD_OUT)
+    found = flow.held_out_kind(expr_at(flow, name), frozenset({"test", "val", "split"}))
+    assert found == kind
+
+
+def test_split_inputs_cover_split_calls_and_head_tail_slices() -> None:
+    flow = flow_of(HELD_OUT)
+    inputs = {ast.unparse(arg) for _, args in flow.split_inputs for arg in args}
+    assert inputs == {"X", "y", "ds", "[0.8, 0.2]", "data"}
+
+
+# ---- producers ------------------------------------------------------------------------------
+
+
+def test_producers_see_through_views_models_and_forward() -> None:
+    flow = flow_of(
+        """
+        import torch.nn as nn
+        import torch.nn.functional as F
+        class Net(nn.Module):
+            def forward(self, x):
+                return F.log_softmax(x, dim=1)
+        seq = nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1))
+        def f(x):
+            p = F.softmax(x, dim=1).view(-1, 2)
+            return p, seq(x), Net()(x)
+        """
+    )
+    names = lambda e: {ast.unparse(c.func) for c in flow.value_producers(e)}  # noqa: E731
+    assert "F.softmax" in names(expr_at(flow, "p"))
+    assert "nn.Softmax" in names(expr_at(flow, "seq(x)"))
+    assert "F.log_softmax" in names(expr_at(flow, "Net()(x)"))
+
+
+# ---- save provenance -------------------------------------------------------------------------
+
+SAVES = """
+import os
+import torch
+CKPT = os.path.join("runs", "best.pt")
+def save(model, opt, args):
+    torch.save(model.state_dict(), "weights.pt")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": 3}, CKPT)
+    torch.save(model, "whole.pt")
+    torch.save({"model": model.state_dict(), "args": args}, "mixed.pt")
+    torch.save(torch.randn(3), f="tensor.pt")
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ('"weights.pt"', "weights"),
+        ("CKPT", "weights"),
+        ('"whole.pt"', "module"),
+        ('"mixed.pt"', "unknown"),
+        ('"tensor.pt"', "weights"),
+        ('"never_saved.pt"', None),
+    ],
+)
+def test_saved_kind(path: str, kind: str | None) -> None:
+    flow = flow_of(SAVES + f"\nloaded = torch.load({path})\n")
+    load = next(c for c in flow.nodes(ast.Call) if ast.unparse(c.func) == "torch.load")
+    assert flow.saved_kind(load.args[0]) == kind
+
+
+# ---- mode reachability -----------------------------------------------------------------------
+
+
+def test_functions_reaching_a_mode_method_transitively() -> None:
+    flow = flow_of(
+        """
+        def validate(model):
+            model.eval()
+        def epoch_end(model):
+            validate(model)
+        def freeze(model):
+            model.train(False)
+        def fit(model):
+            model.train()
+        """
+    )
+    assert flow.functions_reaching("eval") == {"validate", "epoch_end", "freeze"}
+    assert flow.functions_reaching("train") == {"fit"}
+    body = ast.parse("epoch_end(m)").body
+    assert flow.reaches_method(body, "eval")
+    assert not flow.reaches_method(body, "train")
