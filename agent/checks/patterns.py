@@ -60,18 +60,23 @@ NN_MODULE_BASES = frozenset(
 )
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
-    r"policy|transformer|detector|segmenter)s?($|_)|^(model|net)\w*$",
+    r"policy|transformer|detector|segmenter)s?$|^(model|net)(_?[a-z0-9]{0,6})$",
     re.IGNORECASE,
 )
 _MODEL_FACTORIES = ("torchvision.models.", "timm.create_model", "transformers.")
 _MODE_METHODS = frozenset(
     {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "train", "eval", "requires_grad_"}
 )
+INFERENCE_FUNCTION = re.compile(
+    r"^(infer|run_inference|serve|classify)$|(^|_)(predict|inference|serving)($|_)|_infer$",
+    re.IGNORECASE,
+)
 _CUDA_USE = re.compile(r"\.cuda\(|[\"']cuda|torch\.cuda\.is_available|device_count\(")
 # One-entry cache: rules of the same module ask repeatedly; the next module replaces it.
 _CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
 _MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
 _TEXT_CACHE: dict[str, tuple[ast.Module, dict[str, bool]]] = {}
+_IMPORTED: dict[str, tuple[ast.Module, set[str]]] = {}
 _LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
 
 
@@ -235,9 +240,26 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
     if isinstance(expr, ast.Name) and expr.id == "self":
         return False
     name = terminal_name(expr)
-    if name and _MODEL_NAME.search(name):
+    if not name or (isinstance(expr, ast.Name) and _is_function_name(ctx, name)):
+        return False
+    return bool(_MODEL_NAME.search(name)) or constructed_model(ctx, expr)
+
+
+def _is_function_name(ctx: ModuleContext, name: str) -> bool:
+    """A name bound to a function or an import (relative imports included), not a model."""
+    if name in ctx.loops.functions:
         return True
-    return bool(name) and constructed_model(ctx, expr)
+    memo = _IMPORTED.get("last")
+    if memo is None or memo[0] is not ctx.tree:
+        names = {
+            alias.asname or alias.name.split(".")[0]
+            for node in nodes_of(ctx, ast.Import, ast.ImportFrom)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        memo = (ctx.tree, names)
+        _IMPORTED["last"] = memo
+    return name in memo[1]
 
 
 def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:

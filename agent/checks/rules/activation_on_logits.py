@@ -39,9 +39,10 @@ _LOGIT_LOSSES = (
 
 
 class ActivationOnLogits(Rule):
-    """Detects a network whose final operation is an activation (ReLU, sigmoid, tanh...) — the
-    last layer of an `nn.Sequential` or the value `forward` returns — in a module that trains
-    with a logits loss (`CrossEntropyLoss`, `BCEWithLogitsLoss`).
+    """Detects a network whose final operation is an activation (ReLU, sigmoid, tanh...) — a
+    `Linear` then an activation at the end of an `nn.Sequential` bound to a plain name, or the
+    value the `forward` of the module's only network returns — in a module that trains with a
+    logits loss (`CrossEntropyLoss`, `BCEWithLogitsLoss`).
 
     Why it matters: those losses expect unbounded logits. A ReLU clips every negative logit to
     zero (classes become indistinguishable and gradients die), a sigmoid or tanh squeezes them
@@ -69,18 +70,38 @@ class ActivationOnLogits(Rule):
             return
         for node in nodes_of(ctx, ast.Call):
             if isinstance(node, ast.Call) and terminal_name(node.func) == "Sequential":
+                if not self._whole_network(ctx, node):
+                    continue  # `self.block = nn.Sequential(...)`: a sub-block, more may follow
                 layers = sequential_layers(ctx, node)
-                if len(layers) >= 2 and layers[-1][0] in _ACTIVATIONS:
+                if (
+                    len(layers) >= 2
+                    and layers[-1][0] in _ACTIVATIONS
+                    and layers[-2][0] in ("Linear", "LazyLinear")
+                ):
                     self._report(ctx, layers[-1][1], layers[-1][0])
-        for cls in module_class_defs(ctx):
-            forward = class_methods(cls).get("forward")
-            if forward is None:
-                continue
+        with_forward = [
+            (cls, forward)
+            for cls in module_class_defs(ctx)
+            if (forward := class_methods(cls).get("forward")) is not None
+        ]
+        if len(with_forward) != 1:
+            return  # several networks: which one feeds the loss is not known statically
+        for _, forward in with_forward:
             for ret in ast.walk(forward):
                 if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Call):
                     name = self._activation(ctx, ret.value)
                     if name:
                         self._report(ctx, ret.value, name)
+
+    @staticmethod
+    def _whole_network(ctx: ModuleContext, node: ast.Call) -> bool:
+        """A Sequential bound to a plain name or returned: the network itself, not a block."""
+        parent = ctx.parents.get(node)
+        if isinstance(parent, ast.Return):
+            return True
+        return isinstance(parent, ast.Assign) and all(
+            isinstance(t, ast.Name) for t in parent.targets
+        )
 
     def _activation(self, ctx: ModuleContext, call: ast.Call) -> str:
         qual = ctx.call_qualname(call)

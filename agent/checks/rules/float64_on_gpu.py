@@ -14,7 +14,7 @@ _CASTS = ("to", "type", "set_default_dtype")
 
 
 class Float64OnGpu(Rule):
-    """Detects double precision in a module that runs on CUDA: `.double()`, `dtype=torch.float64`
+    """Detects double precision in a module that trains on CUDA: `.double()`, `dtype=torch.float64`
     / `torch.double`, `.to(torch.float64)`, `torch.set_default_dtype(torch.float64)`.
 
     Why it matters: data-centre GPUs run FP64 at a small fraction of their FP32 rate (and far
@@ -47,7 +47,7 @@ class Float64OnGpu(Rule):
                 hit = True
             elif isinstance(func, ast.Attribute) and func.attr in _CASTS:
                 hit = any(ctx.qualname(a) in _DOUBLE for a in node.args)
-        if hit and uses_cuda(ctx):
+        if hit and uses_cuda(ctx) and ctx.loops.training_loops:
             ctx.report(
                 self,
                 node,

@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import terminal_name
 from agent.models import Severity
 
 _ABSOLUTE = re.compile(
@@ -46,6 +47,8 @@ class HardcodedPaths(Rule):
         parent = ctx.parents.get(node)
         if isinstance(parent, ast.keyword):
             parent = ctx.parents.get(parent)
+        if isinstance(parent, ast.Call) and terminal_name(parent.func) in ("get", "getenv"):
+            return  # os.environ.get("DATA", "/data/x"): a default the user can override
         if isinstance(parent, ast.Call | ast.Assign | ast.AnnAssign):
             ctx.report(
                 self,

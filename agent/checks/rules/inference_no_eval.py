@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
 from agent.checks.loops import nodes_of, walk_scope
 from agent.checks.patterns import (
+    INFERENCE_FUNCTION,
     functions,
     has_main_guard,
     is_main_guard,
@@ -17,7 +17,6 @@ from agent.checks.patterns import (
 )
 from agent.models import Severity
 
-_INFERENCE_FUNCTION = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
 _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
 
 
@@ -53,7 +52,7 @@ class InferenceNoEval(Rule):
             for fn in functions(ctx)
             if fn.name not in _LIGHTNING_HOOKS
             and not fn.name.startswith("test_")
-            and _INFERENCE_FUNCTION.search(fn.name)
+            and INFERENCE_FUNCTION.search(fn.name)
         ]
         if not candidates and not has_main_guard(ctx.tree):
             return

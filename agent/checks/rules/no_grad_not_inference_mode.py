@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import INFERENCE_FUNCTION
 from agent.models import Severity
 
-_INFERENCE_FUNCTION = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
 _NO_GRAD = frozenset({"torch.no_grad", "torch.autograd.no_grad"})
 
 
@@ -42,7 +41,7 @@ class NoGradNotInferenceMode(Rule):
             return
         for defs in ctx.loops.functions.values():
             for fn in defs:
-                if not _INFERENCE_FUNCTION.search(fn.name) or fn.name.startswith("test_"):
+                if not INFERENCE_FUNCTION.search(fn.name) or fn.name.startswith("test_"):
                     continue
                 for decorator in fn.decorator_list:
                     self._check(ctx, decorator)

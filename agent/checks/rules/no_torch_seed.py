@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.loops import nodes_of, walk_scope
+from agent.checks.loops import nodes_of
 from agent.checks.patterns import has_main_guard, is_main_guard, module_level
 from agent.models import Severity
 
@@ -79,61 +79,54 @@ class NoTorchSeed(Rule):
         return "torch" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "seed" not in ctx.source and "torch" not in ctx.source:
+        source = ctx.source
+        has_seed_text = "seed" in source
+        if "torch" not in source and not has_seed_text:
             return
-        seeding_functions = self._seeding_functions(ctx)
-        module_seeds = any(
+        seeding_functions = self._seeding_functions(ctx) if has_seed_text else set()
+        module_seeds = has_seed_text and any(
             isinstance(n, ast.Call) and _is_seed_call(ctx, n) for n in module_level(ctx.tree)
         )
-        calls = sorted(
-            {_called_name(n) for n in nodes_of(ctx, ast.Call) if isinstance(n, ast.Call)} - {""}
-        )
-        anchor = self._entry_anchor(ctx)
         fact: dict[str, Any] = {
             "seeding_functions": sorted(seeding_functions),
             "module_seeds": module_seeds,
-            "imports": self._imports(ctx),
+            "imports": [],
         }
+        anchor = self._entry_anchor(ctx) if "torch" in source else None
         seeded = bool(seeding_functions) or module_seeds
         if anchor is not None and not seeded and not ctx.suppressed(self.id, anchor.lineno):
+            calls = {_called_name(n) for n in nodes_of(ctx, ast.Call) if isinstance(n, ast.Call)}
+            fact["imports"] = self._imports(ctx)
             fact["entry"] = {
                 "line": anchor.lineno,
                 "code": ctx.lines[anchor.lineno - 1],
                 "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
-                "calls": calls,
+                "calls": sorted(calls - {""}),
             }
-        if fact["seeding_functions"] or module_seeds or "entry" in fact:
+        if seeded or "entry" in fact:
             ctx.facts[_KEY] = fact
 
     @staticmethod
     def _seeding_functions(ctx: ModuleContext) -> set[str]:
-        if "seed" not in ctx.source:
-            return set()
-        direct = {
-            name
-            for name, defs in ctx.loops.functions.items()
-            if any(
-                isinstance(n, ast.Call) and _is_seed_call(ctx, n)
-                for fn in defs
-                for n in walk_scope(fn.body)
-            )
+        """Local functions that seed torch, directly or through other local functions."""
+        calls = [n for n in nodes_of(ctx, ast.Call) if isinstance(n, ast.Call)]
+        found = {
+            fn.name
+            for call in calls
+            if _is_seed_call(ctx, call) and (fn := ctx.enclosing_function(call)) is not None
         }
-        found = set(direct)
-        changed = True
-        while changed:
-            changed = False
-            for name, defs in ctx.loops.functions.items():
-                if name in found:
-                    continue
-                called = {
-                    _called_name(n)
-                    for fn in defs
-                    for n in walk_scope(fn.body)
-                    if isinstance(n, ast.Call)
-                }
-                if called & found:
-                    found.add(name)
-                    changed = True
+        if not found:
+            return found
+        called_by: dict[str, set[str]] = {}
+        for call in calls:
+            name = _called_name(call)
+            if name in ctx.loops.functions and (fn := ctx.enclosing_function(call)):
+                called_by.setdefault(name, set()).add(fn.name)
+        frontier = set(found)
+        while frontier:
+            callers = set().union(*(called_by.get(name, set()) for name in frontier))
+            frontier = callers - found
+            found |= frontier
         return found
 
     @staticmethod

@@ -10,6 +10,7 @@ from agent.checks.loops import nodes_of
 from agent.checks.patterns import class_methods, module_class_defs, module_classes, nn_layer
 from agent.models import Severity
 
+_NOT_LAYERS = frozenset({"Parameter", "ParameterList", "ParameterDict", "Buffer"})
 _INTROSPECTION = ("children(", "modules(", "_modules", "getattr(self", "__dict__", "named_")
 
 
@@ -62,7 +63,7 @@ class UnusedLayer(Rule):
                 ):
                     continue
                 layer = nn_layer(ctx, stmt.value)
-                if not layer or layer in ("Parameter", "ParameterList", "ParameterDict"):
+                if not layer or layer in _NOT_LAYERS:
                     continue
                 if read is None:
                     read = _attributes_read(ctx)

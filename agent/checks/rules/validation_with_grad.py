@@ -16,7 +16,10 @@ _EVAL_FUNCTION = re.compile(
     r"($|_)|_(eval|evaluate|evaluation|validate|validation|val|valid|test|predict|inference)$",
     re.IGNORECASE,
 )
-_EVAL_LOADER = re.compile(r"val|valid|test|eval|dev_", re.IGNORECASE)
+_EVAL_LOADER = re.compile(
+    r"^(val|valid|validation|test|eval|dev)_?(loader|dataloader|dl|data|dataset|ds|set|batches)s?$",
+    re.IGNORECASE,
+)
 _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
 
 
