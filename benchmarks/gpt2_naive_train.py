@@ -134,7 +134,9 @@ def main():
             if device == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        batch = torch.randint(config.vocab_size, (args.batch_size, config.block_size + 1), device=device)
+        batch = torch.randint(
+            config.vocab_size, (args.batch_size, config.block_size + 1), device=device
+        )
         x, y = batch[:, :-1], batch[:, 1:]
         optimizer.zero_grad()
         logits = model(x)
