@@ -34,23 +34,24 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         stack.extend(reversed(children))
 
 
-_INDEX: dict[str, tuple[ast.Module, dict[type[ast.AST], list[ast.AST]]]] = {}
+_INDEX: dict[str, tuple[ast.Module, int, dict[type[ast.AST], list[ast.AST]]]] = {}
 
 
 def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     """Every node of the given types in the module, in source order.
 
     Built once per module from the engine's parent map (no second tree walk) and shared by all
-    rules; only the module being analysed is kept.
+    rules; only the module being analysed is kept. The map is complete only after the walk, so
+    call this (and the analyses built on it) from `finish()`, never from `visit()`.
     """
     entry = _INDEX.get("last")
-    if entry is None or entry[0] is not ctx.tree:
+    if entry is None or entry[0] is not ctx.tree or entry[1] != len(ctx.parents):
         by_type: dict[type[ast.AST], list[ast.AST]] = {}
         for node in ctx.parents or ast.walk(ctx.tree):
             by_type.setdefault(type(node), []).append(node)
-        entry = (ctx.tree, by_type)
+        entry = (ctx.tree, len(ctx.parents), by_type)
         _INDEX["last"] = entry
-    found = [node for kind in kinds for node in entry[1].get(kind, ())]
+    found = [node for kind in kinds for node in entry[2].get(kind, ())]
     if len(kinds) > 1:
         found.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
     return found

@@ -35,6 +35,9 @@ class EmptyCacheInLoop(Rule):
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     fixable = True
 
+    def __init__(self) -> None:
+        self.in_functions: list[ast.Call] = []
+
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         if not isinstance(node.func, ast.Attribute) or node.func.attr != "empty_cache":
@@ -43,13 +46,18 @@ class EmptyCacheInLoop(Rule):
             return
         for anc in ctx.ancestors(node):
             if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if ctx.loops.in_training_step(node) and not under_periodic_guard(ctx, node, anc):
-                    self._report(ctx, node)
+                if not under_periodic_guard(ctx, node, anc):
+                    self.in_functions.append(node)  # decided in finish(): per-step or not
                 return
             if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
                 if not under_periodic_guard(ctx, node, anc):
                     self._report(ctx, node)
                 return
+
+    def finish(self, ctx: ModuleContext) -> None:
+        for node in self.in_functions:
+            if ctx.loops.in_training_step(node):
+                self._report(ctx, node)
 
     def _report(self, ctx: ModuleContext, node: ast.Call) -> None:
         ctx.report(

@@ -35,6 +35,9 @@ class Float64OnGpu(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.4",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
+    def __init__(self) -> None:
+        self.candidates: list[ast.Call] = []
+
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         func = node.func
@@ -47,7 +50,13 @@ class Float64OnGpu(Rule):
                 hit = True
             elif isinstance(func, ast.Attribute) and func.attr in _CASTS:
                 hit = any(ctx.qualname(a) in _DOUBLE for a in node.args)
-        if hit and uses_cuda(ctx) and ctx.loops.training_loops:
+        if hit and uses_cuda(ctx):
+            self.candidates.append(node)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.candidates or not ctx.loops.training_loops:
+            return
+        for node in self.candidates:
             ctx.report(
                 self,
                 node,
