@@ -1,13 +1,14 @@
 """The native static pass survives real, large, idiom-heavy code: a sample of torch's sources.
 
 Torch's own Python files use every corner of the language (decorators, match, walrus, huge
-modules, deep nesting). Every sampled file must be parsed and analysed without an exception or
-a parse failure; a file stopped at the per-file deadline is allowed (that is the deadline's job)
-but must say so.
+modules, deep nesting). Every sampled file must be analysed without an exception; the only
+syntax errors allowed are files this Python itself rejects (torch ships py3.12-only modules); a
+file stopped at the per-file deadline is allowed (that is the deadline's job) but must say so.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -21,15 +22,27 @@ DEADLINE_NOTE = "per-file deadline"
 pytestmark = pytest.mark.slow
 
 
-def torch_sample(size: int) -> list[tuple[str, str]]:
-    """Every k-th Python file of the installed torch package, in path order (deterministic)."""
+def _torch_root() -> Path:
     spec = importlib.util.find_spec("torch")
     if spec is None or spec.origin is None:
         pytest.skip("torch is not installed (pip install torchdoctor[torch])")
-    root = Path(spec.origin).parent
+    return Path(spec.origin).parent
+
+
+def torch_sample(size: int) -> list[tuple[str, str]]:
+    """Every k-th Python file of the installed torch package, in path order (deterministic)."""
+    root = _torch_root()
     paths = sorted(root.rglob("*.py"))
     sample = paths[:: max(1, len(paths) // size)][:size]
     return [(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8")) for p in sample]
+
+
+def _parses(relpath: str) -> bool:
+    try:
+        ast.parse(_torch_root().joinpath(relpath).read_text(encoding="utf-8"))
+    except SyntaxError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +52,9 @@ def audited() -> StaticResult:
 
 def test_every_sampled_file_is_analysed(audited: StaticResult) -> None:
     assert len(audited.files) == SAMPLE_SIZE
-    assert "syntax-error" not in {f.rule for f in audited.all_findings()}
+    rejected_by_python = {r.path for r in audited.files if not _parses(r.path)}
+    syntax_errors = {f.file for f in audited.all_findings() if f.rule == "syntax-error"}
+    assert syntax_errors == rejected_by_python  # e.g. py312-only files on an older Python
     failures = [(r.path, r.note) for r in audited.files if r.note and DEADLINE_NOTE not in r.note]
     assert failures == []
 
