@@ -59,7 +59,7 @@ NN_MODULE_BASES = frozenset(
 _MODEL_FACTORY_PREFIXES = ("torchvision.models.", "timm.create_model", "transformers.")
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
-    r"transformer)s?($|_)|^(model|net)\w*$",
+    r"transformer)s?$|^(model|net)\d*$",
     re.IGNORECASE,
 )
 _LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
@@ -233,6 +233,10 @@ _NOT_DATA_TOKENS = frozenset(
         "dir",
         "path",
         "file",
+        "id",
+        "ids",
+        "name",
+        "names",
         "collate",
         "transform",
         "transforms",
@@ -698,6 +702,10 @@ class DataFlow:
                 return True
             if qual.startswith(_MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
                 return True
+        if isinstance(expr, ast.Attribute) and not (
+            isinstance(expr.value, ast.Name) and expr.value.id == "self"
+        ):
+            return False  # `solver.model()` is a method; only `self.model` is known by name
         name = identifier(expr)
         return bool(name) and self.ctx.qualname(expr) is None and bool(_MODEL_NAME.search(name))
 

@@ -37,7 +37,8 @@ class EvalWithoutEvalMode(Rule):
     with the batch's own statistics (and updates its running averages with validation data),
     so validation metrics are noisy, batch-size dependent and lower than the model's real
     quality; model selection built on them is wrong. Models known to have no dropout or
-    normalisation layer are not reported; prediction/serving functions are left to
+    normalisation layer, and functions that set `.train()` themselves (recomputing BatchNorm
+    statistics), are not reported; prediction/serving functions are left to
     `inference-no-eval`.
 
     Example:
@@ -71,6 +72,8 @@ class EvalWithoutEvalMode(Rule):
             if not calls or id(calls[0]) in reported or ctx.loops.effects_of(body).backward:
                 continue
             call = calls[0]
+            if owner is not None and ctx.flow.reaches_method(owner.body, "train"):
+                continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call) or not _mode_dependent(ctx, _model_expr(call)):
                 continue
             reported.add(id(call))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
+from collections import Counter
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
@@ -108,14 +110,12 @@ def _named_secret(ctx: ModuleContext, node: ast.Constant) -> str | None:
 
 
 def _looks_random(text: str) -> bool:
-    classes = sum(
-        (
-            any(c.islower() for c in text),
-            any(c.isupper() for c in text),
-            any(c.isdigit() for c in text),
-        )
-    )
-    return classes >= 2 and len(set(text)) >= 10
+    """Mixes letters and digits with high character entropy, unlike names and sentences."""
+    if "." in text or not any(c.isdigit() for c in text) or not any(c.isalpha() for c in text):
+        return False
+    counts = Counter(text)
+    entropy = -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+    return entropy >= 3.0
 
 
 def _mask(secret: str) -> str:

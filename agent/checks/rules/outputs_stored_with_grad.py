@@ -16,7 +16,8 @@ class OutputsStoredWithGrad(Rule):
 
     Why it matters: every stored output keeps the graph of the forward pass that made it, so
     an evaluation or prediction loop that should use constant memory grows until it runs out.
-    Outputs gathered to compute one loss that is back-propagated are not reported.
+    Outputs gathered to compute one loss that is back-propagated, and per-step outputs
+    collected inside a module's `forward` (a recurrent layer), are not reported.
 
     Example:
         preds = []
@@ -39,7 +40,9 @@ class OutputsStoredWithGrad(Rule):
             return
         flow = ctx.flow
         for acc in flow.accumulations:
-            if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "output":
+            if flow.grad_disabled_at(acc.node) or _in_forward(ctx, acc.node):
+                continue
+            if flow.graph_origin(acc.value) != "output":
                 continue
             target = ast.unparse(acc.target)
             ctx.report(
@@ -49,3 +52,9 @@ class OutputsStoredWithGrad(Rule):
                 "graph alive; detach them or run the loop under torch.inference_mode()",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
             )
+
+
+def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside a module's `forward`, collected outputs are part of the graph being built."""
+    fn = ctx.enclosing_function(node)
+    return fn is not None and fn.name == "forward"
