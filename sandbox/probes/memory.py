@@ -10,9 +10,11 @@ with every step; a healthy loop keeps it flat.
 from __future__ import annotations
 
 import ast
-import gc
+import collections
 import itertools
 import os
+import sys
+from types import FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -47,18 +49,86 @@ def _reachable_nodes(roots: list[Any], cap: int = NODE_CAP) -> int:
     return len(seen)
 
 
-def _graph_roots() -> list[torch.Tensor]:
-    return [
-        obj
-        for obj in gc.get_objects()
-        if isinstance(obj, torch.Tensor)
-        and not isinstance(obj, torch.nn.Parameter)
-        and obj.grad_fn is not None
+_TENSOR_TYPES: dict[type, bool] = {}
+_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+WALK_DEPTH = 3
+WALK_BUDGET = 50_000
+
+
+def _is_graph_tensor_type(kind: type) -> bool:
+    """Cached by type: `isinstance(x, torch.Tensor)` runs a Python `__instancecheck__`."""
+    known = _TENSOR_TYPES.get(kind)
+    if known is None:
+        known = issubclass(kind, torch.Tensor) and not issubclass(kind, torch.nn.Parameter)
+        _TENSOR_TYPES[kind] = known
+    return known
+
+
+def _user_namespaces(user_files: UserFiles) -> list[tuple[str, dict[str, Any]]]:
+    """Locals of the user's frames on the current stack, and their globals."""
+    namespaces: list[tuple[str, dict[str, Any]]] = []
+    seen_globals: set[int] = set()
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if user_files.contains(frame.f_code.co_filename):
+            if frame.f_code.co_name != "<module>":
+                namespaces.append(("", frame.f_locals))
+            if id(frame.f_globals) not in seen_globals:
+                seen_globals.add(id(frame.f_globals))
+                namespaces.append(("", frame.f_globals))
+        frame = frame.f_back
+    return namespaces
+
+
+def _children(obj: Any, user_files: UserFiles) -> list[tuple[str, Any]]:
+    kind = type(obj)
+    if kind in _CONTAINERS:
+        return [(f"[{i}]", item) for i, item in enumerate(obj)]
+    if kind is dict:
+        return [(f"[{k!r}]", v) for k, v in obj.items()]
+    state = getattr(obj, "__dict__", None)
+    if not isinstance(state, dict) or isinstance(obj, type | ModuleType):
+        return []
+    code = getattr(getattr(kind, "__init__", None), "__code__", None)
+    if code is None or not user_files.contains(code.co_filename):
+        return []  # only the user's own objects are opened (a trainer, a logger...)
+    out = [(f".{k}", v) for k, v in state.items() if not k.startswith("_")]
+    if isinstance(obj, torch.nn.Module):
+        out = [(k, v) for k, v in out if not isinstance(v, torch.nn.Module)]
+    return out
+
+
+def graph_roots(user_files: UserFiles) -> list[tuple[str, torch.Tensor]]:
+    """Tensors with a `grad_fn` reachable from the user's variables (a few levels into lists,
+    dicts and the user's own objects), with the access path that reaches each one."""
+    roots: list[tuple[str, torch.Tensor]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, int]] = [
+        (name, value, 0)
+        for _, namespace in _user_namespaces(user_files)
+        for name, value in list(namespace.items())
+        if not name.startswith("__")
     ]
+    budget = WALK_BUDGET
+    while stack and budget > 0:
+        path, obj, depth = stack.pop()
+        budget -= 1
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if _is_graph_tensor_type(type(obj)):
+            if obj.grad_fn is not None:
+                roots.append((path, obj))
+            continue
+        if depth < WALK_DEPTH:
+            stack.extend(
+                (path + suffix, child, depth + 1) for suffix, child in _children(obj, user_files)
+            )
+    return roots
 
 
 def scan_schedule(step: int) -> bool:
-    """Steps at which the (costly) graph scan runs: the first eight, then powers of two."""
+    """Steps at which the graph scan runs: the first eight, then powers of two."""
     return step < 8 or (step & (step - 1)) == 0
 
 
@@ -77,11 +147,11 @@ class MemoryProbe:
         else:
             self.per_step[step] = rss_bytes()
         if scan_schedule(step):
-            roots = _graph_roots()
-            nodes = _reachable_nodes([t.grad_fn for t in roots])
+            roots = graph_roots(self.user_files)
+            nodes = _reachable_nodes([t.grad_fn for _, t in roots])
             self.graph_nodes.append({"step": step, "tensors": len(roots), "nodes": nodes})
             if self.culprit is None and self._rising():
-                self.culprit = self._culprit()  # now, while the script's frames are alive
+                self.culprit = self._culprit(roots)  # now, while the script's frames are alive
 
     def _rising(self) -> bool:
         counts = [g["nodes"] for g in self.graph_nodes if g["step"] >= 1]
@@ -94,26 +164,17 @@ class MemoryProbe:
         samples = [g for g in self.graph_nodes if g["step"] >= 1]
         span = samples[-1]["step"] - samples[0]["step"]
         growth = (samples[-1]["nodes"] - samples[0]["nodes"]) / span if span else 0.0
-        return {"nodes_per_step": growth, **(self.culprit or self._culprit())}
+        culprit = self.culprit or {"variable": None, "file": None, "line": None}
+        return {"nodes_per_step": growth, **culprit}
 
-    def _culprit(self) -> dict[str, Any]:
-        best: tuple[int, torch.Tensor] | None = None
-        for tensor in _graph_roots():
-            size = _reachable_nodes([tensor.grad_fn], cap=20_000)
-            if best is None or size > best[0]:
-                best = (size, tensor)
-        if best is None:
+    def _culprit(self, roots: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
+        sized = [(_reachable_nodes([t.grad_fn], cap=20_000), path) for path, t in roots]
+        if not sized:
             return {"variable": None, "file": None, "line": None}
-        name = None
-        for referrer in gc.get_referrers(best[1]):
-            if isinstance(referrer, dict):
-                name = next(
-                    (k for k, v in referrer.items() if v is best[1] and isinstance(k, str)), None
-                )
-                if name:
-                    break
+        size, path = max(sized)
+        name = path.split(".")[0].split("[")[0]
         file, line = self._assignment(name) if name else (None, None)
-        return {"variable": name, "file": file, "line": line, "graph_nodes": best[0]}
+        return {"variable": path, "file": file, "line": line, "graph_nodes": size}
 
     def _assignment(self, name: str) -> tuple[str | None, int | None]:
         """Where `name` is accumulated (`name += ...`) in the script, else first assigned."""

@@ -10,6 +10,7 @@ fails is recorded in `errors` and the run goes on.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import traceback
 import warnings
@@ -50,6 +51,15 @@ FUNCTIONAL_LOSSES = (
 )
 CAPTURE_MAX_NUMEL = 50_000_000
 _Loss = torch.nn.modules.loss._Loss
+_ACTIVE: Session | None = None
+
+
+def _release_in_forked_child() -> None:
+    if _ACTIVE is not None:
+        _ACTIVE.uninstall(in_forked_child=True)
+
+
+os.register_at_fork(after_in_child=_release_in_forked_child)
 
 
 class Session:
@@ -90,6 +100,8 @@ class Session:
     # --- installation --------------------------------------------------------------------
 
     def install(self) -> None:
+        global _ACTIVE
+        _ACTIVE = self
         nn_module = torch.nn.modules.module
         self._handles = [
             nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
@@ -107,14 +119,18 @@ class Session:
         if self.config.flops and self.config.flop_step == 0:
             self.flops.start(0)
 
-    def uninstall(self) -> None:
+    def uninstall(self, in_forked_child: bool = False) -> None:
+        """Remove every hook and patch. In a forked child (a DataLoader worker) this runs
+        right after the fork, so workers execute plain torch: no step counting, no stop."""
+        global _ACTIVE
+        _ACTIVE = None
         self.flops.stop()
         for handle in self._handles:
             handle.remove()
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._handles, self._patches = [], []
-        self.syncs.uninstall()
+        self.syncs.uninstall(touch_cuda=not in_forked_child)
         self.warnings.uninstall()
         self.dataloader.uninstall()
 
@@ -189,6 +205,8 @@ class Session:
             self.captured[key] = (_detached(args), _detached(kwargs))
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # inside a region dynamo traces: stay out of the graph
         self.depth += 1
         if isinstance(module, _Loss):
             self.loss_depth += 1
@@ -203,6 +221,8 @@ class Session:
             self.dataflow.on_enter(self.step, self.depth - 1, self._name(module), module, args)
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         self.depth = max(self.depth - 1, 0)
         if isinstance(module, _Loss):
             self.loss_depth = max(self.loss_depth - 1, 0)

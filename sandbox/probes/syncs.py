@@ -38,11 +38,12 @@ class SyncProbe:
             self._originals[method] = original
             setattr(torch.Tensor, method, self._wrap(method, original))
 
-    def uninstall(self) -> None:
+    def uninstall(self, touch_cuda: bool = True) -> None:
         for method, original in self._originals.items():
             setattr(torch.Tensor, method, original)
         self._originals = {}
-        self.set_cuda_mode(False)
+        if touch_cuda:
+            self.set_cuda_mode(False)
 
     def _wrap(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
         contains = self.user_files.contains

@@ -57,7 +57,18 @@ def rules(document: ProbeDocument, script: str) -> set[str]:
 
 def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> None:
     doc, done = run_probes(
-        tmp_path, "train_ok.py", "--steps", "4", "--determinism", "3", "--export", "--int8"
+        tmp_path,
+        "train_ok.py",
+        "--steps",
+        "4",
+        "--determinism",
+        "3",
+        "--export",
+        "--int8",
+        "--probe",
+        "compile",
+        "--compile-backend",
+        "eager",
     )
     assert done.returncode == 0
     assert doc.outcome.kind == "completed-steps"
@@ -76,6 +87,10 @@ def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> No
     assert doc.export.torch_export.ok
     assert doc.int8 is not None and doc.int8.ok
     assert (doc.int8.model_extra or {})["linear_layers"] == 2
+    # torch.compile cost and gain measured on the captured model and input
+    assert doc.compile is not None and doc.compile.ok, doc.compile
+    compiled = doc.compile.model_extra or {}
+    assert compiled["backend"] == "eager" and compiled["compiled_step_ms"] > 0
     assert rules(doc, "train_ok.py") == set()
 
 
@@ -216,7 +231,7 @@ def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
         2,
         16,
         "dataloader_workers.py",
-        10,
+        28,
     )
     assert loader.batches >= 4
     assert doc.dataloader.wait_share is not None

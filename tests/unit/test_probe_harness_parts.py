@@ -76,3 +76,22 @@ def test_stand_in_dataset_has_the_real_shape_length_and_is_repeatable() -> None:
     raw = SyntheticVisionDataset("MNIST", "test", "./data", train=False)
     assert len(raw) == 10000
     assert torch.equal(ToTensor()(raw[5][0]), ToTensor()(raw[5][0]))
+
+
+def test_graph_roots_are_found_through_lists_and_the_users_objects() -> None:
+    from sandbox.probes.frames import UserFiles
+    from sandbox.probes.memory import graph_roots
+
+    class Log:
+        def __init__(self) -> None:
+            self.history: list[object] = []
+
+    weight = torch.ones(2, requires_grad=True)
+    log = Log()
+    log.history.append(weight * 2)
+    kept = [weight * 3]
+    detached = (weight * 4).detach()
+    paths = {path for path, _ in graph_roots(UserFiles(__file__))}
+    assert {"kept[0]", "log.history[0]"} <= paths
+    assert "detached" not in paths
+    del kept, detached
