@@ -3,10 +3,12 @@ local sandbox and probes harness (each smoke run is a real sandboxed subprocess)
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from agent.checks.engine import analyse_files
 from agent.checks.registry import rules_by_id
@@ -178,3 +180,29 @@ def test_a_perf_fix_without_a_measurable_gain_is_not_verified(
     steps = {v.step: v for v in verifier.verify(patch, CLAIM, spec)}
     assert steps["smoke-run"].ok and steps["behaviour"].ok
     assert not steps["speed-up"].ok and "does not beat" in steps["speed-up"].detail
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpt2_attention_and_bf16_fixes_are_verified_on_the_gpu(tmp_path: Path) -> None:
+    bench_path = Path(__file__).parents[2] / "benchmarks" / "gpt2_fix_bench.py"
+    spec = importlib.util.spec_from_file_location("gpt2_fix_bench", bench_path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shutil.copy(bench.NAIVE, tmp_path / "train.py")
+    wanted = {"manual-attention", "no-amp"}
+    findings = [f for f in bench.audit(tmp_path) if f.rule in wanted]
+    out = propose_and_verify(
+        tmp_path,
+        findings,
+        get_sandbox(),
+        run_command=["python", "train.py", "--batch-size", "4", "--steps", "20"],
+        steps=14,
+        timing_runs=1,
+        gpu=True,
+        limits=bench.GPU_LIMITS,
+    )
+    for finding in out:
+        assert finding.fix is not None
+        assert finding.fix.verified, [v.model_dump() for v in finding.fix.verification]

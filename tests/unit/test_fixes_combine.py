@@ -1,0 +1,93 @@
+"""Combining fixes: codemods replayed at remapped lines, conflicts dropped with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.fixes.codemods import codemod_for
+from agent.fixes.combine import combine, map_line, merge_fixes
+from agent.fixes.diffs import unified_diff
+from agent.fixes.models import FixTarget
+from agent.fixes.verify import FixSpec, Verifier
+from agent.models import Evidence, Finding, Fix, Severity
+
+SCRIPT = """import torch
+from torch import nn
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = nn.Linear(4, 2).to(device)
+criterion = nn.MSELoss()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+losses = []
+for step in range(3):
+    optimizer.zero_grad()
+    out = model(torch.randn(8, 4, device=device))
+    loss = criterion(out, torch.randn(8, 2, device=device))
+    loss.backward()
+    optimizer.step()
+    losses.append(loss.item())
+print(sum(losses))
+"""
+
+
+def codemod_finding(rule: str, line: int) -> Finding:
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    target = FixTarget(rule=rule, file="train.py", line=line, end_line=line)
+    fixed = codemod.transform(SCRIPT, target)
+    assert fixed is not None
+    return Finding(
+        id=f"TD-{rule}",
+        rule=rule,
+        checkpoint=6,
+        phase=4,
+        severity=Severity.LOW,
+        title=rule,
+        file="train.py",
+        line=line,
+        end_line=line,
+        evidence=[Evidence(source="test", message="m")],
+        fix=Fix(diff=unified_diff("train.py", SCRIPT, fixed), verified=True),
+    )
+
+
+def test_map_line_follows_insertions_and_refuses_edited_lines() -> None:
+    before = "a\nb\nc\n"
+    after = "a\nnew\nb\nC\n"
+    assert map_line(before, after, 1) == 1
+    assert map_line(before, after, 2) == 3
+    assert map_line(before, after, 3) is None
+
+
+def test_adjacent_codemod_fixes_merge_although_their_diff_contexts_overlap(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT)
+    amp = codemod_finding("no-amp", 9)
+    sync = codemod_finding("host-sync-in-step", 15)
+    texts = merge_fixes(tmp_path, [amp, sync])
+    merged = texts["train.py"]
+    assert "with torch.autocast(" in merged
+    assert "losses.append(loss.detach())" in merged
+    assert "losses = [float(v) for v in losses]" in merged
+    compile(merged, "train.py", "exec")
+
+
+def test_a_conflicting_fix_is_dropped_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT)
+    other_edit = SCRIPT.replace("losses.append(loss.item())", "losses.append(float(loss))")
+    first = codemod_finding("host-sync-in-step", 15)
+    assert first.fix is not None
+    first = first.model_copy(update={"fix": first.fix.model_copy(update={"origin": "llm"})})
+    second = first.model_copy(
+        update={
+            "id": "TD-other",
+            "fix": Fix(diff=unified_diff("train.py", SCRIPT, other_edit), origin="llm"),
+        }
+    )
+    verifier = Verifier(tmp_path, None, None)
+    spec = FixSpec.of(codemod_for("host-sync-in-step"))  # type: ignore[arg-type]
+    result, notes = combine(verifier, [(first, spec), (second, spec)])
+    assert result.kept == ["TD-host-sync-in-step"]
+    assert "conflicts" in result.dropped["TD-other"]
+    assert not notes["TD-other"].ok and notes["TD-host-sync-in-step"].ok

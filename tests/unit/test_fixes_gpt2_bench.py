@@ -1,0 +1,92 @@
+"""The GPT-2 benchmark's pieces on CPU: the naive script runs, every codemod the ~10x needs
+applies to it, the fixed script keeps its seeded losses, and the FLOP count is nanoGPT's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from agent.fixes.combine import merge_fixes
+from agent.fixes.pipeline import propose_patch
+from agent.fixes.stats import trajectories_match
+from agent.models import Fix
+
+BENCH = Path(__file__).parents[2] / "benchmarks"
+NEEDED = {
+    "unfused-optimizer",
+    "host-sync-in-step",
+    "no-amp",
+    "tf32-off",
+    "no-torch-compile",
+    "manual-attention",
+}
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpt2_fix_bench", BENCH / "gpt2_fix_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _losses(script: Path) -> list[float]:
+    done = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--steps", "4", "--warmup", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines[-1]["tokens_per_s"] > 0
+    return [entry["loss"] for entry in lines[:-1]]
+
+
+@pytest.fixture(scope="module")
+def fixed_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workspace = tmp_path_factory.mktemp("gpt2")
+    shutil.copy(BENCH / "gpt2_naive_train.py", workspace / "train.py")
+    findings = _bench().audit(workspace)
+    patched = []
+    for finding in findings:
+        patch = propose_patch(workspace, finding)
+        if patch is not None:
+            patched.append(finding.model_copy(update={"fix": Fix(diff=patch.diff)}))
+    assert {f.rule for f in patched} == NEEDED
+    fixed = workspace / "fixed.py"
+    fixed.write_text(merge_fixes(workspace, patched)["train.py"])
+    return fixed
+
+
+def test_the_fixed_script_has_every_fix(fixed_script: Path) -> None:
+    text = fixed_script.read_text()
+    for marker in (
+        "fused=torch.cuda.is_available()",
+        "losses.append(loss.detach())",
+        "torch.autocast(",
+        'torch.set_float32_matmul_precision("high")',
+        "model.compile()",
+        "F.scaled_dot_product_attention(q, k, v, is_causal=True",
+    ):
+        assert marker in text
+
+
+def test_the_fixed_script_keeps_the_seeded_losses_on_cpu(fixed_script: Path) -> None:
+    original = _losses(BENCH / "gpt2_naive_train.py")
+    fixed = _losses(fixed_script)
+    assert len(original) == 4
+    assert trajectories_match(original, fixed, 1e-4)[0]
+
+
+def test_flops_per_token_matches_nanogpt_for_gpt2_small() -> None:
+    bench = _bench()
+    # 124,439,808 parameters (tied embeddings), position embeddings left out of 6N
+    assert bench.flops_per_token(124_439_808, bench.FULL_SHAPE) == 855_166_464
