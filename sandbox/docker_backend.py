@@ -110,7 +110,12 @@ class DockerSandbox:
             reader = threading.Thread(target=_pump, args=(attached, out, err, budget), daemon=True)
             reader.start()
             started = time.monotonic()
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                attached.close()
+                reason = f"the engine could not start the job: {exc.explanation or exc}"
+                return error_result(reason, self._describe(gpu=gpu, rlimits={}))
             self._wait(container, workspace, limits, started, budget, kill)
             wall = time.monotonic() - started
             reader.join(timeout=5)

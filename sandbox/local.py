@@ -39,11 +39,18 @@ from sandbox.mechanisms import (
 from sandbox.models import Isolation, Job, Limits, Outcome, ResourceUsage, RunResult
 from sandbox.outcome import Stop, classify, error_result
 from sandbox.processes import JobIdentity, job_pids, resident_mb, sweep
-from sandbox.workspace import hand_over, remove_workspace, stage_workspace, tree_bytes
+from sandbox.workspace import (
+    hand_over,
+    remove_owned_files,
+    remove_workspace,
+    stage_workspace,
+    tree_bytes,
+)
 
 if TYPE_CHECKING:
     from sandbox.config import LocalConfig
 
+SHARED_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 POLL_S = 0.05
 DISK_POLL_S = 0.5
 PROBE_SCRIPT = (
@@ -232,6 +239,8 @@ class LocalSandbox:
         process.returncode = status
         wall = time.monotonic() - started
         sweep(identity)
+        if mechanism is Mechanism.RLIMITS and uid is not None:
+            remove_owned_files(SHARED_SCRATCH, uid)
         for reader in readers:
             reader.join(timeout=5)
         files = collect_files(workspace, job.collect, limits.collect_bytes)

@@ -83,6 +83,34 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
+def remove_owned_files(roots: Iterable[str], uid: int) -> list[str]:
+    """Delete what `uid` left in shared scratch folders (used when no private /tmp exists).
+
+    Only folders that uid could write to are searched: it cannot have created anything else.
+    """
+    removed = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if _writable_by(os.path.join(folder, d), uid)]
+            for name in files + dirs:
+                path = os.path.join(folder, name)
+                if os.lstat(path).st_uid == uid:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                    removed.append(path)
+    return removed
+
+
+def _writable_by(path: str, uid: int) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and (info.st_uid == uid or bool(info.st_mode & stat.S_IWOTH))
+
+
 def _entries(folder: Path) -> Iterable[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in SKIPPED_NAMES)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -29,8 +31,8 @@ from sandbox.protocol import Sandbox
 
 ATTACKS_DIR = Path(__file__).resolve().parent / "attacks"
 ATTACK_LIMITS = Limits(
-    wall_s=4,
-    cpu_s=3,
+    wall_s=3,
+    cpu_s=2,
     memory_mb=256,
     processes=32,
     file_size_mb=16,
@@ -38,6 +40,7 @@ ATTACK_LIMITS = Limits(
     output_bytes=65_536,
     collect_bytes=4096,
 )
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 SERVICE_SECRETS = ("OPENAI_API_KEY", "TORCHDOCTOR_DATABASE_PASSWORD")
 FINISHED = frozenset({Outcome.OK})
 
@@ -204,6 +207,7 @@ class Arena:
             (f"outcome {result.outcome} ({result.reason})", lambda: result.outcome in expected),
             ("a process of the job survived", lambda: not processes_with(marker)),
             ("a file was written outside the workspace", self._nothing_written_outside),
+            ("the job left files in a shared scratch folder", lambda: not _left_in_scratch(result)),
             ("the original sources changed", lambda: _digest(self.origin) == origin_digest),
             ("a secret reached the job's output", lambda: not self._leaked(result)),
             ("the service's sentinel process was killed", lambda: self.sentinel.poll() is None),
@@ -234,6 +238,34 @@ class Arena:
 
     def _no_leftover_workspace(self) -> bool:
         return [p.name for p in self.run_root.iterdir()] == [self.victim.name]
+
+
+def _left_in_scratch(result: RunResult) -> list[str]:
+    """Files owned by the job's uid in the host's world-writable scratch folders."""
+    match = re.search(r"uid (\d+)", result.isolation.user) or re.match(
+        r"(\d+)", result.isolation.user
+    )
+    if match is None:
+        return []
+    uid = int(match.group(1))
+    found = []
+    for top in SCRATCH_DIRS:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if _writable_by(os.path.join(folder, d), uid)]
+            found += [
+                os.path.join(folder, f)
+                for f in files
+                if os.lstat(os.path.join(folder, f)).st_uid == uid
+            ]
+    return found
+
+
+def _writable_by(path: str, uid: int) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and (info.st_uid == uid or bool(info.st_mode & stat.S_IWOTH))
 
 
 def processes_with(marker: str) -> list[int]:

@@ -3,5 +3,5 @@
 hoard = []
 while True:
     block = bytearray(64 * 2**20)
-    block[:: 4096] = b"x" * len(block[:: 4096])
+    block[::4096] = b"x" * len(block[::4096])
     hoard.append(block)

@@ -1,0 +1,93 @@
+"""Containment table: every hostile script of tests/security/attacks through every backend this
+host can provide (bwrap, unshare, bare rlimits, Docker on a private engine), judged from the
+host. Prints one row per (attack, backend) and exits non-zero if a non-degraded backend leaked.
+
+    .venv/bin/python benchmarks/containment.py [--backends local-bwrap,local-unshare,...]
+
+The rlimits row is the degraded fallback, shown so that its gaps are visible: it has no network
+or filesystem isolation, and is run with the system python3 that an unprivileged uid can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sandbox.config import LocalConfig
+from sandbox.mechanisms import Mechanism
+from sandbox.private_engine import (
+    EngineUnavailable,
+    engine_config,
+    import_test_image,
+    private_engine,
+)
+from sandbox.protocol import Sandbox
+from tests.security.attack_harness import ATTACKS, Arena, Verdict
+
+ALL_BACKENDS = ["local-bwrap", "local-unshare", "local-rlimits", "docker"]
+
+
+def local(name: str, run_root: Path) -> Sandbox | str:
+    mechanism = Mechanism(name.removeprefix("local-"))
+    config = LocalConfig(mechanism=mechanism.value, run_root=run_root)
+    sandbox = config.build()
+    probe = sandbox.probe(mechanism)
+    system_python = Path("/usr/bin/python3")
+    if not probe.works and mechanism is Mechanism.RLIMITS and system_python.exists():
+        config = config.model_copy(update={"python": system_python})
+        sandbox = config.build()
+        probe = sandbox.probe(mechanism)
+    return sandbox if probe.works else f"unavailable: {probe.detail}"
+
+
+def run_backend(name: str, scratch: Path) -> tuple[list[Verdict], str]:
+    with Arena(scratch / name) as arena:
+        if name == "docker":
+            try:
+                with private_engine(scratch / "engine") as url:
+                    import_test_image(url)
+                    config = engine_config(url).model_copy(update={"run_root": arena.run_root})
+                    sandbox = config.build()
+                    verdicts = [arena.attack(sandbox, name, a) for a in ATTACKS]
+                    return verdicts, sandbox.isolation.summary
+            except EngineUnavailable as exc:
+                return [], f"unavailable: {exc}"
+        built = local(name, arena.run_root)
+        if isinstance(built, str):
+            return [], built
+        return [arena.attack(built, name, a) for a in ATTACKS], built.isolation.summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default=",".join(ALL_BACKENDS))
+    args = parser.parse_args()
+    rows: list[Verdict] = []
+    leaked_strict = False
+    with tempfile.TemporaryDirectory(prefix="td-containment-") as tmp:
+        Path(tmp).chmod(0o755)
+        for name in args.backends.split(","):
+            verdicts, summary = run_backend(name, Path(tmp))
+            print(f"{name:14} {summary}")
+            rows += verdicts
+            degraded = any(v.result.isolation.degraded for v in verdicts)
+            leaked_strict |= not degraded and any(not v.contained for v in verdicts)
+    print()
+    print(f"| {'attack':<17} | {'backend':<13} | {'outcome':<13} | {'s':>5} | contained |")
+    print(f"|{'-' * 19}|{'-' * 15}|{'-' * 15}|{'-' * 7}|-----------|")
+    for v in rows:
+        mark = "yes" if v.contained else "NO: " + "; ".join(v.violations)
+        print(
+            f"| {v.attack:<17} | {v.backend:<13} | {v.result.outcome:<13} | {v.seconds:>5} | {mark}"
+        )
+    contained = sum(v.contained for v in rows)
+    print(f"\n{contained}/{len(rows)} contained")
+    return 1 if leaked_strict else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Every hostile script in attacks/ runs through every available backend and must be contained:
+the typed outcome expected, no process left, nothing written or read outside the workspace,
+the service and its sibling jobs unharmed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox.models import Job, Outcome
+from sandbox.protocol import Sandbox
+from sandbox.workspace import WorkspaceError, stage_workspace
+from tests.security.attack_harness import ATTACK_LIMITS, ATTACKS, Arena, Attack
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
+def test_attack_is_contained(attack: Attack, backend: tuple[str, Sandbox], arena: Arena) -> None:
+    name, sandbox = backend
+    verdict = arena.attack(sandbox, name, attack)
+    assert verdict.contained, (verdict.violations, verdict.result.stdout[-500:])
+
+
+def test_secrets_never_reach_the_job(backend: tuple[str, Sandbox], arena: Arena) -> None:
+    _name, sandbox = backend
+    assert os.environ["OPENAI_API_KEY"] == arena.env_secret
+    result = sandbox.run(
+        Job(workspace=arena.origin, command=["python3", "env_secret.py", "m", "{}"])
+    )
+    assert result.outcome is Outcome.OK
+    assert "OPENAI_API_KEY" not in result.stdout
+    assert "PATH=" in result.stdout
+
+
+def test_collected_symlinks_return_nothing_from_the_host(
+    backend: tuple[str, Sandbox], arena: Arena
+) -> None:
+    _name, sandbox = backend
+    attack = next(a for a in ATTACKS if a.name == "symlink_escape")
+    result = sandbox.run(arena.job(attack, "marker-symlink"))
+    assert result.outcome is Outcome.OK
+    assert result.files == []
+
+
+def test_an_argv_beyond_the_kernel_limit_is_a_sandbox_error(
+    backend: tuple[str, Sandbox], arena: Arena
+) -> None:
+    _name, sandbox = backend
+    huge = ["python3", "-c", "pass", *(["A" * 100_000] * 400)]
+    result = sandbox.run(Job(workspace=arena.origin, command=huge, limits=ATTACK_LIMITS))
+    assert result.outcome is Outcome.SANDBOX_ERROR, result.reason
+
+
+def test_a_source_symlink_leading_outside_is_refused(tmp_path: Path, arena: Arena) -> None:
+    source = tmp_path / "repo"
+    source.mkdir()
+    (source / "train.py").write_text("print('hi')\n")
+    (source / "leak").symlink_to(arena.secret_file)
+    with pytest.raises(WorkspaceError, match="leaves the tree"):
+        stage_workspace(source, tmp_path)
