@@ -14,6 +14,7 @@ import pytest
 from agent.checks.engine import analyse_files
 from agent.checks.linters import merge_linter_evidence, native_key, run_linters
 from agent.checks.linters.bandit import BanditAdapter
+from agent.checks.linters.detect_secrets import DetectSecretsAdapter
 from agent.checks.linters.ruff import RuffAdapter
 from agent.checks.linters.torchfix import TorchFixAdapter
 
@@ -22,13 +23,13 @@ FILES = ["train_legacy.py", "settings.py", "clean.py"]
 
 
 @pytest.mark.skipif(
-    not (TorchFixAdapter().available() and BanditAdapter().available()),
-    reason="torchfix or bandit is not installed",
+    not all(a.available() for a in (TorchFixAdapter(), BanditAdapter(), DetectSecretsAdapter())),
+    reason="torchfix, bandit or detect-secrets is not installed",
 )
 def test_tool_findings_attach_to_the_native_findings_they_confirm() -> None:
     static = analyse_files([(name, (FIXTURES / name).read_text()) for name in FILES])
     native = {(f.rule, f.line): f for f in static.all_findings()}
-    adapters = [TorchFixAdapter(), BanditAdapter(), RuffAdapter()]
+    adapters = [TorchFixAdapter(), BanditAdapter(), RuffAdapter(), DetectSecretsAdapter()]
     run = run_linters(FIXTURES, FILES, adapters)
 
     attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
@@ -40,6 +41,8 @@ def test_tool_findings_attach_to_the_native_findings_they_confirm() -> None:
     assert codes("deprecated-torch-api", 16) == ["TOR101"]
     assert codes("requires-grad-typo", 27) == ["TOR002"]
     assert codes("checkpoint-use-reentrant", 30) == ["TOR003"]
+    assert codes("pickle-model-artifacts", 21) == ["B301"]
+    assert codes("hardcoded-secrets", 3) == ["AWS Access Key"]
     alone = {(e.source, e.data["code"]) for e in standalone}
-    assert {("ruff", "E722"), ("bandit", "B301"), ("bandit", "B602")} <= alone
+    assert ("bandit", "B602") in alone  # shell=True: no native rule reports it
     assert len(standalone) + sum(map(len, attached.values())) == len(run.evidence)
