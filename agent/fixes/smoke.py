@@ -7,11 +7,14 @@ the document to what fix verification compares: losses, steady-state step times,
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from agent.evidence.probe_schema import ProbeDocument
 from agent.fixes.models import SmokeRun
 from sandbox.models import Job, Limits
 from sandbox.protocol import Sandbox
@@ -61,8 +64,8 @@ class ProbeRunner:
             tail = (result.stderr or result.stdout)[-800:]
             return SmokeRun(ok=False, detail=f"{result.outcome}: {result.reason}\n{tail}".strip())
         try:
-            evidence = json.loads(document.content)
-        except ValueError as err:
+            evidence = ProbeDocument.model_validate_json(document.content)
+        except ValidationError as err:
             return SmokeRun(ok=False, detail=f"unreadable evidence document: {err}")
         return smoke_run_from_evidence(evidence)
 
@@ -77,34 +80,32 @@ def split_command(run_command: list[str]) -> tuple[str, list[str]]:
     return tokens[0], tokens[1:]
 
 
-def smoke_run_from_evidence(evidence: dict[str, Any]) -> SmokeRun:
+def smoke_run_from_evidence(evidence: ProbeDocument) -> SmokeRun:
     """Reduce the probes' evidence document to losses, steady step times and symptoms."""
-    outcome = evidence.get("outcome") or {}
-    kind = outcome.get("kind", "")
-    ok = kind in _OK_OUTCOMES or (kind == "sys-exit" and not outcome.get("exit_code"))
-    detail = f"{kind}: {outcome.get('detail', '')}".strip()
-    if outcome.get("error_type"):
-        detail += f" ({outcome['error_type']} at {outcome.get('file')}:{outcome.get('line')})"
-    loss = evidence.get("loss") or {}
-    losses = [float("nan") if v is None else float(v) for v in loss.get("values", [])]
-    memory = evidence.get("memory") or {}
-    scanned = {g.get("step") for g in memory.get("graph_scans") or []}
-    step_ms = (evidence.get("timing") or {}).get("step_ms") or []
-    steady = [ms / 1e3 for step, ms in enumerate(step_ms) if step >= 1 and step not in scanned]
-    mode_issues = evidence.get("mode_issues") or []
-    syncs = evidence.get("syncs") or {}
+    outcome = evidence.outcome
+    ok = outcome.kind in _OK_OUTCOMES or (outcome.kind == "sys-exit" and not outcome.exit_code)
+    detail = f"{outcome.kind}: {outcome.detail}".strip()
+    if outcome.error_type:
+        detail += f" ({outcome.error_type} at {outcome.file}:{outcome.line})"
+    losses = [math.nan if v is None else float(v) for v in evidence.loss.values]
+    memory = evidence.memory
+    scanned = {scan.step for scan in memory.graph_scans}
+    steady = [
+        ms / 1e3
+        for step, ms in enumerate(evidence.timing.step_ms)
+        if ms is not None and step >= 1 and step not in scanned
+    ]
+    issues = evidence.mode_issues
     signals: dict[str, Any] = {
-        "graph_retention": memory.get("retention"),
-        "memory_slope_bytes_per_step": memory.get("slope_bytes_per_step"),
+        "graph_retention": memory.retention.model_dump() if memory.retention else None,
+        "memory_slope_bytes_per_step": memory.slope_bytes_per_step,
         "train_mode_forwards_without_grad": sum(
-            i.get("count", 0) for i in mode_issues if i.get("kind") == "train-mode-at-inference"
+            i.count for i in issues if i.kind == "train-mode-at-inference"
         ),
-        "eval_forwards_with_grad": sum(
-            i.get("count", 0) for i in mode_issues if i.get("kind") == "eval-with-grad"
-        ),
-        "nonfinite": evidence.get("nonfinite"),
-        "syncs_per_step": syncs.get("cuda_syncs_per_step"),
-        "device": (evidence.get("device") or {}).get("name"),
-        "grad_norms": (evidence.get("gradients") or {}).get("global_norm") or [],
+        "eval_forwards_with_grad": sum(i.count for i in issues if i.kind == "eval-with-grad"),
+        "nonfinite": evidence.nonfinite.model_dump() if evidence.nonfinite else None,
+        "syncs_per_step": evidence.syncs.cuda_syncs_per_step,
+        "device": evidence.device.name,
+        "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
     }
     return SmokeRun(ok=ok, detail=detail, losses=losses, step_times_s=steady, signals=signals)
