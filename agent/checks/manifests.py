@@ -2,9 +2,10 @@
 
 Supply-chain checks (vulnerable pins, unpinned dependencies, pip-audit) need to know which
 packages a project asks for and where it says so. This module reads requirements*.txt,
-pyproject.toml (`[project]` dependencies and optional dependencies), setup.cfg
-(`install_requires`, `extras_require`) and conda environment files, and returns one `Pin` per
-declared requirement. A line it cannot read is skipped, never fatal: manifests are hand-written.
+pyproject.toml (`[project]` dependencies, optional dependencies, dependency groups), setup.cfg
+(`install_requires`, `extras_require`), conda environment files and lock files (uv.lock,
+poetry.lock, pylock.toml), and returns one `Pin` per declared requirement. A line it cannot
+read is skipped, never fatal: manifests are hand-written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ MANIFEST_PATTERNS: tuple[str, ...] = (
     "environment.yaml",
     "environment*.yml",
     "environment*.yaml",
+    "uv.lock",
+    "poetry.lock",
+    "pylock.toml",
+    "pylock.*.toml",
 )
+LOCAL_SOURCES = frozenset({"editable", "virtual", "directory", "path", "git", "url"})
 SKIPPED_DIRS = frozenset(
     {
         ".git",
@@ -111,6 +117,8 @@ def parse_manifest(path: str, text: str) -> list[Pin]:
         return list(_pyproject_pins(path, text))
     if name == "setup.cfg":
         return list(_setup_cfg_pins(path, text))
+    if name.endswith((".lock", ".toml")):
+        return list(_lock_pins(path, text))
     if name.endswith((".yml", ".yaml")):
         return list(_conda_pins(path, text))
     return list(_requirements_pins(path, text))
@@ -208,6 +216,31 @@ def _pyproject_pins(path: str, text: str) -> Iterator[Pin]:
                 names = [r for r in requirements if isinstance(r, str)]  # not {include-group}
                 groups.append((f"{prefix}:{key}", re.escape(str(key)), names))
     yield from _located_pins(path, text, groups)
+
+
+def _lock_pins(path: str, text: str) -> Iterator[Pin]:
+    """Exact versions from uv.lock / poetry.lock (`[[package]]`) and pylock.toml (`[[packages]]`).
+
+    Packages from a local path, git or URL source are marked direct: no index version to audit.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return
+    packages = document.get("package", document.get("packages", []))
+    lines = text.splitlines()
+    cursor = 1
+    for package in packages if isinstance(packages, list) else []:
+        name, version = package.get("name"), package.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            continue
+        key = re.compile(rf"^\s*name\s*=\s*[\"']{re.escape(name)}[\"']\s*$")
+        cursor = next((n for n in range(cursor, len(lines) + 1) if key.match(lines[n - 1])), 1)
+        pin = _pin(f"{name}=={version}", path, cursor, lines[cursor - 1], "lock")
+        source = package.get("source", {})
+        local = isinstance(source, dict) and bool(LOCAL_SOURCES & set(source))
+        if pin is not None:
+            yield pin.model_copy(update={"direct": local}) if local else pin
 
 
 def _setup_cfg_pins(path: str, text: str) -> Iterator[Pin]:

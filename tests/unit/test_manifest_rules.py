@@ -43,6 +43,7 @@ def test_finding_cites_the_advisory_and_the_manifest_line() -> None:
         ("pyproject.toml", 5),
         ("cfg/setup.cfg", 6),
         ("conda/environment.yml", 7),
+        ("locked/uv.lock", 19),
     }
     finding = found[("requirements.txt", 4)]
     assert finding.severity == "critical"
@@ -66,4 +67,15 @@ def test_unpinned_dependencies_is_opt_in() -> None:
     findings = analyse_files(SOURCE, config, manifests=manifests).project_findings
     assert [(f.rule, f.line, f.data["package"]) for f in findings] == [
         ("unpinned-dependencies", 1, "numpy")
+    ]
+
+
+def test_a_lock_file_pins_what_the_manifest_leaves_open() -> None:
+    locked = FIXTURES / "locked"
+    manifests = {name: (locked / name).read_text() for name in ("pyproject.toml", "uv.lock")}
+    config = EngineConfig(select=frozenset({"unpinned-dependencies"}))
+    assert [
+        f.rule for f in analyse_files(SOURCE, config, manifests=manifests).project_findings
+    ] == [
+        "vulnerable-torch-pin"  # torch==2.5.1 in uv.lock; `torch` in pyproject is locked
     ]

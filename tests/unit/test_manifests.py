@@ -20,6 +20,8 @@ def test_finds_every_manifest_kind_in_subfolders() -> None:
     assert sorted(find_manifests(FIXTURES)) == [
         "cfg/setup.cfg",
         "conda/environment.yml",
+        "locked/pyproject.toml",
+        "locked/uv.lock",
         "pyproject.toml",
         "requirements-base.txt",
         "requirements.txt",
@@ -41,6 +43,9 @@ def test_skips_virtualenvs(tmp_path: Path) -> None:
         ("requirements/base.txt", True),
         ("pyproject.toml", True),
         ("env/environment-cuda.yml", True),
+        ("uv.lock", True),
+        ("poetry.lock", True),
+        ("pylock.toml", True),
         ("notes.txt", False),
         ("config.yml", False),
     ],
@@ -97,3 +102,21 @@ def test_conda_specs_become_pep440_and_pytorch_is_torch(pins: dict) -> None:
 def test_unreadable_manifests_give_no_pins() -> None:
     assert parse_manifest("pyproject.toml", "[project\nbroken") == []
     assert parse_manifest("setup.cfg", "no section header") == []
+
+
+def test_lock_files_give_exact_versions_at_the_package_name_line(pins: dict) -> None:
+    torch = pins[("locked/uv.lock", "torch")]
+    assert (torch.line, torch.exact_version, torch.section) == (19, "2.5.1", "lock")
+    assert pins[("locked/uv.lock", "numpy")].line == 14  # not the `{ name = "numpy" }` reference
+    assert pins[("locked/uv.lock", "locked-app")].direct  # the project itself, from "."
+
+
+def test_poetry_lock_and_pylock_formats() -> None:
+    poetry = '[[package]]\nname = "torch"\nversion = "2.4.0"\ndescription = ""\n'
+    pylock = 'lock-version = "1.0"\n[[packages]]\nname = "torch"\nversion = "2.7.0"\n'
+    assert [(p.name, p.specifier, p.line) for p in parse_manifest("poetry.lock", poetry)] == [
+        ("torch", "==2.4.0", 2)
+    ]
+    assert [(p.name, p.specifier, p.line) for p in parse_manifest("pylock.toml", pylock)] == [
+        ("torch", "==2.7.0", 3)
+    ]

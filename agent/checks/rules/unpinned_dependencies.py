@@ -12,7 +12,8 @@ from agent.models import Severity
 
 class UnpinnedDependencies(Rule):
     """Detects a requirement with no version constraint (`numpy`, `- pytorch`) in a
-    dependency manifest. Opt-in: libraries often leave constraints loose on purpose.
+    dependency manifest, unless a lock file or another manifest pins it exactly. Opt-in:
+    libraries often leave constraints loose on purpose.
 
     Why it matters: every install may resolve a different release, so a training run cannot
     be reproduced, a breaking or compromised release is picked up silently, and neither
@@ -40,6 +41,8 @@ class UnpinnedDependencies(Rule):
 
     @classmethod
     def check_manifests(cls, manifests: Mapping[str, str]) -> list[RawFinding]:
+        pins = parse_manifests(manifests)
+        locked = {pin.name for pin in pins if pin.exact_version}  # e.g. by uv.lock
         return [
             RawFinding(
                 rule=cls.id,
@@ -52,6 +55,6 @@ class UnpinnedDependencies(Rule):
                 excerpt=numbered_excerpt(manifests[pin.file].splitlines(), pin.line, pin.line),
                 data={"package": pin.name, "section": pin.section},
             )
-            for pin in parse_manifests(manifests)
-            if not pin.specifier and not pin.direct
+            for pin in pins
+            if not pin.specifier and not pin.direct and pin.name not in locked
         ]
