@@ -7,10 +7,11 @@ from pathlib import Path
 
 from agent.checks.base import EngineConfig
 from agent.fixes.codemods import codemod_for
+from agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
 from agent.fixes.combine import combine
 from agent.fixes.diffs import unified_diff
 from agent.fixes.gate import fix_gate
-from agent.fixes.models import FixTarget, Patch
+from agent.fixes.models import FixKind, FixTarget, Patch
 from agent.fixes.smoke import ProbeRunner
 from agent.fixes.stacked import retry_candidates, verify_on_stack
 from agent.fixes.verify import Claim, FixSpec, Verifier
@@ -36,6 +37,43 @@ def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
         diff=unified_diff(finding.file, source, fixed),
         files=[finding.file],
     )
+
+
+DEFAULT_RTOL = {
+    FixKind.CORRECTNESS: None,
+    FixKind.PRECISION: BF16_RTOL,
+    FixKind.PERFORMANCE: BF16_RTOL,
+    FixKind.REFACTOR: EXACT_RTOL,
+}
+
+
+def verify_patch(
+    workspace_root: Path,
+    finding: Finding,
+    patch: Patch,
+    kind: FixKind,
+    sandbox: Sandbox | None,
+    *,
+    run_command: list[str] | None = None,
+    steps: int = 20,
+    timing_runs: int = 3,
+    gpu: bool = False,
+    limits: Limits | None = None,
+    config: EngineConfig | None = None,
+) -> Finding:
+    """Verify one patch from elsewhere (an LLM's, origin "llm") as a fix of the declared
+    kind: the same steps as a codemod's, with the kind's default tolerance and, for a
+    correctness fix, the healthy-run symptom check. Returns the finding with `fix` set."""
+    runner = ProbeRunner(sandbox, gpu=gpu, limits=limits) if sandbox is not None else None
+    verifier = Verifier(
+        workspace_root, runner, run_command, steps=steps, timing_runs=timing_runs, config=config
+    )
+    spec = FixSpec(kind=kind, rtol=DEFAULT_RTOL[kind], symptom=healthy_run)
+    checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+    verified = all(c.ok for c in checks)
+    fix = Fix(diff=patch.diff, verified=verified, origin=patch.origin, verification=checks)
+    status = Status.VERIFIED if verified else finding.status
+    return finding.model_copy(update={"fix": fix, "status": status})
 
 
 def propose_and_verify(

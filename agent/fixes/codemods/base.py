@@ -53,12 +53,17 @@ class Codemod:
         The default asks for a healthy run: every recorded loss finite. Codemods whose symptom
         the probes measure directly override this.
         """
-        bad = [v for v in after.losses if v != v or v in (float("inf"), float("-inf"))]
-        if bad:
-            return False, f"{len(bad)} non-finite losses after the fix"
-        if not after.losses:
-            return False, "the fixed run recorded no loss"
-        return True, f"{len(after.losses)} finite losses after the fix"
+        return healthy_run(before, after)
+
+
+def healthy_run(before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+    """The symptom check of last resort: the fixed run recorded losses, all finite."""
+    bad = [v for v in after.losses if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        return False, f"{len(bad)} non-finite losses after the fix"
+    if not after.losses:
+        return False, "the fixed run recorded no loss"
+    return True, f"{len(after.losses)} finite losses after the fix"
 
 
 class _Collector(cst.CSTVisitor):

@@ -1,0 +1,88 @@
+"""The static half of verification (no sandbox): applies, parses, rule cleared, no new finding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.fixes import FixKind, Patch, verify_patch
+from agent.fixes.diffs import unified_diff
+from agent.fixes.verify import NO_RUN
+from agent.models import Evidence, Finding, Severity, Status
+
+SOURCE = """import torch
+from torch import nn
+
+model = nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(3):
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+"""
+FINDING = Finding(
+    id="TD-zg",
+    rule="zero-grad-missing",
+    checkpoint=4,
+    phase=2,
+    severity=Severity.HIGH,
+    title="t",
+    file="train.py",
+    line=6,
+    end_line=6,
+    evidence=[Evidence(source="test", message="m")],
+)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    (tmp_path / "train.py").write_text(SOURCE)
+    return tmp_path
+
+
+def llm_patch(new_source: str) -> Patch:
+    diff = unified_diff("train.py", SOURCE, new_source)
+    return Patch(
+        finding_id="TD-zg", rule="zero-grad-missing", origin="llm", diff=diff, files=["train.py"]
+    )
+
+
+def steps(finding: Finding) -> dict[str, tuple[bool, str]]:
+    assert finding.fix is not None
+    return {v.step: (v.ok, v.detail) for v in finding.fix.verification}
+
+
+def test_a_good_llm_patch_passes_the_static_steps_but_needs_a_run(workspace: Path) -> None:
+    fixed = SOURCE.replace("    loss = ", "    optimizer.zero_grad()\n    loss = ")
+    out = verify_patch(workspace, FINDING, llm_patch(fixed), FixKind.CORRECTNESS, None)
+    assert out.fix is not None and out.fix.origin == "llm" and not out.fix.verified
+    assert out.status is Status.OPEN
+    assert steps(out)["rule-cleared"][0]
+    assert steps(out)["smoke-run"] == (False, NO_RUN)
+    assert (workspace / "train.py").read_text() == SOURCE
+
+
+def test_a_patch_that_does_not_parse_is_rejected(workspace: Path) -> None:
+    broken = SOURCE.replace("for step in range(3):", "for step in range(3)")
+    out = verify_patch(workspace, FINDING, llm_patch(broken), FixKind.CORRECTNESS, None)
+    assert steps(out)["parses"][0] is False
+    assert "smoke-run" not in steps(out)
+
+
+def test_a_patch_that_leaves_the_rule_firing_is_rejected(workspace: Path) -> None:
+    cosmetic = SOURCE.replace("for step in range(3):", "# three steps\nfor step in range(3):")
+    out = verify_patch(workspace, FINDING, llm_patch(cosmetic), FixKind.CORRECTNESS, None)
+    assert steps(out)["rule-cleared"] == (False, "still fires: zero-grad-missing")
+
+
+def test_a_patch_that_adds_a_worse_finding_is_rejected(workspace: Path) -> None:
+    worse = SOURCE.replace(
+        "    loss = model(torch.randn(8, 4)).pow(2).mean()",
+        "    optimizer.zero_grad()\n"
+        "    y = torch.randint(0, 1, (8,))\n"
+        "    loss = nn.functional.cross_entropy(torch.softmax(model(torch.randn(8, 4)), 1), y)",
+    )
+    out = verify_patch(workspace, FINDING, llm_patch(worse), FixKind.CORRECTNESS, None)
+    ok, detail = steps(out)["rule-cleared"]
+    assert not ok and "new findings: double-softmax" in detail
