@@ -44,7 +44,8 @@ class DataAttributeIdiom(Rule):
             return  # `.data.data`: report the outer one only
         reason = ""
         if isinstance(node.ctx, ast.Store):
-            reason = "assigning to .data"
+            if self._tensor_store(ctx, node):
+                reason = "assigning to .data"
         elif (
             isinstance(parent, ast.Attribute)
             and parent.attr.endswith("_")
@@ -59,6 +60,22 @@ class DataAttributeIdiom(Rule):
             reason = "a parameter's .data bypasses autograd"
         if reason:
             ctx.report(self, node, f"{reason}: use torch.no_grad() or .detach() instead")
+
+    def _tensor_store(self, ctx: ModuleContext, node: ast.Attribute) -> bool:
+        """`w.weight.data = ...`, `p.data = ...` in a parameter loop, or `m.data = torch.f(...)`.
+
+        A plain `self.data = ...` is an ordinary attribute of a class, not the tensor idiom.
+        """
+        receiver = node.value
+        if isinstance(receiver, ast.Attribute) and receiver.attr in _PARAMETER_ATTRS:
+            return True
+        if not isinstance(receiver, ast.Name) or receiver.id in ("self", "cls"):
+            return False
+        if self._parameter_loop_var(ctx, node, receiver.id):
+            return True
+        assign = ctx.parents.get(node)
+        value = assign.value if isinstance(assign, ast.Assign) else None
+        return isinstance(value, ast.Call) and (ctx.call_qualname(value) or "").startswith("torch.")
 
     @staticmethod
     def _parameter_loop_var(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
