@@ -15,7 +15,7 @@ import fnmatch
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -89,15 +89,18 @@ def is_manifest(relpath: str) -> bool:
     return any(fnmatch.fnmatch(path.name, p) or fnmatch.fnmatch(tail, p) for p in MANIFEST_PATTERNS)
 
 
-def find_manifests(root: Path) -> dict[str, str]:
-    """Every manifest under `root` (relative POSIX path -> text), skipping virtualenvs/caches."""
+def find_manifests(root: Path, exclude: Sequence[str] = ()) -> dict[str, str]:
+    """Every manifest under `root` (relative POSIX path -> text), skipping virtualenvs, caches
+    and paths matching an `exclude` glob (`[tool.torchdoctor] exclude`, e.g. 'tests/**')."""
     found: dict[str, str] = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
         for name in sorted(files):
             path = Path(folder, name)
             rel = path.relative_to(root).as_posix()
-            if not is_manifest(rel) or path.stat().st_size > MAX_MANIFEST_BYTES:
+            if not is_manifest(rel) or any(fnmatch.fnmatch(rel, glob) for glob in exclude):
+                continue
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
                 continue
             try:
                 found[rel] = path.read_text(encoding="utf-8")

@@ -192,6 +192,14 @@ def test_pip_audit_skipped_packages_are_unknown_never_clean(fake_bin: Path) -> N
     assert len([u for u in result.unknown if "could not be audited" in u]) == 2
 
 
+def test_pip_audit_audits_the_manifests_it_is_given(fake_bin: Path) -> None:
+    replay_pip_audit(fake_bin, {"dependencies": [], "fixes": []}, "")
+    given = {"deps/requirements.txt": "numpy\n"}
+    result = PipAuditAdapter(manifests=given).run(FIXTURES, FILES)
+    assert result.status == "not-run"
+    assert result.unknown == ["numpy (deps/requirements.txt:1): no exact version"]
+
+
 def test_pip_audit_vulnerability_points_at_the_manifest_line(fake_bin: Path) -> None:
     replay_pip_audit(
         fake_bin,

@@ -35,6 +35,11 @@ def test_skips_virtualenvs(tmp_path: Path) -> None:
     assert list(find_manifests(tmp_path)) == ["requirements-dev.txt"]
 
 
+def test_exclude_globs_leave_manifests_out() -> None:
+    found = find_manifests(FIXTURES, exclude=["conda/**", "locked/*", "requirements-*.txt"])
+    assert sorted(found) == ["cfg/setup.cfg", "pyproject.toml", "requirements.txt"]
+
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [

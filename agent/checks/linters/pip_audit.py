@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,9 +43,16 @@ class PipAuditAdapter(SubprocessLinter):
     name: ClassVar[str] = "pip-audit"
     executable: ClassVar[str] = "pip-audit"
 
-    def __init__(self, timeout_s: float = 300.0, offline: bool = False) -> None:
+    def __init__(
+        self,
+        timeout_s: float = 300.0,
+        offline: bool = False,
+        manifests: Mapping[str, str] | None = None,
+    ) -> None:
+        """`manifests` (relative path -> text) as the engine got them; None: find them."""
         super().__init__(timeout_s)
         self.offline = offline
+        self.manifests = manifests
         self._pins: dict[str, Pin] = {}
 
     def command(self, executable: str, files: Sequence[str], scratch: Path) -> list[str]:
@@ -73,9 +80,9 @@ class PipAuditAdapter(SubprocessLinter):
         ]
 
     def run(self, root: Path, files: list[str]) -> LinterResult:
-        """Audits the exact pins of `root`'s manifests; `files` (Python sources) is not used."""
+        """Audits the exact pins of the manifests; `files` (Python sources) is not used."""
         started = time.perf_counter()
-        pins = parse_manifests(find_manifests(root))
+        pins = parse_manifests(find_manifests(root) if self.manifests is None else self.manifests)
         exact = {p.name: p for p in pins if p.exact_version and not p.direct}
         unpinned = sorted(
             {f"{p.name} ({p.file}:{p.line}): no exact version" for p in pins if p.name not in exact}

@@ -7,7 +7,7 @@ becomes a `CoverageNote` for the checklist items it would have covered.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -55,14 +55,18 @@ class LinterRun(BaseModel):
 
 
 def default_adapters(
-    *, mypy: bool = False, offline: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
+    *,
+    mypy: bool = False,
+    offline: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    manifests: Mapping[str, str] | None = None,
 ) -> list[LinterAdapter]:
     adapters: list[LinterAdapter] = [
         TorchFixAdapter(timeout_s),
         RuffAdapter(timeout_s),
         BanditAdapter(timeout_s),
         DetectSecretsAdapter(timeout_s),
-        PipAuditAdapter(timeout_s, offline=offline),
+        PipAuditAdapter(timeout_s, offline=offline, manifests=manifests),
     ]
     if mypy:
         adapters.append(MypyAdapter(timeout_s))
@@ -103,16 +107,18 @@ def run_linters(
     mypy: bool = False,
     offline: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    manifests: Mapping[str, str] | None = None,
 ) -> LinterRun:
     """Run the linters over `files` (POSIX paths relative to `root`) and collect the results.
 
     Without `adapters`, the default set runs (mypy only when `mypy`); `offline` keeps
-    pip-audit from trying the network and says so in its coverage note.
+    pip-audit from trying the network and says so in its coverage note; `manifests` are the
+    dependency manifests pip-audit audits (default: every one found under `root`).
     """
     chosen = (
         list(adapters)
         if adapters is not None
-        else default_adapters(mypy=mypy, offline=offline, timeout_s=timeout_s)
+        else default_adapters(mypy=mypy, offline=offline, timeout_s=timeout_s, manifests=manifests)
     )
     paths = list(files)
     with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
