@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="plain/instrumented alternations")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--sample-every",
@@ -133,15 +134,20 @@ def main() -> None:
     torch.manual_seed(0)
     model, optimizer = build(shape, device)
     step = make_step(model, optimizer, shape, device)
-    plain_a = timed(step, args.steps, args.warmup, device)
-    probed, session = instrumented(step, args.steps, args.warmup, device, args.sample_every)
-    plain_b = timed(step, args.steps, args.warmup, device)
-    plain = plain_a + plain_b
+    plain: list[float] = []
+    probed: list[float] = []
+    for _ in range(args.rounds):  # interleaved, so load drift hits both variants alike
+        plain += timed(step, args.steps, args.warmup, device)
+        times, session = instrumented(step, args.steps, args.warmup, device, args.sample_every)
+        probed += times
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     ratio = statistics.median(probed) / statistics.median(plain)
     mean_ratio = statistics.mean(probed) / statistics.mean(plain)
     print(f"device: {name}; torch {torch.__version__}; shape {shape}")
-    print(f"steps measured: {args.steps} (after {args.warmup} warm-up), plain run twice")
+    print(
+        f"steps measured: {args.rounds} rounds x {args.steps} per variant, interleaved "
+        f"(each after {args.warmup} warm-up steps)"
+    )
     print(
         f"plain        median {statistics.median(plain) * 1e3:8.2f} ms  "
         f"mean {statistics.mean(plain) * 1e3:8.2f} ms"

@@ -4,6 +4,7 @@ export (item 7.1), INT8 dynamic quantization (item 7.2), torch.compile cost/bene
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import statistics
 import tempfile
@@ -92,6 +93,18 @@ def _first_output(out: Any) -> torch.Tensor | None:
     return None
 
 
+def _quantize(reference: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """Dynamic INT8 of the Linear layers: torch.ao where it still exists, else torchao."""
+    quantize_dynamic = getattr(torch.ao.quantization, "quantize_dynamic", None)
+    if quantize_dynamic is not None:
+        quantized = quantize_dynamic(copy.deepcopy(reference), {torch.nn.Linear}, dtype=torch.qint8)
+        return "torch.ao.quantization.quantize_dynamic", quantized
+    torchao: Any = importlib.import_module("torchao.quantization")
+    quantized = copy.deepcopy(reference)
+    torchao.quantize_(quantized, torchao.Int8DynamicActivationInt8WeightConfig())
+    return "torchao.quantization.quantize_(Int8DynamicActivationInt8WeightConfig)", quantized
+
+
 def try_int8(
     model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -102,9 +115,7 @@ def try_int8(
     try:
         reference = _eval_copy(model).cpu().float()
         cpu_args, cpu_kwargs = _to_cpu(args), _to_cpu(kwargs)
-        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            copy.deepcopy(reference), {torch.nn.Linear}, dtype=torch.qint8
-        )
+        method, quantized = _quantize(reference)
         with torch.inference_mode():
             expected = _first_output(reference(*cpu_args, **cpu_kwargs))
             got = _first_output(quantized(*cpu_args, **cpu_kwargs))
@@ -116,7 +127,7 @@ def try_int8(
         scale = expected.float().abs().max().clamp_min(1e-12)
         return {
             "ok": True,
-            "method": "torch.ao.quantization.quantize_dynamic",
+            "method": method,
             "linear_layers": linears,
             "max_abs_diff": float(diff.max()),
             "max_rel_diff": float(diff.max() / scale),

@@ -78,6 +78,8 @@ def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> No
     assert doc.dataflow.calls[0].type == "Sequential"
     assert doc.flops is not None and doc.flops.flops_per_step and doc.flops.flops_per_step > 0
     assert doc.memory.retention is None
+    relu = next(a for a in doc.activations if a.type == "ReLU")
+    assert relu.dead_fraction is not None and 0 <= relu.dead_fraction < 0.7
     assert len({scan.nodes for scan in doc.memory.graph_scans if scan.step >= 1}) == 1
     # seeded twice in fresh processes: the same losses, bit for bit
     assert doc.determinism is not None and doc.determinism.deterministic

@@ -267,3 +267,23 @@ def test_dtype_mixing_is_a_finding_for_item_1_5() -> None:
     assert [f.rule for f in analysis.findings] == ["probe-dtype-mixing"]
     assert analysis.coverage["1.5"].verdict == "fail"
     assert analysis.coverage["1.3"].verdict == "pass"
+
+
+def test_offline_reasoner_turns_probe_evidence_into_findings_and_verdicts() -> None:
+    from agent.reasoning.base import PointRequest
+    from agent.reasoning.offline import OfflineReasoner
+
+    doc = document(
+        syncs={
+            "per_step": 1.0,
+            "calls": [{"file": "train.py", "line": 5, "kind": "item", "count": 4}],
+        }
+    )
+    analysis = probe_findings(doc, "src/train.py")
+    evidence = [ev for point, ev in analysis.by_point() if point == 6]
+    result = OfflineReasoner().reason(PointRequest(point=6, evidence=evidence))
+    assert [(f.rule, f.file, f.line, f.checkpoint) for f in result.findings] == [
+        ("probe-host-sync", "src/train.py", 5, 6)
+    ]
+    verdicts = {c.item: c.verdict for c in result.coverage}
+    assert verdicts["6.1"] == "fail"
