@@ -7,11 +7,12 @@ is returned with a visible truncation marker, so nobody mistakes a cut log for a
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import IO
 
-from sandbox.models import TRUNCATION_MARKER
+TRUNCATION_MARKER = "\n[torchdoctor-sandbox: output truncated, {dropped} more bytes discarded]\n"
 
 CHUNK = 65536
 
@@ -53,13 +54,9 @@ class CappedStream:
             self._chunks.append(data[:granted])
         self.dropped += len(data) - granted
 
-    def feed_all(self, chunks: Iterable[bytes]) -> None:
-        for chunk in chunks:
-            self.feed(chunk)
-
-    def drain(self, pipe: BinaryIO) -> None:
+    def drain(self, pipe: IO[bytes]) -> None:
         """Read `pipe` to its end; keeps reading after overflow so the writer never blocks."""
-        while chunk := pipe.read1(CHUNK) if hasattr(pipe, "read1") else pipe.read(CHUNK):
+        while chunk := os.read(pipe.fileno(), CHUNK):
             self.feed(chunk)
 
     @property

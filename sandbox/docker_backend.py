@@ -32,7 +32,7 @@ from sandbox.collect import collect_files
 from sandbox.environment import job_environment
 from sandbox.mechanisms import NAMESPACES, gpu_device_nodes
 from sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
-from sandbox.outcome import Stop, classify, error_result
+from sandbox.outcome import Stop, classify
 from sandbox.workspace import hand_over, remove_workspace, stage_workspace, tree_bytes
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class DockerSandbox:
         try:
             container = self._create(job, workspace, gpu, ulimits)
         except docker.errors.APIError as exc:
-            return error_result(
+            return RunResult.sandbox_error(
                 f"the engine refused the job: {exc.explanation or exc}",
                 self._describe(gpu=gpu, rlimits={}),
             )
@@ -115,7 +115,7 @@ class DockerSandbox:
             except docker.errors.APIError as exc:
                 attached.close()
                 reason = f"the engine could not start the job: {exc.explanation or exc}"
-                return error_result(reason, self._describe(gpu=gpu, rlimits={}))
+                return RunResult.sandbox_error(reason, self._describe(gpu=gpu, rlimits={}))
             self._wait(container, workspace, limits, started, budget, kill)
             wall = time.monotonic() - started
             reader.join(timeout=5)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from sandbox.models import Isolation
-
 LAUNCHER = Path(__file__).with_name("launch.py")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_ENTRIES = (
@@ -184,37 +182,3 @@ def _ancestors(paths: list[str]) -> list[str]:
             if parent not in ("/", "/tmp", "/dev", "/proc", "/etc") and not under_system:
                 found.add(parent)
     return sorted(found)
-
-
-def describe(mechanism: Mechanism, *, job_user: str | None, gpu: bool) -> Isolation:
-    """The isolation a job gets; `job_user` is None when it runs as the service's own user."""
-    warnings: list[str] = []
-    namespaced = mechanism is not Mechanism.RLIMITS
-    if not namespaced:
-        warnings.append(
-            "DEGRADED ISOLATION: no Linux namespaces are available; the job shares the host's "
-            "network, process table and filesystem and is held only by rlimits"
-            + (" and its own uid" if job_user is not None else "")
-        )
-    if job_user is None:
-        warnings.append(
-            "the job runs as the service's own user: it can read what the service can read "
-            "and process limits are not per job"
-        )
-    filesystem = {
-        Mechanism.BWRAP: "read-only system and interpreter; writable: workspace, private /tmp",
-        Mechanism.UNSHARE: "host visible (writes held by permissions), /root and /home hidden; "
-        "writable: workspace, private tmpfs /tmp /var/tmp /dev/shm",
-        Mechanism.RLIMITS: "host filesystem; writable wherever the job's user may write",
-    }[mechanism]
-    return Isolation(
-        backend="local",
-        mechanism=mechanism.value,
-        namespaces=list(NAMESPACES) if namespaced else [],
-        user=job_user or "the service's own user",
-        network="none" if namespaced else "host",
-        filesystem=filesystem,
-        gpu=gpu,
-        degraded=bool(warnings),
-        warnings=warnings,
-    )

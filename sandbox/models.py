@@ -8,13 +8,13 @@ report can say how much a smoke run or a fix verification can be trusted.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sandbox.outcome import Outcome as Outcome
+
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|COOKIE|SESSION", re.IGNORECASE)
-TRUNCATION_MARKER = "\n[torchdoctor-sandbox: output truncated, {dropped} more bytes discarded]\n"
 
 
 class Strict(BaseModel):
@@ -68,16 +68,6 @@ class Job(Strict):
         return patterns
 
 
-class Outcome(StrEnum):
-    OK = "ok"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    MEMORY_LIMIT = "memory-limit"
-    OUTPUT_LIMIT = "output-limit"
-    KILLED = "killed"
-    SANDBOX_ERROR = "sandbox-error"
-
-
 class Isolation(Strict):
     """What actually confined a job, as found by probing the host, not as configured."""
 
@@ -108,9 +98,8 @@ class CollectedFile(Strict):
 
 class ResourceUsage(Strict):
     wall_s: float
-    user_cpu_s: float | None = None
-    system_cpu_s: float | None = None
-    peak_memory_mb: float | None = None
+    cpu_s: float | None = Field(None, description="user + system CPU of all the job's processes")
+    peak_memory_mb: float | None = Field(None, description="peak resident memory of the job")
 
 
 class RunResult(Strict):
@@ -128,3 +117,13 @@ class RunResult(Strict):
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
+
+    @classmethod
+    def sandbox_error(cls, reason: str, isolation: Isolation) -> RunResult:
+        """The result of a job the sandbox could not start (the job itself never ran)."""
+        return cls(
+            outcome=Outcome.SANDBOX_ERROR,
+            reason=reason,
+            usage=ResourceUsage(wall_s=0.0),
+            isolation=isolation,
+        )

@@ -12,7 +12,6 @@ import signal
 from enum import StrEnum
 
 from sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
-from sandbox.models import Isolation, Outcome, ResourceUsage, RunResult
 
 MEMORY_ERROR_SIGNS = (
     "MemoryError",
@@ -20,6 +19,16 @@ MEMORY_ERROR_SIGNS = (
     "std::bad_alloc",
     "DefaultCPUAllocator: can't allocate memory",
 )
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory-limit"
+    OUTPUT_LIMIT = "output-limit"
+    KILLED = "killed"
+    SANDBOX_ERROR = "sandbox-error"
 
 
 class Stop(StrEnum):
@@ -75,13 +84,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-def error_result(reason: str, isolation: Isolation) -> RunResult:
-    """The result of a job the sandbox could not start (the job itself never ran)."""
-    return RunResult(
-        outcome=Outcome.SANDBOX_ERROR,
-        reason=reason,
-        usage=ResourceUsage(wall_s=0.0),
-        isolation=isolation,
-    )

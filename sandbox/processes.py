@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ def resident_mb(pids: list[int]) -> float:
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
     return total * PAGE_SIZE / 2**20
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of `pids` (vanished processes are left out)."""
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            found[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return found
 
 
 def kill_as_uid(uid: int) -> None:

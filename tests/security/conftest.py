@@ -22,7 +22,7 @@ from sandbox.private_engine import (
 from sandbox.protocol import Sandbox
 from tests.security.attack_harness import Arena
 
-BACKENDS = ["local-bwrap", "local-unshare", "docker"]
+BACKENDS = ["local-bwrap", "local-unshare", pytest.param("docker", marks=pytest.mark.docker)]
 
 
 @pytest.fixture(scope="session")

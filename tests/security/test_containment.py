@@ -14,8 +14,6 @@ from sandbox.protocol import Sandbox
 from sandbox.workspace import WorkspaceError, stage_workspace
 from tests.security.attack_harness import ATTACK_LIMITS, ATTACKS, Arena, Attack
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
 def test_attack_is_contained(attack: Attack, backend: tuple[str, Sandbox], arena: Arena) -> None:
