@@ -51,7 +51,7 @@ class FixSpec:
             kind=codemod.kind,
             rtol=codemod.rtol,
             symptom=codemod.symptom_gone,
-            unseeded_repeat=codemod.rule == "no-torch-seed",
+            unseeded_repeat=codemod.reproducibility,
         )
 
 

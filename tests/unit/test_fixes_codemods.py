@@ -13,7 +13,7 @@ from agent.checks.base import EngineConfig
 from agent.checks.engine import analyse_files
 from agent.checks.registry import rules_by_id
 from agent.fixes.codemods import all_codemods, codemod_for
-from agent.fixes.models import FixKind, FixTarget
+from agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "fixes"
 RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())
@@ -212,3 +212,23 @@ def test_validation_with_grad_decorates_an_evaluation_function() -> None:
     assert codemod.transform(source, target) == source.replace(
         "def evaluate", "@torch.no_grad()\ndef evaluate"
     )
+
+
+def test_seeding_fixes_are_judged_by_two_unseeded_runs() -> None:
+    codemod = codemod_for("no-torch-seed")
+    assert codemod is not None and codemod.reproducibility
+    base = SmokeRun(ok=True, losses=[1.0, 0.5])
+    same = SmokeRun(ok=True, losses=[1.0, 0.5], signals={"repeat_losses": [1.0, 0.5]})
+    differ = SmokeRun(ok=True, losses=[1.0, 0.5], signals={"repeat_losses": [1.0, 0.6]})
+    assert codemod.symptom_gone(base, same)[0]
+    assert not codemod.symptom_gone(base, differ)[0]
+    assert not codemod.symptom_gone(base, base)[0]
+
+
+def test_zero_grad_symptom_is_the_gradient_norm_no_longer_accumulating() -> None:
+    codemod = codemod_for("zero-grad-missing")
+    assert codemod is not None
+    grown = SmokeRun(ok=True, losses=[1.0], signals={"grad_norms": [1.0, 2.0, 3.0]})
+    cleared = SmokeRun(ok=True, losses=[1.0], signals={"grad_norms": [1.0, 1.1, 0.9]})
+    assert codemod.symptom_gone(grown, cleared)[0]
+    assert not codemod.symptom_gone(cleared, grown)[0]

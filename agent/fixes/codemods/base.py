@@ -31,6 +31,8 @@ class Codemod:
     summary: ClassVar[str]
     rtol: ClassVar[float | None] = None
     """Allowed relative deviation of the seeded loss trajectory; None: not compared."""
+    reproducibility: ClassVar[bool] = False
+    """Judged by two runs without the harness's seed: only the script's seeding can match."""
 
     def transform(self, source: str, target: FixTarget) -> str | None:
         """The fixed source, or None when the fix does not apply (or is already there)."""
@@ -50,10 +52,23 @@ class Codemod:
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """For correctness fixes: did the defect's observable symptom disappear?
 
-        The default asks for a healthy run: every recorded loss finite. Codemods whose symptom
+        The default asks for a healthy run (every recorded loss finite), or, for a
+        reproducibility fix, two unseeded runs with identical losses. Codemods whose symptom
         the probes measure directly override this.
         """
+        if self.reproducibility:
+            return repeatable(after)
         return healthy_run(before, after)
+
+
+def repeatable(after: SmokeRun) -> tuple[bool, str]:
+    """Two runs of the fixed script without the harness's seed recorded the same losses."""
+    repeat = after.signals.get("repeat_losses")
+    if not isinstance(repeat, list) or not repeat:
+        return False, "no repeated run to compare"
+    if repeat != after.losses:
+        return False, "two unseeded runs of the fixed script still differ"
+    return True, f"two unseeded runs of the fixed script give the same {len(repeat)} losses"
 
 
 def healthy_run(before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
