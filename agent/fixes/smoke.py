@@ -23,6 +23,7 @@ EVIDENCE_FILE = ".torchdoctor-probe.json"
 _OK_OUTCOMES = {"completed-steps", "script-finished"}
 _PYTHON_FLAGS = {"-u", "-B", "-O", "-OO"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HARNESS_MARGIN_S = 30.0
 
 
 class ProbeRunner:
@@ -46,7 +47,9 @@ class ProbeRunner:
     ) -> SmokeRun:
         script, args = split_command(run_command)
         command = [self.python, "-m", "sandbox.probes", script, "--steps", str(steps)]
-        command += ["--out", EVIDENCE_FILE, "--no-flops"]
+        # the harness stops itself before the sandbox kills it, so the evidence gets written
+        budget = max(10.0, self.limits.wall_s - HARNESS_MARGIN_S)
+        command += ["--out", EVIDENCE_FILE, "--no-flops", "--time-budget", f"{budget:g}"]
         if seed is not None:
             command += ["--seed", str(seed)]
         command += ["--", *args]
