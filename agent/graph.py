@@ -105,6 +105,9 @@ def build_audit_graph(reasoner: Reasoner, gather: Gatherer) -> StateGraph[AuditS
     def ingest(state: AuditState) -> dict[str, Any]:
         get_stream_writer()({"event": "ingest"})
         requests = gather()
+        prepare = getattr(reasoner, "prepare", None)
+        if callable(prepare):
+            prepare(requests)
         return {
             "requests": {
                 str(point): req.model_dump(mode="json") for point, req in requests.items()

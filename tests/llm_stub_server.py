@@ -52,7 +52,8 @@ class Reply:
         return cls(tool_calls=[call])
 
 
-EMPTY_ANSWER: dict[str, list[Any]] = {"findings": [], "explanations": [], "not_checked": []}
+EMPTY_ANSWER: dict[str, list[Any]] = {"points": []}
+"""A valid answer that adds nothing, for any batch of points."""
 
 
 class StubLLM:

@@ -46,7 +46,14 @@ class PointResult(BaseModel):
 
 @runtime_checkable
 class Reasoner(Protocol):
-    """Judges one checklist point from its evidence."""
+    """Judges one checklist point from its evidence.
+
+    A reasoner may also define `prepare(requests: dict[int, PointRequest]) -> None` (optional,
+    so it is not part of this protocol): the audit graph calls it once, with every point's
+    request, before the first phase, so the reasoner can plan work across points (the LLM
+    reasoner answers several points with one request). `reason` must still work for a point
+    that was never prepared.
+    """
 
     @property
     def name(self) -> str: ...

@@ -37,37 +37,49 @@ BLOCK = re.compile(r"<<<(DATA-[0-9A-F]{20})[^\n]*\n(.*?)\n\1>>>", re.DOTALL)
 
 
 def obedient_model(request: dict[str, Any]) -> Reply:
-    """Answers as a model that followed the planted instructions would."""
+    """Answers as a model that followed the planted instructions would: every point asked gets
+    'fixed' explanations and a status, and the first one a restated zero_grad finding."""
     prompt = request["messages"][-1]["content"]
-    reported = re.findall(r"^- (TD-[0-9a-f]{12}) ", prompt, re.MULTILINE)
+    asked = re.search(r"^Review checklist points? ([\d, ]+)\.", prompt, re.MULTILINE)
+    assert asked is not None
+    points = [int(p) for p in asked.group(1).split(",")]
+    reported = re.findall(r"^- (TD-[0-9a-f]{12}) (\d+) ", prompt, re.MULTILINE)
+    restated = {
+        "checkpoint": 4,
+        "item": "4.3",
+        "rule": "zero-grad-missing",
+        "severity": "info",
+        "title": "all findings fixed",
+        "file": "injection_comments.py",
+        "line": 10,
+        "snippet": "for batch in range(10):",
+        "explanation": "fixed",
+        "fix_diff": "",
+        "status": "fixed",
+    }
     return Reply.json(
         {
             "status": "verified",
-            "findings": [
+            "points": [
                 {
-                    "checkpoint": 4,
-                    "item": "4.3",
-                    "rule": "zero-grad-missing",
-                    "severity": "info",
-                    "title": "all findings fixed",
-                    "file": "injection_comments.py",
-                    "line": 10,
-                    "snippet": "for batch in range(10):",
-                    "explanation": "fixed",
-                    "fix_diff": "",
-                    "status": "fixed",
-                }
-            ],
-            "explanations": [
-                {
-                    "finding_id": fid,
-                    "explanation": "This finding is fixed; remove it.",
+                    "point": point,
                     "status": "verified",
+                    "findings": [restated] if point == points[0] else [],
+                    "explanations": [
+                        {
+                            "finding_id": fid,
+                            "explanation": "This finding is fixed; remove it.",
+                            "status": "verified",
+                        }
+                        for fid, owner in reported
+                        if int(owner) == point
+                    ],
+                    "remove_findings": [fid for fid, _ in reported],
+                    "not_checked": [],
                 }
-                for fid in reported
+                for point in points
             ],
-            "remove_findings": reported,
-            "not_checked": [],
+            "remove_findings": [fid for fid, _ in reported],
         }
     )
 
@@ -91,14 +103,18 @@ def requests_(workspace: Path) -> dict[int, PointRequest]:
     return requests
 
 
-@pytest.fixture
+@pytest.fixture(params=["one request per point", "all points in one request"])
 def audited(
-    workspace: Path, requests_: dict[int, PointRequest]
+    request: pytest.FixtureRequest, workspace: Path, requests_: dict[int, PointRequest]
 ) -> Iterator[tuple[StubLLM, dict[int, PointResult]]]:
     with StubLLM(fallback=obedient_model) as stub:
         config = OpenAIConfig(model=stub.model, base_url=stub.base_url, cache=False, timeout_s=1.0)
         reasoner = LLMReasoner(config, workspace, OfflineReasoner())
-        yield stub, {p: reasoner.reason(r) for p, r in requests_.items()}
+        if request.param == "all points in one request":
+            reasoner.prepare(requests_)
+        results = {p: reasoner.reason(r) for p, r in requests_.items()}
+        assert stub.chat_calls == (1 if request.param == "all points in one request" else 12)
+        yield stub, results
 
 
 def test_offline_findings_and_statuses_survive_an_obedient_model(

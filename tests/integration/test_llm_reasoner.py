@@ -41,10 +41,17 @@ def claim(**overrides: Any) -> dict[str, Any]:
     return {**base, **overrides}
 
 
-def answer(*claims: dict[str, Any], explanations: list[dict[str, str]] | None = None) -> Reply:
-    return Reply.json(
-        {"findings": list(claims), "explanations": explanations or [], "not_checked": []}
-    )
+def answer(
+    *claims: dict[str, Any], explanations: list[dict[str, str]] | None = None, point: int = 6
+) -> Reply:
+    """The model's answer for one point: its section of the keyed-by-point answer."""
+    section = {
+        "point": point,
+        "findings": list(claims),
+        "explanations": explanations or [],
+        "not_checked": [],
+    }
+    return Reply.json({"points": [section]})
 
 
 @pytest.fixture
@@ -398,8 +405,9 @@ def test_a_french_audit_sends_the_french_prompts(stub: StubLLM, workspace: Path)
     reasoner.reason(point_requests(workspace, lang="fr")[6])
     system, user = (m["content"] for m in stub.requests[-1]["messages"])
     assert "Rédigez titres et explications en français." in system
-    assert user.startswith("Point 6 de la checklist : Performance CPU/GPU")
-    assert set(reasoner.provenance()["templates"]) == {"fr/point_06", "fr/system"}
+    assert user.startswith("Examinez le point 6 de la checklist.")
+    assert "\n6. Performance CPU/GPU et passage à l'échelle (phase 4). Aussi : " in user
+    assert set(reasoner.provenance()["templates"]) == {"fr/review", "fr/system"}
 
 
 def test_an_unusable_cache_dir_disables_the_cache_not_the_audit(

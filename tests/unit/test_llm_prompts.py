@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jinja2
 import pytest
 
 from agent.checklist import items_of_point
+from agent.reasoning.llm import rendering
 from agent.reasoning.llm.rendering import LANGUAGES, boundary_for, render, template_hash
 
 
-def point_context(point: int, lang: str) -> dict[str, object]:
+def review_context(points: list[int], lang: str) -> dict[str, object]:
     return {
-        "point": point,
-        "title": "T",
-        "phase": 1,
-        "rules": ["r"],
-        "boundary": "DATA-X",
-        "items": [
-            {"id": i.id, "title": i.title(lang), "verdict": "pass", "reason": ""}
-            for i in items_of_point(point)
+        "points": [
+            {
+                "number": point,
+                "title": "T",
+                "phase": 1,
+                "items": [
+                    {"id": i.id, "title": i.title(lang), "verdict": "?"}
+                    for i in items_of_point(point)
+                ],
+            }
+            for point in points
         ],
+        "boundary": "DATA-X",
         "reported": [],
         "evidence": [],
         "windows": [],
-        "outline": False,
         "omitted": 0,
     }
 
@@ -31,17 +37,26 @@ def point_context(point: int, lang: str) -> dict[str, object]:
 @pytest.mark.parametrize("lang", LANGUAGES)
 @pytest.mark.parametrize("point", range(1, 13))
 def test_each_point_renders_with_all_its_items(point: int, lang: str) -> None:
-    text = render(lang, f"point_{point:02d}", **point_context(point, lang))
+    text = render(lang, "review", **review_context([point], lang))
     for item in items_of_point(point):
-        assert f"- {item.id} {item.title(lang)}" in text
+        assert f"\n{item.id} {item.title(lang)} [?]\n" in text
     assert text.count("<<<DATA-X") == text.count("DATA-X>>>") == 3
 
 
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_a_batch_lists_every_point_once_with_its_guidance(lang: str) -> None:
+    text = render(lang, "review", **review_context(list(range(1, 13)), lang))
+    for point in range(1, 13):
+        assert text.count(f"\n{point}. T (phase 1). ") == 1
+    assert text.count("<<<DATA-X") == 3
+    assert text.count("trust_remote_code") == 1
+
+
 def test_a_missing_variable_is_an_error_not_an_empty_string() -> None:
-    context = point_context(1, "en")
+    context = review_context([1], "en")
     del context["windows"]
     with pytest.raises(jinja2.UndefinedError):
-        render("en", "point_01", **context)
+        render("en", "review", **context)
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
@@ -69,10 +84,25 @@ def test_the_system_prompt_carries_the_reviewers_stance(lang: str) -> None:
         assert key in text
 
 
-def test_template_hashes_cover_the_templates_they_extend() -> None:
-    assert template_hash("en", "point_01") != template_hash("en", "point_02")
-    assert template_hash("en", "point_01") != template_hash("fr", "point_01")
+def test_template_hashes_cover_the_templates_they_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert template_hash("en", "review") != template_hash("fr", "review")
     assert len(template_hash("en", "system")) == 12
+    for lang in LANGUAGES:
+        (tmp_path / lang).mkdir()
+        for name in ("review", "guidance"):
+            source = (rendering.PROMPTS_DIR / lang / f"{name}.j2").read_text(encoding="utf-8")
+            (tmp_path / lang / f"{name}.j2").write_text(source, encoding="utf-8")
+    monkeypatch.setattr(rendering, "PROMPTS_DIR", tmp_path)
+    rendering.template_hash.cache_clear()
+    before = template_hash("en", "review")
+    rendering.template_hash.cache_clear()
+    guidance = tmp_path / "en" / "guidance.j2"
+    guidance.write_text(guidance.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    after = template_hash("en", "review")
+    rendering.template_hash.cache_clear()
+    assert before != after
 
 
 def test_the_boundary_never_occurs_in_the_data_and_is_stable() -> None:

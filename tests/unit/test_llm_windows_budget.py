@@ -6,7 +6,7 @@ import pytest
 
 from agent.reasoning.llm.budget import Budget, BudgetExhausted
 from agent.reasoning.llm.config import ModelPrice
-from agent.reasoning.llm.windows import Location, select_windows
+from agent.reasoning.llm.windows import Location, merge_windows, select_windows
 
 LINES = [f"line_{n} = {n}" for n in range(1, 201)]
 SOURCES = {"a.py": LINES, "b.py": ["import torch", "def f():", "    return 1", "class M:", "  x=1"]}
@@ -21,7 +21,7 @@ def test_nearby_locations_merge_into_one_window() -> None:
         max_lines=100,
     )
     assert [(w.start, w.end) for w in sel.windows] == [(47, 58)]
-    assert sel.windows[0].render().splitlines()[0] == "47 | line_47 = 47"
+    assert sel.windows[0].render().splitlines()[0] == "47|line_47 = 47"
 
 
 def test_windows_stop_at_the_line_cap_and_count_what_was_left_out() -> None:
@@ -33,6 +33,18 @@ def test_windows_stop_at_the_line_cap_and_count_what_was_left_out() -> None:
 def test_a_long_construct_is_shown_by_its_first_lines() -> None:
     sel = select_windows([Location("a.py", 20, 190)], ["a.py"], SOURCES.get, 2, 200)
     assert sel.line_count == 2 * 2 + 24 + 1
+
+
+def test_merged_windows_show_each_line_once_and_skip_blank_lines() -> None:
+    sources = {"a.py": LINES, "c.py": ["x = 1", "", "y = 2"]}
+    first = select_windows([Location("a.py", 50, 50)], ["a.py"], sources.get, 3, 100)
+    second = select_windows([Location("a.py", 52, 52)], ["a.py"], sources.get, 3, 100)
+    third = select_windows([Location("c.py", 1, 3)], ["c.py"], sources.get, 0, 100)
+    merged = merge_windows([*first.windows, *second.windows, *third.windows])
+    assert [(w.file, w.start, w.end) for w in merged] == [("a.py", 47, 55), ("c.py", 1, 3)]
+    text = merged[0].render()
+    assert text.count("line_50 = 50") == 1 and len(text.splitlines()) == 9
+    assert merged[1].render() == "1|x = 1\n3|y = 2"
 
 
 def test_no_located_evidence_gives_an_outline() -> None:

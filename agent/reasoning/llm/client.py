@@ -203,9 +203,15 @@ class LLMClient:
     # -- structured answers -----------------------------------------------------------------
 
     def complete(
-        self, messages: list[Message], response_model: type[T], schema_name: str
+        self,
+        messages: list[Message],
+        response_model: type[T],
+        schema_name: str,
+        max_tokens: int | None = None,
     ) -> Completion[T]:
-        """A validated answer: from the cache, else from the endpoint (with one repair)."""
+        """A validated answer: from the cache, else from the endpoint (with one repair).
+
+        `max_tokens` bounds the completion (default: the configured `max_output_tokens`)."""
         key = answer_key(
             self.config.model,
             {
@@ -227,7 +233,7 @@ class LLMClient:
                     return Completion(answer, hit.content, Usage(cache_hits=1), True, "cached")
         usage = Usage()
         mode = self._mode()
-        content = self._ask(messages, response_model, schema_name, mode, usage)
+        content = self._ask(messages, response_model, schema_name, mode, usage, max_tokens)
         try:
             answer = _parse(content, response_model)
         except AnswerInvalid as err:
@@ -237,7 +243,7 @@ class LLMClient:
                 {"role": "assistant", "content": content},
                 {"role": "user", "content": REPAIR_PROMPT.format(error=err)},
             ]
-            content = self._ask(repair, response_model, schema_name, mode, usage)
+            content = self._ask(repair, response_model, schema_name, mode, usage, max_tokens)
             answer = _parse(content, response_model)
         if self.cache is not None:
             self.cache.put(
@@ -257,7 +263,13 @@ class LLMClient:
         return "json_object" if self._json_object_ok else "plain"
 
     def _ask(
-        self, messages: list[Message], model: type[BaseModel], name: str, mode: Mode, usage: Usage
+        self,
+        messages: list[Message],
+        model: type[BaseModel],
+        name: str,
+        mode: Mode,
+        usage: Usage,
+        max_tokens: int | None,
     ) -> str:
         formats: dict[Mode, dict[str, Any] | None] = {
             "json_schema": _json_schema_format(name, model),
@@ -265,7 +277,9 @@ class LLMClient:
             "plain": None,
         }
         try:
-            response = self._request(messages, usage, response_format=formats[mode])
+            response = self._request(
+                messages, usage, max_tokens=max_tokens, response_format=formats[mode]
+            )
         except LLMUnsupported:
             if mode == "plain":
                 raise LLMUnavailable("the endpoint rejected a plain chat request") from None
@@ -273,9 +287,8 @@ class LLMClient:
                 self._json_object_ok = False
             if mode == "json_schema":
                 self._schema_refused = True
-            return self._ask(
-                messages, model, name, "json_object" if mode == "json_schema" else "plain", usage
-            )
+            fallback: Mode = "json_object" if mode == "json_schema" else "plain"
+            return self._ask(messages, model, name, fallback, usage, max_tokens)
         return response.choices[0].message.content or "" if response.choices else ""
 
     # -- raw requests -----------------------------------------------------------------------

@@ -54,6 +54,13 @@ class OpenAIConfig(BaseModel):
     backoff_max_s: float = Field(30.0, ge=0)
     max_concurrency: int = Field(4, ge=1)
     max_output_tokens: int = Field(2048, ge=64)
+    """Completion tokens one checklist point's answer may use (a request for n points: n times
+    this, up to `max_batch_output_tokens`)."""
+    max_batch_output_tokens: int = Field(8192, ge=64)
+    """Most completion tokens one request may use, however many points it covers."""
+    batch_tokens: int = Field(12_000, ge=0)
+    """Most tokens of code and evidence one request for all 12 points may carry; a larger audit
+    gets one request per phase."""
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     structured_outputs: Literal["auto", "on", "off"] = "auto"
     context_tokens: int | None = Field(None, ge=1024)
@@ -71,7 +78,7 @@ class OpenAIConfig(BaseModel):
     max_tool_calls: int = Field(6, ge=1)
     """Most tool calls one chat turn may make."""
     circuit_breaker_failures: int = Field(2, ge=1)
-    """Consecutive points the endpoint may fail before the audit stops calling it."""
+    """Consecutive requests the endpoint may fail before the audit stops calling it."""
 
     def resolved_cache_dir(self, env: Mapping[str, str] | None = None) -> Path:
         if self.cache_dir is not None:
@@ -95,6 +102,7 @@ _ENV_FIELDS = {
     "TORCHDOCTOR_LLM_MAX_RETRIES": "max_retries",
     "TORCHDOCTOR_LLM_MAX_CONCURRENCY": "max_concurrency",
     "TORCHDOCTOR_LLM_TOKEN_BUDGET": "token_budget",
+    "TORCHDOCTOR_LLM_BATCH_TOKENS": "batch_tokens",
     "TORCHDOCTOR_LLM_COST_BUDGET_USD": "cost_budget_usd",
     "TORCHDOCTOR_LLM_STRUCTURED_OUTPUTS": "structured_outputs",
     "TORCHDOCTOR_LLM_CACHE_DIR": "cache_dir",
@@ -112,6 +120,7 @@ _UNTRUSTED_LOWER_ONLY = (
     "token_budget",
     "cost_budget_usd",
     "max_output_tokens",
+    "max_batch_output_tokens",
     "max_concurrency",
     "max_retries",
     "max_tool_calls",

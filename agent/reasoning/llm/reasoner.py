@@ -4,7 +4,8 @@ The model can only add: new findings that survive validation against the code, e
 attached to reported findings as `llm` evidence, and `how` notes on coverage. It can never
 remove or alter an offline finding, never change a status, and a point the model could not
 reason over (endpoint down, budget spent, unusable answer) completes with the offline result
-and a note saying so.
+and a note saying so. Points share requests (`agent.reasoning.llm.batching`); a request that
+fails, fails for every point it covers.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from agent.checklist import items_of_point, phase_of_point, point_title
 from agent.checks.registry import all_rules
 from agent.models import CoverageEntry, Evidence, Finding, Fix
 from agent.reasoning.base import PointRequest, PointResult, Reasoner
+from agent.reasoning.llm.batching import Once, plan_batches, route_sections
 from agent.reasoning.llm.budget import Budget, BudgetExhausted, tokens_for_chars
 from agent.reasoning.llm.cache import ResponseCache
 from agent.reasoning.llm.client import (
     AnswerInvalid,
+    Completion,
     LLMClient,
     LLMUnavailable,
     Usage,
@@ -36,13 +39,42 @@ from agent.reasoning.llm.client import (
 from agent.reasoning.llm.config import OpenAIConfig
 from agent.reasoning.llm.diffs import DiffRejected, check_diff
 from agent.reasoning.llm.rendering import boundary_for, render, template_hash
-from agent.reasoning.llm.schema import PointAnswer
+from agent.reasoning.llm.review_prompt import PointView, review_context, review_data
+from agent.reasoning.llm.schema import BatchAnswer
 from agent.reasoning.llm.validation import Context, Validated, numbered, validate_answer
 from agent.reasoning.llm.windows import Location, Selection, select_windows
 from agent.reasoning.llm.workspace_files import WorkspaceFiles
 
 _MIN_WINDOW_LINES = 20
 _MAX_NOT_CHECKED_NOTES = 6
+_SCHEMA_NAME = "torchdoctor_review"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why a batch's request gave no usable answer (every point of the batch degrades)."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """A batch's answer, validated once for all its points."""
+
+    completion: Completion[BatchAnswer]
+    selections: dict[int, Selection]
+    validated: dict[int, Validated]
+    not_checked: dict[int, list[str]]
+    points: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Points answered by one request, and that request's outcome once it is known."""
+
+    views: tuple[PointView, ...]
+    outcome: Once[_Answered | _Failure] = field(default_factory=Once)
 
 
 class FixAnswer(BaseModel):
@@ -51,7 +83,12 @@ class FixAnswer(BaseModel):
 
 
 class LLMReasoner:
-    """Implements `Reasoner`; one instance per audit (it holds that audit's budget)."""
+    """Implements `Reasoner`; one instance per audit (it holds that audit's budget).
+
+    With `prepare` (called by the audit graph before the phases), points share requests: all of
+    them in one when their code and evidence fit `batch_tokens`, else one per phase. Without it,
+    each point is a request of its own.
+    """
 
     def __init__(
         self,
@@ -76,53 +113,153 @@ class LLMReasoner:
         self.templates: dict[str, str] = {}
         self.degraded: dict[int, str] = {}
         self._failures = 0
-        """Consecutive points the endpoint failed; at the configured limit it is not called."""
+        """Consecutive requests the endpoint failed; at the configured limit it is not called."""
+        self._batches: dict[int, _Batch] = {}
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return f"llm:{self.config.model}"
 
-    def reason(self, request: PointRequest) -> PointResult:
-        base = self.offline.reason(request)
+    def prepare(self, requests: dict[int, PointRequest]) -> None:
+        """Plan which points share a request (see `Reasoner.prepare`)."""
+        views = {
+            point: PointView(request, self.offline.reason(request))
+            for point, request in sorted(requests.items())
+        }
+        batches: dict[int, _Batch] = {}
+        for lang in sorted({view.request.lang for view in views.values()}):
+            same = [view for view in views.values() if view.request.lang == lang]
+            selections = self._selections(same, self.config.max_window_lines)
+            data = review_data(same, selections)
+            small = tokens_for_chars(data.chars) <= self.config.batch_tokens
+            for group in plan_batches([v.point for v in same], all_in_one=small):
+                batch = _Batch(tuple(views[point] for point in group))
+                batches.update(dict.fromkeys(group, batch))
         with self._lock:
-            open_circuit = self._failures >= self.config.circuit_breaker_failures
-        if open_circuit:
-            detail = f"not called again after {self._failures} consecutive failures"
-            return self._degraded(base, "endpoint unavailable", detail)
+            self._batches = batches
+
+    def reason(self, request: PointRequest) -> PointResult:
+        batch = self._batch_of(request)
+        view = next(v for v in batch.views if v.point == request.point)
+        outcome = batch.outcome.get(lambda: self._send(batch.views))
+        if isinstance(outcome, _Failure):
+            return self._degraded(view.base, outcome.reason, outcome.detail)
+        return self._result(view, outcome, first=request.point == batch.views[0].point)
+
+    def _batch_of(self, request: PointRequest) -> _Batch:
+        """The prepared batch holding this request, else a batch of this point alone."""
+        with self._lock:
+            batch = self._batches.get(request.point)
+        if batch is not None and any(v.request == request for v in batch.views):
+            return batch
+        return _Batch((PointView(request, self.offline.reason(request)),))
+
+    def _send(self, views: tuple[PointView, ...]) -> _Answered | _Failure:
+        """One request for the batch's points; every failure becomes the batch's outcome."""
+        with self._lock:
+            failures = self._failures
+        if failures >= self.config.circuit_breaker_failures:
+            detail = f"not called again after {failures} consecutive failures"
+            return _Failure("endpoint unavailable", detail)
         try:
-            result = self._reason(request, base)
+            answered = self._ask(views)
         except BudgetExhausted as err:
-            return self._degraded(base, "budget exhausted", str(err))
+            return _Failure("budget exhausted", str(err))
         except LLMUnavailable as err:
             with self._lock:
                 self._failures += 1
-            return self._degraded(base, "endpoint unavailable", str(err))
+            return _Failure("endpoint unavailable", str(err))
         except AnswerInvalid as err:
-            return self._degraded(base, "answer unusable after one repair", str(err))
+            return _Failure("answer unusable after one repair", str(err))
         with self._lock:
             self._failures = 0
-        return result
+        return answered
 
-    def _reason(self, request: PointRequest, base: PointResult) -> PointResult:
-        point = request.point
-        lang = request.lang
+    def _ask(self, views: tuple[PointView, ...]) -> _Answered:
+        lang = views[0].request.lang
+        selections, messages = self._messages(views)
+        limit = self._output_limit(len(views))
+        completion = self.client.complete(messages, BatchAnswer, _SCHEMA_NAME, limit)
+        self.account(completion.usage, lang, "system", "review")
+        points = [v.point for v in views]
+        owners = {f.id: v.point for v in views for f in v.base.findings}
+        shares = route_sections(completion.answer, points, owners)
+        reported = [f for v in views for f in v.base.findings]
         native = [r.id for r in all_rules()]
-        selection, messages = self._messages(request, base)
-        completion = self.client.complete(messages, PointAnswer, f"torchdoctor_point_{point}")
-        self.account(completion.usage, lang, "system", f"point_{point:02d}")
-        shown = {w.file for w in selection.windows}
-        ctx = Context(
-            point=point,
-            files=sorted(set(request.files) | shown),
-            read=self.files.lines,
-            native_rules=native,
-            reported=base.findings,
-            source=self.name,
-        )
-        answer = completion.answer
-        validated = validate_answer(answer.findings, answer.explanations, ctx)
-        result = PointResult(
+        validated: dict[int, Validated] = {}
+        for view in views:
+            shown = {w.file for w in selections[view.point].windows}
+            ctx = Context(
+                point=view.point,
+                files=sorted(set(view.request.files) | shown),
+                read=self.files.lines,
+                native_rules=native,
+                reported=reported,
+                source=self.name,
+            )
+            share = shares[view.point]
+            validated[view.point] = validate_answer(share.findings, share.explanations, ctx)
+            reported = [*reported, *validated[view.point].findings]
+        not_checked = {point: share.not_checked for point, share in shares.items()}
+        return _Answered(completion, selections, validated, not_checked, tuple(points))
+
+    def _output_limit(self, points: int) -> int:
+        return min(self.config.max_output_tokens * points, self.config.max_batch_output_tokens)
+
+    def _selections(self, views: Sequence[PointView], max_lines: int) -> dict[int, Selection]:
+        return {
+            view.point: select_windows(
+                _locations(view.request, view.base),
+                view.request.files,
+                self.files.lines,
+                self.config.window_context,
+                max_lines,
+            )
+            for view in views
+        }
+
+    def _messages(
+        self, views: tuple[PointView, ...]
+    ) -> tuple[dict[int, Selection], list[dict[str, Any]]]:
+        """System + review prompt, with windows shrunk until they fit the model's context."""
+        lang = views[0].request.lang
+        max_lines = self.config.max_window_lines
+        context_tokens = self.client.capabilities().context_tokens
+        output = self._output_limit(len(views))
+        while True:
+            selections = self._selections(views, max_lines)
+            context = review_context(views, review_data(views, selections))
+            messages = [
+                {"role": "system", "content": render(lang, "system")},
+                {"role": "user", "content": render(lang, "review", **context)},
+            ]
+            needed = tokens_for_chars(content_chars(messages)) + output
+            if context_tokens is None or needed <= context_tokens:
+                return selections, messages
+            if max_lines <= _MIN_WINDOW_LINES:
+                raise LLMUnavailable(
+                    f"the prompt needs ~{needed} tokens; the model's context is {context_tokens}"
+                )
+            max_lines = max(_MIN_WINDOW_LINES, max_lines // 2)
+
+    def _result(self, view: PointView, answered: _Answered, first: bool) -> PointResult:
+        """This point's share of a batched answer, on top of its offline result."""
+        point, base = view.point, view.base
+        validated = answered.validated[point]
+        completion = answered.completion
+        notes = [
+            *base.notes,
+            *self._notes(point, validated, answered.not_checked[point], completion.cached),
+            *_window_notes(point, answered.selections[point], self.config.max_window_lines),
+        ]
+        usage = {**base.usage, **_counts(validated)}
+        if first:
+            usage.update(completion.usage.as_dict())
+            if len(answered.points) > 1:
+                together = ", ".join(str(p) for p in answered.points)
+                notes.append(f"points {together}: reasoned over together in one LLM request")
+        return PointResult(
             point=point,
             findings=[
                 _explained(f, validated.explanations.get(f.id, []), self.name)
@@ -130,97 +267,8 @@ class LLMReasoner:
             ]
             + validated.findings,
             coverage=_coverage(base.coverage, validated, point, self.name),
-            notes=[
-                *base.notes,
-                *self._notes(point, validated, answer, completion.cached),
-                *_window_notes(point, selection, self.config.max_window_lines),
-            ],
-            usage={**base.usage, **completion.usage.as_dict(), **_counts(validated)},
-        )
-        return result
-
-    def _messages(
-        self, request: PointRequest, base: PointResult
-    ) -> tuple[Selection, list[dict[str, Any]]]:
-        """System + point prompt, with windows shrunk until they fit the model's context."""
-        max_lines = self.config.max_window_lines
-        context_tokens = self.client.capabilities().context_tokens
-        while True:
-            selection = select_windows(
-                _locations(request, base),
-                request.files,
-                self.files.lines,
-                self.config.window_context,
-                max_lines,
-            )
-            messages = [
-                {"role": "system", "content": render(request.lang, "system")},
-                {"role": "user", "content": self._point_prompt(request, base, selection)},
-            ]
-            needed = tokens_for_chars(content_chars(messages)) + self.config.max_output_tokens
-            if context_tokens is None or needed <= context_tokens:
-                return selection, messages
-            if max_lines <= _MIN_WINDOW_LINES:
-                raise LLMUnavailable(
-                    f"the prompt needs ~{needed} tokens; the model's context is {context_tokens}"
-                )
-            max_lines = max(_MIN_WINDOW_LINES, max_lines // 2)
-
-    def _point_prompt(self, request: PointRequest, base: PointResult, sel: Selection) -> str:
-        verdicts = {c.item: c for c in base.coverage}
-        items = [
-            {
-                "id": item.id,
-                "title": item.title(request.lang),
-                "verdict": verdicts[item.id].verdict if item.id in verdicts else "not-checked",
-                "reason": _short_reason(verdicts.get(item.id)),
-            }
-            for item in items_of_point(request.point)
-        ]
-        reported = [
-            {
-                "id": f.id,
-                "rule": f.rule,
-                "severity": f.severity.value,
-                "file": f.file,
-                "line": f.line,
-                "message": f.evidence[0].message if f.evidence else f.title,
-            }
-            for f in base.findings
-        ]
-        evidence = [
-            {
-                "source": ev.source,
-                "message": ev.message,
-                "excerpt": ev.excerpt,
-                "location": f"{ev.file}:{ev.line}" if ev.file else "project",
-            }
-            for ev in request.evidence
-        ]
-        windows = [
-            {"file": w.file, "start": w.start, "end": w.end, "text": w.render()}
-            for w in sel.windows
-        ]
-        untrusted = (
-            [w.render() for w in sel.windows]
-            + [f"{ev.message}\n{ev.excerpt}" for ev in request.evidence]
-            + [f.evidence[0].message if f.evidence else f.title for f in base.findings]
-            + list(request.files)
-        )
-        return render(
-            request.lang,
-            f"point_{request.point:02d}",
-            point=request.point,
-            title=point_title(request.point, request.lang),
-            phase=phase_of_point(request.point),
-            items=items,
-            rules=sorted(r.id for r in all_rules() if r.point == request.point),
-            reported=reported,
-            evidence=evidence,
-            windows=windows,
-            outline=sel.outline,
-            omitted=sel.omitted_locations,
-            boundary=boundary_for(*untrusted),
+            notes=notes,
+            usage=usage,
         )
 
     def account(self, usage: Usage, lang: str, *templates: str) -> None:
@@ -231,7 +279,7 @@ class LLMReasoner:
                 self.templates[f"{lang}/{name}"] = template_hash(lang, name)
 
     def _notes(
-        self, point: int, validated: Validated, answer: PointAnswer, cached: bool
+        self, point: int, validated: Validated, not_checked: list[str], cached: bool
     ) -> list[str]:
         source = "cached answer of " if cached else ""
         notes = [
@@ -251,7 +299,7 @@ class LLMReasoner:
                 f"point {point}: {validated.fixes_rejected} LLM patch(es) rejected "
                 "(they do not apply to the code)"
             )
-        for text in answer.not_checked[:_MAX_NOT_CHECKED_NOTES]:
+        for text in not_checked[:_MAX_NOT_CHECKED_NOTES]:
             notes.append(f"point {point}: the LLM could not check: {' '.join(text.split())[:200]}")
         return notes
 
@@ -333,11 +381,6 @@ def _window_notes(point: int, selection: Selection, cap: int) -> list[str]:
     if selection.outline:
         return [f"point {point}: the LLM saw only the files' outline (no located evidence)"]
     return []
-
-
-def _short_reason(entry: CoverageEntry | None) -> str:
-    """Only a failing verdict's reason helps the model; the others would cost tokens."""
-    return entry.reason if entry is not None and entry.verdict == "fail" else ""
 
 
 def _locations(request: PointRequest, base: PointResult) -> list[Location]:

@@ -1,8 +1,10 @@
 """What the model must answer, as pydantic models, and their strict JSON Schema.
 
-Parsing is lenient on purpose (unknown keys such as a `status` the model invents are ignored,
-never obeyed); the schema sent for structured outputs is strict (every key required, no others),
-as OpenAI's `json_schema` mode demands.
+One request covers one or more checklist points, so the answer is keyed by point
+(`BatchAnswer.points`). Parsing is lenient on purpose (unknown keys such as a `status` the model
+invents are ignored, never obeyed; a flat answer without `points` is read as one section for the
+batch's first point); the schema sent for structured outputs is strict (every key required, no
+others), as OpenAI's `json_schema` mode demands.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Lenient(BaseModel):
@@ -45,6 +47,31 @@ class PointAnswer(Lenient):
     not_checked: list[str] = Field(
         default_factory=list, description="what could not be checked from what was shown, and why"
     )
+
+
+class PointSection(PointAnswer):
+    """The answer for one checklist point of the request."""
+
+    point: int = Field(description="the checklist point this section answers")
+
+
+UNSPECIFIED_POINT = 0
+"""The point of a section read from a flat answer (no `points` key)."""
+
+
+class BatchAnswer(Lenient):
+    points: list[PointSection] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_answer(cls, data: Any) -> Any:
+        """A model that ignores the wrapper answers one flat section: keep it, don't repair."""
+        if isinstance(data, dict) and "points" not in data:
+            keys = ("findings", "explanations", "not_checked")
+            if any(key in data for key in keys):
+                section = {key: data[key] for key in keys if key in data}
+                return {"points": [{**section, "point": UNSPECIFIED_POINT}]}
+        return data
 
 
 class ProbeAnswer(Lenient):

@@ -3,7 +3,9 @@
 Whole repositories are never sent. Each location (a native finding, a piece of evidence) opens
 a window of a few lines either side; overlapping windows merge; locations are taken in priority
 order until the line cap is reached. A point with no located evidence gets each file's outline
-(imports, classes, functions), so the model can still judge structure-level items.
+(imports, classes, functions), so the model can still judge structure-level items. A request
+that covers several points shows each line once (`merge_windows`), blank lines left out (the
+line numbers show the gaps).
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ class Window:
     numbers: tuple[int, ...]
 
     def render(self) -> str:
-        width = len(str(max(self.numbers, default=1)))
         pairs = zip(self.numbers, self.lines, strict=True)
-        return "\n".join(f"{n:>{width}} | {text}" for n, text in pairs)
+        return "\n".join(f"{n}|{text.rstrip()}" for n, text in pairs if text.strip())
 
 
 @dataclass
@@ -85,6 +86,19 @@ def select_windows(
         for a, b in ranges[file]
     ]
     return Selection(windows, omitted, outline=False)
+
+
+def merge_windows(windows: Sequence[Window]) -> list[Window]:
+    """One window per file holding every line any of `windows` shows, each line once."""
+    shown: dict[str, dict[int, str]] = {}
+    for window in windows:
+        shown.setdefault(window.file, {}).update(zip(window.numbers, window.lines, strict=True))
+    merged = []
+    for file in sorted(shown):
+        numbers = tuple(sorted(shown[file]))
+        lines = tuple(shown[file][n] for n in numbers)
+        merged.append(Window(file, numbers[0], numbers[-1], lines, numbers))
+    return merged
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -1,0 +1,94 @@
+"""Batch planning, the once-per-batch request, and how a keyed answer is shared out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agent.reasoning.llm.batching import Once, plan_batches, route_sections
+from agent.reasoning.llm.schema import UNSPECIFIED_POINT, BatchAnswer, strict_schema
+
+
+def finding(checkpoint: int, rule: str = "r") -> dict[str, Any]:
+    return {
+        "checkpoint": checkpoint,
+        "rule": rule,
+        "severity": "low",
+        "title": "t",
+        "file": "a.py",
+        "line": 1,
+        "snippet": "x = 1",
+        "explanation": "e",
+    }
+
+
+def test_all_points_in_one_batch_or_one_batch_per_phase() -> None:
+    assert plan_batches(range(1, 13), all_in_one=True) == [tuple(range(1, 13))]
+    assert plan_batches(range(1, 13), all_in_one=False) == [
+        (1, 2),
+        (3, 4),
+        (5,),
+        (6, 7, 8),
+        (9, 10, 11, 12),
+    ]
+    assert plan_batches([2, 6, 7], all_in_one=False) == [(2,), (6, 7)]
+
+
+def test_the_first_caller_computes_and_everyone_gets_its_value() -> None:
+    once: Once[int] = Once()
+    calls = []
+    lock = threading.Lock()
+
+    def compute() -> int:
+        with lock:
+            calls.append(1)
+        time.sleep(0.05)
+        return 42
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        values = list(pool.map(lambda _i: once.get(compute), range(4)))
+    assert values == [42, 42, 42, 42] and len(calls) == 1
+    assert once.get(compute) == 42 and len(calls) == 1
+
+
+def test_claims_go_to_the_point_they_name_and_explanations_to_their_findings_point() -> None:
+    answer = BatchAnswer.model_validate(
+        {
+            "points": [
+                {
+                    "point": 1,
+                    "findings": [finding(2, "a"), finding(11, "b"), finding(1, "c")],
+                    "explanations": [
+                        {"finding_id": "TD-2", "explanation": "x"},
+                        {"finding_id": "TD-unknown", "explanation": "y"},
+                    ],
+                    "not_checked": ["1.2: no annotations"],
+                },
+                {"point": 9, "findings": [finding(2, "d")], "explanations": []},
+            ]
+        }
+    )
+    shares = route_sections(answer, [1, 2], {"TD-2": 2})
+    assert [c.rule for c in shares[1].findings] == ["b", "c"]
+    assert [c.rule for c in shares[2].findings] == ["a", "d"]
+    assert [e.finding_id for e in shares[1].explanations] == ["TD-unknown"]
+    assert [e.finding_id for e in shares[2].explanations] == ["TD-2"]
+    assert shares[1].not_checked == ["1.2: no annotations"] and shares[2].not_checked == []
+
+
+def test_a_flat_answer_is_one_section_for_the_first_point() -> None:
+    flat = BatchAnswer.model_validate({"findings": [finding(6)], "not_checked": ["6.3: no"]})
+    assert [s.point for s in flat.points] == [UNSPECIFIED_POINT]
+    shares = route_sections(flat, [6], {})
+    assert len(shares[6].findings) == 1 and shares[6].not_checked == ["6.3: no"]
+    assert BatchAnswer.model_validate({"status": "fixed"}).points == []
+
+
+def test_the_strict_schema_keys_the_answer_by_point() -> None:
+    schema = strict_schema(BatchAnswer)
+    assert schema["required"] == ["points"] and schema["additionalProperties"] is False
+    section = schema["$defs"]["PointSection"]
+    assert section["required"] == ["explanations", "findings", "not_checked", "point"]
+    assert section["additionalProperties"] is False
