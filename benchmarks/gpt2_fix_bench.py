@@ -115,6 +115,9 @@ def fix(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             timing_runs=args.timing_runs,
             gpu=cuda,
             limits=GPU_LIMITS if cuda else None,
+            progress=lambda line: print(
+                f"  [{time.perf_counter() - started:6.0f}s] {line}", flush=True
+            ),
         )
         verify_s = time.perf_counter() - started
         applied = apply_fixes(workspace, result, force=True)

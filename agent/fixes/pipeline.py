@@ -3,6 +3,7 @@ together. Nothing here touches the user's files (see `apply.apply_fixes`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.checks.base import EngineConfig
@@ -15,7 +16,7 @@ from agent.fixes.models import FixKind, FixTarget, Patch
 from agent.fixes.smoke import ProbeRunner
 from agent.fixes.stacked import retry_candidates, verify_on_stack
 from agent.fixes.verify import Claim, FixSpec, Verifier
-from agent.models import Finding, Fix, Status
+from agent.models import Finding, Fix, Status, Verification
 from sandbox.models import Limits
 from sandbox.protocol import Sandbox
 
@@ -87,6 +88,7 @@ def propose_and_verify(
     gpu: bool = False,
     limits: Limits | None = None,
     config: EngineConfig | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Finding]:
     """Return `findings` with `fix` filled where a codemod applies, each fix verified alone
     (phase order, earlier phases first) and then in combination with the fixes before it.
@@ -95,6 +97,7 @@ def propose_and_verify(
     is marked verified. A fix whose verification fails leaves its finding open, with the
     failing step and its reason in `fix.verification`.
     """
+    say = progress or (lambda _line: None)
     runner = ProbeRunner(sandbox, gpu=gpu, limits=limits) if sandbox is not None else None
     verifier = Verifier(
         workspace_root,
@@ -114,7 +117,9 @@ def propose_and_verify(
         if patch is None or codemod is None:
             continue
         spec = FixSpec.of(codemod)
+        say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
         checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+        say(f"  {finding.rule}: {_verdict(checks)}")
         verified = all(c.ok for c in checks)
         by_id[finding.id] = finding.model_copy(
             update={
@@ -126,7 +131,9 @@ def propose_and_verify(
         )
         if verified:
             specs[finding.id] = spec
+    say("re-measuring small performance gains on top of the verified fixes")
     _retry_small_gains(verifier, by_id, specs)
+    say("verifying the verified fixes together")
     _combine_verified(verifier, by_id, specs)
     return [by_id[f.id] for f in findings]
 
@@ -166,3 +173,10 @@ def _combine_verified(
         )
         status = Status.OPEN if dropped else finding.status
         by_id[finding_id] = finding.model_copy(update={"fix": fix, "status": status})
+
+
+def _verdict(checks: list[Verification]) -> str:
+    failed = next((c for c in checks if not c.ok), None)
+    if failed is None:
+        return "verified"
+    return f"not verified at {failed.step}: {failed.detail}"
