@@ -20,6 +20,7 @@ INHERITED = frozenset(
         "NVIDIA_VISIBLE_DEVICES",
         "NVIDIA_DRIVER_CAPABILITIES",
         "CUDA_DEVICE_ORDER",
+        "LD_LIBRARY_PATH",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
     }
