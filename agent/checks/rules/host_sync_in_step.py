@@ -65,7 +65,7 @@ class HostSyncInStep(Rule):
                 self.candidates.append(node)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.candidates or "backward" not in ctx.source:
+        if not self.candidates or not ctx.loops.training_loops:
             return
         reported: set[int] = set()
         for call in self.candidates:
