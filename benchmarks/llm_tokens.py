@@ -134,8 +134,8 @@ def report(label: str, files: list[tuple[str, Path]], f: dict[str, int]) -> floa
     print(f"{label}: {len(files)} file(s), {f['lines']} lines ({names})")
     print(
         f"  first walk: {f['requests']} LLM requests ({f['calls']} HTTP calls incl. the "
-        f"capability probe), {f['sent']:,} tokens sent, {f['received']:,} received (stub usage, "
-        f"chars/4; client counted {f['prompt_chars']:,} prompt chars); "
+        f"capability probe and model list), {f['sent']:,} tokens sent, {f['received']:,} "
+        f"received (stub usage, chars/4; client counted {f['prompt_chars']:,} prompt chars); "
         f"{f['degraded']} point(s) degraded"
     )
     print(

@@ -22,7 +22,7 @@ from agent.reasoning.base import PointRequest, PointResult
 from agent.reasoning.llm import OpenAIConfig
 from agent.reasoning.llm.reasoner import LLMReasoner
 from agent.reasoning.offline import OfflineReasoner
-from tests.llm_stub_server import Reply, StubLLM
+from tests.llm_stub_server import Reply, StubLLM, tokens
 from tests.llm_workspace import FIXTURES, copy_fixture, point_requests
 
 ASKED = re.compile(r"^Review checklist points? ([\d, ]+)\.", re.MULTILINE)
@@ -226,3 +226,20 @@ def test_the_audit_graph_prepares_the_reasoner(
     assert stub.chat_calls == 1
     assert state["usage"]["requests"] == 1
     assert len(state["coverage"]) == 50
+
+
+def test_a_small_context_gets_phase_batches_with_answers_fitted_to_it(
+    workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    with StubLLM(context_length=6_000) as stub:
+        results = walk(make(stub, workspace), requests_)
+        sent = reviews(stub)
+    assert [asked(r) for r in sent] == [list(phase.points) for phase in PHASES]
+    wanted = [2048 * len(phase.points) for phase in PHASES]
+    limits = [r["max_tokens"] for r in sent]
+    assert limits[:3] == wanted[:3]
+    assert all(2048 <= limit < want for limit, want in zip(limits[3:], wanted[3:], strict=True))
+    for request in sent:
+        prompt = tokens(sum(len(m["content"]) for m in request["messages"]))
+        assert prompt + request["max_tokens"] <= 6_000
+    assert all(not any("not reasoned over" in n for n in r.notes) for r in results.values())

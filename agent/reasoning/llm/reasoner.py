@@ -39,7 +39,12 @@ from agent.reasoning.llm.client import (
 from agent.reasoning.llm.config import OpenAIConfig
 from agent.reasoning.llm.diffs import DiffRejected, check_diff
 from agent.reasoning.llm.rendering import boundary_for, render, template_hash
-from agent.reasoning.llm.review_prompt import PointView, review_context, review_data
+from agent.reasoning.llm.review_prompt import (
+    PointView,
+    ReviewData,
+    review_context,
+    review_data,
+)
 from agent.reasoning.llm.schema import BatchAnswer
 from agent.reasoning.llm.validation import Context, Validated, numbered, validate_answer
 from agent.reasoning.llm.windows import Location, Selection, select_windows
@@ -122,17 +127,28 @@ class LLMReasoner:
         return f"llm:{self.config.model}"
 
     def prepare(self, requests: dict[int, PointRequest]) -> None:
-        """Plan which points share a request (see `Reasoner.prepare`)."""
+        """Plan which points share a request (see `Reasoner.prepare`).
+
+        All points share one when their code and evidence fit `batch_tokens` and the whole
+        request, with room for every point's answer, fits the model's context (when known).
+        """
         views = {
             point: PointView(request, self.offline.reason(request))
             for point, request in sorted(requests.items())
         }
+        try:
+            context_tokens = self.client.capabilities().context_tokens
+        except (LLMUnavailable, BudgetExhausted):
+            context_tokens = None
         batches: dict[int, _Batch] = {}
         for lang in sorted({view.request.lang for view in views.values()}):
-            same = [view for view in views.values() if view.request.lang == lang]
+            same = tuple(view for view in views.values() if view.request.lang == lang)
             selections = self._selections(same, self.config.max_window_lines)
             data = review_data(same, selections)
-            small = tokens_for_chars(data.chars) <= self.config.batch_tokens
+            prompt = tokens_for_chars(content_chars(_messages(same, data)))
+            small = tokens_for_chars(data.chars) <= self.config.batch_tokens and (
+                context_tokens is None or prompt + self._wanted_output(same) <= context_tokens
+            )
             for group in plan_batches([v.point for v in same], all_in_one=small):
                 batch = _Batch(tuple(views[point] for point in group))
                 batches.update(dict.fromkeys(group, batch))
@@ -178,8 +194,7 @@ class LLMReasoner:
 
     def _ask(self, views: tuple[PointView, ...]) -> _Answered:
         lang = views[0].request.lang
-        selections, messages = self._messages(views)
-        limit = self._output_limit(len(views))
+        selections, messages, limit = self._messages(views)
         completion = self.client.complete(messages, BatchAnswer, _SCHEMA_NAME, limit)
         self.account(completion.usage, lang, "system", "review")
         points = [v.point for v in views]
@@ -204,8 +219,9 @@ class LLMReasoner:
         not_checked = {point: share.not_checked for point, share in shares.items()}
         return _Answered(completion, selections, validated, not_checked, tuple(points))
 
-    def _output_limit(self, points: int) -> int:
-        return min(self.config.max_output_tokens * points, self.config.max_batch_output_tokens)
+    def _wanted_output(self, views: Sequence[PointView]) -> int:
+        """Completion tokens a batch's answer may use when the context has room."""
+        return min(self.config.max_output_tokens * len(views), self.config.max_batch_output_tokens)
 
     def _selections(self, views: Sequence[PointView], max_lines: int) -> dict[int, Selection]:
         return {
@@ -221,25 +237,28 @@ class LLMReasoner:
 
     def _messages(
         self, views: tuple[PointView, ...]
-    ) -> tuple[dict[int, Selection], list[dict[str, Any]]]:
-        """System + review prompt, with windows shrunk until they fit the model's context."""
-        lang = views[0].request.lang
+    ) -> tuple[dict[int, Selection], list[dict[str, Any]], int]:
+        """System + review prompt and the completion limit, fitted to the model's context.
+
+        The answer gets `max_output_tokens` per point (up to `max_batch_output_tokens`), or what
+        the context leaves, but never less than one point's worth: below that, the code windows
+        shrink until the request fits.
+        """
         max_lines = self.config.max_window_lines
         context_tokens = self.client.capabilities().context_tokens
-        output = self._output_limit(len(views))
+        wanted = self._wanted_output(views)
+        least = min(self.config.max_output_tokens, wanted)
         while True:
             selections = self._selections(views, max_lines)
-            context = review_context(views, review_data(views, selections))
-            messages = [
-                {"role": "system", "content": render(lang, "system")},
-                {"role": "user", "content": render(lang, "review", **context)},
-            ]
-            needed = tokens_for_chars(content_chars(messages)) + output
-            if context_tokens is None or needed <= context_tokens:
-                return selections, messages
+            messages = _messages(views, review_data(views, selections))
+            prompt = tokens_for_chars(content_chars(messages))
+            room = wanted if context_tokens is None else min(wanted, context_tokens - prompt)
+            if room >= least:
+                return selections, messages, room
             if max_lines <= _MIN_WINDOW_LINES:
                 raise LLMUnavailable(
-                    f"the prompt needs ~{needed} tokens; the model's context is {context_tokens}"
+                    f"the prompt needs ~{prompt + least} tokens; "
+                    f"the model's context is {context_tokens}"
                 )
             max_lines = max(_MIN_WINDOW_LINES, max_lines // 2)
 
@@ -361,6 +380,14 @@ class LLMReasoner:
                 "cache": self.cache_problem or ("on" if self.config.cache else "off"),
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
             }
+
+
+def _messages(views: Sequence[PointView], data: ReviewData) -> list[dict[str, Any]]:
+    lang = views[0].request.lang
+    return [
+        {"role": "system", "content": render(lang, "system")},
+        {"role": "user", "content": render(lang, "review", **review_context(views, data))},
+    ]
 
 
 def _without_credentials(url: str) -> str:
