@@ -46,6 +46,11 @@ class FlopProbe:
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
+    def reset(self) -> None:
+        """Drop a count in progress (the step it measured is being renumbered)."""
+        self.stop()
+        self.flops = self.step = None
+
     def report(self, median_step_s: float | None) -> dict[str, Any]:
         name = torch.cuda.get_device_name() if (cuda_in_use()) else None
         peak = peak_tflops(name) if name else None

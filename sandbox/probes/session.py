@@ -171,9 +171,15 @@ class Session:
         def init(optimizer: Any, *args: Any, **kwargs: Any) -> None:
             original(optimizer, *args, **kwargs)
             if not self.optimizer_built:
+                # forwards before the first optimizer (a dry run, lazy modules) were counted
+                # as inference steps: training steps start from zero now
                 self.optimizer_built = True
                 self.step = self.forwards = 0
                 self.syncs.step = self.dataloader.step = 0
+                self.watching = self._watched(0)
+                self.flops.reset()
+                if self.config.flops and self.config.flop_step == 0:
+                    self.flops.start(0)
 
         return init
 
