@@ -427,6 +427,7 @@ class DataFlow:
         self.ctx = ctx
         self._origin_memo: dict[int, GraphOrigin | None] = {}
         self._reaching: dict[str, frozenset[str]] = {}
+        self._qualnames: dict[int, str | None] = {}
 
     # ---- node index --------------------------------------------------------------------------
 
@@ -438,6 +439,13 @@ class DataFlow:
         for node in nodes:
             index.setdefault(type(node), []).append(node)
         return index
+
+    def qualname_of(self, call: ast.Call) -> str | None:
+        """`ctx.call_qualname`, memoised: several rules resolve the same calls."""
+        key = id(call)
+        if key not in self._qualnames:
+            self._qualnames[key] = self.ctx.call_qualname(call)
+        return self._qualnames[key]
 
     def nodes(self, kind: type[_N]) -> list[_N]:
         """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
@@ -612,7 +620,7 @@ class DataFlow:
         """
         for source in self.sources(expr):
             if isinstance(source, ast.Call):
-                qual = self.ctx.call_qualname(source)
+                qual = self.qualname_of(source)
                 if qual is not None:
                     return qual
         return None
@@ -696,7 +704,7 @@ class DataFlow:
         for call in self.constructors(expr):
             if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
                 return True
-            qual = self.ctx.call_qualname(call) or ""
+            qual = self.qualname_of(call) or ""
             last = qual.rsplit(".", 1)[-1]
             if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
                 return True
@@ -805,7 +813,7 @@ class DataFlow:
             return "loss"
         if self.is_model_call(call):
             return "output"
-        qual = self.ctx.call_qualname(call)
+        qual = self.qualname_of(call)
         if qual is not None:
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in _NON_GRAD_TORCH:
                 return self._first_origin(call.args, active)
@@ -843,7 +851,7 @@ class DataFlow:
             func = expr.func
             if isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS:
                 yield from self.producers(func.value, depth + 1)
-            elif self.ctx.call_qualname(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
+            elif self.qualname_of(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
                 yield from self.producers(expr.args[0], depth + 1)
             else:
                 for value in self.returns_of(expr):
@@ -855,7 +863,7 @@ class DataFlow:
         if depth > 3:
             return
         for call in self.constructors(module):
-            qual = self.ctx.call_qualname(call) or ""
+            qual = self.qualname_of(call) or ""
             if qual.endswith("Sequential") and call.args:
                 last = call.args[-1]
                 if isinstance(last, ast.Call):
@@ -889,7 +897,7 @@ class DataFlow:
     # ---- held-out (test/validation) derivation --------------------------------------------------
 
     def is_split_call(self, call: ast.Call) -> bool:
-        qual = self.ctx.call_qualname(call)
+        qual = self.qualname_of(call)
         if qual is not None:
             return qual in SPLIT_FUNCTIONS
         return identifier(call.func) in _SPLIT_SIMPLE_NAMES
@@ -1043,7 +1051,7 @@ class DataFlow:
         if "save" not in self.ctx.source:
             return found
         for node in self.nodes(ast.Call):
-            if self.ctx.call_qualname(node) == "torch.save":
+            if self.qualname_of(node) == "torch.save":
                 obj = first_argument(node, "obj")
                 path = kwarg(node, "f") or (node.args[1] if len(node.args) > 1 else None)
                 if obj is not None and path is not None:
@@ -1097,7 +1105,7 @@ class DataFlow:
                 "clone",
             ):
                 return "weights"
-            qual = self.ctx.call_qualname(obj) or ""
+            qual = self.qualname_of(obj) or ""
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _NON_GRAD_TORCH:
                 return "weights"
             if self.is_module_value(func) or (
@@ -1178,8 +1186,9 @@ class DataFlow:
 
     @cached_property
     def accumulations(self) -> list[Accumulation]:
-        """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop, where `acc` outlives the
-        iteration (not re-assigned in the loop body) and is never back-propagated itself."""
+        """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop. Whether `acc` really
+        carries values across iterations is `carried_across_iterations` (asked only for the
+        sites a rule cares about, since it is the costly part)."""
         found: list[Accumulation] = []
         candidates: list[ast.AST] = [*self.nodes(ast.AugAssign), *self.nodes(ast.Assign)]
         candidates += [
@@ -1189,12 +1198,17 @@ class DataFlow:
             pair = _accumulation_pair(node)
             if pair is None:
                 continue
-            target, value = pair
             loop = self._innermost_loop(node)
-            if loop is None or self._assigned_in(target, loop, node):
-                continue
-            found.append(Accumulation(node, target, value, loop))
-        return [a for a in found if not self.is_backpropagated(a.target)]
+            if loop is not None:
+                found.append(Accumulation(node, pair[0], pair[1], loop))
+        return found
+
+    def carried_across_iterations(self, acc: Accumulation) -> bool:
+        """The accumulator outlives the iteration (no plain re-assignment in the loop body)
+        and is never back-propagated itself (summing micro-batch losses is intended)."""
+        if self._assigned_in(acc.target, acc.loop, acc.node):
+            return False
+        return not self.is_backpropagated(acc.target)
 
     def _innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
         for anc in self.ctx.ancestors(node):
@@ -1237,7 +1251,7 @@ class DataFlow:
     def _backward_calls(self) -> list[ast.Call]:
         calls: list[ast.Call] = []
         for node in self.nodes(ast.Call):
-            qual = self.ctx.call_qualname(node) or ""
+            qual = self.qualname_of(node) or ""
             if identifier(node.func) in ("backward", "manual_backward") or qual in (
                 "torch.autograd.backward",
                 "torch.autograd.grad",

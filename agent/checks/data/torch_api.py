@@ -97,3 +97,12 @@ def installed_torch() -> Version | None:
 def target_torch(config: EngineConfig) -> Version | None:
     """The torch release the audited code targets; None when neither set nor installed."""
     return config.target_torch or installed_torch()
+
+
+def callee_names(section: str, aliases: dict[str, str]) -> frozenset[str]:
+    """Last name parts a call of a `section` row can have in a module with these import
+    aliases (`torch.solve(...)` -> 'solve'; `from torch import solve as s` -> 's')."""
+    rows = rows_by_name(section)
+    names = {name.rsplit(".", 1)[-1] for name in rows}
+    names |= {alias for alias, target in aliases.items() if target in rows}
+    return frozenset(names)

@@ -43,7 +43,7 @@ class AnomalyModeLeftOn(Rule):
         if "anomaly" not in ctx.source:
             return
         for call in ctx.flow.nodes(ast.Call):
-            qual = ctx.call_qualname(call)
+            qual = ctx.flow.qualname_of(call)
             if qual in _SET:
                 enabled = (
                     call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value

@@ -33,13 +33,15 @@ class AutogradVariableLegacy(Rule):
     severity = Severity.LOW
     title = "Legacy autograd.Variable"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     fixable = True
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
-        if ctx.call_qualname(node) not in _VARIABLE:
+    def finish(self, ctx: ModuleContext) -> None:
+        if "Variable" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        if ctx.flow.qualname_of(node) not in _VARIABLE:
             return
         volatile = kwarg(node, "volatile") is not None
         message = "`Variable` is a no-op since PyTorch 0.4: use the tensor directly"

@@ -65,14 +65,14 @@ class BceOnSigmoid(Rule):
 
 
 def _is_bce(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.call_qualname(call)
+    qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == "torch.nn.functional.binary_cross_entropy"
     return ctx.flow.loss_class(call.func) == "BCELoss"
 
 
 def _is_sigmoid(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.call_qualname(call)
+    qual = ctx.flow.qualname_of(call)
     if qual in _SIGMOID_FUNCTIONS or qual == _SIGMOID_MODULE:
         return True
     func = call.func

@@ -40,14 +40,14 @@ class BnBatchOfOne(Rule):
         if "BatchNorm" not in ctx.source or "DataLoader" not in ctx.source:
             return
         has_bn = any(
-            (ctx.call_qualname(c) or "").startswith("torch.nn.BatchNorm")
-            or (ctx.call_qualname(c) or "").startswith("torch.nn.SyncBatchNorm")
+            (ctx.flow.qualname_of(c) or "").startswith("torch.nn.BatchNorm")
+            or (ctx.flow.qualname_of(c) or "").startswith("torch.nn.SyncBatchNorm")
             for c in ctx.flow.nodes(ast.Call)
         )
         if not has_bn:
             return
         for call in ctx.flow.nodes(ast.Call):
-            if ctx.call_qualname(call) not in _LOADERS:
+            if ctx.flow.qualname_of(call) not in _LOADERS:
                 continue
             shuffle = kwarg(call, "shuffle")
             drop_last = kwarg(call, "drop_last")

@@ -34,13 +34,15 @@ class CheckpointUseReentrant(Rule):
     severity = Severity.MEDIUM
     title = "checkpoint without use_reentrant"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     fixable = True
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
-        if ctx.call_qualname(node) not in _CHECKPOINT:
+    def finish(self, ctx: ModuleContext) -> None:
+        if "checkpoint" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        if ctx.flow.qualname_of(node) not in _CHECKPOINT:
             return
         if kwarg(node, "use_reentrant") is not None or any(k.arg is None for k in node.keywords):
             return

@@ -6,7 +6,14 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import ApiChange, format_version, rows_by_name, target_torch
+from agent.checks.data.torch_api import (
+    ApiChange,
+    callee_names,
+    format_version,
+    rows_by_name,
+    target_torch,
+)
+from agent.checks.dataflow import identifier
 from agent.models import Severity
 
 
@@ -34,18 +41,23 @@ class DeprecatedTorchApi(Rule):
     severity = Severity.LOW
     title = "Deprecated PyTorch API"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (
-        ast.Call,
-        ast.FunctionDef,
-        ast.AsyncFunctionDef,
-    )
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if isinstance(node, ast.Call):
-            self._check(ctx, node, ctx.call_qualname(node))
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            for decorator in node.decorator_list:
-                if isinstance(decorator, ast.Name | ast.Attribute):
+    def finish(self, ctx: ModuleContext) -> None:
+        names = callee_names("deprecated", ctx.imports.aliases)
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            if identifier(call.func) in names:
+                self._check(ctx, call, flow.qualname_of(call))
+        functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = [
+            *flow.nodes(ast.FunctionDef),
+            *flow.nodes(ast.AsyncFunctionDef),
+        ]
+        for fn in functions:
+            for decorator in fn.decorator_list:
+                if (
+                    isinstance(decorator, ast.Name | ast.Attribute)
+                    and identifier(decorator) in names
+                ):
                     self._check(ctx, decorator, ctx.qualname(decorator))
 
     def _check(self, ctx: ModuleContext, node: ast.AST, qual: str | None) -> None:

@@ -68,7 +68,7 @@ class DeviceMismatchFactoryInForward(Rule):
         for node in walk_scope(forward.body):
             if not isinstance(node, ast.Call):
                 continue
-            qual = ctx.call_qualname(node)
+            qual = ctx.flow.qualname_of(node)
             if qual not in _FACTORIES or _placed(ctx, node):
                 continue
             ctx.report(
@@ -83,7 +83,7 @@ class DeviceMismatchFactoryInForward(Rule):
 def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if kwarg(call, "device") is not None or any(k.arg is None for k in call.keywords):
         return True
-    if ctx.call_qualname(call) == "torch.tensor" and call.args:
+    if ctx.flow.qualname_of(call) == "torch.tensor" and call.args:
         arg = call.args[0]
         if isinstance(arg, ast.Constant) or (
             isinstance(arg, ast.UnaryOp) and isinstance(arg.operand, ast.Constant)

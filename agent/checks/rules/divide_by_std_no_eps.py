@@ -32,11 +32,19 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp, ast.AugAssign)
     fixable = True
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div):
+    def finish(self, ctx: ModuleContext) -> None:
+        text = ctx.source
+        if "std(" not in text and "norm(" not in text and "var(" not in text:
+            return
+        nodes: list[ast.BinOp | ast.AugAssign] = [
+            *ctx.flow.nodes(ast.BinOp),
+            *ctx.flow.nodes(ast.AugAssign),
+        ]
+        for node in nodes:
+            if not isinstance(node.op, ast.Div):
+                continue
             divisor = node.right if isinstance(node, ast.BinOp) else node.value
             if _unguarded_spread(divisor):
                 ctx.report(

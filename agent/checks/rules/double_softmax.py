@@ -73,14 +73,14 @@ class DoubleSoftmax(Rule):
 
 
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.call_qualname(call)
+    qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == "torch.nn.functional.cross_entropy"
     return ctx.flow.loss_class(call.func) == "CrossEntropyLoss"
 
 
 def _is_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.call_qualname(call)
+    qual = ctx.flow.qualname_of(call)
     if qual in _SOFTMAX_FUNCTIONS or qual in _SOFTMAX_MODULES:
         return True
     func = call.func

@@ -184,7 +184,7 @@ def _mode_dependent(ctx: ModuleContext, model: ast.expr) -> bool:
             if _class_mode_dependent(ctx, flow.classes[name], set()):
                 return True
             continue
-        qual = ctx.call_qualname(call) or ""
+        qual = ctx.flow.qualname_of(call) or ""
         if not qual.startswith("torch.nn.") or _MODE_DEPENDENT.search(ast.unparse(call)):
             return True
     return False
@@ -203,7 +203,7 @@ def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str])
                 if _class_mode_dependent(ctx, classes[callee], seen):
                     return True
             elif callee and callee not in classes and callee[:1].isupper():
-                qual = ctx.call_qualname(node) or ""
+                qual = ctx.flow.qualname_of(node) or ""
                 if not qual.startswith("torch.nn."):
                     return True
     return False

@@ -23,7 +23,12 @@ _SECRET_NAME = re.compile(
     r"(api_?key|^key$|token|secret|passw(or)?d|access_key|auth)", re.IGNORECASE
 )
 _PLACEHOLDER = re.compile(r"your|xxx|<|>|\.\.\.|example|changeme|dummy|test|\{|\$", re.IGNORECASE)
-_PRE_CHECK = re.compile(r"hf_|sk-|AKIA|ASIA|gh[pousr]_|xox|key|token|secret|passw", re.IGNORECASE)
+# Cheap gates over the whole file: a known token shape (case-sensitive, so the regex engine
+# scans for literal prefixes), or a secret-like name bound to a long quoted literal.
+_TOKEN_GATE = re.compile(r"hf_[A-Za-z0-9]{30}|sk-[\w-]{20}|AKIA|ASIA|gh[pousr]_\w{36}|xox[abpr]-")
+_NAMED_GATE = re.compile(
+    r"(?:key|token|secret|passw|auth)\w*['\"]?\s*[=:]\s*['\"][^'\"\s]{16,}['\"]"
+)
 
 
 class HardcodedSecrets(Rule):
@@ -51,7 +56,7 @@ class HardcodedSecrets(Rule):
     items: ClassVar[tuple[str, ...]] = ("11.3",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not _PRE_CHECK.search(ctx.source):
+        if not _TOKEN_GATE.search(ctx.source) and not _NAMED_GATE.search(ctx.source.lower()):
             return
         first = len(ctx.findings)
         secrets: list[str] = []

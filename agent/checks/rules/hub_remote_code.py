@@ -34,11 +34,13 @@ class HubRemoteCode(Rule):
     severity = Severity.MEDIUM
     title = "Model loading runs remote code"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
+    def finish(self, ctx: ModuleContext) -> None:
+        if "hub" in ctx.source or "trust_remote_code" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         trust = kwarg(node, "trust_remote_code")
         if isinstance(trust, ast.Constant) and trust.value is True:
             pinned = kwarg(node, "revision") is not None
@@ -51,7 +53,7 @@ class HubRemoteCode(Rule):
                 data={"pinned": pinned},
             )
             return
-        if ctx.call_qualname(node) in _HUB_LOADERS:
+        if ctx.flow.qualname_of(node) in _HUB_LOADERS:
             source = kwarg(node, "source")
             if isinstance(source, ast.Constant) and source.value == "local":
                 return

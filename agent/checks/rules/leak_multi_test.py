@@ -17,6 +17,7 @@ _SELECTION_NAME = re.compile(r"best|patience|stop|bad_epochs", re.IGNORECASE)
 _SCHEDULER_NAME = re.compile(r"sched|plateau|lr_", re.IGNORECASE)
 _EARLY_STOP = re.compile(r"early_?stop", re.IGNORECASE)
 _SAVE_CALLS = frozenset({"save", "state_dict", "deepcopy", "copy", "save_checkpoint"})
+_DECISION_WORDS = ("best", "patience", "early", "sched", "plateau", "objective", "save", "stop")
 
 
 class LeakMultiTest(Rule):
@@ -49,8 +50,10 @@ class LeakMultiTest(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        text = ctx.source
-        if "test" not in text.lower() and "holdout" not in text.lower():
+        text = ctx.source.lower()
+        if "test" not in text and "holdout" not in text:
+            return
+        if not any(word in text for word in _DECISION_WORDS):
             return
         flow = ctx.flow
         for branch in flow.nodes(ast.If):

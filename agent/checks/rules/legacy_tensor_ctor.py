@@ -36,12 +36,14 @@ class LegacyTensorCtor(Rule):
     severity = Severity.LOW
     title = "Legacy typed tensor constructor"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
-        qual = ctx.call_qualname(node) or ""
+    def finish(self, ctx: ModuleContext) -> None:
+        if "Tensor(" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        qual = ctx.flow.qualname_of(node) or ""
         if _LEGACY.match(qual):
             ctx.report(
                 self,

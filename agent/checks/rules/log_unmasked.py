@@ -47,12 +47,16 @@ class LogUnmasked(Rule):
     severity = Severity.LOW
     title = "torch.log without clamp or epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     tier = "opt-in"
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call) or ctx.call_qualname(node) not in _LOGS or not node.args:
+    def finish(self, ctx: ModuleContext) -> None:
+        if "log" not in ctx.source:
             return
+        for node in ctx.flow.nodes(ast.Call):
+            if node.args and ctx.flow.qualname_of(node) in _LOGS:
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         arg = node.args[0]
         if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Add):
             return

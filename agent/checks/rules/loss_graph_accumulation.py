@@ -51,6 +51,8 @@ class LossGraphAccumulation(Rule):
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
                 continue
+            if not flow.carried_across_iterations(acc):
+                continue
             target = ast.unparse(acc.target)
             ctx.report(
                 self,

@@ -43,7 +43,7 @@ class MetricBatchMeanBias(Rule):
             return
         flow = ctx.flow
         for acc in flow.accumulations:
-            if not _batch_mean_of_comparison(acc.value):
+            if not _batch_mean_of_comparison(acc.value) or not flow.carried_across_iterations(acc):
                 continue
             scope = ctx.enclosing_function(acc.node)
             body = scope.body if scope is not None else ctx.tree.body

@@ -101,7 +101,7 @@ def _is_module_ctor(ctx: ModuleContext, expr: ast.expr) -> bool:
         return False
     if isinstance(expr.func, ast.Name) and expr.func.id in ctx.flow.module_classes:
         return True
-    qual = ctx.call_qualname(expr) or ""
+    qual = ctx.flow.qualname_of(expr) or ""
     last = qual.rsplit(".", 1)[-1]
     return (
         qual.startswith("torch.nn.")

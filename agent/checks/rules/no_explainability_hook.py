@@ -58,7 +58,11 @@ class NoExplainabilityHook(Rule):
         loss = None
         if "backward" in ctx.source and ctx.loops.training_loops:
             loss = next(
-                (c for c in ctx.flow.nodes(ast.Call) if ctx.call_qualname(c) in _CLASSIFIER_LOSSES),
+                (
+                    c
+                    for c in ctx.flow.nodes(ast.Call)
+                    if ctx.flow.qualname_of(c) in _CLASSIFIER_LOSSES
+                ),
                 None,
             )
         if loss is None and not explains:

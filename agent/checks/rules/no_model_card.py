@@ -57,10 +57,13 @@ class NoModelCard(Rule):
             and "push_to_hub" not in (ctx.source)
         ):
             return
+        names = {name.rsplit(".", 1)[-1] for name in _SAVERS} | _SAVE_METHODS
+        names |= {alias for alias, target in ctx.imports.aliases.items() if target in _SAVERS}
         saves = [
             call
             for call in ctx.flow.nodes(ast.Call)
-            if ctx.call_qualname(call) in _SAVERS or identifier(call.func) in _SAVE_METHODS
+            if identifier(call.func) in names
+            and (ctx.flow.qualname_of(call) in _SAVERS or identifier(call.func) in _SAVE_METHODS)
         ]
         card = bool(_CARD.search(ctx.source))
         if not saves and not card:

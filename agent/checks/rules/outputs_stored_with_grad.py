@@ -44,6 +44,8 @@ class OutputsStoredWithGrad(Rule):
                 continue
             if flow.graph_origin(acc.value) != "output":
                 continue
+            if not flow.carried_across_iterations(acc):
+                continue
             target = ast.unparse(acc.target)
             ctx.report(
                 self,

@@ -49,12 +49,14 @@ class PickleModelArtifacts(Rule):
     severity = Severity.MEDIUM
     title = "Artifact loaded with pickle"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
-        qual = ctx.call_qualname(node)
+    def finish(self, ctx: ModuleContext) -> None:
+        if "load" in ctx.source or "pickle" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        qual = ctx.flow.qualname_of(node)
         if qual in _PICKLE_LOADERS:
             ctx.report(
                 self,

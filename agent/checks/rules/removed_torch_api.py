@@ -6,7 +6,8 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import format_version, rows_by_name, target_torch
+from agent.checks.data.torch_api import callee_names, format_version, rows_by_name, target_torch
+from agent.checks.dataflow import identifier
 from agent.models import Severity
 
 
@@ -31,12 +32,15 @@ class RemovedTorchApi(Rule):
     severity = Severity.HIGH
     title = "Removed PyTorch function"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call):
-            return
-        qual = ctx.call_qualname(node)
+    def finish(self, ctx: ModuleContext) -> None:
+        names = callee_names("removed", ctx.imports.aliases)
+        for node in ctx.flow.nodes(ast.Call):
+            if identifier(node.func) in names:
+                self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        qual = ctx.flow.qualname_of(node)
         row = rows_by_name("removed").get(qual or "")
         if row is None or row.removed is None:
             return

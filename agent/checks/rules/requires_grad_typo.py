@@ -28,22 +28,17 @@ class RequiresGradTypo(Rule):
     severity = Severity.HIGH
     title = "require_grad typo"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Assign, ast.AugAssign, ast.AnnAssign)
     fixable = True
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        targets: list[ast.expr] = []
-        if isinstance(node, ast.Assign):
-            targets = list(node.targets)
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
-            targets = [node.target]
-        for target in targets:
-            for sub in ast.walk(target):
-                if isinstance(sub, ast.Attribute) and sub.attr == "require_grad":
-                    ctx.report(
-                        self,
-                        node,
-                        "`require_grad` is a typo for `requires_grad`: this assignment changes "
-                        "nothing about gradients",
-                    )
-                    return
+    def finish(self, ctx: ModuleContext) -> None:
+        if "require_grad" not in ctx.source:
+            return
+        for attribute in ctx.flow.nodes(ast.Attribute):
+            if attribute.attr == "require_grad" and isinstance(attribute.ctx, ast.Store):
+                statement = ctx.parents.get(attribute, attribute)
+                ctx.report(
+                    self,
+                    statement,
+                    "`require_grad` is a typo for `requires_grad`: this assignment changes "
+                    "nothing about gradients",
+                )

@@ -59,7 +59,7 @@ class RetainGraphInLoop(Rule):
 def _is_backward(ctx: ModuleContext, call: ast.Call) -> bool:
     if isinstance(call.func, ast.Attribute) and call.func.attr == "backward":
         return True
-    return ctx.call_qualname(call) in _AUTOGRAD_FUNCTIONS
+    return ctx.flow.qualname_of(call) in _AUTOGRAD_FUNCTIONS
 
 
 def _retains(call: ast.Call) -> bool:

@@ -65,7 +65,7 @@ class ThresholdDependentMetricOnly(Rule):
         if any(w in text for w in _RANKING):
             return
         for call in ctx.flow.nodes(ast.Call):
-            qual = ctx.call_qualname(call)
+            qual = ctx.flow.qualname_of(call)
             if qual in _THRESHOLD:
                 ctx.report(
                     self,

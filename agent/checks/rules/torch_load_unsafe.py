@@ -51,7 +51,7 @@ class TorchLoadUnsafe(Rule):
         if not self.applies(ctx):
             return
         for node in ctx.flow.nodes(ast.Call):
-            if ctx.call_qualname(node) == "torch.load":
+            if ctx.flow.qualname_of(node) == "torch.load":
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, call: ast.Call) -> None:

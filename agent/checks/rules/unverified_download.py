@@ -44,12 +44,15 @@ class UnverifiedDownload(Rule):
     severity = Severity.MEDIUM
     title = "Download without checksum"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        if not isinstance(node, ast.Call) or any(k.arg is None for k in node.keywords):
-            return
-        qual = ctx.call_qualname(node)
+    def finish(self, ctx: ModuleContext) -> None:
+        if "url" in ctx.source or "download" in ctx.source:
+            for node in ctx.flow.nodes(ast.Call):
+                if not any(k.arg is None for k in node.keywords):
+                    self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
+        qual = ctx.flow.qualname_of(node)
         if qual in _URL_LOADERS:
             check = kwarg(node, "check_hash")
             if not (isinstance(check, ast.Constant) and check.value is True):
