@@ -242,7 +242,14 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
     name = terminal_name(expr)
     if not name or (isinstance(expr, ast.Name) and _is_function_name(ctx, name)):
         return False
-    return bool(_MODEL_NAME.search(name)) or constructed_model(ctx, expr)
+    if _MODEL_NAME.search(name):
+        return True
+    traceable = isinstance(expr, ast.Name) or (
+        isinstance(expr, ast.Attribute)
+        and isinstance(expr.value, ast.Name)
+        and expr.value.id == "self"
+    )
+    return traceable and constructed_model(ctx, expr)
 
 
 def _is_function_name(ctx: ModuleContext, name: str) -> bool:
