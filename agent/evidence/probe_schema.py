@@ -61,7 +61,9 @@ class Device(_Model):
 
 class Timing(_Model):
     wall_s: float = 0.0
-    step_ms: list[float | None] = Field(default_factory=list)
+    step_ms: list[float | None] = Field(
+        default_factory=list, description="indexed by step; None for a step without a time"
+    )
     median_step_ms: float | None = None
     source: Literal["cuda-events", "wall-clock"] = "wall-clock"
 

@@ -171,7 +171,10 @@ def build(
         },
         "timing": {
             "wall_s": wall_s,
-            "step_ms": [times[s] * 1e3 for s in sorted(times)],
+            # indexed by step; None where a step has no time (step 0 under CUDA events)
+            "step_ms": [
+                times[s] * 1e3 if s in times else None for s in range(max(times, default=-1) + 1)
+            ],
             "median_step_ms": median * 1e3 if median is not None else None,
             "source": "cuda-events" if len(session.cuda_events) >= 2 else "wall-clock",
         },
