@@ -78,7 +78,14 @@ def get_sandbox(choice: str | None = None) -> Sandbox:
         return DockerConfig().build()
     if wanted != "auto":
         raise ValueError(f"TORCHDOCTOR_SANDBOX must be auto, local or docker, not {wanted!r}")
-    from sandbox.docker_backend import docker_ready
-
     docker = DockerConfig()
-    return docker.build() if docker_ready(docker) else LocalConfig().build()
+    return docker.build() if docker_answers(docker) else LocalConfig().build()
+
+
+def docker_answers(config: DockerConfig) -> bool:
+    """Whether the Docker backend can be used: SDK installed, engine up, image present."""
+    try:
+        from sandbox.docker_backend import docker_ready
+    except ImportError:
+        return False
+    return docker_ready(config)

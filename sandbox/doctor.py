@@ -17,8 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.config import DockerConfig, LocalConfig, get_sandbox
-from sandbox.docker_backend import docker_ready
+from sandbox.config import DockerConfig, LocalConfig, docker_answers, get_sandbox
 from sandbox.local import LocalSandbox, SandboxUnavailable
 from sandbox.mechanisms import Mechanism, gpu_device_nodes
 from sandbox.models import Isolation, Job, Limits
@@ -128,8 +127,11 @@ def _check_local() -> BackendCheck:
 
 def _check_docker() -> BackendCheck:
     config = DockerConfig()
-    if not docker_ready(config):
-        reason = f"no engine answers at DOCKER_HOST, or image {config.image} is absent"
+    if not docker_answers(config):
+        reason = (
+            f"the docker SDK is missing, no engine answers at DOCKER_HOST, "
+            f"or the image {config.image} is absent"
+        )
         return BackendCheck(name="docker", available=False, detail=reason)
     return BackendCheck(
         name="docker", available=True, detail="engine answers", isolation=config.build().isolation

@@ -125,7 +125,7 @@ def test_cpu_time_beyond_the_limit_is_a_timeout(sandbox: LocalSandbox, source: P
     result = sandbox.run(_run(sandbox, source, "while True: pass\n", limits=limits))
     assert result.outcome is Outcome.TIMEOUT
     assert "CPU" in result.reason
-    assert result.usage.cpu_s is not None and result.usage.cpu_s >= 0.9
+    assert result.usage.cpu_s is not None and result.usage.cpu_s > 0.3
 
 
 def test_a_file_beyond_the_size_limit_cannot_be_written(
