@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -87,10 +88,10 @@ def parse_args(argv: list[str]) -> ProbeConfig:
     ns, extra = _parser().parse_known_args(argv)
     cuda = torch.cuda.is_available()
     return ProbeConfig(
-        script=ns.script,
+        script=os.path.abspath(ns.script),  # the script may chdir; paths must not move
         script_args=tuple(extra + passthrough),
         steps=max(ns.steps, 1),
-        out=ns.out,
+        out=os.path.abspath(ns.out),
         time_budget_s=ns.time_budget,
         grace_s=ns.grace,
         probes=frozenset(ns.probe),

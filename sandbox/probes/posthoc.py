@@ -75,14 +75,21 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
-        return obj.cpu()
+        return obj.to(device)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(to_device(o, device) for o in obj))
     if isinstance(obj, tuple | list):
-        return type(obj)(_to_cpu(o) for o in obj)
+        return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _first_output(out: Any) -> torch.Tensor | None:
@@ -114,7 +121,8 @@ def try_int8(
         return {"ok": False, "linear_layers": 0, "error": "no nn.Linear layers to quantize"}
     try:
         reference = _eval_copy(model).cpu().float()
-        cpu_args, cpu_kwargs = _to_cpu(args), _to_cpu(kwargs)
+        cpu = torch.device("cpu")
+        cpu_args, cpu_kwargs = to_device(args, cpu), to_device(kwargs, cpu)
         method, quantized = _quantize(reference)
         with torch.inference_mode():
             expected = _first_output(reference(*cpu_args, **cpu_kwargs))

@@ -88,7 +88,8 @@ def _posthoc(config: ProbeConfig, session: Session, doc: dict[str, Any]) -> None
         doc["int8"] = reason if config.int8 else None
         doc["compile"] = reason if "compile" in config.probes else None
         return
-    args, kwargs = session.captured[id(model)]
+    device = posthoc.model_device(model)
+    args, kwargs = (posthoc.to_device(x, device) for x in session.captured[id(model)])
     if config.export:
         doc["export"] = posthoc.try_export(model, args, kwargs)
     if config.int8:

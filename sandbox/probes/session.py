@@ -352,8 +352,9 @@ def _flat_tensors(obj: Any) -> list[torch.Tensor]:
 
 
 def _detached(obj: Any) -> Any:
+    """A host copy of the first input (once per root module): device memory stays free."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(_detached(item) for item in obj))
     if isinstance(obj, tuple | list):

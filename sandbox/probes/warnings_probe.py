@@ -19,15 +19,19 @@ class WarningsProbe:
         self.on_sync = on_sync
         self.kept: dict[tuple[str, str, str | None, int | None], int] = {}
         self._previous: Callable[..., Any] | None = None
+        self._filters: list[Any] = []
 
     def install(self) -> None:
         self._previous = warnings.showwarning
+        self._filters = list(warnings.filters)
         warnings.showwarning = self._show
         warnings.filterwarnings("always", message=".*synchroniz.*")
 
     def uninstall(self) -> None:
         if self._previous is not None:
             warnings.showwarning = self._previous
+            warnings.filters[:] = self._filters  # type: ignore[index]
+            getattr(warnings, "_filters_mutated", lambda: None)()  # drop cached decisions
 
     def _show(
         self,
