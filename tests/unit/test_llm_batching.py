@@ -24,16 +24,22 @@ def finding(checkpoint: int, rule: str = "r") -> dict[str, Any]:
     }
 
 
-def test_all_points_in_one_batch_or_one_batch_per_phase() -> None:
-    assert plan_batches(range(1, 13), all_in_one=True) == [tuple(range(1, 13))]
-    assert plan_batches(range(1, 13), all_in_one=False) == [
+def test_consecutive_phases_are_packed_while_they_fit() -> None:
+    everything = range(1, 13)
+    assert plan_batches(everything, lambda _group: True) == [tuple(everything)]
+    assert plan_batches(everything, lambda _group: False) == [
         (1, 2),
         (3, 4),
         (5,),
         (6, 7, 8),
         (9, 10, 11, 12),
     ]
-    assert plan_batches([2, 6, 7], all_in_one=False) == [(2,), (6, 7)]
+    assert plan_batches(everything, lambda group: len(group) <= 5) == [
+        (1, 2, 3, 4, 5),
+        (6, 7, 8),
+        (9, 10, 11, 12),
+    ]
+    assert plan_batches([2, 6, 7], lambda _group: False) == [(2,), (6, 7)]
 
 
 def test_the_first_caller_computes_and_everyone_gets_its_value() -> None:

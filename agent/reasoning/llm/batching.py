@@ -3,7 +3,8 @@
 The audit graph reasons over the points of a phase in parallel and over the phases in order, one
 point per `reason()` call. Its optional `prepare()` hook hands the reasoner every point's request
 first, so the reasoner can plan batches: all points in one request when the code and evidence to
-show fit the configured token budget, else one request per phase. The first `reason()` of a
+show fit the configured token budget, else consecutive phases packed while they fit (one request
+per phase when none combine). The first `reason()` of a
 batch sends the request (`Once`); the batch's other points, concurrent or later, read its
 outcome. A batched answer is keyed by point; `route_sections` hands each claim to the point it
 names when that point is in the batch, and each explanation to the point that reported the
@@ -22,12 +23,27 @@ from agent.reasoning.llm.schema import BatchAnswer, PointAnswer
 T = TypeVar("T")
 
 
-def plan_batches(points: Collection[int], all_in_one: bool) -> list[tuple[int, ...]]:
-    """All points together, or the points of each phase together (phases in order)."""
-    if all_in_one:
-        return [tuple(sorted(points))]
-    groups = [tuple(p for p in phase.points if p in points) for phase in PHASES]
-    return [group for group in groups if group]
+def plan_batches(
+    points: Collection[int], fits: Callable[[tuple[int, ...]], bool]
+) -> list[tuple[int, ...]]:
+    """Consecutive phases packed into one batch while `fits` accepts it, in phase order.
+
+    Everything fits: one batch. Nothing combines: one batch per phase (a phase is never split,
+    even when it does not fit alone: its code windows are capped per point).
+    """
+    batches: list[tuple[int, ...]] = []
+    current: tuple[int, ...] = ()
+    for phase in PHASES:
+        group = tuple(p for p in phase.points if p in points)
+        if not group:
+            continue
+        if current and fits(current + group):
+            current += group
+            continue
+        if current:
+            batches.append(current)
+        current = group
+    return [*batches, current] if current else batches
 
 
 class Once(Generic[T]):

@@ -91,8 +91,8 @@ class LLMReasoner:
     """Implements `Reasoner`; one instance per audit (it holds that audit's budget).
 
     With `prepare` (called by the audit graph before the phases), points share requests: all of
-    them in one when their code and evidence fit `batch_tokens`, else one per phase. Without it,
-    each point is a request of its own.
+    them in one when their code and evidence fit `batch_tokens`, else consecutive phases packed
+    while they fit. Without it, each point is a request of its own.
     """
 
     def __init__(
@@ -127,11 +127,9 @@ class LLMReasoner:
         return f"llm:{self.config.model}"
 
     def prepare(self, requests: dict[int, PointRequest]) -> None:
-        """Plan which points share a request (see `Reasoner.prepare`).
-
-        All points share one when their code and evidence fit `batch_tokens` and the whole
-        request, with room for every point's answer, fits the model's context (when known).
-        """
+        """Plan which points share a request (see `Reasoner.prepare`): consecutive phases
+        share one while their code and evidence fit `batch_tokens` and the whole request, with
+        room for every point's answer, fits the model's context (when known)."""
         views = {
             point: PointView(request, self.offline.reason(request))
             for point, request in sorted(requests.items())
@@ -140,20 +138,34 @@ class LLMReasoner:
             context_tokens = self.client.capabilities().context_tokens
         except (LLMUnavailable, BudgetExhausted):
             context_tokens = None
+        selections = self._selections(list(views.values()), self.config.max_window_lines)
+
+        def fits(group: tuple[int, ...]) -> bool:
+            batch = [views[point] for point in group]
+            return self._fits(batch, selections, context_tokens)
+
         batches: dict[int, _Batch] = {}
         for lang in sorted({view.request.lang for view in views.values()}):
-            same = tuple(view for view in views.values() if view.request.lang == lang)
-            selections = self._selections(same, self.config.max_window_lines)
-            data = review_data(same, selections)
-            prompt = tokens_for_chars(content_chars(_messages(same, data)))
-            small = tokens_for_chars(data.chars) <= self.config.batch_tokens and (
-                context_tokens is None or prompt + self._wanted_output(same) <= context_tokens
-            )
-            for group in plan_batches([v.point for v in same], all_in_one=small):
+            same = [point for point, view in views.items() if view.request.lang == lang]
+            for group in plan_batches(same, fits):
                 batch = _Batch(tuple(views[point] for point in group))
                 batches.update(dict.fromkeys(group, batch))
         with self._lock:
             self._batches = batches
+
+    def _fits(
+        self,
+        views: Sequence[PointView],
+        selections: dict[int, Selection],
+        context_tokens: int | None,
+    ) -> bool:
+        """Whether these points' code and evidence fit `batch_tokens`, and the request, with
+        room for every point's answer, fits the context."""
+        data = review_data(views, selections)
+        if tokens_for_chars(data.chars) > self.config.batch_tokens:
+            return False
+        prompt = tokens_for_chars(content_chars(_messages(views, data)))
+        return context_tokens is None or prompt + self._wanted_output(views) <= context_tokens
 
     def reason(self, request: PointRequest) -> PointResult:
         batch = self._batch_of(request)
