@@ -31,6 +31,8 @@ RULES = (
     "high-dropout",
     "adam-with-weight-decay",
     "python-loop-over-tensor",
+    "lr-range",
+    "even-kernel",
     # point 5
     "no-torch-seed",
     "dataloader-worker-seed",
@@ -52,6 +54,8 @@ RULES = (
     "no-amp",
     "tf32-off",
     "ddp-accum-no-sync",
+    "cudnn-benchmark-off",
+    "dataloader-sync",
     # point 7
     "inference-no-eval",
     "no-grad-not-inference-mode",
