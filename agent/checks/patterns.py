@@ -131,7 +131,8 @@ def is_grad_off_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
         mode = kwarg(expr, "mode") if isinstance(expr, ast.Call) else None
         return not is_false(mode)
     if qual in SET_GRAD_ENABLED and isinstance(expr, ast.Call) and expr.args:
-        return is_false(expr.args[0])
+        mode = expr.args[0]  # `set_grad_enabled(phase == "train")` may be off: assume it is
+        return not (isinstance(mode, ast.Constant) and mode.value is True)
     return False
 
 
