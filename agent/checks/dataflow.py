@@ -470,7 +470,10 @@ class DataFlow:
         dict[int, dict[str, list[ast.expr]]],
         dict[tuple[int, str], list[tuple[ast.expr, int, int]]],
     ]:
-        """(scope id -> name -> assigned values, (scope id, name) -> tuple unpackings)."""
+        """(scope id -> name -> assigned values, (scope id, name) -> tuple unpackings).
+
+        Unpackings are recorded for assignments only: `for x, y in loader` binds elements of
+        one iterable, while `a, b = f()` binds different parts of one result."""
         bindings: dict[int, dict[str, list[ast.expr]]] = {id(self.ctx.tree): {}}
         unpacked: dict[tuple[int, str], list[tuple[ast.expr, int, int]]] = {}
         for kind in _BINDING_NODES:
@@ -482,7 +485,8 @@ class DataFlow:
                 for target, value in _binding_pairs(node):
                     for name, _ in _target_names(target):
                         table.setdefault(name, []).append(value)
-                    if isinstance(target, ast.Tuple | ast.List):
+                    iterated = isinstance(node, ast.For | ast.AsyncFor | ast.comprehension)
+                    if isinstance(target, ast.Tuple | ast.List) and not iterated:
                         for position, elt in enumerate(target.elts):
                             for name, _ in _target_names(elt):
                                 unpacked.setdefault((id(scope), name), []).append(
@@ -958,10 +962,15 @@ class DataFlow:
         return None
 
     def _held_out_children(self, node: ast.expr) -> Iterator[ast.expr]:
-        if isinstance(node, ast.Name | ast.Attribute):
+        if isinstance(node, ast.Name):
+            # `train, val, test = load()` binds one part each of a mixed result: what `load`
+            # returns as a whole says nothing about this part (split positions are read by
+            # `_direct_held_out`).
+            parts = {id(value) for value, _, _ in self.unpackings(node)}
+            yield from (v for v in self.definitions(node) if id(v) not in parts)
+        elif isinstance(node, ast.Attribute):
             yield from self.definitions(node)
-            if isinstance(node, ast.Attribute):
-                yield node.value
+            yield node.value
         elif isinstance(node, ast.Call):
             if not self.is_split_call(node):
                 yield from node.args

@@ -334,3 +334,18 @@ def test_functions_reaching_a_mode_method_transitively() -> None:
     body = ast.parse("epoch_end(m)").body
     assert flow.reaches_method(body, "eval")
     assert not flow.reaches_method(body, "train")
+
+
+def test_parts_unpacked_from_a_mixed_result_are_not_all_held_out() -> None:
+    flow = flow_of(
+        """
+        def load():
+            splits = [(X_train, y_train), (X_val, y_val), (X_test, y_test)]
+            return [make(a, b) for a, b in splits]
+        train_set, val_set, test_set = load()
+        train_loader = DataLoader(train_set)
+        """
+    )
+    kinds = frozenset({"test", "val", "split"})
+    assert flow.held_out_kind(expr_at(flow, "train_loader"), kinds) is None
+    assert flow.held_out_kind(expr_at(flow, "test_set"), kinds) == "test"

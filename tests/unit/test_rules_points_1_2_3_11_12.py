@@ -186,3 +186,10 @@ def test_evaluation_names_in_pytest_modules_are_not_evaluation_paths() -> None:
     )
     assert _run([("tests/test_model.py", source)], "eval-without-eval-mode") == []
     assert [f.line for f in _run([("evaluation.py", source)], "eval-without-eval-mode")] == [4]
+
+
+def test_a_clean_training_script_raises_none_of_these_rules() -> None:
+    script = FIXTURES.parent / "scripts" / "clean_training.py"
+    config = EngineConfig(select=frozenset(OWNED))
+    result = analyse_files([(script.name, script.read_text(encoding="utf-8"))], config, workers=1)
+    assert [(f.rule, f.line) for f in result.all_findings() if f.rule in OWNED] == []
