@@ -246,3 +246,13 @@ def test_a_small_context_gets_phase_batches_with_answers_fitted_to_it(
         prompt = tokens(sum(len(m["content"]) for m in request["messages"]))
         assert prompt + request["max_tokens"] <= 6_000
     assert all(not any("not reasoned over" in n for n in r.notes) for r in results.values())
+
+
+def test_a_batch_answer_is_bounded_by_what_the_token_budget_leaves(
+    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    walk(make(stub, workspace, cache=False), requests_)
+    prompt = tokens(sum(len(m["content"]) for m in reviews(stub)[-1]["messages"]))
+    results = walk(make(stub, workspace, cache=False, token_budget=prompt + 3_000), requests_)
+    assert reviews(stub)[-1]["max_tokens"] == 3_000
+    assert all(not any("not reasoned over" in n for n in r.notes) for r in results.values())

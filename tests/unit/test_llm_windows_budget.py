@@ -55,6 +55,7 @@ def test_no_located_evidence_gives_an_outline() -> None:
 def test_the_budget_reserves_the_worst_case_and_settles_the_real_usage() -> None:
     budget = Budget(1_000, None, None)
     first = budget.reserve(300, 400)
+    assert budget.available_tokens() == 300
     with pytest.raises(BudgetExhausted):
         budget.reserve(200, 200)
     budget.settle(first, 300, 50)

@@ -57,6 +57,12 @@ class Budget:
             + completion_tokens * self.price.output_per_mtok
         ) / 1_000_000
 
+    def available_tokens(self) -> int:
+        """Tokens neither spent nor reserved yet."""
+        with self._lock:
+            spent = self.prompt_tokens + self.completion_tokens + self._reserved_tokens
+        return self.token_limit - spent
+
     def reserve(self, prompt_tokens: int, max_completion_tokens: int) -> Reservation:
         """Hold the worst case of one request, or raise `BudgetExhausted`."""
         tokens = prompt_tokens + max_completion_tokens

@@ -253,8 +253,9 @@ class LLMReasoner:
         """System + review prompt and the completion limit, fitted to the model's context.
 
         The answer gets `max_output_tokens` per point (up to `max_batch_output_tokens`), or what
-        the context leaves, but never less than one point's worth: below that, the code windows
-        shrink until the request fits.
+        the context or the token budget leaves, but never less than one point's worth: below
+        that, the code windows shrink until the request fits the context (or the budget refuses
+        the request).
         """
         max_lines = self.config.max_window_lines
         context_tokens = self.client.capabilities().context_tokens
@@ -266,7 +267,8 @@ class LLMReasoner:
             prompt = tokens_for_chars(content_chars(messages))
             room = wanted if context_tokens is None else min(wanted, context_tokens - prompt)
             if room >= least:
-                return selections, messages, room
+                affordable = self.budget.available_tokens() - prompt
+                return selections, messages, max(least, min(room, affordable))
             if max_lines <= _MIN_WINDOW_LINES:
                 raise LLMUnavailable(
                     f"the prompt needs ~{prompt + least} tokens; "
