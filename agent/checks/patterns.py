@@ -47,6 +47,7 @@ OPTIMIZERS = frozenset(
         "Adafactor",
     )
 )
+OPTIMIZER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in OPTIMIZERS)
 FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{n}" for n in ("SGD", "Adam", "AdamW", "Adagrad"))
 DATALOADERS = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
 NN_MODULE_BASES = frozenset(

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import argument, constant_number
+from agent.checks.patterns import argument, constant_number, terminal_name
 from agent.models import Severity
 
 _ADAM = frozenset({"torch.optim.Adam", "torch.optim.adam.Adam"})
@@ -36,6 +36,8 @@ class AdamWithWeightDecay(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("Adam",):
+            return
         if not node.keywords and len(node.args) < 5:
             return
         if ctx.call_qualname(node) not in _ADAM:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
 from agent.checks.loops import nodes_of
-from agent.checks.patterns import OPTIMIZERS
+from agent.checks.patterns import OPTIMIZERS, terminal_name
 from agent.models import Severity
 
 _SAVE = frozenset({"torch.save", "lightning.fabric.Fabric.save"})
@@ -41,6 +41,8 @@ class CheckpointIncomplete(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("save",):
+            return
         if node.args and isinstance(node.args[0], ast.Dict) and ctx.call_qualname(node) in _SAVE:
             self.saves.append(node)
 

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
+from agent.checks.patterns import terminal_name
 from agent.models import Severity
 
 _DATA_PARALLEL = frozenset(
@@ -41,6 +42,8 @@ class DataParallelNotDdp(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("DataParallel",):
+            return
         if ctx.call_qualname(node) in _DATA_PARALLEL:
             ctx.report(
                 self,

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import argument, constant_number
+from agent.checks.patterns import argument, constant_number, terminal_name
 from agent.models import Severity
 
 _CONVS = frozenset({"torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d"})
@@ -37,6 +37,8 @@ class EvenKernel(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("Conv1d", "Conv2d", "Conv3d"):
+            return
         if len(node.args) < 3 and not node.keywords:
             return
         if ctx.call_qualname(node) not in _CONVS:

@@ -7,7 +7,14 @@ import re
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import DATALOADERS, OPTIMIZERS, argument, constant_number
+from agent.checks.patterns import (
+    DATALOADERS,
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
+    argument,
+    constant_number,
+    terminal_name,
+)
 from agent.models import Severity
 
 _CONFIG_MODULES = frozenset(
@@ -31,6 +38,8 @@ _CONFIG_MODULES = frozenset(
 _CONFIG_READS = re.compile(
     r"\b(args|cfg|config|conf|hparams|hp|opts?|params)\.\w|os\.environ|getenv"
 )
+
+_NAMES = OPTIMIZER_NAMES | {"DataLoader"}
 
 
 class HardcodedHparams(Rule):
@@ -60,6 +69,8 @@ class HardcodedHparams(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in _NAMES:
+            return
         if not node.args and not node.keywords:
             return
         qual = ctx.call_qualname(node)

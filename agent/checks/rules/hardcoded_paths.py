@@ -40,9 +40,12 @@ class HardcodedPaths(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Constant)
-        if not isinstance(node.value, str) or not _ABSOLUTE.match(node.value):
+        value = node.value
+        if not isinstance(value, str) or (value[:1] != "/" and value[1:2] != ":"):
             return
-        if "\n" in node.value or " " in node.value.strip():
+        if not _ABSOLUTE.match(value):
+            return
+        if "\n" in value or " " in value.strip():
             return
         parent = ctx.parents.get(node)
         if isinstance(parent, ast.keyword):
@@ -53,6 +56,6 @@ class HardcodedPaths(Rule):
             ctx.report(
                 self,
                 node,
-                f"the absolute path {node.value!r} ties the code to one machine: take it from "
+                f"the absolute path {value!r} ties the code to one machine: take it from "
                 "the command line or a config",
             )

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import source_has, target_torch
+from agent.checks.patterns import source_has, target_torch, terminal_name
 from agent.models import Severity
 
 _PREFIXES = ("torch.ao.quantization.", "torch.quantization.")
@@ -52,6 +52,8 @@ class LegacyQuantization(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in _ENTRY_POINTS:
+            return
         if not source_has(ctx, "quantiz"):
             return
         qual = ctx.call_qualname(node) or ""

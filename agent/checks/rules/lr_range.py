@@ -6,7 +6,13 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import OPTIMIZERS, argument, constant_number
+from agent.checks.patterns import (
+    OPTIMIZER_NAMES,
+    OPTIMIZERS,
+    argument,
+    constant_number,
+    terminal_name,
+)
 from agent.models import Severity
 
 _LOW, _HIGH = 1e-6, 1.0
@@ -37,6 +43,8 @@ class LrRange(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in OPTIMIZER_NAMES:
+            return
         if not node.args and not node.keywords:
             return
         qual = ctx.call_qualname(node)

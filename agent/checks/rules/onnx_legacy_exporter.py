@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import is_false, kwarg, source_has, target_torch
+from agent.checks.patterns import is_false, kwarg, source_has, target_torch, terminal_name
 from agent.models import Severity
 
 _EXPORT = "torch.onnx.export"
@@ -41,6 +41,8 @@ class OnnxLegacyExporter(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("export", "dynamo_export"):
+            return
         if not source_has(ctx, "onnx"):
             return
         qual = ctx.call_qualname(node)

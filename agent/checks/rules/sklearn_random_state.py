@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import has_star_kwargs, kwarg, source_has
+from agent.checks.patterns import has_star_kwargs, kwarg, source_has, terminal_name
 from agent.models import Severity
 
 _ALWAYS_RANDOM = frozenset(
@@ -24,6 +24,8 @@ _RANDOM_WHEN_SHUFFLED = frozenset(
         "sklearn.model_selection.RepeatedKFold",
     }
 )
+
+_SPLITTER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in _ALWAYS_RANDOM | _RANDOM_WHEN_SHUFFLED)
 
 
 class SklearnRandomState(Rule):
@@ -50,6 +52,8 @@ class SklearnRandomState(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in _SPLITTER_NAMES:
+            return
         if not source_has(ctx, "sklearn") or has_star_kwargs(node):
             return
         qual = ctx.call_qualname(node)

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import source_has, target_torch
+from agent.checks.patterns import source_has, target_torch, terminal_name
 from agent.models import Severity
 
 _TORCHSCRIPT = frozenset({"torch.jit.trace", "torch.jit.script", "torch.jit.trace_module"})
@@ -36,6 +36,8 @@ class TorchScriptForDeploy(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("trace", "script", "trace_module"):
+            return
         if not source_has(ctx, "jit") or ctx.call_qualname(node) not in _TORCHSCRIPT:
             return
         if (target_torch(ctx) or (2, 0)) < (2, 0):

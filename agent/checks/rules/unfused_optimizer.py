@@ -6,7 +6,13 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import FUSABLE_OPTIMIZERS, has_star_kwargs, kwarg, uses_cuda
+from agent.checks.patterns import (
+    FUSABLE_OPTIMIZERS,
+    has_star_kwargs,
+    kwarg,
+    terminal_name,
+    uses_cuda,
+)
 from agent.models import Severity
 
 
@@ -35,6 +41,8 @@ class UnfusedOptimizer(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        if terminal_name(node.func) not in ("Adam", "AdamW", "SGD", "Adagrad"):
+            return
         if ctx.call_qualname(node) not in FUSABLE_OPTIMIZERS or has_star_kwargs(node):
             return
         if kwarg(node, "fused") is not None or kwarg(node, "foreach") is not None:
