@@ -1288,18 +1288,25 @@ class Accumulation:
 
 
 def _same_text(node: ast.AST, text: str) -> bool:
-    return isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node) == text
+    return _is_accumulator(node) and ast.unparse(node) == text
+
+
+def _is_accumulator(node: ast.AST) -> bool:
+    """`total`, `self.total`, `history["loss"]` (a constant key), not `x[i]`."""
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and _is_accumulator(node.value)
+    return isinstance(node, ast.Name | ast.Attribute)
 
 
 def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
     """(accumulator, added value) for `a += v`, `a = a + v`, `a.append(v)`; else None."""
     if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
-        if isinstance(node.target, ast.Name | ast.Attribute):
+        if _is_accumulator(node.target):
             return node.target, node.value
     elif isinstance(node, ast.Assign) and len(node.targets) == 1:
         target, value = node.targets[0], node.value
         if (
-            isinstance(target, ast.Name | ast.Attribute)
+            _is_accumulator(target)
             and isinstance(value, ast.BinOp)
             and isinstance(value.op, ast.Add)
         ):
@@ -1310,10 +1317,7 @@ def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
                 return target, value.left
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         receiver = node.func.value
-        if (
-            node.func.attr in ("append", "extend")
-            and len(node.args) == 1
-            and isinstance(receiver, ast.Name | ast.Attribute)
-        ):
+        appends = node.func.attr in ("append", "extend") and len(node.args) == 1
+        if appends and _is_accumulator(receiver):
             return receiver, node.args[0]
     return None

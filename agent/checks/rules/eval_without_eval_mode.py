@@ -37,8 +37,9 @@ class EvalWithoutEvalMode(Rule):
     with the batch's own statistics (and updates its running averages with validation data),
     so validation metrics are noisy, batch-size dependent and lower than the model's real
     quality; model selection built on them is wrong. Models known to have no dropout or
-    normalisation layer, and functions that set `.train()` themselves (recomputing BatchNorm
-    statistics), are not reported; prediction/serving functions are left to
+    normalisation layer, functions that set `.train()` themselves (recomputing BatchNorm
+    statistics) and methods of `nn.Module`s (`forward`, `generate`: their caller owns the
+    mode) are not reported; prediction/serving functions are left to
     `inference-no-eval`.
 
     Example:
@@ -98,7 +99,7 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
-            if _OTHER_RULES_PATHS.search(fn.name):
+            if _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
             if by_name or flow.grad_off_function(fn):
@@ -109,12 +110,20 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
         if not any(flow.is_grad_off(item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
+        if owner is not None and _module_method(ctx, owner):
+            continue
         if owner is None and not trains:
             continue  # a script's top level that does not train is inference-no-eval's
         if owner is not None and (id(owner) in named or _OTHER_RULES_PATHS.search(owner.name)):
             continue
         regions.append((owner, node.body))
     return regions
+
+
+def _module_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """A method of an nn.Module (`forward`, `generate`): its caller owns the mode."""
+    parent = ctx.parents.get(fn)
+    return isinstance(parent, ast.ClassDef) and parent.name in ctx.flow.module_classes
 
 
 def _model_expr(call: ast.Call) -> ast.expr:
