@@ -82,9 +82,11 @@ def asked(request: dict[str, Any]) -> list[int]:
 def test_a_small_audit_is_one_request_for_all_twelve_points(
     stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest]
 ) -> None:
-    results = walk(make(stub, workspace), requests_)
+    reasoner = make(stub, workspace)
+    results = walk(reasoner, requests_)
     assert stub.chat_calls == 1
     assert asked(stub.requests[-1]) == list(range(1, 13))
+    assert reasoner.provenance()["batches"] == [list(range(1, 13))]
     assert sum(r.usage.get("requests", 0) for r in results.values()) == 1
     assert results[1].usage["prompt_tokens"] > 0
     assert (

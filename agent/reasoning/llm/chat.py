@@ -3,7 +3,7 @@
 The model may read file windows, re-run the static checks on a file, run a probe (when the
 session has a sandbox) and propose a fix (a unified diff recorded as an unverified `Fix`).
 Tool calls per turn are bounded; at the bound the turn stops and says so. Tool results are
-untrusted data, delimited like the code in point prompts.
+untrusted data, delimited like the code in review prompts.
 """
 
 from __future__ import annotations

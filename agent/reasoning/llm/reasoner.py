@@ -231,6 +231,10 @@ class LLMReasoner:
         not_checked = {point: share.not_checked for point, share in shares.items()}
         return _Answered(completion, selections, validated, not_checked, tuple(points))
 
+    def _planned(self) -> set[tuple[int, ...]]:
+        """The point groups `prepare` planned (empty when it was not called)."""
+        return {tuple(v.point for v in batch.views) for batch in self._batches.values()}
+
     def _wanted_output(self, views: Sequence[PointView]) -> int:
         """Completion tokens a batch's answer may use when the context has room."""
         return min(self.config.max_output_tokens * len(views), self.config.max_batch_output_tokens)
@@ -393,6 +397,7 @@ class LLMReasoner:
                 "token_budget": self.config.token_budget,
                 "cache": self.cache_problem or ("on" if self.config.cache else "off"),
                 "degraded_points": {str(k): v for k, v in sorted(self.degraded.items())},
+                "batches": [list(group) for group in sorted(self._planned())],
             }
 
 
