@@ -33,7 +33,13 @@ from sandbox.environment import job_environment
 from sandbox.mechanisms import NAMESPACES, gpu_device_nodes
 from sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
 from sandbox.outcome import Stop, classify
-from sandbox.workspace import hand_over, remove_workspace, stage_workspace, tree_bytes
+from sandbox.workspace import (
+    WorkspaceError,
+    hand_over,
+    remove_workspace,
+    stage_workspace,
+    tree_bytes,
+)
 
 if TYPE_CHECKING:
     from sandbox.config import DockerConfig
@@ -73,7 +79,10 @@ class DockerSandbox:
 
     def run(self, job: Job) -> RunResult:
         self._root.mkdir(mode=0o711, parents=True, exist_ok=True)
-        workspace = stage_workspace(job.workspace, self._root)
+        try:
+            workspace = stage_workspace(job.workspace, self._root)
+        except WorkspaceError as exc:
+            return RunResult.sandbox_error(f"workspace refused: {exc}", self.isolation)
         try:
             uid, _, gid = self.config.user.partition(":")
             hand_over(workspace, int(uid), int(gid or uid))

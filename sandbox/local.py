@@ -15,6 +15,7 @@ from sandbox.collect import collect_files
 from sandbox.core import LocalRunner, ProbeResult, RunLimits, RunReport, SandboxUnavailable
 from sandbox.mechanisms import NAMESPACES, Mechanism, gpu_device_nodes
 from sandbox.models import CollectedFile, Isolation, Job, ResourceUsage, RunResult
+from sandbox.workspace import WorkspaceError
 
 if TYPE_CHECKING:
     from sandbox.config import LocalConfig
@@ -56,9 +57,12 @@ class LocalSandbox:
             files.extend(collect_files(workspace, job.collect, job.limits.collect_bytes))
 
         limits = RunLimits(**job.limits.model_dump(exclude={"collect_bytes"}))
-        report = self.runner.execute(
-            job.workspace, job.command, job.env, limits, gpu=job.gpu, before_cleanup=collect
-        )
+        try:
+            report = self.runner.execute(
+                job.workspace, job.command, job.env, limits, gpu=job.gpu, before_cleanup=collect
+            )
+        except WorkspaceError as exc:
+            return RunResult.sandbox_error(f"workspace refused: {exc}", self.isolation)
         return to_result(report, files)
 
     async def arun(self, job: Job) -> RunResult:

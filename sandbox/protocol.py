@@ -11,8 +11,9 @@ from sandbox.models import Isolation, Job, RunResult
 class Sandbox(Protocol):
     """Runs a `Job` on a private copy of its workspace and reports what happened.
 
-    `run` never raises for anything the job does (crash, hang, limit, hostile act): those are
-    outcomes. It raises only when the sandbox itself cannot be set up.
+    `run` never raises for anything the job does (crash, hang, limit, hostile act) nor for a
+    workspace it must refuse (an escaping symlink): those are typed outcomes. It raises only
+    when the sandbox itself cannot be set up (no isolation mechanism works, no engine).
     """
 
     @property

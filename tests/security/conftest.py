@@ -3,6 +3,7 @@ sandboxes under test, each on a fresh arena."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -45,13 +46,23 @@ def arena(tmp_path: Path) -> Iterator[Arena]:
         yield planted
 
 
+@functools.cache
+def _unavailable(mechanism: Mechanism) -> str | None:
+    """Why `mechanism` cannot isolate jobs on this host (probed once per session), or None."""
+    scratch = Path(tempfile.mkdtemp(prefix="td-probe-root-"))
+    try:
+        probe = LocalConfig(mechanism=mechanism.value, run_root=scratch).build().probe(mechanism)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None if probe.works else probe.detail
+
+
 def local_sandbox(mechanism: Mechanism, run_root: Path) -> LocalSandbox:
     """A local sandbox forced onto `mechanism`; skips when this host cannot provide it."""
-    sandbox = LocalConfig(mechanism=mechanism.value, run_root=run_root).build()
-    probe = sandbox.probe(mechanism)
-    if not probe.works:
-        pytest.skip(f"{mechanism} isolation is not available here: {probe.detail}")
-    return sandbox
+    reason = _unavailable(mechanism)
+    if reason is not None:
+        pytest.skip(f"{mechanism} isolation is not available here: {reason}")
+    return LocalConfig(mechanism=mechanism.value, run_root=run_root).build()
 
 
 @pytest.fixture(params=BACKENDS)

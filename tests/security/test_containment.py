@@ -59,3 +59,20 @@ def test_a_source_symlink_leading_outside_is_refused(tmp_path: Path, arena: Aren
     (source / "leak").symlink_to(arena.secret_file)
     with pytest.raises(WorkspaceError, match="leaves the tree"):
         stage_workspace(source, tmp_path)
+
+
+def test_the_job_holds_no_capabilities_and_cannot_gain_any(
+    backend: tuple[str, Sandbox], arena: Arena
+) -> None:
+    _name, sandbox = backend
+    code = (
+        "status = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l)\n"
+        "print(*(status[k].strip() for k in ('CapEff', 'CapPrm', 'NoNewPrivs', 'Uid')))\n"
+    )
+    result = sandbox.run(
+        Job(workspace=arena.origin, command=["python3", "-c", code], limits=ATTACK_LIMITS)
+    )
+    effective, permitted, no_new_privs, uids = result.stdout.split(" ", 3)
+    assert int(effective, 16) == 0 and int(permitted, 16) == 0
+    assert no_new_privs == "1"
+    assert "0" not in uids.split()

@@ -145,6 +145,16 @@ def test_a_missing_program_is_the_jobs_failure(sandbox: LocalSandbox, source: Pa
     assert result.exit_code == 127
 
 
+def test_a_workspace_with_an_escaping_symlink_is_a_sandbox_error(
+    sandbox: LocalSandbox, source: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "secret").write_text("s")
+    (source / "leak").symlink_to(tmp_path / "secret")
+    result = sandbox.run(Job(workspace=source, command=["python", "main.py"], limits=FAST))
+    assert result.outcome is Outcome.SANDBOX_ERROR
+    assert "leaves the tree" in result.reason
+
+
 def test_concurrent_jobs_get_separate_workspaces(sandbox: LocalSandbox, source: Path) -> None:
     code = "import os, time\nopen('mine', 'w').write(str(os.getpid()))\ntime.sleep(0.5)\n"
     job = _run(sandbox, source, code + "print(os.getcwd(), os.listdir('.'))\n")
