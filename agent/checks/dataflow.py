@@ -447,6 +447,14 @@ class DataFlow:
             self._qualnames[key] = self.ctx.call_qualname(call)
         return self._qualnames[key]
 
+    def imports(self, *prefixes: str) -> bool:
+        """Whether the module imports something under one of `prefixes` ('torch', 'sklearn')."""
+        return any(
+            target == prefix or target.startswith(prefix + ".")
+            for target in self.ctx.imports.aliases.values()
+            for prefix in prefixes
+        )
+
     def nodes(self, kind: type[_N]) -> list[_N]:
         """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
         return cast(list[_N], self._index.get(kind, []))

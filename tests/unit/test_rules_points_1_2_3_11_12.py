@@ -70,12 +70,19 @@ def _found(path: Path, rule_id: str) -> list[int]:
     return sorted(f.line for f in findings)
 
 
+def _applicable(files: list[tuple[str, str]], rule_ids: tuple[str, ...]) -> set[str]:
+    config = EngineConfig(select=frozenset(rule_ids))
+    return analyse_files(files, config, workers=1).applicable_rules() & set(rule_ids)
+
+
 @pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rule_reports_exactly_the_marked_lines(path: Path) -> None:
     rule_id = path.parent.name
     expected = _expected(path, rule_id)
     if path.name.startswith("positive_"):
         assert expected, f"{path} has no '# expect: {rule_id}' marker"
+        files = [(path.name, path.read_text(encoding="utf-8"))]
+        assert _applicable(files, (rule_id,)) == {rule_id}, "a positive must count as applicable"
     else:
         assert path.name.startswith("negative_"), f"unexpected fixture name {path.name}"
         assert not expected
@@ -193,3 +200,8 @@ def test_a_clean_training_script_raises_none_of_these_rules() -> None:
     config = EngineConfig(select=frozenset(OWNED))
     result = analyse_files([(script.name, script.read_text(encoding="utf-8"))], config, workers=1)
     assert [(f.rule, f.line) for f in result.all_findings() if f.rule in OWNED] == []
+
+
+def test_a_module_without_ml_code_is_not_applicable_to_these_rules() -> None:
+    files = [("util.py", "def add(a, b):\n    return a + b\n")]
+    assert _applicable(files, OWNED) <= {"hardcoded-secrets"}

@@ -39,6 +39,9 @@ class AmpClipWithoutUnscale(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "clip_grad" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "clip_grad" not in ctx.source or ".scale(" not in ctx.source:
             return

@@ -32,6 +32,9 @@ class AmpGradscalerLegacy(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.6",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "GradScaler" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         names = callee_names("renamed", ctx.imports.aliases)
         for node in ctx.flow.nodes(ast.Call):

@@ -39,6 +39,9 @@ class AnomalyModeLeftOn(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         if "anomaly" not in ctx.source:
             return

@@ -35,6 +35,9 @@ class AutogradVariableLegacy(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.6",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         if "Variable" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):

@@ -36,6 +36,9 @@ class BnBatchOfOne(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "BatchNorm" in ctx.source and "DataLoader" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "BatchNorm" not in ctx.source or "DataLoader" not in ctx.source:
             return

@@ -36,6 +36,9 @@ class CheckpointUseReentrant(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.6",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "checkpoint" in ctx.source and ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         if "checkpoint" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):

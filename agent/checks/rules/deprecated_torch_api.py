@@ -42,6 +42,9 @@ class DeprecatedTorchApi(Rule):
     title = "Deprecated PyTorch API"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch", "functorch")
+
     def finish(self, ctx: ModuleContext) -> None:
         names = callee_names("deprecated", ctx.imports.aliases)
         flow = ctx.flow

@@ -55,6 +55,9 @@ class DeviceMismatchFactoryInForward(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.3",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "def forward" in ctx.source and bool(ctx.flow.module_classes)
+
     def finish(self, ctx: ModuleContext) -> None:
         if "def forward" not in ctx.source:
             return

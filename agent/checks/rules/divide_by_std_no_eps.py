@@ -34,6 +34,9 @@ class DivideByStdNoEps(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return any(w in ctx.source for w in ("std(", "norm(", "var("))
+
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
         if "std(" not in text and "norm(" not in text and "var(" not in text:

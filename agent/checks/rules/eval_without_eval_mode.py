@@ -58,6 +58,9 @@ class EvalWithoutEvalMode(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return any(True for _ in _evaluation_regions(ctx))
+
     def finish(self, ctx: ModuleContext) -> None:
         if (
             "no_grad" not in ctx.source

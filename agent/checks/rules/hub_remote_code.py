@@ -35,6 +35,11 @@ class HubRemoteCode(Rule):
     title = "Model loading runs remote code"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return (
+            "hub" in ctx.source or "pretrained" in ctx.source or "trust_remote_code" in ctx.source
+        )
+
     def finish(self, ctx: ModuleContext) -> None:
         if "hub" in ctx.source or "trust_remote_code" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):

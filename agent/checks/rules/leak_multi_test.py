@@ -49,6 +49,9 @@ class LeakMultiTest(Rule):
     title = "Test set used for model selection"
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "test" in ctx.source.lower()
+
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source.lower()
         if "test" not in text and "holdout" not in text:

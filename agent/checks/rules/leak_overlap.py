@@ -43,6 +43,11 @@ class LeakOverlap(Rule):
     title = "Training and test data overlap"
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(ctx.flow.split_inputs) or (
+            "backward" in ctx.source and bool(ctx.loops.training_loops)
+        )
+
     def finish(self, ctx: ModuleContext) -> None:
         if not any(w in ctx.source for w in ("split", "test", "val", "Test", "Val")):
             return

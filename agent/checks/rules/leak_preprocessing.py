@@ -55,6 +55,9 @@ class LeakPreprocessing(Rule):
     title = "Preprocessing fitted on test data"
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(ctx.flow.split_inputs) or ctx.flow.imports("sklearn")
+
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
         if not any(word in text for word in ("fit", "mean(", "std(", "ocab")):

@@ -37,6 +37,9 @@ class LegacyTensorCtor(Rule):
     title = "Legacy typed tensor constructor"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         if "Tensor(" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):

@@ -49,6 +49,9 @@ class LogUnmasked(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
     tier = "opt-in"
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "log" in ctx.source and ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         if "log" not in ctx.source:
             return

@@ -38,6 +38,9 @@ class MetricBatchMeanBias(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "==" in ctx.source and bool(ctx.flow.accumulations)
+
     def finish(self, ctx: ModuleContext) -> None:
         if "==" not in ctx.source or "mean" not in ctx.source:
             return

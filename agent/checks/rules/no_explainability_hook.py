@@ -53,6 +53,9 @@ class NoExplainabilityHook(Rule):
     items: ClassVar[tuple[str, ...]] = ("12.2",)
     tier = "opt-in"
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "backward" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         explains = bool(_EXPLAINERS.search(ctx.source))
         loss = None

@@ -43,6 +43,9 @@ class NoGroupMetrics(Rule):
     items: ClassVar[tuple[str, ...]] = ("12.1",)
     tier = "opt-in"
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(_METRIC.search(ctx.source))
+
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
         if not _METRIC.search(text) or _GROUPED.search(text):

@@ -50,6 +50,9 @@ class NoModelCard(Rule):
     title = "No model card"
     items: ClassVar[tuple[str, ...]] = ("12.3",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "save" in ctx.source or "export" in ctx.source or "push_to_hub" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if (
             "save" not in ctx.source

@@ -41,6 +41,9 @@ class OomHandling(Rule):
     title = "Fragile CUDA OOM handling"
     items: ClassVar[tuple[str, ...]] = ("2.4", "2.2")
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "backward" in ctx.source or "cuda" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "except" not in ctx.source:
             return

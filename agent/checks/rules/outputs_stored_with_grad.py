@@ -35,6 +35,9 @@ class OutputsStoredWithGrad(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.4",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return bool(ctx.flow.accumulations)
+
     def finish(self, ctx: ModuleContext) -> None:
         if "append" not in ctx.source and "+" not in ctx.source:
             return

@@ -50,6 +50,11 @@ class PickleModelArtifacts(Rule):
     title = "Artifact loaded with pickle"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports(
+            "pickle", "_pickle", "dill", "cloudpickle", "joblib", "numpy", "pandas"
+        )
+
     def finish(self, ctx: ModuleContext) -> None:
         if "load" in ctx.source or "pickle" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):

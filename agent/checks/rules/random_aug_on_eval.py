@@ -44,6 +44,9 @@ class RandomAugOnEval(Rule):
     title = "Random augmentation on evaluation data"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torchvision", "albumentations")
+
     def finish(self, ctx: ModuleContext) -> None:
         if (
             "Random" not in ctx.source

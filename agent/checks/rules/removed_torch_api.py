@@ -33,6 +33,9 @@ class RemovedTorchApi(Rule):
     title = "Removed PyTorch function"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch")
+
     def finish(self, ctx: ModuleContext) -> None:
         names = callee_names("removed", ctx.imports.aliases)
         for node in ctx.flow.nodes(ast.Call):

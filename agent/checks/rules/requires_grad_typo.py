@@ -30,6 +30,9 @@ class RequiresGradTypo(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "grad" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "require_grad" not in ctx.source:
             return

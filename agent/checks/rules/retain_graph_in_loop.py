@@ -39,6 +39,9 @@ class RetainGraphInLoop(Rule):
     title = "retain_graph=True on every step"
     items: ClassVar[tuple[str, ...]] = ("1.4",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "backward" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "retain_graph" not in ctx.source:
             return

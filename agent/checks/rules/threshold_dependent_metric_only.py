@@ -58,6 +58,9 @@ class ThresholdDependentMetricOnly(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     tier = "opt-in"
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("sklearn.metrics", "torchmetrics")
+
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
         if not any(w in text for w in ("_score", "Accuracy", "F1Score")):

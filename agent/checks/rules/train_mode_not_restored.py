@@ -40,6 +40,9 @@ class TrainModeNotRestored(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     fixable = True
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "backward" in ctx.source and bool(ctx.loops.training_loops)
+
     def finish(self, ctx: ModuleContext) -> None:
         if "eval()" not in ctx.source and "train(False)" not in ctx.source:
             return

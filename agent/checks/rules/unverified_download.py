@@ -45,6 +45,9 @@ class UnverifiedDownload(Rule):
     title = "Download without checksum"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
 
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "url" in ctx.source or "download" in ctx.source
+
     def finish(self, ctx: ModuleContext) -> None:
         if "url" in ctx.source or "download" in ctx.source:
             for node in ctx.flow.nodes(ast.Call):
