@@ -34,7 +34,7 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         stack.extend(reversed(children))
 
 
-_INDEX: dict[str, tuple[ast.Module, int, dict[type[ast.AST], list[ast.AST]]]] = {}
+_INDEX: dict[str, tuple[ast.Module, int, dict[object, list[ast.AST]]]] = {}
 
 
 def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
@@ -46,15 +46,19 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     """
     entry = _INDEX.get("last")
     if entry is None or entry[0] is not ctx.tree or entry[1] != len(ctx.parents):
-        by_type: dict[type[ast.AST], list[ast.AST]] = {}
+        by_type: dict[object, list[ast.AST]] = {}
         for node in ctx.parents or ast.walk(ctx.tree):
             by_type.setdefault(type(node), []).append(node)
         entry = (ctx.tree, len(ctx.parents), by_type)
         _INDEX["last"] = entry
-    found = [node for kind in kinds for node in entry[2].get(kind, ())]
-    if len(kinds) > 1:
-        found.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
-    return found
+    if len(kinds) == 1:
+        return entry[2].get(kinds[0], [])
+    merged = entry[2].get(kinds)
+    if merged is None:
+        merged = [node for kind in kinds for node in entry[2].get(kind, ())]
+        merged.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        entry[2][kinds] = merged
+    return merged
 
 
 def receiver_name(call: ast.Call) -> str:
