@@ -131,15 +131,16 @@ def propose_and_verify(
         )
         if verified:
             specs[finding.id] = spec
-    say("re-measuring small performance gains on top of the verified fixes")
-    _retry_small_gains(verifier, by_id, specs)
-    say("verifying the verified fixes together")
-    _combine_verified(verifier, by_id, specs)
+    _retry_small_gains(verifier, by_id, specs, say)
+    _combine_verified(verifier, by_id, specs, say)
     return [by_id[f.id] for f in findings]
 
 
 def _retry_small_gains(
-    verifier: Verifier, by_id: dict[str, Finding], specs: dict[str, FixSpec]
+    verifier: Verifier,
+    by_id: dict[str, Finding],
+    specs: dict[str, FixSpec],
+    say: Callable[[str], None],
 ) -> None:
     """Measure again, on top of the verified fixes, the performance fixes that lost only on
     the speed-up (see `stacked`)."""
@@ -148,6 +149,7 @@ def _retry_small_gains(
     candidates = [f for f in retry_candidates(list(by_id.values())) if f.id not in gate.blocked]
     if not stack or not candidates or verifier.runner is None:
         return
+    say(f"re-measuring {len(candidates)} small performance gain(s) on the verified fixes")
     for finding_id, finding in verify_on_stack(verifier, stack, candidates).items():
         by_id[finding_id] = finding
         codemod = codemod_for(finding.rule)
@@ -156,13 +158,17 @@ def _retry_small_gains(
 
 
 def _combine_verified(
-    verifier: Verifier, by_id: dict[str, Finding], specs: dict[str, FixSpec]
+    verifier: Verifier,
+    by_id: dict[str, Finding],
+    specs: dict[str, FixSpec],
+    say: Callable[[str], None],
 ) -> None:
     """Re-verify the verified fixes together (only those the correctness gate lets through)."""
     gate = fix_gate(list(by_id.values()))
     candidates = [(by_id[i], s) for i, s in specs.items() if i not in gate.blocked]
     if len(candidates) < 2:
         return
+    say(f"verifying {len(candidates)} verified fixes together")
     combination, notes = combine(verifier, candidates)
     for finding_id, note in notes.items():
         finding = by_id[finding_id]
