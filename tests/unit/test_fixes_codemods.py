@@ -232,3 +232,23 @@ def test_zero_grad_symptom_is_the_gradient_norm_no_longer_accumulating() -> None
     cleared = SmokeRun(ok=True, losses=[1.0], signals={"grad_norms": [1.0, 1.1, 0.9]})
     assert codemod.symptom_gone(grown, cleared)[0]
     assert not codemod.symptom_gone(cleared, grown)[0]
+
+
+def test_amp_wraps_the_step_function_the_loop_calls() -> None:
+    source = (
+        "import torch\n\n\n"
+        "def train_step(model, opt, x, y):\n"
+        "    opt.zero_grad()\n"
+        "    loss = torch.nn.functional.mse_loss(model(x), y)\n"
+        "    loss.backward()\n"
+        "    opt.step()\n\n\n"
+        "for x, y in batches:\n"
+        "    train_step(model, opt, x.cuda(), y.cuda())\n"
+    )
+    target = FixTarget(rule="no-amp", file="m.py", line=11, end_line=11)
+    codemod = codemod_for("no-amp")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None
+    assert "    with torch.autocast(" in fixed
+    assert "        loss = torch.nn.functional.mse_loss(model(x), y)\n    loss.backward()" in fixed

@@ -65,13 +65,18 @@ def _step_block(
 ) -> tuple[Sequence[cst.BaseStatement], int, int] | None:
     """The statement list holding `loss.backward()`, and the forward..loss index range."""
     loop = flagged_loop(ctx, target)
-    candidates = []
+    everywhere = []
     for block in ctx.find(cst.IndentedBlock):
-        if loop is not None and block is not loop.body and not loop_contains(ctx, loop, block):
-            continue
         span = _forward_span(block.body)
         if span is not None:
-            candidates.append((block.body, *span))
+            everywhere.append((block, (block.body, *span)))
+    # the step written in the loop itself, else in the one function the loop calls
+    inside = [
+        found
+        for block, found in everywhere
+        if loop is not None and (block is loop.body or loop_contains(ctx, loop, block))
+    ]
+    candidates = inside or [found for _, found in everywhere]
     return candidates[0] if len(candidates) == 1 else None
 
 
