@@ -235,6 +235,13 @@ _NOT_DATA_TOKENS = frozenset(
         "file",
         "id",
         "ids",
+        "kwargs",
+        "args",
+        "config",
+        "cfg",
+        "opts",
+        "params",
+        "settings",
         "name",
         "names",
         "collate",
@@ -982,7 +989,11 @@ class DataFlow:
         elif isinstance(node, ast.Call):
             if not self.is_split_call(node):
                 yield from node.args
-                yield from (k.value for k in node.keywords if k.arg not in _NON_DATA_KEYWORDS)
+                yield from (
+                    k.value
+                    for k in node.keywords
+                    if k.arg is not None and k.arg not in _NON_DATA_KEYWORDS
+                )
                 # A returned tuple mixes splits (`return train, test`): its parts are not all
                 # held out, and unpacking positions are not tracked through returns.
                 yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import identifier, module_level
+from agent.checks.dataflow import identifier
 from agent.checks.loops import walk_scope
 from agent.models import Severity
 
@@ -16,9 +17,9 @@ _CLIP = frozenset(
 
 
 class AmpClipWithoutUnscale(Rule):
-    """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`) in a function that
-    back-propagates a `GradScaler`-scaled loss (`scaler.scale(loss).backward()`) but never
-    calls `scaler.unscale_(optimizer)`.
+    """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`) preceded, on its
+    path, by the backward of a `GradScaler`-scaled loss (`scaler.scale(loss).backward()`) but
+    not by `scaler.unscale_(optimizer)`. Clipping in a branch without AMP is not reported.
 
     Why it matters: with AMP the gradients are multiplied by the loss scale (65536 by
     default) until `scaler.step` unscales them. Clipping the scaled gradients to a norm of
@@ -45,26 +46,39 @@ class AmpClipWithoutUnscale(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "clip_grad" not in ctx.source or ".scale(" not in ctx.source:
             return
-        flow = ctx.flow
-        for defs in flow.functions.values():
-            for fn in defs:
-                self._check(ctx, fn.body)
-        self._check(ctx, module_level(ctx.tree))
-
-    def _check(self, ctx: ModuleContext, body: list[ast.stmt]) -> None:
-        calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
-        if not any(_is_scaled_backward(c) for c in calls):
-            return
-        if any(identifier(c.func) == "unscale_" for c in calls):
-            return
-        for call in calls:
-            if identifier(call.func) in _CLIP:
+        for call in ctx.flow.nodes(ast.Call):
+            if identifier(call.func) not in _CLIP:
+                continue
+            if _preceded_by(ctx, call, _is_scaled_backward) and not _preceded_by(
+                ctx, call, _is_unscale
+            ):
                 ctx.report(
                     self,
                     call,
                     "gradients are clipped while still scaled by the GradScaler: call "
                     "scaler.unscale_(optimizer) before clipping",
                 )
+
+
+def _preceded_by(ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Call], bool]) -> bool:
+    """Whether a statement that runs before `node` on every path to it (an earlier sibling
+    of `node` or of one of its enclosing statements, within its function) makes such a call."""
+    current = node
+    for parent in ctx.ancestors(node):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(parent, field, None)
+            if isinstance(block, list) and current in block:
+                earlier = block[: block.index(current)]
+                if any(isinstance(n, ast.Call) and predicate(n) for n in walk_scope(earlier)):
+                    return True
+        if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        current = parent
+    return False
+
+
+def _is_unscale(call: ast.Call) -> bool:
+    return identifier(call.func) == "unscale_"
 
 
 def _is_scaled_backward(call: ast.Call) -> bool:

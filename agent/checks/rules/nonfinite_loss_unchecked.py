@@ -13,9 +13,10 @@ _GUARD = re.compile(r"isfinite|isnan|isinf|nan_to_num|GradScaler|detect_anomaly|
 
 
 class NonfiniteLossUnchecked(Rule):
-    """Detects a module with a training loop that never checks for non-finite values: no
-    `torch.isfinite`/`isnan`/`isinf`, `math.isfinite`, `nan_to_num`, `GradScaler` (which skips
-    inf steps) or anomaly detection anywhere in the module. Opt-in: the check is coarse and
+    """Detects a module with a training loop (reported once, at the first one) that never
+    checks for non-finite values: no `torch.isfinite`/`isnan`/`isinf`, `math.isfinite`,
+    `nan_to_num`, `GradScaler` (which skips inf steps) or anomaly detection anywhere in the
+    module. Opt-in: the check is coarse and
     frameworks may guard elsewhere; the sandbox's NaN probe is the precise version.
 
     Why it matters: once the loss becomes NaN (a bad batch, a log of zero, an LR spike) every
@@ -45,14 +46,14 @@ class NonfiniteLossUnchecked(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "backward" not in ctx.source or _GUARD.search(ctx.source):
             return
-        for loop in ctx.loops.training_loops:
-            if loop.kind != "loop":
-                continue
-            node: ast.AST = loop.node
+        loops = [loop.node for loop in ctx.loops.training_loops if loop.kind == "loop"]
+        if loops:
+            first: ast.AST = min(loops, key=lambda n: n.lineno)
             ctx.report(
                 self,
-                node,
+                first,
                 "this training loop never checks the loss for NaN/Inf: a single bad step "
                 "poisons the weights for the rest of the run",
                 header_only=True,
+                data={"training_loops": len(loops)},
             )
