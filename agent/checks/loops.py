@@ -136,6 +136,12 @@ class Effects:
         return bool(self.backward) and bool(self.step)
 
 
+def closure_names(step: ast.Call) -> set[str]:
+    """`optimizer.step(closure)` (LBFGS): names passed to step() that it will call."""
+    passed = [*step.args, *(k.value for k in step.keywords if k.arg == "closure")]
+    return {arg.id for arg in passed if isinstance(arg, ast.Name)}
+
+
 def direct_effects(body: list[ast.stmt] | ast.AST) -> Effects:
     effects = Effects()
     for node in walk_scope(body):
@@ -147,6 +153,7 @@ def direct_effects(body: list[ast.stmt] | ast.AST) -> Effects:
             effects.backward.append(node)
         elif is_optimizer_step(node):
             effects.step.append(node)
+            effects.callees |= closure_names(node)
         elif not is_zero_grad(node) and (callee := local_callee(node)):
             effects.callees.add(callee)
     return effects
@@ -244,6 +251,8 @@ class LoopAnalysis:
                         effects.callees.add(local_callee(node))
                     else:
                         getattr(effects, kind).append(node)
+                        if kind == "step" and isinstance(node, ast.Call):  # step(closure) runs it
+                            effects.callees |= closure_names(node)
                 if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
                     break
                 child = anc
@@ -315,6 +324,7 @@ class LoopAnalysis:
             if isinstance(node, ast.For | ast.While)
         ]
         training = {id(node): self._loop_effects(node) for node in candidates}
+        looping = self._functions_running_loops([n for n in candidates if training[id(n)].trains])
         for node in candidates:
             eff = training[id(node)]
             if not eff.trains:
@@ -326,11 +336,35 @@ class LoopAnalysis:
                 and isinstance(child, ast.For | ast.While)
                 and training.get(id(child), Effects()).trains
             ]
-            if not inner:
+            own = self.ctx.enclosing_function(node)
+            calls_a_loop = self._direct(node).callees & (looping - {own.name if own else ""})
+            if not inner and not calls_a_loop:
                 loops.append(TrainingLoop(node, "loop", eff))
         for fn in self.functions.get("training_step", []) if "training_step" in source else []:
             loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
         return loops
+
+    def _functions_running_loops(self, training: list[ast.For | ast.While]) -> set[str]:
+        """Local functions that run a whole training loop, themselves or through calls.
+
+        An epoch loop that calls `train_one_epoch()` is not itself the training loop: the loop
+        inside that function is, and what the epoch loop does runs once per epoch.
+        """
+        looping = {
+            fn.name for node in training if (fn := self.ctx.enclosing_function(node)) is not None
+        }
+        if not looping:
+            return looping
+        calls = {
+            name: set().union(*(self._direct(fn).callees for fn in defs))
+            for name, defs in self.functions.items()
+        }
+        changed = True
+        while changed:
+            grown = {name for name, callees in calls.items() if callees & looping} - looping
+            looping |= grown
+            changed = bool(grown)
+        return looping
 
     def loop_containing(self, node: ast.AST) -> TrainingLoop | None:
         """The training loop whose body holds `node` directly (same function scope)."""
