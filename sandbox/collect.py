@@ -1,35 +1,44 @@
 """Bring a job's output files back, without letting the job choose what the service reads.
 
-Runs only after every process of the job is dead. A collected path must be a regular file that
-resolves inside the workspace: a job that replaced a file or a folder by a symlink to `/etc`
-gets nothing back for it. Each content is capped at `Limits.collect_bytes`.
+Runs only after every process of the job is dead. The workspace is walked without following
+any symlink and only regular files are opened (with O_NOFOLLOW): a job that replaced a file or
+a folder by a symlink to `/etc`, or made a symlink loop, gets nothing back for it and cannot
+send the service walking the host. Each content is capped at `Limits.collect_bytes`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from pathlib import Path
 
 from sandbox.models import CollectedFile
 
+MAX_FILES = 200
 
-def collect_files(workspace: Path, patterns: list[str], cap: int) -> list[CollectedFile]:
+
+def collect_files(
+    workspace: Path, patterns: list[str], cap: int, max_files: int = MAX_FILES
+) -> list[CollectedFile]:
+    """Regular files whose workspace-relative path matches a shell-style pattern (`*` also
+    crosses folders), found without following any symlink, at most `max_files` of them."""
+    if not patterns:
+        return []
     root = workspace.resolve()
-    found: dict[str, CollectedFile] = {}
-    for pattern in patterns:
-        for path in sorted(root.glob(pattern)):
+    found: list[CollectedFile] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder, name)
             relative = path.relative_to(root).as_posix()
-            if relative not in found and _inside(path, root):
+            if any(fnmatch.fnmatchcase(relative, p) for p in patterns):
                 collected = _read_capped(path, relative, cap)
                 if collected is not None:
-                    found[relative] = collected
-    return list(found.values())
-
-
-def _inside(path: Path, root: Path) -> bool:
-    resolved = path.resolve()
-    return root in resolved.parents
+                    found.append(collected)
+                if len(found) >= max_files:
+                    return found
+    return found
 
 
 def _read_capped(path: Path, relative: str, cap: int) -> CollectedFile | None:

@@ -34,10 +34,11 @@ from sandbox.outcome import Outcome, Stop, classify
 from sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
 from sandbox.workspace import (
     hand_over,
+    over_quota,
     remove_owned_files,
     remove_workspace,
     stage_workspace,
-    tree_bytes,
+    tree_usage,
 )
 
 SHARED_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
@@ -62,6 +63,7 @@ class RunLimits:
     processes: int = 64
     file_size_mb: int = 256
     disk_mb: int = 512
+    max_files: int = 100_000
     open_files: int = 256
     output_bytes: int = 1_000_000
 
@@ -371,7 +373,7 @@ def _monitor(
             kill(Stop.MEMORY)
         if now >= next_disk:
             next_disk = now + DISK_POLL_S
-            if tree_bytes(workspace) > limits.disk_mb * 2**20:
+            if over_quota(tree_usage(workspace), limits.disk_mb, limits.max_files):
                 kill(Stop.DISK)
         time.sleep(POLL_S)
 

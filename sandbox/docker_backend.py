@@ -36,9 +36,10 @@ from sandbox.outcome import Stop, classify
 from sandbox.workspace import (
     WorkspaceError,
     hand_over,
+    over_quota,
     remove_workspace,
     stage_workspace,
-    tree_bytes,
+    tree_usage,
 )
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ class DockerSandbox:
                 kill(Stop.OUTPUT)
             elif time.monotonic() - started >= limits.wall_s:
                 kill(Stop.WALL)
-            elif tree_bytes(workspace) > limits.disk_mb * 2**20:
+            elif over_quota(tree_usage(workspace), limits.disk_mb, limits.max_files):
                 kill(Stop.DISK)
 
     def _gpu_wanted(self, requested: bool) -> bool:

@@ -30,6 +30,7 @@ class Limits(Strict):
     processes: int = Field(64, gt=0, description="processes and threads of the job's user")
     file_size_mb: int = Field(256, gt=0, description="largest single file (RLIMIT_FSIZE)")
     disk_mb: int = Field(512, gt=0, description="total bytes written to the workspace and /tmp")
+    max_files: int = Field(100_000, gt=0, description="files and folders in the workspace")
     open_files: int = Field(256, gt=0, description="file descriptors per process")
     output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr before the kill")
     collect_bytes: int = Field(1_000_000, gt=0, description="largest collected file content")

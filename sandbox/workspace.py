@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 SKIPPED_NAMES = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -36,6 +37,9 @@ def stage_workspace(
         else:
             for source in [sources] if isinstance(sources, Path) else sources:
                 _copy_entry(source, workspace / source.name, source.parent)
+    except FileNotFoundError as exc:
+        remove_workspace(workspace)
+        raise WorkspaceError(f"no such source: {exc.filename}") from exc
     except BaseException:
         remove_workspace(workspace)
         raise
@@ -66,21 +70,34 @@ def hand_over(workspace: Path, uid: int, gid: int) -> None:
     os.chmod(workspace, 0o700)
 
 
-def tree_bytes(root: Path) -> int:
-    """Disk blocks used under `root` (symlinks not followed); vanished entries count zero."""
-    total = 0
+@dataclass(frozen=True)
+class TreeUsage:
+    bytes: int
+    entries: int
+
+
+def tree_usage(root: Path, stop_after: int = 1_000_000) -> TreeUsage:
+    """Disk blocks and entries under `root`, symlinks not followed; vanished entries count
+    zero. Stops counting after `stop_after` entries (a job making millions of empty files is
+    over any quota already)."""
+    total = entries = 0
     stack = [str(root)]
-    while stack:
+    while stack and entries <= stop_after:
         try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
+            with os.scandir(stack.pop()) as found:
+                for entry in found:
+                    entries += 1
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_blocks * 512
         except (FileNotFoundError, PermissionError, NotADirectoryError):
             continue
-    return total
+    return TreeUsage(total, entries)
+
+
+def over_quota(usage: TreeUsage, disk_mb: int, max_files: int) -> bool:
+    return usage.bytes > disk_mb * 2**20 or usage.entries > max_files
 
 
 def remove_owned_files(roots: Iterable[str], uid: int) -> list[str]:

@@ -10,10 +10,11 @@ import pytest
 from sandbox.workspace import (
     WorkspaceError,
     hand_over,
+    over_quota,
     remove_owned_files,
     remove_workspace,
     stage_workspace,
-    tree_bytes,
+    tree_usage,
 )
 
 
@@ -95,10 +96,25 @@ def test_hand_over_makes_the_copy_private_to_the_job_user(repo: Path, tmp_path: 
     assert workspace.stat().st_mode & 0o777 == 0o700
 
 
-def test_tree_bytes_counts_blocks_without_following_links(tmp_path: Path) -> None:
+def test_tree_usage_counts_blocks_and_entries_without_following_links(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"x" * 100_000)
     (tmp_path / "link").symlink_to("/usr")
-    assert 100_000 <= tree_bytes(tmp_path) < 200_000
+    usage = tree_usage(tmp_path)
+    assert 100_000 <= usage.bytes < 200_000
+    assert usage.entries == 2
+
+
+def test_many_empty_files_are_over_quota_too(tmp_path: Path) -> None:
+    for index in range(50):
+        (tmp_path / f"f{index}").touch()
+    usage = tree_usage(tmp_path)
+    assert over_quota(usage, disk_mb=1, max_files=10)
+    assert not over_quota(usage, disk_mb=1, max_files=100)
+
+
+def test_a_missing_source_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match="no such source"):
+        stage_workspace(tmp_path / "absent.py", tmp_path)
 
 
 def test_only_the_job_users_files_are_removed_from_scratch(tmp_path: Path) -> None:
