@@ -8,6 +8,7 @@ that fails degrades every point it covers to the offline result.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -258,3 +259,26 @@ def test_a_batch_answer_is_bounded_by_what_the_token_budget_leaves(
     results = walk(make(stub, workspace, cache=False, token_budget=prompt + 3_000), requests_)
     assert reviews(stub)[-1]["max_tokens"] == 3_000
     assert all(not any("not reasoned over" in n for n in r.notes) for r in results.values())
+
+
+def test_a_dead_endpoint_costs_the_plan_probe_and_one_batch_then_is_not_called(
+    workspace: Path, requests_: dict[int, PointRequest]
+) -> None:
+    sleeps: list[float] = []
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        config = OpenAIConfig(
+            model="dead-model",
+            base_url=f"http://127.0.0.1:{closed.getsockname()[1]}/v1",
+            cache=False,
+            timeout_s=1.0,
+            max_retries=1,
+            backoff_base_s=0.01,
+            batch_tokens=0,
+        )
+        reasoner = LLMReasoner(config, workspace, OfflineReasoner(), sleep=sleeps.append)
+        results = walk(reasoner, requests_)
+    assert len(sleeps) == 2, "one retry for the planning probe, one for the first batch"
+    for result in results.values():
+        assert "not reasoned over by the LLM: endpoint unavailable" in result.notes[-1]
+    assert results[12].notes[-1].endswith("(not called again after 2 consecutive failures)")

@@ -311,7 +311,8 @@ class LLMClient:
         **extra: Any,
     ) -> ChatCompletion:
         """POST with budget reservation, concurrency slot and backoff; accounts usage."""
-        chars = content_chars(messages) + len(json.dumps(extra.get("tools") or []))
+        tools = extra.get("tools")
+        chars = content_chars(messages) + (len(json.dumps(tools)) if tools else 0)
         limit = max_tokens or self.config.max_output_tokens
         reservation = self.budget.reserve(tokens_for_chars(chars), limit)
         kwargs: dict[str, Any] = {

@@ -136,8 +136,12 @@ class LLMReasoner:
         }
         try:
             context_tokens = self.client.capabilities().context_tokens
-        except (LLMUnavailable, BudgetExhausted):
+        except BudgetExhausted:
             context_tokens = None
+        except LLMUnavailable:
+            context_tokens = None
+            with self._lock:
+                self._failures += 1
         selections = self._selections(list(views.values()), self.config.max_window_lines)
 
         def fits(group: tuple[int, ...]) -> bool:
