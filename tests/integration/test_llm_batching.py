@@ -151,7 +151,7 @@ def test_a_batched_answer_is_shared_out_by_point(
     assert {c.item: c.verdict for c in results[6].coverage}["6.1"] == "fail"
 
 
-def test_a_large_audit_is_one_request_per_phase(tmp_path: Path) -> None:
+def test_a_large_audit_is_split_along_phases_into_at_most_five_requests(tmp_path: Path) -> None:
     source = (FIXTURES / "train_small.py").read_text(encoding="utf-8")
     workspace = tmp_path / "workspace"
     workspace.mkdir()
