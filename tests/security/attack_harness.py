@@ -37,6 +37,7 @@ ATTACK_LIMITS = Limits(
     processes=32,
     file_size_mb=16,
     disk_mb=64,
+    max_files=1000,
     output_bytes=65_536,
     collect_bytes=4096,
 )
@@ -59,6 +60,7 @@ ATTACKS = [
     Attack("fork_bomb", frozenset({Outcome.TIMEOUT, Outcome.KILLED, Outcome.FAILED})),
     Attack("memory_bomb", frozenset({Outcome.MEMORY_LIMIT})),
     Attack("disk_fill", frozenset({Outcome.KILLED, Outcome.FAILED})),
+    Attack("many_files", frozenset({Outcome.KILLED})),
     Attack("busy_loop", frozenset({Outcome.TIMEOUT})),
     Attack("sleep_forever", frozenset({Outcome.TIMEOUT})),
     Attack("daemon_escape", FINISHED),
@@ -187,7 +189,7 @@ class Arena:
             workspace=self.origin,
             command=["python3", attack.script, marker, self.context()],
             limits=ATTACK_LIMITS,
-            collect=["*.txt", "out/*", "etc-link/*"],
+            collect=["*.txt", "out/*", "etc-link/*", "root-link/*", "loop/*"],
         )
 
     def attack(self, sandbox: Sandbox, backend: str, attack: Attack) -> Verdict:
