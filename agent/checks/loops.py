@@ -9,6 +9,7 @@ the loop). Rules ask this module instead of pattern-matching loops themselves.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,6 +60,24 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
         merged.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
         entry[2][kinds] = merged
     return merged
+
+
+_LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
+
+
+def mentions_modulo(expr: ast.AST) -> bool:
+    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in ast.walk(expr))
+
+
+def is_periodic_guard(test: ast.expr) -> bool:
+    """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps."""
+    if mentions_modulo(test):
+        return True
+    return any(
+        _LOG_GUARD_NAME.search(n.attr if isinstance(n, ast.Attribute) else n.id)
+        for n in ast.walk(test)
+        if isinstance(n, ast.Name | ast.Attribute)
+    )
 
 
 def receiver_name(call: ast.Call) -> str:
@@ -379,7 +398,7 @@ class LoopAnalysis:
         """Local functions called from a training loop's body: their bodies run every step."""
         names: set[str] = set()
         for loop in self.training_loops:
-            names |= direct_effects(loop.body).callees & set(self.functions)
+            names |= self._every_step_callees(loop)
         frontier = set(names)
         while frontier:
             nxt: set[str] = set()
@@ -389,6 +408,23 @@ class LoopAnalysis:
             frontier = nxt - names
             names |= frontier
         return names
+
+    def _every_step_callees(self, loop: TrainingLoop) -> set[str]:
+        """Local functions the loop body calls outside `if step % N == 0:`-style guards."""
+        found: set[str] = set()
+        for node in walk_scope(loop.body):
+            if not isinstance(node, ast.Call) or local_callee(node) not in self.functions:
+                continue
+            guarded = False
+            for anc in self.ctx.ancestors(node):
+                if anc is loop.node:
+                    break
+                if isinstance(anc, ast.If) and is_periodic_guard(anc.test):
+                    guarded = True
+                    break
+            if not guarded:
+                found.add(local_callee(node))
+        return found
 
     def in_training_step(self, node: ast.AST) -> bool:
         """True when `node` runs once per training step (loop body or a function it calls)."""

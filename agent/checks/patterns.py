@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from functools import cache
 
 from agent.checks.base import ModuleContext
-from agent.checks.loops import FunctionNode, method_name, nodes_of, walk_scope
+from agent.checks.loops import (
+    FunctionNode,
+    is_periodic_guard,
+    method_name,
+    nodes_of,
+    walk_scope,
+)
 
 GRAD_OFF = frozenset(
     {
@@ -78,7 +84,6 @@ _CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
 _MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
 _TEXT_CACHE: dict[str, tuple[ast.Module, dict[str, bool]]] = {}
 _IMPORTED: dict[str, tuple[ast.Module, set[str]]] = {}
-_LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
 
 
 def qualname_in(ctx: ModuleContext, node: ast.AST, names: frozenset[str]) -> bool:
@@ -306,20 +311,6 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
         ):
             found.append(node)
     return found
-
-
-def mentions_modulo(expr: ast.AST) -> bool:
-    return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in ast.walk(expr))
-
-
-def is_periodic_guard(test: ast.expr) -> bool:
-    """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps."""
-    if mentions_modulo(test):
-        return True
-    return any(
-        isinstance(n, ast.Name | ast.Attribute) and bool(_LOG_GUARD_NAME.search(terminal_name(n)))
-        for n in ast.walk(test)
-    )
 
 
 def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None) -> bool:

@@ -6,8 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import direct_effects, nodes_of
-from agent.checks.patterns import mentions_modulo
+from agent.checks.loops import direct_effects, mentions_modulo, nodes_of
 from agent.models import Severity
 
 
