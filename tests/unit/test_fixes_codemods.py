@@ -252,3 +252,18 @@ def test_amp_wraps_the_step_function_the_loop_calls() -> None:
     assert fixed is not None
     assert "    with torch.autocast(" in fixed
     assert "        loss = torch.nn.functional.mse_loss(model(x), y)\n    loss.backward()" in fixed
+
+
+def test_inference_eval_goes_after_the_model_is_built_in_a_main_block() -> None:
+    source = (
+        "import torch\nimport torchvision\n\n"
+        'if __name__ == "__main__":\n'
+        "    net = torchvision.models.resnet18(weights=None)\n"
+        "    print(net(torch.randn(1, 3, 8, 8)))\n"
+    )
+    target = FixTarget(rule="inference-no-eval", file="m.py", line=6, end_line=6)
+    codemod = codemod_for("inference-no-eval")
+    assert codemod is not None
+    assert codemod.transform(source, target) == source.replace(
+        "    print(", "    net.eval()\n    print("
+    )

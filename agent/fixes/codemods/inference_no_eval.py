@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, scope_of
+from agent.fixes.codemods.base import Codemod, SourceContext, descendants, dotted_name, scope_of
 from agent.fixes.codemods.common import model_called_in
 from agent.fixes.models import FixKind, FixTarget
 
@@ -27,14 +27,34 @@ class InferenceNoEvalFix(Codemod):
         if model is None or ctx.calls_method(scope, model, "eval"):
             return False
         calls = ctx.find(cst.Call, inside=scope, where=lambda c: dotted_name(c.func) == model)
-        if isinstance(scope, cst.FunctionDef) and isinstance(scope.body, cst.IndentedBlock):
-            body = scope.body.body
-        elif isinstance(scope, cst.Module):
-            body = scope.body
-        else:
-            return False
-        holder = next((s for s in body if any(a is s for a in ctx.ancestors(calls[0]))), None)
-        if holder is None or isinstance(holder, cst.FunctionDef | cst.ClassDef):
+        at_flag = [c for c in calls if target.line <= ctx.line(c) <= target.end_line]
+        holder = _insertion_point(ctx, (at_flag or calls)[0], scope, model)
+        if holder is None:
             return False
         ctx.insert_before(holder, f"{model}.eval()\n")
         return True
+
+
+def _insertion_point(
+    ctx: SourceContext, call: cst.Call, scope: cst.CSTNode, model: str
+) -> cst.CSTNode | None:
+    """The outermost statement around `call` (inside `scope`) that does not bind `model`:
+    the eval() goes once before it, after the model exists."""
+    binds = {
+        id(node)
+        for assign in ctx.find(cst.Assign, inside=scope)
+        if any(dotted_name(t.target) == model for t in assign.targets)
+        for node in descendants(assign)
+    }
+    chosen: cst.CSTNode | None = None
+    for node in [call, *ctx.ancestors(call)]:
+        if node is scope:
+            break
+        if isinstance(node, cst.FunctionDef | cst.ClassDef):
+            return None
+        if not isinstance(node, cst.SimpleStatementLine | cst.BaseCompoundStatement):
+            continue
+        if any(id(inner) in binds for inner in descendants(node)):
+            break
+        chosen = node
+    return chosen
