@@ -916,9 +916,13 @@ class DataFlow:
     # ---- held-out (test/validation) derivation --------------------------------------------------
 
     def is_split_call(self, call: ast.Call) -> bool:
+        """`train_test_split`/`random_split` from sklearn or torch (also the old
+        `sklearn.cross_validation` module), or an unresolved local of that name."""
         qual = self.qualname_of(call)
         if qual is not None:
-            return qual in SPLIT_FUNCTIONS
+            return qual in SPLIT_FUNCTIONS or (
+                qual.startswith("sklearn.") and qual.endswith(".train_test_split")
+            )
         return identifier(call.func) in _SPLIT_SIMPLE_NAMES
 
     def held_out_kind(
@@ -1031,6 +1035,24 @@ class DataFlow:
         return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
 
     @cached_property
+    def _split_bases(self) -> set[str]:
+        """Texts of the sequences split by head/tail slicing (`x` in `x[:k]`, `x[k:]`)."""
+        return {
+            ast.unparse(sub.value) for sub in self.nodes(ast.Subscript) if self._is_tail_slice(sub)
+        }
+
+    def is_split_part(self, node: ast.AST) -> bool:
+        """A split call, or a head/tail slice of a sequence split by slicing."""
+        if isinstance(node, ast.Call):
+            return self.is_split_call(node)
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Slice)
+            and ":]" in self.ctx.source
+            and ast.unparse(node.value) in self._split_bases
+        )
+
+    @cached_property
     def split_inputs(self) -> list[tuple[ast.expr, list[ast.expr]]]:
         """Every split with the data it divides: split calls (their positional arguments)
         and `x[k:]` tails whose head `x[:k]` is taken too (the sequence `x`)."""
@@ -1047,12 +1069,22 @@ class DataFlow:
         return found
 
     def root_names(self, expr: ast.expr) -> set[str]:
-        """Every plain name `expr` is computed from, through definitions (transitively)."""
+        """Every plain name `expr` is computed from, through definitions and local returns
+        (transitively, bounded)."""
         names: set[str] = set()
-        for source in self.sources(expr):
-            for sub in walk_scope(source):
-                if isinstance(sub, ast.Name):
+        seen: set[int] = set()
+        frontier: list[ast.expr] = [expr]
+        while frontier and len(seen) < _MAX_VISITS:
+            current = frontier.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            for sub in walk_scope(current):
+                if isinstance(sub, ast.Name) and sub.id not in names:
                     names.add(sub.id)
+                    frontier.extend(self.definitions(sub))
+                elif isinstance(sub, ast.Call):
+                    frontier.extend(self.returns_of(sub))
         return names
 
     def sources_include(

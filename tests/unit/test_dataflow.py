@@ -349,3 +349,22 @@ def test_parts_unpacked_from_a_mixed_result_are_not_all_held_out() -> None:
     kinds = frozenset({"test", "val", "split"})
     assert flow.held_out_kind(expr_at(flow, "train_loader"), kinds) is None
     assert flow.held_out_kind(expr_at(flow, "test_set"), kinds) == "test"
+
+
+def test_root_names_follow_definitions_transitively() -> None:
+    flow = flow_of(
+        """
+        raw = read()
+        cleaned = raw.dropna()
+        features = make(cleaned["text"])
+        """
+    )
+    assert {"raw", "cleaned", "features"} <= flow.root_names(expr_at(flow, "features"))
+
+
+def test_split_parts_are_split_calls_and_slices_of_split_sequences() -> None:
+    flow = flow_of(HELD_OUT)
+    slices = [n for n in flow.nodes(ast.Subscript) if isinstance(n.slice, ast.Slice)]
+    by_text = {ast.unparse(n): flow.is_split_part(n) for n in slices}
+    assert by_text == {"data[:800]": True, "data[800:]": True, "other[5:]": False}
+    assert flow.is_split_part(call_of(flow, "train_test_split"))

@@ -24,18 +24,28 @@ _TRANSFORMER_NAME = re.compile(
     r"tokenizer|vocab|transformer|discreti[sz]er|binarizer",
     re.IGNORECASE,
 )
+_CATEGORY_ENCODERS = frozenset(
+    {"LabelEncoder", "OrdinalEncoder", "OneHotEncoder", "LabelBinarizer", "MultiLabelBinarizer"}
+)
+_CATEGORY_ENCODER_NAME = re.compile(
+    r"(label|ordinal|onehot|one_hot)_?(encoder|binarizer)|^le$|^ohe$", re.IGNORECASE
+)
 _VOCAB_BUILDERS = re.compile(r"build_vocab|vocab_from|Vocab$", re.IGNORECASE)
-_STAT_METHODS = frozenset({"mean", "std", "var", "min", "max"})
+_STAT_METHODS = frozenset({"mean", "std", "var", "min", "max", "median", "nanmean", "nanstd"})
+_STAT_LIBRARIES = ("numpy.", "torch.", "statistics.")
+_FILLERS = frozenset({"fillna", "Normalize", "normalize", "replace", "where", "nan_to_num"})
 _STAT_NAME = re.compile(r"mean|std|mu|sigma|avg|var|stat|min|max|norm", re.IGNORECASE)
 
 
 class LeakPreprocessing(Rule):
     """Detects preprocessing fitted on data that includes the held-out split: a scaler,
-    encoder, imputer, vectorizer, feature selector or tokenizer whose `fit`/`fit_transform`
+    imputer, vectorizer, feature selector, PCA or tokenizer whose `fit`/`fit_transform`
     receives test/validation data (or a concatenation with it), or the whole dataset before
-    `train_test_split`/`random_split` divides it; the same for normalisation statistics
-    (`mean = X.mean(0)`) and vocabularies built from such data. The data-flow analysis
-    follows names, tuple unpacking of splits and local functions across the module.
+    `train_test_split`/`random_split`/head-tail slicing divides it; the same for statistics
+    that fill or rescale data (`fillna(np.mean(df.x))`, `mean = X.mean(0)` then `X - mean`)
+    and vocabularies built from such data. Label/one-hot encoders (categories only) are not
+    reported. The data-flow analysis follows names, tuple unpacking of splits and local
+    functions across the module.
 
     Why it matters: statistics of the test rows leak into the features the model trains on,
     so the reported test score is optimistic and does not measure generalisation (Yang et
@@ -90,20 +100,72 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     """The data a preprocessing fit (or statistic/vocabulary) is computed from."""
     func = call.func
     if isinstance(func, ast.Attribute) and func.attr in _FIT_METHODS and call.args:
+        if _categories_only(ctx, func.value):
+            return None
         if func.attr == "fit_transform" or _is_transformer(ctx, func.value):
             return call.args[0]
         return None
     if _VOCAB_BUILDERS.search(identifier(func)) and call.args:
         return call.args[0]
-    if isinstance(func, ast.Attribute) and func.attr in _STAT_METHODS:
-        parent = ctx.parents.get(call)
-        if isinstance(parent, ast.Assign) and any(
-            _STAT_NAME.search(identifier(t)) for t in parent.targets
-        ):
-            if ctx.enclosing_function(call) is not None and _in_loop_or_forward(ctx, call):
-                return None
-            return func.value
+    data = _statistic_of(ctx, call)
+    if data is None or not _transforms_data(ctx, call):
+        return None
+    if ctx.enclosing_function(call) is not None and _in_loop_or_forward(ctx, call):
+        return None
+    return data
+
+
+def _statistic_of(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """`x.mean()` -> x; `np.mean(x)` / `torch.std(x)` -> x; otherwise None."""
+    func = call.func
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual.startswith(_STAT_LIBRARIES) and qual.rsplit(".", 1)[-1] in _STAT_METHODS:
+        return call.args[0] if call.args else None
+    if qual == "" and isinstance(func, ast.Attribute) and func.attr in _STAT_METHODS:
+        return func.value
     return None
+
+
+def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The statistic fills or rescales data (`fillna(mean)`, `(x - mean) / std`,
+    `Normalize(mean, std)`), as opposed to summarising a metric for a report."""
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Call) and identifier(parent.func) in _FILLERS:
+        return True
+    if isinstance(parent, ast.keyword):
+        grand = ctx.parents.get(parent)
+        return isinstance(grand, ast.Call) and identifier(grand.func) in _FILLERS
+    if not isinstance(parent, ast.Assign):
+        return False
+    names = {t.id for t in parent.targets if isinstance(t, ast.Name)}
+    if not any(_STAT_NAME.search(name) for name in names):
+        return False
+    for use in ctx.flow.nodes(ast.Name):
+        if use.id not in names or not isinstance(use.ctx, ast.Load):
+            continue
+        holder = ctx.parents.get(use)
+        if (
+            isinstance(holder, ast.BinOp)
+            and isinstance(holder.op, ast.Sub | ast.Div)
+            and holder.right is use
+            and not _STAT_NAME.search(identifier(holder.left))
+        ):
+            return True  # `x - mean`, `(x - mean) / std`; not `mean - std` in a plot
+        if isinstance(holder, ast.keyword):
+            holder = ctx.parents.get(holder)
+        if isinstance(holder, ast.Call) and identifier(holder.func) in _FILLERS:
+            return True
+    return False
+
+
+def _categories_only(ctx: ModuleContext, receiver: ast.expr) -> bool:
+    """Label/ordinal/one-hot encoders learn only the set of categories, not statistics of
+    the rows: fitting them on all data is common and not counted as leakage (as in Yang et
+    al.'s benchmark)."""
+    qual = ctx.flow.constructed_as(receiver) or ""
+    if qual.rsplit(".", 1)[-1] in _CATEGORY_ENCODERS:
+        return True
+    return bool(_CATEGORY_ENCODER_NAME.search(identifier(receiver)))
 
 
 def _is_transformer(ctx: ModuleContext, receiver: ast.expr) -> bool:
@@ -126,12 +188,7 @@ def _before_split(ctx: ModuleContext, data: ast.expr, split_inputs: list[ast.exp
     """`data` is (part of) what a split divides, and is not itself a split's output."""
     flow = ctx.flow
 
-    def split_output(node: ast.AST) -> bool:
-        if isinstance(node, ast.Subscript):
-            return isinstance(node.slice, ast.Slice)
-        return isinstance(node, ast.Call) and flow.is_split_call(node)
-
-    if not split_inputs or flow.sources_include(data, split_output) is not None:
+    if not split_inputs or flow.sources_include(data, flow.is_split_part) is not None:
         return False
     ignored = set(ctx.imports.aliases) | set(flow.functions) | set(flow.classes) | {"self"}
     data_names = flow.root_names(data) - ignored
