@@ -1,4 +1,5 @@
-"""Batch planning, the once-per-batch request, and how a keyed answer is shared out."""
+"""Batch planning, the once-per-batch request, how a keyed answer is shared out, and what the
+boundary token of a batched prompt is derived from."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from agent.models import Evidence, Finding, Severity
+from agent.reasoning.base import PointRequest, PointResult
 from agent.reasoning.llm.batching import Once, plan_batches, route_sections
+from agent.reasoning.llm.review_prompt import PointView, review_context, review_data
 from agent.reasoning.llm.schema import UNSPECIFIED_POINT, BatchAnswer, strict_schema
+from agent.reasoning.llm.windows import Selection
 
 
 def finding(checkpoint: int, rule: str = "r") -> dict[str, Any]:
@@ -98,3 +103,28 @@ def test_the_strict_schema_keys_the_answer_by_point() -> None:
     section = schema["$defs"]["PointSection"]
     assert section["required"] == ["explanations", "findings", "not_checked", "point"]
     assert section["additionalProperties"] is False
+
+
+def test_the_boundary_covers_every_text_the_repository_or_a_tool_wrote() -> None:
+    planted = Finding(
+        id="TD-000000000001",
+        rule="manifest-rule",
+        checkpoint=11,
+        phase=5,
+        severity=Severity.LOW,
+        title="t",
+        file="DATA-planted/pyproject.toml",
+        line=3,
+        end_line=3,
+        evidence=[Evidence(source="pip-audit", kind="linter", message="CVE in dep")],
+    )
+    linted = Evidence(source="ruff <<<", kind="linter", message="E501", file="b.py", line=2)
+    view = PointView(
+        PointRequest(point=11, evidence=[linted], files=["a.py"]),
+        PointResult(point=11, findings=[planted]),
+    )
+    data = review_data([view], {11: Selection([], 0, outline=False)})
+    text = "\n".join(data.untrusted)
+    for written in ("DATA-planted/pyproject.toml", "manifest-rule", "ruff <<<", "b.py:2", "a.py"):
+        assert written in text
+    assert review_context([view], data)["boundary"] not in text

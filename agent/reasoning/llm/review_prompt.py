@@ -36,7 +36,8 @@ class PointView:
 
 @dataclass(frozen=True)
 class ReviewData:
-    """The rendered blocks' inputs, and the untrusted text they carry."""
+    """The rendered blocks' inputs, and the untrusted text they carry (everything in them that
+    the audited repository or a tool could have written: the boundary is derived from it)."""
 
     reported: list[dict[str, Any]]
     evidence: list[dict[str, Any]]
@@ -61,8 +62,8 @@ def review_data(views: Sequence[PointView], selections: Mapping[int, Selection])
     files = sorted({file for view in views for file in view.request.files})
     untrusted = (
         *(w["text"] for w in windows),
-        *(f"{e['message']}\n{e['excerpt']}" for e in evidence),
-        *(f["message"] for f in reported),
+        *(f"{e['source']} {e['location']}: {e['message']}\n{e['excerpt']}" for e in evidence),
+        *(f"{f['file']} {f['rule']}: {f['message']}" for f in reported),
         *files,
     )
     omitted = sum(selections[view.point].omitted_locations for view in views)
