@@ -96,7 +96,7 @@ def command(
     if mechanism is Mechanism.BWRAP:
         return [*_bwrap(layout, spec.workspace, tmp_mb), "--", *launcher]
     if mechanism is Mechanism.UNSHARE:
-        return [*_unshare(), "--", *launcher]
+        return [*_unshare(layout.privileged), "--", *launcher]
     return launcher
 
 
@@ -120,9 +120,12 @@ def launch_spec(
     )
 
 
-def _unshare() -> list[str]:
+def _unshare(privileged: bool) -> list[str]:
+    """Root creates the namespaces directly; anyone else needs a user namespace first."""
+    user = [] if privileged else ["--user", "--map-root-user"]
     return [
         shutil.which("unshare") or "unshare",
+        *user,
         "--pid",
         "--net",
         "--mount",

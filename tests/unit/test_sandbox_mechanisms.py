@@ -1,0 +1,65 @@
+"""The command lines of the isolation mechanisms: what each namespace tool is asked to do."""
+
+from __future__ import annotations
+
+import json
+
+from sandbox.mechanisms import Layout, Mechanism, command, launch_spec
+
+PY = "/opt/py/bin/python3"
+ROOTS = ("/opt/py", "/srv/repo/sandbox")
+
+
+def _argv(mechanism: Mechanism, *, privileged: bool = True, gpu: tuple[str, ...] = ()) -> list[str]:
+    layout = Layout(PY, ROOTS, privileged, gpu)
+    spec = launch_spec(mechanism, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
+    return command(mechanism, layout, spec, 64, ["python", "train.py"])
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_bwrap_unshares_everything_but_binds_only_what_the_job_needs() -> None:
+    argv = _argv(Mechanism.BWRAP)
+    for flag in ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--die-with-parent"):
+        assert flag in argv
+    assert set(ROOTS) <= set(_pairs(argv, "--ro-bind"))
+    assert _pairs(argv, "--bind") == ["/runs/ws-1"]
+    assert "/runs" in _pairs(argv, "--dir")
+    assert "--dev-bind" not in argv
+    assert argv[-2:] == ["python", "train.py"]
+
+
+def test_bwrap_keeps_only_the_capabilities_needed_to_drop_to_the_job_uid() -> None:
+    assert _pairs(_argv(Mechanism.BWRAP), "--cap-add") == ["CAP_SETUID", "CAP_SETGID"]
+    assert "--cap-add" not in _argv(Mechanism.BWRAP, privileged=False)
+
+
+def test_gpu_device_nodes_are_bound_only_when_given() -> None:
+    argv = _argv(Mechanism.BWRAP, gpu=("/dev/nvidia0", "/dev/nvidiactl"))
+    assert _pairs(argv, "--dev-bind") == ["/dev/nvidia0", "/dev/nvidiactl"]
+
+
+def test_unshare_runs_the_launcher_as_init_with_private_mounts() -> None:
+    argv = _argv(Mechanism.UNSHARE)
+    assert argv[0].endswith("unshare")
+    assert {"--pid", "--net", "--mount", "--kill-child", "--mount-proc"} <= set(argv)
+    spec = json.loads(argv[argv.index("--") + 5])
+    assert spec["init"] is True
+    assert spec["private_tmp_mb"] == 64
+    assert "/root" in spec["hide"]
+    assert spec["uid"] == spec["gid"] == 201234
+
+
+def test_unshare_without_root_asks_for_a_user_namespace() -> None:
+    assert "--map-root-user" in _argv(Mechanism.UNSHARE, privileged=False)
+    assert "--map-root-user" not in _argv(Mechanism.UNSHARE)
+
+
+def test_bare_rlimits_is_just_the_launcher() -> None:
+    argv = _argv(Mechanism.RLIMITS)
+    assert argv[0] == PY
+    spec = json.loads(argv[4])
+    assert spec["init"] is False and spec["private_tmp_mb"] == 0
+    assert spec["rlimits"] == {"CPU": 5}
