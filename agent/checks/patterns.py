@@ -417,3 +417,15 @@ def _installed_torch() -> tuple[int, int] | None:
         return None
     match = re.match(r"(\d+)\.(\d+)", version)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def visible_training_loop(ctx: ModuleContext) -> ast.stmt | None:
+    """The first training loop whose run configuration this module shows.
+
+    A Lightning `training_step` counts only next to the `Trainer(...)` that sets precision
+    and compilation; otherwise those settings live in another file.
+    """
+    for loop in ctx.loops.training_loops:
+        if loop.kind == "loop" or "Trainer(" in ctx.source:
+            return loop.node
+    return None

@@ -18,8 +18,9 @@ from agent.checks.patterns import (
 from agent.models import Severity
 
 _HOST_RANDOM = re.compile(
-    r"\bnp\.random\.|\bnumpy\.random\.|\brandom\.(random|randint|choice|"
-    r"shuffle|uniform|sample|gauss)\("
+    r"\b(np|numpy)\.random\.(rand|randn|randint|random|choice|shuffle|permutation|uniform|"
+    r"normal|beta|binomial|poisson)\(|\brandom\.(random|randint|choice|shuffle|uniform|"
+    r"sample|gauss|randrange)\("
 )
 
 

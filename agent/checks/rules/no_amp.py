@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import uses_cuda
+from agent.checks.patterns import uses_cuda, visible_training_loop
 from agent.models import Severity
 
 _MIXED_PRECISION = ("autocast", "amp.", "GradScaler", "bfloat16", "float16", ".half(", "precision=")
@@ -40,11 +40,11 @@ class NoAmp(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if any(marker in ctx.source for marker in _MIXED_PRECISION) or not uses_cuda(ctx):
             return
-        loops = ctx.loops.training_loops
-        if loops:
+        anchor = visible_training_loop(ctx)
+        if anchor is not None:
             ctx.report(
                 self,
-                loops[0].node,
+                anchor,
                 "CUDA training runs entirely in float32: bf16 autocast is typically several "
                 "times faster on tensor cores",
                 header_only=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import target_torch, uses_cuda
+from agent.checks.patterns import target_torch, uses_cuda, visible_training_loop
 from agent.models import Severity
 
 _COMPILED = ("compile(", "torch._dynamo", "jit.script", "jit.trace")
@@ -40,11 +40,12 @@ class NoTorchCompile(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if any(marker in ctx.source for marker in _COMPILED) or not self.applies(ctx):
             return
-        if (target_torch(ctx) or (2, 0)) < (2, 0):
+        anchor = visible_training_loop(ctx)
+        if anchor is None or (target_torch(ctx) or (2, 0)) < (2, 0):
             return
         ctx.report(
             self,
-            ctx.loops.training_loops[0].node,
+            anchor,
             "the training loop runs an uncompiled model: torch.compile typically cuts step "
             "time (and energy) by a third or more",
             header_only=True,

@@ -18,8 +18,8 @@ from agent.models import Severity
 
 
 class PinMemoryOff(Rule):
-    """Detects a `DataLoader` without `pin_memory=True` (absent or False) in a module that moves
-    data to a CUDA device.
+    """Detects a `DataLoader` without `pin_memory=True` (absent or False) in a module that
+    trains on a CUDA device.
 
     Why it matters: host-to-device copies from pageable memory are staged through a pinned
     buffer by the driver and cannot overlap with compute; with pinned batches and
@@ -41,6 +41,9 @@ class PinMemoryOff(Rule):
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     fixable = True
 
+    def __init__(self) -> None:
+        self.candidates: list[ast.Call] = []
+
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         if terminal_name(node.func) != "DataLoader" or not uses_cuda(ctx):
@@ -49,6 +52,12 @@ class PinMemoryOff(Rule):
             return
         pin = kwarg(node, "pin_memory")
         if pin is None or is_false(pin):
+            self.candidates.append(node)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.candidates or not ctx.loops.training_loops:
+            return
+        for node in self.candidates:
             ctx.report(
                 self,
                 node,

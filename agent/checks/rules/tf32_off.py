@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import uses_cuda
+from agent.checks.patterns import uses_cuda, visible_training_loop
 from agent.models import Severity
 
 _TF32 = ("set_float32_matmul_precision", "allow_tf32", "autocast", "bfloat16", "fp32_precision")
@@ -41,9 +41,12 @@ class Tf32Off(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if any(marker in ctx.source for marker in _TF32) or not self.applies(ctx):
             return
+        anchor = visible_training_loop(ctx)
+        if anchor is None:
+            return
         ctx.report(
             self,
-            ctx.loops.training_loops[0].node,
+            anchor,
             "float32 matmuls run at full precision: set_float32_matmul_precision('high') "
             "enables TF32 tensor cores",
             header_only=True,
