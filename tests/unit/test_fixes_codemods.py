@@ -267,3 +267,39 @@ def test_inference_eval_goes_after_the_model_is_built_in_a_main_block() -> None:
     assert codemod.transform(source, target) == source.replace(
         "    print(", "    net.eval()\n    print("
     )
+
+
+def test_eval_mode_around_an_inference_mode_function_body() -> None:
+    source = (
+        "import torch\n\n\n"
+        "@torch.inference_mode()\n"
+        "def score(net, batch):\n"
+        "    return net(batch).softmax(-1)\n"
+    )
+    target = FixTarget(rule="eval-without-eval-mode", file="m.py", line=6, end_line=6)
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None and fixed.endswith(
+        "    net.eval()\n    try:\n        return net(batch).softmax(-1)\n"
+        "    finally:\n        net.train(was_training)\n"
+    )
+
+
+def test_eval_mode_around_an_evaluation_loop_without_no_grad() -> None:
+    source = (
+        "from torch import nn\n\n\n"
+        "class Trainer:\n"
+        "    def __init__(self):\n"
+        "        self.model = nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.1))\n\n"
+        "    def evaluate(self, loader):\n"
+        "        for x in loader:\n"
+        "            print(self.model(x))\n"
+    )
+    target = FixTarget(rule="eval-without-eval-mode", file="m.py", line=10, end_line=10)
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None
+    assert "        self.model.eval()\n        for x in loader:" in fixed
+    assert fixed.endswith("        self.model.train(was_training)\n")

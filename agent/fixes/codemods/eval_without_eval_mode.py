@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import libcst as cst
 
 from agent.fixes.codemods.base import Codemod, SourceContext, descendants, scope_of
@@ -21,7 +23,7 @@ class EvalWithoutEvalModeFix(Codemod):
     summary = "model.eval() around evaluation, then restore the previous mode"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        block = _no_grad_block(ctx, target)
+        block = _evaluation_block(ctx, target)
         if block is None:
             return False
         model = model_called_in(ctx, block, target.data.get("model"))
@@ -44,13 +46,27 @@ class EvalWithoutEvalModeFix(Codemod):
         return count == 0, f"forwards in train mode under no_grad after the fix: {count}"
 
 
-def _no_grad_block(ctx: SourceContext, target: FixTarget) -> cst.With | None:
+def _evaluation_block(ctx: SourceContext, target: FixTarget) -> cst.CSTNode | None:
+    """The flagged `no_grad`/`inference_mode` block, else the statement of the enclosing
+    function (or module) that holds the flagged forward."""
     span = (target.line, target.end_line)
     blocks = [
         w for w in ctx.find(cst.With, within=span) if any(is_no_grad(ctx, i.item) for i in w.items)
     ]
     outermost = [b for b in blocks if not any(a in blocks for a in ctx.ancestors(b))]
-    return outermost[0] if len(outermost) == 1 else None
+    if outermost:
+        return outermost[0] if len(outermost) == 1 else None
+    calls = ctx.find(cst.Call, within=span)
+    if not calls:
+        return None
+    scope = scope_of(ctx, calls[0])
+    if isinstance(scope, cst.FunctionDef) and isinstance(scope.body, cst.IndentedBlock):
+        body: Sequence[cst.BaseStatement] = scope.body.body
+    elif isinstance(scope, cst.Module):
+        body = scope.body
+    else:
+        return None
+    return next((s for s in body if any(a is s for a in ctx.ancestors(calls[0]))), None)
 
 
 def _free_name(ctx: SourceContext, base: str) -> str:
@@ -63,7 +79,7 @@ def _free_name(ctx: SourceContext, base: str) -> str:
 
 
 def _try_finally(node: cst.CSTNode, restore: str) -> cst.CSTNode:
-    if not isinstance(node, cst.With):
+    if not isinstance(node, cst.SimpleStatementLine | cst.BaseCompoundStatement):
         return node
     return cst.Try(
         body=cst.IndentedBlock(body=[node.with_changes(leading_lines=[])]),
