@@ -34,6 +34,7 @@ from agent.models import (
     Target,
     ToolInfo,
 )
+from agent.probing import ProbeEvidence, RunRequest, RunSummary, run_probes
 from agent.reasoning.base import PointRequest, Reasoner
 from agent.reasoning.offline import OfflineReasoner
 from agent.workspace import Workspace, load_workspace
@@ -55,6 +56,11 @@ class AuditOptions(BaseModel):
     ignore: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     torch_version: str | None = None
+    run: list[str] = Field(default_factory=list, description="commands to run under the probes")
+    discover: bool = False
+    steps: int = Field(20, ge=1)
+    probe_compile: bool = False
+    sandbox: str | None = Field(None, description="auto | local | docker (default: env)")
 
 
 class AuditOutcome(BaseModel):
@@ -109,9 +115,22 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     workspace = load_workspace(options.target, config.exclude, config.max_file_bytes)
     reasoner = choose_reasoner(options, config, workspace)
 
+    probes = ProbeEvidence()
+    request = RunRequest(
+        commands=config.run + options.run,
+        discover=options.discover,
+        steps=options.steps,
+        compile=options.probe_compile,
+    )
+
     def gather() -> dict[int, PointRequest]:
         static = run_static(workspace, config)
-        return split_by_point(workspace, static, config.lang)
+        if request.commands or request.discover:
+            from sandbox.config import get_sandbox
+
+            found = run_probes(workspace, request, get_sandbox(options.sandbox))
+            probes.evidence, probes.runs = found.evidence, found.runs
+        return split_by_point(workspace, static, config.lang, extra_evidence=probes.evidence)
 
     graph = build_audit_graph(reasoner, gather)
     run_config: RunnableConfig = {"configurable": {"thread_id": audit_id}}
@@ -135,17 +154,23 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     )
     ledger = Ledger.read(ledger_path) if ledger_path else Ledger.empty()
     findings = ledger.apply_user_statuses(findings)
-    notes = list(state.get("notes", []))
+    notes = list(state.get("notes", [])) + run_notes(probes.runs)
+    isolation = next((r.isolation for r in probes.runs if r.isolation), None)
     provenance = Provenance(
         tools={"torchdoctor": __version__},
         torch_version=installed_torch_version(),
         target_torch_version=config.torch_version or installed_torch_version(),
         python_version=platform.python_version(),
         reasoner=reasoner.name,
+        isolation=isolation,
         audit_id=audit_id,
         started_at=started_at,
         duration_s=round(time.perf_counter() - started, 3),
-        extra={"usage": state.get("usage", {}), **reasoner_provenance(reasoner)},
+        extra={
+            "usage": state.get("usage", {}),
+            "runs": [r.model_dump() for r in probes.runs],
+            **reasoner_provenance(reasoner),
+        },
     )
     report = AuditReport(
         tool=ToolInfo(version=__version__),
@@ -160,6 +185,18 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     if ledger_path is not None:
         ledger.merge(report, lang=config.lang).write(ledger_path)
     return AuditOutcome(report=report, ledger_path=ledger_path, trace=list(state.get("trace", [])))
+
+
+def run_notes(runs: list[RunSummary]) -> list[str]:
+    """One line per instrumented run; a loud warning when isolation was only rlimits."""
+    notes = [f"run `{r.command}`: {r.outcome} — {r.summary}" for r in runs]
+    if any(r.isolation.startswith("DEGRADED") for r in runs):
+        notes.insert(
+            0,
+            "WARNING: the sandbox ran user code with rlimits only (no namespaces): "
+            "see `torchdoctor doctor`",
+        )
+    return notes
 
 
 _ITEM_INDEX = {item.id: index for index, item in enumerate(ITEMS)}

@@ -32,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 class OutputFormat(StrEnum):
@@ -117,6 +117,23 @@ def audit(
             help="Target PyTorch version for compatibility rules (default: installed).",
         ),
     ] = None,
+    run: Annotated[
+        list[str] | None,
+        typer.Option(help='Run a script under the probes, e.g. "python train.py --epochs 1".'),
+    ] = None,
+    discover: Annotated[
+        bool,
+        typer.Option(help="Also run the entry points found (a __main__ guard that trains)."),
+    ] = False,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Optimizer steps (or forwards) per instrumented run.")
+    ] = 20,
+    probe: Annotated[
+        list[str] | None, typer.Option(help="Extra probe: compile (torch.compile cost vs gain).")
+    ] = None,
+    sandbox: Annotated[
+        str | None, typer.Option(help="auto | local | docker (default: $TORCHDOCTOR_SANDBOX).")
+    ] = None,
 ) -> None:
     """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
     from agent.audit import AuditOptions
@@ -131,7 +148,15 @@ def audit(
         ignore=ignore or [],
         exclude=exclude or [],
         torch_version=torch_version,
+        run=run or [],
+        discover=discover,
+        steps=steps,
+        probe_compile="compile" in (probe or []),
+        sandbox=sandbox,
     )
+    unknown = set(probe or []) - {"compile"}
+    if unknown:
+        raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
     try:
         outcome = _with_progress(options)
     except (InputError, ConfigError) as err:
@@ -153,6 +178,14 @@ def audit(
         f.status.is_open and f.severity.rank >= threshold.rank for f in report.findings
     ):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def doctor() -> None:
+    """Self-check: sandbox isolation per backend, GPU visibility, torch/CUDA, optional tools."""
+    from sandbox.doctor import render_doctor, self_check
+
+    sys.stdout.write(render_doctor(self_check()) + "\n")
 
 
 @app.command()

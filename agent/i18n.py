@@ -39,6 +39,8 @@ LABELS: dict[str, dict[str, str]] = {
         "files_audited": "Files audited",
         "total": "Findings",
         "fix": "Fix",
+        "run": "Instrumented run",
+        "dataflow": "Data-flow map (one step: shapes, dtypes, devices)",
     },
     "fr": {
         "ledger_title": "Registre d'audit torchdoctor",
@@ -77,6 +79,8 @@ LABELS: dict[str, dict[str, str]] = {
         "files_audited": "Fichiers audités",
         "total": "Constats",
         "fix": "Correctif",
+        "run": "Exécution instrumentée",
+        "dataflow": "Carte des flux (un pas : formes, dtypes, périphériques)",
     },
 }
 

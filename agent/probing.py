@@ -1,0 +1,237 @@
+"""Instrumented runs for the audit: which scripts to run, and their evidence.
+
+Nothing runs unless the user asks: `--run "python train.py --epochs 1"`, `[tool.torchdoctor]
+run = [...]`, or `--discover` (entry points that train or call a model). Each run goes
+through the sandbox on a fresh copy of the audited folder, under the probes harness, and its
+evidence document becomes evidence for the checklist points it speaks to.
+"""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.evidence.probe_schema import ProbeDocument
+from agent.evidence.probes import probe_findings
+from agent.models import Evidence
+from agent.workspace import Workspace
+from sandbox import PACKAGE_ROOT
+from sandbox.models import Job, Limits
+from sandbox.protocol import Sandbox
+from sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
+
+EVIDENCE_FILE = ".torchdoctor-evidence.json"
+HARNESS_MARGIN_S = 20.0
+_PYTHON_FLAGS = frozenset({"-u", "-B", "-O", "-OO"})
+_ENTRY_HINTS = ("optim.", "Optimizer", ".backward(", "model(")
+
+
+class RunRequest(BaseModel):
+    """How the audit should exercise the code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    commands: list[str] = Field(default_factory=list)
+    discover: bool = False
+    steps: int = Field(20, ge=1)
+    wall_s: float = Field(300.0, gt=0)
+    memory_mb: int = Field(8192, gt=0)
+    determinism_steps: int = Field(3, ge=0, description="0: no second seeded run")
+    export: bool = True
+    int8: bool = True
+    compile: bool = False
+    gpu: bool = False
+
+
+class RunSummary(BaseModel):
+    """What one instrumented run did, for the report's provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str
+    script: str
+    outcome: str
+    summary: str
+    isolation: str = ""
+    notes: list[str] = Field(default_factory=list)
+    dataflow_markdown: str = ""
+    dataflow_mermaid: str = ""
+
+
+class ProbeEvidence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evidence: list[tuple[int, Evidence]] = Field(default_factory=list)
+    runs: list[RunSummary] = Field(default_factory=list)
+
+
+def split_command(command: str) -> tuple[str, list[str]]:
+    """`python -u train.py --lr 1` -> ('train.py', ['--lr', '1'])."""
+    tokens = shlex.split(command)
+    while tokens and (Path(tokens[0]).name.startswith("python") or tokens[0] in _PYTHON_FLAGS):
+        tokens.pop(0)
+    if not tokens or not tokens[0].endswith(".py"):
+        raise ValueError(f"cannot run {command!r}: expected `python SCRIPT.py [ARGS...]`")
+    return tokens[0], tokens[1:]
+
+
+def discover_entry_points(workspace: Workspace) -> list[str]:
+    """Scripts with a `__main__` guard that build an optimizer or run a model."""
+    found = []
+    for source in workspace.files:
+        text = source.text
+        if "__main__" not in text or "torch" not in text:
+            continue
+        if not any(hint in text for hint in _ENTRY_HINTS):
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        if _has_main_guard(tree):
+            found.append(source.path)
+    return found
+
+
+def _has_main_guard(tree: ast.Module) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)]
+            consts = [n.value for n in ast.walk(node.test) if isinstance(n, ast.Constant)]
+            if "__name__" in names and "__main__" in consts:
+                return True
+    return False
+
+
+def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
+    commands = list(request.commands)
+    if request.discover:
+        known = {split_command(c)[0] for c in commands}
+        commands += [
+            f"python {path}" for path in discover_entry_points(workspace) if path not in known
+        ]
+    return commands
+
+
+def harness_command(request: RunRequest, script: str, args: list[str]) -> list[str]:
+    budget = max(10.0, request.wall_s - HARNESS_MARGIN_S)
+    command = [sys.executable, "-m", "sandbox.probes", script, "--steps", str(request.steps)]
+    command += ["--out", EVIDENCE_FILE, "--time-budget", f"{budget:g}", "--seed", "0"]
+    if request.determinism_steps:
+        command += ["--determinism", str(request.determinism_steps)]
+    command += ["--export"] * request.export + ["--int8"] * request.int8
+    command += ["--probe", "compile"] * request.compile
+    return [*command, "--", *args]
+
+
+def run_probes(workspace: Workspace, request: RunRequest, sandbox: Sandbox) -> ProbeEvidence:
+    """Run every planned command under the probes harness; failures become notes, not crashes."""
+    result = ProbeEvidence()
+    for command in planned_commands(request, workspace):
+        try:
+            script, args = split_command(command)
+        except ValueError as err:
+            result.runs.append(
+                RunSummary(command=command, script="", outcome="not-run", summary=str(err))
+            )
+            continue
+        if workspace.text_of(script) is None:
+            result.runs.append(
+                RunSummary(
+                    command=command,
+                    script=script,
+                    outcome="not-run",
+                    summary=f"{script} is not one of the audited files",
+                )
+            )
+            continue
+        result.evidence.extend(_run_one(workspace, request, sandbox, command, script, args, result))
+    return result
+
+
+def _run_one(
+    workspace: Workspace,
+    request: RunRequest,
+    sandbox: Sandbox,
+    command: str,
+    script: str,
+    args: list[str],
+    result: ProbeEvidence,
+) -> list[tuple[int, Evidence]]:
+    try:
+        copy = stage_workspace(workspace.root if workspace.kind == "folder" else workspace.target)
+    except WorkspaceError as err:
+        result.runs.append(
+            RunSummary(
+                command=command,
+                script=script,
+                outcome="not-run",
+                summary=f"could not copy the workspace: {err}",
+            )
+        )
+        return []
+    try:
+        job = Job(
+            workspace=copy,
+            command=harness_command(request, script, args),
+            env={"PYTHONPATH": str(PACKAGE_ROOT)},
+            limits=Limits(
+                wall_s=request.wall_s,
+                cpu_s=int(request.wall_s * 4),
+                memory_mb=request.memory_mb,
+                processes=256,
+                disk_mb=4096,
+                output_bytes=2_000_000,
+                collect_bytes=8_000_000,
+            ),
+            collect=[EVIDENCE_FILE],
+            gpu=request.gpu,
+        )
+        run = sandbox.run(job)
+    finally:
+        remove_workspace(copy)
+    isolation = run.isolation.summary
+    document = next((f for f in run.files if f.path.endswith(EVIDENCE_FILE)), None)
+    if document is None:
+        tail = (run.stderr or run.stdout)[-600:].strip()
+        result.runs.append(
+            RunSummary(
+                command=command,
+                script=script,
+                outcome=str(run.outcome),
+                summary=f"no evidence written: {run.reason} {tail}".strip(),
+                isolation=isolation,
+            )
+        )
+        return []
+    try:
+        parsed = ProbeDocument.model_validate_json(document.content)
+    except ValidationError as err:
+        result.runs.append(
+            RunSummary(
+                command=command,
+                script=script,
+                outcome="harness-error",
+                summary=f"unreadable evidence document: {err}",
+                isolation=isolation,
+            )
+        )
+        return []
+    analysis = probe_findings(parsed, script, read_source=workspace.text_of)
+    result.runs.append(
+        RunSummary(
+            command=command,
+            script=script,
+            outcome=analysis.outcome,
+            summary=analysis.summary,
+            isolation=isolation,
+            notes=analysis.notes,
+            dataflow_markdown=analysis.dataflow_markdown,
+            dataflow_mermaid=analysis.dataflow_mermaid,
+        )
+    )
+    return analysis.by_point()

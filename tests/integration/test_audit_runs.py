@@ -1,0 +1,81 @@
+"""Audits that run the code: `--run`, `[tool.torchdoctor] run`, `--discover`, via the sandbox."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.audit import AuditOptions, run_audit
+from agent.probing import RunRequest, discover_entry_points, planned_commands, split_command
+from agent.workspace import load_workspace
+from tests.conftest import EXAMPLES
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLES / "train_buggy.py", tmp_path / "train_buggy.py")
+    return tmp_path
+
+
+def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path) -> None:
+    outcome = run_audit(
+        AuditOptions(target=project, run=["python train_buggy.py"], steps=6, write_ledger=False)
+    )
+    report = outcome.report
+    rules = {f.rule for f in report.findings}
+    assert {"probe-graph-retention", "probe-host-sync"} <= rules
+    retention = next(f for f in report.findings if f.rule == "probe-graph-retention")
+    assert retention.file == "train_buggy.py" and retention.evidence[0].kind == "probe"
+    runs = report.provenance.extra["runs"]
+    assert runs[0]["outcome"] == "completed-steps"
+    assert "|" in runs[0]["dataflow_markdown"] and "flowchart" in runs[0]["dataflow_mermaid"]
+    assert report.provenance.isolation
+    verdicts = {c.item: c.verdict for c in report.coverage}
+    assert verdicts["1.4"] == "fail"
+    assert verdicts["1.3"] != "not-checked", "the data-flow map was measured"
+    assert (project / "train_buggy.py").read_bytes() == (EXAMPLES / "train_buggy.py").read_bytes()
+
+
+def test_pyproject_run_and_bad_commands_become_notes(project: Path) -> None:
+    (project / "pyproject.toml").write_text(
+        '[tool.torchdoctor]\nrun = ["python missing.py", "bash -c true"]\n'
+    )
+    report = run_audit(AuditOptions(target=project, write_ledger=False)).report
+    runs = {r["command"]: r for r in report.provenance.extra["runs"]}
+    assert runs["python missing.py"]["outcome"] == "not-run"
+    assert "not one of the audited files" in runs["python missing.py"]["summary"]
+    assert runs["bash -c true"]["outcome"] == "not-run"
+    assert any("missing.py" in note for note in report.summary.notes)
+
+
+def test_a_plain_audit_runs_nothing(project: Path) -> None:
+    report = run_audit(AuditOptions(target=project, write_ledger=False)).report
+    assert report.provenance.extra["runs"] == []
+    assert report.provenance.isolation is None
+
+
+def test_discover_finds_the_entry_points_that_train_or_run_a_model(tmp_path: Path) -> None:
+    (tmp_path / "lib.py").write_text("import torch\n\ndef helper():\n    return torch.zeros(1)\n")
+    (tmp_path / "notrain.py").write_text('if __name__ == "__main__":\n    print("hi")\n')
+    workspace = load_workspace(EXAMPLES)
+    found = discover_entry_points(workspace)
+    assert set(found) == {
+        "train_buggy.py",
+        "leaky_tabular.py",
+        "serve_model.py",
+        "train_lm_slow.py",
+    }
+    assert discover_entry_points(load_workspace(tmp_path)) == []
+    commands = planned_commands(
+        RunRequest(commands=["python -u train_buggy.py --epochs 1"], discover=True), workspace
+    )
+    assert commands[0] == "python -u train_buggy.py --epochs 1"
+    assert "python train_buggy.py" not in commands and len(commands) == 4
+
+
+def test_split_command() -> None:
+    assert split_command("python -u train.py --lr 1") == ("train.py", ["--lr", "1"])
+    with pytest.raises(ValueError):
+        split_command("torchrun train.py")
