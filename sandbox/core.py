@@ -60,11 +60,11 @@ class RunLimits:
     wall_s: float = 60.0
     cpu_s: int = 60
     memory_mb: int = 2048
-    processes: int = 64
+    processes: int = 512
     file_size_mb: int = 256
     disk_mb: int = 512
     max_files: int = 100_000
-    open_files: int = 256
+    open_files: int = 1024
     output_bytes: int = 1_000_000
 
 

@@ -27,11 +27,13 @@ class Limits(Strict):
     wall_s: float = Field(60.0, gt=0, description="wall-clock time before the job is killed")
     cpu_s: int = Field(60, gt=0, description="CPU seconds per process (RLIMIT_CPU)")
     memory_mb: int = Field(2048, gt=0, description="resident memory of the whole job")
-    processes: int = Field(64, gt=0, description="processes and threads of the job's user")
+    processes: int = Field(
+        512, gt=0, description="processes and threads of the job's user (torch starts many)"
+    )
     file_size_mb: int = Field(256, gt=0, description="largest single file (RLIMIT_FSIZE)")
     disk_mb: int = Field(512, gt=0, description="total bytes written to the workspace and /tmp")
     max_files: int = Field(100_000, gt=0, description="files and folders in the workspace")
-    open_files: int = Field(256, gt=0, description="file descriptors per process")
+    open_files: int = Field(1024, gt=0, description="file descriptors per process")
     output_bytes: int = Field(1_000_000, gt=0, description="stdout + stderr before the kill")
     collect_bytes: int = Field(1_000_000, gt=0, description="largest collected file content")
 
