@@ -462,6 +462,18 @@ class DataFlow:
             for prefix in prefixes
         )
 
+    @cached_property
+    def _loads(self) -> dict[str, list[ast.Name]]:
+        found: dict[str, list[ast.Name]] = {}
+        for name in self.nodes(ast.Name):
+            if isinstance(name.ctx, ast.Load):
+                found.setdefault(name.id, []).append(name)
+        return found
+
+    def reads_of(self, name: str) -> list[ast.Name]:
+        """Every place the module reads the plain name `name`."""
+        return self._loads.get(name, [])
+
     def nodes(self, kind: type[_N]) -> list[_N]:
         """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
         return cast(list[_N], self._index.get(kind, []))

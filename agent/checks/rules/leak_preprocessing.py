@@ -140,9 +140,7 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
     names = {t.id for t in parent.targets if isinstance(t, ast.Name)}
     if not any(_STAT_NAME.search(name) for name in names):
         return False
-    for use in ctx.flow.nodes(ast.Name):
-        if use.id not in names or not isinstance(use.ctx, ast.Load):
-            continue
+    for use in (read for name in names for read in ctx.flow.reads_of(name)):
         holder = ctx.parents.get(use)
         if (
             isinstance(holder, ast.BinOp)
