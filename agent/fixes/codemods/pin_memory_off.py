@@ -19,7 +19,7 @@ class PinMemoryOffFix(Codemod):
         loaders = [
             c
             for c in ctx.find(cst.Call, within=(target.line, target.end_line))
-            if is_dataloader(ctx, c) and keyword(c, "pin_memory") is None
+            if is_dataloader(ctx, c) and _unpinned(keyword(c, "pin_memory"))
         ]
         if not loaders:
             return False
@@ -27,3 +27,8 @@ class PinMemoryOffFix(Codemod):
         for loader in loaders:
             ctx.set_call_keyword(loader, "pin_memory", f"{torch}.cuda.is_available()")
         return True
+
+
+def _unpinned(arg: cst.Arg | None) -> bool:
+    """No `pin_memory=` at all, or a literal False."""
+    return arg is None or (isinstance(arg.value, cst.Name) and arg.value.value == "False")
