@@ -122,8 +122,10 @@ def is_optimizer_step(call: ast.Call) -> bool:
 
 
 def is_zero_grad(node: ast.AST) -> bool:
+    """`opt.zero_grad()`, `p.grad = None`, or a fresh `dist_autograd.context()` per step."""
     if isinstance(node, ast.Call):
-        return method_name(node) == "zero_grad"
+        name = method_name(node)
+        return name == "zero_grad" or (name == "context" and "autograd" in receiver_name(node))
     if isinstance(node, ast.Assign):  # p.grad = None
         return (
             any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in node.targets)
