@@ -3,7 +3,10 @@
 Audits the bundled examples (examples/*.py; tests/fixtures/llm/*.py when there are none)
 through the scripted OpenAI-compatible stub server (tests/llm_stub_server.py, a stand-in for a
 hosted model; its `usage` is characters / 4), once with an empty answer cache and once again
-(unchanged code: the cache must answer everything, at zero tokens and zero HTTP calls).
+(unchanged code: the cache must answer everything, at zero tokens and zero HTTP calls). The
+re-run reasons over the first walk's requests; the static findings are gathered again only to
+check that unchanged code gives the same ones (a warning says when it did not, e.g. because rules
+were edited while the benchmark ran).
 The walk is the audit graph's: `prepare` with every point's request, then the phases in order
 (so the reasoner batches points into as few requests as its token budget allows).
 Target: at most 25,000 tokens per 1,000 lines, and zero on the re-run; PASS needs both, for
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.checklist import PHASES  # noqa: E402
+from agent.reasoning.base import PointRequest  # noqa: E402
 from agent.reasoning.llm import OpenAIConfig  # noqa: E402
 from agent.reasoning.llm.reasoner import LLMReasoner  # noqa: E402
 from agent.reasoning.offline import OfflineReasoner  # noqa: E402
@@ -87,12 +91,13 @@ def sources(args: list[str]) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in bundled]
 
 
-def walk(stub: StubLLM, workspace: Path, cache: Path) -> LLMReasoner:
+def walk(
+    stub: StubLLM, workspace: Path, cache: Path, requests: dict[int, PointRequest]
+) -> LLMReasoner:
     """A full 12-point walk as the audit graph does it: `prepare`, then the phases in order,
     the points of a phase in parallel."""
     config = OpenAIConfig(model=stub.model, base_url=stub.base_url, cache_dir=cache, timeout_s=10)
     reasoner = LLMReasoner(config, workspace, OfflineReasoner())
-    requests = point_requests(workspace)
     reasoner.prepare(requests)
     with ThreadPoolExecutor(max_workers=4) as pool:
         for phase in PHASES:
@@ -108,7 +113,8 @@ def measure(files: list[tuple[str, Path]], tmp: Path) -> dict[str, int]:
         (workspace / relpath).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, workspace / relpath)
     with StubLLM(context_length=32_768, fallback=typical_answer) as stub:
-        first = walk(stub, workspace, tmp / "cache")
+        gathered = point_requests(workspace)
+        first = walk(stub, workspace, tmp / "cache", gathered)
         figures = {
             "lines": sum(len(p.read_text(encoding="utf-8").splitlines()) for _, p in files),
             "sent": stub.prompt_tokens,
@@ -119,7 +125,9 @@ def measure(files: list[tuple[str, Path]], tmp: Path) -> dict[str, int]:
             "degraded": len(first.degraded),
         }
         stub.reset_counts()
-        second = walk(stub, workspace, tmp / "cache")
+        again = point_requests(workspace)
+        figures["static_changed"] = int(again != gathered)
+        second = walk(stub, workspace, tmp / "cache", gathered)
         figures["rerun_tokens"] = stub.prompt_tokens + stub.completion_tokens
         figures["rerun_calls"] = stub.http_calls
         figures["rerun_hits"] = second.usage.cache_hits
@@ -146,6 +154,12 @@ def report(label: str, files: list[tuple[str, Path]], f: dict[str, int]) -> floa
         f"  re-run (unchanged): {f['rerun_requests']} LLM requests, {f['rerun_calls']} HTTP "
         f"calls, {f['rerun_tokens']} tokens, {f['rerun_hits']} cache hits"
     )
+    if f["static_changed"]:
+        print(
+            "  warning: the static findings of the unchanged code differed when gathered again "
+            "(rules edited while this ran, or a nondeterministic rule); the re-run used the "
+            "first walk's requests"
+        )
     return total
 
 
