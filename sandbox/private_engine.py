@@ -70,6 +70,7 @@ def private_engine(scratch: Path) -> Iterator[str]:
     finally:
         _stop(process)
         log.close()
+        _unmount_under(scratch)
 
 
 def _await_engine(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -95,6 +96,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _unmount_under(scratch: Path) -> None:
+    """Detach any mount the engine left below `scratch` (deepest first), so it can be deleted."""
+    prefix = str(scratch.resolve()) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        points = [line.split()[4] for line in handle]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
 
 
 def host_python_roots() -> list[Path]:

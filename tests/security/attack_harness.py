@@ -138,6 +138,7 @@ class Arena:
         self.secret_value = f"planted-secret-{uuid.uuid4().hex}"
         self.env_secret = f"sk-service-{uuid.uuid4().hex}"
         self.victim = self.run_root / "td-ws-victim"
+        self._wall_start = time.time()
 
     def __enter__(self) -> Arena:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -195,6 +196,7 @@ class Arena:
     def attack(self, sandbox: Sandbox, backend: str, attack: Attack) -> Verdict:
         marker = f"td-attack-{uuid.uuid4().hex}"
         before = _digest(self.origin)
+        self._wall_start = time.time()
         started = time.monotonic()
         result = sandbox.run(self.job(attack, marker))
         seconds = time.monotonic() - started
@@ -209,7 +211,10 @@ class Arena:
             (f"outcome {result.outcome} ({result.reason})", lambda: result.outcome in expected),
             ("a process of the job survived", lambda: not processes_with(marker)),
             ("a file was written outside the workspace", self._nothing_written_outside),
-            ("the job left files in a shared scratch folder", lambda: not _left_in_scratch(result)),
+            (
+                "the job left files in a shared scratch folder",
+                lambda: not _left_in_scratch(result, self._wall_start),
+            ),
             ("the original sources changed", lambda: _digest(self.origin) == origin_digest),
             ("a secret reached the job's output", lambda: not self._leaked(result)),
             ("the service's sentinel process was killed", lambda: self.sentinel.poll() is None),
@@ -242,8 +247,8 @@ class Arena:
         return [p.name for p in self.run_root.iterdir()] == [self.victim.name]
 
 
-def _left_in_scratch(result: RunResult) -> list[str]:
-    """Files owned by the job's uid in the host's world-writable scratch folders."""
+def _left_in_scratch(result: RunResult, since: float) -> list[str]:
+    """Files owned by the job's uid, changed since `since`, in the host's scratch folders."""
     match = re.search(r"uid (\d+)", result.isolation.user) or re.match(
         r"(\d+)", result.isolation.user
     )
@@ -254,11 +259,10 @@ def _left_in_scratch(result: RunResult) -> list[str]:
     for top in SCRATCH_DIRS:
         for folder, dirs, files in os.walk(top):
             dirs[:] = [d for d in dirs if _writable_by(os.path.join(folder, d), uid)]
-            found += [
-                os.path.join(folder, f)
-                for f in files
-                if os.lstat(os.path.join(folder, f)).st_uid == uid
-            ]
+            for name in files:
+                info = os.lstat(os.path.join(folder, name))
+                if info.st_uid == uid and info.st_ctime >= since - 1:
+                    found.append(os.path.join(folder, name))
     return found
 
 
