@@ -141,3 +141,30 @@ def test_rule_metadata_is_consistent() -> None:
     for rule in RULES:
         cls = rules_by_id()[rule]
         assert cls.items and all(item.split(".")[0] == str(cls.point) for item in cls.items)
+
+
+SKELETON = {
+    # id: (point, severity) — other components depend on these detectors by id
+    "validation-with-grad": (6, "medium"),
+    "host-sync-in-step": (6, "medium"),
+    "no-torch-seed": (5, "medium"),
+    "direct-forward-call": (10, "low"),
+    "inference-no-eval": (7, "high"),
+    "zero-grad-order": (4, "high"),
+    "scheduler-before-optimizer": (4, "medium"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(SKELETON))
+def test_walking_skeleton_detectors_keep_their_id_point_and_severity(rule: str) -> None:
+    cls = rules_by_id()[rule]
+    assert (cls.point, cls.severity.value) == SKELETON[rule]
+    assert cls.tier == "default"
+
+
+def test_opt_in_rules_run_only_when_selected() -> None:
+    source = "from torch import nn\n\ndrop = nn.Dropout(0.9)\n"
+    default = analyse_files([("m.py", source)])
+    selected = analyse_files([("m.py", source)], EngineConfig(select=frozenset({"high-dropout"})))
+    assert "high-dropout" not in {f.rule for f in default.all_findings()}
+    assert [f.line for f in selected.all_findings() if f.rule == "high-dropout"] == [3]
