@@ -225,13 +225,18 @@ def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> 
 def _uses_torch_randomness(ctx: ModuleContext) -> bool:
     if "torch" not in ctx.source:
         return False
+    loads_weights = "load_state_dict" in ctx.source or "from_pretrained" in ctx.source
     for node in nodes_of(ctx, ast.Call):
         if isinstance(node, ast.Call):
             qual = ctx.call_qualname(node) or ""
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
                 return True
-            if qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1][:1].isupper():
-                return True  # building layers draws random initial weights
+            if (
+                qual.startswith("torch.nn.")
+                and qual.rsplit(".", 1)[-1][:1].isupper()
+                and not loads_weights
+            ):
+                return True  # building layers draws random initial weights (unless overwritten)
             if qual.endswith("DataLoader") and any(k.arg == "shuffle" for k in node.keywords):
                 return True
     return False
