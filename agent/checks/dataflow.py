@@ -631,18 +631,27 @@ class DataFlow:
         return []
 
     def sources(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.expr]:
-        """`expr` and every expression it may derive from through names and local returns."""
-        yield expr
-        if depth >= _MAX_DEPTH:
-            return
-        if isinstance(expr, ast.Name | ast.Attribute):
-            for value in self.definitions(expr):
-                if value is not expr:
-                    yield from self.sources(value, depth + 1)
-        elif isinstance(expr, ast.Call):
-            callee = expr.func.id if isinstance(expr.func, ast.Name) else None
-            for value in self._returns.get(callee or "", []):
-                yield from self.sources(value, depth + 1)
+        """`expr` and every expression it may derive from through names and local returns.
+
+        Each expression is visited once (re-assignments like `x = f(x)` repeated many times
+        stay linear), at most `_MAX_DEPTH` steps from `expr`."""
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, depth)]
+        while stack:
+            current, level = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            yield current
+            if level >= _MAX_DEPTH:
+                continue
+            nexts: list[ast.expr] = []
+            if isinstance(current, ast.Name | ast.Attribute):
+                nexts = [v for v in self.definitions(current) if v is not current]
+            elif isinstance(current, ast.Call):
+                callee = current.func.id if isinstance(current.func, ast.Name) else None
+                nexts = list(self._returns.get(callee or "", []))
+            stack.extend((value, level + 1) for value in reversed(nexts))
 
     def constructed_as(self, expr: ast.expr) -> str | None:
         """Qualified name of the constructor/factory whose result `expr` holds, if resolvable.
@@ -864,29 +873,36 @@ class DataFlow:
         """The calls that produce `expr`, seen through names, local returns, views and casts.
 
         `p = F.softmax(z); q = p.view(-1, C)` -> the softmax call for `q`. A model call yields
-        itself and, for a local class, the producers of what its `forward` returns.
+        itself and, for a local class, the producers of what its `forward` returns. Each
+        expression is visited once.
         """
-        if depth > _MAX_DEPTH:
-            return
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, depth)]
+        while stack:
+            current, level = stack.pop()
+            if id(current) in seen or level > _MAX_DEPTH:
+                continue
+            seen.add(id(current))
+            if isinstance(current, ast.Call):
+                yield current
+            stack.extend((value, level + 1) for value in reversed(self._produced_from(current)))
+
+    def _produced_from(self, expr: ast.expr) -> list[ast.expr]:
+        """What `expr` passes through unchanged in meaning (see `producers`)."""
         if isinstance(expr, ast.Name | ast.Attribute):
-            for value in self.definitions(expr):
-                if value is not expr:
-                    yield from self.producers(value, depth + 1)
-        elif isinstance(expr, ast.Subscript | ast.Starred):
-            yield from self.producers(expr.value, depth + 1)
-        elif isinstance(expr, ast.IfExp):
-            yield from self.producers(expr.body, depth + 1)
-            yield from self.producers(expr.orelse, depth + 1)
-        elif isinstance(expr, ast.Call):
-            yield expr
+            return [v for v in self.definitions(expr) if v is not expr]
+        if isinstance(expr, ast.Subscript | ast.Starred):
+            return [expr.value]
+        if isinstance(expr, ast.IfExp):
+            return [expr.body, expr.orelse]
+        if isinstance(expr, ast.Call):
             func = expr.func
             if isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS:
-                yield from self.producers(func.value, depth + 1)
-            elif self.qualname_of(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
-                yield from self.producers(expr.args[0], depth + 1)
-            else:
-                for value in self.returns_of(expr):
-                    yield from self.producers(value, depth + 1)
+                return [func.value]
+            if self.qualname_of(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
+                return [expr.args[0]]
+            return list(self.returns_of(expr))
+        return []
 
     def module_output_producers(self, module: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
         """Calls that produce what calling `module` returns: the last layer of an

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+import time
 
 import pytest
 
@@ -368,3 +369,16 @@ def test_split_parts_are_split_calls_and_slices_of_split_sequences() -> None:
     by_text = {ast.unparse(n): flow.is_split_part(n) for n in slices}
     assert by_text == {"data[:800]": True, "data[800:]": True, "other[5:]": False}
     assert flow.is_split_part(call_of(flow, "train_test_split"))
+
+
+def test_many_reassignments_stay_linear() -> None:
+    """`x = x.view(...)` hundreds of times (generated code) must not explode the walks."""
+    body = "".join("    x = x.view(-1)\n    a = b\n    b = a\n" for _ in range(300))
+    source = "import torch.nn.functional as F\ndef f(x, y, a, b):\n" + body
+    source += "    return F.cross_entropy(x, y)\n"
+    flow = flow_of(source)
+    x = expr_at(flow, "F.cross_entropy(x, y)").args[0]  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    assert len(list(flow.producers(x))) == 300
+    assert len(list(flow.sources(expr_at(flow, "a")))) <= 601  # each expression once
+    assert time.perf_counter() - started < 2.0
