@@ -18,7 +18,6 @@ from agent.checks.base import ModuleContext
 from agent.checks.loops import (
     FunctionNode,
     is_periodic_guard,
-    method_name,
     nodes_of,
     walk_scope,
 )
@@ -84,11 +83,6 @@ _CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
 _MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
 _TEXT_CACHE: dict[str, tuple[ast.Module, dict[str, bool]]] = {}
 _IMPORTED: dict[str, tuple[ast.Module, set[str]]] = {}
-
-
-def qualname_in(ctx: ModuleContext, node: ast.AST, names: frozenset[str]) -> bool:
-    qual = ctx.call_qualname(node) if isinstance(node, ast.Call) else ctx.qualname(node)
-    return qual in names
 
 
 def kwarg(call: ast.Call, name: str) -> ast.expr | None:
@@ -338,12 +332,6 @@ def is_main_guard(stmt: ast.stmt) -> bool:
     names = {p.id for p in parts if isinstance(p, ast.Name)}
     consts = {p.value for p in parts if isinstance(p, ast.Constant)}
     return "__name__" in names and "__main__" in consts
-
-
-def calls_named(body: list[ast.stmt] | ast.AST, names: frozenset[str]) -> Iterator[ast.Call]:
-    for node in walk_scope(body):
-        if isinstance(node, ast.Call) and method_name(node) in names:
-            yield node
 
 
 def source_has(ctx: ModuleContext, token: str) -> bool:
