@@ -91,14 +91,15 @@ def test_template_hashes_cover_the_templates_they_import(
     assert len(template_hash("en", "system")) == 12
     for lang in LANGUAGES:
         (tmp_path / lang).mkdir()
-        for name in ("review", "guidance"):
+        (tmp_path / lang / "points").mkdir()
+        for name in ("review", *(f"points/point_{n:02d}" for n in range(1, 13))):
             source = (rendering.PROMPTS_DIR / lang / f"{name}.j2").read_text(encoding="utf-8")
             (tmp_path / lang / f"{name}.j2").write_text(source, encoding="utf-8")
     monkeypatch.setattr(rendering, "PROMPTS_DIR", tmp_path)
     rendering.template_hash.cache_clear()
     before = template_hash("en", "review")
     rendering.template_hash.cache_clear()
-    guidance = tmp_path / "en" / "guidance.j2"
+    guidance = tmp_path / "en" / "points" / "point_06.j2"
     guidance.write_text(guidance.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     after = template_hash("en", "review")
     rendering.template_hash.cache_clear()
