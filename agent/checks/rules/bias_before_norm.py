@@ -35,7 +35,6 @@ class BiasBeforeNorm(Rule):
     title = "Bias before BatchNorm"
     items: ClassVar[tuple[str, ...]] = ("4.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

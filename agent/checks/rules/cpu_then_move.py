@@ -50,7 +50,6 @@ class CpuThenMove(Rule):
     title = "Tensor created on CPU then moved"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -37,6 +37,7 @@ class DataLoaderSync(Rule):
     severity = Severity.LOW
     title = "DataLoader without workers"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
+    fixable = True
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     tier = "opt-in"
 

@@ -31,7 +31,6 @@ class DirectForwardCall(Rule):
     title = "forward() called directly"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

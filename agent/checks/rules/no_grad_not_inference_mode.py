@@ -34,7 +34,6 @@ class NoGradNotInferenceMode(Rule):
     severity = Severity.LOW
     title = "no_grad() where inference_mode() applies"
     items: ClassVar[tuple[str, ...]] = ("7.4",)
-    fixable = True
 
     def finish(self, ctx: ModuleContext) -> None:
         if "no_grad" not in ctx.source:

@@ -49,7 +49,6 @@ class SchedulerBeforeOptimizer(Rule):
     severity = Severity.MEDIUM
     title = "LR scheduler stepped before the optimizer"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return bool(ctx.loops.training_loops) and "sched" in ctx.source.lower()

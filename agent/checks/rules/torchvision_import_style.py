@@ -29,7 +29,6 @@ class TorchvisionImportStyle(Rule):
     title = "import torchvision.X as X"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Import,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Import)

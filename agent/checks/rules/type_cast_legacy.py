@@ -37,7 +37,6 @@ class TypeCastLegacy(Rule):
     title = "Legacy .type(torch.XTensor) cast"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -30,7 +30,6 @@ class ZeroGradOrder(Rule):
     severity = Severity.HIGH
     title = "zero_grad() between backward() and step()"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return bool(ctx.loops.training_loops)
