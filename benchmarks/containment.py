@@ -78,7 +78,7 @@ def main() -> int:
             leaked_strict |= not degraded and any(not v.contained for v in verdicts)
     print()
     print(f"| {'attack':<17} | {'backend':<13} | {'outcome':<13} | {'s':>5} | contained |")
-    print(f"|{'-' * 19}|{'-' * 15}|{'-' * 15}|{'-' * 7}|-----------|")
+    print(f"|{'-' * 19}|{'-' * 15}|{'-' * 15}|{'-' * 7}|{'-' * 11}|")
     for v in rows:
         mark = "yes" if v.contained else "NO: " + "; ".join(v.violations)
         print(
