@@ -178,8 +178,11 @@ class LocalRunner:
         finally:
             remove_workspace(scratch)
         if report.outcome is not Outcome.OK:
-            detail = (report.stderr or report.reason).strip().splitlines()
-            return ProbeResult(mechanism, False, detail[-1] if detail else report.reason)
+            lines = (report.stderr or report.reason).strip().splitlines()
+            detail = lines[-1] if lines else report.reason
+            if "Permission denied" in detail and mechanism is Mechanism.RLIMITS:
+                detail += " (the job's uid cannot reach the interpreter without a mount namespace)"
+            return ProbeResult(mechanism, False, detail)
         uid_text, _, interfaces = report.stdout.strip().partition(" ")
         if self.privileged and int(uid_text) == 0:
             return ProbeResult(mechanism, False, "the job kept uid 0")
