@@ -21,12 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent import __version__
 from agent.checklist import ITEMS
 from agent.config import AuditConfig, ConfigError, find_project_root, load_config
-from agent.gather import installed_torch_version, run_static, split_by_point
+from agent.gather import installed_torch_version, linter_evidence, run_static, split_by_point
 from agent.graph import build_audit_graph, sqlite_checkpointer
 from agent.ledger import Ledger, default_ledger_path
 from agent.models import (
     AuditReport,
     CoverageEntry,
+    Evidence,
     Finding,
     GateDecision,
     Provenance,
@@ -61,6 +62,9 @@ class AuditOptions(BaseModel):
     steps: int = Field(20, ge=1)
     probe_compile: bool = False
     sandbox: str | None = Field(None, description="auto | local | docker (default: env)")
+    linters: bool | None = Field(None, description="run peer linters (default: config, on)")
+    online: bool = Field(False, description="let pip-audit query the vulnerability database")
+    mypy: bool = False
 
 
 class AuditOutcome(BaseModel):
@@ -86,6 +90,11 @@ def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
         updates["lang"] = options.lang
     if options.torch_version:
         updates["torch_version"] = options.torch_version
+    env_linters = os.environ.get("TORCHDOCTOR_LINTERS", "").strip().lower()
+    if env_linters in ("0", "false", "no", "off"):
+        updates["linters"] = False
+    if options.linters is not None:
+        updates["linters"] = options.linters
     return config.model_copy(update=updates)
 
 
@@ -123,14 +132,24 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         compile=options.probe_compile,
     )
 
+    tools: dict[str, str] = {}
+
     def gather() -> dict[int, PointRequest]:
         static = run_static(workspace, config)
+        extra: list[tuple[int, Evidence]] = []
+        if config.linters and workspace.files:
+            pairs, versions = linter_evidence(
+                workspace, static, online=options.online, mypy=options.mypy
+            )
+            extra += pairs
+            tools.update(versions)
         if request.commands or request.discover:
             from sandbox.config import get_sandbox
 
             found = run_probes(workspace, request, get_sandbox(options.sandbox))
             probes.evidence, probes.runs = found.evidence, found.runs
-        return split_by_point(workspace, static, config.lang, extra_evidence=probes.evidence)
+        extra += probes.evidence
+        return split_by_point(workspace, static, config.lang, extra_evidence=extra)
 
     graph = build_audit_graph(reasoner, gather)
     run_config: RunnableConfig = {"configurable": {"thread_id": audit_id}}
@@ -157,7 +176,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     notes = list(state.get("notes", [])) + run_notes(probes.runs)
     isolation = next((r.isolation for r in probes.runs if r.isolation), None)
     provenance = Provenance(
-        tools={"torchdoctor": __version__},
+        tools={"torchdoctor": __version__, **tools},
         torch_version=installed_torch_version(),
         target_torch_version=config.torch_version or installed_torch_version(),
         python_version=platform.python_version(),

@@ -134,6 +134,14 @@ def audit(
     sandbox: Annotated[
         str | None, typer.Option(help="auto | local | docker (default: $TORCHDOCTOR_SANDBOX).")
     ] = None,
+    linters: Annotated[
+        bool | None,
+        typer.Option("--linters/--no-linters", help="Run peer linters (ruff, bandit, ...)."),
+    ] = None,
+    online: Annotated[
+        bool, typer.Option(help="Let pip-audit query the vulnerability database (network).")
+    ] = False,
+    mypy: Annotated[bool, typer.Option(help="Also run mypy (slower).")] = False,
 ) -> None:
     """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
     from agent.audit import AuditOptions
@@ -153,6 +161,9 @@ def audit(
         steps=steps,
         probe_compile="compile" in (probe or []),
         sandbox=sandbox,
+        linters=linters,
+        online=online,
+        mypy=mypy,
     )
     unknown = set(probe or []) - {"compile"}
     if unknown:

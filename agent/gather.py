@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from importlib import metadata
 
-from agent.checklist import POINTS
+from agent.checklist import ITEMS_BY_ID, POINTS
 from agent.checks.base import EngineConfig, RawFinding
 from agent.checks.engine import StaticResult, analyse_files
 from agent.checks.registry import rules_by_id
@@ -49,6 +49,57 @@ def engine_config(config: AuditConfig) -> EngineConfig:
 
 def run_static(workspace: Workspace, config: AuditConfig) -> StaticResult:
     return analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
+
+
+def linter_evidence(
+    workspace: Workspace, static: StaticResult, *, online: bool = False, mypy: bool = False
+) -> tuple[list[tuple[int, Evidence]], dict[str, str]]:
+    """Peer linters' results as evidence: attached to the native finding they confirm, else a
+    finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint."""
+    from agent.checks.linters.merge import merge_linter_evidence
+    from agent.checks.linters.runner import run_linters
+    from agent.reasoning.offline import attach_key
+
+    files = [f.path for f in workspace.files]
+    run = run_linters(
+        workspace.root, files, mypy=mypy, offline=not online, manifests=workspace.manifests
+    )
+    attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
+    pairs: list[tuple[int, Evidence]] = []
+    for (rule, file, line), evidence in attached.items():
+        for ev in evidence:
+            ev.data["attach_to"] = attach_key(rule, file, line)
+            pairs.append((int(ev.data["point"]), ev))
+    for ev in standalone:
+        code = str(ev.data.get("code", "")).lower()
+        ev.data["finding"] = {
+            "rule": f"{ev.source}-{code}".strip("-"),
+            "severity": ev.data.get("severity", "low"),
+            "title": f"{ev.source} {ev.data.get('code', '')}: {ev.message}"[:160],
+            "code": f"{ev.data.get('code', '')} {ev.message}",
+        }
+        pairs.append((int(ev.data["point"]), ev))
+    for note in run.coverage:
+        verdict = {"checked": "pass", "partial": None, "not-checked": "not-checked"}[note.status]
+        by_point: dict[int, list[str]] = defaultdict(list)
+        for item in note.items:
+            by_point[ITEMS_BY_ID[item].point].append(item)
+        for point, items in by_point.items():
+            data: dict[str, object] = {"items": items}
+            if verdict:
+                data["verdict"] = verdict
+            pairs.append(
+                (
+                    point,
+                    Evidence(
+                        source=note.tool,
+                        kind="linter",
+                        message=f"{note.tool}: {note.reason}",
+                        data=data,
+                    ),
+                )
+            )
+    return pairs, run.tools
 
 
 def split_by_point(

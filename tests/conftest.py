@@ -19,4 +19,6 @@ def _isolated_home(
     monkeypatch.setenv("TORCHDOCTOR_HOME", str(home))
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TORCHDOCTOR_MODEL"):
         monkeypatch.delenv(var, raising=False)
+    # Peer linters cost seconds per audit; the tests that exercise them turn them back on.
+    monkeypatch.setenv("TORCHDOCTOR_LINTERS", "0")
     yield

@@ -137,12 +137,22 @@ class OfflineReasoner:
                 how=_how(covering, hints),
                 reason="checked; nothing found",
             )
+        if "not-checked" in hint_verdicts and not covering:
+            return CoverageEntry(
+                item=item_id,
+                verdict="not-checked",
+                how=_how(covering, hints),
+                reason="; ".join(
+                    ev.message for ev in hints if ev.data.get("verdict") == "not-checked"
+                ),
+            )
         if covering or "not-applicable" in hint_verdicts:
             return CoverageEntry(
                 item=item_id,
                 verdict="not-applicable",
                 how=_how(covering, hints),
-                reason="the code has nothing these checks apply to (e.g. no training loop)",
+                reason="; ".join(ev.message for ev in hints)
+                or "the code has nothing these checks apply to (e.g. no training loop)",
             )
         return CoverageEntry(
             item=item_id, verdict="not-checked", how="none", reason=_not_checked_reason(item_id)

@@ -204,3 +204,21 @@ def test_other_bundled_examples_have_their_planted_problems_caught(name: str) ->
     outcome = run_audit(AuditOptions(target=EXAMPLES / name, write_ledger=False))
     rules = {f.rule for f in outcome.report.findings}
     assert EXAMPLE_EXPECTATIONS[name] <= rules, EXAMPLE_EXPECTATIONS[name] - rules
+
+
+def test_peer_linters_confirm_native_findings_instead_of_duplicating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHDOCTOR_LINTERS", "1")
+    target = tmp_path / "serve_model.py"
+    target.write_bytes((EXAMPLES / "serve_model.py").read_bytes())
+    result = torchdoctor("audit", str(target), "--format", "json", "--no-ledger")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    loads = [f for f in report["findings"] if f["rule"] == "torch-load-unsafe"]
+    assert len(loads) == 1, "one finding, backed by several tools"
+    sources = {e["source"] for e in loads[0]["evidence"]}
+    assert {"torchdoctor-static", "bandit"} <= sources
+    assert "bandit" in report["provenance"]["tools"]
+    verdicts = {c["item"]: c for c in report["coverage"]}
+    assert verdicts["11.1"]["verdict"] in ("not-applicable", "not-checked")
