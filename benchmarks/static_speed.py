@@ -151,6 +151,12 @@ def main() -> int:
     print()
     report_ratios(bare, native, [m for m in measured if isinstance(m, Timing)])
 
+    work = sum(r.seconds for r in result.files)
+    print(
+        f"native work summed over its {cores} workers: {work:.2f}s = {work / bare.seconds:.2f}x "
+        "bare parse (what one process would take, minus pool start-up and transfer)"
+    )
+
     slowest = sorted(result.files, key=lambda r: r.seconds, reverse=True)[:5]
     deadline = EngineConfig().file_deadline_s
     print(f"\nmax per-file time: {slowest[0].seconds * 1000:.0f} ms (deadline {deadline:g} s)")
