@@ -15,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY sandbox ./sandbox
 COPY prompts ./prompts
-RUN pip install ".[llm,api,linters]"
+RUN pip install ".[llm,linters,docker]"
 
 USER torchdoctor
 ENV TORCHDOCTOR_HOME=/home/torchdoctor/.cache/torchdoctor

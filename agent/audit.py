@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import time
 import uuid
 from collections import Counter
@@ -35,7 +36,14 @@ from agent.models import (
     Target,
     ToolInfo,
 )
-from agent.probing import ProbeEvidence, RunRequest, RunSummary, run_probes
+from agent.probing import (
+    ProbeEvidence,
+    RunRequest,
+    RunSummary,
+    gpu_present,
+    planned_commands,
+    run_probes,
+)
 from agent.reasoning.base import PointRequest, Reasoner
 from agent.reasoning.offline import OfflineReasoner
 from agent.workspace import Workspace, load_workspace
@@ -65,6 +73,9 @@ class AuditOptions(BaseModel):
     linters: bool | None = Field(None, description="run peer linters (default: config, on)")
     online: bool = Field(False, description="let pip-audit query the vulnerability database")
     mypy: bool = False
+    fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
+    apply: bool = Field(False, description="write verified fixes to the files (implies fix)")
+    force: bool = Field(False, description="apply even on a dirty git work tree")
 
 
 class AuditOutcome(BaseModel):
@@ -130,6 +141,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         discover=options.discover,
         steps=options.steps,
         compile=options.probe_compile,
+        gpu=gpu_present(),
     )
 
     tools: dict[str, str] = {}
@@ -173,7 +185,10 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     )
     ledger = Ledger.read(ledger_path) if ledger_path else Ledger.empty()
     findings = ledger.apply_user_statuses(findings)
-    notes = list(state.get("notes", [])) + run_notes(probes.runs)
+    fix_notes: list[str] = []
+    if options.fix or options.apply:
+        findings, fix_notes = fix_findings(options, workspace, findings, request, progress)
+    notes = list(state.get("notes", [])) + run_notes(probes.runs) + fix_notes
     isolation = next((r.isolation for r in probes.runs if r.isolation), None)
     provenance = Provenance(
         tools={"torchdoctor": __version__, **tools},
@@ -204,6 +219,54 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     if ledger_path is not None:
         ledger.merge(report, lang=config.lang).write(ledger_path)
     return AuditOutcome(report=report, ledger_path=ledger_path, trace=list(state.get("trace", [])))
+
+
+class ApplyRefused(ValueError):
+    """`--apply` would write to files it must not touch (e.g. a dirty git work tree)."""
+
+
+def fix_findings(
+    options: AuditOptions,
+    workspace: Workspace,
+    findings: list[Finding],
+    request: RunRequest,
+    progress: Progress | None,
+) -> tuple[list[Finding], list[str]]:
+    """Propose and verify fixes (verified only by a smoke run), then write them if asked."""
+    from agent.fixes import apply_fixes, propose_and_verify
+    from agent.fixes.apply import dirty_reason
+    from sandbox.config import get_sandbox
+
+    if options.apply and not options.force and (reason := dirty_reason(workspace.root)):
+        raise ApplyRefused(reason)
+
+    commands = planned_commands(request, workspace)
+    run_command = shlex.split(commands[0]) if commands else None
+    say = (lambda line: progress({"event": "fix", "message": line})) if progress else None
+    fixed = propose_and_verify(
+        workspace.root,
+        findings,
+        get_sandbox(options.sandbox) if run_command else None,
+        run_command=run_command,
+        steps=options.steps,
+        gpu=request.gpu,
+        progress=say,
+    )
+    verified = sum(1 for f in fixed if f.fix and f.fix.verified)
+    proposed = sum(1 for f in fixed if f.fix)
+    notes = [f"fixes: {proposed} proposed, {verified} verified by execution"]
+    if not run_command and proposed:
+        notes.append("fixes are not verified without a run: pass --run 'python train.py ...'")
+    if options.apply:
+        result = apply_fixes(workspace.root, fixed, force=options.force)
+        if result.refused:
+            raise ApplyRefused(result.refused)
+        notes.append(
+            f"applied {len(result.applied)} verified fix(es); undo with "
+            f"`torchdoctor undo {options.target}`"
+        )
+        notes += [f"not applied {fid}: {why}" for fid, why in sorted(result.skipped.items())]
+    return fixed, notes
 
 
 def run_notes(runs: list[RunSummary]) -> list[str]:

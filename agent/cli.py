@@ -71,6 +71,8 @@ def _with_progress(options: AuditOptions) -> AuditOutcome:
                 )
             elif kind == "phase":
                 bar.update(task, description=f"phase {event['phase']}")
+            elif kind == "fix":
+                bar.update(task, description=str(event.get("message", "fix")))
             elif kind == "finalize":
                 bar.update(task, advance=1, description="finalize")
 
@@ -142,9 +144,16 @@ def audit(
         bool, typer.Option(help="Let pip-audit query the vulnerability database (network).")
     ] = False,
     mypy: Annotated[bool, typer.Option(help="Also run mypy (slower).")] = False,
+    fix: Annotated[
+        bool, typer.Option(help="Propose fixes and verify each by running the code (--run).")
+    ] = False,
+    apply: Annotated[
+        bool, typer.Option(help="Also write the verified fixes to the files (atomically).")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="--apply even on a dirty git work tree.")] = False,
 ) -> None:
     """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
-    from agent.audit import AuditOptions
+    from agent.audit import ApplyRefused, AuditOptions
 
     options = AuditOptions(
         target=path,
@@ -164,13 +173,16 @@ def audit(
         linters=linters,
         online=online,
         mypy=mypy,
+        fix=fix,
+        apply=apply,
+        force=force,
     )
     unknown = set(probe or []) - {"compile"}
     if unknown:
         raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
     try:
         outcome = _with_progress(options)
-    except (InputError, ConfigError) as err:
+    except (InputError, ConfigError, ApplyRefused) as err:
         raise _fail(str(err)) from None
     report = outcome.report
     threshold = fail_on
@@ -189,6 +201,24 @@ def audit(
         f.status.is_open and f.severity.rank >= threshold.rank for f in report.findings
     ):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def undo(
+    path: Annotated[Path, typer.Argument(help="The file or folder given to `audit --apply`.")],
+    force: Annotated[bool, typer.Option(help="Restore even files changed since.")] = False,
+) -> None:
+    """Restore, byte for byte, the files the last `audit --apply` on PATH changed."""
+    from agent.config import find_project_root
+    from agent.fixes import undo as undo_fixes
+
+    if not path.exists():
+        raise _fail(f"{path}: no such file or folder")
+    result = undo_fixes(find_project_root(path), force=force)
+    if result.refused:
+        raise _fail(result.refused)
+    for restored in result.restored:
+        sys.stdout.write(f"restored {restored}\n")
 
 
 @app.command()

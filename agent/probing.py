@@ -69,6 +69,11 @@ class ProbeEvidence(BaseModel):
     runs: list[RunSummary] = Field(default_factory=list)
 
 
+def gpu_present() -> bool:
+    """NVIDIA device nodes on this host: runs then get the GPU passed into the sandbox."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def split_command(command: str) -> tuple[str, list[str]]:
     """`python -u train.py --lr 1` -> ('train.py', ['--lr', '1'])."""
     tokens = shlex.split(command)

@@ -57,7 +57,7 @@ def dirty_reason(root: Path) -> str | None:
     if not changed:
         return None
     shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-    return f"the git work tree has uncommitted changes ({shown}): commit or pass force"
+    return f"the git work tree has uncommitted changes ({shown}): commit them or pass --force"
 
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -169,7 +169,7 @@ def undo(root: Path, force: bool = False) -> UndoResult:
             return UndoResult(
                 journal=str(journal),
                 refused=f"changed since the fix was applied: {', '.join(changed)} "
-                "(pass force to restore anyway)",
+                "(pass --force to restore anyway)",
             )
     originals = {e["path"]: (journal / "files" / e["path"]).read_bytes() for e in entries}
     corrupt = [e["path"] for e in entries if sha256(originals[e["path"]]) != e["sha256_before"]]
