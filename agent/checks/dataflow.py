@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
@@ -473,6 +473,23 @@ class DataFlow:
     def reads_of(self, name: str) -> list[ast.Name]:
         """Every place the module reads the plain name `name`."""
         return self._loads.get(name, [])
+
+    @cached_property
+    def _calls_by_name(self) -> dict[str, list[ast.Call]]:
+        found: dict[str, list[ast.Call]] = {}
+        for call in self.nodes(ast.Call):
+            found.setdefault(identifier(call.func), []).append(call)
+        return found
+
+    def calls_named(self, names: Iterable[str]) -> list[ast.Call]:
+        """Calls whose callee's last name part is one of `names` (`x.append(...)`: 'append')."""
+        return [call for name in set(names) for call in self._calls_by_name.get(name, [])]
+
+    def calls_to(self, qualnames: Collection[str]) -> list[ast.Call]:
+        """Calls that resolve to one of `qualnames`, however imported or aliased."""
+        names = {q.rsplit(".", 1)[-1] for q in qualnames}
+        names |= {a for a, target in self.ctx.imports.aliases.items() if target in qualnames}
+        return [c for c in self.calls_named(names) if self.qualname_of(c) in qualnames]
 
     def nodes(self, kind: type[_N]) -> list[_N]:
         """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
@@ -1279,9 +1296,7 @@ class DataFlow:
         sites a rule cares about, since it is the costly part)."""
         found: list[Accumulation] = []
         candidates: list[ast.AST] = [*self.nodes(ast.AugAssign), *self.nodes(ast.Assign)]
-        candidates += [
-            c for c in self.nodes(ast.Call) if identifier(c.func) in ("append", "extend")
-        ]
+        candidates += self.calls_named(("append", "extend"))
         for node in candidates:
             pair = _accumulation_pair(node)
             if pair is None:

@@ -46,9 +46,7 @@ class AmpClipWithoutUnscale(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "clip_grad" not in ctx.source or ".scale(" not in ctx.source:
             return
-        for call in ctx.flow.nodes(ast.Call):
-            if identifier(call.func) not in _CLIP:
-                continue
+        for call in ctx.flow.calls_named(_CLIP):
             if _preceded_by(ctx, call, _is_scaled_backward) and not _preceded_by(
                 ctx, call, _is_unscale
             ):

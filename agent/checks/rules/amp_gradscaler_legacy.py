@@ -6,8 +6,7 @@ import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import callee_names, format_version, rows_by_name, target_torch
-from agent.checks.dataflow import identifier
+from agent.checks.data.torch_api import format_version, rows_by_name, target_torch
 from agent.models import Severity
 
 
@@ -36,10 +35,8 @@ class AmpGradscalerLegacy(Rule):
         return "GradScaler" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        names = callee_names("renamed", ctx.imports.aliases)
-        for node in ctx.flow.nodes(ast.Call):
-            if identifier(node.func) in names:
-                self._check(ctx, node)
+        for node in ctx.flow.calls_to(rows_by_name("renamed")):
+            self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         qual = ctx.flow.qualname_of(node)

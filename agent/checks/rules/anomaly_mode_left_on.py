@@ -45,7 +45,7 @@ class AnomalyModeLeftOn(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "anomaly" not in ctx.source:
             return
-        for call in ctx.flow.nodes(ast.Call):
+        for call in ctx.flow.calls_to(_SET | _CONTEXT):
             qual = ctx.flow.qualname_of(call)
             if qual in _SET:
                 enabled = (

@@ -40,7 +40,7 @@ class AutogradVariableLegacy(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         if "Variable" in ctx.source:
-            for node in ctx.flow.nodes(ast.Call):
+            for node in ctx.flow.calls_to(_VARIABLE):
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:

@@ -41,7 +41,7 @@ class CheckpointUseReentrant(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         if "checkpoint" in ctx.source:
-            for node in ctx.flow.nodes(ast.Call):
+            for node in ctx.flow.calls_to(_CHECKPOINT):
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:

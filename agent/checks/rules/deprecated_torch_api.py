@@ -48,9 +48,8 @@ class DeprecatedTorchApi(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         names = callee_names("deprecated", ctx.imports.aliases)
         flow = ctx.flow
-        for call in flow.nodes(ast.Call):
-            if identifier(call.func) in names:
-                self._check(ctx, call, flow.qualname_of(call))
+        for call in flow.calls_to(rows_by_name("deprecated")):
+            self._check(ctx, call, flow.qualname_of(call))
         functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = [
             *flow.nodes(ast.FunctionDef),
             *flow.nodes(ast.AsyncFunctionDef),

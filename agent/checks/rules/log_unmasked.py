@@ -55,8 +55,8 @@ class LogUnmasked(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "log" not in ctx.source:
             return
-        for node in ctx.flow.nodes(ast.Call):
-            if node.args and ctx.flow.qualname_of(node) in _LOGS:
+        for node in ctx.flow.calls_to(_LOGS):
+            if node.args:
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.dataflow import identifier
 from agent.models import Severity
 
 _SAVERS = frozenset(
@@ -60,14 +58,7 @@ class NoModelCard(Rule):
             and "push_to_hub" not in (ctx.source)
         ):
             return
-        names = {name.rsplit(".", 1)[-1] for name in _SAVERS} | _SAVE_METHODS
-        names |= {alias for alias, target in ctx.imports.aliases.items() if target in _SAVERS}
-        saves = [
-            call
-            for call in ctx.flow.nodes(ast.Call)
-            if identifier(call.func) in names
-            and (ctx.flow.qualname_of(call) in _SAVERS or identifier(call.func) in _SAVE_METHODS)
-        ]
+        saves = ctx.flow.calls_to(_SAVERS) + ctx.flow.calls_named(_SAVE_METHODS)
         card = bool(_CARD.search(ctx.source))
         if not saves and not card:
             return

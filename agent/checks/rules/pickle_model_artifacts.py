@@ -57,7 +57,7 @@ class PickleModelArtifacts(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         if "load" in ctx.source or "pickle" in ctx.source:
-            for node in ctx.flow.nodes(ast.Call):
+            for node in ctx.flow.calls_to(_PICKLE_LOADERS | {"numpy.load"}):
                 self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from typing import ClassVar
 
 from agent.checks.base import ModuleContext, Rule
@@ -67,13 +66,13 @@ class ThresholdDependentMetricOnly(Rule):
             return
         if any(w in text for w in _RANKING):
             return
-        for call in ctx.flow.nodes(ast.Call):
-            qual = ctx.flow.qualname_of(call)
-            if qual in _THRESHOLD:
-                ctx.report(
-                    self,
-                    call,
-                    f"`{qual.rsplit('.', 1)[-1]}` is the only kind of metric here: add a "
-                    "threshold-free one (ROC-AUC, average precision)",
-                )
-                return
+        calls = ctx.flow.calls_to(_THRESHOLD)
+        if calls:
+            first = min(calls, key=lambda c: (c.lineno, c.col_offset))
+            name = (ctx.flow.qualname_of(first) or "").rsplit(".", 1)[-1]
+            ctx.report(
+                self,
+                first,
+                f"`{name}` is the only kind of metric here: add a threshold-free one "
+                "(ROC-AUC, average precision)",
+            )

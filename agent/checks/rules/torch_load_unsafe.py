@@ -50,9 +50,8 @@ class TorchLoadUnsafe(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for node in ctx.flow.nodes(ast.Call):
-            if ctx.flow.qualname_of(node) == "torch.load":
-                self._check(ctx, node)
+        for node in ctx.flow.calls_to({"torch.load"}):
+            self._check(ctx, node)
 
     def _check(self, ctx: ModuleContext, call: ast.Call) -> None:
         if any(k.arg is None for k in call.keywords):

@@ -50,7 +50,7 @@ class UnverifiedDownload(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         if "url" in ctx.source or "download" in ctx.source:
-            for node in ctx.flow.nodes(ast.Call):
+            for node in ctx.flow.calls_to(_URL_LOADERS | _FILE_DOWNLOADERS | _RAW_DOWNLOADERS):
                 if not any(k.arg is None for k in node.keywords):
                     self._check(ctx, node)
 
