@@ -68,15 +68,16 @@ class HostSyncInStep(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.candidates or not ctx.loops.training_loops:
             return
-        reported: set[int] = set()
+        reported: set[int] = set()  # one finding per statement (a print of five losses)
         for call in self.candidates:
-            if call.lineno in reported or not ctx.loops.in_training_step(call):
+            statement = _statement_of(ctx, call)
+            if id(statement) in reported or not ctx.loops.in_training_step(call):
                 continue
             loop = ctx.loops.loop_containing(call)
             stop = loop.node if loop is not None else ctx.enclosing_function(call)
             if under_periodic_guard(ctx, call, stop):
                 continue
-            reported.add(call.lineno)
+            reported.add(id(statement))
             what = call.func.attr if isinstance(call.func, ast.Attribute) else "float"
             ctx.report(
                 self,
@@ -84,6 +85,10 @@ class HostSyncInStep(Rule):
                 f"`{what}` on every training step forces a GPU->CPU sync: the device idles "
                 "until the host catches up",
             )
+
+
+def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST:
+    return next((a for a in ctx.ancestors(node) if isinstance(a, ast.stmt)), node)
 
 
 def _is_cpu_call(node: ast.expr) -> bool:
