@@ -193,6 +193,7 @@ EXAMPLE_EXPECTATIONS = {
         "dataparallel-not-ddp",
         "no-torch-compile",
         "device-mismatch-factory-in-forward",
+        "manual-attention",
     },
 }
 
