@@ -67,18 +67,31 @@ class ValidationWithGrad(Rule):
         guarded_callers = self._grad_off_call_sites(ctx, names) if candidates else set()
         for fn in candidates:
             if fn.name not in guarded_callers:
-                self._check_body(ctx, fn.body, reported)
+                self._check_body(ctx, fn.body, reported, fn)
         for node in nodes_of(ctx, ast.For):
             if isinstance(node, ast.For) and any(
                 _EVAL_LOADER.search(name) for name in _names_in(node.iter)
             ):
                 self._check_body(ctx, node.body, reported)
 
-    def _check_body(self, ctx: ModuleContext, body: list[ast.stmt], reported: set[int]) -> None:
+    def _check_body(
+        self,
+        ctx: ModuleContext,
+        body: list[ast.stmt],
+        reported: set[int],
+        function: FunctionNode | None = None,
+    ) -> None:
+        """Report the first model call in `body` that runs with autograd on.
+
+        In an evaluation function only calls repeated over data count (inside a loop or a
+        comprehension): one forward in a `test()` shape check costs nothing worth reporting.
+        """
         if ctx.loops.effects_of(body).backward:
             return
         for call in model_calls(ctx, body):
             if call.lineno in reported or grad_disabled_at(ctx, call):
+                continue
+            if function is not None and not _repeated(ctx, call, function):
                 continue
             reported.add(call.lineno)
             ctx.report(
@@ -108,3 +121,15 @@ def _names_in(expr: ast.expr) -> list[str]:
         for n in ast.walk(expr)
         if isinstance(n, ast.Name | ast.Attribute)
     ]
+
+
+def _repeated(ctx: ModuleContext, node: ast.AST, function: FunctionNode) -> bool:
+    """Whether `node` sits in a loop or comprehension inside `function`."""
+    for anc in ctx.ancestors(node):
+        if anc is function:
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.While | ast.comprehension):
+            return True
+        if isinstance(anc, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            return True
+    return False
