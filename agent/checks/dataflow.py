@@ -481,6 +481,10 @@ class DataFlow:
             found.setdefault(identifier(call.func), []).append(call)
         return found
 
+    def calls_matching(self, pattern: re.Pattern[str]) -> list[ast.Call]:
+        """Calls whose callee's last name part matches `pattern` (tested once per name)."""
+        return self.calls_named(n for n in self._calls_by_name if pattern.search(n))
+
     def calls_named(self, names: Iterable[str]) -> list[ast.Call]:
         """Calls whose callee's last name part is one of `names` (`x.append(...)`: 'append')."""
         return [call for name in set(names) for call in self._calls_by_name.get(name, [])]

@@ -63,7 +63,7 @@ class LeakMultiTest(Rule):
             metric = self._selection_metric(ctx, branch)
             if metric is not None:
                 self._report(ctx, branch.test, metric, "selects a model on it")
-        for call in flow.nodes(ast.Call):
+        for call in [*flow.calls_named(("step",)), *flow.calls_matching(_EARLY_STOP)]:
             self._check_call(ctx, call)
         for node in flow.nodes(ast.Assign):
             if isinstance(node.value, ast.Call):

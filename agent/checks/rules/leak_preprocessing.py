@@ -74,7 +74,11 @@ class LeakPreprocessing(Rule):
             return
         flow = ctx.flow
         split_inputs = [arg for _, args in flow.split_inputs for arg in args]
-        for node in flow.nodes(ast.Call):
+        candidates = [
+            *flow.calls_named(_FIT_METHODS | _STAT_METHODS),
+            *flow.calls_matching(_VOCAB_BUILDERS),
+        ]
+        for node in candidates:
             data = _fitted_data(ctx, node)
             if data is None:
                 continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
@@ -20,10 +19,15 @@ _CLASSIFIER_LOSSES = frozenset(
         "torch.nn.functional.nll_loss",
     }
 )
-_EXPLAINERS = re.compile(
-    r"\b(captum|shap|lime|IntegratedGradients|GradCAM|grad_cam|pytorch_grad_cam|saliency|"
-    r"attribution)\b",
-    re.IGNORECASE,
+_EXPLAINERS = (
+    "captum",
+    "shap",
+    "lime",
+    "integratedgradients",
+    "gradcam",
+    "grad_cam",
+    "saliency",
+    "attribution",
 )
 _FACT = "no-explainability-hook"
 
@@ -57,7 +61,8 @@ class NoExplainabilityHook(Rule):
         return "backward" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        explains = bool(_EXPLAINERS.search(ctx.source))
+        lowered = ctx.source.lower()
+        explains = any(word in lowered for word in _EXPLAINERS)
         loss = None
         if "backward" in ctx.source and ctx.loops.training_loops:
             loss = next(

@@ -14,8 +14,8 @@ _SENSITIVE = re.compile(
     r"nationality|marital_status|sexual_orientation|skin_tone)$",
     re.IGNORECASE,
 )
-_METRIC = re.compile(r"accuracy|f1_score|precision|recall|roc_auc|confusion_matrix|Accuracy")
-_GROUPED = re.compile(r"groupby|MetricFrame|fairlearn|aif360|per_group|by_group|demographic")
+_METRIC_WORDS = ("accuracy", "f1_score", "precision", "recall", "roc_auc", "confusion_matrix")
+_GROUPED_WORDS = ("groupby", "metricframe", "fairlearn", "aif360", "per_group", "by_group")
 
 
 class NoGroupMetrics(Rule):
@@ -44,11 +44,11 @@ class NoGroupMetrics(Rule):
     tier = "opt-in"
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return bool(_METRIC.search(ctx.source))
+        return _mentions(ctx.source, _METRIC_WORDS)
 
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
-        if not _METRIC.search(text) or _GROUPED.search(text):
+        if not _mentions(text, _METRIC_WORDS) or _mentions(text, _GROUPED_WORDS):
             return
         for node in ctx.flow.nodes(ast.Subscript):
             key = node.slice
@@ -65,3 +65,8 @@ class NoGroupMetrics(Rule):
                     data={"attribute": key.value},
                 )
                 return
+
+
+def _mentions(text: str, words: tuple[str, ...]) -> bool:
+    lowered = text.lower()
+    return any(word in lowered for word in words)

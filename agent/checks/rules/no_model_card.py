@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from agent.checks.base import ModuleContext, RawFinding, Rule
@@ -19,7 +18,7 @@ _SAVERS = frozenset(
     }
 )
 _SAVE_METHODS = frozenset({"save_pretrained", "push_to_hub"})
-_CARD = re.compile(r"model[_ ]?card|ModelCard|MODEL_CARD", re.IGNORECASE)
+_CARD_WORDS = ("model_card", "modelcard", "model card")
 _FACT = "no-model-card"
 
 
@@ -59,7 +58,8 @@ class NoModelCard(Rule):
         ):
             return
         saves = ctx.flow.calls_to(_SAVERS) + ctx.flow.calls_named(_SAVE_METHODS)
-        card = bool(_CARD.search(ctx.source))
+        lowered = ctx.source.lower()
+        card = any(word in lowered for word in _CARD_WORDS)
         if not saves and not card:
             return
         first = min(saves, key=lambda c: c.lineno) if saves else None
