@@ -10,6 +10,7 @@ the stacked workspace; its diff stays the one against the user's file.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from agent.fixes.codemods import codemod_for
@@ -73,9 +74,10 @@ def verify_on_stack(
                 checks = [note]
             else:
                 claim = Claim(frozenset({finding.rule}), finding.severity)
+                spec = stacked_spec(FixSpec.of(codemod), stack)
                 checks = [
                     v.model_copy(update={"step": f"on-verified-fixes:{v.step}"})
-                    for v in verifier.verify(patch, claim, FixSpec.of(codemod))
+                    for v in verifier.verify(patch, claim, spec)
                 ]
                 checks.insert(
                     0,
@@ -93,6 +95,16 @@ def verify_on_stack(
             status = Status.VERIFIED if verified else finding.status
             updated[finding.id] = finding.model_copy(update={"fix": fix, "status": status})
     return updated
+
+
+def stacked_spec(spec: FixSpec, stack: list[Finding]) -> FixSpec:
+    """On top of a bf16 (or compiled) stack, two seeded runs agree only to the stack's
+    tolerance: any change of summation order is amplified by the reduced precision. A fix
+    measured there is held to the loosest tolerance of the fixes beneath it, never tighter."""
+    if spec.rtol is None:
+        return spec
+    beneath = [c.rtol for f in stack if (c := codemod_for(f.rule)) is not None and c.rtol]
+    return replace(spec, rtol=max([spec.rtol, *beneath]))
 
 
 def _patch_on(original_root: Path, stacked: Path, finding: Finding) -> Patch | None:
