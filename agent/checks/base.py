@@ -103,6 +103,7 @@ class ModuleContext:
     config: EngineConfig = field(default_factory=EngineConfig)
     imports: ImportTable = field(default_factory=ImportTable)
     parents: dict[ast.AST, ast.AST] = field(default_factory=dict)
+    by_type: dict[type[ast.AST], list[ast.AST]] = field(default_factory=dict)
     findings: list[RawFinding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +122,14 @@ class ModuleContext:
         from agent.checks.dataflow import DataFlow
 
         return DataFlow(self)
+
+    def nodes_by_type(self) -> dict[type[ast.AST], list[ast.AST]]:
+        """Every node grouped by exact type, in the parent map's order; the engine's walk fills
+        it, and a context built without the walk gets it from the parent map (or the tree)."""
+        if not self.by_type:
+            for node in self.parents or ast.walk(self.tree):
+                self.by_type.setdefault(type(node), []).append(node)
+        return self.by_type
 
     def qualname(self, node: ast.AST) -> str | None:
         return self.imports.resolve(node)

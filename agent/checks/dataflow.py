@@ -441,11 +441,7 @@ class DataFlow:
     @cached_property
     def _index(self) -> dict[type[ast.AST], list[ast.AST]]:
         """Every node of the module grouped by type, from the engine's single walk."""
-        index: dict[type[ast.AST], list[ast.AST]] = {}
-        nodes: Iterable[ast.AST] = self.ctx.parents or ast.walk(self.ctx.tree)
-        for node in nodes:
-            index.setdefault(type(node), []).append(node)
-        return index
+        return self.ctx.nodes_by_type()
 
     def qualname_of(self, call: ast.Call) -> str | None:
         """`ctx.call_qualname`, memoised: several rules resolve the same calls."""

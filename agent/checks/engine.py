@@ -7,6 +7,7 @@ stalling the audit, and no error in one file stops the others.
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -57,29 +58,117 @@ class _DeadlineExceeded(Exception):
     pass
 
 
+# Fields that hold identifiers, flags or constants, never nodes: the walk skips reading them.
+_SCALAR_FIELDS = frozenset(
+    {"id", "attr", "arg", "name", "module", "level", "kind", "is_async", "conversion"}
+)
+# Fields whose node is one of the parser's shared singletons (`Load()`, `Add()`, `Eq()`...).
+_SINGLETON_FIELDS = frozenset({"ctx", "op", "ops"})
+_SINGLETON_TYPES = (ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop)
+_FieldPlan = tuple[tuple[str, ...], tuple[str, ...]]
+_FIELD_PLANS: dict[tuple[type, bool], _FieldPlan] = {}
+
+
+def _field_plan(kind: type, split: bool) -> _FieldPlan:
+    """(fields to walk, singleton fields only recorded) for one node type, cached."""
+    plan = _FIELD_PLANS.get((kind, split))
+    if plan is None:
+        fields = () if kind is ast.Constant else getattr(kind, "_fields", ())
+        fields = tuple(f for f in fields if f not in _SCALAR_FIELDS)
+        if split:
+            plan = (
+                tuple(f for f in fields if f not in _SINGLETON_FIELDS),
+                tuple(f for f in fields if f in _SINGLETON_FIELDS),
+            )
+        else:
+            plan = (fields, ())
+        _FIELD_PLANS[(kind, split)] = plan
+    return plan
+
+
 def _walk(
     ctx: ModuleContext, dispatch: dict[type, list[Callable[..., None]]], deadline: float
 ) -> None:
-    """One pre-order walk in source order: records parents, imports, and dispatches nodes."""
+    """One pre-order walk in source order: records parents, imports, the nodes of each type
+    (in the parent map's order), and dispatches nodes to the rules subscribed to their type.
+
+    Children are read straight from each type's fields (no `ast.iter_child_nodes` generators).
+    The parser shares one `Load()`/`Add()`/... object between all its uses: unless a rule
+    subscribes to one, those singletons are recorded (parent map, type index once), not walked.
+    """
+    split = not any(issubclass(kind, _SINGLETON_TYPES) for kind in dispatch)
+    plans = {kind: plan for (kind, flag), plan in _FIELD_PLANS.items() if flag is split}
     stack: list[ast.AST] = [ctx.tree]
     parents = ctx.parents
+    by_type = ctx.by_type
+    imports = ctx.imports
+    node_class = ast.AST
     count = 0
     while stack:
         node = stack.pop()
         count += 1
         if count % _DEADLINE_CHECK_EVERY == 0 and time.perf_counter() > deadline:
             raise _DeadlineExceeded
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            ctx.imports.add(node)
-        for visit in dispatch.get(type(node), ()):
-            visit(node, ctx)
-        children = list(ast.iter_child_nodes(node))
+        kind = node.__class__
+        if kind is ast.Import or kind is ast.ImportFrom:
+            imports.add(node)  # type: ignore[arg-type]
+        visits = dispatch.get(kind)
+        if visits is not None:
+            for visit in visits:
+                visit(node, ctx)
+        plan = plans.get(kind)
+        if plan is None:
+            plan = plans[kind] = _field_plan(kind, split)
+        children: list[ast.AST] = []
+        for name in plan[0]:
+            value = getattr(node, name, None)
+            if value.__class__ is list:
+                for item in value:
+                    if isinstance(item, node_class):
+                        children.append(item)
+            elif isinstance(value, node_class):
+                children.append(value)
         for child in children:
             parents[child] = node
-        stack.extend(reversed(children))
+            members = by_type.get(child.__class__)
+            if members is None:
+                by_type[child.__class__] = [child]
+            else:
+                members.append(child)
+        for name in plan[1]:
+            value = getattr(node, name, None)
+            for single in value if value.__class__ is list else (value,):
+                if isinstance(single, node_class):
+                    if single not in parents:
+                        by_type.setdefault(single.__class__, []).append(single)
+                    parents[single] = node
+        children.reverse()
+        stack.extend(children)
+    if not split:  # singletons were walked at every use: list each one once, as the map does
+        for kind in [k for k in by_type if issubclass(k, _SINGLETON_TYPES)]:
+            by_type[kind] = list(dict.fromkeys(by_type[kind]))
 
 
 def analyse_source(
+    path: str, source: str, rule_types: Sequence[type[Rule]], config: EngineConfig
+) -> FileResult:
+    """Parse, walk and check one module, with the cyclic garbage collector paused.
+
+    Parsing and walking allocate hundreds of thousands of nodes, which would trigger collections
+    that re-scan the whole heap and find nothing: the tree is freed by reference counting once
+    the analyses' back-references are dropped. Cyclic garbage left behind, if any, is found by
+    the next collections as usual.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyse(path, source, rule_types, config)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _analyse(
     path: str, source: str, rule_types: Sequence[type[Rule]], config: EngineConfig
 ) -> FileResult:
     started = time.perf_counter()
@@ -98,9 +187,12 @@ def analyse_source(
             dispatch.setdefault(node_type, []).append(rule.visit)
     note = None
     applicable: list[str] = [SyntaxErrorRule.id]
+    deadline = started + config.file_deadline_s
     try:
-        _walk(ctx, dispatch, started + config.file_deadline_s)
+        _walk(ctx, dispatch, deadline)
         for rule in rules:
+            if time.perf_counter() > deadline:
+                raise _DeadlineExceeded
             rule.finish(ctx)
             if rule.id != SyntaxErrorRule.id and rule.applies(ctx):
                 applicable.append(rule.id)
@@ -108,6 +200,11 @@ def analyse_source(
         note = f"analysis stopped after the {config.file_deadline_s:g}s per-file deadline"
     except RecursionError:
         note = "analysis stopped: the file nests too deeply to analyse"
+    finally:
+        # The analyses point back at the context (a reference cycle): unlinking them lets
+        # reference counting free the module's tree at once, with the collector off.
+        ctx.__dict__.pop("flow", None)
+        ctx.__dict__.pop("loops", None)
     return FileResult(
         path=path,
         findings=ctx.findings,
@@ -116,6 +213,14 @@ def analyse_source(
         note=note,
         seconds=time.perf_counter() - started,
     )
+
+
+def _prepare_worker(config: EngineConfig) -> None:
+    """Load the rules, then move everything imported out of the collector's sight for good:
+    later collections scan only what the worker allocates, not the modules' objects."""
+    enabled_rules(config.select, config.ignore)
+    gc.collect()
+    gc.freeze()
 
 
 def _analyse_chunk(args: tuple[list[tuple[str, str]], EngineConfig]) -> list[FileResult]:
@@ -143,7 +248,12 @@ def analyse_files(
         results = [analyse_source(path, text, rule_types, config) for path, text in files]
     else:
         chunks = _balanced_chunks(list(files), workers * 8)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("forkserver"),
+            initializer=_prepare_worker,
+            initargs=(config,),
+        ) as pool:
             results = [
                 r
                 for chunk in pool.map(_analyse_chunk, [(c, config) for c in chunks])

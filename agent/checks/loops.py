@@ -31,34 +31,42 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
     while stack:
         node = stack.pop()
         yield node
-        children = [c for c in ast.iter_child_nodes(node) if not isinstance(c, _SCOPE_NODES)]
-        stack.extend(reversed(children))
+        children: list[ast.AST] = []
+        for name in node._fields:  # what `ast.iter_child_nodes` reads, without its generators
+            value = getattr(node, name, None)
+            if value.__class__ is list:
+                for item in value:
+                    if isinstance(item, ast.AST) and not isinstance(item, _SCOPE_NODES):
+                        children.append(item)
+            elif isinstance(value, ast.AST) and not isinstance(value, _SCOPE_NODES):
+                children.append(value)
+        children.reverse()
+        stack.extend(children)
 
 
-_INDEX: dict[str, tuple[ast.Module, int, dict[object, list[ast.AST]]]] = {}
+_MERGED: dict[str, tuple[ast.Module, dict[tuple[type[ast.AST], ...], list[ast.AST]]]] = {}
 
 
 def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     """Every node of the given types in the module, in source order.
 
-    Built once per module from the engine's parent map (no second tree walk) and shared by all
-    rules; only the module being analysed is kept. The map is complete only after the walk, so
-    call this (and the analyses built on it) from `finish()`, never from `visit()`.
+    Read from the engine's single walk (`ctx.nodes_by_type()`, no second tree walk) and shared
+    by all rules; lists merged over several types are kept for the module being analysed only.
+    The index is complete only after the walk, so call this (and the analyses built on it) from
+    `finish()`, never from `visit()`.
     """
-    entry = _INDEX.get("last")
-    if entry is None or entry[0] is not ctx.tree or entry[1] != len(ctx.parents):
-        by_type: dict[object, list[ast.AST]] = {}
-        for node in ctx.parents or ast.walk(ctx.tree):
-            by_type.setdefault(type(node), []).append(node)
-        entry = (ctx.tree, len(ctx.parents), by_type)
-        _INDEX["last"] = entry
+    by_type = ctx.nodes_by_type()
     if len(kinds) == 1:
-        return entry[2].get(kinds[0], [])
-    merged = entry[2].get(kinds)
+        return by_type.get(kinds[0], [])
+    entry = _MERGED.get("last")
+    if entry is None or entry[0] is not ctx.tree:
+        entry = (ctx.tree, {})
+        _MERGED["last"] = entry
+    merged = entry[1].get(kinds)
     if merged is None:
-        merged = [node for kind in kinds for node in entry[2].get(kind, ())]
+        merged = [node for kind in kinds for node in by_type.get(kind, ())]
         merged.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
-        entry[2][kinds] = merged
+        entry[1][kinds] = merged
     return merged
 
 
