@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from agent.checks.base import EngineConfig
-from agent.checks.engine import analyse_files, analyse_source
+import ast
+import gc
+import time
+from typing import ClassVar
+
+from agent.checks.base import EngineConfig, ModuleContext, Rule
+from agent.checks.engine import _walk, analyse_files, analyse_source
 from agent.checks.registry import enabled_rules
+from agent.models import Severity
 
 GOOD = "import torch\nx = torch.zeros(3)\n"
 
@@ -21,6 +27,60 @@ def test_deadline_stops_a_pathological_file_with_a_note() -> None:
     huge = "x = [" + ",".join(["1"] * 200_000) + "]\n"
     result = analyse_source("huge.py", huge, enabled_rules(), EngineConfig(file_deadline_s=0.0))
     assert result.note is not None and "deadline" in result.note
+
+
+class _SlowFinish(Rule):
+    id = "slow-finish"
+    point = 1
+    severity = Severity.LOW
+    title = "takes its time in finish()"
+    items = ("1.1",)
+    finished: ClassVar[list[str]] = []
+
+    def finish(self, ctx: ModuleContext) -> None:
+        self.finished.append(self.id)
+        time.sleep(0.2)
+
+
+class _LaterRule(_SlowFinish):
+    id = "later-rule"
+
+
+def test_deadline_is_checked_between_rules_finish_phases() -> None:
+    _SlowFinish.finished.clear()
+    config = EngineConfig(file_deadline_s=0.1)
+    result = analyse_source("m.py", GOOD, (_SlowFinish, _LaterRule), config)
+    assert result.note is not None and "deadline" in result.note
+    assert _SlowFinish.finished == ["slow-finish"]
+
+
+def test_walk_indexes_nodes_by_type_in_parent_map_order() -> None:
+    source = "import torch\ndef f(a, b):\n    return torch.add(a + b, -a) if a < b else [a, b]\n"
+    ctx = ModuleContext(path="m.py", source=source, tree=ast.parse(source))
+    _walk(ctx, {}, deadline=float("inf"))
+    expected: dict[type[ast.AST], list[ast.AST]] = {}
+    for node in ctx.parents:
+        expected.setdefault(type(node), []).append(node)
+    assert ctx.by_type == expected
+    assert all(
+        ctx.parents[child] is node
+        for node in ast.walk(ctx.tree)
+        for child in ast.iter_child_nodes(node)
+        if child._fields
+    )
+    assert set(ctx.parents) == {c for n in ast.walk(ctx.tree) for c in ast.iter_child_nodes(n)}
+    assert "torch" in ctx.imports.aliases
+
+
+def test_analysis_leaves_the_garbage_collector_as_it_found_it() -> None:
+    analyse_source("m.py", GOOD, enabled_rules(), EngineConfig())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        analyse_source("m.py", GOOD, enabled_rules(), EngineConfig())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_deeply_nested_expression_is_a_note_not_a_crash() -> None:
