@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
+from agent.checks.loops import node_fields
 from agent.checks.registry import enabled_rules
 from agent.checks.rules.syntax_error import SyntaxErrorRule
 
@@ -58,10 +59,6 @@ class _DeadlineExceeded(Exception):
     pass
 
 
-# Fields that hold identifiers, flags or constants, never nodes: the walk skips reading them.
-_SCALAR_FIELDS = frozenset(
-    {"id", "attr", "arg", "name", "module", "level", "kind", "is_async", "conversion"}
-)
 # Fields whose node is one of the parser's shared singletons (`Load()`, `Add()`, `Eq()`...).
 _SINGLETON_FIELDS = frozenset({"ctx", "op", "ops"})
 _SINGLETON_TYPES = (ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop)
@@ -73,8 +70,7 @@ def _field_plan(kind: type, split: bool) -> _FieldPlan:
     """(fields to walk, singleton fields only recorded) for one node type, cached."""
     plan = _FIELD_PLANS.get((kind, split))
     if plan is None:
-        fields = () if kind is ast.Constant else getattr(kind, "_fields", ())
-        fields = tuple(f for f in fields if f not in _SCALAR_FIELDS)
+        fields = node_fields(kind)
         if split:
             plan = (
                 tuple(f for f in fields if f not in _SINGLETON_FIELDS),

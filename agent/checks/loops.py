@@ -25,14 +25,40 @@ _SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
 _BACKWARD_METHODS = {"backward", "manual_backward"}
 
 
+# Fields that hold identifiers, flags or constants, never nodes: walks skip reading them.
+_SCALAR_FIELDS = frozenset(
+    {"id", "attr", "arg", "name", "module", "level", "kind", "is_async", "conversion"}
+)
+_NODE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def node_fields(kind: type) -> tuple[str, ...]:
+    """The fields of a node type that can hold child nodes, in `_fields` order (cached)."""
+    fields = _NODE_FIELDS.get(kind)
+    if fields is None:
+        declared: tuple[str, ...] = () if kind is ast.Constant else getattr(kind, "_fields", ())
+        fields = _NODE_FIELDS[kind] = tuple(f for f in declared if f not in _SCALAR_FIELDS)
+    return fields
+
+
 def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
-    """Every node under `nodes`, not descending into nested functions, classes or lambdas."""
+    """Every node under `nodes`, not descending into nested functions, classes or lambdas.
+
+    Pre-order, children in `ast.iter_child_nodes` order, read straight from the node-bearing
+    fields (it runs over every loop and function body, so generators and scalar fields cost).
+    """
     stack: list[ast.AST] = list(reversed(nodes)) if isinstance(nodes, list) else [nodes]
+    known = _NODE_FIELDS
     while stack:
         node = stack.pop()
         yield node
+        fields = known.get(node.__class__)
+        if fields is None:
+            fields = node_fields(node.__class__)
+        if not fields:
+            continue
         children: list[ast.AST] = []
-        for name in node._fields:  # what `ast.iter_child_nodes` reads, without its generators
+        for name in fields:
             value = getattr(node, name, None)
             if value.__class__ is list:
                 for item in value:
