@@ -91,9 +91,22 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     merged = entry[1].get(kinds)
     if merged is None:
         merged = [node for kind in kinds for node in by_type.get(kind, ())]
-        merged.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
+        merged.sort(key=_position)
         entry[1][kinds] = merged
     return merged
+
+
+def _in_body(child: ast.AST, owner: ast.AST) -> bool:
+    """`child in owner.body` for a direct child of a loop or function, without scanning the body:
+    its statements are in `body` unless in a loop's `else:`, everything else is not."""
+    if not isinstance(child, ast.stmt):
+        return False
+    orelse: list[ast.stmt] = getattr(owner, "orelse", [])
+    return not orelse or child not in orelse
+
+
+def _position(node: ast.AST) -> tuple[int, int]:
+    return getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
 
 
 _LOG_GUARD_NAME = re.compile(r"log|print|verbose|every|interval|debug|report|display|freq", re.I)
@@ -291,15 +304,19 @@ class LoopAnalysis:
         re-walking every (nested) body.
         """
         owners: dict[int, Effects] = {}
-        for node in nodes_of(self.ctx, ast.Call, ast.Assign):
-            kind = self._classify(node)
-            if not kind:
-                continue
+        relevant = [
+            (node, kind)
+            for node in (*nodes_of(self.ctx, ast.Call), *nodes_of(self.ctx, ast.Assign))
+            if (kind := self._classify(node))
+        ]
+        # source order, as `nodes_of(ctx, Call, Assign)` gives, sorting only the few that count
+        relevant.sort(key=lambda pair: _position(pair[0]))
+        for node, kind in relevant:
             child: ast.AST = node
             for anc in self.ctx.ancestors(node):
                 if isinstance(anc, ast.Lambda | ast.ClassDef):
                     break
-                if isinstance(anc, _OWNER_NODES) and child in anc.body:
+                if isinstance(anc, _OWNER_NODES) and _in_body(child, anc):
                     effects = owners.setdefault(id(anc), Effects())
                     if kind == "callee":
                         assert isinstance(node, ast.Call)
