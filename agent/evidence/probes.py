@@ -623,7 +623,14 @@ def _compile(b: _Builder) -> None:
         f"{break_even} steps"
     )
     b.hint("8.2", "pass", "probe:compile", summary)
-    if speedup is not None and speedup >= COMPILE_WORTH_SPEEDUP and break_even is not None:
+    # the "eager" backend traces without generating code: its timing says nothing of compiling
+    compiled = extra.get("backend") != "eager"
+    if (
+        compiled
+        and speedup is not None
+        and speedup >= COMPILE_WORTH_SPEEDUP
+        and break_even is not None
+    ):
         file, line = _model_location(b)
         b.find(
             "probe-compile-pays",

@@ -287,3 +287,12 @@ def test_offline_reasoner_turns_probe_evidence_into_findings_and_verdicts() -> N
     ]
     verdicts = {c.item: c.verdict for c in result.coverage}
     assert verdicts["6.1"] == "fail"
+
+
+def test_compile_gain_is_a_finding_only_when_code_was_really_generated() -> None:
+    measured = {"ok": True, "compile_s": 20.0, "speedup": 1.6, "break_even_steps": 90}
+    inductor = probe_findings(document(compile={**measured, "backend": "inductor"}), "train.py")
+    assert [f.rule for f in inductor.findings] == ["probe-compile-pays"]
+    eager = probe_findings(document(compile={**measured, "backend": "eager"}), "train.py")
+    assert eager.findings == []
+    assert eager.coverage["8.2"].verdict == "pass"

@@ -109,7 +109,7 @@ class ManualAttention(Rule):
         """Names the softmax result is assigned to."""
         names: set[str] = set()
         for node in nodes:
-            if isinstance(node, ast.Assign) and any(sub is call for sub in ast.walk(node.value)):
+            if isinstance(node, ast.Assign) and node.value is call:
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         return names
 
