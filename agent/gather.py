@@ -20,6 +20,7 @@ from agent.reasoning.base import PointRequest
 from agent.workspace import Workspace
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
+_RULE_SLUG = re.compile(r"[^a-z0-9]+")
 
 
 def parse_torch_version(text: str | None) -> tuple[int, int] | None:
@@ -71,7 +72,10 @@ def linter_evidence(
             ev.data["attach_to"] = attach_key(rule, file, line)
             pairs.append((int(ev.data["point"]), ev))
     for ev in standalone:
-        code = str(ev.data.get("code", "")).lower()
+        if ev.data.get("severity") == "info":
+            pairs.append((int(ev.data["point"]), ev))  # context for the reasoner, not a problem
+            continue
+        code = _RULE_SLUG.sub("-", str(ev.data.get("code", "")).lower()).strip("-")
         ev.data["finding"] = {
             "rule": f"{ev.source}-{code}".strip("-"),
             "severity": ev.data.get("severity", "low"),

@@ -16,7 +16,6 @@ from sandbox.probes import datasets as standins
 from sandbox.probes.config import ProbeConfig
 from sandbox.probes.frames import Location, UserFiles
 from sandbox.probes.locate import attribute_location, class_location, forward_location
-from sandbox.probes.memory import vram_report
 from sandbox.probes.session import Session
 from sandbox.probes.tensors import cuda_in_use, describe
 
@@ -184,7 +183,7 @@ def build(
         "nonfinite": _nonfinite(session, user_files),
         "activations": session.forward.report(),
         "memory": session.memory.report(),
-        "vram": vram_report() if read_device else None,
+        "vram": session.vram.report() if read_device else None,
         "syncs": session.syncs.report(session.step),
         "dataloader": session.dataloader.report(times),
         "dataflow": session.dataflow.report(),

@@ -222,6 +222,33 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
+class VramWatch:
+    """Keeps the most fragmented allocator state seen while the script's tensors were alive.
+
+    The evidence document is written after the script's frames are gone, when freed blocks
+    have merged back; a snapshot taken at each flush and at the last step is what the run
+    really looked like.
+    """
+
+    def __init__(self) -> None:
+        self.worst: dict[str, Any] | None = None
+
+    def observe(self) -> None:
+        current = vram_report()
+        if current is None:
+            return
+        if self.worst is None or _severity(current) > _severity(self.worst):
+            self.worst = current
+
+    def report(self) -> dict[str, Any] | None:
+        self.observe()
+        return self.worst
+
+
+def _severity(snapshot: dict[str, Any]) -> tuple[bool, int]:
+    return bool(snapshot["fragmented"]), int(snapshot["inactive_split_bytes"])
+
+
 def vram_report() -> dict[str, Any] | None:
     """Reserved vs allocated, inactive split bytes and allocator retries, with advice."""
     if not cuda_in_use():

@@ -31,7 +31,7 @@ from sandbox.probes.dataflow import DataFlowProbe
 from sandbox.probes.dataloader import DataLoaderProbe
 from sandbox.probes.flops import FlopProbe
 from sandbox.probes.frames import UserFiles
-from sandbox.probes.memory import MemoryProbe
+from sandbox.probes.memory import MemoryProbe, VramWatch
 from sandbox.probes.mode import ModeProbe
 from sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
 from sandbox.probes.syncs import SyncProbe
@@ -90,6 +90,7 @@ class Session:
         self.grads = GradientProbe()
         self.forward = ForwardWatch()
         self.memory = MemoryProbe(user_files)
+        self.vram = VramWatch()
         self.syncs = SyncProbe(user_files)
         self.warnings = WarningsProbe(user_files, self._on_sync_warning)
         self.dataloader = DataLoaderProbe(user_files)
@@ -284,7 +285,11 @@ class Session:
             self.memory.end_step(step)
             if self.step % max(self.config.flush_every, 1) == 0:
                 self.flush()
+                self.vram.observe()
         if self.step >= self.config.steps:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.vram.observe()
             raise StopRun()
         self.watching = self._watched(self.step)
         if self.config.flops and self.step == self.config.flop_step:

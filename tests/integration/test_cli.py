@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,5 +222,8 @@ def test_peer_linters_confirm_native_findings_instead_of_duplicating(
     sources = {e["source"] for e in loads[0]["evidence"]}
     assert {"torchdoctor-static", "bandit"} <= sources
     assert "bandit" in report["provenance"]["tools"]
+    for finding in report["findings"]:
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", finding["rule"]), finding["rule"]
+        assert finding["severity"] != "info", "informational peer output is context, not findings"
     verdicts = {c["item"]: c for c in report["coverage"]}
     assert verdicts["11.1"]["verdict"] in ("not-applicable", "not-checked")
