@@ -121,12 +121,12 @@ class GradientProbe:
             sizes.append(count)
         if grads:
             with torch.no_grad():
-                norms = [n.reshape(1).float() for n in torch._foreach_norm(grads)]
-                by_device: dict[torch.device, list[torch.Tensor]] = {}
-                for n in norms:
-                    by_device.setdefault(n.device, []).append(n)
-                first = next(iter(by_device))
-                stacked = torch.cat([torch.cat(v).to(first) for v in by_device.values()])
+                norms = torch._foreach_norm(grads)
+                first = norms[0].device
+                if all(n.device == first for n in norms):
+                    stacked = torch.stack(norms).float()  # two ops, whatever the model's size
+                else:
+                    stacked = torch.cat([n.reshape(1).float().to(first) for n in norms])
             self._pending.append(_StepGrads(step, index, sizes, ids, stacked))
 
     def scan_model(self, model: torch.nn.Module) -> None:

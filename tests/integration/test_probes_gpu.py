@@ -95,7 +95,7 @@ def test_bf16_into_float32_layer_is_dtype_mixing_in_the_map(tmp_path: Path) -> N
     calls = {c.type: c for c in doc.dataflow.calls}
     assert calls["Linear"].outputs[0].dtype == "bfloat16"
     assert calls["Linear"].outputs[0].device.startswith("cuda")
-    assert [m.type for m in doc.dtype_mixing] == ["LayerNorm"]
+    assert [m.type for m in doc.dtype_mixing] == ["Scale"]
     assert doc.memory.source == "cuda-allocated"
 
 
