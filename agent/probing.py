@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import shlex
 import sys
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -137,106 +138,66 @@ def run_probes(workspace: Workspace, request: RunRequest, sandbox: Sandbox) -> P
     """Run every planned command under the probes harness; failures become notes, not crashes."""
     result = ProbeEvidence()
     for command in planned_commands(request, workspace):
-        try:
-            script, args = split_command(command)
-        except ValueError as err:
-            result.runs.append(
-                RunSummary(command=command, script="", outcome="not-run", summary=str(err))
-            )
-            continue
-        if workspace.text_of(script) is None:
-            result.runs.append(
-                RunSummary(
-                    command=command,
-                    script=script,
-                    outcome="not-run",
-                    summary=f"{script} is not one of the audited files",
-                )
-            )
-            continue
-        result.evidence.extend(_run_one(workspace, request, sandbox, command, script, args, result))
+        summary, evidence = _run_one(workspace, request, sandbox, command)
+        result.runs.append(summary)
+        result.evidence.extend(evidence)
     return result
 
 
-def _run_one(
-    workspace: Workspace,
-    request: RunRequest,
-    sandbox: Sandbox,
-    command: str,
-    script: str,
-    args: list[str],
-    result: ProbeEvidence,
-) -> list[tuple[int, Evidence]]:
+Outcome = tuple[RunSummary, list[tuple[int, Evidence]]]
+
+
+def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, command: str) -> Outcome:
+    try:
+        script, args = split_command(command)
+    except ValueError as err:
+        return RunSummary(command=command, script="", outcome="not-run", summary=str(err)), []
+    summary = partial(RunSummary, command=command, script=script)
+    if workspace.text_of(script) is None:
+        return summary(outcome="not-run", summary=f"{script} is not one of the audited files"), []
     try:
         copy = stage_workspace(workspace.root if workspace.kind == "folder" else workspace.target)
     except WorkspaceError as err:
-        result.runs.append(
-            RunSummary(
-                command=command,
-                script=script,
-                outcome="not-run",
-                summary=f"could not copy the workspace: {err}",
+        return summary(outcome="not-run", summary=f"could not copy the workspace: {err}"), []
+    try:
+        run = sandbox.run(
+            Job(
+                workspace=copy,
+                command=harness_command(request, script, args),
+                env={"PYTHONPATH": str(PACKAGE_ROOT)},
+                limits=Limits(
+                    wall_s=request.wall_s,
+                    cpu_s=int(request.wall_s * 4),
+                    memory_mb=request.memory_mb,
+                    processes=256,
+                    disk_mb=4096,
+                    output_bytes=2_000_000,
+                    collect_bytes=8_000_000,
+                ),
+                collect=[EVIDENCE_FILE],
+                gpu=request.gpu,
             )
         )
-        return []
-    try:
-        job = Job(
-            workspace=copy,
-            command=harness_command(request, script, args),
-            env={"PYTHONPATH": str(PACKAGE_ROOT)},
-            limits=Limits(
-                wall_s=request.wall_s,
-                cpu_s=int(request.wall_s * 4),
-                memory_mb=request.memory_mb,
-                processes=256,
-                disk_mb=4096,
-                output_bytes=2_000_000,
-                collect_bytes=8_000_000,
-            ),
-            collect=[EVIDENCE_FILE],
-            gpu=request.gpu,
-        )
-        run = sandbox.run(job)
     finally:
         remove_workspace(copy)
     isolation = run.isolation.summary
     document = next((f for f in run.files if f.path.endswith(EVIDENCE_FILE)), None)
     if document is None:
         tail = (run.stderr or run.stdout)[-600:].strip()
-        result.runs.append(
-            RunSummary(
-                command=command,
-                script=script,
-                outcome=str(run.outcome),
-                summary=f"no evidence written: {run.reason} {tail}".strip(),
-                isolation=isolation,
-            )
-        )
-        return []
+        said = f"no evidence written: {run.reason} {tail}".strip()
+        return summary(outcome=str(run.outcome), summary=said, isolation=isolation), []
     try:
         parsed = ProbeDocument.model_validate_json(document.content)
     except ValidationError as err:
-        result.runs.append(
-            RunSummary(
-                command=command,
-                script=script,
-                outcome="harness-error",
-                summary=f"unreadable evidence document: {err}",
-                isolation=isolation,
-            )
-        )
-        return []
+        said = f"unreadable evidence document: {err}"
+        return summary(outcome="harness-error", summary=said, isolation=isolation), []
     analysis = probe_findings(parsed, script, read_source=workspace.text_of)
-    result.runs.append(
-        RunSummary(
-            command=command,
-            script=script,
-            outcome=analysis.outcome,
-            summary=analysis.summary,
-            isolation=isolation,
-            notes=analysis.notes,
-            dataflow_markdown=analysis.dataflow_markdown,
-            dataflow_mermaid=analysis.dataflow_mermaid,
-        )
+    done = summary(
+        outcome=analysis.outcome,
+        summary=analysis.summary,
+        isolation=isolation,
+        notes=analysis.notes,
+        dataflow_markdown=analysis.dataflow_markdown,
+        dataflow_mermaid=analysis.dataflow_mermaid,
     )
-    return analysis.by_point()
+    return done, analysis.by_point()
