@@ -579,6 +579,13 @@ class DataFlow:
     def classes(self) -> dict[str, ast.ClassDef]:
         return {n.name: n for n in self.nodes(ast.ClassDef)}
 
+    def module_inits(self) -> Iterator[tuple[str, ast.FunctionDef]]:
+        """(class name, `__init__`) of the module's `nn.Module` subclasses, by class name."""
+        for name in sorted(self.module_classes):
+            for stmt in self.classes[name].body:
+                if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
+                    yield name, stmt
+
     @cached_property
     def module_classes(self) -> set[str]:
         """Local classes that are `nn.Module`s, directly or through local bases."""

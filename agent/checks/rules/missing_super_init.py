@@ -40,22 +40,15 @@ class MissingSuperInit(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "Module" not in ctx.source:
             return
-        flow = ctx.flow
-        for name in sorted(flow.module_classes):
-            cls = flow.classes[name]
-            for stmt in cls.body:
-                if (
-                    isinstance(stmt, ast.FunctionDef)
-                    and stmt.name == "__init__"
-                    and not _calls_parent_init(stmt)
-                ):
-                    ctx.report(
-                        self,
-                        stmt,
-                        f"`{name}.__init__` never calls super().__init__(): parameters and "
-                        "sub-modules cannot be registered",
-                        header_only=True,
-                    )
+        for name, init in ctx.flow.module_inits():
+            if not _calls_parent_init(init):
+                ctx.report(
+                    self,
+                    init,
+                    f"`{name}.__init__` never calls super().__init__(): parameters and "
+                    "sub-modules cannot be registered",
+                    header_only=True,
+                )
 
 
 def _calls_parent_init(init: ast.FunctionDef) -> bool:

@@ -45,12 +45,8 @@ class ModuleListNotRegistered(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "Module" not in ctx.source:
             return
-        flow = ctx.flow
-        for name in sorted(flow.module_classes):
-            cls = flow.classes[name]
-            for stmt in cls.body:
-                if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
-                    self._check_init(ctx, stmt)
+        for _, init in ctx.flow.module_inits():
+            self._check_init(ctx, init)
 
     def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
         for node in ast.walk(init):
