@@ -168,7 +168,8 @@ def main() -> int:
     if overran:
         print(
             f"warning: {len(overran)} file(s) ran past the {deadline:g} s deadline without being "
-            "stopped (the engine checks it during the walk only, not in rules' finish())"
+            "stopped (the engine checks it during the walk and between rules' finish() phases, "
+            "so one long finish() can overrun)"
         )
     findings = result.all_findings()
     rules_fired = len({f.rule for f in findings})
