@@ -47,6 +47,7 @@ from agent.probing import (
 from agent.reasoning.base import PointRequest, Reasoner
 from agent.reasoning.offline import OfflineReasoner
 from agent.workspace import Workspace, load_workspace
+from sandbox.protocol import Sandbox
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -243,15 +244,20 @@ def fix_findings(
     commands = planned_commands(request, workspace)
     run_command = shlex.split(commands[0]) if commands else None
     say = (lambda line: progress({"event": "fix", "message": line})) if progress else None
+    sandbox = get_sandbox(options.sandbox) if run_command else None
     fixed = propose_and_verify(
         workspace.root,
         findings,
-        get_sandbox(options.sandbox) if run_command else None,
+        sandbox,
         run_command=run_command,
         steps=options.steps,
         gpu=request.gpu,
         progress=say,
     )
+    fixed = [
+        verify_llm_fix(workspace, f, sandbox, run_command, options.steps, request.gpu)
+        for f in fixed
+    ]
     verified = sum(1 for f in fixed if f.fix and f.fix.verified)
     proposed = sum(1 for f in fixed if f.fix)
     notes = [f"fixes: {proposed} proposed, {verified} verified by execution"]
@@ -267,6 +273,33 @@ def fix_findings(
         )
         notes += [f"not applied {fid}: {why}" for fid, why in sorted(result.skipped.items())]
     return fixed, notes
+
+
+def verify_llm_fix(
+    workspace: Workspace,
+    finding: Finding,
+    sandbox: Sandbox | None,
+    run_command: list[str] | None,
+    steps: int,
+    gpu: bool,
+) -> Finding:
+    """An LLM's patch goes through exactly the verification a codemod's does; its kind (the
+    tolerance it is held to) follows the checklist point it fixes."""
+    from agent.fixes import FixKind, verify_patch
+    from agent.reasoning.llm.diffs import llm_patch
+
+    patch = llm_patch(finding)
+    if patch is None or (finding.fix is not None and finding.fix.verified):
+        return finding
+    if finding.phase <= 3:
+        kind = FixKind.CORRECTNESS
+    elif finding.checkpoint in (6, 8):
+        kind = FixKind.PERFORMANCE
+    else:
+        kind = FixKind.REFACTOR
+    return verify_patch(
+        workspace.root, finding, patch, kind, sandbox, run_command=run_command, steps=steps, gpu=gpu
+    )
 
 
 def run_notes(runs: list[RunSummary]) -> list[str]:
