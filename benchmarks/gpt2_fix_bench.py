@@ -40,7 +40,7 @@ from agent.checks.registry import rules_by_id  # noqa: E402
 from agent.fixes import apply_fixes, propose_and_verify  # noqa: E402
 from agent.fixes.codemods import all_codemods  # noqa: E402
 from agent.fixes.stats import trajectories_match  # noqa: E402
-from agent.models import Evidence, Finding, Severity  # noqa: E402
+from agent.models import Finding  # noqa: E402
 from agent.reasoning.base import PointRequest  # noqa: E402
 from agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from sandbox.config import get_sandbox  # noqa: E402
@@ -74,24 +74,6 @@ def audit(workspace: Path) -> list[Finding]:
             point=point, raw_findings=[r for r in raw if rules[r.rule].point == point]
         )
         findings += OfflineReasoner().reason(request).findings
-    if "manual-attention" not in rules:
-        # no static rule for hand-written attention yet: point the codemod at the attention
-        # module, as a finding from the profiler or a reviewer would
-        line = next(i for i, t in enumerate(source.splitlines(), 1) if "F.softmax(att" in t)
-        findings.append(
-            Finding(
-                id="TD-bench-manual-attention",
-                rule="manual-attention",
-                checkpoint=6,
-                phase=4,
-                severity=Severity.LOW,
-                title="Hand-written causal attention instead of scaled_dot_product_attention",
-                file="train.py",
-                line=line,
-                end_line=line,
-                evidence=[Evidence(source="gpt2-fix-bench", message="masked softmax attention")],
-            )
-        )
     return findings
 
 
