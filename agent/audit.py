@@ -32,6 +32,7 @@ from agent.models import (
     Finding,
     GateDecision,
     Provenance,
+    Severity,
     Summary,
     Target,
     ToolInfo,
@@ -85,6 +86,10 @@ class AuditOutcome(BaseModel):
     report: AuditReport
     ledger_path: Path | None
     trace: list[str]
+    lang: Literal["en", "fr"] = "en"
+    """The report's language: the option, else `[tool.torchdoctor] lang`."""
+    fail_on: Severity | None = None
+    """`[tool.torchdoctor] fail-on`, for callers given no threshold of their own."""
 
 
 def torchdoctor_home() -> Path:
@@ -219,7 +224,13 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     )
     if ledger_path is not None:
         ledger.merge(report, lang=config.lang).write(ledger_path)
-    return AuditOutcome(report=report, ledger_path=ledger_path, trace=list(state.get("trace", [])))
+    return AuditOutcome(
+        report=report,
+        ledger_path=ledger_path,
+        trace=list(state.get("trace", [])),
+        lang=config.lang,
+        fail_on=config.fail_on,
+    )
 
 
 class ApplyRefused(ValueError):

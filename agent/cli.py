@@ -185,8 +185,8 @@ def audit(
     except (InputError, ConfigError, ApplyRefused) as err:
         raise _fail(str(err)) from None
     report = outcome.report
-    threshold = fail_on
-    text = render(report, fmt.value, lang.value if lang else "en")
+    threshold = fail_on or outcome.fail_on
+    text = render(report, fmt.value, outcome.lang)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")

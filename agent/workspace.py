@@ -71,18 +71,6 @@ class Workspace:
     def pairs(self) -> list[tuple[str, str]]:
         return [(f.path, f.text) for f in self.files]
 
-    def materialize(self, dest: Path) -> Path:
-        """Write the snapshot into `dest` (for the sandbox): a copy, never the originals."""
-        for source in self.files:
-            out = dest / source.path
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(source.text, encoding="utf-8")
-        for name, text in self.manifests.items():
-            out = dest / name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-        return dest
-
 
 def _is_excluded(rel: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(rel, pattern) for pattern in patterns)

@@ -227,3 +227,14 @@ def test_peer_linters_confirm_native_findings_instead_of_duplicating(
         assert finding["severity"] != "info", "informational peer output is context, not findings"
     verdicts = {c["item"]: c for c in report["coverage"]}
     assert verdicts["11.1"]["verdict"] in ("not-applicable", "not-checked")
+
+
+def test_project_config_sets_language_and_threshold(example: Path) -> None:
+    (example.parent / "pyproject.toml").write_text(
+        '[tool.torchdoctor]\nlang = "fr"\nfail-on = "high"\n'
+    )
+    configured = torchdoctor("audit", str(example), "--no-ledger")
+    assert configured.returncode == 1, "fail-on from the project's pyproject"
+    assert "# Rapport d'audit torchdoctor" in configured.stdout
+    overridden = torchdoctor("audit", str(example), "--no-ledger", "--fail-on", "critical")
+    assert overridden.returncode == 0, "the command line wins"
