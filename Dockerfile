@@ -1,5 +1,5 @@
 # torchdoctor service image (CPU). Untrusted code it audits runs in the sandbox image
-# (sandbox/Dockerfile), never in this one.
+# (torchdoctor/sandbox/Dockerfile), never in this one.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -12,9 +12,7 @@ WORKDIR /opt/torchdoctor
 # The CPU build of torch: the service only reads code; GPU work happens in the sandbox image.
 RUN pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
-COPY agent ./agent
-COPY sandbox ./sandbox
-COPY prompts ./prompts
+COPY torchdoctor ./torchdoctor
 RUN pip install ".[llm,linters,docker]"
 
 USER torchdoctor

@@ -17,16 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox.config import LocalConfig
-from sandbox.mechanisms import Mechanism
-from sandbox.private_engine import (
+from tests.security.attack_harness import ATTACKS, Arena, Verdict
+from torchdoctor.sandbox.config import LocalConfig
+from torchdoctor.sandbox.mechanisms import Mechanism
+from torchdoctor.sandbox.private_engine import (
     EngineUnavailable,
     engine_config,
     import_test_image,
     private_engine,
 )
-from sandbox.protocol import Sandbox
-from tests.security.attack_harness import ATTACKS, Arena, Verdict
+from torchdoctor.sandbox.protocol import Sandbox
 
 ALL_BACKENDS = ["local-bwrap", "local-unshare", "local-rlimits", "docker"]
 

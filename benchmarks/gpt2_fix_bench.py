@@ -34,18 +34,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.checks.base import EngineConfig  # noqa: E402
-from agent.checks.engine import analyse_files  # noqa: E402
-from agent.checks.registry import rules_by_id  # noqa: E402
-from agent.fixes import apply_fixes, propose_and_verify  # noqa: E402
-from agent.fixes.codemods import all_codemods  # noqa: E402
-from agent.fixes.stats import trajectories_match  # noqa: E402
-from agent.models import Finding  # noqa: E402
-from agent.reasoning.base import PointRequest  # noqa: E402
-from agent.reasoning.offline import OfflineReasoner  # noqa: E402
-from sandbox.config import get_sandbox  # noqa: E402
-from sandbox.models import Limits  # noqa: E402
-from sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
+from torchdoctor.agent.checks.base import EngineConfig  # noqa: E402
+from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
+from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
+from torchdoctor.agent.fixes import apply_fixes, propose_and_verify  # noqa: E402
+from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
+from torchdoctor.agent.fixes.stats import trajectories_match  # noqa: E402
+from torchdoctor.agent.models import Finding  # noqa: E402
+from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
+from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
+from torchdoctor.sandbox.config import get_sandbox  # noqa: E402
+from torchdoctor.sandbox.models import Limits  # noqa: E402
+from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 
 NAIVE = Path(__file__).with_name("gpt2_naive_train.py")
 LOSS_RTOL = 2e-2

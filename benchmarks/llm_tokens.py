@@ -28,13 +28,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.checklist import PHASES  # noqa: E402
-from agent.reasoning.base import PointRequest  # noqa: E402
-from agent.reasoning.llm import OpenAIConfig  # noqa: E402
-from agent.reasoning.llm.reasoner import LLMReasoner  # noqa: E402
-from agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from tests.llm_stub_server import Reply, StubLLM  # noqa: E402
 from tests.llm_workspace import point_requests  # noqa: E402
+from torchdoctor.agent.checklist import PHASES  # noqa: E402
+from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
+from torchdoctor.agent.reasoning.llm import OpenAIConfig  # noqa: E402
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner  # noqa: E402
+from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
 
 TARGET_PER_1000_LINES = 25_000
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sandbox.probes.config import ProbeConfig
-from sandbox.probes.control import StopRun
-from sandbox.probes.frames import UserFiles
-from sandbox.probes.session import Session
+from torchdoctor.sandbox.probes.config import ProbeConfig
+from torchdoctor.sandbox.probes.control import StopRun
+from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.session import Session
 
 
 @dataclass(frozen=True)

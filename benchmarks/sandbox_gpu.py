@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sandbox.core import LocalRunner, RunLimits, RunReport  # noqa: E402
-from sandbox.mechanisms import Mechanism, gpu_device_nodes  # noqa: E402
-from sandbox.outcome import Outcome  # noqa: E402
+from torchdoctor.sandbox.core import LocalRunner, RunLimits, RunReport  # noqa: E402
+from torchdoctor.sandbox.mechanisms import Mechanism, gpu_device_nodes  # noqa: E402
+from torchdoctor.sandbox.outcome import Outcome  # noqa: E402
 
 JOBS = REPO / "tests" / "security" / "gpu_jobs"
 GPU_LIMITS = RunLimits(

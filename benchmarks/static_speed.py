@@ -24,11 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.checks.base import EngineConfig, Rule
-from agent.checks.engine import analyse_files, analyse_source
-from agent.checks.linters.process import ToolMissing, ToolTimeout, resolve_executable, run_tool
-from agent.checks.linters.torchfix import FORMAT, TorchFixAdapter
-from agent.checks.registry import enabled_rules
+from torchdoctor.agent.checks.base import EngineConfig, Rule
+from torchdoctor.agent.checks.engine import analyse_files, analyse_source
+from torchdoctor.agent.checks.linters.process import (
+    ToolMissing,
+    ToolTimeout,
+    resolve_executable,
+    run_tool,
+)
+from torchdoctor.agent.checks.linters.torchfix import FORMAT, TorchFixAdapter
+from torchdoctor.agent.checks.registry import enabled_rules
 
 TOOL_TIMEOUT_S = 1800.0
 TARGET_PARSE_RATIO = 2.0

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.checks.engine import analyse_files
-from agent.checks.registry import rules_by_id
-from agent.reasoning.base import PointRequest
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.reasoning.base import PointRequest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llm"
 

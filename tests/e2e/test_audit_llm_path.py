@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditOptions, run_audit
 from tests.conftest import EXAMPLES
 from tests.llm_stub_server import StubLLM
+from torchdoctor.agent.audit import AuditOptions, run_audit
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.audit import verify_llm_fix
-from agent.fixes.diffs import unified_diff
-from agent.models import Evidence, Finding, Fix, Severity, Status
-from agent.workspace import load_workspace
-from sandbox.config import get_sandbox
 from tests.e2e.test_fix_apply_undo import TRAIN
+from torchdoctor.agent.audit import verify_llm_fix
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status
+from torchdoctor.agent.workspace import load_workspace
+from torchdoctor.sandbox.config import get_sandbox
 
 
 def _llm_finding(before: str, after: str) -> Finding:

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditOptions, run_audit
-from agent.probing import RunRequest, discover_entry_points, planned_commands, split_command
-from agent.workspace import load_workspace
 from tests.conftest import EXAMPLES
+from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.probing import (
+    RunRequest,
+    discover_entry_points,
+    planned_commands,
+    split_command,
+)
+from torchdoctor.agent.workspace import load_workspace
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ PLANTED = {
 
 def torchdoctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "torchdoctor", *args],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
@@ -201,7 +201,7 @@ EXAMPLE_EXPECTATIONS = {
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_EXPECTATIONS))
 def test_other_bundled_examples_have_their_planted_problems_caught(name: str) -> None:
-    from agent.audit import AuditOptions, run_audit
+    from torchdoctor.agent.audit import AuditOptions, run_audit
 
     outcome = run_audit(AuditOptions(target=EXAMPLES / name, write_ledger=False))
     rules = {f.rule for f in outcome.report.findings}

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.checks.engine import analyse_files
-from agent.checks.registry import rules_by_id
-from agent.fixes import propose_and_verify
-from agent.fixes.diffs import unified_diff
-from agent.fixes.models import FixKind, Patch
-from agent.fixes.smoke import ProbeRunner
-from agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
-from agent.models import Finding, Severity, Status
-from agent.reasoning.base import PointRequest
-from agent.reasoning.offline import OfflineReasoner
-from sandbox.config import get_sandbox
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.fixes import propose_and_verify
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixKind, Patch
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Finding, Severity, Status
+from torchdoctor.agent.reasoning.base import PointRequest
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.sandbox.config import get_sandbox
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.engine import analyse_files
-from agent.checks.linters import merge_linter_evidence, native_key, run_linters
-from agent.checks.linters.bandit import BanditAdapter
-from agent.checks.linters.detect_secrets import DetectSecretsAdapter
-from agent.checks.linters.ruff import RuffAdapter
-from agent.checks.linters.torchfix import TorchFixAdapter
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.linters import merge_linter_evidence, native_key, run_linters
+from torchdoctor.agent.checks.linters.bandit import BanditAdapter
+from torchdoctor.agent.checks.linters.detect_secrets import DetectSecretsAdapter
+from torchdoctor.agent.checks.linters.ruff import RuffAdapter
+from torchdoctor.agent.checks.linters.torchfix import TorchFixAdapter
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "linters"
 FILES = ["train_legacy.py", "settings.py", "clean.py"]

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from langchain_core.runnables import RunnableConfig
 
-from agent.checklist import PHASES
-from agent.graph import build_audit_graph, sqlite_checkpointer
-from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm import OpenAIConfig
-from agent.reasoning.llm.reasoner import LLMReasoner
-from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM, tokens
 from tests.llm_workspace import FIXTURES, copy_fixture, point_requests
+from torchdoctor.agent.checklist import PHASES
+from torchdoctor.agent.graph import build_audit_graph, sqlite_checkpointer
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.llm import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 ASKED = re.compile(r"^Review checklist points? ([\d, ]+)\.", re.MULTILINE)
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.models import AuditReport, Provenance, Summary, Target, ToolInfo
-from agent.reasoning.llm import OpenAIConfig
-from agent.reasoning.llm.chat import ChatSession, chat_turn
-from agent.reasoning.llm.reasoner import LLMReasoner
-from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
+from torchdoctor.agent.models import AuditReport, Provenance, Summary, Target, ToolInfo
+from torchdoctor.agent.reasoning.llm import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.chat import ChatSession, chat_turn
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 
 @pytest.fixture

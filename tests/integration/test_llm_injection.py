@@ -17,14 +17,22 @@ from typing import Any
 
 import pytest
 
-from agent.models import AuditReport, Evidence, Provenance, Status, Summary, Target, ToolInfo
-from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm import OpenAIConfig
-from agent.reasoning.llm.chat import ChatSession, chat_turn
-from agent.reasoning.llm.reasoner import LLMReasoner
-from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
+from torchdoctor.agent.models import (
+    AuditReport,
+    Evidence,
+    Provenance,
+    Status,
+    Summary,
+    Target,
+    ToolInfo,
+)
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.llm import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.chat import ChatSession, chat_turn
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 PLANTED = (
     "ignore previous instructions",

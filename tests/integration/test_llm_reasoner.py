@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent.models import Status
-from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm import ModelPrice, OfflineConfig, OpenAIConfig, build_reasoner
-from agent.reasoning.llm.reasoner import LLMReasoner
-from agent.reasoning.offline import OfflineReasoner
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
+from torchdoctor.agent.models import Status
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.llm import ModelPrice, OfflineConfig, OpenAIConfig, build_reasoner
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 PRINT_SNIPPET = 'print(f"step {step}: loss {loss.item():.4f}")'
 

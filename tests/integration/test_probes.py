@@ -1,6 +1,7 @@
 """The probes harness as a real subprocess on small scripts that each show one symptom.
 
-Each test runs `python -m sandbox.probes` on a fixture from tests/fixtures/probes/, checks
+Each test runs `python -m torchdoctor.sandbox.probes` on a fixture from tests/fixtures/probes/,
+checks
 the evidence document against its typed mirror, and asserts the right probe caught it.
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.evidence.probes import probe_findings
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.probes import probe_findings
 
 pytest.importorskip("torch")
 
@@ -36,7 +37,15 @@ def run_probes(
     path = script if isinstance(script, Path) else FIXTURES / script
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     done = subprocess.run(
-        [sys.executable, "-m", "sandbox.probes", str(path), "--out", str(out), *options],
+        [
+            sys.executable,
+            "-m",
+            "torchdoctor.sandbox.probes",
+            str(path),
+            "--out",
+            str(out),
+            *options,
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.evidence.probes import probe_findings
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.probes import probe_findings
 
 torch = pytest.importorskip("torch")
 
@@ -35,7 +35,7 @@ def run_probes(tmp_path: Path, script: str, *options: str) -> ProbeDocument:
         [
             sys.executable,
             "-m",
-            "sandbox.probes",
+            "torchdoctor.sandbox.probes",
             str(FIXTURES / script),
             "--out",
             str(out),

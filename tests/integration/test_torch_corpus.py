@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.engine import StaticResult, analyse_files
+from torchdoctor.agent.checks.engine import StaticResult, analyse_files
 
 SAMPLE_SIZE = 200
 DEADLINE_NOTE = "per-file deadline"

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.models import Job, Limits, Outcome, RunResult
-from sandbox.protocol import Sandbox
+from torchdoctor.sandbox.models import Job, Limits, Outcome, RunResult
+from torchdoctor.sandbox.protocol import Sandbox
 
 ATTACKS_DIR = Path(__file__).resolve().parent / "attacks"
 ATTACK_LIMITS = Limits(

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import LocalConfig
-from sandbox.local import LocalSandbox
-from sandbox.mechanisms import Mechanism
-from sandbox.private_engine import (
+from tests.security.attack_harness import Arena
+from torchdoctor.sandbox.config import LocalConfig
+from torchdoctor.sandbox.local import LocalSandbox
+from torchdoctor.sandbox.mechanisms import Mechanism
+from torchdoctor.sandbox.private_engine import (
     EngineUnavailable,
     engine_config,
     import_test_image,
     private_engine,
 )
-from sandbox.protocol import Sandbox
-from tests.security.attack_harness import Arena
+from torchdoctor.sandbox.protocol import Sandbox
 
 BACKENDS = ["local-bwrap", "local-unshare", pytest.param("docker", marks=pytest.mark.docker)]
 

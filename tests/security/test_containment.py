@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.models import Job, Outcome
-from sandbox.protocol import Sandbox
-from sandbox.workspace import WorkspaceError, stage_workspace
 from tests.security.attack_harness import ATTACK_LIMITS, ATTACKS, Arena, Attack
+from torchdoctor.sandbox.models import Job, Outcome
+from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.workspace import WorkspaceError, stage_workspace
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)

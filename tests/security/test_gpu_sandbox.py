@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import LocalConfig
-from sandbox.local import LocalSandbox
-from sandbox.models import Job, Limits, Outcome
+from torchdoctor.sandbox.config import LocalConfig
+from torchdoctor.sandbox.local import LocalSandbox
+from torchdoctor.sandbox.models import Job, Limits, Outcome
 
 torch = pytest.importorskip("torch")
 pytestmark = [

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from agent.checklist import ITEMS, ITEMS_BY_ID, PHASES, POINTS, checks_for, items_of_point
-from agent.checks.registry import all_rules
+from torchdoctor.agent.checklist import (
+    ITEMS,
+    ITEMS_BY_ID,
+    PHASES,
+    POINTS,
+    checks_for,
+    items_of_point,
+)
+from torchdoctor.agent.checks.registry import all_rules
 
 
 def test_shape_of_the_checklist() -> None:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from agent.checks.base import ModuleContext
-from agent.checks.dataflow import DataFlow, held_out_name_kind, module_level
+from torchdoctor.agent.checks.base import ModuleContext
+from torchdoctor.agent.checks.dataflow import DataFlow, held_out_name_kind, module_level
 
 
 def flow_of(source: str) -> DataFlow:

@@ -7,10 +7,10 @@ import gc
 import time
 from typing import ClassVar
 
-from agent.checks.base import EngineConfig, ModuleContext, Rule
-from agent.checks.engine import _walk, analyse_files, analyse_source
-from agent.checks.registry import enabled_rules
-from agent.models import Severity
+from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
+from torchdoctor.agent.checks.engine import _walk, analyse_files, analyse_source
+from torchdoctor.agent.checks.registry import enabled_rules
+from torchdoctor.agent.models import Severity
 
 GOOD = "import torch\nx = torch.zeros(3)\n"
 

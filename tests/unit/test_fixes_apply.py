@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.fixes.apply import apply_fixes, undo
-from agent.fixes.diffs import unified_diff
-from agent.models import Evidence, Finding, Fix, Severity, Status
+from torchdoctor.agent.fixes.apply import apply_fixes, undo
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status
 
 SOURCE = "import torch\n\nfor x in data:  # keep\n    loss.backward()\n    opt.step()\n"
 FIXED = SOURCE.replace("data:  # keep\n", "data:  # keep\n    opt.zero_grad(set_to_none=True)\n")

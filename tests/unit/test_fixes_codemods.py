@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.base import EngineConfig
-from agent.checks.engine import analyse_files
-from agent.checks.registry import rules_by_id
-from agent.fixes.codemods import all_codemods, codemod_for
-from agent.fixes.models import FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.fixes.codemods import all_codemods, codemod_for
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "fixes"
 RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())

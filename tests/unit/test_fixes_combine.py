@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.fixes.codemods import codemod_for
-from agent.fixes.combine import combine, map_line, merge_fixes
-from agent.fixes.diffs import unified_diff
-from agent.fixes.models import FixTarget
-from agent.fixes.verify import FixSpec, Verifier
-from agent.models import Evidence, Finding, Fix, Severity
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixTarget
+from torchdoctor.agent.fixes.verify import FixSpec, Verifier
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity
 
 SCRIPT = """import torch
 from torch import nn

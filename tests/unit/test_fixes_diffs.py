@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.fixes.diffs import PatchError, apply_patch, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.diffs import (
+    PatchError,
+    apply_patch,
+    apply_to_text,
+    parse,
+    unified_diff,
+)
 
 BEFORE = "a\nb\nc\nd\ne\nf\ng\nh\n"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.fixes.gate import fix_gate
-from agent.models import Evidence, Finding, Severity, Status
+from torchdoctor.agent.fixes.gate import fix_gate
+from torchdoctor.agent.models import Evidence, Finding, Severity, Status
 
 
 def finding(fid: str, phase: int, severity: Severity, status: Status = Status.OPEN) -> Finding:

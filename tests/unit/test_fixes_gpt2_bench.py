@@ -13,10 +13,10 @@ from types import ModuleType
 
 import pytest
 
-from agent.fixes.combine import merge_fixes
-from agent.fixes.pipeline import propose_patch
-from agent.fixes.stats import trajectories_match
-from agent.models import Fix
+from torchdoctor.agent.fixes.combine import merge_fixes
+from torchdoctor.agent.fixes.pipeline import propose_patch
+from torchdoctor.agent.fixes.stats import trajectories_match
+from torchdoctor.agent.models import Fix
 
 BENCH = Path(__file__).parents[2] / "benchmarks"
 NEEDED = {

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.fixes.smoke import smoke_run_from_evidence, split_command
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence, split_command
 
 
 def document(**overrides: object) -> ProbeDocument:

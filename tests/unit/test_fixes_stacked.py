@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agent.fixes.codemods import codemod_for
-from agent.fixes.stacked import stacked_spec
-from agent.fixes.verify import FixSpec
-from agent.models import Finding, Severity
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.stacked import stacked_spec
+from torchdoctor.agent.fixes.verify import FixSpec
+from torchdoctor.agent.models import Finding, Severity
 
 
 def _finding(rule: str) -> Finding:

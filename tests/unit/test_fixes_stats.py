@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from agent.fixes.stats import speed_up, trajectories_match
+from torchdoctor.agent.fixes.stats import speed_up, trajectories_match
 
 
 def test_identical_trajectories_match_exactly() -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.fixes import FixKind, Patch, verify_patch
-from agent.fixes.diffs import unified_diff
-from agent.fixes.verify import NO_RUN
-from agent.models import Evidence, Finding, Severity, Status
+from torchdoctor.agent.fixes import FixKind, Patch, verify_patch
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.verify import NO_RUN
+from torchdoctor.agent.models import Evidence, Finding, Severity, Status
 
 SOURCE = """import torch
 from torch import nn

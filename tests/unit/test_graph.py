@@ -5,12 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from agent.checklist import PHASES
-from agent.checks.base import RawFinding
-from agent.graph import build_audit_graph, gate_decision, sqlite_checkpointer
-from agent.models import Finding, Severity, Status
-from agent.reasoning.base import PointRequest
-from agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.checklist import PHASES
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.graph import build_audit_graph, gate_decision, sqlite_checkpointer
+from torchdoctor.agent.models import Finding, Severity, Status
+from torchdoctor.agent.reasoning.base import PointRequest
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 
 def _requests(critical_in_point_1: bool) -> dict[int, PointRequest]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.audit import AuditOptions, run_audit
 
 TRAIN = (
     "import torch\n\n"

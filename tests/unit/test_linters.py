@@ -16,22 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.base import RawFinding
-from agent.checks.linters import (
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.linters import (
     LinterRun,
     merge_linter_evidence,
     native_key,
     run_linters,
 )
-from agent.checks.linters.bandit import BanditAdapter
-from agent.checks.linters.base import LinterResult, command_line_batches
-from agent.checks.linters.detect_secrets import DetectSecretsAdapter
-from agent.checks.linters.evidence import EvidenceFactory, classify
-from agent.checks.linters.mypy import MypyAdapter
-from agent.checks.linters.pip_audit import PipAuditAdapter
-from agent.checks.linters.ruff import RuffAdapter
-from agent.checks.linters.torchfix import TorchFixAdapter
-from agent.models import Severity
+from torchdoctor.agent.checks.linters.bandit import BanditAdapter
+from torchdoctor.agent.checks.linters.base import LinterResult, command_line_batches
+from torchdoctor.agent.checks.linters.detect_secrets import DetectSecretsAdapter
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory, classify
+from torchdoctor.agent.checks.linters.mypy import MypyAdapter
+from torchdoctor.agent.checks.linters.pip_audit import PipAuditAdapter
+from torchdoctor.agent.checks.linters.ruff import RuffAdapter
+from torchdoctor.agent.checks.linters.torchfix import TorchFixAdapter
+from torchdoctor.agent.models import Severity
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "linters"
 FILES = ["train_legacy.py", "settings.py", "clean.py"]

@@ -8,12 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agent.models import Evidence, Finding, Severity
-from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm.batching import Once, plan_batches, route_sections
-from agent.reasoning.llm.review_prompt import PointView, review_context, review_data
-from agent.reasoning.llm.schema import UNSPECIFIED_POINT, BatchAnswer, strict_schema
-from agent.reasoning.llm.windows import Selection
+from torchdoctor.agent.models import Evidence, Finding, Severity
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.llm.batching import Once, plan_batches, route_sections
+from torchdoctor.agent.reasoning.llm.review_prompt import PointView, review_context, review_data
+from torchdoctor.agent.reasoning.llm.schema import UNSPECIFIED_POINT, BatchAnswer, strict_schema
+from torchdoctor.agent.reasoning.llm.windows import Selection
 
 
 def finding(checkpoint: int, rule: str = "r") -> dict[str, Any]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.reasoning.llm import OfflineConfig, OpenAIConfig, load_reasoner_config
-from agent.reasoning.llm.config import OPENAI_DEFAULT_BASE_URL, parse_reasoner_config
+from torchdoctor.agent.reasoning.llm import OfflineConfig, OpenAIConfig, load_reasoner_config
+from torchdoctor.agent.reasoning.llm.config import OPENAI_DEFAULT_BASE_URL, parse_reasoner_config
 
 
 def test_nothing_configured_means_offline() -> None:

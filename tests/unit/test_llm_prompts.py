@@ -7,9 +7,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from agent.checklist import items_of_point
-from agent.reasoning.llm import rendering
-from agent.reasoning.llm.rendering import LANGUAGES, boundary_for, render, template_hash
+from torchdoctor.agent.checklist import items_of_point
+from torchdoctor.agent.reasoning.llm import rendering
+from torchdoctor.agent.reasoning.llm.rendering import LANGUAGES, boundary_for, render, template_hash
 
 
 def review_context(points: list[int], lang: str) -> dict[str, object]:

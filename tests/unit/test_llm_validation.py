@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from agent.models import Severity, Status
-from agent.reasoning.llm.diffs import DiffRejected, check_diff, llm_patch
-from agent.reasoning.llm.schema import LLMExplanation, LLMFinding, PointAnswer, strict_schema
-from agent.reasoning.llm.validation import Context, locate_snippet, validate_answer
+from torchdoctor.agent.models import Severity, Status
+from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff, llm_patch
+from torchdoctor.agent.reasoning.llm.schema import (
+    LLMExplanation,
+    LLMFinding,
+    PointAnswer,
+    strict_schema,
+)
+from torchdoctor.agent.reasoning.llm.validation import Context, locate_snippet, validate_answer
 
 SOURCE = {
     "train.py": [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.reasoning.llm.budget import Budget, BudgetExhausted
-from agent.reasoning.llm.config import ModelPrice
-from agent.reasoning.llm.windows import Location, merge_windows, select_windows
+from torchdoctor.agent.reasoning.llm.budget import Budget, BudgetExhausted
+from torchdoctor.agent.reasoning.llm.config import ModelPrice
+from torchdoctor.agent.reasoning.llm.windows import Location, merge_windows, select_windows
 
 LINES = [f"line_{n} = {n}" for n in range(1, 201)]
 SOURCES = {"a.py": LINES, "b.py": ["import torch", "def f():", "    return 1", "class M:", "  x=1"]}

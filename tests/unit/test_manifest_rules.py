@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.base import EngineConfig
-from agent.checks.engine import analyse_files
-from agent.checks.manifests import find_manifests
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.manifests import find_manifests
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "manifests"
 SOURCE = [("train.py", "import torch\n")]

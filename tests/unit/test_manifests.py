@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.manifests import Pin, find_manifests, is_manifest, parse_manifest, parse_manifests
+from torchdoctor.agent.checks.manifests import (
+    Pin,
+    find_manifests,
+    is_manifest,
+    parse_manifest,
+    parse_manifests,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "manifests"
 

@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.evidence.probes import (
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.probes import (
     probe_findings,
     render_dataflow_markdown,
     render_dataflow_mermaid,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 
 def document(**sections: Any) -> dict[str, Any]:
@@ -270,8 +270,8 @@ def test_dtype_mixing_is_a_finding_for_item_1_5() -> None:
 
 
 def test_offline_reasoner_turns_probe_evidence_into_findings_and_verdicts() -> None:
-    from agent.reasoning.base import PointRequest
-    from agent.reasoning.offline import OfflineReasoner
+    from torchdoctor.agent.reasoning.base import PointRequest
+    from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
     doc = document(
         syncs={

@@ -7,17 +7,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sandbox.probes.config import parse_args  # noqa: E402
-from sandbox.probes.datasets import (  # noqa: E402
+from torchdoctor.sandbox.probes.config import parse_args  # noqa: E402
+from torchdoctor.sandbox.probes.datasets import (  # noqa: E402
     Compose,
     Normalize,
     RandomCrop,
     SyntheticVisionDataset,
     ToTensor,
 )
-from sandbox.probes.determinism import compare  # noqa: E402
-from sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
-from sandbox.probes.memory import scan_schedule  # noqa: E402
+from torchdoctor.sandbox.probes.determinism import compare  # noqa: E402
+from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
+from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
 
 
 def test_unknown_options_and_those_after_double_dash_go_to_the_script() -> None:
@@ -79,8 +79,8 @@ def test_stand_in_dataset_has_the_real_shape_length_and_is_repeatable() -> None:
 
 
 def test_graph_roots_are_found_through_lists_and_the_users_objects() -> None:
-    from sandbox.probes.frames import UserFiles
-    from sandbox.probes.memory import graph_roots
+    from torchdoctor.sandbox.probes.frames import UserFiles
+    from torchdoctor.sandbox.probes.memory import graph_roots
 
     class Log:
         def __init__(self) -> None:

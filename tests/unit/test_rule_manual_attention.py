@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.engine import analyse_files
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules" / "manual-attention"
 EXPECT = re.compile(r"#\s*expect:\s*manual-attention")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.base import EngineConfig, RawFinding
-from agent.checks.engine import analyse_files
-from agent.checks.registry import rules_by_id
-from agent.models import Severity
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.models import Severity
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
 OWNED = (

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks.base import EngineConfig
-from agent.checks.engine import analyse_files
-from agent.checks.registry import rule_doc, rules_by_id
-from agent.fixes.codemods import codemod_for
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor.agent.fixes.codemods import codemod_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from sandbox.capture import CappedStream, OutputBudget
+from torchdoctor.sandbox.capture import CappedStream, OutputBudget
 
 
 def test_both_streams_share_one_budget() -> None:

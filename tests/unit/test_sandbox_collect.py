@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandbox.collect import collect_files
+from torchdoctor.sandbox.collect import collect_files
 
 
 def test_matching_files_come_back_with_their_size(tmp_path: Path) -> None:

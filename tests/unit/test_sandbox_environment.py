@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox.environment import job_environment
+from torchdoctor.sandbox.environment import job_environment
 
 HOST = {
     "OPENAI_API_KEY": "sk-secret",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
-from sandbox.mechanisms import LAUNCHER
+from torchdoctor.sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
+from torchdoctor.sandbox.mechanisms import LAUNCHER
 
 PRINT_STATE = (
     "import os, resource; "

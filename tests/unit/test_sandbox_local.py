@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import LocalConfig, get_sandbox
-from sandbox.core import LocalRunner, RunLimits
-from sandbox.local import LocalSandbox
-from sandbox.mechanisms import Mechanism
-from sandbox.models import Job, Limits, Outcome
+from torchdoctor.sandbox.config import LocalConfig, get_sandbox
+from torchdoctor.sandbox.core import LocalRunner, RunLimits
+from torchdoctor.sandbox.local import LocalSandbox
+from torchdoctor.sandbox.mechanisms import Mechanism
+from torchdoctor.sandbox.models import Job, Limits, Outcome
 
 FAST = Limits(wall_s=3, cpu_s=2, memory_mb=256, processes=32, output_bytes=10_000)
 SYSTEM_PYTHON = Path("/usr/bin/python3")

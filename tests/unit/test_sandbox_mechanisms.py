@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sandbox.mechanisms import Layout, Mechanism, command, launch_spec
+from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, launch_spec
 
 PY = "/opt/py/bin/python3"
 ROOTS = ("/opt/py", "/srv/repo/sandbox")

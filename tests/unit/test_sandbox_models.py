@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from sandbox.config import DockerConfig, LocalConfig, SandboxConfig
-from sandbox.models import CollectedFile, Isolation, Job, Limits, Outcome, ResourceUsage, RunResult
+from torchdoctor.sandbox.config import DockerConfig, LocalConfig, SandboxConfig
+from torchdoctor.sandbox.models import (
+    CollectedFile,
+    Isolation,
+    Job,
+    Limits,
+    Outcome,
+    ResourceUsage,
+    RunResult,
+)
 
 
 def _isolation(**changes: object) -> Isolation:

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
-from sandbox.outcome import Outcome, Stop, classify
+from torchdoctor.sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
+from torchdoctor.sandbox.outcome import Outcome, Stop, classify
 
 
 def _classify(**overrides: object) -> tuple[Outcome, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.workspace import (
+from torchdoctor.sandbox.workspace import (
     WorkspaceError,
     hand_over,
     over_quota,

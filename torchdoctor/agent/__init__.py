@@ -1,3 +1,1 @@
-"""torchdoctor: audit PyTorch code along a 12-point checklist, with evidence."""
-
-__version__ = "0.1.0"
+"""The audit domain: the checklist, the graph that walks it, checks, fixes, reasoning, reports."""

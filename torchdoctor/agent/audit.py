@@ -19,13 +19,18 @@ from typing import Any, Literal
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent import __version__
-from agent.checklist import ITEMS
-from agent.config import AuditConfig, ConfigError, find_project_root, load_config
-from agent.gather import installed_torch_version, linter_evidence, run_static, split_by_point
-from agent.graph import build_audit_graph, sqlite_checkpointer
-from agent.ledger import Ledger, default_ledger_path
-from agent.models import (
+from torchdoctor import __version__
+from torchdoctor.agent.checklist import ITEMS
+from torchdoctor.agent.config import AuditConfig, ConfigError, find_project_root, load_config
+from torchdoctor.agent.gather import (
+    installed_torch_version,
+    linter_evidence,
+    run_static,
+    split_by_point,
+)
+from torchdoctor.agent.graph import build_audit_graph, sqlite_checkpointer
+from torchdoctor.agent.ledger import Ledger, default_ledger_path
+from torchdoctor.agent.models import (
     AuditReport,
     CoverageEntry,
     Evidence,
@@ -37,7 +42,7 @@ from agent.models import (
     Target,
     ToolInfo,
 )
-from agent.probing import (
+from torchdoctor.agent.probing import (
     ProbeEvidence,
     RunRequest,
     RunSummary,
@@ -45,10 +50,10 @@ from agent.probing import (
     planned_commands,
     run_probes,
 )
-from agent.reasoning.base import PointRequest, Reasoner
-from agent.reasoning.offline import OfflineReasoner
-from agent.workspace import Workspace, load_workspace
-from sandbox.protocol import Sandbox
+from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.workspace import Workspace, load_workspace
+from torchdoctor.sandbox.protocol import Sandbox
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -117,7 +122,7 @@ def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
 
 def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Workspace) -> Reasoner:
     """The offline reasoner unless an LLM is configured and `--offline` was not given."""
-    from agent.reasoning.llm import build_reasoner, load_reasoner_config
+    from torchdoctor.agent.reasoning.llm import build_reasoner, load_reasoner_config
 
     table = {key.replace("-", "_"): value for key, value in config.llm.items()}
     try:
@@ -162,7 +167,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
             extra += pairs
             tools.update(versions)
         if request.commands or request.discover:
-            from sandbox.config import get_sandbox
+            from torchdoctor.sandbox.config import get_sandbox
 
             found = run_probes(workspace, request, get_sandbox(options.sandbox))
             probes.evidence, probes.runs = found.evidence, found.runs
@@ -245,9 +250,9 @@ def fix_findings(
     progress: Progress | None,
 ) -> tuple[list[Finding], list[str]]:
     """Propose and verify fixes (verified only by a smoke run), then write them if asked."""
-    from agent.fixes import apply_fixes, propose_and_verify
-    from agent.fixes.apply import dirty_reason
-    from sandbox.config import get_sandbox
+    from torchdoctor.agent.fixes import apply_fixes, propose_and_verify
+    from torchdoctor.agent.fixes.apply import dirty_reason
+    from torchdoctor.sandbox.config import get_sandbox
 
     if options.apply and not options.force and (reason := dirty_reason(workspace.root)):
         raise ApplyRefused(reason)
@@ -296,8 +301,8 @@ def verify_llm_fix(
 ) -> Finding:
     """An LLM's patch goes through exactly the verification a codemod's does; its kind (the
     tolerance it is held to) follows the checklist point it fixes."""
-    from agent.fixes import FixKind, verify_patch
-    from agent.reasoning.llm.diffs import llm_patch
+    from torchdoctor.agent.fixes import FixKind, verify_patch
+    from torchdoctor.agent.reasoning.llm.diffs import llm_patch
 
     patch = llm_patch(finding)
     if patch is None or (finding.fix is not None and finding.fix.verified):

@@ -317,7 +317,9 @@ def point_title(point: int, lang: str = "en") -> str:
 
 def checks_for(item_id: str) -> tuple[str, ...]:
     """Every check covering an item: rules that declare it, then the item's own checks."""
-    from agent.checks.registry import all_rules  # local import: checks depend on this module
+    from torchdoctor.agent.checks.registry import (
+        all_rules,  # local import: checks depend on this module
+    )
 
     rule_ids = tuple(f"rule:{r.id}" for r in all_rules() if item_id in r.items)
     return rule_ids + ITEMS_BY_ID[item_id].checks

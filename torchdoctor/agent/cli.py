@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from agent.checks.registry import rule_doc, rules_by_id
-from agent.config import ConfigError
-from agent.models import Severity
-from agent.report import render
-from agent.workspace import InputError
+from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor.agent.config import ConfigError
+from torchdoctor.agent.models import Severity
+from torchdoctor.agent.report import render
+from torchdoctor.agent.workspace import InputError
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
-    from agent.audit import AuditOptions, AuditOutcome
+    from torchdoctor.agent.audit import AuditOptions, AuditOutcome
 
 app = typer.Typer(
     help="Audit PyTorch code along a 12-point checklist, with evidence.",
@@ -52,7 +52,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _with_progress(options: AuditOptions) -> AuditOutcome:
-    from agent.audit import run_audit
+    from torchdoctor.agent.audit import run_audit
 
     if not stderr.is_terminal:
         return run_audit(options)
@@ -153,7 +153,7 @@ def audit(
     force: Annotated[bool, typer.Option(help="--apply even on a dirty git work tree.")] = False,
 ) -> None:
     """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
-    from agent.audit import ApplyRefused, AuditOptions
+    from torchdoctor.agent.audit import ApplyRefused, AuditOptions
 
     options = AuditOptions(
         target=path,
@@ -209,8 +209,8 @@ def undo(
     force: Annotated[bool, typer.Option(help="Restore even files changed since.")] = False,
 ) -> None:
     """Restore, byte for byte, the files the last `audit --apply` on PATH changed."""
-    from agent.config import find_project_root
-    from agent.fixes import undo as undo_fixes
+    from torchdoctor.agent.config import find_project_root
+    from torchdoctor.agent.fixes import undo as undo_fixes
 
     if not path.exists():
         raise _fail(f"{path}: no such file or folder")
@@ -224,7 +224,7 @@ def undo(
 @app.command()
 def doctor() -> None:
     """Self-check: sandbox isolation per backend, GPU visibility, torch/CUDA, optional tools."""
-    from sandbox.doctor import render_doctor, self_check
+    from torchdoctor.sandbox.doctor import render_doctor, self_check
 
     sys.stdout.write(render_doctor(self_check()) + "\n")
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 
 class ConfigError(ValueError):

@@ -10,14 +10,14 @@ import re
 from collections import defaultdict
 from importlib import metadata
 
-from agent.checklist import ITEMS_BY_ID, POINTS
-from agent.checks.base import EngineConfig, RawFinding
-from agent.checks.engine import StaticResult, analyse_files
-from agent.checks.registry import rules_by_id
-from agent.config import AuditConfig
-from agent.models import Evidence
-from agent.reasoning.base import PointRequest
-from agent.workspace import Workspace
+from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.engine import StaticResult, analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.config import AuditConfig
+from torchdoctor.agent.models import Evidence
+from torchdoctor.agent.reasoning.base import PointRequest
+from torchdoctor.agent.workspace import Workspace
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 _RULE_SLUG = re.compile(r"[^a-z0-9]+")
@@ -57,9 +57,9 @@ def linter_evidence(
 ) -> tuple[list[tuple[int, Evidence]], dict[str, str]]:
     """Peer linters' results as evidence: attached to the native finding they confirm, else a
     finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint."""
-    from agent.checks.linters.merge import merge_linter_evidence
-    from agent.checks.linters.runner import run_linters
-    from agent.reasoning.offline import attach_key
+    from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
+    from torchdoctor.agent.checks.linters.runner import run_linters
+    from torchdoctor.agent.reasoning.offline import attach_key
 
     files = [f.path for f in workspace.files]
     run = run_linters(

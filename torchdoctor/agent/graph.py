@@ -22,9 +22,9 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from agent.checklist import PHASES
-from agent.models import Finding, GateDecision, Severity
-from agent.reasoning.base import PointRequest, Reasoner
+from torchdoctor.agent.checklist import PHASES
+from torchdoctor.agent.models import Finding, GateDecision, Severity
+from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 
 Gatherer = Callable[[], dict[int, PointRequest]]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from agent import __version__
-from agent.checklist import ITEMS_BY_ID, POINTS, point_title
-from agent.i18n import labels
-from agent.models import AuditReport, Evidence, Finding, Status
+from torchdoctor import __version__
+from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
+from torchdoctor.agent.i18n import labels
+from torchdoctor.agent.models import AuditReport, Evidence, Finding, Status
 
 BEGIN = "<!-- torchdoctor:begin -->"
 END = "<!-- torchdoctor:end -->"
@@ -42,7 +42,7 @@ def _cell(text: str) -> str:
 
 
 _ENV = Environment(
-    loader=PackageLoader("agent", "templates"),
+    loader=PackageLoader("torchdoctor.agent", "templates"),
     undefined=StrictUndefined,
     keep_trailing_newline=True,
     trim_blocks=True,

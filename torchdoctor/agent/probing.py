@@ -16,14 +16,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.evidence.probes import probe_findings
-from agent.models import Evidence
-from agent.workspace import Workspace
-from sandbox import PACKAGE_ROOT
-from sandbox.models import Job, Limits
-from sandbox.protocol import Sandbox
-from sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.probes import probe_findings
+from torchdoctor.agent.models import Evidence
+from torchdoctor.agent.workspace import Workspace
+from torchdoctor.sandbox import PACKAGE_ROOT
+from torchdoctor.sandbox.models import Job, Limits
+from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
 
 EVIDENCE_FILE = ".torchdoctor-evidence.json"
 HARNESS_MARGIN_S = 20.0
@@ -125,7 +125,14 @@ def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
 
 def harness_command(request: RunRequest, script: str, args: list[str]) -> list[str]:
     budget = max(10.0, request.wall_s - HARNESS_MARGIN_S)
-    command = [sys.executable, "-m", "sandbox.probes", script, "--steps", str(request.steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "torchdoctor.sandbox.probes",
+        script,
+        "--steps",
+        str(request.steps),
+    ]
     command += ["--out", EVIDENCE_FILE, "--time-budget", f"{budget:g}", "--seed", "0"]
     if request.determinism_steps:
         command += ["--determinism", str(request.determinism_steps)]

@@ -14,7 +14,7 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.models import InputNote
+from torchdoctor.agent.models import InputNote
 
 SKIPPED_DIRS = frozenset(
     {

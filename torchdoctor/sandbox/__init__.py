@@ -2,13 +2,13 @@
 
 Build a job and run it:
 
-    from sandbox import Job, Limits, get_sandbox
+    from torchdoctor.sandbox import Job, Limits, get_sandbox
     result = get_sandbox().run(Job(workspace=path, command=["python", "train.py"],
                                    limits=Limits(wall_s=120, memory_mb=4096)))
     result.outcome, result.stdout, result.isolation.summary
 
-Names are resolved lazily: `sandbox.probes` runs inside the sandbox with only torch and the
-standard library, so importing this package must not import pydantic or docker.
+Names are resolved lazily: `torchdoctor.sandbox.probes` runs inside the sandbox with only torch
+and the standard library, so importing this package must not import pydantic or docker.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sandbox.config import DockerConfig, LocalConfig, SandboxConfig, get_sandbox
-    from sandbox.doctor import DoctorReport, render_doctor, self_check
-    from sandbox.models import (
+    from torchdoctor.sandbox.config import DockerConfig, LocalConfig, SandboxConfig, get_sandbox
+    from torchdoctor.sandbox.doctor import DoctorReport, render_doctor, self_check
+    from torchdoctor.sandbox.models import (
         CollectedFile,
         Isolation,
         Job,
@@ -29,30 +29,30 @@ if TYPE_CHECKING:
         ResourceUsage,
         RunResult,
     )
-    from sandbox.protocol import Sandbox
-    from sandbox.workspace import WorkspaceError, stage_workspace
+    from torchdoctor.sandbox.protocol import Sandbox
+    from torchdoctor.sandbox.workspace import WorkspaceError, stage_workspace
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-"""Put on a job's PYTHONPATH to run `python -m sandbox.probes` inside the sandbox."""
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""Put on a job's PYTHONPATH to run `python -m torchdoctor.sandbox.probes` inside the sandbox."""
 
 _EXPORTS = {
-    "CollectedFile": "sandbox.models",
-    "Isolation": "sandbox.models",
-    "Job": "sandbox.models",
-    "Limits": "sandbox.models",
-    "Outcome": "sandbox.models",
-    "ResourceUsage": "sandbox.models",
-    "RunResult": "sandbox.models",
-    "Sandbox": "sandbox.protocol",
-    "LocalConfig": "sandbox.config",
-    "DockerConfig": "sandbox.config",
-    "SandboxConfig": "sandbox.config",
-    "get_sandbox": "sandbox.config",
-    "DoctorReport": "sandbox.doctor",
-    "self_check": "sandbox.doctor",
-    "render_doctor": "sandbox.doctor",
-    "WorkspaceError": "sandbox.workspace",
-    "stage_workspace": "sandbox.workspace",
+    "CollectedFile": "torchdoctor.sandbox.models",
+    "Isolation": "torchdoctor.sandbox.models",
+    "Job": "torchdoctor.sandbox.models",
+    "Limits": "torchdoctor.sandbox.models",
+    "Outcome": "torchdoctor.sandbox.models",
+    "ResourceUsage": "torchdoctor.sandbox.models",
+    "RunResult": "torchdoctor.sandbox.models",
+    "Sandbox": "torchdoctor.sandbox.protocol",
+    "LocalConfig": "torchdoctor.sandbox.config",
+    "DockerConfig": "torchdoctor.sandbox.config",
+    "SandboxConfig": "torchdoctor.sandbox.config",
+    "get_sandbox": "torchdoctor.sandbox.config",
+    "DoctorReport": "torchdoctor.sandbox.doctor",
+    "self_check": "torchdoctor.sandbox.doctor",
+    "render_doctor": "torchdoctor.sandbox.doctor",
+    "WorkspaceError": "torchdoctor.sandbox.workspace",
+    "stage_workspace": "torchdoctor.sandbox.workspace",
 }
 
 __all__ = [

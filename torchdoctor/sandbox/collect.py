@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from sandbox.models import CollectedFile
+from torchdoctor.sandbox.models import CollectedFile
 
 MAX_FILES = 200
 

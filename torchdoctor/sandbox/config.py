@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from sandbox.docker_backend import DockerSandbox
-    from sandbox.local import LocalSandbox
-    from sandbox.protocol import Sandbox
+    from torchdoctor.sandbox.docker_backend import DockerSandbox
+    from torchdoctor.sandbox.local import LocalSandbox
+    from torchdoctor.sandbox.protocol import Sandbox
 
 DEFAULT_IMAGE = "torchdoctor-sandbox:latest"
 
@@ -40,7 +40,7 @@ class LocalConfig(_Config):
     )
 
     def build(self) -> LocalSandbox:
-        from sandbox.local import LocalSandbox
+        from torchdoctor.sandbox.local import LocalSandbox
 
         return LocalSandbox(self)
 
@@ -61,7 +61,7 @@ class DockerConfig(_Config):
     workdir: str = "/workspace"
 
     def build(self) -> DockerSandbox:
-        from sandbox.docker_backend import DockerSandbox
+        from torchdoctor.sandbox.docker_backend import DockerSandbox
 
         return DockerSandbox(self)
 
@@ -85,7 +85,7 @@ def get_sandbox(choice: str | None = None) -> Sandbox:
 def docker_answers(config: DockerConfig) -> bool:
     """Whether the Docker backend can be used: SDK installed, engine up, image present."""
     try:
-        from sandbox.docker_backend import docker_ready
+        from torchdoctor.sandbox.docker_backend import docker_ready
     except ImportError:
         return False
     return docker_ready(config)

@@ -1,7 +1,7 @@
 """The local backend's engine, standard library only: probe, stage, launch, watch, sweep.
 
 Kept free of pydantic so that a bare GPU machine with only torch can run it
-(`benchmarks/sandbox_gpu.py`); `sandbox.local` wraps it in the typed `Sandbox` protocol.
+(`benchmarks/sandbox_gpu.py`); `torchdoctor.sandbox.local` wraps it in the typed `Sandbox` protocol.
 
 Each run gets a fresh copy of its workspace owned by a uid of its own, runs under the chosen
 mechanism (bwrap, unshare or bare rlimits) through `launch.py`, and is watched from here: wall
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sandbox.capture import CappedStream, OutputBudget
-from sandbox.environment import job_environment
-from sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
-from sandbox.outcome import Outcome, Stop, classify
-from sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
-from sandbox.workspace import (
+from torchdoctor.sandbox.capture import CappedStream, OutputBudget
+from torchdoctor.sandbox.environment import job_environment
+from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
+from torchdoctor.sandbox.outcome import Outcome, Stop, classify
+from torchdoctor.sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
+from torchdoctor.sandbox.workspace import (
     hand_over,
     over_quota,
     remove_owned_files,
@@ -55,7 +55,7 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class RunLimits:
-    """The limits of one run (mirrors `sandbox.models.Limits`, without pydantic)."""
+    """The limits of one run (mirrors `torchdoctor.sandbox.models.Limits`, without pydantic)."""
 
     wall_s: float = 60.0
     cpu_s: int = 60

@@ -27,13 +27,13 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Ulimit
 
-from sandbox.capture import CappedStream, OutputBudget
-from sandbox.collect import collect_files
-from sandbox.environment import job_environment
-from sandbox.mechanisms import NAMESPACES, gpu_device_nodes
-from sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
-from sandbox.outcome import Stop, classify
-from sandbox.workspace import (
+from torchdoctor.sandbox.capture import CappedStream, OutputBudget
+from torchdoctor.sandbox.collect import collect_files
+from torchdoctor.sandbox.environment import job_environment
+from torchdoctor.sandbox.mechanisms import NAMESPACES, gpu_device_nodes
+from torchdoctor.sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
+from torchdoctor.sandbox.outcome import Stop, classify
+from torchdoctor.sandbox.workspace import (
     WorkspaceError,
     hand_over,
     over_quota,
@@ -43,7 +43,7 @@ from sandbox.workspace import (
 )
 
 if TYPE_CHECKING:
-    from sandbox.config import DockerConfig
+    from torchdoctor.sandbox.config import DockerConfig
 
 WAIT_SLICE_S = 0.25
 LABEL = "torchdoctor.sandbox"

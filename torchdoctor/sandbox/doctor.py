@@ -17,12 +17,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.config import DockerConfig, LocalConfig, docker_answers, get_sandbox
-from sandbox.local import LocalSandbox, SandboxUnavailable
-from sandbox.mechanisms import Mechanism, gpu_device_nodes
-from sandbox.models import Isolation, Job, Limits
-from sandbox.protocol import Sandbox
-from sandbox.workspace import remove_workspace
+from torchdoctor.sandbox.config import DockerConfig, LocalConfig, docker_answers, get_sandbox
+from torchdoctor.sandbox.local import LocalSandbox, SandboxUnavailable
+from torchdoctor.sandbox.mechanisms import Mechanism, gpu_device_nodes
+from torchdoctor.sandbox.models import Isolation, Job, Limits
+from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.workspace import remove_workspace
 
 OPTIONAL_TOOLS = (
     "bwrap",
@@ -202,7 +202,7 @@ def render_doctor(report: DoctorReport) -> str:
 
 
 def main() -> None:
-    """Entry point for `python -m sandbox.doctor` (the CLI's `torchdoctor doctor` calls it)."""
+    """Entry point for `python -m torchdoctor.sandbox.doctor` (`torchdoctor doctor` calls it)."""
     print(render_doctor(self_check()))
 
 

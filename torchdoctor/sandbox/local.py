@@ -1,4 +1,4 @@
-"""The `local` backend: the typed `Sandbox` over `sandbox.core.LocalRunner`.
+"""The `local` backend: the typed `Sandbox` over `torchdoctor.sandbox.core.LocalRunner`.
 
 The strongest isolation this host allows is found by probing at start-up (bwrap, then unshare,
 then bare rlimits); each job runs on a fresh copy of its workspace under a uid of its own, and
@@ -11,14 +11,20 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandbox.collect import collect_files
-from sandbox.core import LocalRunner, ProbeResult, RunLimits, RunReport, SandboxUnavailable
-from sandbox.mechanisms import NAMESPACES, Mechanism, gpu_device_nodes
-from sandbox.models import CollectedFile, Isolation, Job, ResourceUsage, RunResult
-from sandbox.workspace import WorkspaceError
+from torchdoctor.sandbox.collect import collect_files
+from torchdoctor.sandbox.core import (
+    LocalRunner,
+    ProbeResult,
+    RunLimits,
+    RunReport,
+    SandboxUnavailable,
+)
+from torchdoctor.sandbox.mechanisms import NAMESPACES, Mechanism, gpu_device_nodes
+from torchdoctor.sandbox.models import CollectedFile, Isolation, Job, ResourceUsage, RunResult
+from torchdoctor.sandbox.workspace import WorkspaceError
 
 if TYPE_CHECKING:
-    from sandbox.config import LocalConfig
+    from torchdoctor.sandbox.config import LocalConfig
 
 __all__ = ["LocalSandbox", "ProbeResult", "SandboxUnavailable", "describe"]
 

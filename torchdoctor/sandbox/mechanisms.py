@@ -1,5 +1,5 @@
 """The ways the local backend can confine a process, strongest first, and the command line each
-one needs. Which one is used is decided by probing (see `sandbox.local`), never assumed.
+one needs. Which one is used is decided by probing (see `torchdoctor.sandbox.local`), never assumed.
 
 - bwrap: new PID, network, mount, IPC and UTS namespaces; a root made of read-only binds of the
   system, the interpreter and this package; only the workspace and a private /tmp writable.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sandbox.outcome import Outcome as Outcome
+from torchdoctor.sandbox.outcome import Outcome as Outcome
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|COOKIE|SESSION", re.IGNORECASE)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 from enum import StrEnum
 
-from sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
+from torchdoctor.sandbox.launch import ERROR_PREFIX, SANDBOX_ERROR_STATUS
 
 MEMORY_ERROR_SIGNS = (
     "MemoryError",

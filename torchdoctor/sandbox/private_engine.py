@@ -5,7 +5,8 @@ No registry can be reached from the test machines, so nothing is pulled: the ima
 symlinks), and the host's /usr and Python interpreter trees are bind-mounted read-only into each
 container. The engine runs with its own data root, exec root, pid file and socket under a
 temporary folder, without a bridge, iptables rules or IP forwarding, so the host's network is
-left exactly as it was. Production uses the image built from `sandbox/Dockerfile` instead.
+left exactly as it was. Production uses the image built from
+`torchdoctor/sandbox/Dockerfile` instead.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from sandbox.config import DockerConfig
+from torchdoctor.sandbox.config import DockerConfig
 
 TEST_IMAGE = "torchdoctor-sandbox-test:latest"
 START_TIMEOUT_S = 30.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from sandbox.models import Isolation, Job, RunResult
+from torchdoctor.sandbox.models import Isolation, Job, RunResult
 
 
 @runtime_checkable

@@ -13,9 +13,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict
 
-from agent.checks.data import load_table
-from agent.checks.manifests import Pin
-from agent.models import Severity
+from torchdoctor.agent.checks.data import load_table
+from torchdoctor.agent.checks.manifests import Pin
+from torchdoctor.agent.models import Severity
 
 
 class Advisory(BaseModel):

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 if TYPE_CHECKING:
-    from agent.checks.dataflow import DataFlow
-    from agent.checks.loops import LoopAnalysis
+    from torchdoctor.agent.checks.dataflow import DataFlow
+    from torchdoctor.agent.checks.loops import LoopAnalysis
 
 
 class RawFinding(BaseModel):
@@ -113,13 +113,13 @@ class ModuleContext:
 
     @cached_property
     def loops(self) -> LoopAnalysis:
-        from agent.checks.loops import LoopAnalysis
+        from torchdoctor.agent.checks.loops import LoopAnalysis
 
         return LoopAnalysis(self)
 
     @cached_property
     def flow(self) -> DataFlow:
-        from agent.checks.dataflow import DataFlow
+        from torchdoctor.agent.checks.dataflow import DataFlow
 
         return DataFlow(self)
 

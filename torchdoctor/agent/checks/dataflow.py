@@ -23,10 +23,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
-from agent.checks.loops import local_callee, walk_scope
+from torchdoctor.agent.checks.loops import local_callee, walk_scope
 
 if TYPE_CHECKING:
-    from agent.checks.base import ModuleContext
+    from torchdoctor.agent.checks.base import ModuleContext
 
 ScopeNode = ast.Module | ast.FunctionDef | ast.AsyncFunctionDef
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef

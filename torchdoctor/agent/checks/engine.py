@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
-from agent.checks.loops import node_fields
-from agent.checks.registry import enabled_rules
-from agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.loops import node_fields
+from torchdoctor.agent.checks.registry import enabled_rules
+from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
 
 PARALLEL_THRESHOLD = 24
 _DEADLINE_CHECK_EVERY = 4096

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterator
 from functools import cache
 
-from agent.checks.base import ModuleContext
-from agent.checks.loops import (
+from torchdoctor.agent.checks.base import ModuleContext
+from torchdoctor.agent.checks.loops import (
     FunctionNode,
     is_periodic_guard,
     nodes_of,

@@ -1,4 +1,4 @@
-"""Discovers the native rules: every module of `agent.checks.rules` holds exactly one."""
+"""Discovers the native rules: every module of `torchdoctor.agent.checks.rules` holds one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import inspect
 import pkgutil
 from functools import cache
 
-from agent.checks import rules as rules_package
-from agent.checks.base import Rule
+from torchdoctor.agent.checks import rules as rules_package
+from torchdoctor.agent.checks.base import Rule
 
 
 class RuleRegistryError(RuntimeError):

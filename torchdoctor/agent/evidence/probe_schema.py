@@ -1,6 +1,7 @@
 """The probes harness's evidence document (schema v1) as pydantic models.
 
-The harness (`sandbox/probes`, torch and the standard library only) writes plain JSON; this
+The harness (`torchdoctor.sandbox.probes`,
+torch and the standard library only) writes plain JSON; this
 module is its typed mirror on the audit side. Every section is optional with a default, so
 a run that ended early (a crash before the first step, a harness error) still validates.
 Unknown fields are rejected: a harness change that is not mirrored here fails loudly.

@@ -6,7 +6,7 @@ audited workspace) and returns a `ProbeAnalysis`:
 - `findings`: problems the run proved (rule ids `probe-*`), each at a file/line taken from
   the captured stack where the harness had one, else the script's first line;
 - `coverage`: per checklist item, pass/fail/not-applicable and how the run decided it;
-- `evidence`: `agent.models.Evidence` items (kind "probe") in the offline reasoner's
+- `evidence`: `torchdoctor.agent.models.Evidence` items (kind "probe") in the offline reasoner's
   convention (`data["items"]`, `data["verdict"]`, `data["finding"]`); `by_point()` pairs
   each with its checklist point for `gather.split_by_point(extra_evidence=...)`.
 It also renders the data-flow map as a markdown table and a Mermaid diagram.
@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checklist import ITEMS_BY_ID
-from agent.evidence.probe_schema import DataFlow, FlowCall, ProbeDocument, TensorInfo
-from agent.models import Evidence, Severity, Verdict
+from torchdoctor.agent.checklist import ITEMS_BY_ID
+from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, ProbeDocument, TensorInfo
+from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
 DEAD_RELU_FRACTION = 0.7

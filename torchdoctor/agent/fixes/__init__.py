@@ -8,10 +8,10 @@ Entry points:
 - `verify_patch(root, finding, patch, kind, sandbox, ...)` for a patch from elsewhere (LLM).
 """
 
-from agent.fixes.apply import apply_fixes, undo
-from agent.fixes.gate import fix_gate
-from agent.fixes.models import ApplyResult, FixKind, Patch, UndoResult
-from agent.fixes.pipeline import propose_and_verify, verify_patch
+from torchdoctor.agent.fixes.apply import apply_fixes, undo
+from torchdoctor.agent.fixes.gate import fix_gate
+from torchdoctor.agent.fixes.models import ApplyResult, FixKind, Patch, UndoResult
+from torchdoctor.agent.fixes.pipeline import propose_and_verify, verify_patch
 
 __all__ = [
     "ApplyResult",

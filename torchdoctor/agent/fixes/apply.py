@@ -17,11 +17,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.fixes.combine import merge_fixes
-from agent.fixes.diffs import PatchError
-from agent.fixes.gate import fix_gate
-from agent.fixes.models import AppliedFile, ApplyResult, UndoResult
-from agent.models import Finding
+from torchdoctor.agent.fixes.combine import merge_fixes
+from torchdoctor.agent.fixes.diffs import PatchError
+from torchdoctor.agent.fixes.gate import fix_gate
+from torchdoctor.agent.fixes.models import AppliedFile, ApplyResult, UndoResult
+from torchdoctor.agent.models import Finding
 
 JOURNAL_DIR = Path(".torchdoctor") / "undo"
 MANIFEST = "manifest.json"

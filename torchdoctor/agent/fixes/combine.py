@@ -8,12 +8,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.fixes.codemods import codemod_for
-from agent.fixes.codemods.base import Codemod
-from agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
-from agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
-from agent.fixes.verify import Claim, FixSpec, Verifier
-from agent.models import Finding, Verification
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods.base import Codemod
+from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Finding, Verification
 
 
 class Combination(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.models import Finding, Severity
+from torchdoctor.agent.models import Finding, Severity
 
 
 class GateVerdict(BaseModel):

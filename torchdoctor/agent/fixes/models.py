@@ -1,6 +1,6 @@
 """The fix pipeline's own data: what a codemod is told, the patch it yields, what a run showed.
 
-`Fix`/`Verification` on a finding (agent.models) stay the public contract; these models are the
+`Fix`/`Verification` on a finding (`agent.models`) stay the public contract; these models are the
 pipeline's working state and the results of apply/undo.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.models import Finding
+from torchdoctor.agent.models import Finding
 
 
 class FixKind(StrEnum):

@@ -6,19 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.checks.base import EngineConfig
-from agent.fixes.codemods import codemod_for
-from agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
-from agent.fixes.combine import combine
-from agent.fixes.diffs import unified_diff
-from agent.fixes.gate import fix_gate
-from agent.fixes.models import FixKind, FixTarget, Patch
-from agent.fixes.smoke import ProbeRunner
-from agent.fixes.stacked import retry_candidates, verify_on_stack
-from agent.fixes.verify import Claim, FixSpec, Verifier
-from agent.models import Finding, Fix, Status, Verification
-from sandbox.models import Limits
-from sandbox.protocol import Sandbox
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
+from torchdoctor.agent.fixes.combine import combine
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.gate import fix_gate
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Finding, Fix, Status, Verification
+from torchdoctor.sandbox.models import Limits
+from torchdoctor.sandbox.protocol import Sandbox
 
 
 def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:

@@ -1,8 +1,9 @@
 """Bounded, seeded runs of the user's script through the sandbox and the probes harness.
 
-The harness (`python -m sandbox.probes`) stops the script after N optimizer steps and writes
-an evidence document; this module builds that job, runs it through any `Sandbox`, and reduces
-the document to what fix verification compares: losses, steady-state step times, symptoms.
+The harness (`python -m torchdoctor.sandbox.probes`) stops the script after N optimizer
+steps and writes an evidence document; this module builds that job, runs it through any
+`Sandbox`, and reduces the document to what fix verification compares: losses, steady-state
+step times, symptoms.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.evidence.probe_schema import ProbeDocument
-from agent.fixes.models import SmokeRun
-from sandbox.models import Job, Limits
-from sandbox.protocol import Sandbox
+from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.fixes.models import SmokeRun
+from torchdoctor.sandbox import PACKAGE_ROOT
+from torchdoctor.sandbox.models import Job, Limits
+from torchdoctor.sandbox.protocol import Sandbox
 
 EVIDENCE_FILE = ".torchdoctor-probe.json"
 _OK_OUTCOMES = {"completed-steps", "script-finished"}
 _PYTHON_FLAGS = {"-u", "-B", "-O", "-OO"}
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HARNESS_MARGIN_S = 30.0
 
 
@@ -46,7 +47,7 @@ class ProbeRunner:
         self, workspace: Path, run_command: list[str], steps: int, *, seed: int | None = 0
     ) -> SmokeRun:
         script, args = split_command(run_command)
-        command = [self.python, "-m", "sandbox.probes", script, "--steps", str(steps)]
+        command = [self.python, "-m", "torchdoctor.sandbox.probes", script, "--steps", str(steps)]
         # the harness stops itself before the sandbox kills it, so the evidence gets written
         budget = max(10.0, self.limits.wall_s - HARNESS_MARGIN_S)
         command += ["--out", EVIDENCE_FILE, "--no-flops", "--time-budget", f"{budget:g}"]
@@ -56,7 +57,7 @@ class ProbeRunner:
         job = Job(
             workspace=workspace,
             command=command,
-            env={"PYTHONPATH": str(REPO_ROOT)},
+            env={"PYTHONPATH": str(PACKAGE_ROOT)},
             limits=self.limits,
             collect=[EVIDENCE_FILE],
             gpu=self.gpu,

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from agent.fixes.codemods import codemod_for
-from agent.fixes.combine import map_line, merge_fixes
-from agent.fixes.diffs import PatchError, unified_diff
-from agent.fixes.models import FixKind, FixTarget, Patch
-from agent.fixes.verify import Claim, FixSpec, Verifier
-from agent.fixes.workcopy import workspace_copy
-from agent.models import Finding, Status, Verification
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.combine import map_line, merge_fixes
+from torchdoctor.agent.fixes.diffs import PatchError, unified_diff
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.workcopy import workspace_copy
+from torchdoctor.agent.models import Finding, Status, Verification
 
 
 def retry_candidates(findings: list[Finding]) -> list[Finding]:

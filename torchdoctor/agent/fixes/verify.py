@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.checks.base import EngineConfig, RawFinding
-from agent.checks.engine import analyse_files
-from agent.fixes.codemods.base import Codemod
-from agent.fixes.diffs import PatchError, apply_patch
-from agent.fixes.models import FixKind, Patch, SmokeRun
-from agent.fixes.smoke import ProbeRunner
-from agent.fixes.stats import speed_up, trajectories_match
-from agent.fixes.workcopy import SKIPPED, workspace_copy
-from agent.models import Severity, Verification
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.fixes.codemods.base import Codemod
+from torchdoctor.agent.fixes.diffs import PatchError, apply_patch
+from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.stats import speed_up, trajectories_match
+from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
+from torchdoctor.agent.models import Severity, Verification
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"

@@ -10,8 +10,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checks.base import RawFinding
-from agent.models import CoverageEntry, Evidence, Finding
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.models import CoverageEntry, Evidence, Finding
 
 
 class PointRequest(BaseModel):

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from agent import __version__
-from agent.checklist import ITEMS_BY_ID, items_of_point, phase_of_point
-from agent.checks.base import RawFinding
-from agent.checks.registry import rules_by_id
-from agent.models import CoverageEntry, Evidence, Finding, Severity, fingerprint
-from agent.reasoning.base import PointRequest, PointResult
+from torchdoctor import __version__
+from torchdoctor.agent.checklist import ITEMS_BY_ID, items_of_point, phase_of_point
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Severity, fingerprint
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
 
 STATIC_SOURCE = "torchdoctor-static"
 

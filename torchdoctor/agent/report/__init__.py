@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agent.models import AuditReport
-from agent.report.markdown import render_markdown
-from agent.report.sarif import render_sarif
+from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.report.markdown import render_markdown
+from torchdoctor.agent.report.sarif import render_sarif
 
 Format = Literal["json", "sarif", "markdown"]
 

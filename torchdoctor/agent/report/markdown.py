@@ -6,12 +6,12 @@ import re
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from agent.checklist import ITEMS_BY_ID, POINTS, point_title
-from agent.i18n import labels
-from agent.models import AuditReport
+from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
+from torchdoctor.agent.i18n import labels
+from torchdoctor.agent.models import AuditReport
 
 _ENV = Environment(
-    loader=PackageLoader("agent", "templates"),
+    loader=PackageLoader("torchdoctor.agent", "templates"),
     undefined=StrictUndefined,
     keep_trailing_newline=True,
     trim_blocks=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.checks.registry import rule_doc, rules_by_id
-from agent.models import AuditReport, Finding, Severity, Status
+from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {

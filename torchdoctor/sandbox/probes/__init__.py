@@ -2,7 +2,8 @@
 steps, instrumented, and write an evidence document (JSON, `SCHEMA_VERSION`).
 
 Static analysis guesses; a run knows. This package runs inside the sandbox and imports only
-torch and the standard library. Entry point: `python -m sandbox.probes SCRIPT [ARGS...]`.
+torch and the standard library. Entry point:
+`python -m torchdoctor.sandbox.probes SCRIPT [ARGS...]`.
 """
 
 SCHEMA_VERSION = 1

@@ -1,7 +1,7 @@
-"""`python -m sandbox.probes SCRIPT [ARGS...] --steps N --out evidence.json`."""
+"""`python -m torchdoctor.sandbox.probes SCRIPT [ARGS...] --steps N --out evidence.json`."""
 
 import sys
 
-from sandbox.probes.cli import main
+from torchdoctor.sandbox.probes.cli import main
 
 sys.exit(main(sys.argv[1:]))

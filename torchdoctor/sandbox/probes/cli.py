@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from sandbox.probes.config import parse_args
-from sandbox.probes.runner import run
+from torchdoctor.sandbox.probes.config import parse_args
+from torchdoctor.sandbox.probes.runner import run
 
 
 def main(argv: list[str]) -> int:

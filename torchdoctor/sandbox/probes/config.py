@@ -37,7 +37,7 @@ class ProbeConfig:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sandbox.probes",
+        prog="python -m torchdoctor.sandbox.probes",
         description="Run a training or inference script for a bounded number of steps, "
         "instrumented, and write an evidence document. Arguments the harness does not know "
         "are passed to the script; put the script's own arguments after `--` when they clash.",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.tensors import describe, tensors_in
+from torchdoctor.sandbox.probes.tensors import describe, tensors_in
 
 MAX_CALLS = 400
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch.utils.data
 import torch.utils.data.dataloader as dataloader_module
 
-from sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.frames import UserFiles
 
 
 class DataLoaderProbe:

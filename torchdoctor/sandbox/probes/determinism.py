@@ -11,18 +11,20 @@ import sys
 import tempfile
 from typing import Any
 
-from sandbox.probes.config import ProbeConfig
+from torchdoctor.sandbox.probes.config import ProbeConfig
 
 SEED = 1234
 RELATIVE_TOLERANCE = 1e-5
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PACKAGE_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 
 
 def _run_once(config: ProbeConfig, out: str) -> dict[str, Any] | None:
     command = [
         sys.executable,
         "-m",
-        "sandbox.probes",
+        "torchdoctor.sandbox.probes",
         config.script,
         "--steps",
         str(config.determinism_steps),

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from sandbox.probes import SCHEMA_VERSION, TOOL_NAME
-from sandbox.probes import datasets as standins
-from sandbox.probes.config import ProbeConfig
-from sandbox.probes.frames import Location, UserFiles
-from sandbox.probes.locate import attribute_location, class_location, forward_location
-from sandbox.probes.session import Session
-from sandbox.probes.tensors import cuda_in_use, describe
+from torchdoctor.sandbox.probes import SCHEMA_VERSION, TOOL_NAME
+from torchdoctor.sandbox.probes import datasets as standins
+from torchdoctor.sandbox.probes.config import ProbeConfig
+from torchdoctor.sandbox.probes.frames import Location, UserFiles
+from torchdoctor.sandbox.probes.locate import attribute_location, class_location, forward_location
+from torchdoctor.sandbox.probes.session import Session
+from torchdoctor.sandbox.probes.tensors import cuda_in_use, describe
 
 PHASE_ORDER = {"input": 0, "forward": 1, "loss": 2, "backward": 3}
 

@@ -10,8 +10,8 @@ import torch
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
-from sandbox.probes.gpu_peaks import peak_tflops
-from sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops
+from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 
 class FlopProbe:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.frames import Location, UserFiles
+from torchdoctor.sandbox.probes.frames import Location, UserFiles
 
 
 def _codes(cls: type) -> list[CodeType]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.frames import UserFiles
-from sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 NODE_CAP = 200_000
 FRAGMENTATION_MIN_BYTES = 256 * 2**20

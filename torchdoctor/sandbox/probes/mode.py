@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.frames import Location, UserFiles
+from torchdoctor.sandbox.probes.frames import Location, UserFiles
 
 _MODE_SENSITIVE = (
     torch.nn.modules.dropout._DropoutNd,

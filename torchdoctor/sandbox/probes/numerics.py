@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.tensors import finite, first_float, read_scalars, read_vectors
+from torchdoctor.sandbox.probes.tensors import finite, first_float, read_scalars, read_vectors
 
 EXPLODING_NORM = 1e4
 EXPLODING_GROWTH = 100.0

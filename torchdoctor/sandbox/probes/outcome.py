@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from typing import Any, Literal
 
-from sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.frames import UserFiles
 
 OutcomeKind = Literal[
     "completed-steps",

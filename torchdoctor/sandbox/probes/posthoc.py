@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 INT8_REPEATS = 7
 COMPILE_REPEATS = 10

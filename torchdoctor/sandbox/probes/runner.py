@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from sandbox.probes import datasets as standins
-from sandbox.probes import determinism, document, posthoc
-from sandbox.probes.config import ProbeConfig
-from sandbox.probes.control import StopRun, TimeBudgetExceeded, Watchdog
-from sandbox.probes.frames import UserFiles
-from sandbox.probes.outcome import from_exception, from_exit, outcome
-from sandbox.probes.session import Session
+from torchdoctor.sandbox.probes import datasets as standins
+from torchdoctor.sandbox.probes import determinism, document, posthoc
+from torchdoctor.sandbox.probes.config import ProbeConfig
+from torchdoctor.sandbox.probes.control import StopRun, TimeBudgetExceeded, Watchdog
+from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.outcome import from_exception, from_exit, outcome
+from torchdoctor.sandbox.probes.session import Session
 
 POSTHOC_BUDGET_S = 300.0
 
@@ -160,7 +160,7 @@ def run(config: ProbeConfig) -> int:
 
 
 def _harness_error(config: ProbeConfig, run_outcome: dict[str, Any]) -> dict[str, Any]:
-    from sandbox.probes import SCHEMA_VERSION, TOOL_NAME
+    from torchdoctor.sandbox.probes import SCHEMA_VERSION, TOOL_NAME
 
     return {
         "schema_version": SCHEMA_VERSION,

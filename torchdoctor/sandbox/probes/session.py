@@ -25,18 +25,18 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
-from sandbox.probes.config import ProbeConfig
-from sandbox.probes.control import StopRun
-from sandbox.probes.dataflow import DataFlowProbe
-from sandbox.probes.dataloader import DataLoaderProbe
-from sandbox.probes.flops import FlopProbe
-from sandbox.probes.frames import UserFiles
-from sandbox.probes.memory import MemoryProbe, VramWatch
-from sandbox.probes.mode import ModeProbe
-from sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
-from sandbox.probes.syncs import SyncProbe
-from sandbox.probes.tensors import cuda_in_use
-from sandbox.probes.warnings_probe import WarningsProbe
+from torchdoctor.sandbox.probes.config import ProbeConfig
+from torchdoctor.sandbox.probes.control import StopRun
+from torchdoctor.sandbox.probes.dataflow import DataFlowProbe
+from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
+from torchdoctor.sandbox.probes.flops import FlopProbe
+from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
+from torchdoctor.sandbox.probes.mode import ModeProbe
+from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
+from torchdoctor.sandbox.probes.syncs import SyncProbe
+from torchdoctor.sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.warnings_probe import WarningsProbe
 
 FUNCTIONAL_LOSSES = (
     "cross_entropy",

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from sandbox.probes.frames import UserFiles
-from sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 SYNC_METHODS = ("item", "cpu", "numpy", "tolist")
 

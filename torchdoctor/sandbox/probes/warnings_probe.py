@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.frames import UserFiles
 
 MAX_KEPT = 50
 SYNC_WARNING = "synchronizing"

@@ -12,8 +12,8 @@ from functools import cache
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from agent.checks.base import EngineConfig
-from agent.checks.data import load_table
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.data import load_table
 
 Version = tuple[int, int]
 

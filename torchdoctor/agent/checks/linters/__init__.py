@@ -5,9 +5,14 @@ notes; `merge_linter_evidence` folds what they report into the native findings t
 cover it.
 """
 
-from agent.checks.linters.base import LinterAdapter, LinterResult
-from agent.checks.linters.merge import NativeKey, merge_linter_evidence, native_key
-from agent.checks.linters.runner import CoverageNote, LinterRun, default_adapters, run_linters
+from torchdoctor.agent.checks.linters.base import LinterAdapter, LinterResult
+from torchdoctor.agent.checks.linters.merge import NativeKey, merge_linter_evidence, native_key
+from torchdoctor.agent.checks.linters.runner import (
+    CoverageNote,
+    LinterRun,
+    default_adapters,
+    run_linters,
+)
 
 __all__ = [
     "CoverageNote",

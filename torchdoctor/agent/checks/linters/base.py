@@ -19,16 +19,16 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checklist import ITEMS
-from agent.checks.linters.evidence import EvidenceFactory
-from agent.checks.linters.process import (
+from torchdoctor.agent.checklist import ITEMS
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory
+from torchdoctor.agent.checks.linters.process import (
     ToolMissing,
     ToolOutput,
     ToolTimeout,
     resolve_executable,
     run_tool,
 )
-from agent.models import Evidence
+from torchdoctor.agent.models import Evidence
 
 LinterStatus = Literal["ok", "partial", "not-installed", "failed", "timeout", "not-run"]
 VERSION_TIMEOUT_S = 30.0

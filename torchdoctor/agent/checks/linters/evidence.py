@@ -1,6 +1,6 @@
 """Turns one tool's report (code, file, line, message) into checklist-tagged `Evidence`.
 
-Which checklist items a code backs is data (agent/checks/data/linter_codes.json), so adding a
+Which checklist items a code backs is data (`checks/data/linter_codes.json`), so adding a
 code means editing a table, not an adapter.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.checklist import ITEMS_BY_ID
-from agent.checks.base import numbered_excerpt
-from agent.checks.data import load_table
-from agent.models import Evidence, Severity
+from torchdoctor.agent.checklist import ITEMS_BY_ID
+from torchdoctor.agent.checks.base import numbered_excerpt
+from torchdoctor.agent.checks.data import load_table
+from torchdoctor.agent.models import Evidence, Severity
 
 
 class CodeInfo(BaseModel):

@@ -3,7 +3,7 @@
 TorchFix TOR102, bandit B614 and the native torch.load rule all flag the same call; the report
 should show one finding backed by three tools, not three findings. A linter finding attaches
 to a native finding in the same file whose span, widened by one line, contains it and whose
-rule reports the same concern (agent/checks/data/linter_codes.json `concerns`).
+rule reports the same concern (torchdoctor/agent/checks/data/linter_codes.json `concerns`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from agent.checks.base import RawFinding
-from agent.checks.linters.evidence import concern_rules
-from agent.models import Evidence
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.linters.evidence import concern_rules
+from torchdoctor.agent.models import Evidence
 
 NativeKey = tuple[str, str, int]
 LINE_SLACK = 1

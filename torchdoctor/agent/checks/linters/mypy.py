@@ -10,9 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from agent.checks.linters.base import Parsed, SubprocessLinter, ToolOutputError, json_output
-from agent.checks.linters.evidence import EvidenceFactory
-from agent.checks.linters.process import ToolOutput
+from torchdoctor.agent.checks.linters.base import (
+    Parsed,
+    SubprocessLinter,
+    ToolOutputError,
+    json_output,
+)
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory
+from torchdoctor.agent.checks.linters.process import ToolOutput
 
 
 class MypyAdapter(SubprocessLinter):

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.checks.linters.base import (
+from torchdoctor.agent.checks.linters.base import (
     LinterResult,
     LinterStatus,
     Parsed,
@@ -23,10 +23,10 @@ from agent.checks.linters.base import (
     ToolOutputError,
     json_output,
 )
-from agent.checks.linters.evidence import EvidenceFactory
-from agent.checks.linters.process import ToolMissing, ToolOutput, ToolTimeout, run_tool
-from agent.checks.manifests import Pin, find_manifests, parse_manifests
-from agent.models import Evidence
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory
+from torchdoctor.agent.checks.linters.process import ToolMissing, ToolOutput, ToolTimeout, run_tool
+from torchdoctor.agent.checks.manifests import Pin, find_manifests, parse_manifests
+from torchdoctor.agent.models import Evidence
 
 NETWORK_ERRORS = (
     "ConnectionError",

@@ -6,9 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from agent.checks.linters.base import Parsed, SubprocessLinter, ToolOutputError, json_output
-from agent.checks.linters.evidence import EvidenceFactory, tool_table
-from agent.checks.linters.process import ToolOutput
+from torchdoctor.agent.checks.linters.base import (
+    Parsed,
+    SubprocessLinter,
+    ToolOutputError,
+    json_output,
+)
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory, tool_table
+from torchdoctor.agent.checks.linters.process import ToolOutput
 
 SYNTAX_CODE = "invalid-syntax"
 

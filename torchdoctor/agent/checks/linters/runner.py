@@ -14,14 +14,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checks.linters.bandit import BanditAdapter
-from agent.checks.linters.base import LinterAdapter, LinterResult, LinterStatus, tool_items
-from agent.checks.linters.detect_secrets import DetectSecretsAdapter
-from agent.checks.linters.mypy import MypyAdapter
-from agent.checks.linters.pip_audit import PipAuditAdapter
-from agent.checks.linters.ruff import RuffAdapter
-from agent.checks.linters.torchfix import TorchFixAdapter
-from agent.models import Evidence
+from torchdoctor.agent.checks.linters.bandit import BanditAdapter
+from torchdoctor.agent.checks.linters.base import (
+    LinterAdapter,
+    LinterResult,
+    LinterStatus,
+    tool_items,
+)
+from torchdoctor.agent.checks.linters.detect_secrets import DetectSecretsAdapter
+from torchdoctor.agent.checks.linters.mypy import MypyAdapter
+from torchdoctor.agent.checks.linters.pip_audit import PipAuditAdapter
+from torchdoctor.agent.checks.linters.ruff import RuffAdapter
+from torchdoctor.agent.checks.linters.torchfix import TorchFixAdapter
+from torchdoctor.agent.models import Evidence
 
 DEFAULT_TIMEOUT_S = 300.0
 _COVERAGE: dict[LinterStatus, Literal["checked", "partial", "not-checked"]] = {

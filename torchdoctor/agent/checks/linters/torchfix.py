@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from agent.checks.linters.base import Parsed, SubprocessLinter, ToolOutputError
-from agent.checks.linters.evidence import EvidenceFactory, tool_table
-from agent.checks.linters.process import ToolOutput
+from torchdoctor.agent.checks.linters.base import Parsed, SubprocessLinter, ToolOutputError
+from torchdoctor.agent.checks.linters.evidence import EvidenceFactory, tool_table
+from torchdoctor.agent.checks.linters.process import ToolOutput
 
 FORMAT = "%(path)s::%(row)d::%(col)d::%(code)s::%(text)s"
 _PLUGIN_VERSION = re.compile(r"TorchFix:\s*(\d+(?:\.\d+)+)")

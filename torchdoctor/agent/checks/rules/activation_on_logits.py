@@ -5,16 +5,16 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import nodes_of
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import (
     class_methods,
     module_class_defs,
     nn_layer,
     sequential_layers,
     terminal_name,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 _ACTIVATIONS = frozenset({"ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh"})
 _FUNCTIONAL = frozenset(

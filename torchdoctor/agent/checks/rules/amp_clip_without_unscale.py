@@ -6,10 +6,10 @@ import ast
 from collections.abc import Callable
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import identifier
-from agent.checks.loops import walk_scope
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.models import Severity
 
 _CLIP = frozenset(
     {"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grads_with_norm_"}

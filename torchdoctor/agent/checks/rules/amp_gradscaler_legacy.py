@@ -5,14 +5,14 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import format_version, rows_by_name, target_torch
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.data.torch_api import format_version, rows_by_name, target_torch
+from torchdoctor.agent.models import Severity
 
 
 class AmpGradscalerLegacy(Rule):
     """Detects `torch.cuda.amp.GradScaler(...)` (however imported) when the targeted torch
-    deprecates it (2.4 and later, per `agent/checks/data/torch_api.json`).
+    deprecates it (2.4 and later, per `torchdoctor/agent/checks/data/torch_api.json`).
 
     Why it matters: since torch 2.4 the device-specific spelling emits a FutureWarning on
     every construction and is slated for removal; the device-generic `torch.amp` API is the

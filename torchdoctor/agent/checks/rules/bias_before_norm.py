@@ -6,9 +6,9 @@ import ast
 from itertools import pairwise
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import kwarg, sequential_layers, terminal_name
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import kwarg, sequential_layers, terminal_name
+from torchdoctor.agent.models import Severity
 
 _BIASED = frozenset({"Conv1d", "Conv2d", "Conv3d", "Linear", "LazyConv2d", "LazyLinear"})
 _BATCH_NORMS = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})

@@ -6,8 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
     DATALOADERS,
     argument,
     constant_number,
@@ -15,7 +15,7 @@ from agent.checks.patterns import (
     kwarg,
     terminal_name,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 _HOST_RANDOM = re.compile(
     r"\b(np|numpy)\.random\.(rand|randn|randint|random|choice|shuffle|permutation|uniform|"

@@ -5,20 +5,20 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.data.torch_api import (
     ApiChange,
     callee_names,
     format_version,
     rows_by_name,
     target_torch,
 )
-from agent.checks.dataflow import identifier
-from agent.models import Severity
+from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.models import Severity
 
 
 class DeprecatedTorchApi(Rule):
-    """Detects uses of deprecated PyTorch APIs listed in `agent/checks/data/torch_api.json`:
+    """Detects uses of deprecated PyTorch APIs listed in `checks/data/torch_api.json`:
     `torch.cuda.amp.autocast`/`custom_fwd`/`custom_bwd`, `torch.cpu.amp.autocast`,
     `torch.backends.cuda.sdp_kernel`, `functorch.*` transforms, `torch.cholesky`, `qr`, `lu`,
     `norm`, `range`, `ger`, `chain_matmul`, `nn.utils.weight_norm`, `assert_allclose`, ...

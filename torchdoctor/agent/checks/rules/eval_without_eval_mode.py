@@ -7,10 +7,10 @@ import re
 from pathlib import PurePath
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import FunctionNode, module_level
-from agent.checks.loops import walk_scope
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
     r"^(evaluate|evaluation|eval|validate|validation|val|valid|test|testing)(_|$)"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import kwarg, uses_cuda
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import kwarg, uses_cuda
+from torchdoctor.agent.models import Severity
 
 _DOUBLE = frozenset({"torch.float64", "torch.double"})
 _CASTS = ("to", "type", "set_default_dtype")

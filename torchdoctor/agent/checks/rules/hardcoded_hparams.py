@@ -6,8 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
     DATALOADERS,
     OPTIMIZER_NAMES,
     OPTIMIZERS,
@@ -15,7 +15,7 @@ from agent.checks.patterns import (
     constant_number,
     terminal_name,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 _CONFIG_MODULES = frozenset(
     {

@@ -6,9 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import terminal_name
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import terminal_name
+from torchdoctor.agent.models import Severity
 
 _ABSOLUTE = re.compile(
     r"^(/home/|/Users/|/root/|/mnt/|/data/|/scratch/|/content/|/kaggle/|/workspace/|/nfs/|"

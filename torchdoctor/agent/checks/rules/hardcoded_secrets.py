@@ -8,9 +8,9 @@ import re
 from collections import Counter
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.dataflow import identifier
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.models import Severity
 
 _TOKEN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),

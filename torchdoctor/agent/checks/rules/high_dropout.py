@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import argument, constant_number, terminal_name
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import argument, constant_number, terminal_name
+from torchdoctor.agent.models import Severity
 
 _DROPOUTS = frozenset(
     {

@@ -6,9 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import under_periodic_guard
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import under_periodic_guard
+from torchdoctor.agent.models import Severity
 
 _SYNC_METHODS = frozenset({"item", "cpu", "numpy", "tolist"})
 _TENSORISH = re.compile(r"loss|acc|correct|pred|logit|output|grad|norm", re.IGNORECASE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import nodes_of, walk_scope
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope
+from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
     functions,
     has_main_guard,
@@ -15,7 +15,7 @@ from agent.checks.patterns import (
     mode_call_receivers,
     model_calls,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
 

@@ -6,9 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import identifier
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.models import Severity
 
 _DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
 _TRANSFORMER_NAME = re.compile(

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
     OPTIMIZER_NAMES,
     OPTIMIZERS,
     argument,
     constant_number,
     terminal_name,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 _LOW, _HIGH = 1e-6, 1.0
 

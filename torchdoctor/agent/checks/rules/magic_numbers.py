@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import class_methods, constant_number, module_class_defs
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import class_methods, constant_number, module_class_defs
+from torchdoctor.agent.models import Severity
 
 _RESHAPES = frozenset({"view", "reshape", "expand", "repeat", "unflatten"})
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import identifier
-from agent.checks.loops import walk_scope
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.models import Severity
 
 _MEANS = frozenset({"mean", "average"})
 

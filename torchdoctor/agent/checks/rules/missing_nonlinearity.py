@@ -6,9 +6,9 @@ import ast
 from itertools import pairwise
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import sequential_layers, terminal_name
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import sequential_layers, terminal_name
+from torchdoctor.agent.models import Severity
 
 _LINEAR = frozenset({"Linear", "LazyLinear"})
 _TRANSPARENT = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Identity", "Flatten"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.models import Severity
 
 _CLASSIFIER_LOSSES = frozenset(
     {

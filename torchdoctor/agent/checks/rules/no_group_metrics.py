@@ -6,8 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
 
 _SENSITIVE = re.compile(
     r"^(gender|sex|race|ethnicity|ethnic_group|religion|age|age_group|disability|"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
     DATALOADERS,
     argument,
     constant_number,
     has_main_guard,
     terminal_name,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 
 class NoMainGuardWorkers(Rule):

@@ -6,10 +6,10 @@ import ast
 import re
 from typing import Any, ClassVar
 
-from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.loops import nodes_of
-from agent.checks.patterns import module_classes
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import module_classes
+from torchdoctor.agent.models import Severity
 
 _TEST_PATH = re.compile(r"(^|/)(tests?/|test_[^/]*\.py$|[^/]*_test\.py$|conftest\.py$)")
 _KEY = "no-ml-tests"

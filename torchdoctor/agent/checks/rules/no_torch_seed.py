@@ -6,10 +6,10 @@ import ast
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from agent.checks.base import ModuleContext, RawFinding, Rule
-from agent.checks.loops import nodes_of
-from agent.checks.patterns import has_main_guard, is_main_guard, module_level
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
+from torchdoctor.agent.models import Severity
 
 _SEEDERS = frozenset(
     {

@@ -6,8 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
 
 _GUARD = re.compile(r"isfinite|isnan|isinf|nan_to_num|GradScaler|detect_anomaly|math\.isfinite")
 

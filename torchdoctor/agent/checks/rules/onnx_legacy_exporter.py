@@ -5,9 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import is_false, kwarg, source_has, target_torch, terminal_name
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
+    is_false,
+    kwarg,
+    source_has,
+    target_torch,
+    terminal_name,
+)
+from torchdoctor.agent.models import Severity
 
 _EXPORT = "torch.onnx.export"
 _DYNAMO_EXPORT = "torch.onnx.dynamo_export"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import is_backward_call, walk_scope
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import is_backward_call, walk_scope
+from torchdoctor.agent.models import Severity
 
 _BROAD = frozenset({"Exception", "BaseException", "RuntimeError"})
 

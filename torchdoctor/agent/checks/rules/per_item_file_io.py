@@ -5,10 +5,10 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import nodes_of
-from agent.checks.patterns import class_methods
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import class_methods
+from torchdoctor.agent.models import Severity
 
 _PARSERS = frozenset(
     {

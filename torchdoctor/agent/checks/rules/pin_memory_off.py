@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import (
     DATALOADERS,
     has_star_kwargs,
     is_false,
@@ -14,7 +14,7 @@ from agent.checks.patterns import (
     terminal_name,
     uses_cuda,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 
 class PinMemoryOff(Rule):

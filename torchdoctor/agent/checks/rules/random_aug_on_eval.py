@@ -6,9 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.dataflow import identifier, kwarg
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import identifier, kwarg
+from torchdoctor.agent.models import Severity
 
 _RANDOM_OPS = re.compile(
     r"^(Random\w+|ColorJitter|RandAugment|AutoAugment|TrivialAugmentWide|AugMix|ElasticTransform)$"

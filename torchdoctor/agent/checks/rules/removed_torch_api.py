@@ -5,15 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import format_version, rows_by_name, target_torch
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.data.torch_api import format_version, rows_by_name, target_torch
+from torchdoctor.agent.models import Severity
 
 
 class RemovedTorchApi(Rule):
     """Detects calls of torch functions removed from PyTorch (`torch.solve`, `torch.symeig`,
     `torch.matrix_rank`, `torch.lstsq`, `torch.eig`), resolved through imports and aliases.
-    The table lives in `agent/checks/data/torch_api.json`. On a targeted torch older than the
+    The table lives in `checks/data/torch_api.json`. On a targeted torch older than the
     removal the call still works and is reported as deprecated, at lower severity.
 
     Why it matters: the call raises `RuntimeError` at run time on current PyTorch, typically

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import (
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import (
     direct_effects,
     is_scheduler_receiver,
     method_name,
     receiver_name,
     walk_scope,
 )
-from agent.models import Severity
+from torchdoctor.agent.models import Severity
 
 
 def is_scheduler_step(ctx: ModuleContext, call: ast.Call) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from agent.checks.base import RawFinding, Rule
-from agent.models import Severity
+from torchdoctor.agent.checks.base import RawFinding, Rule
+from torchdoctor.agent.models import Severity
 
 
 class SyntaxErrorRule(Rule):

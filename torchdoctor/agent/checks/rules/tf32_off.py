@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.patterns import uses_cuda, visible_training_loop
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import uses_cuda, visible_training_loop
+from torchdoctor.agent.models import Severity
 
 _TF32 = ("set_float32_matmul_precision", "allow_tf32", "autocast", "bfloat16", "fp32_precision")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.data.torch_api import format_version, target_torch, torch_api
-from agent.checks.dataflow import first_argument, kwarg
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
+from torchdoctor.agent.checks.dataflow import first_argument, kwarg
+from torchdoctor.agent.models import Severity
 
 
 class TorchLoadUnsafe(Rule):

@@ -6,8 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
 
 _LEGACY_TYPE = re.compile(
     r"^torch\.(cuda\.)?(Float|Double|Half|BFloat16|Long|Int|Short|Char|"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, RawFinding, Rule, numbered_excerpt
-from agent.checks.manifests import parse_manifests
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, numbered_excerpt
+from torchdoctor.agent.checks.manifests import parse_manifests
+from torchdoctor.agent.models import Severity
 
 
 class UnpinnedDependencies(Rule):

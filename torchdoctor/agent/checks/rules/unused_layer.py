@@ -5,10 +5,15 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import nodes_of
-from agent.checks.patterns import class_methods, module_class_defs, module_classes, nn_layer
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import (
+    class_methods,
+    module_class_defs,
+    module_classes,
+    nn_layer,
+)
+from torchdoctor.agent.models import Severity
 
 _NOT_LAYERS = frozenset({"Parameter", "ParameterList", "ParameterDict", "Buffer"})
 _INTROSPECTION = ("children(", "modules(", "_modules", "getattr(self", "__dict__", "named_")

@@ -6,10 +6,10 @@ import ast
 import re
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import FunctionNode, nodes_of
-from agent.checks.patterns import functions, grad_disabled_at, model_calls
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import FunctionNode, nodes_of
+from torchdoctor.agent.checks.patterns import functions, grad_disabled_at, model_calls
+from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
     r"^(eval|evaluate|evaluation|valid|validate|validation|val|test|predict|inference|infer)"

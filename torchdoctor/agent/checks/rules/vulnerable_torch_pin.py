@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from packaging.version import Version
 
-from agent.checks.advisories import advisories_for
-from agent.checks.base import ModuleContext, RawFinding, Rule, numbered_excerpt
-from agent.checks.manifests import parse_manifests
-from agent.models import Severity
+from torchdoctor.agent.checks.advisories import advisories_for
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, numbered_excerpt
+from torchdoctor.agent.checks.manifests import parse_manifests
+from torchdoctor.agent.models import Severity
 
 
 class VulnerableTorchPin(Rule):

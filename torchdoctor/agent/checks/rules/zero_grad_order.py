@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from agent.checks.base import ModuleContext, Rule
-from agent.checks.loops import direct_effects
-from agent.models import Severity
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import direct_effects
+from torchdoctor.agent.models import Severity
 
 
 class ZeroGradOrder(Rule):

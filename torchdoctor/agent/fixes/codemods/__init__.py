@@ -7,7 +7,7 @@ import inspect
 import pkgutil
 from functools import cache
 
-from agent.fixes.codemods.base import Codemod
+from torchdoctor.agent.fixes.codemods.base import Codemod
 
 _INFRASTRUCTURE = {"base", "common"}
 

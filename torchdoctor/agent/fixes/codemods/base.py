@@ -13,7 +13,7 @@ from typing import ClassVar, TypeVar
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
-from agent.fixes.models import FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 N = TypeVar("N", bound=cst.CSTNode)
 Edit = Callable[[cst.CSTNode], cst.CSTNode]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import SourceContext, dotted_name, method_call
-from agent.fixes.models import FixTarget
+from torchdoctor.agent.fixes.codemods.base import SourceContext, dotted_name, method_call
+from torchdoctor.agent.fixes.models import FixTarget
 
 Loop = cst.For | cst.While
 _SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, add_keyword, keyword
-from agent.fixes.codemods.common import is_dataloader
-from agent.fixes.codemods.no_torch_seed import SEED
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, add_keyword, keyword
+from torchdoctor.agent.fixes.codemods.common import is_dataloader
+from torchdoctor.agent.fixes.codemods.no_torch_seed import SEED
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 HELPER = "seed_worker"
 

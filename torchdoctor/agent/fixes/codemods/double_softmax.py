@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, name_is_read, scope_of
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import (
+    Codemod,
+    SourceContext,
+    dotted_name,
+    name_is_read,
+    scope_of,
+)
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _CE_FUNCTIONS = ("cross_entropy",)
 _CE_CLASSES = ("CrossEntropyLoss",)

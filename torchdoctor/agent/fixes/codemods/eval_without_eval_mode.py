@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, descendants, scope_of
-from agent.fixes.codemods.common import is_no_grad, model_called_in
-from agent.fixes.models import FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, descendants, scope_of
+from torchdoctor.agent.fixes.codemods.common import is_no_grad, model_called_in
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 _EXITS = (cst.Return, cst.Break, cst.Continue, cst.Raise, cst.Yield)
 

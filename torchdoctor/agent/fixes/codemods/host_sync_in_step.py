@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import (
+from torchdoctor.agent.fixes.codemods.base import (
     EXACT_RTOL,
     Codemod,
     SourceContext,
@@ -12,8 +12,8 @@ from agent.fixes.codemods.base import (
     method_call,
     name_is_read,
 )
-from agent.fixes.codemods.common import enclosing_loop
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.common import enclosing_loop
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class HostSyncInStepFix(Codemod):

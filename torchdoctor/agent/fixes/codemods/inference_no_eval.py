@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, descendants, dotted_name, scope_of
-from agent.fixes.codemods.common import model_called_in
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import (
+    Codemod,
+    SourceContext,
+    descendants,
+    dotted_name,
+    scope_of,
+)
+from torchdoctor.agent.fixes.codemods.common import model_called_in
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class InferenceNoEvalFix(Codemod):

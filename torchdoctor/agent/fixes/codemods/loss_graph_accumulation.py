@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, method_call
-from agent.fixes.models import FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, method_call
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 _DETACHING = ("detach", "item", "tolist", "cpu", "numpy")
 

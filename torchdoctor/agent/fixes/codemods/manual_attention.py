@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from agent.fixes.codemods.base import (
+from torchdoctor.agent.fixes.codemods.base import (
     BF16_RTOL,
     Codemod,
     SourceContext,
@@ -16,8 +16,8 @@ from agent.fixes.codemods.base import (
     name_is_read,
     scope_of,
 )
-from agent.fixes.codemods.double_softmax import softmax_input
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.double_softmax import softmax_input
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 @dataclass

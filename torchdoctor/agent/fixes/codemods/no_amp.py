@@ -6,15 +6,15 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from agent.fixes.codemods.base import (
+from torchdoctor.agent.fixes.codemods.base import (
     BF16_RTOL,
     Codemod,
     SourceContext,
     dotted_name,
     method_call,
 )
-from agent.fixes.codemods.common import flagged_loop, loop_contains
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.common import flagged_loop, loop_contains
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _AUTOCASTS = ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast")
 _DEVICE_MOVES = ("to", "cuda", "float", "long", "pin_memory")

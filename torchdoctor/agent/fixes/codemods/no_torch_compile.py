@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, method_call
-from agent.fixes.codemods.common import flagged_loop, model_called_in
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, method_call
+from torchdoctor.agent.fixes.codemods.common import flagged_loop, model_called_in
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class NoTorchCompileFix(Codemod):

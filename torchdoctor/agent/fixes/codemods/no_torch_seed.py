@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 SEED = 0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.fixes.codemods.loss_graph_accumulation import LossGraphAccumulationFix
+from torchdoctor.agent.fixes.codemods.loss_graph_accumulation import LossGraphAccumulationFix
 
 
 class OutputsStoredWithGradFix(LossGraphAccumulationFix):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
-from agent.fixes.codemods.common import is_dataloader
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
+from torchdoctor.agent.fixes.codemods.common import is_dataloader
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class PinMemoryOffFix(Codemod):

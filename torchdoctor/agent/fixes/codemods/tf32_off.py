@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, dotted_name
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, dotted_name
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class Tf32OffFix(Codemod):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, keyword
-from agent.fixes.codemods.common import mentions_cuda
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, keyword
+from torchdoctor.agent.fixes.codemods.common import mentions_cuda
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _FUSABLE = {
     "torch.optim.Adam",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, method_call
-from agent.fixes.codemods.common import flagged_loop, optimizer_steps
-from agent.fixes.models import FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, method_call
+from torchdoctor.agent.fixes.codemods.common import flagged_loop, optimizer_steps
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 
 class ZeroGradMissingFix(Codemod):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import libcst as cst
 
-from agent.fixes.codemods.base import (
+from torchdoctor.agent.fixes.codemods.base import (
     EXACT_RTOL,
     Codemod,
     SourceContext,
     keyword,
     method_call,
 )
-from agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class ZeroGradSetToNoneFix(Codemod):

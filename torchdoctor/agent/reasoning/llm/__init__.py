@@ -1,10 +1,10 @@
 """The LLM reasoner: any OpenAI-compatible endpoint, layered over the offline reasoner.
 
 Importing this package does not import `openai`; `build_reasoner` does, for an OpenAI config.
-The reasoner itself is `agent.reasoning.llm.reasoner.LLMReasoner`.
+The reasoner itself is `torchdoctor.agent.reasoning.llm.reasoner.LLMReasoner`.
 """
 
-from agent.reasoning.llm.config import (
+from torchdoctor.agent.reasoning.llm.config import (
     ModelPrice,
     OfflineConfig,
     OpenAIConfig,
@@ -12,7 +12,7 @@ from agent.reasoning.llm.config import (
     load_reasoner_config,
     parse_reasoner_config,
 )
-from agent.reasoning.llm.factory import build_reasoner
+from torchdoctor.agent.reasoning.llm.factory import build_reasoner
 
 __all__ = [
     "ModelPrice",

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Generic, TypeVar
 
-from agent.checklist import PHASES
-from agent.reasoning.llm.schema import BatchAnswer, PointAnswer
+from torchdoctor.agent.checklist import PHASES
+from torchdoctor.agent.reasoning.llm.schema import BatchAnswer, PointAnswer
 
 T = TypeVar("T")
 

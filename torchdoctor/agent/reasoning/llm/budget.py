@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from agent.reasoning.llm.config import ModelPrice
+from torchdoctor.agent.reasoning.llm.config import ModelPrice
 
 
 class BudgetExhausted(Exception):

@@ -15,14 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.checks.engine import analyse_files
-from agent.models import AuditReport, Fix
-from agent.reasoning.llm.budget import BudgetExhausted
-from agent.reasoning.llm.client import LLMUnavailable, Usage
-from agent.reasoning.llm.diffs import DiffRejected, check_diff
-from agent.reasoning.llm.reasoner import LLMReasoner
-from agent.reasoning.llm.rendering import boundary_for, render
-from agent.reasoning.llm.validation import numbered
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.models import AuditReport, Fix
+from torchdoctor.agent.reasoning.llm.budget import BudgetExhausted
+from torchdoctor.agent.reasoning.llm.client import LLMUnavailable, Usage
+from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff
+from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.llm.rendering import boundary_for, render
+from torchdoctor.agent.reasoning.llm.validation import numbered
 
 ProbeRunner = Callable[[str, dict[str, Any]], str]
 """Runs a named sandbox probe with arguments and returns its output as text."""
@@ -54,7 +54,7 @@ class ChatAnswer(BaseModel):
     text: str
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     proposed_fixes: dict[str, Fix] = Field(default_factory=dict)
-    """Finding id -> an LLM patch, unverified until agent/fixes runs it."""
+    """Finding id -> an LLM patch, unverified until torchdoctor/agent/fixes runs it."""
     truncated: bool = False
     notes: list[str] = Field(default_factory=list)
     usage: dict[str, int] = Field(default_factory=dict)

@@ -20,10 +20,10 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from agent.reasoning.llm.budget import Budget, estimate_tokens, tokens_for_chars
-from agent.reasoning.llm.cache import CachedAnswer, ResponseCache, answer_key
-from agent.reasoning.llm.config import OpenAIConfig
-from agent.reasoning.llm.schema import ProbeAnswer, strict_schema
+from torchdoctor.agent.reasoning.llm.budget import Budget, estimate_tokens, tokens_for_chars
+from torchdoctor.agent.reasoning.llm.cache import CachedAnswer, ResponseCache, answer_key
+from torchdoctor.agent.reasoning.llm.config import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.schema import ProbeAnswer, strict_schema
 
 T = TypeVar("T", bound=BaseModel)
 Mode = Literal["json_schema", "json_object", "plain", "cached"]

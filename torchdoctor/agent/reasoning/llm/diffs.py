@@ -1,6 +1,6 @@
 """A sanity check for model-written unified diffs before they become `Fix` proposals.
 
-This is not the verification (agent/fixes applies, parses, re-checks and runs every patch,
+This is not the verification (`agent.fixes` applies, parses, re-checks and runs every patch,
 codemod or LLM alike); it only rejects diffs that cannot be meant for this code: unknown
 files, malformed hunks, or old lines that do not occur in the file.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from agent.fixes.models import Patch
-from agent.models import Finding
+from torchdoctor.agent.fixes.models import Patch
+from torchdoctor.agent.models import Finding
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.reasoning.base import Reasoner
-from agent.reasoning.llm.config import OfflineConfig, OpenAIConfig
-from agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.reasoning.base import Reasoner
+from torchdoctor.agent.reasoning.llm.config import OfflineConfig, OpenAIConfig
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 
 def build_reasoner(
@@ -17,7 +17,7 @@ def build_reasoner(
 ) -> Reasoner:
     """One reasoner per audit: the LLM one holds that audit's budget and usage totals."""
     if isinstance(config, OpenAIConfig):
-        from agent.reasoning.llm.reasoner import LLMReasoner
+        from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
 
         return LLMReasoner(config, workspace_root, offline)
     return offline

@@ -4,7 +4,7 @@ The model can only add: new findings that survive validation against the code, e
 attached to reported findings as `llm` evidence, and `how` notes on coverage. It can never
 remove or alter an offline finding, never change a status, and a point the model could not
 reason over (endpoint down, budget spent, unusable answer) completes with the offline result
-and a note saying so. Points share requests (`agent.reasoning.llm.batching`); a request that
+and a note saying so. Points share requests (`llm.batching`); a request that
 fails, fails for every point it covers.
 """
 
@@ -22,13 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from agent.checks.registry import all_rules
-from agent.models import CoverageEntry, Evidence, Finding, Fix
-from agent.reasoning.base import PointRequest, PointResult, Reasoner
-from agent.reasoning.llm.batching import Once, plan_batches, route_sections
-from agent.reasoning.llm.budget import Budget, BudgetExhausted, tokens_for_chars
-from agent.reasoning.llm.cache import ResponseCache
-from agent.reasoning.llm.client import (
+from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Fix
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult, Reasoner
+from torchdoctor.agent.reasoning.llm.batching import Once, plan_batches, route_sections
+from torchdoctor.agent.reasoning.llm.budget import Budget, BudgetExhausted, tokens_for_chars
+from torchdoctor.agent.reasoning.llm.cache import ResponseCache
+from torchdoctor.agent.reasoning.llm.client import (
     AnswerInvalid,
     Completion,
     LLMClient,
@@ -36,19 +36,19 @@ from agent.reasoning.llm.client import (
     Usage,
     content_chars,
 )
-from agent.reasoning.llm.config import OpenAIConfig
-from agent.reasoning.llm.diffs import DiffRejected, check_diff
-from agent.reasoning.llm.rendering import boundary_for, render, template_hash
-from agent.reasoning.llm.review_prompt import (
+from torchdoctor.agent.reasoning.llm.config import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff
+from torchdoctor.agent.reasoning.llm.rendering import boundary_for, render, template_hash
+from torchdoctor.agent.reasoning.llm.review_prompt import (
     PointView,
     ReviewData,
     review_context,
     review_data,
 )
-from agent.reasoning.llm.schema import BatchAnswer
-from agent.reasoning.llm.validation import Context, Validated, numbered, validate_answer
-from agent.reasoning.llm.windows import Location, Selection, select_windows
-from agent.reasoning.llm.workspace_files import WorkspaceFiles
+from torchdoctor.agent.reasoning.llm.schema import BatchAnswer
+from torchdoctor.agent.reasoning.llm.validation import Context, Validated, numbered, validate_answer
+from torchdoctor.agent.reasoning.llm.windows import Location, Selection, select_windows
+from torchdoctor.agent.reasoning.llm.workspace_files import WorkspaceFiles
 
 _MIN_WINDOW_LINES = 20
 _MAX_NOT_CHECKED_NOTES = 6

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
-import prompts
+from torchdoctor import prompts
 
 LANGUAGES = ("en", "fr")
 PROMPTS_DIR = Path(prompts.__file__).parent

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checklist import items_of_point, phase_of_point, point_title
-from agent.models import Evidence, Finding
-from agent.reasoning.base import PointRequest, PointResult
-from agent.reasoning.llm.rendering import boundary_for
-from agent.reasoning.llm.windows import Selection, merge_windows
+from torchdoctor.agent.checklist import items_of_point, phase_of_point, point_title
+from torchdoctor.agent.models import Evidence, Finding
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.llm.rendering import boundary_for
+from torchdoctor.agent.reasoning.llm.windows import Selection, merge_windows
 
 VERDICT_MARKS = {"pass": "pass", "fail": "fail", "not-checked": "?", "not-applicable": "n/a"}
 """How an item's verdict is shown (the prompt says '?' means the tools could not check it)."""

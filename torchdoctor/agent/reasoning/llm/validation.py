@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from agent.checklist import ITEMS_BY_ID, phase_of_point
-from agent.models import Evidence, Finding, Fix, Severity, fingerprint
-from agent.reasoning.llm.diffs import DiffRejected, check_diff
-from agent.reasoning.llm.schema import LLMExplanation, LLMFinding
+from torchdoctor.agent.checklist import ITEMS_BY_ID, phase_of_point
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, fingerprint
+from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff
+from torchdoctor.agent.reasoning.llm.schema import LLMExplanation, LLMFinding
 
 SNIPPET_SLACK = 2
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
