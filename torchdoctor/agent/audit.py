@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS
-from torchdoctor.agent.config import AuditConfig, ConfigError, find_project_root, load_config
+from torchdoctor.agent.config import (
+    AuditConfig,
+    ConfigError,
+    ProjectConfig,
+    exclude_prefix,
+    find_project_root,
+    load_project_config,
+)
 from torchdoctor.agent.gather import (
     installed_torch_version,
     linter_evidence,
@@ -52,7 +59,7 @@ from torchdoctor.agent.probing import (
 )
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
-from torchdoctor.agent.workspace import Workspace, load_workspace
+from torchdoctor.agent.workspace import Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
 
 Progress = Callable[[dict[str, Any]], None]
@@ -64,6 +71,12 @@ class AuditOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: Path
+    """The file or folder audited; with `paths`, their common root (the report's root)."""
+    paths: list[Path] = Field(
+        default_factory=list, description="several files/folders under `target` to audit"
+    )
+    config: Path | None = Field(None, description="config file instead of the nearest one")
+    force_exclude: bool = Field(False, description="`exclude` holds even for named files")
     offline: bool = False
     lang: Literal["en", "fr"] | None = None
     ledger: Path | None = None
@@ -101,8 +114,8 @@ def torchdoctor_home() -> Path:
     return Path(os.environ.get("TORCHDOCTOR_HOME", Path.home() / ".cache" / "torchdoctor"))
 
 
-def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
-    config = load_config(root)
+def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConfig:
+    config = project.config
     updates: dict[str, Any] = {
         "select": config.select + options.select,
         "ignore": config.ignore + options.ignore,
@@ -118,6 +131,20 @@ def effective_config(options: AuditOptions, root: Path) -> AuditConfig:
     if options.linters is not None:
         updates["linters"] = options.linters
     return config.model_copy(update=updates)
+
+
+def snapshot(options: AuditOptions, config: AuditConfig, prefix: str) -> Workspace:
+    if options.paths or options.force_exclude:
+        return load_paths(
+            options.paths or [options.target],
+            config.exclude,
+            config.max_file_bytes,
+            exclude_prefix=prefix,
+            force_exclude=options.force_exclude,
+        )
+    return load_workspace(
+        options.target, config.exclude, config.max_file_bytes, exclude_prefix=prefix
+    )
 
 
 def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Workspace) -> Reasoner:
@@ -142,8 +169,9 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     audit_id = uuid.uuid4().hex
     root = find_project_root(options.target)
-    config = effective_config(options, root)
-    workspace = load_workspace(options.target, config.exclude, config.max_file_bytes)
+    project = load_project_config(root, options.config)
+    config = effective_config(options, project)
+    workspace = snapshot(options, config, exclude_prefix(project, root))
     reasoner = choose_reasoner(options, config, workspace)
 
     probes = ProbeEvidence()

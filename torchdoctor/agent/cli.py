@@ -1,4 +1,4 @@
-"""`torchdoctor` command line: audit, rules.
+"""`torchdoctor` command line: audit, undo, doctor, rules, schema.
 
 Exit codes: 0 nothing open at or above `--fail-on`; 1 open findings at or above it;
 2 a usage or input error (with a one-line message, never a traceback).
@@ -30,7 +30,7 @@ app = typer.Typer(
     help="Audit PyTorch code along a 12-point checklist, with evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -39,6 +39,8 @@ class OutputFormat(StrEnum):
     json = "json"
     sarif = "sarif"
     markdown = "markdown"
+    github = "github"
+    junit = "junit"
 
 
 class Lang(StrEnum):
@@ -81,7 +83,12 @@ def _with_progress(options: AuditOptions) -> AuditOutcome:
 
 @app.command()
 def audit(
-    path: Annotated[Path, typer.Argument(help="A Python file or a folder (repository).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Python files and/or folders; several are reported from their common root."
+        ),
+    ],
     fmt: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="Report format.")
     ] = OutputFormat.markdown,
@@ -151,12 +158,37 @@ def audit(
         bool, typer.Option(help="Also write the verified fixes to the files (atomically).")
     ] = False,
     force: Annotated[bool, typer.Option(help="--apply even on a dirty git work tree.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Configuration file (a pyproject.toml's [tool.torchdoctor], or a TOML file "
+            "with those keys at top level) instead of the nearest pyproject.toml.",
+        ),
+    ] = None,
+    force_exclude: Annotated[
+        bool,
+        typer.Option(help="Apply `exclude` to files named on the command line too (pre-commit)."),
+    ] = False,
+    changed_since: Annotated[
+        str | None,
+        typer.Option(
+            "--changed-since",
+            help="Report only findings on lines changed since this git ref (the whole audit "
+            "still runs, so cross-file facts hold).",
+        ),
+    ] = None,
 ) -> None:
-    """Audit a script or a repository and write a report (and the ISSUES.md ledger)."""
+    """Audit scripts or repositories and write a report (and the ISSUES.md ledger)."""
     from torchdoctor.agent.audit import ApplyRefused, AuditOptions
+    from torchdoctor.agent.workspace import common_root
 
+    several = len(paths) > 1
     options = AuditOptions(
-        target=path,
+        target=common_root(paths) if several else paths[0],
+        paths=paths if several else [],
+        config=config,
+        force_exclude=force_exclude,
         offline=offline,
         lang=lang.value if lang else None,
         ledger=ledger,
@@ -182,9 +214,15 @@ def audit(
         raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
     try:
         outcome = _with_progress(options)
+        report = outcome.report
+        if changed_since is not None:
+            from torchdoctor.agent.changes import changed_lines, restrict_to_changes
+
+            root = options.target if options.target.is_dir() else options.target.parent
+            changes = changed_lines(root, changed_since, [f.file for f in report.findings])
+            report = restrict_to_changes(report, changes, changed_since)
     except (InputError, ConfigError, ApplyRefused) as err:
         raise _fail(str(err)) from None
-    report = outcome.report
     threshold = fail_on or outcome.fail_on
     text = render(report, fmt.value, outcome.lang)
     if output is not None:
@@ -266,6 +304,21 @@ def rules(
             rule.title,
         )
     Console().print(table)
+
+
+class SchemaName(StrEnum):
+    report = "report"
+    probe_document = "probe-document"
+
+
+@app.command()
+def schema(
+    name: Annotated[SchemaName, typer.Argument(help="report | probe-document")],
+) -> None:
+    """Print the JSON Schema of a document torchdoctor writes (generated from its models)."""
+    from torchdoctor.agent.schemas import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(name.value), indent=2) + "\n")
 
 
 def _rule_json(rule_id: str) -> dict[str, Any]:

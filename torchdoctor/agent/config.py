@@ -1,7 +1,13 @@
-"""Audit options: `[tool.torchdoctor]` in the audited project's pyproject.toml, then the CLI."""
+"""Audit options: `[tool.torchdoctor]` of the project's pyproject.toml, then the CLI.
+
+The project's configuration is found as ruff finds its own: from the audited folder up to the
+nearest `pyproject.toml` that has a `[tool.torchdoctor]` table, never above the filesystem root
+and never through a link that leaves the folder it sits in; `--config FILE` overrides the search.
+"""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -30,22 +36,103 @@ class AuditConfig(BaseModel):
     llm: dict[str, Any] = Field(default_factory=dict)
 
 
+class ProjectConfig(BaseModel):
+    """A loaded configuration and the folder its relative paths (`exclude`) start from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: AuditConfig
+    source: Path | None = Field(None, description="the file it came from; None: defaults")
+    base: Path = Field(description="the folder `exclude` patterns are relative to")
+
+
 def find_project_root(target: Path) -> Path:
     """The audited folder itself, or a single file's folder."""
     return target if target.is_dir() else target.parent
 
 
-def load_config(root: Path) -> AuditConfig:
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file():
-        return AuditConfig()
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{pyproject}: not valid TOML: {err}") from err
-    table = data.get("tool", {}).get("torchdoctor", {})
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: unreadable: {err.strerror or err}") from err
+
+
+def _table_of(document: dict[str, Any]) -> dict[str, Any] | None:
+    tool = document.get("tool")
+    table = tool.get("torchdoctor") if isinstance(tool, dict) else None
+    return table if isinstance(table, dict) else None
+
+
+def _stays_in_folder(candidate: Path) -> bool:
+    """A regular file, or a link that resolves inside the folder it sits in."""
+    if not candidate.is_file():
+        return False
+    if not candidate.is_symlink():
+        return True
+    return candidate.resolve().is_relative_to(candidate.parent.resolve())
+
+
+def discover_config(start: Path) -> Path | None:
+    """The nearest `pyproject.toml` with `[tool.torchdoctor]`, from `start` up to the root.
+
+    The walk is lexical (`start` made absolute, links in it not resolved), so a symbolic link to
+    the audited folder does not lead the search into the link's target's parents.
+    """
+    folder = Path(os.path.abspath(start))
+    for candidate_dir in (folder, *folder.parents):
+        candidate = candidate_dir / "pyproject.toml"
+        if not _stays_in_folder(candidate):
+            continue
+        try:
+            document = _read_toml(candidate)
+        except ConfigError:
+            if candidate_dir == folder:
+                raise  # the audited folder's own file is broken: say so
+            continue  # an unrelated broken file above the project is not ours to judge
+        if _table_of(document) is not None:
+            return candidate
+    return None
+
+
+def parse_config(path: Path) -> AuditConfig:
+    """`[tool.torchdoctor]` of a pyproject.toml, or the top level of any other TOML file."""
+    document = _read_toml(path)
+    table = _table_of(document)
+    if table is None:
+        table = {} if path.name == "pyproject.toml" or "tool" in document else document
     table = {key.replace("-", "_"): value for key, value in table.items()}
     try:
         return AuditConfig.model_validate(table)
     except ValidationError as err:
-        raise ConfigError(f"{pyproject} [tool.torchdoctor]: {err}") from err
+        raise ConfigError(f"{path} [tool.torchdoctor]: {err}") from err
+
+
+def load_project_config(root: Path, config_file: Path | None = None) -> ProjectConfig:
+    """The configuration in force for an audit rooted at `root`."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: no such configuration file")
+        return ProjectConfig(
+            config=parse_config(config_file), source=config_file, base=config_file.parent
+        )
+    found = discover_config(root)
+    if found is None:
+        return ProjectConfig(config=AuditConfig(), base=root)
+    return ProjectConfig(config=parse_config(found), source=found, base=found.parent)
+
+
+def load_config(root: Path, config_file: Path | None = None) -> AuditConfig:
+    return load_project_config(root, config_file).config
+
+
+def exclude_prefix(project: ProjectConfig, root: Path) -> str:
+    """How the audited root is spelled relative to the config's folder ('' when the same, or
+    when the root lies outside it), so that `exclude` patterns keep their project meaning."""
+    base = Path(os.path.abspath(project.base))
+    here = Path(os.path.abspath(root))
+    if here == base or not here.is_relative_to(base):
+        return ""
+    return here.relative_to(base).as_posix() + "/"

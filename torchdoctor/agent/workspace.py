@@ -108,7 +108,7 @@ def _read_source(path: Path, rel: str, max_bytes: int) -> SourceFile | InputNote
 
 
 def _walk_python_files(
-    root: Path, exclude: list[str]
+    root: Path, exclude: list[str], prefix: str = ""
 ) -> tuple[list[tuple[Path, str]], list[InputNote]]:
     found: list[tuple[Path, str]] = []
     notes: list[InputNote] = []
@@ -121,14 +121,14 @@ def _walk_python_files(
             for d in dirnames
             if d not in SKIPPED_DIRS
             and not d.startswith(".")
-            and not _is_excluded(f"{rel_dir}/{d}".lstrip("./") + "/", exclude)
+            and not _is_excluded(prefix + f"{rel_dir}/{d}".lstrip("./") + "/", exclude)
         )
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
             path = current / name
             rel = path.relative_to(root).as_posix()
-            if _is_excluded(rel, exclude):
+            if _is_excluded(prefix + rel, exclude):
                 continue
             if path.is_symlink():
                 target = path.resolve()
@@ -148,9 +148,16 @@ def _walk_python_files(
 
 
 def load_workspace(
-    target: Path, exclude: list[str] | None = None, max_bytes: int = 2_000_000
+    target: Path,
+    exclude: list[str] | None = None,
+    max_bytes: int = 2_000_000,
+    *,
+    exclude_prefix: str = "",
 ) -> Workspace:
-    """Snapshot a file or a folder. Raises `InputError` when the target itself is unusable."""
+    """Snapshot a file or a folder. Raises `InputError` when the target itself is unusable.
+
+    `exclude` patterns match `exclude_prefix` + the path relative to `target` (the prefix says
+    where `target` sits in the project whose configuration wrote the patterns)."""
     exclude = exclude or []
     if not target.exists():
         raise InputError(f"{target}: no such file or folder")
@@ -167,7 +174,7 @@ def load_workspace(
     if not target.is_dir():
         raise InputError(f"{target}: not a regular file or folder")
     ws = Workspace(root=target, kind="folder", target=target)
-    paths, ws.notes = _walk_python_files(target, exclude)
+    paths, ws.notes = _walk_python_files(target, exclude, exclude_prefix)
     for path, rel in paths:
         entry = _read_source(path, rel, max_bytes)
         if isinstance(entry, InputNote):
@@ -182,4 +189,66 @@ def load_workspace(
                 ws.notes.append(InputNote(file=manifest.name, reason=f"unreadable manifest: {err}"))
     if not ws.files:
         ws.notes.append(InputNote(file=".", reason="no Python files to audit in this folder"))
+    return ws
+
+
+def common_root(paths: list[Path]) -> Path:
+    """The deepest folder holding every path (a file counts by its folder), lexically."""
+    folders = [os.path.abspath(p if p.is_dir() else p.parent) for p in paths]
+    return Path(os.path.commonpath(folders))
+
+
+def load_paths(
+    paths: list[Path],
+    exclude: list[str] | None = None,
+    max_bytes: int = 2_000_000,
+    *,
+    exclude_prefix: str = "",
+    force_exclude: bool = False,
+) -> Workspace:
+    """Snapshot several files and folders as one folder workspace rooted at their common root.
+
+    Files named on the command line are audited even when `exclude` matches them, unless
+    `force_exclude` (what a pre-commit hook wants: the project's excludes hold for the
+    filenames it passes). Folders contribute their files and their dependency manifests."""
+    exclude = exclude or []
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        if path.is_file() and path.suffix != ".py":
+            raise InputError(f"{path}: not a Python file (.py) or a folder")
+        if not path.is_file() and not path.is_dir():
+            raise InputError(f"{path}: not a regular file or folder")
+    root = common_root(paths)
+    ws = Workspace(root=root, kind="folder", target=root)
+    seen: set[str] = set()
+    for path in paths:
+        rel_base = Path(os.path.abspath(path)).relative_to(root).as_posix()
+        rel_base = "" if rel_base == "." else rel_base + "/"
+        if path.is_file():
+            rel = rel_base.rstrip("/")
+            if rel in seen or (force_exclude and _is_excluded(exclude_prefix + rel, exclude)):
+                continue
+            seen.add(rel)
+            entry = _read_source(path, rel, max_bytes)
+            if isinstance(entry, InputNote):
+                ws.notes.append(entry)
+            else:
+                ws.files.append(entry)
+            continue
+        sub = load_workspace(path, exclude, max_bytes, exclude_prefix=exclude_prefix + rel_base)
+        for source in sub.files:
+            rel = rel_base + source.path
+            if rel not in seen:
+                seen.add(rel)
+                ws.files.append(SourceFile(path=rel, text=source.text, sha256=source.sha256))
+        ws.notes += [
+            InputNote(file=rel_base + n.file if n.file != "." else rel_base or ".", reason=n.reason)
+            for n in sub.notes
+            if n.reason != "no Python files to audit in this folder"
+        ]
+        ws.manifests.update({rel_base + name: text for name, text in sub.manifests.items()})
+    ws.files.sort(key=lambda f: f.path)
+    if not ws.files:
+        ws.notes.append(InputNote(file=".", reason="no Python files to audit in these paths"))
     return ws

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.report.github import render_github
+from torchdoctor.agent.report.junit import render_junit
 from torchdoctor.agent.report.markdown import render_markdown
 from torchdoctor.agent.report.sarif import render_sarif
 
-Format = Literal["json", "sarif", "markdown"]
+Format = Literal["json", "sarif", "markdown", "github", "junit"]
 
 
 def render(report: AuditReport, fmt: Format, lang: str = "en") -> str:
@@ -16,4 +18,8 @@ def render(report: AuditReport, fmt: Format, lang: str = "en") -> str:
         return report.model_dump_json(indent=2) + "\n"
     if fmt == "sarif":
         return render_sarif(report)
+    if fmt == "github":
+        return render_github(report)
+    if fmt == "junit":
+        return render_junit(report)
     return render_markdown(report, lang)
