@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torchdoctor.agent.models import Severity
 
 if TYPE_CHECKING:
+    from torchdoctor.agent.checks.analysis.callgraph import CallGraph
     from torchdoctor.agent.checks.dataflow import DataFlow
     from torchdoctor.agent.checks.loops import LoopAnalysis
 
@@ -106,6 +107,14 @@ class ModuleContext:
     by_type: dict[type[ast.AST], list[ast.AST]] = field(default_factory=dict)
     findings: list[RawFinding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, dict[Any, Any]] = field(default_factory=dict)
+
+    def memo_table(self, key: str) -> dict[Any, Any]:
+        """A memo table that lives exactly as long as this module's analysis (shared by rules)."""
+        table = self.memo.get(key)
+        if table is None:
+            table = self.memo[key] = {}
+        return table
 
     @cached_property
     def lines(self) -> list[str]:
@@ -122,6 +131,12 @@ class ModuleContext:
         from torchdoctor.agent.checks.dataflow import DataFlow
 
         return DataFlow(self)
+
+    @cached_property
+    def calls(self) -> CallGraph:
+        from torchdoctor.agent.checks.analysis.callgraph import CallGraph
+
+        return CallGraph(self)
 
     def nodes_by_type(self) -> dict[type[ast.AST], list[ast.AST]]:
         """Every node grouped by exact type, in the parent map's order; the engine's walk fills

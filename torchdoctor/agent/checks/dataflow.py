@@ -23,6 +23,18 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    AGGREGATING_BUILTINS,
+    DETACHING_BUILTINS,
+    DETACHING_METHODS,
+    LOSS_FUNCTIONS,
+    MODEL_FACTORY_PREFIXES,
+    NN_MODULE_BASES,
+    NON_GRAD_TORCH,
+    PASSTHROUGH_FUNCTIONS,
+    PASSTHROUGH_METHODS,
+)
 from torchdoctor.agent.checks.loops import local_callee, walk_scope
 
 if TYPE_CHECKING:
@@ -36,158 +48,12 @@ SavedKind = Literal["weights", "module", "unknown"]
 _MAX_DEPTH = 8
 _MAX_VISITS = 400
 
-GRAD_OFF = frozenset(
-    {
-        "torch.no_grad",
-        "torch.inference_mode",
-        "torch.autograd.no_grad",
-        "torch.autograd.inference_mode",
-        "torch.autograd.grad_mode.no_grad",
-        "torch.autograd.grad_mode.inference_mode",
-    }
-)
-_SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled"})
-NN_MODULE_BASES = frozenset(
-    {
-        "torch.nn.Module",
-        "torch.nn.modules.module.Module",
-        "lightning.LightningModule",
-        "lightning.pytorch.LightningModule",
-        "pytorch_lightning.LightningModule",
-    }
-)
-_MODEL_FACTORY_PREFIXES = ("torchvision.models.", "timm.create_model", "transformers.")
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
     r"transformer)s?$|^(model|net)\d*$",
     re.IGNORECASE,
 )
 _LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
-_LOSS_FUNCTIONS = frozenset(
-    {
-        "cross_entropy",
-        "nll_loss",
-        "binary_cross_entropy",
-        "binary_cross_entropy_with_logits",
-        "kl_div",
-        "ctc_loss",
-        "poisson_nll_loss",
-        "gaussian_nll_loss",
-        "triplet_margin_loss",
-        "margin_ranking_loss",
-        "hinge_embedding_loss",
-        "cosine_embedding_loss",
-        "multilabel_margin_loss",
-        "multilabel_soft_margin_loss",
-        "multi_margin_loss",
-    }
-)
-# Results that no longer hold the autograd graph.
-_DETACHING_METHODS = frozenset(
-    {
-        "item",
-        "detach",
-        "detach_",
-        "tolist",
-        "numpy",
-        "backward",
-        "argmax",
-        "argmin",
-        "eq",
-        "ne",
-        "gt",
-        "lt",
-        "ge",
-        "le",
-        "long",
-        "int",
-        "bool",
-        "sign",
-        "nonzero",
-        "size",
-        "dim",
-        "numel",
-        "round",
-        "floor",
-        "ceil",
-        "isnan",
-        "isfinite",
-        "isinf",
-        "any",
-        "all",
-        "append",
-        "extend",
-        "step",
-        "zero_grad",
-        "state_dict",
-        "count_nonzero",
-    }
-)
-_DETACHING_BUILTINS = frozenset({"float", "int", "bool", "str", "len", "round", "repr", "format"})
-_AGGREGATING_BUILTINS = frozenset({"sum", "max", "min", "abs"})
-_NON_GRAD_TORCH = frozenset(
-    {
-        "tensor",
-        "as_tensor",
-        "from_numpy",
-        "argmax",
-        "argmin",
-        "eq",
-        "ne",
-        "gt",
-        "lt",
-        "ge",
-        "le",
-        "isnan",
-        "isfinite",
-        "isinf",
-        "randn",
-        "rand",
-        "zeros",
-        "ones",
-        "empty",
-        "full",
-        "arange",
-        "randint",
-        "randperm",
-        "manual_seed",
-        "device",
-        "no_grad",
-        "save",
-        "load",
-    }
-)
-# Steps that keep the value (and what it means): views, dtype/device moves, clamps, logs.
-PASSTHROUGH_METHODS = frozenset(
-    {
-        "view",
-        "reshape",
-        "squeeze",
-        "unsqueeze",
-        "float",
-        "double",
-        "half",
-        "to",
-        "cpu",
-        "cuda",
-        "contiguous",
-        "permute",
-        "transpose",
-        "flatten",
-        "clamp",
-        "clamp_min",
-        "clip",
-        "log",
-        "type_as",
-        "view_as",
-        "reshape_as",
-        "bfloat16",
-        "t",
-    }
-)
-_PASSTHROUGH_FUNCTIONS = frozenset(
-    {"torch.log", "torch.clamp", "torch.clip", "torch.squeeze", "torch.flatten", "torch.reshape"}
-)
 
 _HELD_OUT_TOKENS = {
     "test": "test",
@@ -598,7 +464,8 @@ class DataFlow:
                     continue
                 for base in cls.bases:
                     qual = self.ctx.qualname(base) or ""
-                    if qual in NN_MODULE_BASES or identifier(base) in found:
+                    simple = identifier(base)
+                    if qual in NN_MODULE_BASES or simple in found or simple.endswith("Module"):
                         found.add(cls.name)
                         changed = True
                         break
@@ -727,37 +594,11 @@ class DataFlow:
         for value in self.definitions(expr):
             yield from walk_scope(value)
 
-    # ---- grad mode --------------------------------------------------------------------------
-
-    def is_grad_off(self, expr: ast.expr) -> bool:
-        """`torch.no_grad()`, `torch.inference_mode()` (bare or called), grad enabled False."""
-        target = expr.func if isinstance(expr, ast.Call) else expr
-        qual = self.ctx.qualname(target)
-        if qual in GRAD_OFF:
-            if isinstance(expr, ast.Call) and expr.args:
-                return not _is_false(expr.args[0])
-            return not (isinstance(expr, ast.Call) and _is_false(kwarg(expr, "mode")))
-        if qual in _SET_GRAD_ENABLED and isinstance(expr, ast.Call) and expr.args:
-            return _is_false(expr.args[0])
-        return False
-
-    def grad_off_function(self, fn: FunctionNode) -> bool:
-        return any(self.is_grad_off(d) for d in fn.decorator_list)
-
-    def grad_off_block(self, node: ast.AST) -> ast.With | ast.AsyncWith | FunctionNode | None:
-        """The innermost `with no_grad()` block or decorated function that `node` runs under."""
-        for anc in self.ctx.ancestors(node):
-            if isinstance(anc, ast.With | ast.AsyncWith):
-                if any(self.is_grad_off(item.context_expr) for item in anc.items):
-                    return anc
-            elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
-                return anc if self.grad_off_function(anc) else None
-            elif isinstance(anc, ast.Lambda | ast.ClassDef):
-                return None
-        return None
+    # ---- grad mode ---------------------------------------------------------------------------
 
     def grad_disabled_at(self, node: ast.AST) -> bool:
-        return self.grad_off_block(node) is not None
+        """Autograd off or possibly off at `node` (`analysis.gradmode`: the one answer)."""
+        return grad_may_be_off(self.ctx, node)
 
     # ---- models and losses ------------------------------------------------------------------
 
@@ -772,7 +613,7 @@ class DataFlow:
             last = qual.rsplit(".", 1)[-1]
             if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
                 return True
-            if qual.startswith(_MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
+            if qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
                 return True
         if isinstance(expr, ast.Attribute) and not (
             isinstance(expr.value, ast.Name) and expr.value.id == "self"
@@ -806,7 +647,7 @@ class DataFlow:
         qual = self.ctx.qualname(callee) or ""
         if qual.startswith("torch.nn.functional."):
             name = qual.rsplit(".", 1)[-1]
-            return name in _LOSS_FUNCTIONS or name.endswith("_loss")
+            return name in LOSS_FUNCTIONS or name.endswith("_loss")
         if qual:
             return False
         return self.loss_class(callee) is not None or bool(_LOSS_NAME.search(identifier(callee)))
@@ -869,9 +710,9 @@ class DataFlow:
 
     def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
         func = call.func
-        if isinstance(func, ast.Name) and func.id in _DETACHING_BUILTINS:
+        if isinstance(func, ast.Name) and func.id in DETACHING_BUILTINS:
             return None
-        if isinstance(func, ast.Attribute) and func.attr in _DETACHING_METHODS:
+        if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
         if self.is_loss_callee(func):
             return "loss"
@@ -879,10 +720,10 @@ class DataFlow:
             return "output"
         qual = self.qualname_of(call)
         if qual is not None:
-            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in _NON_GRAD_TORCH:
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in NON_GRAD_TORCH:
                 return self._first_origin(call.args, active)
             return None
-        if isinstance(func, ast.Name) and func.id in _AGGREGATING_BUILTINS:
+        if isinstance(func, ast.Name) and func.id in AGGREGATING_BUILTINS:
             return self._first_origin(call.args, active)
         returned = self.returns_of(call)
         if returned:
@@ -923,7 +764,7 @@ class DataFlow:
             func = expr.func
             if isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS:
                 return [func.value]
-            if self.qualname_of(expr) in _PASSTHROUGH_FUNCTIONS and expr.args:
+            if self.qualname_of(expr) in PASSTHROUGH_FUNCTIONS and expr.args:
                 return [expr.args[0]]
             return list(self.returns_of(expr))
         return []
@@ -1218,7 +1059,7 @@ class DataFlow:
             ):
                 return "weights"
             qual = self.qualname_of(obj) or ""
-            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _NON_GRAD_TORCH:
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in NON_GRAD_TORCH:
                 return "weights"
             if self.is_module_value(func) or (
                 isinstance(func, ast.Name) and func.id in self.module_classes

@@ -201,6 +201,8 @@ def _analyse(
         # reference counting free the module's tree at once, with the collector off.
         ctx.__dict__.pop("flow", None)
         ctx.__dict__.pop("loops", None)
+        ctx.__dict__.pop("calls", None)
+        ctx.memo.clear()
     return FileResult(
         path=path,
         findings=ctx.findings,

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from torchdoctor.agent.checks.analysis.vocabulary import is_scheduler_name
+
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 _SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 _OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)
-_SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
 _BACKWARD_METHODS = {"backward", "manual_backward"}
 
 
@@ -70,9 +71,6 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         stack.extend(children)
 
 
-_MERGED: dict[str, tuple[ast.Module, dict[tuple[type[ast.AST], ...], list[ast.AST]]]] = {}
-
-
 def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     """Every node of the given types in the module, in source order.
 
@@ -84,15 +82,12 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     by_type = ctx.nodes_by_type()
     if len(kinds) == 1:
         return by_type.get(kinds[0], [])
-    entry = _MERGED.get("last")
-    if entry is None or entry[0] is not ctx.tree:
-        entry = (ctx.tree, {})
-        _MERGED["last"] = entry
-    merged = entry[1].get(kinds)
+    memo = ctx.memo_table("loops.nodes_of")
+    merged = memo.get(kinds)
     if merged is None:
         merged = [node for kind in kinds for node in by_type.get(kind, ())]
         merged.sort(key=_position)
-        entry[1][kinds] = merged
+        memo[kinds] = merged
     return merged
 
 
@@ -155,8 +150,7 @@ def is_backward_call(call: ast.Call) -> bool:
 
 
 def is_scheduler_receiver(name: str) -> bool:
-    lowered = name.lower()
-    return any(hint in lowered for hint in _SCHEDULER_HINTS)
+    return is_scheduler_name(name)
 
 
 def is_optimizer_step(call: ast.Call) -> bool:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from functools import cache
 
+from torchdoctor.agent.checks.analysis.vocabulary import MODEL_FACTORY_PREFIXES
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
@@ -22,54 +23,11 @@ from torchdoctor.agent.checks.loops import (
     walk_scope,
 )
 
-GRAD_OFF = frozenset(
-    {
-        "torch.no_grad",
-        "torch.inference_mode",
-        "torch.autograd.no_grad",
-        "torch.autograd.inference_mode",
-        "torch.autograd.grad_mode.no_grad",
-        "torch.autograd.grad_mode.inference_mode",
-    }
-)
-SET_GRAD_ENABLED = frozenset({"torch.set_grad_enabled", "torch.autograd.set_grad_enabled"})
-OPTIMIZERS = frozenset(
-    f"torch.optim.{name}"
-    for name in (
-        "SGD",
-        "Adam",
-        "AdamW",
-        "Adamax",
-        "Adagrad",
-        "Adadelta",
-        "RMSprop",
-        "Rprop",
-        "NAdam",
-        "RAdam",
-        "ASGD",
-        "LBFGS",
-        "SparseAdam",
-        "Adafactor",
-    )
-)
-OPTIMIZER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in OPTIMIZERS)
-FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{n}" for n in ("SGD", "Adam", "AdamW", "Adagrad"))
-DATALOADERS = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
-NN_MODULE_BASES = frozenset(
-    {
-        "torch.nn.Module",
-        "torch.nn.modules.module.Module",
-        "lightning.LightningModule",
-        "lightning.pytorch.LightningModule",
-        "pytorch_lightning.LightningModule",
-    }
-)
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
     r"policy|transformer|detector|segmenter)s?$|^(model|net)(_?[a-z0-9]{0,6})$",
     re.IGNORECASE,
 )
-_MODEL_FACTORIES = ("torchvision.models.", "timm.create_model", "transformers.")
 _MODE_METHODS = frozenset(
     {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "train", "eval", "requires_grad_"}
 )
@@ -78,11 +36,6 @@ INFERENCE_FUNCTION = re.compile(
     re.IGNORECASE,
 )
 _CUDA_USE = re.compile(r"\.cuda\(|[\"']cuda|torch\.cuda\.is_available|device_count\(")
-# One-entry cache: rules of the same module ask repeatedly; the next module replaces it.
-_CLASS_CACHE: dict[str, tuple[ast.Module, set[str]]] = {}
-_MODULE_CACHE: dict[str, tuple[ast.Module, dict[int, bool]]] = {}
-_TEXT_CACHE: dict[str, tuple[ast.Module, dict[str, bool]]] = {}
-_IMPORTED: dict[str, tuple[ast.Module, set[str]]] = {}
 
 
 def kwarg(call: ast.Call, name: str) -> ast.expr | None:
@@ -121,63 +74,6 @@ def is_false(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value in (False, 0) and node.value is not None
 
 
-def is_grad_off_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
-    """`torch.no_grad()`, `torch.inference_mode()` (also bare decorators), grad enabled False."""
-    target = expr.func if isinstance(expr, ast.Call) else expr
-    qual = ctx.qualname(target)
-    if qual in GRAD_OFF:
-        if isinstance(expr, ast.Call) and expr.args:  # inference_mode(False) re-enables
-            return not is_false(expr.args[0])
-        mode = kwarg(expr, "mode") if isinstance(expr, ast.Call) else None
-        return not is_false(mode)
-    if qual in SET_GRAD_ENABLED and isinstance(expr, ast.Call) and expr.args:
-        mode = expr.args[0]  # `set_grad_enabled(phase == "train")` may be off: assume it is
-        return not (isinstance(mode, ast.Constant) and mode.value is True)
-    return False
-
-
-def per_module_cache(ctx: ModuleContext, key: str) -> dict[int, bool]:
-    """A memo table that lives as long as the module being analysed (one module at a time)."""
-    entry = _MODULE_CACHE.get(key)
-    if entry is None or entry[0] is not ctx.tree:
-        entry = (ctx.tree, {})
-        _MODULE_CACHE[key] = entry
-    return entry[1]
-
-
-def grad_off_function(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    """Decorated with a grad-disabling decorator, or disables grad with a bare statement."""
-    memo = per_module_cache(ctx, "grad_off_function")
-    if id(fn) not in memo:
-        memo[id(fn)] = _grad_off_function(ctx, fn)
-    return memo[id(fn)]
-
-
-def _grad_off_function(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    if any(is_grad_off_expr(ctx, d) for d in fn.decorator_list):
-        return True
-    return any(
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Call)
-        and ctx.qualname(stmt.value.func) in SET_GRAD_ENABLED
-        and is_grad_off_expr(ctx, stmt.value)
-        for stmt in walk_scope(fn.body)
-    )
-
-
-def grad_disabled_at(ctx: ModuleContext, node: ast.AST) -> bool:
-    """Whether `node` runs with autograd off (a `with` block or its function says so)."""
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, ast.With | ast.AsyncWith):
-            if any(is_grad_off_expr(ctx, item.context_expr) for item in anc.items):
-                return True
-        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef) and grad_off_function(
-            ctx, anc
-        ):
-            return True
-    return False
-
-
 def peel_mode_calls(expr: ast.expr) -> ast.expr:
     """`Net().to(dev).eval()` -> `Net()`: the constructor behind device/mode chains."""
     while (
@@ -191,26 +87,7 @@ def peel_mode_calls(expr: ast.expr) -> ast.expr:
 
 def module_classes(ctx: ModuleContext) -> set[str]:
     """Names of the module's classes that are `nn.Module`s (directly or through local bases)."""
-    cached = _CLASS_CACHE.get("last")
-    if cached is not None and cached[0] is ctx.tree:
-        return cached[1]
-    classes = [n for n in nodes_of(ctx, ast.ClassDef) if isinstance(n, ast.ClassDef)]
-    found: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for cls in classes:
-            if cls.name in found:
-                continue
-            for base in cls.bases:
-                qual = ctx.qualname(base) or ""
-                simple = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-                if qual in NN_MODULE_BASES or simple in found or simple.endswith("Module"):
-                    found.add(cls.name)
-                    changed = True
-                    break
-    _CLASS_CACHE["last"] = (ctx.tree, found)
-    return found
+    return ctx.flow.module_classes
 
 
 def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
@@ -223,7 +100,9 @@ def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
         if isinstance(call.func, ast.Name) and call.func.id in classes:
             return True
         qual = ctx.call_qualname(call) or ""
-        if qual.startswith(_MODEL_FACTORIES) or qual.endswith(("from_pretrained", "Sequential")):
+        if qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith(
+            ("from_pretrained", "Sequential")
+        ):
             return True
     return False
 
@@ -257,17 +136,15 @@ def _is_function_name(ctx: ModuleContext, name: str) -> bool:
     """A name bound to a function or an import (relative imports included), not a model."""
     if name in ctx.loops.functions:
         return True
-    memo = _IMPORTED.get("last")
-    if memo is None or memo[0] is not ctx.tree:
-        names = {
+    memo = ctx.memo_table("patterns.imported")
+    if not memo:
+        memo[""] = {
             alias.asname or alias.name.split(".")[0]
             for node in nodes_of(ctx, ast.Import, ast.ImportFrom)
             if isinstance(node, ast.Import | ast.ImportFrom)
             for alias in node.names
         }
-        memo = (ctx.tree, names)
-        _IMPORTED["last"] = memo
-    return name in memo[1]
+    return name in memo[""]
 
 
 def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
@@ -336,22 +213,19 @@ def is_main_guard(stmt: ast.stmt) -> bool:
 
 def source_has(ctx: ModuleContext, token: str) -> bool:
     """`token in ctx.source`, computed once per module: cheap enough for per-node gates."""
-    memo = _TEXT_CACHE.get("last")
-    if memo is None or memo[0] is not ctx.tree:
-        memo = (ctx.tree, {})
-        _TEXT_CACHE["last"] = memo
-    found = memo[1].get(token)
+    memo = ctx.memo_table("patterns.source_has")
+    found = memo.get(token)
     if found is None:
-        found = memo[1][token] = token in ctx.source
-    return found
+        found = memo[token] = token in ctx.source
+    return bool(found)
 
 
 def uses_cuda(ctx: ModuleContext) -> bool:
     """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`)."""
-    memo = per_module_cache(ctx, "uses_cuda")
+    memo = ctx.memo_table("patterns.uses_cuda")
     if 0 not in memo:
         memo[0] = "cuda" in ctx.source and bool(_CUDA_USE.search(ctx.source))
-    return memo[0]
+    return bool(memo[0])
 
 
 def functions(ctx: ModuleContext) -> Iterator[FunctionNode]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of
-from torchdoctor.agent.checks.patterns import OPTIMIZERS, terminal_name
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
 _SAVE = frozenset({"torch.save", "lightning.fabric.Fabric.save"})

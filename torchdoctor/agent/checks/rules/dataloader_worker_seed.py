@@ -6,9 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.patterns import (
-    DATALOADERS,
     argument,
     constant_number,
     has_star_kwargs,

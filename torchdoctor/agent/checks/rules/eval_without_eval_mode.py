@@ -7,6 +7,7 @@ import re
 from pathlib import PurePath
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import walk_scope
@@ -105,12 +106,12 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             if _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
-            if by_name or flow.grad_off_function(fn):
+            if by_name or function_mode(ctx, fn) == "off":
                 regions.append((fn, fn.body))
                 named.add(id(fn))
     blocks: list[ast.With | ast.AsyncWith] = [*flow.nodes(ast.With), *flow.nodes(ast.AsyncWith)]
     for node in blocks:
-        if not any(flow.is_grad_off(item.context_expr) for item in node.items):
+        if not any(is_grad_off_context(ctx, item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
         if owner is not None and _module_method(ctx, owner):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS, OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
-from torchdoctor.agent.checks.patterns import DATALOADERS, OPTIMIZERS, constructed_model, functions
+from torchdoctor.agent.checks.patterns import constructed_model, functions
 from torchdoctor.agent.models import Severity
 
 _MIN_LINES = 40

@@ -6,15 +6,9 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS, OPTIMIZER_NAMES, OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.patterns import (
-    DATALOADERS,
-    OPTIMIZER_NAMES,
-    OPTIMIZERS,
-    argument,
-    constant_number,
-    terminal_name,
-)
+from torchdoctor.agent.checks.patterns import argument, constant_number, terminal_name
 from torchdoctor.agent.models import Severity
 
 _CONFIG_MODULES = frozenset(

@@ -5,14 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import OPTIMIZER_NAMES, OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.patterns import (
-    OPTIMIZER_NAMES,
-    OPTIMIZERS,
-    argument,
-    constant_number,
-    terminal_name,
-)
+from torchdoctor.agent.checks.patterns import argument, constant_number, terminal_name
 from torchdoctor.agent.models import Severity
 
 _LOW, _HIGH = 1e-6, 1.0

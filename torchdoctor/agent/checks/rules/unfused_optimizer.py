@@ -5,14 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import FUSABLE_OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.patterns import (
-    FUSABLE_OPTIMIZERS,
-    has_star_kwargs,
-    kwarg,
-    terminal_name,
-    uses_cuda,
-)
+from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg, terminal_name, uses_cuda
 from torchdoctor.agent.models import Severity
 
 

@@ -6,9 +6,10 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of
-from torchdoctor.agent.checks.patterns import functions, grad_disabled_at, model_calls
+from torchdoctor.agent.checks.patterns import functions, model_calls
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -89,7 +90,7 @@ class ValidationWithGrad(Rule):
         if ctx.loops.effects_of(body).backward:
             return
         for call in model_calls(ctx, body):
-            if call.lineno in reported or grad_disabled_at(ctx, call):
+            if call.lineno in reported or grad_may_be_off(ctx, call):
                 continue
             if function is not None and not _repeated(ctx, call, function):
                 continue
@@ -110,7 +111,7 @@ class ValidationWithGrad(Rule):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
                 name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
                 if name in names:
-                    sites.setdefault(name, []).append(grad_disabled_at(ctx, node))
+                    sites.setdefault(name, []).append(grad_may_be_off(ctx, node))
         return {name for name, flags in sites.items() if flags and all(flags)}
 
 

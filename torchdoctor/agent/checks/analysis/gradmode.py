@@ -1,0 +1,162 @@
+"""Is autograd recording here? One answer for every rule: 'on', 'off' or 'maybe'.
+
+A `with` block or decorator (`no_grad`, `inference_mode`, `enable_grad`, `set_grad_enabled`),
+a bare `torch.set_grad_enabled(False)` statement earlier in the same function or script, and
+the function's call sites (a helper every local call of which runs under `no_grad` runs without
+grad too) decide. `set_grad_enabled(phase == "train")` and `inference_mode(flag)` are 'maybe':
+rules that fire when grad is on treat 'maybe' as off, rules that fire when it is off treat it
+as on, so both stay silent where the code decides at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING, Literal
+
+from torchdoctor.agent.checks.analysis.vocabulary import GRAD_OFF, SET_GRAD_ENABLED
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+GradMode = Literal["on", "off", "maybe"]
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+_ENABLE_GRAD = frozenset({"torch.enable_grad", "torch.autograd.enable_grad"})
+_MAX_CALLER_DEPTH = 3
+
+
+def _flag(node: ast.expr | None) -> bool | None:
+    """A literal True/False (or 1/0), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool | int):
+        return bool(node.value)
+    return None
+
+
+def context_mode(ctx: ModuleContext, expr: ast.expr) -> GradMode | None:
+    """What entering `expr` (a `with` item or a decorator) does to autograd; None when it is
+    not a grad-mode context."""
+    target = expr.func if isinstance(expr, ast.Call) else expr
+    qual = ctx.qualname(target)
+    if qual in GRAD_OFF:
+        if not isinstance(expr, ast.Call):
+            return "off"
+        switch = (
+            expr.args[0]
+            if expr.args
+            else next((k.value for k in expr.keywords if k.arg == "mode"), None)
+        )
+        if switch is None:
+            return "off"
+        flag = _flag(switch)
+        return "maybe" if flag is None else ("off" if flag else "on")
+    if qual in SET_GRAD_ENABLED and isinstance(expr, ast.Call):
+        switch = (
+            expr.args[0]
+            if expr.args
+            else next((k.value for k in expr.keywords if k.arg == "mode"), None)
+        )
+        flag = _flag(switch)
+        return "maybe" if flag is None else ("on" if flag else "off")
+    if qual in _ENABLE_GRAD:
+        return "on"
+    return None
+
+
+def function_mode(ctx: ModuleContext, fn: FunctionNode) -> GradMode | None:
+    """The mode a function's decorators set for its whole body; None when they set none."""
+    modes = [m for d in fn.decorator_list if (m := context_mode(ctx, d)) is not None]
+    return modes[-1] if modes else None
+
+
+def _statement_switches(ctx: ModuleContext, scope: ast.AST) -> list[tuple[int, GradMode]]:
+    """(line, mode) of bare `torch.set_grad_enabled(...)` statements directly in `scope`."""
+    memo = ctx.memo_table("gradmode.switches")
+    key = id(scope)
+    found = memo.get(key)
+    if found is None:
+        found = []
+        if "set_grad_enabled" in ctx.source:
+            body = getattr(scope, "body", [])
+            for stmt in _straight_statements(body):
+                call = stmt.value if isinstance(stmt, ast.Expr) else None
+                if isinstance(call, ast.Call) and ctx.qualname(call.func) in SET_GRAD_ENABLED:
+                    mode = context_mode(ctx, call)
+                    if mode is not None:
+                        found.append((stmt.lineno, mode))
+        memo[key] = found
+    return found
+
+
+def _straight_statements(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements of a body and of its `if`/`try`/`with` blocks (not loops or nested defs)."""
+    out: list[ast.stmt] = []
+    for stmt in body:
+        out.append(stmt)
+        if isinstance(stmt, ast.If | ast.With | ast.AsyncWith):
+            out += _straight_statements(stmt.body)
+            out += _straight_statements(getattr(stmt, "orelse", []))
+        elif isinstance(stmt, ast.Try):
+            out += _straight_statements(stmt.body)
+    return out
+
+
+def grad_mode_at(ctx: ModuleContext, node: ast.AST) -> GradMode:
+    """Whether autograd records at `node`, from its blocks, its function and its callers."""
+    memo = ctx.memo_table("gradmode.at")
+    key = id(node)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _mode_at(ctx, node, 0)
+    return found
+
+
+def _mode_at(ctx: ModuleContext, node: ast.AST, depth: int) -> GradMode:
+    line = getattr(node, "lineno", 0)
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.With | ast.AsyncWith):
+            modes = [m for i in anc.items if (m := context_mode(ctx, i.context_expr)) is not None]
+            if modes:
+                return modes[-1]
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            decorated = function_mode(ctx, anc)
+            if decorated is not None:
+                return decorated
+            switched = _switch_before(ctx, anc, line)
+            if switched is not None:
+                return switched
+            return _callers_mode(ctx, anc, depth)
+        elif isinstance(anc, ast.Lambda | ast.ClassDef):
+            return "on"
+    return _switch_before(ctx, ctx.tree, line) or "on"
+
+
+def _switch_before(ctx: ModuleContext, scope: ast.AST, line: int) -> GradMode | None:
+    earlier = [mode for at, mode in _statement_switches(ctx, scope) if at < line]
+    return earlier[-1] if earlier else None
+
+
+def _callers_mode(ctx: ModuleContext, fn: FunctionNode, depth: int) -> GradMode:
+    """A helper runs without grad when every local call of it does ('maybe' when some do)."""
+    if depth >= _MAX_CALLER_DEPTH:
+        return "on"
+    sites = ctx.calls.call_sites(fn)
+    if not sites:
+        return "on"
+    modes = {_mode_at(ctx, site, depth + 1) for site in sites}
+    if modes == {"off"}:
+        return "off"
+    return "on" if modes == {"on"} else "maybe"
+
+
+def grad_may_be_off(ctx: ModuleContext, node: ast.AST) -> bool:
+    """For rules that fire when autograd records: silent under 'off' and 'maybe'."""
+    return grad_mode_at(ctx, node) != "on"
+
+
+def grad_surely_off(ctx: ModuleContext, node: ast.AST) -> bool:
+    """For rules that fire when autograd is off: silent under 'on' and 'maybe'."""
+    return grad_mode_at(ctx, node) == "off"
+
+
+def is_grad_off_context(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """A `with` item or decorator that surely turns autograd off."""
+    return context_mode(ctx, expr) == "off"

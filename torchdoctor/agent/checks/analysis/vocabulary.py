@@ -1,0 +1,50 @@
+"""The names the semantic model recognises (grad-mode contexts, optimizers, losses, ...).
+
+The lists live in `checks/data/vocabulary.json`, so extending what counts as a DataLoader or a
+detaching method is a data change; this module only types them, once per process.
+"""
+
+from __future__ import annotations
+
+from torchdoctor.agent.checks.data import load_table
+
+
+def _names(key: str) -> frozenset[str]:
+    values = load_table("vocabulary.json")[key]
+    return frozenset(str(v) for v in values)
+
+
+def _producers(kind: str) -> frozenset[str]:
+    values = load_table("vocabulary.json")["probability_producers"][kind]
+    return frozenset(str(v) for v in values)
+
+
+GRAD_OFF = _names("grad_off")
+SET_GRAD_ENABLED = _names("set_grad_enabled")
+NN_MODULE_BASES = _names("nn_module_bases")
+MODEL_FACTORY_PREFIXES = tuple(sorted(_names("model_factory_prefixes")))
+OPTIMIZER_NAMES = _names("optimizers")
+OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in OPTIMIZER_NAMES)
+FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in _names("fusable_optimizers"))
+DATALOADERS = _names("dataloaders")
+SCHEDULER_HINTS = tuple(sorted(_names("scheduler_hints")))
+LOSS_FUNCTIONS = _names("loss_functions")
+NLL_LOSSES = _names("nll_losses")
+SOFTMAX = _producers("softmax")
+LOG_SOFTMAX = _producers("log_softmax")
+SIGMOID = _producers("sigmoid")
+RECURRENT_LAYERS = _names("recurrent_layers")
+DETACHING_METHODS = _names("detaching_methods")
+DETACHING_BUILTINS = _names("detaching_builtins")
+AGGREGATING_BUILTINS = _names("aggregating_builtins")
+NON_GRAD_TORCH = _names("non_grad_torch")
+PASSTHROUGH_METHODS = _names("passthrough_methods")
+PASSTHROUGH_FUNCTIONS = _names("passthrough_functions")
+TENSOR_FACTORIES = _names("tensor_factories")
+DETERMINISTIC_REQUESTS = _names("deterministic_requests")
+
+
+def is_scheduler_name(name: str) -> bool:
+    """`scheduler`, `lr_sched`, `warmup`: a name that says it holds an LR scheduler."""
+    lowered = name.lower()
+    return any(hint in lowered for hint in SCHEDULER_HINTS)
