@@ -191,22 +191,38 @@ class ModuleContext:
         header_only: bool = False,
     ) -> None:
         """Record a finding at `node` (only its first line when `header_only`, e.g. a loop)."""
+        found = self.finding(
+            rule, node, message, severity=severity, data=data, header_only=header_only
+        )
+        if found is not None:
+            self.findings.append(found)
+
+    def finding(
+        self,
+        rule: Rule,
+        node: ast.AST,
+        message: str,
+        *,
+        severity: Severity | None = None,
+        data: dict[str, Any] | None = None,
+        header_only: bool = False,
+    ) -> RawFinding | None:
+        """The finding `report` would record (None when suppressed), for the project pass to
+        confirm when it depends on another file."""
         line = getattr(node, "lineno", 1)
         end_line = line if header_only else (getattr(node, "end_lineno", line) or line)
         if self.suppressed(rule.id, line):
-            return
-        self.findings.append(
-            RawFinding(
-                rule=rule.id,
-                file=self.path,
-                line=line,
-                end_line=end_line,
-                code="\n".join(self.lines[line - 1 : end_line]),
-                message=message,
-                severity=severity or rule.severity,
-                excerpt=self.excerpt(line, min(end_line, line + 6)),
-                data=data or {},
-            )
+            return None
+        return RawFinding(
+            rule=rule.id,
+            file=self.path,
+            line=line,
+            end_line=end_line,
+            code="\n".join(self.lines[line - 1 : end_line]),
+            message=message,
+            severity=severity or rule.severity,
+            excerpt=self.excerpt(line, min(end_line, line + 6)),
+            data=data or {},
         )
 
 

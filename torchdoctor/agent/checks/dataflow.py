@@ -766,8 +766,24 @@ class DataFlow:
                 return [func.value]
             if self.qualname_of(expr) in PASSTHROUGH_FUNCTIONS and expr.args:
                 return [expr.args[0]]
-            return list(self.returns_of(expr))
+            return list(self.returns_of(expr)) or self._single_return(expr)
         return []
+
+    def _single_return(self, call: ast.Call) -> list[ast.expr]:
+        """What the one local function `call` runs returns (`self(x)` -> `forward`), when it
+        has a single `return`: a forward that returns logits in training and probabilities
+        otherwise says nothing certain about either."""
+        if self.qualname_of(call) is not None:
+            return []
+        targets = self.ctx.calls.resolve(call)
+        if len(targets) != 1:
+            return []
+        returns = [
+            node.value
+            for node in walk_scope(targets[0].body)
+            if isinstance(node, ast.Return) and node.value is not None
+        ]
+        return returns if len(returns) == 1 else []
 
     def module_output_producers(self, module: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
         """Calls that produce what calling `module` returns: the last layer of an

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    Property,
+    defer,
+    imported_models,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.models import Severity
 
@@ -20,6 +28,10 @@ _SOFTMAX_FUNCTIONS = frozenset(
     }
 )
 _SOFTMAX_MODULES = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax"})
+_DEFERRED: tuple[tuple[str, Property], ...] = (
+    ("softmax", "output:softmax"),
+    ("log_softmax", "output:log_softmax"),
+)
 
 
 class DoubleSoftmax(Rule):
@@ -52,7 +64,9 @@ class DoubleSoftmax(Rule):
         return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "oftmax" not in ctx.source or not self.applies(ctx):
+        if "oftmax" in ctx.source:
+            publish(ctx)
+        if not self.applies(ctx):
             return
         flow = ctx.flow
         for node in flow.nodes(ast.Call):
@@ -61,16 +75,39 @@ class DoubleSoftmax(Rule):
             logits = first_argument(node, "input")
             if logits is None:
                 continue
-            softmax = next((p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None)
-            if softmax is None:
+            softmax = None
+            if "oftmax" in ctx.source:
+                softmax = next(
+                    (p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None
+                )
+            if softmax is not None:
+                ctx.report(
+                    self,
+                    node,
+                    f"cross-entropy receives `{ast.unparse(logits)}`, the output of a softmax "
+                    f"(line {softmax.lineno}); it applies log_softmax again",
+                    data={"softmax_line": softmax.lineno},
+                )
                 continue
-            ctx.report(
-                self,
-                node,
-                f"cross-entropy receives `{ast.unparse(logits)}`, the output of a softmax "
-                f"(line {softmax.lineno}); it applies log_softmax again",
-                data={"softmax_line": softmax.lineno},
-            )
+            for symbol in imported_models(ctx, logits):
+                for kind, needs in _DEFERRED:
+                    found = ctx.finding(
+                        self,
+                        node,
+                        f"cross-entropy receives `{ast.unparse(logits)}`, the output of "
+                        f"`{symbol}`, whose forward ends in {kind}; it applies log_softmax again",
+                        data={"model": symbol},
+                    )
+                    if found is not None:
+                        defer(
+                            ctx,
+                            self.id,
+                            Pending(symbol=symbol, needs=needs, finding=found),
+                        )
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    defer,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
-    direct_effects,
+    is_optimizer_step,
     is_scheduler_receiver,
+    local_callee,
     method_name,
+    nodes_of,
     receiver_name,
     walk_scope,
 )
@@ -27,7 +36,9 @@ def is_scheduler_step(ctx: ModuleContext, call: ast.Call) -> bool:
 
 class SchedulerBeforeOptimizer(Rule):
     """Detects `scheduler.step()` placed before `optimizer.step()` within a training iteration,
-    or at the top of the epoch loop before the batches are trained.
+    or at the top of the epoch loop before the batches are trained, also when the optimizer
+    steps inside a function the loop calls (`train(args, model, loader, optimizer)`, defined
+    in the same file or imported from another one).
 
     Why it matters: since PyTorch 1.1 the scheduler must step after the optimizer; stepping it
     first skips the first value of the learning-rate schedule (warm-up starts late, a step
@@ -40,6 +51,10 @@ class SchedulerBeforeOptimizer(Rule):
                 ...
                 optimizer.step()
 
+    Not reported: a scheduler step after the optimizer step or after the call that trains; a
+    loop whose optimizer step cannot be seen (a method of an object built elsewhere, a function
+    of an installed library).
+
     Fix: call `scheduler.step()` after `optimizer.step()` (per batch) or after the inner
     batch loop (per epoch).
     """
@@ -51,39 +66,82 @@ class SchedulerBeforeOptimizer(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return bool(ctx.loops.training_loops) and "sched" in ctx.source.lower()
+        return "sched" in ctx.source.lower() and ".step(" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
+        if ".step(" in ctx.source:
+            publish(ctx)
         if not self.applies(ctx):
             return
         reported: set[int] = set()
-        for loop in ctx.loops.training_loops:
-            if loop.kind != "loop":
-                continue
-            first_step = min(
-                (c.lineno for c in direct_effects(loop.body).step if not is_scheduler_step(ctx, c)),
-                default=None,
-            )
-            early = [
-                c
-                for c in _steps_in(ctx, loop.body)
-                if first_step is not None and c.lineno < first_step
+        for loop in nodes_of(ctx, ast.For, ast.While, ast.AsyncFor):
+            assert isinstance(loop, ast.For | ast.While | ast.AsyncFor)
+            schedulers = [
+                call
+                for call in _steps_in(ctx, loop.body)
+                if _innermost_loop(ctx, call) is loop and call.lineno not in reported
             ]
-            outer = next(
-                (a for a in ctx.ancestors(loop.node) if isinstance(a, ast.For | ast.While)), None
-            )
-            if outer is not None:
-                early += [c for c in _steps_in(ctx, outer.body) if c.lineno < loop.node.lineno]
-            for call in early:
-                if call.lineno not in reported:
+            if not schedulers:
+                continue
+            local, imported = _optimizer_steps(ctx, loop.body)
+            first = min((c.lineno for c in local), default=None)
+            for call in schedulers:
+                if first is not None and call.lineno < first:
                     reported.add(call.lineno)
-                    ctx.report(
-                        self,
-                        call,
-                        "the LR scheduler steps before optimizer.step(): the first value of "
-                        "the schedule is skipped",
-                    )
+                    ctx.report(self, call, _MESSAGE)
+                elif first is None:
+                    later = [(c, s) for c, s in imported if c.lineno > call.lineno]
+                    for site, symbol in later[:_MAX_CANDIDATES]:
+                        found = ctx.finding(
+                            self,
+                            call,
+                            f"{_MESSAGE} (`{symbol}`, called on line "
+                            f"{site.lineno}, steps the optimizer)",
+                        )
+                        if found is not None:
+                            reported.add(call.lineno)
+                            pending = Pending(symbol=symbol, needs="steps-optimizer", finding=found)
+                            defer(ctx, self.id, pending)
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+_MAX_CANDIDATES = 4
+_MESSAGE = (
+    "the LR scheduler steps before optimizer.step(): the first value of the schedule is skipped"
+)
 
 
 def _steps_in(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
     return [n for n in walk_scope(body) if isinstance(n, ast.Call) and is_scheduler_step(ctx, n)]
+
+
+def _innermost_loop(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            return anc
+    return None
+
+
+def _optimizer_steps(
+    ctx: ModuleContext, body: list[ast.stmt]
+) -> tuple[list[ast.Call], list[tuple[ast.Call, str]]]:
+    """Calls in `body` that step an optimizer: directly, through a local function (the call
+    graph, transitively), or possibly through a function imported from another file."""
+    effects = ctx.loops.function_effects
+    local: list[ast.Call] = []
+    imported: list[tuple[ast.Call, str]] = []
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call):
+            continue
+        if is_optimizer_step(node) and not is_scheduler_step(ctx, node):
+            local.append(node)
+            continue
+        names = {fn.name for fn in ctx.calls.resolve(node)} or {local_callee(node)}
+        if any((eff := effects.get(name)) is not None and eff.step for name in names):
+            local.append(node)
+        elif (symbol := callee_symbol(ctx, node.func)) is not None:
+            imported.append((node, symbol))
+    return local, imported

@@ -1,0 +1,77 @@
+"""Rules built on the semantic model: the new bug classes, and the cases that cross functions
+and files (a model defined in another file, an optimizer stepped in a helper).
+
+Fixtures live in tests/fixtures/rules/<rule-id>/: `positive_*` cases mark each expected finding
+with `# expect: <rule-id>`; `negative_*` cases are near misses taken from real code shapes that
+must stay silent. A case may be a folder (a small project: the rule sees every file at once).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor.agent.fixes.codemods import codemod_for
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
+NEW_RULES: tuple[str, ...] = ()
+CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
+
+
+def _cases() -> list[object]:
+    cases = []
+    for rule in (*NEW_RULES, *CROSS_FILE):
+        for case in sorted((FIXTURES / rule).iterdir()):
+            if rule in CROSS_FILE and not case.is_dir():
+                continue  # single-file cases of older rules run in their own test module
+            if case.name.startswith(("positive_", "negative_")):
+                cases.append(pytest.param(rule, case, id=f"{rule}/{case.stem}"))
+    return cases
+
+
+def _load(case: Path) -> list[tuple[str, str]]:
+    if case.is_dir():
+        return [(p.relative_to(case).as_posix(), p.read_text()) for p in sorted(case.rglob("*.py"))]
+    return [(case.name, case.read_text())]
+
+
+def _expected(files: list[tuple[str, str]], rule: str) -> set[tuple[str, int]]:
+    marker = re.compile(rf"#\s*expect:\s*{re.escape(rule)}\b")
+    return {
+        (path, number)
+        for path, text in files
+        for number, line in enumerate(text.splitlines(), start=1)
+        if marker.search(line)
+    }
+
+
+@pytest.mark.parametrize(("rule", "case"), _cases())
+def test_rule_reports_exactly_the_marked_lines(rule: str, case: Path) -> None:
+    files = _load(case)
+    expected = _expected(files, rule)
+    if case.name.startswith("positive_"):
+        assert expected, f"{case} has no '# expect: {rule}' marker"
+    else:
+        assert not expected, f"negative fixture {case} carries an expect marker"
+    result = analyse_files(files, EngineConfig(select=frozenset({rule})), workers=1)
+    found = {(f.file, f.line) for f in result.all_findings() if f.rule == rule}
+    assert found == expected
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+def test_rule_is_documented_with_its_precision_risks(rule: str) -> None:
+    doc = rule_doc(rules_by_id()[rule])
+    assert doc.startswith("Detects"), f"{rule}: the docstring must open with what it detects"
+    for part in ("Why it matters:", "Not reported", "Example:", "Fix:"):
+        assert part in doc, f"{rule}: docstring lacks '{part}'"
+    names = [p.name for p in (FIXTURES / rule).iterdir()]
+    assert any(n.startswith("positive_") for n in names), f"{rule}: no positive fixture"
+    assert any(n.startswith("negative_") for n in names), f"{rule}: no negative fixture"
+    cls = rules_by_id()[rule]
+    assert cls.items and all(item.split(".")[0] == str(cls.point) for item in cls.items)
+    assert cls.fixable == (codemod_for(rule) is not None)

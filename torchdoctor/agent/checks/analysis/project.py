@@ -1,0 +1,251 @@
+"""Across files: what each module exports, and the questions rules leave for the project pass.
+
+Each file is parsed and walked once (in any worker process). A module publishes a summary of
+what other files may import from it — its `nn.Module` classes with the activation their
+`forward` ends in, its functions that step an optimizer — as picklable facts. A rule that meets
+a call into another file (`model = Net()` imported from `models.py`, `train_one_epoch(...)`
+imported from `engine.py`) records a `Pending` finding naming the symbol and the property that
+would confirm it; the rule's `check_project` keeps those the project index confirms.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
+from torchdoctor.agent.checks.base import RawFinding
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+Output = Literal["softmax", "log_softmax", "sigmoid"]
+Property = Literal["output:softmax", "output:log_softmax", "output:sigmoid", "steps-optimizer"]
+FACTS_KEY = "semantic"
+_LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
+_ACTIVATIONS: dict[str, Output] = {
+    **{name: "softmax" for name in SOFTMAX},
+    **{name: "log_softmax" for name in LOG_SOFTMAX},
+    **{name: "sigmoid" for name in SIGMOID},
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassSummary(_Model):
+    """An `nn.Module` class: where it is, and the activation its `forward` returns, if any."""
+
+    line: int
+    output: Output | None = None
+
+
+class FunctionSummary(_Model):
+    """A module-level function: its parameters and whether it steps an optimizer."""
+
+    line: int
+    params: list[str] = Field(default_factory=list)
+    steps_optimizer: bool = False
+
+
+class ModuleSummary(_Model):
+    module: str
+    classes: dict[str, ClassSummary] = Field(default_factory=dict)
+    functions: dict[str, FunctionSummary] = Field(default_factory=dict)
+
+
+class Pending(_Model):
+    """A finding that holds only if `symbol` (a qualified import) has `needs`."""
+
+    symbol: str
+    needs: Property
+    finding: RawFinding
+
+
+def module_name(path: str) -> str:
+    """`src/pkg/models.py` -> 'src.pkg.models'; `pkg/__init__.py` -> 'pkg'."""
+    parts = list(PurePosixPath(path).with_suffix("").parts)
+    if parts and parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_symbol(ctx: ModuleContext, name: str) -> str | None:
+    """The qualified name a local name was imported as, relative imports resolved."""
+    absolute = ctx.imports.aliases.get(name)
+    if absolute is not None:
+        return absolute
+    memo = ctx.memo_table("project.relative_imports")
+    if not memo:
+        memo[""] = _relative_imports(ctx)
+    found = memo[""].get(name)
+    return str(found) if found is not None else None
+
+
+def _relative_imports(ctx: ModuleContext) -> dict[str, str]:
+    found: dict[str, str] = {}
+    package = module_name(ctx.path).split(".")
+    if PurePosixPath(ctx.path).name != "__init__.py":
+        package = package[:-1]
+    for node in ctx.nodes_by_type().get(ast.ImportFrom, ()):
+        assert isinstance(node, ast.ImportFrom)
+        if node.level == 0:
+            continue
+        base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+        prefix = ".".join([*base, *([node.module] if node.module else [])])
+        for alias in node.names:
+            if alias.name != "*":
+                found[alias.asname or alias.name] = f"{prefix}.{alias.name}".lstrip(".")
+    return found
+
+
+def callee_symbol(ctx: ModuleContext, expr: ast.expr) -> str | None:
+    """`Net` / `models.Net` / `m.train_one_epoch` -> the qualified name it was imported as."""
+    parts: list[str] = []
+    while isinstance(expr, ast.Attribute):
+        parts.append(expr.attr)
+        expr = expr.value
+    if not isinstance(expr, ast.Name):
+        return None
+    base = imported_symbol(ctx, expr.id)
+    return ".".join([base, *reversed(parts)]) if base else None
+
+
+def imported_models(ctx: ModuleContext, value: ast.expr) -> list[str]:
+    """Qualified names of classes imported from other files whose instance produced `value`
+    (`logits = model(x)` with `model = Net().to(dev)` and `from models import Net`)."""
+    found: list[str] = []
+    for producer in ctx.flow.producers(value):
+        func = producer.func
+        if isinstance(func, ast.Attribute) and func.attr == "forward":
+            func = func.value
+        for constructor in ctx.flow.constructors(func):
+            symbol = callee_symbol(ctx, constructor.func)
+            if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
+                found.append(symbol)
+    return found
+
+
+def summarise(ctx: ModuleContext) -> ModuleSummary:
+    """What this module offers to the others (computed once per module)."""
+    memo = ctx.memo_table("project.summary")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
+    summary = ModuleSummary(module=module_name(ctx.path))
+    text = ctx.source
+    if "forward" in text and ("oftmax" in text or "sigmoid" in text):
+        for name in ctx.flow.module_classes:
+            cls = ctx.flow.classes[name]
+            summary.classes[name] = ClassSummary(line=cls.lineno, output=_forward_output(ctx, cls))
+    if ".step(" in text:
+        effects = ctx.loops.function_effects
+        for stmt in ctx.tree.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                eff = effects.get(stmt.name)
+                if eff is not None and eff.step:
+                    summary.functions[stmt.name] = FunctionSummary(
+                        line=stmt.lineno,
+                        params=[a.arg for a in stmt.args.args],
+                        steps_optimizer=True,
+                    )
+    memo[""] = summary
+    return summary
+
+
+def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
+    forward = ctx.calls.method(cls.name, "forward")
+    if forward is None:
+        return None
+    kinds: set[Output | None] = set()
+    for node in ast.walk(forward):
+        if isinstance(node, ast.Return) and node.value is not None:
+            kinds.add(output_activation(ctx, node.value))
+    if len(kinds) == 1:
+        return kinds.pop()
+    return None
+
+
+def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
+    """The activation that produced `value` last (through views, names and local calls)."""
+    for producer in ctx.flow.producers(value):
+        qual = ctx.flow.qualname_of(producer)
+        if qual is not None:
+            kind = _ACTIVATIONS.get(qual)
+            if kind is None:
+                kind = _ACTIVATIONS.get(ctx.flow.constructed_as(producer.func) or "")
+            return kind
+        func = producer.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in _ACTIVATIONS
+            and not ctx.flow.is_module_value(func.value)
+        ):
+            return _ACTIVATIONS[func.attr]
+        built = ctx.flow.constructed_as(func)
+        if built in _ACTIVATIONS:
+            return _ACTIVATIONS[built]
+        return None
+    return None
+
+
+def publish(ctx: ModuleContext) -> None:
+    """Record this module's summary in its facts (for the rules' project pass)."""
+    summary = summarise(ctx)
+    if summary.classes or summary.functions:
+        ctx.facts[FACTS_KEY] = summary.model_dump()
+
+
+def defer(ctx: ModuleContext, rule_id: str, pending: Pending) -> None:
+    """Leave a finding for the project pass to confirm."""
+    ctx.facts.setdefault(f"pending:{rule_id}", []).append(pending.model_dump())
+
+
+class ProjectIndex:
+    """Every module's summary, looked up by the qualified names other modules import."""
+
+    def __init__(self, summaries: list[ModuleSummary]) -> None:
+        self.summaries = summaries
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
+        return cls(
+            [ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f]
+        )
+
+    def _modules(self, dotted: str) -> list[ModuleSummary]:
+        """Modules an import of `dotted` may mean: the same name, or one is a dotted suffix of
+        the other (the audited folder may be a package's root or a folder above it)."""
+        return [
+            s
+            for s in self.summaries
+            if s.module == dotted
+            or s.module.endswith("." + dotted)
+            or dotted.endswith("." + s.module)
+        ]
+
+    def has(self, symbol: str, needs: Property) -> bool:
+        module, _, name = symbol.rpartition(".")
+        candidates = self._modules(module) if module else []
+        if len(candidates) != 1:
+            return False
+        summary = candidates[0]
+        if needs.startswith("output:"):
+            cls = summary.classes.get(name)
+            return cls is not None and cls.output == needs.partition(":")[2]
+        fn = summary.functions.get(name)
+        return fn is not None and fn.steps_optimizer
+
+    def confirmed(self, facts: dict[str, dict[str, Any]], rule_id: str) -> list[RawFinding]:
+        """The pending findings of `rule_id` whose symbol has the property they need."""
+        found: dict[tuple[str, int], RawFinding] = {}
+        for module_facts in facts.values():
+            for raw in module_facts.get(f"pending:{rule_id}", []):
+                pending = Pending.model_validate(raw)
+                where = (pending.finding.file, pending.finding.line)
+                if where not in found and self.has(pending.symbol, pending.needs):
+                    found[where] = pending.finding
+        return list(found.values())
