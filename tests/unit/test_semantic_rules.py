@@ -17,9 +17,10 @@ from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
 from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
-NEW_RULES: tuple[str, ...] = ()
+NEW_RULES: tuple[str, ...] = ("clip-grad-order",)
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 
 
@@ -75,3 +76,25 @@ def test_rule_is_documented_with_its_precision_risks(rule: str) -> None:
     cls = rules_by_id()[rule]
     assert cls.items and all(item.split(".")[0] == str(cls.point) for item in cls.items)
     assert cls.fixable == (codemod_for(rule) is not None)
+
+
+@pytest.mark.parametrize("rule", [r for r in NEW_RULES if codemod_for(r) is not None])
+def test_codemod_applies_at_the_anchor_the_rule_emitted(rule: str) -> None:
+    """The codemod reads where to act from the finding's data, not from a second recogniser."""
+    folder = FIXTURES.parent / "fixes" / rule
+    before = (folder / "before.py").read_text()
+    findings = [
+        f
+        for f in analyse_files(
+            [("before.py", before)], EngineConfig(select=frozenset({rule}))
+        ).all_findings()
+        if f.rule == rule
+    ]
+    assert len(findings) == 1
+    found = findings[0]
+    target = FixTarget(
+        rule=rule, file="before.py", line=found.line, end_line=found.end_line, data=found.data
+    )
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    assert codemod.transform(before, target) == (folder / "after.py").read_text()

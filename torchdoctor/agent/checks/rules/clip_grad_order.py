@@ -1,0 +1,119 @@
+"""clip-grad-order: gradients clipped before backward() or after the optimizer step."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import is_backward_call, is_optimizer_step, walk_scope
+from torchdoctor.agent.models import Severity
+
+_CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grad_value"})
+
+
+class ClipGradOrder(Rule):
+    """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`, also through
+    `accelerator.clip_grad_norm_`) placed in a training loop before every `backward()` of
+    that loop, or after every optimizer `step()` of it.
+
+    Why it matters: clipping acts on the gradients present when it runs. Before `backward()`
+    it clips the previous step's gradients (usually already zeroed), after `step()` it clips
+    gradients that were already applied and are about to be zeroed: in both cases the update
+    is never clipped, and the exploding gradients it was meant to tame reach the weights.
+
+    Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
+    one of each before the other); loops whose backward or step happens in a called function
+    (the order is not visible in one body); clipping inside a function the loop calls.
+
+    Example:
+        loss.backward()
+        optimizer.step()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+    Fix: clip between `backward()` (and `scaler.unscale_(optimizer)` under AMP) and
+    `optimizer.step()`.
+    """
+
+    id = "clip-grad-order"
+    point = 4
+    severity = Severity.HIGH
+    title = "Gradient clipping outside backward() -> step()"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "clip_grad" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for loop in ctx.loops.training_loops:
+            if loop.kind != "loop":
+                continue
+            calls = [n for n in walk_scope(loop.body) if isinstance(n, ast.Call)]
+            clips = [c for c in calls if _is_clip(c)]
+            backwards = [c.lineno for c in calls if is_backward_call(c)]
+            steps = [c.lineno for c in calls if is_optimizer_step(c) and not _is_clip(c)]
+            if not clips or not backwards or not steps:
+                continue
+            for clip in clips:
+                if clip.lineno < min(backwards):
+                    self._report(ctx, clip, "before backward()", backwards, "after")
+                elif clip.lineno > max(steps):
+                    self._report(ctx, clip, "after optimizer.step()", steps, "before")
+
+    def _report(
+        self, ctx: ModuleContext, clip: ast.Call, where: str, anchors: list[int], side: str
+    ) -> None:
+        data: dict[str, object] = {}
+        anchor_line = min(anchors) if side == "after" else max(anchors)
+        statement = _statement(ctx, clip)
+        anchor = _statement_at(ctx, statement, anchor_line)
+        if statement is not None and anchor is not None and _movable(ctx, statement, anchor):
+            data = {"move": side, "anchor_line": anchor.lineno}
+        ctx.report(
+            self,
+            clip,
+            f"gradients are clipped {where}: the update applied by the optimizer is never clipped",
+            data=data,
+        )
+
+
+def _is_clip(call: ast.Call) -> bool:
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name in _CLIPS
+
+
+def _statement(ctx: ModuleContext, node: ast.AST) -> ast.stmt | None:
+    for anc in [node, *ctx.ancestors(node)]:
+        if isinstance(anc, ast.stmt):
+            return anc
+    return None
+
+
+def _statement_at(ctx: ModuleContext, sibling: ast.stmt | None, line: int) -> ast.stmt | None:
+    """The statement of `sibling`'s block that holds `line`, if they share the block."""
+    if sibling is None:
+        return None
+    parent = ctx.parents.get(sibling)
+    for name in ("body", "orelse", "finalbody"):
+        block = getattr(parent, name, None)
+        if isinstance(block, list) and sibling in block:
+            return next((s for s in block if s.lineno <= line <= (s.end_lineno or s.lineno)), None)
+    return None
+
+
+def _movable(ctx: ModuleContext, clip: ast.stmt, anchor: ast.stmt) -> bool:
+    """A one-line clip statement whose result no statement between it and `anchor` reads."""
+    if not isinstance(clip, ast.Expr | ast.Assign) or clip.lineno != clip.end_lineno:
+        return False
+    if isinstance(anchor, ast.If | ast.For | ast.While | ast.With | ast.Try):
+        return False
+    bound = {t.id for t in getattr(clip, "targets", []) if isinstance(t, ast.Name)}
+    first, last = sorted((clip.lineno, anchor.lineno))
+    return not any(
+        isinstance(n, ast.Name) and n.id in bound and first < n.lineno <= last
+        for n in ctx.nodes_by_type().get(ast.Name, ())
+    )

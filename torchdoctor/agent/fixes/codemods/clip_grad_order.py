@@ -1,0 +1,39 @@
+"""clip-grad-order: move the clipping statement between backward() and the optimizer step."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
+
+
+class ClipGradOrderFix(Codemod):
+    """Moves the flagged one-line clip statement right after the `backward()` statement (it
+    was before it) or right before the optimizer step (it was after it), at the statement the
+    rule anchored in the same block; nothing else moves."""
+
+    rule = "clip-grad-order"
+    kind = FixKind.CORRECTNESS
+    summary = "clip gradients between backward() and optimizer.step()"
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        side = target.data.get("move")
+        anchor_line = target.data.get("anchor_line")
+        if side not in ("after", "before") or not isinstance(anchor_line, int):
+            return False
+        clip = _line_statement(ctx, target.line)
+        anchor = _line_statement(ctx, anchor_line)
+        if clip is None or anchor is None or ctx.parent(clip) is not ctx.parent(anchor):
+            return False
+        ctx.remove(clip)  # its comment lines travel with it
+        if side == "after":
+            ctx.insert_after(anchor, [clip])
+        else:
+            ctx.insert_before(anchor, [clip])
+        return True
+
+
+def _line_statement(ctx: SourceContext, line: int) -> cst.SimpleStatementLine | None:
+    found = ctx.find(cst.SimpleStatementLine, where=lambda s: ctx.line(s) == line)
+    return found[0] if len(found) == 1 else None
