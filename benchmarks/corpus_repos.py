@@ -146,7 +146,8 @@ def audit_json(target: Path, *extra: str, linters: bool = True) -> dict[str, obj
         env = {**os.environ, "TORCHDOCTOR_HOME": tmp}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode not in (0, 1) or not report.is_file():
-            raise RuntimeError(f"audit of {target} failed ({done.returncode}): {done.stderr[-400:]}")
+            failure = f"({done.returncode}): {done.stderr[-400:]}"
+            raise RuntimeError(f"audit of {target} failed {failure}")
         loaded: dict[str, object] = json.loads(report.read_text(encoding="utf-8"))
         return loaded
 
