@@ -14,9 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
@@ -34,8 +33,8 @@ from torchdoctor.agent.gather import (
     linter_evidence,
     run_static,
     split_by_point,
+    start_linters,
 )
-from torchdoctor.agent.graph import build_audit_graph, sqlite_checkpointer
 from torchdoctor.agent.ledger import Ledger, default_ledger_path
 from torchdoctor.agent.models import (
     AuditReport,
@@ -61,6 +60,9 @@ from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.workspace import Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -184,14 +186,17 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     )
 
     tools: dict[str, str] = {}
+    peers = (
+        start_linters(workspace, online=options.online, mypy=options.mypy)
+        if config.linters and workspace.files
+        else None
+    )
 
     def gather() -> dict[int, PointRequest]:
         static = run_static(workspace, config)
         extra: list[tuple[int, Evidence]] = []
-        if config.linters and workspace.files:
-            pairs, versions = linter_evidence(
-                workspace, static, online=options.online, mypy=options.mypy
-            )
+        if peers is not None:
+            pairs, versions = linter_evidence(workspace, static, peers.result())
             extra += pairs
             tools.update(versions)
         if request.commands or request.discover:
@@ -202,9 +207,14 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         extra += probes.evidence
         return split_by_point(workspace, static, config.lang, extra_evidence=extra)
 
+    # LangGraph loads here, once the peers' subprocesses are already running.
+    from torchdoctor.agent.graph import audit_checkpointer, build_audit_graph
+
     graph = build_audit_graph(reasoner, gather)
     run_config: RunnableConfig = {"configurable": {"thread_id": audit_id}}
-    with sqlite_checkpointer(torchdoctor_home() / "checkpoints.sqlite") as saver:
+    worth_resuming = bool(request.commands or request.discover or options.fix or options.apply)
+    worth_resuming = worth_resuming or not isinstance(reasoner, OfflineReasoner)
+    with audit_checkpointer(torchdoctor_home() / "checkpoints.sqlite", worth_resuming) as saver:
         app = graph.compile(checkpointer=saver)
         for mode, chunk in app.stream(
             {"audit_id": audit_id}, run_config, stream_mode=["updates", "custom"]

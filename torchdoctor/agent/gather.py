@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
@@ -18,6 +20,9 @@ from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.reasoning.base import PointRequest
 from torchdoctor.agent.workspace import Workspace
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.linters.runner import LinterRun
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 _RULE_SLUG = re.compile(r"[^a-z0-9]+")
@@ -52,19 +57,35 @@ def run_static(workspace: Workspace, config: AuditConfig) -> StaticResult:
     return analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
 
 
+def start_linters(
+    workspace: Workspace, *, online: bool = False, mypy: bool = False
+) -> Future[LinterRun]:
+    """Start the peer linters on the workspace's files now, in the background: their
+    subprocesses overlap with everything the audit does before it needs their evidence."""
+    from torchdoctor.agent.checks.linters.runner import run_linters
+
+    files = [f.path for f in workspace.files]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peers")
+    future = pool.submit(
+        run_linters,
+        workspace.root,
+        files,
+        mypy=mypy,
+        offline=not online,
+        manifests=workspace.manifests,
+    )
+    pool.shutdown(wait=False)
+    return future
+
+
 def linter_evidence(
-    workspace: Workspace, static: StaticResult, *, online: bool = False, mypy: bool = False
+    workspace: Workspace, static: StaticResult, run: LinterRun
 ) -> tuple[list[tuple[int, Evidence]], dict[str, str]]:
     """Peer linters' results as evidence: attached to the native finding they confirm, else a
     finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint."""
     from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
-    from torchdoctor.agent.checks.linters.runner import run_linters
     from torchdoctor.agent.reasoning.offline import attach_key
 
-    files = [f.path for f in workspace.files]
-    run = run_linters(
-        workspace.root, files, mypy=mypy, offline=not online, manifests=workspace.manifests
-    )
     attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
     pairs: list[tuple[int, Evidence]] = []
     for (rule, file, line), evidence in attached.items():

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
@@ -155,8 +154,23 @@ def build_audit_graph(reasoner: Reasoner, gather: Gatherer) -> StateGraph[AuditS
 
 
 @contextmanager
+def audit_checkpointer(path: Path, durable: bool) -> Any:
+    """SQLite on `path` when the audit is worth resuming after a crash (runs, fixes, an LLM);
+    in memory otherwise: a static audit is redone faster than it is resumed."""
+    if durable:
+        with sqlite_checkpointer(path) as saver:
+            yield saver
+        return
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    yield InMemorySaver()
+
+
+@contextmanager
 def sqlite_checkpointer(path: Path) -> Any:
     """A SQLite checkpointer on `path`, closed on exit."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(str(path), check_same_thread=False)
     try:

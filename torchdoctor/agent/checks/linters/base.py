@@ -8,12 +8,15 @@ crashed, timed out, offline). A tool's failure is a coverage note, never an exce
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -106,8 +109,19 @@ class SubprocessLinter(ABC):
     def version(self) -> str:
         """The tool's version as it reports it ('' when it cannot say)."""
         if self._version is None:
-            self._version = self._read_version()
+            self._version = self._own_version() or self._read_version()
         return self._version
+
+    def _own_version(self) -> str:
+        """The version from this environment's metadata when the tool is this environment's
+        own (its script sits next to our interpreter): no `--version` subprocess to wait for."""
+        path = self.executable_path()
+        if path is None or os.path.dirname(path) != os.path.dirname(sys.executable):
+            return ""
+        try:
+            return metadata.version(self.name)
+        except metadata.PackageNotFoundError:
+            return ""
 
     def _read_version(self) -> str:
         output = self._version_output()
