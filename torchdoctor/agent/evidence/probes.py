@@ -157,17 +157,30 @@ class _Builder:
 # --- the checks, one per probe ---------------------------------------------------------------
 
 
+def run_failed(doc: ProbeDocument) -> bool:
+    """The run did not get far enough for its measurements to mean anything."""
+    o = doc.outcome
+    if o.kind in ("script-error", "harness-error"):
+        return True
+    if o.kind == "sys-exit" and o.exit_code not in (None, 0):
+        return True
+    return o.kind == "time-budget" and doc.steps_completed + doc.forward_passes <= 1
+
+
 def _outcome(b: _Builder) -> None:
     o = b.doc.outcome
-    if o.kind == "script-error":
+    steps = b.doc.steps_completed if b.doc.mode == "train" else b.doc.forward_passes
+    when = "before its first step" if steps == 0 else f"after {steps} step(s)"
+    if o.kind == "script-error" or (o.kind == "sys-exit" and o.exit_code not in (None, 0)):
+        what = o.detail or (f"exit code {o.exit_code}" if o.kind == "sys-exit" else "an error")
         b.find(
             "probe-script-error",
             2,
             Severity.HIGH,
             "The script fails when run",
-            f"The script raised during the instrumented run: {o.detail}",
+            f"The script failed {when} of the instrumented run: {what}",
             ["2.2"],
-            code=o.error_type or "error",
+            code=o.error_type or o.kind,
             file=o.file,
             line=o.line,
             traceback=o.traceback,
@@ -467,6 +480,12 @@ def _determinism(b: _Builder) -> None:
     d = b.doc.determinism
     if d is None:
         return
+    if d.ok and (d.steps_compared == 0 or d.max_rel_diff is None):
+        b.hint("5.1", "not-checked", "probe:determinism", "the seeded runs recorded no loss")
+        return
+    if not d.deterministic and d.first_divergent_step is None:
+        b.hint("5.1", "not-checked", "probe:determinism", "no divergent step was recorded")
+        return
     if not d.ok:
         b.hint("5.1", "not-checked", "probe:determinism", d.error or "seeded runs failed")
         return
@@ -541,6 +560,9 @@ def _model_location(b: _Builder) -> tuple[str | None, int | None]:
 def _export(b: _Builder) -> None:
     e = b.doc.export
     if e is None or e.torch_export is None:
+        return
+    if not e.torch_export.ok and not (e.torch_export.error or e.torch_export.error_type):
+        b.hint("7.1", "not-checked", "probe:export", "the export try recorded no error")
         return
     file, line = _model_location(b)
     if e.torch_export.ok:
@@ -703,6 +725,19 @@ def _notes(doc: ProbeDocument) -> list[str]:
     return notes
 
 
+TRACEBACK_TAIL_LINES = 12
+
+
+def _failure_excerpt(b: _Builder, finding: ProbeFinding) -> str:
+    """The numbered source lines, then the traceback's last lines when the run raised."""
+    excerpt = b.excerpt(finding.file, finding.line)
+    trace = str(finding.data.get("traceback") or "").strip().splitlines()
+    if not trace:
+        return excerpt
+    tail = "\n".join(trace[-TRACEBACK_TAIL_LINES:])
+    return f"{excerpt}\n\nTraceback (last lines):\n{tail}" if excerpt else tail
+
+
 def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
     version = f"schema {b.doc.schema_version}; torch {b.doc.torch_version}"
     out = [
@@ -713,7 +748,7 @@ def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
             message=f.message,
             file=f.file,
             line=f.line,
-            excerpt=b.excerpt(f.file, f.line),
+            excerpt=_failure_excerpt(b, f),
             data={
                 "items": f.items,
                 "verdict": "fail",
@@ -783,7 +818,8 @@ def probe_findings(
     `read_source(relpath)`, when given, supplies the text for numbered excerpts."""
     document = doc if isinstance(doc, ProbeDocument) else ProbeDocument.model_validate(doc)
     builder = _Builder(document, script_relpath, read_source)
-    for check in _CHECKS:
+    # a failed run proves only that it fails: no measurement is read from it
+    for check in (_outcome,) if run_failed(document) else _CHECKS:
         check(builder)
     summary = _summary(document)
     return ProbeAnalysis(
