@@ -162,7 +162,7 @@ def test_rules_command_lists_and_explains(tmp_path: Path) -> None:
     listing = torchdoctor("rules", "--format", "json")
     assert listing.returncode == 0
     rules = json.loads(listing.stdout)
-    assert {"id", "point", "severity", "has_fix"} <= set(rules[0])
+    assert {"id", "kind", "point", "severity", "fixable", "title", "doc"} <= set(rules[0])
     explained = torchdoctor("rules", "zero-grad-missing")
     assert "Fix:" in explained.stdout and "Example:" in explained.stdout
     assert torchdoctor("rules", "no-such-rule").returncode == 2

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS
+from torchdoctor.agent.checks.catalogue import unknown_names_message
+from torchdoctor.agent.checks.selection import drop_silenced
 from torchdoctor.agent.config import (
     AuditConfig,
     ConfigError,
@@ -117,7 +119,14 @@ def torchdoctor_home() -> Path:
 
 
 def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConfig:
+    """The project's config with the options over it; unknown rule ids are a usage error."""
     config = project.config
+    for names, where in (
+        (options.select + options.ignore, "--select/--ignore"),
+        (config.select + config.ignore, "[tool.torchdoctor] select/ignore"),
+    ):
+        if message := unknown_names_message(names, where):
+            raise ConfigError(message)
     updates: dict[str, Any] = {
         "select": config.select + options.select,
         "ignore": config.ignore + options.ignore,
@@ -205,6 +214,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
             found = run_probes(workspace, request, get_sandbox(options.sandbox))
             probes.evidence, probes.runs = found.evidence, found.runs
         extra += probes.evidence
+        extra = drop_silenced(extra, config.ignore, workspace.text_of)
         return split_by_point(workspace, static, config.lang, extra_evidence=extra)
 
     # LangGraph loads here, once the peers' subprocesses are already running.

@@ -10,29 +10,51 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
+from rich.markup import escape
 
-from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor import __version__
+from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.models import Severity
+from torchdoctor.agent.progress import progress_reporter
 from torchdoctor.agent.report import render
 from torchdoctor.agent.workspace import InputError
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
     from torchdoctor.agent.audit import AuditOptions, AuditOutcome
 
+
 app = typer.Typer(
+    suggest_commands=True,
     help="Audit PyTorch code along a 12-point checklist, with evidence.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 stderr = Console(stderr=True, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"torchdoctor {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Audit PyTorch code along a 12-point checklist, with evidence."""
 
 
 class OutputFormat(StrEnum):
@@ -41,6 +63,7 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
     github = "github"
     junit = "junit"
+    concise = "concise"
 
 
 class Lang(StrEnum):
@@ -49,35 +72,14 @@ class Lang(StrEnum):
 
 
 def _fail(message: str) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=2)
 
 
-def _with_progress(options: AuditOptions) -> AuditOutcome:
+def _with_progress(options: AuditOptions, quiet: bool) -> AuditOutcome:
     from torchdoctor.agent.audit import run_audit
 
-    if not stderr.is_terminal:
-        return run_audit(options)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), console=stderr, transient=True
-    ) as bar:
-        task = bar.add_task("ingest: static analysis", total=13)
-
-        def on_event(event: dict[str, Any]) -> None:
-            kind = event.get("event")
-            if kind == "point":
-                bar.update(
-                    task,
-                    advance=1,
-                    description=f"point {event['point']}: {event['findings']} finding(s)",
-                )
-            elif kind == "phase":
-                bar.update(task, description=f"phase {event['phase']}")
-            elif kind == "fix":
-                bar.update(task, description=str(event.get("message", "fix")))
-            elif kind == "finalize":
-                bar.update(task, advance=1, description="finalize")
-
+    with progress_reporter(stderr, quiet=quiet) as on_event:
         return run_audit(options, progress=on_event)
 
 
@@ -178,6 +180,9 @@ def audit(
             "still runs, so cross-file facts hold).",
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress lines or bar on stderr.")
+    ] = False,
 ) -> None:
     """Audit scripts or repositories and write a report (and the ISSUES.md ledger)."""
     from torchdoctor.agent.audit import ApplyRefused, AuditOptions
@@ -213,7 +218,7 @@ def audit(
     if unknown:
         raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
     try:
-        outcome = _with_progress(options)
+        outcome = _with_progress(options, quiet)
         report = outcome.report
         if changed_since is not None:
             from torchdoctor.agent.changes import changed_lines, restrict_to_changes
@@ -272,38 +277,48 @@ def rules(
     rule_id: Annotated[str | None, typer.Argument(help="Explain one rule.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
 ) -> None:
-    """List the native rules, or explain one (its documentation)."""
-    registry = rules_by_id()
+    """List every rule (native, probe and peer-linter rules), or explain one."""
+    if fmt not in ("table", "json"):
+        raise _fail(f"unknown format {fmt!r}: use table or json")
+    known = catalogue()
     if rule_id is not None:
-        rule = registry.get(rule_id)
+        rule = known.get(rule_id)
         if rule is None:
-            raise _fail(f"unknown rule {rule_id!r} (see `torchdoctor rules`)")
+            near = closest(rule_id)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise _fail(f"unknown rule {rule_id!r}{hint} (see `torchdoctor rules`)")
         if fmt == "json":
-            sys.stdout.write(json.dumps(_rule_json(rule_id), indent=2) + "\n")
-            return
-        sys.stdout.write(
-            f"{rule.id} — {rule.title}\npoint {rule.point} · severity "
-            f"{rule.severity.value} · tier {rule.tier} · fix: "
-            f"{'yes' if rule.fixable else 'no'} · items {', '.join(rule.items)}\n\n"
-        )
-        sys.stdout.write(rule_doc(rule) + "\n")
+            sys.stdout.write(json.dumps(rule.model_dump(mode="json"), indent=2) + "\n")
+        else:
+            sys.stdout.write(_explain(rule))
         return
     if fmt == "json":
-        sys.stdout.write(json.dumps([_rule_json(r) for r in registry], indent=2) + "\n")
+        listed = [r.model_dump(mode="json") for r in known.values()]
+        sys.stdout.write(json.dumps(listed, indent=2) + "\n")
         return
-    if fmt != "table":
-        raise _fail(f"unknown format {fmt!r}: use table or json")
-    table = Table("id", "point", "severity", "tier", "fix", "title")
-    for rule in registry.values():
-        table.add_row(
-            rule.id,
-            str(rule.point),
-            rule.severity.value,
-            rule.tier,
-            "yes" if rule.fixable else "no",
-            rule.title,
+    sys.stdout.write(_rules_table(list(known.values())))
+
+
+def _rules_table(listed: list[CatalogueRule]) -> str:
+    """Plain aligned columns, nothing cut: ids and titles are read and copied whole."""
+    rows = [("id", "kind", "point", "severity", "fix", "title")]
+    for rule in listed:
+        rows.append(
+            (
+                rule.id,
+                rule.kind if rule.kind != "peer" else rule.tool,
+                str(rule.point or "-"),
+                rule.severity.value if rule.severity else "-",
+                "yes" if rule.fixable else "no",
+                " ".join(rule.title.split()),
+            )
         )
-    Console().print(table)
+    widths = [max(len(row[col]) for row in rows) for col in range(5)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
+        + f"  {row[5]}\n"
+        for row in rows
+    )
 
 
 class SchemaName(StrEnum):
@@ -321,18 +336,27 @@ def schema(
     sys.stdout.write(json.dumps(json_schema(name.value), indent=2) + "\n")
 
 
-def _rule_json(rule_id: str) -> dict[str, Any]:
-    rule = rules_by_id()[rule_id]
-    return {
-        "id": rule.id,
-        "point": rule.point,
-        "severity": rule.severity.value,
-        "tier": rule.tier,
-        "has_fix": rule.fixable,
-        "items": list(rule.items),
-        "title": rule.title,
-        "doc": rule_doc(rule),
-    }
+def _explain(rule: CatalogueRule) -> str:
+    facts = [f"{rule.kind} rule" if rule.kind != "peer" else f"{rule.tool} rule"]
+    if rule.point is not None:
+        facts.append(f"point {rule.point}")
+    if rule.severity is not None:
+        facts.append(f"severity {rule.severity.value}")
+    if rule.kind == "native":
+        facts += [f"tier {rule.tier}", f"fix: {'yes' if rule.fixable else 'no'}"]
+    if rule.items:
+        facts.append(f"items {', '.join(rule.items)}")
+    text = f"{rule.id} — {rule.title}\n{' · '.join(facts)}\n\n{rule.doc}\n"
+    if rule.severity_note:
+        text += f"\nSeverity: {rule.severity_note}\n"
+    if rule.link:
+        text += f"\nMore: {rule.link}\n"
+    if rule.kind == "peer":
+        text += (
+            f'\nSilence it with `--ignore {rule.id}`, `ignore = ["{rule.id}"]` or '
+            f"`# torchdoctor: ignore[{rule.id}]`; the whole tool with `--ignore {rule.tool}`.\n"
+        )
+    return text
 
 
 def main() -> None:

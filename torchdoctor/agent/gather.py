@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.catalogue import peer_rule_id
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files
 from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.config import AuditConfig
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.linters.runner import LinterRun
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
-_RULE_SLUG = re.compile(r"[^a-z0-9]+")
 
 
 def parse_torch_version(text: str | None) -> tuple[int, int] | None:
@@ -96,9 +96,8 @@ def linter_evidence(
         if ev.data.get("severity") == "info":
             pairs.append((int(ev.data["point"]), ev))  # context for the reasoner, not a problem
             continue
-        code = _RULE_SLUG.sub("-", str(ev.data.get("code", "")).lower()).strip("-")
         ev.data["finding"] = {
-            "rule": f"{ev.source}-{code}".strip("-"),
+            "rule": peer_rule_id(ev.source, str(ev.data.get("code", ""))),
             "severity": ev.data.get("severity", "low"),
             "title": f"{ev.source} {ev.data.get('code', '')}: {ev.message}"[:160],
             "code": f"{ev.data.get('code', '')} {ev.message}",

@@ -66,6 +66,7 @@ class Evidence(Strict):
     message: str
     file: str | None = None
     line: int | None = None
+    column: int | None = Field(None, ge=1, description="1-based column, where the tool says")
     excerpt: str = Field("", description="numbered source lines around the location")
     data: dict[str, Any] = Field(default_factory=dict)
 

@@ -33,6 +33,7 @@ class RawFinding(BaseModel):
     file: str
     line: int
     end_line: int
+    column: int = 1
     code: str
     message: str
     severity: Severity
@@ -174,11 +175,10 @@ class ModuleContext:
         return numbered_excerpt(self.lines, line, end_line, context)
 
     def suppressed(self, rule_id: str, line: int) -> bool:
+        from torchdoctor.agent.checks.catalogue import suppressed_inline
+
         text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        marker = text.partition("# torchdoctor: ignore")[2]
-        if not text or "# torchdoctor: ignore" not in text:
-            return False
-        return not marker.startswith("[") or rule_id in marker.split("]")[0]
+        return suppressed_inline(text, rule_id)
 
     def report(
         self,
@@ -218,6 +218,7 @@ class ModuleContext:
             file=self.path,
             line=line,
             end_line=end_line,
+            column=getattr(node, "col_offset", 0) + 1,
             code="\n".join(self.lines[line - 1 : end_line]),
             message=message,
             severity=severity or rule.severity,
@@ -241,6 +242,8 @@ class Rule:
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
     tier: ClassVar[Literal["default", "opt-in"]] = "default"
     fixable: ClassVar[bool] = False
+    severity_note: ClassVar[str] = ""
+    """When the severity differs from `severity`, and why (shown by `torchdoctor rules ID`)."""
     reads_manifests: ClassVar[bool] = False
 
     def applies(self, ctx: ModuleContext) -> bool:

@@ -167,6 +167,7 @@ def _static_evidence(raw: RawFinding) -> Evidence:
         message=raw.message,
         file=raw.file,
         line=raw.line,
+        column=raw.column,
         excerpt=raw.excerpt,
         data=dict(raw.data),
     )

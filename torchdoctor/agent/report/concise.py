@@ -1,0 +1,35 @@
+"""One line per open finding, `path:line:col: rule message`, as ruff and compilers print them:
+what terminals make clickable and editors' problem matchers read."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from torchdoctor.agent.models import AuditReport, Finding
+
+
+def finding_path(report: AuditReport, finding: Finding) -> str:
+    """The finding's file as the user named it on the command line (openable from there)."""
+    if report.target.kind == "file":
+        return report.target.path
+    return (PurePath(report.target.path) / finding.file).as_posix()
+
+
+def _column(finding: Finding) -> int:
+    return next((ev.column for ev in finding.evidence if ev.column is not None), 1)
+
+
+def _message(finding: Finding) -> str:
+    said = finding.evidence[0].message if finding.evidence else ""
+    text = f"{finding.title}: {said}" if said and said != finding.title else finding.title
+    return " ".join(text.split())
+
+
+def render_concise(report: AuditReport) -> str:
+    lines = [
+        f"{finding_path(report, f)}:{f.line}:{_column(f)}: {f.rule} [{f.severity.value}] "
+        f"{_message(f)}"
+        for f in report.findings
+        if f.status.is_open
+    ]
+    return "".join(f"{line}\n" for line in lines)
