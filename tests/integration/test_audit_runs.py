@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,14 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path) -> None:
+    heard: list[dict[str, Any]] = []
     outcome = run_audit(
-        AuditOptions(target=project, run=["python train_buggy.py"], steps=6, write_ledger=False)
+        AuditOptions(target=project, run=["python train_buggy.py"], steps=6, write_ledger=False),
+        progress=heard.append,
     )
     report = outcome.report
+    runs_heard = [e["message"] for e in heard if e["event"] == "run"]
+    assert len(runs_heard) == 2 and "train_buggy.py" in runs_heard[0], "a line per run, both ends"
     rules = {f.rule for f in report.findings}
     assert {"probe-graph-retention", "probe-host-sync"} <= rules
     retention = next(f for f in report.findings if f.rule == "probe-graph-retention")

@@ -155,3 +155,20 @@ def test_peer_findings_are_silenced_inline_by_id_by_tool_and_by_config(
     assert bandit_lines("--ignore", "bandit") == []
     (tmp_path / "pyproject.toml").write_text('[tool.torchdoctor]\nignore = ["bandit-b102"]\n')
     assert bandit_lines() == []
+
+
+def test_plain_progress_lines_name_runs_and_fixes() -> None:
+    import io
+
+    from torchdoctor.agent.progress import PlainLines
+
+    stream = io.StringIO()
+    lines = PlainLines(stream)
+    lines({"event": "run", "message": "`python train.py` under the probes (20 steps)"})
+    lines({"event": "fix", "message": "zero-grad-missing: verified"})
+    lines({"event": "unheard-of"})
+    lines({"no": "event"})
+    said = stream.getvalue().splitlines()
+    assert len(said) == 2
+    assert said[0].endswith("run: `python train.py` under the probes (20 steps)")
+    assert said[1].endswith("fix: zero-grad-missing: verified")

@@ -205,13 +205,16 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         static = run_static(workspace, config)
         extra: list[tuple[int, Evidence]] = []
         if peers is not None:
+            if progress is not None:
+                progress({"event": "step", "message": "peer linters"})
             pairs, versions = linter_evidence(workspace, static, peers.result())
             extra += pairs
             tools.update(versions)
         if request.commands or request.discover:
             from torchdoctor.sandbox.config import get_sandbox
 
-            found = run_probes(workspace, request, get_sandbox(options.sandbox))
+            say = (lambda line: progress({"event": "run", "message": line})) if progress else None
+            found = run_probes(workspace, request, get_sandbox(options.sandbox), on_run=say)
             probes.evidence, probes.runs = found.evidence, found.runs
         extra += probes.evidence
         extra = drop_silenced(extra, config.ignore, workspace.text_of)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import shlex
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -141,11 +142,21 @@ def harness_command(request: RunRequest, script: str, args: list[str]) -> list[s
     return [*command, "--", *args]
 
 
-def run_probes(workspace: Workspace, request: RunRequest, sandbox: Sandbox) -> ProbeEvidence:
-    """Run every planned command under the probes harness; failures become notes, not crashes."""
+def run_probes(
+    workspace: Workspace,
+    request: RunRequest,
+    sandbox: Sandbox,
+    on_run: Callable[[str], None] | None = None,
+) -> ProbeEvidence:
+    """Run every planned command under the probes harness; failures become notes, not crashes.
+    `on_run` hears one line before and after each run (progress)."""
     result = ProbeEvidence()
     for command in planned_commands(request, workspace):
+        if on_run is not None:
+            on_run(f"`{command}` under the probes ({request.steps} steps)")
         summary, evidence = _run_one(workspace, request, sandbox, command)
+        if on_run is not None:
+            on_run(f"`{command}`: {summary.outcome}")
         result.runs.append(summary)
         result.evidence.extend(evidence)
     return result
