@@ -1,12 +1,13 @@
-"""Trajectory tolerance and the speed-up rule (median gain > 2x IQR and > 3%)."""
+"""Trajectory tolerance and the noise model: a bootstrapped interval of the speed-up decides."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
-from torchdoctor.agent.fixes.stats import speed_up, trajectories_match
+from torchdoctor.agent.fixes.stats import MIN_IMPROVEMENT, Verdict, speed_up, trajectories_match
 
 
 def test_identical_trajectories_match_exactly() -> None:
@@ -29,11 +30,47 @@ def test_length_mismatch_and_nan_after_the_fix_fail() -> None:
     assert not trajectories_match([1.0, 2.0], [1.0, math.nan], 1.0)[0]
 
 
-def test_a_clear_speed_up_is_significant() -> None:
+def _steps(rng: random.Random, median: float, spread: float, n: int) -> list[float]:
+    """Step times as a GPU run gives them: log-normal jitter around a median."""
+    return [median * math.exp(rng.gauss(0.0, spread)) for _ in range(n)]
+
+
+def _runs(seed: int, median: float, spread: float, runs: int, steps: int) -> list[list[float]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(runs):
+        drift = math.exp(rng.gauss(0.0, spread / 2))  # each run's own conditions
+        out.append(_steps(rng, median * drift, spread, steps))
+    return out
+
+
+def test_a_clear_speed_up_is_faster_with_its_interval() -> None:
     before = [0.100, 0.101, 0.099, 0.100, 0.102, 0.098]
     after = [0.050, 0.051, 0.049, 0.050, 0.052, 0.048]
     result = speed_up(before, after)
     assert result.significant and result.improvement == pytest.approx(0.5)
+    low, high = result.interval
+    assert 0.45 < low <= 0.5 <= high < 0.55
+    assert "95% CI [" in result.detail
+
+
+def test_a_real_three_percent_gain_verifies() -> None:
+    """Steady steps (0.5% jitter), three runs a side, 3% faster: the interval clears 1%."""
+    before = _runs(1, 0.100, 0.005, runs=3, steps=20)
+    after = _runs(2, 0.097, 0.005, runs=3, steps=20)
+    result = speed_up(before, after)
+    assert result.verdict is Verdict.FASTER
+    assert result.interval[0] > MIN_IMPROVEMENT and 0.02 < result.improvement < 0.04
+
+
+def test_a_noisy_three_percent_gain_does_not_verify() -> None:
+    """The same 3% median gain inside 15% step jitter and run-to-run drift: undecided, so not
+    verified (the verifier asks for more repeats before it gives up)."""
+    before = _runs(3, 0.100, 0.15, runs=2, steps=8)
+    after = _runs(4, 0.097, 0.15, runs=2, steps=8)
+    result = speed_up(before, after)
+    assert not result.significant
+    assert result.interval[0] < 0 < result.interval[1]
 
 
 def test_a_gain_inside_the_noise_is_not_significant() -> None:
@@ -42,10 +79,35 @@ def test_a_gain_inside_the_noise_is_not_significant() -> None:
     assert not speed_up(before, after).significant
 
 
-def test_a_tiny_but_steady_gain_under_three_percent_is_not_significant() -> None:
-    before = [0.1000] * 6
-    after = [0.0990] * 6
-    assert not speed_up(before, after).significant
+def test_a_steady_gain_under_the_minimum_is_not_faster() -> None:
+    before = [0.1000, 0.1001, 0.0999, 0.1000, 0.1002, 0.0998]
+    after = [v * 0.995 for v in before]
+    result = speed_up(before, after)
+    assert result.verdict is Verdict.NOT_FASTER
+
+
+def test_a_slowdown_is_not_faster() -> None:
+    before = _runs(5, 0.100, 0.01, runs=2, steps=10)
+    after = _runs(6, 0.120, 0.01, runs=2, steps=10)
+    result = speed_up(before, after)
+    assert result.verdict is Verdict.NOT_FASTER and result.improvement < 0
+
+
+def test_run_to_run_drift_widens_the_interval() -> None:
+    """Pooling steps of runs that disagree would look precise; resampling runs does not."""
+    rng = random.Random(7)
+    before = [_steps(rng, 0.100, 0.002, 20), _steps(rng, 0.110, 0.002, 20)]
+    after = [_steps(rng, 0.095, 0.002, 20), _steps(rng, 0.106, 0.002, 20)]
+    pooled = speed_up([t for r in before for t in r], [t for r in after for t in r])
+    by_run = speed_up(before, after)
+    width = by_run.interval[1] - by_run.interval[0]
+    assert width > pooled.interval[1] - pooled.interval[0]
+
+
+def test_the_verdict_is_reproducible() -> None:
+    before = _runs(8, 0.1, 0.05, runs=3, steps=10)
+    after = _runs(9, 0.095, 0.05, runs=3, steps=10)
+    assert speed_up(before, after) == speed_up(before, after)
 
 
 def test_too_few_samples_are_refused() -> None:

@@ -16,7 +16,7 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
-from torchdoctor.agent.models import Finding, Fix, Status, Verification
+from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
 from torchdoctor.sandbox.models import Limits
 from torchdoctor.sandbox.protocol import Sandbox
 
@@ -115,6 +115,7 @@ def propose_and_verify(
         patch = propose_patch(workspace_root, finding)
         codemod = codemod_for(finding.rule)
         if patch is None or codemod is None:
+            by_id[finding.id] = _with_refusal(workspace_root, finding)
             continue
         spec = FixSpec.of(codemod)
         say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
@@ -134,6 +135,27 @@ def propose_and_verify(
     _retry_small_gains(verifier, by_id, specs, say)
     _combine_verified(verifier, by_id, specs, say)
     return [by_id[f.id] for f in findings]
+
+
+def _with_refusal(workspace_root: Path, finding: Finding) -> Finding:
+    """The finding with the codemod's reason for not fixing it as evidence, when it has one."""
+    codemod = codemod_for(finding.rule)
+    path = workspace_root / finding.file
+    if codemod is None or not path.is_file():
+        return finding
+    reason = codemod.explain(
+        path.read_text(encoding="utf-8", errors="replace"), FixTarget.from_finding(finding)
+    )
+    if reason is None:
+        return finding
+    note = Evidence(
+        source="torchdoctor-codemod",
+        kind="static",
+        message=f"no automatic fix: {reason}",
+        file=finding.file,
+        line=finding.line,
+    )
+    return finding.model_copy(update={"evidence": [*finding.evidence, note]})
 
 
 def _retry_small_gains(

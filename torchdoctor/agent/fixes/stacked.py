@@ -61,6 +61,7 @@ def verify_on_stack(
             base.run_command,
             steps=base.steps,
             timing_runs=base.timing_runs,
+            max_timing_runs=base.max_timing_runs,
             config=base.config,
         )
         for finding in candidates:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
+from collections.abc import Sequence
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +35,18 @@ class Timing(BaseModel):
     median_s: float
     iqr_s: float
     samples: int
+    runs: int = 1
+
+
+class Verdict(StrEnum):
+    """What the bootstrapped interval of the gain says."""
+
+    FASTER = "faster"
+    """The whole interval lies above the minimum gain worth a change."""
+    NOT_FASTER = "not-faster"
+    """The interval lies below the minimum gain (or is centred on a slowdown)."""
+    INCONCLUSIVE = "inconclusive"
+    """The interval straddles the minimum gain: more repeats could decide."""
 
 
 class SpeedUp(BaseModel):
@@ -41,37 +56,99 @@ class SpeedUp(BaseModel):
     after: Timing
     improvement: float
     """Relative reduction of the median step time (0.25 = 25% faster)."""
-    significant: bool
+    interval: tuple[float, float]
+    """95% bootstrap confidence interval of `improvement`."""
+    verdict: Verdict
     detail: str
 
+    @property
+    def significant(self) -> bool:
+        return self.verdict is Verdict.FASTER
 
-MIN_IMPROVEMENT = 0.03
-NOISE_FACTOR = 2.0
+
+MIN_IMPROVEMENT = 0.01
+"""Below 1% a performance change is not worth a diff, however certain."""
+CONFIDENCE = 0.95
+RESAMPLES = 2000
 
 
-def timing(samples: list[float]) -> Timing:
+def timing(runs: Sequence[Sequence[float]]) -> Timing:
+    samples = [t for run in runs for t in run]
     if len(samples) < 4:
         raise ValueError("at least 4 timing samples are needed")
     q1, _, q3 = statistics.quantiles(samples, n=4)
-    return Timing(median_s=statistics.median(samples), iqr_s=q3 - q1, samples=len(samples))
+    return Timing(
+        median_s=statistics.median(samples),
+        iqr_s=q3 - q1,
+        samples=len(samples),
+        runs=len([r for r in runs if r]),
+    )
 
 
-def speed_up(before: list[float], after: list[float]) -> SpeedUp:
-    """Significant when the median gain beats 2x the larger IQR and 3% of the baseline."""
-    t_before, t_after = timing(before), timing(after)
-    gain = t_before.median_s - t_after.median_s
-    noise = NOISE_FACTOR * max(t_before.iqr_s, t_after.iqr_s)
-    improvement = gain / t_before.median_s if t_before.median_s > 0 else 0.0
-    significant = gain > noise and improvement > MIN_IMPROVEMENT
+def speed_up(
+    before: Sequence[float] | Sequence[Sequence[float]],
+    after: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    seed: int = 0,
+) -> SpeedUp:
+    """The relative gain of the median step time, with a 95% bootstrap interval.
+
+    Steps of one run share that run's conditions (clocks, co-tenants, allocator state), so
+    the bootstrap is hierarchical: runs are resampled, then steps within each drawn run.
+    The verdict comes from the interval: FASTER when its lower end clears `MIN_IMPROVEMENT`,
+    NOT_FASTER when its upper end does not, INCONCLUSIVE in between (more repeats decide).
+    A flat list of step times counts as one run.
+    """
+    runs_before, runs_after = _as_runs(before), _as_runs(after)
+    t_before, t_after = timing(runs_before), timing(runs_after)
+    improvement = _gain(t_before.median_s, t_after.median_s)
+    rng = random.Random(seed)
+    gains = sorted(
+        _gain(_resampled_median(runs_before, rng), _resampled_median(runs_after, rng))
+        for _ in range(RESAMPLES)
+    )
+    tail = (1 - CONFIDENCE) / 2
+    low = gains[int(tail * (RESAMPLES - 1))]
+    high = gains[int((1 - tail) * (RESAMPLES - 1))]
+    if low > MIN_IMPROVEMENT:
+        verdict = Verdict.FASTER
+    elif high < MIN_IMPROVEMENT or improvement <= 0:
+        verdict = Verdict.NOT_FASTER
+    else:
+        verdict = Verdict.INCONCLUSIVE
     detail = (
         f"median step {t_before.median_s * 1e3:.2f} ms -> {t_after.median_s * 1e3:.2f} ms "
-        f"({improvement:+.1%}); IQR {t_before.iqr_s * 1e3:.2f} / {t_after.iqr_s * 1e3:.2f} ms; "
-        f"{t_before.samples} / {t_after.samples} steps"
+        f"({improvement:+.1%}, 95% CI [{low:+.1%}, {high:+.1%}]); "
+        f"{t_before.samples} / {t_after.samples} steps in {t_before.runs} / {t_after.runs} runs"
     )
     return SpeedUp(
         before=t_before,
         after=t_after,
         improvement=improvement,
-        significant=significant,
+        interval=(low, high),
+        verdict=verdict,
         detail=detail,
     )
+
+
+def _as_runs(times: Sequence[float] | Sequence[Sequence[float]]) -> list[list[float]]:
+    runs: list[list[float]] = []
+    flat: list[float] = []
+    for entry in times:
+        if isinstance(entry, int | float):
+            flat.append(float(entry))
+        elif entry:
+            runs.append([float(t) for t in entry])
+    return [flat, *runs] if flat else runs
+
+
+def _gain(before_s: float, after_s: float) -> float:
+    return (before_s - after_s) / before_s if before_s > 0 else 0.0
+
+
+def _resampled_median(runs: list[list[float]], rng: random.Random) -> float:
+    drawn: list[float] = []
+    for _ in runs:
+        run = runs[rng.randrange(len(runs))]
+        drawn += rng.choices(run, k=len(run))
+    return statistics.median(drawn)

@@ -26,7 +26,13 @@ from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_patch
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.smoke import ProbeRunner
-from torchdoctor.agent.fixes.stats import speed_up, trajectories_match
+from torchdoctor.agent.fixes.stats import (
+    MIN_IMPROVEMENT,
+    SpeedUp,
+    Verdict,
+    speed_up,
+    trajectories_match,
+)
 from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
 from torchdoctor.agent.models import Severity, Verification
 
@@ -74,6 +80,7 @@ class Verifier:
         *,
         steps: int = 20,
         timing_runs: int = 3,
+        max_timing_runs: int = 6,
         config: EngineConfig | None = None,
     ) -> None:
         self.root = root
@@ -81,6 +88,7 @@ class Verifier:
         self.run_command = run_command
         self.steps = steps
         self.timing_runs = timing_runs
+        self.max_timing_runs = max_timing_runs
         self.config = config or EngineConfig()
         self._baseline: SmokeRun | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
@@ -194,23 +202,32 @@ class Verifier:
         return Verification(step="behaviour", ok=ok, detail="; ".join(details))
 
     def _speed(self, copy: Path, after: SmokeRun) -> Verification:
+        """Interleaved timing runs until the bootstrapped interval of the gain decides, at
+        least `timing_runs` per side and at most `max_timing_runs`."""
         assert self.runner is not None and self.run_command is not None
-        before_times = list(self.baseline().step_times_s)
-        after_times = list(after.step_times_s)
-        for _ in range(self.timing_runs - 1):
+        before_runs = [list(self.baseline().step_times_s)]
+        after_runs = [list(after.step_times_s)]
+        result: SpeedUp | None = None
+        while True:
+            if len(before_runs) >= self.timing_runs and _enough(before_runs, after_runs):
+                result = speed_up(before_runs, after_runs)
+                if result.verdict is not Verdict.INCONCLUSIVE:
+                    break
+            if len(before_runs) >= max(self.max_timing_runs, self.timing_runs):
+                break
             # interleaved, so drift in machine load hits both sides alike
-            before_times += self.runner.run(self.root, self.run_command, self.steps).step_times_s
-            after_times += self.runner.run(copy, self.run_command, self.steps).step_times_s
-        if len(before_times) < 4 or len(after_times) < 4:
+            before_runs.append(
+                self.runner.run(self.root, self.run_command, self.steps).step_times_s
+            )
+            after_runs.append(self.runner.run(copy, self.run_command, self.steps).step_times_s)
+        if result is None:
             return Verification(
                 step="speed-up", ok=False, detail="too few steady-state steps timed: raise --steps"
             )
-        result = speed_up(before_times, after_times)
-        verdict = "beats" if result.significant else "does not beat"
         return Verification(
             step="speed-up",
             ok=result.significant,
-            detail=f"{result.detail}; {verdict} run-to-run noise (2x IQR and 3%)",
+            detail=f"{result.detail}; {_VERDICTS[result.verdict]}",
         )
 
     def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
@@ -225,6 +242,17 @@ class Verifier:
         if config not in self._original_findings:
             self._original_findings[config] = _findings_of(self.root, config)
         return self._original_findings[config]
+
+
+_VERDICTS = {
+    Verdict.FASTER: f"the interval clears a {MIN_IMPROVEMENT:.0%} gain: faster beyond noise",
+    Verdict.NOT_FASTER: f"the interval stays under a {MIN_IMPROVEMENT:.0%} gain: not faster",
+    Verdict.INCONCLUSIVE: "the interval straddles the minimum gain after the most repeats allowed",
+}
+
+
+def _enough(before: list[list[float]], after: list[list[float]]) -> bool:
+    return sum(map(len, before)) >= 4 and sum(map(len, after)) >= 4
 
 
 def _parse_all(copy: Path, touched: list[str]) -> Verification:

@@ -22,19 +22,70 @@ def _is_key_transpose(node: ast.AST) -> bool:
         return False
     dims = set()
     for arg in node.args:
+        sign = 1
         if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub):
-            arg = arg.operand
-            if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
-                dims.add(-arg.value)
-    return dims == {-2, -1}
+            arg, sign = arg.operand, -1
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
+            dims.add(sign * arg.value)
+    return dims in ({-2, -1}, {2, 3})  # (2, 3): the last two of 4-D (batch, head, T, d)
 
 
 def _is_scores(node: ast.AST) -> bool:
-    return (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.MatMult)
-        and _is_key_transpose(node.right)
+    """`q @ k^T` or `torch.matmul(q, k^T)`."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        return _is_key_transpose(node.right)
+    return _is_matmul_call(node) and _is_key_transpose(node.args[1])  # type: ignore[attr-defined]
+
+
+def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`q @ k_t` where `k_t = k.transpose(2, 3)` was bound first."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
+        return False
+    right = node.right
+    return isinstance(right, ast.Name) and any(
+        _is_key_transpose(d) for d in ctx.flow.definitions(right)
     )
+
+
+def _is_matmul_call(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "matmul"
+        and len(node.args) == 2
+    )
+
+
+def _wraps(value: ast.AST, call: ast.Call) -> bool:
+    """`value` is `call`, a method chain on it (`.type_as(q)`) or a one-argument call of it
+    (`self.dropout(softmax(...))`)."""
+    while value is not call:
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and (_wraps(value.func.value, call))
+        ):
+            return True
+        if isinstance(value, ast.Call) and len(value.args) == 1:
+            value = value.args[0]
+            continue
+        return False
+    return True
+
+
+def _softmax_modules(tree: ast.AST) -> set[str]:
+    """Attributes assigned an `nn.Softmax(...)` module (`self.attend = nn.Softmax(dim=-1)`)."""
+    return {
+        target.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute | ast.Name)
+        and (getattr(node.value.func, "attr", None) or getattr(node.value.func, "id", ""))
+        == "Softmax"
+        for target in node.targets
+        if isinstance(target, ast.Attribute)
+    }
 
 
 class ManualAttention(Rule):
@@ -64,12 +115,16 @@ class ManualAttention(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.2",)
     fixable = True
 
+    def __init__(self) -> None:
+        self._modules: set[str] = set()
+
     def applies(self, ctx: ModuleContext) -> bool:
-        return "softmax" in ctx.source and "@" in ctx.source
+        return "oftmax" in ctx.source and ("@" in ctx.source or "matmul" in ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "softmax" not in ctx.source or "@" not in ctx.source:
+        if not self.applies(ctx):
             return
+        self._modules = _softmax_modules(ctx.tree) if "Softmax" in ctx.source else set()
         for fn in ctx.loops.functions.values():
             for function in fn:
                 self._check_function(ctx, function)
@@ -81,7 +136,9 @@ class ManualAttention(Rule):
             if not isinstance(node, ast.Call) or not self._is_softmax(ctx, node):
                 continue
             source = node.args[0] if node.args else getattr(node.func, "value", None)
-            if source is None or not ctx.flow.derives_from(source, _is_scores):
+            if source is None or not ctx.flow.derives_from(
+                source, lambda n: _is_scores(n) or _is_scores_through_name(ctx, n)
+            ):
                 continue
             if self._feeds_value_product(ctx, node, nodes) and not self._weights_escape(
                 ctx, node, nodes
@@ -94,9 +151,15 @@ class ManualAttention(Rule):
                     "score matrix",
                 )
 
-    @staticmethod
-    def _is_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
+    def _is_softmax(self, ctx: ModuleContext, call: ast.Call) -> bool:
         if ctx.call_qualname(call) in _SOFTMAX:
+            return True
+        if (
+            isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "self"
+            and call.func.attr in self._modules
+        ):
             return True
         return (
             isinstance(call.func, ast.Attribute)
@@ -109,7 +172,7 @@ class ManualAttention(Rule):
         """Names the softmax result is assigned to."""
         names: set[str] = set()
         for node in nodes:
-            if isinstance(node, ast.Assign) and node.value is call:
+            if isinstance(node, ast.Assign) and _wraps(node.value, call):
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         return names
 
@@ -121,16 +184,18 @@ class ManualAttention(Rule):
             isinstance(parent, ast.BinOp)
             and isinstance(parent.op, ast.MatMult)
             and parent.left is call
-        ):
+        ) or (isinstance(parent, ast.Call) and _is_matmul_call(parent) and parent.args[0] is call):
             return True
         names = self._probability_names(call, nodes)
-        return any(
-            isinstance(node, ast.BinOp)
-            and isinstance(node.op, ast.MatMult)
-            and isinstance(node.left, ast.Name)
-            and node.left.id in names
-            for node in nodes
-        )
+        for node in nodes:
+            left = None
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+                left = node.left
+            elif _is_matmul_call(node):
+                left = node.args[0]  # type: ignore[attr-defined]
+            if isinstance(left, ast.Name) and left.id in names:
+                return True
+        return False
 
     def _weights_escape(self, ctx: ModuleContext, call: ast.Call, nodes: list[ast.AST]) -> bool:
         """The attention weights are returned or stored (so the fused kernel cannot replace)."""
@@ -139,7 +204,8 @@ class ManualAttention(Rule):
             if isinstance(node, ast.Return) and node.value is not None:
                 returned = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
                 if returned & names and not any(
-                    isinstance(b, ast.BinOp) and isinstance(b.op, ast.MatMult)
+                    (isinstance(b, ast.BinOp) and isinstance(b.op, ast.MatMult))
+                    or _is_matmul_call(b)
                     for b in ast.walk(node.value)
                 ):
                     return True

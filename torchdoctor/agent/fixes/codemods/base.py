@@ -49,6 +49,11 @@ class Codemod:
         """Register edits on `ctx`; False when the fix cannot be applied safely."""
         raise NotImplementedError
 
+    def explain(self, source: str, target: FixTarget) -> str | None:
+        """Why the fix is not applied at `target`, when the codemod recognised the problem
+        but found no safe edit; None when it has nothing to say."""
+        return None
+
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """For correctness fixes: did the defect's observable symptom disappear?
 

@@ -8,6 +8,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     EXACT_RTOL,
     Codemod,
     SourceContext,
+    descendants,
     dotted_name,
     method_call,
     name_is_read,
@@ -15,12 +16,22 @@ from torchdoctor.agent.fixes.codemods.base import (
 from torchdoctor.agent.fixes.codemods.common import enclosing_loop
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
+LOG_EVERY = 50
+"""Steps between two progress lines once a per-step print is thinned out."""
+_LOGGERS = frozenset({"print", "log", "info", "debug", "add_scalar", "add_scalars", "set_postfix"})
+
 
 class HostSyncInStepFix(Codemod):
     """`total += loss.item()` -> `total += loss.detach()` with `total = float(total)` after
     the loop; `losses.append(loss.item())` -> `losses.append(loss.detach())` with
     `losses = [float(v) for v in losses]` after the loop. Applied only when the accumulator
-    is not read inside the loop, so nothing sees the tensor before it is converted back."""
+    is not read inside the loop, so nothing sees the tensor before it is converted back.
+
+    A print or logger call that reads `.item()` on every step is put under
+    `if step % LOG_EVERY == 0:`, `step` being the loop's own counter (`for step in range`,
+    `for i, batch in enumerate(...)`, or a `step += 1` in a while loop): the same lines, every
+    LOG_EVERY steps, and the GPU runs ahead in between.
+    """
 
     rule = "host-sync-in-step"
     kind = FixKind.PERFORMANCE
@@ -46,7 +57,118 @@ class HostSyncInStepFix(Codemod):
             if item is None or name is None or "." in name:
                 continue
             return _accumulate(ctx, call, name, item, f"[float(v) for v in {name}]")
+        for stmt in ctx.find(cst.SimpleStatementLine, within=span):
+            if _logs_item(stmt):
+                return _log_every(ctx, stmt)
         return False
+
+    def explain(self, source: str, target: FixTarget) -> str | None:
+        try:
+            ctx = SourceContext(source)
+        except (cst.ParserSyntaxError, RecursionError):
+            return None
+        span = (target.line, target.end_line)
+        for stmt in ctx.find(cst.SimpleStatementLine, within=span):
+            if not _logs_item(stmt):
+                continue
+            loop = enclosing_loop(ctx, stmt)
+            if loop is None or (_step_counter(ctx, loop) is None and not isinstance(loop, cst.For)):
+                return (
+                    "the per-step log has no loop counter to thin it out with: count steps "
+                    f"and log every {LOG_EVERY}, or accumulate on the device"
+                )
+        return None
+
+
+def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
+    """`print(... x.item() ...)`, `logger.info(...)`, `writer.add_scalar(...)`, ... ."""
+    if len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
+        return False
+    call = stmt.body[0].value
+    if not isinstance(call, cst.Call):
+        return False
+    name = (dotted_name(call.func) or "").split(".")[-1]
+    return name in _LOGGERS and any(
+        method_call(node, "item") is not None for node in descendants(call)
+    )
+
+
+def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
+    loop = enclosing_loop(ctx, stmt)
+    block = ctx.parent(stmt)
+    if loop is None or not isinstance(block, cst.IndentedBlock):
+        return False
+    guard = ctx.parent(block)
+    if isinstance(guard, cst.If) and any(
+        isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Modulo)
+        for n in descendants(guard.test)
+    ):
+        return False  # already periodic
+    step = _step_counter(ctx, loop)
+    if step is None and isinstance(loop, cst.For) and not _names_used(ctx, loop, "step"):
+        # `for x, y in loader:` -> `for step, (x, y) in enumerate(loader):`
+        step = "step"
+        target = loop.target
+        if isinstance(target, cst.Tuple) and not target.lpar:
+            target = target.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+        counted = cst.Tuple(
+            elements=[cst.Element(cst.Name("step")), cst.Element(target)], lpar=[], rpar=[]
+        )
+        enumerated = cst.Call(func=cst.Name("enumerate"), args=[cst.Arg(loop.iter)])
+        ctx.replace(
+            loop,
+            lambda node: (
+                node.with_changes(target=counted, iter=enumerated)
+                if isinstance(node, cst.For)
+                else node
+            ),
+        )
+    if step is None:
+        return False
+    guarded = cst.If(
+        test=cst.parse_expression(f"{step} % {LOG_EVERY} == 0"),
+        body=cst.IndentedBlock(body=[stmt.with_changes(leading_lines=[])]),
+        leading_lines=stmt.leading_lines,
+    )
+    ctx.substitute(stmt, guarded)
+    return True
+
+
+def _names_used(ctx: SourceContext, loop: cst.CSTNode, name: str) -> bool:
+    scope = next((a for a in ctx.ancestors(loop) if isinstance(a, cst.FunctionDef)), ctx.module)
+    for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
+        parent = ctx.parent(node)
+        if not (isinstance(parent, cst.Attribute) and parent.attr is node):
+            return True
+    return False
+
+
+def _step_counter(ctx: SourceContext, loop: cst.For | cst.While) -> str | None:
+    """The loop's step counter: `for step in range(...)`, `for i, b in enumerate(...)`, or
+    a name incremented by one in a while loop's body."""
+    if isinstance(loop, cst.For):
+        func = loop.iter.func if isinstance(loop.iter, cst.Call) else None
+        called = dotted_name(func) if func is not None else None
+        if called == "range" and isinstance(loop.target, cst.Name):
+            return loop.target.value
+        if (
+            called == "enumerate"
+            and isinstance(loop.target, cst.Tuple)
+            and loop.target.elements
+            and isinstance(loop.target.elements[0].value, cst.Name)
+        ):
+            return loop.target.elements[0].value.value
+        return None
+    for aug in ctx.find(cst.AugAssign, inside=loop.body):
+        if (
+            isinstance(aug.operator, cst.AddAssign)
+            and isinstance(aug.target, cst.Name)
+            and isinstance(aug.value, cst.Integer)
+            and aug.value.value == "1"
+            and enclosing_loop(ctx, aug) is loop
+        ):
+            return aug.target.value
+    return None
 
 
 def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, back: str) -> bool:

@@ -1,0 +1,147 @@
+"""The SDPA codemod against attention as people write it.
+
+Each fixture in tests/fixtures/attention_shapes reproduces the shape of a public
+implementation (named in its header; the code itself is written here, none is copied). A
+fixture with `NAME.after.py` must become exactly that, the fused call computing the same values
+as the hand-written one; a fixture with `NAME.reason` must be refused with that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
+
+SHAPES = Path(__file__).parents[1] / "fixtures" / "attention_shapes"
+FIXABLE = sorted(p.name.removesuffix(".after.py") for p in SHAPES.glob("*.after.py"))
+REFUSED = sorted(p.stem for p in SHAPES.glob("*.reason"))
+
+
+def _target(source: str) -> FixTarget:
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if text.endswith("# target"))
+    return FixTarget(rule="manual-attention", file="m.py", line=line, end_line=line)
+
+
+def _codemod():  # type: ignore[no-untyped-def]
+    codemod = codemod_for("manual-attention")
+    assert codemod is not None
+    return codemod
+
+
+def test_the_collection_covers_ten_shapes() -> None:
+    assert len(FIXABLE) + len(REFUSED) >= 10
+    assert not set(FIXABLE) & set(REFUSED)
+
+
+@pytest.mark.parametrize("name", FIXABLE)
+def test_fixable_shape_becomes_one_fused_call(name: str) -> None:
+    source = (SHAPES / f"{name}.py").read_text()
+    fixed = _codemod().transform(source, _target(source))
+    assert fixed == (SHAPES / f"{name}.after.py").read_text()
+    assert _codemod().explain(source, _target(source)) is None
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_unfixable_shape_is_refused_with_its_reason(name: str) -> None:
+    source = (SHAPES / f"{name}.py").read_text()
+    assert _codemod().transform(source, _target(source)) is None
+    reason = _codemod().explain(source, _target(source))
+    assert reason is not None and (SHAPES / f"{name}.reason").read_text().strip() in reason
+
+
+def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
+    """What to build and call for each fixable fixture: (callable, init kwargs, call args)."""
+    import torch
+
+    heads = (torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4))
+    additive = torch.full((6, 6), float("-inf")).triu(diagonal=1)
+    padding = torch.ones(2, 1, 1, 6, dtype=torch.long)
+    padding[0, ..., 4:] = 0
+    table: dict[str, tuple[str, dict[str, object], tuple[object, ...]]] = {
+        "key_bound_first_causal": ("CausalAttention", {"max_len": 8}, heads),
+        "llama_additive_mask": (
+            "Attention",
+            {"dim": 16, "n_heads": 2},
+            (torch.randn(2, 6, 16), additive),
+        ),
+        "ngvideo_head": (
+            "Head",
+            {"n_embd": 16, "head_size": 8, "block_size": 8, "dropout": 0.1},
+            (torch.randn(2, 6, 16),),
+        ),
+        "padding_mask_inf": ("attention", {}, (*heads[:2], heads[2], padding)),
+        "temperature_encoder": ("EncoderAttention", {"temperature": 2.0}, heads),
+        "triu_inplace": (
+            "MultiHeadAttention",
+            {"d_in": 16, "d_out": 16, "context_length": 8, "dropout": 0.1, "num_heads": 2},
+            (torch.randn(2, 6, 16),),
+        ),
+        "vit_softmax_module": (
+            "Attention",
+            {"dim": 16, "heads": 2, "dim_head": 8},
+            (torch.randn(2, 5, 16),),
+        ),
+    }
+    return table[name]
+
+
+@pytest.mark.parametrize("name", FIXABLE)
+def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> None:
+    """In eval mode (dropout off) both versions give the same output on the same weights."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    what, init, args = _inputs(name)
+    outputs = []
+    for path in (SHAPES / f"{name}.py", SHAPES / f"{name}.after.py"):
+        namespace: dict[str, object] = {"__name__": f"shape_{name}"}
+        exec(compile(path.read_text(), str(path), "exec"), namespace)  # our own fixture
+        built = namespace[what]
+        torch.manual_seed(1)
+        if isinstance(built, type):
+            module = built(**init).eval()
+            outputs.append(module(*args))
+        else:
+            outputs.append(built(*args))  # type: ignore[operator]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name", [*FIXABLE, "finfo_min_bool_mask", "kv_cache_offset", "softcapping"]
+)
+def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:
+    """Shapes whose weights are returned stay silent by the rule's design; the rest are
+    reported where the codemod looks."""
+    from torchdoctor.agent.checks.engine import analyse_files
+
+    source = (SHAPES / f"{name}.py").read_text()
+    found = analyse_files([(f"{name}.py", source)], workers=1).all_findings()
+    lines = {f.line for f in found if f.rule == "manual-attention"}
+    assert lines == {_target(source).line}
+
+
+def test_the_fix_stage_records_why_a_shape_is_not_fixed(tmp_path: Path) -> None:
+    from torchdoctor.agent.fixes import propose_and_verify
+    from torchdoctor.agent.models import Evidence, Finding, Severity
+
+    source = (SHAPES / "softcapping.py").read_text()
+    (tmp_path / "attend.py").write_text(source)
+    line = _target(source).line
+    finding = Finding(
+        id="f1",
+        rule="manual-attention",
+        checkpoint=6,
+        phase=4,
+        severity=Severity.LOW,
+        title="Hand-written attention",
+        file="attend.py",
+        line=line,
+        end_line=line,
+        evidence=[Evidence(source="torchdoctor-static", message="attention by hand")],
+    )
+    [result] = propose_and_verify(tmp_path, [finding], None)
+    assert result.fix is None
+    assert "no automatic fix" in result.evidence[-1].message
+    assert "softcapping" in result.evidence[-1].message

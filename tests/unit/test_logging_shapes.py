@@ -1,0 +1,59 @@
+"""host-sync-in-step's per-step log fix against logging habits seen in public training code.
+
+Fixtures in tests/fixtures/logging_shapes reproduce the shapes (named in their headers; the
+code is written here). `NAME.after.py`: the exact fix; `NAME.reason`: refused with that reason.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
+
+SHAPES = Path(__file__).parents[1] / "fixtures" / "logging_shapes"
+FIXABLE = sorted(p.name.removesuffix(".after.py") for p in SHAPES.glob("*.after.py"))
+REFUSED = sorted(p.stem for p in SHAPES.glob("*.reason"))
+
+
+def _target(source: str) -> FixTarget:
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "# target" in text)
+    return FixTarget(rule="host-sync-in-step", file="m.py", line=line, end_line=line)
+
+
+def _codemod():  # type: ignore[no-untyped-def]
+    codemod = codemod_for("host-sync-in-step")
+    assert codemod is not None
+    return codemod
+
+
+@pytest.mark.parametrize("name", FIXABLE)
+def test_per_step_log_is_thinned_out(name: str) -> None:
+    source = (SHAPES / f"{name}.py").read_text()
+    fixed = _codemod().transform(source, _target(source))
+    assert fixed == (SHAPES / f"{name}.after.py").read_text()
+    ast.parse(fixed)
+    assert _codemod().transform(fixed, _target(fixed)) is None  # idempotent
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_log_without_counter_is_refused_with_its_reason(name: str) -> None:
+    source = (SHAPES / f"{name}.py").read_text()
+    assert _codemod().transform(source, _target(source)) is None
+    reason = _codemod().explain(source, _target(source))
+    assert reason is not None and (SHAPES / f"{name}.reason").read_text().strip() in reason
+
+
+@pytest.mark.parametrize("name", [*FIXABLE, *REFUSED])
+def test_the_rule_reports_the_log_and_not_the_fixed_one(name: str) -> None:
+    source = (SHAPES / f"{name}.py").read_text()
+    found = analyse_files([("m.py", source)], workers=1).all_findings()
+    assert _target(source).line in {f.line for f in found if f.rule == "host-sync-in-step"}
+    if name in FIXABLE:
+        fixed = (SHAPES / f"{name}.after.py").read_text()
+        after = analyse_files([("m.py", fixed)], workers=1).all_findings()
+        assert not [f for f in after if f.rule == "host-sync-in-step"]
