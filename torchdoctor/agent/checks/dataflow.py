@@ -35,7 +35,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     PASSTHROUGH_FUNCTIONS,
     PASSTHROUGH_METHODS,
 )
-from torchdoctor.agent.checks.loops import local_callee, walk_scope
+from torchdoctor.agent.checks.loops import is_periodic_guard, local_callee, walk_scope
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -706,6 +706,8 @@ class DataFlow:
             return self._first_origin((expr.body, expr.orelse), active)
         if isinstance(expr, ast.Tuple | ast.List):
             return self._first_origin(expr.elts, active)
+        if isinstance(expr, ast.Dict):
+            return self._first_origin(expr.values, active)
         return None
 
     def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
@@ -1166,6 +1168,8 @@ class DataFlow:
             if pair is None:
                 continue
             loop = self._innermost_loop(node)
+            while loop is not None and _iterates_keys_of(loop, pair[0]):
+                loop = self._innermost_loop(loop)  # `for k, v in losses.items(): total[k] += v`
             if loop is not None:
                 found.append(Accumulation(node, pair[0], pair[1], loop))
         return found
@@ -1185,20 +1189,33 @@ class DataFlow:
                 return None
         return None
 
-    @staticmethod
     def _assigned_in(
-        target: ast.expr, loop: ast.For | ast.While | ast.AsyncFor, skip: ast.AST
+        self, target: ast.expr, loop: ast.For | ast.While | ast.AsyncFor, skip: ast.AST
     ) -> bool:
-        """Whether the loop body re-binds `target` (a reset, not an accumulation)."""
-        text = ast.unparse(target)
+        """Whether the loop body re-binds `target` (or the dict it indexes) every iteration: a
+        reset. One under a periodic guard (`if step % 100 == 0: total = 0`) still lets up to
+        that many iterations' graphs pile up, so it is no reset."""
+        texts = {ast.unparse(target)}
+        if isinstance(target, ast.Subscript):
+            texts.add(ast.unparse(target.value))
         for node in walk_scope(loop.body):
             if node is skip or not isinstance(node, ast.Assign | ast.AnnAssign):
                 continue
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if node.value is not None and _accumulation_pair(node) is not None:
                 continue
-            if any(ast.unparse(t) == text for t in targets):
+            if any(ast.unparse(t) in texts for t in targets) and not self._periodic(node, loop):
                 return True
+        return False
+
+    def _periodic(self, node: ast.AST, loop: ast.AST) -> bool:
+        child = node
+        for anc in self.ctx.ancestors(node):
+            if anc is loop:
+                return False
+            if isinstance(anc, ast.If) and child is not anc.test and is_periodic_guard(anc.test):
+                return True
+            child = anc
         return False
 
     def is_backpropagated(self, target: ast.expr) -> bool:
@@ -1250,10 +1267,21 @@ def _same_text(node: ast.AST, text: str) -> bool:
 
 
 def _is_accumulator(node: ast.AST) -> bool:
-    """`total`, `self.total`, `history["loss"]` (a constant key), not `x[i]`."""
+    """`total`, `self.total`, `history["loss"]`, `totals[key]` (a constant or a plain name as
+    the key), not `x[i + 1]`."""
     if isinstance(node, ast.Subscript):
-        return isinstance(node.slice, ast.Constant) and _is_accumulator(node.value)
+        return isinstance(node.slice, ast.Constant | ast.Name) and _is_accumulator(node.value)
     return isinstance(node, ast.Name | ast.Attribute)
+
+
+def _iterates_keys_of(loop: ast.AST, target: ast.expr) -> bool:
+    """`for k, v in d.items()` / `for k in d` whose key indexes the accumulator `target`."""
+    if not isinstance(target, ast.Subscript) or not isinstance(target.slice, ast.Name):
+        return False
+    if not isinstance(loop, ast.For | ast.AsyncFor):
+        return False
+    key = target.slice.id
+    return any(isinstance(n, ast.Name) and n.id == key for n in ast.walk(loop.target))
 
 
 def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
