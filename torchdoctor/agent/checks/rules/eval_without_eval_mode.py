@@ -8,6 +8,7 @@ from pathlib import PurePath
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
+from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import walk_scope
@@ -29,7 +30,8 @@ class EvalWithoutEvalMode(Rule):
     """Detects an evaluation path that calls the model with no `.eval()` on its way: a
     function named like `evaluate`/`validate`/`test_epoch`, a `with torch.no_grad()` or
     `torch.inference_mode()` block (at a script's top level only when the script trains), or
-    a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`. `.eval()`
+    a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`, or a helper of any
+    name that is called with held-out data (`score(model, val_loader)`). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
     `self.model.eval()`).
@@ -67,6 +69,7 @@ class EvalWithoutEvalMode(Rule):
             "no_grad" not in ctx.source
             and "inference_mode" not in ctx.source
             and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
+            and not evaluation_helpers(ctx)
         ):
             return
         reported: set[int] = set()
@@ -109,6 +112,11 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             if by_name or function_mode(ctx, fn) == "off":
                 regions.append((fn, fn.body))
                 named.add(id(fn))
+    for fn in evaluation_helpers(ctx) if not test_module else []:
+        if id(fn) in named or _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
+            continue
+        regions.append((fn, fn.body))
+        named.add(id(fn))
     blocks: list[ast.With | ast.AsyncWith] = [*flow.nodes(ast.With), *flow.nodes(ast.AsyncWith)]
     for node in blocks:
         if not any(is_grad_off_context(ctx, item.context_expr) for item in node.items):

@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of
 from torchdoctor.agent.checks.patterns import functions, model_calls
@@ -21,6 +22,7 @@ _EVAL_LOADER = re.compile(
     r"^(val|valid|validation|test|eval|dev)_?(loader|dataloader|dl|data|dataset|ds|set|batches)s?$",
     re.IGNORECASE,
 )
+_HELD_OUT = frozenset({"test", "val"})
 _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
 
 
@@ -36,6 +38,14 @@ class ValidationWithGrad(Rule):
     """Detects an evaluation function or loop (`evaluate`, `validate`, `test`, a loop over
     `val_loader`) that calls the model with no backward pass and outside `torch.no_grad()` /
     `torch.inference_mode()` (as a `with` block, a decorator, or `torch.set_grad_enabled(False)`).
+    A helper counts as evaluation whatever its name when it is called with held-out data
+    (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
+    inline in the training loop.
+
+    Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
+    helper every call of which already runs under `no_grad`, a helper that also
+    back-propagates (a `run_epoch` shared by training and validation), one-off forwards (a
+    shape check) outside any loop.
 
     Why it matters: autograd records every operation and keeps the activations alive for a
     backward pass that never comes: evaluation uses several times the memory it needs and
@@ -64,14 +74,16 @@ class ValidationWithGrad(Rule):
             return
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
+        candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
         names = {fn.name for fn in candidates}
         guarded_callers = self._grad_off_call_sites(ctx, names) if candidates else set()
         for fn in candidates:
             if fn.name not in guarded_callers:
                 self._check_body(ctx, fn.body, reported, fn)
         for node in nodes_of(ctx, ast.For):
-            if isinstance(node, ast.For) and any(
-                _EVAL_LOADER.search(name) for name in _names_in(node.iter)
+            if isinstance(node, ast.For) and (
+                any(_EVAL_LOADER.search(name) for name in _names_in(node.iter))
+                or ctx.flow.held_out_kind(node.iter, _HELD_OUT) is not None
             ):
                 self._check_body(ctx, node.body, reported)
 
