@@ -131,8 +131,12 @@ class CallGraph:
         found = self.method(owner.name, name) if owner is not None else None
         return [found] if found is not None else []
 
+    @cached_property
+    def _method_names(self) -> frozenset[str]:
+        return frozenset(name for methods in self._defs[1].values() for name in methods)
+
     def _method_of_instance(self, expr: ast.expr, name: str) -> list[FunctionNode]:
-        if not self.classes:
+        if name not in self._method_names or self.ctx.qualname(expr) is not None:
             return []
         class_name = self.instance_class(expr)
         found = self.method(class_name, name) if class_name is not None else None
@@ -168,8 +172,12 @@ class CallGraph:
         return sites
 
     def call_sites(self, fn: FunctionNode) -> list[ast.Call]:
-        """The module's calls that may run `fn`."""
-        return self._sites.get(id(fn), [])
+        """The module's calls that may run `fn`. A `forward` runs through `model(x)` calls of
+        any name, so all calls are resolved once for it; other functions are called by name."""
+        if fn.name in ("forward", "__init__"):
+            return self._sites.get(id(fn), [])
+        named = self.ctx.flow.calls_named((fn.name,))
+        return [call for call in named if any(f is fn for f in self.resolve(call))]
 
     def callees(self, body: list[ast.stmt] | ast.AST) -> Iterator[tuple[ast.Call, FunctionNode]]:
         """(call, local function it runs) for every call in `body`'s own scope."""

@@ -136,15 +136,23 @@ def _switch_before(ctx: ModuleContext, scope: ast.AST, line: int) -> GradMode | 
 
 def _callers_mode(ctx: ModuleContext, fn: FunctionNode, depth: int) -> GradMode:
     """A helper runs without grad when every local call of it does ('maybe' when some do)."""
-    if depth >= _MAX_CALLER_DEPTH:
+    if depth >= _MAX_CALLER_DEPTH or not _may_switch(ctx):
         return "on"
-    sites = ctx.calls.call_sites(fn)
-    if not sites:
-        return "on"
-    modes = {_mode_at(ctx, site, depth + 1) for site in sites}
-    if modes == {"off"}:
-        return "off"
-    return "on" if modes == {"on"} else "maybe"
+    memo = ctx.memo_table("gradmode.callers")
+    found: GradMode | None = memo.get(id(fn))
+    if found is None:
+        memo[id(fn)] = "on"  # a recursive call finds no grad-off caller through itself
+        sites = ctx.calls.call_sites(fn)
+        modes = {_mode_at(ctx, site, depth + 1) for site in sites}
+        found = "off" if modes == {"off"} else ("on" if modes <= {"on"} else "maybe")
+        memo[id(fn)] = found
+    return found
+
+
+def _may_switch(ctx: ModuleContext) -> bool:
+    """Whether the module can turn autograd off at all (else every caller runs with it on)."""
+    text = ctx.source
+    return "no_grad" in text or "inference_mode" in text or "set_grad_enabled" in text
 
 
 def grad_may_be_off(ctx: ModuleContext, node: ast.AST) -> bool:

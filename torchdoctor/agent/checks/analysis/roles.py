@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
+from torchdoctor.agent.checks.dataflow import held_out_name_kind
+
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
@@ -27,21 +29,39 @@ def evaluation_helpers(ctx: ModuleContext) -> list[FunctionNode]:
         return memo[""]  # type: ignore[no-any-return]
     found: dict[int, FunctionNode] = {}
     text = ctx.source
-    if any(token in text for token in ("val", "test", "train=False", "eval")):
+    if "loader" in text.lower() or "backward" in text:  # code that handles data splits
         for call in ctx.nodes_by_type().get(ast.Call, ()):
             assert isinstance(call, ast.Call)
-            if not call.args and not call.keywords:
+            if not any(isinstance(a, ast.Name | ast.Attribute) for a in _arguments(call)):
                 continue
             for fn in ctx.calls.resolve(call):
                 if id(fn) in found or fn.name == "__init__":
                     continue
-                bound = ctx.calls.bind(call, fn).values()
+                bound = [a for a in ctx.calls.bind(call, fn).values() if _mentions_held_out(ctx, a)]
                 held_out = any(ctx.flow.held_out_kind(arg, _HELD_OUT) for arg in bound)
                 if held_out and not _backpropagates(ctx, fn):
                     found[id(fn)] = fn
     helpers = sorted(found.values(), key=lambda f: f.lineno)
     memo[""] = helpers
     return helpers
+
+
+def _mentions_held_out(ctx: ModuleContext, arg: ast.expr) -> bool:
+    """A cheap first look: a held-out name in the argument or in what a name was bound to
+    (`loader = DataLoader(test_set)`), or a `train=False` / `split="val"` keyword there."""
+    for expr in [arg, *(ctx.flow.definitions(arg) if isinstance(arg, ast.Name) else [])]:
+        for node in ast.walk(expr):
+            if isinstance(node, ast.Name | ast.Attribute):
+                name = node.id if isinstance(node, ast.Name) else node.attr
+                if held_out_name_kind(name) in _HELD_OUT:
+                    return True
+            elif isinstance(node, ast.keyword) and node.arg in ("train", "split", "subset"):
+                return True
+    return False
+
+
+def _arguments(call: ast.Call) -> list[ast.expr]:
+    return [*call.args, *(k.value for k in call.keywords)]
 
 
 def _backpropagates(ctx: ModuleContext, fn: FunctionNode) -> bool:
