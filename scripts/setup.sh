@@ -3,6 +3,8 @@
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything set-up says goes to stderr: stdout of `setup.sh && torchdoctor audit` is the report.
+exec 1>&2
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   missing=""

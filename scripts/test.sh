@@ -2,7 +2,12 @@
 # The whole check: set-up, lint, format, types, then the test suite (GPU tests skip without CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# Set-up must keep stdout for the report (README: `setup.sh && torchdoctor audit ...`).
+setup_stdout=$(bash scripts/setup.sh)
+if [ -n "$setup_stdout" ]; then
+  echo "scripts/setup.sh wrote to stdout (it must use stderr): $setup_stdout" >&2
+  exit 1
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

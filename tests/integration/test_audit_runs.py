@@ -16,6 +16,8 @@ from torchdoctor.agent.probing import (
     planned_commands,
     split_command,
 )
+from torchdoctor.agent.report import write_report
+from torchdoctor.agent.report.markdown import render_markdown
 from torchdoctor.agent.workspace import load_workspace
 
 
@@ -25,7 +27,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path) -> None:
+def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path, tmp_path: Path) -> None:
     heard: list[dict[str, Any]] = []
     outcome = run_audit(
         AuditOptions(target=project, run=["python train_buggy.py"], steps=6, write_ledger=False),
@@ -40,7 +42,15 @@ def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path) -> N
     assert retention.file == "train_buggy.py" and retention.evidence[0].kind == "probe"
     runs = report.provenance.extra["runs"]
     assert runs[0]["outcome"] == "completed-steps"
-    assert "|" in runs[0]["dataflow_markdown"] and "flowchart" in runs[0]["dataflow_mermaid"]
+    assert runs[0]["dataflow"]["calls"], "the full data-flow map is in the JSON report"
+    assert len(runs[0]["curves"]["loss"]) >= 2
+    text = render_markdown(report)
+    assert "| # | module | type | from |" in text and "flowchart TD" in text
+    write_report(report, "markdown", "en", tmp_path / "out" / "audit.md")
+    written = (tmp_path / "out" / "audit.md").read_text()
+    assert "![loss per step](audit.run1.loss.svg)" in written
+    svg = (tmp_path / "out" / "audit.run1.loss.svg").read_text()
+    assert svg.startswith("<svg") and "<polyline" in svg and "<script" not in svg
     assert report.provenance.isolation
     verdicts = {c.item: c.verdict for c in report.coverage}
     assert verdicts["1.4"] == "fail"

@@ -8,12 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
-from torchdoctor.agent.evidence.probes import (
-    probe_findings,
-    render_dataflow_markdown,
-    render_dataflow_mermaid,
-)
+from torchdoctor.agent.evidence.probes import probe_findings
 from torchdoctor.agent.models import Severity
+from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
 
 
 def document(**sections: Any) -> dict[str, Any]:
@@ -233,23 +230,20 @@ def test_unknown_fields_are_rejected() -> None:
 
 
 def test_dataflow_renderers_show_shapes_dtypes_and_devices() -> None:
-    doc = ProbeDocument.model_validate(
-        document(
-            dataflow={
-                "step": 0,
-                "calls": [linear_call(0, 0), linear_call(1, 1), linear_call(2, 1, "bfloat16")],
-            }
-        )
-    )
+    calls = [linear_call(0, 0), linear_call(1, 1), linear_call(2, 1, "bfloat16")]
+    calls[1].update(parent=0, external=True)
+    calls[2].update(parent=0, sources=[1])
+    calls[0].update(output_sources=[2], end=2)
+    doc = ProbeDocument.model_validate(document(dataflow={"step": 0, "calls": calls}))
     table = render_dataflow_markdown(doc.dataflow)
     assert table.splitlines()[0].startswith("| # | module")
     assert "[8, 4] bfloat16 cuda:0" in table
     assert len(table.splitlines()) == 5
     mermaid = render_dataflow_mermaid(doc.dataflow)
     assert mermaid.startswith("flowchart TD")
-    assert "input -->|8x4 float32| n1" in mermaid
-    assert "n1 -->|8x4 bfloat16| n2" in mermaid
-    assert mermaid.rstrip().endswith("n2 --> output")
+    assert "in0 -->|8x4 float32| n1" in mermaid
+    assert "n1 -->|8x4 float32| n2" in mermaid
+    assert "n2 -->|8x4 bfloat16| out0" in mermaid
 
 
 def test_dtype_mixing_is_a_finding_for_item_1_5() -> None:

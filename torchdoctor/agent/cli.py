@@ -21,7 +21,7 @@ from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.progress import progress_reporter
-from torchdoctor.agent.report import render
+from torchdoctor.agent.report import render, write_report
 from torchdoctor.agent.workspace import InputError
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
@@ -229,12 +229,10 @@ def audit(
     except (InputError, ConfigError, ApplyRefused) as err:
         raise _fail(str(err)) from None
     threshold = fail_on or outcome.fail_on
-    text = render(report, fmt.value, outcome.lang)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
+        write_report(report, fmt.value, outcome.lang, output)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(render(report, fmt.value, outcome.lang))
     for note in report.summary.files_skipped:
         stderr.print(f"[yellow]not audited:[/] {note.file}: {note.reason}", highlight=False)
     by_sev = ", ".join(f"{k}: {v}" for k, v in report.summary.by_severity.items()) or "none"

@@ -41,6 +41,8 @@ LABELS: dict[str, dict[str, str]] = {
         "fix": "Fix",
         "run": "Instrumented run",
         "dataflow": "Data-flow map (one step: shapes, dtypes, devices)",
+        "loss_curve": "loss per step",
+        "grad_norm_curve": "gradient norm per step",
     },
     "fr": {
         "ledger_title": "Registre d'audit torchdoctor",
@@ -81,6 +83,8 @@ LABELS: dict[str, dict[str, str]] = {
         "fix": "Correctif",
         "run": "Exécution instrumentée",
         "dataflow": "Carte des flux (un pas : formes, dtypes, périphériques)",
+        "loss_curve": "perte par pas",
+        "grad_norm_curve": "norme du gradient par pas",
     },
 }
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from torchdoctor.agent.evidence.probe_schema import ProbeDocument
-from torchdoctor.agent.evidence.probes import probe_findings
+from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
+from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox import PACKAGE_ROOT
@@ -60,8 +60,8 @@ class RunSummary(BaseModel):
     summary: str
     isolation: str = ""
     notes: list[str] = Field(default_factory=list)
-    dataflow_markdown: str = ""
-    dataflow_mermaid: str = ""
+    dataflow: DataFlow = Field(default_factory=DataFlow)
+    curves: RunCurves = Field(default_factory=RunCurves)
 
 
 class ProbeEvidence(BaseModel):
@@ -215,7 +215,7 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
         summary=analysis.summary,
         isolation=isolation,
         notes=analysis.notes,
-        dataflow_markdown=analysis.dataflow_markdown,
-        dataflow_mermaid=analysis.dataflow_mermaid,
+        dataflow=analysis.dataflow,
+        curves=analysis.curves,
     )
     return done, analysis.by_point()

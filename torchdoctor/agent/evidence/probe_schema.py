@@ -210,8 +210,14 @@ class FlowCall(_Model):
     module: str
     type: str
     depth: int
+    parent: int | None = None
     inputs: list[TensorInfo] = Field(default_factory=list)
     outputs: list[TensorInfo] = Field(default_factory=list)
+    sources: list[int] = Field(default_factory=list)
+    external: bool = False
+    output_sources: list[int] = Field(default_factory=list)
+    output_external: bool = False
+    end: int | None = None
     param_dtypes: list[str] = Field(default_factory=list)
     autocast: bool = False
     grad_enabled: bool = True

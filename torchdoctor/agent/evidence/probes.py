@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
+from math import isfinite
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID
-from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, ProbeDocument, TensorInfo
+from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
@@ -32,7 +33,6 @@ INPUT_BOUND_SHARE = 0.30
 CUDA_GROWTH_BYTES_PER_STEP = 2**20
 COMPILE_WORTH_SPEEDUP = 1.2
 INT8_MAX_REL_DIFF = 0.05
-MERMAID_MAX_NODES = 40
 
 
 class ProbeFinding(BaseModel):
@@ -61,6 +61,27 @@ class CoverageHint(BaseModel):
     reason: str
 
 
+class RunCurves(BaseModel):
+    """Per-step loss and global gradient norm of a run, for the report's plots."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: list[tuple[int, float]] = Field(default_factory=list)
+    grad_norm: list[tuple[int, float]] = Field(default_factory=list)
+
+    @classmethod
+    def from_document(cls, doc: ProbeDocument) -> RunCurves:
+        def finite(steps: list[int], values: list[float | None]) -> list[tuple[int, float]]:
+            return [
+                (s, v) for s, v in zip(steps, values, strict=False) if v is not None and isfinite(v)
+            ]
+
+        return cls(
+            loss=finite(doc.loss.steps, doc.loss.values),
+            grad_norm=finite(doc.gradients.steps, doc.gradients.global_norm),
+        )
+
+
 class ProbeAnalysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,8 +91,8 @@ class ProbeAnalysis(BaseModel):
     coverage: dict[str, CoverageHint] = Field(default_factory=dict)
     evidence: list[Evidence] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
-    dataflow_markdown: str = ""
-    dataflow_mermaid: str = ""
+    dataflow: DataFlow = Field(default_factory=DataFlow)
+    curves: RunCurves = Field(default_factory=lambda: RunCurves())
 
     def by_point(self) -> list[tuple[int, Evidence]]:
         """(checklist point, evidence) pairs, the shape `split_by_point` takes."""
@@ -829,62 +850,6 @@ def probe_findings(
         coverage=builder.coverage,
         evidence=_evidence(builder, summary),
         notes=_notes(document),
-        dataflow_markdown=render_dataflow_markdown(document.dataflow),
-        dataflow_mermaid=render_dataflow_mermaid(document.dataflow),
+        dataflow=document.dataflow,
+        curves=RunCurves.from_document(document),
     )
-
-
-# --- data-flow renderers ----------------------------------------------------------------------
-
-
-def _tensors(tensors: list[TensorInfo]) -> str:
-    return ", ".join(f"{list(t.shape)} {t.dtype} {t.device}" for t in tensors) or "-"
-
-
-def render_dataflow_markdown(flow: DataFlow) -> str:
-    """One row per module call of the mapped step, indented by nesting depth."""
-    if not flow.calls:
-        return ""
-    rows = ["| # | module | type | inputs | outputs | params |", "|---|---|---|---|---|---|"]
-    for call in flow.calls:
-        name = "&nbsp;&nbsp;" * call.depth + f"`{call.module}`"
-        rows.append(
-            f"| {call.index} | {name} | {call.type} | {_tensors(call.inputs)} | "
-            f"{_tensors(call.outputs)} | {', '.join(call.param_dtypes) or '-'} |"
-        )
-    if flow.truncated:
-        rows.append("| … | (truncated) | | | | |")
-    return "\n".join(rows)
-
-
-def _mermaid_label(text: str) -> str:
-    return text.replace('"', "'").replace("[", "(").replace("]", ")")
-
-
-def _edge(tensors: list[TensorInfo]) -> str:
-    if not tensors:
-        return ""
-    t = tensors[0]
-    return _mermaid_label(f"{'x'.join(map(str, t.shape))} {t.dtype}")
-
-
-def render_dataflow_mermaid(flow: DataFlow) -> str:
-    """The top-level modules in call order (depth 0 and 1), edges labelled shape/dtype."""
-    calls: list[FlowCall] = [c for c in flow.calls if c.depth <= 1]
-    if not calls:
-        return ""
-    shown = calls[1:] if len(calls) > 1 and calls[0].depth == 0 else calls
-    shown = shown[:MERMAID_MAX_NODES]
-    lines = ["flowchart TD", f'  input(["input: {_edge(calls[0].inputs) or "-"}"])']
-    previous = "input"
-    for call in shown:
-        node = f"n{call.index}"
-        device = call.outputs[0].device if call.outputs else ""
-        lines.append(f'  {node}["{_mermaid_label(call.module)}<br/>{call.type} {device}"]')
-        label = _edge(call.inputs)
-        lines.append(f"  {previous} -->|{label}| {node}" if label else f"  {previous} --> {node}")
-        previous = node
-    last = calls[0] if calls[0].depth == 0 else shown[-1]
-    lines.append(f'  output(["output: {_edge(last.outputs) or "-"}"])')
-    lines.append(f"  {previous} --> output")
-    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from torchdoctor.agent.models import AuditReport
@@ -9,6 +10,7 @@ from torchdoctor.agent.report.concise import render_concise
 from torchdoctor.agent.report.github import render_github
 from torchdoctor.agent.report.junit import render_junit
 from torchdoctor.agent.report.markdown import render_markdown
+from torchdoctor.agent.report.plots import write_run_plots
 from torchdoctor.agent.report.sarif import render_sarif
 
 Format = Literal["json", "sarif", "markdown", "github", "junit", "concise"]
@@ -26,3 +28,14 @@ def render(report: AuditReport, fmt: Format, lang: str = "en") -> str:
     if fmt == "concise":
         return render_concise(report)
     return render_markdown(report, lang)
+
+
+def write_report(report: AuditReport, fmt: Format, lang: str, output: Path) -> None:
+    """The report at `output`; a markdown report also gets its run charts beside it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "markdown":
+        plots = write_run_plots(report, output.parent, output.stem)
+        text = render_markdown(report, lang, plots)
+    else:
+        text = render(report, fmt, lang)
+    output.write_text(text, encoding="utf-8")

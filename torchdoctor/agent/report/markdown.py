@@ -9,6 +9,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
+from torchdoctor.agent.report.plots import RunPlots, report_runs
 
 _ENV = Environment(
     loader=PackageLoader("torchdoctor.agent", "templates"),
@@ -21,7 +23,22 @@ _ENV = Environment(
 _ENV.filters["cell"] = lambda text: " ".join(str(text).split()).replace("|", "\\|")
 
 
-def render_markdown(report: AuditReport, lang: str = "en") -> str:
+def _run_views(report: AuditReport, plots: dict[int, RunPlots]) -> list[dict[str, object]]:
+    return [
+        {
+            **run.model_dump(exclude={"dataflow", "curves"}),
+            "dataflow_markdown": render_dataflow_markdown(run.dataflow),
+            "dataflow_mermaid": render_dataflow_mermaid(run.dataflow),
+            "plots": plots.get(index, RunPlots()),
+        }
+        for index, run in enumerate(report_runs(report))
+    ]
+
+
+def render_markdown(
+    report: AuditReport, lang: str = "en", plots: dict[int, RunPlots] | None = None
+) -> str:
+    """`plots`: the run charts written next to the report (`write_run_plots`), to embed."""
     points = []
     for point in POINTS:
         findings = [f for f in report.findings if f.checkpoint == point.number]
@@ -36,6 +53,10 @@ def render_markdown(report: AuditReport, lang: str = "en") -> str:
         for c in report.coverage
     ]
     text = _ENV.get_template("report.md.j2").render(
-        L=labels(lang), report=report, points=points, coverage=coverage
+        L=labels(lang),
+        report=report,
+        points=points,
+        coverage=coverage,
+        runs=_run_views(report, plots or {}),
     )
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

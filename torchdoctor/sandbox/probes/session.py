@@ -277,6 +277,8 @@ class Session:
         self.loss.end_step(step)
         if self.flops.active and self.flops.step == step:
             self.flops.stop()
+        if self.dataflow_on:
+            self.dataflow.stop()
         self.dataflow_on = False
         self.step += 1
         self.syncs.step = self.dataloader.step = self.step
