@@ -69,10 +69,29 @@ if TYPE_CHECKING:
 Progress = Callable[[dict[str, Any]], None]
 
 
-class AuditOptions(BaseModel):
-    """What the caller asked for; unset values fall back to `[tool.torchdoctor]`."""
+class AuditChoices(BaseModel):
+    """What any caller may choose about an audit: the CLI's options and the API's, one model."""
 
     model_config = ConfigDict(extra="forbid")
+
+    offline: bool = False
+    lang: Literal["en", "fr"] | None = None
+    select: list[str] = Field(default_factory=list)
+    ignore: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    torch_version: str | None = None
+    run: list[str] = Field(default_factory=list, description="commands to run under the probes")
+    discover: bool = False
+    steps: int = Field(20, ge=1, le=10_000)
+    probe_compile: bool = False
+    linters: bool | None = Field(None, description="run peer linters (default: config, on)")
+    mypy: bool = False
+    fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
+
+
+class AuditOptions(AuditChoices):
+    """What the caller asked for, plus what only the host decides (paths, sandbox, network,
+    writing files); unset values fall back to `[tool.torchdoctor]`."""
 
     target: Path
     """The file or folder audited; with `paths`, their common root (the report's root)."""
@@ -81,23 +100,10 @@ class AuditOptions(BaseModel):
     )
     config: Path | None = Field(None, description="config file instead of the nearest one")
     force_exclude: bool = Field(False, description="`exclude` holds even for named files")
-    offline: bool = False
-    lang: Literal["en", "fr"] | None = None
     ledger: Path | None = None
     write_ledger: bool = True
-    select: list[str] = Field(default_factory=list)
-    ignore: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    torch_version: str | None = None
-    run: list[str] = Field(default_factory=list, description="commands to run under the probes")
-    discover: bool = False
-    steps: int = Field(20, ge=1)
-    probe_compile: bool = False
     sandbox: str | None = Field(None, description="auto | local | docker (default: env)")
-    linters: bool | None = Field(None, description="run peer linters (default: config, on)")
     online: bool = Field(False, description="let pip-audit query the vulnerability database")
-    mypy: bool = False
-    fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
     apply: bool = Field(False, description="write verified fixes to the files (implies fix)")
     force: bool = Field(False, description="apply even on a dirty git work tree")
 

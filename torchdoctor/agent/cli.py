@@ -358,4 +358,7 @@ def _explain(rule: CatalogueRule) -> str:
 
 
 def main() -> None:
+    from torchdoctor.api.cli import register  # serve, keys, submit: the service's commands
+
+    register(app)
     app()

@@ -1,0 +1,194 @@
+"""`torchdoctor serve | keys | submit`: the service's commands, added to the main CLI.
+
+Only typer is imported here; the server and client load when their command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from torchdoctor.api.store.store import Store
+
+stderr = Console(stderr=True, soft_wrap=True)
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _need_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        raise _fail("the API needs its extra: pip install 'torchdoctor[api]'") from None
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (TORCHDOCTOR_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (TORCHDOCTOR_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="uvicorn processes (TORCHDOCTOR_WORKERS).")
+    ] = None,
+) -> None:
+    """Run the REST API (uvicorn); settings come from TORCHDOCTOR_* variables."""
+    _need_extra()
+    import uvicorn
+
+    from torchdoctor.api.logs import LOG_CONFIG
+    from torchdoctor.api.settings import ApiSettings
+    from torchdoctor.api.store.engine import migrate, open_engine
+
+    settings = ApiSettings()
+    migrate(open_engine(settings.url))
+    uvicorn.run(
+        "torchdoctor.api.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        workers=workers or settings.workers,
+        log_config=LOG_CONFIG,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _store() -> Store:
+    from torchdoctor.api.settings import ApiSettings
+    from torchdoctor.api.store.engine import migrate, open_engine
+    from torchdoctor.api.store.store import Store
+
+    engine = open_engine(ApiSettings().url)
+    migrate(engine)
+    return Store(engine)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+) -> None:
+    """Create a key and print it once: only its hash is kept."""
+    _need_extra()
+    store = _store()
+    if not tenant.strip() or len(tenant) > 128:
+        raise _fail("a tenant name is 1 to 128 characters")
+    key_id, key = store.create_key(tenant.strip())
+    sys.stdout.write(key + "\n")
+    stderr.print(f"key {key_id} for tenant {tenant}: store it now, it is not shown again")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key ids, tenants, and whether each is revoked (never the keys)."""
+    _need_extra()
+    store = _store()
+    for key_id, tenant, _created, revoked in store.list_keys():
+        sys.stdout.write(f"{key_id}\t{tenant}\t{'revoked' if revoked else 'active'}\n")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (td_<id>_...).")]) -> None:
+    """Revoke a key: its next request is refused."""
+    _need_extra()
+    store = _store()
+    if not store.revoke_key(key_id):
+        raise _fail(f"no active key {key_id}")
+    stderr.print(f"revoked {key_id}")
+
+
+def submit(
+    path: Annotated[Path, typer.Argument(help="The file or folder to audit.")],
+    server: Annotated[str, typer.Option(envvar="TORCHDOCTOR_SERVER", help="The API's URL.")],
+    key: Annotated[
+        str, typer.Option(envvar="TORCHDOCTOR_API_KEY", help="API key (TORCHDOCTOR_API_KEY).")
+    ],
+    wait: Annotated[
+        bool, typer.Option(help="Follow the audit, then download its report and patch.")
+    ] = False,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of relative paths not to send.")
+    ] = None,
+    offline: Annotated[bool, typer.Option(help="The server's offline reasoner.")] = False,
+    fix: Annotated[bool, typer.Option(help="Propose and verify fixes.")] = False,
+    run: Annotated[
+        list[str] | None, typer.Option(help='Run under the probes, e.g. "python train.py".')
+    ] = None,
+    select: Annotated[list[str] | None, typer.Option(help="Enable opt-in rules.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Steps per instrumented run.")] = 20,
+    yes: Annotated[bool, typer.Option(help="Approve every verified fix when asked.")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json | sarif | markdown")] = (
+        "markdown"
+    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here (with --wait).")
+    ] = None,
+    patch: Annotated[
+        Path | None, typer.Option(help="Write the approved fixes' patch here (with --wait).")
+    ] = None,
+) -> None:
+    """Send code to a torchdoctor server; with --wait, show progress and fetch the results."""
+    _need_extra()
+    from torchdoctor.agent.audit import AuditChoices
+    from torchdoctor.api.client import Client, ClientError, describe, pack
+
+    if fmt not in ("json", "sarif", "markdown"):
+        raise _fail(f"unknown format {fmt!r}: use json, sarif or markdown")
+    if not path.exists():
+        raise _fail(f"{path}: no such file or folder")
+    options = AuditChoices(
+        offline=offline, fix=fix, run=run or [], select=select or [], steps=steps
+    )
+    client = Client(server, key)
+    try:
+        audit_id = client.submit(pack(path, exclude or []), options)
+        stderr.print(f"audit {audit_id} submitted to {server}", highlight=False)
+        if not wait:
+            sys.stdout.write(audit_id + "\n")
+            return
+        state = "queued"
+        for event in client.events(audit_id):
+            line = describe(event)
+            if line:
+                stderr.print(line, highlight=False)
+            if event.kind == "state":
+                state = str(event.data.get("state"))
+            if state == "waiting-approval":
+                pending = client.approvals(audit_id)
+                fixes = pending.get("fixes", [])
+                if not yes:
+                    raise _fail(
+                        f"{len(fixes)} verified fix(es) wait for approval: run again with --yes, "
+                        f"or POST {server}/v1/audits/{audit_id}/approvals"
+                    )
+                client.approve(
+                    audit_id,
+                    [{"finding_id": f["finding_id"], "decision": "approve"} for f in fixes],
+                )
+                state = "queued"
+        final = client.status(audit_id)
+        if final["state"] != "done":
+            raise _fail(f"audit {audit_id} {final['state']}: {final.get('error') or ''}".strip())
+        report = client.text(audit_id, "report", format=fmt)
+        if output is not None:
+            output.write_text(report, encoding="utf-8")
+        else:
+            sys.stdout.write(report)
+        if patch is not None:
+            patch.write_text(client.text(audit_id, "patch"), encoding="utf-8")
+            stderr.print(f"patch: {patch}", highlight=False)
+    except ClientError as err:
+        raise _fail(str(err)) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service's commands to the main CLI."""
+    app.command()(serve)
+    app.command()(submit)
+    app.add_typer(keys_app, name="keys")

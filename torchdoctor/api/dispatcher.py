@@ -1,0 +1,55 @@
+"""The loop that feeds the executor from the store's queue and enforces cancellations.
+
+Every server process runs one: it claims queued audits (and running ones whose worker fell
+silent: a crashed server's) up to its free slots, and kills the audits it runs that were
+cancelled, whichever server process took the DELETE. Store calls go to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from anyio import to_thread
+
+from torchdoctor.api.executor import Executor
+from torchdoctor.api.models import AuditState
+from torchdoctor.api.store.store import Store
+
+log = logging.getLogger("torchdoctor.api")
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, executor: Executor, lease_s: float, interval_s: float = 0.25
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self.owner = uuid.uuid4().hex
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("dispatcher tick failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def tick(self) -> None:
+        running = self.executor.running()
+        states = await to_thread.run_sync(self.store.state_of, running)
+        for audit_id in running:
+            if states.get(audit_id) is AuditState.CANCELLED:
+                await to_thread.run_sync(self.executor.kill, audit_id)
+                log.info("cancelled", extra={"audit_id": audit_id})
+        for _ in range(self.executor.free_slots()):
+            claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
+            if claimed is None:
+                break
+            # Started from the loop's own thread: the child's parent-death signal follows
+            # the thread that forked it, and this one lives as long as the server.
+            self.executor.start(claimed, self.owner)
+            log.info("started", extra={"audit_id": claimed})

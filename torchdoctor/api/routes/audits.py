@@ -1,0 +1,237 @@
+"""Submitting, following and cancelling audits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from anyio import sleep, to_thread
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.datastructures import UploadFile
+
+from torchdoctor.agent.audit import AuditChoices
+from torchdoctor.api.auth import Caller, StoreDep, too_many
+from torchdoctor.api.intake import (
+    IntakeLimits,
+    SubmissionRejected,
+    copy_server_folder,
+    fresh_folder,
+    unpack_archive,
+    write_file_map,
+)
+from torchdoctor.api.models import Accepted, AuditState, AuditStatus, SubmitFiles
+from torchdoctor.api.progress import progress_from
+from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url
+from torchdoctor.api.settings import ApiSettings
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"], responses=ERRORS)
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["archive"],
+    "properties": {
+        "archive": {
+            "type": "string",
+            "format": "binary",
+            "description": "a zip or tar(.gz) of the code to audit",
+        },
+        "options": {
+            "type": "string",
+            "description": "the audit options as JSON (AuditChoices)",
+            "example": '{"offline": true, "fix": true, "run": ["python train.py"]}',
+        },
+    },
+}
+SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SubmitFiles"}},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+def _limits(settings: ApiSettings) -> IntakeLimits:
+    return IntakeLimits(
+        settings.max_archive_files, settings.max_archive_bytes, settings.max_compression_ratio
+    )
+
+
+def _prepare(workdir: Path, fill: Any) -> None:
+    """Fill `workdir/src` (checked), then keep a pristine copy for the patch."""
+    with fresh_folder(workdir):
+        source = workdir / "src"
+        source.mkdir(mode=0o700)
+        fill(source)
+        shutil.copytree(source, workdir / "original", symlinks=True)
+
+
+def _bad(err: Exception) -> HTTPException:
+    return HTTPException(status.HTTP_400_BAD_REQUEST, str(err))
+
+
+def _options(text: str | None) -> AuditChoices:
+    try:
+        return AuditChoices.model_validate_json(text or "{}")
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, f"options: {where}: {first['msg']}"
+        ) from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    openapi_extra=SUBMIT_BODY,
+    summary="Submit code to audit (zip / tar.gz upload, or JSON)",
+)
+async def submit_audit(request: Request, who: Caller, store: StoreDep) -> JSONResponse:
+    """Checks the submission whole, stores it under a new audit id and queues it; `202` with
+    the audit's id and URL. Uploads are `multipart/form-data` with an `archive` file and an
+    optional `options` JSON field; JSON bodies carry `files` (path -> text) or a server `path`."""
+    settings: ApiSettings = request.app.state.settings
+    if await to_thread.run_sync(store.count_active, who.tenant) >= settings.max_running_per_tenant:
+        raise too_many(
+            f"tenant {who.tenant} already has {settings.max_running_per_tenant} audits running",
+            30,
+        )
+    audit_id = uuid.uuid4().hex
+    workdir = settings.audits_dir / audit_id
+    limits = _limits(settings)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=4)
+            upload, options_field = form.get("archive"), form.get("options")
+            if not isinstance(upload, UploadFile):
+                raise SubmissionRejected("multipart submissions need an 'archive' file field")
+            options = _options(options_field if isinstance(options_field, str) else None)
+            archive: IO[bytes] = upload.file
+            await to_thread.run_sync(
+                _prepare, workdir, lambda src: unpack_archive(archive, src, limits)
+            )
+        elif content_type == "application/json":
+            try:
+                body = SubmitFiles.model_validate_json(await request.body())
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "body"
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_ENTITY, f"{where}: {first['msg']}"
+                ) from None
+            options = body.options
+            if (body.files is None) == (body.path is None):
+                raise SubmissionRejected("give exactly one of 'files' and 'path'")
+            if body.files is not None:
+                files = body.files
+                await to_thread.run_sync(
+                    _prepare, workdir, lambda src: write_file_map(files, src, limits)
+                )
+            else:
+                server_path = Path(str(body.path))
+                roots = settings.allowed_roots
+                await to_thread.run_sync(
+                    _prepare,
+                    workdir,
+                    lambda src: copy_server_folder(server_path, roots, src, limits),
+                )
+        else:
+            raise HTTPException(
+                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                "send multipart/form-data (an archive) or application/json",
+            )
+    except SubmissionRejected as err:
+        raise _bad(err) from None
+    await to_thread.run_sync(store.create_audit, audit_id, who.tenant, options, str(workdir))
+    url = audit_url(request, audit_id)
+    accepted = Accepted(id=audit_id, url=url, state=AuditState.QUEUED)
+    return JSONResponse(
+        accepted.model_dump(mode="json"), status_code=202, headers={"Location": url}
+    )
+
+
+@router.get("", response_model=list[Accepted], summary="This tenant's audits, newest first")
+def list_audits(request: Request, who: Caller, store: StoreDep) -> list[Accepted]:
+    return [
+        Accepted(id=r.id, url=audit_url(request, r.id), state=r.state)
+        for r in store.list_audits(who.tenant)
+    ]
+
+
+@router.get("/{audit_id}", response_model=AuditStatus, summary="State and progress")
+def get_audit(audit_id: str, request: Request, who: Caller, store: StoreDep) -> AuditStatus:
+    record = audit_or_404(store, audit_id, who)
+    report = store.report(audit_id, who.tenant)
+    request_text, _ = store.approval(audit_id, who.tenant)
+    return AuditStatus(
+        id=record.id,
+        url=audit_url(request, record.id),
+        state=record.state,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        attempts=record.attempts,
+        error=record.error,
+        phases=progress_from(store.events_after(audit_id, 0, limit=10_000)),
+        findings=len(json.loads(report)["findings"]) if report else None,
+        pending_approval=record.state is AuditState.WAITING_APPROVAL and bool(request_text),
+    )
+
+
+@router.get(
+    "/{audit_id}/events",
+    summary="Server-sent events of the audit's progress (resumable with Last-Event-ID)",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}},
+)
+async def audit_events(
+    audit_id: str,
+    request: Request,
+    who: Caller,
+    store: StoreDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, description="same as Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Each event has an increasing `id`, a type (`state`, `phase`, `point`, `gate`, `fix`,
+    ...) and a JSON payload. The stream ends once the audit is done, failed or cancelled."""
+    await to_thread.run_sync(audit_or_404, store, audit_id, who)
+    poll_s: float = request.app.state.poll_s
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        last = last_event_id if last_event_id is not None else (after or 0)
+        while not await request.is_disconnected():
+            events = await to_thread.run_sync(store.events_after, audit_id, last)
+            for event in events:
+                last = event.id
+                yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.data)}
+            if not events:
+                record = await to_thread.run_sync(store.get_audit, audit_id, who.tenant)
+                if record is None or record.state.final:
+                    return
+                await sleep(poll_s)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.delete("/{audit_id}", response_model=Accepted, summary="Cancel (kills its sandbox jobs)")
+def cancel_audit(audit_id: str, request: Request, who: Caller, store: StoreDep) -> Accepted:
+    """A queued, running or waiting audit is cancelled; the server running it kills its
+    worker and every sandbox job within a moment. A finished audit answers 409."""
+    record = audit_or_404(store, audit_id, who)
+    state = store.cancel(audit_id, who.tenant)
+    if state is not AuditState.CANCELLED:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"audit {audit_id} already ended ({record.state.value})"
+        )
+    return Accepted(id=audit_id, url=audit_url(request, audit_id), state=AuditState.CANCELLED)

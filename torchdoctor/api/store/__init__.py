@@ -1,0 +1,1 @@
+"""The service's persistence: SQLAlchemy tables, Alembic migrations, a typed store."""

@@ -1,0 +1,132 @@
+"""One audit in its own process: `python -m torchdoctor.api.worker AUDIT_ID OWNER SERVER_PID`.
+
+It keeps its lease alive while it works, records the audit's progress events in the store,
+and records the outcome. It dies with the server that started it (the audit is then resumed by
+the next server to claim it), and kills itself with its sandbox jobs when its lease is lost
+(the audit was cancelled).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from torchdoctor.agent.audit import ApplyRefused, AuditOptions, run_audit
+from torchdoctor.agent.config import ConfigError
+from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.workspace import InputError
+from torchdoctor.api import logs
+from torchdoctor.api.executor import kill_tree
+from torchdoctor.api.models import AuditRecord, AuditState
+from torchdoctor.api.settings import ApiSettings
+from torchdoctor.api.store.engine import open_engine
+from torchdoctor.api.store.store import Store
+
+log = logging.getLogger("torchdoctor.worker")
+
+
+def die_with_server(server_pid: int) -> None:
+    """SIGKILL this process when the server dies (Linux); exit now if it already has."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(1)
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease; a lease that cannot be renewed means the audit is no longer ours."""
+
+    def __init__(self, store: Store, audit_id: str, owner: str, lease_s: float) -> None:
+        super().__init__(daemon=True, name="lease")
+        self.store, self.audit_id, self.owner, self.lease_s = store, audit_id, owner, lease_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease_s / 3):
+            try:
+                kept = self.store.renew_lease(self.audit_id, self.owner, self.lease_s)
+            except Exception:
+                log.exception("lease renewal failed")
+                continue
+            if not kept:
+                log.info("lease lost: stopping", extra={"audit_id": self.audit_id})
+                kill_tree(os.getpid())
+
+
+def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
+    """The user's choices on the audit's own copy; the server decides the rest."""
+    return AuditOptions(
+        **record.options.model_dump(),
+        target=source_dir(record),
+        sandbox=settings.sandbox,
+        write_ledger=True,
+    )
+
+
+def source_dir(record: AuditRecord) -> Any:
+    from pathlib import Path
+
+    return Path(record.workdir) / "src"
+
+
+def counters(report: AuditReport) -> tuple[int, int]:
+    """(sandbox runs, LLM tokens) for the metrics."""
+    runs = report.provenance.extra.get("runs", [])
+    usage = report.provenance.extra.get("usage", {})
+    tokens = sum(int(v) for k, v in usage.items() if "tokens" in k and isinstance(v, int))
+    return len(runs) if isinstance(runs, list) else 0, tokens
+
+
+def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -> None:
+    def progress(event: dict[str, Any]) -> None:
+        kind = str(event.get("event", "progress"))
+        store.add_event(record.id, kind, {k: v for k, v in event.items() if k != "event"})
+
+    try:
+        outcome = run_audit(audit_options(record, settings), progress=progress)
+    except (InputError, ConfigError, ApplyRefused) as err:
+        store.finish(record.id, owner, AuditState.FAILED, error=str(err))
+        return
+    runs, tokens = counters(outcome.report)
+    store.finish(
+        record.id,
+        owner,
+        AuditState.DONE,
+        report=outcome.report.model_dump_json(),
+        sandbox_runs=runs,
+        llm_tokens=tokens,
+    )
+
+
+def main(argv: list[str]) -> int:
+    audit_id, owner, server_pid = argv
+    die_with_server(int(server_pid))
+    logs.configure()
+    logs.audit_id_var.set(audit_id)
+    settings = ApiSettings()
+    store = Store(open_engine(settings.url))
+    record = store.get_audit(audit_id, None)
+    if record is None:
+        log.error("no such audit")
+        return 1
+    heartbeat = Heartbeat(store, audit_id, owner, settings.lease_seconds)
+    heartbeat.start()
+    try:
+        work(store, record, owner, settings)
+    except Exception as err:
+        log.exception("audit failed")
+        store.finish(audit_id, owner, AuditState.FAILED, error=f"internal error: {err}")
+        return 1
+    finally:
+        heartbeat.stopped.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
