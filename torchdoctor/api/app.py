@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +24,7 @@ from torchdoctor.api import ops
 from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.executor import Executor, LocalExecutor
+from torchdoctor.api.models import SubmitFiles
 from torchdoctor.api.routes import audits, results
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
@@ -80,6 +82,22 @@ def _one_line(exc: RequestValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the JSON submission's schema (the submit route reads its body
+    itself, to take multipart uploads too)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    schema = SubmitFiles.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(schema.pop("$defs", {}))
+    schemas["SubmitFiles"] = schema
+    app.openapi_schema = document
+    return document
+
+
 def create_app(
     settings: ApiSettings | None = None, executor: Executor | None = None, poll_s: float = 0.25
 ) -> FastAPI:
@@ -125,6 +143,7 @@ def create_app(
             {"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers
         )
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(audits.router)
     app.include_router(results.router)
     app.include_router(ops.router)

@@ -1,8 +1,10 @@
-"""The loop that feeds the executor from the store's queue and enforces cancellations.
+"""The loop that feeds the executor from the store's queue, keeps leases, enforces cancels.
 
-Every server process runs one: it claims queued audits (and running ones whose worker fell
-silent: a crashed server's) up to its free slots, and kills the audits it runs that were
-cancelled, whichever server process took the DELETE. Store calls go to a thread.
+Every server process runs one. Each tick it renews the leases of the audits it runs and kills
+those it no longer holds (cancelled by a DELETE that any server process took); then it claims
+queued audits, and running ones whose lease ran out (their server died), up to its free
+slots. A lease lives as long as its server: a crashed server's audits are resumed elsewhere.
+Store calls go to a thread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import uuid
 from anyio import to_thread
 
 from torchdoctor.api.executor import Executor
-from torchdoctor.api.models import AuditState
 from torchdoctor.api.store.store import Store
 
 log = logging.getLogger("torchdoctor.api")
@@ -40,11 +41,11 @@ class Dispatcher:
 
     async def tick(self) -> None:
         running = self.executor.running()
-        states = await to_thread.run_sync(self.store.state_of, running)
+        held = await to_thread.run_sync(self.store.renew_leases, running, self.owner, self.lease_s)
         for audit_id in running:
-            if states.get(audit_id) is AuditState.CANCELLED:
+            if audit_id not in held:
                 await to_thread.run_sync(self.executor.kill, audit_id)
-                log.info("cancelled", extra={"audit_id": audit_id})
+                log.info("released (finished or cancelled)", extra={"audit_id": audit_id})
         for _ in range(self.executor.free_slots()):
             claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
             if claimed is None:

@@ -89,7 +89,8 @@ def unpack_archive(archive: IO[bytes], dest: Path, limits: IntakeLimits) -> int:
         with tarfile.open(fileobj=archive, mode="r:*") as tar:
             return _unpack_tar(tar, packed, dest, limits)
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise SubmissionRejected(f"not a readable zip or tar(.gz) archive: {err}") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SubmissionRejected(f"not a readable zip or tar(.gz) archive ({first})") from None
 
 
 def _unpack_zip(archive: IO[bytes], packed: int, dest: Path, limits: IntakeLimits) -> int:
@@ -99,10 +100,10 @@ def _unpack_zip(archive: IO[bytes], packed: int, dest: Path, limits: IntakeLimit
         with zipfile.ZipFile(archive) as bundle:
             for info in bundle.infolist():
                 path = checked_path(info.filename.rstrip("/") or info.filename)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
+                kind = stat.S_IFMT(info.external_attr >> 16)
+                if kind == stat.S_IFLNK:
                     raise SubmissionRejected(f"{path}: links are refused")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                     raise SubmissionRejected(f"{path}: device files and FIFOs are refused")
                 if info.is_dir():
                     continue

@@ -1,9 +1,8 @@
 """One audit in its own process: `python -m torchdoctor.api.worker AUDIT_ID OWNER SERVER_PID`.
 
-It keeps its lease alive while it works, records the audit's progress events in the store,
-and records the outcome. It dies with the server that started it (the audit is then resumed by
-the next server to claim it), and kills itself with its sandbox jobs when its lease is lost
-(the audit was cancelled).
+It records the audit's progress events and its outcome in the store. Its server keeps its
+lease and kills it (with its sandbox jobs) when the audit is cancelled; it dies with that
+server, and the audit is then resumed by the next server to claim it.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from torchdoctor.agent.audit import ApplyRefused, AuditOptions, run_audit
@@ -21,7 +19,6 @@ from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.api import logs
-from torchdoctor.api.executor import kill_tree
 from torchdoctor.api.models import AuditRecord, AuditState
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
@@ -37,26 +34,6 @@ def die_with_server(server_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != server_pid:
         os._exit(1)
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease; a lease that cannot be renewed means the audit is no longer ours."""
-
-    def __init__(self, store: Store, audit_id: str, owner: str, lease_s: float) -> None:
-        super().__init__(daemon=True, name="lease")
-        self.store, self.audit_id, self.owner, self.lease_s = store, audit_id, owner, lease_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.lease_s / 3):
-            try:
-                kept = self.store.renew_lease(self.audit_id, self.owner, self.lease_s)
-            except Exception:
-                log.exception("lease renewal failed")
-                continue
-            if not kept:
-                log.info("lease lost: stopping", extra={"audit_id": self.audit_id})
-                kill_tree(os.getpid())
 
 
 def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
@@ -115,16 +92,12 @@ def main(argv: list[str]) -> int:
     if record is None:
         log.error("no such audit")
         return 1
-    heartbeat = Heartbeat(store, audit_id, owner, settings.lease_seconds)
-    heartbeat.start()
     try:
         work(store, record, owner, settings)
     except Exception as err:
         log.exception("audit failed")
         store.finish(audit_id, owner, AuditState.FAILED, error=f"internal error: {err}")
         return 1
-    finally:
-        heartbeat.stopped.set()
     return 0
 
 

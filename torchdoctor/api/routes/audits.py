@@ -86,7 +86,7 @@ def _options(text: str | None) -> AuditChoices:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "options"
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, f"options: {where}: {first['msg']}"
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"options: {where}: {first['msg']}"
         ) from None
 
 
@@ -129,7 +129,7 @@ async def submit_audit(request: Request, who: Caller, store: StoreDep) -> JSONRe
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "body"
                 raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_ENTITY, f"{where}: {first['msg']}"
+                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"{where}: {first['msg']}"
                 ) from None
             options = body.options
             if (body.files is None) == (body.path is None):

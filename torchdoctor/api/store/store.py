@@ -188,28 +188,29 @@ class Store:
                     return audit_id
         return None
 
-    def renew_lease(self, audit_id: str, owner: str, lease_s: float) -> bool:
-        """False when the audit is no longer this owner's to run (cancelled, taken over)."""
+    def renew_leases(self, audit_ids: list[str], owner: str, lease_s: float) -> set[str]:
+        """Extend the leases of the audits `owner` runs; the ids it still holds (a cancelled
+        audit, or one another server took over, is no longer held)."""
+        if not audit_ids:
+            return set()
         with self._session() as session:
-            result = session.execute(
+            session.execute(
                 update(AuditRow)
                 .where(
-                    AuditRow.id == audit_id,
+                    AuditRow.id.in_(audit_ids),
                     AuditRow.lease_owner == owner,
                     AuditRow.state == AuditState.RUNNING.value,
                 )
                 .values(lease_until=time.time() + lease_s)
             )
-            return getattr(result, "rowcount", 0) == 1
-
-    def state_of(self, audit_ids: list[str]) -> dict[str, AuditState]:
-        if not audit_ids:
-            return {}
-        with self._session() as session:
-            rows = session.execute(
-                select(AuditRow.id, AuditRow.state).where(AuditRow.id.in_(audit_ids))
+            held = session.scalars(
+                select(AuditRow.id).where(
+                    AuditRow.id.in_(audit_ids),
+                    AuditRow.lease_owner == owner,
+                    AuditRow.state == AuditState.RUNNING.value,
+                )
             ).all()
-            return {audit_id: AuditState(state) for audit_id, state in rows}
+            return set(held)
 
     def finish(
         self,
