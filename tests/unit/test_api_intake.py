@@ -58,7 +58,7 @@ def test_a_plain_zip_and_tar_unpack(tmp_path: Path) -> None:
     zipped = _zip([("pkg/train.py", b"import torch\n"), ("README.md", b"hi\n")])
     assert unpack_archive(zipped, tmp_path / "z", LIMITS) == 2
     assert (tmp_path / "z" / "pkg" / "train.py").read_bytes() == b"import torch\n"
-    tarred = _tar([(_info("pkg"), b"")][:0] + [(_info("pkg/train.py"), b"x = 1\n")])
+    tarred = _tar([(_info("pkg/train.py"), b"x = 1\n")])
     assert unpack_archive(tarred, tmp_path / "t", LIMITS) == 1
     assert (tmp_path / "t" / "pkg" / "train.py").read_text() == "x = 1\n"
 
@@ -66,8 +66,8 @@ def test_a_plain_zip_and_tar_unpack(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("archive", "reason"),
     [
-        (lambda: _zip([("../evil.py", b"x")]), "'..' in a path"),
-        (lambda: _zip([("a/../../evil.py", b"x")]), "'..' in a path"),
+        (lambda: _zip([("../evil.py", b"x")]), r"'\.\.' in a path"),
+        (lambda: _zip([("a/../../evil.py", b"x")]), r"'\.\.' in a path"),
         (lambda: _zip([("/etc/evil.py", b"x")]), "absolute paths"),
         (lambda: _zip([("C:/evil.py", b"x")]), "absolute paths"),
         (lambda: _zip([("a\\..\\evil.py", b"x")]), "not a plain relative path"),
@@ -76,7 +76,7 @@ def test_a_plain_zip_and_tar_unpack(tmp_path: Path) -> None:
         (lambda: _zip([(f"f{i}.py", b"x") for i in range(11)]), "more than 10 files"),
         (lambda: _zip([("big.py", os.urandom(100_001))]), "more than 100000 bytes"),
         (lambda: _zip([("bomb.py", b"\0" * 90_000)]), "zip bomb"),
-        (lambda: _tar([(_info("../evil.py"), b"x")]), "'..' in a path"),
+        (lambda: _tar([(_info("../evil.py"), b"x")]), r"'\.\.' in a path"),
         (lambda: _tar([(_info("link", tarfile.SYMTYPE, "/etc/passwd"), b"")]), "links are refused"),
         (lambda: _tar([(_info("hard", tarfile.LNKTYPE, "/etc/passwd"), b"")]), "links are refused"),
         (lambda: _tar([(_info("dev", tarfile.CHRTYPE), b"")]), "device files"),
@@ -107,13 +107,13 @@ def test_sizes_that_lie_in_headers_are_still_capped(tmp_path: Path) -> None:
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
         at = raw.find(signature)
         raw[at + offset : at + offset + 4] = (10).to_bytes(4, "little")
-    with pytest.raises(SubmissionRejected, match="unreadable zip|more than 50000 bytes"):
+    with pytest.raises(SubmissionRejected, match=r"unreadable zip|more than 50000 bytes"):
         unpack_archive(io.BytesIO(bytes(raw)), tmp_path, limits)
 
 
 def test_file_maps_get_the_same_checks(tmp_path: Path) -> None:
     assert write_file_map({"pkg/a.py": "x = 1\n"}, tmp_path / "ok", LIMITS) == 1
-    with pytest.raises(SubmissionRejected, match="'..' in a path"):
+    with pytest.raises(SubmissionRejected, match=r"'\.\.' in a path"):
         write_file_map({"../a.py": "x"}, tmp_path / "bad", LIMITS)
     with pytest.raises(SubmissionRejected, match="a file and a folder"):
         write_file_map({"a": "x", "a/b.py": "y"}, tmp_path / "clash", LIMITS)
