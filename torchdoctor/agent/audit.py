@@ -85,6 +85,9 @@ class AuditChoices(BaseModel):
     steps: int = Field(20, ge=1, le=10_000)
     probe_compile: bool = False
     linters: bool | None = Field(None, description="run peer linters (default: config, on)")
+    peers: Literal["curated", "all"] | None = Field(
+        None, description="peer codes shown as findings (default: config, curated)"
+    )
     mypy: bool = False
     fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
 
@@ -147,6 +150,8 @@ def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConf
         updates["linters"] = False
     if options.linters is not None:
         updates["linters"] = options.linters
+    if options.peers is not None:
+        updates["peers"] = options.peers
     return config.model_copy(update=updates)
 
 
@@ -213,7 +218,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         if peers is not None:
             if progress is not None:
                 progress({"event": "step", "message": "peer linters"})
-            pairs, versions = linter_evidence(workspace, static, peers.result())
+            pairs, versions = linter_evidence(workspace, static, peers.result(), config.peers)
             extra += pairs
             tools.update(versions)
         if request.commands or request.discover:

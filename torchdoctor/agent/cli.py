@@ -71,6 +71,11 @@ class Lang(StrEnum):
     fr = "fr"
 
 
+class PeerShow(StrEnum):
+    curated = "curated"
+    all = "all"
+
+
 def _fail(message: str) -> typer.Exit:
     stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=2)
@@ -149,6 +154,13 @@ def audit(
         bool | None,
         typer.Option("--linters/--no-linters", help="Run peer linters (ruff, bandit, ...)."),
     ] = None,
+    peers: Annotated[
+        PeerShow | None,
+        typer.Option(
+            help="Peer linter codes shown as findings: curated (those that matter to the "
+            "checklist; the rest is context) or all.",
+        ),
+    ] = None,
     online: Annotated[
         bool, typer.Option(help="Let pip-audit query the vulnerability database (network).")
     ] = False,
@@ -208,6 +220,7 @@ def audit(
         probe_compile="compile" in (probe or []),
         sandbox=sandbox,
         linters=linters,
+        peers=peers.value if peers else None,
         online=online,
         mypy=mypy,
         fix=fix,

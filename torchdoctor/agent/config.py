@@ -33,6 +33,9 @@ class AuditConfig(BaseModel):
     max_file_bytes: int = 2_000_000
     run: list[str] = Field(default_factory=list, description="commands whose runs feed the probes")
     linters: bool = True
+    peers: Literal["curated", "all"] = Field(
+        "curated", description="peer linter codes shown as findings: the curated list, or all"
+    )
     llm: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -79,21 +79,33 @@ def start_linters(
 
 
 def linter_evidence(
-    workspace: Workspace, static: StaticResult, run: LinterRun
+    workspace: Workspace, static: StaticResult, run: LinterRun, peers: str = "curated"
 ) -> tuple[list[tuple[int, Evidence]], dict[str, str]]:
     """Peer linters' results as evidence: attached to the native finding they confirm, else a
-    finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint."""
+    finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint.
+
+    A standalone peer result is only context for the reasoner (no finding) when it is `info`,
+    when torchdoctor's reading of the code rules it out (`PeerVeto`), or, unless `peers` is
+    "all", when its code is not on the curated list (`keep` in linter_codes.json)."""
     from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
+    from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
     from torchdoctor.agent.reasoning.offline import attach_key
 
     attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
+    veto = PeerVeto(workspace.text_of)
     pairs: list[tuple[int, Evidence]] = []
     for (rule, file, line), evidence in attached.items():
         for ev in evidence:
             ev.data["attach_to"] = attach_key(rule, file, line)
             pairs.append((int(ev.data["point"]), ev))
-    for ev in standalone:
-        if ev.data.get("severity") == "info":
+    for ev in (e.model_copy(deep=True) for e in standalone):
+        ruled_out = veto.reason(ev)
+        hidden = not ruled_out and peers != "all" and ev.data.get("kept") is False
+        if ruled_out:
+            ev.data["ruled_out"] = ruled_out
+        if hidden:
+            ev.data["context"] = "not on the curated list of peer codes (--peers all shows it)"
+        if ruled_out or hidden or ev.data.get("severity") == "info":
             pairs.append((int(ev.data["point"]), ev))  # context for the reasoner, not a problem
             continue
         ev.data["finding"] = {

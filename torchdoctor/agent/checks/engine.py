@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
@@ -205,7 +206,7 @@ def _analyse(
         ctx.memo.clear()
     return FileResult(
         path=path,
-        findings=ctx.findings,
+        findings=stand_down(ctx.findings, source, tree),
         facts=ctx.facts,
         applicable=applicable,
         note=note,

@@ -27,6 +27,8 @@ class CodeInfo(BaseModel):
     point: int
     severity: Severity
     concern: str | None = None
+    kept: bool = True
+    """On the tool's curated `keep` list: a finding by default, not only context."""
 
 
 def tool_table(tool: str) -> dict[str, Any]:
@@ -42,8 +44,13 @@ def classify(tool: str, code: str) -> CodeInfo:
     entry = table["codes"][max(matches, key=len)] if matches else table["default"]
     items = tuple(entry["items"])
     point = entry.get("point") or ITEMS_BY_ID[items[0]].point
+    keep = table.get("keep", ["*"])
     return CodeInfo(
-        items=items, point=point, severity=entry["severity"], concern=entry.get("concern")
+        items=items,
+        point=point,
+        severity=entry["severity"],
+        concern=entry.get("concern"),
+        kept="*" in keep or any(code.startswith(prefix) for prefix in keep),
     )
 
 
@@ -103,6 +110,7 @@ class EvidenceFactory:
             "items": list(info.items),
             "point": info.point,
             "severity": info.severity.value,
+            "kept": info.kept,
         }
         if info.concern:
             data["concern"] = info.concern

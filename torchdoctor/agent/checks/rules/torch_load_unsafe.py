@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
+from torchdoctor.agent.checks.safe_globals import within_safe_globals
 from torchdoctor.agent.models import Severity
 
 
@@ -67,6 +68,8 @@ class TorchLoadUnsafe(Rule):
         flip = torch_api().default_change("torch.load", "weights_only").changed
         target = target_torch(ctx.config)
         safe_default = target is not None and target >= flip and pickle_module is None
+        if safe_default and weights_only is None and within_safe_globals(call, ctx.parents):
+            return  # the safe_globals allowlist is for the weights-only load this is
         data: dict[str, object] = {
             "provenance": provenance or "unknown",
             "fix_safe": provenance == "weights" and pickle_module is None,

@@ -1,0 +1,56 @@
+"""Device-bound rules stand down in scripts that never touch an accelerator.
+
+A host-device synchronisation, unpinned host memory or an unfused optimizer costs something
+only when a device is involved: in a script that never names CUDA (or any device), `.item()`
+in the step is a plain read and pinned memory buys nothing. Only scripts stand down (a
+`__main__` guard or a loop at module level): a helper module's callers may well put its
+tensors on a GPU. The device check is textual and deliberately broad (any mention of cuda, a
+device, an accelerator, mps/xla/xpu/hpu keeps the rules on).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+
+from torchdoctor.agent.checks.base import RawFinding
+
+DEVICE_BOUND_RULES = frozenset(
+    {
+        "host-sync-in-step",
+        "pin-memory-off",
+        "cpu-then-move",
+        "empty-cache-in-loop",
+        "float64-on-gpu",
+        "no-amp",
+        "unfused-optimizer",
+        "tf32-off",
+        "cudnn-benchmark-off",
+    }
+)
+_ACCELERATOR = re.compile(r"cuda|device|accelerat|\b(?:mps|xla|xpu|hpu|npu)\b|\.half\(")
+
+
+def touches_accelerator(source: str) -> bool:
+    """Whether the module mentions any accelerator or device at all."""
+    return bool(_ACCELERATOR.search(source))
+
+
+def is_script(tree: ast.Module) -> bool:
+    """A module run as a program: a `__main__` guard or a loop at module level."""
+    for node in tree.body:
+        if isinstance(node, ast.For | ast.While | ast.AsyncFor):
+            return True
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def stand_down(findings: Sequence[RawFinding], source: str, tree: ast.Module) -> list[RawFinding]:
+    """`findings` without the device-bound ones in a script that never touches a device."""
+    if not any(f.rule in DEVICE_BOUND_RULES for f in findings):
+        return list(findings)
+    if touches_accelerator(source) or not is_script(tree):
+        return list(findings)
+    return [f for f in findings if f.rule not in DEVICE_BOUND_RULES]
