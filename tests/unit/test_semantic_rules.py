@@ -20,7 +20,7 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.models import FixTarget
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
-NEW_RULES: tuple[str, ...] = ("clip-grad-order",)
+NEW_RULES: tuple[str, ...] = ("clip-grad-order", "nll-loss-input")
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 
 

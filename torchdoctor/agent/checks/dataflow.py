@@ -800,9 +800,9 @@ class DataFlow:
                     yield last
                     yield from self.module_output_producers(last, depth + 1)
             elif isinstance(call.func, ast.Name) and call.func.id in self.classes:
-                yield from self._forward_producers(self.classes[call.func.id], depth)
+                yield from self.forward_producers(self.classes[call.func.id], depth)
 
-    def _forward_producers(self, cls: ast.ClassDef, depth: int) -> Iterator[ast.Call]:
+    def forward_producers(self, cls: ast.ClassDef, depth: int) -> Iterator[ast.Call]:
         for stmt in cls.body:
             if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
                 for node in walk_scope(stmt.body):

@@ -29,14 +29,16 @@ def evaluation_helpers(ctx: ModuleContext) -> list[FunctionNode]:
         return memo[""]  # type: ignore[no-any-return]
     found: dict[int, FunctionNode] = {}
     text = ctx.source
+    networks = ctx.flow.module_classes
     if "loader" in text.lower() or "backward" in text:  # code that handles data splits
         for call in ctx.nodes_by_type().get(ast.Call, ()):
             assert isinstance(call, ast.Call)
             if not any(isinstance(a, ast.Name | ast.Attribute) for a in _arguments(call)):
                 continue
             for fn in ctx.calls.resolve(call):
-                if id(fn) in found or fn.name == "__init__":
-                    continue
+                owner = ctx.calls.owner(fn)
+                if id(fn) in found or (owner is not None and owner.name in networks):
+                    continue  # a network's methods (`forward`) belong to their caller's mode
                 bound = [a for a in ctx.calls.bind(call, fn).values() if _mentions_held_out(ctx, a)]
                 held_out = any(ctx.flow.held_out_kind(arg, _HELD_OUT) for arg in bound)
                 if held_out and not _backpropagates(ctx, fn):

@@ -83,7 +83,10 @@ class ValidationWithGrad(Rule):
         for node in nodes_of(ctx, ast.For):
             if isinstance(node, ast.For) and (
                 any(_EVAL_LOADER.search(name) for name in _names_in(node.iter))
-                or ctx.flow.held_out_kind(node.iter, _HELD_OUT) is not None
+                or (
+                    not _in_network(ctx, node)
+                    and ctx.flow.held_out_kind(node.iter, _HELD_OUT) is not None
+                )
             ):
                 self._check_body(ctx, node.body, reported)
 
@@ -125,6 +128,13 @@ class ValidationWithGrad(Rule):
                 if name in names:
                     sites.setdefault(name, []).append(grad_may_be_off(ctx, node))
         return {name for name, flags in sites.items() if flags and all(flags)}
+
+
+def _in_network(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside a method of an `nn.Module` (`forward`): loops there iterate layers, not data."""
+    fn = ctx.enclosing_function(node)
+    owner = ctx.calls.owner(fn) if fn is not None else None
+    return owner is not None and owner.name in ctx.flow.module_classes
 
 
 def _names_in(expr: ast.expr) -> list[str]:

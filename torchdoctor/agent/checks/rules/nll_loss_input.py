@@ -1,0 +1,120 @@
+"""nll-loss-input: NLLLoss fed probabilities (softmax) or raw logits, not log-probabilities."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, NLL_LOSSES, SOFTMAX
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.models import Severity
+
+_LOG = frozenset({"torch.log", "log"})
+_LINEAR = frozenset({"torch.nn.Linear", "torch.nn.LazyLinear"})
+
+
+class NllLossInput(Rule):
+    """Detects `nn.NLLLoss` / `F.nll_loss` whose input is the output of a softmax (through
+    variables, views, local functions and a model's last layer or `forward`), or the raw
+    output of a final `nn.Linear` (a local model whose `forward` returns `self.fc(x)`, an
+    `nn.Sequential` ending in `Linear`).
+
+    Why it matters: NLLLoss expects log-probabilities; it only picks `-input[target]`. Fed
+    probabilities, the loss is `-p` instead of `-log p` (bounded, tiny gradients near
+    confident mistakes); fed raw logits, nothing normalises them and the loss decreases by
+    pushing the target logit to infinity. Training seems to work but converges badly.
+
+    Not reported: inputs that pass through a `log_softmax` or a `log(...)` anywhere on the
+    way; models defined in another file or built by a library (their last layer is unknown);
+    a `forward` whose returns differ (logits in training, probabilities at inference).
+
+    Example:
+        probs = F.softmax(model(x), dim=1)
+        loss = F.nll_loss(probs, y)
+
+    Fix: feed `F.log_softmax(logits, dim=1)` to NLLLoss, or pass the logits to
+    `nn.CrossEntropyLoss`, which combines both.
+    """
+
+    id = "nll-loss-input"
+    point = 3
+    severity = Severity.HIGH
+    title = "NLLLoss fed probabilities or raw logits"
+    items: ClassVar[tuple[str, ...]] = ("3.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "nll_loss" in ctx.source or "NLLLoss" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            if not _is_nll(ctx, call):
+                continue
+            value = first_argument(call, "input")
+            if value is None:
+                continue
+            kinds = {_kind(ctx, p) for p in _producers(ctx, value)}
+            if "log" in kinds or "log_softmax" in kinds:
+                continue
+            if "softmax" in kinds:
+                what = "probabilities (a softmax output)"
+            elif "linear" in kinds and "softmax" not in kinds:
+                what = "raw logits (the output of a final Linear layer)"
+            else:
+                continue
+            ctx.report(
+                self,
+                call,
+                f"NLLLoss receives `{ast.unparse(value)}`, {what}; it expects "
+                "log-probabilities (log_softmax)",
+            )
+
+
+def _producers(ctx: ModuleContext, value: ast.expr) -> list[ast.Call]:
+    """What produced the loss input; a model passed in as a parameter (`train(model, ...)`)
+    is taken to be the file's only network, when it defines exactly one."""
+    flow = ctx.flow
+    found = list(flow.value_producers(value))
+    if (
+        len(found) == 1
+        and flow.is_model_call(found[0])
+        and not list(flow.constructors(found[0].func))
+    ):
+        networks = [
+            flow.classes[name]
+            for name in flow.module_classes
+            if ctx.calls.method(name, "forward") is not None
+        ]
+        if len(networks) == 1:
+            found += flow.forward_producers(networks[0], 0)
+    return found
+
+
+def _is_nll(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        return qual in NLL_LOSSES
+    return ctx.flow.loss_class(call.func) == "NLLLoss"
+
+
+def _kind(ctx: ModuleContext, call: ast.Call) -> str:
+    """'log', 'log_softmax', 'softmax', 'linear' or '' for one producer of the loss input."""
+    flow = ctx.flow
+    qual = flow.qualname_of(call) or ""
+    func = call.func
+    method = func.attr if isinstance(func, ast.Attribute) and not qual else ""
+    built = "" if qual else (flow.constructed_as(func) or "")
+    if qual in _LOG or method == "log":
+        return "log"
+    if qual in LOG_SOFTMAX or built in LOG_SOFTMAX or method == "log_softmax":
+        return "log_softmax"
+    if qual in SOFTMAX or built in SOFTMAX or method == "softmax":
+        if isinstance(func, ast.Attribute) and method and flow.is_module_value(func.value):
+            return ""
+        return "softmax"
+    if qual in _LINEAR or built in _LINEAR:
+        return "linear"
+    return ""
