@@ -20,7 +20,11 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.models import FixTarget
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
-NEW_RULES: tuple[str, ...] = ("clip-grad-order", "nll-loss-input")
+NEW_RULES: tuple[str, ...] = (
+    "clip-grad-order",
+    "nll-loss-input",
+    "rnn-hidden-not-detached",
+)
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 
 

@@ -1,0 +1,121 @@
+"""rnn-hidden-not-detached: a recurrent state carried from batch to batch with its graph."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.models import Severity
+
+
+class RnnHiddenNotDetached(Rule):
+    """Detects, in a training loop (one that calls `backward()` and an optimizer step), a
+    model call that takes a state and returns its next value into the same names
+    (`output, hidden = model(data, hidden)`, `out, (h, c) = lstm(x, (h, c))`), where the
+    state is created before the loop and nothing in the loop detaches or re-creates it.
+
+    Why it matters: the returned state is attached to this batch's graph. Fed to the next
+    batch, backward() walks into the previous batch's freed graph and fails ("Trying to
+    backward through the graph a second time"); with `retain_graph=True` as the usual
+    workaround it back-propagates through every batch seen so far, so each step gets slower
+    and memory grows until the run dies.
+
+    Not reported: any other assignment to the state inside the loop (`hidden =
+    repackage_hidden(hidden)`, `hidden = hidden.detach()`, a periodic detach for truncated
+    BPTT, `hidden = model.init_hidden(bs)`), `.detach_()` on it, a state passed through a
+    call (`model(x, repackage(hidden))`), loops without backward (generation, rollouts).
+
+    Example:
+        hidden = model.init_hidden(batch_size)
+        for data, targets in batches:
+            output, hidden = model(data, hidden)
+            loss = criterion(output, targets)
+            loss.backward()
+            optimizer.step()
+
+    Fix: detach the state at the start of every batch (`hidden = hidden.detach()`, or
+    `tuple(h.detach() for h in hidden)` for an LSTM), as PyTorch's word_language_model does
+    with `repackage_hidden`.
+    """
+
+    id = "rnn-hidden-not-detached"
+    point = 1
+    severity = Severity.HIGH
+    title = "Recurrent state carried across batches with its graph"
+    items: ClassVar[tuple[str, ...]] = ("1.4",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "hidden" in ctx.source or "state" in ctx.source or ", (h" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        for loop in ctx.loops.training_loops:
+            if loop.kind != "loop":
+                continue
+            body = list(walk_scope(loop.node.body))
+            for node in body:
+                if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
+                    continue
+                carried = _names(node.targets) & _passed_names(node.value)
+                if not carried or not _defined_before(ctx, loop.node, carried):
+                    continue
+                if any(_resets(other, node, carried) for other in body):
+                    continue
+                state = ", ".join(sorted(carried))
+                ctx.report(
+                    self,
+                    node,
+                    f"`{state}` comes back from the model and is fed to the next batch with its "
+                    "graph: backward() reaches into previous batches",
+                )
+
+
+def _names(targets: list[ast.expr]) -> set[str]:
+    found: set[str] = set()
+    for target in targets:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                found.add(node.id)
+    return found
+
+
+def _passed_names(call: ast.Call) -> set[str]:
+    """Names passed as they are (alone or in a tuple), not through another call."""
+    found: set[str] = set()
+    for arg in [*call.args, *(k.value for k in call.keywords)]:
+        parts = arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg]
+        found |= {p.id for p in parts if isinstance(p, ast.Name)}
+    return found
+
+
+def _defined_before(ctx: ModuleContext, loop: ast.AST, names: set[str]) -> bool:
+    """Every carried name is bound before the loop starts (an initial state exists)."""
+    line = getattr(loop, "lineno", 0)
+    fn = ctx.enclosing_function(loop)
+    params = {a.arg for a in fn.args.args} if fn is not None else set()
+    scope: ast.AST = fn if fn is not None else ctx.tree
+    bound: set[str] = set()
+    for node in walk_scope(getattr(scope, "body", [])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.lineno < line:
+            bound.add(node.id)
+    return names <= (bound | params)
+
+
+def _resets(node: ast.AST, site: ast.Assign, names: set[str]) -> bool:
+    """Another binding of a carried name in the loop, or `.detach_()` on it."""
+    if node is site:
+        return False
+    if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+        targets: list[ast.expr] = (
+            list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+        )
+        return bool(_names(targets) & names)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        receiver = node.func.value
+        return (
+            node.func.attr in ("detach_", "zero_")
+            and isinstance(receiver, ast.Name)
+            and receiver.id in names
+        )
+    return isinstance(node, ast.For | ast.comprehension) and bool(_names([node.target]) & names)
