@@ -24,6 +24,7 @@ NEW_RULES: tuple[str, ...] = (
     "clip-grad-order",
     "nll-loss-input",
     "rnn-hidden-not-detached",
+    "inplace-param-update-with-grad",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

@@ -113,6 +113,8 @@ def _resets(node: ast.AST, site: ast.Assign, names: set[str]) -> bool:
         return bool(_names(targets) & names)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         receiver = node.func.value
+        while isinstance(receiver, ast.Subscript | ast.Attribute):
+            receiver = receiver.value  # `hidden[0].detach_()`
         return (
             node.func.attr in ("detach_", "zero_")
             and isinstance(receiver, ast.Name)

@@ -1,0 +1,109 @@
+"""inplace-param-update-with-grad: parameters updated in place while autograd records."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.models import Severity
+
+_INPLACE = frozenset(
+    {
+        "add_", "sub_", "mul_", "div_", "addcmul_", "addcdiv_", "copy_", "clamp_", "clamp_min_",
+        "clamp_max_", "fill_", "zero_", "normal_", "uniform_", "lerp_", "neg_", "pow_",
+    }
+)  # fmt: skip
+_PARAMETER_ITERATORS = frozenset({"parameters", "named_parameters"})
+
+
+class InplaceParamUpdateWithGrad(Rule):
+    """Detects an in-place update of a parameter (`p -= lr * p.grad`, `p.add_(...)`,
+    `p.uniform_(...)`) where `p` iterates `model.parameters()` / `named_parameters()` or is a
+    tensor created with `requires_grad=True`, while autograd is on: not under `no_grad()` /
+    `inference_mode()`, not in a function decorated with them, not in a helper every call of
+    which runs under them.
+
+    Why it matters: an in-place change of a leaf tensor that requires grad raises
+    "a leaf Variable that requires grad is being used in an in-place operation"; the manual
+    SGD step or custom initialisation never runs. Rewriting it as `p = p - lr * p.grad` to
+    silence the error builds a new non-leaf tensor: the model's parameter is not updated.
+
+    Not reported: updates through `p.data` or of `p.grad`, `torch.nn.init.*` (they disable
+    grad themselves), code under `set_grad_enabled(flag)` (decided at run time),
+    `requires_grad_()` and other flag setters.
+
+    Example:
+        for p in model.parameters():
+            p -= lr * p.grad
+
+    Fix: wrap the update in `with torch.no_grad():` (what `torch.optim` does), or use an
+    optimizer.
+    """
+
+    id = "inplace-param-update-with-grad"
+    point = 4
+    severity = Severity.HIGH
+    title = "Parameter updated in place with autograd on"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "parameters()" in ctx.source or "requires_grad=True" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        sites: list[tuple[ast.AST, ast.expr]] = [(a, a.target) for a in flow.nodes(ast.AugAssign)]
+        sites += [
+            (call, call.func.value)
+            for call in flow.nodes(ast.Call)
+            if isinstance(call.func, ast.Attribute) and call.func.attr in _INPLACE
+        ]
+        for site, target in sites:
+            if not isinstance(target, ast.Name):
+                continue
+            anchor = _parameter_origin(ctx, target)
+            if anchor is None or grad_mode_at(ctx, site) != "on":
+                continue
+            ctx.report(
+                self,
+                site,
+                f"`{target.id}` is a parameter updated in place with autograd on: PyTorch "
+                "refuses in-place changes of leaf tensors that require grad",
+                data={"wrap_line": anchor.lineno},
+            )
+
+
+def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
+    """The statement to wrap in `no_grad`: the `for p in model.parameters()` loop, or the
+    update itself for a tensor created with `requires_grad=True`; None if `name` is neither."""
+    for anc in ctx.ancestors(name):
+        if isinstance(anc, ast.For) and _iterates_parameters(anc, name.id):
+            return anc
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            break
+    for value in ctx.flow.definitions(name):
+        if isinstance(value, ast.Call) and _requires_grad(value):
+            return next(a for a in ctx.ancestors(name) if isinstance(a, ast.stmt))
+    return None
+
+
+def _iterates_parameters(loop: ast.For, name: str) -> bool:
+    it = loop.iter
+    if not isinstance(it, ast.Call) or not isinstance(it.func, ast.Attribute):
+        return False
+    if it.func.attr not in _PARAMETER_ITERATORS:
+        return False
+    target = loop.target
+    if isinstance(target, ast.Tuple) and len(target.elts) == 2:
+        target = target.elts[1]  # for name, p in model.named_parameters()
+    return isinstance(target, ast.Name) and target.id == name
+
+
+def _requires_grad(call: ast.Call) -> bool:
+    flag = kwarg(call, "requires_grad")
+    return isinstance(flag, ast.Constant) and flag.value is True
