@@ -25,6 +25,7 @@ NEW_RULES: tuple[str, ...] = (
     "nll-loss-input",
     "rnn-hidden-not-detached",
     "inplace-param-update-with-grad",
+    "cudnn-benchmark-with-determinism",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

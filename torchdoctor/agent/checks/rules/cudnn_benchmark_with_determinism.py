@@ -1,0 +1,122 @@
+"""cudnn-benchmark-with-determinism: benchmark mode switched on next to a determinism request."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
+
+_BENCHMARK = "torch.backends.cudnn.benchmark"
+_DETERMINISTIC_FLAG = "torch.backends.cudnn.deterministic"
+_DETERMINISTIC_CALL = "torch.use_deterministic_algorithms"
+
+
+class CudnnBenchmarkWithDeterminism(Rule):
+    """Detects `torch.backends.cudnn.benchmark = True` in the same function (or script) as
+    a determinism request (`torch.backends.cudnn.deterministic = True`,
+    `torch.use_deterministic_algorithms(True)`), on a path where both run.
+
+    Why it matters: benchmark mode times several convolution algorithms on the first batches
+    and keeps the fastest, which can differ from run to run (timing noise, other jobs on the
+    GPU); PyTorch's reproducibility notes ask for `benchmark = False` alongside the
+    determinism flags. With both set, the runs the user believes reproducible are not.
+
+    Not reported: the two settings in opposite branches (`if args.deterministic: ... else:
+    cudnn.benchmark = True`), in different functions, a later `benchmark = False` in the same
+    scope, or a benchmark flag computed at run time (`benchmark = not args.deterministic`).
+
+    Example:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = True
+
+    Fix: set `torch.backends.cudnn.benchmark = False` where determinism is requested (keep
+    benchmark mode for runs that do not need to be reproducible).
+    """
+
+    id = "cudnn-benchmark-with-determinism"
+    point = 5
+    severity = Severity.MEDIUM
+    title = "cuDNN benchmark mode defeats the determinism request"
+    items: ClassVar[tuple[str, ...]] = ("5.1",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "benchmark" in ctx.source and "determinis" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        benchmarks: list[tuple[ast.Assign, bool]] = []
+        requests: list[ast.AST] = []
+        for node in ctx.flow.nodes(ast.Assign):
+            for target in node.targets:
+                qual = ctx.qualname(target)
+                flag = node.value.value if isinstance(node.value, ast.Constant) else None
+                if qual == _BENCHMARK and isinstance(flag, bool):
+                    benchmarks.append((node, flag))
+                elif qual == _DETERMINISTIC_FLAG and flag is True:
+                    requests.append(node)
+        for call in ctx.flow.nodes(ast.Call):
+            if ctx.flow.qualname_of(call) == _DETERMINISTIC_CALL and _switches_on(call):
+                requests.append(call)
+        for node, flag in benchmarks:
+            if not flag or _turned_off_later(ctx, node, benchmarks):
+                continue
+            request = next((r for r in requests if _both_run(ctx, node, r)), None)
+            if request is None:
+                continue
+            ctx.report(
+                self,
+                node,
+                "cuDNN benchmark mode is on although determinism is requested on line "
+                f"{getattr(request, 'lineno', 0)}: the algorithm chosen can differ between runs",
+            )
+
+
+def _switches_on(call: ast.Call) -> bool:
+    mode = call.args[0] if call.args else next((k.value for k in call.keywords), None)
+    return isinstance(mode, ast.Constant) and mode.value is True
+
+
+def _scope(ctx: ModuleContext, node: ast.AST) -> ast.AST:
+    return ctx.enclosing_function(node) or ctx.tree
+
+
+def _turned_off_later(
+    ctx: ModuleContext, node: ast.Assign, benchmarks: list[tuple[ast.Assign, bool]]
+) -> bool:
+    scope = _scope(ctx, node)
+    return any(
+        not flag and other.lineno > node.lineno and _scope(ctx, other) is scope
+        for other, flag in benchmarks
+    )
+
+
+def _both_run(ctx: ModuleContext, first: ast.AST, second: ast.AST) -> bool:
+    """Same scope, and no `if` puts one in its body and the other in its `else`."""
+    if _scope(ctx, first) is not _scope(ctx, second):
+        return False
+    branches = {id(a): a for a in ctx.ancestors(first) if isinstance(a, ast.If)}
+    child = second
+    for anc in ctx.ancestors(second):
+        if id(anc) in branches and isinstance(anc, ast.If):
+            return _branch(anc, child) == _branch(anc, _child_under(ctx, first, anc))
+        child = anc
+    return True
+
+
+def _child_under(ctx: ModuleContext, node: ast.AST, ancestor: ast.AST) -> ast.AST:
+    child = node
+    for anc in ctx.ancestors(node):
+        if anc is ancestor:
+            return child
+        child = anc
+    return child
+
+
+def _branch(node: ast.If, child: ast.AST) -> str:
+    if child in node.orelse:
+        return "else"
+    return "test" if child is node.test else "body"
