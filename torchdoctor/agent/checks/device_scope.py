@@ -1,11 +1,12 @@
-"""Device-bound rules stand down in scripts that never touch an accelerator.
+"""Device-bound rules drop to `info` in scripts that never touch an accelerator.
 
 A host-device synchronisation, unpinned host memory or an unfused optimizer costs something
 only when a device is involved: in a script that never names CUDA (or any device), `.item()`
 in the step is a plain read and pinned memory buys nothing. Only scripts stand down (a
 `__main__` guard or a loop at module level): a helper module's callers may well put its
 tensors on a GPU. The device check is textual and deliberately broad (any mention of cuda, a
-device, an accelerator, mps/xla/xpu/hpu keeps the rules on).
+device, an accelerator, mps/xla/xpu/hpu keeps the rules as they are). The finding stays, at
+`info`, because the same script may be pointed at a GPU later.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.models import Severity
 
 DEVICE_BOUND_RULES = frozenset(
     {
@@ -47,10 +49,18 @@ def is_script(tree: ast.Module) -> bool:
     return False
 
 
+_ON_CPU = " (info: this script never touches a device, where this costs nothing)"
+
+
 def stand_down(findings: Sequence[RawFinding], source: str, tree: ast.Module) -> list[RawFinding]:
-    """`findings` without the device-bound ones in a script that never touches a device."""
+    """`findings`, the device-bound ones at `info` in a script that never touches a device."""
     if not any(f.rule in DEVICE_BOUND_RULES for f in findings):
         return list(findings)
     if touches_accelerator(source) or not is_script(tree):
         return list(findings)
-    return [f for f in findings if f.rule not in DEVICE_BOUND_RULES]
+    return [
+        f.model_copy(update={"severity": Severity.INFO, "message": f.message + _ON_CPU})
+        if f.rule in DEVICE_BOUND_RULES
+        else f
+        for f in findings
+    ]
