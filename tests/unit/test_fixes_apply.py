@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from torchdoctor.agent.fixes.apply import apply_fixes, undo
+from torchdoctor.agent.fixes.apply import apply_fixes, journal_root, undo
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status
 
@@ -64,7 +64,9 @@ def test_apply_then_undo_restores_the_bytes_and_mode(repo: Path) -> None:
     assert result.refused is None and result.applied == ["TD-zero"]
     assert (repo / "train.py").read_text() == FIXED
     assert (repo / "train.py").stat().st_mode & 0o777 == 0o750
-    assert result.journal is not None and Path(result.journal).is_relative_to(repo / ".torchdoctor")
+    assert result.journal is not None and Path(result.journal).is_relative_to(journal_root(repo))
+    assert not (repo / ".torchdoctor").exists()
+    assert Path(result.journal).stat().st_mode & 0o777 == 0o700
     restored = undo(repo)
     assert restored.refused is None and restored.restored == ["train.py"]
     assert (repo / "train.py").read_bytes() == SOURCE.encode()

@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor.agent.models import Severity
+from torchdoctor.agent.safefs import file_tree
+
+MAX_CONFIG_BYTES = 2_000_000
 
 
 class ConfigError(ValueError):
@@ -28,7 +31,7 @@ class AuditConfig(BaseModel):
     select: list[str] = Field(default_factory=list, description="opt-in rules, points or 'all'")
     ignore: list[str] = Field(default_factory=list)
     fail_on: Severity | None = None
-    torch_version: str | None = None
+    torch_version: str | None = Field(None, pattern=r"^\d+\.\d+(\.\d+)?([a-z0-9.+-]*)$")
     lang: Literal["en", "fr"] = "en"
     max_file_bytes: int = 2_000_000
     run: list[str] = Field(default_factory=list, description="commands whose runs feed the probes")
@@ -55,8 +58,11 @@ def find_project_root(target: Path) -> Path:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file read through the guarded layer: a link leaving its folder, a FIFO or a
+    hard-linked file is refused, never followed."""
+    tree, name = file_tree(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(tree.read_text(name, MAX_CONFIG_BYTES))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     except OSError as err:

@@ -22,6 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from torchdoctor.agent.checklist import PHASES
+from torchdoctor.agent.home import private_file
 from torchdoctor.agent.models import Finding, GateDecision, Severity
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 
@@ -168,10 +169,11 @@ def audit_checkpointer(path: Path, durable: bool) -> Any:
 
 @contextmanager
 def sqlite_checkpointer(path: Path) -> Any:
-    """A SQLite checkpointer on `path`, closed on exit."""
+    """A SQLite checkpointer on `path` (0600 in a 0700 folder: it holds source excerpts),
+    closed on exit."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)
     connection = sqlite3.connect(str(path), check_same_thread=False)
     try:
         yield SqliteSaver(connection)

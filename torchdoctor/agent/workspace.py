@@ -1,7 +1,9 @@
 """An immutable snapshot of the audited code: what is read once and never edited in place.
 
 Every file that cannot be audited (binary, too large, not decodable, a link leaving the
-folder, unreadable) becomes an `InputNote` with the reason, and the rest goes on.
+folder, a FIFO or device, a name with control characters or invalid UTF-8, unreadable) becomes
+an `InputNote` with the reason, and the rest goes on. Every read goes through
+`torchdoctor.agent.safefs`, which never follows a link out of the tree.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchdoctor.agent.models import InputNote
+from torchdoctor.agent.safefs import GuardedTree, UnsafePath, display_name, file_tree
 
 SKIPPED_DIRS = frozenset(
     {
@@ -38,6 +41,7 @@ SKIPPED_DIRS = frozenset(
         ".eggs",
     }
 )
+_ALWAYS_NOTED = ("folder", "name", "loop")
 MANIFEST_NAMES = ("pyproject.toml", "setup.cfg", "environment.yml", "environment.yaml")
 
 
@@ -81,19 +85,17 @@ def _decode(raw: bytes) -> str:
     return raw.decode(encoding)
 
 
-def _read_source(path: Path, rel: str, max_bytes: int) -> SourceFile | InputNote:
+def _read_source(
+    tree: GuardedTree, relpath: str, rel: str, max_bytes: int
+) -> SourceFile | InputNote:
     try:
-        size = path.stat().st_size
-    except OSError as err:
-        return InputNote(file=rel, reason=f"unreadable: {err.strerror or err}")
-    if size > max_bytes:
-        return InputNote(
-            file=rel,
-            reason=f"skipped: {size / 1e6:.1f} MB exceeds the {max_bytes / 1e6:.1f} MB limit "
-            "(generated code?)",
-        )
-    try:
-        raw = path.read_bytes()
+        raw = tree.read_bytes(relpath, max_bytes)
+    except UnsafePath as err:
+        reason = str(err).split(": ", 1)[-1]
+        prefix = "skipped" if "limit" in reason else "refused"
+        if "limit" in reason:
+            reason += " (generated code?)"
+        return InputNote(file=rel, reason=f"{prefix}: {reason}")
     except OSError as err:
         return InputNote(file=rel, reason=f"unreadable: {err.strerror or err}")
     if b"\0" in raw[:8192]:
@@ -108,42 +110,29 @@ def _read_source(path: Path, rel: str, max_bytes: int) -> SourceFile | InputNote
 
 
 def _walk_python_files(
-    root: Path, exclude: list[str], prefix: str = ""
-) -> tuple[list[tuple[Path, str]], list[InputNote]]:
-    found: list[tuple[Path, str]] = []
+    tree: GuardedTree, exclude: list[str], prefix: str = ""
+) -> tuple[list[str], list[InputNote]]:
+    found: list[str] = []
     notes: list[InputNote] = []
-    resolved_root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
-        current = Path(dirpath)
-        rel_dir = current.relative_to(root).as_posix()
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if d not in SKIPPED_DIRS
-            and not d.startswith(".")
-            and not _is_excluded(prefix + f"{rel_dir}/{d}".lstrip("./") + "/", exclude)
+
+    def skip(rel_dir: str) -> bool:
+        name = rel_dir.rsplit("/", 1)[-1]
+        return (
+            name in SKIPPED_DIRS
+            or name.startswith(".")
+            or _is_excluded(prefix + rel_dir + "/", exclude)
         )
-        for name in sorted(filenames):
-            if not name.endswith(".py"):
-                continue
-            path = current / name
-            rel = path.relative_to(root).as_posix()
-            if _is_excluded(prefix + rel, exclude):
-                continue
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.exists():
-                    notes.append(InputNote(file=rel, reason="skipped: broken symbolic link"))
-                    continue
-                if not target.is_relative_to(resolved_root):
-                    notes.append(
-                        InputNote(file=rel, reason="skipped: link points outside the folder")
-                    )
-                    continue
-            if not path.is_file():
-                notes.append(InputNote(file=rel, reason="skipped: not a regular file"))
-                continue
-            found.append((path, rel))
+
+    for entry in tree.walk(skip):
+        if not entry.relpath.endswith(".py") and not entry.refused:
+            continue
+        if _is_excluded(prefix + entry.relpath, exclude):
+            continue
+        if entry.refused:
+            if entry.relpath.endswith(".py") or any(w in entry.refused for w in _ALWAYS_NOTED):
+                notes.append(InputNote(file=display_name(entry.relpath), reason=entry.refused))
+            continue
+        found.append(entry.relpath)
     return found, notes
 
 
@@ -160,36 +149,52 @@ def load_workspace(
     where `target` sits in the project whose configuration wrote the patterns)."""
     exclude = exclude or []
     if not target.exists():
-        raise InputError(f"{target}: no such file or folder")
+        raise InputError(f"{display_name(str(target))}: no such file or folder")
     if target.is_file():
         if target.suffix != ".py":
-            raise InputError(f"{target}: not a Python file (.py) or a folder")
+            raise InputError(f"{display_name(str(target))}: not a Python file (.py) or a folder")
+        tree, name = file_tree(target)
         ws = Workspace(root=target.parent, kind="file", target=target)
-        entry = _read_source(target, target.name, max_bytes)
+        entry = _read_source(tree, name, name, max_bytes)
         if isinstance(entry, InputNote):
             ws.notes.append(entry)
         else:
             ws.files.append(entry)
         return ws
     if not target.is_dir():
-        raise InputError(f"{target}: not a regular file or folder")
+        raise InputError(f"{display_name(str(target))}: not a regular file or folder")
     ws = Workspace(root=target, kind="folder", target=target)
-    paths, ws.notes = _walk_python_files(target, exclude, exclude_prefix)
-    for path, rel in paths:
-        entry = _read_source(path, rel, max_bytes)
+    tree = GuardedTree(target)
+    tree.clean_stale_temps()
+    paths, ws.notes = _walk_python_files(tree, exclude, exclude_prefix)
+    for rel in paths:
+        entry = _read_source(tree, rel, rel, max_bytes)
         if isinstance(entry, InputNote):
             ws.notes.append(entry)
         else:
             ws.files.append(entry)
-    for manifest in sorted(target.glob("requirements*.txt")) + [target / n for n in MANIFEST_NAMES]:
-        if manifest.is_file() and manifest.stat().st_size <= max_bytes:
-            try:
-                ws.manifests[manifest.name] = manifest.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                ws.notes.append(InputNote(file=manifest.name, reason=f"unreadable manifest: {err}"))
+    ws.manifests = read_manifests(tree, max_bytes, ws.notes)
     if not ws.files:
         ws.notes.append(InputNote(file=".", reason="no Python files to audit in this folder"))
     return ws
+
+
+def read_manifests(tree: GuardedTree, max_bytes: int, notes: list[InputNote]) -> dict[str, str]:
+    """The top folder's requirements files and manifests, read without following links."""
+    names = sorted(
+        entry.relpath
+        for entry in tree.walk(lambda _rel: True)
+        if fnmatch.fnmatch(entry.relpath, "requirements*.txt")
+    )
+    found: dict[str, str] = {}
+    for name in [*names, *MANIFEST_NAMES]:
+        if not tree.exists(name):
+            continue
+        try:
+            found[name] = tree.read_text(name, max_bytes)
+        except (OSError, UnicodeDecodeError) as err:
+            notes.append(InputNote(file=display_name(name), reason=f"unreadable manifest: {err}"))
+    return found
 
 
 def common_root(paths: list[Path]) -> Path:
@@ -214,11 +219,11 @@ def load_paths(
     exclude = exclude or []
     for path in paths:
         if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
+            raise InputError(f"{display_name(str(path))}: no such file or folder")
         if path.is_file() and path.suffix != ".py":
-            raise InputError(f"{path}: not a Python file (.py) or a folder")
+            raise InputError(f"{display_name(str(path))}: not a Python file (.py) or a folder")
         if not path.is_file() and not path.is_dir():
-            raise InputError(f"{path}: not a regular file or folder")
+            raise InputError(f"{display_name(str(path))}: not a regular file or folder")
     root = common_root(paths)
     ws = Workspace(root=root, kind="folder", target=root)
     seen: set[str] = set()
@@ -230,7 +235,8 @@ def load_paths(
             if rel in seen or (force_exclude and _is_excluded(exclude_prefix + rel, exclude)):
                 continue
             seen.add(rel)
-            entry = _read_source(path, rel, max_bytes)
+            tree, name = file_tree(path)
+            entry = _read_source(tree, name, rel, max_bytes)
             if isinstance(entry, InputNote):
                 ws.notes.append(entry)
             else:

@@ -29,6 +29,7 @@ from typing import IO
 
 from torchdoctor.sandbox.capture import CappedStream, OutputBudget
 from torchdoctor.sandbox.environment import job_environment
+from torchdoctor.sandbox.lifeline import die_with_parent
 from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
 from torchdoctor.sandbox.outcome import Outcome, Stop, classify
 from torchdoctor.sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
@@ -279,6 +280,7 @@ class LocalRunner:
                 env=env,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             report.reason = f"the job could not be started: {exc.strerror}"

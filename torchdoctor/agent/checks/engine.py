@@ -22,6 +22,7 @@ from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.sandbox.lifeline import die_with_parent
 
 PARALLEL_THRESHOLD = 24
 _DEADLINE_CHECK_EVERY = 4096
@@ -216,7 +217,9 @@ def _analyse(
 
 def _prepare_worker(config: EngineConfig) -> None:
     """Load the rules, then move everything imported out of the collector's sight for good:
-    later collections scan only what the worker allocates, not the modules' objects."""
+    later collections scan only what the worker allocates, not the modules' objects. The
+    worker dies with the forkserver, which exits when the audit dies (no orphan after kill -9)."""
+    die_with_parent()
     enabled_rules(config.select, config.ignore)
     gc.collect()
     gc.freeze()

@@ -1,80 +1,83 @@
 """Writing verified fixes to the user's files, and taking them back.
 
-Writes are atomic (a temporary file in the same folder, then `os.replace`, mode preserved).
-Before anything is written, the original bytes and their sha256 go to a journal under
-`<root>/.torchdoctor/undo/<timestamp>/`, so `undo` restores them byte-exact; it refuses when a
-file changed since (its sha256 no longer matches what was written) unless forced.
+Every read and write goes through `torchdoctor.agent.safefs` (never through a link, never over
+a hard-linked file), atomically, mode preserved. Before anything is written, the original
+bytes and their sha256 go to a journal outside the audited tree, under
+`$TORCHDOCTOR_HOME/undo/<tree key>/<timestamp>/` (0700): a journal shipped inside a repository
+is never read. `undo` restores the latest journal byte-exact, after validating every path in
+it; it refuses when a file changed since (its sha256 no longer matches what was written)
+unless forced.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import stat
-import subprocess
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from torchdoctor.agent.fixes.combine import merge_fixes
 from torchdoctor.agent.fixes.diffs import PatchError
 from torchdoctor.agent.fixes.gate import fix_gate
 from torchdoctor.agent.fixes.models import AppliedFile, ApplyResult, UndoResult
+from torchdoctor.agent.gitsafe import GitError, changed_paths
+from torchdoctor.agent.home import private_dir, torchdoctor_home, tree_key
 from torchdoctor.agent.models import Finding
+from torchdoctor.agent.safefs import GuardedTree, UnsafePath, checked_relpath, display_name
 
-JOURNAL_DIR = Path(".torchdoctor") / "undo"
 MANIFEST = "manifest.json"
 UNDONE_MARK = "UNDONE"
 _TOOL_PATHS = (".torchdoctor/", "ISSUES.md")
+
+
+class JournalEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    mode: int = Field(ge=0, le=0o7777)
+    sha256_before: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256_after: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        try:
+            return checked_relpath(value)
+        except UnsafePath as err:
+            raise ValueError(str(err)) from err
+
+
+class JournalManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[JournalEntry]
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def journal_root(root: Path) -> Path:
+    """Where the undo journals of the tree at `root` live (outside the tree)."""
+    return torchdoctor_home() / "undo" / tree_key(root)
+
+
 def dirty_reason(root: Path) -> str | None:
-    """Why the git work tree holding `root` is dirty (None when clean or not under git)."""
-    inside = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if inside.returncode != 0 or inside.stdout.strip() != "true":
+    """Why the git work tree holding `root` is dirty (None when clean or not under git).
+    Git runs with the repository's hooks, fsmonitor and filters neutralised."""
+    try:
+        changed = changed_paths(root)
+    except GitError as err:
+        return f"cannot read the git state ({err}): pass --force to apply anyway"
+    if changed is None:
         return None
-    status = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all", "--", "."],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    changed = [
-        line[3:]
-        for line in status.stdout.splitlines()
-        if line and not any(tool in line[3:] for tool in _TOOL_PATHS)
-    ]
+    changed = [path for path in changed if not any(tool in path for tool in _TOOL_PATHS)]
     if not changed:
         return None
-    shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+    shown = ", ".join(display_name(p) for p in changed[:5]) + (" ..." if len(changed) > 5 else "")
     return f"the git work tree has uncommitted changes ({shown}): commit them or pass --force"
-
-
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace `path` with `data` in one step; a crash leaves the old or the new file."""
-    mode = stat.S_IMODE(path.stat().st_mode) if mode is None and path.exists() else mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> ApplyResult:
@@ -105,47 +108,52 @@ def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> App
         kept.append(finding)
     if not texts:
         return result
-    journal = _journal(root, texts)
-    for relative, text in sorted(texts.items()):
-        path = root / relative
-        before = path.read_bytes()
-        after = text.encode("utf-8")
-        atomic_write(path, after)
-        result.files.append(
-            AppliedFile(path=relative, sha256_before=sha256(before), sha256_after=sha256(after))
-        )
+    tree = GuardedTree(root)
+    try:
+        journal = _journal(root, tree, texts)
+        for relative, text in sorted(texts.items()):
+            before = tree.read_bytes(relative)
+            after = text.encode("utf-8")
+            tree.write_bytes(relative, after)
+            result.files.append(
+                AppliedFile(path=relative, sha256_before=sha256(before), sha256_after=sha256(after))
+            )
+    except UnsafePath as err:
+        result.refused = f"refusing to write: {err}"
+        return result
     result.applied = [f.id for f in kept]
     result.journal = str(journal)
     return result
 
 
-def _journal(root: Path, texts: dict[str, str]) -> Path:
+def _journal(root: Path, tree: GuardedTree, texts: dict[str, str]) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    journal = root / JOURNAL_DIR / stamp
-    (journal / "files").mkdir(parents=True)
+    journal = private_dir(journal_root(root) / stamp)
+    saved = GuardedTree(private_dir(journal / "files"))
     entries = []
     for relative, text in sorted(texts.items()):
-        path = root / relative
-        original = path.read_bytes()
-        saved = journal / "files" / relative
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_bytes(original)
+        original = tree.read_bytes(relative)
         entries.append(
-            {
-                "path": relative,
-                "mode": stat.S_IMODE(path.stat().st_mode),
-                "sha256_before": sha256(original),
-                "sha256_after": sha256(text.encode("utf-8")),
-            }
+            JournalEntry(
+                path=checked_relpath(relative),
+                mode=stat.S_IMODE(tree.lstat(relative).st_mode),
+                sha256_before=sha256(original),
+                sha256_after=sha256(text.encode("utf-8")),
+            )
         )
-    atomic_write(journal / MANIFEST, json.dumps({"files": entries}, indent=2).encode(), 0o644)
+        for parent in Path(relative).parents:
+            if str(parent) != ".":
+                private_dir(journal / "files" / parent)
+        saved.write_bytes(relative, original, 0o600)
+    manifest = JournalManifest(files=entries).model_dump_json(indent=2)
+    GuardedTree(journal).write_text(MANIFEST, manifest, 0o600)
     return journal
 
 
 def undo(root: Path, force: bool = False) -> UndoResult:
     """Restore the files of the latest apply that has not been undone, byte-exact."""
     root = root.resolve()
-    base = root / JOURNAL_DIR
+    base = journal_root(root)
     journals = (
         sorted(
             (d for d in base.iterdir() if d.is_dir() and not (d / UNDONE_MARK).exists()),
@@ -155,15 +163,27 @@ def undo(root: Path, force: bool = False) -> UndoResult:
         else []
     )
     if not journals:
-        return UndoResult(refused=f"nothing to undo under {base}")
+        return UndoResult(refused=f"nothing to undo for {display_name(str(root))}")
     journal = journals[0]
-    entries = json.loads((journal / MANIFEST).read_text())["files"]
+    try:
+        entries = JournalManifest.model_validate_json((journal / MANIFEST).read_bytes()).files
+    except (OSError, ValidationError) as err:
+        return UndoResult(journal=str(journal), refused=f"the journal is not valid: {err}")
+    tree, saved = GuardedTree(root), GuardedTree(journal / "files")
+    try:
+        return _restore(tree, saved, journal, entries, force)
+    except UnsafePath as err:
+        return UndoResult(journal=str(journal), refused=f"refusing to write: {err}")
+
+
+def _restore(
+    tree: GuardedTree, saved: GuardedTree, journal: Path, entries: list[JournalEntry], force: bool
+) -> UndoResult:
     if not force:
         changed = [
-            e["path"]
+            e.path
             for e in entries
-            if not (root / e["path"]).exists()
-            or sha256((root / e["path"]).read_bytes()) != e["sha256_after"]
+            if not tree.exists(e.path) or sha256(tree.read_bytes(e.path)) != e.sha256_after
         ]
         if changed:
             return UndoResult(
@@ -171,15 +191,15 @@ def undo(root: Path, force: bool = False) -> UndoResult:
                 refused=f"changed since the fix was applied: {', '.join(changed)} "
                 "(pass --force to restore anyway)",
             )
-    originals = {e["path"]: (journal / "files" / e["path"]).read_bytes() for e in entries}
-    corrupt = [e["path"] for e in entries if sha256(originals[e["path"]]) != e["sha256_before"]]
+    originals = {e.path: saved.read_bytes(e.path) for e in entries}
+    corrupt = [e.path for e in entries if sha256(originals[e.path]) != e.sha256_before]
     if corrupt:
         return UndoResult(
             journal=str(journal), refused=f"the journal copy is corrupt: {', '.join(corrupt)}"
         )
     restored = []
     for entry in entries:
-        atomic_write(root / entry["path"], originals[entry["path"]], entry["mode"])
-        restored.append(entry["path"])
+        tree.write_bytes(entry.path, originals[entry.path], entry.mode)
+        restored.append(entry.path)
     (journal / UNDONE_MARK).write_text(datetime.now(UTC).isoformat())
     return UndoResult(restored=restored, journal=str(journal))

@@ -14,6 +14,7 @@ from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unif
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Finding, Verification
+from torchdoctor.agent.safefs import GuardedTree, display_name
 
 
 class Combination(BaseModel):
@@ -41,7 +42,7 @@ def merge_fixes(root: Path, findings: list[Finding]) -> dict[str, str]:
         patches = parse(finding.fix.diff)
         for patch in patches:
             if patch.path not in originals:
-                originals[patch.path] = (root / patch.path).read_text(encoding="utf-8")
+                originals[patch.path] = _read(root, patch.path)
             apply_to_text(originals[patch.path], patch)
         codemod = codemod_for(finding.rule) if finding.fix.origin == "codemod" else None
         if codemod is not None and [p.path for p in patches] == [finding.file]:
@@ -51,6 +52,15 @@ def merge_fixes(root: Path, findings: list[Finding]) -> dict[str, str]:
                 current = texts.get(patch.path, originals[patch.path])
                 texts[patch.path] = apply_to_text(current, patch, offsets=True)
     return texts
+
+
+def _read(root: Path, relative: str) -> str:
+    """A patched file's text, read through the guarded layer: a patch naming a path outside
+    the tree, or a link, is a conflict, never a read of a host file."""
+    try:
+        return GuardedTree(root).read_text(relative)
+    except (OSError, UnicodeDecodeError) as err:
+        raise PatchError(f"{display_name(relative)}: cannot be patched ({err})") from err
 
 
 def _replay(codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]) -> str:
@@ -79,8 +89,7 @@ def map_line(before: str, after: str, line: int) -> int | None:
 
 def combined_diff(root: Path, texts: dict[str, str]) -> str:
     return "".join(
-        unified_diff(path, (root / path).read_text(encoding="utf-8"), text)
-        for path, text in sorted(texts.items())
+        unified_diff(path, _read(root, path), text) for path, text in sorted(texts.items())
     )
 
 

@@ -17,6 +17,7 @@ from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
+from torchdoctor.agent.safefs import GuardedTree
 from torchdoctor.sandbox.models import Limits
 from torchdoctor.sandbox.protocol import Sandbox
 
@@ -24,10 +25,12 @@ from torchdoctor.sandbox.protocol import Sandbox
 def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
     """The codemod's patch for `finding`, or None when no codemod applies safely."""
     codemod = codemod_for(finding.rule)
-    path = workspace_root / finding.file
-    if codemod is None or not path.is_file():
+    if codemod is None:
         return None
-    source = path.read_text(encoding="utf-8")
+    try:
+        source = GuardedTree(workspace_root).read_text(finding.file)
+    except (OSError, UnicodeDecodeError):
+        return None
     fixed = codemod.transform(source, FixTarget.from_finding(finding))
     if fixed is None:
         return None

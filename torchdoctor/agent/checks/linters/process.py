@@ -1,7 +1,9 @@
 """Runs one external tool as a real subprocess, bounded in time, never raising on its failure.
 
 Each tool gets its own session (process group) so a timeout kills it and every worker it
-spawned (flake8 -j forks). Executables are looked up on PATH first, then next to the running
+spawned (flake8 -j forks), dies with the audit (`PR_SET_PDEATHSIG`), and inherits only an
+allow-listed environment (no service secret reaches a tool reading hostile code).
+Executables are looked up on PATH first, then next to the running
 interpreter, so a virtualenv's tools are found without activating it.
 """
 
@@ -16,6 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from torchdoctor.sandbox.lifeline import die_with_parent
 
 CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error")
 
@@ -51,12 +55,51 @@ def resolve_executable(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
+ALLOWED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "XDG_CACHE_HOME",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "NO_COLOR",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_INDEX_URL",
+        "PIP_CACHE_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+"""What a host-side tool may inherit: enough to find executables, write caches and reach an
+index through a proxy; never a service secret (LLM key, database URL), never PYTHONPATH (a
+relative entry would let the audited project's `types.py` shadow the tool's standard
+library), never a variable that makes an interpreter run code at start-up."""
+
+
+def minimal_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of `base` (default: our environment)."""
+    source = os.environ if base is None else base
+    return {key: value for key, value in source.items() if key in ALLOWED_ENV}
+
+
 def tool_environment(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment minus PYTHONPATH: the tool runs inside the audited project, where a
-    relative entry ('.') would let the project's `types.py` or `random.py` shadow the standard
-    library in the tool's own interpreter."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    return {**env, **(overrides or {})}
+    """The allow-listed environment plus what the caller sets for this tool."""
+    return {**minimal_environment(), **(overrides or {})}
 
 
 def run_tool(
@@ -77,6 +120,7 @@ def run_tool(
             errors="replace",
             env=tool_environment(env),
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     except OSError as err:
         raise ToolMissing(f"{argv[0]}: {err.strerror or err}") from err

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from torchdoctor.agent.home import private_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, content TEXT NOT NULL,
@@ -40,10 +42,10 @@ def answer_key(model: str, payload: Any) -> str:
 
 class ResponseCache:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "cache.sqlite3"
+        self.path = private_file(directory / "cache.sqlite3")
         with closing(self._connect()) as db, db:
             db.executescript(_SCHEMA)
+        private_file(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
