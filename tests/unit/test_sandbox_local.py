@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.sandbox.config import LocalConfig, get_sandbox
-from torchdoctor.sandbox.core import LocalRunner, RunLimits
+from torchdoctor.sandbox.core import LocalRunner, RunLimits, SandboxUnavailable
 from torchdoctor.sandbox.local import LocalSandbox
 from torchdoctor.sandbox.mechanisms import Mechanism
 from torchdoctor.sandbox.models import Job, Limits, Outcome
@@ -198,7 +198,7 @@ def test_get_sandbox_honours_the_environment_variable(monkeypatch: pytest.Monkey
     monkeypatch.setenv("TORCHDOCTOR_SANDBOX", "local")
     assert isinstance(get_sandbox(), LocalSandbox)
     monkeypatch.setenv("TORCHDOCTOR_SANDBOX", "vm")
-    with pytest.raises(ValueError, match="auto, local or docker"):
+    with pytest.raises(SandboxUnavailable, match="auto, local or docker"):
         get_sandbox()
 
 

@@ -37,6 +37,7 @@ from torchdoctor.agent.gather import (
     split_by_point,
     start_linters,
 )
+from torchdoctor.agent.home import torchdoctor_home
 from torchdoctor.agent.ledger import Ledger, default_ledger_path
 from torchdoctor.agent.models import (
     AuditReport,
@@ -57,10 +58,13 @@ from torchdoctor.agent.probing import (
     gpu_present,
     planned_commands,
     run_probes,
+    split_command,
 )
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
-from torchdoctor.agent.workspace import Workspace, load_paths, load_workspace
+from torchdoctor.agent.report.escape import one_line
+from torchdoctor.agent.safefs import display_name
+from torchdoctor.agent.workspace import InputError, Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
 
 if TYPE_CHECKING:
@@ -79,7 +83,9 @@ class AuditChoices(BaseModel):
     select: list[str] = Field(default_factory=list)
     ignore: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
-    torch_version: str | None = None
+    torch_version: str | None = Field(
+        None, pattern=r"^\d+\.\d+(\.\d+)?([a-z0-9.+-]*)$", description="e.g. 2.8 or 2.8.0+cu128"
+    )
     run: list[str] = Field(default_factory=list, description="commands to run under the probes")
     discover: bool = False
     steps: int = Field(20, ge=1, le=10_000)
@@ -105,7 +111,9 @@ class AuditOptions(AuditChoices):
     force_exclude: bool = Field(False, description="`exclude` holds even for named files")
     ledger: Path | None = None
     write_ledger: bool = True
-    sandbox: str | None = Field(None, description="auto | local | docker (default: env)")
+    sandbox: Literal["auto", "local", "docker"] | None = Field(
+        None, description="auto | local | docker (default: env)"
+    )
     online: bool = Field(False, description="let pip-audit query the vulnerability database")
     apply: bool = Field(False, description="write verified fixes to the files (implies fix)")
     force: bool = Field(False, description="apply even on a dirty git work tree")
@@ -121,10 +129,6 @@ class AuditOutcome(BaseModel):
     """The report's language: the option, else `[tool.torchdoctor] lang`."""
     fail_on: Severity | None = None
     """`[tool.torchdoctor] fail-on`, for callers given no threshold of their own."""
-
-
-def torchdoctor_home() -> Path:
-    return Path(os.environ.get("TORCHDOCTOR_HOME", Path.home() / ".cache" / "torchdoctor"))
 
 
 def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConfig:
@@ -193,7 +197,10 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     root = find_project_root(options.target)
     project = load_project_config(root, options.config)
     config = effective_config(options, project)
+    if options.ledger is not None and options.ledger.is_dir():
+        raise InputError(f"--ledger {display_name(str(options.ledger))}: is a folder, not a file")
     workspace = snapshot(options, config, exclude_prefix(project, root))
+    check_run_commands(config.run + options.run, workspace)
     reasoner = choose_reasoner(options, config, workspace)
 
     probes = ProbeEvidence()
@@ -256,12 +263,15 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     ledger_path = (
         (options.ledger or default_ledger_path(options.target)) if options.write_ledger else None
     )
-    ledger = Ledger.read(ledger_path) if ledger_path else Ledger.empty()
+    ledger, ledger_note = read_ledger(ledger_path)
+    if ledger_note is not None:
+        ledger_path = None
     findings = ledger.apply_user_statuses(findings)
     fix_notes: list[str] = []
     if options.fix or options.apply:
         findings, fix_notes = fix_findings(options, workspace, findings, request, progress)
     notes = list(state.get("notes", [])) + run_notes(probes.runs) + fix_notes
+    notes += [ledger_note] if ledger_note else []
     isolation = next((r.isolation for r in probes.runs if r.isolation), None)
     provenance = Provenance(
         tools={"torchdoctor": __version__, **tools},
@@ -298,6 +308,31 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         lang=config.lang,
         fail_on=config.fail_on,
     )
+
+
+def check_run_commands(commands: list[str], workspace: Workspace) -> None:
+    """Each command to run is `python SCRIPT.py ...` on an audited script, or `InputError`."""
+    for command in commands:
+        try:
+            script, _args = split_command(command)
+        except ValueError as err:
+            raise InputError(one_line(str(err))) from None
+        if workspace.text_of(script) is None:
+            raise InputError(
+                f"--run {one_line(command)!r}: {display_name(script)} is not one of the audited "
+                "Python files"
+            )
+
+
+def read_ledger(path: Path | None) -> tuple[Ledger, str | None]:
+    """The ledger at `path`, or an empty one and why it is neither read nor written (a link,
+    a FIFO, a hard-linked or undecodable file in the audited tree)."""
+    if path is None:
+        return Ledger.empty(), None
+    try:
+        return Ledger.read(path), None
+    except (OSError, UnicodeDecodeError) as err:
+        return Ledger.empty(), f"ledger not read nor written: {err}"
 
 
 class ApplyRefused(ValueError):

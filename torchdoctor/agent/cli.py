@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
@@ -22,7 +22,9 @@ from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.progress import progress_reporter
 from torchdoctor.agent.report import render, write_report
+from torchdoctor.agent.report.escape import terminal
 from torchdoctor.agent.workspace import InputError
+from torchdoctor.sandbox.core import SandboxUnavailable
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
     from torchdoctor.agent.audit import AuditOptions, AuditOutcome
@@ -77,7 +79,7 @@ class PeerShow(StrEnum):
 
 
 def _fail(message: str) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {terminal(message)}", highlight=False)
     return typer.Exit(code=2)
 
 
@@ -200,33 +202,38 @@ def audit(
     from torchdoctor.agent.audit import ApplyRefused, AuditOptions
     from torchdoctor.agent.workspace import common_root
 
+    if output is not None and output.is_dir():
+        raise _fail(f"--output {output}: is a folder, not a file")
     several = len(paths) > 1
-    options = AuditOptions(
-        target=common_root(paths) if several else paths[0],
-        paths=paths if several else [],
-        config=config,
-        force_exclude=force_exclude,
-        offline=offline,
-        lang=lang.value if lang else None,
-        ledger=ledger,
-        write_ledger=not no_ledger,
-        select=select or [],
-        ignore=ignore or [],
-        exclude=exclude or [],
-        torch_version=torch_version,
-        run=run or [],
-        discover=discover,
-        steps=steps,
-        probe_compile="compile" in (probe or []),
-        sandbox=sandbox,
-        linters=linters,
-        peers=peers.value if peers else None,
-        online=online,
-        mypy=mypy,
-        fix=fix,
-        apply=apply,
-        force=force,
-    )
+    try:
+        options = AuditOptions(
+            target=common_root(paths) if several else paths[0],
+            paths=paths if several else [],
+            config=config,
+            force_exclude=force_exclude,
+            offline=offline,
+            lang=lang.value if lang else None,
+            ledger=ledger,
+            write_ledger=not no_ledger,
+            select=select or [],
+            ignore=ignore or [],
+            exclude=exclude or [],
+            torch_version=torch_version,
+            run=run or [],
+            discover=discover,
+            steps=steps,
+            probe_compile="compile" in (probe or []),
+            sandbox=sandbox,
+            linters=linters,
+            peers=peers.value if peers else None,
+            online=online,
+            mypy=mypy,
+            fix=fix,
+            apply=apply,
+            force=force,
+        )
+    except ValidationError as err:
+        raise _fail(_first_error(err)) from None
     unknown = set(probe or []) - {"compile"}
     if unknown:
         raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
@@ -239,17 +246,23 @@ def audit(
             root = options.target if options.target.is_dir() else options.target.parent
             changes = changed_lines(root, changed_since, [f.file for f in report.findings])
             report = restrict_to_changes(report, changes, changed_since)
-    except (InputError, ConfigError, ApplyRefused) as err:
+    except (InputError, ConfigError, ApplyRefused, SandboxUnavailable) as err:
         raise _fail(str(err)) from None
     threshold = fail_on or outcome.fail_on
     if output is not None:
-        write_report(report, fmt.value, outcome.lang, output)
+        try:
+            write_report(report, fmt.value, outcome.lang, output)
+        except OSError as err:
+            raise _fail(f"--output {output}: {err.strerror or err}") from None
     else:
         sys.stdout.write(render(report, fmt.value, outcome.lang))
     for note in report.summary.files_skipped:
-        stderr.print(f"[yellow]not audited:[/] {note.file}: {note.reason}", highlight=False)
+        stderr.print(
+            f"[yellow]not audited:[/] {terminal(note.file)}: {terminal(note.reason)}",
+            highlight=False,
+        )
     by_sev = ", ".join(f"{k}: {v}" for k, v in report.summary.by_severity.items()) or "none"
-    ledger_note = f"; ledger: {outcome.ledger_path}" if outcome.ledger_path else ""
+    ledger_note = f"; ledger: {terminal(outcome.ledger_path)}" if outcome.ledger_path else ""
     stderr.print(f"{report.summary.total} finding(s) ({by_sev}){ledger_note}", highlight=False)
     if threshold is not None and any(
         f.status.is_open and f.severity.rank >= threshold.rank for f in report.findings
@@ -368,6 +381,13 @@ def _explain(rule: CatalogueRule) -> str:
             f"`# torchdoctor: ignore[{rule.id}]`; the whole tool with `--ignore {rule.tool}`.\n"
         )
     return text
+
+
+def _first_error(err: ValidationError) -> str:
+    """One line naming the option and what is wrong with it."""
+    first = err.errors()[0]
+    where = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
+    return f"{where}: {first['msg']} (got {first.get('input')!r})"
 
 
 def main() -> None:

@@ -4,41 +4,61 @@ torchdoctor owns only the block between its markers; everything outside is kept 
 byte. Inside, each finding carries a hidden metadata comment so a finding that disappears can
 still be listed (as fixed), and a `Status:` line the user may edit: `wont-fix` and
 `needs-human` set by hand survive every re-run. Unchanged code gives a byte-identical file.
+
+The file lives in the audited (untrusted) tree: it is read and replaced only through
+`torchdoctor.agent.safefs` (never through a link), every text rendered into it is escaped to
+one inert line, and a status is accepted only from an entry's own well-formed syntax, read
+line by line outside code fences, so no text inside one entry can create or change another.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Status
+from torchdoctor.agent.report.escape import md_cell, md_code, md_fence, md_text, one_line
+from torchdoctor.agent.safefs import file_tree
 
 BEGIN = "<!-- torchdoctor:begin -->"
 END = "<!-- torchdoctor:end -->"
 LEDGER_NAME = "ISSUES.md"
 USER_STATUSES = frozenset({Status.WONT_FIX, Status.NEEDS_HUMAN})
 
-_ENTRY = re.compile(r"^#### (TD-[0-9a-f]{12}) ", re.MULTILINE)
-_META = re.compile(r"^<!-- td-entry (\{.*\}) -->$", re.MULTILINE)
-_STATUS = re.compile(r"^- (?:Status|Statut) ?: *([a-z-]+)(?: *— *(.*))?$", re.MULTILINE)
+_ENTRY = re.compile(r"^#### (TD-[0-9a-f]{12}) — ")
+_META = re.compile(r"^<!-- td-entry (\{[^<>]*\}) -->$")
+_STATUS = re.compile(r"^- (?:Status|Statut) ?: *([a-z-]+)(?: *— *(.*))?$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+MAX_LEDGER_BYTES = 20_000_000
+MAX_META_TEXT = 1000
+
+
+class EntryMeta(BaseModel):
+    """The hidden metadata of one entry, as torchdoctor wrote it (anything else: ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(max_length=200)
+    point: int = Field(ge=1, le=12)
+    phase: int = Field(ge=1, le=5)
+    severity: str = Field(max_length=20)
+    title: str = Field(max_length=2000)
+    file: str = Field(max_length=4096)
+    line: int = Field(ge=0)
+    evidence: str = Field(max_length=20_000)
 
 
 def default_ledger_path(target: Path) -> Path:
     folder = target if target.is_dir() else target.parent
     return folder / LEDGER_NAME
-
-
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 _ENV = Environment(
@@ -49,7 +69,10 @@ _ENV = Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
-_ENV.filters["cell"] = _cell
+_ENV.filters["cell"] = md_cell
+_ENV.filters["text"] = md_text
+_ENV.filters["code"] = md_code
+_ENV.filters["fence"] = md_fence
 
 
 @dataclass
@@ -57,7 +80,7 @@ class Entry:
     id: str
     status: Status
     note: str
-    meta: dict[str, object]
+    meta: EntryMeta
 
 
 @dataclass
@@ -73,9 +96,12 @@ class Ledger:
 
     @classmethod
     def read(cls, path: Path) -> Ledger:
-        if not path.is_file():
+        """The ledger at `path`; `UnsafePath` (an `OSError`) when it is a link, a FIFO, a
+        device or too large, and `UnicodeDecodeError` when it is not UTF-8."""
+        tree, name = file_tree(path)
+        if not tree.exists(name):
             return cls(before="# Issues\n\n")
-        text = path.read_text(encoding="utf-8")
+        text = tree.read_text(name, MAX_LEDGER_BYTES)
         start, end = text.find(BEGIN), text.find(END)
         if start == -1 or end == -1 or end < start:
             sep = "" if text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
@@ -110,7 +136,7 @@ class Ledger:
         for entry_id, entry in sorted(self.entries.items()):
             if entry_id in current:
                 continue
-            meta = dict(entry.meta)
+            meta = entry.meta.model_dump()
             status = (
                 entry.status if entry.status in (Status.FIXED, Status.VERIFIED) else Status.FIXED
             )
@@ -123,7 +149,7 @@ class Ledger:
                     "note": note,
                     "diff": "",
                     "fix_verified": False,
-                    "meta_json": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+                    "meta_json": _meta_json(meta),
                 }
             )
         rows.sort(
@@ -177,44 +203,66 @@ class Ledger:
         return f"{self.before}{self.rendered}{self.after}"
 
     def write(self, path: Path) -> None:
-        """Atomic: a temporary file in the same folder, then rename; untouched if unchanged."""
+        """Atomic (a temporary file in the same folder, then rename), never through a link or
+        over a hard-linked file; untouched if unchanged."""
         text = self.text()
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            return
+        tree, name = file_tree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ISSUES.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-            if path.exists():
-                os.chmod(tmp, path.stat().st_mode & 0o7777)
-            else:
-                os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if tree.is_file(name) and tree.read_text(name, MAX_LEDGER_BYTES) == text:
+            return
+        tree.write_text(name, text)
+
+
+def _meta_json(meta: dict[str, object]) -> str:
+    """JSON that cannot end the HTML comment holding it (`<`, `>` and `&` as escapes)."""
+    text = json.dumps(meta, sort_keys=True, ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+@dataclass
+class _Draft:
+    id: str
+    lines: list[str] = field(default_factory=list)
+    """The entry's lines outside code fences (lines inside fences are never structure)."""
 
 
 def _parse_entries(block: str) -> dict[str, Entry]:
+    drafts: list[_Draft] = []
+    fence: str | None = None
+    for line in block.split("\n"):
+        if fence is not None:
+            if line.strip() and set(line.strip()) == {fence[0]} and len(line.strip()) >= len(fence):
+                fence = None
+            continue
+        if opened := _FENCE.match(line):
+            fence = opened.group(1)
+            continue
+        if heading := _ENTRY.match(line):
+            drafts.append(_Draft(heading.group(1)))
+        elif drafts:
+            drafts[-1].lines.append(line)
     entries: dict[str, Entry] = {}
-    matches = list(_ENTRY.finditer(block))
-    for index, match in enumerate(matches):
-        end = matches[index + 1].start() if index + 1 < len(matches) else len(block)
-        body = block[match.start() : end]
-        meta_match = _META.search(body)
-        status_match = _STATUS.search(body)
-        if not meta_match or not status_match:
-            continue
-        try:
-            meta = json.loads(meta_match.group(1))
-            status = Status(status_match.group(1))
-        except (json.JSONDecodeError, ValueError):
-            continue
-        entries[match.group(1)] = Entry(
-            id=match.group(1), status=status, note=(status_match.group(2) or "").strip(), meta=meta
-        )
+    for draft in drafts:
+        entry = _entry(draft)
+        if entry is not None and draft.id not in entries:
+            entries[draft.id] = entry
     return entries
+
+
+def _entry(draft: _Draft) -> Entry | None:
+    """An entry only when well formed: its metadata on the line right after its heading and
+    exactly one status line of its own."""
+    meta_match = _META.match(draft.lines[0]) if draft.lines else None
+    statuses = [m for line in draft.lines if (m := _STATUS.match(line))]
+    if meta_match is None or len(statuses) != 1:
+        return None
+    try:
+        meta = EntryMeta.model_validate_json(meta_match.group(1))
+        status = Status(statuses[0].group(1))
+    except (ValidationError, ValueError):
+        return None
+    note = (statuses[0].group(2) or "").strip()
+    return Entry(id=draft.id, status=status, note=note, meta=meta)
 
 
 def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, object]:
@@ -223,10 +271,12 @@ def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, obj
         "point": finding.checkpoint,
         "phase": finding.phase,
         "severity": finding.severity.value,
-        "title": finding.title,
+        "title": one_line(finding.title)[:MAX_META_TEXT],
         "file": finding.file,
         "line": finding.line,
-        "evidence": finding.evidence[0].message if finding.evidence else "",
+        "evidence": one_line(finding.evidence[0].message)[:MAX_META_TEXT]
+        if finding.evidence
+        else "",
     }
     note = previous.note if previous and previous.status == finding.status else ""
     return {
@@ -236,5 +286,5 @@ def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, obj
         "note": note,
         "diff": finding.fix.diff.rstrip("\n") if finding.fix else "",
         "fix_verified": bool(finding.fix and finding.fix.verified),
-        "meta_json": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+        "meta_json": _meta_json(meta),
     }

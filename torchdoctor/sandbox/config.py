@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.sandbox.core import SandboxUnavailable
+
 if TYPE_CHECKING:
     from torchdoctor.sandbox.docker_backend import DockerSandbox
     from torchdoctor.sandbox.local import LocalSandbox
@@ -77,7 +79,9 @@ def get_sandbox(choice: str | None = None) -> Sandbox:
     if wanted == "docker":
         return DockerConfig().build()
     if wanted != "auto":
-        raise ValueError(f"TORCHDOCTOR_SANDBOX must be auto, local or docker, not {wanted!r}")
+        raise SandboxUnavailable(
+            f"TORCHDOCTOR_SANDBOX must be auto, local or docker, not {wanted!r}"
+        )
     docker = DockerConfig()
     return docker.build() if docker_answers(docker) else LocalConfig().build()
 

@@ -278,7 +278,9 @@ class _Mermaid:
                 device = group.first.call.outputs[0].device if group.first.call.outputs else ""
                 short = _mermaid_text(group.short_label())
                 type_label = _mermaid_text(group.type_label())
-                self.lines.append(f'{indent}n{gkey}["{short}<br/>{type_label} {device}"]')
+                self.lines.append(
+                    f'{indent}n{gkey}["{short}<br/>{type_label} {_mermaid_text(device)}"]'
+                )
                 entries[gkey] = exits[gkey] = f"n{gkey}"
         exits_of: dict[int | None, str] = {**exits, None: f"in{key}"}
         for group in groups:

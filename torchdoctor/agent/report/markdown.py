@@ -1,4 +1,8 @@
-"""The markdown report: the JSON report's content, laid out for a human reader."""
+"""The markdown report: the JSON report's content, laid out for a human reader.
+
+Every text in it comes through an escaping filter (`torchdoctor.agent.report.escape`): file
+names, evidence, run output and model text are untrusted.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
+from torchdoctor.agent.report.escape import md_cell, md_code, md_fence, md_text
 from torchdoctor.agent.report.plots import RunPlots, report_runs
 
 _ENV = Environment(
@@ -20,7 +25,10 @@ _ENV = Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
-_ENV.filters["cell"] = lambda text: " ".join(str(text).split()).replace("|", "\\|")
+_ENV.filters["cell"] = md_cell
+_ENV.filters["text"] = md_text
+_ENV.filters["code"] = md_code
+_ENV.filters["fence"] = md_fence
 
 
 def _run_views(report: AuditReport, plots: dict[int, RunPlots]) -> list[dict[str, object]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
 from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
+from torchdoctor.agent.report.escape import sarif_text
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {
@@ -44,11 +46,14 @@ def _result(finding: Finding, rule_index: int) -> dict[str, Any]:
         "ruleId": finding.rule,
         "ruleIndex": rule_index,
         "level": _LEVEL[finding.severity],
-        "message": {"text": f"{finding.title}: {message}"},
+        "message": {"text": sarif_text(f"{finding.title}: {message}")},
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": {"uri": finding.file, "uriBaseId": "SRCROOT"},
+                    "artifactLocation": {
+                        "uri": quote(sarif_text(finding.file)),
+                        "uriBaseId": "SRCROOT",
+                    },
                     "region": {"startLine": finding.line, "endLine": finding.end_line},
                 }
             }
