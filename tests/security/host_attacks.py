@@ -90,13 +90,16 @@ def requirements_link_to_host_file(scene: HostScene) -> list[str]:
     escaped = []
     if scene.secret in outcome.report.model_dump_json():
         escaped.append("a linked manifest's host contents reached the report")
-    (scene.repo / "pyproject.toml").symlink_to(scene.secret_file)
+    host_config = scene.host / "pyproject.toml"
+    host_config.write_text('[tool.torchdoctor]\nexclude = ["*.py"]\n')
+    (scene.repo / "pyproject.toml").symlink_to(host_config)
     try:
-        scene.audit(write_ledger=False)
-        escaped.append("a pyproject.toml linked to a host file was read")
+        outcome = scene.audit(write_ledger=False)
     except ConfigError as err:
-        if scene.secret in str(err) or "outside" not in str(err):
-            escaped.append(f"the linked pyproject.toml was read: {err}")
+        escaped.append(f"the linked pyproject.toml was read: {err}")
+    else:
+        if outcome.report.summary.files_audited != 1:
+            escaped.append("a pyproject.toml linked to a host file configured the audit")
     return escaped
 
 

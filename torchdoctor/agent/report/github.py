@@ -8,6 +8,7 @@ title from the audited repository can neither end the command nor forge another 
 from __future__ import annotations
 
 from torchdoctor.agent.models import AuditReport, Finding, Severity
+from torchdoctor.agent.report.escape import strip_controls
 from torchdoctor.agent.report.paths import workdir_path
 
 _COMMAND = {
@@ -37,6 +38,7 @@ def annotation(report: AuditReport, finding: Finding) -> str:
     rendered = ",".join(f"{key}={escape_property(value)}" for key, value in properties.items())
     message = finding.evidence[0].message if finding.evidence else ""
     body = f"{finding.title}: {message}" if message and message != finding.title else finding.title
+    body = strip_controls(body, keep_lines=True)  # the Actions log renders ANSI sequences
     return f"::{_COMMAND[finding.severity]} {rendered}::{escape_data(body)}"
 
 
