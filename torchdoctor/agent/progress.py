@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from torchdoctor.agent.report.escape import one_line, terminal
+
 STEPS = 13  # ingest + the twelve points (the finalize step completes the bar)
 
 
@@ -34,7 +36,8 @@ class ProgressEvent(BaseModel):
 
 
 def describe(event: ProgressEvent) -> str | None:
-    """The line a person reads for an event; None for events that say nothing new."""
+    """The line a person reads for an event; None for events that say nothing new. Messages
+    may carry a run's command from the audited project: callers escape the line."""
     kind = event.event
     if kind == "ingest":
         return "ingest: static analysis, peer linters and planned runs"
@@ -63,7 +66,7 @@ class PlainLines:
         if line is None:
             return
         elapsed = time.monotonic() - self.started
-        self.stream.write(f"torchdoctor [{elapsed:6.1f}s] {line}\n")
+        self.stream.write(f"torchdoctor [{elapsed:6.1f}s] {one_line(line)}\n")
         self.stream.flush()
 
 
@@ -79,7 +82,7 @@ class LiveBar:
         if line is None:
             return
         advance = 1 if raw.get("event") in ("point", "finalize") else 0
-        self.bar.update(self.task, advance=advance, description=line)
+        self.bar.update(self.task, advance=advance, description=terminal(line))
 
 
 def _line_of(raw: dict[str, Any]) -> str | None:
