@@ -77,12 +77,11 @@ def report(findings: list[Finding], notes: list[str] | None = None) -> AuditRepo
                 "runs": [
                     {
                         "command": HOSTILE,
+                        "script": HOSTILE,
                         "outcome": HOSTILE,
                         "summary": HOSTILE,
-                        "isolation": "",
+                        "isolation": HOSTILE,
                         "notes": [HOSTILE],
-                        "dataflow_markdown": "",
-                        "dataflow_mermaid": "",
                     }
                 ]
             },
