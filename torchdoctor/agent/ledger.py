@@ -75,6 +75,21 @@ _ENV.filters["code"] = md_code
 _ENV.filters["fence"] = md_fence
 
 
+def entry_meta(finding: Finding) -> EntryMeta:
+    """The hidden metadata written for `finding` (texts on one line, bounded)."""
+    evidence = finding.evidence[0].message if finding.evidence else ""
+    return EntryMeta(
+        rule=finding.rule,
+        point=finding.checkpoint,
+        phase=finding.phase,
+        severity=finding.severity.value,
+        title=one_line(finding.title)[:MAX_META_TEXT],
+        file=finding.file,
+        line=finding.line,
+        evidence=one_line(evidence)[:MAX_META_TEXT],
+    )
+
+
 @dataclass
 class Entry:
     id: str
@@ -266,18 +281,7 @@ def _entry(draft: _Draft) -> Entry | None:
 
 
 def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, object]:
-    meta: dict[str, object] = {
-        "rule": finding.rule,
-        "point": finding.checkpoint,
-        "phase": finding.phase,
-        "severity": finding.severity.value,
-        "title": one_line(finding.title)[:MAX_META_TEXT],
-        "file": finding.file,
-        "line": finding.line,
-        "evidence": one_line(finding.evidence[0].message)[:MAX_META_TEXT]
-        if finding.evidence
-        else "",
-    }
+    meta = entry_meta(finding).model_dump()
     note = previous.note if previous and previous.status == finding.status else ""
     return {
         **meta,

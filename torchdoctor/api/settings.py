@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from torchdoctor.agent.audit import torchdoctor_home
+from torchdoctor.agent.home import torchdoctor_home
 
 
 class ApiSettings(BaseSettings):

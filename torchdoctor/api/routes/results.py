@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import PlainTextResponse, Response
 
-from torchdoctor.agent.ledger import LEDGER_NAME, Entry, Ledger
+from torchdoctor.agent.ledger import LEDGER_NAME, Entry, Ledger, entry_meta
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Severity, Status
 from torchdoctor.agent.report import render
 from torchdoctor.api.auth import Caller, StoreDep
@@ -115,7 +115,9 @@ def _write_ledger(
 ) -> None:
     """The decision and its reason land on the finding's `Status:` line in ISSUES.md."""
     ledger = Ledger.read(path)
-    ledger.entries[finding.id] = Entry(finding.id, update.as_status, update.reason, {})
+    ledger.entries[finding.id] = Entry(
+        finding.id, update.as_status, update.reason, entry_meta(finding)
+    )
     ledger.merge(report, lang=lang or "en").write(path)
 
 
