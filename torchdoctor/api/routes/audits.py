@@ -211,15 +211,18 @@ async def audit_events(
     async def stream() -> AsyncIterator[dict[str, str]]:
         last = last_event_id if last_event_id is not None else (after or 0)
         while not await request.is_disconnected():
+            # The state is read before the events: an audit that ends in between still has
+            # its last events sent before the stream closes.
+            record = await to_thread.run_sync(store.get_audit, audit_id, who.tenant)
             events = await to_thread.run_sync(store.events_after, audit_id, last)
             for event in events:
                 last = event.id
                 yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.data)}
-            if not events:
-                record = await to_thread.run_sync(store.get_audit, audit_id, who.tenant)
-                if record is None or record.state.final:
-                    return
-                await sleep(poll_s)
+            if events:
+                continue
+            if record is None or record.state.final:
+                return
+            await sleep(poll_s)
 
     return EventSourceResponse(stream(), ping=15)
 
