@@ -40,12 +40,13 @@ def packed_files(root: Path, excludes: list[str]) -> list[Path]:
             rel = path.relative_to(root).as_posix()
             if any(fnmatch.fnmatch(rel, pattern) for pattern in excludes):
                 return True
+            verdict = False  # as git: the deepest .gitignore's last matching pattern wins
             for base, spec in specs:
                 if path.is_relative_to(base):
                     inner = path.relative_to(base).as_posix() + ("/" if is_dir else "")
-                    if spec.match_file(inner):
-                        return True
-            return False
+                    include = spec.check_file(inner).include
+                    verdict = verdict if include is None else include
+            return verdict
 
         dirs[:] = sorted(
             d for d in dirs if d not in SKIPPED_DIRS and not ignored(here / d, is_dir=True)
