@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 
 from torchdoctor.agent.ledger import LEDGER_NAME, Entry, Ledger, entry_meta
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Severity, Status
@@ -46,7 +46,6 @@ def get_report(
 @router.get(
     "/{audit_id}/ledger",
     summary="The audit's ISSUES.md",
-    response_class=PlainTextResponse,
     responses={200: {"content": {"text/markdown": {}}, "description": "ISSUES.md"}},
 )
 def get_ledger(audit_id: str, who: Caller, store: StoreDep) -> Response:
@@ -124,7 +123,6 @@ def _write_ledger(
 @router.get(
     "/{audit_id}/fixes/{finding_id}.diff",
     summary="The proposed fix of one finding, as a unified diff",
-    response_class=PlainTextResponse,
     responses={200: {"content": {"text/x-diff": {}}, "description": "a unified diff"}},
 )
 def get_fix(audit_id: str, finding_id: str, who: Caller, store: StoreDep) -> Response:
@@ -138,7 +136,6 @@ def get_fix(audit_id: str, finding_id: str, who: Caller, store: StoreDep) -> Res
 @router.get(
     "/{audit_id}/patch",
     summary="All approved fixes as one unified diff (apply with `git apply` or `patch -p1`)",
-    response_class=PlainTextResponse,
     responses={200: {"content": {"text/x-diff": {}}, "description": "a unified diff"}},
 )
 def get_patch(audit_id: str, who: Caller, store: StoreDep) -> Response:
