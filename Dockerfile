@@ -13,10 +13,18 @@ WORKDIR /opt/torchdoctor
 RUN pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY torchdoctor ./torchdoctor
-RUN pip install ".[llm,linters,docker]"
+RUN pip install ".[llm,linters,docker,api]"
 
 USER torchdoctor
-ENV TORCHDOCTOR_HOME=/home/torchdoctor/.cache/torchdoctor
+# The REST API by default (`docker run IMAGE audit ...` still runs the CLI). State (SQLite,
+# checkpoints, submitted code) lives under TORCHDOCTOR_HOME: mount a volume there, or point
+# TORCHDOCTOR_DATABASE_URL at PostgreSQL (docker-compose.yml).
+ENV TORCHDOCTOR_HOME=/home/torchdoctor/.cache/torchdoctor \
+    TORCHDOCTOR_HOST=0.0.0.0 \
+    TORCHDOCTOR_PORT=8000
 WORKDIR /work
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["torchdoctor"]
-CMD ["--help"]
+CMD ["serve"]

@@ -1,0 +1,115 @@
+"""The REST API under load: N concurrent offline audits of the bundled examples, submitted
+over loopback to a real `torchdoctor serve` (SQLite, the default worker pool).
+
+Run: `PYTHONPATH=. python benchmarks/api_load.py [--audits 20] [--audit-workers 2]`.
+Prints one audit's time alone, then for the concurrent batch: throughput, p50/p95 time from
+submission to completion, errors (target 0), and the peak RSS of the server with its workers.
+Target: p95 <= 3x a single audit's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.api.server import Server
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+def audit_once(client: httpx.Client, example: Path) -> float:
+    """Seconds from submission to a finished audit; raises on any error."""
+    started = time.perf_counter()
+    answer = client.post(
+        "/v1/audits",
+        json={"files": {example.name: example.read_text()}, "options": {"offline": True}},
+    )
+    answer.raise_for_status()
+    audit_id = answer.json()["id"]
+    while True:
+        state = client.get(f"/v1/audits/{audit_id}").raise_for_status().json()["state"]
+        if state == "done":
+            return time.perf_counter() - started
+        if state in ("failed", "cancelled"):
+            raise RuntimeError(f"audit {audit_id} {state}")
+        time.sleep(0.25)
+
+
+class PeakRss(threading.Thread):
+    """Samples the server's process tree (workers and sandbox jobs included)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.peak_mb, self.stopped = psutil.Process(pid), 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            total = 0
+            for process in [self.root, *self.root.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--audits", type=int, default=20)
+    parser.add_argument("--audit-workers", type=int, default=2)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="td-api-load-"))
+    server = Server(
+        home,
+        f"sqlite:///{home / 'api.sqlite'}",
+        {
+            "TORCHDOCTOR_AUDIT_WORKERS": str(args.audit_workers),
+            "TORCHDOCTOR_MAX_RUNNING_PER_TENANT": str(args.audits),
+            "TORCHDOCTOR_RATE_LIMIT_PER_MINUTE": "100000",
+        },
+    )
+    server.start()
+    try:
+        assert server.process is not None
+        client = server.client(server.key("load"))
+        single = audit_once(client, EXAMPLES[0])
+        print(f"one audit alone: {single:.2f} s")
+        rss = PeakRss(server.process.pid)
+        rss.start()
+        errors: list[str] = []
+        times: list[float] = []
+
+        def one(index: int) -> None:
+            try:
+                times.append(audit_once(client, EXAMPLES[index % len(EXAMPLES)]))
+            except Exception as err:
+                errors.append(f"{type(err).__name__}: {err}")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.audits) as pool:
+            list(pool.map(one, range(args.audits)))
+        elapsed = time.perf_counter() - started
+        rss.stopped.set()
+        times.sort()
+        p95 = times[max(0, round(0.95 * len(times)) - 1)] if times else float("nan")
+        print(f"{args.audits} concurrent audits, {args.audit_workers} audit workers:")
+        print(f"  throughput: {len(times) / elapsed * 60:.1f} audits/min ({elapsed:.1f} s)")
+        print(f"  time to completion: p50 {statistics.median(times):.2f} s, p95 {p95:.2f} s")
+        print(f"  p95 / single: {p95 / single:.1f}x (target <= 3x)")
+        print(f"  errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+        print(f"  peak RSS, server and workers: {rss.peak_mb:.0f} MiB")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
