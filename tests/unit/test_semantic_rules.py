@@ -26,6 +26,7 @@ NEW_RULES: tuple[str, ...] = (
     "rnn-hidden-not-detached",
     "inplace-param-update-with-grad",
     "cudnn-benchmark-with-determinism",
+    "train-loader-no-shuffle",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

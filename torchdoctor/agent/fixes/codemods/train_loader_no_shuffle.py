@@ -1,0 +1,31 @@
+"""train-loader-no-shuffle: shuffle the training DataLoader."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, keyword
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
+
+
+class TrainLoaderNoShuffleFix(Codemod):
+    """Adds `shuffle=True` to the flagged DataLoader call (the rule only flags calls with no
+    shuffle, sampler or batch_sampler argument, so nothing conflicts with it)."""
+
+    rule = "train-loader-no-shuffle"
+    kind = FixKind.CORRECTNESS
+    summary = "DataLoader(..., shuffle=True) for the training data"
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        calls = ctx.find(
+            cst.Call,
+            within=(target.line, target.line),
+            where=lambda c: ctx.line(c) == target.line,
+        )
+        loaders = [c for c in calls if (ctx.qualname(c.func) or "").endswith("DataLoader")]
+        if len(loaders) != 1 or any(
+            keyword(loaders[0], n) for n in ("shuffle", "sampler", "batch_sampler")
+        ):
+            return False
+        ctx.set_call_keyword(loaders[0], "shuffle", "True")
+        return True
