@@ -27,6 +27,7 @@ NEW_RULES: tuple[str, ...] = (
     "inplace-param-update-with-grad",
     "cudnn-benchmark-with-determinism",
     "train-loader-no-shuffle",
+    "log-of-probabilities",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

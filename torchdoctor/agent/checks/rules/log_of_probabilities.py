@@ -1,0 +1,108 @@
+"""log-of-probabilities: log() taken of a softmax or sigmoid output, with no epsilon."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.vocabulary import SIGMOID, SOFTMAX
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
+
+_LOG = frozenset({"torch.log", "torch.log2", "torch.log10"})
+_VIEWS = frozenset(
+    {"view", "reshape", "squeeze", "unsqueeze", "float", "double", "to", "contiguous",
+     "permute", "transpose", "flatten"}
+)  # fmt: skip
+_MAX_HOPS = 6
+
+
+class LogOfProbabilities(Rule):
+    """Detects `torch.log(p)` / `p.log()` where `p` is the output of a softmax or a sigmoid
+    (directly, through variables or views), with nothing added or clamped in between.
+
+    Why it matters: softmax and sigmoid round small probabilities to exactly 0 in float32
+    (and much sooner in float16/bfloat16); their log is then `-inf`, the loss becomes
+    inf/NaN and the gradients NaN. `log_softmax` and `logsigmoid` compute the same values
+    stably, without ever forming the tiny probability.
+
+    Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
+    probabilities from another source (a model's output, a dataset), `log1p`.
+
+    Example:
+        log_probs = torch.log(F.softmax(logits, dim=-1))
+
+    Fix: `F.log_softmax(logits, dim=-1)` (or `F.logsigmoid(x)` for a sigmoid).
+    """
+
+    id = "log-of-probabilities"
+    point = 3
+    severity = Severity.MEDIUM
+    title = "log() of softmax/sigmoid probabilities"
+    items: ClassVar[tuple[str, ...]] = ("3.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "log" in ctx.source and ("oftmax" in ctx.source or "sigmoid" in ctx.source)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            qual = flow.qualname_of(call)
+            func = call.func
+            if qual in _LOG and call.args:
+                argument = call.args[0]
+            elif (
+                qual is None
+                and isinstance(func, ast.Attribute)
+                and func.attr == "log"
+                and not call.args
+            ):
+                argument = func.value
+            else:
+                continue
+            producer = _activation(ctx, argument, 0)
+            if producer is None:
+                continue
+            kind = "softmax" if _kind(ctx, producer) == "softmax" else "sigmoid"
+            direct = producer is argument and qual in _LOG
+            ctx.report(
+                self,
+                call,
+                f"log of a {kind} output (line {producer.lineno}): probabilities that round to "
+                f"0 give -inf; use {'log_softmax' if kind == 'softmax' else 'logsigmoid'}",
+                data={"activation": kind, "direct": direct},
+            )
+
+
+def _kind(ctx: ModuleContext, call: ast.Call) -> str:
+    qual = ctx.flow.qualname_of(call)
+    func = call.func
+    name = qual or (func.attr if isinstance(func, ast.Attribute) else "")
+    if name in SOFTMAX or name == "softmax":
+        return "softmax"
+    if name in SIGMOID or name == "sigmoid":
+        return "sigmoid"
+    return ""
+
+
+def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
+    """The softmax/sigmoid call `expr` is, through single assignments and views only."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _activation(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if not isinstance(expr, ast.Call):
+        return None
+    if _kind(ctx, expr):
+        func = expr.func
+        if isinstance(func, ast.Attribute) and ctx.flow.qualname_of(expr) is None:
+            return expr if not ctx.flow.is_module_value(func.value) else None
+        return expr
+    func = expr.func
+    if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
+        return _activation(ctx, func.value, hops + 1)
+    return None
