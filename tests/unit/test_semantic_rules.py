@@ -28,6 +28,7 @@ NEW_RULES: tuple[str, ...] = (
     "cudnn-benchmark-with-determinism",
     "train-loader-no-shuffle",
     "log-of-probabilities",
+    "dead-tensor-store",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

@@ -1,0 +1,120 @@
+"""dead-tensor-store: a computed tensor overwritten before anything reads it."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
+
+_NOT_COMPUTE = frozenset(
+    {"torch.load", "torch.save", "torch.manual_seed", "torch.device", "torch.no_grad"}
+)
+_BLOCKS = ("body", "orelse", "finalbody")
+
+
+class DeadTensorStore(Rule):
+    """Detects a tensor computation assigned to a name (`out = model(x)`, `h = torch.cat(...)`,
+    `z = F.relu(y)`) that the next statements of the same block overwrite (`out = ...`) before
+    any of them reads it.
+
+    Why it matters: the first result is thrown away. Usually a line was meant to use it
+    (`out = model(out)` written as `out = model(x)`, a residual or normalisation silently
+    skipped) — the model trains, but not the architecture that was intended; at best the
+    computation is wasted every step.
+
+    Not reported: assignments whose value is not a tensor computation (a model call, a
+    `torch.*` or `torch.nn.functional.*` call); a read anywhere in between, including in a
+    nested function or a condition; stores in different branches or blocks; `_`; module
+    attributes (`self.x`).
+
+    Example:
+        x = self.norm(x)
+        x = self.attn(h)
+
+    Fix: use the value (`x = self.attn(x)`), or delete the line that computes it.
+    """
+
+    id = "dead-tensor-store"
+    point = 4
+    severity = Severity.MEDIUM
+    title = "Computed tensor overwritten before use"
+    items: ClassVar[tuple[str, ...]] = ("4.1",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "torch" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for owner in ctx.nodes_by_type().get(ast.FunctionDef, ()):
+            for block in _blocks(owner):
+                self._check_block(ctx, block)
+
+    def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
+        for index, stmt in enumerate(block):
+            name = _computed_name(ctx, stmt)
+            if name is None:
+                continue
+            for later in block[index + 1 :]:
+                if _reads(later, name):
+                    break
+                if _stores(later, name):
+                    ctx.report(
+                        self,
+                        stmt,
+                        f"`{name}` is overwritten on line {later.lineno} before anything reads "
+                        "this value: the computation is lost",
+                    )
+                    break
+                if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
+                    break
+
+
+def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
+    """Every statement list inside a function (its body and nested blocks, not nested defs)."""
+    found: list[list[ast.stmt]] = []
+    stack: list[ast.AST] = [node]
+    while stack:
+        current = stack.pop()
+        for field in _BLOCKS:
+            block = getattr(current, field, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                found.append(block)
+                stack.extend(s for s in block if not isinstance(s, ast.FunctionDef | ast.ClassDef))
+        if isinstance(current, ast.Try):
+            stack.extend(current.handlers)
+    return found
+
+
+def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return None
+    target, value = stmt.targets[0], stmt.value
+    if not isinstance(target, ast.Name) or target.id == "_" or not isinstance(value, ast.Call):
+        return None
+    qual = ctx.flow.qualname_of(value) or ""
+    if qual.startswith("torch.") and qual not in _NOT_COMPUTE:
+        return target.id
+    if not qual and ctx.flow.is_model_call(value):
+        return target.id
+    return None
+
+
+def _reads(stmt: ast.stmt, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Store)
+        for n in ast.walk(stmt)
+    ) or any(isinstance(n, ast.Global | ast.Nonlocal) for n in ast.walk(stmt))
+
+
+def _stores(stmt: ast.stmt, name: str) -> bool:
+    """A plain re-assignment of `name` as the whole statement (not in a branch)."""
+    if isinstance(stmt, ast.Assign):
+        return any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
+    return (
+        isinstance(stmt, ast.AnnAssign)
+        and isinstance(stmt.target, ast.Name)
+        and (stmt.target.id == name and stmt.value is not None)
+    )
