@@ -12,6 +12,9 @@ _NOT_COMPUTE = frozenset(
     {"torch.load", "torch.save", "torch.manual_seed", "torch.device", "torch.no_grad"}
 )
 _BLOCKS = ("body", "orelse", "finalbody")
+_TENSOR_MODULES = frozenset(
+    {"torch", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special"}
+)
 
 
 class DeadTensorStore(Rule):
@@ -25,9 +28,9 @@ class DeadTensorStore(Rule):
     computation is wasted every step.
 
     Not reported: assignments whose value is not a tensor computation (a model call, a
-    `torch.*` or `torch.nn.functional.*` call); a read anywhere in between, including in a
-    nested function or a condition; stores in different branches or blocks; `_`; module
-    attributes (`self.x`).
+    `torch.*`, `torch.nn.functional.*` or `torch.linalg.*` function; not a constructor); a
+    read anywhere in between, including in a nested function or a condition; stores in
+    different branches or blocks; `_`; module attributes (`self.x`).
 
     Example:
         x = self.norm(x)
@@ -95,7 +98,8 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(target, ast.Name) or target.id == "_" or not isinstance(value, ast.Call):
         return None
     qual = ctx.flow.qualname_of(value) or ""
-    if qual.startswith("torch.") and qual not in _NOT_COMPUTE:
+    module, _, function = qual.rpartition(".")
+    if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
         return target.id
     if not qual and ctx.flow.is_model_call(value):
         return target.id

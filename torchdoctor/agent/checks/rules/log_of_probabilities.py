@@ -49,6 +49,7 @@ class LogOfProbabilities(Rule):
         if not self.applies(ctx):
             return
         flow = ctx.flow
+        reported: set[int] = set()
         for call in flow.nodes(ast.Call):
             qual = flow.qualname_of(call)
             func = call.func
@@ -64,8 +65,9 @@ class LogOfProbabilities(Rule):
             else:
                 continue
             producer = _activation(ctx, argument, 0)
-            if producer is None:
+            if producer is None or call.lineno in reported:
                 continue
+            reported.add(call.lineno)
             kind = "softmax" if _kind(ctx, producer) == "softmax" else "sigmoid"
             direct = producer is argument and qual in _LOG
             ctx.report(
