@@ -97,5 +97,6 @@ def test_discover_finds_the_entry_points_that_train_or_run_a_model(tmp_path: Pat
 
 def test_split_command() -> None:
     assert split_command("python -u train.py --lr 1") == ("train.py", ["--lr", "1"])
+    assert split_command("torchrun --nproc-per-node 2 train.py") == ("train.py", [])
     with pytest.raises(ValueError):
-        split_command("torchrun train.py")
+        split_command("bash train.sh")

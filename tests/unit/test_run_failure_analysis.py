@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from torchdoctor.agent.checks.catalogue import catalogue
-from torchdoctor.agent.evidence import probes
+from torchdoctor.agent.evidence import distributed, probes
 from torchdoctor.agent.evidence.probes import probe_findings
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "train.py", line 5\nOSError: no data'
@@ -88,7 +88,15 @@ def test_missing_values_in_a_finished_run_are_not_checked_never_findings() -> No
 
 
 def _emitted_probe_rules() -> dict[str, tuple[int, str, str]]:
-    tree = ast.parse(Path(probes.__file__).read_text(encoding="utf-8"))
+    """Rule, point, severity and title of every `find(...)` in the modules that emit probe
+    findings (a severity chosen by context counts by its first branch, the catalogue's)."""
+    found: dict[str, tuple[int, str, str]] = {}
+    for module in (probes, distributed):
+        found |= _finds(ast.parse(Path(module.__file__).read_text(encoding="utf-8")))
+    return found
+
+
+def _finds(tree: ast.Module) -> dict[str, tuple[int, str, str]]:
     found: dict[str, tuple[int, str, str]] = {}
     for node in ast.walk(tree):
         if (
@@ -99,6 +107,8 @@ def _emitted_probe_rules() -> dict[str, tuple[int, str, str]]:
             and isinstance(node.args[0], ast.Constant)
         ):
             point, severity, title = node.args[1], node.args[2], node.args[3]
+            if isinstance(severity, ast.IfExp):
+                severity = severity.body
             assert isinstance(point, ast.Constant) and isinstance(title, ast.Constant)
             assert isinstance(severity, ast.Attribute)
             found[node.args[0].value] = (point.value, severity.attr.lower(), title.value)

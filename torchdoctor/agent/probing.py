@@ -9,9 +9,11 @@ evidence document becomes evidence for the checklist points it speaks to.
 from __future__ import annotations
 
 import ast
-import shlex
+import posixpath
+import socket
 import sys
 from collections.abc import Callable
+from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 
@@ -19,16 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
+from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox import PACKAGE_ROOT
-from torchdoctor.sandbox.models import Job, Limits
+from torchdoctor.sandbox.models import CollectedFile, Job, Limits
 from torchdoctor.sandbox.protocol import Sandbox
 from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
 
 EVIDENCE_FILE = ".torchdoctor-evidence.json"
+RANK_EVIDENCE_FILES = ".torchdoctor-evidence.rank*.json"
 HARNESS_MARGIN_S = 20.0
-_PYTHON_FLAGS = frozenset({"-u", "-B", "-O", "-OO"})
 _ENTRY_HINTS = ("optim.", "Optimizer", ".backward(", "model(")
 
 
@@ -77,13 +80,9 @@ def gpu_present() -> bool:
 
 
 def split_command(command: str) -> tuple[str, list[str]]:
-    """`python -u train.py --lr 1` -> ('train.py', ['--lr', '1'])."""
-    tokens = shlex.split(command)
-    while tokens and (Path(tokens[0]).name.startswith("python") or tokens[0] in _PYTHON_FLAGS):
-        tokens.pop(0)
-    if not tokens or not tokens[0].endswith(".py"):
-        raise ValueError(f"cannot run {command!r}: expected `python SCRIPT.py [ARGS...]`")
-    return tokens[0], tokens[1:]
+    """`python -u train.py --lr 1` -> ('train.py', ['--lr', '1']) (torchrun forms too)."""
+    launch = parse_launch(command)
+    return launch.script, launch.args
 
 
 def discover_entry_points(workspace: Workspace) -> list[str]:
@@ -124,16 +123,16 @@ def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
     return commands
 
 
-def harness_command(request: RunRequest, script: str, args: list[str]) -> list[str]:
+def harness_command(request: RunRequest, script: str, args: list[str], nproc: int = 1) -> list[str]:
+    """The harness on `script`; with `nproc` > 1, every rank of a single-node torchrun runs
+    it (rendezvous on 127.0.0.1: the sandbox has loopback and nothing else)."""
     budget = max(10.0, request.wall_s - HARNESS_MARGIN_S)
-    command = [
-        sys.executable,
-        "-m",
-        "torchdoctor.sandbox.probes",
-        script,
-        "--steps",
-        str(request.steps),
-    ]
+    command = [sys.executable]
+    if nproc > 1:
+        command += ["-m", "torch.distributed.run", "--nnodes", "1"]
+        command += ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
+        command += ["--master-port", str(free_port())]
+    command += ["-m", "torchdoctor.sandbox.probes", script, "--steps", str(request.steps)]
     command += ["--out", EVIDENCE_FILE, "--time-budget", f"{budget:g}", "--seed", "0"]
     if request.determinism_steps:
         command += ["--determinism", str(request.determinism_steps)]
@@ -167,9 +166,10 @@ Outcome = tuple[RunSummary, list[tuple[int, Evidence]]]
 
 def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, command: str) -> Outcome:
     try:
-        script, args = split_command(command)
+        launch = parse_launch(command)
     except ValueError as err:
         return RunSummary(command=command, script="", outcome="not-run", summary=str(err)), []
+    script = launch.script
     summary = partial(RunSummary, command=command, script=script)
     if workspace.text_of(script) is None:
         return summary(outcome="not-run", summary=f"{script} is not one of the audited files"), []
@@ -181,18 +181,18 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
         run = sandbox.run(
             Job(
                 workspace=copy,
-                command=harness_command(request, script, args),
+                command=harness_command(request, script, launch.args, launch.nproc),
                 env={"PYTHONPATH": str(PACKAGE_ROOT)},
                 limits=Limits(
                     wall_s=request.wall_s,
                     cpu_s=int(request.wall_s * 4),
                     memory_mb=request.memory_mb,
-                    processes=256,
+                    processes=256 * launch.nproc,
                     disk_mb=4096,
                     output_bytes=2_000_000,
                     collect_bytes=8_000_000,
                 ),
-                collect=[EVIDENCE_FILE],
+                collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
                 gpu=request.gpu,
             )
         )
@@ -209,7 +209,9 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
     except ValidationError as err:
         said = f"unreadable evidence document: {err}"
         return summary(outcome="harness-error", summary=said, isolation=isolation), []
-    analysis = probe_findings(parsed, script, read_source=workspace.text_of)
+    ranks, unreadable = _rank_documents(run.files)
+    analysis = probe_findings(parsed, script, read_source=workspace.text_of, other_ranks=ranks)
+    analysis.notes.extend(unreadable)
     done = summary(
         outcome=analysis.outcome,
         summary=analysis.summary,
@@ -219,3 +221,24 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
         curves=analysis.curves,
     )
     return done, analysis.by_point()
+
+
+def _rank_documents(files: list[CollectedFile]) -> tuple[list[ProbeDocument], list[str]]:
+    """The documents of ranks 1.. of a torchrun run, and a note per unreadable one."""
+    documents: list[ProbeDocument] = []
+    notes: list[str] = []
+    for file in sorted(files, key=lambda f: f.path):
+        if not fnmatch(posixpath.basename(file.path), RANK_EVIDENCE_FILES):
+            continue
+        try:
+            documents.append(ProbeDocument.model_validate_json(file.content))
+        except ValidationError:
+            notes.append(f"{posixpath.basename(file.path)}: unreadable rank evidence, ignored")
+    return documents, notes
+
+
+def free_port() -> int:
+    """A port free on this host: under rlimits-only isolation ranks share its network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -303,6 +303,52 @@ class CapturedWarning(_Model):
     count: int
 
 
+class CollectiveStats(_Model):
+    count: int = 0
+    bytes: int = 0
+    wait_s: float = 0.0
+
+
+class DdpSettings(_Model):
+    find_unused_parameters: bool = False
+    file: str | None = None
+    line: int | None = None
+
+
+class SamplerEpoch(_Model):
+    sampler: int
+    epoch: int
+    shuffle: bool = True
+    set_epoch_calls: int = 0
+    head: list[int] = Field(default_factory=list)
+    file: str | None = None
+    line: int | None = None
+
+
+class FileEvent(_Model):
+    path: str
+    step: int
+    collectives: int = Field(description="collectives this rank had passed when it acted")
+    file: str | None = None
+    line: int | None = None
+
+
+class DistributedRank(_Model):
+    """One rank's view of a run under torchrun (the harness's `distributed` section)."""
+
+    rank: int = Field(ge=0)
+    world_size: int = Field(ge=2)
+    backend: str | None = None
+    collectives: dict[str, CollectiveStats] = Field(default_factory=dict)
+    ddp: DdpSettings | None = None
+    syncs_by_step: dict[int, int] = Field(default_factory=dict)
+    unused_parameters: list[str] = Field(default_factory=list)
+    samplers: list[SamplerEpoch] = Field(default_factory=list)
+    writes: list[FileEvent] = Field(default_factory=list)
+    reads: list[FileEvent] = Field(default_factory=list)
+    param_checksum: float | None = None
+
+
 class ProbeDocument(_Model):
     schema_version: Literal[1] = PROBES_SCHEMA_VERSION
     tool: str
@@ -338,3 +384,4 @@ class ProbeDocument(_Model):
     warnings: list[CapturedWarning] = Field(default_factory=list)
     probe_errors: list[str] = Field(default_factory=list)
     worker_processes_left: int = 0
+    distributed: DistributedRank | None = None

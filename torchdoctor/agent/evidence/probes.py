@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID
+from torchdoctor.agent.evidence.distributed import check_distributed
 from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
@@ -112,8 +113,10 @@ class _Builder:
         doc: ProbeDocument,
         script_relpath: str,
         read_source: Callable[[str], str | None] | None,
+        other_ranks: list[ProbeDocument] | None = None,
     ) -> None:
         self.doc = doc
+        self.other_ranks = other_ranks or []
         self.script = script_relpath
         self.folder = posixpath.dirname(script_relpath)
         self.read_source = read_source
@@ -704,6 +707,10 @@ def _deprecations(b: _Builder) -> None:
             )
 
 
+def _distributed(b: _Builder) -> None:
+    check_distributed(b, [b.doc, *b.other_ranks])
+
+
 _CHECKS = (
     _outcome,
     _nonfinite,
@@ -721,6 +728,7 @@ _CHECKS = (
     _flops,
     _compile,
     _deprecations,
+    _distributed,
 )
 
 
@@ -834,11 +842,13 @@ def probe_findings(
     doc: ProbeDocument | dict[str, Any],
     script_relpath: str,
     read_source: Callable[[str], str | None] | None = None,
+    other_ranks: list[ProbeDocument] | None = None,
 ) -> ProbeAnalysis:
     """Evidence, findings and coverage hints from one probes run of `script_relpath`.
-    `read_source(relpath)`, when given, supplies the text for numbered excerpts."""
+    `read_source(relpath)`, when given, supplies the text for numbered excerpts;
+    `other_ranks`, for a run under torchrun, the documents of ranks 1.. (`doc` is rank 0's)."""
     document = doc if isinstance(doc, ProbeDocument) else ProbeDocument.model_validate(doc)
-    builder = _Builder(document, script_relpath, read_source)
+    builder = _Builder(document, script_relpath, read_source, other_ranks)
     # a failed run proves only that it fails: no measurement is read from it
     for check in (_outcome,) if run_failed(document) else _CHECKS:
         check(builder)

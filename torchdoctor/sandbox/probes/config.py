@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from torchdoctor.sandbox.probes.distributed import launched_rank
+
 DEFAULT_TIME_BUDGET_S = 600.0
 
 
@@ -87,6 +89,12 @@ def parse_args(argv: list[str]) -> ProbeConfig:
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     ns, extra = _parser().parse_known_args(argv)
     cuda = torch.cuda.is_available()
+    ranks = launched_rank()
+    if ranks is not None:
+        # Each rank writes its own document; the probes that re-run or re-trace the model in
+        # one process (determinism, export, int8, compile) do not apply to a distributed run.
+        ns.out = rank_path(ns.out, ranks[0])
+        ns.determinism, ns.export, ns.int8, ns.probe = 0, False, False, []
     return ProbeConfig(
         script=os.path.abspath(ns.script),  # the script may chdir; paths must not move
         script_args=tuple(extra + passthrough),
@@ -104,3 +112,11 @@ def parse_args(argv: list[str]) -> ProbeConfig:
         compile_backend=ns.compile_backend,
         flops=not ns.no_flops,
     )
+
+
+def rank_path(out: str, rank: int) -> str:
+    """`evidence.json` for rank 0 (the document the host reads first), `evidence.rank1.json`..."""
+    if rank == 0:
+        return out
+    stem, ext = os.path.splitext(out)
+    return f"{stem}.rank{rank}{ext}"

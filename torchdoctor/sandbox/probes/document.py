@@ -198,8 +198,17 @@ def build(
         "warnings": session.warnings.report(),
         "probe_errors": list(session.errors),
         "worker_processes_left": 0,
+        "distributed": _distributed(session),
     }
     return document
+
+
+def _distributed(session: Session) -> dict[str, Any] | None:
+    probe = session.distributed
+    if probe is None:
+        return None
+    probe.finish(session.main_model())
+    return probe.report()
 
 
 def write(document: dict[str, Any], path: str) -> None:

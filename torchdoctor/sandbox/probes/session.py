@@ -29,6 +29,7 @@ from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.control import StopRun
 from torchdoctor.sandbox.probes.dataflow import DataFlowProbe
 from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
+from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_rank
 from torchdoctor.sandbox.probes.flops import FlopProbe
 from torchdoctor.sandbox.probes.frames import UserFiles
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
@@ -97,6 +98,8 @@ class Session:
         self.dataflow = DataFlowProbe()
         self.flops = FlopProbe()
         self.mode = ModeProbe(user_files)
+        ranks = launched_rank()
+        self.distributed = DistributedProbe(*ranks, user_files) if ranks else None
 
     # --- installation --------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class Session:
         self.syncs.install()
         self.warnings.install()
         self.dataloader.install()
+        if self.distributed is not None:
+            self.distributed.install()
         if self.config.flops and self.config.flop_step == 0:
             self.flops.start(0)
 
@@ -134,6 +139,8 @@ class Session:
         self.syncs.uninstall(touch_cuda=not in_forked_child)
         self.warnings.uninstall()
         self.dataloader.uninstall()
+        if self.distributed is not None:
+            self.distributed.uninstall()
 
     def _patch(self, owner: Any, name: str, wrap: Callable[[Any], Any]) -> None:
         original = getattr(owner, name)
@@ -177,6 +184,8 @@ class Session:
                 self.optimizer_built = True
                 self.step = self.forwards = 0
                 self.syncs.step = self.dataloader.step = 0
+                if self.distributed is not None:
+                    self.distributed.step = 0
                 self.watching = self._watched(0)
                 self.flops.reset()
                 if self.config.flops and self.config.flop_step == 0:
@@ -222,6 +231,8 @@ class Session:
             if id(module) not in self.roots:
                 self._register_root(module, args, {})
             self.mode.on_root_forward(self._name(module), module)
+            if self.distributed is not None:
+                self.distributed.on_root_forward(module)
             if self.watching:
                 self.forward.on_input(self.step, self._name(module), args)
         if self.dataflow_on:
@@ -255,6 +266,8 @@ class Session:
         if id(optimizer) == self.main_optimizer and self.watching:
             for root in self.roots.values():
                 self.grads.scan_model(root)
+        if id(optimizer) == self.main_optimizer and self.distributed is not None:
+            self.distributed.before_optimizer_step(list(self.roots.values()))
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if id(optimizer) == self.main_optimizer:
@@ -282,6 +295,8 @@ class Session:
         self.dataflow_on = False
         self.step += 1
         self.syncs.step = self.dataloader.step = self.step
+        if self.distributed is not None:
+            self.distributed.step = self.step
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # our own reads must not show up as the user's
             self.memory.end_step(step)

@@ -1,0 +1,110 @@
+"""Distributed training audited by running it: `torchrun --nproc-per-node 2` under the probes
+harness in the sandbox, gloo on the CPU, every rank instrumented, the ranks' documents merged.
+
+Each fixture script runs once per module (a two-process run costs seconds); the tests read
+the findings it produced. `ddp_bugs.py` and `ddp_bypass.py` hold the bugs; `ddp_clean.py` is
+the same training done right, the near miss of each.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.models import AuditReport, Finding
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "distributed"
+pytestmark = pytest.mark.slow
+
+
+def _audit(tmp: Path, script: str) -> AuditReport:
+    shutil.copy(FIXTURES / script, tmp / script)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TORCHDOCTOR_HOME", str(tmp / "home"))
+        env.setenv("TORCHDOCTOR_LINTERS", "0")
+        outcome = run_audit(
+            AuditOptions(
+                target=tmp,
+                run=[f"torchrun --nproc-per-node 2 {script}"],
+                steps=6,
+                write_ledger=False,
+            )
+        )
+    return outcome.report
+
+
+@pytest.fixture(scope="module")
+def bugs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
+    yield _audit(tmp_path_factory.mktemp("bugs"), "ddp_bugs.py")
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
+    yield _audit(tmp_path_factory.mktemp("clean"), "ddp_clean.py")
+
+
+@pytest.fixture(scope="module")
+def bypass(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
+    yield _audit(tmp_path_factory.mktemp("bypass"), "ddp_bypass.py")
+
+
+def _ddp(report: AuditReport) -> dict[str, Finding]:
+    return {f.rule: f for f in report.findings if f.rule.startswith("probe-ddp-")}
+
+
+def test_every_rank_ran_instrumented_and_the_run_completed(bugs: AuditReport) -> None:
+    run = bugs.provenance.extra["runs"][0]
+    assert run["outcome"] == "completed-steps", run["summary"]
+    assert run["command"].startswith("torchrun")
+
+
+def test_sampler_without_set_epoch_is_proven_at_the_epoch_loop(bugs: AuditReport) -> None:
+    finding = _ddp(bugs)["probe-ddp-sampler-no-set-epoch"]
+    assert (finding.file, finding.line) == ("ddp_bugs.py", 43)
+    assert "set_epoch" in finding.evidence[0].message
+
+
+def test_accumulation_without_no_sync_all_reduces_every_micro_batch(bugs: AuditReport) -> None:
+    finding = _ddp(bugs)["probe-ddp-sync-every-micro-batch"]
+    assert "2 times within one optimizer step" in finding.evidence[0].message
+
+
+def test_unused_parameters_are_named(bugs: AuditReport) -> None:
+    finding = _ddp(bugs)["probe-ddp-unused-parameters"]
+    assert "aux_head.weight" in finding.evidence[0].message
+    assert finding.severity == "medium"  # find_unused_parameters=True: a cost, not a crash
+
+
+def test_every_rank_saving_the_checkpoint_is_reported_at_the_save(bugs: AuditReport) -> None:
+    finding = _ddp(bugs)["probe-ddp-every-rank-saves"]
+    assert (finding.file, finding.line) == ("ddp_bugs.py", 49)
+
+
+def test_reading_rank_zeros_file_without_a_barrier_is_a_race(bugs: AuditReport) -> None:
+    finding = _ddp(bugs)["probe-ddp-read-before-barrier"]
+    assert (finding.file, finding.line) == ("ddp_bugs.py", 55)
+    assert finding.severity == "high"
+
+
+def test_the_same_training_done_right_raises_none_of_them(clean: AuditReport) -> None:
+    assert clean.provenance.extra["runs"][0]["outcome"] == "completed-steps"
+    assert _ddp(clean) == {}
+    item = next(c for c in clean.coverage if c.item == "6.8")
+    assert item.verdict == "pass" and "torchdoctor-probes" in item.how
+
+
+def test_a_forward_that_bypasses_ddp_leaves_the_ranks_diverged(bypass: AuditReport) -> None:
+    found = _ddp(bypass)
+    assert "probe-ddp-ranks-diverged" in found
+    assert "model.module" in found["probe-ddp-ranks-diverged"].evidence[0].message
+
+
+def test_the_synchronised_runs_end_with_ranks_that_agree(
+    bugs: AuditReport, clean: AuditReport
+) -> None:
+    assert "probe-ddp-ranks-diverged" not in _ddp(bugs)
+    assert "probe-ddp-ranks-diverged" not in _ddp(clean)
