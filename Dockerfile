@@ -9,11 +9,13 @@ RUN apt-get update \
  && useradd --create-home --uid 10001 torchdoctor
 
 WORKDIR /opt/torchdoctor
+# Every version comes from constraints.txt (scripts/update-constraints.sh), torch included.
+COPY constraints.txt ./
 # The CPU build of torch: the service only reads code; GPU work happens in the sandbox image.
-RUN pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cpu
+RUN pip install -c constraints.txt torch --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY torchdoctor ./torchdoctor
-RUN pip install ".[llm,linters,docker,api]"
+RUN pip install -c constraints.txt ".[llm,linters,docker,api]"
 
 USER torchdoctor
 # The REST API by default (`docker run IMAGE audit ...` still runs the CLI). State (SQLite,

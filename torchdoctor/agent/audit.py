@@ -109,6 +109,7 @@ class AuditOptions(AuditChoices):
     )
     config: Path | None = Field(None, description="config file instead of the nearest one")
     force_exclude: bool = Field(False, description="`exclude` holds even for named files")
+    static_only: bool = Field(False, description="ignore the configuration's `run` commands")
     ledger: Path | None = None
     write_ledger: bool = True
     sandbox: Literal["auto", "local", "docker"] | None = Field(
@@ -149,6 +150,8 @@ def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConf
         updates["lang"] = options.lang
     if options.torch_version:
         updates["torch_version"] = options.torch_version
+    if options.static_only:
+        updates["run"] = []
     env_linters = os.environ.get("TORCHDOCTOR_LINTERS", "").strip().lower()
     if env_linters in ("0", "false", "no", "off"):
         updates["linters"] = False

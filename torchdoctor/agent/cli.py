@@ -186,6 +186,13 @@ def audit(
         bool,
         typer.Option(help="Apply `exclude` to files named on the command line too (pre-commit)."),
     ] = False,
+    static_only: Annotated[
+        bool,
+        typer.Option(
+            help="No instrumented runs (not even the configuration's `run`) and no LLM: "
+            "the pre-commit hook's mode."
+        ),
+    ] = False,
     changed_since: Annotated[
         str | None,
         typer.Option(
@@ -204,6 +211,8 @@ def audit(
 
     if output is not None and output.is_dir():
         raise _fail(f"--output {output}: is a folder, not a file")
+    if static_only and (run or discover or fix or apply):
+        raise _fail("--static-only runs nothing: drop --run, --discover, --fix and --apply")
     several = len(paths) > 1
     try:
         options = AuditOptions(
@@ -211,7 +220,8 @@ def audit(
             paths=paths if several else [],
             config=config,
             force_exclude=force_exclude,
-            offline=offline,
+            static_only=static_only,
+            offline=offline or static_only,
             lang=lang.value if lang else None,
             ledger=ledger,
             write_ledger=not no_ledger,
