@@ -49,9 +49,18 @@ def test_direct_imports_of_the_graph_stack_are_declared_with_upper_bounds() -> N
         assert any(spec.operator == "<" for spec in requirement.specifier), requirement
 
 
-def test_constraints_pin_every_runtime_dependency_within_its_range() -> None:
+def service_image_extras() -> list[str]:
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    match = re.search(r'pip install -c constraints\.txt "\.\[([a-z,]+)\]"', dockerfile)
+    assert match is not None, "the service image installs torchdoctor with extras"
+    return match.group(1).split(",")
+
+
+def test_constraints_pin_everything_the_service_image_installs_within_range() -> None:
     pins = constraint_pins()
-    for requirement in RUNTIME:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    wanted = RUNTIME + [Requirement(r) for name in service_image_extras() for r in extras[name]]
+    for requirement in wanted:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{name} is not pinned in constraints.txt"
         assert requirement.specifier.contains(pins[name]), (requirement, pins[name])
