@@ -31,6 +31,10 @@ class AutogradVariableLegacy(Rule):
     id = "autograd-variable-legacy"
     point = 1
     severity = Severity.LOW
+    severity_note = (
+        "medium when `volatile=True` is passed (it is ignored, so autograd stays on); low "
+        "otherwise (a no-op wrapper)"
+    )
     title = "Legacy autograd.Variable"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
     fixable = True

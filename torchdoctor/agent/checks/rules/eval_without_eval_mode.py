@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import PurePath
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
@@ -60,6 +60,11 @@ class EvalWithoutEvalMode(Rule):
     title = "Evaluation runs in training mode"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     fixable = True
+    severity_note = (
+        "high when the model is known to have mode-dependent layers (dropout, batch/instance "
+        "norm, transformer blocks); medium when its layers cannot be seen (a model built "
+        "elsewhere or loaded); not reported when it is known to have none"
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         return any(True for _ in _evaluation_regions(ctx))
@@ -82,14 +87,25 @@ class EvalWithoutEvalMode(Rule):
             call = calls[0]
             if owner is not None and ctx.flow.reaches_method(owner.body, "train"):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
-            if _eval_on_path(ctx, owner, call) or not _mode_dependent(ctx, _model_expr(call)):
+            if _eval_on_path(ctx, owner, call):
+                continue
+            layers = _mode_dependent(ctx, _model_expr(call))
+            if layers == "none":
                 continue
             reported.add(id(call))
+            known = layers == "known"
             ctx.report(
                 self,
                 call,
                 f"`{ast.unparse(call.func)}` runs on an evaluation path with no `.eval()` "
-                "before it: dropout and BatchNorm behave as in training",
+                "before it: "
+                + (
+                    "its dropout/normalisation layers behave as in training"
+                    if known
+                    else "any dropout or BatchNorm in it behaves as in training"
+                ),
+                severity=Severity.HIGH if known else Severity.MEDIUM,
+                data={"mode_dependent_layers": layers},
             )
 
 
@@ -193,38 +209,52 @@ def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     )
 
 
-def _mode_dependent(ctx: ModuleContext, model: ast.expr) -> bool:
-    """False only when the model is known to have no dropout/normalisation/recurrent layer."""
+ModeLayers = Literal["known", "unknown", "none"]
+
+
+def _mode_dependent(ctx: ModuleContext, model: ast.expr) -> ModeLayers:
+    """Whether the model has dropout/normalisation layers: seen ("known"), not visible from
+    here ("unknown": built elsewhere, loaded, a third-party class), or known absent."""
     flow = ctx.flow
     constructors = list(flow.constructors(model))
     if not constructors:
-        return True
+        return "unknown"
+    verdict: ModeLayers = "none"
     for call in constructors:
         name = call.func.id if isinstance(call.func, ast.Name) else None
         if name is not None and name in flow.classes:
-            if _class_mode_dependent(ctx, flow.classes[name], set()):
-                return True
+            found = _class_mode_dependent(ctx, flow.classes[name], set())
+            if found == "known":
+                return "known"
+            if found == "unknown":
+                verdict = "unknown"
             continue
         qual = ctx.flow.qualname_of(call) or ""
-        if not qual.startswith("torch.nn.") or _MODE_DEPENDENT.search(ast.unparse(call)):
-            return True
-    return False
+        if qual.startswith("torch.nn.") and _MODE_DEPENDENT.search(ast.unparse(call)):
+            return "known"
+        if not qual.startswith("torch.nn."):
+            verdict = "unknown"
+    return verdict
 
 
-def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str]) -> bool:
+def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str]) -> ModeLayers:
     seen.add(cls.name)
     text = ast.unparse(cls)
     if _MODE_DEPENDENT.search(text):
-        return True
+        return "known"
     classes = ctx.flow.classes
+    verdict: ModeLayers = "none"
     for node in ast.walk(cls):
         if isinstance(node, ast.Call):
             callee = node.func.id if isinstance(node.func, ast.Name) else ""
             if callee in classes and callee not in seen:
-                if _class_mode_dependent(ctx, classes[callee], seen):
-                    return True
+                found = _class_mode_dependent(ctx, classes[callee], seen)
+                if found == "known":
+                    return "known"
+                if found == "unknown":
+                    verdict = "unknown"
             elif callee and callee not in classes and callee[:1].isupper():
                 qual = ctx.flow.qualname_of(node) or ""
                 if not qual.startswith("torch.nn."):
-                    return True
-    return False
+                    verdict = "unknown"
+    return verdict

@@ -32,6 +32,7 @@ class HubRemoteCode(Rule):
     id = "hub-remote-code"
     point = 11
     severity = Severity.MEDIUM
+    severity_note = "high when no revision= pins the remote code; medium when a revision is pinned"
     title = "Model loading runs remote code"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
 

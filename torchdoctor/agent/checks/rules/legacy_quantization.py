@@ -46,6 +46,9 @@ class LegacyQuantization(Rule):
     id = "legacy-quantization"
     point = 7
     severity = Severity.LOW
+    severity_note = (
+        "medium when the target torch is 2.10 or later (the flow is on its way out); low before"
+    )
     title = "Deprecated torch.ao.quantization flow"
     items: ClassVar[tuple[str, ...]] = ("7.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)

@@ -29,6 +29,10 @@ class RemovedTorchApi(Rule):
     id = "removed-torch-api"
     point = 1
     severity = Severity.HIGH
+    severity_note = (
+        "high when the target torch has removed the API (the call raises); medium when it "
+        "is only deprecated in the target version"
+    )
     title = "Removed PyTorch function"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
 

@@ -41,6 +41,12 @@ class TorchLoadUnsafe(Rule):
     id = "torch-load-unsafe"
     point = 11
     severity = Severity.HIGH
+    severity_note = (
+        "high when the file may hold pickled code (unknown provenance, a whole module, a "
+        "custom pickle_module); medium when the file is known to hold only weights but "
+        "weights_only=False is passed; low when it holds only weights and the target "
+        "torch already defaults to weights_only=True"
+    )
     title = "torch.load without weights_only=True"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
     fixable = True

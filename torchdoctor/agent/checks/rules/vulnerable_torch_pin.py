@@ -33,6 +33,7 @@ class VulnerableTorchPin(Rule):
     id = "vulnerable-torch-pin"
     point = 11
     severity = Severity.HIGH
+    severity_note = "the worst severity among the advisories that the pin allows"
     title = "torch is pinned to a version with a known vulnerability"
     items: ClassVar[tuple[str, ...]] = ("11.1",)
     reads_manifests = True
