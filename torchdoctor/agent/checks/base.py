@@ -242,6 +242,9 @@ class Rule:
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
     tier: ClassVar[Literal["default", "opt-in"]] = "default"
     fixable: ClassVar[bool] = False
+    unchecked_when_absent: ClassVar[str] = ""
+    """Set when finding nothing to apply to means the item went unchecked, not that it does
+    not apply (e.g. no test file at all): the reason coverage gives."""
     severity_note: ClassVar[str] = ""
     """When the severity differs from `severity`, and why (shown by `torchdoctor rules ID`)."""
     reads_manifests: ClassVar[bool] = False

@@ -137,6 +137,14 @@ class OfflineReasoner:
                 how=_how(covering, hints),
                 reason="checked; nothing found",
             )
+        unchecked = [rules[r].unchecked_when_absent for r in covering]
+        if any(unchecked) and not hints:
+            return CoverageEntry(
+                item=item_id,
+                verdict="not-checked",
+                how=_how(covering, hints),
+                reason="; ".join(sorted({u for u in unchecked if u})),
+            )
         if "not-checked" in hint_verdicts and not covering:
             return CoverageEntry(
                 item=item_id,
@@ -152,7 +160,7 @@ class OfflineReasoner:
                 verdict="not-applicable",
                 how=_how(covering, hints),
                 reason="; ".join(ev.message for ev in hints)
-                or "the code has nothing these checks apply to (e.g. no training loop)",
+                or f"{', '.join(covering)}: nothing in this code that they check",
             )
         return CoverageEntry(
             item=item_id, verdict="not-checked", how="none", reason=_not_checked_reason(item_id)
@@ -187,7 +195,8 @@ def _how(covering: list[str], hints: list[Evidence]) -> str:
     parts = []
     if covering:
         parts.append("static rules: " + ", ".join(covering))
-    sources = sorted({ev.source for ev in hints})
+    # a tool or probe that did not run on this target is not evidence (its reason says why)
+    sources = sorted({ev.source for ev in hints if ev.data.get("verdict") != "not-checked"})
     if sources:
         parts.append("evidence: " + ", ".join(sources))
     return "; ".join(parts) or "none"
