@@ -37,9 +37,19 @@ def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path, tmp_
     runs_heard = [e["message"] for e in heard if e["event"] == "run"]
     assert len(runs_heard) == 2 and "train_buggy.py" in runs_heard[0], "a line per run, both ends"
     rules = {f.rule for f in report.findings}
-    assert {"probe-graph-retention", "probe-host-sync"} <= rules
-    retention = next(f for f in report.findings if f.rule == "probe-graph-retention")
-    assert retention.file == "train_buggy.py" and retention.evidence[0].kind == "probe"
+    # the run confirms the static findings on the same lines: one finding per problem
+    assert not {"probe-graph-retention", "probe-host-sync"} & rules
+    for native, probe in (
+        ("loss-graph-accumulation", "probe-graph-retention"),
+        ("host-sync-in-step", "probe-host-sync"),
+    ):
+        confirmed = [
+            f
+            for f in report.findings
+            if f.rule == native and any(e.data.get("probe") == probe for e in f.evidence)
+        ]
+        assert len(confirmed) == 1, (native, [f.rule for f in report.findings])
+        assert confirmed[0].file == "train_buggy.py"
     runs = report.provenance.extra["runs"]
     assert runs[0]["outcome"] == "completed-steps"
     assert runs[0]["dataflow"]["calls"], "the full data-flow map is in the JSON report"

@@ -30,6 +30,7 @@ from torchdoctor.agent.config import (
     find_project_root,
     load_project_config,
 )
+from torchdoctor.agent.evidence.confirm import attach_run_confirmations
 from torchdoctor.agent.gather import (
     installed_torch_version,
     linter_evidence,
@@ -239,6 +240,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
             probes.evidence, probes.runs = found.evidence, found.runs
         extra += probes.evidence
         extra = drop_silenced(extra, config.ignore, workspace.text_of)
+        extra = attach_run_confirmations(static.all_findings(), extra)
         return split_by_point(workspace, static, config.lang, extra_evidence=extra)
 
     # LangGraph loads here, once the peers' subprocesses are already running.

@@ -111,7 +111,7 @@ def linter_evidence(
         ev.data["finding"] = {
             "rule": peer_rule_id(ev.source, str(ev.data.get("code", ""))),
             "severity": ev.data.get("severity", "low"),
-            "title": f"{ev.source} {ev.data.get('code', '')}: {ev.message}"[:160],
+            "title": f"{ev.source} {ev.data.get('code', '')}: {ev.message}",
             "code": f"{ev.data.get('code', '')} {ev.message}",
         }
         pairs.append((int(ev.data["point"]), ev))

@@ -45,6 +45,8 @@ class CatalogueRule(BaseModel):
     fixable: bool = False
     items: tuple[str, ...] = ()
     severity_note: str = ""
+    confirms: tuple[str, ...] = ()
+    """Native rules reporting the same problem (probe rules): a run finding merges into them."""
 
 
 def peer_rule_id(tool: str, code: str) -> str:
@@ -81,6 +83,7 @@ def catalogue() -> dict[str, CatalogueRule]:
             title=entry["title"],
             doc=entry["doc"],
             items=tuple(entry["items"]),
+            confirms=tuple(entry["confirms"]),
         )
     for entry in load_table("peer_rules.json")["rules"]:
         rule_id = peer_rule_id(entry["tool"], entry["code"])

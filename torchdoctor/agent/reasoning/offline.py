@@ -62,7 +62,9 @@ class OfflineReasoner:
             occurrences[key] += 1
             rule = rules.get(raw.rule)
             evidence = [_static_evidence(raw)]
-            evidence += attached.get(attach_key(raw.rule, raw.file, raw.line), [])
+            evidence += _without_repeated_excerpt(
+                raw, attached.get(attach_key(raw.rule, raw.file, raw.line), [])
+            )
             findings.append(
                 Finding(
                     id=fingerprint(raw.rule, raw.file, raw.code, occurrence),
@@ -179,6 +181,21 @@ def _static_evidence(raw: RawFinding) -> Evidence:
         excerpt=raw.excerpt,
         data=dict(raw.data),
     )
+
+
+EXCERPT_CONTEXT = 2
+
+
+def _without_repeated_excerpt(raw: RawFinding, confirmations: list[Evidence]) -> list[Evidence]:
+    """A confirmation of the same lines keeps its message but not a second copy of the code:
+    the excerpt is shown once, each tool listed."""
+    shown = range(raw.line - EXCERPT_CONTEXT, raw.end_line + EXCERPT_CONTEXT + 1)
+    return [
+        ev.model_copy(update={"excerpt": ""})
+        if ev.file == raw.file and ev.line is not None and ev.line in shown
+        else ev
+        for ev in confirmations
+    ]
 
 
 def _finding_items(finding: Finding, rules: dict[str, Any]) -> tuple[str, ...]:

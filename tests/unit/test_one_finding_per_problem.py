@@ -1,0 +1,91 @@
+"""One finding per problem (issue 13, item 4): a run finding on the same code as a static
+finding of the same problem merges into it; confirmations show the code once; full titles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.linters.runner import LinterRun
+from torchdoctor.agent.evidence.confirm import attach_run_confirmations
+from torchdoctor.agent.gather import linter_evidence
+from torchdoctor.agent.models import Evidence, Severity
+from torchdoctor.agent.reasoning.base import PointRequest
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.workspace import load_workspace
+
+EXCERPT = "  8 | for x in data:\n> 9 |     total += loss\n 10 | print(total)"
+
+
+def static(rule: str = "loss-graph-accumulation", line: int = 9) -> RawFinding:
+    return RawFinding(
+        rule=rule,
+        file="train.py",
+        line=line,
+        end_line=line,
+        code="total += loss",
+        message="`total` accumulates the loss tensor with its graph",
+        severity=Severity.HIGH,
+        excerpt=EXCERPT,
+    )
+
+
+def run_finding(rule: str = "probe-graph-retention", line: int = 9) -> Evidence:
+    return Evidence(
+        source="torchdoctor-probes",
+        kind="probe",
+        message="`total` keeps every step's autograd graph alive",
+        file="train.py",
+        line=line,
+        excerpt=EXCERPT,
+        data={
+            "items": ["1.4"],
+            "verdict": "fail",
+            "point": 1,
+            "finding": {"rule": rule, "severity": "high", "title": "t", "line": line},
+        },
+    )
+
+
+def test_a_run_finding_on_the_same_code_merges_into_the_static_finding() -> None:
+    pairs = attach_run_confirmations([static()], [(1, run_finding())])
+    assert len(pairs) == 1
+    point, ev = pairs[0]
+    assert point == 1 and "finding" not in ev.data
+    result = OfflineReasoner().reason(PointRequest(point=1, raw_findings=[static()], evidence=[ev]))
+    assert [f.rule for f in result.findings] == ["loss-graph-accumulation"]
+    sources = [e.source for e in result.findings[0].evidence]
+    assert sources == ["torchdoctor-static", "torchdoctor-probes"]
+    assert result.findings[0].evidence[1].excerpt == "", "the code is shown once"
+
+
+def test_the_merged_run_finding_moves_to_the_static_rules_point() -> None:
+    host_sync = RawFinding(**{**static().model_dump(), "rule": "host-sync-in-step"})
+    pairs = attach_run_confirmations([host_sync], [(6, run_finding("probe-host-sync"))])
+    assert pairs[0][0] == 6 and pairs[0][1].data["confirms"] == "host-sync-in-step"
+
+
+def test_run_findings_elsewhere_or_of_another_problem_stay_findings() -> None:
+    far = attach_run_confirmations([static()], [(1, run_finding(line=30))])
+    other = attach_run_confirmations([static("double-softmax")], [(1, run_finding())])
+    unrelated = attach_run_confirmations([static()], [(2, run_finding("probe-nan"))])
+    for pairs in (far, other, unrelated):
+        assert "finding" in pairs[0][1].data
+
+
+def test_peer_finding_titles_are_never_cut(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("import torch\nx = torch.chain_matmul(a, b)\n")
+    workspace = load_workspace(tmp_path)
+    message = "Use of deprecated function torch.chain_matmul, " + "see the migration note " * 8
+    ev = Evidence(
+        source="torchfix",
+        kind="linter",
+        message=message,
+        file="train.py",
+        line=2,
+        data={"code": "TOR101", "items": ["1.6"], "point": 1, "severity": "medium"},
+    )
+    pairs, _ = linter_evidence(workspace, analyse_files([]), LinterRun(evidence=[ev]))
+    title = pairs[0][1].data["finding"]["title"]
+    assert title == f"torchfix TOR101: {message}"
