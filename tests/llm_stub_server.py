@@ -33,6 +33,12 @@ class Reply:
     status: int = 200
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    document: Any = None
+    """A whole response body to send as is (odd endpoints), instead of a built completion."""
+
+    @classmethod
+    def raw(cls, document: Any) -> Reply:
+        return cls(document=document)
 
     @classmethod
     def json(cls, payload: Any) -> Reply:
@@ -65,11 +71,17 @@ class StubLLM:
         context_length: int | None = None,
         refuses: tuple[str, ...] = (),
         fallback: Callable[[dict[str, Any]], Reply] | None = None,
+        models_document: Any = None,
+        probe_document: Any = None,
     ) -> None:
         self.model = model
         self.structured_outputs = structured_outputs
         self.json_object = json_object
         self.context_length = context_length
+        self.models_document = models_document
+        """`GET /v1/models`'s whole body when set (odd endpoints), else a list with the model."""
+        self.probe_document = probe_document
+        """The capability probe's whole answer when set (odd endpoints)."""
         self.refuses = refuses
         """Request parameters this 'model' rejects, as OpenAI's reasoning models do."""
         self.fallback = fallback or (lambda _request: Reply.json(EMPTY_ANSWER))
@@ -118,7 +130,7 @@ class StubLLM:
 
     # -- request handling -------------------------------------------------------------------
 
-    def _answer_chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _answer_chat(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         fmt = body.get("response_format") or {}
         is_probe = fmt.get("type") == "json_schema" and (
             fmt.get("json_schema", {}).get("name") == "torchdoctor_probe"
@@ -138,6 +150,8 @@ class StubLLM:
         if fmt.get("type") == "json_object" and not self.json_object:
             return 400, _error("response_format json_object is not supported"), {}
         if is_probe:
+            if self.probe_document is not None:
+                return 200, self.probe_document, {}
             return 200, self._completion(body, Reply.json({"ok": True})), {}
         with self._lock:
             reply = self.script.popleft() if self.script else None
@@ -151,6 +165,8 @@ class StubLLM:
             self.in_flight -= 1
         if reply.status != 200:
             return reply.status, _error(f"scripted HTTP {reply.status}"), reply.headers
+        if reply.document is not None:
+            return 200, reply.document, reply.headers
         return 200, self._completion(body, reply), reply.headers
 
     def _completion(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -180,9 +196,11 @@ class StubLLM:
             "usage": usage,
         }
 
-    def _models(self) -> dict[str, Any]:
+    def _models(self) -> Any:
         with self._lock:
             self.model_calls += 1
+        if self.models_document is not None:
+            return self.models_document
         entry: dict[str, Any] = {
             "id": self.model,
             "object": "model",
@@ -200,8 +218,9 @@ class StubLLM:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                data = text.encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

@@ -23,6 +23,11 @@ from pydantic import BaseModel, ValidationError
 from torchdoctor.agent.reasoning.llm.budget import Budget, estimate_tokens, tokens_for_chars
 from torchdoctor.agent.reasoning.llm.cache import CachedAnswer, ResponseCache, answer_key
 from torchdoctor.agent.reasoning.llm.config import OpenAIConfig
+from torchdoctor.agent.reasoning.llm.responses import (
+    AnswerShapeError,
+    chat_completion,
+    context_tokens,
+)
 from torchdoctor.agent.reasoning.llm.schema import ProbeAnswer, strict_schema
 
 T = TypeVar("T", bound=BaseModel)
@@ -36,14 +41,6 @@ _RETRYABLE = (
     openai.APIConnectionError,
 )
 _UNSUPPORTED = (openai.BadRequestError, openai.UnprocessableEntityError)
-_CONTEXT_KEYS = (
-    "max_model_len",
-    "context_length",
-    "context_window",
-    "max_context_length",
-    "n_ctx_train",
-    "n_ctx",
-)
 _REFUSAL_WORDS = (
     "unsupported",
     "not supported",
@@ -180,25 +177,19 @@ class LLMClient:
                     response_format=_json_schema_format("torchdoctor_probe", ProbeAnswer),
                 )
                 structured = True
-            except LLMUnsupported:
-                structured = False
+            except (LLMUnsupported, AnswerUnusable):
+                structured = False  # an odd probe answer means the defaults, never a failure
         return Capabilities(structured_outputs=structured, context_tokens=self._context_tokens())
 
     def _context_tokens(self) -> int | None:
+        """The context length `GET /models` states; None (the default) on any failure."""
         try:
             with self._slots:
-                models = self._sdk.models.list()
-        except openai.OpenAIError:
+                raw = self._sdk.models.with_raw_response.list()
+            payload = raw.http_response.json()
+        except (openai.OpenAIError, ValueError):
             return None
-        for model in models.data:
-            if model.id != self.config.model:
-                continue
-            data = model.model_dump()
-            for source in (data, data.get("meta") or {}):
-                for key in _CONTEXT_KEYS:
-                    if isinstance(source.get(key), int) and source[key] > 0:
-                        return int(source[key])
-        return None
+        return context_tokens(payload, self.config.model)
 
     # -- structured answers -----------------------------------------------------------------
 
@@ -349,8 +340,11 @@ class LLMClient:
         while True:
             try:
                 with self._slots:
-                    response: ChatCompletion = self._sdk.chat.completions.create(**kwargs)
-                return response
+                    raw = self._sdk.chat.completions.with_raw_response.create(**kwargs)
+                    payload = raw.http_response.json()
+                return chat_completion(payload, self.config.model)
+            except (AnswerShapeError, ValueError) as err:
+                raise AnswerUnusable(f"the endpoint's answer is unusable: {err}") from None
             except _UNSUPPORTED as err:
                 if not self._adapt(kwargs, err):
                     raise LLMUnsupported(_describe(err)) from err
@@ -388,6 +382,10 @@ class LLMClient:
             return backoff
         retry_after = _retry_after(err.response.headers)
         return backoff if retry_after is None else min(self.config.backoff_max_s, retry_after)
+
+
+class AnswerUnusable(LLMUnavailable):
+    """The endpoint answered, but not with an OpenAI-compatible document."""
 
 
 class LLMUnsupported(Exception):
