@@ -145,7 +145,10 @@ class Ledger:
         return result
 
     def merge(self, report: AuditReport, lang: str = "en") -> Ledger:
+        from torchdoctor.agent.localise import localise
+
         L = labels(lang)
+        report = localise(report, lang)
         current = {f.id: f for f in report.findings}
         rows = [_row_from_finding(f, self.entries.get(f.id)) for f in report.findings]
         for entry_id, entry in sorted(self.entries.items()):

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
 from torchdoctor.agent.i18n import labels
+from torchdoctor.agent.localise import localise
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
 from torchdoctor.agent.report.escape import md_cell, md_code, md_fence, md_text
@@ -47,6 +48,7 @@ def render_markdown(
     report: AuditReport, lang: str = "en", plots: dict[int, RunPlots] | None = None
 ) -> str:
     """`plots`: the run charts written next to the report (`write_run_plots`), to embed."""
+    report = localise(report, lang)
     points = []
     for point in POINTS:
         findings = [f for f in report.findings if f.checkpoint == point.number]

@@ -1,0 +1,171 @@
+"""The report in the reader's language: rule titles and messages from catalogues (English as
+fallback), and the sentences torchdoctor itself writes (coverage reasons, fix notes,
+verification details) from one phrase table.
+
+The JSON and SARIF reports stay in English (machines read them); the markdown report and the
+ledger are rendered from `localise(report, lang)`. A rule without a French entry, a peer tool's
+text and a sentence not in the table stay English: a fallback, never a gap.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from torchdoctor.agent.checks.data import load_table
+from torchdoctor.agent.models import AuditReport, CoverageEntry, Finding, Fix
+
+# Sources whose message is torchdoctor's own (a peer tool's text is its own words).
+OWN_SOURCES = frozenset({"torchdoctor-static", "torchdoctor-probes"})
+
+# (English pattern, French template): whole sentences or clauses torchdoctor writes.
+PHRASES_FR: tuple[tuple[str, str], ...] = (
+    (r"checked; nothing found", "vérifié ; rien trouvé"),
+    (r"(\d+) rule\(s\) fired: (.+)", r"\1 règle(s) déclenchée(s) : \2"),
+    (r"(.+): nothing in this code that they check", r"\1 : rien dans ce code qu'elles vérifient"),
+    (
+        r"needs an instrumented run \(probes: (.+); pass --run\)",
+        r"demande une exécution instrumentée (sondes : \1 ; passez --run)",
+    ),
+    (
+        r"needs (.+) \(install torchdoctor\[linters\]\)",
+        r"demande \1 (installez torchdoctor[linters])",
+    ),
+    (
+        r"needs a reviewer's judgement \(configure an LLM or review by hand\)",
+        "demande le jugement d'un relecteur (configurez un LLM ou relisez à la main)",
+    ),
+    (
+        r"no automated check covers this item yet",
+        "aucune vérification automatique ne couvre encore cet élément",
+    ),
+    (
+        r"no test file was found, so nothing shows the code is tested",
+        "aucun fichier de test trouvé : rien ne montre que le code est testé",
+    ),
+    (r"static rules: (.+)", r"règles statiques : \1"),
+    (r"evidence: (.+)", r"preuves : \1"),
+    (r"none", "aucune"),
+    (
+        r"fixes: (\d+) proposed, (\d+) verified by execution",
+        r"correctifs : \1 proposé(s), \2 vérifié(s) par exécution",
+    ),
+    (
+        r"fixes are not verified without a run: pass --run (.+)",
+        r"les correctifs ne sont pas vérifiés sans exécution : passez --run \1",
+    ),
+    (
+        r"applied (\d+) verified fix\(es\); undo with (.+)",
+        r"\1 correctif(s) vérifié(s) appliqué(s) ; annulez avec \2",
+    ),
+    (r"not applied (\S+): (.+)", r"non appliqué \1 : \2"),
+    (
+        r"the rule no longer fires; no new finding of equal or higher severity",
+        "la règle ne se déclenche plus ; aucun nouveau constat de gravité égale ou supérieure",
+    ),
+    (r"(\d+) file\(s\) parse", r"\1 fichier(s) analysé(s) sans erreur"),
+    (r"still fires: (.+)", r"se déclenche encore : \1"),
+    (r"no smoke run: pass --run", "pas d'exécution de contrôle : passez --run"),
+    (
+        r"unverified: the run did not execute the change(.*)",
+        r"non vérifié : l'exécution n'a pas exécuté la modification\1",
+    ),
+    (
+        r"the run executed (\d+) of the (\d+) changed line\(s\)(.*)",
+        r"l'exécution a exécuté \1 des \2 ligne(s) modifiée(s)\3",
+    ),
+    (r"(\d+) of (\d+) steps recorded \((.+)\)", r"\1 pas enregistrés sur \2 (\3)"),
+    (r"the fixed script failed: (.+)", r"le script corrigé échoue : \1"),
+    (r"loss trajectory: (.+)", r"trajectoire de la perte : \1"),
+    (r"symptom: (.+)", r"symptôme : \1"),
+    (r"run `(.+?)`: (\S+) — (.+)", r"exécution `\1` : \2 — \3"),
+)
+
+STEP_FR = {
+    "patch-applies": "le correctif s'applique",
+    "parses": "analyse syntaxique",
+    "rule-cleared": "règle levée",
+    "smoke-run": "exécution de contrôle",
+    "executed-change": "modification exécutée",
+    "behaviour": "comportement",
+    "speed-up": "accélération",
+}
+
+
+@cache
+def _compiled(lang: str) -> tuple[tuple[re.Pattern[str], str], ...]:
+    table = PHRASES_FR if lang == "fr" else ()
+    return tuple((re.compile(rf"^{pattern}$", re.S), template) for pattern, template in table)
+
+
+def phrase(text: str, lang: str) -> str:
+    """A sentence torchdoctor wrote, in `lang`: each `; `-separated clause translated when the
+    table knows it, kept as is otherwise."""
+    if lang == "en" or not text:
+        return text
+    for pattern, template in _compiled(lang):
+        if "; " in pattern.pattern and pattern.match(text):
+            return pattern.sub(template, text)  # a sentence that has a `; ` of its own
+    clauses = []
+    for clause in text.split("; "):
+        for pattern, template in _compiled(lang):
+            if pattern.match(clause):
+                clause = pattern.sub(template, clause)
+                break
+        clauses.append(clause)
+    return " ; ".join(clauses) if lang == "fr" else "; ".join(clauses)
+
+
+@cache
+def rule_text(lang: str) -> dict[str, dict[str, str]]:
+    """Rule id -> {title, message} in `lang` (empty for English: the rules carry it)."""
+    if lang == "en":
+        return {}
+    table: dict[str, dict[str, str]] = load_table(f"rules_{lang}.json")["rules"]
+    return table
+
+
+def _finding(finding: Finding, lang: str) -> Finding:
+    text = rule_text(lang).get(finding.rule)
+    evidence = [
+        ev.model_copy(update={"message": text["message"]})
+        if text and ev.source in OWN_SOURCES and index == 0
+        else ev
+        for index, ev in enumerate(finding.evidence)
+    ]
+    update: dict[str, object] = {"evidence": evidence}
+    if text:
+        update["title"] = text["title"]
+    if finding.fix is not None:
+        update["fix"] = _fix(finding.fix, lang)
+    return finding.model_copy(update=update)
+
+
+def _fix(fix: Fix, lang: str) -> Fix:
+    steps = [
+        v.model_copy(update={"step": STEP_FR.get(v.step, v.step), "detail": phrase(v.detail, lang)})
+        for v in fix.verification
+    ]
+    return fix.model_copy(update={"verification": steps})
+
+
+def _coverage(entry: CoverageEntry, lang: str) -> CoverageEntry:
+    return entry.model_copy(
+        update={"how": phrase(entry.how, lang), "reason": phrase(entry.reason, lang)}
+    )
+
+
+def localise(report: AuditReport, lang: str) -> AuditReport:
+    """The report with every text torchdoctor writes in `lang` (English left where unknown)."""
+    if lang == "en":
+        return report
+    summary = report.summary.model_copy(
+        update={"notes": [phrase(n, lang) for n in report.summary.notes]}
+    )
+    return report.model_copy(
+        update={
+            "findings": [_finding(f, lang) for f in report.findings],
+            "coverage": [_coverage(c, lang) for c in report.coverage],
+            "summary": summary,
+        }
+    )
