@@ -22,7 +22,10 @@ def test_every_native_and_probe_rule_has_both_languages() -> None:
     for rule_id, rule in own.items():
         assert rule.title and rule.doc, f"{rule_id}: English title and text"
         entry = french.get(rule_id)
-        assert entry and entry["title"] and entry["message"], f"{rule_id}: French entry"
+        assert entry and entry["title"] and entry["message"], (
+            f"{rule_id}: add its French title and message to "
+            "torchdoctor/agent/checks/data/rules_fr.json"
+        )
         assert entry["title"] != rule.title or "(" in rule.title or "_" in rule.title, rule_id
     assert set(french) <= set(own), "no French entry for a rule that does not exist"
 
