@@ -83,7 +83,7 @@ def catalogue() -> dict[str, CatalogueRule]:
             title=entry["title"],
             doc=entry["doc"],
             items=tuple(entry["items"]),
-            confirms=tuple(entry["confirms"]),
+            confirms=tuple(entry.get("confirms", ())),
         )
     for entry in load_table("peer_rules.json")["rules"]:
         rule_id = peer_rule_id(entry["tool"], entry["code"])
