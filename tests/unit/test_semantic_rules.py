@@ -29,6 +29,7 @@ NEW_RULES: tuple[str, ...] = (
     "train-loader-no-shuffle",
     "log-of-probabilities",
     "dead-tensor-store",
+    "argmax-without-dim",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 
