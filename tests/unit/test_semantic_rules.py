@@ -30,6 +30,7 @@ NEW_RULES: tuple[str, ...] = (
     "log-of-probabilities",
     "dead-tensor-store",
     "argmax-without-dim",
+    "synchronize-in-step",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 
