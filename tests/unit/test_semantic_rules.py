@@ -31,6 +31,7 @@ NEW_RULES: tuple[str, ...] = (
     "dead-tensor-store",
     "argmax-without-dim",
     "synchronize-in-step",
+    "torch-load-no-map-location",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

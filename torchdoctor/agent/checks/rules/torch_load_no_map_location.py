@@ -1,0 +1,110 @@
+"""torch-load-no-map-location: a checkpoint loaded without map_location in code that may
+run on CPU."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.models import Severity
+
+_CPU_FALLBACK = re.compile(
+    r"is_available\(\)[^\n]*[\"']cpu[\"']|[\"']cpu[\"'][^\n]*is_available\(\)"
+)
+_DEVICE_TEST = re.compile(r"gpu|cuda|device|rank|local_rank", re.IGNORECASE)
+_IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
+
+
+class TorchLoadNoMapLocation(Rule):
+    """Detects `torch.load(path)` without `map_location` in a file that chooses its device at
+    run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`).
+
+    Why it matters: `torch.load` restores every tensor on the device it was saved from. A
+    checkpoint written during GPU training then fails to load on the CPU path the script
+    explicitly supports ("Attempting to deserialize object on a CUDA device but
+    torch.cuda.is_available() is False"), and on a multi-GPU host every process loads onto
+    GPU 0.
+
+    Not reported: loads with `map_location` (keyword or second argument), loads inside a
+    branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
+    (`io.BytesIO`), files without a CPU fallback (GPU-only scripts).
+
+    Example:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        checkpoint = torch.load("ckpt.pth")
+        model.load_state_dict(checkpoint["net"])
+
+    Fix: `torch.load(path, map_location=device)` (or `map_location="cpu"` before
+    `load_state_dict`, which copies onto the model's device).
+    """
+
+    id = "torch-load-no-map-location"
+    point = 2
+    severity = Severity.MEDIUM
+    title = "torch.load without map_location in code with a CPU fallback"
+    items: ClassVar[tuple[str, ...]] = ("2.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "load(" in ctx.source and bool(_CPU_FALLBACK.search(ctx.source))
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for call in ctx.flow.calls_named(("load",)):
+            if ctx.flow.qualname_of(call) != "torch.load" or not call.args:
+                continue
+            if kwarg(call, "map_location") is not None or len(call.args) > 1:
+                continue
+            if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
+                continue
+            ctx.report(
+                self,
+                call,
+                "the checkpoint is loaded onto the devices it was saved from, though this code "
+                "also runs on CPU: a GPU-trained checkpoint fails to load there",
+                data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
+            )
+
+
+def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.If) and _DEVICE_TEST.search(ast.unparse(anc.test)):
+            return True
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+    return False
+
+
+def _feeds_load_state_dict(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The loaded object only reaches `load_state_dict(...)` (directly, by name, or by key):
+    loading it on CPU first changes nothing, the copy lands on the model's device."""
+    parent = ctx.parents.get(call)
+    if _in_load_state_dict(ctx, call):
+        return True
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return False
+    target = parent.targets[0]
+    if not isinstance(target, ast.Name):
+        return False
+    scope = ctx.enclosing_function(call)
+    reads = [r for r in ctx.flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
+    whole = [r for r in reads if not isinstance(ctx.parents.get(r), ast.Subscript)]
+    return (
+        bool(reads)
+        and all(_in_load_state_dict(ctx, r) for r in whole)
+        and any(_in_load_state_dict(ctx, r) for r in reads)
+    )
+
+
+def _in_load_state_dict(ctx: ModuleContext, node: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.Call):
+            func = anc.func
+            return isinstance(func, ast.Attribute) and func.attr == "load_state_dict"
+        if isinstance(anc, ast.stmt):
+            return False
+    return False
