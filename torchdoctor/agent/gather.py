@@ -13,14 +13,15 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
-from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding, numbered_excerpt
 from torchdoctor.agent.checks.catalogue import peer_rule_id
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files
 from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.models import Evidence
+from torchdoctor.agent.notebooks import cell_of
 from torchdoctor.agent.reasoning.base import PointRequest
-from torchdoctor.agent.workspace import Workspace
+from torchdoctor.agent.workspace import SourceFile, Workspace
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.linters.runner import LinterRun
@@ -54,7 +55,26 @@ def engine_config(config: AuditConfig) -> EngineConfig:
 
 
 def run_static(workspace: Workspace, config: AuditConfig) -> StaticResult:
-    return analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
+    result = analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
+    notebooks = {f.path: f for f in workspace.files if f.cells}
+    if notebooks:
+        for raw in result.all_findings():
+            if raw.file in notebooks:
+                _name_the_cell(raw, notebooks[raw.file])
+    return result
+
+
+def _name_the_cell(raw: RawFinding, notebook: SourceFile) -> None:
+    """A notebook finding names its cell and line there; its excerpt is numbered in the cell."""
+    where = cell_of(notebook.cells, raw.line)
+    if where is None:
+        return
+    cell, line = where
+    span = next(s for s in notebook.cells if s.cell == cell)
+    cell_lines = notebook.text.splitlines()[span.start - 1 : span.end]
+    end = min(max(raw.end_line, raw.line), span.end) - span.start + 1
+    raw.data = {**raw.data, "cell": cell, "cell_line": line}
+    raw.excerpt = f"cell {cell}\n" + numbered_excerpt(cell_lines, line, end)
 
 
 def start_linters(
@@ -64,7 +84,7 @@ def start_linters(
     subprocesses overlap with everything the audit does before it needs their evidence."""
     from torchdoctor.agent.checks.linters.runner import run_linters
 
-    files = [f.path for f in workspace.files]
+    files = [f.path for f in workspace.files if not f.cells]  # peers read .py files only
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peers")
     future = pool.submit(
         run_linters,

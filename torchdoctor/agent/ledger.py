@@ -289,6 +289,7 @@ def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, obj
     return {
         **meta,
         "id": finding.id,
+        "location": finding.location,
         "status": finding.status.value,
         "note": note,
         "diff": finding.fix.diff.rstrip("\n") if finding.fix else "",

@@ -100,6 +100,21 @@ class Finding(Strict):
     status: Status = Status.OPEN
     fix: Fix | None = None
 
+    @property
+    def cell(self) -> tuple[int, int] | None:
+        """(cell, line in the cell) when the finding is in a notebook, else None."""
+        data = self.evidence[0].data if self.evidence else {}
+        cell, line = data.get("cell"), data.get("cell_line")
+        return (cell, line) if isinstance(cell, int) and isinstance(line, int) else None
+
+    @property
+    def location(self) -> str:
+        """Where to look, as a person reads it: `file:line`, or a notebook's cell and line."""
+        where = self.cell
+        if where is None:
+            return f"{self.file}:{self.line}"
+        return f"{self.file} cell {where[0]}, line {where[1]}"
+
 
 class CoverageEntry(Strict):
     item: str

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchdoctor.agent.models import InputNote
+from torchdoctor.agent.notebooks import CellSpan, NotebookError, notebook_source
 from torchdoctor.agent.safefs import GuardedTree, UnsafePath, display_name, file_tree
 
 SKIPPED_DIRS = frozenset(
@@ -55,6 +56,8 @@ class SourceFile:
     """Relative POSIX path (the file's own name when auditing one file)."""
     text: str
     sha256: str
+    cells: tuple[CellSpan, ...] = ()
+    """For a notebook: which lines of `text` (its code cells, concatenated) are which cell."""
 
 
 @dataclass
@@ -85,9 +88,17 @@ def _decode(raw: bytes) -> str:
     return raw.decode(encoding)
 
 
+AUDITED_SUFFIXES = (".py", ".ipynb")
+NOTEBOOK_BYTES_FACTOR = 10
+"""A notebook's outputs (images, tables) are dropped: it may be this many times larger."""
+
+
 def _read_source(
     tree: GuardedTree, relpath: str, rel: str, max_bytes: int
 ) -> SourceFile | InputNote:
+    notebook = rel.endswith(".ipynb")
+    if notebook:
+        max_bytes *= NOTEBOOK_BYTES_FACTOR
     try:
         raw = tree.read_bytes(relpath, max_bytes)
     except UnsafePath as err:
@@ -106,7 +117,14 @@ def _read_source(
         return InputNote(
             file=rel, reason=f"skipped: not valid text in its declared encoding ({err})"
         )
-    return SourceFile(path=rel, text=text, sha256=hashlib.sha256(raw).hexdigest())
+    digest = hashlib.sha256(raw).hexdigest()
+    if notebook:
+        try:
+            converted = notebook_source(text)
+        except NotebookError as err:
+            return InputNote(file=rel, reason=f"notebook not audited: {err}")
+        return SourceFile(path=rel, text=converted.text, sha256=digest, cells=converted.cells)
+    return SourceFile(path=rel, text=text, sha256=digest)
 
 
 def _walk_python_files(
@@ -124,12 +142,14 @@ def _walk_python_files(
         )
 
     for entry in tree.walk(skip):
-        if not entry.relpath.endswith(".py") and not entry.refused:
+        if not entry.relpath.endswith(AUDITED_SUFFIXES) and not entry.refused:
             continue
         if _is_excluded(prefix + entry.relpath, exclude):
             continue
         if entry.refused:
-            if entry.relpath.endswith(".py") or any(w in entry.refused for w in _ALWAYS_NOTED):
+            if entry.relpath.endswith(AUDITED_SUFFIXES) or any(
+                w in entry.refused for w in _ALWAYS_NOTED
+            ):
                 notes.append(InputNote(file=display_name(entry.relpath), reason=entry.refused))
             continue
         found.append(entry.relpath)
@@ -151,8 +171,11 @@ def load_workspace(
     if not target.exists():
         raise InputError(f"{display_name(str(target))}: no such file or folder")
     if target.is_file():
-        if target.suffix != ".py":
-            raise InputError(f"{display_name(str(target))}: not a Python file (.py) or a folder")
+        if target.suffix not in AUDITED_SUFFIXES:
+            raise InputError(
+                f"{display_name(str(target))}: not a Python file (.py), a notebook (.ipynb) "
+                "or a folder"
+            )
         tree, name = file_tree(target)
         ws = Workspace(root=target.parent, kind="file", target=target)
         entry = _read_source(tree, name, name, max_bytes)
@@ -220,8 +243,11 @@ def load_paths(
     for path in paths:
         if not path.exists():
             raise InputError(f"{display_name(str(path))}: no such file or folder")
-        if path.is_file() and path.suffix != ".py":
-            raise InputError(f"{display_name(str(path))}: not a Python file (.py) or a folder")
+        if path.is_file() and path.suffix not in AUDITED_SUFFIXES:
+            raise InputError(
+                f"{display_name(str(path))}: not a Python file (.py), a notebook (.ipynb) "
+                "or a folder"
+            )
         if not path.is_file() and not path.is_dir():
             raise InputError(f"{display_name(str(path))}: not a regular file or folder")
     root = common_root(paths)

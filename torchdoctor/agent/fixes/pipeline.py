@@ -25,8 +25,8 @@ from torchdoctor.sandbox.protocol import Sandbox
 def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
     """The codemod's patch for `finding`, or None when no codemod applies safely."""
     codemod = codemod_for(finding.rule)
-    if codemod is None:
-        return None
+    if codemod is None or finding.file.endswith(".ipynb"):
+        return None  # a notebook is JSON: codemods rewrite Python files only
     try:
         source = GuardedTree(workspace_root).read_text(finding.file)
     except (OSError, UnicodeDecodeError):

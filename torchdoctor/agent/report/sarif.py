@@ -66,6 +66,10 @@ def _result(finding: Finding, rule_index: int) -> dict[str, Any]:
             "phase": finding.phase,
         },
     }
+    if finding.cell is not None:
+        cell, line = finding.cell
+        result["properties"]["notebookCell"] = {"cell": cell, "line": line}
+        result["message"]["text"] += f" (notebook cell {cell}, line {line})"
     if finding.status == Status.WONT_FIX:
         result["suppressions"] = [
             {"kind": "external", "status": "accepted", "justification": "wont-fix in ISSUES.md"}
