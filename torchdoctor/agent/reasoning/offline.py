@@ -61,7 +61,7 @@ class OfflineReasoner:
             occurrence = occurrences[key]
             occurrences[key] += 1
             rule = rules.get(raw.rule)
-            evidence = [_static_evidence(raw)]
+            evidence = [_static_evidence(raw), *_related_evidence(raw)]
             evidence += _without_repeated_excerpt(
                 raw, attached.get(attach_key(raw.rule, raw.file, raw.line), [])
             )
@@ -167,6 +167,27 @@ class OfflineReasoner:
         return CoverageEntry(
             item=item_id, verdict="not-checked", how="none", reason=_not_checked_reason(item_id)
         )
+
+
+def _related_evidence(raw: RawFinding) -> list[Evidence]:
+    """Related locations a rule named (e.g. where a leak starts, for a finding at its sink)."""
+    related = raw.data.get("related")
+    if not isinstance(related, list):
+        return []
+    return [
+        Evidence(
+            source=STATIC_SOURCE,
+            source_version=__version__,
+            kind="static",
+            message=str(place["message"]),
+            file=str(place["file"]),
+            line=int(place["line"]),
+            excerpt=str(place["excerpt"]),
+            data={"role": "related", "end_line": int(place["end_line"])},
+        )
+        for place in related
+        if isinstance(place, dict)
+    ]
 
 
 def _static_evidence(raw: RawFinding) -> Evidence:

@@ -66,6 +66,26 @@ def _result(finding: Finding, rule_index: int) -> dict[str, Any]:
             "phase": finding.phase,
         },
     }
+    related = [
+        (ev, ev.file, ev.line)
+        for ev in finding.evidence
+        if ev.data.get("role") == "related" and ev.file and ev.line
+    ]
+    if related:
+        result["relatedLocations"] = [
+            {
+                "id": number,
+                "physicalLocation": {
+                    "artifactLocation": {"uri": file, "uriBaseId": "SRCROOT"},
+                    "region": {
+                        "startLine": line,
+                        "endLine": max(int(ev.data.get("end_line") or line), line),
+                    },
+                },
+                "message": {"text": ev.message},
+            }
+            for number, (ev, file, line) in enumerate(related, start=1)
+        ]
     if finding.cell is not None:
         cell, line = finding.cell
         result["properties"]["notebookCell"] = {"cell": cell, "line": line}

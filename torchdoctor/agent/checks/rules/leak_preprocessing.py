@@ -8,9 +8,22 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.leak_sink import find_sink, produced_names, related_location
 from torchdoctor.agent.models import Severity
 
 _FIT_METHODS = frozenset({"fit", "fit_transform", "partial_fit", "fit_on_texts", "adapt"})
+_SCALE_FUNCTIONS = frozenset(
+    {
+        "scale",
+        "normalize",
+        "minmax_scale",
+        "robust_scale",
+        "maxabs_scale",
+        "quantile_transform",
+        "power_transform",
+    }
+)
+_RESAMPLE_METHODS = frozenset({"fit_resample", "fit_sample"})
 _TRANSFORMER_MODULES = (
     "sklearn.preprocessing.",
     "sklearn.feature_selection.",
@@ -70,14 +83,15 @@ class LeakPreprocessing(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
-        if not any(word in text for word in ("fit", "mean(", "std(", "ocab")):
+        if not any(word in text for word in ("fit", "mean(", "std(", "ocab", "scale", "normal")):
             return
         flow = ctx.flow
         split_inputs = [arg for _, args in flow.split_inputs for arg in args]
         candidates = [
-            *flow.calls_named(_FIT_METHODS | _STAT_METHODS),
+            *flow.calls_named(_FIT_METHODS | _STAT_METHODS | _SCALE_FUNCTIONS | _RESAMPLE_METHODS),
             *flow.calls_matching(_VOCAB_BUILDERS),
         ]
+        leaks: list[tuple[ast.Call, str, ast.expr, str | None]] = []
         for node in candidates:
             data = _fitted_data(ctx, node)
             if data is None:
@@ -92,11 +106,55 @@ class LeakPreprocessing(Rule):
                 )
             else:
                 continue
+            leaks.append((node, reason, data, kind))
+        self._report_at_sinks(ctx, leaks)
+
+    def _report_at_sinks(
+        self, ctx: ModuleContext, leaks: list[tuple[ast.Call, str, ast.expr, str | None]]
+    ) -> None:
+        """Each leak at the first place its data trains, selects or evaluates a model (the
+        sources as related locations, one finding per sink); at its source when the module
+        never uses the data that way."""
+        fitted = {
+            identifier(node.func.value)
+            for node, *_ in leaks
+            if isinstance(node.func, ast.Attribute) and node.func.attr in _FIT_METHODS
+        }
+        by_sink: dict[ast.Call, list[tuple[ast.Call, str, ast.expr, str | None]]] = {}
+        for leak in leaks:
+            node, reason, data, kind = leak
+            sink = find_sink(ctx, node, produced_names(ctx, node, data), fitted)
+            if sink is None:
+                ctx.report(
+                    self,
+                    node,
+                    f"`{ast.unparse(node.func)}` {reason}: test statistics leak into training",
+                    data={"data": ast.unparse(data), "held_out": kind},
+                )
+            else:
+                by_sink.setdefault(sink, []).append(leak)
+        for sink, sources in by_sink.items():
+            first = sources[0]
+            what = ", ".join(
+                f"`{ast.unparse(node.func)}` (line {node.lineno})" for node, *_ in sources
+            )
             ctx.report(
                 self,
-                node,
-                f"`{ast.unparse(node.func)}` {reason}: test statistics leak into training",
-                data={"data": ast.unparse(data), "held_out": kind},
+                sink,
+                f"`{ast.unparse(sink.func)}` uses data contaminated by test statistics: "
+                f"{what} {first[1]}",
+                data={
+                    "data": ast.unparse(first[2]),
+                    "held_out": first[3],
+                    "related": [
+                        related_location(
+                            ctx,
+                            node,
+                            f"where the leak starts: `{ast.unparse(node.func)}` {reason}",
+                        )
+                        for node, reason, *_ in sources
+                    ],
+                },
             )
 
 
@@ -111,6 +169,11 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
         return None
     if _VOCAB_BUILDERS.search(identifier(func)) and call.args:
         return call.args[0]
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual.startswith("sklearn.preprocessing.") and identifier(func) in _SCALE_FUNCTIONS:
+        return call.args[0] if call.args else None
+    if isinstance(func, ast.Attribute) and func.attr in _RESAMPLE_METHODS and call.args:
+        return call.args[0]  # over-sampling (SMOTE, ...) synthesises rows from its input
     data = _statistic_of(ctx, call)
     if data is None or not _transforms_data(ctx, call):
         return None
@@ -136,6 +199,8 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
     parent = ctx.parents.get(call)
     if isinstance(parent, ast.Call) and identifier(parent.func) in _FILLERS:
         return True
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Sub | ast.Div):
+        return parent.right is call  # inline standardisation: `(X - X.mean()) / X.std()`
     if isinstance(parent, ast.keyword):
         grand = ctx.parents.get(parent)
         return isinstance(grand, ast.Call) and identifier(grand.func) in _FILLERS
