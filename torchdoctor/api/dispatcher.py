@@ -50,7 +50,5 @@ class Dispatcher:
             claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
             if claimed is None:
                 break
-            # Started from the loop's own thread: the child's parent-death signal follows
-            # the thread that forked it, and this one lives as long as the server.
-            self.executor.start(claimed, self.owner)
+            await to_thread.run_sync(self.executor.start, claimed, self.owner)
             log.info("started", extra={"audit_id": claimed})

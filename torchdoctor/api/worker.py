@@ -1,4 +1,4 @@
-"""One audit in its own process: `python -m torchdoctor.api.worker AUDIT_ID OWNER SERVER_PID`.
+"""One audit in its own process, forked by the executor's fork server (`run`).
 
 It records the audit's progress events and its outcome in the store. Its server keeps its
 lease and kills it (with its sandbox jobs) when the audit is cancelled; it dies with that
@@ -12,7 +12,10 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from torchdoctor.agent.audit import ApplyRefused, AuditOptions, run_audit
 from torchdoctor.agent.config import ConfigError
@@ -27,13 +30,19 @@ from torchdoctor.api.store.store import Store
 log = logging.getLogger("torchdoctor.worker")
 
 
-def die_with_server(server_pid: int) -> None:
-    """SIGKILL this process when the server dies (Linux); exit now if it already has."""
+def die_with_server() -> None:
+    """SIGKILL this process when its parent dies (Linux): the fork server, which itself exits
+    with the server. Exit now if the parent is already gone."""
+    parent = os.getppid()
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != server_pid:
+    if parent == 1 or not psutil.pid_exists(parent):
         os._exit(1)
+
+
+def ready() -> None:
+    """A no-op job that boots the fork server (its imports are this module's)."""
 
 
 def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
@@ -46,9 +55,7 @@ def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
     )
 
 
-def source_dir(record: AuditRecord) -> Any:
-    from pathlib import Path
-
+def source_dir(record: AuditRecord) -> Path:
     return Path(record.workdir) / "src"
 
 
@@ -81,9 +88,9 @@ def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -
     )
 
 
-def main(argv: list[str]) -> int:
-    audit_id, owner, server_pid = argv
-    die_with_server(int(server_pid))
+def run(audit_id: str, owner: str) -> None:
+    """The worker's entry point: run one claimed audit and record how it ended."""
+    die_with_server()
     logs.configure()
     logs.audit_id_var.set(audit_id)
     settings = ApiSettings()
@@ -91,15 +98,9 @@ def main(argv: list[str]) -> int:
     record = store.get_audit(audit_id, None)
     if record is None:
         log.error("no such audit")
-        return 1
+        return
     try:
         work(store, record, owner, settings)
     except Exception as err:
         log.exception("audit failed")
         store.finish(audit_id, owner, AuditState.FAILED, error=f"internal error: {err}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

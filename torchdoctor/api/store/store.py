@@ -150,16 +150,16 @@ class Store:
         """Take one audit to run: a queued one, or a running one whose worker went silent
         (its server died): compare-and-set on the lease, so two servers never share one."""
         now = time.time()
+        orphaned = (
+            (AuditRow.state == AuditState.RUNNING.value)
+            & or_(AuditRow.lease_until.is_(None), AuditRow.lease_until < now)
+            # never one this owner runs itself (a slow start can outlast its lease)
+            & or_(AuditRow.lease_owner.is_(None), AuditRow.lease_owner != owner)
+        )
         with self._session() as session:
             candidates = session.scalars(
                 select(AuditRow.id)
-                .where(
-                    or_(
-                        AuditRow.state == AuditState.QUEUED.value,
-                        (AuditRow.state == AuditState.RUNNING.value)
-                        & or_(AuditRow.lease_until.is_(None), AuditRow.lease_until < now),
-                    )
-                )
+                .where(or_(AuditRow.state == AuditState.QUEUED.value, orphaned))
                 .order_by(AuditRow.created_at)
                 .limit(8)
             ).all()
@@ -169,11 +169,7 @@ class Store:
                     update(AuditRow)
                     .where(
                         AuditRow.id == audit_id,
-                        or_(
-                            AuditRow.state == AuditState.QUEUED.value,
-                            (AuditRow.state == AuditState.RUNNING.value)
-                            & or_(AuditRow.lease_until.is_(None), AuditRow.lease_until < now),
-                        ),
+                        or_(AuditRow.state == AuditState.QUEUED.value, orphaned),
                     )
                     .values(
                         state=AuditState.RUNNING.value,
