@@ -3,22 +3,21 @@
 The embedded default, `LocalExecutor`, runs each audit in a process of its own on this
 machine, forked from a fork server that has the audit machinery imported already (a start costs
 milliseconds, not seconds of imports): the event loop never waits on analysis or sandbox runs,
-a cancelled audit is killed with every process it started, and a worker dies with its server
-(through the fork server), so after a crash the audit is resumed from its checkpoint by
-whichever server claims it next. A distributed executor (Ray) implements the same calls.
+a cancelled audit is killed with every process it started, and a worker stops (with its
+sandbox jobs) when its server dies, so after a crash the audit is resumed from its checkpoint
+by whichever server claims it next. A distributed executor (Ray) implements the same calls.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import signal
+import os
 import threading
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
-import psutil
-
 from torchdoctor.api import worker
+from torchdoctor.api.processes import kill_tree
 
 
 class Executor(Protocol):
@@ -43,21 +42,6 @@ class Executor(Protocol):
         ...
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (sandbox jobs run in their own sessions)."""
-    try:
-        root = psutil.Process(pid)
-        family = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for process in family:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(family, timeout=5)
-
-
 class LocalExecutor:
     """Worker processes on this machine, at most `max_workers` at once."""
 
@@ -78,7 +62,9 @@ class LocalExecutor:
 
     def start(self, audit_id: str, owner: str) -> None:
         process = self._context.Process(
-            target=worker.run, args=(audit_id, owner), name=f"torchdoctor-audit-{audit_id}"
+            target=worker.run,
+            args=(audit_id, owner, os.getpid()),
+            name=f"torchdoctor-audit-{audit_id}",
         )
         process.start()
         with self._lock:

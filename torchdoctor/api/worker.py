@@ -7,11 +7,10 @@ server, and the audit is then resumed by the next server to claim it.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.api import logs
 from torchdoctor.api.models import AuditRecord, AuditState
+from torchdoctor.api.processes import kill_tree
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.store import Store
@@ -30,15 +30,21 @@ from torchdoctor.api.store.store import Store
 log = logging.getLogger("torchdoctor.worker")
 
 
-def die_with_server() -> None:
-    """SIGKILL this process when its parent dies (Linux): the fork server, which itself exits
-    with the server. Exit now if the parent is already gone."""
-    parent = os.getppid()
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if parent == 1 or not psutil.pid_exists(parent):
-        os._exit(1)
+class ServerWatch(threading.Thread):
+    """Kills this worker, with its sandbox jobs, when the server that claimed its audit dies:
+    the audit is then resumed from its checkpoint by the next server that claims it. (The fork
+    server is this process's parent, not the server; it exits once no one holds it.)"""
+
+    def __init__(self, server_pid: int, interval_s: float = 0.5) -> None:
+        super().__init__(daemon=True, name="server-watch")
+        self.server = psutil.Process(server_pid)
+        self.interval_s = interval_s
+
+    def run(self) -> None:
+        while self.server.is_running():  # False once gone, or its pid reused
+            time.sleep(self.interval_s)
+        log.info("server gone: stopping")
+        kill_tree(os.getpid())
 
 
 def ready() -> None:
@@ -88,9 +94,12 @@ def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -
     )
 
 
-def run(audit_id: str, owner: str) -> None:
+def run(audit_id: str, owner: str, server_pid: int) -> None:
     """The worker's entry point: run one claimed audit and record how it ended."""
-    die_with_server()
+    try:
+        ServerWatch(server_pid).start()
+    except psutil.NoSuchProcess:
+        return
     logs.configure()
     logs.audit_id_var.set(audit_id)
     settings = ApiSettings()
