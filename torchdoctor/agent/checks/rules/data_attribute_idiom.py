@@ -9,6 +9,20 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
+_INIT_FUNCTION = ("init", "reset_parameters")
+
+
+def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`.data` while initialising weights (an `nn.init.*` argument, or a function named
+    `*init*` / `reset_parameters`): no backward pass is in flight, so nothing goes wrong."""
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.Call) and (ctx.call_qualname(ancestor) or "").startswith(
+            "torch.nn.init."
+        ):
+            return True
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
+            return any(word in ancestor.name.lower() for word in _INIT_FUNCTION)
+    return False
 
 
 class DataAttributeIdiom(Rule):
@@ -23,6 +37,9 @@ class DataAttributeIdiom(Rule):
     Example:
         for p in model.parameters():
             p.data.add_(-lr * p.grad.data)
+
+    Not reported while initialising weights (an `nn.init.*` argument, a function named
+    `*init*` or `reset_parameters`), where no backward pass is in flight.
 
     Fix: `with torch.no_grad(): p.add_(p.grad, alpha=-lr)`, and `x.detach()` to read a value
     without tracking.
@@ -58,7 +75,7 @@ class DataAttributeIdiom(Rule):
             ctx, node, node.value.id
         ):
             reason = "a parameter's .data bypasses autograd"
-        if reason:
+        if reason and not _initialisation(ctx, node):
             ctx.report(self, node, f"{reason}: use torch.no_grad() or .detach() instead")
 
     def _tensor_store(self, ctx: ModuleContext, node: ast.Attribute) -> bool:
