@@ -69,7 +69,14 @@ def test_correctness_fix_is_verified_by_its_symptom(verified: dict[str, Finding]
     finding = verified["zero-grad-missing"]
     steps = steps_of(finding)
     assert finding.status is Status.VERIFIED and finding.fix and finding.fix.verified
-    assert list(steps)[:5] == ["patch-applies", "parses", "rule-cleared", "smoke-run", "behaviour"]
+    assert list(steps)[:6] == [
+        "patch-applies",
+        "parses",
+        "rule-cleared",
+        "smoke-run",
+        "executed-change",
+        "behaviour",
+    ]
     assert "last gradient norm" in steps["behaviour"][1]
 
 

@@ -71,8 +71,8 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"non vérifié : l'exécution n'a pas exécuté la modification\1",
     ),
     (
-        r"the run executed (\d+) of the (\d+) changed line\(s\)(.*)",
-        r"l'exécution a exécuté \1 des \2 ligne(s) modifiée(s)\3",
+        r"the run executed every changed block \((\d+)\) under (.+)",
+        r"l'exécution a exécuté chaque bloc modifié (\1) sous \2",
     ),
     (r"(\d+) of (\d+) steps recorded \((.+)\)", r"\1 pas enregistrés sur \2 (\3)"),
     (r"the fixed script failed: (.+)", r"le script corrigé échoue : \1"),

@@ -380,6 +380,8 @@ class ProbeDocument(_Model):
     int8: Attempt | None = None
     compile: Attempt | None = None
     determinism: Determinism | None = None
+    executed_lines: dict[str, list[int]] = Field(default_factory=dict)
+    """Lines the run executed in the files named by `--trace-lines` (fix verification)."""
     synthetic_datasets: list[SyntheticDataset] = Field(default_factory=list)
     warnings: list[CapturedWarning] = Field(default_factory=list)
     probe_errors: list[str] = Field(default_factory=list)

@@ -74,6 +74,8 @@ class SmokeRun(_Model):
     step_times_s: list[float] = Field(default_factory=list)
     signals: dict[str, Any] = Field(default_factory=dict)
     """Probe observations a correctness fix reads its symptom from (memory slope, NaN count...)."""
+    executed_lines: dict[str, list[int]] = Field(default_factory=dict)
+    """Lines of the traced files (the patched ones) that the run executed."""
 
 
 class AppliedFile(_Model):

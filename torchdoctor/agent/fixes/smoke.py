@@ -44,8 +44,15 @@ class ProbeRunner:
         self.gpu = gpu
 
     def run(
-        self, workspace: Path, run_command: list[str], steps: int, *, seed: int | None = 0
+        self,
+        workspace: Path,
+        run_command: list[str],
+        steps: int,
+        *,
+        seed: int | None = 0,
+        trace: list[str] | None = None,
     ) -> SmokeRun:
+        """`trace`: files (relative to `workspace`) whose executed lines the run records."""
         script, args = split_command(run_command)
         command = [self.python, "-m", "torchdoctor.sandbox.probes", script, "--steps", str(steps)]
         # the harness stops itself before the sandbox kills it, so the evidence gets written
@@ -53,6 +60,8 @@ class ProbeRunner:
         command += ["--out", EVIDENCE_FILE, "--no-flops", "--time-budget", f"{budget:g}"]
         if seed is not None:
             command += ["--seed", str(seed)]
+        for path in trace or []:
+            command += ["--trace-lines", path]
         command += ["--", *args]
         job = Job(
             workspace=workspace,
@@ -112,4 +121,11 @@ def smoke_run_from_evidence(evidence: ProbeDocument) -> SmokeRun:
         "device": evidence.device.name,
         "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
     }
-    return SmokeRun(ok=ok, detail=detail, losses=losses, step_times_s=steady, signals=signals)
+    return SmokeRun(
+        ok=ok,
+        detail=detail,
+        losses=losses,
+        step_times_s=steady,
+        signals=signals,
+        executed_lines=dict(evidence.executed_lines),
+    )

@@ -3,7 +3,8 @@
 1. the patch applies to a private copy of the workspace;
 2. every touched file parses;
 3. the rule no longer fires there and no new finding of equal or higher severity appears;
-4. the probes smoke run (N seeded steps, in the sandbox) succeeds;
+4. the probes smoke run (N seeded steps, in the sandbox) succeeds and executes the patched
+   lines (a run that never reaches them proves nothing);
 5. behaviour is preserved as the fix's kind requires: the seeded loss trajectory within the
    fix's tolerance (exact for refactors, bf16-level for precision changes), or, for
    correctness fixes, the symptom gone;
@@ -25,6 +26,7 @@ from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_patch
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.reached import unreached
 from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stats import (
     MIN_IMPROVEMENT,
@@ -113,11 +115,14 @@ class Verifier:
             if self.runner is None or self.run_command is None:
                 steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
                 return steps
-            after = self.runner.run(copy, self.run_command, self.steps)
+            after = self.runner.run(copy, self.run_command, self.steps, trace=touched)
             steps.append(
                 Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
             )
             if not after.ok:
+                return steps
+            steps.append(self._executed(copy, touched, after))
+            if not steps[-1].ok:
                 return steps
             if spec.unseeded_repeat:
                 after = self._with_unseeded_repeat(copy, after)
@@ -174,6 +179,31 @@ class Verifier:
                 "of equal or higher severity appears"
             )
         return Verification(step="rule-cleared", ok=True, detail=detail)
+
+    def _executed(self, copy: Path, touched: list[str], after: SmokeRun) -> Verification:
+        """The run must execute the patched lines: a run that never reaches them proves
+        nothing about the fix (e.g. a script that never imports the patched module)."""
+        command = " ".join(self.run_command or [])
+        total, missed_at = 0, []
+        for path in touched:
+            before = (self.root / path).read_text(encoding="utf-8", errors="replace")
+            patched = (copy / path).read_text(encoding="utf-8", errors="replace")
+            executed = set(after.executed_lines.get(path, []))
+            count, missed = unreached(before, patched, executed)
+            total += count
+            missed_at += [f"{path}:{line}" for line in missed]
+        if missed_at:
+            return Verification(
+                step="executed-change",
+                ok=False,
+                detail=f"unverified: the run did not execute the change ({', '.join(missed_at)} "
+                f"never ran under `{command}`)",
+            )
+        return Verification(
+            step="executed-change",
+            ok=True,
+            detail=f"the run executed every changed block ({total}) under `{command}`",
+        )
 
     def _behaviour(self, after: SmokeRun, spec: FixSpec) -> Verification:
         before = self.baseline()

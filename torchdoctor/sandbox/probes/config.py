@@ -30,6 +30,8 @@ class ProbeConfig:
     flush_every: int = 1
     compile_backend: str = "inductor"
     flops: bool = True
+    trace_files: tuple[str, ...] = ()
+    """Files (relative to the working folder) whose executed lines the run records."""
 
     @property
     def flop_step(self) -> int:
@@ -79,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument(
+        "--trace-lines",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="record which lines of FILE (relative to the working folder) the run executes",
+    )
     return parser
 
 
@@ -111,6 +120,7 @@ def parse_args(argv: list[str]) -> ProbeConfig:
         flush_every=ns.flush_every if ns.flush_every is not None else (25 if cuda else 1),
         compile_backend=ns.compile_backend,
         flops=not ns.no_flops,
+        trace_files=tuple(ns.trace_lines),
     )
 
 

@@ -21,6 +21,7 @@ from torchdoctor.sandbox.probes import determinism, document, posthoc
 from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.control import StopRun, TimeBudgetExceeded, Watchdog
 from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.linetrace import LineTrace
 from torchdoctor.sandbox.probes.outcome import from_exception, from_exit, outcome
 from torchdoctor.sandbox.probes.session import Session
 
@@ -127,11 +128,14 @@ def run(config: ProbeConfig) -> int:
         document.write(doc, config.out)
 
     watchdog = Watchdog(config.time_budget_s, config.grace_s, write_when_stuck)
+    lines = LineTrace(config.trace_files, os.getcwd())
     try:
         session.install()
         watchdog.start()
+        lines.start()
         run_outcome = _run_script(config, session, user_files)
     finally:
+        lines.stop()
         watchdog.stop()
         session.uninstall()
     if os.getpid() != main_pid:
@@ -142,6 +146,7 @@ def run(config: ProbeConfig) -> int:
             session, config, user_files, run_outcome, time.perf_counter() - started
         )
         doc["worker_processes_left"] = left
+        doc["executed_lines"] = lines.report()
         document.write(doc, config.out)
         posthoc_guard = Watchdog(POSTHOC_BUDGET_S, config.grace_s, lambda: None)
         posthoc_guard.start()

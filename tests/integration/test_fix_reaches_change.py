@@ -1,0 +1,77 @@
+"""A verification run must execute the patched lines (issue 13, item 1).
+
+Real sandboxed runs through the probes harness, which records the lines of the patched files
+that ran (`--trace-lines`): a fix to a module the script never imports stays unverified with
+"the run did not execute the change"; a fix on the lines the script runs passes the step.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixKind, Patch
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Severity
+from torchdoctor.sandbox.config import get_sandbox
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+TRAIN = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(50):
+        loss = model(torch.randn(8, 4)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+""")
+UNUSED = "def scale(x):\n    return x * 2\n"
+
+
+def same_trajectory(_before: object, _after: object) -> tuple[bool, str]:
+    return True, "not a correctness fix"
+
+
+@pytest.fixture(scope="module")
+def verifier(tmp_path_factory: pytest.TempPathFactory) -> Verifier:
+    root = tmp_path_factory.mktemp("reach")
+    (root / "train.py").write_text(TRAIN)
+    (root / "unused.py").write_text(UNUSED)
+    runner = ProbeRunner(get_sandbox("local"))
+    return Verifier(root, runner, ["python", "train.py"], steps=3, timing_runs=1)
+
+
+def verify(verifier: Verifier, path: str, before: str, after: str) -> dict[str, tuple[bool, str]]:
+    patch = Patch(
+        finding_id="TD-test", rule="none", diff=unified_diff(path, before, after), files=[path]
+    )
+    spec = FixSpec(kind=FixKind.REFACTOR, rtol=None, symptom=same_trajectory)
+    steps = verifier.verify(patch, Claim(rules=frozenset(), severity=Severity.LOW), spec)
+    return {v.step: (v.ok, v.detail) for v in steps}
+
+
+def test_a_fix_the_run_never_reaches_is_unverified(verifier: Verifier) -> None:
+    steps = verify(verifier, "unused.py", UNUSED, UNUSED.replace("x * 2", "2 * x"))
+    assert steps["smoke-run"][0], steps["smoke-run"][1]
+    ok, detail = steps["executed-change"]
+    assert not ok
+    assert detail.startswith("unverified: the run did not execute the change (unused.py:2")
+    assert "behaviour" not in steps
+
+
+def test_a_fix_on_lines_the_run_executes_passes_the_step(verifier: Verifier) -> None:
+    after = TRAIN.replace("lr=0.1)", "lr=0.1)  # tuned").replace(
+        "    optimizer.zero_grad()\n", "    optimizer.zero_grad(set_to_none=True)\n"
+    )
+    steps = verify(verifier, "train.py", TRAIN, after)
+    ok, detail = steps["executed-change"]
+    assert ok, detail
+    assert detail == "the run executed every changed block (2) under `python train.py`"
