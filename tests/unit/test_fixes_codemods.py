@@ -5,8 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import libcst as cst
 import pytest
 
 from torchdoctor.agent.checks.base import EngineConfig
@@ -303,3 +307,68 @@ def test_eval_mode_around_an_evaluation_loop_without_no_grad() -> None:
     assert fixed is not None
     assert "        self.model.eval()\n        for x in loader:" in fixed
     assert fixed.endswith("        self.model.train(was_training)\n")
+
+
+# What a person's edit would not leave behind: unused imports, unused assignments, imports out
+# of their block or out of isort order (issue 13, item 9).
+RUFF_CLEAN = "F401,F811,F841,E402,I001,E9,F63,F7"
+
+
+@pytest.fixture(scope="module")
+def ruff_on_fixture_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """`ruff check` once over every codemod's output and input: file -> codes reported."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    folder = tmp_path_factory.mktemp("codemod-outputs")
+    for rule in RULES:
+        source = FIXTURES / rule
+        fixed = codemod_for(rule).transform(
+            (source / "before.py").read_text(), _target(rule, source)
+        )  # type: ignore[union-attr]
+        assert fixed is not None
+        (folder / f"{rule.replace('-', '_')}_after.py").write_text(fixed)
+        (folder / f"{rule.replace('-', '_')}_before.py").write_text(
+            (source / "before.py").read_text()
+        )
+    done = subprocess.run(
+        [ruff, "check", "--isolated", "--select", RUFF_CLEAN, "--output-format", "json", "."],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found: dict[str, set[str]] = {}
+    for item in json.loads(done.stdout):
+        found.setdefault(Path(item["filename"]).name, set()).add(item["code"])
+    return found
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_codemod_output_passes_ruff_like_a_hand_edit(
+    rule: str, ruff_on_fixture_outputs: dict[str, set[str]]
+) -> None:
+    stem = rule.replace("-", "_")
+    introduced = ruff_on_fixture_outputs.get(f"{stem}_after.py", set()) - (
+        ruff_on_fixture_outputs.get(f"{stem}_before.py", set())
+    )
+    assert introduced == set(), f"{rule}: the fix leaves {sorted(introduced)}"
+
+
+def test_an_added_standard_library_import_opens_the_import_block() -> None:
+    source = '"""Doc."""\n\nimport torch\nfrom torch import nn\n\nmodel = nn.Linear(2, 2)\n'
+    codemod = codemod_for("no-torch-seed")
+    assert codemod is not None
+    target = FixTarget(rule="no-torch-seed", file="m.py", line=3, end_line=3)
+    fixed = codemod.transform(source, target)
+    assert fixed is not None and fixed.startswith('"""Doc."""\n\nimport random\n\nimport torch\n')
+
+
+def test_an_import_the_fix_orphaned_is_removed_and_the_users_own_is_kept() -> None:
+    from torchdoctor.agent.fixes.codemods.base import without_orphaned_imports
+
+    before = "import os\nimport torch.nn.functional as F\nx = F.relu(y)\n"
+    after = without_orphaned_imports(
+        before, cst.parse_module("import os\nimport torch.nn.functional as F\nx = y\n")
+    )
+    assert after.code == "import os\nx = y\n"

@@ -7,10 +7,14 @@ finds nothing to do when run on its own output (idempotence).
 
 from __future__ import annotations
 
+import ast
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, TypeVar
 
 import libcst as cst
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import RemoveImportsVisitor
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
@@ -42,7 +46,7 @@ class Codemod:
             return None
         if not self.edit(ctx, target) or not ctx.has_edits:
             return None
-        fixed = ctx.apply().code
+        fixed = without_orphaned_imports(source, ctx.apply()).code
         return None if fixed == source else fixed
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
@@ -239,9 +243,36 @@ class SourceContext:
         local = self.alias_of(module_name)
         if local is not None:
             return local
-        self.insert_module_level(f"import {module_name}\n", imports=True)
+        self.insert_import(module_name)
         self.aliases[module_name.split(".")[0]] = module_name.split(".")[0]
         return module_name
+
+    def insert_import(self, module_name: str) -> None:
+        """`import module_name` where isort (and ruff's I rules) would put it: among the
+        leading imports of its section (standard library first), in name order."""
+        block = _import_block(list(self.module.body))
+        stdlib = _is_stdlib(module_name)
+        same = [s for s in block if _is_stdlib(_first_module(s)) == stdlib]
+        plain = [s for s in same if isinstance(s.body[0], cst.Import)]
+        later = [s for s in plain if _first_module(s) > module_name]
+        code = f"import {module_name}\n"
+        if later:
+            self.insert_before(later[0], code)
+        elif plain:
+            self.insert_after(plain[-1], code)
+        elif same:
+            self.insert_before(same[0], code)
+        elif block and stdlib:
+            # the first section: it takes the block's leading lines, a blank line follows it
+            first = next((s for s in block if _first_module(s) != "__future__"), None)
+            if first is None:
+                self.insert_after(block[-1], code)
+                return
+            statement = _statements(code)[0].with_changes(leading_lines=first.leading_lines)
+            self.insert_before(first, [statement])
+            self.replace(first, lambda node: node.with_changes(leading_lines=[cst.EmptyLine()]))
+        else:
+            self.insert_module_level(code, imports=True)
 
     def insert_module_level(self, code: str, *, imports: bool = False) -> None:
         """Insert after the module's imports; code that is not an import gets a blank line."""
@@ -435,6 +466,75 @@ def _is_docstring(stmt: cst.BaseStatement) -> bool:
         and isinstance(stmt.body[0], cst.Expr)
         and isinstance(stmt.body[0].value, cst.SimpleString | cst.ConcatenatedString)
     )
+
+
+def _import_block(body: Sequence[cst.BaseStatement]) -> list[cst.SimpleStatementLine]:
+    """The module's leading top-level import statements (after a docstring)."""
+    block: list[cst.SimpleStatementLine] = []
+    for stmt in body:
+        if isinstance(stmt, cst.SimpleStatementLine) and all(
+            isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body
+        ):
+            block.append(stmt)
+        elif _is_docstring(stmt) and not block:
+            continue
+        elif block:
+            break
+    return block
+
+
+def _first_module(stmt: cst.SimpleStatementLine) -> str:
+    node = stmt.body[0]
+    if isinstance(node, cst.Import):
+        return cst.Module([]).code_for_node(node.names[0].name)
+    if isinstance(node, cst.ImportFrom) and node.module is not None and not node.relative:
+        return cst.Module([]).code_for_node(node.module)
+    return "."  # a relative import: the local section, never the standard library
+
+
+def _is_stdlib(module_name: str) -> bool:
+    return module_name.split(".")[0] in sys.stdlib_module_names
+
+
+def without_orphaned_imports(source: str, fixed: cst.Module) -> cst.Module:
+    """Remove the imports the fix left unused: those the original code used and the fixed code
+    no longer does (an import the user already left unused stays theirs)."""
+    try:
+        before = ast.parse(source)
+    except SyntaxError:
+        return fixed
+    used_before = _used_names(before)
+    after_tree = ast.parse(fixed.code)
+    used_after = _used_names(after_tree)
+    context = CodemodContext()
+    found = False
+    for node in after_tree.body:
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level:
+            continue
+        for alias in node.names:
+            bound = alias.asname or alias.name.split(".")[0]
+            if bound in used_before and bound not in used_after:
+                found = True
+                if isinstance(node, ast.Import):
+                    RemoveImportsVisitor.remove_unused_import(
+                        context, alias.name, asname=alias.asname
+                    )
+                elif node.module:
+                    RemoveImportsVisitor.remove_unused_import(
+                        context, node.module, alias.name, asname=alias.asname
+                    )
+    if not found:
+        return fixed
+    return RemoveImportsVisitor(context).transform_module(fixed)
+
+
+def _used_names(tree: ast.Module) -> set[str]:
+    """Names read anywhere (roots of attribute chains included), imports aside."""
+    return {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)
+    }
 
 
 def _last_import(body: Sequence[cst.BaseStatement]) -> cst.BaseStatement | None:
