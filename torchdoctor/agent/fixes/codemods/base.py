@@ -527,7 +527,17 @@ def without_orphaned_imports(source: str, fixed: cst.Module) -> cst.Module:
                     )
     if not found:
         return fixed
-    return RemoveImportsVisitor(context).transform_module(fixed)
+    cleaned = RemoveImportsVisitor(context).transform_module(fixed)
+    if cleaned.body and not cleaned.header:
+        # the file's first statement went: the next one does not start with blank lines
+        first = cleaned.body[0]
+        lines = list(first.leading_lines)
+        while lines and lines[0].comment is None:
+            lines.pop(0)
+        cleaned = cleaned.with_changes(
+            body=[first.with_changes(leading_lines=lines), *cleaned.body[1:]]
+        )
+    return cleaned
 
 
 def _used_names(tree: ast.Module) -> set[str]:
