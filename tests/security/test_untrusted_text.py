@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 from torchdoctor.agent.cli import app
+from torchdoctor.agent.escape import md_code, md_fence, strip_controls, terminal
 from torchdoctor.agent.ledger import Ledger
 from torchdoctor.agent.models import (
     AuditReport,
@@ -27,7 +28,6 @@ from torchdoctor.agent.models import (
     ToolInfo,
 )
 from torchdoctor.agent.report import render
-from torchdoctor.agent.report.escape import md_code, md_fence, strip_controls, terminal
 
 HOSTILE = (
     "\x1b]52;c;cHduZWQ=\x07\x1b]0;title\x07\x1b[2J\x9b31m<script>alert(1)</script>"

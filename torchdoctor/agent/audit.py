@@ -30,7 +30,9 @@ from torchdoctor.agent.config import (
     find_project_root,
     load_project_config,
 )
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.evidence.confirm import attach_run_confirmations
+from torchdoctor.agent.evidence.trust import vet_run_evidence
 from torchdoctor.agent.gather import (
     installed_torch_version,
     linter_evidence,
@@ -63,7 +65,6 @@ from torchdoctor.agent.probing import (
 )
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
-from torchdoctor.agent.report.escape import one_line
 from torchdoctor.agent.safefs import display_name
 from torchdoctor.agent.workspace import InputError, Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
@@ -237,7 +238,10 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
 
             say = (lambda line: progress({"event": "run", "message": line})) if progress else None
             found = run_probes(workspace, request, get_sandbox(options.sandbox), on_run=say)
-            probes.evidence, probes.runs = found.evidence, found.runs
+            vetted, probes.notes = vet_run_evidence(
+                found.evidence, workspace.text_of, static, config.run_max_severity
+            )
+            probes.evidence, probes.runs = vetted, found.runs
         extra += probes.evidence
         extra = drop_silenced(extra, config.ignore, workspace.text_of)
         extra = attach_run_confirmations(static.all_findings(), extra)
@@ -275,7 +279,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     fix_notes: list[str] = []
     if options.fix or options.apply:
         findings, fix_notes = fix_findings(options, workspace, findings, request, progress)
-    notes = list(state.get("notes", [])) + run_notes(probes.runs) + fix_notes
+    notes = list(state.get("notes", [])) + run_notes(probes.runs) + probes.notes + fix_notes
     notes += [ledger_note] if ledger_note else []
     isolation = next((r.isolation for r in probes.runs if r.isolation), None)
     provenance = Provenance(

@@ -19,10 +19,10 @@ from rich.console import Console
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
+from torchdoctor.agent.escape import terminal
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.progress import progress_reporter
 from torchdoctor.agent.report import render, write_report
-from torchdoctor.agent.report.escape import terminal
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.sandbox.core import SandboxUnavailable
 

@@ -40,6 +40,11 @@ class AuditConfig(BaseModel):
         "curated", description="peer linter codes shown as findings: the curated list, or all"
     )
     llm: dict[str, Any] = Field(default_factory=dict)
+    run_max_severity: Severity = Field(
+        Severity.HIGH,
+        description="highest severity a finding from run evidence alone may have (a forged "
+        "evidence file cannot fail a build); a static finding or a second run lifts it",
+    )
 
 
 class ProjectConfig(BaseModel):

@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
+from torchdoctor.agent.escape import md_cell, md_code, md_fence, md_text, one_line
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Status
-from torchdoctor.agent.report.escape import md_cell, md_code, md_fence, md_text, one_line
 from torchdoctor.agent.safefs import file_tree
 
 BEGIN = "<!-- torchdoctor:begin -->"

@@ -17,10 +17,12 @@ from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
+from torchdoctor.agent.evidence.trust import MAX_DOCUMENT_BYTES, UntrustedEvidence, parse_document
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import Workspace
@@ -72,6 +74,7 @@ class ProbeEvidence(BaseModel):
 
     evidence: list[tuple[int, Evidence]] = Field(default_factory=list)
     runs: list[RunSummary] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="what vetting the evidence did")
 
 
 def gpu_present() -> bool:
@@ -190,7 +193,7 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
                     processes=256 * launch.nproc,
                     disk_mb=4096,
                     output_bytes=2_000_000,
-                    collect_bytes=8_000_000,
+                    collect_bytes=MAX_DOCUMENT_BYTES,
                 ),
                 collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
                 gpu=request.gpu,
@@ -204,10 +207,13 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
         tail = (run.stderr or run.stdout)[-600:].strip()
         said = f"no evidence written: {run.reason} {tail}".strip()
         return summary(outcome=str(run.outcome), summary=said, isolation=isolation), []
+    if document.truncated:
+        said = f"evidence document refused: {document.size / 1e6:.1f} MB exceeds the limit"
+        return summary(outcome="harness-error", summary=said, isolation=isolation), []
     try:
-        parsed = ProbeDocument.model_validate_json(document.content)
-    except ValidationError as err:
-        said = f"unreadable evidence document: {err}"
+        parsed = parse_document(document.content)
+    except UntrustedEvidence as err:
+        said = f"evidence document refused: {err}"
         return summary(outcome="harness-error", summary=said, isolation=isolation), []
     ranks, unreadable = _rank_documents(run.files)
     analysis = probe_findings(parsed, script, read_source=workspace.text_of, other_ranks=ranks)
@@ -230,10 +236,14 @@ def _rank_documents(files: list[CollectedFile]) -> tuple[list[ProbeDocument], li
     for file in sorted(files, key=lambda f: f.path):
         if not fnmatch(posixpath.basename(file.path), RANK_EVIDENCE_FILES):
             continue
+        name = one_line(posixpath.basename(file.path))[:100]
+        if file.truncated:
+            notes.append(f"{name}: rank evidence over the size limit, ignored")
+            continue
         try:
-            documents.append(ProbeDocument.model_validate_json(file.content))
-        except ValidationError:
-            notes.append(f"{posixpath.basename(file.path)}: unreadable rank evidence, ignored")
+            documents.append(parse_document(file.content))
+        except UntrustedEvidence as err:
+            notes.append(f"{name}: rank evidence refused ({err}), ignored")
     return documents, notes
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from torchdoctor.agent.report.escape import one_line, terminal
+from torchdoctor.agent.escape import one_line, terminal
 
 STEPS = 13  # ingest + the twelve points (the finalize step completes the bar)
 

@@ -7,8 +7,8 @@ title from the audited repository can neither end the command nor forge another 
 
 from __future__ import annotations
 
+from torchdoctor.agent.escape import strip_controls
 from torchdoctor.agent.models import AuditReport, Finding, Severity
-from torchdoctor.agent.report.escape import strip_controls
 from torchdoctor.agent.report.paths import workdir_path
 
 _COMMAND = {

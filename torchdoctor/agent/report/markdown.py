@@ -1,6 +1,6 @@
 """The markdown report: the JSON report's content, laid out for a human reader.
 
-Every text in it comes through an escaping filter (`torchdoctor.agent.report.escape`): file
+Every text in it comes through an escaping filter (`torchdoctor.agent.escape`): file
 names, evidence, run output and model text are untrusted.
 """
 
@@ -11,11 +11,11 @@ import re
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
+from torchdoctor.agent.escape import md_cell, md_code, md_fence, md_text
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.localise import localise
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
-from torchdoctor.agent.report.escape import md_cell, md_code, md_fence, md_text
 from torchdoctor.agent.report.plots import RunPlots, report_runs
 
 _ENV = Environment(

@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import quote
 
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
+from torchdoctor.agent.escape import sarif_text
 from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
-from torchdoctor.agent.report.escape import sarif_text
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {
