@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS
 from torchdoctor.agent.checks.catalogue import unknown_names_message
+from torchdoctor.agent.checks.engine import StaticResult
 from torchdoctor.agent.checks.selection import drop_silenced
 from torchdoctor.agent.config import (
     AuditConfig,
@@ -48,6 +50,7 @@ from torchdoctor.agent.models import (
     Evidence,
     Finding,
     GateDecision,
+    InputNote,
     Provenance,
     Severity,
     Summary,
@@ -65,9 +68,10 @@ from torchdoctor.agent.probing import (
 )
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
-from torchdoctor.agent.safefs import display_name
+from torchdoctor.agent.safefs import GuardedTree, display_name
 from torchdoctor.agent.workspace import InputError, Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.workspace import sweep_stale_copies
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
@@ -199,6 +203,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     audit_id = uuid.uuid4().hex
+    clean_after_crashes(options.target)
     root = find_project_root(options.target)
     project = load_project_config(root, options.config)
     config = effective_config(options, project)
@@ -226,6 +231,7 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
 
     def gather() -> dict[int, PointRequest]:
         static = run_static(workspace, config)
+        workspace.notes += unanalysed_notes(static)
         extra: list[tuple[int, Evidence]] = []
         if peers is not None:
             if progress is not None:
@@ -317,6 +323,22 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
         lang=config.lang,
         fail_on=config.fail_on,
     )
+
+
+def clean_after_crashes(target: Path) -> None:
+    """What a killed audit left behind: workspace copies in the temporary folders (the
+    sandbox's run root included) and temporary ledger files in the audited folder."""
+    scratch = Path(tempfile.gettempdir())
+    sweep_stale_copies([scratch, scratch / f"torchdoctor-sandbox-{os.getuid()}"])
+    folder = target if target.is_dir() else target.parent
+    if folder.is_dir():
+        GuardedTree(folder).clean_stale_temps()
+
+
+def unanalysed_notes(static: StaticResult) -> list[InputNote]:
+    """Files the static pass could not parse or finish (a 100,000-term expression exhausts the
+    parser's recursion): reported as not (fully) audited, never silently 'not applicable'."""
+    return [InputNote(file=r.path, reason=r.note) for r in static.files if r.note]
 
 
 def check_run_commands(commands: list[str], workspace: Workspace) -> None:

@@ -188,7 +188,6 @@ def load_workspace(
         raise InputError(f"{display_name(str(target))}: not a regular file or folder")
     ws = Workspace(root=target, kind="folder", target=target)
     tree = GuardedTree(target)
-    tree.clean_stale_temps()
     paths, ws.notes = _walk_python_files(tree, exclude, exclude_prefix)
     for rel in paths:
         entry = _read_source(tree, rel, rel, max_bytes)

@@ -1,9 +1,10 @@
-"""Children that die with their parent, so a `kill -9` of an audit leaves no process behind.
+"""Children that die with the audit, so a `kill -9` of an audit leaves no process behind.
 
 `PR_SET_PDEATHSIG` asks the kernel to send SIGKILL to the calling process when the thread
-that forked it exits; set in a child between fork and exec (`preexec_fn`) or first thing in a
-pool worker. It is cleared when the child changes uid (the sandbox's jobs are swept by uid
-instead) and does nothing outside Linux.
+that forked it exits; set in a child between fork and exec (`preexec_fn`). It is cleared when
+the child changes uid (the sandbox's jobs are swept by uid instead) and does nothing outside
+Linux. A pool worker's parent is the multiprocessing forkserver, which itself waits for its
+workers to close a pipe: such a worker watches the audit process instead (`die_with`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import select
 import signal
+import threading
 
 PR_SET_PDEATHSIG = 1
 
@@ -26,3 +29,22 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with(pid: int) -> None:
+    """Kill this process as soon as process `pid` exits (a daemon thread waits on a pidfd,
+    opened now, so a later reuse of the pid cannot fool it)."""
+    try:
+        watched = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (OSError, AttributeError):
+        return
+    thread = threading.Thread(target=_wait_then_die, args=(watched,), daemon=True)
+    thread.start()
+
+
+def _wait_then_die(watched: int) -> None:
+    select.select([watched], [], [])
+    os.kill(os.getpid(), signal.SIGKILL)

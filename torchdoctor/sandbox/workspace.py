@@ -8,6 +8,7 @@ the copy is refused. Devices, sockets and FIFOs are refused for the same reason.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+_STAGED = re.compile(r"^td-ws-(\d+)-")
 SKIPPED_NAMES = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
 
@@ -28,9 +30,11 @@ def stage_workspace(
     """Copy a folder, a file, or several of them into a new directory and return it.
 
     A single folder is copied as the workspace itself; a file, or each entry of a list, is
-    copied under its own name. On any refusal the partial copy is removed.
+    copied under its own name. On any refusal the partial copy is removed. The folder's name
+    carries this process's id, so a copy left by a killed process is found and removed by
+    `sweep_stale_copies` on the next start.
     """
-    workspace = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    workspace = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
     try:
         if isinstance(sources, Path) and sources.is_dir() and not sources.is_symlink():
             _copy_tree(sources, workspace, sources)
@@ -44,6 +48,39 @@ def stage_workspace(
         remove_workspace(workspace)
         raise
     return workspace
+
+
+def sweep_stale_copies(folders: Iterable[Path]) -> list[str]:
+    """Remove the workspace copies (`td-ws-<pid>-*`) that a process of this user left in
+    `folders` before it died without cleaning up (kill -9, power loss)."""
+    removed = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _STAGED.match(entry.name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                remove_workspace(Path(entry.path))
+                removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_workspace(workspace: Path) -> None:

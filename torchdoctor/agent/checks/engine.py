@@ -22,7 +22,7 @@ from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
-from torchdoctor.sandbox.lifeline import die_with_parent
+from torchdoctor.sandbox.lifeline import die_with
 
 PARALLEL_THRESHOLD = 24
 _DEADLINE_CHECK_EVERY = 4096
@@ -215,11 +215,11 @@ def _analyse(
     )
 
 
-def _prepare_worker(config: EngineConfig) -> None:
+def _prepare_worker(config: EngineConfig, audit_pid: int) -> None:
     """Load the rules, then move everything imported out of the collector's sight for good:
     later collections scan only what the worker allocates, not the modules' objects. The
-    worker dies with the forkserver, which exits when the audit dies (no orphan after kill -9)."""
-    die_with_parent()
+    worker dies with the audit process (no orphan after kill -9; the forkserver then exits)."""
+    die_with(audit_pid)
     enabled_rules(config.select, config.ignore)
     gc.collect()
     gc.freeze()
@@ -254,7 +254,7 @@ def analyse_files(
             max_workers=workers,
             mp_context=get_context("forkserver"),
             initializer=_prepare_worker,
-            initargs=(config,),
+            initargs=(config, os.getpid()),
         ) as pool:
             results = [
                 r
