@@ -129,11 +129,13 @@ def main():
 
     losses = []
     started = time.perf_counter()
+    window_start = time.time()
     for step in range(args.steps):
         if step == warmup:
             if device == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
+            window_start = time.time()
         batch = torch.randint(
             config.vocab_size, (args.batch_size, config.block_size + 1), device=device
         )
@@ -156,6 +158,7 @@ def main():
                 "tokens_per_s": (args.steps - warmup) * tokens_per_step / elapsed,
                 "timed_steps": args.steps - warmup,
                 "seconds": elapsed,
+                "window": [window_start, window_start + elapsed],
                 "batch_size": args.batch_size,
                 "block_size": config.block_size,
                 "parameters": sum(p.numel() for p in model.parameters()),

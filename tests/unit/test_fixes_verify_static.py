@@ -86,3 +86,35 @@ def test_a_patch_that_adds_a_worse_finding_is_rejected(workspace: Path) -> None:
     out = verify_patch(workspace, FINDING, llm_patch(worse), FixKind.CORRECTNESS, None)
     ok, detail = steps(out)["rule-cleared"]
     assert not ok and "new findings: double-softmax" in detail
+
+
+def test_a_finding_on_the_edited_line_is_not_new(tmp_path: Path) -> None:
+    """dataloader-sync rewrites the DataLoader call, where pin-memory-off already fired: the
+    same finding on an edited line (seen on the H200 ResNet benchmark), not a new one."""
+    source = (
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n\n"
+        "def main():\n"
+        "    model = torch.nn.Linear(4, 1).cuda()\n"
+        "    opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "    loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=8)\n"
+        "    for (x,) in loader:\n"
+        "        opt.zero_grad()\n"
+        "        model(x.cuda()).sum().backward()\n"
+        "        opt.step()\n\n\n"
+        'if __name__ == "__main__":\n'
+        "    main()\n"
+    )
+    (tmp_path / "train.py").write_text(source)
+    fixed = source.replace("batch_size=8)", "batch_size=8, num_workers=2)")
+    finding = FINDING.model_copy(
+        update={"rule": "dataloader-sync", "severity": Severity.LOW, "line": 7, "end_line": 7}
+    )
+    patch = Patch(
+        finding_id="TD-zg",
+        rule="dataloader-sync",
+        diff=unified_diff("train.py", source, fixed),
+        files=["train.py"],
+    )
+    out = verify_patch(tmp_path, finding, patch, FixKind.PERFORMANCE, None)
+    assert steps(out)["rule-cleared"][0], steps(out)["rule-cleared"][1]

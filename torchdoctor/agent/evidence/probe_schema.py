@@ -195,6 +195,7 @@ class Loader(_Model):
     pin_memory: bool
     persistent_workers: bool
     prefetch_factor: int | None = None
+    batches_per_epoch: int | None = None
     batches: int
     wait_s: float
 
@@ -243,6 +244,17 @@ class Flops(_Model):
     device_name: str | None = None
     peak_bf16_tflops: float | None = None
     mfu: float | None = None
+    error: str | None = None
+
+
+class Energy(_Model):
+    """GPU board power sampled through NVML over the steady steps."""
+
+    source: str
+    samples: int
+    mean_watts: float | None = None
+    max_watts: float | None = None
+    joules_per_step: float | None = None
     error: str | None = None
 
 
@@ -375,6 +387,7 @@ class ProbeDocument(_Model):
     dataflow: DataFlow = Field(default_factory=DataFlow)
     dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
     flops: Flops | None = None
+    energy: Energy | None = None
     mode_issues: list[ModeIssue] = Field(default_factory=list)
     export: Export | None = None
     int8: Attempt | None = None

@@ -15,6 +15,7 @@ No torch import here: the audit side only reads JSON.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable
 from math import isfinite
@@ -29,6 +30,7 @@ from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
 DEAD_RELU_FRACTION = 0.7
+DEFAULT_KWH_PRICE = 0.15
 LOW_MFU = 0.30
 INPUT_BOUND_SHARE = 0.30
 CUDA_GROWTH_BYTES_PER_STEP = 2**20
@@ -637,6 +639,7 @@ def _flops(b: _Builder) -> None:
     f = b.doc.flops
     if f is None or f.flops_per_step is None:
         return
+    energy = _energy(b.doc)
     if f.mfu is not None:
         if f.mfu < LOW_MFU:
             b.find(
@@ -645,13 +648,47 @@ def _flops(b: _Builder) -> None:
                 Severity.MEDIUM,
                 "Low model FLOP utilisation",
                 f"{f.achieved_tflops:.1f} TFLOP/s achieved = {f.mfu:.1%} of the "
-                f"{f.device_name}'s dense bf16 peak ({f.peak_bf16_tflops:.0f} TFLOP/s).",
+                f"{f.device_name}'s dense bf16 peak ({f.peak_bf16_tflops:.0f} TFLOP/s){energy}.",
                 ["8.1"],
                 code="mfu",
                 mfu=f.mfu,
             )
         else:
-            b.hint("8.1", "pass", "probe:flops", f"MFU {f.mfu:.1%} on {f.device_name}")
+            b.hint("8.1", "pass", "probe:flops", f"MFU {f.mfu:.1%} on {f.device_name}{energy}")
+        return
+    # no known peak (a CPU run, an unlisted GPU): the counted work and its rate still stand
+    rate = (
+        f", {f.achieved_tflops * 1e3:.2f} GFLOP/s achieved" if f.achieved_tflops is not None else ""
+    )
+    b.hint(
+        "8.1",
+        "pass",
+        "probe:flops",
+        f"{f.flops_per_step / 1e9:.3f} GFLOP per step (FlopCounterMode){rate} on "
+        f"{f.device_name or 'CPU'}; no dense peak known there, so no MFU{energy}",
+    )
+
+
+def kwh_price() -> float:
+    """Electricity price per kWh for the cost figures: `TORCHDOCTOR_KWH_PRICE`, else 0.15."""
+    try:
+        return float(os.environ.get("TORCHDOCTOR_KWH_PRICE", DEFAULT_KWH_PRICE))
+    except ValueError:
+        return DEFAULT_KWH_PRICE
+
+
+def _energy(doc: ProbeDocument) -> str:
+    """'; 412 W, 61.3 J per step, 0.021 kWh (0.0032 at 0.15/kWh) per 1250-batch epoch'."""
+    e = doc.energy
+    if e is None or e.mean_watts is None or e.joules_per_step is None:
+        return ""
+    text = f"; {e.mean_watts:.0f} W mean GPU power, {e.joules_per_step:.2f} J per step"
+    batches = next((d.batches_per_epoch for d in doc.dataloader.loaders if d.batches_per_epoch), 0)
+    if batches:
+        kwh = e.joules_per_step * batches / 3.6e6
+        price = kwh_price()
+        text += f", {kwh:.4f} kWh per {batches}-batch epoch ({kwh * price:.4f} at {price:g}/kWh)"
+    return text
 
 
 def _compile(b: _Builder) -> None:

@@ -88,6 +88,7 @@ def propose_and_verify(
     run_command: list[str] | None = None,
     steps: int = 20,
     timing_runs: int = 3,
+    max_timing_runs: int = 6,
     gpu: bool = False,
     limits: Limits | None = None,
     config: EngineConfig | None = None,
@@ -108,6 +109,7 @@ def propose_and_verify(
         run_command,
         steps=steps,
         timing_runs=timing_runs,
+        max_timing_runs=max_timing_runs,
         config=config,
     )
     by_id = {f.id: f for f in findings}

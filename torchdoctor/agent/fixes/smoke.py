@@ -120,6 +120,7 @@ def smoke_run_from_evidence(evidence: ProbeDocument) -> SmokeRun:
         "syncs_per_step": evidence.syncs.cuda_syncs_per_step,
         "device": evidence.device.name,
         "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
+        "joules_per_step": evidence.energy.joules_per_step if evidence.energy else None,
     }
     return SmokeRun(
         ok=ok,

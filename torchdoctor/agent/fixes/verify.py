@@ -15,6 +15,7 @@ Only a fix that passes every step is verified.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -93,6 +94,7 @@ class Verifier:
         self.max_timing_runs = max_timing_runs
         self.config = config or EngineConfig()
         self._baseline: SmokeRun | None = None
+        self._nondeterminism: float | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
 
     # --- the pipeline ---------------------------------------------------------------------
@@ -131,6 +133,15 @@ class Verifier:
                 steps.append(self._speed(copy, after))
         return steps
 
+    def nondeterminism(self) -> float:
+        """Largest relative deviation between two seeded runs of the original (made once, only
+        when a fix's trajectory is out of tolerance): the floor no fix can be held under."""
+        if self._nondeterminism is None:
+            assert self.runner is not None and self.run_command is not None
+            again = self.runner.run(self.root, self.run_command, self.steps)
+            self._nondeterminism = _worst_deviation(self.baseline().losses, again.losses)
+        return self._nondeterminism
+
     def baseline(self) -> SmokeRun:
         """The original script's seeded run (made once)."""
         if self._baseline is None:
@@ -161,11 +172,22 @@ class Verifier:
                 step="rule-cleared", ok=False, detail=f"still fires: {', '.join(remaining)}"
             )
         known = Counter(_key(f) for f in before)
-        new = []
+        unmatched = []
         for found in after:
-            key = _key(found)
-            if known[key] > 0:
-                known[key] -= 1
+            if known[_key(found)] > 0:
+                known[_key(found)] -= 1
+            else:
+                unmatched.append(found)
+        # a finding on a line the fix edited (a DataLoader call given num_workers keeps its
+        # pin-memory-off finding) is the same finding while its rule fires no more often there
+        spare: Counter[tuple[str, str]] = Counter()
+        for (rule, file, _code), count in known.items():
+            spare[(rule, file)] += max(count, 0)
+        new = []
+        for found in unmatched:
+            place = (found.rule, found.file)
+            if spare[place] > 0:
+                spare[place] -= 1
             elif found.severity.rank >= claim.severity.rank and found.rule not in claim.rules:
                 new.append(found)
         if new:
@@ -221,8 +243,16 @@ class Verifier:
             )
         details: list[str] = []
         ok = True
-        if spec.rtol is not None:
+        if spec.rtol is not None and not before.losses and not after.losses:
+            details.append("no loss on either side (an inference script): outputs not compared")
+        elif spec.rtol is not None:
             same, text = trajectories_match(before.losses, after.losses, spec.rtol)
+            if not same and (floor := self.nondeterminism()) > spec.rtol:
+                # the original itself does not repeat (non-deterministic GPU kernels): the
+                # fix is held to 3x what two seeded runs of the original already differ by
+                # (one pair underestimates the spread; seen on an H200: 1.45e-3 vs 2.94e-3)
+                same, text = trajectories_match(before.losses, after.losses, 3 * floor)
+                text += f"; two seeded runs of the original differ by {floor:.2e}"
             ok &= same
             details.append(f"loss trajectory: {text}")
         if spec.kind is FixKind.CORRECTNESS:
@@ -257,7 +287,7 @@ class Verifier:
         return Verification(
             step="speed-up",
             ok=result.significant,
-            detail=f"{result.detail}; {_VERDICTS[result.verdict]}",
+            detail=f"{result.detail}; {_VERDICTS[result.verdict]}{_energy(self.baseline(), after)}",
         )
 
     def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
@@ -279,6 +309,25 @@ _VERDICTS = {
     Verdict.NOT_FASTER: f"the interval stays under a {MIN_IMPROVEMENT:.0%} gain: not faster",
     Verdict.INCONCLUSIVE: "the interval straddles the minimum gain after the most repeats allowed",
 }
+
+
+def _energy(before: SmokeRun, after: SmokeRun) -> str:
+    """'; energy 61.3 -> 40.2 J/step' when NVML measured both runs."""
+    joules = [run.signals.get("joules_per_step") for run in (before, after)]
+    if not all(isinstance(j, float) and j > 0 for j in joules):
+        return ""
+    return f"; GPU energy {joules[0]:.2f} -> {joules[1]:.2f} J/step"
+
+
+def _worst_deviation(first: list[float], second: list[float]) -> float:
+    """Largest relative step-wise deviation; 0 when the runs cannot be compared."""
+    if not first or len(first) != len(second):
+        return 0.0
+    worst = 0.0
+    for a, b in zip(first, second, strict=True):
+        if math.isfinite(a) and math.isfinite(b):
+            worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-12))
+    return worst
 
 
 def _enough(before: list[list[float]], after: list[list[float]]) -> bool:

@@ -69,6 +69,7 @@ class DataLoaderProbe:
                 "pin_memory": bool(loader.pin_memory),
                 "persistent_workers": bool(loader.persistent_workers),
                 "prefetch_factor": loader.prefetch_factor,
+                "batches_per_epoch": _length(loader),
                 "batches": 0,
                 "wait_s": 0.0,
             }
@@ -83,3 +84,11 @@ class DataLoaderProbe:
             "wait_share": waited / total if total > 0 else None,
             "first_step_wait_s": self.wait_by_step.get(0, 0.0),
         }
+
+
+def _length(loader: Any) -> int | None:
+    """`len(loader)`: batches in one epoch, unknown for an iterable dataset without a length."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None

@@ -189,6 +189,7 @@ def build(
         "dataflow": session.dataflow.report(),
         "dtype_mixing": session.dataflow.dtype_mixing(),
         "flops": session.flops.report(median) if config.flops else None,
+        "energy": session.power.report(median),
         "mode_issues": session.mode.report(),
         "export": None,
         "int8": None,

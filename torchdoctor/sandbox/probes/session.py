@@ -35,6 +35,7 @@ from torchdoctor.sandbox.probes.frames import UserFiles
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
 from torchdoctor.sandbox.probes.mode import ModeProbe
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
+from torchdoctor.sandbox.probes.power import PowerProbe
 from torchdoctor.sandbox.probes.syncs import SyncProbe
 from torchdoctor.sandbox.probes.tensors import cuda_in_use
 from torchdoctor.sandbox.probes.warnings_probe import WarningsProbe
@@ -97,6 +98,7 @@ class Session:
         self.dataloader = DataLoaderProbe(user_files)
         self.dataflow = DataFlowProbe()
         self.flops = FlopProbe()
+        self.power = PowerProbe()
         self.mode = ModeProbe(user_files)
         ranks = launched_rank()
         self.distributed = DistributedProbe(*ranks, user_files) if ranks else None
@@ -124,6 +126,8 @@ class Session:
             self.distributed.install()
         if self.config.flops and self.config.flop_step == 0:
             self.flops.start(0)
+        if torch.cuda.is_available():
+            self.power.start()
 
     def uninstall(self, in_forked_child: bool = False) -> None:
         """Remove every hook and patch. In a forked child (a DataLoader worker) this runs
@@ -131,6 +135,7 @@ class Session:
         global _ACTIVE
         _ACTIVE = None
         self.flops.stop()
+        self.power.stop()
         for handle in self._handles:
             handle.remove()
         for owner, name, original in reversed(self._patches):
@@ -313,6 +318,7 @@ class Session:
             self.flops.start(self.step)
         if self.step == 1:
             self.syncs.set_cuda_mode(True)
+            self.power.steady()
         self._step_started = time.perf_counter()
 
     def flush(self) -> None:
