@@ -1,8 +1,10 @@
-"""Containment table: every hostile script of tests/security/attacks through every backend this
-host can provide (bwrap, unshare, bare rlimits, Docker on a private engine), judged from the
-host. Prints one row per (attack, backend) and exits non-zero if a non-degraded backend leaked.
+"""Containment tables. First: every hostile script of tests/security/attacks through every
+backend this host can provide (bwrap, unshare, bare rlimits, Docker on a private engine), judged
+from the host. Second: the host-side attacks of tests/security/host_attacks.py, where
+torchdoctor itself reads, writes and runs git in a hostile repository. Prints one row per
+attack and exits non-zero if a non-degraded backend leaked or a host-side attack escaped.
 
-    .venv/bin/python benchmarks/containment.py [--backends local-bwrap,local-unshare,...]
+    .venv/bin/python benchmarks/containment.py [--backends local-bwrap,...] [--host-only]
 
 The rlimits row is the degraded fallback, shown so that its gaps are visible: it has no network
 or filesystem isolation, and is run with the system python3 that an unprivileged uid can reach.
@@ -11,13 +13,16 @@ or filesystem isolation, and is run with the system python3 that an unprivileged
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.security.attack_harness import ATTACKS, Arena, Verdict
+from tests.security.host_attacks import HOST_ATTACKS, HostScene
 from torchdoctor.sandbox.config import LocalConfig
 from torchdoctor.sandbox.mechanisms import Mechanism
 from torchdoctor.sandbox.private_engine import (
@@ -62,10 +67,31 @@ def run_backend(name: str, scratch: Path) -> tuple[list[Verdict], str]:
         return [arena.attack(built, name, a) for a in ATTACKS], built.isolation.summary
 
 
+def host_side_table() -> bool:
+    """Run every host-side attack in a fresh scene; print the second table; True if all held."""
+    print(f"\n| {'host-side attack':<21} | {'s':>5} | held |")
+    print(f"|{'-' * 23}|{'-' * 7}|{'-' * 6}|")
+    held = 0
+    with tempfile.TemporaryDirectory(prefix="td-host-side-") as tmp:
+        os.environ["TORCHDOCTOR_HOME"] = str(Path(tmp) / "home")
+        for index, (name, attack) in enumerate(HOST_ATTACKS.items()):
+            started = time.monotonic()
+            escaped = attack(HostScene(Path(tmp) / f"scene-{index}"))
+            seconds = round(time.monotonic() - started, 2)
+            mark = "yes" if not escaped else "NO: " + "; ".join(escaped)
+            held += not escaped
+            print(f"| {name:<21} | {seconds:>5} | {mark}")
+    print(f"\n{held}/{len(HOST_ATTACKS)} host-side attacks held")
+    return held == len(HOST_ATTACKS)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=",".join(ALL_BACKENDS))
+    parser.add_argument("--host-only", action="store_true", help="only the second table")
     args = parser.parse_args()
+    if args.host_only:
+        return 0 if host_side_table() else 1
     rows: list[Verdict] = []
     leaked_strict = False
     with tempfile.TemporaryDirectory(prefix="td-containment-") as tmp:
@@ -86,7 +112,8 @@ def main() -> int:
         )
     contained = sum(v.contained for v in rows)
     print(f"\n{contained}/{len(rows)} contained")
-    return 1 if leaked_strict else 0
+    host_held = host_side_table()
+    return 1 if leaked_strict or not host_held else 0
 
 
 if __name__ == "__main__":

@@ -66,9 +66,9 @@ def parse_document(raw: bytes) -> ProbeDocument:
         return ProbeDocument.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = one_line(".".join(str(p) for p in first["loc"]))[:120]
         raise UntrustedEvidence(
-            f"not the schema ({err.error_count()} error(s), first at {where}: {first['msg']})"
+            f"not the schema ({err.error_count()} error(s), first at {where!r}: {first['msg']})"
         ) from None
 
 
