@@ -32,6 +32,7 @@ NEW_RULES: tuple[str, ...] = (
     "argmax-without-dim",
     "synchronize-in-step",
     "torch-load-no-map-location",
+    "factory-without-device-in-step",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

@@ -1,0 +1,124 @@
+"""factory-without-device-in-step: a tensor created on the CPU in the step of a GPU script
+and handed to the loss or the model."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.patterns import uses_cuda
+from torchdoctor.agent.models import Severity
+
+_MOVES = frozenset({"to", "cuda", "type_as", "to_device", "as_subclass"})
+
+
+class FactoryWithoutDeviceInStep(Rule):
+    """Detects, in the training step of a script that runs on CUDA, a tensor factory
+    (`torch.arange/zeros/ones/full/empty/rand/randn/randint/eye/linspace`) called without
+    `device=` whose result goes, without `.to()`/`.cuda()`, into a loss or a model call
+    (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`).
+
+    Why it matters: factories create CPU tensors unless told otherwise; the loss or the model
+    then mixes devices and the step fails on the GPU ("Expected all tensors to be on the same
+    device") — while the CPU smoke test passed. Moving it afterwards (`.to(device)`) costs a
+    host-to-device copy every step.
+
+    Not reported: factories with `device=` or `*_like` variants, results moved before use,
+    results used only in CPU-side bookkeeping, steps that move none of their data to a
+    device themselves (the model places its inputs: pipeline shards, RPC), scripts with no
+    CUDA use, code outside the training step.
+
+    Example:
+        logits = image_emb @ text_emb.t()
+        labels = torch.arange(logits.size(0))
+        loss = F.cross_entropy(logits, labels)
+
+    Fix: create it on the right device: `torch.arange(n, device=logits.device)`.
+    """
+
+    id = "factory-without-device-in-step"
+    point = 1
+    severity = Severity.HIGH
+    title = "CPU tensor created in a GPU training step"
+    items: ClassVar[tuple[str, ...]] = ("1.3",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return uses_cuda(ctx) and bool(ctx.loops.training_loops)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.calls_to(TENSOR_FACTORIES):
+            if kwarg(call, "device") is not None or not ctx.loops.in_training_step(call):
+                continue
+            consumer = _consumer(ctx, call)
+            if consumer is None or not _places_batches(ctx, call):
+                continue
+            own = _bound_name(ctx, call)
+            other = next(
+                (a for a in consumer.args if isinstance(a, ast.Name) and a.id != own), None
+            )
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call.func)}(...)` creates a CPU tensor that reaches "
+                f"`{ast.unparse(consumer.func)}` on the GPU: the devices do not match",
+                data={"device_from": other.id} if other is not None else {},
+            )
+
+
+def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
+    """The loss or model call that receives the factory's tensor unmoved, if any."""
+    flow = ctx.flow
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Call) and call in parent.args:
+        return parent if _device_side(ctx, parent) else None
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return None
+    target = parent.targets[0]
+    if not isinstance(target, ast.Name):
+        return None
+    scope = ctx.enclosing_function(call)
+    reads = [r for r in flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
+    for read in reads:
+        holder = ctx.parents.get(read)
+        if isinstance(holder, ast.Attribute) and holder.attr in _MOVES:
+            return None
+    for read in reads:
+        holder = ctx.parents.get(read)
+        if isinstance(holder, ast.Call) and read in holder.args and _device_side(ctx, holder):
+            return holder
+    return None
+
+
+def _device_side(ctx: ModuleContext, call: ast.Call) -> bool:
+    flow = ctx.flow
+    return flow.is_loss_callee(call.func) or flow.is_model_call(call)
+
+
+def _places_batches(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The step moves its data to the device itself (`x.to(device)`, `y.cuda()`): device
+    placement is this code's job, not the model's (a pipeline shard that moves its inputs)."""
+    loop = ctx.loops.loop_containing(call)
+    owner = loop.node if loop is not None else ctx.enclosing_function(call)
+    body = getattr(owner, "body", [])
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in ("to", "cuda")
+        and not ctx.flow.is_module_value(n.func.value)
+        for n in walk_scope(body)
+    )
+
+
+def _bound_name(ctx: ModuleContext, call: ast.Call) -> str:
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Assign) and isinstance(parent.targets[0], ast.Name):
+        return parent.targets[0].id
+    return ""
