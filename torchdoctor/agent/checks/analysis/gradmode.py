@@ -74,7 +74,7 @@ def _statement_switches(ctx: ModuleContext, scope: ast.AST) -> list[tuple[int, G
     found = memo.get(key)
     if found is None:
         found = []
-        if "set_grad_enabled" in ctx.source:
+        if _mentions_switch(ctx):
             body = getattr(scope, "body", [])
             for stmt in _straight_statements(body):
                 call = stmt.value if isinstance(stmt, ast.Expr) else None
@@ -84,6 +84,13 @@ def _statement_switches(ctx: ModuleContext, scope: ast.AST) -> list[tuple[int, G
                         found.append((stmt.lineno, mode))
         memo[key] = found
     return found
+
+
+def _mentions_switch(ctx: ModuleContext) -> bool:
+    memo = ctx.memo_table("gradmode.mentions_switch")
+    if "" not in memo:
+        memo[""] = "set_grad_enabled" in ctx.source
+    return bool(memo[""])
 
 
 def _straight_statements(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -151,8 +158,11 @@ def _callers_mode(ctx: ModuleContext, fn: FunctionNode, depth: int) -> GradMode:
 
 def _may_switch(ctx: ModuleContext) -> bool:
     """Whether the module can turn autograd off at all (else every caller runs with it on)."""
-    text = ctx.source
-    return "no_grad" in text or "inference_mode" in text or "set_grad_enabled" in text
+    memo = ctx.memo_table("gradmode.may_switch")
+    if "" not in memo:
+        text = ctx.source
+        memo[""] = "no_grad" in text or "inference_mode" in text or "set_grad_enabled" in text
+    return bool(memo[""])
 
 
 def grad_may_be_off(ctx: ModuleContext, node: ast.AST) -> bool:

@@ -30,7 +30,7 @@ def evaluation_helpers(ctx: ModuleContext) -> list[FunctionNode]:
     found: dict[int, FunctionNode] = {}
     text = ctx.source
     networks = ctx.flow.module_classes
-    if "loader" in text.lower() or "backward" in text:  # code that handles data splits
+    if "DataLoader" in text or ctx.loops.training_loops:  # code that handles data splits
         for call in ctx.nodes_by_type().get(ast.Call, ()):
             assert isinstance(call, ast.Call)
             if not any(isinstance(a, ast.Name | ast.Attribute) for a in _arguments(call)):
