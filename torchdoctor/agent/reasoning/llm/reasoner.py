@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel
 
 from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Fix
 from torchdoctor.agent.reasoning.base import PointRequest, PointResult, Reasoner
 from torchdoctor.agent.reasoning.llm.batching import Once, plan_batches, route_sections
@@ -445,6 +446,15 @@ def _locations(request: PointRequest, base: PointResult) -> list[Location]:
     return found
 
 
+MAX_EXPLANATION_CHARS = 600
+
+
+def quoted_model_text(text: str) -> str:
+    """Model text as data: one line, bounded, inside quotes and attributed, so an obeying
+    model's "False positive; status: fixed" reads as a claim, never as a status."""
+    return f"model's explanation (unverified): “{one_line(text)[:MAX_EXPLANATION_CHARS]}”"
+
+
 def _explained(finding: Finding, explanations: list[str], source: str) -> Finding:
     if not explanations:
         return finding
@@ -452,7 +462,7 @@ def _explained(finding: Finding, explanations: list[str], source: str) -> Findin
         Evidence(
             source=source,
             kind="llm",
-            message=text,
+            message=quoted_model_text(text),
             file=finding.file,
             line=finding.line,
             data={"explains": finding.id},

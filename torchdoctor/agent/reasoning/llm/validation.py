@@ -1,10 +1,13 @@
 """Trust nothing: every model claim is checked against the code before it becomes a `Finding`.
 
-A finding must name an audited file, a line in it, and a snippet that really is there (at that
-line ±2, whitespace-normalised); its checkpoint must be a point 1-12 (another point than the one
-asked is re-routed); its severity and kebab-case rule must validate (rules not native are
-prefixed `llm-`). Status is always open: anything the model says about status is ignored.
-Explanations must name a finding the tools reported. Every rejection is counted by reason.
+A finding must name an audited file, a line in it, and a snippet of at least
+`MIN_SNIPPET_CHARS` non-blank characters that really is there as whole tokens (at that line ±2,
+whitespace-normalised: `ab` inside `tab` does not count); its checkpoint must be a point 1-12
+(another point than the one asked is re-routed); its severity and kebab-case rule must validate
+(rules not native are prefixed `llm-`). A finding only the model makes is capped at
+`LLM_ONLY_MAX_SEVERITY` unless a tool reported something on the same lines. Status is always
+open: anything the model says about status is ignored. Explanations must name a finding the
+tools reported. Every rejection is counted by reason.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torchdoctor.agent.reasoning.llm.schema import LLMExplanation, LLMFinding
 SNIPPET_SLACK = 2
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _WS = re.compile(r"\s+")
-_MIN_SNIPPET_CHARS = 3
+MIN_SNIPPET_CHARS = 10
+LLM_ONLY_MAX_SEVERITY = Severity.MEDIUM
 _MAX_TITLE = 200
 
 
@@ -97,6 +101,7 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
         out.dropped["snippet-not-found"] += 1
         return None
     start, end = anchored
+    severity, capped = _capped(severity, file, start, end, ctx)
     if claim.checkpoint != ctx.point:
         out.rerouted.append((rule, claim.checkpoint))
     code = "\n".join(lines[start - 1 : end])
@@ -109,7 +114,7 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
         source=ctx.source,
         source_version=ctx.source_version,
         kind="llm",
-        message=claim.explanation.strip() or title,
+        message=(claim.explanation.strip() or title) + capped,
         file=file,
         line=start,
         excerpt=numbered(lines, start, end),
@@ -127,6 +132,21 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
         end_line=end,
         evidence=[evidence],
         fix=_fix(claim.fix_diff, ctx, out),
+    )
+
+
+def _capped(
+    severity: Severity, file: str, start: int, end: int, ctx: Context
+) -> tuple[Severity, str]:
+    """The severity a model-only claim may carry, and what the evidence says about it."""
+    if severity.rank <= LLM_ONLY_MAX_SEVERITY.rank:
+        return severity, ""
+    confirmed = any(f.file == file and f.line <= end and start <= f.end_line for f in ctx.reported)
+    if confirmed:
+        return severity, ""
+    return LLM_ONLY_MAX_SEVERITY, (
+        f" (model-only claim: {severity.value} capped at {LLM_ONLY_MAX_SEVERITY.value} "
+        "until a tool confirms it)"
     )
 
 
@@ -164,10 +184,10 @@ def _norm(text: str) -> str:
 def locate_snippet(lines: Sequence[str], line: int, snippet: str) -> tuple[int, int] | None:
     """The (first, last) line the snippet really occupies near `line`, or None."""
     wanted = [_norm(part) for part in snippet.strip("\n").splitlines() if _norm(part)]
-    if not wanted or len("".join(wanted)) < _MIN_SNIPPET_CHARS:
+    if not wanted or len("".join(wanted).replace(" ", "")) < MIN_SNIPPET_CHARS:
         return None
     for start in _nearby(line, len(lines)):
-        if _norm(lines[start - 1]).find(wanted[0]) < 0:
+        if not _has_tokens(_norm(lines[start - 1]), wanted[0]):
             continue
         end = start
         matched = True
@@ -175,12 +195,19 @@ def locate_snippet(lines: Sequence[str], line: int, snippet: str) -> tuple[int, 
             end += 1
             while end <= len(lines) and not _norm(lines[end - 1]):
                 end += 1
-            if end > len(lines) or part not in _norm(lines[end - 1]):
+            if end > len(lines) or not _has_tokens(_norm(lines[end - 1]), part):
                 matched = False
                 break
         if matched:
             return start, end
     return None
+
+
+def _has_tokens(line: str, part: str) -> bool:
+    """`part` occurs in `line` without cutting an identifier or number at either end."""
+    head = r"(?<!\w)" if part[0].isalnum() or part[0] == "_" else ""
+    tail = r"(?!\w)" if part[-1].isalnum() or part[-1] == "_" else ""
+    return re.search(head + re.escape(part) + tail, line) is not None
 
 
 def _nearby(line: int, total: int) -> list[int]:
