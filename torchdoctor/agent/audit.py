@@ -68,6 +68,7 @@ from torchdoctor.agent.probing import (
 )
 from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.redact import masked_finding
 from torchdoctor.agent.safefs import GuardedTree, display_name
 from torchdoctor.agent.workspace import InputError, Workspace, load_paths, load_workspace
 from torchdoctor.sandbox.protocol import Sandbox
@@ -269,7 +270,9 @@ def run_audit(options: AuditOptions, progress: Progress | None = None) -> AuditO
                 progress(chunk)
         state = app.get_state(run_config).values
 
-    findings = sort_findings([Finding.model_validate(f) for f in state.get("findings", [])])
+    findings = sort_findings(
+        [masked_finding(Finding.model_validate(f)) for f in state.get("findings", [])]
+    )
     coverage = sorted(
         (CoverageEntry.model_validate(c) for c in state.get("coverage", [])),
         key=lambda c: _item_order(c.item),

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import ast
-import math
 import re
-from collections import Counter
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.models import Severity
+from torchdoctor.agent.redact import TOKEN_PATTERNS, looks_random, mask
 
-_TOKEN_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
-    ("OpenAI key", re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}")),
-    ("AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
-    ("Slack token", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
-)
 _SECRET_NAME = re.compile(
     r"(api_?key|^key$|token|secret|passw(or)?d|access_key|auth)", re.IGNORECASE
 )
@@ -81,13 +73,13 @@ def _masked(finding: RawFinding, secrets: list[str]) -> RawFinding:
     """The finding with every detected secret of the module masked in its code and excerpt."""
     code, excerpt = finding.code, finding.excerpt
     for secret in secrets:
-        code = code.replace(secret, _mask(secret))
-        excerpt = excerpt.replace(secret, _mask(secret))
+        code = code.replace(secret, mask(secret))
+        excerpt = excerpt.replace(secret, mask(secret))
     return finding.model_copy(update={"code": code, "excerpt": excerpt})
 
 
 def _token_kind(text: str) -> str | None:
-    for kind, pattern in _TOKEN_PATTERNS:
+    for kind, pattern in TOKEN_PATTERNS:
         if pattern.search(text):
             return kind
     return None
@@ -95,7 +87,7 @@ def _token_kind(text: str) -> str | None:
 
 def _named_secret(ctx: ModuleContext, node: ast.Constant) -> str | None:
     text = str(node.value)
-    if " " in text or _PLACEHOLDER.search(text) or not _looks_random(text):
+    if " " in text or _PLACEHOLDER.search(text) or not looks_random(text):
         return None
     parent = ctx.parents.get(node)
     names: list[str] = []
@@ -112,16 +104,3 @@ def _named_secret(ctx: ModuleContext, node: ast.Constant) -> str | None:
     if any(_SECRET_NAME.search(name) for name in names):
         return "credential"
     return None
-
-
-def _looks_random(text: str) -> bool:
-    """Mixes letters and digits with high character entropy, unlike names and sentences."""
-    if "." in text or not any(c.isdigit() for c in text) or not any(c.isalpha() for c in text):
-        return False
-    counts = Counter(text)
-    entropy = -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
-    return entropy >= 3.0
-
-
-def _mask(secret: str) -> str:
-    return secret[:4] + "*" * 8

@@ -1,9 +1,18 @@
-"""Read-only, path-safe access to the audited workspace's text files, cached per reasoner."""
+"""Read-only, path-safe access to the audited workspace's text files, cached per reasoner.
+
+Reads go through the guarded layer (no link out of the tree, no FIFO), and secrets are masked
+before any line can reach the model.
+"""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+
+from torchdoctor.agent.redact import mask_secrets
+from torchdoctor.agent.safefs import GuardedTree
+
+MAX_FILE_BYTES = 4_000_000
 
 
 class WorkspaceFiles:
@@ -17,13 +26,12 @@ class WorkspaceFiles:
         with self._lock:
             if relpath in self._lines:
                 return self._lines[relpath]
-        path = (self.root / relpath).resolve()
-        text: str | None = None
-        if path.is_relative_to(self.root) and path.is_file():
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                text = None
+        text: str | None
+        try:
+            raw = GuardedTree(self.root).read_bytes(relpath, MAX_FILE_BYTES)
+            text = mask_secrets(raw.decode("utf-8", errors="replace"))
+        except OSError:
+            text = None
         lines = None if text is None else text.splitlines()
         with self._lock:
             self._lines[relpath] = lines
