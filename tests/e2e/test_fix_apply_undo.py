@@ -60,11 +60,11 @@ def test_fix_is_verified_then_applied_then_undone_byte_exact(repo: Path) -> None
     assert "zero_grad" in finding["fix"]["diff"]
     assert (repo / "train.py").read_bytes() == original, "--fix alone never writes"
 
-    applied = torchdoctor("audit", str(repo), *run, "--apply")
+    applied = torchdoctor("audit", str(repo), *run, "--apply", "--yes")
     assert applied.returncode == 0, applied.stderr
     assert b"zero_grad" in (repo / "train.py").read_bytes()
 
-    refused = torchdoctor("audit", str(repo), *run, "--apply")
+    refused = torchdoctor("audit", str(repo), *run, "--apply", "--yes")
     assert refused.returncode == 2 and "uncommitted changes" in refused.stderr
 
     restored = torchdoctor("undo", str(repo))

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.e2e.test_fix_apply_undo import TRAIN
-from torchdoctor.agent.audit import verify_llm_fix
+from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixKind
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixing import FixBench, propose, verify_record
 from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status
-from torchdoctor.agent.workspace import load_workspace
 from torchdoctor.sandbox.config import get_sandbox
 
 
@@ -32,20 +34,31 @@ def _llm_finding(before: str, after: str) -> Finding:
     )
 
 
+def _verify(bench: FixBench, finding: Finding) -> Finding:
+    (record,) = propose(bench.root, [finding], finding.phase)
+    assert record.origin == "llm" and record.kind is FixKind.CORRECTNESS  # point 4: phase 2
+    return verify_record(bench, {}, None, finding, record).finding
+
+
 def test_an_llm_patch_is_verified_by_running_it_and_a_broken_one_is_not(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(TRAIN)
-    workspace = load_workspace(tmp_path)
-    sandbox = get_sandbox("local")
-    command = ["python", "train.py"]
+    bench = FixBench(
+        root=tmp_path,
+        runner=ProbeRunner(get_sandbox("local")),
+        run_command=["python", "train.py"],
+        steps=4,
+        config=EngineConfig(),
+        paths=["train.py"],
+    )
     good = TRAIN.replace(
         "    loss.backward()\n", "    optimizer.zero_grad()\n    loss.backward()\n"
     )
-    checked = verify_llm_fix(workspace, _llm_finding(TRAIN, good), sandbox, command, 4, False)
+    checked = _verify(bench, _llm_finding(TRAIN, good))
     assert checked.fix is not None and checked.fix.origin == "llm"
     assert checked.fix.verified, checked.fix.verification
     assert checked.status == Status.VERIFIED
     broken = TRAIN.replace("    loss.backward()\n", "    loss.backward(\n")
-    rejected = verify_llm_fix(workspace, _llm_finding(TRAIN, broken), sandbox, command, 4, False)
+    rejected = _verify(bench, _llm_finding(TRAIN, broken))
     assert rejected.fix is not None and not rejected.fix.verified
     assert rejected.status == Status.OPEN
     assert any(not v.ok for v in rejected.fix.verification)

@@ -20,11 +20,14 @@ from langchain_core.runnables import RunnableConfig
 from tests.llm_stub_server import Reply, StubLLM, tokens
 from tests.llm_workspace import FIXTURES, copy_fixture, point_requests
 from torchdoctor.agent.checklist import PHASES
-from torchdoctor.agent.graph import build_audit_graph, sqlite_checkpointer
+from torchdoctor.agent.context import AuditContext
+from torchdoctor.agent.graph import graph
+from torchdoctor.agent.options import AuditOptions
 from torchdoctor.agent.reasoning.base import PointRequest, PointResult
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.workspace import load_workspace
 
 ASKED = re.compile(r"^Review checklist points? ([\d, ]+)\.", re.MULTILINE)
 
@@ -220,15 +223,11 @@ def test_a_request_that_was_not_prepared_is_a_request_of_its_own(
     assert stub.chat_calls == 2
 
 
-def test_the_audit_graph_prepares_the_reasoner(
-    stub: StubLLM, workspace: Path, requests_: dict[int, PointRequest], tmp_path: Path
-) -> None:
-    graph = build_audit_graph(make(stub, workspace), lambda: requests_)
-    with sqlite_checkpointer(tmp_path / "checkpoints.sqlite") as saver:
-        app = graph.compile(checkpointer=saver)
-        config: RunnableConfig = {"configurable": {"thread_id": "audit-batched"}}
-        app.invoke({"audit_id": "audit-batched"}, config)
-        state = app.get_state(config).values
+def test_the_audit_graph_prepares_the_reasoner(stub: StubLLM, workspace: Path) -> None:
+    context = AuditContext(workspace=load_workspace(workspace), reasoner=make(stub, workspace))
+    options = AuditOptions(target=workspace, write_ledger=False)
+    config: RunnableConfig = {"recursion_limit": 1000}
+    state = graph.invoke({"audit_id": "audit-batched", "options": options}, config, context=context)
     assert stub.chat_calls == 1
     assert state["usage"]["requests"] == 1
     assert len(state["coverage"]) == 50

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -27,7 +28,7 @@ from torchdoctor.agent.workspace import InputError
 from torchdoctor.sandbox.core import SandboxUnavailable
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
-    from torchdoctor.agent.audit import AuditOptions, AuditOutcome
+    from torchdoctor.agent.audit import Approver, AuditOutcome
 
 
 app = typer.Typer(
@@ -83,21 +84,47 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _with_progress(options: AuditOptions, quiet: bool) -> AuditOutcome:
-    from torchdoctor.agent.audit import run_audit
+def _approver(apply: bool, yes: bool) -> Approver | None:
+    """How `--apply`'s question is answered: `--yes` approves all; a terminal asks per diff;
+    without either the audit refuses (after the report and the ledger are written)."""
+    from torchdoctor.agent.approval import approve_all, ask_in_terminal, refuse_without_terminal
 
+    if not apply:
+        return None
+    if yes:
+        return approve_all
+    if sys.stdin.isatty() and stderr.is_terminal:
+        return ask_in_terminal(stderr.input, lambda text: stderr.print(terminal(text)))
+    return refuse_without_terminal
+
+
+def _with_progress(
+    start: Callable[[Callable[[dict[str, Any]], None]], AuditOutcome], quiet: bool
+) -> AuditOutcome:
+    """Runs `start(progress)`: the audit id printed (with how to resume), progress shown."""
     with progress_reporter(stderr, quiet=quiet) as on_event:
-        return run_audit(options, progress=on_event)
+
+        def progress(event: dict[str, Any]) -> None:
+            if event.get("event") == "audit" and event.get("durable"):
+                audit_id = terminal(str(event["audit_id"]))
+                stderr.print(
+                    f"audit {audit_id} (resume: torchdoctor audit --resume {audit_id})",
+                    highlight=False,
+                )
+            if on_event is not None:
+                on_event(event)
+
+        return start(progress)
 
 
 @app.command()
 def audit(
     paths: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             help="Python files and/or folders; several are reported from their common root."
         ),
-    ],
+    ] = None,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="Report format.")
     ] = OutputFormat.markdown,
@@ -204,13 +231,34 @@ def audit(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress lines or bar on stderr.")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="--apply every verified fix without asking.")
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue the interrupted audit with this id (its options are kept)."),
+    ] = None,
 ) -> None:
     """Audit scripts or repositories and write a report (and the ISSUES.md ledger)."""
-    from torchdoctor.agent.audit import ApplyRefused, AuditOptions
+    from torchdoctor.agent.audit import AuditOptions, ResumeError, resume_audit, run_audit
     from torchdoctor.agent.workspace import common_root
 
     if output is not None and output.is_dir():
         raise _fail(f"--output {output}: is a folder, not a file")
+    if resume is not None:
+        if paths:
+            raise _fail("--resume continues an audit on its own paths: give no path")
+        try:
+            outcome = _with_progress(
+                lambda progress: resume_audit(resume, progress, approver=_approver(True, yes)),
+                quiet,
+            )
+        except (InputError, ConfigError, ResumeError, SandboxUnavailable) as err:
+            raise _fail(str(err)) from None
+        _finish(outcome, fmt, output, fail_on, changed_since)
+        return
+    if not paths:
+        raise _fail("give the files or folders to audit, or --resume ID")
     if static_only and (run or discover or fix or apply):
         raise _fail("--static-only runs nothing: drop --run, --discover, --fix and --apply")
     several = len(paths) > 1
@@ -247,17 +295,36 @@ def audit(
     unknown = set(probe or []) - {"compile"}
     if unknown:
         raise _fail(f"unknown probe(s) {sorted(unknown)}: the optional probe is 'compile'")
+    approver = _approver(options.apply, yes)
     try:
-        outcome = _with_progress(options, quiet)
-        report = outcome.report
-        if changed_since is not None:
-            from torchdoctor.agent.changes import changed_lines, restrict_to_changes
-
-            root = options.target if options.target.is_dir() else options.target.parent
-            changes = changed_lines(root, changed_since, [f.file for f in report.findings])
-            report = restrict_to_changes(report, changes, changed_since)
-    except (InputError, ConfigError, ApplyRefused, SandboxUnavailable) as err:
+        outcome = _with_progress(
+            lambda progress: run_audit(options, progress, approver=approver), quiet
+        )
+    except (InputError, ConfigError, SandboxUnavailable) as err:
         raise _fail(str(err)) from None
+    _finish(outcome, fmt, output, fail_on, changed_since)
+
+
+def _finish(
+    outcome: AuditOutcome,
+    fmt: OutputFormat,
+    output: Path | None,
+    fail_on: Severity | None,
+    changed_since: str | None,
+) -> None:
+    """The report out, a summary line, then the exit code (2 when --apply was refused: the
+    report and the ledger are written all the same)."""
+    report = outcome.report
+    if changed_since is not None:
+        from torchdoctor.agent.changes import changed_lines, restrict_to_changes
+
+        target = Path(report.target.path)
+        root = target if target.is_dir() else target.parent
+        try:
+            changes = changed_lines(root, changed_since, [f.file for f in report.findings])
+        except (InputError, ConfigError) as err:
+            raise _fail(str(err)) from None
+        report = restrict_to_changes(report, changes, changed_since)
     threshold = fail_on or outcome.fail_on
     if output is not None:
         try:
@@ -274,6 +341,8 @@ def audit(
     by_sev = ", ".join(f"{k}: {v}" for k, v in report.summary.by_severity.items()) or "none"
     ledger_note = f"; ledger: {terminal(outcome.ledger_path)}" if outcome.ledger_path else ""
     stderr.print(f"{report.summary.total} finding(s) ({by_sev}){ledger_note}", highlight=False)
+    if outcome.refused:
+        raise _fail(f"no fix applied: {outcome.refused}")
     if threshold is not None and any(
         f.status.is_open and f.severity.rank >= threshold.rank for f in report.findings
     ):
@@ -296,6 +365,34 @@ def undo(
         raise _fail(result.refused)
     for restored in result.restored:
         sys.stdout.write(f"restored {restored}\n")
+
+
+@app.command()
+def graph() -> None:
+    """Print the audit graph as Mermaid (paste into any Mermaid viewer)."""
+    from torchdoctor.agent.graph import graph as audit_graph
+
+    sys.stdout.write(audit_graph.get_graph().draw_mermaid())
+
+
+@app.command()
+def gc(
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than-days",
+            min=0,
+            help="Prune audits untouched this long (default $TORCHDOCTOR_RETENTION_DAYS, 14).",
+        ),
+    ] = None,
+) -> None:
+    """Prune old audit checkpoints (an audit pruned can no longer be resumed)."""
+    from torchdoctor.agent.durable import open_store, retention_days
+
+    days = retention_days() if older_than_days is None else older_than_days
+    with open_store() as store:
+        pruned = store.prune(days)
+    sys.stdout.write(f"pruned {len(pruned)} audit(s) older than {days:g} day(s)\n")
 
 
 @app.command()

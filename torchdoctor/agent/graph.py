@@ -1,181 +1,599 @@
-"""The audit state machine: ingest -> phase 1 -> gate -> ... -> phase 5 -> finalize.
+"""The audit graph: the whole audit, one node at a time, checkpointed after every node.
 
-Inside a phase, each checklist point is a parallel branch (`Send`); branches merge their
-findings and coverage through list reducers. A gate after each phase records, for every later
-phase, whether fixes may be applied there: only when no critical finding of an earlier phase is
-still open. The graph is checkpointed (SQLite) per audit id, so an interrupted audit can be
-inspected or resumed.
+    ingest -> evidence
+      -> phase_k: the phase's points in parallel (`Send`) -> fix_k (propose, then verify one
+         fix per step on the working copy) -> gate_k (the one gate; routes to adopt_k when the
+         phase has verified fixes it lets through) -> [adopt_k] -> ledger_k   (k = 1..5)
+      -> summarize (report + ledger written) -> approve (`interrupt()` with the verified
+         diffs, only for --apply) -> report
+
+Later phases analyse the working copy, with the earlier phases' adopted fixes in it. The
+dependencies (workspace, reasoner, sandbox, progress sink) come in as run context, so `graph`
+below is a module-level compiled graph that `langgraph.json` names; `build_graph` compiles it
+with a checkpointer.
 """
 
 from __future__ import annotations
 
-import operator
-import sqlite3
-from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
+import shlex
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langgraph.config import get_stream_writer
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send, interrupt
 
-from torchdoctor.agent.checklist import PHASES
-from torchdoctor.agent.home import private_file
-from torchdoctor.agent.models import Finding, GateDecision, Severity
-from torchdoctor.agent.reasoning.base import PointRequest, Reasoner
+from torchdoctor.agent.checklist import PHASES, POINTS
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.selection import drop_silenced
+from torchdoctor.agent.context import AuditContext
+from torchdoctor.agent.evidence.confirm import attach_run_confirmations
+from torchdoctor.agent.evidence.trust import vet_run_evidence
+from torchdoctor.agent.fixes.apply import apply_fixes, dirty_reason
+from torchdoctor.agent.fixes.combine import map_line
+from torchdoctor.agent.fixes.smoke import ProbeRunner, split_command
+from torchdoctor.agent.fixing import (
+    ORIGINAL,
+    FixBench,
+    adopt,
+    copy_digest,
+    propose,
+    verify_record,
+)
+from torchdoctor.agent.gate import fix_gate, gate_decision
+from torchdoctor.agent.gather import (
+    engine_config,
+    linter_evidence,
+    run_static,
+    split_by_point,
+    start_linters,
+)
+from torchdoctor.agent.ledger import Ledger, UserStatus, apply_user_statuses, default_ledger_path
+from torchdoctor.agent.models import Evidence, Finding, InputNote, Status
+from torchdoctor.agent.options import AuditOptions, effective_config, project_of
+from torchdoctor.agent.probing import RunRequest, gpu_present, planned_commands, run_probes
+from torchdoctor.agent.reporting import build_report
+from torchdoctor.agent.state import (
+    ApplyRecord,
+    ApprovalAnswer,
+    ApprovalRequest,
+    AuditState,
+    FixRecord,
+    PointEvidence,
+    PointTask,
+    ProposedChange,
+    Snapshot,
+)
+from torchdoctor.agent.workspace import Workspace
 
-Gatherer = Callable[[], dict[int, PointRequest]]
+Update = dict[str, Any]
 
 
-def _merge_usage(left: dict[str, int], right: dict[str, int]) -> dict[str, int]:
-    merged = dict(left)
-    for key, value in right.items():
-        merged[key] = merged.get(key, 0) + value
-    return merged
+def ledger_path_of(options: AuditOptions) -> Path | None:
+    if not options.write_ledger:
+        return None
+    return options.ledger or default_ledger_path(options.target)
 
 
-class AuditState(TypedDict, total=False):
-    audit_id: str
-    requests: dict[str, dict[str, Any]]
-    findings: Annotated[list[dict[str, Any]], operator.add]
-    coverage: Annotated[list[dict[str, Any]], operator.add]
-    gates: Annotated[list[dict[str, Any]], operator.add]
-    notes: Annotated[list[str], operator.add]
-    usage: Annotated[dict[str, int], _merge_usage]
-    trace: Annotated[list[str], operator.add]
+def writable_ledger(state: AuditState) -> Path | None:
+    """Where the ledger is written: nowhere when it could not be read (a link, a FIFO, not
+    UTF-8: see `Ledger.read`)."""
+    return None if state.get("ledger_problem") else ledger_path_of(state["options"])
 
 
-class PointTask(TypedDict):
-    request: dict[str, Any]
-
-
-def gate_decision(after_phase: int, findings: list[Finding]) -> GateDecision:
-    """Fixes of phase q may be applied only when no critical finding of a phase < q is open."""
-    open_critical = [f for f in findings if f.severity == Severity.CRITICAL and f.status.is_open]
-    later = [phase.number for phase in PHASES if phase.number > after_phase]
-    allowed = [q for q in later if not any(f.phase < q for f in open_critical)]
-    return GateDecision(
-        after_phase=after_phase,
-        open_critical=sorted(f.id for f in open_critical if f.phase <= after_phase),
-        fixes_allowed_for_phases=allowed,
-        blocked_phases=[q for q in later if q not in allowed],
+def run_request(state: AuditState) -> RunRequest:
+    options, config = state["options"], state["config"]
+    return RunRequest(
+        commands=config.run + options.run,
+        discover=options.discover,
+        steps=options.steps,
+        compile=options.probe_compile,
+        gpu=gpu_present(),
     )
 
 
-@dataclass(frozen=True)
-class PhaseStart:
-    """Announces a phase, then fans its points out as parallel branches."""
+# --- ingest and evidence ----------------------------------------------------------------------
 
-    number: int
-    points: tuple[int, ...] = ()
 
-    def run(self, state: AuditState) -> dict[str, Any]:
-        get_stream_writer()({"event": "phase", "phase": self.number})
-        return {"trace": [f"phase:{self.number}"]}
+def ingest(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+    """The snapshot, the configuration in force and the statuses the user set in the ledger."""
+    context = runtime.context
+    options = state["options"]
+    workspace = context.workspace
+    context.emit({"event": "ingest", "total": progress_total(), "advance": 1})
+    ledger = ledger_path_of(options)
+    statuses: dict[str, UserStatus] = {}
+    problem = ""
+    if ledger is not None:
+        try:
+            statuses = Ledger.read(ledger).user_statuses()
+        except (OSError, UnicodeDecodeError) as err:
+            problem = f"ledger not read nor written: {err}"
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": effective_config(options, project_of(options)),
+        "snapshot": Snapshot(
+            root=str(workspace.root),
+            kind="file" if workspace.kind == "file" else "folder",
+            files={f.path: f.sha256 for f in workspace.files},
+        ),
+        "user_statuses": statuses,
+        "ledger_problem": problem,
+        "trace": ["ingest"],
+    }
+
+
+def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+    """One static pass, the peer linters and the planned instrumented runs."""
+    context = runtime.context
+    options, config = state["options"], state["config"]
+    workspace = context.workspace
+    context.emit({"event": "step", "message": "static analysis", "advance": 1})
+    static = run_static(workspace, config)
+    unanalysed = [InputNote(file=r.path, reason=r.note) for r in static.files if r.note]
+    extra: list[tuple[int, Evidence]] = []
+    tools: dict[str, str] = {}
+    if config.linters and workspace.files:
+        context.emit({"event": "step", "message": "peer linters"})
+        peers = context.peers or start_linters(workspace, online=options.online, mypy=options.mypy)
+        pairs, tools = linter_evidence(workspace, static, peers.result(), config.peers)
+        extra += pairs
+    request = run_request(state)
+    runs = []
+    notes: list[str] = []
+    if planned_commands(request, workspace):
+
+        def say(line: str) -> None:
+            context.emit({"event": "run", "message": line})
+
+        found = run_probes(workspace, request, context.sandbox.get(), on_run=say)
+        runs = found.runs
+        vetted, notes = vet_run_evidence(
+            found.evidence, workspace.text_of, static, config.run_max_severity
+        )
+        extra += vetted
+    extra = drop_silenced(extra, config.ignore, workspace.text_of)
+    extra = attach_run_confirmations(static.all_findings(), extra)
+    requests = split_by_point(workspace, static, config.lang, extra_evidence=extra)
+    context.reasoner.prepare(requests)
+    return {
+        "requests": requests,
+        "analysed_copy": dict.fromkeys((p.number for p in PHASES), ORIGINAL),
+        "extra_evidence": [PointEvidence(point=p, evidence=e) for p, e in extra],
+        "runs": runs,
+        "tools": tools,
+        "unanalysed": unanalysed,
+        "notes": notes,
+        "trace": ["evidence"],
+    }
+
+
+# --- a phase ----------------------------------------------------------------------------------
+
+
+class Phase:
+    """The nodes and routes of one checklist phase."""
+
+    def __init__(self, number: int, points: tuple[int, ...]) -> None:
+        self.number = number
+        self.points = points
+
+    def name(self, node: str) -> str:
+        return f"{node}_{self.number}"
+
+    def start(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """Announces the phase; when earlier phases changed the working copy, this phase's
+        points get their static evidence again, from that copy."""
+        context = runtime.context
+        context.emit({"event": "phase", "phase": self.number})
+        update: Update = {"trace": [f"phase:{self.number}"]}
+        working_copy = state.get("working_copy", {})
+        digest = copy_digest(working_copy)
+        if digest != state.get("analysed_copy", {}).get(self.number, ORIGINAL):
+            requests = requests_on_copy(state, context.workspace, working_copy)
+            update["requests"] = {p: requests[p] for p in self.points}
+            update["analysed_copy"] = {self.number: digest}
+        return update
 
     def fanout(self, state: AuditState) -> list[Send]:
-        requests = state.get("requests", {})
+        requests = state["requests"]
+        statuses = state.get("user_statuses", {})
         return [
-            Send(f"points_{self.number}", PointTask(request=requests[str(point)]))
-            for point in self.points
+            Send(self.name("points"), PointTask(request=requests[p], user_statuses=statuses))
+            for p in self.points
         ]
 
-
-@dataclass(frozen=True)
-class PhaseGate:
-    """Records which later phases may apply fixes once this phase is done."""
-
-    number: int
-
-    def run(self, state: AuditState) -> dict[str, Any]:
-        findings = [Finding.model_validate(f) for f in state.get("findings", [])]
-        decision = gate_decision(self.number, findings)
-        get_stream_writer()(
-            {"event": "gate", "phase": self.number, "blocked": decision.blocked_phases}
-        )
-        return {"gates": [decision.model_dump(mode="json")], "trace": [f"gate:{self.number}"]}
-
-
-def build_audit_graph(reasoner: Reasoner, gather: Gatherer) -> StateGraph[AuditState]:
-    """The uncompiled graph; the caller compiles it with a checkpointer."""
-    graph: StateGraph[AuditState] = StateGraph(AuditState)
-
-    def ingest(state: AuditState) -> dict[str, Any]:
-        get_stream_writer()({"event": "ingest"})
-        requests = gather()
-        prepare = getattr(reasoner, "prepare", None)
-        if callable(prepare):
-            prepare(requests)
-        return {
-            "requests": {
-                str(point): req.model_dump(mode="json") for point, req in requests.items()
-            },
-            "trace": ["ingest"],
-        }
-
-    def point_node(state: PointTask) -> dict[str, Any]:
-        request = PointRequest.model_validate(state["request"])
-        result = reasoner.reason(request)
-        get_stream_writer()(
-            {"event": "point", "point": request.point, "findings": len(result.findings)}
+    @staticmethod
+    def point(state: PointTask, runtime: Runtime[AuditContext]) -> Update:
+        """One checklist point, reasoned over; the user's ledger statuses applied at once."""
+        context = runtime.context
+        request = state["request"]
+        result = context.reasoner.reason(request)
+        findings = apply_user_statuses(result.findings, state["user_statuses"])
+        context.emit(
+            {"event": "point", "point": request.point, "findings": len(findings), "advance": 1}
         )
         return {
-            "findings": [f.model_dump(mode="json") for f in result.findings],
-            "coverage": [c.model_dump(mode="json") for c in result.coverage],
+            "findings": findings,
+            "coverage": result.coverage,
             "notes": result.notes,
             "usage": result.usage,
             "trace": [f"point:{request.point}"],
         }
 
-    def finalize(state: AuditState) -> dict[str, Any]:
-        get_stream_writer()({"event": "finalize"})
-        return {"trace": ["finalize"]}
-
-    graph.add_node("ingest", ingest)
-    graph.add_edge(START, "ingest")
-    previous = "ingest"
-    for phase in PHASES:
-        graph.add_node(f"phase_{phase.number}", PhaseStart(phase.number).run)
-        graph.add_node(f"points_{phase.number}", point_node, input_schema=PointTask)
-        graph.add_node(f"gate_{phase.number}", PhaseGate(phase.number).run)
-        graph.add_edge(previous, f"phase_{phase.number}")
-        graph.add_conditional_edges(
-            f"phase_{phase.number}",
-            PhaseStart(phase.number, phase.points).fanout,
-            [f"points_{phase.number}"],
+    def fix(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """First visit: propose this phase's fixes. Then one verification per visit (so each
+        verified fix is checkpointed and never re-run on resume) until none is pending."""
+        options = state["options"]
+        if not options.fixing:
+            return {"trace": [f"fix:{self.number}"]}
+        context = runtime.context
+        if self.number not in state.get("fixes_proposed", []):
+            findings = state.get("findings", [])
+            records = propose(context.workspace.root, findings, self.number)
+            return {
+                "fixes": {r.finding_id: r for r in records},
+                "fixes_proposed": [self.number],
+                "trace": [f"fix:{self.number}"],
+            }
+        record = self.next_pending(state)
+        if record is None:
+            return {"trace": [f"fix:{self.number}"]}
+        finding = _finding(state, record.finding_id)
+        context.emit(
+            {
+                "event": "fix",
+                "message": f"verifying {record.rule} ({record.kind}) at "
+                f"{finding.file}:{finding.line}",
+            }
         )
-        graph.add_edge(f"points_{phase.number}", f"gate_{phase.number}")
-        previous = f"gate_{phase.number}"
-    graph.add_node("finalize", finalize)
-    graph.add_edge(previous, "finalize")
-    graph.add_edge("finalize", END)
-    return graph
+        working_copy = state.get("working_copy", {})
+        digest = copy_digest(working_copy)
+        bench = fix_bench(state, context)
+        done = verify_record(
+            bench, working_copy, state.get("baselines", {}).get(digest), finding, record
+        )
+        verdict = "verified" if done.record.state == "verified" else "not verified"
+        context.emit({"event": "fix", "message": f"  {record.rule}: {verdict}"})
+        update: Update = {
+            "fixes": {record.finding_id: done.record},
+            "findings": [done.finding],
+            "trace": [f"verify:{record.finding_id}"],
+        }
+        if done.baseline is not None:
+            update["baselines"] = {digest: done.baseline}
+        return update
+
+    def next_pending(self, state: AuditState) -> FixRecord | None:
+        pending = [
+            r
+            for r in state.get("fixes", {}).values()
+            if r.phase == self.number and r.state == "pending"
+        ]
+        return pending[0] if pending else None
+
+    def after_fix(self, state: AuditState) -> str:
+        if state["options"].fixing and self.next_pending(state) is not None:
+            return self.name("fix")
+        return self.name("gate")
+
+    def gate(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """The gate, on findings after the user's statuses: which later phases may apply
+        fixes; this phase's verified fixes it holds back wait on the blocking findings."""
+        findings = state.get("findings", [])
+        decision = gate_decision(self.number, findings)
+        verdict = fix_gate(findings)
+        waiting = {
+            r.finding_id: r.model_copy(update={"waiting_on": verdict.blocked[r.finding_id]})
+            for r in self.verified(state)
+            if r.finding_id in verdict.blocked
+        }
+        runtime.context.emit(
+            {"event": "gate", "phase": self.number, "blocked": decision.blocked_phases}
+        )
+        return {"gates": [decision], "fixes": waiting, "trace": [f"gate:{self.number}"]}
+
+    def verified(self, state: AuditState) -> list[FixRecord]:
+        return [
+            r
+            for r in state.get("fixes", {}).values()
+            if r.phase == self.number and r.state == "verified"
+        ]
+
+    def route(self, state: AuditState) -> str:
+        """To adopt_k when this phase has verified fixes the gate lets into the working copy."""
+        if any(not r.adopted and not r.waiting_on for r in self.verified(state)):
+            return self.name("adopt")
+        return self.name("ledger")
+
+    def adopt(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """The working copy takes this phase's verified, gate-allowed fixes (verified together
+        with the earlier ones); later phases analyse and verify on it."""
+        context = runtime.context
+        context.emit(
+            {"event": "fix", "message": f"phase {self.number}: verified fixes into the copy"}
+        )
+        records = state.get("fixes", {})
+        adopted = [_finding(state, r.finding_id) for r in records.values() if r.adopted]
+        new = [
+            _finding(state, r.finding_id)
+            for r in self.verified(state)
+            if not r.adopted and not r.waiting_on
+        ]
+        bench = fix_bench(state, context)
+        outcome = adopt(bench, adopted, new, records, state.get("baselines", {}).get(ORIGINAL))
+        fixes: dict[str, FixRecord] = {}
+        findings: list[Finding] = []
+        for fid in outcome.kept:
+            fixes[fid] = records[fid].model_copy(update={"adopted": True})
+            if fid in outcome.combined:
+                findings.append(_with_check(_finding(state, fid), outcome.combined[fid], True))
+        for fid, why in outcome.dropped.items():
+            fixes[fid] = records[fid].model_copy(
+                update={
+                    "state": "failed",
+                    "adopted": False,
+                    "verification": [*records[fid].verification, why],
+                }
+            )
+            findings.append(_with_check(_finding(state, fid), why, False))
+        update: Update = {
+            "working_copy": outcome.working_copy,
+            "fixes": fixes,
+            "findings": findings,
+            "trace": [f"adopt:{self.number}"],
+        }
+        if outcome.baseline is not None:
+            update["baselines"] = {ORIGINAL: outcome.baseline}
+        return update
+
+    def ledger(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """The ledger block updated with what the phases so far found (atomic), so a crash or
+        a refusal later loses nothing."""
+        context = runtime.context
+        context.emit({"event": "ledger", "phase": self.number, "advance": 1})
+        path = writable_ledger(state)
+        if path is not None:
+            report = build_report(state, context, [])
+            done = frozenset(range(1, self.number + 1))
+            Ledger.read(path).merge(report, state["config"].lang, phases=done).write(path)
+        return {"trace": [f"ledger:{self.number}"]}
 
 
-@contextmanager
-def audit_checkpointer(path: Path, durable: bool) -> Any:
-    """SQLite on `path` when the audit is worth resuming after a crash (runs, fixes, an LLM);
-    in memory otherwise: a static audit is redone faster than it is resumed."""
-    if durable:
-        with sqlite_checkpointer(path) as saver:
-            yield saver
-        return
-    from langgraph.checkpoint.memory import InMemorySaver
-
-    yield InMemorySaver()
+def _finding(state: AuditState, finding_id: str) -> Finding:
+    return next(f for f in state.get("findings", []) if f.id == finding_id)
 
 
-@contextmanager
-def sqlite_checkpointer(path: Path) -> Any:
-    """A SQLite checkpointer on `path` (0600 in a 0700 folder: it holds source excerpts),
-    closed on exit."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
+def _with_check(finding: Finding, check: Any, ok: bool) -> Finding:
+    assert finding.fix is not None
+    fix = finding.fix.model_copy(
+        update={"verification": [*finding.fix.verification, check], "verified": ok}
+    )
+    status = finding.status if ok else Status.OPEN
+    return finding.model_copy(update={"fix": fix, "status": status})
 
-    private_file(path)
-    connection = sqlite3.connect(str(path), check_same_thread=False)
-    try:
-        yield SqliteSaver(connection)
-    finally:
-        connection.close()
+
+def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
+    """What this audit's verifications run with: its first planned run, its sandbox, its
+    workspace's files and its effective configuration."""
+    options = state["options"]
+    request = run_request(state)
+    commands = planned_commands(request, context.workspace)
+    run_command = split_command_line(commands[0]) if commands else None
+    runner = (
+        ProbeRunner(context.sandbox.get(), gpu=request.gpu) if run_command is not None else None
+    )
+    return FixBench(
+        root=context.workspace.root,
+        runner=runner,
+        run_command=run_command,
+        steps=options.steps,
+        config=engine_config(state["config"]),
+        paths=[f.path for f in context.workspace.files],
+    )
+
+
+def split_command_line(command: str) -> list[str]:
+    tokens = shlex.split(command)
+    split_command(tokens)  # raises on a command without a script
+    return tokens
+
+
+def requests_on_copy(
+    state: AuditState, workspace: Workspace, working_copy: dict[str, str]
+) -> dict[int, Any]:
+    """Every point's request computed on the working copy; findings' lines mapped back to the
+    user's files (a finding inside code a fix wrote has no line there and is left out)."""
+    originals = {f.path: f.text for f in workspace.files}
+    texts = [(path, working_copy.get(path, text)) for path, text in originals.items()]
+    static = analyse_files(texts, engine_config(state["config"]), manifests=workspace.manifests)
+    for result in static.files:
+        if result.path not in working_copy:
+            continue
+        kept = []
+        for raw in result.findings:
+            line = map_line(working_copy[result.path], originals[result.path], raw.line)
+            end = map_line(working_copy[result.path], originals[result.path], raw.end_line)
+            if line is not None:
+                kept.append(raw.model_copy(update={"line": line, "end_line": end or line}))
+        result.findings[:] = kept
+    extra = [(e.point, e.evidence) for e in state.get("extra_evidence", [])]
+    return split_by_point(workspace, static, state["config"].lang, extra_evidence=extra)
+
+
+# --- the end ----------------------------------------------------------------------------------
+
+
+def fix_notes(state: AuditState) -> list[str]:
+    """What the fixes came to, and why the ledger was left alone if it was."""
+    options = state["options"]
+    problem = [state["ledger_problem"]] if state.get("ledger_problem") else []
+    if not options.fixing:
+        return problem
+    records = list(state.get("fixes", {}).values())
+    verified = [r for r in records if r.state == "verified"]
+    notes = [f"fixes: {len(records)} proposed, {len(verified)} verified by execution"]
+    if records and fix_bench_has_run(state):
+        adopted = sum(1 for r in records if r.adopted)
+        notes.append(f"{adopted} verified fix(es) in the working copy later phases analysed")
+    elif records:
+        notes.append("fixes are not verified without a run: pass --run 'python train.py ...'")
+    for record in verified:
+        if record.waiting_on:
+            notes.append(
+                f"fix for {record.finding_id} verified, not applied: waiting on "
+                f"{', '.join(record.waiting_on)}"
+            )
+    return [*notes, *problem]
+
+
+def fix_bench_has_run(state: AuditState) -> bool:
+    return bool(state["config"].run or state["options"].run or state["options"].discover)
+
+
+def summarize(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+    """The report and the whole ledger, written before anyone is asked anything."""
+    context = runtime.context
+    context.emit({"event": "finalize", "advance": 1})
+    report = build_report(state, context, fix_notes(state))
+    path = writable_ledger(state)
+    if path is not None:
+        Ledger.read(path).merge(report, state["config"].lang).write(path)
+    return {"report": report, "trace": ["summarize"]}
+
+
+def approval_request(state: AuditState) -> ApprovalRequest:
+    findings = state.get("findings", [])
+    verdict = fix_gate(findings)
+    changes = [
+        ProposedChange(
+            finding_id=f.id,
+            rule=f.rule,
+            severity=f.severity,
+            title=f.title,
+            file=f.file,
+            line=f.line,
+            diff=f.fix.diff,
+        )
+        for f in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id))
+        if f.fix is not None and f.fix.verified and f.id not in verdict.blocked
+    ]
+    return ApprovalRequest(
+        audit_id=state["audit_id"], target=str(state["options"].target), changes=changes
+    )
+
+
+def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+    """Writing the user's files waits for an answer: `interrupt()` carries the verified diffs;
+    the CLI, the API or the chat resumes it with an `ApprovalAnswer`."""
+    options = state["options"]
+    if not options.apply:
+        return {"trace": ["approve"]}
+    request = approval_request(state)
+    root = runtime.context.workspace.root
+    if not options.force and (reason := dirty_reason(root)):
+        return {"applied": ApplyRecord(answer=ApprovalAnswer(refused=reason)), "trace": ["approve"]}
+    if not request.changes:
+        return {"applied": ApplyRecord(answer=ApprovalAnswer()), "trace": ["approve"]}
+    answer = ApprovalAnswer.model_validate(interrupt(request))
+    if answer.refused is not None:
+        return {"applied": ApplyRecord(answer=answer), "trace": ["approve"]}
+    result = apply_fixes(
+        root, state.get("findings", []), force=options.force, only=answer.approved()
+    )
+    return {"applied": ApplyRecord(answer=answer, result=result), "trace": ["approve"]}
+
+
+def apply_notes(state: AuditState) -> list[str]:
+    record = state.get("applied")
+    if record is None:
+        return []
+    refused = record.answer.refused or record.result.refused
+    if refused:
+        return [f"no fix applied: {refused}"]
+    result = record.result
+    notes = [
+        f"applied {len(result.applied)} verified fix(es); undo with "
+        f"`torchdoctor undo {state['options'].target}`"
+    ]
+    comments = {d.finding_id: d.comment for d in record.answer.decisions if d.comment}
+    for fid, why in sorted(result.skipped.items()):
+        comment = f" ({comments[fid]})" if fid in comments else ""
+        notes.append(f"not applied {fid}: {why}{comment}")
+    return notes
+
+
+def report(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+    """The final report (with what the approval led to); the ledger re-written if it moved."""
+    context = runtime.context
+    if state.get("applied") is None:
+        return {"trace": ["report"]}
+    final = build_report(state, context, [*fix_notes(state), *apply_notes(state)])
+    path = writable_ledger(state)
+    if path is not None:
+        Ledger.read(path).merge(final, state["config"].lang).write(path)
+    return {"report": final, "trace": ["report"]}
+
+
+# --- assembly ---------------------------------------------------------------------------------
+
+
+def audit_graph() -> StateGraph[AuditState, AuditContext, AuditState, AuditState]:
+    """The uncompiled graph (see the module docstring for its shape)."""
+    builder: StateGraph[AuditState, AuditContext, AuditState, AuditState] = StateGraph(
+        AuditState, context_schema=AuditContext
+    )
+    builder.add_node("ingest", ingest, metadata={"progress": 1})
+    builder.add_node("evidence", evidence, metadata={"progress": 1})
+    builder.add_edge(START, "ingest")
+    builder.add_edge("ingest", "evidence")
+    previous = "evidence"
+    for number in (p.number for p in PHASES):
+        phase = Phase(number, tuple(p.number for p in POINTS if p.phase == number))
+        name = phase.name
+        builder.add_node(name("phase"), phase.start)
+        builder.add_node(
+            name("points"),
+            Phase.point,
+            input_schema=PointTask,
+            metadata={"progress": len(phase.points)},
+        )
+        builder.add_node(name("fix"), phase.fix)
+        builder.add_node(name("gate"), phase.gate)
+        builder.add_node(name("adopt"), phase.adopt)
+        builder.add_node(name("ledger"), phase.ledger, metadata={"progress": 1})
+        builder.add_edge(previous, name("phase"))
+        builder.add_conditional_edges(name("phase"), phase.fanout, [name("points")])
+        builder.add_edge(name("points"), name("fix"))
+        builder.add_conditional_edges(name("fix"), phase.after_fix, [name("fix"), name("gate")])
+        builder.add_conditional_edges(name("gate"), phase.route, [name("adopt"), name("ledger")])
+        builder.add_edge(name("adopt"), name("ledger"))
+        previous = name("ledger")
+    builder.add_node("summarize", summarize, metadata={"progress": 1})
+    builder.add_node("approve", approve)
+    builder.add_node("report", report)
+    builder.add_edge(previous, "summarize")
+    builder.add_edge("summarize", "approve")
+    builder.add_edge("approve", "report")
+    builder.add_edge("report", END)
+    return builder
+
+
+def build_graph(
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
+) -> CompiledStateGraph[AuditState, AuditContext, AuditState, AuditState]:
+    return audit_graph().compile(checkpointer=checkpointer, name="torchdoctor-audit")
+
+
+def progress_total() -> int:
+    """How many progress steps an audit reports (the CLI's bar), read off the graph."""
+    nodes = _BUILDER.nodes.values()
+    return sum(int((node.metadata or {}).get("progress", 0)) for node in nodes)
+
+
+_BUILDER = audit_graph()
+graph = _BUILDER.compile(name="torchdoctor-audit")
+"""The compiled audit graph, without a checkpointer (`langgraph.json` names it)."""

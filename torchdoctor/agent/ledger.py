@@ -90,6 +90,36 @@ def entry_meta(finding: Finding) -> EntryMeta:
     )
 
 
+class UserStatus(BaseModel):
+    """A status the user set by hand in the ledger (wont-fix, needs-human), with its note."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status
+    note: str = ""
+
+
+def apply_user_statuses(findings: list[Finding], statuses: dict[str, UserStatus]) -> list[Finding]:
+    """Statuses the user set by hand win over a re-run's `open`."""
+    result = []
+    for finding in findings:
+        entry = statuses.get(finding.id)
+        if entry is not None and finding.status == Status.OPEN:
+            note = f"status set in {LEDGER_NAME}: {entry.status.value}"
+            note += f" — {entry.note}" if entry.note else ""
+            finding = finding.model_copy(
+                update={
+                    "status": entry.status,
+                    "evidence": [
+                        *finding.evidence,
+                        Evidence(source="ledger", kind="input", message=note),
+                    ],
+                }
+            )
+        result.append(finding)
+    return result
+
+
 @dataclass
 class Entry:
     id: str
@@ -124,27 +154,22 @@ class Ledger:
         block = text[start + len(BEGIN) : end]
         return cls(before=text[:start], after=text[end + len(END) :], entries=_parse_entries(block))
 
-    def apply_user_statuses(self, findings: list[Finding]) -> list[Finding]:
-        """Statuses the user set by hand win over a re-run's `open`."""
-        result = []
-        for finding in findings:
-            entry = self.entries.get(finding.id)
-            if entry and entry.status in USER_STATUSES and finding.status == Status.OPEN:
-                note = f"status set in {LEDGER_NAME}: {entry.status.value}"
-                note += f" — {entry.note}" if entry.note else ""
-                finding = finding.model_copy(
-                    update={
-                        "status": entry.status,
-                        "evidence": [
-                            *finding.evidence,
-                            Evidence(source="ledger", kind="input", message=note),
-                        ],
-                    }
-                )
-            result.append(finding)
-        return result
+    def user_statuses(self) -> dict[str, UserStatus]:
+        """The statuses set by hand (`wont-fix`, `needs-human`), by finding id."""
+        return {
+            entry_id: UserStatus(status=entry.status, note=entry.note)
+            for entry_id, entry in self.entries.items()
+            if entry.status in USER_STATUSES
+        }
 
-    def merge(self, report: AuditReport, lang: str = "en") -> Ledger:
+    def apply_user_statuses(self, findings: list[Finding]) -> list[Finding]:
+        return apply_user_statuses(findings, self.user_statuses())
+
+    def merge(
+        self, report: AuditReport, lang: str = "en", phases: frozenset[int] | None = None
+    ) -> Ledger:
+        """The block for `report`. With `phases` (a partial audit), entries of the other
+        phases are kept as they were instead of being marked fixed."""
         from torchdoctor.agent.localise import localise
 
         L = labels(lang)
@@ -155,6 +180,19 @@ class Ledger:
             if entry_id in current:
                 continue
             meta = entry.meta.model_dump()
+            if phases is not None and entry.meta.phase not in phases:
+                rows.append(
+                    {
+                        **meta,
+                        "id": entry_id,
+                        "status": entry.status.value,
+                        "note": entry.note,
+                        "diff": "",
+                        "fix_verified": False,
+                        "meta_json": _meta_json(meta),
+                    }
+                )
+                continue
             status = (
                 entry.status if entry.status in (Status.FIXED, Status.VERIFIED) else Status.FIXED
             )

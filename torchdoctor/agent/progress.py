@@ -19,8 +19,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from torchdoctor.agent.escape import one_line, terminal
 
-STEPS = 13  # ingest + the twelve points (the finalize step completes the bar)
-
 
 class ProgressEvent(BaseModel):
     """One event of the audit's stream (graph nodes, runs, fixes), as the CLI reads it."""
@@ -71,18 +69,22 @@ class PlainLines:
 
 
 class LiveBar:
-    """A rich bar advanced by point and finalize events; its text is the latest event."""
+    """A rich bar: its total comes from the audit graph (with the ingest event), events that
+    complete a step advance it, its text is the latest event."""
 
     def __init__(self, bar: Progress, task: TaskID) -> None:
         self.bar = bar
         self.task = task
 
     def __call__(self, raw: dict[str, Any]) -> None:
+        if isinstance(raw.get("total"), int):
+            self.bar.update(self.task, total=raw["total"])
+        advance = raw.get("advance", 0) if isinstance(raw.get("advance"), int) else 0
         line = _line_of(raw)
         if line is None:
-            return
-        advance = 1 if raw.get("event") in ("point", "finalize") else 0
-        self.bar.update(self.task, advance=advance, description=terminal(line))
+            self.bar.update(self.task, advance=advance)
+        else:
+            self.bar.update(self.task, advance=advance, description=terminal(line))
 
 
 def _line_of(raw: dict[str, Any]) -> str | None:
@@ -110,5 +112,5 @@ def progress_reporter(
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task("ingest: static analysis", total=STEPS)
+        task = bar.add_task("ingest: static analysis", total=None)
         yield LiveBar(bar, task)

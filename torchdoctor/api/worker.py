@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from torchdoctor.agent.audit import ApplyRefused, AuditOptions, run_audit
+from torchdoctor.agent.audit import AuditOptions, run_audit
 from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.workspace import InputError
@@ -80,7 +80,7 @@ def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -
 
     try:
         outcome = run_audit(audit_options(record, settings), progress=progress)
-    except (InputError, ConfigError, ApplyRefused) as err:
+    except (InputError, ConfigError) as err:
         store.finish(record.id, owner, AuditState.FAILED, error=str(err))
         return
     runs, tokens = counters(outcome.report)

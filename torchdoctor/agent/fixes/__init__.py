@@ -9,9 +9,9 @@ Entry points:
 """
 
 from torchdoctor.agent.fixes.apply import apply_fixes, undo
-from torchdoctor.agent.fixes.gate import fix_gate
 from torchdoctor.agent.fixes.models import ApplyResult, FixKind, Patch, UndoResult
 from torchdoctor.agent.fixes.pipeline import propose_and_verify, verify_patch
+from torchdoctor.agent.gate import fix_gate
 
 __all__ = [
     "ApplyResult",

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from torchdoctor.agent.fixes.combine import merge_fixes
 from torchdoctor.agent.fixes.diffs import PatchError
-from torchdoctor.agent.fixes.gate import fix_gate
 from torchdoctor.agent.fixes.models import AppliedFile, ApplyResult, UndoResult
+from torchdoctor.agent.gate import fix_gate
 from torchdoctor.agent.gitsafe import GitError, changed_paths
 from torchdoctor.agent.home import private_dir, torchdoctor_home, tree_key
 from torchdoctor.agent.models import Finding
@@ -80,8 +80,11 @@ def dirty_reason(root: Path) -> str | None:
     return f"the git work tree has uncommitted changes ({shown}): commit them or pass --force"
 
 
-def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> ApplyResult:
-    """Write every verified fix the gate allows, together, to the files under `root`."""
+def apply_fixes(
+    root: Path, findings: list[Finding], force: bool = False, only: set[str] | None = None
+) -> ApplyResult:
+    """Write every verified fix the gate allows (of those in `only`, when given), together,
+    to the files under `root`. The gate sees all `findings`."""
     root = root.resolve()
     if not force and (reason := dirty_reason(root)):
         return ApplyResult(refused=reason)
@@ -91,10 +94,12 @@ def apply_fixes(root: Path, findings: list[Finding], force: bool = False) -> App
     for finding in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id)):
         if finding.fix is None:
             continue
-        if not finding.fix.verified:
+        if only is not None and finding.id not in only:
+            result.skipped[finding.id] = "not approved"
+        elif not finding.fix.verified:
             result.skipped[finding.id] = "its fix is not verified"
         elif finding.id in gate.blocked:
-            result.skipped[finding.id] = gate.blocked[finding.id]
+            result.skipped[finding.id] = gate.reasons[finding.id]
         else:
             candidates.append(finding)
     texts: dict[str, str] = {}

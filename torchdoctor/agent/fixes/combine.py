@@ -46,7 +46,7 @@ def merge_fixes(root: Path, findings: list[Finding]) -> dict[str, str]:
             apply_to_text(originals[patch.path], patch)
         codemod = codemod_for(finding.rule) if finding.fix.origin == "codemod" else None
         if codemod is not None and [p.path for p in patches] == [finding.file]:
-            texts[finding.file] = _replay(codemod, finding, originals[finding.file], texts)
+            texts[finding.file] = replay_codemod(codemod, finding, originals[finding.file], texts)
         else:
             for patch in patches:
                 current = texts.get(patch.path, originals[patch.path])
@@ -63,7 +63,9 @@ def _read(root: Path, relative: str) -> str:
         raise PatchError(f"{display_name(relative)}: cannot be patched ({err})") from err
 
 
-def _replay(codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]) -> str:
+def replay_codemod(codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]) -> str:
+    """The codemod re-run on the text earlier fixes left (`texts`, else `original`), at its
+    finding's lines mapped through those edits."""
     current = texts.get(finding.file, original)
     target = FixTarget.from_finding(finding)
     line = map_line(original, current, target.line)

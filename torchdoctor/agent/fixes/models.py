@@ -26,6 +26,17 @@ class FixKind(StrEnum):
     REFACTOR = "refactor"
     """Must not change results: the seeded loss trajectory must match exactly."""
 
+    @classmethod
+    def for_point(cls, checkpoint: int) -> FixKind:
+        """The kind of a fix with no codemod to declare it (an LLM's patch), from the checklist
+        point it fixes: correctness for phases 1-3 (points 1-5), performance for points 6 and
+        8, a refactor (results must not move) for the rest."""
+        if checkpoint <= 5:
+            return cls.CORRECTNESS
+        if checkpoint in (6, 8):
+            return cls.PERFORMANCE
+        return cls.REFACTOR
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")

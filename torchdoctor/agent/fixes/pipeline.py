@@ -11,11 +11,11 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.combine import combine
 from torchdoctor.agent.fixes.diffs import unified_diff
-from torchdoctor.agent.fixes.gate import fix_gate
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.gate import fix_gate
 from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
 from torchdoctor.agent.safefs import GuardedTree
 from torchdoctor.sandbox.models import Limits

@@ -63,6 +63,7 @@ def verify_on_stack(
             timing_runs=base.timing_runs,
             max_timing_runs=base.max_timing_runs,
             config=base.config,
+            paths=base.paths,
         )
         for finding in candidates:
             patch = _patch_on(base.root, stacked, finding)

@@ -85,7 +85,12 @@ class Verifier:
         timing_runs: int = 3,
         max_timing_runs: int = 6,
         config: EngineConfig | None = None,
+        paths: list[str] | None = None,
+        baseline: SmokeRun | None = None,
     ) -> None:
+        """`paths`: the audited files (relative), as the audit's workspace lists them; the
+        static check reads only those (None: every Python file under `root`). `baseline`: the
+        seeded run of `root` when it is already known."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -93,7 +98,8 @@ class Verifier:
         self.timing_runs = timing_runs
         self.max_timing_runs = max_timing_runs
         self.config = config or EngineConfig()
-        self._baseline: SmokeRun | None = None
+        self.paths = paths
+        self._baseline = baseline
         self._nondeterminism: float | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
 
@@ -142,6 +148,11 @@ class Verifier:
             self._nondeterminism = _worst_deviation(self.baseline().losses, again.losses)
         return self._nondeterminism
 
+    @property
+    def baseline_run(self) -> SmokeRun | None:
+        """The baseline if it was made (or given)."""
+        return self._baseline
+
     def baseline(self) -> SmokeRun:
         """The original script's seeded run (made once)."""
         if self._baseline is None:
@@ -155,7 +166,7 @@ class Verifier:
         # opt-in rules a fix claims to clear are run too, so their clearing is checked
         config = replace(self.config, select=self.config.select | claim.rules)
         before = self.original_findings(config)
-        after = _findings_of(copy, config)
+        after = _findings_of(copy, config, self.paths)
         touched_set = set(touched)
         rules_run = _rules_run(config)
 
@@ -300,7 +311,7 @@ class Verifier:
 
     def original_findings(self, config: EngineConfig) -> list[RawFinding]:
         if config not in self._original_findings:
-            self._original_findings[config] = _findings_of(self.root, config)
+            self._original_findings[config] = _findings_of(self.root, config, self.paths)
         return self._original_findings[config]
 
 
@@ -343,7 +354,10 @@ def _parse_all(copy: Path, touched: list[str]) -> Verification:
     return Verification(step="parses", ok=True, detail=f"{len(touched)} file(s) parse")
 
 
-def _python_files(root: Path) -> list[tuple[str, str]]:
+def _python_files(root: Path, paths: list[str] | None) -> list[tuple[str, str]]:
+    if paths is not None:
+        present = [p for p in paths if (root / p).is_file()]
+        return [(p, (root / p).read_text(encoding="utf-8", errors="replace")) for p in present]
     files = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
@@ -355,8 +369,8 @@ def _python_files(root: Path) -> list[tuple[str, str]]:
     return files
 
 
-def _findings_of(root: Path, config: EngineConfig) -> list[RawFinding]:
-    return analyse_files(_python_files(root), config, workers=1).all_findings()
+def _findings_of(root: Path, config: EngineConfig, paths: list[str] | None) -> list[RawFinding]:
+    return analyse_files(_python_files(root, paths), config, workers=1).all_findings()
 
 
 def _rules_run(config: EngineConfig) -> frozenset[str]:

@@ -6,7 +6,7 @@ never knows which one it is talking to.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,16 +46,30 @@ class PointResult(BaseModel):
 
 @runtime_checkable
 class Reasoner(Protocol):
-    """Judges one checklist point from its evidence.
-
-    A reasoner may also define `prepare(requests: dict[int, PointRequest]) -> None` (optional,
-    so it is not part of this protocol): the audit graph calls it once, with every point's
-    request, before the first phase, so the reasoner can plan work across points (the LLM
-    reasoner answers several points with one request). `reason` must still work for a point
-    that was never prepared.
-    """
+    """Judges one checklist point from its evidence."""
 
     @property
     def name(self) -> str: ...
 
+    def prepare(self, requests: dict[int, PointRequest]) -> None:
+        """Called once with every point's request before the first phase (and again when an
+        audit resumes), so a reasoner can plan work across points (the LLM reasoner answers
+        several points with one request). `reason` must still work for a point that was never
+        prepared."""
+        ...
+
     def reason(self, request: PointRequest) -> PointResult: ...
+
+    def provenance(self) -> dict[str, Any]:
+        """What the report's provenance records about this reasoner (empty: nothing)."""
+        ...
+
+
+class ReasonerBase:
+    """Defaults for the optional parts of `Reasoner`: no planning, nothing to record."""
+
+    def prepare(self, requests: dict[int, PointRequest]) -> None:
+        return None
+
+    def provenance(self) -> dict[str, Any]:
+        return {}

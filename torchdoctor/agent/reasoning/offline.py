@@ -17,7 +17,7 @@ from torchdoctor.agent.checklist import ITEMS_BY_ID, items_of_point, phase_of_po
 from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Severity, fingerprint
-from torchdoctor.agent.reasoning.base import PointRequest, PointResult
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult, ReasonerBase
 
 STATIC_SOURCE = "torchdoctor-static"
 
@@ -26,7 +26,7 @@ def attach_key(rule: str, file: str, line: int) -> str:
     return f"{rule}|{file}|{line}"
 
 
-class OfflineReasoner:
+class OfflineReasoner(ReasonerBase):
     """Maps evidence to findings and coverage with fixed rules; no model, no network."""
 
     @property

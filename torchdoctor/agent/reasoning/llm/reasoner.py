@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Fix
-from torchdoctor.agent.reasoning.base import PointRequest, PointResult, Reasoner
+from torchdoctor.agent.reasoning.base import PointRequest, PointResult, Reasoner, ReasonerBase
 from torchdoctor.agent.reasoning.llm.batching import Once, plan_batches, route_sections
 from torchdoctor.agent.reasoning.llm.budget import Budget, BudgetExhausted, tokens_for_chars
 from torchdoctor.agent.reasoning.llm.cache import ResponseCache
@@ -88,7 +88,7 @@ class FixAnswer(BaseModel):
     explanation: str = ""
 
 
-class LLMReasoner:
+class LLMReasoner(ReasonerBase):
     """Implements `Reasoner`; one instance per audit (it holds that audit's budget).
 
     With `prepare` (called by the audit graph before the phases), points share requests: all of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torchdoctor.agent.fixes.gate import fix_gate
+from torchdoctor.agent.gate import fix_gate
 from torchdoctor.agent.models import Evidence, Finding, Severity, Status
 
 

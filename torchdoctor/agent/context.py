@@ -1,0 +1,59 @@
+"""An audit's run context: the dependencies the graph's nodes use but the state does not hold.
+
+LangGraph passes it to every node (`context_schema`), so the compiled graph is a module-level
+object; a door (CLI, API, chat) builds one per audit and per resume.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torchdoctor.agent.reasoning.base import Reasoner
+from torchdoctor.agent.workspace import Workspace
+from torchdoctor.sandbox.protocol import Sandbox
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.linters.runner import LinterRun
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class SandboxHandle:
+    """The audit's sandbox, built on first use and then reused: once per audit."""
+
+    def __init__(self, choice: str | None = None, sandbox: Sandbox | None = None) -> None:
+        self.choice = choice
+        self._sandbox = sandbox
+        self._lock = threading.Lock()
+
+    def get(self) -> Sandbox:
+        with self._lock:
+            if self._sandbox is None:
+                from torchdoctor.sandbox.config import get_sandbox
+
+                self._sandbox = get_sandbox(self.choice)
+            return self._sandbox
+
+    @property
+    def built(self) -> bool:
+        return self._sandbox is not None
+
+
+@dataclass
+class AuditContext:
+    """What the nodes run against: the snapshot, the reasoner, the sandbox, a progress sink."""
+
+    workspace: Workspace
+    reasoner: Reasoner
+    sandbox: SandboxHandle = field(default_factory=SandboxHandle)
+    progress: Progress | None = None
+    peers: Future[LinterRun] | None = None
+    """The peer linters, started with the audit (they overlap with the static pass)."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(event)

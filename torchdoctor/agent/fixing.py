@@ -1,0 +1,245 @@
+"""A phase's fixes on the audit's working copy: propose them, verify them one at a time, adopt
+the verified ones the gate lets through.
+
+The working copy is the audited files with the adopted fixes of earlier phases in them (only
+the changed files' texts are kept, in the audit's state). A fix is verified on it, so a
+performance fix is measured on corrected code; its diff stays the one against the user's file,
+which is what the report shows and `apply` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods.base import healthy_run
+from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod
+from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.workcopy import workspace_copy
+from torchdoctor.agent.models import Finding, Fix, Status, Verification
+from torchdoctor.agent.state import FixRecord
+
+ORIGINAL = "original"
+
+
+def copy_digest(working_copy: dict[str, str]) -> str:
+    """Names a working copy (the baseline run and the analysis are made once per copy)."""
+    if not working_copy:
+        return ORIGINAL
+    text = json.dumps(sorted(working_copy.items()), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@contextmanager
+def materialized(root: Path, working_copy: dict[str, str]) -> Iterator[Path]:
+    """A private copy of `root` with the working copy's texts written in."""
+    with workspace_copy(root) as copy:
+        for path, text in working_copy.items():
+            (copy / path).write_text(text, encoding="utf-8")
+        yield copy
+
+
+def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
+    """A fix for each open finding of `phase` that has one: the reasoner's (LLM) patch, else
+    the rule's codemod. Nothing is verified yet."""
+    records: list[FixRecord] = []
+    mine = [f for f in findings if f.phase == phase and f.status.is_open]
+    for finding in sorted(mine, key=lambda f: (-f.severity.rank, f.id)):
+        if finding.fix is not None and finding.fix.origin == "llm" and finding.fix.diff:
+            records.append(
+                FixRecord(
+                    finding_id=finding.id,
+                    phase=phase,
+                    rule=finding.rule,
+                    origin="llm",
+                    kind=FixKind.for_point(finding.checkpoint),
+                    diff=finding.fix.diff,
+                )
+            )
+            continue
+        codemod = codemod_for(finding.rule)
+        patch = propose_patch(root, finding) if codemod is not None else None
+        if codemod is not None and patch is not None:
+            records.append(
+                FixRecord(
+                    finding_id=finding.id,
+                    phase=phase,
+                    rule=finding.rule,
+                    origin="codemod",
+                    kind=codemod.kind,
+                    diff=patch.diff,
+                )
+            )
+    return records
+
+
+def spec_of(record: FixRecord) -> FixSpec:
+    codemod = codemod_for(record.rule) if record.origin == "codemod" else None
+    if codemod is not None:
+        return FixSpec.of(codemod)
+    return FixSpec(kind=record.kind, rtol=DEFAULT_RTOL[record.kind], symptom=healthy_run)
+
+
+def patch_on_copy(
+    root: Path, working_copy: dict[str, str], finding: Finding, record: FixRecord
+) -> Patch:
+    """The record's fix as a patch against the working copy (raises PatchError)."""
+    patches = parse(record.diff)
+    files = [p.path for p in patches]
+    if not any(path in working_copy for path in files):
+        return Patch(
+            finding_id=record.finding_id,
+            rule=record.rule,
+            origin=record.origin,
+            diff=record.diff,
+            files=files,
+        )
+    codemod = codemod_for(record.rule) if record.origin == "codemod" else None
+    diff = ""
+    for patch in patches:
+        original = (root / patch.path).read_text(encoding="utf-8")
+        current = working_copy.get(patch.path, original)
+        if codemod is not None and files == [finding.file]:
+            fixed = replay_codemod(codemod, finding, original, working_copy)
+        else:
+            fixed = apply_to_text(current, patch, offsets=True)
+        diff += unified_diff(patch.path, current, fixed)
+    return Patch(
+        finding_id=record.finding_id, rule=record.rule, origin=record.origin, diff=diff, files=files
+    )
+
+
+@dataclass(frozen=True)
+class FixBench:
+    """What every verification of one audit runs with."""
+
+    root: Path
+    runner: ProbeRunner | None
+    run_command: list[str] | None
+    steps: int
+    config: EngineConfig
+    paths: list[str]
+
+    def verifier(self, root: Path, baseline: SmokeRun | None) -> Verifier:
+        return Verifier(
+            root,
+            self.runner,
+            self.run_command,
+            steps=self.steps,
+            config=self.config,
+            paths=self.paths,
+            baseline=baseline,
+        )
+
+
+@dataclass(frozen=True)
+class Verified:
+    record: FixRecord
+    finding: Finding
+    baseline: SmokeRun | None
+    """The working copy's baseline run, when this verification made or reused one."""
+
+
+def verify_record(
+    bench: FixBench,
+    working_copy: dict[str, str],
+    baseline: SmokeRun | None,
+    finding: Finding,
+    record: FixRecord,
+) -> Verified:
+    """Verify one proposed fix on the working copy; the finding gets the fix and its steps."""
+    checks: list[Verification] = []
+    if working_copy:
+        changed = ", ".join(sorted(working_copy))
+        checks.append(
+            Verification(
+                step="on-working-copy",
+                ok=True,
+                detail=f"verified on the code with the earlier phases' fixes ({changed})",
+            )
+        )
+    try:
+        patch = patch_on_copy(bench.root, working_copy, finding, record)
+    except PatchError as err:
+        checks.append(Verification(step="patch-applies", ok=False, detail=str(err)))
+        patch = None
+    if patch is not None:
+        with materialized(bench.root, working_copy) as copy:
+            verifier = bench.verifier(copy, baseline)
+            claim = Claim(frozenset({finding.rule}), finding.severity)
+            checks += verifier.verify(patch, claim, spec_of(record))
+            baseline = verifier.baseline_run
+    verified = all(c.ok for c in checks)
+    fix = Fix(diff=record.diff, verified=verified, origin=record.origin, verification=checks)
+    status = Status.VERIFIED if verified else finding.status
+    return Verified(
+        record=record.model_copy(
+            update={"state": "verified" if verified else "failed", "verification": checks}
+        ),
+        finding=finding.model_copy(update={"fix": fix, "status": status}),
+        baseline=baseline,
+    )
+
+
+@dataclass(frozen=True)
+class Adoption:
+    working_copy: dict[str, str]
+    kept: list[str]
+    dropped: dict[str, Verification]
+    """finding id -> why it stays out of the working copy."""
+    combined: dict[str, Verification]
+    baseline: SmokeRun | None
+
+
+def adopt(
+    bench: FixBench,
+    adopted: list[Finding],
+    new: list[Finding],
+    records: dict[str, FixRecord],
+    baseline: SmokeRun | None,
+) -> Adoption:
+    """Merge the new verified fixes into the working copy after the adopted ones (phase
+    order); a fix that conflicts stays out; with a run, the combination is verified again and
+    the latest fix is dropped while it regresses."""
+    kept: list[Finding] = list(adopted)
+    dropped: dict[str, Verification] = {}
+    for finding in new:
+        try:
+            merge_fixes(bench.root, [*kept, finding])
+        except PatchError as err:
+            dropped[finding.id] = Verification(
+                step="combined", ok=False, detail=f"conflicts with the fixes before it: {err}"
+            )
+            continue
+        kept.append(finding)
+    combined: dict[str, Verification] = {}
+    added = [f for f in kept if f not in adopted]
+    if bench.runner is not None and bench.run_command is not None and added and len(kept) > 1:
+        verifier = bench.verifier(bench.root, baseline)
+        with_specs = [(f, spec_of(records[f.id])) for f in kept]
+        combination, notes = combine(verifier, with_specs)
+        baseline = verifier.baseline_run
+        for finding_id, note in notes.items():
+            if finding_id in combination.dropped:
+                dropped[finding_id] = note
+            else:
+                combined[finding_id] = note
+        kept = [f for f in kept if f.id in combination.kept]
+    texts = merge_fixes(bench.root, kept) if kept else {}
+    return Adoption(
+        working_copy=texts,
+        kept=[f.id for f in kept],
+        dropped=dropped,
+        combined=combined,
+        baseline=baseline,
+    )
