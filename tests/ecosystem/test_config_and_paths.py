@@ -58,6 +58,36 @@ def test_discovery_walks_up_to_the_nearest_pyproject_with_a_torchdoctor_table(
     assert loaded.config.lang == "fr" and loaded.base == project
 
 
+def test_uploads_never_take_a_configuration_from_above(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.torchdoctor]\nrun = ["python steal.py"]\n', encoding="utf-8"
+    )
+    upload = tmp_path / "audits" / "a1" / "src"
+    upload.mkdir(parents=True)
+    assert load_project_config(upload).config.run == ["python steal.py"]  # the CLI walks up
+    confined = load_project_config(upload, search_parents=False)
+    assert confined.config.run == [] and confined.source is None
+
+
+def test_api_worker_confines_configuration_to_the_upload(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from torchdoctor.agent.audit import AuditChoices
+    from torchdoctor.api.models import AuditRecord
+    from torchdoctor.api.settings import ApiSettings
+    from torchdoctor.api.worker import audit_options
+
+    record = AuditRecord(
+        id="a1",
+        tenant="t",
+        state="queued",
+        options=AuditChoices(),
+        workdir=str(tmp_path),
+        created_at=0.0,
+    )
+    options = audit_options(record, ApiSettings(home=tmp_path / "home"))
+    assert options.target == tmp_path / "src" and options.search_parents is False
+
+
 def test_discovery_ignores_a_pyproject_link_leaving_its_folder(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()

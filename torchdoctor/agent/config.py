@@ -89,14 +89,16 @@ def _stays_in_folder(candidate: Path) -> bool:
     return candidate.resolve().is_relative_to(candidate.parent.resolve())
 
 
-def discover_config(start: Path) -> Path | None:
-    """The nearest `pyproject.toml` with `[tool.torchdoctor]`, from `start` up to the root.
+def discover_config(start: Path, *, search_parents: bool = True) -> Path | None:
+    """The nearest `pyproject.toml` with `[tool.torchdoctor]`, from `start` up to the root
+    (only `start` itself without `search_parents`: a service auditing uploaded code must not
+    pick up a configuration from its own folders above the upload).
 
     The walk is lexical (`start` made absolute, links in it not resolved), so a symbolic link to
     the audited folder does not lead the search into the link's target's parents.
     """
     folder = Path(os.path.abspath(start))
-    for candidate_dir in (folder, *folder.parents):
+    for candidate_dir in (folder, *folder.parents) if search_parents else (folder,):
         candidate = candidate_dir / "pyproject.toml"
         if not _stays_in_folder(candidate):
             continue
@@ -124,7 +126,9 @@ def parse_config(path: Path) -> AuditConfig:
         raise ConfigError(f"{path} [tool.torchdoctor]: {err}") from err
 
 
-def load_project_config(root: Path, config_file: Path | None = None) -> ProjectConfig:
+def load_project_config(
+    root: Path, config_file: Path | None = None, *, search_parents: bool = True
+) -> ProjectConfig:
     """The configuration in force for an audit rooted at `root`."""
     if config_file is not None:
         if not config_file.is_file():
@@ -132,7 +136,7 @@ def load_project_config(root: Path, config_file: Path | None = None) -> ProjectC
         return ProjectConfig(
             config=parse_config(config_file), source=config_file, base=config_file.parent
         )
-    found = discover_config(root)
+    found = discover_config(root, search_parents=search_parents)
     if found is None:
         return ProjectConfig(config=AuditConfig(), base=root)
     return ProjectConfig(config=parse_config(found), source=found, base=found.parent)

@@ -58,6 +58,9 @@ class AuditOptions(AuditChoices):
     )
     config: Path | None = Field(None, description="config file instead of the nearest one")
     force_exclude: bool = Field(False, description="`exclude` holds even for named files")
+    search_parents: bool = Field(
+        True, description="look for the config above the audited folder (off for uploads)"
+    )
     static_only: bool = Field(False, description="ignore the configuration's `run` commands")
     ledger: Path | None = None
     write_ledger: bool = True
@@ -74,7 +77,9 @@ class AuditOptions(AuditChoices):
 
 
 def project_of(options: AuditOptions) -> ProjectConfig:
-    return load_project_config(find_project_root(options.target), options.config)
+    return load_project_config(
+        find_project_root(options.target), options.config, search_parents=options.search_parents
+    )
 
 
 def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConfig:

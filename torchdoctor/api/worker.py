@@ -56,6 +56,7 @@ def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
     return AuditOptions(
         **record.options.model_dump(),
         target=source_dir(record),
+        search_parents=False,  # the upload's own pyproject.toml only, never the server's
         sandbox=settings.sandbox,
         write_ledger=True,
     )
