@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.patterns import (
     mode_call_receivers,
     model_calls,
 )
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
 from torchdoctor.agent.models import Severity
 
 _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
@@ -68,7 +69,8 @@ class InferenceNoEval(Rule):
         for stmt in ctx.tree.body:
             if is_main_guard(stmt) and not ctx.loops.training_loops:
                 assert isinstance(stmt, ast.If)
-                self._check(ctx, stmt.body, set(), local_evals, False)
+                if not is_model_smoke_test(ctx, stmt):
+                    self._check(ctx, stmt.body, set(), local_evals, False)
 
     def _check(
         self,

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
 from torchdoctor.agent.models import Severity
 
 _SEEDERS = frozenset(
@@ -137,9 +138,9 @@ class NoTorchSeed(Rule):
         top_level = [loop.node for loop in loops if ctx.enclosing_function(loop.node) is None]
         if guard is None:
             return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
-        if loops or (_uses_torch_randomness(ctx) and not _defines_modules(ctx)):
+        if loops or (_uses_torch_randomness(ctx) and not is_model_smoke_test(ctx, guard)):
             return guard
-        return None  # no training; a model module's `__main__` is a smoke test
+        return None
 
     @staticmethod
     def _imports(ctx: ModuleContext) -> list[list[str]]:
@@ -220,15 +221,6 @@ def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> 
         if posix == f"{rel}/__init__.py":
             return candidate
     return None
-
-
-def _defines_modules(ctx: ModuleContext) -> bool:
-    """The module defines a network (a class deriving from `nn.Module`/`Module`)."""
-    return any(
-        isinstance(node, ast.ClassDef)
-        and any(ast.unparse(base).endswith("Module") for base in node.bases)
-        for node in ctx.tree.body
-    )
 
 
 def _uses_torch_randomness(ctx: ModuleContext) -> bool:

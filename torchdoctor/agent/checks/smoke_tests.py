@@ -1,0 +1,32 @@
+"""A model module's `__main__` block is a smoke test, not an entry script.
+
+Library modules that define networks often end with `if __name__ == "__main__":` building the
+model and calling it on random input to check shapes (vit-pytorch, denoising-diffusion and
+pytorch-cifar do this in nearly every file). Nothing trains, no weights are loaded: advice
+meant for entry scripts (seed torch, switch to eval() before inference) does not apply there.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from torchdoctor.agent.checks.base import ModuleContext
+
+_LOADS_WEIGHTS = ("load_state_dict", "torch.load", "from_pretrained", "load_checkpoint")
+
+
+def defines_modules(ctx: ModuleContext) -> bool:
+    """The module defines a network (a class deriving from `nn.Module`/`Module`)."""
+    return any(
+        isinstance(node, ast.ClassDef)
+        and any(ast.unparse(base).endswith("Module") for base in node.bases)
+        for node in ctx.tree.body
+    )
+
+
+def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:
+    """`guard` (a `__main__` block) only exercises the networks its module defines."""
+    if ctx.loops.training_loops or not defines_modules(ctx):
+        return False
+    text = ast.unparse(guard)
+    return not any(marker in text for marker in _LOADS_WEIGHTS)
