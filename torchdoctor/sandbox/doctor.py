@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.sandbox.cgroups import cgroup_support
 from torchdoctor.sandbox.config import DockerConfig, LocalConfig, docker_answers, get_sandbox
 from torchdoctor.sandbox.local import LocalSandbox, SandboxUnavailable
 from torchdoctor.sandbox.mechanisms import Mechanism, gpu_device_nodes
@@ -87,6 +88,7 @@ class DoctorReport(_Model):
     gpu: GpuCheck
     runtime: RuntimeCheck | None
     tools: dict[str, str | None]
+    limits: list[str] = Field(default_factory=list, description="how each limit is enforced")
 
 
 def self_check() -> DoctorReport:
@@ -103,7 +105,22 @@ def self_check() -> DoctorReport:
         gpu=_check_gpu(),
         runtime=_runtime(selected) if selected else None,
         tools={tool: _which(tool) for tool in OPTIONAL_TOOLS},
+        limits=limit_lines(),
     )
+
+
+def limit_lines() -> list[str]:
+    """How the local backend holds each limit on this host, said plainly."""
+    return [
+        cgroup_support().summary,
+        "private /tmp and /dev/shm (bwrap, unshare): tmpfs, each capped at the job's disk "
+        "quota by the kernel (size=); not counted in the memory limit",
+        "workspace disk quota: usage polled every 0.5 s (writers can overshoot between polls; "
+        "RLIMIT_FSIZE caps each file)",
+        "host sockets: bwrap binds only the workspace, the interpreter and system folders; "
+        "unshare leaves the host filesystem visible (writes held by permissions), so a host "
+        "socket the job's uid may open stays reachable",
+    ]
 
 
 def _check_local() -> BackendCheck:
@@ -196,6 +213,7 @@ def render_doctor(report: DoctorReport) -> str:
             f"CUDA {runtime.cuda or '-'}, cuDNN {runtime.cudnn or '-'}, "
             f"GPU visible: {runtime.cuda_available} {' '.join(runtime.devices)}".rstrip()
         )
+    lines += ["", "limits:"] + [f"  {line}" for line in report.limits]
     lines += ["", "tools:"]
     lines += [f"  {tool:<15} {path or 'missing'}" for tool, path in report.tools.items()]
     return "\n".join(lines)
