@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from torchdoctor.agent.graph import sqlite_checkpointer
+from torchdoctor.agent.durable import open_store
 from torchdoctor.agent.models import Evidence, Finding, Severity
 from torchdoctor.agent.reasoning.llm.cache import ResponseCache
 from torchdoctor.agent.reasoning.llm.workspace_files import WorkspaceFiles
@@ -59,7 +59,7 @@ def test_the_llm_never_reads_a_secret_or_a_linked_host_file(tmp_path: Path) -> N
 
 def test_databases_and_caches_are_private(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with sqlite_checkpointer(home / "state" / "checkpoints.sqlite"):
+    with open_store(home / "state" / "checkpoints.sqlite"):
         pass
     cache = ResponseCache(home / "llm-cache")
     for folder in (home / "state", home / "llm-cache"):
