@@ -13,10 +13,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.durable_pg import PostgresAuditStore
 
 from torchdoctor.agent.home import private_file, torchdoctor_home
 from torchdoctor.agent.state import STATE_ENUMS, STATE_MODELS
@@ -106,8 +110,16 @@ class AuditStore:
 
 
 @contextmanager
-def open_store(path: Path | None = None) -> Iterator[AuditStore]:
-    """The audit store at `path` (default under `$TORCHDOCTOR_HOME`), closed on exit."""
+def open_store(path: Path | None = None) -> Iterator[AuditStore | PostgresAuditStore]:
+    """The audit store at `path` (default under `$TORCHDOCTOR_HOME`), or in PostgreSQL when
+    `TORCHDOCTOR_DATABASE_URL` names one (the API's shared database); closed on exit."""
+    url = os.environ.get("TORCHDOCTOR_DATABASE_URL", "")
+    if path is None and url.startswith(("postgresql://", "postgres://")):
+        from torchdoctor.agent.durable_pg import open_postgres_store
+
+        with open_postgres_store(url) as shared:
+            yield shared
+        return
     path = path or checkpoints_path()
     private_file(path)
     connection = sqlite3.connect(str(path), check_same_thread=False)

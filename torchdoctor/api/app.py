@@ -25,7 +25,7 @@ from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.executor import Executor, LocalExecutor
 from torchdoctor.api.models import SubmitFiles
-from torchdoctor.api.routes import audits, results
+from torchdoctor.api.routes import approvals, audits, results
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.store import Store
@@ -146,6 +146,7 @@ def create_app(
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(audits.router)
     app.include_router(results.router)
+    app.include_router(approvals.router)
     app.include_router(ops.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -160,17 +160,14 @@ def submit(
             if event.kind == "state":
                 state = str(event.data.get("state"))
             if state == "waiting-approval":
-                pending = client.approvals(audit_id)
-                fixes = pending.get("fixes", [])
+                fixes = client.approvals(audit_id)["pending"]["changes"]
                 if not yes:
                     raise _fail(
                         f"{len(fixes)} verified fix(es) wait for approval: run again with --yes, "
                         f"or POST {server}/v1/audits/{audit_id}/approvals"
                     )
-                client.approve(
-                    audit_id,
-                    [{"finding_id": f["finding_id"], "decision": "approve"} for f in fixes],
-                )
+                decisions = [{"finding_id": f["finding_id"], "approve": True} for f in fixes]
+                client.approve(audit_id, decisions)
                 state = "queued"
         final = client.status(audit_id)
         if final["state"] != "done":

@@ -142,7 +142,7 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/v1/audits/{audit_id}/approvals").json()
         return result
 
-    def approve(self, audit_id: str, decisions: list[dict[str, str]]) -> None:
+    def approve(self, audit_id: str, decisions: list[dict[str, Any]]) -> None:
         self._call("POST", f"/v1/audits/{audit_id}/approvals", json={"decisions": decisions})
 
     def text(self, audit_id: str, what: str, **params: str) -> str:

@@ -16,9 +16,16 @@ from typing import Any
 
 import psutil
 
-from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.audit import (
+    AuditOptions,
+    AuditOutcome,
+    ResumeError,
+    resume_audit,
+    run_audit,
+)
 from torchdoctor.agent.config import ConfigError
-from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.models import AuditReport, Target
+from torchdoctor.agent.state import ApprovalAnswer
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.api import logs
 from torchdoctor.api.models import AuditRecord, AuditState
@@ -52,13 +59,17 @@ def ready() -> None:
 
 
 def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
-    """The user's choices on the audit's own copy; the server decides the rest."""
+    """The user's choices on the audit's own copy; the server decides the rest. Fixes asked
+    for are written to that copy only once approved (the graph's approval interrupt)."""
+    choices = record.options
     return AuditOptions(
-        **record.options.model_dump(),
+        **choices.model_dump(),
         target=source_dir(record),
         search_parents=False,  # the upload's own pyproject.toml only, never the server's
         sandbox=settings.sandbox,
         write_ledger=True,
+        apply=choices.fix,
+        force=True,
     )
 
 
@@ -74,22 +85,50 @@ def counters(report: AuditReport) -> tuple[int, int]:
     return len(runs) if isinstance(runs, list) else 0, tokens
 
 
-def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -> None:
+def without_server_paths(report: AuditReport) -> AuditReport:
+    """The report names the submitted tree as `.`, never the server's folder."""
+    return report.model_copy(update={"target": Target(path=".", kind=report.target.kind)})
+
+
+def drive(store: Store, record: AuditRecord, settings: ApiSettings) -> AuditOutcome:
+    """Start the audit's graph, or resume it from its checkpoint (after a crash, or with the
+    user's answer to its approval question)."""
+
     def progress(event: dict[str, Any]) -> None:
         kind = str(event.get("event", "progress"))
         store.add_event(record.id, kind, {k: v for k, v in event.items() if k != "event"})
 
+    _, answer_text = store.approval(record.id, None)
+    answer = ApprovalAnswer.model_validate_json(answer_text) if answer_text else None
+    approver = (lambda _question: answer) if answer is not None else None
+    if record.attempts > 1 or answer is not None:
+        try:
+            return resume_audit(record.id, progress, approver=approver)
+        except ResumeError:
+            pass  # nothing checkpointed (a static audit is redone faster than resumed)
+    return run_audit(
+        audit_options(record, settings), progress, approver=approver, audit_id=record.id
+    )
+
+
+def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -> None:
     try:
-        outcome = run_audit(audit_options(record, settings), progress=progress)
+        outcome = drive(store, record, settings)
     except (InputError, ConfigError) as err:
         store.finish(record.id, owner, AuditState.FAILED, error=str(err))
         return
-    runs, tokens = counters(outcome.report)
+    report = without_server_paths(outcome.report)
+    if outcome.pending is not None:
+        store.wait_for_approval(
+            record.id, owner, outcome.pending.model_dump_json(), report.model_dump_json()
+        )
+        return
+    runs, tokens = counters(report)
     store.finish(
         record.id,
         owner,
         AuditState.DONE,
-        report=outcome.report.model_dump_json(),
+        report=report.model_dump_json(),
         sandbox_runs=runs,
         llm_tokens=tokens,
     )
