@@ -143,7 +143,7 @@ class _Builder:
         line: int | None = None,
         **data: Any,
     ) -> None:
-        located = file is not None and line is not None
+        located = file is not None and line is not None and line > 0
         self.findings.append(
             ProbeFinding(
                 rule=rule,
