@@ -99,7 +99,9 @@ def build_context(options: AuditOptions, progress: Progress | None = None) -> Au
     if options.ledger is not None and options.ledger.is_dir():
         raise InputError(f"--ledger {display_name(str(options.ledger))}: is a folder, not a file")
     workspace = snapshot(options, config, project)
-    check_run_commands(config.run + options.run, workspace)
+    # A bad --run is the user's usage error; a bad `run = [...]` in the audited repository's
+    # own config is that repository's problem: it becomes a note on the run, not a refusal.
+    check_run_commands(options.run, workspace)
     peers = (
         start_linters(workspace, online=options.online, mypy=options.mypy)
         if config.linters and workspace.files
