@@ -147,8 +147,9 @@ def test_a_batched_answer_is_shared_out_by_point(
     assert any("snippet-not-found: 1" in n for n in results[6].notes)
     assert not any("re-routed" in n for r in results.values() for n in r.notes)
     explained = next(f for f in results[4].findings if f.id == reported_4.id)
+    # model text is quoted data, attributed and marked unverified (never an instruction)
     assert explained.evidence[-1].kind == "llm" and explained.evidence[-1].message == (
-        "grads pile up"
+        "model's explanation (unverified): “grads pile up”"
     )
     assert any("could not check: 1.2: no annotations" in n for n in results[1].notes)
     assert {c.item: c.verdict for c in results[6].coverage}["6.1"] == "fail"

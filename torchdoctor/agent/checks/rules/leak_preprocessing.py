@@ -133,7 +133,9 @@ class LeakPreprocessing(Rule):
                 )
             else:
                 by_sink.setdefault(sink, []).append(leak)
-        for sink, sources in by_sink.items():
+        for sink, found in by_sink.items():
+            # in source order, whatever order the walk met them in: the report is reproducible
+            sources = sorted(found, key=lambda leak: (leak[0].lineno, leak[0].col_offset))
             first = sources[0]
             what = ", ".join(
                 f"`{ast.unparse(node.func)}` (line {node.lineno})" for node, *_ in sources

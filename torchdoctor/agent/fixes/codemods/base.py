@@ -15,6 +15,7 @@ from typing import ClassVar, TypeVar
 import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import RemoveImportsVisitor
+from libcst.helpers import get_full_name_for_node
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
@@ -539,7 +540,32 @@ def without_orphaned_imports(source: str, fixed: cst.Module) -> cst.Module:
         cleaned = cleaned.with_changes(
             body=[first.with_changes(leading_lines=lines), *cleaned.body[1:]]
         )
-    return cleaned
+    return _sections_kept_apart(cleaned)
+
+
+def _import_section(stmt: cst.BaseStatement) -> str | None:
+    """'stdlib' or 'other' for a top-level import line, None for anything else."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    node = stmt.body[0]
+    if isinstance(node, cst.Import):
+        name = get_full_name_for_node(node.names[0].name) or ""
+    elif isinstance(node, cst.ImportFrom) and node.module is not None and not node.relative:
+        name = get_full_name_for_node(node.module) or ""
+    else:
+        return None
+    return "stdlib" if _is_stdlib(name) else "other"
+
+
+def _sections_kept_apart(module: cst.Module) -> cst.Module:
+    """A removed import that opened a section took the blank line before it: put one back
+    between the last stdlib import and the next section, as isort writes them."""
+    body = list(module.body)
+    for i in range(1, len(body)):
+        before, here = _import_section(body[i - 1]), _import_section(body[i])
+        if before == "stdlib" and here == "other" and not body[i].leading_lines:
+            body[i] = body[i].with_changes(leading_lines=[cst.EmptyLine()])
+    return module.with_changes(body=body)
 
 
 def _used_names(tree: ast.Module) -> set[str]:
