@@ -8,11 +8,11 @@ must stay silent. A case may be a folder (a small project: the rule sees every f
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
+from tests.rule_fixtures import assert_reports_exactly_the_marked_lines
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
@@ -48,33 +48,9 @@ def _cases() -> list[object]:
     return cases
 
 
-def _load(case: Path) -> list[tuple[str, str]]:
-    if case.is_dir():
-        return [(p.relative_to(case).as_posix(), p.read_text()) for p in sorted(case.rglob("*.py"))]
-    return [(case.name, case.read_text())]
-
-
-def _expected(files: list[tuple[str, str]], rule: str) -> set[tuple[str, int]]:
-    marker = re.compile(rf"#\s*expect:\s*{re.escape(rule)}\b")
-    return {
-        (path, number)
-        for path, text in files
-        for number, line in enumerate(text.splitlines(), start=1)
-        if marker.search(line)
-    }
-
-
 @pytest.mark.parametrize(("rule", "case"), _cases())
 def test_rule_reports_exactly_the_marked_lines(rule: str, case: Path) -> None:
-    files = _load(case)
-    expected = _expected(files, rule)
-    if case.name.startswith("positive_"):
-        assert expected, f"{case} has no '# expect: {rule}' marker"
-    else:
-        assert not expected, f"negative fixture {case} carries an expect marker"
-    result = analyse_files(files, EngineConfig(select=frozenset({rule})), workers=1)
-    found = {(f.file, f.line) for f in result.all_findings() if f.rule == rule}
-    assert found == expected
+    assert_reports_exactly_the_marked_lines(rule, case, workers=1)
 
 
 @pytest.mark.parametrize("rule", NEW_RULES)
