@@ -18,6 +18,7 @@ from torchdoctor.agent.models import AuditReport, Provenance, Summary, Target, T
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.chat import ChatSession, chat_turn
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
+from torchdoctor.agent.reasoning.llm.tool_loop import ToolHooks
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 
@@ -106,6 +107,7 @@ def test_tool_call_loops_are_cut_at_the_bound(stub: StubLLM, workspace: Path) ->
         )
         assert answer.truncated is True
         assert len(answer.tool_calls) == 3 and looping.chat_calls == 4
+        assert answer.stopped == "tool_calls"
         assert answer.notes == [
             "stopped after 3 tool calls (the per-turn limit); the answer may be incomplete"
         ]
@@ -117,21 +119,22 @@ def test_probes_are_unavailable_without_a_sandbox_and_run_with_one(
 ) -> None:
     for _ in range(2):
         stub.push(
-            Reply.tool("run_probe", {"name": "syncs", "file": "train_small.py"}),
+            Reply.tool("run_probes", {"script": "train_small.py", "args": ["--lr", "1"]}),
             Reply(content="done"),
         )
     reasoner = make(stub, workspace)
     without = chat_turn(session(workspace), "Measure syncs.", reasoner=reasoner)
-    assert "unavailable: this session has no sandbox" in without.tool_calls[0].result
-    seen: list[tuple[str, dict[str, object]]] = []
+    assert "unavailable: no sandbox was given" in without.tool_calls[0].result
+    seen: list[tuple[str, list[str]]] = []
 
-    def probe(name: str, args: dict[str, object]) -> str:
-        seen.append((name, args))
+    def probes(script: str, args: list[str]) -> str:
+        seen.append((script, args))
         return "2 syncs per step"
 
-    with_probe = chat_turn(session(workspace), "Measure syncs.", reasoner=reasoner, probe=probe)
+    hooks = ToolHooks(run_probes=probes)
+    with_probe = chat_turn(session(workspace), "Measure syncs.", reasoner=reasoner, hooks=hooks)
     assert "2 syncs per step" in with_probe.tool_calls[0].result
-    assert seen == [("syncs", {"file": "train_small.py"})]
+    assert seen == [("train_small.py", ["--lr", "1"])]
 
 
 def test_a_proposed_fix_is_recorded_unverified_and_bad_ones_are_rejected(

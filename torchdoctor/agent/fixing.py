@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +56,7 @@ def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
     mine = [f for f in findings if f.phase == phase and f.status.is_open]
     for finding in sorted(mine, key=lambda f: (-f.severity.rank, f.id)):
         if finding.fix is not None and finding.fix.origin == "llm" and finding.fix.diff:
-            records.append(
-                FixRecord(
-                    finding_id=finding.id,
-                    phase=phase,
-                    rule=finding.rule,
-                    origin="llm",
-                    kind=FixKind.for_point(finding.checkpoint),
-                    diff=finding.fix.diff,
-                )
-            )
+            records.append(llm_record(finding, finding.fix.diff))
             continue
         codemod = codemod_for(finding.rule)
         patch = propose_patch(root, finding) if codemod is not None else None
@@ -189,6 +180,33 @@ def verify_record(
         finding=finding.model_copy(update={"fix": fix, "status": status}),
         baseline=baseline,
     )
+
+
+def llm_record(finding: Finding, diff: str) -> FixRecord:
+    """A model's patch for `finding`, as a fix waiting for verification."""
+    return FixRecord(
+        finding_id=finding.id,
+        phase=finding.phase,
+        rule=finding.rule,
+        origin="llm",
+        kind=FixKind.for_point(finding.checkpoint),
+        diff=diff,
+    )
+
+
+def verify_hook(
+    bench: FixBench, working_copy: dict[str, str] | None = None
+) -> Callable[[Finding, Fix], Fix]:
+    """The tool loop's verifier (`ToolHooks.verify_fix`): a model's patch through the same
+    verification as every fix of the audit, on its working copy."""
+    copy = working_copy or {}
+
+    def verify(finding: Finding, fix: Fix) -> Fix:
+        done = verify_record(bench, copy, None, finding, llm_record(finding, fix.diff))
+        assert done.finding.fix is not None
+        return done.finding.fix
+
+    return verify
 
 
 @dataclass(frozen=True)

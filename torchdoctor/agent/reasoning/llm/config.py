@@ -76,7 +76,15 @@ class OpenAIConfig(BaseModel):
     max_window_lines: int = Field(240, ge=10)
     """Most code lines one point's prompt carries."""
     max_tool_calls: int = Field(6, ge=1)
-    """Most tool calls one chat turn may make."""
+    """Most tool calls one tool loop (a chat question, a phase's investigation) may make."""
+    loop_turns: int = Field(8, ge=1)
+    """Most model requests one tool loop may make."""
+    loop_tokens: int = Field(60_000, ge=1)
+    """Most tokens (sent + received) one tool loop may spend (`token_budget` bounds them all)."""
+    loop_seconds: float = Field(300.0, gt=0)
+    """Most wall time one tool loop may take."""
+    investigate: bool = True
+    """Whether each phase's findings that no codemod fixes get a tool loop proposing patches."""
     circuit_breaker_failures: int = Field(2, ge=1)
     """Consecutive requests the endpoint may fail before the audit stops calling it."""
 
