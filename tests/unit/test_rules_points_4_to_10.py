@@ -15,7 +15,6 @@ from tests.rule_fixtures import assert_reports_exactly_the_marked_lines
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
-from torchdoctor.agent.fixes.codemods import codemod_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rules"
 
@@ -145,8 +144,3 @@ def test_opt_in_rules_run_only_when_selected() -> None:
     selected = analyse_files([("m.py", source)], EngineConfig(select=frozenset({"high-dropout"})))
     assert "high-dropout" not in {f.rule for f in default.all_findings()}
     assert [f.line for f in selected.all_findings() if f.rule == "high-dropout"] == [3]
-
-
-@pytest.mark.parametrize("rule", RULES)
-def test_fixable_means_a_codemod_exists(rule: str) -> None:
-    assert rules_by_id()[rule].fixable == (codemod_for(rule) is not None)

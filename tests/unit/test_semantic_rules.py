@@ -64,7 +64,6 @@ def test_rule_is_documented_with_its_precision_risks(rule: str) -> None:
     assert any(n.startswith("negative_") for n in names), f"{rule}: no negative fixture"
     cls = rules_by_id()[rule]
     assert cls.items and all(item.split(".")[0] == str(cls.point) for item in cls.items)
-    assert cls.fixable == (codemod_for(rule) is not None)
 
 
 @pytest.mark.parametrize("rule", [r for r in NEW_RULES if codemod_for(r) is not None])

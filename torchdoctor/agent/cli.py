@@ -411,7 +411,10 @@ def rules(
     """List every rule (native, probe and peer-linter rules), or explain one."""
     if fmt not in ("table", "json"):
         raise _fail(f"unknown format {fmt!r}: use table or json")
+    from torchdoctor.agent.fixes.codemods import fixable_rules
+
     known = catalogue()
+    fixable = fixable_rules()
     if rule_id is not None:
         rule = known.get(rule_id)
         if rule is None:
@@ -419,18 +422,23 @@ def rules(
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise _fail(f"unknown rule {rule_id!r}{hint} (see `torchdoctor rules`)")
         if fmt == "json":
-            sys.stdout.write(json.dumps(rule.model_dump(mode="json"), indent=2) + "\n")
+            sys.stdout.write(json.dumps(_listed(rule, fixable), indent=2) + "\n")
         else:
-            sys.stdout.write(_explain(rule))
+            sys.stdout.write(_explain(rule, rule.id in fixable))
         return
     if fmt == "json":
-        listed = [r.model_dump(mode="json") for r in known.values()]
+        listed = [_listed(r, fixable) for r in known.values()]
         sys.stdout.write(json.dumps(listed, indent=2) + "\n")
         return
-    sys.stdout.write(_rules_table(list(known.values())))
+    sys.stdout.write(_rules_table(list(known.values()), fixable))
 
 
-def _rules_table(listed: list[CatalogueRule]) -> str:
+def _listed(rule: CatalogueRule, fixable: frozenset[str]) -> dict[str, Any]:
+    """A rule as `rules --format json` prints it: fixable when a codemod exists for it."""
+    return {**rule.model_dump(mode="json"), "fixable": rule.id in fixable}
+
+
+def _rules_table(listed: list[CatalogueRule], fixable: frozenset[str]) -> str:
     """Plain aligned columns, nothing cut: ids and titles are read and copied whole."""
     rows = [("id", "kind", "point", "severity", "fix", "title")]
     for rule in listed:
@@ -440,7 +448,7 @@ def _rules_table(listed: list[CatalogueRule]) -> str:
                 rule.kind if rule.kind != "peer" else rule.tool,
                 str(rule.point or "-"),
                 rule.severity.value if rule.severity else "-",
-                "yes" if rule.fixable else "no",
+                "yes" if rule.id in fixable else "no",
                 " ".join(rule.title.split()),
             )
         )
@@ -467,14 +475,14 @@ def schema(
     sys.stdout.write(json.dumps(json_schema(name.value), indent=2) + "\n")
 
 
-def _explain(rule: CatalogueRule) -> str:
+def _explain(rule: CatalogueRule, fixable: bool) -> str:
     facts = [f"{rule.kind} rule" if rule.kind != "peer" else f"{rule.tool} rule"]
     if rule.point is not None:
         facts.append(f"point {rule.point}")
     if rule.severity is not None:
         facts.append(f"severity {rule.severity.value}")
     if rule.kind == "native":
-        facts += [f"tier {rule.tier}", f"fix: {'yes' if rule.fixable else 'no'}"]
+        facts += [f"tier {rule.tier}", f"fix: {'yes' if fixable else 'no'}"]
     if rule.items:
         facts.append(f"items {', '.join(rule.items)}")
     text = f"{rule.id} — {rule.title}\n{' · '.join(facts)}\n\n{rule.doc}\n"

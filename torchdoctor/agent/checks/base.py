@@ -241,7 +241,6 @@ class Rule:
     items: ClassVar[tuple[str, ...]]
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
     tier: ClassVar[Literal["default", "opt-in"]] = "default"
-    fixable: ClassVar[bool] = False
     unchecked_when_absent: ClassVar[str] = ""
     """Set when finding nothing to apply to means the item went unchecked, not that it does
     not apply (e.g. no test file at all): the reason coverage gives."""

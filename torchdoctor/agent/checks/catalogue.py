@@ -42,7 +42,6 @@ class CatalogueRule(BaseModel):
     doc: str
     link: str = ""
     tier: Literal["default", "opt-in"] = "default"
-    fixable: bool = False
     items: tuple[str, ...] = ()
     severity_note: str = ""
     confirms: tuple[str, ...] = ()
@@ -69,7 +68,6 @@ def catalogue() -> dict[str, CatalogueRule]:
             title=rule.title,
             doc=rule_doc(rule),
             tier=rule.tier,
-            fixable=rule.fixable,
             items=tuple(rule.items),
             severity_note=rule.severity_note,
         )

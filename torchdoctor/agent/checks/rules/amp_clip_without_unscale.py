@@ -38,7 +38,6 @@ class AmpClipWithoutUnscale(Rule):
     severity = Severity.HIGH
     title = "Gradient clipping on AMP-scaled gradients"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "clip_grad" in ctx.source

@@ -29,7 +29,6 @@ class AmpGradscalerLegacy(Rule):
     severity = Severity.LOW
     title = "Legacy torch.cuda.amp.GradScaler"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "GradScaler" in ctx.source

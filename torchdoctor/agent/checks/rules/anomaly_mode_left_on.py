@@ -37,7 +37,6 @@ class AnomalyModeLeftOn(Rule):
     severity = Severity.MEDIUM
     title = "Autograd anomaly detection left on"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return ctx.flow.imports("torch")

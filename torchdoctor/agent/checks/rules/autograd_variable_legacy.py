@@ -37,7 +37,6 @@ class AutogradVariableLegacy(Rule):
     )
     title = "Legacy autograd.Variable"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return ctx.flow.imports("torch")

@@ -38,7 +38,6 @@ class BceOnSigmoid(Rule):
     severity = Severity.HIGH
     title = "Sigmoid followed by BCELoss"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "binary_cross_entropy" in ctx.source or "BCELoss" in ctx.source

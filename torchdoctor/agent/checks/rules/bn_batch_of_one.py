@@ -34,7 +34,6 @@ class BnBatchOfOne(Rule):
     severity = Severity.LOW
     title = "BatchNorm with a possibly tiny last batch"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "BatchNorm" in ctx.source and "DataLoader" in ctx.source

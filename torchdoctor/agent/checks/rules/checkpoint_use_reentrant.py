@@ -34,7 +34,6 @@ class CheckpointUseReentrant(Rule):
     severity = Severity.MEDIUM
     title = "checkpoint without use_reentrant"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "checkpoint" in ctx.source and ctx.flow.imports("torch")

@@ -40,7 +40,6 @@ class ClipGradOrder(Rule):
     severity = Severity.HIGH
     title = "Gradient clipping outside backward() -> step()"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "clip_grad" in ctx.source

@@ -30,7 +30,6 @@ class CudnnBenchmarkOff(Rule):
     point = 6
     severity = Severity.LOW
     title = "cudnn.benchmark not enabled"
-    fixable = True
     items: ClassVar[tuple[str, ...]] = ("6.2",)
     tier = "opt-in"
 

@@ -40,7 +40,6 @@ class CudnnBenchmarkWithDeterminism(Rule):
     severity = Severity.MEDIUM
     title = "cuDNN benchmark mode defeats the determinism request"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "benchmark" in ctx.source and "determinis" in ctx.source

@@ -37,7 +37,6 @@ class DataLoaderSync(Rule):
     severity = Severity.LOW
     title = "DataLoader without workers"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
-    fixable = True
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     tier = "opt-in"
 

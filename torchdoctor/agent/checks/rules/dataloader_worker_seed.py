@@ -49,7 +49,6 @@ class DataLoaderWorkerSeed(Rule):
     title = "DataLoader workers not seeded"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

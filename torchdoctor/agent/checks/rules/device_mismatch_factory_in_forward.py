@@ -53,7 +53,6 @@ class DeviceMismatchFactoryInForward(Rule):
     severity = Severity.MEDIUM
     title = "Tensor created without device= in forward()"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "def forward" in ctx.source and bool(ctx.flow.module_classes)

@@ -32,7 +32,6 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return any(w in ctx.source for w in ("std(", "norm(", "var("))

@@ -58,7 +58,6 @@ class DoubleSoftmax(Rule):
     severity = Severity.HIGH
     title = "Softmax applied before CrossEntropyLoss"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source

@@ -59,7 +59,6 @@ class EvalWithoutEvalMode(Rule):
     severity = Severity.HIGH
     title = "Evaluation runs in training mode"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    fixable = True
     severity_note = (
         "high when the model is known to have mode-dependent layers (dropout, batch/instance "
         "norm, transformer blocks); medium when its layers cannot be seen (a model built "

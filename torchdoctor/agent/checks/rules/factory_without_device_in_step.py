@@ -45,7 +45,6 @@ class FactoryWithoutDeviceInStep(Rule):
     severity = Severity.HIGH
     title = "CPU tensor created in a GPU training step"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)

@@ -38,7 +38,6 @@ class HostSyncInStep(Rule):
     severity = Severity.MEDIUM
     title = "Host-device synchronisation on every training step"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
-    fixable = True
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
     def __init__(self) -> None:

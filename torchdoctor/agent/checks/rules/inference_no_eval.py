@@ -45,7 +45,6 @@ class InferenceNoEval(Rule):
     severity = Severity.HIGH
     title = "Inference without model.eval()"
     items: ClassVar[tuple[str, ...]] = ("7.4",)
-    fixable = True
 
     def finish(self, ctx: ModuleContext) -> None:
         candidates = [

@@ -48,7 +48,6 @@ class InplaceParamUpdateWithGrad(Rule):
     severity = Severity.HIGH
     title = "Parameter updated in place with autograd on"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "parameters()" in ctx.source or "requires_grad=True" in ctx.source

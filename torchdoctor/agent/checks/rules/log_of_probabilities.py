@@ -40,7 +40,6 @@ class LogOfProbabilities(Rule):
     severity = Severity.MEDIUM
     title = "log() of softmax/sigmoid probabilities"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "log" in ctx.source and ("oftmax" in ctx.source or "sigmoid" in ctx.source)

@@ -39,7 +39,6 @@ class LossGraphAccumulation(Rule):
     severity = Severity.HIGH
     title = "Loss accumulated with its autograd graph"
     items: ClassVar[tuple[str, ...]] = ("1.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return _may_have_losses(ctx)

@@ -113,7 +113,6 @@ class ManualAttention(Rule):
     severity = Severity.LOW
     title = "Hand-written attention instead of scaled_dot_product_attention"
     items: ClassVar[tuple[str, ...]] = ("6.2",)
-    fixable = True
 
     def __init__(self) -> None:
         self._modules: set[str] = set()

@@ -36,7 +36,6 @@ class MetricBatchMeanBias(Rule):
     severity = Severity.LOW
     title = "Metric averaged over batch means"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "==" in ctx.source and bool(ctx.flow.accumulations)

@@ -32,7 +32,6 @@ class MissingSuperInit(Rule):
     severity = Severity.HIGH
     title = "nn.Module subclass without super().__init__()"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "Module" in ctx.source and bool(ctx.flow.module_classes)

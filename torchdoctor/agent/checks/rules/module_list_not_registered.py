@@ -37,7 +37,6 @@ class ModuleListNotRegistered(Rule):
     severity = Severity.HIGH
     title = "Sub-modules in a plain list are not registered"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "Module" in ctx.source and bool(ctx.flow.module_classes)

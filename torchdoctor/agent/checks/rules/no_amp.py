@@ -33,7 +33,6 @@ class NoAmp(Rule):
     severity = Severity.LOW
     title = "No mixed precision in CUDA training"
     items: ClassVar[tuple[str, ...]] = ("6.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)

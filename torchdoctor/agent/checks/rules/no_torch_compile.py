@@ -33,7 +33,6 @@ class NoTorchCompile(Rule):
     severity = Severity.LOW
     title = "Model not compiled"
     items: ClassVar[tuple[str, ...]] = ("8.2", "8.1")
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)

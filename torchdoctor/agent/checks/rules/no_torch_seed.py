@@ -74,7 +74,6 @@ class NoTorchSeed(Rule):
     severity = Severity.MEDIUM
     title = "Entry script never seeds torch"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "torch" in ctx.source

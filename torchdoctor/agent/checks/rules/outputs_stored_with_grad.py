@@ -33,7 +33,6 @@ class OutputsStoredWithGrad(Rule):
     severity = Severity.MEDIUM
     title = "Model outputs stored with their autograd graph"
     items: ClassVar[tuple[str, ...]] = ("1.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return bool(ctx.flow.accumulations)

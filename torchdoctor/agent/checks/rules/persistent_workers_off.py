@@ -40,7 +40,6 @@ class PersistentWorkersOff(Rule):
     title = "DataLoader workers not persistent"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

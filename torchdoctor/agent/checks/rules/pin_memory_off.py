@@ -39,7 +39,6 @@ class PinMemoryOff(Rule):
     title = "DataLoader without pinned memory"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

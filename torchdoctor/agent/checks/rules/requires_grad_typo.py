@@ -28,7 +28,6 @@ class RequiresGradTypo(Rule):
     severity = Severity.HIGH
     title = "require_grad typo"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "grad" in ctx.source

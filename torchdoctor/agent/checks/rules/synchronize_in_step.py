@@ -49,7 +49,6 @@ class SynchronizeInStep(Rule):
     severity = Severity.MEDIUM
     title = "Device synchronised on every training step"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "synchronize" in ctx.source and bool(ctx.loops.training_loops)

@@ -33,7 +33,6 @@ class Tf32Off(Rule):
     severity = Severity.LOW
     title = "TF32 matmuls not enabled"
     items: ClassVar[tuple[str, ...]] = ("6.2",)
-    fixable = True
     tier = "opt-in"
 
     def applies(self, ctx: ModuleContext) -> bool:

@@ -46,7 +46,6 @@ class TorchLoadNoMapLocation(Rule):
     severity = Severity.MEDIUM
     title = "torch.load without map_location in code with a CPU fallback"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "load(" in ctx.source and bool(_CPU_FALLBACK.search(ctx.source))

@@ -49,7 +49,6 @@ class TorchLoadUnsafe(Rule):
     )
     title = "torch.load without weights_only=True"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "load(" in ctx.source and "torch" in ctx.source

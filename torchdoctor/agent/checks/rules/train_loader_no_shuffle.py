@@ -45,7 +45,6 @@ class TrainLoaderNoShuffle(Rule):
     severity = Severity.MEDIUM
     title = "Training DataLoader without shuffling"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "DataLoader" in ctx.source and bool(ctx.loops.training_loops)

@@ -38,7 +38,6 @@ class TrainModeNotRestored(Rule):
     severity = Severity.HIGH
     title = "Training continues in eval mode after validation"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "backward" in ctx.source and bool(ctx.loops.training_loops)

@@ -32,7 +32,6 @@ class UnfusedOptimizer(Rule):
     severity = Severity.LOW
     title = "Optimizer not fused on CUDA"
     items: ClassVar[tuple[str, ...]] = ("6.5",)
-    fixable = True
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

@@ -66,7 +66,6 @@ class ValidationWithGrad(Rule):
     severity = Severity.MEDIUM
     title = "Evaluation runs with gradients enabled"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
-    fixable = True
 
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source

@@ -32,7 +32,6 @@ class ZeroGradMissing(Rule):
     severity = Severity.HIGH
     title = "Gradients are never cleared in the training loop"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return any(loop.kind == "loop" for loop in ctx.loops.training_loops)

@@ -31,7 +31,6 @@ class ZeroGradSetToNoneFalse(Rule):
     title = "zero_grad(set_to_none=False)"
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    fixable = True
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -38,5 +38,10 @@ def all_codemods() -> dict[str, Codemod]:
     return found
 
 
+def fixable_rules() -> frozenset[str]:
+    """The rules torchdoctor can fix: those with a codemod (the one source of `fixable`)."""
+    return frozenset(all_codemods())
+
+
 def codemod_for(rule: str) -> Codemod | None:
     return all_codemods().get(rule)
