@@ -25,15 +25,17 @@ from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.executor import Executor, LocalExecutor
 from torchdoctor.api.models import SubmitFiles
-from torchdoctor.api.routes import approvals, audits, results
+from torchdoctor.api.routes import approvals, audits, results, sessions
+from torchdoctor.api.session_driver import session_service
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.store import Store
 
 DESCRIPTION = """\
 Submit PyTorch code, follow its 12-point audit live, approve the verified fixes, fetch the
-report, the ledger and the patch. Every call but the health checks needs an API key
-(`torchdoctor keys create --tenant NAME`) as `Authorization: Bearer td_...`.
+report, the ledger and the patch; review it in a chat session (`/v1/sessions`). Every call
+but the health checks needs an API key (`torchdoctor keys create --tenant NAME`) as
+`Authorization: Bearer td_...`.
 """
 
 
@@ -127,6 +129,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.sessions = session_service(store, settings)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ops.metrics_registry(store)
     app.state.sandbox_check = ops.SandboxCheck(settings.sandbox)
@@ -147,6 +150,7 @@ def create_app(
     app.include_router(audits.router)
     app.include_router(results.router)
     app.include_router(approvals.router)
+    app.include_router(sessions.router)
     app.include_router(ops.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -14,7 +14,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -235,3 +235,12 @@ def fresh_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def prepare_workdir(workdir: Path, fill: Callable[[Path], object]) -> None:
+    """Fill `workdir/src` (checked), then keep a pristine copy for the patch."""
+    with fresh_folder(workdir):
+        source = workdir / "src"
+        source.mkdir(mode=0o700)
+        fill(source)
+        shutil.copytree(source, workdir / "original", symlinks=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from torchdoctor.api.intake import (
     IntakeLimits,
     SubmissionRejected,
     copy_server_folder,
-    fresh_folder,
+    prepare_workdir,
     unpack_archive,
     write_file_map,
 )
@@ -64,15 +63,6 @@ def _limits(settings: ApiSettings) -> IntakeLimits:
     return IntakeLimits(
         settings.max_archive_files, settings.max_archive_bytes, settings.max_compression_ratio
     )
-
-
-def _prepare(workdir: Path, fill: Any) -> None:
-    """Fill `workdir/src` (checked), then keep a pristine copy for the patch."""
-    with fresh_folder(workdir):
-        source = workdir / "src"
-        source.mkdir(mode=0o700)
-        fill(source)
-        shutil.copytree(source, workdir / "original", symlinks=True)
 
 
 def _bad(err: Exception) -> HTTPException:
@@ -120,7 +110,7 @@ async def submit_audit(request: Request, who: Caller, store: StoreDep) -> JSONRe
             options = _options(options_field if isinstance(options_field, str) else None)
             archive: IO[bytes] = upload.file
             await to_thread.run_sync(
-                _prepare, workdir, lambda src: unpack_archive(archive, src, limits)
+                prepare_workdir, workdir, lambda src: unpack_archive(archive, src, limits)
             )
         elif content_type == "application/json":
             try:
@@ -137,13 +127,13 @@ async def submit_audit(request: Request, who: Caller, store: StoreDep) -> JSONRe
             if body.files is not None:
                 files = body.files
                 await to_thread.run_sync(
-                    _prepare, workdir, lambda src: write_file_map(files, src, limits)
+                    prepare_workdir, workdir, lambda src: write_file_map(files, src, limits)
                 )
             else:
                 server_path = Path(str(body.path))
                 roots = settings.allowed_roots
                 await to_thread.run_sync(
-                    _prepare,
+                    prepare_workdir,
                     workdir,
                     lambda src: copy_server_folder(server_path, roots, src, limits),
                 )

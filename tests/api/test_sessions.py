@@ -1,0 +1,139 @@
+"""Review sessions over HTTP against a real server: open one on new code, answer commands from
+the evidence with no LLM (English and French), record a decision in the ledger, keep tenants
+apart, and resume the same session by id after the server restarts.
+
+On SQLite only, to keep the suite short: the session tables are plain SQLAlchemy, and the
+PostgreSQL run of the API suite migrates its database to the same head (sessions included)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.server import Server
+from tests.e2e.test_fix_apply_undo import TRAIN
+
+
+def settled(client: httpx.Client, session_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view: dict[str, Any] = client.get(f"/v1/sessions/{session_id}").json()
+        if not view["busy"]:
+            return view
+        time.sleep(0.5)
+    raise AssertionError(f"session {session_id} still busy after {timeout_s}s")
+
+
+def said(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        block.get("text") or block.get("title", "") + str(block.get("rows", ""))
+        for message in messages
+        for block in message["blocks"]
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home: Path = tmp_path_factory.mktemp("session-home")
+    running = Server(home, f"sqlite:///{home / 'api.sqlite'}")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def acme(server: Server) -> httpx.Client:
+    return server.client(server.key("acme"))
+
+
+@pytest.fixture(scope="module")
+def session(acme: httpx.Client) -> dict[str, Any]:
+    body = {"files": {"train.py": TRAIN}, "options": {"offline": True}}
+    created = acme.post("/v1/sessions", json=body)
+    assert created.status_code == 201, created.text
+    view = settled(acme, created.json()["id"])
+    assert view["findings"] and view["audit_id"]
+    return view
+
+
+def send(client: httpx.Client, session_id: str, text: str) -> list[dict[str, Any]]:
+    answer = client.post(f"/v1/sessions/{session_id}/messages", json={"text": text})
+    assert answer.status_code == 200, answer.text
+    messages: list[dict[str, Any]] = answer.json()
+    assert messages[0]["role"] == "user" and messages[0]["blocks"][0]["text"] == text
+    return messages[1:]
+
+
+def test_commands_answer_from_the_evidence(acme: httpx.Client, session: dict[str, Any]) -> None:
+    sid = session["id"]
+    first = acme.get(f"/v1/sessions/{sid}/messages").json()
+    assert "finding(s)" in said(first)
+    table = send(acme, sid, "findings high")[0]["blocks"][0]
+    assert table["kind"] == "table" and table["columns"][0] == "id"
+    finding = next(row for row in table["rows"] if "zero_grad" in row[4] or "cleared" in row[4])
+    shown = send(acme, sid, f"show {finding[0][:7]}")[0]["blocks"]
+    kinds = [b["kind"] for b in shown]
+    assert "code" in kinds and "Evidence" in said([{"blocks": shown}])
+    assert "Why it matters" in said([{"blocks": shown}])
+    assert send(acme, sid, "findings 4 low")[0]["blocks"][0]["tone"] == "note"
+    assert "run " in said(send(acme, sid, "help"))
+    no_llm = send(acme, sid, "why does this loop diverge?")
+    assert "No LLM is configured" in said(no_llm)
+    bad = send(acme, sid, "show TD-nothing")
+    assert bad[0]["blocks"][0]["tone"] == "error"
+    assert "Nothing awaits approval" in said(send(acme, sid, "apply"))
+
+    decided = send(acme, sid, f'status {finding[0]} wont-fix "accumulates on purpose"')
+    assert "wont-fix" in said(decided)
+    ledger = send(acme, sid, "ledger")[0]["blocks"][0]
+    assert ledger["kind"] == "code" and "accumulates on purpose" in ledger["text"]
+    assert acme.get(f"/v1/audits/{session['audit_id']}/ledger").text == ledger["text"]
+    listed = acme.get(f"/v1/sessions/{sid}/messages", params={"after": first[-1]["id"]}).json()
+    assert [m["id"] for m in listed] == sorted(m["id"] for m in listed)
+    assert sid in [s["id"] for s in acme.get("/v1/sessions").json()]
+
+
+def test_a_french_session_on_an_existing_audit(acme: httpx.Client, session: dict[str, Any]) -> None:
+    created = acme.post("/v1/sessions", json={"audit_id": session["audit_id"], "lang": "fr"})
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
+    assert created.json()["lang"] == "fr" and not created.json()["busy"]
+    assert "constat(s)" in said(acme.get(f"/v1/sessions/{sid}/messages").json())
+    assert "Aucun LLM" in said(send(acme, sid, "pourquoi ?"))
+    assert send(acme, sid, "findings")[0]["blocks"][0]["columns"][1] == "sévérité"
+
+
+def test_other_tenants_and_bad_requests(
+    server: Server, acme: httpx.Client, session: dict[str, Any]
+) -> None:
+    other = server.client(server.key("other"))
+    sid = session["id"]
+    assert other.get(f"/v1/sessions/{sid}").status_code == 404
+    assert other.post(f"/v1/sessions/{sid}/messages", json={"text": "help"}).status_code == 404
+    assert sid not in [s["id"] for s in other.get("/v1/sessions").json()]
+    assert other.post("/v1/sessions", json={"audit_id": session["audit_id"]}).status_code == 404
+    both = acme.post("/v1/sessions", json={"audit_id": session["audit_id"], "files": {}})
+    assert both.status_code == 400 and "exactly one" in both.json()["detail"]
+    empty = acme.post(f"/v1/sessions/{sid}/messages", json={"text": ""})
+    assert empty.status_code == 422
+    spec = acme.get("/openapi.json").json()
+    assert {"/v1/sessions", "/v1/sessions/{session_id}/messages"} <= set(spec["paths"])
+
+
+def test_a_session_resumes_by_id_after_a_restart(
+    server: Server, acme: httpx.Client, session: dict[str, Any]
+) -> None:
+    sid = session["id"]
+    before = acme.get(f"/v1/sessions/{sid}/messages").json()
+    server.kill()
+    server.start()
+    after = acme.get(f"/v1/sessions/{sid}/messages").json()
+    assert after == before
+    assert send(acme, sid, "findings")[0]["blocks"][0]["kind"] == "table"
