@@ -16,6 +16,7 @@ from torchdoctor.agent.checklist import point_title
 from torchdoctor.agent.checks.catalogue import catalogue
 from torchdoctor.agent.checks.data import load_table
 from torchdoctor.agent.context import Progress
+from torchdoctor.agent.fixes.codemods import fixable_rules
 from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
 from torchdoctor.agent.session.commands import (
     COMMANDS,
@@ -264,8 +265,7 @@ class SessionEngine:
         self, state: SessionState, report: AuditReport, finding: Finding, progress: Progress | None
     ) -> Turn:
         lang = state.lang
-        rule = catalogue().get(finding.rule)
-        if rule is None or not rule.fixable:
+        if finding.fix is None and finding.rule not in fixable_rules():
             return self._reply(
                 state,
                 [
