@@ -7,7 +7,7 @@ import math
 import pytest
 
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
-from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence, split_command
+from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence
 
 
 def document(**overrides: object) -> ProbeDocument:
@@ -55,21 +55,3 @@ def test_a_script_error_is_a_failed_run_with_its_location() -> None:
     )
     run = smoke_run_from_evidence(crashed)
     assert not run.ok and "RuntimeError at train.py:7" in run.detail
-
-
-@pytest.mark.parametrize(
-    ("command", "script", "args"),
-    [
-        (["python", "train.py"], "train.py", []),
-        (["python3", "-u", "src/train.py", "--lr", "1"], "src/train.py", ["--lr", "1"]),
-        (["/usr/bin/python3.11", "train.py", "-x"], "train.py", ["-x"]),
-        (["train.py", "--epochs", "1"], "train.py", ["--epochs", "1"]),
-    ],
-)
-def test_split_command(command: list[str], script: str, args: list[str]) -> None:
-    assert split_command(command) == (script, args)
-
-
-def test_a_command_without_a_script_is_refused() -> None:
-    with pytest.raises(ValueError):
-        split_command(["python", "-u"])

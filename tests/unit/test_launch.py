@@ -26,6 +26,8 @@ from torchdoctor.agent.probing import RunRequest, harness_command
             Launch(script="t.py", nproc=2),
         ),
         ("torchrun t.py", Launch(script="t.py")),
+        ("/usr/bin/python3.11 train.py -x", Launch(script="train.py", args=["-x"])),
+        ("train.py --epochs 1", Launch(script="train.py", args=["--epochs", "1"])),
     ],
 )
 def test_commands_name_the_script_its_arguments_and_the_process_count(

@@ -54,6 +54,8 @@ RULES = (
     "no-amp",
     "tf32-off",
     "ddp-accum-no-sync",
+    "ddp-sampler-no-set-epoch",
+    "ddp-save-every-rank",
     "cudnn-benchmark-off",
     "dataloader-sync",
     # point 7

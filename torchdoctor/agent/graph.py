@@ -34,7 +34,7 @@ from torchdoctor.agent.evidence.confirm import attach_run_confirmations
 from torchdoctor.agent.evidence.trust import vet_run_evidence
 from torchdoctor.agent.fixes.apply import apply_fixes, dirty_reason
 from torchdoctor.agent.fixes.combine import map_line
-from torchdoctor.agent.fixes.smoke import ProbeRunner, split_command
+from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixing import (
     ORIGINAL,
     FixBench,
@@ -51,6 +51,7 @@ from torchdoctor.agent.gather import (
     split_by_point,
     start_linters,
 )
+from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.ledger import Ledger, UserStatus, apply_user_statuses, default_ledger_path
 from torchdoctor.agent.models import Evidence, Finding, InputNote, Status
 from torchdoctor.agent.options import AuditOptions, effective_config, project_of
@@ -397,9 +398,8 @@ def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
 
 
 def split_command_line(command: str) -> list[str]:
-    tokens = shlex.split(command)
-    split_command(tokens)  # raises on a command without a script
-    return tokens
+    parse_launch(command)  # raises on a command without a script
+    return shlex.split(command)
 
 
 def requests_on_copy(

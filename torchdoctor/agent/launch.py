@@ -9,6 +9,7 @@ sandbox every rank meets on 127.0.0.1 (single node), whatever the command said.
 from __future__ import annotations
 
 import shlex
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,3 +111,23 @@ def _procs(command: str, value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= MAX_PROCS:
         raise ValueError(f"cannot run {command!r}: --nproc-per-node must be 1-{MAX_PROCS}")
     return int(value)
+
+
+def harness_prefix(python: str, nproc: int) -> list[str]:
+    """The interpreter, then, with `nproc` > 1, a single-node torchrun whose ranks meet on
+    127.0.0.1 (the sandbox has loopback and nothing else), ready for `-m <harness> ...`."""
+    if nproc <= 1:
+        return [python]
+    return [
+        python,
+        *("-m", "torch.distributed.run", "--nnodes", "1"),
+        *("--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"),
+        *("--master-port", str(free_port())),
+    ]
+
+
+def free_port() -> int:
+    """A port free on this host: under rlimits-only isolation ranks share its network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import posixpath
-import socket
 import sys
 from collections.abc import Callable
 from fnmatch import fnmatch
@@ -23,7 +22,7 @@ from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.evidence.trust import MAX_DOCUMENT_BYTES, UntrustedEvidence, parse_document
-from torchdoctor.agent.launch import parse_launch
+from torchdoctor.agent.launch import harness_prefix, parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox import PACKAGE_ROOT
@@ -130,11 +129,7 @@ def harness_command(request: RunRequest, script: str, args: list[str], nproc: in
     """The harness on `script`; with `nproc` > 1, every rank of a single-node torchrun runs
     it (rendezvous on 127.0.0.1: the sandbox has loopback and nothing else)."""
     budget = max(10.0, request.wall_s - HARNESS_MARGIN_S)
-    command = [sys.executable]
-    if nproc > 1:
-        command += ["-m", "torch.distributed.run", "--nnodes", "1"]
-        command += ["--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"]
-        command += ["--master-port", str(free_port())]
+    command = harness_prefix(sys.executable, nproc)
     command += ["-m", "torchdoctor.sandbox.probes", script, "--steps", str(request.steps)]
     command += ["--out", EVIDENCE_FILE, "--time-budget", f"{budget:g}", "--seed", "0"]
     if request.determinism_steps:
@@ -245,10 +240,3 @@ def _rank_documents(files: list[CollectedFile]) -> tuple[list[ProbeDocument], li
         except UntrustedEvidence as err:
             notes.append(f"{name}: rank evidence refused ({err}), ignored")
     return documents, notes
-
-
-def free_port() -> int:
-    """A port free on this host: under rlimits-only isolation ranks share its network."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -41,6 +41,26 @@ class FindingSink(Protocol):
     def hint(self, item: str, verdict: Verdict, how: str, reason: str) -> None: ...
 
 
+class _RuleCollector:
+    """A sink that keeps only which rules fired (what fix verification compares)."""
+
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+
+    def find(self, rule: str, *args: Any, **data: Any) -> None:
+        self.rules.append(rule)
+
+    def hint(self, item: str, verdict: Verdict, how: str, reason: str) -> None:
+        return None
+
+
+def distributed_rules(ranks: list[ProbeDocument]) -> list[str]:
+    """The probe rules a multi-rank run fires (empty for a single-process run)."""
+    collector = _RuleCollector()
+    check_distributed(collector, ranks)
+    return sorted(set(collector.rules))
+
+
 def _short(path: str) -> str:
     return "/".join(path.replace("\\", "/").split("/")[-2:])
 
@@ -138,8 +158,8 @@ def _sync_per_micro_batch(sink: FindingSink, views: list[DistributedRank]) -> in
         "inside `with model.no_sync():` so the all-reduce happens once per step",
         [ITEM, "4.1"],
         "sync-every-micro-batch",
-        file=view.ddp.file,
-        line=view.ddp.line,
+        file=view.ddp.extra_sync_file or view.ddp.file,
+        line=view.ddp.extra_sync_line or view.ddp.line,
         syncs_per_step=per_step,
     )
     return 1

@@ -325,6 +325,10 @@ class DdpSettings(_Model):
     find_unused_parameters: bool = False
     file: str | None = None
     line: int | None = None
+    extra_sync_file: str | None = Field(
+        None, description="the forward whose backward synchronised a second time in one step"
+    )
+    extra_sync_line: int | None = None
 
 
 class SamplerEpoch(_Model):

@@ -9,21 +9,26 @@ step times, symptoms.
 from __future__ import annotations
 
 import math
+import posixpath
+import shlex
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from torchdoctor.agent.evidence.distributed import distributed_rules
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
 from torchdoctor.agent.fixes.models import SmokeRun
+from torchdoctor.agent.launch import harness_prefix, parse_launch
 from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.models import Job, Limits
 from torchdoctor.sandbox.protocol import Sandbox
 
 EVIDENCE_FILE = ".torchdoctor-probe.json"
+RANK_EVIDENCE_FILES = ".torchdoctor-probe.rank*.json"
 _OK_OUTCOMES = {"completed-steps", "script-finished"}
-_PYTHON_FLAGS = {"-u", "-B", "-O", "-OO"}
 HARNESS_MARGIN_S = 30.0
 
 
@@ -53,8 +58,9 @@ class ProbeRunner:
         trace: list[str] | None = None,
     ) -> SmokeRun:
         """`trace`: files (relative to `workspace`) whose executed lines the run records."""
-        script, args = split_command(run_command)
-        command = [self.python, "-m", "torchdoctor.sandbox.probes", script, "--steps", str(steps)]
+        launch = parse_launch(shlex.join(run_command))
+        command = harness_prefix(self.python, launch.nproc)
+        command += ["-m", "torchdoctor.sandbox.probes", launch.script, "--steps", str(steps)]
         # the harness stops itself before the sandbox kills it, so the evidence gets written
         budget = max(10.0, self.limits.wall_s - HARNESS_MARGIN_S)
         command += ["--out", EVIDENCE_FILE, "--no-flops", "--time-budget", f"{budget:g}"]
@@ -62,13 +68,13 @@ class ProbeRunner:
             command += ["--seed", str(seed)]
         for path in trace or []:
             command += ["--trace-lines", path]
-        command += ["--", *args]
+        command += ["--", *launch.args]
         job = Job(
             workspace=workspace,
             command=command,
             env={"PYTHONPATH": str(PACKAGE_ROOT)},
             limits=self.limits,
-            collect=[EVIDENCE_FILE],
+            collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
             gpu=self.gpu,
         )
         result = self.sandbox.run(job)
@@ -78,23 +84,21 @@ class ProbeRunner:
             return SmokeRun(ok=False, detail=f"{result.outcome}: {result.reason}\n{tail}".strip())
         try:
             evidence = ProbeDocument.model_validate_json(document.content)
+            ranks = [
+                ProbeDocument.model_validate_json(f.content)
+                for f in sorted(result.files, key=lambda f: f.path)
+                if fnmatch(posixpath.basename(f.path), RANK_EVIDENCE_FILES)
+            ]
         except ValidationError as err:
             return SmokeRun(ok=False, detail=f"unreadable evidence document: {err}")
-        return smoke_run_from_evidence(evidence)
+        return smoke_run_from_evidence(evidence, ranks)
 
 
-def split_command(run_command: list[str]) -> tuple[str, list[str]]:
-    """`python -u train.py --lr 1` -> ('train.py', ['--lr', '1'])."""
-    tokens = list(run_command)
-    while tokens and (Path(tokens[0]).name.startswith("python") or tokens[0] in _PYTHON_FLAGS):
-        tokens.pop(0)
-    if not tokens:
-        raise ValueError(f"no script in run command {run_command!r}")
-    return tokens[0], tokens[1:]
-
-
-def smoke_run_from_evidence(evidence: ProbeDocument) -> SmokeRun:
-    """Reduce the probes' evidence document to losses, steady step times and symptoms."""
+def smoke_run_from_evidence(
+    evidence: ProbeDocument, other_ranks: list[ProbeDocument] | None = None
+) -> SmokeRun:
+    """Reduce the probes' evidence document to losses, steady step times and symptoms; under
+    torchrun, rank 0's, with the distributed findings of all the ranks' documents."""
     outcome = evidence.outcome
     ok = outcome.kind in _OK_OUTCOMES or (outcome.kind == "sys-exit" and not outcome.exit_code)
     detail = f"{outcome.kind}: {outcome.detail}".strip()
@@ -121,6 +125,7 @@ def smoke_run_from_evidence(evidence: ProbeDocument) -> SmokeRun:
         "device": evidence.device.name,
         "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
         "joules_per_step": evidence.energy.joules_per_step if evidence.energy else None,
+        "distributed_findings": distributed_rules([evidence, *(other_ranks or [])]),
     }
     return SmokeRun(
         ok=ok,

@@ -73,6 +73,7 @@ class DistributedProbe:
         self.checksum: float | None = None
         self.backend: str | None = None
         self._set_epoch_calls: dict[int, int] = {}
+        self._sampler_sites: dict[int, dict[str, Any]] = {}
         self._originals: list[tuple[Any, str, Callable[..., Any]]] = []
 
     # --- installation ---------------------------------------------------------------------
@@ -84,6 +85,7 @@ class DistributedProbe:
         self._patch(torch, "save", self._file_event(self.writes, 1))
         self._patch(torch, "load", self._file_event(self.reads, 0))
         sampler_cls = torch.utils.data.distributed.DistributedSampler
+        self._patch(sampler_cls, "__init__", self._sampler_init)
         self._patch(sampler_cls, "__iter__", self._sampler_iter)
         self._patch(sampler_cls, "set_epoch", self._sampler_set_epoch)
 
@@ -141,6 +143,13 @@ class DistributedProbe:
 
         return wrap
 
+    def _sampler_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def init(sampler: Any, *args: Any, **kwargs: Any) -> None:
+            original(sampler, *args, **kwargs)
+            self._sampler_sites[id(sampler)] = self._where()
+
+        return init
+
     def _sampler_set_epoch(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def set_epoch(sampler: Any, epoch: int) -> Any:
             self._set_epoch_calls[id(sampler)] = self._set_epoch_calls.get(id(sampler), 0) + 1
@@ -159,7 +168,8 @@ class DistributedProbe:
                         "shuffle": bool(getattr(sampler, "shuffle", True)),
                         "set_epoch_calls": self._set_epoch_calls.get(id(sampler), 0),
                         "head": indices[:SAMPLER_HEAD],
-                        **self._where(),
+                        # where it was built: where a static rule and a fix point too
+                        **(self._sampler_sites.get(id(sampler)) or self._where()),
                     }
                 )
             return iter(indices)
@@ -188,7 +198,12 @@ class DistributedProbe:
                 **self._where(),
             }
         if torch.is_grad_enabled() and module.require_backward_grad_sync:
-            self.syncs_by_step[self.step] = self.syncs_by_step.get(self.step, 0) + 1
+            syncs = self.syncs_by_step.get(self.step, 0) + 1
+            self.syncs_by_step[self.step] = syncs
+            if syncs == 2 and "extra_sync_file" not in self.ddp:
+                site = self._where()
+                self.ddp["extra_sync_file"] = site.get("file")
+                self.ddp["extra_sync_line"] = site.get("line")
 
     def before_optimizer_step(self, roots: list[torch.nn.Module]) -> None:
         """On the first step: the DDP parameters that the backward left without a gradient."""

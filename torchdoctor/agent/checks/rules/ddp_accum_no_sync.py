@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.ddp import calls_method
 from torchdoctor.agent.checks.loops import direct_effects, mentions_modulo, nodes_of
 from torchdoctor.agent.models import Severity
 
@@ -34,13 +35,13 @@ class DdpAccumNoSync(Rule):
     severity = Severity.MEDIUM
     title = "DDP gradient accumulation without no_sync()"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
+    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "DistributedDataParallel" in ctx.source or "DDP" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        source = ctx.source
-        if not self.applies(ctx) or "no_sync" in source or "accumulate(" in source:
+        if not self.applies(ctx) or calls_method(ctx, "no_sync", "accumulate"):
             return
         if not any(
             isinstance(n, ast.Call)
@@ -56,7 +57,6 @@ class DdpAccumNoSync(Rule):
                     loop.node,
                     "gradients are accumulated under DDP without no_sync(): every micro-batch "
                     "pays a full all-reduce",
-                    header_only=True,
                 )
 
     @staticmethod

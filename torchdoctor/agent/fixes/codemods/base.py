@@ -260,7 +260,11 @@ class SourceContext:
         later = [s for s in plain if _first_module(s) > module_name]
         code = f"import {module_name}\n"
         if later:
-            self.insert_before(later[0], code)
+            # the new line takes over the blank lines or comments that open the section
+            first_later = later[0]
+            statement = _statements(code)[0].with_changes(leading_lines=first_later.leading_lines)
+            self.insert_before(first_later, [statement])
+            self.replace(first_later, lambda node: node.with_changes(leading_lines=[]))
         elif plain:
             self.insert_after(plain[-1], code)
         elif same:

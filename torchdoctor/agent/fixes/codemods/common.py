@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import SourceContext, dotted_name, method_call
-from torchdoctor.agent.fixes.models import FixTarget
+from torchdoctor.agent.fixes.models import FixTarget, SmokeRun
 
 Loop = cst.For | cst.While
 _SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
@@ -169,3 +169,17 @@ def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) ->
 
 def mentions_cuda(ctx: SourceContext) -> bool:
     return "cuda" in ctx.source
+
+
+def probe_symptom_gone(
+    probe_rule: str, symptom: str, before: SmokeRun, after: SmokeRun
+) -> tuple[bool, str]:
+    """For fixes of what a multi-rank run proves: the probe rule fired on the original run
+    and no longer fires on the fixed one."""
+    was = probe_rule in before.signals.get("distributed_findings", [])
+    still = probe_rule in after.signals.get("distributed_findings", [])
+    if not was:
+        return False, f"the original run did not show it ({probe_rule} did not fire)"
+    if still:
+        return False, f"{symptom} in the fixed run too"
+    return True, f"{symptom} before the fix; not after"

@@ -1,0 +1,161 @@
+"""Recognisers for data-parallel training scripts (checklist item 6.8).
+
+Which module runs as one rank of several (it starts a process group, wraps a model in DDP or
+shards data with a `DistributedSampler`), and which code runs on one rank only (under
+`if rank == 0:`, `if is_main_process():`, after `if rank != 0: return`). Biased to silence:
+anything that names a rank or a main process in its condition counts as a guard.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from torchdoctor.agent.checks.base import ModuleContext
+from torchdoctor.agent.checks.loops import nodes_of
+
+DISTRIBUTED_CALLS = frozenset(
+    {
+        "torch.distributed.init_process_group",
+        "torch.nn.parallel.DistributedDataParallel",
+        "torch.nn.parallel.distributed.DistributedDataParallel",
+        "torch.utils.data.distributed.DistributedSampler",
+        "torch.utils.data.DistributedSampler",
+    }
+)
+SHARDING = ("FullyShardedDataParallel", "fully_shard", "ZeroRedundancyOptimizer", "deepspeed")
+"""Saving under these is itself collective (state_dict gathers shards): never rank-0 only."""
+FRAMEWORKS = (
+    "lightning",
+    "pytorch_lightning",
+    "accelerate",
+    "ignite",
+    "trl",
+    "deepspeed",
+    "transformers.Trainer",
+    "transformers.Seq2SeqTrainer",
+    "transformers.trainer",
+)
+"""Trainers that call set_epoch, guard saves and reduce metrics themselves."""
+_RANK_WORDS = re.compile(
+    r"rank|main_process|is_main|master|primary|local_process_zero|world_process_zero|is_zero|"
+    r"gpu_id|^gpu$|device_id|is_root|leader",
+    re.IGNORECASE,
+)
+MAX_CALLER_DEPTH = 4
+
+
+def is_distributed(ctx: ModuleContext) -> bool:
+    """The module starts a process group, wraps a model in DDP or shards data by rank."""
+    if not any(token in ctx.source for token in ("distributed", "DDP", "DistributedSampler")):
+        return False
+    return any(
+        isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
+        for call in nodes_of(ctx, ast.Call)
+    )
+
+
+def calls_method(ctx: ModuleContext, *names: str) -> bool:
+    """Whether the code (not its comments or docstrings) calls `<anything>.name(...)`."""
+    return any(
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr in names
+        for call in nodes_of(ctx, ast.Call)
+    )
+
+
+def uses_framework(ctx: ModuleContext) -> bool:
+    """The module imports a trainer framework (by import, not by a class named `Trainer`)."""
+    imported = ctx.imports.aliases.values()
+    return any(
+        name == framework or name.startswith(f"{framework}.")
+        for name in imported
+        for framework in FRAMEWORKS
+    )
+
+
+def names_rank(expr: ast.AST) -> bool:
+    """Whether an expression mentions a rank or a main process (`rank == 0`, `args.local_rank
+    in [-1, 0]`, `is_main_process()`, `accelerator.is_main_process`, `master_process`)."""
+    for node in ast.walk(expr):
+        word = (
+            node.id
+            if isinstance(node, ast.Name)
+            else node.attr
+            if isinstance(node, ast.Attribute)
+            else None
+        )
+        if word is not None and _RANK_WORDS.search(word):
+            return True
+    return False
+
+
+def rank_guarded(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Runs on some ranks only: under a condition that names a rank, or after an early exit
+    (`if rank != 0: return`) earlier in its function."""
+    child = node
+    for parent in ctx.ancestors(node):
+        if isinstance(parent, ast.If | ast.IfExp | ast.While) and names_rank(parent.test):
+            return True
+        if isinstance(parent, ast.BoolOp) and any(
+            names_rank(value) for value in parent.values if value is not child
+        ):
+            return True
+        if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef):
+            return _exits_early_for_rank(parent, node)
+        child = parent
+    return False
+
+
+def runs_on_every_rank(ctx: ModuleContext, node: ast.AST, depth: int = 0) -> bool:
+    """Not rank-guarded where it stands, and, inside a function, reached from some call site
+    in this module that is not guarded either (callers followed up to MAX_CALLER_DEPTH). A
+    function no one here calls runs on every rank when it sets up the process group, DDP or
+    the sampler (the per-rank entry point), and is left alone otherwise; so is one named for
+    one rank (`save_on_master`)."""
+    if rank_guarded(ctx, node):
+        return False
+    function = ctx.enclosing_function(node)
+    if function is None:
+        return True
+    if depth >= MAX_CALLER_DEPTH or names_rank(ast.Name(id=function.name)):
+        return False
+    sites = _call_sites(ctx, function.name)
+    if not sites:  # an entry point: the function that sets up the process group or DDP
+        return _sets_up_ranks(ctx, function)
+    return any(runs_on_every_rank(ctx, site, depth + 1) for site in sites)
+
+
+def _sets_up_ranks(ctx: ModuleContext, function: ast.AST) -> bool:
+    return any(
+        isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
+        for call in ast.walk(function)
+    )
+
+
+def _call_sites(ctx: ModuleContext, name: str) -> list[ast.Call]:
+    return [
+        call
+        for call in nodes_of(ctx, ast.Call)
+        if isinstance(call, ast.Call)
+        and (
+            (isinstance(call.func, ast.Name) and call.func.id == name)
+            or (isinstance(call.func, ast.Attribute) and call.func.attr == name)
+        )
+    ]
+
+
+def _exits_early_for_rank(function: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.AST) -> bool:
+    line = getattr(node, "lineno", 0)
+    for stmt in function.body:
+        if stmt.lineno >= line:
+            return False
+        if (
+            isinstance(stmt, ast.If)
+            and names_rank(stmt.test)
+            and stmt.body
+            and isinstance(stmt.body[-1], ast.Return | ast.Continue | ast.Raise)
+        ):
+            return True
+    return False

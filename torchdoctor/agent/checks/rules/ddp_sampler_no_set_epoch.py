@@ -1,0 +1,94 @@
+"""ddp-sampler-no-set-epoch: a shuffling DistributedSampler whose epoch is never advanced."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.ddp import calls_method, uses_framework
+from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import is_false, kwarg
+from torchdoctor.agent.models import Severity
+
+_SAMPLERS = frozenset(
+    {"torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler"}
+)
+_KEY = "ddp-sampler-no-set-epoch"
+MESSAGE = (
+    "this DistributedSampler shuffles, but nothing in the project calls `set_epoch(epoch)`: "
+    "its seed never changes, so every epoch visits the data in the same order"
+)
+
+
+class DdpSamplerNoSetEpoch(Rule):
+    """Detects a `DistributedSampler` built with shuffling on (the default) in a project where
+    no code calls `.set_epoch(...)` and some loop runs over epochs (`for epoch in ...`,
+    `range(args.epochs)`).
+
+    Why it matters: the sampler shuffles with `seed + epoch`, and its epoch only changes when
+    `set_epoch` is called. Without it every epoch sees the same permutation on every rank:
+    the model trains on a fixed order, which costs accuracy and makes runs look more
+    reproducible than they are.
+
+    Not reported: `shuffle=False`, projects with a single pass (no epoch loop), scripts driven
+    by Lightning, Accelerate, the Hugging Face Trainer or Ignite (they advance the epoch).
+
+    Example:
+        sampler = DistributedSampler(dataset)
+        loader = DataLoader(dataset, batch_size=32, sampler=sampler)
+        for epoch in range(epochs):
+            for x, y in loader:
+                ...
+
+    Fix: `sampler.set_epoch(epoch)` at the start of every epoch, before iterating the loader.
+    """
+
+    id = "ddp-sampler-no-set-epoch"
+    point = 6
+    severity = Severity.MEDIUM
+    title = "DistributedSampler without set_epoch"
+    items: ClassVar[tuple[str, ...]] = ("6.8",)
+    fixable = True
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "DistributedSampler" in ctx.source and not uses_framework(ctx)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        fact: dict[str, Any] = {
+            "set_epoch": calls_method(ctx, "set_epoch"),
+            "epoch_loop": _has_epoch_loop(ctx),
+            "samplers": [],
+        }
+        if self.applies(ctx):
+            for call in nodes_of(ctx, ast.Call):
+                if not isinstance(call, ast.Call) or ctx.call_qualname(call) not in _SAMPLERS:
+                    continue
+                if is_false(kwarg(call, "shuffle")) or len(call.args) > 3:
+                    continue  # shuffle=False, or shuffle passed by position
+                found = ctx.finding(self, call, MESSAGE)
+                if found is not None:
+                    fact["samplers"].append(found.model_dump())
+        if fact["set_epoch"] or fact["epoch_loop"] or fact["samplers"]:
+            ctx.facts[_KEY] = fact
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        mine = [f[_KEY] for f in facts.values() if _KEY in f]
+        if any(f["set_epoch"] for f in mine) or not any(f["epoch_loop"] for f in mine):
+            return []
+        return [RawFinding.model_validate(s) for f in mine for s in f["samplers"]]
+
+
+def _has_epoch_loop(ctx: ModuleContext) -> bool:
+    for loop in nodes_of(ctx, ast.For):
+        assert isinstance(loop, ast.For)
+        mentioned = [
+            n.id if isinstance(n, ast.Name) else n.attr
+            for part in (loop.target, loop.iter)
+            for n in ast.walk(part)
+            if isinstance(n, ast.Name | ast.Attribute)
+        ]
+        if any("epoch" in word.lower() for word in mentioned):
+            return True
+    return False
