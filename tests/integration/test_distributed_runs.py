@@ -3,7 +3,9 @@ harness in the sandbox, gloo on the CPU, every rank instrumented, the ranks' doc
 
 Each fixture script runs once per module (a two-process run costs seconds); the tests read
 the findings it produced. `ddp_bugs.py` and `ddp_bypass.py` hold the bugs; `ddp_clean.py` is
-the same training done right, the near miss of each.
+the same training done right, the near miss of each. The buggy script is audited with fixes:
+each codemod's patch is verified by launching torchrun on the patched copy, and the symptom the
+ranks showed must be gone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "distributed"
 pytestmark = pytest.mark.slow
 
 
-def _audit(tmp: Path, script: str) -> AuditReport:
+def _audit(tmp: Path, script: str, *, fix: bool = False) -> AuditReport:
     shutil.copy(FIXTURES / script, tmp / script)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TORCHDOCTOR_HOME", str(tmp / "home"))
@@ -32,6 +34,7 @@ def _audit(tmp: Path, script: str) -> AuditReport:
                 run=[f"torchrun --nproc-per-node 2 {script}"],
                 steps=6,
                 write_ledger=False,
+                fix=fix,
             )
         )
     return outcome.report
@@ -39,7 +42,7 @@ def _audit(tmp: Path, script: str) -> AuditReport:
 
 @pytest.fixture(scope="module")
 def bugs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
-    yield _audit(tmp_path_factory.mktemp("bugs"), "ddp_bugs.py")
+    yield _audit(tmp_path_factory.mktemp("bugs"), "ddp_bugs.py", fix=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +59,32 @@ def _ddp(report: AuditReport) -> dict[str, Finding]:
     return {f.rule: f for f in report.findings if f.rule.startswith("probe-ddp-")}
 
 
+def _confirmed(report: AuditReport, rule: str) -> Finding:
+    """The static finding `rule`, which the run's evidence must back (one problem, one
+    finding)."""
+    finding = next(f for f in report.findings if f.rule == rule)
+    assert [e.kind for e in finding.evidence] == ["static", "probe"], finding.evidence
+    return finding
+
+
 def test_every_rank_ran_instrumented_and_the_run_completed(bugs: AuditReport) -> None:
     run = bugs.provenance.extra["runs"][0]
     assert run["outcome"] == "completed-steps", run["summary"]
     assert run["command"].startswith("torchrun")
 
 
-def test_sampler_without_set_epoch_is_proven_at_the_epoch_loop(bugs: AuditReport) -> None:
-    finding = _ddp(bugs)["probe-ddp-sampler-no-set-epoch"]
-    assert (finding.file, finding.line) == ("ddp_bugs.py", 43)
-    assert "set_epoch" in finding.evidence[0].message
+def test_sampler_without_set_epoch_is_proven_where_the_sampler_is_built(
+    bugs: AuditReport,
+) -> None:
+    finding = _confirmed(bugs, "ddp-sampler-no-set-epoch")
+    assert (finding.file, finding.line) == ("ddp_bugs.py", 38)
+    assert "same order in" in finding.evidence[1].message
 
 
 def test_accumulation_without_no_sync_all_reduces_every_micro_batch(bugs: AuditReport) -> None:
-    finding = _ddp(bugs)["probe-ddp-sync-every-micro-batch"]
-    assert "2 times within one optimizer step" in finding.evidence[0].message
+    finding = _confirmed(bugs, "ddp-accum-no-sync")
+    assert (finding.file, finding.line) == ("ddp_bugs.py", 43)
+    assert "2 times within one optimizer step" in finding.evidence[1].message
 
 
 def test_unused_parameters_are_named(bugs: AuditReport) -> None:
@@ -80,8 +94,28 @@ def test_unused_parameters_are_named(bugs: AuditReport) -> None:
 
 
 def test_every_rank_saving_the_checkpoint_is_reported_at_the_save(bugs: AuditReport) -> None:
-    finding = _ddp(bugs)["probe-ddp-every-rank-saves"]
+    finding = _confirmed(bugs, "ddp-save-every-rank")
     assert (finding.file, finding.line) == ("ddp_bugs.py", 49)
+    assert "ranks 0, 1 all saved" in finding.evidence[1].message
+
+
+@pytest.mark.parametrize(
+    ("rule", "symptom", "edit"),
+    [
+        ("ddp-sampler-no-set-epoch", "the sampler repeated its order", "sampler.set_epoch(epoch)"),
+        ("ddp-accum-no-sync", "DDP synchronised on every micro-batch", "model.no_sync()"),
+        ("ddp-save-every-rank", "several ranks wrote the same file", "dist.barrier()"),
+    ],
+)
+def test_each_fix_is_verified_by_a_torchrun_of_the_patched_copy(
+    bugs: AuditReport, rule: str, symptom: str, edit: str
+) -> None:
+    fix = next(f for f in bugs.findings if f.rule == rule).fix
+    assert fix is not None and fix.verified, fix
+    steps = {v.step: v for v in fix.verification}
+    assert "torchrun --nproc-per-node 2" in steps["executed-change"].detail
+    assert f"{symptom} before the fix; not after" in steps["behaviour"].detail
+    assert f"+{' ' * 4}" in fix.diff and edit in fix.diff
 
 
 def test_reading_rank_zeros_file_without_a_barrier_is_a_race(bugs: AuditReport) -> None:
@@ -93,6 +127,7 @@ def test_reading_rank_zeros_file_without_a_barrier_is_a_race(bugs: AuditReport) 
 def test_the_same_training_done_right_raises_none_of_them(clean: AuditReport) -> None:
     assert clean.provenance.extra["runs"][0]["outcome"] == "completed-steps"
     assert _ddp(clean) == {}
+    assert not [f.rule for f in clean.findings if f.rule.startswith("ddp-")]
     item = next(c for c in clean.coverage if c.item == "6.8")
     assert item.verdict == "pass" and "torchdoctor-probes" in item.how
 
@@ -108,3 +143,11 @@ def test_the_synchronised_runs_end_with_ranks_that_agree(
 ) -> None:
     assert "probe-ddp-ranks-diverged" not in _ddp(bugs)
     assert "probe-ddp-ranks-diverged" not in _ddp(clean)
+
+
+def test_training_fixes_keep_the_loss_trajectory_exactly(bugs: AuditReport) -> None:
+    for rule in ("ddp-accum-no-sync", "ddp-save-every-rank"):
+        fix = next(f for f in bugs.findings if f.rule == rule).fix
+        assert fix is not None
+        behaviour = next(v for v in fix.verification if v.step == "behaviour")
+        assert "loss trajectory: largest relative deviation" in behaviour.detail

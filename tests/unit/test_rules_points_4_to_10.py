@@ -55,6 +55,7 @@ RULES = (
     "tf32-off",
     "ddp-accum-no-sync",
     "ddp-sampler-no-set-epoch",
+    "ddp-metric-rank-local",
     "ddp-save-every-rank",
     "cudnn-benchmark-off",
     "dataloader-sync",

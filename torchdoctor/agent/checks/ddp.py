@@ -84,6 +84,8 @@ def names_rank(expr: ast.AST) -> bool:
             if isinstance(node, ast.Name)
             else node.attr
             if isinstance(node, ast.Attribute)
+            else node.value  # os.environ["RANK"]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
             else None
         )
         if word is not None and _RANK_WORDS.search(word):
