@@ -35,7 +35,6 @@ class DdpAccumNoSync(Rule):
     severity = Severity.MEDIUM
     title = "DDP gradient accumulation without no_sync()"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "DistributedDataParallel" in ctx.source or "DDP" in ctx.source

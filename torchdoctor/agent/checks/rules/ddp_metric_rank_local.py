@@ -154,7 +154,7 @@ def _first_guarded_log_after(
     scope: ast.AST = function if function is not None else ctx.tree
     derived = set(accumulated)
     after = [n for n in ast.walk(scope) if getattr(n, "lineno", 0) > (loop.end_lineno or 0)]
-    for node in sorted(after, key=lambda n: (n.lineno, n.col_offset)):
+    for node in sorted(after, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
         if isinstance(node, ast.Assign) and _reads(node.value, derived):
             derived |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         if not isinstance(node, ast.Call) or not _is_log(node) or not _reads(node, derived):

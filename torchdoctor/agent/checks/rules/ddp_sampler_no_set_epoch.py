@@ -49,7 +49,6 @@ class DdpSamplerNoSetEpoch(Rule):
     severity = Severity.MEDIUM
     title = "DistributedSampler without set_epoch"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "DistributedSampler" in ctx.source and not uses_framework(ctx)

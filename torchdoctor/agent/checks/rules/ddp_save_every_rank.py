@@ -52,7 +52,6 @@ class DdpSaveEveryRank(Rule):
     severity = Severity.MEDIUM
     title = "Every rank saves the same checkpoint"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
-    fixable = True
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (
