@@ -15,7 +15,7 @@ COPY constraints.txt ./
 RUN pip install -c constraints.txt torch --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY torchdoctor ./torchdoctor
-RUN pip install -c constraints.txt ".[llm,linters,docker,api]"
+RUN pip install -c constraints.txt ".[llm,linters,docker,api,ray]"
 
 USER torchdoctor
 # The REST API by default (`docker run IMAGE audit ...` still runs the CLI). State (SQLite,

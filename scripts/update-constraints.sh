@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate constraints.txt: the exact versions the service image installs (pip-compile
-# style: every distribution `pip install ".[llm,linters,docker,api]"` resolves to, pinned).
+# style: every distribution `pip install ".[llm,linters,docker,api,ray]"` resolves to, pinned).
 # torch is pinned by hand to the sandbox image's base tag (torchdoctor/sandbox/Dockerfile),
 # so the service and the sandbox agree on the torch they reason about.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 .venv/bin/python -m pip install --dry-run --ignore-installed --quiet --report "$report" \
-  ".[llm,linters,docker,api]" 2>&1 | grep -v "^WARNING: Location" || true
+  ".[llm,linters,docker,api,ray]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python - "$report" > constraints.txt <<'PY'
 import json
 import re

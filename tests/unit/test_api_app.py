@@ -58,6 +58,6 @@ def test_the_rate_limiter_counts_per_key_and_says_when_to_retry() -> None:
 def test_the_service_image_serves_with_a_healthcheck() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert 'CMD ["serve"]' in dockerfile and "/healthz" in dockerfile
-    assert '.[llm,linters,docker,api]"' in dockerfile
+    assert '.[llm,linters,docker,api,ray]"' in dockerfile
     compose = (REPO / "docker-compose.yml").read_text()
     assert "TORCHDOCTOR_DATABASE_URL: postgresql://" in compose and "@db:5432/" in compose

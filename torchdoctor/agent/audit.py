@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from torchdoctor.agent.cluster.config import ClusterConfig, connect
 from torchdoctor.agent.config import AuditConfig, ConfigError
 from torchdoctor.agent.context import AuditContext, Progress, SandboxHandle
 from torchdoctor.agent.escape import one_line
@@ -94,6 +95,9 @@ def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Works
 def build_context(options: AuditOptions, progress: Progress | None = None) -> AuditContext:
     """The snapshot, the reasoner, the (lazily built) sandbox and the progress sink. The peer
     linters start here, before LangGraph is even imported, and overlap with the rest."""
+    cluster = ClusterConfig.from_env()
+    if cluster.on_ray:
+        connect(cluster)  # an unreachable cluster is a one-line error before any work
     project = project_of(options)
     config = effective_config(options, project)
     if options.ledger is not None and options.ledger.is_dir():
@@ -110,9 +114,10 @@ def build_context(options: AuditOptions, progress: Progress | None = None) -> Au
     return AuditContext(
         workspace=workspace,
         reasoner=choose_reasoner(options, config, workspace),
-        sandbox=SandboxHandle(options.sandbox),
+        sandbox=SandboxHandle(options.sandbox, cluster=cluster),
         progress=progress,
         peers=peers,
+        cluster=cluster,
     )
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.agent.cluster.config import ClusterConfig
 from torchdoctor.agent.reasoning.base import Reasoner
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox.protocol import Sandbox
@@ -23,16 +24,27 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class SandboxHandle:
-    """The audit's sandbox, built on first use and then reused: once per audit."""
+    """The audit's sandbox, built on first use and then reused: once per audit. On a Ray
+    cluster, jobs run as tasks in the sandbox of the node that takes them."""
 
-    def __init__(self, choice: str | None = None, sandbox: Sandbox | None = None) -> None:
+    def __init__(
+        self,
+        choice: str | None = None,
+        sandbox: Sandbox | None = None,
+        cluster: ClusterConfig | None = None,
+    ) -> None:
         self.choice = choice
+        self.cluster = cluster or ClusterConfig()
         self._sandbox = sandbox
         self._lock = threading.Lock()
 
     def get(self) -> Sandbox:
         with self._lock:
-            if self._sandbox is None:
+            if self._sandbox is None and self.cluster.on_ray:
+                from torchdoctor.agent.cluster.sandbox import RaySandbox
+
+                self._sandbox = RaySandbox(self.choice, self.cluster)
+            elif self._sandbox is None:
                 from torchdoctor.sandbox.config import get_sandbox
 
                 self._sandbox = get_sandbox(self.choice)
@@ -53,6 +65,8 @@ class AuditContext:
     progress: Progress | None = None
     peers: Future[LinterRun] | None = None
     """The peer linters, started with the audit (they overlap with the static pass)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where the heavy work runs (`TORCHDOCTOR_EXECUTOR`): this machine or a Ray cluster."""
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.progress is not None:

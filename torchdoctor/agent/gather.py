@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from torchdoctor.agent.checks.base import EngineConfig, RawFinding, numbered_exc
 from torchdoctor.agent.checks.catalogue import peer_rule_id
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files
 from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.cluster.config import ClusterConfig, cluster_cpus
 from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.notebooks import cell_of
@@ -54,8 +56,28 @@ def engine_config(config: AuditConfig) -> EngineConfig:
     )
 
 
-def run_static(workspace: Workspace, config: AuditConfig) -> StaticResult:
-    result = analyse_files(workspace.pairs(), engine_config(config), manifests=workspace.manifests)
+def run_static(
+    workspace: Workspace,
+    config: AuditConfig,
+    cluster: ClusterConfig | None = None,
+    say: Callable[[str], None] | None = None,
+) -> StaticResult:
+    """The static pass: on this machine's cores, or sharded over a Ray cluster's (`say`
+    hears where it ran)."""
+    if cluster is not None and cluster.on_ray:
+        from torchdoctor.agent.cluster.static import ray_chunk_runner
+
+        result = analyse_files(
+            workspace.pairs(),
+            engine_config(config),
+            workers=cluster_cpus(cluster),
+            manifests=workspace.manifests,
+            run_chunks=ray_chunk_runner(cluster, say),
+        )
+    else:
+        result = analyse_files(
+            workspace.pairs(), engine_config(config), manifests=workspace.manifests
+        )
     notebooks = {f.path: f for f in workspace.files if f.cells}
     if notebooks:
         for raw in result.all_findings():

@@ -29,6 +29,7 @@ from langgraph.types import Send, interrupt
 from torchdoctor.agent.checklist import PHASES, POINTS
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.selection import drop_silenced
+from torchdoctor.agent.cluster.config import cluster_has_gpu
 from torchdoctor.agent.context import AuditContext
 from torchdoctor.agent.evidence.confirm import attach_run_confirmations
 from torchdoctor.agent.evidence.trust import vet_run_evidence
@@ -85,14 +86,15 @@ def writable_ledger(state: AuditState) -> Path | None:
     return None if state.get("ledger_problem") else ledger_path_of(state["options"])
 
 
-def run_request(state: AuditState) -> RunRequest:
+def run_request(state: AuditState, context: AuditContext) -> RunRequest:
+    """The planned runs; they ask for a GPU where this machine, or the cluster, has one."""
     options, config = state["options"], state["config"]
     return RunRequest(
         commands=config.run + options.run,
         discover=options.discover,
         steps=options.steps,
         compile=options.probe_compile,
-        gpu=gpu_present(),
+        gpu=cluster_has_gpu(context.cluster) if context.cluster.on_ray else gpu_present(),
     )
 
 
@@ -133,7 +135,12 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     options, config = state["options"], state["config"]
     workspace = context.workspace
     context.emit({"event": "step", "message": "static analysis", "advance": 1})
-    static = run_static(workspace, config)
+    static = run_static(
+        workspace,
+        config,
+        context.cluster,
+        say=lambda line: context.emit({"event": "step", "message": line}),
+    )
     unanalysed = [InputNote(file=r.path, reason=r.note) for r in static.files if r.note]
     extra: list[tuple[int, Evidence]] = []
     tools: dict[str, str] = {}
@@ -142,7 +149,7 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         peers = context.peers or start_linters(workspace, online=options.online, mypy=options.mypy)
         pairs, tools = linter_evidence(workspace, static, peers.result(), config.peers)
         extra += pairs
-    request = run_request(state)
+    request = run_request(state, context)
     runs = []
     notes: list[str] = []
     if planned_commands(request, workspace):
@@ -381,7 +388,7 @@ def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
     """What this audit's verifications run with: its first planned run, its sandbox, its
     workspace's files and its effective configuration."""
     options = state["options"]
-    request = run_request(state)
+    request = run_request(state, context)
     commands = planned_commands(request, context.workspace)
     run_command = split_command_line(commands[0]) if commands else None
     runner = (

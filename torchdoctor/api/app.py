@@ -23,7 +23,7 @@ from torchdoctor import __version__
 from torchdoctor.api import ops
 from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
-from torchdoctor.api.executor import Executor, LocalExecutor
+from torchdoctor.api.executor import Executor, executor_for
 from torchdoctor.api.models import SubmitFiles
 from torchdoctor.api.routes import approvals, audits, results, sessions
 from torchdoctor.api.session_driver import session_service
@@ -105,7 +105,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or ApiSettings()
     store = Store(open_engine(settings.url))
-    pool = executor or LocalExecutor(settings.audit_workers)
+    pool = executor or executor_for(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

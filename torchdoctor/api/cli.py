@@ -43,10 +43,16 @@ def serve(
     _need_extra()
     import uvicorn
 
+    from torchdoctor.agent.cluster.config import ClusterConfig
+    from torchdoctor.agent.config import ConfigError
     from torchdoctor.api.logs import LOG_CONFIG
     from torchdoctor.api.settings import ApiSettings
     from torchdoctor.api.store.engine import migrate, open_engine
 
+    try:
+        ClusterConfig.from_env()
+    except ConfigError as err:
+        raise _fail(str(err)) from None
     settings = ApiSettings()
     migrate(open_engine(settings.url))
     uvicorn.run(

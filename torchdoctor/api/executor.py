@@ -16,8 +16,10 @@ import threading
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
+from torchdoctor.agent.cluster.config import ClusterConfig
 from torchdoctor.api import worker
 from torchdoctor.api.processes import kill_tree
+from torchdoctor.api.settings import ApiSettings
 
 
 class Executor(Protocol):
@@ -90,3 +92,13 @@ class LocalExecutor:
             audit_ids = list(self._children)
         for audit_id in audit_ids:
             self.kill(audit_id)
+
+
+def executor_for(settings: ApiSettings) -> Executor:
+    """`TORCHDOCTOR_EXECUTOR=ray`: the Ray cluster's; otherwise this machine's processes."""
+    cluster = ClusterConfig.from_env()
+    if cluster.on_ray:
+        from torchdoctor.api.ray_executor import RayExecutor
+
+        return RayExecutor(settings.audit_workers, settings, cluster)
+    return LocalExecutor(settings.audit_workers)

@@ -90,9 +90,11 @@ def without_server_paths(report: AuditReport) -> AuditReport:
     return report.model_copy(update={"target": Target(path=".", kind=report.target.kind)})
 
 
-def drive(store: Store, record: AuditRecord, settings: ApiSettings) -> AuditOutcome:
-    """Start the audit's graph, or resume it from its checkpoint (after a crash, or with the
-    user's answer to its approval question)."""
+def drive(
+    store: Store, record: AuditRecord, settings: ApiSettings, *, retried: bool = False
+) -> AuditOutcome:
+    """Start the audit's graph, or resume it from its checkpoint (after a crash, a retry of
+    its Ray task, or with the user's answer to its approval question)."""
 
     def progress(event: dict[str, Any]) -> None:
         kind = str(event.get("event", "progress"))
@@ -101,7 +103,7 @@ def drive(store: Store, record: AuditRecord, settings: ApiSettings) -> AuditOutc
     _, answer_text = store.approval(record.id, None)
     answer = ApprovalAnswer.model_validate_json(answer_text) if answer_text else None
     approver = (lambda _question: answer) if answer is not None else None
-    if record.attempts > 1 or answer is not None:
+    if retried or record.attempts > 1 or answer is not None:
         try:
             return resume_audit(record.id, progress, approver=approver)
         except ResumeError:
@@ -111,9 +113,11 @@ def drive(store: Store, record: AuditRecord, settings: ApiSettings) -> AuditOutc
     )
 
 
-def work(store: Store, record: AuditRecord, owner: str, settings: ApiSettings) -> None:
+def work(
+    store: Store, record: AuditRecord, owner: str, settings: ApiSettings, *, retried: bool = False
+) -> None:
     try:
-        outcome = drive(store, record, settings)
+        outcome = drive(store, record, settings, retried=retried)
     except (InputError, ConfigError) as err:
         store.finish(record.id, owner, AuditState.FAILED, error=str(err))
         return
@@ -140,6 +144,17 @@ def run(audit_id: str, owner: str, server_pid: int) -> None:
         ServerWatch(server_pid).start()
     except psutil.NoSuchProcess:
         return
+    record_outcome(audit_id, owner)
+
+
+def run_on_cluster(audit_id: str, owner: str) -> None:
+    """The entry point of an audit's Ray task. Ray ties the task to the server that started
+    it (it dies with that server) and retries it when its node dies: every attempt resumes
+    from the audit's checkpoint when there is one, so what was done is not done again."""
+    record_outcome(audit_id, owner, retried=True)
+
+
+def record_outcome(audit_id: str, owner: str, *, retried: bool = False) -> None:
     logs.configure()
     logs.audit_id_var.set(audit_id)
     settings = ApiSettings()
@@ -149,7 +164,7 @@ def run(audit_id: str, owner: str, server_pid: int) -> None:
         log.error("no such audit")
         return
     try:
-        work(store, record, owner, settings)
+        work(store, record, owner, settings, retried=retried)
     except Exception as err:
         log.exception("audit failed")
         store.finish(audit_id, owner, AuditState.FAILED, error=f"internal error: {err}")

@@ -225,10 +225,18 @@ def _prepare_worker(config: EngineConfig, audit_pid: int) -> None:
     gc.freeze()
 
 
-def _analyse_chunk(args: tuple[list[tuple[str, str]], EngineConfig]) -> list[FileResult]:
-    files, config = args
+def analyse_chunk(files: list[tuple[str, str]], config: EngineConfig) -> list[FileResult]:
+    """One shard of the pass: a pool worker's, or a cluster task's (`ChunkRunner`)."""
     rule_types = enabled_rules(config.select, config.ignore)
     return [analyse_source(path, source, rule_types, config) for path, source in files]
+
+
+def _analyse_chunk(args: tuple[list[tuple[str, str]], EngineConfig]) -> list[FileResult]:
+    return analyse_chunk(*args)
+
+
+ChunkRunner = Callable[[list[list[tuple[str, str]]], EngineConfig], list[list[FileResult]]]
+"""Runs `analyse_chunk` on every shard elsewhere (a Ray cluster), results in shard order."""
 
 
 def analyse_files(
@@ -236,18 +244,23 @@ def analyse_files(
     config: EngineConfig | None = None,
     workers: int | None = None,
     manifests: Mapping[str, str] | None = None,
+    run_chunks: ChunkRunner | None = None,
 ) -> StaticResult:
     """Run every enabled rule over `(relative path, text)` pairs, in parallel for many files.
 
     `manifests` (relative path -> text of requirements*.txt, pyproject.toml, ...) feeds the
-    rules that read dependency manifests.
+    rules that read dependency manifests. `run_chunks` shards a large pass over a cluster
+    (`workers` is then its CPU count); the result is the same as on one machine.
     """
     config = config or EngineConfig()
     started = time.perf_counter()
     rule_types = enabled_rules(config.select, config.ignore)
     workers = workers or os.cpu_count() or 1
-    if len(files) < PARALLEL_THRESHOLD or workers == 1:
+    if len(files) < PARALLEL_THRESHOLD or (workers == 1 and run_chunks is None):
         results = [analyse_source(path, text, rule_types, config) for path, text in files]
+    elif run_chunks is not None:
+        shards = run_chunks(_balanced_chunks(list(files), workers * 8), config)
+        results = [r for shard in shards for r in shard]
     else:
         chunks = _balanced_chunks(list(files), workers * 8)
         with ProcessPoolExecutor(
@@ -261,6 +274,7 @@ def analyse_files(
                 for chunk in pool.map(_analyse_chunk, [(c, config) for c in chunks])
                 for r in chunk
             ]
+    results.sort(key=lambda r: r.path)  # project rules see files in one order, however sharded
     facts_by_file = {r.path: r.facts for r in results if r.facts}
     project_findings: list[RawFinding] = []
     project_applicable: list[str] = []
@@ -270,7 +284,7 @@ def analyse_files(
             project_findings.extend(rule_type.check_manifests(manifests))
             project_applicable.append(rule_type.id)
     return StaticResult(
-        files=sorted(results, key=lambda r: r.path),
+        files=results,
         project_findings=project_findings,
         project_applicable=project_applicable,
         rules_run=[r.id for r in rule_types],

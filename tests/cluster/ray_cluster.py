@@ -1,0 +1,167 @@
+"""A real local Ray cluster for the tests and the benchmark: a head and worker nodes started
+with `ray start` as separate processes on 127.0.0.1, every port chosen free, usage statistics
+and the dashboard off, a private temporary folder. Its processes are found by that folder and
+the node's own port, and stopped by PID (never `ray stop`, which would stop every Ray on the
+machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from tests.pg_server import free_port
+
+RAY = Path(sys.executable).with_name("ray")
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # A dead node is noticed in about a second, not the production default's ~30 s.
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "2",
+}
+
+
+class RayUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class Node:
+    node_manager_port: int
+    resources: dict[str, float]
+
+    def processes(self) -> list[psutil.Process]:
+        """The node's raylet and everything under it (its workers and their sandbox jobs)."""
+        flag = f"--node_manager_port={self.node_manager_port}"
+        for process in psutil.process_iter(["cmdline"]):
+            if flag in (process.info["cmdline"] or []):
+                try:
+                    return [process, *process.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    return []
+        return []
+
+
+@dataclass
+class RayCluster:
+    temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tdray-")))
+    port: int = field(default_factory=free_port)
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def token_file(self) -> Path:
+        """The cluster's own token: nothing without it may join or submit tasks."""
+        path = self.temp_dir / "auth_token"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What every process that joins or uses the cluster needs in its environment."""
+        return {
+            **os.environ,
+            **QUIET_ENV,
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_file),
+        }
+
+    def _ports(self) -> list[str]:
+        names = [
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ]
+        return [f"{name}={free_port()}" for name in names]
+
+    def start(self, head_cpus: int, workers: list[tuple[int, dict[str, float]]]) -> None:
+        """The head and its workers at once: a worker's `ray start` waits for the head."""
+        starting = [self._launch(head_cpus, {}, head=True)]
+        starting += [self._launch(cpus, resources, head=False) for cpus, resources in workers]
+        for process in starting:
+            _, stderr = process.communicate(timeout=180)
+            if process.returncode != 0:
+                raise RayUnavailable((stderr.strip().splitlines() or ["ray start failed"])[-1])
+
+    def start_node(self, cpus: int, resources: dict[str, float] | None = None) -> Node:
+        """One more worker node (a replacement for a lost one)."""
+        process = self._launch(cpus, resources or {}, head=False)
+        _, stderr = process.communicate(timeout=180)
+        if process.returncode != 0:
+            raise RayUnavailable((stderr.strip().splitlines() or ["ray start failed"])[-1])
+        return self.nodes[-1]
+
+    def _launch(
+        self, cpus: int, resources: dict[str, float], *, head: bool
+    ) -> subprocess.Popen[str]:
+        command = [str(RAY), "start", "--disable-usage-stats", *self._ports()]
+        command += ["--include-log-monitor=false"]
+        command += [f"--num-cpus={cpus}", "--num-gpus=0", "--object-store-memory=100000000"]
+        command += ["--node-ip-address=127.0.0.1", f"--resources={json.dumps(resources or {})}"]
+        if head:
+            command += ["--head", f"--port={self.port}", "--include-dashboard=false"]
+            command += [f"--dashboard-port={free_port()}", f"--temp-dir={self.temp_dir}"]
+        else:
+            command += [f"--address={self.address}"]
+        manager_port = int(next(p for p in command if "node-manager-port" in p).split("=")[1])
+        self.nodes.append(Node(manager_port, resources))
+        return subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def kill_node(self, node: Node) -> None:
+        """kill -9 of the node's raylet and its workers, as a lost machine."""
+        family = node.processes()
+        for process in family:
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                continue
+        psutil.wait_procs(family, timeout=10)
+
+    def stop(self) -> None:
+        """Every process of this cluster, by PID: the nodes' families, then anything else
+        started with its temporary folder (GCS, monitors), then the folder."""
+        for node in self.nodes:
+            self.kill_node(node)
+        marker = str(self.temp_dir)
+        rest = []
+        for process in psutil.process_iter(["cmdline"]):
+            if any(marker in part for part in process.info["cmdline"] or []):
+                try:
+                    rest += [process, *process.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+        for process in rest:
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                continue
+        psutil.wait_procs(rest, timeout=10)
+        time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
