@@ -59,6 +59,7 @@ RULES = (
     "ddp-save-every-rank",
     "cudnn-benchmark-off",
     "dataloader-sync",
+    "conv-without-channels-last",
     # point 7
     "inference-no-eval",
     "no-grad-not-inference-mode",
@@ -68,6 +69,8 @@ RULES = (
     # point 8
     "no-torch-compile",
     "per-item-file-io",
+    "dim-not-multiple-of-64",
+    "per-sample-inference",
     "checkpoint-too-often",
     # point 9
     "hardcoded-paths",

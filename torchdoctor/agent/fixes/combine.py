@@ -156,11 +156,16 @@ def _joint_spec(specs: list[FixSpec]) -> FixSpec:
     correctness = [s for s in specs if s.kind is FixKind.CORRECTNESS]
     rtols = [s.rtol for s in specs]
     rtol = None if any(r is None for r in rtols) else max(r for r in rtols if r is not None)
+    memory = max(s.extra_memory_mb for s in specs)
     if not correctness:
-        return FixSpec(kind=FixKind.PRECISION, rtol=rtol, symptom=specs[0].symptom)
+        return FixSpec(
+            kind=FixKind.PRECISION, rtol=rtol, symptom=specs[0].symptom, extra_memory_mb=memory
+        )
 
     def every_symptom(before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         results = [s.symptom(before, after) for s in correctness]
         return all(ok for ok, _ in results), "; ".join(text for _, text in results)
 
-    return FixSpec(kind=FixKind.CORRECTNESS, rtol=rtol, symptom=every_symptom)
+    return FixSpec(
+        kind=FixKind.CORRECTNESS, rtol=rtol, symptom=every_symptom, extra_memory_mb=memory
+    )

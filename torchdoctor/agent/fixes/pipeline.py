@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.combine import combine
+from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.smoke import ProbeRunner
@@ -98,7 +99,8 @@ def propose_and_verify(
     (phase order, earlier phases first) and then in combination with the fixes before it.
 
     Without `run_command` (or a sandbox) verification stops after the static steps and no fix
-    is marked verified. A fix whose verification fails leaves its finding open, with the
+    is marked verified. On GPU a verified `model.compile()` climbs the compile-mode ladder
+    (`compile_ladder`). A fix whose verification fails leaves its finding open, with the
     failing step and its reason in `fix.verification`.
     """
     say = progress or (lambda _line: None)
@@ -135,6 +137,8 @@ def propose_and_verify(
                 "status": Status.VERIFIED if verified else finding.status,
             }
         )
+        if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
+            by_id[finding.id] = climb(verifier, by_id[finding.id], verifier.last_runs, say)
         if verified:
             specs[finding.id] = spec
     _retry_small_gains(verifier, by_id, specs, say)

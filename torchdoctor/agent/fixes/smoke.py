@@ -56,8 +56,14 @@ class ProbeRunner:
         *,
         seed: int | None = 0,
         trace: list[str] | None = None,
+        extra_memory_mb: int = 0,
     ) -> SmokeRun:
-        """`trace`: files (relative to `workspace`) whose executed lines the run records."""
+        """`trace`: files (relative to `workspace`) whose executed lines the run records.
+        `extra_memory_mb`: host memory on top of the script's limit, for what a fix starts
+        beside the script (torch.compile's compile workers)."""
+        limits = self.limits
+        if extra_memory_mb:
+            limits = limits.model_copy(update={"memory_mb": limits.memory_mb + extra_memory_mb})
         launch = parse_launch(shlex.join(run_command))
         command = harness_prefix(self.python, launch.nproc)
         command += ["-m", "torchdoctor.sandbox.probes", launch.script, "--steps", str(steps)]
@@ -73,7 +79,7 @@ class ProbeRunner:
             workspace=workspace,
             command=command,
             env={"PYTHONPATH": str(PACKAGE_ROOT)},
-            limits=self.limits,
+            limits=limits,
             collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
             gpu=self.gpu,
         )
@@ -91,7 +97,8 @@ class ProbeRunner:
             ]
         except ValidationError as err:
             return SmokeRun(ok=False, detail=f"unreadable evidence document: {err}")
-        return smoke_run_from_evidence(evidence, ranks)
+        run = smoke_run_from_evidence(evidence, ranks)
+        return run.model_copy(update={"peak_host_mb": result.usage.peak_memory_mb})
 
 
 def smoke_run_from_evidence(
@@ -112,6 +119,7 @@ def smoke_run_from_evidence(
         for step, ms in enumerate(evidence.timing.step_ms)
         if ms is not None and step >= 1 and step not in scanned
     ]
+    first = evidence.timing.step_ms[0] if evidence.timing.step_ms else None
     issues = evidence.mode_issues
     signals: dict[str, Any] = {
         "graph_retention": memory.retention.model_dump() if memory.retention else None,
@@ -132,6 +140,7 @@ def smoke_run_from_evidence(
         detail=detail,
         losses=losses,
         step_times_s=steady,
+        first_step_s=first / 1e3 if first is not None else None,
         signals=signals,
         executed_lines=dict(evidence.executed_lines),
     )

@@ -102,11 +102,14 @@ def verify_on_stack(
 def stacked_spec(spec: FixSpec, stack: list[Finding]) -> FixSpec:
     """On top of a bf16 (or compiled) stack, two seeded runs agree only to the stack's
     tolerance: any change of summation order is amplified by the reduced precision. A fix
-    measured there is held to the loosest tolerance of the fixes beneath it, never tighter."""
+    measured there is held to the loosest tolerance of the fixes beneath it, never tighter,
+    and runs with the host memory the stack's compiler needs."""
+    codemods = [c for f in stack if (c := codemod_for(f.rule)) is not None]
+    memory = max([spec.extra_memory_mb, *(c.extra_host_memory_mb for c in codemods)])
     if spec.rtol is None:
-        return spec
-    beneath = [c.rtol for f in stack if (c := codemod_for(f.rule)) is not None and c.rtol]
-    return replace(spec, rtol=max([spec.rtol, *beneath]))
+        return replace(spec, extra_memory_mb=memory)
+    beneath = [c.rtol for c in codemods if c.rtol]
+    return replace(spec, rtol=max([spec.rtol, *beneath]), extra_memory_mb=memory)
 
 
 def _patch_on(original_root: Path, stacked: Path, finding: Finding) -> Patch | None:

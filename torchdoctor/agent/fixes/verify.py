@@ -53,6 +53,7 @@ class FixSpec:
     rtol: float | None
     symptom: Symptom
     unseeded_repeat: bool = False
+    extra_memory_mb: int = 0
 
     @classmethod
     def of(cls, codemod: Codemod) -> FixSpec:
@@ -61,6 +62,7 @@ class FixSpec:
             rtol=codemod.rtol,
             symptom=codemod.symptom_gone,
             unseeded_repeat=codemod.reproducibility,
+            extra_memory_mb=codemod.extra_host_memory_mb,
         )
 
 
@@ -102,11 +104,14 @@ class Verifier:
         self._baseline = baseline
         self._nondeterminism: float | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
+        self.last_runs: list[SmokeRun] = []
+        """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
 
     # --- the pipeline ---------------------------------------------------------------------
 
     def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
         steps: list[Verification] = []
+        self.last_runs = []
         with workspace_copy(self.root) as copy:
             try:
                 touched = apply_patch(copy, patch.diff)
@@ -123,7 +128,14 @@ class Verifier:
             if self.runner is None or self.run_command is None:
                 steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
                 return steps
-            after = self.runner.run(copy, self.run_command, self.steps, trace=touched)
+            after = self.runner.run(
+                copy,
+                self.run_command,
+                self.steps,
+                trace=touched,
+                extra_memory_mb=spec.extra_memory_mb,
+            )
+            self.last_runs.append(after)
             steps.append(
                 Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
             )
@@ -136,7 +148,7 @@ class Verifier:
                 after = self._with_unseeded_repeat(copy, after)
             steps.append(self._behaviour(after, spec))
             if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
-                steps.append(self._speed(copy, after))
+                steps.append(self._speed(copy, after, spec))
         return steps
 
     def nondeterminism(self) -> float:
@@ -272,7 +284,7 @@ class Verifier:
             details.append(f"symptom: {text}")
         return Verification(step="behaviour", ok=ok, detail="; ".join(details))
 
-    def _speed(self, copy: Path, after: SmokeRun) -> Verification:
+    def _speed(self, copy: Path, after: SmokeRun, spec: FixSpec) -> Verification:
         """Interleaved timing runs until the bootstrapped interval of the gain decides, at
         least `timing_runs` per side and at most `max_timing_runs`."""
         assert self.runner is not None and self.run_command is not None
@@ -290,7 +302,11 @@ class Verifier:
             before_runs.append(
                 self.runner.run(self.root, self.run_command, self.steps).step_times_s
             )
-            after_runs.append(self.runner.run(copy, self.run_command, self.steps).step_times_s)
+            again = self.runner.run(
+                copy, self.run_command, self.steps, extra_memory_mb=spec.extra_memory_mb
+            )
+            self.last_runs.append(again)
+            after_runs.append(again.step_times_s)
         if result is None:
             return Verification(
                 step="speed-up", ok=False, detail="too few steady-state steps timed: raise --steps"
@@ -298,7 +314,8 @@ class Verifier:
         return Verification(
             step="speed-up",
             ok=result.significant,
-            detail=f"{result.detail}; {_VERDICTS[result.verdict]}{_energy(self.baseline(), after)}",
+            detail=f"{result.detail}; {_VERDICTS[result.verdict]}"
+            f"{_energy(self.baseline(), after)}{_host_memory(self.baseline(), after)}",
         )
 
     def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
@@ -328,6 +345,14 @@ def _energy(before: SmokeRun, after: SmokeRun) -> str:
     if not all(isinstance(j, float) and j > 0 for j in joules):
         return ""
     return f"; GPU energy {joules[0]:.2f} -> {joules[1]:.2f} J/step"
+
+
+def _host_memory(before: SmokeRun, after: SmokeRun) -> str:
+    """'; peak host memory 1.2 -> 5.3 GB' when the sandbox measured both runs."""
+    gigabytes = [run.peak_host_mb / 1024 for run in (before, after) if run.peak_host_mb]
+    if len(gigabytes) < 2:
+        return ""
+    return f"; peak host memory {gigabytes[0]:.1f} -> {gigabytes[1]:.1f} GB"
 
 
 def _worst_deviation(first: list[float], second: list[float]) -> float:

@@ -38,6 +38,8 @@ class Codemod:
     """Allowed relative deviation of the seeded loss trajectory; None: not compared."""
     reproducibility: ClassVar[bool] = False
     """Judged by two runs without the harness's seed: only the script's seeding can match."""
+    extra_host_memory_mb: ClassVar[int] = 0
+    """Host memory the fix's runs need beyond the script's limit (compiler workers)."""
 
     def transform(self, source: str, target: FixTarget) -> str | None:
         """The fixed source, or None when the fix does not apply (or is already there)."""

@@ -1,0 +1,99 @@
+"""per-sample-inference: replay a one-sample forward as a CUDA graph."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from torchdoctor.agent.fixes.codemods.base import (
+    BF16_RTOL,
+    Codemod,
+    SourceContext,
+    dotted_name,
+    method_call,
+)
+from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
+
+BATCHING = (
+    "batching the samples does more than CUDA graphs but moves the loop's per-sample logic: "
+    "needs a human"
+)
+
+
+class PerSampleInferenceFix(Codemod):
+    """Inserts `model.compile(mode="reduce-overhead")` before the loop, guarded by
+    `torch.cuda.is_available()`: the one-sample forward, launch-bound, is replayed as one
+    CUDA graph. A replay reuses its output memory, so every `y = model(x)` in the loop
+    becomes `y = model(x).clone()` (outputs kept across iterations stay valid). Applied only
+    where each model call in the loop is the whole value of an assignment; elsewhere (a
+    view of the output kept, `outputs.append(model(x)[0])`) the clone's place is not
+    mechanical. Batching is the larger gain and is left to a human."""
+
+    rule = "per-sample-inference"
+    kind = FixKind.PERFORMANCE
+    summary = 'model.compile(mode="reduce-overhead") before a one-sample inference loop on CUDA'
+    rtol = BF16_RTOL
+    extra_host_memory_mb = COMPILER_HOST_MB
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        plan = self._plan(ctx, target)
+        if isinstance(plan, str):
+            return False
+        loop, model, calls = plan
+        for call in calls:
+            ctx.replace(call, _cloned)
+        torch = ctx.require_module("torch")
+        ctx.insert_before(
+            loop,
+            f'if {torch}.cuda.is_available():\n    {model}.compile(mode="reduce-overhead")\n',
+        )
+        return True
+
+    def explain(self, source: str, target: FixTarget) -> str | None:
+        try:
+            ctx = SourceContext(source)
+        except cst.ParserSyntaxError:
+            return None
+        plan = self._plan(ctx, target)
+        return f"{plan}; {BATCHING}" if isinstance(plan, str) else None
+
+    def _plan(
+        self, ctx: SourceContext, target: FixTarget
+    ) -> tuple[cst.For, str, list[cst.Call]] | str:
+        """(loop, model, the model calls to clone), or why not."""
+        if any(method_call(c, "compile") for c in ctx.find(cst.Call)):
+            return "the module already compiles something"
+        loops = [loop for loop in ctx.find(cst.For) if ctx.line(loop) == target.line]
+        model = target.data.get("model")
+        if not loops or not isinstance(model, str):
+            return "the flagged loop is not where the finding says"
+        loop = loops[0]
+        calls = [
+            c
+            for c in ctx.find(cst.Call, inside=loop.body)
+            if dotted_name(c.func) in (model, f"{model}.forward")
+        ]
+        if not calls:
+            return f"{model} is not called in the loop"
+        for call in calls:
+            parent = ctx.parent(call)
+            if not (isinstance(parent, cst.Assign) and parent.value is call):
+                return f"`{ctx.code(call)}` is not the whole value of an assignment"
+            if any(isinstance(a, cst.FunctionDef | cst.Lambda) for a in _between(ctx, call, loop)):
+                return f"`{ctx.code(call)}` runs in a function defined in the loop"
+        return loop, model, calls
+
+
+def _between(ctx: SourceContext, node: cst.CSTNode, stop: cst.CSTNode) -> list[cst.CSTNode]:
+    found = []
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            break
+        found.append(anc)
+    return found
+
+
+def _cloned(node: cst.CSTNode) -> cst.CSTNode:
+    if not isinstance(node, cst.Call):
+        return node
+    return cst.Call(func=cst.Attribute(value=node, attr=cst.Name("clone")))

@@ -1,0 +1,167 @@
+"""torch.compile's modes tried in order of cost, each verified like any fix.
+
+Once `model.compile()` (the default mode) is verified, `max-autotune-no-cudagraphs` (Triton
+autotuning of matmuls and convolutions: minutes of compilation) and then `reduce-overhead`
+(CUDA graphs: launch overhead gone, needs static shapes and keeps graph memory) are verified
+the same way. A costlier mode is kept only when its steady step is faster than the best mode
+so far beyond noise (the bootstrapped interval of the gain clears the minimum), so an
+autotuning that buys 0.5% is not worth its compile time. Each mode's compile time (the run's
+time above its steady state, beyond what the original spends on its own first steps), the
+step at which that cost is paid back, and the run's peak host memory are reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.stats import Verdict, speed_up
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Evidence, Finding, Verification
+from torchdoctor.agent.safefs import GuardedTree
+
+RULE = "no-torch-compile"
+LADDER_SOURCE = "torchdoctor-compile-ladder"
+
+
+class Rung(BaseModel):
+    """One compile mode as measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    verified: bool
+    why_not: str = ""
+    steady_ms: float | None = None
+    compile_s: float | None = None
+    break_even_step: int | None = None
+    """First step at which the mode's total time falls below the original's (None: never)."""
+    peak_host_gb: float | None = None
+
+    def describe(self) -> str:
+        if not self.verified:
+            return f"{self.mode}: not verified ({self.why_not})"
+        parts = [f"steady step {self.steady_ms:.2f} ms"]
+        if self.compile_s is not None:
+            parts.append(f"compile {self.compile_s:.1f} s")
+        parts.append(
+            f"pays back from step {self.break_even_step}"
+            if self.break_even_step is not None
+            else "never pays back"
+        )
+        if self.peak_host_gb is not None:
+            parts.append(f"peak host memory {self.peak_host_gb:.1f} GB")
+        return f"{self.mode}: {', '.join(parts)}"
+
+
+def one_off_s(run: SmokeRun) -> float | None:
+    """Time a run spends above its steady state: the first step's excess over the median
+    steady step, plus every later step's (CUDA-graph recording happens on steps 2-3)."""
+    if run.first_step_s is None or not run.step_times_s:
+        return None
+    median = statistics.median(run.step_times_s)
+    steps = [run.first_step_s, *run.step_times_s]
+    return sum(max(0.0, t - median) for t in steps)
+
+
+def measure(mode: str, baseline: SmokeRun, runs: list[SmokeRun]) -> Rung:
+    """A verified mode's figures from its runs against the original's baseline run."""
+    steady = statistics.median(t for run in runs for t in run.step_times_s)
+    before = statistics.median(baseline.step_times_s)
+    costs = [c for run in runs if (c := one_off_s(run)) is not None]
+    base_cost = one_off_s(baseline) or 0.0
+    compile_s = max(0.0, statistics.median(costs) - base_cost) if costs else None
+    saving = before - steady
+    break_even = None
+    if saving > 0:
+        break_even = 1 + int((compile_s or 0.0) / saving)
+    peaks = [run.peak_host_mb for run in runs if run.peak_host_mb is not None]
+    return Rung(
+        mode=mode,
+        verified=True,
+        steady_ms=steady * 1e3,
+        compile_s=compile_s,
+        break_even_step=break_even,
+        peak_host_gb=max(peaks) / 1024 if peaks else None,
+    )
+
+
+def climb(
+    verifier: Verifier,
+    finding: Finding,
+    default_runs: list[SmokeRun],
+    say: Callable[[str], None] = lambda _line: None,
+) -> Finding:
+    """`finding` (its default-mode compile fix verified, measured by `default_runs`) with the
+    fastest mode that beat the cheaper ones beyond noise as its fix, and the ladder reported."""
+    codemod = codemod_for(RULE)
+    assert codemod is not None and finding.fix is not None
+    source = GuardedTree(verifier.root).read_text(finding.file)
+    spec = FixSpec.of(codemod)
+    claim = Claim(frozenset({RULE}), finding.severity)
+    baseline = verifier.baseline()
+    rungs = [measure("default", baseline, default_runs)]
+    best_mode, best_runs, best_diff = "default", default_runs, finding.fix.diff
+    chosen_why = "the default mode: no costlier mode was faster beyond noise"
+    for mode in COMPILE_MODES[1:]:
+        target = FixTarget.from_finding(finding)
+        target = target.model_copy(update={"data": {**target.data, "compile_mode": mode}})
+        fixed = codemod.transform(source, target)
+        if fixed is None:
+            rungs.append(Rung(mode=mode, verified=False, why_not="the codemod does not apply"))
+            continue
+        say(f"  compile ladder: verifying mode={mode}")
+        diff = unified_diff(finding.file, source, fixed)
+        patch = Patch(finding_id=finding.id, rule=RULE, diff=diff, files=[finding.file])
+        checks = verifier.verify(patch, claim, spec)
+        failed = next((c for c in checks if not c.ok), None)
+        if failed is not None:
+            why = f"{failed.step}: {failed.detail.splitlines()[0] if failed.detail else ''}"
+            rungs.append(Rung(mode=mode, verified=False, why_not=why))
+            continue
+        runs = list(verifier.last_runs)
+        rungs.append(measure(mode, baseline, runs))
+        versus = speed_up([r.step_times_s for r in best_runs], [r.step_times_s for r in runs])
+        if versus.verdict is Verdict.FASTER:
+            chosen_why = (
+                f"{mode}: faster than {best_mode} beyond noise "
+                f"({versus.improvement:+.1%}, 95% CI [{versus.interval[0]:+.1%}, "
+                f"{versus.interval[1]:+.1%}])"
+            )
+            best_mode, best_runs, best_diff = mode, runs, diff
+    detail = "; ".join(r.describe() for r in rungs) + f"; chosen: {chosen_why}"
+    say(f"  compile ladder: {detail}")
+    step = Verification(step="compile-ladder", ok=True, detail=detail)
+    fix = finding.fix.model_copy(
+        update={"diff": best_diff, "verification": [*finding.fix.verification, step]}
+    )
+    evidence = list(finding.evidence)
+    if best_mode != "default":
+        evidence.append(
+            Evidence(
+                source=LADDER_SOURCE,
+                kind="static",
+                message=f"torch.compile mode chosen by measurement: {best_mode}",
+                file=finding.file,
+                line=finding.line,
+                data={"compile_mode": best_mode},
+            )
+        )
+    return finding.model_copy(update={"fix": fix, "evidence": evidence})
+
+
+def ladder_applies(finding: Finding, root: Path) -> bool:
+    """A verified default-mode compile fix on a file that is still there."""
+    return (
+        finding.rule == RULE
+        and finding.fix is not None
+        and finding.fix.verified
+        and (root / finding.file).is_file()
+    )
