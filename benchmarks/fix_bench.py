@@ -45,6 +45,7 @@ from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
 from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
 from torchdoctor.agent.fixes import apply_fixes, propose_and_verify  # noqa: E402
 from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
+from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # noqa: E402
 from torchdoctor.agent.fixes.stats import speed_up, trajectories_match  # noqa: E402
 from torchdoctor.agent.models import Finding  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
@@ -146,6 +147,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
             max_timing_runs=args.max_timing_runs,
             gpu=cuda,
             limits=GPU_LIMITS if cuda else None,
+            compile_modes=tuple(args.compile_modes.split(",")),
             progress=lambda line: print(
                 f"  [{time.perf_counter() - started:6.0f}s] {line}", flush=True
             ),
@@ -161,6 +163,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
                 fixes.append({"rule": finding.rule, "verified": False, "why": why[0]})
             continue
         speed = [v for v in finding.fix.verification if v.step.endswith("speed-up")]
+        ladder = [v.detail for v in finding.fix.verification if v.step == "compile-ladder"]
         last = finding.fix.verification[-1] if finding.fix.verification else None
         fixes.append(
             {
@@ -168,6 +171,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
                 "verified": finding.fix.verified,
                 "speed_up": speed[-1].detail if speed else None,
                 "last_step": f"{last.step}: {last.detail}" if last else None,
+                **({"compile_ladder": ladder[0]} if ladder else {}),
             }
         )
     report = {
@@ -179,6 +183,8 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
         verdict = "VERIFIED" if entry["verified"] else "not verified"
         detail = entry.get("speed_up") or entry.get("last_step") or entry.get("why")
         print(f"  {entry['rule']:<28} {verdict}: {detail}", flush=True)
+        if "compile_ladder" in entry:
+            print(f"  {'':<28} compile ladder: {entry['compile_ladder']}", flush=True)
     return report
 
 
@@ -398,6 +404,11 @@ def main() -> None:
     parser.add_argument("--max-timing-runs", type=int, default=4, help="while undecided")
     parser.add_argument("--repeats", type=int, default=4, help="timed runs per side")
     parser.add_argument("--price-per-kwh", type=float, default=0.15)
+    parser.add_argument(
+        "--compile-modes",
+        default=",".join(COMPILE_MODES),
+        help="torch.compile modes the ladder may try, comma-separated",
+    )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fix-bench")
     args = ARGS = parser.parse_args()

@@ -7,7 +7,7 @@ the same way. A costlier mode is kept only when its steady step is faster than t
 so far beyond noise (the bootstrapped interval of the gain clears the minimum), so an
 autotuning that buys 0.5% is not worth its compile time. Each mode's compile time (the run's
 time above its steady state, beyond what the original spends on its own first steps), the
-step at which that cost is paid back, and the run's peak host memory are reported.
+step from which that cost is paid back, and the run's peak host memory are reported.
 """
 
 from __future__ import annotations
@@ -51,24 +51,23 @@ class Rung(BaseModel):
         parts = [f"steady step {self.steady_ms:.2f} ms"]
         if self.compile_s is not None:
             parts.append(f"compile {self.compile_s:.1f} s")
-        parts.append(
-            f"pays back from step {self.break_even_step}"
-            if self.break_even_step is not None
-            else "never pays back"
-        )
+        if self.break_even_step is not None:
+            parts.append(f"pays back from step {self.break_even_step}")
+        elif self.compile_s is not None:
+            parts.append("never pays back")
         if self.peak_host_gb is not None:
             parts.append(f"peak host memory {self.peak_host_gb:.1f} GB")
         return f"{self.mode}: {', '.join(parts)}"
 
 
 def one_off_s(run: SmokeRun) -> float | None:
-    """Time a run spends above its steady state: the first step's excess over the median
-    steady step, plus every later step's (CUDA-graph recording happens on steps 2-3)."""
-    if run.first_step_s is None or not run.step_times_s:
+    """Time a run spends beyond its steady state: the job's wall time less every step (the
+    first one included) at the median steady step time. Start-up is in it on both sides of a
+    comparison; compilation and CUDA-graph recording only on the compiled side."""
+    if run.wall_s is None or not run.step_times_s:
         return None
-    median = statistics.median(run.step_times_s)
-    steps = [run.first_step_s, *run.step_times_s]
-    return sum(max(0.0, t - median) for t in steps)
+    steps = len(run.step_times_s) + 1
+    return max(0.0, run.wall_s - steps * statistics.median(run.step_times_s))
 
 
 def measure(mode: str, baseline: SmokeRun, runs: list[SmokeRun]) -> Rung:
@@ -80,8 +79,8 @@ def measure(mode: str, baseline: SmokeRun, runs: list[SmokeRun]) -> Rung:
     compile_s = max(0.0, statistics.median(costs) - base_cost) if costs else None
     saving = before - steady
     break_even = None
-    if saving > 0:
-        break_even = 1 + int((compile_s or 0.0) / saving)
+    if saving > 0 and compile_s is not None:
+        break_even = 1 + int(compile_s / saving)
     peaks = [run.peak_host_mb for run in runs if run.peak_host_mb is not None]
     return Rung(
         mode=mode,
@@ -98,9 +97,11 @@ def climb(
     finding: Finding,
     default_runs: list[SmokeRun],
     say: Callable[[str], None] = lambda _line: None,
+    modes: tuple[str, ...] = COMPILE_MODES,
 ) -> Finding:
     """`finding` (its default-mode compile fix verified, measured by `default_runs`) with the
-    fastest mode that beat the cheaper ones beyond noise as its fix, and the ladder reported."""
+    fastest of `modes` that beat the cheaper ones beyond noise as its fix, and the ladder
+    reported (`modes` narrows the ladder when compile time is scarce)."""
     codemod = codemod_for(RULE)
     assert codemod is not None and finding.fix is not None
     source = GuardedTree(verifier.root).read_text(finding.file)
@@ -110,7 +111,7 @@ def climb(
     rungs = [measure("default", baseline, default_runs)]
     best_mode, best_runs, best_diff = "default", default_runs, finding.fix.diff
     chosen_why = "the default mode: no costlier mode was faster beyond noise"
-    for mode in COMPILE_MODES[1:]:
+    for mode in [m for m in COMPILE_MODES[1:] if m in modes]:
         target = FixTarget.from_finding(finding)
         target = target.model_copy(update={"data": {**target.data, "compile_mode": mode}})
         fixed = codemod.transform(source, target)

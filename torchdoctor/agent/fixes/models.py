@@ -83,8 +83,8 @@ class SmokeRun(_Model):
     detail: str = ""
     losses: list[float] = Field(default_factory=list)
     step_times_s: list[float] = Field(default_factory=list)
-    first_step_s: float | None = None
-    """The first step's time: steady time plus one-off costs (compilation, autotuning)."""
+    wall_s: float | None = None
+    """The whole job's wall time: steady steps plus one-off costs (start-up, compilation)."""
     peak_host_mb: float | None = None
     """Peak resident memory of the run's process tree (compile workers included)."""
     signals: dict[str, Any] = Field(default_factory=dict)

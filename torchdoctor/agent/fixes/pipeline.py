@@ -9,6 +9,7 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
+from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
 from torchdoctor.agent.fixes.combine import combine
 from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
@@ -94,6 +95,7 @@ def propose_and_verify(
     limits: Limits | None = None,
     config: EngineConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    compile_modes: tuple[str, ...] = COMPILE_MODES,
 ) -> list[Finding]:
     """Return `findings` with `fix` filled where a codemod applies, each fix verified alone
     (phase order, earlier phases first) and then in combination with the fixes before it.
@@ -138,7 +140,9 @@ def propose_and_verify(
             }
         )
         if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
-            by_id[finding.id] = climb(verifier, by_id[finding.id], verifier.last_runs, say)
+            by_id[finding.id] = climb(
+                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes
+            )
         if verified:
             specs[finding.id] = spec
     _retry_small_gains(verifier, by_id, specs, say)

@@ -98,7 +98,8 @@ class ProbeRunner:
         except ValidationError as err:
             return SmokeRun(ok=False, detail=f"unreadable evidence document: {err}")
         run = smoke_run_from_evidence(evidence, ranks)
-        return run.model_copy(update={"peak_host_mb": result.usage.peak_memory_mb})
+        usage = result.usage
+        return run.model_copy(update={"peak_host_mb": usage.peak_memory_mb, "wall_s": usage.wall_s})
 
 
 def smoke_run_from_evidence(
@@ -119,7 +120,6 @@ def smoke_run_from_evidence(
         for step, ms in enumerate(evidence.timing.step_ms)
         if ms is not None and step >= 1 and step not in scanned
     ]
-    first = evidence.timing.step_ms[0] if evidence.timing.step_ms else None
     issues = evidence.mode_issues
     signals: dict[str, Any] = {
         "graph_retention": memory.retention.model_dump() if memory.retention else None,
@@ -140,7 +140,6 @@ def smoke_run_from_evidence(
         detail=detail,
         losses=losses,
         step_times_s=steady,
-        first_step_s=first / 1e3 if first is not None else None,
         signals=signals,
         executed_lines=dict(evidence.executed_lines),
     )
