@@ -1,0 +1,173 @@
+"""torch.compile's mode ladder: compile time, break-even step and the noise-model choice, on
+synthetic timing samples (the verifier's runs are scripted; the real runs need a GPU, see
+benchmarks/fix_bench.py); the memory a compile verification is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_fixes_stacked import _finding
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
+from torchdoctor.agent.fixes.compile_ladder import climb, measure, one_off_s
+from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.stacked import stacked_spec
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Finding, Fix, Verification
+from torchdoctor.sandbox.models import Isolation, Job, Limits, RunResult
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "fixes" / "no-torch-compile"
+
+
+def _run(step_ms: float, wall_s: float, jitter: float = 0.01, peak_mb: float = 4096) -> SmokeRun:
+    """Twelve steady steps around `step_ms`, a job of `wall_s` seconds."""
+    offsets = [-2, -1, 0, 0, 1, 2] * 2  # symmetric: the median is `step_ms`
+    times = [step_ms / 1e3 * (1 + jitter * o / 2) for o in offsets]
+    return SmokeRun(ok=True, step_times_s=times, wall_s=wall_s, peak_host_mb=peak_mb)
+
+
+def test_compile_time_is_the_wall_time_beyond_the_steady_steps() -> None:
+    baseline = _run(100.0, wall_s=6.0)  # 13 steps at 0.1 s + 4.7 s of start-up
+    compiled = _run(50.0, wall_s=45.35)  # 13 steps at 0.05 s + the same start-up + 40 s
+    assert one_off_s(baseline) == pytest.approx(4.7)
+    rung = measure("default", baseline, [compiled])
+    assert rung.compile_s == pytest.approx(40.0)
+    assert rung.steady_ms == pytest.approx(50.0)
+    # 40 s of compilation at 50 ms saved per step: paid back from step 801
+    assert rung.break_even_step == 801
+    assert rung.peak_host_gb == pytest.approx(4.0)
+    assert "pays back from step 801" in rung.describe()
+
+
+def test_a_mode_that_is_not_faster_never_pays_back() -> None:
+    rung = measure("reduce-overhead", _run(50.0, wall_s=3.0), [_run(60.0, wall_s=30.0)])
+    assert rung.break_even_step is None
+    assert "never pays back" in rung.describe()
+
+
+class _ScriptedVerifier(Verifier):
+    """The real verifier's bookkeeping with each mode's runs scripted: `verify` records the
+    runs it was given for the mode named in the patch."""
+
+    def __init__(self, root: Path, runs: dict[str, list[SmokeRun] | str]) -> None:
+        super().__init__(root, None, None)
+        self.scripted = runs
+        self._baseline = _run(100.0, wall_s=6.0)
+        self.modes_tried: list[str] = []
+
+    def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
+        mode = next(m for m in self.scripted if f'mode="{m}"' in patch.diff)
+        self.modes_tried.append(mode)
+        outcome = self.scripted[mode]
+        if isinstance(outcome, str):
+            self.last_runs = []
+            return [Verification(step="smoke-run", ok=False, detail=outcome)]
+        self.last_runs = outcome
+        return [Verification(step="speed-up", ok=True, detail="faster")]
+
+
+def _compile_finding(root: Path) -> tuple[FixTarget, Finding]:
+    (root / "before.py").write_text((FIXTURE / "before.py").read_text())
+    finding = _finding("no-torch-compile").model_copy(
+        update={"file": "before.py", "line": 19, "end_line": 19}
+    )
+    fix = Fix(diff="default diff", verified=True, verification=[])
+    return FixTarget.from_finding(finding), finding.model_copy(update={"fix": fix})
+
+
+def test_a_costlier_mode_faster_beyond_noise_is_chosen(tmp_path: Path) -> None:
+    _, finding = _compile_finding(tmp_path)
+    default = [_run(50.0, wall_s=45.0), _run(50.0, wall_s=45.0)]
+    verifier = _ScriptedVerifier(
+        tmp_path,
+        {
+            "max-autotune-no-cudagraphs": [_run(49.8, wall_s=200.0)],  # +0.4%: noise
+            "reduce-overhead": [_run(40.0, wall_s=60.0)],  # -20%
+        },
+    )
+    climbed = climb(verifier, finding, default)
+    assert verifier.modes_tried == ["max-autotune-no-cudagraphs", "reduce-overhead"]
+    assert climbed.fix is not None
+    assert 'mode="reduce-overhead"' in climbed.fix.diff
+    ladder = climbed.fix.verification[-1]
+    assert ladder.step == "compile-ladder" and ladder.ok
+    assert "chosen: reduce-overhead: faster than default beyond noise" in ladder.detail
+    assert "max-autotune-no-cudagraphs: steady step 49.80 ms" in ladder.detail
+    # replaying the fix (combination, apply) must rebuild the chosen mode from the finding
+    assert FixTarget.from_finding(climbed).data["compile_mode"] == "reduce-overhead"
+
+
+def test_a_gain_inside_the_noise_keeps_the_default(tmp_path: Path) -> None:
+    _, finding = _compile_finding(tmp_path)
+    default = [_run(50.0, wall_s=45.0, jitter=0.2)]
+    verifier = _ScriptedVerifier(
+        tmp_path,
+        {
+            "max-autotune-no-cudagraphs": "killed at the time budget",
+            "reduce-overhead": [_run(49.0, wall_s=60.0, jitter=0.2)],
+        },
+        # a 2% gain, steps spread +-20%: not beyond noise
+    )
+    climbed = climb(verifier, finding, default)
+    assert climbed.fix is not None and climbed.fix.diff == "default diff"
+    detail = climbed.fix.verification[-1].detail
+    assert "max-autotune-no-cudagraphs: not verified (smoke-run: killed" in detail
+    assert "chosen: the default mode" in detail
+    assert "compile_mode" not in FixTarget.from_finding(climbed).data
+
+
+def test_the_ladder_can_be_narrowed(tmp_path: Path) -> None:
+    _, finding = _compile_finding(tmp_path)
+    verifier = _ScriptedVerifier(tmp_path, {"reduce-overhead": [_run(40.0, wall_s=60.0)]})
+    climb(verifier, finding, [_run(50.0, wall_s=45.0)], modes=("default", "reduce-overhead"))
+    assert verifier.modes_tried == ["reduce-overhead"]
+
+
+def test_the_codemod_writes_the_chosen_mode() -> None:
+    codemod = codemod_for("no-torch-compile")
+    assert codemod is not None
+    source = (FIXTURE / "before.py").read_text()
+    target = FixTarget(rule="no-torch-compile", file="before.py", line=19, end_line=19)
+    tuned = target.model_copy(update={"data": {"compile_mode": "max-autotune-no-cudagraphs"}})
+    fixed = codemod.transform(source, tuned)
+    assert fixed is not None and 'model.compile(mode="max-autotune-no-cudagraphs")' in fixed
+    unknown = target.model_copy(update={"data": {"compile_mode": "fastest"}})
+    assert codemod.transform(source, unknown) is None
+
+
+class _RecordingSandbox:
+    """Records the job it is given; the job itself is not run (only its limits matter)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    @property
+    def isolation(self) -> Isolation:
+        return Isolation(
+            backend="record", mechanism="rlimits", user="u", network="none", filesystem="copy"
+        )
+
+    def run(self, job: Job) -> RunResult:
+        self.jobs.append(job)
+        return RunResult.sandbox_error("recorded only", self.isolation)
+
+    async def arun(self, job: Job) -> RunResult:
+        return self.run(job)
+
+
+def test_compile_verification_gets_the_compilers_host_memory(tmp_path: Path) -> None:
+    sandbox = _RecordingSandbox()
+    runner = ProbeRunner(sandbox, limits=Limits(memory_mb=8192))
+    runner.run(tmp_path, ["python", "train.py"], 4)
+    codemod = codemod_for("no-torch-compile")
+    assert codemod is not None
+    runner.run(tmp_path, ["python", "train.py"], 4, extra_memory_mb=codemod.extra_host_memory_mb)
+    assert [job.limits.memory_mb for job in sandbox.jobs] == [8192, 8192 + COMPILER_HOST_MB]
+    # a fix measured on top of a compiled stack runs with the compiler's memory too
+    fused = codemod_for("unfused-optimizer")
+    assert fused is not None
+    spec = stacked_spec(FixSpec.of(fused), [_finding("no-torch-compile")])
+    assert spec.extra_memory_mb == COMPILER_HOST_MB
