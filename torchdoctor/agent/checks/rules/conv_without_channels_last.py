@@ -35,7 +35,6 @@ class ConvWithoutChannelsLast(Rule):
     point = 6
     severity = Severity.LOW
     title = "Conv net not in channels_last memory format"
-    fixable = True
     items: ClassVar[tuple[str, ...]] = ("6.2",)
     tier = "opt-in"
 

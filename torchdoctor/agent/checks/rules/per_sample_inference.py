@@ -62,7 +62,6 @@ class PerSampleInference(Rule):
     severity = Severity.LOW
     title = "Inference one sample at a time without CUDA graphs"
     items: ClassVar[tuple[str, ...]] = ("8.2",)
-    fixable = True
     tier = "opt-in"
 
     def applies(self, ctx: ModuleContext) -> bool:
