@@ -7,9 +7,9 @@ from pathlib import Path
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes
 from torchdoctor.agent.fixes.diffs import unified_diff
-from torchdoctor.agent.fixes.models import FixTarget
-from torchdoctor.agent.fixes.verify import FixSpec, Verifier
-from torchdoctor.agent.models import Evidence, Finding, Fix, Severity
+from torchdoctor.agent.fixes.models import FixTarget, Patch
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Verification
 
 SCRIPT = """import torch
 from torch import nn
@@ -91,3 +91,27 @@ def test_a_conflicting_fix_is_dropped_and_says_why(tmp_path: Path) -> None:
     assert result.kept == ["TD-host-sync-in-step"]
     assert "conflicts" in result.dropped["TD-other"]
     assert not notes["TD-other"].ok and notes["TD-host-sync-in-step"].ok
+
+
+class _ClaimRecorder(Verifier):
+    """Records the claim a combination is verified under; every check passes."""
+
+    claims: list[Claim]
+
+    def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
+        self.claims.append(claim)
+        return [Verification(step="smoke-run", ok=True)]
+
+
+def test_a_combination_is_held_to_its_most_severe_fix(tmp_path: Path) -> None:
+    # a LOW fix joining must not turn a LOW finding that a MEDIUM fix's edit brings (e.g.
+    # `@torch.no_grad()` -> no-grad-not-inference-mode) into a regression of the whole set
+    (tmp_path / "train.py").write_text(SCRIPT)
+    medium = codemod_finding("no-amp", 9).model_copy(update={"severity": Severity.MEDIUM})
+    low = codemod_finding("host-sync-in-step", 15)
+    verifier = _ClaimRecorder(tmp_path, None, None)
+    verifier.claims = []
+    spec = FixSpec.of(codemod_for("host-sync-in-step"))  # type: ignore[arg-type]
+    combination, _ = combine(verifier, [(medium, spec), (low, spec)])
+    assert sorted(combination.kept) == sorted([medium.id, low.id])
+    assert [c.severity for c in verifier.claims] == [Severity.MEDIUM]

@@ -128,9 +128,13 @@ def combine(
                     diff=diff,
                     files=sorted(texts),
                 ),
+                # each fix alone already introduced nothing at or above its own severity; the
+                # combination is held to its most severe fix, so a low-severity fix does not
+                # lower the bar for what the others' edits bring (a LOW finding that a HIGH
+                # fix's edit raises is that fix's accepted trade, not a regression of the set)
                 Claim(
                     rules=frozenset(f.rule for f, _ in kept),
-                    severity=min((f.severity for f, _ in kept), key=lambda s: s.rank),
+                    severity=max((f.severity for f, _ in kept), key=lambda s: s.rank),
                 ),
                 _joint_spec([s for _, s in kept]),
             )
