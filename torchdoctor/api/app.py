@@ -25,11 +25,12 @@ from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.executor import Executor, executor_for
 from torchdoctor.api.models import SubmitFiles
-from torchdoctor.api.routes import approvals, audits, results, sessions
+from torchdoctor.api.routes import approvals, audits, results, review, sessions
 from torchdoctor.api.session_driver import session_service
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.store import Store
+from torchdoctor.api.web.pages import mount_review_page
 
 DESCRIPTION = """\
 Submit PyTorch code, follow its 12-point audit live, approve the verified fixes, fetch the
@@ -151,7 +152,9 @@ def create_app(
     app.include_router(results.router)
     app.include_router(approvals.router)
     app.include_router(sessions.router)
+    app.include_router(review.router)
     app.include_router(ops.router)
+    mount_review_page(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

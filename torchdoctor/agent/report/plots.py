@@ -68,7 +68,7 @@ def svg_curve(points: list[tuple[int, float]], title: str, *, log_scale: bool = 
     )
 
 
-def _spans_decades(points: list[tuple[int, float]]) -> bool:
+def spans_decades(points: list[tuple[int, float]]) -> bool:
     positive = [v for _, v in points if v > 0]
     return len(positive) == len(points) and max(positive) / min(positive) >= 100
 
@@ -88,7 +88,7 @@ def write_run_plots(report: AuditReport, directory: Path, stem: str) -> dict[int
             if len(points) < 2:
                 continue
             name = f"{stem}.run{index + 1}.{key.replace('_', '-')}.svg"
-            svg = svg_curve(points, title, log_scale=_spans_decades(points))
+            svg = svg_curve(points, title, log_scale=spans_decades(points))
             (directory / name).write_text(svg, encoding="utf-8")
             setattr(plots, key, name)
         if plots.loss or plots.grad_norm:

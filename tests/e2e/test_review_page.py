@@ -1,0 +1,205 @@
+"""The review page in a real browser: Debian's headless Chromium, driven by Playwright, against a
+real `torchdoctor serve` on 127.0.0.1.
+
+One server and one browser for the module. The user signs in with an API key, submits the
+bundled buggy example (a folder, with a run), watches the twelve points complete, approves a
+verified fix, opens a finding, sees the run's plots and data-flow diagram, and downloads a patch
+that applies to the code as submitted. A file with markup in its name must show as text and run
+nothing. A second tenant's key sees none of it. Each step's screenshot is saved under the test's
+tmp dir and checked not blank (pixel variance).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.server import Server
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+ImageStat = pytest.importorskip("PIL.ImageStat", reason="pillow is not installed")
+Image = pytest.importorskip("PIL.Image", reason="pillow is not installed")
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "train_buggy.py"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A real file name can carry markup: it must reach the page as text and run nothing.
+HOSTILE_NAME = "x<img src=x onerror=window.__pwned=1>.py"
+HOSTILE_CODE = "import torch\n\nstate = torch.load('weights.pt')\n"
+AUDIT_S = 240_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("review-home")
+    running = Server(
+        home,
+        f"sqlite:///{home / 'api.sqlite'}",
+        {"TORCHDOCTOR_RATE_LIMIT_PER_MINUTE": "2000", "TORCHDOCTOR_AUDIT_WORKERS": "1"},
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/apt-packages.txt lists it)")
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Shots:
+    """Screenshots of each step, saved and checked not blank."""
+
+    def __init__(self, page: Any, folder: Path) -> None:
+        self.page, self.folder, self.count = page, folder, 0
+        folder.mkdir(exist_ok=True)
+
+    def take(self, name: str) -> Path:
+        self.count += 1
+        path = self.folder / f"{self.count:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        with Image.open(path) as image:
+            spread = ImageStat.Stat(image.convert("L")).stddev[0]
+        assert spread > 8.0, f"{path.name} looks blank (grey-level spread {spread:.1f})"
+        return path
+
+
+def sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(url)
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("#workspace").wait_for(state="visible")
+
+
+def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) -> None:
+    code = tmp_path / "project"
+    code.mkdir()
+    shutil.copy(EXAMPLE, code / "train_buggy.py")
+    (code / HOSTILE_NAME).write_text(HOSTILE_CODE)
+    key = server.key("acme")
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    shots = Shots(page, tmp_path / "screenshots")
+
+    response = page.goto(server.url)
+    assert response is not None and response.ok
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-eval" not in policy
+    shots.take("sign-in")
+    page.get_by_label("API key").fill("td_not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("This API key is unknown or revoked.").wait_for()
+    sign_in(page, server.url, key)
+
+    page.locator("#folder").set_input_files(str(code))
+    page.get_by_label("Run in the sandbox (optional)").fill("python train_buggy.py")
+    page.get_by_label("Steps per run").fill("6")
+    page.get_by_role("button", name="Start the audit").click()
+    page.locator("#audit-state").wait_for(state="visible")
+    audit_id = page.locator("#audit-id").inner_text()
+    assert len(audit_id) == 32, audit_id
+
+    done_points = page.locator('#board [data-point][data-done="true"]')
+    done_points.first.wait_for(timeout=AUDIT_S)
+    shots.take("points-completing")
+    page.locator("#approval").wait_for(state="visible", timeout=AUDIT_S)
+    assert done_points.count() == 12
+    assert page.locator("#audit-state").inner_text() == "waiting-approval"
+    shots.take("approval")
+
+    change = page.locator("#changes article").filter(has_text="zero-grad-missing").first
+    chosen = change.get_attribute("data-finding")
+    assert chosen is not None
+    assert change.locator("td.add").filter(has_text="zero_grad").count() >= 1
+    change.get_by_role("button", name="Approve").click()
+    change.get_by_label("Comment").fill("checked in the browser")
+    page.get_by_role("button", name="Send decisions").click()
+    page.locator("#audit-state.done").wait_for(timeout=AUDIT_S)
+
+    page.locator(f'#findings [data-open="{chosen}"]').wait_for()
+    page.get_by_label("Severity").select_option("critical")
+    shown = page.locator("#findings tbody tr")
+    assert shown.count() >= 1
+    assert all(
+        "critical" in row.locator("td").first.inner_text() for row in shown.all()
+    ), "the severity filter let other severities through"
+    page.get_by_label("Severity").select_option("")
+    page.locator(f'#findings [data-open="{chosen}"]').click()
+    detail = page.locator("#finding")
+    detail.wait_for(state="visible")
+    assert "zero-grad-missing" in detail.inner_text()
+    assert detail.locator("pre.excerpt").first.inner_text().strip().startswith(
+        tuple(">0123456789 ")
+    )
+    assert "Why it matters" in detail.inner_text()
+    shots.take("finding")
+
+    hostile = page.locator("#findings code").filter(has_text=HOSTILE_NAME)
+    assert hostile.count() >= 1, "the hostile file's finding is not listed as text"
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#findings img").count() == 0
+
+    page.locator('#runs img[data-plot="loss"]').wait_for(timeout=30_000)
+    page.locator("#runs img[data-diagram]").first.wait_for(timeout=60_000)
+    assert page.evaluate(
+        "[...document.querySelectorAll('#runs img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert page.locator("#coverage tbody tr").count() >= 40
+    page.locator("#runs").scroll_into_view_if_needed()
+    shots.take("runs-and-coverage")
+
+    with page.expect_download() as fetched:
+        page.get_by_role("button", name="Patch").click()
+    patch = tmp_path / "audit.patch"
+    fetched.value.save_as(patch)
+    assert "zero_grad" in patch.read_text()
+    subprocess.run(["git", "apply", "--check", str(patch)], cwd=code, check=True)
+    with page.expect_download() as fetched:
+        page.get_by_role("button", name="Report (JSON)").click()
+    report = json.loads(Path(fetched.value.path()).read_text())
+    assert chosen in {f["id"] for f in report["findings"]}
+    assert errors == [], errors
+    context.close()
+
+    other = browser.new_context(viewport={"width": 1400, "height": 800})
+    stranger = other.new_page()
+    sign_in(stranger, server.url, server.key("globex"))
+    stranger.locator("#audit-list-empty").wait_for(state="visible")
+    assert stranger.locator("#audit-list li").count() == 0
+    status = stranger.evaluate(
+        """async (id) => (await fetch('/v1/audits/' + id, {headers: {Authorization:
+        'Bearer ' + sessionStorage.getItem('torchdoctor.key')}})).status""",
+        audit_id,
+    )
+    assert status == 404
+    Shots(stranger, tmp_path / "screenshots-other").take("other-tenant")
+    other.close()
