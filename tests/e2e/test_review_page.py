@@ -149,16 +149,16 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     page.get_by_label("Severity").select_option("critical")
     shown = page.locator("#findings tbody tr")
     assert shown.count() >= 1
-    assert all(
-        "critical" in row.locator("td").first.inner_text() for row in shown.all()
-    ), "the severity filter let other severities through"
+    assert all("critical" in row.locator("td").first.inner_text() for row in shown.all()), (
+        "the severity filter let other severities through"
+    )
     page.get_by_label("Severity").select_option("")
     page.locator(f'#findings [data-open="{chosen}"]').click()
     detail = page.locator("#finding")
     detail.wait_for(state="visible")
     assert "zero-grad-missing" in detail.inner_text()
-    assert detail.locator("pre.excerpt").first.inner_text().strip().startswith(
-        tuple(">0123456789 ")
+    assert (
+        detail.locator("pre.excerpt").first.inner_text().strip().startswith(tuple(">0123456789 "))
     )
     assert "Why it matters" in detail.inner_text()
     shots.take("finding")

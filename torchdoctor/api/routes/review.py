@@ -71,9 +71,7 @@ def get_checklist(_: Caller, lang: Lang = "en") -> Checklist:
             for p in PHASES
         ],
         points=[
-            ChecklistPoint(
-                number=p.number, phase=p.phase, title=p.title_fr if fr else p.title_en
-            )
+            ChecklistPoint(number=p.number, phase=p.phase, title=p.title_fr if fr else p.title_en)
             for p in POINTS
         ],
         items=[
