@@ -12,6 +12,7 @@ tmp dir and checked not blank (pixel variance).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -42,8 +43,11 @@ CHROMIUM_FLAGS = [
 ]
 # A real file name can carry markup: it must reach the page as text and run nothing.
 HOSTILE_NAME = "x<img src=x onerror=window.__pwned=1>.py"
-HOSTILE_CODE = "import torch\n\nstate = torch.load('weights.pt')\n"
-AUDIT_S = 240_000
+HOSTILE_CODE = (
+    "import torch\n\nmodel = torch.nn.Linear(2, 2)\nout = model.forward(torch.randn(1, 2))\n"
+)
+AUDIT_S = 600_000
+NUMBERED = re.compile(r"^[> ] *\d+ \| ")
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +161,8 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     detail = page.locator("#finding")
     detail.wait_for(state="visible")
     assert "zero-grad-missing" in detail.inner_text()
-    assert (
-        detail.locator("pre.excerpt").first.inner_text().strip().startswith(tuple(">0123456789 "))
-    )
+    excerpt = detail.locator("pre.excerpt").first.inner_text()
+    assert all(NUMBERED.match(line) for line in excerpt.splitlines()), excerpt
     assert "Why it matters" in detail.inner_text()
     shots.take("finding")
 

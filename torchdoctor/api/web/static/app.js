@@ -135,6 +135,7 @@ async function signIn(key) {
     say("sign-in-error", "");
     fillPointFilter();
     showAuditList(audits);
+    detectSessions();
     return true;
   } catch (err) {
     state.key = null;
@@ -766,11 +767,37 @@ function resetChat() {
   say("chat-status", "");
 }
 
-function chatLine(who, text) {
-  const log = $("chat-log");
-  log.append(el("li", {}, el("span", { class: who === "you" ? "you" : "td" },
-    who === "you" ? "you: " : "torchdoctor:"), who === "you" ? text : el("pre", {}, text)));
-  log.scrollTop = log.scrollHeight;
+/** One block of a session message (text, table, diff, code), rendered as text. */
+function chatBlock(block) {
+  if (block.kind === "table") {
+    return el("table", { class: "grid" },
+      block.title ? el("caption", {}, block.title) : null,
+      el("thead", {}, el("tr", {}, block.columns.map((c) => el("th", { scope: "col" }, c)))),
+      el("tbody", {}, block.rows.map((row) => el("tr", {}, row.map((c) => el("td", {}, c))))));
+  }
+  if (block.kind === "diff") {
+    return el("div", {}, block.title ? el("p", {}, block.title) : null, diffTables(block.diff));
+  }
+  if (block.kind === "code") {
+    return el("div", {}, block.title ? el("p", {}, block.title) : null, el("pre", {}, block.text));
+  }
+  return el("p", { class: block.tone === "error" ? "error" : block.tone === "note" ? "help" : "" },
+    String(block.text ?? ""));
+}
+
+function chatMessage(message) {
+  const mine = message.role === "user";
+  $("chat-log").append(el("li", { class: mine ? "you" : "td", "data-message": message.id ?? null },
+    el("span", { class: "who" }, mine ? "you" : "torchdoctor"),
+    (message.blocks || []).map(chatBlock)));
+  $("chat-log").scrollTop = $("chat-log").scrollHeight;
+}
+
+async function sessionFor(auditId) {
+  if (!state.session || state.session.audit_id !== auditId) {
+    state.session = await postJson("/v1/sessions", { audit_id: auditId });
+  }
+  return state.session;
 }
 
 async function sendChat(event) {
@@ -779,18 +806,28 @@ async function sendChat(event) {
   const text = input.value.trim();
   if (!text || !state.auditId) return;
   input.value = "";
-  chatLine("you", text);
+  chatMessage({ role: "user", blocks: [{ kind: "text", text }] });
   try {
-    if (!state.session) {
-      state.session = await postJson("/v1/sessions", { audit_id: state.auditId });
+    const session = await sessionFor(state.auditId);
+    const replies = await postJson(
+      `/v1/sessions/${encodeURIComponent(session.id)}/messages`, { text });
+    for (const message of Array.isArray(replies) ? replies : [replies]) {
+      if (message.role !== "user") chatMessage(message);
     }
-    const reply = await postJson(
-      `/v1/sessions/${encodeURIComponent(state.session.id)}/messages`, { text });
-    chatLine("torchdoctor", reply.text);
     say("chat-status", "");
     scheduleRefresh(200);
   } catch (err) {
     say("chat-status", `Chat: ${err.message}`);
+  }
+}
+
+/** The chat panel shows only where the server has the session API. */
+async function detectSessions() {
+  try {
+    await api("/v1/sessions");
+    $("chat").hidden = false;
+  } catch (_) {
+    $("chat").hidden = true;
   }
 }
 
