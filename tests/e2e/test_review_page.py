@@ -166,6 +166,12 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     assert "Why it matters" in detail.inner_text()
     shots.take("finding")
 
+    page.get_by_label("Command or question").fill(f"show {chosen}")
+    page.get_by_role("button", name="Send", exact=True).click()
+    answer = page.locator("#chat-log li.td").first
+    answer.wait_for(timeout=60_000)
+    assert "zero-grad-missing" in answer.inner_text() and answer.locator("pre").count() >= 1
+
     hostile = page.locator("#findings code").filter(has_text=HOSTILE_NAME)
     assert hostile.count() >= 1, "the hostile file's finding is not listed as text"
     assert page.evaluate("window.__pwned") is None

@@ -92,6 +92,11 @@ async function followEvents(auditId, after, onEvent, signal) {
     headers: { "Last-Event-ID": String(after) },
     signal,
   });
+  return readEvents(response, after, onEvent);
+}
+
+/** Reads an SSE body: onEvent(kind, data, id) per event; events without an id count too. */
+async function readEvents(response, after, onEvent) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let last = after;
@@ -111,8 +116,8 @@ async function followEvents(auditId, after, onEvent, signal) {
         const data = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
         fields[name] = name in fields ? `${fields[name]}\n${data}` : data;
       }
-      if (fields.id === undefined) continue;
-      last = Number(fields.id);
+      if (fields.data === undefined) continue;
+      if (fields.id !== undefined) last = Number(fields.id);
       let data = {};
       try { data = JSON.parse(fields.data || "{}"); } catch (_) { /* keep {} */ }
       onEvent(fields.event || "message", data, last);
@@ -146,6 +151,7 @@ async function signIn(key) {
 
 function signOut(reason) {
   stopFollowing();
+  resetChat();
   sessionStorage.removeItem(KEY_STORE);
   Object.assign(state, { key: null, auditId: null, audit: null, findings: [], session: null });
   state.rules.clear();
@@ -762,6 +768,7 @@ async function download(kind) {
 // ---- chat (the session API) ----------------------------------------------------------------
 
 function resetChat() {
+  if (state.session && state.session.stream) state.session.stream.abort();
   state.session = null;
   clear($("chat-log"));
   say("chat-status", "");
@@ -786,18 +793,41 @@ function chatBlock(block) {
 }
 
 function chatMessage(message) {
+  if (state.session) {
+    if (state.session.shown.has(message.id)) return;
+    state.session.shown.add(message.id);
+  }
   const mine = message.role === "user";
-  $("chat-log").append(el("li", { class: mine ? "you" : "td", "data-message": message.id ?? null },
+  $("chat-log").append(el("li", { class: mine ? "you" : "td", "data-message": message.id },
     el("span", { class: "who" }, mine ? "you" : "torchdoctor"),
     (message.blocks || []).map(chatBlock)));
   $("chat-log").scrollTop = $("chat-log").scrollHeight;
 }
 
+/** The audit's session, opened on first use; its event stream brings the answers of long
+ * commands (run, fix, apply) when their audit ends. */
 async function sessionFor(auditId) {
-  if (!state.session || state.session.audit_id !== auditId) {
-    state.session = await postJson("/v1/sessions", { audit_id: auditId });
+  if (!state.session || state.session.view.audit_id !== auditId) {
+    const view = await postJson("/v1/sessions", { audit_id: auditId });
+    const stream = new AbortController();
+    state.session = { view, stream, shown: new Set() };
+    followSession(view.id, stream.signal).catch((err) => {
+      if (err.name !== "AbortError") say("chat-status", `Chat stream: ${err.message}`);
+    });
   }
-  return state.session;
+  return state.session.view;
+}
+
+async function followSession(sessionId, signal) {
+  const response = await api(`/v1/sessions/${encodeURIComponent(sessionId)}/events`, { signal });
+  await readEvents(response, 0, (kind, data) => {
+    if (kind === "message") chatMessage(data);
+    else if (kind === "state") say("chat-status", data.busy ? "working…" : "");
+    else if (kind === "progress") {
+      const line = describeEvent(data.kind, data.data || {});
+      if (line) say("chat-status", line);
+    }
+  });
 }
 
 async function sendChat(event) {
@@ -806,14 +836,11 @@ async function sendChat(event) {
   const text = input.value.trim();
   if (!text || !state.auditId) return;
   input.value = "";
-  chatMessage({ role: "user", blocks: [{ kind: "text", text }] });
   try {
     const session = await sessionFor(state.auditId);
-    const replies = await postJson(
+    const added = await postJson(
       `/v1/sessions/${encodeURIComponent(session.id)}/messages`, { text });
-    for (const message of Array.isArray(replies) ? replies : [replies]) {
-      if (message.role !== "user") chatMessage(message);
-    }
+    for (const message of added) chatMessage(message);
     say("chat-status", "");
     scheduleRefresh(200);
   } catch (err) {
