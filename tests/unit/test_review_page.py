@@ -5,7 +5,9 @@ with the security headers, name no other origin (it works offline), and the rout
 from __future__ import annotations
 
 import re
-from pathlib import Path
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +17,13 @@ from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.web.pages import STATIC
 
-ASSETS = ["/", "/static/app.js", "/static/app.css", "/static/vendor/mermaid.tiny.js"]
+ASSETS = [
+    "/",
+    "/static/app.js",
+    "/static/app.css",
+    "/static/vendor/mermaid.tiny.js",
+    "/static/favicon.svg",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +60,20 @@ def test_the_page_names_no_other_origin_and_no_inline_script() -> None:
     assert (STATIC / "vendor" / "mermaid.LICENSE").is_file()
 
 
-def test_static_files_are_package_data() -> None:
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"torchdoctor.api.web" = ["static/*.html", "static/*.js", "static/*.css", ' in pyproject
+def _declared(rel: PurePosixPath, pattern: str) -> bool:
+    parts = PurePosixPath(pattern).parts
+    return len(parts) == len(rel.parts) and all(map(fnmatch, rel.parts, parts))
+
+
+def test_every_static_file_is_package_data() -> None:
+    """The wheel carries every file the page loads (setuptools package-data globs)."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["torchdoctor.api.web"]
+    files = [p.relative_to(STATIC.parent) for p in STATIC.rglob("*") if p.is_file()]
+    assert len(files) >= 6
+    for rel in files:
+        posix = PurePosixPath(rel.as_posix())
+        assert any(_declared(posix, pattern) for pattern in patterns), rel
 
 
 def test_review_routes_need_a_key(client: TestClient) -> None:

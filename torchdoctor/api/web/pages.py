@@ -23,7 +23,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' blob: data:",
+        "img-src 'self' blob:",
         "font-src 'self'",
         "connect-src 'self'",
         "form-action 'self'",

@@ -212,6 +212,8 @@ async function folderFiles(fileList) {
 
 function auditOptions() {
   const options = { offline: $("offline").checked, fix: $("want-fixes").checked };
+  const ignore = $("ignore").value.split(/[\s,]+/).filter(Boolean);
+  if (ignore.length) options.ignore = ignore;
   const command = $("run-command").value.trim();
   if (command) {
     options.run = [command];
@@ -697,7 +699,8 @@ async function drawRuns(runs) {
       }));
     }
     if (run.dataflow_mermaid) {
-      drawMermaid(diagram, run.dataflow_mermaid, `flow-${run.index}`).catch((err) => {
+      diagramCount += 1;
+      drawMermaid(diagram, run.dataflow_mermaid, `flow-${diagramCount}`).catch((err) => {
         diagram.append(el("p", { class: "error" }, `Diagram not drawn: ${err.message}`));
       });
     }
@@ -705,6 +708,7 @@ async function drawRuns(runs) {
 }
 
 let mermaidReady = null;
+let diagramCount = 0;
 
 /** Mermaid is loaded on first use (it is large) from this server, never a CDN. */
 function loadMermaid() {
@@ -716,6 +720,7 @@ function loadMermaid() {
           startOnLoad: false,
           securityLevel: "strict",
           theme: "neutral",
+          htmlLabels: false,
           flowchart: { htmlLabels: false },
         });
         resolve(window.mermaid);
@@ -727,18 +732,27 @@ function loadMermaid() {
   return mermaidReady;
 }
 
-/** The diagram is drawn as an image (an SVG in an <img>): nothing in it can run. */
+/** The diagram is drawn as an image (an SVG in an <img>): nothing in it can run. Mermaid's
+ * output is HTML-flavoured (`<br>` in labels); parsed as HTML and serialised as XML it becomes
+ * a well-formed SVG document an <img> accepts. */
 async function drawMermaid(container, text, id) {
   const mermaid = await loadMermaid();
   const { svg } = await mermaid.render(id, text);
+  const parsed = new DOMParser().parseFromString(svg, "text/html").querySelector("svg");
+  if (!parsed) throw new Error("mermaid drew nothing");
+  const box = (parsed.getAttribute("viewBox") || "").split(/\s+/).map(Number);
   const image = el("img", {
     alt: "Data-flow diagram of one training step (its Mermaid source is below)",
     "data-diagram": id,
   });
-  const parsed = new DOMParser().parseFromString(svg, "image/svg+xml").documentElement;
-  const box = (parsed.getAttribute("viewBox") || "").split(/\s+/).map(Number);
-  if (box.length === 4 && box[2] > 0) image.width = Math.round(box[2]);
-  image.src = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
+  if (box.length === 4 && box[2] > 0) {
+    parsed.setAttribute("width", String(Math.ceil(box[2])));
+    parsed.setAttribute("height", String(Math.ceil(box[3])));
+    image.width = Math.ceil(box[2]);
+  }
+  const xml = new XMLSerializer().serializeToString(parsed);
+  image.src = URL.createObjectURL(new Blob([xml], { type: "image/svg+xml" }));
+  await image.decode();
   container.append(image);
 }
 
