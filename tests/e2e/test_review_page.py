@@ -166,7 +166,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     assert "zero-grad-missing" in detail.inner_text()
     excerpt = detail.locator("pre.excerpt").first.inner_text()
     assert all(NUMBERED.match(line) for line in excerpt.splitlines()), excerpt
-    assert "Why it matters" in detail.inner_text()
+    assert "About this rule" in detail.inner_text()
     shots.take("finding")
 
     page.get_by_label("Command or question").fill(f"show {chosen}")

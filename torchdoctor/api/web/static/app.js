@@ -602,7 +602,7 @@ async function showFinding(findingId) {
         items.length ? items.map((i) => `${i.id} ${i.title}`).join(" · ") : "—")),
   );
   if (rule && rule.doc) {
-    box.append(el("h4", {}, "Why it matters"), el("p", { class: "doc" }, rule.doc));
+    box.append(el("h4", {}, "About this rule"), el("p", { class: "doc" }, rule.doc));
   }
   box.append(el("h4", {}, `Evidence (${finding.evidence.length})`));
   const evidence = el("ul", { class: "evidence" });
