@@ -43,9 +43,10 @@ sys.path.insert(0, str(ROOT))
 from torchdoctor.agent.checks.base import EngineConfig  # noqa: E402
 from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
 from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
-from torchdoctor.agent.fixes import apply_fixes, propose_and_verify  # noqa: E402
+from torchdoctor.agent.fixes.apply import apply_fixes  # noqa: E402
 from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # noqa: E402
+from torchdoctor.agent.fixes.pipeline import propose_and_verify  # noqa: E402
 from torchdoctor.agent.fixes.stats import speed_up, trajectories_match  # noqa: E402
 from torchdoctor.agent.models import Finding  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402

@@ -20,8 +20,9 @@ sys.path.insert(0, str(REPO))
 
 from torchdoctor.agent.audit import build_context, run_config  # noqa: E402
 from torchdoctor.agent.durable import open_store  # noqa: E402
-from torchdoctor.agent.graph import build_graph, graph  # noqa: E402
+from torchdoctor.agent.graph import build_graph  # noqa: E402
 from torchdoctor.agent.options import AuditOptions  # noqa: E402
+from torchdoctor.agent.studio import graph  # noqa: E402
 
 SOURCES = sorted((REPO / "examples").glob("*.py")) + sorted(
     (REPO / "tests" / "fixtures" / "llm").glob("*.py")

@@ -64,7 +64,8 @@ def test_fix_is_verified_then_applied_then_undone_byte_exact(repo: Path) -> None
     assert applied.returncode == 0, applied.stderr
     assert b"zero_grad" in (repo / "train.py").read_bytes()
 
-    refused = torchdoctor("audit", str(repo), *run, "--apply", "--yes")
+    # The dirty tree is refused before anything is written; no run is needed to show it.
+    refused = torchdoctor("audit", str(repo), "--no-ledger", "--apply", "--yes")
     assert refused.returncode == 2 and "uncommitted changes" in refused.stderr
 
     restored = torchdoctor("undo", str(repo))

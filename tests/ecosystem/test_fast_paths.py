@@ -1,19 +1,24 @@
 """What keeps a pre-commit audit fast: no `--version` subprocess for peers that are this
-environment's own, no durable checkpoints for an audit that is cheaper to redo than to resume.
-(The figures are printed by benchmarks/latency.py.)"""
+environment's own, no durable checkpoints for an audit that is cheaper to redo than to resume,
+no LangGraph (nor libcst) for a static-only audit, which still gets the graph's report and
+ledger. (The figures are printed by benchmarks/latency.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import torchdoctor.agent.checks.linters.base as linter_base
 from tests.conftest import EXAMPLES
-from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.audit import AuditOptions, build_context, run_audit, run_config
 from torchdoctor.agent.checks.linters.bandit import BanditAdapter
 from torchdoctor.agent.checks.linters.ruff import RuffAdapter
 
@@ -51,3 +56,76 @@ def test_static_audit_keeps_no_durable_checkpoint(tmp_path: Path) -> None:
     assert report.findings
     home = Path(os.environ["TORCHDOCTOR_HOME"])
     assert not (home / "checkpoints.sqlite").exists()
+
+
+def _comparable(report: dict[str, Any]) -> dict[str, Any]:
+    provenance = report["provenance"]
+    for key in ("started_at", "duration_s"):
+        provenance.pop(key)
+    return report
+
+
+def test_the_static_path_gives_the_graph_paths_report_and_ledger(tmp_path: Path) -> None:
+    """Same nodes, same folding: the LangGraph-free path and the compiled graph agree, on a
+    folder with findings in every phase and a status the user set in the ledger."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from torchdoctor.agent.graph import build_graph
+    from torchdoctor.agent.static_path import run_static_path
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("train_buggy.py", "serve_model.py", "leaky_tabular.py"):
+        shutil.copyfile(EXAMPLES / name, project / name)
+    options = AuditOptions(target=project)
+    run_audit(options)
+    ledger = project / "ISSUES.md"
+    marked = ledger.read_text(encoding="utf-8").replace(
+        "- Status: open", "- Status: wont-fix — on purpose", 1
+    )
+    outcomes = []
+    for path in ("graph", "static"):
+        ledger.write_text(marked, encoding="utf-8")
+        first: dict[str, Any] = {"audit_id": "same-audit", "options": options}
+        context = build_context(options)
+        if path == "graph":
+            app = build_graph(InMemorySaver())
+            state = app.invoke(first, run_config("same-audit"), context=context)
+        else:
+            state = dict(run_static_path(first, context))
+        stamp = re.compile(r"\d{4}-\d\d-\d\dT[\d:]+\S*|\d+(\.\d+)? s\b")
+        outcomes.append(
+            (
+                _comparable(state["report"].model_dump(mode="json")),
+                stamp.sub("<time>", ledger.read_text(encoding="utf-8")),
+                state["trace"],
+            )
+        )
+    (graph_report, graph_ledger, graph_trace), (report, ledger_text, trace) = outcomes
+    assert report["findings"] and any(f["status"] == "wont-fix" for f in report["findings"])
+    assert {f["phase"] for f in report["findings"]} >= {1, 2, 3}
+    assert report == graph_report
+    assert ledger_text == graph_ledger
+    assert sorted(trace) == sorted(graph_trace)
+
+
+def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(tmp_path: Path) -> None:
+    target = tmp_path / "train.py"
+    shutil.copyfile(EXAMPLES / "train_buggy.py", target)
+    probe = (
+        "import sys, runpy; sys.argv = ['torchdoctor', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('torchdoctor', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'langgraph', 'langchain_core', "
+        "'libcst', 'torch'})\n"
+        "print(heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "audit", str(target), "--no-ledger", "-f", "json", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["findings"]
+    assert done.stderr.strip().splitlines()[-1] == "[]"

@@ -12,9 +12,9 @@ import torch
 
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.registry import rules_by_id
-from torchdoctor.agent.fixes import propose_and_verify
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
+from torchdoctor.agent.fixes.pipeline import propose_and_verify
 from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Finding, Severity, Status

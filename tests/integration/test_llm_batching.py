@@ -21,12 +21,12 @@ from tests.llm_stub_server import Reply, StubLLM, tokens
 from tests.llm_workspace import FIXTURES, copy_fixture, point_requests
 from torchdoctor.agent.checklist import PHASES
 from torchdoctor.agent.context import AuditContext
-from torchdoctor.agent.graph import graph
 from torchdoctor.agent.options import AuditOptions
 from torchdoctor.agent.reasoning.base import PointRequest, PointResult
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.studio import graph
 from torchdoctor.agent.workspace import load_workspace
 
 ASKED = re.compile(r"^Review checklist points? ([\d, ]+)\.", re.MULTILINE)

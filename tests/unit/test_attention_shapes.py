@@ -123,7 +123,7 @@ def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:
 
 
 def test_the_fix_stage_records_why_a_shape_is_not_fixed(tmp_path: Path) -> None:
-    from torchdoctor.agent.fixes import propose_and_verify
+    from torchdoctor.agent.fixes.pipeline import propose_and_verify
     from torchdoctor.agent.models import Evidence, Finding, Severity
 
     source = (SHAPES / "softcapping.py").read_text()

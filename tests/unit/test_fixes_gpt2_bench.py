@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,12 +39,16 @@ def _bench() -> ModuleType:
 
 
 def _losses(script: Path) -> list[float]:
+    # torch.compile is a no-op here: inductor's C++ build on CPU costs more than the rest of
+    # this module, and compiling keeps the losses by torch's own contract; what is checked is
+    # that the codemods' rewrites (fused optimizer, detach, autocast, SDPA, ...) keep them.
     done = subprocess.run(
         [sys.executable, str(script), "--tiny", "--steps", "4", "--warmup", "1"],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
+        env={**os.environ, "TORCHDYNAMO_DISABLE": "1"},
     )
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert lines[-1]["tokens_per_s"] > 0

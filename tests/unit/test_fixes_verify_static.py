@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from torchdoctor.agent.fixes import FixKind, Patch, verify_patch
 from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import FixKind, Patch
+from torchdoctor.agent.fixes.pipeline import verify_patch
 from torchdoctor.agent.fixes.verify import NO_RUN
 from torchdoctor.agent.models import Evidence, Finding, Severity, Status
 

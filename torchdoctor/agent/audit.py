@@ -34,7 +34,7 @@ from torchdoctor.agent.probing import split_command
 from torchdoctor.agent.reasoning.base import Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.safefs import GuardedTree, display_name
-from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest
+from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest, AuditState
 from torchdoctor.agent.workspace import InputError, Workspace
 from torchdoctor.sandbox.workspace import sweep_stale_copies
 
@@ -174,15 +174,16 @@ def run_audit(
     context = build_context(options, progress)
     durable = worth_resuming(options, context)
     context.emit({"event": "audit", "audit_id": audit_id, "durable": durable})
+    first: dict[str, Any] = {"audit_id": audit_id, "options": options}
+    if not durable:
+        # Nothing to run, fix, approve or resume: the graph's nodes without LangGraph.
+        from torchdoctor.agent.static_path import run_static_path
+
+        return outcome_of(audit_id, run_static_path(first, context), None)
     # LangGraph loads here, once the peers' subprocesses are already running.
     from torchdoctor.agent.durable import open_store
     from torchdoctor.agent.graph import build_graph
 
-    first: dict[str, Any] = {"audit_id": audit_id, "options": options}
-    if not durable:
-        from langgraph.checkpoint.memory import InMemorySaver
-
-        return _drive(build_graph(InMemorySaver()), first, audit_id, context, approver)
     with open_store() as store:
         store.record(audit_id, str(options.target))
         return _drive(build_graph(store.saver), first, audit_id, context, approver)
@@ -228,8 +229,6 @@ def _drive(
 ) -> AuditOutcome:
     from langgraph.types import Command
 
-    from torchdoctor.agent.graph import writable_ledger
-
     config = run_config(audit_id)
     step: dict[str, Any] | Command[Any] | None = first
     while True:
@@ -244,7 +243,13 @@ def _drive(
         if question is None or approver is None:
             break
         step = Command(resume=approver(question))
-    values = snapshot.values
+    return outcome_of(audit_id, snapshot.values, question)
+
+
+def outcome_of(audit_id: str, values: AuditState, question: ApprovalRequest | None) -> AuditOutcome:
+    """What the caller gets of an audit's final state (or of its state at the question)."""
+    from torchdoctor.agent.graph import writable_ledger
+
     applied = values.get("applied")
     refused = (applied.answer.refused or applied.result.refused) if applied else None
     return AuditOutcome(

@@ -356,7 +356,7 @@ def undo(
 ) -> None:
     """Restore, byte for byte, the files the last `audit --apply` on PATH changed."""
     from torchdoctor.agent.config import find_project_root
-    from torchdoctor.agent.fixes import undo as undo_fixes
+    from torchdoctor.agent.fixes.apply import undo as undo_fixes
 
     if not path.exists():
         raise _fail(f"{path}: no such file or folder")
@@ -370,7 +370,7 @@ def undo(
 @app.command()
 def graph() -> None:
     """Print the audit graph as Mermaid (paste into any Mermaid viewer)."""
-    from torchdoctor.agent.graph import graph as audit_graph
+    from torchdoctor.agent.studio import graph as audit_graph
 
     sys.stdout.write(audit_graph.get_graph().draw_mermaid())
 

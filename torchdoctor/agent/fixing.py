@@ -9,8 +9,6 @@ which is what the report shows and `apply` writes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,16 +26,6 @@ from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.models import Finding, Fix, Status, Verification
 from torchdoctor.agent.state import FixRecord
-
-ORIGINAL = "original"
-
-
-def copy_digest(working_copy: dict[str, str]) -> str:
-    """Names a working copy (the baseline run and the analysis are made once per copy)."""
-    if not working_copy:
-        return ORIGINAL
-    text = json.dumps(sorted(working_copy.items()), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @contextmanager

@@ -8,9 +8,12 @@
          diffs, only for --apply) -> report
 
 Later phases analyse the working copy, with the earlier phases' adopted fixes in it. The
-dependencies (workspace, reasoner, sandbox, progress sink) come in as run context, so `graph`
-below is a module-level compiled graph that `langgraph.json` names; `build_graph` compiles it
-with a checkpointer.
+dependencies (workspace, reasoner, sandbox, progress sink) come in as run context, so the
+compiled graph is a module-level object (`torchdoctor.agent.studio.graph`, which
+`langgraph.json` names); `build_graph` compiles it with a checkpointer.
+
+Importing this module loads neither LangGraph nor the codemods (libcst): the static-only path
+(`static_path.py`) runs these same nodes without them, as a pre-commit hook needs.
 """
 
 from __future__ import annotations
@@ -18,13 +21,7 @@ from __future__ import annotations
 import shlex
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.runtime import Runtime
-from langgraph.types import Send, interrupt
+from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.checklist import PHASES, POINTS
 from torchdoctor.agent.checks.engine import analyse_files
@@ -33,17 +30,6 @@ from torchdoctor.agent.cluster.config import cluster_has_gpu
 from torchdoctor.agent.context import AuditContext
 from torchdoctor.agent.evidence.confirm import attach_run_confirmations
 from torchdoctor.agent.evidence.trust import vet_run_evidence
-from torchdoctor.agent.fixes.apply import apply_fixes, dirty_reason
-from torchdoctor.agent.fixes.combine import map_line
-from torchdoctor.agent.fixes.smoke import ProbeRunner
-from torchdoctor.agent.fixing import (
-    ORIGINAL,
-    FixBench,
-    adopt,
-    copy_digest,
-    propose,
-    verify_record,
-)
 from torchdoctor.agent.gate import fix_gate, gate_decision
 from torchdoctor.agent.gather import (
     engine_config,
@@ -59,6 +45,7 @@ from torchdoctor.agent.options import AuditOptions, effective_config, project_of
 from torchdoctor.agent.probing import RunRequest, gpu_present, planned_commands, run_probes
 from torchdoctor.agent.reporting import build_report
 from torchdoctor.agent.state import (
+    ORIGINAL,
     ApplyRecord,
     ApprovalAnswer,
     ApprovalRequest,
@@ -68,8 +55,17 @@ from torchdoctor.agent.state import (
     PointTask,
     ProposedChange,
     Snapshot,
+    copy_digest,
 )
 from torchdoctor.agent.workspace import Workspace
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.graph import StateGraph
+    from langgraph.graph.state import CompiledStateGraph
+    from langgraph.runtime import Runtime
+
+    from torchdoctor.agent.fixing import FixBench
 
 Update = dict[str, Any]
 
@@ -206,13 +202,18 @@ class Phase:
             update["analysed_copy"] = {self.number: digest}
         return update
 
-    def fanout(self, state: AuditState) -> list[Send]:
+    def tasks(self, state: AuditState) -> list[PointTask]:
+        """One task per point of the phase, with the user's ledger statuses."""
         requests = state["requests"]
         statuses = state.get("user_statuses", {})
-        return [
-            Send(self.name("points"), PointTask(request=requests[p], user_statuses=statuses))
-            for p in self.points
-        ]
+        return [PointTask(request=requests[p], user_statuses=statuses) for p in self.points]
+
+    def fanout(self, state: AuditState) -> list[Any]:
+        """A LangGraph `Send` per task (typed loosely: LangGraph reads this signature at build
+        time, and this module does not load LangGraph on import)."""
+        from langgraph.types import Send
+
+        return [Send(self.name("points"), task) for task in self.tasks(state)]
 
     @staticmethod
     def point(state: PointTask, runtime: Runtime[AuditContext]) -> Update:
@@ -238,6 +239,8 @@ class Phase:
         options = state["options"]
         if not options.fixing:
             return {"trace": [f"fix:{self.number}"]}
+        from torchdoctor.agent.fixing import propose, verify_record
+
         context = runtime.context
         if self.number not in state.get("fixes_proposed", []):
             findings = state.get("findings", [])
@@ -320,6 +323,8 @@ class Phase:
     def adopt(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         """The working copy takes this phase's verified, gate-allowed fixes (verified together
         with the earlier ones); later phases analyse and verify on it."""
+        from torchdoctor.agent.fixing import adopt
+
         context = runtime.context
         context.emit(
             {"event": "fix", "message": f"phase {self.number}: verified fixes into the copy"}
@@ -387,6 +392,9 @@ def _with_check(finding: Finding, check: Any, ok: bool) -> Finding:
 def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
     """What this audit's verifications run with: its first planned run, its sandbox, its
     workspace's files and its effective configuration."""
+    from torchdoctor.agent.fixes.smoke import ProbeRunner
+    from torchdoctor.agent.fixing import FixBench
+
     options = state["options"]
     request = run_request(state, context)
     commands = planned_commands(request, context.workspace)
@@ -414,6 +422,8 @@ def requests_on_copy(
 ) -> dict[int, Any]:
     """Every point's request computed on the working copy; findings' lines mapped back to the
     user's files (a finding inside code a fix wrote has no line there and is left out)."""
+    from torchdoctor.agent.fixes.combine import map_line
+
     originals = {f.path: f.text for f in workspace.files}
     texts = [(path, working_copy.get(path, text)) for path, text in originals.items()]
     static = analyse_files(texts, engine_config(state["config"]), manifests=workspace.manifests)
@@ -499,6 +509,10 @@ def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     options = state["options"]
     if not options.apply:
         return {"trace": ["approve"]}
+    from langgraph.types import interrupt
+
+    from torchdoctor.agent.fixes.apply import apply_fixes, dirty_reason
+
     request = approval_request(state)
     root = runtime.context.workspace.root
     if not options.force and (reason := dirty_reason(root)):
@@ -550,28 +564,29 @@ def report(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
 
 def audit_graph() -> StateGraph[AuditState, AuditContext, AuditState, AuditState]:
     """The uncompiled graph (see the module docstring for its shape)."""
+    from langgraph.graph import END, START, StateGraph
+
     builder: StateGraph[AuditState, AuditContext, AuditState, AuditState] = StateGraph(
         AuditState, context_schema=AuditContext
     )
-    builder.add_node("ingest", ingest, metadata={"progress": 1})
-    builder.add_node("evidence", evidence, metadata={"progress": 1})
+    builder.add_node("ingest", ingest, metadata=_progress("ingest"))
+    builder.add_node("evidence", evidence, metadata=_progress("evidence"))
     builder.add_edge(START, "ingest")
     builder.add_edge("ingest", "evidence")
     previous = "evidence"
-    for number in (p.number for p in PHASES):
-        phase = Phase(number, tuple(p.number for p in POINTS if p.phase == number))
+    for phase in phases():
         name = phase.name
         builder.add_node(name("phase"), phase.start)
         builder.add_node(
             name("points"),
             Phase.point,
             input_schema=PointTask,
-            metadata={"progress": len(phase.points)},
+            metadata=_progress(name("points")),
         )
         builder.add_node(name("fix"), phase.fix)
         builder.add_node(name("gate"), phase.gate)
         builder.add_node(name("adopt"), phase.adopt)
-        builder.add_node(name("ledger"), phase.ledger, metadata={"progress": 1})
+        builder.add_node(name("ledger"), phase.ledger, metadata=_progress(name("ledger")))
         builder.add_edge(previous, name("phase"))
         builder.add_conditional_edges(name("phase"), phase.fanout, [name("points")])
         builder.add_edge(name("points"), name("fix"))
@@ -579,7 +594,7 @@ def audit_graph() -> StateGraph[AuditState, AuditContext, AuditState, AuditState
         builder.add_conditional_edges(name("gate"), phase.route, [name("adopt"), name("ledger")])
         builder.add_edge(name("adopt"), name("ledger"))
         previous = name("ledger")
-    builder.add_node("summarize", summarize, metadata={"progress": 1})
+    builder.add_node("summarize", summarize, metadata=_progress("summarize"))
     builder.add_node("approve", approve)
     builder.add_node("report", report)
     builder.add_edge(previous, "summarize")
@@ -595,12 +610,24 @@ def build_graph(
     return audit_graph().compile(checkpointer=checkpointer, name="torchdoctor-audit")
 
 
+def phases() -> list[Phase]:
+    return [Phase(p.number, tuple(q.number for q in POINTS if q.phase == p.number)) for p in PHASES]
+
+
+PROGRESS: dict[str, int] = {
+    "ingest": 1,
+    "evidence": 1,
+    **{phase.name("points"): len(phase.points) for phase in phases()},
+    **{phase.name("ledger"): 1 for phase in phases()},
+    "summarize": 1,
+}
+"""Progress steps each node reports (the CLI's bar); the graph carries them as metadata."""
+
+
+def _progress(node: str) -> dict[str, Any]:
+    return {"progress": PROGRESS[node]}
+
+
 def progress_total() -> int:
-    """How many progress steps an audit reports (the CLI's bar), read off the graph."""
-    nodes = _BUILDER.nodes.values()
-    return sum(int((node.metadata or {}).get("progress", 0)) for node in nodes)
-
-
-_BUILDER = audit_graph()
-graph = _BUILDER.compile(name="torchdoctor-audit")
-"""The compiled audit graph, without a checkpointer (`langgraph.json` names it)."""
+    """How many progress steps an audit reports."""
+    return sum(PROGRESS.values())

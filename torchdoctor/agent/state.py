@@ -9,6 +9,8 @@ from exactly this.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 from enum import StrEnum
 from typing import Annotated, Literal, TypedDict, TypeVar
@@ -112,6 +114,18 @@ class ApplyRecord(_Model):
 
     answer: ApprovalAnswer
     result: ApplyResult = Field(default_factory=ApplyResult)
+
+
+ORIGINAL = "original"
+"""The name of the user's files as they are (no fix in the working copy)."""
+
+
+def copy_digest(working_copy: dict[str, str]) -> str:
+    """Names a working copy (the baseline run and the analysis are made once per copy)."""
+    if not working_copy:
+        return ORIGINAL
+    text = json.dumps(sorted(working_copy.items()), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 K = TypeVar("K")

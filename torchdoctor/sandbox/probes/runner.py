@@ -148,6 +148,8 @@ def run(config: ProbeConfig) -> int:
         doc["worker_processes_left"] = left
         doc["executed_lines"] = lines.report()
         document.write(doc, config.out)
+        if _failed(doc):
+            return 0
         posthoc_guard = Watchdog(POSTHOC_BUDGET_S, config.grace_s, lambda: None)
         posthoc_guard.start()
         try:
@@ -162,6 +164,16 @@ def run(config: ProbeConfig) -> int:
     except Exception:
         document.write(_harness_error(config, run_outcome), config.out)
     return 0
+
+
+def _failed(doc: dict[str, Any]) -> bool:
+    """The run did not get far enough for export, int8 or seeded re-runs to mean anything (the
+    host reports only the failure then: agent/evidence/probes.py `run_failed`), so they are
+    not spent."""
+    kind, exit_code = doc["outcome"]["kind"], doc["outcome"].get("exit_code")
+    if kind == "script-error" or (kind == "sys-exit" and exit_code not in (None, 0)):
+        return True
+    return bool(kind == "time-budget" and doc["steps_completed"] + doc["forward_passes"] <= 1)
 
 
 def _harness_error(config: ProbeConfig, run_outcome: dict[str, Any]) -> dict[str, Any]:
