@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from torchdoctor.agent.options import AuditChoices
     from torchdoctor.api.store.store import Store
+    from torchdoctor.api.terminal.backends import Backend
 
 stderr = Console(stderr=True, soft_wrap=True)
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
@@ -190,8 +192,137 @@ def submit(
         raise _fail(str(err)) from None
 
 
+def chat(
+    path: Annotated[
+        Path | None, typer.Argument(help="The file or folder to audit and review.")
+    ] = None,
+    audit: Annotated[
+        str | None, typer.Option(help="Review an existing audit (here, or on --server).")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="Resume a session by its id.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="A torchdoctor server's URL: the session lives there.")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="TORCHDOCTOR_API_KEY", help="API key for --server."),
+    ] = None,
+    lang: Annotated[str | None, typer.Option(help="en | fr (default: en).")] = None,
+    run: Annotated[
+        list[str] | None, typer.Option(help='Run under the probes, e.g. "python train.py".')
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Steps per instrumented run.")] = 20,
+    offline: Annotated[bool, typer.Option(help="No LLM, even if one is configured.")] = False,
+    sandbox: Annotated[
+        str | None, typer.Option(help="auto | local | docker (default: $TORCHDOCTOR_SANDBOX).")
+    ] = None,
+) -> None:
+    """Review an audit in a chat session: commands answered from the evidence, questions to
+    the LLM, fixes proposed, verified, approved and applied. Sessions are stored: resume one
+    with --session."""
+    _need_extra()
+    from torchdoctor.agent.home import torchdoctor_home
+    from torchdoctor.agent.options import AuditChoices
+    from torchdoctor.api.client import ClientError
+    from torchdoctor.api.terminal.repl import run_repl
+
+    if lang not in (None, "en", "fr"):
+        raise _fail(f"unknown language {lang!r}: use en or fr")
+    if sum(x is not None for x in (path, audit, session)) != 1:
+        raise _fail("give one of PATH, --audit ID and --session ID")
+    if path is not None and not path.exists():
+        raise _fail(f"{path}: no such file or folder")
+    choices = AuditChoices(offline=offline, run=run or [], steps=steps, lang=lang)
+    console = Console(soft_wrap=False)
+    try:
+        if server is None:
+            backend = _local_backend(path, audit, session, choices, sandbox, console)
+        else:
+            if not key:
+                raise _fail("--server needs an API key (--key or TORCHDOCTOR_API_KEY)")
+            backend = _remote_backend(server, key, path, audit, session, choices, console)
+    except KeyboardInterrupt:
+        raise _fail("cancelled before the session opened") from None
+    except (ClientError, LookupError, ValueError) as err:
+        raise _fail(str(err)) from None
+    home = torchdoctor_home()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_repl(backend, console, home / "chat_history")
+
+
+def _local_backend(
+    path: Path | None,
+    audit: str | None,
+    session: str | None,
+    choices: AuditChoices,
+    sandbox: str | None,
+    console: Console,
+) -> Backend:
+    """A session on this machine: its audits run here, on the user's own files."""
+    from torchdoctor.agent.progress import progress_reporter
+    from torchdoctor.agent.session.local import target_of
+    from torchdoctor.agent.session.models import SessionState
+    from torchdoctor.api.terminal.backends import LOCAL_TENANT, Local, local_service
+
+    service = local_service(_store(), sandbox)
+    state = SessionState(lang=choices.lang or "en", choices=choices)
+    if session is not None:
+        service.get(LOCAL_TENANT, session)
+        return Local(service, session)
+    if audit is not None:
+        target = target_of(audit)
+        created = service.create(
+            LOCAL_TENANT, str(target), state, lambda engine, first: engine.open(first, audit)
+        )
+        return Local(service, created.id)
+    assert path is not None
+    with progress_reporter(console) as on_event:
+        created = service.create(
+            LOCAL_TENANT,
+            str(path.resolve()),
+            state,
+            lambda engine, first: engine.start(first, on_event),
+        )
+    return Local(service, created.id)
+
+
+def _remote_backend(
+    server: str,
+    key: str,
+    path: Path | None,
+    audit: str | None,
+    session: str | None,
+    choices: AuditChoices,
+    console: Console,
+) -> Backend:
+    """A session on a server: the code is sent there, the audits run there."""
+    import httpx
+
+    from torchdoctor.agent.progress import progress_reporter
+    from torchdoctor.api.client import Client, pack
+    from torchdoctor.api.terminal.backends import Remote
+
+    http = httpx.Client(
+        base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=300
+    )
+    if session is not None:
+        remote = Remote(http, session)
+        remote.finding_ids()  # the session exists and is this tenant's
+        return remote
+    if path is not None:
+        audit = Client(server, key).submit(pack(path, []), choices)
+    created = Remote(http, "").call(
+        "POST", "/v1/sessions", json={"audit_id": audit, "lang": choices.lang}
+    )
+    remote = Remote(http, str(created.json()["id"]))
+    with progress_reporter(console) as on_event:
+        remote.follow(on_event or (lambda _event: None))
+    return remote
+
+
 def register(app: typer.Typer) -> None:
     """Add the service's commands to the main CLI."""
     app.command()(serve)
     app.command()(submit)
+    app.command()(chat)
     app.add_typer(keys_app, name="keys")

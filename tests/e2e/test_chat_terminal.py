@@ -1,0 +1,150 @@
+"""`torchdoctor chat` in a real terminal: tmux runs it, `send-keys` types (Tab completes a
+finding id), `capture-pane` reads the screen. A full conversation on the bundled small example:
+findings, a fix proposed and verified in the sandbox, approved, applied to the file; Ctrl-C
+cancels a step and the session goes on; the session is resumed by id in a new process."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("tmux") is None,
+        reason="tmux is not installed (Debian package `tmux`, in scripts/apt-packages.txt)",
+    ),
+]
+
+
+class Terminal:
+    """One tmux session running a command, 200 columns wide."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        self.name = f"td-chat-{uuid.uuid4().hex[:8]}"
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        script = f"cd {shlex.quote(str(cwd))} && env {exports} {command}; sleep 600"
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "60", script],
+            check=True,
+        )
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", "200", "-y", "60"])
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def type(self, line: str) -> None:
+        self.keys("-l", line)
+        self.keys("Enter")
+
+    def screen(self) -> str:
+        return subprocess.run(
+            ["tmux", "capture-pane", "-p", "-J", "-S", "-2000", "-t", self.name],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def wait_for(self, pattern: str, timeout_s: float = 300, after: int = 0) -> str:
+        """The screen once `pattern` appears after the first `after` characters."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if re.search(pattern, screen[after:]):
+                return screen
+            time.sleep(0.5)
+        raise AssertionError(f"{pattern!r} never appeared; the screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], check=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "train_small.py", folder / "train_small.py")
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TERM")}
+    return {
+        **keep,
+        "TORCHDOCTOR_HOME": str(tmp_path / "home"),
+        "TORCHDOCTOR_LINTERS": "0",
+        "TORCHDOCTOR_SANDBOX": "local",
+        "TERM": "xterm-256color",
+    }
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for terminal in opened:
+        terminal.close()
+
+
+def chat(*args: str) -> str:
+    return shlex.join([sys.executable, "-m", "torchdoctor", "chat", *args])
+
+
+def test_fix_approve_apply_then_resume_in_a_real_terminal(
+    project: Path, env: dict[str, str], terminals: list[Terminal]
+) -> None:
+    run = ("--run", "python train_small.py", "--steps", "4", "--offline")
+    first = Terminal(chat("train_small.py", *run), project, env)
+    terminals.append(first)
+    first.wait_for(r"1 finding\(s\): high 1\.[\s\S]*torchdoctor>", timeout_s=400)
+
+    first.type("findings")
+    screen = first.wait_for(r"Gradients are never cleared")
+    finding = re.search(r"TD-[0-9a-f]{12}", screen)
+    assert finding is not None
+    mark = len(first.screen())
+    first.keys("-l", "fix TD-")
+    first.keys("Tab")  # completes the one finding id
+    first.wait_for(re.escape(f"fix {finding.group()}"), timeout_s=20, after=mark)
+    first.keys("Enter")
+    screen = first.wait_for(r"Offered for approval", timeout_s=400, after=mark)
+    assert "Proposed fix (verified)" in screen and "+    optimizer.zero_grad" in screen
+    assert re.search(r"smoke-run\s*│\s*yes", screen), screen[-3000:]
+
+    first.type("approve all")
+    first.wait_for(r"Pending: 1 approved", after=mark)
+    first.type("apply")
+    first.wait_for(r"Applied: " + finding.group(), timeout_s=300, after=mark)
+    assert "optimizer.zero_grad(set_to_none=True)" in (project / "train_small.py").read_text()
+
+    mark = len(first.screen())
+    first.type("rerun")
+    time.sleep(3)
+    first.keys("C-c")
+    first.wait_for(r"cancelled: the session goes on[\s\S]*torchdoctor>", timeout_s=120, after=mark)
+    first.type("help")
+    first.wait_for(r"approve ID\|all", after=mark)
+    first.keys("C-d")
+    screen = first.wait_for(r"kept: torchdoctor chat --session \w+", after=mark)
+    session = re.findall(r"--session (\w+)", screen)[-1]
+
+    second = Terminal(chat("--session", session), project, env)
+    terminals.append(second)
+    second.wait_for(r"Applied: " + finding.group() + r"[\s\S]*torchdoctor>", timeout_s=120)
+    second.type("ledger")
+    second.wait_for(r"ISSUES\.md")
+    second.type("quit")
+    second.wait_for(r"kept: torchdoctor chat --session " + session)
