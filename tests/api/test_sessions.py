@@ -17,6 +17,7 @@ import pytest
 
 from tests.api.server import Server
 from tests.e2e.test_fix_apply_undo import TRAIN
+from torchdoctor.api.terminal.backends import Remote
 
 
 def settled(client: httpx.Client, session_id: str, timeout_s: float = 120) -> dict[str, Any]:
@@ -125,6 +126,21 @@ def test_other_tenants_and_bad_requests(
     assert empty.status_code == 422
     spec = acme.get("/openapi.json").json()
     assert {"/v1/sessions", "/v1/sessions/{session_id}/messages"} <= set(spec["paths"])
+
+
+def test_the_terminal_s_remote_backend_follows_a_rerun(
+    acme: httpx.Client, session: dict[str, Any]
+) -> None:
+    remote = Remote(acme, session["id"])
+    assert remote.finding_ids() and all(i.startswith("TD-") for i in remote.finding_ids())
+    events: list[dict[str, Any]] = []
+    messages = remote.send("rerun", events.append)
+    assert [m.role for m in messages] == ["user", "assistant", "assistant"]
+    assert "started (rerun)" in messages[1].plain()
+    assert "No finding changed" in messages[2].plain()  # the wont-fix kept in ISSUES.md
+    assert {"phase", "point"} <= {e["event"] for e in events}
+    view = acme.get(f"/v1/sessions/{session['id']}").json()
+    assert not view["busy"] and view["audit_id"] != session["audit_id"]
 
 
 def test_a_session_resumes_by_id_after_a_restart(

@@ -35,12 +35,12 @@ class Terminal:
     def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
         self.name = f"td-chat-{uuid.uuid4().hex[:8]}"
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        script = f"cd {shlex.quote(str(cwd))} && env {exports} {command}; sleep 600"
+        # env -i: only what the test names (no LLM settings, no COLUMNS from the runner)
+        script = f"cd {shlex.quote(str(cwd))} && env -i {exports} {command}; sleep 600"
         subprocess.run(
             ["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "60", script],
             check=True,
         )
-        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", "200", "-y", "60"])
 
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
@@ -55,7 +55,11 @@ class Terminal:
             check=True,
             capture_output=True,
             text=True,
-        ).stdout
+        ).stdout.rstrip()
+
+    def mark(self) -> int:
+        """Where the current prompt starts: what a later `wait_for(after=...)` reads from."""
+        return self.screen().rfind("torchdoctor>")
 
     def wait_for(self, pattern: str, timeout_s: float = 300, after: int = 0) -> str:
         """The screen once `pattern` appears after the first `after` characters."""
@@ -115,7 +119,7 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     screen = first.wait_for(r"Gradients are never cleared")
     finding = re.search(r"TD-[0-9a-f]{12}", screen)
     assert finding is not None
-    mark = len(first.screen())
+    mark = first.mark()
     first.keys("-l", "fix TD-")
     first.keys("Tab")  # completes the one finding id
     first.wait_for(re.escape(f"fix {finding.group()}"), timeout_s=20, after=mark)
@@ -130,7 +134,7 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     first.wait_for(r"Applied: " + finding.group(), timeout_s=300, after=mark)
     assert "optimizer.zero_grad(set_to_none=True)" in (project / "train_small.py").read_text()
 
-    mark = len(first.screen())
+    mark = first.mark()
     first.type("rerun")
     time.sleep(3)
     first.keys("C-c")

@@ -109,7 +109,14 @@ class ApiDriver:
     ) -> AuditReport:
         ledger = Path(self._audit(audit_id).workdir) / "src" / LEDGER_NAME
         updated = record_status(
-            report, finding, status, reason, ledger=ledger, lang=lang, via="chat"
+            report,
+            finding,
+            status,
+            reason,
+            ledger=ledger,
+            lang=lang,
+            source="chat",
+            via="a chat session",
         )
         self.store.replace_report(audit_id, updated.model_dump_json())
         self.store.add_event(audit_id, "finding", {"id": finding.id, "status": status.value})

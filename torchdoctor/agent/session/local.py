@@ -77,7 +77,14 @@ class LocalDriver:
         lang: str,
     ) -> AuditReport:
         return record_status(
-            report, finding, status, reason, ledger=self.ledger_path, lang=lang, via="chat"
+            report,
+            finding,
+            status,
+            reason,
+            ledger=self.ledger_path,
+            lang=lang,
+            source="chat",
+            via="a chat session",
         )
 
     def ledger(self, audit_id: str) -> str | None:

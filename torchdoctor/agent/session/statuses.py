@@ -17,14 +17,16 @@ def record_status(
     *,
     ledger: Path,
     lang: str,
+    source: str,
     via: str,
 ) -> AuditReport:
-    """The report with `finding` updated; the ledger at `ledger` rewritten with the decision."""
+    """The report with `finding` updated (an `input` evidence from `source` says who decided,
+    through `via`); the ledger at `ledger` rewritten with the decision."""
     note = f"status set through {via}: {status.value} — {reason}"
     changed = finding.model_copy(
         update={
             "status": status,
-            "evidence": [*finding.evidence, Evidence(source=via, kind="input", message=note)],
+            "evidence": [*finding.evidence, Evidence(source=source, kind="input", message=note)],
         }
     )
     updated = report.model_copy(

@@ -9,9 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 
-from torchdoctor.agent.ledger import LEDGER_NAME, Entry, Ledger, entry_meta
-from torchdoctor.agent.models import AuditReport, Evidence, Finding, Severity, Status
+from torchdoctor.agent.ledger import LEDGER_NAME
+from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
 from torchdoctor.agent.report import render
+from torchdoctor.agent.session.statuses import record_status
 from torchdoctor.api.auth import Caller, StoreDep
 from torchdoctor.api.models import FindingUpdate
 from torchdoctor.api.patch import tree_diff
@@ -93,31 +94,19 @@ def update_finding(
     record = audit_or_404(store, audit_id, who)
     report = report_or_409(store, record)
     finding = _finding_or_404(report, finding_id)
-    note = f"status set through the API: {update.status} — {update.reason}"
-    changed = finding.model_copy(
-        update={
-            "status": update.as_status,
-            "evidence": [*finding.evidence, Evidence(source="api", kind="input", message=note)],
-        }
+    updated = record_status(
+        report,
+        finding,
+        update.as_status,
+        update.reason,
+        ledger=Path(record.workdir) / "src" / LEDGER_NAME,
+        lang=record.options.lang or "en",
+        source="api",
+        via="the API",
     )
-    report.findings = [changed if f.id == finding_id else f for f in report.findings]
-    _write_ledger(
-        Path(record.workdir) / "src" / LEDGER_NAME, report, changed, update, record.options.lang
-    )
-    store.replace_report(audit_id, report.model_dump_json())
+    store.replace_report(audit_id, updated.model_dump_json())
     store.add_event(audit_id, "finding", {"id": finding_id, "status": update.status})
-    return changed
-
-
-def _write_ledger(
-    path: Path, report: AuditReport, finding: Finding, update: FindingUpdate, lang: str | None
-) -> None:
-    """The decision and its reason land on the finding's `Status:` line in ISSUES.md."""
-    ledger = Ledger.read(path)
-    ledger.entries[finding.id] = Entry(
-        finding.id, update.as_status, update.reason, entry_meta(finding)
-    )
-    ledger.merge(report, lang=lang or "en").write(path)
+    return _finding_or_404(updated, finding_id)
 
 
 @router.get(

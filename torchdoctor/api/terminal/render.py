@@ -31,8 +31,8 @@ def block(item: Block) -> RenderableType:
         return _text(item.text, _TONES[item.tone])
     if isinstance(item, TableBlock):
         table = Table(title=_text(item.title, "bold") if item.title else None, expand=False)
-        for column in item.columns:
-            table.add_column(_text(column), overflow="fold")
+        for at, column in enumerate(item.columns):  # the first column (ids) is never cut
+            table.add_column(_text(column), overflow="fold", no_wrap=at == 0)
         for row in item.rows:
             table.add_row(*(_text(cell) for cell in row))
         return table
