@@ -20,7 +20,7 @@ from rich.console import Console
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
-from torchdoctor.agent.escape import terminal
+from torchdoctor.agent.escape import one_line, terminal
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.progress import progress_reporter
 from torchdoctor.agent.report import render, write_report
@@ -28,6 +28,7 @@ from torchdoctor.agent.workspace import InputError
 from torchdoctor.sandbox.core import SandboxUnavailable
 
 if TYPE_CHECKING:  # the audit machinery (LangGraph) loads only when an audit runs
+    from torchdoctor.agent.artifacts.models import ArtifactKind
     from torchdoctor.agent.audit import Approver, AuditOutcome
 
 
@@ -200,6 +201,13 @@ def audit(
     apply: Annotated[
         bool, typer.Option(help="Also write the verified fixes to the files (atomically).")
     ] = False,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help="Generate, run in the sandbox and offer: tests, card, drift (comma-separated, "
+            "or all); --apply writes the ones that ran, after approval.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="--apply even on a dirty git work tree.")] = False,
     config: Annotated[
         Path | None,
@@ -289,6 +297,7 @@ def audit(
             fix=fix,
             apply=apply,
             force=force,
+            artifacts=artifact_kinds(artifacts),
         )
     except ValidationError as err:
         raise _fail(_first_error(err)) from None
@@ -303,6 +312,21 @@ def audit(
     except (InputError, ConfigError, SandboxUnavailable) as err:
         raise _fail(str(err)) from None
     _finish(outcome, fmt, output, fail_on, changed_since)
+
+
+def artifact_kinds(text: str | None) -> list[ArtifactKind]:
+    """`tests,card` -> ['tests', 'card']; `all` -> every kind; an unknown name is a usage
+    error that lists the known ones."""
+    from torchdoctor.agent.artifacts.models import ARTIFACT_KINDS
+
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    if "all" in names:
+        return list(ARTIFACT_KINDS)
+    known: dict[str, ArtifactKind] = {kind: kind for kind in ARTIFACT_KINDS}
+    unknown = [one_line(name) for name in names if name not in known]
+    if unknown:
+        raise _fail(f"--artifacts: unknown {unknown}; known: {', '.join(ARTIFACT_KINDS)}, all")
+    return [known[name] for name in names]
 
 
 def _finish(

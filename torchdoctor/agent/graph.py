@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
+from torchdoctor.agent.artifacts.build import build_artifacts
+from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
 from torchdoctor.agent.checklist import PHASES, POINTS
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.selection import drop_silenced
@@ -159,6 +162,11 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
             found.evidence, workspace.text_of, static, config.run_max_severity
         )
         extra += vetted
+    artifacts = []
+    if options.artifacts:
+        context.emit({"event": "step", "message": "artifacts: generated, run in the sandbox"})
+        artifacts = build_artifacts(options.artifacts, workspace, runs, context.sandbox.get)
+        extra += artifact_evidence(artifacts)
     extra = drop_silenced(extra, config.ignore, workspace.text_of)
     extra = attach_run_confirmations(static.all_findings(), extra)
     requests = split_by_point(workspace, static, config.lang, extra_evidence=extra)
@@ -168,6 +176,7 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         "analysed_copy": dict.fromkeys((p.number for p in PHASES), ORIGINAL),
         "extra_evidence": [PointEvidence(point=p, evidence=e) for p, e in extra],
         "runs": runs,
+        "artifacts": artifacts,
         "tools": tools,
         "unanalysed": unanalysed,
         "notes": notes,
@@ -498,6 +507,7 @@ def approval_request(state: AuditState) -> ApprovalRequest:
         for f in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id))
         if f.fix is not None and f.fix.verified and f.id not in verdict.blocked
     ]
+    changes += artifact_changes(state.get("artifacts", []))
     return ApprovalRequest(
         audit_id=state["audit_id"], target=str(state["options"].target), changes=changes
     )
@@ -525,7 +535,12 @@ def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     result = apply_fixes(
         root, state.get("findings", []), force=options.force, only=answer.approved()
     )
-    return {"applied": ApplyRecord(answer=answer, result=result), "trace": ["approve"]}
+    if result.refused:
+        return {"applied": ApplyRecord(answer=answer, result=result), "trace": ["approve"]}
+    written = write_artifacts(root, state.get("artifacts", []), answer.approved())
+    result.skipped.update(written.skipped)
+    record = ApplyRecord(answer=answer, result=result, artifacts=written.paths)
+    return {"applied": record, "trace": ["approve"]}
 
 
 def apply_notes(state: AuditState) -> list[str]:
@@ -540,6 +555,7 @@ def apply_notes(state: AuditState) -> list[str]:
         f"applied {len(result.applied)} verified fix(es); undo with "
         f"`torchdoctor undo {state['options'].target}`"
     ]
+    notes += [f"artifact written: {path}" for path in record.artifacts]
     comments = {d.finding_id: d.comment for d in record.answer.decisions if d.comment}
     for fid, why in sorted(result.skipped.items()):
         comment = f" ({comments[fid]})" if fid in comments else ""
@@ -550,13 +566,18 @@ def apply_notes(state: AuditState) -> list[str]:
 def report(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     """The final report (with what the approval led to); the ledger re-written if it moved."""
     context = runtime.context
-    if state.get("applied") is None:
+    applied = state.get("applied")
+    if applied is None:
         return {"trace": ["report"]}
+    coverage = accepted_coverage(
+        state.get("coverage", []), state.get("artifacts", []), applied.artifacts
+    )
+    state = {**state, "coverage": coverage}
     final = build_report(state, context, [*fix_notes(state), *apply_notes(state)])
     path = writable_ledger(state)
     if path is not None:
         Ledger.read(path).merge(final, state["config"].lang).write(path)
-    return {"report": final, "trace": ["report"]}
+    return {"report": final, "coverage": coverage, "trace": ["report"]}
 
 
 # --- assembly ---------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ LABELS: dict[str, dict[str, str]] = {
         "dataflow": "Data-flow map (one step: shapes, dtypes, devices)",
         "loss_curve": "loss per step",
         "grad_norm_curve": "gradient norm per step",
+        "artifacts": "Artifacts (generated, run in the sandbox)",
+        "artifact": "Artifact",
+        "artifact_state": "State",
     },
     "fr": {
         "ledger_title": "Registre d'audit torchdoctor",
@@ -94,6 +97,13 @@ LABELS: dict[str, dict[str, str]] = {
         "severity_info": "info",
         "loss_curve": "perte par pas",
         "grad_norm_curve": "norme du gradient par pas",
+        "artifacts": "Artefacts (générés, exécutés dans le bac à sable)",
+        "artifact": "Artefact",
+        "artifact_state": "État",
+        "artifact_offered": "proposé",
+        "artifact_failed": "en échec",
+        "artifact_not-applicable": "sans objet",
+        "artifact_not-checked": "non essayé",
     },
 }
 

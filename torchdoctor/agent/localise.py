@@ -79,6 +79,23 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     (r"loss trajectory: (.+)", r"trajectoire de la perte : \1"),
     (r"symptom: (.+)", r"symptôme : \1"),
     (r"run `(.+?)`: (\S+) — (.+)", r"exécution `\1` : \2 — \3"),
+    (r"nothing in the project covers it yet", "rien dans le projet ne le couvre encore"),
+    (
+        r"(\d+) ML test\(s\) for (\S+) pass in the sandbox",
+        r"\1 test(s) ML pour \2 passent dans le bac à sable",
+    ),
+    (
+        r"(\d+) left out because they fail on the current code \((.+)\): see the findings",
+        r"\1 écarté(s) car en échec sur le code actuel (\2) : voir les constats",
+    ),
+    (
+        r"offered as (\S+), written by --apply after approval",
+        r"proposé sous \1, écrit par --apply après approbation",
+    ),
+    (r"--artifacts (\S+): (\S+): (.+)", r"--artifacts \1 : \2 : \3"),
+    (r"written as (\S+)", r"écrit sous \1"),
+    (r"artifact: (\S+)", r"artefact : \1"),
+    (r"artifact written: (\S+)", r"artefact écrit : \1"),
 )
 
 STEP_FR = {

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.artifacts.models import Artifact
+
 SCHEMA_VERSION = 1
 
 
@@ -180,6 +182,9 @@ class AuditReport(Strict):
     coverage: list[CoverageEntry]
     summary: Summary
     provenance: Provenance
+    artifacts: list[Artifact] = Field(
+        default_factory=list, description="what --artifacts generated, and how each run went"
+    )
 
 
 _WS = re.compile(r"\s+")

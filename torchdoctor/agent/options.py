@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.artifacts.models import ArtifactKind
 from torchdoctor.agent.checks.catalogue import unknown_names_message
 from torchdoctor.agent.config import (
     AuditConfig,
@@ -45,6 +46,10 @@ class AuditChoices(BaseModel):
     )
     mypy: bool = False
     fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
+    artifacts: list[ArtifactKind] = Field(
+        default_factory=list,
+        description="artifacts to generate, run in the sandbox and offer (tests, card, drift)",
+    )
 
 
 class AuditOptions(AuditChoices):

@@ -66,6 +66,7 @@ def build_report(state: AuditState, context: AuditContext, notes: list[str]) -> 
             findings, coverage, workspace, gates, all_notes, state.get("unanalysed", [])
         ),
         provenance=provenance,
+        artifacts=state.get("artifacts", []),
     )
 
 

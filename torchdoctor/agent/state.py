@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.artifacts.models import Artifact
 from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.fixes.models import ApplyResult, FixKind, SmokeRun
 from torchdoctor.agent.ledger import UserStatus
@@ -114,6 +115,7 @@ class ApplyRecord(_Model):
 
     answer: ApprovalAnswer
     result: ApplyResult = Field(default_factory=ApplyResult)
+    artifacts: list[str] = Field(default_factory=list, description="artifact files written")
 
 
 ORIGINAL = "original"
@@ -170,6 +172,8 @@ class AuditState(TypedDict, total=False):
     """phase -> digest of the working copy its points' requests were computed on."""
     extra_evidence: list[PointEvidence]
     runs: list[RunSummary]
+    artifacts: list[Artifact]
+    """What --artifacts generated (offered ones are written on approval)."""
     unanalysed: list[InputNote]
     """Files the static pass could not parse or finish: reported as not (fully) audited."""
     tools: Annotated[dict[str, str], merge_dict]
@@ -216,5 +220,6 @@ STATE_MODELS: tuple[type[BaseModel], ...] = (
     ApplyRecord,
     ApprovalAnswer,
     ApprovalRequest,
+    Artifact,
 )
 """The models a checkpoint may hold at its top level (the checkpointer's allow-list)."""

@@ -147,7 +147,7 @@ class OfflineReasoner(ReasonerBase):
                 how=_how(covering, hints),
                 reason="; ".join(sorted({u for u in unchecked if u})),
             )
-        if "not-checked" in hint_verdicts and not covering:
+        if "not-checked" in hint_verdicts and (not covering or any(unchecked)):
             return CoverageEntry(
                 item=item_id,
                 verdict="not-checked",

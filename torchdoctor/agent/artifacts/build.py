@@ -1,0 +1,31 @@
+"""The artifacts an audit was asked for, built from what it observed (runs, static findings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torchdoctor.agent.artifacts.ml_tests import ml_tests_artifact
+from torchdoctor.agent.artifacts.models import Artifact, ArtifactKind
+from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.artifacts.target import find_target
+from torchdoctor.agent.probing import RunSummary
+from torchdoctor.agent.workspace import Workspace
+from torchdoctor.sandbox.protocol import Sandbox
+
+
+def build_artifacts(
+    kinds: list[ArtifactKind],
+    workspace: Workspace,
+    runs: list[RunSummary],
+    sandbox: Callable[[], Sandbox],
+) -> list[Artifact]:
+    """One artifact per kind asked for, in the order asked; the sandbox is built only if an
+    artifact runs."""
+    target = find_target(workspace, runs)
+    paths = [f.path for f in workspace.files]
+    built: list[Artifact] = []
+    for kind in dict.fromkeys(kinds):
+        if kind == "tests":
+            runner = SandboxedRun(sandbox(), workspace)
+            built.append(ml_tests_artifact(target, runner, paths))
+    return built

@@ -1,0 +1,60 @@
+"""What the artifacts say about the checklist: evidence for the items they speak to, and the
+items they settle once the user accepted them."""
+
+from __future__ import annotations
+
+from torchdoctor import __version__
+from torchdoctor.agent.artifacts.models import Artifact
+from torchdoctor.agent.checklist import ITEMS_BY_ID
+from torchdoctor.agent.models import CoverageEntry, Evidence
+
+SOURCE = "torchdoctor-artifacts"
+
+
+def artifact_evidence(artifacts: list[Artifact]) -> list[tuple[int, Evidence]]:
+    """An offered artifact is not yet in the project: its items stay not-checked, with a reason
+    that says what was generated and how to accept it; the others say what is missing."""
+    found: list[tuple[int, Evidence]] = []
+    for artifact in artifacts:
+        if artifact.state == "offered":
+            message = (
+                f"nothing in the project covers it yet; {artifact.reason}; offered as "
+                f"{artifact.path}, written by --apply after approval"
+            )
+        else:
+            message = f"--artifacts {artifact.kind}: {artifact.state}: {artifact.reason}"
+        verdict = "not-applicable" if artifact.state == "not-applicable" else "not-checked"
+        for item in artifact.items:
+            evidence = Evidence(
+                source=SOURCE,
+                source_version=__version__,
+                kind="probe",
+                message=message,
+                data={"items": [item], "verdict": verdict, "artifact": artifact.kind},
+            )
+            found.append((ITEMS_BY_ID[item].point, evidence))
+    return found
+
+
+def accepted_coverage(
+    coverage: list[CoverageEntry], artifacts: list[Artifact], written: list[str]
+) -> list[CoverageEntry]:
+    """The items an artifact written to the user's tree now covers pass, saying so."""
+    settled = {
+        item: artifact
+        for artifact in artifacts
+        if artifact.path in written
+        for item in artifact.items
+    }
+    return [
+        entry.model_copy(
+            update={
+                "verdict": "pass",
+                "how": f"{entry.how}; artifact: {settled[entry.item].kind}",
+                "reason": f"{settled[entry.item].reason}; written as {settled[entry.item].path}",
+            }
+        )
+        if entry.item in settled and entry.verdict != "fail"
+        else entry
+        for entry in coverage
+    ]

@@ -1,0 +1,60 @@
+"""The artifacts' data contract: what was generated, how its run went, what it is offered as."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ArtifactKind = Literal["tests", "card", "drift"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("tests", "card", "drift")
+ArtifactState = Literal["offered", "failed", "not-applicable", "not-checked"]
+"""offered: generated and it ran; failed: generated, and its run failed; not-applicable: nothing
+to generate for this code; not-checked: it could not be tried (the reason names what is missing)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorSpec(_Model):
+    """One tensor as the instrumented run observed it."""
+
+    shape: list[int]
+    dtype: str
+    device: str = "cpu"
+
+
+class ModelTarget(_Model):
+    """The model the generated artifacts exercise, and how a test builds it and feeds it."""
+
+    file: str = Field(description="workspace-relative file that defines the class")
+    module: str = Field(description="importable dotted name of that file, from the root")
+    class_name: str
+    constructor: str = Field(description="the call that builds it, e.g. 'Net(4096, dim=64)'")
+    inputs: list[TensorSpec] = Field(description="forward's tensor arguments, observed")
+    outputs: list[TensorSpec] = Field(description="forward's tensor results, observed")
+    script: str = Field(description="the instrumented script the observation comes from")
+
+
+class CheckOutcome(_Model):
+    """One generated check (a test function, a snippet's run) and how it went."""
+
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+class Artifact(_Model):
+    kind: ArtifactKind
+    state: ArtifactState
+    items: list[str] = Field(description="checklist items it speaks to")
+    reason: str = Field(description="one line: what it is, or why it is not offered")
+    path: str | None = Field(None, description="where approval writes it, under the target")
+    content: str = ""
+    checks: list[CheckOutcome] = Field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """The artifact's id in an approval (next to the fixes' finding ids)."""
+        return f"artifact-{self.kind}"
