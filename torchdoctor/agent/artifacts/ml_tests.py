@@ -6,7 +6,7 @@ from __future__ import annotations
 from torchdoctor.agent.artifacts.models import Artifact, CheckOutcome, ModelTarget
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
 from torchdoctor.agent.artifacts.target import NoTarget
-from torchdoctor.agent.artifacts.testsuite import TEST_NAMES, render_tests, test_path
+from torchdoctor.agent.artifacts.testsuite import TEST_NAMES, render_tests, suite_path
 
 ITEMS = ["5.2", "5.3"]
 
@@ -16,7 +16,7 @@ def ml_tests_artifact(
 ) -> Artifact:
     if isinstance(target, NoTarget):
         return Artifact(kind="tests", state="not-checked", items=ITEMS, reason=target.reason)
-    path = test_path(target, paths)
+    path = suite_path(target, paths)
     text = render_tests(target)
     first = runner.pytest(path, text)
     if isinstance(first, str):

@@ -21,7 +21,7 @@ class TensorSpec(_Model):
     """One tensor as the instrumented run observed it."""
 
     shape: list[int]
-    dtype: str
+    dtype: str = Field(pattern=r"^[a-z][a-z0-9_]{0,30}$", description="torch dtype, no prefix")
     device: str = "cpu"
 
 

@@ -13,7 +13,7 @@ import ast
 import re
 from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from torchdoctor.agent.artifacts.models import ModelTarget, TensorSpec
 from torchdoctor.agent.evidence.probe_schema import FlowCall, TensorInfo
@@ -21,6 +21,8 @@ from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import Workspace
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PLAIN_PATH = re.compile(r"[^\w./-]")
+"""What may not go into the generated file's docstring (the run's script name)."""
 
 
 class NoTarget(BaseModel):
@@ -70,18 +72,20 @@ def _target_for(workspace: Workspace, script: str, call: FlowCall) -> ModelTarge
             reason=f"{class_name}'s constructor needs arguments that no call in the code gives "
             "as literals"
         )
-    specs = [_spec(t) for t in call.inputs]
-    if not specs:
+    if not call.inputs:
         return NoTarget(reason=f"the run called {class_name} without tensor arguments")
-    return ModelTarget(
-        file=path,
-        module=module,
-        class_name=class_name,
-        constructor=constructor,
-        inputs=specs,
-        outputs=[_spec(t) for t in call.outputs],
-        script=script,
-    )
+    try:
+        return ModelTarget(
+            file=path,
+            module=module,
+            class_name=class_name,
+            constructor=constructor,
+            inputs=[_spec(t) for t in call.inputs],
+            outputs=[_spec(t) for t in call.outputs],
+            script=_PLAIN_PATH.sub("_", script),
+        )
+    except ValidationError:
+        return NoTarget(reason=f"the run recorded a dtype torch does not have for {class_name}")
 
 
 def _spec(info: TensorInfo) -> TensorSpec:

@@ -29,9 +29,9 @@ from {module} import {class_name}
 
 BATCH = {batch}
 SMALL_BATCH = {small}
-INPUTS = {inputs!r}
+INPUTS = {inputs}
 """(shape, dtype) of each tensor forward() received during the run."""
-OUTPUTS = {outputs!r}
+OUTPUTS = {outputs}
 """(shape, dtype) of each tensor forward() returned during the run."""
 
 
@@ -40,7 +40,9 @@ def build_model(seed: int = 0) -> nn.Module:
     return {constructor}
 
 
-def make_inputs(model: nn.Module, batch: int = BATCH, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def make_inputs(
+    model: nn.Module, batch: int = BATCH, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
     embeddings = (nn.Embedding, nn.EmbeddingBag)
     tokens = [m.num_embeddings for m in model.modules() if isinstance(m, embeddings)]
@@ -66,8 +68,12 @@ def tensors(output: object) -> list[torch.Tensor]:
     return [t for t in values if isinstance(t, torch.Tensor)]
 
 
-def regression_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    pairs = [(o, t) for o, t in zip(outputs, targets, strict=True) if o.is_floating_point()]
+def regression_loss(
+    outputs: list[torch.Tensor], targets: list[torch.Tensor]
+) -> torch.Tensor:
+    pairs = [
+        (o, t) for o, t in zip(outputs, targets, strict=True) if o.is_floating_point()
+    ]
     return torch.stack([((o.float() - t) ** 2).mean() for o, t in pairs]).sum()
 
 
@@ -202,11 +208,12 @@ def render_tests(target: ModelTarget, names: tuple[str, ...] = TEST_NAMES) -> st
     return header + "".join("\n" + _TESTS[name] for name in TEST_NAMES if name in names)
 
 
-def _specs(specs: list[TensorSpec]) -> list[tuple[list[int], str]]:
-    return [(list(s.shape), s.dtype) for s in specs]
+def _specs(specs: list[TensorSpec]) -> str:
+    """`[([32, 20], "float32")]`: the literal as ruff format writes it."""
+    return "[" + ", ".join(f'({list(s.shape)}, "{s.dtype}")' for s in specs) + "]"
 
 
-def test_path(target: ModelTarget, paths: list[str]) -> str:
+def suite_path(target: ModelTarget, paths: list[str]) -> str:
     """Where the suite goes: the project's `tests/` folder when it has one, else the top of
     the audited folder (a new folder is not made in the user's tree)."""
     name = f"test_{target.module.rsplit('.', 1)[-1]}_ml.py"
