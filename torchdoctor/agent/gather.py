@@ -73,10 +73,14 @@ def run_static(
             workers=cluster_cpus(cluster),
             manifests=workspace.manifests,
             run_chunks=ray_chunk_runner(cluster, say),
+            documents=workspace.documents,
         )
     else:
         result = analyse_files(
-            workspace.pairs(), engine_config(config), manifests=workspace.manifests
+            workspace.pairs(),
+            engine_config(config),
+            manifests=workspace.manifests,
+            documents=workspace.documents,
         )
     notebooks = {f.path: f for f in workspace.files if f.cells}
     if notebooks:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
 from torchdoctor.agent.artifacts.build import build_artifacts
 from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
+from torchdoctor.agent.artifacts.presence import presence_evidence
 from torchdoctor.agent.checklist import PHASES, POINTS
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.selection import drop_silenced
@@ -162,6 +163,7 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
             found.evidence, workspace.text_of, static, config.run_max_severity
         )
         extra += vetted
+    extra += presence_evidence(workspace, runs)
     artifacts = []
     if options.artifacts:
         context.emit({"event": "step", "message": "artifacts: generated, run in the sandbox"})
@@ -435,7 +437,12 @@ def requests_on_copy(
 
     originals = {f.path: f.text for f in workspace.files}
     texts = [(path, working_copy.get(path, text)) for path, text in originals.items()]
-    static = analyse_files(texts, engine_config(state["config"]), manifests=workspace.manifests)
+    static = analyse_files(
+        texts,
+        engine_config(state["config"]),
+        manifests=workspace.manifests,
+        documents=workspace.documents,
+    )
     for result in static.files:
         if result.path not in working_copy:
             continue

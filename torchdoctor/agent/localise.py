@@ -79,6 +79,10 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     (r"loss trajectory: (.+)", r"trajectoire de la perte : \1"),
     (r"symptom: (.+)", r"symptôme : \1"),
     (r"run `(.+?)`: (\S+) — (.+)", r"exécution `\1` : \2 — \3"),
+    (
+        r"needs an instrumented run with (.+) \(pass --run and (.+)\)",
+        r"demande une exécution instrumentée avec \1 (passez --run et \2)",
+    ),
     (r"nothing in the project covers it yet", "rien dans le projet ne le couvre encore"),
     (
         r"(\d+) ML test\(s\) for (\S+) pass in the sandbox",

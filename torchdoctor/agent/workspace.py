@@ -44,6 +44,17 @@ SKIPPED_DIRS = frozenset(
 )
 _ALWAYS_NOTED = ("folder", "name", "loop")
 MANIFEST_NAMES = ("pyproject.toml", "setup.cfg", "environment.yml", "environment.yaml")
+DOCUMENT_NAMES = (
+    "README.md",
+    "README.rst",
+    "README.txt",
+    "README",
+    "MODEL_CARD.md",
+    "MODELCARD.md",
+    "model_card.md",
+    "ModelCard.md",
+)
+"""Top-level documents rules may read (a model card, a README's card sections)."""
 
 
 class InputError(ValueError):
@@ -67,6 +78,7 @@ class Workspace:
     target: Path
     files: list[SourceFile] = field(default_factory=list)
     manifests: dict[str, str] = field(default_factory=dict)
+    documents: dict[str, str] = field(default_factory=dict)
     notes: list[InputNote] = field(default_factory=list)
 
     def text_of(self, path: str) -> str | None:
@@ -178,6 +190,7 @@ def load_workspace(
             )
         tree, name = file_tree(target)
         ws = Workspace(root=target.parent, kind="file", target=target)
+        ws.documents = read_documents(tree, max_bytes)
         entry = _read_source(tree, name, name, max_bytes)
         if isinstance(entry, InputNote):
             ws.notes.append(entry)
@@ -196,6 +209,7 @@ def load_workspace(
         else:
             ws.files.append(entry)
     ws.manifests = read_manifests(tree, max_bytes, ws.notes)
+    ws.documents = read_documents(tree, max_bytes)
     if not ws.files:
         ws.notes.append(InputNote(file=".", reason="no Python files to audit in this folder"))
     return ws
@@ -216,6 +230,19 @@ def read_manifests(tree: GuardedTree, max_bytes: int, notes: list[InputNote]) ->
             found[name] = tree.read_text(name, max_bytes)
         except (OSError, UnicodeDecodeError) as err:
             notes.append(InputNote(file=display_name(name), reason=f"unreadable manifest: {err}"))
+    return found
+
+
+def read_documents(tree: GuardedTree, max_bytes: int) -> dict[str, str]:
+    """The top folder's README and model card, read without following links; one that cannot
+    be read is left out (it is not code: nothing is lost from the audit)."""
+    found: dict[str, str] = {}
+    for name in DOCUMENT_NAMES:
+        try:
+            if tree.is_file(name):
+                found[name] = tree.read_text(name, max_bytes)
+        except (OSError, UnicodeDecodeError, UnsafePath):
+            continue
     return found
 
 
@@ -279,6 +306,7 @@ def load_paths(
             if n.reason != "no Python files to audit in this folder"
         ]
         ws.manifests.update({rel_base + name: text for name, text in sub.manifests.items()})
+        ws.documents.update({rel_base + name: text for name, text in sub.documents.items()})
     ws.files.sort(key=lambda f: f.path)
     if not ws.files:
         ws.notes.append(InputNote(file=".", reason="no Python files to audit in these paths"))

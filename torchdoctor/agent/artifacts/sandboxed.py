@@ -43,7 +43,11 @@ class SandboxedRun:
                 workspace=copy,
                 command=[sys.executable, *command],
                 # plugins installed next to torchdoctor are not the project's: not loaded
-                env={"PYTHONPATH": str(PACKAGE_ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+                env={
+                    "PYTHONPATH": str(PACKAGE_ROOT),
+                    "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                    "COLUMNS": "400",  # pytest cuts the summary's messages at the width
+                },
                 limits=LIMITS,
             )
             return self.sandbox.run(job)

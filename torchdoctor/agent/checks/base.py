@@ -264,6 +264,12 @@ class Rule:
         return []
 
     @classmethod
+    def document_facts(cls, documents: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """Facts (path -> facts) this rule takes from the project's README or model card, for
+        its project pass; default: none."""
+        return {}
+
+    @classmethod
     def check_manifests(cls, manifests: Mapping[str, str]) -> list[RawFinding]:
         """Project-level pass over dependency manifests (relative path -> text); default: nothing.
 

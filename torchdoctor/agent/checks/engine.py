@@ -245,12 +245,14 @@ def analyse_files(
     workers: int | None = None,
     manifests: Mapping[str, str] | None = None,
     run_chunks: ChunkRunner | None = None,
+    documents: Mapping[str, str] | None = None,
 ) -> StaticResult:
     """Run every enabled rule over `(relative path, text)` pairs, in parallel for many files.
 
     `manifests` (relative path -> text of requirements*.txt, pyproject.toml, ...) feeds the
     rules that read dependency manifests. `run_chunks` shards a large pass over a cluster
     (`workers` is then its CPU count); the result is the same as on one machine.
+    `documents` (README, model card) feed the rules that take facts from them.
     """
     config = config or EngineConfig()
     started = time.perf_counter()
@@ -276,6 +278,9 @@ def analyse_files(
             ]
     results.sort(key=lambda r: r.path)  # project rules see files in one order, however sharded
     facts_by_file = {r.path: r.facts for r in results if r.facts}
+    for rule_type in rule_types:
+        for path, facts in rule_type.document_facts(documents or {}).items():
+            facts_by_file.setdefault(path, {}).update(facts)
     project_findings: list[RawFinding] = []
     project_applicable: list[str] = []
     for rule_type in rule_types:

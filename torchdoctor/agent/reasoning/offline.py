@@ -240,12 +240,19 @@ def _how(covering: list[str], hints: list[Evidence]) -> str:
     return "; ".join(parts) or "none"
 
 
+PROBE_OPTIONS = {"compile": "--probe compile"}
+"""Probes that an instrumented run makes only when asked, and the option that asks."""
+
+
 def _not_checked_reason(item_id: str) -> str:
     checks = ITEMS_BY_ID[item_id].checks
     probes = [c.removeprefix("probe:") for c in checks if c.startswith("probe:")]
     tools = [c.removeprefix("tool:") for c in checks if c.startswith("tool:")]
     reasons = []
-    if probes:
+    if probes and all(p in PROBE_OPTIONS for p in probes):
+        options = ", ".join(PROBE_OPTIONS[p] for p in probes)
+        reasons.append(f"needs an instrumented run with {options} (pass --run and {options})")
+    elif probes:
         reasons.append(f"needs an instrumented run (probes: {', '.join(probes)}; pass --run)")
     if tools:
         reasons.append(f"needs {', '.join(tools)} (install torchdoctor[linters])")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -20,6 +22,16 @@ _SAVERS = frozenset(
 _SAVE_METHODS = frozenset({"save_pretrained", "push_to_hub"})
 _CARD_WORDS = ("model_card", "modelcard", "model card")
 _FACT = "no-model-card"
+_CARD_FILES = frozenset({"model_card.md", "modelcard.md"})
+_FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\s*$", re.S | re.M)
+_HF_KEYS = re.compile(
+    r"^(license|library_name|pipeline_tag|model-index|base_model|datasets|tags):", re.M
+)
+_CARD_HEADINGS = re.compile(
+    r"^(?:#+|\*\*)\s*(model card|model details|intended uses?|limitations|training data|"
+    r"evaluation results|bias, risks,? and limitations)\b",
+    re.IGNORECASE | re.M,
+)
 
 
 class NoModelCard(Rule):
@@ -27,8 +39,10 @@ class NoModelCard(Rule):
     `torch.jit.save`, `torch.onnx.export`, safetensors, `save_pretrained`, `push_to_hub`)
     while no module writes or mentions a model card (`MODEL_CARD`, `ModelCard`,
     `model_card`). Project-level: each module records what it saves, the project pass
-    decides. A card file kept in the repository (MODEL_CARD.md, a Hugging Face README with
-    card sections) is outside what this rule reads; the audit's review treats it.
+    decides. A card kept in the repository counts too: a MODEL_CARD.md, a README with
+    Hugging Face card metadata (front matter with `license:`, `pipeline_tag:`,
+    `model-index:`...), or a README with a "Model card" section or two of the card's
+    sections (intended use, limitations, training data, evaluation results).
 
     Why it matters: a model without its intended use, training data, evaluation results and
     limitations gets reused where it fails (other populations, other input ranges) and
@@ -46,6 +60,14 @@ class NoModelCard(Rule):
     severity = Severity.LOW
     title = "No model card"
     items: ClassVar[tuple[str, ...]] = ("12.3",)
+
+    @classmethod
+    def document_facts(cls, documents: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        return {
+            path: {_FACT: {"card": True, "save": None}}
+            for path, text in documents.items()
+            if is_model_card(path, text)
+        }
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "save" in ctx.source or "export" in ctx.source or "push_to_hub" in ctx.source
@@ -96,3 +118,14 @@ class NoModelCard(Rule):
                 excerpt=save["excerpt"],
             )
         ]
+
+
+def is_model_card(path: str, text: str) -> bool:
+    """A card file by its name, a README with card metadata or with card sections."""
+    if path.rsplit("/", 1)[-1].lower() in _CARD_FILES:
+        return bool(text.strip())
+    front = _FRONT_MATTER.match(text)
+    if front is not None and _HF_KEYS.search(front[1]):
+        return True
+    headings = {m[1].lower().removesuffix("s") for m in _CARD_HEADINGS.finditer(text)}
+    return "model card" in headings or len(headings) >= 2

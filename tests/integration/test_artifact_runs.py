@@ -1,0 +1,110 @@
+"""Artifacts generated, run in the real sandbox (local backend) and offered: one audit of the
+bundled example with `--artifacts tests --apply` shared by the tests of this module, and a
+near-miss model whose unused layer makes one generated test fail (it is left out, the rest
+offered)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from torchdoctor.agent.approval import approve_all
+from torchdoctor.agent.artifacts.ml_tests import ml_tests_artifact
+from torchdoctor.agent.artifacts.models import ModelTarget, TensorSpec
+from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.audit import AuditOptions, AuditOutcome, run_audit
+from torchdoctor.agent.fixes.codemods import all_codemods
+from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest
+from torchdoctor.agent.workspace import load_workspace
+from torchdoctor.sandbox.config import get_sandbox
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditOutcome, list[str]]:
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(EXAMPLES / "train_buggy.py", project / "train_buggy.py")
+    asked: list[str] = []
+
+    def approve(request: ApprovalRequest) -> ApprovalAnswer:
+        asked.extend(c.finding_id for c in request.changes)
+        return approve_all(request)
+
+    options = AuditOptions(
+        target=project,
+        run=["python train_buggy.py"],
+        steps=3,
+        artifacts=["tests"],
+        apply=True,
+        ignore=sorted(all_codemods()),  # no fix to verify: the artifact alone is approved
+        write_ledger=False,
+    )
+    return project, run_audit(options, approver=approve), asked
+
+
+def test_the_suite_is_offered_approved_and_written(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    project, outcome, asked = audited
+    (artifact,) = outcome.report.artifacts
+    assert artifact.state == "offered", artifact.reason
+    assert asked == ["artifact-tests"]
+    assert artifact.path == "test_train_buggy_ml.py"
+    assert (project / artifact.path).read_text() == artifact.content
+    assert "from train_buggy import Classifier" in artifact.content
+    assert all(check.passed for check in artifact.checks)
+    assert f"artifact written: {artifact.path}" in outcome.report.summary.notes
+
+
+def test_written_tests_settle_5_2_and_5_3(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    _project, outcome, _asked = audited
+    coverage = {c.item: c for c in outcome.report.coverage}
+    for item in ("5.2", "5.3"):
+        assert coverage[item].verdict == "pass"
+        assert "written as test_train_buggy_ml.py" in coverage[item].reason
+
+
+UNUSED_LAYER = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 3)
+        self.spare = nn.Linear(3, 3)  # built, never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+if __name__ == "__main__":
+    print(Net()(torch.randn(4, 6)))
+'''
+
+
+def test_a_test_that_fails_on_the_code_is_left_out_and_named(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(UNUSED_LAYER)
+    workspace = load_workspace(tmp_path, [], 2_000_000)
+    target = ModelTarget(
+        file="net.py",
+        module="net",
+        class_name="Net",
+        constructor="Net()",
+        inputs=[TensorSpec(shape=[4, 6], dtype="float32")],
+        outputs=[TensorSpec(shape=[4, 3], dtype="float32")],
+        script="net.py",
+    )
+    artifact = ml_tests_artifact(target, SandboxedRun(get_sandbox(None), workspace), ["net.py"])
+    assert artifact.state == "offered", artifact.reason
+    failed = {c.name: c.detail for c in artifact.checks if not c.passed}
+    assert list(failed) == ["test_gradients_reach_every_trainable_parameter"]
+    assert "spare.weight" in failed["test_gradients_reach_every_trainable_parameter"]
+    assert "def test_gradients_reach" not in artifact.content
+    assert "left out because they fail on the current code" in artifact.reason

@@ -1,0 +1,106 @@
+"""The items no rule decides alone get a verdict with a reason that names what is missing
+(presence of annotations, input checks, drift monitoring, an inference compiler, group
+metrics, attributions), and `no-model-card` recognises a card kept in the repository."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from torchdoctor.agent.artifacts.presence import presence_evidence
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.rules.no_model_card import is_model_card
+from torchdoctor.agent.reasoning.offline import _not_checked_reason
+from torchdoctor.agent.workspace import load_workspace
+
+SAVES = (
+    "import torch\nfrom torch import nn\n\n\ndef main():\n    model = nn.Linear(2, 2)\n"
+    "    torch.save(model.state_dict(), 'model.pt')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "card"),
+    [
+        ("MODEL_CARD.md", "# Risk model\nIntended use: triage.\n", True),
+        ("README.md", "---\nlicense: mit\npipeline_tag: text-classification\n---\n# M\n", True),
+        ("README.md", "# Net\n## Model card\nSee below.\n", True),
+        ("README.md", "# Net\n## Intended use\n...\n## Limitations\n...\n", True),
+        ("README.md", "---\ntitle: my blog\nlayout: post\n---\n# Net\n", False),
+        ("README.md", "# Net\n## Installation\n## Usage\n## Limitations\n", False),
+        ("MODEL_CARD.md", "  \n", False),
+    ],
+)
+def test_what_counts_as_a_model_card(path: str, text: str, card: bool) -> None:
+    assert is_model_card(path, text) is card
+
+
+def test_a_card_in_the_repository_silences_no_model_card(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SAVES)
+    (tmp_path / "data.py").write_text("import torch\n")
+    bare = load_workspace(tmp_path, [], 2_000_000)
+    found = analyse_files(bare.pairs(), documents=bare.documents).all_findings()
+    assert [f.rule for f in found if f.rule == "no-model-card"] == ["no-model-card"]
+    (tmp_path / "MODEL_CARD.md").write_text("# Model card\nIntended use: demos.\n")
+    carded = load_workspace(tmp_path, [], 2_000_000)
+    assert set(carded.documents) == {"MODEL_CARD.md"}
+    again = analyse_files(carded.pairs(), documents=carded.documents).all_findings()
+    assert not [f for f in again if f.rule == "no-model-card"]
+
+
+def test_a_card_beside_a_single_audited_file_counts(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SAVES)
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: torch\n---\n")
+    workspace = load_workspace(tmp_path / "train.py", [], 2_000_000)
+    assert "README.md" in workspace.documents
+
+
+def _verdicts(path: Path) -> dict[str, tuple[str, str]]:
+    workspace = load_workspace(path, [], 2_000_000)
+    return {
+        ev.data["items"][0]: (ev.data["verdict"], ev.message)
+        for _point, ev in presence_evidence(workspace, [])
+    }
+
+
+def test_the_bundled_example_says_what_each_item_is_missing() -> None:
+    verdicts = _verdicts(EXAMPLES / "train_buggy.py")
+    assert verdicts["1.2"][0] == "not-checked" and "jaxtyping" in verdicts["1.2"][1]
+    assert verdicts["2.1"][0] == "not-checked" and "no input validation" in verdicts["2.1"][1]
+    assert verdicts["5.4"][0] == "not-checked" and "--artifacts drift" in verdicts["5.4"][1]
+    assert verdicts["7.3"][0] == "not-checked" and "TensorRT" in verdicts["7.3"][1]
+    assert verdicts["12.1"][0] == "not-applicable"
+    assert verdicts["12.2"][0] == "not-checked" and "no-explainability-hook" in verdicts["12.2"][1]
+
+
+def test_what_the_code_has_passes_saying_where(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "train_buggy.py", tmp_path / "train.py")
+    (tmp_path / "serve.py").write_text(
+        "import torch\nimport onnxruntime\nfrom captum.attr import IntegratedGradients\n"
+        "from jaxtyping import Float\n\n\ndef check(x: torch.Tensor) -> None:\n"
+        "    if x.ndim != 2:\n        raise ValueError('expected (batch, features)')\n\n\n"
+        "def report(df):\n    return df.groupby('sex').accuracy.mean()\n"
+    )
+    verdicts = _verdicts(tmp_path)
+    for item in ("1.2", "2.1", "7.3", "12.1", "12.2"):
+        assert verdicts[item][0] == "pass" and "serve.py" in verdicts[item][1], item
+    assert verdicts["5.4"][0] == "not-checked"
+
+
+def test_a_sensitive_column_without_group_metrics_names_it(tmp_path: Path) -> None:
+    (tmp_path / "evaluate.py").write_text(
+        "import torch\nfrom sklearn.metrics import accuracy_score\n\n\n"
+        "def score(df, preds):\n    groups = df['sex']\n"
+        "    return accuracy_score(df['label'], preds), groups\n"
+    )
+    verdict, message = _verdicts(tmp_path)["12.1"]
+    assert verdict == "not-checked" and "the data has sex" in message
+
+
+def test_an_optional_probe_names_its_option() -> None:
+    assert _not_checked_reason("6.3") == (
+        "needs an instrumented run with --probe compile (pass --run and --probe compile)"
+    )
