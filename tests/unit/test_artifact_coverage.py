@@ -13,6 +13,7 @@ from tests.conftest import EXAMPLES
 from torchdoctor.agent.artifacts.presence import presence_evidence
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.rules.no_model_card import is_model_card
+from torchdoctor.agent.localise import phrase
 from torchdoctor.agent.reasoning.offline import _not_checked_reason
 from torchdoctor.agent.workspace import load_workspace
 
@@ -104,3 +105,13 @@ def test_an_optional_probe_names_its_option() -> None:
     assert _not_checked_reason("6.3") == (
         "needs an instrumented run with --probe compile (pass --run and --probe compile)"
     )
+
+
+def test_every_presence_reason_is_phrased_in_french(tmp_path: Path) -> None:
+    (tmp_path / "evaluate.py").write_text("import torch\n\n\ndef f(df):\n    return df['sex']\n")
+    messages = [m for _v, m in _verdicts(EXAMPLES / "train_buggy.py").values()]
+    messages += [m for _v, m in _verdicts(tmp_path).values()]
+    messages += ["tensor shapes annotated (jaxtyping or torchtyping) in a.py"]
+    for message in messages:
+        french = phrase(message, "fr")
+        assert french != message and "no " not in french and " the " not in french, french

@@ -100,6 +100,65 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     (r"written as (\S+)", r"écrit sous \1"),
     (r"artifact: (\S+)", r"artefact : \1"),
     (r"artifact written: (\S+)", r"artefact écrit : \1"),
+    (
+        r"tensor shapes annotated \(jaxtyping or torchtyping\) in (.+)",
+        r"formes des tenseurs annotées (jaxtyping ou torchtyping) dans \1",
+    ),
+    (
+        r"no tensor-shape annotations \(jaxtyping\) in the code: nothing states the shapes "
+        r"forward\(\) expects",
+        "aucune annotation de forme des tenseurs (jaxtyping) dans le code : rien n'indique les "
+        "formes qu'attend forward()",
+    ),
+    (r"drift monitoring in (.+)", r"surveillance de la dérive dans \1"),
+    (
+        r"no drift monitoring in the code: no input statistics are compared with a training "
+        r"reference \(--artifacts drift generates a snippet\)",
+        "aucune surveillance de la dérive dans le code : aucune statistique des entrées n'est "
+        "comparée à une référence d'entraînement (--artifacts drift génère un extrait)",
+    ),
+    (
+        r"an inference compiler or runtime is used in (.+)",
+        r"un compilateur ou moteur d'inférence est utilisé dans \1",
+    ),
+    (
+        r"no inference compiler \(TensorRT, ONNX Runtime, OpenVINO\) in the code",
+        "aucun compilateur d'inférence (TensorRT, ONNX Runtime, OpenVINO) dans le code",
+    ),
+    (
+        r"TensorRT needs a CUDA GPU and torch-tensorrt(.*)",
+        r"TensorRT demande un GPU CUDA et torch-tensorrt\1",
+    ),
+    (r"attributions computed in (.+)", r"attributions calculées dans \1"),
+    (
+        r"no attribution code \(Captum, SHAP, Grad-CAM\) in the project",
+        "aucun code d'attribution (Captum, SHAP, Grad-CAM) dans le projet",
+    ),
+    (
+        r"the opt-in rule (\S+) \(--select\) points at (.+)",
+        r"la règle optionnelle \1 (--select) signale l'endroit",
+    ),
+    (
+        r"inputs checked \(shape, dtype or finiteness\) in (.+)",
+        r"entrées vérifiées (forme, dtype ou finitude) dans \1",
+    ),
+    (
+        r"no input validation in the code: no assert or raise on a tensor's shape, dtype or "
+        r"finiteness at the model or data boundary",
+        "aucune validation des entrées dans le code : aucun assert ni raise sur la forme, le "
+        "dtype ou la finitude d'un tenseur à l'entrée du modèle ou des données",
+    ),
+    (r"metrics disaggregated by group in (.+)", r"métriques ventilées par groupe dans \1"),
+    (
+        r"the data has (.+) but no metric is computed per group",
+        r"les données ont \1 mais aucune métrique n'est calculée par groupe",
+    ),
+    (
+        r"no group column or sensitive attribute appears in the code: nothing to compare "
+        r"metrics across",
+        "aucune colonne de groupe ni attribut sensible dans le code : rien entre quoi comparer "
+        "les métriques",
+    ),
 )
 
 STEP_FR = {
