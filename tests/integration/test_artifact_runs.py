@@ -70,7 +70,7 @@ def test_written_tests_settle_5_2_and_5_3(
         assert "written as test_train_buggy_ml.py" in coverage[item].reason
 
 
-UNUSED_LAYER = '''import torch
+UNUSED_LAYER = """import torch
 from torch import nn
 
 
@@ -86,7 +86,7 @@ class Net(nn.Module):
 
 if __name__ == "__main__":
     print(Net()(torch.randn(4, 6)))
-'''
+"""
 
 
 def test_a_test_that_fails_on_the_code_is_left_out_and_named(tmp_path: Path) -> None:
