@@ -38,7 +38,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditOutcom
         target=project,
         run=["python train_buggy.py"],
         steps=3,
-        artifacts=["tests"],
+        artifacts=["tests", "card", "drift"],
         apply=True,
         ignore=sorted(all_codemods()),  # no fix to verify: the artifact alone is approved
         write_ledger=False,
@@ -50,9 +50,9 @@ def test_the_suite_is_offered_approved_and_written(
     audited: tuple[Path, AuditOutcome, list[str]],
 ) -> None:
     project, outcome, asked = audited
-    (artifact,) = outcome.report.artifacts
+    artifact = outcome.report.artifacts[0]
     assert artifact.state == "offered", artifact.reason
-    assert asked == ["artifact-tests"]
+    assert asked == ["artifact-tests", "artifact-card", "artifact-drift"]
     assert artifact.path == "test_train_buggy_ml.py"
     assert (project / artifact.path).read_text() == artifact.content
     assert "from train_buggy import Classifier" in artifact.content
@@ -68,6 +68,37 @@ def test_written_tests_settle_5_2_and_5_3(
     for item in ("5.2", "5.3"):
         assert coverage[item].verdict == "pass"
         assert "written as test_train_buggy_ml.py" in coverage[item].reason
+
+
+def test_the_card_and_the_drift_monitor_are_offered_written_and_settle_their_items(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    project, outcome, _asked = audited
+    _tests, card, drift = outcome.report.artifacts
+    assert (card.state, card.path, drift.state, drift.path) == (
+        "offered",
+        "MODEL_CARD.md",
+        "offered",
+        "drift_monitor.py",
+    ), (card.reason, drift.reason)
+    text = (project / "MODEL_CARD.md").read_text()
+    assert "- Parameters: 1,669 (1,669 trainable)" in text
+    assert "`zero-grad-missing` (high)" in text and "TODO" in text
+    assert [c.passed for c in drift.checks] == [True, True]
+    assert "class DriftMonitor" in (project / "drift_monitor.py").read_text()
+    coverage = {c.item: c for c in outcome.report.coverage}
+    assert coverage["12.3"].verdict == "pass" and "MODEL_CARD.md" in coverage["12.3"].reason
+    assert coverage["5.4"].verdict == "pass" and "drift_monitor.py" in coverage["5.4"].reason
+
+
+def test_no_item_is_left_not_checked_without_naming_what_is_missing(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    _project, outcome, _asked = audited
+    unchecked = [c for c in outcome.report.coverage if c.verdict == "not-checked"]
+    assert {c.item for c in unchecked} <= {"1.2", "2.1", "3.2", "6.3", "7.3", "9.5", "12.2"}
+    for entry in unchecked:
+        assert "no automated check covers this item yet" not in entry.reason, entry
 
 
 UNUSED_LAYER = """import torch

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
+from torchdoctor.agent.artifacts.architecture import architecture_evidence
+from torchdoctor.agent.artifacts.card import card_artifact
 from torchdoctor.agent.artifacts.presence import presence_evidence
+from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.artifacts.target import NoTarget
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.rules.no_model_card import is_model_card
 from torchdoctor.agent.localise import phrase
 from torchdoctor.agent.reasoning.offline import _not_checked_reason
 from torchdoctor.agent.workspace import load_workspace
+from torchdoctor.sandbox.config import get_sandbox
 
 SAVES = (
     "import torch\nfrom torch import nn\n\n\ndef main():\n    model = nn.Linear(2, 2)\n"
@@ -115,3 +120,82 @@ def test_every_presence_reason_is_phrased_in_french(tmp_path: Path) -> None:
     for message in messages:
         french = phrase(message, "fr")
         assert french != message and "no " not in french and " the " not in french, french
+
+
+MIXED = """import json
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def run(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        score = sum(float(model(x).mean()) for x, _ in loader)
+    plt.plot([score])
+    with open("score.json", "w") as handle:
+        json.dump(score, handle)
+
+
+def build(name):
+    if name == "resnet":
+        model = torch.nn.Linear(2, 2)
+    elif name == "mlp":
+        model = torch.nn.Linear(2, 3)
+    elif name == "wide":
+        model = torch.nn.Linear(2, 4)
+    return model
+
+
+def pick(mode):
+    if mode == "a":
+        return 1
+    elif mode == "b":
+        return 2
+"""
+
+
+def test_mixed_responsibilities_and_a_string_dispatch_are_low_advice(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(MIXED)
+    found = architecture_evidence(load_workspace(tmp_path, [], 2_000_000))
+    specs = {ev.data["finding"]["rule"]: (point, ev) for point, ev in found}
+    point, mixed = specs["mixed-responsibilities"]
+    assert point == 10 and mixed.line == 7 and mixed.data["finding"]["severity"] == "low"
+    assert "training, evaluation, I/O, plotting" in mixed.message
+    point, chain = specs["string-dispatch-chain"]
+    assert point == 9 and chain.line == 21 and "3 branches" in chain.message
+    assert len(found) == 2, "a two-branch chain that builds nothing is not advice"
+
+
+def test_the_bundled_example_mixes_no_responsibilities() -> None:
+    found = architecture_evidence(load_workspace(EXAMPLES / "train_buggy.py", [], 2_000_000))
+    assert [(ev.data["items"], ev.data["verdict"]) for _p, ev in found] == [(["10.2"], "pass")]
+
+
+def test_a_card_draft_without_a_model_says_what_a_person_must_fill(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "leaky_tabular.py", tmp_path / "leaky_tabular.py")
+    workspace = load_workspace(tmp_path, [], 2_000_000)
+    findings = analyse_files(workspace.pairs()).all_findings()
+    card = card_artifact(
+        NoTarget(reason="needs an instrumented run"),
+        workspace,
+        SandboxedRun(get_sandbox("local"), workspace),
+        findings,
+        [ev for _p, ev in presence_evidence(workspace, [])],
+    )
+    assert card.state == "offered" and card.path == "MODEL_CARD.md" and not card.checks
+    assert "- Architecture: TODO (needs an instrumented run)" in card.content
+    assert "## Known issues" in card.content and "`leak-preprocessing`" in card.content
+    (tmp_path / "MODEL_CARD.md").write_text(card.content)
+    again = card_artifact(
+        NoTarget(reason="-"),
+        load_workspace(tmp_path, [], 2_000_000),
+        SandboxedRun(get_sandbox("local"), workspace),
+        [],
+        [],
+    )
+    assert again.state == "not-applicable" and "MODEL_CARD.md" in again.reason

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
+from torchdoctor.agent.artifacts.architecture import architecture_evidence
 from torchdoctor.agent.artifacts.build import build_artifacts
 from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
 from torchdoctor.agent.artifacts.presence import presence_evidence
@@ -163,11 +164,19 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
             found.evidence, workspace.text_of, static, config.run_max_severity
         )
         extra += vetted
-    extra += presence_evidence(workspace, runs)
+    presence = presence_evidence(workspace, runs)
+    extra += presence + architecture_evidence(workspace)
     artifacts = []
     if options.artifacts:
         context.emit({"event": "step", "message": "artifacts: generated, run in the sandbox"})
-        artifacts = build_artifacts(options.artifacts, workspace, runs, context.sandbox.get)
+        artifacts = build_artifacts(
+            options.artifacts,
+            workspace,
+            runs,
+            context.sandbox.get,
+            static.all_findings(),
+            [ev for _point, ev in presence],
+        )
         extra += artifact_evidence(artifacts)
     extra = drop_silenced(extra, config.ignore, workspace.text_of)
     extra = attach_run_confirmations(static.all_findings(), extra)

@@ -54,7 +54,19 @@ def accepted_coverage(
                 "reason": f"{settled[entry.item].reason}; written as {settled[entry.item].path}",
             }
         )
-        if entry.item in settled and entry.verdict != "fail"
+        if entry.item in settled and _settles(settled[entry.item], entry)
         else entry
         for entry in coverage
     ]
+
+
+RESOLVES = {"card": frozenset({"no-model-card"})}
+"""Rules whose finding the artifact, once written, answers (a card answers its absence)."""
+
+
+def _settles(artifact: Artifact, entry: CoverageEntry) -> bool:
+    """Not a failure the artifact leaves in place: only the rules it resolves fired."""
+    if entry.verdict != "fail":
+        return True
+    fired = entry.reason.partition(" fired: ")[2].split(", ")
+    return bool(fired) and set(fired) <= RESOLVES.get(artifact.kind, frozenset())

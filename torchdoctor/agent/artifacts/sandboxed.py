@@ -54,12 +54,15 @@ class SandboxedRun:
         finally:
             remove_workspace(copy)
 
-    def pytest(self, path: str, text: str) -> list[CheckOutcome] | str:
+    def pytest(
+        self, path: str, text: str, beside: dict[str, str] | None = None
+    ) -> list[CheckOutcome] | str:
         """Each test of the file `text` (written at `path`) with its outcome, or why the run
-        gave none. The project's conftest files are not loaded: the verdict is the file's.
-        A run stopped by the time limit still reports the tests that finished before it."""
+        gave none; `beside`: more files the test needs. The project's conftest files are
+        not loaded: the verdict is the file's. A run stopped by the time limit still reports
+        the tests that finished before it."""
         command = ["-m", "pytest", path, "-v", "-rfE", "-p", "no:cacheprovider", "--noconftest"]
-        result = self.run({path: text}, command)
+        result = self.run({**(beside or {}), path: text}, command)
         if isinstance(result, str):
             return result
         outcomes = parse_pytest_summary(result.stdout, path)
