@@ -83,7 +83,7 @@ def test_the_card_and_the_drift_monitor_are_offered_written_and_settle_their_ite
     ), (card.reason, drift.reason)
     text = (project / "MODEL_CARD.md").read_text()
     assert "- Parameters: 1,669 (1,669 trainable)" in text
-    assert "`zero-grad-missing` (high)" in text and "TODO" in text
+    assert "`direct-forward-call` (low)" in text and "TODO" in text
     assert [c.passed for c in drift.checks] == [True, True]
     assert "class DriftMonitor" in (project / "drift_monitor.py").read_text()
     coverage = {c.item: c for c in outcome.report.coverage}
@@ -96,9 +96,14 @@ def test_no_item_is_left_not_checked_without_naming_what_is_missing(
 ) -> None:
     _project, outcome, _asked = audited
     unchecked = [c for c in outcome.report.coverage if c.verdict == "not-checked"]
-    assert {c.item for c in unchecked} <= {"1.2", "2.1", "3.2", "6.3", "7.3", "9.5", "12.2"}
+    turned_off = {"6.2", "6.5", "8.2"}  # the fixable rules are ignored by this audit
+    assert {c.item for c in unchecked} <= {"1.2", "2.1", "3.2", "6.3", "7.3", "9.5", "12.2"} | (
+        turned_off
+    )
     for entry in unchecked:
         assert "no automated check covers this item yet" not in entry.reason, entry
+        if entry.item in turned_off:
+            assert "rule(s) turned off: " in entry.reason, entry
 
 
 UNUSED_LAYER = """import torch

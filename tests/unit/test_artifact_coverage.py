@@ -199,3 +199,11 @@ def test_a_card_draft_without_a_model_says_what_a_person_must_fill(tmp_path: Pat
         [],
     )
     assert again.state == "not-applicable" and "MODEL_CARD.md" in again.reason
+
+
+def test_rules_that_are_off_are_named_with_the_option_that_turns_them_on() -> None:
+    off = _not_checked_reason("12.2", rules_run=[])
+    assert off == "opt-in rule(s) not selected: no-explainability-hook (--select)"
+    assert phrase(off, "fr").startswith("règle(s) optionnelle(s) non sélectionnée(s)")
+    ignored = _not_checked_reason("6.5", rules_run=[])
+    assert ignored.startswith("rule(s) turned off: ") and "unfused-optimizer" in ignored

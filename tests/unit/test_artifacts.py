@@ -171,3 +171,24 @@ def test_an_unknown_artifact_is_a_one_line_usage_error(given: str, message: str)
     result = CliRunner().invoke(app, ["audit", str(EXAMPLES), "--artifacts", given])
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_api_takes_artifacts_with_the_audit_and_asks_before_writing_them(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("fastapi")
+    from pydantic import ValidationError
+
+    from torchdoctor.agent.audit import AuditChoices
+    from torchdoctor.api.models import AuditRecord
+    from torchdoctor.api.settings import ApiSettings
+    from torchdoctor.api.worker import audit_options
+
+    choices = AuditChoices.model_validate({"artifacts": ["tests", "card"], "run": ["python t.py"]})
+    record = AuditRecord(
+        id="a1", tenant="t", state="queued", options=choices, workdir=str(tmp_path), created_at=0
+    )
+    options = audit_options(record, ApiSettings(home=tmp_path / "home"))
+    assert options.artifacts == ["tests", "card"] and options.apply
+    with pytest.raises(ValidationError):
+        AuditChoices.model_validate({"artifacts": ["weights"]})

@@ -83,6 +83,14 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"needs an instrumented run with (.+) \(pass --run and (.+)\)",
         r"demande une exécution instrumentée avec \1 (passez --run et \2)",
     ),
+    (
+        r"opt-in rule\(s\) not selected: (.+) \(--select\)",
+        r"règle(s) optionnelle(s) non sélectionnée(s) : \1 (--select)",
+    ),
+    (
+        r"rule\(s\) turned off: (.+) \(--ignore or config\)",
+        r"règle(s) désactivée(s) : \1 (--ignore ou configuration)",
+    ),
     (r"nothing in the project covers it yet", "rien dans le projet ne le couvre encore"),
     (
         r"(\d+) ML test\(s\) for (\S+) pass in the sandbox",

@@ -59,8 +59,9 @@ def ready() -> None:
 
 
 def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
-    """The user's choices on the audit's own copy; the server decides the rest. Fixes asked
-    for are written to that copy only once approved (the graph's approval interrupt)."""
+    """The user's choices on the audit's own copy; the server decides the rest. Fixes and
+    artifacts asked for are written to that copy only once approved (the graph's approval
+    interrupt)."""
     choices = record.options
     return AuditOptions(
         **choices.model_dump(),
@@ -68,7 +69,7 @@ def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:
         search_parents=False,  # the upload's own pyproject.toml only, never the server's
         sandbox=settings.sandbox,
         write_ledger=True,
-        apply=choices.fix,
+        apply=choices.fix or bool(choices.artifacts),  # offered artifacts wait on approval too
         force=True,
     )
 

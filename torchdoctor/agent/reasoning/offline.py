@@ -165,7 +165,10 @@ class OfflineReasoner(ReasonerBase):
                 or f"{', '.join(covering)}: nothing in this code that they check",
             )
         return CoverageEntry(
-            item=item_id, verdict="not-checked", how="none", reason=_not_checked_reason(item_id)
+            item=item_id,
+            verdict="not-checked",
+            how="none",
+            reason=_not_checked_reason(item_id, request.rules_run),
         )
 
 
@@ -244,8 +247,13 @@ PROBE_OPTIONS = {"compile": "--probe compile"}
 """Probes that an instrumented run makes only when asked, and the option that asks."""
 
 
-def _not_checked_reason(item_id: str) -> str:
+def _not_checked_reason(item_id: str, rules_run: list[str] | None = None) -> str:
+    """What would check the item: an option, a tool, a reviewer, or rules that are off."""
     checks = ITEMS_BY_ID[item_id].checks
+    off = sorted(
+        (r for r in rules_by_id().values() if item_id in r.items and r.id not in (rules_run or [])),
+        key=lambda r: r.id,
+    )
     probes = [c.removeprefix("probe:") for c in checks if c.startswith("probe:")]
     tools = [c.removeprefix("tool:") for c in checks if c.startswith("tool:")]
     reasons = []
@@ -258,4 +266,10 @@ def _not_checked_reason(item_id: str) -> str:
         reasons.append(f"needs {', '.join(tools)} (install torchdoctor[linters])")
     if "review" in checks:
         reasons.append("needs a reviewer's judgement (configure an LLM or review by hand)")
+    opt_in = [r.id for r in off if r.tier == "opt-in"]
+    ignored = [r.id for r in off if r.tier != "opt-in"]
+    if opt_in:
+        reasons.append(f"opt-in rule(s) not selected: {', '.join(opt_in)} (--select)")
+    if ignored:
+        reasons.append(f"rule(s) turned off: {', '.join(ignored)} (--ignore or config)")
     return "; ".join(reasons) or "no automated check covers this item yet"
