@@ -5,8 +5,8 @@ One server and one browser for the module. The user signs in with an API key, su
 bundled buggy example (a folder, with a run), watches the twelve points complete, approves a
 verified fix, opens a finding, sees the run's plots and data-flow diagram, and downloads a patch
 that applies to the code as submitted. A file with markup in its name must show as text and run
-nothing. A second tenant's key sees none of it. Each step's screenshot is saved under the test's
-tmp dir and checked not blank (pixel variance).
+nothing. A second tenant's key sees none of it, then submits an archive of its own. Each step's
+screenshot is saved under the test's tmp dir and checked not blank (pixel variance).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    "--disable-dev-shm-usage",  # containers' /dev/shm is small
 ]
 # A real file name can carry markup: it must reach the page as text and run nothing.
 HOSTILE_NAME = "x<img src=x onerror=window.__pwned=1>.py"
@@ -160,7 +162,8 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     severities = {row.locator(".sev").text_content() for row in shown.all()}
     assert severities == {"high"}, "the severity filter let other severities through"
     page.get_by_label("Severity").select_option("")
-    page.locator(f'#findings [data-open="{chosen}"]').click()
+    page.locator(f'#findings [data-open="{chosen}"]').focus()
+    page.keyboard.press("Enter")
     detail = page.locator("#finding")
     detail.wait_for(state="visible")
     assert "zero-grad-missing" in detail.inner_text()
@@ -179,6 +182,14 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     assert hostile.count() >= 1, "the hostile file's finding is not listed as text"
     assert page.evaluate("window.__pwned") is None
     assert page.locator("#findings img").count() == 0
+    hostile_row = page.locator("#findings tbody tr").filter(
+        has=page.locator("code", has_text=HOSTILE_NAME)
+    )
+    hostile_row.get_by_role("button").click()
+    detail.get_by_label("Mark as").select_option("needs-human")
+    detail.get_by_label("Reason (kept in ISSUES.md)").fill("generated file, <b>owner</b> decides")
+    detail.get_by_role("button", name="Save").click()
+    hostile_row.filter(has_text="needs-human").wait_for()
 
     page.locator('#runs img[data-plot="loss"]').wait_for(timeout=30_000)
     page.locator("#runs img[data-diagram]").first.wait_for(timeout=60_000)
@@ -213,5 +224,15 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
         audit_id,
     )
     assert status == 404
+    archive = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr(HOSTILE_NAME, HOSTILE_CODE)
+    stranger.locator("#archive").set_input_files(str(archive))
+    stranger.get_by_label("Propose and verify fixes").uncheck()
+    stranger.get_by_role("button", name="Start the audit").click()
+    stranger.locator("#audit-state.done").wait_for(timeout=AUDIT_S)
+    assert stranger.locator("#audit-list li").count() == 1
+    stranger.locator("#findings code").filter(has_text=HOSTILE_NAME).first.wait_for()
+    assert stranger.evaluate("window.__pwned") is None
     Shots(stranger, tmp_path / "screenshots-other").take("other-tenant")
     other.close()
