@@ -74,10 +74,13 @@ def signature(findings: list[Finding]) -> list[str]:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="only the first N files")
     parser.add_argument("--run", action="store_true", help="also time an audit with a run")
     args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="td-cluster-home-"))
+    os.environ["TORCHDOCTOR_HOME"] = str(home)  # checkpoints of the audits with a run
     root = torch_root()
     target = limited_copy(root, args.limit) if args.limit else root
     files = sum(1 for _ in target.rglob("*.py"))
@@ -112,6 +115,7 @@ def main() -> int:
             print(f"audit with a run, on Ray:  {run_ray_s:8.1f}s  ({runs} run on the GPU node)")
     finally:
         cluster.stop()
+        shutil.rmtree(home, ignore_errors=True)
         if args.limit:
             shutil.rmtree(target, ignore_errors=True)
     same = signature(local) == signature(on_ray)

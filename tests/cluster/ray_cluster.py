@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,13 +105,19 @@ class RayCluster:
             if process.returncode != 0:
                 raise RayUnavailable((stderr.strip().splitlines() or ["ray start failed"])[-1])
 
-    def start_node(self, cpus: int, resources: dict[str, float] | None = None) -> Node:
-        """One more worker node (a replacement for a lost one)."""
-        process = self._launch(cpus, resources or {}, head=False)
-        _, stderr = process.communicate(timeout=180)
-        if process.returncode != 0:
-            raise RayUnavailable((stderr.strip().splitlines() or ["ray start failed"])[-1])
-        return self.nodes[-1]
+    def add_node(self, cpus: int, resources: dict[str, float]) -> Callable[[], Node]:
+        """One more worker node (a replacement for a lost one), starting in the background;
+        returns what waits until it has joined."""
+        process = self._launch(cpus, resources, head=False)
+        node = self.nodes[-1]
+
+        def joined() -> Node:
+            _, stderr = process.communicate(timeout=180)
+            if process.returncode != 0:
+                raise RayUnavailable((stderr.strip().splitlines() or ["ray start failed"])[-1])
+            return node
+
+        return joined
 
     def _launch(
         self, cpus: int, resources: dict[str, float], *, head: bool

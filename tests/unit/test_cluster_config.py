@@ -15,8 +15,11 @@ import pytest
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import FileResult, analyse_chunk, analyse_files
 from torchdoctor.agent.cluster.config import ClusterConfig
+from torchdoctor.agent.cluster.sandbox import on_this_node
 from torchdoctor.agent.cluster.shipping import pack, unpack
 from torchdoctor.agent.config import ConfigError
+from torchdoctor.sandbox import PACKAGE_ROOT
+from torchdoctor.sandbox.models import Job
 from torchdoctor.sandbox.workspace import remove_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +103,15 @@ def test_a_shipped_workspace_keeps_inner_links_and_refuses_escapes(tmp_path: Pat
     (tree / "passwd").symlink_to("/etc/passwd")
     with pytest.raises(tarfile.TarError):
         unpack(pack(tree))
+
+
+def test_a_job_runs_with_the_nodes_own_interpreter_and_harness(tmp_path: Path) -> None:
+    job = Job(
+        workspace=tmp_path,
+        command=["/opt/conda/bin/python", "-m", "torchdoctor.sandbox.probes", "train.py"],
+        env={"PYTHONPATH": "/srv/torchdoctor:/extra"},
+    )
+    moved = on_this_node(job, ("/opt/conda/bin/python", "/srv/torchdoctor"))
+    assert moved.command == [sys.executable, *job.command[1:]]
+    assert moved.env["PYTHONPATH"] == f"{PACKAGE_ROOT}:/extra"
+    assert on_this_node(job, ("/usr/bin/python3", "/elsewhere")) == job

@@ -5,24 +5,46 @@ Each job is one task that asks for a GPU (`ClusterConfig.gpu_resource`) when the
 one, a CPU otherwise. The task unpacks the job's workspace on its node and runs it in that
 node's own sandbox backend (`TORCHDOCTOR_SANDBOX` there, or the audit's choice): isolation
 is exactly the local one. A task whose worker died is retried; cancelling the audit cancels
-it (the sandbox's jobs die with their worker). The nodes run the same image as the audit
-(the job's interpreter and harness paths are the audit's).
+it (the sandbox's jobs die with their worker). A job that names the audit host's interpreter
+or harness runs with the node's own (a GPU node's image may put Python elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tarfile
 from functools import cache
 from typing import Any
 
 from torchdoctor.agent.cluster.config import ClusterConfig, connect
 from torchdoctor.agent.cluster.shipping import pack, unpack
+from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.models import Isolation, Job, RunResult
 from torchdoctor.sandbox.workspace import remove_workspace
 
+Origin = tuple[str, str]
+"""The audit host's interpreter and harness folder, as its jobs name them."""
 
-def run_shipped(choice: str | None, job: Job, workspace: bytes) -> tuple[RunResult, str]:
+
+def here() -> Origin:
+    return sys.executable, str(PACKAGE_ROOT)
+
+
+def on_this_node(job: Job, origin: Origin) -> Job:
+    """The job with the audit host's interpreter and harness folder replaced by this node's."""
+    python, root = origin
+    command = [sys.executable if job.command[0] == python else job.command[0], *job.command[1:]]
+    env = dict(job.env)
+    if "PYTHONPATH" in env:
+        parts = env["PYTHONPATH"].split(":")
+        env["PYTHONPATH"] = ":".join(str(PACKAGE_ROOT) if p == root else p for p in parts)
+    return job.model_copy(update={"command": command, "env": env})
+
+
+def run_shipped(
+    choice: str | None, job: Job, workspace: bytes, origin: Origin
+) -> tuple[RunResult, str]:
     """On the node: the job on its unpacked workspace, in this node's sandbox; returns the
     result and the node's id."""
     import ray
@@ -37,7 +59,8 @@ def run_shipped(choice: str | None, job: Job, workspace: bytes) -> tuple[RunResu
         refused = RunResult.sandbox_error(f"workspace refused: {err}", sandbox.isolation)
         return refused, node
     try:
-        return sandbox.run(job.model_copy(update={"workspace": copy})), node
+        local = on_this_node(job, origin).model_copy(update={"workspace": copy})
+        return sandbox.run(local), node
     finally:
         remove_workspace(folder)
 
@@ -78,7 +101,7 @@ class RaySandbox:
         if job.gpu:
             options.update(self.cluster.asks_for_gpu())
         task = _remote(run_shipped).options(**options)
-        ref = task.remote(self.choice, job, pack(job.workspace))
+        ref = task.remote(self.choice, job, pack(job.workspace), here())
         try:
             result, node = self._ray.get(ref)
         except BaseException:
