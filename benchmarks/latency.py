@@ -73,6 +73,7 @@ def main() -> None:
         lines = len(target.read_text(encoding="utf-8").splitlines())
         env = {**os.environ, "TORCHDOCTOR_HOME": str(Path(scratch) / "home")}
         env.pop("TORCHDOCTOR_LINTERS", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python caches bytecode
         for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TORCHDOCTOR_MODEL"):
             env.pop(var, None)
         audit = [sys.executable, "-m", "torchdoctor", "audit", target.name, "--no-ledger"]

@@ -1,7 +1,10 @@
-"""Shared test set-up: an isolated torchdoctor home, and no LLM credentials from the host."""
+"""Shared test set-up: an isolated torchdoctor home, no LLM credentials from the host, and
+bytecode caching on."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+
+# Bytecode is cached, whatever the machine's environment says: without it every `torchdoctor`
+# and harness subprocess the suite starts compiles its sources again (about 1 s each).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture(autouse=True)
