@@ -89,7 +89,7 @@ def patch_on_copy(
         original = (root / patch.path).read_text(encoding="utf-8")
         current = working_copy.get(patch.path, original)
         if codemod is not None and files == [finding.file]:
-            fixed = replay_codemod(codemod, finding, original, working_copy)
+            fixed = replay_codemod(root, codemod, finding, original, working_copy)
         else:
             fixed = apply_to_text(current, patch, offsets=True)
         diff += unified_diff(patch.path, current, fixed)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Finding, Verification
@@ -46,7 +47,9 @@ def merge_fixes(root: Path, findings: list[Finding]) -> dict[str, str]:
             apply_to_text(originals[patch.path], patch)
         codemod = codemod_for(finding.rule) if finding.fix.origin == "codemod" else None
         if codemod is not None and [p.path for p in patches] == [finding.file]:
-            texts[finding.file] = replay_codemod(codemod, finding, originals[finding.file], texts)
+            texts[finding.file] = replay_codemod(
+                root, codemod, finding, originals[finding.file], texts
+            )
         else:
             for patch in patches:
                 current = texts.get(patch.path, originals[patch.path])
@@ -63,9 +66,12 @@ def _read(root: Path, relative: str) -> str:
         raise PatchError(f"{display_name(relative)}: cannot be patched ({err})") from err
 
 
-def replay_codemod(codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]) -> str:
+def replay_codemod(
+    root: Path, codemod: Codemod, finding: Finding, original: str, texts: dict[str, str]
+) -> str:
     """The codemod re-run on the text earlier fixes left (`texts`, else `original`), at its
-    finding's lines mapped through those edits."""
+    finding's lines mapped through those edits (its changed lines formatted as the project
+    under `root` formats them)."""
     current = texts.get(finding.file, original)
     target = FixTarget.from_finding(finding)
     line = map_line(original, current, target.line)
@@ -77,7 +83,7 @@ def replay_codemod(codemod: Codemod, finding: Finding, original: str, texts: dic
     )
     if fixed is None:
         raise PatchError(f"{finding.id}: the fix no longer applies after the earlier fixes")
-    return fixed
+    return format_changed_lines(root, current, fixed)
 
 
 def map_line(before: str, after: str, line: int) -> int | None:

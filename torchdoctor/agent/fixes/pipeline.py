@@ -13,6 +13,7 @@ from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
 from torchdoctor.agent.fixes.combine import combine
 from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
@@ -36,6 +37,7 @@ def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
     fixed = codemod.transform(source, FixTarget.from_finding(finding))
     if fixed is None:
         return None
+    fixed = format_changed_lines(workspace_root, source, fixed)
     return Patch(
         finding_id=finding.id,
         rule=finding.rule,
