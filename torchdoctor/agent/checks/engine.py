@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.checks.advice_scope import consolidate
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
@@ -277,6 +278,7 @@ def analyse_files(
                 for r in chunk
             ]
     results.sort(key=lambda r: r.path)  # project rules see files in one order, however sharded
+    _say_advice_once(results)
     facts_by_file = {r.path: r.facts for r in results if r.facts}
     for rule_type in rule_types:
         for path, facts in rule_type.document_facts(documents or {}).items():
@@ -295,6 +297,16 @@ def analyse_files(
         rules_run=[r.id for r in rule_types],
         seconds=time.perf_counter() - started,
     )
+
+
+def _say_advice_once(results: list[FileResult]) -> None:
+    """Advice repeated across the project stays as one finding (`advice_scope`)."""
+    outcome = consolidate(f for result in results for f in result.findings)
+    if not outcome:
+        return
+    for result in results:
+        kept = [outcome.get(id(f), f) for f in result.findings]
+        result.findings = [f for f in kept if f is not None]
 
 
 def _balanced_chunks(files: list[tuple[str, str]], count: int) -> list[list[tuple[str, str]]]:

@@ -1,0 +1,37 @@
+"""Project-wide advice (no AMP, unfused optimizer, unpinned loaders...) is said once per
+project, at the most entry-like file, with the other places as related locations; bug rules
+keep one finding per place."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from tests.rule_fixtures import load_case
+from torchdoctor.agent.checks.advice_scope import ONCE_PER_PROJECT
+from torchdoctor.agent.checks.engine import analyse_files
+
+PROJECT = Path(__file__).resolve().parents[1] / "fixtures" / "advice_scope" / "project"
+
+
+def test_advice_is_reported_once_with_the_other_places_related() -> None:
+    findings = analyse_files(load_case(PROJECT), workers=1).all_findings()
+    advice = [f for f in findings if f.rule in ONCE_PER_PROJECT]
+    counts = Counter(f.rule for f in advice)
+    assert set(counts) >= {"no-amp", "unfused-optimizer", "pin-memory-off", "no-torch-compile"}
+    assert all(n == 1 for n in counts.values()), counts
+    for finding in advice:
+        assert finding.file == "train.py", finding  # the top-level script, not the example
+        related = finding.data["related"]
+        assert [place["file"] for place in related] == ["examples/mnist/main.py"]
+        assert "examples/mnist/main.py:" in finding.message
+    seeds = [f.file for f in findings if f.rule == "no-torch-seed"]
+    assert sorted(seeds) == ["examples/mnist/main.py", "train.py"]  # a bug rule: every place
+
+
+def test_a_single_place_is_left_as_it_is() -> None:
+    files = [(p, t) for p, t in load_case(PROJECT) if p != "examples/mnist/main.py"]
+    findings = analyse_files(files, workers=1).all_findings()
+    advice = [f for f in findings if f.rule in ONCE_PER_PROJECT]
+    assert advice
+    assert all("related" not in f.data and "project-wide" not in f.message for f in advice)

@@ -1,0 +1,77 @@
+"""Project-wide advice is said once per project, not once per line.
+
+Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinned or
+non-persistent loader workers, unverified downloads...) describe a habit of the project, not a
+defect of one line: the same advice on every `DataLoader(...)` of forty example scripts buries
+the findings that are bugs. Each such rule keeps one finding per project, where it matters
+most (not stood down to info, then the shallowest path, path order, line), and lists the other
+places as related locations: nothing is hidden and the kept finding's fingerprint is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.models import Severity
+
+ONCE_PER_PROJECT = frozenset(
+    {
+        "no-amp",
+        "no-torch-compile",
+        "unfused-optimizer",
+        "pin-memory-off",
+        "persistent-workers-off",
+        "unverified-download",
+        "tf32-off",
+        "cudnn-benchmark-off",
+    }
+)
+MAX_RELATED = 10
+
+
+def _entry_order(finding: RawFinding) -> tuple[bool, int, str, int]:
+    """Where the advice matters most: not stood down to info, then the most entry-like file."""
+    return (finding.severity is Severity.INFO, finding.file.count("/"), finding.file, finding.line)
+
+
+def _related(finding: RawFinding) -> dict[str, Any]:
+    return {
+        "file": finding.file,
+        "line": finding.line,
+        "end_line": finding.end_line,
+        "message": "same advice here",
+        "excerpt": finding.excerpt,
+    }
+
+
+def consolidate(findings: Iterable[RawFinding]) -> dict[int, RawFinding | None]:
+    """What becomes of each advice finding repeated in the project, by `id()`: None (dropped)
+    or its rule's representative naming the other places. Findings not listed stay as they are.
+    """
+    by_rule: dict[str, list[RawFinding]] = {}
+    for finding in findings:
+        if finding.rule in ONCE_PER_PROJECT:
+            by_rule.setdefault(finding.rule, []).append(finding)
+    outcome: dict[int, RawFinding | None] = {}
+    for group in by_rule.values():
+        if len(group) < 2:
+            continue
+        keeper, *others = sorted(group, key=_entry_order)
+        outcome[id(keeper)] = _representative(keeper, others)
+        outcome.update((id(other), None) for other in others)
+    return outcome
+
+
+def _representative(finding: RawFinding, others: list[RawFinding]) -> RawFinding:
+    shown = others[:MAX_RELATED]
+    more = len(others) - len(shown)
+    where = ", ".join(f"{f.file}:{f.line}" for f in shown) + (f" and {more} more" if more else "")
+    related = list(finding.data.get("related", [])) + [_related(f) for f in shown]
+    return finding.model_copy(
+        update={
+            "message": f"{finding.message} (project-wide advice, also: {where})",
+            "data": {**finding.data, "related": related},
+        }
+    )
