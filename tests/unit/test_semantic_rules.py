@@ -33,6 +33,7 @@ NEW_RULES: tuple[str, ...] = (
     "synchronize-in-step",
     "torch-load-no-map-location",
     "factory-without-device-in-step",
+    "sigmoid-into-logits-loss",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

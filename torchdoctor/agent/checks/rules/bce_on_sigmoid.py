@@ -52,7 +52,7 @@ class BceOnSigmoid(Rule):
             probs = first_argument(node, "input")
             if probs is None:
                 continue
-            sigmoid = next((p for p in flow.value_producers(probs) if _is_sigmoid(ctx, p)), None)
+            sigmoid = next((p for p in flow.value_producers(probs) if is_sigmoid(ctx, p)), None)
             if sigmoid is None:
                 continue
             ctx.report(
@@ -71,7 +71,7 @@ def _is_bce(ctx: ModuleContext, call: ast.Call) -> bool:
     return ctx.flow.loss_class(call.func) == "BCELoss"
 
 
-def _is_sigmoid(ctx: ModuleContext, call: ast.Call) -> bool:
+def is_sigmoid(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call)
     if qual in _SIGMOID_FUNCTIONS or qual == _SIGMOID_MODULE:
         return True

@@ -17,7 +17,10 @@ _CONTAINERS = {
 class ModuleListNotRegistered(Rule):
     """Detects, in the `__init__` of an `nn.Module` subclass, an attribute assigned a plain
     list, tuple, dict or comprehension whose elements are modules (`nn.*` layers, local
-    `nn.Module` classes) or `nn.Parameter`s: `self.layers = [nn.Linear(8, 8) for _ in ...]`.
+    `nn.Module` classes) or `nn.Parameter`s: `self.layers = [nn.Linear(8, 8) for _ in ...]`,
+    an empty list the `__init__` then appends modules to, or a plain list as a value of
+    `nn.ModuleDict(dict(h=[...]))`. Not reported: a list that `__init__` wraps later
+    (`self.rnns = nn.ModuleList(self.rnns)`).
 
     Why it matters: PyTorch registers only attributes that are modules, parameters or their
     containers. Layers in a Python list are invisible to `parameters()` (never trained, not
@@ -48,27 +51,91 @@ class ModuleListNotRegistered(Rule):
             self._check_init(ctx, init)
 
     def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
+        wrapped = _wrapped_later(ctx, init)
         for node in ast.walk(init):
+            if isinstance(node, ast.Call):
+                self._check_module_dict(ctx, node)
             if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
                 continue
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if not any(
-                isinstance(t, ast.Attribute)
-                and isinstance(t.value, ast.Name)
-                and t.value.id == "self"
-                for t in targets
-            ):
-                continue
+            names = {_self_attribute(t) for t in targets} - {None}
+            if not names or names & wrapped:
+                continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             kind = _container_kind(node.value)
-            if kind is None or not any(_is_module_ctor(ctx, e) for e in _elements(node.value)):
+            if kind is None:
                 continue
-            ctx.report(
-                self,
-                node,
-                f"these modules/parameters sit in a plain {kind}: they are not registered "
-                f"(not trained, not moved by .to(), not saved); use {_CONTAINERS[kind]}",
-                data={"container": kind},
-            )
+            elements = _elements(node.value)
+            appended = [] if elements else _appended(init, names)
+            if any(_is_module_ctor(ctx, e) for e in elements) or any(
+                _is_module_ctor(ctx, e, containers=True) for e in appended
+            ):
+                self._report(ctx, node, kind)
+
+    def _check_module_dict(self, ctx: ModuleContext, call: ast.Call) -> None:
+        """`nn.ModuleDict(dict(h=[Block() ...]))`: a plain list as one of its values."""
+        if not (ctx.flow.qualname_of(call) or "").endswith("nn.ModuleDict") or not call.args:
+            return
+        mapping = call.args[0]
+        values: list[ast.expr] = []
+        if isinstance(mapping, ast.Dict):
+            values = [v for v in mapping.values if v is not None]
+        elif isinstance(mapping, ast.Call) and ast.unparse(mapping.func) == "dict":
+            values = [k.value for k in mapping.keywords if k.arg is not None]
+        for value in values:
+            kind = _container_kind(value)
+            if kind is not None and any(_is_module_ctor(ctx, e) for e in _elements(value)):
+                self._report(ctx, value, kind)
+
+    def _report(self, ctx: ModuleContext, node: ast.AST, kind: str) -> None:
+        ctx.report(
+            self,
+            node,
+            f"these modules/parameters sit in a plain {kind}: they are not registered "
+            f"(not trained, not moved by .to(), not saved); use {_CONTAINERS[kind]}",
+            data={"container": kind},
+        )
+
+
+def _self_attribute(target: ast.expr) -> str | None:
+    if (
+        isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
+    ):
+        return target.attr
+    return None
+
+
+def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
+    """Attributes that `__init__` re-assigns a registered container or module built from
+    themselves (`self.rnns = nn.ModuleList(self.rnns)`)."""
+    wrapped: set[str] = set()
+    for node in ast.walk(init):
+        if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
+            continue
+        for target in node.targets:
+            name = _self_attribute(target)
+            if name is not None and any(
+                _self_attribute(a) == name for a in ast.walk(node.value) if a is not target
+            ):
+                wrapped.add(name)
+    return wrapped
+
+
+def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:
+    """What `__init__` appends to an attribute first bound to an empty list."""
+    found: list[ast.expr] = []
+    for node in ast.walk(init):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("append", "extend", "insert")
+            and _self_attribute(node.func.value) in names
+            and node.args
+        ):
+            value = node.args[-1]
+            found.extend(_elements(value) if node.func.attr == "extend" else [value])
+    return found
 
 
 def _container_kind(value: ast.expr) -> str | None:
@@ -91,7 +158,7 @@ def _elements(value: ast.expr) -> list[ast.expr]:
     return []
 
 
-def _is_module_ctor(ctx: ModuleContext, expr: ast.expr) -> bool:
+def _is_module_ctor(ctx: ModuleContext, expr: ast.expr, containers: bool = False) -> bool:
     if not isinstance(expr, ast.Call):
         return False
     if isinstance(expr.func, ast.Name) and expr.func.id in ctx.flow.module_classes:
@@ -101,11 +168,8 @@ def _is_module_ctor(ctx: ModuleContext, expr: ast.expr) -> bool:
     return (
         qual.startswith("torch.nn.")
         and last[:1].isupper()
-        and last
-        not in (
-            "ModuleList",
-            "ModuleDict",
-            "ParameterList",
-            "ParameterDict",
-        )
+        and (containers or last not in _CONTAINER_CLASSES)
     )
+
+
+_CONTAINER_CLASSES = ("ModuleList", "ModuleDict", "ParameterList", "ParameterDict")

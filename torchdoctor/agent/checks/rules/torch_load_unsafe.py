@@ -45,7 +45,8 @@ class TorchLoadUnsafe(Rule):
         "high when the file may hold pickled code (unknown provenance, a whole module, a "
         "custom pickle_module); medium when the file is known to hold only weights but "
         "weights_only=False is passed; low when it holds only weights and the target "
-        "torch already defaults to weights_only=True"
+        "torch already defaults to weights_only=True, or when weights_only=False is passed "
+        "for a file of unknown provenance"
     )
     title = "torch.load without weights_only=True"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
@@ -69,7 +70,9 @@ class TorchLoadUnsafe(Rule):
         path = first_argument(call, "f")
         provenance = ctx.flow.saved_kind(path) if path is not None else None
         if weights_only is not None and provenance != "weights" and pickle_module is None:
-            return  # an explicit weights_only=False (or a variable) is a documented choice
+            if provenance in (None, "unknown") and _is_false(weights_only):
+                ctx.report(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
+            return  # a variable, or a whole module that needs the pickler: a documented choice
         flip = torch_api().default_change("torch.load", "weights_only").changed
         target = target_torch(ctx.config)
         safe_default = target is not None and target >= flip and pickle_module is None
@@ -82,6 +85,17 @@ class TorchLoadUnsafe(Rule):
         }
         message, severity = _advice(provenance, weights_only, pickle_module, safe_default, flip)
         ctx.report(self, call, message, severity=severity, data=data)
+
+
+_EXPLICIT_FALSE = (
+    "weights_only=False runs the pickle machinery on this file, which can execute code from a "
+    "crafted checkpoint: load only files you trust; a checkpoint of tensors, dicts and numbers "
+    "loads with weights_only=True"
+)
+
+
+def _is_false(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
 
 
 def _advice(

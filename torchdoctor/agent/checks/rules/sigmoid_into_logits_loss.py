@@ -1,0 +1,85 @@
+"""sigmoid-into-logits-loss: a sigmoid output fed to BCEWithLogitsLoss (sigmoid applied twice)."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.checks.rules.bce_on_sigmoid import is_sigmoid
+from torchdoctor.agent.models import Severity
+
+_LOGITS_LOSS = "BCEWithLogitsLoss"
+_LOGITS_FUNCTION = "torch.nn.functional.binary_cross_entropy_with_logits"
+
+
+class SigmoidIntoLogitsLoss(Rule):
+    """Detects a sigmoid output (`torch.sigmoid(...)`, `x.sigmoid()`, an `nn.Sigmoid` module,
+    followed through variables, views and local functions) passed as the input of
+    `nn.BCEWithLogitsLoss` or `F.binary_cross_entropy_with_logits`, also when the criterion is
+    chosen by a condition (`CrossEntropyLoss() if n_classes > 1 else BCEWithLogitsLoss()`).
+
+    Why it matters: the loss applies the sigmoid itself. Fed probabilities in (0, 1), it
+    computes the loss of `sigmoid(sigmoid(x))`, which lies in (0.5, 0.73): predictions can
+    never approach 0, gradients shrink and the model trains towards the wrong optimum, with no
+    error raised.
+
+    Not reported: a sigmoid used for metrics or thresholds next to a loss fed the logits; a
+    sigmoid into `BCELoss` (that is `bce-on-sigmoid`); models whose last layer is a sigmoid
+    (that is `activation-on-logits`).
+
+    Example:
+        criterion = nn.BCEWithLogitsLoss()
+        loss = criterion(torch.sigmoid(model(x)), y)
+
+    Fix: pass the logits (`criterion(model(x), y)`) and apply `sigmoid` only to predictions.
+    """
+
+    id = "sigmoid-into-logits-loss"
+    point = 3
+    severity = Severity.HIGH
+    title = "Sigmoid output fed to BCEWithLogitsLoss"
+    items: ClassVar[tuple[str, ...]] = ("3.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "with_logits" in ctx.source or _LOGITS_LOSS in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "igmoid" not in ctx.source or not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            if not _is_logits_loss(ctx, call):
+                continue
+            value = first_argument(call, "input")
+            if value is None:
+                continue
+            sigmoid = next((p for p in flow.producers(value) if is_sigmoid(ctx, p)), None)
+            if sigmoid is None:
+                continue
+            ctx.report(
+                self,
+                call,
+                f"BCEWithLogitsLoss receives `{ast.unparse(value)}`, already a sigmoid output "
+                f"(line {sigmoid.lineno}): the sigmoid is applied twice; pass the logits",
+                data={"sigmoid_line": sigmoid.lineno},
+            )
+
+
+def _is_logits_loss(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`F.binary_cross_entropy_with_logits(...)`, or a criterion that may be a
+    `BCEWithLogitsLoss` (one branch of a conditional construction is enough)."""
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        return qual == _LOGITS_FUNCTION
+    if not isinstance(call.func, ast.Name | ast.Attribute):
+        return False
+    for source in ctx.flow.sources(call.func):
+        branches = [source.body, source.orelse] if isinstance(source, ast.IfExp) else [source]
+        for branch in branches:
+            for built in ctx.flow.constructors(branch):
+                qual = ctx.flow.qualname_of(built) or ""
+                if qual.startswith("torch.") and qual.endswith(f".{_LOGITS_LOSS}"):
+                    return True
+    return False
