@@ -1,11 +1,14 @@
-"""Rule fixtures marked with `# expect: RULE` on the lines the rule must report (a folder is a
-multi-file project); shared by the rule test modules so the convention lives in one place."""
+"""Rule fixtures marked with `# expect: RULE` on the lines the rule must report and
+`# related: RULE` on the places a finding names as related locations (advice said once per
+project or file; a folder is a multi-file project); shared by the rule test modules so the
+convention lives in one place."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from torchdoctor.agent.checks.advice_scope import ONCE_PER_FILE, ONCE_PER_PROJECT
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import analyse_files
 
@@ -16,8 +19,10 @@ def load_case(case: Path) -> list[tuple[str, str]]:
     return [(case.name, case.read_text())]
 
 
-def expected_lines(files: list[tuple[str, str]], rule: str) -> set[tuple[str, int]]:
-    marker = re.compile(rf"#\s*expect:\s*{re.escape(rule)}\b")
+def expected_lines(
+    files: list[tuple[str, str]], rule: str, kind: str = "expect"
+) -> set[tuple[str, int]]:
+    marker = re.compile(rf"#\s*{kind}:\s*{re.escape(rule)}\b")
     return {
         (path, number)
         for path, text in files
@@ -43,5 +48,8 @@ def assert_reports_exactly_the_marked_lines(
         if workers is None
         else analyse_files(files, config, workers=workers)
     )
-    found = {(f.file, f.line) for f in result.all_findings() if f.rule == rule}
-    assert found == expected
+    reported = [f for f in result.all_findings() if f.rule == rule]
+    assert {(f.file, f.line) for f in reported} == expected
+    related = {(p["file"], p["line"]) for f in reported for p in f.data.get("related", [])}
+    if rule in ONCE_PER_PROJECT | ONCE_PER_FILE:  # leaks' related sources: their own tests
+        assert related == expected_lines(files, rule, "related")

@@ -34,4 +34,16 @@ def test_a_single_place_is_left_as_it_is() -> None:
     findings = analyse_files(files, workers=1).all_findings()
     advice = [f for f in findings if f.rule in ONCE_PER_PROJECT]
     assert advice
-    assert all("related" not in f.data and "project-wide" not in f.message for f in advice)
+    assert all("related" not in f.data and "-wide, also" not in f.message for f in advice)
+
+
+def test_a_legacy_idiom_is_said_once_per_file() -> None:
+    old = (
+        "import torch\nfrom torch.autograd import Variable\n\n\n"
+        "def step(x, y):\n    a = Variable(x)\n    b = Variable(y)\n    return a + b\n"
+    )
+    files = [("gan.py", old), ("other.py", old)]
+    findings = analyse_files(files, workers=1).all_findings()
+    legacy = [f for f in findings if f.rule == "autograd-variable-legacy"]
+    assert sorted((f.file, f.line) for f in legacy) == [("gan.py", 6), ("other.py", 6)]
+    assert all([p["line"] for p in f.data["related"]] == [7] for f in legacy)

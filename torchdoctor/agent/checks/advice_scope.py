@@ -1,4 +1,4 @@
-"""Project-wide advice is said once per project, not once per line.
+"""Project-wide advice is said once per project, a legacy idiom once per file, not per line.
 
 Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinned or
 non-persistent loader workers, unverified downloads...) describe a habit of the project, not a
@@ -28,6 +28,17 @@ ONCE_PER_PROJECT = frozenset(
         "cudnn-benchmark-off",
     }
 )
+# Legacy idioms (`Variable(...)`, `torch.FloatTensor(...)`, `.data`) repeat on every line of an
+# old file and have one fix per file: said once per file.
+ONCE_PER_FILE = frozenset(
+    {
+        "autograd-variable-legacy",
+        "legacy-tensor-ctor",
+        "data-attribute-idiom",
+        "type-cast-legacy",
+        "tensor-constructor",
+    }
+)
 MAX_RELATED = 10
 
 
@@ -47,31 +58,33 @@ def _related(finding: RawFinding) -> dict[str, Any]:
 
 
 def consolidate(findings: Iterable[RawFinding]) -> dict[int, RawFinding | None]:
-    """What becomes of each advice finding repeated in the project, by `id()`: None (dropped)
+    """What becomes of each advice finding repeated in its scope, by `id()`: None (dropped)
     or its rule's representative naming the other places. Findings not listed stay as they are.
     """
-    by_rule: dict[str, list[RawFinding]] = {}
+    groups: dict[tuple[str, str], list[RawFinding]] = {}
     for finding in findings:
         if finding.rule in ONCE_PER_PROJECT:
-            by_rule.setdefault(finding.rule, []).append(finding)
+            groups.setdefault((finding.rule, ""), []).append(finding)
+        elif finding.rule in ONCE_PER_FILE:
+            groups.setdefault((finding.rule, finding.file), []).append(finding)
     outcome: dict[int, RawFinding | None] = {}
-    for group in by_rule.values():
+    for (_, file), group in groups.items():
         if len(group) < 2:
             continue
         keeper, *others = sorted(group, key=_entry_order)
-        outcome[id(keeper)] = _representative(keeper, others)
+        outcome[id(keeper)] = _representative(keeper, others, "file" if file else "project")
         outcome.update((id(other), None) for other in others)
     return outcome
 
 
-def _representative(finding: RawFinding, others: list[RawFinding]) -> RawFinding:
+def _representative(finding: RawFinding, others: list[RawFinding], scope: str) -> RawFinding:
     shown = others[:MAX_RELATED]
     more = len(others) - len(shown)
     where = ", ".join(f"{f.file}:{f.line}" for f in shown) + (f" and {more} more" if more else "")
     related = list(finding.data.get("related", [])) + [_related(f) for f in shown]
     return finding.model_copy(
         update={
-            "message": f"{finding.message} (project-wide advice, also: {where})",
+            "message": f"{finding.message} ({scope}-wide, also: {where})",
             "data": {**finding.data, "related": related},
         }
     )
