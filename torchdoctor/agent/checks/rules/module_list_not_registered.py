@@ -116,7 +116,8 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
         for target in node.targets:
             name = _self_attribute(target)
             if name is not None and any(
-                _self_attribute(a) == name for a in ast.walk(node.value) if a is not target
+                isinstance(a, ast.Attribute) and _self_attribute(a) == name
+                for a in ast.walk(node.value)
             ):
                 wrapped.add(name)
     return wrapped
