@@ -73,11 +73,11 @@ def _wraps(value: ast.AST, call: ast.Call) -> bool:
     return True
 
 
-def _softmax_modules(tree: ast.AST) -> set[str]:
+def _softmax_modules(ctx: ModuleContext) -> set[str]:
     """Attributes assigned an `nn.Softmax(...)` module (`self.attend = nn.Softmax(dim=-1)`)."""
     return {
         target.attr
-        for node in ast.walk(tree)
+        for node in ctx.by_type.get(ast.Assign, ())
         if isinstance(node, ast.Assign)
         and isinstance(node.value, ast.Call)
         and isinstance(node.value.func, ast.Attribute | ast.Name)
@@ -121,19 +121,31 @@ class ManualAttention(Rule):
         return "oftmax" in ctx.source and ("@" in ctx.source or "matmul" in ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
+        """Starts from the module's softmax calls (the type index), so a large module pays
+        only for the functions that hold one."""
         if not self.applies(ctx):
             return
-        self._modules = _softmax_modules(ctx.tree) if "Softmax" in ctx.source else set()
-        for fn in ctx.loops.functions.values():
-            for function in fn:
-                self._check_function(ctx, function)
+        self._modules = _softmax_modules(ctx) if "Softmax" in ctx.source else set()
+        by_function: dict[ast.FunctionDef | ast.AsyncFunctionDef, list[ast.Call]] = {}
+        names = {"softmax", *self._modules}
+        for node in ctx.flow.nodes(ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in names and self._is_softmax(ctx, node):
+                function = ctx.enclosing_function(node)
+                if function is not None:
+                    by_function.setdefault(function, []).append(node)
+        for function, softmaxes in by_function.items():
+            self._check_function(ctx, function, softmaxes)
 
-    def _check_function(self, ctx: ModuleContext, function: ast.AST) -> None:
-        body = function.body if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef) else []
-        nodes = list(walk_scope(body))
-        for node in nodes:
-            if not isinstance(node, ast.Call) or not self._is_softmax(ctx, node):
-                continue
+    def _check_function(
+        self,
+        ctx: ModuleContext,
+        function: ast.FunctionDef | ast.AsyncFunctionDef,
+        softmaxes: list[ast.Call],
+    ) -> None:
+        nodes = list(walk_scope(function.body))
+        for node in softmaxes:
             source = node.args[0] if node.args else getattr(node.func, "value", None)
             if source is None or not ctx.flow.derives_from(
                 source, lambda n: _is_scores(n) or _is_scores_through_name(ctx, n)
