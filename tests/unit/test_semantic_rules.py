@@ -34,6 +34,7 @@ NEW_RULES: tuple[str, ...] = (
     "torch-load-no-map-location",
     "factory-without-device-in-step",
     "sigmoid-into-logits-loss",
+    "detached-loss-input",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

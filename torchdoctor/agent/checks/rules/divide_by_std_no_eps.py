@@ -14,8 +14,9 @@ _ROOTS = frozenset({"sqrt", "rsqrt"})
 
 
 class DivideByStdNoEps(Rule):
-    """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`
-    (also `/=`) where the divisor has no `+ eps` and no `clamp`.
+    """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`,
+    `x / var.sqrt()` where `var = torch.var(...)` (also `/=`) where the divisor has no `+ eps`
+    and no `clamp`.
 
     Why it matters: the spread is zero for a constant input, a single-element batch or an
     all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads
@@ -48,7 +49,7 @@ class DivideByStdNoEps(Rule):
             if not isinstance(node.op, ast.Div):
                 continue
             divisor = node.right if isinstance(node, ast.BinOp) else node.value
-            if _unguarded_spread(divisor):
+            if _unguarded_spread(ctx, divisor):
                 ctx.report(
                     self,
                     node,
@@ -57,13 +58,21 @@ class DivideByStdNoEps(Rule):
                 )
 
 
-def _unguarded_spread(divisor: ast.expr) -> bool:
+def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> bool:
+    """`x.std()`, `torch.norm(x)`, `var.sqrt()`, `torch.sqrt(var)` where `var` holds a
+    variance (a name is followed only under a root: `x / norm` may be guarded elsewhere,
+    as LARS's `torch.where(update_norm > 0, ...)`): a spread with no `+ eps` or clamp."""
+    if isinstance(divisor, ast.Name) and 0 < depth < 2:
+        values = ctx.flow.definitions(divisor)
+        return bool(values) and all(_unguarded_spread(ctx, v, depth + 1) for v in values)
     if not isinstance(divisor, ast.Call):
         return False
     name = identifier(divisor.func)
     if name in _SPREAD:
         return True
-    if name in _ROOTS and divisor.args:
-        inner = divisor.args[0]
-        return isinstance(inner, ast.Call) and identifier(inner.func) in _SPREAD
+    if name in _ROOTS:
+        inner: ast.expr | None = divisor.args[0] if divisor.args else None
+        if inner is None and isinstance(divisor.func, ast.Attribute):
+            inner = divisor.func.value  # var.sqrt()
+        return inner is not None and depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
     return False

@@ -1,0 +1,141 @@
+"""detached-loss-input: the model output reaches a backpropagated loss through detach/.data."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.models import Severity
+
+_CUTS = frozenset({"detach", "item", "numpy", "tolist"})
+
+
+class DetachedLossInput(Rule):
+    """Detects a loss whose prediction (its first argument) is a model's output cut from the
+    autograd graph — `criterion(model(x).detach(), y)`, `out = model(x).data` then
+    `criterion(out, y)`, `.item()`/`.numpy()` on the way — when that loss is backpropagated
+    (`.backward()` on it or on a sum that contains it).
+
+    Why it matters: `detach()` and `.data` return a tensor with no history. The loss is
+    computed and logged as usual, but no gradient reaches the model's parameters through it:
+    the model is silently not trained by this term (or `backward()` fails with "does not
+    require grad" when it was the only one).
+
+    Not reported: a detached input to another model (`D(G(z).detach())`, the GAN
+    discriminator step), a detached target (`criterion(student(x), teacher(x).detach())`,
+    stop-gradient in SimSiam/BYOL), losses computed for logging and never backpropagated, and
+    values that are not a model's output (`quantized.detach()` in a VQ commitment loss).
+
+    Example:
+        output = model(x)
+        loss = criterion(output.detach(), y)
+        loss.backward()
+
+    Fix: pass the attached output (`criterion(output, y)`); detach only what is logged or
+    stored.
+    """
+
+    id = "detached-loss-input"
+    point = 3
+    severity = Severity.HIGH
+    title = "Loss computed on a detached model output"
+    items: ClassVar[tuple[str, ...]] = ("3.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "backward" in ctx.source and ("detach" in ctx.source or ".data" in ctx.source)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            if not _is_loss(ctx, call) or flow.grad_disabled_at(call):
+                continue
+            prediction = first_argument(call, "input")
+            if prediction is None:
+                continue
+            cut = _cut_model_output(ctx, prediction)
+            if cut is None or not _backpropagated(ctx, call):
+                continue
+            ctx.report(
+                self,
+                call,
+                f"the loss receives `{ast.unparse(prediction)}`, the model's output cut from "
+                f"the graph by `{ast.unparse(cut)}` (line {cut.lineno}): no gradient reaches "
+                "the model through this loss",
+                data={"cut_line": cut.lineno},
+            )
+
+
+def _is_loss(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A loss function or criterion, not a model's own method (`D.compute_loss(fake.detach())`
+    feeds the detached value to the discriminator)."""
+    func = call.func
+    if not ctx.flow.is_loss_callee(func):
+        return False
+    if isinstance(func, ast.Attribute) and ctx.qualname(func) is None:
+        owner = func.value
+        return (isinstance(owner, ast.Name) and owner.id == "self") or (
+            ctx.flow.loss_class(func) is not None
+        )
+    return True
+
+
+def _strip(expr: ast.expr) -> ast.expr:
+    """`x[idx].cpu().float()` -> `x`: indexing and methods that keep the graph state."""
+    while True:
+        if isinstance(expr, ast.Subscript):
+            expr = expr.value
+        elif (
+            isinstance(expr, ast.Call)
+            and isinstance(expr.func, ast.Attribute)
+            and expr.func.attr in PASSTHROUGH_METHODS
+        ):
+            expr = expr.func.value
+        else:
+            return expr
+
+
+def _cut_model_output(ctx: ModuleContext, prediction: ast.expr) -> ast.expr | None:
+    """The `.detach()`/`.data` expression through which a model's output became
+    `prediction` (through names and value-keeping methods), if any."""
+    flow = ctx.flow
+    for source in flow.sources(_strip(prediction)):
+        source = _strip(source)
+        receiver: ast.expr | None = None
+        if isinstance(source, ast.Attribute) and source.attr == "data":
+            receiver = source.value
+        elif (
+            isinstance(source, ast.Call)
+            and isinstance(source.func, ast.Attribute)
+            and source.func.attr in _CUTS
+            and not source.args
+        ):
+            receiver = source.func.value
+        if receiver is None:
+            continue
+        receiver = _strip(receiver)
+        produced = [receiver, *flow.sources(receiver)]
+        if any(isinstance(p, ast.Call) and flow.is_model_call(p) for p in produced):
+            return source
+    return None
+
+
+def _backpropagated(ctx: ModuleContext, call: ast.Call) -> bool:
+    """Whether the loss `call` computes reaches a `.backward()`: directly
+    (`criterion(...).backward()`) or through the names its statement binds."""
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Attribute) and parent.attr == "backward":
+        return True
+    statement = parent
+    while statement is not None and not isinstance(statement, ast.stmt):
+        statement = ctx.parents.get(statement)
+    targets: list[ast.expr] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, ast.AugAssign | ast.AnnAssign):
+        targets = [statement.target]
+    return any(ctx.flow.is_backpropagated(t) for t in targets)
