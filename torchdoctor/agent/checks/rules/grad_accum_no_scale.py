@@ -15,8 +15,10 @@ def _divided(expr: ast.expr) -> bool:
 
 
 class GradAccumNoScale(Rule):
-    """Detects gradient accumulation (`optimizer.step()` only when `(i + 1) % k == 0`) whose
-    loss is back-propagated without being divided by the number of accumulated micro-batches.
+    """Detects gradient accumulation (`optimizer.step()` only when `(i + 1) % k == 0`, or a
+    `for micro_step in range(k):` loop that back-propagates, followed by the step) whose loss
+    is back-propagated without being divided by the number of accumulated micro-batches (on
+    the way, through names: `loss = -obj` where `obj = obj / n` is divided).
 
     Why it matters: gradients add up over the k micro-batches, so each step is k times larger
     than with one big batch of the same size: the effective learning rate is multiplied by k,
@@ -43,30 +45,40 @@ class GradAccumNoScale(Rule):
         return bool(ctx.loops.training_loops)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "%" not in ctx.source or "accumulate(" in ctx.source:
+        if "accumulate(" in ctx.source or "backward" not in ctx.source:
             return
-        for loop in ctx.loops.training_loops:
-            if loop.kind != "loop":
-                continue
-            effects = direct_effects(loop.body)
-            if not effects.step or not all(self._periodic(ctx, s, loop.node) for s in effects.step):
-                continue
-            divided_names = self._divided_names(loop.body)
-            fn = ctx.enclosing_function(loop.node)
-            if fn is not None:
-                divided_names |= self._divided_names(fn.body)
-            for backward in effects.backward:
-                loss = self._loss_expr(backward)
-                if loss is None or _divided(loss):
+        if "%" in ctx.source:
+            for loop in ctx.loops.training_loops:
+                if loop.kind != "loop":
                     continue
-                if isinstance(loss, ast.Name) and loss.id in divided_names:
-                    continue
-                ctx.report(
-                    self,
-                    backward,
-                    "gradients are accumulated over several micro-batches but the loss is not "
-                    "divided by their number: the effective learning rate is multiplied",
-                )
+                effects = direct_effects(loop.body)
+                if effects.step and all(self._periodic(ctx, s, loop.node) for s in effects.step):
+                    self._check_backwards(ctx, loop.node, effects.backward)
+        for micro in _micro_step_loops(ctx):
+            self._check_backwards(ctx, micro, direct_effects(micro.body).backward)
+
+    def _check_backwards(
+        self, ctx: ModuleContext, loop: ast.AST, backwards: list[ast.Call]
+    ) -> None:
+        body = loop.body if isinstance(loop, ast.For | ast.While) else []
+        divided_names = self._divided_names(body)
+        fn = ctx.enclosing_function(loop)
+        if fn is not None:
+            divided_names |= self._divided_names(fn.body)
+        for backward in backwards:
+            loss = self._loss_expr(backward)
+            if loss is None or _divided(loss):
+                continue
+            if isinstance(loss, ast.Name) and loss.id in divided_names:
+                continue
+            if ctx.flow.derives_from(loss, _is_division):
+                continue  # `loss = -pg_obj` where `pg_obj = pg_obj / (n * passes)`
+            ctx.report(
+                self,
+                backward,
+                "gradients are accumulated over several micro-batches but the loss is not "
+                "divided by their number: the effective learning rate is multiplied",
+            )
 
     @staticmethod
     def _periodic(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
@@ -103,6 +115,43 @@ class GradAccumNoScale(Rule):
             elif isinstance(node, ast.Assign) and _divided(node.value):
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         return names
+
+
+def _is_division(node: ast.AST) -> bool:
+    return isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div)
+
+
+def _micro_step_loops(ctx: ModuleContext) -> list[ast.For]:
+    """`for micro_step in range(accum_steps):` loops that back-propagate without stepping,
+    followed in the same block by the optimizer step (nanoGPT, denoising-diffusion's
+    `gradient_accumulate_every`)."""
+    found: list[ast.For] = []
+    for loop in ctx.flow.nodes(ast.For):
+        it = loop.iter
+        if not (
+            isinstance(it, ast.Call)
+            and isinstance(it.func, ast.Name)
+            and it.func.id == "range"
+            and len(it.args) == 1
+            and isinstance(it.args[0], ast.Name | ast.Attribute)
+        ):
+            continue
+        effects = direct_effects(loop.body)
+        if not effects.backward or effects.step:
+            continue
+        parent = ctx.parents.get(loop)
+        block = next(
+            (
+                stmts
+                for field in ("body", "orelse", "finalbody")
+                if isinstance(stmts := getattr(parent, field, None), list) and loop in stmts
+            ),
+            [],
+        )
+        after = block[block.index(loop) + 1 :] if block else []
+        if after and direct_effects(after).step:
+            found.append(loop)
+    return found
 
 
 def _is_tensor_method(call: ast.Call) -> bool:
