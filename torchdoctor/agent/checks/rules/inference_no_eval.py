@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.patterns import (
     functions,
     has_main_guard,
     is_main_guard,
+    is_model_expr,
     mode_call_receivers,
     model_calls,
 )
@@ -22,8 +23,10 @@ _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
 
 
 class InferenceNoEval(Rule):
-    """Detects an inference path — a function named like `predict`/`infer`/`serve`, or the
-    `if __name__ == "__main__":` block of a script that does not train — that calls the model
+    """Detects an inference path — a function named like `predict`/`infer`/`serve`, the
+    `if __name__ == "__main__":` block of a script that does not train, or the module-level
+    statements of a sampling script that loads weights (`model.generate(...)` counts there) —
+    that calls the model
     without a preceding `.eval()` (in that function, a local helper it calls, or, for a model
     passed in as a parameter, anywhere in the module).
 
@@ -54,7 +57,7 @@ class InferenceNoEval(Rule):
             and not fn.name.startswith("test_")
             and INFERENCE_FUNCTION.search(fn.name)
         ]
-        if not candidates and not has_main_guard(ctx.tree):
+        if not candidates and not has_main_guard(ctx.tree) and not _script_body(ctx):
             return
         module_evals = [
             c for c in nodes_of(ctx, ast.Call) if isinstance(c, ast.Call) and _is_eval_call(c)
@@ -70,6 +73,9 @@ class InferenceNoEval(Rule):
                 assert isinstance(stmt, ast.If)
                 if not is_model_smoke_test(ctx, stmt):
                     self._check(ctx, stmt.body, set(), local_evals, False)
+        top = _script_body(ctx)
+        if top:
+            self._check(ctx, top, set(), local_evals, False, sampling=True)
 
     def _check(
         self,
@@ -78,6 +84,7 @@ class InferenceNoEval(Rule):
         params: set[str],
         local_evals: set[str],
         module_has_eval: bool,
+        sampling: bool = False,
     ) -> None:
         if ctx.loops.effects_of(body).backward:
             return
@@ -87,7 +94,8 @@ class InferenceNoEval(Rule):
             for c in walk_scope(body)
             if isinstance(c, ast.Call) and _callee(c) in local_evals
         ]
-        for call in model_calls(ctx, body):
+        calls = _sampling_calls(ctx, body) if sampling else list(model_calls(ctx, body))
+        for call in calls:
             if any(line <= call.lineno for line in evals):
                 return
             root = _root_name(call.func)
@@ -100,6 +108,36 @@ class InferenceNoEval(Rule):
                 "still behave as in training",
             )
             return
+
+
+def _script_body(ctx: ModuleContext) -> list[ast.stmt]:
+    """The statements a sampling script runs at module level (nanoGPT's sample.py), in a
+    module that loads trained weights and never back-propagates: an inference path like a
+    `__main__` block."""
+    if "backward" in ctx.source or ctx.loops.training_loops:
+        return []
+    if not any(w in ctx.source for w in ("load_state_dict", "torch.load(", "from_pretrained")):
+        return []
+    return [
+        stmt
+        for stmt in ctx.tree.body
+        if isinstance(stmt, ast.With | ast.For | ast.While | ast.Assign | ast.Expr | ast.If)
+        and not is_main_guard(stmt)
+    ]
+
+
+def _sampling_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
+    """Model calls in a sampling script (`model(x)`, `model.generate(...)`), in source order."""
+    calls = list(model_calls(ctx, body))
+    for node in walk_scope(body):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "generate"
+            and is_model_expr(ctx, node.func.value)
+        ):
+            calls.append(node)
+    return sorted(calls, key=lambda c: (c.lineno, c.col_offset))
 
 
 def _callee(call: ast.Call) -> str:
