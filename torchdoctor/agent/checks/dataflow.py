@@ -980,8 +980,8 @@ class DataFlow:
         return found
 
     def root_names(self, expr: ast.expr) -> set[str]:
-        """Every plain name `expr` is computed from, through definitions and local returns
-        (transitively, bounded)."""
+        """Every plain name `expr` is computed from, through definitions (also of `self.x`
+        attributes: a split inside a class method) and local returns (transitively, bounded)."""
         names: set[str] = set()
         seen: set[int] = set()
         frontier: list[ast.expr] = [expr]
@@ -994,6 +994,8 @@ class DataFlow:
                 if isinstance(sub, ast.Name) and sub.id not in names:
                     names.add(sub.id)
                     frontier.extend(self.definitions(sub))
+                elif isinstance(sub, ast.Attribute) and identifier(sub.value) == "self":
+                    frontier.extend(self.definitions(sub))  # `self.X` set in `__init__`
                 elif isinstance(sub, ast.Call):
                     frontier.extend(self.returns_of(sub))
         return names

@@ -197,12 +197,21 @@ def _statistic_of(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
 
 def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
     """The statistic fills or rescales data (`fillna(mean)`, `(x - mean) / std`,
-    `Normalize(mean, std)`), as opposed to summarising a metric for a report."""
+    `Normalize(mean, std)`), as opposed to summarising a metric for a report. A statistic
+    rescaled by a constant (`data.mean(axis=0) / 255`) is followed to where it goes."""
+    node: ast.expr = call
     parent = ctx.parents.get(call)
+    while (
+        isinstance(parent, ast.BinOp)
+        and parent.left is node
+        and isinstance(parent.right, ast.Constant)
+        and isinstance(parent.op, ast.Div | ast.Mult)
+    ):
+        node, parent = parent, ctx.parents.get(parent)
     if isinstance(parent, ast.Call) and identifier(parent.func) in _FILLERS:
         return True
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Sub | ast.Div):
-        return parent.right is call  # inline standardisation: `(X - X.mean()) / X.std()`
+        return parent.right is node  # inline standardisation: `(X - X.mean()) / X.std()`
     if isinstance(parent, ast.keyword):
         grand = ctx.parents.get(parent)
         return isinstance(grand, ast.Call) and identifier(grand.func) in _FILLERS
