@@ -79,7 +79,9 @@ class LeakPreprocessing(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return bool(ctx.flow.split_inputs) or ctx.flow.imports("sklearn")
+        """Splits, sklearn, or a held-out dataset built in the module (`train=False`)."""
+        held_out_dataset = "train=False" in ctx.source
+        return bool(ctx.flow.split_inputs) or ctx.flow.imports("sklearn") or held_out_dataset
 
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
