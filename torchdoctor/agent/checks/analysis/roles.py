@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
-from torchdoctor.agent.checks.dataflow import held_out_name_kind
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext

@@ -1,0 +1,167 @@
+"""Accumulators that keep autograd graphs alive across iterations (`total += loss`)."""
+
+from __future__ import annotations
+
+import ast
+from functools import cached_property
+
+from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.graph_origin import GraphOrigins
+from torchdoctor.agent.checks.loops import is_periodic_guard, walk_scope
+
+
+class Accumulations(GraphOrigins):
+    """Accumulation sites and whether their graphs survive the iteration."""
+
+    @cached_property
+    def accumulations(self) -> list[Accumulation]:
+        """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop. Whether `acc` really
+        carries values across iterations is `carried_across_iterations` (asked only for the
+        sites a rule cares about, since it is the costly part)."""
+        found: list[Accumulation] = []
+        candidates: list[ast.AST] = [*self.nodes(ast.AugAssign), *self.nodes(ast.Assign)]
+        candidates += self.calls_named(("append", "extend"))
+        for node in candidates:
+            pair = _accumulation_pair(node)
+            if pair is None:
+                continue
+            loop = self._innermost_loop(node)
+            while loop is not None and _iterates_keys_of(loop, pair[0]):
+                loop = self._innermost_loop(loop)  # `for k, v in losses.items(): total[k] += v`
+            if loop is not None:
+                found.append(Accumulation(node, pair[0], pair[1], loop))
+        return found
+
+    def carried_across_iterations(self, acc: Accumulation) -> bool:
+        """The accumulator outlives the iteration (no plain re-assignment in the loop body)
+        and is never back-propagated itself (summing micro-batch losses is intended)."""
+        if self._assigned_in(acc.target, acc.loop, acc.node):
+            return False
+        return not self.is_backpropagated(acc.target)
+
+    def _innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
+        for anc in self.ctx.ancestors(node):
+            if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+                return anc
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                return None
+        return None
+
+    def _assigned_in(
+        self, target: ast.expr, loop: ast.For | ast.While | ast.AsyncFor, skip: ast.AST
+    ) -> bool:
+        """Whether the loop body re-binds `target` (or the dict it indexes) every iteration: a
+        reset. One under a periodic guard (`if step % 100 == 0: total = 0`) still lets up to
+        that many iterations' graphs pile up, so it is no reset."""
+        texts = {ast.unparse(target)}
+        if isinstance(target, ast.Subscript):
+            texts.add(ast.unparse(target.value))
+        for node in walk_scope(loop.body):
+            if node is skip or not isinstance(node, ast.Assign | ast.AnnAssign):
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if node.value is not None and _accumulation_pair(node) is not None:
+                continue
+            if any(ast.unparse(t) in texts for t in targets) and not self._periodic(node, loop):
+                return True
+        return False
+
+    def _periodic(self, node: ast.AST, loop: ast.AST) -> bool:
+        child = node
+        for anc in self.ctx.ancestors(node):
+            if anc is loop:
+                return False
+            if isinstance(anc, ast.If) and child is not anc.test and is_periodic_guard(anc.test):
+                return True
+            child = anc
+        return False
+
+    def is_backpropagated(self, target: ast.expr) -> bool:
+        """Whether some `.backward()`/`autograd.grad` in the module runs on a value derived from
+        `target` (summing micro-batch losses before one backward is intended)."""
+        text = ast.unparse(target)
+        for call in self._backward_calls:
+            receivers: list[ast.expr] = list(call.args)
+            if isinstance(call.func, ast.Attribute):
+                receivers.append(call.func.value)
+            for receiver in receivers:
+                if self.derives_from(receiver, lambda n: _same_text(n, text)):
+                    return True
+        return False
+
+    @cached_property
+    def _backward_calls(self) -> list[ast.Call]:
+        calls: list[ast.Call] = []
+        for node in self.nodes(ast.Call):
+            qual = self.qualname_of(node) or ""
+            if identifier(node.func) in ("backward", "manual_backward") or qual in (
+                "torch.autograd.backward",
+                "torch.autograd.grad",
+            ):
+                calls.append(node)
+        return calls
+
+
+class Accumulation:
+    """One accumulation site: `node` adds `value` into `target` inside `loop`."""
+
+    __slots__ = ("loop", "node", "target", "value")
+
+    def __init__(
+        self,
+        node: ast.AST,
+        target: ast.expr,
+        value: ast.expr,
+        loop: ast.For | ast.While | ast.AsyncFor,
+    ) -> None:
+        self.node = node
+        self.target = target
+        self.value = value
+        self.loop = loop
+
+
+def _same_text(node: ast.AST, text: str) -> bool:
+    return _is_accumulator(node) and ast.unparse(node) == text
+
+
+def _is_accumulator(node: ast.AST) -> bool:
+    """`total`, `self.total`, `history["loss"]`, `totals[key]` (a constant or a plain name as
+    the key), not `x[i + 1]`."""
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant | ast.Name) and _is_accumulator(node.value)
+    return isinstance(node, ast.Name | ast.Attribute)
+
+
+def _iterates_keys_of(loop: ast.AST, target: ast.expr) -> bool:
+    """`for k, v in d.items()` / `for k in d` whose key indexes the accumulator `target`."""
+    if not isinstance(target, ast.Subscript) or not isinstance(target.slice, ast.Name):
+        return False
+    if not isinstance(loop, ast.For | ast.AsyncFor):
+        return False
+    key = target.slice.id
+    return any(isinstance(n, ast.Name) and n.id == key for n in ast.walk(loop.target))
+
+
+def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
+    """(accumulator, added value) for `a += v`, `a = a + v`, `a.append(v)`; else None."""
+    if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+        if _is_accumulator(node.target):
+            return node.target, node.value
+    elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, value = node.targets[0], node.value
+        if (
+            _is_accumulator(target)
+            and isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.Add)
+        ):
+            text = ast.unparse(target)
+            if ast.unparse(value.left) == text:
+                return target, value.right
+            if ast.unparse(value.right) == text:
+                return target, value.left
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        receiver = node.func.value
+        appends = node.func.attr in ("append", "extend") and len(node.args) == 1
+        if appends and _is_accumulator(receiver):
+            return receiver, node.args[0]
+    return None

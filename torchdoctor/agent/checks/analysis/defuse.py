@@ -1,0 +1,422 @@
+"""Def-use over one module: which expressions a name, `self.x` or a local call may hold.
+
+Scopes are functions (and the module); a name resolves to the assignments in its function,
+then to the module's; `self.x` to every `self.x = ...` of the class; a local call to what
+the function returns. Flow-insensitive by design: rules ask "may this value come from X?".
+Every other analysis of the data-flow model builds on `DefUse`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
+
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    NN_MODULE_BASES,
+)
+from torchdoctor.agent.checks.loops import local_callee, walk_scope
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+
+ScopeNode = ast.Module | ast.FunctionDef | ast.AsyncFunctionDef
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+GraphOrigin = Literal["loss", "output"]
+_N = TypeVar("_N", bound=ast.AST)
+MAX_DEPTH = 8
+MAX_VISITS = 400
+
+
+def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
+    """Names bound by an assignment target, paired with the target node."""
+    if isinstance(target, ast.Name):
+        yield target.id, target
+    elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+        yield f"{target.value.id}.{target.attr}", target
+    elif isinstance(target, ast.Tuple | ast.List):
+        for elt in target.elts:
+            yield from _target_names(elt)
+    elif isinstance(target, ast.Starred):
+        yield from _target_names(target.value)
+
+
+def identifier(expr: ast.AST) -> str:
+    """`self.model` -> 'model'; `crit` -> 'crit'; `model.forward` -> 'forward'."""
+    if isinstance(expr, ast.Attribute):
+        return expr.attr
+    if isinstance(expr, ast.Name):
+        return expr.id
+    return ""
+
+
+def kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    return None
+
+
+def first_argument(call: ast.Call, name: str) -> ast.expr | None:
+    """The argument passed as keyword `name` or first positionally."""
+    found = kwarg(call, name)
+    if found is not None:
+        return found
+    if call.args and not isinstance(call.args[0], ast.Starred):
+        return call.args[0]
+    return None
+
+
+def module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The module's own statements, without the bodies of its functions and classes."""
+    return [
+        s
+        for s in tree.body
+        if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+
+
+_BINDING_NODES: tuple[type[ast.AST], ...] = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.NamedExpr,
+    ast.For,
+    ast.AsyncFor,
+    ast.comprehension,
+    ast.withitem,
+)
+
+
+def _binding_pairs(node: ast.AST) -> Iterator[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs a binding statement creates; `a, b = x, y` pairs element-wise."""
+    if isinstance(node, ast.Assign):
+        for t in node.targets:
+            yield from _element_pairs(t, node.value)
+    elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
+        if node.value is not None:
+            yield node.target, node.value
+    elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+        yield node.target, node.iter
+    elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        yield node.optional_vars, node.context_expr
+
+
+def _element_pairs(target: ast.expr, value: ast.expr) -> Iterator[tuple[ast.expr, ast.expr]]:
+    if (
+        isinstance(target, ast.Tuple | ast.List)
+        and isinstance(value, ast.Tuple | ast.List)
+        and len(target.elts) == len(value.elts)
+        and not any(isinstance(e, ast.Starred) for e in [*target.elts, *value.elts])
+    ):
+        for t, v in zip(target.elts, value.elts, strict=True):
+            yield from _element_pairs(t, v)
+    else:
+        yield target, value
+
+
+def is_false(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is False
+
+
+class DefUse:
+    """The def-use tables of one module, built lazily from the engine's node index."""
+
+    def __init__(self, ctx: ModuleContext) -> None:
+        self.ctx = ctx
+        self._origin_memo: dict[int, GraphOrigin | None] = {}
+        self._reaching: dict[str, frozenset[str]] = {}
+        self._qualnames: dict[int, str | None] = {}
+
+    @cached_property
+    def _index(self) -> dict[type[ast.AST], list[ast.AST]]:
+        """Every node of the module grouped by type, from the engine's single walk."""
+        return self.ctx.nodes_by_type()
+
+    def qualname_of(self, call: ast.Call) -> str | None:
+        """`ctx.call_qualname`, memoised: several rules resolve the same calls."""
+        key = id(call)
+        if key not in self._qualnames:
+            self._qualnames[key] = self.ctx.call_qualname(call)
+        return self._qualnames[key]
+
+    def imports(self, *prefixes: str) -> bool:
+        """Whether the module imports something under one of `prefixes` ('torch', 'sklearn')."""
+        return any(
+            target == prefix or target.startswith(prefix + ".")
+            for target in self.ctx.imports.aliases.values()
+            for prefix in prefixes
+        )
+
+    @cached_property
+    def _loads(self) -> dict[str, list[ast.Name]]:
+        found: dict[str, list[ast.Name]] = {}
+        for name in self.nodes(ast.Name):
+            if isinstance(name.ctx, ast.Load):
+                found.setdefault(name.id, []).append(name)
+        return found
+
+    def reads_of(self, name: str) -> list[ast.Name]:
+        """Every place the module reads the plain name `name`."""
+        return self._loads.get(name, [])
+
+    @cached_property
+    def _calls_by_name(self) -> dict[str, list[ast.Call]]:
+        found: dict[str, list[ast.Call]] = {}
+        for call in self.nodes(ast.Call):
+            found.setdefault(identifier(call.func), []).append(call)
+        return found
+
+    def calls_matching(self, pattern: re.Pattern[str]) -> list[ast.Call]:
+        """Calls whose callee's last name part matches `pattern` (tested once per name)."""
+        return self.calls_named(n for n in self._calls_by_name if pattern.search(n))
+
+    def calls_named(self, names: Iterable[str]) -> list[ast.Call]:
+        """Calls whose callee's last name part is one of `names` (`x.append(...)`: 'append')."""
+        return [call for name in set(names) for call in self._calls_by_name.get(name, [])]
+
+    def calls_to(self, qualnames: Collection[str]) -> list[ast.Call]:
+        """Calls that resolve to one of `qualnames`, however imported or aliased."""
+        names = {q.rsplit(".", 1)[-1] for q in qualnames}
+        names |= {a for a, target in self.ctx.imports.aliases.items() if target in qualnames}
+        return [c for c in self.calls_named(names) if self.qualname_of(c) in qualnames]
+
+    def nodes(self, kind: type[_N]) -> list[_N]:
+        """All nodes of exactly type `kind` in the module (rules use this, not `ast.walk`)."""
+        return cast(list[_N], self._index.get(kind, []))
+
+    def _scope_key(self, node: ast.AST) -> ScopeNode | None:
+        """The function (or module) whose local names `node` binds; None inside a class body
+        or a lambda, whose names rules do not track."""
+        for anc in self.ctx.ancestors(node):
+            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+                return anc
+            if isinstance(anc, ast.ClassDef | ast.Lambda):
+                return None
+        return self.ctx.tree
+
+    # ---- def-use tables -------------------------------------------------------------------
+
+    @cached_property
+    def _tables(
+        self,
+    ) -> tuple[
+        dict[int, dict[str, list[ast.expr]]],
+        dict[tuple[int, str], list[tuple[ast.expr, int, int]]],
+    ]:
+        """(scope id -> name -> assigned values, (scope id, name) -> tuple unpackings).
+
+        Unpackings are recorded for assignments only: `for x, y in loader` binds elements of
+        one iterable, while `a, b = f()` binds different parts of one result."""
+        bindings: dict[int, dict[str, list[ast.expr]]] = {id(self.ctx.tree): {}}
+        unpacked: dict[tuple[int, str], list[tuple[ast.expr, int, int]]] = {}
+        for kind in _BINDING_NODES:
+            for node in self.nodes(kind):
+                scope = self._scope_key(node)
+                if scope is None:
+                    continue
+                table = bindings.setdefault(id(scope), {})
+                for target, value in _binding_pairs(node):
+                    for name, _ in _target_names(target):
+                        table.setdefault(name, []).append(value)
+                    iterated = isinstance(node, ast.For | ast.AsyncFor | ast.comprehension)
+                    if isinstance(target, ast.Tuple | ast.List) and not iterated:
+                        for position, elt in enumerate(target.elts):
+                            for name, _ in _target_names(elt):
+                                unpacked.setdefault((id(scope), name), []).append(
+                                    (value, position, len(target.elts))
+                                )
+        return bindings, unpacked
+
+    @property
+    def _scope_bindings(self) -> dict[int, dict[str, list[ast.expr]]]:
+        """scope node id -> name -> assigned value expressions (tuple unpacking kept whole)."""
+        return self._tables[0]
+
+    @property
+    def _unpacked_by_name(self) -> dict[tuple[int, str], list[tuple[ast.expr, int, int]]]:
+        """(scope id, name) -> every `(value, position, arity)` unpacking that binds it."""
+        return self._tables[1]
+
+    @cached_property
+    def _self_attributes(self) -> dict[str, list[ast.expr]]:
+        """`self.x` -> values assigned anywhere in the module's methods."""
+        merged: dict[str, list[ast.expr]] = {}
+        for table in self._scope_bindings.values():
+            for name, values in table.items():
+                if name.startswith("self."):
+                    merged.setdefault(name, []).extend(values)
+        return merged
+
+    @cached_property
+    def functions(self) -> dict[str, list[FunctionNode]]:
+        found: dict[str, list[FunctionNode]] = {}
+        defs: list[FunctionNode] = [*self.nodes(ast.FunctionDef), *self.nodes(ast.AsyncFunctionDef)]
+        for fn in defs:
+            found.setdefault(fn.name, []).append(fn)
+        return found
+
+    @cached_property
+    def _returns(self) -> dict[str, list[ast.expr]]:
+        result: dict[str, list[ast.expr]] = {}
+        for node in self.nodes(ast.Return):
+            scope = self._scope_key(node)
+            if node.value is not None and isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+                result.setdefault(scope.name, []).append(node.value)
+        return result
+
+    @cached_property
+    def classes(self) -> dict[str, ast.ClassDef]:
+        return {n.name: n for n in self.nodes(ast.ClassDef)}
+
+    def module_inits(self) -> Iterator[tuple[str, ast.FunctionDef]]:
+        """(class name, `__init__`) of the module's `nn.Module` subclasses, by class name."""
+        for name in sorted(self.module_classes):
+            for stmt in self.classes[name].body:
+                if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
+                    yield name, stmt
+
+    @cached_property
+    def module_classes(self) -> set[str]:
+        """Local classes that are `nn.Module`s, directly or through local bases."""
+        found: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for cls in self.classes.values():
+                if cls.name in found:
+                    continue
+                for base in cls.bases:
+                    qual = self.ctx.qualname(base) or ""
+                    simple = identifier(base)
+                    if qual in NN_MODULE_BASES or simple in found or simple.endswith("Module"):
+                        found.add(cls.name)
+                        changed = True
+                        break
+        return found
+
+    @cached_property
+    def callers(self) -> dict[str, list[ast.Call]]:
+        """Local function name -> the calls in the module that may reach it."""
+        found: dict[str, list[ast.Call]] = {}
+        names = set(self.functions)
+        for node in self.nodes(ast.Call):
+            callee = local_callee(node)
+            if callee in names:
+                found.setdefault(callee, []).append(node)
+        return found
+
+    def _scope_of(self, node: ast.AST) -> ScopeNode:
+        fn = self.ctx.enclosing_function(node)
+        return fn if fn is not None else self.ctx.tree
+
+    def definitions(self, node: ast.expr) -> list[ast.expr]:
+        """Expressions `node` (a Name or `self.attr`) may hold; [] when unknown."""
+        if isinstance(node, ast.Name):
+            scope = self._scope_of(node)
+            values = self._scope_bindings.get(id(scope), {}).get(node.id)
+            if values:
+                return values
+            return self._scope_bindings[id(self.ctx.tree)].get(node.id, [])
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "self":
+                return self._self_attributes.get(f"self.{node.attr}", [])
+            scope = self._scope_of(node)
+            key = f"{node.value.id}.{node.attr}"
+            return self._scope_bindings.get(id(scope), {}).get(key, [])
+        return []
+
+    def unpackings(self, node: ast.Name) -> list[tuple[ast.expr, int, int]]:
+        """Where `node`'s name is bound by tuple unpacking: (value, position, arity)."""
+        scope = self._scope_of(node)
+        found = self._unpacked_by_name.get((id(scope), node.id))
+        if found:
+            return found
+        return self._unpacked_by_name.get((id(self.ctx.tree), node.id), [])
+
+    def returns_of(self, call: ast.Call) -> list[ast.expr]:
+        """What a call of a local function (`f(x)` or `self.f(x)`) may return."""
+        func = call.func
+        if isinstance(func, ast.Name) or (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in ("self", "cls")
+        ):
+            return self._returns.get(identifier(func), [])
+        return []
+
+    def sources(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.expr]:
+        """`expr` and every expression it may derive from through names and local returns.
+
+        Each expression is visited once (re-assignments like `x = f(x)` repeated many times
+        stay linear), at most `MAX_DEPTH` steps from `expr`."""
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, depth)]
+        while stack:
+            current, level = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            yield current
+            if level >= MAX_DEPTH:
+                continue
+            nexts: list[ast.expr] = []
+            if isinstance(current, ast.Name | ast.Attribute):
+                nexts = [v for v in self.definitions(current) if v is not current]
+            elif isinstance(current, ast.Call):
+                callee = current.func.id if isinstance(current.func, ast.Name) else None
+                nexts = list(self._returns.get(callee or "", []))
+            stack.extend((value, level + 1) for value in reversed(nexts))
+
+    def constructed_as(self, expr: ast.expr) -> str | None:
+        """Qualified name of the constructor/factory whose result `expr` holds, if resolvable.
+
+        `crit = nn.CrossEntropyLoss(); crit(...)` -> 'torch.nn.CrossEntropyLoss'.
+        """
+        for source in self.sources(expr):
+            if isinstance(source, ast.Call):
+                qual = self.qualname_of(source)
+                if qual is not None:
+                    return qual
+        return None
+
+    def constructors(self, expr: ast.expr) -> Iterator[ast.Call]:
+        """Calls whose result `expr` may hold, seen through `.to()/.eval()`-style chains."""
+        for source in self.sources(expr):
+            call = source
+            while (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr in ("to", "cuda", "cpu", "eval", "train", "float", "half")
+            ):
+                call = call.func.value
+            if isinstance(call, ast.Call):
+                yield call
+
+    def local_class(self, expr: ast.expr) -> ast.ClassDef | None:
+        """The module's own class whose instance `expr` may hold (`model = Net()`)."""
+        for call in self.constructors(expr):
+            if isinstance(call.func, ast.Name) and call.func.id in self.classes:
+                return self.classes[call.func.id]
+        return None
+
+    def derives_from(self, expr: ast.expr, predicate: Callable[[ast.AST], bool]) -> bool:
+        """Whether any sub-expression of any source of `expr` satisfies `predicate`."""
+        for source in self.sources(expr):
+            for sub in walk_scope(source):
+                if predicate(sub):
+                    return True
+                if (
+                    sub is not source
+                    and isinstance(sub, ast.Name | ast.Attribute)
+                    and any(predicate(s) for s in self._shallow_sources(sub))
+                ):
+                    return True
+        return False
+
+    def _shallow_sources(self, expr: ast.expr) -> Iterator[ast.AST]:
+        for value in self.definitions(expr):
+            yield from walk_scope(value)

@@ -1,0 +1,99 @@
+"""Is a value still attached to the autograd graph (a loss or a model output)?"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+from torchdoctor.agent.checks.analysis.defuse import MAX_VISITS, GraphOrigin
+from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    AGGREGATING_BUILTINS,
+    DETACHING_BUILTINS,
+    DETACHING_METHODS,
+    NON_GRAD_TORCH,
+)
+
+
+class GraphOrigins(ModelFacts):
+    """Whether a value may still hold an autograd graph, memoised per expression."""
+
+    def graph_origin(self, expr: ast.expr) -> GraphOrigin | None:
+        """'loss' or 'output' when `expr` may still hold an autograd graph, else None.
+
+        A value is attached when it comes from a loss (a criterion, `F.*_loss`, a function
+        named like a loss) or a model's output, through arithmetic, reductions and views; it
+        is detached by `.item()`, `.detach()`, `float()`, comparisons and `argmax`, and
+        anything computed under `no_grad`/`inference_mode`.
+        """
+        return self._origin(expr, set())
+
+    def _origin(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
+        key = id(expr)
+        if key in self._origin_memo:
+            return self._origin_memo[key]
+        if key in active or len(active) > MAX_VISITS:
+            return None
+        active.add(key)
+        result = self._origin_uncached(expr, active)
+        active.discard(key)
+        self._origin_memo[key] = result
+        return result
+
+    def _first_origin(self, exprs: Iterable[ast.expr], active: set[int]) -> GraphOrigin | None:
+        found: GraphOrigin | None = None
+        for expr in exprs:
+            origin = self._origin(expr, active)
+            if origin == "loss":
+                return origin
+            found = found or origin
+        return found
+
+    def _origin_uncached(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
+        if self.grad_disabled_at(expr):
+            return None
+        if isinstance(expr, ast.Name):
+            return self._first_origin(self.definitions(expr), active)
+        if isinstance(expr, ast.Attribute):
+            if expr.attr in ("data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"):
+                return None
+            return self._first_origin(self.definitions(expr), active)
+        if isinstance(expr, ast.Call):
+            return self._call_origin(expr, active)
+        if isinstance(expr, ast.BinOp):
+            return self._first_origin((expr.left, expr.right), active)
+        if isinstance(expr, ast.UnaryOp):
+            return self._origin(expr.operand, active)
+        if isinstance(expr, ast.Subscript | ast.Starred):
+            return self._origin(expr.value, active)
+        if isinstance(expr, ast.IfExp):
+            return self._first_origin((expr.body, expr.orelse), active)
+        if isinstance(expr, ast.Tuple | ast.List):
+            return self._first_origin(expr.elts, active)
+        if isinstance(expr, ast.Dict):
+            return self._first_origin(expr.values, active)
+        return None
+
+    def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in DETACHING_BUILTINS:
+            return None
+        if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
+            return None
+        if self.is_loss_callee(func):
+            return "loss"
+        if self.is_model_call(call):
+            return "output"
+        qual = self.qualname_of(call)
+        if qual is not None:
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in NON_GRAD_TORCH:
+                return self._first_origin(call.args, active)
+            return None
+        if isinstance(func, ast.Name) and func.id in AGGREGATING_BUILTINS:
+            return self._first_origin(call.args, active)
+        returned = self.returns_of(call)
+        if returned:
+            return self._first_origin(returned, active)
+        if isinstance(func, ast.Attribute):
+            return self._origin(func.value, active)
+        return None

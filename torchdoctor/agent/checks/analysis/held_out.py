@@ -1,0 +1,347 @@
+"""Does a value derive from the test/validation split? Splits and what they divide."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Iterator
+from functools import cached_property
+
+from torchdoctor.agent.checks.analysis.defuse import (
+    MAX_DEPTH,
+    MAX_VISITS,
+    DefUse,
+    identifier,
+    is_false,
+    kwarg,
+)
+from torchdoctor.agent.checks.loops import walk_scope
+
+_HELD_OUT_TOKENS = {
+    "test": "test",
+    "tst": "test",
+    "holdout": "test",
+    "heldout": "test",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "val",
+}
+_NOT_DATA_TOKENS = frozenset(
+    {
+        "freq",
+        "interval",
+        "every",
+        "size",
+        "ratio",
+        "frac",
+        "fraction",
+        "pct",
+        "percent",
+        "num",
+        "n",
+        "count",
+        "steps",
+        "epochs",
+        "batch",
+        "bs",
+        "split",
+        "splits",
+        "mode",
+        "only",
+        "case",
+        "cases",
+        "time",
+        "func",
+        "fn",
+        "step",
+        "period",
+        "flag",
+        "enabled",
+        "dir",
+        "path",
+        "file",
+        "id",
+        "ids",
+        "kwargs",
+        "args",
+        "config",
+        "cfg",
+        "opts",
+        "params",
+        "settings",
+        "name",
+        "names",
+        "collate",
+        "transform",
+        "transforms",
+        "fmt",
+        "print",
+        "verbose",
+    }
+)
+_DATA_SUFFIXES = (
+    "loader",
+    "set",
+    "data",
+    "dataset",
+    "ds",
+    "dl",
+    "iter",
+    "x",
+    "y",
+    "images",
+    "labels",
+    "df",
+    "features",
+    "targets",
+)
+_NON_DATA_KEYWORDS = frozenset(
+    {
+        "collate_fn",
+        "transform",
+        "target_transform",
+        "transforms",
+        "batch_size",
+        "num_workers",
+        "shuffle",
+        "sampler",
+        "batch_sampler",
+        "pin_memory",
+        "drop_last",
+        "device",
+        "dtype",
+        "worker_init_fn",
+        "generator",
+        "callbacks",
+        "model",
+        "optimizer",
+        "criterion",
+        "loss_fn",
+        "scheduler",
+        "random_state",
+        "test_size",
+        "train_size",
+        "stratify",
+    }
+)
+_HELD_OUT_SPLIT_VALUES = frozenset({"test", "val", "valid", "validation", "eval", "holdout", "dev"})
+_TOKEN_SPLIT = re.compile(r"[^A-Za-z]+|(?<=[a-z])(?=[A-Z])")
+SPLIT_FUNCTIONS = frozenset(
+    {
+        "sklearn.model_selection.train_test_split",
+        "torch.utils.data.random_split",
+        "torch.utils.data.dataset.random_split",
+    }
+)
+_SPLIT_SIMPLE_NAMES = frozenset({"train_test_split", "random_split"})
+
+
+def held_out_name_kind(name: str) -> str | None:
+    """'X_test' -> 'test', 'valloader' -> 'val', 'val_freq' -> None, 'latest' -> None."""
+    tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+    if any(t in _NOT_DATA_TOKENS for t in tokens):
+        return None
+    for token in tokens:
+        if token in _HELD_OUT_TOKENS:
+            return _HELD_OUT_TOKENS[token]
+        for prefix in ("test", "val", "valid", "eval"):
+            if token.startswith(prefix) and token[len(prefix) :] in _DATA_SUFFIXES:
+                return _HELD_OUT_TOKENS[prefix]
+        for suffix in ("test", "val"):
+            if token.endswith(suffix) and token[: -len(suffix)] in _DATA_SUFFIXES:
+                return _HELD_OUT_TOKENS[suffix]
+    return None
+
+
+class HeldOut(DefUse):
+    """Held-out derivation and the splits of one module."""
+
+    def is_split_call(self, call: ast.Call) -> bool:
+        """`train_test_split`/`random_split` from sklearn or torch (also the old
+        `sklearn.cross_validation` module), or an unresolved local of that name."""
+        qual = self.qualname_of(call)
+        if qual is not None:
+            return qual in SPLIT_FUNCTIONS or (
+                qual.startswith("sklearn.") and qual.endswith(".train_test_split")
+            )
+        return identifier(call.func) in _SPLIT_SIMPLE_NAMES
+
+    def held_out_kind(
+        self, expr: ast.expr, kinds: frozenset[str] = frozenset({"test", "val"})
+    ) -> str | None:
+        """'test' or 'val' when `expr` may derive from that held-out split, else None.
+
+        Evidence: a name that says so (`X_test`, `val_loader`, `testset`), a dataset built with
+        `train=False` or `split="test"`, the held-out half of `train_test_split`/`random_split`
+        (kind 'split' for an unnamed `random_split` part), the tail `x[k:]` of a sequence whose
+        head `x[:k]` is taken too, and anything computed from those (calls, loaders, loops).
+        """
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, 0)]
+        while stack and len(seen) < MAX_VISITS:
+            node, depth = stack.pop()
+            if id(node) in seen or depth > MAX_DEPTH * 2:
+                continue
+            seen.add(id(node))
+            kind = self._direct_held_out(node)
+            if kind is not None and kind in kinds:
+                return kind
+            stack.extend((child, depth + 1) for child in self._held_out_children(node))
+        return None
+
+    def _direct_held_out(self, node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name | ast.Attribute):
+            if isinstance(node, ast.Name) and node.id == "self":
+                return None
+            kind = held_out_name_kind(identifier(node))
+            if kind is not None:
+                return kind
+            if isinstance(node, ast.Name):
+                for value, index, _ in self.unpackings(node):
+                    if isinstance(value, ast.Call) and self.is_split_call(value) and index > 0:
+                        split = identifier(value.func)
+                        if split == "train_test_split" and index % 2 == 1:
+                            return "test"
+                        if split == "random_split":
+                            return "split"
+            return None
+        if isinstance(node, ast.Call):
+            if is_false(kwarg(node, "train")):
+                return "test"
+            for name in ("split", "subset", "mode"):
+                option = kwarg(node, name)
+                if (
+                    isinstance(option, ast.Constant)
+                    and isinstance(option.value, str)
+                    and option.value.lower() in _HELD_OUT_SPLIT_VALUES
+                ):
+                    return held_out_name_kind(option.value) or "val"
+            return None
+        if isinstance(node, ast.Subscript) and self._is_tail_slice(node):
+            return "split"
+        return None
+
+    def _held_out_children(self, node: ast.expr) -> Iterator[ast.expr]:
+        if isinstance(node, ast.Name):
+            # `train, val, test = load()` binds one part each of a mixed result: what `load`
+            # returns as a whole says nothing about this part (split positions are read by
+            # `_direct_held_out`).
+            parts = {id(value) for value, _, _ in self.unpackings(node)}
+            yield from (v for v in self.definitions(node) if id(v) not in parts)
+        elif isinstance(node, ast.Attribute):
+            yield from self.definitions(node)
+            yield node.value
+        elif isinstance(node, ast.Call):
+            if not self.is_split_call(node):
+                yield from node.args
+                yield from (
+                    k.value
+                    for k in node.keywords
+                    if k.arg is not None and k.arg not in _NON_DATA_KEYWORDS
+                )
+                # A returned tuple mixes splits (`return train, test`): its parts are not all
+                # held out, and unpacking positions are not tracked through returns.
+                yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))
+            if isinstance(node.func, ast.Attribute):
+                yield node.func.value
+        elif isinstance(node, ast.Subscript | ast.Starred):
+            yield node.value
+        elif isinstance(node, ast.BinOp):
+            yield node.left
+            yield node.right
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+            yield from node.elts
+        elif isinstance(node, ast.IfExp):
+            yield node.body
+            yield node.orelse
+        elif isinstance(node, ast.ListComp | ast.GeneratorExp | ast.SetComp):
+            yield node.elt
+            yield from (g.iter for g in node.generators)
+
+    @cached_property
+    def _head_slices(self) -> set[tuple[str, str]]:
+        """(sequence text, bound text) of every `x[:k]` in the module."""
+        found: set[tuple[str, str]] = set()
+        for node in self.nodes(ast.Subscript):
+            if isinstance(node.slice, ast.Slice):
+                s = node.slice
+                if s.lower is None and s.upper is not None and s.step is None:
+                    found.add((ast.unparse(node.value), ast.unparse(s.upper)))
+        return found
+
+    def _is_tail_slice(self, node: ast.Subscript) -> bool:
+        s = node.slice
+        if not isinstance(s, ast.Slice) or s.lower is None or s.upper is not None:
+            return False
+        return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
+
+    @cached_property
+    def _split_bases(self) -> set[str]:
+        """Texts of the sequences split by head/tail slicing (`x` in `x[:k]`, `x[k:]`)."""
+        return {
+            ast.unparse(sub.value) for sub in self.nodes(ast.Subscript) if self._is_tail_slice(sub)
+        }
+
+    def is_split_part(self, node: ast.AST) -> bool:
+        """A split call, or a head/tail slice of a sequence split by slicing."""
+        if isinstance(node, ast.Call):
+            return self.is_split_call(node)
+        return (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Slice)
+            and ":]" in self.ctx.source
+            and ast.unparse(node.value) in self._split_bases
+        )
+
+    @cached_property
+    def split_inputs(self) -> list[tuple[ast.expr, list[ast.expr]]]:
+        """Every split with the data it divides: split calls (their positional arguments)
+        and `x[k:]` tails whose head `x[:k]` is taken too (the sequence `x`)."""
+        found: list[tuple[ast.expr, list[ast.expr]]] = []
+        text = self.ctx.source
+        if "split" in text:
+            for call in self.nodes(ast.Call):
+                if self.is_split_call(call):
+                    found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
+        if ":]" in text:
+            for sub in self.nodes(ast.Subscript):
+                if self._is_tail_slice(sub):
+                    found.append((sub, [sub.value]))
+        return found
+
+    def root_names(self, expr: ast.expr) -> set[str]:
+        """Every plain name `expr` is computed from, through definitions (also of `self.x`
+        attributes: a split inside a class method) and local returns (transitively, bounded)."""
+        names: set[str] = set()
+        seen: set[int] = set()
+        frontier: list[ast.expr] = [expr]
+        while frontier and len(seen) < MAX_VISITS:
+            current = frontier.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            for sub in walk_scope(current):
+                if isinstance(sub, ast.Name) and sub.id not in names:
+                    names.add(sub.id)
+                    frontier.extend(self.definitions(sub))
+                elif isinstance(sub, ast.Attribute) and identifier(sub.value) == "self":
+                    frontier.extend(self.definitions(sub))  # `self.X` set in `__init__`
+                elif isinstance(sub, ast.Call):
+                    frontier.extend(self.returns_of(sub))
+        return names
+
+    def sources_include(
+        self, expr: ast.expr, predicate: Callable[[ast.AST], bool]
+    ) -> ast.AST | None:
+        """The first node among `expr`'s sources (and their parts) matching `predicate`."""
+        for source in self.sources(expr):
+            for sub in walk_scope(source):
+                if predicate(sub):
+                    return sub
+                if sub is not source and isinstance(sub, ast.Name):
+                    for value in self.definitions(sub):
+                        for inner in walk_scope(value):
+                            if predicate(inner):
+                                return inner
+        return None

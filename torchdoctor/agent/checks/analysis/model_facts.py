@@ -1,0 +1,80 @@
+"""Which values are models and losses, and where autograd is off (one answer, `gradmode`)."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    LOSS_FUNCTIONS,
+    MODEL_FACTORY_PREFIXES,
+)
+
+_MODEL_NAME = re.compile(
+    r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
+    r"transformer)s?$|^(model|net)\d*$",
+    re.IGNORECASE,
+)
+_LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+
+
+class ModelFacts(DefUse):
+    """Models, losses and grad mode, asked of values of one module."""
+
+    def grad_disabled_at(self, node: ast.AST) -> bool:
+        """Autograd off or possibly off at `node` (`analysis.gradmode`: the one answer)."""
+        return grad_may_be_off(self.ctx, node)
+
+    # ---- models and losses ------------------------------------------------------------------
+
+    def is_module_value(self, expr: ast.expr) -> bool:
+        """Whether `expr` may hold an `nn.Module` (by construction, or a name like `model`)."""
+        if isinstance(expr, ast.Name) and expr.id in ("self", "cls"):
+            return False
+        for call in self.constructors(expr):
+            if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
+                return True
+            qual = self.qualname_of(call) or ""
+            last = qual.rsplit(".", 1)[-1]
+            if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
+                return True
+            if qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
+                return True
+        if isinstance(expr, ast.Attribute) and not (
+            isinstance(expr.value, ast.Name) and expr.value.id == "self"
+        ):
+            return False  # `solver.model()` is a method; only `self.model` is known by name
+        name = identifier(expr)
+        return bool(name) and self.ctx.qualname(expr) is None and bool(_MODEL_NAME.search(name))
+
+    def is_model_call(self, call: ast.Call) -> bool:
+        """`model(x)`, `self.net(x)`, `model.forward(x)`."""
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr == "forward":
+            return self.is_module_value(func.value)
+        if isinstance(func, ast.Call):  # `Net()(x)`
+            return self.is_module_value(func)
+        if not isinstance(func, ast.Name | ast.Attribute):
+            return False
+        if self.ctx.qualname(func) is not None or self.is_loss_callee(func):
+            return False
+        return self.is_module_value(func)
+
+    def loss_class(self, callee: ast.expr) -> str | None:
+        """'CrossEntropyLoss' when `callee` holds a torch loss module, else None."""
+        qual = self.constructed_as(callee) or ""
+        last = qual.rsplit(".", 1)[-1]
+        if qual.startswith("torch.nn.") and last.endswith("Loss"):
+            return last
+        return None
+
+    def is_loss_callee(self, callee: ast.expr) -> bool:
+        qual = self.ctx.qualname(callee) or ""
+        if qual.startswith("torch.nn.functional."):
+            name = qual.rsplit(".", 1)[-1]
+            return name in LOSS_FUNCTIONS or name.endswith("_loss")
+        if qual:
+            return False
+        return self.loss_class(callee) is not None or bool(_LOSS_NAME.search(identifier(callee)))

@@ -1,0 +1,106 @@
+"""Which calls produce a value through shape-preserving steps (a softmax, a model's last layer)."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from torchdoctor.agent.checks.analysis.defuse import MAX_DEPTH as MAX_DEPTH
+from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    PASSTHROUGH_FUNCTIONS,
+    PASSTHROUGH_METHODS,
+)
+from torchdoctor.agent.checks.loops import walk_scope
+
+
+class Producers(ModelFacts):
+    """The calls a value comes from, through names, views, casts and forwards."""
+
+    def producers(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
+        """The calls that produce `expr`, seen through names, local returns, views and casts.
+
+        `p = F.softmax(z); q = p.view(-1, C)` -> the softmax call for `q`. A model call yields
+        itself and, for a local class, the producers of what its `forward` returns. Each
+        expression is visited once.
+        """
+        seen: set[int] = set()
+        stack: list[tuple[ast.expr, int]] = [(expr, depth)]
+        while stack:
+            current, level = stack.pop()
+            if id(current) in seen or level > MAX_DEPTH:
+                continue
+            seen.add(id(current))
+            if isinstance(current, ast.Call):
+                yield current
+            stack.extend((value, level + 1) for value in reversed(self._produced_from(current)))
+
+    def _produced_from(self, expr: ast.expr) -> list[ast.expr]:
+        """What `expr` passes through unchanged in meaning (see `producers`)."""
+        if isinstance(expr, ast.Name | ast.Attribute):
+            return [v for v in self.definitions(expr) if v is not expr]
+        if isinstance(expr, ast.Subscript | ast.Starred):
+            return [expr.value]
+        if isinstance(expr, ast.IfExp):
+            return [expr.body, expr.orelse]
+        if isinstance(expr, ast.Call):
+            func = expr.func
+            if isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS:
+                return [func.value]
+            if self.qualname_of(expr) in PASSTHROUGH_FUNCTIONS and expr.args:
+                return [expr.args[0]]
+            return list(self.returns_of(expr)) or self._single_return(expr)
+        return []
+
+    def _single_return(self, call: ast.Call) -> list[ast.expr]:
+        """What the one local function `call` runs returns (`self(x)` -> `forward`), when it
+        has a single `return`: a forward that returns logits in training and probabilities
+        otherwise says nothing certain about either."""
+        if self.qualname_of(call) is not None:
+            return []
+        targets = self.ctx.calls.resolve(call)
+        if len(targets) != 1:
+            return []
+        returns = [
+            node.value
+            for node in walk_scope(targets[0].body)
+            if isinstance(node, ast.Return) and node.value is not None
+        ]
+        return returns if len(returns) == 1 else []
+
+    def module_output_producers(self, module: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
+        """Calls that produce what calling `module` returns: the last layer of an
+        `nn.Sequential`, or what a local class's `forward` returns."""
+        if depth > 3:
+            return
+        for call in self.constructors(module):
+            qual = self.qualname_of(call) or ""
+            if qual.endswith("Sequential") and call.args:
+                last = call.args[-1]
+                if isinstance(last, ast.Call):
+                    yield last
+                    yield from self.module_output_producers(last, depth + 1)
+            elif isinstance(call.func, ast.Name) and call.func.id in self.classes:
+                yield from self.forward_producers(self.classes[call.func.id], depth)
+
+    def forward_producers(self, cls: ast.ClassDef, depth: int) -> Iterator[ast.Call]:
+        for stmt in cls.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
+                for node in walk_scope(stmt.body):
+                    if isinstance(node, ast.Return) and node.value is not None:
+                        for producer in self.producers(node.value):
+                            yield producer
+                            if isinstance(producer.func, ast.Attribute | ast.Name):
+                                callee = producer.func
+                                if self.is_module_value(callee):
+                                    yield from self.module_output_producers(callee, depth + 1)
+
+    def value_producers(self, expr: ast.expr) -> Iterator[ast.Call]:
+        """`producers`, plus the output layers of any model whose call produces `expr`."""
+        for call in self.producers(expr):
+            yield call
+            func = call.func
+            if self.is_model_call(call):
+                forward = isinstance(func, ast.Attribute) and func.attr == "forward"
+                target = func.value if forward and isinstance(func, ast.Attribute) else func
+                yield from self.module_output_producers(target)

@@ -1,0 +1,80 @@
+"""Which local functions and methods reach a method (`optimizer.step()` in a callee)."""
+
+from __future__ import annotations
+
+import ast
+from functools import cached_property
+
+from torchdoctor.agent.checks.analysis.defuse import DefUse, is_false
+from torchdoctor.agent.checks.loops import local_callee, walk_scope
+
+
+def _mode_method(call: ast.Call) -> str | None:
+    """'eval' for `.eval()`/`.train(False)`, 'train' for `.train()`/`.train(True)`, else None."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return None
+    if func.attr == "train":
+        return "eval" if call.args and is_false(call.args[0]) else "train"
+    if func.attr == "eval" and not call.args:
+        return "eval"
+    return None
+
+
+class MethodReach(DefUse):
+    """Which functions reach a mode method (`eval`/`train`) through local calls."""
+
+    @cached_property
+    def _call_graph(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """(function name -> mode methods its body calls, function name -> local callees)."""
+        methods: dict[str, set[str]] = {}
+        callees: dict[str, set[str]] = {}
+        names = set(self.functions)
+        for call in self.nodes(ast.Call):
+            scope = self._scope_key(call)
+            if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            mode = _mode_method(call)
+            if mode is not None:
+                methods.setdefault(scope.name, set()).add(mode)
+            callee = local_callee(call)
+            if callee in names:
+                callees.setdefault(scope.name, set()).add(callee)
+        return methods, callees
+
+    def functions_reaching(self, method: str) -> frozenset[str]:
+        """Local functions that call `.method()` ('eval' or 'train') directly or transitively."""
+        if method in self._reaching:
+            return self._reaching[method]
+        methods, callees = self._call_graph
+        reaching = {name for name, called in methods.items() if method in called}
+        changed = True
+        while changed:
+            changed = False
+            for name, called in callees.items():
+                if name not in reaching and called & reaching:
+                    reaching.add(name)
+                    changed = True
+        self._reaching[method] = frozenset(reaching)
+        return self._reaching[method]
+
+    @staticmethod
+    def methods_called(body: list[ast.stmt] | ast.AST) -> set[str]:
+        """Mode methods a body calls directly: 'eval', 'train' (`train(False)` counts as eval)."""
+        found: set[str] = set()
+        for node in walk_scope(body):
+            if isinstance(node, ast.Call):
+                mode = _mode_method(node)
+                if mode is not None:
+                    found.add(mode)
+        return found
+
+    def reaches_method(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
+        """Whether `body` calls `.method()` directly or through local functions it calls."""
+        reaching = self.functions_reaching(method)
+        for node in walk_scope(body):
+            if isinstance(node, ast.Call) and (
+                _mode_method(node) == method or local_callee(node) in reaching
+            ):
+                return True
+        return False
