@@ -1,10 +1,14 @@
-"""`doctor` says how each limit is held on this host (cgroups read, never changed)."""
+"""`doctor` says how each limit is held on this host; a job's cgroup is made, limits it and is
+removed, and a process that joins it is reached by `kill_all`."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from torchdoctor.sandbox.cgroups import cgroup_support
+import pytest
+
+from torchdoctor.sandbox.cgroups import JobCgroup, cgroup_support
 from torchdoctor.sandbox.doctor import limit_lines
 
 
@@ -22,4 +26,24 @@ def test_no_cgroup_filesystem_says_what_holds_the_limits(tmp_path: Path) -> None
 def test_doctor_lists_every_limit() -> None:
     lines = limit_lines()
     assert lines[0].startswith(("cgroup", "no cgroup"))
-    assert any("tmpfs" in line for line in lines) and any("polled" in line for line in lines)
+    assert any("tmpfs" in line for line in lines)
+    assert any(line.startswith("workspace disk quota") for line in lines)
+    assert any("/proc/net/unix" in line for line in lines)
+
+
+def test_a_job_cgroup_limits_kills_and_goes_away() -> None:
+    job = JobCgroup.create(memory_mb=64, processes=8)
+    if job is None:
+        pytest.skip(f"no per-job cgroup here: {cgroup_support().summary}")
+    try:
+        child = subprocess.Popen(["sleep", "60"], preexec_fn=job.join)
+        assert job.pids() == [child.pid]
+        limit = job.groups["memory"] / (
+            "memory.max" if job.version == "v2" else "memory.limit_in_bytes"
+        )
+        assert int(limit.read_text()) == 64 * 2**20
+        job.kill_all()
+        assert child.wait(timeout=10) == -9
+    finally:
+        job.remove()
+    assert not any(group.exists() for group in job.groups.values())

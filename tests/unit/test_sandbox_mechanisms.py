@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, launch_spec
+from torchdoctor.sandbox.mechanisms import (
+    Layout,
+    Mechanism,
+    command,
+    host_socket_paths,
+    launch_spec,
+)
 
 PY = "/opt/py/bin/python3"
 ROOTS = ("/opt/py", "/srv/repo/sandbox")
@@ -63,3 +70,16 @@ def test_bare_rlimits_is_just_the_launcher() -> None:
     spec = json.loads(argv[4])
     assert spec["init"] is False and spec["private_tmp_mb"] == 0
     assert spec["rlimits"] == {"CPU": 5}
+
+
+def test_host_sockets_are_read_from_the_unix_socket_table(tmp_path: Path) -> None:
+    table = tmp_path / "unix"
+    table.write_text(
+        "Num       RefCount Protocol Flags    Type St Inode Path\n"
+        "0000000063464361: 00000002 00000000 00010000 0001 01 790551 "
+        "/run/postgresql/.s.PGSQL.5432\n"
+        "00000000fec93595: 00000003 00000000 00000000 0001 03   662\n"
+        "000000002472649b: 00000002 00000000 00010000 0001 01 789940 @/tmp/.X11-unix/X0\n"
+        "000000002472649c: 00000002 00000000 00010000 0001 01 789941 /var/cache/a b.sock\n"
+    )
+    assert host_socket_paths(table) == ("/run/postgresql/.s.PGSQL.5432", "/var/cache/a b.sock")

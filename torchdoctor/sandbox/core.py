@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from torchdoctor.sandbox.capture import CappedStream, OutputBudget
+from torchdoctor.sandbox.cgroups import JobCgroup
 from torchdoctor.sandbox.environment import job_environment
 from torchdoctor.sandbox.lifeline import die_with_parent
 from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
@@ -35,6 +36,7 @@ from torchdoctor.sandbox.outcome import Outcome, Stop, classify
 from torchdoctor.sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
 from torchdoctor.sandbox.workspace import (
     hand_over,
+    kernel_quota,
     over_quota,
     remove_owned_files,
     remove_workspace,
@@ -87,6 +89,23 @@ class RunReport:
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     rlimits: dict[str, int] = field(default_factory=dict)
+    held_by: list[str] = field(default_factory=list)
+    """How memory, processes and disk were held for this run (kernel or watch)."""
+
+
+def held_by(cgroup: JobCgroup | None, workspace: Path) -> list[str]:
+    """How the run's limits are held, for its isolation record."""
+    memory = (
+        f"memory and processes: kernel (cgroup {cgroup.version}; tmpfs pages count)"
+        if cgroup is not None
+        else "memory: resident-set watch every 0.2 s; processes: RLIMIT_NPROC"
+    )
+    disk = (
+        "disk: kernel (workspace on a size-capped tmpfs)"
+        if kernel_quota(workspace)
+        else "disk: workspace usage polled every 0.5 s, RLIMIT_FSIZE per file"
+    )
+    return [memory, disk]
 
 
 @dataclass
@@ -220,7 +239,7 @@ class LocalRunner:
         chosen = mechanism or self.mechanism
         self.run_root.mkdir(mode=0o711, parents=True, exist_ok=True)
         uid = self._uids.acquire() if self.privileged else None
-        workspace = stage_workspace(source, self.run_root)
+        workspace = stage_workspace(source, self.run_root, quota_mb=limits.disk_mb)
         try:
             if uid is not None:
                 hand_over(workspace, uid, uid)
@@ -270,20 +289,51 @@ class LocalRunner:
             tmpdir=self._tmpdir(mechanism, workspace, uid),
         )
         watch = _Watch()
+        cgroup = JobCgroup.create(limits.memory_mb, limits.processes)
+        report.held_by = held_by(cgroup, workspace)
+        try:
+            return self._run_watched(
+                command(mechanism, layout, spec, limits.disk_mb, argv),
+                env,
+                report,
+                watch,
+                cgroup,
+                (mechanism, uid, workspace, limits),
+            )
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+
+    def _run_watched(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        report: RunReport,
+        watch: _Watch,
+        cgroup: JobCgroup | None,
+        job: tuple[Mechanism, int | None, Path, RunLimits],
+    ) -> RunReport:
+        mechanism, uid, workspace, limits = job
+
+        def start_child() -> None:
+            die_with_parent()
+            if cgroup is not None:
+                cgroup.join()  # before exec: nothing the job runs starts outside the group
+
         started = time.monotonic()
         try:
             process = subprocess.Popen(
-                command(mechanism, layout, spec, limits.disk_mb, argv),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=start_child,
             )
-        except OSError as exc:
-            report.reason = f"the job could not be started: {exc.strerror}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            report.reason = f"the job could not be started: {exc}"
             return report
         identity = JobIdentity(uid, process.pid)
 
@@ -297,6 +347,11 @@ class LocalRunner:
         status, rusage = _monitor(process.pid, identity, workspace, limits, watch, kill)
         process.returncode = status
         report.wall_s = round(time.monotonic() - started, 3)
+        if cgroup is not None:
+            if cgroup.oom_killed():
+                watch.request(Stop.MEMORY)
+            watch.peak_rss_mb = max(watch.peak_rss_mb, cgroup.peak_mb())
+            cgroup.kill_all()
         sweep(identity)
         if mechanism is Mechanism.RLIMITS and uid is not None:
             remove_owned_files(SHARED_SCRATCH, uid)

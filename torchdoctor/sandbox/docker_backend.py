@@ -36,6 +36,7 @@ from torchdoctor.sandbox.outcome import Stop, classify
 from torchdoctor.sandbox.workspace import (
     WorkspaceError,
     hand_over,
+    kernel_quota,
     over_quota,
     remove_workspace,
     stage_workspace,
@@ -81,7 +82,7 @@ class DockerSandbox:
     def run(self, job: Job) -> RunResult:
         self._root.mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
-            workspace = stage_workspace(job.workspace, self._root)
+            workspace = stage_workspace(job.workspace, self._root, quota_mb=job.limits.disk_mb)
         except WorkspaceError as exc:
             return RunResult.sandbox_error(f"workspace refused: {exc}", self.isolation)
         try:
@@ -156,7 +157,16 @@ class DockerSandbox:
             output_truncated=out.truncated or err.truncated,
             files=collect_files(workspace, job.collect, limits.collect_bytes),
             usage=ResourceUsage(wall_s=round(wall, 3)),
-            isolation=self._describe(gpu=gpu, rlimits={u.name: int(u.soft or 0) for u in ulimits}),
+            isolation=self._describe(
+                gpu=gpu,
+                rlimits={u.name: int(u.soft or 0) for u in ulimits},
+                limits_held=[
+                    "memory and processes: kernel (the container's cgroup; tmpfs /tmp counts)",
+                    "disk: kernel (workspace on a size-capped tmpfs)"
+                    if kernel_quota(workspace)
+                    else "disk: workspace usage polled every 0.5 s, RLIMIT_FSIZE per file",
+                ],
+            ),
         )
 
     def _create(self, job: Job, workspace: Path, gpu: bool, ulimits: list[Ulimit]) -> Container:
@@ -227,7 +237,9 @@ class DockerSandbox:
             return False
         return self.config.gpus == "all" or bool(gpu_device_nodes())
 
-    def _describe(self, *, gpu: bool, rlimits: dict[str, int]) -> Isolation:
+    def _describe(
+        self, *, gpu: bool, rlimits: dict[str, int], limits_held: list[str] | None = None
+    ) -> Isolation:
         return Isolation(
             backend="docker",
             mechanism="docker",
@@ -237,6 +249,7 @@ class DockerSandbox:
             network="none",
             filesystem="read-only image root; writable: workspace bind, tmpfs /tmp",
             gpu=gpu,
+            limits_held=limits_held or [],
         )
 
 

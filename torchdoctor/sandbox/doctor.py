@@ -111,15 +111,25 @@ def self_check() -> DoctorReport:
 
 def limit_lines() -> list[str]:
     """How the local backend holds each limit on this host, said plainly."""
+    support = cgroup_support()
+    tmpfs = (
+        "counted in the memory limit (their pages are charged to the job's cgroup)"
+        if support.usable
+        else "each capped at the job's disk quota (size=), not counted in the memory limit"
+    )
+    disk = (
+        "workspace disk quota: a size-capped tmpfs per job (the kernel refuses writes past it)"
+        if os.geteuid() == 0
+        else "workspace disk quota: usage polled every 0.5 s (mounting a tmpfs needs root; "
+        "writers can overshoot between polls; RLIMIT_FSIZE caps each file)"
+    )
     return [
-        cgroup_support().summary,
-        "private /tmp and /dev/shm (bwrap, unshare): tmpfs, each capped at the job's disk "
-        "quota by the kernel (size=); not counted in the memory limit",
-        "workspace disk quota: usage polled every 0.5 s (writers can overshoot between polls; "
-        "RLIMIT_FSIZE caps each file)",
+        support.summary,
+        f"private /tmp and /dev/shm (bwrap, unshare): tmpfs, {tmpfs}",
+        disk,
         "host sockets: bwrap binds only the workspace, the interpreter and system folders; "
-        "unshare leaves the host filesystem visible (writes held by permissions), so a host "
-        "socket the job's uid may open stays reachable",
+        "unshare covers /run, /var/lib, /var/spool, /mnt, /media, /srv and every Unix socket "
+        "bound on the host (from /proc/net/unix) before the job starts",
     ]
 
 

@@ -21,6 +21,7 @@ import ctypes
 import json
 import os
 import resource
+import stat
 import sys
 from typing import Any
 
@@ -60,8 +61,11 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise LaunchError(f"mount {target}: {os.strerror(err)}")
 
 
-def private_mounts(workspace: str, size_mb: int, read_only: list[str], hide: list[str]) -> None:
-    """Cover world-writable and private host folders with tmpfs; keep the needed paths visible.
+def private_mounts(
+    workspace: str, size_mb: int, read_only: list[str], hide: list[str], sockets: list[str]
+) -> None:
+    """Cover world-writable and private host folders with tmpfs and every host socket with
+    /dev/null; keep the needed paths visible.
 
     The workspace (writable) and `read_only` folders are opened first, and re-bound at their
     own paths if a new tmpfs hid them (the interpreter may live under a hidden /root).
@@ -74,6 +78,9 @@ def private_mounts(workspace: str, size_mb: int, read_only: list[str], hide: lis
     for directory in PRIVATE_TMP_DIRS:
         if os.path.isdir(directory) and not os.path.islink(directory):
             _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=1777")
+    for path in sockets:
+        if _is_socket(path):
+            _mount("/dev/null", path, None, MS_BIND, None)
     for path, fd in kept.items():
         if _identity(path) != identity[path]:
             os.makedirs(path, mode=0o755, exist_ok=True)
@@ -81,6 +88,13 @@ def private_mounts(workspace: str, size_mb: int, read_only: list[str], hide: lis
             if path != workspace:
                 _mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
         os.close(fd)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -127,6 +141,7 @@ def launch(spec: dict[str, Any], argv: list[str]) -> None:
             int(spec["private_tmp_mb"]),
             list(spec.get("read_only", [])),
             list(spec.get("hide", [])),
+            list(spec.get("masked_sockets", [])),
         )
     if spec.get("init"):
         child = os.fork()

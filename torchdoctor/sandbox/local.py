@@ -92,7 +92,9 @@ def to_result(report: RunReport, files: list[CollectedFile]) -> RunResult:
             cpu_s=report.cpu_s,
             peak_memory_mb=report.peak_rss_mb,
         ),
-        isolation=isolation.model_copy(update={"rlimits": report.rlimits}),
+        isolation=isolation.model_copy(
+            update={"rlimits": report.rlimits, "limits_held": report.held_by}
+        ),
     )
 
 

@@ -34,7 +34,9 @@ ETC_ENTRIES = (
     "ca-certificates",
     "os-release",
 )
-HIDDEN_DIRS = ("/root", "/home")
+HIDDEN_DIRS = ("/root", "/home", "/run", "/var/lib", "/var/spool", "/mnt", "/media", "/srv")
+"""Private data and the usual homes of service sockets, covered by empty tmpfs under unshare."""
+UNIX_SOCKETS = Path("/proc/net/unix")
 NAMESPACES = ["pid", "net", "mount", "ipc", "uts"]
 
 
@@ -69,6 +71,7 @@ class LaunchSpec:
     init: bool
     read_only: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
+    masked_sockets: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -81,6 +84,7 @@ class LaunchSpec:
                 "init": self.init,
                 "read_only": list(self.read_only),
                 "hide": list(self.hide),
+                "masked_sockets": list(self.masked_sockets),
             }
         )
 
@@ -117,7 +121,21 @@ def launch_spec(
         init=unshared,
         read_only=layout.read_only if unshared else (),
         hide=HIDDEN_DIRS if unshared else (),
+        masked_sockets=host_socket_paths() if unshared else (),
     )
+
+
+def host_socket_paths(table: Path = UNIX_SOCKETS) -> tuple[str, ...]:
+    """Every Unix socket bound to a path on this host (from the host's network namespace):
+    under unshare the host filesystem stays visible, so each is covered before the job runs."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return ()
+    found = {
+        parts[7] for line in lines if len(parts := line.split(None, 7)) == 8 and parts[7][:1] == "/"
+    }
+    return tuple(sorted(found))
 
 
 def _unshare(privileged: bool) -> list[str]:

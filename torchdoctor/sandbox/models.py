@@ -84,6 +84,10 @@ class Isolation(Strict):
     gpu: bool = False
     degraded: bool = False
     warnings: list[str] = Field(default_factory=list)
+    limits_held: list[str] = Field(
+        default_factory=list,
+        description="how memory, processes and disk were held (kernel or watch)",
+    )
 
     @property
     def summary(self) -> str:

@@ -7,6 +7,7 @@ the copy is refused. Devices, sockets and FIFOs are refused for the same reason.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from torchdoctor.sandbox.tmpfs import mount_tmpfs, unmount
 
 _STAGED = re.compile(r"^td-ws-(\d+)-")
 SKIPPED_NAMES = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -25,16 +28,23 @@ class WorkspaceError(ValueError):
 
 
 def stage_workspace(
-    sources: Path | Sequence[Path], root: Path | None = None, *, prefix: str = "td-ws-"
+    sources: Path | Sequence[Path],
+    root: Path | None = None,
+    *,
+    prefix: str = "td-ws-",
+    quota_mb: int | None = None,
 ) -> Path:
     """Copy a folder, a file, or several of them into a new directory and return it.
 
     A single folder is copied as the workspace itself; a file, or each entry of a list, is
     copied under its own name. On any refusal the partial copy is removed. The folder's name
     carries this process's id, so a copy left by a killed process is found and removed by
-    `sweep_stale_copies` on the next start.
+    `sweep_stale_copies` on the next start. With `quota_mb`, the folder is a tmpfs of that size
+    where the host allows mounting one (`kernel_quota` tells), so the kernel holds the quota.
     """
     workspace = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+    if quota_mb is not None:
+        mount_tmpfs(workspace, quota_mb)
     try:
         if isinstance(sources, Path) and sources.is_dir() and not sources.is_symlink():
             _copy_tree(sources, workspace, sources)
@@ -44,6 +54,11 @@ def stage_workspace(
     except FileNotFoundError as exc:
         remove_workspace(workspace)
         raise WorkspaceError(f"no such source: {exc.filename}") from exc
+    except OSError as exc:
+        remove_workspace(workspace)
+        if exc.errno == errno.ENOSPC:
+            raise WorkspaceError(f"the code does not fit in the {quota_mb} MB disk quota") from exc
+        raise
     except BaseException:
         remove_workspace(workspace)
         raise
@@ -83,12 +98,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def kernel_quota(workspace: Path) -> bool:
+    """Whether the workspace is a size-capped tmpfs (the kernel refuses writes past it)."""
+    return os.path.ismount(workspace)
+
+
 def remove_workspace(workspace: Path) -> None:
     """Delete a workspace even where a job removed its own permissions on sub-folders."""
     if workspace.is_symlink():
         workspace.unlink()
         return
     if not workspace.exists():
+        return
+    if kernel_quota(workspace):
+        unmount(workspace)
+        workspace.rmdir()
         return
     for folder, dirs, _files in os.walk(workspace):
         for name in dirs:

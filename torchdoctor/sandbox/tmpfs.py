@@ -1,0 +1,39 @@
+"""Size-capped tmpfs for job workspaces: the kernel refuses writes past the disk quota.
+
+Mounting needs CAP_SYS_ADMIN on the host (the service runs as root, or in a container that
+grants it); elsewhere `mount_tmpfs` says no and the workspace stays on the disk, its usage then
+polled by the supervisor. A tmpfs page the job writes is also charged to the job's memory
+cgroup, so the workspace counts against the memory limit too where that is kernel-held.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+MS_NOSUID, MS_NODEV = 2, 4
+MNT_DETACH = 2
+
+
+@cache
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def mount_tmpfs(path: Path, size_mb: int, mode: int = 0o700) -> bool:
+    """Mount a tmpfs of `size_mb` on the empty folder `path`; False where not permitted."""
+    if os.geteuid() != 0:
+        return False
+    options = f"size={size_mb}m,mode={mode:o}".encode()
+    flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
+    return bool(_libc().mount(b"tmpfs", os.fsencode(path), b"tmpfs", flags, options) == 0)
+
+
+def unmount(path: Path) -> None:
+    """Detach a mount (its files vanish with it); quiet when `path` is not a mount point."""
+    if os.path.ismount(path):
+        _libc().umount2(os.fsencode(path), MNT_DETACH)
