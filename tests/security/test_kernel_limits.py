@@ -73,8 +73,8 @@ def test_tmpfs_pages_count_against_the_memory_limit(
     result = sandbox.run(_job(arena, FILL_TMPFS, ["600"], limits))
     if not _held(result.isolation.limits_held, "memory"):
         pytest.skip(f"memory is not kernel-held here: {result.isolation.limits_held}")
-    # 600 MB into the private tmpfs /tmp with a 160 MB limit: the job's resident set stays small, only the
-    # tmpfs grows; the kernel charges those pages to the job and stops it
+    # 600 MB into the private tmpfs /tmp with a 160 MB limit: the job's resident set stays
+    # small, only the tmpfs grows; the kernel charges those pages to the job and stops it
     assert result.outcome is Outcome.MEMORY_LIMIT, (result.outcome, result.reason, result.stdout)
     assert "wrote 600 MB" not in result.stdout
 

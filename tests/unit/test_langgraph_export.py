@@ -7,6 +7,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.conftest import REPO
@@ -41,3 +44,21 @@ def test_graph_command_prints_the_nodes_as_mermaid() -> None:
     for node in ("ingest", "evidence", "points_1", "fix_3", "gate_5", "adopt_4", "ledger_2"):
         assert node in result.stdout
     assert "approve" in result.stdout and "graph TD" in result.stdout
+
+
+def test_langgraph_json_mounts_the_rest_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform imports `http.app` by path: it must be the service, answering requests."""
+    monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path))
+    config = json.loads((REPO / "langgraph.json").read_text())
+    path, name = config["http"]["app"].split(":")
+    spec = importlib.util.spec_from_file_location("langgraph_studio_http", REPO / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = getattr(module, name)
+    assert isinstance(app, FastAPI)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/audits").status_code == 401  # the API, keys required
