@@ -51,6 +51,7 @@ class LinterResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
     unknown: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    cached: bool = Field(False, description="reused from an earlier run on the same content")
 
 
 class LinterAdapter(Protocol):

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.checks.linters import cache as peer_cache
 from torchdoctor.agent.checks.linters.bandit import BanditAdapter
 from torchdoctor.agent.checks.linters.base import (
     LinterAdapter,
@@ -83,11 +84,18 @@ def _run_one(adapter: LinterAdapter, root: Path, files: list[str]) -> LinterResu
         return LinterResult(
             tool=adapter.name, status="not-installed", notes=[f"{adapter.name} is not installed"]
         )
+    key = peer_cache.result_key(adapter.name, adapter.version(), root, files)
+    cached = peer_cache.load(key) if key else None
+    if cached is not None:
+        return cached.model_copy(update={"cached": True})
     try:
-        return adapter.run(root, files)
+        result = adapter.run(root, files)
     except Exception as err:  # an adapter bug must cost its evidence, not the audit
         note = f"{adapter.name} adapter failed: {type(err).__name__}: {err}"
         return LinterResult(tool=adapter.name, status="failed", notes=[note])
+    if key:
+        peer_cache.store(key, result)
+    return result
 
 
 def _coverage(result: LinterResult, file_count: int) -> CoverageNote:

@@ -1,0 +1,116 @@
+"""Peer results reused by content: the same files, configuration and tool version give the
+cached result (from another folder too, as the service's per-audit copies are); any change to
+a file, a configuration file or the version runs the tool again; failures are never kept; links
+are never read; the cache is private."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.agent.checks.linters import cache as peer_cache
+from torchdoctor.agent.checks.linters.base import LinterResult
+from torchdoctor.agent.checks.linters.ruff import RuffAdapter
+from torchdoctor.agent.checks.linters.runner import _run_one, run_linters
+
+SOURCE = "import os, sys\n\n\ndef f(x):\n    return x == None\n"
+
+
+class CountingAdapter:
+    """A peer whose runs are counted (its result depends only on the files)."""
+
+    name = "counting"
+
+    def __init__(self, status: str = "ok") -> None:
+        self.runs = 0
+        self.status = status
+
+    def available(self) -> bool:
+        return True
+
+    def version(self) -> str:
+        return "1.0"
+
+    def run(self, root: Path, files: list[str]) -> LinterResult:
+        self.runs += 1
+        return LinterResult(tool=self.name, version="1.0", status=self.status)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path / "home"))
+
+
+def _tree(root: Path, source: str = SOURCE) -> Path:
+    root.mkdir(parents=True)
+    (root / "train.py").write_text(source)
+    return root
+
+
+def test_a_second_folder_with_the_same_content_reuses_the_real_tools_result(
+    tmp_path: Path,
+) -> None:
+    first = run_linters(_tree(tmp_path / "a"), ["train.py"], [RuffAdapter()])
+    second = run_linters(_tree(tmp_path / "b"), ["train.py"], [RuffAdapter()])
+    assert [r.cached for r in first.results] == [False]
+    assert [r.cached for r in second.results] == [True]
+    assert second.evidence == first.evidence and first.evidence
+    assert all(str(tmp_path) not in e.model_dump_json() for e in second.evidence)
+
+
+def test_a_changed_file_or_configuration_runs_the_tool_again(tmp_path: Path) -> None:
+    adapter = CountingAdapter()
+    root = _tree(tmp_path / "repo")
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    assert adapter.runs == 1
+    (root / "train.py").write_text(SOURCE + "\n")
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    (root / "pyproject.toml").write_text("[tool.ruff]\nline-length = 60\n")
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    assert adapter.runs == 3
+
+
+def test_failures_are_never_kept(tmp_path: Path) -> None:
+    adapter = CountingAdapter(status="timeout")
+    root = _tree(tmp_path / "repo")
+    for _ in range(2):
+        _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    assert adapter.runs == 2
+
+
+def test_a_linked_file_is_not_read_for_a_key(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "repo")
+    (tmp_path / "outside.py").write_text("secret = 1\n")
+    (root / "link.py").symlink_to(tmp_path / "outside.py")
+    assert peer_cache.result_key("ruff", "0.9", root, ["link.py"]) is None
+    assert peer_cache.result_key("pip-audit", "2.9", root, ["train.py"]) is None
+
+
+def test_the_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHDOCTOR_PEER_CACHE", "0")
+    adapter = CountingAdapter()
+    root = _tree(tmp_path / "repo")
+    for _ in range(2):
+        _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    assert adapter.runs == 2
+
+
+def test_cached_results_are_private_files(tmp_path: Path) -> None:
+    _run_one(CountingAdapter(), _tree(tmp_path / "repo"), ["train.py"])  # type: ignore[arg-type]
+    folder = peer_cache.cache_dir()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    entries = list(folder.iterdir())
+    assert entries and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in entries)
+
+
+def test_a_corrupt_entry_is_a_miss(tmp_path: Path) -> None:
+    adapter = CountingAdapter()
+    root = _tree(tmp_path / "repo")
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    for entry in peer_cache.cache_dir().iterdir():
+        entry.write_text("{not json")
+    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    assert adapter.runs == 2
