@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from torchdoctor.agent.checks.base import EngineConfig  # noqa: E402
 from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
 from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
+from torchdoctor.agent.config import RunBudget  # noqa: E402
 from torchdoctor.agent.fixes.apply import apply_fixes  # noqa: E402
 from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # noqa: E402
@@ -52,11 +53,10 @@ from torchdoctor.agent.models import Finding  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
 from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from torchdoctor.sandbox.config import get_sandbox  # noqa: E402
-from torchdoctor.sandbox.models import Limits  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-GPU_LIMITS = Limits(
+GPU_BUDGET = RunBudget(
     wall_s=300,
     cpu_s=7200,
     memory_mb=65536,
@@ -147,7 +147,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
             timing_runs=args.timing_runs,
             max_timing_runs=args.max_timing_runs,
             gpu=cuda,
-            limits=GPU_LIMITS if cuda else None,
+            budget=GPU_BUDGET if cuda else None,
             compile_modes=tuple(args.compile_modes.split(",")),
             progress=lambda line: print(
                 f"  [{time.perf_counter() - started:6.0f}s] {line}", flush=True

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from torchdoctor.agent.checks.base import EngineConfig  # noqa: E402
 from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
 from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
+from torchdoctor.agent.config import RunBudget  # noqa: E402
 from torchdoctor.agent.fixes.apply import apply_fixes  # noqa: E402
 from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
 from torchdoctor.agent.fixes.pipeline import propose_and_verify  # noqa: E402
@@ -45,12 +46,11 @@ from torchdoctor.agent.models import Finding  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
 from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from torchdoctor.sandbox.config import get_sandbox  # noqa: E402
-from torchdoctor.sandbox.models import Limits  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 
 NAIVE = Path(__file__).with_name("gpt2_naive_train.py")
 LOSS_RTOL = 2e-2
-GPU_LIMITS = Limits(
+GPU_BUDGET = RunBudget(
     wall_s=540,
     cpu_s=7200,
     memory_mb=65536,
@@ -97,7 +97,7 @@ def fix(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             steps=args.verify_steps,
             timing_runs=args.timing_runs,
             gpu=cuda,
-            limits=GPU_LIMITS if cuda else None,
+            budget=GPU_BUDGET if cuda else None,
             progress=lambda line: print(
                 f"  [{time.perf_counter() - started:6.0f}s] {line}", flush=True
             ),

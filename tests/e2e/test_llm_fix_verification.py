@@ -12,8 +12,8 @@ from tests.e2e.test_fix_apply_undo import TRAIN
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind
-from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixing import FixBench, propose, verify_record
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status
 from torchdoctor.sandbox.config import get_sandbox
 
@@ -44,7 +44,7 @@ def test_an_llm_patch_is_verified_by_running_it_and_a_broken_one_is_not(tmp_path
     (tmp_path / "train.py").write_text(TRAIN)
     bench = FixBench(
         root=tmp_path,
-        runner=ProbeRunner(get_sandbox("local")),
+        runner=Harness(get_sandbox("local")),
         run_command=["python", "train.py"],
         steps=4,
         config=EngineConfig(),

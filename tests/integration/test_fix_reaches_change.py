@@ -13,8 +13,8 @@ import pytest
 
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
-from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Severity
 from torchdoctor.sandbox.config import get_sandbox
 
@@ -45,7 +45,7 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Verifier:
     root = tmp_path_factory.mktemp("reach")
     (root / "train.py").write_text(TRAIN)
     (root / "unused.py").write_text(UNUSED)
-    runner = ProbeRunner(get_sandbox("local"))
+    runner = Harness(get_sandbox("local"))
     return Verifier(root, runner, ["python", "train.py"], steps=3, timing_runs=1)
 
 

@@ -15,8 +15,8 @@ from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
 from torchdoctor.agent.fixes.pipeline import propose_and_verify
-from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Severity, Status
 from torchdoctor.agent.reasoning.base import PointRequest
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
@@ -123,7 +123,7 @@ def test_static_audit_without_a_run_verifies_nothing(workspace: Path) -> None:
 
 @pytest.fixture(scope="module")
 def verifier(workspace: Path, verified: dict[str, Finding]) -> Verifier:
-    return Verifier(workspace, ProbeRunner(get_sandbox("local")), RUN, steps=STEPS, timing_runs=1)
+    return Verifier(workspace, Harness(get_sandbox("local")), RUN, steps=STEPS, timing_runs=1)
 
 
 def _patch(workspace: Path, old: str, new: str) -> Patch:
@@ -208,7 +208,7 @@ def test_gpt2_attention_and_bf16_fixes_are_verified_on_the_gpu(tmp_path: Path) -
         steps=14,
         timing_runs=1,
         gpu=True,
-        limits=bench.GPU_LIMITS,
+        budget=bench.GPU_BUDGET,
     )
     for finding in out:
         assert finding.fix is not None

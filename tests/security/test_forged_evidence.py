@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent.checks.engine import StaticResult
+from torchdoctor.agent.config import RunBudget
 from torchdoctor.agent.evidence.trust import vet_run_evidence
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.probing import RunRequest, run_probes
 from torchdoctor.agent.workspace import load_workspace
@@ -25,12 +27,13 @@ def _harness_can_run(name: str) -> None:
         pytest.skip("the private engine's test image holds no torch: the probes harness cannot run")
 
 
+BUDGET = RunBudget(wall_s=120, memory_mb=2048)
+
+
 def _request(script: str) -> RunRequest:
     return RunRequest(
         commands=[f"python {script}"],
         steps=2,
-        wall_s=120,
-        memory_mb=2048,
         determinism_steps=0,
         export=False,
         int8=False,
@@ -46,7 +49,7 @@ def test_forged_locations_are_dropped_and_run_only_severity_capped(
     repo.mkdir()
     shutil.copy(FORGERIES / "forge_locations.py", repo)
     workspace = load_workspace(repo)
-    found = run_probes(workspace, _request("forge_locations.py"), sandbox)
+    found = run_probes(workspace, _request("forge_locations.py"), Harness(sandbox, BUDGET))
     assert found.runs and found.runs[0].outcome != "not-run", found.runs
     forged = [e for _, e in found.evidence if e.file and e.file.startswith("x.py")]
     assert forged, "the forgery did not reach the audit side: the test proves nothing"
@@ -71,7 +74,7 @@ def test_an_inflated_evidence_document_is_refused(
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(FORGERIES / "forge_inflate.py", repo)
-    found = run_probes(load_workspace(repo), _request("forge_inflate.py"), sandbox)
+    found = run_probes(load_workspace(repo), _request("forge_inflate.py"), Harness(sandbox, BUDGET))
     assert found.runs[0].outcome == "harness-error"
     assert "refused" in found.runs[0].summary
     assert len(found.runs[0].summary) < 1000

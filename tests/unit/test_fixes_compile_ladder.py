@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_fixes_stacked import _finding
+from torchdoctor.agent.config import RunBudget
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
 from torchdoctor.agent.fixes.compile_ladder import climb, measure, one_off_s
 from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
-from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stacked import stacked_spec
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Fix, Verification
-from torchdoctor.sandbox.models import Isolation, Job, Limits, RunResult
+from torchdoctor.sandbox.models import Isolation, Job, RunResult
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "fixes" / "no-torch-compile"
 
@@ -160,11 +162,12 @@ class _RecordingSandbox:
 
 def test_compile_verification_gets_the_compilers_host_memory(tmp_path: Path) -> None:
     sandbox = _RecordingSandbox()
-    runner = ProbeRunner(sandbox, limits=Limits(memory_mb=8192))
-    runner.run(tmp_path, ["python", "train.py"], 4)
+    harness = Harness(sandbox, RunBudget(memory_mb=8192))
+    smoke_run(harness, tmp_path, ["python", "train.py"], 4)
     codemod = codemod_for("no-torch-compile")
     assert codemod is not None
-    runner.run(tmp_path, ["python", "train.py"], 4, extra_memory_mb=codemod.extra_host_memory_mb)
+    extra = codemod.extra_host_memory_mb
+    smoke_run(harness, tmp_path, ["python", "train.py"], 4, extra_memory_mb=extra)
     assert [job.limits.memory_mb for job in sandbox.jobs] == [8192, 8192 + COMPILER_HOST_MB]
     # a fix measured on top of a compiled stack runs with the compiler's memory too
     fused = codemod_for("unfused-optimizer")

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
+from torchdoctor.agent.config import RunBudget
+from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import Launch, parse_launch
-from torchdoctor.agent.probing import RunRequest, harness_command
+from torchdoctor.sandbox import PACKAGE_ROOT
+from torchdoctor.sandbox.config import DockerConfig, LocalConfig, get_sandbox
+from torchdoctor.sandbox.local import _import_path
+from torchdoctor.sandbox.models import Job
 
 
 @pytest.mark.parametrize(
@@ -54,12 +62,31 @@ def test_commands_the_sandbox_cannot_run_are_refused_with_the_reason(
         parse_launch(command)
 
 
-def test_a_distributed_run_launches_the_harness_on_every_rank_on_loopback() -> None:
-    command = harness_command(RunRequest(), "train.py", ["--lr", "1"], nproc=2)
-    launcher = command[: command.index("torchdoctor.sandbox.probes")]
-    assert launcher[1:3] == ["-m", "torch.distributed.run"]
-    assert (
-        "--nproc-per-node" in launcher and launcher[launcher.index("--nproc-per-node") + 1] == "2"
-    )
+def test_a_distributed_run_launches_the_harness_on_every_rank_on_loopback(
+    tmp_path: Path,
+) -> None:
+    call = HarnessCall(script="train.py", args=["--lr", "1"], nproc=2)
+    job = Harness(get_sandbox("local"), RunBudget(processes=100)).job(tmp_path, call)
+    assert job.module == "torch.distributed.run" and job.limits.processes == 200
+    launcher = job.args[: job.args.index("torchdoctor.sandbox.probes")]
+    assert launcher[-1] == "-m"
+    assert launcher[launcher.index("--nproc-per-node") + 1] == "2"
     assert launcher[launcher.index("--master-addr") + 1] == "127.0.0.1"
-    assert command[-3:] == ["--", "--lr", "1"]
+    assert job.args[-3:] == ["--", "--lr", "1"]
+
+
+def test_each_backend_resolves_a_module_job_its_own_way(tmp_path: Path) -> None:
+    """The project's interpreter and import path on this host; the image's in a container."""
+    job = Harness(get_sandbox("local"), RunBudget()).job(tmp_path, HarnessCall(script="t.py"))
+    assert job.command == [] and job.env == {}
+    assert job.argv("/venv/bin/python")[:3] == [
+        "/venv/bin/python",
+        "-m",
+        "torchdoctor.sandbox.probes",
+    ]
+    assert _import_path(job)["PYTHONPATH"] == str(PACKAGE_ROOT)
+    assert DockerConfig().python == "python" and LocalConfig().python == Path(sys.executable)
+    with pytest.raises(ValueError, match="either a command or a module"):
+        Job(workspace=tmp_path, command=["python", "t.py"], module="m")
+    with pytest.raises(ValueError, match="either a command or a module"):
+        Job(workspace=tmp_path)

@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """The project's `[tool.torchdoctor]` table is invalid."""
 
 
+class RunBudget(BaseModel):
+    """What one instrumented run may use: the audit's runs and fix verifications alike."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float = Field(300.0, gt=0)
+    cpu_s: int | None = Field(None, gt=0, description="None: four times the wall time")
+    memory_mb: int = Field(8192, gt=0)
+    processes: int = Field(256, gt=0, description="per rank")
+    disk_mb: int = Field(4096, gt=0)
+    file_size_mb: int = Field(256, gt=0)
+    open_files: int = Field(1024, gt=0)
+
+
 class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +49,7 @@ class AuditConfig(BaseModel):
     lang: Literal["en", "fr"] = "en"
     max_file_bytes: int = 2_000_000
     run: list[str] = Field(default_factory=list, description="commands whose runs feed the probes")
+    run_budget: RunBudget = Field(default_factory=RunBudget)
     linters: bool = True
     peers: Literal["curated", "all"] = Field(
         "curated", description="peer linter codes shown as findings: the curated list, or all"

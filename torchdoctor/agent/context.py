@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.cluster.config import ClusterConfig
+from torchdoctor.agent.config import RunBudget
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.reasoning.base import Reasoner
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox.protocol import Sandbox
@@ -67,6 +69,10 @@ class AuditContext:
     """The peer linters, started with the audit (they overlap with the static pass)."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """Where the heavy work runs (`TORCHDOCTOR_EXECUTOR`): this machine or a Ray cluster."""
+
+    def harness(self, budget: RunBudget, gpu: bool) -> Harness:
+        """The probes harness client on this audit's sandbox (audit runs and fix checks)."""
+        return Harness(self.sandbox.get(), budget, gpu=gpu)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.progress is not None:

@@ -21,9 +21,9 @@ from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
-from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Fix, Status, Verification
 from torchdoctor.agent.state import FixRecord
 
@@ -103,7 +103,7 @@ class FixBench:
     """What every verification of one audit runs with."""
 
     root: Path
-    runner: ProbeRunner | None
+    runner: Harness | None
     run_command: list[str] | None
     steps: int
     config: EngineConfig

@@ -158,7 +158,9 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         def say(line: str) -> None:
             context.emit({"event": "run", "message": line})
 
-        found = run_probes(workspace, request, context.sandbox.get(), on_run=say)
+        found = run_probes(
+            workspace, request, context.harness(config.run_budget, request.gpu), on_run=say
+        )
         runs = found.runs
         vetted, notes = vet_run_evidence(
             found.evidence, workspace.text_of, static, config.run_max_severity
@@ -412,16 +414,14 @@ def _with_check(finding: Finding, check: Any, ok: bool) -> Finding:
 def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
     """What this audit's verifications run with: its first planned run, its sandbox, its
     workspace's files and its effective configuration."""
-    from torchdoctor.agent.fixes.smoke import ProbeRunner
     from torchdoctor.agent.fixing import FixBench
 
     options = state["options"]
     request = run_request(state, context)
     commands = planned_commands(request, context.workspace)
     run_command = split_command_line(commands[0]) if commands else None
-    runner = (
-        ProbeRunner(context.sandbox.get(), gpu=request.gpu) if run_command is not None else None
-    )
+    budget = state["config"].run_budget
+    runner = context.harness(budget, request.gpu) if run_command is not None else None
     return FixBench(
         root=context.workspace.root,
         runner=runner,

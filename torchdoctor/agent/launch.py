@@ -113,16 +113,12 @@ def _procs(command: str, value: str) -> int:
     return int(value)
 
 
-def harness_prefix(python: str, nproc: int) -> list[str]:
-    """The interpreter, then, with `nproc` > 1, a single-node torchrun whose ranks meet on
+def torchrun_arguments(nproc: int) -> list[str]:
+    """`torch.distributed.run`'s arguments for a single-node launch whose ranks meet on
     127.0.0.1 (the sandbox has loopback and nothing else), ready for `-m <harness> ...`."""
-    if nproc <= 1:
-        return [python]
     return [
-        python,
-        *("-m", "torch.distributed.run", "--nnodes", "1"),
-        *("--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1"),
-        *("--master-port", str(free_port())),
+        *("--nnodes", "1", "--nproc-per-node", str(nproc)),
+        *("--master-addr", "127.0.0.1", "--master-port", str(free_port())),
     ]
 
 

@@ -9,30 +9,20 @@ evidence document becomes evidence for the checklist points it speaks to.
 from __future__ import annotations
 
 import ast
-import posixpath
-import sys
 from collections.abc import Callable
-from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.escape import one_line
-from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
+from torchdoctor.agent.evidence.probe_schema import DataFlow
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
-from torchdoctor.agent.evidence.trust import MAX_DOCUMENT_BYTES, UntrustedEvidence, parse_document
-from torchdoctor.agent.launch import harness_prefix, parse_launch
+from torchdoctor.agent.harness import Harness, HarnessCall
+from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import Workspace
-from torchdoctor.sandbox import PACKAGE_ROOT
-from torchdoctor.sandbox.models import CollectedFile, Job, Limits
-from torchdoctor.sandbox.protocol import Sandbox
 from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
 
-EVIDENCE_FILE = ".torchdoctor-evidence.json"
-RANK_EVIDENCE_FILES = ".torchdoctor-evidence.rank*.json"
-HARNESS_MARGIN_S = 20.0
 _ENTRY_HINTS = ("optim.", "Optimizer", ".backward(", "model(")
 
 
@@ -44,8 +34,6 @@ class RunRequest(BaseModel):
     commands: list[str] = Field(default_factory=list)
     discover: bool = False
     steps: int = Field(20, ge=1)
-    wall_s: float = Field(300.0, gt=0)
-    memory_mb: int = Field(8192, gt=0)
     determinism_steps: int = Field(3, ge=0, description="0: no second seeded run")
     export: bool = True
     int8: bool = True
@@ -125,24 +113,24 @@ def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
     return commands
 
 
-def harness_command(request: RunRequest, script: str, args: list[str], nproc: int = 1) -> list[str]:
-    """The harness on `script`; with `nproc` > 1, every rank of a single-node torchrun runs
-    it (rendezvous on 127.0.0.1: the sandbox has loopback and nothing else)."""
-    budget = max(10.0, request.wall_s - HARNESS_MARGIN_S)
-    command = harness_prefix(sys.executable, nproc)
-    command += ["-m", "torchdoctor.sandbox.probes", script, "--steps", str(request.steps)]
-    command += ["--out", EVIDENCE_FILE, "--time-budget", f"{budget:g}", "--seed", "0"]
-    if request.determinism_steps:
-        command += ["--determinism", str(request.determinism_steps)]
-    command += ["--export"] * request.export + ["--int8"] * request.int8
-    command += ["--probe", "compile"] * request.compile
-    return [*command, "--", *args]
+def harness_call(request: RunRequest, script: str, args: list[str], nproc: int = 1) -> HarnessCall:
+    """An audit run of `script`: the request's steps and probes, seeded."""
+    return HarnessCall(
+        script=script,
+        args=args,
+        steps=request.steps,
+        nproc=nproc,
+        determinism_steps=request.determinism_steps,
+        export=request.export,
+        int8=request.int8,
+        compile=request.compile,
+    )
 
 
 def run_probes(
     workspace: Workspace,
     request: RunRequest,
-    sandbox: Sandbox,
+    harness: Harness,
     on_run: Callable[[str], None] | None = None,
 ) -> ProbeEvidence:
     """Run every planned command under the probes harness; failures become notes, not crashes.
@@ -151,7 +139,7 @@ def run_probes(
     for command in planned_commands(request, workspace):
         if on_run is not None:
             on_run(f"`{command}` under the probes ({request.steps} steps)")
-        summary, evidence = _run_one(workspace, request, sandbox, command)
+        summary, evidence = _run_one(workspace, request, harness, command)
         if on_run is not None:
             on_run(f"`{command}`: {summary.outcome}")
         result.runs.append(summary)
@@ -162,7 +150,7 @@ def run_probes(
 Outcome = tuple[RunSummary, list[tuple[int, Evidence]]]
 
 
-def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, command: str) -> Outcome:
+def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, command: str) -> Outcome:
     try:
         launch = parse_launch(command)
     except ValueError as err:
@@ -176,44 +164,17 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
     except WorkspaceError as err:
         return summary(outcome="not-run", summary=f"could not copy the workspace: {err}"), []
     try:
-        run = sandbox.run(
-            Job(
-                workspace=copy,
-                command=harness_command(request, script, launch.args, launch.nproc),
-                env={"PYTHONPATH": str(PACKAGE_ROOT)},
-                limits=Limits(
-                    wall_s=request.wall_s,
-                    cpu_s=int(request.wall_s * 4),
-                    memory_mb=request.memory_mb,
-                    processes=256 * launch.nproc,
-                    disk_mb=4096,
-                    output_bytes=2_000_000,
-                    collect_bytes=MAX_DOCUMENT_BYTES,
-                ),
-                collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
-                gpu=request.gpu,
-            )
-        )
+        done = harness.run(copy, harness_call(request, script, launch.args, launch.nproc))
     finally:
         remove_workspace(copy)
-    isolation = run.isolation.summary
-    document = next((f for f in run.files if f.path.endswith(EVIDENCE_FILE)), None)
-    if document is None:
-        tail = (run.stderr or run.stdout)[-600:].strip()
-        said = f"no evidence written: {run.reason} {tail}".strip()
-        return summary(outcome=str(run.outcome), summary=said, isolation=isolation), []
-    if document.truncated:
-        said = f"evidence document refused: {document.size / 1e6:.1f} MB exceeds the limit"
-        return summary(outcome="harness-error", summary=said, isolation=isolation), []
-    try:
-        parsed = parse_document(document.content)
-    except UntrustedEvidence as err:
-        said = f"evidence document refused: {err}"
-        return summary(outcome="harness-error", summary=said, isolation=isolation), []
-    ranks, unreadable = _rank_documents(run.files)
-    analysis = probe_findings(parsed, script, read_source=workspace.text_of, other_ranks=ranks)
-    analysis.notes.extend(unreadable)
-    done = summary(
+    isolation = done.run.isolation.summary
+    if done.document is None:
+        return summary(outcome=done.outcome, summary=done.problem, isolation=isolation), []
+    analysis = probe_findings(
+        done.document, script, read_source=workspace.text_of, other_ranks=done.ranks
+    )
+    analysis.notes.extend(done.notes)
+    finished = summary(
         outcome=analysis.outcome,
         summary=analysis.summary,
         isolation=isolation,
@@ -221,22 +182,4 @@ def _run_one(workspace: Workspace, request: RunRequest, sandbox: Sandbox, comman
         dataflow=analysis.dataflow,
         curves=analysis.curves,
     )
-    return done, analysis.by_point()
-
-
-def _rank_documents(files: list[CollectedFile]) -> tuple[list[ProbeDocument], list[str]]:
-    """The documents of ranks 1.. of a torchrun run, and a note per unreadable one."""
-    documents: list[ProbeDocument] = []
-    notes: list[str] = []
-    for file in sorted(files, key=lambda f: f.path):
-        if not fnmatch(posixpath.basename(file.path), RANK_EVIDENCE_FILES):
-            continue
-        name = one_line(posixpath.basename(file.path))[:100]
-        if file.truncated:
-            notes.append(f"{name}: rank evidence over the size limit, ignored")
-            continue
-        try:
-            documents.append(parse_document(file.content))
-        except UntrustedEvidence as err:
-            notes.append(f"{name}: rank evidence refused ({err}), ignored")
-    return documents, notes
+    return finished, analysis.by_point()

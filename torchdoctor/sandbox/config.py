@@ -50,6 +50,7 @@ class LocalConfig(_Config):
 class DockerConfig(_Config):
     type: Literal["docker"] = "docker"
     image: str = DEFAULT_IMAGE
+    python: str = Field("python", description="the image's interpreter (module jobs run it)")
     base_url: str | None = Field(None, description="engine address; None reads DOCKER_HOST")
     user: str = "65534:65534"
     path: str = Field(

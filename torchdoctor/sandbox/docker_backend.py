@@ -180,7 +180,7 @@ class DockerSandbox:
         requests_ = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else []
         return self.client.containers.create(
             self.config.image,
-            command=job.command,
+            command=job.argv(self.config.python),
             user=self.config.user,
             working_dir=workdir,
             environment=env,

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.collect import collect_files
 from torchdoctor.sandbox.core import (
     LocalRunner,
@@ -65,7 +66,12 @@ class LocalSandbox:
         limits = RunLimits(**job.limits.model_dump(exclude={"collect_bytes"}))
         try:
             report = self.runner.execute(
-                job.workspace, job.command, job.env, limits, gpu=job.gpu, before_cleanup=collect
+                job.workspace,
+                job.argv(str(self.config.python)),
+                _import_path(job),
+                limits,
+                gpu=job.gpu,
+                before_cleanup=collect,
             )
         except WorkspaceError as exc:
             return RunResult.sandbox_error(f"workspace refused: {exc}", self.isolation)
@@ -73,6 +79,16 @@ class LocalSandbox:
 
     async def arun(self, job: Job) -> RunResult:
         return await asyncio.to_thread(self.run, job)
+
+
+def _import_path(job: Job) -> dict[str, str]:
+    """A module job imports torchdoctor's sandbox side (the probes harness) from this
+    installation; the job's own PYTHONPATH, if any, comes after it."""
+    if job.module is None:
+        return dict(job.env)
+    own = job.env.get("PYTHONPATH")
+    path = f"{PACKAGE_ROOT}:{own}" if own else str(PACKAGE_ROOT)
+    return {**job.env, "PYTHONPATH": path}
 
 
 def to_result(report: RunReport, files: list[CollectedFile]) -> RunResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from torchdoctor.sandbox.outcome import Outcome as Outcome
 
@@ -42,13 +42,17 @@ class Job(Strict):
     """One execution of untrusted code.
 
     `workspace` is a folder (or a single file) that the sandbox copies into a fresh private
-    directory before running; the original is never written to. `command` runs with that copy
-    as its working directory. `collect` names workspace-relative files (glob patterns allowed)
+    directory before running; the original is never written to. What runs, with that copy as
+    its working directory: either `command` as is, or a Python `module` with `args`, which
+    each backend runs with its own interpreter and import path (the project's on this host, the
+    image's in a container). `collect` names workspace-relative files (glob patterns allowed)
     whose contents come back in the result.
     """
 
     workspace: Path
-    command: list[str] = Field(min_length=1)
+    command: list[str] = Field(default_factory=list)
+    module: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     collect: list[str] = Field(default_factory=list)
@@ -61,6 +65,20 @@ class Job(Strict):
         if leaked:
             raise ValueError(f"secret-looking variables may not be passed to a job: {leaked}")
         return env
+
+    @model_validator(mode="after")
+    def _one_thing_to_run(self) -> Job:
+        if bool(self.command) == (self.module is not None):
+            raise ValueError("a job runs either a command or a module (with args), not both")
+        if self.args and self.module is None:
+            raise ValueError("args go with a module; a command carries its own")
+        return self
+
+    def argv(self, python: str) -> list[str]:
+        """The command line, a module job run by `python` (the backend's interpreter)."""
+        if self.module is None:
+            return list(self.command)
+        return [python, "-m", self.module, *self.args]
 
     @field_validator("collect")
     @classmethod

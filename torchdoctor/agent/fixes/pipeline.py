@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.config import RunBudget
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
@@ -15,13 +16,12 @@ from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
-from torchdoctor.agent.fixes.smoke import ProbeRunner
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.gate import fix_gate
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
 from torchdoctor.agent.safefs import GuardedTree
-from torchdoctor.sandbox.models import Limits
 from torchdoctor.sandbox.protocol import Sandbox
 
 
@@ -66,13 +66,13 @@ def verify_patch(
     steps: int = 20,
     timing_runs: int = 3,
     gpu: bool = False,
-    limits: Limits | None = None,
+    budget: RunBudget | None = None,
     config: EngineConfig | None = None,
 ) -> Finding:
     """Verify one patch from elsewhere (an LLM's, origin "llm") as a fix of the declared
     kind: the same steps as a codemod's, with the kind's default tolerance and, for a
     correctness fix, the healthy-run symptom check. Returns the finding with `fix` set."""
-    runner = ProbeRunner(sandbox, gpu=gpu, limits=limits) if sandbox is not None else None
+    runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
     verifier = Verifier(
         workspace_root, runner, run_command, steps=steps, timing_runs=timing_runs, config=config
     )
@@ -94,7 +94,7 @@ def propose_and_verify(
     timing_runs: int = 3,
     max_timing_runs: int = 6,
     gpu: bool = False,
-    limits: Limits | None = None,
+    budget: RunBudget | None = None,
     config: EngineConfig | None = None,
     progress: Callable[[str], None] | None = None,
     compile_modes: tuple[str, ...] = COMPILE_MODES,
@@ -108,7 +108,7 @@ def propose_and_verify(
     failing step and its reason in `fix.verification`.
     """
     say = progress or (lambda _line: None)
-    runner = ProbeRunner(sandbox, gpu=gpu, limits=limits) if sandbox is not None else None
+    runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
     verifier = Verifier(
         workspace_root,
         runner,

@@ -1,105 +1,55 @@
-"""Bounded, seeded runs of the user's script through the sandbox and the probes harness.
-
-The harness (`python -m torchdoctor.sandbox.probes`) stops the script after N optimizer
-steps and writes an evidence document; this module builds that job, runs it through any
-`Sandbox`, and reduces the document to what fix verification compares: losses, steady-state
-step times, symptoms.
+"""What fix verification reads from a harness run (`agent.harness` runs it): N seeded steps of
+the run command, reduced to losses, steady-state step times and symptoms (under torchrun, rank
+0's, with the distributed findings of every rank).
 """
 
 from __future__ import annotations
 
 import math
-import posixpath
 import shlex
-import sys
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from torchdoctor.agent.evidence.distributed import distributed_rules
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
 from torchdoctor.agent.fixes.models import SmokeRun
-from torchdoctor.agent.launch import harness_prefix, parse_launch
-from torchdoctor.sandbox import PACKAGE_ROOT
-from torchdoctor.sandbox.models import Job, Limits
-from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.agent.harness import Harness, HarnessCall
+from torchdoctor.agent.launch import parse_launch
 
-EVIDENCE_FILE = ".torchdoctor-probe.json"
-RANK_EVIDENCE_FILES = ".torchdoctor-probe.rank*.json"
 _OK_OUTCOMES = {"completed-steps", "script-finished"}
-HARNESS_MARGIN_S = 30.0
 
 
-class ProbeRunner:
-    """Runs a script for N steps under the probes harness, in a sandbox, on a workspace copy."""
-
-    def __init__(
-        self,
-        sandbox: Sandbox,
-        *,
-        python: str = sys.executable,
-        limits: Limits | None = None,
-        gpu: bool = False,
-    ) -> None:
-        self.sandbox = sandbox
-        self.python = python
-        self.limits = limits or Limits(wall_s=300, cpu_s=600, memory_mb=8192)
-        self.gpu = gpu
-
-    def run(
-        self,
-        workspace: Path,
-        run_command: list[str],
-        steps: int,
-        *,
-        seed: int | None = 0,
-        trace: list[str] | None = None,
-        extra_memory_mb: int = 0,
-    ) -> SmokeRun:
-        """`trace`: files (relative to `workspace`) whose executed lines the run records.
-        `extra_memory_mb`: host memory on top of the script's limit, for what a fix starts
-        beside the script (torch.compile's compile workers)."""
-        limits = self.limits
-        if extra_memory_mb:
-            limits = limits.model_copy(update={"memory_mb": limits.memory_mb + extra_memory_mb})
-        launch = parse_launch(shlex.join(run_command))
-        command = harness_prefix(self.python, launch.nproc)
-        command += ["-m", "torchdoctor.sandbox.probes", launch.script, "--steps", str(steps)]
-        # the harness stops itself before the sandbox kills it, so the evidence gets written
-        budget = max(10.0, self.limits.wall_s - HARNESS_MARGIN_S)
-        command += ["--out", EVIDENCE_FILE, "--no-flops", "--time-budget", f"{budget:g}"]
-        if seed is not None:
-            command += ["--seed", str(seed)]
-        for path in trace or []:
-            command += ["--trace-lines", path]
-        command += ["--", *launch.args]
-        job = Job(
-            workspace=workspace,
-            command=command,
-            env={"PYTHONPATH": str(PACKAGE_ROOT)},
-            limits=limits,
-            collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
-            gpu=self.gpu,
-        )
-        result = self.sandbox.run(job)
-        document = next((f for f in result.files if f.path.endswith(EVIDENCE_FILE)), None)
-        if document is None:
-            tail = (result.stderr or result.stdout)[-800:]
-            return SmokeRun(ok=False, detail=f"{result.outcome}: {result.reason}\n{tail}".strip())
-        try:
-            evidence = ProbeDocument.model_validate_json(document.content)
-            ranks = [
-                ProbeDocument.model_validate_json(f.content)
-                for f in sorted(result.files, key=lambda f: f.path)
-                if fnmatch(posixpath.basename(f.path), RANK_EVIDENCE_FILES)
-            ]
-        except ValidationError as err:
-            return SmokeRun(ok=False, detail=f"unreadable evidence document: {err}")
-        run = smoke_run_from_evidence(evidence, ranks)
-        usage = result.usage
-        return run.model_copy(update={"peak_host_mb": usage.peak_memory_mb, "wall_s": usage.wall_s})
+def smoke_run(
+    harness: Harness,
+    workspace: Path,
+    run_command: list[str],
+    steps: int,
+    *,
+    seed: int | None = 0,
+    trace: list[str] | None = None,
+    extra_memory_mb: int = 0,
+) -> SmokeRun:
+    """N seeded steps of the run command on `workspace`, through the audit's harness; `trace`:
+    files (relative to `workspace`) whose executed lines the run records; `extra_memory_mb`:
+    host memory on top of the budget, for what a fix starts beside the script (torch.compile's
+    compile workers)."""
+    launch = parse_launch(shlex.join(run_command))
+    call = HarnessCall(
+        script=launch.script,
+        args=launch.args,
+        steps=steps,
+        seed=seed,
+        nproc=launch.nproc,
+        flops=False,
+        trace=trace or [],
+        extra_memory_mb=extra_memory_mb,
+    )
+    done = harness.run(workspace, call)
+    if done.document is None:
+        return SmokeRun(ok=False, detail=f"{done.outcome}: {done.problem}".strip())
+    run = smoke_run_from_evidence(done.document, done.ranks)
+    usage = done.run.usage
+    return run.model_copy(update={"peak_host_mb": usage.peak_memory_mb, "wall_s": usage.wall_s})
 
 
 def smoke_run_from_evidence(

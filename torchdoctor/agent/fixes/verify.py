@@ -28,7 +28,7 @@ from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_patch
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.reached import unreached
-from torchdoctor.agent.fixes.smoke import ProbeRunner
+from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stats import (
     MIN_IMPROVEMENT,
     SpeedUp,
@@ -37,6 +37,7 @@ from torchdoctor.agent.fixes.stats import (
     trajectories_match,
 )
 from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
+from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Severity, Verification
 
 MAX_ANALYSED_FILES = 2000
@@ -80,7 +81,7 @@ class Verifier:
     def __init__(
         self,
         root: Path,
-        runner: ProbeRunner | None,
+        runner: Harness | None,
         run_command: list[str] | None,
         *,
         steps: int = 20,
@@ -128,7 +129,8 @@ class Verifier:
             if self.runner is None or self.run_command is None:
                 steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
                 return steps
-            after = self.runner.run(
+            after = smoke_run(
+                self.runner,
                 copy,
                 self.run_command,
                 self.steps,
@@ -156,7 +158,7 @@ class Verifier:
         when a fix's trajectory is out of tolerance): the floor no fix can be held under."""
         if self._nondeterminism is None:
             assert self.runner is not None and self.run_command is not None
-            again = self.runner.run(self.root, self.run_command, self.steps)
+            again = smoke_run(self.runner, self.root, self.run_command, self.steps)
             self._nondeterminism = _worst_deviation(self.baseline().losses, again.losses)
         return self._nondeterminism
 
@@ -169,7 +171,7 @@ class Verifier:
         """The original script's seeded run (made once)."""
         if self._baseline is None:
             assert self.runner is not None and self.run_command is not None
-            self._baseline = self.runner.run(self.root, self.run_command, self.steps)
+            self._baseline = smoke_run(self.runner, self.root, self.run_command, self.steps)
         return self._baseline
 
     # --- steps ----------------------------------------------------------------------------
@@ -300,10 +302,14 @@ class Verifier:
                 break
             # interleaved, so drift in machine load hits both sides alike
             before_runs.append(
-                self.runner.run(self.root, self.run_command, self.steps).step_times_s
+                smoke_run(self.runner, self.root, self.run_command, self.steps).step_times_s
             )
-            again = self.runner.run(
-                copy, self.run_command, self.steps, extra_memory_mb=spec.extra_memory_mb
+            again = smoke_run(
+                self.runner,
+                copy,
+                self.run_command,
+                self.steps,
+                extra_memory_mb=spec.extra_memory_mb,
             )
             self.last_runs.append(again)
             after_runs.append(again.step_times_s)
@@ -321,8 +327,8 @@ class Verifier:
     def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
         """Two runs without the harness's seed: only the script's own seeding can match them."""
         assert self.runner is not None and self.run_command is not None
-        first = self.runner.run(copy, self.run_command, self.steps, seed=None)
-        second = self.runner.run(copy, self.run_command, self.steps, seed=None)
+        first = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
+        second = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
         signals = {**after.signals, "repeat_losses": second.losses}
         return first.model_copy(update={"signals": signals})
 
