@@ -15,10 +15,10 @@ import pytest
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
 from torchdoctor.agent.models import AuditReport, Provenance, Summary, Target, ToolInfo
+from torchdoctor.agent.reasoning.inquiry import ToolHooks
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.chat import ChatSession, chat_turn
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
-from torchdoctor.agent.reasoning.llm.tool_loop import ToolHooks
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 

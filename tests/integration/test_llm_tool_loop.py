@@ -18,15 +18,10 @@ from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixing import FixBench, verify_hook
+from torchdoctor.agent.reasoning.inquiry import AuditBrief, LoopBounds, ToolHooks, tool_summary
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
-from torchdoctor.agent.reasoning.llm.tool_loop import (
-    AuditBrief,
-    LoopBounds,
-    ToolHooks,
-    ask,
-    tool_summary,
-)
+from torchdoctor.agent.reasoning.llm.tool_loop import ask
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 SCRIPT = "train_small.py"

@@ -19,6 +19,7 @@ Importing this module loads neither LangGraph nor the codemods (libcst): the sta
 from __future__ import annotations
 
 import shlex
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,11 +44,19 @@ from torchdoctor.agent.gather import (
     split_by_point,
     start_linters,
 )
+from torchdoctor.agent.investigation import investigate
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.ledger import Ledger, UserStatus, apply_user_statuses, default_ledger_path
 from torchdoctor.agent.models import Evidence, Finding, InputNote, Status
 from torchdoctor.agent.options import AuditOptions, effective_config, project_of
-from torchdoctor.agent.probing import RunRequest, gpu_present, planned_commands, run_probes
+from torchdoctor.agent.probing import (
+    RunRequest,
+    gpu_present,
+    planned_commands,
+    probe_report,
+    run_probes,
+)
+from torchdoctor.agent.reasoning.inquiry import AuditBrief, ProbeHook
 from torchdoctor.agent.reporting import build_report
 from torchdoctor.agent.state import (
     ORIGINAL,
@@ -266,10 +275,22 @@ class Phase:
         context = runtime.context
         if self.number not in state.get("fixes_proposed", []):
             findings = state.get("findings", [])
+            found = investigate(
+                context.reasoner,
+                self.number,
+                findings,
+                audit_brief(state, context),
+                probe_hook(state, context),
+            )
+            patched = {f.id: f for f in found.findings}
+            findings = [patched.get(f.id, f) for f in findings]
             records = propose(context.workspace.root, findings, self.number)
             return {
                 "fixes": {r.finding_id: r for r in records},
                 "fixes_proposed": [self.number],
+                "findings": found.findings,
+                "notes": found.notes,
+                "usage": found.usage,
                 "trace": [f"fix:{self.number}"],
             }
         record = self.next_pending(state)
@@ -430,6 +451,34 @@ def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
         config=engine_config(state["config"]),
         paths=[f.path for f in context.workspace.files],
     )
+
+
+def audit_brief(state: AuditState, context: AuditContext) -> AuditBrief:
+    """What the reasoner's tool loop is told: the findings so far and the audited files."""
+    workspace = context.workspace
+    coverage = Counter(c.verdict for c in state.get("coverage", []))
+    return AuditBrief(
+        target=str(state["options"].target),
+        findings=state.get("findings", []),
+        coverage=dict(sorted(coverage.items())),
+        files=[f.path for f in workspace.files],
+        lang=state["config"].lang,
+    )
+
+
+def probe_hook(state: AuditState, context: AuditContext) -> ProbeHook | None:
+    """The tool loop's `run_probes`, only when the user asked for runs (nothing runs
+    otherwise), through the audit's harness."""
+    if not fix_bench_has_run(state):
+        return None
+    request = run_request(state, context)
+    workspace = context.workspace
+
+    def run(script: str, args: list[str]) -> str:
+        harness = context.harness(state["config"].run_budget, request.gpu)
+        return probe_report(workspace, request, harness, script, args)
+
+    return run
 
 
 def split_command_line(command: str) -> list[str]:

@@ -9,6 +9,7 @@ evidence document becomes evidence for the checklist points it speaks to.
 from __future__ import annotations
 
 import ast
+import shlex
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -183,3 +184,18 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         curves=analysis.curves,
     )
     return finished, analysis.by_point()
+
+
+def probe_report(
+    workspace: Workspace, request: RunRequest, harness: Harness, script: str, args: list[str]
+) -> str:
+    """One run of `script` under the probes, as text for the LLM's `run_probes` tool: the
+    run's outcome and summary, then what its evidence says, point by point."""
+    command = shlex.join(["python", script, *args])
+    summary, evidence = _run_one(workspace, request, harness, command)
+    lines = [f"{summary.outcome}: {summary.summary}", *summary.notes[:10]]
+    lines += [
+        f"point {point}: {ev.message}" + (f" ({ev.file}:{ev.line})" if ev.file else "")
+        for point, ev in evidence[:30]
+    ]
+    return "\n".join(lines)

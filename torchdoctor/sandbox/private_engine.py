@@ -26,9 +26,18 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.config import DockerConfig
 
 TEST_IMAGE = "torchdoctor-sandbox-test:latest"
+HARNESS_TEST_IMAGE = "torchdoctor-sandbox-harness-test:latest"
+HARNESS_FILES = (
+    "torchdoctor/__init__.py",
+    "torchdoctor/sandbox/__init__.py",
+    "torchdoctor/sandbox/launch.py",
+    "torchdoctor/sandbox/probes",
+)
+"""What the sandbox image holds of torchdoctor (as torchdoctor/sandbox/Dockerfile copies it)."""
 START_TIMEOUT_S = 30.0
 
 
@@ -124,6 +133,36 @@ def import_test_image(url: str, image: str = TEST_IMAGE) -> None:
         pass
     repository, _, tag = image.partition(":")
     client.api.import_image_from_data(_rootfs_tar(), repository=repository, tag=tag or "latest")
+
+
+def build_harness_image(url: str, image: str = HARNESS_TEST_IMAGE) -> None:
+    """The test image plus the probes harness under /opt/torchdoctor on PYTHONPATH, laid out as
+    the production Dockerfile lays it out, built locally (idempotent). torch comes from the
+    host's interpreter trees that `engine_config` binds read-only."""
+    import_test_image(url)
+    client = docker.DockerClient(base_url=url, timeout=120)
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    dockerfile = (
+        f"FROM {TEST_IMAGE}\n"
+        "ENV PYTHONPATH=/opt/torchdoctor PYTHONDONTWRITEBYTECODE=1\n"
+        "COPY torchdoctor /opt/torchdoctor/torchdoctor\n"
+        "WORKDIR /workspace\n"
+    )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        _add_file(tar, "Dockerfile", dockerfile.encode())
+        for relative in HARNESS_FILES:
+            source = PACKAGE_ROOT / relative
+            for path in [source] if source.is_file() else sorted(source.rglob("*.py")):
+                _add_file(tar, path.relative_to(PACKAGE_ROOT).as_posix(), path.read_bytes())
+    buffer.seek(0)
+    client.images.build(
+        fileobj=buffer, custom_context=True, tag=image, network_mode="none", rm=True
+    )
 
 
 def engine_config(url: str, image: str = TEST_IMAGE) -> DockerConfig:

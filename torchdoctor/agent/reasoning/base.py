@@ -6,12 +6,15 @@ never knows which one it is talking to.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.models import CoverageEntry, Evidence, Finding
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.reasoning.inquiry import AuditBrief, LoopAnswer, ToolHooks
 
 
 class PointRequest(BaseModel):
@@ -60,15 +63,28 @@ class Reasoner(Protocol):
 
     def reason(self, request: PointRequest) -> PointResult: ...
 
+    def investigate(
+        self, phase: int, targets: list[Finding], brief: AuditBrief, hooks: ToolHooks
+    ) -> LoopAnswer | None:
+        """Work on a phase's open findings that no codemod fixes (read, search, re-check, run
+        probes, propose patches the audit then verifies); None: this reasoner does not."""
+        ...
+
     def provenance(self) -> dict[str, Any]:
         """What the report's provenance records about this reasoner (empty: nothing)."""
         ...
 
 
 class ReasonerBase:
-    """Defaults for the optional parts of `Reasoner`: no planning, nothing to record."""
+    """Defaults for the optional parts of `Reasoner`: no planning, no investigation, nothing
+    to record."""
 
     def prepare(self, requests: dict[int, PointRequest]) -> None:
+        return None
+
+    def investigate(
+        self, phase: int, targets: list[Finding], brief: AuditBrief, hooks: ToolHooks
+    ) -> LoopAnswer | None:
         return None
 
     def provenance(self) -> dict[str, Any]:

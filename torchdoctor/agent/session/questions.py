@@ -26,8 +26,9 @@ def llm_answerer(root: Path, offline: bool = False) -> Answerer | None:
     def answer(
         question: str, report: AuditReport, history: list[Message], lang: str
     ) -> list[Block] | None:
+        from torchdoctor.agent.reasoning.inquiry import AuditBrief
         from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
-        from torchdoctor.agent.reasoning.llm.tool_loop import AuditBrief, ask
+        from torchdoctor.agent.reasoning.llm.tool_loop import ask
         from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
         reasoner = LLMReasoner(config, root, OfflineReasoner())

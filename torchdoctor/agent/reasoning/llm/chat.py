@@ -9,14 +9,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.reasoning.inquiry import AuditBrief, LoopAnswer, LoopBounds, ToolHooks
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
-from torchdoctor.agent.reasoning.llm.tool_loop import (
-    AuditBrief,
-    LoopAnswer,
-    LoopBounds,
-    ToolHooks,
-    ask,
-)
+from torchdoctor.agent.reasoning.llm.tool_loop import ask
 
 
 class ChatSession(BaseModel):

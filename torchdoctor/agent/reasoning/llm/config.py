@@ -114,6 +114,10 @@ _ENV_FIELDS = {
     "TORCHDOCTOR_LLM_COST_BUDGET_USD": "cost_budget_usd",
     "TORCHDOCTOR_LLM_STRUCTURED_OUTPUTS": "structured_outputs",
     "TORCHDOCTOR_LLM_CACHE_DIR": "cache_dir",
+    "TORCHDOCTOR_LLM_LOOP_TURNS": "loop_turns",
+    "TORCHDOCTOR_LLM_LOOP_TOKENS": "loop_tokens",
+    "TORCHDOCTOR_LLM_LOOP_SECONDS": "loop_seconds",
+    "TORCHDOCTOR_LLM_INVESTIGATE": "investigate",
 }
 
 
@@ -132,6 +136,9 @@ _UNTRUSTED_LOWER_ONLY = (
     "max_concurrency",
     "max_retries",
     "max_tool_calls",
+    "loop_turns",
+    "loop_tokens",
+    "loop_seconds",
 )
 """Keys an audited repository may only lower: it must not spend more of the user's money."""
 

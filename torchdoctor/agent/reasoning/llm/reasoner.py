@@ -26,6 +26,7 @@ from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Fix
 from torchdoctor.agent.reasoning.base import PointRequest, PointResult, Reasoner, ReasonerBase
+from torchdoctor.agent.reasoning.inquiry import AuditBrief, LoopAnswer, ToolHooks
 from torchdoctor.agent.reasoning.llm.batching import Once, plan_batches, route_sections
 from torchdoctor.agent.reasoning.llm.budget import Budget, BudgetExhausted, tokens_for_chars
 from torchdoctor.agent.reasoning.llm.cache import ResponseCache
@@ -47,6 +48,7 @@ from torchdoctor.agent.reasoning.llm.review_prompt import (
     review_data,
 )
 from torchdoctor.agent.reasoning.llm.schema import BatchAnswer
+from torchdoctor.agent.reasoning.llm.tool_loop import ask
 from torchdoctor.agent.reasoning.llm.validation import Context, Validated, numbered, validate_answer
 from torchdoctor.agent.reasoning.llm.windows import Location, Selection, select_windows
 from torchdoctor.agent.reasoning.llm.workspace_files import WorkspaceFiles
@@ -382,6 +384,19 @@ class LLMReasoner(ReasonerBase):
         except DiffRejected:
             return None
         return Fix(diff=diff, verified=False, origin="llm")
+
+    def investigate(
+        self, phase: int, targets: list[Finding], brief: AuditBrief, hooks: ToolHooks
+    ) -> LoopAnswer | None:
+        """A bounded tool loop over the phase's findings no codemod fixes (see `tool_loop`);
+        None when the configuration turns it off or there is nothing to work on."""
+        if not self.config.investigate or not targets:
+            return None
+        question = render(brief.lang, "investigate", phase=phase, targets=targets)
+        answer = ask(question, brief, reasoner=self, hooks=hooks)
+        with self._lock:
+            self.templates[f"{brief.lang}/investigate"] = template_hash(brief.lang, "investigate")
+        return answer
 
     def provenance(self) -> dict[str, Any]:
         """What the report's `provenance.extra["llm"]` should record about this reasoner."""

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.models import AuditReport, Finding, Fix
+from torchdoctor.agent.models import Fix
+from torchdoctor.agent.reasoning.inquiry import (
+    AuditBrief,
+    LoopAnswer,
+    LoopBounds,
+    StopReason,
+    ToolCallRecord,
+    ToolHooks,
+)
 from torchdoctor.agent.reasoning.llm.budget import BudgetExhausted, tokens_for_chars
 from torchdoctor.agent.reasoning.llm.client import LLMUnavailable, Usage, content_chars
 from torchdoctor.agent.reasoning.llm.config import OpenAIConfig
@@ -36,77 +40,6 @@ MAX_WINDOW = 120
 MAX_RESULT_CHARS = 6_000
 MAX_SEARCH_HITS = 40
 
-StopReason = Literal["answered", "turns", "tool_calls", "tokens", "time", "budget", "unavailable"]
-ProbeHook = Callable[[str, list[str]], str]
-"""Runs an audited script (and its arguments) under the probes harness in the sandbox; returns
-what the run showed, as text."""
-VerifyHook = Callable[[Finding, Fix], Fix]
-"""Verifies a proposed fix by execution; returns it with its verification steps."""
-
-
-class AuditBrief(BaseModel):
-    """What the model is told about the audit: the target, its findings, coverage and files."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: str
-    findings: list[Finding] = Field(default_factory=list)
-    coverage: dict[str, int] = Field(default_factory=dict, description="verdict -> item count")
-    files: list[str] = Field(default_factory=list, description="audited files the tools may read")
-    lang: str = "en"
-
-    @classmethod
-    def of_report(cls, report: AuditReport, files: Sequence[str] = (), lang: str = "en") -> Self:
-        named = {ev.file for f in report.findings for ev in f.evidence if ev.file}
-        named |= {f.file for f in report.findings}
-        if report.target.kind == "file":
-            named.add(report.target.path.rsplit("/", 1)[-1])
-        return cls(
-            target=report.target.path,
-            findings=report.findings,
-            coverage=dict(sorted(Counter(c.verdict for c in report.coverage).items())),
-            files=sorted(named | set(files)),
-            lang=lang,
-        )
-
-
-class LoopBounds(BaseModel):
-    """How far one loop may go (the audit's token budget bounds every loop together)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_turns: int = Field(8, ge=1, description="model requests")
-    max_tool_calls: int = Field(6, ge=0)
-    max_tokens: int = Field(60_000, ge=1, description="prompt + completion tokens")
-    max_seconds: float = Field(300.0, gt=0)
-
-
-class ToolCallRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    result: str
-    seconds: float = 0.0
-
-
-class LoopAnswer(BaseModel):
-    """The model's answer, what it did to reach it, and why the loop stopped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    text: str
-    stopped: StopReason
-    tool_calls: list[ToolCallRecord] = Field(default_factory=list)
-    proposed_fixes: dict[str, Fix] = Field(default_factory=dict)
-    """Finding id -> the model's patch; `verified` only when a verifier ran it and it passed."""
-    notes: list[str] = Field(default_factory=list)
-    usage: dict[str, int] = Field(default_factory=dict)
-
-    @property
-    def truncated(self) -> bool:
-        return self.stopped != "answered"
-
 
 def bounds_of(config: OpenAIConfig) -> LoopBounds:
     """The configured bounds of one loop."""
@@ -116,14 +49,6 @@ def bounds_of(config: OpenAIConfig) -> LoopBounds:
         max_tokens=config.loop_tokens,
         max_seconds=config.loop_seconds,
     )
-
-
-@dataclass(frozen=True)
-class ToolHooks:
-    """What the caller lends the tools: a sandbox to run probes in, a verifier for patches."""
-
-    run_probes: ProbeHook | None = None
-    verify_fix: VerifyHook | None = None
 
 
 def _tool(name: str, description: str, properties: dict[str, Any]) -> dict[str, Any]:
@@ -418,9 +343,3 @@ def _loop(
             )
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     return text, "turns"
-
-
-def tool_summary(answer: LoopAnswer) -> str:
-    """`read_file_window x2, propose_fix` (what the loop did, for a note)."""
-    counts = Counter(call.name for call in answer.tool_calls)
-    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.items()) or "none"
