@@ -13,6 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from torchdoctor.agent.audit import build_context, run_config
 from torchdoctor.agent.context import SandboxHandle
+from torchdoctor.agent.durable import serializer
 from torchdoctor.agent.graph import build_graph
 from torchdoctor.agent.options import AuditOptions
 from torchdoctor.sandbox.private_engine import (
@@ -54,7 +55,7 @@ def test_an_audit_runs_the_harness_in_a_container_with_the_images_python(
     context = build_context(options)
     context.sandbox = SandboxHandle("docker", sandbox=sandbox)
     audit_id = uuid.uuid4().hex[:12]
-    state = build_graph(InMemorySaver()).invoke(
+    state = build_graph(InMemorySaver(serde=serializer())).invoke(
         {"audit_id": audit_id, "options": options}, run_config(audit_id), context=context
     )
     [run] = state["runs"]
