@@ -44,7 +44,6 @@ from torchdoctor.agent.gather import (
     split_by_point,
     start_linters,
 )
-from torchdoctor.agent.investigation import investigate
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.ledger import Ledger, UserStatus, apply_user_statuses, default_ledger_path
 from torchdoctor.agent.models import Evidence, Finding, InputNote, Status
@@ -274,6 +273,8 @@ class Phase:
 
         context = runtime.context
         if self.number not in state.get("fixes_proposed", []):
+            from torchdoctor.agent.investigation import investigate
+
             findings = state.get("findings", [])
             found = investigate(
                 context.reasoner,
