@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent.config import RunBudget
-from torchdoctor.agent.harness import Harness, HarnessCall
+from torchdoctor.agent.harness import Harness, HarnessCall, harness_limits
 from torchdoctor.agent.launch import Launch, parse_launch
 from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.config import DockerConfig, LocalConfig, get_sandbox
@@ -90,3 +90,11 @@ def test_each_backend_resolves_a_module_job_its_own_way(tmp_path: Path) -> None:
         Job(workspace=tmp_path, command=["python", "t.py"], module="m")
     with pytest.raises(ValueError, match="either a command or a module"):
         Job(workspace=tmp_path)
+
+
+def test_an_audited_trees_run_budget_may_lower_the_limits_never_raise_them() -> None:
+    asked = RunBudget(wall_s=60, memory_mb=10**6, processes=10**5, cpu_s=7)
+    capped = asked.capped()
+    assert (capped.wall_s, capped.memory_mb, capped.processes, capped.cpu_s) == (60, 8192, 256, 7)
+    limits = harness_limits(capped, nproc=2, extra_memory_mb=100)
+    assert (limits.memory_mb, limits.processes, limits.cpu_s) == (8292, 512, 7)

@@ -37,6 +37,19 @@ class RunBudget(BaseModel):
     file_size_mb: int = Field(256, gt=0)
     open_files: int = Field(1024, gt=0)
 
+    def capped(self) -> RunBudget:
+        """This budget, no field above the default: a project's `[tool.torchdoctor.run-budget]`
+        comes from the audited tree, which may lower what its runs get but never raise it."""
+        default = RunBudget()
+        return RunBudget.model_validate(
+            {
+                name: value
+                if value is None or getattr(default, name) is None
+                else min(value, getattr(default, name))
+                for name, value in self.model_dump().items()
+            }
+        )
+
 
 class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

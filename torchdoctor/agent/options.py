@@ -107,6 +107,7 @@ def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConf
         updates["torch_version"] = options.torch_version
     if options.static_only:
         updates["run"] = []
+    updates["run_budget"] = config.run_budget.capped()
     env_linters = os.environ.get("TORCHDOCTOR_LINTERS", "").strip().lower()
     if env_linters in ("0", "false", "no", "off"):
         updates["linters"] = False
