@@ -115,3 +115,8 @@ def test_a_job_runs_with_the_nodes_own_interpreter_and_harness(tmp_path: Path) -
     assert moved.command == [sys.executable, *job.command[1:]]
     assert moved.env["PYTHONPATH"] == f"{PACKAGE_ROOT}:/extra"
     assert on_this_node(job, ("/usr/bin/python3", "/elsewhere")) == job
+
+
+def test_a_module_job_is_left_for_the_nodes_backend_to_resolve(tmp_path: Path) -> None:
+    job = Job(workspace=tmp_path, module="torchdoctor.sandbox.probes", args=["train.py"])
+    assert on_this_node(job, ("/opt/conda/bin/python", "/srv/torchdoctor")) == job

@@ -32,7 +32,10 @@ def here() -> Origin:
 
 
 def on_this_node(job: Job, origin: Origin) -> Job:
-    """The job with the audit host's interpreter and harness folder replaced by this node's."""
+    """The job with the audit host's interpreter and harness folder replaced by this node's
+    (a module job names neither: the node's backend resolves both)."""
+    if job.module is not None:
+        return job
     python, root = origin
     command = [sys.executable if job.command[0] == python else job.command[0], *job.command[1:]]
     env = dict(job.env)
