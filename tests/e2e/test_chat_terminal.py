@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.server import Server
 from tests.conftest import EXAMPLES
 
 pytestmark = [
@@ -152,3 +153,37 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     second.wait_for(r"ISSUES\.md")
     second.type("quit")
     second.wait_for(r"kept: torchdoctor chat --session " + session)
+
+
+def test_a_session_on_a_server_from_the_terminal(
+    project: Path, env: dict[str, str], terminals: list[Terminal], tmp_path: Path
+) -> None:
+    """`chat --server URL PATH`: the code is sent, audited there, and reviewed over
+    `/v1/sessions` (French here); the session is the server's, resumed from another terminal."""
+    home = tmp_path / "server-home"
+    server = Server(home, f"sqlite:///{home / 'api.sqlite'}")
+    server.start()
+    try:
+        key = server.key("acme")
+        remote = {**env, "TORCHDOCTOR_API_KEY": key}
+        args = ("--server", server.url, "--lang", "fr", "--offline")
+        first = Terminal(chat(*args, "train_small.py"), project, remote)
+        terminals.append(first)
+        first.wait_for(r"1 constat\(s\) : high 1\.[\s\S]*torchdoctor>", timeout_s=180)
+        first.type("findings")
+        first.wait_for(r"sévérité[\s\S]*TD-[0-9a-f]{12}")
+        first.type("pourquoi ?")
+        first.wait_for(r"Aucun LLM n'est configuré")
+        first.type("quit")
+        screen = first.wait_for(r"kept: torchdoctor chat --session \w+")
+        session = re.findall(r"--session (\w+)", screen)[-1]
+
+        second = Terminal(chat("--server", server.url, "--session", session), project, remote)
+        terminals.append(second)
+        second.wait_for(r"Aucun LLM n'est configuré[\s\S]*torchdoctor>", timeout_s=60)
+        other = {**env, "TORCHDOCTOR_API_KEY": server.key("other")}
+        third = Terminal(chat("--server", server.url, "--session", session), project, other)
+        terminals.append(third)
+        third.wait_for(r"error:.*404.*no session", timeout_s=60)
+    finally:
+        server.stop()
