@@ -108,6 +108,9 @@ class FixBench:
     steps: int
     config: EngineConfig
     paths: list[str]
+    reach: Verification | None = None
+    """Which run verifies the fix and through which imports it reaches the patched file (or
+    that no planned run does: then the fix is not verified)."""
 
     def verifier(self, root: Path, baseline: SmokeRun | None) -> Verifier:
         return Verifier(
@@ -137,7 +140,7 @@ def verify_record(
     record: FixRecord,
 ) -> Verified:
     """Verify one proposed fix on the working copy; the finding gets the fix and its steps."""
-    checks: list[Verification] = []
+    checks: list[Verification] = [bench.reach] if bench.reach is not None else []
     if working_copy:
         changed = ", ".join(sorted(working_copy))
         checks.append(

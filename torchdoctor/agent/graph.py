@@ -18,6 +18,7 @@ Importing this module loads neither LangGraph nor the codemods (libcst): the sta
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections import Counter
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ from torchdoctor.agent.gather import (
 )
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.ledger import Ledger, UserStatus, apply_user_statuses, default_ledger_path
-from torchdoctor.agent.models import Evidence, Finding, InputNote, Status
+from torchdoctor.agent.models import Evidence, Finding, InputNote, Status, Verification
 from torchdoctor.agent.options import AuditOptions, effective_config, project_of
 from torchdoctor.agent.probing import (
     RunRequest,
@@ -307,9 +308,10 @@ class Phase:
         )
         working_copy = state.get("working_copy", {})
         digest = copy_digest(working_copy)
-        bench = fix_bench(state, context)
+        bench = fix_bench(state, context, finding.file)
+        key = baseline_key(state, context, digest, bench)
         done = verify_record(
-            bench, working_copy, state.get("baselines", {}).get(digest), finding, record
+            bench, working_copy, state.get("baselines", {}).get(key), finding, record
         )
         verdict = "verified" if done.record.state == "verified" else "not verified"
         context.emit({"event": "fix", "message": f"  {record.rule}: {verdict}"})
@@ -319,7 +321,7 @@ class Phase:
             "trace": [f"verify:{record.finding_id}"],
         }
         if done.baseline is not None:
-            update["baselines"] = {digest: done.baseline}
+            update["baselines"] = {key: done.baseline}
         return update
 
     def next_pending(self, state: AuditState) -> FixRecord | None:
@@ -433,15 +435,20 @@ def _with_check(finding: Finding, check: Any, ok: bool) -> Finding:
     return finding.model_copy(update={"fix": fix, "status": status})
 
 
-def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
-    """What this audit's verifications run with: its first planned run, its sandbox, its
-    workspace's files and its effective configuration."""
+def fix_bench(state: AuditState, context: AuditContext, file: str | None = None) -> FixBench:
+    """What this audit's verifications run with: its sandbox, its workspace's files, its
+    effective configuration and a planned run: for a fix to `file`, the first one whose script
+    reaches that file through imports (none: the fix is not verified, and the report says so);
+    otherwise the first planned run."""
     from torchdoctor.agent.fixing import FixBench
 
     options = state["options"]
     request = run_request(state, context)
     commands = planned_commands(request, context.workspace)
     run_command = split_command_line(commands[0]) if commands else None
+    reach = None
+    if file is not None and commands:
+        run_command, reach = reaching_run(context.workspace, commands, file)
     budget = state["config"].run_budget
     runner = context.harness(budget, request.gpu) if run_command is not None else None
     return FixBench(
@@ -451,6 +458,7 @@ def fix_bench(state: AuditState, context: AuditContext) -> FixBench:
         steps=options.steps,
         config=engine_config(state["config"]),
         paths=[f.path for f in context.workspace.files],
+        reach=reach,
     )
 
 
@@ -480,6 +488,37 @@ def probe_hook(state: AuditState, context: AuditContext) -> ProbeHook | None:
         return probe_report(workspace, request, harness, script, args)
 
     return run
+
+
+def reaching_run(
+    workspace: Workspace, commands: list[str], file: str
+) -> tuple[list[str] | None, Verification]:
+    """The first planned run whose script imports `file` (or is it), with the step that says
+    which and how; no run and a failed step when none does."""
+    from torchdoctor.agent.fixes.reach import import_path
+
+    for command in commands:
+        tokens = split_command_line(command)
+        script = posixpath.normpath(parse_launch(command).script)
+        chain = import_path(workspace.text_of, script, file)
+        if chain is not None:
+            how = " -> ".join(chain) if len(chain) > 1 else "it is the script"
+            return tokens, Verification(
+                step="run-reaches", ok=True, detail=f"`{command}` reaches {file} ({how})"
+            )
+    runs = ", ".join(f"`{c}`" for c in commands)
+    detail = f"no planned run imports {file} ({runs}): the change would never execute"
+    return None, Verification(step="run-reaches", ok=False, detail=detail)
+
+
+def baseline_key(state: AuditState, context: AuditContext, digest: str, bench: FixBench) -> str:
+    """A baseline run is kept per working copy and per command (the first planned run's under
+    the copy's name alone, as `adopt` reads it)."""
+    commands = planned_commands(run_request(state, context), context.workspace)
+    first = split_command_line(commands[0]) if commands else None
+    if bench.run_command is None or bench.run_command == first:
+        return digest
+    return f"{digest} {shlex.join(bench.run_command)}"
 
 
 def split_command_line(command: str) -> list[str]:
