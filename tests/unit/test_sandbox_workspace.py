@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,19 @@ def test_only_the_job_users_files_are_removed_from_scratch(tmp_path: Path) -> No
     removed = remove_owned_files([str(tmp_path)], 54321)
     assert removed == [str(mine)]
     assert theirs.exists()
+
+
+def test_removing_a_copy_another_process_is_removing_is_not_an_error(tmp_path: Path) -> None:
+    copy = tmp_path / "td-ws-1-abc"
+    (copy / "a" / "b").mkdir(parents=True)
+    (copy / "a" / "b" / "f.py").write_text("x = 1\n")
+    real_rmtree = shutil.rmtree
+
+    def racing(path: str | Path, *args: object, **kwargs: object) -> None:
+        real_rmtree(path)  # the other process finishes first
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shutil, "rmtree", racing)
+        remove_workspace(copy)
+    assert not copy.exists()

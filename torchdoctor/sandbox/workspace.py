@@ -7,6 +7,7 @@ the copy is refused. Devices, sockets and FIFOs are refused for the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -118,8 +119,11 @@ def remove_workspace(workspace: Path) -> None:
         for name in dirs:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
-                os.chmod(path, stat.S_IRWXU)
-    shutil.rmtree(workspace)
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(path, stat.S_IRWXU)
+    # a concurrent remover (another process's start-up sweep) may be taking it too
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(workspace)
 
 
 def hand_over(workspace: Path, uid: int, gid: int) -> None:
