@@ -28,7 +28,16 @@ FINDING_FIELDS = {
     "status",
     "fix",
 }
-TOP_FIELDS = {"schema_version", "tool", "target", "findings", "coverage", "summary", "provenance"}
+TOP_FIELDS = {
+    "schema_version",
+    "tool",
+    "target",
+    "findings",
+    "coverage",
+    "summary",
+    "provenance",
+    "artifacts",
+}
 PLANTED = {
     "zero-grad-missing",
     "double-softmax",

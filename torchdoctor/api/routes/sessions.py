@@ -267,24 +267,36 @@ async def session_events(
     poll_s: float = request.app.state.poll_s
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        last, seen_audit, audit_after, busy = after, "", 0, None
+        last, busy = after, None
+        record = await to_thread.run_sync(sessions.settled, who.tenant, session_id)
+        followed = _followed(record)
+        # the audit the session shows is news to a client that has not seen the messages that
+        # came after `after` (an audit can finish before the client's first poll): its progress
+        # is replayed; otherwise its history is skipped
+        unseen = await to_thread.run_sync(sessions.store.messages, session_id, after)
+        fresh = record.state.waiting is not None or bool(unseen)
+        audit_after = 0 if fresh else await to_thread.run_sync(store.last_event_id, followed)
         while not await request.is_disconnected():
             record = await to_thread.run_sync(sessions.settled, who.tenant, session_id)
             for message in await to_thread.run_sync(sessions.store.messages, session_id, last):
                 last = message.id
                 yield {"id": str(last), "event": "message", "data": message.model_dump_json()}
-            if record.state.busy != busy:
+            if (target := _followed(record)) != followed:
+                followed, audit_after = target, 0
+            if followed:
+                for event in await to_thread.run_sync(store.events_after, followed, audit_after):
+                    audit_after = event.id
+                    data = {"audit_id": followed, "kind": event.kind, "data": event.data}
+                    yield {"event": "progress", "data": json.dumps(data)}
+            if record.state.busy != busy:  # after the progress, which a client reads first
                 busy = record.state.busy
                 yield {"event": "state", "data": json.dumps({"busy": busy})}
-            waiting = record.state.waiting
-            if waiting is not None:
-                if waiting.audit_id != seen_audit:
-                    seen_audit, audit_after = waiting.audit_id, 0
-                events = await to_thread.run_sync(store.events_after, seen_audit, audit_after)
-                for event in events:
-                    audit_after = event.id
-                    data = {"audit_id": seen_audit, "kind": event.kind, "data": event.data}
-                    yield {"event": "progress", "data": json.dumps(data)}
             await sleep(poll_s)
 
     return EventSourceResponse(stream(), ping=15)
+
+
+def _followed(record: SessionRecord) -> str:
+    """The audit whose progress the stream relays: the one awaited, else the one shown."""
+    waiting = record.state.waiting
+    return waiting.audit_id if waiting is not None else (record.state.audit_id or "")

@@ -327,6 +327,14 @@ class Store:
         with self._session() as session:
             session.add(_event_row(audit_id, kind, data))
 
+    def last_event_id(self, audit_id: str) -> int:
+        """The id of the audit's newest event (0 when it has none)."""
+        with self._session() as session:
+            newest = session.scalar(
+                select(func.max(EventRow.id)).where(EventRow.audit_id == audit_id)
+            )
+            return int(newest or 0)
+
     def events_after(self, audit_id: str, after: int, limit: int = 500) -> list[AuditEvent]:
         with self._session() as session:
             rows = session.scalars(
