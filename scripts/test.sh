@@ -11,4 +11,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -n 2 -q "$@"
+# The suite in two steps (issue 13, item 12): the tests, then the slow end-to-end ones (real
+# servers, browsers, clusters, torchrun and sandbox runs), each timed by pytest.
+.venv/bin/python -m pytest -n 2 -q -m "not slow" "$@"
+.venv/bin/python -m pytest -n 2 -q -m slow "$@"

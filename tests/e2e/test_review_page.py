@@ -189,7 +189,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     detail.get_by_label("Mark as").select_option("needs-human")
     detail.get_by_label("Reason (kept in ISSUES.md)").fill("generated file, <b>owner</b> decides")
     detail.get_by_role("button", name="Save").click()
-    hostile_row.filter(has_text="needs-human").wait_for()
+    hostile_row.filter(has_text="needs-human").wait_for(timeout=90_000)  # slow under a busy CI
 
     page.locator('#runs img[data-plot="loss"]').wait_for(timeout=30_000)
     page.locator("#runs img[data-diagram]").first.wait_for(timeout=60_000)
