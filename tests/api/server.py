@@ -48,8 +48,8 @@ class Server:
             TORCHDOCTOR_LINTERS="0",
             TORCHDOCTOR_SANDBOX="local",
             TORCHDOCTOR_LEASE_SECONDS="3",
-            **self.settings,
         )
+        env.update(self.settings)  # a caller's settings override these defaults
         return env
 
     def start(self, timeout_s: float = 120.0) -> None:
