@@ -14,15 +14,14 @@ import re
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import nodes_of
 
-DISTRIBUTED_CALLS = frozenset(
-    {
-        "torch.distributed.init_process_group",
-        "torch.nn.parallel.DistributedDataParallel",
-        "torch.nn.parallel.distributed.DistributedDataParallel",
-        "torch.utils.data.distributed.DistributedSampler",
-        "torch.utils.data.DistributedSampler",
-    }
+SAMPLERS = frozenset(
+    {"torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler"}
 )
+DISTRIBUTED_CALLS = SAMPLERS | {
+    "torch.distributed.init_process_group",
+    "torch.nn.parallel.DistributedDataParallel",
+    "torch.nn.parallel.distributed.DistributedDataParallel",
+}
 SHARDING = ("FullyShardedDataParallel", "fully_shard", "ZeroRedundancyOptimizer", "deepspeed")
 """Saving under these is itself collective (state_dict gathers shards): never rank-0 only."""
 FRAMEWORKS = (

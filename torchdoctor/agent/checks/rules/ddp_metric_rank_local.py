@@ -6,14 +6,11 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.ddp import is_distributed, rank_guarded, uses_framework
+from torchdoctor.agent.checks.ddp import SAMPLERS, is_distributed, rank_guarded, uses_framework
 from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
-_SAMPLERS = frozenset(
-    {"torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler"}
-)
 _SYNC_WORDS = ("reduce", "gather", "synchronize_between_processes", "sync_dist")
 _LOG_CALLS = frozenset(
     {"print", "info", "log", "add_scalar", "add_scalars", "write", "log_metrics"}
@@ -121,7 +118,7 @@ def _sharded_loaders(ctx: ModuleContext) -> set[str]:
 
 def _is_sampler(ctx: ModuleContext, expr: ast.expr) -> bool:
     calls = [expr.body, expr.orelse] if isinstance(expr, ast.IfExp) else [expr]
-    return any(isinstance(c, ast.Call) and ctx.call_qualname(c) in _SAMPLERS for c in calls)
+    return any(isinstance(c, ast.Call) and ctx.call_qualname(c) in SAMPLERS for c in calls)
 
 
 def _names(targets: list[ast.expr]) -> set[str]:

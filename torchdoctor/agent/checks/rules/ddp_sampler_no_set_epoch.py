@@ -6,14 +6,11 @@ import ast
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.ddp import calls_method, uses_framework
+from torchdoctor.agent.checks.ddp import SAMPLERS, calls_method, uses_framework
 from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import is_false, kwarg
 from torchdoctor.agent.models import Severity
 
-_SAMPLERS = frozenset(
-    {"torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler"}
-)
 _KEY = "ddp-sampler-no-set-epoch"
 MESSAGE = (
     "this DistributedSampler shuffles, but nothing in the project calls `set_epoch(epoch)`: "
@@ -61,7 +58,7 @@ class DdpSamplerNoSetEpoch(Rule):
         }
         if self.applies(ctx):
             for call in nodes_of(ctx, ast.Call):
-                if not isinstance(call, ast.Call) or ctx.call_qualname(call) not in _SAMPLERS:
+                if not isinstance(call, ast.Call) or ctx.call_qualname(call) not in SAMPLERS:
                     continue
                 if is_false(kwarg(call, "shuffle")) or len(call.args) > 3:
                     continue  # shuffle=False, or shuffle passed by position
