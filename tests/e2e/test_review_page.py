@@ -186,6 +186,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
         has=page.locator("code", has_text=HOSTILE_NAME)
     )
     hostile_row.get_by_role("button").click()
+    detail.locator("dd code").filter(has_text=HOSTILE_NAME).wait_for()
     detail.get_by_label("Mark as").select_option("needs-human")
     detail.get_by_label("Reason (kept in ISSUES.md)").fill("generated file, <b>owner</b> decides")
     detail.get_by_role("button", name="Save").click()

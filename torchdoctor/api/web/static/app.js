@@ -16,6 +16,7 @@ const state = {
   decisions: new Map(),
   stream: null,
   refreshTimer: null,
+  shownFinding: null,
   session: null,
 };
 
@@ -585,8 +586,11 @@ async function ruleInfo(ruleId) {
 async function showFinding(findingId) {
   const finding = state.findings.find((f) => f.id === findingId);
   if (!finding) return;
-  const rule = await ruleInfo(finding.rule);
+  // Cleared before the wait for the rule, so the previous finding's form cannot be used meanwhile.
   const box = clear($("finding"));
+  state.shownFinding = findingId;
+  const rule = await ruleInfo(finding.rule);
+  if (state.shownFinding !== findingId) return; // another finding was opened meanwhile
   const itemIds = rule ? rule.items : [];
   const items = state.checklist.items.filter((i) => itemIds.includes(i.id));
   box.append(
