@@ -1,7 +1,7 @@
 """What keeps a pre-commit audit fast: no `--version` subprocess for peers that are this
 environment's own, no durable checkpoints for an audit that is cheaper to redo than to resume,
 no LangGraph (nor libcst) for a static-only audit, which still gets the graph's report and
-ledger. (The figures are printed by benchmarks/latency.py.)"""
+ledger, nor Jinja when no ledger is written. (The figures are printed by benchmarks/latency.py.)"""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(tmp_path: Path) -
         "try:\n    runpy.run_module('torchdoctor', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'langgraph', 'langchain_core', "
-        "'libcst', 'torch'})\n"
+        "'libcst', 'torch', 'jinja2'})\n"
         "print(heavy, file=sys.stderr)\n"
     )
     done = subprocess.run(

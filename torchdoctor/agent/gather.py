@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cache
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,10 @@ def parse_torch_version(text: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+@cache
 def installed_torch_version() -> str | None:
-    """The installed torch's version, read from package metadata (torch is not imported)."""
+    """The installed torch's version, read from package metadata (torch is not imported);
+    read once per process: each read scans the interpreter's site-packages."""
     try:
         return metadata.version("torch")
     except metadata.PackageNotFoundError:

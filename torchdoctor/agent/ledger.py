@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
@@ -27,6 +28,9 @@ from torchdoctor.agent.escape import md_cell, md_code, md_fence, md_text, one_li
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Status
 from torchdoctor.agent.safefs import file_tree
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 BEGIN = "<!-- torchdoctor:begin -->"
 END = "<!-- torchdoctor:end -->"
@@ -61,18 +65,28 @@ def default_ledger_path(target: Path) -> Path:
     return folder / LEDGER_NAME
 
 
-_ENV = Environment(
-    loader=PackageLoader("torchdoctor.agent", "templates"),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
-_ENV.filters["cell"] = md_cell
-_ENV.filters["text"] = md_text
-_ENV.filters["code"] = md_code
-_ENV.filters["fence"] = md_fence
+LEDGER_TEMPLATE = "ledger.md.j2"
+
+
+@cache
+def templates() -> Environment:
+    """The ledger's template environment, built when a ledger is first rendered: importing
+    Jinja compiles its lexer's patterns, which costs more than a small audit's analysis."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("torchdoctor.agent", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["cell"] = md_cell
+    env.filters["text"] = md_text
+    env.filters["code"] = md_code
+    env.filters["fence"] = md_fence
+    return env
 
 
 def entry_meta(finding: Finding) -> EntryMeta:
@@ -235,15 +249,19 @@ class Ledger:
             }
             for c in report.coverage
         ]
-        block = _ENV.get_template("ledger.md.j2").render(
-            L=L,
-            target=Path(report.target.path).name or report.target.path,
-            version=__version__,
-            points=points,
-            open_entries=open_rows,
-            treated_entries=treated,
-            gates=report.summary.gates,
-            coverage=coverage,
+        block = (
+            templates()
+            .get_template(LEDGER_TEMPLATE)
+            .render(
+                L=L,
+                target=Path(report.target.path).name or report.target.path,
+                version=__version__,
+                points=points,
+                open_entries=open_rows,
+                treated_entries=treated,
+                gates=report.summary.gates,
+                coverage=coverage,
+            )
         )
         block = re.sub(r"\n{3,}", "\n\n", block)
         return Ledger(

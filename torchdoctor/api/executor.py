@@ -21,6 +21,9 @@ from torchdoctor.api import worker
 from torchdoctor.api.processes import kill_tree
 from torchdoctor.api.settings import ApiSettings
 
+PRELOAD = "torchdoctor.api.preload"
+"""Loaded by the fork server only (by name: the server process itself needs none of it)."""
+
 
 class Executor(Protocol):
     def free_slots(self) -> int:
@@ -50,7 +53,7 @@ class LocalExecutor:
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([worker.__name__])
+        self._context.set_forkserver_preload([worker.__name__, PRELOAD])
         self._children: dict[str, BaseProcess] = {}
         self._lock = threading.Lock()
         # The fork server imports the audit machinery once, in the background.

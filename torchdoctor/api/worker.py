@@ -55,7 +55,7 @@ class ServerWatch(threading.Thread):
 
 
 def ready() -> None:
-    """A no-op job that boots the fork server (its imports are this module's)."""
+    """A no-op job that boots the fork server (its imports are this module's and `PRELOAD`'s)."""
 
 
 def audit_options(record: AuditRecord, settings: ApiSettings) -> AuditOptions:

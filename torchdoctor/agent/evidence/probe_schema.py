@@ -28,7 +28,9 @@ OutcomeKind = Literal[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: only an audit that runs code reads a probe document, and building
+    # these 38 models' validators costs a static audit more than analysing a file.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class Outcome(_Model):

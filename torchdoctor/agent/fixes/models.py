@@ -39,7 +39,9 @@ class FixKind(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use: only an audit that fixes validates these, and a static audit
+    # (a pre-commit hook) should not pay for building their validators at import.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class FixTarget(_Model):
