@@ -13,7 +13,8 @@ import pytest
 from torchdoctor.agent.checks.linters import cache as peer_cache
 from torchdoctor.agent.checks.linters.base import LinterResult
 from torchdoctor.agent.checks.linters.ruff import RuffAdapter
-from torchdoctor.agent.checks.linters.runner import _run_one, run_linters
+from torchdoctor.agent.checks.linters.runner import _run_one as run_one
+from torchdoctor.agent.checks.linters.runner import run_linters
 
 SOURCE = "import os, sys\n\n\ndef f(x):\n    return x == None\n"
 
@@ -43,6 +44,11 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path / "home"))
 
 
+def _run_one(adapter: CountingAdapter, root: Path, files: list[str]) -> LinterResult:
+    """One tool's run as `run_linters` makes it, with the inputs' digest it computes."""
+    return run_one(adapter, root, files, peer_cache.input_digest(root, files))  # type: ignore[arg-type]
+
+
 def _tree(root: Path, source: str = SOURCE) -> Path:
     root.mkdir(parents=True)
     (root / "train.py").write_text(source)
@@ -63,13 +69,13 @@ def test_a_second_folder_with_the_same_content_reuses_the_real_tools_result(
 def test_a_changed_file_or_configuration_runs_the_tool_again(tmp_path: Path) -> None:
     adapter = CountingAdapter()
     root = _tree(tmp_path / "repo")
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])
+    _run_one(adapter, root, ["train.py"])
     assert adapter.runs == 1
     (root / "train.py").write_text(SOURCE + "\n")
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])
     (root / "pyproject.toml").write_text("[tool.ruff]\nline-length = 60\n")
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])
     assert adapter.runs == 3
 
 
@@ -77,7 +83,7 @@ def test_failures_are_never_kept(tmp_path: Path) -> None:
     adapter = CountingAdapter(status="timeout")
     root = _tree(tmp_path / "repo")
     for _ in range(2):
-        _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+        _run_one(adapter, root, ["train.py"])
     assert adapter.runs == 2
 
 
@@ -85,8 +91,11 @@ def test_a_linked_file_is_not_read_for_a_key(tmp_path: Path) -> None:
     root = _tree(tmp_path / "repo")
     (tmp_path / "outside.py").write_text("secret = 1\n")
     (root / "link.py").symlink_to(tmp_path / "outside.py")
-    assert peer_cache.result_key("ruff", "0.9", root, ["link.py"]) is None
-    assert peer_cache.result_key("pip-audit", "2.9", root, ["train.py"]) is None
+    assert peer_cache.input_digest(root, ["link.py"]) is None
+    inputs = peer_cache.input_digest(root, ["train.py"])
+    assert inputs is not None
+    assert peer_cache.result_key("ruff", "0.9", inputs) is not None
+    assert peer_cache.result_key("pip-audit", "2.9", inputs) is None
 
 
 def test_the_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,12 +103,12 @@ def test_the_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyP
     adapter = CountingAdapter()
     root = _tree(tmp_path / "repo")
     for _ in range(2):
-        _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+        _run_one(adapter, root, ["train.py"])
     assert adapter.runs == 2
 
 
 def test_cached_results_are_private_files(tmp_path: Path) -> None:
-    _run_one(CountingAdapter(), _tree(tmp_path / "repo"), ["train.py"])  # type: ignore[arg-type]
+    _run_one(CountingAdapter(), _tree(tmp_path / "repo"), ["train.py"])
     folder = peer_cache.cache_dir()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     entries = list(folder.iterdir())
@@ -109,8 +118,28 @@ def test_cached_results_are_private_files(tmp_path: Path) -> None:
 def test_a_corrupt_entry_is_a_miss(tmp_path: Path) -> None:
     adapter = CountingAdapter()
     root = _tree(tmp_path / "repo")
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])
     for entry in peer_cache.cache_dir().iterdir():
         entry.write_text("{not json")
-    _run_one(adapter, root, ["train.py"])  # type: ignore[arg-type]
+    _run_one(adapter, root, ["train.py"])
     assert adapter.runs == 2
+
+
+def test_each_file_is_read_once_for_every_tools_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    plain_bytes = peer_cache._plain_bytes
+
+    def counted(path: Path) -> bytes | None:
+        reads.append(path.name)
+        return plain_bytes(path)
+
+    monkeypatch.setattr(peer_cache, "_plain_bytes", counted)
+    root = _tree(tmp_path / "repo")
+    adapters = [CountingAdapter(), CountingAdapter(), CountingAdapter()]
+    for index, adapter in enumerate(adapters):
+        adapter.name = f"counting-{index}"
+    run_linters(root, ["train.py"], adapters)  # type: ignore[arg-type]
+    assert reads.count("train.py") == 1
+    assert [adapter.runs for adapter in adapters] == [1, 1, 1]

@@ -44,11 +44,15 @@ def cache_dir() -> Path:
     return torchdoctor_home() / "cache" / "peers"
 
 
-def result_key(tool: str, version: str, root: Path, files: Sequence[str]) -> str | None:
-    """The content key of a run, or None when an input cannot be read as a plain file."""
-    if tool in UNCACHED_TOOLS or not version or os.environ.get(ENABLED_ENV, "1") == "0":
-        return None
-    digest = hashlib.sha256(f"{__version__}\0{tool}\0{version}\0".encode())
+def enabled() -> bool:
+    return os.environ.get(ENABLED_ENV, "1") != "0"
+
+
+def input_digest(root: Path, files: Sequence[str]) -> str | None:
+    """One digest of everything a peer reads: each audited file's path and bytes and the tool
+    configuration files at the root; None when one cannot be read as a plain file. Computed
+    once per audit and shared by every tool's key (each file read and hashed once)."""
+    digest = hashlib.sha256()
     for name in (*sorted(files), *CONFIG_FILES):
         path = root / name
         if name in CONFIG_FILES and not path.exists():
@@ -59,6 +63,14 @@ def result_key(tool: str, version: str, root: Path, files: Sequence[str]) -> str
         digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
         digest.update(hashlib.sha256(content).digest())
     return digest.hexdigest()
+
+
+def result_key(tool: str, version: str, inputs: str | None) -> str | None:
+    """The content key of `tool`'s run on `inputs` (an `input_digest`), or None when its
+    result is not to be kept."""
+    if tool in UNCACHED_TOOLS or not version or inputs is None or not enabled():
+        return None
+    return hashlib.sha256(f"{__version__}\0{tool}\0{version}\0{inputs}".encode()).hexdigest()
 
 
 def load(key: str) -> LinterResult | None:

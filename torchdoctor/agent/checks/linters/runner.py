@@ -79,12 +79,16 @@ def default_adapters(
     return adapters
 
 
-def _run_one(adapter: LinterAdapter, root: Path, files: list[str]) -> LinterResult:
+def _run_one(
+    adapter: LinterAdapter, root: Path, files: list[str], inputs: str | None
+) -> LinterResult:
+    """One tool's result: from the peer cache when `inputs` (the files' content digest) were
+    seen before with this tool and version, else from a run of the tool."""
     if not adapter.available():
         return LinterResult(
             tool=adapter.name, status="not-installed", notes=[f"{adapter.name} is not installed"]
         )
-    key = peer_cache.result_key(adapter.name, adapter.version(), root, files)
+    key = peer_cache.result_key(adapter.name, adapter.version(), inputs)
     cached = peer_cache.load(key) if key else None
     if cached is not None:
         return cached.model_copy(update={"cached": True})
@@ -134,8 +138,9 @@ def run_linters(
         else default_adapters(mypy=mypy, offline=offline, timeout_s=timeout_s, manifests=manifests)
     )
     paths = list(files)
+    inputs = peer_cache.input_digest(root, paths) if peer_cache.enabled() else None
     with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
-        results = list(pool.map(lambda adapter: _run_one(adapter, root, paths), chosen))
+        results = list(pool.map(lambda adapter: _run_one(adapter, root, paths, inputs), chosen))
     coverage = [_coverage(result, len(paths)) for result in results]
     if adapters is None and not mypy:
         coverage.append(
