@@ -55,6 +55,17 @@ def audit_files(client: httpx.Client, files: dict[str, str]) -> float:
         time.sleep(0.25)
 
 
+def cpu_split(server: psutil.Process) -> tuple[float, float]:
+    """CPU seconds so far of the server process itself (HTTP, store, dispatch) and of the
+    audits (workers and the peers they ran; the fork server reaps the workers)."""
+    own = server.cpu_times()
+    audits = sum(
+        child.cpu_times().children_user + child.cpu_times().children_system
+        for child in server.children()
+    )
+    return own.user + own.system, audits
+
+
 class PeakRss(threading.Thread):
     """Samples the server's process tree (workers and sandbox jobs included)."""
 
@@ -100,6 +111,8 @@ def main() -> None:
         single = audit_once(client, EXAMPLES[0])
         again = audit_once(client, EXAMPLES[0])
         print(f"one audit alone: {single:.2f} s cold, {again:.2f} s warm (same code again)")
+        server_process = psutil.Process(server.process.pid)
+        cpu_before = cpu_split(server_process)
         rss = PeakRss(server.process.pid)
         rss.start()
         errors: list[str] = []
@@ -116,6 +129,8 @@ def main() -> None:
             list(pool.map(one, range(args.audits)))
         elapsed = time.perf_counter() - started
         rss.stopped.set()
+        cpu_after = cpu_split(server_process)
+        server_cpu, audits_cpu = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
         times.sort()
         p95 = times[max(0, round(0.95 * len(times)) - 1)] if times else float("nan")
         cache = "off" if args.no_peer_cache else "on"
@@ -123,6 +138,11 @@ def main() -> None:
         print(f"  throughput: {len(times) / elapsed * 60:.1f} audits/min ({elapsed:.1f} s)")
         print(f"  time to completion: p50 {statistics.median(times):.2f} s, p95 {p95:.2f} s")
         print(f"  p95 / cold single: {p95 / single:.1f}x (target <= 3x)")
+        print(
+            f"  cpu: server {server_cpu:.1f} s, audits {audits_cpu:.1f} s "
+            f"({audits_cpu / args.audits:.2f} s each) over {elapsed:.1f} s on "
+            f"{psutil.cpu_count()} CPUs"
+        )
         print(f"  errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
         print(f"  peak RSS, server and workers: {rss.peak_mb:.0f} MiB")
     finally:

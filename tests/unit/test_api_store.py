@@ -25,6 +25,12 @@ def test_the_database_file_is_private(tmp_path: Path) -> None:
     assert (tmp_path / "home" / "api.sqlite").stat().st_mode & 0o777 == 0o600
 
 
+def test_commits_do_not_wait_on_fsync_in_wal_mode(tmp_path: Path) -> None:
+    with _store(tmp_path).engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
 def test_an_audit_is_claimed_once_and_a_lapsed_lease_only_by_another(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.create_audit("a1", "acme", AuditChoices(), "/nowhere")
