@@ -13,7 +13,7 @@ import importlib
 
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.gather import installed_torch_version
-from torchdoctor.agent.ledger import LEDGER_TEMPLATE, templates
+from torchdoctor.agent.ledger import templates
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free
@@ -28,5 +28,6 @@ MODULES = (
 for name in MODULES:
     importlib.import_module(name)
 all_rules()
-templates().get_template(LEDGER_TEMPLATE)
+for template in templates().list_templates():  # compiled once (the ledger includes others)
+    templates().get_template(template)
 installed_torch_version()
