@@ -1,12 +1,14 @@
 """Review sessions over HTTP against a real server: open one on new code, answer commands from
 the evidence with no LLM (English and French), record a decision in the ledger, keep tenants
-apart, and resume the same session by id after the server restarts.
+apart, resume the same session by id after the server restarts, and (slow) run the code under
+the probes, then fix, approve and apply through the session, the fix landing in its tree.
 
 On SQLite only, to keep the suite short: the session tables are plain SQLAlchemy, and the
 PostgreSQL run of the API suite migrates its database to the same head (sessions included)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from tests.api.server import Server
 from tests.e2e.test_fix_apply_undo import TRAIN
+from torchdoctor.agent.ledger import LEDGER_NAME
 from torchdoctor.api.terminal.backends import Remote
 
 
@@ -31,10 +34,13 @@ def settled(client: httpx.Client, session_id: str, timeout_s: float = 120) -> di
 
 
 def said(messages: list[dict[str, Any]]) -> str:
+    parts = ("title", "text", "diff", "rows")
     return "\n".join(
-        block.get("text") or block.get("title", "") + str(block.get("rows", ""))
+        str(block[part])
         for message in messages
         for block in message["blocks"]
+        for part in parts
+        if block.get(part)
     )
 
 
@@ -62,6 +68,13 @@ def session(acme: httpx.Client) -> dict[str, Any]:
     view = settled(acme, created.json()["id"])
     assert view["findings"] and view["audit_id"]
     return view
+
+
+def later(client: httpx.Client, session_id: str, after: list[dict[str, Any]]) -> str:
+    """What the session said once the audit a command started ended (it must be idle)."""
+    settled(client, session_id, timeout_s=400)  # a sandbox run on a busy CI machine
+    url = f"/v1/sessions/{session_id}/messages"
+    return said(client.get(url, params={"after": after[-1]["id"]}).json())
 
 
 def send(client: httpx.Client, session_id: str, text: str) -> list[dict[str, Any]]:
@@ -153,3 +166,48 @@ def test_a_session_resumes_by_id_after_a_restart(
     after = acme.get(f"/v1/sessions/{sid}/messages").json()
     assert after == before
     assert send(acme, sid, "findings")[0]["blocks"][0]["kind"] == "table"
+
+
+@pytest.mark.slow
+def test_run_then_fix_approve_apply_through_the_session(server: Server, acme: httpx.Client) -> None:
+    """Every long command sent as a user would: `run` (the probes, in the server's sandbox),
+    `fix`, `reject`/`approve`, `apply`; the approved fix is written to the session's tree on
+    the server, with its ISSUES.md entry, and comes back in the audit's patch."""
+    body = {"files": {"train.py": TRAIN}, "options": {"offline": True}}
+    sid = acme.post("/v1/sessions", json=body).json()["id"]
+    static = settled(acme, sid)["audit_id"]
+
+    started = send(acme, sid, 'run "python train.py" --steps 3')
+    assert "Running python train.py under the probes for 3 step(s)" in said(started)
+    result = later(acme, sid, started)  # the summary, then what the run changed
+    assert re.search(r"1 finding\(s\): high 1\.\nNo finding changed", result), result
+    ran = acme.get(f"/v1/sessions/{sid}").json()["audit_id"]
+    assert ran != static
+    runs = acme.get(f"/v1/audits/{ran}/runs").json()
+    assert [r["command"] for r in runs] == ["python train.py"] and "loss" in runs[0]["plots"]
+    findings = acme.get(f"/v1/audits/{ran}/findings").json()
+    finding = next(f for f in findings if f["rule"] == "zero-grad-missing")
+
+    started = send(acme, sid, f"fix {finding['id']}")
+    assert "Proposing and verifying fixes" in said(started)
+    offered = later(acme, sid, started)
+    assert "Proposed fix (verified)" in offered and "zero_grad" in offered, offered
+    assert f"approve {finding['id']}" in offered
+    fixing = acme.get(f"/v1/sessions/{sid}").json()
+    assert fixing["pending"]["changes"][0]["finding_id"] == finding["id"]
+
+    assert "rejected: " in said(send(acme, sid, "reject all"))
+    assert "No fix is approved" in said(send(acme, sid, "apply"))
+    assert "1 approved, 0 rejected" in said(send(acme, sid, f"approve {finding['id'][:8]}"))
+    started = send(acme, sid, "apply")
+    assert "Writing 1 approved fix(es)" in said(started)
+    assert f"Applied: {finding['id']}." in later(acme, sid, started)
+
+    view = acme.get(f"/v1/sessions/{sid}").json()
+    assert view["audit_id"] == fixing["audit_id"] and view["pending"] is None
+    tree = server.home / "audits" / view["audit_id"] / "src"
+    assert "optimizer.zero_grad(set_to_none=True)" in (tree / "train.py").read_text()
+    ledger = (tree / LEDGER_NAME).read_text()
+    assert finding["id"] in ledger and "zero-grad-missing" in ledger
+    assert "zero_grad" in acme.get(f"/v1/audits/{view['audit_id']}/patch").text
+    assert acme.get(f"/v1/audits/{view['audit_id']}/ledger").text == ledger
