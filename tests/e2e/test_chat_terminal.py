@@ -1,7 +1,9 @@
 """`torchdoctor chat` in a real terminal: tmux runs it, `send-keys` types (Tab completes a
 finding id), `capture-pane` reads the screen. A full conversation on the bundled small example:
 findings, a fix proposed and verified in the sandbox, approved, applied to the file; Ctrl-C
-cancels a step and the session goes on; the session is resumed by id in a new process."""
+cancels a step and the session goes on; the session is resumed by id in a new process. An
+audit left at its approval question (Ctrl-C) is reviewed with `chat --audit ID`: approved,
+applied, then run again from the session with `run`."""
 
 from __future__ import annotations
 
@@ -104,8 +106,12 @@ def terminals() -> Iterator[list[Terminal]]:
         terminal.close()
 
 
+def torchdoctor(*args: str) -> str:
+    return shlex.join([sys.executable, "-m", "torchdoctor", *args])
+
+
 def chat(*args: str) -> str:
-    return shlex.join([sys.executable, "-m", "torchdoctor", "chat", *args])
+    return torchdoctor("chat", *args)
 
 
 def test_fix_approve_apply_then_resume_in_a_real_terminal(
@@ -153,6 +159,57 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     second.wait_for(r"ISSUES\.md")
     second.type("quit")
     second.wait_for(r"kept: torchdoctor chat --session " + session)
+
+
+def test_a_stored_audit_reviewed_with_chat_audit_id(
+    project: Path, env: dict[str, str], terminals: list[Terminal]
+) -> None:
+    """`torchdoctor audit --fix --apply` stopped at its approval question (Ctrl-C) leaves a
+    checkpoint; `chat --audit ID` opens it with the verified fix still offered, then
+    applies the approved fix, and `run "..." --steps N` shows what the new run changed."""
+    script = project / "train_small.py"
+    original = script.read_text()
+    run = ("--run", "python train_small.py", "--steps", "4", "--offline")
+    audit_cmd = torchdoctor("audit", "train_small.py", *run, "--fix", "--apply")
+    first = Terminal(f"{audit_cmd}; echo audit-exited", project, env)
+    terminals.append(first)
+    # the question comes with the verified diff; Ctrl-C there leaves the audit waiting on it
+    screen = first.wait_for(r"\+\s*optimizer\.zero_grad\(set_to_none=True\)", timeout_s=400)
+    audit = re.search(r"audit ([0-9a-f]{12}) \(resume: ", screen)
+    assert audit is not None, screen[-3000:]
+    first.keys("C-c")
+    first.wait_for(r"audit-exited", timeout_s=60)
+    assert script.read_text() == original
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "torchdoctor", "chat", "--audit", "0123456789ab"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "no audit '0123456789ab' here" in missing.stderr
+
+    second = Terminal(chat("--audit", audit.group(1)), project, env)
+    terminals.append(second)
+    screen = second.wait_for(r"Offered for approval[\s\S]*torchdoctor>", timeout_s=120)
+    finding = re.search(r"approve (TD-[0-9a-f]{12})", screen)
+    assert finding is not None and "1 finding(s): high 1." in screen
+    mark = second.mark()
+    second.type("approve all")
+    second.wait_for(r"Pending: 1 approved", after=mark)
+    second.type("apply")
+    second.wait_for(r"Applied: " + finding.group(1), timeout_s=300, after=mark)
+    assert "optimizer.zero_grad(set_to_none=True)" in script.read_text()
+    assert finding.group(1) in (project / "ISSUES.md").read_text()
+
+    mark = second.mark()
+    second.type('run "python train_small.py" --steps 2')
+    screen = second.wait_for(r"What changed[\s\S]*torchdoctor>", timeout_s=300, after=mark)
+    assert "Running python train_small.py under the probes for 2 step(s)" in screen[mark:]
+    assert re.search(r"gone\s*│\s*" + finding.group(1), screen[mark:]), screen[mark:]
+    second.type("quit")
+    second.wait_for(r"kept: torchdoctor chat --session \w+", after=mark)
 
 
 def test_a_session_on_a_server_from_the_terminal(

@@ -260,7 +260,7 @@ def _local_backend(
 ) -> Backend:
     """A session on this machine: its audits run here, on the user's own files."""
     from torchdoctor.agent.progress import progress_reporter
-    from torchdoctor.agent.session.local import target_of
+    from torchdoctor.agent.session.local import stored_audit
     from torchdoctor.agent.session.models import SessionState
     from torchdoctor.api.terminal.backends import LOCAL_TENANT, Local, local_service
 
@@ -270,9 +270,17 @@ def _local_backend(
         service.get(LOCAL_TENANT, session)
         return Local(service, session)
     if audit is not None:
-        target = target_of(audit)
+        target, kept = stored_audit(audit)
+        # the audit's own choices; the language and --offline as this command line says
+        kept = kept.model_copy(
+            update={"lang": choices.lang or kept.lang, "offline": choices.offline or kept.offline}
+        )
+        state = SessionState(lang=kept.lang or "en", choices=kept)
         created = service.create(
-            LOCAL_TENANT, str(target), state, lambda engine, first: engine.open(first, audit)
+            LOCAL_TENANT,
+            str(target.resolve()),
+            state,
+            lambda engine, first: engine.open(first, audit),
         )
         return Local(service, created.id)
     assert path is not None

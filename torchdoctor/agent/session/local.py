@@ -134,12 +134,20 @@ def checkpointed(audit_id: str) -> AuditView:
     )
 
 
-def target_of(audit_id: str) -> Path:
-    """The folder or file a checkpointed audit audited."""
+def stored_audit(audit_id: str) -> tuple[Path, AuditChoices]:
+    """The folder or file a checkpointed audit audited, and the choices it ran with: a session
+    on it keeps them, so `fix` verifies with the audit's own runs."""
     from torchdoctor.agent.durable import open_store
+    from torchdoctor.agent.graph import build_graph
 
     with open_store() as store:
         entry = store.entry(audit_id)
-    if entry is None:
-        raise SessionError(f"no audit {audit_id!r} here (it may have been pruned)")
-    return Path(entry.target)
+        if entry is None:
+            raise SessionError(f"no audit {audit_id!r} here (it may have been pruned)")
+        values = build_graph(store.saver).get_state(run_config(audit_id)).values
+    options = values.get("options")
+    if options is None:
+        return Path(entry.target), AuditChoices()
+    return Path(entry.target), AuditChoices.model_validate(
+        options.model_dump(include=set(AuditChoices.model_fields))
+    )
