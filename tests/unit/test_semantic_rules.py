@@ -35,6 +35,7 @@ NEW_RULES: tuple[str, ...] = (
     "factory-without-device-in-step",
     "sigmoid-into-logits-loss",
     "detached-loss-input",
+    "half-model-float-input",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

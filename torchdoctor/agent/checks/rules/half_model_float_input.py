@@ -1,0 +1,285 @@
+"""half-model-float-input: a model cast to float16/bfloat16 called with a float32 tensor."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
+
+_LOW_METHODS = frozenset({"half", "bfloat16"})
+_LOW_DTYPES = frozenset({"float16", "half", "bfloat16"})
+_FLOAT32_DTYPES = frozenset({"float32", "float", "float64", "double"})
+# Tensor methods that keep a value's dtype (device moves, layout, indexing helpers).
+_KEEPS_DTYPE = frozenset(
+    {"to", "cuda", "cpu", "contiguous", "unsqueeze", "squeeze", "view", "reshape", "permute",
+     "detach", "clone", "flatten", "transpose", "requires_grad_", "pin_memory"}
+)  # fmt: skip
+# Factories that make float32 tensors unless given a dtype.
+_FLOAT_FACTORIES = frozenset(
+    {"randn", "rand", "zeros", "ones", "empty", "full", "linspace", "normal", "FloatTensor"}
+)
+_IMAGE_MODEL_PREFIXES = ("torchvision.models.", "timm.create_model", "timm.models.")
+_CONV = ("torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d")
+_MAX_HOPS = 8
+
+
+class HalfModelFloatInput(Rule):
+    """Detects a model converted to half precision (`model.half()`, `.bfloat16()`,
+    `.to(torch.float16)`, `.to(dtype=torch.bfloat16)`) that is then called with a tensor the
+    code makes float32: a factory without `dtype=` (`torch.randn(1, 3, 224, 224)`), an
+    explicit `.float()`, or a batch of an image loader fed to an image model (torchvision or
+    timm models, local networks built from `nn.Conv*`), moved with `.to(device)`/`.cuda()` only.
+
+    Why it matters: the weights are float16 and the input float32; the first layer fails with
+    "Input type (float) and bias type (c10::Half) should be the same" (or, on some ops, the
+    result silently goes back to float32 and the memory saving is lost).
+
+    Not reported: calls under `torch.autocast(...)` (autocast casts the inputs), inputs cast
+    on the way (`x.half()`, `x.to(dtype=...)`, `x.to(model.dtype)`, `x.type(...)`), integer
+    inputs (token ids from a tokenizer or a text loader), models converted back with
+    `.float()`, and models whose conversion is not seen.
+
+    Example:
+        model = resnet50(weights=weights).cuda().half()
+        for images, labels in loader:
+            out = model(images.cuda())
+
+    Fix: cast the input to the model's dtype (`images.cuda().half()`) or keep float32 weights
+    and run the forward under `torch.autocast("cuda", dtype=torch.float16)`.
+    """
+
+    id = "half-model-float-input"
+    point = 1
+    severity = Severity.HIGH
+    title = "Half-precision model fed a float32 input"
+    items: ClassVar[tuple[str, ...]] = ("1.5",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        source = ctx.source
+        return "half()" in source or "float16" in source or "bfloat16" in source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        converted = _converted_models(ctx)
+        if not converted:
+            return
+        restored = _restored_models(ctx)
+        for call in ctx.flow.nodes(ast.Call):
+            model = _model_of(call)
+            if model is None or not call.args:
+                continue
+            name = ast.unparse(model)
+            line = converted.get((name, _scope(ctx, call, name)))
+            if line is None or call.lineno <= line or name in restored:
+                continue
+            if not ctx.flow.is_model_call(call) or _under_autocast(ctx, call):
+                continue
+            why = _float32_origin(ctx, call.args[0], _image_model(ctx, model), 0)
+            if why is None:
+                continue
+            ctx.report(
+                self,
+                call,
+                f"`{name}` was cast to half precision (line {line}) but receives "
+                f"`{ast.unparse(call.args[0])}`, float32 ({why}): cast the input to the model's "
+                "dtype or run the forward under torch.autocast",
+                data={"converted_line": line},
+            )
+
+
+def _model_of(call: ast.Call) -> ast.expr | None:
+    """The model a call runs: `model` in `model(x)` and `model.forward(x)`."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        func = func.value
+    return func if isinstance(func, ast.Name | ast.Attribute) else None
+
+
+def _lowers_precision(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`.half()`, `.bfloat16()`, `.to(torch.float16)`, `.to(device, dtype=torch.bfloat16)`."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return False
+    if func.attr in _LOW_METHODS and not call.args:
+        return True
+    if func.attr != "to":
+        return False
+    dtype = kwarg(call, "dtype")
+    candidates = [dtype] if dtype is not None else list(call.args)
+    return any(
+        (ctx.qualname(arg) or "").rsplit(".", 1)[-1] in _LOW_DTYPES
+        and (ctx.qualname(arg) or "").startswith("torch.")
+        for arg in candidates
+    )
+
+
+def _chain(expr: ast.expr) -> tuple[ast.expr, list[ast.Call]]:
+    """`Net().cuda().half()` -> (`Net()`, [the method calls, outermost first])."""
+    calls: list[ast.Call] = []
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in (*_LOW_METHODS, *_KEEPS_DTYPE, "eval", "train", "float")
+    ):
+        calls.append(expr)
+        expr = expr.func.value
+    return expr, calls
+
+
+def _scope(ctx: ModuleContext, node: ast.AST, name: str) -> int:
+    """Where a model name means one thing: its class for `self.*`, else its function."""
+    kinds = ast.ClassDef if name.startswith("self.") else ast.FunctionDef | ast.AsyncFunctionDef
+    owner = next((a for a in ctx.ancestors(node) if isinstance(a, kinds)), ctx.tree)
+    return id(owner)
+
+
+def _converted_models(ctx: ModuleContext) -> dict[tuple[str, int], int]:
+    """(model expression text, its scope) -> the line it was cast to half precision on.
+
+    Either bound to a cast chain (`model = Net().half()`) or cast in place by a statement
+    (`model.half()`: a module's `half()` converts it and returns it).
+    """
+    found: dict[tuple[str, int], int] = {}
+    statements: list[ast.Assign | ast.Expr] = [*ctx.flow.nodes(ast.Assign)]
+    statements += ctx.flow.nodes(ast.Expr)
+    for stmt in statements:
+        root, chain = _chain(stmt.value)
+        cast = next((c for c in chain if _lowers_precision(ctx, c)), None)
+        if cast is None:
+            continue
+        if isinstance(stmt, ast.Assign):
+            if len(stmt.targets) != 1:
+                continue
+            target = stmt.targets[0]
+        else:
+            target = root
+        if not isinstance(target, ast.Name | ast.Attribute):
+            continue
+        if not ctx.flow.is_module_value(target) and not ctx.flow.is_module_value(root):
+            continue
+        name = ast.unparse(target)
+        found.setdefault((name, _scope(ctx, stmt, name)), cast.lineno)
+    return found
+
+
+def _restored_models(ctx: ModuleContext) -> set[str]:
+    """Models converted back: `model.float()`, `model.to(torch.float32)`."""
+    restored: set[str] = set()
+    for node in ctx.flow.nodes(ast.Call):
+        func = node.func
+        if not isinstance(func, ast.Attribute) or not isinstance(
+            ctx.parents.get(node), ast.Expr | ast.Assign
+        ):
+            continue
+        to_float = func.attr == "float" or (
+            func.attr == "to"
+            and any(
+                (ctx.qualname(a) or "").rsplit(".", 1)[-1] in _FLOAT32_DTYPES
+                for a in [*node.args, *(k.value for k in node.keywords)]
+            )
+        )
+        if to_float:
+            restored.add(ast.unparse(func.value))
+    return restored
+
+
+def _under_autocast(ctx: ModuleContext, node: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
+        items: list[ast.expr] = []
+        if isinstance(anc, ast.With | ast.AsyncWith):
+            items = [item.context_expr for item in anc.items]
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            items = list(anc.decorator_list)
+        if any("autocast" in ast.unparse(item) for item in items):
+            return True
+    return False
+
+
+def _image_model(ctx: ModuleContext, model: ast.expr) -> bool:
+    """The model is an image network: a torchvision/timm model or a local class with convs."""
+    for call in ctx.flow.constructors(model):
+        root, _ = _chain(call)
+        if not isinstance(root, ast.Call):
+            continue
+        qual = ctx.flow.qualname_of(root) or ""
+        if qual.startswith(_IMAGE_MODEL_PREFIXES):
+            return True
+        cls = ctx.flow.classes.get(identifier(root.func))
+        if cls is not None and any(
+            isinstance(n, ast.Call) and (ctx.flow.qualname_of(n) or "") in _CONV
+            for n in ast.walk(cls)
+        ):
+            return True
+    return False
+
+
+def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops: int) -> str | None:
+    """Why `expr` is a float32 tensor, or None when unknown or cast on the way."""
+    if hops > _MAX_HOPS:
+        return None
+    while isinstance(expr, ast.Subscript | ast.Starred):
+        expr = expr.value
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        if isinstance(func, ast.Attribute):
+            if func.attr == "float" and not expr.args:
+                return "made by `.float()`"
+            if func.attr in _KEEPS_DTYPE and not _casts(expr):
+                return _float32_origin(ctx, func.value, image_model, hops + 1)
+            if func.attr in _KEEPS_DTYPE or func.attr in ("type", "half", "bfloat16", "long"):
+                return None
+        qual = ctx.flow.qualname_of(expr) or ""
+        if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _FLOAT_FACTORIES:
+            return None if kwarg(expr, "dtype") is not None else f"`{qual}` without dtype="
+        return None
+    if not isinstance(expr, ast.Name):
+        return None
+    value = _reaching(ctx, expr)
+    if value is None:
+        return None
+    binding = ctx.parents.get(value)
+    if isinstance(binding, ast.For | ast.comprehension) and value is binding.iter:
+        return "a batch of an image loader" if image_model and _loader(ctx, value) else None
+    return _float32_origin(ctx, value, image_model, hops + 1)
+
+
+def _reaching(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:
+    """The binding of `name` that reaches its use in straight-line code: the last one on an
+    earlier line (`images, labels = images.to(device), ...` after `for images, labels in`)."""
+    earlier = [v for v in ctx.flow.definitions(name) if v.lineno < name.lineno]
+    if not earlier:
+        return None
+    last = max(v.lineno for v in earlier)
+    latest = [v for v in earlier if v.lineno == last]
+    return latest[0] if len(latest) == 1 else None
+
+
+def _casts(call: ast.Call) -> bool:
+    """`.to(...)` with a dtype: `x.to(device, dtype=...)`, `x.to(model.dtype)`, `x.to(dtype)`."""
+    if not isinstance(call.func, ast.Attribute) or call.func.attr != "to":
+        return False
+    if kwarg(call, "dtype") is not None:
+        return True
+    return any("dtype" in ast.unparse(a) or "float" in ast.unparse(a) for a in call.args)
+
+
+def _loader(ctx: ModuleContext, iterable: ast.expr) -> bool:
+    """`loader`, `enumerate(loader)`, `tqdm(loader)` where `loader` is a DataLoader."""
+    while isinstance(iterable, ast.Call) and iterable.args and not _is_loader_call(ctx, iterable):
+        iterable = iterable.args[0]
+    if isinstance(iterable, ast.Call):
+        return _is_loader_call(ctx, iterable)
+    if isinstance(iterable, ast.Name | ast.Attribute):
+        return any(
+            isinstance(v, ast.Call) and _is_loader_call(ctx, v)
+            for v in ctx.flow.definitions(iterable)
+        )
+    return False
+
+
+def _is_loader_call(ctx: ModuleContext, call: ast.Call) -> bool:
+    return (ctx.flow.qualname_of(call) or "").endswith("DataLoader")
