@@ -36,6 +36,7 @@ NEW_RULES: tuple[str, ...] = (
     "sigmoid-into-logits-loss",
     "detached-loss-input",
     "half-model-float-input",
+    "reduction-over-batch-dim",
 )
 CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
 

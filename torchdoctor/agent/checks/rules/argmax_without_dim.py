@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.batch_outputs import (
+    compared,
+    in_loop,
+    is_whole_model_output,
+)
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.models import Severity
 
 _REDUCTIONS = frozenset({"argmax", "argmin"})
-_KEEPS_SHAPE = frozenset({"detach", "cpu", "float", "to", "cuda", "contiguous"})
-_MAX_HOPS = 6
 
 
 class ArgmaxWithoutDim(Rule):
@@ -50,9 +53,9 @@ class ArgmaxWithoutDim(Rule):
         flow = ctx.flow
         for call in flow.calls_named(_REDUCTIONS):
             value = _reduced(ctx, call)
-            if value is None or not _in_loop(ctx, call) or not _compared(ctx, call):
+            if value is None or not in_loop(ctx, call) or not compared(ctx, call):
                 continue
-            if not _model_output(ctx, value, 0):
+            if not is_whole_model_output(ctx, value):
                 continue
             ctx.report(
                 self,
@@ -73,45 +76,3 @@ def _reduced(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     if qual is None and isinstance(func, ast.Attribute) and not call.args:
         return func.value
     return None
-
-
-def _model_output(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
-    """A model's whole output (through names, `.detach()`, `.cpu()`, `.float()`), not a slice
-    of it (`logits[0, -1]` is one example's row)."""
-    if hops > _MAX_HOPS:
-        return False
-    if isinstance(value, ast.Name):
-        values = ctx.flow.definitions(value)
-        return len(values) == 1 and _model_output(ctx, values[0], hops + 1)
-    if not isinstance(value, ast.Call):
-        return False
-    func = value.func
-    if isinstance(func, ast.Attribute) and func.attr in _KEEPS_SHAPE:
-        return _model_output(ctx, func.value, hops + 1)
-    return ctx.flow.is_model_call(value)
-
-
-def _in_loop(ctx: ModuleContext, node: ast.AST) -> bool:
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, ast.For | ast.AsyncFor | ast.comprehension):
-            return True
-        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            return False
-    return False
-
-
-def _compared(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The result takes part in `==`/`!=`, directly or through the name it is bound to."""
-    node: ast.AST = call
-    parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Call | ast.Attribute) and not isinstance(parent, ast.Compare):
-        node, parent = parent, ctx.parents.get(parent)
-    if isinstance(parent, ast.Compare):
-        return True
-    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
-        target = parent.targets[0]
-        if isinstance(target, ast.Name):
-            scope = ctx.enclosing_function(call)
-            reads = [r for r in ctx.flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
-            return any(isinstance(ctx.parents.get(r), ast.Compare) for r in reads)
-    return False

@@ -22,7 +22,11 @@ _FLOAT_FACTORIES = frozenset(
     {"randn", "rand", "zeros", "ones", "empty", "full", "linspace", "normal", "FloatTensor"}
 )
 _IMAGE_MODEL_PREFIXES = ("torchvision.models.", "timm.create_model", "timm.models.")
-_CONV = ("torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d")
+_IMAGE_LAYERS = frozenset(
+    f"torch.nn.{name}"
+    for name in ("Conv2d", "Conv3d", "BatchNorm2d", "BatchNorm3d", "MaxPool2d", "AvgPool2d",
+                 "AdaptiveAvgPool2d")
+)  # fmt: skip
 _MAX_HOPS = 8
 
 
@@ -31,7 +35,8 @@ class HalfModelFloatInput(Rule):
     `.to(torch.float16)`, `.to(dtype=torch.bfloat16)`) that is then called with a tensor the
     code makes float32: a factory without `dtype=` (`torch.randn(1, 3, 224, 224)`), an
     explicit `.float()`, or a batch of an image loader fed to an image model (torchvision or
-    timm models, local networks built from `nn.Conv*`), moved with `.to(device)`/`.cuda()` only.
+    timm models, local networks with 2-D/3-D convolutions, norms or pools), moved with
+    `.to(device)`/`.cuda()` only.
 
     Why it matters: the weights are float16 and the input float32; the first layer fails with
     "Input type (float) and bias type (c10::Half) should be the same" (or, on some ops, the
@@ -200,7 +205,8 @@ def _under_autocast(ctx: ModuleContext, node: ast.AST) -> bool:
 
 
 def _image_model(ctx: ModuleContext, model: ast.expr) -> bool:
-    """The model is an image network: a torchvision/timm model or a local class with convs."""
+    """The model is an image network: a torchvision/timm model or a local class with image
+    layers (2-D/3-D convolutions, batch norms, pools)."""
     for call in ctx.flow.constructors(model):
         root, _ = _chain(call)
         if not isinstance(root, ast.Call):
@@ -210,7 +216,7 @@ def _image_model(ctx: ModuleContext, model: ast.expr) -> bool:
             return True
         cls = ctx.flow.classes.get(identifier(root.func))
         if cls is not None and any(
-            isinstance(n, ast.Call) and (ctx.flow.qualname_of(n) or "") in _CONV
+            isinstance(n, ast.Call) and (ctx.flow.qualname_of(n) or "") in _IMAGE_LAYERS
             for n in ast.walk(cls)
         ):
             return True

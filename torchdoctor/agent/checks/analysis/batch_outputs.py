@@ -1,0 +1,114 @@
+"""A model's output over a batch, and where a prediction made from it goes: shared by the
+rules that judge reductions over that output (`argmax` without dim, over the batch dim)."""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+# Tensor methods that keep a model output's shape (and meaning) intact.
+_KEEPS_SHAPE = frozenset({"detach", "cpu", "float", "to", "cuda", "contiguous"})
+_MAX_HOPS = 6
+_COMPARISONS = frozenset({"eq", "ne"})
+
+
+def is_whole_model_output(ctx: ModuleContext, value: ast.expr, hops: int = 0) -> bool:
+    """A model's whole output (through names, `.detach()`, `.cpu()`, `.float()`, `.data`),
+    not a slice of it (`logits[0, -1]` is one example's row)."""
+    if hops > _MAX_HOPS:
+        return False
+    if isinstance(value, ast.Attribute) and value.attr == "data":
+        return is_whole_model_output(ctx, value.value, hops + 1)
+    if isinstance(value, ast.Name):
+        values = ctx.flow.definitions(value)  # every binding (a train and a test loop's)
+        return bool(values) and all(is_whole_model_output(ctx, v, hops + 1) for v in values)
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    if isinstance(func, ast.Attribute) and func.attr in _KEEPS_SHAPE:
+        return is_whole_model_output(ctx, func.value, hops + 1)
+    return ctx.flow.is_model_call(value)
+
+
+def in_loop(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside a `for` loop or a comprehension of its own function (batches, not one call)."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.comprehension):
+            return True
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+    return False
+
+
+def bound_names(ctx: ModuleContext, call: ast.Call) -> list[ast.Name]:
+    """The names a call's result is bound to: `pred = ...`, `_, pred = ...` (every element
+    of an unpacking, as `values, indices = out.max(0)` binds both)."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Call | ast.Attribute):
+        node, parent = parent, ctx.parents.get(parent)
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return []
+    target = parent.targets[0]
+    if isinstance(target, ast.Name):
+        return [target]
+    if isinstance(target, ast.Tuple):
+        return [e for e in target.elts if isinstance(e, ast.Name)]
+    return []
+
+
+def compared(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The result takes part in `==`/`!=` or `.eq()`/`.ne()`, directly or through the name
+    it is bound to."""
+    if _compared_read(ctx, call):
+        return True
+    scope = ctx.enclosing_function(call)
+    for name in bound_names(ctx, call):
+        reads = [r for r in ctx.flow.reads_of(name.id) if ctx.enclosing_function(r) is scope]
+        if any(_compared_read(ctx, r) for r in reads):
+            return True
+    return False
+
+
+def _compared_read(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`value == y`, `value.view_as(y) == y`, `value.eq(y)`: compared, not passed on."""
+    node: ast.AST = value
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Call | ast.Attribute):
+        if isinstance(parent, ast.Attribute) and parent.attr in _COMPARISONS:
+            return True
+        if isinstance(parent, ast.Call) and parent.func is not node:
+            return False  # passed as an argument: another value, not this prediction
+        node, parent = parent, ctx.parents.get(parent)
+    return isinstance(parent, ast.Compare)
+
+
+def in_loader_loop(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside a `for` over a data loader (`for x, y in loader`, `enumerate(train_loader)`,
+    `tqdm(loader)`), where tensors carry a batch dimension first; not a loop over single
+    examples (`for x, y in zip(X, Y)`, `for img, label in dataset`)."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor):
+            return _iterates_loader(ctx, anc.iter)
+    return False
+
+
+def _iterates_loader(ctx: ModuleContext, iterable: ast.expr) -> bool:
+    for sub in ast.walk(iterable):
+        if isinstance(sub, ast.Name | ast.Attribute):
+            name = sub.id if isinstance(sub, ast.Name) else sub.attr
+            if "loader" in name.lower():
+                return True
+            if isinstance(sub, ast.Name) and any(
+                isinstance(v, ast.Call) and (ctx.flow.qualname_of(v) or "").endswith("DataLoader")
+                for v in ctx.flow.definitions(sub)
+            ):
+                return True
+        if isinstance(sub, ast.Call) and (ctx.flow.qualname_of(sub) or "").endswith("DataLoader"):
+            return True
+    return False

@@ -1,0 +1,127 @@
+"""reduction-over-batch-dim: a prediction taken over dim 0 of a batch of model outputs."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.batch_outputs import (
+    bound_names,
+    compared,
+    in_loader_loop,
+    is_whole_model_output,
+)
+from torchdoctor.agent.checks.analysis.defuse import kwarg
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.models import Severity
+
+# Reductions over the class dimension, and the position of `dim` in the method form.
+_METHOD_DIM = {
+    "argmax": 0, "argmin": 0, "softmax": 0, "log_softmax": 0, "max": 0, "min": 0, "topk": 1
+}  # fmt: skip
+_FUNCTIONS = {
+    "torch.argmax": 1, "torch.argmin": 1, "torch.max": 1, "torch.min": 1, "torch.topk": 2,
+    "torch.softmax": 1, "torch.log_softmax": 1, "torch.nn.functional.softmax": 1,
+    "torch.nn.functional.log_softmax": 1,
+}  # fmt: skip
+_PROBABILITIES = frozenset({"softmax", "log_softmax"})
+
+
+class ReductionOverBatchDim(Rule):
+    """Detects a class-dimension reduction (`argmax`, `max`, `topk`, `softmax`,
+    `log_softmax`) taken over dim 0 of a model's whole output inside a loop over the batches
+    of a data loader, whose result is then compared with labels (`pred == y`, `pred.eq(y)`)
+    or, for a softmax, fed to a loss: the output is `(batch, classes)`, so dim 0 is the batch.
+
+    Why it matters: `output.argmax(0)` returns, for each class, the index of the example that
+    scores highest, not a class per example; compared with a batch of labels it broadcasts or
+    matches by accident, and accuracy is nonsense. A softmax over dim 0 normalises each class
+    across the batch: the loss trains the model to rank examples, not to classify them, and
+    results change with the batch size.
+
+    Not reported: reductions over dim 1/-1, values that are not a model's whole output (a
+    row `logits[0]`, a stack of several outputs `torch.stack(outs).mean(0)`, a single example
+    outside a loop, loops over single examples such as `zip(X, Y)`), results that are neither
+    compared nor given to a loss.
+
+    Example:
+        for data, target in test_loader:
+            output = model(data)
+            pred = output.argmax(dim=0)
+            correct += pred.eq(target).sum().item()
+
+    Fix: reduce over the class dimension: `output.argmax(dim=1)` (`dim=-1` for sequence
+    outputs), `F.log_softmax(output, dim=1)`.
+    """
+
+    id = "reduction-over-batch-dim"
+    point = 3
+    severity = Severity.HIGH
+    title = "Class reduction taken over the batch dimension"
+    items: ClassVar[tuple[str, ...]] = ("3.4",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "0" in ctx.source and any(name in ctx.source for name in _METHOD_DIM)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        flow = ctx.flow
+        for call in flow.calls_named(_METHOD_DIM):
+            reduced = _over_dim_zero(ctx, call)
+            if reduced is None or not in_loader_loop(ctx, call):
+                continue
+            if not is_whole_model_output(ctx, reduced):
+                continue
+            name = _reduction_name(ctx, call)
+            if not (compared(ctx, call) or (name in _PROBABILITIES and _fed_to_loss(ctx, call))):
+                continue
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
+                "batch of model outputs: take the class dimension (dim=1 or -1)",
+            )
+
+
+def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        return qual.rsplit(".", 1)[-1]
+    return call.func.attr if isinstance(call.func, ast.Attribute) else ""
+
+
+def _over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """The tensor a reduction reduces when it reduces over dim 0, else None."""
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        position = _FUNCTIONS.get(qual)
+        if position is None or not call.args:
+            return None
+        tensor = call.args[0]
+    elif isinstance(call.func, ast.Attribute) and call.func.attr in _METHOD_DIM:
+        position = _METHOD_DIM[call.func.attr]
+        tensor = call.func.value
+    else:
+        return None
+    dim = kwarg(call, "dim")
+    if dim is None and len(call.args) > position:
+        dim = call.args[position]
+    if isinstance(dim, ast.Constant) and dim.value == 0 and not isinstance(dim.value, bool):
+        return tensor
+    return None
+
+
+def _fed_to_loss(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The probabilities reach a loss: as its argument, directly or through a name."""
+    reads = [r for name in bound_names(ctx, call) for r in ctx.flow.reads_of(name.id)]
+    for value in [call, *reads]:
+        parent = ctx.parents.get(value)
+        if (
+            isinstance(parent, ast.Call)
+            and value in parent.args
+            and ctx.flow.is_loss_callee(parent.func)
+            and ctx.enclosing_function(parent) is ctx.enclosing_function(call)
+        ):
+            return True
+    return False
