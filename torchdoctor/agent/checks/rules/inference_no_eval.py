@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import (
@@ -39,6 +40,9 @@ class InferenceNoEval(Rule):
             model = Net()
             model.load_state_dict(torch.load("net.pt", weights_only=True))
             return model(image).argmax(1)
+
+    Not reported: models known to act the same in both modes (every layer seen, none with
+    dropout or batch statistics, no `self.training` branch).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """
@@ -101,6 +105,8 @@ class InferenceNoEval(Rule):
             root = _root_name(call.func)
             if module_has_eval and (root in params or root == "self"):
                 return
+            if mode_independent(ctx, _model_of(call)):
+                continue  # no dropout, no batch norm: eval() would change nothing
             ctx.report(
                 self,
                 call,
@@ -146,6 +152,14 @@ def _callee(call: ast.Call) -> str:
     if isinstance(call.func, ast.Attribute):
         return call.func.attr
     return ""
+
+
+def _model_of(call: ast.Call) -> ast.expr:
+    """`model` in `model(x)`, `model.forward(x)` and `model.generate(x)`."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in ("forward", "generate"):
+        return func.value
+    return func
 
 
 def _root_name(expr: ast.expr) -> str:

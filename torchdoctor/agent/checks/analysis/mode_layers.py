@@ -1,0 +1,111 @@
+"""Whether a model behaves the same in train() and eval(): knowable only when every layer it
+builds is seen (local classes, `torch.nn` layers); anything else counts as mode-dependent."""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+# torch.nn layers whose forward ignores `self.training` (no dropout, no running statistics).
+_MODE_FREE_LAYERS = frozenset(
+    {
+        "Linear", "Bilinear", "Identity", "Flatten", "Unflatten", "Embedding", "EmbeddingBag",
+        "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+        "LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm",
+        "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+        "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d",
+        "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Upsample", "PixelShuffle", "PixelUnshuffle",
+        "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+        "Sigmoid", "Tanh", "Softplus", "Softsign", "Hardtanh", "Hardswish", "Hardsigmoid",
+        "LogSigmoid", "Softmax", "LogSoftmax", "Softmin", "Threshold", "Tanhshrink",
+        "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad2d", "ReplicationPad2d",
+        "Parameter", "ParameterList", "ParameterDict",
+    }
+)  # fmt: skip
+_CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
+_MODE_FUNCTIONS = frozenset(
+    {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+     "batch_norm", "instance_norm", "rrelu"}
+)  # fmt: skip
+_MAX_DEPTH = 6
+_BUILTINS = frozenset({"int", "float", "bool", "str", "list", "dict", "tuple", "set", "len",
+                       "range", "max", "min", "sum", "abs", "round", "getattr"})  # fmt: skip
+
+
+def mode_independent(ctx: ModuleContext, model: ast.expr) -> bool:
+    """True when every way `model` is built is seen and none has a layer that acts
+    differently in training mode (dropout, batch norm, `self.training` branches)."""
+    built = list(ctx.flow.constructors(model))
+    return bool(built) and all(_call_mode_free(ctx, call, 0) for call in built)
+
+
+def _call_mode_free(ctx: ModuleContext, call: ast.Call, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        return False
+    if isinstance(call.func, ast.Name) and call.func.id in ctx.flow.classes:
+        return _class_mode_free(ctx, ctx.flow.classes[call.func.id], depth + 1)
+    qual = ctx.flow.qualname_of(call) or ""
+    if not qual.startswith("torch.nn.") or qual.startswith("torch.nn.functional."):
+        return False
+    name = qual.rsplit(".", 1)[-1]
+    if name in _CONTAINERS:
+        parts = [a for a in call.args if not isinstance(a, ast.Starred)]
+        return len(parts) == len(call.args) and all(
+            _part_mode_free(ctx, part, depth + 1) for part in parts
+        )
+    return name in _MODE_FREE_LAYERS
+
+
+def _part_mode_free(ctx: ModuleContext, part: ast.expr, depth: int) -> bool:
+    if isinstance(part, ast.Call):
+        return _call_mode_free(ctx, part, depth)
+    if isinstance(part, ast.List | ast.Tuple):
+        return all(_part_mode_free(ctx, e, depth) for e in part.elts)
+    return False
+
+
+def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
+    """A local module class: its bases are nn.Module or mode-free local classes, and every
+    layer, functional call and attribute in its body is known to ignore the mode."""
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and base.id in ctx.flow.classes:
+            if not _class_mode_free(ctx, ctx.flow.classes[base.id], depth + 1):
+                return False
+        elif ctx.qualname(base) != "torch.nn.Module":
+            return False
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and node.attr in ("training", "train", "eval"):
+            return False
+        if not isinstance(node, ast.Call):
+            continue
+        qual = ctx.flow.qualname_of(node) or ""
+        if qual.startswith("torch.nn.functional."):
+            if qual.rsplit(".", 1)[-1] in _MODE_FUNCTIONS:
+                return False
+        elif qual.startswith("torch.nn.") or (
+            isinstance(node.func, ast.Name) and node.func.id in ctx.flow.classes
+        ):
+            if not _call_mode_free(ctx, node, depth):
+                return False
+        elif _builds_attribute(ctx, node) and not _plain_value(ctx, node, qual):
+            return False  # `self.backbone = build(cfg)`: a layer this module cannot see
+    return True
+
+
+def _plain_value(ctx: ModuleContext, call: ast.Call, qual: str) -> bool:
+    """A tensor or Python value, not a layer: `torch.zeros(...)`, `int(dim)`, `math.sqrt(d)`."""
+    if qual:
+        return qual.startswith(("torch.", "math.", "numpy.")) and not qual.startswith("torch.nn.")
+    return isinstance(call.func, ast.Name) and call.func.id in _BUILTINS
+
+
+def _builds_attribute(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The call's result is stored on `self` (`self.x = f(...)`): it may be a layer."""
+    parent = ctx.parents.get(call)
+    return isinstance(parent, ast.Assign) and any(
+        isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+        for t in parent.targets
+    )
