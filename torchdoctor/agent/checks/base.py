@@ -160,10 +160,24 @@ class ModuleContext:
             current = self.parents.get(current)
 
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-        for anc in self.ancestors(node):
-            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
-                return anc
-        return None
+        """The innermost function around `node`; every node passed on the way up remembers
+        the answer (rules ask it of thousands of nodes that share their ancestors)."""
+        memo = self.memo_table("base.enclosing_function")
+        passed: list[ast.AST] = []
+        current = self.parents.get(node)
+        found: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+        while current is not None:
+            if isinstance(current, ast.FunctionDef | ast.AsyncFunctionDef):
+                found = current
+                break
+            if id(current) in memo:
+                found = memo[id(current)]
+                break
+            passed.append(current)
+            current = self.parents.get(current)
+        for seen in passed:
+            memo[id(seen)] = found
+        return found
 
     def segment(self, node: ast.AST) -> str:
         start = getattr(node, "lineno", 1)
@@ -240,6 +254,9 @@ class Rule:
     title: ClassVar[str]
     items: ClassVar[tuple[str, ...]]
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
+    visit_gate: ClassVar[tuple[str, ...]] = ()
+    """Strings one of which the source must contain for `visit` to find anything (the name
+    its first test matches): without one, the engine sends the rule no node at all."""
     tier: ClassVar[Literal["default", "opt-in"]] = "default"
     unchecked_when_absent: ClassVar[str] = ""
     """Set when finding nothing to apply to means the item went unchecked, not that it does

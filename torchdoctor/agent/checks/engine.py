@@ -182,6 +182,8 @@ def _analyse(
     rules = [rule_type() for rule_type in rule_types]
     dispatch: dict[type, list[Callable[..., None]]] = {}
     for rule in rules:
+        if rule.visit_gate and not any(text in source for text in rule.visit_gate):
+            continue
         for node_type in rule.node_types:
             dispatch.setdefault(node_type, []).append(rule.visit)
     note = None

@@ -324,8 +324,9 @@ class LoopAnalysis:
                 child = anc
         return owners
 
-    @staticmethod
-    def _classify(node: ast.AST) -> str:
+    def _classify(self, node: ast.AST) -> str:
+        """What a call or assignment contributes to its owners' effects. A callee counts only
+        when it names one of the module's functions: effects are merged through those alone."""
         if is_zero_grad(node):
             return "zero_grad"
         if not isinstance(node, ast.Call):
@@ -334,7 +335,7 @@ class LoopAnalysis:
             return "backward"
         if is_optimizer_step(node):
             return "step"
-        return "callee" if local_callee(node) else ""
+        return "callee" if local_callee(node) in self.functions else ""
 
     def _direct(self, owner: ast.AST) -> Effects:
         """A fresh copy of `owner`'s direct effects (safe to merge into)."""
@@ -372,6 +373,19 @@ class LoopAnalysis:
                 effects.merge(self.function_effects[callee])
         return effects
 
+    @cached_property
+    def _module_backpropagates(self) -> bool:
+        """Whether the module calls backward anywhere: without one, no body does."""
+        return any(is_backward_call(c) for c in self.ctx.flow.calls_named(_BACKWARD_METHODS))
+
+    def backpropagates(self, body: list[ast.stmt] | ast.AST) -> bool:
+        """Whether `body` calls backward, itself or through the module's functions."""
+        return self._module_backpropagates and bool(self.effects_of(body).backward)
+
+    def trains(self, body: list[ast.stmt] | ast.AST) -> bool:
+        """Whether `body` calls backward and an optimizer step (through local calls too)."""
+        return self._module_backpropagates and self.effects_of(body).trains
+
     def effects_of(self, body: list[ast.stmt] | ast.AST) -> Effects:
         effects = direct_effects(body)
         for callee in list(effects.callees):
@@ -383,7 +397,7 @@ class LoopAnalysis:
     def training_loops(self) -> list[TrainingLoop]:
         source = self.ctx.source
         loops: list[TrainingLoop] = []
-        trains = "backward" in source and "step(" in source
+        trains = "backward" in source and "step(" in source and self._has_step_and_backward()
         candidates = [
             node
             for node in (nodes_of(self.ctx, ast.For, ast.While) if trains else [])
@@ -409,6 +423,12 @@ class LoopAnalysis:
         for fn in self.functions.get("training_step", []) if "training_step" in source else []:
             loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
         return loops
+
+    def _has_step_and_backward(self) -> bool:
+        """A loop trains only if the module calls both somewhere: one look at the calls by
+        name, instead of every loop's effects (most loops of library code train nothing)."""
+        steps = self.ctx.flow.calls_named(("step",))
+        return self._module_backpropagates and any(is_optimizer_step(c) for c in steps)
 
     def _functions_running_loops(self, training: list[ast.For | ast.While]) -> set[str]:
         """Local functions that run a whole training loop, themselves or through calls.

@@ -89,6 +89,10 @@ class Accumulations(GraphOrigins):
                     return True
         return False
 
+    def has_backward(self) -> bool:
+        """Whether the module calls `.backward()`/`autograd.grad` anywhere."""
+        return bool(self._backward_calls)
+
     @cached_property
     def _backward_calls(self) -> list[ast.Call]:
         calls: list[ast.Call] = []

@@ -242,6 +242,12 @@ class DefUse:
         return self._tables[1]
 
     @cached_property
+    def _bound_keys(self) -> frozenset[str]:
+        """Every name and `obj.attr` bound somewhere: most lookups (`x.view`, `F.relu`, a
+        parameter) are of keys bound nowhere, answered without finding their scope."""
+        return frozenset(key for table in self._scope_bindings.values() for key in table)
+
+    @cached_property
     def _self_attributes(self) -> dict[str, list[ast.expr]]:
         """`self.x` -> values assigned anywhere in the module's methods."""
         merged: dict[str, list[ast.expr]] = {}
@@ -316,6 +322,8 @@ class DefUse:
     def definitions(self, node: ast.expr) -> list[ast.expr]:
         """Expressions `node` (a Name or `self.attr`) may hold; [] when unknown."""
         if isinstance(node, ast.Name):
+            if node.id not in self._bound_keys:
+                return []
             scope = self._scope_of(node)
             values = self._scope_bindings.get(id(scope), {}).get(node.id)
             if values:
@@ -324,8 +332,10 @@ class DefUse:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "self":
                 return self._self_attributes.get(f"self.{node.attr}", [])
-            scope = self._scope_of(node)
             key = f"{node.value.id}.{node.attr}"
+            if key not in self._bound_keys:
+                return []
+            scope = self._scope_of(node)
             return self._scope_bindings.get(id(scope), {}).get(key, [])
         return []
 

@@ -77,4 +77,4 @@ class ModelFacts(DefUse):
             return name in LOSS_FUNCTIONS or name.endswith("_loss")
         if qual:
             return False
-        return self.loss_class(callee) is not None or bool(_LOSS_NAME.search(identifier(callee)))
+        return bool(_LOSS_NAME.search(identifier(callee))) or self.loss_class(callee) is not None

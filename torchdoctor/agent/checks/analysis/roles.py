@@ -67,4 +67,4 @@ def _arguments(call: ast.Call) -> list[ast.expr]:
 
 
 def _backpropagates(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    return any(ctx.loops.effects_of(f.body).backward for f in ctx.calls.reachable(fn))
+    return any(ctx.loops.backpropagates(f.body) for f in ctx.calls.reachable(fn))

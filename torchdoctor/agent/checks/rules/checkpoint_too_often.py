@@ -36,6 +36,7 @@ class CheckpointTooOften(Rule):
     title = "Checkpoint saved every step"
     items: ClassVar[tuple[str, ...]] = ("8.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("save",)
 
     def __init__(self) -> None:
         self.saves: list[ast.Call] = []

@@ -49,6 +49,7 @@ class DataLoaderWorkerSeed(Rule):
     title = "DataLoader workers not seeded"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -48,8 +48,8 @@ class DetachedLossInput(Rule):
         return "backward" in ctx.source and ("detach" in ctx.source or ".data" in ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
-            return
+        if not self.applies(ctx) or not ctx.flow.has_backward():
+            return  # a loss is reported only when it reaches a backward call
         flow = ctx.flow
         for call in flow.nodes(ast.Call):
             if not _is_loss(ctx, call) or flow.grad_disabled_at(call):

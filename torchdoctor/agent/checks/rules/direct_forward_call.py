@@ -31,6 +31,7 @@ class DirectForwardCall(Rule):
     title = "forward() called directly"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("forward",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

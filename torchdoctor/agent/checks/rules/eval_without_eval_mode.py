@@ -81,7 +81,7 @@ class EvalWithoutEvalMode(Rule):
             calls = [
                 n for n in walk_scope(body) if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
             ]
-            if not calls or id(calls[0]) in reported or ctx.loops.effects_of(body).backward:
+            if not calls or id(calls[0]) in reported or ctx.loops.backpropagates(body):
                 continue
             call = calls[0]
             if owner is not None and ctx.flow.reaches_method(owner.body, "train"):

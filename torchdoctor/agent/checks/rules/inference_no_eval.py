@@ -90,7 +90,7 @@ class InferenceNoEval(Rule):
         module_has_eval: bool,
         sampling: bool = False,
     ) -> None:
-        if ctx.loops.effects_of(body).backward:
+        if ctx.loops.backpropagates(body):
             return
         evals = [c.lineno for c in mode_call_receivers(body, "eval")]
         evals += [

@@ -52,6 +52,7 @@ class LegacyQuantization(Rule):
     title = "Deprecated torch.ao.quantization flow"
     items: ClassVar[tuple[str, ...]] = ("7.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("quantiz",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -32,6 +32,7 @@ class TensorConstructor(Rule):
     title = "torch.Tensor() constructor"
     items: ClassVar[tuple[str, ...]] = ("10.1", "10.3")
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("Tensor",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

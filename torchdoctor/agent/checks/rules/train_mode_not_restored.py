@@ -74,7 +74,7 @@ class TrainModeNotRestored(Rule):
             if not isinstance(anc, _LOOPS):
                 continue
             if id(anc) not in verdicts:
-                verdicts[id(anc)] = ctx.loops.effects_of(anc.body).trains and not (
+                verdicts[id(anc)] = ctx.loops.trains(anc.body) and not (
                     ctx.flow.reaches_method(anc.body, "train")
                 )
             if verdicts[id(anc)]:

@@ -101,7 +101,7 @@ class ValidationWithGrad(Rule):
         In an evaluation function only calls repeated over data count (inside a loop or a
         comprehension): one forward in a `test()` shape check costs nothing worth reporting.
         """
-        if ctx.loops.effects_of(body).backward:
+        if ctx.loops.backpropagates(body):
             return
         for call in model_calls(ctx, body):
             if call.lineno in reported or grad_may_be_off(ctx, call):
