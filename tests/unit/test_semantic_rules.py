@@ -38,7 +38,7 @@ NEW_RULES: tuple[str, ...] = (
     "half-model-float-input",
     "reduction-over-batch-dim",
 )
-CROSS_FILE = ("double-softmax",)  # its own test module reads single files only
+CROSS_FILE = ("double-softmax", "leak-preprocessing")  # its own test module reads single files only
 
 
 def _cases() -> list[object]:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
 Output = Literal["softmax", "log_softmax", "sigmoid"]
-Property = Literal["output:softmax", "output:log_softmax", "output:sigmoid", "steps-optimizer"]
+Property = Literal[
+    "output:softmax", "output:log_softmax", "output:sigmoid", "steps-optimizer", "splits-data"
+]
 FACTS_KEY = "semantic"
 _LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
 _ACTIVATIONS: dict[str, Output] = {
@@ -45,11 +47,13 @@ class ClassSummary(_Model):
 
 
 class FunctionSummary(_Model):
-    """A module-level function: its parameters and whether it steps an optimizer."""
+    """A module-level function: its parameters, whether it steps an optimizer, and whether
+    it splits data it is given into train and test parts (`train_test_split(X, y)`)."""
 
     line: int
     params: list[str] = Field(default_factory=list)
     steps_optimizer: bool = False
+    splits_data: bool = False
 
 
 class ModuleSummary(_Model):
@@ -152,8 +156,32 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                         params=[a.arg for a in stmt.args.args],
                         steps_optimizer=True,
                     )
+    if "split" in text:
+        for fn in _functions_splitting_parameters(ctx):
+            entry = summary.functions.get(fn.name) or FunctionSummary(
+                line=fn.lineno, params=[a.arg for a in fn.args.args]
+            )
+            summary.functions[fn.name] = entry.model_copy(update={"splits_data": True})
     memo[""] = summary
     return summary
+
+
+def _functions_splitting_parameters(ctx: ModuleContext) -> list[ast.FunctionDef]:
+    """Module-level functions that pass data derived from their parameters to a split
+    (`def split_data(X, y): return train_test_split(X, y, test_size=0.2)`)."""
+    found: list[ast.FunctionDef] = []
+    flow = ctx.flow
+    for stmt in ctx.tree.body:
+        if not isinstance(stmt, ast.FunctionDef):
+            continue
+        params = {a.arg for a in [*stmt.args.posonlyargs, *stmt.args.args]}
+        for split, inputs in flow.split_inputs:
+            if ctx.enclosing_function(split) is stmt and any(
+                params & flow.root_names(data) for data in inputs
+            ):
+                found.append(stmt)
+                break
+    return found
 
 
 def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
@@ -237,6 +265,8 @@ class ProjectIndex:
             cls = summary.classes.get(name)
             return cls is not None and cls.output == needs.partition(":")[2]
         fn = summary.functions.get(name)
+        if needs == "splits-data":
+            return fn is not None and fn.splits_data
         return fn is not None and fn.steps_optimizer
 
     def confirmed(self, facts: dict[str, dict[str, Any]], rule_id: str) -> list[RawFinding]:

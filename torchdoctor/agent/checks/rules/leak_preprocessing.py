@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    defer,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.leak_sink import find_sink, produced_names, related_location
 from torchdoctor.agent.models import Severity
@@ -47,6 +54,10 @@ _VOCAB_BUILDERS = re.compile(r"build_vocab|vocab_from|Vocab$", re.IGNORECASE)
 _STAT_METHODS = frozenset({"mean", "std", "var", "min", "max", "median", "nanmean", "nanstd"})
 _STAT_LIBRARIES = ("numpy.", "torch.", "statistics.")
 _FILLERS = frozenset({"fillna", "Normalize", "normalize", "replace", "where", "nan_to_num"})
+_FRAME_APPLIERS = frozenset({"apply", "transform", "agg", "aggregate"})
+_LIBRARY_PREFIXES = ("sklearn.", "numpy.", "pandas.", "torch.", "scipy.", "imblearn.", "os.")
+Leak = tuple[ast.Call, str, ast.expr, str | None]
+"""(where the leak starts, why, the contaminated data, the held-out kind if named)"""
 _STAT_NAME = re.compile(r"mean|std|mu|sigma|avg|var|stat|min|max|norm", re.IGNORECASE)
 
 
@@ -85,6 +96,8 @@ class LeakPreprocessing(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
+        if "split" in text:
+            publish(ctx)  # a helper that splits its arguments, for the modules calling it
         if not any(word in text for word in ("fit", "mean(", "std(", "ocab", "scale", "normal")):
             return
         flow = ctx.flow
@@ -93,7 +106,9 @@ class LeakPreprocessing(Rule):
             *flow.calls_named(_FIT_METHODS | _STAT_METHODS | _SCALE_FUNCTIONS | _RESAMPLE_METHODS),
             *flow.calls_matching(_VOCAB_BUILDERS),
         ]
-        leaks: list[tuple[ast.Call, str, ast.expr, str | None]] = []
+        leaks: list[Leak] = []
+        helper_leaks: dict[str, list[Leak]] = {}
+        helpers = _imported_helper_calls(ctx)
         for node in candidates:
             data = _fitted_data(ctx, node)
             if data is None:
@@ -107,12 +122,40 @@ class LeakPreprocessing(Rule):
                     f"is fitted on `{ast.unparse(data)}`, the data later split into train and test"
                 )
             else:
+                for call, symbol in _helpers_given(ctx, data, helpers):
+                    reason = (
+                        f"is fitted on `{ast.unparse(data)}`, the data `{ast.unparse(call.func)}` "
+                        f"(line {call.lineno}) later splits into train and test"
+                    )
+                    helper_leaks.setdefault(symbol, []).append((node, reason, data, None))
                 continue
             leaks.append((node, reason, data, kind))
         self._report_at_sinks(ctx, leaks)
+        for symbol, found in helper_leaks.items():  # confirmed if the helper splits its input
+            self._report_at_sinks(ctx, found, symbol)
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+    def _emit(
+        self,
+        ctx: ModuleContext,
+        node: ast.AST,
+        message: str,
+        data: dict[str, Any],
+        symbol: str | None,
+    ) -> None:
+        """Report, or leave to the project pass when the split happens in `symbol`."""
+        if symbol is None:
+            ctx.report(self, node, message, data=data)
+            return
+        found = ctx.finding(self, node, message, data=data)
+        if found is not None:
+            defer(ctx, self.id, Pending(symbol=symbol, needs="splits-data", finding=found))
 
     def _report_at_sinks(
-        self, ctx: ModuleContext, leaks: list[tuple[ast.Call, str, ast.expr, str | None]]
+        self, ctx: ModuleContext, leaks: list[Leak], symbol: str | None = None
     ) -> None:
         """Each leak at the first place its data trains, selects or evaluates a model (the
         sources as related locations, one finding per sink); at its source when the module
@@ -122,16 +165,17 @@ class LeakPreprocessing(Rule):
             for node, *_ in leaks
             if isinstance(node.func, ast.Attribute) and node.func.attr in _FIT_METHODS
         }
-        by_sink: dict[ast.Call, list[tuple[ast.Call, str, ast.expr, str | None]]] = {}
+        by_sink: dict[ast.Call, list[Leak]] = {}
         for leak in leaks:
             node, reason, data, kind = leak
             sink = find_sink(ctx, node, produced_names(ctx, node, data), fitted)
             if sink is None:
-                ctx.report(
-                    self,
+                self._emit(
+                    ctx,
                     node,
                     f"`{ast.unparse(node.func)}` {reason}: test statistics leak into training",
-                    data={"data": ast.unparse(data), "held_out": kind},
+                    {"data": ast.unparse(data), "held_out": kind},
+                    symbol,
                 )
             else:
                 by_sink.setdefault(sink, []).append(leak)
@@ -142,12 +186,12 @@ class LeakPreprocessing(Rule):
             what = ", ".join(
                 f"`{ast.unparse(node.func)}` (line {node.lineno})" for node, *_ in sources
             )
-            ctx.report(
-                self,
+            self._emit(
+                ctx,
                 sink,
                 f"`{ast.unparse(sink.func)}` uses data contaminated by test statistics: "
                 f"{what} {first[1]}",
-                data={
+                {
                     "data": ast.unparse(first[2]),
                     "held_out": first[3],
                     "related": [
@@ -159,7 +203,36 @@ class LeakPreprocessing(Rule):
                         for node, reason, *_ in sources
                     ],
                 },
+                symbol,
             )
+
+
+def _imported_helper_calls(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
+    """Calls of functions imported from the project's own modules (not a library), with the
+    symbol: a helper such as `split_data(X, y)` may split its arguments."""
+    found: list[tuple[ast.Call, str]] = []
+    for call in ctx.flow.nodes(ast.Call):
+        if not call.args or not isinstance(call.func, ast.Name | ast.Attribute):
+            continue
+        symbol = callee_symbol(ctx, call.func)
+        if symbol is not None and not symbol.startswith(_LIBRARY_PREFIXES):
+            found.append((call, symbol))
+    return found
+
+
+def _helpers_given(
+    ctx: ModuleContext, data: ast.expr, helpers: list[tuple[ast.Call, str]]
+) -> list[tuple[ast.Call, str]]:
+    """The helper calls that receive `data` (or what is computed from it) after it was fitted."""
+    flow = ctx.flow
+    ignored = set(ctx.imports.aliases) | set(flow.functions) | set(flow.classes) | {"self"}
+    data_names = flow.root_names(data) - ignored
+    return [
+        (call, symbol)
+        for call, symbol in helpers
+        if call.lineno >= data.lineno
+        and any(data_names & flow.root_names(arg) for arg in call.args)
+    ]
 
 
 def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
@@ -183,7 +256,38 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
         return None
     if ctx.enclosing_function(call) is not None and _in_loop_or_forward(ctx, call):
         return None
-    return data
+    return _applied_frame(ctx, data) or data
+
+
+def _applied_frame(ctx: ModuleContext, data: ast.expr) -> ast.expr | None:
+    """`df` when `data` is the column a lambda receives from `df.apply(lambda col: ...)` (or
+    `transform`/`agg`, column-wise, the default): its statistics run over every row of `df`.
+    Row-wise application (`axis=1`) computes per-row values, not dataset statistics."""
+    if not isinstance(data, ast.Name):
+        return None
+    for anc in ctx.ancestors(data):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return None
+        if not isinstance(anc, ast.Lambda):
+            continue
+        if data.id not in {a.arg for a in anc.args.args}:
+            return None
+        applying = ctx.parents.get(anc)
+        if (
+            isinstance(applying, ast.Call)
+            and anc in applying.args
+            and isinstance(applying.func, ast.Attribute)
+            and applying.func.attr in _FRAME_APPLIERS
+            and not _row_wise(applying)
+        ):
+            return applying.func.value
+        return None
+    return None
+
+
+def _row_wise(call: ast.Call) -> bool:
+    axis = next((k.value for k in call.keywords if k.arg == "axis"), None)
+    return isinstance(axis, ast.Constant) and axis.value in (1, "columns")
 
 
 def _statistic_of(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
