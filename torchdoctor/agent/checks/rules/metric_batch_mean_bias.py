@@ -1,8 +1,9 @@
-"""metric-batch-mean-bias: accuracy averaged over per-batch means."""
+"""metric-batch-mean-bias: a dataset metric averaged over per-batch means."""
 
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -11,12 +12,21 @@ from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
 
 _MEANS = frozenset({"mean", "average"})
+# Per-batch scores that are themselves means over the batch's examples.
+_SKLEARN_MEAN_METRICS = frozenset(
+    {"accuracy_score", "balanced_accuracy_score", "f1_score", "precision_score",
+     "recall_score", "jaccard_score", "mean_squared_error", "mean_absolute_error", "r2_score"}
+)  # fmt: skip
+_METRIC_HELPER = re.compile(r"^(compute_|calc_|calculate_|get_)?(acc|accuracy|iou|miou|dice)$")
 
 
 class MetricBatchMeanBias(Rule):
     """Detects a metric accumulated as the mean of per-batch means inside a loop:
-    `acc += (pred == y).float().mean()` or `accs.append((pred == y).float().mean())`, later
-    divided by a count or averaged.
+    `acc += (pred == y).float().mean()`, `accs.append((pred == y).float().mean())`, or a
+    per-batch score from `sklearn.metrics` (`accuracy_score`, `f1_score`, ...) or a local
+    helper named like one (`accuracy(output, target)`, `compute_iou(...)`), later divided by
+    a count or averaged. Not reported: loops over a loader built with `drop_last=True`
+    (every batch is full), losses (a training progress figure, not a reported metric).
 
     Why it matters: the last batch is usually smaller, yet weighs as much as a full one, so
     the reported accuracy is not the dataset accuracy; with a batch of 1 at the end the bias
@@ -38,14 +48,18 @@ class MetricBatchMeanBias(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "==" in ctx.source and bool(ctx.flow.accumulations)
+        source = ctx.source
+        scores = ("==", "_score", "acc", "iou", "dice")
+        return any(word in source for word in scores) and bool(ctx.flow.accumulations)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "==" not in ctx.source or "mean" not in ctx.source:
+        if not self.applies(ctx):
             return
         flow = ctx.flow
         for acc in flow.accumulations:
-            if not _batch_mean_of_comparison(acc.value) or not flow.carried_across_iterations(acc):
+            if not _per_batch_mean(ctx, acc.value) or not flow.carried_across_iterations(acc):
+                continue
+            if _drops_last_batch(ctx, acc.loop.iter if isinstance(acc.loop, ast.For) else None):
                 continue
             scope = ctx.enclosing_function(acc.node)
             body = scope.body if scope is not None else ctx.tree.body
@@ -55,8 +69,48 @@ class MetricBatchMeanBias(Rule):
                 self,
                 acc.node,
                 f"`{ast.unparse(acc.target)}` averages per-batch means: a smaller last batch "
-                "weighs like a full one; sum correct counts and divide by the sample count",
+                "weighs like a full one; sum per-example counts and divide by the sample count",
             )
+
+
+def _per_batch_mean(ctx: ModuleContext, value: ast.expr) -> bool:
+    """A comparison averaged over the batch, or a per-batch metric score."""
+    return _batch_mean_of_comparison(value) or any(
+        isinstance(node, ast.Call) and _metric_score(ctx, node) for node in ast.walk(value)
+    )
+
+
+def _metric_score(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual.startswith("sklearn.metrics."):
+        return qual.rsplit(".", 1)[-1] in _SKLEARN_MEAN_METRICS
+    if qual or not isinstance(call.func, ast.Name | ast.Attribute):
+        return False
+    return bool(_METRIC_HELPER.match(identifier(call.func).lower()))
+
+
+def _drops_last_batch(ctx: ModuleContext, iterable: ast.expr | None) -> bool:
+    """The loop runs over a loader built with `drop_last=True` (through `enumerate`/`tqdm`)."""
+    while (
+        isinstance(iterable, ast.Call)
+        and iterable.args
+        and identifier(iterable.func) in ("enumerate", "tqdm", "iter")
+    ):
+        iterable = iterable.args[0]
+    values: list[ast.expr] = []
+    if isinstance(iterable, ast.Call):
+        values = [iterable]
+    elif isinstance(iterable, ast.Name | ast.Attribute):
+        values = ctx.flow.definitions(iterable)
+    return any(
+        isinstance(v, ast.Call)
+        and any(k.arg == "drop_last" and _is_true(k.value) for k in v.keywords)
+        for v in values
+    )
+
+
+def _is_true(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
 
 
 def _batch_mean_of_comparison(value: ast.expr) -> bool:
@@ -64,20 +118,29 @@ def _batch_mean_of_comparison(value: ast.expr) -> bool:
         if (
             isinstance(node, ast.Call)
             and identifier(node.func) in _MEANS
-            and any(
-                isinstance(c, ast.Compare) and isinstance(c.ops[0], ast.Eq) for c in ast.walk(node)
-            )
+            and any(_equality(c) for c in ast.walk(node))
         ):
             return True
     return False
+
+
+def _equality(node: ast.AST) -> bool:
+    """`pred == y` or `pred.eq(y)`."""
+    if isinstance(node, ast.Compare):
+        return isinstance(node.ops[0], ast.Eq)
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and (node.func.attr == "eq")
+    )
 
 
 def _averaged_later(target: str, body: list[ast.stmt]) -> bool:
     for node in walk_scope(body):
         if isinstance(node, ast.BinOp | ast.AugAssign) and isinstance(node.op, ast.Div):
             left = node.left if isinstance(node, ast.BinOp) else node.target
-            if ast.unparse(left) == target:
-                return True
+            if any(ast.unparse(part) == target for part in _scaled_parts(left)):
+                return True  # `acc / n`, `100 * acc / n`
         if (
             isinstance(node, ast.Call)
             and identifier(node.func) in _MEANS | {"sum"}
@@ -85,3 +148,17 @@ def _averaged_later(target: str, body: list[ast.stmt]) -> bool:
         ):
             return True
     return False
+
+
+def _scaled_parts(expr: ast.expr) -> list[ast.expr]:
+    """`expr` and, through products with constants (`100 * acc`), the value it scales."""
+    parts = [expr]
+    while isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult):
+        if isinstance(expr.left, ast.Constant):
+            expr = expr.right
+        elif isinstance(expr.right, ast.Constant):
+            expr = expr.left
+        else:
+            break
+        parts.append(expr)
+    return parts
