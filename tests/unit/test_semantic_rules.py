@@ -37,6 +37,7 @@ NEW_RULES: tuple[str, ...] = (
     "detached-loss-input",
     "half-model-float-input",
     "reduction-over-batch-dim",
+    "leak-target-feature",
 )
 CROSS_FILE = ("double-softmax", "leak-preprocessing")  # its own test module reads single files only
 

@@ -85,7 +85,7 @@ def _kind(call: ast.Call, fitted_receivers: set[str]) -> int | None:
 
 
 def find_sink(
-    ctx: ModuleContext, source: ast.Call, carriers: set[str], fitted_receivers: set[str]
+    ctx: ModuleContext, source: ast.expr, carriers: set[str], fitted_receivers: set[str]
 ) -> ast.Call | None:
     """The first training use of the leaked data after the source, else the first selection
     or evaluation use; None when the module never uses it that way."""
