@@ -71,6 +71,17 @@ def catalogue() -> dict[str, CatalogueRule]:
             items=tuple(rule.items),
             severity_note=rule.severity_note,
         )
+    for rule_id, entry in load_table("advice_rules.json")["rules"].items():
+        found[rule_id] = CatalogueRule(
+            id=rule_id,
+            kind="native",
+            tool="torchdoctor",
+            point=entry["point"],
+            severity=entry["severity"],
+            title=entry["title"],
+            doc=entry["doc"],
+            items=tuple(entry["items"]),
+        )
     for rule_id, entry in load_table("probe_rules.json")["rules"].items():
         found[rule_id] = CatalogueRule(
             id=rule_id,
