@@ -23,5 +23,5 @@ PY=${PYTHON:-python3}
 # The CPU build of torch (a bare `torch` would pull a multi-GB CUDA build).
 .venv/bin/python -c "import torch" 2>/dev/null || \
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".[dev,llm,linters,docker,api,ray]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev,llm,linters,docker,api,ray,artifacts]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import torchdoctor, torch; print('torchdoctor', torchdoctor.__version__, '| torch', torch.__version__)"

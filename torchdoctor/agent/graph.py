@@ -184,7 +184,7 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
             options.artifacts,
             workspace,
             runs,
-            context.sandbox.get,
+            context.harness(config.run_budget, request.gpu),
             static.all_findings(),
             [ev for _point, ev in presence],
         )
@@ -644,7 +644,9 @@ def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         return {"applied": ApplyRecord(answer=answer, result=result), "trace": ["approve"]}
     written = write_artifacts(root, state.get("artifacts", []), answer.approved())
     result.skipped.update(written.skipped)
-    record = ApplyRecord(answer=answer, result=result, artifacts=written.paths)
+    record = ApplyRecord(
+        answer=answer, result=result, artifacts=written.paths, artifact_ids=written.ids
+    )
     return {"applied": record, "trace": ["approve"]}
 
 
@@ -675,7 +677,7 @@ def report(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     if applied is None:
         return {"trace": ["report"]}
     coverage = accepted_coverage(
-        state.get("coverage", []), state.get("artifacts", []), applied.artifacts
+        state.get("coverage", []), state.get("artifacts", []), applied.artifact_ids
     )
     state = {**state, "coverage": coverage}
     final = build_report(state, context, [*fix_notes(state), *apply_notes(state)])

@@ -104,6 +104,19 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"offered as (\S+), written by --apply after approval",
         r"proposé sous \1, écrit par --apply après approbation",
     ),
+    (
+        r"jaxtyping annotations of (\S+) \((.+)\) from (\d+) observed call\(s\), checked at run "
+        r"time in the sandbox",
+        r"annotations jaxtyping de \1 (\2) tirées de \3 appel(s) observé(s), vérifiées à "
+        r"l'exécution dans le bac à sable",
+    ),
+    (
+        r"input checks for (\S+) \((.+)\): they pass the run's data and reject (\d+) broken "
+        r"input\(s\) in the sandbox",
+        r"contrôles des entrées de \1 (\2) : ils acceptent les données de l'exécution et "
+        r"rejettent \3 entrée(s) cassée(s) dans le bac à sable",
+    ),
+    (r"the code has them already: (.+)", r"le code les a déjà : \1"),
     (r"--artifacts (\S+): (\S+): (.+)", r"--artifacts \1 : \2 : \3"),
     (r"written as (\S+)", r"écrit sous \1"),
     (r"artifact: (\S+)", r"artefact : \1"),

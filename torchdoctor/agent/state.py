@@ -116,6 +116,7 @@ class ApplyRecord(_Model):
     answer: ApprovalAnswer
     result: ApplyResult = Field(default_factory=ApplyResult)
     artifacts: list[str] = Field(default_factory=list, description="artifact files written")
+    artifact_ids: list[str] = Field(default_factory=list, description="artifacts written")
 
 
 ORIGINAL = "original"

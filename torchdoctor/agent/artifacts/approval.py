@@ -1,5 +1,6 @@
-"""Offered artifacts in the approval question, and written to the user's tree once approved:
-new files only (an existing file is never overwritten), through the guarded tree."""
+"""Offered artifacts in the approval question, and written to the user's tree once approved,
+through the guarded tree: a new file is never written over an existing one, and a change to an
+existing file (annotations, checks) only while the file still has the text it was made from."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.artifacts.models import Artifact
-from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.safefs import GuardedTree, UnsafePath
 from torchdoctor.agent.state import ProposedChange
@@ -18,6 +19,7 @@ class Written(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     paths: list[str] = Field(default_factory=list)
+    ids: list[str] = Field(default_factory=list, description="the artifacts written")
     skipped: dict[str, str] = Field(default_factory=dict, description="artifact id -> why not")
 
 
@@ -35,7 +37,7 @@ def artifact_changes(artifacts: list[Artifact]) -> list[ProposedChange]:
             title=a.reason,
             file=a.path,
             line=1,
-            diff=unified_diff(a.path, "", a.content),
+            diff=unified_diff(a.path, a.original or "", a.content),
         )
         for a in offered(artifacts)
         if a.path is not None
@@ -52,12 +54,31 @@ def write_artifacts(root: Path, artifacts: list[Artifact], approved: set[str]) -
             written.skipped[artifact.id] = "not approved"
             continue
         try:
-            if tree.exists(path):
+            if artifact.original is None and tree.exists(path):
                 written.skipped[artifact.id] = f"{path} exists: not overwritten"
                 continue
-            tree.write_text(path, artifact.content)
-        except (UnsafePath, OSError) as err:
+            text = artifact.content
+            if artifact.original is not None:
+                text = _onto(tree.read_text(path), artifact)
+            tree.write_text(path, text)
+        except (UnsafePath, OSError, ValueError) as err:  # ValueError: a PatchError, not UTF-8
             written.skipped[artifact.id] = f"not written: {err}"
             continue
-        written.paths.append(path)
+        written.ids.append(artifact.id)
+        if path not in written.paths:  # types and validation both change the model's file
+            written.paths.append(path)
     return written
+
+
+def _onto(current: str, artifact: Artifact) -> str:
+    """The artifact's change to an existing file, made on its text now: as generated when
+    the file is unchanged, else its diff where it still applies exactly (fixes approved in
+    the same answer may have changed other lines); PatchError when it does not."""
+    assert artifact.path is not None and artifact.original is not None
+    if current == artifact.original:
+        return artifact.content
+    try:
+        (patch,) = parse(unified_diff(artifact.path, artifact.original, artifact.content))
+        return apply_to_text(current, patch, offsets=True)
+    except PatchError as err:
+        raise PatchError(f"{artifact.path} changed since the audit ({err})") from err

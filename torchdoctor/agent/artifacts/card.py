@@ -22,7 +22,7 @@ from torchdoctor.agent.workspace import Workspace
 
 ITEMS = ["12.3"]
 CARD_PATH = "MODEL_CARD.md"
-_COUNTER = ".torchdoctor_count_parameters.py"
+_COUNTER = "_torchdoctor_count_parameters"
 _DATA_CALLS = re.compile(
     r"\b(read_csv|read_parquet|read_json|load_dataset|ImageFolder|np\.load|"
     r"datasets\.[A-Z]\w+)\(\s*([\"'][^\"'\n]{1,120}[\"'])?"
@@ -84,7 +84,7 @@ def _count(target: ModelTarget, runner: SandboxedRun) -> tuple[_Counted | None, 
         "'trainable': sum(p.numel() for p in parameters if p.requires_grad)}))\n"
     )
     name = "the model builds and its parameters are counted"
-    result = runner.run({_COUNTER: script}, [_COUNTER])
+    result = runner.run({f"{_COUNTER}.py": script}, _COUNTER, [])
     if isinstance(result, str):
         return None, CheckOutcome(name=name, passed=False, detail=result)
     lines = result.stdout.strip().splitlines()

@@ -39,11 +39,12 @@ def artifact_evidence(artifacts: list[Artifact]) -> list[tuple[int, Evidence]]:
 def accepted_coverage(
     coverage: list[CoverageEntry], artifacts: list[Artifact], written: list[str]
 ) -> list[CoverageEntry]:
-    """The items an artifact written to the user's tree now covers pass, saying so."""
+    """The items an artifact written to the user's tree (`written`: their ids) now covers
+    pass, saying so."""
     settled = {
         item: artifact
         for artifact in artifacts
-        if artifact.path in written
+        if artifact.id in written
         for item in artifact.items
     }
     return [

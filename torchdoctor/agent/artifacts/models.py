@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ArtifactKind = Literal["tests", "card", "drift"]
-ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("tests", "card", "drift")
+ArtifactKind = Literal["tests", "card", "drift", "types", "validation"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("tests", "card", "drift", "types", "validation")
 ArtifactState = Literal["offered", "failed", "not-applicable", "not-checked"]
 """offered: generated and it ran; failed: generated, and its run failed; not-applicable: nothing
 to generate for this code; not-checked: it could not be tried (the reason names what is missing)."""
@@ -54,6 +54,9 @@ class Artifact(_Model):
     reason: str = Field(description="one line: what it is, or why it is not offered")
     path: str | None = Field(None, description="where approval writes it, under the target")
     content: str = ""
+    original: str | None = Field(
+        None, description="the file's text the artifact changes (None: a new file)"
+    )
     checks: list[CheckOutcome] = Field(default_factory=list)
 
     @property

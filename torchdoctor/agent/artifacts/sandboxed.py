@@ -1,16 +1,16 @@
 """Running a generated artifact in the sandbox, on a copy of the audited code with the
-artifact written into it: nothing reaches the user's tree until approval."""
+artifact written into it: nothing reaches the user's tree until approval. Jobs name a module;
+the sandbox backend resolves the interpreter and torchdoctor's import path (the project's on
+this host, the image's under docker), as for the harness's jobs."""
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 from torchdoctor.agent.artifacts.models import CheckOutcome
 from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.workspace import Workspace
-from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.models import Job, Limits, RunResult
 from torchdoctor.sandbox.protocol import Sandbox
 from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
@@ -27,8 +27,9 @@ class SandboxedRun:
         self.sandbox = sandbox
         self.workspace = workspace
 
-    def run(self, files: dict[str, str], command: list[str]) -> RunResult | str:
-        """The run's result, or why it could not start (a sentence)."""
+    def run(self, files: dict[str, str], module: str, args: list[str]) -> RunResult | str:
+        """The result of `python -m module args` on the copy, or why it could not start (a
+        sentence). The copy is the working directory, so its own modules import."""
         source = self.workspace.root if self.workspace.kind == "folder" else self.workspace.target
         try:
             copy = stage_workspace(source)
@@ -41,10 +42,10 @@ class SandboxedRun:
                 path.write_text(text, encoding="utf-8")
             job = Job(
                 workspace=copy,
-                command=[sys.executable, *command],
+                module=module,
+                args=args,
                 # plugins installed next to torchdoctor are not the project's: not loaded
                 env={
-                    "PYTHONPATH": str(PACKAGE_ROOT),
                     "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
                     "COLUMNS": "400",  # pytest cuts the summary's messages at the width
                 },
@@ -61,8 +62,8 @@ class SandboxedRun:
         gave none; `beside`: more files the test needs. The project's conftest files are
         not loaded: the verdict is the file's. A run stopped by the time limit still reports
         the tests that finished before it."""
-        command = ["-m", "pytest", path, "-v", "-rfE", "-p", "no:cacheprovider", "--noconftest"]
-        result = self.run({**(beside or {}), path: text}, command)
+        args = [path, "-v", "-rfE", "-p", "no:cacheprovider", "--noconftest"]
+        result = self.run({**(beside or {}), path: text}, "pytest", args)
         if isinstance(result, str):
             return result
         outcomes = parse_pytest_summary(result.stdout, path)

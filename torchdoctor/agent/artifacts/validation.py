@@ -1,0 +1,257 @@
+"""Input validation at the model's boundary (item 2.1): a function next to the model class,
+generated from the inputs the instrumented runs fed it (rank, fixed sizes, a batch size shared
+by every input, dtype, finite values; for integer inputs that go straight into an embedding,
+the embedding's index range), called at the top of `forward` behind
+`__debug__ and not torch.compiler.is_compiling()`, so compiled code and `python -O` skip it.
+
+Offered only when, in the sandbox, the audit's run command passes with the checks in place
+(they accept the real data) and each check rejects an input built to break it."""
+
+from __future__ import annotations
+
+import re
+
+from torchdoctor.agent.artifacts.checked_run import checked_run, run_of
+from torchdoctor.agent.artifacts.forward_edit import (
+    ForwardEdit,
+    edit_forward,
+    forward_body,
+    imports_name,
+    read_forward,
+)
+from torchdoctor.agent.artifacts.models import Artifact, ModelTarget
+from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.artifacts.signature import BATCH, ObservedTensor, observed_signature
+from torchdoctor.agent.artifacts.target import NoTarget
+from torchdoctor.agent.fixes.formatting import format_changed_lines
+from torchdoctor.agent.harness import Harness
+from torchdoctor.agent.probing import RunSummary
+from torchdoctor.agent.workspace import Workspace
+
+ITEMS = ["2.1"]
+_EMBEDDINGS = ("Embedding", "EmbeddingBag")
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def validation_artifact(
+    target: ModelTarget | NoTarget,
+    workspace: Workspace,
+    runs: list[RunSummary],
+    harness: Harness,
+    runner: SandboxedRun,
+    base: str | None = None,
+) -> Artifact:
+    """`base`: the model file's text to start from when another artifact changes the same
+    file first (the types artifact's annotations, when both are asked for): the checks are
+    then verified together with that change, and written after it."""
+
+    def not_checked(reason: str) -> Artifact:
+        return Artifact(kind="validation", state="not-checked", items=ITEMS, reason=reason)
+
+    if isinstance(target, NoTarget):
+        return not_checked(target.reason)
+    text = base or workspace.text_of(target.file)
+    run = run_of(target.class_name, runs)
+    if text is None or run is None:
+        return not_checked(f"no run of the audit observed {target.class_name}")
+    shape = read_forward(text, target.class_name)
+    if isinstance(shape, str):
+        return not_checked(shape)
+    inputs = observed_signature(target, runs).inputs
+    if len(shape.params) < len(inputs):
+        return not_checked("forward's positional parameters do not match its observed tensors")
+    names = shape.params[: len(inputs)]
+    edit = checks_edit(text, target.class_name, names, inputs, embedding_inputs(target, runs))
+    edited = format_changed_lines(workspace.root, text, edit_forward(text, target.class_name, edit))
+    accepted = checked_run(
+        harness,
+        workspace,
+        run,
+        {target.file: edited},
+        (target.file, forward_body(edited, target.class_name)),
+        "the run passes with the checks in place",
+    )
+    checks = [accepted]
+    if accepted.passed:
+        rejecting = runner.pytest(
+            "test_torchdoctor_rejects.py",
+            _rejection_tests(target, names, inputs),
+            {target.file: edited},
+        )
+        if isinstance(rejecting, str):
+            return not_checked(rejecting)
+        checks += rejecting
+    if all(c.passed for c in checks):
+        state, reason = (
+            "offered",
+            (
+                f"input checks for {target.class_name}.forward ({', '.join(names)}): they pass the "
+                f"run's data and reject {len(checks) - 1} broken input(s) in the sandbox"
+            ),
+        )
+    else:
+        failed = next(c for c in checks if not c.passed)
+        state, reason = (
+            "failed",
+            f"the generated checks did not hold: {failed.name}: {failed.detail}",
+        )
+    return Artifact(
+        kind="validation",
+        state=state,
+        items=ITEMS,
+        reason=reason,
+        path=target.file,
+        content=edited,
+        original=text,
+        checks=checks,
+    )
+
+
+def checks_edit(
+    text: str,
+    class_name: str,
+    names: list[str],
+    inputs: list[ObservedTensor],
+    embeddings: dict[int, str],
+) -> ForwardEdit:
+    """The checks as a function before the class, called at the top of forward."""
+    helper = "_check_" + _CAMEL.sub("_", class_name).lower() + "_inputs"
+    return ForwardEdit(
+        before_class=_render(helper, class_name, names, inputs, embeddings),
+        prologue=[
+            f"if __debug__ and not torch.compiler.is_compiling():\n"
+            f"    {helper}(self, {', '.join(names)})\n"
+        ],
+        imports=[] if imports_name(text, "torch") else ["import torch"],
+    )
+
+
+def embedding_inputs(target: ModelTarget, runs: list[RunSummary]) -> dict[int, str]:
+    """Input index -> the submodule path of the embedding it goes into unchanged (the first
+    call of the root's first observed forward that read the input straight from the data)."""
+    found: dict[int, str] = {}
+    for run in runs:
+        calls = run.dataflow.calls
+        root = next((c for c in calls if c.depth == 0 and c.type == target.class_name), None)
+        if root is None:
+            continue
+        inside = [c for c in calls if c.depth > 0 and root.index < c.index <= (root.end or 0)]
+        for call in inside:
+            if call.type not in _EMBEDDINGS or call.sources or not call.inputs:
+                continue
+            path = call.module.removeprefix(f"{root.module}.")
+            for index, tensor in enumerate(root.inputs):
+                if tensor.shape == call.inputs[0].shape and tensor.dtype == call.inputs[0].dtype:
+                    found.setdefault(index, path)
+                    break
+        break
+    return found
+
+
+def _render(
+    helper: str,
+    class_name: str,
+    names: list[str],
+    inputs: list[ObservedTensor],
+    embeddings: dict[int, str],
+) -> str:
+    typed = ", ".join(f"{name}: torch.Tensor" for name in names)
+    lines = [
+        f"def {helper}(model: torch.nn.Module, {typed}) -> None:",
+        f'    """Checks of what {class_name}.forward is fed, generated by torchdoctor from the',
+        "    inputs an instrumented run gave it (item 2.1); forward skips them under",
+        '    torch.compile and `python -O`."""',
+    ]
+    first_batch: str | None = None
+    for index, (name, tensor) in enumerate(zip(names, inputs, strict=True)):
+        lines += _shape_checks(class_name, name, tensor)
+        if tensor.dims[:1] == [BATCH]:
+            if first_batch is None:
+                first_batch = name
+            else:
+                lines += [
+                    f"    if {name}.shape[0] != {first_batch}.shape[0]:",
+                    f"        raise ValueError(f'{class_name}: {name} and {first_batch} differ in"
+                    f" batch size: {{{name}.shape[0]}} vs {{{first_batch}.shape[0]}}')",
+                ]
+        if tensor.dtype is not None:
+            lines += [
+                f"    if {name}.dtype != torch.{tensor.dtype}:",
+                f"        raise TypeError(f'{class_name}: {name} must be torch.{tensor.dtype},"
+                f" got {{{name}.dtype}}')",
+            ]
+        if tensor.kind in ("float", "complex"):
+            lines += [
+                f"    if not bool(torch.isfinite({name}).all()):",
+                f"        raise ValueError('{class_name}: {name} has NaN or infinite values')",
+            ]
+        if index in embeddings and tensor.kind == "int":
+            path = embeddings[index]
+            lines += [
+                f"    rows = model.get_submodule({path!r}).num_embeddings",
+                f"    if {name}.numel() and bool(({name} < 0).any() or ({name} >= rows).any()):",
+                f"        raise ValueError(f'{class_name}: {name} must index {path}: "
+                f"0 to {{rows - 1}}')",
+            ]
+    return "\n".join(lines) + "\n\n\n"
+
+
+def _shape_checks(class_name: str, name: str, tensor: ObservedTensor) -> list[str]:
+    fixed = [(d, size) for d, size in enumerate(tensor.dims) if size.isdigit()]
+    tests = [f"{name}.dim() != {len(tensor.dims)}"]
+    tests += [f"{name}.shape[{d}] != {size}" for d, size in fixed]
+    expected = "(" + ", ".join(tensor.dims) + ("," if len(tensor.dims) == 1 else "") + ")"
+    return [
+        f"    if {' or '.join(tests)}:",
+        f"        raise ValueError(f'{class_name}: {name} must have shape {expected},"
+        f" got {{tuple({name}.shape)}}')",
+    ]
+
+
+def _rejection_tests(target: ModelTarget, names: list[str], inputs: list[ObservedTensor]) -> str:
+    """One pytest test per broken input: a fixed size changed, a NaN, another dtype; each must
+    raise the generated check's error, naming the class."""
+    good = [_make(tensor) for tensor in inputs]
+    cases: list[tuple[str, int, str]] = []
+    for index, (name, tensor) in enumerate(zip(names, inputs, strict=True)):
+        fixed = [d for d, size in enumerate(tensor.dims) if size.isdigit()]
+        if fixed:
+            dims = [_size(s) + (1 if d == fixed[-1] else 0) for d, s in enumerate(tensor.dims)]
+            cases.append((f"wrong_shape_{name}", index, _make(tensor, dims=dims)))
+        if tensor.kind == "float":
+            cases.append((f"nan_in_{name}", index, f"{_make(tensor)}.fill_(float('nan'))"))
+        if tensor.dtype is not None:
+            other = "float64" if tensor.kind != "float" or tensor.dtype != "float64" else "float32"
+            cases.append((f"wrong_dtype_{name}", index, _make(tensor, dtype=other)))
+    lines = [
+        "import pytest",
+        "import torch",
+        "",
+        f"from {target.module} import {target.class_name}",
+        "",
+        "",
+        "def inputs():",
+        f"    return [{', '.join(good)}]",
+    ]
+    for case, index, broken in cases:
+        lines += [
+            "",
+            "",
+            f"def test_rejects_{case}():",
+            f"    model = {target.constructor}",
+            "    args = inputs()",
+            f"    args[{index}] = {broken}",
+            f"    with pytest.raises((ValueError, TypeError), match={target.class_name + ':'!r}):",
+            "        model(*args)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _size(dim: str) -> int:
+    return int(dim) if dim.isdigit() else 2
+
+
+def _make(tensor: ObservedTensor, dims: list[int] | None = None, dtype: str | None = None) -> str:
+    shape = tuple(dims if dims is not None else [_size(d) for d in tensor.dims])
+    chosen = dtype or tensor.dtype or {"float": "float32", "int": "int64"}.get(tensor.kind, "bool")
+    return f"torch.zeros({shape}, dtype=torch.{chosen})"
