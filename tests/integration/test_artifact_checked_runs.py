@@ -1,0 +1,150 @@
+"""The types and validation artifacts generated, run in the real sandbox (local backend) and
+offered: one audit of the bundled example with `--artifacts types,validation --apply` shared by
+the tests of this module; a near-miss model fed variable-length batches, where the first step's
+shapes do not hold later, so the checked run fails and nothing is offered; and a module the
+sandbox lacks, named in the verdict."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from torchdoctor.agent.approval import approve_all
+from torchdoctor.agent.artifacts.approval import write_artifacts
+from torchdoctor.agent.artifacts.checked_run import MissingModule, checked_run
+from torchdoctor.agent.audit import AuditOptions, AuditOutcome, run_audit
+from torchdoctor.agent.fixes.codemods import all_codemods
+from torchdoctor.agent.harness import Harness
+from torchdoctor.agent.probing import RunSummary
+from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest
+from torchdoctor.agent.workspace import load_workspace
+from torchdoctor.sandbox.config import get_sandbox
+
+pytestmark = pytest.mark.slow
+
+
+def _audit(project: Path, command: str, apply: bool) -> tuple[AuditOutcome, list[str]]:
+    asked: list[str] = []
+
+    def approve(request: ApprovalRequest) -> ApprovalAnswer:
+        asked.extend(c.finding_id for c in request.changes)
+        return approve_all(request)
+
+    options = AuditOptions(
+        target=project,
+        run=[command],
+        steps=3,
+        artifacts=["types", "validation"],
+        apply=apply,
+        ignore=sorted(all_codemods()),  # no fix to verify: the artifacts alone are approved
+        linters=False,  # the peers say nothing about these artifacts
+        write_ledger=False,
+    )
+    return run_audit(options, approver=approve), asked
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditOutcome, list[str]]:
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(EXAMPLES / "train_buggy.py", project / "train_buggy.py")
+    outcome, asked = _audit(project, "python train_buggy.py", apply=True)
+    return project, outcome, asked
+
+
+def test_annotations_and_checks_are_offered_approved_and_written(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    project, outcome, asked = audited
+    types, validation = outcome.report.artifacts
+    assert (types.state, validation.state) == ("offered", "offered"), (
+        types.reason,
+        validation.reason,
+    )
+    assert asked == ["artifact-types", "artifact-validation"]
+    assert [c.passed for c in types.checks] == [True]
+    assert "jaxtyping + beartype" in types.checks[0].name
+    assert len(validation.checks) == 4 and all(c.passed for c in validation.checks)
+    text = (project / "train_buggy.py").read_text()
+    assert 'def forward(self, x: Float32[torch.Tensor, "batch 20"]) -> tuple[' in text
+    assert "from jaxtyping import Float32" in text
+    assert "_check_classifier_inputs(self, x)" in text
+    assert "if x.dim() != 2 or x.shape[1] != 20:" in text
+    assert validation.original == types.content  # built on the annotations, written after them
+    assert "artifact written: train_buggy.py" in outcome.report.summary.notes
+
+
+def test_written_artifacts_settle_1_2_and_2_1(
+    audited: tuple[Path, AuditOutcome, list[str]],
+) -> None:
+    _project, outcome, _asked = audited
+    coverage = {c.item: c for c in outcome.report.coverage}
+    for item in ("1.2", "2.1"):
+        assert coverage[item].verdict == "pass", coverage[item]
+        assert "written as train_buggy.py" in coverage[item].reason
+
+
+def test_the_checks_without_the_annotations_they_were_built_on_are_not_written(
+    audited: tuple[Path, AuditOutcome, list[str]], tmp_path: Path
+) -> None:
+    _project, outcome, _asked = audited
+    shutil.copy(EXAMPLES / "train_buggy.py", tmp_path / "train_buggy.py")
+    written = write_artifacts(tmp_path, outcome.report.artifacts, {"artifact-validation"})
+    assert not written.paths
+    assert "changed since the audit" in written.skipped["artifact-validation"]
+    assert (tmp_path / "train_buggy.py").read_text() == (EXAMPLES / "train_buggy.py").read_text()
+
+
+VARIABLE_LENGTH = """import torch
+from torch import nn
+
+
+class Pooler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.proj(x).mean(dim=1)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = Pooler()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for length in (5, 9, 7, 6):  # batches padded to their own longest sequence
+        loss = model(torch.randn(8, length, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def test_shapes_that_change_after_the_observed_step_fail_the_checked_run(tmp_path: Path) -> None:
+    (tmp_path / "pool.py").write_text(VARIABLE_LENGTH)
+    outcome, asked = _audit(tmp_path, "python pool.py", apply=False)
+    types, validation = outcome.report.artifacts
+    assert (types.state, validation.state) == ("failed", "failed")
+    assert 'x: Float32[torch.Tensor, "batch 5 4"]' in types.content
+    assert "failed its checked run" in types.reason and "x" in types.checks[0].detail
+    assert "must have shape (batch, 5, 4)" in validation.checks[0].detail
+    assert not asked  # nothing offered, nothing asked
+    coverage = {c.item: c for c in outcome.report.coverage}
+    assert coverage["1.2"].verdict == "not-checked"
+    assert "--artifacts types: failed" in coverage["1.2"].reason
+
+    workspace = load_workspace(tmp_path, [], 2_000_000)
+    run = RunSummary(command="python pool.py", script="pool.py", outcome="ok", summary="")
+    lacking = VARIABLE_LENGTH.replace("import torch\n", "import torch\nimport jaxtyping_absent\n")
+    with pytest.raises(MissingModule, match="jaxtyping_absent"):
+        checked_run(
+            Harness(get_sandbox("local")),
+            workspace,
+            run,
+            {"pool.py": lacking},
+            ("pool.py", range(10, 12)),
+            "needs a module",
+            needs=("jaxtyping_absent",),
+        )
