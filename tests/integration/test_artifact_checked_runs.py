@@ -68,7 +68,9 @@ def test_annotations_and_checks_are_offered_approved_and_written(
     assert "jaxtyping + beartype" in types.checks[0].name
     assert len(validation.checks) == 4 and all(c.passed for c in validation.checks)
     text = (project / "train_buggy.py").read_text()
-    assert 'def forward(self, x: Float32[torch.Tensor, "batch 20"]) -> tuple[' in text
+    assert 'self, x: Float32[torch.Tensor, "batch 20"]' in text
+    assert ') -> tuple[Float32[torch.Tensor, "batch 4"], Float32[torch.Tensor, "batch 1"]]:' in text
+    assert max(len(line) for line in text.splitlines()) <= 100  # the long header wrapped
     assert "from jaxtyping import Float32" in text
     assert "_check_classifier_inputs(self, x)" in text
     assert "if x.dim() != 2 or x.shape[1] != 20:" in text

@@ -18,7 +18,7 @@ from jaxtyping import TypeCheckError
 from tests.conftest import EXAMPLES
 from torchdoctor.agent.artifacts.approval import write_artifacts
 from torchdoctor.agent.artifacts.coverage import accepted_coverage
-from torchdoctor.agent.artifacts.forward_edit import ForwardEdit, edit_forward, read_forward
+from torchdoctor.agent.artifacts.forward_edit import ForwardEdit, edit_forward, read_forward, tidy
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget, TensorSpec
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
 from torchdoctor.agent.artifacts.signature import observed_signature
@@ -186,6 +186,20 @@ def test_generated_checks_pass_observed_inputs_and_reject_broken_ones() -> None:
     for message, args in broken.items():
         with pytest.raises((ValueError, TypeError), match=re.escape(message)):
             model(*args)
+
+
+def test_a_long_changed_line_is_wrapped_unless_the_project_formats_its_own_way(
+    tmp_path: Path,
+) -> None:
+    before = "def f(a, b):\n    return a\n"
+    header = (
+        'def f(a: Float32[torch.Tensor, "batch 20 30 40"], b: Int64[torch.Tensor, "batch 7 8 9"])'
+    )
+    after = header + ' -> Float32[torch.Tensor, "batch 20"]:\n    return a\n'
+    wrapped = tidy(tmp_path, before, after)
+    assert wrapped.startswith("def f(\n") and wrapped.endswith("    return a\n")
+    (tmp_path / "pyproject.toml").write_text("[tool.ruff]\nline-length = 160\n")
+    assert tidy(tmp_path, before, after) == after  # the project's own width: it fits
 
 
 def _changed(path: str, original: str, content: str, kind: str = "types") -> Artifact:

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Sequence
+from pathlib import Path
 
 import libcst as cst
 from pydantic import BaseModel, ConfigDict, Field
+
+from torchdoctor.agent.fixes.formatting import (
+    changed_ranges,
+    format_changed_lines,
+    format_range,
+    ruff_path,
+    ruff_settings,
+)
+
+LONG_LINE = 100
 
 
 class ForwardShape(BaseModel):
@@ -204,3 +215,18 @@ def imports_name(text: str, module: str) -> bool:
         and any(a.name == module and a.asname is None for a in node.names)
         for node in tree.body
     )
+
+
+def tidy(root: Path, before: str, after: str) -> str:
+    """`after` with its changed lines formatted as the project under `root` formats them (ruff,
+    when it uses ruff); in a project that does not, only the changed lines longer than
+    LONG_LINE characters are wrapped (ruff's defaults), the rest left as generated."""
+    if ruff_settings(root) is not None:
+        return format_changed_lines(root, before, after)
+    ruff = ruff_path()
+    text = after
+    for first, last in reversed(changed_ranges(before, after)):
+        lines = text.splitlines()[first - 1 : last]
+        if ruff is not None and any(len(line) > LONG_LINE for line in lines):
+            text = format_range(ruff, [], text, first, last) or text
+    return text

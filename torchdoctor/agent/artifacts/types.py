@@ -15,11 +15,11 @@ from torchdoctor.agent.artifacts.forward_edit import (
     forward_body,
     imports_name,
     read_forward,
+    tidy,
 )
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget
 from torchdoctor.agent.artifacts.signature import ObservedTensor, observed_signature
 from torchdoctor.agent.artifacts.target import NoTarget
-from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import Workspace
@@ -66,9 +66,7 @@ def types_artifact(
     edit = annotations_edit(shape, signature.inputs, signature.outputs, text)
     if isinstance(edit, str):
         return Artifact(kind="types", state="not-applicable", items=ITEMS, reason=edit)
-    annotated = format_changed_lines(
-        workspace.root, text, edit_forward(text, target.class_name, edit)
-    )
+    annotated = tidy(workspace.root, text, edit_forward(text, target.class_name, edit))
     checked = edit_forward(annotated, target.class_name, ForwardEdit(decorator=CHECKING))
     try:
         outcome = checked_run(

@@ -18,12 +18,12 @@ from torchdoctor.agent.artifacts.forward_edit import (
     forward_body,
     imports_name,
     read_forward,
+    tidy,
 )
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
 from torchdoctor.agent.artifacts.signature import BATCH, ObservedTensor, observed_signature
 from torchdoctor.agent.artifacts.target import NoTarget
-from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import Workspace
@@ -62,7 +62,7 @@ def validation_artifact(
         return not_checked("forward's positional parameters do not match its observed tensors")
     names = shape.params[: len(inputs)]
     edit = checks_edit(text, target.class_name, names, inputs, embedding_inputs(target, runs))
-    edited = format_changed_lines(workspace.root, text, edit_forward(text, target.class_name, edit))
+    edited = tidy(workspace.root, text, edit_forward(text, target.class_name, edit))
     accepted = checked_run(
         harness,
         workspace,

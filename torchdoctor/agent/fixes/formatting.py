@@ -80,7 +80,7 @@ def changed_ranges(before: str, after: str) -> list[tuple[int, int]]:
     ]
 
 
-def _ruff() -> str | None:
+def ruff_path() -> str | None:
     beside = Path(sys.executable).parent / "ruff"
     return str(beside) if beside.is_file() else shutil.which("ruff")
 
@@ -108,7 +108,7 @@ def format_changed_lines(root: Path, before: str, after: str) -> str:
     """`after` with the lines that differ from `before` formatted by ruff as the project
     formats them; `after` unchanged when the project does not use ruff or ruff fails."""
     settings = ruff_settings(root)
-    ruff = _ruff()
+    ruff = ruff_path()
     if settings is None or ruff is None:
         return after
     text = after
