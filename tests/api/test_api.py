@@ -269,9 +269,6 @@ def _jobs_with(marker: str) -> list[psutil.Process]:
     return found
 
 
-# A known race (closing note, stop 10): now and then a sandbox job started just as its audit
-# is cancelled outlives it; retried while it is investigated rather than hidden.
-@pytest.mark.flaky(reruns=2)
 def test_running_audits_are_capped_and_cancel_kills_their_sandbox_jobs(
     server: Server, keys: dict[str, str]
 ) -> None:

@@ -26,6 +26,12 @@ create table if not exists torchdoctor_audits (
     updated_at double precision not null
 )
 """
+# Workers and servers that start at once would race on the schema migrations (two inserts of one
+# migration version, or two `create table if not exists`): one at a time, under this lock. It is
+# polled, never waited on: a waiting transaction would deadlock with a migration's
+# `create index concurrently`, which waits for every open transaction to end.
+_SCHEMA_LOCK = 0x74_6F_72_63_68_64  # "torchd"
+_LOCK_POLL_S = 0.05
 
 
 class PostgresAuditStore:
@@ -34,8 +40,13 @@ class PostgresAuditStore:
     def __init__(self, connection: Connection[dict[str, Any]]) -> None:
         self.connection = connection
         self.saver = PostgresSaver(connection, serde=serializer())
-        self.saver.setup()
-        connection.execute(_INDEX)
+        while not _try_lock(connection):
+            time.sleep(_LOCK_POLL_S)
+        try:
+            self.saver.setup()
+            connection.execute(_INDEX)
+        finally:
+            connection.execute("select pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
     def record(self, audit_id: str, target: str) -> None:
         now = time.time()
@@ -74,3 +85,8 @@ def open_postgres_store(url: str) -> Iterator[PostgresAuditStore]:
         url, autocommit=True, prepare_threshold=0, row_factory=dict_row
     ) as connection:
         yield PostgresAuditStore(connection)
+
+
+def _try_lock(connection: Connection[dict[str, Any]]) -> bool:
+    row = connection.execute("select pg_try_advisory_lock(%s) as held", (_SCHEMA_LOCK,)).fetchone()
+    return bool(row and row["held"])

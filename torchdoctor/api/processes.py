@@ -8,15 +8,33 @@ import psutil
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (sandbox jobs run in their own sessions)."""
+    """SIGKILL a process and all its descendants (sandbox jobs run in their own sessions).
+
+    The family is frozen (SIGSTOP) before anything is killed, until a look finds no new member:
+    a process cannot fork once stopped, so a child forked while we looked is not missed, and
+    none is orphaned out of reach by its parent dying first."""
     try:
-        root = psutil.Process(pid)
-        family = [*root.children(recursive=True), root]
+        family = {psutil.Process(pid)}
     except psutil.NoSuchProcess:
         return
+    while True:
+        _signal_all(family, signal.SIGSTOP)
+        found = set(family)
+        for process in family:
+            try:
+                found.update(process.children(recursive=True))
+            except psutil.NoSuchProcess:
+                continue
+        if found == family:
+            break
+        family = found
+    _signal_all(family, signal.SIGKILL)
+    psutil.wait_procs(list(family), timeout=5)
+
+
+def _signal_all(family: set[psutil.Process], signum: signal.Signals) -> None:
     for process in family:
         try:
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(signum)
         except psutil.NoSuchProcess:
             continue
-    psutil.wait_procs(family, timeout=5)
