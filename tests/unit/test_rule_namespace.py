@@ -12,7 +12,7 @@ from torchdoctor.agent.checks.catalogue import (
     tool_of,
     unknown_names_message,
 )
-from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.checks.registry import all_rules, enabled_rules
 from torchdoctor.agent.checks.selection import drop_silenced
 from torchdoctor.agent.models import Evidence
 
@@ -96,3 +96,17 @@ def test_peer_and_probe_evidence_is_silenced_like_native_rules() -> None:
     assert drop_silenced(pairs, ["bandit"], lambda _path: SOURCE) == [pairs[3]]
     assert len(drop_silenced(pairs, ["bandit-b102", "probe-nan"], lambda _p: SOURCE)) == 0
     assert peer_rule_id("detect-secrets", "Secret Keyword") == "detect-secrets-secret-keyword"
+
+
+def test_a_point_number_or_all_in_ignore_silences_native_and_peer_rules_alike() -> None:
+    pairs = [(11, bandit(1)), (5, probe("probe-nan"))]
+    assert catalogue()["bandit-b102"].point == 11
+    assert drop_silenced(pairs, ["11"], lambda _path: SOURCE) == [pairs[1]]
+    assert drop_silenced(pairs, ["all"], lambda _path: SOURCE) == []
+    point_one = {rule.id for rule in all_rules() if rule.point == 1}
+    assert point_one and not point_one & {
+        rule.id for rule in enabled_rules(ignore=frozenset({"1"}))
+    }
+    assert enabled_rules(ignore=frozenset({"all"})) == ()
+    opt_in = [rule for rule in all_rules() if rule.tier != "default"]
+    assert all(rule in enabled_rules(select=frozenset({str(rule.point)})) for rule in opt_in)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from torchdoctor.agent.checks.data import load_table
 from torchdoctor.agent.checks.linters.evidence import classify
-from torchdoctor.agent.checks.registry import all_rules, rule_doc
+from torchdoctor.agent.checks.registry import all_rules, names_rule, rule_doc
 from torchdoctor.agent.models import Severity
 
 RuleKind = Literal["native", "probe", "peer"]
@@ -153,8 +153,10 @@ def unknown_names_message(names: Iterable[str], where: str) -> str | None:
 
 
 def matches(rule_id: str, names: frozenset[str]) -> bool:
-    """Whether a select/ignore list names this rule: by id, by its tool, or by `all`."""
-    if rule_id in names or "all" in names:
+    """Whether a select/ignore list names this rule: by id, by its tool, by its checklist
+    point's number, or by `all`."""
+    known = catalogue().get(rule_id)
+    if names_rule(rule_id, known.point if known else None, names):
         return True
     tool = tool_of(rule_id)
     return tool is not None and tool in names

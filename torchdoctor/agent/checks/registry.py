@@ -39,6 +39,11 @@ def rules_by_id() -> dict[str, type[Rule]]:
     return {r.id: r for r in all_rules()}
 
 
+def names_rule(rule_id: str, point: int | None, names: frozenset[str]) -> bool:
+    """Whether a select/ignore list names a rule by id, by its point's number, or by `all`."""
+    return rule_id in names or "all" in names or (point is not None and str(point) in names)
+
+
 def enabled_rules(
     select: frozenset[str] = frozenset(), ignore: frozenset[str] = frozenset()
 ) -> tuple[type[Rule], ...]:
@@ -48,10 +53,9 @@ def enabled_rules(
     """
     chosen = []
     for rule in all_rules():
-        if rule.id in ignore:
+        if names_rule(rule.id, rule.point, ignore):
             continue
-        wanted = rule.id in select or "all" in select or str(rule.point) in select
-        if rule.tier == "default" or wanted:
+        if rule.tier == "default" or names_rule(rule.id, rule.point, select):
             chosen.append(rule)
     return tuple(chosen)
 
