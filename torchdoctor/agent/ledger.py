@@ -16,21 +16,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
-from torchdoctor.agent.escape import md_cell, md_code, md_fence, md_text, one_line
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.i18n import labels
+from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.models import AuditReport, Evidence, Finding, Status
 from torchdoctor.agent.safefs import file_tree
-
-if TYPE_CHECKING:
-    from jinja2 import Environment
 
 BEGIN = "<!-- torchdoctor:begin -->"
 END = "<!-- torchdoctor:end -->"
@@ -66,27 +62,6 @@ def default_ledger_path(target: Path) -> Path:
 
 
 LEDGER_TEMPLATE = "ledger.md.j2"
-
-
-@cache
-def templates() -> Environment:
-    """The ledger's template environment, built when a ledger is first rendered: importing
-    Jinja compiles its lexer's patterns, which costs more than a small audit's analysis."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
-    env = Environment(
-        loader=PackageLoader("torchdoctor.agent", "templates"),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["cell"] = md_cell
-    env.filters["text"] = md_text
-    env.filters["code"] = md_code
-    env.filters["fence"] = md_fence
-    return env
 
 
 def entry_meta(finding: Finding) -> EntryMeta:

@@ -13,7 +13,7 @@ import importlib
 
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.gather import installed_torch_version
-from torchdoctor.agent.ledger import templates
+from torchdoctor.agent.markdown_env import templates
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free

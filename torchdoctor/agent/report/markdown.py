@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import re
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
-
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS, point_title
-from torchdoctor.agent.escape import md_cell, md_code, md_fence, md_text
 from torchdoctor.agent.i18n import labels
 from torchdoctor.agent.localise import localise
+from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.report.dataflow import render_dataflow_markdown, render_dataflow_mermaid
 from torchdoctor.agent.report.plots import RunPlots, report_runs
-
-_ENV = Environment(
-    loader=PackageLoader("torchdoctor.agent", "templates"),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
-_ENV.filters["cell"] = md_cell
-_ENV.filters["text"] = md_text
-_ENV.filters["code"] = md_code
-_ENV.filters["fence"] = md_fence
 
 
 def _run_views(report: AuditReport, plots: dict[int, RunPlots]) -> list[dict[str, object]]:
@@ -62,11 +47,15 @@ def render_markdown(
         }
         for c in report.coverage
     ]
-    text = _ENV.get_template("report.md.j2").render(
-        L=labels(lang),
-        report=report,
-        points=points,
-        coverage=coverage,
-        runs=_run_views(report, plots or {}),
+    text = (
+        templates()
+        .get_template("report.md.j2")
+        .render(
+            L=labels(lang),
+            report=report,
+            points=points,
+            coverage=coverage,
+            runs=_run_views(report, plots or {}),
+        )
     )
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
