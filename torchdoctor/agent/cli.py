@@ -204,8 +204,9 @@ def audit(
     artifacts: Annotated[
         str | None,
         typer.Option(
-            help="Generate, run in the sandbox and offer: tests, card, drift, types, validation "
-            "(comma-separated, or all); --apply writes the ones that ran, after approval.",
+            help="Generate, run in the sandbox and offer: tests, card, drift, types, validation, "
+            "export, explain (comma-separated, or all); --apply writes the ones that ran, after "
+            "approval.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="--apply even on a dirty git work tree.")] = False,

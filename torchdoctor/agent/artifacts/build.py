@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torchdoctor.agent.artifacts.card import card_artifact
 from torchdoctor.agent.artifacts.drift import drift_artifact
+from torchdoctor.agent.artifacts.explain import explain_artifact
+from torchdoctor.agent.artifacts.export import export_artifact
 from torchdoctor.agent.artifacts.ml_tests import ml_tests_artifact
 from torchdoctor.agent.artifacts.models import Artifact, ArtifactKind
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
@@ -55,6 +57,10 @@ def build_artifacts(
             annotated = next((a for a in built if a.kind == "types" and a.state == "offered"), None)
             base = annotated.content if annotated is not None else None
             built.append(validation_artifact(target, workspace, runs, harness, runner, base))
+        elif kind == "export":
+            built.append(export_artifact(target, runner, paths))
+        elif kind == "explain":
+            built.append(explain_artifact(target, runner, workspace))
     return built
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 from torchdoctor import __version__
 from torchdoctor.agent.artifacts.models import Artifact
 from torchdoctor.agent.checklist import ITEMS_BY_ID
-from torchdoctor.agent.models import CoverageEntry, Evidence
+from torchdoctor.agent.models import CoverageEntry, Evidence, Verdict
 
 SOURCE = "torchdoctor-artifacts"
 
 
 def artifact_evidence(artifacts: list[Artifact]) -> list[tuple[int, Evidence]]:
     """An offered artifact is not yet in the project: its items stay not-checked, with a reason
-    that says what was generated and how to accept it; the others say what is missing."""
+    that says what was generated and how to accept it; the others say what is missing. What
+    its run measured about the code (`measured`: the model does not export, say) is said as
+    measured."""
     found: list[tuple[int, Evidence]] = []
     for artifact in artifacts:
         if artifact.state == "offered":
@@ -23,14 +25,17 @@ def artifact_evidence(artifacts: list[Artifact]) -> list[tuple[int, Evidence]]:
             )
         else:
             message = f"--artifacts {artifact.kind}: {artifact.state}: {artifact.reason}"
-        verdict = "not-applicable" if artifact.state == "not-applicable" else "not-checked"
-        for item in artifact.items:
+        verdict: Verdict = "not-applicable" if artifact.state == "not-applicable" else "not-checked"
+        said = [(m.item, m.verdict, m.reason) for m in artifact.measured]
+        measured = {m.item for m in artifact.measured}
+        said += [(item, verdict, message) for item in artifact.items if item not in measured]
+        for item, item_verdict, text in said:
             evidence = Evidence(
                 source=SOURCE,
                 source_version=__version__,
                 kind="probe",
-                message=message,
-                data={"items": [item], "verdict": verdict, "artifact": artifact.kind},
+                message=text,
+                data={"items": [item], "verdict": item_verdict, "artifact": artifact.kind},
             )
             found.append((ITEMS_BY_ID[item].point, evidence))
     return found

@@ -6,8 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ArtifactKind = Literal["tests", "card", "drift", "types", "validation"]
-ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("tests", "card", "drift", "types", "validation")
+ArtifactKind = Literal["tests", "card", "drift", "types", "validation", "export", "explain"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = (
+    "tests",
+    "card",
+    "drift",
+    "types",
+    "validation",
+    "export",
+    "explain",
+)
 ArtifactState = Literal["offered", "failed", "not-applicable", "not-checked"]
 """offered: generated and it ran; failed: generated, and its run failed; not-applicable: nothing
 to generate for this code; not-checked: it could not be tried (the reason names what is missing)."""
@@ -47,6 +55,15 @@ class CheckOutcome(_Model):
     detail: str = ""
 
 
+class ItemVerdict(_Model):
+    """What an artifact's run measured about the audited code for one checklist item (the
+    model exports, or does not; attributions are complete, or not), not about the artifact."""
+
+    item: str
+    verdict: Literal["pass", "fail", "not-applicable", "not-checked"]
+    reason: str
+
+
 class Artifact(_Model):
     kind: ArtifactKind
     state: ArtifactState
@@ -58,6 +75,9 @@ class Artifact(_Model):
         None, description="the file's text the artifact changes (None: a new file)"
     )
     checks: list[CheckOutcome] = Field(default_factory=list)
+    measured: list[ItemVerdict] = Field(
+        default_factory=list, description="items its run settles whatever the approval"
+    )
 
     @property
     def id(self) -> str:

@@ -40,27 +40,7 @@ def build_model(seed: int = 0) -> nn.Module:
     return {constructor}
 
 
-def make_inputs(
-    model: nn.Module, batch: int = BATCH, seed: int = 0
-) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(seed)
-    embeddings = (nn.Embedding, nn.EmbeddingBag)
-    tokens = [m.num_embeddings for m in model.modules() if isinstance(m, embeddings)]
-    high = min(tokens) if tokens else 2
-    made = []
-    for shape, dtype in INPUTS:
-        size = (batch, *shape[1:])
-        kind = getattr(torch, dtype)
-        if kind.is_floating_point:
-            made.append(torch.randn(size, generator=generator).to(kind))
-        elif kind == torch.bool:
-            made.append(torch.randint(0, 2, size, generator=generator).bool())
-        else:
-            made.append(torch.randint(0, high, size, generator=generator).to(kind))
-    return tuple(made)
-
-
-def tensors(output: object) -> list[torch.Tensor]:
+{make_inputs}def tensors(output: object) -> list[torch.Tensor]:
     """The tensors a forward returned (a tensor, or a tuple, list or dict of them)."""
     if isinstance(output, torch.Tensor):
         return [output]
@@ -87,6 +67,30 @@ def per_sample(
         if a.dim() > 0 and a.shape[0] == SMALL_BATCH
     ]
 '''
+
+MAKE_INPUTS = '''def make_inputs(
+    model: nn.Module, batch: int = BATCH, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Inputs at the observed shapes and dtypes (token ids below the embedding size)."""
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = (nn.Embedding, nn.EmbeddingBag)
+    tokens = [m.num_embeddings for m in model.modules() if isinstance(m, embeddings)]
+    high = min(tokens) if tokens else 2
+    made = []
+    for shape, dtype in INPUTS:
+        size = (batch, *shape[1:])
+        kind = getattr(torch, dtype)
+        if kind.is_floating_point:
+            made.append(torch.randn(size, generator=generator).to(kind))
+        elif kind == torch.bool:
+            made.append(torch.randint(0, 2, size, generator=generator).bool())
+        else:
+            made.append(torch.randint(0, high, size, generator=generator).to(kind))
+    return tuple(made)
+
+
+'''
+"""Source of `make_inputs` for generated files that define BATCH and INPUTS."""
 
 _TESTS: dict[str, str] = {
     "test_output_shapes_and_dtypes": """
@@ -194,7 +198,7 @@ TEST_NAMES: tuple[str, ...] = tuple(_TESTS)
 
 def render_tests(target: ModelTarget, names: tuple[str, ...] = TEST_NAMES) -> str:
     """The test module for `target` with the tests `names` (in the suite's order)."""
-    batch = target.inputs[0].shape[0] if target.inputs[0].shape else 1
+    batch, inputs = input_specs(target)
     header = _HEADER.format(
         class_name=target.class_name,
         script=target.script,
@@ -202,10 +206,17 @@ def render_tests(target: ModelTarget, names: tuple[str, ...] = TEST_NAMES) -> st
         constructor=target.constructor,
         batch=batch,
         small=min(SMALL_BATCH, batch) if batch > 1 else SMALL_BATCH,
-        inputs=_specs(target.inputs),
+        inputs=inputs,
         outputs=_specs(target.outputs),
+        make_inputs=MAKE_INPUTS,
     )
     return header + "".join("\n" + _TESTS[name] for name in TEST_NAMES if name in names)
+
+
+def input_specs(target: ModelTarget) -> tuple[int, str]:
+    """The observed batch size and the `INPUTS` literal of a generated file."""
+    batch = target.inputs[0].shape[0] if target.inputs[0].shape else 1
+    return batch, _specs(target.inputs)
 
 
 def _specs(specs: list[TensorSpec]) -> str:
