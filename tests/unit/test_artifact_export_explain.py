@@ -17,7 +17,7 @@ from torchdoctor.agent.artifacts.explain import explain_artifact, render_check, 
 from torchdoctor.agent.artifacts.export import (
     REPORT_MARK,
     export_artifact,
-    parse_report,
+    parse_stages,
 )
 from torchdoctor.agent.artifacts.export import (
     render_check as render_export,
@@ -69,9 +69,13 @@ class _AnsweringSandbox:
 
 
 def _report(**stages: dict[str, object]) -> str:
+    """The lines the export script prints, one per stage as it finishes."""
     names = {"torch_export": "torch.export"}
-    report = {"model": "Net", "stages": {names.get(k, k): v for k, v in stages.items()}}
-    return "progress line\n" + REPORT_MARK + json.dumps(report) + "\n"
+    lines = [
+        REPORT_MARK + json.dumps({"stage": names.get(name, name), **verdict})
+        for name, verdict in stages.items()
+    ]
+    return "\n".join(["a progress line", *lines]) + "\n"
 
 
 def _export(tmp_path: Path, stdout: str) -> Artifact:
@@ -144,16 +148,22 @@ def test_a_missing_dependency_is_named_not_failed(tmp_path: Path) -> None:
     assert "onnx: not tried, onnxscript not installed" in artifact.reason
 
 
+def test_stages_a_time_limit_cut_are_unfinished_not_failed(tmp_path: Path) -> None:
+    artifact = _export(tmp_path, _report(torch_export={"state": "exported"}))
+    assert artifact.state == "not-checked"
+    assert "onnx: unfinished (the run ended first (ok))" in artifact.reason
+
+
 @pytest.mark.parametrize(
     "stdout",
     [
         "Traceback (most recent call last):\nImportError: cannot import name 'Net'\n",
-        REPORT_MARK + '{"model": "Net", "stages": {"onnx": {"state": "exported"}}}\n',
+        REPORT_MARK + '{"stage": "onnx", "state": "exploded"}\n',
         REPORT_MARK + "{not json\n",
     ],
 )
-def test_no_report_or_a_partial_one_is_not_checked(tmp_path: Path, stdout: str) -> None:
-    assert parse_report(stdout) is None
+def test_no_report_or_a_malformed_one_is_not_checked(tmp_path: Path, stdout: str) -> None:
+    assert parse_stages(stdout, "ok") == {}
     artifact = _export(tmp_path, stdout)
     assert artifact.state == "not-checked" and "gave no report" in artifact.reason
 

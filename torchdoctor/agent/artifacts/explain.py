@@ -71,7 +71,11 @@ def attributions(
         embedding = next(m for m in model.modules() if isinstance(m, nn.Embedding))
         method = LayerIntegratedGradients(forward, embedding)
     found, gap = method.attribute(
-        inputs, target=target, n_steps=n_steps, return_convergence_delta=True
+        inputs,
+        target=target,
+        n_steps=n_steps,
+        internal_batch_size=inputs[0].shape[0],  # one sample batch at a time: bounded memory
+        return_convergence_delta=True,
     )
     return (tuple(found) if isinstance(found, (tuple, list)) else (found,)), gap
 
@@ -93,7 +97,9 @@ def group_metrics(
     return {{"groups": per_group, "accuracy_gap": max(accuracies) - min(accuracies)}}
 '''
 
-_CHECK = '''import torch
+_CHECK = '''import functools
+
+import torch
 from torch import nn
 
 from explain_hooks import attributions, group_metrics
@@ -119,18 +125,22 @@ ATOL, RTOL = {atol}, {rtol}
         return (flat.gather(1, target) - zero.reshape(flat.shape).float().gather(1, target))[:, 0]
 
 
-def test_attributions_are_finite():
+@functools.cache
+def attributed():
+    """The model, its inputs and their attributions: computed once for the tests below."""
     torch.manual_seed(0)
     model = {constructor}
-    found, _gap = attributions(model, make_inputs(model, min(BATCH, 4)))
+    inputs = make_inputs(model, min(BATCH, 4))
+    return model, inputs, attributions(model, inputs)
+
+
+def test_attributions_are_finite():
+    _model, _inputs, (found, _gap) = attributed()
     assert all(torch.isfinite(a).all() for a in found)
 
 
 def test_integrated_gradients_are_complete():
-    torch.manual_seed(0)
-    model = {constructor}
-    inputs = make_inputs(model, min(BATCH, 4))
-    _found, gap = attributions(model, inputs)
+    model, inputs, (_found, gap) = attributed()
     change = baseline_change(model, inputs)
     assert (gap.abs() <= ATOL + RTOL * change.abs()).all(), (gap, change)
 
