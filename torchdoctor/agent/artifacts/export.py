@@ -45,6 +45,7 @@ Run `python {path}`: it prints each stage's verdict and exits 1 when one fails.
 
 import importlib.util
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -73,8 +74,20 @@ REPEATS, BUDGET_S = 30, 10.0
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{{type(err).__name__}}: {{text[0] if text else ''}}"[:300]
+    """The error's own line (torch.onnx wraps it under "Exception summary") and where in
+    the model's code it was raised, when the message says."""
+    text = re.sub(r"\\x1b\\[[0-9;]*m", "", str(err))
+    summary = text.partition("## Exception summary")[2].strip()
+    if summary:
+        line = re.sub(r"^<class '(?:[\\w.]*\\.)?(\\w+)'>", r"\\1", summary.splitlines()[0])
+    else:
+        lines = text.strip().splitlines()
+        line = f"{{type(err).__name__}}: {{lines[0] if lines else ''}}"
+    call = text.partition("raised this error:")[2]
+    where = re.search(r'File "([^"]+)", line (\\d+), in (\\w+)', call)
+    if where:
+        line += f" (at {{Path(where[1]).name}}:{{where[2]}} in {{where[3]}})"
+    return line[:300]
 
 
 def median_ms(call) -> float:
