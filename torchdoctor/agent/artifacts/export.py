@@ -215,8 +215,9 @@ class Stage(BaseModel):
         if self.state == "agrees" and self.eager_ms is not None and self.ort_ms is not None:
             return (
                 f"{name}: outputs within atol {ATOL:g} + rtol {RTOL:g} of eager (max |diff| "
-                f"{self.max_abs_diff or 0.0:.2g}), {self.ort_ms:.3g} ms vs eager "
-                f"{self.eager_ms:.3g} ms per batch ({self.eager_ms / max(self.ort_ms, 1e-9):.2f}x)"
+                f"{self.max_abs_diff or 0.0:.2g}), {_duration(self.ort_ms)} vs eager "
+                f"{_duration(self.eager_ms)} per batch "
+                f"({self.eager_ms / max(self.ort_ms, 1e-9):.2f}x)"
             )
         if self.state == "differs":
             return (
@@ -327,6 +328,10 @@ def parse_stages(stdout: str, outcome: str) -> dict[str, Stage]:
     return {
         name: found.get(name) or Stage(stage=name, state="unfinished", error=why) for name in STAGES
     }
+
+
+def _duration(ms: float) -> str:
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1000:.3g} s"
 
 
 def _unchecked(reason: str) -> Artifact:
