@@ -242,6 +242,11 @@ class DefUse:
         return self._tables[1]
 
     @cached_property
+    def _unpacked_names(self) -> frozenset[str]:
+        """Every name some tuple unpacking binds (most names never are)."""
+        return frozenset(name for _, name in self._unpacked_by_name)
+
+    @cached_property
     def _bound_keys(self) -> frozenset[str]:
         """Every name and `obj.attr` bound somewhere: most lookups (`x.view`, `F.relu`, a
         parameter) are of keys bound nowhere, answered without finding their scope."""
@@ -341,6 +346,8 @@ class DefUse:
 
     def unpackings(self, node: ast.Name) -> list[tuple[ast.expr, int, int]]:
         """Where `node`'s name is bound by tuple unpacking: (value, position, arity)."""
+        if node.id not in self._unpacked_names:
+            return []
         scope = self._scope_of(node)
         found = self._unpacked_by_name.get((id(scope), node.id))
         if found:

@@ -134,6 +134,7 @@ SPLIT_FUNCTIONS = frozenset(
         "torch.utils.data.dataset.random_split",
     }
 )
+_UNSEEN = object()
 _SPLIT_SIMPLE_NAMES = frozenset({"train_test_split", "random_split"})
 
 
@@ -179,15 +180,24 @@ class HeldOut(DefUse):
         """
         seen: set[int] = set()
         stack: list[tuple[ast.expr, int]] = [(expr, 0)]
+        # per node, shared by every question of this module (loops ask about many iterables
+        # that derive from the same few names)
+        direct = self.ctx.memo_table("held_out.direct")
+        children = self.ctx.memo_table("held_out.children")
         while stack and len(seen) < MAX_VISITS:
             node, depth = stack.pop()
             if id(node) in seen or depth > MAX_DEPTH * 2:
                 continue
             seen.add(id(node))
-            kind = self._direct_held_out(node)
+            kind = direct.get(id(node), _UNSEEN)
+            if kind is _UNSEEN:
+                kind = direct[id(node)] = self._direct_held_out(node)
             if kind is not None and kind in kinds:
-                return kind
-            stack.extend((child, depth + 1) for child in self._held_out_children(node))
+                return str(kind)
+            nexts = children.get(id(node))
+            if nexts is None:
+                nexts = children[id(node)] = list(self._held_out_children(node))
+            stack.extend((child, depth + 1) for child in nexts)
         return None
 
     def _direct_held_out(self, node: ast.expr) -> str | None:
