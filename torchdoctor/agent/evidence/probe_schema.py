@@ -13,18 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROBES_SCHEMA_VERSION: Literal[1] = 1
+from torchdoctor.sandbox.probes.outcome import OutcomeKind
 
-OutcomeKind = Literal[
-    "completed-steps",
-    "script-finished",
-    "script-error",
-    "sys-exit",
-    "time-budget",
-    "no-optimizer",
-    "no-model",
-    "harness-error",
-]
+PROBES_SCHEMA_VERSION: Literal[1] = 1
 
 
 class _Model(BaseModel):
