@@ -4,9 +4,13 @@ real `torchdoctor serve` on 127.0.0.1.
 One server and one browser for the module. The user signs in with an API key, submits the
 bundled buggy example (a folder, with a run), watches the twelve points complete, approves a
 verified fix, opens a finding, sees the run's plots and data-flow diagram, and downloads a patch
-that applies to the code as submitted. A file with markup in its name must show as text and run
-nothing. A second tenant's key sees none of it, then submits an archive of its own. Each step's
-screenshot is saved under the test's tmp dir and checked not blank (pixel variance).
+that applies to the code as submitted, a SARIF report that validates against the SARIF 2.1.0
+schema and a markdown report listing every finding. A file with markup in its name must show as
+text and run nothing. A second tenant's key sees none of it, then submits an archive of its own
+with a run and rejects the verified fix it is offered: the audit resumes with the rejection and
+writes nothing. axe-core (Deque's accessibility engine) checks the page against WCAG 2 A/AA
+(colour contrast included) at the approval step and with a finding open. Each step's screenshot
+is saved under the test's tmp dir and checked not blank (pixel variance).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from tests.api.server import Server
@@ -28,11 +33,17 @@ from torchdoctor.agent.fixes.codemods import fixable_rules
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 ImageStat = pytest.importorskip("PIL.ImageStat", reason="pillow is not installed")
 Image = pytest.importorskip("PIL.Image", reason="pillow is not installed")
+axe_playwright = pytest.importorskip(
+    "axe_playwright_python.sync_playwright", reason="axe-playwright-python is not installed"
+)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "train_buggy.py"
+SMALL = REPO / "examples" / "train_small.py"
+SARIF_SCHEMA = REPO / "tests" / "schemas" / "sarif-schema-2.1.0.json"
+WCAG = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -98,6 +109,36 @@ class Shots:
         return path
 
 
+def accessible(page: Any, where: str) -> None:
+    """No WCAG 2.1 A/AA violation that axe-core finds on the page as it is now (contrast is
+    computed from the rendered colours of every visible text)."""
+    results = axe_playwright.Axe().run(page, options=WCAG)
+    problems = [
+        f"{v['id']}: {v['help']} at {[n['target'] for n in v['nodes']][:4]} "
+        f"({v['nodes'][0].get('failureSummary', '')})"
+        for v in results.response["violations"]
+    ]
+    assert problems == [], f"{where}: " + "\n".join(problems)
+    passed = {rule["id"] for rule in results.response["passes"]}
+    assert "color-contrast" in passed, f"{where}: axe checked no text contrast"
+
+
+def fetched_text(page: Any, button: str) -> str:
+    """Click a download button; the downloaded file's text."""
+    with page.expect_download() as fetched:
+        page.get_by_role("button", name=button, exact=True).click()
+    return Path(fetched.value.path()).read_text(encoding="utf-8")
+
+
+def api_json(page: Any, path: str) -> Any:
+    """GET a path of the API with the key the page signed in with."""
+    return page.evaluate(
+        """async (path) => (await fetch(path, {headers: {Authorization:
+        'Bearer ' + sessionStorage.getItem('torchdoctor.key')}})).json()""",
+        path,
+    )
+
+
 def sign_in(page: Any, url: str, key: str) -> None:
     page.goto(url)
     page.get_by_label("API key").fill(key)
@@ -152,6 +193,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     assert change.locator("td.add").filter(has_text="zero_grad").count() >= 1
     change.get_by_role("button", name="Approve").click()
     change.get_by_label("Comment").fill("checked in the browser")
+    accessible(page, "approval step")
     page.get_by_role("button", name="Send decisions").click()
     page.locator("#audit-state.done").wait_for(timeout=AUDIT_S)
 
@@ -171,6 +213,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     assert all(NUMBERED.match(line) for line in excerpt.splitlines()), excerpt
     assert "About this rule" in detail.inner_text()
     shots.take("finding")
+    accessible(page, "a finding open")
 
     page.get_by_label("Command or question").fill(f"show {chosen}")
     page.get_by_role("button", name="Send", exact=True).click()
@@ -207,10 +250,17 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     fetched.value.save_as(patch)
     assert "zero_grad" in patch.read_text()
     subprocess.run(["git", "apply", "--check", str(patch)], cwd=code, check=True)
-    with page.expect_download() as fetched:
-        page.get_by_role("button", name="Report (JSON)").click()
-    report = json.loads(Path(fetched.value.path()).read_text())
-    assert chosen in {f["id"] for f in report["findings"]}
+    report = json.loads(fetched_text(page, "Report (JSON)"))
+    ids = {f["id"] for f in report["findings"]}
+    assert chosen in ids
+    sarif = json.loads(fetched_text(page, "SARIF"))
+    jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
+    results = sarif["runs"][0]["results"]
+    assert sorted(r["partialFingerprints"]["torchdoctor/v1"] for r in results) == sorted(ids)
+    markdown = fetched_text(page, "Markdown")
+    assert markdown.startswith("# torchdoctor audit report")
+    missing = [i for i in ids if f"`{i}`" not in markdown]
+    assert missing == [], f"findings not in the markdown report: {missing}"
     assert errors == [], errors
     context.close()
 
@@ -228,11 +278,31 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     archive = tmp_path / "hostile.zip"
     with zipfile.ZipFile(archive, "w") as packed:
         packed.writestr(HOSTILE_NAME, HOSTILE_CODE)
+        packed.write(SMALL, SMALL.name)
     stranger.locator("#archive").set_input_files(str(archive))
-    stranger.get_by_label("Propose and verify fixes").uncheck()
+    stranger.get_by_label("Run in the sandbox (optional)").fill(f"python {SMALL.name}")
+    stranger.get_by_label("Steps per run").fill("2")
     stranger.get_by_role("button", name="Start the audit").click()
-    stranger.locator("#audit-state.done").wait_for(timeout=AUDIT_S)
+    stranger.locator("#audit-state").wait_for(state="visible")
+    theirs = stranger.locator("#audit-id").inner_text()
+    stranger.locator("#approval").wait_for(state="visible", timeout=AUDIT_S)
     assert stranger.locator("#audit-list li").count() == 1
+    offered = stranger.locator("#changes article").first
+    rejected = offered.get_attribute("data-finding")
+    offered.get_by_role("button", name="Reject").click()
+    assert offered.get_by_role("button", name="Reject").get_attribute("aria-pressed") == "true"
+    offered.get_by_label("Comment").fill("not this one")
+    stranger.get_by_role("button", name="Send decisions").click()
+    stranger.locator("#audit-state.done").wait_for(timeout=AUDIT_S)
+    answer = api_json(stranger, f"/v1/audits/{theirs}/approvals")["answer"]
+    assert [(d["finding_id"], d["approve"]) for d in answer["decisions"]] == [(rejected, False)]
+    row = stranger.locator("#findings tbody tr").filter(
+        has=stranger.locator(f'[data-open="{rejected}"]')
+    )
+    assert row.locator("td").last.inner_text() == "verified"  # verified, not written (fixed)
+    assert fetched_text(stranger, "Patch") == "", "a rejected fix was written"
+    tree = server.home / "audits" / theirs / "src"
+    assert (tree / SMALL.name).read_text() == SMALL.read_text()
     stranger.locator("#findings code").filter(has_text=HOSTILE_NAME).first.wait_for()
     assert stranger.evaluate("window.__pwned") is None
     Shots(stranger, tmp_path / "screenshots-other").take("other-tenant")
