@@ -157,29 +157,36 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                         steps_optimizer=True,
                     )
     if "split" in text:
-        for fn in _functions_splitting_parameters(ctx):
-            entry = summary.functions.get(fn.name) or FunctionSummary(
+        for name, fn in _functions_splitting_parameters(ctx):
+            entry = summary.functions.get(name) or FunctionSummary(
                 line=fn.lineno, params=[a.arg for a in fn.args.args]
             )
-            summary.functions[fn.name] = entry.model_copy(update={"splits_data": True})
+            summary.functions[name] = entry.model_copy(update={"splits_data": True})
     memo[""] = summary
     return summary
 
 
-def _functions_splitting_parameters(ctx: ModuleContext) -> list[ast.FunctionDef]:
-    """Module-level functions that pass data derived from their parameters to a split
-    (`def split_data(X, y): return train_test_split(X, y, test_size=0.2)`)."""
-    found: list[ast.FunctionDef] = []
+def _functions_splitting_parameters(ctx: ModuleContext) -> list[tuple[str, ast.FunctionDef]]:
+    """Module-level functions and methods of module-level classes (named `Class.method`)
+    that pass data derived from their parameters to a split (`def split_data(X, y): return
+    train_test_split(X, y, test_size=0.2)`)."""
+    found: list[tuple[str, ast.FunctionDef]] = []
     flow = ctx.flow
+    candidates: list[tuple[str, ast.FunctionDef]] = []
     for stmt in ctx.tree.body:
-        if not isinstance(stmt, ast.FunctionDef):
-            continue
-        params = {a.arg for a in [*stmt.args.posonlyargs, *stmt.args.args]}
+        if isinstance(stmt, ast.FunctionDef):
+            candidates.append((stmt.name, stmt))
+        elif isinstance(stmt, ast.ClassDef):
+            candidates += [
+                (f"{stmt.name}.{m.name}", m) for m in stmt.body if isinstance(m, ast.FunctionDef)
+            ]
+    for name, fn in candidates:
+        params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args]} - {"self"}
         for split, inputs in flow.split_inputs:
-            if ctx.enclosing_function(split) is stmt and any(
+            if ctx.enclosing_function(split) is fn and any(
                 params & flow.root_names(data) for data in inputs
             ):
-                found.append(stmt)
+                found.append((name, fn))
                 break
     return found
 
@@ -258,6 +265,10 @@ class ProjectIndex:
     def has(self, symbol: str, needs: Property) -> bool:
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
+        if not candidates and needs == "splits-data":  # `pkg.mod.Class.method`
+            module, _, owner = module.rpartition(".")
+            candidates = self._modules(module) if module else []
+            name = f"{owner}.{name}"
         if len(candidates) != 1:
             return False
         summary = candidates[0]

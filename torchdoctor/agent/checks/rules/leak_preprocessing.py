@@ -102,6 +102,7 @@ class LeakPreprocessing(Rule):
             return
         flow = ctx.flow
         split_inputs = [arg for _, args in flow.split_inputs for arg in args]
+        split_inputs += _helper_split_arguments(ctx)
         candidates = [
             *flow.calls_named(_FIT_METHODS | _STAT_METHODS | _SCALE_FUNCTIONS | _RESAMPLE_METHODS),
             *flow.calls_matching(_VOCAB_BUILDERS),
@@ -117,12 +118,14 @@ class LeakPreprocessing(Rule):
             if kind is not None:
                 where = "the test/validation split" if kind != "split" else "a held-out split"
                 reason = f"is fitted on `{ast.unparse(data)}`, which includes {where}"
-            elif _before_split(ctx, data, split_inputs):
+            elif _before_split(ctx, data, split_inputs) or _output_split(
+                ctx, node, data, split_inputs
+            ):
                 reason = (
                     f"is fitted on `{ast.unparse(data)}`, the data later split into train and test"
                 )
             else:
-                for call, symbol in _helpers_given(ctx, data, helpers):
+                for call, symbol in _helpers_given(ctx, node, data, helpers):
                     reason = (
                         f"is fitted on `{ast.unparse(data)}`, the data `{ast.unparse(call.func)}` "
                         f"(line {call.lineno}) later splits into train and test"
@@ -207,6 +210,41 @@ class LeakPreprocessing(Rule):
             )
 
 
+def _output_split(
+    ctx: ModuleContext, call: ast.Call, data: ast.expr, split_inputs: list[ast.expr]
+) -> bool:
+    """`X = scaler.fit_transform(np.load(path))` then `split(X, y)`: the transformed output
+    of data no split produced is what gets split (the input itself has no name to follow)."""
+    func = call.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "fit_transform") or not split_inputs:
+        return False
+    flow = ctx.flow
+    if flow.sources_include(data, flow.is_split_part) is not None:
+        return False
+    outputs = produced_names(ctx, call, data) - {identifier(func.value)}
+    return any(outputs & flow.root_names(arg) for arg in split_inputs)
+
+
+def _helper_split_arguments(ctx: ModuleContext) -> list[ast.expr]:
+    """What the module's own helpers split, seen at their call sites: for `def
+    make_splits(X, y): return train_test_split(X, y)` (or a method `Splitter.split`), the
+    arguments `make_splits(features, labels)` passes to the split parameters."""
+    flow = ctx.flow
+    found: list[ast.expr] = []
+    for split, inputs in flow.split_inputs:
+        fn = ctx.enclosing_function(split)
+        if fn is None:
+            continue
+        params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+        split_params = {p for p in params if any(p in flow.root_names(d) for d in inputs)}
+        if not split_params:
+            continue
+        for call in ctx.calls.call_sites(fn):
+            bound = ctx.calls.bind(call, fn)
+            found += [arg for name, arg in bound.items() if name in split_params]
+    return found
+
+
 def _imported_helper_calls(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
     """Calls of functions imported from the project's own modules (not a library), with the
     symbol: a helper such as `split_data(X, y)` may split its arguments."""
@@ -214,19 +252,36 @@ def _imported_helper_calls(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
     for call in ctx.flow.nodes(ast.Call):
         if not call.args or not isinstance(call.func, ast.Name | ast.Attribute):
             continue
-        symbol = callee_symbol(ctx, call.func)
+        symbol = callee_symbol(ctx, call.func) or _imported_method(ctx, call.func)
         if symbol is not None and not symbol.startswith(_LIBRARY_PREFIXES):
             found.append((call, symbol))
     return found
 
 
+def _imported_method(ctx: ModuleContext, func: ast.expr) -> str | None:
+    """`HoldOut().split` / `splitter.split` with `splitter = HoldOut()` imported from another
+    module -> 'splitting.HoldOut.split'."""
+    if not isinstance(func, ast.Attribute):
+        return None
+    receiver = func.value
+    built = [receiver] if isinstance(receiver, ast.Call) else list(ctx.flow.constructors(receiver))
+    for call in built:
+        if isinstance(call, ast.Call):
+            symbol = callee_symbol(ctx, call.func)
+            if symbol is not None:
+                return f"{symbol}.{func.attr}"
+    return None
+
+
 def _helpers_given(
-    ctx: ModuleContext, data: ast.expr, helpers: list[tuple[ast.Call, str]]
+    ctx: ModuleContext, fit: ast.Call, data: ast.expr, helpers: list[tuple[ast.Call, str]]
 ) -> list[tuple[ast.Call, str]]:
     """The helper calls that receive `data` (or what is computed from it) after it was fitted."""
     flow = ctx.flow
     ignored = set(ctx.imports.aliases) | set(flow.functions) | set(flow.classes) | {"self"}
     data_names = flow.root_names(data) - ignored
+    if isinstance(fit.func, ast.Attribute) and fit.func.attr == "fit_transform":
+        data_names |= produced_names(ctx, fit, data) - {identifier(fit.func.value)} - ignored
     return [
         (call, symbol)
         for call, symbol in helpers
