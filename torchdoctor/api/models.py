@@ -57,6 +57,15 @@ class AuditEvent(BaseModel):
     data: dict[str, Any]
 
 
+class AuditProgressRecord(BaseModel):
+    """What a status answer reads of an audit, read in one transaction (clients poll it)."""
+
+    record: AuditRecord
+    findings: int | None = Field(description="the report's findings, once there is a report")
+    approval_requested: bool
+    events: list[AuditEvent]
+
+
 class SubmitFiles(BaseModel):
     """A JSON submission: the files inline, or a folder already on the server."""
 

@@ -27,7 +27,7 @@ from torchdoctor.api.intake import (
 )
 from torchdoctor.api.models import Accepted, AuditState, AuditStatus, SubmitFiles
 from torchdoctor.api.progress import progress_from
-from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url
+from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url, no_such_audit
 from torchdoctor.api.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"], responses=ERRORS)
@@ -162,9 +162,10 @@ def list_audits(request: Request, who: Caller, store: StoreDep) -> list[Accepted
 
 @router.get("/{audit_id}", response_model=AuditStatus, summary="State and progress")
 def get_audit(audit_id: str, request: Request, who: Caller, store: StoreDep) -> AuditStatus:
-    record = audit_or_404(store, audit_id, who)
-    report = store.report(audit_id, who.tenant)
-    request_text, _ = store.approval(audit_id, who.tenant)
+    progress = store.progress_record(audit_id, who.tenant)
+    if progress is None:
+        raise no_such_audit(audit_id)
+    record = progress.record
     return AuditStatus(
         id=record.id,
         url=audit_url(request, record.id),
@@ -174,9 +175,10 @@ def get_audit(audit_id: str, request: Request, who: Caller, store: StoreDep) -> 
         finished_at=record.finished_at,
         attempts=record.attempts,
         error=record.error,
-        phases=progress_from(store.events_after(audit_id, 0, limit=10_000)),
-        findings=len(json.loads(report)["findings"]) if report else None,
-        pending_approval=record.state is AuditState.WAITING_APPROVAL and bool(request_text),
+        phases=progress_from(progress.events),
+        findings=progress.findings,
+        pending_approval=record.state is AuditState.WAITING_APPROVAL
+        and progress.approval_requested,
     )
 
 

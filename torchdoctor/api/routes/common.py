@@ -26,10 +26,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def no_such_audit(audit_id: str) -> HTTPException:
+    """Also what another tenant's audit answers: its existence is not disclosed."""
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no audit {audit_id}")
+
+
 def audit_or_404(store: Store, audit_id: str, who: Principal) -> AuditRecord:
     record = store.get_audit(audit_id, who.tenant)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no audit {audit_id}")
+        raise no_such_audit(audit_id)
     return record
 
 

@@ -18,7 +18,13 @@ from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from torchdoctor.agent.audit import AuditChoices
-from torchdoctor.api.models import AuditEvent, AuditRecord, AuditState, Principal
+from torchdoctor.api.models import (
+    AuditEvent,
+    AuditProgressRecord,
+    AuditRecord,
+    AuditState,
+    Principal,
+)
 from torchdoctor.api.store.tables import ApiKeyRow, AuditRow, EventRow
 
 KEY_PREFIX = "td"
@@ -125,6 +131,23 @@ class Store:
             if row is None or (tenant is not None and row.tenant != tenant):
                 return None
             return _record(row)
+
+    def progress_record(self, audit_id: str, tenant: str) -> AuditProgressRecord | None:
+        """The audit with its findings count, approval question and events, as one read: a
+        status poll costs one transaction, not one per fact."""
+        with self._session() as session:
+            row = session.get(AuditRow, audit_id)
+            if row is None or row.tenant != tenant:
+                return None
+            events = session.scalars(
+                select(EventRow).where(EventRow.audit_id == audit_id).order_by(EventRow.id)
+            ).all()
+            return AuditProgressRecord(
+                record=_record(row),
+                findings=len(json.loads(row.report)["findings"]) if row.report else None,
+                approval_requested=bool(row.approval_request),
+                events=[AuditEvent(id=e.id, kind=e.kind, data=json.loads(e.data)) for e in events],
+            )
 
     def list_audits(self, tenant: str, limit: int = 100) -> list[AuditRecord]:
         with self._session() as session:
