@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
 from torchdoctor.agent.artifacts.architecture import architecture_evidence
-from torchdoctor.agent.artifacts.build import build_artifacts
 from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
 from torchdoctor.agent.artifacts.presence import presence_evidence
 from torchdoctor.agent.checklist import PHASES, POINTS
@@ -179,6 +178,10 @@ def evidence(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     extra += presence + architecture_evidence(workspace)
     artifacts = []
     if options.artifacts:
+        # Loaded only when asked for: the artifacts edit code with libcst, which costs a
+        # static audit (a pre-commit hook) more than its whole analysis.
+        from torchdoctor.agent.artifacts.build import build_artifacts
+
         context.emit({"event": "step", "message": "artifacts: generated, run in the sandbox"})
         artifacts = build_artifacts(
             options.artifacts,
