@@ -47,9 +47,11 @@ from torchdoctor.agent.config import RunBudget  # noqa: E402
 from torchdoctor.agent.fixes.apply import apply_fixes  # noqa: E402
 from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # noqa: E402
-from torchdoctor.agent.fixes.pipeline import propose_and_verify  # noqa: E402
+from torchdoctor.agent.fixes.combine import merge_fixes  # noqa: E402
+from torchdoctor.agent.fixes.diffs import PatchError  # noqa: E402
+from torchdoctor.agent.fixes.pipeline import propose_and_verify, propose_patch  # noqa: E402
 from torchdoctor.agent.fixes.stats import speed_up, trajectories_match  # noqa: E402
-from torchdoctor.agent.models import Finding  # noqa: E402
+from torchdoctor.agent.models import Finding, Fix  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
 from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
 from torchdoctor.sandbox.config import get_sandbox  # noqa: E402
@@ -186,6 +188,40 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
         print(f"  {entry['rule']:<28} {verdict}: {detail}", flush=True)
         if "compile_ladder" in entry:
             print(f"  {'':<28} compile ladder: {entry['compile_ladder']}", flush=True)
+    return report
+
+
+def propose_all(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
+    """Every fix the codemods propose, merged in phase order WITHOUT verification: the ceiling
+    the codemods could reach, written as `<workload>_fixed.py` for `--stage time` when a GPU
+    run of the whole verifying pipeline does not fit the time at hand. Said so in the report."""
+    with tempfile.TemporaryDirectory(prefix="fix-bench-") as tmp:
+        workspace = Path(tmp)
+        shutil.copy(HERE / work.script, workspace / work.script)
+        findings = sorted(
+            audit(workspace, work.script), key=lambda f: (f.phase, -f.severity.rank, f.id)
+        )
+        kept: list[Finding] = []
+        refused: dict[str, str] = {}
+        for finding in findings:
+            patch = propose_patch(workspace, finding)
+            if patch is None:
+                refused[finding.rule] = "no codemod patch"
+                continue
+            candidate = finding.model_copy(update={"fix": Fix(diff=patch.diff)})
+            try:
+                merge_fixes(workspace, [*kept, candidate])
+            except PatchError as err:
+                refused[finding.rule] = f"conflicts with the fixes before it: {err}"
+                continue
+            kept.append(candidate)
+        texts = merge_fixes(workspace, kept)
+        text = texts.get(work.script, (workspace / work.script).read_text())
+        (out / f"{args.workload}_fixed.py").write_text(text)
+    report = {"unverified": [f.rule for f in kept], "not_proposed": refused}
+    print(f"  merged without verification: {', '.join(report['unverified'])}", flush=True)
+    for rule, why in refused.items():
+        print(f"  {rule:<28} not merged: {why}", flush=True)
     return report
 
 
@@ -399,7 +435,7 @@ def main() -> None:
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
-    parser.add_argument("--stage", choices=["all", "fix", "time"], default="all")
+    parser.add_argument("--stage", choices=["all", "fix", "propose", "time"], default="all")
     parser.add_argument("--timing-runs", type=int, default=2, help="runs per side, fix check")
     parser.add_argument("--verify-steps", type=int, default=None, help="probe steps per check")
     parser.add_argument("--max-timing-runs", type=int, default=4, help="while undecided")
@@ -433,6 +469,9 @@ def main() -> None:
     if args.stage in ("all", "fix"):
         print(f"{args.workload}: fix pipeline (each fix verified in the sandbox):", flush=True)
         report["fix"] = fix(args, work, args.out)
+    if args.stage == "propose":
+        print(f"{args.workload}: every proposed fix, merged, NOT verified:", flush=True)
+        report["proposed"] = propose_all(args, work, args.out)
     if args.stage in ("all", "time"):
         report["timing"] = time_both(args, work, args.out / f"{args.workload}_fixed.py")
     (args.out / f"{args.workload}_bench.json").write_text(json.dumps(report, indent=2))

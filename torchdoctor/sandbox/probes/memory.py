@@ -14,6 +14,7 @@ import collections
 import itertools
 import os
 import sys
+import warnings
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -140,18 +141,30 @@ class MemoryProbe:
         self.source = "rss"
         self.culprit: dict[str, Any] | None = None
 
-    def end_step(self, step: int) -> None:
+    def end_step(self, step: int, sampled: bool = True) -> None:
+        """Memory in use after `step`: on CUDA only at sampled and scheduled steps, since each
+        read builds the allocator's whole statistics (a cost on every step of a launch-bound
+        loop); the growth slope needs no more. A graph scan at the scheduled steps."""
+        scheduled = scan_schedule(step)
         if cuda_in_use():
-            self.source = "cuda-allocated"
-            self.per_step[step] = torch.cuda.memory_allocated()
+            if sampled or scheduled:
+                self.source = "cuda-allocated"
+                self.per_step[step] = torch.cuda.memory_allocated()
         else:
             self.per_step[step] = rss_bytes()
-        if scan_schedule(step):
-            roots = graph_roots(self.user_files)
-            nodes = _reachable_nodes([t.grad_fn for _, t in roots])
-            self.graph_nodes.append({"step": step, "tensors": len(roots), "nodes": nodes})
-            if self.culprit is None and self._rising():
-                self.culprit = self._culprit(roots)  # now, while the script's frames are alive
+        if not scheduled:
+            return
+        with warnings.catch_warnings():
+            # walking the script's objects must not show up as the user's warnings
+            warnings.simplefilter("ignore")
+            self._scan(step)
+
+    def _scan(self, step: int) -> None:
+        roots = graph_roots(self.user_files)
+        nodes = _reachable_nodes([t.grad_fn for _, t in roots])
+        self.graph_nodes.append({"step": step, "tensors": len(roots), "nodes": nodes})
+        if self.culprit is None and self._rising():
+            self.culprit = self._culprit(roots)  # now, while the script's frames are alive
 
     def _rising(self) -> bool:
         counts = [g["nodes"] for g in self.graph_nodes if g["step"] >= 1]

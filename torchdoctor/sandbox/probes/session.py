@@ -109,9 +109,9 @@ class Session:
         global _ACTIVE
         _ACTIVE = self
         nn_module = torch.nn.modules.module
-        self._handles = [
-            nn_module.register_module_forward_pre_hook(self._guard(self._pre)),
-            nn_module.register_module_forward_hook(self._guard(self._post), always_call=True),
+        self._handles = [  # the module hooks guard themselves: one frame less per module call
+            nn_module.register_module_forward_pre_hook(self._pre),
+            nn_module.register_module_forward_hook(self._post, always_call=True),
             register_optimizer_step_pre_hook(self._guard(self._optimizer_pre)),
             register_optimizer_step_post_hook(self._guard(self._optimizer_post)),
         ]
@@ -228,45 +228,58 @@ class Session:
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling():
             return  # inside a region dynamo traces: stay out of the graph
-        self.depth += 1
-        if isinstance(module, _Loss):
-            self.loss_depth += 1
-            return
-        if self.depth == 1:
-            if id(module) not in self.roots:
-                self._register_root(module, args, {})
-            self.mode.on_root_forward(self._name(module), module)
-            if self.distributed is not None:
-                self.distributed.on_root_forward(module)
-            if self.watching:
-                self.forward.on_input(self.step, self._name(module), args)
-        if self.dataflow_on:
-            self.dataflow.on_enter(self.step, self.depth - 1, self._name(module), module, args)
+        try:
+            self.depth += 1
+            if isinstance(module, _Loss):
+                self.loss_depth += 1
+                return
+            if self.depth == 1:
+                if id(module) not in self.roots:
+                    self._register_root(module, args, {})
+                self.mode.on_root_forward(self._name(module), module)
+                if self.distributed is not None:
+                    self.distributed.on_root_forward(module)
+                if self.watching:
+                    self.forward.on_input(self.step, self._name(module), args)
+            if self.dataflow_on:
+                self.dataflow.on_enter(self.step, self.depth - 1, self._name(module), module, args)
+        except (StopRun, KeyboardInterrupt):
+            raise
+        except Exception:
+            self._error()
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if torch.compiler.is_compiling():
             return
-        self.depth = max(self.depth - 1, 0)
-        if isinstance(module, _Loss):
-            self.loss_depth = max(self.loss_depth - 1, 0)
-            if self.loss_depth == 0:
-                self.loss.on_criterion(output)
-            return
-        if self.watching:
-            self.forward.on_output(self.step, self._name(module), module, output)
-        if self.dataflow_on:
-            self.dataflow.on_exit(module, output)
-        if self.depth == 0:
-            self.mode.on_root_output(self._name(module), module, output)
-            if not self.optimizer_built:
-                self.forwards += 1
-                self._end_step()
+        try:
+            self.depth = max(self.depth - 1, 0)
+            if isinstance(module, _Loss):
+                self.loss_depth = max(self.loss_depth - 1, 0)
+                if self.loss_depth == 0:
+                    self.loss.on_criterion(output)
+                return
+            if self.watching:
+                self.forward.on_output(self.step, self._name(module), module, output)
+            if self.dataflow_on:
+                self.dataflow.on_exit(module, output)
+            if self.depth == 0:
+                self.mode.on_root_output(self._name(module), module, output)
+                if not self.optimizer_built:
+                    self.forwards += 1
+                    self._end_step()
+        except (StopRun, KeyboardInterrupt):
+            raise
+        except Exception:
+            self._error()
 
     # --- optimizer hooks -----------------------------------------------------------------
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.main_optimizer is None:
             self.main_optimizer = id(optimizer)
+            # an optimizer built before the harness was installed (an attached session): its
+            # steps are the steps from now on, not each top-level forward as well
+            self.optimizer_built = True
         self.grads.before_step(self.step, optimizer)
         if id(optimizer) == self.main_optimizer and self.watching:
             for root in self.roots.values():
@@ -302,10 +315,11 @@ class Session:
         self.syncs.step = self.dataloader.step = self.step
         if self.distributed is not None:
             self.distributed.step = self.step
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # our own reads must not show up as the user's
-            self.memory.end_step(step)
-            if self.step % max(self.config.flush_every, 1) == 0:
+        # allocator reads on sampled steps only (each builds the allocator's whole statistics)
+        self.memory.end_step(step, sampled=self.watching)
+        if self.step % max(self.config.flush_every, 1) == 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # our own reads must not show up as the user's
                 self.flush()
                 self.vram.observe()
         if self.step >= self.config.steps:
