@@ -94,16 +94,21 @@ def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.devic
     return times
 
 
-def host_seconds(step: Callable[[], None], steps: int, device: torch.device) -> float:
-    """Host time to issue one step (no sync inside the loop): the probes' cost as the CPU
+def host_seconds(
+    step: Callable[[], None], steps: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Host time to issue each step (no sync inside the loop): the probes' cost as the CPU
     sees it, which on a launch-bound GPU loop is the step time."""
-    start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(warmup):
         step()
-    elapsed = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return elapsed / steps
+    return times
 
 
 def per_call_us(call: Callable[[], object], repeats: int = 200) -> float:
@@ -157,13 +162,13 @@ def instrumented(
 
 
 def instrumented_host(
-    step: Callable[[], None], steps: int, device: torch.device, sample_every: int
-) -> float:
+    step: Callable[[], None], steps: int, warmup: int, device: torch.device, sample_every: int
+) -> list[float]:
     config = ProbeConfig(script=__file__, steps=10**9, sample_every=sample_every, flush_every=25)
     session = Session(config, UserFiles(__file__))
     session.install()
     try:
-        return host_seconds(step, steps, device)
+        return host_seconds(step, steps, warmup, device)
     finally:
         session.uninstall()
 
@@ -192,10 +197,12 @@ def main() -> None:
     host_probed: list[float] = []
     for _ in range(args.rounds):  # interleaved, so load drift hits both variants alike
         plain += timed(step, args.steps, args.warmup, device)
-        host_plain.append(host_seconds(step, args.steps, device))
+        host_plain += host_seconds(step, args.steps, args.warmup, device)
         times, session = instrumented(step, args.steps, args.warmup, device, args.sample_every)
         probed += times
-        host_probed.append(instrumented_host(step, args.steps, device, session.config.sample_every))
+        host_probed += instrumented_host(
+            step, args.steps, args.warmup, device, session.config.sample_every
+        )
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     ratio = statistics.median(probed) / statistics.median(plain)
     mean_ratio = statistics.mean(probed) / statistics.mean(plain)
@@ -219,8 +226,8 @@ def main() -> None:
     )
     hp, hq = statistics.median(host_plain), statistics.median(host_probed)
     print(
-        f"host time to issue a step: plain {hp * 1e3:.2f} ms, instrumented {hq * 1e3:.2f} ms "
-        f"(+{(hq - hp) * 1e6:.0f} us per step)"
+        f"host time to issue a step (median): plain {hp * 1e3:.2f} ms, instrumented "
+        f"{hq * 1e3:.2f} ms (+{(hq - hp) * 1e6:.0f} us per step, {hq / hp:.3f}x)"
     )
     print("host cost of the per-step probe reads:")
     breakdown(model, optimizer, step)

@@ -103,7 +103,10 @@ class GradientProbe:
     optimizers_seen: int = 0
     _optimizer_index: dict[int, int] = field(default_factory=dict)
 
-    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer, norms: bool = True) -> None:
+        """Which parameters got a gradient (every step); their norms when `norms` (on sampled
+        steps: a norm per parameter and their stacking cost a few hundred microseconds of
+        host time, which a launch-bound GPU loop pays in full)."""
         index = self._optimizer_index.setdefault(id(optimizer), len(self._optimizer_index))
         self.optimizers_seen = len(self._optimizer_index)
         grads: list[torch.Tensor] = []
@@ -119,14 +122,14 @@ class GradientProbe:
                     ids.append(id(p))
                     count += 1
             sizes.append(count)
-        if grads:
+        if grads and norms:
             with torch.no_grad():
-                norms = torch._foreach_norm(grads)
-                first = norms[0].device
-                if all(n.device == first for n in norms):
-                    stacked = torch.stack(norms).float()  # two ops, whatever the model's size
+                each = torch._foreach_norm(grads)
+                first = each[0].device
+                if all(n.device == first for n in each):
+                    stacked = torch.stack(each).float()  # two ops, whatever the model's size
                 else:
-                    stacked = torch.cat([n.reshape(1).float().to(first) for n in norms])
+                    stacked = torch.cat([n.reshape(1).float().to(first) for n in each])
             self._pending.append(_StepGrads(step, index, sizes, ids, stacked))
 
     def scan_model(self, model: torch.nn.Module) -> None:

@@ -5,12 +5,23 @@ A *step* is one call of the first optimizer that steps (other optimizers, as in 
 not advance it); for a script that never builds an optimizer it is one top-level forward.
 Hooks never raise into the user's code except `StopRun` after the last step: a probe that
 fails is recorded in `errors` and the run goes on.
+
+Module hooks cost on every module call, which on a launch-bound GPU loop is step time. So
+the hooks on every module (global hooks) are on only while something needs every module:
+before the first optimizer step, on sampled steps, while hunting a non-finite value, and
+from an `eval()` call or a block without grad (`no_grad`, `inference_mode`,
+`set_grad_enabled(False)`: an evaluation loop, maybe of a model not seen yet) until the
+next step ends. Between those, the roots and loss modules already seen keep hooks of their
+own: the loss, the root forward (mode and distributed probes) and step ends are observed on
+every step. Once anything has been compiled the global hooks stay on, since switching them
+would recompile.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -86,6 +97,9 @@ class Session:
         self.dataflow_on = True
         self._step_started = time.perf_counter()
         self._handles: list[RemovableHandle] = []
+        self._global_hooks: list[RemovableHandle] = []
+        self._own_hooks: set[int] = set()
+        self._global_wanted = False
         self._patches: list[tuple[Any, str, Any]] = []
 
         self.loss = LossProbe()
@@ -108,14 +122,15 @@ class Session:
     def install(self) -> None:
         global _ACTIVE
         _ACTIVE = self
-        nn_module = torch.nn.modules.module
-        self._handles = [  # the module hooks guard themselves: one frame less per module call
-            nn_module.register_module_forward_pre_hook(self._pre),
-            nn_module.register_module_forward_hook(self._post, always_call=True),
+        self._handles = [
             register_optimizer_step_pre_hook(self._guard(self._optimizer_pre)),
             register_optimizer_step_post_hook(self._guard(self._optimizer_post)),
         ]
+        self._set_global_hooks(True)
         self._patch(torch.Tensor, "backward", self._wrap_backward)
+        self._patch(torch.nn.Module, "train", self._wrap_train)
+        for manager in (torch.no_grad, torch.inference_mode, torch.set_grad_enabled):
+            self._patch(manager, "__enter__", self._wrap_grad_block)
         self._patch(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
         for name in FUNCTIONAL_LOSSES:
             self._patch(F, name, self._wrap_functional_loss)
@@ -136,8 +151,10 @@ class Session:
         _ACTIVE = None
         self.flops.stop()
         self.power.stop()
+        self._set_global_hooks(False)
         for handle in self._handles:
             handle.remove()
+        self._own_hooks = set()
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
         self._handles, self._patches = [], []
@@ -180,6 +197,30 @@ class Session:
 
         return backward
 
+    def _wrap_train(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def train(module: torch.nn.Module, mode: bool = True) -> Any:
+            if not mode:
+                self._evaluation_begins()
+            return original(module, mode)
+
+        return train
+
+    def _wrap_grad_block(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def enter(manager: Any) -> Any:
+            entered = original(manager)
+            if not torch.is_grad_enabled():
+                self._evaluation_begins()
+            return entered
+
+        return enter
+
+    def _evaluation_begins(self) -> None:
+        """`eval()` or a block without grad: what an evaluation loop does, maybe with a model
+        not seen yet; every module is watched from then until the next step ends."""
+        self._global_wanted = True
+        if not self._global_hooks and self.depth == 0:
+            self._set_global_hooks(True)
+
     def _wrap_optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def init(optimizer: Any, *args: Any, **kwargs: Any) -> None:
             original(optimizer, *args, **kwargs)
@@ -209,6 +250,51 @@ class Session:
 
     # --- module hooks --------------------------------------------------------------------
 
+    def _set_global_hooks(self, on: bool) -> None:
+        """The forward hooks on every module: on, or off (the roots and loss modules seen so
+        far keep their own, `_own_pre`/`_own_post`)."""
+        if on and not self._global_hooks:
+            nn_module = torch.nn.modules.module
+            self._global_hooks = [  # they guard themselves: one frame less per module call
+                nn_module.register_module_forward_pre_hook(self._pre),
+                nn_module.register_module_forward_hook(self._post, always_call=True),
+            ]
+        elif not on:
+            for handle in self._global_hooks:
+                handle.remove()
+            self._global_hooks = []
+
+    def _hook_own(self, module: torch.nn.Module) -> None:
+        """Hooks of its own on a root or loss module, which act only while the global ones
+        are off, so that the module is seen on every step."""
+        if id(module) in self._own_hooks:
+            return
+        self._own_hooks.add(id(module))
+        self._handles += [
+            module.register_forward_pre_hook(self._own_pre),
+            module.register_forward_hook(self._own_post, always_call=True),
+        ]
+
+    def _own_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if not self._global_hooks:
+            self._pre(module, args)
+
+    def _own_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._global_hooks:
+            return
+        self._post(module, args, output)
+        if self.depth == 0 and self._global_wanted:
+            self._set_global_hooks(True)  # asked for inside a forward: from the next one on
+
+    def _global_hooks_needed(self) -> bool:
+        return (
+            not self.optimizer_built
+            or self.watching
+            or self.hunting
+            or self.dataflow_on
+            or _compiled_anything()
+        )
+
     def _name(self, module: torch.nn.Module) -> str:
         return self.names.get(id(module)) or type(module).__name__
 
@@ -232,10 +318,12 @@ class Session:
             self.depth += 1
             if isinstance(module, _Loss):
                 self.loss_depth += 1
+                self._hook_own(module)
                 return
             if self.depth == 1:
                 if id(module) not in self.roots:
                     self._register_root(module, args, {})
+                    self._hook_own(module)
                 self.mode.on_root_forward(self._name(module), module)
                 if self.distributed is not None:
                     self.distributed.on_root_forward(module)
@@ -280,7 +368,7 @@ class Session:
             # an optimizer built before the harness was installed (an attached session): its
             # steps are the steps from now on, not each top-level forward as well
             self.optimizer_built = True
-        self.grads.before_step(self.step, optimizer)
+        self.grads.before_step(self.step, optimizer, norms=self.watching)
         if id(optimizer) == self.main_optimizer and self.watching:
             for root in self.roots.values():
                 self.grads.scan_model(root)
@@ -328,6 +416,9 @@ class Session:
                 self.vram.observe()
             raise StopRun()
         self.watching = self._watched(self.step)
+        self._global_wanted = False
+        if self.depth == 0:
+            self._set_global_hooks(self._global_hooks_needed())
         if self.config.flops and self.step == self.config.flop_step:
             self.flops.start(self.step)
         if self.step == 1:
@@ -381,6 +472,14 @@ class Session:
             return optimized, sum(p.numel() for p in params)
 
         return max(self.roots.values(), key=score)
+
+
+def _compiled_anything() -> bool:
+    """Whether dynamo has compiled a frame: its guards see the global hooks, so switching
+    them would recompile."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None)
+    return bool(counters and counters["frames"]["total"])
 
 
 def _flat_tensors(obj: Any) -> list[torch.Tensor]:

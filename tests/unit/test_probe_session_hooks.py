@@ -1,0 +1,113 @@
+"""The harness's module hooks between sampled steps: on every module only when something needs
+every module (the cost a launch-bound GPU loop pays per module call), while the loss, the
+root forwards and the step count stay observed on every step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from torchdoctor.sandbox.probes.config import ProbeConfig  # noqa: E402
+from torchdoctor.sandbox.probes.frames import UserFiles  # noqa: E402
+from torchdoctor.sandbox.probes.session import Session  # noqa: E402
+
+SAMPLE_EVERY = 4
+
+
+@pytest.fixture
+def session() -> Iterator[Session]:
+    config = ProbeConfig(
+        script=__file__, steps=10**6, sample_every=SAMPLE_EVERY, flush_every=SAMPLE_EVERY
+    )
+    probes = Session(config, UserFiles(__file__))
+    probes.install()
+    try:
+        yield probes
+    finally:
+        probes.uninstall()
+
+
+def _classifier() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.1), nn.Linear(8, 3))
+
+
+def _train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    loss = criterion(model(torch.randn(4, 6)), torch.randint(0, 3, (4,)))
+    loss.backward()
+    optimizer.step()
+
+
+def test_between_sampled_steps_only_roots_and_losses_are_hooked(session: Session) -> None:
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    every_module: dict[int, bool] = {}
+    for _ in range(2 * SAMPLE_EVERY):
+        every_module[session.step] = bool(session._global_hooks)
+        _train_step(model, criterion, optimizer)
+    session.flush()
+
+    assert every_module == {s: s % SAMPLE_EVERY == 0 for s in range(2 * SAMPLE_EVERY)}
+    assert sorted(session.loss.values) == list(range(2 * SAMPLE_EVERY))  # the loss every step
+    assert session.loss.sources == {"criterion"}
+    assert sorted(session.grads.global_norms) == [0, SAMPLE_EVERY]  # norms on sampled steps
+    assert set(session.roots) == {id(model)}
+
+
+def test_a_model_first_evaluated_between_samples_is_still_seen(session: Session) -> None:
+    """An evaluation loop of a model never run before (no `eval()`: the bug the mode probe
+    reports) starts with a block without grad, which turns every module's hooks back on."""
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        _train_step(model, criterion, optimizer)
+    assert not session._global_hooks
+
+    averaged = _classifier()
+    with torch.no_grad():
+        averaged(torch.randn(4, 6))
+
+    assert id(averaged) in session.roots
+    kinds = {kind for kind, *_ in session.mode.issues}
+    assert "train-mode-at-inference" in kinds
+
+
+def test_eval_turns_every_module_back_on_until_the_next_step(session: Session) -> None:
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        _train_step(model, criterion, optimizer)
+    assert not session._global_hooks
+
+    model.eval()
+    assert session._global_hooks
+    model.train()
+    _train_step(model, criterion, optimizer)  # step 2 ends: step 3 is not sampled
+    assert not session._global_hooks
+
+
+def test_an_optimizer_built_before_the_harness_ends_each_step_once() -> None:
+    """Attached to a loop already running: a training step is one optimizer step, not a
+    top-level forward and an optimizer step."""
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    config = ProbeConfig(script=__file__, steps=10**6, sample_every=SAMPLE_EVERY)
+    probes = Session(config, UserFiles(__file__))
+    probes.install()
+    try:
+        _train_step(model, criterion, optimizer)
+        first = probes.step
+        for _ in range(5):
+            _train_step(model, criterion, optimizer)
+    finally:
+        probes.uninstall()
+    assert probes.step - first == 5
