@@ -22,6 +22,7 @@ DISTRIBUTED_CALLS = SAMPLERS | {
     "torch.nn.parallel.DistributedDataParallel",
     "torch.nn.parallel.distributed.DistributedDataParallel",
 }
+_DISTRIBUTED_NAMES = frozenset(name.rsplit(".", 1)[-1] for name in DISTRIBUTED_CALLS)
 SHARDING = ("FullyShardedDataParallel", "fully_shard", "ZeroRedundancyOptimizer", "deepspeed")
 """Saving under these is itself collective (state_dict gathers shards): never rank-0 only."""
 FRAMEWORKS = (
@@ -45,13 +46,17 @@ MAX_CALLER_DEPTH = 4
 
 
 def is_distributed(ctx: ModuleContext) -> bool:
-    """The module starts a process group, wraps a model in DDP or shards data by rank."""
-    if not any(token in ctx.source for token in ("distributed", "DDP", "DistributedSampler")):
-        return False
-    return any(
-        isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
-        for call in nodes_of(ctx, ast.Call)
-    )
+    """The module starts a process group, wraps a model in DDP or shards data by rank
+    (asked by several rules: answered once per module, from the calls of those names)."""
+    memo = ctx.memo_table("ddp.is_distributed")
+    if "" not in memo:
+        tokens = ("distributed", "DDP", "DistributedSampler")
+        aliases = {a for a, target in ctx.imports.aliases.items() if target in DISTRIBUTED_CALLS}
+        memo[""] = any(token in ctx.source for token in tokens) and any(
+            ctx.call_qualname(call) in DISTRIBUTED_CALLS
+            for call in ctx.flow.calls_named(_DISTRIBUTED_NAMES | aliases)
+        )
+    return bool(memo[""])
 
 
 def calls_method(ctx: ModuleContext, *names: str) -> bool:

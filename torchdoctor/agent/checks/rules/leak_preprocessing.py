@@ -109,7 +109,7 @@ class LeakPreprocessing(Rule):
         ]
         leaks: list[Leak] = []
         helper_leaks: dict[str, list[Leak]] = {}
-        helpers = _imported_helper_calls(ctx)
+        helpers: list[tuple[ast.Call, str]] | None = None  # looked for at the first need
         for node in candidates:
             data = _fitted_data(ctx, node)
             if data is None:
@@ -125,6 +125,8 @@ class LeakPreprocessing(Rule):
                     f"is fitted on `{ast.unparse(data)}`, the data later split into train and test"
                 )
             else:
+                if helpers is None:
+                    helpers = _imported_helper_calls(ctx)
                 for call, symbol in _helpers_given(ctx, node, data, helpers):
                     reason = (
                         f"is fitted on `{ast.unparse(data)}`, the data `{ast.unparse(call.func)}` "
