@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from torchdoctor.agent.durable_pg import PostgresAuditStore
 
+from torchdoctor.agent.channel_saver import ChannelBlobSaver
 from torchdoctor.agent.home import private_file, torchdoctor_home
 from torchdoctor.agent.state import STATE_ENUMS, STATE_MODELS
 
@@ -70,7 +70,7 @@ class AuditStore:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
-        self.saver = SqliteSaver(connection, serde=serializer())
+        self.saver = ChannelBlobSaver(connection, serde=serializer())
 
     def record(self, audit_id: str, target: str) -> None:
         now = time.time()
