@@ -37,6 +37,7 @@ TOP_FIELDS = {
     "summary",
     "provenance",
     "artifacts",
+    "hypotheses",
 }
 PLANTED = {
     "zero-grad-missing",

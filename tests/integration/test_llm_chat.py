@@ -15,7 +15,7 @@ import pytest
 from tests.llm_stub_server import Reply, StubLLM
 from tests.llm_workspace import copy_fixture, point_requests
 from torchdoctor.agent.models import AuditReport, Provenance, Summary, Target, ToolInfo
-from torchdoctor.agent.reasoning.inquiry import ToolHooks
+from torchdoctor.agent.reasoning.inquiry import ProbeOutcome, ToolHooks
 from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.chat import ChatSession, chat_turn
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
@@ -127,9 +127,9 @@ def test_probes_are_unavailable_without_a_sandbox_and_run_with_one(
     assert "unavailable: no sandbox was given" in without.tool_calls[0].result
     seen: list[tuple[str, list[str]]] = []
 
-    def probes(script: str, args: list[str]) -> str:
+    def probes(script: str, args: list[str]) -> ProbeOutcome:
         seen.append((script, args))
-        return "2 syncs per step"
+        return ProbeOutcome(text="2 syncs per step")
 
     hooks = ToolHooks(run_probes=probes)
     with_probe = chat_turn(session(workspace), "Measure syncs.", reasoner=reasoner, hooks=hooks)

@@ -66,17 +66,39 @@ def test_a_snippet_must_match_whole_tokens() -> None:
     assert result.findings == []
 
 
-def test_a_model_only_critical_claim_is_capped_at_medium() -> None:
-    result = validate_answer([claim("os.system(command)")], [], context())
-    (finding,) = result.findings
-    assert finding.severity is Severity.MEDIUM
-    assert "capped at medium" in finding.evidence[0].message
+def test_a_claim_no_tool_backs_is_an_unverified_hypothesis_never_a_finding() -> None:
+    result = validate_answer([claim("os.system(command)")], [], context([tool_finding(2)]))
+    assert result.findings == []
+    (hypothesis,) = result.hypotheses
+    assert (hypothesis.file, hypothesis.line, hypothesis.severity) == (
+        "app.py",
+        4,
+        Severity.CRITICAL,
+    )
 
 
-def test_a_tool_on_the_same_line_confirms_the_severity() -> None:
+def test_a_tool_on_the_same_line_backs_the_claim_at_its_severity() -> None:
     result = validate_answer([claim("os.system(command)")], [], context([tool_finding(4)]))
     (finding,) = result.findings
-    assert finding.severity is Severity.CRITICAL
+    assert finding.severity is Severity.CRITICAL and result.hypotheses == []
+    assert finding.evidence[0].data["backed_by"] == ["bandit-b605 at app.py:4"]
+
+
+def test_a_models_own_finding_backs_no_other_claim() -> None:
+    own = tool_finding(4).model_copy(
+        update={"evidence": [Evidence(source="llm:test", kind="llm", message="said so")]}
+    )
+    result = validate_answer([claim("os.system(command)")], [], context([own]))
+    assert result.findings == [] and len(result.hypotheses) == 1
+
+
+def test_what_a_tool_call_observed_on_the_lines_backs_the_claim() -> None:
+    seen = Evidence(source="probe:nan", kind="probe", message="loss is nan", file="app.py", line=4)
+    elsewhere = seen.model_copy(update={"line": 2})
+    backed = Context(**{**vars(context()), "observed": [seen]})
+    unbacked = Context(**{**vars(context()), "observed": [elsewhere]})
+    assert len(validate_answer([claim("os.system(command)")], [], backed).findings) == 1
+    assert len(validate_answer([claim("os.system(command)")], [], unbacked).hypotheses) == 1
 
 
 def test_model_text_is_quoted_data_never_a_status() -> None:

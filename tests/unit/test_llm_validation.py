@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torchdoctor.agent.models import Severity, Status
+from torchdoctor.agent.models import Evidence, Finding, Severity, Status
 from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff, llm_patch
 from torchdoctor.agent.reasoning.llm.schema import (
     LLMExplanation,
@@ -25,13 +25,28 @@ SOURCE = {
 }
 
 
+TOOL_HIT = Finding(
+    id="TD-000000000007",
+    rule="item-in-loop",
+    checkpoint=6,
+    phase=4,
+    severity=Severity.LOW,
+    title=".item() in the loop",
+    file="train.py",
+    line=7,
+    end_line=7,
+    evidence=[Evidence(source="torchdoctor-static", kind="static", message="sync")],
+)
+"""A rule hit on line 7: what backs the claims these tests make there."""
+
+
 def ctx(point: int = 6) -> Context:
     return Context(
         point=point,
         files=["train.py"],
         read=SOURCE.get,
         native_rules=["host-sync"],
-        reported=[],
+        reported=[TOOL_HIT],
         source="llm:m",
     )
 
@@ -104,7 +119,7 @@ def test_other_points_are_rerouted_and_duplicates_dropped() -> None:
 
 
 def test_explanations_must_name_a_reported_finding() -> None:
-    reported = validate_answer([claim()], [], ctx()).findings
+    reported = [TOOL_HIT]
     context = Context(
         point=6,
         files=["train.py"],

@@ -55,7 +55,7 @@ from torchdoctor.agent.probing import (
     probe_report,
     run_probes,
 )
-from torchdoctor.agent.reasoning.inquiry import AuditBrief, ProbeHook
+from torchdoctor.agent.reasoning.inquiry import AuditBrief, ProbeHook, ProbeOutcome
 from torchdoctor.agent.reporting import build_report
 from torchdoctor.agent.state import (
     ORIGINAL,
@@ -261,6 +261,7 @@ class Phase:
         )
         return {
             "findings": findings,
+            "hypotheses": result.hypotheses,
             "coverage": result.coverage,
             "notes": result.notes,
             "usage": result.usage,
@@ -287,13 +288,16 @@ class Phase:
                 audit_brief(state, context),
                 probe_hook(state, context),
             )
-            patched = {f.id: f for f in found.findings}
-            findings = [patched.get(f.id, f) for f in findings]
+            statuses = state.get("user_statuses", {})
+            reported = apply_user_statuses(found.findings, statuses)
+            patched = {f.id: f for f in reported}
+            findings = [patched.pop(f.id, f) for f in findings] + list(patched.values())
             records = propose(context.workspace.root, findings, self.number)
             return {
                 "fixes": {r.finding_id: r for r in records},
                 "fixes_proposed": [self.number],
-                "findings": found.findings,
+                "findings": reported,
+                "hypotheses": found.hypotheses,
                 "notes": found.notes,
                 "usage": found.usage,
                 "trace": [f"fix:{self.number}"],
@@ -486,7 +490,7 @@ def probe_hook(state: AuditState, context: AuditContext) -> ProbeHook | None:
     request = run_request(state, context)
     workspace = context.workspace
 
-    def run(script: str, args: list[str]) -> str:
+    def run(script: str, args: list[str]) -> ProbeOutcome:
         harness = context.harness(state["config"].run_budget, request.gpu)
         return probe_report(workspace, request, harness, script, args)
 

@@ -46,6 +46,7 @@ LABELS: dict[str, dict[str, str]] = {
         "artifacts": "Artifacts (generated, run in the sandbox)",
         "artifact": "Artifact",
         "artifact_state": "State",
+        "hypotheses": "Unverified hypotheses (model claims no tool backed; not findings)",
     },
     "fr": {
         "ledger_title": "Registre d'audit torchdoctor",
@@ -100,6 +101,8 @@ LABELS: dict[str, dict[str, str]] = {
         "artifacts": "Artefacts (générés, exécutés dans le bac à sable)",
         "artifact": "Artefact",
         "artifact_state": "État",
+        "hypotheses": "Hypothèses non vérifiées (affirmations du modèle qu'aucun outil "
+        "n'appuie ; pas des constats)",
         "artifact_offered": "proposé",
         "artifact_failed": "en échec",
         "artifact_not-applicable": "sans objet",

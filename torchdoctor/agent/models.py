@@ -174,6 +174,23 @@ class Provenance(Strict):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class Hypothesis(Strict):
+    """A problem a model asserted at a real place in the code that no tool backed (no rule
+    hit, probe or sandbox result, tool call result on those lines): shown as unverified,
+    never counted, gated, fixed or written to the ledger as a finding."""
+
+    id: str
+    rule: str
+    checkpoint: int = Field(ge=1, le=12)
+    severity: Severity = Field(description="as the model claimed it")
+    title: str
+    file: str
+    line: int = Field(ge=1)
+    end_line: int = Field(ge=1)
+    explanation: str = ""
+    source: str = Field(description="the model, e.g. 'llm:gpt-4o-mini'")
+
+
 class AuditReport(Strict):
     schema_version: Literal[1] = 1
     tool: ToolInfo
@@ -184,6 +201,9 @@ class AuditReport(Strict):
     provenance: Provenance
     artifacts: list[Artifact] = Field(
         default_factory=list, description="what --artifacts generated, and how each run went"
+    )
+    hypotheses: list[Hypothesis] = Field(
+        default_factory=list, description="model claims no tool backed: unverified, not findings"
     )
 
 

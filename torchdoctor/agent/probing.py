@@ -21,6 +21,7 @@ from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
+from torchdoctor.agent.reasoning.inquiry import ProbeOutcome
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
 
@@ -188,7 +189,7 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
 
 def probe_report(
     workspace: Workspace, request: RunRequest, harness: Harness, script: str, args: list[str]
-) -> str:
+) -> ProbeOutcome:
     """One run of `script` under the probes, as text for the LLM's `run_probes` tool: the
     run's outcome and summary, then what its evidence says, point by point."""
     command = shlex.join(["python", script, *args])
@@ -198,4 +199,4 @@ def probe_report(
         f"point {point}: {ev.message}" + (f" ({ev.file}:{ev.line})" if ev.file else "")
         for point, ev in evidence[:30]
     ]
-    return "\n".join(lines)
+    return ProbeOutcome(text="\n".join(lines), evidence=[ev for _point, ev in evidence])

@@ -67,6 +67,9 @@ def build_report(state: AuditState, context: AuditContext, notes: list[str]) -> 
         ),
         provenance=provenance,
         artifacts=state.get("artifacts", []),
+        hypotheses=sorted(
+            state.get("hypotheses", []), key=lambda h: (h.checkpoint, h.file, h.line)
+        ),
     )
 
 

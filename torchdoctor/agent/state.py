@@ -27,6 +27,7 @@ from torchdoctor.agent.models import (
     Evidence,
     Finding,
     GateDecision,
+    Hypothesis,
     InputNote,
     Severity,
     Status,
@@ -146,6 +147,13 @@ def merge_findings(left: list[Finding], right: list[Finding]) -> list[Finding]:
     return list(merged.values())
 
 
+def merge_hypotheses(left: list[Hypothesis], right: list[Hypothesis]) -> list[Hypothesis]:
+    """Hypotheses by id (a resumed step that repeats one does not add it twice)."""
+    merged = {h.id: h for h in left}
+    merged.update((h.id, h) for h in right)
+    return list(merged.values())
+
+
 def merge_coverage(left: list[CoverageEntry], right: list[CoverageEntry]) -> list[CoverageEntry]:
     merged = {c.item: c for c in left}
     merged.update((c.item, c) for c in right)
@@ -179,6 +187,8 @@ class AuditState(TypedDict, total=False):
     """Files the static pass could not parse or finish: reported as not (fully) audited."""
     tools: Annotated[dict[str, str], merge_dict]
     findings: Annotated[list[Finding], merge_findings]
+    hypotheses: Annotated[list[Hypothesis], merge_hypotheses]
+    """A model's claims no tool backed: reported as unverified, never findings."""
     coverage: Annotated[list[CoverageEntry], merge_coverage]
     fixes: Annotated[dict[str, FixRecord], merge_dict]
     fixes_proposed: Annotated[list[int], operator.add]
@@ -213,6 +223,7 @@ STATE_MODELS: tuple[type[BaseModel], ...] = (
     RunSummary,
     InputNote,
     Finding,
+    Hypothesis,
     CoverageEntry,
     FixRecord,
     SmokeRun,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.base import RawFinding
-from torchdoctor.agent.models import CoverageEntry, Evidence, Finding
+from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Hypothesis
 
 if TYPE_CHECKING:
     from torchdoctor.agent.reasoning.inquiry import AuditBrief, LoopAnswer, ToolHooks
@@ -41,6 +41,8 @@ class PointResult(BaseModel):
 
     point: int
     findings: list[Finding] = Field(default_factory=list)
+    hypotheses: list[Hypothesis] = Field(default_factory=list)
+    """A model's claims no tool backed (unverified; never findings)."""
     coverage: list[CoverageEntry] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     usage: dict[str, int] = Field(default_factory=dict)

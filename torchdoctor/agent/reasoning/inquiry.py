@@ -14,12 +14,23 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.models import AuditReport, Finding, Fix
+from torchdoctor.agent.models import AuditReport, Evidence, Finding, Fix, Hypothesis
 
 StopReason = Literal["answered", "turns", "tool_calls", "tokens", "time", "budget", "unavailable"]
-ProbeHook = Callable[[str, list[str]], str]
-"""Runs an audited script (and its arguments) under the probes harness in the sandbox; returns
-what the run showed, as text."""
+
+
+class ProbeOutcome(BaseModel):
+    """One probes run for the tool loop: what the model reads, and the typed evidence a claim
+    the model then makes can be backed by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    evidence: list[Evidence] = Field(default_factory=list)
+
+
+ProbeHook = Callable[[str, list[str]], ProbeOutcome]
+"""Runs an audited script (and its arguments) under the probes harness in the sandbox."""
 VerifyHook = Callable[[Finding, Fix], Fix]
 """Verifies a proposed fix by execution; returns it with its verification steps."""
 
@@ -80,6 +91,10 @@ class LoopAnswer(BaseModel):
     tool_calls: list[ToolCallRecord] = Field(default_factory=list)
     proposed_fixes: dict[str, Fix] = Field(default_factory=dict)
     """Finding id -> the model's patch; `verified` only when a verifier ran it and it passed."""
+    findings: list[Finding] = Field(default_factory=list)
+    """Problems the model reported that tool evidence backs (a rule hit, a probe result)."""
+    hypotheses: list[Hypothesis] = Field(default_factory=list)
+    """Problems the model reported that nothing backs: unverified, never findings."""
     notes: list[str] = Field(default_factory=list)
     usage: dict[str, int] = Field(default_factory=dict)
 

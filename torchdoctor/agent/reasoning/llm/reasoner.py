@@ -310,6 +310,7 @@ class LLMReasoner(ReasonerBase):
                 for f in base.findings
             ]
             + validated.findings,
+            hypotheses=validated.hypotheses,
             coverage=_coverage(base.coverage, validated, point, self.name),
             notes=notes,
             usage=usage,
@@ -327,9 +328,15 @@ class LLMReasoner(ReasonerBase):
     ) -> list[str]:
         source = "cached answer of " if cached else ""
         notes = [
-            f"point {point}: {source}{self.name} added {len(validated.findings)} finding(s) and "
+            f"point {point}: {source}{self.name} added {len(validated.findings)} finding(s) "
+            "backed by tool evidence and "
             f"{sum(len(v) for v in validated.explanations.values())} explanation(s)"
         ]
+        if validated.hypotheses:
+            notes.append(
+                f"point {point}: {len(validated.hypotheses)} LLM claim(s) no tool backed, kept "
+                "as unverified hypotheses (not findings)"
+            )
         if validated.dropped:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(validated.dropped.items()))
             notes.append(
@@ -512,6 +519,7 @@ def _counts(validated: Validated) -> dict[str, int]:
     return {
         "llm_findings_added": len(validated.findings),
         "llm_claims_dropped": sum(validated.dropped.values()),
+        "llm_hypotheses": len(validated.hypotheses),
         "llm_explanations": sum(len(v) for v in validated.explanations.values()),
         "llm_rerouted": len(validated.rerouted),
     }

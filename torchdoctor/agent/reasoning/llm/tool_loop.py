@@ -2,8 +2,11 @@
 
 The model may read numbered windows of the audited files, search them, re-run the static checks
 on a file, run the probes harness on a script in the sandbox (when the caller gives a sandbox)
-and propose a patch for a finding (checked against the code, then verified when the caller gives
-a verifier, else recorded unverified). Every tool result is untrusted data, delimited like the
+propose a patch for a finding (checked against the code, then verified when the caller gives
+a verifier, else recorded unverified) and report a problem: checked against file, line and
+snippet, it becomes a finding only when tool evidence backs it (a finding a tool reported, or
+what this loop's re-checks and probe runs observed, on those lines), else an unverified
+hypothesis. Free text is never a finding. Every tool result is untrusted data, delimited like the
 code in review prompts. The loop is bounded by model requests, tool calls, tokens and wall time;
 at a bound it stops and says which one. The audit graph uses it per phase, the chat session per
 question: one loop, one typed answer.
@@ -17,7 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.models import Fix
+from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.models import Evidence, Finding, Fix, Hypothesis
 from torchdoctor.agent.reasoning.inquiry import (
     AuditBrief,
     LoopAnswer,
@@ -31,7 +35,8 @@ from torchdoctor.agent.reasoning.llm.client import LLMUnavailable, Usage, conten
 from torchdoctor.agent.reasoning.llm.config import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff
 from torchdoctor.agent.reasoning.llm.rendering import boundary_for, render
-from torchdoctor.agent.reasoning.llm.validation import numbered
+from torchdoctor.agent.reasoning.llm.schema import LLMFinding
+from torchdoctor.agent.reasoning.llm.validation import Context, numbered, validate_answer
 
 if TYPE_CHECKING:
     from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
@@ -95,6 +100,23 @@ TOOLS = [
         "by running it, never trusted as is.",
         {"finding_id": {"type": "string"}, "diff": {"type": "string"}},
     ),
+    _tool(
+        "report_problem",
+        "Report a problem at a place in the code (the snippet copied verbatim from that line). "
+        "It becomes a finding only if tool evidence backs it: a finding the tools reported, or "
+        "what rerun_check or run_probes observed, on those lines; otherwise it is kept as an "
+        "unverified hypothesis.",
+        {
+            "checkpoint": {"type": "integer"},
+            "rule": {"type": "string"},
+            "severity": {"type": "string"},
+            "title": {"type": "string"},
+            "file": {"type": "string"},
+            "line": {"type": "integer"},
+            "snippet": {"type": "string"},
+            "explanation": {"type": "string"},
+        },
+    ),
 ]
 TOOL_NAMES = frozenset(tool["function"]["name"] for tool in TOOLS)
 
@@ -111,6 +133,11 @@ class _Tools:
         self.boundary = boundary
         self.files = set(brief.files)
         self.fixes: dict[str, Fix] = {}
+        self.source = reasoner.name
+        self.observed: list[Evidence] = []
+        """What this loop's re-checks and probe runs saw: evidence a reported problem may cite."""
+        self.findings: list[Finding] = []
+        self.hypotheses: list[Hypothesis] = []
 
     def run(self, name: str, raw_arguments: str) -> tuple[dict[str, Any], str]:
         try:
@@ -165,6 +192,16 @@ class _Tools:
             return f"error: {file!r} is not an audited file"
         result = analyse_files([(file, "\n".join(lines) + "\n")], workers=1)
         found = result.all_findings()
+        self.observed += [
+            Evidence(
+                source=f"rerun_check {f.rule}",
+                kind="static",
+                message=f.message,
+                file=file,
+                line=f.line,
+            )
+            for f in found
+        ]
         if not found:
             return f"{file}: no static finding"
         return "\n".join(f"{f.rule} {f.severity.value} line {f.line}: {f.message}" for f in found)
@@ -175,7 +212,35 @@ class _Tools:
         if self._lines(script) is None:
             return f"error: {script!r} is not an audited file"
         words = [str(a) for a in args or []]
-        return self.hooks.run_probes(script, words)
+        outcome = self.hooks.run_probes(script, words)
+        self.observed += outcome.evidence
+        return outcome.text
+
+    def _report_problem(self, **claimed: Any) -> str:
+        claim = LLMFinding.model_validate(claimed)
+        context = Context(
+            point=claim.checkpoint,
+            files=sorted(self.files),
+            read=self.read,
+            native_rules=[r.id for r in all_rules()],
+            reported=[*self.brief.findings, *self.findings],
+            source=self.source,
+            observed=self.observed,
+        )
+        checked = validate_answer([claim], [], context)
+        if checked.findings:
+            finding = checked.findings[0]
+            self.findings.append(finding)
+            backing = "; ".join(finding.evidence[0].data["backed_by"])
+            return f"recorded as finding {finding.id}, backed by {backing}"
+        if checked.hypotheses:
+            self.hypotheses.append(checked.hypotheses[0])
+            return (
+                "recorded as an unverified hypothesis, not a finding: no finding a tool "
+                "reported and nothing rerun_check or run_probes observed is on those lines"
+            )
+        reasons = ", ".join(sorted(checked.dropped))
+        return f"rejected: {reasons or 'not a valid claim'}"
 
     def _propose_fix(self, finding_id: str, diff: str) -> str:
         finding = next((f for f in self.brief.findings if f.id == finding_id), None)
@@ -283,6 +348,8 @@ def ask(
         stopped=stopped,
         tool_calls=records,
         proposed_fixes=tools.fixes,
+        findings=tools.findings,
+        hypotheses=tools.hypotheses,
         notes=notes,
         usage=usage.as_dict(),
     )

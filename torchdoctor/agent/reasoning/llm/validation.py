@@ -4,10 +4,12 @@ A finding must name an audited file, a line in it, and a snippet of at least
 `MIN_SNIPPET_CHARS` non-blank characters that really is there as whole tokens (at that line ±2,
 whitespace-normalised: `ab` inside `tab` does not count); its checkpoint must be a point 1-12
 (another point than the one asked is re-routed); its severity and kebab-case rule must validate
-(rules not native are prefixed `llm-`). A finding only the model makes is capped at
-`LLM_ONLY_MAX_SEVERITY` unless a tool reported something on the same lines. Status is always
-open: anything the model says about status is ignored. Explanations must name a finding the
-tools reported. Every rejection is counted by reason.
+(rules not native are prefixed `llm-`). A claim that passes becomes a finding only when tool
+evidence backs it: a tool-reported finding (a rule hit, a linter, a probe or sandbox run) or an
+observation a tool call made (`Context.observed`) on the same lines. A claim nothing backs is
+kept as an unverified `Hypothesis`, never a finding. Status is always open: anything the model
+says about status is ignored. Explanations must name a finding the tools reported. Every
+rejection is counted by reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID, phase_of_point
-from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, fingerprint
+from torchdoctor.agent.models import Evidence, Finding, Fix, Hypothesis, Severity, fingerprint
 from torchdoctor.agent.reasoning.llm.diffs import DiffRejected, check_diff
 from torchdoctor.agent.reasoning.llm.schema import LLMExplanation, LLMFinding
 
@@ -26,13 +28,13 @@ SNIPPET_SLACK = 2
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _WS = re.compile(r"\s+")
 MIN_SNIPPET_CHARS = 10
-LLM_ONLY_MAX_SEVERITY = Severity.MEDIUM
 _MAX_TITLE = 200
 
 
 @dataclass
 class Validated:
     findings: list[Finding] = field(default_factory=list)
+    hypotheses: list[Hypothesis] = field(default_factory=list)
     explanations: dict[str, list[str]] = field(default_factory=dict)
     dropped: Counter[str] = field(default_factory=Counter)
     rerouted: list[tuple[str, int]] = field(default_factory=list)
@@ -49,6 +51,8 @@ class Context:
     source: str
     """Evidence source label, e.g. 'llm:gpt-4o-mini'."""
     source_version: str = ""
+    observed: Sequence[Evidence] = ()
+    """What tool calls observed beyond the reported findings (a re-check, a probe run)."""
 
 
 def validate_answer(
@@ -58,15 +62,18 @@ def validate_answer(
     taken = {f.id for f in ctx.reported}
     taken_places = {(f.rule, f.file, f.line) for f in ctx.reported}
     for claim in findings:
-        finding = _validate_finding(claim, ctx, out)
-        if finding is None:
+        checked = _validate_finding(claim, ctx, out)
+        if checked is None:
             continue
-        if finding.id in taken or (finding.rule, finding.file, finding.line) in taken_places:
+        if checked.id in taken or (checked.rule, checked.file, checked.line) in taken_places:
             out.dropped["duplicate"] += 1
             continue
-        taken.add(finding.id)
-        taken_places.add((finding.rule, finding.file, finding.line))
-        out.findings.append(finding)
+        taken.add(checked.id)
+        taken_places.add((checked.rule, checked.file, checked.line))
+        if isinstance(checked, Finding):
+            out.findings.append(checked)
+        else:
+            out.hypotheses.append(checked)
     reported_ids = {f.id for f in ctx.reported}
     for note in explanations:
         text = note.explanation.strip()
@@ -77,7 +84,9 @@ def validate_answer(
     return out
 
 
-def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Finding | None:
+def _validate_finding(
+    claim: LLMFinding, ctx: Context, out: Validated
+) -> Finding | Hypothesis | None:
     if not 1 <= claim.checkpoint <= 12:
         out.dropped["invalid-checkpoint"] += 1
         return None
@@ -101,10 +110,23 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
         out.dropped["snippet-not-found"] += 1
         return None
     start, end = anchored
-    severity, capped = _capped(severity, file, start, end, ctx)
     if claim.checkpoint != ctx.point:
         out.rerouted.append((rule, claim.checkpoint))
     code = "\n".join(lines[start - 1 : end])
+    backing = backed_by(file, start, end, ctx)
+    if not backing:
+        return Hypothesis(
+            id=fingerprint(rule, file, code),
+            rule=rule,
+            checkpoint=claim.checkpoint,
+            severity=severity,
+            title=title,
+            file=file,
+            line=start,
+            end_line=end,
+            explanation=" ".join(claim.explanation.split())[: _MAX_TITLE * 5],
+            source=ctx.source,
+        )
     items = (
         [claim.item]
         if ITEMS_BY_ID.get(claim.item) and claim.item.split(".")[0] == str(claim.checkpoint)
@@ -114,11 +136,11 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
         source=ctx.source,
         source_version=ctx.source_version,
         kind="llm",
-        message=(claim.explanation.strip() or title) + capped,
+        message=(claim.explanation.strip() or title) + f" (backed by {'; '.join(backing)})",
         file=file,
         line=start,
         excerpt=numbered(lines, start, end),
-        data={"items": items, "snippet": claim.snippet},
+        data={"items": items, "snippet": claim.snippet, "backed_by": backing},
     )
     return Finding(
         id=fingerprint(rule, file, code),
@@ -135,19 +157,24 @@ def _validate_finding(claim: LLMFinding, ctx: Context, out: Validated) -> Findin
     )
 
 
-def _capped(
-    severity: Severity, file: str, start: int, end: int, ctx: Context
-) -> tuple[Severity, str]:
-    """The severity a model-only claim may carry, and what the evidence says about it."""
-    if severity.rank <= LLM_ONLY_MAX_SEVERITY.rank:
-        return severity, ""
-    confirmed = any(f.file == file and f.line <= end and start <= f.end_line for f in ctx.reported)
-    if confirmed:
-        return severity, ""
-    return LLM_ONLY_MAX_SEVERITY, (
-        f" (model-only claim: {severity.value} capped at {LLM_ONLY_MAX_SEVERITY.value} "
-        "until a tool confirms it)"
-    )
+def backed_by(file: str, start: int, end: int, ctx: Context) -> list[str]:
+    """What tool evidence lies on lines `start`..`end` of `file`: findings a tool reported
+    (a model's own findings never back another claim) and what tool calls observed."""
+
+    def on_lines(path: str | None, first: int | None, last: int | None) -> bool:
+        return path == file and first is not None and first <= end and start <= (last or first)
+
+    backing = [
+        f"{f.rule} at {f.file}:{f.line}"
+        for f in ctx.reported
+        if any(ev.kind != "llm" for ev in f.evidence) and on_lines(f.file, f.line, f.end_line)
+    ]
+    backing += [
+        f"{ev.source} at {ev.file}:{ev.line}: {' '.join(ev.message.split())[:120]}"
+        for ev in ctx.observed
+        if ev.kind != "llm" and on_lines(ev.file, ev.line, ev.line)
+    ]
+    return backing
 
 
 def _fix(diff: str, ctx: Context, out: Validated) -> Fix | None:
