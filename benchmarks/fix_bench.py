@@ -350,9 +350,13 @@ def flops_per_step(args: argparse.Namespace, work: Workload, original: dict[str,
 
 def time_both(args: argparse.Namespace, work: Workload, fixed: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"original": [], "fixed": []}
-    for _ in range(args.repeats):  # alternate, so machine drift hits both alike
-        runs["original"].append(run_script(HERE / work.script, work, args))
-        runs["fixed"].append(run_script(fixed, work, args))
+    for repeat in range(args.repeats):  # alternate, so machine drift hits both alike
+        for name, script in (("original", HERE / work.script), ("fixed", fixed)):
+            result = run_script(script, work, args)
+            runs[name].append(result)
+            rate = result.get("samples_per_s", result.get("tokens_per_s"))
+            # each run as it ends: a benchmark cut short by a time limit still says something
+            print(f"  run {repeat + 1} {name}: {rate:,.1f} {work.unit}/s", flush=True)
     device = runs["original"][0]["device"]
     peak = peak_tflops(device)
     flops = flops_per_step(args, work, runs["original"][0])
