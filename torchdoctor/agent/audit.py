@@ -92,6 +92,13 @@ def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Works
     return build_reasoner(llm, workspace.root, OfflineReasoner())
 
 
+def _stepper(progress: Progress | None) -> Callable[[str], None] | None:
+    """A progress line for each `step` message, or nothing without a progress sink."""
+    if progress is None:
+        return None
+    return lambda line: progress({"event": "step", "message": line})
+
+
 def build_context(options: AuditOptions, progress: Progress | None = None) -> AuditContext:
     """The snapshot, the reasoner, the (lazily built) sandbox and the progress sink. The peer
     linters start here, before LangGraph is even imported, and overlap with the rest."""
@@ -114,7 +121,7 @@ def build_context(options: AuditOptions, progress: Progress | None = None) -> Au
     return AuditContext(
         workspace=workspace,
         reasoner=choose_reasoner(options, config, workspace),
-        sandbox=SandboxHandle(options.sandbox, cluster=cluster),
+        sandbox=SandboxHandle(options.sandbox, cluster=cluster, say=_stepper(progress)),
         progress=progress,
         peers=peers,
         cluster=cluster,

@@ -27,16 +27,19 @@ Progress = Callable[[dict[str, Any]], None]
 
 class SandboxHandle:
     """The audit's sandbox, built on first use and then reused: once per audit. On a Ray
-    cluster, jobs run as tasks in the sandbox of the node that takes them."""
+    cluster, jobs run as tasks in the sandbox of the node that takes them (`say` hears which
+    node ran each job)."""
 
     def __init__(
         self,
         choice: str | None = None,
         sandbox: Sandbox | None = None,
         cluster: ClusterConfig | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.choice = choice
         self.cluster = cluster or ClusterConfig()
+        self.say = say
         self._sandbox = sandbox
         self._lock = threading.Lock()
 
@@ -45,7 +48,7 @@ class SandboxHandle:
             if self._sandbox is None and self.cluster.on_ray:
                 from torchdoctor.agent.cluster.sandbox import RaySandbox
 
-                self._sandbox = RaySandbox(self.choice, self.cluster)
+                self._sandbox = RaySandbox(self.choice, self.cluster, self.say)
             elif self._sandbox is None:
                 from torchdoctor.sandbox.config import get_sandbox
 

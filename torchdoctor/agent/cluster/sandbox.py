@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import tarfile
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -82,11 +83,15 @@ def _remote(function: Any) -> Any:
 
 
 class RaySandbox:
-    """The cluster's sandboxes behind one `Sandbox`; `placements` lists the node of each job."""
+    """The cluster's sandboxes behind one `Sandbox`; `placements` lists the node of each job,
+    and `say` hears it (the audit's progress: where each run and fix check went)."""
 
-    def __init__(self, choice: str | None, cluster: ClusterConfig) -> None:
+    def __init__(
+        self, choice: str | None, cluster: ClusterConfig, say: Callable[[str], None] | None = None
+    ) -> None:
         self.choice = choice
         self.cluster = cluster
+        self.say = say
         self.placements: list[str] = []
         self._ray = connect(cluster)
         self._isolation: Isolation | None = None
@@ -111,6 +116,9 @@ class RaySandbox:
             self._ray.cancel(ref, force=True)  # the audit is stopping (or lost its task)
             raise
         self.placements.append(node)
+        if self.say is not None:
+            kind = f"{self.cluster.gpu_resource} task" if job.gpu else "CPU task"
+            self.say(f"sandbox job on Ray node {node[:12]} ({kind}): {result.outcome.value}")
         return result  # type: ignore[no-any-return]
 
     async def arun(self, job: Job) -> RunResult:
