@@ -39,6 +39,21 @@ class RayUnavailable(RuntimeError):
     pass
 
 
+def dead(process: psutil.Process) -> bool:
+    """Gone, or a zombie: killed orphans go to this machine's init, which may reap them late
+    (psutil.wait_procs would wait for that)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_dead(processes: list[psutil.Process], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(dead(p) for p in processes):
+        time.sleep(0.05)
+
+
 @dataclass
 class Node:
     node_manager_port: int
@@ -150,7 +165,7 @@ class RayCluster:
                 process.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 continue
-        psutil.wait_procs(family, timeout=10)
+        wait_dead(family)
 
     def stop(self) -> None:
         """Every process of this cluster, by PID: the nodes' families, then anything else
@@ -170,6 +185,6 @@ class RayCluster:
                 process.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 continue
-        psutil.wait_procs(rest, timeout=10)
+        wait_dead(rest)
         time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
