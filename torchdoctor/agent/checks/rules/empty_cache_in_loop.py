@@ -33,6 +33,7 @@ class EmptyCacheInLoop(Rule):
     title = "torch.cuda.empty_cache() in a loop"
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    visit_gate: ClassVar[tuple[str, ...]] = ("empty_cache",)
 
     def __init__(self) -> None:
         self.in_functions: list[ast.Call] = []
