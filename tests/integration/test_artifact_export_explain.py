@@ -1,8 +1,8 @@
 """The export check and the explanation hooks generated, run in the real sandbox (local
 backend, the project's interpreter with torch, onnx, onnxscript, onnxruntime and captum) and
-offered: one audit of the bundled example with `--artifacts export,explain --apply`, and a
-near-miss model whose forward branches on its input's values (torch.export refuses it, and the
-verdict names the line)."""
+offered: one audit of the bundled example with `--artifacts card,export,explain --apply` (the
+card holds the attribution check's result), and a near-miss model whose forward branches on
+its input's values (torch.export refuses it, and the verdict names the line)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditOutcom
         target=project,
         run=["python train_buggy.py"],
         steps=3,
-        artifacts=["export", "explain"],
+        artifacts=["card", "export", "explain"],  # the card asked first, built last
         apply=True,
         ignore=sorted(all_codemods()),  # no fix to verify: the artifacts alone are approved
         write_ledger=False,
@@ -47,7 +47,7 @@ def test_the_bundled_classifier_exports_and_agrees_with_eager_in_onnx_runtime(
     audited: tuple[Path, AuditOutcome],
 ) -> None:
     project, outcome = audited
-    export, _explain = outcome.report.artifacts
+    _card, export, _explain = outcome.report.artifacts
     assert export.state == "offered", export.reason
     assert [(c.name, c.passed) for c in export.checks] == [
         ("torch.export", True),
@@ -66,13 +66,15 @@ def test_attributions_are_complete_and_the_hooks_are_written(
     audited: tuple[Path, AuditOutcome],
 ) -> None:
     project, outcome = audited
-    _export, explain = outcome.report.artifacts
+    card, _export, explain = outcome.report.artifacts
     assert explain.state == "offered", explain.reason
     assert [c.passed for c in explain.checks] == [True, True, True]
     assert "def group_metrics(" in (project / "explain_hooks.py").read_text()
     coverage = {c.item: c for c in outcome.report.coverage}
     assert coverage["12.2"].verdict == "pass" and "explain_hooks.py" in coverage["12.2"].reason
     assert coverage["12.1"].verdict == "not-applicable", coverage["12.1"]
+    bias = card.content.partition("## Bias and explainability")[2].partition("##")[0]
+    assert "integrated gradients for Classifier" in bias
 
 
 GATED = """import torch

@@ -46,8 +46,9 @@ NO_TRT = {"state": "not-tried", "error": "needs torch_tensorrt"}
 class _AnsweringSandbox:
     """Answers every job with the stdout given (the line the generated script prints)."""
 
-    def __init__(self, stdout: str) -> None:
+    def __init__(self, stdout: str, outcome: Outcome = Outcome.OK) -> None:
         self.stdout = stdout
+        self.outcome = outcome
         self.jobs: list[Job] = []
 
     @property
@@ -57,8 +58,8 @@ class _AnsweringSandbox:
     def run(self, job: Job) -> RunResult:
         self.jobs.append(job)
         return RunResult(
-            outcome=Outcome.OK,
-            exit_code=0,
+            outcome=self.outcome,
+            exit_code=0 if self.outcome is Outcome.OK else None,
             stdout=self.stdout,
             usage=ResourceUsage(wall_s=1.0),
             isolation=ISOLATION,
@@ -228,3 +229,36 @@ def test_measured_verdicts_reach_the_coverage_as_measured() -> None:
     assert said["7.3"] == ("fail", "Net does not export: ...")
     assert said["12.1"] == ("not-checked", "no column names")
     assert said["12.2"][0] == "not-checked" and "offered as explain_hooks.py" in said["12.2"][1]
+
+
+def test_integer_inputs_without_an_embedding_are_not_held_against_the_code(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "net.py").write_text("import torch\n")
+    workspace = load_workspace(tmp_path)
+    check = "test_explain_check_by_torchdoctor.py"
+    raised = "ValueError: nothing to attribute to: integer inputs and no embedding layer"
+    stdout = (
+        f"{check}::test_attributions_are_finite FAILED\n"
+        f"{check}::test_integrated_gradients_are_complete FAILED\n"
+        f"{check}::test_group_metrics_report_a_planted_gap_and_no_other PASSED\n"
+        f"FAILED {check}::test_attributions_are_finite - {raised}\n"
+        f"FAILED {check}::test_integrated_gradients_are_complete - {raised}\n"
+    )
+    runner = SandboxedRun(_AnsweringSandbox(stdout), workspace)
+    artifact = explain_artifact(TARGET, runner, workspace)
+    assert artifact.state == "not-checked"
+    assert [(m.item, m.verdict) for m in artifact.measured] == [("12.2", "not-checked")]
+    assert "no embedding layer" in artifact.reason
+
+
+def test_an_attribution_check_cut_by_the_time_limit_says_so(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text("import torch\n")
+    workspace = load_workspace(tmp_path)
+    collected = "collecting ... collected 3 items\ntest_explain_check_by_torchdoctor.py::"
+    runner = SandboxedRun(_AnsweringSandbox(collected, Outcome.TIMEOUT), workspace)
+    artifact = explain_artifact(TARGET, runner, workspace)
+    assert artifact.state == "not-checked"
+    assert artifact.reason.startswith(
+        "the attribution check on Net did not finish within the sandbox's 240 s limit"
+    )

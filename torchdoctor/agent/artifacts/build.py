@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torchdoctor.agent.artifacts.card import card_artifact
+from torchdoctor.agent.artifacts.coverage import artifact_evidence
 from torchdoctor.agent.artifacts.drift import drift_artifact
 from torchdoctor.agent.artifacts.explain import explain_artifact
 from torchdoctor.agent.artifacts.export import export_artifact
@@ -29,7 +30,8 @@ def build_artifacts(
 ) -> list[Artifact]:
     """One artifact per kind asked for, in the order asked, from the runs, the static
     findings and what the code has (`presence`); every sandbox job goes through the audit's
-    harness client and its sandbox."""
+    harness client and its sandbox. The card is built last, so it holds what the other
+    artifacts measured (the attribution check, why groups were not compared)."""
     target = find_target(workspace, runs)
     paths = [f.path for f in workspace.files]
     runner = SandboxedRun(harness.sandbox, workspace)
@@ -40,11 +42,12 @@ def build_artifacts(
         if ev.data.get("verdict") == "pass"
         for item in ev.data.get("items", [])
     }
-    for kind in dict.fromkeys(kinds):
+    for kind in sorted(dict.fromkeys(kinds), key=lambda k: k == "card"):
         if kind == "tests":
             built.append(ml_tests_artifact(target, runner, paths))
         elif kind == "card":
-            built.append(card_artifact(target, workspace, runner, findings, presence))
+            measured = [ev for _point, ev in artifact_evidence(built)]
+            built.append(card_artifact(target, workspace, runner, findings, presence + measured))
         elif kind == "drift":
             built.append(drift_artifact(target, runner, paths))
         elif kind == "types" and "1.2" in present:
@@ -61,7 +64,7 @@ def build_artifacts(
             built.append(export_artifact(target, runner, paths))
         elif kind == "explain":
             built.append(explain_artifact(target, runner, workspace))
-    return built
+    return sorted(built, key=lambda a: kinds.index(a.kind))
 
 
 def _already(kind: ArtifactKind, item: str, reason: str) -> Artifact:

@@ -12,17 +12,25 @@ from __future__ import annotations
 import re
 
 from torchdoctor.agent.artifacts.models import Artifact, ItemVerdict, ModelTarget
-from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.artifacts.sandboxed import LIMITS, SandboxedRun
 from torchdoctor.agent.artifacts.target import NoTarget
 from torchdoctor.agent.artifacts.testsuite import MAKE_INPUTS, input_specs
 from torchdoctor.agent.workspace import Workspace
+from torchdoctor.sandbox.outcome import Outcome
 
 ITEMS = ["12.2"]
 PATH = "explain_hooks.py"
 CHECK_PATH = "test_explain_check_by_torchdoctor.py"
 ATOL, RTOL = 1e-2, 5e-2
 """Completeness of integrated gradients: |sum(attributions) - (f(x) - f(baseline))| <= ATOL +
-RTOL * |f(x) - f(baseline)| per sample, with 64 Gauss-Legendre steps."""
+RTOL * |f(x) - f(baseline)| per sample, with STEPS Gauss-Legendre steps on SAMPLES inputs."""
+SAMPLES, STEPS = 2, 32
+"""Few enough that a 6-layer language model's check fits the sandbox's time limit on a CPU."""
+NOTHING_TO_ATTRIBUTE = "nothing to attribute to"
+_UNFINISHED = (
+    "the attribution check on {name} did not finish within the sandbox's {limit:g} s limit "
+    "(integrated gradients cost a forward and a backward per step and input)"
+)
 _MISSING = re.compile(r"No module named '([\w.]+)'")
 _SENSITIVE = re.compile(
     r"""["'](gender|sex|race|ethnicity|ethnic_group|religion|age|age_group|disability|"""
@@ -44,6 +52,8 @@ sensitive column).
 import torch
 from captum.attr import IntegratedGradients, LayerIntegratedGradients
 from torch import nn
+
+NOTHING_TO_ATTRIBUTE = "{nothing}"
 
 
 def _top_output(model: nn.Module):
@@ -68,7 +78,10 @@ def attributions(
     if all(x.is_floating_point() for x in inputs):
         method = IntegratedGradients(forward)
     else:
-        embedding = next(m for m in model.modules() if isinstance(m, nn.Embedding))
+        embeddings = (nn.Embedding, nn.EmbeddingBag)
+        embedding = next((m for m in model.modules() if isinstance(m, embeddings)), None)
+        if embedding is None:
+            raise ValueError(f"{{NOTHING_TO_ATTRIBUTE}}: integer inputs and no embedding layer")
         method = LayerIntegratedGradients(forward, embedding)
     found, gap = method.attribute(
         inputs,
@@ -130,8 +143,8 @@ def attributed():
     """The model, its inputs and their attributions: computed once for the tests below."""
     torch.manual_seed(0)
     model = {constructor}
-    inputs = make_inputs(model, min(BATCH, 4))
-    return model, inputs, attributions(model, inputs)
+    inputs = make_inputs(model, min(BATCH, {samples}))
+    return model, inputs, attributions(model, inputs, n_steps={steps})
 
 
 def test_attributions_are_finite():
@@ -156,8 +169,15 @@ def test_group_metrics_report_a_planted_gap_and_no_other():
 '''
 
 
+_CHECK_NAMES = (
+    "test_attributions_are_finite",
+    "test_integrated_gradients_are_complete",
+    "test_group_metrics_report_a_planted_gap_and_no_other",
+)
+
+
 def render_hooks(target: ModelTarget) -> str:
-    return _HOOKS.format(class_name=target.class_name)
+    return _HOOKS.format(class_name=target.class_name, nothing=NOTHING_TO_ATTRIBUTE)
 
 
 def render_check(target: ModelTarget) -> str:
@@ -171,6 +191,8 @@ def render_check(target: ModelTarget) -> str:
         atol=ATOL,
         rtol=RTOL,
         make_inputs=MAKE_INPUTS,
+        samples=SAMPLES,
+        steps=STEPS,
     )
 
 
@@ -191,10 +213,19 @@ def explain_artifact(
             return _unchecked(
                 "captum is not installed where the code runs (torchdoctor[artifacts])"
             )
+        if f"({Outcome.TIMEOUT}:" in outcomes:
+            return _unchecked(_UNFINISHED.format(limit=LIMITS.wall_s, name=target.class_name))
         return _unchecked(outcomes)
+    if len(outcomes) < len(_CHECK_NAMES):
+        return _unchecked(_UNFINISHED.format(limit=LIMITS.wall_s, name=target.class_name))
     groups = _group_verdict(workspace, target)
     measured = [groups] if groups else []
-    if len(outcomes) < 3 or not all(o.passed for o in outcomes):
+    if any(NOTHING_TO_ATTRIBUTE in o.detail for o in outcomes):
+        return _unchecked(
+            f"{target.class_name} takes integer inputs and has no embedding layer: integrated "
+            "gradients have no continuous input to attribute to"
+        )
+    if not all(o.passed for o in outcomes):
         failed = "; ".join(f"{o.name}: {o.detail}" for o in outcomes if not o.passed)
         return Artifact(
             kind="explain",
@@ -218,7 +249,8 @@ def explain_artifact(
         state="offered",
         items=ITEMS,
         reason=f"integrated gradients for {target.class_name} (finite, complete within atol "
-        f"{ATOL:g} + rtol {RTOL:g} in the sandbox) and a per-group metrics helper",
+        f"{ATOL:g} + rtol {RTOL:g} with {STEPS} steps on {SAMPLES} inputs, in the sandbox) and "
+        "a per-group metrics helper",
         path=PATH,
         content=hooks,
         checks=outcomes,
