@@ -24,6 +24,7 @@ from torchdoctor.agent.artifacts.export import (
 )
 from torchdoctor.agent.artifacts.models import Artifact, ItemVerdict, ModelTarget, TensorSpec
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
+from torchdoctor.agent.localise import phrase
 from torchdoctor.agent.workspace import load_workspace
 from torchdoctor.sandbox.models import Isolation, Job, Outcome, ResourceUsage, RunResult
 
@@ -119,6 +120,9 @@ def test_a_model_torch_export_refuses_fails_7_3_with_the_error(tmp_path: Path) -
     assert measured.verdict == "fail"
     assert "torch.export: failed (GuardOnDataDependentSymNode: Could not guard)" in measured.reason
     assert "keeps one path of any data-dependent code" in measured.reason
+    french = phrase(measured.reason, "fr")
+    assert french.startswith("Net ne s'exporte pas ; torch.export : en échec (")
+    assert "onnx : exporté" in french
 
 
 def test_outputs_beyond_the_tolerance_fail(tmp_path: Path) -> None:

@@ -117,6 +117,48 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"rejettent \3 entrée(s) cassée(s) dans le bac à sable",
     ),
     (r"the code has them already: (.+)", r"le code les a déjà : \1"),
+    (r"an export check for (\S+) \((.+)", r"un contrôle d'export pour \1 (\2"),
+    (
+        r"(\S+) exports and runs in ONNX Runtime, in the sandbox$",
+        r"\1 s'exporte et tourne dans ONNX Runtime, dans le bac à sable",
+    ),
+    (r"(\S+) does not export$", r"\1 ne s'exporte pas"),
+    (r"export check: (.+)", r"contrôle d'export : \1"),
+    (r"(torch\.export|onnx): exported", r"\1 : exporté"),
+    (r"(torch\.export|onnx|onnxruntime): failed \((.+)\)$", r"\1 : en échec (\2)"),
+    (
+        r"(onnx|onnxruntime): not tried, (.+) not installed \(torchdoctor\[artifacts\]\)",
+        r"\1 : non essayé, \2 non installé (torchdoctor[artifacts])",
+    ),
+    (
+        r"(\S+): unfinished \(the run ended first \((\S+)\)\)",
+        r"\1 : inachevé (l'exécution s'est arrêtée avant (\2))",
+    ),
+    (
+        r"onnxruntime: outputs within atol (\S+) \+ rtol (\S+) of eager \(max \|diff\| (\S+)\), "
+        r"(.+) vs eager (.+) per batch \((\S+)\)",
+        r"onnxruntime : sorties à atol \1 + rtol \2 près de l'eager (|écart| max \3), \4 contre "
+        r"\5 en eager par lot (\6)",
+    ),
+    (r"tensorrt: not tried \(needs (.+)\)", r"tensorrt : non essayé (demande \1)"),
+    (
+        r"integrated gradients for (\S+) \(finite, complete within atol (\S+) \+ rtol (\S+) "
+        r"with (\d+) steps on (\d+) inputs, in the sandbox\) and a per-group metrics helper",
+        r"gradients intégrés pour \1 (finis, complets à atol \2 + rtol \3 près avec \4 pas sur "
+        r"\5 entrées, dans le bac à sable) et une fonction de métriques par groupe",
+    ),
+    (
+        r"the code names (.+), but (\S+)'s observed inputs \((.+)\) carry no column names, so "
+        r"the rows cannot be split by group here",
+        r"le code nomme \1, mais les entrées observées de \2 (\3) n'ont pas de noms de colonnes : "
+        r"les lignes ne peuvent pas être réparties par groupe ici",
+    ),
+    (
+        r"group_metrics\(\) in (\S+) computes per-group accuracy and the gap once given that "
+        r"column",
+        r"group_metrics() dans \1 calcule l'exactitude par groupe et l'écart une fois cette "
+        r"colonne donnée",
+    ),
     (r"--artifacts (\S+): (\S+): (.+)", r"--artifacts \1 : \2 : \3"),
     (r"written as (\S+)", r"écrit sous \1"),
     (r"artifact: (\S+)", r"artefact : \1"),
