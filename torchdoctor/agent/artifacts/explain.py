@@ -123,19 +123,21 @@ INPUTS = {inputs}
 ATOL, RTOL = {atol}, {rtol}
 
 
-{make_inputs}def baseline_change(model, inputs):
+{make_inputs}def first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output
+    return next(t for t in values if isinstance(t, torch.Tensor))
+
+
+def baseline_change(model, inputs):
     """f(x) - f(baseline) for each sample's predicted output (baseline: zeros)."""
     model.eval()
     with torch.no_grad():
-        first = model(*inputs)
-        first = first if isinstance(first, torch.Tensor) else next(iter(
-            first.values() if isinstance(first, dict) else first))
-        flat = first.reshape(first.shape[0], -1).float()
-        target = flat.argmax(dim=1, keepdim=True)
-        zero = model(*(torch.zeros_like(x) for x in inputs))
-        zero = zero if isinstance(zero, torch.Tensor) else next(iter(
-            zero.values() if isinstance(zero, dict) else zero))
-        return (flat.gather(1, target) - zero.reshape(flat.shape).float().gather(1, target))[:, 0]
+        flat = first_tensor(model(*inputs)).reshape(inputs[0].shape[0], -1).float()
+        zero = first_tensor(model(*(torch.zeros_like(x) for x in inputs))).reshape(flat.shape)
+    target = flat.argmax(dim=1, keepdim=True)
+    return (flat.gather(1, target) - zero.float().gather(1, target))[:, 0]
 
 
 @functools.cache
