@@ -22,6 +22,9 @@ import pytest
 
 from tests.api.server import Server
 from tests.conftest import EXAMPLES
+from torchdoctor.api.store.engine import open_engine
+from torchdoctor.api.store.sessions import SessionStore
+from torchdoctor.api.terminal.backends import LOCAL_TENANT
 
 pytestmark = [
     pytest.mark.slow,
@@ -209,7 +212,12 @@ def test_a_stored_audit_reviewed_with_chat_audit_id(
     assert "Running python train_small.py under the probes for 2 step(s)" in screen[mark:]
     assert re.search(r"gone\s*│\s*" + finding.group(1), screen[mark:]), screen[mark:]
     second.type("quit")
-    second.wait_for(r"kept: torchdoctor chat --session \w+", after=mark)
+    screen = second.wait_for(r"kept: torchdoctor chat --session \w+", after=mark)
+    session = re.findall(r"--session (\w+)", screen)[-1]
+    store = SessionStore(open_engine(f"sqlite:///{Path(env['TORCHDOCTOR_HOME']) / 'api.sqlite'}"))
+    stored = store.get(session, LOCAL_TENANT)
+    assert stored is not None and stored.source == str(project / "train_small.py")
+    assert stored.state.choices.fix, "the session did not keep the audit's own options"
 
 
 def test_a_session_on_a_server_from_the_terminal(
