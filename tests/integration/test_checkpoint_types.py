@@ -1,15 +1,20 @@
 """Checkpoints rebuild the state's own types without LangGraph's "unregistered type" warning
 (or its "blocked" one): every type a checkpoint holds is on the serializer's allow-list, for
-the in-memory checkpointer of a static audit and the durable one an audit is resumed from."""
+the in-memory checkpointer of a static audit and the durable one an audit is resumed from; and
+an audit broken off mid-way resumes from them to exactly the report of an unbroken one."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from torchdoctor.agent.audit import AuditOptions, resume_audit, run_audit
+from torchdoctor.agent.graph import Phase
+from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.state import AuditState
 
 TRAIN = """import torch
 from torch import nn
@@ -38,3 +43,40 @@ def test_audits_and_resumes_rebuild_their_state_without_serializer_warnings(
     assert any(f.fix is not None for f in fixing.report.findings), "a fix record was stored"
     serde = [r.getMessage() for r in caplog.records if "checkpoint.serde" in r.name]
     assert serde == []
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _stable(report: AuditReport) -> dict[str, object]:
+    """The report without what names the run itself (its id, start and duration)."""
+    dumped = report.model_dump(mode="json")
+    provenance = dumped["provenance"]
+    for volatile in ("audit_id", "started_at", "duration_s"):
+        provenance.pop(volatile)
+    return dumped
+
+
+def test_an_audit_broken_off_mid_way_resumes_to_the_identical_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path / "home"))
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    options = AuditOptions(target=script, write_ledger=False, fix=True)
+    whole = run_audit(options)
+    gate = Phase.gate
+
+    def breaks_at_phase_3(self: Phase, state: AuditState, runtime: Any) -> dict[str, Any]:
+        if self.number == 3:
+            raise Crash("the process dies here")
+        return gate(self, state, runtime)
+
+    monkeypatch.setattr(Phase, "gate", breaks_at_phase_3)
+    with pytest.raises(Crash):
+        run_audit(options, audit_id="cut0000000001")
+    monkeypatch.setattr(Phase, "gate", gate)
+    resumed = resume_audit("cut0000000001")
+    assert "gate:3" in resumed.trace and resumed.trace.count("ingest") == 1
+    assert _stable(resumed.report) == _stable(whole.report)
