@@ -9,6 +9,14 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.graph_origin import GraphOrigins
 from torchdoctor.agent.checks.loops import is_periodic_guard, walk_scope
 
+# Calls that make a loop a training loop: each iteration back-propagates or steps.
+_STEPS = frozenset({"backward", "manual_backward", "step", "grad"})
+
+
+def _steps(name: str) -> bool:
+    """`loss.backward()`, `optimizer.step()`, or a helper that does it (`training_step`)."""
+    return name in _STEPS or name.endswith(("_step", "_backward"))
+
 
 class Accumulations(GraphOrigins):
     """Accumulation sites and whether their graphs survive the iteration."""
@@ -38,6 +46,25 @@ class Accumulations(GraphOrigins):
         if self._assigned_in(acc.target, acc.loop, acc.node):
             return False
         return not self.is_backpropagated(acc.target)
+
+    def total_returned_by_loss_function(self, acc: Accumulation) -> bool:
+        """A loss function summing its terms over a loop (heads, scales, layers) and returning
+        the total: its caller back-propagates it, often from another module. Not so when the
+        loop itself steps or back-propagates: a training loop that returns its running loss
+        keeps every step's graph."""
+        function = self.ctx.enclosing_function(acc.loop)
+        if function is None:
+            return False
+        for node in walk_scope(acc.loop.body):
+            if isinstance(node, ast.Call) and _steps(identifier(node.func)):
+                return False
+        text = ast.unparse(acc.target)
+        return any(
+            isinstance(node, ast.Return)
+            and node.value is not None
+            and self.derives_from(node.value, lambda n: _same_text(n, text))
+            for node in walk_scope(function.body)
+        )
 
     def _innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
         for anc in self.ctx.ancestors(node):

@@ -58,7 +58,16 @@ def context_mode(ctx: ModuleContext, expr: ast.expr) -> GradMode | None:
         return "maybe" if flag is None else ("on" if flag else "off")
     if qual in _ENABLE_GRAD:
         return "on"
+    if _named_like_grad_off(target) and (qual is None or not qual.startswith("torch.")):
+        return "maybe"
     return None
+
+
+def _named_like_grad_off(target: ast.expr) -> bool:
+    """A project's own wrapper named for what it does (`@smart_inference_mode()`,
+    `with maybe_no_grad(cfg):`): it may choose either mode, so 'maybe'."""
+    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+    return name.endswith(("inference_mode", "no_grad"))
 
 
 def function_mode(ctx: ModuleContext, fn: FunctionNode) -> GradMode | None:

@@ -19,8 +19,9 @@ class LossGraphAccumulation(Rule):
     included), so memory grows every step until the process runs out of memory; the PyTorch
     FAQ calls this "accumulating history across your training loop". Accumulation under
     `torch.no_grad()`/`inference_mode()`, into a variable reset every iteration, or into a
-    total that is itself back-propagated (micro-batch losses summed before one backward) is
-    not reported.
+    total that is itself back-propagated (micro-batch losses summed before one backward), or
+    into the total a loss function returns (one term per head or scale, back-propagated by its
+    caller) is not reported.
 
     Example:
         running_loss = 0.0
@@ -50,7 +51,7 @@ class LossGraphAccumulation(Rule):
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
                 continue
-            if not flow.carried_across_iterations(acc):
+            if not flow.carried_across_iterations(acc) or flow.total_returned_by_loss_function(acc):
                 continue
             target = ast.unparse(acc.target)
             ctx.report(

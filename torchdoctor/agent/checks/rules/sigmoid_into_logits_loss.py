@@ -55,7 +55,14 @@ class SigmoidIntoLogitsLoss(Rule):
             value = first_argument(call, "input")
             if value is None:
                 continue
-            sigmoid = next((p for p in flow.producers(value) if is_sigmoid(ctx, p)), None)
+            sigmoid = next(
+                (
+                    p
+                    for p in flow.producers(value)
+                    if is_sigmoid(ctx, p) and _may_run_before(ctx, p, call)
+                ),
+                None,
+            )
             if sigmoid is None:
                 continue
             ctx.report(
@@ -65,6 +72,21 @@ class SigmoidIntoLogitsLoss(Rule):
                 f"(line {sigmoid.lineno}): the sigmoid is applied twice; pass the logits",
                 data={"sigmoid_line": sigmoid.lineno},
             )
+
+
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+
+
+def _may_run_before(ctx: ModuleContext, producer: ast.expr, call: ast.Call) -> bool:
+    """Whether the sigmoid can have run when the loss is called: the producers are found
+    flow-insensitively, so `loss = criterion(pred, y)` followed by `pred = pred.sigmoid()` for
+    the metrics would otherwise count. In one function, a later line reaches an earlier one
+    only around a loop holding both."""
+    function = ctx.enclosing_function(call)
+    if ctx.enclosing_function(producer) is not function or producer.lineno < call.lineno:
+        return True
+    loops_around_call = {id(a) for a in ctx.ancestors(call) if isinstance(a, _LOOPS)}
+    return any(id(a) in loops_around_call for a in ctx.ancestors(producer))
 
 
 def _is_logits_loss(ctx: ModuleContext, call: ast.Call) -> bool:
