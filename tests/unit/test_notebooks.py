@@ -37,6 +37,20 @@ def test_code_cells_concatenate_with_a_map_back_to_cell_and_line() -> None:
     assert cell_of(converted.cells, 8) == (4, 2)  # markdown cells count in the numbering
 
 
+def test_a_branch_holding_only_magics_still_parses() -> None:
+    cell = (
+        "logger = 'tb'\n"
+        "if logger == 'comet':\n"
+        "  %pip install -q comet_ml\n"
+        "elif logger == 'tb':\n"
+        "  %load_ext tensorboard\n"
+        "  !ls runs\n"
+    )
+    converted = notebook_source(_notebook(("code", cell)))
+    assert converted.text.splitlines()[2:] == ["  pass", "elif logger == 'tb':", "  pass", "  pass"]
+    compile(converted.text, "nb", "exec")
+
+
 @pytest.mark.parametrize(
     "text",
     ['{"cells": [', "[1, 2]", '{"cells": {}}', '{"cells": [{"cell_type": "code"'],

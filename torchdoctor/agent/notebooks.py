@@ -2,9 +2,10 @@
 
 Every line of the concatenated text comes from one line of one code cell, so a finding's line
 maps back to (cell, line in cell). IPython syntax that is not Python (line magics `%...`,
-shell escapes `!...`, help `obj?`, cell magics `%%...`) becomes an empty comment of the same
-line count: the rest of the cell is still audited and the map stays exact. Cells are numbered
-as Jupyter shows them to the eye: the n-th cell of the notebook, markdown cells included.
+shell escapes `!...`, help `obj?`, cell magics `%%...`) becomes an empty comment (`pass` where
+indented) of the same line count: the rest of the cell is still audited and the map stays
+exact. Cells are numbered as Jupyter shows them to the eye: the n-th cell of the notebook,
+markdown cells included.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def _cell_lines(source: object) -> list[str]:
 def _python_line(line: str) -> str:
     stripped = line.lstrip()
     if stripped.startswith(("%", "!")) or (stripped.endswith("?") and "#" not in stripped):
-        return _SKIPPED
+        # Inside a block, a no-op at the same indentation: a branch holding only magics
+        # (`if logger == "tb":` / `%load_ext tensorboard`) must still parse.
+        indent = line[: len(line) - len(stripped)]
+        return f"{indent}pass" if indent else _SKIPPED
     return line
 
 
