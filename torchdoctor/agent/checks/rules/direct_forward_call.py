@@ -8,6 +8,18 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
+# Libraries whose objects have a `forward` of their own that is no nn.Module's.
+_OTHER_FRAMEWORKS = frozenset(
+    {"cv2", "onnxruntime", "openvino", "tensorflow", "tflite_runtime", "paddle", "mxnet", "caffe"}
+)
+
+
+def _built_by_another_framework(ctx: ModuleContext, receiver: ast.expr) -> bool:
+    built = list(ctx.flow.constructors(receiver))
+    return bool(built) and all(
+        (ctx.flow.qualname_of(call) or "").split(".", 1)[0] in _OTHER_FRAMEWORKS for call in built
+    )
+
 
 class DirectForwardCall(Rule):
     """Detects a module's `forward` method called directly (`model.forward(x)`,
@@ -17,7 +29,8 @@ class DirectForwardCall(Rule):
     quantization, pruning, profilers and this tool's own probes install; calling `forward`
     skips all of them, so those features silently do nothing for that call. Calling the parent
     implementation (`super().forward(x)`, `nn.Module.forward(self, x)`) or `self.forward` from
-    the class's own methods is fine and is not reported.
+    the class's own methods is fine and is not reported, and so is the `forward` of an object
+    another framework built (OpenCV's `cv2.dnn` nets).
 
     Example:
         logits = model.forward(images)
@@ -53,6 +66,8 @@ class DirectForwardCall(Rule):
             return  # a class reached through an import, e.g. nn.Linear.forward
         if isinstance(receiver, ast.Name) and receiver.id[:1].isupper():
             return  # a local class: an unbound call
+        if _built_by_another_framework(ctx, receiver):
+            return  # `net = cv2.dnn.readNetFromONNX(w)`: `net.forward()` is OpenCV's own
         ctx.report(
             self,
             node,
