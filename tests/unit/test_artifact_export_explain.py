@@ -104,8 +104,9 @@ def test_an_export_that_runs_and_agrees_passes_7_3_with_its_figures(tmp_path: Pa
     [measured] = artifact.measured
     assert (measured.item, measured.verdict) == ("7.3", "pass")
     assert "within atol 0.0001 + rtol 0.001 of eager" in measured.reason
-    assert "0.01 ms vs eager 0.04 ms per batch (4.00x)" in measured.reason
+    assert "0.01 ms vs eager 0.04 ms per batch, one thread each (4.00x)" in measured.reason
     assert "tensorrt: not tried (needs torch_tensorrt)" in measured.reason
+    assert "un thread chacun (4.00x)" in phrase(measured.reason, "fr")
     assert [c.name for c in artifact.checks] == ["torch.export", "onnx", "onnxruntime"]
 
 

@@ -136,9 +136,9 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     ),
     (
         r"onnxruntime: outputs within atol (\S+) \+ rtol (\S+) of eager \(max \|diff\| (\S+)\), "
-        r"(.+) vs eager (.+) per batch \((\S+)\)",
+        r"(.+) vs eager (.+) per batch, one thread each \((\S+)\)",
         r"onnxruntime : sorties à atol \1 + rtol \2 près de l'eager (|écart| max \3), \4 contre "
-        r"\5 en eager par lot (\6)",
+        r"\5 en eager par lot, un thread chacun (\6)",
     ),
     (r"tensorrt: not tried \(needs (.+)\)", r"tensorrt : non essayé (demande \1)"),
     (
