@@ -1,8 +1,8 @@
 """The types and validation artifacts generated, run in the real sandbox (local backend) and
 offered: one audit of the bundled example with `--artifacts types,validation --apply` shared by
-the tests of this module; a near-miss model fed variable-length batches, where the first step's
-shapes do not hold later, so the checked run fails and nothing is offered; and a module the
-sandbox lacks, named in the verdict."""
+the tests of this module; a near-miss model also called through `forward()` itself on longer
+sequences, which no hook observes, so the observed shape does not hold everywhere: the checked
+run fails and nothing is offered; and a module the sandbox lacks, named in the verdict."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_the_checks_without_the_annotations_they_were_built_on_are_not_written(
     assert (tmp_path / "train_buggy.py").read_text() == (EXAMPLES / "train_buggy.py").read_text()
 
 
-VARIABLE_LENGTH = """import torch
+UNSEEN_SHAPE = """import torch
 from torch import nn
 
 
@@ -116,16 +116,20 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     model = Pooler()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for length in (5, 9, 7, 6):  # batches padded to their own longest sequence
-        loss = model(torch.randn(8, length, 4)).pow(2).mean()
+    for step in range(4):
+        loss = model(torch.randn(8, 5, 4)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        with torch.no_grad():  # longer sequences, through forward() itself: no hook sees them
+            model.forward(torch.randn(2, 12, 4))
 """
 
 
-def test_shapes_that_change_after_the_observed_step_fail_the_checked_run(tmp_path: Path) -> None:
-    (tmp_path / "pool.py").write_text(VARIABLE_LENGTH)
+def test_a_shape_no_hook_saw_fails_the_checked_run_and_nothing_is_offered(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pool.py").write_text(UNSEEN_SHAPE)
     outcome, asked = _audit(tmp_path, "python pool.py", apply=False)
     types, validation = outcome.report.artifacts
     assert (types.state, validation.state) == ("failed", "failed")
@@ -139,7 +143,7 @@ def test_shapes_that_change_after_the_observed_step_fail_the_checked_run(tmp_pat
 
     workspace = load_workspace(tmp_path, [], 2_000_000)
     run = RunSummary(command="python pool.py", script="pool.py", outcome="ok", summary="")
-    lacking = VARIABLE_LENGTH.replace("import torch\n", "import torch\nimport jaxtyping_absent\n")
+    lacking = UNSEEN_SHAPE.replace("import torch\n", "import torch\nimport jaxtyping_absent\n")
     with pytest.raises(MissingModule, match="jaxtyping_absent"):
         checked_run(
             Harness(get_sandbox("local")),

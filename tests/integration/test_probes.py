@@ -85,6 +85,9 @@ def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> No
     assert len(doc.loss.values) == 4 and all(v is not None for v in doc.loss.values)
     assert len(doc.gradients.global_norm) == 4
     assert doc.dataflow.calls[0].type == "Sequential"
+    (signature,) = doc.root_signatures  # one batch size all run long
+    assert signature.type == "Sequential" and signature.calls >= 4
+    assert [t.shape for t in [*signature.inputs, *signature.outputs]] == [[16, 8], [16, 2]]
     assert doc.flops is not None and doc.flops.flops_per_step and doc.flops.flops_per_step > 0
     assert doc.memory.retention is None
     relu = next(a for a in doc.activations if a.type == "ReLU")
@@ -103,6 +106,15 @@ def test_healthy_loop_completes_its_steps_with_no_findings(tmp_path: Path) -> No
     compiled = doc.compile.model_extra or {}
     assert compiled["backend"] == "eager" and compiled["compiled_step_ms"] > 0
     assert rules(doc, "train_ok.py") == set()
+
+
+def test_every_shape_the_root_model_saw_is_recorded_beside_the_one_step_map(
+    tmp_path: Path,
+) -> None:
+    doc, _done = run_probes(tmp_path, "variable_length.py", "--steps", "3", "--no-flops")
+    assert len(doc.dataflow.calls[0].inputs) == 1  # the map: the first step only
+    seen = [(s.inputs[0].shape, s.outputs[0].shape, s.calls) for s in doc.root_signatures]
+    assert seen == [([8, 5, 4], [8, 5, 2], 1), ([8, 9, 4], [8, 9, 2], 1), ([3, 7, 4], [3, 7, 2], 1)]
 
 
 def test_nan_is_traced_to_the_module_and_step_where_it_starts(tmp_path: Path) -> None:

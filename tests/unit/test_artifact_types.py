@@ -24,7 +24,7 @@ from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
 from torchdoctor.agent.artifacts.signature import observed_signature
 from torchdoctor.agent.artifacts.types import CHECKING, annotations_edit
 from torchdoctor.agent.artifacts.validation import checks_edit, embedding_inputs
-from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, TensorInfo
+from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, RootSignature, TensorInfo
 from torchdoctor.agent.models import CoverageEntry
 from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import load_workspace
@@ -54,13 +54,14 @@ def _info(*shape: int, dtype: str = "float32") -> TensorInfo:
     return TensorInfo(shape=list(shape), dtype=dtype, device="cpu")
 
 
-def _run(*calls: FlowCall) -> RunSummary:
+def _run(*calls: FlowCall, signatures: list[RootSignature] | None = None) -> RunSummary:
     return RunSummary(
         command="python tag.py",
         script="tag.py",
         outcome="completed-steps",
         summary="",
         dataflow=DataFlow(step=0, calls=list(calls)),
+        root_signatures=signatures or [],
     )
 
 
@@ -108,6 +109,17 @@ def test_sizes_that_varied_share_a_name_and_a_dtype_that_varied_keeps_its_kind()
     assert signature.observations == 2
     other = FlowCall(index=0, module="m", type="Tagger", depth=0, inputs=[_info(3)], outputs=[])
     assert observed_signature(_target(first), [_run(first), _run(other)]).observations == 1
+
+
+def test_the_signatures_of_later_steps_count_and_the_first_is_not_counted_twice() -> None:
+    first, later = _root(4, 7), _root(4, 11)
+    signatures = [
+        RootSignature(type="Tagger", inputs=c.inputs, outputs=c.outputs, calls=3)
+        for c in (first, later)
+    ]
+    signature = observed_signature(_target(first), [_run(first, signatures=signatures)])
+    assert signature.observations == 2
+    assert [t.shape_text for t in signature.inputs] == ["batch d1", "batch d1 1"]
 
 
 def _module(text: str) -> types.ModuleType:

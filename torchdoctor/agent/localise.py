@@ -105,9 +105,9 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"proposé sous \1, écrit par --apply après approbation",
     ),
     (
-        r"jaxtyping annotations of (\S+) \((.+)\) from (\d+) observed call\(s\), checked at run "
-        r"time in the sandbox",
-        r"annotations jaxtyping de \1 (\2) tirées de \3 appel(s) observé(s), vérifiées à "
+        r"jaxtyping annotations of (\S+) \((.+)\) from (\d+) observed signature\(s\), checked "
+        r"at run time in the sandbox",
+        r"annotations jaxtyping de \1 (\2) tirées de \3 signature(s) observée(s), vérifiées à "
         r"l'exécution dans le bac à sable",
     ),
     (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.evidence.probe_schema import DataFlow
+from torchdoctor.agent.evidence.probe_schema import DataFlow, RootSignature
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
@@ -55,6 +55,9 @@ class RunSummary(BaseModel):
     isolation: str = ""
     notes: list[str] = Field(default_factory=list)
     dataflow: DataFlow = Field(default_factory=DataFlow)
+    root_signatures: list[RootSignature] = Field(
+        default_factory=list, description="the root models' distinct forward signatures"
+    )
     curves: RunCurves = Field(default_factory=RunCurves)
 
 
@@ -182,6 +185,7 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         isolation=isolation,
         notes=analysis.notes,
         dataflow=analysis.dataflow,
+        root_signatures=analysis.root_signatures,
         curves=analysis.curves,
     )
     return finished, analysis.by_point()

@@ -1,7 +1,8 @@
 """The model's forward signature as the instrumented runs observed it: for each tensor argument
 and result, its dtype and, per dimension, a fixed size or a symbolic name.
 
-Every depth-0 call of the target class in the runs' data-flow maps is one observation. A
+Every depth-0 call of the target class in the runs' data-flow maps (one step) and every
+distinct forward signature the runs recorded for it (all their steps) is an observation. A
 dimension whose size varied between observations is symbolic (dimensions that varied together
 share a name); the leading dimension that every input shares is the batch (`batch`), symbolic
 even when one batch size was seen, since a last partial batch or a serving request changes it.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.artifacts.models import ModelTarget, TensorSpec
-from torchdoctor.agent.evidence.probe_schema import FlowCall, TensorInfo
+from torchdoctor.agent.evidence.probe_schema import TensorInfo
 from torchdoctor.agent.probing import RunSummary
 
 BATCH = "batch"
@@ -40,12 +41,12 @@ class ObservedSignature(BaseModel):
 
     inputs: list[ObservedTensor]
     outputs: list[ObservedTensor]
-    observations: int = Field(description="forward calls the signature comes from")
+    observations: int = Field(description="distinct observed signatures it comes from")
 
 
 def observed_signature(target: ModelTarget, runs: list[RunSummary]) -> ObservedSignature:
     """The target's signature from every observed call shaped like the first one."""
-    seen = [_as_specs(call) for call in _calls_of(target, runs)]
+    seen = _observations(target, runs)
     seen = [s for s in seen if _same_layout(s, (target.inputs, target.outputs))]
     seen = seen or [(target.inputs, target.outputs)]
     tensors = [[*inputs, *outputs] for inputs, outputs in seen]
@@ -64,20 +65,30 @@ def observed_signature(target: ModelTarget, runs: list[RunSummary]) -> ObservedS
     )
 
 
-def _calls_of(target: ModelTarget, runs: list[RunSummary]) -> list[FlowCall]:
-    return [
-        call
+def _observations(
+    target: ModelTarget, runs: list[RunSummary]
+) -> list[tuple[list[TensorSpec], list[TensorSpec]]]:
+    found = [
+        (call.inputs, call.outputs)
         for run in runs
         for call in run.dataflow.calls
         if call.depth == 0 and call.type == target.class_name
     ]
+    found += [
+        (signature.inputs, signature.outputs)
+        for run in runs
+        for signature in run.root_signatures
+        if signature.type == target.class_name
+    ]
+    distinct = {repr((inputs, outputs)): (inputs, outputs) for inputs, outputs in found}
+    return [
+        ([_spec(t) for t in inputs], [_spec(t) for t in outputs])
+        for inputs, outputs in distinct.values()
+    ]
 
 
-def _as_specs(call: FlowCall) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    def spec(info: TensorInfo) -> TensorSpec:
-        return TensorSpec(shape=list(info.shape), dtype=info.dtype, device=info.device)
-
-    return [spec(t) for t in call.inputs], [spec(t) for t in call.outputs]
+def _spec(info: TensorInfo) -> TensorSpec:
+    return TensorSpec(shape=list(info.shape), dtype=info.dtype, device=info.device)
 
 
 def _same_layout(

@@ -94,7 +94,8 @@ def types_artifact(
             "offered",
             (
                 f"jaxtyping annotations of {target.class_name}.forward ({what}) from "
-                f"{signature.observations} observed call(s), checked at run time in the sandbox"
+                f"{signature.observations} observed signature(s), checked at run time in the "
+                "sandbox"
             ),
         )
     return Artifact(

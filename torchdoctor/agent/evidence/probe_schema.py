@@ -223,6 +223,15 @@ class DataFlow(_Model):
     truncated: bool = False
 
 
+class RootSignature(_Model):
+    """One distinct signature of a root model's forward over the run, and how often it ran."""
+
+    type: str
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[TensorInfo] = Field(default_factory=list)
+    calls: int = 0
+
+
 class DtypeMixing(_Model):
     module: str
     type: str
@@ -382,6 +391,7 @@ class ProbeDocument(_Model):
     syncs: Syncs = Field(default_factory=Syncs)
     dataloader: DataLoaders = Field(default_factory=DataLoaders)
     dataflow: DataFlow = Field(default_factory=DataFlow)
+    root_signatures: list[RootSignature] = Field(default_factory=list)
     dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
     flops: Flops | None = None
     energy: Energy | None = None

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID
 from torchdoctor.agent.evidence.distributed import check_distributed
-from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument
+from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument, RootSignature
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
@@ -95,6 +95,7 @@ class ProbeAnalysis(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     dataflow: DataFlow = Field(default_factory=DataFlow)
+    root_signatures: list[RootSignature] = Field(default_factory=list)
     curves: RunCurves = Field(default_factory=lambda: RunCurves())
 
     def by_point(self) -> list[tuple[int, Evidence]]:
@@ -898,5 +899,6 @@ def probe_findings(
         evidence=_evidence(builder, summary),
         notes=_notes(document),
         dataflow=document.dataflow,
+        root_signatures=document.root_signatures,
         curves=RunCurves.from_document(document),
     )

@@ -188,6 +188,7 @@ def build(
         "dataloader": session.dataloader.report(times),
         "dataflow": session.dataflow.report(),
         "dtype_mixing": session.dataflow.dtype_mixing(),
+        "root_signatures": session.root_shapes.report(),
         "flops": session.flops.report(median) if config.flops else None,
         "energy": session.power.report(median),
         "mode_issues": session.mode.report(),

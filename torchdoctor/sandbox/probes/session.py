@@ -47,6 +47,7 @@ from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
 from torchdoctor.sandbox.probes.mode import ModeProbe
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
 from torchdoctor.sandbox.probes.power import PowerProbe
+from torchdoctor.sandbox.probes.shapes import RootShapes
 from torchdoctor.sandbox.probes.syncs import SyncProbe
 from torchdoctor.sandbox.probes.tensors import cuda_in_use
 from torchdoctor.sandbox.probes.warnings_probe import WarningsProbe
@@ -111,6 +112,7 @@ class Session:
         self.warnings = WarningsProbe(user_files, self._on_sync_warning)
         self.dataloader = DataLoaderProbe(user_files)
         self.dataflow = DataFlowProbe()
+        self.root_shapes = RootShapes()
         self.flops = FlopProbe()
         self.power = PowerProbe()
         self.mode = ModeProbe(user_files)
@@ -351,6 +353,7 @@ class Session:
             if self.dataflow_on:
                 self.dataflow.on_exit(module, output)
             if self.depth == 0:
+                self.root_shapes.observe(module, args, output)
                 self.mode.on_root_output(self._name(module), module, output)
                 if not self.optimizer_built:
                     self.forwards += 1
