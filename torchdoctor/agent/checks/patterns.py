@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from functools import cache
 
+from torchdoctor.agent.checks.analysis.model_facts import bound_to_function_or_import
 from torchdoctor.agent.checks.analysis.vocabulary import MODEL_FACTORY_PREFIXES
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import (
@@ -120,7 +121,7 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
     if isinstance(expr, ast.Name) and expr.id == "self":
         return False
     name = terminal_name(expr)
-    if not name or (isinstance(expr, ast.Name) and _is_function_name(ctx, name)):
+    if not name or (isinstance(expr, ast.Name) and bound_to_function_or_import(ctx, name)):
         return False
     if _MODEL_NAME.search(name):
         return True
@@ -130,21 +131,6 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
         and expr.value.id == "self"
     )
     return traceable and constructed_model(ctx, expr)
-
-
-def _is_function_name(ctx: ModuleContext, name: str) -> bool:
-    """A name bound to a function or an import (relative imports included), not a model."""
-    if name in ctx.loops.functions:
-        return True
-    memo = ctx.memo_table("patterns.imported")
-    if not memo:
-        memo[""] = {
-            alias.asname or alias.name.split(".")[0]
-            for node in nodes_of(ctx, ast.Import, ast.ImportFrom)
-            if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in node.names
-        }
-    return name in memo[""]
 
 
 def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
@@ -11,6 +12,10 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     LOSS_FUNCTIONS,
     MODEL_FACTORY_PREFIXES,
 )
+from torchdoctor.agent.checks.loops import nodes_of
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
 
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
@@ -47,7 +52,9 @@ class ModelFacts(DefUse):
         ):
             return False  # `solver.model()` is a method; only `self.model` is known by name
         name = identifier(expr)
-        return bool(name) and self.ctx.qualname(expr) is None and bool(_MODEL_NAME.search(name))
+        if not name or self.ctx.qualname(expr) is not None or not _MODEL_NAME.search(name):
+            return False
+        return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
 
     def is_model_call(self, call: ast.Call) -> bool:
         """`model(x)`, `self.net(x)`, `model.forward(x)`."""
@@ -78,3 +85,19 @@ class ModelFacts(DefUse):
         if qual:
             return False
         return bool(_LOSS_NAME.search(identifier(callee))) or self.loss_class(callee) is not None
+
+
+def bound_to_function_or_import(ctx: ModuleContext, name: str) -> bool:
+    """A name bound to a function or an import anywhere in the module (relative imports and
+    imports inside functions included): `available_models()` is no model, whatever its name."""
+    if name in ctx.loops.functions:
+        return True
+    memo = ctx.memo_table("model_facts.imported")
+    if not memo:
+        memo[""] = {
+            alias.asname or alias.name.split(".")[0]
+            for node in nodes_of(ctx, ast.Import, ast.ImportFrom)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+    return name in memo[""]

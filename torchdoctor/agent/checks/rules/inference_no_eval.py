@@ -42,7 +42,8 @@ class InferenceNoEval(Rule):
             return model(image).argmax(1)
 
     Not reported: models known to act the same in both modes (every layer seen, none with
-    dropout or batch statistics, no `self.training` branch).
+    dropout or batch statistics, no `self.training` branch), and `predict_*` methods of an
+    `nn.Module` itself (they run inside the model, in its mode).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """
@@ -60,6 +61,7 @@ class InferenceNoEval(Rule):
             if fn.name not in _LIGHTNING_HOOKS
             and not fn.name.startswith("test_")
             and INFERENCE_FUNCTION.search(fn.name)
+            and not _module_method(ctx, fn)
         ]
         if not candidates and not has_main_guard(ctx.tree) and not _script_body(ctx):
             return
@@ -114,6 +116,13 @@ class InferenceNoEval(Rule):
                 "still behave as in training",
             )
             return
+
+
+def _module_method(ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A method of an `nn.Module` (SAM's `MaskDecoder.predict_masks`) is part of the model's
+    computation: its submodules run in whatever mode the model was put in."""
+    owner = ctx.parents.get(fn)
+    return isinstance(owner, ast.ClassDef) and owner.name in ctx.flow.module_classes
 
 
 def _script_body(ctx: ModuleContext) -> list[ast.stmt]:
