@@ -120,6 +120,9 @@ def test_the_signatures_of_later_steps_count_and_the_first_is_not_counted_twice(
     signature = observed_signature(_target(first), [_run(first, signatures=signatures)])
     assert signature.observations == 2
     assert [t.shape_text for t in signature.inputs] == ["batch d1", "batch d1 1"]
+    forged = RootSignature(type="Tagger", inputs=[_info(4, 7, dtype="int64; import os")])
+    again = observed_signature(_target(first), [_run(first, signatures=[*signatures, forged])])
+    assert again == signature  # a dtype torch does not have is left out, not put into code
 
 
 def _module(text: str) -> types.ModuleType:
@@ -181,6 +184,8 @@ def test_generated_checks_pass_observed_inputs_and_reject_broken_ones() -> None:
     signature = observed_signature(target, [_run(call, embedding)])
     embeddings = embedding_inputs(target, [_run(call, embedding)])
     assert embeddings == {0: "embed"}
+    forged = embedding.model_copy(update={"module": "model.x'); import os; ('"})
+    assert embedding_inputs(target, [_run(call, forged)]) == {}  # never put into the code
     edit = checks_edit(MODEL, "Tagger", ["tokens", "weights"], signature.inputs, embeddings)
     checked = edit_forward(MODEL, "Tagger", edit)
     assert checked.index("def _check_tagger_inputs(") < checked.index("class Tagger(")

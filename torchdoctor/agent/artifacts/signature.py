@@ -12,7 +12,7 @@ its kind only (floating, integer).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from torchdoctor.agent.artifacts.models import ModelTarget, TensorSpec
 from torchdoctor.agent.evidence.probe_schema import TensorInfo
@@ -81,10 +81,13 @@ def _observations(
         if signature.type == target.class_name
     ]
     distinct = {repr((inputs, outputs)): (inputs, outputs) for inputs, outputs in found}
-    return [
-        ([_spec(t) for t in inputs], [_spec(t) for t in outputs])
-        for inputs, outputs in distinct.values()
-    ]
+    observed: list[tuple[list[TensorSpec], list[TensorSpec]]] = []
+    for inputs, outputs in distinct.values():
+        try:
+            observed.append(([_spec(t) for t in inputs], [_spec(t) for t in outputs]))
+        except ValidationError:
+            continue  # a dtype torch does not have: the document is the audited code's
+    return observed
 
 
 def _spec(info: TensorInfo) -> TensorSpec:

@@ -30,6 +30,9 @@ from torchdoctor.agent.workspace import Workspace
 
 ITEMS = ["2.1"]
 _EMBEDDINGS = ("Embedding", "EmbeddingBag")
+_SUBMODULE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+"""A submodule path as named_modules() writes it: the run's document comes from the audited
+code, so anything else is not put into generated code."""
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -140,6 +143,8 @@ def embedding_inputs(target: ModelTarget, runs: list[RunSummary]) -> dict[int, s
             if call.type not in _EMBEDDINGS or call.sources or not call.inputs:
                 continue
             path = call.module.removeprefix(f"{root.module}.")
+            if not _SUBMODULE.match(path):
+                continue
             for index, tensor in enumerate(root.inputs):
                 if tensor.shape == call.inputs[0].shape and tensor.dtype == call.inputs[0].dtype:
                     found.setdefault(index, path)
