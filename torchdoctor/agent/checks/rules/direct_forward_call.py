@@ -46,6 +46,9 @@ class DirectForwardCall(Rule):
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     visit_gate: ClassVar[tuple[str, ...]] = ("forward",)
 
+    def __init__(self) -> None:
+        self._calls: list[ast.Call] = []
+
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         func = node.func
@@ -66,11 +69,17 @@ class DirectForwardCall(Rule):
             return  # a class reached through an import, e.g. nn.Linear.forward
         if isinstance(receiver, ast.Name) and receiver.id[:1].isupper():
             return  # a local class: an unbound call
-        if _built_by_another_framework(ctx, receiver):
-            return  # `net = cv2.dnn.readNetFromONNX(w)`: `net.forward()` is OpenCV's own
-        ctx.report(
-            self,
-            node,
-            "forward() is called directly: module hooks (AMP, FSDP, profilers, probes) "
-            "are skipped; call the module instead",
-        )
+        self._calls.append(node)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        # The data flow is asked only here: built during the walk, it would see half the module.
+        for call in self._calls:
+            assert isinstance(call.func, ast.Attribute)
+            if _built_by_another_framework(ctx, call.func.value):
+                continue  # `net = cv2.dnn.readNetFromONNX(w)`: `net.forward()` is OpenCV's own
+            ctx.report(
+                self,
+                call,
+                "forward() is called directly: module hooks (AMP, FSDP, profilers, probes) "
+                "are skipped; call the module instead",
+            )
