@@ -176,8 +176,13 @@ def test_a_stored_audit_reviewed_with_chat_audit_id(
     audit_cmd = torchdoctor("audit", "train_small.py", *run, "--fix", "--apply")
     first = Terminal(f"{audit_cmd}; echo audit-exited", project, env)
     terminals.append(first)
-    # the question comes with the verified diff; Ctrl-C there leaves the audit waiting on it
-    screen = first.wait_for(r"\+\s*optimizer\.zero_grad\(set_to_none=True\)", timeout_s=400)
+    # the question comes after the verified diff, line by line, its keys readable (the progress
+    # bar is paused while it waits); Ctrl-C there leaves the audit waiting on it
+    screen = first.wait_for(
+        r"(?m)^\+\s*optimizer\.zero_grad\(set_to_none=True\)$[\s\S]*"
+        r"apply this fix\? \[y\]es/\[n\]o/\[a\]ll/\[q\]uit",
+        timeout_s=400,
+    )
     audit = re.search(r"audit ([0-9a-f]{12}) \(resume: ", screen)
     assert audit is not None, screen[-3000:]
     first.keys("C-c")

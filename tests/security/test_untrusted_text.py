@@ -12,7 +12,7 @@ from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 from torchdoctor.agent.cli import app
-from torchdoctor.agent.escape import md_code, md_fence, strip_controls, terminal
+from torchdoctor.agent.escape import md_code, md_fence, strip_controls, terminal, terminal_lines
 from torchdoctor.agent.ledger import Ledger
 from torchdoctor.agent.models import (
     AuditReport,
@@ -191,3 +191,20 @@ def test_cli_prints_hostile_file_names_without_crashing(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output
     assert "not valid UTF-8" in result.output and "control characters" in result.output
+
+
+def test_a_diff_shown_in_the_terminal_keeps_its_lines_and_nothing_else() -> None:
+    """The approval question shows the diff line by line; the audited code cannot colour,
+    move the cursor or inject markup through it."""
+    from rich.console import Console
+
+    diff = "--- a/t.py\n+++ b/t.py\n+x = 1  # [bold red]\x1b[2J[/]\n-y = 2\x07\n"
+    console = Console(record=True, width=120, color_system=None)
+    console.print(terminal_lines(diff), highlight=False)
+    shown = console.export_text()
+    assert shown.rstrip("\n").splitlines() == [
+        "--- a/t.py",
+        "+++ b/t.py",
+        "+x = 1  # [bold red][/]",
+        "-y = 2",
+    ]

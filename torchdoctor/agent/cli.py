@@ -20,9 +20,9 @@ from rich.console import Console
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
-from torchdoctor.agent.escape import one_line, terminal
+from torchdoctor.agent.escape import one_line, terminal, terminal_lines
 from torchdoctor.agent.models import Severity
-from torchdoctor.agent.progress import progress_reporter
+from torchdoctor.agent.progress import live_display_paused, progress_reporter
 from torchdoctor.agent.report import render, write_report
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.sandbox.core import SandboxUnavailable
@@ -95,8 +95,15 @@ def _approver(apply: bool, yes: bool) -> Approver | None:
     if yes:
         return approve_all
     if sys.stdin.isatty() and stderr.is_terminal:
-        return ask_in_terminal(stderr.input, lambda text: stderr.print(terminal(text)))
+        return ask_in_terminal(
+            _ask_over_progress, lambda text: stderr.print(terminal_lines(text), highlight=False)
+        )
     return refuse_without_terminal
+
+
+def _ask_over_progress(prompt: str) -> str:
+    with live_display_paused():
+        return stderr.input(terminal(prompt))  # `[y]es`: brackets are rich markup otherwise
 
 
 def _with_progress(

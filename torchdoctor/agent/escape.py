@@ -76,6 +76,11 @@ def terminal(text: object) -> str:
     return rich_escape(one_line(text))
 
 
+def terminal_lines(text: object) -> str:
+    """`terminal`, keeping the line breaks (a diff shown before its approval question)."""
+    return rich_escape(strip_controls(text, keep_lines=True))
+
+
 def sarif_text(text: object) -> str:
     """Plain SARIF message text: controls stripped (JSON escapes the rest)."""
     return strip_controls(text, keep_lines=True)

@@ -113,4 +113,26 @@ def progress_reporter(
         transient=True,
     ) as bar:
         task = bar.add_task("ingest: static analysis", total=None)
-        yield LiveBar(bar, task)
+        _live_bars.append(bar)
+        try:
+            yield LiveBar(bar, task)
+        finally:
+            _live_bars.remove(bar)
+
+
+_live_bars: list[Progress] = []
+
+
+@contextmanager
+def live_display_paused() -> Iterator[None]:
+    """A question asked in the terminal while the bar runs: the bar is stopped (its line
+    cleared) until the answer is read, else its refresh draws over the prompt."""
+    bar = _live_bars[-1] if _live_bars else None
+    if bar is None:
+        yield
+        return
+    bar.stop()
+    try:
+        yield
+    finally:
+        bar.start()
