@@ -103,7 +103,7 @@ def _approver(apply: bool, yes: bool) -> Approver | None:
 
 def _ask_over_progress(prompt: str) -> str:
     with live_display_paused():
-        return stderr.input(terminal(prompt))  # `[y]es`: brackets are rich markup otherwise
+        return stderr.input(prompt, markup=False, emoji=False)  # `[y]es` is not markup
 
 
 def _with_progress(

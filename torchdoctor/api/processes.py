@@ -6,6 +6,9 @@ import signal
 
 import psutil
 
+# A process that cannot be stopped (another uid) and keeps forking must not hold us forever.
+_MAX_ROUNDS = 50
+
 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants (sandbox jobs run in their own sessions).
@@ -17,13 +20,13 @@ def kill_tree(pid: int) -> None:
         family = {psutil.Process(pid)}
     except psutil.NoSuchProcess:
         return
-    while True:
+    for _ in range(_MAX_ROUNDS):
         _signal_all(family, signal.SIGSTOP)
         found = set(family)
         for process in family:
             try:
                 found.update(process.children(recursive=True))
-            except psutil.NoSuchProcess:
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         if found == family:
             break
@@ -36,5 +39,5 @@ def _signal_all(family: set[psutil.Process], signum: signal.Signals) -> None:
     for process in family:
         try:
             process.send_signal(signum)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
