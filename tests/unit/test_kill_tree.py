@@ -35,9 +35,36 @@ def test_a_family_that_keeps_forking_is_killed_to_the_last_child(tmp_path: Path)
     spawner.wait(timeout=10)
     children = [int(pid) for pid in noted.read_text().split()]
     assert len(children) >= 20
-    alive = [
-        pid
-        for pid in children
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert alive == []
+    assert _alive(children) == []
+
+
+# A worker ending itself when its server dies: it kills its own family, itself last.
+SELF_KILLER = """
+import os, subprocess, sys, time
+from torchdoctor.api.processes import kill_tree
+children = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(3)]
+with open(sys.argv[1], "w") as pids:
+    pids.write("\\n".join(str(child.pid) for child in children))
+kill_tree(os.getpid())
+time.sleep(60)
+"""
+
+
+def test_a_process_can_kill_its_own_family_and_then_itself(tmp_path: Path) -> None:
+    noted = tmp_path / "pids"
+    worker = subprocess.Popen([sys.executable, "-c", SELF_KILLER, str(noted)])
+    assert worker.wait(timeout=30) == -9  # killed, not stopped by its own freeze
+    children = [int(pid) for pid in noted.read_text().split()]
+    assert len(children) == 3
+    assert _alive(children) == []
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive

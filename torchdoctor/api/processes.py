@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 
 import psutil
@@ -15,13 +17,18 @@ def kill_tree(pid: int) -> None:
 
     The family is frozen (SIGSTOP) before anything is killed, until a look finds no new member:
     a process cannot fork once stopped, so a child forked while we looked is not missed, and
-    none is orphaned out of reach by its parent dying first."""
+    none is orphaned out of reach by its parent dying first. The caller may be the root (a
+    worker ending itself when its server dies): it is never frozen, and it dies in the same
+    breath as its family, before its other threads could act on a child's death (e.g. finish
+    the audit with a killed run)."""
+    me = os.getpid()
     try:
-        family = {psutil.Process(pid)}
+        root = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
+    family = {root}
     for _ in range(_MAX_ROUNDS):
-        _signal_all(family, signal.SIGSTOP)
+        _freeze(family - {root} if root.pid == me else family)
         found = set(family)
         for process in family:
             try:
@@ -31,13 +38,20 @@ def kill_tree(pid: int) -> None:
         if found == family:
             break
         family = found
-    _signal_all(family, signal.SIGKILL)
-    psutil.wait_procs(list(family), timeout=5)
+    # Frozen members cannot exit nor be reaped by a frozen parent, so their pids stay theirs;
+    # plain os.kill keeps the GIL, so no other thread of ours runs between these calls.
+    members = [process.pid for process in family if process.pid != me]
+    for member in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
+    if root.pid == me:
+        os.kill(me, signal.SIGKILL)
+    psutil.wait_procs([process for process in family if process.pid != me], timeout=5)
 
 
-def _signal_all(family: set[psutil.Process], signum: signal.Signals) -> None:
+def _freeze(family: set[psutil.Process]) -> None:
     for process in family:
         try:
-            process.send_signal(signum)
+            process.send_signal(signal.SIGSTOP)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
