@@ -119,7 +119,16 @@ def runs_on_every_rank(ctx: ModuleContext, node: ast.AST, depth: int = 0) -> boo
     in this module that is not guarded either (callers followed up to MAX_CALLER_DEPTH). A
     function no one here calls runs on every rank when it sets up the process group, DDP or
     the sampler (the per-rank entry point), and is left alone otherwise; so is one named for
-    one rank (`save_on_master`)."""
+    one rank (`save_on_master`). Memoised per (node, depth): saves share their callers."""
+    memo = ctx.memo_table("ddp.runs_on_every_rank")
+    key = (id(node), depth)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _runs_on_every_rank(ctx, node, depth)
+    return bool(found)
+
+
+def _runs_on_every_rank(ctx: ModuleContext, node: ast.AST, depth: int) -> bool:
     if rank_guarded(ctx, node):
         return False
     function = ctx.enclosing_function(node)
@@ -127,29 +136,21 @@ def runs_on_every_rank(ctx: ModuleContext, node: ast.AST, depth: int = 0) -> boo
         return True
     if depth >= MAX_CALLER_DEPTH or names_rank(ast.Name(id=function.name)):
         return False
-    sites = _call_sites(ctx, function.name)
+    sites = ctx.flow.calls_named((function.name,))
     if not sites:  # an entry point: the function that sets up the process group or DDP
         return _sets_up_ranks(ctx, function)
     return any(runs_on_every_rank(ctx, site, depth + 1) for site in sites)
 
 
 def _sets_up_ranks(ctx: ModuleContext, function: ast.AST) -> bool:
-    return any(
-        isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
-        for call in ast.walk(function)
-    )
-
-
-def _call_sites(ctx: ModuleContext, name: str) -> list[ast.Call]:
-    return [
-        call
-        for call in nodes_of(ctx, ast.Call)
-        if isinstance(call, ast.Call)
-        and (
-            (isinstance(call.func, ast.Name) and call.func.id == name)
-            or (isinstance(call.func, ast.Attribute) and call.func.attr == name)
+    memo = ctx.memo_table("ddp.sets_up_ranks")
+    found = memo.get(id(function))
+    if found is None:
+        found = memo[id(function)] = any(
+            isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
+            for call in ast.walk(function)
         )
-    ]
+    return bool(found)
 
 
 def _exits_early_for_rank(function: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.AST) -> bool:

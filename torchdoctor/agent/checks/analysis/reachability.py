@@ -8,6 +8,9 @@ from functools import cached_property
 from torchdoctor.agent.checks.analysis.defuse import DefUse, is_false
 from torchdoctor.agent.checks.loops import local_callee, walk_scope
 
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+"""Nodes `walk_scope` does not descend into."""
+
 
 def _mode_method(call: ast.Call) -> str | None:
     """'eval' for `.eval()`/`.train(False)`, 'train' for `.train()`/`.train(True)`, else None."""
@@ -68,6 +71,26 @@ class MethodReach(DefUse):
                 if mode is not None:
                     found.add(mode)
         return found
+
+    def calls_containing_mode(self, method: str) -> frozenset[int]:
+        """ids of the calls whose own subtree (as `methods_called` walks it) holds a
+        `.method()` call: the only calls `methods_called` can answer `method` for. Found by
+        climbing from each such call, so rules need not walk every call's subtree."""
+        memo = self.ctx.memo_table("reachability.calls_containing_mode")
+        if method not in memo:
+            found: set[int] = set()
+            for call in self.nodes(ast.Call):
+                if _mode_method(call) != method:
+                    continue
+                node: ast.AST | None = call
+                while node is not None and not isinstance(node, _SCOPES):
+                    if isinstance(node, ast.Call):
+                        if id(node) in found:
+                            break
+                        found.add(id(node))
+                    node = self.ctx.parents.get(node)
+            memo[method] = frozenset(found)
+        return memo[method]  # type: ignore[no-any-return]
 
     def reaches_method(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
         """Whether `body` calls `.method()` directly or through local functions it calls."""

@@ -50,15 +50,27 @@ def evaluation_helpers(ctx: ModuleContext) -> list[FunctionNode]:
 
 def _mentions_held_out(ctx: ModuleContext, arg: ast.expr) -> bool:
     """A cheap first look: a held-out name in the argument or in what a name was bound to
-    (`loader = DataLoader(test_set)`), or a `train=False` / `split="val"` keyword there."""
-    for expr in [arg, *(ctx.flow.definitions(arg) if isinstance(arg, ast.Name) else [])]:
-        for node in ast.walk(expr):
-            if isinstance(node, ast.Name | ast.Attribute):
-                name = node.id if isinstance(node, ast.Name) else node.attr
-                if held_out_name_kind(name) in _HELD_OUT:
-                    return True
-            elif isinstance(node, ast.keyword) and node.arg in ("train", "split", "subset"):
+    (`loader = DataLoader(test_set)`), or a `train=False` / `split="val"` keyword there.
+    Answered once per expression: a name's definitions are shared by all its uses."""
+    memo = ctx.memo_table("roles.mentions_held_out")
+    exprs = [arg, *(ctx.flow.definitions(arg) if isinstance(arg, ast.Name) else [])]
+    for expr in exprs:
+        found = memo.get(id(expr))
+        if found is None:
+            found = memo[id(expr)] = _walk_mentions_held_out(expr)
+        if found:
+            return True
+    return False
+
+
+def _walk_mentions_held_out(expr: ast.expr) -> bool:
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name | ast.Attribute):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if held_out_name_kind(name) in _HELD_OUT:
                 return True
+        elif isinstance(node, ast.keyword) and node.arg in ("train", "split", "subset"):
+            return True
     return False
 
 

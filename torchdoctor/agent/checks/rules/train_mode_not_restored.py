@@ -49,8 +49,10 @@ class TrainModeNotRestored(Rule):
         evaluating = flow.functions_reaching("eval")
         verdicts: dict[int, bool] = {}
         reported: set[int] = set()
+        around_eval = flow.calls_containing_mode("eval")
         for call in flow.nodes(ast.Call):
-            if flow.methods_called(call) != {"eval"} and local_callee(call) not in evaluating:
+            evals = id(call) in around_eval and flow.methods_called(call) == {"eval"}
+            if not evals and local_callee(call) not in evaluating:
                 continue
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
             if loop is None or id(loop) in reported:
