@@ -130,6 +130,7 @@ class DefUse:
         self._origin_memo: dict[int, GraphOrigin | None] = {}
         self._reaching: dict[str, frozenset[str]] = {}
         self._qualnames: dict[int, str | None] = {}
+        self._constructed: dict[int, str | None] = {}
 
     @cached_property
     def _index(self) -> dict[type[ast.AST], list[ast.AST]]:
@@ -391,14 +392,20 @@ class DefUse:
     def constructed_as(self, expr: ast.expr) -> str | None:
         """Qualified name of the constructor/factory whose result `expr` holds, if resolvable.
 
-        `crit = nn.CrossEntropyLoss(); crit(...)` -> 'torch.nn.CrossEntropyLoss'.
+        `crit = nn.CrossEntropyLoss(); crit(...)` -> 'torch.nn.CrossEntropyLoss'. Memoised
+        per expression: model and loss questions ask it of the same callees again and again.
         """
+        key = id(expr)
+        if key in self._constructed:
+            return self._constructed[key]
+        found = None
         for source in self.sources(expr):
             if isinstance(source, ast.Call):
-                qual = self.qualname_of(source)
-                if qual is not None:
-                    return qual
-        return None
+                found = self.qualname_of(source)
+                if found is not None:
+                    break
+        self._constructed[key] = found
+        return found
 
     def constructors(self, expr: ast.expr) -> Iterator[ast.Call]:
         """Calls whose result `expr` may hold, seen through `.to()/.eval()`-style chains."""

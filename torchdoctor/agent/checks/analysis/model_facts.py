@@ -57,7 +57,14 @@ class ModelFacts(DefUse):
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
 
     def is_model_call(self, call: ast.Call) -> bool:
-        """`model(x)`, `self.net(x)`, `model.forward(x)`."""
+        """`model(x)`, `self.net(x)`, `model.forward(x)` (memoised per call: many rules ask)."""
+        memo = self.ctx.memo_table("model_facts.is_model_call")
+        found = memo.get(id(call))
+        if found is None:
+            found = memo[id(call)] = self._is_model_call(call)
+        return bool(found)
+
+    def _is_model_call(self, call: ast.Call) -> bool:
         func = call.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             return self.is_module_value(func.value)
@@ -78,6 +85,14 @@ class ModelFacts(DefUse):
         return None
 
     def is_loss_callee(self, callee: ast.expr) -> bool:
+        """A loss function or module (memoised per callee: many rules ask)."""
+        memo = self.ctx.memo_table("model_facts.is_loss_callee")
+        found = memo.get(id(callee))
+        if found is None:
+            found = memo[id(callee)] = self._is_loss_callee(callee)
+        return bool(found)
+
+    def _is_loss_callee(self, callee: ast.expr) -> bool:
         qual = self.ctx.qualname(callee) or ""
         if qual.startswith("torch.nn.functional."):
             name = qual.rsplit(".", 1)[-1]

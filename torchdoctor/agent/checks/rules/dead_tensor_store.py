@@ -61,7 +61,7 @@ class DeadTensorStore(Rule):
             if name is None:
                 continue
             for later in block[index + 1 :]:
-                if _reads(later, name):
+                if _reads(ctx, later, name):
                     break
                 if _stores(later, name):
                     ctx.report(
@@ -106,11 +106,21 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     return None
 
 
-def _reads(stmt: ast.stmt, name: str) -> bool:
-    return any(
-        isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Store)
-        for n in ast.walk(stmt)
-    ) or any(isinstance(n, ast.Global | ast.Nonlocal) for n in ast.walk(stmt))
+def _reads(ctx: ModuleContext, stmt: ast.stmt, name: str) -> bool:
+    """Whether `stmt` reads `name` (or declares a global/nonlocal); each statement is walked
+    once per module, however many earlier stores ask about it."""
+    memo = ctx.memo_table("dead_tensor_store.reads")
+    found = memo.get(id(stmt))
+    if found is None:
+        names: set[str] = set()
+        declares = False
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store):
+                names.add(n.id)
+            elif isinstance(n, ast.Global | ast.Nonlocal):
+                declares = True
+        found = memo[id(stmt)] = (names, declares)
+    return name in found[0] or bool(found[1])
 
 
 def _stores(stmt: ast.stmt, name: str) -> bool:

@@ -80,14 +80,19 @@ class ValidationWithGrad(Rule):
             if fn.name not in guarded_callers:
                 self._check_body(ctx, fn.body, reported, fn)
         for node in nodes_of(ctx, ast.For):
-            if isinstance(node, ast.For) and (
+            if not isinstance(node, ast.For):
+                continue
+            # its first model call with autograd on, first: most loops have none, and
+            # whether a loop iterates held-out data is the costly question
+            call = self._first_with_grad(ctx, node.body, reported)
+            if call is not None and (
                 any(_EVAL_LOADER.search(name) for name in _names_in(node.iter))
                 or (
                     not _in_network(ctx, node)
                     and ctx.flow.held_out_kind(node.iter, _HELD_OUT) is not None
                 )
             ):
-                self._check_body(ctx, node.body, reported)
+                self._report(ctx, call, reported)
 
     def _check_body(
         self,
@@ -96,26 +101,38 @@ class ValidationWithGrad(Rule):
         reported: set[int],
         function: FunctionNode | None = None,
     ) -> None:
-        """Report the first model call in `body` that runs with autograd on.
+        call = self._first_with_grad(ctx, body, reported, function)
+        if call is not None:
+            self._report(ctx, call, reported)
+
+    @staticmethod
+    def _first_with_grad(
+        ctx: ModuleContext,
+        body: list[ast.stmt],
+        reported: set[int],
+        function: FunctionNode | None = None,
+    ) -> ast.Call | None:
+        """The first model call in `body` that runs with autograd on, unless `body` trains.
 
         In an evaluation function only calls repeated over data count (inside a loop or a
         comprehension): one forward in a `test()` shape check costs nothing worth reporting.
         """
-        if ctx.loops.backpropagates(body):
-            return
         for call in model_calls(ctx, body):
             if call.lineno in reported or grad_may_be_off(ctx, call):
                 continue
             if function is not None and not _repeated(ctx, call, function):
                 continue
-            reported.add(call.lineno)
-            ctx.report(
-                self,
-                call,
-                "the model runs for evaluation with autograd on: activations are kept for a "
-                "backward pass that never happens",
-            )
-            return
+            return None if ctx.loops.backpropagates(body) else call
+        return None
+
+    def _report(self, ctx: ModuleContext, call: ast.Call, reported: set[int]) -> None:
+        reported.add(call.lineno)
+        ctx.report(
+            self,
+            call,
+            "the model runs for evaluation with autograd on: activations are kept for a "
+            "backward pass that never happens",
+        )
 
     @staticmethod
     def _grad_off_call_sites(ctx: ModuleContext, names: set[str]) -> set[str]:
