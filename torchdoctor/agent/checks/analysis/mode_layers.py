@@ -109,3 +109,61 @@ def _builds_attribute(ctx: ModuleContext, call: ast.Call) -> bool:
         isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
         for t in parent.targets
     )
+
+
+# torch.nn layers whose forward depends on `self.training`, by what they do differently.
+_MODE_LAYERS = frozenset(
+    {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+     "LazyBatchNorm2d", "LazyBatchNorm3d"}
+)  # fmt: skip
+MODE_WORDS = ("Dropout", "dropout", "BatchNorm", "batch_norm", ".training")
+"""Text a module must contain for one of its classes to have a mode-dependent layer."""
+
+
+def mode_layer(ctx: ModuleContext, cls: ast.ClassDef) -> str | None:
+    """The first layer of a module class (its own, its local bases' or local submodules')
+    that is known to act differently in training mode: `Dropout`, `BatchNorm2d`, a
+    `F.dropout` call or a `self.training` branch; None when none is seen (a dropout with a
+    literal zero probability does nothing)."""
+    return _class_mode_layer(ctx, cls, 0)
+
+
+def _class_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str | None:
+    if depth > _MAX_DEPTH:
+        return None
+    classes = ctx.flow.classes
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and base.id in classes and base.id != cls.name:
+            found = _class_mode_layer(ctx, classes[base.id], depth + 1)
+            if found:
+                return found
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and node.attr == "training":
+            return "a `self.training` branch"
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Name) and node.func.id in classes:
+            if node.func.id != cls.name and (
+                found := _class_mode_layer(ctx, classes[node.func.id], depth + 1)
+            ):
+                return found
+            continue
+        qual = ctx.flow.qualname_of(node) or ""
+        name = qual.rsplit(".", 1)[-1]
+        if qual.startswith("torch.nn.functional.") and name in _MODE_FUNCTIONS:
+            if name != "batch_norm" and not _zero_probability(node):
+                return f"`F.{name}`"
+        elif qual.startswith("torch.nn.") and name in _MODE_LAYERS and not _zero_probability(node):
+            return f"`{name}`"
+    return None
+
+
+def _zero_probability(call: ast.Call) -> bool:
+    """`nn.Dropout(0.0)`, `F.dropout(x, p=0)`: a dropout that drops nothing."""
+    prob = next((k.value for k in call.keywords if k.arg == "p"), None)
+    if prob is None and call.args and isinstance(call.func, ast.Attribute | ast.Name):
+        name = call.func.attr if isinstance(call.func, ast.Attribute) else call.func.id
+        position = 1 if name.islower() else 0  # F.dropout(x, p) / nn.Dropout(p)
+        prob = call.args[position] if len(call.args) > position else None
+    return isinstance(prob, ast.Constant) and prob.value in (0, 0.0) and prob.value is not False

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
 
@@ -24,9 +26,15 @@ if TYPE_CHECKING:
 
 Output = Literal["softmax", "log_softmax", "sigmoid"]
 Property = Literal[
-    "output:softmax", "output:log_softmax", "output:sigmoid", "steps-optimizer", "splits-data"
+    "output:softmax",
+    "output:log_softmax",
+    "output:sigmoid",
+    "steps-optimizer",
+    "splits-data",
+    "mode-dependent",
 ]
 FACTS_KEY = "semantic"
+_MAX_IMPORT_DEPTH = 4
 _LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
 _ACTIVATIONS: dict[str, Output] = {
     **{name: "softmax" for name in SOFTMAX},
@@ -40,10 +48,14 @@ class _Model(BaseModel):
 
 
 class ClassSummary(_Model):
-    """An `nn.Module` class: where it is, and the activation its `forward` returns, if any."""
+    """An `nn.Module` class: where it is, the activation its `forward` returns, if any, and
+    its first layer that acts differently in training mode (dropout, batch norm), if seen."""
 
     line: int
     output: Output | None = None
+    mode_layer: str | None = None
+    submodules: list[str] = Field(default_factory=list)
+    """Classes imported from other files that it builds (`self.inc = DoubleConv(3, 64)`)."""
 
 
 class FunctionSummary(_Model):
@@ -127,10 +139,18 @@ def imported_models(ctx: ModuleContext, value: ast.expr) -> list[str]:
         func = producer.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             func = func.value
-        for constructor in ctx.flow.constructors(func):
-            symbol = callee_symbol(ctx, constructor.func)
-            if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
-                found.append(symbol)
+        found += [s for s in imported_classes(ctx, func) if s not in found]
+    return found
+
+
+def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
+    """Qualified names of classes imported from other files that `obj` may be an instance of
+    (`model` with `model = Net().to(dev)` and `from models import Net`)."""
+    found: list[str] = []
+    for constructor in ctx.flow.constructors(obj):
+        symbol = callee_symbol(ctx, constructor.func)
+        if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
+            found.append(symbol)
     return found
 
 
@@ -141,10 +161,17 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         return memo[""]  # type: ignore[no-any-return]
     summary = ModuleSummary(module=module_name(ctx.path))
     text = ctx.source
-    if "forward" in text and ("oftmax" in text or "sigmoid" in text):
+    activations = "oftmax" in text or "sigmoid" in text
+    modes = any(word in text for word in MODE_WORDS)
+    if "forward" in text:  # where `nn.Module` classes are
         for name in ctx.flow.module_classes:
             cls = ctx.flow.classes[name]
-            summary.classes[name] = ClassSummary(line=cls.lineno, output=_forward_output(ctx, cls))
+            summary.classes[name] = ClassSummary(
+                line=cls.lineno,
+                output=_forward_output(ctx, cls) if activations else None,
+                mode_layer=mode_layer(ctx, cls) if modes else None,
+                submodules=_imported_submodules(ctx, cls),
+            )
     if ".step(" in text:
         effects = ctx.loops.function_effects
         for stmt in ctx.tree.body:
@@ -164,6 +191,44 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
     memo[""] = summary
     return summary
+
+
+def _imported_submodules(ctx: ModuleContext, cls: ast.ClassDef) -> list[str]:
+    """Capitalised callables a class calls that were imported from outside the libraries
+    (its submodules from other files), by their qualified names; names a star import may
+    have brought (`from .unet_parts import *`) under each such module."""
+    found: list[str] = []
+    stars = _star_modules(ctx)
+    for node in ast.walk(cls):
+        if not isinstance(node, ast.Call) or not identifier(node.func)[:1].isupper():
+            continue
+        symbol = callee_symbol(ctx, node.func)
+        if symbol is not None:
+            symbols = [symbol]
+        elif isinstance(node.func, ast.Name) and node.func.id not in ctx.flow.classes:
+            symbols = [f"{module}.{node.func.id}" for module in stars]
+        else:
+            symbols = []
+        found += [s for s in symbols if not s.startswith(_LIBRARIES) and s not in found]
+    return found
+
+
+def _star_modules(ctx: ModuleContext) -> list[str]:
+    """Modules of this project star-imported here (`from .parts import *`), resolved."""
+    package = module_name(ctx.path).split(".")
+    if PurePosixPath(ctx.path).name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ctx.nodes_by_type().get(ast.ImportFrom, ()):
+        assert isinstance(node, ast.ImportFrom)
+        if not any(alias.name == "*" for alias in node.names):
+            continue
+        if node.level == 0:
+            found.append(node.module or "")
+            continue
+        base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+        found.append(".".join([*base, *([node.module] if node.module else [])]))
+    return [m for m in found if m and not m.startswith(_LIBRARIES)]
 
 
 def _functions_splitting_parameters(ctx: ModuleContext) -> list[tuple[str, ast.FunctionDef]]:
@@ -275,10 +340,26 @@ class ProjectIndex:
         if needs.startswith("output:"):
             cls = summary.classes.get(name)
             return cls is not None and cls.output == needs.partition(":")[2]
+        if needs == "mode-dependent":
+            return self._mode_dependent(symbol, 0)
         fn = summary.functions.get(name)
         if needs == "splits-data":
             return fn is not None and fn.splits_data
         return fn is not None and fn.steps_optimizer
+
+    def _class(self, symbol: str) -> ClassSummary | None:
+        module, _, name = symbol.rpartition(".")
+        candidates = self._modules(module) if module else []
+        return candidates[0].classes.get(name) if len(candidates) == 1 else None
+
+    def _mode_dependent(self, symbol: str, depth: int) -> bool:
+        """The class, or a submodule it imports from another file, has a mode layer."""
+        cls = self._class(symbol)
+        if cls is None or depth > _MAX_IMPORT_DEPTH:
+            return False
+        if cls.mode_layer is not None:
+            return True
+        return any(self._mode_dependent(sub, depth + 1) for sub in cls.submodules)
 
     def confirmed(self, facts: dict[str, dict[str, Any]], rule_id: str) -> list[RawFinding]:
         """The pending findings of `rule_id` whose symbol has the property they need."""

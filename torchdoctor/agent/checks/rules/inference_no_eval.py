@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    imported_classes,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
@@ -16,6 +23,7 @@ from torchdoctor.agent.checks.patterns import (
     is_model_expr,
     mode_call_receivers,
     model_calls,
+    terminal_name,
 )
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
 from torchdoctor.agent.models import Severity
@@ -41,6 +49,10 @@ class InferenceNoEval(Rule):
             model.load_state_dict(torch.load("net.pt", weights_only=True))
             return model(image).argmax(1)
 
+    A model whose variable is not named like one (`clf = Classifier()`) counts when its
+    class, defined in another file of the project, has dropout, batch norm or a
+    `self.training` branch.
+
     Not reported: models known to act the same in both modes (every layer seen, none with
     dropout or batch statistics, no `self.training` branch), and `predict_*` methods of an
     `nn.Module` itself (they run inside the model, in its mode).
@@ -55,6 +67,8 @@ class InferenceNoEval(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.4",)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "forward" in ctx.source:
+            publish(ctx)  # its classes' dropout/batch norm, for the modules importing them
         candidates = [
             fn
             for fn in functions(ctx)
@@ -101,11 +115,17 @@ class InferenceNoEval(Rule):
             if isinstance(c, ast.Call) and _callee(c) in local_evals
         ]
         calls = _sampling_calls(ctx, body) if sampling else list(model_calls(ctx, body))
+        named = {id(call) for call in calls}
+        imported = {id(call): call for call in _imported_instance_calls(ctx, body, named)}
+        calls = sorted([*calls, *imported.values()], key=lambda c: (c.lineno, c.col_offset))
         for call in calls:
             if any(line <= call.lineno for line in evals):
                 return
             root = _root_name(call.func)
             if module_has_eval and (root in params or root == "self"):
+                return
+            if id(call) in imported:
+                self._defer(ctx, call)
                 return
             if mode_independent(ctx, _model_of(call)):
                 continue  # no dropout, no batch norm: eval() would change nothing
@@ -116,6 +136,26 @@ class InferenceNoEval(Rule):
                 "still behave as in training",
             )
             return
+
+    def _defer(self, ctx: ModuleContext, call: ast.Call) -> None:
+        """An instance of a class from another file: reported if that class has a layer
+        that acts differently in training mode (the project pass knows)."""
+        symbol = _imported_class(ctx, call)
+        if symbol is not None:
+            found = ctx.finding(
+                self,
+                call,
+                f"`{ast.unparse(_model_of(call))}`, a `{symbol.rsplit('.', 1)[-1]}` (it has "
+                "dropout or batch norm), is used for inference without .eval(): they still "
+                "behave as in training",
+                data={"model": symbol},
+            )
+            if found is not None:
+                defer(ctx, self.id, Pending(symbol=symbol, needs="mode-dependent", finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
 def _module_method(ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -153,6 +193,58 @@ def _sampling_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
         ):
             calls.append(node)
     return sorted(calls, key=lambda c: (c.lineno, c.col_offset))
+
+
+def _imported_instance_calls(
+    ctx: ModuleContext, body: list[ast.stmt], seen: set[int]
+) -> list[ast.Call]:
+    """Calls of an object built from a class imported from the project's other files whose
+    name does not say it is a model (`clf(x)` with `clf = Classifier()`)."""
+    return [
+        node
+        for node in walk_scope(body)
+        if isinstance(node, ast.Call)
+        and id(node) not in seen
+        and isinstance(node.func, ast.Name | ast.Attribute)
+        and not terminal_name(node.func)[:1].isupper()
+        and ctx.qualname(node.func) is None
+        and _imported_class(ctx, node)
+    ]
+
+
+def _imported_class(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The class, imported from another file, of the object `call` calls: built in this
+    function, or passed in as a parameter by this module's calls of the function
+    (`predict_img(unet, img)` with `unet = UNet(...)`)."""
+    model = _model_of(call)
+    found = imported_classes(ctx, model)
+    if not found and isinstance(model, ast.Name):
+        fn = ctx.enclosing_function(call)
+        if fn is not None:
+            for argument in _arguments_for(ctx, fn, model.id):
+                found += imported_classes(ctx, argument)
+    return found[0] if found else None
+
+
+def _arguments_for(
+    ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef, param: str
+) -> list[ast.expr]:
+    """What this module's calls of `fn`, a module-level function, pass as its `param`."""
+    if isinstance(ctx.parents.get(fn), ast.ClassDef):
+        return []
+    positional = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+    if param not in positional and param not in {a.arg for a in fn.args.kwonlyargs}:
+        return []
+    index = positional.index(param) if param in positional else None
+    found = []
+    for site in ctx.flow.callers.get(fn.name, []):
+        leading = site.args[: index + 1] if index is not None else []
+        if len(leading) == (index or 0) + 1 and not any(
+            isinstance(a, ast.Starred) for a in leading
+        ):
+            found.append(leading[-1])
+        found += [k.value for k in site.keywords if k.arg == param]
+    return found
 
 
 def _callee(call: ast.Call) -> str:
