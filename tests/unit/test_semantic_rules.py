@@ -38,6 +38,7 @@ NEW_RULES: tuple[str, ...] = (
     "half-model-float-input",
     "reduction-over-batch-dim",
     "leak-target-feature",
+    "loss-reduced-before-weighting",
 )
 CROSS_FILE = ("double-softmax", "leak-preprocessing")  # its own test module reads single files only
 

@@ -205,11 +205,20 @@ def _imported_instance_calls(
         for node in walk_scope(body)
         if isinstance(node, ast.Call)
         and id(node) not in seen
-        and isinstance(node.func, ast.Name | ast.Attribute)
+        and _direct_call(node.func)
         and not terminal_name(node.func)[:1].isupper()
         and ctx.qualname(node.func) is None
         and _imported_class(ctx, node)
     ]
+
+
+def _direct_call(func: ast.expr) -> bool:
+    """`clf(x)`, `self.clf(x)`, `clf.forward(x)`: the object's forward runs."""
+    if isinstance(func, ast.Attribute):
+        return func.attr == "forward" or (
+            isinstance(func.value, ast.Name) and func.value.id == "self"
+        )
+    return isinstance(func, ast.Name)
 
 
 def _imported_class(ctx: ModuleContext, call: ast.Call) -> str | None:
