@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
+
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
@@ -130,32 +132,50 @@ def mode_layer(ctx: ModuleContext, cls: ast.ClassDef) -> str | None:
 
 
 def _class_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str | None:
-    if depth > _MAX_DEPTH:
-        return None
+    memo = ctx.memo_table("mode_layers.class")
+    if cls.name in memo:
+        return memo[cls.name]  # type: ignore[no-any-return]
+    memo[cls.name] = None  # a class building itself (recursion) adds nothing
+    found = None if depth > _MAX_DEPTH else _first_mode_layer(ctx, cls, depth)
+    memo[cls.name] = found
+    return found
+
+
+def _first_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str | None:
     classes = ctx.flow.classes
-    for base in cls.bases:
-        if isinstance(base, ast.Name) and base.id in classes and base.id != cls.name:
-            found = _class_mode_layer(ctx, classes[base.id], depth + 1)
-            if found:
-                return found
+    local = [b.id for b in cls.bases if isinstance(b, ast.Name) and b.id in classes]
     for node in ast.walk(cls):
-        if isinstance(node, ast.Attribute) and node.attr == "training":
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "training"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+        ):
             return "a `self.training` branch"
-        if not isinstance(node, ast.Call):
-            continue
-        if isinstance(node.func, ast.Name) and node.func.id in classes:
-            if node.func.id != cls.name and (
-                found := _class_mode_layer(ctx, classes[node.func.id], depth + 1)
-            ):
-                return found
-            continue
-        qual = ctx.flow.qualname_of(node) or ""
-        name = qual.rsplit(".", 1)[-1]
-        if qual.startswith("torch.nn.functional.") and name in _MODE_FUNCTIONS:
-            if name != "batch_norm" and not _zero_probability(node):
-                return f"`F.{name}`"
-        elif qual.startswith("torch.nn.") and name in _MODE_LAYERS and not _zero_probability(node):
-            return f"`{name}`"
+        if isinstance(node, ast.Call):
+            name = identifier(node.func)
+            if name in classes:
+                local.append(name)
+            elif name in _MODE_LAYERS or name in _MODE_FUNCTIONS:
+                found = _torch_mode_layer(ctx, node, name)
+                if found:
+                    return found
+    for name in local:
+        found = _class_mode_layer(ctx, classes[name], depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _torch_mode_layer(ctx: ModuleContext, call: ast.Call, name: str) -> str | None:
+    """`nn.Dropout(0.1)` -> '`Dropout`'; `F.dropout(x, p)` -> '`F.dropout`'; else None."""
+    qual = ctx.flow.qualname_of(call) or ""
+    if _zero_probability(call):
+        return None
+    if qual.startswith("torch.nn.functional."):
+        return f"`F.{name}`" if name != "batch_norm" and qual.endswith(f".{name}") else None
+    if qual.startswith("torch.nn.") and qual.endswith(f".{name}") and name in _MODE_LAYERS:
+        return f"`{name}`"
     return None
 
 

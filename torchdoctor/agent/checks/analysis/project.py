@@ -95,11 +95,7 @@ def imported_symbol(ctx: ModuleContext, name: str) -> str | None:
     absolute = ctx.imports.aliases.get(name)
     if absolute is not None:
         return absolute
-    memo = ctx.memo_table("project.relative_imports")
-    if not memo:
-        memo[""] = _relative_imports(ctx)
-    found = memo[""].get(name)
-    return str(found) if found is not None else None
+    return _relative_imports_memo(ctx).get(name)
 
 
 def _relative_imports(ctx: ModuleContext) -> dict[str, str]:
@@ -197,24 +193,73 @@ def _imported_submodules(ctx: ModuleContext, cls: ast.ClassDef) -> list[str]:
     """Capitalised callables a class calls that were imported from outside the libraries
     (its submodules from other files), by their qualified names; names a star import may
     have brought (`from .unet_parts import *`) under each such module."""
+    end = cls.end_lineno or cls.lineno
     found: list[str] = []
+    for line, symbols in _project_constructions(ctx):
+        if cls.lineno <= line <= end:
+            found += [s for s in symbols if s not in found]
+    return found
+
+
+def _project_constructions(ctx: ModuleContext) -> list[tuple[int, list[str]]]:
+    """Every call in the module of a capitalised callable imported from the project (or
+    possibly brought by a star import): its line and the qualified names it may mean."""
+    memo = ctx.memo_table("project.constructions")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
     stars = _star_modules(ctx)
-    for node in ast.walk(cls):
-        if not isinstance(node, ast.Call) or not identifier(node.func)[:1].isupper():
-            continue
-        symbol = callee_symbol(ctx, node.func)
-        if symbol is not None:
-            symbols = [symbol]
-        elif isinstance(node.func, ast.Name) and node.func.id not in ctx.flow.classes:
-            symbols = [f"{module}.{node.func.id}" for module in stars]
-        else:
-            symbols = []
-        found += [s for s in symbols if not s.startswith(_LIBRARIES) and s not in found]
+    imported = _project_imports(ctx)
+    found: list[tuple[int, list[str]]] = []
+    if stars or imported:
+        for node in ctx.flow.nodes(ast.Call):
+            assert isinstance(node, ast.Call)
+            root = node.func
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if not isinstance(root, ast.Name) or not identifier(node.func)[:1].isupper():
+                continue
+            if root.id in imported:
+                symbols = [callee_symbol(ctx, node.func) or ""]
+            elif stars and node.func is root and root.id not in ctx.flow.classes:
+                symbols = [f"{module}.{root.id}" for module in stars]
+            else:
+                continue
+            kept = [s for s in symbols if s and not s.startswith(_LIBRARIES)]
+            if kept:
+                found.append((node.lineno, kept))
+    memo[""] = found
+    return found
+
+
+def _project_imports(ctx: ModuleContext) -> frozenset[str]:
+    """Local names imported from outside the libraries (`from .parts import DoubleConv`)."""
+    memo = ctx.memo_table("project.project_imports")
+    if "" not in memo:
+        names = {*ctx.imports.aliases, *_relative_imports_memo(ctx)}
+        memo[""] = frozenset(
+            n for n in names if not f"{imported_symbol(ctx, n)}.".startswith(_LIBRARIES)
+        )
+    return memo[""]  # type: ignore[no-any-return]
+
+
+def _relative_imports_memo(ctx: ModuleContext) -> dict[str, str]:
+    memo = ctx.memo_table("project.relative_imports")
+    if not memo:
+        memo[""] = _relative_imports(ctx)
+    found: dict[str, str] = memo[""]
     return found
 
 
 def _star_modules(ctx: ModuleContext) -> list[str]:
     """Modules of this project star-imported here (`from .parts import *`), resolved."""
+    memo = ctx.memo_table("project.star_modules")
+    if "" not in memo:
+        memo[""] = _resolve_star_imports(ctx)
+    found: list[str] = memo[""]
+    return found
+
+
+def _resolve_star_imports(ctx: ModuleContext) -> list[str]:
     package = module_name(ctx.path).split(".")
     if PurePosixPath(ctx.path).name != "__init__.py":
         package = package[:-1]
