@@ -332,3 +332,24 @@ def test_script_arguments_after_double_dash_reach_the_script(tmp_path: Path) -> 
     doc, _ = run_probes(tmp_path, script, "--steps", "1", "--", "--steps", "7")
     assert doc.argv == ["--steps", "7"]
     assert doc.outcome.kind == "completed-steps"
+
+
+def test_value_ranges_at_the_data_boundaries_come_from_sampled_steps_only(
+    tmp_path: Path,
+) -> None:
+    doc, _ = run_probes(
+        tmp_path, "image_batches.py", "--steps", "8", "--sample-every", "2", "--no-flops"
+    )
+    batch = next(b for b in doc.value_ranges if b.boundary == "batch")
+    assert (batch.name, batch.file, batch.line) == ("TensorDataset", "image_batches.py", 12)
+    pixels, labels = batch.tensors
+    assert (pixels.dtype, pixels.shape, pixels.samples) == ("float32", [8, 1, 6, 6], 4)
+    assert pixels.finite and not pixels.integral
+    assert pixels.min is not None and pixels.max is not None
+    assert 0 <= pixels.min < 0.1 and 0.9 < pixels.max <= 1  # step 5's 7.0 was not sampled
+    assert (labels.dtype, labels.integral, labels.samples) == ("int64", True, 4)
+    assert labels.min is not None and labels.max is not None
+    assert labels.min >= 0 and labels.max <= 9
+    (inputs,) = [b for b in doc.value_ranges if b.boundary == "model-input"]
+    assert inputs.name == "Sequential" and [t.index for t in inputs.tensors] == [0]
+    assert inputs.tensors[0].max == pixels.max

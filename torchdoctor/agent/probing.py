@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.evidence.probe_schema import DataFlow, RootSignature
+from torchdoctor.agent.evidence.probe_schema import BoundaryValues, DataFlow, RootSignature
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
@@ -57,6 +57,9 @@ class RunSummary(BaseModel):
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(
         default_factory=list, description="the root models' distinct forward signatures"
+    )
+    value_ranges: list[BoundaryValues] = Field(
+        default_factory=list, description="values at the data boundaries, sampled steps"
     )
     curves: RunCurves = Field(default_factory=RunCurves)
 
@@ -186,6 +189,7 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         notes=analysis.notes,
         dataflow=analysis.dataflow,
         root_signatures=analysis.root_signatures,
+        value_ranges=analysis.value_ranges,
         curves=analysis.curves,
     )
     return finished, analysis.by_point()

@@ -232,6 +232,30 @@ class RootSignature(_Model):
     calls: int = 0
 
 
+class TensorValues(_Model):
+    """One tensor position's values over the sampled steps (min/max over finite values)."""
+
+    index: int
+    dtype: str
+    shape: list[int] = Field(description="the first observation's shape")
+    min: float | None = None
+    max: float | None = None
+    finite: bool = True
+    integral: bool = Field(True, description="every value a whole number (labels, indices)")
+    samples: int = 0
+
+
+class BoundaryValues(_Model):
+    """The tensors crossing one data boundary: a batch leaving the DataLoader built at
+    file:line (name: its dataset class), or a root model's forward arguments (name: its class)."""
+
+    boundary: Literal["batch", "model-input"]
+    name: str
+    file: str | None = None
+    line: int | None = None
+    tensors: list[TensorValues] = Field(default_factory=list)
+
+
 class DtypeMixing(_Model):
     module: str
     type: str
@@ -392,6 +416,7 @@ class ProbeDocument(_Model):
     dataloader: DataLoaders = Field(default_factory=DataLoaders)
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(default_factory=list)
+    value_ranges: list[BoundaryValues] = Field(default_factory=list)
     dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
     flops: Flops | None = None
     energy: Energy | None = None

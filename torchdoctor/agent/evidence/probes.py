@@ -25,7 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID
 from torchdoctor.agent.evidence.distributed import check_distributed
-from torchdoctor.agent.evidence.probe_schema import DataFlow, ProbeDocument, RootSignature
+from torchdoctor.agent.evidence.probe_schema import (
+    BoundaryValues,
+    DataFlow,
+    ProbeDocument,
+    RootSignature,
+)
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
@@ -96,6 +101,7 @@ class ProbeAnalysis(BaseModel):
     notes: list[str] = Field(default_factory=list)
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(default_factory=list)
+    value_ranges: list[BoundaryValues] = Field(default_factory=list)
     curves: RunCurves = Field(default_factory=lambda: RunCurves())
 
     def by_point(self) -> list[tuple[int, Evidence]]:
@@ -900,5 +906,6 @@ def probe_findings(
         notes=_notes(document),
         dataflow=document.dataflow,
         root_signatures=document.root_signatures,
+        value_ranges=document.value_ranges,
         curves=RunCurves.from_document(document),
     )

@@ -10,11 +10,15 @@ import torch.utils.data
 import torch.utils.data.dataloader as dataloader_module
 
 from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.values import ValueRanges
 
 
 class DataLoaderProbe:
-    def __init__(self, user_files: UserFiles) -> None:
+    def __init__(self, user_files: UserFiles, values: ValueRanges) -> None:
         self.user_files = user_files
+        self.values = values
+        self.sampled = True
+        """The step fetching batches now is a sampled one: their value ranges are taken."""
         self.loaders: list[dict[str, Any]] = []
         self._index: dict[int, int] = {}
         self.wait_by_step: dict[int, float] = {}
@@ -34,8 +38,10 @@ class DataLoaderProbe:
 
         def next_batch(iterator: Any) -> Any:
             start = time.perf_counter()
+            batch = None
             try:
-                return original_next(iterator)
+                batch = original_next(iterator)
+                return batch
             finally:
                 waited = time.perf_counter() - start
                 probe.wait_by_step[probe.step] = probe.wait_by_step.get(probe.step, 0.0) + waited
@@ -43,6 +49,11 @@ class DataLoaderProbe:
                 if index is not None:
                     probe.loaders[index]["batches"] += 1
                     probe.loaders[index]["wait_s"] += waited
+                    if probe.sampled and batch is not None:
+                        loader = probe.loaders[index]
+                        probe.values.on_batch(
+                            loader["dataset"], loader["file"], loader["line"], batch
+                        )
 
         self._originals = [
             (loader_cls, "__init__", original_init),

@@ -189,6 +189,7 @@ def build(
         "dataflow": session.dataflow.report(),
         "dtype_mixing": session.dataflow.dtype_mixing(),
         "root_signatures": session.root_shapes.report(),
+        "value_ranges": session.values.report(),
         "flops": session.flops.report(median) if config.flops else None,
         "energy": session.power.report(median),
         "mode_issues": session.mode.report(),

@@ -50,6 +50,7 @@ from torchdoctor.sandbox.probes.power import PowerProbe
 from torchdoctor.sandbox.probes.shapes import RootShapes
 from torchdoctor.sandbox.probes.syncs import SyncProbe
 from torchdoctor.sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.values import ValueRanges
 from torchdoctor.sandbox.probes.warnings_probe import WarningsProbe
 
 FUNCTIONAL_LOSSES = (
@@ -110,7 +111,9 @@ class Session:
         self.vram = VramWatch()
         self.syncs = SyncProbe(user_files)
         self.warnings = WarningsProbe(user_files, self._on_sync_warning)
-        self.dataloader = DataLoaderProbe(user_files)
+        self.values = ValueRanges()
+        self.dataloader = DataLoaderProbe(user_files, self.values)
+        self.dataloader.sampled = self.watching
         self.dataflow = DataFlowProbe()
         self.root_shapes = RootShapes()
         self.flops = FlopProbe()
@@ -331,6 +334,7 @@ class Session:
                     self.distributed.on_root_forward(module)
                 if self.watching:
                     self.forward.on_input(self.step, self._name(module), args)
+                    self.values.on_model_input(type(module).__name__, args)
             if self.dataflow_on:
                 self.dataflow.on_enter(self.step, self.depth - 1, self._name(module), module, args)
         except (StopRun, KeyboardInterrupt):
@@ -418,7 +422,7 @@ class Session:
                 warnings.simplefilter("ignore")
                 self.vram.observe()
             raise StopRun()
-        self.watching = self._watched(self.step)
+        self.watching = self.dataloader.sampled = self._watched(self.step)
         self._global_wanted = False
         if self.depth == 0:
             self._set_global_hooks(self._global_hooks_needed())
@@ -438,6 +442,7 @@ class Session:
             self.loss.flush()
             self.grads.flush()
             self.forward.flush()
+            self.values.flush()
         finally:
             self.syncs.set_cuda_mode(cuda_mode)
         nonfinite = self.grads.first_nonfinite is not None or any(
