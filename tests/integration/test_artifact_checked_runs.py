@@ -66,7 +66,17 @@ def test_annotations_and_checks_are_offered_approved_and_written(
     assert asked == ["artifact-types", "artifact-validation"]
     assert [c.passed for c in types.checks] == [True]
     assert "jaxtyping + beartype" in types.checks[0].name
-    assert len(validation.checks) == 4 and all(c.passed for c in validation.checks)
+    assert all(c.passed for c in validation.checks)
+    assert [c.name for c in validation.checks[1:]] == [
+        "test_rejects_wrong_shape_x",
+        "test_rejects_nan_in_x",
+        "test_rejects_wrong_dtype_x",
+        "test_rejects_out_of_range_x",  # a value far outside the sampled range
+        "test_accepts_a_batch_like_the_observed_ones",
+        "test_rejects_batch_out_of_range_tensor_0",
+        "test_rejects_batch_nan_in_tensor_0",
+        "test_rejects_batch_out_of_range_tensor_1",  # a label equal to the class count
+    ]
     text = (project / "train_buggy.py").read_text()
     assert 'self, x: Float32[torch.Tensor, "batch 20"]' in text
     assert ') -> tuple[Float32[torch.Tensor, "batch 4"], Float32[torch.Tensor, "batch 1"]]:' in text
@@ -74,6 +84,12 @@ def test_annotations_and_checks_are_offered_approved_and_written(
     assert "from jaxtyping import Float32" in text
     assert "_check_classifier_inputs(self, x)" in text
     assert "if x.dim() != 2 or x.shape[1] != 20:" in text
+    # the data boundary: the training loader's batches checked as they leave it
+    assert (
+        "DataLoader(make_data(), batch_size=32, shuffle=True, collate_fn=_checked_collate)" in text
+    )
+    assert "tensor 1 must hold class indices in [0, 4)" in text
+    assert "DataLoader(make_data(128), batch_size=64)" in text
     assert validation.original == types.content  # built on the annotations, written after them
     assert "artifact written: train_buggy.py" in outcome.report.summary.notes
 
@@ -97,6 +113,70 @@ def test_the_checks_without_the_annotations_they_were_built_on_are_not_written(
     assert not written.paths
     assert "changed since the audit" in written.skipped["artifact-validation"]
     assert (tmp_path / "train_buggy.py").read_text() == (EXAMPLES / "train_buggy.py").read_text()
+
+
+PADDED = """import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Sentences(Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        return torch.arange(3 + index % 4) % 8, index % 2
+
+
+def pad(items):
+    longest = max(len(tokens) for tokens, _ in items)
+    tokens = torch.stack([nn.functional.pad(t, (0, longest - len(t))) for t, _ in items])
+    return tokens, torch.tensor([label for _, label in items])
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(8, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens).mean(dim=1))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = Bag()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for tokens, labels in DataLoader(Sentences(), batch_size=2, collate_fn=pad):
+        loss = nn.functional.cross_entropy(model(tokens), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def test_the_projects_own_getitem_and_collate_are_annotated_and_checked_at_run_time(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bag.py").write_text(PADDED)
+    outcome, _asked = _audit(tmp_path, "python bag.py", apply=False)
+    types, validation = outcome.report.artifacts
+    assert types.state == "offered", types.reason
+    assert "and of what Sentences.__getitem__ and pad return" in types.reason
+    assert "jaxtyping + beartype checking the annotated functions" in types.checks[0].name
+    assert 'def __getitem__(self, index) -> tuple[Int64[torch.Tensor, "d1"], int]:' in (
+        types.content
+    )
+    assert (
+        'def pad(items) -> tuple[Int64[torch.Tensor, "batch d1"], Int64[torch.Tensor, "batch"]]:'
+        in types.content
+    )
+    assert "from jaxtyping import Float32, Int64" in types.content
+    # the loader's collate is the project's own: only the model's boundary is checked
+    assert validation.state == "offered", validation.reason
+    assert "it has a collate_fn of its own" in validation.reason
+    assert "_checked_collate" not in validation.content
 
 
 UNSEEN_SHAPE = """import torch

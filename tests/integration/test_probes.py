@@ -353,3 +353,16 @@ def test_value_ranges_at_the_data_boundaries_come_from_sampled_steps_only(
     (inputs,) = [b for b in doc.value_ranges if b.boundary == "model-input"]
     assert inputs.name == "Sequential" and [t.index for t in inputs.tensors] == [0]
     assert inputs.tensors[0].max == pixels.max
+
+
+def test_what_the_projects_own_getitem_and_collate_return_is_recorded(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "padded_items.py", "--steps", "6", "--no-flops")
+    items = [f for f in doc.data_functions if f.role == "getitem"]
+    assert {(f.name, f.file, f.line, f.container) for f in items} == {
+        ("Sentences.__getitem__", "padded_items.py", 13, "tuple")
+    }
+    assert sorted(f.elements[0].shape or [] for f in items) == [[3], [4], [5], [6]]
+    assert all(f.elements[0].dtype == "int64" and f.elements[1].kind == "int" for f in items)
+    batches = [f for f in doc.data_functions if f.role == "collate"]
+    assert {(f.name, f.line) for f in batches} == {("pad", 17)}
+    assert sorted(f.elements[0].shape or [] for f in batches) == [[1, 3], [1, 4], [1, 5], [1, 6]]

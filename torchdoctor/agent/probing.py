@@ -16,7 +16,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.evidence.probe_schema import BoundaryValues, DataFlow, RootSignature
+from torchdoctor.agent.evidence.probe_schema import (
+    BoundaryValues,
+    DataFlow,
+    DataFunctionSignature,
+    RootSignature,
+)
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
@@ -60,6 +65,9 @@ class RunSummary(BaseModel):
     )
     value_ranges: list[BoundaryValues] = Field(
         default_factory=list, description="values at the data boundaries, sampled steps"
+    )
+    data_functions: list[DataFunctionSignature] = Field(
+        default_factory=list, description="what the user's __getitem__ / collate_fn returned"
     )
     curves: RunCurves = Field(default_factory=RunCurves)
 
@@ -190,6 +198,7 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         dataflow=analysis.dataflow,
         root_signatures=analysis.root_signatures,
         value_ranges=analysis.value_ranges,
+        data_functions=analysis.data_functions,
         curves=analysis.curves,
     )
     return finished, analysis.by_point()

@@ -31,10 +31,12 @@ def checked_run(
     reached: tuple[str, range],
     name: str,
     needs: tuple[str, ...] = (),
+    reached_too: tuple[tuple[str, range], ...] = (),
 ) -> CheckOutcome:
     """The outcome of `run`'s command on a copy with `changed` (path -> text) written in it;
     `reached`: the file and lines the run must execute (the edited forward); `needs`: modules
-    the edits import, named if the sandbox lacks them (MissingModule)."""
+    the edits import, named if the sandbox lacks them (MissingModule); `reached_too`: other
+    edited lines the run must execute as well (a wired-in collate)."""
     source = workspace.root if workspace.kind == "folder" else workspace.target
     try:
         copy = stage_workspace(source)
@@ -43,8 +45,8 @@ def checked_run(
     try:
         for relative, text in changed.items():
             (copy / relative).write_text(text, encoding="utf-8")
-        path, lines = reached
-        done = smoke_run(harness, copy, shlex.split(run.command), CHECK_STEPS, trace=[path])
+        traced = sorted({path for path, _ in (reached, *reached_too)})
+        done = smoke_run(harness, copy, shlex.split(run.command), CHECK_STEPS, trace=traced)
     finally:
         remove_workspace(copy)
     missing = _MISSING.search(done.detail)
@@ -52,10 +54,13 @@ def checked_run(
         raise MissingModule(missing[1])
     if not done.ok:
         return CheckOutcome(name=name, passed=False, detail=one_line(done.detail)[:400])
-    if not set(done.executed_lines.get(path, [])) & set(lines):
-        return CheckOutcome(
-            name=name, passed=False, detail=f"`{run.command}` did not reach the edited forward"
-        )
+    for (path, lines), what in [(reached, "the edited forward")] + [
+        (r, "the edited lines") for r in reached_too
+    ]:
+        if not set(done.executed_lines.get(path, [])) & set(lines):
+            return CheckOutcome(
+                name=name, passed=False, detail=f"`{run.command}` did not reach {what}"
+            )
     return CheckOutcome(name=name, passed=True, detail=f"`{run.command}`, {CHECK_STEPS} steps")
 
 

@@ -110,16 +110,24 @@ def _arity(node: ast.Return) -> int:
 
 def edit_forward(text: str, class_name: str, edit: ForwardEdit) -> str:
     """`text` with `edit` applied to `class_name`'s forward and to the module."""
+    return edit_function(text, class_name, "forward", edit)
+
+
+def edit_function(text: str, owner: str | None, name: str, edit: ForwardEdit) -> str:
+    """`text` with `edit` applied to the method `name` of the module-level class `owner`, or to
+    the module-level function `name` (owner None), and to the module (imports, and code before
+    the owner, or before the function)."""
     module = cst.parse_module(text)
-    edited = module.visit(_Edit(class_name, edit))
+    edited = module.visit(_Edit(owner, edit, name))
     assert isinstance(edited, cst.Module)
     return edited.code
 
 
 class _Edit(cst.CSTTransformer):
-    def __init__(self, class_name: str, edit: ForwardEdit) -> None:
+    def __init__(self, class_name: str | None, edit: ForwardEdit, function: str) -> None:
         super().__init__()
         self.class_name = class_name
+        self.function = function
         self.edit = edit
         self.scopes: list[str] = []
 
@@ -137,7 +145,8 @@ class _Edit(cst.CSTTransformer):
         self, original: cst.FunctionDef, updated: cst.FunctionDef
     ) -> cst.FunctionDef:
         self.scopes.pop()
-        if self.scopes != [f"class {self.class_name}"] or updated.name.value != "forward":
+        owner = [f"class {self.class_name}"] if self.class_name else []
+        if self.scopes != owner or updated.name.value != self.function:
             return updated
         edit = self.edit
         params = updated.params.with_changes(
@@ -169,10 +178,11 @@ class _Edit(cst.CSTTransformer):
 
     def leave_Module(self, original: cst.Module, updated: cst.Module) -> cst.Module:
         body = list(updated.body)
+        top = self.class_name or self.function
         at = next(
             i
             for i, s in enumerate(body)
-            if isinstance(s, cst.ClassDef) and s.name.value == self.class_name
+            if isinstance(s, cst.ClassDef | cst.FunctionDef) and s.name.value == top
         )
         if self.edit.before_class:
             helper = list(cst.parse_module(self.edit.before_class).body)

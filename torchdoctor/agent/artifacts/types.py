@@ -7,11 +7,20 @@ dimension names against each other)."""
 
 from __future__ import annotations
 
+import ast
+
 from torchdoctor.agent.artifacts.checked_run import MissingModule, checked_run, run_of
+from torchdoctor.agent.artifacts.data_types import (
+    DTYPE_CLASSES,
+    DataAnnotation,
+    data_annotations,
+    describe,
+)
 from torchdoctor.agent.artifacts.forward_edit import (
     ForwardEdit,
     ForwardShape,
     edit_forward,
+    edit_function,
     forward_body,
     imports_name,
     read_forward,
@@ -27,20 +36,6 @@ from torchdoctor.agent.workspace import Workspace
 ITEMS = ["1.2"]
 CHECKING = "__import__('jaxtyping').jaxtyped(typechecker=__import__('beartype').beartype)"
 """The checked copy's decorator: no import line, so the offered file's imports stay its own."""
-_DTYPES = {
-    "float16": "Float16",
-    "bfloat16": "BFloat16",
-    "float32": "Float32",
-    "float64": "Float64",
-    "int8": "Int8",
-    "int16": "Int16",
-    "int32": "Int32",
-    "int64": "Int64",
-    "uint8": "UInt8",
-    "bool": "Bool",
-    "complex64": "Complex64",
-    "complex128": "Complex128",
-}
 _KINDS = {"float": "Float", "int": "Int", "bool": "Bool", "complex": "Complex"}
 
 
@@ -63,11 +58,22 @@ def types_artifact(
     if isinstance(shape, str):
         return not_checked(shape)
     signature = observed_signature(target, runs)
-    edit = annotations_edit(shape, signature.inputs, signature.outputs, text)
+    data = data_annotations(runs, target.file, text)
+    extra = sorted({n for a in data for n in a.names})
+    edit = annotations_edit(shape, signature.inputs, signature.outputs, text, extra)
     if isinstance(edit, str):
         return Artifact(kind="types", state="not-applicable", items=ITEMS, reason=edit)
-    annotated = tidy(workspace.root, text, edit_forward(text, target.class_name, edit))
+    edited = edit_forward(text, target.class_name, edit)
+    for function in data:
+        edited = edit_function(
+            edited, function.owner, function.name, ForwardEdit(returns=function.returns)
+        )
+    annotated = tidy(workspace.root, text, edited)
     checked = edit_forward(annotated, target.class_name, ForwardEdit(decorator=CHECKING))
+    for function in data:
+        checked = edit_function(
+            checked, function.owner, function.name, ForwardEdit(decorator=CHECKING)
+        )
     try:
         outcome = checked_run(
             harness,
@@ -75,8 +81,10 @@ def types_artifact(
             run,
             {target.file: checked},
             (target.file, forward_body(checked, target.class_name)),
-            "the run passes with jaxtyping + beartype checking the annotated forward",
+            "the run passes with jaxtyping + beartype checking the annotated "
+            + ("functions" if data else "forward"),
             needs=("jaxtyping", "beartype"),
+            reached_too=tuple((target.file, _body(checked, f)) for f in data),
         )
     except MissingModule as missing:
         return not_checked(
@@ -90,12 +98,13 @@ def types_artifact(
         )
     else:
         what = ", ".join(edit.params) + (" and the result" if edit.returns else "")
+        returns = f", and of what {describe(data)} return" if data else ""
         state, reason = (
             "offered",
             (
                 f"jaxtyping annotations of {target.class_name}.forward ({what}) from "
-                f"{signature.observations} observed signature(s), checked at run time in the "
-                "sandbox"
+                f"{signature.observations} observed signature(s){returns}, checked at run "
+                "time in the sandbox"
             ),
         )
     return Artifact(
@@ -111,7 +120,11 @@ def types_artifact(
 
 
 def annotations_edit(
-    shape: ForwardShape, inputs: list[ObservedTensor], outputs: list[ObservedTensor], text: str
+    shape: ForwardShape,
+    inputs: list[ObservedTensor],
+    outputs: list[ObservedTensor],
+    text: str,
+    more_names: list[str] | None = None,
 ) -> ForwardEdit | str:
     """The edit that annotates each observed tensor parameter and, where the returns show
     the observed results one to one, the result; a reason when there is nothing to annotate."""
@@ -125,7 +138,7 @@ def annotations_edit(
     returns = _return_annotation(shape, outputs)
     if not params and returns is None:
         return "forward takes and returns no tensor the runs observed"
-    names = sorted({dtype_class(t) for t in [*inputs, *outputs]})
+    names = sorted({dtype_class(t) for t in [*inputs, *outputs]} | set(more_names or []))
     imports = [f"from jaxtyping import {', '.join(names)}"]
     if not imports_name(text, "torch"):
         imports.insert(0, "import torch")
@@ -149,4 +162,15 @@ def annotation(tensor: ObservedTensor) -> str:
 
 def dtype_class(tensor: ObservedTensor) -> str:
     """jaxtyping's dtype class: the observed dtype's, its kind's when it varied."""
-    return _DTYPES.get(tensor.dtype or "") or _KINDS.get(tensor.kind, "Shaped")
+    return DTYPE_CLASSES.get(tensor.dtype or "") or _KINDS.get(tensor.kind, "Shaped")
+
+
+def _body(text: str, function: DataAnnotation) -> range:
+    """The lines of a data function's body in `text`."""
+    body = ast.parse(text).body
+    if function.owner is not None:
+        body = next(
+            n.body for n in body if isinstance(n, ast.ClassDef) and n.name == function.owner
+        )
+    node = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == function.name)
+    return range(node.body[0].lineno, (node.end_lineno or node.lineno) + 1)

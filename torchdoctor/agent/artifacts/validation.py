@@ -9,8 +9,16 @@ Offered only when, in the sandbox, the audit's run command passes with the check
 
 from __future__ import annotations
 
+import ast
 import re
 
+from torchdoctor.agent.artifacts.batch_checks import (
+    CHECK,
+    COLLATE,
+    BatchChecks,
+    batch_checks,
+    wire_collate,
+)
 from torchdoctor.agent.artifacts.checked_run import checked_run, run_of
 from torchdoctor.agent.artifacts.forward_edit import (
     ForwardEdit,
@@ -21,9 +29,11 @@ from torchdoctor.agent.artifacts.forward_edit import (
     tidy,
 )
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget
+from torchdoctor.agent.artifacts.ranges import Bound, merged, range_lines, value_bound
 from torchdoctor.agent.artifacts.sandboxed import SandboxedRun
 from torchdoctor.agent.artifacts.signature import BATCH, ObservedTensor, observed_signature
 from torchdoctor.agent.artifacts.target import NoTarget
+from torchdoctor.agent.evidence.probe_schema import TensorValues
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import Workspace
@@ -64,8 +74,23 @@ def validation_artifact(
     if len(shape.params) < len(inputs):
         return not_checked("forward's positional parameters do not match its observed tensors")
     names = shape.params[: len(inputs)]
-    edit = checks_edit(text, target.class_name, names, inputs, embedding_inputs(target, runs))
-    edited = tidy(workspace.root, text, edit_forward(text, target.class_name, edit))
+    embeddings = embedding_inputs(target, runs)
+    bounds = input_bounds(target.class_name, inputs, embeddings, runs)
+    edit = checks_edit(text, target.class_name, names, inputs, embeddings, bounds)
+    batches = batch_checks(target, runs)
+    source = workspace.text_of(target.file) or text
+    wired = (
+        wire_collate(source, text, int(batches.where.rpartition(":")[2]))
+        if isinstance(batches, BatchChecks)
+        else None
+    )
+    if isinstance(batches, BatchChecks) and wired is not None:
+        edit = edit.model_copy(update={"before_class": batches.helpers + edit.before_class})
+        text_to_edit = wired
+    else:
+        text_to_edit = text
+    edited = tidy(workspace.root, text, edit_forward(text_to_edit, target.class_name, edit))
+    collate = function_body(edited, COLLATE) if wired is not None else None
     accepted = checked_run(
         harness,
         workspace,
@@ -73,23 +98,33 @@ def validation_artifact(
         {target.file: edited},
         (target.file, forward_body(edited, target.class_name)),
         "the run passes with the checks in place",
+        reached_too=((target.file, collate),) if collate is not None else (),
     )
     checks = [accepted]
     if accepted.passed:
-        rejecting = runner.pytest(
-            "test_torchdoctor_rejects.py",
-            _rejection_tests(target, names, inputs),
-            {target.file: edited},
-        )
+        tests = _rejection_tests(target, names, inputs, bounds)
+        if isinstance(batches, BatchChecks) and wired is not None:
+            tests += _batch_tests(batches)
+        rejecting = runner.pytest("test_torchdoctor_rejects.py", tests, {target.file: edited})
         if isinstance(rejecting, str):
             return not_checked(rejecting)
         checks += rejecting
     if all(c.passed for c in checks):
+        if isinstance(batches, str):
+            at_loader = f" (not at the DataLoader: {batches})"
+        elif wired is None:
+            at_loader = (
+                f" (not at the DataLoader at {batches.where}: it has a collate_fn of its own, "
+                "or is no plain DataLoader(...) call)"
+            )
+        else:
+            at_loader = f" and on the batches of the DataLoader at {batches.where}"
+        rejected = sum(c.name.startswith("test_rejects") for c in checks)
         state, reason = (
             "offered",
             (
-                f"input checks for {target.class_name}.forward ({', '.join(names)}): they pass the "
-                f"run's data and reject {len(checks) - 1} broken input(s) in the sandbox"
+                f"input checks for {target.class_name}.forward ({', '.join(names)}){at_loader}: "
+                f"they pass the run's data and reject {rejected} broken input(s) in the sandbox"
             ),
         )
     else:
@@ -116,17 +151,46 @@ def checks_edit(
     names: list[str],
     inputs: list[ObservedTensor],
     embeddings: dict[int, str],
+    bounds: dict[int, Bound] | None = None,
 ) -> ForwardEdit:
     """The checks as a function before the class, called at the top of forward."""
     helper = "_check_" + _CAMEL.sub("_", class_name).lower() + "_inputs"
     return ForwardEdit(
-        before_class=_render(helper, class_name, names, inputs, embeddings),
+        before_class=_render(helper, class_name, names, inputs, embeddings, bounds or {}),
         prologue=[
             f"if __debug__ and not torch.compiler.is_compiling():\n"
             f"    {helper}(self, {', '.join(names)})\n"
         ],
         imports=[] if imports_name(text, "torch") else ["import torch"],
     )
+
+
+def input_bounds(
+    class_name: str,
+    inputs: list[ObservedTensor],
+    embeddings: dict[int, str],
+    runs: list[RunSummary],
+) -> dict[int, Bound]:
+    """Per input position (an embedding's input excepted: it has its own range), the value
+    range the sampled forward calls support."""
+    observed = merged("model-input", class_name, runs)
+    bounds: dict[int, Bound] = {}
+    for index, tensor in enumerate(inputs):
+        values = observed.get(index)
+        if values is None or index in embeddings or tensor.kind not in ("float", "int"):
+            continue
+        bound = value_bound(values, tensor.kind == "float")
+        if bound is not None:
+            bounds[index] = bound
+    return bounds
+
+
+def function_body(text: str, name: str) -> range | None:
+    """The lines of the module-level function `name`'s body."""
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return range(node.body[0].lineno, (node.end_lineno or node.lineno) + 1)
+    return None
 
 
 def embedding_inputs(target: ModelTarget, runs: list[RunSummary]) -> dict[int, str]:
@@ -159,6 +223,7 @@ def _render(
     names: list[str],
     inputs: list[ObservedTensor],
     embeddings: dict[int, str],
+    bounds: dict[int, Bound],
 ) -> str:
     typed = ", ".join(f"{name}: torch.Tensor" for name in names)
     lines = [
@@ -198,6 +263,8 @@ def _render(
                 f"        raise ValueError(f'{class_name}: {name} must index {path}: "
                 f"0 to {{rows - 1}}')",
             ]
+        if index in bounds:
+            lines += range_lines(class_name, name, name, bounds[index])
     return "\n".join(lines) + "\n\n\n"
 
 
@@ -213,10 +280,16 @@ def _shape_checks(class_name: str, name: str, tensor: ObservedTensor) -> list[st
     ]
 
 
-def _rejection_tests(target: ModelTarget, names: list[str], inputs: list[ObservedTensor]) -> str:
-    """One pytest test per broken input: a fixed size changed, a NaN, another dtype; each must
-    raise the generated check's error, naming the class."""
-    good = [_make(tensor) for tensor in inputs]
+def _rejection_tests(
+    target: ModelTarget,
+    names: list[str],
+    inputs: list[ObservedTensor],
+    bounds: dict[int, Bound],
+) -> str:
+    """One pytest test per broken input: a fixed size changed, a NaN, another dtype, a value
+    out of the observed range; each must raise the generated check's error, naming the class.
+    The other inputs hold values inside their ranges, so only the broken one can raise."""
+    good = [_make(tensor, fill=_inside(bounds.get(i))) for i, tensor in enumerate(inputs)]
     cases: list[tuple[str, int, str]] = []
     for index, (name, tensor) in enumerate(zip(names, inputs, strict=True)):
         fixed = [d for d, size in enumerate(tensor.dims) if size.isdigit()]
@@ -228,6 +301,10 @@ def _rejection_tests(target: ModelTarget, names: list[str], inputs: list[Observe
         if tensor.dtype is not None:
             other = "float64" if tensor.kind != "float" or tensor.dtype != "float64" else "float32"
             cases.append((f"wrong_dtype_{name}", index, _make(tensor, dtype=other)))
+        if index in bounds:
+            cases.append(
+                (f"out_of_range_{name}", index, _make(tensor, fill=bounds[index].breaking))
+            )
     lines = [
         "import pytest",
         "import torch",
@@ -252,11 +329,85 @@ def _rejection_tests(target: ModelTarget, names: list[str], inputs: list[Observe
     return "\n".join(lines) + "\n"
 
 
+def _batch_tests(checks: BatchChecks) -> str:
+    """A batch built from the observed shapes and ranges passes the batch check; the same batch
+    with one tensor broken (out of its range, a NaN) is rejected."""
+    good = [_made(t, _inside(checks.bounds.get(t.index))) for t in checks.tensors]
+    cases: list[tuple[str, int, str]] = []
+    for tensor in checks.tensors:
+        bound = checks.bounds.get(tensor.index)
+        if bound is not None:
+            cases.append(
+                (f"out_of_range_tensor_{tensor.index}", tensor.index, _made(tensor, bound.breaking))
+            )
+        if tensor.dtype.startswith(("float", "bfloat")) and tensor.finite:
+            cases.append(
+                (f"nan_in_tensor_{tensor.index}", tensor.index, _made(tensor, float("nan")))
+            )
+    module = checks_module(checks)
+    lines = [
+        "",
+        "",
+        f"from {module} import {CHECK}",
+        "",
+        "",
+        "def batch():",
+        f"    return [{', '.join(good)}]",
+        "",
+        "",
+        "def test_accepts_a_batch_like_the_observed_ones():",
+        f"    {CHECK}(batch())",
+    ]
+    for case, index, broken in cases:
+        lines += [
+            "",
+            "",
+            f"def test_rejects_batch_{case}():",
+            "    broken = batch()",
+            f"    broken[{index}] = {broken}",
+            "    with pytest.raises((ValueError, TypeError), match='batch:'):",
+            f"        {CHECK}(broken)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def checks_module(checks: BatchChecks) -> str:
+    """The importable name of the file holding the loader (and the model)."""
+    path = checks.where.rpartition(":")[0]
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def _inside(bound: Bound | None) -> float | None:
+    """A value the bound accepts (its middle, or its low end when open above)."""
+    if bound is None or bound.low is None:
+        return None if bound is None or bound.high is None else bound.high - 1
+    if bound.high is None:
+        return bound.low
+    return bound.low if bound.high_exclusive else (bound.low + bound.high) / 2
+
+
 def _size(dim: str) -> int:
     return int(dim) if dim.isdigit() else 2
 
 
-def _make(tensor: ObservedTensor, dims: list[int] | None = None, dtype: str | None = None) -> str:
+def _make(
+    tensor: ObservedTensor,
+    dims: list[int] | None = None,
+    dtype: str | None = None,
+    fill: float | None = None,
+) -> str:
     shape = tuple(dims if dims is not None else [_size(d) for d in tensor.dims])
     chosen = dtype or tensor.dtype or {"float": "float32", "int": "int64"}.get(tensor.kind, "bool")
-    return f"torch.zeros({shape}, dtype=torch.{chosen})"
+    return _full(shape, chosen, fill)
+
+
+def _made(tensor: TensorValues, fill: float | None) -> str:
+    shape = tuple([2, *tensor.shape[1:]]) if tensor.shape else ()
+    return _full(shape, tensor.dtype, fill)
+
+
+def _full(shape: tuple[int, ...], dtype: str, fill: float | None) -> str:
+    if fill is None:
+        return f"torch.zeros({shape}, dtype=torch.{dtype})"
+    value = "float('nan')" if fill != fill else repr(int(fill) if "int" in dtype else fill)
+    return f"torch.full({shape}, {value}, dtype=torch.{dtype})"

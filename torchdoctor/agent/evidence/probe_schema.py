@@ -256,6 +256,28 @@ class BoundaryValues(_Model):
     tensors: list[TensorValues] = Field(default_factory=list)
 
 
+class ReturnedValue(_Model):
+    """One element of what a data function returned: a tensor's shape and dtype, or a type."""
+
+    kind: Literal["tensor", "int", "float", "bool", "str", "other"]
+    shape: list[int] | None = None
+    dtype: str | None = None
+    type: str | None = None
+
+
+class DataFunctionSignature(_Model):
+    """One distinct return of a user's `Dataset.__getitem__` (one item) or `collate_fn` (one
+    batch), on sampled fetches in the main process."""
+
+    role: Literal["getitem", "collate"]
+    name: str = Field(description="the function's qualified name")
+    file: str
+    line: int = Field(description="its `def` line")
+    container: Literal["tuple", "list", "dict", "single"]
+    elements: list[ReturnedValue] = Field(default_factory=list)
+    calls: int = 0
+
+
 class DtypeMixing(_Model):
     module: str
     type: str
@@ -417,6 +439,7 @@ class ProbeDocument(_Model):
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(default_factory=list)
     value_ranges: list[BoundaryValues] = Field(default_factory=list)
+    data_functions: list[DataFunctionSignature] = Field(default_factory=list)
     dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
     flops: Flops | None = None
     energy: Energy | None = None

@@ -28,6 +28,7 @@ from torchdoctor.agent.evidence.distributed import check_distributed
 from torchdoctor.agent.evidence.probe_schema import (
     BoundaryValues,
     DataFlow,
+    DataFunctionSignature,
     ProbeDocument,
     RootSignature,
 )
@@ -102,6 +103,7 @@ class ProbeAnalysis(BaseModel):
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(default_factory=list)
     value_ranges: list[BoundaryValues] = Field(default_factory=list)
+    data_functions: list[DataFunctionSignature] = Field(default_factory=list)
     curves: RunCurves = Field(default_factory=lambda: RunCurves())
 
     def by_point(self) -> list[tuple[int, Evidence]]:
@@ -907,5 +909,6 @@ def probe_findings(
         dataflow=document.dataflow,
         root_signatures=document.root_signatures,
         value_ranges=document.value_ranges,
+        data_functions=document.data_functions,
         curves=RunCurves.from_document(document),
     )

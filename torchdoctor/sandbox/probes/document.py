@@ -190,6 +190,7 @@ def build(
         "dtype_mixing": session.dataflow.dtype_mixing(),
         "root_signatures": session.root_shapes.report(),
         "value_ranges": session.values.report(),
+        "data_functions": session.data_functions.report(),
         "flops": session.flops.report(median) if config.flops else None,
         "energy": session.power.report(median),
         "mode_issues": session.mode.report(),

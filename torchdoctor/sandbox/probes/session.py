@@ -38,6 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.control import StopRun
+from torchdoctor.sandbox.probes.data_functions import DataFunctions
 from torchdoctor.sandbox.probes.dataflow import DataFlowProbe
 from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
 from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_rank
@@ -113,7 +114,8 @@ class Session:
         self.warnings = WarningsProbe(user_files, self._on_sync_warning)
         self.values = ValueRanges()
         self.dataloader = DataLoaderProbe(user_files, self.values)
-        self.dataloader.sampled = self.watching
+        self.data_functions = DataFunctions(user_files)
+        self.dataloader.sampled = self.data_functions.sampled = self.watching
         self.dataflow = DataFlowProbe()
         self.root_shapes = RootShapes()
         self.flops = FlopProbe()
@@ -142,6 +144,7 @@ class Session:
         self.syncs.install()
         self.warnings.install()
         self.dataloader.install()
+        self.data_functions.install()
         if self.distributed is not None:
             self.distributed.install()
         if self.config.flops and self.config.flop_step == 0:
@@ -166,6 +169,7 @@ class Session:
         self.syncs.uninstall(touch_cuda=not in_forked_child)
         self.warnings.uninstall()
         self.dataloader.uninstall()
+        self.data_functions.uninstall()
         if self.distributed is not None:
             self.distributed.uninstall()
 
@@ -422,7 +426,8 @@ class Session:
                 warnings.simplefilter("ignore")
                 self.vram.observe()
             raise StopRun()
-        self.watching = self.dataloader.sampled = self._watched(self.step)
+        self.watching = self._watched(self.step)
+        self.dataloader.sampled = self.data_functions.sampled = self.watching
         self._global_wanted = False
         if self.depth == 0:
             self._set_global_hooks(self._global_hooks_needed())
