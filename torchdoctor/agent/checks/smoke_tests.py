@@ -12,6 +12,7 @@ import ast
 
 from torchdoctor.agent.checks.base import ModuleContext
 
+_RANDOM_INPUTS = ("randn", "rand", "randint", "zeros", "ones", "empty")
 _LOADS_WEIGHTS = ("load_state_dict", "torch.load", "from_pretrained", "load_checkpoint")
 
 
@@ -22,6 +23,18 @@ def defines_modules(ctx: ModuleContext) -> bool:
         and any(ast.unparse(base).endswith("Module") for base in node.bases)
         for node in ctx.tree.body
     )
+
+
+def is_model_smoke_function(ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """`def test(): net = DPN92(); y = net(torch.randn(1, 3, 32, 32))` at the end of a model
+    module (pytorch-cifar's every model file): no parameters, random input, no weights."""
+    if fn.args.args or fn.args.posonlyargs or fn.args.kwonlyargs or fn.args.vararg:
+        return False
+    if ctx.loops.training_loops or not defines_modules(ctx):
+        return False
+    text = ast.unparse(fn)
+    random_input = any(f"torch.{name}(" in text for name in _RANDOM_INPUTS)
+    return random_input and not any(marker in text for marker in _LOADS_WEIGHTS)
 
 
 def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:

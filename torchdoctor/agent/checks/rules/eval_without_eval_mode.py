@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -84,6 +85,8 @@ class EvalWithoutEvalMode(Rule):
             if not calls or id(calls[0]) in reported or ctx.loops.backpropagates(body):
                 continue
             call = calls[0]
+            if owner is not None and is_model_smoke_function(ctx, owner):
+                continue  # a model file's shape check on random input, not an evaluation
             if owner is not None and ctx.flow.reaches_method(owner.body, "train"):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call):
