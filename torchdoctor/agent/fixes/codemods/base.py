@@ -58,8 +58,15 @@ class Codemod:
 
     def explain(self, source: str, target: FixTarget) -> str | None:
         """Why the fix is not applied at `target`, when the codemod recognised the problem
-        but found no safe edit; None when it has nothing to say."""
-        return None
+        but found no safe edit; None when it has nothing to say. By default: the reason the
+        edit gave when it declined (`SourceContext.decline`)."""
+        try:
+            ctx = SourceContext(source)
+        except (cst.ParserSyntaxError, RecursionError):
+            return None
+        if self.edit(ctx, target) and ctx.has_edits:
+            return None
+        return ctx.refusal
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """For correctness fixes: did the defect's observable symptom disappear?
@@ -141,6 +148,12 @@ class SourceContext:
         self.after: dict[int, list[cst.CSTNode]] = {}
         self.removed: set[int] = set()
         self.aliases = _import_aliases(self.module)
+        self.refusal: str | None = None
+
+    def decline(self, reason: str) -> bool:
+        """Give up on the edit, saying why (shown with the finding as "no automatic fix")."""
+        self.refusal = reason
+        return False
 
     # --- reading -------------------------------------------------------------------------
 

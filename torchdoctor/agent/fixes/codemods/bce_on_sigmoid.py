@@ -36,7 +36,14 @@ class BceOnSigmoidFix(Codemod):
             name = dotted_name(call.func)
             if name is not None:
                 return _edit_criterion(ctx, name)
-        return False
+        where = target.data.get("sigmoid_line")
+        return ctx.decline(
+            "the sigmoid is not applied in the loss call"
+            + (f" but at line {where}" if isinstance(where, int) else "")
+            + ": dropping it there would change what that code returns to its other users "
+            "(inference, metrics); return logits, apply the sigmoid where probabilities are "
+            "needed, and use BCEWithLogitsLoss"
+        )
 
 
 def _edit_criterion(ctx: SourceContext, name: str) -> bool:
@@ -49,12 +56,15 @@ def _edit_criterion(ctx: SourceContext, name: str) -> bool:
     ]
     uses = ctx.find(cst.Call, where=lambda c: dotted_name(c.func) == name)
     if len(ctors) != 1 or not uses or not isinstance(ctors[0].value, cst.Call):
-        return False
+        return ctx.decline(f"`{name}` is not built once from nn.BCELoss in this file")
     ctor = ctors[0].value
     if not isinstance(ctor.func, cst.Attribute):
-        return False
+        return ctx.decline(f"`{name}`'s BCELoss is imported by name; change it by hand")
     if any(not u.args or _sigmoid_input(ctx, u.args[0].value) is None for u in uses):
-        return False
+        return ctx.decline(
+            f"`{name}` is also called on inputs that are not sigmoid outputs: a logits loss "
+            "would get probabilities there"
+        )
     ctx.replace(ctor.func, _to_logits_class)
     for use in uses:
         _drop_sigmoid(ctx, use)

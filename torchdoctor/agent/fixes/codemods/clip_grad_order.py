@@ -21,11 +21,16 @@ class ClipGradOrderFix(Codemod):
         side = target.data.get("move")
         anchor_line = target.data.get("anchor_line")
         if side not in ("after", "before") or not isinstance(anchor_line, int):
-            return False
+            return ctx.decline("backward() and the step are not both in the clipping's block")
         clip = _line_statement(ctx, target.line)
         anchor = _line_statement(ctx, anchor_line)
-        if clip is None or anchor is None or ctx.parent(clip) is not ctx.parent(anchor):
-            return False
+        if clip is None or anchor is None:
+            return ctx.decline("the clipping or its anchor shares its line with other code")
+        if ctx.parent(clip) is not ctx.parent(anchor):
+            return ctx.decline(
+                f"the clipping and line {anchor_line} are in different blocks: moving it "
+                "would change when it runs"
+            )
         ctx.remove(clip)  # its comment lines travel with it
         if side == "after":
             ctx.insert_after(anchor, [clip])

@@ -39,7 +39,11 @@ class DoubleSoftmaxFix(Codemod):
                 return True
             if isinstance(first, cst.Name):
                 return _edit_assignment(ctx, call, first.value)
-        return False
+        return ctx.decline(
+            "the softmax is not applied in this function (a model's forward or a helper "
+            "returns probabilities): removing it there would change what other callers get; "
+            "return logits and apply softmax only where probabilities are needed"
+        )
 
 
 def _edit_assignment(ctx: SourceContext, loss_call: cst.Call, name: str) -> bool:
@@ -50,10 +54,12 @@ def _edit_assignment(ctx: SourceContext, loss_call: cst.Call, name: str) -> bool
         if any(dotted_name(t.target) == name for t in a.targets)
     ]
     if len(assigns) != 1 or len(assigns[0].targets) != 1:
-        return False
+        return ctx.decline(f"`{name}` is assigned more than once before the loss")
     inner = softmax_input(ctx, assigns[0].value)
-    if inner is None or name_is_read(ctx, name, scope, skip=loss_call):
-        return False
+    if inner is None:
+        return ctx.decline(f"`{name}` does not come from a softmax in this function")
+    if name_is_read(ctx, name, scope, skip=loss_call):
+        return ctx.decline(f"the probabilities in `{name}` are also used besides the loss")
     ctx.substitute(assigns[0].value, inner)
     return True
 

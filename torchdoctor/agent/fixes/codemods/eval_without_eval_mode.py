@@ -25,10 +25,18 @@ class EvalWithoutEvalModeFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         block = _evaluation_block(ctx, target)
         if block is None:
-            return False
+            return ctx.decline("no single evaluation block encloses the flagged forward")
         model = model_called_in(ctx, block, target.data.get("model"))
-        if model is None or ctx.calls_method(scope_of(ctx, block), model, "eval"):
-            return False
+        if model is None:
+            return ctx.decline(
+                "the model is not called by a plain name in the block (a helper or a "
+                "container runs it): call `.eval()` on it before evaluating"
+            )
+        if ctx.calls_method(scope_of(ctx, block), model, "eval"):
+            return ctx.decline(
+                f"`{model}.eval()` is already called in this function, on a path that may "
+                "not reach the evaluation: move it so that every path does"
+            )
         flag = _free_name(ctx, "was_training")
         ctx.insert_before(block, f"{flag} = {model}.training\n{model}.eval()\n")
         restore = f"{model}.train({flag})\n"

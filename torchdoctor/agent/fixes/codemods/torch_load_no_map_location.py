@@ -20,7 +20,11 @@ class TorchLoadNoMapLocationFix(Codemod):
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         if not target.data.get("into_state_dict"):
-            return False
+            return ctx.decline(
+                "the loaded object is not only handed to load_state_dict, so where its "
+                'tensors land matters to the code: pass map_location (e.g. "cpu" or the '
+                "run's device) by hand"
+            )
         calls = [
             c
             for c in ctx.find(cst.Call, within=(target.line, target.line))

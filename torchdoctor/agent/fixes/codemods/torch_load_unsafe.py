@@ -20,7 +20,7 @@ class TorchLoadUnsafeFix(Codemod):
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         if target.data.get("fix_safe") is not True:
-            return False
+            return ctx.decline(_UNSAFE_TO_ADD.get(str(target.data.get("provenance")), _UNKNOWN))
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
             if ctx.qualname(call.func) != "torch.load" or keyword(call, "pickle_module"):
                 continue
@@ -33,3 +33,16 @@ class TorchLoadUnsafeFix(Codemod):
                 continue
             ctx.set_call_keyword(call, "weights_only", "True")
         return True
+
+
+_UNKNOWN = (
+    "nothing in this module shows that the file holds only tensors or a state_dict, and "
+    "weights_only=True refuses any other pickled object: add it by hand where the file is "
+    "known to hold weights, otherwise load only files you trust"
+)
+_UNSAFE_TO_ADD = {
+    "module": (
+        "the file holds a whole pickled module (`torch.save(model, ...)`), which "
+        "weights_only=True refuses: save `model.state_dict()` and load that instead"
+    ),
+}
