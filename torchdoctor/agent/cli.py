@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +21,7 @@ from rich.console import Console
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import CatalogueRule, catalogue, closest
 from torchdoctor.agent.config import ConfigError
+from torchdoctor.agent.daemon.commands import daemon_app
 from torchdoctor.agent.escape import one_line, terminal, terminal_lines
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.progress import live_display_paused, progress_reporter
@@ -41,6 +43,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 stderr = Console(stderr=True, soft_wrap=True)
+app.add_typer(daemon_app, name="daemon")
 
 
 def _print_version(value: bool) -> None:
@@ -537,8 +540,15 @@ def _first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']} (got {first.get('input')!r})"
 
 
-def main() -> None:
-    from torchdoctor.api.cli import register  # serve, keys, submit: the service's commands
+@cache
+def application() -> typer.Typer:
+    """The CLI with the service's commands (serve, keys, submit), registered once per process
+    (the pre-commit daemon runs it again in every worker)."""
+    from torchdoctor.api.cli import register
 
     register(app)
-    app()
+    return app
+
+
+def main() -> None:
+    application()()

@@ -4,7 +4,8 @@ Each tool gets its own session (process group) so a timeout kills it and every w
 spawned (flake8 -j forks), dies with the audit (`PR_SET_PDEATHSIG`), and inherits only an
 allow-listed environment (no service secret reaches a tool reading hostile code).
 Executables are looked up on PATH first, then next to the running
-interpreter, so a virtualenv's tools are found without activating it.
+interpreter, so a virtualenv's tools are found without activating it. In a warm process (the
+pre-commit daemon) a Python tool already imported is forked instead of started (`warm`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchdoctor.agent.checks.linters import warm
 from torchdoctor.sandbox.lifeline import die_with_parent
 
 CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error")
@@ -109,6 +111,15 @@ def run_tool(
     env: Mapping[str, str] | None = None,
 ) -> ToolOutput:
     started = time.perf_counter()
+    entry = warm.entry_for(argv[0])
+    if entry is not None:
+        try:
+            code, stdout, stderr = warm.run_forked(
+                entry, argv, cwd, timeout_s, tool_environment(env)
+            )
+        except warm.WarmToolTimeout as err:
+            raise ToolTimeout(f"stopped after the {timeout_s:g}s limit") from err
+        return ToolOutput(code, stdout, stderr, time.perf_counter() - started)
     try:
         process = subprocess.Popen(
             list(argv),

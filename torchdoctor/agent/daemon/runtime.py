@@ -1,0 +1,83 @@
+"""Where the daemon listens, and which code it runs: shared by the client and the server.
+
+Stdlib only: the client imports this before anything else of torchdoctor. The folder is
+private to the user (0700, owned by them, not a link) under `$XDG_RUNTIME_DIR`, else the
+temporary folder; anything else there is refused and the caller audits in its own process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import site
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+RUNTIME_ENV = "TORCHDOCTOR_RUNTIME_DIR"
+DISABLE_ENV = "TORCHDOCTOR_DAEMON"
+IDLE_ENV = "TORCHDOCTOR_DAEMON_IDLE_S"
+DEFAULT_IDLE_S = 900.0
+SOCKET_NAME = "daemon.sock"
+LOCK_NAME = "daemon.lock"
+LOG_NAME = "daemon.log"
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+PACKAGE = Path(__file__).resolve().parents[2]
+
+
+class UnsafeRuntimeDir(Exception):
+    """The runtime folder is not private to this user: no daemon is used."""
+
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "1") != "0"
+
+
+def idle_seconds() -> float:
+    try:
+        return max(1.0, float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
+    except ValueError:
+        return DEFAULT_IDLE_S
+
+
+def runtime_dir() -> Path:
+    """The user's private daemon folder, created 0700 if missing; `UnsafeRuntimeDir` when it
+    is a link, not a folder, someone else's, or open to others."""
+    base = os.environ.get(RUNTIME_ENV) or os.environ.get("XDG_RUNTIME_DIR")
+    folder = (
+        Path(base) / "torchdoctor"
+        if base
+        else Path(tempfile.gettempdir()) / f"torchdoctor-{os.getuid()}"
+    )
+    try:
+        folder.mkdir(mode=0o700, parents=bool(base), exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as err:
+        raise UnsafeRuntimeDir(f"{folder}: {err.strerror or err}") from err
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UnsafeRuntimeDir(f"{folder} is not a folder private to this user")
+    if len(str(folder / SOCKET_NAME)) > MAX_SOCKET_PATH:
+        raise UnsafeRuntimeDir(f"{folder} is too long a path for a unix socket")
+    return folder
+
+
+def code_fingerprint() -> str:
+    """What the daemon's imported code depends on: this interpreter, every file of torchdoctor
+    (an upgrade or an edit of an editable install), and the site-packages folders (a peer
+    installed, upgraded or removed changes their listing)."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for folder, subfolders, files in os.walk(PACKAGE):
+        subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+        for name in sorted(files):
+            try:
+                info = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            digest.update(f"{folder}/{name}:{info.st_mtime_ns}:{info.st_size}\n".encode())
+    for packages in [*site.getsitepackages(), site.getusersitepackages()]:
+        try:
+            digest.update(f"{packages}:{os.stat(packages).st_mtime_ns}\n".encode())
+        except OSError:
+            continue
+    return digest.hexdigest()[:32]
