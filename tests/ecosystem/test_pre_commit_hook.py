@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,8 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
         "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_CONFIG_NOSYSTEM": "1",
+        # The hook's daemon gets a folder of its own, removed at the end: it then exits.
+        "TORCHDOCTOR_RUNTIME_DIR": tempfile.mkdtemp(prefix="tdh-"),
     }
     subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
     subprocess.run(["git", "add", "train.py"], cwd=project, check=True, env=env)
@@ -72,10 +75,13 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
             check=False,
         )
 
-    failing = hook()
-    assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
-    assert "double-softmax" in failing.stdout and "Failed" in failing.stdout
-    (project / "train.py").write_text(FIXED, encoding="utf-8")
-    passing = hook()
-    assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-3000:]
-    assert "Passed" in passing.stdout
+    try:
+        failing = hook()
+        assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
+        assert "double-softmax" in failing.stdout and "Failed" in failing.stdout
+        (project / "train.py").write_text(FIXED, encoding="utf-8")
+        passing = hook()
+        assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-3000:]
+        assert "Passed" in passing.stdout
+    finally:
+        shutil.rmtree(env["TORCHDOCTOR_RUNTIME_DIR"], ignore_errors=True)

@@ -96,7 +96,7 @@ def _usable(fd: int) -> int:
 def connect(folder: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(folder / runtime.SOCKET_NAME))
+        sock.connect(str(runtime.socket_path(folder)))
     except OSError:
         sock.close()
         raise
@@ -108,7 +108,7 @@ def start_daemon(folder: Path) -> None:
     itself when another one already holds the folder."""
     import subprocess
 
-    with open(folder / runtime.LOG_NAME, "ab") as log:
+    with open(runtime.log_path(folder), "ab") as log:
         subprocess.Popen(
             # -P: no script folder or working folder on sys.path, whatever the daemon imports
             [sys.executable, "-P", "-m", "torchdoctor.agent.daemon.server"],

@@ -17,7 +17,7 @@ daemon_app = typer.Typer(
 
 def _where() -> str:
     try:
-        return str(runtime.runtime_dir() / runtime.SOCKET_NAME)
+        return str(runtime.socket_path(runtime.runtime_dir()))
     except runtime.UnsafeRuntimeDir as err:
         sys.stderr.write(f"torchdoctor: {err}\n")
         raise typer.Exit(code=2) from None

@@ -19,9 +19,6 @@ RUNTIME_ENV = "TORCHDOCTOR_RUNTIME_DIR"
 DISABLE_ENV = "TORCHDOCTOR_DAEMON"
 IDLE_ENV = "TORCHDOCTOR_DAEMON_IDLE_S"
 DEFAULT_IDLE_S = 900.0
-SOCKET_NAME = "daemon.sock"
-LOCK_NAME = "daemon.lock"
-LOG_NAME = "daemon.log"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 PACKAGE = Path(__file__).resolve().parents[2]
 
@@ -57,9 +54,27 @@ def runtime_dir() -> Path:
         raise UnsafeRuntimeDir(f"{folder}: {err.strerror or err}") from err
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise UnsafeRuntimeDir(f"{folder} is not a folder private to this user")
-    if len(str(folder / SOCKET_NAME)) > MAX_SOCKET_PATH:
+    if len(str(folder / f"{installation()}.sock")) > MAX_SOCKET_PATH:
         raise UnsafeRuntimeDir(f"{folder} is too long a path for a unix socket")
     return folder
+
+
+def installation() -> str:
+    """The name this Python environment's daemon files share: one daemon per environment, so
+    two virtual environments of one user never take each other's daemon for a stale one."""
+    return "daemon-" + hashlib.sha256(sys.executable.encode()).hexdigest()[:12]
+
+
+def socket_path(folder: Path) -> Path:
+    return folder / f"{installation()}.sock"
+
+
+def lock_path(folder: Path) -> Path:
+    return folder / f"{installation()}.lock"
+
+
+def log_path(folder: Path) -> Path:
+    return folder / f"{installation()}.log"
 
 
 def code_fingerprint() -> str:

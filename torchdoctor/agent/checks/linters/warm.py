@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,9 @@ class WarmToolTimeout(Exception):
 def preload(scripts: Sequence[str] = PRELOADED_SCRIPTS) -> list[str]:
     """Import the console-script entry points of `scripts` that this environment installs;
     their names. A tool that fails to import is left to the subprocess path."""
+    # Peers fork from the runner's threads; the tool's child runs in the one thread that forked
+    # it, which is all it needs (Python 3.12+ warns about any fork of a threaded process).
+    warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
     by_name = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
     loaded = []
     for name in scripts:
