@@ -29,6 +29,7 @@ GraphOrigin = Literal["loss", "output"]
 _N = TypeVar("_N", bound=ast.AST)
 MAX_DEPTH = 8
 MAX_VISITS = 400
+_UNKNOWN = object()
 
 
 def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
@@ -131,6 +132,7 @@ class DefUse:
         self._reaching: dict[str, frozenset[str]] = {}
         self._qualnames: dict[int, str | None] = {}
         self._constructed: dict[int, str | None] = {}
+        self._scope_keys: dict[int, object] = {}
 
     @cached_property
     def _index(self) -> dict[type[ast.AST], list[ast.AST]]:
@@ -191,13 +193,29 @@ class DefUse:
 
     def _scope_key(self, node: ast.AST) -> ScopeNode | None:
         """The function (or module) whose local names `node` binds; None inside a class body
-        or a lambda, whose names rules do not track."""
-        for anc in self.ctx.ancestors(node):
-            if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
-                return anc
-            if isinstance(anc, ast.ClassDef | ast.Lambda):
-                return None
-        return self.ctx.tree
+        or a lambda, whose names rules do not track. Every node passed on the way up
+        remembers the answer (bindings and returns share their ancestors)."""
+        memo = self._scope_keys
+        parents = self.ctx.parents
+        passed: list[int] = []
+        found: ScopeNode | None = self.ctx.tree
+        current = parents.get(node)
+        while current is not None:
+            if isinstance(current, ast.FunctionDef | ast.AsyncFunctionDef):
+                found = current
+                break
+            if isinstance(current, ast.ClassDef | ast.Lambda):
+                found = None
+                break
+            known = memo.get(id(current), _UNKNOWN)
+            if known is not _UNKNOWN:
+                found = cast(ScopeNode | None, known)
+                break
+            passed.append(id(current))
+            current = parents.get(current)
+        for key in passed:
+            memo[key] = found
+        return found
 
     # ---- def-use tables -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
@@ -38,15 +39,10 @@ class ModelFacts(DefUse):
         """Whether `expr` may hold an `nn.Module` (by construction, or a name like `model`)."""
         if isinstance(expr, ast.Name) and expr.id in ("self", "cls"):
             return False
-        for call in self.constructors(expr):
-            if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
-                return True
-            qual = self.qualname_of(call) or ""
-            last = qual.rsplit(".", 1)[-1]
-            if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
-                return True
-            if qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained"):
-                return True
+        if self._constructs_modules:
+            for call in self.constructors(expr):
+                if self._constructs_module(call):
+                    return True
         if isinstance(expr, ast.Attribute) and not (
             isinstance(expr.value, ast.Name) and expr.value.id == "self"
         ):
@@ -76,8 +72,34 @@ class ModelFacts(DefUse):
             return False
         return self.is_module_value(func)
 
+    def _constructs_module(self, call: ast.Call) -> bool:
+        if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
+            return True
+        qual = self.qualname_of(call) or ""
+        last = qual.rsplit(".", 1)[-1]
+        if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
+            return True
+        return qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained")
+
+    @cached_property
+    def _constructs_modules(self) -> bool:
+        """Whether any call of the module builds a network: a value can only hold one
+        by construction when some constructor call here does (most modules: none)."""
+        return any(self._constructs_module(call) for call in self.nodes(ast.Call))
+
+    @cached_property
+    def _constructs_losses(self) -> bool:
+        """Whether any call of the module builds a torch loss module (`loss_class`)."""
+        for call in self.nodes(ast.Call):
+            qual = self.qualname_of(call) or ""
+            if qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1].endswith("Loss"):
+                return True
+        return False
+
     def loss_class(self, callee: ast.expr) -> str | None:
         """'CrossEntropyLoss' when `callee` holds a torch loss module, else None."""
+        if not self._constructs_losses:
+            return None
         qual = self.constructed_as(callee) or ""
         last = qual.rsplit(".", 1)[-1]
         if qual.startswith("torch.nn.") and last.endswith("Loss"):

@@ -56,7 +56,11 @@ class DeadTensorStore(Rule):
                 self._check_block(ctx, block)
 
     def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
+        last_store = _last_stores(block)
         for index, stmt in enumerate(block):
+            target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
+            if not isinstance(target, ast.Name) or last_store.get(target.id, -1) <= index:
+                continue  # never stored again in this block: no need to ask what it computes
             name = _computed_name(ctx, stmt)
             if name is None:
                 continue
@@ -121,6 +125,23 @@ def _reads(ctx: ModuleContext, stmt: ast.stmt, name: str) -> bool:
                 declares = True
         found = memo[id(stmt)] = (names, declares)
     return name in found[0] or bool(found[1])
+
+
+def _last_stores(block: list[ast.stmt]) -> dict[str, int]:
+    """Name -> index of the block's last statement that `_stores` it."""
+    last: dict[str, int] = {}
+    for index, stmt in enumerate(block):
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    last[target.id] = index
+        elif (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and stmt.value is not None
+        ):
+            last[stmt.target.id] = index
+    return last
 
 
 def _stores(stmt: ast.stmt, name: str) -> bool:
