@@ -147,6 +147,33 @@ def test_the_daemon_reports_what_the_cli_reports_peers_included(
 
 
 @pytest.mark.slow
+def test_an_edited_configuration_counts_at_the_next_call(
+    daemon: dict[str, str], tmp_path: Path
+) -> None:
+    shutil.copyfile(EXAMPLES / "train_buggy.py", tmp_path / "train.py")
+
+    def rules() -> set[str]:
+        served = subprocess.run(
+            [sys.executable, "-P", "-c", THROUGH_DAEMON, "train.py", "--no-ledger", "-f", "json"],
+            cwd=tmp_path,
+            env={**daemon, "TORCHDOCTOR_LINTERS": "0"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert "served-by-daemon: True" in served.stderr, served.stderr
+        return {finding["rule"] for finding in json.loads(served.stdout)["findings"]}
+
+    before = rules()
+    ignored = sorted(before)[0]
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.torchdoctor]\nignore = ["{ignored}"]\n', encoding="utf-8"
+    )
+    assert rules() == before - {ignored}
+
+
+@pytest.mark.slow
 def test_the_folder_and_socket_are_the_user_s_alone(daemon: dict[str, str]) -> None:
     path = _socket(daemon)
     assert (path.stat().st_mode & 0o777) == 0o600

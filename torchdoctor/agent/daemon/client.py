@@ -26,7 +26,10 @@ START_WAIT_S = 60.0
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if runtime.enabled():
-        code = through_daemon(args)
+        try:
+            code = through_daemon(args)
+        except KeyboardInterrupt:  # the worker sees this process go and stops too
+            sys.exit(130)
         if code is not None:
             sys.exit(code)
     in_process(args)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import locale
 import os
 import signal
 import socket
@@ -276,7 +277,7 @@ def _work(  # pragma: no cover - runs in the forked worker only
         os.environ.clear()
         os.environ.update(request.env)
         _watch_client(client_pid)
-        _fresh_consoles()
+        _fresh_streams()
         code = _run_cli(["audit", *request.argv, *_HOOK], Path.cwd())
     except BaseException as err:  # the client gets a line, the daemon goes on
         with contextlib.suppress(OSError):
@@ -298,12 +299,27 @@ def _watch_client(pid: int) -> None:
     die_with(pid)
 
 
-def _fresh_consoles() -> None:
-    """The CLI's stderr console, made again for the client's stderr (colour, width)."""
+def _fresh_streams() -> None:
+    """Python's text streams and the CLI's stderr console made again for the client's
+    descriptors and environment, as the interpreter makes them at start-up (encoding, line
+    buffering on a terminal, colour, width)."""
     from rich.console import Console
 
     from torchdoctor.agent import cli
 
+    named = os.environ.get("PYTHONIOENCODING", "").partition(":")
+    encoding = named[0] or locale.getpreferredencoding(False)
+    errors = named[2] or "strict"
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = open(  # noqa: SIM115 - lives as long as the worker
+            fd,
+            "w",
+            encoding=encoding,
+            errors="backslashreplace" if fd == 2 else errors,
+            closefd=False,
+            buffering=1 if os.isatty(fd) else -1,  # line-buffered on a terminal
+        )
+        setattr(sys, name, stream)
     cli.stderr = Console(stderr=True, soft_wrap=True)
 
 
