@@ -1,9 +1,13 @@
 """What the audit graph costs over the bare pipeline: the same audit of a 100-file repository,
 run as the graph's nodes called in order without LangGraph (`static_path`, the bare pipeline),
 through the compiled graph without a checkpointer, and with the durable SQLite one (a
-checkpoint written, synchronously, after every node). Prints the three times, the overheads and
-the bytes one audit's checkpoints take (each channel is stored only in the step that changed it:
-see `torchdoctor/agent/channel_saver.py`).
+checkpoint written, synchronously, after every node). Prints the three times (wall clock and
+CPU seconds), the overheads and the bytes one audit's checkpoints take (each channel is stored
+only in the step that changed it: see `torchdoctor/agent/channel_saver.py`).
+
+The CPU seconds count this process's threads and every process under it (the static engine's
+pool workers, reaped by the forkserver): on a shared machine the wall clock mostly measures
+the other users' load, the CPU seconds what the audit itself did.
 
     .venv/bin/python benchmarks/graph_overhead.py [--files 100] [--repeat 3]
 """
@@ -19,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,6 +63,23 @@ def checkpoint_bytes(database: Path, audit_id: str) -> int:
         connection.close()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process, its reaped children and everything under its live
+    children (Linux `/proc`: a live child's own time plus that of the children it reaped)."""
+    mine = os.times()
+    total = mine.user + mine.system + mine.children_user + mine.children_system
+    tick = os.sysconf("SC_CLK_TCK")
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            total += sum(int(value) for value in fields[11:15]) / tick
+    return total
+
+
 class Stopwatch:
     """Seconds spent inside the checkpointer's reads and writes (less noisy than a difference
     of two audit times on a loaded machine)."""
@@ -81,11 +102,18 @@ class Stopwatch:
         return run
 
 
-def one_audit(options: AuditOptions, how: str, audit_id: str) -> tuple[float, int, float]:
-    """`how`: bare (the nodes without LangGraph), graph, or durable (SQLite checkpoints).
-    Returns the audit's seconds, its findings and the seconds spent in the checkpointer."""
+class Measure(NamedTuple):
+    wall: float
+    cpu: float
+    findings: int
+    in_checkpointer: float
+
+
+def one_audit(options: AuditOptions, how: str, audit_id: str) -> Measure:
+    """`how`: bare (the nodes without LangGraph), graph, or durable (SQLite checkpoints)."""
     context = build_context(options)
     watch = Stopwatch()
+    cpu = cpu_seconds()
     started = time.perf_counter()
     first = {"audit_id": audit_id, "options": options}
     if how == "bare":
@@ -98,7 +126,8 @@ def one_audit(options: AuditOptions, how: str, audit_id: str) -> tuple[float, in
             )
     else:
         state = graph.invoke(first, {"recursion_limit": 10_000}, context=context)
-    return time.perf_counter() - started, len(state["report"].findings), watch.seconds
+    wall = time.perf_counter() - started
+    return Measure(wall, cpu_seconds() - cpu, len(state["report"].findings), watch.seconds)
 
 
 def main() -> None:
@@ -113,29 +142,29 @@ def main() -> None:
         make_repository(root, args.files)
         options = AuditOptions(target=root, write_ledger=False)
         one_audit(options, "graph", audit_id="warm-up")
-        times: dict[str, list[float]] = {"bare": [], "graph": [], "durable": []}
-        counts: set[int] = set()
-        inside: list[float] = []
+        measures: dict[str, list[Measure]] = {"bare": [], "graph": [], "durable": []}
         for n in range(args.repeat):  # interleaved, so machine load hits all alike
-            for how, seconds_of in times.items():
-                seconds, findings, saving = one_audit(options, how, audit_id=f"{how}-{n}")
-                seconds_of.append(seconds)
-                counts.add(findings)
-                if how == "durable":
-                    inside.append(saving / seconds)
+            for how, measured in measures.items():
+                measured.append(one_audit(options, how, audit_id=f"{how}-{n}"))
+        counts = {m.findings for measured in measures.values() for m in measured}
         assert len(counts) == 1, f"the three ways disagree on the findings: {counts}"
         database = Path(tmp) / "home" / "checkpoints.sqlite"
         size = max(checkpoint_bytes(database, f"durable-{n}") for n in range(args.repeat))
-    bare, plain, durable = (min(times[how]) for how in ("bare", "graph", "durable"))
+    inside = min(m.in_checkpointer / m.wall for m in measures["durable"])
     print(f"repository: {args.files} files, {counts.pop()} findings; best of {args.repeat}")
-    print(f"bare pipeline (nodes, no LangGraph):    {bare:7.3f} s")
-    print(f"audit graph, no checkpointer:           {plain:7.3f} s")
-    print(f"audit graph, SQLite after every node:   {durable:7.3f} s")
-    print(
-        f"graph + checkpoints over the bare run:  {(durable - bare) / bare * 100:+6.1f} %  (<= 5 %)"
-    )
-    print(f"checkpointing alone:                    {(durable - plain) / plain * 100:+6.1f} %")
-    print(f"time inside the checkpointer:           {min(inside) * 100:6.1f} % of the audit")
+    print(f"load average (1 min) at the end:        {os.getloadavg()[0]:7.2f}")
+    for unit in ("wall", "cpu"):
+        bare, plain, durable = (
+            min(getattr(m, unit) for m in measures[how]) for how in ("bare", "graph", "durable")
+        )
+        print(f"-- {'wall clock' if unit == 'wall' else 'CPU seconds, all processes'}")
+        print(f"bare pipeline (nodes, no LangGraph):    {bare:7.3f} s")
+        print(f"audit graph, no checkpointer:           {plain:7.3f} s")
+        print(f"audit graph, SQLite after every node:   {durable:7.3f} s")
+        print(f"graph over the bare run:                {(plain - bare) / bare * 100:+6.1f} %")
+        alone = (durable - plain) / plain * 100
+        print(f"checkpointing alone:                    {alone:+6.1f} %  (<= 5 %)")
+    print(f"time inside the checkpointer:           {inside * 100:6.1f} % of the audit (wall)")
     print(f"checkpoints of one audit:               {size / 1e6:7.2f} MB")
 
 

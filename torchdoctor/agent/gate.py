@@ -32,8 +32,9 @@ def blocking(findings: list[Finding], phase: int) -> list[Finding]:
 def fix_gate(findings: list[Finding]) -> GateVerdict:
     """Which findings' fixes may be applied now, and which findings they wait on."""
     verdict = GateVerdict()
+    critical = open_critical(findings)  # once: a large audit has hundreds of findings
     for finding in findings:
-        waiting = blocking(findings, finding.phase)
+        waiting = [c for c in critical if c.phase < finding.phase]
         if waiting:
             ids = ", ".join(f"{c.id} ({c.rule}, phase {c.phase})" for c in waiting[:5])
             verdict.blocked[finding.id] = [c.id for c in waiting]
