@@ -8,9 +8,11 @@ that applies to the code as submitted, a SARIF report that validates against the
 schema and a markdown report listing every finding. A file with markup in its name must show as
 text and run nothing. A second tenant's key sees none of it, then submits an archive of its own
 with a run and rejects the verified fix it is offered: the audit resumes with the rejection and
-writes nothing. axe-core (Deque's accessibility engine) checks the page against WCAG 2 A/AA
-(colour contrast included) at the approval step and with a finding open. Each step's screenshot
-is saved under the test's tmp dir and checked not blank (pixel variance).
+writes nothing; a model's unverified hypothesis (added to the report on its way to the page)
+shows apart from the findings, as text. axe-core (Deque's accessibility engine) checks the
+page against WCAG 2 A/AA (colour contrast included) at the approval step, with a finding open
+and with the hypotheses shown. Each step's screenshot is saved under the test's tmp dir and
+checked not blank (pixel variance).
 """
 
 from __future__ import annotations
@@ -146,6 +148,29 @@ def sign_in(page: Any, url: str, key: str) -> None:
     page.locator("#workspace").wait_for(state="visible")
 
 
+HOSTILE_CLAIM = "<img src=x onerror=window.__pwned=1> leaks the target"
+CLAIM = {
+    "id": "H-3f2a",
+    "rule": "llm-target-leak",
+    "checkpoint": 3,
+    "severity": "high",
+    "title": HOSTILE_CLAIM,
+    "file": HOSTILE_NAME,
+    "line": 3,
+    "end_line": 3,
+    "explanation": "<script>window.__pwned=1</script>",
+    "source": "llm:<b>stub</b>",
+}
+
+
+def with_hypotheses(route: Any) -> None:
+    """The report the server sent, with one unverified hypothesis added."""
+    sent = route.fetch()
+    report = sent.json()
+    report["hypotheses"] = [CLAIM]
+    route.fulfill(response=sent, json=report)
+
+
 def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) -> None:
     code = tmp_path / "project"
     code.mkdir()
@@ -256,6 +281,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     sarif = json.loads(fetched_text(page, "SARIF"))
     jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
     results = sarif["runs"][0]["results"]
+    assert sarif["runs"][0]["properties"]["unverifiedHypotheses"] == []
     assert sorted(r["partialFingerprints"]["torchdoctor/v1"] for r in results) == sorted(ids)
     markdown = fetched_text(page, "Markdown")
     assert markdown.startswith("# torchdoctor audit report")
@@ -266,6 +292,9 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
 
     other = browser.new_context(viewport={"width": 1400, "height": 800})
     stranger = other.new_page()
+    # Hypotheses come only from a model: added to the server's real report on its way to the
+    # page, with markup in every text the model writes.
+    stranger.route("**/v1/audits/*/report", with_hypotheses)
     sign_in(stranger, server.url, server.key("globex"))
     stranger.locator("#audit-list-empty").wait_for(state="visible")
     assert stranger.locator("#audit-list li").count() == 0
@@ -304,6 +333,12 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     tree = server.home / "audits" / theirs / "src"
     assert (tree / SMALL.name).read_text() == SMALL.read_text()
     stranger.locator("#findings code").filter(has_text=HOSTILE_NAME).first.wait_for()
+    claims = stranger.locator("#hypotheses tbody tr")
+    claims.first.wait_for()
+    assert claims.count() == 1 and stranger.locator("#hypotheses img").count() == 0
+    assert HOSTILE_CLAIM in claims.inner_text() and f"{HOSTILE_NAME}:3" in claims.inner_text()
+    assert stranger.locator(f'#findings [data-open="{CLAIM["id"]}"]').count() == 0
     assert stranger.evaluate("window.__pwned") is None
+    accessible(stranger, "hypotheses shown")
     Shots(stranger, tmp_path / "screenshots-other").take("other-tenant")
     other.close()

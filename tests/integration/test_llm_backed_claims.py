@@ -8,6 +8,7 @@ that tool evidence backs (a rule hit, a probe run's observation) and one nothing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torchdoctor.agent.reasoning.llm import OpenAIConfig
 from torchdoctor.agent.reasoning.llm.reasoner import LLMReasoner
 from torchdoctor.agent.reasoning.llm.tool_loop import ask
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
+from torchdoctor.agent.report import render
 from torchdoctor.agent.report.markdown import render_markdown
 
 SCRIPT = "train_small.py"
@@ -185,3 +187,6 @@ def test_an_audit_reports_backed_claims_as_findings_and_unbacked_ones_as_hypothe
     assert not [f for f in report.findings if f.line == 12 and f.rule.startswith("llm-")]
     text = render_markdown(report)
     assert "## Unverified hypotheses" in text and "llm-target-leaks" in text
+    run = json.loads(render(report, "sarif"))["runs"][0]
+    assert [h["ruleId"] for h in run["properties"]["unverifiedHypotheses"]] == ["llm-target-leaks"]
+    assert "llm-target-leaks" not in {r["ruleId"] for r in run["results"]}

@@ -1,6 +1,6 @@
 """Untrusted text (file names, evidence, run output, model text) is inert in every format it
-reaches: markdown report, ledger, terminal, SARIF; and the ledger parser takes a status only
-from an entry's own syntax."""
+reaches: markdown report, ledger, terminal, SARIF, the chat session; and the ledger parser
+takes a status only from an entry's own syntax."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from torchdoctor.agent.models import (
     Evidence,
     Finding,
     Fix,
+    Hypothesis,
     InputNote,
     Provenance,
     Severity,
@@ -51,8 +52,29 @@ def finding(fid: str, file: str = "train.py", text: str = HOSTILE, diff: str = "
     )
 
 
-def report(findings: list[Finding], notes: list[str] | None = None) -> AuditReport:
+def hypothesis(text: str = HOSTILE, file: str = "train.py") -> Hypothesis:
+    """A model's claim no tool backed, every text of it from the model."""
+    return Hypothesis(
+        id="H-1",
+        rule=f"llm-{text}",
+        checkpoint=3,
+        severity=Severity.HIGH,
+        title=f"claim {text}",
+        file=file,
+        line=4,
+        end_line=5,
+        explanation=f"because {text}",
+        source=f"llm:{text}",
+    )
+
+
+def report(
+    findings: list[Finding],
+    notes: list[str] | None = None,
+    hypotheses: list[Hypothesis] | None = None,
+) -> AuditReport:
     return AuditReport(
+        hypotheses=hypotheses or [],
         tool=ToolInfo(version="0"),
         target=Target(path="repo", kind="folder"),
         findings=findings,
@@ -103,6 +125,61 @@ def test_markdown_report_is_inert() -> None:
     tokens = MarkdownIt("commonmark").parse(text)
     headings = [t.content for i, t in enumerate(tokens) if tokens[i - 1].type == "heading_open"]
     assert not any("TD-000000000000" in h and h.startswith("TD-") for h in headings)
+
+
+def test_hypotheses_in_markdown_are_listed_apart_and_inert() -> None:
+    text = render(report([], hypotheses=[hypothesis(file=HOSTILE)]), "markdown")
+    assert_inert(text)
+    html = MarkdownIt("commonmark", {"html": True}).render(text)
+    assert "Unverified hypotheses" in html and "claim " in html
+
+
+def test_sarif_keeps_hypotheses_out_of_the_results() -> None:
+    """GitHub opens an alert for every result: a claim no tool backed stays in the run's
+    property bag, its texts stripped of controls and its file a URI."""
+    text = render(report([], hypotheses=[hypothesis(file="a b\n.py")]), "sarif")
+    run = json.loads(text)["runs"][0]
+    assert run["results"] == []
+    [kept] = run["properties"]["unverifiedHypotheses"]
+    assert "\x1b" not in text and "\x07" not in text
+    assert kept["message"]["text"].startswith("claim ") and "because " in kept["message"]["text"]
+    assert kept["location"]["artifactLocation"]["uri"] == "a%20b%0A.py"
+    assert kept["location"]["region"] == {"startLine": 4, "endLine": 5}
+    assert (kept["checkpoint"], kept["claimedSeverity"]) == (3, "high")
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_chat_lists_hypotheses_after_the_findings_and_draws_them_inert(
+    tmp_path: Path, lang: str
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from torchdoctor.agent.session.engine import SessionEngine
+    from torchdoctor.agent.session.local import LocalDriver
+    from torchdoctor.agent.session.models import SessionState, TableBlock, TextBlock
+    from torchdoctor.api.terminal.render import show
+
+    shown = report([finding("TD-aaaaaaaaaaaa")], hypotheses=[hypothesis()])
+    engine = SessionEngine(LocalDriver(tmp_path))
+    state = SessionState(report=shown, audit_id="a1", lang=lang)
+    answer = engine.handle(state, "findings", []).messages[1]
+    findings_table, claims = answer.blocks
+    assert isinstance(findings_table, TableBlock) and isinstance(claims, TableBlock)
+    assert findings_table.rows[0][0] == "TD-aaaaaaaaaaaa"
+    assert claims.rows[0][:4] == ["H-1", "high", "3", "train.py:4"]
+    assert claims.title.startswith("1 ")
+    out = io.StringIO()
+    show(Console(file=out, width=200, force_terminal=False, color_system=None), answer)
+    screen = out.getvalue()
+    assert "\x1b" not in screen and "\x07" not in screen and "[/yellow]" in screen
+    for line in ("findings 1", "findings open"):  # point 3, no status: none shown
+        [table] = engine.handle(state, line, []).messages[1].blocks
+        assert isinstance(table, TableBlock) and table.rows == findings_table.rows
+    none, only = engine.handle(state, "findings 3", []).messages[1].blocks
+    assert isinstance(only, TableBlock) and only.rows == claims.rows
+    assert isinstance(none, TextBlock) and none.tone == "note"
 
 
 def test_ledger_entries_cannot_be_forged_by_any_field(tmp_path: Path) -> None:

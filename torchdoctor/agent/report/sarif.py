@@ -1,4 +1,9 @@
-"""SARIF 2.1.0: one run, the native rules as the driver's rules, one result per finding."""
+"""SARIF 2.1.0: one run, the native rules as the driver's rules, one result per finding.
+
+A model's unverified hypotheses are kept in the run's property bag, not as results: GitHub
+code scanning opens an alert for every result it reads (its supported subset has no
+`kind`, so a `kind: "review"` result would still be an alert), and a claim no tool backed
+must not open one. Property bags are valid SARIF that GitHub ignores."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from urllib.parse import quote
 
 from torchdoctor.agent.checks.registry import rule_doc, rules_by_id
 from torchdoctor.agent.escape import sarif_text
-from torchdoctor.agent.models import AuditReport, Finding, Severity, Status
+from torchdoctor.agent.models import AuditReport, Finding, Hypothesis, Severity, Status
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {
@@ -99,6 +104,22 @@ def _result(finding: Finding, rule_index: int) -> dict[str, Any]:
     return result
 
 
+def _hypothesis(h: Hypothesis) -> dict[str, Any]:
+    """An unverified claim, its texts escaped as a result's would be."""
+    return {
+        "id": sarif_text(h.id),
+        "ruleId": sarif_text(h.rule),
+        "checkpoint": h.checkpoint,
+        "claimedSeverity": h.severity.value,
+        "message": {"text": sarif_text(": ".join(filter(None, (h.title, h.explanation))))},
+        "location": {
+            "artifactLocation": {"uri": quote(sarif_text(h.file)), "uriBaseId": "SRCROOT"},
+            "region": {"startLine": h.line, "endLine": h.end_line},
+        },
+        "source": sarif_text(h.source),
+    }
+
+
 def render_sarif(report: AuditReport) -> str:
     descriptors: list[dict[str, Any]] = []
     index: dict[str, int] = {}
@@ -123,6 +144,7 @@ def render_sarif(report: AuditReport) -> str:
                 "properties": {
                     "coverage": [c.model_dump() for c in report.coverage],
                     "summary": report.summary.model_dump(mode="json"),
+                    "unverifiedHypotheses": [_hypothesis(h) for h in report.hypotheses],
                 },
             }
         ],

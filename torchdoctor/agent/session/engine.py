@@ -188,18 +188,29 @@ class SessionEngine:
         ]
         named = [str(v) for v in (command.point, command.severity, command.status) if v]
         filters = f" ({', '.join(named)})" if named else ""
+        blocks: list[Block] = []
         if not chosen:
-            return [TextBlock(text=say(lang, "no_findings", filters=filters), tone="note")]
-        chosen.sort(key=lambda f: (-f.severity.rank, f.checkpoint, f.file, f.line))
-        columns = [
-            say(lang, f"col_{c}") for c in ("id", "severity", "point", "where", "title", "status")
-        ]
-        rows = [
-            [f.id, f.severity.value, str(f.checkpoint), f.location, _title(f, lang), f.status.value]
-            for f in chosen
-        ]
-        title = say(lang, "findings_title", count=len(chosen), filters=filters)
-        return [TableBlock(title=title, columns=columns, rows=rows)]
+            blocks.append(TextBlock(text=say(lang, "no_findings", filters=filters), tone="note"))
+        else:
+            chosen.sort(key=lambda f: (-f.severity.rank, f.checkpoint, f.file, f.line))
+            columns = [
+                say(lang, f"col_{c}")
+                for c in ("id", "severity", "point", "where", "title", "status")
+            ]
+            rows = [
+                [
+                    f.id,
+                    f.severity.value,
+                    str(f.checkpoint),
+                    f.location,
+                    _title(f, lang),
+                    f.status.value,
+                ]
+                for f in chosen
+            ]
+            title = say(lang, "findings_title", count=len(chosen), filters=filters)
+            blocks.append(TableBlock(title=title, columns=columns, rows=rows))
+        return blocks + _hypotheses(report, command, filters, lang)
 
     def _show(self, report: AuditReport, finding: Finding, lang: str) -> list[Block]:
         head = (
@@ -483,13 +494,46 @@ def _normal(ref: str) -> str:
     return text if text.startswith("TD-") or not text else f"TD-{text}"
 
 
+def _hypotheses(
+    report: AuditReport, command: FindingsCommand, filters: str, lang: str
+) -> list[Block]:
+    """The model's unverified claims, apart from the findings (they have no status, so a
+    status filter shows none)."""
+    chosen = [
+        h
+        for h in report.hypotheses
+        if command.status is None
+        and (command.point is None or h.checkpoint == command.point)
+        and (command.severity is None or h.severity == command.severity)
+    ]
+    if not chosen:
+        return []
+    columns = [say(lang, f"col_{c}") for c in ("id", "claimed", "point", "where", "title", "model")]
+    rows = [
+        [
+            h.id,
+            h.severity.value,
+            str(h.checkpoint),
+            f"{h.file}:{h.line}",
+            ": ".join(filter(None, (h.title, h.explanation))),
+            h.source,
+        ]
+        for h in chosen
+    ]
+    title = say(lang, "hypotheses_title", count=len(chosen), filters=filters)
+    return [TableBlock(title=title, columns=columns, rows=rows)]
+
+
 def _summary(report: AuditReport, lang: str) -> str:
     by_severity = ", ".join(
         f"{sev.value} {report.summary.by_severity[sev.value]}"
         for sev in Severity
         if report.summary.by_severity.get(sev.value)
     )
-    return say(lang, "summary", total=report.summary.total, by_severity=by_severity or "-")
+    said = say(lang, "summary", total=report.summary.total, by_severity=by_severity or "-")
+    if report.hypotheses:
+        said += " " + say(lang, "summary_hypotheses", count=len(report.hypotheses))
+    return said
 
 
 def _changes(previous: AuditReport, current: AuditReport, lang: str) -> list[Block]:

@@ -31,6 +31,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "col_where": "where",
         "col_title": "title",
         "col_status": "status",
+        "hypotheses_title": "{count} unverified hypothesis(es){filters}: model claims no tool "
+        "backed; not findings (never gated, fixed or written to the ledger)",
+        "col_claimed": "claimed severity",
+        "col_model": "model",
+        "summary_hypotheses": "{count} unverified hypothesis(es) of the model (not findings): "
+        "`findings` lists them.",
         "rule": "rule",
         "evidence": "Evidence",
         "excerpt": "Excerpt",
@@ -108,6 +114,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "col_where": "emplacement",
         "col_title": "titre",
         "col_status": "statut",
+        "hypotheses_title": "{count} hypothèse(s) non vérifiée(s){filters} : affirmations du "
+        "modèle qu'aucun outil n'appuie ; pas des constats (jamais bloquées, corrigées ni "
+        "écrites au registre)",
+        "col_claimed": "gravité affirmée",
+        "col_model": "modèle",
+        "summary_hypotheses": "{count} hypothèse(s) non vérifiée(s) du modèle (pas des "
+        "constats) : `findings` les liste.",
         "rule": "règle",
         "evidence": "Preuves",
         "excerpt": "Extrait",

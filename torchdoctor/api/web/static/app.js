@@ -281,6 +281,7 @@ async function openAudit(auditId) {
   $("finding").hidden = true;
   clear($("findings").tBodies[0]);
   clear($("coverage").tBodies[0]);
+  drawHypotheses([]);
   clear($("runs")).append(el("p", { class: "help" }, "No run yet."));
   $("approval").hidden = true;
   resetChat();
@@ -547,6 +548,7 @@ async function loadResults() {
   drawFindings();
   const report = await getJson(`/v1/audits/${id}/report`);
   drawCoverage(report.coverage);
+  drawHypotheses(report.hypotheses || []);
   drawRuns(await getJson(`/v1/audits/${id}/runs`));
 }
 
@@ -672,6 +674,21 @@ function drawCoverage(entries) {
       el("td", { class: `verdict-${entry.verdict}` }, entry.verdict),
       el("td", {}, entry.how),
       el("td", {}, entry.reason)));
+  }
+}
+
+/** The model's claims no tool backed: shown apart from the findings, as text only. */
+function drawHypotheses(hypotheses) {
+  $("hypotheses-card").hidden = hypotheses.length === 0;
+  const body = clear($("hypotheses").tBodies[0]);
+  for (const h of hypotheses) {
+    body.append(el("tr", { "data-hypothesis": h.id },
+      el("td", {}, el("span", { class: `sev ${h.severity}` }, h.severity)),
+      el("td", {}, String(h.checkpoint)),
+      el("td", {}, el("strong", {}, h.title), h.explanation ? ` ${h.explanation}` : "",
+        el("br", {}), el("code", { class: "help" }, h.rule)),
+      el("td", {}, el("code", {}, `${h.file}:${h.line}`)),
+      el("td", {}, h.source)));
   }
 }
 
