@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from torchdoctor.agent import graph as graph_module
 from torchdoctor.agent.audit import AuditOptions, resume_audit, run_audit
 from torchdoctor.agent.graph import Phase
 from torchdoctor.agent.models import AuditReport
@@ -73,10 +74,13 @@ def test_an_audit_broken_off_mid_way_resumes_to_the_identical_report(
             raise Crash("the process dies here")
         return gate(self, state, runtime)
 
-    monkeypatch.setattr(Phase, "gate", breaks_at_phase_3)
-    with pytest.raises(Crash):
-        run_audit(options, audit_id="cut0000000001")
-    monkeypatch.setattr(Phase, "gate", gate)
+    with monkeypatch.context() as patched:
+        patched.setattr(Phase, "gate", breaks_at_phase_3)
+        # the process's compiled graph holds the real gate: this audit compiles its own
+        fresh = graph_module.audit_graph().compile(name="torchdoctor-audit")
+        patched.setattr(graph_module, "compiled_graph", lambda: fresh)
+        with pytest.raises(Crash):
+            run_audit(options, audit_id="cut0000000001")
     resumed = resume_audit("cut0000000001")
     assert "gate:3" in resumed.trace and resumed.trace.count("ingest") == 1
     assert _stable(resumed.report) == _stable(whole.report)

@@ -745,11 +745,13 @@ def build_graph(
 ) -> CompiledStateGraph[AuditState, AuditContext, AuditState, AuditState]:
     """The compiled graph with `checkpointer`: compiled once per process (compiling reads
     every node's source, ~20 ms a time), then only bound to each audit's checkpointer."""
-    return _compiled().copy({"checkpointer": checkpointer})
+    return compiled_graph().copy({"checkpointer": checkpointer})
 
 
 @cache
-def _compiled() -> CompiledStateGraph[AuditState, AuditContext, AuditState, AuditState]:
+def compiled_graph() -> CompiledStateGraph[AuditState, AuditContext, AuditState, AuditState]:
+    """The graph compiled without a checkpointer. Its nodes are bound when it is compiled: a
+    node patched later (a test) needs a graph compiled afresh."""
     return audit_graph().compile(name="torchdoctor-audit")
 
 
