@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from markdown_it import MarkdownIt
 from typer.testing import CliRunner
@@ -138,6 +139,8 @@ def test_sarif_keeps_hypotheses_out_of_the_results() -> None:
     """GitHub opens an alert for every result: a claim no tool backed stays in the run's
     property bag, its texts stripped of controls and its file a URI."""
     text = render(report([], hypotheses=[hypothesis(file="a b\n.py")]), "sarif")
+    schema = Path(__file__).resolve().parents[1] / "schemas" / "sarif-schema-2.1.0.json"
+    jsonschema.validate(json.loads(text), json.loads(schema.read_text()))
     run = json.loads(text)["runs"][0]
     assert run["results"] == []
     [kept] = run["properties"]["unverifiedHypotheses"]
