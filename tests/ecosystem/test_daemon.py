@@ -333,3 +333,31 @@ def test_a_forked_tool_past_its_limit_is_killed(tmp_path: Path) -> None:
     with pytest.raises(warm.WarmToolTimeout):
         warm.run_forked(hang, ["hang"], tmp_path, 0.5, {})
     assert time.monotonic() - started < 10
+
+
+def test_a_daemon_that_cannot_warm_up_is_not_started_again_for_that_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torchdoctor.agent.daemon import server
+
+    scratch = _short_folder()
+    try:
+        monkeypatch.setenv(runtime.RUNTIME_ENV, str(scratch))
+        monkeypatch.setattr(sys, "path", list(sys.path))
+
+        def broken() -> None:
+            raise ImportError("a peer's plugin is broken")
+
+        monkeypatch.setattr(server, "warm_up", broken)
+        with pytest.raises(ImportError):
+            server.main()
+        folder = runtime.runtime_dir()
+        assert runtime.failed_before(folder, runtime.code_fingerprint())
+        assert not runtime.socket_path(folder).exists()
+        started: list[Path] = []
+        monkeypatch.setattr(client, "start_daemon", started.append)
+        assert client.through_daemon(["train.py"]) is None  # the hook audits by itself
+        assert started == []
+        assert not runtime.failed_before(folder, "code-installed-since")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

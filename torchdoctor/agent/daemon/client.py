@@ -50,11 +50,13 @@ def through_daemon(args: list[str]) -> int | None:
         folder = runtime.runtime_dir()
     except runtime.UnsafeRuntimeDir:
         return None
-    request = wire.Request("audit", runtime.code_fingerprint(), args, dict(os.environ))
+    fingerprint = runtime.code_fingerprint()
+    request = wire.Request("audit", fingerprint, args, dict(os.environ))
     try:
         sock = connect(folder)
     except OSError:
-        start_daemon(folder)
+        if not runtime.failed_before(folder, fingerprint):
+            start_daemon(folder)
         return None
     with sock:
         try:
@@ -142,9 +144,12 @@ def start_and_wait(timeout_s: float = START_WAIT_S) -> wire.Reply | None:
         return reply
     if reply is not None:
         ask("stop")
-    start_daemon(runtime.runtime_dir())
+    folder = runtime.runtime_dir()
+    fingerprint = runtime.code_fingerprint()
+    runtime.failure_path(folder).unlink(missing_ok=True)  # asked by hand: try again
+    start_daemon(folder)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not runtime.failed_before(folder, fingerprint):
         time.sleep(0.1)
         reply = ask("ping")
         if reply is not None:

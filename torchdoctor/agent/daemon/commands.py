@@ -29,7 +29,12 @@ def start() -> None:
     where = _where()
     reply = client.start_and_wait()
     if reply is None:
-        sys.stderr.write(f"torchdoctor: the daemon did not start (see {where}'s folder)\n")
+        folder = runtime.runtime_dir()
+        log = runtime.log_path(folder)
+        why = ""
+        if runtime.failed_before(folder, runtime.code_fingerprint()):
+            why = runtime.failure_path(folder).read_text(encoding="utf-8").split("\n")[1] + "; "
+        sys.stderr.write(f"torchdoctor: the daemon did not start ({why}see {log})\n")
         raise typer.Exit(code=2)
     sys.stdout.write(f"daemon {reply.pid} listening on {where}\n")
 

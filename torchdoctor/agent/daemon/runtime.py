@@ -28,7 +28,10 @@ class UnsafeRuntimeDir(Exception):
 
 
 def enabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "1") != "0"
+    """Whether the hook may use a daemon: not when turned off, and on Linux only (the worker
+    relies on the kernel's peer credentials and on pidfds; elsewhere the hook audits in its own
+    process)."""
+    return sys.platform == "linux" and os.environ.get(DISABLE_ENV, "1") != "0"
 
 
 def idle_seconds() -> float:
@@ -75,6 +78,19 @@ def lock_path(folder: Path) -> Path:
 
 def log_path(folder: Path) -> Path:
     return folder / f"{installation()}.log"
+
+
+def failure_path(folder: Path) -> Path:
+    """Where a daemon that could not start writes the code fingerprint it failed with: the
+    client starts no other one for that code (each would fail the same way, at a CPU cost)."""
+    return folder / f"{installation()}.failed"
+
+
+def failed_before(folder: Path, fingerprint: str) -> bool:
+    try:
+        return failure_path(folder).read_text(encoding="utf-8").split("\n", 1)[0] == fingerprint
+    except OSError:
+        return False
 
 
 def code_fingerprint() -> str:

@@ -64,7 +64,14 @@ def main() -> None:
         if not held:
             return  # another daemon serves this folder
         fingerprint = runtime.code_fingerprint()
-        warm_up()
+        try:
+            warm_up()
+        except Exception as err:
+            failure = f"{fingerprint}\nthe warm-up failed: {type(err).__name__}: {err}\n"
+            runtime.failure_path(folder).write_text(failure, encoding="utf-8")
+            raise  # its traceback goes to the log
+        with contextlib.suppress(FileNotFoundError):
+            runtime.failure_path(folder).unlink()
         serve(folder, fingerprint, runtime.idle_seconds())
 
 
