@@ -179,13 +179,34 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
             seen.add(name)
             for site in flow.callers.get(name, []):
                 caller = ctx.enclosing_function(site)
-                scope = caller.body if caller is not None else module_level(ctx.tree)
-                if flow.reaches_method(scope, "eval"):
+                if flow.reaches_method(_statements_before(ctx, caller, site), "eval"):
                     return True
                 if caller is not None:
                     next_names.append(caller.name)
         frontier = next_names
     return False
+
+
+def _statements_before(
+    ctx: ModuleContext, caller: FunctionNode | None, site: ast.Call
+) -> list[ast.stmt]:
+    """The caller's statements that can run before `site`: those starting before it, and
+    the whole loop around it (a later statement runs before the next iteration's call).
+    An `.eval()` only after the last evaluation (word_language_model's ONNX export at the
+    end of the script) does not put the evaluation in eval mode."""
+    limit = site.lineno
+    for anc in ctx.ancestors(site):
+        if anc is caller:
+            break
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            limit = max(limit, anc.end_lineno or anc.lineno)
+    body = caller.body if caller is not None else ctx.tree.body
+    return [
+        stmt
+        for stmt in body
+        if stmt.lineno <= limit
+        and not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
 
 
 def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
