@@ -85,6 +85,8 @@ class EvalWithoutEvalMode(Rule):
             if not calls or id(calls[0]) in reported or ctx.loops.backpropagates(body):
                 continue
             call = calls[0]
+            if owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call):
+                continue
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation
             if owner is not None and ctx.flow.reaches_method(owner.body, "train"):
@@ -112,8 +114,13 @@ class EvalWithoutEvalMode(Rule):
 
 
 def _is_test_module(path: str) -> bool:
-    name = PurePath(path).name
-    return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+    """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's
+    `tests/convert/test_*.py`, LLMs-from-scratch's `tests/tests_rope_and_parts.py`)."""
+    parts = PurePath(path).parts
+    name = parts[-1] if parts else ""
+    if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":
+        return True
+    return any(part in ("tests", "test") for part in parts[:-1])
 
 
 def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
@@ -127,6 +134,8 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             if _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
+            if test_module and fn.name.startswith("test"):
+                continue  # a unit test comparing outputs, decorated no_grad or not
             if by_name or function_mode(ctx, fn) == "off":
                 regions.append((fn, fn.body))
                 named.add(id(fn))
@@ -145,6 +154,8 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
         if owner is None and not trains:
             continue  # a script's top level that does not train is inference-no-eval's
         if owner is not None and (id(owner) in named or _OTHER_RULES_PATHS.search(owner.name)):
+            continue
+        if owner is not None and test_module and owner.name.startswith("test"):
             continue
         regions.append((owner, node.body))
     return regions
@@ -185,6 +196,19 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
                     next_names.append(caller.name)
         frontier = next_names
     return False
+
+
+def _helper_of_a_caller_elsewhere(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
+    """A no-grad helper not named like an evaluation, given the model as a parameter and
+    called nowhere in this module (LLMs-from-scratch's `generate_text_simple(model, ...)`):
+    its callers, in other files, own the mode."""
+    if _EVAL_FUNCTION.search(owner.name) or ctx.flow.callers.get(owner.name):
+        return False
+    root = _model_expr(call)
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
+    return isinstance(root, ast.Name) and root.id in params and root.id != "self"
 
 
 def _statements_before(
