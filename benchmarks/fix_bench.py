@@ -469,17 +469,57 @@ def main() -> None:
             work.compares,
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {}
+    saved = args.out / f"{args.workload}_bench.json"
+    # `--stage time` after `--stage fix` (two device calls): the fix report is kept
+    report: dict[str, Any] = (
+        json.loads(saved.read_text()) if args.stage == "time" and saved.is_file() else {}
+    )
     if args.stage in ("all", "fix"):
         print(f"{args.workload}: fix pipeline (each fix verified in the sandbox):", flush=True)
         report["fix"] = fix(args, work, args.out)
+        saved.write_text(json.dumps(report, indent=2))  # kept if the timing is cut short
     if args.stage == "propose":
         print(f"{args.workload}: every proposed fix, merged, NOT verified:", flush=True)
         report["proposed"] = propose_all(args, work, args.out)
     if args.stage in ("all", "time"):
         report["timing"] = time_both(args, work, args.out / f"{args.workload}_fixed.py")
-    (args.out / f"{args.workload}_bench.json").write_text(json.dumps(report, indent=2))
+    saved.write_text(json.dumps(report, indent=2))
     print(json.dumps(report.get("timing", {}), indent=2), flush=True)
+    if "timing" in report:
+        print(summary_text(work, report), flush=True)
+
+
+def summary_text(work: Workload, report: dict[str, Any]) -> str:
+    """The figures the issue asks of every benchmark, in a few lines."""
+    timing = report["timing"]
+    rate = f"{work.unit}_per_s"
+    lines = [f"{timing['workload']} on {timing['device']}:"]
+    for side in ("original", "fixed"):
+        figures = timing[side]
+        joules = figures["joules_per_step"]
+        lines.append(
+            f"  {side:<8} {figures[rate]:>12,.1f} {work.unit}/s  {figures['tflops']:7.2f} TFLOP/s"
+            + (f"  MFU {figures['mfu']:.3f}" if figures["mfu"] is not None else "")
+            + (f"  {joules:.3f} J/step" if joules is not None else "  no power reading")
+        )
+    interval = timing.get("step_time_gain_interval_95")
+    lines.append(
+        f"  speed-up {timing['speed_up']:.2f}x"
+        + (f" (step-time gain 95% CI [{interval[0]:+.1%}, {interval[1]:+.1%}])" if interval else "")
+        + f"; {timing['behaviour']}"
+    )
+    fixes = report.get("fix", {}).get("fixes")
+    if fixes is None:
+        lines.append(
+            "  fixes: "
+            + ", ".join(report.get("proposed", {}).get("unverified", []))
+            + " (merged WITHOUT verification)"
+        )
+    for entry in fixes or []:
+        verdict = "verified" if entry["verified"] else "not verified"
+        detail = entry.get("speed_up") or entry.get("last_step") or entry.get("why")
+        lines.append(f"  {entry['rule']:<28} {verdict}: {detail}")
+    return "\n".join(lines)
 
 
 ARGS: argparse.Namespace
