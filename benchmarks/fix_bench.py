@@ -498,7 +498,7 @@ def summary_text(work: Workload, report: dict[str, Any]) -> str:
         figures = timing[side]
         joules = figures["joules_per_step"]
         lines.append(
-            f"  {side:<8} {figures[rate]:>12,.1f} {work.unit}/s  {figures['tflops']:7.2f} TFLOP/s"
+            f"  {side:<8} {figures[rate]:>12,.1f} {work.unit}/s  {figures['tflops']:8.3g} TFLOP/s"
             + (f"  MFU {figures['mfu']:.3f}" if figures["mfu"] is not None else "")
             + (f"  {joules:.3f} J/step" if joules is not None else "  no power reading")
         )

@@ -49,14 +49,19 @@ def main() -> None:
         if not cuda:
             return float(event.self_cpu_time_total)
         # torch >= 2.4 names it device time; older releases cuda time
-        return float(getattr(event, "self_device_time_total", event.self_cuda_time_total))
+        new = getattr(event, "self_device_time_total", None)
+        return float(new if new is not None else event.self_cuda_time_total)
 
+    # record_function ranges (ProfilerStep#N, Optimizer.step#...) carry GPU time too: not kernels
+    annotations = {e.name for e in prof.events() if e.is_user_annotation}
     kernels = sorted(
         (
             e
             for e in events
             if gpu_us(e) > 0
-            and (e.device_type == DeviceType.CUDA if cuda else not e.key.startswith("ProfilerStep"))
+            and e.key not in annotations
+            and not e.key.startswith("ProfilerStep")
+            and (e.device_type == DeviceType.CUDA or not cuda)
         ),
         key=gpu_us,
         reverse=True,

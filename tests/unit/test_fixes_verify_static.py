@@ -8,9 +8,9 @@ import pytest
 
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
-from torchdoctor.agent.fixes.pipeline import verify_patch
+from torchdoctor.agent.fixes.pipeline import verdict_line, verify_patch
 from torchdoctor.agent.fixes.verify import NO_RUN
-from torchdoctor.agent.models import Evidence, Finding, Severity, Status
+from torchdoctor.agent.models import Evidence, Finding, Severity, Status, Verification
 
 SOURCE = """import torch
 from torch import nn
@@ -119,3 +119,18 @@ def test_a_finding_on_the_edited_line_is_not_new(tmp_path: Path) -> None:
     )
     out = verify_patch(tmp_path, finding, patch, FixKind.PERFORMANCE, None)
     assert steps(out)["rule-cleared"][0], steps(out)["rule-cleared"][1]
+
+
+def test_the_progress_line_of_a_verified_performance_fix_carries_its_measured_gain() -> None:
+    gain = "median step 194.2 ms -> 22.1 ms (+88.6%, 95% CI [+88.1%, +89.0%])"
+    verified = [
+        Verification(step="smoke", ok=True),
+        Verification(step="speed-up", ok=True, detail=gain),
+    ]
+    assert verdict_line(verified) == f"verified ({gain})"
+    assert verdict_line([Verification(step="smoke", ok=True)]) == "verified"
+    failed = [
+        Verification(step="smoke", ok=True),
+        Verification(step="speed-up", ok=False, detail="noise"),
+    ]
+    assert verdict_line(failed) == "not verified at speed-up: noise"

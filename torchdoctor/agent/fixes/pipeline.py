@@ -131,7 +131,7 @@ def propose_and_verify(
         spec = FixSpec.of(codemod)
         say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
         checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
-        say(f"  {finding.rule}: {_verdict(checks)}")
+        say(f"  {finding.rule}: {verdict_line(checks)}")
         verified = all(c.ok for c in checks)
         by_id[finding.id] = finding.model_copy(
             update={
@@ -218,8 +218,12 @@ def _combine_verified(
         by_id[finding_id] = finding.model_copy(update={"fix": fix, "status": status})
 
 
-def _verdict(checks: list[Verification]) -> str:
+def verdict_line(checks: list[Verification]) -> str:
+    """A fix's verdict as one progress line: its measured gain when it verified, else the
+    step that failed and why."""
     failed = next((c for c in checks if not c.ok), None)
     if failed is None:
-        return "verified"
+        # a performance fix's gain is what the progress line is read for
+        gain = next((c.detail for c in checks if c.step.endswith("speed-up")), None)
+        return f"verified ({gain})" if gain else "verified"
     return f"not verified at {failed.step}: {failed.detail}"
