@@ -25,6 +25,8 @@ _EVAL_FUNCTION = re.compile(
 _OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify|_step$", re.IGNORECASE)
 _MODE_DEPENDENT = re.compile(r"Dropout|BatchNorm|InstanceNorm|dropout|Transformer")
 _MAX_CALLER_DEPTH = 3
+# Libraries whose `from_pretrained` returns the model already in eval mode.
+_EVAL_MODE_LOADERS = ("transformers.", "diffusers.")
 
 
 class EvalWithoutEvalMode(Rule):
@@ -234,8 +236,11 @@ def _statements_before(
 
 
 def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
-    """`model = Net().eval()`, or `.eval()` called on this very attribute (`self.model`)."""
+    """`model = Net().eval()`, a Hugging Face `from_pretrained` (it returns the model in
+    eval mode), or `.eval()` called on this very attribute (`self.model`)."""
     for source in ctx.flow.sources(model):
+        if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
+            return True
         for sub in ast.walk(source):
             if (
                 isinstance(sub, ast.Call)
@@ -254,6 +259,13 @@ def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
         and ast.unparse(n.func.value) == text
         for n in ctx.flow.nodes(ast.Call)
     )
+
+
+def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`GPT2LMHeadModel.from_pretrained(name)` (transformers, diffusers): `from_pretrained`
+    calls `model.eval()` before returning."""
+    qual = ctx.flow.qualname_of(call) or ""
+    return qual.startswith(_EVAL_MODE_LOADERS) and qual.endswith(".from_pretrained")
 
 
 ModeLayers = Literal["known", "unknown", "none"]
