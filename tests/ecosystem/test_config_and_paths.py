@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, REPO
-from torchdoctor.agent.config import ConfigError, discover_config, load_project_config
+from torchdoctor.agent.config import ConfigError, RunBudget, discover_config, load_project_config
+from torchdoctor.agent.harness import HarnessCall, harness_arguments
 from torchdoctor.agent.workspace import InputError, common_root, load_paths
 
 BUGGY = (EXAMPLES / "train_buggy.py").read_text(encoding="utf-8")
@@ -182,3 +183,15 @@ def test_cli_config_option_and_force_exclude(project: Path) -> None:
     missing = torchdoctor("audit", "src", "--config", "nope.toml", cwd=project)
     assert missing.returncode == 2 and "no such configuration file" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_declared_group_column_reaches_the_probes_command_line(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.torchdoctor.groups]\nbatch = 2\n")
+    groups = load_project_config(tmp_path).config.groups
+    assert groups is not None and groups.probe_spec == "batch:2:1"
+    call = HarnessCall(script="train.py", groups=groups.probe_spec)
+    _module, args = harness_arguments(call, RunBudget())
+    assert args[args.index("--groups") + 1] == "batch:2:1"
+    (tmp_path / "pyproject.toml").write_text("[tool.torchdoctor.groups]\nbatch = 2\nfeature = 0\n")
+    with pytest.raises(ConfigError, match="exactly one of `batch` and `feature`"):
+        load_project_config(tmp_path)

@@ -366,3 +366,20 @@ def test_what_the_projects_own_getitem_and_collate_return_is_recorded(tmp_path: 
     batches = [f for f in doc.data_functions if f.role == "collate"]
     assert {(f.name, f.line) for f in batches} == {("pad", 17)}
     assert sorted(f.elements[0].shape or [] for f in batches) == [[1, 3], [1, 4], [1, 5], [1, 6]]
+
+
+def test_per_group_accuracy_of_the_scripts_evaluation_outputs_for_a_declared_column(
+    tmp_path: Path,
+) -> None:
+    doc, _ = run_probes(tmp_path, "group_gap.py", "--steps", "2", "--groups", "batch:2:1")
+    metrics = doc.group_metrics
+    assert metrics is not None and metrics.spec == "batch:2:1"
+    # one evaluation (4 batches) after the first step; the run stops at the end of the second
+    assert [(g.group, g.rows, g.accuracy) for g in metrics.groups] == [(0, 32, 1.0), (1, 32, 0.0)]
+    assert metrics.accuracy_gap == 1.0 and metrics.batches == 4
+    analysis = probe_findings(doc, "group_gap.py")
+    (gap,) = [f for f in analysis.findings if f.rule == "probe-group-gap"]
+    assert "group 1: accuracy 0.00 over 32 rows" in gap.message
+    # the same run without a declared column computes nothing
+    plain, _ = run_probes(tmp_path, "group_gap.py", "--steps", "1")
+    assert plain.group_metrics is None

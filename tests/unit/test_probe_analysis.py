@@ -290,3 +290,20 @@ def test_compile_gain_is_a_finding_only_when_code_was_really_generated() -> None
     eager = probe_findings(document(compile={**measured, "backend": "eager"}), "train.py")
     assert eager.findings == []
     assert eager.coverage["8.2"].verdict == "pass"
+
+
+def test_declared_groups_give_12_1_a_measured_verdict_or_say_what_was_missing() -> None:
+    scores = [
+        {"group": 0, "rows": 40, "accuracy": 0.9, "positive_rate": 0.5},
+        {"group": 1, "rows": 40, "accuracy": 0.85, "positive_rate": 0.4},
+    ]
+    close = {"spec": "feature:3:1", "batches": 5, "groups": scores, "accuracy_gap": 0.05}
+    analysis = probe_findings(document(group_metrics=close), "train.py")
+    assert analysis.coverage["12.1"].verdict == "pass"
+    assert "gap 0.05, within 0.1" in analysis.coverage["12.1"].reason
+    assert not [f for f in analysis.findings if f.rule == "probe-group-gap"]
+    unseen = {"spec": "batch:2:1", "batches": 0, "groups": []}
+    analysis = probe_findings(document(group_metrics=unseen), "train.py")
+    assert analysis.coverage["12.1"].verdict == "not-checked"
+    assert "no evaluation output" in analysis.coverage["12.1"].reason
+    assert "12.1" not in probe_findings(document(), "train.py").coverage

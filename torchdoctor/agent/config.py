@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.safefs import file_tree
@@ -51,6 +51,32 @@ class RunBudget(BaseModel):
         )
 
 
+class GroupColumn(BaseModel):
+    """`[tool.torchdoctor.groups]`: where each evaluated row's group (a sensitive attribute)
+    is, so the instrumented run computes per-group metrics of the script's evaluation outputs
+    (item 12.1): `batch` (the position of the groups' tensor in each batch) or `feature` (a
+    column of the model's first input); `labels`: the labels' position in the batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: int | None = Field(None, ge=0, le=7)
+    feature: int | None = Field(None, ge=0)
+    labels: int = Field(1, ge=0, le=7)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> GroupColumn:
+        if (self.batch is None) == (self.feature is None):
+            raise ValueError("groups: give exactly one of `batch` and `feature`")
+        return self
+
+    @property
+    def probe_spec(self) -> str:
+        """As the probes take it: `batch:2:1`, `feature:3:1`."""
+        if self.batch is not None:
+            return f"batch:{self.batch}:{self.labels}"
+        return f"feature:{self.feature}:{self.labels}"
+
+
 class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +89,7 @@ class AuditConfig(BaseModel):
     max_file_bytes: int = 2_000_000
     run: list[str] = Field(default_factory=list, description="commands whose runs feed the probes")
     run_budget: RunBudget = Field(default_factory=RunBudget)
+    groups: GroupColumn | None = None
     linters: bool = True
     peers: Literal["curated", "all"] = Field(
         "curated", description="peer linter codes shown as findings: the curated list, or all"

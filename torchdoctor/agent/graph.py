@@ -105,6 +105,7 @@ def run_request(state: AuditState, context: AuditContext) -> RunRequest:
         steps=options.steps,
         compile=options.probe_compile,
         gpu=cluster_has_gpu(context.cluster) if context.cluster.on_ray else gpu_present(),
+        groups=config.groups.probe_spec if config.groups else None,
     )
 
 

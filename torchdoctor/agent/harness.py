@@ -47,6 +47,9 @@ class HarnessCall(BaseModel):
     int8: bool = False
     compile: bool = False
     flops: bool = True
+    groups: str | None = Field(
+        None, pattern=r"^(batch|feature):\d+:\d+$", description="per-group metrics: where"
+    )
     trace: list[str] = Field(default_factory=list, description="files whose executed lines count")
     extra_memory_mb: int = Field(
         0, ge=0, description="host memory beside the script's (torch.compile's workers)"
@@ -94,6 +97,7 @@ def harness_arguments(call: HarnessCall, budget: RunBudget) -> tuple[str, list[s
         args += ["--determinism", str(call.determinism_steps)]
     args += ["--export"] * call.export + ["--int8"] * call.int8 + ["--no-flops"] * (not call.flops)
     args += ["--probe", "compile"] * call.compile
+    args += ["--groups", call.groups] if call.groups else []
     for path in call.trace:
         args += ["--trace-lines", path]
     args += ["--", *call.args]

@@ -218,9 +218,11 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     ),
     (
         r"no group column or sensitive attribute appears in the code: nothing to compare "
-        r"metrics across",
+        r"metrics across \(declare one in \[tool.torchdoctor.groups\] to have the run compute "
+        r"per-group metrics\)",
         "aucune colonne de groupe ni attribut sensible dans le code : rien entre quoi comparer "
-        "les métriques",
+        "les métriques (déclarez-en une dans [tool.torchdoctor.groups] pour que l'exécution "
+        "calcule des métriques par groupe)",
     ),
 )
 

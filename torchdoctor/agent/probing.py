@@ -46,6 +46,7 @@ class RunRequest(BaseModel):
     int8: bool = True
     compile: bool = False
     gpu: bool = False
+    groups: str | None = Field(None, description="the declared group column, as probes take it")
 
 
 class RunSummary(BaseModel):
@@ -140,6 +141,7 @@ def harness_call(request: RunRequest, script: str, args: list[str], nproc: int =
         export=request.export,
         int8=request.int8,
         compile=request.compile,
+        groups=request.groups,
     )
 
 

@@ -277,8 +277,10 @@ def _group_verdict(workspace: Workspace, target: ModelTarget) -> ItemVerdict | N
         item="12.1",
         verdict="not-checked",
         reason=f"the code names {', '.join(named)}, but {target.class_name}'s observed inputs "
-        f"({shapes}) carry no column names, so the rows cannot be split by group here; "
-        f"group_metrics() in {PATH} computes per-group accuracy and the gap once given that column",
+        f"({shapes}) carry no column names, so the rows cannot be split by group here: "
+        "declare where the group is in [tool.torchdoctor.groups] (batch = its position in the "
+        "batch, or feature = a column of the input) and the run computes per-group metrics; "
+        f"group_metrics() in {PATH} computes them once given that column",
     )
 
 

@@ -163,5 +163,6 @@ def _groups(texts: list[tuple[str, str]]) -> tuple[str, Verdict, str]:
         "12.1",
         "not-applicable",
         "no group column or sensitive attribute appears in the code: nothing to compare "
-        "metrics across",
+        "metrics across (declare one in [tool.torchdoctor.groups] to have the run compute "
+        "per-group metrics)",
     )

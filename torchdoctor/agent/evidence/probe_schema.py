@@ -278,6 +278,23 @@ class DataFunctionSignature(_Model):
     calls: int = 0
 
 
+class GroupScore(_Model):
+    group: int
+    rows: int
+    accuracy: float
+    positive_rate: float
+
+
+class GroupMetricsReport(_Model):
+    """Per-group metrics over the script's evaluation outputs, for the declared group column."""
+
+    spec: str = Field(description="where the groups and labels were read: batch:G:L, feature:C:L")
+    batches: int = 0
+    groups: list[GroupScore] = Field(default_factory=list)
+    accuracy_gap: float | None = None
+    skipped: str = Field("", description="why an evaluation output could not be scored")
+
+
 class DtypeMixing(_Model):
     module: str
     type: str
@@ -440,6 +457,7 @@ class ProbeDocument(_Model):
     root_signatures: list[RootSignature] = Field(default_factory=list)
     value_ranges: list[BoundaryValues] = Field(default_factory=list)
     data_functions: list[DataFunctionSignature] = Field(default_factory=list)
+    group_metrics: GroupMetricsReport | None = None
     dtype_mixing: list[DtypeMixing] = Field(default_factory=list)
     flops: Flops | None = None
     energy: Energy | None = None

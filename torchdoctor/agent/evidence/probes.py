@@ -488,6 +488,46 @@ def _dataloader(b: _Builder) -> None:
         )
 
 
+GROUP_GAP = 0.1
+"""Largest accuracy difference between groups that passes 12.1."""
+
+
+def _groups(b: _Builder) -> None:
+    """12.1 from the per-group metrics of the script's evaluation outputs (a declared group
+    column); nothing when none was declared."""
+    metrics = b.doc.group_metrics
+    if metrics is None:
+        return
+    if len(metrics.groups) < 2 or metrics.accuracy_gap is None:
+        why = metrics.skipped or (
+            f"{b.doc.steps_completed} step(s) ran and no evaluation output (eval mode or no "
+            "grad) with two groups or more was seen; run more steps (--steps) or evaluate "
+            "inside the loop"
+        )
+        b.hint("12.1", "not-checked", "probe:groups", f"groups declared ({metrics.spec}): {why}")
+        return
+    scores = ", ".join(
+        f"group {g.group}: accuracy {g.accuracy:.2f} over {g.rows} rows" for g in metrics.groups
+    )
+    measured = (
+        f"per-group accuracy of the script's evaluation outputs ({metrics.spec}, "
+        f"{metrics.batches} batch(es)): {scores}; gap {metrics.accuracy_gap:.2f}"
+    )
+    if metrics.accuracy_gap > GROUP_GAP:
+        b.find(
+            "probe-group-gap",
+            12,
+            Severity.MEDIUM,
+            "Accuracy differs across groups",
+            f"{measured}, above {GROUP_GAP:g}.",
+            ["12.1"],
+            code="group-gap",
+            groups=metrics.model_dump(),
+        )
+    else:
+        b.hint("12.1", "pass", "probe:groups", f"{measured}, within {GROUP_GAP:g}")
+
+
 def _dataflow(b: _Builder) -> None:
     if not b.doc.dataflow.calls:
         return
@@ -767,6 +807,7 @@ _CHECKS = (
     _syncs,
     _dataloader,
     _dataflow,
+    _groups,
     _determinism,
     _mode,
     _export,

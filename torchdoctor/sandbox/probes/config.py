@@ -32,6 +32,8 @@ class ProbeConfig:
     flops: bool = True
     trace_files: tuple[str, ...] = ()
     """Files (relative to the working folder) whose executed lines the run records."""
+    groups: str | None = None
+    """Where each evaluated row's group is, for per-group metrics (see probes/groups.py)."""
 
     @property
     def flop_step(self) -> int:
@@ -82,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--no-flops", action="store_true")
     parser.add_argument(
+        "--groups",
+        default=None,
+        help="per-group metrics of evaluation outputs: batch:GROUP_POS:LABEL_POS or "
+        "feature:COLUMN:LABEL_POS",
+    )
+    parser.add_argument(
         "--trace-lines",
         action="append",
         default=[],
@@ -121,6 +129,7 @@ def parse_args(argv: list[str]) -> ProbeConfig:
         compile_backend=ns.compile_backend,
         flops=not ns.no_flops,
         trace_files=tuple(ns.trace_lines),
+        groups=ns.groups,
     )
 
 

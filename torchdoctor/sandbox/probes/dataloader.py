@@ -10,6 +10,7 @@ import torch.utils.data
 import torch.utils.data.dataloader as dataloader_module
 
 from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.groups import GroupMetrics
 from torchdoctor.sandbox.probes.values import ValueRanges
 
 
@@ -19,6 +20,7 @@ class DataLoaderProbe:
         self.values = values
         self.sampled = True
         """The step fetching batches now is a sampled one: their value ranges are taken."""
+        self.groups: GroupMetrics | None = None
         self.loaders: list[dict[str, Any]] = []
         self._index: dict[int, int] = {}
         self.wait_by_step: dict[int, float] = {}
@@ -49,6 +51,8 @@ class DataLoaderProbe:
                 if index is not None:
                     probe.loaders[index]["batches"] += 1
                     probe.loaders[index]["wait_s"] += waited
+                    if probe.groups is not None:
+                        probe.groups.on_batch(batch)
                     if probe.sampled and batch is not None:
                         loader = probe.loaders[index]
                         probe.values.on_batch(

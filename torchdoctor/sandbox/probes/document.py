@@ -191,6 +191,7 @@ def build(
         "root_signatures": session.root_shapes.report(),
         "value_ranges": session.values.report(),
         "data_functions": session.data_functions.report(),
+        "group_metrics": session.groups.report() if session.groups is not None else None,
         "flops": session.flops.report(median) if config.flops else None,
         "energy": session.power.report(median),
         "mode_issues": session.mode.report(),

@@ -44,6 +44,7 @@ from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
 from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_rank
 from torchdoctor.sandbox.probes.flops import FlopProbe
 from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
 from torchdoctor.sandbox.probes.mode import ModeProbe
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
@@ -115,6 +116,8 @@ class Session:
         self.values = ValueRanges()
         self.dataloader = DataLoaderProbe(user_files, self.values)
         self.data_functions = DataFunctions(user_files)
+        self.groups = GroupMetrics(GroupSpec(config.groups)) if config.groups else None
+        self.dataloader.groups = self.groups
         self.dataloader.sampled = self.data_functions.sampled = self.watching
         self.dataflow = DataFlowProbe()
         self.root_shapes = RootShapes()
@@ -362,6 +365,8 @@ class Session:
                 self.dataflow.on_exit(module, output)
             if self.depth == 0:
                 self.root_shapes.observe(module, args, output)
+                if self.groups is not None and not (module.training and torch.is_grad_enabled()):
+                    self.groups.on_eval_output(args, output)
                 self.mode.on_root_output(self._name(module), module, output)
                 if not self.optimizer_built:
                     self.forwards += 1
