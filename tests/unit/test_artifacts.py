@@ -58,10 +58,15 @@ def test_a_model_built_with_its_defaults_and_what_stops_a_target() -> None:
     nothing = find_target(serve, [])
     assert isinstance(nothing, NoTarget) and "--run" in nothing.reason
     failed = _run("serve_model.py", "TextClassifier", []).model_copy(
-        update={"outcome": "script-error", "dataflow": DataFlow()}
+        update={
+            "outcome": "script-error",
+            "dataflow": DataFlow(),
+            "error": "UnpicklingError: Weights only load failed",
+        }
     )
     no_call = find_target(serve, [failed])
-    assert isinstance(no_call, NoTarget) and "script-error" in no_call.reason
+    assert isinstance(no_call, NoTarget)
+    assert "script-error (UnpicklingError: Weights only load failed)" in no_call.reason
     stranger = find_target(serve, [_run("serve_model.py", "Bert", [_tokens(8, 16)])])
     assert isinstance(stranger, NoTarget) and "Bert is not defined" in stranger.reason
 

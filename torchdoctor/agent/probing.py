@@ -16,12 +16,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.evidence.probe_schema import (
     BoundaryValues,
     DataFlow,
     DataFunctionSignature,
     RootSignature,
 )
+from torchdoctor.agent.evidence.probe_schema import Outcome as RunOutcome
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
@@ -59,6 +61,7 @@ class RunSummary(BaseModel):
     outcome: str
     summary: str
     isolation: str = ""
+    error: str = Field("", description="the script's error, one line, when it raised")
     notes: list[str] = Field(default_factory=list)
     dataflow: DataFlow = Field(default_factory=DataFlow)
     root_signatures: list[RootSignature] = Field(
@@ -201,9 +204,17 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         root_signatures=analysis.root_signatures,
         value_ranges=analysis.value_ranges,
         data_functions=analysis.data_functions,
+        error=_error_line(done.document.outcome),
         curves=analysis.curves,
     )
     return finished, analysis.by_point()
+
+
+def _error_line(outcome: RunOutcome) -> str:
+    if outcome.kind != "script-error":
+        return ""
+    text = f"{outcome.error_type}: {outcome.detail}" if outcome.error_type else outcome.detail
+    return one_line(text)[:240]
 
 
 def probe_report(

@@ -37,7 +37,9 @@ def find_target(workspace: Workspace, runs: list[RunSummary]) -> ModelTarget | N
     """The first run's root model that the audited files define and a test can rebuild."""
     observed = [(run, call) for run in runs for call in run.dataflow.calls if call.depth == 0]
     if not observed and runs:
-        ran = "; ".join(f"`{r.command}`: {r.outcome}" for r in runs)
+        ran = "; ".join(
+            f"`{r.command}`: {r.outcome}" + (f" ({r.error})" if r.error else "") for r in runs
+        )
         return NoTarget(reason=f"no instrumented run called a model ({ran})")
     if not observed:
         return NoTarget(

@@ -9,12 +9,10 @@ Offered only when, in the sandbox, the audit's run command passes with the check
 
 from __future__ import annotations
 
-import ast
 import re
 
 from torchdoctor.agent.artifacts.batch_checks import (
     CHECK,
-    COLLATE,
     BatchChecks,
     batch_checks,
     wire_collate,
@@ -90,7 +88,6 @@ def validation_artifact(
     else:
         text_to_edit = text
     edited = tidy(workspace.root, text, edit_forward(text_to_edit, target.class_name, edit))
-    collate = function_body(edited, COLLATE) if wired is not None else None
     accepted = checked_run(
         harness,
         workspace,
@@ -98,8 +95,8 @@ def validation_artifact(
         {target.file: edited},
         (target.file, forward_body(edited, target.class_name)),
         "the run passes with the checks in place",
-        reached_too=((target.file, collate),) if collate is not None else (),
-    )
+    )  # the wired collate needs no line trace: the run drew batches from that very loader
+    # (in worker processes too, where no line is traced; a check that raises there fails it)
     checks = [accepted]
     if accepted.passed:
         tests = _rejection_tests(target, names, inputs, bounds)
@@ -183,14 +180,6 @@ def input_bounds(
         if bound is not None:
             bounds[index] = bound
     return bounds
-
-
-def function_body(text: str, name: str) -> range | None:
-    """The lines of the module-level function `name`'s body."""
-    for node in ast.parse(text).body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            return range(node.body[0].lineno, (node.end_lineno or node.lineno) + 1)
-    return None
 
 
 def embedding_inputs(target: ModelTarget, runs: list[RunSummary]) -> dict[int, str]:
