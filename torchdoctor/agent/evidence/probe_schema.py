@@ -233,7 +233,8 @@ class RootSignature(_Model):
 
 
 class TensorValues(_Model):
-    """One tensor position's values over the sampled steps (min/max over finite values)."""
+    """One tensor position's values over the sampled steps (min/max over the samples whose
+    values were all finite)."""
 
     index: int
     dtype: str
@@ -241,7 +242,7 @@ class TensorValues(_Model):
     min: float | None = None
     max: float | None = None
     finite: bool = True
-    integral: bool = Field(True, description="every value a whole number (labels, indices)")
+    integral: bool = Field(True, description="an integer dtype: whole numbers (labels, indices)")
     samples: int = 0
 
 

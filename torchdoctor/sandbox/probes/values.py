@@ -1,9 +1,10 @@
 """Value ranges at the data boundaries, on sampled steps only: per tensor of a batch leaving a
-DataLoader and of a root model's forward arguments, the smallest and largest finite value,
-whether any value was not finite and whether every value was a whole number (labels, indices).
+DataLoader and of a root model's forward arguments, the smallest and largest value (over the
+samples with no NaN or infinity), whether any value was not finite and whether it holds whole numbers (an integer dtype:
+labels, indices).
 
 Generated input checks take their ranges from these (labels in [0, classes), pixels in the
-observed range with a margin). Each observation is a handful of reductions left on the
+observed range with a margin). Each observation is one min/max reduction left on the
 tensor's device; the host reads them with the other probes' values at flush time, so a
 sampled step adds no host sync and an unsampled step adds nothing."""
 
@@ -34,10 +35,11 @@ class _Range:
 
     def add(self, low: float, high: float, nonfinite: float, fractional: float) -> None:
         self.samples += 1
-        self.low = min(self.low, low)
-        self.high = max(self.high, high)
         self.finite = self.finite and nonfinite == 0
         self.integral = self.integral and fractional == 0
+        if nonfinite == 0:  # a sample with a NaN or an infinity says nothing of the range
+            self.low = min(self.low, low)
+            self.high = max(self.high, high)
 
     def report(self, index: int) -> dict[str, Any]:
         seen = self.low <= self.high
@@ -108,13 +110,13 @@ class ValueRanges:
 
 
 def _statistics(x: torch.Tensor) -> torch.Tensor:
-    """[min, max, any non-finite, any fractional], on x's device (no host sync)."""
+    """[min, max, any non-finite, any fractional], on x's device (no host sync): one pass.
+    Floating values count as fractional (labels and indices are integer tensors); their min
+    and max are both finite only when every value is."""
+    low, high = torch.aminmax(x)
     if not x.is_floating_point():
-        low, high = torch.aminmax(x)
-        zero = torch.zeros((), device=x.device)
-        return torch.stack([low.double(), high.double(), zero.double(), zero.double()])
-    ok = torch.isfinite(x)
-    low = torch.where(ok, x, torch.inf).amin()
-    high = torch.where(ok, x, -torch.inf).amax()
-    fractional = (torch.where(ok, x, 0) != torch.where(ok, x, 0).round()).any()
-    return torch.stack([low.double(), high.double(), (~ok).any().double(), fractional.double()])
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        return torch.stack([low.double(), high.double(), zero, zero])
+    nonfinite = ~(torch.isfinite(low) & torch.isfinite(high))
+    one = torch.ones((), dtype=torch.float64, device=x.device)
+    return torch.stack([low.double(), high.double(), nonfinite.double(), one])

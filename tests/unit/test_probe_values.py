@@ -1,0 +1,27 @@
+"""The value-range probe's reductions (no subprocess): one min/max per tensor left on its
+device, read back at flush; a sample with a NaN marks the tensor non-finite without moving
+its range; tensors it cannot range (bool, empty) are skipped."""
+
+from __future__ import annotations
+
+import torch
+
+from torchdoctor.sandbox.probes.values import ValueRanges
+
+
+def test_ranges_over_samples_and_a_nan_sample_leaves_the_range_alone() -> None:
+    values = ValueRanges()
+    labels = torch.tensor([0, 3, 1])
+    values.on_batch("Pixels", "train.py", 9, (torch.tensor([[0.25, 0.5]]), labels))
+    values.on_batch("Pixels", "train.py", 9, (torch.tensor([[float("nan"), 9.0]]), labels + 1))
+    values.on_batch("Pixels", "train.py", 9, [torch.tensor([[0.0, 1.0]]), labels])
+    values.on_model_input("Net", (torch.ones(2, 2), torch.zeros(2, dtype=torch.bool)))
+    values.on_batch("Pixels", "train.py", 9, torch.empty(0))
+    values.flush()
+    batch, model = values.report()  # the empty batch added nothing
+    pixels, classes = batch["tensors"]
+    assert (pixels["min"], pixels["max"], pixels["samples"]) == (0.0, 1.0, 3)
+    assert pixels["finite"] is False and pixels["integral"] is False
+    assert (classes["min"], classes["max"], classes["integral"]) == (0, 4, True)
+    assert (batch["boundary"], batch["file"], batch["line"]) == ("batch", "train.py", 9)
+    assert model["boundary"] == "model-input" and [t["index"] for t in model["tensors"]] == [0]
