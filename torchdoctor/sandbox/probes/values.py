@@ -1,7 +1,7 @@
 """Value ranges at the data boundaries, on sampled steps only: per tensor of a batch leaving a
 DataLoader and of a root model's forward arguments, the smallest and largest value (over the
-samples with no NaN or infinity), whether any value was not finite and whether it holds whole numbers (an integer dtype:
-labels, indices).
+samples with no NaN or infinity), whether any value was not finite, and whether it holds
+whole numbers (an integer dtype: labels, indices).
 
 Generated input checks take their ranges from these (labels in [0, classes), pixels in the
 observed range with a margin). Each observation is one min/max reduction left on the
