@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
@@ -17,7 +18,8 @@ class OutputsStoredWithGrad(Rule):
     Why it matters: every stored output keeps the graph of the forward pass that made it, so
     an evaluation or prediction loop that should use constant memory grows until it runs out.
     Outputs gathered to compute one loss that is back-propagated, and per-step outputs
-    collected inside a module's `forward` (a recurrent layer), are not reported.
+    collected inside a module's `forward` (a recurrent layer) or another method of the module
+    looping over its own blocks (`forward_intermediates`), are not reported.
 
     Example:
         preds = []
@@ -59,6 +61,17 @@ class OutputsStoredWithGrad(Rule):
 
 
 def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
-    """Inside a module's `forward`, collected outputs are part of the graph being built."""
+    """Inside a module's `forward`, collected outputs are part of the graph being built; so
+    in any other method of an `nn.Module` that loops over its own blocks rather than over a
+    data loader (timm's `forward_intermediates` collecting each block's output)."""
     fn = ctx.enclosing_function(node)
-    return fn is not None and fn.name == "forward"
+    if fn is None:
+        return False
+    if fn.name == "forward":
+        return True
+    owner = ctx.parents.get(fn)
+    return (
+        isinstance(owner, ast.ClassDef)
+        and owner.name in ctx.flow.module_classes
+        and not in_loader_loop(ctx, node)
+    )
