@@ -32,8 +32,8 @@ _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
 class DeviceMismatchFactoryInForward(Rule):
     """Detects tensor factories (`torch.zeros/ones/empty/full/rand/randn/randint/arange/eye/
     linspace/tensor`) called inside an `nn.Module.forward` without `device=` and without an
-    immediate `.to(...)`/`.cuda()`/`.type_as(...)`. Scalar `torch.tensor(0.5)` is not
-    reported (0-dim CPU tensors mix with CUDA tensors).
+    immediate `.to(...)`/`.cuda()`/`.type_as(...)`. Scalar `torch.tensor(0.5)` and
+    `torch.tensor(2.0 / torch.pi)` are not reported (0-dim CPU tensors mix with CUDA tensors).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -85,11 +85,36 @@ class DeviceMismatchFactoryInForward(Rule):
 def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if kwarg(call, "device") is not None or any(k.arg is None for k in call.keywords):
         return True
-    if ctx.flow.qualname_of(call) == "torch.tensor" and call.args:
-        arg = call.args[0]
-        if isinstance(arg, ast.Constant) or (
-            isinstance(arg, ast.UnaryOp) and isinstance(arg.operand, ast.Constant)
-        ):
-            return True
+    scalar = bool(call.args) and (
+        isinstance(call.args[0], ast.Constant) or _scalar_arithmetic(call.args[0])
+    )
+    if scalar and ctx.flow.qualname_of(call) == "torch.tensor":
+        return True
     parent = ctx.parents.get(call)
     return isinstance(parent, ast.Attribute) and parent.attr in _MOVES
+
+
+def _scalar_arithmetic(expr: ast.expr) -> bool:
+    """`-1`, `2.0 / torch.pi`, `self.config.n_embd ** 0.5`: arithmetic over numbers, names
+    and attributes with at least one number, so a Python scalar (the tensor is 0-dim)."""
+    return (
+        isinstance(expr, ast.BinOp | ast.UnaryOp)
+        and _arithmetic(expr)
+        and any(_number(n) for n in ast.walk(expr))
+    )
+
+
+def _arithmetic(expr: ast.expr) -> bool:
+    if isinstance(expr, ast.BinOp):
+        return _arithmetic(expr.left) and _arithmetic(expr.right)
+    if isinstance(expr, ast.UnaryOp):
+        return _arithmetic(expr.operand)
+    return _number(expr) or isinstance(expr, ast.Name | ast.Attribute)
+
+
+def _number(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    )
