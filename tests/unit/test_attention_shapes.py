@@ -145,3 +145,13 @@ def test_the_fix_stage_records_why_a_shape_is_not_fixed(tmp_path: Path) -> None:
     assert result.fix is None
     assert "no automatic fix" in result.evidence[-1].message
     assert "softcapping" in result.evidence[-1].message
+
+
+def test_the_softmax_module_stays_when_something_else_uses_it() -> None:
+    source = (SHAPES / "vit_softmax_module.py").read_text() + (
+        "\n    def attention_map(self, dots):\n        return self.attend(dots)\n"
+    )
+    fixed = _codemod().transform(source, _target(source))
+    assert fixed is not None and "scaled_dot_product_attention" in fixed
+    assert "self.attend = nn.Softmax(dim=-1)" in fixed
+    assert "self.attend = nn.Softmax" not in (SHAPES / "vit_softmax_module.after.py").read_text()

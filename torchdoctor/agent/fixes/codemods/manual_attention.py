@@ -68,6 +68,7 @@ class _Attention:
     scale: str
     mask: _Mask
     dropout: str | None
+    softmax: cst.Call
 
 
 class ManualAttentionFix(Codemod):
@@ -113,6 +114,7 @@ class ManualAttentionFix(Codemod):
         ctx.replace(found.output_statement, rewrite)
         for stmt in found.statements:
             ctx.remove(stmt)
+        _drop_softmax_module(ctx, found.softmax)
         return True
 
     def explain(self, source: str, target: FixTarget) -> str | None:
@@ -126,6 +128,32 @@ class ManualAttentionFix(Codemod):
         except (cst.ParserSyntaxError, RecursionError):
             return None
         return None
+
+
+def _drop_softmax_module(ctx: SourceContext, softmax: cst.Call) -> None:
+    """`self.attend = nn.Softmax(dim=-1)` is dead once the fused call replaces its only use
+    (as in lucidrains' ViTs); it holds no parameters, so the state_dict is unchanged. Kept
+    when anything else in the file reads an attribute of that name."""
+    name = dotted_name(softmax.func)
+    if name is None or not name.startswith("self."):
+        return
+    attribute = name.removeprefix("self.")
+    mentions = ctx.find(cst.Attribute, where=lambda a: a.attr.value == attribute)
+    builds = ctx.find(
+        cst.Assign,
+        where=lambda a: len(a.targets) == 1 and dotted_name(a.targets[0].target) == name,
+    )
+    if len(builds) != 1 or len(mentions) != 2:  # the build's target and the softmax call
+        return
+    line = ctx.parent(builds[0])
+    block = ctx.parent(line) if line is not None else None
+    if (
+        isinstance(line, cst.SimpleStatementLine)
+        and len(line.body) == 1
+        and isinstance(block, cst.IndentedBlock)
+        and len(block.body) > 1
+    ):
+        ctx.remove(line)
 
 
 def _comments(stmt: cst.BaseStatement) -> list[str]:
@@ -272,6 +300,7 @@ def _match(
         scale=scale,
         mask=mask,
         dropout=dropout,
+        softmax=softmax,
     )
 
 
