@@ -138,6 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="td-graph-overhead-") as tmp:
         os.environ["TORCHDOCTOR_HOME"] = str(Path(tmp) / "home")
         os.environ["TORCHDOCTOR_LINTERS"] = "0"
+        os.environ["TORCHDOCTOR_RESULT_CACHE"] = "0"  # every audit analyses, as the first does
         root = Path(tmp) / "repo"
         make_repository(root, args.files)
         options = AuditOptions(target=root, write_ledger=False)

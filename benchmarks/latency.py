@@ -121,7 +121,7 @@ def main() -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python caches bytecode
         for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TORCHDOCTOR_MODEL"):
             env.pop(var, None)
-        uncached = {**env, "TORCHDOCTOR_PEER_CACHE": "0"}
+        uncached = {**env, "TORCHDOCTOR_PEER_CACHE": "0", "TORCHDOCTOR_RESULT_CACHE": "0"}
         bin_folder = Path(sys.executable).parent
         options = [target.name, "--no-ledger", "--format", "json", "-q"]
         cold = [str(bin_folder / "torchdoctor"), "audit", "--static-only", *options]

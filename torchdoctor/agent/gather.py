@@ -14,6 +14,7 @@ from functools import cache
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+from torchdoctor.agent import static_cache
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding, numbered_excerpt
 from torchdoctor.agent.checks.catalogue import peer_rule_id
@@ -66,31 +67,43 @@ def run_static(
     say: Callable[[str], None] | None = None,
 ) -> StaticResult:
     """The static pass: on this machine's cores, or sharded over a Ray cluster's (`say`
-    hears where it ran)."""
-    if cluster is not None and cluster.on_ray:
-        from torchdoctor.agent.cluster.static import ray_chunk_runner
-
-        result = analyse_files(
-            workspace.pairs(),
-            engine_config(config),
-            workers=cluster_cpus(cluster),
-            manifests=workspace.manifests,
-            run_chunks=ray_chunk_runner(cluster, say),
-            documents=workspace.documents,
-        )
-    else:
-        result = analyse_files(
-            workspace.pairs(),
-            engine_config(config),
-            manifests=workspace.manifests,
-            documents=workspace.documents,
-        )
+    hears where it ran); reused from the static cache when every input is the same."""
+    files, settings = workspace.pairs(), engine_config(config)
+    key = static_cache.key_of(files, settings, workspace.manifests, workspace.documents)
+    result = static_cache.load(key) if key else None
+    if result is None:
+        result = _analyse(workspace, files, settings, cluster, say)
+        if key:
+            static_cache.store(key, result)
     notebooks = {f.path: f for f in workspace.files if f.cells}
     if notebooks:
         for raw in result.all_findings():
             if raw.file in notebooks:
                 _name_the_cell(raw, notebooks[raw.file])
     return result
+
+
+def _analyse(
+    workspace: Workspace,
+    files: list[tuple[str, str]],
+    settings: EngineConfig,
+    cluster: ClusterConfig | None,
+    say: Callable[[str], None] | None,
+) -> StaticResult:
+    if cluster is not None and cluster.on_ray:
+        from torchdoctor.agent.cluster.static import ray_chunk_runner
+
+        return analyse_files(
+            files,
+            settings,
+            workers=cluster_cpus(cluster),
+            manifests=workspace.manifests,
+            run_chunks=ray_chunk_runner(cluster, say),
+            documents=workspace.documents,
+        )
+    return analyse_files(
+        files, settings, manifests=workspace.manifests, documents=workspace.documents
+    )
 
 
 def _name_the_cell(raw: RawFinding, notebook: SourceFile) -> None:

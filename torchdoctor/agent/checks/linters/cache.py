@@ -6,23 +6,22 @@ The key covers every input a tool reads: its name and version, torchdoctor's ver
 audited file's path and bytes, and the tool configuration files at the tree's root. Only
 complete results are kept (never a timeout or a failure), in private files under
 `$TORCHDOCTOR_HOME/cache/peers`, pruned to the newest `MAX_ENTRIES`. pip-audit is never
-cached: its answer depends on an advisory database, not on the files.
+cached: its answer depends on an advisory database, not on the files. Kept in a
+`ResultCache` (atomic, bounded, shared across audits); `TORCHDOCTOR_PEER_CACHE=0` turns this
+one off, `TORCHDOCTOR_RESULT_CACHE=0` every result cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from torchdoctor import __version__
+from torchdoctor.agent import result_cache
 from torchdoctor.agent.checks.linters.base import LinterResult
-from torchdoctor.agent.home import private_dir, private_file, torchdoctor_home
+from torchdoctor.agent.result_cache import plain_bytes as _plain_bytes
 
 ENABLED_ENV = "TORCHDOCTOR_PEER_CACHE"
 MAX_ENTRIES = 2000
@@ -40,12 +39,15 @@ CONFIG_FILES = (
 )
 
 
+_RESULTS = result_cache.ResultCache("peers", LinterResult, MAX_ENTRIES)
+
+
 def cache_dir() -> Path:
-    return torchdoctor_home() / "cache" / "peers"
+    return _RESULTS.folder
 
 
 def enabled() -> bool:
-    return os.environ.get(ENABLED_ENV, "1") != "0"
+    return os.environ.get(ENABLED_ENV, "1") != "0" and result_cache.enabled()
 
 
 def input_digest(root: Path, files: Sequence[str]) -> str | None:
@@ -74,36 +76,9 @@ def result_key(tool: str, version: str, inputs: str | None) -> str | None:
 
 
 def load(key: str) -> LinterResult | None:
-    path = cache_dir() / f"{key}.json"
-    try:
-        return LinterResult.model_validate_json(_plain_bytes(path) or b"")
-    except (ValidationError, ValueError):
-        return None
+    return _RESULTS.load(key)
 
 
 def store(key: str, result: LinterResult) -> None:
-    if result.status not in ("ok", "partial"):
-        return
-    folder = private_dir(cache_dir())
-    final = folder / f"{key}.json"
-    scratch = private_file(folder / f".{key}.{os.getpid()}.tmp")
-    scratch.write_text(result.model_dump_json(), encoding="utf-8")
-    os.replace(scratch, final)
-    _prune(folder)
-
-
-def _plain_bytes(path: Path) -> bytes | None:
-    """The file's bytes, refusing links and anything but a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-
-
-def _prune(folder: Path) -> None:
-    entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in entries[MAX_ENTRIES:]:
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    if result.status in ("ok", "partial"):
+        _RESULTS.store(key, result)

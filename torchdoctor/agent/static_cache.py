@@ -1,0 +1,79 @@
+"""The static pass's result kept by content (a `ResultCache`): an audit of a tree whose every
+input is the same as one audited before reuses that result instead of parsing and walking it
+again.
+
+The key covers every input of the pass: each file's path and text, the dependency manifests
+and documents the rules read, the engine's configuration (selected and ignored rules, the
+target torch version, the per-file deadline), torchdoctor's version and the bytes of the
+rules' own code and data (so an edited rule never reads a result of its former self). A
+result with a note on any file (cut short by the per-file deadline, a parse stopped by
+recursion or memory) may depend on the machine: it is never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from torchdoctor import __version__
+from torchdoctor.agent import result_cache
+from torchdoctor.agent.checks import engine
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import StaticResult
+
+Hash = Any  # hashlib's digest objects (their class is private)
+MAX_ENTRIES = 2000
+_RESULTS = result_cache.ResultCache("static", StaticResult, MAX_ENTRIES)
+
+
+@cache
+def rules_fingerprint() -> str:
+    """A digest of every file of the rules' package (code and data), read once a process."""
+    package = Path(engine.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _texts(digest: Hash, label: str, texts: Mapping[str, str]) -> None:
+    for name in sorted(texts):
+        digest.update(f"{label}\0{name}\0".encode("utf-8", "surrogateescape"))
+        digest.update(hashlib.sha256(texts[name].encode("utf-8", "surrogateescape")).digest())
+
+
+def key_of(
+    files: Sequence[tuple[str, str]],
+    config: EngineConfig,
+    manifests: Mapping[str, str],
+    documents: Mapping[str, str],
+) -> str | None:
+    """The pass's content key, or None when results are not to be kept."""
+    if not result_cache.enabled():
+        return None
+    digest = hashlib.sha256()
+    settings = {
+        name: sorted(value) if isinstance(value, frozenset) else value
+        for name, value in sorted(asdict(config).items())
+    }
+    digest.update(f"{__version__}\0{rules_fingerprint()}\0{settings!r}\0".encode())
+    _texts(digest, "file", dict(files))
+    _texts(digest, "manifest", manifests)
+    _texts(digest, "document", documents)
+    return digest.hexdigest()
+
+
+def load(key: str) -> StaticResult | None:
+    return _RESULTS.load(key)
+
+
+def store(key: str, result: StaticResult) -> None:
+    if all(file.note is None for file in result.files):
+        _RESULTS.store(key, result)
