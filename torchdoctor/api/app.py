@@ -107,11 +107,11 @@ def create_app(
     settings = settings or ApiSettings()
     store = Store(open_engine(settings.url))
     pool = executor or executor_for(settings)
+    dispatcher = Dispatcher(store, pool, settings.lease_seconds, interval_s=poll_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.audits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dispatcher = Dispatcher(store, pool, settings.lease_seconds, interval_s=poll_s)
         task = asyncio.create_task(dispatcher.run_forever())
         try:
             yield
@@ -130,6 +130,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.dispatcher = dispatcher
     app.state.sessions = session_service(store, settings)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ops.metrics_registry(store)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
@@ -46,6 +48,11 @@ class Executor(Protocol):
         """Kill everything still running (server shutdown)."""
         ...
 
+    def watch_ends(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) whenever one of its audits ends, so that its
+        slot is filled at once."""
+        ...
+
 
 class LocalExecutor:
     """Worker processes on this machine, at most `max_workers` at once."""
@@ -56,6 +63,7 @@ class LocalExecutor:
         self._context.set_forkserver_preload([worker.__name__, PRELOAD])
         self._children: dict[str, BaseProcess] = {}
         self._lock = threading.Lock()
+        self._on_end: Callable[[], None] | None = None
         # The fork server imports the audit machinery once, in the background.
         threading.Thread(target=self._boot, daemon=True, name="forkserver-boot").start()
 
@@ -74,6 +82,19 @@ class LocalExecutor:
         process.start()
         with self._lock:
             self._children[audit_id] = process
+        if self._on_end is not None:
+            threading.Thread(
+                target=self._tell_end, args=(process, self._on_end), daemon=True
+            ).start()
+
+    def watch_ends(self, callback: Callable[[], None]) -> None:
+        self._on_end = callback
+
+    @staticmethod
+    def _tell_end(process: BaseProcess, callback: Callable[[], None]) -> None:
+        """Waits on the worker's sentinel (it does not reap it: `running` does)."""
+        wait([process.sentinel])
+        callback()
 
     def running(self) -> list[str]:
         with self._lock:

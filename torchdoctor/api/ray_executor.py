@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.agent.cluster.config import ClusterConfig, connect
@@ -89,6 +90,10 @@ class RayExecutor:
             ref = self._refs.pop(audit_id, None)
         if ref is not None:
             self._ray.cancel(ref, force=True, recursive=True)
+
+    def watch_ends(self, callback: Callable[[], None]) -> None:
+        """Not told: a task's end is seen at the dispatcher's next tick (a cluster's audits
+        are long enough that a tick's wait does not count)."""
 
     def close(self) -> None:
         with self._lock:

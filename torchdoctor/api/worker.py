@@ -28,6 +28,7 @@ from torchdoctor.agent.models import AuditReport, Target
 from torchdoctor.agent.state import ApprovalAnswer
 from torchdoctor.agent.workspace import InputError
 from torchdoctor.api import logs
+from torchdoctor.api.event_batch import EventBatch
 from torchdoctor.api.models import AuditRecord, AuditState
 from torchdoctor.api.processes import kill_tree
 from torchdoctor.api.settings import ApiSettings
@@ -92,14 +93,19 @@ def without_server_paths(report: AuditReport) -> AuditReport:
 
 
 def drive(
-    store: Store, record: AuditRecord, settings: ApiSettings, *, retried: bool = False
+    store: Store,
+    record: AuditRecord,
+    settings: ApiSettings,
+    events: EventBatch,
+    *,
+    retried: bool = False,
 ) -> AuditOutcome:
     """Start the audit's graph, or resume it from its checkpoint (after a crash, a retry of
     its Ray task, or with the user's answer to its approval question)."""
 
     def progress(event: dict[str, Any]) -> None:
         kind = str(event.get("event", "progress"))
-        store.add_event(record.id, kind, {k: v for k, v in event.items() if k != "event"})
+        events.add(kind, {k: v for k, v in event.items() if k != "event"})
 
     _, answer_text = store.approval(record.id, None)
     answer = ApprovalAnswer.model_validate_json(answer_text) if answer_text else None
@@ -118,7 +124,8 @@ def work(
     store: Store, record: AuditRecord, owner: str, settings: ApiSettings, *, retried: bool = False
 ) -> None:
     try:
-        outcome = drive(store, record, settings, retried=retried)
+        with EventBatch(store, record.id) as events:  # written before the final state
+            outcome = drive(store, record, settings, events, retried=retried)
     except (InputError, ConfigError) as err:
         store.finish(record.id, owner, AuditState.FAILED, error=str(err))
         return

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest
 from torchdoctor.api.auth import Caller, StoreDep
+from torchdoctor.api.dispatcher import wake_dispatcher
 from torchdoctor.api.models import Accepted, AuditState
 from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url
 
@@ -71,6 +72,7 @@ def answer_approvals(
         )
     if not store.answer_approval(audit_id, who.tenant, answer.model_dump_json()):
         raise HTTPException(status.HTTP_409_CONFLICT, f"audit {audit_id} was answered already")
+    wake_dispatcher(request)
     approved = len(answer.approved())
     store.add_event(
         audit_id, "approval", {"approved": approved, "rejected": len(answer.decisions) - approved}

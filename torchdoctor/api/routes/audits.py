@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 
 from torchdoctor.agent.audit import AuditChoices
 from torchdoctor.api.auth import Caller, StoreDep, too_many
+from torchdoctor.api.dispatcher import wake_dispatcher
 from torchdoctor.api.intake import (
     IntakeLimits,
     SubmissionRejected,
@@ -145,6 +146,7 @@ async def submit_audit(request: Request, who: Caller, store: StoreDep) -> JSONRe
     except SubmissionRejected as err:
         raise _bad(err) from None
     await to_thread.run_sync(store.create_audit, audit_id, who.tenant, options, str(workdir))
+    wake_dispatcher(request)
     url = audit_url(request, audit_id)
     accepted = Accepted(id=audit_id, url=url, state=AuditState.QUEUED)
     return JSONResponse(

@@ -24,6 +24,7 @@ from torchdoctor.agent.session.models import Message, SessionState, Waiting
 from torchdoctor.agent.session.ports import SessionError
 from torchdoctor.agent.state import ApprovalRequest
 from torchdoctor.api.auth import Caller, StoreDep, too_many
+from torchdoctor.api.dispatcher import wake_dispatcher
 from torchdoctor.api.intake import (
     IntakeLimits,
     SubmissionRejected,
@@ -176,6 +177,7 @@ def create_session(
         audit_id, choices, source = record.id, record.options, f"audit {record.id}"
     else:
         audit_id, source = _new_audit(body, who, store, settings)
+        wake_dispatcher(request)
         choices = body.options or AuditChoices()
     state = SessionState(lang=body.lang or choices.lang or "en", choices=choices)
     created = sessions.create(

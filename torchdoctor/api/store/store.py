@@ -347,8 +347,12 @@ class Store:
     # events ---------------------------------------------------------------------------
 
     def add_event(self, audit_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.add_events(audit_id, [(kind, data)])
+
+    def add_events(self, audit_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """`(kind, data)` events in this order, in one transaction."""
         with self._session() as session:
-            session.add(_event_row(audit_id, kind, data))
+            session.add_all([_event_row(audit_id, kind, data) for kind, data in events])
 
     def last_event_id(self, audit_id: str) -> int:
         """The id of the audit's newest event (0 when it has none)."""
