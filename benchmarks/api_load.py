@@ -68,7 +68,7 @@ def fresh_server(args: argparse.Namespace) -> Iterator[tuple[Server, httpx.Clien
         "TORCHDOCTOR_MAX_RUNNING_PER_TENANT": str(args.audits),
         "TORCHDOCTOR_RATE_LIMIT_PER_MINUTE": "100000",
         "TORCHDOCTOR_LINTERS": "1",  # as `torchdoctor serve` runs: peers on
-        "TORCHDOCTOR_PEER_CACHE": "0" if args.no_result_cache else "1",
+        "TORCHDOCTOR_RESULT_CACHE": "0" if args.no_result_cache else "1",
     }
     if args.audit_workers:
         settings["TORCHDOCTOR_AUDIT_WORKERS"] = str(args.audit_workers)
