@@ -1,12 +1,14 @@
 """Result caches shared across audits: the static pass is reused only for the very same inputs
 (files, manifests, documents, engine settings, rules' code, torchdoctor's version) and gives
-the same result as a fresh pass; concurrent writers never leave a torn entry; each cache stays
-within its bound; corrupt or linked entries are misses; one switch turns every cache off."""
+the same result as a fresh pass; concurrent audits needing one result compute it once;
+concurrent writers never leave a torn entry; each cache stays within its bound; corrupt or
+linked entries are misses; one switch turns every cache off."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -91,13 +93,66 @@ def test_a_new_rules_code_or_version_misses(
 
 
 def test_a_result_with_a_note_is_never_kept(tmp_path: Path) -> None:
-    cut = StaticResult(
-        files=[FileResult(path="a.py", note="analysis stopped after the 10s per-file deadline")],
-        rules_run=[],
-        seconds=10.0,
-    )
-    static_cache.store("k", cut)
-    assert static_cache.load("k") is None
+    passes: list[int] = []
+
+    def cut_short() -> StaticResult:
+        passes.append(1)
+        note = "analysis stopped after the 10s per-file deadline"
+        return StaticResult(files=[FileResult(path="a.py", note=note)], rules_run=[], seconds=10)
+
+    for _ in range(2):
+        static_cache.get_or_compute("k", cut_short)
+    assert len(passes) == 2
+
+
+def _compute_once(home: str, key: str, log: str, delay_s: float) -> None:
+    os.environ["TORCHDOCTOR_HOME"] = home
+
+    def slow() -> StaticResult:
+        with open(log, "a") as computed:
+            computed.write(f"{os.getpid()}\n")
+        time.sleep(delay_s)
+        return StaticResult(files=[], rules_run=[str(os.getpid())], seconds=delay_s)
+
+    cache = result_cache.ResultCache("flight", StaticResult, max_entries=10)
+    result, _ = cache.get_or_compute(key, slow, keep=lambda _r: True)
+    with open(log + ".got", "a") as got:
+        got.write(result.rules_run[0] + "\n")
+
+
+def test_concurrent_audits_of_the_same_key_compute_it_once(tmp_path: Path) -> None:
+    log = str(tmp_path / "computed")
+    context = multiprocessing.get_context("fork")
+    audits = [
+        context.Process(target=_compute_once, args=(str(tmp_path / "home"), "k", log, 1.0))
+        for _ in range(3)
+    ]
+    for audit in audits:
+        audit.start()
+    for audit in audits:
+        audit.join(30)
+    assert [a.exitcode for a in audits] == [0, 0, 0]
+    computed = Path(log).read_text().split()
+    assert len(computed) == 1  # the others waited for it
+    assert Path(log + ".got").read_text().split() == computed * 3
+
+
+def test_a_computer_that_dies_frees_the_key_at_once(tmp_path: Path) -> None:
+    log = str(tmp_path / "computed")
+    context = multiprocessing.get_context("fork")
+    home = str(tmp_path / "home")
+    doomed = context.Process(target=_compute_once, args=(home, "k", log, 60.0))
+    doomed.start()
+    while not Path(log).exists():
+        time.sleep(0.02)
+    started = time.monotonic()
+    survivor = context.Process(target=_compute_once, args=(home, "k", log, 0.0))
+    survivor.start()
+    time.sleep(0.3)
+    doomed.kill()
+    survivor.join(30)
+    assert survivor.exitcode == 0 and time.monotonic() - started < 10
+    assert Path(log + ".got").read_text().split() == [str(survivor.pid)]
 
 
 def test_one_switch_turns_every_result_cache_off(

@@ -70,11 +70,11 @@ def run_static(
     hears where it ran); reused from the static cache when every input is the same."""
     files, settings = workspace.pairs(), engine_config(config)
     key = static_cache.key_of(files, settings, workspace.manifests, workspace.documents)
-    result = static_cache.load(key) if key else None
-    if result is None:
-        result = _analyse(workspace, files, settings, cluster, say)
-        if key:
-            static_cache.store(key, result)
+
+    def analyse() -> StaticResult:
+        return _analyse(workspace, files, settings, cluster, say)
+
+    result = static_cache.get_or_compute(key, analyse) if key else analyse()
     notebooks = {f.path: f for f in workspace.files if f.cells}
     if notebooks:
         for raw in result.all_findings():

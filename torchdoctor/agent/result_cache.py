@@ -6,16 +6,22 @@ What is kept is derived only from the bytes named by its key (a digest of every 
 computation reads), so sharing it across audits and tenants tells no one anything that the
 same bytes would not. Entries are private files written atomically (a scratch file renamed
 over the entry): concurrent writers of one key each leave a whole entry, readers never see
-half of one, and a corrupt or unreadable entry is a miss. Each cache is pruned to its newest
-`max_entries`. `TORCHDOCTOR_RESULT_CACHE=0` turns every such cache off.
+half of one, and a corrupt or unreadable entry is a miss. Computations of one key are done
+once (`get_or_compute`): a second audit that needs it while the first computes it (the same
+code submitted twice at once) waits for that result rather than spending the same CPU again;
+the lock is the kernel's (flock), so a computer that dies frees it at once. Each cache is
+pruned to its newest `max_entries`. `TORCHDOCTOR_RESULT_CACHE=0` turns every such cache off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -24,6 +30,8 @@ from pydantic import BaseModel, ValidationError
 from torchdoctor.agent.home import private_dir, private_file, torchdoctor_home
 
 ENABLED_ENV = "TORCHDOCTOR_RESULT_CACHE"
+WAIT_S = 120.0
+"""The longest a computation waits on another's of the same key before doing its own."""
 Result = TypeVar("Result", bound=BaseModel)
 
 
@@ -56,6 +64,45 @@ class ResultCache(Generic[Result]):
             return self.model.model_validate_json(plain_bytes(self.folder / f"{key}.json") or b"")
         except (ValidationError, ValueError):
             return None
+
+    def get_or_compute(
+        self, key: str, compute: Callable[[], Result], keep: Callable[[Result], bool]
+    ) -> tuple[Result, bool]:
+        """(the result, whether it came from the cache): the kept one, else the one that a
+        concurrent computation of `key` keeps meanwhile, else `compute()`'s (stored when
+        `keep` says so)."""
+        cached = self.load(key)
+        if cached is not None:
+            return cached, True
+        with self._computing(key):
+            cached = self.load(key)  # kept by the computation we waited for
+            if cached is not None:
+                return cached, True
+            result = compute()
+            if keep(result):
+                self.store(key, result)
+        return result, False
+
+    @contextlib.contextmanager
+    def _computing(self, key: str) -> Iterator[None]:
+        """Holds `key`'s lock (up to `WAIT_S` waiting for it; then computes regardless)."""
+        path = private_file(private_dir(self.folder) / f".{key}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        deadline = time.monotonic() + WAIT_S
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a waiter on it still gets it, then finds the result
+            os.close(fd)
 
     def store(self, key: str, result: Result) -> None:
         folder = private_dir(self.folder)

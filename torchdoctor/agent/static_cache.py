@@ -13,7 +13,7 @@ recursion or memory) may depend on the machine: it is never kept.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
@@ -70,10 +70,10 @@ def key_of(
     return digest.hexdigest()
 
 
-def load(key: str) -> StaticResult | None:
-    return _RESULTS.load(key)
+def get_or_compute(key: str, analyse: Callable[[], StaticResult]) -> StaticResult:
+    """The kept result of `key`, else `analyse()`'s (computed once by concurrent audits)."""
+    return _RESULTS.get_or_compute(key, analyse, keep=_keepable)[0]
 
 
-def store(key: str, result: StaticResult) -> None:
-    if all(file.note is None for file in result.files):
-        _RESULTS.store(key, result)
+def _keepable(result: StaticResult) -> bool:
+    return all(file.note is None for file in result.files)

@@ -7,18 +7,19 @@ most `flush_s` later; the audit's final state is recorded only after the last ba
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from torchdoctor.api.store.store import Store
 
 
 class EventBatch:
-    """Collects `(kind, data)` events and writes them every `flush_s` from a thread of its
-    own; `close` writes what is left. Use as a context manager around the audit."""
+    """Collects `(kind, data)` events, with the time each happened, and writes them every
+    `flush_s` from a thread of its own; leaving the context writes what is left."""
 
     def __init__(self, store: Store, audit_id: str, flush_s: float = 0.2) -> None:
         self.store, self.audit_id, self.flush_s = store, audit_id, flush_s
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: list[tuple[str, dict[str, Any], float]] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._writer = threading.Thread(target=self._write_until_closed, daemon=True)
@@ -34,7 +35,7 @@ class EventBatch:
 
     def add(self, kind: str, data: dict[str, Any]) -> None:
         with self._lock:
-            self._pending.append((kind, data))
+            self._pending.append((kind, data, time.time()))  # when it happened
 
     def flush(self) -> None:
         with self._lock:

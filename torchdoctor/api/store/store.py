@@ -347,12 +347,12 @@ class Store:
     # events ---------------------------------------------------------------------------
 
     def add_event(self, audit_id: str, kind: str, data: dict[str, Any]) -> None:
-        self.add_events(audit_id, [(kind, data)])
+        self.add_events(audit_id, [(kind, data, time.time())])
 
-    def add_events(self, audit_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """`(kind, data)` events in this order, in one transaction."""
+    def add_events(self, audit_id: str, events: list[tuple[str, dict[str, Any], float]]) -> None:
+        """`(kind, data, when)` events in this order, in one transaction."""
         with self._session() as session:
-            session.add_all([_event_row(audit_id, kind, data) for kind, data in events])
+            session.add_all([_event_row(audit_id, kind, data, at) for kind, data, at in events])
 
     def last_event_id(self, audit_id: str) -> int:
         """The id of the audit's newest event (0 when it has none)."""
@@ -373,5 +373,7 @@ class Store:
             return [AuditEvent(id=r.id, kind=r.kind, data=json.loads(r.data)) for r in rows]
 
 
-def _event_row(audit_id: str, kind: str, data: dict[str, Any]) -> EventRow:
-    return EventRow(audit_id=audit_id, kind=kind, data=json.dumps(data), created_at=time.time())
+def _event_row(audit_id: str, kind: str, data: dict[str, Any], at: float | None = None) -> EventRow:
+    return EventRow(
+        audit_id=audit_id, kind=kind, data=json.dumps(data), created_at=at or time.time()
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torchdoctor import __version__
@@ -75,10 +75,7 @@ def result_key(tool: str, version: str, inputs: str | None) -> str | None:
     return hashlib.sha256(f"{__version__}\0{tool}\0{version}\0{inputs}".encode()).hexdigest()
 
 
-def load(key: str) -> LinterResult | None:
-    return _RESULTS.load(key)
-
-
-def store(key: str, result: LinterResult) -> None:
-    if result.status in ("ok", "partial"):
-        _RESULTS.store(key, result)
+def get_or_run(key: str, run: Callable[[], LinterResult]) -> tuple[LinterResult, bool]:
+    """(the kept result of `key`, else `run()`'s (run once by concurrent audits), whether it
+    came from the cache). Only complete results are kept."""
+    return _RESULTS.get_or_compute(key, run, keep=lambda r: r.status in ("ok", "partial"))

@@ -88,18 +88,19 @@ def _run_one(
         return LinterResult(
             tool=adapter.name, status="not-installed", notes=[f"{adapter.name} is not installed"]
         )
+
+    def run() -> LinterResult:
+        try:
+            return adapter.run(root, files)
+        except Exception as err:  # an adapter bug must cost its evidence, not the audit
+            note = f"{adapter.name} adapter failed: {type(err).__name__}: {err}"
+            return LinterResult(tool=adapter.name, status="failed", notes=[note])
+
     key = peer_cache.result_key(adapter.name, adapter.version(), inputs)
-    cached = peer_cache.load(key) if key else None
-    if cached is not None:
-        return cached.model_copy(update={"cached": True})
-    try:
-        result = adapter.run(root, files)
-    except Exception as err:  # an adapter bug must cost its evidence, not the audit
-        note = f"{adapter.name} adapter failed: {type(err).__name__}: {err}"
-        return LinterResult(tool=adapter.name, status="failed", notes=[note])
-    if key:
-        peer_cache.store(key, result)
-    return result
+    if not key:
+        return run()
+    result, cached = peer_cache.get_or_run(key, run)
+    return result.model_copy(update={"cached": True}) if cached else result
 
 
 def _coverage(result: LinterResult, file_count: int) -> CoverageNote:
