@@ -6,6 +6,7 @@ linked entries are misses; one switch turns every cache off."""
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import time
@@ -90,6 +91,23 @@ def test_a_new_rules_code_or_version_misses(
     monkeypatch.setattr(static_cache, "__version__", "99.0")
     gather.run_static(workspace, AuditConfig())
     assert counted.passes == 3
+
+
+def test_the_fingerprint_covers_every_module_the_rules_import() -> None:
+    package = Path(static_cache.__file__).parent / "checks"
+    outside = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchdoctor"):
+                module = node.module or ""
+                if module.startswith("torchdoctor.agent.checks") or module == "torchdoctor":
+                    continue  # the package itself; torchdoctor's version is in the key
+                if module == "torchdoctor.agent":
+                    outside.update(f"{alias.name}.py" for alias in node.names)
+                elif module.startswith("torchdoctor.agent."):
+                    outside.add(module.removeprefix("torchdoctor.agent.").replace(".", "/") + ".py")
+    outside.discard("result_cache.py")  # the peers' cache store, no input of the static pass
+    assert outside <= set(static_cache.RULES_IMPORT)
 
 
 def test_a_result_with_a_note_is_never_kept(tmp_path: Path) -> None:

@@ -28,17 +28,22 @@ from torchdoctor.agent.checks.engine import StaticResult
 Hash = Any  # hashlib's digest objects (their class is private)
 MAX_ENTRIES = 2000
 _RESULTS = result_cache.ResultCache("static", StaticResult, MAX_ENTRIES)
+RULES_IMPORT = ("checklist.py", "models.py", "redact.py")
+"""The modules outside the rules' package that the rules read (a test keeps this complete)."""
 
 
 @cache
 def rules_fingerprint() -> str:
-    """A digest of every file of the rules' package (code and data), read once a process."""
+    """A digest of every file of the rules' package (code and data) and of the modules they
+    import from the rest of torchdoctor, read once a process."""
     package = Path(engine.__file__).parent
+    agent = package.parent
+    paths = [*sorted(package.rglob("*")), *(agent / name for name in RULES_IMPORT)]
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*")):
+    for path in paths:
         if "__pycache__" in path.parts or not path.is_file():
             continue
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.relative_to(agent).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
