@@ -91,8 +91,8 @@ def wait_for_daemon() -> int:
     """The pid of this environment's daemon, once it answers."""
     for _ in range(600):
         reply = client.ask("ping")
-        if reply is not None and reply.fingerprint == runtime.code_fingerprint():
-            return reply.pid
+        if reply is not None and reply["fingerprint"] == runtime.code_fingerprint():
+            return reply["pid"]
         time.sleep(0.1)
     sys.exit("the daemon did not start within 60 s")
 

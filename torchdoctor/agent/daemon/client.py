@@ -11,13 +11,17 @@ started in the background for the next call (not with `TORCHDOCTOR_DAEMON=0`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
-from pathlib import Path
 
 from torchdoctor.agent.daemon import runtime, wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from torchdoctor.agent.daemon.messages import Reply, Request, RequestKind
 
 HOOK_ARGS = ["--static-only"]
 START_WAIT_S = 60.0
@@ -51,7 +55,7 @@ def through_daemon(args: list[str]) -> int | None:
     except runtime.UnsafeRuntimeDir:
         return None
     fingerprint = runtime.code_fingerprint()
-    request = wire.Request("audit", fingerprint, args, dict(os.environ))
+    request = wire.request("audit", fingerprint, args, dict(os.environ))
     try:
         sock = connect(folder)
     except OSError:
@@ -65,7 +69,7 @@ def through_daemon(args: list[str]) -> int | None:
             return None
 
 
-def _ask(sock: socket.socket, request: wire.Request, folder: Path) -> int | None:
+def _ask(sock: socket.socket, request: Request, folder: str) -> int | None:
     streams = [_usable(fd) for fd in (0, 1, 2)]
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -76,17 +80,17 @@ def _ask(sock: socket.socket, request: wire.Request, folder: Path) -> int | None
             if stream != fd:
                 os.close(stream)
     reply = wire.receive_reply(sock)
-    if reply.status == "stale":
+    if reply["status"] == "stale":
         start_daemon(folder)
         return None
-    if reply.status != "accepted":
+    if reply["status"] != "accepted":
         return None
     try:
         final = wire.receive_reply(sock)
     except wire.WireError:
         sys.stderr.write("torchdoctor: the daemon stopped in the middle of the audit\n")
         return 2
-    return final.code
+    return final["code"]
 
 
 def _usable(fd: int) -> int:
@@ -98,17 +102,17 @@ def _usable(fd: int) -> int:
     return fd
 
 
-def connect(folder: Path) -> socket.socket:
+def connect(folder: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(runtime.socket_path(folder)))
+        sock.connect(runtime.socket_path(folder))
     except OSError:
         sock.close()
         raise
     return sock
 
 
-def start_daemon(folder: Path) -> None:
+def start_daemon(folder: str) -> None:
     """A detached daemon (its own session, output to the runtime folder's log); it exits by
     itself when another one already holds the folder."""
     import subprocess
@@ -126,27 +130,28 @@ def start_daemon(folder: Path) -> None:
         )
 
 
-def ask(kind: str) -> wire.Reply | None:
+def ask(kind: RequestKind) -> Reply | None:
     """The running daemon's answer to `ping` or `stop`; None when none answers."""
     try:
         folder = runtime.runtime_dir()
         with connect(folder) as sock:
-            wire.send(sock, wire.Request(kind))  # type: ignore[arg-type]
+            wire.send(sock, wire.request(kind))
             return wire.receive_reply(sock)
     except (OSError, runtime.UnsafeRuntimeDir, wire.WireError):
         return None
 
 
-def start_and_wait(timeout_s: float = START_WAIT_S) -> wire.Reply | None:
+def start_and_wait(timeout_s: float = START_WAIT_S) -> Reply | None:
     """Start a daemon unless one answers; its `pong` once it listens, or None at `timeout_s`."""
     reply = ask("ping")
-    if reply is not None and reply.fingerprint == runtime.code_fingerprint():
+    if reply is not None and reply["fingerprint"] == runtime.code_fingerprint():
         return reply
     if reply is not None:
         ask("stop")
     folder = runtime.runtime_dir()
     fingerprint = runtime.code_fingerprint()
-    runtime.failure_path(folder).unlink(missing_ok=True)  # asked by hand: try again
+    with contextlib.suppress(FileNotFoundError):  # asked by hand: try again
+        os.unlink(runtime.failure_path(folder))
     start_daemon(folder)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not runtime.failed_before(folder, fingerprint):

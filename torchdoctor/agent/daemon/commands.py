@@ -33,10 +33,15 @@ def start() -> None:
         log = runtime.log_path(folder)
         why = ""
         if runtime.failed_before(folder, runtime.code_fingerprint()):
-            why = runtime.failure_path(folder).read_text(encoding="utf-8").split("\n")[1] + "; "
+            why = _failure_reason(folder) + "; "
         sys.stderr.write(f"torchdoctor: the daemon did not start ({why}see {log})\n")
         raise typer.Exit(code=2)
-    sys.stdout.write(f"daemon {reply.pid} listening on {where}\n")
+    sys.stdout.write(f"daemon {reply['pid']} listening on {where}\n")
+
+
+def _failure_reason(folder: str) -> str:
+    with open(runtime.failure_path(folder), encoding="utf-8") as failure:
+        return failure.read().split("\n")[1]
 
 
 @daemon_app.command()
@@ -44,7 +49,7 @@ def stop() -> None:
     """Stop the daemon, if one runs."""
     where = _where()
     reply = client.ask("stop")
-    sys.stdout.write(f"daemon {reply.pid} stopped\n" if reply else f"no daemon on {where}\n")
+    sys.stdout.write(f"daemon {reply['pid']} stopped\n" if reply else f"no daemon on {where}\n")
 
 
 @daemon_app.command()
@@ -55,6 +60,6 @@ def status() -> None:
     if reply is None:
         sys.stdout.write(f"no daemon on {where}\n")
         raise typer.Exit(code=1)
-    current = reply.fingerprint == runtime.code_fingerprint()
+    current = reply["fingerprint"] == runtime.code_fingerprint()
     state = "current" if current else "stale: the next hook call replaces it"
-    sys.stdout.write(f"daemon {reply.pid} on {where} ({state})\n")
+    sys.stdout.write(f"daemon {reply['pid']} on {where} ({state})\n")

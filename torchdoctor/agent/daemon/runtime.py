@@ -1,26 +1,25 @@
 """Where the daemon listens, and which code it runs: shared by the client and the server.
 
-Stdlib only: the client imports this before anything else of torchdoctor. The folder is
-private to the user (0700, owned by them, not a link) under `$XDG_RUNTIME_DIR`, else the
-temporary folder; anything else there is refused and the caller audits in its own process.
+Stdlib only and light (the hook's client imports it on every call: plain `os.path` strings,
+`zlib` checksums). The folder is private to the user (0700, owned by them, not a link) under
+`$XDG_RUNTIME_DIR`, else the temporary folder; anything else there is refused and the caller
+audits in its own process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import site
 import stat
 import sys
-import tempfile
-from pathlib import Path
+import zlib
 
 RUNTIME_ENV = "TORCHDOCTOR_RUNTIME_DIR"
 DISABLE_ENV = "TORCHDOCTOR_DAEMON"
 IDLE_ENV = "TORCHDOCTOR_DAEMON_IDLE_S"
 DEFAULT_IDLE_S = 900.0
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
-PACKAGE = Path(__file__).resolve().parents[2]
+PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class UnsafeRuntimeDir(Exception):
@@ -41,23 +40,26 @@ def idle_seconds() -> float:
         return DEFAULT_IDLE_S
 
 
-def runtime_dir() -> Path:
+def runtime_dir() -> str:
     """The user's private daemon folder, created 0700 if missing; `UnsafeRuntimeDir` when it
     is a link, not a folder, someone else's, or open to others."""
     base = os.environ.get(RUNTIME_ENV) or os.environ.get("XDG_RUNTIME_DIR")
-    folder = (
-        Path(base) / "torchdoctor"
-        if base
-        else Path(tempfile.gettempdir()) / f"torchdoctor-{os.getuid()}"
-    )
+    if base:
+        folder = os.path.join(base, "torchdoctor")
+    else:
+        shared = os.environ.get("TMPDIR") or "/tmp"
+        folder = os.path.join(shared, f"torchdoctor-{os.getuid()}")
     try:
-        folder.mkdir(mode=0o700, parents=bool(base), exist_ok=True)
+        if base:
+            os.makedirs(base, exist_ok=True)
+        if not os.path.lexists(folder):
+            os.mkdir(folder, 0o700)
         info = os.lstat(folder)
     except OSError as err:
         raise UnsafeRuntimeDir(f"{folder}: {err.strerror or err}") from err
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise UnsafeRuntimeDir(f"{folder} is not a folder private to this user")
-    if len(str(folder / f"{installation()}.sock")) > MAX_SOCKET_PATH:
+    if len(socket_path(folder)) > MAX_SOCKET_PATH:
         raise UnsafeRuntimeDir(f"{folder} is too long a path for a unix socket")
     return folder
 
@@ -65,30 +67,31 @@ def runtime_dir() -> Path:
 def installation() -> str:
     """The name this Python environment's daemon files share: one daemon per environment, so
     two virtual environments of one user never take each other's daemon for a stale one."""
-    return "daemon-" + hashlib.sha256(sys.executable.encode()).hexdigest()[:12]
+    return f"daemon-{zlib.crc32(sys.executable.encode()):08x}"
 
 
-def socket_path(folder: Path) -> Path:
-    return folder / f"{installation()}.sock"
+def socket_path(folder: str) -> str:
+    return os.path.join(folder, f"{installation()}.sock")
 
 
-def lock_path(folder: Path) -> Path:
-    return folder / f"{installation()}.lock"
+def lock_path(folder: str) -> str:
+    return os.path.join(folder, f"{installation()}.lock")
 
 
-def log_path(folder: Path) -> Path:
-    return folder / f"{installation()}.log"
+def log_path(folder: str) -> str:
+    return os.path.join(folder, f"{installation()}.log")
 
 
-def failure_path(folder: Path) -> Path:
+def failure_path(folder: str) -> str:
     """Where a daemon that could not start writes the code fingerprint it failed with: the
     client starts no other one for that code (each would fail the same way, at a CPU cost)."""
-    return folder / f"{installation()}.failed"
+    return os.path.join(folder, f"{installation()}.failed")
 
 
-def failed_before(folder: Path, fingerprint: str) -> bool:
+def failed_before(folder: str, fingerprint: str) -> bool:
     try:
-        return failure_path(folder).read_text(encoding="utf-8").split("\n", 1)[0] == fingerprint
+        with open(failure_path(folder), encoding="utf-8") as failure:
+            return failure.readline().rstrip("\n") == fingerprint
     except OSError:
         return False
 
@@ -96,8 +99,9 @@ def failed_before(folder: Path, fingerprint: str) -> bool:
 def code_fingerprint() -> str:
     """What the daemon's imported code depends on: this interpreter, every file of torchdoctor
     (an upgrade or an edit of an editable install), and the site-packages folders (a peer
-    installed, upgraded or removed changes their listing)."""
-    digest = hashlib.sha256(sys.executable.encode())
+    installed, upgraded or removed changes their listing). A change detector, not a secret:
+    two checksums of the listing."""
+    listing = [sys.executable]
     for folder, subfolders, files in os.walk(PACKAGE):
         subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
         for name in sorted(files):
@@ -105,10 +109,11 @@ def code_fingerprint() -> str:
                 info = os.stat(os.path.join(folder, name))
             except OSError:
                 continue
-            digest.update(f"{folder}/{name}:{info.st_mtime_ns}:{info.st_size}\n".encode())
+            listing.append(f"{folder}/{name}:{info.st_mtime_ns}:{info.st_size}")
     for packages in [*site.getsitepackages(), site.getusersitepackages()]:
         try:
-            digest.update(f"{packages}:{os.stat(packages).st_mtime_ns}\n".encode())
+            listing.append(f"{packages}:{os.stat(packages).st_mtime_ns}")
         except OSError:
             continue
-    return digest.hexdigest()[:32]
+    data = "\n".join(listing).encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"

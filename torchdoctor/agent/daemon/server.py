@@ -26,10 +26,12 @@ import struct
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 from torchdoctor.agent.daemon import runtime, wire
+from torchdoctor.agent.daemon.messages import Request
 
 LOCK_WAIT_S = 10.0
 POLL_S = 2.0
@@ -68,15 +70,15 @@ def main() -> None:
             warm_up()
         except Exception as err:
             failure = f"{fingerprint}\nthe warm-up failed: {type(err).__name__}: {err}\n"
-            runtime.failure_path(folder).write_text(failure, encoding="utf-8")
+            Path(runtime.failure_path(folder)).write_text(failure, encoding="utf-8")
             raise  # its traceback goes to the log
         with contextlib.suppress(FileNotFoundError):
-            runtime.failure_path(folder).unlink()
+            os.unlink(runtime.failure_path(folder))
         serve(folder, fingerprint, runtime.idle_seconds())
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[bool]:
+def _folder_lock(folder: str) -> Iterator[bool]:
     """Whether this process holds the folder's lock (waiting a little for a stale daemon that
     is on its way out)."""
     with open(runtime.lock_path(folder), "a", encoding="utf-8") as lock:
@@ -155,10 +157,10 @@ def _run_cli(args: list[str], folder: Path) -> int:
     return 0
 
 
-def serve(folder: Path, fingerprint: str, idle_s: float) -> None:
+def serve(folder: str, fingerprint: str, idle_s: float) -> None:
     path = runtime.socket_path(folder)
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)  # the socket is born 0600
     try:
@@ -187,12 +189,12 @@ def serve(folder: Path, fingerprint: str, idle_s: float) -> None:
     finally:
         listener.close()
         if _still_ours(path, own):
-            path.unlink()
+            os.unlink(path)
         while workers:
             _reap(workers, block=True)
 
 
-def _still_ours(path: Path, inode: int) -> bool:
+def _still_ours(path: str, inode: int) -> bool:
     try:
         return os.lstat(path).st_ino == inode
     except OSError:
@@ -224,19 +226,19 @@ def _handle(
     except (OSError, wire.WireError):
         return True
     try:
-        request = TypeAdapter(wire.Request).validate_python(data)
-        if request.kind == "ping":
-            wire.send(conn, wire.Reply("pong", pid=os.getpid(), fingerprint=fingerprint))
+        request = TypeAdapter(Request).validate_python(data)
+        if request["kind"] == "ping":
+            wire.send(conn, wire.reply("pong", pid=os.getpid(), fingerprint=fingerprint))
             return True
-        if request.kind == "stop":
-            wire.send(conn, wire.Reply("stopping", pid=os.getpid()))
+        if request["kind"] == "stop":
+            wire.send(conn, wire.reply("stopping", pid=os.getpid()))
             return False
-        if request.fingerprint != fingerprint:
-            wire.send(conn, wire.Reply("stale", reason="torchdoctor's code changed"))
+        if request["fingerprint"] != fingerprint:
+            wire.send(conn, wire.reply("stale", reason="torchdoctor's code changed"))
             return False
         refused = _refusal(request, fds)
         if refused:
-            wire.send(conn, wire.Reply("refused", reason=refused))
+            wire.send(conn, wire.reply("refused", reason=refused))
             return True
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the worker ends in os._exit
@@ -244,6 +246,9 @@ def _handle(
             _work(conn, fds, request, client_pid)
         workers.add(pid)
     except (OSError, ValidationError):
+        return True  # a client gone or a malformed request: nothing to answer
+    except Exception:  # a daemon bug costs this request (the client audits itself), not the daemon
+        traceback.print_exc()
         return True
     finally:
         for fd in fds:
@@ -259,16 +264,16 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def _refusal(request: wire.Request, fds: list[int]) -> str:
+def _refusal(request: Request, fds: list[int]) -> str:
     if len(fds) != wire.MAX_FDS:
         return "an audit request carries stdin, stdout, stderr and the working folder"
-    if any(arg.startswith(REFUSED_PREFIXES) for arg in request.argv):
+    if any(arg.startswith(REFUSED_PREFIXES) for arg in request["argv"]):
         return "--resume runs in the client's own process"
     return ""
 
 
 def _work(  # pragma: no cover - runs in the forked worker only
-    conn: socket.socket, fds: list[int], request: wire.Request, client_pid: int
+    conn: socket.socket, fds: list[int], request: Request, client_pid: int
 ) -> None:
     """In the worker: become the client's audit (its streams, folder, environment), answer
     with the exit status; never returns."""
@@ -276,16 +281,16 @@ def _work(  # pragma: no cover - runs in the forked worker only
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        wire.send(conn, wire.Reply("accepted"))
+        wire.send(conn, wire.reply("accepted"))
         stdin, stdout, stderr, here = fds
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(fd, target)
         os.fchdir(here)
         os.environ.clear()
-        os.environ.update(request.env)
+        os.environ.update(request["env"])
         _watch_client(client_pid)
         _fresh_streams()
-        code = _run_cli(["audit", *request.argv, *_HOOK], Path.cwd())
+        code = _run_cli(["audit", *request["argv"], *_HOOK], Path.cwd())
     except BaseException as err:  # the client gets a line, the daemon goes on
         with contextlib.suppress(OSError):
             os.write(2, f"torchdoctor daemon: {type(err).__name__}: {err}\n".encode())
@@ -294,7 +299,7 @@ def _work(  # pragma: no cover - runs in the forked worker only
             with contextlib.suppress(Exception):
                 stream.flush()
         with contextlib.suppress(OSError, wire.WireError):
-            wire.send(conn, wire.Reply("exit", code=code))
+            wire.send(conn, wire.reply("exit", code=code))
         os._exit(code)
 
 
