@@ -75,19 +75,12 @@ def validation_artifact(
     embeddings = embedding_inputs(target, runs)
     bounds = input_bounds(target.class_name, inputs, embeddings, runs)
     edit = checks_edit(text, target.class_name, names, inputs, embeddings, bounds)
-    batches = batch_checks(target, runs)
-    source = workspace.text_of(target.file) or text
-    wired = (
-        wire_collate(source, text, int(batches.where.rpartition(":")[2]))
-        if isinstance(batches, BatchChecks)
-        else None
+    batches, wired, at_loader = _data_boundary(
+        target, runs, workspace.text_of(target.file) or text, text
     )
-    if isinstance(batches, BatchChecks) and wired is not None:
+    if batches is not None:
         edit = edit.model_copy(update={"before_class": batches.helpers + edit.before_class})
-        text_to_edit = wired
-    else:
-        text_to_edit = text
-    edited = tidy(workspace.root, text, edit_forward(text_to_edit, target.class_name, edit))
+    edited = tidy(workspace.root, text, edit_forward(wired, target.class_name, edit))
     accepted = checked_run(
         harness,
         workspace,
@@ -100,22 +93,13 @@ def validation_artifact(
     checks = [accepted]
     if accepted.passed:
         tests = _rejection_tests(target, names, inputs, bounds)
-        if isinstance(batches, BatchChecks) and wired is not None:
+        if batches is not None:
             tests += _batch_tests(batches)
         rejecting = runner.pytest("test_torchdoctor_rejects.py", tests, {target.file: edited})
         if isinstance(rejecting, str):
             return not_checked(rejecting)
         checks += rejecting
     if all(c.passed for c in checks):
-        if isinstance(batches, str):
-            at_loader = f" (not at the DataLoader: {batches})"
-        elif wired is None:
-            at_loader = (
-                f" (not at the DataLoader at {batches.where}: it has a collate_fn of its own, "
-                "or is no plain DataLoader(...) call)"
-            )
-        else:
-            at_loader = f" and on the batches of the DataLoader at {batches.where}"
         rejected = sum(c.name.startswith("test_rejects") for c in checks)
         state, reason = (
             "offered",
@@ -140,6 +124,26 @@ def validation_artifact(
         original=text,
         checks=checks,
     )
+
+
+def _data_boundary(
+    target: ModelTarget, runs: list[RunSummary], source: str, text: str
+) -> tuple[BatchChecks | None, str, str]:
+    """The batch checks when they can be wired into the loader the run drew from (None when
+    not), `text` with the loader's collate_fn set, and what the reason says of the loader.
+    `source`: the file as audited, where the run's line numbers hold."""
+    batches = batch_checks(target, runs)
+    if isinstance(batches, str):
+        return None, text, f" (not at the DataLoader: {batches})"
+    wired = wire_collate(source, text, int(batches.where.rpartition(":")[2]))
+    if wired is None:
+        return (
+            None,
+            text,
+            f" (not at the DataLoader at {batches.where}: it has a collate_fn of its own, "
+            "or is no plain DataLoader(...) call)",
+        )
+    return batches, wired, f" and on the batches of the DataLoader at {batches.where}"
 
 
 def checks_edit(
