@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
@@ -73,6 +74,31 @@ def _wraps(value: ast.AST, call: ast.Call) -> bool:
     return True
 
 
+_FUSED_KERNELS = frozenset(
+    {"scaled_dot_product_attention", "flash_attn_func", "memory_efficient_attention"}
+)
+
+
+def _fallback_of_fused_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    """The softmax sits in one branch of an `if` whose other branch calls a fused kernel."""
+    child = node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if isinstance(anc, ast.If | ast.IfExp) and child is not anc.test:
+            body = anc.body if isinstance(anc.body, list) else [anc.body]
+            orelse = anc.orelse if isinstance(anc.orelse, list) else [anc.orelse]
+            other = orelse if any(child is b for b in body) else body
+            if any(
+                isinstance(n, ast.Call) and identifier(n.func) in _FUSED_KERNELS
+                for stmt in other
+                for n in ast.walk(stmt)
+            ):
+                return True
+        child = anc
+    return False
+
+
 def _softmax_modules(ctx: ModuleContext) -> set[str]:
     """Attributes assigned an `nn.Softmax(...)` module (`self.attend = nn.Softmax(dim=-1)`)."""
     return {
@@ -97,7 +123,8 @@ class ManualAttention(Rule):
     flash or memory-efficient kernels; `F.scaled_dot_product_attention` computes the same result
     in one fused kernel, several times faster on recent GPUs and with memory linear in T.
     Attention whose weights are returned or reused is not reported (the fused kernel does not
-    give them back).
+    give them back), nor the fallback branch of an `if` whose other branch calls the fused
+    kernel (timm's `if self.fused_attn: ... else: ...`).
 
     Example:
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
@@ -150,6 +177,8 @@ class ManualAttention(Rule):
             if source is None or not ctx.flow.derives_from(
                 source, lambda n: _is_scores(n) or _is_scores_through_name(ctx, n)
             ):
+                continue
+            if _fallback_of_fused_branch(ctx, node):
                 continue
             if self._feeds_value_product(ctx, node, nodes) and not self._weights_escape(
                 ctx, node, nodes
