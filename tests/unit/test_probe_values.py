@@ -1,11 +1,13 @@
 """The value-range probe's reductions (no subprocess): one min/max per tensor left on its
 device, read back at flush; a sample with a NaN marks the tensor non-finite without moving
-its range; tensors it cannot range (bool, empty) are skipped."""
+its range; tensors it cannot range (bool, empty) are skipped. And the per-group scoring of
+evaluation outputs against the last batch."""
 
 from __future__ import annotations
 
 import torch
 
+from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
 from torchdoctor.sandbox.probes.values import ValueRanges
 
 
@@ -25,3 +27,20 @@ def test_ranges_over_samples_and_a_nan_sample_leaves_the_range_alone() -> None:
     assert (classes["min"], classes["max"], classes["integral"]) == (0, 4, True)
     assert (batch["boundary"], batch["file"], batch["line"]) == ("batch", "train.py", 9)
     assert model["boundary"] == "model-input" and [t["index"] for t in model["tensors"]] == [0]
+
+
+def test_groups_read_from_an_input_column_and_outputs_of_another_row_count_left_out() -> None:
+    metrics = GroupMetrics(GroupSpec("feature:2:1"))
+    features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1, 0])  # group 1 (column 2) gets the wrong class twice
+    metrics.on_batch((features, labels))
+    metrics.on_eval_output((features,), features[:, :2])
+    report = metrics.report()
+    assert [(g["group"], g["rows"], g["accuracy"]) for g in report["groups"]] == [
+        (0, 2, 1.0),
+        (1, 2, 0.0),
+    ]
+    assert report["accuracy_gap"] == 1.0 and report["batches"] == 1
+    metrics.on_eval_output((features,), features[:3, :2])  # 3 rows for 4 labels: not scored
+    assert metrics.report()["batches"] == 1
+    assert "not one value per row" in metrics.report()["skipped"]
