@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import gc
 import time
+from pathlib import Path
 from typing import ClassVar
 
-from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
+import pytest
+
+from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, ModuleText, Rule
 from torchdoctor.agent.checks.engine import _walk, analyse_files, analyse_source
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.models import Severity
@@ -59,7 +62,7 @@ def test_deadline_is_checked_between_rules_finish_phases() -> None:
 def test_walk_indexes_nodes_by_type_in_parent_map_order() -> None:
     source = "import torch\ndef f(a, b):\n    return torch.add(a + b, -a) if a < b else [a, b]\n"
     ctx = ModuleContext(path="m.py", source=source, tree=ast.parse(source))
-    _walk(ctx, {}, deadline=float("inf"))
+    _walk(ctx, {}, float("inf"), [])
     expected: dict[type[ast.AST], list[ast.AST]] = {}
     for node in ctx.parents:
         expected.setdefault(type(node), []).append(node)
@@ -116,3 +119,41 @@ def test_parallel_and_sequential_passes_agree() -> None:
     key = lambda r: sorted((f.file, f.line, f.rule) for f in r.all_findings())  # noqa: E731
     assert key(sequential) == key(parallel)
     assert len(key(sequential)) >= 30
+
+
+RULE_FIXTURES = Path(__file__).parents[1] / "fixtures" / "rules"
+
+
+def test_calls_routed_by_callee_name_find_what_every_call_finds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule's `call_names` only spares it calls its visit ignores: on its own fixtures,
+    sending it every call finds the same (a visit that starts reading other callees must
+    widen its names)."""
+    routed = [rule for rule in enabled_rules() if rule.call_names]
+    assert routed
+    for rule in routed:
+        sources = sorted((RULE_FIXTURES / rule.id).glob("*.py"))
+        found: dict[bool, list[tuple[str, int, str]]] = {}
+        for every_call in (False, True):
+            if every_call:
+                monkeypatch.setattr(rule, "call_names", frozenset())
+            found[every_call] = [
+                (f.file, f.line, f.message)
+                for path in sources
+                for f in analyse_source(
+                    path.name, path.read_text(encoding="utf-8"), (rule,), EngineConfig()
+                ).findings
+            ]
+        assert found[False] and found[False] == found[True], rule.id
+
+
+def test_module_text_answers_like_the_source() -> None:
+    text = ModuleText("import torch\nLoss = torch.nn.MSELoss()\n")
+    for token in ("torch", "MSELoss", "backward", "", "\n", "nn.M"):
+        assert (token in text) is (token in str(text))
+        assert (token in text) is (token in str(text))  # the remembered answer
+    assert text.lower() == str(text).lower()
+    assert text == str(text) and text.splitlines() == str(text).splitlines()
+    with pytest.raises(TypeError):
+        _ = 1 in text  # type: ignore[operator]

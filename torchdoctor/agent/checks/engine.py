@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.advice_scope import consolidate
-from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.base import (
+    EngineConfig,
+    ModuleContext,
+    ModuleText,
+    RawFinding,
+    Rule,
+)
 from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
 from torchdoctor.agent.checks.registry import enabled_rules
@@ -86,11 +92,39 @@ def _field_plan(kind: type, split: bool) -> _FieldPlan:
     return plan
 
 
+_Visit = Callable[..., None]
+_CallSubscribers = list[tuple[_Visit, frozenset[str]]]
+
+
+def _call_visits(subscribers: _CallSubscribers) -> Callable[[ast.Call], list[_Visit]]:
+    """The visits a call goes to, in rule order: rules with no `call_names` get every call,
+    the others only calls of their names (one list per callee name, built once per module)."""
+    by_name: dict[str, list[_Visit]] = {}
+
+    def visits(call: ast.Call) -> list[_Visit]:
+        func = call.func
+        name = func.attr if isinstance(func, ast.Attribute) else ""
+        if isinstance(func, ast.Name):
+            name = func.id
+        found = by_name.get(name)
+        if found is None:
+            found = by_name[name] = [
+                visit for visit, names in subscribers if not names or name in names
+            ]
+        return found
+
+    return visits
+
+
 def _walk(
-    ctx: ModuleContext, dispatch: dict[type, list[Callable[..., None]]], deadline: float
+    ctx: ModuleContext,
+    dispatch: dict[type, list[_Visit]],
+    deadline: float,
+    call_subscribers: _CallSubscribers,
 ) -> None:
     """One pre-order walk in source order: records parents, imports, the nodes of each type
-    (in the parent map's order), and dispatches nodes to the rules subscribed to their type.
+    (in the parent map's order), and dispatches nodes to the rules subscribed to their type
+    (calls by their callee's name, see `Rule.call_names`).
 
     Children are read straight from each type's fields (no `ast.iter_child_nodes` generators).
     The parser shares one `Load()`/`Add()`/... object between all its uses: unless a rule
@@ -104,6 +138,8 @@ def _walk(
     imports = ctx.imports
     node_class = ast.AST
     count = 0
+    call_visits = _call_visits(call_subscribers)
+    call_kind = ast.Call
     while stack:
         node = stack.pop()
         count += 1
@@ -112,8 +148,11 @@ def _walk(
         kind = node.__class__
         if kind is ast.Import or kind is ast.ImportFrom:
             imports.add(node)  # type: ignore[arg-type]
-        visits = dispatch.get(kind)
-        if visits is not None:
+        if kind is call_kind:
+            visits: list[_Visit] | None = call_visits(node)  # type: ignore[arg-type]
+        else:
+            visits = dispatch.get(kind)
+        if visits:
             for visit in visits:
                 visit(node, ctx)
         plan = plans.get(kind)
@@ -179,19 +218,23 @@ def _analyse(
         return FileResult(path=path, findings=[finding], applicable=[SyntaxErrorRule.id])
     except (ValueError, RecursionError, MemoryError) as err:
         return FileResult(path=path, note=f"could not be parsed: {type(err).__name__}: {err}")
-    ctx = ModuleContext(path=path, source=source, tree=tree, config=config)
+    ctx = ModuleContext(path=path, source=ModuleText(source), tree=tree, config=config)
     rules = [rule_type() for rule_type in rule_types]
-    dispatch: dict[type, list[Callable[..., None]]] = {}
+    dispatch: dict[type, list[_Visit]] = {}
+    call_subscribers: _CallSubscribers = []
     for rule in rules:
-        if rule.visit_gate and not any(text in source for text in rule.visit_gate):
+        if rule.visit_gate and not any(text in ctx.source for text in rule.visit_gate):
             continue
         for node_type in rule.node_types:
-            dispatch.setdefault(node_type, []).append(rule.visit)
+            if node_type is ast.Call:
+                call_subscribers.append((rule.visit, rule.call_names))
+            else:
+                dispatch.setdefault(node_type, []).append(rule.visit)
     note = None
     applicable: list[str] = [SyntaxErrorRule.id]
     deadline = time.thread_time() + config.file_deadline_s
     try:
-        _walk(ctx, dispatch, deadline)
+        _walk(ctx, dispatch, deadline, call_subscribers)
         for rule in rules:
             if time.thread_time() > deadline:
                 raise _DeadlineExceeded

@@ -33,6 +33,7 @@ class AdamWithWeightDecay(Rule):
     title = "Adam with weight decay (use AdamW)"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"Adam"})
     visit_gate: ClassVar[tuple[str, ...]] = ("Adam",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

@@ -36,6 +36,7 @@ class CheckpointTooOften(Rule):
     title = "Checkpoint saved every step"
     items: ClassVar[tuple[str, ...]] = ("8.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"save", "save_file", "save_model"})
     visit_gate: ClassVar[tuple[str, ...]] = ("save",)
 
     def __init__(self) -> None:

@@ -50,6 +50,7 @@ class CpuThenMove(Rule):
     title = "Tensor created on CPU then moved"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"cuda", "to"})
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -49,6 +49,7 @@ class DataLoaderWorkerSeed(Rule):
     title = "DataLoader workers not seeded"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
     visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

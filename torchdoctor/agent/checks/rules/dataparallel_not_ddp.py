@@ -39,6 +39,7 @@ class DataParallelNotDdp(Rule):
     title = "nn.DataParallel instead of DDP"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"DataParallel"})
     visit_gate: ClassVar[tuple[str, ...]] = ("DataParallel",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

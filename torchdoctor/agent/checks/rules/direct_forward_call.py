@@ -44,6 +44,7 @@ class DirectForwardCall(Rule):
     title = "forward() called directly"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"forward"})
     visit_gate: ClassVar[tuple[str, ...]] = ("forward",)
 
     def __init__(self) -> None:

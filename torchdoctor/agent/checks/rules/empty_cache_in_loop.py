@@ -33,6 +33,7 @@ class EmptyCacheInLoop(Rule):
     title = "torch.cuda.empty_cache() in a loop"
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"empty_cache"})
     visit_gate: ClassVar[tuple[str, ...]] = ("empty_cache",)
 
     def __init__(self) -> None:

@@ -39,6 +39,7 @@ class HostSyncInStep(Rule):
     title = "Host-device synchronisation on every training step"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {"float"}
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

@@ -52,6 +52,7 @@ class LegacyQuantization(Rule):
     title = "Deprecated torch.ao.quantization flow"
     items: ClassVar[tuple[str, ...]] = ("7.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = _ENTRY_POINTS
     visit_gate: ClassVar[tuple[str, ...]] = ("quantiz",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

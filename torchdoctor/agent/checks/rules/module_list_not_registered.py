@@ -51,19 +51,21 @@ class ModuleListNotRegistered(Rule):
             self._check_init(ctx, init)
 
     def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
-        wrapped = _wrapped_later(ctx, init)
+        wrapped: set[str] | None = None  # found on the first plain container only
         for node in ast.walk(init):
             if isinstance(node, ast.Call):
                 self._check_module_dict(ctx, node)
             if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
                 continue
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = {_self_attribute(t) for t in targets} - {None}
-            if not names or names & wrapped:
-                continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             kind = _container_kind(node.value)
             if kind is None:
                 continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {_self_attribute(t) for t in targets} - {None}
+            if wrapped is None and names:
+                wrapped = _wrapped_later(ctx, init)
+            if not names or names & (wrapped or set()):
+                continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             elements = _elements(node.value)
             appended = [] if elements else _appended(init, names)
             if any(_is_module_ctor(ctx, e) for e in elements) or any(

@@ -40,6 +40,7 @@ class PersistentWorkersOff(Rule):
     title = "DataLoader workers not persistent"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
     visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

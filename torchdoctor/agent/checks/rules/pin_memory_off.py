@@ -39,6 +39,7 @@ class PinMemoryOff(Rule):
     title = "DataLoader without pinned memory"
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
     visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def __init__(self) -> None:

@@ -33,6 +33,7 @@ class TorchScriptForDeploy(Rule):
     title = "TorchScript used for deployment"
     items: ClassVar[tuple[str, ...]] = ("7.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"trace", "script", "trace_module"})
     visit_gate: ClassVar[tuple[str, ...]] = ("trace", "script")
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:

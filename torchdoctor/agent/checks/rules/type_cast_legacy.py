@@ -37,6 +37,7 @@ class TypeCastLegacy(Rule):
     title = "Legacy .type(torch.XTensor) cast"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"type"})
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
