@@ -226,6 +226,45 @@ def test_a_malformed_request_is_dropped_and_the_daemon_serves_on(daemon: dict[st
         assert wire.receive_reply(sock)["status"] == "pong"
 
 
+def _interpreter_names() -> list[Path]:
+    """This environment's interpreter under each of its names (python, python3, python3.X)."""
+    names = {"python", "python3", f"python3.{sys.version_info.minor}"}
+    return sorted(BIN / name for name in names if (BIN / name).exists())
+
+
+def test_every_name_of_the_interpreter_is_the_same_installation() -> None:
+    """The hook's shebang says python3, a user types `python -m torchdoctor`: one daemon."""
+    names = _interpreter_names()
+    if len(names) < 2:
+        pytest.skip("this environment's interpreter has a single name")
+    show = "from torchdoctor.agent.daemon import runtime as r\n"
+    show += "print(r.installation(), r.code_fingerprint())"
+    seen = {
+        subprocess.run(
+            [str(name), "-P", "-c", show], capture_output=True, text=True, check=True
+        ).stdout
+        for name in names
+    }
+    assert len(seen) == 1, seen
+
+
+@pytest.mark.slow
+def test_the_daemon_started_by_the_hook_is_current_for_python_m(daemon: dict[str, str]) -> None:
+    shebang = (BIN / "torchdoctor").read_text(encoding="utf-8").splitlines()[0]
+    other = [name for name in _interpreter_names() if f"#!{name}" != shebang]
+    if not other:
+        pytest.skip("this environment's interpreter has a single name")
+    status = subprocess.run(
+        [str(other[0]), "-m", "torchdoctor", "daemon", "status"],
+        env=daemon,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0 and "(current)" in status.stdout, status.stdout
+
+
 @pytest.mark.slow
 def test_changed_code_makes_the_daemon_step_down(daemon: dict[str, str]) -> None:
     """Last of the module: the daemon it shares stops here."""

@@ -65,9 +65,21 @@ def runtime_dir() -> str:
 
 
 def installation() -> str:
-    """The name this Python environment's daemon files share: one daemon per environment, so
-    two virtual environments of one user never take each other's daemon for a stale one."""
-    return f"daemon-{zlib.crc32(sys.executable.encode()):08x}"
+    """The name this Python environment's daemon files share: one daemon per environment
+    (`sys.prefix`, the same through `python`, `python3` or a console script's shebang), so two
+    virtual environments of one user never take each other's daemon for a stale one."""
+    return f"daemon-{zlib.crc32(sys.prefix.encode()):08x}"
+
+
+def interpreter() -> str:
+    """The environment and the interpreter it runs on, whichever name started it: a rebuilt
+    or upgraded Python behind the same environment is other code."""
+    real = os.path.realpath(sys.executable)
+    try:
+        built = os.stat(real).st_mtime_ns
+    except OSError:
+        built = 0
+    return f"{sys.prefix}:{real}:{built}:{sys.version}"
 
 
 def socket_path(folder: str) -> str:
@@ -97,11 +109,11 @@ def failed_before(folder: str, fingerprint: str) -> bool:
 
 
 def code_fingerprint() -> str:
-    """What the daemon's imported code depends on: this interpreter, every file of torchdoctor
-    (an upgrade or an edit of an editable install), and the site-packages folders (a peer
-    installed, upgraded or removed changes their listing). A change detector, not a secret:
-    two checksums of the listing."""
-    listing = [sys.executable]
+    """What the daemon's imported code depends on: this environment's interpreter, every
+    file of torchdoctor (an upgrade or an edit of an editable install), and the site-packages
+    folders (a peer installed, upgraded or removed changes their listing). A change detector,
+    not a secret: two checksums of the listing."""
+    listing = [interpreter()]
     for folder, subfolders, files in os.walk(PACKAGE):
         subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
         for name in sorted(files):
