@@ -39,6 +39,7 @@ NEW_RULES: tuple[str, ...] = (
     "reduction-over-batch-dim",
     "leak-target-feature",
     "loss-reduced-before-weighting",
+    "sequence-batch-axis",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = ("double-softmax", "leak-preprocessing", "eval-without-eval-mode")

@@ -363,6 +363,51 @@ class DefUse:
             return self._scope_bindings.get(id(scope), {}).get(key, [])
         return []
 
+    def reaching(self, name: ast.Name) -> ast.expr | None:
+        """The one binding of `name` that reaches this read: the latest earlier binding in its
+        function, when its statement precedes the read's in one block (it runs first on every
+        path) and no later binding can come back to the read around a loop; None otherwise.
+        The flow-sensitive answer for `out, _ = rnn(x); out = out[:, -1]`."""
+        read = (name.lineno, name.col_offset)
+        earlier: list[tuple[tuple[int, int], ast.stmt, ast.expr]] = []
+        later = False
+        for value in self.definitions(name):
+            stmt = self._statement_of(value)
+            if stmt is None:
+                return None
+            if (stmt.end_lineno or stmt.lineno, stmt.end_col_offset or 0) <= read:
+                earlier.append(((stmt.lineno, stmt.col_offset), stmt, value))
+            else:
+                later = True
+        if not earlier:
+            return None
+        earlier.sort(key=lambda item: item[0])
+        _, stmt, value = earlier[-1]
+        block = self._block_of(stmt)
+        if block is None:
+            return None
+        for anc in self.ctx.ancestors(name):
+            if later and isinstance(anc, ast.For | ast.AsyncFor | ast.While):
+                return None
+            if isinstance(anc, ast.stmt) and any(anc is s for s in block):
+                return value if block.index(anc) > block.index(stmt) else None
+        return None
+
+    def _statement_of(self, node: ast.AST) -> ast.stmt | None:
+        current: ast.AST | None = node
+        while current is not None and not isinstance(current, ast.stmt):
+            current = self.ctx.parents.get(current)
+        return current
+
+    def _block_of(self, stmt: ast.stmt) -> list[ast.stmt] | None:
+        """The statement list that holds `stmt` (a body, an else, a finally)."""
+        parent = self.ctx.parents.get(stmt)
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(parent, field, None)
+            if isinstance(block, list) and any(stmt is s for s in block):
+                return block
+        return None
+
     def unpackings(self, node: ast.Name) -> list[tuple[ast.expr, int, int]]:
         """Where `node`'s name is bound by tuple unpacking: (value, position, arity)."""
         if node.id not in self._unpacked_names:
