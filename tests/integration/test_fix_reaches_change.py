@@ -75,3 +75,54 @@ def test_a_fix_on_lines_the_run_executes_passes_the_step(verifier: Verifier) -> 
     ok, detail = steps["executed-change"]
     assert ok, detail
     assert detail == "the run executed every changed block (2) under `python train.py`"
+
+
+DEFERRED = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    total = 0.0
+    for step in range(12):
+        loss = model(torch.randn(8, 4)).mean()
+        total += loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(total / 12)
+""")
+
+
+def deferred(verifier: Verifier, after_loop: str) -> tuple[bool, str]:
+    """The deferred `.item()` edit: the loop keeps a tensor, `after_loop` follows the loop."""
+    root = verifier.root
+    (root / "deferred.py").write_text(DEFERRED)
+    after = DEFERRED.replace("total += loss.item()", "total += loss.detach()").replace(
+        "print(total / 12)", f"{after_loop}\nprint(total / 12)"
+    )
+    own = Verifier(root, verifier.runner, ["python", "deferred.py"], steps=3, timing_runs=1)
+    return verify(own, "deferred.py", DEFERRED, after)["executed-change"]
+
+
+def test_a_change_after_the_stopped_loop_runs_in_a_run_left_to_finish(verifier: Verifier) -> None:
+    # the harness stops the script inside step 3: the conversion after the loop only runs
+    # when the script is left to finish its 12 steps
+    ok, detail = deferred(verifier, "total = float(total)")
+    assert ok, detail
+    assert detail == (
+        "the run executed every changed block (2) (deferred.py:13 after the loop, in a run "
+        "left to finish) under `python deferred.py`"
+    )
+
+
+def test_a_change_after_the_loop_that_breaks_the_end_of_the_run_is_unverified(
+    verifier: Verifier,
+) -> None:
+    ok, detail = deferred(verifier, "total = float(total.view(2, -1))")
+    assert not ok
+    assert detail.startswith(
+        "unverified: deferred.py:13 runs after the loop, and the run left to finish under "
+        "`python deferred.py` did not end cleanly: "
+    )
+    assert "RuntimeError" in detail, detail

@@ -93,6 +93,9 @@ class SmokeRun(_Model):
     """Probe observations a correctness fix reads its symptom from (memory slope, NaN count...)."""
     executed_lines: dict[str, list[int]] = Field(default_factory=dict)
     """Lines of the traced files (the patched ones) that the run executed."""
+    stopped_in_loop: bool = False
+    """The harness stopped the script inside its last counted step (an optimizer step, or a
+    forward pass of an inference script): nothing after the loop ran."""
 
 
 class AppliedFile(_Model):

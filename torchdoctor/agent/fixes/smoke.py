@@ -92,4 +92,5 @@ def smoke_run_from_evidence(
         step_times_s=steady,
         signals=signals,
         executed_lines=dict(evidence.executed_lines),
+        stopped_in_loop=outcome.kind == "completed-steps",
     )

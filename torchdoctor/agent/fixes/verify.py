@@ -42,6 +42,9 @@ from torchdoctor.agent.models import Severity, Verification
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"
+FINISH_STEPS = 1_000_000
+"""Harness steps of a run left to finish: more than any run command asks for, so the script
+ends by itself (the run's time budget still bounds it)."""
 Symptom = Callable[[SmokeRun, SmokeRun], tuple[bool, str]]
 _WS = re.compile(r"\s+")
 
@@ -143,7 +146,7 @@ class Verifier:
             )
             if not after.ok:
                 return steps
-            steps.append(self._executed(copy, touched, after))
+            steps.append(self._executed(copy, touched, after, spec))
             if not steps[-1].ok:
                 return steps
             if spec.unseeded_repeat:
@@ -227,30 +230,62 @@ class Verifier:
             )
         return Verification(step="rule-cleared", ok=True, detail=detail)
 
-    def _executed(self, copy: Path, touched: list[str], after: SmokeRun) -> Verification:
+    def _executed(
+        self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
+    ) -> Verification:
         """The run must execute the patched lines: a run that never reaches them proves
-        nothing about the fix (e.g. a script that never imports the patched module)."""
+        nothing about the fix (e.g. a script that never imports the patched module). A change
+        after the loop (a deferred `.item()` read once the loop ends) cannot run while the
+        harness stops the script inside its last step: the script is then run once more, left
+        to finish (bounded by the run's time budget), and must reach it and end cleanly."""
         command = " ".join(self.run_command or [])
-        total, missed_at = 0, []
-        for path in touched:
-            before = (self.root / path).read_text(encoding="utf-8", errors="replace")
-            patched = (copy / path).read_text(encoding="utf-8", errors="replace")
-            executed = set(after.executed_lines.get(path, []))
-            count, missed = unreached(before, patched, executed)
-            total += count
-            missed_at += [f"{path}:{line}" for line in missed]
-        if missed_at:
+        total, missed = self._missed(copy, touched, after)
+        finished = ""
+        if missed and after.stopped_in_loop and _after_executed(missed, after):
+            assert self.runner is not None and self.run_command is not None
+            whole = smoke_run(
+                self.runner,
+                copy,
+                self.run_command,
+                FINISH_STEPS,
+                trace=touched,
+                extra_memory_mb=spec.extra_memory_mb,
+            )
+            if not whole.ok or whole.stopped_in_loop:
+                return Verification(
+                    step="executed-change",
+                    ok=False,
+                    detail=f"unverified: {_at(missed)} runs after the loop, and the run left "
+                    f"to finish under `{command}` did not end cleanly: {whole.detail}",
+                )
+            finished = f" ({_at(missed)} after the loop, in a run left to finish)"
+            _, missed = self._missed(copy, touched, whole)
+        if missed:
             return Verification(
                 step="executed-change",
                 ok=False,
-                detail=f"unverified: the run did not execute the change ({', '.join(missed_at)} "
+                detail=f"unverified: the run did not execute the change ({_at(missed)} "
                 f"never ran under `{command}`)",
             )
         return Verification(
             step="executed-change",
             ok=True,
-            detail=f"the run executed every changed block ({total}) under `{command}`",
+            detail=f"the run executed every changed block ({total}){finished} under `{command}`",
         )
+
+    def _missed(
+        self, copy: Path, touched: list[str], run: SmokeRun
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """How many change blocks count, and (file, first line) of those `run` never ran."""
+        total, missed = 0, []
+        for path in touched:
+            before = (self.root / path).read_text(encoding="utf-8", errors="replace")
+            patched = (copy / path).read_text(encoding="utf-8", errors="replace")
+            executed = set(run.executed_lines.get(path, []))
+            count, lines = unreached(before, patched, executed)
+            total += count
+            missed += [(path, line) for line in lines]
+        return total, missed
 
     def _behaviour(self, after: SmokeRun, spec: FixSpec) -> Verification:
         before = self.baseline()
@@ -359,6 +394,16 @@ def _host_memory(before: SmokeRun, after: SmokeRun) -> str:
     if len(gigabytes) < 2:
         return ""
     return f"; peak host memory {gigabytes[0]:.1f} -> {gigabytes[1]:.1f} GB"
+
+
+def _at(missed: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{path}:{line}" for path, line in missed)
+
+
+def _after_executed(missed: list[tuple[str, int]], run: SmokeRun) -> bool:
+    """Every missed block comes after a line of its file that ran: code past the loop the
+    harness stopped, not a module the script never imports (no second run for that)."""
+    return all(any(ran < line for ran in run.executed_lines.get(p, [])) for p, line in missed)
 
 
 def _worst_deviation(first: list[float], second: list[float]) -> float:
