@@ -127,3 +127,21 @@ def test_gc_prunes_audits_older_than_the_retention(tmp_path: Path) -> None:
     assert pruned.returncode == 0 and pruned.stdout.startswith("pruned 1 audit(s)")
     resumed = torchdoctor("audit", "--resume", kept)
     assert resumed.returncode == 2 and "pruned" in resumed.stderr
+
+
+def test_a_new_audit_prunes_the_audits_past_the_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchdoctor.agent.audit import AuditOptions, run_audit
+
+    project = _project(tmp_path / "p")
+    options = AuditOptions(target=project, write_ledger=False, fix=True)
+    old = run_audit(options).audit_id
+    kept = run_audit(options).audit_id
+    with open_store() as store:
+        assert store.entry(old) is not None, "within the default retention, both are kept"
+    monkeypatch.setenv("TORCHDOCTOR_RETENTION_DAYS", "0")
+    new = run_audit(options).audit_id
+    with open_store() as store:
+        assert [store.entry(i) is None for i in (old, kept, new)] == [True, True, False]
+        assert "options" not in build_graph(store.saver).get_state(run_config(old)).values

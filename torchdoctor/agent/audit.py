@@ -188,10 +188,11 @@ def run_audit(
 
         return outcome_of(audit_id, run_static_path(first, context), None)
     # LangGraph loads here, once the peers' subprocesses are already running.
-    from torchdoctor.agent.durable import open_store
+    from torchdoctor.agent.durable import open_store, retention_days
     from torchdoctor.agent.graph import build_graph
 
     with open_store() as store:
+        store.prune(retention_days())  # the retention applies without waiting for `gc`
         store.record(audit_id, str(options.target))
         return _drive(build_graph(store.saver), first, audit_id, context, approver)
 
