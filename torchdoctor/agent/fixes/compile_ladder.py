@@ -4,7 +4,8 @@ Once `model.compile()` (the default mode) is verified, `max-autotune-no-cudagrap
 autotuning of matmuls and convolutions: minutes of compilation) and then `reduce-overhead`
 (CUDA graphs: launch overhead gone, needs static shapes and keeps graph memory) are verified
 the same way. A costlier mode is kept only when its steady step is faster than the best mode
-so far beyond noise (the bootstrapped interval of the gain clears the minimum), so an
+so far beyond noise (the bootstrapped interval of the gain clears the minimum; an undecided
+interval gets more interleaved runs of both, up to the verifier's maximum), so an
 autotuning that buys 0.5% is not worth its compile time. Each mode's compile time (the run's
 time above its steady state, beyond what the original spends on its own first steps), the
 step from which that cost is paid back, and the run's peak host memory are reported.
@@ -44,6 +45,8 @@ class Rung(BaseModel):
     break_even_step: int | None = None
     """First step at which the mode's total time falls below the original's (None: never)."""
     peak_host_gb: float | None = None
+    versus: str = ""
+    """Its steady step against the best cheaper mode: gain, interval, runs, verdict."""
 
     def describe(self) -> str:
         if not self.verified:
@@ -57,6 +60,8 @@ class Rung(BaseModel):
             parts.append("never pays back")
         if self.peak_host_gb is not None:
             parts.append(f"peak host memory {self.peak_host_gb:.1f} GB")
+        if self.versus:
+            parts.append(self.versus)
         return f"{self.mode}: {', '.join(parts)}"
 
 
@@ -128,8 +133,24 @@ def climb(
             rungs.append(Rung(mode=mode, verified=False, why_not=why))
             continue
         runs = list(verifier.last_runs)
-        rungs.append(measure(mode, baseline, runs))
         versus = speed_up([r.step_times_s for r in best_runs], [r.step_times_s for r in runs])
+        while versus.verdict is Verdict.INCONCLUSIVE and len(runs) < verifier.max_timing_runs:
+            # undecided: more interleaved runs of both versions, as for a fix's own speed-up
+            more = [verifier.patched_run(best_diff, spec), verifier.patched_run(diff, spec)]
+            if not all(run.ok and run.step_times_s for run in more):
+                break
+            best_runs, runs = [*best_runs, more[0]], [*runs, more[1]]
+            versus = speed_up([r.step_times_s for r in best_runs], [r.step_times_s for r in runs])
+        rung = measure(mode, baseline, runs)
+        rungs.append(
+            rung.model_copy(
+                update={
+                    "versus": f"{versus.improvement:+.1%} against {best_mode} (95% CI "
+                    f"[{versus.interval[0]:+.1%}, {versus.interval[1]:+.1%}], "
+                    f"{len(runs)} run(s) a side, {versus.verdict})"
+                }
+            )
+        )
         if versus.verdict is Verdict.FASTER:
             chosen_why = (
                 f"{mode}: faster than {best_mode} beyond noise "

@@ -156,6 +156,20 @@ class Verifier:
                 steps.append(self._speed(copy, after, spec))
         return steps
 
+    def patched_run(self, diff: str, spec: FixSpec) -> SmokeRun:
+        """One more seeded run of the workspace with `diff` applied: another sample for a
+        comparison between two patched versions that the interval has not decided."""
+        assert self.runner is not None and self.run_command is not None
+        with workspace_copy(self.root) as copy:
+            apply_patch(copy, diff)
+            return smoke_run(
+                self.runner,
+                copy,
+                self.run_command,
+                self.steps,
+                extra_memory_mb=spec.extra_memory_mb,
+            )
+
     def nondeterminism(self) -> float:
         """Largest relative deviation between two seeded runs of the original (made once, only
         when a fix's trajectory is out of tolerance): the floor no fix can be held under."""
