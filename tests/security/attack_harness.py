@@ -31,7 +31,7 @@ from torchdoctor.sandbox.protocol import Sandbox
 
 ATTACKS_DIR = Path(__file__).resolve().parent / "attacks"
 ATTACK_LIMITS = Limits(
-    wall_s=3,
+    wall_s=8,
     cpu_s=2,
     memory_mb=256,
     processes=32,
@@ -260,7 +260,10 @@ def _left_in_scratch(result: RunResult, since: float) -> list[str]:
         for folder, dirs, files in os.walk(top):
             dirs[:] = [d for d in dirs if _writable_by(os.path.join(folder, d), uid)]
             for name in files:
-                info = os.lstat(os.path.join(folder, name))
+                try:
+                    info = os.lstat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue  # another process's temporary file, gone since the listing
                 if info.st_uid == uid and info.st_ctime >= since - 1:
                     found.append(os.path.join(folder, name))
     return found
