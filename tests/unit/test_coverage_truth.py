@@ -70,3 +70,27 @@ def test_a_script_with_a_training_loop_is_never_said_to_have_none(tmp_path: obje
     for entry in static_only:
         rules = entry.how.removeprefix("static rules: ")
         assert entry.reason == f"{rules}: nothing in this code that they check", entry
+
+
+def test_a_pass_keeps_what_was_measured_as_its_reason() -> None:
+    measured = Evidence(
+        source="torchdoctor-probes",
+        kind="probe",
+        message="group 0: accuracy 0.91 over 40 rows; group 1: accuracy 0.88 over 40 rows",
+        data={"items": ["12.1"], "verdict": "pass"},
+    )
+    entry = next(
+        c
+        for c in OfflineReasoner().reason(PointRequest(point=12, evidence=[measured])).coverage
+        if c.item == "12.1"
+    )
+    assert (entry.verdict, entry.reason) == ("pass", measured.message)
+    leak_rules = ["leak-multi-test", "leak-overlap"]
+    with_rules = PointRequest(
+        point=3,
+        rules_run=leak_rules,
+        applicable_rules=leak_rules,
+        evidence=[measured.model_copy(update={"data": {"items": ["3.1"], "verdict": "pass"}})],
+    )
+    entry = next(c for c in OfflineReasoner().reason(with_rules).coverage if c.item == "3.1")
+    assert entry.reason == f"checked; nothing found; {measured.message}"

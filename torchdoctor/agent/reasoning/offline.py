@@ -133,11 +133,14 @@ class OfflineReasoner(ReasonerBase):
             )
         applicable = [r for r in covering if r in request.applicable_rules]
         if applicable or "pass" in hint_verdicts:
+            # what a probe or artifact measured is the pass's reason (its figures), after the
+            # rules' own "nothing found"
+            measured = [ev.message for ev in hints if ev.data.get("verdict") == "pass"]
             return CoverageEntry(
                 item=item_id,
                 verdict="pass",
                 how=_how(covering, hints),
-                reason="checked; nothing found",
+                reason="; ".join(["checked; nothing found"] * bool(applicable) + measured),
             )
         unchecked = [rules[r].unchecked_when_absent for r in covering]
         if any(unchecked) and not hints:
