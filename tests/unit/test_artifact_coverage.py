@@ -173,7 +173,16 @@ def test_mixed_responsibilities_and_a_string_dispatch_are_low_advice(tmp_path: P
 
 def test_the_bundled_example_mixes_no_responsibilities() -> None:
     found = architecture_evidence(load_workspace(EXAMPLES / "train_buggy.py", [], 2_000_000))
-    assert [(ev.data["items"], ev.data["verdict"]) for _p, ev in found] == [(["10.2"], "pass")]
+    assert [(ev.data["items"], ev.data["verdict"]) for _p, ev in found] == [
+        (["10.2"], "pass"),
+        (["9.5"], "not-checked"),
+    ]
+    no_chain = found[1][1].message
+    assert no_chain.startswith("no if/elif chain in the 1 Python file(s) picks an implementation")
+    assert "needs a reviewer's judgement" in no_chain
+    for _point, ev in found:
+        french = phrase(ev.message, "fr")
+        assert french != ev.message and "no " not in french and " the " not in french, french
 
 
 def test_a_card_draft_without_a_model_says_what_a_person_must_fill(tmp_path: Path) -> None:

@@ -211,6 +211,23 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         "aucune validation des entrées dans le code : aucun assert ni raise sur la forme, le "
         "dtype ou la finitude d'un tenseur à l'entrée du modèle ou des données",
     ),
+    (
+        r"no function does three or more of training, evaluation, I/O and plotting",
+        "aucune fonction ne fait à la fois trois ou plus parmi entraînement, évaluation, E/S et "
+        "tracés",
+    ),
+    (
+        r"no if/elif chain in the (\d+) Python file\(s\) picks an implementation by comparing a "
+        r"name with strings",
+        r"aucune chaîne if/elif dans les \1 fichier(s) Python ne choisit une implémentation en "
+        r"comparant un nom à des chaînes",
+    ),
+    (
+        r"whether a strategy or factory would pay elsewhere needs a reviewer's judgement "
+        r"\(configure an LLM or review by hand\)",
+        "savoir si une stratégie ou une fabrique paierait ailleurs demande le jugement d'un "
+        "relecteur (configurez un LLM ou relisez à la main)",
+    ),
     (r"metrics disaggregated by group in (.+)", r"métriques ventilées par groupe dans \1"),
     (
         r"the data has (.+) but no metric is computed per group",
