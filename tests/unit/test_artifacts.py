@@ -20,9 +20,9 @@ from torchdoctor.agent.artifacts.sandboxed import parse_pytest_summary
 from torchdoctor.agent.artifacts.target import NoTarget, find_target
 from torchdoctor.agent.artifacts.testsuite import TEST_NAMES, render_tests, suite_path
 from torchdoctor.agent.cli import app
-from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, TensorInfo
+from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, Outcome, TensorInfo
 from torchdoctor.agent.localise import phrase
-from torchdoctor.agent.probing import RunSummary
+from torchdoctor.agent.probing import RunSummary, _error_line
 from torchdoctor.agent.reasoning.base import PointRequest
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.workspace import load_workspace
@@ -69,6 +69,21 @@ def test_a_model_built_with_its_defaults_and_what_stops_a_target() -> None:
     assert "script-error (UnpicklingError: Weights only load failed)" in no_call.reason
     stranger = find_target(serve, [_run("serve_model.py", "Bert", [_tokens(8, 16)])])
     assert isinstance(stranger, NoTarget) and "Bert is not defined" in stranger.reason
+
+
+def test_a_run_error_names_its_type_once() -> None:
+    # the harness's detail is "Type: message" already (serve_model.py's torch.load refusal)
+    raised = Outcome(
+        kind="script-error",
+        detail="UnpicklingError: Weights only load failed.\nThis file can still be loaded",
+        error_type="UnpicklingError",
+    )
+    assert _error_line(raised) == (
+        "UnpicklingError: Weights only load failed. This file can still be loaded"
+    )
+    bare = raised.model_copy(update={"detail": "Weights only load failed."})
+    assert _error_line(bare) == "UnpicklingError: Weights only load failed."
+    assert _error_line(Outcome(kind="script-finished", detail="done")) == ""
 
 
 def test_a_module_that_trains_on_import_is_not_a_target(tmp_path: Path) -> None:

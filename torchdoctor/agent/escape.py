@@ -40,7 +40,7 @@ def strip_controls(text: object, keep_lines: bool = False) -> str:
 
 def one_line(text: object) -> str:
     """Controls stripped, every run of whitespace (newlines included) one space."""
-    return " ".join(strip_controls(text).split())
+    return " ".join(strip_controls(text, keep_lines=True).split())
 
 
 def md_text(text: object) -> str:

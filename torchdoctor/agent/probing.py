@@ -213,7 +213,9 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
 def _error_line(outcome: RunOutcome) -> str:
     if outcome.kind != "script-error":
         return ""
-    text = f"{outcome.error_type}: {outcome.detail}" if outcome.error_type else outcome.detail
+    text = outcome.detail
+    if outcome.error_type and not text.startswith(f"{outcome.error_type}:"):
+        text = f"{outcome.error_type}: {text}"  # the harness's detail names the type already
     return one_line(text)[:240]
 
 
