@@ -248,3 +248,24 @@ def test_project_config_sets_language_and_threshold(example: Path) -> None:
     assert "# Rapport d'audit torchdoctor" in configured.stdout
     overridden = torchdoctor("audit", str(example), "--no-ledger", "--fail-on", "critical")
     assert overridden.returncode == 0, "the command line wins"
+
+
+@pytest.mark.slow
+def test_declared_groups_are_scored_on_the_projects_own_run(tmp_path: Path) -> None:
+    """`[tool.torchdoctor.groups]` in the project's pyproject, one logit per row read through
+    the BCEWithLogitsLoss the script trains with, groups from a standardised 0/1 column."""
+    script = REPO / "tests" / "fixtures" / "scripts" / "tabular_groups.py"
+    (tmp_path / "tabular_groups.py").write_bytes(script.read_bytes())
+    (tmp_path / "pyproject.toml").write_text("[tool.torchdoctor.groups]\nfeature = 0\n")
+    run = ("--run", "python tabular_groups.py", "--steps", "12", "--offline", "--no-ledger")
+    done = torchdoctor("audit", str(tmp_path), *run, "--format", "json", "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (gap,) = [f for f in report["findings"] if f["rule"] == "probe-group-gap"]
+    groups = gap["evidence"][0]["data"]["groups"]
+    assert groups["spec"] == "feature:0:1" and groups["batches"] == 4  # one evaluation: 256 rows
+    majority, minority = sorted(groups["groups"], key=lambda g: -g["rows"])
+    assert majority["rows"] + minority["rows"] == 256
+    assert majority["accuracy"] > 0.8 > 0.3 > minority["accuracy"]
+    (entry,) = [c for c in report["coverage"] if c["item"] == "12.1"]
+    assert entry["verdict"] == "fail" and "probe-group-gap" in entry["reason"]

@@ -44,3 +44,37 @@ def test_groups_read_from_an_input_column_and_outputs_of_another_row_count_left_
     metrics.on_eval_output((features,), features[:3, :2])  # 3 rows for 4 labels: not scored
     assert metrics.report()["batches"] == 1
     assert "not one value per row" in metrics.report()["skipped"]
+
+
+def test_one_logit_per_row_is_scored_once_a_binary_criterion_says_how_to_read_it() -> None:
+    metrics = GroupMetrics(GroupSpec("feature:0:1"))
+    # a standardised 0/1 column (two values, neither whole), float labels as BCE takes them
+    features = torch.tensor([[-0.98, 0.5], [-0.98, -0.5], [1.02, 0.5], [1.02, -0.5]])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    logits = features[:, 1] * 4  # positive for rows 0 and 2
+    metrics.on_batch((features, labels))
+    metrics.on_eval_output((features,), logits)
+    assert metrics.report()["batches"] == 0
+    assert "no binary criterion" in metrics.report()["skipped"]
+    metrics.on_criterion("BCEWithLogitsLoss")
+    metrics.on_eval_output((features,), logits.unsqueeze(1))
+    report = metrics.report()
+    assert [(g["group"], g["accuracy"], g["positive_rate"]) for g in report["groups"]] == [
+        (-0.98, 1.0, 0.5),
+        (1.02, 0.0, 0.5),
+    ]
+    probabilities = GroupMetrics(GroupSpec("feature:0:1"))
+    probabilities.on_criterion("binary_cross_entropy")
+    probabilities.on_batch((features, labels))
+    probabilities.on_eval_output((features,), torch.sigmoid(logits))  # 0.5 is the threshold
+    assert probabilities.report()["accuracy_gap"] == 1.0
+
+
+def test_a_continuous_column_is_not_taken_for_groups() -> None:
+    metrics = GroupMetrics(GroupSpec("feature:0:1"))
+    features = torch.linspace(-2, 2, 100).unsqueeze(1)
+    labels = torch.zeros(100, dtype=torch.long)
+    metrics.on_batch((features, labels))
+    metrics.on_eval_output((features,), torch.zeros(100, 2))
+    report = metrics.report()
+    assert report["groups"] == [] and "more than 64 values" in report["skipped"]

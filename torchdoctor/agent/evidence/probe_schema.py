@@ -280,7 +280,7 @@ class DataFunctionSignature(_Model):
 
 
 class GroupScore(_Model):
-    group: int
+    group: int | float = Field(description="the column's value: a whole number, or to 4 decimals")
     rows: int
     accuracy: float
     positive_rate: float

@@ -252,10 +252,14 @@ class Session:
         return init
 
     def _wrap_functional_loss(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        name = getattr(original, "__name__", "")
+
         def loss(*args: Any, **kwargs: Any) -> Any:
             value = original(*args, **kwargs)
             if self.loss_depth == 0:
                 self.loss.on_criterion(value)
+                if self.groups is not None:
+                    self.groups.on_criterion(name)
             return value
 
         return loss
@@ -358,6 +362,8 @@ class Session:
                 self.loss_depth = max(self.loss_depth - 1, 0)
                 if self.loss_depth == 0:
                     self.loss.on_criterion(output)
+                    if self.groups is not None:
+                        self.groups.on_criterion(type(module).__name__)
                 return
             if self.watching:
                 self.forward.on_output(self.step, self._name(module), module, output)
