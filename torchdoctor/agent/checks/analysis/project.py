@@ -11,6 +11,7 @@ would confirm it; the rule's `check_project` keeps those the project index confi
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,8 +33,11 @@ Property = Literal[
     "steps-optimizer",
     "splits-data",
     "mode-dependent",
+    "left-in-train-mode-by-a-caller",
+    "called-in-train-mode",
 ]
 FACTS_KEY = "semantic"
+MODE_CALLS_KEY = "mode-calls"
 _MAX_IMPORT_DEPTH = 4
 _LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
 _ACTIVATIONS: dict[str, Output] = {
@@ -148,6 +152,38 @@ def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
         if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
             found.append(symbol)
     return found
+
+
+def project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
+    """Calls of functions imported from the project's other files (`evaluate(model, loader)`
+    with `from evaluate import evaluate`), with the qualified name each was imported as."""
+    imported = _project_imports(ctx)
+    if not imported:
+        return []
+    found = []
+    for node in ctx.flow.nodes(ast.Call):
+        root = node.func
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if not isinstance(root, ast.Name) or root.id not in imported:
+            continue
+        if not identifier(node.func)[:1].islower():
+            continue  # a class: built, not run
+        symbol = callee_symbol(ctx, node.func)
+        if (
+            symbol
+            and not symbol.startswith(_LIBRARIES)
+            and symbol.partition(".")[0] not in sys.stdlib_module_names
+        ):
+            found.append((symbol, node))
+    return found
+
+
+def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
+    """Record, per imported project function, whether each call of it here runs after an
+    `.eval()` (for the project pass of the rules on evaluation and inference paths)."""
+    if calls:
+        ctx.facts[MODE_CALLS_KEY] = calls
 
 
 def summarise(ctx: ModuleContext) -> ModuleSummary:
@@ -352,14 +388,35 @@ def defer(ctx: ModuleContext, rule_id: str, pending: Pending) -> None:
 class ProjectIndex:
     """Every module's summary, looked up by the qualified names other modules import."""
 
-    def __init__(self, summaries: list[ModuleSummary]) -> None:
+    def __init__(
+        self, summaries: list[ModuleSummary], mode_calls: dict[str, list[bool]] | None = None
+    ) -> None:
         self.summaries = summaries
+        self.mode_calls = mode_calls or {}
 
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
+        mode_calls: dict[str, list[bool]] = {}
+        for f in facts.values():
+            for symbol, modes in f.get(MODE_CALLS_KEY, {}).items():
+                mode_calls.setdefault(symbol, []).extend(bool(m) for m in modes)
         return cls(
-            [ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f]
+            [ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f],
+            mode_calls,
         )
+
+    def _callers_in_eval_mode(self, symbol: str) -> list[bool]:
+        """For every call of the function `symbol` elsewhere in the project, whether an
+        `.eval()` runs before it (imports matched as modules are: a dotted suffix either way)."""
+        module, _, name = symbol.rpartition(".")
+        found: list[bool] = []
+        for called, modes in self.mode_calls.items():
+            other, _, other_name = called.rpartition(".")
+            if other_name == name and (
+                other == module or other.endswith("." + module) or module.endswith("." + other)
+            ):
+                found += modes
+        return found
 
     def _modules(self, dotted: str) -> list[ModuleSummary]:
         """Modules an import of `dotted` may mean: the same name, or one is a dotted suffix of
@@ -373,6 +430,11 @@ class ProjectIndex:
         ]
 
     def has(self, symbol: str, needs: Property) -> bool:
+        if needs in ("left-in-train-mode-by-a-caller", "called-in-train-mode"):
+            modes = self._callers_in_eval_mode(symbol)
+            if needs == "left-in-train-mode-by-a-caller":
+                return not modes or not all(modes)  # no caller seen, or one without .eval()
+            return bool(modes) and not all(modes)
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
         if not candidates and needs == "splits-data":  # `pkg.mod.Class.method`

@@ -5,11 +5,26 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import PurePath
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from torchdoctor.agent.checks.analysis.eval_mode import (
+    eval_before,
+    mode_calls,
+    model_of,
+    model_put_in_eval,
+    statements_before,
+)
 from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    Property,
+    defer,
+    module_name,
+    publish_mode_calls,
+)
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
@@ -24,9 +39,6 @@ _EVAL_FUNCTION = re.compile(
 # after the framework has already switched the mode.
 _OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify|_step$", re.IGNORECASE)
 _MODE_DEPENDENT = re.compile(r"Dropout|BatchNorm|InstanceNorm|dropout|Transformer")
-_MAX_CALLER_DEPTH = 3
-# Libraries whose `from_pretrained` returns the model already in eval mode.
-_EVAL_MODE_LOADERS = ("transformers.", "diffusers.")
 
 
 class EvalWithoutEvalMode(Rule):
@@ -37,16 +49,18 @@ class EvalWithoutEvalMode(Rule):
     name that is called with held-out data (`score(model, val_loader)`). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
-    `self.model.eval()`).
+    `self.model.eval()`). A module-level helper given the model and called only from other
+    files (`evaluate(model, val_loader)` imported by `train.py`) is judged at those calls:
+    reported when one runs without `.eval()` before it.
 
     Why it matters: in training mode dropout keeps dropping units and BatchNorm normalises
     with the batch's own statistics (and updates its running averages with validation data),
     so validation metrics are noisy, batch-size dependent and lower than the model's real
     quality; model selection built on them is wrong. Models known to have no dropout or
-    normalisation layer, functions that set `.train()` themselves (recomputing BatchNorm
-    statistics) and methods of `nn.Module`s (`forward`, `generate`: their caller owns the
-    mode) are not reported; prediction/serving functions are left to
-    `inference-no-eval`.
+    normalisation layer, functions that set `.train()` before the model runs (recomputing
+    BatchNorm statistics; a `.train()` after the loop only restores the mode) and methods
+    of `nn.Module`s (`forward`, `generate`: their caller owns the mode) are not reported;
+    prediction/serving functions are left to `inference-no-eval`.
 
     Example:
         @torch.no_grad()
@@ -72,6 +86,7 @@ class EvalWithoutEvalMode(Rule):
         return any(True for _ in _evaluation_regions(ctx))
 
     def finish(self, ctx: ModuleContext) -> None:
+        publish_mode_calls(ctx, mode_calls(ctx))
         if (
             "no_grad" not in ctx.source
             and "inference_mode" not in ctx.source
@@ -87,20 +102,19 @@ class EvalWithoutEvalMode(Rule):
             if not calls or id(calls[0]) in reported or ctx.loops.backpropagates(body):
                 continue
             call = calls[0]
-            if owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call):
-                continue
+            elsewhere = owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call)
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation
-            if owner is not None and ctx.flow.reaches_method(owner.body, "train"):
+            if owner is not None and _train_mode_set_before(ctx, owner, call):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call):
                 continue
-            layers = _mode_dependent(ctx, _model_expr(call))
+            layers = _mode_dependent(ctx, model_of(call))
             if layers == "none":
                 continue
             reported.add(id(call))
             known = layers == "known"
-            ctx.report(
+            found = ctx.finding(
                 self,
                 call,
                 f"`{ast.unparse(call.func)}` runs on an evaluation path with no `.eval()` "
@@ -113,6 +127,24 @@ class EvalWithoutEvalMode(Rule):
                 severity=Severity.HIGH if known else Severity.MEDIUM,
                 data={"mode_dependent_layers": layers},
             )
+            if found is None:
+                continue
+            needs = _callers_decide(ctx, owner, call, elsewhere)
+            if elsewhere and needs is None:
+                continue  # a method whose callers are in other files: not followed
+            if needs is None:
+                ctx.findings.append(found)
+            else:
+                assert owner is not None
+                symbol = f"{module_name(ctx.path)}.{owner.name}"
+                defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A helper whose callers are in other files: reported when one of them calls it
+        without `.eval()` before (or, for a helper named like an evaluation, when none is
+        seen at all)."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
 def _is_test_module(path: str) -> bool:
@@ -169,35 +201,45 @@ def _module_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
     return isinstance(parent, ast.ClassDef) and parent.name in ctx.flow.module_classes
 
 
-def _model_expr(call: ast.Call) -> ast.expr:
-    func = call.func
-    if isinstance(func, ast.Attribute) and func.attr == "forward":
-        return func.value
-    return func
-
-
 def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:
     flow = ctx.flow
     if flow.reaches_method(owner.body if owner is not None else module_level(ctx.tree), "eval"):
         return True
-    if _model_put_in_eval(ctx, _model_expr(call)):
+    if model_put_in_eval(ctx, model_of(call)):
         return True
-    frontier = [owner.name] if owner is not None else []
-    seen: set[str] = set()
-    for _ in range(_MAX_CALLER_DEPTH):
-        next_names: list[str] = []
-        for name in frontier:
-            if name in seen:
-                continue
-            seen.add(name)
-            for site in flow.callers.get(name, []):
-                caller = ctx.enclosing_function(site)
-                if flow.reaches_method(_statements_before(ctx, caller, site), "eval"):
-                    return True
-                if caller is not None:
-                    next_names.append(caller.name)
-        frontier = next_names
-    return False
+    return owner is not None and any(
+        eval_before(ctx, site) for site in flow.callers.get(owner.name, [])
+    )
+
+
+def _callers_decide(
+    ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call, elsewhere: bool
+) -> Property | None:
+    """What the project pass must see at the callers in other files for the finding to
+    hold, when they decide the mode: a module-level function given the model as a
+    parameter and called nowhere in this module. None: the finding holds as it is."""
+    if owner is None or not isinstance(ctx.parents.get(owner), ast.Module):
+        return None
+    if elsewhere:
+        return "called-in-train-mode"
+    if _model_is_a_parameter(owner, call) and not ctx.flow.callers.get(owner.name):
+        return "left-in-train-mode-by-a-caller"
+    return None
+
+
+def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
+    """`.train()` before the model runs: training mode on purpose (recomputing BatchNorm
+    statistics); a `.train()` after the evaluation only restores the mode for the next
+    epoch (Pytorch-UNet's `evaluate`) and does not excuse a missing `.eval()`."""
+    return ctx.flow.reaches_method(statements_before(ctx, owner, call), "train")
+
+
+def _model_is_a_parameter(owner: FunctionNode, call: ast.Call) -> bool:
+    root = model_of(call)
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
+    return isinstance(root, ast.Name) and root.id in params and root.id != "self"
 
 
 def _helper_of_a_caller_elsewhere(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
@@ -206,66 +248,11 @@ def _helper_of_a_caller_elsewhere(ctx: ModuleContext, owner: FunctionNode, call:
     its callers, in other files, own the mode."""
     if _EVAL_FUNCTION.search(owner.name) or ctx.flow.callers.get(owner.name):
         return False
-    root = _model_expr(call)
+    root = model_of(call)
     while isinstance(root, ast.Attribute):
         root = root.value
     params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
     return isinstance(root, ast.Name) and root.id in params and root.id != "self"
-
-
-def _statements_before(
-    ctx: ModuleContext, caller: FunctionNode | None, site: ast.Call
-) -> list[ast.stmt]:
-    """The caller's statements that can run before `site`: those starting before it, and
-    the whole loop around it (a later statement runs before the next iteration's call).
-    An `.eval()` only after the last evaluation (word_language_model's ONNX export at the
-    end of the script) does not put the evaluation in eval mode."""
-    limit = site.lineno
-    for anc in ctx.ancestors(site):
-        if anc is caller:
-            break
-        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
-            limit = max(limit, anc.end_lineno or anc.lineno)
-    body = caller.body if caller is not None else ctx.tree.body
-    return [
-        stmt
-        for stmt in body
-        if stmt.lineno <= limit
-        and not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    ]
-
-
-def _model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
-    """`model = Net().eval()`, a Hugging Face `from_pretrained` (it returns the model in
-    eval mode), or `.eval()` called on this very attribute (`self.model`)."""
-    for source in ctx.flow.sources(model):
-        if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
-            return True
-        for sub in ast.walk(source):
-            if (
-                isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Attribute)
-                and sub.func.attr == "eval"
-                and not sub.args
-            ):
-                return True
-    if not isinstance(model, ast.Attribute):
-        return False
-    text = ast.unparse(model)
-    return any(
-        isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
-        and n.func.attr == "eval"
-        and ast.unparse(n.func.value) == text
-        for n in ctx.flow.nodes(ast.Call)
-    )
-
-
-def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:
-    """`GPT2LMHeadModel.from_pretrained(name)` (transformers, diffusers): `from_pretrained`
-    calls `model.eval()` before returning."""
-    qual = ctx.flow.qualname_of(call) or ""
-    return qual.startswith(_EVAL_MODE_LOADERS) and qual.endswith(".from_pretrained")
 
 
 ModeLayers = Literal["known", "unknown", "none"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.eval_mode import mode_calls
 from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
     defer,
     imported_classes,
+    module_name,
     publish,
+    publish_mode_calls,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
@@ -37,7 +40,8 @@ class InferenceNoEval(Rule):
     statements of a sampling script that loads weights (`model.generate(...)` counts there) —
     that calls the model
     without a preceding `.eval()` (in that function, a local helper it calls, or, for a model
-    passed in as a parameter, anywhere in the module).
+    passed in as a parameter, anywhere in the module; for a helper called only from other
+    files, before one of those calls: reported when a caller there calls it without one).
 
     Why it matters: in training mode dropout stays active and BatchNorm normalises with the
     current batch's statistics (and updates its running averages), so predictions are noisy,
@@ -69,6 +73,7 @@ class InferenceNoEval(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "forward" in ctx.source:
             publish(ctx)  # its classes' dropout/batch norm, for the modules importing them
+        publish_mode_calls(ctx, mode_calls(ctx))  # the mode each imported helper runs in
         candidates = [
             fn
             for fn in functions(ctx)
@@ -87,7 +92,7 @@ class InferenceNoEval(Rule):
         }
         for fn in candidates:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
-            self._check(ctx, fn.body, params, local_evals, bool(module_evals))
+            self._check(ctx, fn.body, params, local_evals, bool(module_evals), owner=fn)
         for stmt in ctx.tree.body:
             if is_main_guard(stmt) and not ctx.loops.training_loops:
                 assert isinstance(stmt, ast.If)
@@ -105,6 +110,7 @@ class InferenceNoEval(Rule):
         local_evals: set[str],
         module_has_eval: bool,
         sampling: bool = False,
+        owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
         if ctx.loops.backpropagates(body):
             return
@@ -129,12 +135,20 @@ class InferenceNoEval(Rule):
                 return
             if mode_independent(ctx, _model_of(call)):
                 continue  # no dropout, no batch norm: eval() would change nothing
-            ctx.report(
+            found = ctx.finding(
                 self,
                 call,
                 "the model is used for inference without .eval(): dropout and batch-norm "
                 "still behave as in training",
             )
+            if found is None:
+                return
+            if owner is not None and _callers_elsewhere(ctx, owner, root, params):
+                symbol = f"{module_name(ctx.path)}.{owner.name}"
+                needs = "left-in-train-mode-by-a-caller"
+                defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
+            else:
+                ctx.findings.append(found)
             return
 
     def _defer(self, ctx: ModuleContext, call: ast.Call) -> None:
@@ -156,6 +170,19 @@ class InferenceNoEval(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _callers_elsewhere(
+    ctx: ModuleContext, owner: ast.FunctionDef | ast.AsyncFunctionDef, root: str, params: set[str]
+) -> bool:
+    """A module-level `predict(model, x)` given the model and called nowhere in this module:
+    its callers in other files decide the mode (the project pass reads whether they call
+    `.eval()` first)."""
+    return (
+        root in params
+        and isinstance(ctx.parents.get(owner), ast.Module)
+        and not ctx.flow.callers.get(owner.name)
+    )
 
 
 def _module_method(ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

@@ -1,0 +1,111 @@
+"""Whether a model is in eval mode where it runs: an `.eval()` before a call (in its function,
+around its loop, or before a call of that function up to three callers up), a model built in
+eval mode, and, per function imported from another file, the mode each call of it here runs
+in (the facts the project pass of the evaluation and inference rules reads)."""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING
+
+from torchdoctor.agent.checks.analysis.project import project_function_calls
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+    from torchdoctor.agent.checks.dataflow import FunctionNode
+
+_MAX_CALLER_DEPTH = 3
+# Libraries whose `from_pretrained` returns the model already in eval mode.
+_EVAL_MODE_LOADERS = ("transformers.", "diffusers.")
+
+
+def model_of(call: ast.Call) -> ast.expr:
+    """`model` in `model(x)` and `model.forward(x)`."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        return func.value
+    return func
+
+
+def eval_before(ctx: ModuleContext, site: ast.Call, depth: int = 0) -> bool:
+    """An `.eval()` runs before `site`: earlier in its function (or around its loop), or
+    before a call of that function in this module (up to three levels of callers)."""
+    caller = ctx.enclosing_function(site)
+    if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval"):
+        return True
+    if caller is None or depth + 1 >= _MAX_CALLER_DEPTH:
+        return False
+    return any(eval_before(ctx, s, depth + 1) for s in ctx.flow.callers.get(caller.name, []))
+
+
+def mode_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
+    """Per function imported from another file of the project, whether each call of it here
+    runs after an `.eval()` (or is given a model built in eval mode). Computed once per
+    module: both rules on evaluation and inference paths publish it."""
+    memo = ctx.memo_table("eval_mode.mode_calls")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
+    found: dict[str, list[bool]] = {}
+    for symbol, site in project_function_calls(ctx):
+        arguments = [*site.args, *(k.value for k in site.keywords)]
+        in_eval = eval_before(ctx, site) or any(
+            isinstance(a, ast.Name | ast.Attribute) and model_put_in_eval(ctx, a) for a in arguments
+        )
+        found.setdefault(symbol, []).append(in_eval)
+    memo[""] = found
+    return found
+
+
+def statements_before(
+    ctx: ModuleContext, caller: FunctionNode | None, site: ast.Call
+) -> list[ast.stmt]:
+    """The caller's statements that can run before `site`: those starting before it, and
+    the whole loop around it (a later statement runs before the next iteration's call).
+    An `.eval()` only after the last evaluation (word_language_model's ONNX export at the
+    end of the script) does not put the evaluation in eval mode."""
+    limit = site.lineno
+    for anc in ctx.ancestors(site):
+        if anc is caller:
+            break
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            limit = max(limit, anc.end_lineno or anc.lineno)
+    body = caller.body if caller is not None else ctx.tree.body
+    return [
+        stmt
+        for stmt in body
+        if stmt.lineno <= limit
+        and not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+
+
+def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
+    """`model = Net().eval()`, a Hugging Face `from_pretrained` (it returns the model in
+    eval mode), or `.eval()` called on this very attribute (`self.model`)."""
+    for source in ctx.flow.sources(model):
+        if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
+            return True
+        for sub in ast.walk(source):
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Attribute)
+                and sub.func.attr == "eval"
+                and not sub.args
+            ):
+                return True
+    if not isinstance(model, ast.Attribute):
+        return False
+    text = ast.unparse(model)
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == "eval"
+        and ast.unparse(n.func.value) == text
+        for n in ctx.flow.nodes(ast.Call)
+    )
+
+
+def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`GPT2LMHeadModel.from_pretrained(name)` (transformers, diffusers): `from_pretrained`
+    calls `model.eval()` before returning."""
+    qual = ctx.flow.qualname_of(call) or ""
+    return qual.startswith(_EVAL_MODE_LOADERS) and qual.endswith(".from_pretrained")
