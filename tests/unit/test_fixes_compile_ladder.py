@@ -139,9 +139,10 @@ def test_a_gain_inside_the_noise_keeps_the_default(tmp_path: Path) -> None:
 
 
 def test_an_undecided_comparison_gets_more_interleaved_runs(tmp_path: Path) -> None:
-    # on the H200 reduce-overhead measured 63.99 against 71.62 ms for the ResNet trainer, one
-    # run a side past the smoke run, and was judged "not faster beyond noise": undecided, it
-    # now gets more runs of both until the interval decides (or the runs allowed are spent)
+    # on the H200 reduce-overhead measured 63.99 against 71.62 ms for the ResNet trainer, two
+    # runs a side (the smoke run and one timing run), and was judged "not faster beyond noise":
+    # undecided, it now gets more runs of both until the interval decides (or the runs allowed
+    # are spent)
     _, finding = _compile_finding(tmp_path)
     default = [_run(71.6, wall_s=45.0, jitter=0.3)]
     verifier = _ScriptedVerifier(

@@ -1,10 +1,21 @@
-"""no-torch-compile: compile the model before the training loop, on GPU runs."""
+"""no-torch-compile: compile the model, and the loss the training loop computes from its
+output, before the loop, on GPU runs."""
 
 from __future__ import annotations
 
+import ast
+from collections import Counter
+
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, method_call
+from torchdoctor.agent.fixes.codemods.base import (
+    BF16_RTOL,
+    Codemod,
+    SourceContext,
+    dotted_name,
+    method_call,
+    scope_of,
+)
 from torchdoctor.agent.fixes.codemods.common import flagged_loop, model_called_in
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
@@ -14,6 +25,21 @@ COMPILER_HOST_MB = 16384
 """Host memory for Inductor's compile workers on top of the script's own limit: one worker per
 core, each importing torch and Triton (about 0.3-0.5 GB); max-autotune benchmarks kernels in
 them too. The verification runs report the peak they reached."""
+FUNCTIONAL_LOSSES = frozenset(
+    f"torch.nn.functional.{name}"
+    for name in (
+        "cross_entropy",
+        "nll_loss",
+        "binary_cross_entropy",
+        "binary_cross_entropy_with_logits",
+        "mse_loss",
+        "l1_loss",
+        "smooth_l1_loss",
+        "huber_loss",
+        "kl_div",
+    )
+)
+"""Pure functions of their arguments: compiling one changes nothing but its kernels."""
 
 
 class NoTorchCompileFix(Codemod):
@@ -52,7 +78,71 @@ class NoTorchCompileFix(Codemod):
             return False
         arguments = "" if mode == "default" else f'mode="{mode}"'
         torch = ctx.require_module("torch")
-        ctx.insert_before(
-            outer, f"if {torch}.cuda.is_available():\n    {model}.compile({arguments})\n"
-        )
+        compiled = [f"{model}.compile({arguments})", *_compile_losses(ctx, loop, outer, torch)]
+        block = "".join(f"    {line}\n" for line in compiled)
+        ctx.insert_before(outer, f"if {torch}.cuda.is_available():\n{block}")
         return True
+
+
+def _compile_losses(
+    ctx: SourceContext, loop: cst.CSTNode, outer: cst.CSTNode, torch: str
+) -> list[str]:
+    """The lines that compile the losses the loop computes outside the model: a loss module
+    built in the same scope (`criterion.compile()`), or a functional loss bound to a local
+    name the loop then calls (`cross_entropy = F.cross_entropy` before the loop, compiled on
+    CUDA). Left eager, a cross-entropy over a large vocabulary upcasts and materialises the
+    logits several times per step (the GPT-2 trainer's eager loss was among its top kernels
+    on an H200); compiled, its softmax and gradient fuse into a few passes."""
+    lines: list[str] = []
+    modules = _loss_modules(ctx, scope_of(ctx, loop))
+    functions: dict[str, list[cst.Call]] = {}
+    for call in ctx.find(cst.Call, inside=loop):
+        name = dotted_name(call.func)
+        if name in modules and f"{name}.compile()" not in lines:
+            lines.append(f"{name}.compile()")
+        elif ctx.qualname(call.func) in FUNCTIONAL_LOSSES and name is not None:
+            functions.setdefault(name, []).append(call)
+    bound = _names_in_use(ctx.source)
+    for written, calls in functions.items():
+        local = written.rsplit(".", 1)[-1]
+        if local in bound:
+            continue  # the name is taken: that loss stays eager rather than shadow anything
+        ctx.insert_before(outer, f"{local} = {written}\n")
+        for call in calls:
+            ctx.substitute(call.func, cst.Name(local))
+        lines.append(f"{local} = {torch}.compile({local})")
+    return lines
+
+
+def _names_in_use(source: str) -> set[str]:
+    """Every name the module binds or reads (attributes and keywords aside)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names
+
+
+def _loss_modules(ctx: SourceContext, scope: cst.CSTNode) -> set[str]:
+    """Names bound once in `scope` to a `torch.nn` loss module (`nn.CrossEntropyLoss()`), and
+    to nothing else."""
+    losses: Counter[str] = Counter()
+    others: set[str] = set()
+    for assign in ctx.find(cst.Assign, inside=scope):
+        for target in assign.targets:
+            name = dotted_name(target.target)
+            value = assign.value
+            qualified = ctx.qualname(value.func) if isinstance(value, cst.Call) else None
+            if name is None:
+                continue
+            if qualified and qualified.startswith("torch.nn.") and qualified.endswith("Loss"):
+                losses[name] += 1
+            else:
+                others.add(name)
+    return {name for name, count in losses.items() if count == 1 and name not in others}
