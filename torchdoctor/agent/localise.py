@@ -91,7 +91,6 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"rule\(s\) turned off: (.+) \(--ignore or config\)",
         r"règle(s) désactivée(s) : \1 (--ignore ou configuration)",
     ),
-    (r"nothing in the project covers it yet", "rien dans le projet ne le couvre encore"),
     (
         r"(\d+) ML test\(s\) for (\S+) pass in the sandbox",
         r"\1 test(s) ML pour \2 passent dans le bac à sable",

@@ -13,15 +13,15 @@ SOURCE = "torchdoctor-artifacts"
 
 def artifact_evidence(artifacts: list[Artifact]) -> list[tuple[int, Evidence]]:
     """An offered artifact is not yet in the project: its items stay not-checked, with a reason
-    that says what was generated and how to accept it; the others say what is missing. What
+    that says what was generated and how to accept it (what the project lacks is said by the
+    presence evidence or the rule beside it); the others say what is missing. What
     its run measured about the code (`measured`: the model does not export, say) is said as
     measured."""
     found: list[tuple[int, Evidence]] = []
     for artifact in artifacts:
         if artifact.state == "offered":
             message = (
-                f"nothing in the project covers it yet; {artifact.reason}; offered as "
-                f"{artifact.path}, written by --apply after approval"
+                f"{artifact.reason}; offered as {artifact.path}, written by --apply after approval"
             )
         else:
             message = f"--artifacts {artifact.kind}: {artifact.state}: {artifact.reason}"

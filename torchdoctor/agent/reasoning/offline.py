@@ -151,13 +151,15 @@ class OfflineReasoner(ReasonerBase):
                 reason="; ".join(sorted({u for u in unchecked if u})),
             )
         if "not-checked" in hint_verdicts and (not covering or any(unchecked)):
+            # what the rules found missing (no test file), then what the hints add (a suite
+            # offered, not yet written)
+            said = sorted({u for u in unchecked if u})
+            said += [ev.message for ev in hints if ev.data.get("verdict") == "not-checked"]
             return CoverageEntry(
                 item=item_id,
                 verdict="not-checked",
                 how=_how(covering, hints),
-                reason="; ".join(
-                    ev.message for ev in hints if ev.data.get("verdict") == "not-checked"
-                ),
+                reason="; ".join(said),
             )
         if covering or "not-applicable" in hint_verdicts:
             return CoverageEntry(
