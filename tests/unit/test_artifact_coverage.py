@@ -80,6 +80,25 @@ def test_the_bundled_example_says_what_each_item_is_missing() -> None:
     assert verdicts["7.3"][0] == "not-checked" and "TensorRT" in verdicts["7.3"][1]
     assert verdicts["12.1"][0] == "not-applicable"
     assert verdicts["12.2"][0] == "not-checked" and "no-explainability-hook" in verdicts["12.2"][1]
+    assert verdicts["3.2"][0] == "not-checked" and "no paper is cited" in verdicts["3.2"][1]
+
+
+def test_the_papers_a_project_cites_are_named_for_its_reviewer(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text(
+        "Implements [Attention Is All You Need](https://arxiv.org/abs/1706.03762v7).\n"
+    )
+    (tmp_path / "model.py").write_text(
+        '"""Label smoothing as in arXiv:1512.00567; init from doi:10.1109/ICCV.2015.123."""\n'
+        "# the same paper again: https://arxiv.org/pdf/1706.03762\n"
+    )
+    verdict, message = _verdicts(tmp_path)["3.2"]
+    assert verdict == "not-checked"
+    assert message.startswith(
+        "cites arXiv:1512.00567 (model.py), arXiv:1706.03762 (README.md), "
+        "doi:10.1109/ICCV.2015.123 (model.py): whether the code follows it needs a reviewer's"
+    )
+    french = phrase(message, "fr")
+    assert french.startswith("cite arXiv:1512.00567 (model.py)") and "relecteur" in french
 
 
 def test_what_the_code_has_passes_saying_where(tmp_path: Path) -> None:

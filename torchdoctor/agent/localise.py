@@ -227,6 +227,18 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         "savoir si une stratégie ou une fabrique paierait ailleurs demande le jugement d'un "
         "relecteur (configurez un LLM ou relisez à la main)",
     ),
+    (
+        r"no paper is cited \(no arXiv id or DOI in the project\): the method the code should "
+        r"follow is not stated where a check could read it",
+        "aucun article cité (ni identifiant arXiv ni DOI dans le projet) : la méthode que le "
+        "code doit suivre n'est pas écrite là où une vérification pourrait la lire",
+    ),
+    (
+        r"cites (.+): whether the code follows it needs a reviewer's judgement \(configure an "
+        r"LLM or review by hand\)",
+        r"cite \1 : savoir si le code le suit demande le jugement d'un relecteur (configurez un "
+        r"LLM ou relisez à la main)",
+    ),
     (r"metrics disaggregated by group in (.+)", r"métriques ventilées par groupe dans \1"),
     (
         r"the data has (.+) but no metric is computed per group",

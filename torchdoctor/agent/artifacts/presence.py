@@ -1,6 +1,7 @@
 """What the code already has for the checklist items no rule decides alone: tensor-shape
 annotations (1.2), input checks (2.1), drift monitoring (5.4), an inference compiler (7.3),
-per-group metrics (12.1) and attributions (12.2). Present: the item passes, saying where.
+per-group metrics (12.1) and attributions (12.2); the paper or method reference 3.2 would
+compare the code with (a reviewer's call either way). Present: the item passes, saying where.
 Absent: the item stays not-checked with a reason that names what is missing and which
 artifact or option supplies it; never the bare "no check covers this item"."""
 
@@ -84,6 +85,8 @@ def presence_evidence(workspace: Workspace, runs: list[RunSummary]) -> list[tupl
             verdicts.append((presence.item, "not-checked", presence.absent.format(runs=_on(runs))))
     verdicts.append(_input_checks(texts))
     verdicts.append(_groups(texts))
+    documents = sorted(workspace.documents.items())  # the README and a model card
+    verdicts.append(_method_reference(documents + [(f.path, f.text) for f in workspace.files]))
     return [
         (
             ITEMS_BY_ID[item].point,
@@ -166,3 +169,32 @@ def _groups(texts: list[tuple[str, str]]) -> tuple[str, Verdict, str]:
         "metrics across (declare one in [tool.torchdoctor.groups] to have the run compute "
         "per-group metrics)",
     )
+
+
+_REFERENCE = re.compile(
+    r"arxiv\.org/(?:abs|pdf)/(\d{4}\.\d{4,5})|\barXiv:\s?(\d{4}\.\d{4,5})"
+    r"|\b(?:doi\.org/|doi:\s?)(10\.\d{4,9}/[^\s\"'<>)\]]{1,100})",
+    re.IGNORECASE,
+)
+_REVIEW = "needs a reviewer's judgement (configure an LLM or review by hand)"
+
+
+def _method_reference(texts: list[tuple[str, str]]) -> tuple[str, Verdict, str]:
+    """3.2: the papers the project cites (arXiv ids, DOIs), or that it cites none; comparing
+    the code with a method is a reviewer's call either way."""
+    cited: dict[str, str] = {}
+    for path, text in texts:
+        for match in _REFERENCE.finditer(text):
+            arxiv = match[1] or match[2]
+            cited.setdefault(f"arXiv:{arxiv}" if arxiv else f"doi:{match[3].rstrip('.,;')}", path)
+    if not cited:
+        return (
+            "3.2",
+            "not-checked",
+            "no paper is cited (no arXiv id or DOI in the project): the method the code should "
+            f"follow is not stated where a check could read it; {_REVIEW}",
+        )
+    refs = sorted(cited)
+    shown = ", ".join(f"{ref} ({cited[ref]})" for ref in refs[:3])
+    more = f" and {len(refs) - 3} more" if len(refs) > 3 else ""
+    return "3.2", "not-checked", f"cites {shown}{more}: whether the code follows it {_REVIEW}"
