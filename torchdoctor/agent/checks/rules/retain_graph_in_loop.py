@@ -21,7 +21,9 @@ class RetainGraphInLoop(Rule):
     Why it matters: `retain_graph=True` keeps the buffers of the whole graph after backward.
     Called every step, memory stays high or grows (and a graph reused across steps raises or
     silently back-propagates through stale values). Several losses back-propagated through a
-    shared graph, the last one without `retain_graph`, are legitimate and not reported.
+    shared graph, the last one without `retain_graph`, are legitimate and not reported, nor
+    is `create_graph=True` (a gradient penalty: the graph is kept so the penalty built from
+    the gradients can be back-propagated, which frees it; `retain_graph` defaults to it).
 
     Example:
         for x, y in loader:
@@ -66,7 +68,12 @@ def _is_backward(ctx: ModuleContext, call: ast.Call) -> bool:
 
 
 def _retains(call: ast.Call) -> bool:
-    value = kwarg(call, "retain_graph")
+    """`retain_graph=True` without `create_graph=True` (a double backward needs the graph)."""
+    return _true(call, "retain_graph") and not _true(call, "create_graph")
+
+
+def _true(call: ast.Call, name: str) -> bool:
+    value = kwarg(call, name)
     return isinstance(value, ast.Constant) and value.value is True
 
 
@@ -84,6 +91,9 @@ def _per_step_region(ctx: ModuleContext, node: ast.Call) -> list[ast.stmt] | Non
 
 def _some_backward_frees(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
     return any(
-        isinstance(n, ast.Call) and _is_backward(ctx, n) and not _retains(n)
+        isinstance(n, ast.Call)
+        and _is_backward(ctx, n)
+        and not _true(n, "retain_graph")
+        and not _true(n, "create_graph")
         for n in walk_scope(body)
     )
