@@ -10,6 +10,8 @@ from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.models import Severity
 
 _SPREAD = frozenset({"std", "var", "norm"})
+# Methods of a model that return its embeddings (CLIP's encode_image / encode_text).
+_EMBEDDING_METHODS = ("encode", "get_image_features", "get_text_features")
 _ROOTS = frozenset({"sqrt", "rsqrt"})
 
 
@@ -21,6 +23,9 @@ class DivideByStdNoEps(Rule):
     Why it matters: the spread is zero for a constant input, a single-element batch or an
     all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads
     through the loss into every weight.
+
+    Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
+    from `model(x)` or `model.encode_image(x)`): a learned embedding is not the zero vector.
 
     Example:
         advantages = (adv - adv.mean()) / adv.std()
@@ -68,6 +73,8 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
     if not isinstance(divisor, ast.Call):
         return False
     name = identifier(divisor.func)
+    if name == "norm" and _embedding_norm(ctx, divisor):
+        return False
     if name in _SPREAD:
         return True
     if name in _ROOTS:
@@ -76,3 +83,24 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
             inner = divisor.func.value  # var.sqrt()
         return inner is not None and depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
     return False
+
+
+def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:
+    """The L2 norm of a model's embedding (`feats = model.encode_image(x)`, `model(x)`,
+    `self.encode_text(t)` in the model; CLIP's and DINO's normalisation): a learned
+    embedding is not the zero vector, unlike data, gradients or a spread."""
+    value = norm.args[0] if norm.args else None
+    if value is None and isinstance(norm.func, ast.Attribute):
+        value = norm.func.value
+    if value is None:
+        return False
+    return ctx.flow.derives_from(value, lambda node: _embeds(ctx, node))
+
+
+def _embeds(ctx: ModuleContext, node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr.startswith(_EMBEDDING_METHODS):
+        return True
+    return ctx.flow.is_model_call(node)
