@@ -58,7 +58,11 @@ def _target_for(workspace: Workspace, script: str, call: FlowCall) -> ModelTarge
     class_name = call.type
     defined = _defining_file(workspace, class_name)
     if defined is None:
-        return NoTarget(reason=f"the model class {class_name} is not defined in the audited files")
+        return NoTarget(
+            reason=f"the model class {class_name} is not defined in the audited files (a class "
+            "of torch or another library): the artifacts are written for a model class of the "
+            "project"
+        )
     path, tree, node = defined
     module = _module_name(path)
     if module is None:
