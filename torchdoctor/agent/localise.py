@@ -100,6 +100,10 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"\1 écarté(s) car en échec sur le code actuel (\2) : voir les constats",
     ),
     (
+        r"(\d+) left out because they did not finish within the sandbox's time limit \((.+)\)",
+        r"\1 écarté(s) faute d'avoir fini dans le temps imparti au bac à sable (\2)",
+    ),
+    (
         r"offered as (\S+), written by --apply after approval",
         r"proposé sous \1, écrit par --apply après approbation",
     ),
