@@ -86,10 +86,10 @@ DEFERRED = textwrap.dedent("""\
     total = 0.0
     for step in range(12):
         loss = model(torch.randn(8, 4)).mean()
-        total += loss.item()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        total += loss.item()
     print(total / 12)
 """)
 
@@ -106,8 +106,8 @@ def deferred(verifier: Verifier, after_loop: str) -> tuple[bool, str]:
 
 
 def test_a_change_after_the_stopped_loop_runs_in_a_run_left_to_finish(verifier: Verifier) -> None:
-    # the harness stops the script inside step 3: the conversion after the loop only runs
-    # when the script is left to finish its 12 steps
+    # the harness stops the script inside step 3: the conversion after the loop (right below
+    # the loop's last line, a block of its own) only runs when the script finishes its 12 steps
     ok, detail = deferred(verifier, "total = float(total)")
     assert ok, detail
     assert detail == (

@@ -58,3 +58,29 @@ def test_a_deletion_is_checked_at_the_line_that_follows_it() -> None:
     after = "a = 1\nc = a\n"
     assert unreached(before, after, {1, 2}) == (1, [])
     assert unreached(before, after, {1}) == (1, [2])
+
+
+def test_a_change_reaching_past_the_end_of_a_loop_is_a_block_per_loop() -> None:
+    # the deferred `.item()` of the GPT-2 trainer: the line in the loop ran under the harness,
+    # which stops the script inside its last step; the line after the loop did not
+    before = (
+        "losses = []\n"
+        "for step in range(10):\n"
+        "    loss = step * 2.0\n"
+        "    losses.append(loss.item())\n"
+        "print(losses)\n"
+    )
+    after = before.replace(
+        "    losses.append(loss.item())\n",
+        "    losses.append(loss.detach())\nlosses = [float(v) for v in losses]\n",
+    )
+    assert [b.spans for b in change_blocks(before, after)] == [((4, 4),), ((5, 5),)]
+    assert unreached(before, after, {1, 2, 3, 4}) == (2, [5])
+    assert unreached(before, after, {1, 2, 3, 4, 5, 6}) == (2, [])
+    # a loop's header runs in the code around the loop: a changed header and a changed body
+    # are two blocks, and a body that never ran (zero iterations) leaves the fix unverified
+    retimed = before.replace(
+        "range(10):\n    loss = step * 2.0", "range(20):\n    loss = step * 3.0"
+    )
+    assert [b.spans for b in change_blocks(before, retimed)] == [((2, 2),), ((3, 3),)]
+    assert unreached(before, retimed, {1, 2, 5}) == (2, [3])

@@ -3,8 +3,11 @@ proves nothing about the fix, so such a fix stays unverified.
 
 The changed lines come from the file before and after the patch; each change block counts as
 reached when a line of a statement it touches ran (line events fire on a statement's lines,
-not on comments or blank lines). Import-only blocks run whenever the module is imported, so
-they count only when the change is nothing but imports.
+not on comments or blank lines). A contiguous change that reaches past the end of a loop
+(`losses.append(loss.detach())` then `losses = [float(v) for v in losses]` after it) is two
+blocks, one per loop: the line in the loop running says nothing about the line after it.
+Import-only blocks run whenever the module is imported, so they count only when the change is
+nothing but imports.
 """
 
 from __future__ import annotations
@@ -38,33 +41,47 @@ def change_blocks(before: str, after: str) -> list[Block]:
         lines = range(j1 + 1, j2 + 1) if j2 > j1 else range(min(j1 + 1, len(new)), j1 + 2)
         found = {s for line in lines for s in statements if s[0] <= line <= s[1]}
         spans = {_innermost(found, line) for line in lines} - {None}
-        if spans:
-            kinds = [statements[s] for s in spans if s is not None]
+        by_loop: dict[int, list[tuple[int, int]]] = {}
+        for span in sorted(s for s in spans if s is not None):
+            by_loop.setdefault(statements[span].loop, []).append(span)
+        for group in by_loop.values():
             blocks.append(
                 Block(
-                    spans=tuple(sorted(s for s in spans if s is not None)),
-                    imports_only=all(kinds),
+                    spans=tuple(group),
+                    imports_only=all(statements[s].is_import for s in group),
                 )
             )
-    return blocks
+    return sorted(blocks, key=lambda b: b.spans)
 
 
-def _statements(tree: ast.Module) -> dict[tuple[int, int], bool]:
+@dataclass(frozen=True)
+class _Statement:
+    is_import: bool
+    loop: int
+    """The innermost loop around the statement (its node's id; 0: none)."""
+
+
+def _statements(tree: ast.Module) -> dict[tuple[int, int], _Statement]:
     """(first, last) line of every simple statement and compound statement header -> whether
-    it is an import."""
-    spans: dict[tuple[int, int], bool] = {}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt):
-            continue
-        end = node.end_lineno or node.lineno
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
-            first = min([body[0].lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
-            end = max(node.lineno, body[0].lineno - 1)
-            start = min(node.lineno, first) if first < node.lineno else node.lineno
-            spans[(start, end)] = False
-        else:
-            spans[(node.lineno, end)] = isinstance(node, ast.Import | ast.ImportFrom)
+    it is an import, and the loop it runs in (a loop's header runs in the loop around it)."""
+    spans: dict[tuple[int, int], _Statement] = {}
+
+    def visit(node: ast.AST, loop: int) -> None:
+        if isinstance(node, ast.stmt):
+            end = node.end_lineno or node.lineno
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                decorators = [d.lineno for d in getattr(node, "decorator_list", [])]
+                end = max(node.lineno, body[0].lineno - 1)
+                spans[(min([node.lineno, *decorators]), end)] = _Statement(False, loop)
+            else:
+                is_import = isinstance(node, ast.Import | ast.ImportFrom)
+                spans[(node.lineno, end)] = _Statement(is_import, loop)
+        inner = id(node) if isinstance(node, ast.For | ast.AsyncFor | ast.While) else loop
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, 0)
     return spans
 
 
