@@ -81,3 +81,16 @@ def test_fix_verification_details_are_localised() -> None:
         ("analyse syntaxique", "1 fichier(s) analysé(s) sans erreur"),
         ("exécution de contrôle", "pas d'exécution de contrôle : passez --run"),
     ]
+
+
+def test_annotations_of_the_projects_data_functions_are_phrased_in_french() -> None:
+    english = (
+        "jaxtyping annotations of TinyGPT.forward (idx and the result) from 1 observed "
+        "signature(s), and of what RandomTokens.__getitem__ returns, checked at run time in the "
+        "sandbox"
+    )
+    assert phrase(english, "fr") == (
+        "annotations jaxtyping de TinyGPT.forward (idx and the result) tirées de 1 signature(s) "
+        "observée(s), et de ce que renvoie RandomTokens.__getitem__, vérifiées à l'exécution "
+        "dans le bac à sable"
+    )

@@ -114,6 +114,12 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"l'exécution dans le bac à sable",
     ),
     (
+        r"jaxtyping annotations of (\S+) \((.+)\) from (\d+) observed signature\(s\), and of "
+        r"what (.+) returns?, checked at run time in the sandbox",
+        r"annotations jaxtyping de \1 (\2) tirées de \3 signature(s) observée(s), et de ce que "
+        r"renvoie \4, vérifiées à l'exécution dans le bac à sable",
+    ),
+    (
         r"input checks for (\S+) \((.+)\): they pass the run's data and reject (\d+) broken "
         r"input\(s\) in the sandbox",
         r"contrôles des entrées de \1 (\2) : ils acceptent les données de l'exécution et "

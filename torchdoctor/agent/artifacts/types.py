@@ -98,7 +98,8 @@ def types_artifact(
         )
     else:
         what = ", ".join(edit.params) + (" and the result" if edit.returns else "")
-        returns = f", and of what {describe(data)} return" if data else ""
+        verb = "returns" if len(data) == 1 else "return"
+        returns = f", and of what {describe(data)} {verb}" if data else ""
         state, reason = (
             "offered",
             (
