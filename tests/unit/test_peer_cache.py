@@ -79,6 +79,19 @@ def test_a_changed_file_or_configuration_runs_the_tool_again(tmp_path: Path) -> 
     assert adapter.runs == 3
 
 
+def test_an_edited_adapter_runs_the_tool_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter reads the tool's report into evidence: its code is part of the key."""
+    adapter = CountingAdapter()
+    root = _tree(tmp_path / "repo")
+    _run_one(adapter, root, ["train.py"])
+    monkeypatch.setattr(peer_cache, "code_fingerprint", lambda: "an edited adapter")
+    _run_one(adapter, root, ["train.py"])
+    _run_one(adapter, root, ["train.py"])
+    assert adapter.runs == 2
+
+
 def test_failures_are_never_kept(tmp_path: Path) -> None:
     adapter = CountingAdapter(status="timeout")
     root = _tree(tmp_path / "repo")

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent import gather, result_cache, static_cache
+from torchdoctor.agent.checks import fingerprint
 from torchdoctor.agent.checks.engine import FileResult, StaticResult
 from torchdoctor.agent.checks.linters import cache as peer_cache
 from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.workspace import load_workspace
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
 SOURCE = "import torch\n\nfor x in loader:\n    loss = model(x)\n    print(loss.item())\n"
 
 
@@ -86,28 +88,90 @@ def test_a_new_rules_code_or_version_misses(
 ) -> None:
     workspace = load_workspace(_repo(tmp_path / "a"))
     gather.run_static(workspace, AuditConfig())
-    monkeypatch.setattr(static_cache, "rules_fingerprint", lambda: "edited rules")
+    monkeypatch.setattr(static_cache, "code_fingerprint", lambda: "edited rules")
     gather.run_static(workspace, AuditConfig())
     monkeypatch.setattr(static_cache, "__version__", "99.0")
     gather.run_static(workspace, AuditConfig())
     assert counted.passes == 3
 
 
-def test_the_fingerprint_covers_every_module_the_rules_import() -> None:
-    package = Path(static_cache.__file__).parent / "checks"
-    outside = set()
-    for source in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchdoctor"):
-                module = node.module or ""
-                if module.startswith("torchdoctor.agent.checks") or module == "torchdoctor":
-                    continue  # the package itself; torchdoctor's version is in the key
-                if module == "torchdoctor.agent":
-                    outside.update(f"{alias.name}.py" for alias in node.names)
-                elif module.startswith("torchdoctor.agent."):
-                    outside.add(module.removeprefix("torchdoctor.agent.").replace(".", "/") + ".py")
-    outside.discard("result_cache.py")  # the peers' cache store, no input of the static pass
-    assert outside <= set(static_cache.RULES_IMPORT)
+PLUMBING = {
+    "torchdoctor/__init__.py": "torchdoctor's version, in the keys themselves",
+    "torchdoctor/agent/__init__.py": "an empty package",
+    "torchdoctor/agent/result_cache.py": "where results are kept, no input of one",
+    "torchdoctor/agent/home.py": "where that is",
+    "torchdoctor/sandbox/lifeline.py": "children that die with their parent",
+}
+"""Modules the checks import that make no result (each says why)."""
+
+
+def _module_file(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(source: Path) -> set[Path]:
+    """The files of torchdoctor's modules that `source` imports (relative imports, names
+    imported from a package that are modules, imports inside functions: all of them)."""
+    package = source.relative_to(REPO).parent.parts
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            path = _module_file(name) if name.startswith("torchdoctor") else None
+            if path is not None:
+                found.add(path)
+    return found
+
+
+def test_the_fingerprint_covers_every_module_the_checks_import() -> None:
+    """Followed through one another: `models` imports the artifacts' models, which are part of
+    every finding the caches keep."""
+    todo = sorted(fingerprint.PACKAGE.rglob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        source = todo.pop()
+        if source not in seen:
+            seen.add(source)
+            todo.extend(_imports(source) - seen)
+    outside = {
+        path.relative_to(REPO).as_posix()
+        for path in seen
+        if fingerprint.PACKAGE not in path.parents
+    }
+    agent = "torchdoctor/agent/"
+    assert outside - set(PLUMBING) == {agent + name for name in fingerprint.OUTSIDE}
+
+
+def test_the_fingerprint_changes_with_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "agent" / "checks"
+    copy.mkdir(parents=True)
+    (copy / "rule.py").write_text("RULE = 1\n")
+    for name in fingerprint.OUTSIDE:
+        (tmp_path / "agent" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "agent" / name).write_text("")
+    monkeypatch.setattr(fingerprint, "PACKAGE", copy)
+    prints = []
+    for edit in ("RULE = 1\n", "RULE = 2\n"):
+        (copy / "rule.py").write_text(edit)
+        fingerprint.code_fingerprint.cache_clear()
+        prints.append(fingerprint.code_fingerprint())
+    (tmp_path / "agent" / "models.py").write_text("class Finding: ...\n")
+    fingerprint.code_fingerprint.cache_clear()
+    prints.append(fingerprint.code_fingerprint())
+    fingerprint.code_fingerprint.cache_clear()
+    assert len(set(prints)) == 3
 
 
 def test_a_result_with_a_note_is_never_kept(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ again.
 
 The key covers every input of the pass: each file's path and text, the dependency manifests
 and documents the rules read, the engine's configuration (selected and ignored rules, the
-target torch version, the per-file deadline), torchdoctor's version and the bytes of the
-rules' own code and data (so an edited rule never reads a result of its former self). A
+target torch version, the per-file deadline), torchdoctor's version and the code that
+computes it (`code_fingerprint`: an edited rule never reads a result of its former self). A
 result with a note on any file (cut short by the per-file deadline, a parse stopped by
 recursion or memory) may depend on the machine: it is never kept.
 """
@@ -15,37 +15,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from torchdoctor import __version__
 from torchdoctor.agent import result_cache
-from torchdoctor.agent.checks import engine
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import StaticResult
+from torchdoctor.agent.checks.fingerprint import code_fingerprint
 
 Hash = Any  # hashlib's digest objects (their class is private)
 MAX_ENTRIES = 2000
 _RESULTS = result_cache.ResultCache("static", StaticResult, MAX_ENTRIES)
-RULES_IMPORT = ("checklist.py", "models.py", "redact.py")
-"""The modules outside the rules' package that the rules read (a test keeps this complete)."""
-
-
-@cache
-def rules_fingerprint() -> str:
-    """A digest of every file of the rules' package (code and data) and of the modules they
-    import from the rest of torchdoctor, read once a process."""
-    package = Path(engine.__file__).parent
-    agent = package.parent
-    paths = [*sorted(package.rglob("*")), *(agent / name for name in RULES_IMPORT)]
-    digest = hashlib.sha256()
-    for path in paths:
-        if "__pycache__" in path.parts or not path.is_file():
-            continue
-        digest.update(path.relative_to(agent).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def _texts(digest: Hash, label: str, texts: Mapping[str, str]) -> None:
@@ -68,7 +48,7 @@ def key_of(
         name: sorted(value) if isinstance(value, frozenset) else value
         for name, value in sorted(asdict(config).items())
     }
-    digest.update(f"{__version__}\0{rules_fingerprint()}\0{settings!r}\0".encode())
+    digest.update(f"{__version__}\0{code_fingerprint()}\0{settings!r}\0".encode())
     _texts(digest, "file", dict(files))
     _texts(digest, "manifest", manifests)
     _texts(digest, "document", documents)

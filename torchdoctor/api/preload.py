@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 
+from torchdoctor.agent.checks.fingerprint import code_fingerprint
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.gather import installed_torch_version
 from torchdoctor.agent.markdown_env import templates
-from torchdoctor.agent.static_cache import rules_fingerprint
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free
@@ -32,4 +32,4 @@ all_rules()
 for template in templates().list_templates():  # compiled once (the ledger includes others)
     templates().get_template(template)
 installed_torch_version()
-rules_fingerprint()  # the static cache's key reads the rules' files once, here
+code_fingerprint()  # the result caches' keys read the checks' files once, here

@@ -2,7 +2,8 @@
 report, so a repeated audit (a CI re-run, a pre-commit pass, the same project submitted again
 to the service) reuses it instead of starting the tool again.
 
-The key covers every input a tool reads: its name and version, torchdoctor's version, each
+The key covers every input a tool reads: its name and version, torchdoctor's version and the
+code of its adapter (which reads the tool's report into evidence: `code_fingerprint`), each
 audited file's path and bytes, and the tool configuration files at the tree's root. Only
 complete results are kept (never a timeout or a failure), in private files under
 `$TORCHDOCTOR_HOME/cache/peers`, pruned to the newest `MAX_ENTRIES`. pip-audit is never
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from torchdoctor import __version__
 from torchdoctor.agent import result_cache
+from torchdoctor.agent.checks.fingerprint import code_fingerprint
 from torchdoctor.agent.checks.linters.base import LinterResult
 from torchdoctor.agent.result_cache import plain_bytes as _plain_bytes
 
@@ -72,7 +74,8 @@ def result_key(tool: str, version: str, inputs: str | None) -> str | None:
     result is not to be kept."""
     if tool in UNCACHED_TOOLS or not version or inputs is None or not enabled():
         return None
-    return hashlib.sha256(f"{__version__}\0{tool}\0{version}\0{inputs}".encode()).hexdigest()
+    key = f"{__version__}\0{code_fingerprint()}\0{tool}\0{version}\0{inputs}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def get_or_run(key: str, run: Callable[[], LinterResult]) -> tuple[LinterResult, bool]:
