@@ -1,10 +1,12 @@
 """An audit's worker inherits its machinery from the fork server: a static audit forked after
-the preload imports nothing of its own, so concurrent audits spend their CPU on analysis, not
-on loading the same modules again (benchmarks/api_load.py prints the effect)."""
+the preload imports nothing of its own, and forks its Python peers rather than starting them,
+so concurrent audits spend their CPU on analysis, not on loading the same modules again
+(benchmarks/api_load.py prints the effect)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +42,52 @@ def test_a_static_audit_after_the_preload_loads_no_module(tmp_path: Path) -> Non
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["findings"] > 0 and seen["ledger"]
     assert seen["loaded"] == []
+
+
+PEERS_PROBE = """
+import importlib, json, os, shutil, subprocess, sys
+from pathlib import Path
+importlib.import_module("torchdoctor.api.worker")
+importlib.import_module(sys.argv[1])
+from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.checks.linters import warm
+started, forked = [], []
+popen, run_forked = subprocess.Popen.__init__, warm.run_forked
+def counted_popen(self, argv, *args, **kwargs):
+    started.append(os.path.basename(str(argv[0])))
+    popen(self, argv, *args, **kwargs)
+def counted_fork(entry, argv, *args, **kwargs):
+    forked.append(os.path.basename(argv[0]))
+    return run_forked(entry, argv, *args, **kwargs)
+subprocess.Popen.__init__ = counted_popen
+warm.run_forked = counted_fork
+target = Path(sys.argv[3]) / "src"
+target.mkdir()
+shutil.copyfile(sys.argv[2], target / "train.py")
+report = run_audit(AuditOptions(target=target, offline=True, linters=True)).report
+sources = sorted({e.source for f in report.findings for e in f.evidence})
+print(json.dumps({"started": sorted(started), "forked": sorted(forked), "sources": sources}))
+"""
+
+
+def test_the_python_peers_are_forked_warm_not_started(tmp_path: Path) -> None:
+    env = {**os.environ, "TORCHDOCTOR_LINTERS": "1", "TORCHDOCTOR_RESULT_CACHE": "0"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEERS_PROBE,
+            PRELOAD,
+            str(EXAMPLES / "train_buggy.py"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"bandit", "detect-secrets", "flake8"} <= set(seen["forked"])
+    assert not {"bandit", "detect-secrets", "flake8"} & set(seen["started"])
+    assert {"bandit", "torchfix"} <= set(seen["sources"])  # their reports read as evidence

@@ -108,14 +108,18 @@ def effective_config(options: AuditOptions, project: ProjectConfig) -> AuditConf
     if options.static_only:
         updates["run"] = []
     updates["run_budget"] = config.run_budget.capped()
-    env_linters = os.environ.get("TORCHDOCTOR_LINTERS", "").strip().lower()
-    if env_linters in ("0", "false", "no", "off"):
+    if linters_off_by_env():
         updates["linters"] = False
     if options.linters is not None:
         updates["linters"] = options.linters
     if options.peers is not None:
         updates["peers"] = options.peers
     return config.model_copy(update=updates)
+
+
+def linters_off_by_env() -> bool:
+    """`TORCHDOCTOR_LINTERS` turns the peers off (0, false, no, off)."""
+    return os.environ.get("TORCHDOCTOR_LINTERS", "").strip().lower() in ("0", "false", "no", "off")
 
 
 def snapshot(options: AuditOptions, config: AuditConfig, project: ProjectConfig) -> Workspace:

@@ -39,21 +39,6 @@ REQUEST_TIMEOUT_S = 10.0
 REFUSED_PREFIXES = ("--resume",)
 """Options the daemon leaves to a process of the user's own: resuming an audit replays its
 stored options (runs included), which a static hook never asks for."""
-SAMPLE = """\
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
-
-def train(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
-    model.train()
-    for x, y in loader:
-        loss = nn.functional.cross_entropy(torch.softmax(model(x), dim=-1), y)
-        loss.backward()
-        optimizer.step()
-    torch.save(model.state_dict(), "model.pt")
-"""
-"""What the warm-up audits: a training loop, so the rules' lazy imports and caches load."""
 
 
 def main() -> None:
@@ -97,24 +82,14 @@ def _folder_lock(folder: str) -> Iterator[bool]:
 
 def warm_up() -> None:
     """Import what an audit and its peers import, and fill the caches a first audit fills."""
-    from torchdoctor.agent.checks.linters import warm
-    from torchdoctor.agent.checks.linters.process import resolve_executable, tool_environment
-    from torchdoctor.agent.checks.linters.runner import default_adapters
+    from torchdoctor.agent.checks.linters.warm_up import SAMPLE, warm_peers
 
-    warm.preload()
     with tempfile.TemporaryDirectory(prefix="td-daemon-warm-") as scratch:
         project = Path(scratch)
         (project / "train.py").write_text(SAMPLE, encoding="utf-8")
         with _quiet_streams():
             _run_cli(["audit", "train.py", "--no-ledger", "--no-linters", "-q", *_HOOK], project)
-        for adapter in default_adapters(offline=True):
-            executable = getattr(adapter, "executable", "")
-            path = resolve_executable(executable) if executable else None
-            command = getattr(adapter, "command", None)
-            if path is None or command is None or warm.entry_for(path) is None:
-                continue
-            argv = command(path, ["train.py"], project)
-            warm.import_modules(warm.late_imports(path, argv, project, tool_environment(), 60.0))
+        warm_peers(project)
     # What is loaded now lives as long as the daemon: out of the collector's sight, a worker's
     # collections neither walk it (CPU) nor touch its pages (copy-on-write faults).
     gc.collect()

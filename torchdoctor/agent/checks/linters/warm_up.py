@@ -1,0 +1,58 @@
+"""Make a long-lived process that forks audits (the hook's daemon, the API's fork server) a warm
+home for the Python peers: their entry points imported, and the modules a run of each loads
+late (plugins found at run time) imported too. Every audit forked from it then forks its peers
+instead of starting them: ~1.2 s of CPU less per audit, most of a one-file audit's cost.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from torchdoctor.agent.checks.linters import warm
+from torchdoctor.agent.checks.linters.process import resolve_executable, tool_environment
+from torchdoctor.agent.checks.linters.runner import default_adapters
+
+SAMPLE = """\
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def train(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
+    model.train()
+    for x, y in loader:
+        loss = nn.functional.cross_entropy(torch.softmax(model(x), dim=-1), y)
+        loss.backward()
+        optimizer.step()
+    torch.save(model.state_dict(), "model.pt")
+"""
+"""A small training script: what the peers' warm-up runs read."""
+
+WARM_UP_TIMEOUT_S = 60.0
+
+
+def warm_peers(project: Path | None = None) -> list[str]:
+    """Preload the Python peers, then run each once (in a fork, on `project`'s `train.py`, or
+    on `SAMPLE` in a scratch folder) and import what that run loaded late; the peers preloaded.
+    """
+    loaded = warm.preload()
+    if project is None:
+        with tempfile.TemporaryDirectory(prefix="td-warm-peers-") as scratch:
+            (Path(scratch) / "train.py").write_text(SAMPLE, encoding="utf-8")
+            _import_late_modules(Path(scratch))
+    else:
+        _import_late_modules(project)
+    return loaded
+
+
+def _import_late_modules(project: Path) -> None:
+    for adapter in default_adapters(offline=True):
+        executable = getattr(adapter, "executable", "")
+        path = resolve_executable(executable) if executable else None
+        command = getattr(adapter, "command", None)
+        if path is None or command is None or warm.entry_for(path) is None:
+            continue
+        argv = command(path, ["train.py"], project)
+        late = warm.late_imports(path, argv, project, tool_environment(), WARM_UP_TIMEOUT_S)
+        warm.import_modules(late)
