@@ -23,6 +23,7 @@ from torchdoctor import __version__
 from torchdoctor.api import ops
 from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.dispatcher import Dispatcher
+from torchdoctor.api.event_watch import EventWatch
 from torchdoctor.api.executor import Executor, executor_for
 from torchdoctor.api.models import SubmitFiles
 from torchdoctor.api.routes import approvals, audits, results, review, sessions
@@ -108,17 +109,19 @@ def create_app(
     store = Store(open_engine(settings.url))
     pool = executor or executor_for(settings)
     dispatcher = Dispatcher(store, pool, settings.lease_seconds, interval_s=poll_s)
+    event_watch = EventWatch(store, poll_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.audits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        task = asyncio.create_task(dispatcher.run_forever())
+        tasks = [asyncio.create_task(loop.run_forever()) for loop in (dispatcher, event_watch)]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             pool.close()
 
     app = FastAPI(
@@ -131,6 +134,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.dispatcher = dispatcher
+    app.state.event_watch = event_watch
     app.state.sessions = session_service(store, settings)
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute)
     app.state.metrics = ops.metrics_registry(store)

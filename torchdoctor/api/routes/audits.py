@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Annotated, Any
 
-from anyio import sleep, to_thread
+from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from torchdoctor.agent.audit import AuditChoices
 from torchdoctor.api.auth import Caller, StoreDep, too_many
 from torchdoctor.api.dispatcher import wake_dispatcher
+from torchdoctor.api.event_watch import EventWatch
 from torchdoctor.api.intake import (
     IntakeLimits,
     SubmissionRejected,
@@ -32,6 +33,9 @@ from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url, no_su
 from torchdoctor.api.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"], responses=ERRORS)
+
+LOOK_AGAIN_S = 5.0
+"""The longest an event stream trusts the server's `EventWatch` before it reads its audit itself."""
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -200,7 +204,7 @@ async def audit_events(
     """Each event has an increasing `id`, a type (`state`, `phase`, `point`, `gate`, `fix`,
     ...) and a JSON payload. The stream ends once the audit is done, failed or cancelled."""
     await to_thread.run_sync(audit_or_404, store, audit_id, who)
-    poll_s: float = request.app.state.poll_s
+    watch: EventWatch = request.app.state.event_watch
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         last = last_event_id if last_event_id is not None else (after or 0)
@@ -216,7 +220,7 @@ async def audit_events(
                 continue
             if record is None or record.state.final:
                 return
-            await sleep(poll_s)
+            await watch.news(audit_id, last, timeout_s=LOOK_AGAIN_S)
 
     return EventSourceResponse(stream(), ping=15)
 

@@ -362,6 +362,16 @@ class Store:
             )
             return int(newest or 0)
 
+    def newest_event_ids(self, audit_ids: list[str]) -> dict[str, int]:
+        """Each audit's newest event id (audits without events are left out), in one read."""
+        with self._session() as session:
+            rows = session.execute(
+                select(EventRow.audit_id, func.max(EventRow.id))
+                .where(EventRow.audit_id.in_(audit_ids))
+                .group_by(EventRow.audit_id)
+            ).all()
+            return {audit_id: int(newest) for audit_id, newest in rows}
+
     def events_after(self, audit_id: str, after: int, limit: int = 500) -> list[AuditEvent]:
         with self._session() as session:
             rows = session.scalars(

@@ -1,0 +1,81 @@
+"""The server's event watch: one store read a tick however many streams wait, and a waiting
+stream woken by its own audit's news only (a real SQLite store)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from torchdoctor.agent.audit import AuditChoices
+from torchdoctor.api.event_watch import EventWatch
+from torchdoctor.api.store.engine import migrate, open_engine
+from torchdoctor.api.store.store import Store
+
+
+class CountedStore(Store):
+    def __init__(self, path: Path) -> None:
+        engine = open_engine(f"sqlite:///{path}")
+        migrate(engine)
+        super().__init__(engine)
+        self.reads = 0
+
+    def newest_event_ids(self, audit_ids: list[str]) -> dict[str, int]:
+        self.reads += 1
+        return super().newest_event_ids(audit_ids)
+
+
+def test_one_read_a_tick_wakes_only_the_streams_with_news(tmp_path: Path) -> None:
+    store = CountedStore(tmp_path / "api.sqlite")
+    ids = [f"a{n}" for n in range(10)]
+    for audit_id in ids:
+        store.create_audit(audit_id, "acme", AuditChoices(), "/nowhere")  # writes one event
+    seen = store.newest_event_ids(ids)
+    assert set(seen) == set(ids)
+    store.reads = 0
+
+    async def scenario() -> tuple[list[str], float]:
+        watch = EventWatch(store, poll_s=0.05)
+        ticking = asyncio.create_task(watch.run_forever())
+        woken: list[str] = []
+
+        async def follow(audit_id: str) -> None:
+            await watch.news(audit_id, seen[audit_id], timeout_s=30)
+            woken.append(audit_id)
+
+        followers = [asyncio.create_task(follow(audit_id)) for audit_id in ids]
+        await asyncio.sleep(0.3)
+        assert woken == []
+        started = time.monotonic()
+        await asyncio.to_thread(store.add_event, "a3", "phase", {"phase": 1})
+        await asyncio.wait_for(followers[3], 5)
+        latency = time.monotonic() - started
+        await asyncio.sleep(0.2)
+        for follower in followers:
+            follower.cancel()
+        ticking.cancel()
+        return woken, latency
+
+    started = time.monotonic()
+    woken, latency = asyncio.run(scenario())
+    ticks = (time.monotonic() - started) / 0.05
+    assert woken == ["a3"]
+    assert latency < 2.0
+    assert 0 < store.reads <= ticks + 1  # not one a stream
+
+
+def test_a_wait_ends_at_its_timeout_without_news(tmp_path: Path) -> None:
+    store = CountedStore(tmp_path / "api.sqlite")
+    store.create_audit("a1", "acme", AuditChoices(), "/nowhere")
+    newest = store.newest_event_ids(["a1"])["a1"]
+
+    async def scenario() -> float:
+        watch = EventWatch(store, poll_s=0.05)
+        ticking = asyncio.create_task(watch.run_forever())
+        started = time.monotonic()
+        await watch.news("a1", newest, timeout_s=0.3)
+        ticking.cancel()
+        assert watch._waiting == {}  # nothing left behind
+        return time.monotonic() - started
+
+    assert 0.3 <= asyncio.run(scenario()) < 3.0
