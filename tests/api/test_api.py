@@ -184,6 +184,45 @@ def test_another_tenants_audit_does_not_exist(
     assert audit_id not in [a["id"] for a in other.get("/v1/audits").json()]
 
 
+BODIES = {
+    ("patch", "/v1/audits/{audit_id}/findings/{finding_id}"): {"status": "wont-fix", "reason": "x"},
+    ("post", "/v1/audits/{audit_id}/approvals"): {"decisions": []},
+    ("post", "/v1/sessions/{session_id}/messages"): {"text": "help"},
+}
+"""A valid body for each route that takes one: a refusal must come from the tenant check."""
+
+
+def test_no_route_discloses_another_tenants_audit_or_session(
+    server: Server, acme: httpx.Client, keys: dict[str, str], finished: Any
+) -> None:
+    """Every route of the OpenAPI document that names an audit or a session answers another
+    tenant exactly as it answers an id that does not exist."""
+    audit_id, _ = finished
+    session = acme.post("/v1/sessions", json={"audit_id": audit_id})
+    assert session.status_code == 201, session.text
+    finding = acme.get(f"/v1/audits/{audit_id}/findings").json()[0]["id"]
+    theirs = {"audit_id": audit_id, "session_id": session.json()["id"]}
+    unknown = {"audit_id": uuid.uuid4().hex, "session_id": uuid.uuid4().hex}
+    fixed = {"finding_id": finding, "index": "0", "kind": "loss"}
+    other = server.client(keys["other"])
+    checked = []
+    for path, methods in acme.get("/openapi.json").json()["paths"].items():
+        named = [name for name in theirs if f"{{{name}}}" in path]
+        if not named:
+            continue
+        for method in methods:
+            body = BODIES.get((method, path))
+            answers = []
+            for ids in (theirs, unknown):
+                url = path.format(**fixed, **ids)
+                answer = other.request(method.upper(), url, json=body)
+                detail = answer.json()["detail"]
+                answers.append((answer.status_code, detail.replace(ids[named[0]], "ID")))
+            assert answers[0] == answers[1] and answers[0][0] == 404, (method, path, answers)
+            checked.append((method, path))
+    assert len(checked) >= 18, checked  # 13 audit routes, 5 session routes
+
+
 def _zip_slip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as bundle:
