@@ -1,7 +1,8 @@
 """What keeps a pre-commit audit fast: no `--version` subprocess for peers that are this
 environment's own, no durable checkpoints for an audit that is cheaper to redo than to resume,
-no LangGraph (nor libcst) for a static-only audit, which still gets the graph's report and
-ledger, nor Jinja when no ledger is written. (The figures are printed by benchmarks/latency.py.)"""
+no LangGraph (nor libcst, nor the LLM's configuration) for a static-only audit, which still
+gets the graph's report and ledger, nor Jinja when no ledger is written. (The figures are
+printed by benchmarks/latency.py.)"""
 
 from __future__ import annotations
 
@@ -109,7 +110,17 @@ def test_the_static_path_gives_the_graph_paths_report_and_ledger(tmp_path: Path)
     assert sorted(trace) == sorted(graph_trace)
 
 
-def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "unloaded"),
+    [
+        ([], ()),
+        # The hook's audit is offline: whether an LLM is configured is not even read.
+        (["--static-only"], ("torchdoctor.agent.reasoning.llm", "torchdoctor.agent.harness")),
+    ],
+)
+def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(
+    tmp_path: Path, options: list[str], unloaded: tuple[str, ...]
+) -> None:
     target = tmp_path / "train.py"
     shutil.copyfile(EXAMPLES / "train_buggy.py", target)
     probe = (
@@ -118,10 +129,12 @@ def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(tmp_path: Path) -
         "except SystemExit:\n    pass\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'langgraph', 'langchain_core', "
         "'libcst', 'torch', 'jinja2'})\n"
+        f"heavy += sorted(set({list(unloaded)!r}) & set(sys.modules))\n"
         "print(heavy, file=sys.stderr)\n"
     )
+    audit = ["audit", str(target), "--no-ledger", "-f", "json", "-q", *options]
     done = subprocess.run(
-        [sys.executable, "-c", probe, "audit", str(target), "--no-ledger", "-f", "json", "-q"],
+        [sys.executable, "-c", probe, *audit],
         capture_output=True,
         text=True,
         check=False,

@@ -30,7 +30,6 @@ from torchdoctor.agent.options import (
     project_of,
     snapshot,
 )
-from torchdoctor.agent.probing import split_command
 from torchdoctor.agent.reasoning.base import Reasoner
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.safefs import GuardedTree, display_name
@@ -82,6 +81,8 @@ def new_audit_id() -> str:
 
 def choose_reasoner(options: AuditOptions, config: AuditConfig, workspace: Workspace) -> Reasoner:
     """The offline reasoner unless an LLM is configured and `--offline` was not given."""
+    if options.offline:  # the LLM's configuration is neither read nor imported
+        return OfflineReasoner()
     from torchdoctor.agent.reasoning.llm import build_reasoner, load_reasoner_config
 
     table = {key.replace("-", "_"): value for key, value in config.llm.items()}
@@ -140,6 +141,10 @@ def clean_after_crashes(target: Path) -> None:
 
 def check_run_commands(commands: list[str], workspace: Workspace) -> None:
     """Each command to run is `python SCRIPT.py ...` on an audited script, or `InputError`."""
+    if not commands:
+        return  # a static audit: the probing machinery stays unimported
+    from torchdoctor.agent.probing import split_command
+
     for command in commands:
         try:
             script, _args = split_command(command)

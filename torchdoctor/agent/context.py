@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.cluster.config import ClusterConfig
 from torchdoctor.agent.config import RunBudget
-from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.reasoning.base import Reasoner
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox.protocol import Sandbox
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.linters.runner import LinterRun
+    from torchdoctor.agent.harness import Harness
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -74,7 +74,10 @@ class AuditContext:
     """Where the heavy work runs (`TORCHDOCTOR_EXECUTOR`): this machine or a Ray cluster."""
 
     def harness(self, budget: RunBudget, gpu: bool) -> Harness:
-        """The probes harness client on this audit's sandbox (audit runs and fix checks)."""
+        """The probes harness client on this audit's sandbox (audit runs and fix checks);
+        imported here, as a static audit never needs it."""
+        from torchdoctor.agent.harness import Harness
+
         return Harness(self.sandbox.get(), budget, gpu=gpu)
 
     def emit(self, event: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,12 +26,14 @@ from torchdoctor.agent.evidence.probe_schema import (
 )
 from torchdoctor.agent.evidence.probe_schema import Outcome as RunOutcome
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
-from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.reasoning.inquiry import ProbeOutcome
 from torchdoctor.agent.workspace import Workspace
 from torchdoctor.sandbox.workspace import WorkspaceError, remove_workspace, stage_workspace
+
+if TYPE_CHECKING:  # the run models (the audit state holds them) without the harness client
+    from torchdoctor.agent.harness import Harness, HarnessCall
 
 _ENTRY_HINTS = ("optim.", "Optimizer", ".backward(", "model(")
 
@@ -135,6 +138,8 @@ def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
 
 def harness_call(request: RunRequest, script: str, args: list[str], nproc: int = 1) -> HarnessCall:
     """An audit run of `script`: the request's steps and probes, seeded."""
+    from torchdoctor.agent.harness import HarnessCall
+
     return HarnessCall(
         script=script,
         args=args,
