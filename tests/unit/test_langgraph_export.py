@@ -46,6 +46,16 @@ def test_graph_command_prints_the_nodes_as_mermaid() -> None:
     assert "approve" in result.stdout and "graph TD" in result.stdout
 
 
+def test_the_readme_pictures_the_graph_that_runs() -> None:
+    """The README's Mermaid block is what `torchdoctor graph` prints today (a node or an edge
+    added to the graph and not to the README fails here)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The audit graph") :]
+    start = section.index("```mermaid\n") + len("```mermaid\n")
+    picture = section[start : section.index("```", start)]
+    assert picture == CliRunner().invoke(app, ["graph"]).stdout
+
+
 def test_langgraph_json_mounts_the_rest_api(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
