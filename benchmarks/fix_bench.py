@@ -153,6 +153,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
             gpu=cuda,
             budget=GPU_BUDGET if cuda else None,
             compile_modes=tuple(args.compile_modes.split(",")),
+            deadline=time.monotonic() + args.fix_budget_s if args.fix_budget_s else None,
             progress=lambda line: print(
                 f"  [{time.perf_counter() - started:6.0f}s] {line}", flush=True
             ),
@@ -451,6 +452,13 @@ def main() -> None:
         "--compile-modes",
         default=",".join(COMPILE_MODES),
         help="torch.compile modes the ladder may try, comma-separated",
+    )
+    parser.add_argument(
+        "--fix-budget-s",
+        type=float,
+        default=None,
+        help="start no fix verification after this many seconds (the rest stay unverified, "
+        "the verified ones are combined and timed): one device call ends with a before/after",
     )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fix-bench")

@@ -4,6 +4,7 @@ benchmarks/fix_bench.py); the memory a compile verification is given."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
 from torchdoctor.agent.fixes.compile_ladder import climb, measure, one_off_s
 from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.pipeline import OUT_OF_TIME, propose_and_verify
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stacked import stacked_spec
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -231,3 +233,27 @@ def test_compile_verification_gets_the_compilers_host_memory(tmp_path: Path) -> 
     assert fused is not None
     spec = stacked_spec(FixSpec.of(fused), [_finding("no-torch-compile")])
     assert spec.extra_memory_mb == COMPILER_HOST_MB
+
+
+def test_no_mode_is_tried_past_the_deadline(tmp_path: Path) -> None:
+    _, finding = _compile_finding(tmp_path)
+    verifier = _ScriptedVerifier(tmp_path, {"reduce-overhead": [_run(40.0, wall_s=60.0)]})
+    climbed = climb(verifier, finding, [_run(50.0, wall_s=45.0)], deadline=time.monotonic() - 1)
+    assert verifier.modes_tried == []
+    assert climbed.fix is not None and climbed.fix.diff == "default diff"
+    detail = climbed.fix.verification[-1].detail
+    assert "reduce-overhead: not verified (the time budget ran out)" in detail
+
+
+def test_past_the_fix_stages_deadline_fixes_stay_proposed_and_unverified(tmp_path: Path) -> None:
+    # a GPU lease that ends mid-stage: the fixes not yet started keep their codemod's diff,
+    # unverified, with the reason (the verified ones would still be combined and timed)
+    _, finding = _compile_finding(tmp_path)
+    open_finding = finding.model_copy(update={"fix": None})
+    [late] = propose_and_verify(tmp_path, [open_finding], None, deadline=time.monotonic() - 1)
+    assert late.fix is not None and not late.fix.verified
+    assert "model.compile()" in late.fix.diff
+    assert [(v.step, v.detail) for v in late.fix.verification] == [("time-budget", OUT_OF_TIME)]
+    [in_time] = propose_and_verify(tmp_path, [open_finding], None, deadline=None)
+    assert in_time.fix is not None
+    assert "time-budget" not in [v.step for v in in_time.fix.verification]

@@ -14,6 +14,7 @@ step from which that cost is paid back, and the run's peak host memory are repor
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,10 +104,12 @@ def climb(
     default_runs: list[SmokeRun],
     say: Callable[[str], None] = lambda _line: None,
     modes: tuple[str, ...] = COMPILE_MODES,
+    deadline: float | None = None,
 ) -> Finding:
     """`finding` (its default-mode compile fix verified, measured by `default_runs`) with the
     fastest of `modes` that beat the cheaper ones beyond noise as its fix, and the ladder
-    reported (`modes` narrows the ladder when compile time is scarce)."""
+    reported (`modes` narrows the ladder when compile time is scarce; past `deadline`, a
+    `time.monotonic()` value, no further mode is tried)."""
     codemod = codemod_for(RULE)
     assert codemod is not None and finding.fix is not None
     source = GuardedTree(verifier.root).read_text(finding.file)
@@ -123,6 +126,9 @@ def climb(
         if fixed is None:
             rungs.append(Rung(mode=mode, verified=False, why_not="the codemod does not apply"))
             continue
+        if _past(deadline):
+            rungs.append(Rung(mode=mode, verified=False, why_not="the time budget ran out"))
+            continue
         say(f"  compile ladder: verifying mode={mode}")
         diff = unified_diff(finding.file, source, fixed)
         patch = Patch(finding_id=finding.id, rule=RULE, diff=diff, files=[finding.file])
@@ -134,7 +140,11 @@ def climb(
             continue
         runs = list(verifier.last_runs)
         versus = speed_up([r.step_times_s for r in best_runs], [r.step_times_s for r in runs])
-        while versus.verdict is Verdict.INCONCLUSIVE and len(runs) < verifier.max_timing_runs:
+        while (
+            versus.verdict is Verdict.INCONCLUSIVE
+            and len(runs) < verifier.max_timing_runs
+            and not _past(deadline)
+        ):
             # undecided: more interleaved runs of both versions, as for a fix's own speed-up
             more = [verifier.patched_run(best_diff, spec), verifier.patched_run(diff, spec)]
             if not all(run.ok and run.step_times_s for run in more):
@@ -177,6 +187,10 @@ def climb(
             )
         )
     return finding.model_copy(update={"fix": fix, "evidence": evidence})
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def ladder_applies(finding: Finding, root: Path) -> bool:

@@ -3,6 +3,7 @@ together. Nothing here touches the user's files (see `apply.apply_fixes`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def propose_and_verify(
     config: EngineConfig | None = None,
     progress: Callable[[str], None] | None = None,
     compile_modes: tuple[str, ...] = COMPILE_MODES,
+    deadline: float | None = None,
 ) -> list[Finding]:
     """Return `findings` with `fix` filled where a codemod applies, each fix verified alone
     (phase order, earlier phases first) and then in combination with the fixes before it.
@@ -105,7 +107,10 @@ def propose_and_verify(
     Without `run_command` (or a sandbox) verification stops after the static steps and no fix
     is marked verified. On GPU a verified `model.compile()` climbs the compile-mode ladder
     (`compile_ladder`). A fix whose verification fails leaves its finding open, with the
-    failing step and its reason in `fix.verification`.
+    failing step and its reason in `fix.verification`. Past `deadline` (a `time.monotonic()`
+    value) no further fix, compile mode or re-measurement is started: the rest stay unverified
+    with the reason, and the fixes verified so far are still combined, so a run cut by a time
+    limit (a GPU lease) ends with a result rather than nothing.
     """
     say = progress or (lambda _line: None)
     runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
@@ -129,6 +134,10 @@ def propose_and_verify(
             by_id[finding.id] = _with_refusal(workspace_root, finding)
             continue
         spec = FixSpec.of(codemod)
+        if _past(deadline):
+            by_id[finding.id] = _out_of_time(finding, patch.diff)
+            say(f"  {finding.rule}: {OUT_OF_TIME}")
+            continue
         say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
         checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
         say(f"  {finding.rule}: {verdict_line(checks)}")
@@ -143,13 +152,29 @@ def propose_and_verify(
         )
         if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
             by_id[finding.id] = climb(
-                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes
+                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, deadline
             )
         if verified:
             specs[finding.id] = spec
-    _retry_small_gains(verifier, by_id, specs, say)
+    if not _past(deadline):
+        _retry_small_gains(verifier, by_id, specs, say)
     _combine_verified(verifier, by_id, specs, say)
     return [by_id[f.id] for f in findings]
+
+
+OUT_OF_TIME = "not verified: the fix stage's time budget ran out before it"
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _out_of_time(finding: Finding, diff: str) -> Finding:
+    """The finding with its codemod's fix proposed but unverified, saying why."""
+    check = Verification(step="time-budget", ok=False, detail=OUT_OF_TIME)
+    return finding.model_copy(
+        update={"fix": Fix(diff=diff, verified=False, origin="codemod", verification=[check])}
+    )
 
 
 def _with_refusal(workspace_root: Path, finding: Finding) -> Finding:
