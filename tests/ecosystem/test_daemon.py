@@ -5,9 +5,11 @@ serve, the client audits itself. Real daemons, real sockets, real peer linters."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -263,6 +265,57 @@ def test_the_daemon_started_by_the_hook_is_current_for_python_m(daemon: dict[str
         check=False,
     )
     assert status.returncode == 0 and "(current)" in status.stdout, status.stdout
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_that_request_only(daemon: dict[str, str], tmp_path: Path) -> None:
+    """A worker killed in the middle of an audit: that hook call fails with one line (its
+    report may be half written, so the client does not audit again), the daemon serves on."""
+    if not any(resolve_executable(peer) for peer in ("ruff", "bandit", "flake8")):
+        pytest.skip("no peer linter: nothing shows the worker's audit under way")
+    project = tmp_path / "project"
+    project.mkdir()
+    for n in range(40):  # enough work that the audit is still running when its worker dies
+        shutil.copyfile(EXAMPLES / "train_buggy.py", project / f"train_{n}.py")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(_socket(daemon)))
+        wire.send(sock, wire.request("ping"))
+        daemon_pid = wire.receive_reply(sock)["pid"]
+    assert not _children(daemon_pid)
+    hook = subprocess.Popen(
+        [sys.executable, "-P", "-c", THROUGH_DAEMON, ".", "--no-ledger", "-f", "json", "-q"],
+        cwd=project,
+        env=daemon,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while time.monotonic() < deadline:  # until the worker has started its peers: accepted
+        workers = _children(daemon_pid)
+        with contextlib.suppress(OSError):
+            if any(_children(worker) for worker in workers):
+                break
+        time.sleep(0.005)
+    assert workers and hook.poll() is None
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
+    _, stderr = hook.communicate(timeout=60)
+    assert hook.returncode == 2
+    assert "the daemon stopped in the middle of the audit" in stderr
+    assert "served-by-daemon: True" in stderr and "Traceback" not in stderr
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(_socket(daemon)))
+        wire.send(sock, wire.request("ping"))
+        assert wire.receive_reply(sock)["pid"] == daemon_pid
 
 
 @pytest.mark.slow
