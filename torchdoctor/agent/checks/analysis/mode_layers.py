@@ -69,6 +69,11 @@ def _part_mode_free(ctx: ModuleContext, part: ast.expr, depth: int) -> bool:
     return False
 
 
+def class_mode_free(ctx: ModuleContext, cls: ast.ClassDef) -> bool:
+    """A module class whose every layer is seen and none acts differently in training mode."""
+    return _class_mode_free(ctx, cls, 0)
+
+
 def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
     """A local module class: its bases are nn.Module or mode-free local classes, and every
     layer, functional call and attribute in its body is known to ignore the mode."""
@@ -84,6 +89,8 @@ def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
         if not isinstance(node, ast.Call):
             continue
         qual = ctx.flow.qualname_of(node) or ""
+        if qual.startswith("torch.nn.init."):
+            continue  # initialises weights; builds no layer
         if qual.startswith("torch.nn.functional."):
             if qual.rsplit(".", 1)[-1] in _MODE_FUNCTIONS:
                 return False

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
-from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, mode_layer
+from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
 
@@ -35,6 +35,7 @@ Property = Literal[
     "mode-dependent",
     "left-in-train-mode-by-a-caller",
     "called-in-train-mode",
+    "not-mode-free",
 ]
 FACTS_KEY = "semantic"
 MODE_CALLS_KEY = "mode-calls"
@@ -58,6 +59,8 @@ class ClassSummary(_Model):
     line: int
     output: Output | None = None
     mode_layer: str | None = None
+    mode_free: bool = False
+    """Every layer it builds is seen and none acts differently in training mode."""
     submodules: list[str] = Field(default_factory=list)
     """Classes imported from other files that it builds (`self.inc = DoubleConv(3, 64)`)."""
 
@@ -202,6 +205,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 line=cls.lineno,
                 output=_forward_output(ctx, cls) if activations else None,
                 mode_layer=mode_layer(ctx, cls) if modes else None,
+                mode_free=class_mode_free(ctx, cls),
                 submodules=_imported_submodules(ctx, cls),
             )
     if ".step(" in text:
@@ -429,12 +433,15 @@ class ProjectIndex:
             or dotted.endswith("." + s.module)
         ]
 
-    def has(self, symbol: str, needs: Property) -> bool:
+    def has(self, symbol: str, needs: Property, near: str | None = None) -> bool:
         if needs in ("left-in-train-mode-by-a-caller", "called-in-train-mode"):
             modes = self._callers_in_eval_mode(symbol)
             if needs == "left-in-train-mode-by-a-caller":
                 return not modes or not all(modes)  # no caller seen, or one without .eval()
             return bool(modes) and not all(modes)
+        if needs == "not-mode-free":  # unless the class is found and known to be mode-free
+            cls = self._class(symbol, near)
+            return cls is None or not cls.mode_free
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
         if not candidates and needs == "splits-data":  # `pkg.mod.Class.method`
@@ -454,9 +461,16 @@ class ProjectIndex:
             return fn is not None and fn.splits_data
         return fn is not None and fn.steps_optimizer
 
-    def _class(self, symbol: str) -> ClassSummary | None:
+    def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:
+        """The class `symbol` names; several modules matching the import (a repository of
+        examples, each with its own `model.py`) are told apart by the importing file's
+        package when `near` gives it."""
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
+        if len(candidates) > 1 and near is not None:
+            package = module_name(near).rpartition(".")[0]
+            sibling = f"{package}.{module}" if package else module
+            candidates = [c for c in candidates if c.module == sibling]
         return candidates[0].classes.get(name) if len(candidates) == 1 else None
 
     def _mode_dependent(self, symbol: str, depth: int) -> bool:
@@ -475,6 +489,8 @@ class ProjectIndex:
             for raw in module_facts.get(f"pending:{rule_id}", []):
                 pending = Pending.model_validate(raw)
                 where = (pending.finding.file, pending.finding.line)
-                if where not in found and self.has(pending.symbol, pending.needs):
+                if where not in found and self.has(
+                    pending.symbol, pending.needs, near=pending.finding.file
+                ):
                     found[where] = pending.finding
         return list(found.values())

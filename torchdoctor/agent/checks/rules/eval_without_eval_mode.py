@@ -20,7 +20,9 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     Property,
     defer,
+    imported_classes,
     module_name,
+    publish,
     publish_mode_calls,
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
@@ -87,6 +89,8 @@ class EvalWithoutEvalMode(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
+        if "forward" in ctx.source:
+            publish(ctx)  # whether its classes are mode-free, for the modules importing them
         if (
             "no_grad" not in ctx.source
             and "inference_mode" not in ctx.source
@@ -132,12 +136,15 @@ class EvalWithoutEvalMode(Rule):
             needs = _callers_decide(ctx, owner, call, elsewhere)
             if elsewhere and needs is None:
                 continue  # a method whose callers are in other files: not followed
-            if needs is None:
-                ctx.findings.append(found)
-            else:
+            if needs is not None:
                 assert owner is not None
                 symbol = f"{module_name(ctx.path)}.{owner.name}"
                 defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
+            elif not known and len(built := imported_classes(ctx, model_of(call))) == 1:
+                # a class from another file: the project pass knows whether it is mode-free
+                defer(ctx, self.id, Pending(symbol=built[0], needs="not-mode-free", finding=found))
+            else:
+                ctx.findings.append(found)
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
