@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
 
@@ -32,8 +33,12 @@ _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
 class DeviceMismatchFactoryInForward(Rule):
     """Detects tensor factories (`torch.zeros/ones/empty/full/rand/randn/randint/arange/eye/
     linspace/tensor`) called inside an `nn.Module.forward` without `device=` and without an
-    immediate `.to(...)`/`.cuda()`/`.type_as(...)`. Scalar `torch.tensor(0.5)` and
-    `torch.tensor(2.0 / torch.pi)` are not reported (0-dim CPU tensors mix with CUDA tensors).
+    `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
+    .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
+    torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
+    (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), and scripts
+    that never mention a device (a `__main__` guard or a module-level loop and no cuda,
+    device or accelerator anywhere: the model runs on the CPU).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -60,6 +65,8 @@ class DeviceMismatchFactoryInForward(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "def forward" not in ctx.source:
             return
+        if not touches_accelerator(ctx.source) and is_script(ctx.tree):
+            return  # a CPU-only script: there is no other device to mismatch
         flow = ctx.flow
         for name in sorted(flow.module_classes):
             for stmt in flow.classes[name].body:
@@ -90,8 +97,15 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     )
     if scalar and ctx.flow.qualname_of(call) == "torch.tensor":
         return True
-    parent = ctx.parents.get(call)
-    return isinstance(parent, ast.Attribute) and parent.attr in _MOVES
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute | ast.Tuple) or (
+        isinstance(parent, ast.Call) and parent.func is node
+    ):
+        if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
+            return True  # moved later in the chain: `.view(-1, 1).to(device)`
+        node, parent = parent, ctx.parents.get(parent)
+    return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
 
 
 def _scalar_arithmetic(expr: ast.expr) -> bool:
