@@ -21,6 +21,24 @@ def _built_by_another_framework(ctx: ModuleContext, receiver: ast.expr) -> bool:
     )
 
 
+_RREF_PROXIES = frozenset({"remote", "rpc_async", "rpc_sync"})
+
+
+def _rpc_proxy(ctx: ModuleContext, receiver: ast.expr) -> bool:
+    """`rref.remote().forward(x)` or a `RemoteModule`: torch.distributed.rpc's API, whose
+    `forward` is a remote call (the module is called on its owner); there is no `__call__`."""
+    if (
+        isinstance(receiver, ast.Call)
+        and isinstance(receiver.func, ast.Attribute)
+        and receiver.func.attr in _RREF_PROXIES
+    ):
+        return True
+    return any(
+        (ctx.flow.qualname_of(c) or "").startswith("torch.distributed.")
+        for c in ctx.flow.constructors(receiver)
+    )
+
+
 class DirectForwardCall(Rule):
     """Detects a module's `forward` method called directly (`model.forward(x)`,
     `self.encoder.forward(x)`).
@@ -30,7 +48,8 @@ class DirectForwardCall(Rule):
     skips all of them, so those features silently do nothing for that call. Calling the parent
     implementation (`super().forward(x)`, `nn.Module.forward(self, x)`) or `self.forward` from
     the class's own methods is fine and is not reported, and so is the `forward` of an object
-    another framework built (OpenCV's `cv2.dnn` nets).
+    another framework built (OpenCV's `cv2.dnn` nets) or of an RPC proxy (`rref.remote()`,
+    a `RemoteModule`), whose `forward` is the remote call.
 
     Example:
         logits = model.forward(images)
@@ -78,6 +97,8 @@ class DirectForwardCall(Rule):
             assert isinstance(call.func, ast.Attribute)
             if _built_by_another_framework(ctx, call.func.value):
                 continue  # `net = cv2.dnn.readNetFromONNX(w)`: `net.forward()` is OpenCV's own
+            if _rpc_proxy(ctx, call.func.value):
+                continue
             ctx.report(
                 self,
                 call,
