@@ -6,6 +6,7 @@ serve, the client audits itself. Real daemons, real sockets, real peer linters."
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -444,6 +445,27 @@ def test_a_forked_tool_past_its_limit_is_killed(tmp_path: Path) -> None:
     with pytest.raises(warm.WarmToolTimeout):
         warm.run_forked(hang, ["hang"], tmp_path, 0.5, {})
     assert time.monotonic() - started < 10
+
+
+def test_no_second_daemon_is_started_while_one_warms_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon warming up holds the lock but has no socket yet: the hook audits by itself
+    and starts no other daemon; once none holds the lock, the next call starts one."""
+    scratch = _short_folder()
+    try:
+        monkeypatch.setenv(runtime.RUNTIME_ENV, str(scratch))
+        started: list[str] = []
+        monkeypatch.setattr(client, "start_daemon", started.append)
+        folder = runtime.runtime_dir()
+        with open(runtime.lock_path(folder), "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the warming daemon holds it
+            assert runtime.starting_or_serving(folder)
+            assert client.through_daemon(["train.py"]) is None
+            assert started == []
+        assert not runtime.starting_or_serving(folder)
+        assert client.through_daemon(["train.py"]) is None
+        assert started == [folder]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_a_daemon_that_cannot_warm_up_is_not_started_again_for_that_code(

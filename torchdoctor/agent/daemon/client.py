@@ -59,7 +59,7 @@ def through_daemon(args: list[str]) -> int | None:
     try:
         sock = connect(folder)
     except OSError:
-        if not runtime.failed_before(folder, fingerprint):
+        if not (runtime.failed_before(folder, fingerprint) or runtime.starting_or_serving(folder)):
             start_daemon(folder)
         return None
     with sock:

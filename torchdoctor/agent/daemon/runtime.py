@@ -8,6 +8,7 @@ audits in its own process.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import site
 import stat
@@ -92,6 +93,24 @@ def lock_path(folder: str) -> str:
 
 def log_path(folder: str) -> str:
     return os.path.join(folder, f"{installation()}.log")
+
+
+def starting_or_serving(folder: str) -> bool:
+    """Whether a daemon holds this environment's lock (one warming up has no socket yet): the
+    client then starts no other, which would only wait for that lock and exit."""
+    try:
+        fd = os.open(lock_path(folder), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def failure_path(folder: str) -> str:
