@@ -38,7 +38,8 @@ def find_target(workspace: Workspace, runs: list[RunSummary]) -> ModelTarget | N
     observed = [(run, call) for run in runs for call in run.dataflow.calls if call.depth == 0]
     if not observed and runs:
         ran = "; ".join(
-            f"`{r.command}`: {r.outcome}" + (f" ({r.error})" if r.error else "") for r in runs
+            f"`{r.command}`: {r.outcome}" + (f" ({_first_sentence(r.error)})" if r.error else "")
+            for r in runs
         )
         return NoTarget(reason=f"no instrumented run called a model ({ran})")
     if not observed:
@@ -52,6 +53,13 @@ def find_target(workspace: Workspace, runs: list[RunSummary]) -> ModelTarget | N
             return found
         reasons.append(found.reason)
     return NoTarget(reason=reasons[0])
+
+
+def _first_sentence(error: str) -> str:
+    """`UnpicklingError: Weights only load failed.` of torch.load's paragraph: the reason is
+    repeated on every item the artifacts speak to, the run's finding has the rest."""
+    head, dot, rest = error.partition(". ")
+    return f"{head}." if dot and rest else error
 
 
 def _target_for(workspace: Workspace, script: str, call: FlowCall) -> ModelTarget | NoTarget:
