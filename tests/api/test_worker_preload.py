@@ -20,7 +20,9 @@ from pathlib import Path
 importlib.import_module("torchdoctor.api.worker")
 importlib.import_module(sys.argv[1])
 from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.api import logs
 before = set(sys.modules)
+logs.configure()  # as the worker starts
 target = Path(sys.argv[3]) / "src"
 target.mkdir()
 shutil.copyfile(sys.argv[2], target / "train.py")

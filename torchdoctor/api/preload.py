@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import importlib
 
+from torchdoctor.agent.checks.catalogue import catalogue
 from torchdoctor.agent.checks.fingerprint import code_fingerprint
 from torchdoctor.agent.checks.linters.warm_up import warm_peers
 from torchdoctor.agent.checks.registry import all_rules
@@ -28,11 +29,13 @@ MODULES = (
     "torchdoctor.agent.checks.analysis.callgraph",  # what some rules load on first use
     "torchdoctor.agent.localise",
     "torchdoctor.agent.reasoning.llm",  # the reasoner's configuration
+    "logging.config",  # the worker's JSON logs
 )
 
 for name in MODULES:
     importlib.import_module(name)
 all_rules()
+catalogue()  # the report names each rule from it
 for template in templates().list_templates():  # compiled once (the ledger includes others)
     templates().get_template(template)
 installed_torch_version()
