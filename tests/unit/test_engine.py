@@ -10,8 +10,9 @@ from typing import ClassVar
 
 import pytest
 
-from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, ModuleText, Rule
+from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
 from torchdoctor.agent.checks.engine import _walk, analyse_files, analyse_source
+from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.models import Severity
 
@@ -149,11 +150,15 @@ def test_calls_routed_by_callee_name_find_what_every_call_finds(
 
 
 def test_module_text_answers_like_the_source() -> None:
-    text = ModuleText("import torch\nLoss = torch.nn.MSELoss()\n")
-    for token in ("torch", "MSELoss", "backward", "", "\n", "nn.M"):
-        assert (token in text) is (token in str(text))
-        assert (token in text) is (token in str(text))  # the remembered answer
-    assert text.lower() == str(text).lower()
-    assert text == str(text) and text.splitlines() == str(text).splitlines()
+    source = "import torch\nLoss = torch.nn.MSELoss()  # é_quantized\udc80x\ty = f(a)[:, 0]\n"
+    text = ModuleText(source)
+    tokens = ["torch", "MSELoss", "backward", "", "\n", "nn.M", "quantiz", "rch.n", "f(a)"]
+    tokens += ["f(b)", "a)[:", ":]", "= torch.nn", "torch.optim", "_quantized", "é", "x", "\ty"]
+    tokens += [source[i:j] for i in range(0, len(source), 3) for j in range(i, len(source), 5)]
+    for token in tokens:
+        assert (token in text) is (token in source), token
+        assert (token in text) is (token in source), token  # the remembered answer
+    assert text.lower() == source.lower()
+    assert text == source and text.splitlines() == source.splitlines()
     with pytest.raises(TypeError):
         _ = 1 in text  # type: ignore[operator]

@@ -95,36 +95,6 @@ def numbered_excerpt(lines: Sequence[str], line: int, end_line: int, context: in
     )
 
 
-class ModuleText(str):
-    """A module's source that answers `token in text` and `lower()` once per module.
-
-    Rules gate on a few dozen words (`"backward" in ctx.source`); each miss scans the whole
-    file, and over a hundred rules ask, often the same words: the answers are remembered.
-    """
-
-    _found: dict[str, bool]
-    _lowered: str | None
-
-    def __new__(cls, text: str) -> ModuleText:
-        self = super().__new__(cls, text)
-        self._found = {}
-        self._lowered = None
-        return self
-
-    def __contains__(self, token: object, /) -> bool:
-        if not isinstance(token, str):
-            return str.__contains__(self, token)  # type: ignore[operator]  # str's TypeError
-        found = self._found.get(token)
-        if found is None:
-            found = self._found[token] = str.__contains__(self, token)
-        return found
-
-    def lower(self) -> str:
-        if self._lowered is None:
-            self._lowered = str.lower(self)
-        return self._lowered
-
-
 @dataclass
 class ModuleContext:
     """Everything a rule may read about one module, plus the sink it reports into."""

@@ -22,12 +22,12 @@ from torchdoctor.agent.checks.advice_scope import consolidate
 from torchdoctor.agent.checks.base import (
     EngineConfig,
     ModuleContext,
-    ModuleText,
     RawFinding,
     Rule,
 )
 from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
+from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
 from torchdoctor.sandbox.lifeline import die_with

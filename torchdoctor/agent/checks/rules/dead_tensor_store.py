@@ -12,6 +12,18 @@ _NOT_COMPUTE = frozenset(
     {"torch.load", "torch.save", "torch.manual_seed", "torch.device", "torch.no_grad"}
 )
 _BLOCKS = ("body", "orelse", "finalbody")
+_NESTING = (
+    ast.If,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.With,
+    ast.AsyncWith,
+    ast.Try,
+    ast.TryStar,
+    ast.AsyncFunctionDef,
+)
+"""The statements with a `_BLOCKS` field that `_blocks` descends into (not `def`/`class`)."""
 _TENSOR_MODULES = frozenset(
     {"torch", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special"}
 )
@@ -89,7 +101,7 @@ def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
             block = getattr(current, field, None)
             if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
                 found.append(block)
-                stack.extend(s for s in block if not isinstance(s, ast.FunctionDef | ast.ClassDef))
+                stack.extend(s for s in block if isinstance(s, _NESTING))
         if isinstance(current, ast.Try):
             stack.extend(current.handlers)
     return found

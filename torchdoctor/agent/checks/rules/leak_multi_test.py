@@ -59,7 +59,10 @@ class LeakMultiTest(Rule):
         if not any(word in text for word in _DECISION_WORDS):
             return
         flow = ctx.flow
+        ordered = _ordering_tests(ctx)
         for branch in flow.nodes(ast.If):
+            if id(branch) not in ordered:
+                continue
             metric = self._selection_metric(ctx, branch)
             if metric is not None:
                 self._report(ctx, branch.test, metric, "selects a model on it")
@@ -137,3 +140,22 @@ class LeakMultiTest(Rule):
             "test score is no longer an unbiased estimate",
             data={"metric": ast.unparse(metric)},
         )
+
+
+def _ordering_tests(ctx: ModuleContext) -> set[int]:
+    """The `if` statements whose test holds an ordering comparison (`acc > best`), found
+    from the module's comparisons up, not by walking every test."""
+    found: set[int] = set()
+    parents = ctx.parents
+    for compare in ctx.nodes_by_type().get(ast.Compare, ()):
+        if not isinstance(compare, ast.Compare):
+            continue
+        if not any(isinstance(op, _ORDERING) for op in compare.ops):
+            continue
+        child: ast.AST = compare
+        parent = parents.get(compare)
+        while parent is not None and not isinstance(parent, ast.stmt):
+            child, parent = parent, parents.get(parent)
+        if isinstance(parent, ast.If) and parent.test is child:
+            found.add(id(parent))
+    return found

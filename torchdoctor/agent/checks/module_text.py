@@ -1,0 +1,64 @@
+"""A module's source that answers the rules' `token in source` gates cheaply."""
+
+from __future__ import annotations
+
+import re
+
+_WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_WORDS_ONLY = bytes(c if c in _WORD_BYTES or c >= 0x80 else 0x20 for c in range(256))
+"""Every byte that is not a word character (ASCII letter, digit, `_`, or part of a non-ASCII
+character) becomes a space."""
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+
+
+class ModuleText(str):
+    """A module's source that answers `token in text` and `lower()` once per module.
+
+    Rules gate on a few hundred words (`"backward" in ctx.source`), most of them absent, and
+    each miss was a scan of the whole file. A token made of word characters can only occur
+    inside one of the source's words, so it is looked up in the module's distinct words
+    (built once, a sixth of the text on torch's sources); a token with other characters
+    is absent if one of its words is, and scanned for only when they all occur. Answers are
+    exact and remembered.
+    """
+
+    _found: dict[str, bool]
+    _lowered: str | None
+    _vocabulary: bytes | None
+
+    def __new__(cls, text: str) -> ModuleText:
+        self = super().__new__(cls, text)
+        self._found = {}
+        self._lowered = None
+        self._vocabulary = None
+        return self
+
+    def __contains__(self, token: object, /) -> bool:
+        if not isinstance(token, str):
+            return str.__contains__(self, token)  # type: ignore[operator]  # str's TypeError
+        found = self._found.get(token)
+        if found is None:
+            found = self._found[token] = self._search(token)
+        return found
+
+    def lower(self) -> str:
+        if self._lowered is None:
+            self._lowered = str.lower(self)
+        return self._lowered
+
+    def _search(self, token: str) -> bool:
+        words = _WORD.findall(token)
+        if not words:
+            return str.__contains__(self, token)
+        vocabulary = self._words()
+        if not all(word.encode("ascii") in vocabulary for word in words):
+            return False
+        return len(words[0]) == len(token) or str.__contains__(self, token)
+
+    def _words(self) -> bytes:
+        """The source's distinct words, space-separated (UTF-8 keeps ASCII bytes for ASCII
+        characters only, so a word found here is a word of the text)."""
+        if self._vocabulary is None:
+            encoded = str.encode(self, "utf-8", "surrogatepass")
+            self._vocabulary = b" ".join(set(encoded.translate(_WORDS_ONLY).split()))
+        return self._vocabulary
