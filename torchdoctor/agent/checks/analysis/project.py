@@ -11,7 +11,9 @@ would confirm it; the rule's `check_project` keeps those the project index confi
 from __future__ import annotations
 
 import ast
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,9 +38,18 @@ Property = Literal[
     "left-in-train-mode-by-a-caller",
     "called-in-train-mode",
     "not-mode-free",
+    "mode-layers-in-project",
 ]
 FACTS_KEY = "semantic"
 MODE_CALLS_KEY = "mode-calls"
+MODE_LAYERS_KEY = "may-hold-mode-layers"
+# Identifiers a module uses when a layer that acts differently in training mode may come from
+# it (names, attributes, keywords, parameters: comments and docstrings do not count).
+_MODE_IDENTIFIERS = re.compile(
+    r"dropout|Dropout|BatchNorm|batch_norm|InstanceNorm|instance_norm|DropPath|drop_path"
+    r"|^training$|^Transformer"
+)
+_MODEL_ZOOS = ("torchvision", "timm", "transformers", "diffusers", "open_clip")
 _MAX_IMPORT_DEPTH = 4
 _LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
 _ACTIVATIONS: dict[str, Output] = {
@@ -82,11 +93,13 @@ class ModuleSummary(_Model):
 
 
 class Pending(_Model):
-    """A finding that holds only if `symbol` (a qualified import) has `needs`."""
+    """A finding that holds only if `symbol` (a qualified import) has `needs` (and each
+    property of `also`)."""
 
     symbol: str
     needs: Property
     finding: RawFinding
+    also: list[Property] = Field(default_factory=list)
 
 
 def module_name(path: str) -> str:
@@ -180,6 +193,26 @@ def project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
         ):
             found.append((symbol, node))
     return found
+
+
+def publish_mode_layers(ctx: ModuleContext) -> None:
+    """Record whether a layer that acts differently in training mode may come from this
+    module (its text names one, or it imports a model zoo): a project where none does has
+    only mode-free models, whatever a helper is given."""
+    ctx.facts[MODE_LAYERS_KEY] = (
+        ctx.flow.imports(*_MODEL_ZOOS)
+        or "hub.load" in ctx.source
+        or any(_MODE_IDENTIFIERS.search(name) for name in _identifiers(ctx))
+    )
+
+
+def _identifiers(ctx: ModuleContext) -> Iterator[str]:
+    flow = ctx.flow
+    yield from (n.id for n in flow.nodes(ast.Name))
+    yield from (n.attr for n in flow.nodes(ast.Attribute))
+    yield from (k.arg for k in flow.nodes(ast.keyword) if k.arg)
+    yield from (a.arg for a in flow.nodes(ast.arg))
+    yield from (a.asname or a.name for a in flow.nodes(ast.alias))
 
 
 def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
@@ -393,10 +426,14 @@ class ProjectIndex:
     """Every module's summary, looked up by the qualified names other modules import."""
 
     def __init__(
-        self, summaries: list[ModuleSummary], mode_calls: dict[str, list[bool]] | None = None
+        self,
+        summaries: list[ModuleSummary],
+        mode_calls: dict[str, list[bool]] | None = None,
+        mode_layers_anywhere: bool = True,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
+        self.mode_layers_anywhere = mode_layers_anywhere
 
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
@@ -404,9 +441,17 @@ class ProjectIndex:
         for f in facts.values():
             for symbol, modes in f.get(MODE_CALLS_KEY, {}).items():
                 mode_calls.setdefault(symbol, []).extend(bool(m) for m in modes)
+        summaries = [
+            ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f
+        ]
+        # Only a project whose own models are seen can be said to have no mode layer (one
+        # file audited alone, a helper without the model's file, cannot).
+        published = [bool(f[MODE_LAYERS_KEY]) for f in facts.values() if MODE_LAYERS_KEY in f]
+        sees_models = any(s.classes for s in summaries)
         return cls(
-            [ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f],
+            summaries,
             mode_calls,
+            mode_layers_anywhere=not (published and sees_models) or any(published),
         )
 
     def _callers_in_eval_mode(self, symbol: str) -> list[bool]:
@@ -439,6 +484,8 @@ class ProjectIndex:
             if needs == "left-in-train-mode-by-a-caller":
                 return not modes or not all(modes)  # no caller seen, or one without .eval()
             return bool(modes) and not all(modes)
+        if needs == "mode-layers-in-project":
+            return self.mode_layers_anywhere
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)
             return cls is None or not cls.mode_free
@@ -489,8 +536,9 @@ class ProjectIndex:
             for raw in module_facts.get(f"pending:{rule_id}", []):
                 pending = Pending.model_validate(raw)
                 where = (pending.finding.file, pending.finding.line)
-                if where not in found and self.has(
-                    pending.symbol, pending.needs, near=pending.finding.file
+                needs = [pending.needs, *pending.also]
+                if where not in found and all(
+                    self.has(pending.symbol, n, near=pending.finding.file) for n in needs
                 ):
                     found[where] = pending.finding
         return list(found.values())

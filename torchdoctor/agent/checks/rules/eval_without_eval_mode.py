@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.project import (
     module_name,
     publish,
     publish_mode_calls,
+    publish_mode_layers,
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -89,6 +90,7 @@ class EvalWithoutEvalMode(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
+        publish_mode_layers(ctx)
         if "forward" in ctx.source:
             publish(ctx)  # whether its classes are mode-free, for the modules importing them
         if (
@@ -136,15 +138,20 @@ class EvalWithoutEvalMode(Rule):
             needs = _callers_decide(ctx, owner, call, elsewhere)
             if elsewhere and needs is None:
                 continue  # a method whose callers are in other files: not followed
+            # Layers not seen here: a project with no mode-dependent layer anywhere has none.
+            also: list[Property] = [] if known else ["mode-layers-in-project"]
             if needs is not None:
                 assert owner is not None
                 symbol = f"{module_name(ctx.path)}.{owner.name}"
-                defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
             elif not known and len(built := imported_classes(ctx, model_of(call))) == 1:
                 # a class from another file: the project pass knows whether it is mode-free
-                defer(ctx, self.id, Pending(symbol=built[0], needs="not-mode-free", finding=found))
+                symbol, needs = built[0], "not-mode-free"
+            elif also:
+                symbol, needs, also = ctx.path, also[0], []
             else:
                 ctx.findings.append(found)
+                continue
+            defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found, also=also))
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
