@@ -1,14 +1,19 @@
 """The app's wiring without a server: CORS only when configured, settings from the
-environment, the rate limiter's arithmetic, and the service image running `serve`."""
+environment (a wrong one is a one-line error), the rate limiter's arithmetic, and the service
+image running `serve`."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import REPO
+from tests.pg_server import free_port
 from torchdoctor.api.app import create_app
 from torchdoctor.api.auth import RateLimiter
 from torchdoctor.api.settings import ApiSettings
@@ -46,6 +51,41 @@ def test_settings_come_from_torchdoctor_variables(
     assert settings.allowed_roots == [Path("/srv/a"), Path("/srv/b")]
     assert settings.cors_origins == ["https://x.example"]
     assert settings.url == f"sqlite:///{settings.home / 'api.sqlite'}"
+
+
+@pytest.mark.parametrize(
+    ("command", "variables", "said"),
+    [
+        ("serve", {"TORCHDOCTOR_PORT": "abc"}, "TORCHDOCTOR_PORT: Input should be a valid integer"),
+        ("serve", {"TORCHDOCTOR_AUDIT_WORKERS": "0"}, "TORCHDOCTOR_AUDIT_WORKERS: Input should be"),
+        (
+            "keys list",
+            {"TORCHDOCTOR_ALLOWED_ROOTS": "[1"},
+            "TORCHDOCTOR_ALLOWED_ROOTS: Value error",
+        ),
+        ("keys list", {"TORCHDOCTOR_DATABASE_URL": "nonsense://x"}, "the database (nonsense://x)"),
+        (
+            "serve",
+            {"TORCHDOCTOR_DATABASE_URL": f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db"},
+            "the database (postgresql://u:***@127.0.0.1:",
+        ),
+    ],
+)
+def test_wrong_settings_are_a_one_line_error(
+    tmp_path: Path, command: str, variables: dict[str, str], said: str
+) -> None:
+    env = {**os.environ, "TORCHDOCTOR_HOME": str(tmp_path), **variables}
+    done = subprocess.run(
+        [sys.executable, "-m", "torchdoctor", *command.split()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {said}") and done.stderr.count("\n") == 1, done.stderr
+    assert "hunter2" not in done.stderr
 
 
 def test_the_rate_limiter_counts_per_key_and_says_when_to_retry() -> None:

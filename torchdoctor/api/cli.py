@@ -14,6 +14,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from torchdoctor.agent.options import AuditChoices
+    from torchdoctor.api.settings import ApiSettings
     from torchdoctor.api.store.store import Store
     from torchdoctor.api.terminal.backends import Backend
 
@@ -34,9 +35,54 @@ def _need_extra() -> None:
         raise _fail("the API needs its extra: pip install 'torchdoctor[api]'") from None
 
 
+def _settings() -> ApiSettings:
+    """The service's settings, or a one-line error naming the variable that is wrong."""
+    from pydantic import ValidationError
+
+    from torchdoctor.api.settings import ApiSettings
+
+    try:
+        return ApiSettings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        names = [str(part).upper() for part in first["loc"]]
+        where = f"TORCHDOCTOR_{names[0]}" if names else "TORCHDOCTOR_*"
+        raise _fail(f"{where}: {first['msg']}") from None
+
+
+def _open_store(url: str) -> Store:
+    """The migrated store at `url`, or a one-line error (a bad URL, a database that does not
+    answer or refuses)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from torchdoctor.api.store.engine import migrate, open_engine
+    from torchdoctor.api.store.store import Store
+
+    try:
+        engine = open_engine(url)
+        migrate(engine)
+    except (SQLAlchemyError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise _fail(f"the database ({_redacted(url)}): {reason}") from None
+    return Store(engine)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "an unparsable URL"
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (TORCHDOCTOR_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (TORCHDOCTOR_PORT).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (TORCHDOCTOR_PORT).")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="uvicorn processes (TORCHDOCTOR_WORKERS).")
     ] = None,
@@ -48,15 +94,13 @@ def serve(
     from torchdoctor.agent.cluster.config import ClusterConfig
     from torchdoctor.agent.config import ConfigError
     from torchdoctor.api.logs import LOG_CONFIG
-    from torchdoctor.api.settings import ApiSettings
-    from torchdoctor.api.store.engine import migrate, open_engine
 
     try:
         ClusterConfig.from_env()
     except ConfigError as err:
         raise _fail(str(err)) from None
-    settings = ApiSettings()
-    migrate(open_engine(settings.url))
+    settings = _settings()
+    _open_store(settings.url)
     uvicorn.run(
         "torchdoctor.api.app:create_app",
         factory=True,
@@ -69,13 +113,7 @@ def serve(
 
 
 def _store() -> Store:
-    from torchdoctor.api.settings import ApiSettings
-    from torchdoctor.api.store.engine import migrate, open_engine
-    from torchdoctor.api.store.store import Store
-
-    engine = open_engine(ApiSettings().url)
-    migrate(engine)
-    return Store(engine)
+    return _open_store(_settings().url)
 
 
 @keys_app.command("create")
