@@ -19,7 +19,8 @@ class OutputsStoredWithGrad(Rule):
     an evaluation or prediction loop that should use constant memory grows until it runs out.
     Outputs gathered to compute one loss that is back-propagated, and per-step outputs
     collected inside a module's `forward` (a recurrent layer) or another method of the module
-    looping over its own blocks (`forward_intermediates`), are not reported.
+    looping over its own blocks (`forward_intermediates`), are not reported, nor integer or
+    boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph.
 
     Example:
         preds = []
@@ -46,7 +47,7 @@ class OutputsStoredWithGrad(Rule):
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node) or _in_forward(ctx, acc.node):
                 continue
-            if flow.graph_origin(acc.value) != "output":
+            if flow.graph_origin(acc.value) != "output" or _integral(ctx, acc.value):
                 continue
             if not flow.carried_across_iterations(acc):
                 continue
@@ -75,3 +76,20 @@ def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
         and owner.name in ctx.flow.module_classes
         and not in_loader_loop(ctx, node)
     )
+
+
+# Results that are integer or boolean tensors: they never require grad, so keep no graph.
+_INTEGRAL_CONSTRUCTORS = frozenset(
+    {"BoolTensor", "LongTensor", "IntTensor", "ShortTensor", "ByteTensor", "CharTensor"}
+)
+_INTEGRAL_RESULTS = frozenset({"bool", "long", "int", "short", "byte", "argmax", "argmin"})
+
+
+def _integral(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`torch.BoolTensor(mask_generator(n))` (DINOv2's collate), `logits.argmax(1)`."""
+    if not isinstance(value, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(value) or ""
+    if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _INTEGRAL_CONSTRUCTORS:
+        return True
+    return isinstance(value.func, ast.Attribute) and value.func.attr in _INTEGRAL_RESULTS
