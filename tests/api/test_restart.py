@@ -1,6 +1,7 @@
 """Restart safety: kill -9 the server mid-audit, start it again on the same store: the audit
 is taken up again and completes, no finding lost or duplicated, and an SSE client that
-reconnects with Last-Event-ID gets the rest of the stream."""
+reconnects with Last-Event-ID gets the rest of the stream; `torchdoctor submit --wait`'s client
+follows through the restart by itself."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.api.server import Server, events, wait_for
 from tests.api.test_api import BUGGY, _jobs_with
+from torchdoctor.api.client import Client
 
 # Long enough that the job can only vanish within the check's window by being killed.
 NAPPING = "import time\n\nif __name__ == '__main__':\n    time.sleep(20)\n"
@@ -44,6 +46,13 @@ def test_an_audit_survives_a_killed_server(server: Server) -> None:
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
+    key = client.headers["authorization"].removeprefix("Bearer ")
+    through: list[int] = []  # what the user's client sees, restart included
+    users = threading.Thread(
+        target=lambda: through.extend(e.id for e in Client(server.url, key).events(audit_id)),
+        daemon=True,
+    )
+    users.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _jobs_with(marker):
         time.sleep(0.1)
@@ -57,7 +66,7 @@ def test_an_audit_survives_a_killed_server(server: Server) -> None:
     assert not _jobs_with(marker), "the sandbox job outlived its server"
 
     server.start()
-    client = server.client(client.headers["authorization"].removeprefix("Bearer "))
+    client = server.client(key)
     rest = list(events(client, audit_id, after=seen[-1][0]))
     assert rest and all(event_id > seen[-1][0] for event_id, _, _ in rest)
     assert rest[-1][1:] == ("state", {"state": "done"})
@@ -67,3 +76,7 @@ def test_an_audit_survives_a_killed_server(server: Server) -> None:
     assert len(findings) == len(set(findings)), "a finding was duplicated"
     assert expected <= set(findings), "a finding was lost"
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+    users.join(timeout=60)
+    assert not users.is_alive(), "the user's client did not follow through the restart"
+    assert through == sorted(set(through)) and through[-1] == rest[-1][0]
+    assert {event_id for event_id, _, _ in [*seen, *rest]} <= set(through)

@@ -1,5 +1,6 @@
 """The user's side: pack a folder (honouring .gitignore and excludes), submit it, follow the
-audit's events, answer approvals, download the report and the patch."""
+audit's events (through a server's restart), answer approvals, download the report and the
+patch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,11 @@ import pathspec
 
 from torchdoctor.agent.audit import AuditChoices
 from torchdoctor.agent.workspace import SKIPPED_DIRS
+
+RECONNECT_S = 60.0
+"""How long a follower keeps trying to reach a server that went away (a restart, a crash the
+next server takes over from) before it gives up."""
+MAX_RETRY_AFTER_S = 60.0
 
 
 class ClientError(RuntimeError):
@@ -92,7 +99,9 @@ class Client:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        raise ClientError(f"{response.status_code}: {' '.join(str(detail).split())}")
+        retry = response.headers.get("retry-after")
+        later = f" (retry after {retry} s)" if retry else ""
+        raise ClientError(f"{response.status_code}: {' '.join(str(detail).split())}{later}")
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -114,10 +123,11 @@ class Client:
         return result
 
     def events(self, audit_id: str, after: int = 0) -> Iterator[ServerEvent]:
-        """The audit's events until its stream ends; reconnects with Last-Event-ID."""
-        last = after
+        """The audit's events until its stream ends. A dropped stream or an unreachable server
+        is tried again (with Last-Event-ID, backing off) for up to `RECONNECT_S`; a rate limit
+        is waited out as its Retry-After says."""
+        last, failing_since, pause = after, None, 0.25
         while True:
-            ended = True
             try:
                 with self.http.stream(
                     "GET",
@@ -125,18 +135,27 @@ class Client:
                     headers={"Last-Event-ID": str(last)},
                     timeout=httpx.Timeout(60.0, read=None),
                 ) as response:
+                    if response.status_code == 429:
+                        time.sleep(_retry_after(response))
+                        continue
                     if not response.is_success:
                         response.read()
                         self._check(response)
+                    failing_since, pause = None, 0.25
                     for event in parse_sse(response.iter_lines()):
                         last = event.id
                         yield event
-            except (httpx.RemoteProtocolError, httpx.ReadError):
-                ended = False
+                return
+            except httpx.TransportError as err:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > RECONNECT_S:
+                    raise ClientError(
+                        f"{self.http.base_url}: {err} (for {RECONNECT_S:g} s)"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
             except httpx.HTTPError as err:
                 raise ClientError(f"{self.http.base_url}: {err}") from None
-            if ended:
-                return
 
     def approvals(self, audit_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/v1/audits/{audit_id}/approvals").json()
@@ -147,6 +166,14 @@ class Client:
 
     def text(self, audit_id: str, what: str, **params: str) -> str:
         return self._call("GET", f"/v1/audits/{audit_id}/{what}", params=params).text
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The seconds a 429 asks to wait (1 s when it does not say; never over a minute)."""
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return 1.0
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[ServerEvent]:
