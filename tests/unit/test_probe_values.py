@@ -5,6 +5,7 @@ evaluation outputs against the last batch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
@@ -78,3 +79,14 @@ def test_a_continuous_column_is_not_taken_for_groups() -> None:
     metrics.on_eval_output((features,), torch.zeros(100, 2))
     report = metrics.report()
     assert report["groups"] == [] and "more than 64 values" in report["skipped"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_outputs_on_the_gpu_are_scored_against_labels_left_on_the_host() -> None:
+    metrics = GroupMetrics(GroupSpec("batch:2:1"))
+    labels, groups = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1])
+    metrics.on_batch((torch.zeros(4, 2), labels, groups))
+    logits = torch.eye(2)[torch.tensor([0, 1, 0, 1])].cuda()  # group 1 gets the wrong class
+    metrics.on_eval_output((torch.zeros(4, 2).cuda(),), logits)
+    report = metrics.report()
+    assert [(g["group"], g["accuracy"]) for g in report["groups"]] == [(0, 1.0), (1, 0.0)]

@@ -94,7 +94,10 @@ class GroupMetrics:
                 predicted = (scores.reshape(-1) > (self.threshold or 0.0)).long()
             else:
                 predicted = scores.argmax(dim=1)
-            hits = torch.stack([predicted == labels, predicted == 1], dim=1).long().cpu()
+            # on the host: the DataLoader's labels often stay there while the model's input
+            # goes to the GPU
+            predicted, truth = predicted.cpu(), labels.detach().cpu()
+            hits = torch.stack([predicted == truth, predicted == 1], dim=1).long()
             keys = groups.detach().cpu()
         values = keys.tolist() if keys.is_floating_point() else keys.long().tolist()
         for key, (correct, positive) in zip(values, hits.tolist(), strict=True):
