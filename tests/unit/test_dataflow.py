@@ -337,6 +337,47 @@ def test_functions_reaching_a_mode_method_transitively() -> None:
     assert not flow.reaches_method(body, "train")
 
 
+def test_reaching_a_mode_method_answers_as_walking_the_body_does() -> None:
+    """`reaches_method` climbs from the module's mode calls instead of walking each body:
+    for every statement list and node of a module, it answers as the walk does."""
+    flow = flow_of(
+        """
+        def validate(model):
+            model.eval()
+        def evaluate(model, loader):
+            for x in loader:
+                if x is None:
+                    validate(model)
+                hook = lambda: model.train()
+                def inner():
+                    model.train(False)
+                model(x)
+            return [m.eval() for m in (model,)]
+        class Runner:
+            def run(self, model):
+                self.evaluate = evaluate
+                with ctx():
+                    model.train()
+                self.validate(model)
+            def validate(self, model):
+                validate(model)
+        model.eval()
+        """
+    )
+    tree = flow.ctx.tree
+    bodies: list[list[ast.stmt] | ast.AST] = [tree, tree.body, []]
+    for node in ast.walk(tree):
+        bodies.append(node)
+        bodies += [v for v in vars(node).values() if isinstance(v, list) and v]
+    answers = set()
+    for body in bodies:
+        for method in ("eval", "train"):
+            walked = flow._walk_reaches(body, method)
+            assert flow.reaches_method(body, method) is walked, (body, method)
+            answers.add(walked)
+    assert answers == {True, False}
+
+
 def test_parts_unpacked_from_a_mixed_result_are_not_all_held_out() -> None:
     flow = flow_of(
         """
