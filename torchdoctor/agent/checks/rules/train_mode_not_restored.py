@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -54,6 +55,8 @@ class TrainModeNotRestored(Rule):
             evals = id(call) in around_eval and flow.methods_called(call) == {"eval"}
             if not evals and local_callee(call) not in evaluating:
                 continue
+            if evals and _averaged_copy(call):
+                continue  # an EMA copy is sampled, never trained: eval mode is its mode
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
             if loop is None or id(loop) in reported:
                 continue
@@ -76,9 +79,59 @@ class TrainModeNotRestored(Rule):
             if not isinstance(anc, _LOOPS):
                 continue
             if id(anc) not in verdicts:
-                verdicts[id(anc)] = ctx.loops.trains(anc.body) and not (
-                    ctx.flow.reaches_method(anc.body, "train")
+                verdicts[id(anc)] = (
+                    ctx.loops.trains(anc.body)
+                    and not ctx.flow.reaches_method(anc.body, "train")
+                    and not _sets_its_own_mode(ctx, anc.body)
                 )
             if verdicts[id(anc)]:
                 return anc
         return None
+
+
+_AVERAGED = re.compile(r"(?:^|[._])(?:ema|swa)(?:$|[._])|averaged", re.IGNORECASE)
+
+
+def _averaged_copy(call: ast.Call) -> bool:
+    """`self.ema.ema_model.eval()`, `model_ema.eval()`, `swa_model.eval()`: an averaged copy
+    of the weights, updated from the trained model and never trained itself."""
+    func = call.func
+    while isinstance(func, ast.Call | ast.Attribute):
+        func = func.func if isinstance(func, ast.Call) else func.value
+        if isinstance(func, ast.Attribute) and _AVERAGED.search(func.attr):
+            return True
+        if isinstance(func, ast.Name) and _AVERAGED.search(func.id):
+            return True
+    return False
+
+
+def _sets_its_own_mode(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
+    """The loop trains through a local function that sets its own mode first: each
+    iteration's mode comes from it, not from what the evaluation left."""
+    return any(
+        isinstance(n, ast.Call) and _trains_in_its_own_mode(ctx, local_callee(n))
+        for stmt in body
+        for n in ast.walk(stmt)
+    )
+
+
+def _trains_in_its_own_mode(ctx: ModuleContext, callee: str | None) -> bool:
+    """A local function that calls `.eval()` before it back-propagates and steps (SimSiam's
+    `train()` for linear classification calls `model.eval()` on purpose: a frozen backbone
+    with frozen BatchNorm): it sets the mode it trains in."""
+    if not callee:
+        return False
+    return any(
+        ctx.loops.trains(fn.body) and _first_line(fn, "eval") < _first_line(fn, "backward")
+        for fn in ctx.flow.functions.get(callee, [])
+    )
+
+
+def _first_line(fn: ast.AST, method: str) -> float:
+    """The first line of `fn` calling `.method()` (infinity when none does)."""
+    lines = [
+        n.lineno
+        for n in ast.walk(fn)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == method
+    ]
+    return min(lines, default=float("inf"))
