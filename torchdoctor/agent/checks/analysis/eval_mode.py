@@ -94,14 +94,20 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
                 return True
     if not isinstance(model, ast.Attribute):
         return False
-    text = ast.unparse(model)
-    return any(
-        isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Attribute)
-        and n.func.attr == "eval"
-        and ast.unparse(n.func.value) == text
-        for n in ctx.flow.nodes(ast.Call)
-    )
+    return ast.unparse(model) in _eval_receivers(ctx)
+
+
+def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
+    """The text of every receiver of an `.eval(...)` call in the module (once per module,
+    not a scan of every call per argument asked about)."""
+    memo = ctx.memo_table("eval_mode.eval_receivers")
+    if "" not in memo:
+        memo[""] = frozenset(
+            ast.unparse(n.func.value)
+            for n in ctx.flow.nodes(ast.Call)
+            if isinstance(n.func, ast.Attribute) and n.func.attr == "eval"
+        )
+    return memo[""]  # type: ignore[no-any-return]
 
 
 def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:

@@ -202,7 +202,7 @@ def publish_mode_layers(ctx: ModuleContext) -> None:
     ctx.facts[MODE_LAYERS_KEY] = (
         ctx.flow.imports(*_MODEL_ZOOS)
         or "hub.load" in ctx.source
-        or any(_MODE_IDENTIFIERS.search(name) for name in _identifiers(ctx))
+        or any(_MODE_IDENTIFIERS.search(name) for name in set(_identifiers(ctx)))
     )
 
 
