@@ -47,8 +47,9 @@ MODE_LAYERS_KEY = "may-hold-mode-layers"
 # it (names, attributes, keywords, parameters: comments and docstrings do not count).
 _MODE_IDENTIFIERS = re.compile(
     r"dropout|Dropout|BatchNorm|batch_norm|InstanceNorm|instance_norm|DropPath|drop_path"
-    r"|^training$|^Transformer"
+    r"|^training$"
 )
+_TRANSFORMER = re.compile(r"^Transformer")
 _MODEL_ZOOS = ("torchvision", "timm", "transformers", "diffusers", "open_clip")
 _MAX_IMPORT_DEPTH = 4
 _LIBRARIES = ("torch.", "torchvision.", "timm.", "transformers.", "lightning.", "numpy.")
@@ -203,6 +204,10 @@ def publish_mode_layers(ctx: ModuleContext) -> None:
         ctx.flow.imports(*_MODEL_ZOOS)
         or "hub.load" in ctx.source
         or any(_MODE_IDENTIFIERS.search(name) for name in set(_identifiers(ctx)))
+        or any(  # torch's transformer layers have dropout (a project's own `Transformer` may not)
+            (ctx.flow.qualname_of(call) or "").startswith("torch.nn.Transformer")
+            for call in ctx.flow.calls_matching(_TRANSFORMER)
+        )
     )
 
 
