@@ -3,7 +3,9 @@
 One run prints, over the same ~2,300 files (1.2M lines): bare `ast.parse` (one process), the
 native pass (`analyse_files`, every enabled rule, all cores), TorchFix (flake8 --select=TOR, all
 cores with -j) and ruff (its default rules, its own threads); files/s and lines/s for each; the
-ratios the targets are about (native within 2x of bare parsing, >= 10x TorchFix's throughput);
+ratios the targets are about (issue 14: the native pass within 1.5x of bare parsing, judged on
+the work of one process, the per-file times summed over the workers, against the one-process
+parse, so extra cores do not flatter it; >= 10x TorchFix's throughput);
 the slowest files and the longest per-file time (the engine stops a file at its deadline).
 It exits 1 if any file raised, hit the deadline, or failed to parse.
 
@@ -36,7 +38,7 @@ from torchdoctor.agent.checks.linters.torchfix import FORMAT, TorchFixAdapter
 from torchdoctor.agent.checks.registry import enabled_rules
 
 TOOL_TIMEOUT_S = 1800.0
-TARGET_PARSE_RATIO = 2.0
+TARGET_PARSE_RATIO = 1.5
 REPEATS = 2
 TARGET_TORCHFIX_SPEEDUP = 10.0
 
@@ -156,13 +158,8 @@ def main() -> int:
     for entry in measured:
         print(entry.row() if isinstance(entry, Timing) else entry)
     print()
-    report_ratios(bare, native, [m for m in measured if isinstance(m, Timing)])
-
     work = sum(r.seconds for r in result.files)
-    print(
-        f"native work summed over its {cores} workers: {work:.2f}s = {work / bare.seconds:.2f}x "
-        "bare parse (what one process would take, minus pool start-up and transfer)"
-    )
+    report_ratios(bare, native, work, [m for m in measured if isinstance(m, Timing)])
 
     slowest = sorted(result.files, key=lambda r: r.seconds, reverse=True)[:5]
     deadline = EngineConfig().file_deadline_s
@@ -204,14 +201,21 @@ def main() -> int:
     return 0
 
 
-def report_ratios(bare: Timing, native: Timing, timings: list[Timing]) -> None:
+def report_ratios(bare: Timing, native: Timing, work: float, timings: list[Timing]) -> None:
+    """`work`: the per-file times summed over the workers, what one process would take."""
+
     def rate(t: Timing) -> float:
         return t.lines / t.seconds
 
-    parse_ratio = native.seconds / bare.seconds
+    parse_ratio = work / bare.seconds
     verdict = "PASS" if parse_ratio <= TARGET_PARSE_RATIO else "MISS"
     target = f"target <= {TARGET_PARSE_RATIO:g}x"
-    print(f"native / bare parse time: {parse_ratio:.2f}x ({target}) {verdict}")
+    print(
+        f"native work ({work:.2f}s summed over the workers) / one-process bare parse: "
+        f"{parse_ratio:.2f}x ({target}) {verdict}"
+    )
+    wall_ratio = native.seconds / bare.seconds
+    print(f"native wall, all workers, / one-process bare parse: {wall_ratio:.2f}x")
     for timing in timings:
         if timing.name.startswith("TorchFix"):
             speedup = rate(native) / rate(timing)
