@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from torchdoctor import __version__
 from torchdoctor.agent.checks.catalogue import catalogue
 from torchdoctor.agent.cli import app
+from torchdoctor.agent.models import AuditReport
+from torchdoctor.agent.report.concise import render_concise
 
 RUNNER = CliRunner()
 BUGGY = """\
@@ -116,6 +118,25 @@ def test_concise_format_is_one_ruff_like_line_per_open_finding(buggy: Path) -> N
     assert ("zero-grad-missing", 6) in rules or any(r == "zero-grad-missing" for r, _ in rules)
     load = next(m for m in parsed if m and m.group(3) == "torch-load-unsafe")
     assert (load.group(1), load.group(2)) == ("10", "9"), "the call's own line and column"
+
+
+def test_concise_lines_are_sorted_and_text_from_the_code_reaches_the_terminal_inert(
+    tmp_path: Path,
+) -> None:
+    for name in ("b.py", "a.py"):
+        (tmp_path / name).write_text(BUGGY)
+    code, out, _ = invoke("audit", str(tmp_path), "--no-ledger", "-q", "--format", "concise")
+    assert code == 0
+    keys = [(line.split(":")[0], int(line.split(":")[1])) for line in out.splitlines()]
+    assert keys == sorted(keys) and {k[0] for k in keys} == {f"{tmp_path}/{n}.py" for n in "ab"}
+    code, out, _ = invoke("audit", str(tmp_path), "--no-ledger", "-q", "--format", "json")
+    report = AuditReport.model_validate_json(out)
+    hostile = "x\x1b]52;c;ZXZpbA==\x07\x1b[2J\nmore"
+    first = report.findings[0]
+    report.findings[0] = first.model_copy(update={"title": hostile, "file": hostile})
+    rendered = render_concise(report)
+    assert "\x1b" not in rendered and "\x07" not in rendered
+    assert len(rendered.splitlines()) == len(keys)
 
 
 def test_progress_is_plain_lines_on_stderr_off_a_terminal_and_silenced_by_quiet(

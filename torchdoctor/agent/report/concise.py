@@ -1,10 +1,13 @@
 """One line per open finding, `path:line:col: rule message`, as ruff and compilers print them:
-what terminals make clickable and editors' problem matchers read."""
+what terminals make clickable and editors' problem matchers read. Sorted by file, line and
+column as ruff sorts; file names and messages come from the audited code, so they are written
+without control characters or escape sequences (a terminal would act on them)."""
 
 from __future__ import annotations
 
 from pathlib import PurePath
 
+from torchdoctor.agent.escape import one_line
 from torchdoctor.agent.models import AuditReport, Finding
 
 
@@ -22,14 +25,16 @@ def _column(finding: Finding) -> int:
 def _message(finding: Finding) -> str:
     said = finding.evidence[0].message if finding.evidence else ""
     text = f"{finding.title}: {said}" if said and said != finding.title else finding.title
-    return " ".join(text.split())
+    return one_line(text)
 
 
 def render_concise(report: AuditReport) -> str:
-    lines = [
-        f"{finding_path(report, f)}:{f.line}:{_column(f)}: {f.rule} [{f.severity.value}] "
-        f"{_message(f)}"
-        for f in report.findings
-        if f.status.is_open
-    ]
-    return "".join(f"{line}\n" for line in lines)
+    open_findings = sorted(
+        (f for f in report.findings if f.status.is_open),
+        key=lambda f: (finding_path(report, f), f.line, _column(f), f.rule),
+    )
+    return "".join(
+        f"{one_line(finding_path(report, f))}:{f.line}:{_column(f)}: {f.rule} "
+        f"[{f.severity.value}] {_message(f)}\n"
+        for f in open_findings
+    )
