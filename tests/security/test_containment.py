@@ -76,3 +76,18 @@ def test_the_job_holds_no_capabilities_and_cannot_gain_any(
     assert int(effective, 16) == 0 and int(permitted, 16) == 0
     assert no_new_privs == "1"
     assert "0" not in uids.split()
+
+
+def test_output_over_the_limit_is_reported_even_when_the_job_ends_at_once(
+    backend: tuple[str, Sandbox], arena: Arena
+) -> None:
+    """A job that writes a little past the limit and exits races the service's own check:
+    the outcome must still say its output was cut (docker once answered `ok` here)."""
+    _name, sandbox = backend
+    code = "import sys; sys.stdout.write('y' * (3 * 65_536)); sys.stdout.flush()"
+    for _ in range(3):
+        result = sandbox.run(
+            Job(workspace=arena.origin, command=["python3", "-c", code], limits=ATTACK_LIMITS)
+        )
+        assert result.outcome is Outcome.OUTPUT_LIMIT, (result.outcome, result.reason)
+        assert result.output_truncated

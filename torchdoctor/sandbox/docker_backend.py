@@ -136,6 +136,10 @@ class DockerSandbox:
             container.remove(force=True)
         if state.get("OOMKilled") and not stop:
             stop.append(Stop.MEMORY)
+        if budget.overflowed and not stop:
+            # Its output was cut, even though it ended before a poll saw that (once the
+            # socket is shut the engine drops what it writes, so it can finish in a moment).
+            stop.append(Stop.OUTPUT)
         code = int(state.get("ExitCode", -1))
         exit_code, signal_number = (None, code - 128) if 128 < code < 193 else (code, None)
         stderr = err.text()
