@@ -253,11 +253,16 @@ def _write_often(folder_home: str, key: str, writer: int) -> None:
     os.environ["TORCHDOCTOR_HOME"] = folder_home
     cache = result_cache.ResultCache("race", StaticResult, max_entries=10)
     big = [FileResult(path=f"{writer}-{n}.py", applicable=["x"] * 200) for n in range(20)]
+    whole = 0
     for round_ in range(30):
         cache.store(key, StaticResult(files=big, rules_run=[str(writer)], seconds=0.0))
         cache.store(f"{key}-{writer}-{round_}", StaticResult(files=[], rules_run=[], seconds=0))
         loaded = cache.load(key)
-        assert loaded is not None and len(loaded.files) == 20  # whole, whoever wrote it
+        # Whole, whoever wrote it; or gone, when another writer's prune to the bound took it
+        # between this store and this load (a miss, which the cache allows), never half.
+        assert loaded is None or len(loaded.files) == 20
+        whole += loaded is not None
+    assert whole > 0
 
 
 def test_concurrent_writers_leave_whole_entries_and_the_bound(
