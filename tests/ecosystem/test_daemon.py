@@ -67,10 +67,7 @@ def _socket(env: dict[str, str]) -> Path:
     return Path(env[runtime.RUNTIME_ENV]) / "torchdoctor" / f"{runtime.installation()}.sock"
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[dict[str, str]]:
-    scratch = _short_folder()
-    env = _environment(scratch / "run", scratch / "home")
+def _start_daemon(env: dict[str, str]) -> None:
     started = subprocess.run(
         [str(BIN / "torchdoctor"), "daemon", "start"],
         env=env,
@@ -80,6 +77,13 @@ def daemon() -> Iterator[dict[str, str]]:
         check=False,
     )
     assert started.returncode == 0, started.stderr
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[dict[str, str]]:
+    scratch = _short_folder()
+    env = _environment(scratch / "run", scratch / "home")
+    _start_daemon(env)
     try:
         yield env
     finally:
@@ -340,15 +344,7 @@ def test_an_idle_daemon_exits_by_itself() -> None:
     scratch = _short_folder()
     env = _environment(scratch / "run", scratch / "home", **{runtime.IDLE_ENV: "1"})
     try:
-        started = subprocess.run(
-            [str(BIN / "torchdoctor"), "daemon", "start"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert started.returncode == 0, started.stderr
+        _start_daemon(env)
         assert _wait_gone(_socket(env), 30)
         status = [str(BIN / "torchdoctor"), "daemon", "status"]
         assert subprocess.run(status, env=env, capture_output=True, check=False).returncode == 1

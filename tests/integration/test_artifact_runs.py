@@ -129,19 +129,22 @@ if __name__ == "__main__":
 """
 
 
+NET = ModelTarget(
+    file="net.py",
+    module="net",
+    class_name="Net",
+    constructor="Net()",
+    inputs=[TensorSpec(shape=[4, 6], dtype="float32")],
+    outputs=[TensorSpec(shape=[4, 3], dtype="float32")],
+    script="net.py",
+)
+"""The model of UNUSED_LAYER's net.py, as a run observes it."""
+
+
 def test_a_test_that_fails_on_the_code_is_left_out_and_named(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(UNUSED_LAYER)
     workspace = load_workspace(tmp_path, [], 2_000_000)
-    target = ModelTarget(
-        file="net.py",
-        module="net",
-        class_name="Net",
-        constructor="Net()",
-        inputs=[TensorSpec(shape=[4, 6], dtype="float32")],
-        outputs=[TensorSpec(shape=[4, 3], dtype="float32")],
-        script="net.py",
-    )
-    artifact = ml_tests_artifact(target, SandboxedRun(get_sandbox(None), workspace), ["net.py"])
+    artifact = ml_tests_artifact(NET, SandboxedRun(get_sandbox(None), workspace), ["net.py"])
     assert artifact.state == "offered", artifact.reason
     failed = {c.name: c.detail for c in artifact.checks if not c.passed}
     assert list(failed) == ["test_gradients_reach_every_trainable_parameter"]
@@ -169,17 +172,8 @@ class _TimeLimited(SandboxedRun):
 def test_tests_cut_by_the_time_limit_are_not_said_to_fail(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text(UNUSED_LAYER.replace("self.spare", "# self.spare"))
     workspace = load_workspace(tmp_path, [], 2_000_000)
-    target = ModelTarget(
-        file="net.py",
-        module="net",
-        class_name="Net",
-        constructor="Net()",
-        inputs=[TensorSpec(shape=[4, 6], dtype="float32")],
-        outputs=[TensorSpec(shape=[4, 3], dtype="float32")],
-        script="net.py",
-    )
     runner = _TimeLimited(get_sandbox(None), workspace)
-    artifact = ml_tests_artifact(target, runner, ["net.py"])
+    artifact = ml_tests_artifact(NET, runner, ["net.py"])
     assert artifact.state == "offered" and runner.calls == 2, artifact.reason
     cut = [c.name for c in artifact.checks if not c.passed]
     assert cut == list(TEST_NAMES[5:])
