@@ -139,6 +139,23 @@ def test_concise_lines_are_sorted_and_text_from_the_code_reaches_the_terminal_in
     assert len(rendered.splitlines()) == len(keys)
 
 
+def test_concise_paths_open_from_the_working_folder_for_one_file_or_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pre-commit passes file names relative to the repository and `--force-exclude` (one
+    file audited as a selection once printed `a.py/a.py`)."""
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text(BUGGY)
+    monkeypatch.chdir(tmp_path)
+    for arguments, files in (
+        (["a.py", "--force-exclude"], {"a.py"}),
+        (["a.py", "b.py"], {"a.py", "b.py"}),
+    ):
+        code, out, _ = invoke("audit", *arguments, "--no-ledger", "-q", "--format", "concise")
+        assert code == 0
+        assert {line.split(":")[0] for line in out.splitlines()} == files, out
+
+
 def test_progress_is_plain_lines_on_stderr_off_a_terminal_and_silenced_by_quiet(
     buggy: Path,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter
 from datetime import UTC, datetime
@@ -57,9 +58,7 @@ def build_report(state: AuditState, context: AuditContext, notes: list[str]) -> 
     all_notes = [*state.get("notes", []), *run_notes(runs), *notes]
     return AuditReport(
         tool=ToolInfo(version=__version__),
-        target=Target(
-            path=str(options.target), kind="file" if workspace.kind == "file" else "folder"
-        ),
+        target=report_target(options.target, workspace),
         findings=findings,
         coverage=coverage,
         summary=summarize(
@@ -71,6 +70,17 @@ def build_report(state: AuditState, context: AuditContext, notes: list[str]) -> 
             state.get("hypotheses", []), key=lambda h: (h.checkpoint, h.file, h.line)
         ),
     )
+
+
+def report_target(named: object, workspace: Workspace) -> Target:
+    """The audited path as the user named it; for several paths, or one file audited as a
+    selection (pre-commit's `--force-exclude`), the folder the findings' paths are relative to
+    (the name alone would make `train.py` + `train.py` read as `train.py/train.py`)."""
+    if workspace.kind == "file":
+        return Target(path=str(named), kind="file")
+    if os.path.abspath(str(named)) == os.path.abspath(workspace.root):
+        return Target(path=str(named), kind="folder")
+    return Target(path=str(workspace.root), kind="folder")
 
 
 def _llm_provenance(provenance: dict[str, object]) -> dict[str, object]:

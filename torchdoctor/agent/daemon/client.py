@@ -119,8 +119,10 @@ def start_daemon(folder: str) -> None:
 
     with open(runtime.log_path(folder), "ab") as log:
         subprocess.Popen(
-            # -P: no script folder or working folder on sys.path, whatever the daemon imports
-            [sys.executable, "-P", "-m", "torchdoctor.agent.daemon.server"],
+            # -P: no script folder or working folder on sys.path, whatever the daemon imports;
+            # -B: it writes nothing into its installation, which may be removed under it while
+            # it idles (`pre-commit try-repo` deletes the environment it built the hook in)
+            [sys.executable, "-P", "-B", "-m", "torchdoctor.agent.daemon.server"],
             cwd=folder,
             stdin=subprocess.DEVNULL,
             stdout=log,

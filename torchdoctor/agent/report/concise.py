@@ -5,6 +5,8 @@ without control characters or escape sequences (a terminal would act on them).""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import PurePath
 
 from torchdoctor.agent.escape import one_line
@@ -12,10 +14,15 @@ from torchdoctor.agent.models import AuditReport, Finding
 
 
 def finding_path(report: AuditReport, finding: Finding) -> str:
-    """The finding's file as the user named it on the command line (openable from there)."""
+    """The finding's file as it opens from the working folder: relative to it when the file
+    is under it, else as the audit named it."""
     if report.target.kind == "file":
         return report.target.path
-    return (PurePath(report.target.path) / finding.file).as_posix()
+    path = PurePath(report.target.path) / finding.file
+    if path.is_absolute():
+        with contextlib.suppress(ValueError):
+            return path.relative_to(os.getcwd()).as_posix()
+    return path.as_posix()
 
 
 def _column(finding: Finding) -> int:
