@@ -79,6 +79,7 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
         failing = hook()
         assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
         assert "double-softmax" in failing.stdout and "Failed" in failing.stdout
+        assert "\ntrain.py:11:" in failing.stdout, "the file as pre-commit named it"
         (project / "train.py").write_text(FIXED, encoding="utf-8")
         passing = hook()
         assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-3000:]
