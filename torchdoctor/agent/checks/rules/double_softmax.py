@@ -36,7 +36,8 @@ _DEFERRED: tuple[tuple[str, Property], ...] = (
 
 class DoubleSoftmax(Rule):
     """Detects a softmax or log-softmax output passed as the input of `nn.CrossEntropyLoss`
-    or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module, or a
+    or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module,
+    `torch.exp` of a log-softmax (a softmax written the long way), or a
     model whose last layer (`nn.Sequential(..., nn.Softmax(1))`) or `forward` return is a
     softmax, followed through variables, attributes (`self.criterion`) and local functions.
 
@@ -118,9 +119,32 @@ def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
 
 def _is_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call)
+    exponentiated = _exp_argument(call, qual)
+    if exponentiated is not None:  # exp(log_softmax(z)) is softmax(z)
+        return any(
+            _is_softmax(ctx, p) and _is_log_softmax(ctx, p)
+            for p in ctx.flow.producers(exponentiated)
+        )
     if qual in _SOFTMAX_FUNCTIONS or qual in _SOFTMAX_MODULES:
         return True
     func = call.func
     if isinstance(func, ast.Attribute) and func.attr in ("softmax", "log_softmax") and qual is None:
         return not ctx.flow.is_module_value(func.value)
     return qual is None and ctx.flow.constructed_as(func) in _SOFTMAX_MODULES
+
+
+def _exp_argument(call: ast.Call, qual: str | None) -> ast.expr | None:
+    """`z` in `torch.exp(z)` and `z.exp()`."""
+    if qual == "torch.exp" and call.args:
+        return call.args[0]
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "exp" and not call.args and qual is None:
+        return func.value
+    return None
+
+
+def _is_log_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A softmax producer (see `_is_softmax`) that yields log-probabilities."""
+    qual = ctx.flow.qualname_of(call) or ctx.flow.constructed_as(call.func) or ""
+    name = qual or (call.func.attr if isinstance(call.func, ast.Attribute) else "")
+    return name.endswith(("log_softmax", "LogSoftmax"))
