@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from functools import cache
 
 from torchdoctor.agent.checks.analysis.model_facts import bound_to_function_or_import
-from torchdoctor.agent.checks.analysis.vocabulary import MODEL_FACTORY_PREFIXES
+from torchdoctor.agent.checks.analysis.vocabulary import builds_network
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
@@ -101,9 +101,7 @@ def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
         if isinstance(call.func, ast.Name) and call.func.id in classes:
             return True
         qual = ctx.call_qualname(call) or ""
-        if qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith(
-            ("from_pretrained", "Sequential")
-        ):
+        if builds_network(qual) or qual.endswith("Sequential"):
             return True
     return False
 

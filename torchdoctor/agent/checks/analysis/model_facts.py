@@ -9,10 +9,7 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
-from torchdoctor.agent.checks.analysis.vocabulary import (
-    LOSS_FUNCTIONS,
-    MODEL_FACTORY_PREFIXES,
-)
+from torchdoctor.agent.checks.analysis.vocabulary import LOSS_FUNCTIONS, builds_network
 from torchdoctor.agent.checks.loops import nodes_of
 
 if TYPE_CHECKING:
@@ -79,7 +76,7 @@ class ModelFacts(DefUse):
         last = qual.rsplit(".", 1)[-1]
         if qual.startswith("torch.nn.") and last[:1].isupper() and "Loss" not in last:
             return True
-        return qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained")
+        return builds_network(qual)
 
     @cached_property
     def _constructs_modules(self) -> bool:

@@ -23,6 +23,7 @@ GRAD_OFF = _names("grad_off")
 SET_GRAD_ENABLED = _names("set_grad_enabled")
 NN_MODULE_BASES = _names("nn_module_bases")
 MODEL_FACTORY_PREFIXES = tuple(sorted(_names("model_factory_prefixes")))
+NON_NETWORK_CLASSES = tuple(sorted(_names("non_network_classes")))
 OPTIMIZER_NAMES = _names("optimizers")
 OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in OPTIMIZER_NAMES)
 FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in _names("fusable_optimizers"))
@@ -48,3 +49,16 @@ def is_scheduler_name(name: str) -> bool:
     """`scheduler`, `lr_sched`, `warmup`: a name that says it holds an LR scheduler."""
     lowered = name.lower()
     return any(hint in lowered for hint in SCHEDULER_HINTS)
+
+
+def builds_network(qual: str) -> bool:
+    """Whether a call of `qual` returns a network: a model zoo's factory or a
+    `from_pretrained` loader, but not the tokenizers, processors, configs, schedulers,
+    pipelines, weight enums, trainers and optimizers the same libraries load or build."""
+    if not (qual.startswith(MODEL_FACTORY_PREFIXES) or qual.endswith("from_pretrained")):
+        return False
+    parts = qual.split(".")
+    if any(part.endswith(NON_NETWORK_CLASSES) or part in OPTIMIZER_NAMES for part in parts):
+        return False
+    named = [part for part in parts if part != "from_pretrained"]
+    return not qual.startswith("transformers.") or named[-1][:1].isupper()

@@ -55,7 +55,7 @@ class GodFunction(Rule):
             quals = {ctx.call_qualname(c) for c in calls}
             if not quals & DATALOADERS or not quals & OPTIMIZERS:
                 continue
-            if any(constructed_model(ctx, c) for c in calls if isinstance(c.func, ast.Name)):
+            if any(constructed_model(ctx, c) for c in calls):
                 ctx.report(
                     self,
                     fn,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.eval_mode import mode_calls
+from torchdoctor.agent.checks.analysis.eval_mode import mode_calls, model_put_in_eval
 from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
@@ -58,8 +58,10 @@ class InferenceNoEval(Rule):
     `self.training` branch.
 
     Not reported: models known to act the same in both modes (every layer seen, none with
-    dropout or batch statistics, no `self.training` branch), and `predict_*` methods of an
-    `nn.Module` itself (they run inside the model, in its mode).
+    dropout or batch statistics, no `self.training` branch), models built in eval mode
+    (`Net().eval()`, a transformers/diffusers `from_pretrained`, which returns the model in
+    eval mode), and `predict_*` methods of an `nn.Module` itself (they run inside the model,
+    in its mode).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """
@@ -135,6 +137,8 @@ class InferenceNoEval(Rule):
                 return
             if mode_independent(ctx, _model_of(call)):
                 continue  # no dropout, no batch norm: eval() would change nothing
+            if model_put_in_eval(ctx, _model_of(call)):
+                continue  # built in eval mode (`.eval()` chained, a Hugging Face loader)
             found = ctx.finding(
                 self,
                 call,
