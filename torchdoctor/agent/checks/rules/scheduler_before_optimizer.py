@@ -52,8 +52,10 @@ class SchedulerBeforeOptimizer(Rule):
                 optimizer.step()
 
     Not reported: a scheduler step after the optimizer step or after the call that trains; a
-    loop whose optimizer step cannot be seen (a method of an object built elsewhere, a function
-    of an installed library).
+    step given the epoch or a metric (`scheduler.step(epoch)` sets that epoch's rate,
+    `plateau.step(val_loss)` follows the metric: nothing is skipped); a loop whose optimizer
+    step cannot be seen (a method of an object built elsewhere, a function of an installed
+    library).
 
     Fix: call `scheduler.step()` after `optimizer.step()` (per batch) or after the inner
     batch loop (per epoch).
@@ -79,7 +81,9 @@ class SchedulerBeforeOptimizer(Rule):
             schedulers = [
                 call
                 for call in _steps_in(ctx, loop.body)
-                if _innermost_loop(ctx, call) is loop and call.lineno not in reported
+                if _innermost_loop(ctx, call) is loop
+                and call.lineno not in reported
+                and not _given_its_position(call)
             ]
             if not schedulers:
                 continue
@@ -116,6 +120,13 @@ _MESSAGE = (
 
 def _steps_in(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
     return [n for n in walk_scope(body) if isinstance(n, ast.Call) and is_scheduler_step(ctx, n)]
+
+
+def _given_its_position(call: ast.Call) -> bool:
+    """`scheduler.step(epoch)` (the pre-1.1 idiom) sets the closed-form rate of the epoch it
+    is given, and `plateau.step(val_loss)` is driven by a metric: neither advances a schedule
+    by one, so stepping before the optimizer skips no value."""
+    return bool(call.args) or any(k.arg in ("epoch", "metrics") for k in call.keywords)
 
 
 def _innermost_loop(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
