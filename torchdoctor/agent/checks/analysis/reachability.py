@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 from functools import cached_property
 
-from torchdoctor.agent.checks.analysis.defuse import DefUse, is_false
+from torchdoctor.agent.checks.analysis.defuse import is_false
+from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
 from torchdoctor.agent.checks.loops import local_callee, walk_scope
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
@@ -24,8 +25,17 @@ def _mode_method(call: ast.Call) -> str | None:
     return None
 
 
-class MethodReach(DefUse):
+class MethodReach(ModelFacts):
     """Which functions reach a mode method (`eval`/`train`) through local calls."""
+
+    def mode_method(self, call: ast.Call) -> str | None:
+        """The mode `call` sets ('eval' or 'train'), or None; a loss module's own
+        `criterion.eval()` (DETR evaluates with `model.eval(); criterion.eval()`) puts no
+        model in either mode, so it does not count as the model's."""
+        mode = _mode_method(call)
+        if mode is None or not isinstance(call.func, ast.Attribute):
+            return mode
+        return None if self.is_loss_callee(call.func.value) else mode
 
     @cached_property
     def _call_graph(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -37,7 +47,7 @@ class MethodReach(DefUse):
             scope = self._scope_key(call)
             if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
-            mode = _mode_method(call)
+            mode = self.mode_method(call)
             if mode is not None:
                 methods.setdefault(scope.name, set()).add(mode)
             callee = local_callee(call)
@@ -61,13 +71,12 @@ class MethodReach(DefUse):
         self._reaching[method] = frozenset(reaching)
         return self._reaching[method]
 
-    @staticmethod
-    def methods_called(body: list[ast.stmt] | ast.AST) -> set[str]:
+    def methods_called(self, body: list[ast.stmt] | ast.AST) -> set[str]:
         """Mode methods a body calls directly: 'eval', 'train' (`train(False)` counts as eval)."""
         found: set[str] = set()
         for node in walk_scope(body):
             if isinstance(node, ast.Call):
-                mode = _mode_method(node)
+                mode = self.mode_method(node)
                 if mode is not None:
                     found.add(mode)
         return found
@@ -80,7 +89,7 @@ class MethodReach(DefUse):
         if method not in memo:
             found: set[int] = set()
             for call in self.nodes(ast.Call):
-                if _mode_method(call) != method:
+                if self.mode_method(call) != method:
                     continue
                 node: ast.AST | None = call
                 while node is not None and not isinstance(node, _SCOPES):
@@ -123,7 +132,7 @@ class MethodReach(DefUse):
         reaching = self.functions_reaching(method)
         return any(
             isinstance(node, ast.Call)
-            and (_mode_method(node) == method or local_callee(node) in reaching)
+            and (self.mode_method(node) == method or local_callee(node) in reaching)
             for node in walk_scope(body)
         )
 
@@ -135,6 +144,6 @@ class MethodReach(DefUse):
             memo[method] = [
                 call
                 for call in self.nodes(ast.Call)
-                if _mode_method(call) == method or local_callee(call) in reaching
+                if self.mode_method(call) == method or local_callee(call) in reaching
             ]
         return memo[method]  # type: ignore[no-any-return]
