@@ -43,6 +43,16 @@ def test_a_cpu_run_reports_its_flops_without_an_mfu() -> None:
     assert "no MFU" in hint.reason
 
 
+def test_a_small_step_is_counted_in_its_own_unit_and_none_counted_is_not_a_pass() -> None:
+    doc = _doc(flops={"flops_per_step": 24_576, "achieved_tflops": 2e-6, "mfu": None})
+    hint = probe_findings(doc, "train.py").coverage["8.1"]
+    assert hint.verdict == "pass"
+    assert "24.576 kFLOP per step" in hint.reason and "2.00 MFLOP/s" in hint.reason
+    doc = _doc(flops={"flops_per_step": 0, "achieved_tflops": 0.0, "mfu": None})
+    hint = probe_findings(doc, "train.py").coverage["8.1"]
+    assert hint.verdict == "not-checked" and "counted no matrix multiply" in hint.reason
+
+
 def test_gpu_energy_becomes_joules_kwh_and_cost_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHDOCTOR_KWH_PRICE", "0.30")
     doc = _doc(

@@ -705,17 +705,37 @@ def _flops(b: _Builder) -> None:
         else:
             b.hint("8.1", "pass", "probe:flops", f"MFU {f.mfu:.1%} on {f.device_name}{energy}")
         return
+    if f.flops_per_step == 0:
+        b.hint(
+            "8.1",
+            "not-checked",
+            "probe:flops",
+            "FlopCounterMode counted no matrix multiply or convolution in a step (the step's "
+            "work is element-wise, or ran outside the counted region), so there is no work "
+            f"figure to judge the cost by{energy}",
+        )
+        return
     # no known peak (a CPU run, an unlisted GPU): the counted work and its rate still stand
     rate = (
-        f", {f.achieved_tflops * 1e3:.2f} GFLOP/s achieved" if f.achieved_tflops is not None else ""
+        f", {_scaled(f.achieved_tflops * 1e12, 2)}FLOP/s achieved"
+        if f.achieved_tflops is not None
+        else ""
     )
     b.hint(
         "8.1",
         "pass",
         "probe:flops",
-        f"{f.flops_per_step / 1e9:.3f} GFLOP per step (FlopCounterMode){rate} on "
+        f"{_scaled(f.flops_per_step, 3)}FLOP per step (FlopCounterMode){rate} on "
         f"{f.device_name or 'CPU'}; no dense peak known there, so no MFU{energy}",
     )
+
+
+def _scaled(count: float, decimals: int) -> str:
+    """'3.000 G', '24.576 k', '640 ': a small model's step is not '0.000 GFLOP'."""
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= factor:
+            return f"{count / factor:.{decimals}f} {prefix}"
+    return f"{count:.0f} "
 
 
 def kwh_price() -> float:
