@@ -339,6 +339,30 @@ class DefUse:
                 found.setdefault(callee, []).append(node)
         return found
 
+    @cached_property
+    def _call_defaults(self) -> dict[int, dict[str, ast.Call]]:
+        """function id -> parameter -> its default, when that default builds an object
+        (`def __init__(self, loss=nn.CrossEntropyLoss())`): what the parameter holds unless
+        a caller passes another, and the only value the module shows for it."""
+        found: dict[int, dict[str, ast.Call]] = {}
+        defs: list[FunctionNode] = [*self.nodes(ast.FunctionDef), *self.nodes(ast.AsyncFunctionDef)]
+        for fn in defs:
+            args = fn.args
+            positional = [*args.posonlyargs, *args.args]
+            defaulted = positional[len(positional) - len(args.defaults) :]
+            pairs = [
+                *zip(defaulted, args.defaults, strict=True),
+                *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+            ]
+            for param, default in pairs:
+                if isinstance(default, ast.Call):
+                    found.setdefault(id(fn), {})[param.arg] = default
+        return found
+
+    @cached_property
+    def _defaulted_names(self) -> frozenset[str]:
+        return frozenset(name for table in self._call_defaults.values() for name in table)
+
     def _scope_of(self, node: ast.AST) -> ScopeNode:
         fn = self.ctx.enclosing_function(node)
         return fn if fn is not None else self.ctx.tree
@@ -346,12 +370,16 @@ class DefUse:
     def definitions(self, node: ast.expr) -> list[ast.expr]:
         """Expressions `node` (a Name or `self.attr`) may hold; [] when unknown."""
         if isinstance(node, ast.Name):
-            if node.id not in self._bound_keys:
+            defaulted = node.id in self._defaulted_names
+            if node.id not in self._bound_keys and not defaulted:
                 return []
             scope = self._scope_of(node)
             values = self._scope_bindings.get(id(scope), {}).get(node.id)
             if values:
                 return values
+            default = self._call_defaults.get(id(scope), {}).get(node.id) if defaulted else None
+            if default is not None:
+                return [default]
             return self._scope_bindings[id(self.ctx.tree)].get(node.id, [])
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "self":
