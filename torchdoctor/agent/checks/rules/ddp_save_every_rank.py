@@ -30,7 +30,8 @@ class DdpSaveEveryRank(Rule):
     same file at once: the writes race (a reader can see a torn file), the I/O is multiplied
     by the world size, and on shared file systems the job slows down for everyone.
 
-    Not reported: saves whose path names the rank (one file per rank is deliberate), scripts
+    Not reported: saves whose path names the rank, also through the variable it is bound to
+    (one file per rank is deliberate), scripts
     that shard parameters (FSDP, ZeRO, DeepSpeed: there the state dict is gathered by a
     collective every rank must join), scripts driven by Lightning, Accelerate, the Hugging Face
     Trainer or Ignite (they save from the main process themselves).
@@ -68,7 +69,7 @@ class DdpSaveEveryRank(Rule):
             if not isinstance(call, ast.Call) or ctx.call_qualname(call) != "torch.save":
                 continue
             path = argument(call, "f", 1)
-            if path is None or names_rank(path) or not runs_on_every_rank(ctx, call):
+            if path is None or _per_rank(ctx, path) or not runs_on_every_rank(ctx, call):
                 continue
             ctx.report(
                 self,
@@ -76,3 +77,9 @@ class DdpSaveEveryRank(Rule):
                 "every rank runs this save: the processes write the same file at once; save "
                 "on rank 0 only and `dist.barrier()` before other ranks read it",
             )
+
+
+def _per_rank(ctx: ModuleContext, path: ast.expr) -> bool:
+    """The path names the rank, directly or through what its variable was bound to
+    (`queue_path = f"queue{args.rank}.pth"` before the loop): one file per rank."""
+    return any(names_rank(source) for source in ctx.flow.sources(path))
