@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -20,6 +21,10 @@ class ZeroGradOrder(Rule):
         loss.backward()
         optimizer.zero_grad()
         optimizer.step()
+
+    Not reported: `p.grad = None` on the parameters a condition selects in a loop over them
+    (`if "prototypes" in name: p.grad = None`): those are frozen for this step on purpose
+    and the others still update.
 
     Fix: clear gradients before the forward pass (or right after `step()`):
     `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`.
@@ -46,9 +51,34 @@ class ZeroGradOrder(Rule):
                 if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
                     if any(s < line for s in step_lines if s > backward_lines[0]):
                         continue  # step() already ran after backward in this iteration
+                    if _selected_parameter(ctx, clear):
+                        continue  # some parameters frozen for this step, on purpose
                     ctx.report(
                         self,
                         clear,
                         "gradients are cleared after backward() and before step(): "
                         "the optimizer step sees no gradient",
                     )
+
+
+def _selected_parameter(ctx: ModuleContext, clear: ast.AST) -> bool:
+    """`for name, p in model.named_parameters(): if cond: p.grad = None`: the clear hits
+    the parameters an `if` inside the loop over them picks, not every gradient."""
+    if not isinstance(clear, ast.Assign):
+        return False
+    cleared = {
+        t.value.id
+        for t in clear.targets
+        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+    }
+    selected = False
+    for parent in ctx.ancestors(clear):
+        if isinstance(parent, ast.If):
+            selected = True
+        elif isinstance(parent, ast.For | ast.AsyncFor):
+            bound = {n.id for n in ast.walk(parent.target) if isinstance(n, ast.Name)}
+            if cleared & bound:
+                return selected
+        elif isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            break
+    return False
