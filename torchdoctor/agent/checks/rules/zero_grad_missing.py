@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import Effects, receiver_name
 from torchdoctor.agent.models import Severity
 
 
@@ -15,7 +17,11 @@ class ZeroGradMissing(Rule):
 
     Why it matters: gradients accumulate across iterations, so every step applies the sum of
     all previous gradients; training diverges or silently follows the wrong direction.
-    Gradient accumulation that zeroes every k steps is fine and is not reported.
+    Gradient accumulation that zeroes every k steps is fine and is not reported. With several
+    optimizers (a GAN's generator and discriminator), one stepped in the loop whose own
+    `zero_grad()` never runs there is reported at its `step()`, when every clearing call in
+    the loop names another stepped optimizer (a module's `zero_grad()` or `p.grad = None`
+    may clear anything, and keeps the rule quiet).
 
     Example:
         for x, y in loader:
@@ -37,8 +43,22 @@ class ZeroGradMissing(Rule):
         return any(loop.kind == "loop" for loop in ctx.loops.training_loops)
 
     def finish(self, ctx: ModuleContext) -> None:
+        reported: set[int] = set()
         for loop in ctx.loops.training_loops:
-            if loop.kind != "loop" or loop.effects.zero_grad:
+            if loop.kind != "loop":
+                continue
+            if loop.effects.zero_grad:
+                for step, name, cleared in _uncleared_optimizers(ctx, loop.effects):
+                    if id(step) in reported:
+                        continue
+                    reported.add(id(step))
+                    ctx.report(
+                        self,
+                        step,
+                        f"`{name}` steps in this loop but its gradients are never cleared "
+                        f"(the loop clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): "
+                        "they accumulate across iterations",
+                    )
                 continue
             node: ast.AST = loop.node
             ctx.report(
@@ -49,3 +69,46 @@ class ZeroGradMissing(Rule):
                 data={"backward_line": loop.effects.backward[0].lineno},
                 header_only=True,
             )
+
+
+# `optimizer_D`, `g_optim`, `opt`, `opt_g`, `optD`, `d_opt2`
+_OPTIMIZER_NAME = re.compile(r"[Oo]ptim|(^|_)[Oo]pt(_|$|\d|[A-Z])")
+
+
+def _uncleared_optimizers(
+    ctx: ModuleContext, effects: Effects
+) -> list[tuple[ast.Call, str, set[str]]]:
+    """(step call, optimizer, the optimizers cleared) for each optimizer the loop steps but
+    never clears, when every clearing call names a stepped optimizer."""
+    stepped: dict[str, ast.Call] = {}
+    for step in effects.step:
+        name = _stepped_optimizer(ctx, step)
+        if name is None:
+            continue
+        stepped.setdefault(name, step)
+    cleared: set[str] = set()
+    for node in effects.zero_grad:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            return []  # `p.grad = None`: any parameter may be cleared
+        cleared.add(ast.unparse(node.func.value))
+    if not cleared or not cleared <= set(stepped):
+        return []  # `model.zero_grad()` or a helper's loop variable: may clear any of them
+    return [(step, name, cleared) for name, step in stepped.items() if name not in cleared]
+
+
+def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
+    """`opt` in `opt.step()` and `scaler.step(opt)`, when it holds a torch optimizer or is
+    named like one (`env.step(action)` steps no optimizer)."""
+    assert isinstance(step.func, ast.Attribute)
+    target: ast.expr = step.func.value
+    qual = ctx.flow.constructed_as(target) or ""
+    if (qual.endswith("GradScaler") or "scaler" in receiver_name(step).lower()) and step.args:
+        target = step.args[0]
+        qual = ctx.flow.constructed_as(target) or ""
+    if not isinstance(target, ast.Name | ast.Attribute):
+        return None
+    name = target.attr if isinstance(target, ast.Attribute) else target.id
+    built = qual.startswith("torch.optim.") and "lr_scheduler" not in qual
+    if built or _OPTIMIZER_NAME.search(name):
+        return ast.unparse(target)
+    return None
