@@ -9,6 +9,7 @@ import ast
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.project import project_function_calls
+from torchdoctor.agent.checks.loops import walk_scope
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -115,3 +116,67 @@ def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:
     calls `model.eval()` before returning."""
     qual = ctx.flow.qualname_of(call) or ""
     return qual.startswith(_EVAL_MODE_LOADERS) and qual.endswith(".from_pretrained")
+
+
+def train_mode_after_eval(
+    ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
+) -> ast.Call | None:
+    """The `model.train()` that undoes an earlier `model.eval()` before `call` runs the model
+    (MultiBench's validation loop: `model.eval()`, then `model.train()` before each batch).
+    Only a switch on every path to the call counts (`if mc_dropout: model.train()` is a
+    choice), and not when the call repeats passes over one input (`for _ in range(T)`:
+    Monte-Carlo dropout keeps dropout on on purpose)."""
+    model = ast.unparse(model_of(call))
+    here = (call.lineno, call.col_offset)
+    switches = sorted(
+        (
+            (node.lineno, node.col_offset, mode, node)
+            for node in walk_scope(owner.body if owner is not None else ctx.tree.body)
+            if isinstance(node, ast.Call)
+            and (node.lineno, node.col_offset) < here
+            and (mode := ctx.flow.mode_method(node)) is not None
+            and isinstance(node.func, ast.Attribute)
+            and ast.unparse(node.func.value) == model
+        ),
+        key=lambda item: item[:2],
+    )
+    if len(switches) < 2 or switches[-1][2] != "train":
+        return None
+    if not any(mode == "eval" for _, _, mode, _ in switches[:-1]):
+        return None
+    switch = switches[-1][3]
+    if not _runs_before(ctx, switch, call) or _repeated_passes(ctx, owner, call):
+        return None
+    return switch
+
+
+def _runs_before(ctx: ModuleContext, first: ast.AST, then: ast.AST) -> bool:
+    """`first`'s statement precedes, in one block, a statement holding `then`: it runs on
+    every path to it (structured code; an early `continue` aside)."""
+    stmt: ast.AST | None = first
+    while stmt is not None and not isinstance(stmt, ast.stmt):
+        stmt = ctx.parents.get(stmt)
+    parent = ctx.parents.get(stmt) if stmt is not None else None
+    if stmt is None or parent is None:
+        return False
+    holding = {id(anc) for anc in ctx.ancestors(then)}
+    for _, value in ast.iter_fields(parent):
+        if isinstance(value, list) and any(item is stmt for item in value):
+            index = next(i for i, item in enumerate(value) if item is stmt)
+            return any(id(later) in holding for later in value[index + 1 :])
+    return False
+
+
+def _repeated_passes(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:
+    """The call's innermost loop counts passes (`for _ in range(n)`) instead of batches."""
+    for anc in ctx.ancestors(call):
+        if anc is owner:
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.ListComp | ast.GeneratorExp):
+            it = anc.iter if isinstance(anc, ast.For | ast.AsyncFor) else anc.generators[0].iter
+            return (
+                isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
+            )
+        if isinstance(anc, ast.While):
+            return True
+    return False

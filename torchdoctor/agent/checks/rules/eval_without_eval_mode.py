@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.eval_mode import (
     model_of,
     model_put_in_eval,
     statements_before,
+    train_mode_after_eval,
 )
 from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
 from torchdoctor.agent.checks.analysis.project import (
@@ -111,6 +112,11 @@ class EvalWithoutEvalMode(Rule):
             elsewhere = owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call)
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation
+            switch = train_mode_after_eval(ctx, owner, call)
+            if switch is not None:
+                self._report_switch(ctx, switch, _mode_dependent(ctx, model_of(call)))
+                reported.add(id(call))
+                continue
             if owner is not None and _train_mode_set_before(ctx, owner, call):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call):
@@ -152,6 +158,24 @@ class EvalWithoutEvalMode(Rule):
                 ctx.findings.append(found)
                 continue
             defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found, also=also))
+
+    def _report_switch(self, ctx: ModuleContext, switch: ast.Call, layers: ModeLayers) -> None:
+        if layers == "none":
+            return
+        known = layers == "known"
+        ctx.report(
+            self,
+            switch,
+            f"`{ast.unparse(switch)}` switches the model back to training mode after "
+            "`.eval()`, before it runs on this evaluation path: "
+            + (
+                "its dropout/normalisation layers behave as in training"
+                if known
+                else "any dropout or BatchNorm in it behaves as in training"
+            ),
+            severity=Severity.HIGH if known else Severity.MEDIUM,
+            data={"mode_dependent_layers": layers},
+        )
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
