@@ -53,7 +53,16 @@ class GraphOrigins(ModelFacts):
         if self.grad_disabled_at(expr):
             return None
         if isinstance(expr, ast.Name):
-            return self._first_origin(self.definitions(expr), active)
+            definitions = self.definitions(expr)
+            found = self._first_origin(definitions, active)
+            if (
+                found is None
+                and definitions
+                and self._backpropagated(expr)
+                and not any(_detaching(value) for value in definitions)
+            ):
+                return "loss"  # `loss = helper(...)`, then `loss.backward()`: a loss
+            return found
         if isinstance(expr, ast.Attribute):
             if expr.attr in ("data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"):
                 return None
@@ -73,6 +82,18 @@ class GraphOrigins(ModelFacts):
         if isinstance(expr, ast.Dict):
             return self._first_origin(expr.values, active)
         return None
+
+    def _backpropagated(self, name: ast.Name) -> bool:
+        """`name.backward()` is called in the function that reads `name`: whatever opaque
+        helper produced it, it holds an autograd graph."""
+        memo = self.ctx.memo_table("graph_origin.backpropagated")
+        if "" not in memo:
+            memo[""] = frozenset(
+                (id(self._scope_of(call)), call.func.value.id)
+                for call in self.calls_named(("backward",))
+                if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+            )
+        return (id(self._scope_of(name)), name.id) in memo[""]
 
     def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
         func = call.func
@@ -97,3 +118,13 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute):
             return self._origin(func.value, active)
         return None
+
+
+def _detaching(value: ast.expr) -> bool:
+    """`loss.item()`, `float(loss)`, `loss.detach()`: a binding that holds no graph."""
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    if isinstance(func, ast.Name):
+        return func.id in DETACHING_BUILTINS
+    return isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS
