@@ -3,12 +3,14 @@
 Library modules that define networks often end with `if __name__ == "__main__":` building the
 model and calling it on random input to check shapes (vit-pytorch, denoising-diffusion and
 pytorch-cifar do this in nearly every file). Nothing trains, no weights are loaded: advice
-meant for entry scripts (seed torch, switch to eval() before inference) does not apply there.
+meant for entry scripts (seed torch, switch to eval() before inference) does not apply there;
+nor does it in a pytest module, whose loaders and evaluations are fixtures.
 """
 
 from __future__ import annotations
 
 import ast
+from pathlib import PurePath
 
 from torchdoctor.agent.checks.base import ModuleContext
 
@@ -43,3 +45,13 @@ def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:
         return False
     text = ast.unparse(guard)
     return not any(marker in text for marker in _LOADS_WEIGHTS)
+
+
+def is_test_module(path: str) -> bool:
+    """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's
+    `tests/convert/test_*.py`, LLMs-from-scratch's `tests/tests_rope_and_parts.py`)."""
+    parts = PurePath(path).parts
+    name = parts[-1] if parts else ""
+    if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":
+        return True
+    return any(part in ("tests", "test") for part in parts[:-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import PurePath
 from typing import Any, ClassVar, Literal
 
 from torchdoctor.agent.checks.analysis.eval_mode import (
@@ -31,7 +30,7 @@ from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import walk_scope
-from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_test_module
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -185,21 +184,11 @@ class EvalWithoutEvalMode(Rule):
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
-def _is_test_module(path: str) -> bool:
-    """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's
-    `tests/convert/test_*.py`, LLMs-from-scratch's `tests/tests_rope_and_parts.py`)."""
-    parts = PurePath(path).parts
-    name = parts[-1] if parts else ""
-    if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":
-        return True
-    return any(part in ("tests", "test") for part in parts[:-1])
-
-
 def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
     flow = ctx.flow
     regions: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     named: set[int] = set()
-    test_module = _is_test_module(ctx.path)
+    test_module = is_test_module(ctx.path)
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:

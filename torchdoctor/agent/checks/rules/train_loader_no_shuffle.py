@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _ORDERING = ("shuffle", "sampler", "batch_sampler")
@@ -27,7 +29,10 @@ class TrainLoaderNoShuffle(Rule):
     Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum),
     a sampler of any kind (`DistributedSampler` shuffles), options passed through `**kwargs`
     (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
-    loader), loaders named for validation or test data, loaders no training loop iterates.
+    loader), loaders named for validation or test data, loaders no training loop iterates
+    unless they are named for training (or built over training data) and handed to the
+    caller (returned, or stored on `self`) by a function that does not iterate them: a
+    loader factory whose training loop lives in another function or file.
 
     Example:
         train_loader = DataLoader(train_set, batch_size=64)
@@ -47,12 +52,15 @@ class TrainLoaderNoShuffle(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "DataLoader" in ctx.source and bool(ctx.loops.training_loops)
+        return "DataLoader" in ctx.source and (
+            bool(ctx.loops.training_loops) or bool(_TRAIN_NAME.search(ctx.source))
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
         flow = ctx.flow
+        reported: set[int] = set()
         for loop in ctx.loops.training_loops:
             node = loop.node
             if not isinstance(node, ast.For | ast.AsyncFor):
@@ -60,18 +68,73 @@ class TrainLoaderNoShuffle(Rule):
             for source in flow.sources(node.iter):
                 if not isinstance(source, ast.Call) or flow.qualname_of(source) not in DATALOADERS:
                     continue
-                if any(kwarg(source, name) is not None for name in _ORDERING):
+                if _orders(ctx, source) or id(source) in reported:
                     continue
-                if has_star_kwargs(source) or len(source.args) > 2:
-                    continue  # positional shuffle/sampler, or options we cannot see
-                if _held_out(ctx, source) or _iterable(ctx, source):
-                    continue
+                reported.add(id(source))
                 ctx.report(
                     self,
                     source,
                     "the training loop iterates this DataLoader in the same order every "
                     "epoch: no shuffle, no sampler",
                 )
+        for source in flow.calls_to(DATALOADERS):
+            if id(source) in reported or _orders(ctx, source):
+                continue
+            handed = _training_loader_handed_out(ctx, source)
+            if handed is not None:
+                ctx.report(
+                    self,
+                    source,
+                    f"`{handed}` is built for training and handed to its caller with no "
+                    "shuffle and no sampler: every epoch sees the batches in the same order",
+                )
+
+
+# `train_loader`, `trainloader`, `train_subset`, `training_data`, `dl_train`
+_TRAIN_NAME = re.compile(r"(^|[^A-Za-z])[Tt]rain(ing)?([^a-z]|$|set|loader|data|dl)")
+
+
+def _orders(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """Whether the loader may shuffle or keep an order on purpose (or we cannot tell)."""
+    if any(kwarg(loader, name) is not None for name in _ORDERING):
+        return True
+    if has_star_kwargs(loader) or len(loader.args) > 2:
+        return True  # positional shuffle/sampler, or options we cannot see
+    return _held_out(ctx, loader) or _iterable(ctx, loader)
+
+
+def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | None:
+    """The name of a loader built for training data (by its name or its dataset's) that its
+    function returns or stores on `self` without iterating it: a loader factory whose
+    training loop lives elsewhere (`get_loaders()` -> `train_loader, val_loader`)."""
+    parent = ctx.parents.get(loader)
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return None
+    target = parent.targets[0]
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    names = [identifier(target), identifier(dataset) if dataset is not None else ""]
+    if not any(n and _TRAIN_NAME.search(n) for n in names):
+        return None
+    owner = ctx.enclosing_function(loader)
+    if owner is None or is_test_module(ctx.path):
+        return None  # a test's loaders keep their order on purpose
+    text = ast.unparse(target)
+    iterated = any(
+        isinstance(node, ast.For | ast.AsyncFor | ast.comprehension)
+        and text in {ast.unparse(sub) for sub in ast.walk(node.iter)}
+        for node in ast.walk(owner)
+    )
+    if iterated:
+        return None
+    if isinstance(target, ast.Attribute) and identifier(target.value) == "self":
+        return text
+    returned = any(
+        isinstance(node, ast.Return)
+        and node.value is not None
+        and any(ast.unparse(sub) == text for sub in ast.walk(node.value))
+        for node in ast.walk(owner)
+    )
+    return text if returned and isinstance(target, ast.Name) else None
 
 
 def _held_out(ctx: ModuleContext, loader: ast.Call) -> bool:
@@ -88,7 +151,7 @@ def _iterable(ctx: ModuleContext, loader: ast.Call) -> bool:
         return True
     for source in ctx.flow.sources(dataset):
         text = ast.unparse(source)
-        if "Iterable" in text or "stream" in text.lower():
+        if "Iterable" in text or "stream" in text.lower() or "iter" in identifier(source).lower():
             return True
         if isinstance(source, ast.Call) and isinstance(source.func, ast.Name):
             local = ctx.flow.classes.get(source.func.id)
