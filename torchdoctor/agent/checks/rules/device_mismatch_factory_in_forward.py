@@ -28,6 +28,8 @@ _FACTORIES = frozenset(
     )
 )
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
+_TO_HOST = frozenset({"tolist", "item", "numpy"})
+_HOST_BUILTINS = frozenset({"int", "len", "list", "float", "range"})
 
 
 class DeviceMismatchFactoryInForward(Rule):
@@ -36,7 +38,9 @@ class DeviceMismatchFactoryInForward(Rule):
     `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
     .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
     torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
-    (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), and scripts
+    (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), tensors
+    whose values only serve the host (sizes counted with `torch.unique_consecutive` and
+    `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`), and scripts
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
     device or accelerator anywhere: the model runs on the CPU).
 
@@ -78,7 +82,7 @@ class DeviceMismatchFactoryInForward(Rule):
             if not isinstance(node, ast.Call):
                 continue
             qual = ctx.flow.qualname_of(node)
-            if qual not in _FACTORIES or _placed(ctx, node):
+            if qual not in _FACTORIES or _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
             ctx.report(
                 self,
@@ -131,4 +135,76 @@ def _number(node: ast.AST) -> bool:
         isinstance(node, ast.Constant)
         and isinstance(node.value, int | float)
         and not isinstance(node.value, bool)
+    )
+
+
+def _host_only(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
+    """The tensor, and what torch functions derive from it, is only iterated, used in list
+    slices or turned into Python values (a multi-crop wrapper counting crop sizes): it never
+    meets a tensor on the model's device."""
+    pending: list[str] = []
+    if not _reaches_binding(ctx, call, pending):
+        return False
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for use in walk_scope(forward.body):
+            if not (isinstance(use, ast.Name) and use.id == name):
+                continue
+            if isinstance(use.ctx, ast.Load) and not (
+                _host_use(ctx, use) or _reaches_binding(ctx, use, pending)
+            ):
+                return False
+    return True
+
+
+def _reaches_binding(ctx: ModuleContext, node: ast.expr, names: list[str]) -> bool:
+    """`node` flows, through torch functions of it alone, indexing and argument-free methods,
+    into Python values (`.tolist()`) or into plain names (added to `names`)."""
+    child: ast.AST = node
+    parent = ctx.parents.get(child)
+    while parent is not None:
+        if isinstance(parent, ast.Assign) and parent.value is child:
+            targets = [n for t in parent.targets for n in ast.walk(t)]
+            if any(isinstance(n, ast.Attribute | ast.Subscript | ast.Starred) for n in targets):
+                return False
+            names.extend(n.id for n in targets if isinstance(n, ast.Name))
+            return True
+        if isinstance(parent, ast.Attribute) and parent.value is child:
+            call = ctx.parents.get(parent)
+            if not isinstance(call, ast.Call) or call.func is not parent or _other_values(call):
+                return False
+            if parent.attr in _TO_HOST:
+                return True
+            parent = call
+        elif isinstance(parent, ast.Call) and parent.func is not child:
+            qual = ctx.flow.qualname_of(parent) or ""
+            if not qual.startswith("torch.") or _other_values(parent, child):
+                return False
+        elif not (isinstance(parent, ast.Subscript) and parent.value is child):
+            return False
+        child, parent = parent, ctx.parents.get(parent)
+    return False
+
+
+def _other_values(call: ast.Call, operand: ast.AST | None = None) -> bool:
+    """Arguments other than `operand` that are not literals (a second tensor would meet it)."""
+    passed = [*call.args, *(k.value for k in call.keywords)]
+    return any(a is not operand and not isinstance(a, ast.Constant) for a in passed)
+
+
+def _host_use(ctx: ModuleContext, use: ast.Name) -> bool:
+    """`for end in sizes`, `crops[start:end]`, `int(n)`: a use that stays on the host."""
+    parent = ctx.parents.get(use)
+    if isinstance(parent, ast.For) and parent.iter is use:
+        return True
+    if isinstance(parent, ast.Slice):
+        return True
+    return (
+        isinstance(parent, ast.Call)
+        and isinstance(parent.func, ast.Name)
+        and parent.func.id in _HOST_BUILTINS
     )
