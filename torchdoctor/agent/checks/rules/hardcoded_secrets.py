@@ -11,9 +11,14 @@ from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.models import Severity
 from torchdoctor.agent.redact import TOKEN_PATTERNS, looks_random, mask
 
+# Whole words of a snake_cased name: `hf_token`, `apiKey`, `db_password`, `Authorization`,
+# but not `tokenizer_dir`, `max_tokens` or `author` (a hub id passed as `tokenizer_dir=`).
 _SECRET_NAME = re.compile(
-    r"(api_?key|^key$|token|secret|passw(or)?d|access_key|auth)", re.IGNORECASE
+    r"(^|_)(api_?key|access_key|secret_key|token|secret|passw(or)?d|auth|authorization|"
+    r"credentials?)(_|$)|^key$",
+    re.IGNORECASE,
 )
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _PLACEHOLDER = re.compile(r"your|xxx|<|>|\.\.\.|example|changeme|dummy|test|\{|\$", re.IGNORECASE)
 # Cheap gates over the whole file: a known token shape (case-sensitive, so the regex engine
 # scans for literal prefixes), or a secret-like name bound to a long quoted literal.
@@ -101,6 +106,6 @@ def _named_secret(ctx: ModuleContext, node: ast.Constant) -> str | None:
             for k, v in zip(parent.keys, parent.values, strict=True)
             if v is node and isinstance(k, ast.Constant)
         ]
-    if any(_SECRET_NAME.search(name) for name in names):
+    if any(_SECRET_NAME.search(_CAMEL.sub("_", name).replace("-", "_")) for name in names):
         return "credential"
     return None
