@@ -91,9 +91,24 @@ class GraphOrigins(ModelFacts):
             memo[""] = frozenset(
                 (id(self._scope_of(call)), call.func.value.id)
                 for call in self.calls_named(("backward",))
-                if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+                if isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name)
+                and not self._backward_engine(call, call.func.value)
             )
         return (id(self._scope_of(name)), name.id) in memo[""]
+
+    def _backward_engine(self, call: ast.Call, receiver: ast.Name) -> bool:
+        """`accelerator.backward(loss)`, `fabric.backward(loss)`: an object built from a class
+        (or, when its binding is unknown, given the loss to run backward on) holds no graph."""
+        values = self.definitions(receiver)
+        if not values:
+            return bool(call.args)
+        return all(
+            isinstance(v, ast.Call)
+            and isinstance(v.func, ast.Name | ast.Attribute)
+            and (v.func.id if isinstance(v.func, ast.Name) else v.func.attr)[:1].isupper()
+            for v in values
+        )
 
     def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
         func = call.func
