@@ -37,6 +37,10 @@ class UnusedLayer(Rule):
         def forward(self, x):
             return self.fc1(x)
 
+    Not reported: modules that never run (no `forward`, or one that is only `...`, `pass` or
+    `raise NotImplementedError`): parameter containers for state-dict, device or sharding
+    tests.
+
     Fix: use the layer in `forward`, or delete it.
     """
 
@@ -54,9 +58,12 @@ class UnusedLayer(Rule):
             return
         read: set[str] | None = None
         for cls in module_class_defs(ctx):
-            init = class_methods(cls).get("__init__")
+            methods = class_methods(cls)
+            init = methods.get("__init__")
             if init is None or any(k in ctx.segment(cls) for k in _INTROSPECTION):
                 continue
+            if not _runs(ctx, cls):
+                continue  # a container of parameters (state-dict, device or sharding tests)
             for stmt in ast.walk(init):
                 if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
                     continue
@@ -79,6 +86,36 @@ class UnusedLayer(Rule):
                         f"`self.{target.attr}` ({layer}) is created but never used: its "
                         "parameters are allocated and trained for nothing",
                     )
+
+
+def _runs(ctx: ModuleContext, cls: ast.ClassDef, depth: int = 0) -> bool:
+    """The module computes something: its `forward`, or one inherited from a class of this
+    file or of another library, has a body. None at all, or only `...`, `pass`, a docstring or
+    `raise NotImplementedError`, means it is never run, so no layer in it is skipped."""
+    forward = class_methods(cls).get("forward")
+    if forward is not None:
+        return _computes(forward)
+    local = {c.name: c for c in module_class_defs(ctx)}
+    for base in cls.bases:
+        name = ast.unparse(base)
+        if name in local and depth < 5:
+            if _runs(ctx, local[name], depth + 1):
+                return True
+        elif not (ctx.qualname(base) or name).endswith(("nn.Module", "modules.module.Module")):
+            return True  # a base whose forward is not seen here
+    return False
+
+
+def _computes(forward: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for stmt in forward.body:
+        if isinstance(stmt, ast.Pass) or (
+            isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+        ):
+            continue
+        if isinstance(stmt, ast.Raise) and "NotImplementedError" in ast.unparse(stmt):
+            continue
+        return True
+    return False
 
 
 def _attributes_read(ctx: ModuleContext) -> set[str]:
