@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
-from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test, is_test_module
 from torchdoctor.agent.models import Severity
 
 _SEEDERS = frozenset(
@@ -132,9 +132,16 @@ class NoTorchSeed(Rule):
     @staticmethod
     def _entry_anchor(ctx: ModuleContext) -> ast.stmt | None:
         """Where an entry script starts: its main guard, or its top-level training loop."""
+        if is_test_module(ctx.path):
+            return None  # pytest runs it; its fixtures decide the seeds
         guard = next((s for s in ctx.tree.body if is_main_guard(s)), None)
         loops = ctx.loops.training_loops
-        top_level = [loop.node for loop in loops if ctx.enclosing_function(loop.node) is None]
+        top_level = [
+            loop.node
+            for loop in loops
+            if isinstance(loop.node, ast.For | ast.While | ast.AsyncFor)
+            and ctx.enclosing_function(loop.node) is None
+        ]
         if guard is None:
             return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
         if loops or (_uses_torch_randomness(ctx) and not is_model_smoke_test(ctx, guard)):
