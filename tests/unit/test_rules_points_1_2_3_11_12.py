@@ -195,6 +195,22 @@ def test_evaluation_names_in_pytest_modules_are_not_evaluation_paths() -> None:
     assert [f.line for f in _run([("evaluation.py", source)], "eval-without-eval-mode")] == [4]
 
 
+def test_stand_in_models_of_pytest_modules_may_return_fixed_cpu_tensors() -> None:
+    source = (
+        "import torch\n"
+        "from torch import nn\n"
+        "class DraftModel(nn.Module):\n"
+        "    def forward(self, idx):\n"
+        "        return torch.tensor([0.0, 3.0, 10.0])[None, None, ...]\n"
+        "def test_decode(decode):\n"
+        "    device = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
+        "    assert decode(DraftModel(), torch.ones(1, 1, device=device)).tolist() == [[2]]\n"
+    )
+    rule = "device-mismatch-factory-in-forward"
+    assert _run([("tests/test_speculative.py", source)], rule) == []
+    assert [f.line for f in _run([("draft.py", source)], rule)] == [5]
+
+
 def test_a_clean_training_script_raises_none_of_these_rules() -> None:
     script = FIXTURES.parent / "scripts" / "clean_training.py"
     config = EngineConfig(select=frozenset(OWNED))

@@ -9,6 +9,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _FACTORIES = frozenset(
@@ -42,7 +43,8 @@ class DeviceMismatchFactoryInForward(Rule):
     whose values only serve the host (sizes counted with `torch.unique_consecutive` and
     `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`), and scripts
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
-    device or accelerator anywhere: the model runs on the CPU).
+    device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
+    stand-in models return fixed tensors; a mismatch there fails the test itself).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -71,6 +73,8 @@ class DeviceMismatchFactoryInForward(Rule):
             return
         if not touches_accelerator(ctx.source) and is_script(ctx.tree):
             return  # a CPU-only script: there is no other device to mismatch
+        if is_test_module(ctx.path):
+            return  # test doubles returning fixed tensors: a mismatch fails the test itself
         flow = ctx.flow
         for name in sorted(flow.module_classes):
             for stmt in flow.classes[name].body:
