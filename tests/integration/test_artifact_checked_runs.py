@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from torchdoctor.agent.approval import approve_all
-from torchdoctor.agent.artifacts.approval import write_artifacts
+from torchdoctor.agent.artifacts.approval import apply_approved
 from torchdoctor.agent.artifacts.checked_run import MissingModule, checked_run
 from torchdoctor.agent.audit import AuditOptions, AuditOutcome, run_audit
 from torchdoctor.agent.fixes.codemods import all_codemods
@@ -109,7 +109,7 @@ def test_the_checks_without_the_annotations_they_were_built_on_are_not_written(
 ) -> None:
     _project, outcome, _asked = audited
     shutil.copy(EXAMPLES / "train_buggy.py", tmp_path / "train_buggy.py")
-    written = write_artifacts(tmp_path, outcome.report.artifacts, {"artifact-validation"})
+    written = apply_approved(tmp_path, [], outcome.report.artifacts, {"artifact-validation"})[1]
     assert not written.paths
     assert "changed since the audit" in written.skipped["artifact-validation"]
     assert (tmp_path / "train_buggy.py").read_text() == (EXAMPLES / "train_buggy.py").read_text()

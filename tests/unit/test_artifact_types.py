@@ -7,7 +7,9 @@ asks for (a module, resolved by the backend: no host interpreter, no host import
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import types
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 from tests.conftest import EXAMPLES
-from torchdoctor.agent.artifacts.approval import write_artifacts
+from torchdoctor.agent.artifacts.approval import apply_approved
 from torchdoctor.agent.artifacts.coverage import accepted_coverage
 from torchdoctor.agent.artifacts.forward_edit import ForwardEdit, edit_forward, read_forward, tidy
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget, TensorSpec
@@ -25,6 +27,7 @@ from torchdoctor.agent.artifacts.signature import observed_signature
 from torchdoctor.agent.artifacts.types import CHECKING, annotations_edit
 from torchdoctor.agent.artifacts.validation import checks_edit, embedding_inputs
 from torchdoctor.agent.evidence.probe_schema import DataFlow, FlowCall, RootSignature, TensorInfo
+from torchdoctor.agent.fixes.apply import undo
 from torchdoctor.agent.models import CoverageEntry
 from torchdoctor.agent.probing import RunSummary
 from torchdoctor.agent.workspace import load_workspace
@@ -236,13 +239,62 @@ def test_a_change_to_an_existing_file_is_written_onto_its_current_text(tmp_path:
     after = before.replace("line 3\n", "line 3 annotated\n")
     artifact = _changed("m.py", before, after)
     (tmp_path / "m.py").write_text(before.replace("line 25\n", "line 25 fixed\n"))
-    written = write_artifacts(tmp_path, [artifact], {"artifact-types"})
+    written = apply_approved(tmp_path, [], [artifact], {"artifact-types"})[1]
     assert written.paths == ["m.py"] and written.ids == ["artifact-types"]
     assert (tmp_path / "m.py").read_text() == after.replace("line 25\n", "line 25 fixed\n")
     (tmp_path / "m.py").write_text(before.replace("line 3\n", "mine\n"))
-    clash = write_artifacts(tmp_path, [artifact], {"artifact-types"})
+    clash = apply_approved(tmp_path, [], [artifact], {"artifact-types"})[1]
     assert not clash.paths and "changed since the audit" in clash.skipped["artifact-types"]
     assert (tmp_path / "m.py").read_text() == before.replace("line 3\n", "mine\n")
+
+
+def test_undo_takes_back_the_artifacts_with_the_fixes_and_removes_the_files_they_made(
+    tmp_path: Path,
+) -> None:
+    before = "".join(f"line {n}\n" for n in range(30))
+    (tmp_path / "m.py").write_text(before)
+    os.chmod(tmp_path / "m.py", 0o640)
+    annotations = _changed("m.py", before, before.replace("line 3\n", "line 3 annotated\n"))
+    checks = _changed(
+        "m.py", before, before.replace("line 9\n", "line 9 checked\n"), kind="validation"
+    )
+    suite = Artifact(
+        kind="tests",
+        state="offered",
+        items=["5.2"],
+        reason="ML tests",
+        path="test_m_ml.py",
+        content="def test_x():\n    assert True\n",
+    )
+    approved = {"artifact-types", "artifact-validation", "artifact-tests"}
+    result, written = apply_approved(tmp_path, [], [annotations, checks, suite], approved)
+    assert sorted(written.ids) == sorted(approved) and result.journal is not None
+    assert "line 3 annotated" in (tmp_path / "m.py").read_text()
+    assert "line 9 checked" in (tmp_path / "m.py").read_text()
+    assert (tmp_path / "test_m_ml.py").exists()
+    taken_back = undo(tmp_path)
+    assert taken_back.restored == ["m.py"] and taken_back.removed == ["test_m_ml.py"]
+    assert (tmp_path / "m.py").read_text() == before
+    assert stat.S_IMODE((tmp_path / "m.py").stat().st_mode) == 0o640
+    assert not (tmp_path / "test_m_ml.py").exists()
+    assert undo(tmp_path).refused is not None  # one apply, one undo
+
+
+def test_undo_keeps_a_created_file_the_user_edited_since_unless_forced(tmp_path: Path) -> None:
+    suite = Artifact(
+        kind="tests",
+        state="offered",
+        items=["5.2"],
+        reason="ML tests",
+        path="test_m_ml.py",
+        content="def test_x():\n    assert True\n",
+    )
+    apply_approved(tmp_path, [], [suite], {"artifact-tests"})
+    (tmp_path / "test_m_ml.py").write_text("mine\n")
+    refused = undo(tmp_path)
+    assert refused.refused is not None and "test_m_ml.py" in refused.refused
+    assert (tmp_path / "test_m_ml.py").read_text() == "mine\n"
+    assert undo(tmp_path, force=True).removed == ["test_m_ml.py"]
 
 
 def test_only_the_artifacts_written_settle_their_items() -> None:

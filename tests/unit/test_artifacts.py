@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import EXAMPLES
-from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
+from torchdoctor.agent.artifacts.approval import apply_approved, artifact_changes
 from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
 from torchdoctor.agent.artifacts.models import Artifact, ModelTarget, TensorSpec
 from torchdoctor.agent.artifacts.sandboxed import parse_pytest_summary
@@ -155,17 +155,17 @@ def test_offered_artifacts_are_approval_changes_and_only_new_files_are_written(
 ) -> None:
     (change,) = artifact_changes([_offered(), _offered().model_copy(update={"state": "failed"})])
     assert change.finding_id == "artifact-tests" and "+def test_x():" in change.diff
-    assert write_artifacts(tmp_path, [_offered()], set()).skipped == {
+    assert apply_approved(tmp_path, [], [_offered()], set())[1].skipped == {
         "artifact-tests": "not approved"
     }
-    written = write_artifacts(tmp_path, [_offered()], {"artifact-tests"})
+    written = apply_approved(tmp_path, [], [_offered()], {"artifact-tests"})[1]
     assert written.paths == ["test_m_ml.py"]
     assert (tmp_path / "test_m_ml.py").read_text() == _offered().content
     (tmp_path / "test_m_ml.py").write_text("mine\n")
-    again = write_artifacts(tmp_path, [_offered()], {"artifact-tests"})
+    again = apply_approved(tmp_path, [], [_offered()], {"artifact-tests"})[1]
     assert not again.paths and "not overwritten" in again.skipped["artifact-tests"]
     assert (tmp_path / "test_m_ml.py").read_text() == "mine\n"
-    escaping = write_artifacts(tmp_path, [_offered("../outside.py")], {"artifact-tests"})
+    escaping = apply_approved(tmp_path, [], [_offered("../outside.py")], {"artifact-tests"})[1]
     assert not escaping.paths and not (tmp_path.parent / "outside.py").exists()
 
 

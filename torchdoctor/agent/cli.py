@@ -400,6 +400,8 @@ def undo(
         raise _fail(result.refused)
     for restored in result.restored:
         sys.stdout.write(f"restored {restored}\n")
+    for removed in result.removed:
+        sys.stdout.write(f"removed {removed}\n")
 
 
 @app.command()

@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchdoctor.agent.artifacts.approval import artifact_changes, write_artifacts
+from torchdoctor.agent.artifacts.approval import apply_approved, artifact_changes
 from torchdoctor.agent.artifacts.architecture import architecture_evidence
 from torchdoctor.agent.artifacts.coverage import accepted_coverage, artifact_evidence
 from torchdoctor.agent.artifacts.presence import presence_evidence
@@ -635,7 +635,7 @@ def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         return {"trace": ["approve"]}
     from langgraph.types import interrupt
 
-    from torchdoctor.agent.fixes.apply import apply_fixes, dirty_reason
+    from torchdoctor.agent.fixes.apply import dirty_reason
 
     request = approval_request(state)
     root = runtime.context.workspace.root
@@ -646,12 +646,15 @@ def approve(state: AuditState, runtime: Runtime[AuditContext]) -> Update:
     answer = ApprovalAnswer.model_validate(interrupt(request))
     if answer.refused is not None:
         return {"applied": ApplyRecord(answer=answer), "trace": ["approve"]}
-    result = apply_fixes(
-        root, state.get("findings", []), force=options.force, only=answer.approved()
+    result, written = apply_approved(
+        root,
+        state.get("findings", []),
+        state.get("artifacts", []),
+        answer.approved(),
+        force=options.force,
     )
     if result.refused:
         return {"applied": ApplyRecord(answer=answer, result=result), "trace": ["approve"]}
-    written = write_artifacts(root, state.get("artifacts", []), answer.approved())
     result.skipped.update(written.skipped)
     record = ApplyRecord(
         answer=answer, result=result, artifacts=written.paths, artifact_ids=written.ids

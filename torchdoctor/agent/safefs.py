@@ -198,6 +198,14 @@ class GuardedTree:
     def write_text(self, relative: str, text: str, mode: int | None = None) -> None:
         self.write_bytes(relative, text.encode("utf-8"), mode)
 
+    def remove(self, relative: str) -> None:
+        """Unlink `relative` (a regular file; a link is refused, not followed)."""
+        with self._parent_fd(relative) as (dir_fd, name):
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                raise UnsafePath(f"{display_name(relative)}: not a regular file")
+            os.unlink(name, dir_fd=dir_fd)
+
     def clean_stale_temps(self) -> list[str]:
         """Remove the temporary files an interrupted write left in the tree's top folder."""
         removed = []

@@ -1,16 +1,20 @@
 """Offered artifacts in the approval question, and written to the user's tree once approved,
-through the guarded tree: a new file is never written over an existing one, and a change to an
-existing file (annotations, checks) only while the file still has the text it was made from."""
+with the approved fixes, through the guarded tree and under one undo journal: a new file is
+never written over an existing one, and a change to an existing file (annotations, checks)
+only while the file still has the text it was made from."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.artifacts.models import Artifact
+from torchdoctor.agent.fixes.apply import dirty_reason, plan_fixes, write_changes
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
-from torchdoctor.agent.models import Severity
+from torchdoctor.agent.fixes.models import ApplyResult
+from torchdoctor.agent.models import Finding, Severity
 from torchdoctor.agent.safefs import GuardedTree, UnsafePath
 from torchdoctor.agent.state import ProposedChange
 
@@ -44,9 +48,36 @@ def artifact_changes(artifacts: list[Artifact]) -> list[ProposedChange]:
     ]
 
 
-def write_artifacts(root: Path, artifacts: list[Artifact], approved: set[str]) -> Written:
+def apply_approved(
+    root: Path,
+    findings: list[Finding],
+    artifacts: list[Artifact],
+    approved: set[str],
+    force: bool = False,
+) -> tuple[ApplyResult, Written]:
+    """Write the approved fixes and artifacts together, under one undo journal (`torchdoctor
+    undo` takes both back, removing the files the artifacts created); refused, unless
+    `force`, when the git work tree changed while the question waited for its answer."""
+    root = root.resolve()
+    if not force and (reason := dirty_reason(root)):
+        return ApplyResult(refused=reason), Written()
+    result, texts = plan_fixes(root, findings, approved)
+    written, changes, created = plan_artifacts(root, artifacts, approved, texts)
+    write_changes(root, {**texts, **changes}, result, created)
+    if result.refused:
+        return result, Written(skipped=written.skipped)
+    return result, written
+
+
+def plan_artifacts(
+    root: Path, artifacts: list[Artifact], approved: set[str], fixed: Mapping[str, str]
+) -> tuple[Written, dict[str, str], frozenset[str]]:
+    """The approved artifacts' files (path -> text, on top of the `fixed` texts the approved
+    fixes give), which of them are new, and what is left out and why; nothing is written."""
     tree = GuardedTree(root)
     written = Written()
+    texts: dict[str, str] = {}
+    created: set[str] = set()
     for artifact in offered(artifacts):
         path = artifact.path
         assert path is not None
@@ -54,20 +85,22 @@ def write_artifacts(root: Path, artifacts: list[Artifact], approved: set[str]) -
             written.skipped[artifact.id] = "not approved"
             continue
         try:
-            if artifact.original is None and tree.exists(path):
-                written.skipped[artifact.id] = f"{path} exists: not overwritten"
-                continue
-            text = artifact.content
-            if artifact.original is not None:
-                text = _onto(tree.read_text(path), artifact)
-            tree.write_text(path, text)
+            if artifact.original is None:
+                if path in texts or tree.exists(path):
+                    written.skipped[artifact.id] = f"{path} exists: not overwritten"
+                    continue
+                texts[path] = artifact.content
+                created.add(path)
+            else:  # types and validation both change the model's file: the second onto the first
+                current = texts.get(path, fixed.get(path))
+                texts[path] = _onto(tree.read_text(path) if current is None else current, artifact)
         except (UnsafePath, OSError, ValueError) as err:  # ValueError: a PatchError, not UTF-8
             written.skipped[artifact.id] = f"not written: {err}"
             continue
         written.ids.append(artifact.id)
-        if path not in written.paths:  # types and validation both change the model's file
+        if path not in written.paths:
             written.paths.append(path)
-    return written
+    return written, texts, frozenset(created)
 
 
 def _onto(current: str, artifact: Artifact) -> str:

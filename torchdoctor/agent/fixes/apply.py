@@ -4,9 +4,10 @@ Every read and write goes through `torchdoctor.agent.safefs` (never through a li
 a hard-linked file), atomically, mode preserved. Before anything is written, the original
 bytes and their sha256 go to a journal outside the audited tree, under
 `$TORCHDOCTOR_HOME/undo/<tree key>/<timestamp>/` (0700): a journal shipped inside a repository
-is never read. `undo` restores the latest journal byte-exact, after validating every path in
-it; it refuses when a file changed since (its sha256 no longer matches what was written)
-unless forced.
+is never read. One journal covers everything one approval wrote: the fixes and the artifacts
+(a file an artifact created is journalled as created). `undo` restores the latest journal
+byte-exact, removing the files it created, after validating every path in it; it refuses when
+a file changed since (its sha256 no longer matches what was written) unless forced.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class JournalEntry(BaseModel):
     mode: int = Field(ge=0, le=0o7777)
     sha256_before: str = Field(pattern=r"^[0-9a-f]{64}$")
     sha256_after: str = Field(pattern=r"^[0-9a-f]{64}$")
+    created: bool = Field(False, description="the apply created the file: undo removes it")
 
     @field_validator("path")
     @classmethod
@@ -88,6 +90,16 @@ def apply_fixes(
     root = root.resolve()
     if not force and (reason := dirty_reason(root)):
         return ApplyResult(refused=reason)
+    result, texts = plan_fixes(root, findings, only)
+    write_changes(root, texts, result)
+    return result
+
+
+def plan_fixes(
+    root: Path, findings: list[Finding], only: set[str] | None = None
+) -> tuple[ApplyResult, dict[str, str]]:
+    """The fixes that would be written (their ids in the result) and the files' new texts;
+    nothing is written."""
     gate = fix_gate(findings)
     result = ApplyResult()
     candidates: list[Finding] = []
@@ -103,21 +115,29 @@ def apply_fixes(
         else:
             candidates.append(finding)
     texts: dict[str, str] = {}
-    kept: list[Finding] = []
     for finding in candidates:
         try:
-            texts = merge_fixes(root, [*kept, finding])
+            texts = merge_fixes(root, [*(f for f in candidates if f.id in result.applied), finding])
         except PatchError as err:
             result.skipped[finding.id] = f"does not apply to the current files: {err}"
             continue
-        kept.append(finding)
+        result.applied.append(finding.id)
+    return result, texts
+
+
+def write_changes(
+    root: Path, texts: dict[str, str], result: ApplyResult, created: frozenset[str] = frozenset()
+) -> None:
+    """Journal, then write, `texts` (path -> new text; `created`: paths that are new files)
+    under `root`; the written files and the journal go to `result`, a refusal to its
+    `refused` with nothing written to the tree."""
     if not texts:
-        return result
-    tree = GuardedTree(root)
+        return
+    tree = GuardedTree(root.resolve())
     try:
-        journal = _journal(root, tree, texts)
+        journal = _journal(root.resolve(), tree, texts, created)
         for relative, text in sorted(texts.items()):
-            before = tree.read_bytes(relative)
+            before = b"" if relative in created else tree.read_bytes(relative)
             after = text.encode("utf-8")
             tree.write_bytes(relative, after)
             result.files.append(
@@ -125,25 +145,36 @@ def apply_fixes(
             )
     except UnsafePath as err:
         result.refused = f"refusing to write: {err}"
-        return result
-    result.applied = [f.id for f in kept]
+        result.applied = []
+        return
     result.journal = str(journal)
-    return result
 
 
-def _journal(root: Path, tree: GuardedTree, texts: dict[str, str]) -> Path:
+def _journal(root: Path, tree: GuardedTree, texts: dict[str, str], created: frozenset[str]) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     journal = private_dir(journal_root(root) / stamp)
     saved = GuardedTree(private_dir(journal / "files"))
     entries = []
     for relative, text in sorted(texts.items()):
+        after = sha256(text.encode("utf-8"))
+        if relative in created:
+            entries.append(
+                JournalEntry(
+                    path=checked_relpath(relative),
+                    mode=0o644,
+                    sha256_before=sha256(b""),
+                    sha256_after=after,
+                    created=True,
+                )
+            )
+            continue
         original = tree.read_bytes(relative)
         entries.append(
             JournalEntry(
                 path=checked_relpath(relative),
                 mode=stat.S_IMODE(tree.lstat(relative).st_mode),
                 sha256_before=sha256(original),
-                sha256_after=sha256(text.encode("utf-8")),
+                sha256_after=after,
             )
         )
         for parent in Path(relative).parents:
@@ -196,15 +227,21 @@ def _restore(
                 refused=f"changed since the fix was applied: {', '.join(changed)} "
                 "(pass --force to restore anyway)",
             )
-    originals = {e.path: saved.read_bytes(e.path) for e in entries}
-    corrupt = [e.path for e in entries if sha256(originals[e.path]) != e.sha256_before]
+    originals = {e.path: saved.read_bytes(e.path) for e in entries if not e.created}
+    before = {e.path: e.sha256_before for e in entries}
+    corrupt = [path for path, data in originals.items() if sha256(data) != before[path]]
     if corrupt:
         return UndoResult(
             journal=str(journal), refused=f"the journal copy is corrupt: {', '.join(corrupt)}"
         )
-    restored = []
+    result = UndoResult(journal=str(journal))
     for entry in entries:
-        tree.write_bytes(entry.path, originals[entry.path], entry.mode)
-        restored.append(entry.path)
+        if entry.created:
+            if tree.exists(entry.path):
+                tree.remove(entry.path)
+            result.removed.append(entry.path)
+        else:
+            tree.write_bytes(entry.path, originals[entry.path], entry.mode)
+            result.restored.append(entry.path)
     (journal / UNDONE_MARK).write_text(datetime.now(UTC).isoformat())
-    return UndoResult(restored=restored, journal=str(journal))
+    return result

@@ -114,5 +114,6 @@ class ApplyResult(_Model):
 
 class UndoResult(_Model):
     restored: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list, description="files the apply had created")
     journal: str | None = None
     refused: str | None = None
