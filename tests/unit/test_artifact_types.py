@@ -248,6 +248,17 @@ def test_a_change_to_an_existing_file_is_written_onto_its_current_text(tmp_path:
     assert (tmp_path / "m.py").read_text() == before.replace("line 3\n", "mine\n")
 
 
+def _new_suite() -> Artifact:
+    return Artifact(
+        kind="tests",
+        state="offered",
+        items=["5.2"],
+        reason="ML tests",
+        path="test_m_ml.py",
+        content="def test_x():\n    assert True\n",
+    )
+
+
 def test_undo_takes_back_the_artifacts_with_the_fixes_and_removes_the_files_they_made(
     tmp_path: Path,
 ) -> None:
@@ -258,14 +269,7 @@ def test_undo_takes_back_the_artifacts_with_the_fixes_and_removes_the_files_they
     checks = _changed(
         "m.py", before, before.replace("line 9\n", "line 9 checked\n"), kind="validation"
     )
-    suite = Artifact(
-        kind="tests",
-        state="offered",
-        items=["5.2"],
-        reason="ML tests",
-        path="test_m_ml.py",
-        content="def test_x():\n    assert True\n",
-    )
+    suite = _new_suite()
     approved = {"artifact-types", "artifact-validation", "artifact-tests"}
     result, written = apply_approved(tmp_path, [], [annotations, checks, suite], approved)
     assert sorted(written.ids) == sorted(approved) and result.journal is not None
@@ -281,14 +285,7 @@ def test_undo_takes_back_the_artifacts_with_the_fixes_and_removes_the_files_they
 
 
 def test_undo_keeps_a_created_file_the_user_edited_since_unless_forced(tmp_path: Path) -> None:
-    suite = Artifact(
-        kind="tests",
-        state="offered",
-        items=["5.2"],
-        reason="ML tests",
-        path="test_m_ml.py",
-        content="def test_x():\n    assert True\n",
-    )
+    suite = _new_suite()
     apply_approved(tmp_path, [], [suite], {"artifact-tests"})
     (tmp_path / "test_m_ml.py").write_text("mine\n")
     refused = undo(tmp_path)
