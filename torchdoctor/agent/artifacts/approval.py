@@ -11,7 +11,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.artifacts.models import Artifact
-from torchdoctor.agent.fixes.apply import dirty_reason, plan_fixes, write_changes
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
 from torchdoctor.agent.fixes.models import ApplyResult
 from torchdoctor.agent.models import Finding, Severity
@@ -58,6 +57,9 @@ def apply_approved(
     """Write the approved fixes and artifacts together, under one undo journal (`torchdoctor
     undo` takes both back, removing the files the artifacts created); refused, unless
     `force`, when the git work tree changed while the question waited for its answer."""
+    # imported here: fixes.apply brings libcst and the harness, which a static audit never needs
+    from torchdoctor.agent.fixes.apply import dirty_reason, plan_fixes, write_changes
+
     root = root.resolve()
     if not force and (reason := dirty_reason(root)):
         return ApplyResult(refused=reason), Written()
