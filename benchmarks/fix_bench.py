@@ -45,7 +45,7 @@ from torchdoctor.agent.checks.engine import analyse_files  # noqa: E402
 from torchdoctor.agent.checks.registry import rules_by_id  # noqa: E402
 from torchdoctor.agent.config import RunBudget  # noqa: E402
 from torchdoctor.agent.fixes.apply import apply_fixes  # noqa: E402
-from torchdoctor.agent.fixes.codemods import all_codemods  # noqa: E402
+from torchdoctor.agent.fixes.codemods import all_codemods, fix_order  # noqa: E402
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # noqa: E402
 from torchdoctor.agent.fixes.combine import merge_fixes  # noqa: E402
 from torchdoctor.agent.fixes.diffs import PatchError  # noqa: E402
@@ -201,9 +201,7 @@ def propose_all(args: argparse.Namespace, work: Workload, out: Path) -> dict[str
     with tempfile.TemporaryDirectory(prefix="fix-bench-") as tmp:
         workspace = Path(tmp)
         shutil.copy(HERE / work.script, workspace / work.script)
-        findings = sorted(
-            audit(workspace, work.script), key=lambda f: (f.phase, -f.severity.rank, f.id)
-        )
+        findings = sorted(audit(workspace, work.script), key=fix_order)
         kept: list[Finding] = []
         refused: dict[str, str] = {}
         for finding in findings:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes
+from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
+from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixTarget, Patch
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -115,3 +115,77 @@ def test_a_combination_is_held_to_its_most_severe_fix(tmp_path: Path) -> None:
     combination, _ = combine(verifier, [(medium, spec), (low, spec)])
     assert sorted(combination.kept) == sorted([medium.id, low.id])
     assert [c.severity for c in verifier.claims] == [Severity.MEDIUM]
+
+
+LOADER_SCRIPT = """import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+data = TensorDataset(torch.randn(64, 4), torch.randn(64, 2))
+loader = DataLoader(
+    data,
+    batch_size=8,
+    shuffle=True,
+)
+for x, y in loader:
+    print(x.sum(), y.sum())
+"""
+
+
+def loader_finding(rule: str) -> Finding:
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    fixed = codemod.transform(
+        LOADER_SCRIPT, FixTarget(rule=rule, file="train.py", line=5, end_line=9)
+    )
+    assert fixed is not None, rule
+    return Finding(
+        id=f"TD-{rule}",
+        rule=rule,
+        checkpoint=6,
+        phase=4,
+        severity=Severity.LOW,
+        title=rule,
+        file="train.py",
+        line=5,
+        end_line=9,
+        evidence=[Evidence(source="test", message="m")],
+        fix=Fix(diff=unified_diff("train.py", LOADER_SCRIPT, fixed), verified=True),
+    )
+
+
+def test_two_fixes_of_one_call_merge_the_second_found_in_the_rewritten_call(
+    tmp_path: Path,
+) -> None:
+    # num_workers then pin_memory on the same DataLoader: the second codemod is re-run on the
+    # call as the first rewrote it (it used to be dropped as a conflict)
+    (tmp_path / "train.py").write_text(LOADER_SCRIPT)
+    merged = merge_fixes(
+        tmp_path, [loader_finding("dataloader-sync"), loader_finding("pin-memory-off")]
+    )["train.py"]
+    assert "num_workers=min(4, os.cpu_count() or 1)" in merged
+    assert "pin_memory=torch.cuda.is_available()" in merged
+    assert merged.count("DataLoader(") == 1
+    compile(merged, "train.py", "exec")
+
+
+def test_retarget_follows_rewritten_lines_and_refuses_removed_ones() -> None:
+    before = "a\nb\nc\nd\n"
+    after = "a\nB1\nB2\nd\n"  # b, c rewritten as two other lines
+    target = FixTarget(rule="r", file="f.py", line=2, end_line=3)
+    moved = retarget(before, after, target)
+    assert moved is not None and (moved.line, moved.end_line) == (2, 3)
+    assert retarget(before, "a\nd\n", target) is None
+    shifted = retarget(
+        before, "new\n" + before, FixTarget(rule="r", file="f.py", line=4, end_line=4)
+    )
+    assert shifted is not None and shifted.line == 5
+
+
+def test_fixes_that_compile_come_last_in_their_phase() -> None:
+    compile_fix = codemod_finding("no-amp", 9).model_copy(
+        update={"id": "TD-0", "rule": "no-torch-compile"}
+    )
+    amp = codemod_finding("no-amp", 9).model_copy(update={"id": "TD-9"})
+    earlier_phase = amp.model_copy(update={"id": "TD-z", "phase": 3})
+    ordered = sorted([compile_fix, amp, earlier_phase], key=fix_order)
+    assert [f.id for f in ordered] == ["TD-z", "TD-9", "TD-0"]

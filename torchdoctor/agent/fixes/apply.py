@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from torchdoctor.agent.fixes.codemods import fix_order
 from torchdoctor.agent.fixes.combine import merge_fixes
 from torchdoctor.agent.fixes.diffs import PatchError
 from torchdoctor.agent.fixes.models import AppliedFile, ApplyResult, UndoResult
@@ -103,7 +104,7 @@ def plan_fixes(
     gate = fix_gate(findings)
     result = ApplyResult()
     candidates: list[Finding] = []
-    for finding in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id)):
+    for finding in sorted(findings, key=fix_order):
         if finding.fix is None:
             continue
         if only is not None and finding.id not in only:

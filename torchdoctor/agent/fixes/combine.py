@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
 from torchdoctor.agent.fixes.formatting import format_changed_lines
@@ -73,23 +73,47 @@ def replay_codemod(
     finding's lines mapped through those edits (its changed lines formatted as the project
     under `root` formats them)."""
     current = texts.get(finding.file, original)
-    target = FixTarget.from_finding(finding)
-    line = map_line(original, current, target.line)
-    end_line = map_line(original, current, target.end_line)
-    if line is None or end_line is None:
-        raise PatchError(f"{finding.id}: an earlier fix changed the flagged lines")
-    fixed = codemod.transform(
-        current, target.model_copy(update={"line": line, "end_line": end_line})
-    )
+    target = retarget(original, current, FixTarget.from_finding(finding))
+    if target is None:
+        raise PatchError(f"{finding.id}: an earlier fix removed the flagged lines")
+    fixed = codemod.transform(current, target)
     if fixed is None:
         raise PatchError(f"{finding.id}: the fix no longer applies after the earlier fixes")
     return format_changed_lines(root, current, fixed)
 
 
+def retarget(original: str, current: str, target: FixTarget) -> FixTarget | None:
+    """`target`'s lines of `original` in `current`, the text earlier fixes left. Flagged lines
+    an earlier fix rewrote (the same DataLoader call given `num_workers`, then `pin_memory`)
+    become the rewritten lines, where the codemod looks for its pattern again; None when an
+    edit removed them."""
+    spans = _opcodes(original, current)
+    line = _mapped(spans, target.line, end=False)
+    end_line = _mapped(spans, target.end_line, end=True)
+    if line is None or end_line is None or end_line < line:
+        return None
+    return target.model_copy(update={"line": line, "end_line": end_line})
+
+
+def _opcodes(before: str, after: str) -> list[tuple[str, int, int, int, int]]:
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    return matcher.get_opcodes()
+
+
+def _mapped(spans: list[tuple[str, int, int, int, int]], line: int, *, end: bool) -> int | None:
+    for tag, i1, i2, j1, j2 in spans:
+        if i1 <= line - 1 < i2:
+            if tag == "equal":
+                return j1 + (line - 1 - i1) + 1
+            if tag == "replace":
+                return j2 if end else j1 + 1
+            return None
+    return None
+
+
 def map_line(before: str, after: str, line: int) -> int | None:
     """Where line `line` of `before` is in `after`; None when an edit replaced or removed it."""
-    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
-    for tag, i1, i2, j1, _ in matcher.get_opcodes():
+    for tag, i1, i2, j1, _ in _opcodes(before, after):
         if i1 <= line - 1 < i2:
             return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
     return None
@@ -106,7 +130,7 @@ def combine(
 ) -> tuple[Combination, dict[str, Verification]]:
     """Merge the verified fixes in phase order (a fix that conflicts with those before it is
     dropped), verify the combination, and while it regresses drop the last fix and retry."""
-    order = sorted(fixed, key=lambda item: (item[0].phase, -item[0].severity.rank, item[0].id))
+    order = sorted(fixed, key=lambda item: fix_order(item[0]))
     result = Combination()
     notes: dict[str, Verification] = {}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.config import RunBudget
-from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
 from torchdoctor.agent.fixes.combine import combine
@@ -125,7 +125,7 @@ def propose_and_verify(
     )
     by_id = {f.id: f for f in findings}
     specs: dict[str, FixSpec] = {}
-    for finding in sorted(findings, key=lambda f: (f.phase, -f.severity.rank, f.id)):
+    for finding in sorted(findings, key=fix_order):
         if not finding.status.is_open:
             continue
         patch = propose_patch(workspace_root, finding)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.combine import map_line, merge_fixes
+from torchdoctor.agent.fixes.combine import merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import PatchError, unified_diff
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -118,14 +118,10 @@ def _patch_on(original_root: Path, stacked: Path, finding: Finding) -> Patch | N
         return None
     original = (original_root / finding.file).read_text(encoding="utf-8")
     current = (stacked / finding.file).read_text(encoding="utf-8")
-    target = FixTarget.from_finding(finding)
-    line = map_line(original, current, target.line)
-    end_line = map_line(original, current, target.end_line)
-    if line is None or end_line is None:
+    target = retarget(original, current, FixTarget.from_finding(finding))
+    if target is None:
         return None
-    fixed = codemod.transform(
-        current, target.model_copy(update={"line": line, "end_line": end_line})
-    )
+    fixed = codemod.transform(current, target)
     if fixed is None:
         return None
     return Patch(
