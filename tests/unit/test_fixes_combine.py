@@ -189,3 +189,17 @@ def test_fixes_that_compile_come_last_in_their_phase() -> None:
     earlier_phase = amp.model_copy(update={"id": "TD-z", "phase": 3})
     ordered = sorted([compile_fix, amp, earlier_phase], key=fix_order)
     assert [f.id for f in ordered] == ["TD-z", "TD-9", "TD-0"]
+
+
+def test_a_bottleneck_the_baseline_measured_is_relieved_first_in_its_phase() -> None:
+    # the ResNet benchmark on the H200: its DataLoader (a LOW static finding) was verified after
+    # five MEDIUM ones and cut by the fix stage's deadline, though the step waited on data
+    medium = codemod_finding("no-amp", 9).model_copy(
+        update={"id": "TD-a", "severity": Severity.MEDIUM}
+    )
+    loader = loader_finding("dataloader-sync").model_copy(update={"phase": medium.phase})
+    assert sorted([loader, medium], key=fix_order)[0] is medium
+    waiting = {"data_wait_share": 0.78}
+    assert sorted([medium, loader], key=lambda f: fix_order(f, waiting))[0] is loader
+    barely = {"data_wait_share": 0.05}
+    assert sorted([loader, medium], key=lambda f: fix_order(f, barely))[0] is medium

@@ -4,6 +4,7 @@ applies cleanly and still passes verification; a conflict or regression drops th
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,12 +96,12 @@ def retarget(original: str, current: str, target: FixTarget) -> FixTarget | None
     return target.model_copy(update={"line": line, "end_line": end_line})
 
 
-def _opcodes(before: str, after: str) -> list[tuple[str, int, int, int, int]]:
+def _opcodes(before: str, after: str) -> Sequence[tuple[str, int, int, int, int]]:
     matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
     return matcher.get_opcodes()
 
 
-def _mapped(spans: list[tuple[str, int, int, int, int]], line: int, *, end: bool) -> int | None:
+def _mapped(spans: Sequence[tuple[str, int, int, int, int]], line: int, *, end: bool) -> int | None:
     for tag, i1, i2, j1, j2 in spans:
         if i1 <= line - 1 < i2:
             if tag == "equal":

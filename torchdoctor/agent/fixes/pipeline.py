@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.config import RunBudget
@@ -125,7 +126,8 @@ def propose_and_verify(
     )
     by_id = {f.id: f for f in findings}
     specs: dict[str, FixSpec] = {}
-    for finding in sorted(findings, key=fix_order):
+    measured = _baseline_signals(verifier, findings)
+    for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
         if not finding.status.is_open:
             continue
         patch = propose_patch(workspace_root, finding)
@@ -160,6 +162,19 @@ def propose_and_verify(
         _retry_small_gains(verifier, by_id, specs, say)
     _combine_verified(verifier, by_id, specs, say)
     return [by_id[f.id] for f in findings]
+
+
+def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> dict[str, Any]:
+    """The baseline run's signals that order the fixes (`fix_order`), when a fix reads one
+    and there is a run to take them from. The run is the one every verification compares
+    against, so this costs nothing more."""
+    relieving = any(
+        (codemod := codemod_for(f.rule)) is not None and codemod.relieves for f in findings
+    )
+    if not relieving or verifier.runner is None or verifier.run_command is None:
+        return {}
+    baseline = verifier.baseline()
+    return baseline.signals if baseline.ok else {}
 
 
 OUT_OF_TIME = "not verified: the fix stage's time budget ran out before it"

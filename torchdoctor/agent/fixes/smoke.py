@@ -80,6 +80,7 @@ def smoke_run_from_evidence(
         "eval_forwards_with_grad": sum(i.count for i in issues if i.kind == "eval-with-grad"),
         "nonfinite": evidence.nonfinite.model_dump() if evidence.nonfinite else None,
         "syncs_per_step": evidence.syncs.cuda_syncs_per_step,
+        "data_wait_share": evidence.dataloader.wait_share,
         "device": evidence.device.name,
         "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
         "joules_per_step": evidence.energy.joules_per_step if evidence.energy else None,

@@ -40,6 +40,9 @@ class Codemod:
     """Judged by two runs without the harness's seed: only the script's seeding can match."""
     extra_host_memory_mb: ClassVar[int] = 0
     """Host memory the fix's runs need beyond the script's limit (compiler workers)."""
+    relieves: ClassVar[str | None] = None
+    """The baseline run's signal (a share of step time) that this fix takes away: measured
+    large, the fix is verified first in its phase (`fix_order`)."""
 
     def transform(self, source: str, target: FixTarget) -> str | None:
         """The fixed source, or None when the fix does not apply (or is already there)."""

@@ -27,6 +27,7 @@ class DataLoaderSyncFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "DataLoader(num_workers=min(4, os.cpu_count() or 1), persistent_workers=True)"
     rtol = EXACT_RTOL
+    relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):

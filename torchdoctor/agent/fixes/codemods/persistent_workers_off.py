@@ -17,6 +17,7 @@ class PersistentWorkersOffFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "DataLoader(persistent_workers=True)"
     rtol = EXACT_RTOL
+    relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):

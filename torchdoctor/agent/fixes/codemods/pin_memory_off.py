@@ -14,6 +14,7 @@ class PinMemoryOffFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "DataLoader(pin_memory=torch.cuda.is_available())"
     rtol = EXACT_RTOL
+    relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         loaders = [
