@@ -50,7 +50,7 @@ from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES  # n
 from torchdoctor.agent.fixes.combine import merge_fixes  # noqa: E402
 from torchdoctor.agent.fixes.diffs import PatchError  # noqa: E402
 from torchdoctor.agent.fixes.pipeline import propose_and_verify, propose_patch  # noqa: E402
-from torchdoctor.agent.fixes.stats import speed_up, trajectories_match  # noqa: E402
+from torchdoctor.agent.fixes.stats import speed_up, trajectories_agree  # noqa: E402
 from torchdoctor.agent.models import Finding, Fix  # noqa: E402
 from torchdoctor.agent.reasoning.base import PointRequest  # noqa: E402
 from torchdoctor.agent.reasoning.offline import OfflineReasoner  # noqa: E402
@@ -402,8 +402,12 @@ def time_both(args: argparse.Namespace, work: Workload, fixed: Path) -> dict[str
 
 def _compare(work: Workload, runs: dict[str, list[dict[str, Any]]]) -> str:
     if work.compares == "losses":
-        same, detail = trajectories_match(
-            runs["original"][0]["losses"], runs["fixed"][0]["losses"], work.tolerance
+        original = runs["original"]
+        same, detail = trajectories_agree(
+            original[0]["losses"],
+            runs["fixed"][0]["losses"],
+            work.tolerance,
+            original[1]["losses"] if len(original) > 1 else original[0]["losses"],
         )
         return f"losses {'within' if same else 'OUTSIDE'} tolerance: {detail}"
     import torch

@@ -15,7 +15,6 @@ Only a fix that passes every step is verified.
 from __future__ import annotations
 
 import ast
-import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from torchdoctor.agent.fixes.stats import (
     SpeedUp,
     Verdict,
     speed_up,
+    trajectories_agree,
     trajectories_match,
 )
 from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
@@ -106,7 +106,7 @@ class Verifier:
         self.config = config or EngineConfig()
         self.paths = paths
         self._baseline = baseline
-        self._nondeterminism: float | None = None
+        self._again: SmokeRun | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
@@ -170,14 +170,13 @@ class Verifier:
                 extra_memory_mb=spec.extra_memory_mb,
             )
 
-    def nondeterminism(self) -> float:
-        """Largest relative deviation between two seeded runs of the original (made once, only
-        when a fix's trajectory is out of tolerance): the floor no fix can be held under."""
-        if self._nondeterminism is None:
+    def original_again(self) -> SmokeRun:
+        """A second seeded run of the original (made once, only when a fix's trajectory is out
+        of tolerance): how far the original is from repeating itself."""
+        if self._again is None:
             assert self.runner is not None and self.run_command is not None
-            again = smoke_run(self.runner, self.root, self.run_command, self.steps)
-            self._nondeterminism = _worst_deviation(self.baseline().losses, again.losses)
-        return self._nondeterminism
+            self._again = smoke_run(self.runner, self.root, self.run_command, self.steps)
+        return self._again
 
     @property
     def baseline_run(self) -> SmokeRun | None:
@@ -321,12 +320,10 @@ class Verifier:
             details.append("no loss on either side (an inference script): outputs not compared")
         elif spec.rtol is not None:
             same, text = trajectories_match(before.losses, after.losses, spec.rtol)
-            if not same and (floor := self.nondeterminism()) > spec.rtol:
-                # the original itself does not repeat (non-deterministic GPU kernels): the
-                # fix is held to 3x what two seeded runs of the original already differ by
-                # (one pair underestimates the spread; seen on an H200: 1.45e-3 vs 2.94e-3)
-                same, text = trajectories_match(before.losses, after.losses, 3 * floor)
-                text += f"; two seeded runs of the original differ by {floor:.2e}"
+            if not same:
+                same, text = trajectories_agree(
+                    before.losses, after.losses, spec.rtol, self.original_again().losses
+                )
             ok &= same
             details.append(f"loss trajectory: {text}")
         if spec.kind is FixKind.CORRECTNESS:
@@ -418,17 +415,6 @@ def _after_executed(missed: list[tuple[str, int]], run: SmokeRun) -> bool:
     """Every missed block comes after a line of its file that ran: code past the loop the
     harness stopped, not a module the script never imports (no second run for that)."""
     return all(any(ran < line for ran in run.executed_lines.get(p, [])) for p, line in missed)
-
-
-def _worst_deviation(first: list[float], second: list[float]) -> float:
-    """Largest relative step-wise deviation; 0 when the runs cannot be compared."""
-    if not first or len(first) != len(second):
-        return 0.0
-    worst = 0.0
-    for a, b in zip(first, second, strict=True):
-        if math.isfinite(a) and math.isfinite(b):
-            worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-12))
-    return worst
 
 
 def _enough(before: list[list[float]], after: list[list[float]]) -> bool:
