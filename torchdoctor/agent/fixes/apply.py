@@ -116,12 +116,14 @@ def plan_fixes(
         else:
             candidates.append(finding)
     texts: dict[str, str] = {}
+    kept: list[Finding] = []
     for finding in candidates:
         try:
-            texts = merge_fixes(root, [*(f for f in candidates if f.id in result.applied), finding])
+            texts = merge_fixes(root, [*kept, finding])
         except PatchError as err:
             result.skipped[finding.id] = f"does not apply to the current files: {err}"
             continue
+        kept.append(finding)
         result.applied.append(finding.id)
     return result, texts
 

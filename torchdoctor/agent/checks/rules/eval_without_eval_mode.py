@@ -129,13 +129,8 @@ class EvalWithoutEvalMode(Rule):
                 self,
                 call,
                 f"`{ast.unparse(call.func)}` runs on an evaluation path with no `.eval()` "
-                "before it: "
-                + (
-                    "its dropout/normalisation layers behave as in training"
-                    if known
-                    else "any dropout or BatchNorm in it behaves as in training"
-                ),
-                severity=Severity.HIGH if known else Severity.MEDIUM,
+                f"before it: {_consequence(layers)}",
+                severity=_severity(layers),
                 data={"mode_dependent_layers": layers},
             )
             if found is None:
@@ -161,18 +156,12 @@ class EvalWithoutEvalMode(Rule):
     def _report_switch(self, ctx: ModuleContext, switch: ast.Call, layers: ModeLayers) -> None:
         if layers == "none":
             return
-        known = layers == "known"
         ctx.report(
             self,
             switch,
             f"`{ast.unparse(switch)}` switches the model back to training mode after "
-            "`.eval()`, before it runs on this evaluation path: "
-            + (
-                "its dropout/normalisation layers behave as in training"
-                if known
-                else "any dropout or BatchNorm in it behaves as in training"
-            ),
-            severity=Severity.HIGH if known else Severity.MEDIUM,
+            f"`.eval()`, before it runs on this evaluation path: {_consequence(layers)}",
+            severity=_severity(layers),
             data={"mode_dependent_layers": layers},
         )
 
@@ -182,6 +171,17 @@ class EvalWithoutEvalMode(Rule):
         without `.eval()` before (or, for a helper named like an evaluation, when none is
         seen at all)."""
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _consequence(layers: ModeLayers) -> str:
+    if layers == "known":
+        return "its dropout/normalisation layers behave as in training"
+    return "any dropout or BatchNorm in it behaves as in training"
+
+
+def _severity(layers: ModeLayers) -> Severity:
+    """High when the model's dropout/BatchNorm layers are seen, medium when only presumed."""
+    return Severity.HIGH if layers == "known" else Severity.MEDIUM
 
 
 def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
