@@ -30,12 +30,16 @@ print(sum(losses))
 """
 
 
-def codemod_finding(rule: str, line: int) -> Finding:
+def codemod_finding(
+    rule: str, line: int, end_line: int | None = None, source: str = SCRIPT
+) -> Finding:
+    """A finding of `rule` on `source`'s lines with its codemod's verified fix."""
+    end_line = end_line or line
     codemod = codemod_for(rule)
     assert codemod is not None
-    target = FixTarget(rule=rule, file="train.py", line=line, end_line=line)
-    fixed = codemod.transform(SCRIPT, target)
-    assert fixed is not None
+    target = FixTarget(rule=rule, file="train.py", line=line, end_line=end_line)
+    fixed = codemod.transform(source, target)
+    assert fixed is not None, rule
     return Finding(
         id=f"TD-{rule}",
         rule=rule,
@@ -45,9 +49,9 @@ def codemod_finding(rule: str, line: int) -> Finding:
         title=rule,
         file="train.py",
         line=line,
-        end_line=line,
+        end_line=end_line,
         evidence=[Evidence(source="test", message="m")],
-        fix=Fix(diff=unified_diff("train.py", SCRIPT, fixed), verified=True),
+        fix=Fix(diff=unified_diff("train.py", source, fixed), verified=True),
     )
 
 
@@ -132,25 +136,7 @@ for x, y in loader:
 
 
 def loader_finding(rule: str) -> Finding:
-    codemod = codemod_for(rule)
-    assert codemod is not None
-    fixed = codemod.transform(
-        LOADER_SCRIPT, FixTarget(rule=rule, file="train.py", line=5, end_line=9)
-    )
-    assert fixed is not None, rule
-    return Finding(
-        id=f"TD-{rule}",
-        rule=rule,
-        checkpoint=6,
-        phase=4,
-        severity=Severity.LOW,
-        title=rule,
-        file="train.py",
-        line=5,
-        end_line=9,
-        evidence=[Evidence(source="test", message="m")],
-        fix=Fix(diff=unified_diff("train.py", LOADER_SCRIPT, fixed), verified=True),
-    )
+    return codemod_finding(rule, 5, 9, LOADER_SCRIPT)
 
 
 def test_two_fixes_of_one_call_merge_the_second_found_in_the_rewritten_call(
