@@ -84,17 +84,20 @@ class GraphOrigins(ModelFacts):
         return None
 
     def _backpropagated(self, name: ast.Name) -> bool:
-        """`name.backward()` is called in the function that reads `name`: whatever opaque
-        helper produced it, it holds an autograd graph."""
+        """`name.backward()`, `name["loss"].backward()` or `name.loss.backward()` is called in
+        the function that reads `name`: whatever opaque helper produced it (a training step
+        returning a dict of outputs, a Hugging Face output object), it holds an autograd
+        graph."""
         memo = self.ctx.memo_table("graph_origin.backpropagated")
         if "" not in memo:
-            memo[""] = frozenset(
-                (id(self._scope_of(call)), call.func.value.id)
-                for call in self.calls_named(("backward",))
-                if isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name)
-                and not self._backward_engine(call, call.func.value)
-            )
+            found: set[tuple[int, str]] = set()
+            for call in self.calls_named(("backward",)):
+                if not isinstance(call.func, ast.Attribute):
+                    continue
+                receiver = _output_holder(call.func.value)
+                if receiver is not None and not self._backward_engine(call, receiver):
+                    found.add((id(self._scope_of(call)), receiver.id))
+            memo[""] = frozenset(found)
         return (id(self._scope_of(name)), name.id) in memo[""]
 
     def _backward_engine(self, call: ast.Call, receiver: ast.Name) -> bool:
@@ -133,6 +136,18 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute):
             return self._origin(func.value, active)
         return None
+
+
+def _output_holder(receiver: ast.expr) -> ast.Name | None:
+    """The variable a back-propagated value is read from: `loss` itself, or the object it
+    is a field of (`out["loss"]`, `out.loss`); `self.loss` belongs to no local variable."""
+    if isinstance(receiver, ast.Subscript) and isinstance(receiver.slice, ast.Constant):
+        receiver = receiver.value
+    elif isinstance(receiver, ast.Attribute):
+        receiver = receiver.value
+    if isinstance(receiver, ast.Name) and receiver.id != "self":
+        return receiver
+    return None
 
 
 def _detaching(value: ast.expr) -> bool:
