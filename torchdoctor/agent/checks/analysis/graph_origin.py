@@ -141,9 +141,9 @@ class GraphOrigins(ModelFacts):
 def _output_holder(receiver: ast.expr) -> ast.Name | None:
     """The variable a back-propagated value is read from: `loss` itself, or the object it
     is a field of (`out["loss"]`, `out.loss`); `self.loss` belongs to no local variable."""
-    if isinstance(receiver, ast.Subscript) and isinstance(receiver.slice, ast.Constant):
-        receiver = receiver.value
-    elif isinstance(receiver, ast.Attribute):
+    if isinstance(receiver, ast.Attribute) or (
+        isinstance(receiver, ast.Subscript) and isinstance(receiver.slice, ast.Constant)
+    ):
         receiver = receiver.value
     if isinstance(receiver, ast.Name) and receiver.id != "self":
         return receiver
