@@ -37,8 +37,8 @@ _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
 class InferenceNoEval(Rule):
     """Detects an inference path — a function named like `predict`/`infer`/`serve`, the
     `if __name__ == "__main__":` block of a script that does not train, or the module-level
-    statements of a sampling script that loads weights (`model.generate(...)` counts there) —
-    that calls the model
+    statements of a sampling script that loads weights — that calls the model (`model(x)`, or
+    `model.generate(...)`, which runs the forward in whatever mode the model is in)
     without a preceding `.eval()` (in that function, a local helper it calls, or, for a model
     passed in as a parameter, anywhere in the module; for a helper called only from other
     files, before one of those calls: reported when a caller there calls it without one).
@@ -102,7 +102,7 @@ class InferenceNoEval(Rule):
                     self._check(ctx, stmt.body, set(), local_evals, False)
         top = _script_body(ctx)
         if top:
-            self._check(ctx, top, set(), local_evals, False, sampling=True)
+            self._check(ctx, top, set(), local_evals, False)
 
     def _check(
         self,
@@ -111,7 +111,6 @@ class InferenceNoEval(Rule):
         params: set[str],
         local_evals: set[str],
         module_has_eval: bool,
-        sampling: bool = False,
         owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
         if ctx.loops.backpropagates(body):
@@ -122,12 +121,12 @@ class InferenceNoEval(Rule):
             for c in walk_scope(body)
             if isinstance(c, ast.Call) and _callee(c) in local_evals
         ]
-        calls = _sampling_calls(ctx, body) if sampling else list(model_calls(ctx, body))
+        calls = _model_runs(ctx, body)
         named = {id(call) for call in calls}
         imported = {id(call): call for call in _imported_instance_calls(ctx, body, named)}
         calls = sorted([*calls, *imported.values()], key=lambda c: (c.lineno, c.col_offset))
         for call in calls:
-            if any(line <= call.lineno for line in evals):
+            if any(line <= _runs_at(ctx, body, call) for line in evals):
                 return
             root = _root_name(call.func)
             if module_has_eval and (root in params or root == "self"):
@@ -212,8 +211,29 @@ def _script_body(ctx: ModuleContext) -> list[ast.stmt]:
     ]
 
 
-def _sampling_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
-    """Model calls in a sampling script (`model(x)`, `model.generate(...)`), in source order."""
+def _runs_at(ctx: ModuleContext, body: list[ast.stmt], call: ast.Call) -> int:
+    """The line where `call` runs: its own, or, inside a helper defined in `body` (a `__main__`
+    block's `eval_split`), the helper's first call there (after a callback's `.eval()`)."""
+    helper = next(
+        (a for a in ctx.ancestors(call) if isinstance(a, ast.FunctionDef | ast.AsyncFunctionDef)),
+        None,
+    )
+    if helper is None or not any(helper is node for node in walk_scope(body)):
+        return call.lineno
+    lines = [
+        node.lineno
+        for node in walk_scope(body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == helper.name
+        and helper not in ctx.ancestors(node)
+    ]
+    return min(lines, default=call.lineno)
+
+
+def _model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
+    """Calls that run the model (`model(x)`, `model.generate(...)`: generation does not switch
+    the mode), in source order."""
     calls = list(model_calls(ctx, body))
     for node in walk_scope(body):
         if (
