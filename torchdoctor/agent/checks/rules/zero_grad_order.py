@@ -6,16 +6,26 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import direct_effects
+from torchdoctor.agent.checks.loops import (
+    Effects,
+    direct_effects,
+    mentions_modulo,
+    receiver_name,
+)
 from torchdoctor.agent.models import Severity
 
 
 class ZeroGradOrder(Rule):
     """Detects `zero_grad()` called after `backward()` and before `optimizer.step()` in the
-    same training-loop iteration.
+    same training-loop iteration, and, under gradient accumulation (the optimizer steps only
+    when `(i + 1) % k == 0`), a `zero_grad()` of that optimizer that runs on every iteration
+    (or every call of a Lightning `training_step`): it clears the micro-batches' gradients
+    before the step that should have summed them.
 
     Why it matters: the step then sees empty (or zero) gradients and updates nothing, or only
-    applies weight decay; the model does not learn and no error is raised.
+    applies weight decay; the model does not learn and no error is raised. With accumulation,
+    each step uses one micro-batch instead of k: the effective batch is k times smaller than
+    configured.
 
     Example:
         loss.backward()
@@ -27,7 +37,8 @@ class ZeroGradOrder(Rule):
     and the others still update.
 
     Fix: clear gradients before the forward pass (or right after `step()`):
-    `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`.
+    `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`;
+    with accumulation, clear them right after the periodic `step()`, inside its `if`.
     """
 
     id = "zero-grad-order"
@@ -46,6 +57,7 @@ class ZeroGradOrder(Rule):
             effects = direct_effects(loop.body)
             backward_lines = sorted(c.lineno for c in effects.backward)
             step_lines = sorted(c.lineno for c in effects.step)
+            reported: set[int] = set()
             for clear in effects.zero_grad:
                 line = getattr(clear, "lineno", 0)
                 if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
@@ -53,12 +65,69 @@ class ZeroGradOrder(Rule):
                         continue  # step() already ran after backward in this iteration
                     if _selected_parameter(ctx, clear):
                         continue  # some parameters frozen for this step, on purpose
+                    reported.add(id(clear))
                     ctx.report(
                         self,
                         clear,
                         "gradients are cleared after backward() and before step(): "
                         "the optimizer step sees no gradient",
                     )
+            for clear, step in _clears_every_micro_step(ctx, loop.node, effects):
+                if id(clear) in reported:
+                    continue
+                ctx.report(
+                    self,
+                    clear,
+                    f"`{ast.unparse(clear)}` runs on every iteration but the optimizer steps "
+                    f"only periodically (line {step.lineno}): the gradients accumulated since "
+                    "the last step are discarded, each step uses one micro-batch",
+                    data={"step_line": step.lineno},
+                )
+
+
+def _clears_every_micro_step(
+    ctx: ModuleContext, loop: ast.AST, effects: Effects
+) -> list[tuple[ast.Call, ast.Call]]:
+    """(clear, step) pairs where `opt.zero_grad()` runs unconditionally in the loop body while
+    every `opt.step()` there runs under a `%` guard (gradient accumulation); a model's or an
+    unnamed `zero_grad()` pairs with the steps when all of them are periodic."""
+    steps = [s for s in effects.step if isinstance(s, ast.Call)]
+    found: list[tuple[ast.Call, ast.Call]] = []
+    for clear in effects.zero_grad:
+        if not isinstance(clear, ast.Call) or _conditional(ctx, clear, loop):
+            continue
+        owner = receiver_name(clear)
+        same = [s for s in steps if receiver_name(s) == owner] or (
+            [] if _is_optimizer_name(owner) else steps
+        )
+        if same and all(_periodic(ctx, s, loop) for s in same):
+            found.append((clear, same[0]))
+    return found
+
+
+def _is_optimizer_name(name: str) -> bool:
+    """`optimizer`, `opt_g`, `d_optim`: a clear that belongs to one optimizer's steps."""
+    return "opt" in name.lower()
+
+
+def _conditional(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
+    """Under an `if` in the loop body (`if i % k == 0:`, `if first_micro_step:`)."""
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return False
+        if isinstance(anc, ast.If):
+            return True
+    return False
+
+
+def _periodic(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
+    """Under an `if` whose test takes a modulo (`(i + 1) % accum_steps == 0`)."""
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return False
+        if isinstance(anc, ast.If) and mentions_modulo(anc.test):
+            return True
+    return False
 
 
 def _selected_parameter(ctx: ModuleContext, clear: ast.AST) -> bool:
