@@ -40,6 +40,7 @@ NEW_RULES: tuple[str, ...] = (
     "leak-target-feature",
     "loss-reduced-before-weighting",
     "sequence-batch-axis",
+    "softmax-without-dim",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = ("double-softmax", "leak-preprocessing", "eval-without-eval-mode")
