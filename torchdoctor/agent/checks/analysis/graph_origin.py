@@ -54,7 +54,7 @@ class GraphOrigins(ModelFacts):
             return None
         if isinstance(expr, ast.Name):
             definitions = self.definitions(expr)
-            found = self._first_origin(definitions, active)
+            found = self._first_origin(self._unpacked_elements(expr, definitions), active)
             if (
                 found is None
                 and definitions
@@ -82,6 +82,61 @@ class GraphOrigins(ModelFacts):
         if isinstance(expr, ast.Dict):
             return self._first_origin(expr.values, active)
         return None
+
+    def _unpacked_elements(self, name: ast.Name, definitions: list[ast.expr]) -> list[ast.expr]:
+        """`losses, stats = self.compute_loss(...)`: `stats` holds only the element of the
+        local function's returned tuple at its position (fairseq criteria return a loss and a
+        dict of `.item()` counts), provided the analysis sees the graph in another element of
+        every such tuple; otherwise the whole call, as before (an opaque helper's result)."""
+        positions = {id(value): (pos, arity) for value, pos, arity in self.unpackings(name)}
+        if not positions:
+            return definitions
+        resolved: list[ast.expr] = []
+        for value in definitions:
+            elements = self._returned_elements(value, *positions.get(id(value), (-1, 0)))
+            resolved.extend(elements if elements is not None else [value])
+        return resolved
+
+    def _returned_elements(
+        self, value: ast.expr, position: int, arity: int
+    ) -> list[ast.expr] | None:
+        if position < 0 or not isinstance(value, ast.Call):
+            return None
+        returned = self.returns_of(value)
+        if not returned:
+            return None
+        elements: list[ast.expr] = []
+        for tup in returned:
+            if not (
+                isinstance(tup, ast.Tuple)
+                and len(tup.elts) == arity
+                and not any(isinstance(e, ast.Starred) for e in tup.elts)
+            ):
+                return None
+            others = [
+                part
+                for i, e in enumerate(tup.elts)
+                if i != position
+                for part in (e, *self._stored_items(e))
+            ]
+            if self._first_origin(others, set()) is None:
+                return None  # the graph is not seen anywhere in the tuple: keep the whole call
+            elements += [tup.elts[position], *self._stored_items(tup.elts[position])]
+        return elements
+
+    def _stored_items(self, container: ast.expr) -> list[ast.expr]:
+        """Values stored into a returned dict or list (`stats[k][j] = (hits, n)`) in the
+        function that builds it: what the container holds besides its literal."""
+        function = self.ctx.enclosing_function(container)
+        if not isinstance(container, ast.Name) or function is None:
+            return []
+        stored: list[ast.expr] = []
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and any(
+                _subscript_root(t) == container.id for t in node.targets
+            ):
+                stored.append(node.value)
+        return stored
 
     def _backpropagated(self, name: ast.Name) -> bool:
         """`name.backward()`, `name["loss"].backward()` or `name.loss.backward()` is called in
@@ -136,6 +191,15 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute):
             return self._origin(func.value, active)
         return None
+
+
+def _subscript_root(target: ast.expr) -> str | None:
+    """`stats[a][b]` -> 'stats'; None for anything but an item store into a name."""
+    if not isinstance(target, ast.Subscript):
+        return None
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    return target.id if isinstance(target, ast.Name) else None
 
 
 def _output_holder(receiver: ast.expr) -> ast.Name | None:
