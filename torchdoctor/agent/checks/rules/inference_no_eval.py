@@ -37,11 +37,13 @@ _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
 class InferenceNoEval(Rule):
     """Detects an inference path — a function named like `predict`/`infer`/`serve`, the
     `if __name__ == "__main__":` block of a script that does not train, or the module-level
-    statements of a sampling script that loads weights — that calls the model (`model(x)`, or
-    `model.generate(...)`, which runs the forward in whatever mode the model is in)
-    without a preceding `.eval()` (in that function, a local helper it calls, or, for a model
-    passed in as a parameter, anywhere in the module; for a helper called only from other
-    files, before one of those calls: reported when a caller there calls it without one).
+    statements of a sampling script that loads weights — that calls the model (`model(x)`; or
+    `model.generate(...)`, which runs the forward in whatever mode the model is in, in a
+    sampling script or a module that also trains the model, since hub loaders return models
+    in eval mode) without a preceding `.eval()` (in that function, a local helper it calls,
+    or, for a model passed in as a parameter, anywhere in the module; for a helper called
+    only from other files, before one of those calls: reported when a caller there calls it
+    without one).
 
     Why it matters: in training mode dropout stays active and BatchNorm normalises with the
     current batch's statistics (and updates its running averages), so predictions are noisy,
@@ -102,7 +104,7 @@ class InferenceNoEval(Rule):
                     self._check(ctx, stmt.body, set(), local_evals, False)
         top = _script_body(ctx)
         if top:
-            self._check(ctx, top, set(), local_evals, False)
+            self._check(ctx, top, set(), local_evals, False, sampling=True)
 
     def _check(
         self,
@@ -111,6 +113,7 @@ class InferenceNoEval(Rule):
         params: set[str],
         local_evals: set[str],
         module_has_eval: bool,
+        sampling: bool = False,
         owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
         if ctx.loops.backpropagates(body):
@@ -121,7 +124,7 @@ class InferenceNoEval(Rule):
             for c in walk_scope(body)
             if isinstance(c, ast.Call) and _callee(c) in local_evals
         ]
-        calls = _model_runs(ctx, body)
+        calls = _model_runs(ctx, body, sampling or bool(ctx.loops.training_loops))
         named = {id(call) for call in calls}
         imported = {id(call): call for call in _imported_instance_calls(ctx, body, named)}
         calls = sorted([*calls, *imported.values()], key=lambda c: (c.lineno, c.col_offset))
@@ -231,11 +234,11 @@ def _runs_at(ctx: ModuleContext, body: list[ast.stmt], call: ast.Call) -> int:
     return min(lines, default=call.lineno)
 
 
-def _model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
-    """Calls that run the model (`model(x)`, `model.generate(...)`: generation does not switch
-    the mode), in source order."""
+def _model_runs(ctx: ModuleContext, body: list[ast.stmt], generation: bool) -> list[ast.Call]:
+    """Calls that run the model, in source order: `model(x)`, and, when `generation`, also
+    `model.generate(...)` (generation does not switch the mode)."""
     calls = list(model_calls(ctx, body))
-    for node in walk_scope(body):
+    for node in walk_scope(body) if generation else ():
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
