@@ -29,6 +29,13 @@ _MODEL_NAME = re.compile(
     r"policy|transformer|detector|segmenter)s?$|^(model|net)(_?[a-z0-9]{0,6})$",
     re.IGNORECASE,
 )
+# `trainer.get_model()`, `build_model(cfg)`, `unwrap_model(m)`: a verb before the model noun
+# names a function that fetches, builds or handles a model, not the model's forward pass.
+_MODEL_ACCESSOR = re.compile(
+    r"^(get|build|create|make|load|init|initialize|setup|prepare|instantiate|construct|wrap|"
+    r"unwrap|save|export|copy|clone|freeze|unfreeze|set|reset|update|sync|print|log|count)_",
+    re.IGNORECASE,
+)
 _MODE_METHODS = frozenset(
     {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "train", "eval", "requires_grad_"}
 )
@@ -139,7 +146,8 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
     for node in walk_scope(body):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name | ast.Attribute):
             continue
-        if terminal_name(node.func)[:1].isupper() or ctx.qualname(node.func) is not None:
+        name = terminal_name(node.func)
+        if name[:1].isupper() or _MODEL_ACCESSOR.match(name) or ctx.qualname(node.func):
             continue
         func: ast.expr = node.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
