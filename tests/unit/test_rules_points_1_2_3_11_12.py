@@ -211,6 +211,22 @@ def test_stand_in_models_of_pytest_modules_may_return_fixed_cpu_tensors() -> Non
     assert [f.line for f in _run([("draft.py", source)], rule)] == [5]
 
 
+def test_outputs_a_pytest_module_collects_to_compare_decodings_are_not_reported() -> None:
+    source = (
+        "import torch\n"
+        "def test_cached_decoding_matches_parallel(model):\n"
+        "    tokens = torch.randint(0, 10, (1, 6))\n"
+        "    steps, cache = [], None\n"
+        "    for i in range(tokens.shape[1]):\n"
+        "        logits, cache = model(tokens[:, i : i + 1], cache=cache)\n"
+        "        steps.append(logits)\n"
+        "    assert torch.allclose(torch.cat(steps, dim=1), model(tokens)[0], atol=1e-5)\n"
+    )
+    rule = "outputs-stored-with-grad"
+    assert _run([("tests/test_decoding.py", source)], rule) == []
+    assert [f.line for f in _run([("decoding.py", source)], rule)] == [7]
+
+
 def test_a_clean_training_script_raises_none_of_these_rules() -> None:
     script = FIXTURES.parent / "scripts" / "clean_training.py"
     config = EngineConfig(select=frozenset(OWNED))
