@@ -45,6 +45,22 @@ def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
         yield from _target_names(target.value)
 
 
+def _copies_locals_to_self(call: ast.Call) -> bool:
+    """`self.__dict__.update(locals())`."""
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Attribute)
+        and func.value.attr == "__dict__"
+        and isinstance(func.value.value, ast.Name)
+        and func.value.value.id == "self"
+        and len(call.args) == 1
+        and isinstance(call.args[0], ast.Call)
+        and isinstance(call.args[0].func, ast.Name)
+        and call.args[0].func.id == "locals"
+    )
+
+
 def identifier(expr: ast.AST) -> str:
     """`self.model` -> 'model'; `crit` -> 'crit'; `model.forward` -> 'forward'."""
     if isinstance(expr, ast.Attribute):
@@ -273,12 +289,21 @@ class DefUse:
 
     @cached_property
     def _self_attributes(self) -> dict[str, list[ast.expr]]:
-        """`self.x` -> values assigned anywhere in the module's methods."""
+        """`self.x` -> values assigned anywhere in the module's methods, including the locals
+        a method copies onto the instance with `self.__dict__.update(locals())` (YOLOv5's
+        multi-backend loader binds every backend's session that way)."""
         merged: dict[str, list[ast.expr]] = {}
         for table in self._scope_bindings.values():
             for name, values in table.items():
                 if name.startswith("self."):
                     merged.setdefault(name, []).extend(values)
+        for call in self.calls_named(("update",)):
+            scope = self._scope_key(call)
+            if scope is None or scope is self.ctx.tree or not _copies_locals_to_self(call):
+                continue
+            for name, values in self._scope_bindings.get(id(scope), {}).items():
+                if "." not in name and name != "self":
+                    merged.setdefault(f"self.{name}", []).extend(values)
         return merged
 
     @cached_property
