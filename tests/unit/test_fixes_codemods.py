@@ -195,7 +195,10 @@ def test_rule_fires_on_before_and_not_on_after(rule: str) -> None:
     if rule not in rules_by_id():
         pytest.skip(f"{rule} has no static rule")
     folder = FIXTURES / rule
-    config = EngineConfig(select=frozenset({rule}))
+    release = json.loads((folder / "target.json").read_text()).get("target_torch")
+    config = EngineConfig(
+        select=frozenset({rule}), target_torch=tuple(release) if release else None
+    )
 
     def flagged(name: str) -> list[int]:
         text = (folder / name).read_text()
@@ -372,3 +375,14 @@ def test_an_import_the_fix_orphaned_is_removed_and_the_users_own_is_kept() -> No
         before, cst.parse_module("import os\nimport torch.nn.functional as F\nx = y\n")
     )
     assert after.code == "import os\nx = y\n"
+
+
+def test_worker_seed_fix_declines_a_dataset_that_keeps_its_own_generator() -> None:
+    rules = FIXTURES.parent / "rules" / "dataloader-worker-seed"
+    source = (rules / "positive_generator_object_copied_to_workers.py").read_text()
+    codemod = codemod_for("dataloader-worker-seed")
+    assert codemod is not None
+    state = {"state": "generator-object"}
+    target = FixTarget(rule="dataloader-worker-seed", file="m.py", line=20, end_line=20, data=state)
+    assert codemod.transform(source, target) is None
+    assert codemod.transform(source, target.model_copy(update={"data": {}})) is not None

@@ -150,3 +150,25 @@ def test_opt_in_rules_run_only_when_selected() -> None:
     selected = analyse_files([("m.py", source)], EngineConfig(select=frozenset({"high-dropout"})))
     assert "high-dropout" not in {f.rule for f in default.all_findings()}
     assert [f.line for f in selected.all_findings() if f.rule == "high-dropout"] == [3]
+
+
+def test_global_random_draws_in_workers_are_reported_only_before_torch_1_9() -> None:
+    source = (
+        "import numpy as np\n"
+        "from torch.utils.data import DataLoader, Dataset\n"
+        "class Noisy(Dataset):\n"
+        "    def __len__(self):\n"
+        "        return 100\n"
+        "    def __getitem__(self, i):\n"
+        "        return np.random.rand(3) + i\n"
+        "loader = DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=4)\n"
+    )
+
+    def lines(target: tuple[int, int]) -> list[int]:
+        config = EngineConfig(select=frozenset({"dataloader-worker-seed"}), target_torch=target)
+        found = analyse_files([("m.py", source)], config).all_findings()
+        return [f.line for f in found if f.rule == "dataloader-worker-seed"]
+
+    assert lines((1, 8)) == [8]
+    assert lines((1, 9)) == []
+    assert lines((2, 5)) == []

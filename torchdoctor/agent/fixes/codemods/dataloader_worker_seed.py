@@ -23,6 +23,8 @@ class DataLoaderWorkerSeedFix(Codemod):
     reproducibility = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if target.data.get("state") == "generator-object":
+            return False  # reseeding the globals leaves the dataset's own generator copied
         loaders = [
             c
             for c in ctx.find(cst.Call, within=(target.line, target.end_line))
