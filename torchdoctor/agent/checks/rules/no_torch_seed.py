@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
@@ -29,6 +30,15 @@ _SEEDERS = frozenset(
 _SEED_METHODS = frozenset({"manual_seed", "seed_everything", "set_seed"})
 _TORCH_RANDOM = frozenset(
     {"rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout"}
+)
+# torch.nn classes that hold no randomly initialised weights: containers, activations,
+# pooling, padding, reshaping and losses (building `nn.Sequential(*loaded_blocks)` draws
+# nothing).
+_PARAMETER_FREE = re.compile(
+    r"^(Sequential|ModuleList|ModuleDict|ParameterList|ParameterDict|Identity|Flatten|Unflatten"
+    r"|ReLU6?|LeakyReLU|GELU|SiLU|Mish|ELU|SELU|CELU|Sigmoid|Tanh|Hardswish|Hardsigmoid"
+    r"|Hardtanh|Softplus|Softmax2?d?|LogSoftmax|Upsample\w*|PixelShuffle|PixelUnshuffle"
+    r"|\w*Pool[123]d|\w*Pad[123]d|\w*Loss)$"
 )
 _KEY = "no-torch-seed"
 
@@ -238,9 +248,11 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
             qual = ctx.call_qualname(node) or ""
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
                 return True
+            layer = qual.rsplit(".", 1)[-1]
             if (
                 qual.startswith("torch.nn.")
-                and qual.rsplit(".", 1)[-1][:1].isupper()
+                and layer[:1].isupper()
+                and not _PARAMETER_FREE.match(layer)
                 and not loads_weights
             ):
                 return True  # building layers draws random initial weights (unless overwritten)
