@@ -153,3 +153,10 @@ def test_a_repeating_original_keeps_the_step_by_step_verdict() -> None:
     off = [2.0, 1.5, 1.2, 1.3]
     ok, detail = trajectories_agree(original, off, 2e-2, list(original))
     assert not ok and "rolling median" not in detail
+
+
+def test_a_nan_the_original_did_not_have_fails_whatever_the_spread() -> None:
+    original, again, fixed = _chaotic(0, spike_at=25), _chaotic(1, spike_at=25), _chaotic(2)
+    fixed[12] = math.nan  # one step: a rolling median would pass over it
+    ok, detail = trajectories_agree(original, fixed, 2e-2, again)
+    assert not ok and "rolling median" not in detail

@@ -46,7 +46,7 @@ def trajectories_agree(
     underestimates the spread): a spike is gone, a fix that changes what is learnt is not."""
     same, text = trajectories_match(before, after, rtol)
     floor = worst_deviation(before, original_again)
-    if same or floor <= rtol:
+    if same or floor <= rtol or len(before) != len(after) or _new_nonfinite(before, after):
         return same, text
     if len(before) < 2 * SMOOTHING_STEPS:
         same, text = trajectories_match(before, after, 3 * floor)
@@ -58,6 +58,13 @@ def trajectories_agree(
         f"step by step {text}, but two seeded runs of the original differ by {floor:.2e}; "
         f"rolling median of the losses: {median_text} (the original's two runs: {median_floor:.2e})"
     )
+
+
+def _new_nonfinite(before: list[float], after: list[float]) -> bool:
+    """A NaN or infinite loss where the original's was finite: a failure no spread excuses
+    (and one a median would hide)."""
+    pairs = zip(before, after, strict=False)
+    return any(math.isfinite(a) and not math.isfinite(b) for a, b in pairs)
 
 
 SMOOTHING_STEPS = 5
