@@ -25,6 +25,37 @@ def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
     return False
 
 
+def _declares_data_field(ctx: ModuleContext) -> bool:
+    """The module declares a record with a `data` field (`namedtuple("Binding", (..., "data"))`,
+    a NamedTuple or dataclass with `data: Tensor`): `bindings[name].data` is that field, a
+    tensor in its own right, not `Tensor.data`."""
+    memo = ctx.memo_table("data-attribute-idiom.record")
+    if "" not in memo:
+        memo[""] = any(_data_field(node) for node in ast.walk(ctx.tree))
+    return bool(memo[""])
+
+
+def _data_field(node: ast.AST) -> bool:
+    if isinstance(node, ast.ClassDef):
+        return any(
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and stmt.target.id == "data"
+            for stmt in node.body
+        )
+    if not isinstance(node, ast.Call) or len(node.args) < 2:
+        return False
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+    fields = node.args[1]
+    if name != "namedtuple":
+        return False
+    if isinstance(fields, ast.Constant) and isinstance(fields.value, str):
+        return "data" in fields.value.replace(",", " ").split()
+    return isinstance(fields, ast.Tuple | ast.List) and any(
+        isinstance(e, ast.Constant) and e.value == "data" for e in fields.elts
+    )
+
+
 class DataAttributeIdiom(Rule):
     """Detects the `.data` idiom on parameters and tensors: `p.data = ...`,
     `p.data.mul_(...)` (any in-place method), and `.weight.data` / `.bias.data` /
@@ -39,7 +70,8 @@ class DataAttributeIdiom(Rule):
             p.data.add_(-lr * p.grad.data)
 
     Not reported while initialising weights (an `nn.init.*` argument, a function named
-    `*init*` or `reset_parameters`), where no backward pass is in flight.
+    `*init*` or `reset_parameters`), where no backward pass is in flight, nor an in-place call
+    on the `data` field of a record the module declares (`bindings[name].data.resize_(...)`).
 
     Fix: `with torch.no_grad(): p.add_(p.grad, alpha=-lr)`, and `x.detach()` to read a value
     without tracking.
@@ -68,6 +100,7 @@ class DataAttributeIdiom(Rule):
             isinstance(parent, ast.Attribute)
             and parent.attr.endswith("_")
             and not parent.attr.startswith("_")
+            and not (_declares_data_field(ctx) and isinstance(node.value, ast.Subscript | ast.Call))
         ):
             reason = f".data.{parent.attr}() changes the tensor behind autograd's back"
         elif isinstance(node.value, ast.Attribute) and node.value.attr in _PARAMETER_ATTRS:
