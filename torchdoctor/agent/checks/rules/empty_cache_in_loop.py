@@ -9,6 +9,32 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
+# CUDA memory statistics: a loop that reads them measures each configuration it runs.
+_MEMORY_STATS = frozenset(
+    {
+        "memory_reserved",
+        "memory_allocated",
+        "max_memory_reserved",
+        "max_memory_allocated",
+        "reset_peak_memory_stats",
+        "memory_stats",
+        "mem_get_info",
+    }
+)
+
+
+def _measures_memory(loop: ast.For | ast.While | ast.AsyncFor) -> bool:
+    """A benchmark loop over configurations that reads the CUDA memory statistics for each
+    one (YOLOv5's `profile` of layers): emptying the cache between them keeps one
+    configuration's cached blocks out of the next one's figure."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in _MEMORY_STATS
+        for stmt in loop.body
+        for node in ast.walk(stmt)
+    )
+
 
 class EmptyCacheInLoop(Rule):
     """Detects `torch.cuda.empty_cache()` called inside a loop, on every iteration.
@@ -25,6 +51,9 @@ class EmptyCacheInLoop(Rule):
     Fix: remove the call; to fight fragmentation set
     `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`, and to find a leak use the memory
     snapshot tools.
+
+    Not reported in a loop that reads the CUDA memory statistics (`memory_reserved`,
+    `max_memory_allocated`): a benchmark measuring each configuration separately.
     """
 
     id = "empty-cache-in-loop"
@@ -51,7 +80,7 @@ class EmptyCacheInLoop(Rule):
                     self.in_functions.append(node)  # decided in finish(): per-step or not
                 return
             if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
-                if not under_periodic_guard(ctx, node, anc):
+                if not under_periodic_guard(ctx, node, anc) and not _measures_memory(anc):
                     self._report(ctx, node)
                 return
 
