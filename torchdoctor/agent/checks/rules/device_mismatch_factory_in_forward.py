@@ -44,7 +44,8 @@ class DeviceMismatchFactoryInForward(Rule):
     `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`), and scripts
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
     device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
-    stand-in models return fixed tensors; a mismatch there fails the test itself).
+    stand-in models return fixed tensors; a mismatch there fails the test itself), and
+    factories on the CPU branch of a forward that branches on `x.is_cuda`.
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -88,6 +89,8 @@ class DeviceMismatchFactoryInForward(Rule):
             qual = ctx.flow.qualname_of(node)
             if qual not in _FACTORIES or _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
+            if _on_cpu_branch(ctx, node, forward):
+                continue
             ctx.report(
                 self,
                 node,
@@ -114,6 +117,31 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
             return True  # moved later in the chain: `.view(-1, 1).to(device)`
         node, parent = parent, ctx.parents.get(parent)
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
+    """The forward branches on its input's device and `call` runs only when it is on the CPU:
+    the `else` of `if x.is_cuda:`, or the body of `if not x.is_cuda:`."""
+    child: ast.AST = call
+    for anc in ctx.ancestors(call):
+        if anc is forward:
+            return False
+        if isinstance(anc, ast.If):
+            negated = isinstance(anc.test, ast.UnaryOp) and isinstance(anc.test.op, ast.Not)
+            test = anc.test.operand if isinstance(anc.test, ast.UnaryOp) else anc.test
+            in_else = any(child is s for s in anc.orelse)
+            if _is_cuda_test(ctx, test) and in_else != negated:
+                return True
+        child = anc
+    return False
+
+
+def _is_cuda_test(ctx: ModuleContext, test: ast.expr) -> bool:
+    """`x.is_cuda`, or a name bound only to one (`is_cuda_tensor = x.is_cuda`)."""
+    if isinstance(test, ast.Name):
+        values = ctx.flow.definitions(test)
+        return bool(values) and all(_is_cuda_test(ctx, v) for v in values if v is not test)
+    return isinstance(test, ast.Attribute) and test.attr == "is_cuda"
 
 
 def _scalar_arithmetic(expr: ast.expr) -> bool:
