@@ -16,6 +16,27 @@ _ABSOLUTE = re.compile(
 )
 
 
+# `is_colab()`, `is_kaggle()`, `running_in_docker()`, `on_sagemaker`: tests of the platform the
+# code runs on, whose directory layout is fixed and known.
+_PLATFORM_TEST = re.compile(
+    r"^(is|on|in|running_in|running_on)_?(colab|kaggle|docker|sagemaker|databricks|paperspace"
+    r"|azureml|azure_ml|gcp|aws)$",
+    re.IGNORECASE,
+)
+
+
+def _under_environment_test(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside the body of an `if` that asks which hosted platform the code runs on."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.If) and any(child is s for s in anc.body):
+            named = (n for n in ast.walk(anc.test) if isinstance(n, ast.Name | ast.Attribute))
+            if any(_PLATFORM_TEST.match(terminal_name(n)) for n in named):
+                return True
+        child = anc
+    return False
+
+
 class HardcodedPaths(Rule):
     """Detects an absolute, machine-specific path literal (`/home/...`, `/Users/...`,
     `/content/drive/...`, `/mnt/...`, `C:\\...`) passed to a call or assigned to a variable.
@@ -26,6 +47,9 @@ class HardcodedPaths(Rule):
 
     Example:
         dataset = ImageFolder("/home/alice/data/imagenet/train")
+
+    Not reported: a path under a test of the hosted platform the code runs on
+    (`if is_colab(): ... "/content/sample_data"`), whose layout is that platform's.
 
     Fix: take the path from the command line or a config file (`--data-dir`), an environment
     variable, or build it relative to the project (`Path(__file__).parent / "data"`).
@@ -52,6 +76,8 @@ class HardcodedPaths(Rule):
             parent = ctx.parents.get(parent)
         if isinstance(parent, ast.Call) and terminal_name(parent.func) in ("get", "getenv"):
             return  # os.environ.get("DATA", "/data/x"): a default the user can override
+        if _under_environment_test(ctx, node):
+            return  # `if is_colab(): rmtree("/content/sample_data")`: that platform's own layout
         if isinstance(parent, ast.Call | ast.Assign | ast.AnnAssign):
             ctx.report(
                 self,
