@@ -111,6 +111,17 @@ def mentions_modulo(expr: ast.AST) -> bool:
     return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in ast.walk(expr))
 
 
+def under_modulo_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
+    """Under an `if` whose test takes a modulo (`(i + 1) % accum_steps == 0`) inside `stop`
+    (a loop): `node` runs every k-th iteration, as an accumulation's optimizer step does."""
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return False
+        if isinstance(anc, ast.If) and mentions_modulo(anc.test):
+            return True
+    return False
+
+
 def is_periodic_guard(test: ast.expr) -> bool:
     """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps."""
     if mentions_modulo(test):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.ddp import calls_method
-from torchdoctor.agent.checks.loops import direct_effects, mentions_modulo, nodes_of
+from torchdoctor.agent.checks.loops import direct_effects, nodes_of, under_modulo_guard
 from torchdoctor.agent.models import Severity
 
 
@@ -50,19 +50,10 @@ class DdpAccumNoSync(Rule):
             return
         for loop in ctx.loops.training_loops:
             steps = direct_effects(loop.body).step
-            if steps and all(self._accumulates(ctx, s, loop.node) for s in steps):
+            if steps and all(under_modulo_guard(ctx, s, loop.node) for s in steps):
                 ctx.report(
                     self,
                     loop.node,
                     "gradients are accumulated under DDP without no_sync(): every micro-batch "
                     "pays a full all-reduce",
                 )
-
-    @staticmethod
-    def _accumulates(ctx: ModuleContext, step: ast.AST, stop: ast.AST) -> bool:
-        for anc in ctx.ancestors(step):
-            if anc is stop:
-                return False
-            if isinstance(anc, ast.If) and mentions_modulo(anc.test):
-                return True
-        return False

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import direct_effects, mentions_modulo, walk_scope
+from torchdoctor.agent.checks.loops import direct_effects, under_modulo_guard, walk_scope
 from torchdoctor.agent.models import Severity
 
 
@@ -52,7 +52,8 @@ class GradAccumNoScale(Rule):
                 if loop.kind != "loop":
                     continue
                 effects = direct_effects(loop.body)
-                if effects.step and all(self._periodic(ctx, s, loop.node) for s in effects.step):
+                steps = effects.step
+                if steps and all(under_modulo_guard(ctx, s, loop.node) for s in steps):
                     self._check_backwards(ctx, loop.node, effects.backward)
         for micro in _micro_step_loops(ctx):
             self._check_backwards(ctx, micro, direct_effects(micro.body).backward)
@@ -79,15 +80,6 @@ class GradAccumNoScale(Rule):
                 "gradients are accumulated over several micro-batches but the loss is not "
                 "divided by their number: the effective learning rate is multiplied",
             )
-
-    @staticmethod
-    def _periodic(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
-        for anc in ctx.ancestors(node):
-            if anc is stop:
-                return False
-            if isinstance(anc, ast.If) and mentions_modulo(anc.test):
-                return True
-        return False
 
     @staticmethod
     def _loss_expr(call: ast.Call) -> ast.expr | None:

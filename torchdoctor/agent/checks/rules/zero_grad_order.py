@@ -9,8 +9,8 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     Effects,
     direct_effects,
-    mentions_modulo,
     receiver_name,
+    under_modulo_guard,
 )
 from torchdoctor.agent.models import Severity
 
@@ -100,7 +100,7 @@ def _clears_every_micro_step(
         same = [s for s in steps if receiver_name(s) == owner] or (
             [] if _is_optimizer_name(owner) else steps
         )
-        if same and all(_periodic(ctx, s, loop) for s in same):
+        if same and all(under_modulo_guard(ctx, s, loop) for s in same):
             found.append((clear, same[0]))
     return found
 
@@ -116,16 +116,6 @@ def _conditional(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
         if anc is stop:
             return False
         if isinstance(anc, ast.If):
-            return True
-    return False
-
-
-def _periodic(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
-    """Under an `if` whose test takes a modulo (`(i + 1) % accum_steps == 0`)."""
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            return False
-        if isinstance(anc, ast.If) and mentions_modulo(anc.test):
             return True
     return False
 
