@@ -111,15 +111,26 @@ def mentions_modulo(expr: ast.AST) -> bool:
     return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in ast.walk(expr))
 
 
+def enclosing_ifs(
+    ctx: ModuleContext, node: ast.AST, stop: ast.AST | None = None
+) -> Iterator[tuple[ast.If, str]]:
+    """The `if` statements around `node` up to `stop` (all of them without one), innermost
+    first, each with the part `node` is in: 'test', 'body' or 'orelse'. The one walk behind
+    every "is this guarded by ...?" question the rules ask."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return
+        if isinstance(anc, ast.If):
+            in_body = any(child is s for s in anc.body)
+            yield anc, "test" if child is anc.test else "body" if in_body else "orelse"
+        child = anc
+
+
 def under_modulo_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
     """Under an `if` whose test takes a modulo (`(i + 1) % accum_steps == 0`) inside `stop`
     (a loop): `node` runs every k-th iteration, as an accumulation's optimizer step does."""
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            return False
-        if isinstance(anc, ast.If) and mentions_modulo(anc.test):
-            return True
-    return False
+    return any(mentions_modulo(guard.test) for guard, _ in enclosing_ifs(ctx, node, stop))
 
 
 def is_periodic_guard(test: ast.expr) -> bool:

@@ -19,6 +19,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import builds_network
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
+    enclosing_ifs,
     is_periodic_guard,
     nodes_of,
     walk_scope,
@@ -177,17 +178,13 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
 
 
 def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None) -> bool:
-    """Whether an `if` between `node` and `stop` (a loop or function) runs it only periodically."""
-    child: ast.AST = node
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            return False
-        if isinstance(anc, ast.If) and child is not anc.test and is_periodic_guard(anc.test):
-            return True
-        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef) and stop is None:
-            return False
-        child = anc
-    return False
+    """Whether an `if` between `node` and `stop` (a loop or function; without one, the
+    enclosing function) runs it only periodically."""
+    bound = stop if stop is not None else ctx.enclosing_function(node)
+    return any(
+        part != "test" and is_periodic_guard(guard.test)
+        for guard, part in enclosing_ifs(ctx, node, bound)
+    )
 
 
 def has_main_guard(tree: ast.Module) -> bool:

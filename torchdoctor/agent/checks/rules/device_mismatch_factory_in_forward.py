@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -122,17 +122,11 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
 def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
     """The forward branches on its input's device and `call` runs only when it is on the CPU:
     the `else` of `if x.is_cuda:`, or the body of `if not x.is_cuda:`."""
-    child: ast.AST = call
-    for anc in ctx.ancestors(call):
-        if anc is forward:
-            return False
-        if isinstance(anc, ast.If):
-            negated = isinstance(anc.test, ast.UnaryOp) and isinstance(anc.test.op, ast.Not)
-            test = anc.test.operand if isinstance(anc.test, ast.UnaryOp) else anc.test
-            in_else = any(child is s for s in anc.orelse)
-            if _is_cuda_test(ctx, test) and in_else != negated:
-                return True
-        child = anc
+    for guard, part in enclosing_ifs(ctx, call, forward):
+        negated = isinstance(guard.test, ast.UnaryOp) and isinstance(guard.test.op, ast.Not)
+        test = guard.test.operand if isinstance(guard.test, ast.UnaryOp) else guard.test
+        if _is_cuda_test(ctx, test) and (part == "orelse") != negated:
+            return True
     return False
 
 

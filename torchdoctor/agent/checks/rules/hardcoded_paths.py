@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import enclosing_ifs
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -27,14 +28,15 @@ _PLATFORM_TEST = re.compile(
 
 def _under_environment_test(ctx: ModuleContext, node: ast.AST) -> bool:
     """Inside the body of an `if` that asks which hosted platform the code runs on."""
-    child: ast.AST = node
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, ast.If) and any(child is s for s in anc.body):
-            named = (n for n in ast.walk(anc.test) if isinstance(n, ast.Name | ast.Attribute))
-            if any(_PLATFORM_TEST.match(terminal_name(n)) for n in named):
-                return True
-        child = anc
-    return False
+    return any(
+        part == "body"
+        and any(
+            _PLATFORM_TEST.match(terminal_name(n))
+            for n in ast.walk(guard.test)
+            if isinstance(n, ast.Name | ast.Attribute)
+        )
+        for guard, part in enclosing_ifs(ctx, node)
+    )
 
 
 class HardcodedPaths(Rule):

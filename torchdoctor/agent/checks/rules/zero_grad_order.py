@@ -9,6 +9,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     Effects,
     direct_effects,
+    enclosing_ifs,
     receiver_name,
     under_modulo_guard,
 )
@@ -94,7 +95,7 @@ def _clears_every_micro_step(
     steps = [s for s in effects.step if isinstance(s, ast.Call)]
     found: list[tuple[ast.Call, ast.Call]] = []
     for clear in effects.zero_grad:
-        if not isinstance(clear, ast.Call) or _conditional(ctx, clear, loop):
+        if not isinstance(clear, ast.Call) or next(enclosing_ifs(ctx, clear, loop), None):
             continue
         owner = receiver_name(clear)
         same = [s for s in steps if receiver_name(s) == owner] or (
@@ -108,16 +109,6 @@ def _clears_every_micro_step(
 def _is_optimizer_name(name: str) -> bool:
     """`optimizer`, `opt_g`, `d_optim`: a clear that belongs to one optimizer's steps."""
     return "opt" in name.lower()
-
-
-def _conditional(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool:
-    """Under an `if` in the loop body (`if i % k == 0:`, `if first_micro_step:`)."""
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            return False
-        if isinstance(anc, ast.If):
-            return True
-    return False
 
 
 def _selected_parameter(ctx: ModuleContext, clear: ast.AST) -> bool:
