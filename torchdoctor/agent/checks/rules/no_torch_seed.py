@@ -32,13 +32,13 @@ _TORCH_RANDOM = frozenset(
     {"rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout"}
 )
 # torch.nn classes that hold no randomly initialised weights: containers, activations,
-# pooling, padding, reshaping and losses (building `nn.Sequential(*loaded_blocks)` draws
-# nothing).
+# pooling, padding, reshaping and losses, except AdaptiveLogSoftmaxWithLoss (its linear layers
+# are drawn at random). Building `nn.Sequential(*loaded_blocks)` draws nothing.
 _PARAMETER_FREE = re.compile(
     r"^(Sequential|ModuleList|ModuleDict|ParameterList|ParameterDict|Identity|Flatten|Unflatten"
     r"|ReLU6?|LeakyReLU|GELU|SiLU|Mish|ELU|SELU|CELU|Sigmoid|Tanh|Hardswish|Hardsigmoid"
     r"|Hardtanh|Softplus|Softmax2?d?|LogSoftmax|Upsample\w*|PixelShuffle|PixelUnshuffle"
-    r"|\w*Pool[123]d|\w*Pad[123]d|\w*Loss)$"
+    r"|\w*Pool[123]d|\w*Pad[123]d|(?!Adaptive)\w*Loss)$"
 )
 _KEY = "no-torch-seed"
 
