@@ -8,23 +8,67 @@ the CPU), the ratio, the mean ratio (which also carries the sparse, costly steps
 host time one step takes to issue with and without the probes (on a launch-bound GPU loop
 that is what the probes add), then the host cost of each per-step probe read.
 Target: at most 1.05x on the GPU.
+
+`--ablate` then times the instrumented loop again with one probe part left out at a time
+(the NVML power sampler, CUDA's sync debug mode, the sync wrappers, the per-step CUDA event,
+the loss kept on device, the optimizer and module hooks, the allocator reads): which part
+the overhead is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from torchdoctor.sandbox.probes import session as session_module
 from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.control import StopRun
 from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.memory import MemoryProbe
+from torchdoctor.sandbox.probes.numerics import GradientProbe, LossProbe
+from torchdoctor.sandbox.probes.power import PowerProbe
 from torchdoctor.sandbox.probes.session import Session
+from torchdoctor.sandbox.probes.syncs import SyncProbe
+
+# One probe part each: the attributes replaced by a no-op while that part is left out.
+ABLATIONS: dict[str, list[tuple[object, str]]] = {
+    "power sampler (NVML thread)": [(PowerProbe, "start")],
+    "sync debug mode": [(SyncProbe, "set_cuda_mode")],
+    "sync wrappers": [(SyncProbe, "install")],
+    "per-step CUDA event": [(session_module, "cuda_in_use")],
+    "loss kept on device": [
+        (LossProbe, "on_criterion"),
+        (LossProbe, "on_backward"),
+        (LossProbe, "end_step"),
+    ],
+    "optimizer hooks": [(Session, "_optimizer_pre")],
+    "root and loss module hooks": [(Session, "_own_pre"), (Session, "_own_post")],
+    "allocator reads, graph scans": [(MemoryProbe, "end_step")],
+    "gradient bookkeeping": [(GradientProbe, "before_step")],
+}
+
+
+def _off(*args: object, **kwargs: object) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def without(part: str) -> Iterator[None]:
+    saved = [(owner, name, getattr(owner, name)) for owner, name in ABLATIONS[part]]
+    for owner, name, _ in saved:
+        setattr(owner, name, _off)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 @dataclass(frozen=True)
@@ -120,11 +164,9 @@ def per_call_us(call: Callable[[], object], repeats: int = 200) -> float:
 
 def breakdown(model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[[], None]) -> None:
     """Host microseconds of the per-step pieces: where a probe's cost goes."""
-    from torchdoctor.sandbox.probes.numerics import GradientProbe
-
     step()
     grads = GradientProbe()
-    costs = {
+    costs: dict[str, Callable[[], object]] = {
         "gradient norms (foreach, on device)": lambda: grads.before_step(0, optimizer),
         "loss kept on device": lambda: (
             torch.ones((), device=next(model.parameters()).device).float().reshape(())
@@ -185,6 +227,9 @@ def main() -> None:
         default=None,
         help="activation/NaN sampling interval (harness default per device)",
     )
+    parser.add_argument(
+        "--ablate", action="store_true", help="then time the probes with one part left out"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = GPU_SHAPE if device.type == "cuda" else CPU_SHAPE
@@ -233,6 +278,28 @@ def main() -> None:
     breakdown(model, optimizer, step)
     if device.type == "cuda":
         print(f"target <= 1.05x on the GPU: {'met' if ratio <= 1.05 else 'NOT met'}")
+    if args.ablate:
+        ablate(step, args, device, statistics.median(plain))
+
+
+def ablate(
+    step: Callable[[], None], args: argparse.Namespace, device: torch.device, plain: float
+) -> None:
+    """The median step with one part left out, against the plain loop's median (each variant
+    interleaved with a fresh plain measure, so drift hits both)."""
+    print("with one probe part left out (median step, ratio to plain):")
+    for part in ABLATIONS:
+        kept: list[float] = []
+        again: list[float] = []
+        for _ in range(args.rounds):
+            again += timed(step, args.steps, args.warmup, device)
+            with without(part):
+                kept += instrumented(step, args.steps, args.warmup, device, args.sample_every)[0]
+        base = statistics.median(again)
+        print(
+            f"  without {part:<32} {statistics.median(kept) * 1e3:8.2f} ms  "
+            f"{statistics.median(kept) / base:.3f}x (plain {base * 1e3:.2f} ms)"
+        )
 
 
 if __name__ == "__main__":
