@@ -1,5 +1,6 @@
 """Pure parts of the probes harness: argument splitting, loss comparison, GPU peak lookup,
-graph-scan schedule, the torchvision stand-in's datasets and transforms."""
+graph-scan schedule, the torchvision stand-in's datasets and transforms, which parameters
+got a gradient."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torchdoctor.sandbox.probes.datasets import (  # noqa: E402
 from torchdoctor.sandbox.probes.determinism import compare  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
+from torchdoctor.sandbox.probes.numerics import GradientProbe  # noqa: E402
 
 
 def test_unknown_options_and_those_after_double_dash_go_to_the_script() -> None:
@@ -95,3 +97,24 @@ def test_graph_roots_are_found_through_lists_and_the_users_objects() -> None:
     assert {"kept[0]", "log.history[0]"} <= paths
     assert "detached" not in paths
     del kept, detached
+
+
+def test_gradients_seen_only_between_sampled_steps_or_in_a_later_group_still_count() -> None:
+    """Unsampled steps look only at parameters still waiting for a gradient; a parameter
+    reached on one of them, or in a group added after the first step, is not "never"."""
+    params = {name: torch.nn.Parameter(torch.ones(2)) for name in ("used", "late", "never")}
+    added = {name: torch.nn.Parameter(torch.ones(2)) for name in ("added", "added_never")}
+    probe = GradientProbe(names={id(p): name for name, p in (params | added).items()})
+    optimizer = torch.optim.SGD(list(params.values()), lr=0.1)
+    for step in range(6):
+        if step == 4:
+            optimizer.add_param_group({"params": list(added.values())})
+        optimizer.zero_grad()
+        loss = params["used"].sum()
+        if step == 3:
+            loss = loss + params["late"].sum()
+        if step == 5:
+            loss = loss + added["added"].sum()
+        loss.backward()
+        probe.before_step(step, optimizer, norms=step == 0)
+    assert probe.report(6)["never_received_grad"] == ["added_never", "never"]

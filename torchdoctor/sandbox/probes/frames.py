@@ -37,10 +37,11 @@ class UserFiles:
     def __init__(self, script: str) -> None:
         self.script = os.path.realpath(script)
         self.root = os.path.dirname(self.script)
-        self._known: dict[str, bool] = {}
+        self.known: dict[str, bool] = {}
+        """Each file name `contains` has classified: whether it is the user's."""
 
     def contains(self, filename: str) -> bool:
-        known = self._known.get(filename)
+        known = self.known.get(filename)
         if known is None:
             real = os.path.realpath(filename)
             known = (
@@ -49,7 +50,7 @@ class UserFiles:
                 and not real.startswith(_LIBRARY_ROOTS)
                 and "site-packages" not in real
             )
-            self._known[filename] = known
+            self.known[filename] = known
         return known
 
     def relpath(self, filename: str) -> str:

@@ -47,13 +47,19 @@ class SyncProbe:
 
     def _wrap(self, method: str, original: Callable[..., Any]) -> Callable[..., Any]:
         contains = self.user_files.contains
+        known = self.user_files.known
         relpath = self.user_files.relpath
         by_line, per_step = self.by_line, self.per_step
 
         def wrapper(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            # called per parameter by foreach optimizers (`.item()` of each step count):
+            # a file already classified costs one dict lookup, no further call
             frame = sys._getframe(1)
             filename = frame.f_code.co_filename
-            if contains(filename):
+            mine = known.get(filename)
+            if mine is None:
+                mine = contains(filename)
+            if mine:
                 by_line[(relpath(filename), frame.f_lineno, method)] += 1
                 per_step[self.step] += 1
             return original(tensor, *args, **kwargs)

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+_cuda_seen_in_use = False
+"""Once initialised, CUDA stays so for the process (a forked child starts over)."""
+
+
+def _forget_cuda() -> None:
+    global _cuda_seen_in_use
+    _cuda_seen_in_use = False
+
+
+os.register_at_fork(after_in_child=_forget_cuda)
+
 
 def cuda_in_use() -> bool:
-    """CUDA is available and the script has initialised it (no probe initialises it)."""
+    """CUDA is available and the script has initialised it (no probe initialises it).
+    Asked several times a step, so a yes is remembered."""
+    global _cuda_seen_in_use
+    if _cuda_seen_in_use:
+        return True
     if not torch.cuda.is_available():
         return False
-    return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+    _cuda_seen_in_use = bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+    return _cuda_seen_in_use
 
 
 def tensors_in(obj: Any, limit: int = 8) -> list[torch.Tensor]:
