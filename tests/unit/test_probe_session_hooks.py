@@ -5,6 +5,7 @@ root forwards and the step count stay observed on every step."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import FunctionType
 
 import pytest
 
@@ -111,3 +112,37 @@ def test_an_optimizer_built_before_the_harness_ends_each_step_once() -> None:
     finally:
         probes.uninstall()
     assert probes.step - first == 5
+
+
+class _LambOptimizer(torch.optim.SGD):
+    """A user's own optimizer (defined in this file): its `.item()` is the user's line."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(p.grad, alpha=-group["lr"] * min(1.0, p.norm().item()))
+
+
+def test_syncs_in_a_builtin_optimizer_step_cost_no_wrapper_and_the_users_stay_counted(
+    session: Session,
+) -> None:
+    """A built-in optimizer's per-parameter `.item()` runs with the plain methods (it is never
+    the user's line); the user's own `.item()` calls, after a step or inside a step of an
+    optimizer the user wrote, are counted."""
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    builtin = torch.optim.AdamW(model.parameters(), lr=0.1)  # `.item()` of each step count
+    wrapped_during_step: list[bool] = []
+    builtin.register_step_pre_hook(
+        lambda *_: wrapped_during_step.append(isinstance(torch.Tensor.item, FunctionType))
+    )
+    users = _LambOptimizer(model.parameters(), lr=0.1)
+    for optimizer in (builtin, builtin, users):
+        _train_step(model, criterion, optimizer)
+        model(torch.randn(1, 6)).sum().item()
+
+    lines = {line: count for (_, line, method), count in session.syncs.by_line.items()}
+    assert wrapped_during_step == [False, False]
+    assert not session.syncs.suspended
+    assert sorted(lines.values()) == [3, 4]  # after each step; per parameter in the user's step

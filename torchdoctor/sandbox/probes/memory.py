@@ -142,16 +142,17 @@ class MemoryProbe:
         self.culprit: dict[str, Any] | None = None
 
     def end_step(self, step: int, sampled: bool = True) -> None:
-        """Memory in use after `step`: on CUDA only at sampled and scheduled steps, since each
-        read builds the allocator's whole statistics (a cost on every step of a launch-bound
-        loop); the growth slope needs no more. A graph scan at the scheduled steps."""
+        """Memory in use after `step`, at sampled and scheduled steps only: a CUDA read builds
+        the allocator's whole statistics and an RSS read opens a file (each a cost on every
+        step of a fast loop); the growth slope needs no more. A graph scan at the scheduled
+        steps."""
         scheduled = scan_schedule(step)
-        if cuda_in_use():
-            if sampled or scheduled:
+        if sampled or scheduled:
+            if cuda_in_use():
                 self.source = "cuda-allocated"
                 self.per_step[step] = torch.cuda.memory_allocated()
-        else:
-            self.per_step[step] = rss_bytes()
+            else:
+                self.per_step[step] = rss_bytes()
         if not scheduled:
             return
         with warnings.catch_warnings():

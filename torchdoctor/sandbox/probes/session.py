@@ -337,6 +337,8 @@ class Session:
                 self._hook_own(module)
                 return
             if self.depth == 1:
+                if self.syncs.suspended:  # an optimizer step that raised left them off
+                    self.syncs.resume()
                 if id(module) not in self.roots:
                     self._register_root(module, args, {})
                     self._hook_own(module)
@@ -385,6 +387,8 @@ class Session:
     # --- optimizer hooks -----------------------------------------------------------------
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if type(optimizer).__module__.startswith("torch."):
+            self.syncs.suspend()  # resumed when the step ends (or by the next root forward)
         if self.main_optimizer is None:
             self.main_optimizer = id(optimizer)
             # an optimizer built before the harness was installed (an attached session): its
@@ -398,6 +402,8 @@ class Session:
             self.distributed.before_optimizer_step(list(self.roots.values()))
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.syncs.suspended:
+            self.syncs.resume()
         if id(optimizer) == self.main_optimizer:
             self._end_step()
 

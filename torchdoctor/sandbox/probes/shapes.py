@@ -16,9 +16,17 @@ MAX_SIGNATURES = 16
 MAX_MODELS = 4
 
 
+Signature = tuple[tuple[tuple[torch.Size, torch.dtype, torch.device], ...], ...]
+
+
+def _signature(*groups: list[torch.Tensor]) -> Signature:
+    """Hashable without building strings: a root forward runs every step."""
+    return tuple(tuple((t.shape, t.dtype, t.device) for t in group) for group in groups)
+
+
 class RootShapes:
     def __init__(self) -> None:
-        self.seen: dict[str, dict[str, dict[str, Any]]] = {}
+        self.seen: dict[str, dict[Signature, dict[str, Any]]] = {}
 
     def observe(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         name = type(module).__name__
@@ -27,13 +35,17 @@ class RootShapes:
             if len(self.seen) >= MAX_MODELS:
                 return
             table = self.seen[name] = {}
-        inputs = [describe(t) for t in tensors_in(args)]
-        outputs = [describe(t) for t in tensors_in(output)]
-        key = repr((inputs, outputs))
+        inputs, outputs = tensors_in(args), tensors_in(output)
+        key = _signature(inputs, outputs)
         if key in table:
             table[key]["calls"] += 1
         elif len(table) < MAX_SIGNATURES:
-            table[key] = {"type": name, "inputs": inputs, "outputs": outputs, "calls": 1}
+            table[key] = {
+                "type": name,
+                "inputs": [describe(t) for t in inputs],
+                "outputs": [describe(t) for t in outputs],
+                "calls": 1,
+            }
 
     def report(self) -> list[dict[str, Any]]:
         return [signature for table in self.seen.values() for signature in table.values()]

@@ -30,18 +30,32 @@ class SyncProbe:
         self.cuda_per_step: Counter[int] = Counter()
         self.step = 0
         self._originals: dict[str, Callable[..., Any]] = {}
+        self._wrappers: dict[str, Callable[..., Any]] = {}
+        self.suspended = False
         self.cuda_mode = False
 
     def install(self) -> None:
         for method in SYNC_METHODS:
             original = getattr(torch.Tensor, method)
             self._originals[method] = original
-            setattr(torch.Tensor, method, self._wrap(method, original))
+            self._wrappers[method] = self._wrap(method, original)
+        self.resume()
 
-    def uninstall(self, touch_cuda: bool = True) -> None:
+    def suspend(self) -> None:
+        """The plain methods while library code runs whose calls are never the user's line:
+        a built-in optimizer's step calls `.item()` on each parameter's step count."""
         for method, original in self._originals.items():
             setattr(torch.Tensor, method, original)
-        self._originals = {}
+        self.suspended = True
+
+    def resume(self) -> None:
+        for method, wrapper in self._wrappers.items():
+            setattr(torch.Tensor, method, wrapper)
+        self.suspended = False
+
+    def uninstall(self, touch_cuda: bool = True) -> None:
+        self.suspend()
+        self._originals, self._wrappers = {}, {}
         if touch_cuda:
             self.set_cuda_mode(False)
 
