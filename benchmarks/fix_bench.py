@@ -459,8 +459,9 @@ def main() -> None:
         "--fix-budget-s",
         type=float,
         default=None,
-        help="start no fix verification after this many seconds (the rest stay unverified, "
-        "the verified ones are combined and timed): one device call ends with a before/after",
+        help="the fix stage should end by then: no verification is started that those so far "
+        "say would overrun it (the rest stay unverified, the verified ones are combined and "
+        "timed): one device call ends with a before/after",
     )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fix-bench")

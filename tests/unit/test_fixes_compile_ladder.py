@@ -18,6 +18,7 @@ from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import OUT_OF_TIME, propose_and_verify
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stacked import stacked_spec
+from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Fix, Verification
@@ -238,11 +239,31 @@ def test_compile_verification_gets_the_compilers_host_memory(tmp_path: Path) -> 
 def test_no_mode_is_tried_past_the_deadline(tmp_path: Path) -> None:
     _, finding = _compile_finding(tmp_path)
     verifier = _ScriptedVerifier(tmp_path, {"reduce-overhead": [_run(40.0, wall_s=60.0)]})
-    climbed = climb(verifier, finding, [_run(50.0, wall_s=45.0)], deadline=time.monotonic() - 1)
+    past = TimeBudget(time.monotonic() - 1)
+    climbed = climb(verifier, finding, [_run(50.0, wall_s=45.0)], time_left=past)
     assert verifier.modes_tried == []
     assert climbed.fix is not None and climbed.fix.diff == "default diff"
     detail = climbed.fix.verification[-1].detail
     assert "reduce-overhead: not verified (the time budget ran out)" in detail
+
+
+def test_no_mode_is_started_that_the_verifications_so_far_say_would_end_too_late(
+    tmp_path: Path,
+) -> None:
+    # 100 s left, eager verifications took 60 s: a compiling one would take 120 s
+    _, finding = _compile_finding(tmp_path)
+    verifier = _ScriptedVerifier(tmp_path, {"reduce-overhead": [_run(40.0, wall_s=60.0)]})
+    now = [0.0]
+    time_left = TimeBudget(100.0, clock=lambda: now[0])
+    with time_left.measuring():
+        now[0] = 60.0
+    now[0] = 0.0
+    modes = ("default", "reduce-overhead")
+    climb(verifier, finding, [_run(50.0, wall_s=45.0)], modes=modes, time_left=time_left)
+    assert verifier.modes_tried == []
+    now[0] = -30.0  # 130 s left: it fits
+    climb(verifier, finding, [_run(50.0, wall_s=45.0)], modes=modes, time_left=time_left)
+    assert verifier.modes_tried == ["reduce-overhead"]
 
 
 def test_past_the_fix_stages_deadline_fixes_stay_proposed_and_unverified(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ step from which that cost is paid back, and the run's peak host memory are repor
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILE_MODES
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.stats import Verdict, speed_up
+from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Evidence, Finding, Verification
 from torchdoctor.agent.safefs import GuardedTree
@@ -104,17 +104,18 @@ def climb(
     default_runs: list[SmokeRun],
     say: Callable[[str], None] = lambda _line: None,
     modes: tuple[str, ...] = COMPILE_MODES,
-    deadline: float | None = None,
+    time_left: TimeBudget | None = None,
 ) -> Finding:
     """`finding` (its default-mode compile fix verified, measured by `default_runs`) with the
     fastest of `modes` that beat the cheaper ones beyond noise as its fix, and the ladder
-    reported (`modes` narrows the ladder when compile time is scarce; past `deadline`, a
-    `time.monotonic()` value, no further mode is tried)."""
+    reported (`modes` narrows the ladder when compile time is scarce; no mode is tried that
+    `time_left` says would end too late)."""
     codemod = codemod_for(RULE)
     assert codemod is not None and finding.fix is not None
     source = GuardedTree(verifier.root).read_text(finding.file)
     spec = FixSpec.of(codemod)
     claim = Claim(frozenset({RULE}), finding.severity)
+    time_left = time_left or TimeBudget(None)
     baseline = verifier.baseline()
     rungs = [measure("default", baseline, default_runs)]
     best_mode, best_runs, best_diff = "default", default_runs, finding.fix.diff
@@ -126,13 +127,14 @@ def climb(
         if fixed is None:
             rungs.append(Rung(mode=mode, verified=False, why_not="the codemod does not apply"))
             continue
-        if _past(deadline):
+        if not time_left.fits(compiles=True):
             rungs.append(Rung(mode=mode, verified=False, why_not="the time budget ran out"))
             continue
         say(f"  compile ladder: verifying mode={mode}")
         diff = unified_diff(finding.file, source, fixed)
         patch = Patch(finding_id=finding.id, rule=RULE, diff=diff, files=[finding.file])
-        checks = verifier.verify(patch, claim, spec)
+        with time_left.measuring():
+            checks = verifier.verify(patch, claim, spec)
         failed = next((c for c in checks if not c.ok), None)
         if failed is not None:
             why = f"{failed.step}: {failed.detail.splitlines()[0] if failed.detail else ''}"
@@ -143,7 +145,7 @@ def climb(
         while (
             versus.verdict is Verdict.INCONCLUSIVE
             and len(runs) < verifier.max_timing_runs
-            and not _past(deadline)
+            and time_left.fits(compiles=True)
         ):
             # undecided: more interleaved runs of both versions, as for a fix's own speed-up
             more = [verifier.patched_run(best_diff, spec), verifier.patched_run(diff, spec)]
@@ -187,10 +189,6 @@ def climb(
             )
         )
     return finding.model_copy(update={"fix": fix, "evidence": evidence})
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 def ladder_applies(finding: Finding, root: Path) -> bool:

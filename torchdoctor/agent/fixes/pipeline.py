@@ -3,7 +3,6 @@ together. Nothing here touches the user's files (see `apply.apply_fixes`)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
+from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.gate import fix_gate
 from torchdoctor.agent.harness import Harness
@@ -108,10 +108,11 @@ def propose_and_verify(
     Without `run_command` (or a sandbox) verification stops after the static steps and no fix
     is marked verified. On GPU a verified `model.compile()` climbs the compile-mode ladder
     (`compile_ladder`). A fix whose verification fails leaves its finding open, with the
-    failing step and its reason in `fix.verification`. Past `deadline` (a `time.monotonic()`
-    value) no further fix, compile mode or re-measurement is started: the rest stay unverified
-    with the reason, and the fixes verified so far are still combined, so a run cut by a time
-    limit (a GPU lease) ends with a result rather than nothing.
+    failing step and its reason in `fix.verification`. `deadline` (a `time.monotonic()` value)
+    is when the stage should end: no fix, compile mode or re-measurement is started that the
+    verifications so far say would overrun it (`TimeBudget`); the rest stay unverified with the
+    reason, and the fixes verified so far are still combined, so a run cut by a time limit (a
+    GPU lease) ends with a result rather than nothing.
     """
     say = progress or (lambda _line: None)
     runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
@@ -127,6 +128,7 @@ def propose_and_verify(
     by_id = {f.id: f for f in findings}
     specs: dict[str, FixSpec] = {}
     measured = _baseline_signals(verifier, findings)
+    time_left = TimeBudget(deadline)
     for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
         if not finding.status.is_open:
             continue
@@ -136,12 +138,14 @@ def propose_and_verify(
             by_id[finding.id] = _with_refusal(workspace_root, finding)
             continue
         spec = FixSpec.of(codemod)
-        if _past(deadline):
+        if not time_left.fits(compiles=spec.extra_memory_mb > 0):
             by_id[finding.id] = _out_of_time(finding, patch.diff)
             say(f"  {finding.rule}: {OUT_OF_TIME}")
             continue
         say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
-        checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+        claim = Claim(frozenset({finding.rule}), finding.severity)
+        with time_left.measuring():
+            checks = verifier.verify(patch, claim, spec)
         say(f"  {finding.rule}: {verdict_line(checks)}")
         verified = all(c.ok for c in checks)
         by_id[finding.id] = finding.model_copy(
@@ -154,11 +158,11 @@ def propose_and_verify(
         )
         if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
             by_id[finding.id] = climb(
-                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, deadline
+                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, time_left
             )
         if verified:
             specs[finding.id] = spec
-    if not _past(deadline):
+    if time_left.fits():
         _retry_small_gains(verifier, by_id, specs, say)
     _combine_verified(verifier, by_id, specs, say)
     return [by_id[f.id] for f in findings]
@@ -178,10 +182,6 @@ def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> dict[str, 
 
 
 OUT_OF_TIME = "not verified: the fix stage's time budget ran out before it"
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 def _out_of_time(finding: Finding, diff: str) -> Finding:

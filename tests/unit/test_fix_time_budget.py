@@ -1,0 +1,61 @@
+"""The fix stage's time limit is an end: a verification starts only when those measured so
+far say it would end in time (a compiling one counted twice)."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchdoctor.agent.fixes.time_budget import COMPILE_COST, TimeBudget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def measured(budget: TimeBudget, clock: Clock, seconds: float) -> None:
+    with budget.measuring():
+        clock.now += seconds
+
+
+def test_without_a_deadline_everything_fits() -> None:
+    clock = Clock()
+    budget = TimeBudget(None, clock)
+    measured(budget, clock, 1e6)
+    assert budget.fits(compiles=True)
+    assert not budget.past()
+
+
+def test_the_first_verification_starts_whenever_time_is_left() -> None:
+    clock = Clock()
+    budget = TimeBudget(100.0, clock)
+    clock.now = 99.0
+    assert budget.fits(compiles=True)
+    clock.now = 100.0
+    assert budget.past()
+    assert not budget.fits()
+
+
+def test_the_median_so_far_decides_and_a_compiling_fix_costs_more() -> None:
+    clock = Clock()
+    budget = TimeBudget(380.0, clock)
+    for seconds in (111.0, 57.0, 61.0, 22.0, 109.0):  # a GPT-2 fix stage's eager verifications
+        measured(budget, clock, seconds)
+    assert clock.now == 360.0
+    clock.now = 300.0
+    assert budget.fits()  # 300 + 61 <= 380
+    assert not budget.fits(compiles=True)  # 300 + 61 * COMPILE_COST > 380
+    clock.now = 380.0 - 61.0 * COMPILE_COST
+    assert budget.fits(compiles=True)
+
+
+def test_a_verification_that_raised_is_still_counted() -> None:
+    clock = Clock()
+    budget = TimeBudget(1000.0, clock)
+    with pytest.raises(RuntimeError), budget.measuring():
+        clock.now += 600.0
+        raise RuntimeError("the sandbox died")
+    assert not budget.fits()  # 600 + 600 > 1000
