@@ -7,6 +7,8 @@ ratios the targets are about (issue 14: the native pass within 1.5x of bare pars
 the work of one process, the per-file times summed over the workers, against the one-process
 parse, so extra cores do not flatter it; >= 10x TorchFix's throughput);
 the slowest files and the longest per-file time (the engine stops a file at its deadline).
+The parse ratio is judged on CPU seconds (this process and its workers, `getrusage`), which
+other load on the machine does not inflate the way it does wall time; the wall ratios follow.
 It exits 1 if any file raised, hit the deadline, or failed to parse.
 
     PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N] [--per-rule N]
@@ -20,6 +22,7 @@ import gc
 import importlib.util
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -71,17 +74,27 @@ def torch_sources(limit: int | None) -> tuple[Path, list[tuple[str, str]]]:
     return root, files[:limit] if limit else files
 
 
-def time_bare_parse(files: Sequence[tuple[str, str]], lines: int) -> tuple[Timing, list[str]]:
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its children that have ended (the pool's
+    workers, once it is shut down)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_bare_parse(
+    files: Sequence[tuple[str, str]], lines: int
+) -> tuple[Timing, float, list[str]]:
+    """The wall timing, the CPU seconds, the files the parser rejects."""
     failures = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     for path, text in files:
         try:
             ast.parse(text, filename=path)
         except (SyntaxError, ValueError):
             failures.append(path)
-    return Timing(
-        "ast.parse (1 process)", time.perf_counter() - started, len(files), lines
-    ), failures
+    wall = Timing("ast.parse (1 process)", time.perf_counter() - started, len(files), lines)
+    return wall, cpu_seconds() - cpu, failures
 
 
 def time_tool(name: str, argv: list[str], cwd: Path, files: int, lines: int) -> Timing | str:
@@ -130,10 +143,10 @@ def main() -> int:
         f"Python {platform.python_version()}; {len(enabled_rules())} native rules enabled"
     )
 
-    bare, parse_failures = time_bare_parse(files, lines)
-    started = time.perf_counter()
+    bare, bare_cpu, parse_failures = time_bare_parse(files, lines)
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = analyse_files(files, workers=cores)
-    elapsed = time.perf_counter() - started
+    elapsed, native_cpu = time.perf_counter() - started, cpu_seconds() - cpu
     native = Timing(f"torchdoctor native ({cores} procs)", elapsed, len(files), lines)
 
     measured: list[Timing | str] = [bare, native]
@@ -160,6 +173,12 @@ def main() -> int:
     print()
     work = sum(r.seconds for r in result.files)
     report_ratios(bare, native, work, [m for m in measured if isinstance(m, Timing)])
+    cpu_ratio = native_cpu / bare_cpu
+    verdict = "PASS" if cpu_ratio <= TARGET_PARSE_RATIO else "MISS"
+    print(
+        f"judged on CPU: native {native_cpu:.2f} CPU-s / bare parse {bare_cpu:.2f} CPU-s = "
+        f"{cpu_ratio:.2f}x (target <= {TARGET_PARSE_RATIO:g}x) {verdict}"
+    )
 
     slowest = sorted(result.files, key=lambda r: r.seconds, reverse=True)[:5]
     deadline = EngineConfig().file_deadline_s
@@ -207,12 +226,9 @@ def report_ratios(bare: Timing, native: Timing, work: float, timings: list[Timin
     def rate(t: Timing) -> float:
         return t.lines / t.seconds
 
-    parse_ratio = work / bare.seconds
-    verdict = "PASS" if parse_ratio <= TARGET_PARSE_RATIO else "MISS"
-    target = f"target <= {TARGET_PARSE_RATIO:g}x"
     print(
-        f"native work ({work:.2f}s summed over the workers) / one-process bare parse: "
-        f"{parse_ratio:.2f}x ({target}) {verdict}"
+        f"native work ({work:.2f}s wall summed over the workers) / one-process bare parse: "
+        f"{work / bare.seconds:.2f}x"
     )
     wall_ratio = native.seconds / bare.seconds
     print(f"native wall, all workers, / one-process bare parse: {wall_ratio:.2f}x")
