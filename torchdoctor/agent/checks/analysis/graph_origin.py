@@ -100,9 +100,9 @@ class GraphOrigins(ModelFacts):
     def _returned_elements(
         self, value: ast.expr, position: int, arity: int
     ) -> list[ast.expr] | None:
-        if position < 0 or not isinstance(value, ast.Call):
+        if position < 0:
             return None
-        returned = self.returns_of(value)
+        returned = self._tuple_returns(value)
         if not returned:
             return None
         elements: list[ast.expr] = []
@@ -123,6 +123,24 @@ class GraphOrigins(ModelFacts):
                 return None  # the graph is not seen anywhere in the tuple: keep the whole call
             elements += [tup.elts[position], *self._stored_items(tup.elts[position])]
         return elements
+
+    def _tuple_returns(self, value: ast.expr) -> list[ast.expr]:
+        """What a local function may return where the unpacked value is its call, directly or
+        through one name (`result = step(...)`, `if result is None: continue`, `a, b = result`);
+        a `return None` is left out: unpacking it would raise, so the caller filtered it."""
+        bound = self.definitions(value) if isinstance(value, ast.Name) else [value]
+        calls = [call for call in bound if isinstance(call, ast.Call)]
+        if not calls or len(calls) != len(bound):
+            return []
+        per_call = [self.returns_of(call) for call in calls]
+        if not all(per_call):
+            return []
+        return [
+            r
+            for returned in per_call
+            for r in returned
+            if not (isinstance(r, ast.Constant) and r.value is None)
+        ]
 
     def _stored_items(self, container: ast.expr) -> list[ast.expr]:
         """Values stored into a returned dict or list (`stats[k][j] = (hits, n)`) in the
