@@ -182,8 +182,23 @@ def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None
     enclosing function) runs it only periodically."""
     bound = stop if stop is not None else ctx.enclosing_function(node)
     return any(
-        part != "test" and is_periodic_guard(guard.test)
+        part != "test" and _periodic_test(ctx, guard.test, 0)
         for guard, part in enclosing_ifs(ctx, node, bound)
+    )
+
+
+def _periodic_test(ctx: ModuleContext, test: ast.expr, depth: int) -> bool:
+    """`step % N == 0` itself, or a flag bound to one earlier in the loop
+    (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`)."""
+    if is_periodic_guard(test):
+        return True
+    if depth >= 2:
+        return False
+    return any(
+        _periodic_test(ctx, value, depth + 1)
+        for name in ast.walk(test)
+        if isinstance(name, ast.Name)
+        for value in ctx.flow.definitions(name)
     )
 
 
