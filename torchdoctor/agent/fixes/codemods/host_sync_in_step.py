@@ -29,8 +29,9 @@ class HostSyncInStepFix(Codemod):
 
     A print or logger call that reads `.item()` on every step is put under
     `if step % LOG_EVERY == 0:`, `step` being the loop's own counter (`for step in range`,
-    `for i, batch in enumerate(...)`, or a `step += 1` in a while loop): the same lines, every
-    LOG_EVERY steps, and the GPU runs ahead in between.
+    `for i, batch in enumerate(...)`, or a `step += 1` in the loop's body): the same lines,
+    every LOG_EVERY steps, and the GPU runs ahead in between. A weighted sum
+    (`total += loss.item() * x.size(0)`) is accumulated on the device like a plain one.
     """
 
     rule = "host-sync-in-step"
@@ -41,7 +42,7 @@ class HostSyncInStepFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         span = (target.line, target.end_line)
         for aug in ctx.find(cst.AugAssign, within=span):
-            item = method_call(aug.value, "item")
+            item = _weighted_item(aug.value)
             if (
                 isinstance(aug.operator, cst.AddAssign)
                 and item
@@ -72,10 +73,23 @@ class HostSyncInStepFix(Codemod):
             if not _logs_item(stmt):
                 continue
             loop = enclosing_loop(ctx, stmt)
-            if loop is None or (_step_counter(ctx, loop) is None and not isinstance(loop, cst.For)):
+            if loop is None or (
+                _step_counter(ctx, loop) is None
+                and (not isinstance(loop, cst.For) or _names_used(ctx, loop, "step"))
+            ):
                 return (
                     "the per-step log has no loop counter to thin it out with: count steps "
                     f"and log every {LOG_EVERY}, or accumulate on the device"
+                )
+        for call in ctx.find(cst.Call, within=span):
+            taker = dotted_name(call.func) or ""
+            if taker.split(".")[-1] in {*_LOGGERS, "append"}:
+                continue
+            if any(method_call(arg.value, "item") for arg in call.args):
+                return (
+                    f"the number goes into `{taker}(...)`, whose use of it is not visible "
+                    "here: keep a tensor there (and read it once per epoch) only if it "
+                    "accepts one"
                 )
         return None
 
@@ -145,7 +159,7 @@ def _names_used(ctx: SourceContext, loop: cst.CSTNode, name: str) -> bool:
 
 def _step_counter(ctx: SourceContext, loop: cst.For | cst.While) -> str | None:
     """The loop's step counter: `for step in range(...)`, `for i, b in enumerate(...)`, or
-    a name incremented by one in a while loop's body."""
+    a name incremented by one in the loop's own body (`global_step += 1`)."""
     if isinstance(loop, cst.For):
         func = loop.iter.func if isinstance(loop.iter, cst.Call) else None
         called = dotted_name(func) if func is not None else None
@@ -158,17 +172,31 @@ def _step_counter(ctx: SourceContext, loop: cst.For | cst.While) -> str | None:
             and isinstance(loop.target.elements[0].value, cst.Name)
         ):
             return loop.target.elements[0].value.value
-        return None
     for aug in ctx.find(cst.AugAssign, inside=loop.body):
+        line = ctx.parent(aug)
         if (
             isinstance(aug.operator, cst.AddAssign)
             and isinstance(aug.target, cst.Name)
             and isinstance(aug.value, cst.Integer)
             and aug.value.value == "1"
-            and enclosing_loop(ctx, aug) is loop
+            and line is not None
+            and ctx.parent(line) is loop.body  # on every pass, under no `if`
         ):
             return aug.target.value
     return None
+
+
+def _weighted_item(value: cst.BaseExpression) -> cst.Call | None:
+    """The one `.item()` of `x.item()`, `x.item() * n`, `n * x.item() / k`...: arithmetic in
+    which the number can stay a tensor until the loop ends."""
+    if isinstance(value, cst.BinaryOperation) and isinstance(
+        value.operator, cst.Add | cst.Subtract | cst.Multiply | cst.Divide
+    ):
+        items = [n for n in descendants(value) if method_call(n, "item") is not None]
+        if len(items) != 1:
+            return None
+        return _weighted_item(value.left) or _weighted_item(value.right)
+    return method_call(value, "item")
 
 
 def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, back: str) -> bool:
