@@ -135,14 +135,14 @@ class EvalWithoutEvalMode(Rule):
             )
             if found is None:
                 continue
-            needs = _callers_decide(ctx, owner, call, elsewhere)
+            needs, entry = _callers_decide(ctx, owner, call, elsewhere)
             if elsewhere and needs is None:
                 continue  # a method whose callers are in other files: not followed
             # Layers not seen here: a project with no mode-dependent layer anywhere has none.
             also: list[Property] = [] if known else ["mode-layers-in-project"]
             if needs is not None:
-                assert owner is not None
-                symbol = f"{module_name(ctx.path)}.{owner.name}"
+                assert entry is not None
+                symbol = f"{module_name(ctx.path)}.{entry.name}"
             elif not known and len(built := imported_classes(ctx, model_of(call))) == 1:
                 # a class from another file: the project pass knows whether it is mode-free
                 symbol, needs = built[0], "not-mode-free"
@@ -241,17 +241,63 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
 
 def _callers_decide(
     ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call, elsewhere: bool
-) -> Property | None:
+) -> tuple[Property | None, FunctionNode | None]:
     """What the project pass must see at the callers in other files for the finding to
-    hold, when they decide the mode: a module-level function given the model as a
-    parameter and called nowhere in this module. None: the finding holds as it is."""
+    hold, and at the callers of which function, when they decide the mode: a module-level
+    function given the model as a parameter and called nowhere in this module, or called
+    only by such a function that hands its own model parameter on. None: the finding holds
+    as it is."""
     if owner is None or not isinstance(ctx.parents.get(owner), ast.Module):
-        return None
+        return None, None
     if elsewhere:
-        return "called-in-train-mode"
-    if _model_is_a_parameter(owner, call) and not ctx.flow.callers.get(owner.name):
-        return "left-in-train-mode-by-a-caller"
+        return "called-in-train-mode", owner
+    if not _model_is_a_parameter(owner, call):
+        return None, None
+    entry = _entry_called_elsewhere(ctx, owner, call)
+    return ("left-in-train-mode-by-a-caller", entry) if entry is not None else (None, None)
+
+
+def _entry_called_elsewhere(
+    ctx: ModuleContext, owner: FunctionNode, call: ast.Call
+) -> FunctionNode | None:
+    """`owner` itself when nothing in this module calls it; else, up to three levels, the one
+    module-level function that calls it with its own parameter as the model
+    (`zero_shot_eval(model, ...)` -> `run_classifier(model, ...)`) and is itself called only
+    from other files. None when any local caller passes something else, or several do."""
+    current, param = owner, _model_parameter(call)
+    for _ in range(3):
+        sites = ctx.flow.callers.get(current.name, [])
+        if not sites:
+            return current
+        callers = {ctx.enclosing_function(site) for site in sites}
+        caller = callers.pop() if len(callers) == 1 else None
+        if caller is None or not isinstance(ctx.parents.get(caller), ast.Module):
+            return None
+        passed = {_argument_for(site, current, param) for site in sites}
+        if len(passed) != 1 or (name := passed.pop()) is None or name not in _parameters(caller):
+            return None
+        current, param = caller, name
     return None
+
+
+def _parameters(fn: FunctionNode) -> set[str]:
+    return {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+
+
+def _model_parameter(call: ast.Call) -> str:
+    root = model_of(call)
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    return root.id if isinstance(root, ast.Name) else ""
+
+
+def _argument_for(site: ast.Call, callee: FunctionNode, param: str) -> str | None:
+    """The variable a call passes as `callee`'s parameter `param` (by position or keyword)."""
+    positional = [a.arg for a in [*callee.args.posonlyargs, *callee.args.args]]
+    value: ast.expr | None = next((k.value for k in site.keywords if k.arg == param), None)
+    if value is None and param in positional and positional.index(param) < len(site.args):
+        value = site.args[positional.index(param)]
+    return value.id if isinstance(value, ast.Name) else None
 
 
 def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
