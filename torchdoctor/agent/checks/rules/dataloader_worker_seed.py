@@ -64,6 +64,9 @@ class DataLoaderWorkerSeed(Rule):
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
     visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
+    def __init__(self) -> None:
+        self.loaders: list[ast.Call] = []
+
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         if terminal_name(node.func) != "DataLoader":
@@ -73,9 +76,15 @@ class DataLoaderWorkerSeed(Rule):
         workers = argument(node, "num_workers", 5)
         if workers is None or constant_number(workers) == 0:
             return
-        if kwarg(node, "worker_init_fn") is not None or kwarg(node, "generator") is not None:
-            return
-        if _GENERATOR_OBJECT.search(ctx.source):
+        if kwarg(node, "worker_init_fn") is None and kwarg(node, "generator") is None:
+            self.loaders.append(node)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        for node in self.loaders:  # judged once the module's scopes are all known
+            self._judge(node, ctx)
+
+    def _judge(self, node: ast.Call, ctx: ModuleContext) -> None:
+        if _GENERATOR_OBJECT.search(ctx.source) and _may_hold_generator(ctx, node):
             state = "generator-object"
             message = (
                 "workers each get a copy of the same random generator object: seed each "
@@ -92,3 +101,41 @@ class DataLoaderWorkerSeed(Rule):
         else:
             return
         ctx.report(self, node, message, data={"state": state})
+
+
+def _may_hold_generator(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's dataset may be (or wrap) an instance of a class of this module that keeps
+    a generator object, or of one derived from it; a dataset built only from other classes
+    (`ImageFolder(...)`, a CSV dataset next to a shard sampler that keeps one) does not."""
+    dataset = argument(loader, "dataset", 0)
+    if dataset is None:
+        return True
+    holders = _generator_holders(ctx)
+    if not holders:
+        return True
+    if not any(isinstance(source, ast.Call) for source in ctx.flow.sources(dataset)):
+        return True  # a parameter or an unknown value: it may be one of them
+    return ctx.flow.derives_from(
+        dataset,
+        lambda sub: isinstance(sub, ast.Name | ast.Attribute) and terminal_name(sub) in holders,
+    )
+
+
+def _generator_holders(ctx: ModuleContext) -> set[str]:
+    """Classes of the module that set a generator object on `self`, and their subclasses."""
+    memo = ctx.memo_table("dataloader_worker_seed.holders")
+    if "" not in memo:
+        memo[""] = _holders(ctx.flow.classes)
+    return memo[""]  # type: ignore[no-any-return]
+
+
+def _holders(classes: dict[str, ast.ClassDef]) -> set[str]:
+    holders = {name for name, cls in classes.items() if _GENERATOR_OBJECT.search(ast.unparse(cls))}
+    grown = True
+    while grown:
+        grown = False
+        for name, cls in classes.items():
+            if name not in holders and any(terminal_name(b) in holders for b in cls.bases):
+                holders.add(name)
+                grown = True
+    return holders
