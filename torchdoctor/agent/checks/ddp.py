@@ -102,16 +102,40 @@ def rank_guarded(ctx: ModuleContext, node: ast.AST) -> bool:
     (`if rank != 0: return`) earlier in its function."""
     child = node
     for parent in ctx.ancestors(node):
-        if isinstance(parent, ast.If | ast.IfExp | ast.While) and names_rank(parent.test):
+        if isinstance(parent, ast.If | ast.IfExp | ast.While) and _rank_test(ctx, parent.test, 0):
             return True
         if isinstance(parent, ast.BoolOp) and any(
-            names_rank(value) for value in parent.values if value is not child
+            _rank_test(ctx, value, 0) for value in parent.values if value is not child
         ):
             return True
         if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef):
             return _exits_early_for_rank(parent, node)
         child = parent
     return False
+
+
+def _rank_test(ctx: ModuleContext, test: ast.expr, depth: int) -> bool:
+    """A condition naming a rank, or a flag bound to one earlier (`args.save_logs = args.logs
+    and is_master(args)`, then `if args.save_logs:`); a flag bound to anything but a condition
+    (`device = torch.device(f"cuda:{local_rank}")`) is not one."""
+    if names_rank(test):
+        return True
+    if depth >= 2:
+        return False
+    return any(
+        _rank_test(ctx, value, depth + 1)
+        for flag in ast.walk(test)
+        if isinstance(flag, ast.Name | ast.Attribute)
+        for value in ctx.flow.definitions(flag)
+        if _condition(value)
+    )
+
+
+def _condition(value: ast.expr) -> bool:
+    """A boolean expression, or a predicate call (`is_master(args)`), or another flag."""
+    if isinstance(value, ast.Call):
+        return names_rank(value.func)
+    return isinstance(value, ast.Compare | ast.BoolOp | ast.UnaryOp | ast.Name | ast.Attribute)
 
 
 def runs_on_every_rank(ctx: ModuleContext, node: ast.AST, depth: int = 0) -> bool:
