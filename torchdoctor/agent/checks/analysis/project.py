@@ -160,6 +160,13 @@ def imported_models(ctx: ModuleContext, value: ast.expr) -> list[str]:
     return found
 
 
+def project_symbol(ctx: ModuleContext, expr: ast.expr) -> str | None:
+    """The qualified name `expr` was imported as, when it comes from the project's own
+    files rather than a library."""
+    symbol = callee_symbol(ctx, expr)
+    return symbol if symbol and not symbol.startswith(_LIBRARIES) else None
+
+
 def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
     """Qualified names of classes imported from other files that `obj` may be an instance of
     (`model` with `model = Net().to(dev)` and `from models import Net`)."""

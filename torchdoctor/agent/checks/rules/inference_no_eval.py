@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.project import (
     defer,
     imported_classes,
     module_name,
+    project_symbol,
     publish,
     publish_mode_calls,
 )
@@ -137,6 +138,10 @@ class InferenceNoEval(Rule):
             if id(call) in imported:
                 self._defer(ctx, call)
                 return
+            injected = _injected_class(ctx, call) if root == "self" else None
+            if injected is not None:
+                self._defer(ctx, call, injected)
+                return
             if mode_independent(ctx, _model_of(call)):
                 continue  # no dropout, no batch norm: eval() would change nothing
             if model_put_in_eval(ctx, _model_of(call)):
@@ -157,10 +162,10 @@ class InferenceNoEval(Rule):
                 ctx.findings.append(found)
             return
 
-    def _defer(self, ctx: ModuleContext, call: ast.Call) -> None:
+    def _defer(self, ctx: ModuleContext, call: ast.Call, symbol: str | None = None) -> None:
         """An instance of a class from another file: reported if that class has a layer
         that acts differently in training mode (the project pass knows)."""
-        symbol = _imported_class(ctx, call)
+        symbol = symbol or _imported_class(ctx, call)
         if symbol is not None:
             found = ctx.finding(
                 self,
@@ -287,6 +292,27 @@ def _imported_class(ctx: ModuleContext, call: ast.Call) -> str | None:
             for argument in _arguments_for(ctx, fn, model.id):
                 found += imported_classes(ctx, argument)
     return found[0] if found else None
+
+
+def _injected_class(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The class from another file of a model handed to this object's constructor
+    (`def __init__(self, sam_model: Sam): self.model = sam_model`, then
+    `self.model.prompt_encoder(...)`): the parameter's annotation names it."""
+    model = _model_of(call)
+    while isinstance(model, ast.Attribute) and not (
+        isinstance(model.value, ast.Name) and model.value.id == "self"
+    ):
+        model = model.value
+    if not isinstance(model, ast.Attribute):
+        return None
+    symbols: set[str | None] = set()
+    for value in ctx.flow.definitions(model) or [model]:
+        fn = ctx.enclosing_function(value) if isinstance(value, ast.Name) else None
+        args = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs] if fn else []
+        arg = next((a for a in args if isinstance(value, ast.Name) and a.arg == value.id), None)
+        annotation = arg.annotation if arg is not None else None
+        symbols.add(project_symbol(ctx, annotation) if annotation is not None else None)
+    return symbols.pop() if len(symbols) == 1 else None
 
 
 def _arguments_for(
