@@ -243,10 +243,13 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
     if "torch" not in ctx.source:
         return False
     loads_weights = "load_state_dict" in ctx.source or "from_pretrained" in ctx.source
+    exports = _exports_only(ctx)
     for node in nodes_of(ctx, ast.Call):
         if isinstance(node, ast.Call):
             qual = ctx.call_qualname(node) or ""
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
+                if exports:
+                    continue  # example inputs for tracing: their values shape nothing
                 return True
             layer = qual.rsplit(".", 1)[-1]
             if (
@@ -256,6 +259,28 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
                 and not loads_weights
             ):
                 return True  # building layers draws random initial weights (unless overwritten)
-            if qual.endswith("DataLoader") and any(k.arg == "shuffle" for k in node.keywords):
+            if qual.endswith("DataLoader") and any(
+                k.arg == "shuffle" and not _false(k.value) for k in node.keywords
+            ):
                 return True
     return False
+
+
+_EXPORTERS = frozenset(
+    {"torch.onnx.export", "torch.onnx.dynamo_export", "torch.jit.trace", "torch.export.export"}
+)
+
+
+def _exports_only(ctx: ModuleContext) -> bool:
+    """The script exports a model (ONNX, a trace, `torch.export`) and trains nothing: random
+    tensors in it are example inputs, which fix shapes, not results."""
+    if ctx.loops.training_loops:
+        return False
+    return any(
+        isinstance(n, ast.Call) and ctx.call_qualname(n) in _EXPORTERS
+        for n in nodes_of(ctx, ast.Call)
+    )
+
+
+def _false(value: ast.expr) -> bool:
+    return isinstance(value, ast.Constant) and value.value in (False, None, 0)
