@@ -312,6 +312,27 @@ def test_eval_mode_around_an_evaluation_loop_without_no_grad() -> None:
     assert fixed.endswith("        self.model.train(was_training)\n")
 
 
+def test_eval_mode_around_a_held_out_loop_inside_the_epoch_loop() -> None:
+    source = (
+        "def fit(model, opt, train_loader, test_loader):\n"
+        "    for epoch in range(3):\n"
+        "        model.train()\n"
+        "        for x in train_loader:\n"
+        "            model(x).sum().backward()\n"
+        "            opt.step()\n"
+        "        for x in test_loader:\n"
+        "            print(model(x))\n"
+    )
+    target = FixTarget(rule="eval-without-eval-mode", file="m.py", line=8, end_line=8)
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None
+    assert "            opt.step()\n        was_training = model.training\n" in fixed
+    assert "        model.eval()\n        for x in test_loader:" in fixed
+    assert fixed.endswith("            print(model(x))\n        model.train(was_training)\n")
+
+
 # What a person's edit would not leave behind: unused imports, unused assignments, imports out
 # of their block or out of isort order (issue 13, item 9).
 RUFF_CLEAN = "F401,F811,F841,E402,I001,E9,F63,F7"

@@ -29,7 +29,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import is_backward_call, method_name, walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -47,7 +47,9 @@ _MODE_DEPENDENT = re.compile(r"Dropout|BatchNorm|InstanceNorm|dropout|Transforme
 class EvalWithoutEvalMode(Rule):
     """Detects an evaluation path that calls the model with no `.eval()` on its way: a
     function named like `evaluate`/`validate`/`test_epoch`, a `with torch.no_grad()` or
-    `torch.inference_mode()` block (at a script's top level only when the script trains), or
+    `torch.inference_mode()` block (at a script's top level only when the script trains), a
+    loop over held-out data written inline in a training module (`for x in test_loader:` after
+    the epoch's training loop, grad on or off), or
     a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`, or a helper of any
     name that is called with held-out data (`score(model, val_loader)`). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
@@ -60,8 +62,9 @@ class EvalWithoutEvalMode(Rule):
     with the batch's own statistics (and updates its running averages with validation data),
     so validation metrics are noisy, batch-size dependent and lower than the model's real
     quality; model selection built on them is wrong. Models known to have no dropout or
-    normalisation layer, functions that set `.train()` before the model runs (recomputing
-    BatchNorm statistics; a `.train()` after the loop only restores the mode) and methods
+    normalisation layer, functions that set `.train()` before the model runs with no update in
+    between (recomputing BatchNorm statistics; a `.train()` after the loop only restores the
+    mode, one at the top of the epoch is for its training loop) and methods
     of `nn.Module`s (`forward`, `generate`: their caller owns the mode) are not reported;
     prediction/serving functions are left to `inference-no-eval`.
 
@@ -98,6 +101,7 @@ class EvalWithoutEvalMode(Rule):
             and "inference_mode" not in ctx.source
             and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
             and not evaluation_helpers(ctx)
+            and not _held_out_loops(ctx, [], is_test_module(ctx.path))
         ):
             return
         reported: set[int] = set()
@@ -219,7 +223,54 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
         if owner is not None and test_module and owner.name.startswith("test"):
             continue
         regions.append((owner, node.body))
+    regions += _held_out_loops(ctx, regions, test_module)
     return regions
+
+
+def _held_out_loops(
+    ctx: ModuleContext, regions: list[tuple[FunctionNode | None, list[ast.stmt]]], test_module: bool
+) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
+    """Loops over held-out data written inline, grad on or off, outside the regions already
+    found (deepspeech.pytorch's test loop after the epoch's training loop in `main`)."""
+    if test_module or not ctx.loops.training_loops:
+        return []
+    covered = {id(stmt) for _, body in regions for stmt in body}
+    found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
+    for node in ctx.flow.nodes(ast.For):
+        if not isinstance(node, ast.For) or not any(
+            isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(node.body)
+        ):
+            continue
+        if _inside_a_training_step(ctx, node):
+            continue
+        if ctx.flow.held_out_kind(node.iter) is None:
+            continue
+        if any(id(anc) in covered for anc in ctx.ancestors(node)):
+            continue
+        owner = ctx.enclosing_function(node)
+        if owner is not None and (
+            _module_method(ctx, owner) or _OTHER_RULES_PATHS.search(owner.name)
+        ):
+            continue
+        found.append((owner, [node]))
+    return found
+
+
+def _inside_a_training_step(ctx: ModuleContext, node: ast.For) -> bool:
+    """A loop nested in a loop whose own iterations back-propagate (a loop over modalities or
+    heads inside the training step): part of that step, not an evaluation."""
+    loops = (ast.For, ast.AsyncFor, ast.While)
+    for outer in ctx.ancestors(node):
+        if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if not isinstance(outer, loops):
+            continue
+        for call in walk_scope(outer.body):
+            if isinstance(call, ast.Call) and is_backward_call(call):
+                innermost = next(a for a in ctx.ancestors(call) if isinstance(a, loops))
+                if innermost is outer:
+                    return True
+    return False
 
 
 def _module_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
@@ -304,7 +355,24 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
     """`.train()` before the model runs: training mode on purpose (recomputing BatchNorm
     statistics); a `.train()` after the evaluation only restores the mode for the next
     epoch (Pytorch-UNet's `evaluate`) and does not excuse a missing `.eval()`."""
-    return ctx.flow.reaches_method(statements_before(ctx, owner, call), "train")
+    before = statements_before(ctx, owner, call)
+    if not ctx.flow.reaches_method(before, "train"):
+        return False
+    switches = [
+        n.lineno
+        for stmt in before
+        for n in ast.walk(stmt)
+        if isinstance(n, ast.Call) and method_name(n) == "train" and n.lineno < call.lineno
+    ]
+    if not switches:
+        return True  # set in a function called before: not located, taken as deliberate
+    # a training pass between the last `.train()` and this call: that mode was for the updates
+    last = max(switches)
+    return not any(
+        isinstance(n, ast.Call) and is_backward_call(n) and last < n.lineno < call.lineno
+        for stmt in before
+        for n in ast.walk(stmt)
+    )
 
 
 def _model_is_a_parameter(owner: FunctionNode, call: ast.Call) -> bool:

@@ -55,7 +55,8 @@ class EvalWithoutEvalModeFix(Codemod):
 
 
 def _evaluation_block(ctx: SourceContext, target: FixTarget) -> cst.CSTNode | None:
-    """The flagged `no_grad`/`inference_mode` block, else the statement of the enclosing
+    """The flagged `no_grad`/`inference_mode` block, else the outermost loop around the flagged
+    forward that trains nothing when an outer one does, else the statement of the enclosing
     function (or module) that holds the flagged forward."""
     span = (target.line, target.end_line)
     blocks = [
@@ -67,6 +68,12 @@ def _evaluation_block(ctx: SourceContext, target: FixTarget) -> cst.CSTNode | No
     calls = ctx.find(cst.Call, within=span)
     if not calls:
         return None
+    loops = [a for a in ctx.ancestors(calls[0]) if isinstance(a, cst.For)]
+    evaluating = [loop for loop in loops if not _backpropagates(loop)]
+    if evaluating and len(evaluating) < len(loops):
+        # an evaluation loop inline after the epoch's training loop: `.train()` at the top of
+        # each epoch would undo an `.eval()` put before the epoch loop
+        return evaluating[-1]
     scope = scope_of(ctx, calls[0])
     if isinstance(scope, cst.FunctionDef) and isinstance(scope.body, cst.IndentedBlock):
         body: Sequence[cst.BaseStatement] = scope.body.body
@@ -75,6 +82,15 @@ def _evaluation_block(ctx: SourceContext, target: FixTarget) -> cst.CSTNode | No
     else:
         return None
     return next((s for s in body if any(a is s for a in ctx.ancestors(calls[0]))), None)
+
+
+def _backpropagates(node: cst.CSTNode) -> bool:
+    return any(
+        isinstance(n, cst.Call)
+        and isinstance(n.func, cst.Attribute)
+        and n.func.attr.value == "backward"
+        for n in descendants(node)
+    )
 
 
 def _free_name(ctx: SourceContext, base: str) -> str:
