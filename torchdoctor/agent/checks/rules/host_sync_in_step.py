@@ -12,12 +12,16 @@ from torchdoctor.agent.models import Severity
 
 _SYNC_METHODS = frozenset({"item", "cpu", "numpy", "tolist"})
 _TENSORISH = re.compile(r"loss|acc|correct|pred|logit|output|grad|norm", re.IGNORECASE)
+_VALUE_TESTS = frozenset({"torch.isnan", "torch.isinf", "torch.isfinite"})
+"""Elementwise tests whose (tensor) result a branch must read on the host."""
 
 
 class HostSyncInStep(Rule):
     """Detects `.item()`, `.cpu()`, `.numpy()`, `.tolist()` and `float(tensor)` executed on every
     training step (in the training loop's body or a function it calls, Lightning's
-    `training_step` included).
+    `training_step` included), and the implicit ones: a branch on `torch.isnan(...)` /
+    `isinf` / `isfinite` (`if`, `while`, `assert`), and the tensor a step calls `.backward()`
+    on formatted into an f-string or printed.
 
     Why it matters: each one waits for the GPU to finish all queued work and copies the value
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
@@ -38,16 +42,42 @@ class HostSyncInStep(Rule):
     severity = Severity.MEDIUM
     title = "Host-device synchronisation on every training step"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {"float"}
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (
+        ast.Call,
+        ast.If,
+        ast.While,
+        ast.Assert,
+        ast.FormattedValue,
+    )
+    call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {"float", "print"}
 
     def __init__(self) -> None:
-        self.candidates: list[ast.Call] = []
+        self.candidates: list[tuple[ast.expr, str]] = []
+        """Each sync and what to call it."""
+        self.printed: list[tuple[ast.Name, str]] = []
+        """Names formatted or printed: a sync when the name is the step's loss tensor."""
 
     def applies(self, ctx: ModuleContext) -> bool:
         return bool(ctx.loops.training_loops)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if isinstance(node, ast.If | ast.While | ast.Assert):
+            tested = next(
+                (
+                    call
+                    for call in ast.walk(node.test)
+                    if isinstance(call, ast.Call) and ctx.call_qualname(call) in _VALUE_TESTS
+                ),
+                None,
+            )
+            if tested is not None:
+                name = (ctx.call_qualname(tested) or "").removeprefix("torch.")
+                self.candidates.append((node.test, f"a branch on torch.{name}(...)"))
+            return
+        if isinstance(node, ast.FormattedValue):
+            if isinstance(node.value, ast.Name):
+                self.printed.append((node.value, "a tensor formatted into a string"))
+            return
         assert isinstance(node, ast.Call)
         func = node.func
         if isinstance(func, ast.Attribute):
@@ -57,34 +87,69 @@ class HostSyncInStep(Rule):
                 and not node.keywords
                 and not (func.attr == "numpy" and _is_cpu_call(func.value))
             ):
-                self.candidates.append(node)
+                self.candidates.append((node, f"`{func.attr}`"))
+        elif isinstance(func, ast.Name) and func.id == "print":
+            self.printed += [(a, "a printed tensor") for a in node.args if isinstance(a, ast.Name)]
         elif isinstance(func, ast.Name) and func.id == "float" and len(node.args) == 1:
             arg = node.args[0]
             if isinstance(
                 arg, ast.Name | ast.Attribute | ast.Subscript | ast.Call
             ) and _TENSORISH.search(ast.unparse(arg)[:60]):
-                self.candidates.append(node)
+                self.candidates.append((node, "`float`"))
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.candidates or not ctx.loops.training_loops:
+        if not ctx.loops.training_loops:
             return
+        found = self.candidates + [
+            (name, what) for name, what in self.printed if _is_backward_tensor(ctx, name)
+        ]
+        found.sort(key=lambda entry: (entry[0].lineno, entry[0].col_offset))
         reported: set[int] = set()  # one finding per statement (a print of five losses)
-        for call in self.candidates:
-            statement = _statement_of(ctx, call)
-            if id(statement) in reported or not ctx.loops.in_training_step(call):
+        for node, what in found:
+            statement = _statement_of(ctx, node)
+            if id(statement) in reported or not ctx.loops.in_training_step(node):
                 continue
-            loop = ctx.loops.loop_containing(call)
-            stop = loop.node if loop is not None else ctx.enclosing_function(call)
-            if under_periodic_guard(ctx, call, stop):
+            loop = ctx.loops.loop_containing(node)
+            stop = loop.node if loop is not None else ctx.enclosing_function(node)
+            if under_periodic_guard(ctx, node, stop):
                 continue
             reported.add(id(statement))
-            what = call.func.attr if isinstance(call.func, ast.Attribute) else "float"
             ctx.report(
                 self,
-                call,
-                f"`{what}` on every training step forces a GPU->CPU sync: the device idles "
+                node,
+                f"{what} on every training step forces a GPU->CPU sync: the device idles "
                 "until the host catches up",
             )
+
+
+def _is_backward_tensor(ctx: ModuleContext, name: ast.Name) -> bool:
+    """`name` is what its function calls `.backward()` on, never rebound there to anything
+    but a call's result (`loss = loss.item()` makes it a float)."""
+    function = ctx.enclosing_function(name)
+    if function is None:
+        return False
+    backward = rebound = False
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "backward"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name.id
+        ):
+            backward = True
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound = any(isinstance(t, ast.Name) and t.id == name.id for t in targets)
+            if bound and not isinstance(node.value, ast.Call):
+                rebound = True
+            elif bound and isinstance(node.value, ast.Call):
+                func = node.value.func
+                called = func.attr if isinstance(func, ast.Attribute) else ""
+                if isinstance(func, ast.Name):
+                    called = func.id
+                rebound = rebound or called in _SYNC_METHODS | {"float", "int"}
+    return backward and not rebound
 
 
 def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST:
