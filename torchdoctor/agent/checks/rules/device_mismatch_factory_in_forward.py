@@ -31,6 +31,13 @@ _FACTORIES = frozenset(
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
 _TO_HOST = frozenset({"tolist", "item", "numpy"})
 _HOST_BUILTINS = frozenset({"int", "len", "list", "float", "range"})
+# Tensor methods whose other arguments are sizes, dims or flags, never a second tensor, and the
+# fields of the named tuples some of them return (`x.topk(k, dim=-1).indices`).
+_SHAPING_METHODS = frozenset(
+    {"topk", "sort", "argsort", "argmax", "argmin", "view", "reshape", "unsqueeze", "squeeze",
+     "flatten", "expand", "repeat", "permute", "transpose", "narrow", "long", "int"}
+)  # fmt: skip
+_RESULT_FIELDS = frozenset({"indices", "values"})
 
 
 class DeviceMismatchFactoryInForward(Rule):
@@ -201,7 +208,14 @@ def _reaches_binding(ctx: ModuleContext, node: ast.expr, names: list[str]) -> bo
             return True
         if isinstance(parent, ast.Attribute) and parent.value is child:
             call = ctx.parents.get(parent)
-            if not isinstance(call, ast.Call) or call.func is not parent or _other_values(call):
+            if parent.attr in _RESULT_FIELDS and not (
+                isinstance(call, ast.Call) and call.func is parent
+            ):
+                child, parent = parent, call
+                continue  # `.topk(k).indices`: a field of the result, still a host tensor
+            if not isinstance(call, ast.Call) or call.func is not parent:
+                return False
+            if _other_values(call) and parent.attr not in _SHAPING_METHODS:
                 return False
             if parent.attr in _TO_HOST:
                 return True
@@ -223,11 +237,17 @@ def _other_values(call: ast.Call, operand: ast.AST | None = None) -> bool:
 
 
 def _host_use(ctx: ModuleContext, use: ast.Name) -> bool:
-    """`for end in sizes`, `crops[start:end]`, `int(n)`: a use that stays on the host."""
+    """`for end in sizes`, `crops[start:end]`, `int(n)`, `x[rows, keep]`: a use that stays
+    on the host, or indexes a tensor (a CUDA tensor may be indexed with CPU indices)."""
     parent = ctx.parents.get(use)
     if isinstance(parent, ast.For) and parent.iter is use:
         return True
     if isinstance(parent, ast.Slice):
+        return True
+    index: ast.AST = use
+    if isinstance(parent, ast.Tuple):
+        index, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Subscript) and parent.slice is index:
         return True
     return (
         isinstance(parent, ast.Call)
