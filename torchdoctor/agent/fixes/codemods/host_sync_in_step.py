@@ -81,6 +81,13 @@ class HostSyncInStepFix(Codemod):
                     "the per-step log has no loop counter to thin it out with: count steps "
                     f"and log every {LOG_EVERY}, or accumulate on the device"
                 )
+        for branch in ctx.find(cst.If, within=span):
+            if any(_value_test(node) for node in descendants(branch.test)):
+                return (
+                    "a NaN/inf guard reads the value on every step; checking it every "
+                    f"{LOG_EVERY} steps (or keeping torch.isfinite(...) on the device until "
+                    "the epoch ends) finds a divergence later: a human's call"
+                )
         for call in ctx.find(cst.Call, within=span):
             taker = dotted_name(call.func) or ""
             if taker.split(".")[-1] in {*_LOGGERS, "append"}:
@@ -95,16 +102,24 @@ class HostSyncInStepFix(Codemod):
 
 
 def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
-    """`print(... x.item() ...)`, `logger.info(...)`, `writer.add_scalar(...)`, ... ."""
+    """`print(... x.item() ...)`, `logger.info(...)`, `writer.add_scalar(...)`, ..., or a
+    print of the loss tensor itself (`print(f"{loss:.4f}")`, `print("loss", loss)`: the rule
+    reports those only for the tensor the step calls `.backward()` on)."""
     if len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
         return False
     call = stmt.body[0].value
     if not isinstance(call, cst.Call):
         return False
     name = (dotted_name(call.func) or "").split(".")[-1]
-    return name in _LOGGERS and any(
-        method_call(node, "item") is not None for node in descendants(call)
+    if name not in _LOGGERS:
+        return False
+    formats_a_name = any(
+        isinstance(node, cst.FormattedStringExpression) and isinstance(node.expression, cst.Name)
+        for node in descendants(call)
     )
+    reads_item = any(method_call(node, "item") is not None for node in descendants(call))
+    prints_a_name = name == "print" and any(isinstance(a.value, cst.Name) for a in call.args)
+    return reads_item or formats_a_name or prints_a_name
 
 
 def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
@@ -146,6 +161,14 @@ def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
     )
     ctx.substitute(stmt, guarded)
     return True
+
+
+def _value_test(node: cst.CSTNode) -> bool:
+    return isinstance(node, cst.Call) and (dotted_name(node.func) or "").split(".")[-1] in {
+        "isnan",
+        "isinf",
+        "isfinite",
+    }
 
 
 def _names_used(ctx: SourceContext, loop: cst.CSTNode, name: str) -> bool:
