@@ -25,7 +25,8 @@ class DivideByStdNoEps(Rule):
     through the loss into every weight.
 
     Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
-    from `model(x)` or `model.encode_image(x)`): a learned embedding is not the zero vector.
+    from `model(x)` or `model.encode_image(x)`, also through item selection and tensor methods)
+    or of a learned parameter (weight normalisation): a learned vector is not the zero vector.
 
     Example:
         advantages = (adv - adv.mean()) / adv.std()
@@ -94,7 +95,30 @@ def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:
         value = norm.func.value
     if value is None:
         return False
-    return ctx.flow.derives_from(value, lambda node: _embeds(ctx, node))
+    return ctx.flow.derives_from(value, lambda node: _embeds(ctx, node)) or _learned(ctx, value, 0)
+
+
+def _learned(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
+    """`value` is a model's embedding or a learned parameter, read through tensor methods,
+    item selection and names (`emb = out["text_features"].mean(0)` with `out = model(t)`;
+    `self.v / self.v.norm()` with `self.v = nn.Parameter(...)`, weight normalisation)."""
+    if depth > 6:
+        return False
+    if isinstance(value, ast.Call):
+        if _embeds(ctx, value) or (ctx.flow.qualname_of(value) or "").endswith(".Parameter"):
+            return True
+        func = value.func
+        return isinstance(func, ast.Attribute) and _learned(ctx, func.value, depth + 1)
+    if isinstance(value, ast.Subscript):
+        return _learned(ctx, value.value, depth + 1)
+    if isinstance(value, ast.Name | ast.Attribute):
+        bound = [
+            v
+            for v in ctx.flow.definitions(value)
+            if v is not value and not isinstance(ctx.parents.get(v), ast.AugAssign)
+        ]  # `emb /= emb.norm()` rescales the value bound before
+        return bool(bound) and all(_learned(ctx, v, depth + 1) for v in bound)
+    return False
 
 
 def _embeds(ctx: ModuleContext, node: ast.AST) -> bool:
