@@ -10,6 +10,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     BF16_RTOL,
     Codemod,
     SourceContext,
+    descendants,
     dotted_name,
     method_call,
 )
@@ -85,7 +86,7 @@ def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
         loss = _backward_receiver(stmt)
         if loss is None:
             continue
-        assigned = [i for i in range(index) if loss in _assigned_names(stmts[i])]
+        assigned = [i for i in range(index) if _binds(stmts[i], loss)]
         if not assigned:
             return None
         last = assigned[-1]
@@ -108,6 +109,18 @@ def _backward_receiver(stmt: cst.BaseStatement) -> str | None:
     return dotted_name(call.func.value)
 
 
+def _binds(stmt: cst.BaseStatement, name: str) -> bool:
+    """`stmt` assigns or adds to `name`, at its top level or inside (the loop of a
+    teacher-forced decoder summing `loss += criterion(...)` over time steps ends the forward
+    pass, not the `loss = 0.0` before it)."""
+    if isinstance(stmt, cst.SimpleStatementLine):
+        return name in _assigned_names(stmt)
+    return any(
+        isinstance(node, cst.SimpleStatementLine) and name in _assigned_names(node)
+        for node in descendants(stmt)
+    )
+
+
 def _assigned_names(stmt: cst.BaseStatement) -> set[str]:
     names: set[str] = set()
     if isinstance(stmt, cst.SimpleStatementLine):
@@ -115,6 +128,8 @@ def _assigned_names(stmt: cst.BaseStatement) -> set[str]:
             if isinstance(small, cst.Assign):
                 for target in small.targets:
                     names |= _names_in(target.target)
+            elif isinstance(small, cst.AugAssign | cst.AnnAssign):
+                names |= _names_in(small.target)
     return names
 
 

@@ -56,16 +56,11 @@ class NoTorchCompileFix(Codemod):
     extra_host_memory_mb = COMPILER_HOST_MB
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        if any(
-            method_call(c, "compile") or ctx.qualname(c.func) == "torch.compile"
-            for c in ctx.find(cst.Call)
-        ):
+        if _refusal(ctx, target) is not None:
             return False
         loop = flagged_loop(ctx, target)
-        if loop is None:
-            return False
-        model = model_called_in(ctx, loop.body, target.data.get("model"))
-        if model is None:
+        model = _trained_model(ctx, loop, target) if loop is not None else None
+        if loop is None or model is None:
             return False
         outer: cst.CSTNode = loop
         for anc in ctx.ancestors(loop):
@@ -82,6 +77,50 @@ class NoTorchCompileFix(Codemod):
         block = "".join(f"    {line}\n" for line in compiled)
         ctx.insert_before(outer, f"if {torch}.cuda.is_available():\n{block}")
         return True
+
+    def explain(self, source: str, target: FixTarget) -> str | None:
+        try:
+            ctx = SourceContext(source)
+        except (cst.ParserSyntaxError, RecursionError):
+            return None
+        return _refusal(ctx, target)
+
+
+def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
+    """Why no `model.compile()` is inserted, or None when it is."""
+    if any(
+        method_call(c, "compile") or ctx.qualname(c.func) == "torch.compile"
+        for c in ctx.find(cst.Call)
+    ):
+        return "something in this file is compiled already: one compile plan per file"
+    if target.data.get("compile_mode", "default") not in COMPILE_MODES:
+        return f"unknown compile mode {target.data.get('compile_mode')!r}"
+    loop = flagged_loop(ctx, target)
+    if loop is None:
+        return "no training loop this fix can follow at the finding (its step is in a helper)"
+    if _trained_model(ctx, loop, target) is None:
+        return (
+            "the loop calls no single model this fix can name (none, or several handed to a "
+            "helper): compile each model where it is built"
+        )
+    return None
+
+
+def _trained_model(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> str | None:
+    """The model the loop calls, else the one model-like name it hands to a helper
+    (`loss = compute_loss(model, x, y)`, `train_step(model, batch)`)."""
+    hint = target.data.get("model")
+    called = model_called_in(ctx, loop.body, hint)
+    if called is not None:
+        return called
+    handed = {
+        name
+        for call in ctx.find(cst.Call, inside=loop.body)
+        for arg in call.args
+        if (name := dotted_name(arg.value)) is not None
+        and (name == hint or any(k in name.split(".")[-1].lower() for k in ("model", "net")))
+    }
+    return handed.pop() if len(handed) == 1 else None
 
 
 def _compile_losses(
