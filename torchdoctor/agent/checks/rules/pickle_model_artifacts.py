@@ -26,6 +26,9 @@ _PICKLE_LOADERS = frozenset(
 )
 
 
+_DUMPERS = frozenset({"pickle.dumps", "_pickle.dumps", "dill.dumps", "cloudpickle.dumps"})
+
+
 class PickleModelArtifacts(Rule):
     """Detects artifacts loaded through pickle: `pickle.load(s)`, `dill`, `cloudpickle`,
     `joblib.load`, `pandas.read_pickle`, and `numpy.load(..., allow_pickle=True)`
@@ -38,6 +41,9 @@ class PickleModelArtifacts(Rule):
     Example:
         with open("model.pkl", "rb") as f:
             model = pickle.load(f)
+
+    Not reported: `pickle.loads(pickle.dumps(obj))`, also through a name bound to the bytes
+    (a picklability check of the program's own object: no file is read).
 
     Fix: store weights as safetensors or `state_dict` tensors (`torch.load(...,
     weights_only=True)`), arrays as `.npy` without pickle, tables as Parquet; load pickles
@@ -62,7 +68,7 @@ class PickleModelArtifacts(Rule):
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         qual = ctx.flow.qualname_of(node)
-        if qual in _PICKLE_LOADERS:
+        if qual in _PICKLE_LOADERS and not _round_trip(ctx, node):
             ctx.report(
                 self,
                 node,
@@ -79,3 +85,15 @@ class PickleModelArtifacts(Rule):
                     "can run arbitrary code",
                     data={"loader": qual},
                 )
+
+
+def _round_trip(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`loads(dumps(obj))`, or `loads(blob)` with `blob = dumps(obj)`: the bytes were made
+    here from a live object, so nothing from outside is unpickled."""
+    if not call.args:
+        return False
+    data = call.args[0]
+    values = ctx.flow.definitions(data) if isinstance(data, ast.Name) else [data]
+    return bool(values) and all(
+        isinstance(v, ast.Call) and ctx.flow.qualname_of(v) in _DUMPERS for v in values
+    )
