@@ -156,8 +156,37 @@ def imported_models(ctx: ModuleContext, value: ast.expr) -> list[str]:
         func = producer.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             func = func.value
-        found += [s for s in imported_classes(ctx, func) if s not in found]
+        for obj in [func, *_passed_for_parameter(ctx, func)]:
+            found += [s for s in imported_classes(ctx, obj) if s not in found]
     return found
+
+
+def _passed_for_parameter(ctx: ModuleContext, obj: ast.expr) -> list[ast.expr]:
+    """What this module's calls of a module-level function pass for its parameter `obj`
+    (`def fit(model, ...)` called as `fit(net, ...)` with `net = arch.Net()`)."""
+    fn = ctx.enclosing_function(obj) if isinstance(obj, ast.Name) else None
+    if (
+        fn is None
+        or not isinstance(obj, ast.Name)
+        or not isinstance(ctx.parents.get(fn), ast.Module)
+    ):
+        return []
+    positional = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+    if obj.id not in positional and obj.id not in {a.arg for a in fn.args.kwonlyargs}:
+        return []
+    if any(v is not obj for v in ctx.flow.definitions(obj)):
+        return []  # rebound in the function: its own bindings say what it holds
+    index = positional.index(obj.id) if obj.id in positional else len(positional)
+    passed: list[ast.expr] = []
+    for site in ctx.flow.callers.get(fn.name, []):
+        keyword = next((k.value for k in site.keywords if k.arg == obj.id), None)
+        if keyword is not None:
+            passed.append(keyword)
+        elif index < len(site.args) and not any(
+            isinstance(a, ast.Starred) for a in site.args[: index + 1]
+        ):
+            passed.append(site.args[index])
+    return passed
 
 
 def project_symbol(ctx: ModuleContext, expr: ast.expr) -> str | None:
@@ -401,6 +430,10 @@ def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
 
 def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
     """The activation that produced `value` last (through views, names and local calls)."""
+    if isinstance(value, ast.Name) and (reached := ctx.flow.reaching(value)) is not None:
+        # `out = self.fc(out); out = F.softmax(out, 1); return out`: the binding that reaches
+        # the return, not the name's first one
+        value = reached
     for producer in ctx.flow.producers(value):
         qual = ctx.flow.qualname_of(producer)
         if qual is not None:
