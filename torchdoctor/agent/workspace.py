@@ -96,7 +96,14 @@ def _is_excluded(rel: str, patterns: list[str]) -> bool:
 
 
 def _decode(raw: bytes) -> str:
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    except SyntaxError as err:
+        if not str(err).startswith("unknown encoding"):
+            raise
+        # a codec a package registers at run time (`# coding: future_fstrings`, pyxl): it
+        # rewrites UTF-8 source, so the bytes are UTF-8 text (not valid UTF-8: still a note)
+        return raw.decode("utf-8")
     return raw.decode(encoding)
 
 
