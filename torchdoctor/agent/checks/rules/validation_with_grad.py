@@ -27,10 +27,12 @@ _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
 
 
 def is_eval_function(fn: FunctionNode) -> bool:
+    """Named like an evaluation, private or not (`validate`, `_valid_epoch`); pytest's
+    `test_*` functions and Lightning's hooks are not."""
     return (
         fn.name not in _LIGHTNING_HOOKS
         and not fn.name.startswith("test_")
-        and bool(_EVAL_FUNCTION.search(fn.name))
+        and bool(_EVAL_FUNCTION.search(fn.name.lstrip("_")))
     )
 
 
@@ -82,6 +84,8 @@ class ValidationWithGrad(Rule):
         for node in nodes_of(ctx, ast.For):
             if not isinstance(node, ast.For):
                 continue
+            if any(node.lineno <= line <= (node.end_lineno or node.lineno) for line in reported):
+                continue  # already reported through its function: one finding per loop
             # its first model call with autograd on, first: most loops have none, and
             # whether a loop iterates held-out data is the costly question
             call = self._first_with_grad(ctx, node.body, reported)
