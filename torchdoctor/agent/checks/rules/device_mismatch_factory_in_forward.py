@@ -117,13 +117,40 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
         return True
     node: ast.AST = call
     parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Attribute | ast.Tuple) or (
-        isinstance(parent, ast.Call) and parent.func is node
+    while parent is not None and (
+        isinstance(parent, ast.Attribute | ast.Tuple)
+        or (isinstance(parent, ast.Call) and parent.func is node)
+        or _scalar_comparison(parent, node)
     ):
         if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
             return True  # moved later in the chain: `.view(-1, 1).to(device)`
         node, parent = parent, ctx.parents.get(parent)
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+def _scalar_comparison(parent: ast.AST, node: ast.AST) -> bool:
+    """`torch.arange(n) != self.cls_position`: compared with literals or configuration
+    attributes of the module, the mask stays on the host with its operand (a comparison
+    with a tensor, `torch.arange(n) < lengths[:, None]`, is not one)."""
+    return (
+        isinstance(parent, ast.Compare)
+        and parent.left is node
+        and all(_literal_or_setting(c) for c in parent.comparators)
+    )
+
+
+def _literal_or_setting(expr: ast.expr) -> bool:
+    """`0`, `-1`, or an attribute chain on `self` (`self.pooler.cls_token_position`)."""
+    if isinstance(expr, ast.UnaryOp):
+        expr = expr.operand
+    if isinstance(expr, ast.Constant):
+        return True
+    if not isinstance(expr, ast.Attribute):
+        return False
+    root: ast.expr = expr
+    while isinstance(root, ast.Attribute):
+        root = root.value
+    return isinstance(root, ast.Name) and root.id == "self"
 
 
 def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
