@@ -256,9 +256,9 @@ def _held_out_loops(
     return found
 
 
-def _inside_a_training_step(ctx: ModuleContext, node: ast.For) -> bool:
-    """A loop nested in a loop whose own iterations back-propagate (a loop over modalities or
-    heads inside the training step): part of that step, not an evaluation."""
+def _inside_a_training_step(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`node` sits in a loop whose own iterations back-propagate (a loop over modalities or
+    heads, a no-grad forward inside the training step): part of that step, not an evaluation."""
     loops = (ast.For, ast.AsyncFor, ast.While)
     for outer in ctx.ancestors(node):
         if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
@@ -364,8 +364,10 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
         for n in ast.walk(stmt)
         if isinstance(n, ast.Call) and method_name(n) == "train" and n.lineno < call.lineno
     ]
-    if not switches:
-        return True  # set in a function called before: not located, taken as deliberate
+    if not switches or _inside_a_training_step(ctx, call):
+        # set in a function called before (not located), or a forward inside the training
+        # step itself (a metric on the training batch): taken as deliberate
+        return True
     # a training pass between the last `.train()` and this call: that mode was for the updates
     last = max(switches)
     return not any(
