@@ -15,6 +15,8 @@ from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.models import Severity
 
 _REDUCTIONS = frozenset({"argmax", "argmin"})
+# casts and moves: the same values, another dtype or device
+_SAME_VALUE = frozenset({"long", "int", "float", "to", "cuda", "cpu", "type_as", "type"})
 
 
 class ArgmaxWithoutDim(Rule):
@@ -26,9 +28,12 @@ class ArgmaxWithoutDim(Rule):
     `batch x classes`; compared with a batch of labels it broadcasts, and accuracy is
     computed from nonsense (often near zero, or near chance), with no error.
 
+    Also reported wherever it runs: a dim-less argmax compared with an index vector built by
+    `torch.arange` (contrastive accuracy: `argmax(logits) == torch.arange(n)`).
+
     Not reported: argmax with `dim` (positional or keyword), argmax of values that are not a
-    model's output, single forwards outside a loop (one example, `model(x[None]).argmax()`),
-    results that are not compared.
+    model's output (unless compared with such an index vector), single forwards outside a
+    loop (one example, `model(x[None]).argmax()`), results that are not compared.
 
     Example:
         for x, y in test_loader:
@@ -53,9 +58,12 @@ class ArgmaxWithoutDim(Rule):
         flow = ctx.flow
         for call in flow.calls_named(_REDUCTIONS):
             value = _reduced(ctx, call)
-            if value is None or not in_loop(ctx, call) or not compared(ctx, call):
+            if value is None:
                 continue
-            if not is_whole_model_output(ctx, value):
+            batch_prediction = (
+                in_loop(ctx, call) and compared(ctx, call) and is_whole_model_output(ctx, value)
+            )
+            if not batch_prediction and not _compared_with_index_vector(ctx, call):
                 continue
             ctx.report(
                 self,
@@ -63,6 +71,40 @@ class ArgmaxWithoutDim(Rule):
                 f"`{ast.unparse(call)}` has no dim: it returns one index into the flattened "
                 "batch, not a prediction per example",
             )
+
+
+def _compared_with_index_vector(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`argmax(sim) == torch.arange(n)` (contrastive accuracy, a step with no loop of its
+    own): the other side holds one index per example, so a single flat index is wrong."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute) and parent.attr in _SAME_VALUE:
+        grand = ctx.parents.get(parent)
+        if not isinstance(grand, ast.Call) or grand.func is not parent:
+            return False
+        node, parent = grand, ctx.parents.get(grand)
+    if not isinstance(parent, ast.Compare):
+        return False
+    others = [e for e in [parent.left, *parent.comparators] if e is not node]
+    return any(_index_vector(ctx, other) for other in others)
+
+
+def _index_vector(ctx: ModuleContext, expr: ast.expr) -> bool:
+    for source in ctx.flow.sources(_uncast(expr)):
+        source = _uncast(source)
+        if isinstance(source, ast.Call) and ctx.flow.qualname_of(source) == "torch.arange":
+            return True
+    return False
+
+
+def _uncast(expr: ast.expr) -> ast.expr:
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in _SAME_VALUE
+    ):
+        expr = expr.func.value
+    return expr
 
 
 def _reduced(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
