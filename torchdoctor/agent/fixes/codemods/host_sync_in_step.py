@@ -19,6 +19,8 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 LOG_EVERY = 50
 """Steps between two progress lines once a per-step print is thinned out."""
 _LOGGERS = frozenset({"print", "log", "info", "debug", "add_scalar", "add_scalars", "set_postfix"})
+_STREAMS = frozenset({"sys.stdout.write", "sys.stderr.write"})
+"""Progress lines written straight to a stream (`sys.stdout.write("[Epoch %d] ..." % ...)`)."""
 
 
 class HostSyncInStepFix(Codemod):
@@ -88,6 +90,18 @@ class HostSyncInStepFix(Codemod):
                     f"{LOG_EVERY} steps (or keeping torch.isfinite(...) on the device until "
                     "the epoch ends) finds a divergence later: a human's call"
                 )
+        for aug in ctx.find(cst.AugAssign, within=span):
+            loop = enclosing_loop(ctx, aug)
+            if (
+                isinstance(aug.target, cst.Name)
+                and _weighted_item(aug.value)
+                and loop is not None
+                and _read_every_step(ctx, aug.target.value, loop, aug)
+            ):
+                return (
+                    f"`{aug.target.value}` is read inside the loop on every step: kept on the "
+                    "device, it would sync there instead"
+                )
         for call in ctx.find(cst.Call, within=span):
             taker = dotted_name(call.func) or ""
             if taker.split(".")[-1] in {*_LOGGERS, "append"}:
@@ -110,8 +124,9 @@ def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
     call = stmt.body[0].value
     if not isinstance(call, cst.Call):
         return False
-    name = (dotted_name(call.func) or "").split(".")[-1]
-    if name not in _LOGGERS:
+    called = dotted_name(call.func) or ""
+    name = called.split(".")[-1]
+    if name not in _LOGGERS and called not in _STREAMS:
         return False
     formats_a_name = any(
         isinstance(node, cst.FormattedStringExpression) and isinstance(node.expression, cst.Name)
@@ -128,10 +143,7 @@ def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
     if loop is None or not isinstance(block, cst.IndentedBlock):
         return False
     guard = ctx.parent(block)
-    if isinstance(guard, cst.If) and any(
-        isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Modulo)
-        for n in descendants(guard.test)
-    ):
+    if isinstance(guard, cst.If) and _periodic(guard):
         return False  # already periodic
     step = _step_counter(ctx, loop)
     if step is None and isinstance(loop, cst.For) and not _names_used(ctx, loop, "step"):
@@ -222,11 +234,32 @@ def _weighted_item(value: cst.BaseExpression) -> cst.Call | None:
     return method_call(value, "item")
 
 
+def _read_every_step(
+    ctx: SourceContext, name: str, loop: cst.For | cst.While, at: cst.CSTNode
+) -> bool:
+    """`name` is read inside the loop other than under a periodic `if` (`if i % log == 0:
+    cur = total / log; print(...); total = 0`): such a read would sync where the `.item()`
+    did. A periodic read syncs only on its steps, which is the point of the fix."""
+    periodic = [
+        node
+        for node in ctx.find(cst.If, inside=loop.body)
+        if _periodic(node) and enclosing_loop(ctx, node) is loop
+    ]
+    return name_is_read(ctx, name, loop.body, skip=[at, *periodic])
+
+
+def _periodic(branch: cst.If) -> bool:
+    return any(
+        isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Modulo)
+        for n in descendants(branch.test)
+    )
+
+
 def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, back: str) -> bool:
     loop = enclosing_loop(ctx, at)
     if loop is None or item.args or not isinstance(item.func, cst.Attribute):
         return False
-    if name_is_read(ctx, name, loop.body, skip=at):
+    if _read_every_step(ctx, name, loop, at):
         return False
     value = item.func.value
     ctx.substitute(item, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("detach"))))
