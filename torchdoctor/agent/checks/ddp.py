@@ -13,6 +13,7 @@ import re
 
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.patterns import holds_through_flags
 
 SAMPLERS = frozenset(
     {"torch.utils.data.distributed.DistributedSampler", "torch.utils.data.DistributedSampler"}
@@ -102,10 +103,10 @@ def rank_guarded(ctx: ModuleContext, node: ast.AST) -> bool:
     (`if rank != 0: return`) earlier in its function."""
     child = node
     for parent in ctx.ancestors(node):
-        if isinstance(parent, ast.If | ast.IfExp | ast.While) and _rank_test(ctx, parent.test, 0):
+        if isinstance(parent, ast.If | ast.IfExp | ast.While) and _rank_test(ctx, parent.test):
             return True
         if isinstance(parent, ast.BoolOp) and any(
-            _rank_test(ctx, value, 0) for value in parent.values if value is not child
+            _rank_test(ctx, value) for value in parent.values if value is not child
         ):
             return True
         if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -114,21 +115,11 @@ def rank_guarded(ctx: ModuleContext, node: ast.AST) -> bool:
     return False
 
 
-def _rank_test(ctx: ModuleContext, test: ast.expr, depth: int) -> bool:
+def _rank_test(ctx: ModuleContext, test: ast.expr) -> bool:
     """A condition naming a rank, or a flag bound to one earlier (`args.save_logs = args.logs
     and is_master(args)`, then `if args.save_logs:`); a flag bound to anything but a condition
     (`device = torch.device(f"cuda:{local_rank}")`) is not one."""
-    if names_rank(test):
-        return True
-    if depth >= 2:
-        return False
-    return any(
-        _rank_test(ctx, value, depth + 1)
-        for flag in ast.walk(test)
-        if isinstance(flag, ast.Name | ast.Attribute)
-        for value in ctx.flow.definitions(flag)
-        if _condition(value)
-    )
+    return holds_through_flags(ctx, test, names_rank, bound=_condition)
 
 
 def _condition(value: ast.expr) -> bool:

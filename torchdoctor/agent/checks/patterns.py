@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 
 from torchdoctor.agent.checks.analysis.model_facts import bound_to_function_or_import
@@ -179,26 +179,40 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
 
 def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None) -> bool:
     """Whether an `if` between `node` and `stop` (a loop or function; without one, the
-    enclosing function) runs it only periodically."""
+    enclosing function) runs it only periodically: `step % N == 0` itself, or a flag bound to
+    one earlier (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`)."""
     bound = stop if stop is not None else ctx.enclosing_function(node)
     return any(
-        part != "test" and _periodic_test(ctx, guard.test, 0)
+        part != "test" and holds_through_flags(ctx, guard.test, is_periodic_guard, (ast.Name,))
         for guard, part in enclosing_ifs(ctx, node, bound)
     )
 
 
-def _periodic_test(ctx: ModuleContext, test: ast.expr, depth: int) -> bool:
-    """`step % N == 0` itself, or a flag bound to one earlier in the loop
-    (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`)."""
-    if is_periodic_guard(test):
+FLAG_DEPTH = 2
+"""Bindings followed from a test's flags: `if ok:` with `ok = a and b`, then `b = ...`."""
+
+
+def holds_through_flags(
+    ctx: ModuleContext,
+    test: ast.expr,
+    holds: Callable[[ast.expr], bool],
+    flags: tuple[type[ast.expr], ...] = (ast.Name, ast.Attribute),
+    bound: Callable[[ast.expr], bool] = lambda _value: True,
+    depth: int = 0,
+) -> bool:
+    """Whether `holds(test)`, or holds of a value one of the test's flags (names, attributes)
+    was bound to earlier and that `bound` accepts, up to `FLAG_DEPTH` bindings away: the
+    guards people write as `is_log_step = step % n == 0` or `args.save = is_master(args)`."""
+    if holds(test):
         return True
-    if depth >= 2:
+    if depth >= FLAG_DEPTH:
         return False
     return any(
-        _periodic_test(ctx, value, depth + 1)
-        for name in ast.walk(test)
-        if isinstance(name, ast.Name)
-        for value in ctx.flow.definitions(name)
+        holds_through_flags(ctx, value, holds, flags, bound, depth + 1)
+        for flag in ast.walk(test)
+        if isinstance(flag, flags)
+        for value in ctx.flow.definitions(flag)
+        if bound(value)
     )
 
 
