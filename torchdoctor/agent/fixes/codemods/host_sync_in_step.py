@@ -112,7 +112,25 @@ class HostSyncInStepFix(Codemod):
                     "here: keep a tensor there (and read it once per epoch) only if it "
                     "accepts one"
                 )
-        return None
+        return _host_use(ctx, span)
+
+
+def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
+    """The last word on a sync no edit here removes: where its value goes on the host."""
+    for call in ctx.find(cst.Call, within=span):
+        if method_call(call, "numpy") or method_call(call, "tolist"):
+            return (
+                "the values go on into NumPy or Python lists on the host: keep them tensors "
+                "only if every later use accepts one"
+            )
+    for call in ctx.find(cst.Call, within=span):
+        if method_call(call, "item") or dotted_name(call.func) == "float":
+            return (
+                "the number is used by host code in the step itself (a condition, a "
+                "computation, a control value): only sums, lists and logs have a device-side "
+                "form this fix can show to be the same"
+            )
+    return None
 
 
 def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
