@@ -123,33 +123,33 @@ class HostSyncInStep(Rule):
 
 
 def _is_backward_tensor(ctx: ModuleContext, name: ast.Name) -> bool:
-    """`name` is what its function calls `.backward()` on, never rebound there to anything
-    but a call's result (`loss = loss.item()` makes it a float)."""
+    """`name` is what its function calls `.backward()` on, and every value it is bound to is a
+    call's result other than a host read (`loss = loss.item()` makes it a float)."""
     function = ctx.enclosing_function(name)
     if function is None:
         return False
-    backward = rebound = False
-    for node in ast.walk(function):
-        if (
-            isinstance(node, ast.Call)
+    receivers = ctx.memo_table("host_sync_in_step.backward_receivers")
+    names = receivers.get(id(function))
+    if names is None:
+        names = receivers[id(function)] = {
+            node.func.value.id
+            for node in ast.walk(function)
+            if isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "backward"
             and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == name.id
-        ):
-            backward = True
-        elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            bound = any(isinstance(t, ast.Name) and t.id == name.id for t in targets)
-            if bound and not isinstance(node.value, ast.Call):
-                rebound = True
-            elif bound and isinstance(node.value, ast.Call):
-                func = node.value.func
-                called = func.attr if isinstance(func, ast.Attribute) else ""
-                if isinstance(func, ast.Name):
-                    called = func.id
-                rebound = rebound or called in _SYNC_METHODS | {"float", "int"}
-    return backward and not rebound
+        }
+    return name.id in names and all(_stays_a_tensor(v) for v in ctx.flow.definitions(name))
+
+
+def _stays_a_tensor(value: ast.expr) -> bool:
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    called = func.attr if isinstance(func, ast.Attribute) else ""
+    if isinstance(func, ast.Name):
+        called = func.id
+    return called not in _SYNC_METHODS | {"float", "int"}
 
 
 def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST:
