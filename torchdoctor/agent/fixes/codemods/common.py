@@ -161,10 +161,14 @@ def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) ->
         candidates = {
             n
             for n in names
-            if ctx.qualname(cst.parse_expression(n)) is None
-            and any(k in n.split(".")[-1].lower() for k in ("model", "net"))
+            if ctx.qualname(cst.parse_expression(n)) is None and named_like_model(n)
         }
     return candidates.pop() if len(candidates) == 1 else None
+
+
+def named_like_model(name: str) -> bool:
+    """`model`, `net`, `self.encoder_model`: the last part of a dotted name says model."""
+    return any(k in name.split(".")[-1].lower() for k in ("model", "net"))
 
 
 def mentions_cuda(ctx: SourceContext) -> bool:

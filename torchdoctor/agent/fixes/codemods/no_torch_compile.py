@@ -16,7 +16,11 @@ from torchdoctor.agent.fixes.codemods.base import (
     method_call,
     scope_of,
 )
-from torchdoctor.agent.fixes.codemods.common import flagged_loop, model_called_in
+from torchdoctor.agent.fixes.codemods.common import (
+    flagged_loop,
+    model_called_in,
+    named_like_model,
+)
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
@@ -117,8 +121,7 @@ def _trained_model(ctx: SourceContext, loop: cst.For | cst.While, target: FixTar
         name
         for call in ctx.find(cst.Call, inside=loop.body)
         for arg in call.args
-        if (name := dotted_name(arg.value)) is not None
-        and (name == hint or any(k in name.split(".")[-1].lower() for k in ("model", "net")))
+        if (name := dotted_name(arg.value)) is not None and (name == hint or named_like_model(name))
     }
     return handed.pop() if len(handed) == 1 else None
 
