@@ -2,7 +2,8 @@
 harness's cheap probes on (module/optimizer/backward hooks, loss and gradient norms kept on
 the device, activation sampling every k steps, graph scans on a sparse schedule).
 
-Run: `PYTHONPATH=. python benchmarks/probe_overhead.py [--steps 60] [--device cpu|cuda] [--batch N]`.
+Run: `PYTHONPATH=. python benchmarks/probe_overhead.py [--steps 60] [--device cpu|cuda]
+[--batch N]`.
 Prints the median step time of each variant (per-step CUDA events on the GPU, wall clock on
 the CPU), the ratio, the mean ratio (which also carries the sparse, costly steps), and the
 host time one step takes to issue with and without the probes (on a launch-bound GPU loop

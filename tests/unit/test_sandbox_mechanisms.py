@@ -83,3 +83,13 @@ def test_host_sockets_are_read_from_the_unix_socket_table(tmp_path: Path) -> Non
         "000000002472649c: 00000002 00000000 00010000 0001 01 789941 /var/cache/a b.sock\n"
     )
     assert host_socket_paths(table) == ("/run/postgresql/.s.PGSQL.5432", "/var/cache/a b.sock")
+
+
+def test_a_shared_cache_is_the_one_writable_bind_beside_the_workspace() -> None:
+    layout = Layout(PY, ROOTS, True, (), ("/tmp/cc/td-ws-1-cc-x",))
+    spec = launch_spec(Mechanism.BWRAP, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
+    argv = command(Mechanism.BWRAP, layout, spec, 64, ["python", "train.py"])
+    assert _pairs(argv, "--bind") == ["/tmp/cc/td-ws-1-cc-x", "/runs/ws-1"]
+    assert "/tmp/cc" in _pairs(argv, "--dir")
+    unshared = launch_spec(Mechanism.UNSHARE, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
+    assert json.loads(unshared.to_json())["writable"] == ["/tmp/cc/td-ws-1-cc-x"]

@@ -35,6 +35,7 @@ from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.safefs import GuardedTree, display_name
 from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest, AuditState
 from torchdoctor.agent.workspace import InputError, Workspace
+from torchdoctor.sandbox.shared_cache import cache_root, compile_cache
 from torchdoctor.sandbox.workspace import sweep_stale_copies
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def clean_after_crashes(target: Path) -> None:
     """What a killed audit left behind: workspace copies in the temporary folders (the
     sandbox's run root included) and temporary ledger files in the audited folder."""
     scratch = Path(tempfile.gettempdir())
-    sweep_stale_copies([scratch, scratch / f"torchdoctor-sandbox-{os.getuid()}"])
+    sweep_stale_copies([scratch, scratch / f"torchdoctor-sandbox-{os.getuid()}", cache_root()])
     folder = target if target.is_dir() else target.parent
     if folder.is_dir():
         GuardedTree(folder).clean_stale_temps()
@@ -244,18 +245,20 @@ def _drive(
 
     config = run_config(audit_id)
     step: dict[str, Any] | Command[Any] | None = first
-    while True:
-        for _ in app.stream(
-            step, config, context=context, stream_mode="updates", durability="sync"
-        ):
-            pass
-        snapshot = app.get_state(config)
-        question = next(
-            (i.value for i in snapshot.interrupts if isinstance(i.value, ApprovalRequest)), None
-        )
-        if question is None or approver is None:
-            break
-        step = Command(resume=approver(question))
+    with compile_cache() as context.compile_cache:  # this run's sandbox jobs share it
+        while True:
+            for _ in app.stream(
+                step, config, context=context, stream_mode="updates", durability="sync"
+            ):
+                pass
+            snapshot = app.get_state(config)
+            question = next(
+                (i.value for i in snapshot.interrupts if isinstance(i.value, ApprovalRequest)),
+                None,
+            )
+            if question is None or approver is None:
+                break
+            step = Command(resume=approver(question))
     return outcome_of(audit_id, snapshot.values, question)
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent.cluster.config import ClusterConfig
@@ -72,13 +73,15 @@ class AuditContext:
     """The peer linters, started with the audit (they overlap with the static pass)."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """Where the heavy work runs (`TORCHDOCTOR_EXECUTOR`): this machine or a Ray cluster."""
+    compile_cache: Path | None = None
+    """The compiler cache the audit's sandbox jobs share (`shared_cache`), while it runs."""
 
     def harness(self, budget: RunBudget, gpu: bool) -> Harness:
         """The probes harness client on this audit's sandbox (audit runs and fix checks);
         imported here, as a static audit never needs it."""
         from torchdoctor.agent.harness import Harness
 
-        return Harness(self.sandbox.get(), budget, gpu=gpu)
+        return Harness(self.sandbox.get(), budget, gpu=gpu, cache=self.compile_cache)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.progress is not None:

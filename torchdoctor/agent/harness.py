@@ -24,6 +24,7 @@ from torchdoctor.agent.evidence.trust import MAX_DOCUMENT_BYTES, UntrustedEviden
 from torchdoctor.agent.launch import torchrun_arguments
 from torchdoctor.sandbox.models import CollectedFile, Job, Limits, RunResult
 from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.shared_cache import cache_environment
 
 HARNESS_MODULE = "torchdoctor.sandbox.probes"
 EVIDENCE_FILE = ".torchdoctor-evidence.json"
@@ -109,10 +110,18 @@ def harness_arguments(call: HarnessCall, budget: RunBudget) -> tuple[str, list[s
 class Harness:
     """Runs the harness through one sandbox, under one budget (one instance per audit)."""
 
-    def __init__(self, sandbox: Sandbox, budget: RunBudget | None = None, gpu: bool = False):
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        budget: RunBudget | None = None,
+        gpu: bool = False,
+        cache: Path | None = None,
+    ):
+        """`cache`: a compiler cache its runs share (`shared_cache.compile_cache`)."""
         self.sandbox = sandbox
         self.budget = budget or RunBudget()
         self.gpu = gpu
+        self.cache = cache
 
     def job(self, workspace: Path, call: HarnessCall) -> Job:
         module, args = harness_arguments(call, self.budget)
@@ -123,6 +132,8 @@ class Harness:
             limits=harness_limits(self.budget, call.nproc, call.extra_memory_mb),
             collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
             gpu=self.gpu,
+            cache=self.cache,
+            env=cache_environment(self.cache) if self.cache is not None else {},
         )
 
     def run(self, workspace: Path, call: HarnessCall) -> HarnessRun:

@@ -34,6 +34,7 @@ from torchdoctor.sandbox.lifeline import die_with_parent
 from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
 from torchdoctor.sandbox.outcome import Outcome, Stop, classify
 from torchdoctor.sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
+from torchdoctor.sandbox.shared_cache import prepare_cache
 from torchdoctor.sandbox.workspace import (
     hand_over,
     kernel_quota,
@@ -229,10 +230,12 @@ class LocalRunner:
         *,
         gpu: bool = False,
         mechanism: Mechanism | None = None,
+        cache: Path | None = None,
         before_cleanup: Callable[[Path], None] | None = None,
     ) -> RunReport:
         """Copy `source` into a fresh workspace, run `argv` there confined, then clean up.
 
+        `cache`: a folder kept across runs that this one may also write (`shared_cache`).
         `before_cleanup` sees the workspace after every process of the run is dead and before
         it is removed (to collect result files).
         """
@@ -243,7 +246,9 @@ class LocalRunner:
         try:
             if uid is not None:
                 hand_over(workspace, uid, uid)
-            report = self._supervise(chosen, workspace, uid, argv, env, limits, gpu)
+            if cache is not None:
+                cache = prepare_cache(cache, uid, limits.disk_mb)
+            report = self._supervise(chosen, workspace, uid, argv, env, limits, gpu, cache)
             if before_cleanup is not None:
                 before_cleanup(workspace)
             return report
@@ -275,9 +280,11 @@ class LocalRunner:
         requested_env: Mapping[str, str],
         limits: RunLimits,
         gpu: bool,
+        cache: Path | None,
     ) -> RunReport:
         nodes = gpu_device_nodes() if gpu else ()
-        layout = Layout(self.layout.python, self.layout.read_only, self.privileged, nodes)
+        writable = (str(cache),) if cache is not None else ()
+        layout = Layout(self.layout.python, self.layout.read_only, self.privileged, nodes, writable)
         rlimits = self.rlimits(limits, gpu)
         spec = launch_spec(mechanism, layout, str(workspace), uid, rlimits, limits.disk_mb)
         report = RunReport(mechanism, uid, nodes, Outcome.SANDBOX_ERROR, "", rlimits=rlimits)

@@ -33,6 +33,7 @@ from torchdoctor.sandbox.environment import job_environment
 from torchdoctor.sandbox.mechanisms import NAMESPACES, gpu_device_nodes
 from torchdoctor.sandbox.models import Isolation, Job, Limits, ResourceUsage, RunResult
 from torchdoctor.sandbox.outcome import Stop, classify
+from torchdoctor.sandbox.shared_cache import prepare_cache
 from torchdoctor.sandbox.workspace import (
     WorkspaceError,
     hand_over,
@@ -88,6 +89,10 @@ class DockerSandbox:
         try:
             uid, _, gid = self.config.user.partition(":")
             hand_over(workspace, int(uid), int(gid or uid))
+            if job.cache is not None:
+                job = job.model_copy(
+                    update={"cache": prepare_cache(job.cache, int(uid), job.limits.disk_mb)}
+                )
             return self._run_in(job, workspace)
         finally:
             remove_workspace(workspace)
@@ -178,6 +183,8 @@ class DockerSandbox:
         workdir = self.config.workdir
         volumes = {str(p): {"bind": str(p), "mode": "ro"} for p in self.config.read_only}
         volumes[str(workspace)] = {"bind": workdir, "mode": "rw"}
+        if job.cache is not None:  # at its host path, which the job's environment names
+            volumes[str(job.cache)] = {"bind": str(job.cache), "mode": "rw"}
         env = job_environment(
             os.environ, job.env, home=workdir, path=self.config.path, tmpdir="/tmp"
         )

@@ -62,15 +62,22 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
 
 
 def private_mounts(
-    workspace: str, size_mb: int, read_only: list[str], hide: list[str], sockets: list[str]
+    workspace: str,
+    size_mb: int,
+    read_only: list[str],
+    hide: list[str],
+    sockets: list[str],
+    writable: tuple[str, ...] = (),
 ) -> None:
     """Cover world-writable and private host folders with tmpfs and every host socket with
     /dev/null; keep the needed paths visible.
 
-    The workspace (writable) and `read_only` folders are opened first, and re-bound at their
-    own paths if a new tmpfs hid them (the interpreter may live under a hidden /root).
+    The workspace and `writable` folders (a shared compiler cache), and the `read_only`
+    folders, are opened first, and re-bound at their own paths if a new tmpfs hid them (the
+    interpreter may live under a hidden /root, the cache under the private /tmp).
     """
-    kept = {path: os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in [workspace, *read_only]}
+    opened = [workspace, *writable, *read_only]
+    kept = {path: os.open(path, os.O_RDONLY | os.O_DIRECTORY) for path in opened}
     identity = {path: _identity(path) for path in kept}
     for directory in hide:
         if os.path.isdir(directory) and not os.path.islink(directory):
@@ -85,7 +92,7 @@ def private_mounts(
         if _identity(path) != identity[path]:
             os.makedirs(path, mode=0o755, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
-            if path != workspace:
+            if path != workspace and path not in writable:
                 _mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
         os.close(fd)
 
@@ -142,6 +149,7 @@ def launch(spec: dict[str, Any], argv: list[str]) -> None:
             list(spec.get("read_only", [])),
             list(spec.get("hide", [])),
             list(spec.get("masked_sockets", [])),
+            tuple(spec.get("writable", [])),
         )
     if spec.get("init"):
         child = os.fork()

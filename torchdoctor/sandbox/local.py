@@ -71,6 +71,7 @@ class LocalSandbox:
                 _import_path(job),
                 limits,
                 gpu=job.gpu,
+                cache=job.cache,
                 before_cleanup=collect,
             )
         except WorkspaceError as exc:

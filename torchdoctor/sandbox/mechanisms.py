@@ -2,7 +2,8 @@
 one needs. Which one is used is decided by probing (see `torchdoctor.sandbox.local`), never assumed.
 
 - bwrap: new PID, network, mount, IPC and UTS namespaces; a root made of read-only binds of the
-  system, the interpreter and this package; only the workspace and a private /tmp writable.
+  system, the interpreter and this package; only the workspace, a private /tmp and the audit's
+  shared compiler cache (when it has one) writable.
 - unshare: the same namespaces from util-linux; the host filesystem stays visible (writes are
   limited by the job's unprivileged uid) and /tmp, /var/tmp, /dev/shm are private tmpfs.
 - rlimits: no namespaces at all; only resource limits, the job's uid and the final sweep.
@@ -58,6 +59,8 @@ class Layout:
     read_only: tuple[str, ...]
     privileged: bool
     gpu_nodes: tuple[str, ...] = field(default_factory=tuple)
+    writable: tuple[str, ...] = field(default_factory=tuple)
+    """Folders beside the workspace the job may write (a shared compiler cache)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class LaunchSpec:
     private_tmp_mb: int
     init: bool
     read_only: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
     masked_sockets: tuple[str, ...] = ()
 
@@ -83,6 +87,7 @@ class LaunchSpec:
                 "private_tmp_mb": self.private_tmp_mb,
                 "init": self.init,
                 "read_only": list(self.read_only),
+                "writable": list(self.writable),
                 "hide": list(self.hide),
                 "masked_sockets": list(self.masked_sockets),
             }
@@ -120,6 +125,7 @@ def launch_spec(
         private_tmp_mb=tmp_mb if unshared else 0,
         init=unshared,
         read_only=layout.read_only if unshared else (),
+        writable=layout.writable if unshared else (),
         hide=HIDDEN_DIRS if unshared else (),
         masked_sockets=host_socket_paths() if unshared else (),
     )
@@ -182,10 +188,12 @@ def _bwrap(layout: Layout, workspace: str, tmp_mb: int) -> list[str]:
     args += ["--proc", "/proc", "--dev", "/dev"]
     for scratch in ("/tmp", "/dev/shm"):
         args += ["--perms", "1777", "--size", str(tmp_mb * 2**20), "--tmpfs", scratch]
-    for ancestor in _ancestors([*layout.read_only, workspace]):
+    for ancestor in _ancestors([*layout.read_only, *layout.writable, workspace]):
         args += ["--perms", "0755", "--dir", ancestor]
     for root in layout.read_only:
         args += ["--ro-bind", root, root]
+    for folder in layout.writable:
+        args += ["--bind", folder, folder]
     if layout.gpu_nodes:
         for node in layout.gpu_nodes:
             args += ["--dev-bind", node, node]

@@ -48,7 +48,8 @@ class Job(Strict):
     its working directory: either `command` as is, or a Python `module` with `args`, which
     each backend runs with its own interpreter and import path (the project's on this host, the
     image's in a container). `collect` names workspace-relative files (glob patterns allowed)
-    whose contents come back in the result.
+    whose contents come back in the result. `cache` is the one folder outside the copy that the
+    job may write, and the only one that outlives it.
     """
 
     workspace: Path
@@ -59,6 +60,18 @@ class Job(Strict):
     limits: Limits = Field(default_factory=Limits)
     collect: list[str] = Field(default_factory=list)
     gpu: bool = False
+    cache: Path | None = Field(
+        None,
+        description="a host folder the job may write at its own path, kept across one audit's "
+        "jobs (compiler caches, `shared_cache`); the job's environment points at it",
+    )
+
+    @field_validator("cache")
+    @classmethod
+    def _absolute_cache(cls, cache: Path | None) -> Path | None:
+        if cache is not None and not cache.is_absolute():
+            raise ValueError(f"the cache folder must be an absolute path: {cache}")
+        return cache
 
     @field_validator("env")
     @classmethod

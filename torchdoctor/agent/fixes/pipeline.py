@@ -25,6 +25,7 @@ from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
 from torchdoctor.agent.safefs import GuardedTree
 from torchdoctor.sandbox.protocol import Sandbox
+from torchdoctor.sandbox.shared_cache import compile_cache
 
 
 def propose_patch(workspace_root: Path, finding: Finding) -> Patch | None:
@@ -74,12 +75,13 @@ def verify_patch(
     """Verify one patch from elsewhere (an LLM's, origin "llm") as a fix of the declared
     kind: the same steps as a codemod's, with the kind's default tolerance and, for a
     correctness fix, the healthy-run symptom check. Returns the finding with `fix` set."""
-    runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
-    verifier = Verifier(
-        workspace_root, runner, run_command, steps=steps, timing_runs=timing_runs, config=config
-    )
-    spec = FixSpec(kind=kind, rtol=DEFAULT_RTOL[kind], symptom=healthy_run)
-    checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+    with compile_cache() as cache:
+        runner = Harness(sandbox, budget, gpu=gpu, cache=cache) if sandbox is not None else None
+        verifier = Verifier(
+            workspace_root, runner, run_command, steps=steps, timing_runs=timing_runs, config=config
+        )
+        spec = FixSpec(kind=kind, rtol=DEFAULT_RTOL[kind], symptom=healthy_run)
+        checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
     verified = all(c.ok for c in checks)
     fix = Fix(diff=patch.diff, verified=verified, origin=patch.origin, verification=checks)
     status = Status.VERIFIED if verified else finding.status
@@ -115,57 +117,58 @@ def propose_and_verify(
     GPU lease) ends with a result rather than nothing.
     """
     say = progress or (lambda _line: None)
-    runner = Harness(sandbox, budget, gpu=gpu) if sandbox is not None else None
-    verifier = Verifier(
-        workspace_root,
-        runner,
-        run_command,
-        steps=steps,
-        timing_runs=timing_runs,
-        max_timing_runs=max_timing_runs,
-        config=config,
-    )
-    by_id = {f.id: f for f in findings}
-    specs: dict[str, FixSpec] = {}
-    measured = _baseline_signals(verifier, findings)
-    time_left = TimeBudget(deadline)
-    for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
-        if not finding.status.is_open:
-            continue
-        patch = propose_patch(workspace_root, finding)
-        codemod = codemod_for(finding.rule)
-        if patch is None or codemod is None:
-            by_id[finding.id] = _with_refusal(workspace_root, finding)
-            continue
-        spec = FixSpec.of(codemod)
-        if not time_left.fits(compiles=spec.extra_memory_mb > 0):
-            by_id[finding.id] = _out_of_time(finding, patch.diff)
-            say(f"  {finding.rule}: {OUT_OF_TIME}")
-            continue
-        say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
-        claim = Claim(frozenset({finding.rule}), finding.severity)
-        with time_left.measuring():
-            checks = verifier.verify(patch, claim, spec)
-        say(f"  {finding.rule}: {verdict_line(checks)}")
-        verified = all(c.ok for c in checks)
-        by_id[finding.id] = finding.model_copy(
-            update={
-                "fix": Fix(
-                    diff=patch.diff, verified=verified, origin="codemod", verification=checks
-                ),
-                "status": Status.VERIFIED if verified else finding.status,
-            }
+    with compile_cache() as cache:  # the verification runs share their compiles
+        runner = Harness(sandbox, budget, gpu=gpu, cache=cache) if sandbox is not None else None
+        verifier = Verifier(
+            workspace_root,
+            runner,
+            run_command,
+            steps=steps,
+            timing_runs=timing_runs,
+            max_timing_runs=max_timing_runs,
+            config=config,
         )
-        if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
-            by_id[finding.id] = climb(
-                verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, time_left
+        by_id = {f.id: f for f in findings}
+        specs: dict[str, FixSpec] = {}
+        measured = _baseline_signals(verifier, findings)
+        time_left = TimeBudget(deadline)
+        for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
+            if not finding.status.is_open:
+                continue
+            patch = propose_patch(workspace_root, finding)
+            codemod = codemod_for(finding.rule)
+            if patch is None or codemod is None:
+                by_id[finding.id] = _with_refusal(workspace_root, finding)
+                continue
+            spec = FixSpec.of(codemod)
+            if not time_left.fits(compiles=spec.extra_memory_mb > 0):
+                by_id[finding.id] = _out_of_time(finding, patch.diff)
+                say(f"  {finding.rule}: {OUT_OF_TIME}")
+                continue
+            say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
+            claim = Claim(frozenset({finding.rule}), finding.severity)
+            with time_left.measuring():
+                checks = verifier.verify(patch, claim, spec)
+            say(f"  {finding.rule}: {verdict_line(checks)}")
+            verified = all(c.ok for c in checks)
+            by_id[finding.id] = finding.model_copy(
+                update={
+                    "fix": Fix(
+                        diff=patch.diff, verified=verified, origin="codemod", verification=checks
+                    ),
+                    "status": Status.VERIFIED if verified else finding.status,
+                }
             )
-        if verified:
-            specs[finding.id] = spec
-    if time_left.fits():
-        _retry_small_gains(verifier, by_id, specs, say)
-    _combine_verified(verifier, by_id, specs, say)
-    return [by_id[f.id] for f in findings]
+            if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
+                by_id[finding.id] = climb(
+                    verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, time_left
+                )
+            if verified:
+                specs[finding.id] = spec
+        if time_left.fits():
+            _retry_small_gains(verifier, by_id, specs, say)
+        _combine_verified(verifier, by_id, specs, say)
+        return [by_id[f.id] for f in findings]
 
 
 def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> dict[str, Any]:
