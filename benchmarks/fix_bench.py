@@ -136,7 +136,7 @@ def fix(args: argparse.Namespace, work: Workload, out: Path) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="fix-bench-") as tmp:
         workspace = Path(tmp)
-        shutil.copy(HERE / work.script, workspace / work.script)
+        shutil.copy(args.start_from or HERE / work.script, workspace / work.script)
         findings = audit(workspace, work.script)
         command = ["python", work.script, work.size_flag, str(work.verify + 6), *work.batch]
         command += ["--tiny"] if args.tiny else []
@@ -200,7 +200,7 @@ def propose_all(args: argparse.Namespace, work: Workload, out: Path) -> dict[str
     run of the whole verifying pipeline does not fit the time at hand. Said so in the report."""
     with tempfile.TemporaryDirectory(prefix="fix-bench-") as tmp:
         workspace = Path(tmp)
-        shutil.copy(HERE / work.script, workspace / work.script)
+        shutil.copy(args.start_from or HERE / work.script, workspace / work.script)
         findings = sorted(audit(workspace, work.script), key=fix_order)
         kept: list[Finding] = []
         refused: dict[str, str] = {}
@@ -462,6 +462,13 @@ def main() -> None:
         help="the fix stage should end by then: no verification is started that those so far "
         "say would overrun it (the rest stay unverified, the verified ones are combined and "
         "timed): one device call ends with a before/after",
+    )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        default=None,
+        help="fix this script instead of the naive one (an earlier --stage fix's output, to "
+        "go on where a device call's limit cut it); timing still compares with the naive one",
     )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fix-bench")

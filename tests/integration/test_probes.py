@@ -380,3 +380,30 @@ def test_per_group_accuracy_of_the_scripts_evaluation_outputs_for_a_declared_col
     analysis = probe_findings(doc, "group_gap.py")
     (gap,) = [f for f in analysis.findings if f.rule == "probe-group-gap"]
     assert "group 1: accuracy 0.00 over 32 rows" in gap.message
+
+
+COMPILED_LOSS = """
+import torch
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 4)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+cross_entropy = torch.compile(F.cross_entropy, backend="aot_eager")  # traced on fake tensors
+x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+for _ in range(6):
+    optimizer.zero_grad()
+    loss = cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def test_a_compiled_loss_function_still_gives_every_steps_loss(tmp_path: Path) -> None:
+    """The functional-loss wrapper is traced into `torch.compile(F.cross_entropy)`: it must
+    not keep the tracer's fake tensor (no loss at all before), the backward gives the loss."""
+    script = tmp_path / "compiled_loss.py"
+    script.write_text(COMPILED_LOSS)
+    doc, _ = run_probes(tmp_path, script, "--steps", "4")
+    assert doc.loss.steps == [0, 1, 2, 3]
+    assert all(0.5 < v < 3.0 for v in doc.loss.values if v is not None)

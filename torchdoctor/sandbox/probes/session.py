@@ -256,7 +256,9 @@ class Session:
 
         def loss(*args: Any, **kwargs: Any) -> Any:
             value = original(*args, **kwargs)
-            if self.loss_depth == 0:
+            # traced into a compiled loss (`torch.compile(F.cross_entropy)`), it runs once, on
+            # fake tensors: the loss is then taken from its `backward()`
+            if self.loss_depth == 0 and not torch.compiler.is_compiling():
                 self.loss.on_criterion(value)
                 if self.groups is not None:
                     self.groups.on_criterion(name)
