@@ -118,3 +118,21 @@ def test_gradients_seen_only_between_sampled_steps_or_in_a_later_group_still_cou
         loss.backward()
         probe.before_step(step, optimizer, norms=step == 0)
     assert probe.report(6)["never_received_grad"] == ["added_never", "never"]
+
+
+def test_a_loss_seen_while_a_tracer_runs_is_left_for_the_backward_one() -> None:
+    """torch.compile traces a wrapped loss function on fake (or functional) tensors, which
+    cannot be read afterwards: the step's loss comes from the real `backward()` tensor."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from torchdoctor.sandbox.probes.numerics import LossProbe
+
+    with FakeTensorMode():
+        traced = torch.ones((), requires_grad=True) * 2
+    probe = LossProbe()
+    probe.on_criterion(traced)
+    probe.on_backward(torch.tensor(1.5))
+    probe.end_step(0)
+    probe.flush()
+    assert probe.values == {0: 1.5}
+    assert probe.sources == {"backward"}

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from torchdoctor.sandbox.probes.tensors import finite, first_float, read_scalars, read_vectors
 
@@ -34,14 +36,16 @@ class LossProbe:
         self.sources: set[str] = set()
 
     def on_criterion(self, value: Any) -> None:
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        # only a plain tensor: a loss seen while torch.compile traces it is a fake or
+        # functional tensor that cannot be read afterwards (its `backward()` gives the value)
+        if _readable(value) and value.numel() == 1 and value.is_floating_point():
             if value.requires_grad:
                 self._criterion = value.detach()
             else:
                 self._criterion_nograd = value.detach()
 
     def on_backward(self, tensor: torch.Tensor) -> None:
-        if tensor.numel() == 1:
+        if _readable(tensor) and tensor.numel() == 1:
             self._backward.append(tensor.detach())
 
     def end_step(self, step: int) -> None:
@@ -301,3 +305,8 @@ class ForwardWatch:
             }
             for name, s in self.stats.items()
         ]
+
+
+def _readable(value: Any) -> TypeGuard[torch.Tensor]:
+    """A tensor that holds values: not one of a tracer's (fake or functional)."""
+    return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor | FunctionalTensor)
