@@ -6,7 +6,9 @@ queued audits, and running ones whose lease ran out (their server died), up to i
 slots. A lease lives as long as its server: a crashed server's audits are resumed elsewhere.
 Store calls go to a thread. A tick also comes at once when a worker ends or an audit is
 submitted to this server (`wake`): under load a freed slot is not left idle until the next
-tick, which with sub-second audits would cost a sizeable share of the pool.
+tick, which with sub-second audits would cost a sizeable share of the pool. An audit that
+repeats one already made (same bytes, same choices, `reuse`) is finished from its result
+without a worker, or parked without a slot until the one it repeats is done.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from anyio import to_thread
 from starlette.requests import Request
 
 from torchdoctor.api.executor import Executor
+from torchdoctor.api.reuse import finish_reused, kept, reuse_key
 from torchdoctor.api.store.store import Store
 
 log = logging.getLogger("torchdoctor.api")
+MAX_WAITING = 64
+"""Repeats one server parks at most (beyond, the rest stay queued for any server)."""
 
 
 class Dispatcher:
@@ -36,6 +41,11 @@ class Dispatcher:
         self.owner = uuid.uuid4().hex
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken = asyncio.Event()
+        self._leaders: dict[str, str] = {}
+        """Audits it started that repeats may wait on -> their reuse key."""
+        self._waiting: dict[str, str] = {}
+        """Claimed repeats of a running leader -> its key (they hold no worker slot)."""
+        self._not_kept: set[str] = set()
         executor.watch_ends(self.wake)
 
     def wake(self) -> None:
@@ -57,17 +67,62 @@ class Dispatcher:
 
     async def tick(self) -> None:
         running = self.executor.running()
-        held = await to_thread.run_sync(self.store.renew_leases, running, self.owner, self.lease_s)
+        for audit_id in [a for a in self._leaders if a not in running]:
+            self._ended(self._leaders.pop(audit_id))
+        watched = [*running, *self._waiting]
+        held = await to_thread.run_sync(self.store.renew_leases, watched, self.owner, self.lease_s)
         for audit_id in running:
             if audit_id not in held:
                 await to_thread.run_sync(self.executor.kill, audit_id)
                 log.info("released (finished or cancelled)", extra={"audit_id": audit_id})
-        for _ in range(self.executor.free_slots()):
+        for audit_id in [a for a in self._waiting if a not in held]:
+            del self._waiting[audit_id]  # cancelled while it waited
+        for audit_id, key in list(self._waiting.items()):
+            if key not in self._leaders.values() and self.executor.free_slots() > 0:
+                del self._waiting[audit_id]
+                await self._take(audit_id)
+        while self.executor.free_slots() > 0 and len(self._waiting) < MAX_WAITING:
             claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
             if claimed is None:
                 break
-            await to_thread.run_sync(self.executor.start, claimed, self.owner)
-            log.info("started", extra={"audit_id": claimed})
+            await self._take(claimed)
+
+    async def _take(self, audit_id: str) -> None:
+        """Finish a claimed audit from an identical one's kept result, or park it until the
+        identical one it repeats has finished (it holds no worker slot meanwhile), or start
+        it."""
+        key = await to_thread.run_sync(self._key, audit_id)
+        if key is not None and key not in self._not_kept:
+            if await to_thread.run_sync(self._finish_from_kept, audit_id, key):
+                log.info("finished from an identical audit", extra={"audit_id": audit_id})
+                return
+            if key in self._leaders.values():
+                self._waiting[audit_id] = key
+                return
+        await to_thread.run_sync(self.executor.start, audit_id, self.owner)
+        if key is not None:
+            self._leaders[audit_id] = key
+        log.info("started", extra={"audit_id": audit_id})
+
+    def _key(self, audit_id: str) -> str | None:
+        record = self.store.get_audit(audit_id, None)
+        return reuse_key(record) if record is not None else None
+
+    def _finish_from_kept(self, audit_id: str, key: str) -> bool:
+        reused = kept(key)
+        record = self.store.get_audit(audit_id, None)
+        if reused is None or record is None:
+            return False
+        finish_reused(self.store, record, self.owner, reused)
+        return True
+
+    def _ended(self, key: str) -> None:
+        """A leader ended: if it kept nothing (its run or reasoner may differ next time), its
+        repeats run as they come rather than one after the other."""
+        if kept(key) is None:
+            if len(self._not_kept) >= MAX_WAITING * 16:
+                self._not_kept.clear()
+            self._not_kept.add(key)
 
 
 def wake_dispatcher(request: Request) -> None:

@@ -20,6 +20,7 @@ from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.gather import installed_torch_version
 from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.options import linters_off_by_env
+from torchdoctor.api.reuse import peer_versions
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free
@@ -42,6 +43,7 @@ installed_torch_version()
 code_fingerprint()  # the result caches' keys read the checks' files once, here
 if not linters_off_by_env():
     warm_peers()
+peer_versions()  # part of every audit's reuse key
 # Kept for the fork server's life: out of the collector's sight, a worker's collections
 # neither walk it (CPU) nor touch its pages (copy-on-write faults).
 gc.collect()

@@ -31,6 +31,7 @@ from torchdoctor.api import logs
 from torchdoctor.api.event_batch import EventBatch
 from torchdoctor.api.models import AuditRecord, AuditState
 from torchdoctor.api.processes import kill_tree
+from torchdoctor.api.reuse import keep, reuse_key
 from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.store import Store
@@ -123,6 +124,7 @@ def drive(
 def work(
     store: Store, record: AuditRecord, owner: str, settings: ApiSettings, *, retried: bool = False
 ) -> None:
+    key = reuse_key(record)  # of the tree as submitted, before the audit writes its ledger
     try:
         with EventBatch(store, record.id) as events:  # written before the final state
             outcome = drive(store, record, settings, events, retried=retried)
@@ -136,6 +138,8 @@ def work(
         )
         return
     runs, tokens = counters(report)
+    if key is not None:
+        keep(key, report, source_dir(record))
     store.finish(
         record.id,
         owner,
