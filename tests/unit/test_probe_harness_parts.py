@@ -136,3 +136,21 @@ def test_a_loss_seen_while_a_tracer_runs_is_left_for_the_backward_one() -> None:
     probe.flush()
     assert probe.values == {0: 1.5}
     assert probe.sources == {"backward"}
+
+
+def test_the_kept_loss_is_a_copy_of_the_scripts_tensor() -> None:
+    """A CUDA graph's output buffer is rewritten by its next replay, before the probe reads
+    its kept losses (at flush): what it keeps must not share the buffer."""
+    from torchdoctor.sandbox.probes.numerics import LossProbe
+
+    probe = LossProbe()
+    loss = torch.tensor(2.0, requires_grad=True) * 1.0
+    probe.on_criterion(loss)
+    buffer = torch.tensor(3.0)
+    probe.on_backward(buffer)
+    probe.end_step(0)
+    with torch.no_grad():
+        loss.fill_(9.0)
+    buffer.fill_(9.0)
+    probe.flush()
+    assert probe.values == {0: 2.0}

@@ -35,18 +35,20 @@ class LossProbe:
         self.values: dict[int, float] = {}
         self.sources: set[str] = set()
 
+    # The kept values are copies: a loss that a CUDA graph (torch.compile's "reduce-overhead")
+    # returns lives in a buffer its next replay rewrites, and it is read only at `flush()`.
     def on_criterion(self, value: Any) -> None:
         # only a plain tensor: a loss seen while torch.compile traces it is a fake or
         # functional tensor that cannot be read afterwards (its `backward()` gives the value)
         if _readable(value) and value.numel() == 1 and value.is_floating_point():
             if value.requires_grad:
-                self._criterion = value.detach()
+                self._criterion = value.detach().clone()
             else:
-                self._criterion_nograd = value.detach()
+                self._criterion_nograd = value.detach().clone()
 
     def on_backward(self, tensor: torch.Tensor) -> None:
         if _readable(tensor) and tensor.numel() == 1:
-            self._backward.append(tensor.detach())
+            self._backward.append(tensor.detach().clone())
 
     def end_step(self, step: int) -> None:
         chosen: tuple[str, torch.Tensor] | None = None
