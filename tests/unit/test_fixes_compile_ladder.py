@@ -5,23 +5,28 @@ benchmarks/fix_bench.py); the memory a compile verification is given."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_fixes_stacked import _finding
+from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.config import RunBudget
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
 from torchdoctor.agent.fixes.compile_ladder import climb, measure, one_off_s
-from torchdoctor.agent.fixes.models import FixTarget, Patch, SmokeRun
-from torchdoctor.agent.fixes.pipeline import OUT_OF_TIME, propose_and_verify
+from torchdoctor.agent.fixes.diffs import apply_to_text, parse
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.pipeline import OUT_OF_TIME, propose_and_verify, propose_patch
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stacked import stacked_spec
 from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.fixing import FixBench, verify_record
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Fix, Verification
+from torchdoctor.agent.state import FixRecord
 from torchdoctor.sandbox.models import Isolation, Job, RunResult
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "fixes" / "no-torch-compile"
@@ -278,3 +283,84 @@ def test_past_the_fix_stages_deadline_fixes_stay_proposed_and_unverified(tmp_pat
     [in_time] = propose_and_verify(tmp_path, [open_finding], None, deadline=None)
     assert in_time.fix is not None
     assert "time-budget" not in [v.step for v in in_time.fix.verification]
+
+
+class _ModeVerifier(Verifier):
+    """Every patch verifies; each compile mode's runs are scripted (no mode in the diff:
+    the default's)."""
+
+    def __init__(self, root: Path, runs: dict[str, list[SmokeRun]]) -> None:
+        super().__init__(root, None, None, max_timing_runs=2)
+        self.runs = runs
+        self._baseline = _run(100.0, wall_s=6.0)
+        self.diffs: list[str] = []
+
+    def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
+        self.diffs.append(patch.diff)
+        mode = next((m for m in self.runs if f'mode="{m}"' in patch.diff), "default")
+        self.last_runs = self.runs[mode]
+        return [Verification(step="speed-up", ok=True, detail=f"{mode} faster")]
+
+
+@dataclass(frozen=True)
+class _ScriptedBench(FixBench):
+    runs: dict[str, list[SmokeRun]] = field(default_factory=dict)
+    made: list[_ModeVerifier] = field(default_factory=list)
+
+    def verifier(self, root: Path, baseline: SmokeRun | None) -> Verifier:
+        self.made.append(_ModeVerifier(root, self.runs))
+        return self.made[-1]
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+@pytest.mark.parametrize("earlier_edit", [False, True])
+def test_the_audit_graph_climbs_the_ladder_on_a_gpu(
+    tmp_path: Path, gpu: bool, earlier_edit: bool
+) -> None:
+    """`audit --fix` verifies a compile fix as the benchmark does: on a GPU the modes are
+    tried on the working copy (its lines mapped through an earlier phase's edit), and the
+    fix kept against the user's file names the mode chosen."""
+    source = (FIXTURE / "before.py").read_text()
+    (tmp_path / "before.py").write_text(source)
+    finding = _finding("no-torch-compile").model_copy(
+        update={"file": "before.py", "line": 19, "end_line": 19}
+    )
+    patch = propose_patch(tmp_path, finding)
+    assert patch is not None
+    record = FixRecord(
+        finding_id=finding.id,
+        phase=finding.phase,
+        rule=finding.rule,
+        origin="codemod",
+        kind=FixKind.PERFORMANCE,
+        diff=patch.diff,
+    )
+    working = {"before.py": "# an earlier phase's edit\n\n" + source} if earlier_edit else {}
+    bench = _ScriptedBench(
+        root=tmp_path,
+        runner=Harness(_RecordingSandbox(), gpu=gpu),
+        run_command=["python", "before.py"],
+        steps=4,
+        config=EngineConfig(),
+        paths=["before.py"],
+        runs={
+            "default": [_run(50.0, wall_s=45.0)],
+            "max-autotune-no-cudagraphs": [_run(49.9, wall_s=200.0)],
+            "reduce-overhead": [_run(40.0, wall_s=60.0)],
+        },
+    )
+    done = verify_record(bench, working, None, finding, record)
+    assert done.finding.fix is not None and done.finding.fix.verified
+    steps = [c.step for c in done.finding.fix.verification]
+    if not gpu:
+        assert "compile-ladder" not in steps and done.record.diff == patch.diff
+        return
+    assert steps[-1] == "compile-ladder"
+    assert "chosen: reduce-overhead" in done.finding.fix.verification[-1].detail
+    tried = bench.made[0].diffs
+    assert [d.count('mode="') for d in tried] == [0, 1, 1]
+    # the kept diff is against the user's file and in the chosen mode
+    assert 'mode="reduce-overhead"' in done.record.diff
+    fixed = apply_to_text(source, parse(done.record.diff)[0])
+    assert 'model.compile(mode="reduce-overhead")' in fixed
+    assert FixTarget.from_finding(done.finding).data["compile_mode"] == "reduce-overhead"

@@ -17,9 +17,12 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import healthy_run
-from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod
+from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod, retarget
+from torchdoctor.agent.fixes.compile_ladder import RULE as LADDER_RULE
+from torchdoctor.agent.fixes.compile_ladder import climb
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
-from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.formatting import format_changed_lines
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
@@ -155,12 +158,24 @@ def verify_record(
     except PatchError as err:
         checks.append(Verification(step="patch-applies", ok=False, detail=str(err)))
         patch = None
+    evidence = finding.evidence
     if patch is not None:
         with materialized(bench.root, working_copy) as copy:
             verifier = bench.verifier(copy, baseline)
             claim = Claim(frozenset({finding.rule}), finding.severity)
             checks += verifier.verify(patch, claim, spec_of(record))
             baseline = verifier.baseline_run
+            if all(c.ok for c in checks) and climbs(bench, finding, record):
+                climbed = climb_on_copy(bench, verifier, working_copy, finding, patch, checks)
+                assert climbed.fix is not None
+                checks = climbed.fix.verification
+                diff = user_diff(bench.root, climbed)
+                if diff is None:
+                    checks.append(KEPT_DEFAULT)
+                else:
+                    evidence = climbed.evidence
+                    record = record.model_copy(update={"diff": diff})
+    finding = finding.model_copy(update={"evidence": evidence})
     verified = all(c.ok for c in checks)
     fix = Fix(diff=record.diff, verified=verified, origin=record.origin, verification=checks)
     status = Status.VERIFIED if verified else finding.status
@@ -171,6 +186,62 @@ def verify_record(
         finding=finding.model_copy(update={"fix": fix, "status": status}),
         baseline=baseline,
     )
+
+
+KEPT_DEFAULT = Verification(
+    step="compile-ladder",
+    ok=True,
+    detail="the mode chosen on the working copy does not apply to the file: the default kept",
+)
+
+
+def climbs(bench: FixBench, finding: Finding, record: FixRecord) -> bool:
+    """A verified default-mode compile (the codemod's) on a GPU climbs torch.compile's modes."""
+    return (
+        record.origin == "codemod"
+        and finding.rule == LADDER_RULE
+        and bench.runner is not None
+        and bench.runner.gpu
+    )
+
+
+def climb_on_copy(
+    bench: FixBench,
+    verifier: Verifier,
+    working_copy: dict[str, str],
+    finding: Finding,
+    patch: Patch,
+    checks: list[Verification],
+) -> Finding:
+    """The compile-mode ladder (`compile_ladder.climb`) on the working copy, the finding's
+    lines mapped through the earlier phases' edits; its evidence names the mode chosen."""
+    original = (bench.root / finding.file).read_text(encoding="utf-8")
+    target = retarget(
+        original, working_copy.get(finding.file, original), FixTarget.from_finding(finding)
+    )
+    if target is None:
+        return finding.model_copy(update={"fix": Fix(diff=patch.diff, verification=checks)})
+    on_copy = finding.model_copy(
+        update={
+            "line": target.line,
+            "end_line": target.end_line,
+            "fix": Fix(diff=patch.diff, verified=True, origin="codemod", verification=checks),
+        }
+    )
+    climbed = climb(verifier, on_copy, verifier.last_runs)
+    return climbed.model_copy(update={"line": finding.line, "end_line": finding.end_line})
+
+
+def user_diff(root: Path, climbed: Finding) -> str | None:
+    """The compile fix against the user's file, in the mode the ladder chose (None: that
+    mode's edit does not apply there)."""
+    codemod = codemod_for(climbed.rule)
+    assert codemod is not None
+    original = (root / climbed.file).read_text(encoding="utf-8")
+    fixed = codemod.transform(original, FixTarget.from_finding(climbed))
+    if fixed is None:
+        return None
+    return unified_diff(climbed.file, original, format_changed_lines(root, original, fixed))
 
 
 def llm_record(finding: Finding, diff: str) -> FixRecord:
