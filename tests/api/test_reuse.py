@@ -50,6 +50,11 @@ def test_a_repeat_is_finished_from_the_first_ones_report_and_ledger(client: http
         client.get(f"/v1/audits/{r['provenance']['audit_id']}/ledger").text for r in (first, second)
     ]
     assert ledgers[0] == ledgers[1] and "train.py" in ledgers[0]
+    phases = [
+        client.get(f"/v1/audits/{r['provenance']['audit_id']}").json()["phases"]
+        for r in (first, second)
+    ]
+    assert phases[0] == phases[1] and all(p["done"] for p in phases[0])
 
 
 def test_repeats_submitted_together_wait_for_one_computation(client: httpx.Client) -> None:

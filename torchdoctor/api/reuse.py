@@ -19,8 +19,9 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor import __version__
 from torchdoctor.agent import result_cache
@@ -28,7 +29,7 @@ from torchdoctor.agent.checks.fingerprint import code_fingerprint
 from torchdoctor.agent.ledger import LEDGER_NAME
 from torchdoctor.agent.models import AuditReport
 from torchdoctor.agent.safefs import GuardedTree
-from torchdoctor.api.models import AuditRecord, AuditState
+from torchdoctor.api.models import AuditEvent, AuditRecord, AuditState
 from torchdoctor.api.store.store import Store
 
 MAX_ENTRIES = 500
@@ -43,6 +44,8 @@ class KeptAudit(BaseModel):
 
     report: AuditReport
     ledger: str | None = None
+    events: list[tuple[str, dict[str, Any]]] = Field(default_factory=list)
+    """Its progress through the phases and points, replayed for each repeat."""
 
 
 _KEPT = result_cache.ResultCache("audits", KeptAudit, MAX_ENTRIES)
@@ -81,10 +84,13 @@ def peer_versions() -> str:
     return repr(sorted((a.name, a.version()) for a in default_adapters() if a.available()))
 
 
-def keep(key: str, report: AuditReport, tree: Path) -> None:
-    """Keep a finished audit for its repeats, with the ledger it wrote into `tree`, if
-    nothing in it could differ the next time: no run in the sandbox, the deterministic
-    reasoner, no fix or artifact."""
+PROGRESS_KINDS = frozenset({"phase", "point", "gate"})
+
+
+def keep(key: str, report: AuditReport, tree: Path, events: list[AuditEvent]) -> None:
+    """Keep a finished audit for its repeats, with the ledger it wrote into `tree` and its
+    progress `events`, if nothing in it could differ the next time: no run in the sandbox,
+    the deterministic reasoner, no fix or artifact."""
     if report.provenance.reasoner != "offline" or report.provenance.extra.get("runs"):
         return
     if any(f.fix is not None for f in report.findings) or report.artifacts:
@@ -93,7 +99,8 @@ def keep(key: str, report: AuditReport, tree: Path) -> None:
         ledger: str | None = GuardedTree(tree).read_text(LEDGER_NAME)
     except OSError:
         ledger = None
-    _KEPT.store(key, KeptAudit(report=report, ledger=ledger))
+    progress = [(e.kind, e.data) for e in events if e.kind in PROGRESS_KINDS]
+    _KEPT.store(key, KeptAudit(report=report, ledger=ledger, events=progress))
 
 
 def kept(key: str) -> KeptAudit | None:
@@ -118,5 +125,7 @@ def finish_reused(store: Store, record: AuditRecord, owner: str, reused: KeptAud
     if reused.ledger is not None:
         with contextlib.suppress(OSError):
             GuardedTree(Path(record.workdir) / "src").write_text(LEDGER_NAME, reused.ledger)
-    store.add_event(record.id, "progress", {"message": "same code and choices as an earlier audit"})
+    replayed = [(kind, data, now) for kind, data in reused.events]
+    note = {"message": "same code and choices as an earlier audit"}
+    store.add_events(record.id, [*replayed, ("progress", note, now)])
     store.finish(record.id, owner, AuditState.DONE, report=report.model_dump_json())

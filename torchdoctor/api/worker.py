@@ -139,7 +139,7 @@ def work(
         return
     runs, tokens = counters(report)
     if key is not None:
-        keep(key, report, source_dir(record))
+        keep(key, report, source_dir(record), store.events_after(record.id, 0))
     store.finish(
         record.id,
         owner,
