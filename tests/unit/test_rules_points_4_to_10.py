@@ -23,6 +23,7 @@ RULES = (
     "zero-grad-missing",
     "zero-grad-order",
     "scheduler-before-optimizer",
+    "epoch-scheduler-per-batch",
     "grad-accum-no-scale",
     "unused-layer",
     "bias-before-norm",
