@@ -41,6 +41,7 @@ Property = Literal[
     "mode-layers-in-project",
 ]
 FACTS_KEY = "semantic"
+PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
 MODE_LAYERS_KEY = "may-hold-mode-layers"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
@@ -101,6 +102,21 @@ class Pending(_Model):
     needs: Property
     finding: RawFinding
     also: list[Property] = Field(default_factory=list)
+    parameter: str | None = None
+    """Set when the model arrives through this parameter of the function `symbol` names:
+    the property is then asked of the classes other files pass for it."""
+    position: int | None = None
+    """The parameter's position among the arguments a caller writes (no `self`)."""
+
+
+class ModelPass(_Model):
+    """A call into another file's function or method with a model for one of its parameters
+    (`LocalUpdate(args).train(net=copy.deepcopy(net_glob))`, `test_img(net_glob, ...)`)."""
+
+    callee: str
+    keyword: str | None = None
+    position: int | None = None
+    classes: list[str] = Field(default_factory=list)
 
 
 def module_name(path: str) -> str:
@@ -187,6 +203,97 @@ def _passed_for_parameter(ctx: ModuleContext, obj: ast.expr) -> list[ast.expr]:
         ):
             passed.append(site.args[index])
     return passed
+
+
+def parameter_of(ctx: ModuleContext, obj: ast.expr) -> tuple[str, str, int | None] | None:
+    """(qualified function, parameter, position a caller writes it at) when `obj` is a
+    parameter, never rebound, of a module-level function or of a method of a module-level
+    class (`def train(self, net)` in `models/Update.py` -> 'models.Update.LocalUpdate.train')."""
+    fn = ctx.enclosing_function(obj) if isinstance(obj, ast.Name) else None
+    if fn is None or not isinstance(obj, ast.Name):
+        return None
+    owner = ctx.parents.get(fn)
+    name = fn.name
+    positional = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+    if isinstance(owner, ast.ClassDef) and isinstance(ctx.parents.get(owner), ast.Module):
+        name = f"{owner.name}.{fn.name}"
+        positional = positional[1:]  # self
+    elif not isinstance(owner, ast.Module):
+        return None
+    keywords = {a.arg for a in fn.args.kwonlyargs}
+    if obj.id not in positional and obj.id not in keywords:
+        return None
+    if any(v is not obj for v in ctx.flow.definitions(obj)):
+        return None
+    position = positional.index(obj.id) if obj.id in positional else None
+    return f"{module_name(ctx.path)}.{name}", obj.id, position
+
+
+def publish_model_passes(ctx: ModuleContext) -> None:
+    """Record the calls of other files' functions and methods given a model of a known class
+    (imported, or this module's own) for one of their parameters."""
+    if not _project_imports(ctx):
+        return
+    passes: list[dict[str, Any]] = []
+    for call in ctx.flow.nodes(ast.Call):
+        assert isinstance(call, ast.Call)
+        callee = _project_callee(ctx, call)
+        if callee is None:
+            continue
+        arguments: list[tuple[str | None, int | None, ast.expr]] = [
+            (None, i, a) for i, a in enumerate(call.args) if not isinstance(a, ast.Starred)
+        ]
+        arguments += [(k.arg, None, k.value) for k in call.keywords if k.arg]
+        for keyword, position, value in arguments:
+            classes = _model_classes(ctx, value)
+            if classes:
+                found = ModelPass(
+                    callee=callee, keyword=keyword, position=position, classes=classes
+                )
+                passes.append(found.model_dump())
+    if passes:
+        ctx.facts[PASSES_KEY] = passes
+
+
+def _project_callee(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """`test_img` -> 'models.test.test_img'; `local.train` with `local = LocalUpdate(...)`
+    imported -> 'models.Update.LocalUpdate.train'."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        symbol = project_symbol(ctx, func)
+        return symbol if symbol and func.id[:1].islower() else None
+    if isinstance(func, ast.Attribute):
+        owners = imported_classes(ctx, func.value)
+        if len(owners) == 1:
+            return f"{owners[0]}.{func.attr}"
+        symbol = project_symbol(ctx, func)
+        return symbol if symbol and func.attr[:1].islower() else None
+    return None
+
+
+def _model_classes(ctx: ModuleContext, value: ast.expr) -> list[str]:
+    """Project classes `value` may be an instance of, through `copy.deepcopy(...)`."""
+    while (
+        isinstance(value, ast.Call)
+        and ctx.flow.qualname_of(value) == "copy.deepcopy"
+        and value.args
+    ):
+        value = value.args[0]
+    found: list[str] = []
+    for call in ctx.flow.constructors(value):
+        if ctx.flow.qualname_of(call) == "copy.deepcopy" and call.args:
+            found += [c for c in _model_classes(ctx, call.args[0]) if c not in found]
+            continue
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
+            symbol: str | None = f"{module_name(ctx.path)}.{func.id}"
+        else:
+            symbol = project_symbol(ctx, func)
+            if symbol is not None and not symbol.rpartition(".")[2][:1].isupper():
+                symbol = None
+        if symbol and symbol not in found:
+            found.append(symbol)
+    return found
 
 
 def project_symbol(ctx: ModuleContext, expr: ast.expr) -> str | None:
@@ -475,10 +582,12 @@ class ProjectIndex:
         summaries: list[ModuleSummary],
         mode_calls: dict[str, list[bool]] | None = None,
         mode_layers_anywhere: bool = True,
+        passes: list[ModelPass] | None = None,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
+        self.passes = passes or []
 
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
@@ -493,11 +602,37 @@ class ProjectIndex:
         # file audited alone, a helper without the model's file, cannot).
         published = [bool(f[MODE_LAYERS_KEY]) for f in facts.values() if MODE_LAYERS_KEY in f]
         sees_models = any(s.classes for s in summaries)
+        passes = [
+            ModelPass.model_validate(p) for f in facts.values() for p in f.get(PASSES_KEY, [])
+        ]
         return cls(
             summaries,
             mode_calls,
             mode_layers_anywhere=not (published and sees_models) or any(published),
+            passes=passes,
         )
+
+    def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
+        """Classes of the models other files pass to `function` for `parameter`."""
+        module, _, name = function.rpartition(".")
+        if "." in module and module.rpartition(".")[2][:1].isupper():  # `mod.Class.method`
+            module, _, owner = module.rpartition(".")
+            name = f"{owner}.{name}"
+        found: list[str] = []
+        for seen in self.passes:
+            where, _, called = seen.callee.rpartition(".")
+            if "." in where and where.rpartition(".")[2][:1].isupper():
+                where, _, owner = where.rpartition(".")
+                called = f"{owner}.{called}"
+            same_module = (
+                where == module or where.endswith("." + module) or module.endswith("." + where)
+            )
+            matches = seen.keyword == parameter or (
+                seen.keyword is None and seen.position is not None and seen.position == position
+            )
+            if called == name and same_module and matches:
+                found += [c for c in seen.classes if c not in found]
+        return found
 
     def _callers_in_eval_mode(self, symbol: str) -> list[bool]:
         """For every call of the function `symbol` elsewhere in the project, whether an
@@ -582,8 +717,14 @@ class ProjectIndex:
                 pending = Pending.model_validate(raw)
                 where = (pending.finding.file, pending.finding.line)
                 needs = [pending.needs, *pending.also]
-                if where not in found and all(
-                    self.has(pending.symbol, n, near=pending.finding.file) for n in needs
+                symbols = [pending.symbol]
+                if pending.parameter is not None:
+                    symbols = self.passed_classes(
+                        pending.symbol, pending.parameter, pending.position
+                    )
+                if where not in found and any(
+                    all(self.has(symbol, n, near=pending.finding.file) for n in needs)
+                    for symbol in symbols
                 ):
                     found[where] = pending.finding
         return list(found.values())

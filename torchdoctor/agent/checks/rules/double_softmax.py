@@ -11,7 +11,9 @@ from torchdoctor.agent.checks.analysis.project import (
     Property,
     defer,
     imported_models,
+    parameter_of,
     publish,
+    publish_model_passes,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
@@ -66,6 +68,7 @@ class DoubleSoftmax(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "oftmax" in ctx.source:
             publish(ctx)
+        publish_model_passes(ctx)
         if not self.applies(ctx):
             return
         flow = ctx.flow
@@ -89,7 +92,10 @@ class DoubleSoftmax(Rule):
                     data={"softmax_line": softmax.lineno},
                 )
                 continue
-            for symbol in imported_models(ctx, logits):
+            symbols = imported_models(ctx, logits)
+            if not symbols:
+                _defer_through_parameter(self, ctx, node, logits)
+            for symbol in symbols:
                 for kind, needs in _DEFERRED:
                     found = ctx.finding(
                         self,
@@ -108,6 +114,40 @@ class DoubleSoftmax(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _defer_through_parameter(
+    rule: DoubleSoftmax, ctx: ModuleContext, node: ast.Call, logits: ast.expr
+) -> None:
+    """`log_probs = net(images)` with `net` a parameter (`def train(self, net)`): pending on
+    the classes other files pass for it (`local.train(net=copy.deepcopy(net_glob))`)."""
+    for producer in ctx.flow.producers(logits):
+        func = producer.func
+        if isinstance(func, ast.Attribute) and func.attr == "forward":
+            func = func.value
+        found = parameter_of(ctx, func)
+        if found is None:
+            continue
+        function, parameter, position = found
+        for kind, needs in _DEFERRED:
+            finding = ctx.finding(
+                rule,
+                node,
+                f"cross-entropy receives `{ast.unparse(logits)}`, the output of the model "
+                f"passed as `{parameter}`, whose forward ends in {kind} (in a caller's class); "
+                "it applies log_softmax again",
+                data={"parameter": parameter},
+            )
+            if finding is not None:
+                pending = Pending(
+                    symbol=function,
+                    needs=needs,
+                    finding=finding,
+                    parameter=parameter,
+                    position=position,
+                )
+                defer(ctx, rule.id, pending)
+        return
 
 
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
