@@ -50,8 +50,10 @@ class EvalWithoutEvalMode(Rule):
     `torch.inference_mode()` block (at a script's top level only when the script trains), a
     loop over held-out data written inline in a training module (`for x in test_loader:` after
     the epoch's training loop, grad on or off), or
-    a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`, or a helper of any
-    name that is called with held-out data (`score(model, val_loader)`). `.eval()`
+    a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`, a helper of any
+    name that is called with held-out data (`score(model, val_loader)`), or a
+    `for phase in ("train", "val"):` loop that runs the model for both phases and never
+    switches the mode (`model.train(phase == "train")` and an `.eval()` branch count). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
     `self.model.eval()`). A module-level helper given the model and called only from other
@@ -89,7 +91,7 @@ class EvalWithoutEvalMode(Rule):
     )
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(True for _ in _evaluation_regions(ctx))
+        return any(True for _ in _evaluation_regions(ctx)) or bool(_phase_loops(ctx))
 
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
@@ -102,9 +104,26 @@ class EvalWithoutEvalMode(Rule):
             and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
             and not evaluation_helpers(ctx)
             and not _held_out_loops(ctx, [], is_test_module(ctx.path))
+            and not _phase_loops(ctx)
         ):
             return
         reported: set[int] = set()
+        for owner, loop, call in _phase_loops(ctx):
+            if _eval_on_path(ctx, owner, call) or _mode_set_by_phase(owner or ctx.tree):
+                continue
+            layers = _mode_dependent(ctx, model_of(call))
+            if layers == "none":
+                continue
+            reported.add(id(call))
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call.func)}` runs for every phase of `for "
+                f"{ast.unparse(loop.target)} in {ast.unparse(loop.iter)}`, evaluation ones "
+                f"included, with no `.eval()`: {_consequence(layers)}",
+                severity=_severity(layers),
+                data={"mode_dependent_layers": layers},
+            )
         for owner, body in _evaluation_regions(ctx):
             calls = [
                 n for n in walk_scope(body) if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
@@ -254,6 +273,53 @@ def _held_out_loops(
             continue
         found.append((owner, [node]))
     return found
+
+
+_PHASE_NAME = re.compile(r"['\"](val|valid|validation|eval|evaluation|test|dev)['\"]", re.I)
+_HELD_OUT_PHASE = re.compile(r"^(val|valid|validation|eval|evaluation|test|dev)$", re.IGNORECASE)
+
+
+def _phase_loops(ctx: ModuleContext) -> list[tuple[FunctionNode | None, ast.For, ast.Call]]:
+    """`for phase in ("train", "val"):` loops whose body runs the model for both phases and
+    back-propagates only in the training one (the torchvision fine-tuning shape): the first
+    model call of each, with its function."""
+    if not _PHASE_NAME.search(ctx.source) or not ctx.loops.training_loops:
+        return []
+    found: list[tuple[FunctionNode | None, ast.For, ast.Call]] = []
+    for loop in ctx.flow.nodes(ast.For):
+        if not isinstance(loop, ast.For) or not isinstance(loop.target, ast.Name):
+            continue
+        if not isinstance(loop.iter, ast.Tuple | ast.List) or not any(
+            isinstance(e, ast.Constant)
+            and isinstance(e.value, str)
+            and _HELD_OUT_PHASE.match(e.value)
+            for e in loop.iter.elts
+        ):
+            continue
+        if not ctx.loops.backpropagates(loop.body):
+            continue
+        call = next(
+            (
+                n
+                for n in walk_scope(loop.body)
+                if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
+            ),
+            None,
+        )
+        owner = ctx.enclosing_function(loop)
+        if call is not None and not (owner is not None and _module_method(ctx, owner)):
+            found.append((owner, loop, call))
+    return found
+
+
+def _mode_set_by_phase(scope: ast.AST) -> bool:
+    """`model.train(phase == "train")` or `model.train(mode=...)`: the mode follows the phase."""
+    return any(
+        isinstance(n, ast.Call)
+        and method_name(n) == "train"
+        and any(not isinstance(a, ast.Constant) for a in [*n.args, *(k.value for k in n.keywords)])
+        for n in ast.walk(scope)
+    )
 
 
 def _inside_a_training_step(ctx: ModuleContext, node: ast.AST) -> bool:
