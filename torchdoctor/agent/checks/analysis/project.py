@@ -39,11 +39,13 @@ Property = Literal[
     "called-in-train-mode",
     "not-mode-free",
     "mode-layers-in-project",
+    "cpu-device-in-project",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
 MODE_LAYERS_KEY = "may-hold-mode-layers"
+CPU_DEVICE_KEY = "offers-cpu-device"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
 # it (names, attributes, keywords, parameters: comments and docstrings do not count).
 _MODE_IDENTIFIERS = re.compile(
@@ -583,11 +585,13 @@ class ProjectIndex:
         mode_calls: dict[str, list[bool]] | None = None,
         mode_layers_anywhere: bool = True,
         passes: list[ModelPass] | None = None,
+        cpu_device_anywhere: bool = False,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
         self.passes = passes or []
+        self.cpu_device_anywhere = cpu_device_anywhere
 
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
@@ -610,6 +614,7 @@ class ProjectIndex:
             mode_calls,
             mode_layers_anywhere=not (published and sees_models) or any(published),
             passes=passes,
+            cpu_device_anywhere=any(f.get(CPU_DEVICE_KEY) for f in facts.values()),
         )
 
     def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
@@ -666,6 +671,8 @@ class ProjectIndex:
             return bool(modes) and not all(modes)
         if needs == "mode-layers-in-project":
             return self.mode_layers_anywhere
+        if needs == "cpu-device-in-project":
+            return self.cpu_device_anywhere
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)
             return cls is None or not cls.mode_free

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    CPU_DEVICE_KEY,
+    Pending,
+    ProjectIndex,
+    defer,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.models import Severity
 
 _CPU_FALLBACK = re.compile(
     r"is_available\(\)[^\n]*[\"']cpu[\"']|[\"']cpu[\"'][^\n]*is_available\(\)"
+)
+# A command-line device option that offers the CPU (`--device` with "cpu" among its choices
+# or as its default, a `--cpu` flag): the project runs on CPU on request.
+_CPU_OPTION = re.compile(
+    r"add_argument\(\s*[\"']--?[\w-]*device[\w-]*[\"'][^)]*[\"']cpu[\"']"
+    r"|add_argument\(\s*[\"']--(cpu|use[-_]cpu)[\"']"
 )
 _DEVICE_TEST = re.compile(r"gpu|cuda|device|rank|local_rank", re.IGNORECASE)
 _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
@@ -20,7 +32,9 @@ _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
 
 class TorchLoadNoMapLocation(Rule):
     """Detects `torch.load(path)` without `map_location` in a file that chooses its device at
-    run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`).
+    run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`), or in a
+    project whose command line offers the CPU (`--device` with "cpu" among its choices or as
+    its default, a `--cpu` flag), in whichever file the load is.
 
     Why it matters: `torch.load` restores every tensor on the device it was saved from. A
     checkpoint written during GPU training then fails to load on the CPU path the script
@@ -30,7 +44,7 @@ class TorchLoadNoMapLocation(Rule):
 
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
     branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
-    (`io.BytesIO`), files without a CPU fallback (GPU-only scripts).
+    (`io.BytesIO`), projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,10 +62,15 @@ class TorchLoadNoMapLocation(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "load(" in ctx.source and bool(_CPU_FALLBACK.search(ctx.source))
+        return "load(" in ctx.source and (
+            bool(_CPU_FALLBACK.search(ctx.source)) or "torch.load" in ctx.source
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        here = bool(_CPU_FALLBACK.search(ctx.source) or _CPU_OPTION.search(ctx.source))
+        if here:
+            ctx.facts[CPU_DEVICE_KEY] = True
+        if "load(" not in ctx.source:
             return
         for call in ctx.flow.calls_named(("load",)):
             if ctx.flow.qualname_of(call) != "torch.load" or not call.args:
@@ -60,13 +79,24 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
                 continue
-            ctx.report(
+            found = ctx.finding(
                 self,
                 call,
                 "the checkpoint is loaded onto the devices it was saved from, though this code "
                 "also runs on CPU: a GPU-trained checkpoint fails to load there",
                 data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
             )
+            if found is None:
+                continue
+            if here:
+                ctx.findings.append(found)
+            else:  # a helper file: the project offers the CPU elsewhere (`--device cpu`)
+                pending = Pending(symbol=ctx.path, needs="cpu-device-in-project", finding=found)
+                defer(ctx, self.id, pending)
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
 def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
