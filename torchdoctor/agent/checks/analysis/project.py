@@ -231,6 +231,16 @@ def parameter_of(ctx: ModuleContext, obj: ast.expr) -> tuple[str, str, int | Non
     return f"{module_name(ctx.path)}.{name}", obj.id, position
 
 
+def publish_cpu_device(ctx: ModuleContext) -> None:
+    """Record that this module offers the CPU (a device option or fallback), with the project
+    modules it imports: their checkpoint loads run on CPU when it does."""
+    modules = {module_name(ctx.path), *_star_modules(ctx)}
+    for name in _project_imports(ctx):
+        symbol = imported_symbol(ctx, name) or ""
+        modules |= {symbol, symbol.rpartition(".")[0]}
+    ctx.facts[CPU_DEVICE_KEY] = sorted(m for m in modules if m)
+
+
 def publish_model_passes(ctx: ModuleContext) -> None:
     """Record the calls of other files' functions and methods given a model of a known class
     (imported, or this module's own) for one of their parameters."""
@@ -585,13 +595,13 @@ class ProjectIndex:
         mode_calls: dict[str, list[bool]] | None = None,
         mode_layers_anywhere: bool = True,
         passes: list[ModelPass] | None = None,
-        cpu_device_anywhere: bool = False,
+        cpu_device_programs: list[str] | None = None,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
         self.passes = passes or []
-        self.cpu_device_anywhere = cpu_device_anywhere
+        self.cpu_device_programs = cpu_device_programs or []
 
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
@@ -614,7 +624,7 @@ class ProjectIndex:
             mode_calls,
             mode_layers_anywhere=not (published and sees_models) or any(published),
             passes=passes,
-            cpu_device_anywhere=any(f.get(CPU_DEVICE_KEY) for f in facts.values()),
+            cpu_device_programs=[m for f in facts.values() for m in f.get(CPU_DEVICE_KEY, [])],
         )
 
     def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
@@ -671,8 +681,11 @@ class ProjectIndex:
             return bool(modes) and not all(modes)
         if needs == "mode-layers-in-project":
             return self.mode_layers_anywhere
-        if needs == "cpu-device-in-project":
-            return self.cpu_device_anywhere
+        if needs == "cpu-device-in-project":  # `symbol`: a module a CPU-capable entry imports
+            return any(
+                m == symbol or m.endswith("." + symbol) or symbol.endswith("." + m)
+                for m in self.cpu_device_programs
+            )
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)
             return cls is None or not cls.mode_free

@@ -8,10 +8,11 @@ import re
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import (
-    CPU_DEVICE_KEY,
     Pending,
     ProjectIndex,
     defer,
+    module_name,
+    publish_cpu_device,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
@@ -33,8 +34,8 @@ _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
 class TorchLoadNoMapLocation(Rule):
     """Detects `torch.load(path)` without `map_location` in a file that chooses its device at
     run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`), or in a
-    project whose command line offers the CPU (`--device` with "cpu" among its choices or as
-    its default, a `--cpu` flag), in whichever file the load is.
+    file imported by an entry script whose command line offers the CPU (`--device` with "cpu"
+    among its choices or as its default, a `--cpu` flag).
 
     Why it matters: `torch.load` restores every tensor on the device it was saved from. A
     checkpoint written during GPU training then fails to load on the CPU path the script
@@ -69,7 +70,7 @@ class TorchLoadNoMapLocation(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         here = bool(_CPU_FALLBACK.search(ctx.source) or _CPU_OPTION.search(ctx.source))
         if here:
-            ctx.facts[CPU_DEVICE_KEY] = True
+            publish_cpu_device(ctx)
         if "load(" not in ctx.source:
             return
         for call in ctx.flow.calls_named(("load",)):
@@ -90,8 +91,10 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if here:
                 ctx.findings.append(found)
-            else:  # a helper file: the project offers the CPU elsewhere (`--device cpu`)
-                pending = Pending(symbol=ctx.path, needs="cpu-device-in-project", finding=found)
+            else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
+                pending = Pending(
+                    symbol=module_name(ctx.path), needs="cpu-device-in-project", finding=found
+                )
                 defer(ctx, self.id, pending)
 
     @classmethod
