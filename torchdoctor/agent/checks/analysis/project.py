@@ -244,21 +244,23 @@ def publish_cpu_device(ctx: ModuleContext) -> None:
 def publish_model_passes(ctx: ModuleContext) -> None:
     """Record the calls of other files' functions and methods given a model of a known class
     (imported, or this module's own) for one of their parameters."""
-    if not _project_imports(ctx):
-        return
+    if not _project_imports(ctx) or not (ctx.flow.module_classes or _project_constructions(ctx)):
+        return  # builds no model of the project's own classes: passes none
     passes: list[dict[str, Any]] = []
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
-        callee = _project_callee(ctx, call)
-        if callee is None:
-            continue
         arguments: list[tuple[str | None, int | None, ast.expr]] = [
             (None, i, a) for i, a in enumerate(call.args) if not isinstance(a, ast.Starred)
         ]
         arguments += [(k.arg, None, k.value) for k in call.keywords if k.arg]
+        callee: str | None = None
         for keyword, position, value in arguments:
+            if not isinstance(value, ast.Name | ast.Attribute | ast.Call):
+                continue
             classes = _model_classes(ctx, value)
-            if classes:
+            if classes and callee is None:
+                callee = _project_callee(ctx, call) or ""
+            if classes and callee:
                 found = ModelPass(
                     callee=callee, keyword=keyword, position=position, classes=classes
                 )
@@ -284,28 +286,39 @@ def _project_callee(ctx: ModuleContext, call: ast.Call) -> str | None:
 
 
 def _model_classes(ctx: ModuleContext, value: ast.expr) -> list[str]:
-    """Project classes `value` may be an instance of, through `copy.deepcopy(...)`."""
-    while (
-        isinstance(value, ast.Call)
-        and ctx.flow.qualname_of(value) == "copy.deepcopy"
-        and value.args
-    ):
-        value = value.args[0]
+    """Project classes `value` may be an instance of, through `copy.deepcopy(...)` (each
+    value looked at once: `net = copy.deepcopy(net)` rebinds a name to a copy of itself)."""
     found: list[str] = []
-    for call in ctx.flow.constructors(value):
-        if ctx.flow.qualname_of(call) == "copy.deepcopy" and call.args:
-            found += [c for c in _model_classes(ctx, call.args[0]) if c not in found]
+    pending, seen = [value], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
             continue
-        func = call.func
-        if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
-            symbol: str | None = f"{module_name(ctx.path)}.{func.id}"
-        else:
-            symbol = project_symbol(ctx, func)
-            if symbol is not None and not symbol.rpartition(".")[2][:1].isupper():
-                symbol = None
-        if symbol and symbol not in found:
-            found.append(symbol)
+        seen.add(id(current))
+        if isinstance(current, ast.Call) and _deep_copied(ctx, current):
+            pending.append(current.args[0])
+            continue
+        for call in ctx.flow.constructors(current):
+            if _deep_copied(ctx, call):
+                pending.append(call.args[0])
+                continue
+            func = call.func
+            if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
+                symbol: str | None = f"{module_name(ctx.path)}.{func.id}"
+            else:
+                symbol = project_symbol(ctx, func)
+                if symbol is not None and (
+                    not symbol.rpartition(".")[2][:1].isupper()
+                    or symbol.partition(".")[0] in sys.stdlib_module_names
+                ):
+                    symbol = None
+            if symbol and symbol not in found:
+                found.append(symbol)
     return found
+
+
+def _deep_copied(ctx: ModuleContext, call: ast.Call) -> bool:
+    return bool(call.args) and ctx.flow.qualname_of(call) == "copy.deepcopy"
 
 
 def project_symbol(ctx: ModuleContext, expr: ast.expr) -> str | None:
