@@ -7,8 +7,13 @@ ratios the targets are about (issue 14: the native pass within 1.5x of bare pars
 the work of one process, the per-file times summed over the workers, against the one-process
 parse, so extra cores do not flatter it; >= 10x TorchFix's throughput);
 the slowest files and the longest per-file time (the engine stops a file at its deadline).
-The parse ratio is judged on CPU seconds (this process and its workers, `getrusage`), which
-other load on the machine does not inflate the way it does wall time; the wall ratios follow.
+The parse ratio is judged on CPU seconds, which other load on the machine does not inflate the
+way it does wall time: the native pass's CPU is each file's own (`FileResult.cpu_seconds`, the
+thread time of its parse, walk and rules, measured in whichever process ran it) summed, plus
+this process's CPU outside that work (sharding, results coming back, the project rules). The
+pool's workers are forkserver grandchildren that `getrusage(RUSAGE_CHILDREN)` never counts, so
+the files' own figures are the only honest measure of their work; the workers' start-up
+(imports) is left out, as bare parsing leaves out the interpreter's. The wall ratios follow.
 It exits 1 if any file raised, hit the deadline, or failed to parse.
 
     PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N] [--per-rule N]
@@ -30,7 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig, Rule
-from torchdoctor.agent.checks.engine import analyse_files, analyse_source
+from torchdoctor.agent.checks.engine import (
+    PARALLEL_THRESHOLD,
+    StaticResult,
+    analyse_files,
+    analyse_source,
+)
 from torchdoctor.agent.checks.linters.process import (
     ToolMissing,
     ToolTimeout,
@@ -75,11 +85,21 @@ def torch_sources(limit: int | None) -> tuple[Path, list[tuple[str, str]]]:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU of this process and of its children that have ended (the pool's
-    workers, once it is shut down)."""
+    """User + system CPU of this process (not its pool's workers: see the module docstring)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime
+
+
+def judged_cpu(result: StaticResult, own_cpu: float, in_process: bool) -> tuple[float, float]:
+    """(the pass's CPU seconds, the part that is the files' own work summed).
+
+    `own_cpu`: this process's CPU during the pass. With a pool it is all overhead (the files
+    ran in the workers) and adds to the files' sum; run `in_process` it already holds the
+    files' work, so only what exceeds their sum is added.
+    """
+    files = sum(r.cpu_seconds for r in result.files)
+    overhead = max(0.0, own_cpu - files) if in_process else own_cpu
+    return files + overhead, files
 
 
 def time_bare_parse(
@@ -146,7 +166,9 @@ def main() -> int:
     bare, bare_cpu, parse_failures = time_bare_parse(files, lines)
     started, cpu = time.perf_counter(), cpu_seconds()
     result = analyse_files(files, workers=cores)
-    elapsed, native_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    elapsed, own_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    in_process = cores == 1 or len(files) < PARALLEL_THRESHOLD
+    native_cpu, files_cpu = judged_cpu(result, own_cpu, in_process)
     native = Timing(f"torchdoctor native ({cores} procs)", elapsed, len(files), lines)
 
     measured: list[Timing | str] = [bare, native]
@@ -176,7 +198,8 @@ def main() -> int:
     cpu_ratio = native_cpu / bare_cpu
     verdict = "PASS" if cpu_ratio <= TARGET_PARSE_RATIO else "MISS"
     print(
-        f"judged on CPU: native {native_cpu:.2f} CPU-s / bare parse {bare_cpu:.2f} CPU-s = "
+        f"judged on CPU: native {native_cpu:.2f} CPU-s (per-file CPU summed {files_cpu:.2f} + "
+        f"this process's {native_cpu - files_cpu:.2f}) / bare parse {bare_cpu:.2f} CPU-s = "
         f"{cpu_ratio:.2f}x (target <= {TARGET_PARSE_RATIO:g}x) {verdict}"
     )
 

@@ -80,7 +80,7 @@ def test_sharded_results_merge_to_the_one_machine_result() -> None:
 
     sharded = analyse_files(files, workers=3, run_chunks=backwards)
     local = analyse_files(files, workers=1)
-    timings = {"seconds": True, "files": {"__all__": {"seconds"}}}
+    timings = {"seconds": True, "files": {"__all__": {"seconds", "cpu_seconds"}}}
     assert calls == [24]
     assert sharded.model_dump(exclude=timings) == local.model_dump(exclude=timings)
     assert sharded.all_findings()

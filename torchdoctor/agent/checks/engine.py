@@ -45,6 +45,9 @@ class FileResult(BaseModel):
     applicable: list[str] = Field(default_factory=list)
     note: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """This thread's CPU time on the file (parse, walk, rules): what a benchmark can sum over
+    pool workers, whose CPU the parent's `getrusage` never sees (forkserver grandchildren)."""
 
 
 class StaticResult(BaseModel):
@@ -200,8 +203,11 @@ def analyse_source(
     """
     collecting = gc.isenabled()
     gc.disable()
+    cpu = time.thread_time()
     try:
-        return _analyse(path, source, rule_types, config)
+        result = _analyse(path, source, rule_types, config)
+        result.cpu_seconds = time.thread_time() - cpu
+        return result
     finally:
         if collecting:
             gc.enable()
