@@ -24,6 +24,10 @@ FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 _SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 _OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)
 _BACKWARD_METHODS = {"backward", "manual_backward"}
+TRAINING_TEXT = ("backward", "training_step")
+"""A module with none of these words has no training loop (`LoopAnalysis.training_loops`
+needs `backward` and `step(`, or a `training_step`): a rule that only reports in training
+loops takes it as its `visit_gate`."""
 
 
 # Fields that hold identifiers, flags or constants, never nodes: walks skip reading them.
@@ -417,6 +421,7 @@ class LoopAnalysis:
 
     @cached_property
     def training_loops(self) -> list[TrainingLoop]:
+        """Empty unless the source holds one of `TRAINING_TEXT` (rules gate on it)."""
         source = self.ctx.source
         loops: list[TrainingLoop] = []
         trains = "backward" in source and "step(" in source and self._has_step_and_backward()

@@ -9,6 +9,7 @@ import ast
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.project import project_function_calls
+from torchdoctor.agent.checks.analysis.reachability import mode_text
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 
@@ -42,6 +43,8 @@ def eval_before(ctx: ModuleContext, site: ast.Call, depth: int = 0) -> bool:
 
 
 def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
+    if not mode_text(ctx.source, "eval"):
+        return False  # no `.eval()` or `.train(False)` in the module: none reaches `site`
     caller = ctx.enclosing_function(site)
     if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval"):
         return True
@@ -96,6 +99,8 @@ def statements_before(
 def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     """`model = Net().eval()`, a Hugging Face `from_pretrained` (it returns the model in
     eval mode), or `.eval()` called on this very attribute (`self.model`)."""
+    if "eval" not in ctx.source and "from_pretrained" not in ctx.source:
+        return False  # none of the three can hold: spares the def-use chains
     for source in ctx.flow.sources(model):
         if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
             return True

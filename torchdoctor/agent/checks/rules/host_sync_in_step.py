@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import TRAINING_TEXT
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -50,6 +51,7 @@ class HostSyncInStep(Rule):
         ast.FormattedValue,
     )
     call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {"float", "print"}
+    visit_gate: ClassVar[tuple[str, ...]] = TRAINING_TEXT  # finish() needs a training loop
 
     def __init__(self) -> None:
         self.candidates: list[tuple[ast.expr, str]] = []
