@@ -48,10 +48,20 @@ MODE_LAYERS_KEY = "may-hold-mode-layers"
 CPU_DEVICE_KEY = "offers-cpu-device"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
 # it (names, attributes, keywords, parameters: comments and docstrings do not count).
-_MODE_IDENTIFIERS = re.compile(
-    r"dropout|Dropout|BatchNorm|batch_norm|InstanceNorm|instance_norm|DropPath|drop_path"
-    r"|^training$"
+_MODE_LAYER_WORDS = (
+    "dropout",
+    "Dropout",
+    "BatchNorm",
+    "batch_norm",
+    "InstanceNorm",
+    "instance_norm",
+    "DropPath",
+    "drop_path",
 )
+_MODE_IDENTIFIERS = re.compile("|".join(_MODE_LAYER_WORDS) + "|^training$")
+_MODE_IDENTIFIER_TEXT = (*_MODE_LAYER_WORDS, "training")
+"""An identifier `_MODE_IDENTIFIERS` matches holds one of these: an ASCII module without
+them has none, and its identifiers need not be listed."""
 _TRANSFORMER = re.compile(r"^Transformer")
 _MODEL_ZOOS = ("torchvision", "timm", "transformers", "diffusers", "open_clip")
 _MAX_IMPORT_DEPTH = 4
@@ -371,12 +381,21 @@ def publish_mode_layers(ctx: ModuleContext) -> None:
     ctx.facts[MODE_LAYERS_KEY] = (
         ctx.flow.imports(*_MODEL_ZOOS)
         or "hub.load" in ctx.source
-        or any(_MODE_IDENTIFIERS.search(name) for name in set(_identifiers(ctx)))
+        or (_may_name_mode_layers(ctx.source) and _names_mode_layers(ctx))
         or any(  # torch's transformer layers have dropout (a project's own `Transformer` may not)
             (ctx.flow.qualname_of(call) or "").startswith("torch.nn.Transformer")
             for call in ctx.flow.calls_matching(_TRANSFORMER)
         )
     )
+
+
+def _may_name_mode_layers(source: str) -> bool:
+    """Identifiers are the source's own text unless NFKC-normalised (non-ASCII sources)."""
+    return not source.isascii() or any(word in source for word in _MODE_IDENTIFIER_TEXT)
+
+
+def _names_mode_layers(ctx: ModuleContext) -> bool:
+    return any(_MODE_IDENTIFIERS.search(name) for name in set(_identifiers(ctx)))
 
 
 def _identifiers(ctx: ModuleContext) -> Iterator[str]:
