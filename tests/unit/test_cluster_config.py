@@ -86,6 +86,9 @@ def test_sharded_results_merge_to_the_one_machine_result() -> None:
     assert sharded.all_findings()
 
 
+@pytest.mark.skipif(
+    not hasattr(tarfile, "data_filter"), reason="this Python's tarfile has no data filter"
+)
 def test_a_shipped_workspace_keeps_inner_links_and_refuses_escapes(tmp_path: Path) -> None:
     tree = tmp_path / "ws"
     (tree / "pkg").mkdir(parents=True)
@@ -120,3 +123,10 @@ def test_a_job_runs_with_the_nodes_own_interpreter_and_harness(tmp_path: Path) -
 def test_a_module_job_is_left_for_the_nodes_backend_to_resolve(tmp_path: Path) -> None:
     job = Job(workspace=tmp_path, module="torchdoctor.sandbox.probes", args=["train.py"])
     assert on_this_node(job, ("/opt/conda/bin/python", "/srv/torchdoctor")) == job
+
+
+@pytest.mark.skipif(hasattr(tarfile, "data_filter"), reason="this Python has the data filter")
+def test_without_the_data_filter_a_shipped_workspace_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    with pytest.raises(tarfile.TarError, match="no data filter"):
+        unpack(pack(tmp_path))

@@ -27,6 +27,8 @@ def _skip_caches(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
 def unpack(data: bytes) -> tuple[Path, Path]:
     """(the new folder to remove afterwards, the workspace inside it). Raises
     `tarfile.FilterError` for a member the filter refuses (nothing is left behind)."""
+    if not hasattr(tarfile, "data_filter"):  # PEP 706: Python 3.11.4+ (and backports)
+        raise tarfile.TarError("this Python's tarfile has no data filter: not unpacked")
     folder = Path(tempfile.mkdtemp(prefix=f"td-ws-{os.getpid()}-"))
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
