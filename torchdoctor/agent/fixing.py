@@ -27,7 +27,8 @@ from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.harness import Harness
-from torchdoctor.agent.models import Finding, Fix, Status, Verification
+from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
+from torchdoctor.agent.safefs import GuardedTree
 from torchdoctor.agent.state import FixRecord
 
 
@@ -166,15 +167,9 @@ def verify_record(
             checks += verifier.verify(patch, claim, spec_of(record))
             baseline = verifier.baseline_run
             if all(c.ok for c in checks) and climbs(bench, finding, record):
-                climbed = climb_on_copy(bench, verifier, working_copy, finding, patch, checks)
-                assert climbed.fix is not None
-                checks = climbed.fix.verification
-                diff = user_diff(bench.root, climbed)
-                if diff is None:
-                    checks.append(KEPT_DEFAULT)
-                else:
-                    evidence = climbed.evidence
-                    record = record.model_copy(update={"diff": diff})
+                checks, evidence, record = with_ladder(
+                    bench, verifier, working_copy, finding, record, patch, checks
+                )
     finding = finding.model_copy(update={"evidence": evidence})
     verified = all(c.ok for c in checks)
     fix = Fix(diff=record.diff, verified=verified, origin=record.origin, verification=checks)
@@ -205,22 +200,24 @@ def climbs(bench: FixBench, finding: Finding, record: FixRecord) -> bool:
     )
 
 
-def climb_on_copy(
+def with_ladder(
     bench: FixBench,
     verifier: Verifier,
     working_copy: dict[str, str],
     finding: Finding,
+    record: FixRecord,
     patch: Patch,
     checks: list[Verification],
-) -> Finding:
+) -> tuple[list[Verification], list[Evidence], FixRecord]:
     """The compile-mode ladder (`compile_ladder.climb`) on the working copy, the finding's
-    lines mapped through the earlier phases' edits; its evidence names the mode chosen."""
-    original = (bench.root / finding.file).read_text(encoding="utf-8")
-    target = retarget(
-        original, working_copy.get(finding.file, original), FixTarget.from_finding(finding)
-    )
+    lines mapped through the earlier phases' edits: its steps, and when it chose a costlier
+    mode, the evidence naming it and the record's diff against the user's file in that mode."""
+    tree = GuardedTree(bench.root)
+    original = tree.read_text(finding.file)
+    current = working_copy.get(finding.file, original)
+    target = retarget(original, current, FixTarget.from_finding(finding))
     if target is None:
-        return finding.model_copy(update={"fix": Fix(diff=patch.diff, verification=checks)})
+        return checks, finding.evidence, record
     on_copy = finding.model_copy(
         update={
             "line": target.line,
@@ -229,19 +226,18 @@ def climb_on_copy(
         }
     )
     climbed = climb(verifier, on_copy, verifier.last_runs)
-    return climbed.model_copy(update={"line": finding.line, "end_line": finding.end_line})
-
-
-def user_diff(root: Path, climbed: Finding) -> str | None:
-    """The compile fix against the user's file, in the mode the ladder chose (None: that
-    mode's edit does not apply there)."""
-    codemod = codemod_for(climbed.rule)
+    assert climbed.fix is not None
+    steps = climbed.fix.verification
+    chosen = climbed.model_copy(update={"line": finding.line, "end_line": finding.end_line})
+    if "compile_mode" not in FixTarget.from_finding(chosen).data:
+        return steps, finding.evidence, record  # the default stays: its diff is the record's
+    codemod = codemod_for(finding.rule)
     assert codemod is not None
-    original = (root / climbed.file).read_text(encoding="utf-8")
-    fixed = codemod.transform(original, FixTarget.from_finding(climbed))
+    fixed = codemod.transform(original, FixTarget.from_finding(chosen))
     if fixed is None:
-        return None
-    return unified_diff(climbed.file, original, format_changed_lines(root, original, fixed))
+        return [*steps, KEPT_DEFAULT], finding.evidence, record
+    diff = unified_diff(finding.file, original, format_changed_lines(bench.root, original, fixed))
+    return steps, chosen.evidence, record.model_copy(update={"diff": diff})
 
 
 def llm_record(finding: Finding, diff: str) -> FixRecord:
