@@ -131,6 +131,16 @@ class ModelPass(_Model):
     classes: list[str] = Field(default_factory=list)
 
 
+def _module_and_function(qualified: str) -> tuple[str, str]:
+    """'models.test.test_img' -> ('models.test', 'test_img'); a method keeps its class:
+    'models.Update.LocalUpdate.train' -> ('models.Update', 'LocalUpdate.train')."""
+    module, _, name = qualified.rpartition(".")
+    if "." in module and module.rpartition(".")[2][:1].isupper():
+        module, _, owner = module.rpartition(".")
+        name = f"{owner}.{name}"
+    return module, name
+
+
 def module_name(path: str) -> str:
     """`src/pkg/models.py` -> 'src.pkg.models'; `pkg/__init__.py` -> 'pkg'."""
     parts = list(PurePosixPath(path).with_suffix("").parts)
@@ -661,16 +671,10 @@ class ProjectIndex:
 
     def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
         """Classes of the models other files pass to `function` for `parameter`."""
-        module, _, name = function.rpartition(".")
-        if "." in module and module.rpartition(".")[2][:1].isupper():  # `mod.Class.method`
-            module, _, owner = module.rpartition(".")
-            name = f"{owner}.{name}"
+        module, name = _module_and_function(function)
         found: list[str] = []
         for seen in self.passes:
-            where, _, called = seen.callee.rpartition(".")
-            if "." in where and where.rpartition(".")[2][:1].isupper():
-                where, _, owner = where.rpartition(".")
-                called = f"{owner}.{called}"
+            where, called = _module_and_function(seen.callee)
             same_module = (
                 where == module or where.endswith("." + module) or module.endswith("." + where)
             )
