@@ -64,11 +64,12 @@ def prepare_cache(folder: Path, uid: int | None, cap_mb: int) -> Path | None:
     if not folder.is_dir() or folder.is_symlink():
         return None
     if tree_usage(folder).bytes > cap_mb * 2**20:
-        for entry in os.scandir(folder):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
     if uid is not None:
         hand_over(folder, uid, uid)
     return folder
