@@ -1,6 +1,7 @@
 """torch.compile through the sandbox with an audit's shared compiler cache: the second run of
 the same script reads the first one's compiled graph (Inductor's FX graph cache), which is what
-makes a fix verification's repeated compiling runs cheap. CPU Inductor (a C++ compiler)."""
+makes a fix verification's repeated compiling runs cheap (the time it saves is
+`benchmarks/compile_cache.py`'s to print). CPU Inductor (a C++ compiler)."""
 
 from __future__ import annotations
 
@@ -59,4 +60,3 @@ def test_a_second_compiling_run_reads_the_first_ones_graph(tmp_path: Path) -> No
             runs.append(result)
     assert "hits 0" in runs[0].stdout
     assert "hits 1" in runs[1].stdout, runs[1].stdout
-    assert runs[1].usage.wall_s < runs[0].usage.wall_s
