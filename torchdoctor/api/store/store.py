@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, func, insert, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from torchdoctor.agent.audit import AuditChoices
 from torchdoctor.api.models import (
@@ -136,7 +136,11 @@ class Store:
         """The audit with its findings count, approval question and events, as one read: a
         status poll costs one transaction, not one per fact."""
         with self._session() as session:
-            row = session.get(AuditRow, audit_id)
+            row = session.get(
+                AuditRow,
+                audit_id,
+                options=[undefer(AuditRow.report), undefer(AuditRow.approval_request)],
+            )
             if row is None or row.tenant != tenant:
                 return None
             events = session.scalars(
@@ -351,8 +355,19 @@ class Store:
 
     def add_events(self, audit_id: str, events: list[tuple[str, dict[str, Any], float]]) -> None:
         """`(kind, data, when)` events in this order, in one transaction."""
-        with self._session() as session:
-            session.add_all([_event_row(audit_id, kind, data, at) for kind, data, at in events])
+        if not events:
+            return
+        rows = [
+            {
+                "audit_id": audit_id,
+                "kind": kind,
+                "data": json.dumps(data),
+                "created_at": at or time.time(),
+            }
+            for kind, data, at in events
+        ]
+        with self._session() as session:  # one bulk INSERT, no unit of work per row
+            session.execute(insert(EventRow), rows)
 
     def last_event_id(self, audit_id: str) -> int:
         """The id of the audit's newest event (0 when it has none)."""
@@ -374,13 +389,13 @@ class Store:
 
     def events_after(self, audit_id: str, after: int, limit: int = 500) -> list[AuditEvent]:
         with self._session() as session:
-            rows = session.scalars(
-                select(EventRow)
+            rows = session.execute(
+                select(EventRow.id, EventRow.kind, EventRow.data)
                 .where(EventRow.audit_id == audit_id, EventRow.id > after)
                 .order_by(EventRow.id)
                 .limit(limit)
             ).all()
-            return [AuditEvent(id=r.id, kind=r.kind, data=json.loads(r.data)) for r in rows]
+            return [AuditEvent(id=i, kind=kind, data=json.loads(data)) for i, kind, data in rows]
 
 
 def _event_row(audit_id: str, kind: str, data: dict[str, Any], at: float | None = None) -> EventRow:

@@ -23,7 +23,9 @@ class ApiKeyRow(Base):
 
 
 class AuditRow(Base):
-    """One submitted audit: its state machine, its lease, and its results once done."""
+    """One submitted audit: its state machine, its lease, and its results once done. The
+    report and the approval texts are loaded only where read: the state, lease and stream
+    lookups that run many times an audit never copy them."""
 
     __tablename__ = "audits"
 
@@ -39,9 +41,9 @@ class AuditRow(Base):
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    report: Mapped[str | None] = mapped_column(Text, nullable=True)
-    approval_request: Mapped[str | None] = mapped_column(Text, nullable=True)
-    approval_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    approval_request: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
+    approval_answer: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     sandbox_runs: Mapped[int] = mapped_column(Integer, default=0)
     llm_tokens: Mapped[int] = mapped_column(Integer, default=0)
