@@ -19,7 +19,7 @@ from torchdoctor.sandbox.probes.datasets import (  # noqa: E402
 from torchdoctor.sandbox.probes.determinism import compare  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
-from torchdoctor.sandbox.probes.numerics import GradientProbe  # noqa: E402
+from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe  # noqa: E402
 
 
 def test_unknown_options_and_those_after_double_dash_go_to_the_script() -> None:
@@ -154,3 +154,34 @@ def test_the_kept_loss_is_a_copy_of_the_scripts_tensor() -> None:
     buffer.fill_(9.0)
     probe.flush()
     assert probe.values == {0: 2.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_watched_outputs_give_mean_and_largest_magnitude_dead_units_and_the_first_nan(
+    dtype: torch.dtype,
+) -> None:
+    watch = ForwardWatch()
+    relu, linear = torch.nn.ReLU(), torch.nn.Linear(2, 2)
+    activations = torch.tensor([[0.0, 2.0, -4.0], [0.0, 1.0, 0.0]], dtype=dtype)
+    watch.on_input(0, "Net", (activations,))
+    watch.on_output(0, "Net.relu", relu, activations.relu())
+    watch.on_output(0, "Net.fc", linear, activations)
+    watch.on_output(1, "Net.fc", linear, torch.tensor([1.0, float("nan")], dtype=dtype))
+    watch.on_output(2, "Net.fc", linear, torch.tensor([float("-inf")], dtype=dtype))
+    watch.flush()
+
+    relu_stats, fc_stats = watch.stats["Net.relu"], watch.stats["Net.fc"]
+    assert relu_stats.mean_abs_sum == pytest.approx(0.5) and relu_stats.max_abs == 2.0
+    assert relu_stats.dead_calls == 1 and relu_stats.dead_sum == pytest.approx(2 / 3)
+    assert fc_stats.calls == 3 and fc_stats.nonfinite_calls == 2 and fc_stats.dead_calls == 0
+    assert fc_stats.max_abs == 4.0 and fc_stats.mean_abs_sum == pytest.approx(7 / 6)
+    assert watch.first_nonfinite == {"step": 1, "phase": "forward", "module": "Net.fc"}
+
+
+def test_a_non_finite_model_input_is_the_first_non_finite_value() -> None:
+    watch = ForwardWatch()
+    watch.on_input(3, "Net", (torch.tensor([1.0, float("inf")]),))
+    watch.on_output(3, "Net.fc", torch.nn.Linear(1, 1), torch.tensor([float("nan")]))
+    watch.flush()
+    assert watch.first_nonfinite == {"step": 3, "phase": "input", "module": "input of Net"}
+    assert watch.stats["Net.fc"].nonfinite_calls == 1

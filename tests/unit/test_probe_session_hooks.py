@@ -146,3 +146,20 @@ def test_syncs_in_a_builtin_optimizer_step_cost_no_wrapper_and_the_users_stay_co
     assert wrapped_during_step == [False, False]
     assert not session.syncs.suspended
     assert sorted(lines.values()) == [3, 4]  # after each step; per parameter in the user's step
+
+
+def test_an_optimizers_own_no_grad_block_leaves_the_module_hooks_off(session: Session) -> None:
+    """An optimizer's step runs without grad (`@torch.no_grad()` on a user's or a library's
+    `step`): that is no evaluation, so it must not turn the hooks on every module on (and
+    the step's end off again) every step; a block without grad after the step still does."""
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = _LambOptimizer(model.parameters(), lr=0.1)
+    during: list[bool] = []
+    optimizer.register_step_post_hook(lambda *_: during.append(bool(session._global_hooks)))
+    for _ in range(3):
+        _train_step(model, criterion, optimizer)  # steps 0 (sampled), 1 and 2
+    assert during == [True, False, False]
+    with torch.no_grad():
+        model(torch.randn(2, 6))
+    assert session._global_hooks

@@ -21,6 +21,7 @@ EXPLODING_NORM = 1e4
 EXPLODING_GROWTH = 100.0
 VANISHING_NORM = 1e-7
 RELU_TYPES = (torch.nn.ReLU, torch.nn.ReLU6)
+INF = math.inf
 
 
 class LossProbe:
@@ -240,10 +241,15 @@ class _ModuleStats:
 
 class ForwardWatch:
     """On watched steps: magnitude statistics and a finiteness flag for every module output,
-    and for the model's inputs; the first module whose output turns non-finite."""
+    and for the model's inputs; the first module whose output turns non-finite.
+
+    A watched step reads every module's output, so each read is kept to two reductions on
+    the detached tensor (no grad mode to switch, no float copy of a half-precision output):
+    the largest magnitude, which is non-finite exactly when some element is, and the sum of
+    magnitudes, divided by the element count on the host."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[int, str, str, torch.Tensor]] = []
+        self._pending: list[tuple[int, str, str, int, torch.Tensor]] = []
         self.stats: dict[str, _ModuleStats] = {}
         self.types: dict[str, str] = {}
         self.first_nonfinite: dict[str, Any] | None = None
@@ -251,46 +257,41 @@ class ForwardWatch:
     def on_input(self, step: int, root_name: str, args: Any) -> None:
         tensor = first_float(args)
         if tensor is not None:
-            with torch.no_grad():
-                flag = (~torch.isfinite(tensor)).any().float().reshape(1)
-                stats = torch.cat([flag, torch.full_like(flag, -1.0).repeat(3)])
-            self._pending.append((step, f"input of {root_name}", "input", stats))
+            largest = torch.linalg.vector_norm(tensor.detach(), INF, dtype=torch.float32)
+            self._pending.append((step, f"input of {root_name}", "input", 1, largest.reshape(1)))
 
     def on_output(self, step: int, name: str, module: torch.nn.Module, output: Any) -> None:
         tensor = first_float(output)
         if tensor is None:
             return
-        with torch.no_grad():
-            x = tensor.detach()
-            magnitude = x.abs().float()
-            if isinstance(module, RELU_TYPES) and x.dim() >= 2:
-                dead = (x == 0).flatten(1).all(dim=0).float().mean()
-            else:
-                dead = torch.full((), -1.0, device=x.device)
-            stats = torch.stack(
-                [(~torch.isfinite(x)).any().float(), magnitude.mean(), magnitude.amax(), dead]
-            )
+        x = tensor.detach()
+        parts = [
+            torch.linalg.vector_norm(x, INF, dtype=torch.float32),
+            torch.linalg.vector_norm(x, 1, dtype=torch.float32),
+        ]
+        if isinstance(module, RELU_TYPES) and x.dim() >= 2:
+            parts.append((x == 0).flatten(1).all(dim=0).float().mean())
         self.types.setdefault(name, type(module).__name__)
-        self._pending.append((step, name, "forward", stats))
+        self._pending.append((step, name, "forward", x.numel(), torch.stack(parts)))
 
     def flush(self) -> None:
-        vectors = read_vectors([s for _, _, _, s in self._pending])
-        for (step, name, phase, _), (nonfinite, mean_abs, max_abs, dead) in zip(
-            self._pending, vectors, strict=True
-        ):
-            if nonfinite > 0 and self.first_nonfinite is None:
+        vectors = read_vectors([s for *_, s in self._pending])
+        for (step, name, phase, numel, _), values in zip(self._pending, vectors, strict=True):
+            max_abs = values[0]
+            if not finite(max_abs) and self.first_nonfinite is None:
                 self.first_nonfinite = {"step": step, "phase": phase, "module": name}
             if phase == "input":
                 continue
+            mean_abs = values[1] / numel
             entry = self.stats.setdefault(name, _ModuleStats())
             entry.calls += 1
-            entry.nonfinite_calls += int(nonfinite > 0)
+            entry.nonfinite_calls += int(not finite(max_abs))
             if finite(mean_abs):
                 entry.mean_abs_sum += mean_abs
             if finite(max_abs):
                 entry.max_abs = max(entry.max_abs, max_abs)
-            if dead >= 0:
-                entry.dead_sum += dead
+            if len(values) > 2:
+                entry.dead_sum += values[2]
                 entry.dead_calls += 1
         self._pending = []
 

@@ -104,6 +104,9 @@ class Session:
         self._global_hooks: list[RemovableHandle] = []
         self._own_hooks: set[int] = set()
         self._global_wanted = False
+        self._in_optimizer_step = False
+        """An optimizer's own no-grad block is no evaluation (it would turn the hooks on every
+        module on and off each step)."""
         self._patches: list[tuple[Any, str, Any]] = []
 
         self.loss = LossProbe()
@@ -220,7 +223,7 @@ class Session:
     def _wrap_grad_block(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def enter(manager: Any) -> Any:
             entered = original(manager)
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() and not self._in_optimizer_step:
                 self._evaluation_begins()
             return entered
 
@@ -339,7 +342,8 @@ class Session:
                 self._hook_own(module)
                 return
             if self.depth == 1:
-                if self.syncs.suspended:  # an optimizer step that raised left them off
+                self._in_optimizer_step = False  # an optimizer step that raised left it set
+                if self.syncs.suspended:  # and left these off
                     self.syncs.resume()
                 if id(module) not in self.roots:
                     self._register_root(module, args, {})
@@ -389,6 +393,7 @@ class Session:
     # --- optimizer hooks -----------------------------------------------------------------
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._in_optimizer_step = True
         if type(optimizer).__module__.startswith("torch."):
             self.syncs.suspend()  # resumed when the step ends (or by the next root forward)
         if self.main_optimizer is None:
@@ -404,6 +409,7 @@ class Session:
             self.distributed.before_optimizer_step(list(self.roots.values()))
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._in_optimizer_step = False
         if self.syncs.suspended:
             self.syncs.resume()
         if id(optimizer) == self.main_optimizer:
