@@ -20,6 +20,7 @@ from torchdoctor.sandbox.probes.determinism import compare  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe  # noqa: E402
+from torchdoctor.sandbox.probes.tensors import read_together  # noqa: E402
 
 
 def test_unknown_options_and_those_after_double_dash_go_to_the_script() -> None:
@@ -185,3 +186,25 @@ def test_a_non_finite_model_input_is_the_first_non_finite_value() -> None:
     watch.flush()
     assert watch.first_nonfinite == {"step": 3, "phase": "input", "module": "input of Net"}
     assert watch.stats["Net.fc"].nonfinite_calls == 1
+
+
+class _Waiting:
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors, self.taken = list(tensors), [[-1.0]]
+
+    def on_device(self) -> list[torch.Tensor]:
+        return self.tensors
+
+    def take(self, vectors: list[list[float]]) -> None:
+        self.taken, self.tensors = vectors, []
+
+
+def test_every_probes_waiting_values_are_read_together_and_handed_back_in_order() -> None:
+    weight = torch.ones(2, requires_grad=True)
+    first = _Waiting(torch.tensor(1.5), torch.tensor([2.0, 3.0], dtype=torch.bfloat16))
+    empty = _Waiting()
+    last = _Waiting(weight * 2, torch.tensor([[4.0], [5.0]]))
+    read_together([first, empty, last])
+    assert first.taken == [[1.5], [2.0, 3.0]]
+    assert empty.taken == []
+    assert last.taken == [[2.0, 2.0], [4.0, 5.0]]

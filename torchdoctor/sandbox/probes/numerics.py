@@ -15,7 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
-from torchdoctor.sandbox.probes.tensors import finite, first_float, read_scalars, read_vectors
+from torchdoctor.sandbox.probes.tensors import finite, first_float, read_together
 
 EXPLODING_NORM = 1e4
 EXPLODING_GROWTH = 100.0
@@ -63,14 +63,19 @@ class LossProbe:
         elif self._criterion_nograd is not None:
             chosen = ("criterion-no-grad", self._criterion_nograd)
         if chosen is not None:
-            self._pending.append((step, chosen[0], chosen[1].float().reshape(())))
+            self._pending.append((step, chosen[0], chosen[1].float().reshape(1)))
         self._criterion = self._criterion_nograd = None
         self._backward = []
 
     def flush(self) -> None:
-        values = read_scalars([t for _, _, t in self._pending])
-        for (step, source, _), value in zip(self._pending, values, strict=True):
-            self.values[step] = value
+        read_together([self])
+
+    def on_device(self) -> list[torch.Tensor]:
+        return [t for _, _, t in self._pending]
+
+    def take(self, vectors: list[list[float]]) -> None:
+        for (step, source, _), vector in zip(self._pending, vectors, strict=True):
+            self.values[step] = vector[0] if vector else float("nan")
             self.sources.add(source)
         self._pending = []
 
@@ -171,7 +176,12 @@ class GradientProbe:
                 self.grad_outside_optimizer.add(id(p))
 
     def flush(self) -> None:
-        vectors = read_vectors([g.norms for g in self._pending])
+        read_together([self])
+
+    def on_device(self) -> list[torch.Tensor]:
+        return [g.norms for g in self._pending]
+
+    def take(self, vectors: list[list[float]]) -> None:
         for grads, vector in zip(self._pending, vectors, strict=True):
             if self.first_nonfinite is None:
                 for pid, value in zip(grads.param_ids, vector, strict=True):
@@ -275,7 +285,12 @@ class ForwardWatch:
         self._pending.append((step, name, "forward", x.numel(), torch.stack(parts)))
 
     def flush(self) -> None:
-        vectors = read_vectors([s for *_, s in self._pending])
+        read_together([self])
+
+    def on_device(self) -> list[torch.Tensor]:
+        return [s for *_, s in self._pending]
+
+    def take(self, vectors: list[list[float]]) -> None:
         for (step, name, phase, numel, _), values in zip(self._pending, vectors, strict=True):
             max_abs = values[0]
             if not finite(max_abs) and self.first_nonfinite is None:

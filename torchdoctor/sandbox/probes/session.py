@@ -51,7 +51,7 @@ from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, Los
 from torchdoctor.sandbox.probes.power import PowerProbe
 from torchdoctor.sandbox.probes.shapes import RootShapes
 from torchdoctor.sandbox.probes.syncs import SyncProbe
-from torchdoctor.sandbox.probes.tensors import cuda_in_use
+from torchdoctor.sandbox.probes.tensors import cuda_in_use, read_together
 from torchdoctor.sandbox.probes.values import ValueRanges
 from torchdoctor.sandbox.probes.warnings_probe import WarningsProbe
 
@@ -469,10 +469,7 @@ class Session:
         cuda_mode = self.syncs.cuda_mode
         self.syncs.set_cuda_mode(False)
         try:
-            self.loss.flush()
-            self.grads.flush()
-            self.forward.flush()
-            self.values.flush()
+            read_together([self.loss, self.grads, self.forward, self.values])
         finally:
             self.syncs.set_cuda_mode(cuda_mode)
         nonfinite = self.grads.first_nonfinite is not None or any(

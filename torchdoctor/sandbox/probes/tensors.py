@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -67,30 +67,54 @@ def describe(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def read_scalars(values: Sequence[torch.Tensor]) -> list[float]:
-    """Host copies of many one-element device tensors, one transfer per device, in order."""
-    return [vector[0] if vector else float("nan") for vector in read_vectors(values)]
-
-
 def read_vectors(values: Sequence[torch.Tensor]) -> list[list[float]]:
-    """Host copies of 1-d device tensors, one transfer per device."""
+    """Host copies of 1-d device tensors, one transfer per device. A flush reads a few hundred
+    of them: those already flat, float32 and out of autograd are concatenated as they are."""
     if not values:
         return []
     by_device: dict[torch.device, list[int]] = {}
     for index, value in enumerate(values):
         by_device.setdefault(value.device, []).append(index)
     out: list[list[float]] = [[] for _ in values]
-    with torch.no_grad():
-        for indices in by_device.values():
-            flat = torch.cat([values[i].detach().reshape(-1).float() for i in indices])
-            host = flat.cpu().tolist()
-            position = 0
-            for i in indices:
-                size = values[i].numel()
-                out[i] = host[position : position + size]
-                position += size
+    for indices in by_device.values():
+        flat = torch.cat([_flat_float(values[i]) for i in indices])
+        host = flat.cpu().tolist()
+        position = 0
+        for i in indices:
+            size = values[i].numel()
+            out[i] = host[position : position + size]
+            position += size
     return out
+
+
+def _flat_float(value: torch.Tensor) -> torch.Tensor:
+    if value.dim() == 1 and value.dtype == torch.float32 and not value.requires_grad:
+        return value
+    return value.detach().reshape(-1).float()
 
 
 def finite(value: float) -> bool:
     return value == value and value not in (float("inf"), float("-inf"))
+
+
+class DeviceReads(Protocol):
+    """A probe that keeps values on the device between flushes."""
+
+    def on_device(self) -> list[torch.Tensor]:
+        """The 1-d tensors waiting to be read, in order."""
+        ...
+
+    def take(self, vectors: list[list[float]]) -> None:
+        """Their host values (as `on_device` listed them); nothing is waiting afterwards."""
+        ...
+
+
+def read_together(probes: Sequence[DeviceReads]) -> None:
+    """Every probe's waiting values in one transfer (one host sync) per device, rather than
+    one per probe: each sync stalls a loop whose GPU runs behind its host."""
+    groups = [probe.on_device() for probe in probes]
+    vectors = read_vectors([tensor for group in groups for tensor in group])
+    start = 0
+    for probe, group in zip(probes, groups, strict=True):
+        probe.take(vectors[start : start + len(group)])
+        start += len(group)

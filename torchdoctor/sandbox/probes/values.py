@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.sandbox.probes.tensors import read_vectors
+from torchdoctor.sandbox.probes.tensors import read_together
 
 MAX_TENSORS = 8
 """Tensors observed per batch or forward call (the first ones, one level deep)."""
@@ -89,7 +89,12 @@ class ValueRanges:
                 self._pending.append((key, index, _statistics(item.detach())))
 
     def flush(self) -> None:
-        vectors = read_vectors([stats for _, _, stats in self._pending])
+        read_together([self])
+
+    def on_device(self) -> list[torch.Tensor]:
+        return [stats for _, _, stats in self._pending]
+
+    def take(self, vectors: list[list[float]]) -> None:
         for (key, index, _), (low, high, nonfinite, fractional) in zip(
             self._pending, vectors, strict=True
         ):
