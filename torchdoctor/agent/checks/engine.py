@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,23 +76,45 @@ class _DeadlineExceeded(Exception):
 # Fields whose node is one of the parser's shared singletons (`Load()`, `Add()`, `Eq()`...).
 _SINGLETON_FIELDS = frozenset({"ctx", "op", "ops"})
 _SINGLETON_TYPES = (ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop)
-_FieldPlan = tuple[tuple[str, ...], tuple[str, ...]]
+# Node types with a list that may hold something other than nodes: `None` (`{**d}`'s key, a
+# keyword-only argument without default) or identifiers (`global a, b`). Every other list
+# holds nodes only, so the walk takes it whole.
+_MIXED_LISTS: tuple[type[ast.AST], ...] = (
+    ast.Dict,
+    ast.arguments,
+    ast.Global,
+    ast.Nonlocal,
+    ast.MatchClass,
+)
+
+
+class _FieldPlan(NamedTuple):
+    """How the walk reads one node type's children: one `attrgetter` call for the fields it
+    walks (a tuple when `many`), one for the singleton field it only records (no node type has
+    two), and whether its lists must be filtered (`_MIXED_LISTS`)."""
+
+    walked: attrgetter[Any] | None
+    many: bool
+    recorded: attrgetter[Any] | None
+    mixed: bool
+
+
 _FIELD_PLANS: dict[tuple[type, bool], _FieldPlan] = {}
 
 
 def _field_plan(kind: type, split: bool) -> _FieldPlan:
-    """(fields to walk, singleton fields only recorded) for one node type, cached."""
+    """The walk's plan for one node type, cached."""
     plan = _FIELD_PLANS.get((kind, split))
     if plan is None:
         fields = node_fields(kind)
-        if split:
-            plan = (
-                tuple(f for f in fields if f not in _SINGLETON_FIELDS),
-                tuple(f for f in fields if f in _SINGLETON_FIELDS),
-            )
-        else:
-            plan = (fields, ())
-        _FIELD_PLANS[(kind, split)] = plan
+        walked = [f for f in fields if not split or f not in _SINGLETON_FIELDS]
+        recorded = [f for f in fields if split and f in _SINGLETON_FIELDS]
+        plan = _FIELD_PLANS[(kind, split)] = _FieldPlan(
+            walked=attrgetter(*walked) if walked else None,
+            many=len(walked) > 1,
+            recorded=attrgetter(*recorded) if recorded else None,
+            mixed=issubclass(kind, _MIXED_LISTS),
+        )
     return plan
 
 
@@ -142,14 +165,14 @@ def _walk(
     node_class = ast.AST
     count = 0
     call_visits = _call_visits(call_subscribers)
-    call_kind = ast.Call
+    call_kind, import_kind, import_from_kind = ast.Call, ast.Import, ast.ImportFrom
     while stack:
         node = stack.pop()
         count += 1
         if count % _DEADLINE_CHECK_EVERY == 0 and time.thread_time() > deadline:
             raise _DeadlineExceeded
         kind = node.__class__
-        if kind is ast.Import or kind is ast.ImportFrom:
+        if kind is import_kind or kind is import_from_kind:
             imports.add(node)  # type: ignore[arg-type]
         if kind is call_kind:
             visits: list[_Visit] | None = call_visits(node)  # type: ignore[arg-type]
@@ -161,31 +184,33 @@ def _walk(
         plan = plans.get(kind)
         if plan is None:
             plan = plans[kind] = _field_plan(kind, split)
-        children: list[ast.AST] = []
-        for name in plan[0]:
-            value = getattr(node, name, None)
-            if value.__class__ is list:
-                for item in value:
-                    if isinstance(item, node_class):
-                        children.append(item)
-            elif isinstance(value, node_class):
-                children.append(value)
-        for child in children:
-            parents[child] = node
-            members = by_type.get(child.__class__)
-            if members is None:
-                by_type[child.__class__] = [child]
-            else:
-                members.append(child)
-        for name in plan[1]:
-            value = getattr(node, name, None)
-            for single in value if value.__class__ is list else (value,):
-                if isinstance(single, node_class):
-                    if single not in parents:
-                        by_type.setdefault(single.__class__, []).append(single)
-                    parents[single] = node
-        children.reverse()
-        stack.extend(children)
+        walked, many, recorded, mixed = plan
+        if walked is not None:
+            children: list[ast.AST] = []
+            for value in walked(node) if many else (walked(node),):
+                if value.__class__ is list:
+                    if not mixed:
+                        children += value
+                        continue
+                    for item in value:
+                        if isinstance(item, node_class):
+                            children.append(item)
+                elif isinstance(value, node_class):
+                    children.append(value)
+            for child in children:
+                parents[child] = node
+                try:
+                    by_type[child.__class__].append(child)
+                except KeyError:
+                    by_type[child.__class__] = [child]
+            children.reverse()
+            stack += children
+        if recorded is not None:
+            shared = recorded(node)
+            for single in shared if shared.__class__ is list else (shared,):
+                if single not in parents:
+                    by_type.setdefault(single.__class__, []).append(single)
+                parents[single] = node
     if not split:  # singletons were walked at every use: list each one once, as the map does
         for kind in [k for k in by_type if issubclass(k, _SINGLETON_TYPES)]:
             by_type[kind] = list(dict.fromkeys(by_type[kind]))
