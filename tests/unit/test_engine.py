@@ -12,7 +12,7 @@ import pytest
 
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
 from torchdoctor.agent.checks.engine import _walk, analyse_files, analyse_source
-from torchdoctor.agent.checks.module_text import ModuleText
+from torchdoctor.agent.checks.module_text import ModuleText, may_name
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.models import Severity
 
@@ -162,3 +162,12 @@ def test_module_text_answers_like_the_source() -> None:
     assert text == source and text.splitlines() == source.splitlines()
     with pytest.raises(TypeError):
         _ = 1 in text  # type: ignore[operator]
+
+
+def test_may_name_finds_whole_words_only_in_ascii_text() -> None:
+    source = "def evaluate(model):\n    model.training = True  # constraint\n    model.eval()\n"
+    for text in (ModuleText(source), source):
+        assert may_name(text, "eval") and may_name(text, "training")
+        assert not may_name(text, "train") and not may_name(text, "evaluat")
+    wide = "ｍodel.ｅval()  # evaluation\n"  # the parser reads `model.eval()` (NFKC)
+    assert may_name(ModuleText(wide), "eval") is ("eval" in wide)

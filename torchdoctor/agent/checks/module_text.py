@@ -25,12 +25,14 @@ class ModuleText(str):
     _found: dict[str, bool]
     _lowered: str | None
     _vocabulary: bytes | None
+    _distinct: frozenset[bytes] | None
 
     def __new__(cls, text: str) -> ModuleText:
         self = super().__new__(cls, text)
         self._found = {}
         self._lowered = None
         self._vocabulary = None
+        self._distinct = None
         return self
 
     def __contains__(self, token: object, /) -> bool:
@@ -40,6 +42,13 @@ class ModuleText(str):
         if found is None:
             found = self._found[token] = self._search(token)
         return found
+
+    def has_word(self, word: str) -> bool:
+        """Whether `word` (word characters only) is one of the text's whole words."""
+        if self._distinct is None:
+            self._words()
+        assert self._distinct is not None
+        return word.encode("ascii") in self._distinct
 
     def lower(self) -> str:
         if self._lowered is None:
@@ -60,5 +69,18 @@ class ModuleText(str):
         characters only, so a word found here is a word of the text)."""
         if self._vocabulary is None:
             encoded = str.encode(self, "utf-8", "surrogatepass")
-            self._vocabulary = b" ".join(set(encoded.translate(_WORDS_ONLY).split()))
+            self._distinct = frozenset(encoded.translate(_WORDS_ONLY).split())
+            self._vocabulary = b" ".join(self._distinct)
         return self._vocabulary
+
+
+def may_name(source: str, identifier: str) -> bool:
+    """Whether the identifier `identifier` (ASCII) may occur in a module's code: in an ASCII
+    text, only as one of its whole words (`eval` is not in `evaluate`); a non-ASCII text may
+    spell it in characters the parser normalises (NFKC), and there the answer stays whether
+    the text holds it at all."""
+    if not source.isascii():
+        return identifier in source
+    if isinstance(source, ModuleText):
+        return source.has_word(identifier)
+    return re.search(rf"\b{identifier}\b", source) is not None

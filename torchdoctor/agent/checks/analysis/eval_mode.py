@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from torchdoctor.agent.checks.analysis.project import project_function_calls
 from torchdoctor.agent.checks.analysis.reachability import mode_text
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def statements_before(
 def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     """`model = Net().eval()`, a Hugging Face `from_pretrained` (it returns the model in
     eval mode), or `.eval()` called on this very attribute (`self.model`)."""
-    if "eval" not in ctx.source and "from_pretrained" not in ctx.source:
+    if not may_name(ctx.source, "eval") and "from_pretrained" not in ctx.source:
         return False  # none of the three can hold: spares the def-use chains
     for source in ctx.flow.sources(model):
         if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):

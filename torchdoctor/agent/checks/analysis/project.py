@@ -23,6 +23,7 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.module_text import may_name
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -59,9 +60,6 @@ _MODE_LAYER_WORDS = (
     "drop_path",
 )
 _MODE_IDENTIFIERS = re.compile("|".join(_MODE_LAYER_WORDS) + "|^training$")
-_MODE_IDENTIFIER_TEXT = (*_MODE_LAYER_WORDS, "training")
-"""An identifier `_MODE_IDENTIFIERS` matches holds one of these: an ASCII module without
-them has none, and its identifiers need not be listed."""
 _TRANSFORMER = re.compile(r"^Transformer")
 _MODEL_ZOOS = ("torchvision", "timm", "transformers", "diffusers", "open_clip")
 _MAX_IMPORT_DEPTH = 4
@@ -400,12 +398,25 @@ def publish_mode_layers(ctx: ModuleContext) -> None:
 
 
 def _may_name_mode_layers(source: str) -> bool:
-    """Identifiers are the source's own text unless NFKC-normalised (non-ASCII sources)."""
-    return not source.isascii() or any(word in source for word in _MODE_IDENTIFIER_TEXT)
+    """An identifier `_MODE_IDENTIFIERS` matches holds a layer word or is `training` (a whole
+    word, not `self.training_step`): a module whose text shows neither has none, and its
+    identifiers need not be listed (identifiers are the text's own unless NFKC-normalised)."""
+    return (
+        not source.isascii()
+        or any(word in source for word in _MODE_LAYER_WORDS)
+        or may_name(source, "training")
+    )
 
 
 def _names_mode_layers(ctx: ModuleContext) -> bool:
-    return any(_MODE_IDENTIFIERS.search(name) for name in set(_identifiers(ctx)))
+    """Stops at the first identifier that names one (each distinct one tested once)."""
+    tested: set[str] = set()
+    for name in _identifiers(ctx):
+        if name not in tested:
+            if _MODE_IDENTIFIERS.search(name):
+                return True
+            tested.add(name)
+    return False
 
 
 def _identifiers(ctx: ModuleContext) -> Iterator[str]:
