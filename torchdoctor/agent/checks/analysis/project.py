@@ -268,17 +268,21 @@ def publish_model_passes(ctx: ModuleContext) -> None:
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
         arguments: list[tuple[str | None, int | None, ast.expr]] = [
-            (None, i, a) for i, a in enumerate(call.args) if not isinstance(a, ast.Starred)
+            (None, i, a)
+            for i, a in enumerate(call.args)
+            if isinstance(a, ast.Name | ast.Attribute | ast.Call)
         ]
-        arguments += [(k.arg, None, k.value) for k in call.keywords if k.arg]
-        callee: str | None = None
+        arguments += [
+            (k.arg, None, k.value)
+            for k in call.keywords
+            if k.arg and isinstance(k.value, ast.Name | ast.Attribute | ast.Call)
+        ]
+        callee = _project_callee(ctx, call) if arguments else None
+        if not callee:
+            continue  # no function of another file: whatever it is given, passes nothing
         for keyword, position, value in arguments:
-            if not isinstance(value, ast.Name | ast.Attribute | ast.Call):
-                continue
             classes = _model_classes(ctx, value)
-            if classes and callee is None:
-                callee = _project_callee(ctx, call) or ""
-            if classes and callee:
+            if classes:
                 found = ModelPass(
                     callee=callee, keyword=keyword, position=position, classes=classes
                 )
