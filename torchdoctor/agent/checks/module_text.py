@@ -56,6 +56,8 @@ class ModuleText(str):
         return self._lowered
 
     def _search(self, token: str) -> bool:
+        if token.isascii() and token.replace("_", "a").isalnum():  # one word: most gates
+            return token.encode("ascii") in self._words()
         words = _WORD.findall(token)
         if not words:
             return str.__contains__(self, token)

@@ -283,7 +283,7 @@ def _phase_loops(ctx: ModuleContext) -> list[tuple[FunctionNode | None, ast.For,
     """`for phase in ("train", "val"):` loops whose body runs the model for both phases and
     back-propagates only in the training one (the torchvision fine-tuning shape): the first
     model call of each, with its function."""
-    if not _PHASE_NAME.search(ctx.source) or not ctx.loops.training_loops:
+    if not ctx.loops.training_loops or not _PHASE_NAME.search(ctx.source):
         return []
     found: list[tuple[FunctionNode | None, ast.For, ast.Call]] = []
     for loop in ctx.flow.nodes(ast.For):

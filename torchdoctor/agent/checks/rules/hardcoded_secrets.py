@@ -23,6 +23,8 @@ _PLACEHOLDER = re.compile(r"your|xxx|<|>|\.\.\.|example|changeme|dummy|test|\{|\
 # Cheap gates over the whole file: a known token shape (case-sensitive, so the regex engine
 # scans for literal prefixes), or a secret-like name bound to a long quoted literal.
 _TOKEN_GATE = re.compile(r"hf_[A-Za-z0-9]{30}|sk-[\w-]{20}|AKIA|ASIA|gh[pousr]_\w{36}|xox[abpr]-")
+_TOKEN_PREFIXES = ("hf_", "sk-", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox")
+"""What `_TOKEN_GATE` matches starts with one of these: the regex scans only a text with one."""
 _NAMED_GATE = re.compile(
     r"(?:key|token|secret|passw|auth)\w*['\"]?\s*[=:]\s*['\"][^'\"\s]{16,}['\"]"
 )
@@ -53,7 +55,9 @@ class HardcodedSecrets(Rule):
     items: ClassVar[tuple[str, ...]] = ("11.3",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not _TOKEN_GATE.search(ctx.source) and not _NAMED_GATE.search(ctx.source.lower()):
+        source = ctx.source
+        tokens = any(p in source for p in _TOKEN_PREFIXES) and _TOKEN_GATE.search(source)
+        if not tokens and not _NAMED_GATE.search(source.lower()):
             return
         first = len(ctx.findings)
         secrets: list[str] = []

@@ -21,6 +21,14 @@ from torchdoctor.agent.models import Severity
 _CPU_FALLBACK = re.compile(
     r"is_available\(\)[^\n]*[\"']cpu[\"']|[\"']cpu[\"'][^\n]*is_available\(\)"
 )
+
+
+def _cpu_fallback(source: str) -> bool:
+    """`_CPU_FALLBACK` searched only in a text that holds both its parts (most do not: the
+    scan of every line costs more than parsing a tenth of the file)."""
+    return "is_available()" in source and "cpu" in source and bool(_CPU_FALLBACK.search(source))
+
+
 # A command-line device option that offers the CPU (`--device` with "cpu" among its choices
 # or as its default, a `--cpu` flag): the project runs on CPU on request.
 _CPU_OPTION = re.compile(
@@ -63,12 +71,10 @@ class TorchLoadNoMapLocation(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "load(" in ctx.source and (
-            bool(_CPU_FALLBACK.search(ctx.source)) or "torch.load" in ctx.source
-        )
+        return "load(" in ctx.source and (_cpu_fallback(ctx.source) or "torch.load" in ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
-        here = bool(_CPU_FALLBACK.search(ctx.source) or _CPU_OPTION.search(ctx.source))
+        here = _cpu_fallback(ctx.source) or bool(_CPU_OPTION.search(ctx.source))
         if here:
             publish_cpu_device(ctx)
         if "load(" not in ctx.source:
