@@ -144,17 +144,26 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
 
     Constructor calls (`Net()`, capitalised names) are not model calls.
     """
+    memo = ctx.memo_table("patterns.model_calls")
     for node in walk_scope(body):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name | ast.Attribute):
             continue
-        name = terminal_name(node.func)
-        if name[:1].isupper() or _MODEL_ACCESSOR.match(name) or ctx.qualname(node.func):
-            continue
-        func: ast.expr = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "forward":
-            func = func.value  # `model.forward(x)` runs the model too
-        if is_model_expr(ctx, func):
+        found = memo.get(id(node))
+        if found is None:  # asked again of each call in nested loops and by several rules
+            found = memo[id(node)] = _runs_a_model(ctx, node)
+        if found:
             yield node
+
+
+def _runs_a_model(ctx: ModuleContext, node: ast.Call) -> bool:
+    assert isinstance(node.func, ast.Name | ast.Attribute)
+    name = terminal_name(node.func)
+    if name[:1].isupper() or _MODEL_ACCESSOR.match(name) or ctx.qualname(node.func):
+        return False
+    func: ast.expr = node.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        func = func.value  # `model.forward(x)` runs the model too
+    return is_model_expr(ctx, func)
 
 
 def module_level(tree: ast.Module) -> Iterator[ast.AST]:
