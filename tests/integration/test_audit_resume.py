@@ -66,6 +66,7 @@ def test_kill_9_during_fix_verification_then_resume_gives_the_uninterrupted_resu
 ) -> None:
     whole = torchdoctor("audit", str(_project(tmp_path / "whole")), *AUDIT)
     assert whole.returncode == 0, whole.stderr
+    assert (tmp_path / "whole" / "train.py").read_text() == TRAIN, "--fix alone never writes"
     expected = json.loads(whole.stdout)
     assert {rule for rule, _, _ in _fixes(expected).values()} >= {
         "zero-grad-missing",
