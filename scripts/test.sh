@@ -12,6 +12,7 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # The suite in two steps (issue 13, item 12): the tests, then the slow end-to-end ones (real
-# servers, browsers, clusters, torchrun and sandbox runs), each timed by pytest.
-.venv/bin/python -m pytest -n 2 -q -m "not slow" "$@"
-.venv/bin/python -m pytest -n 2 -q -m slow "$@"
+# servers, browsers, clusters, torchrun and sandbox runs), each timed by pytest. A module is one
+# unit of work (its fixtures built once), the costliest first (tests/conftest.py).
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -m "not slow" "$@"
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -m slow "$@"
