@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from typing import TypeAlias, TypeVar
 
 from torchdoctor.agent.checks.analysis.defuse import MAX_VISITS, GraphOrigin
 from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
@@ -13,6 +14,11 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     DETACHING_METHODS,
     NON_GRAD_TORCH,
 )
+
+_T = TypeVar("_T")
+# A step of the origin analysis: yields the expression whose origin it needs next, is sent
+# that origin back, and returns its own answer.
+_Steps: TypeAlias = Generator[ast.expr, GraphOrigin | None, _T]
 
 
 class GraphOrigins(ModelFacts):
@@ -26,35 +32,54 @@ class GraphOrigins(ModelFacts):
         is detached by `.item()`, `.detach()`, `float()`, comparisons and `argmax`, and
         anything computed under `no_grad`/`inference_mode`.
         """
-        return self._origin(expr, set())
+        return self._origin(expr)
 
-    def _origin(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
-        key = id(expr)
-        if key in self._origin_memo:
-            return self._origin_memo[key]
-        if key in active or len(active) > MAX_VISITS:
-            return None
-        active.add(key)
-        result = self._origin_uncached(expr, active)
-        active.discard(key)
-        self._origin_memo[key] = result
-        return result
+    def _origin(self, root: ast.expr) -> GraphOrigin | None:
+        """Work the recursive definition out on an explicit stack of generators, so that a
+        long chain of definitions (`h = f(h)` many times over, a long `a + b + ...`) is not
+        bounded by Python's recursion limit. An expression already being worked out lower on
+        the stack answers None: a function that unpacks its own returned tuple
+        (`ok, depth = f(x[0])`) would otherwise chase itself for ever."""
+        memo = self._origin_memo
+        frames: list[tuple[int, _Steps[GraphOrigin | None]]] = []
+        pending: set[int] = set()
+        expr = root
+        while True:
+            key = id(expr)
+            value: GraphOrigin | None = None
+            if key in memo:
+                value = memo[key]
+            elif key not in pending and len(pending) <= MAX_VISITS:
+                pending.add(key)
+                frames.append((key, self._origin_steps(expr)))
+            while True:
+                if not frames:
+                    return value
+                key, steps = frames[-1]
+                try:
+                    expr = steps.send(value)
+                    break
+                except StopIteration as done:
+                    frames.pop()
+                    pending.discard(key)
+                    value = memo[key] = done.value
 
-    def _first_origin(self, exprs: Iterable[ast.expr], active: set[int]) -> GraphOrigin | None:
+    def _first_origin(self, exprs: Iterable[ast.expr]) -> _Steps[GraphOrigin | None]:
         found: GraphOrigin | None = None
         for expr in exprs:
-            origin = self._origin(expr, active)
+            origin = yield expr
             if origin == "loss":
                 return origin
             found = found or origin
         return found
 
-    def _origin_uncached(self, expr: ast.expr, active: set[int]) -> GraphOrigin | None:
+    def _origin_steps(self, expr: ast.expr) -> _Steps[GraphOrigin | None]:
         if self.grad_disabled_at(expr):
             return None
         if isinstance(expr, ast.Name):
             definitions = self.definitions(expr)
-            found = self._first_origin(self._unpacked_elements(expr, definitions), active)
+            elements = yield from self._unpacked_elements(expr, definitions)
+            found = yield from self._first_origin(elements)
             if (
                 found is None
                 and definitions
@@ -66,24 +91,26 @@ class GraphOrigins(ModelFacts):
         if isinstance(expr, ast.Attribute):
             if expr.attr in ("data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"):
                 return None
-            return self._first_origin(self.definitions(expr), active)
+            return (yield from self._first_origin(self.definitions(expr)))
         if isinstance(expr, ast.Call):
-            return self._call_origin(expr, active)
+            return (yield from self._call_origin(expr))
         if isinstance(expr, ast.BinOp):
-            return self._first_origin((expr.left, expr.right), active)
+            return (yield from self._first_origin((expr.left, expr.right)))
         if isinstance(expr, ast.UnaryOp):
-            return self._origin(expr.operand, active)
+            return (yield expr.operand)
         if isinstance(expr, ast.Subscript | ast.Starred):
-            return self._origin(expr.value, active)
+            return (yield expr.value)
         if isinstance(expr, ast.IfExp):
-            return self._first_origin((expr.body, expr.orelse), active)
+            return (yield from self._first_origin((expr.body, expr.orelse)))
         if isinstance(expr, ast.Tuple | ast.List):
-            return self._first_origin(expr.elts, active)
+            return (yield from self._first_origin(expr.elts))
         if isinstance(expr, ast.Dict):
-            return self._first_origin(expr.values, active)
+            return (yield from self._first_origin(expr.values))
         return None
 
-    def _unpacked_elements(self, name: ast.Name, definitions: list[ast.expr]) -> list[ast.expr]:
+    def _unpacked_elements(
+        self, name: ast.Name, definitions: list[ast.expr]
+    ) -> _Steps[list[ast.expr]]:
         """`losses, stats = self.compute_loss(...)`: `stats` holds only the element of the
         local function's returned tuple at its position (fairseq criteria return a loss and a
         dict of `.item()` counts), provided the analysis sees the graph in another element of
@@ -93,13 +120,13 @@ class GraphOrigins(ModelFacts):
             return definitions
         resolved: list[ast.expr] = []
         for value in definitions:
-            elements = self._returned_elements(value, *positions.get(id(value), (-1, 0)))
+            elements = yield from self._returned_elements(value, *positions.get(id(value), (-1, 0)))
             resolved.extend(elements if elements is not None else [value])
         return resolved
 
     def _returned_elements(
         self, value: ast.expr, position: int, arity: int
-    ) -> list[ast.expr] | None:
+    ) -> _Steps[list[ast.expr] | None]:
         if position < 0:
             return None
         returned = self._tuple_returns(value)
@@ -119,7 +146,7 @@ class GraphOrigins(ModelFacts):
                 if i != position
                 for part in (e, *self._stored_items(e))
             ]
-            if self._first_origin(others, set()) is None:
+            if (yield from self._first_origin(others)) is None:
                 return None  # the graph is not seen anywhere in the tuple: keep the whole call
             elements += [tup.elts[position], *self._stored_items(tup.elts[position])]
         return elements
@@ -186,7 +213,7 @@ class GraphOrigins(ModelFacts):
             for v in values
         )
 
-    def _call_origin(self, call: ast.Call, active: set[int]) -> GraphOrigin | None:
+    def _call_origin(self, call: ast.Call) -> _Steps[GraphOrigin | None]:
         func = call.func
         if isinstance(func, ast.Name) and func.id in DETACHING_BUILTINS:
             return None
@@ -199,15 +226,15 @@ class GraphOrigins(ModelFacts):
         qual = self.qualname_of(call)
         if qual is not None:
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in NON_GRAD_TORCH:
-                return self._first_origin(call.args, active)
+                return (yield from self._first_origin(call.args))
             return None
         if isinstance(func, ast.Name) and func.id in AGGREGATING_BUILTINS:
-            return self._first_origin(call.args, active)
+            return (yield from self._first_origin(call.args))
         returned = self.returns_of(call)
         if returned:
-            return self._first_origin(returned, active)
+            return (yield from self._first_origin(returned))
         if isinstance(func, ast.Attribute):
-            return self._origin(func.value, active)
+            return (yield func.value)
         return None
 
 
