@@ -185,10 +185,12 @@ def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
             and isinstance(value, ast.BinOp)
             and isinstance(value.op, ast.Add)
         ):
+            # Only a side of the target's own kind can read the same: the stdlib's unparse
+            # recurses per level, and a long `loss = a + b + ...` would exhaust the stack.
             text = ast.unparse(target)
-            if ast.unparse(value.left) == text:
+            if type(value.left) is type(target) and ast.unparse(value.left) == text:
                 return target, value.right
-            if ast.unparse(value.right) == text:
+            if type(value.right) is type(target) and ast.unparse(value.right) == text:
                 return target, value.left
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         receiver = node.func.value
