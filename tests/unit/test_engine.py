@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.rule_fixtures import expected_lines, load_case
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
 from torchdoctor.agent.checks.engine import _walk, analyse_files, analyse_source
 from torchdoctor.agent.checks.module_text import ModuleText, may_name
@@ -123,6 +124,49 @@ def test_parallel_and_sequential_passes_agree() -> None:
 
 
 RULE_FIXTURES = Path(__file__).parents[1] / "fixtures" / "rules"
+
+
+GENERATED_LOOP = (
+    "import torch.nn.functional as F\n\n\n"
+    "def fit(model, loader):\n    running = 0.0\n    for batch in loader:\n        "
+)
+TERMS = 1500  # past Python's recursion limit, which used to drop the whole file
+
+
+@pytest.mark.parametrize(
+    ("body", "rule"),
+    [
+        pytest.param(
+            "loss = "
+            + " + ".join(["F.mse_loss(model(batch), batch)"] * TERMS)
+            + "\n        loss.backward()\n        running += loss\n",
+            "loss-graph-accumulation",
+            id="long-sum",
+        ),
+        pytest.param(
+            "out = " + " * ".join(["model(batch)"] * TERMS) + "\n        running += out\n",
+            "outputs-stored-with-grad",
+            id="long-product",
+        ),
+    ],
+)
+def test_a_long_generated_expression_is_analysed_not_dropped(body: str, rule: str) -> None:
+    source = GENERATED_LOOP + body
+    result = analyse_source("generated.py", source, enabled_rules(), EngineConfig())
+    assert result.note is None
+    assert rule in {f.rule for f in result.findings}
+
+
+def test_a_helper_that_unpacks_its_own_result_leaves_the_file_analysed() -> None:
+    """torch's `_get_bool_depth` shape: the graph analysis once chased the helper's tuple
+    for ever, and every rule lost the file."""
+    rule = "loss-graph-accumulation"
+    case = RULE_FIXTURES / rule / "positive_loss_beside_a_helper_that_unpacks_its_own_result.py"
+    files = load_case(case)
+    result = analyse_source(case.name, files[0][1], enabled_rules(), EngineConfig())
+    assert result.note is None
+    reported = {(f.file, f.line) for f in result.findings if f.rule == rule}
+    assert reported == expected_lines(files, rule)
 
 
 def test_calls_routed_by_callee_name_find_what_every_call_finds(
