@@ -10,6 +10,10 @@ host time one step takes to issue with and without the probes (on a launch-bound
 that is what the probes add), then the host cost of each per-step probe read.
 Target: at most 1.05x on the GPU.
 
+`--step-kinds` then times each step on the host by kind: ordinary steps, sampled steps (every
+module's output read) and flush steps (values read back), against the plain loop's median, which
+shows where the probes' cost sits (use a small `--batch`, so the host is what a step waits on).
+
 `--ablate` then times the instrumented loop again with one probe part left out at a time
 (the NVML power sampler, CUDA's sync debug mode, the sync wrappers, the per-step CUDA event,
 the loss kept on device, the optimizer and module hooks, the allocator reads): which part
@@ -234,6 +238,9 @@ def main() -> None:
         "--ablate", action="store_true", help="then time the probes with one part left out"
     )
     parser.add_argument(
+        "--step-kinds", action="store_true", help="then the host time a step, by kind of step"
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=None,
@@ -299,8 +306,54 @@ def main() -> None:
         verdict = "met" if overhead.ratio <= TARGET else "NOT met"
         bound = "within" if overhead.high <= TARGET else "not all within"
         print(f"target <= {TARGET}x on the GPU: {verdict} (the interval is {bound} it)")
+    if args.step_kinds:
+        step_kinds(step, args, device)
     if args.ablate:
         ablate(step, args, device)
+
+
+def step_kind(index: int, config: ProbeConfig) -> str:
+    """Sampled: every module's output is read; flush: the step whose end reads values back."""
+    if config.sample_every > 0 and index % config.sample_every == 0:
+        return "sampled"
+    if (index + 1) % max(config.flush_every, 1) == 0:
+        return "flush"
+    return "ordinary"
+
+
+def step_kinds(step: Callable[[], None], args: argparse.Namespace, device: torch.device) -> None:
+    """Host seconds of each probed step by kind, against the plain loop's median step."""
+    cuda = device.type == "cuda"
+    config = ProbeConfig(
+        script=__file__,
+        steps=10**9,
+        sample_every=args.sample_every or (10 if cuda else 1),
+        flush_every=25 if cuda else 1,
+    )
+    plain: list[float] = []
+    by_kind: dict[str, list[float]] = {"ordinary": [], "sampled": [], "flush": []}
+    for _ in range(args.rounds):
+        plain += host_seconds(step, args.steps, args.warmup, device)
+        session = Session(config, UserFiles(__file__))
+        session.install()
+        try:
+            for _ in range(args.warmup):
+                step()
+            for _ in range(args.steps):
+                kind = step_kind(session.step, config)
+                start = time.perf_counter()
+                step()
+                by_kind[kind].append(time.perf_counter() - start)
+            if cuda:
+                torch.cuda.synchronize()
+        finally:
+            session.uninstall()
+    base = statistics.median(plain)
+    print(f"host time a step by kind (median, against the plain loop's {base * 1e3:.2f} ms):")
+    for kind, times in by_kind.items():
+        if times:
+            extra = (statistics.median(times) - base) * 1e6
+            print(f"  {kind:<9} {len(times):6} steps  {extra:+9.0f} us")
 
 
 def ablate(step: Callable[[], None], args: argparse.Namespace, device: torch.device) -> None:
