@@ -134,7 +134,7 @@ def test_a_loss_seen_while_a_tracer_runs_is_left_for_the_backward_one() -> None:
     probe.on_criterion(traced)
     probe.on_backward(torch.tensor(1.5))
     probe.end_step(0)
-    probe.flush()
+    read_together([probe])
     assert probe.values == {0: 1.5}
     assert probe.sources == {"backward"}
 
@@ -153,7 +153,7 @@ def test_the_kept_loss_is_a_copy_of_the_scripts_tensor() -> None:
     with torch.no_grad():
         loss.fill_(9.0)
     buffer.fill_(9.0)
-    probe.flush()
+    read_together([probe])
     assert probe.values == {0: 2.0}
 
 
@@ -169,7 +169,7 @@ def test_watched_outputs_give_mean_and_largest_magnitude_dead_units_and_the_firs
     watch.on_output(0, "Net.fc", linear, activations)
     watch.on_output(1, "Net.fc", linear, torch.tensor([1.0, float("nan")], dtype=dtype))
     watch.on_output(2, "Net.fc", linear, torch.tensor([float("-inf")], dtype=dtype))
-    watch.flush()
+    read_together([watch])
 
     relu_stats, fc_stats = watch.stats["Net.relu"], watch.stats["Net.fc"]
     assert relu_stats.mean_abs_sum == pytest.approx(0.5) and relu_stats.max_abs == 2.0
@@ -183,7 +183,7 @@ def test_a_non_finite_model_input_is_the_first_non_finite_value() -> None:
     watch = ForwardWatch()
     watch.on_input(3, "Net", (torch.tensor([1.0, float("inf")]),))
     watch.on_output(3, "Net.fc", torch.nn.Linear(1, 1), torch.tensor([float("nan")]))
-    watch.flush()
+    read_together([watch])
     assert watch.first_nonfinite == {"step": 3, "phase": "input", "module": "input of Net"}
     assert watch.stats["Net.fc"].nonfinite_calls == 1
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
+from torchdoctor.sandbox.probes.tensors import read_together
 from torchdoctor.sandbox.probes.values import ValueRanges
 
 
@@ -20,7 +21,7 @@ def test_ranges_over_samples_and_a_nan_sample_leaves_the_range_alone() -> None:
     values.on_batch("Pixels", "train.py", 9, [torch.tensor([[0.0, 1.0]]), labels])
     values.on_model_input("Net", (torch.ones(2, 2), torch.zeros(2, dtype=torch.bool)))
     values.on_batch("Pixels", "train.py", 9, torch.empty(0))
-    values.flush()
+    read_together([values])
     batch, model = values.report()  # the empty batch added nothing
     pixels, classes = batch["tensors"]
     assert (pixels["min"], pixels["max"], pixels["samples"]) == (0.0, 1.0, 3)

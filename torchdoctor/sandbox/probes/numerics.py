@@ -15,7 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
-from torchdoctor.sandbox.probes.tensors import finite, first_float, read_together
+from torchdoctor.sandbox.probes.tensors import finite, first_float
 
 EXPLODING_NORM = 1e4
 EXPLODING_GROWTH = 100.0
@@ -66,9 +66,6 @@ class LossProbe:
             self._pending.append((step, chosen[0], chosen[1].float().reshape(1)))
         self._criterion = self._criterion_nograd = None
         self._backward = []
-
-    def flush(self) -> None:
-        read_together([self])
 
     def on_device(self) -> list[torch.Tensor]:
         return [t for _, _, t in self._pending]
@@ -175,9 +172,6 @@ class GradientProbe:
             if p.grad is not None and id(p) not in self.optimized:
                 self.grad_outside_optimizer.add(id(p))
 
-    def flush(self) -> None:
-        read_together([self])
-
     def on_device(self) -> list[torch.Tensor]:
         return [g.norms for g in self._pending]
 
@@ -283,9 +277,6 @@ class ForwardWatch:
             parts.append((x == 0).flatten(1).all(dim=0).float().mean())
         self.types.setdefault(name, type(module).__name__)
         self._pending.append((step, name, "forward", x.numel(), torch.stack(parts)))
-
-    def flush(self) -> None:
-        read_together([self])
 
     def on_device(self) -> list[torch.Tensor]:
         return [s for *_, s in self._pending]

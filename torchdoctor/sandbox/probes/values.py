@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-from torchdoctor.sandbox.probes.tensors import read_together
-
 MAX_TENSORS = 8
 """Tensors observed per batch or forward call (the first ones, one level deep)."""
 MAX_BOUNDARIES = 8
@@ -87,9 +85,6 @@ class ValueRanges:
                     continue
                 table.setdefault(index, _Range(item))
                 self._pending.append((key, index, _statistics(item.detach())))
-
-    def flush(self) -> None:
-        read_together([self])
 
     def on_device(self) -> list[torch.Tensor]:
         return [stats for _, _, stats in self._pending]
