@@ -10,6 +10,7 @@ from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
 _INIT_FUNCTION = ("init", "reset_parameters")
+_CONVERSIONS = frozenset({"half", "float", "double", "bfloat16", "to", "type", "cuda", "cpu"})
 
 
 def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
@@ -23,6 +24,29 @@ def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
         if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
             return any(word in ancestor.name.lower() for word in _INIT_FUNCTION)
     return False
+
+
+def _converts_itself(ctx: ModuleContext, node: ast.Attribute) -> bool:
+    """`p.data = p.data.half()` (or `.to(device)`), either side: the storage of the same
+    parameter is converted in place, as `nn.Module.half()` does; `torch.no_grad()` offers no
+    way to change a Parameter's dtype or device while keeping the object the optimizer holds."""
+    assign = ctx.parents.get(node)
+    if isinstance(node.ctx, ast.Load):
+        method, call = assign, ctx.parents.get(assign) if assign is not None else None
+        if not (isinstance(method, ast.Attribute) and isinstance(call, ast.Call)):
+            return False
+        assign = ctx.parents.get(call)
+    if not isinstance(assign, ast.Assign) or len(assign.targets) != 1:
+        return False
+    value, target = assign.value, assign.targets[0]
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _CONVERSIONS
+        and isinstance(target, ast.Attribute)
+        and target.attr == "data"
+        and ast.unparse(value.func.value) == ast.unparse(target)
+    )
 
 
 def _declares_data_field(ctx: ModuleContext) -> bool:
@@ -70,8 +94,10 @@ class DataAttributeIdiom(Rule):
             p.data.add_(-lr * p.grad.data)
 
     Not reported while initialising weights (an `nn.init.*` argument, a function named
-    `*init*` or `reset_parameters`), where no backward pass is in flight, nor an in-place call
-    on the `data` field of a record the module declares (`bindings[name].data.resize_(...)`).
+    `*init*` or `reset_parameters`), where no backward pass is in flight, nor a parameter's
+    storage converted in place (`p.data = p.data.half()`, what `Module.half()` does), nor an
+    in-place call on the `data` field of a record the module declares
+    (`bindings[name].data.resize_(...)`).
 
     Fix: `with torch.no_grad(): p.add_(p.grad, alpha=-lr)`, and `x.detach()` to read a value
     without tracking.
@@ -109,7 +135,7 @@ class DataAttributeIdiom(Rule):
             ctx, node, node.value.id
         ):
             reason = "a parameter's .data bypasses autograd"
-        if reason and not _initialisation(ctx, node):
+        if reason and not _initialisation(ctx, node) and not _converts_itself(ctx, node):
             ctx.report(self, node, f"{reason}: use torch.no_grad() or .detach() instead")
 
     def _tensor_store(self, ctx: ModuleContext, node: ast.Attribute) -> bool:
