@@ -8,10 +8,11 @@ import pytest
 
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.checks.manifests import find_manifests
+from torchdoctor.agent.checks.manifests import declared_floor, find_manifests, parse_manifests
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "manifests"
 SOURCE = [("train.py", "import torch\n")]
+CONDA_TORCH_2_4 = "dependencies:\n  - pytorch=2.4\n"
 
 
 def vulnerable(requirements: str) -> list[str]:
@@ -79,3 +80,20 @@ def test_a_lock_file_pins_what_the_manifest_leaves_open() -> None:
     ] == [
         "vulnerable-torch-pin"  # torch==2.5.1 in uv.lock; `torch` in pyproject is locked
     ]
+
+
+@pytest.mark.parametrize(
+    ("manifests", "floor"),
+    [
+        ({"requirements.txt": "torch>=2.7\n"}, (2, 7)),
+        ({"pyproject.toml": '[project]\ndependencies = ["torch>=2.7", "numpy"]\n'}, (2, 7)),
+        ({"requirements.txt": "torch>2.5,<3\n"}, (2, 5)),
+        ({"requirements.txt": "torch~=2.6.0\n", "environment.yml": CONDA_TORCH_2_4}, (2, 4)),
+        ({"requirements.txt": "torch>=2.7\n", "requirements-dev.txt": "torch\n"}, None),
+        ({"requirements.txt": "numpy>=1.26\n"}, None),
+    ],
+)  # fmt: skip
+def test_the_torch_floor_is_the_lowest_bound_any_declaration_allows(
+    manifests: dict[str, str], floor: tuple[int, int] | None
+) -> None:
+    assert declared_floor(parse_manifests(manifests), "torch") == floor

@@ -17,6 +17,7 @@ import pytest
 
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.manifests import find_manifests
 from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.models import Severity
 
@@ -144,6 +145,21 @@ def test_torch_load_severity_depends_on_the_targeted_release() -> None:
     new = {f.line: f.severity for f in _run(files, "torch-load-unsafe", target=(2, 8))}
     assert old[16] == Severity.HIGH and new[16] == Severity.LOW
     assert old[22] == new[22] == Severity.HIGH  # a pickled module fails or is unsafe either way
+
+
+def test_torch_load_is_quiet_where_the_project_allows_no_torch_without_the_safe_default() -> None:
+    folder = FIXTURES / "torch-load-unsafe" / "floor_project"
+    path = folder / "merge_adapter.py"
+    files = [(path.name, path.read_text(encoding="utf-8"))]
+    config = EngineConfig(select=frozenset({"torch-load-unsafe"}))
+
+    def lines(manifests: dict[str, str]) -> list[int]:
+        result = analyse_files(files, config, workers=1, manifests=manifests)
+        return sorted(f.line for f in result.all_findings() if f.rule == "torch-load-unsafe")
+
+    assert lines(find_manifests(folder)) == _expected(path, "torch-load-unsafe")  # torch>=2.7
+    assert lines({"requirements.txt": "torch>=2.4\n"}) == [10, 11, 17]
+    assert lines({"requirements.txt": "torch\n"}) == [10, 11, 17]
 
 
 def test_deprecations_respect_the_targeted_release() -> None:

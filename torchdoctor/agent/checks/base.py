@@ -43,12 +43,14 @@ class RawFinding(BaseModel):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What the user selected; picklable so worker processes get the same view."""
+    """What the user selected, and the project facts every module's rules share (read from
+    its manifests); picklable so worker processes get the same view."""
 
     select: frozenset[str] = frozenset()
     ignore: frozenset[str] = frozenset()
     target_torch: tuple[int, int] | None = None
     file_deadline_s: float = 10.0
+    torch_floor: tuple[int, int] | None = None  # the oldest torch the project's manifests allow
 
 
 class ImportTable:

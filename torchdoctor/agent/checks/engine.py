@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ from torchdoctor.agent.checks.base import (
 )
 from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields
+from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
@@ -332,11 +334,14 @@ def analyse_files(
     """Run every enabled rule over `(relative path, text)` pairs, in parallel for many files.
 
     `manifests` (relative path -> text of requirements*.txt, pyproject.toml, ...) feeds the
-    rules that read dependency manifests. `run_chunks` shards a large pass over a cluster
+    rules that read dependency manifests, and gives every module's rules the oldest torch
+    they allow (`EngineConfig.torch_floor`). `run_chunks` shards a large pass over a cluster
     (`workers` is then its CPU count); the result is the same as on one machine.
     `documents` (README, model card) feed the rules that take facts from them.
     """
     config = config or EngineConfig()
+    if manifests and config.torch_floor is None:
+        config = replace(config, torch_floor=declared_floor(parse_manifests(manifests), "torch"))
     started = time.perf_counter()
     rule_types = enabled_rules(config.select, config.ignore)
     workers = workers or os.cpu_count() or 1

@@ -5,7 +5,9 @@ packages a project asks for and where it says so. This module reads requirements
 pyproject.toml (`[project]` dependencies, optional dependencies, dependency groups), setup.cfg
 (`install_requires`, `extras_require`), conda environment files and lock files (uv.lock,
 poetry.lock, pylock.toml), and returns one `Pin` per declared requirement. A line it cannot
-read is skipped, never fatal: manifests are hand-written.
+read is skipped, never fatal: manifests are hand-written. `declared_floor` reads the oldest
+release of a package the project allows, which decides whether a changed default (torch.load's
+weights_only) already holds everywhere the code runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict
 
 MANIFEST_PATTERNS: tuple[str, ...] = (
@@ -81,6 +85,41 @@ class Pin(BaseModel):
         """The single version an `==X` / `===X` pin allows (no wildcard), else None."""
         match = _EXACT.match(self.specifier)
         return match.group(1) if match else None
+
+
+_LOWER_BOUNDS = frozenset({">=", ">", "==", "===", "~="})
+
+
+def declared_floor(pins: Iterable[Pin], name: str) -> tuple[int, int] | None:
+    """The oldest release (major, minor) of `name` that the project can run on: the lowest
+    of its declarations' lower bounds. None when nothing declares it, or when one declaration
+    has no lower bound (`torch`, `torch<3`), since the project then also runs on old releases."""
+    floors: list[tuple[int, int]] = []
+    for pin in pins:
+        if pin.name != name:
+            continue
+        floor = _lower_bound(pin.specifier)
+        if floor is None:
+            return None
+        floors.append(floor)
+    return min(floors) if floors else None
+
+
+def _lower_bound(specifier: str) -> tuple[int, int] | None:
+    try:
+        specs = SpecifierSet(specifier)
+    except InvalidSpecifier:
+        return None
+    bounds: list[tuple[int, int]] = []
+    for spec in specs:
+        if spec.operator not in _LOWER_BOUNDS:
+            continue
+        try:
+            version = Version(spec.version.removesuffix(".*"))
+        except InvalidVersion:
+            continue
+        bounds.append((version.major, version.minor))
+    return max(bounds) if bounds else None
 
 
 def is_manifest(relpath: str) -> bool:

@@ -28,7 +28,10 @@ class TorchLoadUnsafe(Rule):
     which can execute arbitrary code from a crafted checkpoint downloaded or shared by
     someone else. PyTorch 2.6 made `weights_only=True` the default: on the targeted torch
     (`target_torch`, else the installed one) a missing argument is then a portability issue
-    (older torch is unsafe) or, for pickled modules, a load failure.
+    (older torch is unsafe) or, for pickled modules, a load failure. When the project's
+    manifests allow no torch older than that release (`torch>=2.7`), the default already
+    holds wherever the code runs: a load without `weights_only` is not reported, unless it
+    reads a pickled module or passes a `pickle_module`.
 
     Example:
         torch.save(model.state_dict(), "ckpt.pt")
@@ -74,6 +77,10 @@ class TorchLoadUnsafe(Rule):
                 ctx.report(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
             return  # a variable, or a whole module that needs the pickler: a documented choice
         flip = torch_api().default_change("torch.load", "weights_only").changed
+        floor = ctx.config.torch_floor
+        unset = weights_only is None and pickle_module is None and provenance != "module"
+        if unset and floor is not None and floor >= flip:
+            return  # every torch the project allows loads weights-only by default
         target = target_torch(ctx.config)
         safe_default = target is not None and target >= flip and pickle_module is None
         if safe_default and weights_only is None and within_safe_globals(call, ctx.parents):
