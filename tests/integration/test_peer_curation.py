@@ -16,18 +16,23 @@ from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.workspace import load_workspace
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "peers"
+FLOOR = Path(__file__).parents[1] / "fixtures" / "peers_floor"  # requires torch>=2.7
 pytestmark = pytest.mark.skipif(
     not (TorchFixAdapter().available() and BanditAdapter().available()),
     reason="torchfix or bandit is not installed",
 )
 
 
+def _peer_run(folder: Path, files: list[str]) -> tuple[object, object, list[Evidence]]:
+    workspace = load_workspace(folder)
+    static = run_static(workspace, AuditConfig())
+    run = run_linters(folder, files, [TorchFixAdapter(), BanditAdapter()])
+    return workspace, static, run
+
+
 @pytest.fixture(scope="module")
 def peer_run() -> tuple[object, object, list[Evidence]]:
-    workspace = load_workspace(FIXTURE)
-    static = run_static(workspace, AuditConfig())
-    run = run_linters(FIXTURE, ["train.py"], [TorchFixAdapter(), BanditAdapter()])
-    return workspace, static, run
+    return _peer_run(FIXTURE, ["train.py", "prompts.py", "tests/test_pretraining.py"])
 
 
 def _findings(peer_run: tuple[object, object, object], peers: str) -> set[tuple[str, int]]:
@@ -63,3 +68,22 @@ def test_peer_false_positives_the_code_rules_out_are_suppressed(peer_run: tuple)
     assert ("B614", 46) not in ruled_out  # weights_only=False stays unsafe
     every = _findings(peer_run, "all")
     assert ("B311", 21) in every and ("B311", 15) not in every
+
+
+def test_tokenizer_tokens_are_not_passwords_and_test_loaders_need_no_workers(
+    peer_run: tuple,
+) -> None:
+    ruled_out = _ruled_out(peer_run)
+    for line in (6, 7, 13, 19, 20):  # bos/eos/dummy tokens and token ids
+        assert "not a credential" in ruled_out[("B105", line)]
+    assert ("B105", 23) not in ruled_out  # an access token is a credential
+    assert "test module" in ruled_out[("TOR401", 9)]
+    assert ("TOR401", 32) not in ruled_out  # the training script's loader stays a finding
+
+
+def test_loads_are_weights_only_where_the_project_allows_no_older_torch() -> None:
+    ruled_out = _ruled_out(_peer_run(FLOOR, ["merge.py"]))
+    for code, line in (("B614", 9), ("B614", 10), ("TOR102", 9), ("TOR102", 10)):
+        assert "no torch older than 2.6" in ruled_out[(code, line)]
+    for code, line in (("B614", 16), ("TOR102", 16), ("B614", 20)):
+        assert (code, line) not in ruled_out  # a custom unpickler, an explicit False

@@ -151,10 +151,12 @@ def linter_evidence(
     "all", when its code is not on the curated list (`keep` in linter_codes.json)."""
     from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
     from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
+    from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
     from torchdoctor.agent.reasoning.offline import attach_key
 
     attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
-    veto = PeerVeto(workspace.text_of)
+    floor = declared_floor(parse_manifests(workspace.manifests), "torch")
+    veto = PeerVeto(workspace.text_of, torch_floor=floor)
     pairs: list[tuple[int, Evidence]] = []
     for (rule, file, line), evidence in attached.items():
         for ev in evidence:

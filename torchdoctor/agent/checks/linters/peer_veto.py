@@ -1,17 +1,24 @@
 """Peer findings that torchdoctor's own reading of the code rules out.
 
-A peer linter sees one call at a time; torchdoctor reads the code around it. Three cases are
-decided here, each from the flagged line's syntax tree:
+A peer linter sees one call at a time; torchdoctor reads the code around it (and the project's
+declared torch floor). These cases are decided here, from the flagged line's syntax tree or
+the file's place in the project:
 
 - TorchFix TOR401 ("DataLoader running synchronously") on a call that passes `**kwargs`:
   `num_workers` may be (and in mature code usually is) inside the unpacked dict, which
-  TorchFix cannot see.
+  TorchFix cannot see; or in a pytest module, whose loaders feed a few rows to a unit test
+  and would only pay the workers' start-up.
+- bandit B105 ("hard-coded password") where the only word bandit matched is "token" and the
+  token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
+  secret looks like: empty, a number, `<...>` or `[...]` markup, a short string).
 - bandit B311 ("random is not for cryptography") where nothing in the statement or the
   enclosing function names a secret, token, password, key, salt or nonce: in training code,
   `random` samples data, crops and flips.
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
-  allowlist exists only for the weights-only unpickler, so the load is weights-only.
+  allowlist exists only for the weights-only unpickler, so the load is weights-only; or
+  without `weights_only` and `pickle_module` in a project whose manifests allow no torch older
+  than 2.6, where weights-only is the default everywhere the code runs.
 
 A ruled-out finding is kept as context for the reasoner, with the reason; it is no finding.
 """
@@ -22,7 +29,9 @@ import ast
 import re
 from collections.abc import Callable, Iterator
 
+from torchdoctor.agent.checks.data.torch_api import format_version, torch_api
 from torchdoctor.agent.checks.safe_globals import within_safe_globals
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Evidence
 
 _SECURITY_WORDS = re.compile(
@@ -35,8 +44,15 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)
 class PeerVeto:
     """Decides, per peer finding, whether the code rules it out; parses each file once."""
 
-    def __init__(self, text_of: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, text_of: Callable[[str], str | None], torch_floor: tuple[int, int] | None = None
+    ) -> None:
         self._text_of = text_of
+        self._checks = dict(_CHECKS)
+        flip = torch_api().default_change("torch.load", "weights_only").changed
+        if torch_floor is not None and torch_floor >= flip:
+            for key in _UNSAFE_LOAD:
+                self._checks[key] = _load_weights_only_by_default(format_version(flip))
         self._trees: dict[str, tuple[ast.Module, dict[ast.AST, ast.AST]] | None] = {}
 
     def reason(self, evidence: Evidence) -> str | None:
@@ -44,7 +60,10 @@ class PeerVeto:
         if evidence.file is None or evidence.line is None:
             return None
         code = str(evidence.data.get("code", ""))
-        check = _CHECKS.get((evidence.source, code))
+        by_path = _PATH_CHECKS.get((evidence.source, code))
+        if by_path is not None and (why := by_path(evidence.file)):
+            return why
+        check = self._checks.get((evidence.source, code))
         if check is None:
             return None
         parsed = self._parsed(evidence.file)
@@ -134,8 +153,85 @@ def _load_inside_safe_globals(
 
 
 _Check = Callable[[Iterator[ast.AST], dict[ast.AST, ast.AST]], str | None]
+
+
+def _load_weights_only_by_default(since: str) -> _Check:
+    """A load that passes neither `weights_only` nor `pickle_module`, in a project whose torch
+    floor is `since` or later (else the safe_globals case)."""
+
+    def check(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+        found = list(nodes)
+        for call in _calls_named(iter(found), "load"):
+            names = {k.arg for k in call.keywords}
+            if None not in names and not names & {"weights_only", "pickle_module"}:
+                return (
+                    f"the project's manifests allow no torch older than {since}, where "
+                    "torch.load defaults to weights_only=True: this load is weights-only"
+                )
+        return _load_inside_safe_globals(iter(found), parents)
+
+    return check
+
+
+def _loader_in_a_test(path: str) -> str | None:
+    if is_test_module(path):
+        return "a DataLoader in a test module: workers would only add start-up time to the test"
+    return None
+
+
+_BANDIT_WORDS = re.compile(r"pas+wo?r?d|pass(phrase)?|pwd|token|secrete?", re.IGNORECASE)
+_CREDENTIAL_WORDS = re.compile(r"pas+wo?r?d|pass(phrase)?|pwd|secret", re.IGNORECASE)
+_VOCABULARY_TOKEN = re.compile(
+    r"(bos|eos|pad|unk|sep|cls|mask|dummy|special|start|end|stop|begin|eot|eom|sot|bot|"
+    r"im_start|im_end|sentinel)_?tokens?(_?ids?)?$|tokens?_?ids?$",
+    re.IGNORECASE,
+)
+_MARKUP = re.compile(r"^(<.*>|\[.*\])$", re.DOTALL)
+_SHORTEST_SECRET = 8
+
+
+def _tokenizer_token(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+    pairs = [(n, v) for n, v in _named_constants(nodes) if _BANDIT_WORDS.search(n)]
+    if not pairs or not all(_vocabulary_token(name, value) for name, value in pairs):
+        return None
+    return "a tokenizer's special token or token id, not a credential"
+
+
+def _named_constants(nodes: Iterator[ast.AST]) -> Iterator[tuple[str, object]]:
+    """(name, constant) pairs on the line: assignments, dict entries and comparisons."""
+    for node in nodes:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                yield _terminal(target), node.value.value
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(value, ast.Constant):
+                    yield str(key.value), value.value
+        elif isinstance(node, ast.Compare) and len(node.comparators) == 1:
+            right = node.comparators[0]
+            if isinstance(right, ast.Constant):
+                yield _terminal(node.left), right.value
+
+
+def _vocabulary_token(name: str, value: object) -> bool:
+    """`name = value` names a tokenizer's token: the only word bandit matched is "token", and
+    the name is a special token's or the value is no secret."""
+    if _CREDENTIAL_WORDS.search(name):
+        return False
+    if _VOCABULARY_TOKEN.search(name) or not isinstance(value, str):
+        return True
+    text = value.strip()
+    short = len(text) < _SHORTEST_SECRET
+    return short or any(c.isspace() for c in text) or bool(_MARKUP.match(text))
+
+
+_UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
+_PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
+    ("torchfix", "TOR401"): _loader_in_a_test,
+}
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _loader_with_star_kwargs,
+    ("bandit", "B105"): _tokenizer_token,
     ("bandit", "B311"): _random_not_for_security,
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
