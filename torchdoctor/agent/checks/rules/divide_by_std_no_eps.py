@@ -6,13 +6,15 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.dataflow import FunctionNode, identifier
 from torchdoctor.agent.models import Severity
 
 _SPREAD = frozenset({"std", "var", "norm"})
 # Methods of a model that return its embeddings (CLIP's encode_image / encode_text).
 _EMBEDDING_METHODS = ("encode", "get_image_features", "get_text_features")
 _ROOTS = frozenset({"sqrt", "rsqrt"})
+# Gaussian draws (latents, noise): the zero vector has probability zero.
+_DRAWS = frozenset({"torch.randn", "torch.randn_like", "torch.normal"})
 
 
 class DivideByStdNoEps(Rule):
@@ -26,7 +28,9 @@ class DivideByStdNoEps(Rule):
 
     Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
     from `model(x)` or `model.encode_image(x)`, also through item selection and tensor methods)
-    or of a learned parameter (weight normalisation): a learned vector is not the zero vector.
+    or of a learned parameter (weight normalisation): a learned vector is not the zero vector;
+    nor the norm of a Gaussian draw (`torch.randn` latents, also a local helper's parameter
+    when every call in the module passes one, as a `slerp(z0, z1, t)` of latents does).
 
     Example:
         advantages = (adv - adv.mean()) / adv.std()
@@ -95,7 +99,49 @@ def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:
         value = norm.func.value
     if value is None:
         return False
-    return ctx.flow.derives_from(value, lambda node: _embeds(ctx, node)) or _learned(ctx, value, 0)
+    if ctx.flow.derives_from(value, lambda node: _embeds(ctx, node)) or _learned(ctx, value, 0):
+        return True
+    return _drawn(ctx, value, 0)
+
+
+def _drawn(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
+    """`value` derives from a Gaussian draw, or is a local function's parameter that every
+    call of that function in the module binds to one."""
+    if ctx.flow.derives_from(value, lambda node: _is_draw(ctx, node)):
+        return True
+    if depth > 1 or not isinstance(value, ast.Name):
+        return False
+    fn = ctx.enclosing_function(value)
+    if fn is None or not _reads_parameter(ctx, fn, value):
+        return False
+    args = [ctx.calls.bind(call, fn).get(value.id) for call in ctx.calls.call_sites(fn)]
+    return bool(args) and all(a is not None and _drawn(ctx, a, depth + 1) for a in args)
+
+
+def _is_draw(ctx: ModuleContext, node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    if isinstance(node.func, ast.Attribute) and node.func.attr == "normal_":
+        return True
+    return ctx.flow.qualname_of(node) in _DRAWS
+
+
+def _reads_parameter(ctx: ModuleContext, fn: FunctionNode, name: ast.Name) -> bool:
+    """`name` reads the value `fn` was called with: a parameter of `fn` that no statement
+    before this one rebinds (`a = a / a.norm()` reads the argument), outside any loop."""
+    arguments = fn.args
+    if name.id not in {a.arg for a in [*arguments.posonlyargs, *arguments.args]}:
+        return False
+    statement: ast.AST = name
+    for ancestor in ctx.ancestors(name):
+        if ancestor is fn:
+            break
+        if isinstance(ancestor, ast.For | ast.AsyncFor | ast.While):
+            return False
+        if isinstance(ancestor, ast.stmt):
+            statement = ancestor
+    line = getattr(statement, "lineno", 0)
+    return all(getattr(v, "lineno", 0) >= line for v in ctx.flow.definitions(name))
 
 
 def _learned(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
