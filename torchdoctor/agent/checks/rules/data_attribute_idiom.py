@@ -97,7 +97,7 @@ class DataAttributeIdiom(Rule):
     `*init*` or `reset_parameters`), where no backward pass is in flight, nor a parameter's
     storage converted in place (`p.data = p.data.half()`, what `Module.half()` does), nor an
     in-place call on the `data` field of a record the module declares
-    (`bindings[name].data.resize_(...)`).
+    (`bindings[name].data.resize_(...)`), nor `x.data.detach()`, which is `x.detach()`.
 
     Fix: `with torch.no_grad(): p.add_(p.grad, alpha=-lr)`, and `x.detach()` to read a value
     without tracking.
@@ -118,6 +118,8 @@ class DataAttributeIdiom(Rule):
         parent = ctx.parents.get(node)
         if isinstance(parent, ast.Attribute) and parent.attr == "data":
             return  # `.data.data`: report the outer one only
+        if isinstance(parent, ast.Attribute) and parent.attr == "detach":
+            return  # `g.data.detach()` is `g.detach()`: a detached copy, nothing bypassed
         reason = ""
         if isinstance(node.ctx, ast.Store):
             if self._tensor_store(ctx, node):
