@@ -9,6 +9,7 @@ import pytest
 
 from torchdoctor.agent.checks.linters import run_linters
 from torchdoctor.agent.checks.linters.bandit import BanditAdapter
+from torchdoctor.agent.checks.linters.ruff import RuffAdapter
 from torchdoctor.agent.checks.linters.torchfix import TorchFixAdapter
 from torchdoctor.agent.config import AuditConfig
 from torchdoctor.agent.gather import linter_evidence, run_static
@@ -26,13 +27,14 @@ pytestmark = pytest.mark.skipif(
 def _peer_run(folder: Path, files: list[str]) -> tuple[object, object, list[Evidence]]:
     workspace = load_workspace(folder)
     static = run_static(workspace, AuditConfig())
-    run = run_linters(folder, files, [TorchFixAdapter(), BanditAdapter()])
+    run = run_linters(folder, files, [TorchFixAdapter(), BanditAdapter(), RuffAdapter()])
     return workspace, static, run
 
 
 @pytest.fixture(scope="module")
 def peer_run() -> tuple[object, object, list[Evidence]]:
-    return _peer_run(FIXTURE, ["train.py", "prompts.py", "tests/test_pretraining.py"])
+    files = ["train.py", "prompts.py", "tools.py", "tests/test_pretraining.py"]
+    return _peer_run(FIXTURE, files)
 
 
 def _findings(peer_run: tuple[object, object, object], peers: str) -> set[tuple[str, int]]:
@@ -79,6 +81,16 @@ def test_tokenizer_tokens_are_not_passwords_and_test_loaders_need_no_workers(
     assert ("B105", 23) not in ruled_out  # an access token is a credential
     assert "test module" in ruled_out[("TOR401", 9)]
     assert ("TOR401", 32) not in ruled_out  # the training script's loader stays a finding
+
+
+def test_constant_shell_commands_and_deliberate_catch_alls_are_ruled_out(
+    peer_run: tuple,
+) -> None:
+    ruled_out = _ruled_out(peer_run)
+    assert "constant command" in ruled_out[("B602", 9)]
+    assert ("B602", 13) not in ruled_out  # values interpolated into the command
+    assert "KeyboardInterrupt" in ruled_out[("E722", 23)]
+    assert ("E722", 31) not in ruled_out  # a plain bare except still hides an interrupt
 
 
 def test_loads_are_weights_only_where_the_project_allows_no_older_torch() -> None:

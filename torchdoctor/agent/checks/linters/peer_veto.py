@@ -14,6 +14,11 @@ the file's place in the project:
 - bandit B311 ("random is not for cryptography") where nothing in the statement or the
   enclosing function names a secret, token, password, key, salt or nonce: in training code,
   `random` samples data, crops and flips.
+- bandit B602 (`shell=True`) where the command is one string literal, with nothing
+  interpolated: no outside value reaches the shell (bandit itself calls it "seems safe").
+- ruff E722 (bare `except:`) after a handler of the same `try` that re-raises
+  `KeyboardInterrupt`: the interrupt is let through on purpose and the rest is meant to be
+  caught (a download retry loop).
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
   allowlist exists only for the weights-only unpickler, so the load is weights-only; or
@@ -225,6 +230,47 @@ def _vocabulary_token(name: str, value: object) -> bool:
     return short or any(c.isspace() for c in text) or bool(_MARKUP.match(text))
 
 
+_SUBPROCESS_CALLS = frozenset({"run", "call", "check_call", "check_output", "Popen"})
+
+
+def _constant_shell_command(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+    for node in nodes:
+        if not isinstance(node, ast.Call) or _terminal(node.func) not in _SUBPROCESS_CALLS:
+            continue
+        command = (
+            node.args[0]
+            if node.args
+            else next((k.value for k in node.keywords if k.arg == "args"), None)
+        )
+        if isinstance(command, ast.Constant) and isinstance(command.value, str):
+            return "the shell runs one constant command string: no outside value reaches it"
+    return None
+
+
+def _bare_except_after_interrupt(
+    nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]
+) -> str | None:
+    bare = [n for n in nodes if isinstance(n, ast.ExceptHandler) and n.type is None]
+    if not bare:
+        return None
+    flagged = max(bare, key=lambda h: h.lineno)  # the one on the line, not one around it
+    handlers: list[ast.ExceptHandler] = getattr(parents.get(flagged), "handlers", [])
+    earlier = handlers[: next(i for i, h in enumerate(handlers) if h is flagged)]
+    if any(_reraises_interrupt(h) for h in earlier):
+        return (
+            "an earlier handler of this try re-raises KeyboardInterrupt: the bare except "
+            "catches the rest on purpose"
+        )
+    return None
+
+
+def _reraises_interrupt(handler: ast.ExceptHandler) -> bool:
+    caught = handler.type
+    names = caught.elts if isinstance(caught, ast.Tuple) else [caught] if caught else []
+    interrupt = any(_terminal(name) == "KeyboardInterrupt" for name in names)
+    return interrupt and any(isinstance(stmt, ast.Raise) for stmt in handler.body)
+
+
 _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("torchfix", "TOR401"): _loader_in_a_test,
@@ -232,6 +278,8 @@ _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _loader_with_star_kwargs,
     ("bandit", "B105"): _tokenizer_token,
+    ("bandit", "B602"): _constant_shell_command,
+    ("ruff", "E722"): _bare_except_after_interrupt,
     ("bandit", "B311"): _random_not_for_security,
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
