@@ -13,8 +13,11 @@ _SPREAD = frozenset({"std", "var", "norm"})
 # Methods of a model that return its embeddings (CLIP's encode_image / encode_text).
 _EMBEDDING_METHODS = ("encode", "get_image_features", "get_text_features")
 _ROOTS = frozenset({"sqrt", "rsqrt"})
-# Gaussian draws (latents, noise): the zero vector has probability zero.
-_DRAWS = frozenset({"torch.randn", "torch.randn_like", "torch.normal"})
+# Random draws (latents, noise, interpolation weights): the zero vector has probability zero.
+_DRAWS = frozenset(
+    {"torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "torch.rand_like"}
+)
+_DRAW_DEPTH = 6
 
 
 class DivideByStdNoEps(Rule):
@@ -29,8 +32,9 @@ class DivideByStdNoEps(Rule):
     Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
     from `model(x)` or `model.encode_image(x)`, also through item selection and tensor methods)
     or of a learned parameter (weight normalisation): a learned vector is not the zero vector;
-    nor the norm of a Gaussian draw (`torch.randn` latents, also a local helper's parameter
-    when every call in the module passes one, as a `slerp(z0, z1, t)` of latents does).
+    nor the norm of a random draw (`torch.randn` latents, also a local helper's parameter
+    when every call in the module passes one, as a `slerp(z0, z1, t)` of latents does, and
+    values computed from draws only, such as the slerp's orthogonal component).
 
     Example:
         advantages = (adv - adv.mean()) / adv.std()
@@ -104,18 +108,43 @@ def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:
     return _drawn(ctx, value, 0)
 
 
-def _drawn(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
-    """`value` derives from a Gaussian draw, or is a local function's parameter that every
-    call of that function in the module binds to one."""
+def _drawn(ctx: ModuleContext, value: ast.expr, depth: int, seen: set[int] | None = None) -> bool:
+    """`value` derives from a random draw, is a local function's parameter that every call of
+    that function in the module binds to one, or is computed from such values only (`c = b -
+    d * a` between two drawn latents). A binding met again on the way counts as drawn."""
+    seen = set() if seen is None else seen
     if ctx.flow.derives_from(value, lambda node: _is_draw(ctx, node)):
         return True
-    if depth > 1 or not isinstance(value, ast.Name):
+    if depth > _DRAW_DEPTH or not isinstance(value, ast.Name):
         return False
     fn = ctx.enclosing_function(value)
-    if fn is None or not _reads_parameter(ctx, fn, value):
+    if fn is not None and _reads_parameter(ctx, fn, value):
+        args = [ctx.calls.bind(call, fn).get(value.id) for call in ctx.calls.call_sites(fn)]
+        return bool(args) and all(a is not None and _drawn(ctx, a, depth + 1, seen) for a in args)
+    bound = [v for v in ctx.flow.definitions(value) if v is not value]
+    if not bound or any(isinstance(ctx.parents.get(v), ast.AugAssign) for v in bound):
         return False
-    args = [ctx.calls.bind(call, fn).get(value.id) for call in ctx.calls.call_sites(fn)]
-    return bool(args) and all(a is not None and _drawn(ctx, a, depth + 1) for a in args)
+    for binding in bound:
+        if id(binding) in seen:
+            continue
+        seen.add(id(binding))
+        operands = _operands(ctx, binding)
+        if not operands or not all(_drawn(ctx, n, depth + 1, seen) for n in operands):
+            return False
+    return True
+
+
+def _operands(ctx: ModuleContext, value: ast.expr) -> list[ast.Name]:
+    """The variables `value` computes with: names read, not called functions or modules."""
+    called = {id(n.func) for n in ast.walk(value) if isinstance(n, ast.Call)}
+    return [
+        n
+        for n in ast.walk(value)
+        if isinstance(n, ast.Name)
+        and isinstance(n.ctx, ast.Load)
+        and id(n) not in called
+        and n.id not in ctx.imports.aliases
+    ]
 
 
 def _is_draw(ctx: ModuleContext, node: ast.AST) -> bool:
