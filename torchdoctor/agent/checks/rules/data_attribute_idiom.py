@@ -10,7 +10,12 @@ from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
 _INIT_FUNCTION = ("init", "reset_parameters")
-_CONVERSIONS = frozenset({"half", "float", "double", "bfloat16", "to", "type", "cuda", "cpu"})
+# What gives a parameter new storage from its own values: conversions, views and shards.
+_RESHAPES = frozenset(
+    {"half", "float", "double", "bfloat16", "to", "type", "cuda", "cpu", "contiguous"}
+    | {"chunk", "split", "tensor_split", "narrow", "view", "reshape", "t", "transpose"}
+)
+_RESTORE_DEPTH = 4
 
 
 def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
@@ -26,27 +31,46 @@ def _initialisation(ctx: ModuleContext, node: ast.AST) -> bool:
     return False
 
 
-def _converts_itself(ctx: ModuleContext, node: ast.Attribute) -> bool:
-    """`p.data = p.data.half()` (or `.to(device)`), either side: the storage of the same
-    parameter is converted in place, as `nn.Module.half()` does; `torch.no_grad()` offers no
-    way to change a Parameter's dtype or device while keeping the object the optimizer holds."""
-    assign = ctx.parents.get(node)
-    if isinstance(node.ctx, ast.Load):
-        method, call = assign, ctx.parents.get(assign) if assign is not None else None
-        if not (isinstance(method, ast.Attribute) and isinstance(call, ast.Call)):
-            return False
-        assign = ctx.parents.get(call)
+def _restores_itself(ctx: ModuleContext, node: ast.Attribute) -> bool:
+    """`p.data = p.data.half()`, `w.data = torch.tensor_split(w, n)[rank]` (either side):
+    the parameter gets new storage made from its own values only (a dtype or device
+    conversion, a shard or view), as `nn.Module.half()` does; `torch.no_grad()` offers no way
+    to change a Parameter's dtype, device or shape while keeping the object the optimizer
+    (or a quantisation subclass) holds."""
+    assign: ast.AST | None = node
+    while assign is not None and not isinstance(assign, ast.stmt):
+        assign = ctx.parents.get(assign)
     if not isinstance(assign, ast.Assign) or len(assign.targets) != 1:
         return False
-    value, target = assign.value, assign.targets[0]
-    return (
-        isinstance(value, ast.Call)
-        and isinstance(value.func, ast.Attribute)
-        and value.func.attr in _CONVERSIONS
-        and isinstance(target, ast.Attribute)
-        and target.attr == "data"
-        and ast.unparse(value.func.value) == ast.unparse(target)
-    )
+    target = assign.targets[0]
+    if not (isinstance(target, ast.Attribute) and target.attr == "data"):
+        return False
+    owner = ast.unparse(target.value)
+    if isinstance(node.ctx, ast.Load) and ast.unparse(node.value) != owner:
+        return False
+    return _built_from(ctx, assign.value, owner, 0)
+
+
+def _built_from(ctx: ModuleContext, value: ast.expr, owner: str, depth: int) -> bool:
+    """`value` is `owner` (or its `.data`) through conversions, views and splits only."""
+    if depth > _RESTORE_DEPTH:
+        return False
+    if isinstance(value, ast.Attribute) and value.attr == "data":
+        value = value.value
+    if ast.unparse(value) == owner:
+        return True
+    if isinstance(value, ast.Subscript):
+        return _built_from(ctx, value.value, owner, depth + 1)
+    if isinstance(value, ast.Name):
+        bound = ctx.flow.definitions(value)
+        return bool(bound) and all(_built_from(ctx, v, owner, depth + 1) for v in bound)
+    if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Attribute):
+        return False
+    if value.func.attr not in _RESHAPES:
+        return False
+    if (ctx.call_qualname(value) or "").startswith("torch.") and value.args:
+        return _built_from(ctx, value.args[0], owner, depth + 1)  # torch.chunk(w, n)
+    return _built_from(ctx, value.func.value, owner, depth + 1)  # w.chunk(n), w.half()
 
 
 def _declares_data_field(ctx: ModuleContext) -> bool:
@@ -94,8 +118,9 @@ class DataAttributeIdiom(Rule):
             p.data.add_(-lr * p.grad.data)
 
     Not reported while initialising weights (an `nn.init.*` argument, a function named
-    `*init*` or `reset_parameters`), where no backward pass is in flight, nor a parameter's
-    storage converted in place (`p.data = p.data.half()`, what `Module.half()` does), nor an
+    `*init*` or `reset_parameters`), where no backward pass is in flight, nor a parameter
+    given new storage from its own values (`p.data = p.data.half()`, what `Module.half()`
+    does, or a tensor-parallel shard of itself), nor an
     in-place call on the `data` field of a record the module declares
     (`bindings[name].data.resize_(...)`), nor `x.data.detach()`, which is `x.detach()`.
 
@@ -137,7 +162,7 @@ class DataAttributeIdiom(Rule):
             ctx, node, node.value.id
         ):
             reason = "a parameter's .data bypasses autograd"
-        if reason and not _initialisation(ctx, node) and not _converts_itself(ctx, node):
+        if reason and not _initialisation(ctx, node) and not _restores_itself(ctx, node):
             ctx.report(self, node, f"{reason}: use torch.no_grad() or .detach() instead")
 
     def _tensor_store(self, ctx: ModuleContext, node: ast.Attribute) -> bool:
