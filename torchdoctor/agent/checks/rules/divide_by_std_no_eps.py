@@ -18,6 +18,9 @@ _DRAWS = frozenset(
     {"torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "torch.rand_like"}
 )
 _DRAW_DEPTH = 6
+_NORM_FUNCTIONS = frozenset(
+    {"torch.norm", "torch.linalg.norm", "torch.linalg.vector_norm", "torch.linalg.matrix_norm"}
+)
 
 
 class DivideByStdNoEps(Rule):
@@ -31,7 +34,8 @@ class DivideByStdNoEps(Rule):
 
     Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
     from `model(x)` or `model.encode_image(x)`, also through item selection and tensor methods)
-    or of a learned parameter (weight normalisation): a learned vector is not the zero vector;
+    or of a learned parameter (weight normalisation), also as a local helper's parameter when
+    every call in the module passes one: a learned vector is not the zero vector;
     nor the norm of a random draw (`torch.randn` latents, also a local helper's parameter
     when every call in the module passes one, as a `slerp(z0, z1, t)` of latents does, and
     values computed from draws only, such as the slerp's orthogonal component).
@@ -98,14 +102,37 @@ def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:
     """The L2 norm of a model's embedding (`feats = model.encode_image(x)`, `model(x)`,
     `self.encode_text(t)` in the model; CLIP's and DINO's normalisation): a learned
     embedding is not the zero vector, unlike data, gradients or a spread."""
-    value = norm.args[0] if norm.args else None
-    if value is None and isinstance(norm.func, ast.Attribute):
-        value = norm.func.value
+    function = ctx.flow.qualname_of(norm) in _NORM_FUNCTIONS  # torch.norm(x, p)
+    value: ast.expr | None = norm.args[0] if function and norm.args else None
+    if not function and isinstance(norm.func, ast.Attribute):
+        value = norm.func.value  # x.norm(p): the first argument is the order
     if value is None:
         return False
-    if ctx.flow.derives_from(value, lambda node: _embeds(ctx, node)) or _learned(ctx, value, 0):
+    return _never_zero(ctx, value, 0)
+
+
+def _never_zero(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
+    """An embedding, a learned parameter or a random draw; for a local function's parameter,
+    what every call of that function in the module passes (`modulated_conv(x, weight=
+    self.weight, styles=self.affine(w))`)."""
+    if ctx.flow.derives_from(value, lambda node: _embeds(ctx, node)):
         return True
-    return _drawn(ctx, value, 0)
+    if _learned(ctx, value, 0) or _drawn(ctx, value, 0):
+        return True
+    args = _call_arguments(ctx, value) if depth < 1 else []
+    return bool(args) and all(_never_zero(ctx, a, depth + 1) for a in args)
+
+
+def _call_arguments(ctx: ModuleContext, value: ast.expr) -> list[ast.expr]:
+    """What the module's calls pass for the parameter `value` reads; [] when `value` reads
+    no parameter, nothing calls its function, or a call leaves it to the default."""
+    if not isinstance(value, ast.Name):
+        return []
+    fn = ctx.enclosing_function(value)
+    if fn is None or not _reads_parameter(ctx, fn, value):
+        return []
+    args = [ctx.calls.bind(call, fn).get(value.id) for call in ctx.calls.call_sites(fn)]
+    return [a for a in args if a is not None] if all(a is not None for a in args) else []
 
 
 def _drawn(ctx: ModuleContext, value: ast.expr, depth: int, seen: set[int] | None = None) -> bool:
@@ -119,8 +146,8 @@ def _drawn(ctx: ModuleContext, value: ast.expr, depth: int, seen: set[int] | Non
         return False
     fn = ctx.enclosing_function(value)
     if fn is not None and _reads_parameter(ctx, fn, value):
-        args = [ctx.calls.bind(call, fn).get(value.id) for call in ctx.calls.call_sites(fn)]
-        return bool(args) and all(a is not None and _drawn(ctx, a, depth + 1, seen) for a in args)
+        args = _call_arguments(ctx, value)
+        return bool(args) and all(_drawn(ctx, a, depth + 1, seen) for a in args)
     bound = [v for v in ctx.flow.definitions(value) if v is not value]
     if not bound or any(isinstance(ctx.parents.get(v), ast.AugAssign) for v in bound):
         return False
