@@ -222,7 +222,10 @@ class GraphOrigins(ModelFacts):
         if self.is_loss_callee(func):
             return "loss"
         if self.is_model_call(call):
-            return "output"
+            if not self.frozen_module(func):
+                return "output"
+            inputs = [*call.args, *(k.value for k in call.keywords)]
+            return (yield from self._first_origin(inputs))  # a graph only through its inputs
         qual = self.qualname_of(call)
         if qual is not None:
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in NON_GRAD_TORCH:

@@ -21,6 +21,10 @@ _MODEL_NAME = re.compile(
     re.IGNORECASE,
 )
 _LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+# Module methods that return the module itself: `model.eval().requires_grad_(False).to(dev)`.
+_SELF_RETURNING = frozenset(
+    {"eval", "train", "to", "cuda", "cpu", "float", "half", "bfloat16", "requires_grad_"}
+)
 
 
 class ModelFacts(DefUse):
@@ -48,6 +52,35 @@ class ModelFacts(DefUse):
         if not name or self.ctx.qualname(expr) is not None or not _MODEL_NAME.search(name):
             return False
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
+
+    def frozen_module(self, expr: ast.expr) -> bool:
+        """`expr` names a module whose parameters were frozen in the same scope
+        (`sampler.eval().requires_grad_(False)`): its outputs hold no graph of their own."""
+        text = ast.unparse(expr)
+        scopes = (id(self._scope_of(expr)), id(self.ctx.tree))
+        return any(text in self._frozen_modules.get(scope, ()) for scope in scopes)
+
+    @cached_property
+    def _frozen_modules(self) -> dict[int, set[str]]:
+        frozen: dict[int, set[str]] = {}
+        for call in self.calls_named(("requires_grad_",)):
+            flag = (
+                call.args[0]
+                if call.args
+                else next((k.value for k in call.keywords if k.arg == "requires_grad"), None)
+            )
+            frozen_flag = isinstance(flag, ast.Constant) and flag.value is False
+            if not frozen_flag or not isinstance(call.func, ast.Attribute):
+                continue
+            receiver = call.func.value
+            while (
+                isinstance(receiver, ast.Call)
+                and isinstance(receiver.func, ast.Attribute)
+                and receiver.func.attr in _SELF_RETURNING
+            ):
+                receiver = receiver.func.value
+            frozen.setdefault(id(self._scope_of(call)), set()).add(ast.unparse(receiver))
+        return frozen
 
     def is_model_call(self, call: ast.Call) -> bool:
         """`model(x)`, `self.net(x)`, `model.forward(x)` (memoised per call: many rules ask)."""

@@ -21,7 +21,9 @@ class OutputsStoredWithGrad(Rule):
     Outputs gathered to compute one loss that is back-propagated, and per-step outputs
     collected inside a module's `forward` (a recurrent layer) or another method of the module
     looping over its own blocks (`forward_intermediates`), are not reported, nor integer or
-    boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph.
+    boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph,
+    nor the outputs of a module frozen in the same scope (`model.requires_grad_(False)`) on
+    inputs that carry no graph.
     Nor are pytest modules: a test decoding a few steps to compare them with one parallel pass
     holds a few small graphs for the length of the test.
 
