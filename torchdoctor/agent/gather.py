@@ -146,9 +146,11 @@ def linter_evidence(
     """Peer linters' results as evidence: attached to the native finding they confirm, else a
     finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint.
 
-    A standalone peer result is only context for the reasoner (no finding) when it is `info`,
-    when torchdoctor's reading of the code rules it out (`PeerVeto`), or, unless `peers` is
-    "all", when its code is not on the curated list (`keep` in linter_codes.json)."""
+    Two tools' results of the same concern on one line are one finding (the second confirms
+    the first). A standalone peer result is only context for the reasoner (no finding) when
+    it is `info`, when torchdoctor's reading of the code rules it out (`PeerVeto`), or,
+    unless `peers` is "all", when its code is not on the curated list (`keep` in
+    linter_codes.json)."""
     from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
     from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
     from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
@@ -162,6 +164,7 @@ def linter_evidence(
         for ev in evidence:
             ev.data["attach_to"] = attach_key(rule, file, line)
             pairs.append((int(ev.data["point"]), ev))
+    first_of: dict[tuple[str, int, str, int], str] = {}  # (file, line, concern, point) -> rule
     for ev in (e.model_copy(deep=True) for e in standalone):
         ruled_out = veto.reason(ev)
         hidden = not ruled_out and peers != "all" and ev.data.get("kept") is False
@@ -172,8 +175,17 @@ def linter_evidence(
         if ruled_out or hidden or ev.data.get("severity") == "info":
             pairs.append((int(ev.data["point"]), ev))  # context for the reasoner, not a problem
             continue
+        peer_rule = peer_rule_id(ev.source, str(ev.data.get("code", "")))
+        concern, point = ev.data.get("concern"), int(ev.data["point"])
+        same = (ev.file or "", ev.line or 0, concern, point) if isinstance(concern, str) else None
+        if same is not None and same in first_of:  # bandit B614 and TorchFix TOR102 on one load
+            ev.data["attach_to"] = attach_key(first_of[same], same[0], same[1])
+            pairs.append((point, ev))
+            continue
+        if same is not None:
+            first_of[same] = peer_rule
         ev.data["finding"] = {
-            "rule": peer_rule_id(ev.source, str(ev.data.get("code", ""))),
+            "rule": peer_rule,
             "severity": ev.data.get("severity", "low"),
             "title": f"{ev.source} {ev.data.get('code', '')}: {ev.message}",
             "code": f"{ev.data.get('code', '')} {ev.message}",

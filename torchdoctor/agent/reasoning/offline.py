@@ -4,7 +4,8 @@ Conventions it reads from `Evidence.data` (producers: linters, probes):
 - `items`: checklist item ids the evidence speaks to;
 - `verdict`: "pass" | "fail" | "not-applicable" for those items (a probe's coverage hint);
 - `finding`: {rule, severity, title, line?, end_line?, code?} when the evidence is a problem;
-- `attach_to`: "rule|file|line" of a native finding the evidence confirms (de-duplication).
+- `attach_to`: "rule|file|line" of a native finding, or of another peer's finding, that the
+  evidence confirms (de-duplication).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class OfflineReasoner(ReasonerBase):
             else:
                 standalone.append(ev)
         findings = self._native_findings(request, attached)
-        findings += self._evidence_findings(request.point, standalone)
+        findings += self._evidence_findings(request.point, standalone, attached)
         coverage = [
             self._verdict(item.id, request, findings, standalone)
             for item in items_of_point(request.point)
@@ -81,7 +82,9 @@ class OfflineReasoner(ReasonerBase):
             )
         return findings
 
-    def _evidence_findings(self, point: int, evidence: list[Evidence]) -> list[Finding]:
+    def _evidence_findings(
+        self, point: int, evidence: list[Evidence], attached: dict[str, list[Evidence]]
+    ) -> list[Finding]:
         findings: list[Finding] = []
         occurrences: Counter[tuple[str, str, str]] = Counter()
         for ev in evidence:
@@ -104,7 +107,7 @@ class OfflineReasoner(ReasonerBase):
                     file=ev.file,
                     line=max(1, line),
                     end_line=max(1, line, int(spec.get("end_line") or line)),
-                    evidence=[ev],
+                    evidence=[ev, *attached.get(attach_key(key[0], ev.file, line), [])],
                 )
             )
         return findings
