@@ -47,3 +47,13 @@ def test_a_legacy_idiom_is_said_once_per_file() -> None:
     legacy = [f for f in findings if f.rule == "autograd-variable-legacy"]
     assert sorted((f.file, f.line) for f in legacy) == [("gan.py", 6), ("other.py", 6)]
     assert all([p["line"] for p in f.data["related"]] == [7] for f in legacy)
+
+
+def test_the_advice_is_kept_outside_the_tests_even_when_they_are_shallower() -> None:
+    script = (PROJECT / "train.py").read_text(encoding="utf-8")
+    files = [("pkg/finetune/train.py", script), ("tests/test_train.py", script)]
+    advice = [
+        f for f in analyse_files(files, workers=1).all_findings() if f.rule in ONCE_PER_PROJECT
+    ]
+    assert advice
+    assert all(f.file == "pkg/finetune/train.py" for f in advice), advice

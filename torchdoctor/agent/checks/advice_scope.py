@@ -4,8 +4,9 @@ Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinn
 non-persistent loader workers, unverified downloads...) describe a habit of the project, not a
 defect of one line: the same advice on every `DataLoader(...)` of forty example scripts buries
 the findings that are bugs. Each such rule keeps one finding per project, where it matters
-most (not stood down to info, then the shallowest path, path order, line), and lists the other
-places as related locations: nothing is hidden and the kept finding's fingerprint is stable.
+most (not stood down to info, then outside the tests, then the shallowest path, path order,
+line), and lists the other places as related locations: nothing is hidden and the kept
+finding's fingerprint is stable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 ONCE_PER_PROJECT = frozenset(
@@ -42,9 +44,17 @@ ONCE_PER_FILE = frozenset(
 MAX_RELATED = 10
 
 
-def _entry_order(finding: RawFinding) -> tuple[bool, int, str, int]:
-    """Where the advice matters most: not stood down to info, then the most entry-like file."""
-    return (finding.severity is Severity.INFO, finding.file.count("/"), finding.file, finding.line)
+def _entry_order(finding: RawFinding) -> tuple[bool, bool, int, str, int]:
+    """Where the advice matters most: not stood down to info, then outside the tests (litgpt's
+    `tests/test_lora.py` is shallower than its `litgpt/finetune/lora.py`), then the most
+    entry-like file."""
+    return (
+        finding.severity is Severity.INFO,
+        is_test_module(finding.file),
+        finding.file.count("/"),
+        finding.file,
+        finding.line,
+    )
 
 
 def _related(finding: RawFinding) -> dict[str, Any]:
