@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks import einsum_attention as eq
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
@@ -13,29 +14,65 @@ from torchdoctor.agent.models import Severity
 _SOFTMAX = frozenset({"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"})
 
 
-def _is_key_transpose(node: ast.AST) -> bool:
-    """`k.transpose(-2, -1)`, `k.transpose(-1, -2)` or `k.mT`."""
+def _ints(args: list[ast.expr]) -> list[int | None]:
+    dims: list[int | None] = []
+    for arg in args:
+        sign = 1
+        if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub):
+            arg, sign = arg.operand, -1
+        value = arg.value if isinstance(arg, ast.Constant) else None
+        dims.append(sign * value if isinstance(value, int) else None)
+    return dims
+
+
+def _is_key_transpose(node: ast.AST, three_d: bool = False) -> bool:
+    """`k.transpose(-2, -1)` (either order), `torch.transpose(k, -2, -1)`, `k.mT`,
+    `k.transpose(2, 3)` or `k.permute(0, 1, 3, 2)` (4-D heads), `k.transpose(1, 2)` when the
+    product is 3-D (`three_d`: torch.bmm)."""
     if isinstance(node, ast.Attribute) and node.attr == "mT":
         return True
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
         return False
-    if node.func.attr != "transpose" or len(node.args) != 2:
+    args = list(node.args)
+    if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+        args = args[1:]  # torch.transpose(k, a, b)
+    if node.func.attr == "permute":
+        return _ints(args) == [0, 1, 3, 2]
+    if node.func.attr != "transpose" or len(args) != 2:
         return False
-    dims = set()
-    for arg in node.args:
-        sign = 1
-        if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub):
-            arg, sign = arg.operand, -1
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, int):
-            dims.add(sign * arg.value)
-    return dims in ({-2, -1}, {2, 3})  # (2, 3): the last two of 4-D (batch, head, T, d)
+    dims = set(_ints(args))
+    return dims in ({-2, -1}, {2, 3}) or (three_d and dims == {1, 2})
+
+
+def _einsum(node: ast.AST) -> tuple[list[eq.Axes], eq.Axes] | None:
+    """The equation of `torch.einsum(eq, a, b)` / `einops.einsum(a, b, eq)` with two operands."""
+    if not (isinstance(node, ast.Call) and identifier(node.func) == "einsum" and node.args):
+        return None
+    first, last = node.args[0], node.args[-1]
+    words = not (isinstance(first, ast.Constant) and isinstance(first.value, str))
+    equation = last if words else first
+    if not (isinstance(equation, ast.Constant) and isinstance(equation.value, str)):
+        return None
+    return eq.parse(equation.value, words)
 
 
 def _is_scores(node: ast.AST) -> bool:
-    """`q @ k^T` or `torch.matmul(q, k^T)`."""
+    """`q @ k^T`, `torch.matmul(q, k^T)`, `torch.bmm(q, k^T)`, `torch.baddbmm(x, q, k^T, ...)`
+    or an einsum contracting q and k over their last axis into (..., i, j)."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
         return _is_key_transpose(node.right)
-    return _is_matmul_call(node) and _is_key_transpose(node.args[1])  # type: ignore[attr-defined]
+    if _is_matmul_call(node):
+        three_d = node.func.attr == "bmm"  # type: ignore[attr-defined]
+        return _is_key_transpose(node.args[1], three_d)  # type: ignore[attr-defined]
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "baddbmm"
+        and len(node.args) == 3
+    ):
+        return _is_key_transpose(node.args[2], three_d=True)
+    parsed = _einsum(node)  # in any layout: the codemod says when it needs a transpose first
+    return parsed is not None and eq.contracts_dim(*parsed)
 
 
 def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:
@@ -49,12 +86,28 @@ def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:
 
 
 def _is_matmul_call(node: ast.AST) -> bool:
+    """`torch.matmul(a, b)` or `torch.bmm(a, b)`."""
     return (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "matmul"
+        and node.func.attr in ("matmul", "bmm")
         and len(node.args) == 2
     )
+
+
+def _weights_operand(node: ast.AST) -> ast.AST | None:
+    """The weights side of `w @ v`, `torch.matmul(w, v)`, `torch.bmm(w, v)` or an einsum
+    `(..., i, j) x (..., j, d) -> (..., i, d)`."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        return node.left
+    if isinstance(node, ast.Call) and _is_matmul_call(node):
+        return node.args[0]
+    parsed = _einsum(node)
+    if parsed is not None and eq.contracts_keys(*parsed):
+        assert isinstance(node, ast.Call)
+        operands = node.args[1:] if isinstance(node.args[0], ast.Constant) else node.args[:-1]
+        return operands[0] if operands else None
+    return None
 
 
 def _wraps(value: ast.AST, call: ast.Call) -> bool:
@@ -145,7 +198,9 @@ class ManualAttention(Rule):
         self._modules: set[str] = set()
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "oftmax" in ctx.source and ("@" in ctx.source or "matmul" in ctx.source)
+        return "oftmax" in ctx.source and any(
+            product in ctx.source for product in ("@", "matmul", "bmm", "einsum")
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         """Starts from the module's softmax calls (the type index), so a large module pays
@@ -220,19 +275,14 @@ class ManualAttention(Rule):
         self, ctx: ModuleContext, call: ast.Call, nodes: list[ast.AST]
     ) -> bool:
         parent = ctx.parents.get(call)
-        if (
-            isinstance(parent, ast.BinOp)
-            and isinstance(parent.op, ast.MatMult)
-            and parent.left is call
-        ) or (isinstance(parent, ast.Call) and _is_matmul_call(parent) and parent.args[0] is call):
+        if parent is not None and _weights_operand(parent) is call:
             return True
         names = self._probability_names(call, nodes)
         for node in nodes:
-            left = None
-            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
-                left = node.left
-            elif _is_matmul_call(node):
-                left = node.args[0]  # type: ignore[attr-defined]
+            left = _weights_operand(node)
+            # `torch.matmul(self.dropout(w), v)`: the weights through a one-argument call
+            if isinstance(left, ast.Call) and len(left.args) == 1 and not left.keywords:
+                left = left.args[0]
             if isinstance(left, ast.Name) and left.id in names:
                 return True
         return False
@@ -244,9 +294,7 @@ class ManualAttention(Rule):
             if isinstance(node, ast.Return) and node.value is not None:
                 returned = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
                 if returned & names and not any(
-                    (isinstance(b, ast.BinOp) and isinstance(b.op, ast.MatMult))
-                    or _is_matmul_call(b)
-                    for b in ast.walk(node.value)
+                    _weights_operand(b) is not None for b in ast.walk(node.value)
                 ):
                     return True
                 if isinstance(node.value, ast.Tuple) and any(

@@ -1,4 +1,5 @@
-"""Codemods by rule id: every module of this package except `base` and `common` holds one."""
+"""Codemods by rule id: every module of this package except the shared helpers (`base`,
+`common`, `attention_products`) holds one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.models import Finding
 
-_INFRASTRUCTURE = {"base", "common"}
+_INFRASTRUCTURE = {"base", "common", "attention_products"}
 
 
 class CodemodRegistryError(RuntimeError):

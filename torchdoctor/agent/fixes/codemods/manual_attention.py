@@ -1,21 +1,25 @@
 """manual-attention: one fused scaled_dot_product_attention call for hand-written attention.
 
-Recognises the shapes people write (collected from public GPT, Transformer and ViT code):
+Recognises the shapes people write (collected from public GPT, Transformer, ViT and diffusion
+code) by what they compute, the products read by attention_products:
 
-    scores = (q @ k.transpose(-2, -1)) * scale      # or / sqrt(d), torch.matmul, k.mT,
-                                                    #    k.transpose(2, 3), (q / t) @ k^T
+    scores = (q @ k.transpose(-2, -1)) * scale      # or / sqrt(d), torch.matmul, torch.bmm,
+                                                    #  baddbmm(beta=0), einsum, k.mT, permute
+    scores = scores / math.sqrt(d)                  # the scale in its own statement, optional
     scores = scores.masked_fill(tril[:T, :T] == 0, float("-inf"))   # causal, optional:
     scores.masked_fill_(triu_mask.bool()[:T, :T], -torch.inf)       #  also in place, triu,
-    if mask is not None: scores = scores + mask                     #  or an additive mask
+    if mask is not None: scores = scores + mask                     #  an additive mask or
+    scores = scores - 1e6 * (1 - pad)                               #  bias, a -inf triu buffer
     att = F.softmax(scores, dim=-1)                 # torch.softmax, .softmax(-1), nn.Softmax
-                                                    #   module, softmax(scores.float()).type_as
-    att = self.attn_dropout(att)                    # optional nn.Dropout module
-    y = att @ v                                     # or torch.matmul(att, v), inside an expr
+                                                    #   module (dim 2 after bmm), .float().type_as
+    att = self.attn_dropout(att)                    # optional nn.Dropout or F.dropout
+    y = att @ v                                     # any product form, inside an expression,
+                                                    #   or torch.matmul(self.dropout(att), v)
 
 and writes `y = F.scaled_dot_product_attention(q, k, v, ...)` with the same scale, mask and
 dropout. Same math, different summation order: a precision-class fix. When the shape is
 attention but cannot be replaced safely, `explain` says why (weights returned, a padding mask
-filled with a finite value, a KV-cache offset...).
+filled with a finite value, a KV-cache offset, a tensor scale, an einsum in another layout...).
 """
 
 from __future__ import annotations
@@ -25,6 +29,19 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from torchdoctor.agent.fixes.codemods.attention_products import (
+    AttentionRefused,
+    Scores,
+    assigned,
+    code,
+    flat,
+    reciprocal,
+    scale_factor,
+    score_product,
+    strip,
+    times,
+    value_product,
+)
 from torchdoctor.agent.fixes.codemods.base import (
     BF16_RTOL,
     Codemod,
@@ -37,20 +54,26 @@ from torchdoctor.agent.fixes.codemods.base import (
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _NEG_INF = frozenset(
-    {'float("-inf")', '-float("inf")', "-torch.inf", "-math.inf", "float(-math.inf)"}
+    {
+        'float("-inf")',
+        '-float("inf")',
+        "-torch.inf",
+        "-math.inf",
+        "float(-math.inf)",
+        "-np.inf",
+        "-numpy.inf",
+    }
 )
 _LARGE_NEGATIVE = 1e4
 """A finite fill at least this negative is -inf after softmax in every float format."""
-
-
-class AttentionRefused(Exception):
-    """The statements are attention, but no fused call reproduces them: the reason."""
 
 
 @dataclass
 class _Mask:
     attn_mask: str | None = None
     causal: bool = False
+    additive: bool = False
+    """Added to the scores (a scale applied after it would scale the mask too)."""
     statements: list[cst.BaseStatement] = field(default_factory=list)
     bindings: list[cst.BaseStatement] = field(default_factory=list)
     """Local names the mask was read through (`mask_bool = ...`), dropped when unused."""
@@ -188,14 +211,14 @@ def _find(ctx: SourceContext, target: FixTarget) -> _Attention | None:
     """The attention whose softmax is on the target's lines; AttentionRefused when it is
     attention that cannot be replaced."""
     for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-        scores = _softmax_input(ctx, call)
-        if scores is None:
+        softmax = _softmax_input(ctx, call)
+        if softmax is None:
             continue
         stmt = _statement(ctx, call)
         block = ctx.parent(stmt) if stmt is not None else None
         if stmt is None or not isinstance(block, cst.IndentedBlock):
             continue
-        return _match(ctx, list(block.body), block.body.index(stmt), call, scores)
+        return _match(ctx, list(block.body), block.body.index(stmt), call, *softmax)
     return None
 
 
@@ -205,12 +228,13 @@ def _match(
     at: int,
     softmax: cst.Call,
     softmax_arg: cst.BaseExpression,
+    dim: str,
 ) -> _Attention | None:
     # what the softmax reads: `S`, `S / d`, `S * s`, `S.float()`
     scores_name, late_scale = _scaled_name(ctx, softmax_arg)
     if scores_name is None:
         return None
-    head = _assigned(body[at])
+    head = assigned(body[at])
     if head is None:
         return None
     weights, weights_expr = head
@@ -220,55 +244,57 @@ def _match(
         dropout, weights_expr = inner
     if _unwrap_cast(weights_expr) is not softmax:
         raise AttentionRefused("the softmax's result goes through more than a cast or a dropout")
-    # statements before the softmax, walking back to the product
+    # statements before the softmax, walking back to the product; a rescaling statement
+    # (`S = S / d`) seen before any mask is applied after it
     mask = _Mask()
+    late = [late_scale] if late_scale is not None else []
+    early: list[str] = []
     index = at - 1
-    product: tuple[str, str, str, cst.BaseStatement | None] | None = None
+    product: Scores | None = None
     removed: list[cst.BaseStatement] = [body[at]]
     while index >= 0 and product is None:
         stmt = body[index]
-        assigned = _assigned(stmt)
-        if assigned is not None and assigned[0] == scores_name:
-            product = _product(ctx, assigned[1], body[:index])
-            if product is None:
-                step = _mask_step(ctx, stmt, scores_name, body[:index])
-                if step is None:
-                    raise AttentionRefused(
-                        f"`{scores_name}` is changed between the product and the softmax in a "
-                        "way the fused kernel does not reproduce (softcapping, a bias...)"
-                    )
-                _merge(mask, step)
-            else:
+        before = body[:index]
+        bound = assigned(stmt)
+        if bound is not None and bound[0] == scores_name:
+            product = score_product(ctx, bound[1], before)
+            if product is not None:
                 removed.append(stmt)
-        else:
-            step = _mask_step(ctx, stmt, scores_name, body[:index])
-            if step is None:
-                if _reads(stmt, scores_name):
-                    raise AttentionRefused(f"`{scores_name}` is used besides the softmax")
-            else:
-                _merge(mask, step)
-        index -= 1
-    if product is None:
-        return None
-    query, key, scale, key_binding = product
-    if late_scale is not None:
-        if mask.attn_mask is not None:
+                break
+        factor = _rescaling(stmt, scores_name)
+        if factor is not None:
+            (late if mask.attn_mask is None and not mask.causal else early).append(factor)
+            removed.append(stmt)
+        elif (step := _mask_step(ctx, stmt, scores_name, before)) is not None:
+            if step.additive and late:
+                raise AttentionRefused(
+                    "the scores are scaled after an additive mask was added: the fused "
+                    "kernel scales before masking"
+                )
+            _merge(mask, step)
+        elif bound is not None and bound[0] == scores_name:
             raise AttentionRefused(
-                "the scores are scaled after an additive mask was added: the fused kernel "
-                "scales before masking"
+                f"`{scores_name}` is changed between the product and the softmax in a "
+                "way the fused kernel does not reproduce (softcapping, a bias...)"
             )
-        scale = late_scale if scale == "1.0" else f"({scale}) * ({late_scale})"
+        elif _reads(stmt, scores_name):
+            raise AttentionRefused(f"`{scores_name}` is used besides the softmax")
+        index -= 1
+    if product is None or not _over_last_dim(dim, product.rank):
+        return None
+    scale = product.scale
+    for factor in (*reversed(early), *reversed(late)):
+        scale = times(scale, factor)
+    _refuse_tensor_scale(ctx, scale)
     removed += mask.statements
     scope = scope_of(ctx, body[at])
-    for binding in (key_binding, *mask.bindings):
-        if binding is not None and not _read_elsewhere(
-            ctx, _assigned_name(binding), scope, skip=[binding, *removed]
-        ):
+    for binding in (*product.bindings, *mask.bindings):
+        if not _read_elsewhere(ctx, _assigned_name(binding), scope, skip=[binding, *removed]):
             removed.append(binding)
     # the weights, after the softmax (and an optional dropout statement)
     index = at + 1
     if dropout is None and index < len(body):
-        after = _assigned(body[index])
+        after = assigned(body[index])
         if after is not None and after[0] == weights:
             inner = _dropout_of(ctx, after[1])
             if inner is None or dotted_name(inner[1]) != weights:
@@ -279,9 +305,13 @@ def _match(
     output = _value_product(ctx, body[index:], weights)
     if output is None:
         return None
-    out_stmt, out_expr, value = output
+    out_stmt, out_expr, value, inline_dropout = output
+    if inline_dropout is not None:
+        if dropout is not None:
+            raise AttentionRefused(f"`{weights}` goes through two dropouts")
+        dropout = inline_dropout
     between = body[at + 1 : body.index(out_stmt)]
-    rebound = {n for stmt in between if (n := _assigned_name(stmt)) in (query, key)}
+    rebound = {n for stmt in between if (n := _assigned_name(stmt)) in (product.query, product.key)}
     if rebound:
         raise AttentionRefused(f"`{rebound.pop()}` is reassigned between the product and `@ v`")
     others = [stmt for stmt in removed if stmt is not out_stmt]
@@ -294,8 +324,8 @@ def _match(
         statements=removed,
         output_statement=out_stmt,
         product=out_expr,
-        query=query,
-        key=key,
+        query=product.query,
+        key=product.key,
         value=value,
         scale=scale,
         mask=mask,
@@ -304,16 +334,49 @@ def _match(
     )
 
 
-def _reciprocal(factor: str) -> str:
-    """`1.0 / d`, parenthesised unless `d` is an atom (a name, attribute, call, subscript)."""
-    try:
-        atom = isinstance(
-            cst.parse_expression(factor),
-            cst.Name | cst.Attribute | cst.Call | cst.Subscript | cst.Integer | cst.Float,
-        )
-    except cst.ParserSyntaxError:
-        atom = False
-    return f"1.0 / {factor}" if atom else f"1.0 / ({factor})"
+def _over_last_dim(dim: str, rank: int | None) -> bool:
+    """The softmax normalises over the keys: dim -1, or the last dim by number when the
+    product fixes the rank (`nn.Softmax(dim=2)` after torch.bmm)."""
+    return dim == "-1" or (rank is not None and dim == str(rank - 1))
+
+
+def _rescaling(stmt: cst.BaseStatement, scores: str) -> str | None:
+    """`S = S / d`, `S = S * s`, `S /= d`, `S *= s`, `S = S.div(d)` -> the factor on S."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    small = stmt.body[0]
+    if isinstance(small, cst.AugAssign) and dotted_name(small.target) == scores:
+        factor = code(strip(small.value))
+        if isinstance(small.operator, cst.MultiplyAssign):
+            return factor
+        return reciprocal(factor) if isinstance(small.operator, cst.DivideAssign) else None
+    bound = assigned(stmt)
+    if bound is None or bound[0] != scores:
+        return None
+    scaled = scale_factor(bound[1])
+    if scaled is None or dotted_name(scaled[0]) != scores:
+        return None
+    return scaled[1]
+
+
+def _refuse_tensor_scale(ctx: SourceContext, scale: str) -> None:
+    """The fused call's `scale` is a Python float: a factor built by a torch call
+    (`self.scale = torch.sqrt(torch.FloatTensor([d]))`) is a tensor."""
+    for node in descendants(cst.parse_expression(scale)):
+        name = dotted_name(node) if isinstance(node, cst.Name | cst.Attribute) else None
+        built = _buffer_value(ctx, name) if name and name != "self" else None
+        if built is None:
+            continue
+        outer = method_call(built, "item") or method_call(built, "float")
+        if outer is None and any(
+            (ctx.qualname(n.func) or "").startswith("torch.")
+            for n in descendants(built)
+            if isinstance(n, cst.Call)
+        ):
+            raise AttentionRefused(
+                f"the scale `{name}` is a tensor: the fused call takes a Python float "
+                f"(build it with math.sqrt)"
+            )
 
 
 def _merge(mask: _Mask, step: _Mask) -> None:
@@ -324,34 +387,9 @@ def _merge(mask: _Mask, step: _Mask) -> None:
     mask.bindings += step.bindings
 
 
-def _assigned(stmt: cst.BaseStatement) -> tuple[str, cst.BaseExpression] | None:
-    if (
-        isinstance(stmt, cst.SimpleStatementLine)
-        and len(stmt.body) == 1
-        and isinstance(stmt.body[0], cst.Assign)
-        and len(stmt.body[0].targets) == 1
-    ):
-        name = dotted_name(stmt.body[0].targets[0].target)
-        if name is not None:
-            return name, stmt.body[0].value
-    return None
-
-
 def _assigned_name(stmt: cst.BaseStatement) -> str:
-    assigned = _assigned(stmt)
-    return assigned[0] if assigned is not None else ""
-
-
-def _code(node: cst.CSTNode) -> str:
-    return cst.Module([]).code_for_node(node)
-
-
-def _flat(node: cst.CSTNode) -> str:
-    return _code(node).replace(" ", "").replace("'", '"')
-
-
-def _strip(expr: cst.BaseExpression) -> cst.BaseExpression:
-    return expr.with_changes(lpar=[], rpar=[]) if getattr(expr, "lpar", None) else expr
+    bound = assigned(stmt)
+    return bound[0] if bound is not None else ""
 
 
 def _statement(ctx: SourceContext, node: cst.CSTNode) -> cst.BaseStatement | None:
@@ -391,32 +429,33 @@ def _read_elsewhere(
 # --- the pieces -----------------------------------------------------------------------
 
 
-def _softmax_input(ctx: SourceContext, call: cst.Call) -> cst.BaseExpression | None:
+def _softmax_input(ctx: SourceContext, call: cst.Call) -> tuple[cst.BaseExpression, str] | None:
     """`F.softmax(z, dim=-1)`, `torch.softmax(z, -1)`, `z.softmax(dim=-1)`, `self.sm(z)` with
-    `self.sm = nn.Softmax(dim=-1)` -> z. Only softmax over the last dimension."""
+    `self.sm = nn.Softmax(dim=-1)` -> (z, the dim); _match checks the dim is the last."""
     qual = ctx.qualname(call.func) or ""
     if qual in ("torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"):
-        if not call.args or not _last_dim(call.args[1:]):
-            return None
-        return call.args[0].value
+        dim = _dim(call.args[1:])
+        return (call.args[0].value, dim) if call.args and dim else None
     func = call.func
     receiver = dotted_name(func.value) if isinstance(func, cst.Attribute) else None
     module_call = receiver == "self"  # `self.softmax(x)`: a module, handled below
     if isinstance(func, cst.Attribute) and func.attr.value == "softmax" and not module_call:
-        return func.value if not qual and _last_dim(call.args) else None
+        dim = _dim(call.args)
+        return (func.value, dim) if not qual and dim else None
     name = dotted_name(func)
     if name is not None and name.startswith("self.") and len(call.args) == 1:
         built = _module_built(ctx, name)
         if built is not None and (ctx.qualname(built.func) or "").endswith("nn.Softmax"):
-            return call.args[0].value if _last_dim(built.args) else None
+            dim = _dim(built.args)
+            return (call.args[0].value, dim) if dim else None
     return None
 
 
-def _last_dim(args: Sequence[cst.Arg]) -> bool:
+def _dim(args: Sequence[cst.Arg]) -> str | None:
     for arg in args:
         if arg.keyword is None or arg.keyword.value == "dim":
-            return _flat(arg.value) == "-1"
-    return False
+            return flat(arg.value)
+    return None
 
 
 def _module_built(ctx: SourceContext, attribute: str) -> cst.Call | None:
@@ -445,11 +484,11 @@ def _scaled_name(ctx: SourceContext, expr: cst.BaseExpression) -> tuple[str | No
     cast = method_call(expr, "float")
     if cast is not None and isinstance(cast.func, cst.Attribute) and not cast.args:
         expr = cast.func.value
-    expr = _strip(expr)
+    expr = strip(expr)
     if isinstance(expr, cst.BinaryOperation) and dotted_name(expr.left):
-        factor = _code(_strip(expr.right))
+        factor = code(strip(expr.right))
         if isinstance(expr.operator, cst.Divide):
-            return dotted_name(expr.left), _reciprocal(factor)
+            return dotted_name(expr.left), reciprocal(factor)
         if isinstance(expr.operator, cst.Multiply):
             return dotted_name(expr.left), factor
         return None, None
@@ -459,8 +498,14 @@ def _scaled_name(ctx: SourceContext, expr: cst.BaseExpression) -> tuple[str | No
 def _dropout_of(
     ctx: SourceContext, expr: cst.BaseExpression
 ) -> tuple[str, cst.BaseExpression] | None:
-    """`self.drop(x)` with `self.drop = nn.Dropout(...)` -> ('self.drop.p if ...', x)."""
-    if not isinstance(expr, cst.Call) or len(expr.args) != 1:
+    """`self.drop(x)` with `self.drop = nn.Dropout(...)` -> ('self.drop.p if ...', x);
+    `F.dropout(x, p, training)` / `torch.dropout(x, p, train)` -> ('p if training else 0.0', x)."""
+    if not isinstance(expr, cst.Call) or not expr.args:
+        return None
+    qual = ctx.qualname(expr.func) or ""
+    if qual in ("torch.nn.functional.dropout", "torch.dropout"):
+        return _functional_dropout(expr)
+    if len(expr.args) != 1:
         return None
     name = dotted_name(expr.func)
     if name is None:
@@ -477,75 +522,20 @@ def _dropout_of(
     return f"{name}.p if self.training else 0.0", expr.args[0].value
 
 
-def _transposed_key(
-    expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
-) -> tuple[str, cst.BaseStatement | None] | None:
-    """`k.transpose(-2, -1)`, `(-1, -2)`, `(2, 3)` (4-D heads), `k.mT`, or a name bound to one
-    of those just before -> (k, the binding statement to drop or None)."""
-    expr = _strip(expr)
-    if isinstance(expr, cst.Attribute) and expr.attr.value == "mT":
-        return _code(expr.value), None
-    call = method_call(expr, "transpose")
-    if call is not None and isinstance(call.func, cst.Attribute) and len(call.args) == 2:
-        dims = {_flat(a.value) for a in call.args}
-        if dims in ({"-2", "-1"}, {"2", "3"}):
-            return _code(call.func.value), None
+def _functional_dropout(call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
+    """The rate F.dropout applies: `p` (default 0.5) while `training` (default True)."""
+    positional = [a.value for a in call.args if a.keyword is None]
+    named = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+    if "inplace" in named or not positional:
         return None
-    name = dotted_name(expr)
-    if name is None:
-        return None
-    for stmt in reversed(before):
-        assigned = _assigned(stmt)
-        if assigned is not None and assigned[0] == name:
-            inner = _transposed_key(assigned[1], [])
-            return (inner[0], stmt) if inner is not None else None
-    return None
-
-
-def _product(
-    ctx: SourceContext, expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
-) -> tuple[str, str, str, cst.BaseStatement | None] | None:
-    """`q @ k^T`, `torch.matmul(q, k^T)`, each optionally `* s` or `/ d`, or with the query
-    pre-scaled (`(q / t) @ k^T`) -> (query, key, scale, the statement binding k^T or None)."""
-    expr = _strip(expr)
-    scale = "1.0"
-    if isinstance(expr, cst.BinaryOperation) and isinstance(
-        expr.operator, cst.Multiply | cst.Divide
-    ):
-        factor = _code(_strip(expr.right))
-        scale = factor if isinstance(expr.operator, cst.Multiply) else _reciprocal(factor)
-        expr = _strip(expr.left)
-    operands = _matmul_operands(ctx, expr)
-    if operands is None:
-        return None
-    left, right = operands
-    key = _transposed_key(right, before)
-    if key is None:
-        return None
-    left = _strip(left)
-    if isinstance(left, cst.BinaryOperation) and isinstance(
-        left.operator, cst.Multiply | cst.Divide
-    ):
-        if scale != "1.0":
-            return None
-        factor = _code(_strip(left.right))
-        scale = factor if isinstance(left.operator, cst.Multiply) else _reciprocal(factor)
-        left = _strip(left.left)
-    return _code(left), key[0], scale, key[1]
-
-
-def _matmul_operands(
-    ctx: SourceContext, expr: cst.BaseExpression
-) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
-    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.MatrixMultiply):
-        return expr.left, expr.right
-    if (
-        isinstance(expr, cst.Call)
-        and (ctx.qualname(expr.func) or "") == "torch.matmul"
-        and len(expr.args) == 2
-    ):
-        return expr.args[0].value, expr.args[1].value
-    return None
+    p = named.get("p", positional[1] if len(positional) > 1 else None)
+    training = named.get("training", named.get("train"))
+    if training is None and len(positional) > 2:
+        training = positional[2]
+    rate = code(p) if p is not None else "0.5"
+    if training is None or flat(training) == "True":
+        return rate, positional[0]
+    return f"{rate} if {code(training)} else 0.0", positional[0]
 
 
 def _mask_step(
@@ -557,23 +547,27 @@ def _mask_step(
     """One masking statement on `scores` -> its mask; None when `stmt` is not one."""
     if isinstance(stmt, cst.If) and not stmt.orelse:
         guarded = _guarded_name(stmt.test)
-        inner = stmt.body.body
-        if guarded is None or len(inner) != 1 or not isinstance(inner[0], cst.BaseStatement):
+        inner = [s for s in stmt.body.body if isinstance(s, cst.BaseStatement)]
+        locals_first = all(
+            (b := assigned(s)) is not None and "." not in b[0] and b[0] != scores
+            for s in inner[:-1]
+        )
+        if guarded is None or not inner or len(inner) != len(stmt.body.body) or not locals_first:
             return None
-        step = _mask_step(ctx, inner[0], scores, before)
+        step = _mask_step(ctx, inner[-1], scores, [*before, *inner[:-1]])
         if step is None:
             return None
         if step.causal:
             raise AttentionRefused("a causal mask applied only on a condition")
         if step.attn_mask is not None and guarded in step.attn_mask and step.attn_mask != guarded:
             step.attn_mask = f"None if {guarded} is None else {step.attn_mask}"
-        return _Mask(attn_mask=step.attn_mask, statements=[stmt])
+        return _Mask(attn_mask=step.attn_mask, additive=step.additive, statements=[stmt])
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
         return None
     small = stmt.body[0]
     if isinstance(small, cst.AugAssign) and dotted_name(small.target) == scores:
-        if isinstance(small.operator, cst.AddAssign):
-            return _Mask(attn_mask=_code(_strip(small.value)), statements=[stmt])
+        if isinstance(small.operator, cst.AddAssign | cst.SubtractAssign):
+            return _additive(ctx, small.value, isinstance(small.operator, cst.AddAssign), stmt)
         return None
     value: cst.BaseExpression | None = None
     if isinstance(small, cst.Assign) and len(small.targets) == 1:
@@ -586,11 +580,11 @@ def _mask_step(
         return None
     if (
         isinstance(value, cst.BinaryOperation)
-        and isinstance(value.operator, cst.Add)
+        and isinstance(value.operator, cst.Add | cst.Subtract)
         and dotted_name(value.left) == scores
         and isinstance(small, cst.Assign)
     ):
-        return _Mask(attn_mask=_code(_strip(value.right)), statements=[stmt])
+        return _additive(ctx, value.right, isinstance(value.operator, cst.Add), stmt)
     for method in ("masked_fill", "masked_fill_"):
         call = method_call(value, method)
         if call is None or not isinstance(call.func, cst.Attribute):
@@ -603,13 +597,24 @@ def _mask_step(
     return None
 
 
+def _additive(
+    ctx: SourceContext, bias: cst.BaseExpression, added: bool, stmt: cst.BaseStatement
+) -> _Mask:
+    """`S + bias` / `S - bias`: a float attn_mask, or is_causal when the bias is a -inf
+    upper triangle (`torch.triu(torch.full(..., -inf), diagonal=1)[:, :, :T, :T]`)."""
+    if added and _triangle(ctx, bias, additive=True) == "triu":
+        return _Mask(causal=True, statements=[stmt])
+    text = code(strip(bias))
+    return _Mask(attn_mask=text if added else f"-({text})", additive=True, statements=[stmt])
+
+
 def _guarded_name(test: cst.BaseExpression) -> str | None:
     """`if mask is not None:` -> 'mask'."""
     if (
         isinstance(test, cst.Comparison)
         and len(test.comparisons) == 1
         and isinstance(test.comparisons[0].operator, cst.IsNot)
-        and _flat(test.comparisons[0].comparator) == "None"
+        and flat(test.comparisons[0].comparator) == "None"
     ):
         return dotted_name(test.left)
     return None
@@ -622,26 +627,29 @@ def _fill(
     stmt: cst.BaseStatement,
     before: Sequence[cst.BaseStatement],
 ) -> _Mask:
-    infinite = _flat(fill) in _NEG_INF
+    fill = _resolve(fill, before)[0]  # `max_neg_value = -torch.finfo(x.dtype).max`
+    infinite = flat(fill) in _NEG_INF
     large = infinite or _large_negative(fill)
     if not large:
         raise AttentionRefused(
-            f"the mask is filled with `{_code(fill)}`, not a value softmax turns into zero"
+            f"the mask is filled with `{code(fill)}`, not a value softmax turns into zero"
         )
     resolved, binding = _resolve(condition, before)
     if _is_causal(ctx, resolved):
         return _Mask(causal=True, statements=[stmt], bindings=[binding] if binding else [])
     if not infinite:
         raise AttentionRefused(
-            f"a padding mask filled with `{_code(fill)}` gives a fully masked row uniform "
+            f"a padding mask filled with `{code(fill)}` gives a fully masked row uniform "
             "weights where the fused kernel gives NaN: not the same result"
         )
-    return _Mask(attn_mask=f"~({_code(_strip(condition))})", statements=[stmt])
+    return _Mask(attn_mask=f"~({code(strip(condition))})", statements=[stmt])
 
 
 def _large_negative(fill: cst.BaseExpression) -> bool:
-    text = _flat(fill)
-    if text.startswith("torch.finfo(") and text.endswith(").min"):
+    text = flat(fill)
+    if (text.startswith("torch.finfo(") and text.endswith(").min")) or (
+        text.startswith("-torch.finfo(") and text.endswith(").max")
+    ):
         return True
     try:
         return float(text) <= -_LARGE_NEGATIVE
@@ -657,18 +665,18 @@ def _resolve(
     if name is None or "." in name:
         return expr, None
     for stmt in reversed(before):
-        assigned = _assigned(stmt)
-        if assigned is not None and assigned[0] == name:
-            return assigned[1], stmt
+        bound = assigned(stmt)
+        if bound is not None and bound[0] == name:
+            return bound[1], stmt
     return expr, None
 
 
 def _is_causal(ctx: SourceContext, condition: cst.BaseExpression) -> bool:
     """`tril_buffer[..., :T, :T] == 0` or `triu_buffer(diagonal=1)[:T, :T]` (as bool)."""
-    condition = _strip(condition)
+    condition = strip(condition)
     if isinstance(condition, cst.Comparison) and len(condition.comparisons) == 1:
         op = condition.comparisons[0].operator
-        value = _flat(condition.comparisons[0].comparator)
+        value = flat(condition.comparisons[0].comparator)
         if isinstance(op, cst.Equal) and value == "0":
             return _triangle(ctx, condition.left) == "tril"
         if isinstance(op, cst.Equal) and value in ("1", "True"):
@@ -677,14 +685,15 @@ def _is_causal(ctx: SourceContext, condition: cst.BaseExpression) -> bool:
     return _triangle(ctx, condition) == "triu"
 
 
-def _triangle(ctx: SourceContext, expr: cst.BaseExpression) -> str | None:
+def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = False) -> str | None:
     """'tril' / 'triu' (strictly upper) when `expr` is a square, top-left slice of a buffer
-    built by torch.tril / torch.triu(diagonal=1); None otherwise."""
-    expr = _strip(expr)
+    built by torch.tril / torch.triu(diagonal=1); None otherwise. `additive`: the buffer is
+    added to the scores, so only a strictly upper triangle of -inf is causal."""
+    expr = strip(expr)
     while True:
         call = method_call(expr, "bool")
         if call is not None and isinstance(call.func, cst.Attribute):
-            expr = _strip(call.func.value)
+            expr = strip(call.func.value)
             continue
         if isinstance(expr, cst.Subscript):
             if not _top_left_square(expr):
@@ -692,7 +701,7 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression) -> str | None:
                     "the causal mask is sliced at an offset (a KV cache?): is_causal aligns "
                     "queries and keys top-left"
                 )
-            expr = _strip(expr.value)
+            expr = strip(expr.value)
             continue
         break
     name = dotted_name(expr)
@@ -701,12 +710,16 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression) -> str | None:
     built = _buffer_value(ctx, name)
     if built is None:
         return None
-    text = _flat(built)
+    text = flat(built)
     if "tril(" not in text and "triu(" not in text:
-        # `mask = torch.tril(...)` then `register_buffer("bias", mask.view(...))`
+        # `mask = torch.tril(...)` then `register_buffer("bias", mask.view(...))`, or
+        # `mask = torch.full(..., -inf)`, `mask = torch.triu(mask, diagonal=1)`, then the buffer
         for node in descendants(built):
-            if isinstance(node, cst.Name) and (local := _buffer_value(ctx, node.value)):
-                text += _flat(local)
+            if isinstance(node, cst.Name):
+                text += "".join(flat(value) for value in _local_values(ctx, node.value))
+    if additive:
+        upper = "triu(" in text and ("diagonal=1" in text or ".triu(1)" in text)
+        return "triu" if upper and any(neg in text for neg in _NEG_INF) else None
     if "tril(" in text and "diagonal" not in text:
         return "tril"
     if "triu(" in text and "diagonal=1" in text:
@@ -714,9 +727,18 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression) -> str | None:
     return None
 
 
+def _local_values(ctx: SourceContext, name: str) -> list[cst.BaseExpression]:
+    """Every value a plain name is assigned in the module (a buffer built in steps)."""
+    return [
+        assign.value
+        for assign in ctx.find(cst.Assign)
+        if len(assign.targets) == 1 and dotted_name(assign.targets[0].target) == name
+    ]
+
+
 def _top_left_square(sub: cst.Subscript) -> bool:
     """`[:T, :T]`, `[:, :, :T, :T]`: full leading dims, then two `:X` slices of one X."""
-    parts = [_flat(el.slice) for el in sub.slice if isinstance(el.slice, cst.Index | cst.Slice)]
+    parts = [flat(el.slice) for el in sub.slice if isinstance(el.slice, cst.Index | cst.Slice)]
     if len(parts) != len(sub.slice) or len(parts) < 2:
         return False
     *lead, rows, cols = parts
@@ -744,9 +766,10 @@ def _buffer_value(ctx: SourceContext, name: str) -> cst.BaseExpression | None:
 
 def _value_product(
     ctx: SourceContext, rest: Sequence[cst.BaseStatement], weights: str
-) -> tuple[cst.BaseStatement, cst.BaseExpression, str] | None:
-    """The first statement after the softmax holding `weights @ v` / `torch.matmul(weights,
-    v)` -> (statement, that product, v)."""
+) -> tuple[cst.BaseStatement, cst.BaseExpression, str, str | None] | None:
+    """The first statement after the softmax holding `weights @ v` (any product form, the
+    weights optionally through a dropout there: `torch.matmul(self.dropout(w), v)`) ->
+    (statement, that product, v, the dropout rate or None)."""
     for stmt in rest:
         if isinstance(stmt, cst.BaseCompoundStatement):
             if _reads(stmt, weights):
@@ -755,9 +778,15 @@ def _value_product(
         for node in descendants(stmt):
             if not isinstance(node, cst.BaseExpression):
                 continue
-            operands = _matmul_operands(ctx, node)
-            if operands is not None and dotted_name(_strip(operands[0])) == weights:
-                return stmt, node, _code(_strip(operands[1]))
+            product = value_product(ctx, node)
+            if product is None:
+                continue
+            operand, value, _ = product
+            dropped = _dropout_of(ctx, operand)
+            if dropped is not None and dotted_name(strip(dropped[1])) == weights:
+                return stmt, node, value, dropped[0]
+            if dotted_name(operand) == weights:
+                return stmt, node, value, None
         if _reads(stmt, weights):
             raise AttentionRefused(f"`{weights}` is used before `@ v`")
     return None

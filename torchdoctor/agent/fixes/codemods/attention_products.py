@@ -1,0 +1,285 @@
+"""The two products of hand-written attention in the forms people write them.
+
+Scores: `q @ k^T`, `torch.matmul(q, k^T)`, `q.matmul(k^T)`, `torch.bmm(q, k^T)`,
+`torch.baddbmm(empty, q, k^T, beta=0, alpha=s)`, `torch.einsum("bhid,bhjd->bhij", q, k)`,
+`einops.einsum(q, k, "... i d, ... j d -> ... i j")`, with k^T any of `k.transpose(-2, -1)`,
+`k.mT`, `torch.transpose(k, -2, -1)`, `k.permute(0, 1, 3, 2)`, `k.transpose(2, 3)` (4-D) or
+`k.transpose(1, 2)` (bmm's 3-D), or a name bound to one of those. Values: `w @ v` in the same
+forms. Each is read by what it computes (which operand is contracted over which axis), not by
+the names involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from torchdoctor.agent.checks import einsum_attention as eq
+from torchdoctor.agent.fixes.codemods.base import SourceContext, dotted_name, method_call
+
+
+class AttentionRefused(Exception):
+    """The statements are attention, but no fused call reproduces them: the reason."""
+
+
+@dataclass
+class Scores:
+    query: str
+    key: str
+    scale: str
+    rank: int | None
+    """The scores' number of dimensions when the product fixes it (bmm: 3), else None."""
+    bindings: list[cst.BaseStatement] = field(default_factory=list)
+    """Statements binding a name only the product read (`k_t = ...`, baddbmm's input)."""
+
+
+def code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node)
+
+
+def flat(node: cst.CSTNode) -> str:
+    return code(node).replace(" ", "").replace("'", '"')
+
+
+def strip(expr: cst.BaseExpression) -> cst.BaseExpression:
+    return expr.with_changes(lpar=[], rpar=[]) if getattr(expr, "lpar", None) else expr
+
+
+def assigned(stmt: cst.BaseStatement) -> tuple[str, cst.BaseExpression] | None:
+    if (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and len(stmt.body) == 1
+        and isinstance(stmt.body[0], cst.Assign)
+        and len(stmt.body[0].targets) == 1
+    ):
+        name = dotted_name(stmt.body[0].targets[0].target)
+        if name is not None:
+            return name, stmt.body[0].value
+    return None
+
+
+def reciprocal(factor: str) -> str:
+    """`1.0 / d`, parenthesised unless `d` is an atom (a name, attribute, call, subscript)."""
+    try:
+        atom = isinstance(
+            cst.parse_expression(factor),
+            cst.Name | cst.Attribute | cst.Call | cst.Subscript | cst.Integer | cst.Float,
+        )
+    except cst.ParserSyntaxError:
+        atom = False
+    return f"1.0 / {factor}" if atom else f"1.0 / ({factor})"
+
+
+def times(scale: str, factor: str) -> str:
+    """Two scale factors as one expression ('1.0' is no factor)."""
+    if scale == "1.0":
+        return factor
+    if factor == "1.0":
+        return scale
+    return f"({scale}) * ({factor})"
+
+
+def scale_factor(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, str] | None:
+    """`x * s` / `x / d` / `x.mul(s)` / `x.div(d)` -> (x, the factor on the scores)."""
+    expr = strip(expr)
+    if isinstance(expr, cst.BinaryOperation) and isinstance(
+        expr.operator, cst.Multiply | cst.Divide
+    ):
+        factor = code(strip(expr.right))
+        if isinstance(expr.operator, cst.Divide):
+            factor = reciprocal(factor)
+        return strip(expr.left), factor
+    for method, invert in (("mul", False), ("div", True)):
+        call = method_call(expr, method)
+        if call is not None and isinstance(call.func, cst.Attribute) and len(call.args) == 1:
+            factor = code(strip(call.args[0].value))
+            return strip(call.func.value), reciprocal(factor) if invert else factor
+    return None
+
+
+def _ints(args: Sequence[cst.Arg]) -> list[str]:
+    return [flat(a.value) for a in args if a.keyword is None]
+
+
+def transposed_key(
+    expr: cst.BaseExpression, before: Sequence[cst.BaseStatement], rank: int | None
+) -> tuple[str, int | None, cst.BaseStatement | None] | None:
+    """k^T in one of its forms, or a name bound to one just before -> (k, the rank the form
+    implies or `rank`, the binding statement to drop or None). `rank` is what the product
+    already fixes (3 for bmm), which makes `transpose(1, 2)` a key transpose."""
+    expr = strip(expr)
+    if isinstance(expr, cst.Attribute) and expr.attr.value == "mT":
+        return code(expr.value), rank, None
+    call = expr if isinstance(expr, cst.Call) else None
+    func = call.func if call is not None else None
+    if call is not None and isinstance(func, cst.Attribute):
+        args = _ints(call.args)
+        receiver = code(func.value)
+        if func.attr.value == "transpose" and dotted_name(func.value) == "torch" and args:
+            receiver, args = code(call.args[0].value), args[1:]  # torch.transpose(k, a, b)
+        if func.attr.value == "transpose" and len(args) == 2:
+            dims = set(args)
+            if dims == {"-2", "-1"}:
+                return receiver, rank, None
+            if dims == {"2", "3"} and rank in (None, 4):
+                return receiver, 4, None
+            if dims == {"1", "2"} and rank == 3:
+                return receiver, 3, None
+            return None
+        if func.attr.value == "permute" and args == ["0", "1", "3", "2"]:
+            return receiver, 4, None
+        return None
+    name = dotted_name(expr)
+    if name is None:
+        return None
+    for stmt in reversed(before):
+        bound = assigned(stmt)
+        if bound is not None and bound[0] == name:
+            inner = transposed_key(bound[1], [], rank)
+            return (inner[0], inner[1], stmt) if inner is not None else None
+    return None
+
+
+def matmul_operands(
+    ctx: SourceContext, expr: cst.BaseExpression
+) -> tuple[cst.BaseExpression, cst.BaseExpression, int | None] | None:
+    """`a @ b`, `torch.matmul(a, b)`, `a.matmul(b)`, `torch.bmm(a, b)` -> (a, b, rank)."""
+    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.MatrixMultiply):
+        return expr.left, expr.right, None
+    if not isinstance(expr, cst.Call):
+        return None
+    qual = ctx.qualname(expr.func) or ""
+    if qual in ("torch.matmul", "torch.bmm") and len(expr.args) == 2:
+        rank = 3 if qual == "torch.bmm" else None
+        return expr.args[0].value, expr.args[1].value, rank
+    call = method_call(expr, "matmul") or method_call(expr, "bmm")
+    if call is not None and not qual and len(call.args) == 1:
+        assert isinstance(call.func, cst.Attribute)
+        rank = 3 if call.func.attr.value == "bmm" else None
+        return call.func.value, call.args[0].value, rank
+    return None
+
+
+def einsum_operands(
+    ctx: SourceContext, expr: cst.BaseExpression
+) -> tuple[list[eq.Axes], eq.Axes, list[cst.BaseExpression]] | None:
+    """torch.einsum(equation, a, b) / (equation, (a, b)) / einops.einsum(a, b, equation)
+    -> (input axes, output axes, operands)."""
+    if not isinstance(expr, cst.Call):
+        return None
+    qual = ctx.qualname(expr.func) or ""
+    args = [a.value for a in expr.args if a.keyword is None]
+    if qual == "torch.einsum" and args:
+        equation, operands, words = args[0], args[1:], False
+    elif qual == "einops.einsum" and args:
+        equation, operands, words = args[-1], args[:-1], True
+    else:
+        return None
+    if len(operands) == 1 and isinstance(operands[0], cst.Tuple | cst.List):
+        operands = [e.value for e in operands[0].elements]
+    if not isinstance(equation, cst.SimpleString) or not isinstance(equation.evaluated_value, str):
+        return None
+    parsed = eq.parse(equation.evaluated_value, words)
+    if parsed is None or len(operands) != len(parsed[0]):
+        return None
+    return parsed[0], parsed[1], operands
+
+
+def score_product(
+    ctx: SourceContext, expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
+) -> Scores | None:
+    """The scores' product, optionally `* s` / `/ d` around it or on the query."""
+    scale = "1.0"
+    scaled = scale_factor(expr)
+    if scaled is not None:
+        expr, scale = scaled
+    found = _raw_scores(ctx, strip(expr), before)
+    if found is None:
+        return None
+    query = strip(cst.parse_expression(found.query))
+    prescaled = scale_factor(query)
+    if prescaled is not None:
+        if scale != "1.0":
+            return None
+        query, scale = prescaled
+    found.query = code(query)
+    found.scale = times(scale, found.scale)
+    return found
+
+
+def _raw_scores(
+    ctx: SourceContext, expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
+) -> Scores | None:
+    matmul = matmul_operands(ctx, expr)
+    if matmul is not None:
+        left, right, rank = matmul
+        key = transposed_key(right, before, rank)
+        if key is None:
+            return None
+        return Scores(code(strip(left)), key[0], "1.0", key[1], [key[2]] if key[2] else [])
+    if isinstance(expr, cst.Call) and (ctx.qualname(expr.func) or "") == "torch.baddbmm":
+        return _baddbmm(expr, before)
+    einsum = einsum_operands(ctx, expr)
+    if einsum is None:
+        return None
+    terms, output, operands = einsum
+    einsum_rank = eq.scores_rank(terms, output)
+    if einsum_rank is None:
+        if eq.contracts_dim(terms, output):
+            raise AttentionRefused(
+                "the einsum's layout is not (..., tokens, dim) for both q and k: transpose "
+                "q, k and v to (batch, heads, tokens, dim) before one fused call"
+            )
+        return None
+    query, key_operand = operands
+    return Scores(
+        code(strip(query)),
+        code(strip(key_operand)),
+        "1.0",
+        None if "*" in output else einsum_rank,
+    )
+
+
+def _baddbmm(call: cst.Call, before: Sequence[cst.BaseStatement]) -> Scores | None:
+    """`torch.baddbmm(input, q, k^T, beta=0, alpha=s)`: with beta 0 the input is ignored."""
+    positional = [a.value for a in call.args if a.keyword is None]
+    named = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+    if len(positional) != 3:
+        return None
+    key = transposed_key(positional[2], before, 3)
+    if key is None:
+        return None
+    beta = flat(named["beta"]) if "beta" in named else "1"
+    if beta not in ("0", "0.0"):
+        raise AttentionRefused(
+            f"torch.baddbmm adds `{code(positional[0])}` to the scores (beta={beta}): pass "
+            "it as attn_mask by hand"
+        )
+    scale = code(strip(named["alpha"])) if "alpha" in named else "1.0"
+    bindings = [key[2]] if key[2] else []
+    name = dotted_name(positional[0])
+    for stmt in reversed(before):
+        bound = assigned(stmt)
+        if name is not None and bound is not None and bound[0] == name:
+            bindings.append(stmt)
+            break
+    return Scores(code(strip(positional[1])), key[0], scale, 3, bindings)
+
+
+def value_product(
+    ctx: SourceContext, node: cst.BaseExpression
+) -> tuple[cst.BaseExpression, str, int | None] | None:
+    """`w @ v` in any of the score product's forms -> (w's expression, v, rank)."""
+    operands = matmul_operands(ctx, node)
+    if operands is not None:
+        return strip(operands[0]), code(strip(operands[1])), operands[2]
+    einsum = einsum_operands(ctx, node)
+    if einsum is None:
+        return None
+    rank = eq.values_rank(einsum[0], einsum[1])
+    if rank is None:
+        return None
+    weights, value = einsum[2][:2]
+    return strip(weights), code(strip(value)), None if "*" in einsum[1] else rank
