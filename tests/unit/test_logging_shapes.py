@@ -49,11 +49,13 @@ def test_log_without_counter_is_refused_with_its_reason(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [*FIXABLE, *REFUSED])
-def test_the_rule_reports_the_log_and_not_the_fixed_one(name: str) -> None:
+def test_the_rule_reports_the_sync_and_not_once_it_is_fixed(name: str) -> None:
     source = (SHAPES / f"{name}.py").read_text()
     found = analyse_files([("m.py", source)], workers=1).all_findings()
-    assert _target(source).line in {f.line for f in found if f.rule == "host-sync-in-step"}
+    lines = [f.line for f in found if f.rule == "host-sync-in-step"]
+    assert _target(source).line in lines
     if name in FIXABLE:
         fixed = (SHAPES / f"{name}.after.py").read_text()
         after = analyse_files([("m.py", fixed)], workers=1).all_findings()
-        assert not [f for f in after if f.rule == "host-sync-in-step"]
+        # a step with two syncs (an epoch sum and a log) keeps the one not fixed
+        assert len([f for f in after if f.rule == "host-sync-in-step"]) == len(lines) - 1

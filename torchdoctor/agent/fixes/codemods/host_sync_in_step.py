@@ -18,7 +18,22 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 LOG_EVERY = 50
 """Steps between two progress lines once a per-step print is thinned out."""
-_LOGGERS = frozenset({"print", "log", "info", "debug", "add_scalar", "add_scalars", "set_postfix"})
+_LOGGERS = frozenset(
+    {
+        "print",
+        "log",
+        "info",
+        "debug",
+        "add_scalar",
+        "add_scalars",
+        "log_metrics",
+        "set_postfix",
+        "set_postfix_str",
+        "set_description",
+        "set_description_str",
+    }
+)
+"""Calls that only show or record a number: a tqdm bar's postfix and description included."""
 _STREAMS = frozenset({"sys.stdout.write", "sys.stderr.write"})
 """Progress lines written straight to a stream (`sys.stdout.write("[Epoch %d] ..." % ...)`)."""
 
