@@ -31,8 +31,8 @@ def _codemod():  # type: ignore[no-untyped-def]
     return codemod
 
 
-def test_the_collection_covers_twenty_five_shapes() -> None:
-    assert len(FIXABLE) + len(REFUSED) >= 25
+def test_the_collection_covers_thirty_shapes() -> None:
+    assert len(FIXABLE) + len(REFUSED) >= 30
     assert not set(FIXABLE) & set(REFUSED)
 
 
@@ -71,6 +71,13 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             "CrossAttention",
             {"query_dim": 16, "context_dim": 12},
             (torch.randn(2, 5, 16), torch.randn(2, 7, 12)),
+        ),
+        "local_triu_mask": ("SelfAttention", {"n_embd": 16, "n_head": 2}, (torch.randn(2, 6, 16),)),
+        "local_triu_viewed": ("CausalAttention", {"head_dim": 4}, heads),
+        "perceiver_rowmax": (
+            "PerceiverAttention",
+            {"dim": 16},
+            (torch.randn(2, 5, 16), torch.randn(2, 3, 16)),
         ),
         "functional_dropout": (
             "CausalSelfAttention",
@@ -146,7 +153,9 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "einsum_cross_finfo",
         "einsum_heads_last",
         "finfo_min_bool_mask",
+        "flags_padding_causal",
         "kv_cache_offset",
+        "palm_multi_query",
         "seq2seq_tensor_scale_private",
         "softcapping",
     ],
@@ -195,3 +204,15 @@ def test_the_softmax_module_stays_when_something_else_uses_it() -> None:
     assert fixed is not None and "scaled_dot_product_attention" in fixed
     assert "self.attend = nn.Softmax(dim=-1)" in fixed
     assert "self.attend = nn.Softmax" not in (SHAPES / "vit_softmax_module.after.py").read_text()
+
+
+def test_a_bias_computed_from_the_scores_is_not_taken_for_a_mask() -> None:
+    """`sim - sim.mean(-1, keepdim=True)` reads the scores the fused call never builds: it
+    must be refused, not become an attn_mask naming a deleted variable."""
+    source = (SHAPES / "perceiver_rowmax.py").read_text()
+    centred = source.replace("sim.amax(dim=-1, keepdim=True).detach()", "sim.mean(-1, True)")
+    assert centred != source
+    assert _codemod().transform(centred, _target(centred)) is None
+    assert "changed between the product and the softmax" in _codemod().explain(
+        centred, _target(centred)
+    )

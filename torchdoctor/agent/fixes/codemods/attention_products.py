@@ -227,6 +227,11 @@ def _raw_scores(
     terms, output, operands = einsum
     einsum_rank = eq.scores_rank(terms, output)
     if einsum_rank is None:
+        if eq.contracts_dim(terms, output) and len(terms[0]) > len(terms[1]):
+            raise AttentionRefused(
+                "the keys and values have no heads axis (multi-query attention): expand them "
+                "to the query's heads (k.unsqueeze(1)) or use enable_gqa before one fused call"
+            )
         if eq.contracts_dim(terms, output):
             raise AttentionRefused(
                 "the einsum's layout is not (..., tokens, dim) for both q and k: transpose "

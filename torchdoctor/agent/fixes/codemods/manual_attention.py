@@ -262,7 +262,9 @@ def _match(
                 removed.append(stmt)
                 break
         factor = _rescaling(stmt, scores_name)
-        if factor is not None:
+        if _row_max_shift(stmt, scores_name):
+            removed.append(stmt)  # softmax is shift-invariant along the row
+        elif factor is not None:
             (late if mask.attn_mask is None and not mask.causal else early).append(factor)
             removed.append(stmt)
         elif (step := _mask_step(ctx, stmt, scores_name, before)) is not None:
@@ -276,6 +278,11 @@ def _match(
             raise AttentionRefused(
                 f"`{scores_name}` is changed between the product and the softmax in a "
                 "way the fused kernel does not reproduce (softcapping, a bias...)"
+            )
+        elif isinstance(stmt, cst.If) and _assigns(stmt, scores_name):
+            raise AttentionRefused(
+                f"`{scores_name}` is masked under `if {code(stmt.test)}:`, a condition "
+                "the fused call's arguments do not express: build the mask first"
             )
         elif _reads(stmt, scores_name):
             raise AttentionRefused(f"`{scores_name}` is used besides the softmax")
@@ -357,6 +364,54 @@ def _rescaling(stmt: cst.BaseStatement, scores: str) -> str | None:
     if scaled is None or dotted_name(scaled[0]) != scores:
         return None
     return scaled[1]
+
+
+def _row_max_shift(stmt: cst.BaseStatement, scores: str) -> bool:
+    """`S = S - S.amax(dim=-1, keepdim=True).detach()` (or `.max(-1, keepdim=True)[0]`,
+    `.values`): the numerical-stability shift softmax does itself."""
+    bound = assigned(stmt)
+    if bound is None or bound[0] != scores:
+        return False
+    value = strip(bound[1])
+    if not (
+        isinstance(value, cst.BinaryOperation)
+        and isinstance(value.operator, cst.Subtract)
+        and dotted_name(value.left) == scores
+    ):
+        return False
+    shift = strip(value.right)
+    detached = method_call(shift, "detach")
+    if detached is not None and isinstance(detached.func, cst.Attribute):
+        shift = strip(detached.func.value)
+    if isinstance(shift, cst.Subscript) and flat(shift.slice[0].slice) == "0":
+        shift = strip(shift.value)  # `.max(...)[0]`
+    elif isinstance(shift, cst.Attribute) and shift.attr.value == "values":
+        shift = strip(shift.value)
+    call = method_call(shift, "amax") or method_call(shift, "max")
+    if call is None or not isinstance(call.func, cst.Attribute):
+        return False
+    positional = [flat(a.value) for a in call.args if a.keyword is None]
+    named = {a.keyword.value: flat(a.value) for a in call.args if a.keyword is not None}
+    dim = named.get("dim", positional[0] if positional else None)
+    keepdim = named.get("keepdim", positional[1] if len(positional) > 1 else None)
+    return dotted_name(call.func.value) == scores and dim == "-1" and keepdim == "True"
+
+
+def _assigns(stmt: cst.CSTNode, name: str) -> bool:
+    """Whether `stmt` rebinds `name` or changes it in place (`name.masked_fill_(...)`)."""
+    for node in descendants(stmt):
+        if isinstance(node, cst.AssignTarget | cst.AugAssign) and (
+            dotted_name(node.target) == name
+        ):
+            return True
+        if (
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value.endswith("_")
+            and dotted_name(node.func.value) == name
+        ):
+            return True
+    return False
 
 
 def _refuse_tensor_scale(ctx: SourceContext, scale: str) -> None:
@@ -567,7 +622,8 @@ def _mask_step(
     small = stmt.body[0]
     if isinstance(small, cst.AugAssign) and dotted_name(small.target) == scores:
         if isinstance(small.operator, cst.AddAssign | cst.SubtractAssign):
-            return _additive(ctx, small.value, isinstance(small.operator, cst.AddAssign), stmt)
+            added = isinstance(small.operator, cst.AddAssign)
+            return _additive(ctx, small.value, added, scores, stmt)
         return None
     value: cst.BaseExpression | None = None
     if isinstance(small, cst.Assign) and len(small.targets) == 1:
@@ -584,7 +640,7 @@ def _mask_step(
         and dotted_name(value.left) == scores
         and isinstance(small, cst.Assign)
     ):
-        return _additive(ctx, value.right, isinstance(value.operator, cst.Add), stmt)
+        return _additive(ctx, value.right, isinstance(value.operator, cst.Add), scores, stmt)
     for method in ("masked_fill", "masked_fill_"):
         call = method_call(value, method)
         if call is None or not isinstance(call.func, cst.Attribute):
@@ -598,10 +654,17 @@ def _mask_step(
 
 
 def _additive(
-    ctx: SourceContext, bias: cst.BaseExpression, added: bool, stmt: cst.BaseStatement
-) -> _Mask:
+    ctx: SourceContext,
+    bias: cst.BaseExpression,
+    added: bool,
+    scores: str,
+    stmt: cst.BaseStatement,
+) -> _Mask | None:
     """`S + bias` / `S - bias`: a float attn_mask, or is_causal when the bias is a -inf
-    upper triangle (`torch.triu(torch.full(..., -inf), diagonal=1)[:, :, :T, :T]`)."""
+    upper triangle (`torch.triu(torch.full(..., -inf), diagonal=1)[:, :, :T, :T]`). None
+    when the bias reads the scores themselves (a row statistic is no mask)."""
+    if _reads(bias, scores):
+        return None
     if added and _triangle(ctx, bias, additive=True) == "triu":
         return _Mask(causal=True, statements=[stmt])
     text = code(strip(bias))
@@ -636,13 +699,28 @@ def _fill(
         )
     resolved, binding = _resolve(condition, before)
     if _is_causal(ctx, resolved):
-        return _Mask(causal=True, statements=[stmt], bindings=[binding] if binding else [])
+        bindings = [binding] if binding else _bindings_read(condition, before)
+        return _Mask(causal=True, statements=[stmt], bindings=bindings)
     if not infinite:
         raise AttentionRefused(
             f"a padding mask filled with `{code(fill)}` gives a fully masked row uniform "
             "weights where the fused kernel gives NaN: not the same result"
         )
     return _Mask(attn_mask=f"~({code(strip(condition))})", statements=[stmt])
+
+
+def _bindings_read(
+    expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
+) -> list[cst.BaseStatement]:
+    """The statements binding the local names `expr` reads (`causal_mask` in
+    `causal_mask.view(1, 1, T, T)`), dropped with the mask when nothing else reads them."""
+    names = {n.value for n in descendants(expr) if isinstance(n, cst.Name)}
+    found = []
+    for name in sorted(names):
+        bound = _resolve(cst.Name(name), before)[1]
+        if bound is not None:
+            found.append(bound)
+    return found
 
 
 def _large_negative(fill: cst.BaseExpression) -> bool:
@@ -695,6 +773,13 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
         if call is not None and isinstance(call.func, cst.Attribute):
             expr = strip(call.func.value)
             continue
+        reshaped = method_call(expr, "view") or method_call(expr, "reshape")
+        if reshaped is not None and isinstance(reshaped.func, cst.Attribute):
+            dims = [flat(a.value) for a in reshaped.args]
+            if len(dims) < 2 or dims[-1] != dims[-2] or any(d != "1" for d in dims[:-2]):
+                return None
+            expr = strip(reshaped.func.value)  # `.view(1, 1, T, T)`: leading unit dims
+            continue
         if isinstance(expr, cst.Subscript):
             if not _top_left_square(expr):
                 raise AttentionRefused(
@@ -704,12 +789,19 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
             expr = strip(expr.value)
             continue
         break
+    if isinstance(expr, cst.Call):
+        return _square_triangle(expr, additive)
     name = dotted_name(expr)
     if name is None:
         return None
     built = _buffer_value(ctx, name)
     if built is None:
         return None
+    local = strip(built)
+    while (cast := method_call(local, "bool")) is not None and isinstance(cast.func, cst.Attribute):
+        local = strip(cast.func.value)
+    if isinstance(local, cst.Call) and (square := _square_triangle(local, additive)):
+        return square  # `causal_mask = torch.ones(T, T).triu(1).bool()`, used viewed
     text = flat(built)
     if "tril(" not in text and "triu(" not in text:
         # `mask = torch.tril(...)` then `register_buffer("bias", mask.view(...))`, or
@@ -725,6 +817,46 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     if "triu(" in text and "diagonal=1" in text:
         return "triu"
     return None
+
+
+def _square_triangle(call: cst.Call, additive: bool) -> str | None:
+    """A triangle built in place over a square: `torch.triu(torch.ones(T, T), diagonal=1)`,
+    `torch.ones(T, T).tril()`, `torch.full((T, T), -inf).triu(1)` (when `additive`)."""
+    func = call.func
+    if not isinstance(func, cst.Attribute) or func.attr.value not in ("triu", "tril"):
+        return None
+    args = list(call.args)
+    if dotted_name(func.value) == "torch" and args and args[0].keyword is None:
+        base, args = args[0].value, args[1:]
+    else:
+        base = func.value
+    diagonal = next(
+        (flat(a.value) for a in args if a.keyword is None or a.keyword.value == "diagonal"), "0"
+    )
+    if not _square(base, additive):
+        return None
+    if func.attr.value == "triu" and diagonal == "1":
+        return "triu"
+    return "tril" if func.attr.value == "tril" and diagonal == "0" and not additive else None
+
+
+def _square(base: cst.BaseExpression, additive: bool) -> bool:
+    """`torch.ones(T, T, ...)` / `torch.ones((T, T))`, or for an additive mask
+    `torch.full((T, T), -inf)`: a square the mask's broadcast makes queries x keys."""
+    base = strip(base)
+    if not isinstance(base, cst.Call):
+        return False
+    name = (dotted_name(base.func) or "").rsplit(".", 1)[-1]
+    sizes = [a.value for a in base.args if a.keyword is None]
+    fill = None
+    if name == "full" and len(sizes) == 2:
+        sizes, fill = sizes[:1], flat(sizes[1])
+    if len(sizes) == 1 and isinstance(sizes[0], cst.Tuple | cst.List):
+        sizes = [e.value for e in sizes[0].elements]
+    square = len(sizes) == 2 and flat(sizes[0]) == flat(sizes[1])
+    if additive:
+        return square and name == "full" and fill in _NEG_INF
+    return square and name == "ones"
 
 
 def _local_values(ctx: SourceContext, name: str) -> list[cst.BaseExpression]:
