@@ -72,6 +72,16 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"query_dim": 16, "context_dim": 12},
             (torch.randn(2, 5, 16), torch.randn(2, 7, 12)),
         ),
+        "bert_extended_mask": (
+            "SelfAttention",
+            {"head_size": 4},
+            (*heads, (1.0 - padding.float()) * -10000.0),
+        ),
+        "swin_bias_only": (
+            "WindowAttention",
+            {"dim": 16, "window_size": 5, "num_heads": 2},
+            (torch.randn(3, 5, 16),),
+        ),
         "local_triu_mask": ("SelfAttention", {"n_embd": 16, "n_head": 2}, (torch.randn(2, 6, 16),)),
         "local_triu_viewed": ("CausalAttention", {"head_dim": 4}, heads),
         "perceiver_rowmax": (

@@ -218,7 +218,13 @@ def _find(ctx: SourceContext, target: FixTarget) -> _Attention | None:
         block = ctx.parent(stmt) if stmt is not None else None
         if stmt is None or not isinstance(block, cst.IndentedBlock):
             continue
-        return _match(ctx, list(block.body), block.body.index(stmt), call, *softmax)
+        found = _match(ctx, list(block.body), block.body.index(stmt), call, *softmax)
+        if found is None and isinstance(ctx.parent(block), cst.If | cst.Else):
+            raise AttentionRefused(
+                "the softmax sits in one branch of an if/else and the scores come from "
+                "outside it: compute one mask (zero in the other branch) and one softmax first"
+            )
+        return found
     return None
 
 
