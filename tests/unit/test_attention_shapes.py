@@ -82,6 +82,16 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "window_size": 5, "num_heads": 2},
             (torch.randn(3, 5, 16),),
         ),
+        "gpt_inline_weights": (
+            "CausalSelfAttention",
+            {"n_embd": 16, "n_head": 2, "block_size": 8},
+            (torch.randn(2, 6, 16),),
+        ),
+        "padding_inline_return": (
+            "short_attention",
+            {},
+            (*heads, padding[:, 0, 0, :].bool()),
+        ),
         "local_triu_mask": ("SelfAttention", {"n_embd": 16, "n_head": 2}, (torch.randn(2, 6, 16),)),
         "local_triu_viewed": ("CausalAttention", {"head_dim": 4}, heads),
         "perceiver_rowmax": (

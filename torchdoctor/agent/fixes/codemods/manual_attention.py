@@ -240,16 +240,20 @@ def _match(
     scores_name, late_scale = _scaled_name(ctx, softmax_arg)
     if scores_name is None:
         return None
-    head = assigned(body[at])
-    if head is None:
-        return None
-    weights, weights_expr = head
-    dropout = None
-    inner = _dropout_of(ctx, weights_expr)
-    if inner is not None:
-        dropout, weights_expr = inner
-    if _unwrap_cast(weights_expr) is not softmax:
-        raise AttentionRefused("the softmax's result goes through more than a cast or a dropout")
+    inline = _inline_value_product(ctx, body[at], softmax)
+    weights, dropout = "", None
+    if inline is None:
+        head = assigned(body[at])
+        if head is None:
+            return None
+        weights, weights_expr = head
+        inner = _dropout_of(ctx, weights_expr)
+        if inner is not None:
+            dropout, weights_expr = inner
+        if _unwrap_cast(weights_expr) is not softmax:
+            raise AttentionRefused(
+                "the softmax's result goes through more than a cast or a dropout"
+            )
     # statements before the softmax, walking back to the product; a rescaling statement
     # (`S = S / d`) seen before any mask is applied after it
     mask = _Mask()
@@ -257,7 +261,7 @@ def _match(
     early: list[str] = []
     index = at - 1
     product: Scores | None = None
-    removed: list[cst.BaseStatement] = [body[at]]
+    removed: list[cst.BaseStatement] = [body[at]] if inline is None else []
     while index >= 0 and product is None:
         stmt = body[index]
         before = body[:index]
@@ -304,6 +308,20 @@ def _match(
     for binding in (*product.bindings, *mask.bindings):
         if not _read_elsewhere(ctx, _assigned_name(binding), scope, skip=[binding, *removed]):
             removed.append(binding)
+    if inline is not None:  # `return F.softmax(s, dim=-1) @ v`: the product is right here
+        out_expr, value, dropout = inline
+        return _Attention(
+            statements=removed,
+            output_statement=body[at],
+            product=out_expr,
+            query=product.query,
+            key=product.key,
+            value=value,
+            scale=scale,
+            mask=mask,
+            dropout=dropout,
+            softmax=softmax,
+        )
     # the weights, after the softmax (and an optional dropout statement)
     index = at + 1
     if dropout is None and index < len(body):
@@ -345,6 +363,26 @@ def _match(
         dropout=dropout,
         softmax=softmax,
     )
+
+
+def _inline_value_product(
+    ctx: SourceContext, stmt: cst.BaseStatement, softmax: cst.Call
+) -> tuple[cst.BaseExpression, str, str | None] | None:
+    """`softmax(...) @ v` (the softmax, optionally cast or dropped out, the product's weights
+    operand) in the softmax's own statement -> (the product, v, the dropout rate or None)."""
+    for node in descendants(stmt):
+        if not isinstance(node, cst.BaseExpression):
+            continue
+        product = value_product(ctx, node)
+        if product is None:
+            continue
+        operand, value, _ = product
+        dropped = _dropout_of(ctx, operand)
+        rate = dropped[0] if dropped is not None else None
+        inner = strip(dropped[1]) if dropped is not None else operand
+        if _unwrap_cast(inner) is softmax:
+            return node, value, rate
+    return None
 
 
 def _over_last_dim(dim: str, rank: int | None) -> bool:
@@ -712,7 +750,10 @@ def _fill(
             f"a padding mask filled with `{code(fill)}` gives a fully masked row uniform "
             "weights where the fused kernel gives NaN: not the same result"
         )
-    return _Mask(attn_mask=f"~({code(strip(condition))})", statements=[stmt])
+    condition = strip(condition)
+    if isinstance(condition, cst.UnaryOperation) and isinstance(condition.operator, cst.BitInvert):
+        return _Mask(attn_mask=code(strip(condition.expression)), statements=[stmt])  # `~keep`
+    return _Mask(attn_mask=f"~({code(condition)})", statements=[stmt])
 
 
 def _bindings_read(
