@@ -65,7 +65,8 @@ class HostSyncInStepFix(Codemod):
                 and item
                 and isinstance(aug.target, cst.Name)
             ):
-                return _accumulate(ctx, aug, aug.target.value, item, f"float({aug.target.value})")
+                back = "int" if aug.value is item and _counts_matches(item) else "float"
+                return _accumulate(ctx, aug, aug.target.value, item, f"{back}({aug.target.value})")
         for call in ctx.find(cst.Call, within=span):
             if not method_call(call, "append") or len(call.args) != 1:
                 continue
@@ -265,6 +266,19 @@ def _weighted_item(value: cst.BaseExpression) -> cst.Call | None:
             return None
         return _weighted_item(value.left) or _weighted_item(value.right)
     return method_call(value, "item")
+
+
+def _counts_matches(item: cst.Call) -> bool:
+    """`(pred == y).sum().item()`, `pred.eq(y).sum().item()`: an integer count, read back with
+    int() so that `f"{correct}/{total}"` still prints 9800/10000, not 9800.0/10000."""
+    receiver = item.func.value if isinstance(item.func, cst.Attribute) else None
+    summed = method_call(receiver, "sum") if receiver is not None else None
+    if summed is None or summed.args or not isinstance(summed.func, cst.Attribute):
+        return False
+    counted = summed.func.value
+    if isinstance(counted, cst.Comparison):
+        return True
+    return any(method_call(counted, m) is not None for m in ("eq", "ne", "lt", "le", "gt", "ge"))
 
 
 def _read_every_step(
