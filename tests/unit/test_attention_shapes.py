@@ -82,6 +82,7 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "window_size": 5, "num_heads": 2},
             (torch.randn(3, 5, 16),),
         ),
+        "vae_attn_block": ("AttnBlock", {"in_channels": 8}, (torch.randn(2, 8, 3, 4),)),
         "gpt_inline_weights": (
             "CausalSelfAttention",
             {"n_embd": 16, "n_head": 2, "block_size": 8},

@@ -85,6 +85,29 @@ def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:
     )
 
 
+def _is_flip(node: ast.AST) -> bool:
+    """`x.permute(0, 2, 1)` or `x.transpose(1, 2)`: a 3-D tensor's last two axes swapped."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        return False
+    dims = _ints(list(node.args))
+    if node.func.attr == "permute":
+        return dims == [0, 2, 1]
+    return node.func.attr == "transpose" and set(dims) == {1, 2} and len(dims) == 2
+
+
+def _is_channels_first_scores(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`torch.bmm(q, k)` with the query flipped to (b, tokens, dim) and the key left
+    (b, dim, tokens): the spatial attention of VAE/VQGAN blocks."""
+    if not (isinstance(node, ast.Call) and _is_matmul_call(node)):
+        return False
+    if not (isinstance(node.func, ast.Attribute) and node.func.attr == "bmm"):
+        return False
+    query = node.args[0]
+    if isinstance(query, ast.Name):
+        return any(_is_flip(d) for d in ctx.flow.definitions(query))
+    return _is_flip(query)
+
+
 def _is_matmul_call(node: ast.AST) -> bool:
     """`torch.matmul(a, b)` or `torch.bmm(a, b)`."""
     return (
@@ -93,6 +116,23 @@ def _is_matmul_call(node: ast.AST) -> bool:
         and node.func.attr in ("matmul", "bmm")
         and len(node.args) == 2
     )
+
+
+def _unflipped(node: ast.AST) -> str | None:
+    """`w`, `w.permute(0, 2, 1)`, `w.transpose(-2, -1)`, `w.mT` -> 'w'."""
+    if _is_flip(node) or _is_key_transpose(node):
+        node = node.func.value if isinstance(node, ast.Call) else node  # type: ignore[attr-defined]
+        if isinstance(node, ast.Attribute) and node.attr == "mT":
+            node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _right_operand(node: ast.AST) -> ast.AST | None:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+        return node.right
+    if isinstance(node, ast.Call) and _is_matmul_call(node):
+        return node.args[1]
+    return None
 
 
 def _weights_operand(node: ast.AST) -> ast.AST | None:
@@ -230,7 +270,12 @@ class ManualAttention(Rule):
         for node in softmaxes:
             source = node.args[0] if node.args else getattr(node.func, "value", None)
             if source is None or not ctx.flow.derives_from(
-                source, lambda n: _is_scores(n) or _is_scores_through_name(ctx, n)
+                source,
+                lambda n: (
+                    _is_scores(n)
+                    or _is_scores_through_name(ctx, n)
+                    or _is_channels_first_scores(ctx, n)
+                ),
             ):
                 continue
             if _fallback_of_fused_branch(ctx, node):
@@ -284,6 +329,10 @@ class ManualAttention(Rule):
             if isinstance(left, ast.Call) and len(left.args) == 1 and not left.keywords:
                 left = left.args[0]
             if isinstance(left, ast.Name) and left.id in names:
+                return True
+            # `torch.bmm(v, w.permute(0, 2, 1))`: the values on the left of flipped weights
+            right = _right_operand(node)
+            if right is not None and _unflipped(right) in names:
                 return True
         return False
 

@@ -216,6 +216,10 @@ def _raw_scores(
     if matmul is not None:
         left, right, rank = matmul
         key = transposed_key(right, before, rank)
+        if key is None and rank == 3:
+            # bmm(q, K) with K laid out (b, dim, tokens), as channels-first blocks keep it:
+            # the key is K transposed, whatever K is
+            return Scores(code(strip(left)), f"{code(strip(right))}.transpose(1, 2)", "1.0", 3)
         if key is None:
             return None
         return Scores(code(strip(left)), key[0], "1.0", key[1], [key[2]] if key[2] else [])
@@ -273,13 +277,29 @@ def _baddbmm(call: cst.Call, before: Sequence[cst.BaseStatement]) -> Scores | No
     return Scores(code(strip(positional[1])), key[0], scale, 3, bindings)
 
 
+def flipped(expr: cst.BaseExpression, rank: int | None) -> str | None:
+    """`w.permute(0, 2, 1)` / `w.transpose(1, 2)` (3-D), `w.transpose(-2, -1)`, `w.mT` -> 'w'."""
+    expr = strip(expr)
+    if isinstance(expr, cst.Attribute) and expr.attr.value == "mT":
+        return dotted_name(expr.value)
+    call = method_call(expr, "transpose") or method_call(expr, "permute")
+    if call is None or not isinstance(call.func, cst.Attribute):
+        return None
+    args = _ints(call.args)
+    last_two = args in (["-2", "-1"], ["-1", "-2"]) or (
+        rank == 3 and args in (["1", "2"], ["2", "1"], ["0", "2", "1"])
+    )
+    return dotted_name(call.func.value) if last_two else None
+
+
 def value_product(
     ctx: SourceContext, node: cst.BaseExpression
-) -> tuple[cst.BaseExpression, str, int | None] | None:
-    """`w @ v` in any of the score product's forms -> (w's expression, v, rank)."""
+) -> tuple[cst.BaseExpression, cst.BaseExpression, int | None] | None:
+    """`w @ v` in any of the score product's forms -> (left operand, right operand, rank);
+    an einsum only in the (..., i, j) x (..., j, d) order."""
     operands = matmul_operands(ctx, node)
     if operands is not None:
-        return strip(operands[0]), code(strip(operands[1])), operands[2]
+        return strip(operands[0]), strip(operands[1]), operands[2]
     einsum = einsum_operands(ctx, node)
     if einsum is None:
         return None
@@ -287,4 +307,4 @@ def value_product(
     if rank is None:
         return None
     weights, value = einsum[2][:2]
-    return strip(weights), code(strip(value)), None if "*" in einsum[1] else rank
+    return strip(weights), strip(value), None if "*" in einsum[1] else rank

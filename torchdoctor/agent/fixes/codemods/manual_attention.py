@@ -35,6 +35,7 @@ from torchdoctor.agent.fixes.codemods.attention_products import (
     assigned,
     code,
     flat,
+    flipped,
     reciprocal,
     scale_factor,
     score_product,
@@ -92,6 +93,8 @@ class _Attention:
     mask: _Mask
     dropout: str | None
     softmax: cst.Call
+    transposed: str | None = None
+    """How the fused call's output is transposed back (`v @ w^T` gives (b, dim, tokens))."""
 
 
 class ManualAttentionFix(Codemod):
@@ -123,6 +126,7 @@ class ManualAttentionFix(Codemod):
         call = cst.parse_expression(
             f"{functional}.scaled_dot_product_attention("
             f"{found.query}, {found.key}, {found.value}, {', '.join(keywords)})"
+            + (f".transpose({found.transposed})" if found.transposed else "")
         )
         product = found.product
         comments = [c for stmt in sorted(found.statements, key=ctx.line) for c in _comments(stmt)]
@@ -268,6 +272,8 @@ def _match(
         bound = assigned(stmt)
         if bound is not None and bound[0] == scores_name:
             product = score_product(ctx, bound[1], before)
+            if product is not None and _reads(cst.parse_expression(product.key), scores_name):
+                product = None  # `s = s @ w`: a change of the scores, not their product
             if product is not None:
                 removed.append(stmt)
                 break
@@ -333,14 +339,15 @@ def _match(
             dropout = inner[0]
             removed.append(body[index])
             index += 1
-    output = _value_product(ctx, body[index:], weights)
+    output = _value_product(ctx, body[index:], weights, product.rank)
     if output is None:
         return None
-    out_stmt, out_expr, value, inline_dropout = output
-    if inline_dropout is not None:
+    out_stmt, out_expr, value = output.statement, output.product, output.value
+    removed += output.flips
+    if output.dropout is not None:
         if dropout is not None:
             raise AttentionRefused(f"`{weights}` goes through two dropouts")
-        dropout = inline_dropout
+        dropout = output.dropout
     between = body[at + 1 : body.index(out_stmt)]
     rebound = {n for stmt in between if (n := _assigned_name(stmt)) in (product.query, product.key)}
     if rebound:
@@ -362,6 +369,7 @@ def _match(
         mask=mask,
         dropout=dropout,
         softmax=softmax,
+        transposed=output.transposed,
     )
 
 
@@ -376,7 +384,8 @@ def _inline_value_product(
         product = value_product(ctx, node)
         if product is None:
             continue
-        operand, value, _ = product
+        operand, value_operand, _ = product
+        value = code(value_operand)
         dropped = _dropout_of(ctx, operand)
         rate = dropped[0] if dropped is not None else None
         inner = strip(dropped[1]) if dropped is not None else operand
@@ -943,13 +952,30 @@ def _buffer_value(ctx: SourceContext, name: str) -> cst.BaseExpression | None:
     return None
 
 
+@dataclass
+class _Output:
+    statement: cst.BaseStatement
+    product: cst.BaseExpression
+    value: str
+    dropout: str | None = None
+    transposed: str | None = None
+    flips: list[cst.BaseStatement] = field(default_factory=list)
+    """`w = w.permute(0, 2, 1)` statements, removed with the weights."""
+
+
 def _value_product(
-    ctx: SourceContext, rest: Sequence[cst.BaseStatement], weights: str
-) -> tuple[cst.BaseStatement, cst.BaseExpression, str, str | None] | None:
+    ctx: SourceContext, rest: Sequence[cst.BaseStatement], weights: str, rank: int | None
+) -> _Output | None:
     """The first statement after the softmax holding `weights @ v` (any product form, the
-    weights optionally through a dropout there: `torch.matmul(self.dropout(w), v)`) ->
-    (statement, that product, v, the dropout rate or None)."""
+    weights optionally through a dropout there: `torch.matmul(self.dropout(w), v)`), or
+    `v @ weights^T` (channels-first blocks: `w_ = w_.permute(0, 2, 1)`, `torch.bmm(v, w_)`),
+    which is the fused call on v^T, transposed back."""
+    flips: list[cst.BaseStatement] = []
     for stmt in rest:
+        bound = assigned(stmt)
+        if bound is not None and bound[0] == weights and flipped(bound[1], rank) == weights:
+            flips.append(stmt)
+            continue
         if isinstance(stmt, cst.BaseCompoundStatement):
             if _reads(stmt, weights):
                 raise AttentionRefused(f"`{weights}` goes through a conditional before `@ v`")
@@ -960,12 +986,19 @@ def _value_product(
             product = value_product(ctx, node)
             if product is None:
                 continue
-            operand, value, _ = product
-            dropped = _dropout_of(ctx, operand)
+            left, right, _ = product
+            turned = len(flips) % 2 == 1
+            if (dotted_name(right) if turned else flipped(right, rank)) == weights:
+                dims = "1, 2" if rank == 3 else "-2, -1"
+                value = f"{code(left)}.transpose({dims})"
+                return _Output(stmt, node, value, transposed=dims, flips=flips)
+            if turned:
+                continue
+            dropped = _dropout_of(ctx, left)
             if dropped is not None and dotted_name(strip(dropped[1])) == weights:
-                return stmt, node, value, dropped[0]
-            if dotted_name(operand) == weights:
-                return stmt, node, value, None
+                return _Output(stmt, node, code(right), dropped[0], flips=flips)
+            if dotted_name(left) == weights:
+                return _Output(stmt, node, code(right), flips=flips)
         if _reads(stmt, weights):
             raise AttentionRefused(f"`{weights}` is used before `@ v`")
     return None
