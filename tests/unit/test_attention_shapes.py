@@ -82,6 +82,7 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "window_size": 5, "num_heads": 2},
             (torch.randn(3, 5, 16),),
         ),
+        "sqrt_tensor_inline": ("scaled_dot_product", {}, heads),
         "vae_attn_block": ("AttnBlock", {"in_channels": 8}, (torch.randn(2, 8, 3, 4),)),
         "gpt_inline_weights": (
             "CausalSelfAttention",

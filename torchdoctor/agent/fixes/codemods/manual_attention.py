@@ -468,23 +468,54 @@ def _assigns(stmt: cst.CSTNode, name: str) -> bool:
 
 
 def _refuse_tensor_scale(ctx: SourceContext, scale: str) -> None:
-    """The fused call's `scale` is a Python float: a factor built by a torch call
-    (`self.scale = torch.sqrt(torch.FloatTensor([d]))`) is a tensor."""
-    for node in descendants(cst.parse_expression(scale)):
+    """The fused call's `scale` is a Python float: a factor computed by a torch call, here
+    (`/ torch.sqrt(torch.tensor(d))`) or where the name it reads was built
+    (`self.scale = torch.sqrt(torch.FloatTensor([d]))`, an nn.Parameter), is a tensor."""
+    expr = cst.parse_expression(scale)
+    for node in (expr, *descendants(expr)):
         name = dotted_name(node) if isinstance(node, cst.Name | cst.Attribute) else None
         built = _buffer_value(ctx, name) if name and name != "self" else None
-        if built is None:
+        source = built if built is not None else node
+        if not isinstance(node, cst.Call) and built is None:
             continue
-        outer = method_call(built, "item") or method_call(built, "float")
-        if outer is None and any(
-            (ctx.qualname(n.func) or "").startswith("torch.")
-            for n in descendants(built)
-            if isinstance(n, cst.Call)
+        outer = method_call(source, "item") or method_call(source, "float")
+        if (
+            outer is None
+            and not _constant_scalar(ctx, source)
+            and any(
+                (ctx.qualname(n.func) or "").startswith("torch.")
+                for n in (source, *descendants(source))
+                if isinstance(n, cst.Call)
+            )
         ):
             raise AttentionRefused(
-                f"the scale `{name}` is a tensor: the fused call takes a Python float "
-                f"(build it with math.sqrt)"
+                f"the scale `{name or code(node)}` is a tensor: the fused call takes a Python "
+                "float (build it with math.sqrt)"
             )
+
+
+_SCALAR_MATH = frozenset({"torch.sqrt", "torch.rsqrt", "torch.exp", "torch.log", "torch.pow"})
+
+
+def _constant_scalar(ctx: SourceContext, expr: cst.CSTNode) -> bool:
+    """`torch.sqrt(torch.tensor(d_k, dtype=...))`: a 0-d CPU tensor made from a number, which
+    the fused call reads as that float (a 1-element list, a Parameter or anything with a
+    gradient is not one)."""
+    calls = [n for n in (expr, *descendants(expr)) if isinstance(n, cst.Call)]
+    made = False
+    for call in calls:
+        qual = ctx.qualname(call.func) or ""
+        if not qual.startswith("torch."):
+            continue
+        if qual in ("torch.tensor", "torch.as_tensor"):
+            first = call.args[0].value if call.args else None
+            named = {a.keyword.value for a in call.args if a.keyword is not None}
+            if first is None or isinstance(first, cst.List | cst.Tuple) or named - {"dtype"}:
+                return False
+            made = True
+        elif qual not in _SCALAR_MATH:
+            return False
+    return made
 
 
 def _merge(mask: _Mask, step: _Mask) -> None:
