@@ -21,7 +21,9 @@ class ZeroGradMissing(Rule):
     optimizers (a GAN's generator and discriminator), one stepped in the loop whose own
     `zero_grad()` never runs there is reported at its `step()`, when every clearing call in
     the loop names another stepped optimizer (a module's `zero_grad()` or `p.grad = None`
-    may clear anything, and keeps the rule quiet).
+    may clear anything, and keeps the rule quiet). A loop whose only `zero_grad()` sits on
+    one branch of an `if` (the AMP path) while the other branch calls `backward()` and
+    `step()` is reported at that other branch's `backward()`.
 
     Example:
         for x, y in loader:
@@ -58,6 +60,16 @@ class ZeroGradMissing(Rule):
                         f"`{name}` steps in this loop but its gradients are never cleared "
                         f"(the loop clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): "
                         "they accumulate across iterations",
+                    )
+                backward = _backward_on_uncleared_branch(ctx, loop.node, loop.effects)
+                if backward is not None and id(backward) not in reported:
+                    reported.add(id(backward))
+                    ctx.report(
+                        self,
+                        backward,
+                        "this backward() and its step() run on a branch whose alternative "
+                        "alone calls zero_grad(): on this path gradients accumulate across "
+                        "iterations",
                     )
                 continue
             node: ast.AST = loop.node
@@ -111,4 +123,47 @@ def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
     built = qual.startswith("torch.optim.") and "lr_scheduler" not in qual
     if built or _OPTIMIZER_NAME.search(name):
         return ast.unparse(target)
+    return None
+
+
+def _branches(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> dict[int, str] | None:
+    """For each `if` between `node` and `stop`, the branch ('body'/'orelse') `node` is on;
+    None when `node` is not inside `stop` (a helper's call)."""
+    found: dict[int, str] = {}
+    previous = node
+    for anc in ctx.ancestors(node):
+        if anc is stop:
+            return found
+        if isinstance(anc, ast.If):
+            if any(previous is s for s in anc.body):
+                found[id(anc)] = "body"
+            elif any(previous is s for s in anc.orelse):
+                found[id(anc)] = "orelse"
+        previous = anc
+    return None
+
+
+def _exclusive(one: dict[int, str], other: dict[int, str]) -> bool:
+    """Whether two nodes sit on different branches of one `if` (never both run)."""
+    return any(key in other and other[key] != branch for key, branch in one.items())
+
+
+def _backward_on_uncleared_branch(
+    ctx: ModuleContext, loop: ast.AST, effects: Effects
+) -> ast.Call | None:
+    """A `backward()` of the loop, followed on its own branch by a `step()`, that no
+    `zero_grad()` of the loop can accompany: every clearing call is on another branch of an
+    `if` around it (`if amp: opt.zero_grad(); scaled backward ... else: loss.backward()`)."""
+    clears = [_branches(ctx, z, loop) for z in effects.zero_grad]
+    if any(c is None for c in clears):
+        return None  # cleared inside a called helper: its path is not known here
+    steps = [b for b in (_branches(ctx, s, loop) for s in effects.step) if b is not None]
+    for backward in effects.backward:
+        where = _branches(ctx, backward, loop)
+        if not where:
+            continue
+        if all(c is not None and _exclusive(where, c) for c in clears) and any(
+            not _exclusive(where, s) for s in steps
+        ):
+            return backward
     return None
