@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import Effects, receiver_name
+from torchdoctor.agent.checks.loops import Effects, enclosing_ifs, receiver_name
 from torchdoctor.agent.models import Severity
 
 
@@ -126,21 +126,12 @@ def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
     return None
 
 
-def _branches(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> dict[int, str] | None:
-    """For each `if` between `node` and `stop`, the branch ('body'/'orelse') `node` is on;
-    None when `node` is not inside `stop` (a helper's call)."""
-    found: dict[int, str] = {}
-    previous = node
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            return found
-        if isinstance(anc, ast.If):
-            if any(previous is s for s in anc.body):
-                found[id(anc)] = "body"
-            elif any(previous is s for s in anc.orelse):
-                found[id(anc)] = "orelse"
-        previous = anc
-    return None
+def _branches(ctx: ModuleContext, node: ast.AST, loop: ast.AST) -> dict[int, str] | None:
+    """For each `if` between `node` and `loop`, the part `node` is on; None when `node` is
+    not inside `loop` (a helper's call)."""
+    if not any(anc is loop for anc in ctx.ancestors(node)):
+        return None
+    return {id(branch): part for branch, part in enclosing_ifs(ctx, node, loop)}
 
 
 def _exclusive(one: dict[int, str], other: dict[int, str]) -> bool:
