@@ -416,6 +416,41 @@ class DefUse:
             return self._scope_bindings.get(id(scope), {}).get(key, [])
         return []
 
+    def live_definitions(self, name: ast.Name) -> list[ast.expr]:
+        """`definitions(name)` less the bindings a later plain assignment in the same block
+        always overwrites before this read: `d = a + b; d = d.item()`, read after that block,
+        holds only the float. A read between the two, a jump out between them, or an
+        augmented assignment (`d += x` keeps what `d` held) keeps the earlier binding."""
+        values = self.definitions(name)
+        if len(values) < 2:
+            return values
+        statements = [self._statement_of(v) for v in values]
+        killers = [s for s in statements if isinstance(s, ast.Assign)]
+        return [
+            value
+            for value, stmt in zip(values, statements, strict=True)
+            if stmt is None or not any(self._overwrites(k, stmt, name) for k in killers)
+        ]
+
+    def _overwrites(self, later: ast.stmt, earlier: ast.stmt, read: ast.AST) -> bool:
+        if later is earlier:
+            return False
+        block = self._block_of(earlier)
+        if block is None:
+            return False
+        first = next(i for i, s in enumerate(block) if s is earlier)
+        last = next((i for i, s in enumerate(block) if s is later), None)
+        if last is None or last <= first:
+            return False
+        jumps = (ast.Break, ast.Continue, ast.Return, ast.Raise)
+        if any(isinstance(n, jumps) for s in block[first + 1 : last] for n in ast.walk(s)):
+            return False
+        for anc in self.ctx.ancestors(read):
+            if isinstance(anc, ast.stmt) and any(anc is s for s in block):
+                position = next(i for i, s in enumerate(block) if s is anc)
+                return not first < position <= last
+        return True
+
     def reaching(self, name: ast.Name) -> ast.expr | None:
         """The one binding of `name` that reaches this read: the latest earlier binding in its
         function, when its statement precedes the read's in one block (it runs first on every

@@ -77,7 +77,7 @@ class GraphOrigins(ModelFacts):
         if self.grad_disabled_at(expr):
             return None
         if isinstance(expr, ast.Name):
-            definitions = self.definitions(expr)
+            definitions = self.live_definitions(expr)
             elements = yield from self._unpacked_elements(expr, definitions)
             found = yield from self._first_origin(elements)
             if (
