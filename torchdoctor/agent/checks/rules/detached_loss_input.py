@@ -24,6 +24,10 @@ class DetachedLossInput(Rule):
     the model is silently not trained by this term (or `backward()` fails with "does not
     require grad" when it was the only one).
 
+    A loss turned into a Python number (`adv = adv.detach().item()`) and then added to the
+    back-propagated sum (`loss = l1 + adv`) is reported too: the term changes the value but
+    gives no gradient.
+
     Not reported: a detached input to another model (`D(G(z).detach())`, the GAN
     discriminator step), a detached target (`criterion(student(x), teacher(x).detach())`,
     stop-gradient in SimSiam/BYOL), losses computed for logging and never backpropagated, and
@@ -45,7 +49,9 @@ class DetachedLossInput(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "backward" in ctx.source and ("detach" in ctx.source or ".data" in ctx.source)
+        text = ctx.source
+        cuts = ("detach", ".data", ".item()", "float(")
+        return "backward" in text and any(cut in text for cut in cuts)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or not ctx.flow.has_backward():
@@ -68,6 +74,25 @@ class DetachedLossInput(Rule):
                 "the model through this loss",
                 data={"cut_line": cut.lineno},
             )
+        for node in flow.nodes(ast.BinOp):
+            if not isinstance(node.op, ast.Add | ast.Sub) or isinstance(
+                ctx.parents.get(node), ast.BinOp
+            ):
+                continue  # the outermost sum only
+            if flow.grad_disabled_at(node) or not _backpropagated(ctx, node):
+                continue
+            for term in _named_terms(node):
+                number = _loss_turned_number(ctx, term)
+                if number is not None:
+                    ctx.report(
+                        self,
+                        number,
+                        f"`{term.id}` is a loss turned into a Python number here "
+                        f"(`{ast.unparse(number)}`), then added to the loss back-propagated "
+                        f"on line {node.lineno}: it adds to the value but no gradient, so this "
+                        "term trains nothing",
+                        data={"sum_line": node.lineno},
+                    )
 
 
 def _is_loss(ctx: ModuleContext, call: ast.Call) -> bool:
@@ -124,9 +149,9 @@ def _cut_model_output(ctx: ModuleContext, prediction: ast.expr) -> ast.expr | No
     return None
 
 
-def _backpropagated(ctx: ModuleContext, call: ast.Call) -> bool:
-    """Whether the loss `call` computes reaches a `.backward()`: directly
-    (`criterion(...).backward()`) or through the names its statement binds."""
+def _backpropagated(ctx: ModuleContext, call: ast.expr) -> bool:
+    """Whether the loss `call` computes (or a sum of losses) reaches a `.backward()`:
+    directly (`criterion(...).backward()`) or through the names its statement binds."""
     parent = ctx.parents.get(call)
     if isinstance(parent, ast.Attribute) and parent.attr == "backward":
         return True
@@ -139,3 +164,46 @@ def _backpropagated(ctx: ModuleContext, call: ast.Call) -> bool:
     elif isinstance(statement, ast.AugAssign | ast.AnnAssign):
         targets = [statement.target]
     return any(ctx.flow.is_backpropagated(t) for t in targets)
+
+
+def _named_terms(node: ast.expr) -> list[ast.Name]:
+    """The names a sum is made of, through its arithmetic (`l1 + lam * adv` -> l1, adv)."""
+    if isinstance(node, ast.BinOp):
+        return [*_named_terms(node.left), *_named_terms(node.right)]
+    if isinstance(node, ast.UnaryOp):
+        return _named_terms(node.operand)
+    return [node] if isinstance(node, ast.Name) else []
+
+
+def _loss_turned_number(ctx: ModuleContext, term: ast.Name) -> ast.Call | None:
+    """The `.item()`/`float()` binding of `term`, when every binding that reaches this read
+    is such a number made from a loss, or a constant (`adv = 0` when the branch is off)."""
+    live = ctx.flow.live_definitions(term)
+    numbers = [v for v in live if isinstance(v, ast.Call) and _number_source(v) is not None]
+    if not numbers or any(
+        not isinstance(v, ast.Constant) for v in live if not any(v is n for n in numbers)
+    ):
+        return None
+    for number in numbers:
+        source = _number_source(number)
+        if source is not None and ctx.flow.graph_origin(source) == "loss":
+            return number
+    return None
+
+
+def _number_source(call: ast.Call) -> ast.expr | None:
+    """`x` in `x.item()`, `x.detach().item()`, `x.detach().cpu().item()`, `float(x)`."""
+    func = call.func
+    if isinstance(func, ast.Name) and func.id == "float" and len(call.args) == 1:
+        source = call.args[0]
+    elif isinstance(func, ast.Attribute) and func.attr == "item" and not call.args:
+        source = func.value
+    else:
+        return None
+    while (
+        isinstance(source, ast.Call)
+        and isinstance(source.func, ast.Attribute)
+        and source.func.attr in ("detach", "cpu", "clone")
+    ):
+        source = source.func.value
+    return source
