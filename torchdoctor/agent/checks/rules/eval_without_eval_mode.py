@@ -56,7 +56,9 @@ class EvalWithoutEvalMode(Rule):
     switches the mode (`model.train(phase == "train")` and an `.eval()` branch count). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
-    `self.model.eval()`). A module-level helper given the model and called only from other
+    `self.model.eval()`). A region that runs the model only through a local helper
+    (`self._forward_pass(x, y)`, shared with the training loop) is reported at that call. A
+    module-level helper given the model and called only from other
     files (`evaluate(model, val_loader)` imported by `train.py`) is judged at those calls:
     reported when one runs without `.eval()` before it.
 
@@ -124,35 +126,42 @@ class EvalWithoutEvalMode(Rule):
                 severity=_severity(layers),
                 data={"mode_dependent_layers": layers},
             )
-        for owner, body in _evaluation_regions(ctx):
-            calls = [
-                n for n in walk_scope(body) if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
-            ]
-            if not calls or id(calls[0]) in reported or ctx.loops.backpropagates(body):
+        regions = _evaluation_regions(ctx)
+        judged = {id(owner) for owner, _ in regions if owner is not None}
+        for owner, body in regions:
+            found_call = _model_call_in(ctx, body, judged)
+            if found_call is None:
                 continue
-            call = calls[0]
+            call, model_call = found_call
+            if id(call) in reported or ctx.loops.backpropagates(body):
+                continue
             elsewhere = owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call)
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation
             switch = train_mode_after_eval(ctx, owner, call)
             if switch is not None:
-                self._report_switch(ctx, switch, _mode_dependent(ctx, model_of(call)))
+                self._report_switch(ctx, switch, _mode_dependent(ctx, model_of(model_call)))
                 reported.add(id(call))
                 continue
             if owner is not None and _train_mode_set_before(ctx, owner, call):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call):
                 continue
-            layers = _mode_dependent(ctx, model_of(call))
+            layers = _mode_dependent(ctx, model_of(model_call))
             if layers == "none":
                 continue
             reported.add(id(call))
             known = layers == "known"
+            through = (
+                ""
+                if model_call is call
+                else f" (it runs `{ast.unparse(model_call.func)}` on line {model_call.lineno})"
+            )
             found = ctx.finding(
                 self,
                 call,
-                f"`{ast.unparse(call.func)}` runs on an evaluation path with no `.eval()` "
-                f"before it: {_consequence(layers)}",
+                f"`{ast.unparse(call.func)}`{through} runs on an evaluation path with no "
+                f"`.eval()` before it: {_consequence(layers)}",
                 severity=_severity(layers),
                 data={"mode_dependent_layers": layers},
             )
@@ -166,7 +175,7 @@ class EvalWithoutEvalMode(Rule):
             if needs is not None:
                 assert entry is not None
                 symbol = f"{module_name(ctx.path)}.{entry.name}"
-            elif not known and len(built := imported_classes(ctx, model_of(call))) == 1:
+            elif not known and len(built := imported_classes(ctx, model_of(model_call))) == 1:
                 # a class from another file: the project pass knows whether it is mode-free
                 symbol, needs = built[0], "not-mode-free"
             elif also:
@@ -194,6 +203,25 @@ class EvalWithoutEvalMode(Rule):
         without `.eval()` before (or, for a helper named like an evaluation, when none is
         seen at all)."""
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _model_call_in(
+    ctx: ModuleContext, body: list[ast.stmt], judged: set[int]
+) -> tuple[ast.Call, ast.Call] | None:
+    """(where to report, the model call) for an evaluation region: its first model call, or
+    else its first call of a local helper that runs the model (`self._forward_pass(x, y)`
+    shared with the training loop: the region's caller owns the mode). A helper that is an
+    evaluation region itself (`judged`) is judged on its own."""
+    for node in walk_scope(body):
+        if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
+            return node, node
+    for site, helper in ctx.calls.callees(body):
+        if id(helper) in judged or _module_method(ctx, helper):
+            continue
+        for node in walk_scope(helper.body):
+            if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
+                return site, node
+    return None
 
 
 def _consequence(layers: ModeLayers) -> str:
