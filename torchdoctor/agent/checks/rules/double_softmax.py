@@ -42,6 +42,8 @@ class DoubleSoftmax(Rule):
     `torch.exp` of a log-softmax (a softmax written the long way), or a
     model whose last layer (`nn.Sequential(..., nn.Softmax(1))`) or `forward` return is a
     softmax, followed through variables, attributes (`self.criterion`) and local functions.
+    A training wrapper given this file's module and `criterion=nn.CrossEntropyLoss` (skorch's
+    `NeuralNet(MyModule, criterion=...)`) is reported at the softmax its `forward` returns.
 
     Why it matters: cross-entropy applies `log_softmax` itself. Fed probabilities, it computes
     the loss of a softmax of probabilities: gradients shrink, the loss plateaus near ln(C) and
@@ -111,9 +113,69 @@ class DoubleSoftmax(Rule):
                             Pending(symbol=symbol, needs=needs, finding=found),
                         )
 
+        if "oftmax" in ctx.source:
+            self._check_paired_criterion(ctx)
+
+    def _check_paired_criterion(self, ctx: ModuleContext) -> None:
+        """`NeuralNet(MyModule, criterion=nn.CrossEntropyLoss)`: a wrapper given a model and
+        the loss it trains it with, the model's `forward` ending in softmax."""
+        for call in ctx.flow.nodes(ast.Call):
+            criterion = next((k.value for k in call.keywords if k.arg in _CRITERIA), None)
+            if criterion is None or not _names_cross_entropy(ctx, criterion):
+                continue
+            given = [*call.args, *(k.value for k in call.keywords if k.arg in _MODELS)]
+            for model in given:
+                softmax = _softmax_returned_by(ctx, model)
+                if softmax is not None:
+                    ctx.report(
+                        self,
+                        softmax,
+                        f"`{ast.unparse(model)}` returns this softmax, and line {call.lineno} "
+                        f"trains it with `{ast.unparse(criterion)}`, which applies "
+                        "log_softmax again",
+                        data={"criterion_line": call.lineno},
+                    )
+                    break
+
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+# The keywords a training wrapper takes its loss and its model by (skorch's `NeuralNet`,
+# trainer classes): `Wrapper(Module, criterion=nn.CrossEntropyLoss)`.
+_CRITERIA = frozenset({"criterion", "loss", "loss_fn", "loss_func", "loss_function"})
+_MODELS = frozenset({"module", "model", "net", "network"})
+
+
+def _names_cross_entropy(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`nn.CrossEntropyLoss`, `nn.CrossEntropyLoss()`, `F.cross_entropy` as a value."""
+    target = value.func if isinstance(value, ast.Call) else value
+    return ctx.qualname(target) in (
+        "torch.nn.CrossEntropyLoss",
+        "torch.nn.functional.cross_entropy",
+    )
+
+
+def _softmax_returned_by(ctx: ModuleContext, model: ast.expr) -> ast.Call | None:
+    """The softmax call a module class of this file (`MyModule`, or an instance of it)
+    returns from every `return` of its `forward`."""
+    cls = None
+    if isinstance(model, ast.Name) and model.id in ctx.flow.classes:
+        cls = ctx.flow.classes[model.id]
+    elif isinstance(model, ast.Name | ast.Attribute | ast.Call):
+        cls = ctx.flow.local_class(model)
+    forward = ctx.calls.method(cls.name, "forward") if cls is not None else None
+    if forward is None:
+        return None
+    found: ast.Call | None = None
+    for node in ast.walk(forward):
+        if isinstance(node, ast.Return) and node.value is not None:
+            softmax = next((p for p in ctx.flow.producers(node.value) if _is_softmax(ctx, p)), None)
+            if softmax is None or _is_log_softmax(ctx, softmax):
+                return None
+            found = found or softmax
+    return found
 
 
 def _defer_through_parameter(
