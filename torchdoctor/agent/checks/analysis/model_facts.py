@@ -127,13 +127,15 @@ class ModelFacts(DefUse):
         return False
 
     def loss_class(self, callee: ast.expr) -> str | None:
-        """'CrossEntropyLoss' when `callee` holds a torch loss module, else None."""
+        """'CrossEntropyLoss' when `callee` holds a torch loss module, else None; seen
+        through a move (`nn.CrossEntropyLoss().cuda()`, `.to(device)`)."""
         if not self._constructs_losses:
             return None
-        qual = self.constructed_as(callee) or ""
-        last = qual.rsplit(".", 1)[-1]
-        if qual.startswith("torch.nn.") and last.endswith("Loss"):
-            return last
+        for call in self.constructors(callee):
+            qual = self.qualname_of(call) or ""
+            last = qual.rsplit(".", 1)[-1]
+            if qual.startswith("torch.nn.") and last.endswith("Loss"):
+                return last
         return None
 
     def is_loss_callee(self, callee: ast.expr) -> bool:
