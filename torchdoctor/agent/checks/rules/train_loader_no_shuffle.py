@@ -32,7 +32,9 @@ class TrainLoaderNoShuffle(Rule):
     loader), loaders named for validation or test data, loaders no training loop iterates
     unless they are named for training (or built over training data) and handed to the
     caller (returned, or stored on `self`) by a function that does not iterate them: a
-    loader factory whose training loop lives in another function or file.
+    loader factory whose training loop lives in another function or file. A factory that
+    returns `DataLoader(dataset, ...)` for its `dataset` parameter is reported at the calls
+    that give it training data or build a training hook's loader (`train_dataloader`).
 
     Example:
         train_loader = DataLoader(train_set, batch_size=64)
@@ -88,6 +90,16 @@ class TrainLoaderNoShuffle(Rule):
                     f"`{handed}` is built for training and handed to its caller with no "
                     "shuffle and no sampler: every epoch sees the batches in the same order",
                 )
+                continue
+            for site in _factory_calls_for_training(ctx, source):
+                ctx.report(
+                    self,
+                    site,
+                    f"`{ast.unparse(site.func)}` builds the training loader with the "
+                    f"DataLoader of line {source.lineno}, which has no shuffle and no sampler: "
+                    "every epoch sees the batches in the same order",
+                    data={"loader_line": source.lineno},
+                )
 
 
 # `train_loader`, `trainloader`, `train_subset`, `training_data`, `dl_train`
@@ -135,6 +147,29 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
         for node in ast.walk(owner)
     )
     return text if returned and isinstance(target, ast.Name) else None
+
+
+def _factory_calls_for_training(ctx: ModuleContext, loader: ast.Call) -> list[ast.Call]:
+    """The calls of a loader factory (`def _make_loader(self, dataset, batch_size): return
+    DataLoader(dataset, ...)`) that pass it training data (`self.train_dataset`) or make the
+    loader of a training hook (`def train_dataloader(self)`, Lightning's)."""
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    owner = ctx.enclosing_function(loader)
+    if owner is None or not isinstance(dataset, ast.Name) or is_test_module(ctx.path):
+        return []
+    if not isinstance(ctx.parents.get(loader), ast.Return):
+        return []
+    if dataset.id not in {a.arg for a in [*owner.args.args, *owner.args.kwonlyargs]}:
+        return []
+    found = []
+    for site in ctx.calls.call_sites(owner):
+        passed = ctx.calls.bind(site, owner).get(dataset.id)
+        name = identifier(passed) if passed is not None else ""
+        caller = ctx.enclosing_function(site)
+        hook = caller is not None and caller.name == "train_dataloader"
+        if (hook or _TRAIN_NAME.search(name)) and not held_out_name_kind(name):
+            found.append(site)
+    return found
 
 
 def _held_out(ctx: ModuleContext, loader: ast.Call) -> bool:
