@@ -225,10 +225,18 @@ def _passed_for_parameter(ctx: ModuleContext, obj: ast.expr) -> list[ast.expr]:
     return passed
 
 
-def parameter_of(ctx: ModuleContext, obj: ast.expr) -> tuple[str, str, int | None] | None:
+def parameter_of(
+    ctx: ModuleContext, obj: ast.expr, hops: int = 3
+) -> tuple[str, str, int | None] | None:
     """(qualified function, parameter, position a caller writes it at) when `obj` is a
     parameter, never rebound, of a module-level function or of a method of a module-level
-    class (`def train(self, net)` in `models/Update.py` -> 'models.Update.LocalUpdate.train')."""
+    class (`def train(self, net)` in `models/Update.py` -> 'models.Update.LocalUpdate.train').
+    A parameter this file's calls only fill with a parameter of one other function
+    (`forward_step(model, ...)` inside `def train_model(model, ...)`) is that function's:
+    the callers in other files give it."""
+    forwarded = _forwarded_parameter(ctx, obj) if hops > 0 else None
+    if forwarded is not None:
+        return parameter_of(ctx, forwarded, hops - 1)
     fn = ctx.enclosing_function(obj) if isinstance(obj, ast.Name) else None
     if fn is None or not isinstance(obj, ast.Name):
         return None
@@ -247,6 +255,33 @@ def parameter_of(ctx: ModuleContext, obj: ast.expr) -> tuple[str, str, int | Non
         return None
     position = positional.index(obj.id) if obj.id in positional else None
     return f"{module_name(ctx.path)}.{name}", obj.id, position
+
+
+def _forwarded_parameter(ctx: ModuleContext, obj: ast.expr) -> ast.Name | None:
+    """The one parameter of another function that every call of `obj`'s function in this
+    file passes for it (the value `obj` holds comes through it), if there is one."""
+    fn = ctx.enclosing_function(obj) if isinstance(obj, ast.Name) else None
+    if fn is None or not isinstance(obj, ast.Name):
+        return None
+    if any(v is not obj for v in ctx.flow.definitions(obj)):
+        return None  # rebound in the function: its own bindings say what it holds
+    sites = ctx.calls.call_sites(fn)
+    passed: list[ast.Name] = []
+    for site in sites:
+        value = ctx.calls.bind(site, fn).get(obj.id)
+        outer = ctx.enclosing_function(site)
+        if not isinstance(value, ast.Name) or outer is None or outer is fn:
+            return None
+        if value.id not in {a.arg for a in [*outer.args.args, *outer.args.kwonlyargs]}:
+            return None
+        passed.append(value)
+    first = passed[0] if passed else None
+    if first is None or any(
+        p.id != first.id or ctx.enclosing_function(p) is not ctx.enclosing_function(first)
+        for p in passed
+    ):
+        return None
+    return first
 
 
 def publish_cpu_device(ctx: ModuleContext) -> None:
@@ -627,7 +662,19 @@ def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
         built = ctx.flow.constructed_as(func)
         if built in _ACTIVATIONS:
             return _ACTIVATIONS[built]
+        if built == "torch.nn.Sequential":
+            return _last_layer_activation(ctx, func)
         return None
+    return None
+
+
+def _last_layer_activation(ctx: ModuleContext, sequential: ast.expr) -> Output | None:
+    """`nn.Sequential(nn.Linear(h, n), nn.Softmax(dim=-1))` -> 'softmax'."""
+    for call in ctx.flow.constructors(sequential):
+        if ctx.flow.qualname_of(call) == "torch.nn.Sequential" and call.args:
+            last = call.args[-1]
+            if isinstance(last, ast.Call):
+                return _ACTIVATIONS.get(ctx.flow.qualname_of(last) or "")
     return None
 
 
