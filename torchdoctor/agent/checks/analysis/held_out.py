@@ -286,11 +286,44 @@ class HeldOut(DefUse):
             return False
         return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
 
+    def _is_ratio_slice(self, node: ast.Subscript) -> bool:
+        """`x[begin:end]` with a bound computed as a fraction of `len(x)` (directly or through
+        the names it is bound to): `end = int(len(data) * self.train_ratio)`, a positional
+        train/validation/test split."""
+        s = node.slice
+        if not isinstance(s, ast.Slice) or s.step is not None:
+            return False
+        base = ast.unparse(node.value)
+        for bound in (s.lower, s.upper):
+            if bound is None:
+                continue
+            values = [bound, *(self.definitions(bound) if isinstance(bound, ast.Name) else [])]
+            if any(self._fraction_of_length(value, base) for value in values):
+                return True
+        return False
+
+    def _fraction_of_length(self, value: ast.expr, base: str) -> bool:
+        """`len(base) * ratio` (or `* 0.8`, `ratio * n` with `n = base.shape[0]`) somewhere
+        in `value`."""
+        for node in ast.walk(value):
+            if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Mult):
+                continue
+            for length, factor in ((node.left, node.right), (node.right, node.left)):
+                lengths = [length]
+                if isinstance(length, ast.Name):
+                    lengths += self.definitions(length)
+                if any(_length_of(n, base) for n in lengths) and _is_fraction(factor):
+                    return True
+        return False
+
     @cached_property
     def _split_bases(self) -> set[str]:
-        """Texts of the sequences split by head/tail slicing (`x` in `x[:k]`, `x[k:]`)."""
+        """Texts of the sequences split by head/tail slicing (`x` in `x[:k]`, `x[k:]`) or by
+        slices at fractions of their length."""
         return {
-            ast.unparse(sub.value) for sub in self.nodes(ast.Subscript) if self._is_tail_slice(sub)
+            ast.unparse(sub.value)
+            for sub in self.nodes(ast.Subscript)
+            if self._is_tail_slice(sub) or self._is_ratio_slice(sub)
         }
 
     def is_split_part(self, node: ast.AST) -> bool:
@@ -300,7 +333,7 @@ class HeldOut(DefUse):
         return (
             isinstance(node, ast.Subscript)
             and isinstance(node.slice, ast.Slice)
-            and ":]" in self.ctx.source
+            and (":]" in self.ctx.source or "len(" in self.ctx.source)
             and ast.unparse(node.value) in self._split_bases
         )
 
@@ -314,9 +347,9 @@ class HeldOut(DefUse):
             for call in self.nodes(ast.Call):
                 if self.is_split_call(call):
                     found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
-        if ":]" in text:
+        if ":]" in text or "len(" in text:
             for sub in self.nodes(ast.Subscript):
-                if self._is_tail_slice(sub):
+                if self._is_tail_slice(sub) or self._is_ratio_slice(sub):
                     found.append((sub, [sub.value]))
         return found
 
@@ -355,3 +388,25 @@ class HeldOut(DefUse):
                             if predicate(inner):
                                 return inner
         return None
+
+
+_FRACTION_NAME = re.compile(r"ratio|frac|split|percent|proportion|train|test|val", re.IGNORECASE)
+
+
+def _length_of(node: ast.expr, base: str) -> bool:
+    """`len(base)`, `base.shape[0]`, `base.size(0)`."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return node.func.id == "len" and len(node.args) == 1 and ast.unparse(node.args[0]) == base
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
+        return node.value.attr == "shape" and ast.unparse(node.value.value) == base
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr == "size" and ast.unparse(node.func.value) == base
+    return False
+
+
+def _is_fraction(factor: ast.expr) -> bool:
+    """A ratio-like name or a constant strictly between 0 and 1."""
+    if isinstance(factor, ast.Constant) and isinstance(factor.value, float):
+        return 0 < factor.value < 1
+    names = [identifier(n) for n in ast.walk(factor) if isinstance(n, ast.Name | ast.Attribute)]
+    return any(_FRACTION_NAME.search(n) for n in names)
