@@ -209,8 +209,8 @@ def _model_call_in(
     ctx: ModuleContext, body: list[ast.stmt], judged: set[int]
 ) -> tuple[ast.Call, ast.Call] | None:
     """(where to report, the model call) for an evaluation region: its first model call, or
-    else its first call of a local helper that runs the model (`self._forward_pass(x, y)`
-    shared with the training loop: the region's caller owns the mode). A helper that is an
+    else its first call of a local helper that runs the model and that the training code calls
+    too (`self._forward_pass(x, y)`: the region's caller owns the mode). A helper that is an
     evaluation region itself (`judged`) is judged on its own."""
     for node in walk_scope(body):
         if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
@@ -218,10 +218,22 @@ def _model_call_in(
     for site, helper in ctx.calls.callees(body):
         if id(helper) in judged or _module_method(ctx, helper):
             continue
+        if not _shared_with_training(ctx, helper):
+            continue  # a generation or scoring helper: its callers are judged where they are
         for node in walk_scope(helper.body):
             if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
                 return site, node
     return None
+
+
+def _shared_with_training(ctx: ModuleContext, helper: FunctionNode) -> bool:
+    """Whether a function that back-propagates also calls `helper` (a forward helper shared
+    by the training step and the evaluation)."""
+    for site in ctx.calls.call_sites(helper):
+        caller = ctx.enclosing_function(site)
+        if caller is not None and ctx.loops.backpropagates(caller.body):
+            return True
+    return False
 
 
 def _consequence(layers: ModeLayers) -> str:
