@@ -556,7 +556,9 @@ def _determinism(b: _Builder) -> None:
     if d is None:
         return
     if d.ok and (d.steps_compared == 0 or d.max_rel_diff is None):
-        b.hint("5.1", "not-checked", "probe:determinism", "the seeded runs recorded no loss")
+        b.hint(
+            "5.1", "not-checked", "probe:determinism", "no loss recorded for seeded runs to compare"
+        )
         return
     if not d.deterministic and d.first_divergent_step is None:
         b.hint("5.1", "not-checked", "probe:determinism", "no divergent step was recorded")

@@ -159,7 +159,7 @@ def run(config: ProbeConfig) -> int:
         finally:
             posthoc_guard.stop()
         if config.determinism_steps > 0:
-            doc["determinism"] = determinism.probe(config)
+            doc["determinism"] = determinism.probe(config, doc)
         document.write(doc, config.out)
     except Exception:
         document.write(_harness_error(config, run_outcome), config.out)
