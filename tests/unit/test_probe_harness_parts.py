@@ -4,6 +4,8 @@ got a gradient."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -16,7 +18,7 @@ from torchdoctor.sandbox.probes.datasets import (  # noqa: E402
     SyntheticVisionDataset,
     ToTensor,
 )
-from torchdoctor.sandbox.probes.determinism import compare  # noqa: E402
+from torchdoctor.sandbox.probes.determinism import compare, probe  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
 from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe  # noqa: E402
@@ -43,6 +45,14 @@ def test_divergence_beyond_tolerance_names_the_first_step() -> None:
 def test_tiny_float_noise_is_within_tolerance_but_not_bitwise() -> None:
     result = compare([1.0], [1.0 + 1e-9])
     assert result["deterministic"] and not result["bitwise_equal"]
+
+
+def test_a_run_that_never_reached_a_model_is_not_run_again_seeded(tmp_path: Path) -> None:
+    # the script is absent: a seeded re-run would have recorded its failure as an outcome
+    config = parse_args([str(tmp_path / "absent.py"), "--determinism", "3"])
+    nothing = {"steps_completed": 0, "forward_passes": 0, "loss": {"values": []}}
+    result = probe(config, nothing)
+    assert result["ok"] and result["steps_compared"] == 0 and result["outcomes"] == []
 
 
 @pytest.mark.parametrize(
