@@ -94,21 +94,29 @@ DEFERRED = textwrap.dedent("""\
 """)
 
 
+@pytest.fixture(scope="module")
+def deferred_verifier(verifier: Verifier) -> Verifier:
+    """`python deferred.py`'s verifier: its baseline run made once for both edits below."""
+    (verifier.root / "deferred.py").write_text(DEFERRED)
+    return Verifier(
+        verifier.root, verifier.runner, ["python", "deferred.py"], steps=3, timing_runs=1
+    )
+
+
 def deferred(verifier: Verifier, after_loop: str) -> tuple[bool, str]:
     """The deferred `.item()` edit: the loop keeps a tensor, `after_loop` follows the loop."""
-    root = verifier.root
-    (root / "deferred.py").write_text(DEFERRED)
     after = DEFERRED.replace("total += loss.item()", "total += loss.detach()").replace(
         "print(total / 12)", f"{after_loop}\nprint(total / 12)"
     )
-    own = Verifier(root, verifier.runner, ["python", "deferred.py"], steps=3, timing_runs=1)
-    return verify(own, "deferred.py", DEFERRED, after)["executed-change"]
+    return verify(verifier, "deferred.py", DEFERRED, after)["executed-change"]
 
 
-def test_a_change_after_the_stopped_loop_runs_in_a_run_left_to_finish(verifier: Verifier) -> None:
+def test_a_change_after_the_stopped_loop_runs_in_a_run_left_to_finish(
+    deferred_verifier: Verifier,
+) -> None:
     # the harness stops the script inside step 3: the conversion after the loop (right below
     # the loop's last line, a block of its own) only runs when the script finishes its 12 steps
-    ok, detail = deferred(verifier, "total = float(total)")
+    ok, detail = deferred(deferred_verifier, "total = float(total)")
     assert ok, detail
     assert detail == (
         "the run executed every changed block (2) (deferred.py:13 after the loop, in a run "
@@ -117,9 +125,9 @@ def test_a_change_after_the_stopped_loop_runs_in_a_run_left_to_finish(verifier: 
 
 
 def test_a_change_after_the_loop_that_breaks_the_end_of_the_run_is_unverified(
-    verifier: Verifier,
+    deferred_verifier: Verifier,
 ) -> None:
-    ok, detail = deferred(verifier, "total = float(total.view(2, -1))")
+    ok, detail = deferred(deferred_verifier, "total = float(total.view(2, -1))")
     assert not ok
     assert detail.startswith(
         "unverified: deferred.py:13 runs after the loop, and the run left to finish under "
