@@ -69,6 +69,19 @@ def _isolated_home(
     yield
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One PostgreSQL server per worker, for every module that needs one (the API suite, the
+    Ray replicas): each takes a database of its own on it (`create_database`)."""
+    from tests.pg_server import PostgresUnavailable, postgres_server
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+
+
 RAY_MODULES = (
     "tests/cluster/test_api_replicas.py",
     "tests/cluster/test_cli_on_ray.py",

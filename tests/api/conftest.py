@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.server import Server
-from tests.pg_server import PostgresUnavailable, create_database, postgres_server
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server can be started here: {exc}")
+from tests.pg_server import create_database
 
 
 def database_url(request: pytest.FixtureRequest, backend: str, home: Path) -> str:

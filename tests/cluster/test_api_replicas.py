@@ -19,7 +19,7 @@ from tests.api.test_api import BUGGY
 from tests.cluster.conftest import GPU_STAND_IN
 from tests.cluster.ray_cluster import QUIET_ENV, RayCluster
 from tests.cluster.test_ray_executor import NAPPING, alive, findings_of, gone, wait_for_job
-from tests.pg_server import PostgresUnavailable, create_database, postgres_server
+from tests.pg_server import create_database
 
 pytestmark = pytest.mark.slow
 
@@ -28,33 +28,28 @@ REFERENCE = "napping_reference.py"
 
 @pytest.fixture(scope="module")
 def replicas(
-    ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: RayCluster, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Server]]:
+    database = create_database(postgres_url, f"td_{uuid.uuid4().hex[:12]}")
+    shared = tmp_path_factory.mktemp("replicas-state")
+    env = ray_cluster.env
+    settings = {
+        **QUIET_ENV,
+        "TORCHDOCTOR_HOME": str(shared),  # the one state volume both replicas mount
+        "TORCHDOCTOR_EXECUTOR": "ray",
+        "TORCHDOCTOR_RAY_GPU_RESOURCE": next(iter(GPU_STAND_IN)),
+        **{k: env[k] for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+    }
+    servers = [
+        Server(tmp_path_factory.mktemp(f"replica-{name}"), database, settings) for name in "ab"
+    ]
     try:
-        with postgres_server() as server_url:
-            database = create_database(server_url, f"td_{uuid.uuid4().hex[:12]}")
-            shared = tmp_path_factory.mktemp("replicas-state")
-            env = ray_cluster.env
-            settings = {
-                **QUIET_ENV,
-                "TORCHDOCTOR_HOME": str(shared),  # the one state volume both replicas mount
-                "TORCHDOCTOR_EXECUTOR": "ray",
-                "TORCHDOCTOR_RAY_GPU_RESOURCE": next(iter(GPU_STAND_IN)),
-                **{k: env[k] for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
-            }
-            servers = [
-                Server(tmp_path_factory.mktemp(f"replica-{name}"), database, settings)
-                for name in "ab"
-            ]
-            try:
-                for server in servers:
-                    server.start()
-                yield servers
-            finally:
-                for server in servers:
-                    server.stop()
-    except PostgresUnavailable as err:
-        pytest.skip(f"no PostgreSQL server can be started here: {err}")
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def claimed_by(server: Server, audit_id: str) -> bool:
