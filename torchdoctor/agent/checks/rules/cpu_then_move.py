@@ -24,9 +24,11 @@ _FACTORIES = frozenset(
         "eye",
         "linspace",
         "logspace",
-        "tensor",
     )
 )
+"""Factories that can fill the tensor on the device. Not `torch.tensor(data)`: it copies host
+data, and with `device=` it still builds the tensor on the host and copies it over (as
+`.to(device)` does), so moving it afterwards costs nothing more."""
 
 
 class CpuThenMove(Rule):
@@ -36,7 +38,8 @@ class CpuThenMove(Rule):
     Why it matters: the tensor is first allocated and filled on the CPU, then copied over PCIe
     (a synchronous copy from pageable memory), where passing `device=` allocates and fills it
     directly on the GPU; inside a training step this costs a copy per step (the profiler's
-    ExtraCUDACopyPattern).
+    ExtraCUDACopyPattern). Not reported: `torch.tensor(data).to(device)`, whose data is on
+    the host either way.
 
     Example:
         mask = torch.ones(batch, seq).cuda()
