@@ -43,6 +43,8 @@ PASSTHROUGH_METHODS = _names("passthrough_methods")
 PASSTHROUGH_FUNCTIONS = _names("passthrough_functions")
 TENSOR_FACTORIES = _names("tensor_factories")
 DETERMINISTIC_REQUESTS = _names("deterministic_requests")
+ENVIRONMENT_HINTS = tuple(sorted(_names("environment_hints")))
+ENVIRONMENT_STEPS = _names("environment_steps")
 
 
 def is_scheduler_name(name: str) -> bool:

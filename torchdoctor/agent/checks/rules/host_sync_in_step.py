@@ -6,6 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.vocabulary import ENVIRONMENT_HINTS, ENVIRONMENT_STEPS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import TRAINING_TEXT
 from torchdoctor.agent.checks.patterns import under_periodic_guard
@@ -26,7 +28,9 @@ class HostSyncInStep(Rule):
 
     Why it matters: each one waits for the GPU to finish all queued work and copies the value
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
-    Logging under `if step % N == 0:` is fine and is not reported.
+    Logging under `if step % N == 0:` is fine and is not reported, nor is a read whose value
+    an environment's `step()` takes (a reinforcement-learning rollout: the simulator runs on
+    the host, so the policy's actions must come back every step whatever the code does).
 
     Example:
         for x, y in loader:
@@ -113,7 +117,7 @@ class HostSyncInStep(Rule):
                 continue
             loop = ctx.loops.loop_containing(node)
             stop = loop.node if loop is not None else ctx.enclosing_function(node)
-            if under_periodic_guard(ctx, node, stop):
+            if under_periodic_guard(ctx, node, stop) or _feeds_environment(ctx, node):
                 continue
             reported.add(id(statement))
             ctx.report(
@@ -152,6 +156,43 @@ def _stays_a_tensor(value: ast.expr) -> bool:
     if isinstance(func, ast.Name):
         called = func.id
     return called not in _SYNC_METHODS | {"float", "int"}
+
+
+def _feeds_environment(ctx: ModuleContext, node: ast.expr) -> bool:
+    """The read value (through further methods on it: `.cpu().numpy().clip(lo, hi)`) is passed
+    to an environment's step, directly or through the name it is bound to in this function."""
+    child: ast.AST = node
+    parent = ctx.parents.get(child)
+    while isinstance(parent, ast.Attribute | ast.Subscript) and parent.value is child:
+        call = ctx.parents.get(parent)
+        if isinstance(parent, ast.Attribute):
+            if not (isinstance(call, ast.Call) and call.func is parent):
+                return False
+            parent = call
+        child, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Call) and any(a is child for a in parent.args):
+        return _is_environment_step(parent)
+    if not (isinstance(parent, ast.Assign) and parent.value is child):
+        return False
+    function = ctx.enclosing_function(node)
+    names = {t.id for t in parent.targets if isinstance(t, ast.Name)}
+    return any(
+        isinstance(use := ctx.parents.get(read), ast.Call)
+        and any(a is read for a in use.args)
+        and _is_environment_step(use)
+        for name in names
+        for read in ctx.flow.reads_of(name)
+        if ctx.enclosing_function(read) is function
+    )
+
+
+def _is_environment_step(call: ast.Call) -> bool:
+    """`envs.step(actions)`, `self.env.step(a)`: a simulator advanced with host values."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in ENVIRONMENT_STEPS:
+        return False
+    receiver = identifier(func.value).lower()
+    return any(hint in receiver for hint in ENVIRONMENT_HINTS)
 
 
 def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST:
