@@ -48,7 +48,8 @@ class DeviceMismatchFactoryInForward(Rule):
     torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
     (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), tensors
     whose values only serve the host (sizes counted with `torch.unique_consecutive` and
-    `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`), and scripts
+    `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`, or a stand-in
+    only detached into a dict of values to log), and scripts
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
     device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
     stand-in models return fixed tensors; a mismatch there fails the test itself), and
@@ -214,11 +215,42 @@ def _host_only(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> 
         for use in walk_scope(forward.body):
             if not (isinstance(use, ast.Name) and use.id == name):
                 continue
-            if isinstance(use.ctx, ast.Load) and not (
-                _host_use(ctx, use) or _reaches_binding(ctx, use, pending)
+            if not isinstance(use.ctx, ast.Load) or _before(use, call, forward):
+                continue
+            if not (
+                _host_use(ctx, use) or _reported(ctx, use) or _reaches_binding(ctx, use, pending)
             ):
                 return False
     return True
+
+
+def _before(use: ast.Name, call: ast.Call, forward: ast.FunctionDef) -> bool:
+    """`use` runs before the factory on every path: earlier in the forward, and no loop of it
+    can bring the factory's value back around (`p = loss_fn(x)` in the `if`, the factory in
+    the `else`: the `if` branch's reads never see the factory's tensor)."""
+    if (use.lineno, use.col_offset) >= (call.lineno, call.col_offset):
+        return False
+    return not any(
+        isinstance(loop, ast.For | ast.While)
+        and loop.lineno <= use.lineno
+        and call.lineno <= (loop.end_lineno or loop.lineno)
+        for loop in walk_scope(forward.body)
+    )
+
+
+def _reported(ctx: ModuleContext, use: ast.Name) -> bool:
+    """`{"p_loss": p_loss.detach().mean()}`: detached (through argument-free methods) into a
+    dict display, a value for the logs that no computation on the device reads."""
+    child: ast.AST = use
+    parent = ctx.parents.get(child)
+    detached = False
+    while isinstance(parent, ast.Attribute) and parent.value is child:
+        call = ctx.parents.get(parent)
+        if not (isinstance(call, ast.Call) and call.func is parent) or call.args or call.keywords:
+            return False
+        detached = detached or parent.attr == "detach"
+        child, parent = call, ctx.parents.get(call)
+    return detached and isinstance(parent, ast.Dict) and any(v is child for v in parent.values)
 
 
 def _reaches_binding(ctx: ModuleContext, node: ast.expr, names: list[str]) -> bool:
