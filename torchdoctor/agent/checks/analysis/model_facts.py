@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
-from torchdoctor.agent.checks.analysis.vocabulary import LOSS_FUNCTIONS, builds_network
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    LOSS_FUNCTIONS,
+    OTHER_FRAMEWORKS,
+    TORCH_FRAMEWORKS,
+    builds_network,
+)
 from torchdoctor.agent.checks.loops import nodes_of
 
 if TYPE_CHECKING:
@@ -38,7 +43,7 @@ class ModelFacts(DefUse):
 
     def is_module_value(self, expr: ast.expr) -> bool:
         """Whether `expr` may hold an `nn.Module` (by construction, or a name like `model`)."""
-        if isinstance(expr, ast.Name) and expr.id in ("self", "cls"):
+        if (isinstance(expr, ast.Name) and expr.id in ("self", "cls")) or self._foreign_models:
             return False
         if self._constructs_modules:
             for call in self.constructors(expr):
@@ -52,6 +57,12 @@ class ModelFacts(DefUse):
         if not name or self.ctx.qualname(expr) is not None or not _MODEL_NAME.search(name):
             return False
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
+
+    @cached_property
+    def _foreign_models(self) -> bool:
+        """The module builds its networks with another framework (flax, haiku, keras) and
+        imports no torch: its `model` is not an `nn.Module` (a Flax model has no `.eval()`)."""
+        return self.imports(*OTHER_FRAMEWORKS) and not self.imports(*TORCH_FRAMEWORKS)
 
     def frozen_module(self, expr: ast.expr) -> bool:
         """`expr` names a module whose parameters were frozen in the same scope

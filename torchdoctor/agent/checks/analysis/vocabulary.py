@@ -45,6 +45,8 @@ TENSOR_FACTORIES = _names("tensor_factories")
 DETERMINISTIC_REQUESTS = _names("deterministic_requests")
 ENVIRONMENT_HINTS = tuple(sorted(_names("environment_hints")))
 ENVIRONMENT_STEPS = _names("environment_steps")
+TORCH_FRAMEWORKS = tuple(sorted(_names("torch_frameworks")))
+OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 
 
 def is_scheduler_name(name: str) -> bool:
