@@ -30,6 +30,12 @@ _FACTORIES = frozenset(
 data, and with `device=` it still builds the tensor on the host and copies it over (as
 `.to(device)` does), so moving it afterwards costs nothing more."""
 
+_REPEATING = (
+    ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.For, ast.AsyncFor,
+    ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+)  # fmt: skip
+"""Scopes whose code may run many times (a function may be called every step)."""
+
 
 class CpuThenMove(Rule):
     """Detects a tensor factory immediately moved to a device: `torch.zeros(n).cuda()`,
@@ -39,7 +45,8 @@ class CpuThenMove(Rule):
     (a synchronous copy from pageable memory), where passing `device=` allocates and fills it
     directly on the GPU; inside a training step this costs a copy per step (the profiler's
     ExtraCUDACopyPattern). Not reported: `torch.tensor(data).to(device)`, whose data is on
-    the host either way.
+    the host either way, and a script's set-up at module level outside any loop (the rollout
+    buffers allocated once before training: one copy per run).
 
     Example:
         mask = torch.ones(batch, seq).cuda()
@@ -63,7 +70,7 @@ class CpuThenMove(Rule):
         inner = func.value
         if not isinstance(inner, ast.Call) or ctx.call_qualname(inner) not in _FACTORIES:
             return
-        if kwarg(inner, "device") is not None:
+        if kwarg(inner, "device") is not None or _runs_once(ctx, node):
             return
         if func.attr == "to" and not self._moves_device(ctx, node):
             return
@@ -86,3 +93,8 @@ class CpuThenMove(Rule):
         if isinstance(target, ast.Constant):
             return isinstance(target.value, str) and target.value.startswith(("cuda", "mps", "xpu"))
         return "dtype" not in ast.unparse(target)
+
+
+def _runs_once(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Module-level code outside any loop or comprehension runs once per process."""
+    return not any(isinstance(a, _REPEATING) for a in ctx.ancestors(node))
