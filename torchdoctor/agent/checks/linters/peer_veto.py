@@ -19,6 +19,9 @@ the file's place in the project:
 - ruff E722 (bare `except:`) after a handler of the same `try` that re-raises
   `KeyboardInterrupt`: the interrupt is let through on purpose and the rest is meant to be
   caught (a download retry loop).
+- detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
+  name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
+  `commit`) and to no secret's name: a checksum or a torrent/commit hash is public by nature.
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
   allowlist exists only for the weights-only unpickler, so the load is weights-only; or
@@ -43,6 +46,8 @@ _SECURITY_WORDS = re.compile(
     r"secret|token|passw|passwd|salt|nonce|otp|csrf|session|api_?key|private|crypt|auth",
     re.IGNORECASE,
 )
+_DIGEST_WORDS = re.compile(r"hash|md5|sha\d*|checksum|digest|crc|commit|revision", re.IGNORECASE)
+_HEX = re.compile(r"[0-9a-fA-F]{16,}")
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)
 
 
@@ -202,6 +207,37 @@ def _tokenizer_token(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str
     return "a tokenizer's special token or token id, not a credential"
 
 
+def _published_digest(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """Every hex literal on the line is bound to a digest's name (its own, or the name of the
+    dict that holds it: `MD5_MAP = {"vgg": "d507..."}`) and to no secret's."""
+    names = []
+    for node in nodes:
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        if not _HEX.search(node.value):
+            continue
+        names.append(" ".join(_binding_names(node, parents)))
+    if not names or not all(
+        _DIGEST_WORDS.search(n) and not _SECURITY_WORDS.search(n) for n in names
+    ):
+        return None
+    return "a content digest (a checksum, a commit or torrent hash): public, not a credential"
+
+
+def _binding_names(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Iterator[str]:
+    """The names a literal is bound to: assignment targets and dict keys up to its statement."""
+    child, parent = node, parents.get(node)
+    while parent is not None and not isinstance(parent, ast.stmt):
+        if isinstance(parent, ast.Dict):
+            for key, value in zip(parent.keys, parent.values, strict=True):
+                if value is child and isinstance(key, ast.Constant):
+                    yield str(key.value)
+        child, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.Assign | ast.AnnAssign):
+        targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+        yield from (_terminal(t) for t in targets)
+
+
 def _named_constants(nodes: Iterator[ast.AST]) -> Iterator[tuple[str, object]]:
     """(name, constant) pairs on the line: assignments, dict entries and comparisons."""
     for node in nodes:
@@ -281,6 +317,7 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B602"): _constant_shell_command,
     ("ruff", "E722"): _bare_except_after_interrupt,
     ("bandit", "B311"): _random_not_for_security,
+    ("detect-secrets", "Hex High Entropy String"): _published_digest,
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
 }
