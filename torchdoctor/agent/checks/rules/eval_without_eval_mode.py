@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.analysis.eval_mode import (
     train_mode_after_eval,
 )
 from torchdoctor.agent.checks.analysis.gradmode import function_mode, is_grad_off_context
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -138,6 +139,8 @@ class EvalWithoutEvalMode(Rule):
             elsewhere = owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call)
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation
+            if owner is not None and _over_training_data(ctx, owner, body):
+                continue  # training state built in the mode training runs in
             switch = train_mode_after_eval(ctx, owner, call)
             if switch is not None:
                 self._report_switch(ctx, switch, _mode_dependent(ctx, model_of(model_call)))
@@ -435,6 +438,40 @@ def _entry_called_elsewhere(
             return None
         current, param = caller, name
     return None
+
+
+def _over_training_data(ctx: ModuleContext, owner: FunctionNode, body: list[ast.stmt]) -> bool:
+    """A helper not named like an evaluation whose model loops iterate a parameter that every
+    local caller fills with the training data (`init_memory(train_loader, model)` filling a
+    memory bank that the training steps then update in training mode): no held-out pass."""
+    if _EVAL_FUNCTION.search(owner.name):
+        return False
+    sites = ctx.flow.callers.get(owner.name, [])
+    loops = [
+        n
+        for n in walk_scope(body)
+        if isinstance(n, ast.For)
+        and any(isinstance(c, ast.Call) and ctx.flow.is_model_call(c) for c in walk_scope(n.body))
+    ]
+    if not sites or not loops:
+        return False
+    params = _parameters(owner)
+    nested = {id(inner) for loop in loops for inner in walk_scope(loop.body)}
+    for loop in (loop for loop in loops if id(loop) not in nested):
+        iterated = {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)} & params
+        if not iterated:
+            return False
+        for site in sites:
+            for param in iterated:
+                passed = _argument_for(site, owner, param)
+                if passed is None or not _TRAINING_DATA.search(passed):
+                    return False
+                if held_out_name_kind(passed) is not None:
+                    return False
+    return True
+
+
+_TRAINING_DATA = re.compile(r"(^|_)train(ing)?(_?(loader|set|data|dl|ds|dataset|iter))?$", re.I)
 
 
 def _parameters(fn: FunctionNode) -> set[str]:
