@@ -30,10 +30,11 @@ def _cpu_fallback(source: str) -> bool:
 
 
 # A command-line device option that offers the CPU (`--device` with "cpu" among its choices
-# or as its default, a `--cpu` flag): the project runs on CPU on request.
+# or as its default, a `--cpu` flag, a `--no-cuda`/`--disable-cuda` switch): the project runs
+# on CPU on request.
 _CPU_OPTION = re.compile(
     r"add_argument\(\s*[\"']--?[\w-]*device[\w-]*[\"'][^)]*[\"']cpu[\"']"
-    r"|add_argument\(\s*[\"']--(cpu|use[-_]cpu)[\"']"
+    r"|add_argument\(\s*[\"']--(cpu|use[-_]cpu|(no|disable)[-_](cuda|gpu))[\"']"
 )
 _DEVICE_TEST = re.compile(r"gpu|cuda|device|rank|local_rank", re.IGNORECASE)
 _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
@@ -71,10 +72,10 @@ class TorchLoadNoMapLocation(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "load(" in ctx.source and (_cpu_fallback(ctx.source) or "torch.load" in ctx.source)
+        return _cpu_fallback(ctx.source) or "torch.load" in ctx.source or _cpu_flag(ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
-        here = _cpu_fallback(ctx.source) or bool(_CPU_OPTION.search(ctx.source))
+        here = _cpu_fallback(ctx.source) or _cpu_flag(ctx.source)
         if here:
             publish_cpu_device(ctx)
         if "load(" not in ctx.source:
@@ -106,6 +107,11 @@ class TorchLoadNoMapLocation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _cpu_flag(source: str) -> bool:
+    """`_CPU_OPTION` searched only in a text that declares command-line options."""
+    return "add_argument" in source and bool(_CPU_OPTION.search(source))
 
 
 def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
