@@ -14,8 +14,9 @@ _CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "cl
 
 class ClipGradOrder(Rule):
     """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`, also through
-    `accelerator.clip_grad_norm_`) placed in a training loop before every `backward()` of
-    that loop, or after every optimizer `step()` of it.
+    `accelerator.clip_grad_norm_`) placed in a training loop, or in a loop-free update
+    function (`def learn(self, batch): ... backward() ... step()`), before every `backward()`
+    of that body, or after every optimizer `step()` of it.
 
     Why it matters: clipping acts on the gradients present when it runs. Before `backward()`
     it clips the previous step's gradients (usually already zeroed), after `step()` it clips
@@ -24,7 +25,8 @@ class ClipGradOrder(Rule):
 
     Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
     one of each before the other); loops whose backward or step happens in a called function
-    (the order is not visible in one body); clipping inside a function the loop calls.
+    (the order is not visible in one body); clipping inside a function the loop calls unless
+    that function backpropagates and steps itself.
 
     Example:
         loss.backward()
@@ -47,10 +49,10 @@ class ClipGradOrder(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for loop in ctx.loops.training_loops:
-            if loop.kind != "loop":
-                continue
-            calls = [n for n in walk_scope(loop.body) if isinstance(n, ast.Call)]
+        bodies = [loop.body for loop in ctx.loops.training_loops if loop.kind == "loop"]
+        bodies += _update_functions(ctx)
+        for body in bodies:
+            calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
             clips = [c for c in calls if _is_clip(c)]
             backwards = [c.lineno for c in calls if is_backward_call(c)]
             steps = [c.lineno for c in calls if is_optimizer_step(c) and not _is_clip(c)]
@@ -77,6 +79,25 @@ class ClipGradOrder(Rule):
             f"gradients are clipped {where}: the update applied by the optimizer is never clipped",
             data=data,
         )
+
+
+def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
+    """Bodies of functions that clip, backpropagate and step with no loop of their own: one
+    update per call (a training loop's body, seen by the loop that calls it only by name)."""
+    bodies = []
+    for defs in ctx.loops.functions.values():
+        for fn in defs:
+            nodes = list(walk_scope(fn.body))
+            calls = [n for n in nodes if isinstance(n, ast.Call)]
+            if any(isinstance(n, ast.For | ast.While) for n in nodes):
+                continue
+            if (
+                any(_is_clip(c) for c in calls)
+                and any(is_backward_call(c) for c in calls)
+                and any(is_optimizer_step(c) and not _is_clip(c) for c in calls)
+            ):
+                bodies.append(fn.body)
+    return bodies
 
 
 def _is_clip(call: ast.Call) -> bool:
