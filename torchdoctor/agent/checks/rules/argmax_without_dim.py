@@ -31,6 +31,9 @@ class ArgmaxWithoutDim(Rule):
     Also reported wherever it runs: a dim-less argmax compared with an index vector built by
     `torch.arange` (contrastive accuracy: `argmax(logits) == torch.arange(n)`).
 
+    And a dim-less argmax that picks one entry per row (`q[range(n), q.argmax()]`, directly or
+    through a variable): a per-row index was meant, the flat one points past the rows.
+
     Not reported: argmax with `dim` (positional or keyword), argmax of values that are not a
     model's output (unless compared with such an index vector), single forwards outside a
     loop (one example, `model(x[None]).argmax()`), results that are not compared.
@@ -63,7 +66,11 @@ class ArgmaxWithoutDim(Rule):
             batch_prediction = (
                 in_loop(ctx, call) and compared(ctx, call) and is_whole_model_output(ctx, value)
             )
-            if not batch_prediction and not _compared_with_index_vector(ctx, call):
+            if (
+                not batch_prediction
+                and not _compared_with_index_vector(ctx, call)
+                and not _indexes_rows(ctx, call)
+            ):
                 continue
             ctx.report(
                 self,
@@ -87,6 +94,33 @@ def _compared_with_index_vector(ctx: ModuleContext, call: ast.Call) -> bool:
         return False
     others = [e for e in [parent.left, *parent.comparators] if e is not node]
     return any(_index_vector(ctx, other) for other in others)
+
+
+def _indexes_rows(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The argmax (or the name it is assigned to) is an index of a subscript whose other
+    index is `range(n)` / `torch.arange(n)`: one pick per row."""
+    uses: list[ast.AST] = [call]
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
+        target = parent.targets[0]
+        if isinstance(target, ast.Name):
+            scope = ctx.enclosing_function(call)
+            uses += [r for r in ctx.flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
+    for use in uses:
+        tup = ctx.parents.get(use)
+        if not isinstance(tup, ast.Tuple) or not isinstance(ctx.parents.get(tup), ast.Subscript):
+            continue
+        if any(other is not use and _row_range(ctx, other) for other in tup.elts):
+            return True
+    return False
+
+
+def _row_range(ctx: ModuleContext, expr: ast.expr) -> bool:
+    if not isinstance(expr, ast.Call):
+        return False
+    if isinstance(expr.func, ast.Name) and expr.func.id == "range":
+        return True
+    return ctx.flow.qualname_of(expr) == "torch.arange"
 
 
 def _index_vector(ctx: ModuleContext, expr: ast.expr) -> bool:
