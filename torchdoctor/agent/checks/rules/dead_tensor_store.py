@@ -28,11 +28,19 @@ _TENSOR_MODULES = frozenset(
     {"torch", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special"}
 )
 
+# Tensor methods whose result is a new value derived from the receiver (a prediction, a
+# probability, a reduction): computing one and never reading it loses it.
+_TENSOR_REDUCTIONS = frozenset(
+    {"argmax", "argmin", "softmax", "log_softmax", "sigmoid", "topk", "logsumexp", "norm"}
+)
+
 
 class DeadTensorStore(Rule):
     """Detects a tensor computation assigned to a name (`out = model(x)`, `h = torch.cat(...)`,
     `z = F.relu(y)`) that the next statements of the same block overwrite (`out = ...`) before
-    any of them reads it.
+    any of them reads it; and a torch function or tensor reduction (`pred = out.argmax(1)`,
+    `p = F.softmax(out, 1)`) assigned to a local that nothing in its function ever reads
+    (the next line uses `out` where `pred` was meant).
 
     Why it matters: the first result is thrown away. Usually a line was meant to use it
     (`out = model(out)` written as `out = model(x)`, a residual or normalisation silently
@@ -42,7 +50,9 @@ class DeadTensorStore(Rule):
     Not reported: assignments whose value is not a tensor computation (a model call, a
     `torch.*`, `torch.nn.functional.*` or `torch.linalg.*` function; not a constructor); a
     read anywhere in between, including in a nested function or a condition; stores in
-    different branches or blocks; `_`; module attributes (`self.x`).
+    different branches or blocks; `_`; module attributes (`self.x`). For a local never read:
+    model calls (a warm-up, or a forward run for its hooks), functions that read `locals()`,
+    names declared `global`/`nonlocal`, names starting with `_`.
 
     Example:
         x = self.norm(x)
@@ -64,8 +74,31 @@ class DeadTensorStore(Rule):
         if not self.applies(ctx):
             return
         for owner in ctx.nodes_by_type().get(ast.FunctionDef, ()):
+            assert isinstance(owner, ast.FunctionDef)
             for block in _blocks(owner):
                 self._check_block(ctx, block)
+            self._check_never_read(ctx, owner)
+
+    def _check_never_read(self, ctx: ModuleContext, owner: ast.FunctionDef) -> None:
+        read: set[str] = set()
+        for node in ast.walk(owner):
+            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store):
+                read.add(node.id)
+            elif isinstance(node, ast.Global | ast.Nonlocal):
+                read.update(node.names)
+        if "locals" in read or "vars" in read:
+            return
+        for block in _blocks(owner):
+            for stmt in block:
+                name = _reduced_name(ctx, stmt)
+                if name is None or name in read or name.startswith("_"):
+                    continue
+                ctx.report(
+                    self,
+                    stmt,
+                    f"`{name}` is computed but nothing in `{owner.name}` reads it: the "
+                    "statements after it use another value",
+                )
 
     def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
         last_store = _last_stores(block)
@@ -118,6 +151,24 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
         return target.id
     if not qual and ctx.flow.is_model_call(value):
+        return target.id
+    return None
+
+
+def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
+    """The local a torch function or a tensor reduction/activation method is assigned to
+    (`torch.cat(...)`, `F.softmax(...)`, `out.argmax(1)`), not a model call."""
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return None
+    target, value = stmt.targets[0], stmt.value
+    if not isinstance(target, ast.Name) or not isinstance(value, ast.Call):
+        return None
+    qual = ctx.flow.qualname_of(value) or ""
+    module, _, function = qual.rpartition(".")
+    if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
+        return target.id
+    func = value.func
+    if not qual and isinstance(func, ast.Attribute) and func.attr in _TENSOR_REDUCTIONS:
         return target.id
     return None
 
