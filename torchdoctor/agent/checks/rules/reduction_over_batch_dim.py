@@ -39,6 +39,9 @@ class ReductionOverBatchDim(Rule):
     across the batch: the loss trains the model to rank examples, not to classify them, and
     results change with the batch size.
 
+    Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
+    of this module gives a model's whole output inside such a loop.
+
     Not reported: reductions over dim 1/-1, values that are not a model's whole output (a
     row `logits[0]`, a stack of several outputs `torch.stack(outs).mean(0)`, a single example
     outside a loop, loops over single examples such as `zip(X, Y)`), results that are neither
@@ -69,9 +72,10 @@ class ReductionOverBatchDim(Rule):
         flow = ctx.flow
         for call in flow.calls_named(_METHOD_DIM):
             reduced = _over_dim_zero(ctx, call)
-            if reduced is None or not in_loader_loop(ctx, call):
+            if reduced is None:
                 continue
-            if not is_whole_model_output(ctx, reduced):
+            direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
+            if not direct and not _parameter_given_batches(ctx, call, reduced):
                 continue
             name = _reduction_name(ctx, call)
             if not (compared(ctx, call) or (name in _PROBABILITIES and _fed_to_loss(ctx, call))):
@@ -82,6 +86,34 @@ class ReductionOverBatchDim(Rule):
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
             )
+
+
+def _parameter_given_batches(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
+    """`reduced` is a parameter of the enclosing function, and every call of that function in
+    this module passes a model's whole output for it from a loop over a loader."""
+    fn = ctx.enclosing_function(call)
+    if not isinstance(reduced, ast.Name) or not isinstance(fn, ast.FunctionDef):
+        return False
+    params = [a.arg for a in fn.args.args]
+    if reduced.id not in params or ctx.flow.definitions(reduced):
+        return False
+    position = params.index(reduced.id)
+    callers = [
+        c
+        for c in ctx.flow.calls_named((fn.name,))
+        if isinstance(c.func, ast.Name) and ctx.enclosing_function(c) is not fn
+    ]
+    if not callers:
+        return False
+    for caller in callers:
+        given = kwarg(caller, reduced.id)
+        if given is None and len(caller.args) > position:
+            given = caller.args[position]
+        if given is None or not in_loader_loop(ctx, caller):
+            return False
+        if not is_whole_model_output(ctx, given):
+            return False
+    return True
 
 
 def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
