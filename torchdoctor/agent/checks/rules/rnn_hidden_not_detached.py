@@ -14,7 +14,10 @@ class RnnHiddenNotDetached(Rule):
     """Detects, in a training loop (one that calls `backward()` and an optimizer step), a
     model call that takes a state and returns its next value into the same names
     (`output, hidden = model(data, hidden)`, `out, (h, c) = lstm(x, (h, c))`), where the
-    state is created before the loop and nothing in the loop detaches or re-creates it.
+    state is created before the loop and nothing in the loop detaches or re-creates it. Also
+    a step function (one call per batch: it back-propagates and steps) that keeps the state
+    between its calls, in a `global` name or an attribute (`out, self.hidden =
+    self.rnn(x, self.hidden)`) that no other method but `__init__` re-binds.
 
     Why it matters: the returned state is attached to this batch's graph. Fed to the next
     batch, backward() walks into the previous batch's freed graph and fails ("Trying to
@@ -25,7 +28,8 @@ class RnnHiddenNotDetached(Rule):
     Not reported: any other assignment to the state inside the loop (`hidden =
     repackage_hidden(hidden)`, `hidden = hidden.detach()`, a periodic detach for truncated
     BPTT, `hidden = model.init_hidden(bs)`), `.detach_()` on it, a state passed through a
-    call (`model(x, repackage(hidden))`), loops without backward (generation, rollouts).
+    call (`model(x, repackage(hidden))`), loops without backward (generation, rollouts);
+    a step function that re-creates the state in its own body before the call.
 
     Example:
         hidden = model.init_hidden(batch_size)
@@ -50,6 +54,7 @@ class RnnHiddenNotDetached(Rule):
         return "hidden" in ctx.source or "state" in ctx.source or ", (h" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
+        self._check_step_functions(ctx)
         for loop in ctx.loops.training_loops:
             if loop.kind != "loop":
                 continue
@@ -69,6 +74,95 @@ class RnnHiddenNotDetached(Rule):
                     f"`{state}` comes back from the model and is fed to the next batch with its "
                     "graph: backward() reaches into previous batches",
                 )
+
+    def _check_step_functions(self, ctx: ModuleContext) -> None:
+        for defs in ctx.loops.functions.values():
+            for fn in defs:
+                if not isinstance(fn, ast.FunctionDef) or not ctx.loops.trains(fn.body):
+                    continue
+                body = list(walk_scope(fn.body))
+                kept = {n for node in body if isinstance(node, ast.Global) for n in node.names}
+                kept |= _attributes_kept(ctx, fn)
+                for node in body:
+                    if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
+                        continue
+                    carried = _state_keys(node.targets) & _passed_keys(node.value) & kept
+                    if not carried or any(_rebinds(other, node, carried) for other in body):
+                        continue
+                    state = ", ".join(sorted(carried))
+                    ctx.report(
+                        self,
+                        node,
+                        f"`{state}` is kept from one call of `{fn.name}` to the next with its "
+                        "graph: backward() reaches into previous batches",
+                    )
+
+
+def _state_keys(targets: list[ast.expr]) -> set[str]:
+    """Names and `self.x` attributes a binding stores."""
+    found: set[str] = set()
+    for target in targets:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                found.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                found.add(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def _passed_keys(call: ast.Call) -> set[str]:
+    found = _passed_names(call)
+    for arg in [*call.args, *(k.value for k in call.keywords)]:
+        parts = arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg]
+        found |= {
+            f"{p.value.id}.{p.attr}"
+            for p in parts
+            if isinstance(p, ast.Attribute) and isinstance(p.value, ast.Name)
+        }
+    return found
+
+
+def _attributes_kept(ctx: ModuleContext, fn: ast.FunctionDef) -> set[str]:
+    """`self.x` attributes of a method that no other method of its class but `__init__`
+    binds (a `reset_state()` / `detach_hidden()` method would re-create or detach them)."""
+    cls = ctx.parents.get(fn)
+    if not isinstance(cls, ast.ClassDef) or not fn.args.args or fn.args.args[0].arg != "self":
+        return set()
+    elsewhere: set[str] = set()
+    for other in cls.body:
+        if isinstance(other, ast.FunctionDef) and other is not fn and other.name != "__init__":
+            for node in ast.walk(other):
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                    elsewhere.add(ast.unparse(node))
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("detach_", "zero_")
+                ):
+                    elsewhere.add(ast.unparse(node.func.value).split("[")[0])
+    stored = {
+        ast.unparse(node)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    return stored - elsewhere
+
+
+def _rebinds(node: ast.AST, site: ast.Assign, keys: set[str]) -> bool:
+    """Another binding of a kept name or attribute in the step, or `.detach_()` on it."""
+    if node is site:
+        return False
+    if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+        targets = list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+        return bool(_state_keys(targets) & keys)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr in ("detach_", "zero_") and bool(
+            {ast.unparse(node.func.value).split("[")[0]} & keys
+        )
+    return False
 
 
 def _names(targets: list[ast.expr]) -> set[str]:
