@@ -156,7 +156,9 @@ def _rebinds(node: ast.AST, site: ast.Assign, keys: set[str]) -> bool:
     if node is site:
         return False
     if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
-        targets = list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+        targets: list[ast.expr] = (
+            list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+        )
         return bool(_state_keys(targets) & keys)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         return node.func.attr in ("detach_", "zero_") and bool(
