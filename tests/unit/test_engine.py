@@ -79,6 +79,46 @@ def test_walk_indexes_nodes_by_type_in_parent_map_order() -> None:
     assert "torch" in ctx.imports.aliases
 
 
+class _EarlyQuestion(Rule):
+    """Asks the module's def-use about a name at the first statement it visits."""
+
+    id = "early-question"
+    point = 1
+    severity = Severity.LOW
+    title = "asks def-use during the dispatch"
+    items = ("1.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Assign,)
+    answers: ClassVar[list[list[str]]] = []
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if not self.answers:
+            read = ast.Name(id="total", ctx=ast.Load())
+            ctx.parents[read] = ctx.tree
+            self.answers.append([ast.unparse(v) for v in ctx.flow.definitions(read)])
+
+
+def test_visits_see_module_analyses_built_from_the_whole_module() -> None:
+    # a visit at the top of a module once froze def-use on the part walked so far: later
+    # functions' bindings were missing for every rule after it (a module-level
+    # `model.embedding.weight.data = vectors` hid a training loop's loss from its rules)
+    _EarlyQuestion.answers.clear()
+    source = "model = 1\ntotal = 0\nif model:\n    total = 2\n"
+    analyse_source("m.py", source, (_EarlyQuestion,), EngineConfig())
+    assert _EarlyQuestion.answers == [["0", "2"]]
+    script = (
+        "import torch\n\nmodel.embedding.weight.data = vectors\n\n"
+        "def train(loader, model, criterion, optimizer):\n    losses = []\n"
+        "    for x, y in loader:\n        loss = criterion(model(x), y)\n"
+        "        optimizer.zero_grad()\n        loss.backward()\n        optimizer.step()\n"
+        "        losses.append(loss)\n    return losses\n"
+    )
+    found = analyse_source("train.py", script, enabled_rules(), EngineConfig()).findings
+    assert {(f.rule, f.line) for f in found} >= {
+        ("data-attribute-idiom", 3),
+        ("loss-graph-accumulation", 12),
+    }
+
+
 def test_analysis_leaves_the_garbage_collector_as_it_found_it() -> None:
     analyse_source("m.py", GOOD, enabled_rules(), EngineConfig())
     assert gc.isenabled()

@@ -151,8 +151,10 @@ def _walk(
     call_subscribers: _CallSubscribers,
 ) -> None:
     """One pre-order walk in source order: records parents, imports, the nodes of each type
-    (in the parent map's order), and dispatches nodes to the rules subscribed to their type
-    (calls by their callee's name, see `Rule.call_names`).
+    (in the parent map's order); then dispatches nodes, in that order, to the rules subscribed
+    to their type (calls by their callee's name, see `Rule.call_names`). The visits run once
+    the walk is done, so a visit that asks a module-wide analysis (def-use, loops, the call
+    graph) gets it built from the whole module, not from the part walked so far.
 
     Children are read straight from each type's fields (no `ast.iter_child_nodes` generators).
     The parser shares one `Load()`/`Add()`/... object between all its uses: unless a rule
@@ -168,6 +170,7 @@ def _walk(
     count = 0
     call_visits = _call_visits(call_subscribers)
     call_kind, import_kind, import_from_kind = ast.Call, ast.Import, ast.ImportFrom
+    dispatched: list[tuple[list[_Visit], ast.AST]] = []
     while stack:
         node = stack.pop()
         count += 1
@@ -181,8 +184,7 @@ def _walk(
         else:
             visits = dispatch.get(kind)
         if visits:
-            for visit in visits:
-                visit(node, ctx)
+            dispatched.append((visits, node))
         plan = plans.get(kind)
         if plan is None:
             plan = plans[kind] = _field_plan(kind, split)
@@ -216,6 +218,11 @@ def _walk(
     if not split:  # singletons were walked at every use: list each one once, as the map does
         for kind in [k for k in by_type if issubclass(k, _SINGLETON_TYPES)]:
             by_type[kind] = list(dict.fromkeys(by_type[kind]))
+    for count, (visits, node) in enumerate(dispatched, 1):
+        if count % _DEADLINE_CHECK_EVERY == 0 and time.thread_time() > deadline:
+            raise _DeadlineExceeded
+        for visit in visits:
+            visit(node, ctx)
 
 
 def analyse_source(
