@@ -114,15 +114,21 @@ class LeakPreprocessing(Rule):
             data = _fitted_data(ctx, node)
             if data is None:
                 continue
+            applied = _column_helper_applied(ctx, data)
+            through = ""
+            if applied is not None:  # `def f(col): return scaler.fit_transform(col)`
+                through = f" column by column, by `{ast.unparse(node.func)}` (line {node.lineno})"
+                node, data = applied  # then `df.apply(f)`: the fit sees every row of `df`
             kind = flow.held_out_kind(data, frozenset({"test", "val", "split"}))
             if kind is not None:
                 where = "the test/validation split" if kind != "split" else "a held-out split"
-                reason = f"is fitted on `{ast.unparse(data)}`, which includes {where}"
+                reason = f"is fitted{through} on `{ast.unparse(data)}`, which includes {where}"
             elif _before_split(ctx, data, split_inputs) or _output_split(
                 ctx, node, data, split_inputs
             ):
                 reason = (
-                    f"is fitted on `{ast.unparse(data)}`, the data later split into train and test"
+                    f"is fitted{through} on `{ast.unparse(data)}`, the data later split into train "
+                    "and test"
                 )
             else:
                 if helpers is None:
@@ -173,7 +179,10 @@ class LeakPreprocessing(Rule):
         by_sink: dict[ast.Call, list[Leak]] = {}
         for leak in leaks:
             node, reason, data, kind = leak
-            sink = find_sink(ctx, node, produced_names(ctx, node, data), fitted)
+            carriers = produced_names(ctx, node, data)
+            sink = find_sink(ctx, node, carriers, fitted)
+            if sink is None and carriers and not _read_after(ctx, node, carriers):
+                continue  # `scaled = scale(df)` never used: nothing is contaminated
             if sink is None:
                 self._emit(
                     ctx,
@@ -210,6 +219,23 @@ class LeakPreprocessing(Rule):
                 },
                 symbol,
             )
+
+
+def _read_after(ctx: ModuleContext, source: ast.Call, names: set[str]) -> bool:
+    """Whether the module reads one of `names` outside the source's own statement; assumed
+    of anything but fresh names (`scaled = scale(df)`): a bare `selector.fit(...)` or a
+    column filled in place (`X_test["age"] = ...`) changes an object that is the point."""
+    statement = next(a for a in ctx.ancestors(source) if isinstance(a, ast.stmt))
+    if not isinstance(statement, ast.Assign) or not all(
+        isinstance(t, ast.Name) for t in statement.targets
+    ):
+        return True
+    end = statement.end_lineno or statement.lineno
+    for name in names:
+        for read in ctx.flow.reads_of(name):
+            if read.lineno < statement.lineno or read.lineno > end:
+                return True
+    return False
 
 
 def _output_split(
@@ -339,6 +365,29 @@ def _applied_frame(ctx: ModuleContext, data: ast.expr) -> ast.expr | None:
         ):
             return applying.func.value
         return None
+    return None
+
+
+def _column_helper_applied(ctx: ModuleContext, data: ast.expr) -> tuple[ast.Call, ast.expr] | None:
+    """(`frame.apply(scale_column)`, `frame`) when `data` is computed from the column
+    parameter of the local function `scale_column`, applied column-wise: it fits on each
+    whole column of `frame`."""
+    fn = ctx.enclosing_function(data)
+    if fn is None or not fn.args.args:
+        return None
+    column = fn.args.args[0].arg  # `column`, `column.values.reshape(-1, 1)`
+    if not any(isinstance(n, ast.Name) and n.id == column for n in ast.walk(data)):
+        return None
+    for read in ctx.flow.reads_of(fn.name):
+        applying = ctx.parents.get(read)
+        if (
+            isinstance(applying, ast.Call)
+            and applying.args[:1] == [read]
+            and isinstance(applying.func, ast.Attribute)
+            and applying.func.attr in _FRAME_APPLIERS
+            and not _row_wise(applying)
+        ):
+            return applying, applying.func.value
     return None
 
 
