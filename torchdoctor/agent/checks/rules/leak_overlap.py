@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.leak_sink import related_location
 from torchdoctor.agent.models import Severity
 
 _DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
@@ -15,6 +16,9 @@ _TRANSFORMER_NAME = re.compile(
     r"scaler|normali[sz]er|encoder|imputer|vectori[sz]er|selector|pca|tokenizer|vocab", re.I
 )
 _HELD_OUT = frozenset({"test", "val", "split"})
+_CROSS_VALIDATORS = frozenset(
+    {"cross_val_score", "cross_validate", "cross_val_predict", "learning_curve", "validation_curve"}
+)
 
 
 class LeakOverlap(Rule):
@@ -22,7 +26,7 @@ class LeakOverlap(Rule):
     `random_split`) applied to data that was oversampled (`fit_resample`, SMOTE) or augmented
     beforehand, a training loop that iterates over data derived from the test/validation split
     (directly, through a `DataLoader`, a `ConcatDataset`, or a local function), and an
-    estimator `fit` on test data.
+    estimator `fit` (or a cross-validation, which fits clones) on test data.
 
     Why it matters: oversampling or augmenting before the split puts copies (or near-copies)
     of the same sample on both sides; training on held-out rows makes the model memorise what
@@ -89,9 +93,12 @@ class LeakOverlap(Rule):
                     data={"held_out": kind},
                     header_only=True,
                 )
-        if ".fit(" not in ctx.source:
+        if ".fit(" not in ctx.source and "cross_va" not in ctx.source:
             return
         for call in flow.nodes(ast.Call):
+            if identifier(call.func) in _CROSS_VALIDATORS:
+                self._cross_validated_on_test(ctx, call)
+                continue
             if not (isinstance(call.func, ast.Attribute) and call.func.attr == "fit" and call.args):
                 continue
             receiver = call.func.value
@@ -108,6 +115,25 @@ class LeakOverlap(Rule):
                     "which derives from the test split",
                     data={"held_out": "test"},
                 )
+
+    def _cross_validated_on_test(self, ctx: ModuleContext, call: ast.Call) -> None:
+        """`cross_val_score(model, X_test, y_test)` fits a clone of the model on test folds:
+        the test split trains models and scores them, so it no longer measures anything."""
+        data = next((k.value for k in call.keywords if k.arg == "X"), None)
+        if data is None and len(call.args) > 1:
+            data = call.args[1]
+        flow = ctx.flow
+        if data is None or flow.held_out_kind(data, frozenset({"test"})) is None:
+            return
+        split = flow.sources_include(data, flow.is_split_part)
+        related = [related_location(ctx, split, "where the test split is made")] if split else []
+        ctx.report(
+            self,
+            call,
+            f"`{ast.unparse(call.func)}` fits and scores models on `{ast.unparse(data)}`, which "
+            "derives from the test split: the test set is used for training and selection",
+            data={"held_out": "test", "related": related},
+        )
 
 
 def _duplicating_call(node: ast.AST) -> bool:
