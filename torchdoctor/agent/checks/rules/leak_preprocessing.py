@@ -181,8 +181,8 @@ class LeakPreprocessing(Rule):
             node, reason, data, kind = leak
             carriers = produced_names(ctx, node, data)
             sink = find_sink(ctx, node, carriers, fitted)
-            if sink is None and carriers and not _read_after(ctx, node, carriers):
-                continue  # `scaled = scale(df)` never used: nothing is contaminated
+            if sink is None and symbol is None and _goes_nowhere(ctx, node, carriers, kind):
+                continue  # `preview = scale(df)` never trained on: nothing is contaminated
             if sink is None:
                 self._emit(
                     ctx,
@@ -221,21 +221,37 @@ class LeakPreprocessing(Rule):
             )
 
 
-def _read_after(ctx: ModuleContext, source: ast.Call, names: set[str]) -> bool:
-    """Whether the module reads one of `names` outside the source's own statement; assumed
-    of anything but fresh names (`scaled = scale(df)`): a bare `selector.fit(...)` or a
-    column filled in place (`X_test["age"] = ...`) changes an object that is the point."""
+def _goes_nowhere(
+    ctx: ModuleContext, source: ast.Call, carriers: set[str], kind: str | None
+) -> bool:
+    """The data a source produced under fresh names (`preview = scale(df)`, `X_2d =
+    PCA(2).fit_transform(X)` for a plot) is never read, or, when the leak is fitting before
+    the split, never reaches the split: only its input is split, so nothing trained on is
+    contaminated. A bare `selector.fit(...)`, a statistic, or a column filled in place
+    (`X_test["age"] = ...`) changes an object that is the point, and is kept."""
     statement = next(a for a in ctx.ancestors(source) if isinstance(a, ast.stmt))
-    if not isinstance(statement, ast.Assign) or not all(
-        isinstance(t, ast.Name) for t in statement.targets
-    ):
-        return True
+    if not carriers or not isinstance(statement, ast.Assign):
+        return False
+    if not all(isinstance(t, ast.Name | ast.Tuple) for t in statement.targets):
+        return False
     end = statement.end_lineno or statement.lineno
-    for name in names:
-        for read in ctx.flow.reads_of(name):
-            if read.lineno < statement.lineno or read.lineno > end:
-                return True
-    return False
+    reads = [
+        read
+        for name in carriers
+        for read in ctx.flow.reads_of(name)
+        if read.lineno < statement.lineno or read.lineno > end
+    ]
+    if not reads:
+        return True
+    func = source.func
+    produces_data = isinstance(func, ast.Attribute) and func.attr in (
+        {"fit_transform"} | _RESAMPLE_METHODS
+    )
+    if kind is not None or not produces_data:
+        return False
+    split_inputs = [arg for _, args in ctx.flow.split_inputs for arg in args]
+    split_inputs += _helper_split_arguments(ctx)
+    return not any(carriers & ctx.flow.root_names(arg) for arg in split_inputs)
 
 
 def _output_split(
@@ -478,8 +494,19 @@ def _before_split(ctx: ModuleContext, data: ast.expr, split_inputs: list[ast.exp
     """`data` is (part of) what a split divides, and is not itself a split's output."""
     flow = ctx.flow
 
-    if not split_inputs or flow.sources_include(data, flow.is_split_part) is not None:
+    if not split_inputs or _split_output(ctx, data):
         return False
     ignored = set(ctx.imports.aliases) | set(flow.functions) | set(flow.classes) | {"self"}
     data_names = flow.root_names(data) - ignored
     return any(data_names & flow.root_names(arg) for arg in split_inputs)
+
+
+def _split_output(ctx: ModuleContext, data: ast.expr) -> bool:
+    """`data` holds a split's output. A notebook rebinds `X` many times: only the bindings
+    that reach this read count (`X = concat([X_train, y_train])` earlier, then `X, y =
+    make_classification(...)`: X here is fresh data, not a split part)."""
+    flow = ctx.flow
+    values = flow.live_definitions(data) if isinstance(data, ast.Name) else [data]
+    if not values:
+        values = [data]
+    return any(flow.sources_include(value, flow.is_split_part) is not None for value in values)
