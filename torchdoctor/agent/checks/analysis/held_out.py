@@ -258,7 +258,9 @@ class HeldOut(DefUse):
                 yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))
             if isinstance(node.func, ast.Attribute):
                 yield node.func.value
-        elif isinstance(node, ast.Subscript | ast.Starred):
+        elif isinstance(node, ast.Subscript):
+            yield self._first_part(node) or node.value
+        elif isinstance(node, ast.Starred):
             yield node.value
         elif isinstance(node, ast.BinOp):
             yield node.left
@@ -272,6 +274,72 @@ class HeldOut(DefUse):
             yield node.elt
             yield from (g.iter for g in node.generators)
 
+    def _first_part(self, node: ast.Subscript) -> ast.expr | None:
+        """`train` for `full[:len(train)]` (or `[:train.shape[0]]`) when `full =
+        concat([train, test])`: the head of a concatenation cut at its first part's length is
+        that part, not the held-out rows after it."""
+        s = node.slice
+        if not isinstance(s, ast.Slice) or s.lower is not None or s.upper is None:
+            return None
+        return self._cut_at_first_part(node.value, s.upper)
+
+    def _cut_at_first_part(self, frame: ast.expr, bound: ast.expr) -> ast.Name | None:
+        """The first part of the concatenation `frame` holds, when `bound` is its length: the
+        cut undoes the concatenation (given train and test files) instead of splitting."""
+        joined = self._joined(frame)
+        if joined is None:
+            return None
+        parts = joined.args[0]
+        if not isinstance(parts, ast.List | ast.Tuple) or not parts.elts:
+            return None
+        first = parts.elts[0]  # `train`, `train.loc[:, cols]`, `train.drop(columns=...)`
+        while isinstance(first, ast.Subscript | ast.Attribute | ast.Call):
+            if isinstance(first, ast.Call):
+                if not isinstance(first.func, ast.Attribute):
+                    return None
+                first = first.func
+            first = first.value
+        if not isinstance(first, ast.Name):
+            return None
+        bounds = [bound, *(self.definitions(bound) if isinstance(bound, ast.Name) else [])]
+        if any(_length_of(b, first.id) for b in bounds):
+            return first
+        return None
+
+    def _joined(self, frame: ast.expr) -> ast.Call | None:
+        """The `concat([...])` a frame holds, through its reaching bindings and row-preserving
+        rewrites (`df = df.fillna(...)`, `df = pd.get_dummies(df)`)."""
+        current: ast.expr = frame
+        for _ in range(8):
+            if isinstance(current, ast.Name):
+                # what reaches this read: bound earlier, not by the statement it sits in
+                around = {id(a) for a in self.ctx.ancestors(current)}  # `df = df.fillna(...)`
+                values = [
+                    v
+                    for v in self.live_definitions(current)
+                    if id(v) not in around and v.lineno <= current.lineno
+                ]
+                if len(values) != 1:
+                    return None
+                current = values[0]
+            elif isinstance(current, ast.Call):
+                if identifier(current.func) in _JOINS:
+                    return current if current.args else None
+                func = current.func
+                if (
+                    isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Name)
+                    and self.definitions(func.value)
+                ):
+                    current = func.value  # `df.fillna(...)`, not `pd.get_dummies`
+                elif current.args and isinstance(current.args[0], ast.Name):
+                    current = current.args[0]  # `pd.get_dummies(df)`
+                else:
+                    return None
+            else:
+                return None
+        return None
+
     @cached_property
     def _head_slices(self) -> set[tuple[str, str]]:
         """(sequence text, bound text) of every `x[:k]` in the module."""
@@ -284,10 +352,14 @@ class HeldOut(DefUse):
         return found
 
     def _is_tail_slice(self, node: ast.Subscript) -> bool:
+        """`x[k:]` with `x[:k]` taken too; not when the cut undoes a concatenation of given
+        train and test sets (`full[len(train):]`): that is no split of the data."""
         s = node.slice
         if not isinstance(s, ast.Slice) or s.lower is None or s.upper is not None:
             return False
-        return (ast.unparse(node.value), ast.unparse(s.lower)) in self._head_slices
+        if (ast.unparse(node.value), ast.unparse(s.lower)) not in self._head_slices:
+            return False
+        return self._cut_at_first_part(node.value, s.lower) is None
 
     def _is_ratio_slice(self, node: ast.Subscript) -> bool:
         """`x[begin:end]` with a bound computed as a fraction of `len(x)` (directly or through
@@ -394,6 +466,9 @@ class HeldOut(DefUse):
 
 
 _FRACTION_NAME = re.compile(r"ratio|frac|split|percent|proportion|train|test|val", re.IGNORECASE)
+
+
+_JOINS = frozenset({"concat", "concatenate", "vstack", "cat"})
 
 
 def _length_of(node: ast.expr, base: str) -> bool:
