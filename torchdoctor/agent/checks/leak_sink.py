@@ -152,16 +152,23 @@ def _transformer(ctx: ModuleContext, receiver: ast.expr) -> bool:
 
 
 def find_sink(
-    ctx: ModuleContext, source: ast.expr, carriers: set[str], fitted_receivers: set[str]
+    ctx: ModuleContext,
+    source: ast.expr,
+    carriers: set[str],
+    fitted_receivers: set[str],
+    within: set[int] | None = None,
 ) -> ast.Call | None:
     """The first training use of the leaked data after the source, else the first selection
-    or evaluation use; None when the module never uses it that way."""
+    or evaluation use; None when the module never uses it that way. `within`: ids of the
+    functions the sink may sit in (a split's locals mean nothing outside them)."""
     if not carriers:
         return None
     carriers = spread(ctx, source, carriers)
     after = (source.end_lineno or source.lineno, source.end_col_offset or 0)
     best: tuple[int, int, int, ast.Call] | None = None
     for call in ctx.flow.nodes(ast.Call):
+        if within is not None and id(ctx.enclosing_function(call)) not in within:
+            continue
         if not _runs_after(ctx, call, after):
             continue
         kind = _kind(ctx, call, fitted_receivers)

@@ -109,6 +109,7 @@ class LeakPreprocessing(Rule):
         ]
         leaks: list[Leak] = []
         helper_leaks: dict[str, list[Leak]] = {}
+        inner_splits: dict[int, ast.Call] = {}  # source id -> the split it is fitted before
         helpers: list[tuple[ast.Call, str]] | None = None  # looked for at the first need
         for node in candidates:
             data = _fitted_data(ctx, node)
@@ -130,6 +131,13 @@ class LeakPreprocessing(Rule):
                     f"is fitted{through} on `{ast.unparse(data)}`, the data later split into train "
                     "and test"
                 )
+            elif (inner := _split_again(ctx, node, data)) is not None:
+                reason = (
+                    f"is fitted on `{ast.unparse(data)}`, a training part that "
+                    f"`{ast.unparse(inner.func)}` (line {inner.lineno}) splits again into fit and "
+                    "validation rows"
+                )
+                inner_splits[id(node)] = inner
             else:
                 if helpers is None:
                     helpers = _imported_helper_calls(ctx)
@@ -141,7 +149,7 @@ class LeakPreprocessing(Rule):
                     helper_leaks.setdefault(symbol, []).append((node, reason, data, None))
                 continue
             leaks.append((node, reason, data, kind))
-        self._report_at_sinks(ctx, leaks)
+        self._report_at_sinks(ctx, leaks, inner_splits=inner_splits)
         for symbol, found in helper_leaks.items():  # confirmed if the helper splits its input
             self._report_at_sinks(ctx, found, symbol)
 
@@ -166,7 +174,11 @@ class LeakPreprocessing(Rule):
             defer(ctx, self.id, Pending(symbol=symbol, needs="splits-data", finding=found))
 
     def _report_at_sinks(
-        self, ctx: ModuleContext, leaks: list[Leak], symbol: str | None = None
+        self,
+        ctx: ModuleContext,
+        leaks: list[Leak],
+        symbol: str | None = None,
+        inner_splits: dict[int, ast.Call] | None = None,
     ) -> None:
         """Each leak at the first place its data trains, selects or evaluates a model (the
         sources as related locations, one finding per sink); at its source when the module
@@ -180,7 +192,12 @@ class LeakPreprocessing(Rule):
         for leak in leaks:
             node, reason, data, kind = leak
             carriers = produced_names(ctx, node, data)
-            sink = find_sink(ctx, node, carriers, fitted)
+            inner = (inner_splits or {}).get(id(node))
+            if inner is None:
+                sink = find_sink(ctx, node, carriers, fitted)
+            else:  # a use of the parts the inner split makes, where its names mean them
+                parts = produced_names(ctx, inner, inner)
+                sink = find_sink(ctx, inner, parts, fitted, _split_scope(ctx, inner))
             if sink is None and symbol is None and _goes_nowhere(ctx, node, carriers, kind):
                 continue  # `preview = scale(df)` never trained on: nothing is contaminated
             if sink is None:
@@ -252,6 +269,46 @@ def _goes_nowhere(
     split_inputs = [arg for _, args in ctx.flow.split_inputs for arg in args]
     split_inputs += _helper_split_arguments(ctx)
     return not any(carriers & ctx.flow.root_names(arg) for arg in split_inputs)
+
+
+def _split_again(ctx: ModuleContext, call: ast.Call, data: ast.expr) -> ast.Call | None:
+    """The split that divides again the output of `scaler.fit_transform(X_train)` (a part of
+    an earlier split) under a new name: `X_train_std` given to a feature-selection helper that
+    splits it into fit and validation rows. The scaler saw the validation rows."""
+    func = call.func
+    flow = ctx.flow
+    if not (isinstance(func, ast.Attribute) and func.attr == "fit_transform"):
+        return None
+    if flow.sources_include(data, flow.is_split_part) is None:
+        return None
+    outputs = produced_names(ctx, call, data) - {identifier(func.value)} - flow.root_names(data)
+    if not outputs:
+        return None
+    for split, inputs in flow.split_inputs:
+        if not isinstance(split, ast.Call):
+            continue
+        if split.lineno > call.lineno and any(outputs & flow.root_names(d) for d in inputs):
+            return split
+        fn = ctx.enclosing_function(split)
+        if fn is None:
+            continue
+        params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+        split_params = {p for p in params if any(p in flow.root_names(d) for d in inputs)}
+        for site in ctx.calls.call_sites(fn) if split_params else []:
+            given = [arg for name, arg in ctx.calls.bind(site, fn).items() if name in split_params]
+            if site.lineno > call.lineno and any(outputs & flow.root_names(a) for a in given):
+                return split
+    return None
+
+
+def _split_scope(ctx: ModuleContext, split: ast.Call) -> set[int]:
+    """Ids of the function making `split` and of the local functions it calls (or the module
+    only): where the names of the parts it makes are meaningful."""
+    fn = ctx.enclosing_function(split)
+    if fn is None:
+        return {id(None)}
+    calls = [node for node in ast.walk(fn) if isinstance(node, ast.Call)]  # lambdas too
+    return {id(fn)} | {id(callee) for call in calls for callee in ctx.calls.resolve(call)}
 
 
 def _output_split(
