@@ -75,11 +75,23 @@ class DeadTensorStore(Rule):
             return
         for owner in ctx.nodes_by_type().get(ast.FunctionDef, ()):
             assert isinstance(owner, ast.FunctionDef)
-            for block in _blocks(owner):
+            blocks = _blocks(owner)
+            for block in blocks:
                 self._check_block(ctx, block)
-            self._check_never_read(ctx, owner)
+            self._check_never_read(ctx, owner, blocks)
 
-    def _check_never_read(self, ctx: ModuleContext, owner: ast.FunctionDef) -> None:
+    def _check_never_read(
+        self, ctx: ModuleContext, owner: ast.FunctionDef, blocks: list[list[ast.stmt]]
+    ) -> None:
+        """The function's reads are collected only where a reduction is stored (few do)."""
+        stored = [
+            (stmt, name)
+            for block in blocks
+            for stmt in block
+            if (name := _reduced_name(ctx, stmt)) is not None and not name.startswith("_")
+        ]
+        if not stored:
+            return
         read: set[str] = set()
         for node in ast.walk(owner):
             if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store):
@@ -88,11 +100,8 @@ class DeadTensorStore(Rule):
                 read.update(node.names)
         if "locals" in read or "vars" in read:
             return
-        for block in _blocks(owner):
-            for stmt in block:
-                name = _reduced_name(ctx, stmt)
-                if name is None or name in read or name.startswith("_"):
-                    continue
+        for stmt, name in stored:
+            if name not in read:
                 ctx.report(
                     self,
                     stmt,
