@@ -37,7 +37,7 @@ _SELECT_CALLS = frozenset(
 )
 _EVAL_METHODS = frozenset({"score", "evaluate"})
 _PREDICT_METHODS = frozenset({"predict", "predict_proba", "predict_log_proba", "decision_function"})
-_TRANSFORMER_MODULES = (
+TRANSFORMER_MODULES = (
     "sklearn.preprocessing.",
     "sklearn.feature_selection.",
     "sklearn.decomposition.",
@@ -148,7 +148,7 @@ def _transformer(ctx: ModuleContext, receiver: ast.expr) -> bool:
     """`TfidfTransformer().fit(X)`, `pca.fit(X)`: a preprocessing step, not a model."""
     built = receiver if isinstance(receiver, ast.Call) else None
     qual = (ctx.flow.qualname_of(built) if built else ctx.flow.constructed_as(receiver)) or ""
-    return qual.startswith(_TRANSFORMER_MODULES)
+    return qual.startswith(TRANSFORMER_MODULES)
 
 
 def find_sink(

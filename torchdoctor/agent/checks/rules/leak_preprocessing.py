@@ -15,7 +15,12 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import identifier
-from torchdoctor.agent.checks.leak_sink import find_sink, produced_names, related_location
+from torchdoctor.agent.checks.leak_sink import (
+    TRANSFORMER_MODULES,
+    find_sink,
+    produced_names,
+    related_location,
+)
 from torchdoctor.agent.models import Severity
 
 _FIT_METHODS = frozenset({"fit", "fit_transform", "partial_fit", "fit_on_texts", "adapt"})
@@ -31,14 +36,6 @@ _SCALE_FUNCTIONS = frozenset(
     }
 )
 _RESAMPLE_METHODS = frozenset({"fit_resample", "fit_sample"})
-_TRANSFORMER_MODULES = (
-    "sklearn.preprocessing.",
-    "sklearn.feature_selection.",
-    "sklearn.decomposition.",
-    "sklearn.impute.",
-    "sklearn.feature_extraction.",
-    "sklearn.manifold.",
-)
 _TRANSFORMER_NAME = re.compile(
     r"scaler|normali[sz]er|standardi[sz]er|encoder|imputer|vectori[sz]er|selector|pca|svd|"
     r"tokenizer|vocab|transformer|discreti[sz]er|binarizer",
@@ -533,7 +530,7 @@ def _categories_only(ctx: ModuleContext, receiver: ast.expr) -> bool:
 
 def _is_transformer(ctx: ModuleContext, receiver: ast.expr) -> bool:
     qual = ctx.flow.constructed_as(receiver) or ""
-    if qual.startswith(_TRANSFORMER_MODULES):
+    if qual.startswith(TRANSFORMER_MODULES):
         return True
     return bool(_TRANSFORMER_NAME.search(identifier(receiver)))
 
