@@ -80,9 +80,10 @@ class TrainLoaderNoShuffle(Rule):
                     "epoch: no shuffle, no sampler",
                 )
         for source in flow.calls_to(DATALOADERS):
-            if id(source) in reported or _orders(ctx, source):
+            forwarded = _shuffle_defaulting_off(ctx, source)
+            if id(source) in reported or _orders(ctx, source, forwarded):
                 continue
-            handed = _training_loader_handed_out(ctx, source)
+            handed = None if forwarded else _training_loader_handed_out(ctx, source)
             if handed is not None:
                 ctx.report(
                     self,
@@ -91,7 +92,7 @@ class TrainLoaderNoShuffle(Rule):
                     "shuffle and no sampler: every epoch sees the batches in the same order",
                 )
                 continue
-            for site in _factory_calls_for_training(ctx, source):
+            for site in _factory_calls_for_training(ctx, source, forwarded):
                 ctx.report(
                     self,
                     site,
@@ -106,9 +107,10 @@ class TrainLoaderNoShuffle(Rule):
 _TRAIN_NAME = re.compile(r"(^|[^A-Za-z])[Tt]rain(ing)?([^a-z]|$|set|loader|data|dl)")
 
 
-def _orders(ctx: ModuleContext, loader: ast.Call) -> bool:
-    """Whether the loader may shuffle or keep an order on purpose (or we cannot tell)."""
-    if any(kwarg(loader, name) is not None for name in _ORDERING):
+def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) -> bool:
+    """Whether the loader may shuffle or keep an order on purpose (or we cannot tell); a
+    `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
+    if any(kwarg(loader, name) is not None for name in _ORDERING if name != forwarded):
         return True
     if has_star_kwargs(loader) or len(loader.args) > 2:
         return True  # positional shuffle/sampler, or options we cannot see
@@ -149,27 +151,77 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
     return text if returned and isinstance(target, ast.Name) else None
 
 
-def _factory_calls_for_training(ctx: ModuleContext, loader: ast.Call) -> list[ast.Call]:
+def _shuffle_defaulting_off(ctx: ModuleContext, loader: ast.Call) -> str | None:
+    """`shuffle` when the loader takes it from its function's parameter of the same role
+    whose default is `False` (`def get_loader(dataset, shuffle=False): ...
+    DataLoader(dataset, shuffle=shuffle)`): a call that omits it builds a loader that keeps
+    its order as surely as one without `shuffle`."""
+    value = kwarg(loader, "shuffle")
+    owner = ctx.enclosing_function(loader)
+    if not isinstance(value, ast.Name) or owner is None:
+        return None
+    positional = [*owner.args.posonlyargs, *owner.args.args]
+    defaults = dict(
+        zip(
+            positional[len(positional) - len(owner.args.defaults) :],
+            owner.args.defaults,
+            strict=True,
+        )
+    )
+    defaults.update(
+        (a, d)
+        for a, d in zip(owner.args.kwonlyargs, owner.args.kw_defaults, strict=True)
+        if d is not None
+    )
+    default = next((d for a, d in defaults.items() if a.arg == value.id), None)
+    off = isinstance(default, ast.Constant) and default.value in (False, None)
+    return "shuffle" if off else None
+
+
+def _factory_calls_for_training(
+    ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None
+) -> list[ast.Call]:
     """The calls of a loader factory (`def _make_loader(self, dataset, batch_size): return
     DataLoader(dataset, ...)`) that pass it training data (`self.train_dataset`) or make the
-    loader of a training hook (`def train_dataloader(self)`, Lightning's)."""
+    loader of a training hook (`def train_dataloader(self)`, Lightning's); with `forwarded`,
+    only the calls that leave the factory's `shuffle` parameter at its default."""
     dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
     owner = ctx.enclosing_function(loader)
     if owner is None or not isinstance(dataset, ast.Name) or is_test_module(ctx.path):
         return []
-    if not isinstance(ctx.parents.get(loader), ast.Return):
+    if not _returned(ctx, loader, owner):
         return []
     if dataset.id not in {a.arg for a in [*owner.args.args, *owner.args.kwonlyargs]}:
         return []
+    switch = kwarg(loader, forwarded) if forwarded else None
     found = []
     for site in ctx.calls.call_sites(owner):
-        passed = ctx.calls.bind(site, owner).get(dataset.id)
+        bound = ctx.calls.bind(site, owner)
+        if isinstance(switch, ast.Name) and (switch.id in bound or has_star_kwargs(site)):
+            continue
+        passed = bound.get(dataset.id)
         name = identifier(passed) if passed is not None else ""
         caller = ctx.enclosing_function(site)
         hook = caller is not None and caller.name == "train_dataloader"
         if (hook or _TRAIN_NAME.search(name)) and not held_out_name_kind(name):
             found.append(site)
     return found
+
+
+def _returned(ctx: ModuleContext, loader: ast.Call, owner: ast.AST) -> bool:
+    """The function returns the loader, directly or through the one name it is bound to."""
+    parent = ctx.parents.get(loader)
+    if isinstance(parent, ast.Return):
+        return True
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return False
+    target = parent.targets[0]
+    return isinstance(target, ast.Name) and any(
+        isinstance(node, ast.Return)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == target.id
+        for node in ast.walk(owner)
+    )
 
 
 def _held_out(ctx: ModuleContext, loader: ast.Call) -> bool:
