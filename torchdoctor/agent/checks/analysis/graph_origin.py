@@ -6,7 +6,8 @@ import ast
 from collections.abc import Generator, Iterable
 from typing import TypeAlias, TypeVar
 
-from torchdoctor.agent.checks.analysis.defuse import MAX_VISITS, GraphOrigin
+from torchdoctor.agent.checks.analysis.defuse import MAX_VISITS, GraphOrigin, identifier
+from torchdoctor.agent.checks.analysis.gradmode import is_grad_off_context
 from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
 from torchdoctor.agent.checks.analysis.vocabulary import (
     AGGREGATING_BUILTINS,
@@ -236,9 +237,49 @@ class GraphOrigins(ModelFacts):
         returned = self.returns_of(call)
         if returned:
             return (yield from self._first_origin(returned))
+        if self._runs_own_layers(call):
+            return "output"
         if isinstance(func, ast.Attribute):
             return (yield func.value)
         return None
+
+    def _runs_own_layers(self, call: ast.Call) -> bool:
+        """`agent.get_action_and_value(obs)`: a method other than `forward` of a local
+        `nn.Module` instance that calls its own layers (`self.actor(x)`) outside `no_grad`
+        and returns something other than a detached value: its result holds the graph as
+        `agent(obs)` would."""
+        func = call.func
+        if not isinstance(func, ast.Attribute) or identifier(func.value) in ("self", "cls"):
+            return False
+        for fn in self.ctx.calls.resolve(call):
+            owner = self.ctx.calls.owner(fn)
+            if owner is None or owner.name not in self.module_classes:
+                continue
+            if any(is_grad_off_context(self.ctx, d) for d in fn.decorator_list):
+                continue
+            returns = [
+                n.value for n in ast.walk(fn) if isinstance(n, ast.Return) and n.value is not None
+            ]
+            if not returns or all(_detaching(r) for r in returns):
+                continue
+            if any(
+                isinstance(n, ast.Call) and self.is_model_call(n) and not _lexically_off(self, n)
+                for n in ast.walk(fn)
+            ):
+                return True
+        return False
+
+
+def _lexically_off(facts: GraphOrigins, node: ast.AST) -> bool:
+    """`node` sits in a `with torch.no_grad():` block of its own function."""
+    parent = facts.ctx.parents.get(node)
+    while parent is not None and not isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef):
+        if isinstance(parent, ast.With | ast.AsyncWith) and any(
+            is_grad_off_context(facts.ctx, item.context_expr) for item in parent.items
+        ):
+            return True
+        parent = facts.ctx.parents.get(parent)
+    return False
 
 
 def _subscript_root(target: ast.expr) -> str | None:
