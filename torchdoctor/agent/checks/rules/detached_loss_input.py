@@ -25,13 +25,15 @@ class DetachedLossInput(Rule):
     require grad" when it was the only one).
 
     A loss turned into a Python number (`adv = adv.detach().item()`) and then added to the
-    back-propagated sum (`loss = l1 + adv`) is reported too: the term changes the value but
-    gives no gradient.
+    back-propagated sum (`loss = l1 + adv`) is reported too, and so is a term of that sum
+    detached from its graph (`pg = torch.max(a, b).mean().detach()`, then `loss = pg - c *
+    ent`): the term changes the value but gives no gradient.
 
     Not reported: a detached input to another model (`D(G(z).detach())`, the GAN
     discriminator step), a detached target (`criterion(student(x), teacher(x).detach())`,
     stop-gradient in SimSiam/BYOL), losses computed for logging and never backpropagated, and
-    values that are not a model's output (`quantized.detach()` in a VQ commitment loss).
+    values that are not a model's output (`quantized.detach()` in a VQ commitment loss), a
+    detached factor of a product (`logp * advantage.detach()`, a stop-gradient weight).
 
     Example:
         output = model(x)
@@ -81,6 +83,17 @@ class DetachedLossInput(Rule):
                 continue  # the outermost sum only
             if flow.grad_disabled_at(node) or not _backpropagated(ctx, node):
                 continue
+            for term in _additive_terms(ctx, node):
+                cut = _detached_term(ctx, term)
+                if cut is not None:
+                    ctx.report(
+                        self,
+                        cut,
+                        f"`{term.id}` is cut from the graph here (`{ast.unparse(cut)}`), then "
+                        f"added to the loss back-propagated on line {node.lineno}: it adds to "
+                        "the value but no gradient, so this term trains nothing",
+                        data={"sum_line": node.lineno},
+                    )
             for term in _named_terms(node):
                 number = _loss_turned_number(ctx, term)
                 if number is not None:
@@ -173,6 +186,49 @@ def _named_terms(node: ast.expr) -> list[ast.Name]:
     if isinstance(node, ast.UnaryOp):
         return _named_terms(node.operand)
     return [node] if isinstance(node, ast.Name) else []
+
+
+def _additive_terms(ctx: ModuleContext, node: ast.expr) -> list[ast.Name]:
+    """The names a sum adds or subtracts, each alone or scaled by a factor that holds no
+    graph (`pg - 0.01 * ent + v * vf_coef` -> pg, ent, v); not the factors of a product of
+    two graphs (`logp * adv.detach()`: a stop-gradient weight)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub):
+        return [*_additive_terms(ctx, node.left), *_additive_terms(ctx, node.right)]
+    if isinstance(node, ast.UnaryOp):
+        return _additive_terms(ctx, node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Div):
+        sides = [(node.left, node.right), (node.right, node.left)]
+        if isinstance(node.op, ast.Div):
+            sides = sides[:1]
+        return [
+            term
+            for term, factor in sides
+            if isinstance(term, ast.Name) and ctx.flow.graph_origin(factor) is None
+        ]
+    return [node] if isinstance(node, ast.Name) else []
+
+
+def _detached_term(ctx: ModuleContext, term: ast.Name) -> ast.expr | None:
+    """The `.detach()`/`.data` binding of `term` when every binding that reaches this read
+    cuts a value that held a graph (`pg_loss = torch.max(a, b).mean().detach()`)."""
+    live = ctx.flow.live_definitions(term)
+    cuts: list[ast.expr] = []
+    for value in live:
+        if isinstance(value, ast.Attribute) and value.attr == "data":
+            receiver = value.value
+        elif (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr == "detach"
+            and not value.args
+        ):
+            receiver = value.func.value
+        else:
+            return None
+        if ctx.flow.graph_origin(_strip(receiver)) is None:
+            return None
+        cuts.append(value)
+    return cuts[0] if cuts else None
 
 
 def _loss_turned_number(ctx: ModuleContext, term: ast.Name) -> ast.Call | None:
