@@ -58,6 +58,8 @@ class ImportTable:
 
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}
+        self.star_imported = False
+        """`from model import *`: it may bring the model file's `nn`, `F`."""
 
     def add(self, node: ast.Import | ast.ImportFrom) -> None:
         if isinstance(node, ast.Import):
@@ -71,6 +73,8 @@ class ImportTable:
             for alias in node.names:
                 if alias.name != "*":
                     self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                else:
+                    self.star_imported = True
 
     def resolve(self, node: ast.AST) -> str | None:
         """`F.softmax` -> `torch.nn.functional.softmax` when `F` came from an import."""
@@ -81,9 +85,16 @@ class ImportTable:
         if not isinstance(node, ast.Name):
             return None
         base = self.aliases.get(node.id)
+        if base is None and self.star_imported:
+            base = _CONVENTIONAL.get(node.id)  # the model file's `import torch.nn as nn`
         if base is None:
             return None
         return ".".join([base, *reversed(parts)])
+
+
+# The aliases every PyTorch file binds the same way, which a star import (`from model import
+# *`) brings along from the file that imported them.
+_CONVENTIONAL = {"nn": "torch.nn", "F": "torch.nn.functional", "optim": "torch.optim"}
 
 
 def numbered_excerpt(lines: Sequence[str], line: int, end_line: int, context: int = 2) -> str:
