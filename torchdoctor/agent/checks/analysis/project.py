@@ -28,11 +28,12 @@ from torchdoctor.agent.checks.module_text import may_name
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
-Output = Literal["softmax", "log_softmax", "sigmoid"]
+Output = Literal["softmax", "log_softmax", "sigmoid", "linear"]
 Property = Literal[
     "output:softmax",
     "output:log_softmax",
     "output:sigmoid",
+    "output:linear",
     "steps-optimizer",
     "splits-data",
     "mode-dependent",
@@ -69,6 +70,8 @@ _ACTIVATIONS: dict[str, Output] = {
     **{name: "log_softmax" for name in LOG_SOFTMAX},
     **{name: "sigmoid" for name in SIGMOID},
 }
+# A final layer whose output is raw logits (what `nn.NLLLoss` must not receive).
+_LINEAR_LAYERS = frozenset({"torch.nn.Linear", "torch.nn.LazyLinear"})
 
 
 class _Model(BaseModel):
@@ -390,10 +393,28 @@ def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
     (`model` with `model = Net().to(dev)` and `from models import Net`)."""
     found: list[str] = []
     for constructor in ctx.flow.constructors(obj):
-        symbol = callee_symbol(ctx, constructor.func)
-        if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
-            found.append(symbol)
+        func = constructor.func
+        symbols = [callee_symbol(ctx, func)]
+        if symbols == [None] and isinstance(func, ast.Name) and _star_brought(ctx, func.id):
+            symbols = [f"{module}.{func.id}" for module in _star_modules(ctx)]
+        for symbol in symbols:
+            if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
+                found.append(symbol)
     return found
+
+
+def _star_brought(ctx: ModuleContext, name: str) -> bool:
+    """A class name this module neither defines nor imports by name: a star import of one
+    of the project's files may bring it (`from model import *`, then `RNN(...)`)."""
+    if not name[:1].isupper() or not _star_modules(ctx):
+        return False
+    defined: set[str] = set()
+    for stmt in ctx.tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(stmt.name)
+        elif isinstance(stmt, ast.Assign):
+            defined.update(identifier(target) for target in stmt.targets)
+    return name not in defined
 
 
 def project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
@@ -481,7 +502,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         return memo[""]  # type: ignore[no-any-return]
     summary = ModuleSummary(module=module_name(ctx.path))
     text = ctx.source
-    activations = "oftmax" in text or "sigmoid" in text
+    activations = "oftmax" in text or "sigmoid" in text or "Linear" in text
     modes = any(word in text for word in MODE_WORDS)
     if "forward" in text:  # where `nn.Module` classes are
         for name in ctx.flow.module_classes:
@@ -627,13 +648,18 @@ def _functions_splitting_parameters(ctx: ModuleContext) -> list[tuple[str, ast.F
 
 
 def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
+    """What every return of `forward` ends in; a tuple's first element (`return output,
+    hidden`: what `output, hidden = model(x)` takes as the prediction)."""
     forward = ctx.calls.method(cls.name, "forward")
     if forward is None:
         return None
     kinds: set[Output | None] = set()
     for node in ast.walk(forward):
         if isinstance(node, ast.Return) and node.value is not None:
-            kinds.add(output_activation(ctx, node.value))
+            value = node.value
+            if isinstance(value, ast.Tuple) and value.elts:
+                value = value.elts[0]
+            kinds.add(output_activation(ctx, value))
     if len(kinds) == 1:
         return kinds.pop()
     return None
@@ -653,15 +679,17 @@ def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
                 kind = _ACTIVATIONS.get(ctx.flow.constructed_as(producer.func) or "")
             return kind
         func = producer.func
+        built = ctx.flow.constructed_as(func)
+        if built in _ACTIVATIONS:  # `self.softmax = nn.LogSoftmax()`: the layer, not its name
+            return _ACTIVATIONS[built]
         if (
             isinstance(func, ast.Attribute)
             and func.attr in _ACTIVATIONS
             and not ctx.flow.is_module_value(func.value)
         ):
             return _ACTIVATIONS[func.attr]
-        built = ctx.flow.constructed_as(func)
-        if built in _ACTIVATIONS:
-            return _ACTIVATIONS[built]
+        if built in _LINEAR_LAYERS:
+            return "linear"
         if built == "torch.nn.Sequential":
             return _last_layer_activation(ctx, func)
         return None
