@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    imported_models,
+    publish,
+)
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, NLL_LOSSES, SOFTMAX
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.models import Severity
 
@@ -25,9 +32,13 @@ class NllLossInput(Rule):
     confident mistakes); fed raw logits, nothing normalises them and the loss decreases by
     pushing the target logit to infinity. Training seems to work but converges badly.
 
+    A model built from a class of another file of the project (imported by name or by a star
+    import) is judged by that class's `forward`, the first element of a returned tuple being
+    what `output, hidden = model(x)` unpacks.
+
     Not reported: inputs that pass through a `log_softmax` or a `log(...)` anywhere on the
-    way; models defined in another file or built by a library (their last layer is unknown);
-    a `forward` whose returns differ (logits in training, probabilities at inference).
+    way; models built by a library (their last layer is unknown); a `forward` whose returns
+    differ (logits in training, probabilities at inference).
 
     Example:
         probs = F.softmax(model(x), dim=1)
@@ -47,6 +58,8 @@ class NllLossInput(Rule):
         return "nll_loss" in ctx.source or "NLLLoss" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "forward" in ctx.source:
+            publish(ctx)  # what this file's models end in, for the files that train them
         if not self.applies(ctx):
             return
         flow = ctx.flow
@@ -64,6 +77,7 @@ class NllLossInput(Rule):
             elif "linear" in kinds and "softmax" not in kinds:
                 what = "raw logits (the output of a final Linear layer)"
             else:
+                self._defer_to_the_model_file(ctx, call, value, kinds)
                 continue
             ctx.report(
                 self,
@@ -71,6 +85,47 @@ class NllLossInput(Rule):
                 f"NLLLoss receives `{ast.unparse(value)}`, {what}; it expects "
                 "log-probabilities (log_softmax)",
             )
+
+    def _defer_to_the_model_file(
+        self, ctx: ModuleContext, call: ast.Call, value: ast.expr, kinds: set[str]
+    ) -> None:
+        """`output, hidden = rnn(x)` with `rnn` built from a class of another file: pending on
+        that class's `forward` ending (in its first returned element) in a softmax or a
+        Linear layer."""
+        if kinds - {""} or not _first_output(ctx, value):
+            return
+        for symbol in imported_models(ctx, value):
+            for what, needs in _DEFERRED:
+                found = ctx.finding(
+                    self,
+                    call,
+                    f"NLLLoss receives `{ast.unparse(value)}`, the output of `{symbol}`, "
+                    f"whose forward ends in {what}; it expects log-probabilities (log_softmax)",
+                    data={"model": symbol},
+                )
+                if found is not None:
+                    defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+_DEFERRED: tuple[tuple[str, Any], ...] = (
+    ("a softmax (probabilities)", "output:softmax"),
+    ("a Linear layer (raw logits)", "output:linear"),
+)
+
+
+def _first_output(ctx: ModuleContext, value: ast.expr) -> bool:
+    """No name in `value` was unpacked from anything but a first element (`output, hidden =
+    rnn(x)`: `output`; `_, probs = model(x)` would be another element)."""
+    return all(
+        position == 0
+        for name in ast.walk(value)
+        if isinstance(name, ast.Name)
+        for _, position, _ in ctx.flow.unpackings(name)
+    )
 
 
 def _producers(ctx: ModuleContext, value: ast.expr) -> list[ast.Call]:
