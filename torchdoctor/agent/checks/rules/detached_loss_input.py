@@ -83,29 +83,24 @@ class DetachedLossInput(Rule):
                 continue  # the outermost sum only
             if flow.grad_disabled_at(node) or not _backpropagated(ctx, node):
                 continue
-            for term in _additive_terms(ctx, node):
-                cut = _detached_term(ctx, term)
-                if cut is not None:
-                    ctx.report(
-                        self,
-                        cut,
-                        f"`{term.id}` is cut from the graph here (`{ast.unparse(cut)}`), then "
-                        f"added to the loss back-propagated on line {node.lineno}: it adds to "
-                        "the value but no gradient, so this term trains nothing",
-                        data={"sum_line": node.lineno},
-                    )
-            for term in _named_terms(node):
-                number = _loss_turned_number(ctx, term)
-                if number is not None:
-                    ctx.report(
-                        self,
-                        number,
-                        f"`{term.id}` is a loss turned into a Python number here "
-                        f"(`{ast.unparse(number)}`), then added to the loss back-propagated "
-                        f"on line {node.lineno}: it adds to the value but no gradient, so this "
-                        "term trains nothing",
-                        data={"sum_line": node.lineno},
-                    )
+            cuts = [
+                (term, cut, "is cut from the graph here")
+                for term in _additive_terms(ctx, node)
+                if (cut := _detached_term(ctx, term)) is not None
+            ] + [
+                (term, cut, "is a loss turned into a Python number here")
+                for term in _named_terms(node)
+                if (cut := _loss_turned_number(ctx, term)) is not None
+            ]
+            for term, cut, how in cuts:
+                ctx.report(
+                    self,
+                    cut,
+                    f"`{term.id}` {how} (`{ast.unparse(cut)}`), then added to the loss "
+                    f"back-propagated on line {node.lineno}: it adds to the value but no "
+                    "gradient, so this term trains nothing",
+                    data={"sum_line": node.lineno},
+                )
 
 
 def _is_loss(ctx: ModuleContext, call: ast.Call) -> bool:
