@@ -153,12 +153,10 @@ def linter_evidence(
     linter_codes.json)."""
     from torchdoctor.agent.checks.linters.merge import merge_linter_evidence
     from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
-    from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
     from torchdoctor.agent.reasoning.offline import attach_key
 
     attached, standalone = merge_linter_evidence(static.all_findings(), run.evidence)
-    floor = declared_floor(parse_manifests(workspace.manifests), "torch")
-    veto = PeerVeto(workspace.text_of, torch_floor=floor)
+    veto = PeerVeto(workspace.text_of, torch_floor=static.torch_floor)
     pairs: list[tuple[int, Evidence]] = []
     for (rule, file, line), evidence in attached.items():
         for ev in evidence:

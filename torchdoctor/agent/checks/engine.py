@@ -61,6 +61,9 @@ class StaticResult(BaseModel):
     project_applicable: list[str] = Field(default_factory=list)
     rules_run: list[str]
     seconds: float
+    torch_floor: tuple[int, int] | None = None
+    """The oldest torch the project's manifests allow (`EngineConfig.torch_floor`), for the
+    peers' results judged after the pass."""
 
     def all_findings(self) -> list[RawFinding]:
         found = [f for result in self.files for f in result.findings]
@@ -389,6 +392,7 @@ def analyse_files(
         project_applicable=project_applicable,
         rules_run=[r.id for r in rule_types],
         seconds=time.perf_counter() - started,
+        torch_floor=config.torch_floor,
     )
 
 
