@@ -184,8 +184,17 @@ def _drop_softmax_module(ctx: SourceContext, softmax: cst.Call) -> None:
 
 
 def _comments(stmt: cst.BaseStatement) -> list[str]:
-    """The comments a removed statement carries, kept above the fused call."""
-    return [node.value for node in descendants(stmt) if isinstance(node, cst.Comment)]
+    """The comment lines above a removed statement, kept above the fused call. A comment at the
+    end of a removed line annotates that line's expression (`# (B, T, T)`): kept, it would
+    describe code that is gone."""
+    trailing = {
+        id(node.comment) for node in descendants(stmt) if isinstance(node, cst.TrailingWhitespace)
+    }
+    return [
+        node.value
+        for node in descendants(stmt)
+        if isinstance(node, cst.Comment) and id(node) not in trailing
+    ]
 
 
 def _swap(node: cst.CSTNode, old: cst.BaseExpression, new: cst.BaseExpression) -> cst.CSTNode:
