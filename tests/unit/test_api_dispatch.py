@@ -80,8 +80,13 @@ class Slots:
 
 
 def test_a_queued_audit_or_an_ended_worker_wakes_the_dispatcher(tmp_path: Path) -> None:
+    """... and an ended worker is news for the event streams too (`on_news`: the server's
+    event watch looks at the store at once)."""
     store, slots = _store(tmp_path), Slots()
-    dispatcher = Dispatcher(store, slots, lease_s=60, interval_s=30)  # no tick in this test
+    news: list[str] = []
+    dispatcher = Dispatcher(  # no tick in this test
+        store, slots, lease_s=60, interval_s=30, on_news=lambda: news.append("ended")
+    )
 
     async def scenario() -> None:
         loop = asyncio.create_task(dispatcher.run_forever())
@@ -94,8 +99,10 @@ def test_a_queued_audit_or_an_ended_worker_wakes_the_dispatcher(tmp_path: Path) 
         store.finish("a1", dispatcher.owner, AuditState.DONE, report="{}")
         slots.started.remove("a1")
         assert slots.on_end is not None
+        assert news == []
         threading.Thread(target=slots.on_end).start()  # a worker's end, told from a thread
         await _until(lambda: slots.started == ["a2", "a3"])
+        assert news == ["ended"]
         loop.cancel()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -79,3 +79,25 @@ def test_a_wait_ends_at_its_timeout_without_news(tmp_path: Path) -> None:
         return time.monotonic() - started
 
     assert 0.3 <= asyncio.run(scenario()) < 3.0
+
+
+def test_a_wake_looks_at_once_without_waiting_for_the_tick(tmp_path: Path) -> None:
+    """The server wakes its watch when it knows an audit ended (a worker exited, a repeat was
+    finished from a kept result): the stream sees the end at once, not up to a tick later."""
+    store = CountedStore(tmp_path / "api.sqlite")
+    store.create_audit("a1", "acme", AuditChoices(), "/nowhere")
+    newest = store.newest_event_ids(["a1"])["a1"]
+
+    async def scenario() -> float:
+        watch = EventWatch(store, poll_s=60.0)
+        ticking = asyncio.create_task(watch.run_forever())
+        waiting = asyncio.create_task(watch.news("a1", newest, timeout_s=30))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(store.add_event, "a1", "state", {"state": "done"})
+        started = time.monotonic()
+        await asyncio.to_thread(watch.wake)  # from another thread, as the executor calls it
+        await asyncio.wait_for(waiting, 10)
+        ticking.cancel()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 5.0  # a tick is 60 s: only the wake can have done it

@@ -108,8 +108,10 @@ def create_app(
     settings = settings or ApiSettings()
     store = Store(open_engine(settings.url))
     pool = executor or executor_for(settings)
-    dispatcher = Dispatcher(store, pool, settings.lease_seconds, interval_s=poll_s)
     event_watch = EventWatch(store, poll_s)
+    dispatcher = Dispatcher(
+        store, pool, settings.lease_seconds, interval_s=poll_s, on_news=event_watch.wake
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

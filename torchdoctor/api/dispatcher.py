@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 
 from anyio import to_thread
@@ -32,9 +33,17 @@ MAX_WAITING = 64
 
 class Dispatcher:
     def __init__(
-        self, store: Store, executor: Executor, lease_s: float, interval_s: float = 0.25
+        self,
+        store: Store,
+        executor: Executor,
+        lease_s: float,
+        interval_s: float = 0.25,
+        on_news: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
+        self.on_news = on_news
+        """Called (from any thread) once an audit's end is in the store: its worker ended, or
+        a repeat was finished from a kept result."""
         self.executor = executor
         self.lease_s = lease_s
         self.interval_s = interval_s
@@ -46,7 +55,11 @@ class Dispatcher:
         self._waiting: dict[str, str] = {}
         """Claimed repeats of a running leader -> its key (they hold no worker slot)."""
         self._not_kept: set[str] = set()
-        executor.watch_ends(self.wake)
+        executor.watch_ends(self._worker_ended)
+
+    def _worker_ended(self) -> None:
+        self.on_news()
+        self.wake()
 
     def wake(self) -> None:
         """Tick now rather than at the next interval; callable from any thread."""
@@ -114,6 +127,7 @@ class Dispatcher:
         if reused is None or record is None:
             return False
         finish_reused(self.store, record, self.owner, reused)
+        self.on_news()
         return True
 
     def _ended(self, key: str) -> None:
