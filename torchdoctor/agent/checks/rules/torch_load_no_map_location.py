@@ -42,9 +42,10 @@ _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
 
 class TorchLoadNoMapLocation(Rule):
     """Detects `torch.load(path)` without `map_location` in a file that chooses its device at
-    run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`), or in a
+    run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`, or a
+    switch that moves to CUDA only when on: `if use_cuda: model = model.cuda()`), or in a
     file imported by an entry script whose command line offers the CPU (`--device` with "cpu"
-    among its choices or as its default, a `--cpu` flag).
+    among its choices or as its default, a `--cpu` flag) or that has such a switch.
 
     Why it matters: `torch.load` restores every tensor on the device it was saved from. A
     checkpoint written during GPU training then fails to load on the CPU path the script
@@ -72,10 +73,15 @@ class TorchLoadNoMapLocation(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return _cpu_fallback(ctx.source) or "torch.load" in ctx.source or _cpu_flag(ctx.source)
+        return (
+            _cpu_fallback(ctx.source)
+            or "torch.load" in ctx.source
+            or _cpu_flag(ctx.source)
+            or _optional_cuda(ctx)
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
-        here = _cpu_fallback(ctx.source) or _cpu_flag(ctx.source)
+        here = _cpu_fallback(ctx.source) or _cpu_flag(ctx.source) or _optional_cuda(ctx)
         if here:
             publish_cpu_device(ctx)
         if "load(" not in ctx.source:
@@ -112,6 +118,62 @@ class TorchLoadNoMapLocation(Rule):
 def _cpu_flag(source: str) -> bool:
     """`_CPU_OPTION` searched only in a text that declares command-line options."""
     return "add_argument" in source and bool(_CPU_OPTION.search(source))
+
+
+def _optional_cuda(ctx: ModuleContext) -> bool:
+    """The code moves to CUDA only under a switch (`if use_cuda: model = model.cuda()`,
+    `if self.cuda:`, `if torch.cuda.is_available(): device = "cuda:0"`) and stays put
+    otherwise: the other side of the switch is a CPU run. A test that picks among GPUs
+    (`if args.gpu is not None`, `if n_gpu > 1`) or a branch whose `else` also moves to CUDA
+    offers no CPU."""
+    if "cuda" not in ctx.source:
+        return False
+    memo = ctx.memo_table("torch_load_no_map_location.optional_cuda")
+    if "verdict" not in memo:
+        memo["verdict"] = any(
+            isinstance(branch, ast.If)
+            and _cuda_switch(branch.test)
+            and _moves_to_cuda(branch.body)
+            and not _moves_to_cuda(branch.orelse)
+            for branch in ctx.nodes_by_type().get(ast.If, ())
+        )
+    return bool(memo["verdict"])
+
+
+def _cuda_switch(test: ast.expr) -> bool:
+    """`use_cuda`, `args.gpu`, `self.cuda`, `torch.cuda.is_available()`, and `and`/`not`
+    combinations of them: a yes/no choice of the GPU, not a comparison among GPUs."""
+    if isinstance(test, ast.BoolOp):
+        return any(_cuda_switch(value) for value in test.values)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _cuda_switch(test.operand)
+    if isinstance(test, ast.Call):
+        return isinstance(test.func, ast.Attribute) and test.func.attr == "is_available"
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", "")
+    return bool(_SWITCH_NAME.search(name))
+
+
+_SWITCH_NAME = re.compile(r"cuda|gpu", re.IGNORECASE)
+
+
+def _moves_to_cuda(body: list[ast.stmt]) -> bool:
+    """A `x.cuda(...)` call or a `"cuda"` device string in the statements."""
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "cuda"
+                and ast.unparse(node.func.value) != "torch"
+            ):
+                return True
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("cuda")
+            ):
+                return True
+    return False
 
 
 def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
