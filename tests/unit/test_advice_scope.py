@@ -49,6 +49,23 @@ def test_a_legacy_idiom_is_said_once_per_file() -> None:
     assert all([p["line"] for p in f.data["related"]] == [7] for f in legacy)
 
 
+def test_a_legacy_idiom_said_once_speaks_for_its_gravest_place() -> None:
+    # the shape of a public YOLOv3 detect script: a plain `Variable` while loading, then the
+    # prediction under `volatile=True` (ignored since 0.4, so autograd stays on)
+    script = (
+        "import torch\nfrom torch.autograd import Variable\n\n\n"
+        "def detect(model, batch):\n    dummy = Variable(batch[:1])\n"
+        "    return model(Variable(batch, volatile=True)), dummy\n"
+    )
+    plain = script.replace(", volatile=True", "")
+    findings = analyse_files([("detect.py", script), ("plain.py", plain)], workers=1)
+    legacy = {f.file: f for f in findings.all_findings() if f.rule == "autograd-variable-legacy"}
+    assert (legacy["detect.py"].line, legacy["detect.py"].severity) == (7, "medium")
+    assert "volatile=True` is ignored" in legacy["detect.py"].message
+    assert [p["line"] for p in legacy["detect.py"].data["related"]] == [6]
+    assert legacy["plain.py"].line == 6  # the same rank everywhere: the first place speaks
+
+
 def test_the_advice_is_kept_outside_the_tests_even_when_they_are_shallower() -> None:
     script = (PROJECT / "train.py").read_text(encoding="utf-8")
     files = [("pkg/finetune/train.py", script), ("tests/test_train.py", script)]

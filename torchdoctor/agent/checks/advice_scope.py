@@ -44,12 +44,15 @@ ONCE_PER_FILE = frozenset(
 MAX_RELATED = 10
 
 
-def _entry_order(finding: RawFinding) -> tuple[bool, bool, int, str, int]:
-    """Where the advice matters most: not stood down to info, then outside the tests (litgpt's
+def _entry_order(finding: RawFinding) -> tuple[bool, int, bool, int, str, int]:
+    """Where the advice matters most: not stood down to info, then the gravest (a
+    `Variable(x, volatile=True)` that leaves autograd on outranks a plain `Variable(x)` earlier
+    in the file: its message is the one said), then outside the tests (litgpt's
     `tests/test_lora.py` is shallower than its `litgpt/finetune/lora.py`), then the most
     entry-like file."""
     return (
         finding.severity is Severity.INFO,
+        -finding.severity.rank,
         is_test_module(finding.file),
         finding.file.count("/"),
         finding.file,
