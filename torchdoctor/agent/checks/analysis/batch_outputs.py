@@ -4,7 +4,10 @@ rules that judge reductions over that output (`argmax` without dim, over the bat
 from __future__ import annotations
 
 import ast
+import re
 from typing import TYPE_CHECKING
+
+from torchdoctor.agent.checks.analysis.defuse import identifier
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -74,16 +77,33 @@ def compared(ctx: ModuleContext, call: ast.Call) -> bool:
 
 
 def _compared_read(ctx: ModuleContext, value: ast.expr) -> bool:
-    """`value == y`, `value.view_as(y) == y`, `value.eq(y)`: compared, not passed on."""
+    """`value == y`, `value.view_as(y) == y`, `value.eq(y)`, `torch.max(out, 1)[1] == y` (the
+    indices of a `(values, indices)` pair): compared, not passed on."""
     node: ast.AST = value
     parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Call | ast.Attribute):
+    while isinstance(parent, ast.Call | ast.Attribute | ast.Subscript):
         if isinstance(parent, ast.Attribute) and parent.attr in _COMPARISONS:
             return True
         if isinstance(parent, ast.Call) and parent.func is not node:
             return False  # passed as an argument: another value, not this prediction
+        if isinstance(parent, ast.Subscript) and parent.value is not node:
+            return False  # used as an index: `labels[pred]`
         node, parent = parent, ctx.parents.get(parent)
     return isinstance(parent, ast.Compare)
+
+
+_ITERATOR_NAME = re.compile(r"(^|_)(data_?)?iter(ator)?$", re.IGNORECASE)
+
+
+def _unwrapped(iterable: ast.expr) -> ast.expr:
+    """`enumerate(it)`, `tqdm(it)` -> `it`: the iterable a progress or counting wrapper walks."""
+    while (
+        isinstance(iterable, ast.Call)
+        and identifier(iterable.func) in ("enumerate", "tqdm", "iter")
+        and iterable.args
+    ):
+        iterable = iterable.args[0]
+    return iterable
 
 
 def in_loader_loop(ctx: ModuleContext, node: ast.AST) -> bool:
@@ -99,6 +119,8 @@ def in_loader_loop(ctx: ModuleContext, node: ast.AST) -> bool:
 
 
 def _iterates_loader(ctx: ModuleContext, iterable: ast.expr) -> bool:
+    if _ITERATOR_NAME.search(identifier(_unwrapped(iterable)) or ""):
+        return True  # `for batch in dev_iter`: a torchtext-style batch iterator
     for sub in ast.walk(iterable):
         if isinstance(sub, ast.Name | ast.Attribute):
             name = sub.id if isinstance(sub, ast.Name) else sub.attr

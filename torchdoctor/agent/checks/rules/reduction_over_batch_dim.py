@@ -30,7 +30,8 @@ _PROBABILITIES = frozenset({"softmax", "log_softmax"})
 class ReductionOverBatchDim(Rule):
     """Detects a class-dimension reduction (`argmax`, `max`, `topk`, `softmax`,
     `log_softmax`) taken over dim 0 of a model's whole output inside a loop over the batches
-    of a data loader, whose result is then compared with labels (`pred == y`, `pred.eq(y)`)
+    of a data loader (or a torchtext-style `data_iter`), whose result is then compared with
+    labels (`pred == y`, `pred.eq(y)`, `torch.max(out, 0)[1] == y`)
     or, for a softmax, fed to a loss: the output is `(batch, classes)`, so dim 0 is the batch.
 
     Why it matters: `output.argmax(0)` returns, for each class, the index of the example that
