@@ -23,6 +23,9 @@ class TrainModeNotRestored(Rule):
     epoch trains with dropout off and BatchNorm frozen on its running statistics. Training
     still "works", but regularisation is gone and results differ from what the code says.
 
+    Not reported: `.eval()` on an averaged copy (`model_ema.eval()`) or on a fresh copy
+    (`copy.deepcopy(net).eval()` for a snapshot): the trained model keeps its mode.
+
     Example:
         model.train()
         for epoch in range(epochs):
@@ -57,6 +60,8 @@ class TrainModeNotRestored(Rule):
                 continue
             if evals and _averaged_copy(call):
                 continue  # an EMA copy is sampled, never trained: eval mode is its mode
+            if evals and _fresh_copy(ctx, call):
+                continue  # `copy.deepcopy(net).eval()`: the snapshot's mode, not the model's
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
             if loop is None or id(loop) in reported:
                 continue
@@ -103,6 +108,28 @@ def _averaged_copy(call: ast.Call) -> bool:
         if isinstance(func, ast.Name) and _AVERAGED.search(func.id):
             return True
     return False
+
+
+_COPIES = frozenset({"copy.deepcopy", "copy.copy"})
+
+
+def _fresh_copy(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`copy.deepcopy(net).eval()`, or `.eval()` on a name only ever bound to such a copy (a
+    snapshot saved to disk): another object than the model the loop trains."""
+    while (  # `copy.deepcopy(net).eval().requires_grad_(False)`: down to the `.eval()`
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr not in ("eval", "train")
+        and isinstance(call.func.value, ast.Call)
+    ):
+        call = call.func.value
+    receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+    if isinstance(receiver, ast.Name):
+        bound = list(ctx.flow.definitions(receiver))
+        return bool(bound) and all(
+            isinstance(value, ast.Call) and ctx.flow.qualname_of(value) in _COPIES
+            for value in bound
+        )
+    return isinstance(receiver, ast.Call) and ctx.flow.qualname_of(receiver) in _COPIES
 
 
 def _sets_its_own_mode(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
