@@ -55,7 +55,9 @@ class SchedulerBeforeOptimizer(Rule):
     step given the epoch or a metric (`scheduler.step(epoch)` sets that epoch's rate,
     `plateau.step(val_loss)` follows the metric: nothing is skipped); a loop whose optimizer
     step cannot be seen (a method of an object built elsewhere, a function of an installed
-    library).
+    library); a schedule whose `step()` returns the value it set (`new_lr =
+    scheduler.step()` anywhere in the module: hand-written, it sets this step's value itself,
+    torch's returns None).
 
     Fix: call `scheduler.step()` after `optimizer.step()` (per batch) or after the inner
     batch loop (per epoch).
@@ -76,6 +78,7 @@ class SchedulerBeforeOptimizer(Rule):
         if not self.applies(ctx):
             return
         reported: set[int] = set()
+        custom = _returning_schedules(ctx)
         for loop in nodes_of(ctx, ast.For, ast.While, ast.AsyncFor):
             assert isinstance(loop, ast.For | ast.While | ast.AsyncFor)
             schedulers = [
@@ -84,6 +87,7 @@ class SchedulerBeforeOptimizer(Rule):
                 if _innermost_loop(ctx, call) is loop
                 and call.lineno not in reported
                 and not _given_its_position(call)
+                and receiver_name(call) not in custom
             ]
             if not schedulers:
                 continue
@@ -120,6 +124,17 @@ _MESSAGE = (
 
 def _steps_in(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
     return [n for n in walk_scope(body) if isinstance(n, ast.Call) and is_scheduler_step(ctx, n)]
+
+
+def _returning_schedules(ctx: ModuleContext) -> set[str]:
+    """Schedulers whose `.step()` result the module uses (`new_lr = scheduler.step()`): a
+    hand-written schedule that sets this step's value itself and returns it (I-JEPA's
+    `WarmupCosineSchedule`), stepped first on purpose; torch's `step()` returns None."""
+    return {
+        receiver_name(call)
+        for call in ctx.flow.calls_named(("step",))
+        if receiver_name(call) and not isinstance(ctx.parents.get(call), ast.Expr)
+    }
 
 
 def _given_its_position(call: ast.Call) -> bool:
