@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
@@ -28,7 +29,9 @@ class RnnHiddenNotDetached(Rule):
     Not reported: any other assignment to the state inside the loop (`hidden =
     repackage_hidden(hidden)`, `hidden = hidden.detach()`, a periodic detach for truncated
     BPTT, `hidden = model.init_hidden(bs)`), `.detach_()` on it, a state passed through a
-    call (`model(x, repackage(hidden))`), loops without backward (generation, rollouts);
+    call (`model(x, repackage(hidden))`), a state a local helper always returns detached
+    (`return penalty, path_mean.detach(), lengths`), loops without backward (generation,
+    rollouts);
     a step function that re-creates the state in its own body before the call.
 
     Example:
@@ -66,6 +69,9 @@ class RnnHiddenNotDetached(Rule):
                 if not carried or not _defined_before(ctx, loop.node, carried):
                     continue
                 if any(_resets(other, node, carried) for other in body):
+                    continue
+                carried -= _returned_detached(ctx, node)
+                if not carried:
                     continue
                 state = ", ".join(sorted(carried))
                 ctx.report(
@@ -165,6 +171,44 @@ def _rebinds(node: ast.AST, site: ast.Assign, keys: set[str]) -> bool:
             {ast.unparse(node.func.value).split("[")[0]} & keys
         )
     return False
+
+
+def _returned_detached(ctx: ModuleContext, assign: ast.Assign) -> set[str]:
+    """The names a local function's every `return` hands back cut from the graph
+    (`return penalty, path_mean.detach(), lengths` bound to `loss, mean_path, lengths`): a
+    running statistic, not a state that carries the graph."""
+    call = assign.value
+    if not isinstance(call, ast.Call) or len(assign.targets) != 1:
+        return set()
+    defs = ctx.flow.functions.get(identifier(call.func), [])
+    returns = [
+        n.value for fn in defs for n in walk_scope(fn.body) if isinstance(n, ast.Return) and n.value
+    ]
+    if len(defs) != 1 or not returns:
+        return set()
+    target = assign.targets[0]
+    slots = target.elts if isinstance(target, ast.Tuple | ast.List) else [target]
+    cut: set[str] = set()
+    for position, slot in enumerate(slots):
+        if not isinstance(slot, ast.Name):
+            continue
+        values = [
+            (r.elts[position] if len(r.elts) == len(slots) else None)
+            if isinstance(r, ast.Tuple)
+            else (r if len(slots) == 1 else None)
+            for r in returns
+        ]
+        if all(v is not None and _detached(v) for v in values):
+            cut.add(slot.id)
+    return cut
+
+
+def _detached(value: ast.expr) -> bool:
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in ("detach", "item")
+    )
 
 
 def _names(targets: list[ast.expr]) -> set[str]:
