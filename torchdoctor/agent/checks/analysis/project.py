@@ -290,7 +290,7 @@ def _forwarded_parameter(ctx: ModuleContext, obj: ast.expr) -> ast.Name | None:
 def publish_cpu_device(ctx: ModuleContext) -> None:
     """Record that this module offers the CPU (a device option or fallback), with the project
     modules it imports: their checkpoint loads run on CPU when it does."""
-    modules = {module_name(ctx.path), *_star_modules(ctx)}
+    modules = {module_name(ctx.path), *star_modules(ctx)}
     for name in _project_imports(ctx):
         symbol = imported_symbol(ctx, name) or ""
         modules |= {symbol, symbol.rpartition(".")[0]}
@@ -396,7 +396,7 @@ def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
         func = constructor.func
         symbols = [callee_symbol(ctx, func)]
         if symbols == [None] and isinstance(func, ast.Name) and _star_brought(ctx, func.id):
-            symbols = [f"{module}.{func.id}" for module in _star_modules(ctx)]
+            symbols = [f"{module}.{func.id}" for module in star_modules(ctx)]
         for symbol in symbols:
             if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
                 found.append(symbol)
@@ -406,7 +406,7 @@ def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
 def _star_brought(ctx: ModuleContext, name: str) -> bool:
     """A class name this module neither defines nor imports by name: a star import of one
     of the project's files may bring it (`from model import *`, then `RNN(...)`)."""
-    if not name[:1].isupper() or not _star_modules(ctx):
+    if not name[:1].isupper() or not star_modules(ctx):
         return False
     defined: set[str] = set()
     for stmt in ctx.tree.body:
@@ -553,7 +553,7 @@ def _project_constructions(ctx: ModuleContext) -> list[tuple[int, list[str]]]:
     memo = ctx.memo_table("project.constructions")
     if "" in memo:
         return memo[""]  # type: ignore[no-any-return]
-    stars = _star_modules(ctx)
+    stars = star_modules(ctx)
     imported = _project_imports(ctx)
     found: list[tuple[int, list[str]]] = []
     if stars or imported:
@@ -596,7 +596,7 @@ def _relative_imports_memo(ctx: ModuleContext) -> dict[str, str]:
     return found
 
 
-def _star_modules(ctx: ModuleContext) -> list[str]:
+def star_modules(ctx: ModuleContext) -> list[str]:
     """Modules of this project star-imported here (`from .parts import *`), resolved."""
     memo = ctx.memo_table("project.star_modules")
     if "" not in memo:

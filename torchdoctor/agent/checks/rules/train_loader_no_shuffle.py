@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.project import callee_symbol, module_name, star_modules
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg
 from torchdoctor.agent.checks.smoke_tests import is_test_module
@@ -34,7 +36,10 @@ class TrainLoaderNoShuffle(Rule):
     caller (returned, or stored on `self`) by a function that does not iterate them: a
     loader factory whose training loop lives in another function or file. A factory that
     returns `DataLoader(dataset, ...)` for its `dataset` parameter is reported at the calls
-    that give it training data or build a training hook's loader (`train_dataloader`).
+    that give it training data or build a training hook's loader (`train_dataloader`). A
+    training loop over what a function of another file returns (`dataloader =
+    get_data(args)`, `get_data` in `utils.py` returning such a loader) is reported at that
+    call.
 
     Example:
         train_loader = DataLoader(train_set, batch_size=64)
@@ -59,8 +64,13 @@ class TrainLoaderNoShuffle(Rule):
         )
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "DataLoader" in ctx.source and "return" in ctx.source:
+            _publish_unordered_factories(ctx)
         if not self.applies(ctx):
+            if "backward" in ctx.source and ctx.loops.training_loops:
+                self._defer_imported_factories(ctx)
             return
+        self._defer_imported_factories(ctx)
         flow = ctx.flow
         reported: set[int] = set()
         for loop in ctx.loops.training_loops:
@@ -101,6 +111,111 @@ class TrainLoaderNoShuffle(Rule):
                     "every epoch sees the batches in the same order",
                     data={"loader_line": source.lineno},
                 )
+
+    def _defer_imported_factories(self, ctx: ModuleContext) -> None:
+        """A training loop over the loader a function of another file returns
+        (`dataloader = get_data(args)` with `get_data` in `utils.py`): reported when the
+        project pass finds that function returning a loader that never shuffles."""
+        seen: set[int] = set()
+        for loop in ctx.loops.training_loops:
+            node = loop.node
+            if not isinstance(node, ast.For | ast.AsyncFor):
+                continue
+            for source in _loader_sources(ctx, node.iter, 0):
+                if id(source) in seen:
+                    continue
+                seen.add(id(source))
+                symbols = _factory_symbols(ctx, source)
+                if not symbols:
+                    continue
+                found = ctx.finding(
+                    self,
+                    source,
+                    f"`{ast.unparse(source.func)}` returns the loader this training loop "
+                    "iterates, built with no shuffle and no sampler: every epoch sees the "
+                    "batches in the same order",
+                )
+                if found is not None:
+                    ctx.facts.setdefault(_PENDING_KEY, []).append(
+                        {"symbols": symbols, "finding": found.model_dump()}
+                    )
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        factories = {s for f in facts.values() for s in f.get(_FACTORIES_KEY, [])}
+        if not factories:
+            return []
+        return [
+            RawFinding.model_validate(p["finding"])
+            for f in facts.values()
+            for p in f.get(_PENDING_KEY, [])
+            if any(_same_symbol(s, factory) for s in p["symbols"] for factory in factories)
+        ]
+
+
+_FACTORIES_KEY = "unordered-loader-factories"
+_PENDING_KEY = "pending:train-loader-no-shuffle:factory"
+
+
+def _same_symbol(imported: str, defined: str) -> bool:
+    """`utils.get_data` imported, `utils.get_data` or `src.utils.get_data` defined."""
+    return imported == defined or defined.endswith("." + imported)
+
+
+_WRAPPERS = frozenset({"enumerate", "tqdm", "iter", "trange"})
+
+
+def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
+    """The calls that built what a loop iterates, through `enumerate(...)`/`tqdm(...)`
+    wrappers and the names they are bound to (`pbar = tqdm(dataloader)`)."""
+    found: list[ast.Call] = []
+    for source in ctx.flow.sources(expr):
+        if not isinstance(source, ast.Call):
+            continue
+        if identifier(source.func) in _WRAPPERS and source.args and depth < 4:
+            found += _loader_sources(ctx, source.args[0], depth + 1)
+        else:
+            found.append(source)
+    return found
+
+
+def _factory_symbols(ctx: ModuleContext, call: ast.Call) -> list[str]:
+    """The qualified names a call of an imported function may resolve to (a name a project
+    module's star import brings counts under each such module)."""
+    if ctx.flow.qualname_of(call) in DATALOADERS:
+        return []
+    symbol = callee_symbol(ctx, call.func)
+    if symbol is not None:
+        return [symbol]
+    if (
+        isinstance(call.func, ast.Name)
+        and call.func.id not in ctx.flow.functions
+        and not hasattr(builtins, call.func.id)
+    ):
+        return [f"{module}.{call.func.id}" for module in star_modules(ctx)]
+    return []
+
+
+def _publish_unordered_factories(ctx: ModuleContext) -> None:
+    """Module-level functions that return a DataLoader with no shuffle and no sampler, not
+    named for held-out data (`def get_data(args): ... return DataLoader(dataset, ...)`)."""
+    if is_test_module(ctx.path):
+        return
+    found = []
+    for loader in ctx.flow.calls_to(DATALOADERS):
+        owner = ctx.enclosing_function(loader)
+        if (
+            owner is None
+            or owner not in ctx.tree.body
+            or held_out_name_kind(owner.name)
+            or not _returned(ctx, loader, owner)
+            or _orders(ctx, loader, _shuffle_defaulting_off(ctx, loader))
+            or kwarg(loader, "shuffle") is not None
+        ):
+            continue
+        found.append(f"{module_name(ctx.path)}.{owner.name}")
+    if found:
+        ctx.facts[_FACTORIES_KEY] = found
 
 
 # `train_loader`, `trainloader`, `train_subset`, `training_data`, `dl_train`
