@@ -53,7 +53,9 @@ class DeviceMismatchFactoryInForward(Rule):
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
     device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
     stand-in models return fixed tensors; a mismatch there fails the test itself), and
-    factories on the CPU branch of a forward that branches on `x.is_cuda`.
+    factories on the CPU branch of a forward that branches on `x.is_cuda`, and a factory
+    bound to a name that a later statement moves in place (`zeros = zeros.cuda()` under
+    `if x.is_cuda:`).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -97,7 +99,7 @@ class DeviceMismatchFactoryInForward(Rule):
             qual = ctx.flow.qualname_of(node)
             if qual not in _FACTORIES or _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
-            if _on_cpu_branch(ctx, node, forward):
+            if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
             ctx.report(
                 self,
@@ -127,6 +129,32 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
             return True  # moved later in the chain: `.view(-1, 1).to(device)`
         node, parent = parent, ctx.parents.get(parent)
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
+    """`zeros = torch.zeros(size)` followed in the forward by `zeros = zeros.cuda()` (under
+    `if x.is_cuda:` in a public KFAC-friendly Gaussian head): the name is moved before use."""
+    parent = ctx.parents.get(call)
+    if not (
+        isinstance(parent, ast.Assign)
+        and len(parent.targets) == 1
+        and isinstance(parent.targets[0], ast.Name)
+    ):
+        return False
+    name = parent.targets[0].id
+    for node in walk_scope(forward.body):
+        if (
+            isinstance(node, ast.Assign)
+            and node.lineno > parent.lineno
+            and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and node.value.func.attr in _MOVES
+            and isinstance(node.value.func.value, ast.Name)
+            and node.value.func.value.id == name
+        ):
+            return True
+    return False
 
 
 def _scalar_comparison(parent: ast.AST, node: ast.AST) -> bool:
