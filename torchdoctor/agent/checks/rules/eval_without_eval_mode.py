@@ -70,7 +70,8 @@ class EvalWithoutEvalMode(Rule):
     normalisation layer, functions that set `.train()` before the model runs with no update in
     between (recomputing BatchNorm statistics; a `.train()` after the loop only restores the
     mode, one at the top of the epoch is for its training loop) and methods
-    of `nn.Module`s (`forward`, `generate`: their caller owns the mode) are not reported;
+    of `nn.Module`s (`forward`, `generate`: their caller owns the mode), and a no-grad block
+    in a closure of a training step (targets of an EMA encoder) are not reported;
     prediction/serving functions are left to `inference-no-eval`.
 
     Example:
@@ -284,9 +285,19 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             continue
         if owner is not None and test_module and owner.name.startswith("test"):
             continue
+        if owner is not None and _closure_of_a_training_step(ctx, owner):
+            continue
         regions.append((owner, node.body))
     regions += _held_out_loops(ctx, regions, test_module)
     return regions
+
+
+def _closure_of_a_training_step(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """`fn` is defined inside a function that back-propagates (I-JEPA's `def forward_target()`
+    inside `train_step()`, computing the EMA encoder's targets under no_grad): part of the
+    step, not an evaluation; a closure named like one is judged by its name."""
+    outer = ctx.enclosing_function(fn)
+    return outer is not None and ctx.loops.backpropagates(outer.body)
 
 
 def _held_out_loops(
