@@ -83,6 +83,9 @@ def is_false(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value in (False, 0) and node.value is not None
 
 
+_MAX_ALIAS_DEPTH = 3
+
+
 def peel_mode_calls(expr: ast.expr) -> ast.expr:
     """`Net().to(dev).eval()` -> `Net()`: the constructor behind device/mode chains."""
     while (
@@ -99,11 +102,15 @@ def module_classes(ctx: ModuleContext) -> set[str]:
     return ctx.flow.module_classes
 
 
-def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
-    """Whether `expr` may hold a network: a local nn.Module class, a model factory, etc."""
+def constructed_model(ctx: ModuleContext, expr: ast.expr, depth: int = 0) -> bool:
+    """Whether `expr` may hold a network: a local nn.Module class, a model factory, etc., or
+    another model moved or switched (`m = model.to(device)`: `Module.to` returns the model)."""
     classes = module_classes(ctx)
     for source in ctx.flow.sources(expr):
         call = peel_mode_calls(source)
+        alias = source is not expr and call is not source and depth < _MAX_ALIAS_DEPTH
+        if alias and _names_a_model(ctx, call, depth):  # `m = model.to(device)`, asked of `m`
+            return True
         if not isinstance(call, ast.Call):
             continue
         if isinstance(call.func, ast.Name) and call.func.id in classes:
@@ -112,6 +119,12 @@ def constructed_model(ctx: ModuleContext, expr: ast.expr) -> bool:
         if builds_network(qual) or qual.endswith("Sequential"):
             return True
     return False
+
+
+def _names_a_model(ctx: ModuleContext, expr: ast.expr, depth: int) -> bool:
+    return isinstance(expr, ast.Name) and bool(
+        _MODEL_NAME.search(expr.id) or constructed_model(ctx, expr, depth + 1)
+    )
 
 
 def terminal_name(expr: ast.expr) -> str:

@@ -33,6 +33,8 @@ from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
 from torchdoctor.agent.models import Severity
 
 _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
+_SAMPLING_METHODS = frozenset({"generate", "sample"})
+_MAX_HELPER_DEPTH = 3
 
 
 class InferenceNoEval(Rule):
@@ -79,6 +81,18 @@ class InferenceNoEval(Rule):
         if "forward" in ctx.source:
             publish(ctx)  # its classes' dropout/batch norm, for the modules importing them
         publish_mode_calls(ctx, mode_calls(ctx))  # the mode each imported helper runs in
+        for call, model in _sampling_after_training(ctx):
+            if mode_independent(ctx, model) or model_put_in_eval(ctx, model):
+                continue
+            found = ctx.finding(
+                self,
+                call,
+                f"`{ast.unparse(call.func)}(...)` samples after training with the model still "
+                "in training mode (the training loop leaves it there): dropout and batch norm "
+                "behave as in training while it generates",
+            )
+            if found is not None:
+                ctx.findings.append(found)
         candidates = [
             fn
             for fn in functions(ctx)
@@ -360,3 +374,70 @@ def _root_name(expr: ast.expr) -> str:
 
 def _is_eval_call(call: ast.Call) -> bool:
     return bool(mode_call_receivers(call, "eval"))
+
+
+def _sampling_after_training(ctx: ModuleContext) -> list[tuple[ast.Call, ast.expr]]:
+    """`model.generate(...)` / `model.sample(...)` in the statements that follow a training
+    loop in its own scope (ng-video-lecture's gpt.py trains, then samples at the end of the
+    script), with no `.eval()` between: a model leaves the loop in training mode unless the
+    last mode switch the loop makes (itself or through the helpers it calls, such as an
+    `estimate_loss()` that calls `.eval()` then `.train()`) is `.eval()`. One call a scope."""
+    if not any(f"{m}(" in ctx.source for m in _SAMPLING_METHODS):
+        return []
+    last_training: dict[int, tuple[list[ast.stmt], int]] = {}
+    for loop in ctx.loops.training_loops:
+        if loop.kind != "loop":
+            continue
+        owner = ctx.enclosing_function(loop.node)
+        body = owner.body if owner is not None else ctx.tree.body
+        index = next(
+            (
+                i
+                for i, stmt in enumerate(body)
+                if stmt is loop.node or stmt in ctx.ancestors(loop.node)
+            ),
+            None,
+        )
+        if index is not None and index >= last_training.get(id(body), (body, -1))[1]:
+            last_training[id(body)] = (body, index)
+    found: list[tuple[ast.Call, ast.expr]] = []
+    for body, index in last_training.values():
+        if _final_mode(ctx, body[index : index + 1], 0) == "eval":
+            continue
+        after = body[index + 1 :]
+        for call, model in sorted(_sampling_calls(ctx, after), key=lambda c: _position(c[0])):
+            before = [stmt for stmt in after if stmt.lineno < call.lineno]
+            if not ctx.flow.reaches_method(before, "eval"):
+                found.append((call, model))
+            break
+    return found
+
+
+def _sampling_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[tuple[ast.Call, ast.expr]]:
+    """(`model.generate(...)`, `model`) for every sampling call on a model in `body`."""
+    return [
+        (node, node.func.value)
+        for node in walk_scope(body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in _SAMPLING_METHODS
+        and is_model_expr(ctx, node.func.value)
+    ]
+
+
+def _position(node: ast.expr) -> tuple[int, int]:
+    return node.lineno, node.col_offset
+
+
+def _final_mode(ctx: ModuleContext, body: list[ast.stmt], depth: int) -> str | None:
+    """The mode ('eval'/'train') the last switch in `body` leaves, following the module's own
+    functions it calls (in source order), or None when nothing in it switches."""
+    last: str | None = None
+    calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
+    for call in sorted(calls, key=_position):
+        mode = ctx.flow.mode_method(call)
+        if mode is None and depth < _MAX_HELPER_DEPTH and isinstance(call.func, ast.Name):
+            for helper in ctx.loops.functions.get(call.func.id, []):
+                mode = _final_mode(ctx, helper.body, depth + 1) or mode
+        last = mode or last
+    return last
