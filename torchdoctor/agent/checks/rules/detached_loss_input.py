@@ -5,12 +5,17 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS
+from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
+_MAX_HOPS = 4
+_MODULE_BOOKKEEPING = frozenset(
+    {"parameters", "named_parameters", "state_dict", "buffers", "modules", "children", "apply"}
+)
+"""Methods of a module that return no output of its computation."""
 
 
 class DetachedLossInput(Rule):
@@ -33,7 +38,12 @@ class DetachedLossInput(Rule):
     discriminator step), a detached target (`criterion(student(x), teacher(x).detach())`,
     stop-gradient in SimSiam/BYOL), losses computed for logging and never backpropagated, and
     values that are not a model's output (`quantized.detach()` in a VQ commitment loss), a
-    detached factor of a product (`logp * advantage.detach()`, a stop-gradient weight).
+    detached factor of a product (`logp * advantage.detach()`, a stop-gradient weight), and a
+    detached first argument when another argument is an attached model output (the target
+    written first: `F.mse_loss(target_q.detach(), q)`).
+
+    A model's output is also what a method of a model returns (`self.policy.evaluate(s, a)`,
+    PPO's critic values among its results), through tuple unpacking and value-keeping calls.
 
     Example:
         output = model(x)
@@ -66,7 +76,9 @@ class DetachedLossInput(Rule):
             if prediction is None:
                 continue
             cut = _cut_model_output(ctx, prediction)
-            if cut is None or not _backpropagated(ctx, call):
+            if cut is None or _attached_other(ctx, call, prediction):
+                continue
+            if not _backpropagated(ctx, call):
                 continue
             ctx.report(
                 self,
@@ -150,11 +162,50 @@ def _cut_model_output(ctx: ModuleContext, prediction: ast.expr) -> ast.expr | No
             receiver = source.func.value
         if receiver is None:
             continue
-        receiver = _strip(receiver)
-        produced = [receiver, *flow.sources(receiver)]
-        if any(isinstance(p, ast.Call) and flow.is_model_call(p) for p in produced):
+        if _model_output(ctx, _strip(receiver), 0):
             return source
     return None
+
+
+def _attached_other(ctx: ModuleContext, call: ast.Call, prediction: ast.expr) -> bool:
+    """Another argument of the loss is a model's output still in its graph: the detached one
+    is the target, written first (`F.mse_loss(target_q.detach(), q)`)."""
+    others = [a for a in [*call.args, *(k.value for k in call.keywords)] if a is not prediction]
+    return any(
+        _model_output(ctx, _strip(other), 0) and _cut_model_output(ctx, other) is None
+        for other in others
+    )
+
+
+def _model_output(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
+    """`value` is what a model computed: a model call (`model(x)`), a method of a model
+    (`self.policy.evaluate(s, a)`, PPO's critic values among what it returns), through names,
+    tuple unpacking and value-keeping calls (`torch.squeeze(v)`, `v.view(-1)`)."""
+    flow = ctx.flow
+    for produced in [value, *flow.sources(value)]:
+        produced = _strip(produced)
+        if not isinstance(produced, ast.Call):
+            if produced is not value and hops < _MAX_HOPS and isinstance(produced, ast.Name):
+                return _model_output(ctx, produced, hops + 1)
+            continue
+        if flow.is_model_call(produced):
+            return True
+        func = produced.func
+        method_of_a_model = (
+            isinstance(func, ast.Attribute)
+            and func.attr not in _MODULE_BOOKKEEPING
+            and flow.is_module_value(func.value)
+        )
+        keeps_its_input = (
+            (flow.qualname_of(produced) or "") in PASSTHROUGH_FUNCTIONS
+            and bool(produced.args)
+            and hops < _MAX_HOPS
+        )
+        if method_of_a_model or (
+            keeps_its_input and _model_output(ctx, _strip(produced.args[0]), hops + 1)
+        ):
+            return True
+    return False
 
 
 def _backpropagated(ctx: ModuleContext, call: ast.expr) -> bool:
