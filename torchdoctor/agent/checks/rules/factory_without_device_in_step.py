@@ -14,13 +14,18 @@ from torchdoctor.agent.checks.patterns import uses_cuda
 from torchdoctor.agent.models import Severity
 
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device", "as_subclass"})
+_FROM_DATA = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
+"""Tensors made from data: on the CPU when the data is a Python list or a NumPy array."""
 
 
 class FactoryWithoutDeviceInStep(Rule):
     """Detects, in the training step of a script that runs on CUDA, a tensor factory
-    (`torch.arange/zeros/ones/full/empty/rand/randn/randint/eye/linspace`) called without
+    (`torch.arange/zeros/ones/full/empty/rand/randn/randint/eye/linspace`, or
+    `torch.tensor/as_tensor/from_numpy` of a Python list or a NumPy array) called without
     `device=` whose result goes, without `.to()`/`.cuda()`, into a loss or a model call
-    (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`).
+    (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`). A tensor made in the
+    function that runs the training loop, before the loop that consumes it, counts too (PPO's
+    `update`: `rewards = torch.tensor(rewards)`, then the epochs' value loss on them).
 
     Why it matters: factories create CPU tensors unless told otherwise; the loss or the model
     then mixes devices and the step fails on the GPU ("Expected all tensors to be on the same
@@ -53,11 +58,16 @@ class FactoryWithoutDeviceInStep(Rule):
         if not self.applies(ctx):
             return
         flow = ctx.flow
-        for call in flow.calls_to(TENSOR_FACTORIES):
-            if kwarg(call, "device") is not None or not ctx.loops.in_training_step(call):
+        from_data = {id(call) for call in flow.calls_to(_FROM_DATA)}
+        for call in flow.calls_to(TENSOR_FACTORIES | _FROM_DATA):
+            if kwarg(call, "device") is not None:
+                continue
+            if id(call) in from_data and not _from_host_data(ctx, call):
                 continue
             consumer = _consumer(ctx, call)
-            if consumer is None or not _places_batches(ctx, call):
+            if consumer is None or not _per_step(ctx, call, consumer):
+                continue
+            if not _places_batches(ctx, call):
                 continue
             own = _bound_name(ctx, call)
             other = next(
@@ -70,6 +80,32 @@ class FactoryWithoutDeviceInStep(Rule):
                 f"`{ast.unparse(consumer.func)}` on the GPU: the devices do not match",
                 data={"device_from": other.id} if other is not None else {},
             )
+
+
+def _per_step(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:
+    """The tensor is made in the step, or in the function that runs the training loop before
+    the loop that consumes it (PPO's `update` turns the episode's rewards into a tensor, then
+    runs its epochs over them)."""
+    if ctx.loops.in_training_step(call):
+        return True
+    loop = ctx.loops.loop_containing(consumer)
+    return loop is not None and ctx.enclosing_function(loop.node) is ctx.enclosing_function(call)
+
+
+def _from_host_data(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`torch.tensor(rewards)` of a Python list or a NumPy array: a CPU tensor. Of a tensor,
+    it keeps that tensor's device, so only host data counts."""
+    if not call.args:
+        return False
+    if (ctx.flow.qualname_of(call) or "").endswith("from_numpy"):
+        return True
+    data = call.args[0]
+    sources = [data, *ctx.flow.sources(data)] if isinstance(data, ast.Name) else [data]
+    return any(
+        isinstance(s, ast.List | ast.ListComp | ast.Tuple)
+        or (isinstance(s, ast.Call) and (ctx.flow.qualname_of(s) or "").startswith("numpy."))
+        for s in sources
+    )
 
 
 def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
