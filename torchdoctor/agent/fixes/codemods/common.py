@@ -158,12 +158,45 @@ def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) ->
     built = model_names(ctx)
     candidates = {n for n in names if n in built}
     if not candidates:
+        functions = defined_functions(ctx)
         candidates = {
             n
             for n in names
-            if ctx.qualname(cst.parse_expression(n)) is None and named_like_model(n)
+            if ctx.qualname(cst.parse_expression(n)) is None
+            and named_like_model(n)
+            and n not in functions
         }
     return candidates.pop() if len(candidates) == 1 else None
+
+
+def defined_functions(ctx: SourceContext) -> set[str]:
+    """Names the module binds with `def`: DALL-E's `save_model(path, epoch)`, called in its
+    training loop, is named like a model but has no `.compile()`."""
+    return {f.name.value for f in ctx.find(cst.FunctionDef)}
+
+
+def dataset_on_device(ctx: SourceContext) -> bool:
+    """A dataset class of this module hands out GPU tensors: its `__getitem__` (or
+    `__iter__`) calls `.cuda()` or `.to(device)` (x-transformers' `TextSamplerDataset`
+    returns `full_seq.cuda()`). Loader workers cannot initialise CUDA in a forked process,
+    and only CPU tensors can be pinned."""
+    for method in ctx.find(cst.FunctionDef):
+        if method.name.value not in ("__getitem__", "__iter__", "__next__"):
+            continue
+        for call in ctx.find(cst.Call, inside=method):
+            if method_call(call, "cuda") is not None:
+                return True
+            moved = method_call(call, "to")
+            if moved is not None and any(_names_a_device(arg) for arg in moved.args):
+                return True
+    return False
+
+
+def _names_a_device(arg: cst.Arg) -> bool:
+    if arg.keyword is not None and arg.keyword.value == "device":
+        return True
+    text = cst.Module([]).code_for_node(arg.value).lower()
+    return "cuda" in text or "device" in text
 
 
 def named_like_model(name: str) -> bool:

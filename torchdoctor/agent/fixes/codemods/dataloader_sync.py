@@ -12,10 +12,14 @@ from torchdoctor.agent.fixes.codemods.base import (
     keyword,
     set_keyword,
 )
-from torchdoctor.agent.fixes.codemods.common import is_dataloader
+from torchdoctor.agent.fixes.codemods.common import dataset_on_device, is_dataloader
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 MAX_WORKERS = 4
+ON_DEVICE_REASON = (
+    "the dataset moves its items to the GPU in `__getitem__`: a loader worker cannot use "
+    "CUDA in a forked process; return CPU tensors and move the batch in the loop first"
+)
 
 
 class DataLoaderSyncFix(Codemod):
@@ -30,6 +34,8 @@ class DataLoaderSyncFix(Codemod):
     relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if dataset_on_device(ctx):
+            return ctx.decline(ON_DEVICE_REASON)
         for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):
             if not is_dataloader(ctx, loader) or (
                 len(loader.args) > 5 and loader.args[5].keyword is None

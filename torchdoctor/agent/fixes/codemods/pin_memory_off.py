@@ -11,7 +11,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     keyword,
 )
-from torchdoctor.agent.fixes.codemods.common import is_dataloader
+from torchdoctor.agent.fixes.codemods.common import dataset_on_device, is_dataloader
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _ITERATION_WRAPPERS = {"enumerate", "tqdm", "iter", "track"}
@@ -41,6 +41,11 @@ class PinMemoryOffFix(Codemod):
         ]
         if not loaders:
             return False
+        if dataset_on_device(ctx):
+            return ctx.decline(
+                "the dataset hands out GPU tensors (`.cuda()` in `__getitem__`): only CPU "
+                "tensors can be pinned; return CPU tensors and move the batch in the loop first"
+            )
         torch = ctx.require_module("torch")
         for loader in loaders:
             ctx.set_call_keyword(loader, "pin_memory", f"{torch}.cuda.is_available()")
