@@ -19,6 +19,12 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _AUTOCASTS = ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast")
 _DEVICE_MOVES = ("to", "cuda", "float", "long", "pin_memory")
+_UNSAFE_UNDER_AUTOCAST = ("torch.nn.BCELoss", "torch.nn.functional.binary_cross_entropy")
+_TENSOR_METHODS = frozenset(
+    {"mean", "sum", "item", "view", "reshape", "squeeze", "unsqueeze", "float", "detach", "size"}
+)
+"""Calls that are no forward pass: a span made only of these (`loss = a.mean() + b.mean()`
+after a forward written in an `if`) has nothing for autocast to speed up."""
 
 
 class NoAmpFix(Codemod):
@@ -35,10 +41,28 @@ class NoAmpFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         if any(ctx.qualname(c.func) in _AUTOCASTS for c in ctx.find(cst.Call)):
             return False
+        if any(ctx.qualname(c.func) in _UNSAFE_UNDER_AUTOCAST for c in ctx.find(cst.Call)):
+            return ctx.decline(
+                "the script uses binary_cross_entropy (nn.BCELoss), which raises under "
+                "autocast: switch to BCEWithLogitsLoss on logits first (bce-on-sigmoid)"
+            )
         found = _step_block(ctx, target)
         if found is None:
-            return False
+            return ctx.decline(
+                "no single `loss.backward()` with the statements that compute its loss before "
+                "it in the same block (the step is split across branches or helpers)"
+            )
         stmts, first, last = found
+        if len({r for stmt in stmts if (r := _backward_receiver(stmt)) is not None}) > 1:
+            return ctx.decline(
+                "the step has several backward passes (a GAN's discriminator and generator "
+                "updates): wrap each forward and its loss in autocast by hand"
+            )
+        if not _calls_a_forward(stmts[first : last + 1]):
+            return ctx.decline(
+                "the statements before the loss call no model (its forward is in a branch or "
+                "a helper above them): wrap the forward and the loss in autocast by hand"
+            )
         torch = ctx.require_module("torch")
         header = (
             f'{torch}.autocast(device_type="cuda", dtype={torch}.bfloat16, '
@@ -47,7 +71,7 @@ class NoAmpFix(Codemod):
         rest = list(stmts[first + 1 : last + 1])
 
         def wrap(node: cst.CSTNode) -> cst.CSTNode:
-            if not isinstance(node, cst.SimpleStatementLine):
+            if not isinstance(node, cst.SimpleStatementLine | cst.If):
                 return node
             return cst.With(
                 items=[cst.WithItem(item=cst.parse_expression(header))],
@@ -81,6 +105,19 @@ def _step_block(
     return candidates[0] if len(candidates) == 1 else None
 
 
+def _calls_a_forward(stmts: Sequence[cst.BaseStatement]) -> bool:
+    """Some call in `stmts` is more than a tensor method (a model, a loss, a helper)."""
+    for stmt in stmts:
+        for node in descendants(stmt):
+            if not isinstance(node, cst.Call):
+                continue
+            if not isinstance(node.func, cst.Attribute) or node.func.attr.value not in (
+                _TENSOR_METHODS
+            ):
+                return True
+    return False
+
+
 def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
     for index, stmt in enumerate(stmts):
         loss = _backward_receiver(stmt)
@@ -91,13 +128,50 @@ def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
             return None
         last = assigned[-1]
         first = last
-        while first > 0 and _is_compute(stmts[first - 1]):
+        while first > 0 and (_is_compute(stmts[first - 1]) or _is_forward_branch(stmts[first - 1])):
             first -= 1
         return first, last
     return None
 
 
+def _is_forward_branch(stmt: cst.BaseStatement) -> bool:
+    """`if cuda: out = model(x.cuda()) else: out = model(x)`: an `if` whose branches are all
+    forward statements (retinanet's training step) belongs to the span."""
+    if not isinstance(stmt, cst.If):
+        return False
+    branches: list[cst.BaseSuite] = []
+    node: cst.If | cst.Else | None = stmt
+    while node is not None:
+        branches.append(node.body)
+        node = node.orelse if isinstance(node, cst.If) else None
+    return all(
+        isinstance(body, cst.IndentedBlock)
+        and body.body
+        and all(_is_compute_any(s) for s in body.body)
+        for body in branches
+    )
+
+
+def _is_compute_any(stmt: cst.BaseStatement) -> bool:
+    """A forward statement, device moves included (inside a branch they go with the call)."""
+    return isinstance(stmt, cst.SimpleStatementLine) and all(
+        isinstance(small, cst.Assign | cst.AugAssign | cst.AnnAssign | cst.Expr)
+        and not (isinstance(small, cst.Expr) and method_call(small.value, "zero_grad"))
+        for small in stmt.body
+    )
+
+
 def _backward_receiver(stmt: cst.BaseStatement) -> str | None:
+    """The loss `stmt` back-propagates: `loss.backward()`, `(loss / accumulate).backward()`,
+    or, in an `if` (a DeepSpeed engine's `engine.backward(loss)` beside `loss.backward()`),
+    the one loss every branch back-propagates."""
+    if isinstance(stmt, cst.If):
+        losses = {r for node in descendants(stmt) if (r := _backward_receiver_line(node))}
+        return losses.pop() if len(losses) == 1 else None
+    return _backward_receiver_line(stmt)
+
+
+def _backward_receiver_line(stmt: cst.CSTNode) -> str | None:
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
         return None
     expr = stmt.body[0]
@@ -106,7 +180,12 @@ def _backward_receiver(stmt: cst.BaseStatement) -> str | None:
     call = method_call(expr.value, "backward")
     if call is None or not isinstance(call.func, cst.Attribute):
         return None
-    return dotted_name(call.func.value)
+    if len(call.args) == 1 and call.args[0].keyword is None:
+        return dotted_name(call.args[0].value)  # engine.backward(loss)
+    receiver = call.func.value
+    while isinstance(receiver, cst.BinaryOperation):  # (loss / accumulate).backward()
+        receiver = receiver.left
+    return dotted_name(receiver)
 
 
 def _binds(stmt: cst.BaseStatement, name: str) -> bool:
