@@ -82,13 +82,50 @@ class PerSampleInferenceFix(Codemod):
         ]
         if not calls:
             return f"{model} is not called in the loop"
+        if model in _parameters_of(ctx, loop):
+            return (
+                f"{model} is a parameter of the function holding the loop: compiled there, "
+                "it would be compiled again on every call; compile it where it is built"
+            )
         for call in calls:
             parent = ctx.parent(call)
             if not (isinstance(parent, cst.Assign) and parent.value is call):
                 return f"`{ctx.code(call)}` is not the whole value of an assignment"
             if any(isinstance(a, cst.FunctionDef | cst.Lambda) for a in _between(ctx, call, loop)):
                 return f"`{ctx.code(call)}` runs in a function defined in the loop"
+            output = dotted_name(parent.targets[0].target) if len(parent.targets) == 1 else None
+            if output is not None and _read_as_structure(ctx, loop, output):
+                return (
+                    f"`{output}` is read by key or attribute (a dict or a model output "
+                    "object): `.clone()` is a tensor's; copy each field by hand"
+                )
         return loop, model, calls
+
+
+def _parameters_of(ctx: SourceContext, node: cst.CSTNode) -> set[str]:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.FunctionDef):
+            params = anc.params
+            every = [*params.posonly_params, *params.params, *params.kwonly_params]
+            return {p.name.value for p in every}
+    return set()
+
+
+def _read_as_structure(ctx: SourceContext, loop: cst.For, name: str) -> bool:
+    """`out["logits"]` or `out.logits` in the loop: the model returns no tensor."""
+    for node in ctx.find(cst.Subscript, inside=loop.body):
+        if dotted_name(node.value) == name and any(
+            isinstance(e.slice, cst.Index) and isinstance(e.slice.value, cst.SimpleString)
+            for e in node.slice
+        ):
+            return True
+    tensor_side = {"shape", "dtype", "device", "ndim", "T"}
+    return any(
+        dotted_name(a.value) == name
+        and a.attr.value not in tensor_side
+        and not isinstance(ctx.parent(a), cst.Call)
+        for a in ctx.find(cst.Attribute, inside=loop.body)
+    )
 
 
 def _between(ctx: SourceContext, node: cst.CSTNode, stop: cst.CSTNode) -> list[cst.CSTNode]:
