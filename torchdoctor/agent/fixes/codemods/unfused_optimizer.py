@@ -31,14 +31,27 @@ class UnfusedOptimizerFix(Codemod):
     rtol = FUSED_RTOL
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        """The flagged optimizer and the other places the rule named in this file (its
+        `related` anchors: a GAN's second optimizer, the SGD branch beside an Adam one)."""
         if not mentions_cuda(ctx):
             return False
-        for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-            if ctx.qualname(call.func) not in _FUSABLE:
-                continue
-            if keyword(call, "fused") or keyword(call, "foreach"):
-                return False
-            torch = ctx.require_module("torch")
-            ctx.set_call_keyword(call, "fused", f"{torch}.cuda.is_available()")
-            return True
-        return False
+        edited = False
+        for span in _spans(target):
+            for call in ctx.find(cst.Call, within=span):
+                if ctx.qualname(call.func) not in _FUSABLE:
+                    continue
+                if keyword(call, "fused") is None and keyword(call, "foreach") is None:
+                    torch = ctx.require_module("torch")
+                    ctx.set_call_keyword(call, "fused", f"{torch}.cuda.is_available()")
+                    edited = True
+                break
+        return edited
+
+
+def _spans(target: FixTarget) -> list[tuple[int, int]]:
+    spans = [(target.line, target.end_line)]
+    for place in target.data.get("related", []):
+        if isinstance(place, dict) and place.get("file") == target.file:
+            line = int(place["line"])
+            spans.append((line, int(place.get("end_line") or line)))
+    return spans
