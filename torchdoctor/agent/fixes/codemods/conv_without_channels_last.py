@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, dotted_name
-from torchdoctor.agent.fixes.codemods.common import flagged_loop, model_called_in
+from torchdoctor.agent.fixes.codemods.common import flagged_loop, model_called_in, model_names
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _WRAPPERS = {"DistributedDataParallel", "DDP", "DataParallel", "FullyShardedDataParallel", "FSDP"}
@@ -29,10 +29,17 @@ class ConvWithoutChannelsLastFix(Codemod):
             return False
         loop = flagged_loop(ctx, target)
         if loop is None:
-            return False
-        model = model_called_in(ctx, loop.body, target.data.get("model"))
-        if model is None or model.endswith(".module") or self._wrapped(ctx, model):
-            return False
+            return ctx.decline("no training loop at the finding to put the conversion before")
+        models = self._models(ctx, loop, target)
+        if not models:
+            return ctx.decline(
+                "the loop calls no model this fix can name (none, or several behind a helper)"
+            )
+        if any(m.endswith(".module") or self._wrapped(ctx, m) for m in models):
+            return ctx.decline(
+                "the model is wrapped (DDP, DataParallel, FSDP): convert it before wrapping, "
+                "where it is built"
+            )
         outer: cst.CSTNode = loop
         for anc in ctx.ancestors(loop):
             if isinstance(anc, cst.FunctionDef | cst.ClassDef):
@@ -40,8 +47,20 @@ class ConvWithoutChannelsLastFix(Codemod):
             if isinstance(anc, cst.For | cst.While):
                 outer = anc
         torch = ctx.require_module("torch")
-        ctx.insert_before(outer, f"{model}.to(memory_format={torch}.channels_last)\n")
+        lines = "".join(f"{m}.to(memory_format={torch}.channels_last)\n" for m in models)
+        ctx.insert_before(outer, lines)
         return True
+
+    @staticmethod
+    def _models(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> list[str]:
+        """The model the loop calls, else every model the module builds that the loop calls
+        (a GAN's generator and discriminator, both converted)."""
+        model = model_called_in(ctx, loop.body, target.data.get("model"))
+        if model is not None:
+            return [model]
+        built = model_names(ctx)
+        called = {dotted_name(c.func) for c in ctx.find(cst.Call, inside=loop.body)}
+        return sorted(n for n in built if n in called)
 
     @staticmethod
     def _wrapped(ctx: SourceContext, model: str) -> bool:
