@@ -123,6 +123,7 @@ def model_names(ctx: SourceContext) -> set[str]:
     """Names bound to something built by a class call (`Net(...)`, `nn.Sequential(...)`,
     `Net().to(device)`), or to a torchvision/timm-style factory."""
     names: set[str] = set()
+    classes = {c.name.value for c in ctx.find(cst.ClassDef)}  # `G = generator(128)` (DCGAN)
     for assign in ctx.find(cst.Assign):
         value = assign.value
         while (
@@ -136,8 +137,10 @@ def model_names(ctx: SourceContext) -> set[str]:
         callee = dotted_name(value.func) or ""
         last = callee.split(".")[-1]
         qual = ctx.qualname(value.func) or ""
-        built = (last[:1].isupper() and last not in _NOT_MODELS) or qual.startswith(
-            ("torchvision.models.", "timm.")
+        built = (
+            (last[:1].isupper() and last not in _NOT_MODELS)
+            or callee in classes
+            or qual.startswith(("torchvision.models.", "timm."))
         )
         if not built:
             continue
@@ -167,6 +170,49 @@ def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) ->
             and n not in functions
         }
     return candidates.pop() if len(candidates) == 1 else None
+
+
+WRAPPERS = frozenset(
+    {"DistributedDataParallel", "DDP", "DataParallel", "FullyShardedDataParallel", "FSDP"}
+)
+
+
+def is_wrapped(ctx: SourceContext, model: str) -> bool:
+    """`model` is bound to a DDP/DataParallel/FSDP wrapper somewhere in the module."""
+    if model.endswith(".module"):
+        return True
+    for assign in ctx.find(cst.Assign):
+        value = assign.value
+        while method_call(value, "to") or method_call(value, "cuda"):  # DDP(model).to(device)
+            assert isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute)
+            value = value.func.value
+        if not isinstance(value, cst.Call):
+            continue
+        callee = ctx.qualname(value.func) or dotted_name(value.func) or ""
+        if callee.split(".")[-1] not in WRAPPERS:
+            continue
+        if any(dotted_name(t.target) == model for t in assign.targets):
+            return True
+    return False
+
+
+def models_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) -> list[str]:
+    """The model called under `scope`, else every model the module builds that is called
+    there (a GAN's generator and discriminator)."""
+    model = model_called_in(ctx, scope, hint)
+    if model is not None:
+        return [model]
+    if hint:
+        return []
+    called = {dotted_name(c.func) for c in ctx.find(cst.Call, inside=scope)}
+    return sorted(n for n in model_names(ctx) if n in called and not _names_a_loss(n))
+
+
+def _names_a_loss(name: str) -> bool:
+    """`criterion`, `loss_fn`: built by a class call like a model (Swin's
+    `SoftTargetCrossEntropy()`), but a loss."""
+    last = name.split(".")[-1].lower()
+    return "loss" in last or "criterion" in last
 
 
 def defined_functions(ctx: SourceContext) -> set[str]:

@@ -17,8 +17,10 @@ from torchdoctor.agent.fixes.codemods.base import (
     scope_of,
 )
 from torchdoctor.agent.fixes.codemods.common import (
+    defined_functions,
     flagged_loop,
-    model_called_in,
+    is_wrapped,
+    models_called_in,
     named_like_model,
 )
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
@@ -64,8 +66,8 @@ class NoTorchCompileFix(Codemod):
         if _refusal(ctx, target) is not None:
             return False
         loop = flagged_loop(ctx, target)
-        model = _trained_model(ctx, loop, target) if loop is not None else None
-        if loop is None or model is None:
+        models = _trained_models(ctx, loop, target) if loop is not None else []
+        if loop is None or not models:
             return False
         outer: cst.CSTNode = loop
         for anc in ctx.ancestors(loop):
@@ -78,7 +80,10 @@ class NoTorchCompileFix(Codemod):
             return False
         arguments = "" if mode == "default" else f'mode="{mode}"'
         torch = ctx.require_module("torch")
-        compiled = [f"{model}.compile({arguments})", *_compile_losses(ctx, loop, outer, torch)]
+        compiled = [
+            *(f"{model}.compile({arguments})" for model in models),
+            *_compile_losses(ctx, loop, outer, torch),
+        ]
         block = "".join(f"    {line}\n" for line in compiled)
         ctx.insert_before(outer, f"if {torch}.cuda.is_available():\n{block}")
         return True
@@ -103,28 +108,38 @@ def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
     loop = flagged_loop(ctx, target)
     if loop is None:
         return "no training loop this fix can follow at the finding (its step is in a helper)"
-    if _trained_model(ctx, loop, target) is None:
+    models = _trained_models(ctx, loop, target)
+    if not models:
         return (
-            "the loop calls no single model this fix can name (none, or several handed to a "
+            "the loop calls no model this fix can name (none, or several handed to a "
             "helper): compile each model where it is built"
+        )
+    if len(models) > 1 and any(is_wrapped(ctx, m) for m in models):
+        return (
+            "the loop trains several models, some wrapped (DDP, DataParallel): compile each "
+            "where it is built, before wrapping"
         )
     return None
 
 
-def _trained_model(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> str | None:
-    """The model the loop calls, else the one model-like name it hands to a helper
+def _trained_models(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> list[str]:
+    """The model the loop calls, else every model the module builds that the loop calls (a
+    GAN's generator and discriminator), else the one model-like name it hands to a helper
     (`loss = compute_loss(model, x, y)`, `train_step(model, batch)`)."""
     hint = target.data.get("model")
-    called = model_called_in(ctx, loop.body, hint)
-    if called is not None:
+    called = models_called_in(ctx, loop.body, hint)
+    if called:
         return called
+    functions = defined_functions(ctx)
     handed = {
         name
         for call in ctx.find(cst.Call, inside=loop.body)
         for arg in call.args
-        if (name := dotted_name(arg.value)) is not None and (name == hint or named_like_model(name))
+        if (name := dotted_name(arg.value)) is not None
+        and (name == hint or named_like_model(name))
+        and name not in functions
     }
-    return handed.pop() if len(handed) == 1 else None
+    return [handed.pop()] if len(handed) == 1 else []
 
 
 def _compile_losses(
