@@ -226,12 +226,25 @@ def _names_used(ctx: SourceContext, loop: cst.CSTNode, name: str) -> bool:
     return False
 
 
+_PROGRESS_BARS = frozenset({"tqdm", "track"})
+
+
 def _step_counter(ctx: SourceContext, loop: cst.For | cst.While) -> str | None:
-    """The loop's step counter: `for step in range(...)`, `for i, b in enumerate(...)`, or
-    a name incremented by one in the loop's own body (`global_step += 1`)."""
+    """The loop's step counter: `for step in range(...)`, `for i, b in enumerate(...)`, the
+    same behind a progress bar (`tqdm(range(n))`, `trange(n)`), or a name incremented by one
+    in the loop's own body (`global_step += 1`)."""
     if isinstance(loop, cst.For):
-        func = loop.iter.func if isinstance(loop.iter, cst.Call) else None
+        source = loop.iter
+        while (
+            isinstance(source, cst.Call)
+            and source.args
+            and (dotted_name(source.func) or "").split(".")[-1] in _PROGRESS_BARS
+        ):
+            source = source.args[0].value  # tqdm.tqdm(range(n), desc=...) counts as range(n)
+        func = source.func if isinstance(source, cst.Call) else None
         called = dotted_name(func) if func is not None else None
+        if called is not None and called.split(".")[-1] == "trange":
+            called = "range"
         if called == "range" and isinstance(loop.target, cst.Name):
             return loop.target.value
         if (
