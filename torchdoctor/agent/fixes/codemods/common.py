@@ -159,7 +159,7 @@ def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) ->
     if hint:
         return hint if hint in names else None
     built = model_names(ctx)
-    candidates = {n for n in names if n in built}
+    candidates = {n for n in names if n in built and not _names_a_loss(n)}
     if not candidates:
         functions = defined_functions(ctx)
         candidates = {
