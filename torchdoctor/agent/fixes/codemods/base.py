@@ -393,8 +393,13 @@ def add_keyword(call: cst.Call, name: str, value: str) -> cst.Call:
         )
         args.append(new_arg.with_changes(comma=new_comma))
         return call.with_changes(args=args)
-    args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
-    args.append(new_arg)
+    # the line break before a closing parenthesis on its own line (`f(\n    a, b\n)`) stays
+    # before the parenthesis, after the new argument
+    args[-1] = last.with_changes(
+        comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
+        whitespace_after_arg=cst.SimpleWhitespace(""),
+    )
+    args.append(new_arg.with_changes(whitespace_after_arg=last.whitespace_after_arg))
     return call.with_changes(args=args)
 
 
