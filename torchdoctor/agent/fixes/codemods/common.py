@@ -139,6 +139,7 @@ def model_names(ctx: SourceContext) -> set[str]:
         qual = ctx.qualname(value.func) or ""
         built = (
             (last[:1].isupper() and last not in _NOT_MODELS)
+            or (last == "Generator" and not qual.startswith("torch."))  # a GAN's, not an RNG
             or callee in classes
             or qual.startswith(("torchvision.models.", "timm."))
         )
