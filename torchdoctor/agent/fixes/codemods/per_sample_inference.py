@@ -87,6 +87,11 @@ class PerSampleInferenceFix(Codemod):
                 f"{model} is a parameter of the function holding the loop: compiled there, "
                 "it would be compiled again on every call; compile it where it is built"
             )
+        if _global_in_function(ctx, loop, model):
+            return (
+                f"{model} is a module-level name used in a function: rebound there, it would "
+                "turn local (UnboundLocalError); compile it where it is built"
+            )
         for call in calls:
             parent = ctx.parent(call)
             if not (isinstance(parent, cst.Assign) and parent.value is call):
@@ -100,6 +105,28 @@ class PerSampleInferenceFix(Codemod):
                     "object): `.clone()` is a tensor's; copy each field by hand"
                 )
         return loop, model, calls
+
+
+_TENSOR_ATTRIBUTES = frozenset(
+    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "data", "grad", "is_cuda", "real", "imag"}
+)
+"""Attributes a tensor has (SRGAN's `out.data[0]`): reading one says nothing of a structure."""
+
+
+def _global_in_function(ctx: SourceContext, loop: cst.For, model: str) -> bool:
+    """`model` is read in the loop's function without being bound there (SRGAN's
+    `upscale(frames)` calling the module's `model`)."""
+    function = next((a for a in ctx.ancestors(loop) if isinstance(a, cst.FunctionDef)), None)
+    if function is None or "." in model:
+        return False
+    if model in _parameters_of(ctx, loop):
+        return False
+    bound = {
+        dotted_name(t.target)
+        for assign in ctx.find(cst.Assign, inside=function)
+        for t in assign.targets
+    }
+    return model not in bound
 
 
 def _parameters_of(ctx: SourceContext, node: cst.CSTNode) -> set[str]:
@@ -119,10 +146,9 @@ def _read_as_structure(ctx: SourceContext, loop: cst.For, name: str) -> bool:
             for e in node.slice
         ):
             return True
-    tensor_side = {"shape", "dtype", "device", "ndim", "T"}
     return any(
         dotted_name(a.value) == name
-        and a.attr.value not in tensor_side
+        and a.attr.value not in _TENSOR_ATTRIBUTES
         and not isinstance(ctx.parent(a), cst.Call)
         for a in ctx.find(cst.Attribute, inside=loop.body)
     )
