@@ -14,6 +14,7 @@ attempt ends in one of:
 into the file is counted as `introduced`. Printed per rule and in total.
 
     python benchmarks/codemod_sweep.py [--mirror DIR] [--only NAME] [--path DIR ...] [--show]
+                                       [--select RULE|all]
 """
 
 from __future__ import annotations
@@ -46,18 +47,18 @@ class Tally:
     examples: list[str] = field(default_factory=list)
 
 
-def rule_lines(path: str, source: str, rule: str) -> list[int]:
+def rule_lines(path: str, source: str, rule: str, config: EngineConfig) -> list[int]:
     """Lines where `rule` fires in `source`, analysed alone (cross-file facts left out)."""
-    result = analyse_source(path, source, all_rules(), EngineConfig())
+    result = analyse_source(path, source, all_rules(), config)
     return [f.line for f in result.findings if f.rule == rule]
 
 
-def other_findings(path: str, source: str, rule: str) -> Counter[str]:
-    result = analyse_source(path, source, all_rules(), EngineConfig())
+def other_findings(path: str, source: str, rule: str, config: EngineConfig) -> Counter[str]:
+    result = analyse_source(path, source, all_rules(), config)
     return Counter(f.rule for f in result.findings if f.rule != rule)
 
 
-def attempt(root: Path, finding: Finding, tally: Tally) -> None:
+def attempt(root: Path, finding: Finding, tally: Tally, config: EngineConfig) -> None:
     codemod = codemod_for(finding.rule)
     assert codemod is not None
     source = (root / finding.file).read_text(encoding="utf-8", errors="replace")
@@ -80,32 +81,34 @@ def attempt(root: Path, finding: Finding, tally: Tally) -> None:
         tally.outcomes["broken"] += 1
         tally.examples.append(f"broken {where}: {exc.msg} at line {exc.lineno}")
         return
-    before = rule_lines(finding.file, source, finding.rule)
-    after = rule_lines(finding.file, fixed, finding.rule)
+    before = rule_lines(finding.file, source, finding.rule, config)
+    after = rule_lines(finding.file, fixed, finding.rule, config)
     if len(after) >= len(before) and before:
         tally.outcomes["still-flagged"] += 1
         tally.examples.append(f"still-flagged {where}")
     else:
         tally.outcomes["fixed"] += 1
-    new = other_findings(finding.file, fixed, finding.rule) - other_findings(
-        finding.file, source, finding.rule
+    new = other_findings(finding.file, fixed, finding.rule, config) - other_findings(
+        finding.file, source, finding.rule, config
     )
     if new:
         tally.introduced += 1
         tally.examples.append(f"introduced {sorted(new)} {where}")
 
 
-def sweep(roots: list[Path]) -> dict[str, Tally]:
+def sweep(roots: list[Path], select: list[str]) -> dict[str, Tally]:
     tallies: dict[str, Tally] = defaultdict(Tally)
+    extra = [arg for rule in select for arg in ("--select", rule)]
+    config = EngineConfig(select=frozenset(select))
     for root in roots:
-        report = audit_json(root, linters=False)
+        report = audit_json(root, *extra, linters=False)
         findings = [Finding.model_validate(raw) for raw in report["findings"]]  # type: ignore[attr-defined]
         for finding in findings:
             if codemod_for(finding.rule) is None or not finding.file.endswith(".py"):
                 continue
             if not (root / finding.file).is_file():
                 continue
-            attempt(root, finding, tallies[finding.rule])
+            attempt(root, finding, tallies[finding.rule], config)
         print(f"swept {root.name}: {len(findings)} findings", file=sys.stderr)
     return tallies
 
@@ -138,12 +141,15 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], help="a manifest repo name")
     parser.add_argument("--path", type=Path, action="append", default=[], help="a folder")
     parser.add_argument("--show", action="store_true", help="list every defect and reason")
+    parser.add_argument(
+        "--select", action="append", default=[], help="opt-in rules to sweep too (or 'all')"
+    )
     args = parser.parse_args()
     roots = list(args.path)
     if not roots:
         repos = [r for r in load_manifest() if not args.only or r.name in args.only]
         roots = [materialise(repo, args.mirror) for repo in repos]
-    tallies = sweep(roots)
+    tallies = sweep(roots, args.select)
     print_table(tallies, args.show)
     return 1 if any(t.outcomes["broken"] or t.outcomes["crashed"] for t in tallies.values()) else 0
 
