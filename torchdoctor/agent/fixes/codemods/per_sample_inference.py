@@ -82,11 +82,6 @@ class PerSampleInferenceFix(Codemod):
         ]
         if not calls:
             return f"{model} is not called in the loop"
-        if model in _parameters_of(ctx, loop):
-            return (
-                f"{model} is a parameter of the function holding the loop: compiled there, "
-                "it would be compiled again on every call; compile it where it is built"
-            )
         if _global_in_function(ctx, loop, model):
             return (
                 f"{model} is a module-level name used in a function: rebound there, it would "
