@@ -130,8 +130,9 @@ loader = DataLoader(
     batch_size=8,
     shuffle=True,
 )
-for x, y in loader:
-    print(x.sum(), y.sum())
+if __name__ == "__main__":  # workers need the guard (no-main-guard-workers)
+    for x, y in loader:
+        print(x.sum(), y.sum())
 """
 
 

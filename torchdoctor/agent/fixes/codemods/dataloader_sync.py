@@ -37,6 +37,12 @@ class DataLoaderSyncFix(Codemod):
         if dataset_on_device(ctx):
             return ctx.decline(ON_DEVICE_REASON)
         for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):
+            if is_dataloader(ctx, loader) and _unguarded_top_level(ctx, loader):
+                return ctx.decline(
+                    "the loader is built at module level in a script with no `if __name__ == "
+                    '"__main__":` guard: with spawn (macOS, Windows, CUDA in workers) every '
+                    "worker would re-run the script; move the top-level code under a guard first"
+                )
             if not is_dataloader(ctx, loader) or (
                 len(loader.args) > 5 and loader.args[5].keyword is None
             ):
@@ -60,3 +66,20 @@ class DataLoaderSyncFix(Codemod):
             ctx.replace(loader, edit_call)
             return True
         return False
+
+
+def _unguarded_top_level(ctx: SourceContext, loader: cst.Call) -> bool:
+    """What no-main-guard-workers would report once the loader has workers: built outside
+    any function or class, in a module with no `__main__` guard."""
+    if any(isinstance(a, cst.FunctionDef | cst.ClassDef) for a in ctx.ancestors(loader)):
+        return False
+    return not any(_is_main_guard(stmt) for stmt in ctx.module.body)
+
+
+def _is_main_guard(stmt: cst.CSTNode) -> bool:
+    if not isinstance(stmt, cst.If) or not isinstance(stmt.test, cst.Comparison):
+        return False
+    parts = [stmt.test.left, *(c.comparator for c in stmt.test.comparisons)]
+    names = {p.value for p in parts if isinstance(p, cst.Name)}
+    strings = {p.evaluated_value for p in parts if isinstance(p, cst.SimpleString)}
+    return "__name__" in names and "__main__" in strings
