@@ -5,14 +5,11 @@ that reason, `NAME.RULE.quiet` a shape the rule does not report."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.models import FixTarget
+from tests.shape_outcomes import assert_outcome
 
 SHAPES = Path(__file__).parents[1] / "fixtures" / "step_shapes"
 RULES = ("no-amp", "no-torch-compile")
@@ -35,29 +32,4 @@ def _outcome(name: str, rule: str) -> str:
 def test_each_step_shape_is_fixed_exactly_refused_with_its_reason_or_not_reported(
     name: str, rule: str
 ) -> None:
-    source = (SHAPES / f"{name}.py").read_text()
-    found = [
-        f for f in analyse_files([("m.py", source)], workers=1).all_findings() if f.rule == rule
-    ]
-    outcome = _outcome(name, rule)
-    if outcome == "quiet":
-        assert not found
-        return
-    assert found
-    finding = found[0]
-    target = FixTarget(
-        rule=rule, file="m.py", line=finding.line, end_line=finding.end_line, data=finding.data
-    )
-    codemod = codemod_for(rule)
-    assert codemod is not None
-    fixed = codemod.transform(source, target)
-    if outcome == "reason":
-        assert fixed is None
-        reason = codemod.explain(source, target)
-        assert reason is not None
-        assert reason.strip() == (SHAPES / f"{name}.{rule}.reason").read_text().strip()
-        return
-    assert fixed == (SHAPES / f"{name}.{rule}.after.py").read_text()
-    ast.parse(fixed)
-    after = analyse_files([("m.py", fixed)], workers=1).all_findings()
-    assert not [f for f in after if f.rule == rule]  # the fixed step is not reported again
+    assert_outcome(SHAPES, name, rule, _outcome(name, rule))
