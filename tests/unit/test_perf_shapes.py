@@ -13,6 +13,12 @@ import pytest
 
 from tests.shape_outcomes import assert_outcome
 from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.registry import rules_by_id
+from torchdoctor.agent.fixes.models import FixTarget
+from torchdoctor.agent.models import RELATED_ROLE
+from torchdoctor.agent.reasoning.base import PointRequest
+from torchdoctor.agent.reasoning.offline import OfflineReasoner
 
 SHAPES = Path(__file__).parents[1] / "fixtures" / "perf_shapes"
 EVERY_RULE = EngineConfig(select=frozenset({"all"}))  # channels_last and CUDA graphs opt in
@@ -35,3 +41,22 @@ def test_each_perf_shape_is_fixed_exactly_or_refused_with_its_reason(
     name: str, rule: str, kind: str
 ) -> None:
     assert_outcome(SHAPES, name, rule, kind, EVERY_RULE)
+
+
+def test_the_fix_target_reads_the_findings_own_data_not_its_related_places() -> None:
+    """A finding shown with related places (the file's other optimizers) gives the codemod its
+    own measurement: a related place's `end_line` and role stay with that place."""
+    source = (SHAPES / "gan_two_optimizers.py").read_text()
+    raw = next(
+        f
+        for f in analyse_files([("m.py", source)], EVERY_RULE, workers=1).all_findings()
+        if f.rule == "unfused-optimizer" and f.data.get("related")
+    )
+    request = PointRequest(point=rules_by_id()["unfused-optimizer"].point, raw_findings=[raw])
+    finding = next(
+        f for f in OfflineReasoner().reason(request).findings if f.rule == "unfused-optimizer"
+    )
+    assert len([e for e in finding.evidence if e.data.get("role") == RELATED_ROLE]) >= 1
+    target = FixTarget.from_finding(finding)
+    assert target.data == raw.data
+    assert target.end_line == raw.end_line

@@ -59,6 +59,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+RELATED_ROLE = "related"
+"""`Evidence.data["role"]` of a place a rule named beside its finding (where a leak starts, a
+second optimizer): a location to show, not a measurement of the finding's own place."""
+
+
 class Evidence(Strict):
     """What one tool or probe observed, with enough context to act on."""
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from torchdoctor.agent.models import Finding
+from torchdoctor.agent.models import RELATED_ROLE, Finding
 
 
 class FixKind(StrEnum):
@@ -57,7 +57,9 @@ class FixTarget(_Model):
     def from_finding(cls, finding: Finding) -> FixTarget:
         data: dict[str, Any] = {}
         for evidence in finding.evidence:
-            if evidence.kind == "static":
+            # a related place's own end line must not stand for the finding's (its places
+            # reach the codemod through the finding's `related` list)
+            if evidence.kind == "static" and evidence.data.get("role") != RELATED_ROLE:
                 data.update(evidence.data)
         return cls(
             rule=finding.rule,

@@ -17,7 +17,14 @@ from torchdoctor import __version__
 from torchdoctor.agent.checklist import ITEMS_BY_ID, items_of_point, phase_of_point
 from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.checks.registry import rules_by_id
-from torchdoctor.agent.models import CoverageEntry, Evidence, Finding, Severity, fingerprint
+from torchdoctor.agent.models import (
+    RELATED_ROLE,
+    CoverageEntry,
+    Evidence,
+    Finding,
+    Severity,
+    fingerprint,
+)
 from torchdoctor.agent.reasoning.base import PointRequest, PointResult, ReasonerBase
 
 STATIC_SOURCE = "torchdoctor-static"
@@ -194,7 +201,7 @@ def _related_evidence(raw: RawFinding) -> list[Evidence]:
             file=str(place["file"]),
             line=int(place["line"]),
             excerpt=str(place["excerpt"]),
-            data={"role": "related", "end_line": int(place["end_line"])},
+            data={"role": RELATED_ROLE, "end_line": int(place["end_line"])},
         )
         for place in related
         if isinstance(place, dict)
