@@ -65,6 +65,10 @@ def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path, tmp_
     verdicts = {c.item: c.verdict for c in report.coverage}
     assert verdicts["1.4"] == "fail"
     assert verdicts["1.3"] != "not-checked", "the data-flow map was measured"
+    # the full probes (the default): the seeded re-runs, the export try and INT8 measured too
+    how = {c.item: c.how for c in report.coverage}
+    assert all("evidence: torchdoctor-probes" in how[item] for item in ("5.1", "7.1", "7.2"))
+    assert runs[0]["notes"] == []
     assert (project / "train_buggy.py").read_bytes() == (EXAMPLES / "train_buggy.py").read_bytes()
 
 

@@ -212,3 +212,10 @@ def test_plain_progress_lines_name_runs_and_fixes() -> None:
     assert len(said) == 2
     assert said[0].endswith("run: `python train.py` under the probes (20 steps)")
     assert said[1].endswith("fix: zero-grad-missing: verified")
+
+
+def test_probe_depth_is_cheap_or_full_and_said_in_help(buggy: Path) -> None:
+    code, out, _ = invoke("audit", "-h")
+    assert code == 0 and "--probes" in out and "cheap" in out
+    code, _, err = invoke("audit", str(buggy), "--probes", "quick")
+    assert code == 2 and "'quick' is not one of" in " ".join(err.split())

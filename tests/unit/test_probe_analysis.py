@@ -307,3 +307,32 @@ def test_declared_groups_give_12_1_a_measured_verdict_or_say_what_was_missing() 
     assert analysis.coverage["12.1"].verdict == "not-checked"
     assert "no evaluation output" in analysis.coverage["12.1"].reason
     assert "12.1" not in probe_findings(document(), "train.py").coverage
+
+
+def test_a_cheap_run_says_which_checks_it_skipped_and_a_full_one_does_not() -> None:
+    cheap = probe_findings(document(), "train.py", cheap=True)
+    assert {
+        item: (cheap.coverage[item].verdict, cheap.coverage[item].how) for item in ("5.1", "7.1")
+    } == {
+        "5.1": ("not-checked", "probe:determinism"),
+        "7.1": ("not-checked", "probe:export"),
+    }
+    reason = cheap.coverage["5.1"].reason
+    assert reason == "skipped by --probes cheap: the seeded determinism re-runs"
+    assert cheap.notes == [
+        "--probes cheap skipped the seeded determinism re-runs (5.1) and the export check (7.1)"
+    ]
+    full = probe_findings(document(), "train.py")
+    assert "5.1" not in full.coverage and "7.1" not in full.coverage and full.notes == []
+    # what a run measured anyway wins over the skip (first hint kept)
+    measured = document(export={"torch_export": {"ok": True}})
+    assert probe_findings(measured, "train.py", cheap=True).coverage["7.1"].verdict == "pass"
+
+
+def test_harness_calls_of_a_cheap_audit_ask_for_no_re_runs_and_no_export() -> None:
+    from torchdoctor.agent.probing import RunRequest, harness_call
+
+    full = harness_call(RunRequest(), "train.py", [])
+    assert (full.determinism_steps, full.export, full.int8) == (3, True, True)
+    cheap = harness_call(RunRequest(probes="cheap"), "train.py", [])
+    assert (cheap.determinism_steps, cheap.export, cheap.int8) == (0, False, True)

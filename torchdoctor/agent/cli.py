@@ -83,6 +83,11 @@ class PeerShow(StrEnum):
     all = "all"
 
 
+class ProbeDepth(StrEnum):
+    cheap = "cheap"
+    full = "full"
+
+
 def _fail(message: str) -> typer.Exit:
     stderr.print(f"[bold red]error:[/] {terminal(message)}", highlight=False)
     return typer.Exit(code=2)
@@ -187,6 +192,13 @@ def audit(
     probe: Annotated[
         list[str] | None, typer.Option(help="Extra probe: compile (torch.compile cost vs gain).")
     ] = None,
+    probes: Annotated[
+        ProbeDepth,
+        typer.Option(
+            help="full: each run, then two seeded re-runs for determinism and the export "
+            "check; cheap: the run alone, quicker (the report names the checks skipped).",
+        ),
+    ] = ProbeDepth.full,
     sandbox: Annotated[
         str | None, typer.Option(help="auto | local | docker (default: $TORCHDOCTOR_SANDBOX).")
     ] = None,
@@ -300,6 +312,7 @@ def audit(
             discover=discover,
             steps=steps,
             probe_compile="compile" in (probe or []),
+            probes=probes.value,
             sandbox=sandbox,
             linters=linters,
             peers=peers.value if peers else None,

@@ -104,6 +104,7 @@ def run_request(state: AuditState, context: AuditContext) -> RunRequest:
         discover=options.discover,
         steps=options.steps,
         compile=options.probe_compile,
+        probes=options.probes,
         gpu=cluster_has_gpu(context.cluster) if context.cluster.on_ray else gpu_present(),
         groups=config.groups.probe_spec if config.groups else None,
     )

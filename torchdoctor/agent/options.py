@@ -40,6 +40,11 @@ class AuditChoices(BaseModel):
     discover: bool = False
     steps: int = Field(20, ge=1, le=10_000)
     probe_compile: bool = False
+    probes: Literal["cheap", "full"] = Field(
+        "full",
+        description="full: the run, then seeded determinism re-runs and the export check; "
+        "cheap: the run alone (the report names what was skipped)",
+    )
     linters: bool | None = Field(None, description="run peer linters (default: config, on)")
     peers: Literal["curated", "all"] | None = Field(
         None, description="peer codes shown as findings (default: config, curated)"

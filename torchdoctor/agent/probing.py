@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,9 @@ class RunRequest(BaseModel):
     export: bool = True
     int8: bool = True
     compile: bool = False
+    probes: Literal["cheap", "full"] = Field(
+        "full", description="cheap: the run alone, no seeded re-runs nor export try"
+    )
     gpu: bool = False
     groups: str | None = Field(None, description="the declared group column, as probes take it")
 
@@ -140,13 +143,14 @@ def harness_call(request: RunRequest, script: str, args: list[str], nproc: int =
     """An audit run of `script`: the request's steps and probes, seeded."""
     from torchdoctor.agent.harness import HarnessCall
 
+    full = request.probes == "full"
     return HarnessCall(
         script=script,
         args=args,
         steps=request.steps,
         nproc=nproc,
-        determinism_steps=request.determinism_steps,
-        export=request.export,
+        determinism_steps=request.determinism_steps if full else 0,
+        export=request.export and full,
         int8=request.int8,
         compile=request.compile,
         groups=request.groups,
@@ -197,7 +201,11 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
     if done.document is None:
         return summary(outcome=done.outcome, summary=done.problem, isolation=isolation), []
     analysis = probe_findings(
-        done.document, script, read_source=workspace.text_of, other_ranks=done.ranks
+        done.document,
+        script,
+        read_source=workspace.text_of,
+        other_ranks=done.ranks,
+        cheap=request.probes == "cheap",
     )
     analysis.notes.extend(done.notes)
     finished = summary(

@@ -149,6 +149,14 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (td_<id
     stderr.print(f"revoked {key_id}")
 
 
+PROBES_HELP = "full | cheap (no seeded determinism re-runs, no export check; quicker)."
+
+
+def _check_probes(probes: str) -> None:
+    if probes not in ("cheap", "full"):
+        raise _fail(f"unknown probe depth {probes!r}: use cheap or full")
+
+
 def submit(
     path: Annotated[Path, typer.Argument(help="The file or folder to audit.")],
     server: Annotated[str, typer.Option(envvar="TORCHDOCTOR_SERVER", help="The API's URL.")],
@@ -168,6 +176,7 @@ def submit(
     ] = None,
     select: Annotated[list[str] | None, typer.Option(help="Enable opt-in rules.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Steps per instrumented run.")] = 20,
+    probes: Annotated[str, typer.Option(help=PROBES_HELP)] = "full",
     yes: Annotated[bool, typer.Option(help="Approve every verified fix when asked.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json | sarif | markdown")] = (
         "markdown"
@@ -188,8 +197,14 @@ def submit(
         raise _fail(f"unknown format {fmt!r}: use json, sarif or markdown")
     if not path.exists():
         raise _fail(f"{path}: no such file or folder")
+    _check_probes(probes)
     options = AuditChoices(
-        offline=offline, fix=fix, run=run or [], select=select or [], steps=steps
+        offline=offline,
+        fix=fix,
+        run=run or [],
+        select=select or [],
+        steps=steps,
+        probes="cheap" if probes == "cheap" else "full",
     )
     client = Client(server, key)
     try:
@@ -250,6 +265,7 @@ def chat(
         list[str] | None, typer.Option(help='Run under the probes, e.g. "python train.py".')
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Steps per instrumented run.")] = 20,
+    probes: Annotated[str, typer.Option(help=PROBES_HELP)] = "full",
     offline: Annotated[bool, typer.Option(help="No LLM, even if one is configured.")] = False,
     sandbox: Annotated[
         str | None, typer.Option(help="auto | local | docker (default: $TORCHDOCTOR_SANDBOX).")
@@ -270,7 +286,14 @@ def chat(
         raise _fail("give one of PATH, --audit ID and --session ID")
     if path is not None and not path.exists():
         raise _fail(f"{path}: no such file or folder")
-    choices = AuditChoices(offline=offline, run=run or [], steps=steps, lang=lang)
+    _check_probes(probes)
+    choices = AuditChoices(
+        offline=offline,
+        run=run or [],
+        steps=steps,
+        lang=lang,
+        probes="cheap" if probes == "cheap" else "full",
+    )
     console = Console(soft_wrap=False)
     try:
         if server is None:

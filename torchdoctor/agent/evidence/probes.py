@@ -42,6 +42,11 @@ INPUT_BOUND_SHARE = 0.30
 CUDA_GROWTH_BYTES_PER_STEP = 2**20
 COMPILE_WORTH_SPEEDUP = 1.2
 INT8_MAX_REL_DIFF = 0.05
+CHEAP_SKIPS = (
+    ("5.1", "probe:determinism", "the seeded determinism re-runs"),
+    ("7.1", "probe:export", "the export check"),
+)
+"""(item, probe, what) a `--probes cheap` audit leaves out: each costs re-runs or a trace."""
 
 
 class ProbeFinding(BaseModel):
@@ -125,9 +130,11 @@ class _Builder:
         script_relpath: str,
         read_source: Callable[[str], str | None] | None,
         other_ranks: list[ProbeDocument] | None = None,
+        cheap: bool = False,
     ) -> None:
         self.doc = doc
         self.other_ranks = other_ranks or []
+        self.cheap = cheap
         self.script = script_relpath
         self.folder = posixpath.dirname(script_relpath)
         self.read_source = read_source
@@ -819,6 +826,13 @@ def _distributed(b: _Builder) -> None:
     check_distributed(b, [b.doc, *b.other_ranks])
 
 
+def _skipped(b: _Builder) -> None:
+    """Items a cheap audit did not measure say so (a rule or another run may still decide)."""
+    if b.cheap:
+        for item, how, what in CHEAP_SKIPS:
+            b.hint(item, "not-checked", how, f"skipped by --probes cheap: {what}")
+
+
 _CHECKS = (
     _outcome,
     _nonfinite,
@@ -838,6 +852,7 @@ _CHECKS = (
     _compile,
     _deprecations,
     _distributed,
+    _skipped,
 )
 
 
@@ -861,6 +876,13 @@ def _notes(doc: ProbeDocument) -> list[str]:
         notes.append(f"{doc.worker_processes_left} DataLoader worker(s) had to be terminated")
     notes += [f"probe error: {e.splitlines()[-1] if e else e}" for e in doc.probe_errors]
     return notes
+
+
+def _skip_notes(cheap: bool) -> list[str]:
+    if not cheap:
+        return []
+    skipped = " and ".join(f"{what} ({item})" for item, _how, what in CHEAP_SKIPS)
+    return [f"--probes cheap skipped {skipped}"]
 
 
 TRACEBACK_TAIL_LINES = 12
@@ -952,12 +974,14 @@ def probe_findings(
     script_relpath: str,
     read_source: Callable[[str], str | None] | None = None,
     other_ranks: list[ProbeDocument] | None = None,
+    cheap: bool = False,
 ) -> ProbeAnalysis:
     """Evidence, findings and coverage hints from one probes run of `script_relpath`.
     `read_source(relpath)`, when given, supplies the text for numbered excerpts;
-    `other_ranks`, for a run under torchrun, the documents of ranks 1.. (`doc` is rank 0's)."""
+    `other_ranks`, for a run under torchrun, the documents of ranks 1.. (`doc` is rank 0's);
+    `cheap`: the audit asked for the run alone (`CHEAP_SKIPS` were not tried)."""
     document = doc if isinstance(doc, ProbeDocument) else ProbeDocument.model_validate(doc)
-    builder = _Builder(document, script_relpath, read_source, other_ranks)
+    builder = _Builder(document, script_relpath, read_source, other_ranks, cheap)
     # a failed run proves only that it fails: no measurement is read from it
     for check in (_outcome,) if run_failed(document) else _CHECKS:
         check(builder)
@@ -968,7 +992,7 @@ def probe_findings(
         findings=builder.findings,
         coverage=builder.coverage,
         evidence=_evidence(builder, summary),
-        notes=_notes(document),
+        notes=_notes(document) + _skip_notes(cheap and not run_failed(document)),
         dataflow=document.dataflow,
         root_signatures=document.root_signatures,
         value_ranges=document.value_ranges,
