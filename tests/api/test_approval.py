@@ -20,7 +20,13 @@ def test_approved_fixes_come_back_as_a_patch_that_applies(server: Server, tmp_pa
     client = server.client(server.key("acme"))
     submission = {
         "files": {"train.py": TRAIN},
-        "options": {"offline": True, "fix": True, "run": ["python train.py"], "steps": 6},
+        "options": {
+            "offline": True,
+            "fix": True,
+            "run": ["python train.py"],
+            "steps": 6,
+            "probes": "cheap",
+        },
     }
     audit_id = client.post("/v1/audits", json=submission).json()["id"]
     assert client.get(f"/v1/audits/{audit_id}/approvals").json()["pending"] is None

@@ -173,7 +173,7 @@ def test_run_then_fix_approve_apply_through_the_session(server: Server, acme: ht
     """Every long command sent as a user would: `run` (the probes, in the server's sandbox),
     `fix`, `reject`/`approve`, `apply`; the approved fix is written to the session's tree on
     the server, with its ISSUES.md entry, and comes back in the audit's patch."""
-    body = {"files": {"train.py": TRAIN}, "options": {"offline": True}}
+    body = {"files": {"train.py": TRAIN}, "options": {"offline": True, "probes": "cheap"}}
     sid = acme.post("/v1/sessions", json=body).json()["id"]
     static = settled(acme, sid)["audit_id"]
 

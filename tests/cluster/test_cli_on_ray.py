@@ -44,7 +44,7 @@ class Block{index}(nn.Module):
         return self.linear(x).relu()
 '''
 AUDIT = ["--run", "python train.py", "--steps", "4", "--fix", "--format", "json"]
-AUDIT += ["--offline", "--no-linters"]
+AUDIT += ["--offline", "--no-linters", "--probes", "cheap"]
 ON_NODE = re.compile(r"sandbox job on Ray node [0-9a-f]{12} \((\w+) task\)")
 
 

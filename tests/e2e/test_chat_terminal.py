@@ -120,7 +120,7 @@ def chat(*args: str) -> str:
 def test_fix_approve_apply_then_resume_in_a_real_terminal(
     project: Path, env: dict[str, str], terminals: list[Terminal]
 ) -> None:
-    run = ("--run", "python train_small.py", "--steps", "4", "--offline")
+    run = ("--run", "python train_small.py", "--steps", "4", "--probes", "cheap", "--offline")
     first = Terminal(chat("train_small.py", *run), project, env)
     terminals.append(first)
     first.wait_for(r"1 finding\(s\): high 1\.[\s\S]*torchdoctor>", timeout_s=400)
@@ -172,7 +172,7 @@ def test_a_stored_audit_reviewed_with_chat_audit_id(
     applies the approved fix, and `run "..." --steps N` shows what the new run changed."""
     script = project / "train_small.py"
     original = script.read_text()
-    run = ("--run", "python train_small.py", "--steps", "4", "--offline")
+    run = ("--run", "python train_small.py", "--steps", "4", "--probes", "cheap", "--offline")
     audit_cmd = torchdoctor("audit", "train_small.py", *run, "--fix", "--apply")
     first = Terminal(f"{audit_cmd}; echo audit-exited", project, env)
     terminals.append(first)

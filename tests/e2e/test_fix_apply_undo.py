@@ -49,7 +49,8 @@ def repo(tmp_path: Path) -> Path:
 
 def test_fix_is_verified_then_applied_then_undone_byte_exact(repo: Path) -> None:
     original = (repo / "train.py").read_bytes()
-    run = ["--run", "python train.py", "--steps", "6", "--no-ledger", "--format", "json"]
+    run = ["--run", "python train.py", "--steps", "6", "--probes", "cheap", "--no-ledger"]
+    run += ["--format", "json"]
     applied = torchdoctor("audit", str(repo), *run, "--apply", "--yes")
     assert applied.returncode == 0, applied.stderr
     finding = next(

@@ -37,6 +37,7 @@ def _audit(project: Path, command: str, apply: bool) -> tuple[AuditOutcome, list
         target=project,
         run=[command],
         steps=3,
+        probes="cheap",  # the artifacts read the run, not the seeded re-runs nor the export try
         artifacts=["types", "validation"],
         apply=apply,
         ignore=sorted(all_codemods()),  # no fix to verify: the artifacts alone are approved

@@ -35,6 +35,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AuditOutcom
         target=project,
         run=["python train_buggy.py"],
         steps=3,
+        probes="cheap",  # the export artifact (7.3) is its own check, not the probe's try (7.1)
         artifacts=["card", "export", "explain"],  # the card asked first, built last
         apply=True,
         ignore=sorted(all_codemods()),  # no fix to verify: the artifacts alone are approved

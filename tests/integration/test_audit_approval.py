@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _options(project: Path) -> AuditOptions:
-    return AuditOptions(target=project, run=["python train.py"], steps=4, apply=True)
+    return AuditOptions(
+        target=project, run=["python train.py"], steps=4, probes="cheap", apply=True
+    )
 
 
 @pytest.fixture
@@ -97,9 +99,8 @@ def test_the_terminal_asks_per_diff_and_all_takes_the_rest() -> None:
 def test_without_a_terminal_or_yes_apply_refuses_in_one_line_and_loses_nothing(
     project: Path,
 ) -> None:
-    result = torchdoctor(
-        "audit", str(project), "--run", "python train.py", "--steps", "4", "--apply"
-    )
+    run = ("--run", "python train.py", "--steps", "4", "--probes", "cheap")
+    result = torchdoctor("audit", str(project), *run, "--apply")
     assert result.returncode == 2
     assert f"no fix applied: {NO_TERMINAL}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -34,7 +34,9 @@ for step in range(40):
     loss.backward()
     optimizer.step()
 """
-AUDIT = ["--run", "python train.py", "--steps", "4", "--fix", "--format", "json"]
+# The quick probes: this is about resuming fix verification, not determinism or export.
+AUDIT = ["--run", "python train.py", "--steps", "4", "--probes", "cheap", "--fix"]
+AUDIT += ["--format", "json"]
 AUDIT_ID = re.compile(r"audit ([0-9a-f]{12}) \(resume")
 
 

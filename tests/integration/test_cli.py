@@ -258,7 +258,7 @@ def test_declared_groups_are_scored_on_the_projects_own_run(tmp_path: Path) -> N
     (tmp_path / "tabular_groups.py").write_bytes(script.read_bytes())
     (tmp_path / "pyproject.toml").write_text("[tool.torchdoctor.groups]\nfeature = 0\n")
     run = ("--run", "python tabular_groups.py", "--steps", "12", "--offline", "--no-ledger")
-    done = torchdoctor("audit", str(tmp_path), *run, "--format", "json", "-q")
+    done = torchdoctor("audit", str(tmp_path), *run, "--probes", "cheap", "--format", "json", "-q")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     (gap,) = [f for f in report["findings"] if f["rule"] == "probe-group-gap"]
@@ -269,3 +269,11 @@ def test_declared_groups_are_scored_on_the_projects_own_run(tmp_path: Path) -> N
     assert majority["accuracy"] > 0.8 > 0.3 > minority["accuracy"]
     (entry,) = [c for c in report["coverage"] if c["item"] == "12.1"]
     assert entry["verdict"] == "fail" and "probe-group-gap" in entry["reason"]
+    # the quick probes the test asked for: the run, and a note of what it left out
+    (run,) = report["provenance"]["extra"]["runs"]
+    assert run["notes"] == [
+        "--probes cheap skipped the seeded determinism re-runs (5.1) and the export check (7.1)"
+    ]
+    how = {c["item"]: c["how"] for c in report["coverage"]}
+    assert "torchdoctor-probes" not in how["5.1"] + how["7.1"]
+    assert "evidence: torchdoctor-probes" in how["7.2"], "INT8 is tried all the same"
