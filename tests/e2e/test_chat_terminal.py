@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.server import Server
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, REPO
 from torchdoctor.api.store.engine import open_engine
 from torchdoctor.api.store.sessions import SessionStore
 from torchdoctor.api.terminal.backends import LOCAL_TENANT
@@ -98,6 +98,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         "TORCHDOCTOR_LINTERS": "0",
         "TORCHDOCTOR_SANDBOX": "local",
         "TERM": "xterm-256color",
+        "PYTHONPATH": str(REPO),  # this checkout's torchdoctor, whatever the venv installed
     }
 
 
