@@ -13,7 +13,7 @@ from pathlib import Path
 import libcst as cst
 import pytest
 
-from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.fixes.codemods import all_codemods, codemod_for
@@ -407,3 +407,35 @@ def test_worker_seed_fix_declines_a_dataset_that_keeps_its_own_generator() -> No
     target = FixTarget(rule="dataloader-worker-seed", file="m.py", line=20, end_line=20, data=state)
     assert codemod.transform(source, target) is None
     assert codemod.transform(source, target.model_copy(update={"data": {}})) is not None
+
+
+def test_one_torch_load_finding_for_both_branches_fixes_both_loads() -> None:
+    """The same checkpoint loaded in the two branches of an `if` is one finding naming the
+    other load; its fix adds weights_only=True to both, so the rule is cleared."""
+    source = (
+        "import torch\n\n\n"
+        "def resume(model, args):\n"
+        "    torch.save(model.state_dict(), args.resume)\n"
+        "    if args.gpu is None:\n"
+        "        checkpoint = torch.load(args.resume)\n"
+        "    else:\n"
+        '        checkpoint = torch.load(args.resume, map_location=f"cuda:{args.gpu}")\n'
+        "    model.load_state_dict(checkpoint)\n"
+    )
+
+    def findings(text: str) -> list[RawFinding]:
+        result = analyse_files([("m.py", text)], workers=1).all_findings()
+        return [f for f in result if f.rule == "torch-load-unsafe"]
+
+    (finding,) = findings(source)
+    assert [place["line"] for place in finding.data["related"]] == [9]
+    target = FixTarget(
+        rule=finding.rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+    fixed = codemod_for("torch-load-unsafe").transform(source, target)  # type: ignore[union-attr]
+    assert fixed is not None and fixed.count("weights_only=True") == 2
+    assert findings(fixed) == []

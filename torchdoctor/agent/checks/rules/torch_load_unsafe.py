@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.checks.safe_globals import within_safe_globals
@@ -60,38 +60,59 @@ class TorchLoadUnsafe(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for node in ctx.flow.calls_to({"torch.load"}):
-            self._check(ctx, node)
+        found = [f for node in ctx.flow.calls_to({"torch.load"}) if (f := self._check(ctx, node))]
+        groups: dict[tuple[int, str, str] | int, list[RawFinding]] = {}
+        for call, finding in found:
+            branch = _branch_load(ctx, call)
+            key = (*branch, finding.message) if branch is not None else id(finding)
+            groups.setdefault(key, []).append(finding)
+        for first, *others in groups.values():
+            ctx.findings.append(_naming_the_others(first, others))
 
-    def _check(self, ctx: ModuleContext, call: ast.Call) -> None:
+    def _check(self, ctx: ModuleContext, call: ast.Call) -> tuple[ast.Call, RawFinding] | None:
+        found = self._finding(ctx, call)
+        return (call, found) if found is not None else None
+
+    def _finding(self, ctx: ModuleContext, call: ast.Call) -> RawFinding | None:
         if any(k.arg is None for k in call.keywords):
-            return
+            return None
         weights_only = kwarg(call, "weights_only")
         pickle_module = kwarg(call, "pickle_module")
         if isinstance(weights_only, ast.Constant) and weights_only.value is True:
-            return
+            return None
         path = first_argument(call, "f")
         provenance = ctx.flow.saved_kind(path) if path is not None else None
         if weights_only is not None and provenance != "weights" and pickle_module is None:
             if provenance in (None, "unknown") and _is_false(weights_only):
-                ctx.report(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
-            return  # a variable, or a whole module that needs the pickler: a documented choice
+                return ctx.finding(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
+            return None  # a variable, or a module that needs the pickler: a documented choice
         flip = torch_api().default_change("torch.load", "weights_only").changed
         floor = ctx.config.torch_floor
         unset = weights_only is None and pickle_module is None and provenance != "module"
         if unset and floor is not None and floor >= flip:
-            return  # every torch the project allows loads weights-only by default
+            return None  # every torch the project allows loads weights-only by default
         target = target_torch(ctx.config)
         safe_default = target is not None and target >= flip and pickle_module is None
         if safe_default and weights_only is None and within_safe_globals(call, ctx.parents):
-            return  # the safe_globals allowlist is for the weights-only load this is
+            return None  # the safe_globals allowlist is for the weights-only load this is
         data: dict[str, object] = {
             "provenance": provenance or "unknown",
             "fix_safe": provenance == "weights" and pickle_module is None,
             "target_torch": format_version(target) if target else None,
         }
         message, severity = _advice(provenance, weights_only, pickle_module, safe_default, flip)
-        ctx.report(self, call, message, severity=severity, data=data)
+        return ctx.finding(self, call, message, severity=severity, data=data)
+
+
+def _branch_load(ctx: ModuleContext, call: ast.Call) -> tuple[int, str] | None:
+    """(the `if`, the path) when `call` loads in one branch of an `if` whose other branch
+    loads the same path: pytorch/examples' resume, `torch.load(args.resume)` when no GPU is
+    given, else the same with `map_location`. One file, one concern: one finding naming both."""
+    path = first_argument(call, "f")
+    branch = next((a for a in ctx.ancestors(call) if isinstance(a, ast.If)), None)
+    if path is None or branch is None:
+        return None
+    return branch.lineno, ast.unparse(path)
 
 
 _EXPLICIT_FALSE = (
@@ -162,4 +183,26 @@ def _advice(
         "weights_only=True if the file holds only tensors/state_dicts, otherwise load only "
         "files you trust",
         Severity.HIGH,
+    )
+
+
+def _naming_the_others(first: RawFinding, others: list[RawFinding]) -> RawFinding:
+    if not others:
+        return first
+    related = [
+        {
+            "file": other.file,
+            "line": other.line,
+            "end_line": other.end_line,
+            "message": "the same file loaded in the other branch",
+            "excerpt": other.excerpt,
+        }
+        for other in others
+    ]
+    lines = ", ".join(str(other.line) for other in others)
+    return first.model_copy(
+        update={
+            "message": f"{first.message} (also line {lines}, the same file in another branch)",
+            "data": {**first.data, "related": related},
+        }
     )

@@ -21,17 +21,23 @@ class TorchLoadUnsafeFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         if target.data.get("fix_safe") is not True:
             return ctx.decline(_UNSAFE_TO_ADD.get(str(target.data.get("provenance")), _UNKNOWN))
-        for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-            if ctx.qualname(call.func) != "torch.load" or keyword(call, "pickle_module"):
-                continue
-            current = keyword(call, "weights_only")
-            if (
-                current is not None
-                and isinstance(current.value, cst.Name)
-                and current.value.value == "True"
-            ):
-                continue
-            ctx.set_call_keyword(call, "weights_only", "True")
+        spans = [(target.line, target.end_line)] + [
+            (int(place["line"]), int(place["end_line"]))
+            for place in target.data.get("related", [])
+            if isinstance(place, dict)
+        ]  # the same file loaded in another branch: one finding, every load fixed
+        for span in spans:
+            for call in ctx.find(cst.Call, within=span):
+                if ctx.qualname(call.func) != "torch.load" or keyword(call, "pickle_module"):
+                    continue
+                current = keyword(call, "weights_only")
+                if (
+                    current is not None
+                    and isinstance(current.value, cst.Name)
+                    and current.value.value == "True"
+                ):
+                    continue
+                ctx.set_call_keyword(call, "weights_only", "True")
         return True
 
 
