@@ -36,20 +36,23 @@ pytestmark = [
 
 
 class Terminal:
-    """One tmux session running a command, 200 columns wide."""
+    """One tmux session running a command, 200 columns wide, on its own tmux server: on the
+    shared default server, a test's `new-session` could reach the server another test's
+    closing session had just told to exit ("server exited unexpectedly")."""
 
     def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
         self.name = f"td-chat-{uuid.uuid4().hex[:8]}"
+        self.tmux = ["tmux", "-L", self.name]
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         # env -i: only what the test names (no LLM settings, no COLUMNS from the runner)
         script = f"cd {shlex.quote(str(cwd))} && env -i {exports} {command}; sleep 600"
         subprocess.run(
-            ["tmux", "new-session", "-d", "-s", self.name, "-x", "200", "-y", "60", script],
+            [*self.tmux, "new-session", "-d", "-s", self.name, "-x", "200", "-y", "60", script],
             check=True,
         )
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def type(self, line: str) -> None:
         self.keys("-l", line)
@@ -57,7 +60,7 @@ class Terminal:
 
     def screen(self) -> str:
         return subprocess.run(
-            ["tmux", "capture-pane", "-p", "-J", "-S", "-2000", "-t", self.name],
+            [*self.tmux, "capture-pane", "-p", "-J", "-S", "-2000", "-t", self.name],
             check=True,
             capture_output=True,
             text=True,
@@ -78,7 +81,7 @@ class Terminal:
         raise AssertionError(f"{pattern!r} never appeared; the screen:\n{self.screen()}")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], check=False)
+        subprocess.run([*self.tmux, "kill-server"], check=False)
 
 
 @pytest.fixture
