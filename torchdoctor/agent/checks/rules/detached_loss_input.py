@@ -5,17 +5,12 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS
+from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
-_MAX_HOPS = 4
-_MODULE_BOOKKEEPING = frozenset(
-    {"parameters", "named_parameters", "state_dict", "buffers", "modules", "children", "apply"}
-)
-"""Methods of a module that return no output of its computation."""
 
 
 class DetachedLossInput(Rule):
@@ -162,7 +157,7 @@ def _cut_model_output(ctx: ModuleContext, prediction: ast.expr) -> ast.expr | No
             receiver = source.func.value
         if receiver is None:
             continue
-        if _model_output(ctx, _strip(receiver), 0):
+        if _model_output(ctx, _strip(receiver)):
             return source
     return None
 
@@ -171,41 +166,14 @@ def _attached_other(ctx: ModuleContext, call: ast.Call, prediction: ast.expr) ->
     """Another argument of the loss is a model's output still in its graph: the detached one
     is the target, written first (`F.mse_loss(target_q.detach(), q)`)."""
     others = [a for a in [*call.args, *(k.value for k in call.keywords)] if a is not prediction]
-    return any(
-        _model_output(ctx, _strip(other), 0) and _cut_model_output(ctx, other) is None
-        for other in others
-    )
+    return any(_model_output(ctx, other) for other in others)
 
 
-def _model_output(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
-    """`value` is what a model computed: a model call (`model(x)`), a method of a model
+def _model_output(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`value` holds what a model computed: a model call, or a method of a local model
     (`self.policy.evaluate(s, a)`, PPO's critic values among what it returns), through names,
-    tuple unpacking and value-keeping calls (`torch.squeeze(v)`, `v.view(-1)`)."""
-    flow = ctx.flow
-    for produced in [value, *flow.sources(value)]:
-        produced = _strip(produced)
-        if not isinstance(produced, ast.Call):
-            if produced is not value and hops < _MAX_HOPS and isinstance(produced, ast.Name):
-                return _model_output(ctx, produced, hops + 1)
-            continue
-        if flow.is_model_call(produced):
-            return True
-        func = produced.func
-        method_of_a_model = (
-            isinstance(func, ast.Attribute)
-            and func.attr not in _MODULE_BOOKKEEPING
-            and flow.is_module_value(func.value)
-        )
-        keeps_its_input = (
-            (flow.qualname_of(produced) or "") in PASSTHROUGH_FUNCTIONS
-            and bool(produced.args)
-            and hops < _MAX_HOPS
-        )
-        if method_of_a_model or (
-            keeps_its_input and _model_output(ctx, _strip(produced.args[0]), hops + 1)
-        ):
-            return True
-    return False
+    tuple unpacking and views (`torch.squeeze(v)`) - the flow's graph origin."""
+    return ctx.flow.graph_origin(value) == "output"
 
 
 def _backpropagated(ctx: ModuleContext, call: ast.expr) -> bool:
