@@ -90,7 +90,7 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     merged = memo.get(kinds)
     if merged is None:
         merged = [node for kind in kinds for node in by_type.get(kind, ())]
-        merged.sort(key=_position)
+        merged.sort(key=position)
         memo[kinds] = merged
     return merged
 
@@ -104,7 +104,7 @@ def _in_body(child: ast.AST, owner: ast.AST) -> bool:
     return not orelse or child not in orelse
 
 
-def _position(node: ast.AST) -> tuple[int, int]:
+def position(node: ast.AST) -> tuple[int, int]:
     return getattr(node, "lineno", 0), getattr(node, "col_offset", 0)
 
 
@@ -330,7 +330,7 @@ class LoopAnalysis:
             if (kind := self._classify(node))
         ]
         # source order, as `nodes_of(ctx, Call, Assign)` gives, sorting only the few that count
-        relevant.sort(key=lambda pair: _position(pair[0]))
+        relevant.sort(key=lambda pair: position(pair[0]))
         for node, kind in relevant:
             child: ast.AST = node
             for anc in self.ctx.ancestors(node):

@@ -18,7 +18,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_mode_calls,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope
+from torchdoctor.agent.checks.loops import nodes_of, position, walk_scope
 from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
     functions,
@@ -405,7 +405,7 @@ def _sampling_after_training(ctx: ModuleContext) -> list[tuple[ast.Call, ast.exp
         if _final_mode(ctx, body[index : index + 1], 0) == "eval":
             continue
         after = body[index + 1 :]
-        for call, model in sorted(_sampling_calls(ctx, after), key=lambda c: _position(c[0])):
+        for call, model in sorted(_sampling_calls(ctx, after), key=lambda c: position(c[0])):
             before = [stmt for stmt in after if stmt.lineno < call.lineno]
             if not ctx.flow.reaches_method(before, "eval"):
                 found.append((call, model))
@@ -425,16 +425,12 @@ def _sampling_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[tuple[ast.
     ]
 
 
-def _position(node: ast.expr) -> tuple[int, int]:
-    return node.lineno, node.col_offset
-
-
 def _final_mode(ctx: ModuleContext, body: list[ast.stmt], depth: int) -> str | None:
     """The mode ('eval'/'train') the last switch in `body` leaves, following the module's own
     functions it calls (in source order), or None when nothing in it switches."""
     last: str | None = None
     calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
-    for call in sorted(calls, key=_position):
+    for call in sorted(calls, key=position):
         mode = ctx.flow.mode_method(call)
         if mode is None and depth < _MAX_HELPER_DEPTH and isinstance(call.func, ast.Name):
             for helper in ctx.loops.functions.get(call.func.id, []):

@@ -60,7 +60,8 @@ class TorchLoadUnsafe(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        found = [f for node in ctx.flow.calls_to({"torch.load"}) if (f := self._check(ctx, node))]
+        calls = ctx.flow.calls_to({"torch.load"})
+        found = [(call, f) for call in calls if (f := self._finding(ctx, call)) is not None]
         groups: dict[tuple[int, str, str] | int, list[RawFinding]] = {}
         for call, finding in found:
             branch = _branch_load(ctx, call)
@@ -68,10 +69,6 @@ class TorchLoadUnsafe(Rule):
             groups.setdefault(key, []).append(finding)
         for first, *others in groups.values():
             ctx.findings.append(_naming_the_others(first, others))
-
-    def _check(self, ctx: ModuleContext, call: ast.Call) -> tuple[ast.Call, RawFinding] | None:
-        found = self._finding(ctx, call)
-        return (call, found) if found is not None else None
 
     def _finding(self, ctx: ModuleContext, call: ast.Call) -> RawFinding | None:
         if any(k.arg is None for k in call.keywords):
