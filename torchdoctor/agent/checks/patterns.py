@@ -284,6 +284,18 @@ def nn_layer(ctx: ModuleContext, node: ast.AST) -> str:
     return last if last[:1].isupper() else ""
 
 
+CONV_NET_FACTORIES = ("torchvision.models.", "timm.create_model", "timm.models.")
+
+
+def builds_conv2d(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`node` builds a 2-D convolution: an `nn.Conv2d` layer, or a torchvision/timm model."""
+    if not isinstance(node, ast.Call):
+        return False
+    return nn_layer(ctx, node) == "Conv2d" or (ctx.call_qualname(node) or "").startswith(
+        CONV_NET_FACTORIES
+    )
+
+
 def sequential_layers(ctx: ModuleContext, call: ast.Call) -> list[tuple[str, ast.expr]]:
     """The layers of an `nn.Sequential(a, b, ...)` call as (layer class or '', node) pairs."""
     if nn_layer(ctx, call) != "Sequential":

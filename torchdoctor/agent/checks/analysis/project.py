@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.checks.module_text import may_name
+from torchdoctor.agent.checks.patterns import builds_conv2d
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -42,6 +43,7 @@ Property = Literal[
     "not-mode-free",
     "mode-layers-in-project",
     "cpu-device-in-project",
+    "convolutional",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -89,6 +91,8 @@ class ClassSummary(_Model):
     """Every layer it builds is seen and none acts differently in training mode."""
     submodules: list[str] = Field(default_factory=list)
     """Classes imported from other files that it builds (`self.inc = DoubleConv(3, 64)`)."""
+    convolutional: bool = False
+    """It builds a 2-D convolution itself (`nn.Conv2d`, a torchvision or timm network)."""
 
 
 class FunctionSummary(_Model):
@@ -504,6 +508,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
     text = ctx.source
     activations = "oftmax" in text or "sigmoid" in text or "Linear" in text
     modes = any(word in text for word in MODE_WORDS)
+    convs = "Conv2d" in text or "torchvision" in text or "timm" in text
     if "forward" in text:  # where `nn.Module` classes are
         for name in ctx.flow.module_classes:
             cls = ctx.flow.classes[name]
@@ -513,6 +518,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 mode_layer=mode_layer(ctx, cls) if modes else None,
                 mode_free=class_mode_free(ctx, cls),
                 submodules=_imported_submodules(ctx, cls),
+                convolutional=convs and any(builds_conv2d(ctx, n) for n in ast.walk(cls)),
             )
     if ".step(" in text:
         effects = ctx.loops.function_effects
@@ -828,7 +834,9 @@ class ProjectIndex:
             cls = summary.classes.get(name)
             return cls is not None and cls.output == needs.partition(":")[2]
         if needs == "mode-dependent":
-            return self._mode_dependent(symbol, 0)
+            return self._builds(symbol, lambda cls: cls.mode_layer is not None)
+        if needs == "convolutional":
+            return self._builds(symbol, lambda cls: cls.convolutional)
         fn = summary.functions.get(name)
         if needs == "splits-data":
             return fn is not None and fn.splits_data
@@ -846,14 +854,13 @@ class ProjectIndex:
             candidates = [c for c in candidates if c.module == sibling]
         return candidates[0].classes.get(name) if len(candidates) == 1 else None
 
-    def _mode_dependent(self, symbol: str, depth: int) -> bool:
-        """The class, or a submodule it imports from another file, has a mode layer."""
+    def _builds(self, symbol: str, has: Callable[[ClassSummary], bool], depth: int = 0) -> bool:
+        """The class, or a submodule it imports from another file, has the layer `has` asks
+        about."""
         cls = self._class(symbol)
         if cls is None or depth > _MAX_IMPORT_DEPTH:
             return False
-        if cls.mode_layer is not None:
-            return True
-        return any(self._mode_dependent(sub, depth + 1) for sub in cls.submodules)
+        return has(cls) or any(self._builds(sub, has, depth + 1) for sub in cls.submodules)
 
     def confirmed(self, facts: dict[str, dict[str, Any]], rule_id: str) -> list[RawFinding]:
         """The pending findings of `rule_id` whose symbol has the property they need."""

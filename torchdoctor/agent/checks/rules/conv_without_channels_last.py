@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    imported_classes,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of
-from torchdoctor.agent.checks.patterns import nn_layer, uses_cuda, visible_training_loop
+from torchdoctor.agent.checks.patterns import builds_conv2d, uses_cuda, visible_training_loop
 from torchdoctor.agent.models import Severity
-
-_FACTORIES = ("torchvision.models.", "timm.create_model", "timm.models.")
 
 
 class ConvWithoutChannelsLast(Rule):
@@ -45,20 +49,33 @@ class ConvWithoutChannelsLast(Rule):
         if "channels_last" in ctx.source or not self.applies(ctx):
             return
         anchor = visible_training_loop(ctx)
-        if anchor is None or not any(_builds_conv2d(ctx, c) for c in nodes_of(ctx, ast.Call)):
+        if anchor is None:
             return
-        ctx.report(
-            self,
-            anchor,
+        message = (
             "a conv net trains on CUDA in NCHW: in channels_last cuDNN's tensor-core kernels "
-            "run without a transpose around every convolution",
-            header_only=True,
+            "run without a transpose around every convolution"
         )
+        if any(builds_conv2d(ctx, c) for c in nodes_of(ctx, ast.Call)):
+            ctx.report(self, anchor, message, header_only=True)
+            return
+        # The network is another file's class (`from models import ResNet18`): the project
+        # pass knows whether it, or a submodule it builds, has 2-D convolutions.
+        found = ctx.finding(self, anchor, message, header_only=True)
+        if found is None:
+            return
+        for symbol in _trained_project_classes(ctx):
+            defer(ctx, self.id, Pending(symbol=symbol, needs="convolutional", finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
-def _builds_conv2d(ctx: ModuleContext, node: ast.AST) -> bool:
-    if not isinstance(node, ast.Call):
-        return False
-    if nn_layer(ctx, node) == "Conv2d":
-        return True
-    return (ctx.call_qualname(node) or "").startswith(_FACTORIES)
+def _trained_project_classes(ctx: ModuleContext) -> list[str]:
+    """Classes from the project's other files whose instances the training loops call."""
+    found: list[str] = []
+    for loop in ctx.loops.training_loops:
+        for node in ast.walk(loop.node):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
+                found += [c for c in imported_classes(ctx, node.func) if c not in found]
+    return found
