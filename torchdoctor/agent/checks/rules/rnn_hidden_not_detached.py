@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ast
+import sys
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
+
+_ARRAY_LIBRARIES = frozenset({"numpy", "pandas", "scipy", "sklearn"})
 
 
 class RnnHiddenNotDetached(Rule):
@@ -68,6 +72,8 @@ class RnnHiddenNotDetached(Rule):
                 carried = _names(node.targets) & _passed_names(node.value)
                 if not carried or not _defined_before(ctx, loop.node, carried):
                     continue
+                if _holds_no_graph(ctx, node.value):
+                    continue
                 if any(_resets(other, node, carried) for other in body):
                     continue
                 carried -= _returned_detached(ctx, node)
@@ -95,6 +101,8 @@ class RnnHiddenNotDetached(Rule):
                     carried = _state_keys(node.targets) & _passed_keys(node.value) & kept
                     if not carried or any(_rebinds(other, node, carried) for other in body):
                         continue
+                    if _holds_no_graph(ctx, node.value):
+                        continue
                     state = ", ".join(sorted(carried))
                     ctx.report(
                         self,
@@ -102,6 +110,19 @@ class RnnHiddenNotDetached(Rule):
                         f"`{state}` is kept from one call of `{fn.name}` to the next with its "
                         "graph: backward() reaches into previous batches",
                     )
+
+
+def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A call of a library function that returns no autograd graph: the standard library's
+    or an array library's (`pickle.load`, `np.clip`), or torch's loaders, factories and
+    comparisons (`checkpoint = torch.load(checkpoint)` in a training `main`)."""
+    qual = ctx.flow.qualname_of(call)
+    if qual is None:
+        return False  # a model, a layer or a local function: it may return its graph
+    package, _, name = qual.partition(".")
+    if package == "torch":
+        return name in NON_GRAD_TORCH
+    return package in sys.stdlib_module_names or package in _ARRAY_LIBRARIES
 
 
 def _state_keys(targets: list[ast.expr]) -> set[str]:
