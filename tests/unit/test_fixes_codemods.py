@@ -439,3 +439,27 @@ def test_one_torch_load_finding_for_both_branches_fixes_both_loads() -> None:
     fixed = codemod_for("torch-load-unsafe").transform(source, target)  # type: ignore[union-attr]
     assert fixed is not None and fixed.count("weights_only=True") == 2
     assert findings(fixed) == []
+
+
+def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_weights_only() -> None:
+    """No `torch.save` in sight: how the loaded object is used says it holds pickled modules
+    (`decoder.eval()` on an entry, through `.to(device)`), so `weights_only=True` would fail
+    to load it; the finding says so and the codemod leaves the load alone."""
+    source = (
+        "import torch\n\n\n"
+        "def evaluate(path, device):\n"
+        "    checkpoint = torch.load(path)\n"
+        '    decoder = checkpoint["decoder"]\n'
+        "    decoder = decoder.to(device)\n"
+        "    decoder.eval()\n"
+        "    return decoder\n"
+    )
+    (finding,) = [
+        f
+        for f in analyse_files([("m.py", source)], workers=1).all_findings()
+        if f.rule == "torch-load-unsafe"
+    ]
+    assert finding.data["provenance"] == "module" and finding.data["fix_safe"] is False
+    assert "`decoder.eval()` on line 8" in finding.message
+    target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, data=finding.data)
+    assert codemod_for("torch-load-unsafe").transform(source, target) is None  # type: ignore[union-attr]

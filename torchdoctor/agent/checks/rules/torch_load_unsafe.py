@@ -79,6 +79,9 @@ class TorchLoadUnsafe(Rule):
             return None
         path = first_argument(call, "f")
         provenance = ctx.flow.saved_kind(path) if path is not None else None
+        use = _module_use(ctx, call) if provenance in (None, "unknown") else None
+        if use is not None:
+            provenance = "module"
         if weights_only is not None and provenance != "weights" and pickle_module is None:
             if provenance in (None, "unknown") and _is_false(weights_only):
                 return ctx.finding(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
@@ -98,7 +101,70 @@ class TorchLoadUnsafe(Rule):
             "target_torch": format_version(target) if target else None,
         }
         message, severity = _advice(provenance, weights_only, pickle_module, safe_default, flip)
+        if use is not None:  # known from how the object is used, not from a save
+            message = message.replace(
+                "(torch.save(model, ...))", f"(`{ast.unparse(use)}` on line {use.lineno})"
+            )
         return ctx.finding(self, call, message, severity=severity, data=data)
+
+
+# Methods only modules and optimizers have: a loaded object (or an entry of it) that runs one
+# was pickled whole, and a weights-only load refuses it.
+_MODULE_METHODS = frozenset(
+    {
+        "eval",
+        "train",
+        "parameters",
+        "named_parameters",
+        "modules",
+        "children",
+        "zero_grad",
+        "step",
+        "forward",
+    }
+)
+
+
+def _module_use(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
+    """Where the object `call` loads is used as a module or optimizer: called, or running a
+    module's method, itself or an entry of it, through the binding that reaches the use
+    (`checkpoint = torch.load(path); decoder = checkpoint["decoder"]; decoder =
+    decoder.to(device); decoder.eval()`, or `model = torch.load(path)` then `model(x)`)."""
+    parent = ctx.parents.get(call)
+    if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
+        return None
+    scope = ctx.enclosing_function(call) or ctx.tree
+    for node in ast.walk(scope):
+        if not isinstance(node, ast.Call) or node.lineno <= call.lineno:
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _MODULE_METHODS:
+            func = func.value
+        if isinstance(func, ast.Name) and _holds_loaded(ctx, func, call):
+            return node
+    return None
+
+
+def _holds_loaded(ctx: ModuleContext, name: ast.Name, load: ast.Call, hops: int = 4) -> bool:
+    """`name` holds what `load` returned, or an entry of it, possibly moved or switched on
+    the way (`decoder.to(device)`), by the one binding that reaches it."""
+    value = ctx.flow.reaching(name)
+    while hops > 0 and value is not None and value is not load:
+        hops -= 1
+        if isinstance(value, ast.Subscript):
+            value = value.value
+        elif (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr in ("to", "cuda", "cpu", "eval", "train")
+        ):
+            value = value.func.value
+        else:
+            return False
+        if not isinstance(value, ast.Name):
+            return False
+        value = ctx.flow.reaching(value)
+    return value is load
 
 
 def _branch_load(ctx: ModuleContext, call: ast.Call) -> tuple[int, str] | None:
