@@ -1,5 +1,6 @@
-"""Auditing a folder of notebooks: findings, SARIF and the ledger name the cell; a notebook
-with invalid JSON is a note in the report, not a crash (real CLI, peers off for speed)."""
+"""Auditing a folder of notebooks: findings, SARIF, the concise lines and the ledger name the
+cell; a notebook with invalid JSON is a note in the report, not a crash (real CLI, peers off
+for speed)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def test_notebook_findings_name_the_cell_in_every_output(tmp_path: Path) -> None
     sarif = json.loads(_audit(folder, "-f", "sarif", "--no-ledger").stdout)
     cells = [r["properties"].get("notebookCell") for r in sarif["runs"][0]["results"]]
     assert {"cell": 6, "line": 2} in cells
+
+    concise = _audit(folder, "-f", "concise", "--no-ledger").stdout.splitlines()
+    assert any(
+        line.startswith(f"{folder}/finetune.ipynb:cell 6:2:5: zero-grad-missing [high]")
+        for line in concise
+    ), concise  # ruff's notebook form: the cell, then the line in it
 
     ledger = tmp_path / "ISSUES.md"
     markdown = _audit(folder, "--ledger", str(ledger)).stdout

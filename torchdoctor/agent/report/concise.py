@@ -1,5 +1,6 @@
 """One line per open finding, `path:line:col: rule message`, as ruff and compilers print them:
-what terminals make clickable and editors' problem matchers read. Sorted by file, line and
+what terminals make clickable and editors' problem matchers read; in a notebook the line is
+the cell's own, after it (`path.ipynb:cell 3:5:1:`, ruff's form). Sorted by file, line and
 column as ruff sorts; file names and messages come from the audited code, so they are written
 without control characters or escape sequences (a terminal would act on them)."""
 
@@ -41,7 +42,12 @@ def render_concise(report: AuditReport) -> str:
         key=lambda f: (finding_path(report, f), f.line, _column(f), f.rule),
     )
     return "".join(
-        f"{one_line(finding_path(report, f))}:{f.line}:{_column(f)}: {f.rule} "
+        f"{one_line(finding_path(report, f))}:{_line(f)}:{_column(f)}: {f.rule} "
         f"[{f.severity.value}] {_message(f)}\n"
         for f in open_findings
     )
+
+
+def _line(finding: Finding) -> str:
+    where = finding.cell
+    return str(finding.line) if where is None else f"cell {where[0]}:{where[1]}"
