@@ -73,10 +73,20 @@ class MetricBatchMeanBias(Rule):
             )
 
 
-def _per_batch_mean(ctx: ModuleContext, value: ast.expr) -> bool:
-    """A comparison averaged over the batch, or a per-batch metric score."""
-    return _batch_mean_of_comparison(value) or any(
+def _per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int = 2) -> bool:
+    """A comparison averaged over the batch, or a per-batch metric score, in `value` or in
+    the binding that reaches a name it reads (`acc = calculate_accuracy(y_pred, y)`, then
+    `epoch_acc += acc.item()`)."""
+    if _batch_mean_of_comparison(value) or any(
         isinstance(node, ast.Call) and _metric_score(ctx, node) for node in ast.walk(value)
+    ):
+        return True
+    if hops == 0:
+        return False
+    reads = [n for n in ast.walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    return any(
+        (bound := ctx.flow.reaching(name)) is not None and _per_batch_mean(ctx, bound, hops - 1)
+        for name in reads
     )
 
 
