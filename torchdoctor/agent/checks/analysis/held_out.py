@@ -241,7 +241,12 @@ class HeldOut(DefUse):
             # returns as a whole says nothing about this part (split positions are read by
             # `_direct_held_out`).
             parts = {id(value) for value, _, _ in self.unpackings(node)}
-            yield from (v for v in self.definitions(node) if id(v) not in parts)
+            # The binding that reaches this read, when one does on every path: a name bound
+            # again later (`features = pad_features(test_ints)` after the split of
+            # `features`) says nothing about what was read before.
+            reached = self.reaching(node)
+            values = [reached] if reached is not None else self.definitions(node)
+            yield from (v for v in values if id(v) not in parts)
         elif isinstance(node, ast.Attribute):
             yield from self.definitions(node)
             yield node.value
