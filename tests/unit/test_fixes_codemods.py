@@ -461,5 +461,11 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
     ]
     assert finding.data["provenance"] == "module" and finding.data["fix_safe"] is False
     assert "`decoder.eval()` on line 8" in finding.message
-    target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, data=finding.data)
+    target = FixTarget(
+        rule=finding.rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
     assert codemod_for("torch-load-unsafe").transform(source, target) is None  # type: ignore[union-attr]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.notebooks import NotebookError, cell_of, notebook_source
+from torchdoctor.agent.workspace import load_paths, load_workspace
 
 
 def _notebook(*cells: tuple[str, str]) -> str:
@@ -58,3 +62,54 @@ def test_a_branch_holding_only_magics_still_parses() -> None:
 def test_a_file_that_is_not_a_notebook_is_an_error_not_a_crash(text: str) -> None:
     with pytest.raises(NotebookError):
         notebook_source(text)
+
+
+def test_a_cell_left_to_fill_in_stops_only_itself(tmp_path: Path) -> None:
+    """Jupyter compiles each cell alone: an exercise's `____` cell is named and left out, and
+    the cells after it are still audited, on their own lines."""
+    notebook = _notebook(
+        ("code", "import torch\nmodel = torch.nn.Linear(2, 2)"),
+        ("markdown", "Fill in the optimizer:"),
+        ("code", "optimizer = ____\ncriterion = "),
+        ("code", "for x, y in loader:\n    loss = criterion(model(x), y)\n    loss.backward()"),
+    )
+    converted = notebook_source(notebook)
+    assert [cell for cell, _ in converted.unparsed] == [3]
+    assert converted.text.splitlines()[2:4] == ["#", "#"]
+    compile(converted.text, "nb", "exec")
+    assert cell_of(converted.cells, 5) == (4, 1)
+
+    (tmp_path / "exercise.ipynb").write_text(notebook)
+    workspace = load_workspace(tmp_path)
+    assert [f.path for f in workspace.files] == ["exercise.ipynb"]
+    (note,) = workspace.notes
+    assert note.file == "exercise.ipynb"
+    assert note.reason.startswith("cell 3 not audited (the rest is): SyntaxError")
+
+
+def test_a_notebook_in_one_of_several_folders_keeps_its_cell_map(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "train.py").write_text("import torch\n")
+    notebook = _notebook(("markdown", "# Notes"), ("code", "import torch\nx = torch.ones(1)"))
+    (tmp_path / "b" / "explore.ipynb").write_text(notebook)
+    workspace = load_paths([tmp_path / "a", tmp_path / "b"])
+    (explored,) = [f for f in workspace.files if f.path == "b/explore.ipynb"]
+    assert cell_of(explored.cells, 2) == (2, 2)
+
+
+def test_a_notebooks_loader_workers_need_no_main_guard() -> None:
+    """The same top-level cells are a script that spawn workers re-run, and a notebook that
+    they do not (there is no guard to add to a notebook)."""
+    cells = _notebook(
+        ("code", "import torch\nfrom torch.utils.data import DataLoader"),
+        ("code", "loader = DataLoader(dataset, batch_size=32, num_workers=4)"),
+    )
+    text = notebook_source(cells).text
+    config = EngineConfig(select=frozenset({"no-main-guard-workers"}))
+
+    def rules(path: str) -> set[str]:
+        return {f.rule for f in analyse_files([(path, text)], config, workers=1).all_findings()}
+
+    assert "no-main-guard-workers" in rules("explore.py")
+    assert "no-main-guard-workers" not in rules("explore.ipynb")

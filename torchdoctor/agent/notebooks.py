@@ -4,12 +4,15 @@ Every line of the concatenated text comes from one line of one code cell, so a f
 maps back to (cell, line in cell). IPython syntax that is not Python (line magics `%...`,
 shell escapes `!...`, help `obj?`, cell magics `%%...`) becomes an empty comment (`pass` where
 indented) of the same line count: the rest of the cell is still audited and the map stays
-exact. Cells are numbered as Jupyter shows them to the eye: the n-th cell of the notebook,
-markdown cells included.
+exact. A cell that is not Python even so (a template left to fill in, `____`) is blanked the
+same way and named in `unparsed`: Jupyter compiles each cell on its own, so one broken cell
+stops only itself. Cells are numbered as Jupyter shows them to the eye: the n-th cell of the
+notebook, markdown cells included.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Sequence
 
@@ -37,6 +40,8 @@ class NotebookSource(BaseModel):
 
     text: str
     cells: tuple[CellSpan, ...]
+    unparsed: tuple[tuple[int, str], ...] = ()
+    """(cell, why) for each code cell left out because it does not parse."""
 
 
 def _cell_lines(source: object) -> list[str]:
@@ -70,6 +75,7 @@ def notebook_source(text: str) -> NotebookSource:
         raise NotebookError("not a Jupyter notebook (no list of cells)")
     lines: list[str] = []
     spans: list[CellSpan] = []
+    unparsed: list[tuple[int, str]] = []
     for number, cell in enumerate(cells, start=1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
@@ -78,11 +84,27 @@ def notebook_source(text: str) -> NotebookSource:
             body = [_SKIPPED] * len(body)  # a cell magic: the whole cell is not Python
         else:
             body = [_python_line(line) for line in body]
+            why = _parse_error("\n".join(body))
+            if why is not None:
+                unparsed.append((number, why))
+                body = [_SKIPPED] * len(body)
         if not body:
             continue
         spans.append(CellSpan(cell=number, start=len(lines) + 1, end=len(lines) + len(body)))
         lines.extend(body)
-    return NotebookSource(text="\n".join(lines) + "\n" if lines else "", cells=tuple(spans))
+    text = "\n".join(lines) + "\n" if lines else ""
+    return NotebookSource(text=text, cells=tuple(spans), unparsed=tuple(unparsed))
+
+
+def _parse_error(code: str) -> str | None:
+    """Why the cell is not Python, in one line; None when it parses."""
+    try:
+        ast.parse(code)
+    except SyntaxError as err:
+        return f"SyntaxError: {err.msg} (line {err.lineno})"
+    except (ValueError, RecursionError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def cell_of(cells: Sequence[CellSpan], line: int) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import tokenize
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torchdoctor.agent.models import InputNote
@@ -114,7 +114,22 @@ NOTEBOOK_BYTES_FACTOR = 10
 
 def _read_source(
     tree: GuardedTree, relpath: str, rel: str, max_bytes: int
-) -> SourceFile | InputNote:
+) -> tuple[SourceFile | None, list[InputNote]]:
+    """The file as audited (None when it cannot be), and what was left out of it and why."""
+    read = _read_whole(tree, relpath, rel, max_bytes)
+    if isinstance(read, InputNote):
+        return None, [read]
+    source, unparsed = read
+    notes = [
+        InputNote(file=rel, reason=f"cell {cell} not audited (the rest is): {why}")
+        for cell, why in unparsed
+    ]
+    return source, notes
+
+
+def _read_whole(
+    tree: GuardedTree, relpath: str, rel: str, max_bytes: int
+) -> tuple[SourceFile, tuple[tuple[int, str], ...]] | InputNote:
     notebook = rel.endswith(".ipynb")
     if notebook:
         max_bytes *= NOTEBOOK_BYTES_FACTOR
@@ -142,8 +157,9 @@ def _read_source(
             converted = notebook_source(text)
         except NotebookError as err:
             return InputNote(file=rel, reason=f"notebook not audited: {err}")
-        return SourceFile(path=rel, text=converted.text, sha256=digest, cells=converted.cells)
-    return SourceFile(path=rel, text=text, sha256=digest)
+        source = SourceFile(path=rel, text=converted.text, sha256=digest, cells=converted.cells)
+        return source, converted.unparsed
+    return SourceFile(path=rel, text=text, sha256=digest), ()
 
 
 def _walk_python_files(
@@ -198,11 +214,9 @@ def load_workspace(
         tree, name = file_tree(target)
         ws = Workspace(root=target.parent, kind="file", target=target)
         ws.documents = read_documents(tree, max_bytes)
-        entry = _read_source(tree, name, name, max_bytes)
-        if isinstance(entry, InputNote):
-            ws.notes.append(entry)
-        else:
-            ws.files.append(entry)
+        source, notes = _read_source(tree, name, name, max_bytes)
+        ws.notes += notes
+        ws.files += [source] if source is not None else []
         return ws
     if not target.is_dir():
         raise InputError(f"{display_name(str(target))}: not a regular file or folder")
@@ -210,11 +224,9 @@ def load_workspace(
     tree = GuardedTree(target)
     paths, ws.notes = _walk_python_files(tree, exclude, exclude_prefix)
     for rel in paths:
-        entry = _read_source(tree, rel, rel, max_bytes)
-        if isinstance(entry, InputNote):
-            ws.notes.append(entry)
-        else:
-            ws.files.append(entry)
+        source, notes = _read_source(tree, rel, rel, max_bytes)
+        ws.notes += notes
+        ws.files += [source] if source is not None else []
     ws.manifests = read_manifests(tree, max_bytes, ws.notes)
     ws.documents = read_documents(tree, max_bytes)
     if not ws.files:
@@ -295,18 +307,16 @@ def load_paths(
                 continue
             seen.add(rel)
             tree, name = file_tree(path)
-            entry = _read_source(tree, name, rel, max_bytes)
-            if isinstance(entry, InputNote):
-                ws.notes.append(entry)
-            else:
-                ws.files.append(entry)
+            source, notes = _read_source(tree, name, rel, max_bytes)
+            ws.notes += notes
+            ws.files += [source] if source is not None else []
             continue
         sub = load_workspace(path, exclude, max_bytes, exclude_prefix=exclude_prefix + rel_base)
         for source in sub.files:
             rel = rel_base + source.path
             if rel not in seen:
                 seen.add(rel)
-                ws.files.append(SourceFile(path=rel, text=source.text, sha256=source.sha256))
+                ws.files.append(replace(source, path=rel))  # a notebook keeps its cell map
         ws.notes += [
             InputNote(file=rel_base + n.file if n.file != "." else rel_base or ".", reason=n.reason)
             for n in sub.notes

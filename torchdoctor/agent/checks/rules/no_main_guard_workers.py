@@ -32,6 +32,9 @@ class NoMainGuardWorkers(Rule):
 
     Fix: move the top-level code into `def main():` and call it under
     `if __name__ == "__main__": main()`.
+
+    Not reported in a notebook: its workers do not re-run its cells (a kernel's `__main__` is
+    not a file to import), and it has no guard to add.
     """
 
     id = "no-main-guard-workers"
@@ -48,6 +51,8 @@ class NoMainGuardWorkers(Rule):
         if terminal_name(node.func) != "DataLoader":
             return
         if ctx.call_qualname(node) not in DATALOADERS or ctx.enclosing_function(node):
+            return
+        if ctx.path.endswith(".ipynb"):
             return
         workers = argument(node, "num_workers", 5)
         if workers is None or constant_number(workers) == 0 or has_main_guard(ctx.tree):
