@@ -220,7 +220,7 @@ class GraphOrigins(ModelFacts):
             return None
         if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
-        if self.is_loss_callee(func):
+        if self.is_loss_callee(func) and not self._backpropagates_itself(call):
             return "loss"
         if self.is_model_call(call):
             if not self.frozen_module(func):
@@ -242,6 +242,21 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute):
             return (yield func.value)
         return None
+
+    def _backpropagates_itself(self, call: ast.Call) -> bool:
+        """A local function named like a loss that runs `backward()` on its own losses
+        (`loss_batch, valid_acc = _get_loss_acc(model, loader)`): a training routine, whose
+        returns say what its result holds."""
+        functions = self.ctx.calls.resolve(call)
+        return bool(functions) and all(
+            any(
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "backward"
+                for n in ast.walk(fn)
+            )
+            for fn in functions
+        )
 
     def _runs_own_layers(self, call: ast.Call) -> bool:
         """`agent.get_action_and_value(obs)`: a method other than `forward` of a local
