@@ -469,3 +469,21 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
         data=finding.data,
     )
     assert codemod_for("torch-load-unsafe").transform(source, target) is None  # type: ignore[union-attr]
+
+    weights = (
+        "import torch\n\n\n"
+        "def fit(model, loader):\n"
+        "    model.train()\n\n\n"
+        "def resume(path, build_model, loader):\n"
+        "    checkpoint = torch.load(path)\n"
+        '    weights = checkpoint["model"]\n'
+        "    model = build_model()\n"
+        "    model.load_state_dict(weights)\n"
+        "    fit(model, loader)\n"
+    )
+    (entries,) = [
+        f
+        for f in analyse_files([("m.py", weights)], workers=1).all_findings()
+        if f.rule == "torch-load-unsafe"
+    ]
+    assert entries.data["provenance"] == "unknown"  # entries handed to modules, not modules

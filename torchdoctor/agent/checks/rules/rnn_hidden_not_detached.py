@@ -7,6 +7,7 @@ import sys
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.project import star_modules
 from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
@@ -115,8 +116,12 @@ class RnnHiddenNotDetached(Rule):
 def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
     """A call of a library function that returns no autograd graph: the standard library's
     or an array library's (`pickle.load`, `np.clip`), or torch's loaders, factories and
-    comparisons (`checkpoint = torch.load(checkpoint)` in a training `main`)."""
+    comparisons (`checkpoint = torch.load(checkpoint)` in a training `main`, `torch` imported
+    or brought by a star import of the project's utilities)."""
     qual = ctx.flow.qualname_of(call)
+    if qual is None and star_modules(ctx) and "torch" not in ctx.imports.aliases:
+        text = ast.unparse(call.func)
+        qual = text if text.startswith("torch.") else None
     if qual is None:
         return False  # a model, a layer or a local function: it may return its graph
     package, _, name = qual.partition(".")

@@ -111,60 +111,112 @@ class TorchLoadUnsafe(Rule):
 # Methods only modules and optimizers have: a loaded object (or an entry of it) that runs one
 # was pickled whole, and a weights-only load refuses it.
 _MODULE_METHODS = frozenset(
-    {
-        "eval",
-        "train",
-        "parameters",
-        "named_parameters",
-        "modules",
-        "children",
-        "zero_grad",
-        "step",
-        "forward",
-    }
-)
+    {"eval", "train", "parameters", "named_parameters", "modules", "children", "zero_grad",
+     "step", "forward", "state_dict", "load_state_dict"}
+)  # fmt: skip
+
+
+_MOVES = frozenset({"to", "cuda", "cpu", "eval", "train"})
+"""Module methods that return the module itself."""
 
 
 def _module_use(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
     """Where the object `call` loads is used as a module or optimizer: called, or running a
-    module's method, itself or an entry of it, through the binding that reaches the use
-    (`checkpoint = torch.load(path); decoder = checkpoint["decoder"]; decoder =
-    decoder.to(device); decoder.eval()`, or `model = torch.load(path)` then `model(x)`)."""
-    parent = ctx.parents.get(call)
+    module's method, itself or an entry of it, moved or not (`checkpoint = torch.load(path);
+    decoder = checkpoint["decoder"].to(device); decoder.eval()`, `model = torch.load(path)`
+    then `model(x)`), through the bindings that may reach the use."""
+    loaded = _chain_top(ctx, call)
+    parent = ctx.parents.get(loaded)
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return None
     scope = ctx.enclosing_function(call) or ctx.tree
     for node in ast.walk(scope):
         if not isinstance(node, ast.Call) or node.lineno <= call.lineno:
             continue
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr in _MODULE_METHODS:
-            func = func.value
-        if isinstance(func, ast.Name) and _holds_loaded(ctx, func, call):
+        func = _module_receiver(node)
+        if isinstance(func, ast.Name) and _holds_loaded(ctx, func, loaded):
             return node
+        for callee in ctx.calls.resolve(node):  # `train(model=model, ...)`, one call deep
+            for parameter, argument in ctx.calls.bind(node, callee).items():
+                if isinstance(argument, ast.Name) and _holds_loaded(ctx, argument, loaded):
+                    use = _used_as_module_in(callee, parameter)
+                    if use is not None:
+                        return use
     return None
 
 
-def _holds_loaded(ctx: ModuleContext, name: ast.Name, load: ast.Call, hops: int = 4) -> bool:
-    """`name` holds what `load` returned, or an entry of it, possibly moved or switched on
-    the way (`decoder.to(device)`), by the one binding that reaches it."""
-    value = ctx.flow.reaching(name)
-    while hops > 0 and value is not None and value is not load:
-        hops -= 1
-        if isinstance(value, ast.Subscript):
-            value = value.value
+def _module_receiver(call: ast.Call) -> ast.expr:
+    """`model` for `model(x)` or `model.eval()`; the callee itself otherwise."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in _MODULE_METHODS:
+        return func.value
+    return func
+
+
+def _used_as_module_in(function: ast.AST, parameter: str) -> ast.Call | None:
+    """The first call in `function` that uses its parameter as a module (`model.train()`)."""
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call):
+            receiver = _module_receiver(node)
+            if isinstance(receiver, ast.Name) and receiver.id == parameter:
+                return node
+    return None
+
+
+def _chain_top(ctx: ModuleContext, node: ast.expr) -> ast.expr:
+    """`torch.load(p)["model"].to(device)` for the load call in it: what it hands on."""
+    while True:
+        parent = ctx.parents.get(node)
+        if isinstance(parent, ast.Subscript) and parent.value is node:
+            node = parent
         elif (
-            isinstance(value, ast.Call)
-            and isinstance(value.func, ast.Attribute)
-            and value.func.attr in ("to", "cuda", "cpu", "eval", "train")
+            isinstance(parent, ast.Attribute)
+            and parent.attr in _MOVES
+            and isinstance(call := ctx.parents.get(parent), ast.Call)
         ):
-            value = value.func.value
+            node = call
         else:
-            return False
-        if not isinstance(value, ast.Name):
-            return False
-        value = ctx.flow.reaching(value)
-    return value is load
+            return node
+
+
+def _holds_loaded(ctx: ModuleContext, name: ast.Name, loaded: ast.expr, hops: int = 4) -> bool:
+    """`name` may hold what `loaded` evaluates to, or an entry of it, moved or switched on
+    the way (`decoder.to(device)`): through the binding that reaches it, or, where branches
+    meet, any earlier one."""
+    if hops == 0:
+        return False
+    reached = ctx.flow.reaching(name)
+    values = [reached] if reached is not None else _earlier_bindings(ctx, name)
+    for value in values:
+        if value is loaded:
+            return True
+        inner = _moved_from(value)
+        while inner is not None:
+            value, inner = inner, _moved_from(inner)
+        if (
+            isinstance(value, ast.Name)
+            and value is not name
+            and _holds_loaded(ctx, value, loaded, hops - 1)
+        ):
+            return True
+    return False
+
+
+def _moved_from(value: ast.expr) -> ast.expr | None:
+    """`x` for `x["key"]` or `x.to(device)`; None for anything else."""
+    if isinstance(value, ast.Subscript):
+        return value.value
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _MOVES
+    ):
+        return value.func.value
+    return None
+
+
+def _earlier_bindings(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
+    return [v for v in ctx.flow.definitions(name) if v.lineno < name.lineno]
 
 
 def _branch_load(ctx: ModuleContext, call: ast.Call) -> tuple[int, str] | None:
