@@ -24,7 +24,8 @@ class HostSyncInStep(Rule):
     training step (in the training loop's body or a function it calls, Lightning's
     `training_step` included), and the implicit ones: a branch on `torch.isnan(...)` /
     `isinf` / `isfinite` (`if`, `while`, `assert`), and the tensor a step calls `.backward()`
-    on formatted into an f-string or printed.
+    on formatted into a string (an f-string, `'%.3f' % loss`, `'{:.3f}'.format(loss)`),
+    printed, or handed to TensorBoard's `add_scalar` (which reads it to the host).
 
     Why it matters: each one waits for the GPU to finish all queued work and copies the value
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
@@ -53,8 +54,14 @@ class HostSyncInStep(Rule):
         ast.While,
         ast.Assert,
         ast.FormattedValue,
+        ast.BinOp,
     )
-    call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {"float", "print"}
+    call_names: ClassVar[frozenset[str]] = _SYNC_METHODS | {
+        "float",
+        "print",
+        "format",
+        "add_scalar",
+    }
     visit_gate: ClassVar[tuple[str, ...]] = TRAINING_TEXT  # finish() needs a training loop
 
     def __init__(self) -> None:
@@ -84,9 +91,29 @@ class HostSyncInStep(Rule):
             if isinstance(node.value, ast.Name):
                 self.printed.append((node.value, "a tensor formatted into a string"))
             return
+        if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Mod) and _is_text(node.left):  # `'%.3f' % loss`
+                values = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
+                self.printed += [
+                    (v, "a tensor formatted into a string")
+                    for v in values
+                    if isinstance(v, ast.Name)
+                ]
+            return
         assert isinstance(node, ast.Call)
         func = node.func
-        if isinstance(func, ast.Attribute):
+        if isinstance(func, ast.Attribute) and func.attr == "format" and _is_text(func.value):
+            self.printed += [
+                (a, "a tensor formatted into a string")
+                for a in [*node.args, *(k.value for k in node.keywords)]
+                if isinstance(a, ast.Name)
+            ]
+        elif isinstance(func, ast.Attribute) and func.attr == "add_scalar":
+            value = node.args[1] if len(node.args) > 1 else None
+            value = next((k.value for k in node.keywords if k.arg == "scalar_value"), value)
+            if isinstance(value, ast.Name):
+                self.printed.append((value, "a tensor logged with `add_scalar`"))
+        elif isinstance(func, ast.Attribute):
             if (
                 func.attr in _SYNC_METHODS
                 and not node.args
@@ -126,6 +153,10 @@ class HostSyncInStep(Rule):
                 f"{what} on every training step forces a GPU->CPU sync: the device idles "
                 "until the host catches up",
             )
+
+
+def _is_text(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
 
 
 def _is_backward_tensor(ctx: ModuleContext, name: ast.Name) -> bool:

@@ -162,13 +162,31 @@ def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
     name = called.split(".")[-1]
     if name not in _LOGGERS and called not in _STREAMS:
         return False
-    formats_a_name = any(
-        isinstance(node, cst.FormattedStringExpression) and isinstance(node.expression, cst.Name)
-        for node in descendants(call)
-    )
+    formats_a_name = any(_formats_a_name(node) for node in descendants(call))
     reads_item = any(method_call(node, "item") is not None for node in descendants(call))
     prints_a_name = name == "print" and any(isinstance(a.value, cst.Name) for a in call.args)
-    return reads_item or formats_a_name or prints_a_name
+    logs_a_name = (  # `writer.add_scalar("loss", loss, step)` reads the tensor to the host
+        name == "add_scalar" and len(call.args) > 1 and isinstance(call.args[1].value, cst.Name)
+    )
+    return reads_item or formats_a_name or prints_a_name or logs_a_name
+
+
+def _formats_a_name(node: cst.CSTNode) -> bool:
+    """`f"{loss:.4f}"`, `"%.3f" % loss` or `"{:.3f}".format(loss)`: a name made text."""
+    if isinstance(node, cst.FormattedStringExpression):
+        return isinstance(node.expression, cst.Name)
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Modulo):
+        values = node.right.elements if isinstance(node.right, cst.Tuple) else [node.right]
+        return isinstance(node.left, cst.SimpleString) and any(
+            isinstance(v.value if isinstance(v, cst.BaseElement) else v, cst.Name) for v in values
+        )
+    return (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value == "format"
+        and isinstance(node.func.value, cst.SimpleString)
+        and any(isinstance(a.value, cst.Name) for a in node.args)
+    )
 
 
 def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
@@ -229,12 +247,34 @@ def _names_used(ctx: SourceContext, loop: cst.CSTNode, name: str) -> bool:
 _PROGRESS_BARS = frozenset({"tqdm", "track"})
 
 
+def _bound_value(ctx: SourceContext, name: cst.BaseExpression) -> cst.BaseExpression | None:
+    """What a loop's iterable name was bound to, when one `with ... as name` or `name = ...`
+    binds it (`with trange(total_steps) as pbar:` / `for step in pbar:`)."""
+    if not isinstance(name, cst.Name):
+        return None
+    values = [
+        item.item
+        for item in ctx.find(cst.WithItem)
+        if item.asname is not None
+        and isinstance(item.asname.name, cst.Name)
+        and item.asname.name.value == name.value
+    ]
+    values += [
+        assign.value
+        for assign in ctx.find(cst.Assign)
+        if len(assign.targets) == 1
+        and isinstance(assign.targets[0].target, cst.Name)
+        and assign.targets[0].target.value == name.value
+    ]
+    return values[0] if len(values) == 1 else None
+
+
 def _step_counter(ctx: SourceContext, loop: cst.For | cst.While) -> str | None:
     """The loop's step counter: `for step in range(...)`, `for i, b in enumerate(...)`, the
     same behind a progress bar (`tqdm(range(n))`, `trange(n)`), or a name incremented by one
     in the loop's own body (`global_step += 1`)."""
     if isinstance(loop, cst.For):
-        source = loop.iter
+        source = _bound_value(ctx, loop.iter) or loop.iter  # `with trange(n) as pbar: ...`
         while (
             isinstance(source, cst.Call)
             and source.args
