@@ -168,10 +168,16 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
             yield node
 
 
+_PYDANTIC_METHODS = frozenset({"model_dump", "model_copy", "model_construct"})
+"""Methods of pydantic models named like a torch model (`response.model_dump()`)."""
+
+
 def _runs_a_model(ctx: ModuleContext, node: ast.Call) -> bool:
     assert isinstance(node.func, ast.Name | ast.Attribute)
     name = terminal_name(node.func)
     if name[:1].isupper() or _MODEL_ACCESSOR.match(name) or ctx.qualname(node.func):
+        return False
+    if isinstance(node.func, ast.Attribute) and name in _PYDANTIC_METHODS:
         return False
     func: ast.expr = node.func
     if isinstance(func, ast.Attribute) and func.attr == "forward":

@@ -24,6 +24,10 @@ _EVAL_LOADER = re.compile(
 )
 _HELD_OUT = frozenset({"test", "val"})
 _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
+_ROUTE_DECORATORS = frozenset(
+    {"route", "get", "post", "put", "patch", "delete", "websocket", "api_route"}
+)
+"""`@app.route(...)`, `@app.post(...)`, `@router.get(...)`: Flask, FastAPI and the like."""
 
 
 def is_eval_function(fn: FunctionNode) -> bool:
@@ -42,7 +46,9 @@ class ValidationWithGrad(Rule):
     `torch.inference_mode()` (as a `with` block, a decorator, or `torch.set_grad_enabled(False)`).
     A helper counts as evaluation whatever its name when it is called with held-out data
     (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
-    inline in the training loop.
+    inline in the training loop. So does serving: a web request handler (`@app.route`,
+    `@app.post`, `@router.get`) and the local functions it calls, where every request is one
+    more forward.
 
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
     helper every call of which already runs under `no_grad`, a helper that also
@@ -71,16 +77,31 @@ class ValidationWithGrad(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
-        if "(" not in source or not any(k in source for k in ("val", "test", "eval", "pred")):
+        serves = "@" in source and any(f".{d}(" in source for d in _ROUTE_DECORATORS)
+        if "(" not in source or not (
+            serves or any(k in source for k in ("val", "test", "eval", "pred"))
+        ):
             return
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
         candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
-        names = {fn.name for fn in candidates}
-        guarded_callers = self._grad_off_call_sites(ctx, names) if candidates else set()
+        serving = [fn for fn in _serving_functions(ctx) if fn not in candidates] if serves else []
+        names = {fn.name for fn in [*candidates, *serving]}
+        guarded_callers = self._grad_off_call_sites(ctx, names) if names else set()
         for fn in candidates:
             if fn.name not in guarded_callers:
                 self._check_body(ctx, fn.body, reported, fn)
+        for fn in serving:  # one forward per request: no loop needed to repeat it
+            if fn.name not in guarded_callers:
+                call = self._first_with_grad(ctx, fn.body, reported)
+                if call is not None:
+                    reported.add(call.lineno)
+                    ctx.report(
+                        self,
+                        call,
+                        "the model answers a request with autograd on: every request keeps "
+                        "activations for a backward pass that never happens (memory, latency)",
+                    )
         for node in nodes_of(ctx, ast.For):
             if not isinstance(node, ast.For):
                 continue
@@ -148,6 +169,26 @@ class ValidationWithGrad(Rule):
                 if name in names:
                     sites.setdefault(name, []).append(grad_may_be_off(ctx, node))
         return {name for name, flags in sites.items() if flags and all(flags)}
+
+
+def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
+    """Web request handlers (`@app.post("/predict")`) and the local functions they call."""
+    handlers = [
+        fn
+        for fn in functions(ctx)
+        if any(
+            isinstance(d, ast.Call)
+            and isinstance(d.func, ast.Attribute)
+            and d.func.attr in _ROUTE_DECORATORS
+            for d in fn.decorator_list
+        )
+    ]
+    found = list(handlers)
+    for handler in handlers:
+        for node in ast.walk(handler):
+            if isinstance(node, ast.Call):
+                found += [fn for fn in ctx.calls.resolve(node) if fn not in found]
+    return found
 
 
 def _in_network(ctx: ModuleContext, node: ast.AST) -> bool:
