@@ -103,11 +103,14 @@ class Accumulations(GraphOrigins):
             child = anc
         return False
 
-    def is_backpropagated(self, target: ast.expr) -> bool:
-        """Whether some `.backward()`/`autograd.grad` in the module runs on a value derived from
-        `target` (summing micro-batch losses before one backward is intended)."""
+    def is_backpropagated(self, target: ast.expr, within: ast.AST | None = None) -> bool:
+        """Whether some `.backward()`/`autograd.grad` in the module (or only those inside
+        `within`) runs on a value derived from `target` (summing micro-batch losses before one
+        backward is intended)."""
         text = ast.unparse(target)
         for call in self._backward_calls:
+            if within is not None and not _inside(call, within):
+                continue
             receivers: list[ast.expr] = list(call.args)
             if isinstance(call.func, ast.Attribute):
                 receivers.append(call.func.value)
@@ -149,6 +152,11 @@ class Accumulation:
         self.target = target
         self.value = value
         self.loop = loop
+
+
+def _inside(node: ast.AST, scope: ast.AST) -> bool:
+    start, end = getattr(scope, "lineno", 0), getattr(scope, "end_lineno", None) or 0
+    return start <= getattr(node, "lineno", -1) <= end
 
 
 def _same_text(node: ast.AST, text: str) -> bool:

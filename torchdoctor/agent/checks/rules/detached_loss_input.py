@@ -190,7 +190,23 @@ def _backpropagated(ctx: ModuleContext, call: ast.expr) -> bool:
         targets = list(statement.targets)
     elif isinstance(statement, ast.AugAssign | ast.AnnAssign):
         targets = [statement.target]
-    return any(ctx.flow.is_backpropagated(t) for t in targets)
+    function = ctx.enclosing_function(call)
+    return any(ctx.flow.is_backpropagated(t, within=_where_it_lives(function, t)) for t in targets)
+
+
+def _where_it_lives(function: ast.AST | None, target: ast.expr) -> ast.AST | None:
+    """Where a backward on `target` must be: its own function for a local name the function
+    does not return (`vali()`'s `loss` is not `train()`'s); anywhere for an attribute or a
+    returned value, which other code may back-propagate."""
+    if function is None or not isinstance(target, ast.Name):
+        return None
+    returned = any(
+        isinstance(node, ast.Return)
+        and node.value is not None
+        and any(isinstance(n, ast.Name) and n.id == target.id for n in ast.walk(node.value))
+        for node in ast.walk(function)
+    )
+    return None if returned else function
 
 
 def _named_terms(node: ast.expr) -> list[ast.Name]:
