@@ -487,3 +487,20 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
         if f.rule == "torch-load-unsafe"
     ]
     assert entries.data["provenance"] == "unknown"  # entries handed to modules, not modules
+
+
+def test_a_state_dict_named_like_a_network_is_saved_as_weights() -> None:
+    """`crt_net = crt_model.state_dict()` then `torch.save(crt_net, path)`: the name says
+    'net', its binding says weights (ESRGAN's model conversion script)."""
+    source = (
+        "import torch\n\n"
+        "crt_net = build().state_dict()\n"
+        "torch.save(crt_net, 'converted.pth')\n"
+        "weights = torch.load('converted.pth')\n"
+    )
+    (finding,) = [
+        f
+        for f in analyse_files([("m.py", source)], workers=1).all_findings()
+        if f.rule == "torch-load-unsafe"
+    ]
+    assert finding.data["provenance"] == "weights" and finding.data["fix_safe"] is True

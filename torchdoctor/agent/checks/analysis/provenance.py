@@ -88,13 +88,10 @@ class SavedFiles(ModelFacts):
                 return "module"
             return "unknown"
         if isinstance(obj, ast.Name | ast.Attribute):
-            if self.is_module_value(obj):
-                return "module"
-            values = self.definitions(obj)
-            if not values:
-                return "unknown"
-            kinds = [self._object_kind(v, depth + 1) for v in values]
+            kinds = [self._object_kind(v, depth + 1) for v in self.definitions(obj)]
             if "module" in kinds:
                 return "module"
-            return "weights" if all(k == "weights" for k in kinds) else "unknown"
+            if kinds and all(k == "weights" for k in kinds):
+                return "weights"  # `crt_net = model.state_dict()`: its binding, not its name
+            return "module" if self.is_module_value(obj) else "unknown"
         return "unknown"
