@@ -96,7 +96,21 @@ def _metric_score(ctx: ModuleContext, call: ast.Call) -> bool:
         return qual.rsplit(".", 1)[-1] in _SKLEARN_MEAN_METRICS
     if qual or not isinstance(call.func, ast.Name | ast.Attribute):
         return False
-    return bool(_METRIC_HELPER.match(identifier(call.func).lower()))
+    if not _METRIC_HELPER.match(identifier(call.func).lower()):
+        return False
+    helpers = ctx.calls.resolve(call)
+    return not helpers or any(_averages(helper) for helper in helpers)
+
+
+def _averages(helper: ast.AST) -> bool:
+    """A local metric helper whose body averages over the batch (`.mean()`, or a division:
+    `correct.float() / y.shape[0]`), not one that counts (`correct[:k].sum()`, CLIP's
+    `accuracy` divided by the sample count by its caller)."""
+    return any(
+        (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div))
+        or (isinstance(node, ast.Call) and identifier(node.func) in _MEANS)
+        for node in ast.walk(helper)
+    )
 
 
 def _drops_last_batch(ctx: ModuleContext, iterable: ast.expr | None) -> bool:
