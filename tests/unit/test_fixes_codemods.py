@@ -504,3 +504,27 @@ def test_a_state_dict_named_like_a_network_is_saved_as_weights() -> None:
         if f.rule == "torch-load-unsafe"
     ]
     assert finding.data["provenance"] == "weights" and finding.data["fix_safe"] is True
+
+
+def test_losses_collected_and_never_read_are_a_dropped_term_not_a_memory_leak() -> None:
+    """An actor-critic update that sums `policy_loss` twice: `value_loss` is filled and never
+    read. The finding says the term trains nothing, and detaching it (the memory fix) is
+    declined, since it would only hide the dropped term."""
+    path = FIXTURES.parent / "rules" / "loss-graph-accumulation"
+    source = (path / "positive_value_losses_collected_and_never_used.py").read_text()
+    (finding,) = [
+        f
+        for f in analyse_files([("m.py", source)], workers=1).all_findings()
+        if f.rule == "loss-graph-accumulation"
+    ]
+    assert finding.data["unread"] is True and "nothing reads it" in finding.message
+    target = FixTarget(
+        rule=finding.rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+    codemod = codemod_for("loss-graph-accumulation")
+    assert codemod is not None and codemod.transform(source, target) is None
+    assert "dropped" in (codemod.explain(source, target) or "")

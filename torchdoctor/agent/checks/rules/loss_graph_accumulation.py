@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
@@ -54,6 +55,16 @@ class LossGraphAccumulation(Rule):
             if not flow.carried_across_iterations(acc) or flow.total_returned_by_loss_function(acc):
                 continue
             target = ast.unparse(acc.target)
+            if _never_read(ctx, acc):
+                ctx.report(
+                    self,
+                    acc.node,
+                    f"`{target}` collects `{ast.unparse(acc.value)}`, and nothing reads it "
+                    "afterwards: no backward reaches these losses, so they train nothing (a "
+                    "term left out of the total?), while their graphs stay in memory",
+                    data={"accumulator": target, "value": ast.unparse(acc.value), "unread": True},
+                )
+                continue
             ctx.report(
                 self,
                 acc.node,
@@ -61,6 +72,26 @@ class LossGraphAccumulation(Rule):
                 "autograd graph: every iteration's graph stays in memory",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
             )
+
+
+def _never_read(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """A local accumulator its function never reads but to fill it (`value_loss.append(...)`
+    in an actor-critic update whose total sums `policy_loss` twice)."""
+    target = acc.target
+    function = ctx.enclosing_function(acc.node)
+    if not isinstance(target, ast.Name) or function is None:
+        return False
+    filling = [
+        other.node
+        for other in ctx.flow.accumulations
+        if isinstance(other.target, ast.Name) and other.target.id == target.id
+    ]
+    for read in ctx.flow.reads_of(target.id):
+        if ctx.enclosing_function(read) is not function:
+            continue
+        if not any(a in filling for a in [read, *ctx.ancestors(read)]):
+            return False
+    return True
 
 
 def _may_have_losses(ctx: ModuleContext) -> bool:

@@ -20,6 +20,11 @@ class LossGraphAccumulationFix(Codemod):
     rtol = EXACT_RTOL
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if target.data.get("unread"):
+            return ctx.decline(
+                "nothing reads the accumulator: the losses in it are dropped, not kept; whether "
+                "they belong in the back-propagated total is a human's call"
+            )
         span = (target.line, target.end_line)
         for aug in ctx.find(cst.AugAssign, within=span):
             if isinstance(aug.operator, cst.AddAssign) and not _detached(aug.value):
