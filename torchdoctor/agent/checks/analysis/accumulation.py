@@ -115,8 +115,23 @@ class Accumulations(GraphOrigins):
             if isinstance(call.func, ast.Attribute):
                 receivers.append(call.func.value)
             for receiver in receivers:
-                if self.derives_from(receiver, lambda n: _same_text(n, text)):
+                if self._reaches(receiver, text):
                     return True
+        return False
+
+    def _reaches(self, receiver: ast.expr, text: str) -> bool:
+        """Whether `receiver` is computed from the accumulator `text`, through any number of
+        names (`loss = actor + critic`, `critic = advantage.pow(2).mean()`, `advantage =
+        returns - values`), each name's bindings looked at once."""
+        frontier, seen = [receiver], set[str]()
+        while frontier and len(seen) < _MAX_NAMES_FOLLOWED:
+            expr = frontier.pop()
+            for sub in walk_scope(expr) if not isinstance(expr, ast.Name) else [expr]:
+                if _same_text(sub, text):
+                    return True
+                if isinstance(sub, ast.Name) and sub.id not in seen:
+                    seen.add(sub.id)
+                    frontier.extend(self.definitions(sub))
         return False
 
     def has_backward(self) -> bool:
@@ -152,6 +167,9 @@ class Accumulation:
         self.target = target
         self.value = value
         self.loop = loop
+
+
+_MAX_NAMES_FOLLOWED = 64
 
 
 def _inside(node: ast.AST, scope: ast.AST) -> bool:
