@@ -107,7 +107,6 @@ class Accumulations(GraphOrigins):
         """Whether some `.backward()`/`autograd.grad` in the module (or only those inside
         `within`) runs on a value derived from `target` (summing micro-batch losses before one
         backward is intended)."""
-        text = ast.unparse(target)
         for call in self._backward_calls:
             if within is not None and not _inside(call, within):
                 continue
@@ -115,15 +114,16 @@ class Accumulations(GraphOrigins):
             if isinstance(call.func, ast.Attribute):
                 receivers.append(call.func.value)
             for receiver in receivers:
-                if self._reaches(receiver, text):
+                if self.computed_from(receiver, target):
                     return True
         return False
 
-    def _reaches(self, receiver: ast.expr, text: str) -> bool:
-        """Whether `receiver` is computed from the accumulator `text`, through any number of
+    def computed_from(self, expr: ast.expr, target: ast.expr) -> bool:
+        """Whether `expr` is computed from the accumulator `target`, through any number of
         names (`loss = actor + critic`, `critic = advantage.pow(2).mean()`, `advantage =
         returns - values`), each name's bindings looked at once."""
-        frontier, seen = [receiver], set[str]()
+        text = ast.unparse(target)
+        frontier, seen = [expr], set[str]()
         while frontier and len(seen) < _MAX_NAMES_FOLLOWED:
             expr = frontier.pop()
             for sub in walk_scope(expr) if not isinstance(expr, ast.Name) else [expr]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -54,7 +57,7 @@ class OutputsStoredWithGrad(Rule):
                 continue
             if flow.graph_origin(acc.value) != "output" or _integral(ctx, acc.value):
                 continue
-            if not flow.carried_across_iterations(acc):
+            if not flow.carried_across_iterations(acc) or _feeds_a_loss(ctx, acc):
                 continue
             target = ast.unparse(acc.target)
             ctx.report(
@@ -64,6 +67,27 @@ class OutputsStoredWithGrad(Rule):
                 "graph alive; detach them or run the loop under torch.inference_mode()",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
             )
+
+
+_NAMED_LOSS = re.compile(r"loss|criterion", re.IGNORECASE)
+"""A project's own loss helpers (`ce_loss`, `consistency_loss`) resolve to no torch name."""
+
+
+def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """The collected outputs go into a loss after the loop, in the same function (MixMatch's
+    `logits` list, interleaved, then `ce_loss(logits_x, ...)`): collected to be trained on,
+    whoever runs the backward (a hook, a trainer)."""
+    function = ctx.enclosing_function(acc.node)
+    end = acc.loop.end_lineno or acc.loop.lineno
+    if function is None:
+        return False
+    return any(
+        isinstance(node, ast.Call)
+        and node.lineno > end
+        and (ctx.flow.is_loss_callee(node.func) or _NAMED_LOSS.search(identifier(node.func)))
+        and ctx.flow.computed_from(node, acc.target)
+        for node in ast.walk(function)
+    )
 
 
 def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
