@@ -2,17 +2,17 @@
 real `torchdoctor serve` on 127.0.0.1.
 
 One server and one browser for the module. The user signs in with an API key, submits the
-bundled buggy example (a folder, with a run), watches the twelve points complete, approves a
-verified fix, opens a finding, sees the run's plots and data-flow diagram, and downloads a patch
-that applies to the code as submitted, a SARIF report that validates against the SARIF 2.1.0
-schema and a markdown report listing every finding. A file with markup in its name must show as
-text and run nothing. A second tenant's key sees none of it, then submits an archive of its own
-with a run and rejects the verified fix it is offered: the audit resumes with the rejection and
-writes nothing; a model's unverified hypothesis (added to the report on its way to the page)
-shows apart from the findings, as text. axe-core (Deque's accessibility engine) checks the
-page against WCAG 2 A/AA (colour contrast included) at the approval step, with a finding open
-and with the hypotheses shown. Each step's screenshot is saved under the test's tmp dir and
-checked not blank (pixel variance).
+bundled buggy example (a folder, with a run and the quick probes), watches the twelve points
+complete, approves a verified fix, opens a finding, sees the run's plots and data-flow diagram,
+and downloads a patch that applies to the code as submitted, a SARIF report that validates
+against the SARIF 2.1.0 schema and a markdown report listing every finding. A file with markup
+in its name must show as text and run nothing. A second tenant's key sees none of it, then
+submits an archive of its own with a run and rejects the verified fix it is offered: the audit
+resumes with the rejection and writes nothing; a model's unverified hypothesis (added to the
+report on its way to the page) shows apart from the findings, as text. axe-core (Deque's
+accessibility engine) checks the page against WCAG 2 A/AA (colour contrast included) at the
+approval step, with a finding open and with the hypotheses shown. Each step's screenshot is
+saved under the test's tmp dir and checked not blank (pixel variance).
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     page.locator("#folder").set_input_files(str(code))
     page.get_by_label("Run in the sandbox (optional)").fill("python train_buggy.py")
     page.get_by_label("Steps per run").fill("6")
+    # The quick probes: the page is about the review, not determinism or export (5.1, 7.1).
+    page.get_by_label("Probes").select_option("cheap")
     # One fix to verify keeps the test short: every other fixable rule is skipped.
     page.get_by_label("Skip these rules (optional)").fill(" ".join(sorted(OTHER_FIXES)))
     page.get_by_role("button", name="Start the audit").click()
@@ -277,6 +279,8 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     subprocess.run(["git", "apply", "--check", str(patch)], cwd=code, check=True)
     report = json.loads(fetched_text(page, "Report (JSON)"))
     ids = {f["id"] for f in report["findings"]}
+    (run,) = report["provenance"]["extra"]["runs"]
+    assert any(note.startswith("--probes cheap skipped") for note in run["notes"]), run["notes"]
     assert chosen in ids
     sarif = json.loads(fetched_text(page, "SARIF"))
     jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
@@ -311,6 +315,7 @@ def test_review_page_end_to_end(server: Server, browser: Any, tmp_path: Path) ->
     stranger.locator("#archive").set_input_files(str(archive))
     stranger.get_by_label("Run in the sandbox (optional)").fill(f"python {SMALL.name}")
     stranger.get_by_label("Steps per run").fill("2")
+    stranger.get_by_label("Probes").select_option("cheap")
     stranger.get_by_role("button", name="Start the audit").click()
     stranger.locator("#audit-state").wait_for(state="visible")
     theirs = stranger.locator("#audit-id").inner_text()

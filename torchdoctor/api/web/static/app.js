@@ -220,6 +220,7 @@ function auditOptions() {
     options.run = [command];
     const steps = Number($("steps").value);
     if (steps > 0) options.steps = steps;
+    options.probes = $("probes").value;
   }
   return options;
 }
