@@ -18,8 +18,10 @@ from tests.api.server import Server, events, wait_for
 from tests.api.test_api import BUGGY, _jobs_with
 from torchdoctor.api.client import Client
 
-# Long enough that the job can only vanish within the check's window by being killed.
-NAPPING = "import time\n\nif __name__ == '__main__':\n    time.sleep(20)\n"
+# Longer than the check's window (`VANISH_S`), so the job can only vanish within it by being
+# killed; short, because the resumed audit runs it again in full.
+NAPPING = "import time\n\nif __name__ == '__main__':\n    time.sleep(10)\n"
+VANISH_S = 8
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +62,7 @@ def test_an_audit_survives_a_killed_server(server: Server) -> None:
     server.kill()
     follower.join(timeout=30)
     assert seen and not follower.is_alive()
-    deadline = time.monotonic() + 12
+    deadline = time.monotonic() + VANISH_S
     while time.monotonic() < deadline and _jobs_with(marker):
         time.sleep(0.2)
     assert not _jobs_with(marker), "the sandbox job outlived its server"
