@@ -43,7 +43,13 @@ NEW_RULES: tuple[str, ...] = (
     "softmax-without-dim",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
-CROSS_FILE = ("double-softmax", "leak-preprocessing", "eval-without-eval-mode")
+CROSS_FILE = (
+    "double-softmax",
+    "leak-preprocessing",
+    "eval-without-eval-mode",
+    "loss-graph-accumulation",
+    "train-mode-not-restored",
+)
 
 
 def _cases() -> list[object]:

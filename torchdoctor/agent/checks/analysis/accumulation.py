@@ -33,9 +33,9 @@ class Accumulations(GraphOrigins):
             pair = _accumulation_pair(node)
             if pair is None:
                 continue
-            loop = self._innermost_loop(node)
+            loop = self.innermost_loop(node)
             while loop is not None and _iterates_keys_of(loop, pair[0]):
-                loop = self._innermost_loop(loop)  # `for k, v in losses.items(): total[k] += v`
+                loop = self.innermost_loop(loop)  # `for k, v in losses.items(): total[k] += v`
             if loop is not None:
                 found.append(Accumulation(node, pair[0], pair[1], loop))
         return found
@@ -66,7 +66,7 @@ class Accumulations(GraphOrigins):
             for node in walk_scope(function.body)
         )
 
-    def _innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
+    def innermost_loop(self, node: ast.AST) -> ast.For | ast.While | ast.AsyncFor | None:
         for anc in self.ctx.ancestors(node):
             if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
                 return anc

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
@@ -44,6 +45,7 @@ Property = Literal[
     "mode-layers-in-project",
     "cpu-device-in-project",
     "convolutional",
+    "accumulates-argument",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -103,6 +105,9 @@ class FunctionSummary(_Model):
     params: list[str] = Field(default_factory=list)
     steps_optimizer: bool = False
     splits_data: bool = False
+    accumulates: bool = False
+    """A method (keyed `Class.method`) that adds its first argument into its object's state
+    (a meter's `update(val, n)`)."""
 
 
 class ModuleSummary(_Model):
@@ -531,6 +536,12 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                         params=[a.arg for a in stmt.args.args],
                         steps_optimizer=True,
                     )
+    if "+=" in text or "append" in text:
+        for cls_name, cls in ctx.flow.classes.items():
+            for method, fn in accumulating_methods(cls).items():
+                summary.functions[f"{cls_name}.{method}"] = FunctionSummary(
+                    line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
+                )
     if "split" in text:
         for name, fn in _functions_splitting_parameters(ctx):
             entry = summary.functions.get(name) or FunctionSummary(
@@ -823,7 +834,8 @@ class ProjectIndex:
             return cls is None or not cls.mode_free
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
-        if not candidates and needs == "splits-data":  # `pkg.mod.Class.method`
+        if not candidates and needs in ("splits-data", "accumulates-argument"):
+            # `pkg.mod.Class.method`
             module, _, owner = module.rpartition(".")
             candidates = self._modules(module) if module else []
             name = f"{owner}.{name}"
@@ -840,6 +852,8 @@ class ProjectIndex:
         fn = summary.functions.get(name)
         if needs == "splits-data":
             return fn is not None and fn.splits_data
+        if needs == "accumulates-argument":
+            return fn is not None and fn.accumulates
         return fn is not None and fn.steps_optimizer
 
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:

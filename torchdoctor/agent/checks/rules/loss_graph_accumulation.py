@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.accumulation import Accumulation
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.meters import accumulating_methods
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    defer,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.models import Severity
 
 
@@ -23,6 +31,10 @@ class LossGraphAccumulation(Rule):
     total that is itself back-propagated (micro-batch losses summed before one backward), or
     into the total a loss function returns (one term per head or scale, back-propagated by its
     caller) is not reported.
+
+    Also reported: a loss handed to an object's method that keeps it (`losses.update(loss,
+    n)` on a meter whose `update` does `self.sum += val * n`), the class in this file or in
+    another one.
 
     Example:
         running_loss = 0.0
@@ -46,9 +58,12 @@ class LossGraphAccumulation(Rule):
         return _may_have_losses(ctx)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "class " in ctx.source:
+            publish(ctx)  # its meters' accumulating methods, for the modules using them
         if not _may_have_losses(ctx):
             return
         flow = ctx.flow
+        self._kept_by_methods(ctx)
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
                 continue
@@ -72,6 +87,49 @@ class LossGraphAccumulation(Rule):
                 "autograd graph: every iteration's graph stays in memory",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
             )
+
+    def _kept_by_methods(self, ctx: ModuleContext) -> None:
+        """`meter.update(loss, n)` in a loop, `meter` built before it from a class whose
+        method keeps its first argument: this file's class is read, another file's is asked
+        of the project pass."""
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            func = call.func
+            if not (call.args and isinstance(func, ast.Attribute)):
+                continue
+            if not isinstance(func.value, ast.Name) or not isinstance(call.args[0], ast.Name):
+                continue
+            loop = flow.innermost_loop(call)
+            if loop is None or flow.grad_disabled_at(call):
+                continue
+            acc = Accumulation(call, func.value, call.args[0], loop)
+            if flow.graph_origin(acc.value) != "loss" or not flow.carried_across_iterations(acc):
+                continue
+            cls = flow.local_class(func.value)
+            if cls is not None:
+                if func.attr in accumulating_methods(cls):
+                    ctx.report(self, call, _kept_message(acc, func.attr))
+                continue
+            for constructor in flow.constructors(func.value):
+                symbol = callee_symbol(ctx, constructor.func)
+                found = ctx.finding(self, call, _kept_message(acc, func.attr)) if symbol else None
+                if symbol and found is not None:
+                    pending = Pending(
+                        symbol=f"{symbol}.{func.attr}", needs="accumulates-argument", finding=found
+                    )
+                    defer(ctx, self.id, pending)
+                break
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _kept_message(acc: Accumulation, method: str) -> str:
+    return (
+        f"`{ast.unparse(acc.target)}.{method}` keeps `{ast.unparse(acc.value)}`, which still "
+        "holds the autograd graph: every iteration's graph stays in memory"
+    )
 
 
 def _never_read(ctx: ModuleContext, acc: Accumulation) -> bool:
@@ -97,5 +155,5 @@ def _never_read(ctx: ModuleContext, acc: Accumulation) -> bool:
 def _may_have_losses(ctx: ModuleContext) -> bool:
     text = ctx.source
     return ("loss" in text or "criterion" in text) and (
-        "+=" in text or "append" in text or "+ " in text
+        "+=" in text or "append" in text or "+ " in text or "update(" in text
     )

@@ -1,0 +1,92 @@
+"""Objects that keep what they are given: a meter's `update(val, n)` adding `val` into
+`self.sum`. Handing such a method a loss tensor keeps every step's autograd graph alive, as
+`total += loss` does; the accumulation only shows inside the class, often in another file."""
+
+from __future__ import annotations
+
+import ast
+
+from torchdoctor.agent.checks.loops import walk_scope
+
+# Calls that turn a tensor into a number or cut its graph before it is kept.
+_CUTS = frozenset({"item", "detach", "float", "int", "tolist", "numpy", "cpu"})
+
+
+def accumulating_methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    """Methods of `cls` that add their first argument into the object's own state
+    (`self.sum += val * n`, `self.total = self.total + val`, `self.values.append(val)`)
+    without cutting its graph first (`val.item()`, `float(val)`, `val.detach()`)."""
+    found: dict[str, ast.FunctionDef] = {}
+    for stmt in cls.body:
+        if not isinstance(stmt, ast.FunctionDef) or len(stmt.args.args) < 2:
+            continue
+        if stmt.name.startswith("__"):
+            continue
+        param = stmt.args.args[1].arg
+        if _rebound(stmt, param):
+            continue
+        if any(_keeps(node, param) for node in walk_scope(stmt.body)):
+            found[stmt.name] = stmt
+    return found
+
+
+def _rebound(fn: ast.FunctionDef, param: str) -> bool:
+    """`val = val.item()` / `val = float(val)` at the top of the method: what is kept is a
+    number, whatever the caller passed."""
+    return any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == param for t in node.targets)
+        for node in walk_scope(fn.body)
+    )
+
+
+def _keeps(node: ast.AST, param: str) -> bool:
+    if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+        return _self_state(node.target) and _reads_uncut(node.value, param)
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, value = node.targets[0], node.value
+        return (
+            _self_state(target)
+            and isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.Add)
+            and ast.unparse(target) in (ast.unparse(value.left), ast.unparse(value.right))
+            and _reads_uncut(value, param)
+        )
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return (
+            node.func.attr == "append"
+            and _self_state(node.func.value)
+            and len(node.args) == 1
+            and _reads_uncut(node.args[0], param)
+        )
+    return False
+
+
+def _self_state(target: ast.expr) -> bool:
+    """`self.sum`, `self.history["loss"]`: state the object keeps between calls."""
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    return (
+        isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
+    )
+
+
+def _reads_uncut(expr: ast.expr, param: str) -> bool:
+    """`expr` reads `param` other than through a call that cuts its graph."""
+    if isinstance(expr, ast.Name):
+        return expr.id == param
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        if isinstance(func, ast.Attribute) and func.attr in _CUTS:
+            return False
+        if isinstance(func, ast.Name) and func.id in _CUTS:
+            return False
+    if isinstance(expr, ast.Attribute) and expr.attr == "data":
+        return False
+    return any(
+        _reads_uncut(child, param)
+        for child in ast.iter_child_nodes(expr)
+        if isinstance(child, ast.expr)
+    )
