@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.patterns import builds_conv2d
 
@@ -46,6 +47,7 @@ Property = Literal[
     "cpu-device-in-project",
     "convolutional",
     "accumulates-argument",
+    "leaves-model-in-eval",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -106,6 +108,8 @@ class FunctionSummary(_Model):
     steps_optimizer: bool = False
     splits_data: bool = False
     accumulates: bool = False
+    leaves_eval: bool = False
+    """Puts a model it is given in eval mode and returns without setting it back to train."""
     """A method (keyed `Class.method`) that adds its first argument into its object's state
     (a meter's `update(val, n)`)."""
 
@@ -536,6 +540,13 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                         params=[a.arg for a in stmt.args.args],
                         steps_optimizer=True,
                     )
+    if "eval()" in text:
+        for stmt in ctx.tree.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and leaves_eval(stmt):
+                entry = summary.functions.get(stmt.name) or FunctionSummary(
+                    line=stmt.lineno, params=[a.arg for a in stmt.args.args]
+                )
+                summary.functions[stmt.name] = entry.model_copy(update={"leaves_eval": True})
     if "+=" in text or "append" in text:
         for cls_name, cls in ctx.flow.classes.items():
             for method, fn in accumulating_methods(cls).items():
@@ -550,6 +561,26 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
     memo[""] = summary
     return summary
+
+
+def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """`net.eval()` on one of the function's parameters with no `.train()` after it: the
+    caller gets its model back in eval mode (`def evaluate(net, loader): net.eval(); ...`)."""
+    params = {a.arg for a in fn.args.args}
+    evals: list[int] = []
+    trains: list[int] = []
+    for node in walk_scope(fn.body):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        receiver = node.func.value
+        if node.func.attr == "eval" and not node.args:
+            if isinstance(receiver, ast.Name) and receiver.id in params:
+                evals.append(node.lineno)
+        elif node.func.attr == "train" and not (
+            node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is False
+        ):
+            trains.append(node.lineno)
+    return bool(evals) and not any(line > min(evals) for line in trains)
 
 
 def _imported_submodules(ctx: ModuleContext, cls: ast.ClassDef) -> list[str]:
@@ -854,6 +885,8 @@ class ProjectIndex:
             return fn is not None and fn.splits_data
         if needs == "accumulates-argument":
             return fn is not None and fn.accumulates
+        if needs == "leaves-model-in-eval":
+            return fn is not None and fn.leaves_eval
         return fn is not None and fn.steps_optimizer
 
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    project_symbol,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import local_callee
 from torchdoctor.agent.models import Severity
 
@@ -22,6 +29,9 @@ class TrainModeNotRestored(Rule):
     Why it matters: after the first validation the model stays in eval mode, so every later
     epoch trains with dropout off and BatchNorm frozen on its running statistics. Training
     still "works", but regularisation is gone and results differ from what the code says.
+
+    Also reported when the validation function is imported from another file and, there,
+    puts the model it is given in eval mode without setting it back.
 
     Not reported: `.eval()` on an averaged copy (`model_ema.eval()`) or on a fresh copy
     (`copy.deepcopy(net).eval()` for a snapshot): the trained model keeps its mode.
@@ -47,11 +57,16 @@ class TrainModeNotRestored(Rule):
         return "backward" in ctx.source and bool(ctx.loops.training_loops)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "eval()" in ctx.source:
+            publish(ctx)  # its functions that leave a model in eval mode, for their callers
+        if not self.applies(ctx):
+            return
+        verdicts: dict[int, bool] = {}
+        self._imported_evaluations(ctx, verdicts)
         if "eval()" not in ctx.source and "train(False)" not in ctx.source:
             return
         flow = ctx.flow
         evaluating = flow.functions_reaching("eval")
-        verdicts: dict[int, bool] = {}
         reported: set[int] = set()
         around_eval = flow.calls_containing_mode("eval")
         for call in flow.nodes(ast.Call):
@@ -73,6 +88,37 @@ class TrainModeNotRestored(Rule):
                 "later epochs train with dropout off and BatchNorm frozen",
                 data={"loop_line": loop.lineno},
             )
+
+    def _imported_evaluations(self, ctx: ModuleContext, verdicts: dict[int, bool]) -> None:
+        """`evaluate(model, val_loader)` imported from another file, called in a training
+        loop that never calls `.train()`: the project pass keeps it when that function leaves
+        the model it is given in eval mode."""
+        for call in ctx.flow.nodes(ast.Call):
+            if not call.args or local_callee(call) in ctx.flow.functions:
+                continue
+            symbol = project_symbol(ctx, call.func)
+            if symbol is None:
+                continue
+            loop = self._innermost_unrestored_loop(ctx, call, verdicts)
+            if loop is None:
+                continue
+            found = ctx.finding(
+                self,
+                call,
+                f"`{symbol}` puts the model in eval mode and this loop never calls .train() "
+                "again: later steps train with dropout off and BatchNorm frozen",
+                data={"loop_line": loop.lineno},
+            )
+            if found is not None:
+                defer(
+                    ctx,
+                    self.id,
+                    Pending(symbol=symbol, needs="leaves-model-in-eval", finding=found),
+                )
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
     @staticmethod
     def _innermost_unrestored_loop(
