@@ -23,10 +23,26 @@ _CPU_FALLBACK = re.compile(
 )
 
 
+# A device picked between "cpu" and "cuda" by a switch (`torch.device('cpu' if
+# opt.no_cuda else 'cuda')`): the CPU is one of the paths the program takes.
+_CPU_CHOICE = re.compile(
+    r"[\"']cpu[\"']\s+if\b[^\n]*\belse\s+[\"']cuda"
+    r"|[\"']cuda[\w:]*[\"']\s+if\b[^\n]*\belse\s+[\"']cpu[\"']"
+)
+# Code that branches on running on the CPU (`cuda = device.type != 'cpu'`): this file's
+# own loads run there too (its helpers' loads may read caches, not checkpoints).
+_CPU_BRANCH = re.compile(r"\.type\s*[!=]=\s*[\"']cpu[\"']")
+
+
 def _cpu_fallback(source: str) -> bool:
     """`_CPU_FALLBACK` searched only in a text that holds both its parts (most do not: the
-    scan of every line costs more than parsing a tenth of the file)."""
-    return "is_available()" in source and "cpu" in source and bool(_CPU_FALLBACK.search(source))
+    scan of every line costs more than parsing a tenth of the file); `_CPU_CHOICE` in a text
+    that names the CPU."""
+    if "cpu" not in source:
+        return False
+    if "is_available()" in source and _CPU_FALLBACK.search(source):
+        return True
+    return bool(_CPU_CHOICE.search(source))
 
 
 # A command-line device option that offers the CPU (`--device` with "cpu" among its choices
@@ -36,7 +52,9 @@ _CPU_OPTION = re.compile(
     r"add_argument\(\s*[\"']--?[\w-]*device[\w-]*[\"'][^)]*[\"']cpu[\"']"
     r"|add_argument\(\s*[\"']--(cpu|use[-_]cpu|(no|disable)[-_](cuda|gpu))[\"']"
 )
-_DEVICE_TEST = re.compile(r"gpu|cuda|device|rank|local_rank", re.IGNORECASE)
+# A branch that decides by device. A process rank (`if rank in [-1, 0]:`, the main process
+# logging) picks who loads, not where: the load still restores onto the saving device.
+_DEVICE_TEST = re.compile(r"gpu|cuda|device", re.IGNORECASE)
 _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
 
 
@@ -84,6 +102,7 @@ class TorchLoadNoMapLocation(Rule):
         here = _cpu_fallback(ctx.source) or _cpu_flag(ctx.source) or _optional_cuda(ctx)
         if here:
             publish_cpu_device(ctx)
+        here = here or ("cpu" in ctx.source and bool(_CPU_BRANCH.search(ctx.source)))
         if "load(" not in ctx.source:
             return
         for call in ctx.flow.calls_named(("load",)):
