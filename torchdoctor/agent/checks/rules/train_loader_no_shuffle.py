@@ -225,11 +225,26 @@ _TRAIN_NAME = re.compile(r"(^|[^A-Za-z])[Tt]rain(ing)?([^a-z]|$|set|loader|data|
 def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) -> bool:
     """Whether the loader may shuffle or keep an order on purpose (or we cannot tell); a
     `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
-    if any(kwarg(loader, name) is not None for name in _ORDERING if name != forwarded):
+    given = [kwarg(loader, name) for name in _ORDERING if name != forwarded]
+    if any(value is not None and not _may_be_none(ctx, value) for value in given):
         return True
     if has_star_kwargs(loader) or len(loader.args) > 2:
         return True  # positional shuffle/sampler, or options we cannot see
     return _held_out(ctx, loader) or _iterable(ctx, loader)
+
+
+def _may_be_none(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`sampler=None`, or `sampler=train_sampler` with `train_sampler = None` on one path
+    (`DistributedSampler(...)` only when distributed): with no `shuffle` beside it, that
+    path iterates in a fixed order."""
+    if isinstance(value, ast.Constant):
+        return value.value is None
+    if not isinstance(value, ast.Name):
+        return False
+    return any(
+        isinstance(bound, ast.Constant) and bound.value is None
+        for bound in ctx.flow.definitions(value)
+    )
 
 
 def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | None:
