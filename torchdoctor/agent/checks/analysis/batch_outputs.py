@@ -36,6 +36,18 @@ def is_whole_model_output(ctx: ModuleContext, value: ast.expr, hops: int = 0) ->
     return ctx.flow.is_model_call(value)
 
 
+def output_before(ctx: ModuleContext, call: ast.Call, value: ast.expr) -> bool:
+    """`value` is what a model returned, or a name one of whose other bindings is (`preds =
+    model(x)` before `preds = preds.log_softmax(0)` rebinds it through `call`)."""
+    if not isinstance(value, ast.Name):
+        return is_whole_model_output(ctx, value)
+    return any(
+        is_whole_model_output(ctx, bound)
+        for bound in ctx.flow.definitions(value)
+        if not any(sub is call for sub in ast.walk(bound))
+    )
+
+
 def in_loop(ctx: ModuleContext, node: ast.AST) -> bool:
     """Inside a `for` loop or a comprehension of its own function (batches, not one call)."""
     for anc in ctx.ancestors(node):

@@ -9,6 +9,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
     compared,
     in_loop,
     is_whole_model_output,
+    output_before,
 )
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
@@ -30,6 +31,9 @@ class ArgmaxWithoutDim(Rule):
 
     Also reported wherever it runs: a dim-less argmax compared with an index vector built by
     `torch.arange` (contrastive accuracy: `argmax(logits) == torch.arange(n)`).
+
+    Also when the result becomes one-hot classes (`F.one_hot(pred.argmax(), n)`, a Dice
+    score's predicted masks): one class per example was meant.
 
     And a dim-less argmax that picks one entry per row (`q[range(n), q.argmax()]`, directly or
     through a variable): a per-row index was meant, the flat one points past the rows.
@@ -65,6 +69,10 @@ class ArgmaxWithoutDim(Rule):
                 continue
             batch_prediction = (
                 in_loop(ctx, call) and compared(ctx, call) and is_whole_model_output(ctx, value)
+            ) or (
+                in_loop(ctx, call)
+                and _one_hot_classes(ctx, call)
+                and output_before(ctx, call, value)
             )
             if (
                 not batch_prediction
@@ -94,6 +102,26 @@ def _compared_with_index_vector(ctx: ModuleContext, call: ast.Call) -> bool:
         return False
     others = [e for e in [parent.left, *parent.comparators] if e is not node]
     return any(_index_vector(ctx, other) for other in others)
+
+
+_ONE_HOT = frozenset({"torch.nn.functional.one_hot"})
+
+
+def _one_hot_classes(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The argmax (through casts) is the class tensor `one_hot` expands."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute) and parent.attr in _SAME_VALUE:
+        grand = ctx.parents.get(parent)
+        if not isinstance(grand, ast.Call) or grand.func is not parent:
+            return False
+        node, parent = grand, ctx.parents.get(grand)
+    return (
+        isinstance(parent, ast.Call)
+        and bool(parent.args)
+        and parent.args[0] is node
+        and ctx.flow.qualname_of(parent) in _ONE_HOT
+    )
 
 
 def _indexes_rows(ctx: ModuleContext, call: ast.Call) -> bool:

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
     compared,
     in_loader_loop,
     is_whole_model_output,
+    output_before,
 )
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -39,6 +40,10 @@ class ReductionOverBatchDim(Rule):
     matches by accident, and accuracy is nonsense. A softmax over dim 0 normalises each class
     across the batch: the loss trains the model to rank examples, not to classify them, and
     results change with the batch size.
+
+    A softmax or log_softmax over dim 0 of a model's output is reported whatever is done with
+    it inside a loader loop (scores written out), and outside one when it reaches a loss
+    through names, views and arithmetic (a step drawing `dataset.get_batch()`).
 
     Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop.
@@ -75,11 +80,7 @@ class ReductionOverBatchDim(Rule):
             reduced = _over_dim_zero(ctx, call)
             if reduced is None:
                 continue
-            direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
-            if not direct and not _parameter_given_batches(ctx, call, reduced):
-                continue
-            name = _reduction_name(ctx, call)
-            if not (compared(ctx, call) or (name in _PROBABILITIES and _fed_to_loss(ctx, call))):
+            if not self._wrong(ctx, call, reduced):
                 continue
             ctx.report(
                 self,
@@ -87,6 +88,52 @@ class ReductionOverBatchDim(Rule):
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
             )
+
+    @staticmethod
+    def _wrong(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
+        name = _reduction_name(ctx, call)
+        if (
+            name in _PROBABILITIES
+            and output_before(ctx, call, reduced)
+            and (in_loader_loop(ctx, call) or _reaches_loss(ctx, call, 0))
+        ):
+            return True  # a batch of outputs normalised across its examples: no use is right
+        direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
+        if not direct and not _parameter_given_batches(ctx, call, reduced):
+            return False
+        return compared(ctx, call) or (name in _PROBABILITIES and _fed_to_loss(ctx, call))
+
+
+_MAX_LOSS_HOPS = 2
+
+
+def _reaches_loss(ctx: ModuleContext, node: ast.expr, hops: int) -> bool:
+    """`node`'s value is an argument of a loss call, directly or inside the expression that
+    holds it, or through the names that expression is bound to (in its function)."""
+    scope = ctx.enclosing_function(node)
+    child: ast.AST = node
+    parent = ctx.parents.get(child)
+    while isinstance(parent, ast.expr):
+        if (
+            isinstance(parent, ast.Call)
+            and child in parent.args
+            and ctx.flow.is_loss_callee(parent.func)
+        ):
+            return True
+        child, parent = parent, ctx.parents.get(parent)
+    if hops >= _MAX_LOSS_HOPS or not isinstance(parent, ast.Assign):
+        return False
+    for target in parent.targets:
+        if not isinstance(target, ast.Name):
+            continue
+        for read in ctx.flow.reads_of(target.id):
+            if (
+                ctx.enclosing_function(read) is scope
+                and read.lineno > parent.lineno
+                and _reaches_loss(ctx, read, hops + 1)
+            ):
+                return True
+    return False
 
 
 def _parameter_given_batches(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
