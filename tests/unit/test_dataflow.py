@@ -423,3 +423,45 @@ def test_many_reassignments_stay_linear() -> None:
     assert len(list(flow.producers(x))) == 300
     assert len(list(flow.sources(expr_at(flow, "a")))) <= 601  # each expression once
     assert time.perf_counter() - started < 2.0
+
+
+CYCLIC = """
+import torch
+import torch.nn as nn
+
+
+class ActorCritic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.actor = nn.Linear(4, 2)
+        self.critic = nn.Linear(4, 1)
+
+    def evaluate(self, state):
+        return self.actor(state), self.critic(state)
+
+
+class Agent:
+    def __init__(self):
+        self.policy = ActorCritic()
+        self.value_loss = nn.MSELoss()
+
+    def update(self, states, returns, epochs):
+        for _ in range(epochs):
+            logits, values = self.policy.evaluate(states)
+            values = torch.squeeze(values)
+            critic = self.value_loss(values.detach(), returns)
+            critic.backward()
+"""
+
+
+def test_graph_origin_does_not_depend_on_what_was_asked_first() -> None:
+    """A value worked out through a cycle (`values = torch.squeeze(values)` in a loop) is not
+    memoised with the answer the cut gave it: the squeeze's argument asked first must not
+    leave the squeeze itself without a graph for the read that follows."""
+    flow = flow_of(CYCLIC)
+    calls = [n for n in ast.walk(flow.ctx.tree) if isinstance(n, ast.Call)]
+    squeeze = next(c for c in calls if ast.unparse(c) == "torch.squeeze(values)")
+    detach = next(c for c in calls if ast.unparse(c) == "values.detach()")
+    assert isinstance(detach.func, ast.Attribute)
+    assert flow.graph_origin(squeeze.args[0]) == "output"
+    assert flow.graph_origin(detach.func.value) == "output"

@@ -40,9 +40,12 @@ class GraphOrigins(ModelFacts):
         long chain of definitions (`h = f(h)` many times over, a long `a + b + ...`) is not
         bounded by Python's recursion limit. An expression already being worked out lower on
         the stack answers None: a function that unpacks its own returned tuple
-        (`ok, depth = f(x[0])`) would otherwise chase itself for ever."""
+        (`ok, depth = f(x[0])`) would otherwise chase itself for ever. What is worked out
+        through such a cut is not memoised until the expression cut is finished: asked on its
+        own later, it may hold a graph the cut hid (the answer must not depend on which value
+        a rule asked about first)."""
         memo = self._origin_memo
-        frames: list[tuple[int, _Steps[GraphOrigin | None]]] = []
+        frames: list[tuple[int, _Steps[GraphOrigin | None], set[int]]] = []
         pending: set[int] = set()
         expr = root
         while True:
@@ -52,18 +55,26 @@ class GraphOrigins(ModelFacts):
                 value = memo[key]
             elif key not in pending and len(pending) <= MAX_VISITS:
                 pending.add(key)
-                frames.append((key, self._origin_steps(expr)))
+                frames.append((key, self._origin_steps(expr), set()))
+            elif frames:
+                frames[-1][2].add(key)  # a cut: this frame's answer depends on `key`'s
             while True:
                 if not frames:
                     return value
-                key, steps = frames[-1]
+                key, steps, cuts = frames[-1]
                 try:
                     expr = steps.send(value)
                     break
                 except StopIteration as done:
                     frames.pop()
                     pending.discard(key)
-                    value = memo[key] = done.value
+                    value = done.value
+                    cuts.discard(key)
+                    if cuts:
+                        if frames:
+                            frames[-1][2].update(cuts)
+                    else:
+                        memo[key] = value
 
     def _first_origin(self, exprs: Iterable[ast.expr]) -> _Steps[GraphOrigin | None]:
         found: GraphOrigin | None = None
