@@ -518,7 +518,8 @@ class DefUse:
         return []
 
     def sources(self, expr: ast.expr, depth: int = 0) -> Iterator[ast.expr]:
-        """`expr` and every expression it may derive from through names and local returns.
+        """`expr` and every expression it may derive from through names, local returns and
+        either branch of a conditional expression.
 
         Each expression is visited once (re-assignments like `x = f(x)` repeated many times
         stay linear), at most `MAX_DEPTH` steps from `expr`."""
@@ -538,6 +539,8 @@ class DefUse:
             elif isinstance(current, ast.Call):
                 callee = current.func.id if isinstance(current.func, ast.Name) else None
                 nexts = list(self._returns.get(callee or "", []))
+            elif isinstance(current, ast.IfExp):  # `CE() if n_classes > 1 else BCE()`: either
+                nexts = [current.body, current.orelse]
             stack.extend((value, level + 1) for value in reversed(nexts))
 
     def constructed_as(self, expr: ast.expr) -> str | None:
