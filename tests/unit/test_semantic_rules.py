@@ -49,6 +49,7 @@ CROSS_FILE = (
     "eval-without-eval-mode",
     "loss-graph-accumulation",
     "train-mode-not-restored",
+    "validation-with-grad",
 )
 
 

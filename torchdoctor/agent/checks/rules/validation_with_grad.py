@@ -23,6 +23,11 @@ _EVAL_LOADER = re.compile(
     re.IGNORECASE,
 )
 _HELD_OUT = frozenset({"test", "val"})
+# Scripts that only evaluate or predict (`detect.py`, `test.py`, `eval_coco.py`, `demo.py`);
+# pytest modules (`test_*.py`) are not among them.
+_EVALUATION_SCRIPT = re.compile(
+    r"^(test|eval|evaluate|evaluation|inference|infer|predict|demo|detect)([-_.][\w.-]*)?\.py$"
+)
 _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
 _ROUTE_DECORATORS = frozenset(
     {"route", "get", "post", "put", "patch", "delete", "websocket", "api_route"}
@@ -44,6 +49,8 @@ class ValidationWithGrad(Rule):
     """Detects an evaluation function or loop (`evaluate`, `validate`, `test`, a loop over
     `val_loader`) that calls the model with no backward pass and outside `torch.no_grad()` /
     `torch.inference_mode()` (as a `with` block, a decorator, or `torch.set_grad_enabled(False)`).
+    Every function of a script named for evaluation or prediction (`detect.py`, `test.py`)
+    that never back-propagates counts as evaluation.
     A helper counts as evaluation whatever its name when it is called with held-out data
     (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
     inline in the training loop. So does serving: a web request handler (`@app.route`,
@@ -85,6 +92,10 @@ class ValidationWithGrad(Rule):
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
         candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
+        if _evaluation_script(ctx):
+            candidates += [
+                fn for fn in functions(ctx) if fn not in candidates and not _in_network(ctx, fn)
+            ]
         serving = [fn for fn in _serving_functions(ctx) if fn not in candidates] if serves else []
         names = {fn.name for fn in [*candidates, *serving]}
         guarded_callers = self._grad_off_call_sites(ctx, names) if names else set()
@@ -189,6 +200,16 @@ def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
             if isinstance(node, ast.Call):
                 found += [fn for fn in ctx.calls.resolve(node) if fn not in found]
     return found
+
+
+def _evaluation_script(ctx: ModuleContext) -> bool:
+    """A script named for evaluation or prediction (`detect.py`, `test.py`) that never
+    back-propagates: every forward it runs over data is evaluation, whatever its function is
+    called (`detect()`, `extract_feature()`)."""
+    name = ctx.path.rsplit("/", 1)[-1]
+    if name.startswith("test_") or not _EVALUATION_SCRIPT.match(name):
+        return False
+    return "backward" not in ctx.source and ".step(" not in ctx.source
 
 
 def _in_network(ctx: ModuleContext, node: ast.AST) -> bool:
