@@ -31,6 +31,8 @@ DATALOADERS = _names("dataloaders")
 SCHEDULER_HINTS = tuple(sorted(_names("scheduler_hints")))
 LOSS_FUNCTIONS = _names("loss_functions")
 NLL_LOSSES = _names("nll_losses")
+# Losses with no prediction slot: `F.mse_loss(returns, values)` is written either way round.
+SYMMETRIC_LOSSES = _names("symmetric_losses")
 SOFTMAX = _producers("softmax")
 LOG_SOFTMAX = _producers("log_softmax")
 SIGMOID = _producers("sigmoid")

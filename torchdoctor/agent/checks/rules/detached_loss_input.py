@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS
+from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SYMMETRIC_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
@@ -28,6 +28,9 @@ class DetachedLossInput(Rule):
     back-propagated sum (`loss = l1 + adv`) is reported too, and so is a term of that sum
     detached from its graph (`pg = torch.max(a, b).mean().detach()`, then `loss = pg - c *
     ent`): the term changes the value but gives no gradient.
+
+    Either argument of a symmetric regression loss (`F.mse_loss(returns, values.detach())`,
+    written target first) counts as its prediction.
 
     Not reported: a detached input to another model (`D(G(z).detach())`, the GAN
     discriminator step), a detached target (`criterion(student(x), teacher(x).detach())`,
@@ -67,21 +70,19 @@ class DetachedLossInput(Rule):
         for call in flow.nodes(ast.Call):
             if not _is_loss(ctx, call) or flow.grad_disabled_at(call):
                 continue
-            prediction = first_argument(call, "input")
-            if prediction is None:
+            found = _detached_prediction(ctx, call)
+            if found is None:
                 continue
-            cut = _cut_model_output(ctx, prediction)
-            if cut is None or _attached_other(ctx, call, prediction):
-                continue
+            prediction, detached = found
             if not _backpropagated(ctx, call):
                 continue
             ctx.report(
                 self,
                 call,
                 f"the loss receives `{ast.unparse(prediction)}`, the model's output cut from "
-                f"the graph by `{ast.unparse(cut)}` (line {cut.lineno}): no gradient reaches "
-                "the model through this loss",
-                data={"cut_line": cut.lineno},
+                f"the graph by `{ast.unparse(detached)}` (line {detached.lineno}): no gradient "
+                "reaches the model through this loss",
+                data={"cut_line": detached.lineno},
             )
         for node in flow.nodes(ast.BinOp):
             if not isinstance(node.op, ast.Add | ast.Sub) or isinstance(
@@ -108,6 +109,30 @@ class DetachedLossInput(Rule):
                     "gradient, so this term trains nothing",
                     data={"sum_line": node.lineno},
                 )
+
+
+def _detached_prediction(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, ast.expr] | None:
+    """The loss's prediction and the cut that detached it: the first argument, or either
+    one of a symmetric regression loss (`F.mse_loss(returns, values.detach())`), unless the
+    other argument is an attached model output (then the detached one is the target)."""
+    candidates = [first_argument(call, "input")]
+    if _symmetric(ctx, call):
+        target = kwarg(call, "target")
+        if target is None and len(call.args) > 1:
+            target = call.args[1]
+        candidates.append(target)
+    for prediction in candidates:
+        if prediction is None:
+            continue
+        cut = _cut_model_output(ctx, prediction)
+        if cut is not None and not _attached_other(ctx, call, prediction):
+            return prediction, cut
+    return None
+
+
+def _symmetric(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.flow.qualname_of(call) or ctx.flow.constructed_as(call.func)
+    return qual in SYMMETRIC_LOSSES
 
 
 def _is_loss(ctx: ModuleContext, call: ast.Call) -> bool:
