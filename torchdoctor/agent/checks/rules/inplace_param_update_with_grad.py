@@ -92,12 +92,23 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
 
 
 def _iterates_parameters(loop: ast.For, name: str) -> bool:
-    it = loop.iter
-    if not isinstance(it, ast.Call) or not isinstance(it.func, ast.Attribute):
+    return _bound_to_parameters(loop.iter, loop.target, name)
+
+
+def _bound_to_parameters(it: ast.expr, target: ast.expr, name: str) -> bool:
+    """`name` takes the parameters `it` yields: `for p in m.parameters()`, `for n, p in
+    m.named_parameters()`, or one side of `zip(actor.parameters(), target.parameters())`
+    (a soft target-network update)."""
+    if not isinstance(it, ast.Call):
         return False
-    if it.func.attr not in _PARAMETER_ITERATORS:
+    if isinstance(it.func, ast.Name) and it.func.id == "zip":
+        if not isinstance(target, ast.Tuple) or len(target.elts) != len(it.args):
+            return False
+        return any(
+            _bound_to_parameters(a, t, name) for a, t in zip(it.args, target.elts, strict=True)
+        )
+    if not isinstance(it.func, ast.Attribute) or it.func.attr not in _PARAMETER_ITERATORS:
         return False
-    target = loop.target
     if isinstance(target, ast.Tuple) and len(target.elts) == 2:
         target = target.elts[1]  # for name, p in model.named_parameters()
     return isinstance(target, ast.Name) and target.id == name
