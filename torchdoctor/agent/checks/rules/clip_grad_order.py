@@ -23,6 +23,9 @@ class ClipGradOrder(Rule):
     gradients that were already applied and are about to be zeroed: in both cases the update
     is never clipped, and the exploding gradients it was meant to tame reach the weights.
 
+    With several optimizers, a clip is judged against the steps of the optimizer built over
+    the parameters it clips (an actor's clip after the actor's step, before the critic's).
+
     Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
     one of each before the other); loops whose backward or step happens in a called function
     (the order is not visible in one body); clipping inside a function the loop calls unless
@@ -55,10 +58,11 @@ class ClipGradOrder(Rule):
             calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
             clips = [c for c in calls if _is_clip(c)]
             backwards = [c.lineno for c in calls if is_backward_call(c)]
-            steps = [c.lineno for c in calls if is_optimizer_step(c) and not _is_clip(c)]
-            if not clips or not backwards or not steps:
+            step_calls = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
+            if not clips or not backwards or not step_calls:
                 continue
             for clip in clips:
+                steps = [c.lineno for c in _steps_of(ctx, clip, step_calls)]
                 if clip.lineno < min(backwards):
                     self._report(ctx, clip, "before backward()", backwards, "after")
                 elif clip.lineno > max(steps):
@@ -79,6 +83,36 @@ class ClipGradOrder(Rule):
             f"gradients are clipped {where}: the update applied by the optimizer is never clipped",
             data=data,
         )
+
+
+def _steps_of(ctx: ModuleContext, clip: ast.Call, steps: list[ast.Call]) -> list[ast.Call]:
+    """The steps of the optimizers built over the model whose parameters `clip` clips
+    (`clip_grad_norm_(self.actor.parameters())` and `actor_optimizer = Adam(self.actor
+    .parameters())`), when they can be told apart; else every step of the body."""
+    clipped = _parameters_owner(clip.args[0]) if clip.args else None
+    if clipped is None:
+        return steps
+    mine = [
+        step
+        for step in steps
+        if isinstance(step.func, ast.Attribute)
+        and any(
+            cons.args and _parameters_owner(cons.args[0]) == clipped
+            for cons in ctx.flow.constructors(step.func.value)
+        )
+    ]
+    return mine or steps
+
+
+def _parameters_owner(expr: ast.expr) -> str | None:
+    """`self.actor.parameters()` -> 'self.actor'."""
+    if (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr == "parameters"
+    ):
+        return ast.unparse(expr.func.value)
+    return None
 
 
 def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
