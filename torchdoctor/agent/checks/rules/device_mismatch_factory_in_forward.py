@@ -42,7 +42,9 @@ _RESULT_FIELDS = frozenset({"indices", "values"})
 
 class DeviceMismatchFactoryInForward(Rule):
     """Detects tensor factories (`torch.zeros/ones/empty/full/rand/randn/randint/arange/eye/
-    linspace/tensor`) called inside an `nn.Module.forward` without `device=` and without an
+    linspace/tensor`) called inside an `nn.Module.forward` (or the `__call__` of a plain
+    class called on each batch, a loss object, and the methods of its own it runs) without
+    `device=` and without an
     `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
     .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
     torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
@@ -77,10 +79,13 @@ class DeviceMismatchFactoryInForward(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "def forward" in ctx.source and bool(ctx.flow.module_classes)
+        return ("def forward" in ctx.source and bool(ctx.flow.module_classes)) or (
+            "def __call__" in ctx.source
+            and any(_called_per_batch(cls) for cls in ctx.flow.classes.values())
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "def forward" not in ctx.source:
+        if "def forward" not in ctx.source and "def __call__" not in ctx.source:
             return
         if not touches_accelerator(ctx.source) and is_script(ctx.tree):
             return  # a CPU-only script: there is no other device to mismatch
@@ -91,6 +96,10 @@ class DeviceMismatchFactoryInForward(Rule):
             for stmt in flow.classes[name].body:
                 if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
                     self._check_forward(ctx, stmt)
+        for cls in flow.classes.values():
+            if cls.name not in flow.module_classes:
+                for method in _called_per_batch(cls):
+                    self._check_forward(ctx, method)
 
     def _check_forward(self, ctx: ModuleContext, forward: ast.FunctionDef) -> None:
         for node in walk_scope(forward.body):
@@ -104,10 +113,32 @@ class DeviceMismatchFactoryInForward(Rule):
             ctx.report(
                 self,
                 node,
-                f"`{qual}` in forward() creates a CPU tensor whatever the model's device: "
-                "pass device= (e.g. device=x.device) or use a *_like / x.new_* factory",
+                f"`{qual}` in {forward.name}() creates a CPU tensor whatever the model's "
+                "device: pass device= (e.g. device=x.device) or use a *_like / x.new_* factory",
                 data={"factory": qual},
             )
+
+
+def _called_per_batch(cls: ast.ClassDef) -> list[ast.FunctionDef]:
+    """A plain class called like a module on each batch (a loss object's `__call__(p,
+    targets)`), and the methods of its own that `__call__` runs (`self.build_targets(...)`):
+    the tensors it builds meet the model's outputs."""
+    methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
+    call = methods.get("__call__")
+    if call is None or len(call.args.args) < 2:
+        return []
+    found = [call]
+    for node in walk_scope(call.body):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "self"
+            and node.func.attr in methods
+            and methods[node.func.attr] not in found
+        ):
+            found.append(methods[node.func.attr])
+    return found
 
 
 def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
@@ -124,11 +155,24 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
         isinstance(parent, ast.Attribute | ast.Tuple)
         or (isinstance(parent, ast.Call) and parent.func is node)
         or _scalar_comparison(parent, node)
+        or _scaled(parent, node)
+        or (isinstance(parent, ast.Subscript) and parent.value is node)
     ):
         if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
             return True  # moved later in the chain: `.view(-1, 1).to(device)`
         node, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Assign) and all(isinstance(t, ast.Subscript) for t in parent.targets):
+        return True  # written into an existing tensor (`gain[2:6] = ...`): copied onto its device
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+def _scaled(parent: ast.AST, node: ast.AST) -> bool:
+    """`torch.ones(n) * i`: arithmetic with a plain number or name keeps the tensor where it
+    is, so a `.to(device)` after it still places it (`(torch.ones(n) * i).to(device)`)."""
+    if not isinstance(parent, ast.BinOp):
+        return False
+    other = parent.right if parent.left is node else parent.left
+    return isinstance(other, ast.Constant | ast.Name)
 
 
 def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
