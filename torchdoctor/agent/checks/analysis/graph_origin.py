@@ -45,6 +45,8 @@ class GraphOrigins(ModelFacts):
         own later, it may hold a graph the cut hid (the answer must not depend on which value
         a rule asked about first)."""
         memo = self._origin_memo
+        # answers that went through a cut: good for the rest of this query only
+        provisional: dict[int, GraphOrigin | None] = {}
         frames: list[tuple[int, _Steps[GraphOrigin | None], set[int]]] = []
         pending: set[int] = set()
         expr = root
@@ -53,6 +55,8 @@ class GraphOrigins(ModelFacts):
             value: GraphOrigin | None = None
             if key in memo:
                 value = memo[key]
+            elif key in provisional:
+                value = provisional[key]
             elif key not in pending and len(pending) <= MAX_VISITS:
                 pending.add(key)
                 frames.append((key, self._origin_steps(expr), set()))
@@ -71,6 +75,7 @@ class GraphOrigins(ModelFacts):
                     value = done.value
                     cuts.discard(key)
                     if cuts:
+                        provisional[key] = value
                         if frames:
                             frames[-1][2].update(cuts)
                     else:
