@@ -120,12 +120,12 @@ class DeviceMismatchFactoryInForward(Rule):
 
 
 def _called_per_batch(cls: ast.ClassDef) -> list[ast.FunctionDef]:
-    """A plain class called like a module on each batch (a loss object's `__call__(p,
-    targets)`), and the methods of its own that `__call__` runs (`self.build_targets(...)`):
+    """A plain loss class called like a module on each batch (`__call__(p, targets)`), and
+    the methods of its own that `__call__` runs (`self.build_targets(...)`):
     the tensors it builds meet the model's outputs."""
     methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
     call = methods.get("__call__")
-    if call is None or len(call.args.args) < 2:
+    if call is None or len(call.args.args) < 2 or not _bound_to_training(cls, methods):
         return []
     found = [call]
     for node in walk_scope(call.body):
@@ -139,6 +139,18 @@ def _called_per_batch(cls: ast.ClassDef) -> list[ast.FunctionDef]:
         ):
             found.append(methods[node.func.attr])
     return found
+
+
+def _bound_to_training(cls: ast.ClassDef, methods: dict[str, ast.FunctionDef]) -> bool:
+    """A loss object (`ComputeLoss`, `YOLOLoss`), or one built over a model (its `__init__`
+    reads `model.parameters()`): not a dataset transform, whose `__call__(image, target)`
+    runs in the loader on the CPU."""
+    if "loss" in cls.name.lower():
+        return True
+    init = methods.get("__init__")
+    return init is not None and any(
+        isinstance(n, ast.Attribute) and n.attr == "parameters" for n in ast.walk(init)
+    )
 
 
 def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
