@@ -81,7 +81,7 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
     """The statement to wrap in `no_grad`: the `for p in model.parameters()` loop, or the
     update itself for a tensor created with `requires_grad=True`; None if `name` is neither."""
     for anc in ctx.ancestors(name):
-        if isinstance(anc, ast.For) and _iterates_parameters(anc, name.id):
+        if isinstance(anc, ast.For) and _iterates_parameters(ctx, anc, name.id):
             return anc
         if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
             break
@@ -91,11 +91,11 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
     return None
 
 
-def _iterates_parameters(loop: ast.For, name: str) -> bool:
-    return _bound_to_parameters(loop.iter, loop.target, name)
+def _iterates_parameters(ctx: ModuleContext, loop: ast.For, name: str) -> bool:
+    return _bound_to_parameters(ctx, loop.iter, loop.target, name)
 
 
-def _bound_to_parameters(it: ast.expr, target: ast.expr, name: str) -> bool:
+def _bound_to_parameters(ctx: ModuleContext, it: ast.expr, target: ast.expr, name: str) -> bool:
     """`name` takes the parameters `it` yields: `for p in m.parameters()`, `for n, p in
     m.named_parameters()`, or one side of `zip(actor.parameters(), target.parameters())`
     (a soft target-network update)."""
@@ -105,13 +105,34 @@ def _bound_to_parameters(it: ast.expr, target: ast.expr, name: str) -> bool:
         if not isinstance(target, ast.Tuple) or len(target.elts) != len(it.args):
             return False
         return any(
-            _bound_to_parameters(a, t, name) for a, t in zip(it.args, target.elts, strict=True)
+            _bound_to_parameters(ctx, a, t, name) and not _frozen(ctx, a)
+            for a, t in zip(it.args, target.elts, strict=True)
         )
     if not isinstance(it.func, ast.Attribute) or it.func.attr not in _PARAMETER_ITERATORS:
         return False
     if isinstance(target, ast.Tuple) and len(target.elts) == 2:
         target = target.elts[1]  # for name, p in model.named_parameters()
     return isinstance(target, ast.Name) and target.id == name
+
+
+def _frozen(ctx: ModuleContext, parameters: ast.expr) -> bool:
+    """`ema.parameters()` of a model built with `.requires_grad_(False)`, or copied from one
+    (`ema = copy.deepcopy(net).eval().requires_grad_(False)`, StyleGAN's `G_ema =
+    copy.deepcopy(G)` of a `G` built frozen): its parameters record nothing."""
+    if not isinstance(parameters, ast.Call) or not isinstance(parameters.func, ast.Attribute):
+        return False
+    return ctx.flow.derives_from(parameters.func.value, _freezes)
+
+
+def _freezes(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "requires_grad_"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value is False
+    )
 
 
 def _requires_grad(call: ast.Call) -> bool:
