@@ -128,10 +128,54 @@ def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
             return None
         last = assigned[-1]
         first = last
-        while first > 0 and (_is_compute(stmts[first - 1]) or _is_forward_branch(stmts[first - 1])):
-            first -= 1
+        while first > 0:
+            if _is_compute(stmts[first - 1]) or _is_forward_branch(stmts[first - 1]):
+                first -= 1
+                continue
+            earlier = _forward_behind_moves(stmts, first, last)
+            if earlier is None:
+                break
+            first = earlier
         return first, last
     return None
+
+
+def _forward_behind_moves(stmts: Sequence[cst.BaseStatement], first: int, last: int) -> int | None:
+    """The forward statement behind the device moves just before `first`, when the span reads
+    what it binds: `output = model(batch)`, then `labels = ....to(device)`, then `loss =
+    criterion(output, labels)` (powerful-gnns) is one forward pass, the move inside it."""
+    index = first - 1
+    while index >= 0 and _moves_only(stmts[index]):
+        index -= 1
+    if index < 0 or index == first - 1:
+        return None
+    stmt = stmts[index]
+    if not (_is_compute(stmt) or _is_forward_branch(stmt)):
+        return None
+    bound = (
+        _assigned_names(stmt)
+        if isinstance(stmt, cst.SimpleStatementLine)
+        else {
+            name
+            for node in descendants(stmt)
+            if isinstance(node, cst.SimpleStatementLine)
+            for name in _assigned_names(node)
+        }
+    )
+    read = {
+        name
+        for later in stmts[first : last + 1]
+        for node in descendants(later)
+        if isinstance(node, cst.Name | cst.Attribute) and (name := dotted_name(node))
+    }
+    return index if bound & read else None
+
+
+def _moves_only(stmt: cst.BaseStatement) -> bool:
+    """`labels = labels.to(device)`, `x, y = x.cuda(), y.cuda()`: device moves and nothing else."""
+    return isinstance(stmt, cst.SimpleStatementLine) and all(
+        isinstance(small, cst.Assign) and _is_device_move(small.value) for small in stmt.body
+    )
 
 
 def _is_forward_branch(stmt: cst.BaseStatement) -> bool:
