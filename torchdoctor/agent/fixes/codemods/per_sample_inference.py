@@ -82,6 +82,13 @@ class PerSampleInferenceFix(Codemod):
         ]
         if not calls:
             return f"{model} is not called in the loop"
+        handed = _handed_to(ctx, loop, model)
+        if handed is not None:
+            return (
+                f"{model} is also handed to `{handed}(...)`, which may hold one output while it "
+                "makes the next (a CUDA graph replay overwrites it): compile a copy for the "
+                "direct call only, or clone in the helper"
+            )
         if _global_in_function(ctx, loop, model):
             return (
                 f"{model} is a module-level name used in a function: rebound there, it would "
@@ -106,6 +113,15 @@ _TENSOR_ATTRIBUTES = frozenset(
     {"shape", "dtype", "device", "ndim", "T", "mT", "H", "data", "grad", "is_cuda", "real", "imag"}
 )
 """Attributes a tensor has (SRGAN's `out.data[0]`): reading one says nothing of a structure."""
+
+
+def _handed_to(ctx: SourceContext, loop: cst.For, model: str) -> str | None:
+    """The call in the loop that takes `model` as an argument (`sliding_predict(model, x)`):
+    rebound to its compiled form, the model runs there too, where no output is cloned."""
+    for call in ctx.find(cst.Call, inside=loop.body):
+        if any(dotted_name(arg.value) == model for arg in call.args):
+            return ctx.code(call.func)
+    return None
 
 
 def _global_in_function(ctx: SourceContext, loop: cst.For, model: str) -> bool:
