@@ -84,6 +84,11 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         ),
         "sqrt_tensor_inline": ("scaled_dot_product", {}, heads),
         "vae_attn_block": ("AttnBlock", {"in_channels": 8}, (torch.randn(2, 8, 3, 4),)),
+        "position_attention_inline_scores": (
+            "PositionAttention",
+            {"in_channels": 16},
+            (torch.randn(2, 16, 3, 4),),
+        ),
         "gpt_inline_weights": (
             "CausalSelfAttention",
             {"n_embd": 16, "n_head": 2, "block_size": 8},

@@ -251,8 +251,12 @@ def _match(
 ) -> _Attention | None:
     # what the softmax reads: `S`, `S / d`, `S * s`, `S.float()`
     scores_name, late_scale = _scaled_name(ctx, softmax_arg)
+    product: Scores | None = None
     if scores_name is None:
-        return None
+        # `self.softmax(torch.bmm(q, k))` (DANet): the scores' product is the softmax's input
+        product = score_product(ctx, softmax_arg, body[:at])
+        if product is None:
+            return None
     inline = _inline_value_product(ctx, body[at], softmax)
     weights, dropout = "", None
     if inline is None:
@@ -273,9 +277,8 @@ def _match(
     late = [late_scale] if late_scale is not None else []
     early: list[str] = []
     index = at - 1
-    product: Scores | None = None
     removed: list[cst.BaseStatement] = [body[at]] if inline is None else []
-    while index >= 0 and product is None:
+    while scores_name is not None and index >= 0 and product is None:
         stmt = body[index]
         before = body[:index]
         bound = assigned(stmt)
