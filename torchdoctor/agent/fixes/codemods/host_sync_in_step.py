@@ -124,9 +124,9 @@ class HostSyncInStepFix(Codemod):
                 continue
             if any(method_call(arg.value, "item") for arg in call.args):
                 return (
-                    f"the number goes into `{taker}(...)`, whose use of it is not visible "
-                    "here: keep a tensor there (and read it once per epoch) only if it "
-                    "accepts one"
+                    f"the number goes into `{ctx.code(call.func)}(...)`, whose use of it is "
+                    "not visible here: keep a tensor there (and read it once per epoch) only "
+                    "if it accepts one"
                 )
         return _host_use(ctx, span)
 
