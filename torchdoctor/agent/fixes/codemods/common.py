@@ -218,8 +218,15 @@ def _names_a_loss(name: str) -> bool:
 
 def defined_functions(ctx: SourceContext) -> set[str]:
     """Names the module binds with `def`: DALL-E's `save_model(path, epoch)`, called in its
-    training loop, is named like a model but has no `.compile()`."""
-    return {f.name.value for f in ctx.find(cst.FunctionDef)}
+    training loop, is named like a model but has no `.compile()`; a class's methods also as
+    `self.<name>` (JointBERT's trainer calls `self.save_model()` beside `self.model(...)`)."""
+    names = set()
+    for function in ctx.find(cst.FunctionDef):
+        names.add(function.name.value)
+        block = ctx.parent(function)
+        if block is not None and isinstance(ctx.parent(block), cst.ClassDef):
+            names.add(f"self.{function.name.value}")
+    return names
 
 
 def dataset_on_device(ctx: SourceContext) -> bool:
