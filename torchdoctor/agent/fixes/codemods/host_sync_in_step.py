@@ -139,6 +139,15 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
                 "the values go on into NumPy or Python lists on the host: keep them tensors "
                 "only if every later use accepts one"
             )
+    for aug in ctx.find(cst.AugAssign, within=span):
+        if isinstance(aug.target, cst.Subscript | cst.Attribute) and any(
+            method_call(node, "item") for node in descendants(aug.value)
+        ):
+            return (
+                f"the number is added into `{ctx.code(aug.target)}`, kept in a container "
+                "whose readers (a periodic log, a reset) are not visible here: keep tensors "
+                "there only if every one accepts them"
+            )
     for call in ctx.find(cst.Call, within=span):
         if method_call(call, "item") or dotted_name(call.func) == "float":
             return (
