@@ -124,11 +124,16 @@ class HostSyncInStepFix(Codemod):
                 continue
             if any(method_call(arg.value, "item") for arg in call.args):
                 return (
-                    f"the number goes into `{ctx.code(call.func)}(...)`, whose use of it is "
+                    f"the number goes into `{_one_line(ctx, call.func)}(...)`, whose use of it is "
                     "not visible here: keep a tensor there (and read it once per epoch) only "
                     "if it accepts one"
                 )
         return _host_use(ctx, span)
+
+
+def _one_line(ctx: SourceContext, node: cst.CSTNode) -> str:
+    """`node`'s code on one line, for a reason (a subscript split over lines by a formatter)."""
+    return "".join(line.strip() for line in ctx.code(node).splitlines())
 
 
 def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
@@ -144,7 +149,7 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
             method_call(node, "item") for node in descendants(aug.value)
         ):
             return (
-                f"the number is added into `{ctx.code(aug.target)}`, kept in a container "
+                f"the number is added into `{_one_line(ctx, aug.target)}`, kept in a container "
                 "whose readers (a periodic log, a reset) are not visible here: keep tensors "
                 "there only if every one accepts them"
             )
