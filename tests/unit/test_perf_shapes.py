@@ -1,9 +1,10 @@
 """The performance codemods (fused optimizers, DataLoader workers and pinning, channels_last,
-cudnn.benchmark, CUDA graphs for one-sample inference, the per-step synchronize) against
-shapes seen in public code: each fixture in tests/fixtures/perf_shapes names its shape in its
-header (the code is written here). Per rule, `NAME.RULE.after.py` is the exact fix and
-`NAME.RULE.reason` a refusal with that reason; the finding is the rule's own, with the anchors
-it emits (the other optimizers of the file arrive as its `related` places)."""
+cudnn.benchmark, CUDA graphs for one-sample inference, the per-step synchronize; and the
+missing zero_grad) against shapes seen in public code: each fixture in
+tests/fixtures/perf_shapes names its shape in its header (the code is written here). Per rule,
+`NAME.RULE.after.py` is the exact fix and `NAME.RULE.reason` a refusal with that reason; the
+finding is the rule's own, with the anchors it emits (the other optimizers of the file arrive
+as its `related` places)."""
 
 from __future__ import annotations
 

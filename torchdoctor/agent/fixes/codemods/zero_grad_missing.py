@@ -15,21 +15,20 @@ class ZeroGradMissingFix(Codemod):
     summary = "call optimizer.zero_grad(set_to_none=True) at the top of the training loop body"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        loop = flagged_loop(ctx, target)
-        if loop is None or not isinstance(loop.body, cst.IndentedBlock):
+        plan = _plan(ctx, target)
+        if isinstance(plan, str):
             return False
-        if any(method_call(c, "zero_grad") for c in ctx.find(cst.Call, inside=loop.body)):
-            return False
-        receivers = {
-            dotted_name(step.func.value)
-            for step in optimizer_steps(ctx, loop.body)
-            if isinstance(step.func, cst.Attribute)
-        }
-        if len(receivers) != 1:
-            return False
-        optimizer = receivers.pop()
+        loop, optimizer = plan
         ctx.insert_before(loop.body.body[0], f"{optimizer}.zero_grad(set_to_none=True)\n")
         return True
+
+    def explain(self, source: str, target: FixTarget) -> str | None:
+        try:
+            ctx = SourceContext(source)
+        except (cst.ParserSyntaxError, RecursionError):
+            return None
+        plan = _plan(ctx, target)
+        return plan if isinstance(plan, str) else None
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """Accumulated gradients grow step after step; cleared ones stay at one step's size."""
@@ -39,6 +38,34 @@ class ZeroGradMissingFix(Codemod):
             return super().symptom_gone(before, after)
         ok = cleared < grown
         return ok, f"last gradient norm {grown:.3g} before the fix, {cleared:.3g} after"
+
+
+def _plan(ctx: SourceContext, target: FixTarget) -> tuple[cst.For | cst.While, str] | str:
+    """(the loop, the optimizer to clear at its top), or why there is none."""
+    loop = flagged_loop(ctx, target)
+    if loop is None or not isinstance(loop.body, cst.IndentedBlock):
+        return "no training loop this fix can follow at the finding"
+    cleared = [c for c in ctx.find(cst.Call, inside=loop.body) if method_call(c, "zero_grad")]
+    if cleared:
+        return (
+            f"the loop already calls `{ctx.code(cleared[0].func)}()` on another path: the "
+            "path without it may clear gradients another way (a DeepSpeed engine's step() "
+            "does); add zero_grad() there by hand if it does not"
+        )
+    receivers = {
+        dotted_name(step.func.value)
+        for step in optimizer_steps(ctx, loop.body)
+        if isinstance(step.func, cst.Attribute)
+    }
+    if len(receivers) != 1:
+        return (
+            "the loop steps no optimizer this fix can name, or several: clear each one's "
+            "gradients before its backward by hand"
+        )
+    optimizer = receivers.pop()
+    if optimizer is None:
+        return "the loop steps an optimizer this fix cannot name: clear its gradients by hand"
+    return loop, optimizer
 
 
 def _last_norm(run: SmokeRun) -> float | None:
