@@ -91,6 +91,11 @@ class HostSyncInStepFix(Codemod):
             if not _logs_item(stmt):
                 continue
             loop = enclosing_loop(ctx, stmt)
+            if loop is not None and _over_entries(loop):
+                return (
+                    "the log sits in a loop over a dict's entries inside the step (one scalar "
+                    "per loss): thin out the step's own loop around it by hand"
+                )
             if loop is None or (
                 _step_counter(ctx, loop) is None
                 and (not isinstance(loop, cst.For) or _names_used(ctx, loop, "step"))
@@ -129,6 +134,14 @@ class HostSyncInStepFix(Codemod):
                     "if it accepts one"
                 )
         return _host_use(ctx, span)
+
+
+def _over_entries(loop: cst.CSTNode) -> bool:
+    """`for k, v in losses.items():`: a loop over a container's entries, inside the step (a
+    counter of it would count keys, not steps: LynnHo's GAN logs each loss of a dict)."""
+    return isinstance(loop, cst.For) and any(
+        method_call(loop.iter, name) is not None for name in ("items", "keys", "values")
+    )
 
 
 def _one_line(ctx: SourceContext, node: cst.CSTNode) -> str:
@@ -206,7 +219,7 @@ def _formats_a_name(node: cst.CSTNode) -> bool:
 def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
     loop = enclosing_loop(ctx, stmt)
     block = ctx.parent(stmt)
-    if loop is None or not isinstance(block, cst.IndentedBlock):
+    if loop is None or not isinstance(block, cst.IndentedBlock) or _over_entries(loop):
         return False
     guard = ctx.parent(block)
     if isinstance(guard, cst.If) and _periodic(guard):
