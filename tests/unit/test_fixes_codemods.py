@@ -20,6 +20,15 @@ from torchdoctor.agent.fixes.codemods import all_codemods, codemod_for
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "fixes"
+
+
+def _findings_of(rule: str, source: str) -> list[RawFinding]:
+    """The rule's findings on `source` audited alone as `m.py`."""
+    return [
+        f for f in analyse_files([("m.py", source)], workers=1).all_findings() if f.rule == rule
+    ]
+
+
 RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())
 _COMMENT = re.compile(r"#.*$")
 
@@ -423,11 +432,7 @@ def test_one_torch_load_finding_for_both_branches_fixes_both_loads() -> None:
         "    model.load_state_dict(checkpoint)\n"
     )
 
-    def findings(text: str) -> list[RawFinding]:
-        result = analyse_files([("m.py", text)], workers=1).all_findings()
-        return [f for f in result if f.rule == "torch-load-unsafe"]
-
-    (finding,) = findings(source)
+    (finding,) = _findings_of("torch-load-unsafe", source)
     assert [place["line"] for place in finding.data["related"]] == [9]
     target = FixTarget(
         rule=finding.rule,
@@ -438,7 +443,7 @@ def test_one_torch_load_finding_for_both_branches_fixes_both_loads() -> None:
     )
     fixed = codemod_for("torch-load-unsafe").transform(source, target)  # type: ignore[union-attr]
     assert fixed is not None and fixed.count("weights_only=True") == 2
-    assert findings(fixed) == []
+    assert _findings_of("torch-load-unsafe", fixed) == []
 
 
 def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_weights_only() -> None:
@@ -454,11 +459,7 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
         "    decoder.eval()\n"
         "    return decoder\n"
     )
-    (finding,) = [
-        f
-        for f in analyse_files([("m.py", source)], workers=1).all_findings()
-        if f.rule == "torch-load-unsafe"
-    ]
+    (finding,) = _findings_of("torch-load-unsafe", source)
     assert finding.data["provenance"] == "module" and finding.data["fix_safe"] is False
     assert "`decoder.eval()` on line 8" in finding.message
     target = FixTarget(
@@ -481,11 +482,7 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
         "    model.load_state_dict(weights)\n"
         "    fit(model, loader)\n"
     )
-    (entries,) = [
-        f
-        for f in analyse_files([("m.py", weights)], workers=1).all_findings()
-        if f.rule == "torch-load-unsafe"
-    ]
+    (entries,) = _findings_of("torch-load-unsafe", weights)
     assert entries.data["provenance"] == "unknown"  # entries handed to modules, not modules
 
 
@@ -498,11 +495,7 @@ def test_a_state_dict_named_like_a_network_is_saved_as_weights() -> None:
         "torch.save(crt_net, 'converted.pth')\n"
         "weights = torch.load('converted.pth')\n"
     )
-    (finding,) = [
-        f
-        for f in analyse_files([("m.py", source)], workers=1).all_findings()
-        if f.rule == "torch-load-unsafe"
-    ]
+    (finding,) = _findings_of("torch-load-unsafe", source)
     assert finding.data["provenance"] == "weights" and finding.data["fix_safe"] is True
 
 
@@ -512,11 +505,7 @@ def test_losses_collected_and_never_read_are_a_dropped_term_not_a_memory_leak() 
     declined, since it would only hide the dropped term."""
     path = FIXTURES.parent / "rules" / "loss-graph-accumulation"
     source = (path / "positive_value_losses_collected_and_never_used.py").read_text()
-    (finding,) = [
-        f
-        for f in analyse_files([("m.py", source)], workers=1).all_findings()
-        if f.rule == "loss-graph-accumulation"
-    ]
+    (finding,) = _findings_of("loss-graph-accumulation", source)
     assert finding.data["unread"] is True and "nothing reads it" in finding.message
     target = FixTarget(
         rule=finding.rule,

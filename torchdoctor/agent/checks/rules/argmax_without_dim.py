@@ -88,16 +88,26 @@ class ArgmaxWithoutDim(Rule):
             )
 
 
-def _compared_with_index_vector(ctx: ModuleContext, call: ast.Call) -> bool:
-    """`argmax(sim) == torch.arange(n)` (contrastive accuracy, a step with no loop of its
-    own): the other side holds one index per example, so a single flat index is wrong."""
+def _through_casts(ctx: ModuleContext, call: ast.Call) -> tuple[ast.AST, ast.AST | None] | None:
+    """(the outermost call of `call`'s same-value methods (`.long()`, `.float()`), its
+    parent); None when such a method is read but not called."""
     node: ast.AST = call
     parent = ctx.parents.get(node)
     while isinstance(parent, ast.Attribute) and parent.attr in _SAME_VALUE:
         grand = ctx.parents.get(parent)
         if not isinstance(grand, ast.Call) or grand.func is not parent:
-            return False
+            return None
         node, parent = grand, ctx.parents.get(grand)
+    return node, parent
+
+
+def _compared_with_index_vector(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`argmax(sim) == torch.arange(n)` (contrastive accuracy, a step with no loop of its
+    own): the other side holds one index per example, so a single flat index is wrong."""
+    through = _through_casts(ctx, call)
+    if through is None:
+        return False
+    node, parent = through
     if not isinstance(parent, ast.Compare):
         return False
     others = [e for e in [parent.left, *parent.comparators] if e is not node]
@@ -109,13 +119,10 @@ _ONE_HOT = frozenset({"torch.nn.functional.one_hot"})
 
 def _one_hot_classes(ctx: ModuleContext, call: ast.Call) -> bool:
     """The argmax (through casts) is the class tensor `one_hot` expands."""
-    node: ast.AST = call
-    parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Attribute) and parent.attr in _SAME_VALUE:
-        grand = ctx.parents.get(parent)
-        if not isinstance(grand, ast.Call) or grand.func is not parent:
-            return False
-        node, parent = grand, ctx.parents.get(grand)
+    through = _through_casts(ctx, call)
+    if through is None:
+        return False
+    node, parent = through
     return (
         isinstance(parent, ast.Call)
         and bool(parent.args)
