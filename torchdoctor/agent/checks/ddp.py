@@ -12,7 +12,7 @@ import ast
 import re
 
 from torchdoctor.agent.checks.base import ModuleContext
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import holds_through_flags
 
 SAMPLERS = frozenset(
@@ -83,7 +83,7 @@ def uses_framework(ctx: ModuleContext) -> bool:
 def names_rank(expr: ast.AST) -> bool:
     """Whether an expression mentions a rank or a main process (`rank == 0`, `args.local_rank
     in [-1, 0]`, `is_main_process()`, `accelerator.is_main_process`, `master_process`)."""
-    for node in ast.walk(expr):
+    for node in walk_tree(expr):
         word = (
             node.id
             if isinstance(node, ast.Name)
@@ -163,7 +163,7 @@ def _sets_up_ranks(ctx: ModuleContext, function: ast.AST) -> bool:
     if found is None:
         found = memo[id(function)] = any(
             isinstance(call, ast.Call) and ctx.call_qualname(call) in DISTRIBUTED_CALLS
-            for call in ast.walk(function)
+            for call in walk_tree(function)
         )
     return bool(found)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from torchdoctor.agent.checks.base import ModuleContext, numbered_excerpt
 from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.loops import walk_tree
 
 _TRAIN_METHODS = frozenset({"fit", "partial_fit", "fit_generator", "train_on_batch"})
 _TRAIN_CALLS = frozenset({"DataLoader", "TensorDataset"})
@@ -75,11 +76,11 @@ def produced_names(ctx: ModuleContext, source: ast.Call, data: ast.expr) -> set[
     if isinstance(statement, ast.Assign | ast.AugAssign | ast.AnnAssign):
         targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
         for target in targets:
-            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+            names |= {n.id for n in walk_tree(target) if isinstance(n, ast.Name)}
     elif isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
         outer = statement.value
         if outer is source and isinstance(source.func, ast.Attribute):
-            names |= {n.id for n in ast.walk(source.func.value) if isinstance(n, ast.Name)}
+            names |= {n.id for n in walk_tree(source.func.value) if isinstance(n, ast.Name)}
         elif _in_place(outer) and isinstance(outer.func, ast.Attribute):
             names |= {identifier(_base(outer.func.value))} - {""}
     return names - {"self"}

@@ -23,6 +23,7 @@ from torchdoctor.agent.checks.loops import (
     is_periodic_guard,
     nodes_of,
     walk_scope,
+    walk_tree,
 )
 
 _MODEL_NAME = re.compile(
@@ -237,7 +238,7 @@ def holds_through_flags(
         return False
     return any(
         holds_through_flags(ctx, value, holds, flags, bound, depth + 1)
-        for flag in ast.walk(test)
+        for flag in walk_tree(test)
         if isinstance(flag, flags)
         for value in ctx.flow.definitions(flag)
         if bound(value)

@@ -7,7 +7,7 @@ from functools import cached_property
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.graph_origin import GraphOrigins
-from torchdoctor.agent.checks.loops import is_periodic_guard, walk_scope
+from torchdoctor.agent.checks.loops import is_periodic_guard, walk_scope, walk_tree
 
 # Calls that make a loop a training loop: each iteration back-propagates or steps.
 _STEPS = frozenset({"backward", "manual_backward", "step", "grad"})
@@ -196,7 +196,7 @@ def _iterates_keys_of(loop: ast.AST, target: ast.expr) -> bool:
     if not isinstance(loop, ast.For | ast.AsyncFor):
         return False
     key = target.slice.id
-    return any(isinstance(n, ast.Name) and n.id == key for n in ast.walk(loop.target))
+    return any(isinstance(n, ast.Name) and n.id == key for n in walk_tree(loop.target))
 
 
 def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:

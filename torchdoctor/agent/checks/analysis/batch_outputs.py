@@ -8,6 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.loops import walk_tree
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -133,7 +134,7 @@ def in_loader_loop(ctx: ModuleContext, node: ast.AST) -> bool:
 def _iterates_loader(ctx: ModuleContext, iterable: ast.expr) -> bool:
     if _ITERATOR_NAME.search(identifier(_unwrapped(iterable)) or ""):
         return True  # `for batch in dev_iter`: a torchtext-style batch iterator
-    for sub in ast.walk(iterable):
+    for sub in walk_tree(iterable):
         if isinstance(sub, ast.Name | ast.Attribute):
             name = sub.id if isinstance(sub, ast.Name) else sub.attr
             if "loader" in name.lower():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar, cast
 from torchdoctor.agent.checks.analysis.vocabulary import (
     NN_MODULE_BASES,
 )
-from torchdoctor.agent.checks.loops import local_callee, walk_scope
+from torchdoctor.agent.checks.loops import local_callee, walk_scope, walk_tree
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -443,7 +443,7 @@ class DefUse:
         if last is None or last <= first:
             return False
         jumps = (ast.Break, ast.Continue, ast.Return, ast.Raise)
-        if any(isinstance(n, jumps) for s in block[first + 1 : last] for n in ast.walk(s)):
+        if any(isinstance(n, jumps) for s in block[first + 1 : last] for n in walk_tree(s)):
             return False
         for anc in self.ctx.ancestors(read):
             if isinstance(anc, ast.stmt) and any(anc is s for s in block):

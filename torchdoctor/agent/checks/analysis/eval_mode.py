@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.project import project_function_calls
 from torchdoctor.agent.checks.analysis.reachability import mode_text
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 
@@ -105,7 +105,7 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     for source in ctx.flow.sources(model):
         if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
             return True
-        for sub in ast.walk(source):
+        for sub in walk_tree(source):
             if (
                 isinstance(sub, ast.Call)
                 and isinstance(sub.func, ast.Attribute)

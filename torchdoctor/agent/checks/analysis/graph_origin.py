@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     DETACHING_METHODS,
     NON_GRAD_TORCH,
 )
+from torchdoctor.agent.checks.loops import walk_tree
 
 _T = TypeVar("_T")
 # A step of the origin analysis: yields the expression whose origin it needs next, is sent
@@ -193,7 +194,7 @@ class GraphOrigins(ModelFacts):
         if not isinstance(container, ast.Name) or function is None:
             return []
         stored: list[ast.expr] = []
-        for node in ast.walk(function):
+        for node in walk_tree(function):
             if isinstance(node, ast.Assign) and any(
                 _subscript_root(t) == container.id for t in node.targets
             ):
@@ -269,7 +270,7 @@ class GraphOrigins(ModelFacts):
                 isinstance(n, ast.Call)
                 and isinstance(n.func, ast.Attribute)
                 and n.func.attr == "backward"
-                for n in ast.walk(fn)
+                for n in walk_tree(fn)
             )
             for fn in functions
         )
@@ -289,13 +290,13 @@ class GraphOrigins(ModelFacts):
             if any(is_grad_off_context(self.ctx, d) for d in fn.decorator_list):
                 continue
             returns = [
-                n.value for n in ast.walk(fn) if isinstance(n, ast.Return) and n.value is not None
+                n.value for n in walk_tree(fn) if isinstance(n, ast.Return) and n.value is not None
             ]
             if not returns or all(_detaching(r) for r in returns):
                 continue
             if any(
                 isinstance(n, ast.Call) and self.is_model_call(n) and not _lexically_off(self, n)
-                for n in ast.walk(fn)
+                for n in walk_tree(fn)
             ):
                 return True
         return False

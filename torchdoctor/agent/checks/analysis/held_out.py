@@ -15,7 +15,7 @@ from torchdoctor.agent.checks.analysis.defuse import (
     is_false,
     kwarg,
 )
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 
 _HELD_OUT_TOKENS = {
     "test": "test",
@@ -385,7 +385,7 @@ class HeldOut(DefUse):
     def _fraction_of_length(self, value: ast.expr, base: str) -> bool:
         """`len(base) * ratio` (or `* 0.8`, `ratio * n` with `n = base.shape[0]`) somewhere
         in `value`."""
-        for node in ast.walk(value):
+        for node in walk_tree(value):
             if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Mult):
                 continue
             for length, factor in ((node.left, node.right), (node.right, node.left)):
@@ -491,5 +491,5 @@ def _is_fraction(factor: ast.expr) -> bool:
     """A ratio-like name or a constant strictly between 0 and 1."""
     if isinstance(factor, ast.Constant) and isinstance(factor.value, float):
         return 0 < factor.value < 1
-    names = [identifier(n) for n in ast.walk(factor) if isinstance(n, ast.Name | ast.Attribute)]
+    names = [identifier(n) for n in walk_tree(factor) if isinstance(n, ast.Name | ast.Attribute)]
     return any(_FRACTION_NAME.search(n) for n in names)

@@ -7,6 +7,7 @@ import ast
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.loops import walk_tree
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -83,7 +84,7 @@ def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
                 return False
         elif ctx.qualname(base) != "torch.nn.Module":
             return False
-    for node in ast.walk(cls):
+    for node in walk_tree(cls):
         if isinstance(node, ast.Attribute) and node.attr in ("training", "train", "eval"):
             return False
         if not isinstance(node, ast.Call):
@@ -151,7 +152,7 @@ def _class_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str 
 def _first_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str | None:
     classes = ctx.flow.classes
     local = [b.id for b in cls.bases if isinstance(b, ast.Name) and b.id in classes]
-    for node in ast.walk(cls):
+    for node in walk_tree(cls):
         if (
             isinstance(node, ast.Attribute)
             and node.attr == "training"

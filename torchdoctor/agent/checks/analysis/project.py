@@ -24,7 +24,7 @@ from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.patterns import builds_conv2d
 
@@ -527,7 +527,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 mode_layer=mode_layer(ctx, cls) if modes else None,
                 mode_free=class_mode_free(ctx, cls),
                 submodules=_imported_submodules(ctx, cls),
-                convolutional=convs and any(builds_conv2d(ctx, n) for n in ast.walk(cls)),
+                convolutional=convs and any(builds_conv2d(ctx, n) for n in walk_tree(cls)),
             )
     if ".step(" in text:
         effects = ctx.loops.function_effects
@@ -702,7 +702,7 @@ def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
     if forward is None:
         return None
     kinds: set[Output | None] = set()
-    for node in ast.walk(forward):
+    for node in walk_tree(forward):
         if isinstance(node, ast.Return) and node.value is not None:
             value = node.value
             if isinstance(value, ast.Tuple) and value.elts:

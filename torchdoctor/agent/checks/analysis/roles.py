@@ -14,6 +14,7 @@ import ast
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
+from torchdoctor.agent.checks.loops import walk_tree
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -64,7 +65,7 @@ def _mentions_held_out(ctx: ModuleContext, arg: ast.expr) -> bool:
 
 
 def _walk_mentions_held_out(expr: ast.expr) -> bool:
-    for node in ast.walk(expr):
+    for node in walk_tree(expr):
         if isinstance(node, ast.Name | ast.Attribute):
             name = node.id if isinstance(node, ast.Name) else node.attr
             if held_out_name_kind(name) in _HELD_OUT:

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import (
     class_methods,
     module_class_defs,
@@ -87,7 +87,7 @@ class ActivationOnLogits(Rule):
         if len(with_forward) != 1:
             return  # several networks: which one feeds the loss is not known statically
         for _, forward in with_forward:
-            for ret in ast.walk(forward):
+            for ret in walk_tree(forward):
                 if isinstance(ret, ast.Return) and isinstance(ret.value, ast.Call):
                     name = self._activation(ctx, ret.value)
                     if name:

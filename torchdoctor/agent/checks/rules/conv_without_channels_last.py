@@ -12,7 +12,7 @@ from torchdoctor.agent.checks.analysis.project import (
     imported_classes,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import builds_conv2d, uses_cuda, visible_training_loop
 from torchdoctor.agent.models import Severity
 
@@ -75,7 +75,7 @@ def _trained_project_classes(ctx: ModuleContext) -> list[str]:
     """Classes from the project's other files whose instances the training loops call."""
     found: list[str] = []
     for loop in ctx.loops.training_loops:
-        for node in ast.walk(loop.node):
+        for node in walk_tree(loop.node):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
                 found += [c for c in imported_classes(ctx, node.func) if c not in found]
     return found

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
@@ -79,7 +80,7 @@ def _declares_data_field(ctx: ModuleContext) -> bool:
     tensor in its own right, not `Tensor.data`."""
     memo = ctx.memo_table("data-attribute-idiom.record")
     if "" not in memo:
-        memo[""] = any(_data_field(node) for node in ast.walk(ctx.tree))
+        memo[""] = any(_data_field(node) for node in walk_tree(ctx.tree))
     return bool(memo[""])
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.ddp import SAMPLERS, is_distributed, rank_guarded, uses_framework
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
@@ -135,7 +135,7 @@ def _iterates(expr: ast.expr, loaders: set[str]) -> bool:
 def _accumulators(loop: ast.For) -> set[str]:
     return {
         node.target.id
-        for node in ast.walk(loop)
+        for node in walk_tree(loop)
         if isinstance(node, ast.AugAssign)
         and isinstance(node.op, ast.Add)
         and isinstance(node.target, ast.Name)
@@ -150,7 +150,7 @@ def _first_guarded_log_after(
     function = ctx.enclosing_function(loop)
     scope: ast.AST = function if function is not None else ctx.tree
     derived = set(accumulated)
-    after = [n for n in ast.walk(scope) if getattr(n, "lineno", 0) > (loop.end_lineno or 0)]
+    after = [n for n in walk_tree(scope) if getattr(n, "lineno", 0) > (loop.end_lineno or 0)]
     for node in sorted(after, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0))):
         if isinstance(node, ast.Assign) and _reads(node.value, derived):
             derived |= {t.id for t in node.targets if isinstance(t, ast.Name)}
@@ -168,4 +168,4 @@ def _is_log(call: ast.Call) -> bool:
 
 
 def _reads(node: ast.AST, names: set[str]) -> bool:
-    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+    return any(isinstance(n, ast.Name) and n.id in names for n in walk_tree(node))

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.ddp import SAMPLERS, calls_method, uses_framework
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import is_false, kwarg
 from torchdoctor.agent.models import Severity
 
@@ -84,7 +84,7 @@ def _has_epoch_loop(ctx: ModuleContext) -> bool:
         mentioned = [
             n.id if isinstance(n, ast.Name) else n.attr
             for part in (loop.target, loop.iter)
-            for n in ast.walk(part)
+            for n in walk_tree(part)
             if isinstance(n, ast.Name | ast.Attribute)
         ]
         if any("epoch" in word.lower() for word in mentioned):

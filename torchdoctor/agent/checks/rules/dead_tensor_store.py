@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _NOT_COMPUTE = frozenset(
@@ -93,7 +94,7 @@ class DeadTensorStore(Rule):
         if not stored:
             return
         read: set[str] = set()
-        for node in ast.walk(owner):
+        for node in walk_tree(owner):
             if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store):
                 read.add(node.id)
             elif isinstance(node, ast.Global | ast.Nonlocal):
@@ -190,7 +191,7 @@ def _reads(ctx: ModuleContext, stmt: ast.stmt, name: str) -> bool:
     if found is None:
         names: set[str] = set()
         declares = False
-        for n in ast.walk(stmt):
+        for n in walk_tree(stmt):
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store):
                 names.add(n.id)
             elif isinstance(n, ast.Global | ast.Nonlocal):

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
-from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope
+from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -263,7 +263,7 @@ def _scalar_arithmetic(expr: ast.expr) -> bool:
     return (
         isinstance(expr, ast.BinOp | ast.UnaryOp)
         and _arithmetic(expr)
-        and any(_number(n) for n in ast.walk(expr))
+        and any(_number(n) for n in walk_tree(expr))
     )
 
 
@@ -344,7 +344,7 @@ def _reaches_binding(ctx: ModuleContext, node: ast.expr, names: list[str]) -> bo
     parent = ctx.parents.get(child)
     while parent is not None:
         if isinstance(parent, ast.Assign) and parent.value is child:
-            targets = [n for t in parent.targets for n in ast.walk(t)]
+            targets = [n for t in parent.targets for n in walk_tree(t)]
             if any(isinstance(n, ast.Attribute | ast.Subscript | ast.Starred) for n in targets):
                 return False
             names.extend(n.id for n in targets if isinstance(n, ast.Name))

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, identifier
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _SPREAD = frozenset({"std", "var", "norm"})
@@ -163,10 +164,10 @@ def _drawn(ctx: ModuleContext, value: ast.expr, depth: int, seen: set[int] | Non
 
 def _operands(ctx: ModuleContext, value: ast.expr) -> list[ast.Name]:
     """The variables `value` computes with: names read, not called functions or modules."""
-    called = {id(n.func) for n in ast.walk(value) if isinstance(n, ast.Call)}
+    called = {id(n.func) for n in walk_tree(value) if isinstance(n, ast.Call)}
     return [
         n
-        for n in ast.walk(value)
+        for n in walk_tree(value)
         if isinstance(n, ast.Name)
         and isinstance(n.ctx, ast.Load)
         and id(n) not in called

@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX_FUNCTIONS = frozenset(
@@ -169,7 +170,7 @@ def _softmax_returned_by(ctx: ModuleContext, model: ast.expr) -> ast.Call | None
     if forward is None:
         return None
     found: ast.Call | None = None
-    for node in ast.walk(forward):
+    for node in walk_tree(forward):
         if isinstance(node, ast.Return) and node.value is not None:
             softmax = next((p for p in ctx.flow.producers(node.value) if _is_softmax(ctx, p)), None)
             if softmax is None or _is_log_softmax(ctx, softmax):

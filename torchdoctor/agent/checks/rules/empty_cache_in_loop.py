@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -32,7 +33,7 @@ def _measures_memory(loop: ast.For | ast.While | ast.AsyncFor) -> bool:
         and isinstance(node.func, ast.Attribute)
         and node.func.attr in _MEMORY_STATS
         for stmt in loop.body
-        for node in ast.walk(stmt)
+        for node in walk_tree(stmt)
     )
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from torchdoctor.agent.checks.analysis.project import parameter_of, project_function_calls
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import enclosing_ifs, is_optimizer_step, walk_scope
+from torchdoctor.agent.checks.loops import enclosing_ifs, is_optimizer_step, walk_scope, walk_tree
 from torchdoctor.agent.checks.rules.scheduler_before_optimizer import is_scheduler_step
 from torchdoctor.agent.models import Severity
 
@@ -221,7 +221,7 @@ def _epoch_period(ctx: ModuleContext, receiver: ast.expr) -> str | None:
 def _in_epochs(value: ast.expr, keyword: str) -> bool:
     names = [
         n.id if isinstance(n, ast.Name) else n.attr
-        for n in ast.walk(value)
+        for n in walk_tree(value)
         if isinstance(n, ast.Name | ast.Attribute)
     ]
     if any("epoch" in name.lower() for name in names):
@@ -230,7 +230,7 @@ def _in_epochs(value: ast.expr, keyword: str) -> bool:
         return False  # computed or configured: its unit is unknown
     numbers = [
         n.value
-        for n in ast.walk(value)
+        for n in walk_tree(value)
         if isinstance(n, ast.Constant) and isinstance(n.value, int | float)
     ]
     if not numbers:

@@ -30,7 +30,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
-from torchdoctor.agent.checks.loops import is_backward_call, method_name, walk_scope
+from torchdoctor.agent.checks.loops import is_backward_call, method_name, walk_scope, walk_tree
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -372,7 +372,7 @@ def _mode_set_by_phase(scope: ast.AST) -> bool:
         isinstance(n, ast.Call)
         and method_name(n) == "train"
         and any(not isinstance(a, ast.Constant) for a in [*n.args, *(k.value for k in n.keywords)])
-        for n in ast.walk(scope)
+        for n in walk_tree(scope)
     )
 
 
@@ -469,7 +469,7 @@ def _over_training_data(ctx: ModuleContext, owner: FunctionNode, body: list[ast.
     params = _parameters(owner)
     nested = {id(inner) for loop in loops for inner in walk_scope(loop.body)}
     for loop in (loop for loop in loops if id(loop) not in nested):
-        iterated = {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)} & params
+        iterated = {n.id for n in walk_tree(loop.iter) if isinstance(n, ast.Name)} & params
         if not iterated:
             return False
         for site in sites:
@@ -515,7 +515,7 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
     switches = [
         n.lineno
         for stmt in before
-        for n in ast.walk(stmt)
+        for n in walk_tree(stmt)
         if isinstance(n, ast.Call) and method_name(n) == "train" and n.lineno < call.lineno
     ]
     if not switches or _inside_a_training_step(ctx, call):
@@ -527,7 +527,7 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
     return not any(
         isinstance(n, ast.Call) and is_backward_call(n) and last < n.lineno < call.lineno
         for stmt in before
-        for n in ast.walk(stmt)
+        for n in walk_tree(stmt)
     )
 
 
@@ -587,7 +587,7 @@ def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str])
         return "known"
     classes = ctx.flow.classes
     verdict: ModeLayers = "none"
-    for node in ast.walk(cls):
+    for node in walk_tree(cls):
         if isinstance(node, ast.Call):
             callee = node.func.id if isinstance(node.func, ast.Name) else ""
             if callee in classes and callee not in seen:

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _LOW_METHODS = frozenset({"half", "bfloat16"})
@@ -217,7 +218,7 @@ def _image_model(ctx: ModuleContext, model: ast.expr) -> bool:
         cls = ctx.flow.classes.get(identifier(root.func))
         if cls is not None and any(
             isinstance(n, ast.Call) and (ctx.flow.qualname_of(n) or "") in _IMAGE_LAYERS
-            for n in ast.walk(cls)
+            for n in walk_tree(cls)
         ):
             return True
     return False

@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import enclosing_ifs
+from torchdoctor.agent.checks.loops import enclosing_ifs, walk_tree
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -32,7 +32,7 @@ def _under_environment_test(ctx: ModuleContext, node: ast.AST) -> bool:
         part == "body"
         and any(
             _PLATFORM_TEST.match(terminal_name(n))
-            for n in ast.walk(guard.test)
+            for n in walk_tree(guard.test)
             if isinstance(n, ast.Name | ast.Attribute)
         )
         for guard, part in enclosing_ifs(ctx, node)

@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.vocabulary import ENVIRONMENT_HINTS, ENVIRONMENT_STEPS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import TRAINING_TEXT
+from torchdoctor.agent.checks.loops import TRAINING_TEXT, walk_tree
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -78,7 +78,7 @@ class HostSyncInStep(Rule):
             tested = next(
                 (
                     call
-                    for call in ast.walk(node.test)
+                    for call in walk_tree(node.test)
                     if isinstance(call, ast.Call) and ctx.call_qualname(call) in _VALUE_TESTS
                 ),
                 None,
@@ -170,7 +170,7 @@ def _is_backward_tensor(ctx: ModuleContext, name: ast.Name) -> bool:
     if names is None:
         names = receivers[id(function)] = {
             node.func.value.id
-            for node in ast.walk(function)
+            for node in walk_tree(function)
             if isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "backward"

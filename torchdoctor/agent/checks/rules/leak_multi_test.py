@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _TEST = frozenset({"test"})
@@ -90,7 +90,7 @@ class LeakMultiTest(Rule):
     def _selection_metric(self, ctx: ModuleContext, node: ast.If) -> ast.expr | None:
         compares = [
             c
-            for c in ast.walk(node.test)
+            for c in walk_tree(node.test)
             if isinstance(c, ast.Compare) and any(isinstance(op, _ORDERING) for op in c.ops)
         ]
         if not compares:

@@ -21,6 +21,7 @@ from torchdoctor.agent.checks.leak_sink import (
     produced_names,
     related_location,
 )
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _FIT_METHODS = frozenset({"fit", "fit_transform", "partial_fit", "fit_on_texts", "adapt"})
@@ -304,7 +305,7 @@ def _split_scope(ctx: ModuleContext, split: ast.Call) -> set[int]:
     fn = ctx.enclosing_function(split)
     if fn is None:
         return {id(None)}
-    calls = [node for node in ast.walk(fn) if isinstance(node, ast.Call)]  # lambdas too
+    calls = [node for node in walk_tree(fn) if isinstance(node, ast.Call)]  # lambdas too
     return {id(fn)} | {id(callee) for call in calls for callee in ctx.calls.resolve(call)}
 
 
@@ -446,7 +447,7 @@ def _column_helper_applied(ctx: ModuleContext, data: ast.expr) -> tuple[ast.Call
     if fn is None or not fn.args.args:
         return None
     column = fn.args.args[0].arg  # `column`, `column.values.reshape(-1, 1)`
-    if not any(isinstance(n, ast.Name) and n.id == column for n in ast.walk(data)):
+    if not any(isinstance(n, ast.Name) and n.id == column for n in walk_tree(data)):
         return None
     for read in ctx.flow.reads_of(fn.name):
         applying = ctx.parents.get(read)

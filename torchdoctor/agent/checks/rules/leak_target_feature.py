@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.leak_sink import find_sink, related_location
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _ROW_APPLIERS = frozenset({"apply", "map", "transform", "agg", "aggregate"})
@@ -244,7 +245,7 @@ def _read_columns(ctx: ModuleContext, value: ast.expr, frame: str) -> set[str]:
     """Columns of `frame` an expression reads: `frame["S"]` anywhere in it, and `row["S"]`
     in a lambda applied to the frame (`frame.apply(lambda row: row["S"], axis=1)`)."""
     found: set[str] = set()
-    for node in ast.walk(value):
+    for node in walk_tree(value):
         column = _column_of(node) if isinstance(node, ast.Subscript) else None
         if column is not None and column[0] == frame:
             found.add(column[1])
@@ -260,7 +261,7 @@ def _read_columns(ctx: ModuleContext, value: ast.expr, frame: str) -> set[str]:
                     row = arg.args.args[0].arg
                     found |= {
                         c[1]
-                        for sub in ast.walk(arg.body)
+                        for sub in walk_tree(arg.body)
                         if isinstance(sub, ast.Subscript)
                         and (c := _column_of(sub)) is not None
                         and c[0] == row

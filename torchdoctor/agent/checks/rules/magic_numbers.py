@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.patterns import class_methods, constant_number, module_class_defs
 from torchdoctor.agent.models import Severity
 
@@ -41,7 +42,7 @@ class MagicNumbers(Rule):
             forward = class_methods(cls).get("forward")
             if forward is None:
                 continue
-            for node in ast.walk(forward):
+            for node in walk_tree(forward):
                 if (
                     isinstance(node, ast.Call)
                     and isinstance(node.func, ast.Attribute)

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks import einsum_attention as eq
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX = frozenset({"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"})
@@ -185,7 +185,7 @@ def _fallback_of_fused_branch(ctx: ModuleContext, node: ast.AST) -> bool:
             if any(
                 isinstance(n, ast.Call) and identifier(n.func) in _FUSED_KERNELS
                 for stmt in other
-                for n in ast.walk(stmt)
+                for n in walk_tree(stmt)
             ):
                 return True
         child = anc
@@ -341,9 +341,9 @@ class ManualAttention(Rule):
         names = self._probability_names(call, nodes)
         for node in nodes:
             if isinstance(node, ast.Return) and node.value is not None:
-                returned = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
+                returned = {n.id for n in walk_tree(node.value) if isinstance(n, ast.Name)}
                 if returned & names and not any(
-                    _weights_operand(b) is not None for b in ast.walk(node.value)
+                    _weights_operand(b) is not None for b in walk_tree(node.value)
                 ):
                     return True
                 if isinstance(node.value, ast.Tuple) and any(

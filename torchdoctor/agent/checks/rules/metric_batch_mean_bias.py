@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _MEANS = frozenset({"mean", "average"})
@@ -78,12 +78,12 @@ def _per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int = 2) -> bool:
     the binding that reaches a name it reads (`acc = calculate_accuracy(y_pred, y)`, then
     `epoch_acc += acc.item()`)."""
     if _batch_mean_of_comparison(value) or any(
-        isinstance(node, ast.Call) and _metric_score(ctx, node) for node in ast.walk(value)
+        isinstance(node, ast.Call) and _metric_score(ctx, node) for node in walk_tree(value)
     ):
         return True
     if hops == 0:
         return False
-    reads = [n for n in ast.walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    reads = [n for n in walk_tree(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
     return any(
         (bound := ctx.flow.reaching(name)) is not None and _per_batch_mean(ctx, bound, hops - 1)
         for name in reads
@@ -138,11 +138,11 @@ def _is_true(node: ast.expr) -> bool:
 
 
 def _batch_mean_of_comparison(value: ast.expr) -> bool:
-    for node in ast.walk(value):
+    for node in walk_tree(value):
         if (
             isinstance(node, ast.Call)
             and identifier(node.func) in _MEANS
-            and any(_equality(c) for c in ast.walk(node))
+            and any(_equality(c) for c in walk_tree(node))
         ):
             return True
     return False

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -51,7 +52,7 @@ class MissingSuperInit(Rule):
 
 
 def _calls_parent_init(init: ast.FunctionDef) -> bool:
-    for node in ast.walk(init):
+    for node in walk_tree(init):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         if node.func.attr not in ("__init__", "__setstate__"):

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -52,7 +53,7 @@ class ModuleListNotRegistered(Rule):
 
     def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
         wrapped: set[str] | None = None  # found on the first plain container only
-        for node in ast.walk(init):
+        for node in walk_tree(init):
             if isinstance(node, ast.Call):
                 self._check_module_dict(ctx, node)
             if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
@@ -112,14 +113,14 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
     """Attributes that `__init__` re-assigns a registered container or module built from
     themselves (`self.rnns = nn.ModuleList(self.rnns)`)."""
     wrapped: set[str] = set()
-    for node in ast.walk(init):
+    for node in walk_tree(init):
         if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
             continue
         for target in node.targets:
             name = _self_attribute(target)
             if name is not None and any(
                 isinstance(a, ast.Attribute) and _self_attribute(a) == name
-                for a in ast.walk(node.value)
+                for a in walk_tree(node.value)
             ):
                 wrapped.add(name)
     return wrapped
@@ -128,7 +129,7 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
 def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:
     """What `__init__` appends to an attribute first bound to an empty list."""
     found: list[ast.expr] = []
-    for node in ast.walk(init):
+    for node in walk_tree(init):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)

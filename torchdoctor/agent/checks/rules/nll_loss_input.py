@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, NLL_LOSSES, SOFTMAX
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _LOG = frozenset({"torch.log", "log"})
@@ -122,7 +123,7 @@ def _first_output(ctx: ModuleContext, value: ast.expr) -> bool:
     rnn(x)`: `output`; `_, probs = model(x)` would be another element)."""
     return all(
         position == 0
-        for name in ast.walk(value)
+        for name in walk_tree(value)
         if isinstance(name, ast.Name)
         for _, position, _ in ctx.flow.unpackings(name)
     )

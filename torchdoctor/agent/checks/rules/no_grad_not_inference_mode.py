@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.patterns import INFERENCE_FUNCTION
 from torchdoctor.agent.models import Severity
 
@@ -44,7 +45,7 @@ class NoGradNotInferenceMode(Rule):
                     continue
                 for decorator in fn.decorator_list:
                     self._check(ctx, decorator)
-                for node in ast.walk(fn):
+                for node in walk_tree(fn):
                     if isinstance(node, ast.With):
                         for item in node.items:
                             self._check(ctx, item.context_expr)

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import class_methods
 from torchdoctor.agent.models import Severity
 
@@ -67,7 +67,7 @@ class PerItemFileIo(Rule):
             getitem = class_methods(cls).get("__getitem__")
             if getitem is None:
                 continue
-            for node in ast.walk(getitem):
+            for node in walk_tree(getitem):
                 if isinstance(node, ast.Call) and self._loads_fixed_file(ctx, node):
                     ctx.report(
                         self,

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.patterns import class_methods, module_class_defs
 from torchdoctor.agent.models import Severity
 
@@ -42,7 +43,7 @@ class PythonLoopOverTensor(Rule):
             if forward is None:
                 continue
             params = {a.arg for a in forward.args.args[1:]}
-            for node in ast.walk(forward):
+            for node in walk_tree(forward):
                 if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
                     tensor = _ranged_tensor(node.iter)
                     if tensor in params and _indexes(node.body, tensor, node.target.id):
@@ -84,12 +85,12 @@ def _ranged_tensor(expr: ast.expr) -> str:
 
 def _indexes(body: list[ast.stmt], tensor: str, index: str) -> bool:
     for stmt in body:
-        for node in ast.walk(stmt):
+        for node in walk_tree(stmt):
             if (
                 isinstance(node, ast.Subscript)
                 and isinstance(node.value, ast.Name)
                 and node.value.id == tensor
-                and any(isinstance(n, ast.Name) and n.id == index for n in ast.walk(node.slice))
+                and any(isinstance(n, ast.Name) and n.id == index for n in walk_tree(node.slice))
             ):
                 return True
     return False

@@ -10,7 +10,7 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.project import star_modules
 from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _ARRAY_LIBRARIES = frozenset({"numpy", "pandas", "scipy", "sklearn"})
@@ -134,7 +134,7 @@ def _state_keys(targets: list[ast.expr]) -> set[str]:
     """Names and `self.x` attributes a binding stores."""
     found: set[str] = set()
     for target in targets:
-        for node in ast.walk(target):
+        for node in walk_tree(target):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 found.add(node.id)
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
@@ -163,7 +163,7 @@ def _attributes_kept(ctx: ModuleContext, fn: ast.FunctionDef) -> set[str]:
     elsewhere: set[str] = set()
     for other in cls.body:
         if isinstance(other, ast.FunctionDef) and other is not fn and other.name != "__init__":
-            for node in ast.walk(other):
+            for node in walk_tree(other):
                 if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
                     elsewhere.add(ast.unparse(node))
                 if (
@@ -174,7 +174,7 @@ def _attributes_kept(ctx: ModuleContext, fn: ast.FunctionDef) -> set[str]:
                     elsewhere.add(ast.unparse(node.func.value).split("[")[0])
     stored = {
         ast.unparse(node)
-        for node in ast.walk(fn)
+        for node in walk_tree(fn)
         if isinstance(node, ast.Attribute)
         and isinstance(node.ctx, ast.Store)
         and isinstance(node.value, ast.Name)
@@ -240,7 +240,7 @@ def _detached(value: ast.expr) -> bool:
 def _names(targets: list[ast.expr]) -> set[str]:
     found: set[str] = set()
     for target in targets:
-        for node in ast.walk(target):
+        for node in walk_tree(target):
             if isinstance(node, ast.Name):
                 found.add(node.id)
     return found

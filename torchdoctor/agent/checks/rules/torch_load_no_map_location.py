@@ -16,6 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _CPU_FALLBACK = re.compile(
@@ -178,7 +179,7 @@ _SWITCH_NAME = re.compile(r"cuda|gpu", re.IGNORECASE)
 def _moves_to_cuda(body: list[ast.stmt]) -> bool:
     """A `x.cuda(...)` call or a `"cuda"` device string in the statements."""
     for stmt in body:
-        for node in ast.walk(stmt):
+        for node in walk_tree(stmt):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.safe_globals import within_safe_globals
 from torchdoctor.agent.models import Severity
 
@@ -130,7 +131,7 @@ def _module_use(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return None
     scope = ctx.enclosing_function(call) or ctx.tree
-    for node in ast.walk(scope):
+    for node in walk_tree(scope):
         if not isinstance(node, ast.Call) or node.lineno <= call.lineno:
             continue
         func = _module_receiver(node)

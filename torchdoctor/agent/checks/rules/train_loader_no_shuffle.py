@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.analysis.project import callee_symbol, module_name
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -265,8 +266,8 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
     text = ast.unparse(target)
     iterated = any(
         isinstance(node, ast.For | ast.AsyncFor | ast.comprehension)
-        and text in {ast.unparse(sub) for sub in ast.walk(node.iter)}
-        for node in ast.walk(owner)
+        and text in {ast.unparse(sub) for sub in walk_tree(node.iter)}
+        for node in walk_tree(owner)
     )
     if iterated:
         return None
@@ -275,8 +276,8 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
     returned = any(
         isinstance(node, ast.Return)
         and node.value is not None
-        and any(ast.unparse(sub) == text for sub in ast.walk(node.value))
-        for node in ast.walk(owner)
+        and any(ast.unparse(sub) == text for sub in walk_tree(node.value))
+        for node in walk_tree(owner)
     )
     return text if returned and isinstance(target, ast.Name) else None
 
@@ -350,7 +351,7 @@ def _returned(ctx: ModuleContext, loader: ast.Call, owner: ast.AST) -> bool:
         isinstance(node, ast.Return)
         and isinstance(node.value, ast.Name)
         and node.value.id == target.id
-        for node in ast.walk(owner)
+        for node in walk_tree(owner)
     )
 
 

@@ -14,7 +14,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import local_callee
+from torchdoctor.agent.checks.loops import local_callee, walk_tree
 from torchdoctor.agent.models import Severity
 
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -184,7 +184,7 @@ def _sets_its_own_mode(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
     return any(
         isinstance(n, ast.Call) and _trains_in_its_own_mode(ctx, local_callee(n))
         for stmt in body
-        for n in ast.walk(stmt)
+        for n in walk_tree(stmt)
     )
 
 
@@ -204,7 +204,7 @@ def _first_line(fn: ast.AST, method: str) -> float:
     """The first line of `fn` calling `.method()` (infinity when none does)."""
     lines = [
         n.lineno
-        for n in ast.walk(fn)
+        for n in walk_tree(fn)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == method
     ]
     return min(lines, default=float("inf"))

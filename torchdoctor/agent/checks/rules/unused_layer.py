@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import (
     class_methods,
     module_class_defs,
@@ -64,7 +64,7 @@ class UnusedLayer(Rule):
                 continue
             if not _runs(ctx, cls):
                 continue  # a container of parameters (state-dict, device or sharding tests)
-            for stmt in ast.walk(init):
+            for stmt in walk_tree(init):
                 if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
                     continue
                 target = stmt.targets[0]

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _URL_LOADERS = frozenset(
@@ -70,7 +71,7 @@ class UnverifiedDownload(Rule):
                 isinstance(a, ast.Constant)
                 and isinstance(a.value, str)
                 and _WEIGHTS.search(a.value)
-                for a in ast.walk(node)
+                for a in walk_tree(node)
             )
         ):
             self._report(ctx, node, f"`{qual}` of a weights file with no hash check")

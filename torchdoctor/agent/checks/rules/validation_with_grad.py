@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import FunctionNode, nodes_of
+from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import functions, model_calls
 from torchdoctor.agent.models import Severity
 
@@ -223,7 +223,7 @@ def _names_in(expr: ast.expr) -> list[str]:
     """Identifiers an iterable expression mentions: `enumerate(self.val_loader)` -> names."""
     return [
         n.id if isinstance(n, ast.Name) else n.attr
-        for n in ast.walk(expr)
+        for n in walk_tree(expr)
         if isinstance(n, ast.Name | ast.Attribute)
     ]
 

@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.loops import (
     enclosing_ifs,
     receiver_name,
     under_modulo_guard,
+    walk_tree,
 )
 from torchdoctor.agent.models import Severity
 
@@ -126,7 +127,7 @@ def _selected_parameter(ctx: ModuleContext, clear: ast.AST) -> bool:
         if isinstance(parent, ast.If):
             selected = True
         elif isinstance(parent, ast.For | ast.AsyncFor):
-            bound = {n.id for n in ast.walk(parent.target) if isinstance(n, ast.Name)}
+            bound = {n.id for n in walk_tree(parent.target) if isinstance(n, ast.Name)}
             if cleared & bound:
                 return selected
         elif isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
