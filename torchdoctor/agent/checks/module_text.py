@@ -56,13 +56,13 @@ class ModuleText(str):
         return self._lowered
 
     def _search(self, token: str) -> bool:
-        if token.isascii() and token.replace("_", "a").isalnum():  # one word: most gates
-            return token.encode("ascii") in self._words()
-        words = _WORD.findall(token)
+        whole, words = _PLANS.get(token) or _plan(token)
+        if whole is not None:  # one word: most gates
+            return whole in self._words()
         if not words:
             return str.__contains__(self, token)
         vocabulary = self._words()
-        if not all(word.encode("ascii") in vocabulary for word in words):
+        if not all(word in vocabulary for word in words):
             return False
         return len(words[0]) == len(token) or str.__contains__(self, token)
 
@@ -74,6 +74,22 @@ class ModuleText(str):
             self._distinct = frozenset(encoded.translate(_WORDS_ONLY).split())
             self._vocabulary = b" ".join(self._distinct)
         return self._vocabulary
+
+
+_PLANS: dict[str, tuple[bytes | None, tuple[bytes, ...]]] = {}
+"""Per token (rules ask the same few hundred of every module): the token as bytes when it is
+one word, else its words. Bounded: a long-lived server must not grow it without end."""
+_MAX_PLANS = 4096
+
+
+def _plan(token: str) -> tuple[bytes | None, tuple[bytes, ...]]:
+    if token.isascii() and token.replace("_", "a").isalnum():
+        plan: tuple[bytes | None, tuple[bytes, ...]] = (token.encode("ascii"), ())
+    else:
+        plan = (None, tuple(word.encode("ascii") for word in _WORD.findall(token)))
+    if len(_PLANS) < _MAX_PLANS:
+        _PLANS[token] = plan
+    return plan
 
 
 def may_name(source: str, identifier: str) -> bool:
