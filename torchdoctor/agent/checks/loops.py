@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
-_SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_SCOPE_KINDS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda})
+"""The nodes `walk_scope` does not enter. The parser makes no subclasses of them, so a set
+lookup of a child's class tests it (walk_scope tests every child it meets)."""
 _OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)
 _BACKWARD_METHODS = {"backward", "manual_backward"}
 TRAINING_TEXT = ("backward", "training_step")
@@ -76,6 +78,8 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
     """
     stack: list[ast.AST] = list(reversed(nodes)) if isinstance(nodes, list) else [nodes]
     known = _NODE_FIELDS
+    scopes = _SCOPE_KINDS
+    node_class = ast.AST
     while stack:
         node = stack.pop()
         yield node
@@ -89,9 +93,9 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
             value = getattr(node, name, None)
             if value.__class__ is list:
                 for item in value:
-                    if isinstance(item, ast.AST) and not isinstance(item, _SCOPE_NODES):
+                    if item.__class__ not in scopes and isinstance(item, node_class):
                         children.append(item)
-            elif isinstance(value, ast.AST) and not isinstance(value, _SCOPE_NODES):
+            elif value.__class__ not in scopes and isinstance(value, node_class):
                 children.append(value)
         children.reverse()
         stack.extend(children)
