@@ -159,14 +159,28 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
     Constructor calls (`Net()`, capitalised names) are not model calls.
     """
     memo = ctx.memo_table("patterns.model_calls")
-    for node in walk_scope(body):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name | ast.Attribute):
-            continue
+    for node in _named_calls(ctx, body):
         found = memo.get(id(node))
         if found is None:  # asked again of each call in nested loops and by several rules
             found = memo[id(node)] = _runs_a_model(ctx, node)
         if found:
             yield node
+
+
+def _named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
+    """`walk_scope(body)`'s calls of a name or an attribute, in its order: the calls of each
+    statement in turn (a pre-order walk finishes one statement before the next), each
+    statement walked once per module however many loops around it and rules ask."""
+    memo = ctx.memo_table("patterns.named_calls")
+    for stmt in body:
+        calls = memo.get(id(stmt))
+        if calls is None:
+            calls = memo[id(stmt)] = [
+                node
+                for node in walk_scope(stmt)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+            ]
+        yield from calls
 
 
 _PYDANTIC_METHODS = frozenset({"model_dump", "model_copy", "model_construct"})
