@@ -332,6 +332,7 @@ class LoopAnalysis:
 
     def __init__(self, ctx: ModuleContext) -> None:
         self.ctx = ctx
+        self._body_effects: dict[tuple[int, ...], tuple[bool, bool, object]] = {}
 
     @cached_property
     def functions(self) -> dict[str, list[FunctionNode]]:
@@ -432,11 +433,24 @@ class LoopAnalysis:
 
     def backpropagates(self, body: list[ast.stmt] | ast.AST) -> bool:
         """Whether `body` calls backward, itself or through the module's functions."""
-        return self._module_backpropagates and bool(self.effects_of(body).backward)
+        return self._module_backpropagates and self._summary(body)[0]
 
     def trains(self, body: list[ast.stmt] | ast.AST) -> bool:
         """Whether `body` calls backward and an optimizer step (through local calls too)."""
-        return self._module_backpropagates and self.effects_of(body).trains
+        return self._module_backpropagates and self._summary(body)[1]
+
+    def _summary(self, body: list[ast.stmt] | ast.AST) -> tuple[bool, bool]:
+        """(backpropagates, trains) of `body`, once per statement sequence: rules ask it of
+        every caller of every helper, and one long function calling many helpers was walked
+        once per call (torch's common_nn.py: most of a minute). Keyed by the statements, not
+        the list, which may be a temporary one (kept alive with the answer, so no id is
+        reused while the memo lives)."""
+        key = tuple(map(id, body)) if isinstance(body, list) else (id(body),)
+        found = self._body_effects.get(key)
+        if found is None:
+            effects = self.effects_of(body)
+            found = self._body_effects[key] = (bool(effects.backward), effects.trains, body)
+        return found[0], found[1]
 
     def effects_of(self, body: list[ast.stmt] | ast.AST) -> Effects:
         effects = direct_effects(body)
