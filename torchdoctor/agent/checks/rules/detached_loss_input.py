@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SYMMETRIC_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
@@ -228,8 +229,8 @@ def _where_it_lives(function: ast.AST | None, target: ast.expr) -> ast.AST | Non
     returned = any(
         isinstance(node, ast.Return)
         and node.value is not None
-        and any(isinstance(n, ast.Name) and n.id == target.id for n in ast.walk(node.value))
-        for node in ast.walk(function)
+        and any(isinstance(n, ast.Name) and n.id == target.id for n in walk_tree(node.value))
+        for node in walk_tree(function)
     )
     return None if returned else function
 

@@ -109,7 +109,7 @@ def _averages(helper: ast.AST) -> bool:
     return any(
         (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div))
         or (isinstance(node, ast.Call) and identifier(node.func) in _MEANS)
-        for node in ast.walk(helper)
+        for node in walk_tree(helper)
     )
 
 

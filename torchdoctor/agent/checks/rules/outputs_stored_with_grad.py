@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -86,7 +87,7 @@ def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
         and node.lineno > end
         and (ctx.flow.is_loss_callee(node.func) or _NAMED_LOSS.search(identifier(node.func)))
         and ctx.flow.computed_from(node, acc.target)
-        for node in ast.walk(function)
+        for node in walk_tree(function)
     )
 
 

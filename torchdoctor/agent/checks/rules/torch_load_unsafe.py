@@ -156,7 +156,7 @@ def _module_receiver(call: ast.Call) -> ast.expr:
 
 def _used_as_module_in(function: ast.AST, parameter: str) -> ast.Call | None:
     """The first call in `function` that uses its parameter as a module (`model.train()`)."""
-    for node in ast.walk(function):
+    for node in walk_tree(function):
         if isinstance(node, ast.Call):
             receiver = _module_receiver(node)
             if isinstance(receiver, ast.Name) and receiver.id == parameter:

@@ -196,7 +196,7 @@ def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
     ]
     found = list(handlers)
     for handler in handlers:
-        for node in ast.walk(handler):
+        for node in walk_tree(handler):
             if isinstance(node, ast.Call):
                 found += [fn for fn in ctx.calls.resolve(node) if fn not in found]
     return found
