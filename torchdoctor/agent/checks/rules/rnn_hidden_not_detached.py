@@ -163,15 +163,7 @@ def _attributes_kept(ctx: ModuleContext, fn: ast.FunctionDef) -> set[str]:
     elsewhere: set[str] = set()
     for other in cls.body:
         if isinstance(other, ast.FunctionDef) and other is not fn and other.name != "__init__":
-            for node in walk_tree(other):
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-                    elsewhere.add(ast.unparse(node))
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("detach_", "zero_")
-                ):
-                    elsewhere.add(ast.unparse(node.func.value).split("[")[0])
+            elsewhere |= _attributes_reset(ctx, other)
     stored = {
         ast.unparse(node)
         for node in walk_tree(fn)
@@ -181,6 +173,26 @@ def _attributes_kept(ctx: ModuleContext, fn: ast.FunctionDef) -> set[str]:
         and node.value.id == "self"
     }
     return stored - elsewhere
+
+
+def _attributes_reset(ctx: ModuleContext, method: ast.FunctionDef) -> frozenset[str]:
+    """The attributes `method` binds or detaches/zeroes in place; walked once per module,
+    not once per other method of its class (a test class of hundreds of methods)."""
+    memo = ctx.memo_table("rnn_hidden_not_detached.attributes_reset")
+    found = memo.get(id(method))
+    if found is None:
+        names: set[str] = set()
+        for node in walk_tree(method):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(ast.unparse(node))
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("detach_", "zero_")
+            ):
+                names.add(ast.unparse(node.func.value).split("[")[0])
+        found = memo[id(method)] = frozenset(names)
+    return found
 
 
 def _rebinds(node: ast.AST, site: ast.Assign, keys: set[str]) -> bool:
