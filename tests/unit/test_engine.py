@@ -64,7 +64,7 @@ def test_deadline_is_checked_between_rules_finish_phases() -> None:
 def test_walk_indexes_nodes_by_type_in_parent_map_order() -> None:
     source = "import torch\ndef f(a, b):\n    return torch.add(a + b, -a) if a < b else [a, b]\n"
     ctx = ModuleContext(path="m.py", source=source, tree=ast.parse(source))
-    _walk(ctx, {}, float("inf"), [])
+    _walk(ctx, {}, float("inf"), [], {})
     expected: dict[type[ast.AST], list[ast.AST]] = {}
     for node in ctx.parents:
         expected.setdefault(type(node), []).append(node)
@@ -255,3 +255,49 @@ def test_may_name_finds_whole_words_only_in_ascii_text() -> None:
         assert not may_name(text, "train") and not may_name(text, "evaluat")
     wide = "ｍodel.ｅval()  # evaluation\n"  # the parser reads `model.eval()` (NFKC)
     assert may_name(ModuleText(wide), "eval") is ("eval" in wide)
+
+
+class _BrokenVisit(Rule):
+    id = "broken-visit"
+    point = 1
+    severity = Severity.LOW
+    title = "raises on the first call it visits"
+    items = ("1.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"backward"})
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        ctx.report(self, node, "reported before it broke")
+        raise KeyError("some odd shape of the audited code")
+
+
+class _BrokenFinish(Rule):
+    id = "broken-finish"
+    point = 1
+    severity = Severity.LOW
+    title = "raises in finish()"
+    items = ("1.1",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'lineno'")
+
+
+def test_a_rule_that_raises_costs_that_rule_only_and_is_said() -> None:
+    """A rule's defect met on code nobody wrote a fixture for must not take the audit down:
+    the other rules' findings stay, the broken rules' own are left out, the note names them."""
+    source = (
+        "import torch\n\n\n"
+        "def train(model, loader, optimizer, criterion):\n"
+        "    for x, y in loader:\n"
+        "        loss = criterion(model(x), y)\n"
+        "        loss.backward()\n"
+        "        optimizer.step()\n"
+    )
+    real = enabled_rules(frozenset({"zero-grad-missing"}))
+    real = tuple(r for r in real if r.id == "zero-grad-missing")
+    result = analyse_source("m.py", source, (_BrokenVisit, *real, _BrokenFinish), EngineConfig())
+    assert [f.rule for f in result.findings] == ["zero-grad-missing"]
+    assert result.note is not None
+    assert "rule broken-visit failed here (KeyError" in result.note
+    assert "rule broken-finish failed here (AttributeError" in result.note
+    assert "broken-visit" not in result.applicable and "zero-grad-missing" in result.applicable

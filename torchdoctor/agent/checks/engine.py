@@ -33,6 +33,7 @@ from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.escape import one_line
 from torchdoctor.sandbox.lifeline import die_with
 
 PARALLEL_THRESHOLD = 24
@@ -152,6 +153,7 @@ def _walk(
     dispatch: dict[type, list[_Visit]],
     deadline: float,
     call_subscribers: _CallSubscribers,
+    failed: dict[str, str],
 ) -> None:
     """One pre-order walk in source order: records parents, imports, the nodes of each type
     (in the parent map's order); then dispatches nodes, in that order, to the rules subscribed
@@ -225,7 +227,15 @@ def _walk(
         if count % _DEADLINE_CHECK_EVERY == 0 and time.thread_time() > deadline:
             raise _DeadlineExceeded
         for visit in visits:
-            visit(node, ctx)
+            rule = visit.__self__  # type: ignore[attr-defined]
+            if failed and rule.id in failed:
+                continue
+            try:
+                visit(node, ctx)
+            except (_DeadlineExceeded, RecursionError, MemoryError):
+                raise
+            except Exception as err:  # one rule's defect on odd code costs that rule only
+                failed[rule.id] = _failure(err)
 
 
 def analyse_source(
@@ -280,14 +290,22 @@ def _analyse(
     # the budget, the deadline cannot be, and the thread-time read (a system call, ~6 us,
     # once per rule per file) is skipped.
     wall_deadline = time.perf_counter() + config.file_deadline_s
+    failed: dict[str, str] = {}
     try:
-        _walk(ctx, dispatch, deadline, call_subscribers)
+        _walk(ctx, dispatch, deadline, call_subscribers, failed)
         for rule in rules:
             if time.perf_counter() > wall_deadline and time.thread_time() > deadline:
                 raise _DeadlineExceeded
-            rule.finish(ctx)
-            if rule.id != SyntaxErrorRule.id and rule.applies(ctx):
-                applicable.append(rule.id)
+            if rule.id in failed:
+                continue
+            try:
+                rule.finish(ctx)
+                if rule.id != SyntaxErrorRule.id and rule.applies(ctx):
+                    applicable.append(rule.id)
+            except (_DeadlineExceeded, RecursionError, MemoryError):
+                raise
+            except Exception as err:
+                failed[rule.id] = _failure(err)
     except _DeadlineExceeded:
         note = f"analysis stopped after the {config.file_deadline_s:g}s per-file deadline"
     except RecursionError:
@@ -299,14 +317,25 @@ def _analyse(
         ctx.__dict__.pop("loops", None)
         ctx.__dict__.pop("calls", None)
         ctx.memo.clear()
+    if failed:  # a failed rule's findings and deferred findings are left out, and said so
+        ctx.findings = [f for f in ctx.findings if f.rule not in failed]
+        for rule_id in failed:
+            ctx.facts.pop(f"pending:{rule_id}", None)
+        said = "; ".join(f"rule {rule_id} failed here ({why})" for rule_id, why in failed.items())
+        note = f"{note}; {said}" if note else f"{said}: the other rules ran"
     return FileResult(
         path=path,
         findings=stand_down(ctx.findings, source, tree),
         facts=ctx.facts,
-        applicable=applicable,
+        applicable=[a for a in applicable if a not in failed],
         note=note,
         seconds=time.perf_counter() - started,
     )
+
+
+def _failure(err: Exception) -> str:
+    """The exception in one short line (its text may quote the audited code)."""
+    return one_line(f"{type(err).__name__}: {err}")[:200]
 
 
 def _prepare_worker(config: EngineConfig, audit_pid: int) -> None:

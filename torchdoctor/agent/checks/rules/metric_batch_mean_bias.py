@@ -6,6 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.accumulation import Accumulation
+from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
@@ -49,7 +51,7 @@ class MetricBatchMeanBias(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source
-        scores = ("==", "_score", "acc", "iou", "dice")
+        scores = ("==", "_score", "acc", "iou", "dice", "mean(")
         return any(word in source for word in scores) and bool(ctx.flow.accumulations)
 
     def finish(self, ctx: ModuleContext) -> None:
@@ -57,7 +59,9 @@ class MetricBatchMeanBias(Rule):
             return
         flow = ctx.flow
         for acc in flow.accumulations:
-            if not _per_batch_mean(ctx, acc.value) or not flow.carried_across_iterations(acc):
+            if not (_per_batch_mean(ctx, acc.value) or _batch_data_mean(ctx, acc)):
+                continue
+            if not flow.carried_across_iterations(acc):
                 continue
             if _drops_last_batch(ctx, acc.loop.iter if isinstance(acc.loop, ast.For) else None):
                 continue
@@ -71,6 +75,38 @@ class MetricBatchMeanBias(Rule):
                 f"`{ast.unparse(acc.target)}` averages per-batch means: a smaller last batch "
                 "weighs like a full one; sum per-example counts and divide by the sample count",
             )
+
+
+def _batch_data_mean(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """A mean of the batch itself over its batch dimension (`channels_sum +=
+    torch.mean(data, dim=[0, 2, 3])` in a loop over a loader): a dataset statistic averaged
+    over batches, which the smaller last batch biases as it does a metric."""
+    loop = acc.loop
+    if not isinstance(loop, ast.For) or not in_loader_loop(ctx, acc.node):
+        return False
+    batch = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+    for node in ast.walk(acc.value):
+        if not isinstance(node, ast.Call) or identifier(node.func) != "mean":
+            continue
+        if isinstance(node.func, ast.Attribute) and not ctx.flow.qualname_of(node):
+            reduced: ast.expr | None = node.func.value  # `data.mean(dim=...)`
+            dims = node.args[0] if node.args else None
+        else:
+            reduced = node.args[0] if node.args else None  # `torch.mean(data, dim=...)`
+            dims = node.args[1] if len(node.args) > 1 else None
+        dims = next((k.value for k in node.keywords if k.arg == "dim"), dims)
+        reads = {n.id for n in ast.walk(reduced) if isinstance(n, ast.Name)} if reduced else set()
+        if reads & batch and _includes_batch_dim(dims):
+            return True
+    return False
+
+
+def _includes_batch_dim(dims: ast.expr | None) -> bool:
+    """No dim (every element), or a dim list that holds 0."""
+    if dims is None:
+        return True
+    values = dims.elts if isinstance(dims, ast.List | ast.Tuple) else [dims]
+    return any(isinstance(v, ast.Constant) and v.value == 0 for v in values)
 
 
 def _per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int = 2) -> bool:
