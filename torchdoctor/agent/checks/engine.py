@@ -227,15 +227,14 @@ def _walk(
         if count % _DEADLINE_CHECK_EVERY == 0 and time.thread_time() > deadline:
             raise _DeadlineExceeded
         for visit in visits:
-            rule = visit.__self__  # type: ignore[attr-defined]
-            if failed and rule.id in failed:
+            if failed and visit.__self__.id in failed:  # type: ignore[attr-defined]
                 continue
             try:
                 visit(node, ctx)
             except (_DeadlineExceeded, RecursionError, MemoryError):
                 raise
             except Exception as err:  # one rule's defect on odd code costs that rule only
-                failed[rule.id] = _failure(err)
+                failed[visit.__self__.id] = _failure(err)  # type: ignore[attr-defined]
 
 
 def analyse_source(

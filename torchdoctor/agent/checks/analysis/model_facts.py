@@ -25,9 +25,9 @@ _MODEL_NAME = re.compile(
     r"transformer)s?$|^(model|net)\d*$",
     re.IGNORECASE,
 )
-_LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
 # Module methods that return the module itself: `model.eval().requires_grad_(False).to(dev)`.
-_SELF_RETURNING = frozenset(
+SELF_RETURNING = frozenset(
     {"eval", "train", "to", "cuda", "cpu", "float", "half", "bfloat16", "requires_grad_"}
 )
 
@@ -87,7 +87,7 @@ class ModelFacts(DefUse):
             while (
                 isinstance(receiver, ast.Call)
                 and isinstance(receiver.func, ast.Attribute)
-                and receiver.func.attr in _SELF_RETURNING
+                and receiver.func.attr in SELF_RETURNING
             ):
                 receiver = receiver.func.value
             frozen.setdefault(id(self._scope_of(call)), set()).add(ast.unparse(receiver))
@@ -164,7 +164,7 @@ class ModelFacts(DefUse):
             return name in LOSS_FUNCTIONS or name.endswith("_loss")
         if qual:
             return False
-        return bool(_LOSS_NAME.search(identifier(callee))) or self.loss_class(callee) is not None
+        return bool(LOSS_NAME.search(identifier(callee))) or self.loss_class(callee) is not None
 
 
 def bound_to_function_or_import(ctx: ModuleContext, name: str) -> bool:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.model_facts import LOSS_NAME
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.smoke_tests import is_test_module
@@ -70,10 +70,6 @@ class OutputsStoredWithGrad(Rule):
             )
 
 
-_NAMED_LOSS = re.compile(r"loss|criterion", re.IGNORECASE)
-"""A project's own loss helpers (`ce_loss`, `consistency_loss`) resolve to no torch name."""
-
-
 def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
     """The collected outputs go into a loss after the loop, in the same function (MixMatch's
     `logits` list, interleaved, then `ce_loss(logits_x, ...)`): collected to be trained on,
@@ -85,7 +81,8 @@ def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
     return any(
         isinstance(node, ast.Call)
         and node.lineno > end
-        and (ctx.flow.is_loss_callee(node.func) or _NAMED_LOSS.search(identifier(node.func)))
+        # a torch loss, or a project's own helper named like one (`ce_loss`)
+        and (ctx.flow.is_loss_callee(node.func) or LOSS_NAME.search(identifier(node.func)))
         and ctx.flow.computed_from(node, acc.target)
         for node in walk_tree(function)
     )

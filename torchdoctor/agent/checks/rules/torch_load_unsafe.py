@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.model_facts import SELF_RETURNING
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
@@ -117,10 +118,6 @@ _MODULE_METHODS = frozenset(
 )  # fmt: skip
 
 
-_MOVES = frozenset({"to", "cuda", "cpu", "eval", "train"})
-"""Module methods that return the module itself."""
-
-
 def _module_use(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
     """Where the object `call` loads is used as a module or optimizer: called, or running a
     module's method, itself or an entry of it, moved or not (`checkpoint = torch.load(path);
@@ -172,7 +169,7 @@ def _chain_top(ctx: ModuleContext, node: ast.expr) -> ast.expr:
             node = parent
         elif (
             isinstance(parent, ast.Attribute)
-            and parent.attr in _MOVES
+            and parent.attr in SELF_RETURNING
             and isinstance(call := ctx.parents.get(parent), ast.Call)
         ):
             node = call
@@ -210,7 +207,7 @@ def _moved_from(value: ast.expr) -> ast.expr | None:
     if (
         isinstance(value, ast.Call)
         and isinstance(value.func, ast.Attribute)
-        and value.func.attr in _MOVES
+        and value.func.attr in SELF_RETURNING
     ):
         return value.func.value
     return None
