@@ -470,12 +470,23 @@ def main() -> None:
         help="fix this script instead of the naive one (an earlier --stage fix's output, to "
         "go on where a device call's limit cut it); timing still compares with the naive one",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the trainers' batch (gpt2 8, resnet 256 by default), for the fix stage and the "
+        "timing alike: a small batch leaves the GPU's throughput to kernel launches",
+    )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fix-bench")
     args = ARGS = parser.parse_args()
     work = WORKLOADS[args.workload]
     if args.verify_steps:
         work = replace(work, verify=args.verify_steps)
+    if args.batch_size:
+        if not work.batch:
+            parser.error(f"--batch-size: the {args.workload} workload has no batch to set")
+        work = replace(work, batch=["--batch-size", str(args.batch_size)])
     if args.tiny:
         work = Workload(
             work.script,
