@@ -517,3 +517,24 @@ def test_losses_collected_and_never_read_are_a_dropped_term_not_a_memory_leak() 
     codemod = codemod_for("loss-graph-accumulation")
     assert codemod is not None and codemod.transform(source, target) is None
     assert "dropped" in (codemod.explain(source, target) or "")
+
+
+def test_a_stored_tuple_is_declined_not_given_a_detach_it_lacks() -> None:
+    """`outs.append((mu, log_var))` in a prediction loop (a VAE encoder's outputs): a tuple has
+    no `.detach()`, so the fix says what to do by hand instead of writing a crash."""
+    source = (
+        "import torch\n"
+        "def encode_all(encoder, loader):\n"
+        "    stats = []\n"
+        "    for x, _ in loader:\n"
+        "        mu, log_var = encoder(x)\n"
+        "        stats.append((mu, log_var))\n"
+        "    return stats\n"
+    )
+    (finding,) = _findings_of("outputs-stored-with-grad", source)
+    target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, end_line=finding.end_line)
+    codemod = codemod_for("outputs-stored-with-grad")
+    assert codemod is not None and codemod.transform(source, target) is None
+    assert "container" in (codemod.explain(source, target) or "")
+    single = source.replace("stats.append((mu, log_var))", "stats.append(mu)")
+    assert "stats.append(mu.detach())" in (codemod.transform(single, target) or "")

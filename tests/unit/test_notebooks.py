@@ -113,3 +113,24 @@ def test_a_notebooks_loader_workers_need_no_main_guard() -> None:
 
     assert "no-main-guard-workers" in rules("explore.py")
     assert "no-main-guard-workers" not in rules("explore.ipynb")
+
+
+def test_advice_said_once_names_its_other_places_by_cell(tmp_path: Path) -> None:
+    """A legacy idiom said once per notebook lists its other places as `nb.ipynb:cell C:L`
+    (the cell and the line there, in the message and the related locations), each line once
+    however many times the idiom appears on it."""
+    from torchdoctor.agent.config import AuditConfig
+    from torchdoctor.agent.gather import run_static
+
+    notebook = _notebook(
+        ("code", "import torch\nx = torch.FloatTensor([1.0])"),
+        ("markdown", "## Decoder"),
+        ("code", "h = 1\ny = torch.FloatTensor([2.0]) + torch.FloatTensor([3.0])"),
+    )
+    (tmp_path / "seq2seq.ipynb").write_text(notebook)
+    static = run_static(load_workspace(tmp_path), AuditConfig())
+    (finding,) = [f for f in static.all_findings() if f.rule == "legacy-tensor-ctor"]
+    assert (finding.data["cell"], finding.data["cell_line"]) == (1, 2)
+    assert finding.message.endswith("(file-wide, also: seq2seq.ipynb:cell 3:2)")
+    (other,) = finding.data["related"]
+    assert (other["cell"], other["cell_line"]) == (3, 2)

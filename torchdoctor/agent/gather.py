@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent import static_cache
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
@@ -115,8 +115,30 @@ def _name_the_cell(raw: RawFinding, notebook: SourceFile) -> None:
     span = next(s for s in notebook.cells if s.cell == cell)
     cell_lines = notebook.text.splitlines()[span.start - 1 : span.end]
     end = min(max(raw.end_line, raw.line), span.end) - span.start + 1
-    raw.data = {**raw.data, "cell": cell, "cell_line": line}
+    raw.data = {
+        **raw.data,
+        "cell": cell,
+        "cell_line": line,
+        "related": _related_cells(raw, notebook),
+    }
     raw.excerpt = f"cell {cell}\n" + numbered_excerpt(cell_lines, line, end)
+
+
+def _related_cells(raw: RawFinding, notebook: SourceFile) -> list[dict[str, Any]]:
+    """The finding's other places in the same notebook, each with its cell and line there;
+    the message's `also: nb.ipynb:57` list says `nb.ipynb:cell 1:57` likewise."""
+    related: list[dict[str, Any]] = []
+    for place in raw.data.get("related", []):
+        where = (
+            cell_of(notebook.cells, place.get("line", 0)) if place.get("file") == raw.file else None
+        )
+        if where is None:
+            related.append(place)
+            continue
+        related.append({**place, "cell": where[0], "cell_line": where[1]})
+        said = re.compile(rf"(?<=[ ,]){re.escape(raw.file)}:{place['line']}(?=[,)]| and )")
+        raw.message = said.sub(f"{raw.file}:cell {where[0]}:{where[1]}", raw.message, count=1)
+    return related
 
 
 def start_linters(

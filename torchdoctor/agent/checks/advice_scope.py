@@ -31,7 +31,9 @@ ONCE_PER_PROJECT = frozenset(
     }
 )
 # Legacy idioms (`Variable(...)`, `torch.FloatTensor(...)`, `.data`) repeat on every line of an
-# old file and have one fix per file: said once per file.
+# old file and have one fix per file: said once per file. So do a model file's building habits:
+# a biased conv before every norm of forty blocks (weiaicunzai's pytorch-cifar100 models), a
+# block whose forward calls each layer's `.forward(...)` (bearpaw's ResNeXt).
 ONCE_PER_FILE = frozenset(
     {
         "autograd-variable-legacy",
@@ -39,6 +41,8 @@ ONCE_PER_FILE = frozenset(
         "data-attribute-idiom",
         "type-cast-legacy",
         "tensor-constructor",
+        "bias-before-norm",
+        "direct-forward-call",
     }
 )
 MAX_RELATED = 10
@@ -91,8 +95,14 @@ def consolidate(findings: Iterable[RawFinding]) -> dict[int, RawFinding | None]:
 
 
 def _representative(finding: RawFinding, others: list[RawFinding], scope: str) -> RawFinding:
-    shown = others[:MAX_RELATED]
-    more = len(others) - len(shown)
+    places = {(finding.file, finding.line)}
+    distinct: list[RawFinding] = []  # one line with two `FloatTensor(...)`s is one place
+    for other in others:
+        if (other.file, other.line) not in places:
+            places.add((other.file, other.line))
+            distinct.append(other)
+    shown = distinct[:MAX_RELATED]
+    more = len(distinct) - len(shown)
     where = ", ".join(f"{f.file}:{f.line}" for f in shown) + (f" and {more} more" if more else "")
     related = list(finding.data.get("related", [])) + [_related(f) for f in shown]
     return finding.model_copy(

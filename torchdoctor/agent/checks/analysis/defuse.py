@@ -9,15 +9,19 @@ Every other analysis of the data-flow model builds on `DefUse`.
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from torchdoctor.agent.checks.analysis.vocabulary import (
+    DATA_TRANSFORM_PREFIXES,
     NN_MODULE_BASES,
 )
 from torchdoctor.agent.checks.loops import local_callee, walk_scope, walk_tree
+
+_BUILTINS = frozenset(dir(builtins))
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -351,7 +355,30 @@ class DefUse:
                         found.add(cls.name)
                         changed = True
                         break
+                else:
+                    if self._forward_over_imported_bases(cls):
+                        found.add(cls.name)
+                        changed = True
         return found
+
+    def _forward_over_imported_bases(self, cls: ast.ClassDef) -> bool:
+        """A class with a `forward` method whose bases all come from elsewhere (`class
+        LVAE(BaseVAE)`, the base defined in the package's `base.py`): a module, its base read
+        in another file. A local base that is no module, `object`, a torch class that is no
+        module (`autograd.Function`) or a data transform (torchvision's `RandomCrop`, a module
+        that runs in the loader) says otherwise."""
+        if not cls.bases or not any(
+            isinstance(stmt, ast.FunctionDef) and stmt.name == "forward" for stmt in cls.body
+        ):
+            return False
+        for base in cls.bases:
+            simple = identifier(base)
+            qual = self.ctx.qualname(base) or ""
+            if not simple or simple in self.classes or simple == "object":
+                return False
+            if qual.startswith(("torch.", *DATA_TRANSFORM_PREFIXES)) or simple in _BUILTINS:
+                return False
+        return True
 
     @cached_property
     def callers(self) -> dict[str, list[ast.Call]]:

@@ -8,6 +8,21 @@ from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceCon
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 _DETACHING = ("detach", "item", "tolist", "cpu", "numpy")
+# A tuple, list, dict or set has no `.detach()`, and what it holds besides tensors is unknown.
+_CONTAINERS = (
+    cst.Tuple,
+    cst.List,
+    cst.Dict,
+    cst.Set,
+    cst.ListComp,
+    cst.DictComp,
+    cst.SetComp,
+    cst.GeneratorExp,
+)
+_CONTAINER_REFUSAL = (
+    "the stored value is a container, which has no .detach(): detach each tensor in it by "
+    "hand (what else it holds is not known here)"
+)
 
 
 class LossGraphAccumulationFix(Codemod):
@@ -28,6 +43,8 @@ class LossGraphAccumulationFix(Codemod):
         span = (target.line, target.end_line)
         for aug in ctx.find(cst.AugAssign, within=span):
             if isinstance(aug.operator, cst.AddAssign) and not _detached(aug.value):
+                if isinstance(aug.value, _CONTAINERS):
+                    return ctx.decline(_CONTAINER_REFUSAL)
                 ctx.replace(aug, _detach_value)
                 return True
         for call in ctx.find(cst.Call, within=span):
@@ -36,6 +53,8 @@ class LossGraphAccumulationFix(Codemod):
                 and len(call.args) == 1
                 and not _detached(call.args[0].value)
             ):
+                if isinstance(call.args[0].value, _CONTAINERS):
+                    return ctx.decline(_CONTAINER_REFUSAL)
                 ctx.replace(call, _detach_first_arg)
                 return True
         return False
