@@ -28,6 +28,17 @@ def test_syntax_error_becomes_a_finding_and_other_files_still_run() -> None:
     assert next(r for r in result.files if r.path == "good.py").note is None
 
 
+def test_a_pre_python_3_7_cuda_call_is_told_its_new_argument_name() -> None:
+    """`.cuda(async=True)` (PyTorch 0.3 repositories) stops parsing at `async`, a keyword
+    since Python 3.7; the finding names the argument that replaced it."""
+    source = "import torch\ny = x.cuda(async=True)\nz = x.cuda(non_blocking=True)\n"
+    (finding,) = analyse_files([("old.py", source)]).all_findings()
+    assert finding.rule == "syntax-error" and finding.line == 2
+    assert finding.message.endswith("renamed the argument `non_blocking=True`")
+    (plain,) = analyse_files([("bad.py", "def f(:\n    pass\n")]).all_findings()
+    assert "non_blocking" not in plain.message
+
+
 def test_deadline_stops_a_pathological_file_with_a_note() -> None:
     huge = "x = [" + ",".join(["1"] * 200_000) + "]\n"
     result = analyse_source("huge.py", huge, enabled_rules(), EngineConfig(file_deadline_s=0.0))

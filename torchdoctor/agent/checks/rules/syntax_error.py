@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import RawFinding, Rule
@@ -43,7 +44,22 @@ class SyntaxErrorRule(Rule):
             line=line,
             end_line=line,
             code=code,
-            message=f"SyntaxError: {err.msg} (line {err.lineno}, column {err.offset})",
+            message=f"SyntaxError: {err.msg} (line {err.lineno}, column {err.offset})"
+            + _hint(code),
             severity=cls.severity,
             excerpt=excerpt,
         )
+
+
+_ASYNC_KEYWORD = re.compile(r"[(,]\s*async\s*=")
+
+
+def _hint(code: str) -> str:
+    """What the parser's message leaves out on PyTorch code written before Python 3.7:
+    `x.cuda(async=True)` (PyTorch 0.3) names a keyword the language has since taken."""
+    if _ASYNC_KEYWORD.search(code):
+        return (
+            ": `async` is a reserved word since Python 3.7; PyTorch 0.4 renamed the argument "
+            "`non_blocking=True`"
+        )
+    return ""
