@@ -74,3 +74,14 @@ def test_the_advice_is_kept_outside_the_tests_even_when_they_are_shallower() -> 
     ]
     assert advice
     assert all(f.file == "pkg/finetune/train.py" for f in advice), advice
+
+
+def test_an_idiom_twice_on_one_line_is_one_place_with_no_also_list() -> None:
+    """`Variable(x), Variable(y)` on the only line that has them: one finding, said as is."""
+    source = "import torch\nfrom torch.autograd import Variable\na, b = Variable(x), Variable(y)\n"
+    (finding,) = [
+        f
+        for f in analyse_files([("show.py", source)], workers=1).all_findings()
+        if f.rule == "autograd-variable-legacy"
+    ]
+    assert "also" not in finding.message and "related" not in finding.data

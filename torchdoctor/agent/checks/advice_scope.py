@@ -101,6 +101,8 @@ def _representative(finding: RawFinding, others: list[RawFinding], scope: str) -
         if (other.file, other.line) not in places:
             places.add((other.file, other.line))
             distinct.append(other)
+    if not distinct:
+        return finding
     shown = distinct[:MAX_RELATED]
     more = len(distinct) - len(shown)
     where = ", ".join(f"{f.file}:{f.line}" for f in shown) + (f" and {more} more" if more else "")

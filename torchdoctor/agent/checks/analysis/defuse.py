@@ -36,6 +36,17 @@ MAX_VISITS = 400
 _UNKNOWN = object()
 
 
+def _binds_on_every_branch(branch: ast.If, name: str) -> bool:
+    """Both arms of the `if` (an `elif` chain ending in `else`) assign `name` at their top."""
+
+    def binds(stmt: ast.stmt) -> bool:
+        if isinstance(stmt, ast.Assign):
+            return any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
+        return isinstance(stmt, ast.If) and _binds_on_every_branch(stmt, name)
+
+    return bool(branch.orelse) and any(map(binds, branch.body)) and any(map(binds, branch.orelse))
+
+
 def _target_names(target: ast.expr) -> Iterator[tuple[str, ast.expr]]:
     """Names bound by an assignment target, paired with the target node."""
     if isinstance(target, ast.Name):
@@ -452,12 +463,27 @@ class DefUse:
         if len(values) < 2:
             return values
         statements = [self._statement_of(v) for v in values]
-        killers = [s for s in statements if isinstance(s, ast.Assign)]
+        killers = [
+            killer
+            for s in statements
+            if isinstance(s, ast.Assign)
+            for killer in self._binding_statements(s, name.id)
+        ]
         return [
             value
             for value, stmt in zip(values, statements, strict=True)
             if stmt is None or not any(self._overwrites(k, stmt, name) for k in killers)
         ]
+
+    def _binding_statements(self, assign: ast.Assign, name: str) -> Iterator[ast.stmt]:
+        """The assignment, and each `if` around it whose every branch binds `name`
+        (`if isinstance(s, list): s = [...] else: s = s.detach()`): such an `if` overwrites the
+        name as surely as one assignment in its block."""
+        yield assign
+        parent = self.ctx.parents.get(assign)
+        while isinstance(parent, ast.If) and _binds_on_every_branch(parent, name):
+            yield parent
+            parent = self.ctx.parents.get(parent)
 
     def _overwrites(self, later: ast.stmt, earlier: ast.stmt, read: ast.AST) -> bool:
         if later is earlier:
