@@ -538,3 +538,32 @@ def test_a_stored_tuple_is_declined_not_given_a_detach_it_lacks() -> None:
     assert "container" in (codemod.explain(source, target) or "")
     single = source.replace("stats.append((mu, log_var))", "stats.append(mu)")
     assert "stats.append(mu.detach())" in (codemod.transform(single, target) or "")
+
+
+def test_a_model_saved_whole_after_a_state_dict_round_trip_keeps_its_load_unfixed() -> None:
+    """DeepCTR-Torch's test helper saves `model.state_dict()`, loads it, then saves the model
+    itself and loads that: a name bound by `torch.load(...)` holds whatever was pickled, not a
+    tensor, so the second file is a whole module and gets no weights_only=True (which would
+    refuse to load it); the first still does."""
+    source = (
+        "import torch\n\n\n"
+        "def round_trip(model, name):\n"
+        "    torch.save(model.state_dict(), name + '_weights.h5')\n"
+        "    model.load_state_dict(torch.load(name + '_weights.h5'))\n"
+        "    torch.save(model, name + '.h5')\n"
+        "    model = torch.load(name + '.h5')\n"
+        "    return model\n"
+    )
+    weights, whole = sorted(_findings_of("torch-load-unsafe", source), key=lambda f: f.line)
+    assert "whole pickled module" in whole.message and whole.line == 8
+    codemod = codemod_for("torch-load-unsafe")
+    assert codemod is not None
+    for finding, fixable in ((weights, True), (whole, False)):
+        target = FixTarget(
+            rule=finding.rule,
+            file="m.py",
+            line=finding.line,
+            end_line=finding.end_line,
+            data=finding.data,
+        )
+        assert (codemod.transform(source, target) is not None) is fixable

@@ -13,6 +13,9 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
 )
 
 SavedKind = Literal["weights", "module", "unknown"]
+# torch functions whose result is a plain tensor; `torch.load` returns whatever was pickled
+# (a whole module saved by `torch.save(model, f)` comes back as one), the others no tensor.
+_TENSOR_RESULTS = NON_GRAD_TORCH - {"load", "save", "device", "no_grad", "manual_seed"}
 
 
 class SavedFiles(ModelFacts):
@@ -80,7 +83,7 @@ class SavedFiles(ModelFacts):
             ):
                 return "weights"
             qual = self.qualname_of(obj) or ""
-            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in NON_GRAD_TORCH:
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TENSOR_RESULTS:
                 return "weights"
             if self.is_module_value(func) or (
                 isinstance(func, ast.Name) and func.id in self.module_classes
@@ -88,7 +91,11 @@ class SavedFiles(ModelFacts):
                 return "module"
             return "unknown"
         if isinstance(obj, ast.Name | ast.Attribute):
-            kinds = [self._object_kind(v, depth + 1) for v in self.definitions(obj)]
+            # the binding that reaches the save when there is one (`expected = m.state_dict();
+            # torch.save(expected, f)`, whatever `expected` is rebound to after)
+            reached = self.reaching(obj) if isinstance(obj, ast.Name) else None
+            values = [reached] if reached is not None else self.definitions(obj)
+            kinds = [self._object_kind(v, depth + 1) for v in values]
             if "module" in kinds:
                 return "module"
             if kinds and all(k == "weights" for k in kinds):
