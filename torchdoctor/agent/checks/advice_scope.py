@@ -1,9 +1,9 @@
 """Project-wide advice is said once per project, a legacy idiom once per file, not per line.
 
 Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinned or
-non-persistent loader workers, unverified downloads...) describe a habit of the project, not a
-defect of one line: the same advice on every `DataLoader(...)` of forty example scripts buries
-the findings that are bugs. Each such rule keeps one finding per project, where it matters
+non-persistent loader workers, unverified downloads, `DataParallel` rather than DDP...)
+describe a habit of the project, not a defect of one line: the same advice on every
+`DataLoader(...)` of forty example scripts buries the findings that are bugs. Each such rule keeps one finding per project, where it matters
 most (not stood down to info, then outside the tests, then the shallowest path, path order,
 line), and lists the other places as related locations: nothing is hidden and the kept
 finding's fingerprint is stable.
@@ -28,6 +28,7 @@ ONCE_PER_PROJECT = frozenset(
         "unverified-download",
         "tf32-off",
         "cudnn-benchmark-off",
+        "dataparallel-not-ddp",
     }
 )
 # Legacy idioms (`Variable(...)`, `torch.FloatTensor(...)`, `.data`) repeat on every line of an
