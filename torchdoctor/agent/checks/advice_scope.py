@@ -3,10 +3,10 @@
 Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinned or
 non-persistent loader workers, unverified downloads, `DataParallel` rather than DDP...)
 describe a habit of the project, not a defect of one line: the same advice on every
-`DataLoader(...)` of forty example scripts buries the findings that are bugs. Each such rule keeps one finding per project, where it matters
-most (not stood down to info, then outside the tests, then the shallowest path, path order,
-line), and lists the other places as related locations: nothing is hidden and the kept
-finding's fingerprint is stable.
+`DataLoader(...)` of forty example scripts buries the findings that are bugs. Each such rule
+keeps one finding per project, where it matters most (not stood down to info, then outside the
+tests, then the shallowest path, path order, line), and lists the other places as related
+locations: nothing is hidden and the kept finding's fingerprint is stable.
 """
 
 from __future__ import annotations
