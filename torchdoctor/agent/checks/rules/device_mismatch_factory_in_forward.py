@@ -184,13 +184,18 @@ def _scaled(parent: ast.AST, node: ast.AST) -> bool:
     if not isinstance(parent, ast.BinOp):
         return False
     other = parent.right if parent.left is node else parent.left
+    if isinstance(other, ast.UnaryOp):  # `* -1`
+        other = other.operand
     return isinstance(other, ast.Constant | ast.Name)
 
 
 def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
     """`zeros = torch.zeros(size)` followed in the forward by `zeros = zeros.cuda()` (under
     `if x.is_cuda:` in a public KFAC-friendly Gaussian head): the name is moved before use."""
+    node: ast.AST = call
     parent = ctx.parents.get(call)
+    while parent is not None and _scaled(parent, node):  # `torch.ones(shape) * -1`
+        node, parent = parent, ctx.parents.get(parent)
     if not (
         isinstance(parent, ast.Assign)
         and len(parent.targets) == 1
@@ -239,8 +244,8 @@ def _literal_or_setting(expr: ast.expr) -> bool:
 
 
 def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
-    """The forward branches on its input's device and `call` runs only when it is on the CPU:
-    the `else` of `if x.is_cuda:`, or the body of `if not x.is_cuda:`."""
+    """The forward branches on the device and `call` runs only on the CPU: the `else` of
+    `if x.is_cuda:` (or `if torch.cuda.is_available():`), or the body of `if not x.is_cuda:`."""
     for guard, part in enclosing_ifs(ctx, call, forward):
         negated = isinstance(guard.test, ast.UnaryOp) and isinstance(guard.test.op, ast.Not)
         test = guard.test.operand if isinstance(guard.test, ast.UnaryOp) else guard.test
@@ -250,10 +255,14 @@ def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef)
 
 
 def _is_cuda_test(ctx: ModuleContext, test: ast.expr) -> bool:
-    """`x.is_cuda`, or a name bound only to one (`is_cuda_tensor = x.is_cuda`)."""
+    """`x.is_cuda` or `torch.cuda.is_available()` (pytorch-retinanet's focal loss builds its
+    weights with `.cuda()` on one branch and on the CPU on the other), or a name bound only to
+    one (`is_cuda_tensor = x.is_cuda`, `use_cuda = torch.cuda.is_available()`)."""
     if isinstance(test, ast.Name):
         values = ctx.flow.definitions(test)
         return bool(values) and all(_is_cuda_test(ctx, v) for v in values if v is not test)
+    if isinstance(test, ast.Call):
+        return ctx.call_qualname(test) == "torch.cuda.is_available"
     return isinstance(test, ast.Attribute) and test.attr == "is_cuda"
 
 
