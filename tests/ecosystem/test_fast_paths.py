@@ -110,6 +110,31 @@ def test_the_static_path_gives_the_graph_paths_report_and_ledger(tmp_path: Path)
     assert sorted(trace) == sorted(graph_trace)
 
 
+def test_the_static_path_writes_the_ledger_once_and_still_reports_each_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing resumes a static audit, so its ledger is written whole by `summarize` only."""
+    from torchdoctor.agent.graph import phases
+    from torchdoctor.agent.ledger import Ledger
+
+    written: list[Path] = []
+    write = Ledger.write
+
+    def counted(ledger: Ledger, path: Path) -> None:
+        written.append(path)
+        write(ledger, path)
+
+    monkeypatch.setattr(Ledger, "write", counted)
+    shutil.copyfile(EXAMPLES / "train_buggy.py", tmp_path / "train.py")
+    events: list[dict[str, Any]] = []
+    report = run_audit(AuditOptions(target=tmp_path), events.append).report
+    assert written == [tmp_path / "ISSUES.md"]
+    ledger = written[0].read_text(encoding="utf-8")
+    assert report.findings and all(f.id in ledger for f in report.findings)
+    passed = [e["phase"] for e in events if e.get("event") == "ledger"]
+    assert passed == [phase.number for phase in phases()]
+
+
 @pytest.mark.parametrize(
     ("options", "unloaded"),
     [

@@ -422,13 +422,19 @@ class Phase:
     def ledger(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         """The ledger block updated with what the phases so far found (atomic), so a crash or
         a refusal later loses nothing."""
-        context = runtime.context
-        context.emit({"event": "ledger", "phase": self.number, "advance": 1})
+        update = self.ledger_passed(state, runtime)
         path = writable_ledger(state)
         if path is not None:
-            report = build_report(state, context, [])
+            report = build_report(state, runtime.context, [])
             done = frozenset(range(1, self.number + 1))
             Ledger.read(path).merge(report, state["config"].lang, phases=done).write(path)
+        return update
+
+    def ledger_passed(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
+        """The ledger step's progress and trace without its write: for an audit that is redone
+        from the start rather than resumed (`static_path`), whose ledger `summarize` writes
+        whole, once."""
+        runtime.context.emit({"event": "ledger", "phase": self.number, "advance": 1})
         return {"trace": [f"ledger:{self.number}"]}
 
 

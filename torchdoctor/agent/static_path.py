@@ -1,7 +1,9 @@
 """A static-only audit without LangGraph: the audit graph's own nodes, in the order the graph
 runs them when nothing is run, fixed, approved or asked of an LLM (what a pre-commit hook asks
 for). Loading LangGraph costs more than auditing a file, and such an audit is redone faster
-than it is resumed, so nothing is checkpointed.
+than it is resumed, so nothing is checkpointed, and its ledger is written once, whole, by
+`summarize` rather than after each phase as well (a crash redoes the audit; the phases after
+the evidence take milliseconds): each write renders the whole ledger and syncs it to disk.
 
 Each node's update is folded into the state with the reducers `AuditState` declares, as
 LangGraph folds it; the routes are the graph's own functions.
@@ -76,7 +78,7 @@ def run_static_path(first: dict[str, Any], context: AuditContext) -> AuditState:
         step(phase.gate)
         if phase.route(view()) == phase.name("adopt"):
             step(phase.adopt)
-        step(phase.ledger)
+        step(phase.ledger_passed)  # nothing is resumed: `summarize` writes the whole ledger
     step(nodes.summarize)
     step(nodes.approve)
     step(nodes.report)
