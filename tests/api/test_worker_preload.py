@@ -93,3 +93,61 @@ def test_the_python_peers_are_forked_warm_not_started(tmp_path: Path) -> None:
     assert {"bandit", "detect-secrets", "flake8"} <= set(seen["forked"])
     assert not {"bandit", "detect-secrets", "flake8"} & set(seen["started"])
     assert {"bandit", "torchfix"} <= set(seen["sources"])  # their reports read as evidence
+
+
+STORE_PROBE = """
+import importlib, json, os, shutil, sys
+from pathlib import Path
+from torchdoctor.api.store.engine import migrate, open_engine
+from torchdoctor.api.store.store import Store
+from torchdoctor.api.models import AuditChoices
+url = os.environ["TORCHDOCTOR_DATABASE_URL"]
+engine = open_engine(url)
+migrate(engine)
+engine.dispose()
+worker = importlib.import_module("torchdoctor.api.worker")
+importlib.import_module(sys.argv[1])
+from torchdoctor.api.settings import ApiSettings
+kept = worker.store_for(ApiSettings().url)
+ours = Store(open_engine(url))
+ids = []
+for n in range(2):
+    workdir = Path(sys.argv[3]) / str(n)
+    (workdir / "src").mkdir(parents=True)
+    shutil.copyfile(sys.argv[2], workdir / "src" / "train.py")
+    ours.create_audit(f"a{n}", "t", AuditChoices(offline=True), str(workdir))
+    assert ours.claim("owner", 60) == f"a{n}"
+    pid = os.fork()
+    if pid == 0:
+        worker.run(f"a{n}", "owner", os.getppid())
+        os._exit(0)
+    os.waitpid(pid, 0)
+print(json.dumps({
+    "states": [kept.get_audit(f"a{n}", None).state.value for n in range(2)],
+    "compiled": len(kept.engine._compiled_cache),
+    "same_store": worker.store_for(ApiSettings().url) is kept,
+}))
+"""
+
+
+def test_workers_share_the_fork_servers_warm_engine_never_its_connections(
+    tmp_path: Path,
+) -> None:
+    """The preload leaves the workers' engine with statements compiled and no connection
+    open; two workers forked one after the other each record their audit through it."""
+    env = {
+        **os.environ,
+        "TORCHDOCTOR_DATABASE_URL": f"sqlite:///{tmp_path / 'api.sqlite'}",
+        "TORCHDOCTOR_HOME": str(tmp_path / "home"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", STORE_PROBE, PRELOAD, str(EXAMPLES / "train_small.py"), tmp_path],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["states"] == ["done", "done"] and seen["same_store"]
+    assert seen["compiled"] > 0  # the preload's reads (what the workers compiled stayed theirs)

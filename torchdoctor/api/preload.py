@@ -5,7 +5,7 @@ native rules, the ledger's templates, the Python peers) it would load again in e
 under concurrent audits that per-audit start-up competes with the analyses themselves for the
 same cores. Loaded here, every worker inherits it ready, and forks its Python peers rather than
 starting them (~1.2 s of CPU an audit). Nothing here leaves a thread running or a file open
-that a fork would share.
+that a fork would share (the store's engine is kept, its connections closed).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torchdoctor.agent.gather import installed_torch_version
 from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.options import linters_off_by_env
 from torchdoctor.api.reuse import peer_versions
+from torchdoctor.api.worker import warm_store
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free
@@ -44,6 +45,7 @@ code_fingerprint()  # the result caches' keys read the checks' files once, here
 if not linters_off_by_env():
     warm_peers()
 peer_versions()  # part of every audit's reuse key
+warm_store()  # the worker's settings and store, its engine without a connection
 # Kept for the fork server's life: out of the collector's sight, a worker's collections
 # neither walk it (CPU) nor touch its pages (copy-on-write faults).
 gc.collect()
