@@ -67,3 +67,18 @@ def test_keys_are_kept_as_hashes_and_revocable(tmp_path: Path) -> None:
     assert store.authenticate(key[:-1] + ("x" if key[-1] != "x" else "y")) is None
     assert store.revoke_key(key_id) and not store.revoke_key(key_id)
     assert store.authenticate(key) is None
+
+
+def test_a_stream_reads_the_state_and_the_newer_events_of_its_tenants_audit_only(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    store.create_audit("a1", "acme", AuditChoices(), "/nowhere")  # with its queued event
+    store.add_events("a1", [("phase", {"phase": 1}, time.time()), ("point", {"p": 2}, 0.0)])
+    state, events = store.state_and_events_after("a1", "acme", 0)
+    assert state is AuditState.QUEUED and [e.kind for e in events] == ["state", "phase", "point"]
+    assert events == store.events_after("a1", 0)
+    state, newer = store.state_and_events_after("a1", "acme", events[1].id)
+    assert state is AuditState.QUEUED and newer == events[2:]
+    assert store.state_and_events_after("a1", "other", 0) == (None, [])
+    assert store.state_and_events_after("missing", "acme", 0) == (None, [])

@@ -211,14 +211,15 @@ async def audit_events(
         while not await request.is_disconnected():
             # The state is read before the events: an audit that ends in between still has
             # its last events sent before the stream closes.
-            record = await to_thread.run_sync(store.get_audit, audit_id, who.tenant)
-            events = await to_thread.run_sync(store.events_after, audit_id, last)
+            state, events = await to_thread.run_sync(
+                store.state_and_events_after, audit_id, who.tenant, last
+            )
             for event in events:
                 last = event.id
                 yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.data)}
             if events:
                 continue
-            if record is None or record.state.final:
+            if state is None or state.final:
                 return
             await watch.news(audit_id, last, timeout_s=LOOK_AGAIN_S)
 

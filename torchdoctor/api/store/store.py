@@ -389,16 +389,34 @@ class Store:
 
     def events_after(self, audit_id: str, after: int, limit: int = 500) -> list[AuditEvent]:
         with self._session() as session:
-            rows = session.execute(
-                select(EventRow.id, EventRow.kind, EventRow.data)
-                .where(EventRow.audit_id == audit_id, EventRow.id > after)
-                .order_by(EventRow.id)
-                .limit(limit)
-            ).all()
-            return [AuditEvent(id=i, kind=kind, data=json.loads(data)) for i, kind, data in rows]
+            return _events_after(session, audit_id, after, limit)
+
+    def state_and_events_after(
+        self, audit_id: str, tenant: str, after: int, limit: int = 500
+    ) -> tuple[AuditState | None, list[AuditEvent]]:
+        """What an event stream reads each time it looks (one transaction, the state column
+        alone): the audit's state (None: not this tenant's), read before its events after
+        `after`, so an audit that ends in between still has its last events returned."""
+        with self._session() as session:
+            row = session.execute(
+                select(AuditRow.state).where(AuditRow.id == audit_id, AuditRow.tenant == tenant)
+            ).first()
+            if row is None:
+                return None, []
+            return AuditState(row.state), _events_after(session, audit_id, after, limit)
 
 
 def _event_row(audit_id: str, kind: str, data: dict[str, Any], at: float | None = None) -> EventRow:
     return EventRow(
         audit_id=audit_id, kind=kind, data=json.dumps(data), created_at=at or time.time()
     )
+
+
+def _events_after(session: Session, audit_id: str, after: int, limit: int) -> list[AuditEvent]:
+    rows = session.execute(
+        select(EventRow.id, EventRow.kind, EventRow.data)
+        .where(EventRow.audit_id == audit_id, EventRow.id > after)
+        .order_by(EventRow.id)
+        .limit(limit)
+    ).all()
+    return [AuditEvent(id=i, kind=kind, data=json.loads(data)) for i, kind, data in rows]
