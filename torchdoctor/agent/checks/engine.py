@@ -33,6 +33,7 @@ from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.cpus import usable_cpus
 from torchdoctor.agent.escape import one_line
 from torchdoctor.sandbox.lifeline import die_with
 
@@ -382,7 +383,7 @@ def analyse_files(
         config = replace(config, torch_floor=declared_floor(parse_manifests(manifests), "torch"))
     started = time.perf_counter()
     rule_types = enabled_rules(config.select, config.ignore)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     if len(files) < PARALLEL_THRESHOLD or (workers == 1 and run_chunks is None):
         results = [analyse_source(path, text, rule_types, config) for path, text in files]
     elif run_chunks is not None:

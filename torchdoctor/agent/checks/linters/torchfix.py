@@ -6,7 +6,6 @@ adapter parses. `--isolated` keeps the audited project's flake8 config from chan
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.linters.base import Parsed, SubprocessLinter, ToolOutputError
 from torchdoctor.agent.checks.linters.evidence import EvidenceFactory, tool_table
 from torchdoctor.agent.checks.linters.process import ToolOutput
+from torchdoctor.agent.cpus import usable_cpus
 
 FORMAT = "%(path)s::%(row)d::%(col)d::%(code)s::%(text)s"
 _PLUGIN_VERSION = re.compile(r"TorchFix:\s*(\d+(?:\.\d+)+)")
@@ -34,7 +34,7 @@ class TorchFixAdapter(SubprocessLinter):
 
     def command(self, executable: str, files: Sequence[str], scratch: Path) -> list[str]:
         select = ",".join(tool_table(self.name)["select"])
-        jobs = str(os.cpu_count() or 1)
+        jobs = str(usable_cpus())
         return [
             executable,
             "--isolated",
