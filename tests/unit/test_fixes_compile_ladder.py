@@ -314,7 +314,9 @@ class _ScriptedBench(FixBench):
     runs: dict[str, list[SmokeRun]] = field(default_factory=dict)
     made: list[_ModeVerifier] = field(default_factory=list)
 
-    def verifier(self, root: Path, baseline: SmokeRun | None) -> Verifier:
+    def verifier(
+        self, root: Path, baseline: SmokeRun | None, working_copy: dict[str, str] | None = None
+    ) -> Verifier:
         self.made.append(_ModeVerifier(root, self.runs))
         return self.made[-1]
 

@@ -9,9 +9,9 @@ which is what the report shows and `apply` writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig
@@ -115,8 +115,13 @@ class FixBench:
     reach: Verification | None = None
     """Which run verifies the fix and through which imports it reaches the patched file (or
     that no planned run does: then the fix is not verified)."""
+    known_runs: Mapping[str, SmokeRun] = field(default_factory=dict)
+    """The audit's patched runs so far (`verify.run_key` -> run): a patched run of the same
+    code and call reuses one rather than running again."""
 
-    def verifier(self, root: Path, baseline: SmokeRun | None) -> Verifier:
+    def verifier(
+        self, root: Path, baseline: SmokeRun | None, working_copy: dict[str, str] | None = None
+    ) -> Verifier:
         return Verifier(
             root,
             self.runner,
@@ -125,6 +130,8 @@ class FixBench:
             config=self.config,
             paths=self.paths,
             baseline=baseline,
+            copy_texts=working_copy,
+            known_runs=self.known_runs,
         )
 
 
@@ -134,6 +141,9 @@ class Verified:
     finding: Finding
     baseline: SmokeRun | None
     """The working copy's baseline run, when this verification made or reused one."""
+    runs: dict[str, SmokeRun] = field(default_factory=dict)
+    """The fix's patched run by `run_key`, when it is verified (a combined check of the same
+    code reuses it)."""
 
 
 def verify_record(
@@ -160,12 +170,14 @@ def verify_record(
         checks.append(Verification(step="patch-applies", ok=False, detail=str(err)))
         patch = None
     evidence = finding.evidence
+    runs: dict[str, SmokeRun] = {}
     if patch is not None:
         with materialized(bench.root, working_copy) as copy:
-            verifier = bench.verifier(copy, baseline)
+            verifier = bench.verifier(copy, baseline, working_copy)
             claim = Claim(frozenset({finding.rule}), finding.severity)
             checks += verifier.verify(patch, claim, spec_of(record))
             baseline = verifier.baseline_run
+            runs = verifier.patched_runs
             if all(c.ok for c in checks) and climbs(bench, finding, record):
                 checks, evidence, record = with_ladder(
                     bench, verifier, working_copy, finding, record, patch, checks
@@ -180,6 +192,7 @@ def verify_record(
         ),
         finding=finding.model_copy(update={"fix": fix, "status": status}),
         baseline=baseline,
+        runs=runs if verified else {},
     )
 
 
@@ -275,6 +288,8 @@ class Adoption:
     """finding id -> why it stays out of the working copy."""
     combined: dict[str, Verification]
     baseline: SmokeRun | None
+    runs: dict[str, SmokeRun] = field(default_factory=dict)
+    """The combinations' patched runs by `run_key` (a later combined check may reuse them)."""
 
 
 def adopt(
@@ -299,12 +314,14 @@ def adopt(
             continue
         kept.append(finding)
     combined: dict[str, Verification] = {}
+    runs: dict[str, SmokeRun] = {}
     added = [f for f in kept if f not in adopted]
     if bench.runner is not None and bench.run_command is not None and added and len(kept) > 1:
         verifier = bench.verifier(bench.root, baseline)
         with_specs = [(f, spec_of(records[f.id])) for f in kept]
         combination, notes = combine(verifier, with_specs)
         baseline = verifier.baseline_run
+        runs = verifier.patched_runs
         for finding_id, note in notes.items():
             if finding_id in combination.dropped:
                 dropped[finding_id] = note
@@ -318,4 +335,5 @@ def adopt(
         dropped=dropped,
         combined=combined,
         baseline=baseline,
+        runs=runs,
     )

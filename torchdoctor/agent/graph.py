@@ -332,6 +332,8 @@ class Phase:
         }
         if done.baseline is not None:
             update["baselines"] = {key: done.baseline}
+        if done.runs:
+            update["fix_runs"] = done.runs
         return update
 
     def next_pending(self, state: AuditState) -> FixRecord | None:
@@ -417,6 +419,8 @@ class Phase:
         }
         if outcome.baseline is not None:
             update["baselines"] = {ORIGINAL: outcome.baseline}
+        if outcome.runs:
+            update["fix_runs"] = outcome.runs
         return update
 
     def ledger(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
@@ -475,6 +479,7 @@ def fix_bench(state: AuditState, context: AuditContext, file: str | None = None)
         config=engine_config(state["config"]),
         paths=[f.path for f in context.workspace.files],
         reach=reach,
+        known_runs=state.get("fix_runs", {}),
     )
 
 

@@ -194,6 +194,9 @@ class AuditState(TypedDict, total=False):
     fixes_proposed: Annotated[list[int], operator.add]
     baselines: Annotated[dict[str, SmokeRun], merge_dict]
     """working-copy digest -> the seeded run of that copy (made once)."""
+    fix_runs: Annotated[dict[str, SmokeRun], merge_dict]
+    """`verify.run_key` -> the patched run of a verified fix or of a combination: a combined
+    check of the same code and call reuses it (one seeded run per code, not two)."""
     working_copy: Annotated[dict[str, str], merge_dict]
     """path -> text, for the files the adopted fixes changed."""
     gates: Annotated[list[GateDecision], operator.add]

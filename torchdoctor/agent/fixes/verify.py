@@ -15,9 +15,11 @@ Only a fix that passes every step is verified.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -93,10 +95,14 @@ class Verifier:
         config: EngineConfig | None = None,
         paths: list[str] | None = None,
         baseline: SmokeRun | None = None,
+        copy_texts: Mapping[str, str] | None = None,
+        known_runs: Mapping[str, SmokeRun] | None = None,
     ) -> None:
         """`paths`: the audited files (relative), as the audit's workspace lists them; the
         static check reads only those (None: every Python file under `root`). `baseline`: the
-        seeded run of `root` when it is already known."""
+        seeded run of `root` when it is already known. `copy_texts`: what `root` has written
+        over the audit's files (path -> text: the working copy), and `known_runs`: the audit's
+        patched runs so far, by `run_key`, which a patched run of the same key reuses."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -108,8 +114,12 @@ class Verifier:
         self._baseline = baseline
         self._again: SmokeRun | None = None
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
+        self.copy_texts = dict(copy_texts or {})
+        self.known_runs = dict(known_runs or {})
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
+        self.patched_runs: dict[str, SmokeRun] = {}
+        """The smoke run of each patch `verify` ran (or reused), by `run_key`."""
 
     # --- the pipeline ---------------------------------------------------------------------
 
@@ -132,14 +142,7 @@ class Verifier:
             if self.runner is None or self.run_command is None:
                 steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
                 return steps
-            after = smoke_run(
-                self.runner,
-                copy,
-                self.run_command,
-                self.steps,
-                trace=touched,
-                extra_memory_mb=spec.extra_memory_mb,
-            )
+            after = self._smoke_run(copy, touched, spec)
             self.last_runs.append(after)
             steps.append(
                 Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
@@ -155,6 +158,32 @@ class Verifier:
             if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
                 steps.append(self._speed(copy, after, spec))
         return steps
+
+    def _smoke_run(self, copy: Path, touched: list[str], spec: FixSpec) -> SmokeRun:
+        """The patched copy's seeded run, tracing the touched files; reused when this audit
+        already ran the same code with the same call (the fixes adopted so far plus one new
+        fix are the code that fix was verified on: their combined check is that run again)."""
+        assert self.runner is not None and self.run_command is not None
+        patched = {p: (copy / p).read_text(encoding="utf-8") for p in touched}
+        key = run_key(
+            {**self.copy_texts, **patched},
+            self.run_command,
+            self.steps,
+            touched,
+            spec.extra_memory_mb,
+        )
+        run = self.known_runs.get(key)
+        if run is None:
+            run = smoke_run(
+                self.runner,
+                copy,
+                self.run_command,
+                self.steps,
+                trace=touched,
+                extra_memory_mb=spec.extra_memory_mb,
+            )
+        self.patched_runs[key] = run
+        return run
 
     def patched_run(self, diff: str, spec: FixSpec) -> SmokeRun:
         """One more seeded run of the workspace with `diff` applied: another sample for a
@@ -382,6 +411,19 @@ class Verifier:
         if config not in self._original_findings:
             self._original_findings[config] = _findings_of(self.root, config, self.paths)
         return self._original_findings[config]
+
+
+def run_key(
+    texts: Mapping[str, str],
+    command: Sequence[str],
+    steps: int,
+    trace: Sequence[str],
+    extra_memory_mb: int,
+) -> str:
+    """Names one seeded smoke run: the audited files with `texts` (path -> text) written in,
+    the run command and the harness call (steps, traced files, memory on top)."""
+    call = [sorted(texts.items()), list(command), steps, sorted(trace), extra_memory_mb]
+    return hashlib.sha256(json.dumps(call, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
 
 
 _VERDICTS = {
