@@ -1,10 +1,12 @@
 """Pure parts of the probes harness: argument splitting, loss comparison, GPU peak lookup,
 graph-scan schedule, the torchvision stand-in's datasets and transforms, which parameters
-got a gradient."""
+got a gradient, an import outside the line trace."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -20,6 +22,7 @@ from torchdoctor.sandbox.probes.datasets import (  # noqa: E402
 )
 from torchdoctor.sandbox.probes.determinism import compare, probe  # noqa: E402
 from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops  # noqa: E402
+from torchdoctor.sandbox.probes.linetrace import import_untraced  # noqa: E402
 from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe  # noqa: E402
 from torchdoctor.sandbox.probes.tensors import read_together  # noqa: E402
@@ -218,3 +221,25 @@ def test_every_probes_waiting_values_are_read_together_and_handed_back_in_order(
     assert first.taken == [[1.5], [2.0, 3.0]]
     assert empty.taken == []
     assert last.taken == [[2.0, 2.0], [4.0, 5.0]]
+
+
+def test_an_untraced_import_reaches_no_trace_hook_and_the_hook_is_back_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "td_untraced_probe.py").write_text("def f():\n    return 1\n\nVALUE = f()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        seen.append(frame.f_code.co_filename)
+
+    previous = sys.gettrace()
+    sys.settrace(hook)
+    try:
+        import_untraced("td_untraced_probe")
+        restored = sys.gettrace()
+    finally:
+        sys.settrace(previous)
+    assert sys.modules["td_untraced_probe"].VALUE == 1
+    assert restored is hook
+    assert not [name for name in seen if name.endswith("td_untraced_probe.py")]

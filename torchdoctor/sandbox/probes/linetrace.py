@@ -6,6 +6,7 @@ disables each location after its first report and every location in other files;
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -93,3 +94,17 @@ class LineTrace:
             real = os.path.realpath(filename) if filename[:1] != "<" else ""
             self._names[filename] = self.wanted.get(real)
         return self._names[filename]
+
+
+def import_untraced(name: str) -> None:
+    """Import `name` now with the 3.11 trace hook paused: the script's lines are not traced
+    meanwhile, but every call of a large import (torch._dynamo: the first optimizer imports
+    it) would reach the hook, which costs more than the small runs fixes are verified on."""
+    if name in sys.modules:
+        return
+    tracer = sys.gettrace()
+    sys.settrace(None)
+    try:
+        importlib.import_module(name)
+    finally:
+        sys.settrace(tracer)

@@ -45,6 +45,7 @@ from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_ra
 from torchdoctor.sandbox.probes.flops import FlopProbe
 from torchdoctor.sandbox.probes.frames import UserFiles
 from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
+from torchdoctor.sandbox.probes.linetrace import import_untraced
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
 from torchdoctor.sandbox.probes.mode import ModeProbe
 from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
@@ -238,6 +239,10 @@ class Session:
 
     def _wrap_optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def init(optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            if not self.optimizer_built:
+                # the base class imports torch._dynamo here (add_param_group is wrapped by
+                # torch._disable_dynamo): the same import, outside the line trace
+                import_untraced("torch._dynamo")
             original(optimizer, *args, **kwargs)
             if not self.optimizer_built:
                 # forwards before the first optimizer (a dry run, lazy modules) were counted
