@@ -54,8 +54,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def verified(workspace: Path) -> dict[str, Finding]:
     findings = [f for f in audit(workspace) if f.rule in WANTED]
     assert {f.rule for f in findings} == WANTED
+    # pin-memory-off gains nothing measurable on CPU: its interval stays undecided and, on a
+    # loaded machine, would take the most repeats allowed (six pairs of runs, alone and again on
+    # the verified fixes); the test asks only that the speed-up is judged, so two are enough
     out = propose_and_verify(
-        workspace, findings, get_sandbox("local"), run_command=RUN, steps=STEPS, timing_runs=1
+        workspace,
+        findings,
+        get_sandbox("local"),
+        run_command=RUN,
+        steps=STEPS,
+        timing_runs=1,
+        max_timing_runs=2,
     )
     return {f.rule: f for f in out}
 
