@@ -190,3 +190,36 @@ def test_a_bottleneck_the_baseline_measured_is_relieved_first_in_its_phase() -> 
     assert sorted([medium, loader], key=lambda f: fix_order(f, waiting))[0] is loader
     barely = {"data_wait_share": 0.05}
     assert sorted([loader, medium], key=lambda f: fix_order(f, barely))[0] is medium
+
+
+class _SpecRecorder(Verifier):
+    """Records the spec a combination is verified under; every check passes."""
+
+    specs: list[FixSpec]
+
+    def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
+        self.specs.append(spec)
+        return [Verification(step="smoke-run", ok=True)]
+
+
+def test_a_combination_with_a_seeding_fix_repeats_without_the_harness_seed(
+    tmp_path: Path,
+) -> None:
+    """no-torch-seed is judged by two unseeded runs agreeing; a combination holding it must
+    make them too, or its symptom finds no repeat and the seeding fix is always dropped."""
+    (tmp_path / "train.py").write_text(SCRIPT)
+    seed = codemod_finding("no-torch-seed", 1)
+    amp = codemod_finding("no-amp", 9)
+    verifier = _SpecRecorder(tmp_path, None, None)
+    verifier.specs = []
+    specs = {f.rule: FixSpec.of(codemod_for(f.rule)) for f in (seed, amp)}  # type: ignore[arg-type]
+    combination, _ = combine(verifier, [(seed, specs[seed.rule]), (amp, specs[amp.rule])])
+    assert sorted(combination.kept) == sorted([seed.id, amp.id])
+    (joint,) = verifier.specs
+    assert joint.unseeded_repeat and joint.kind.value == "correctness"
+    verifier.specs = []
+    combine(
+        verifier,
+        [(amp, specs[amp.rule]), (codemod_finding("host-sync-in-step", 15), specs[amp.rule])],
+    )
+    assert not verifier.specs[0].unseeded_repeat

@@ -187,14 +187,21 @@ def combine(
 
 def _joint_spec(specs: list[FixSpec]) -> FixSpec:
     """The combination is a correctness change if any part is; its tolerance is the loosest
-    part's (none when a correctness part changes results on purpose). Speed is not re-measured."""
+    part's (none when a correctness part changes results on purpose); it repeats without the
+    harness's seed when a part is judged that way (a seeding fix's symptom compares those
+    repeats: without them, no-torch-seed failed every combination). Speed is not re-measured."""
     correctness = [s for s in specs if s.kind is FixKind.CORRECTNESS]
     rtols = [s.rtol for s in specs]
     rtol = None if any(r is None for r in rtols) else max(r for r in rtols if r is not None)
     memory = max(s.extra_memory_mb for s in specs)
+    repeat = any(s.unseeded_repeat for s in specs)
     if not correctness:
         return FixSpec(
-            kind=FixKind.PRECISION, rtol=rtol, symptom=specs[0].symptom, extra_memory_mb=memory
+            kind=FixKind.PRECISION,
+            rtol=rtol,
+            symptom=specs[0].symptom,
+            unseeded_repeat=repeat,
+            extra_memory_mb=memory,
         )
 
     def every_symptom(before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
@@ -202,5 +209,9 @@ def _joint_spec(specs: list[FixSpec]) -> FixSpec:
         return all(ok for ok, _ in results), "; ".join(text for _, text in results)
 
     return FixSpec(
-        kind=FixKind.CORRECTNESS, rtol=rtol, symptom=every_symptom, extra_memory_mb=memory
+        kind=FixKind.CORRECTNESS,
+        rtol=rtol,
+        symptom=every_symptom,
+        unseeded_repeat=repeat,
+        extra_memory_mb=memory,
     )
