@@ -29,6 +29,17 @@ def _findings_of(rule: str, source: str) -> list[RawFinding]:
     ]
 
 
+def _target_of(finding: RawFinding) -> FixTarget:
+    """What the codemod is handed for `finding` in `m.py` (its place and its rule's data)."""
+    return FixTarget(
+        rule=finding.rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+
+
 RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())
 _COMMENT = re.compile(r"#.*$")
 
@@ -434,13 +445,7 @@ def test_one_torch_load_finding_for_both_branches_fixes_both_loads() -> None:
 
     (finding,) = _findings_of("torch-load-unsafe", source)
     assert [place["line"] for place in finding.data["related"]] == [9]
-    target = FixTarget(
-        rule=finding.rule,
-        file="m.py",
-        line=finding.line,
-        end_line=finding.end_line,
-        data=finding.data,
-    )
+    target = _target_of(finding)
     fixed = codemod_for("torch-load-unsafe").transform(source, target)  # type: ignore[union-attr]
     assert fixed is not None and fixed.count("weights_only=True") == 2
     assert _findings_of("torch-load-unsafe", fixed) == []
@@ -462,13 +467,7 @@ def test_a_checkpoint_used_as_whole_modules_is_reported_as_one_and_not_given_wei
     (finding,) = _findings_of("torch-load-unsafe", source)
     assert finding.data["provenance"] == "module" and finding.data["fix_safe"] is False
     assert "`decoder.eval()` on line 8" in finding.message
-    target = FixTarget(
-        rule=finding.rule,
-        file="m.py",
-        line=finding.line,
-        end_line=finding.end_line,
-        data=finding.data,
-    )
+    target = _target_of(finding)
     assert codemod_for("torch-load-unsafe").transform(source, target) is None  # type: ignore[union-attr]
 
     weights = (
@@ -507,13 +506,7 @@ def test_losses_collected_and_never_read_are_a_dropped_term_not_a_memory_leak() 
     source = (path / "positive_value_losses_collected_and_never_used.py").read_text()
     (finding,) = _findings_of("loss-graph-accumulation", source)
     assert finding.data["unread"] is True and "nothing reads it" in finding.message
-    target = FixTarget(
-        rule=finding.rule,
-        file="m.py",
-        line=finding.line,
-        end_line=finding.end_line,
-        data=finding.data,
-    )
+    target = _target_of(finding)
     codemod = codemod_for("loss-graph-accumulation")
     assert codemod is not None and codemod.transform(source, target) is None
     assert "dropped" in (codemod.explain(source, target) or "")
@@ -532,7 +525,7 @@ def test_a_stored_tuple_is_declined_not_given_a_detach_it_lacks() -> None:
         "    return stats\n"
     )
     (finding,) = _findings_of("outputs-stored-with-grad", source)
-    target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, end_line=finding.end_line)
+    target = _target_of(finding)
     codemod = codemod_for("outputs-stored-with-grad")
     assert codemod is not None and codemod.transform(source, target) is None
     assert "container" in (codemod.explain(source, target) or "")
@@ -559,11 +552,5 @@ def test_a_model_saved_whole_after_a_state_dict_round_trip_keeps_its_load_unfixe
     codemod = codemod_for("torch-load-unsafe")
     assert codemod is not None
     for finding, fixable in ((weights, True), (whole, False)):
-        target = FixTarget(
-            rule=finding.rule,
-            file="m.py",
-            line=finding.line,
-            end_line=finding.end_line,
-            data=finding.data,
-        )
+        target = _target_of(finding)
         assert (codemod.transform(source, target) is not None) is fixable
