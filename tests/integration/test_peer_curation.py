@@ -115,3 +115,17 @@ def test_two_tools_flagging_one_load_make_one_finding(peer_run: tuple) -> None:
     found = [f for f in OfflineReasoner().reason(request).findings if f.line == 50]
     assert len(found) == 1
     assert {ev.data.get("code") for ev in found[0].evidence} == {"B614", "TOR102"}
+
+
+def test_one_code_repeated_in_a_file_is_one_finding_naming_its_other_lines() -> None:
+    """Three unpinned `from_pretrained` calls (bandit B615) are one habit of one file: one
+    finding at the first, the other lines attached to it as evidence and named."""
+    folder = FIXTURE.parent / "peers_repeated"
+    workspace, static, run = _peer_run(folder, ["load_models.py"])
+    pairs, _ = linter_evidence(workspace, static, run, "curated")  # type: ignore[arg-type]
+    unpinned = [ev for _, ev in pairs if ev.data.get("code") == "B615"]
+    assert [ev.line for ev in unpinned] == [7, 8, 9]
+    request = PointRequest(point=11, evidence=[ev for point, ev in pairs if point == 11])
+    (found,) = [f for f in OfflineReasoner().reason(request).findings if f.rule == "bandit-b615"]
+    assert found.line == 7 and [ev.line for ev in found.evidence] == [7, 8, 9]
+    assert found.evidence[0].message.endswith("(file-wide, also lines 8, 9)")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchdoctor.agent import static_cache
 from torchdoctor.agent.checklist import ITEMS_BY_ID, POINTS
+from torchdoctor.agent.checks.advice_scope import MAX_RELATED
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding, numbered_excerpt
 from torchdoctor.agent.checks.catalogue import peer_rule_id
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files
@@ -169,7 +170,9 @@ def linter_evidence(
     finding of their own (`<tool>-<code>`); each tool's coverage becomes a verdict hint.
 
     Two tools' results of the same concern on one line are one finding (the second confirms
-    the first). A standalone peer result is only context for the reasoner (no finding) when
+    the first), and so are one tool's results of one code in one file (its other lines are
+    evidence of the first: sixteen unpinned `from_pretrained` calls are one habit). A
+    standalone peer result is only context for the reasoner (no finding) when
     it is `info`, when torchdoctor's reading of the code rules it out (`PeerVeto`), or,
     unless `peers` is "all", when its code is not on the curated list (`keep` in
     linter_codes.json)."""
@@ -185,6 +188,8 @@ def linter_evidence(
             ev.data["attach_to"] = attach_key(rule, file, line)
             pairs.append((int(ev.data["point"]), ev))
     first_of: dict[tuple[str, int, str, int], str] = {}  # (file, line, concern, point) -> rule
+    first_of_code: dict[tuple[str, str], Evidence] = {}  # (file, peer rule) -> its finding's
+    also: dict[int, tuple[Evidence, list[int]]] = {}  # that evidence -> the code's other lines
     for ev in (e.model_copy(deep=True) for e in standalone):
         ruled_out = veto.reason(ev)
         hidden = not ruled_out and peers != "all" and ev.data.get("kept") is False
@@ -204,6 +209,14 @@ def linter_evidence(
             continue
         if same is not None:
             first_of[same] = peer_rule
+        repeat = (ev.file or "", peer_rule)
+        if repeat in first_of_code:  # one code of one tool in one file is one finding (B615 x16)
+            first = first_of_code[repeat]
+            ev.data["attach_to"] = attach_key(peer_rule, repeat[0], first.line or 0)
+            also.setdefault(id(first), (first, []))[1].append(ev.line or 0)
+            pairs.append((point, ev))
+            continue
+        first_of_code[repeat] = ev
         ev.data["finding"] = {
             "rule": peer_rule,
             "severity": ev.data.get("severity", "low"),
@@ -211,6 +224,10 @@ def linter_evidence(
             "code": f"{ev.data.get('code', '')} {ev.message}",
         }
         pairs.append((int(ev.data["point"]), ev))
+    for first, lines in also.values():
+        shown = ", ".join(map(str, lines[:MAX_RELATED]))
+        more = f" and {len(lines) - MAX_RELATED} more" if len(lines) > MAX_RELATED else ""
+        first.message = f"{first.message} (file-wide, also lines {shown}{more})"
     for note in run.coverage:
         verdict = {"checked": "pass", "partial": None, "not-checked": "not-checked"}[note.status]
         by_point: dict[int, list[str]] = defaultdict(list)
