@@ -554,3 +554,25 @@ def test_a_model_saved_whole_after_a_state_dict_round_trip_keeps_its_load_unfixe
     for finding, fixable in ((weights, True), (whole, False)):
         target = _target_of(finding)
         assert (codemod.transform(source, target) is not None) is fixable
+
+
+def test_an_element_unpacked_after_a_models_first_output_is_not_given_a_detach() -> None:
+    """A batch-norm tutorial's net returns `out, layer_inputs, pre_acts` (two lists): storing
+    `layer_inputs` keeps graphs, but `.detach()` on a list crashes; the first output (a tensor)
+    is still fixed."""
+    source = (
+        "import torch\n"
+        "def snapshot(nets, x):\n"
+        "    inputs, preds = [], []\n"
+        "    for net in nets:\n"
+        "        pred, layer_inputs, pre_acts = net(x)\n"
+        "        inputs.append(layer_inputs)\n"
+        "        preds.append(pred)\n"
+        "    return inputs, preds\n"
+    )
+    stored = {f.line: f for f in _findings_of("outputs-stored-with-grad", source)}
+    codemod = codemod_for("outputs-stored-with-grad")
+    assert codemod is not None and sorted(stored) == [6, 7]
+    assert codemod.transform(source, _target_of(stored[6])) is None
+    assert "element 1" in (codemod.explain(source, _target_of(stored[6])) or "")
+    assert "preds.append(pred.detach())" in (codemod.transform(source, _target_of(stored[7])) or "")

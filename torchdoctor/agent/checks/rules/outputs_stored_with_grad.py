@@ -61,13 +61,26 @@ class OutputsStoredWithGrad(Rule):
             if not flow.carried_across_iterations(acc) or _feeds_a_loss(ctx, acc):
                 continue
             target = ast.unparse(acc.target)
+            data: dict[str, object] = {"accumulator": target, "value": ast.unparse(acc.value)}
+            data["fix"] = "detach"
+            if element := _unpacked_position(ctx, acc.value):
+                data["element"] = element
             ctx.report(
                 self,
                 acc.node,
                 f"`{target}` collects model outputs with autograd on: each keeps its forward "
                 "graph alive; detach them or run the loop under torch.inference_mode()",
-                data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
+                data=data,
             )
+
+
+def _unpacked_position(ctx: ModuleContext, value: ast.expr) -> int:
+    """Where the stored name sits in a tuple it was unpacked from (`pred, layer_inputs,
+    pre_acts = net(x)`: 1 for `layer_inputs`), 0 otherwise: what a model returns besides its
+    first output may be a list or a dict, which has no `.detach()`."""
+    if not isinstance(value, ast.Name):
+        return 0
+    return max((position for _, position, _ in ctx.flow.unpackings(value)), default=0)
 
 
 def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:

@@ -75,7 +75,7 @@ class PerSampleInference(Rule):
         for loop in nodes_of(ctx, ast.For):
             if id(loop) in training or not isinstance(loop, ast.For):
                 continue
-            if loop.lineno <= reported_until:
+            if loop.lineno <= reported_until or _inside_a_module(ctx, loop):
                 continue
             calls = list(model_calls(ctx, loop.body))
             if not calls or not any(single_sample(n) for n in walk_scope(loop.body)):
@@ -97,3 +97,11 @@ def _callee(call: ast.Call) -> str:
     if isinstance(func, ast.Attribute) and func.attr == "forward":
         func = func.value
     return ast.unparse(func)
+
+
+def _inside_a_module(ctx: ModuleContext, loop: ast.For) -> bool:
+    """A loop in a method of an `nn.Module` (a character LSTM run over each word's letters in
+    `forward`) is the model's own computation, trained through: not an inference loop."""
+    function = ctx.enclosing_function(loop)
+    owner = ctx.parents.get(function) if function is not None else None
+    return isinstance(owner, ast.ClassDef) and owner.name in ctx.flow.module_classes

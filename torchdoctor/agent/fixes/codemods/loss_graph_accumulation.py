@@ -40,6 +40,12 @@ class LossGraphAccumulationFix(Codemod):
                 "nothing reads the accumulator: the losses in it are dropped, not kept; whether "
                 "they belong in the back-propagated total is a human's call"
             )
+        if target.data.get("element"):
+            return ctx.decline(
+                f"the stored value is element {target.data['element']} of what the model "
+                "returns, whose type is not known here (a list or a dict has no .detach()): "
+                "detach the tensors in it by hand"
+            )
         span = (target.line, target.end_line)
         for aug in ctx.find(cst.AugAssign, within=span):
             if isinstance(aug.operator, cst.AddAssign) and not _detached(aug.value):
