@@ -6,6 +6,8 @@ import ast
 import re
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
+from torchdoctor.agent.checks.analysis.model_facts import LOSS_NAME
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -77,6 +79,8 @@ class TrainModeNotRestored(Rule):
                 continue  # an EMA copy is sampled, never trained: eval mode is its mode
             if evals and _fresh_copy(ctx, call):
                 continue  # `copy.deepcopy(net).eval()`: the snapshot's mode, not the model's
+            if _without_mode_layers(ctx, call, evals):
+                continue  # no dropout or batch norm: eval mode changes nothing it computes
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
             if loop is None or id(loop) in reported:
                 continue
@@ -157,6 +161,23 @@ def _averaged_copy(call: ast.Call) -> bool:
 
 
 _COPIES = frozenset({"copy.deepcopy", "copy.copy"})
+
+
+def _without_mode_layers(ctx: ModuleContext, call: ast.Call, evals: bool) -> bool:
+    """`model.eval()`, or an evaluation helper handed the model (`test_step(model=model_1,
+    loss_fn=...)`), of a model built here whose layers all ignore the mode (a course
+    notebook's stack of `Linear`s and `ReLU`s): training it in eval mode changes nothing."""
+    if evals:
+        return isinstance(call.func, ast.Attribute) and mode_independent(ctx, call.func.value)
+    handed = [*call.args, *(k.value for k in call.keywords)]
+    models = [
+        value
+        for value in handed
+        if isinstance(value, ast.Name)
+        and not LOSS_NAME.search(value.id)
+        and ctx.flow.is_module_value(value)
+    ]
+    return bool(models) and all(mode_independent(ctx, model) for model in models)
 
 
 def _fresh_copy(ctx: ModuleContext, call: ast.Call) -> bool:
