@@ -111,15 +111,15 @@ class InferenceNoEval(Rule):
         }
         for fn in candidates:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
-            self._check(ctx, fn.body, params, local_evals, bool(module_evals), owner=fn)
+            self._check(ctx, fn.body, params, local_evals, module_evals, owner=fn)
         for stmt in ctx.tree.body:
             if is_main_guard(stmt) and not ctx.loops.training_loops:
                 assert isinstance(stmt, ast.If)
                 if not is_model_smoke_test(ctx, stmt):
-                    self._check(ctx, stmt.body, set(), local_evals, False)
+                    self._check(ctx, stmt.body, set(), local_evals, [])
         top = _script_body(ctx)
         if top:
-            self._check(ctx, top, set(), local_evals, False, sampling=True)
+            self._check(ctx, top, set(), local_evals, [], sampling=True)
 
     def _check(
         self,
@@ -127,7 +127,7 @@ class InferenceNoEval(Rule):
         body: list[ast.stmt],
         params: set[str],
         local_evals: set[str],
-        module_has_eval: bool,
+        module_evals: list[ast.Call],
         sampling: bool = False,
         owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
     ) -> None:
@@ -147,7 +147,13 @@ class InferenceNoEval(Rule):
             if any(line <= _runs_at(ctx, body, call) for line in evals):
                 return
             root = _root_name(call.func)
-            if module_has_eval and (root in params or root == "self"):
+            if root == "self" and module_evals:
+                return
+            if (
+                root in params
+                and owner is not None
+                and _may_be_put_in_eval(ctx, owner, root, module_evals)
+            ):
                 return
             if id(call) in imported:
                 self._defer(ctx, call)
@@ -348,6 +354,68 @@ def _arguments_for(
             found.append(leading[-1])
         found += [k.value for k in site.keywords if k.arg == param]
     return found
+
+
+def _may_be_put_in_eval(
+    ctx: ModuleContext,
+    owner: ast.FunctionDef | ast.AsyncFunctionDef,
+    param: str,
+    module_evals: list[ast.Call],
+) -> bool:
+    """Whether one of the module's `.eval()` calls may switch the model `owner` receives as
+    `param`: one on a name the model is passed under by this module's calls of `owner`, up
+    to three callers up (`inference(loader, simclr_model)` from `get_features(simclr_model,
+    ...)` from `__main__`), or one on a parameter of a helper that some call hands one of
+    those names. The linear head's `model.eval()` in `test(args, loader, simclr_model,
+    model)` does not switch `simclr_model`. A call not followed (another file's, `*args`,
+    `self`) keeps the module-wide answer: some `.eval()` may."""
+    if not module_evals:
+        return False
+    names = _names_passed_for(ctx, owner, param)
+    if names is None:
+        return True
+    for call in module_evals:
+        assert isinstance(call.func, ast.Attribute)
+        root = _root_name(call.func.value)
+        fn = ctx.enclosing_function(call)
+        if root in names:
+            return True
+        if root in ("self", ""):
+            return True
+        if fn is not None and root in _parameters(fn):
+            passed = _names_passed_for(ctx, fn, root)
+            if passed is None or passed & names:
+                return True
+    return False
+
+
+def _names_passed_for(
+    ctx: ModuleContext, owner: ast.FunctionDef | ast.AsyncFunctionDef, param: str
+) -> set[str] | None:
+    """`param` and the names this module's calls pass for it, up to three callers up; None
+    when a call cannot be followed (none in this module, `*args`, an expression)."""
+    names = {param}
+    frontier: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, str]] = [(owner, param)]
+    for _ in range(3):
+        following: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, str]] = []
+        for fn, name in frontier:
+            passed = _arguments_for(ctx, fn, name)
+            if not passed or len(passed) < len(ctx.flow.callers.get(fn.name, [])):
+                return None
+            for argument in passed:
+                root = _root_name(argument)
+                if not root:
+                    return None
+                names.add(root)
+                caller = ctx.enclosing_function(argument)
+                if caller is not None and root in _parameters(caller):
+                    following.append((caller, root))
+        frontier = following
+    return names
+
+
+def _parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    return {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
 
 
 def _callee(call: ast.Call) -> str:

@@ -78,9 +78,7 @@ class TrainLoaderNoShuffle(Rule):
             node = loop.node
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
-            for source in flow.sources(node.iter):
-                if not isinstance(source, ast.Call) or flow.qualname_of(source) not in DATALOADERS:
-                    continue
+            for source in _iterated_loaders(ctx, node.iter, 0):
                 if _orders(ctx, source) or id(source) in reported:
                     continue
                 reported.add(id(source))
@@ -177,6 +175,42 @@ def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.
             found += _loader_sources(ctx, source.args[0], depth + 1)
         else:
             found.append(source)
+    return found
+
+
+def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
+    """The DataLoader calls a loop may iterate: through `enumerate(...)`/`tqdm(...)` wrappers
+    and the names they are bound to (`with tqdm(enumerate(loader)) as t: for ... in t`), and
+    from a parameter of the loop's function to what each call of that function in the module
+    passes for it (`def train(args, train_loader, model)` called as `train(args,
+    train_loader, model)` with `train_loader = DataLoader(...)` in `main`)."""
+    found: list[ast.Call] = []
+    for source in ctx.flow.sources(expr):
+        if isinstance(source, ast.Call):
+            if identifier(source.func) in _WRAPPERS and source.args and depth < 4:
+                found += _iterated_loaders(ctx, source.args[0], depth + 1)
+            elif ctx.flow.qualname_of(source) in DATALOADERS:
+                found.append(source)
+        elif isinstance(source, ast.Name) and depth < 4:
+            found += _passed_loaders(ctx, source, depth)
+    return found
+
+
+def _passed_loaders(ctx: ModuleContext, name: ast.Name, depth: int) -> list[ast.Call]:
+    """The loaders the module's calls of `name`'s function pass for its parameter `name`;
+    an argument named for held-out data (`run_epoch(model, val_loader)`) is not followed."""
+    owner = ctx.enclosing_function(name)
+    if owner is None or ctx.flow.definitions(name):
+        return []
+    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
+    if name.id not in params:
+        return []
+    found: list[ast.Call] = []
+    for site in ctx.calls.call_sites(owner):
+        passed = ctx.calls.bind(site, owner).get(name.id)
+        if passed is None or held_out_name_kind(identifier(passed)):
+            continue
+        found += _iterated_loaders(ctx, passed, depth + 1)
     return found
 
 
