@@ -108,6 +108,7 @@ class EvalWithoutEvalMode(Rule):
             and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
             and not evaluation_helpers(ctx)
             and not _held_out_loops(ctx, [], is_test_module(ctx.path))
+            and not _held_out_draws(ctx, [], is_test_module(ctx.path))
             and not _phase_loops(ctx)
         ):
             return
@@ -289,6 +290,7 @@ def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, l
             continue
         regions.append((owner, node.body))
     regions += _held_out_loops(ctx, regions, test_module)
+    regions += _held_out_draws(ctx, regions, test_module)
     return regions
 
 
@@ -327,6 +329,58 @@ def _held_out_loops(
             continue
         found.append((owner, [node]))
     return found
+
+
+_DRAW_WRAPPERS = frozenset({"iter", "enumerate"})
+
+
+def _held_out_draws(
+    ctx: ModuleContext, regions: list[tuple[FunctionNode | None, list[ast.stmt]]], test_module: bool
+) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
+    """A held-out batch drawn inline in a training loop (`j, data =
+    next(enumerate(testdataloader, 0))` every ten steps, PointNet's trainer) and the
+    statements after it in its block that run the model without back-propagating: an
+    evaluation written into the training step."""
+    if test_module or not ctx.loops.training_loops or "next(" not in ctx.source:
+        return []
+    covered = {id(stmt) for _, body in regions for stmt in body}
+    found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
+    for node in ctx.flow.nodes(ast.Assign):
+        value = node.value
+        if not (isinstance(value, ast.Call) and method_name(value) == "next" and value.args):
+            continue
+        drawn = value.args[0]
+        while isinstance(drawn, ast.Call) and method_name(drawn) in _DRAW_WRAPPERS and drawn.args:
+            drawn = drawn.args[0]
+        if ctx.flow.held_out_kind(drawn) is None:
+            continue
+        block = _block_of(ctx, node)
+        rest = block[block.index(node) :] if block else []
+        if not rest or any(id(stmt) in covered for stmt in rest):
+            continue
+        if any(id(anc) in covered for anc in ctx.ancestors(node)):
+            continue
+        if ctx.loops.backpropagates(rest) or not any(
+            isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(rest)
+        ):
+            continue
+        owner = ctx.enclosing_function(node)
+        if owner is not None and (
+            _module_method(ctx, owner) or _OTHER_RULES_PATHS.search(owner.name)
+        ):
+            continue
+        found.append((owner, rest))
+    return found
+
+
+def _block_of(ctx: ModuleContext, stmt: ast.stmt) -> list[ast.stmt]:
+    """The statement list `stmt` belongs to (a body, an else branch)."""
+    parent = ctx.parents.get(stmt)
+    for field in ("body", "orelse", "finalbody"):
+        block = getattr(parent, field, None)
+        if isinstance(block, list) and any(s is stmt for s in block):
+            return block
+    return []
 
 
 _PHASE_NAME = re.compile(r"['\"](val|valid|validation|eval|evaluation|test|dev)['\"]", re.I)
