@@ -61,10 +61,13 @@ def in_loop(ctx: ModuleContext, node: ast.AST) -> bool:
 
 def bound_names(ctx: ModuleContext, call: ast.Call) -> list[ast.Name]:
     """The names a call's result is bound to: `pred = ...`, `_, pred = ...` (every element
-    of an unpacking, as `values, indices = out.max(0)` binds both)."""
+    of an unpacking, as `values, indices = out.max(0)` binds both), `pred = out.max(0)[1]`
+    (one element of it)."""
     node: ast.AST = call
     parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Call | ast.Attribute):
+    while isinstance(parent, ast.Call | ast.Attribute) or (
+        isinstance(parent, ast.Subscript) and parent.value is node
+    ):
         node, parent = parent, ctx.parents.get(parent)
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return []
