@@ -263,9 +263,59 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     given = [kwarg(loader, name) for name in _ORDERING if name != forwarded]
     if any(value is not None and not _may_be_none(ctx, value) for value in given):
         return True
-    if has_star_kwargs(loader) or len(loader.args) > 2:
+    if len(loader.args) > 2 or not _options_seen(ctx, loader):
         return True  # positional shuffle/sampler, or options we cannot see
     return _held_out(ctx, loader) or _iterable(ctx, loader)
+
+
+def _options_seen(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """Every `**options` the loader is given is a dict literal of its function (either branch
+    of `{"num_workers": n, "pin_memory": True} if use_cuda else {}`) that names neither
+    `shuffle` nor a sampler and is not changed after it is built (`options["shuffle"] =`,
+    `options.update(...)`): the loader's order is then as visible as without them."""
+    for keyword in loader.keywords:
+        if keyword.arg is not None:
+            continue
+        if not isinstance(keyword.value, ast.Name):
+            return False
+        values = ctx.flow.definitions(keyword.value)
+        literals = [
+            d for v in values for d in ([v.body, v.orelse] if isinstance(v, ast.IfExp) else [v])
+        ]
+        if not literals or not all(_plain_options(d) for d in literals):
+            return False
+        scope = ctx.enclosing_function(loader) or ctx.tree
+        if _changed_after_built(scope, keyword.value.id):
+            return False
+    return True
+
+
+def _plain_options(value: ast.expr) -> bool:
+    """`{"num_workers": 4}` or `dict(num_workers=4)`: known keys, none that orders."""
+    if isinstance(value, ast.Dict):
+        keys = value.keys
+        return all(isinstance(k, ast.Constant) and k.value not in _ORDERING for k in keys)
+    if isinstance(value, ast.Call) and identifier(value.func) == "dict" and not value.args:
+        return all(k.arg is not None and k.arg not in _ORDERING for k in value.keywords)
+    return False
+
+
+def _changed_after_built(scope: ast.AST, name: str) -> bool:
+    for node in walk_tree(scope):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.ctx, ast.Store)
+            and identifier(node.value) == name
+        ):
+            return True
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("update", "setdefault", "__setitem__")
+            and identifier(node.func.value) == name
+        ):
+            return True
+    return False
 
 
 def _may_be_none(ctx: ModuleContext, value: ast.expr) -> bool:
