@@ -152,6 +152,8 @@ class EvalWithoutEvalMode(Rule):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             if _eval_on_path(ctx, owner, call):
                 continue
+            if owner is not None and _stored_after_eval(ctx, owner, model_of(model_call)):
+                continue
             layers = _mode_dependent(ctx, model_of(model_call))
             if layers == "none":
                 continue
@@ -462,6 +464,49 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
     return owner is not None and any(
         eval_before(ctx, site) for site in flow.callers.get(owner.name, [])
     )
+
+
+def _stored_after_eval(ctx: ModuleContext, owner: FunctionNode, model: ast.expr) -> bool:
+    """`self.net(...)` in a method of a class whose `__init__` stores one of its parameters
+    as `self.net`, when every construction of that class in this module follows an
+    `.eval()` (BiSeNet's `net.eval()` then `evaluator = MscEval(net, dl)`): the evaluator
+    holds a model its caller already switched."""
+    if not (
+        isinstance(model, ast.Attribute)
+        and isinstance(model.value, ast.Name)
+        and model.value.id == "self"
+    ):
+        return False
+    cls = ctx.parents.get(owner)
+    if not isinstance(cls, ast.ClassDef):
+        return False
+    init = next(
+        (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None
+    )
+    if init is None:
+        return False
+    params = {a.arg for a in [*init.args.args[1:], *init.args.kwonlyargs]}
+    stored = any(
+        isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in params
+        and any(
+            isinstance(t, ast.Attribute)
+            and t.attr == model.attr
+            and isinstance(t.value, ast.Name)
+            and t.value.id == "self"
+            for t in node.targets
+        )
+        for node in walk_scope(init.body)
+    )
+    if not stored:
+        return False
+    sites = [
+        c
+        for c in ctx.flow.calls_named((cls.name,))
+        if isinstance(c.func, ast.Name) and c.func.id == cls.name
+    ]
+    return bool(sites) and all(eval_before(ctx, site) for site in sites)
 
 
 def _callers_decide(
