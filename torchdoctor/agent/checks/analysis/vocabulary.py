@@ -34,6 +34,9 @@ LOSS_FUNCTIONS = _names("loss_functions")
 NLL_LOSSES = _names("nll_losses")
 # Losses with no prediction slot: `F.mse_loss(returns, values)` is written either way round.
 SYMMETRIC_LOSSES = _names("symmetric_losses")
+# Packages that show or store results (plots, progress bars, images, configs): a call of
+# theirs runs no model and draws no torch random value.
+DISPLAY_LIBRARIES = _names("display_libraries")
 SOFTMAX = _producers("softmax")
 LOG_SOFTMAX = _producers("log_softmax")
 SIGMOID = _producers("sigmoid")

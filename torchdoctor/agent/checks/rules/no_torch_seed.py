@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.project import project_symbol
+from torchdoctor.agent.checks.analysis.vocabulary import DISPLAY_LIBRARIES
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test, is_test_module
 from torchdoctor.agent.models import Severity
@@ -154,7 +157,11 @@ class NoTorchSeed(Rule):
         ]
         if guard is None:
             return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
-        if loops or (_uses_torch_randomness(ctx) and not is_model_smoke_test(ctx, guard)):
+        if loops or (
+            _uses_torch_randomness(ctx)
+            and not is_model_smoke_test(ctx, guard)
+            and not _guard_draws_nothing(ctx, guard)
+        ):
             return guard
         return None
 
@@ -237,6 +244,42 @@ def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> 
         if posix == f"{rel}/__init__.py":
             return candidate
     return None
+
+
+def _guard_draws_nothing(ctx: ModuleContext, guard: ast.stmt) -> bool:
+    """The main block, with the local functions it runs, neither runs a model nor draws
+    torch random values, and calls nothing of the project's other files: a library
+    module's demo (BiSeNet's lr_scheduler.py plots a schedule over a throwaway Conv2d; its
+    dataset file prints one batch's sizes), whose output no seed changes."""
+    bodies: list[ast.AST] = [guard]
+    seen: set[int] = set()
+    for _, callee in ctx.calls.callees(guard):
+        for fn in ctx.calls.reachable(callee):
+            if id(fn) not in seen:
+                seen.add(id(fn))
+                bodies.append(fn)
+    for body in bodies:
+        for node in walk_scope(
+            body.body if isinstance(body, ast.FunctionDef | ast.AsyncFunctionDef) else body
+        ):
+            if not isinstance(node, ast.Call):
+                continue
+            if ctx.flow.is_model_call(node) or _opaque(ctx, node):
+                return False
+            qual = ctx.call_qualname(node) or ""
+            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
+                return False
+    return True
+
+
+def _opaque(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A call of something imported that may run a model or draw random values out of
+    sight: not torch's, the standard library's or a display library's."""
+    symbol = project_symbol(ctx, call.func)
+    if symbol is None:
+        return False
+    package = symbol.partition(".")[0]
+    return package not in sys.stdlib_module_names and package not in DISPLAY_LIBRARIES
 
 
 def _uses_torch_randomness(ctx: ModuleContext) -> bool:
