@@ -229,9 +229,21 @@ def _names_in(expr: ast.expr) -> list[str]:
 
 
 def _repeated(ctx: ModuleContext, node: ast.AST, function: FunctionNode) -> bool:
-    """Whether `node` sits in a loop or comprehension inside `function`."""
+    """Whether `node` sits in a loop or comprehension inside `function`, or `function` is
+    called from one in this module (CRAFT's `test_net(net, image, ...)`, one forward per
+    call, run for every image of the folder)."""
+    if _in_loop(ctx, node, function):
+        return True
+    return any(_in_loop(ctx, site, None) for site in ctx.calls.call_sites(function))
+
+
+def _in_loop(ctx: ModuleContext, node: ast.AST, function: FunctionNode | None) -> bool:
+    """Whether `node` sits in a loop or comprehension inside `function` (its own function
+    when None)."""
     for anc in ctx.ancestors(node):
-        if anc is function:
+        if anc is function or (
+            function is None and isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef)
+        ):
             return False
         if isinstance(anc, ast.For | ast.AsyncFor | ast.While | ast.comprehension):
             return True
