@@ -97,22 +97,33 @@ class LossGraphAccumulation(Rule):
             func = call.func
             if not (call.args and isinstance(func, ast.Attribute)):
                 continue
-            if not isinstance(func.value, ast.Name) or not isinstance(call.args[0], ast.Name):
+            holder, entries = _meter_receiver(ctx, func.value)
+            if holder is None or not isinstance(call.args[0], ast.Name):
                 continue
             loop = flow.innermost_loop(call)
             if loop is None or flow.grad_disabled_at(call):
                 continue
-            acc = Accumulation(call, func.value, call.args[0], loop)
+            acc = Accumulation(call, holder, call.args[0], loop)
             if flow.graph_origin(acc.value) != "loss" or not flow.carried_across_iterations(acc):
                 continue
-            cls = flow.local_class(func.value)
+            cls = flow.local_class(func.value) if entries is None else None
             if cls is not None:
                 if func.attr in accumulating_methods(cls):
-                    ctx.report(self, call, _kept_message(acc, func.attr))
+                    ctx.report(self, call, _kept_message(acc, func))
                 continue
-            for constructor in flow.constructors(func.value):
+            constructors = list(flow.constructors(func.value)) if entries is None else entries
+            local = [
+                flow.classes[c.func.id]
+                for c in constructors
+                if isinstance(c.func, ast.Name) and c.func.id in flow.classes
+            ]
+            if local:
+                if any(func.attr in accumulating_methods(c) for c in local):
+                    ctx.report(self, call, _kept_message(acc, func))
+                continue
+            for constructor in constructors:
                 symbol = callee_symbol(ctx, constructor.func)
-                found = ctx.finding(self, call, _kept_message(acc, func.attr)) if symbol else None
+                found = ctx.finding(self, call, _kept_message(acc, func)) if symbol else None
                 if symbol and found is not None:
                     pending = Pending(
                         symbol=f"{symbol}.{func.attr}", needs="accumulates-argument", finding=found
@@ -125,9 +136,34 @@ class LossGraphAccumulation(Rule):
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
-def _kept_message(acc: Accumulation, method: str) -> str:
+def _meter_receiver(
+    ctx: ModuleContext, receiver: ast.expr
+) -> tuple[ast.Name | None, list[ast.Call] | None]:
+    """The name a meter is held under and, for one entry of a dict of meters
+    (`avg_meters['loss']` with `avg_meters = {'loss': AverageMeter(), ...}`), the calls that
+    built that entry; (name, None) for a meter held under its own name."""
+    if isinstance(receiver, ast.Name):
+        return receiver, None
+    if not (
+        isinstance(receiver, ast.Subscript)
+        and isinstance(receiver.value, ast.Name)
+        and isinstance(receiver.slice, ast.Constant)
+    ):
+        return None, None
+    entries: list[ast.Call] = []
+    for bound in ctx.flow.definitions(receiver.value):
+        if not isinstance(bound, ast.Dict):
+            return None, None
+        for key, value in zip(bound.keys, bound.values, strict=True):
+            same = isinstance(key, ast.Constant) and key.value == receiver.slice.value
+            if same and isinstance(value, ast.Call):
+                entries.append(value)
+    return (receiver.value, entries) if entries else (None, None)
+
+
+def _kept_message(acc: Accumulation, method: ast.Attribute) -> str:
     return (
-        f"`{ast.unparse(acc.target)}.{method}` keeps `{ast.unparse(acc.value)}`, which still "
+        f"`{ast.unparse(method)}` keeps `{ast.unparse(acc.value)}`, which still "
         "holds the autograd graph: every iteration's graph stays in memory"
     )
 
