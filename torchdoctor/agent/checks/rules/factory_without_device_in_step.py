@@ -109,10 +109,15 @@ def _from_host_data(ctx: ModuleContext, call: ast.Call) -> bool:
 
 
 def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
-    """The loss or model call that receives the factory's tensor unmoved, if any."""
+    """The loss or model call that receives the factory's tensor unmoved, if any: directly,
+    through the name it is bound to, or through arithmetic that mixes it into another value
+    (`points = points + torch.randn(points.shape) * 0.01`, then `model(points)`)."""
     flow = ctx.flow
+    node: ast.expr = call
     parent = ctx.parents.get(call)
-    if isinstance(parent, ast.Call) and call in parent.args:
+    while isinstance(parent, ast.BinOp | ast.UnaryOp):
+        node, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Call) and node in parent.args:
         return parent if _device_side(ctx, parent) else None
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return None
@@ -120,7 +125,12 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
     if not isinstance(target, ast.Name):
         return None
     scope = ctx.enclosing_function(call)
-    reads = [r for r in flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
+    end = (parent.end_lineno or parent.lineno, parent.end_col_offset or 0)
+    reads = [
+        r
+        for r in flow.reads_of(target.id)
+        if ctx.enclosing_function(r) is scope and (r.lineno, r.col_offset) > end
+    ]
     for read in reads:
         holder = ctx.parents.get(read)
         if isinstance(holder, ast.Attribute) and holder.attr in _MOVES:
