@@ -54,7 +54,12 @@ class ModelFacts(DefUse):
         ):
             return False  # `solver.model()` is a method; only `self.model` is known by name
         name = identifier(expr)
-        if not name or self.ctx.qualname(expr) is not None or not _MODEL_NAME.search(name):
+        rebound = isinstance(expr, ast.Name) and self._rebinds_import(expr)
+        if not name or not _MODEL_NAME.search(name):
+            return False
+        if rebound:
+            return True
+        if self.ctx.qualname(expr) is not None:
             return False
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
 
@@ -109,9 +114,19 @@ class ModelFacts(DefUse):
             return self.is_module_value(func)
         if not isinstance(func, ast.Name | ast.Attribute):
             return False
-        if self.ctx.qualname(func) is not None or self.is_loss_callee(func):
+        if self.is_loss_callee(func):
+            return False
+        if self.ctx.qualname(func) is not None and not self._rebinds_import(func):
             return False
         return self.is_module_value(func)
+
+    def _rebinds_import(self, func: ast.Name | ast.Attribute) -> bool:
+        """A name imported as a module and then bound to what one of its constructors
+        returns (`import model` then `model = model.RNNModel(...)`, awd-lstm's main.py):
+        calls of the name run that object, not the module."""
+        return isinstance(func, ast.Name) and any(
+            isinstance(value, ast.Call) for value in self.definitions(func)
+        )
 
     def _constructs_module(self, call: ast.Call) -> bool:
         if isinstance(call.func, ast.Name) and call.func.id in self.module_classes:
