@@ -113,6 +113,8 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
                 continue
+            if _file_names(call.args[0]) & _saved_on_cpu(ctx):
+                continue
             found = ctx.finding(
                 self,
                 call,
@@ -133,6 +135,36 @@ class TorchLoadNoMapLocation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _file_names(path: ast.expr) -> set[str]:
+    """The file names a path expression spells out (`os.path.join(d, "trainfeat.pth")`)."""
+    return {
+        node.value.rsplit("/", 1)[-1]
+        for node in ast.walk(path)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value
+    }
+
+
+def _saved_on_cpu(ctx: ModuleContext) -> set[str]:
+    """File names this module writes with `torch.save(x.cpu(), ...)` (DINO's eval_knn.py
+    dumps its features that way, then reloads them under another path argument): what is
+    read back from them holds CPU tensors, whatever device loads it. Memoised per module."""
+    memo = ctx.memo_table("torch_load_no_map_location.saved_on_cpu")
+    if "" not in memo:
+        names: set[str] = set()
+        for save in ctx.flow.calls_named(("save",)):
+            if ctx.flow.qualname_of(save) != "torch.save" or len(save.args) < 2:
+                continue
+            value = save.args[0]
+            if (
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Attribute)
+                and value.func.attr == "cpu"
+            ):
+                names |= _file_names(save.args[1])
+        memo[""] = names
+    return memo[""]  # type: ignore[no-any-return]
 
 
 def _cpu_flag(source: str) -> bool:
