@@ -250,26 +250,42 @@ def _guard_draws_nothing(ctx: ModuleContext, guard: ast.stmt) -> bool:
     """The main block, with the local functions it runs, neither runs a model nor draws
     torch random values, and calls nothing of the project's other files: a library
     module's demo (BiSeNet's lr_scheduler.py plots a schedule over a throwaway Conv2d; its
-    dataset file prints one batch's sizes), whose output no seed changes."""
+    dataset file prints one batch's sizes), whose output no seed changes. A local function
+    handed on by name (`mp.spawn(run, ...)`, `rpc_sync(..., run_trainer)`) runs too, and
+    so do the methods of a local class it names."""
     bodies: list[ast.AST] = [guard]
     seen: set[int] = set()
-    for _, callee in ctx.calls.callees(guard):
-        for fn in ctx.calls.reachable(callee):
-            if id(fn) not in seen:
-                seen.add(id(fn))
-                bodies.append(fn)
-    for body in bodies:
-        for node in walk_scope(
-            body.body if isinstance(body, ast.FunctionDef | ast.AsyncFunctionDef) else body
-        ):
-            if not isinstance(node, ast.Call):
+    index = 0
+    while index < len(bodies) and len(bodies) < _MAX_REACHED:
+        scope = bodies[index]
+        index += 1
+        for node in walk_scope(_statements(scope)):
+            if isinstance(node, ast.Call):
+                if ctx.flow.is_model_call(node) or _opaque(ctx, node):
+                    return False
+                qual = ctx.call_qualname(node) or ""
+                if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
+                    return False
+            if not (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)):
                 continue
-            if ctx.flow.is_model_call(node) or _opaque(ctx, node):
-                return False
-            qual = ctx.call_qualname(node) or ""
-            if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM:
-                return False
-    return True
+            named: list[ast.AST] = list(ctx.flow.functions.get(node.id, []))
+            cls = ctx.flow.classes.get(node.id)
+            if cls is not None:
+                named += [
+                    n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                ]
+            for fn in named:
+                if id(fn) not in seen:
+                    seen.add(id(fn))
+                    bodies.append(fn)
+    return index >= len(bodies)
+
+
+_MAX_REACHED = 200
+
+
+def _statements(scope: ast.AST) -> list[ast.stmt] | ast.AST:
+    return scope.body if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef) else scope
 
 
 def _opaque(ctx: ModuleContext, call: ast.Call) -> bool:
