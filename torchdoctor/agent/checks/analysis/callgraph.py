@@ -158,6 +158,27 @@ class CallGraph:
                 bound[keyword.arg] = keyword.value
         return bound
 
+    def arguments_for(self, name: ast.Name) -> list[ast.expr]:
+        """What the module's calls of `name`'s function pass for it, when `name` reads one of
+        that function's parameters and is not re-bound there (`def train(config, loader,
+        model, criterion, optimizer)` called as `train(config, train_loader, model,
+        criterion, optimizer)` from `main`); [] otherwise. Memoised per function and name."""
+        fn = self.ctx.enclosing_function(name)
+        if fn is None:
+            return []
+        memo = self.ctx.memo_table("callgraph.arguments_for")
+        key = (id(fn), name.id)
+        if key not in memo:
+            params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+            found: list[ast.expr] = []
+            if name.id in params and not self.ctx.flow.definitions(name):
+                for site in self.call_sites(fn):
+                    passed = self.bind(site, fn).get(name.id)
+                    if passed is not None:
+                        found.append(passed)
+            memo[key] = found
+        return memo[key]  # type: ignore[no-any-return]
+
     @cached_property
     def _sites(self) -> dict[int, list[ast.Call]]:
         sites: dict[int, list[ast.Call]] = {}

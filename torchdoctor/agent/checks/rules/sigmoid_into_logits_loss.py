@@ -97,7 +97,11 @@ def _is_logits_loss(ctx: ModuleContext, call: ast.Call) -> bool:
         return qual == _LOGITS_FUNCTION
     if not isinstance(call.func, ast.Name | ast.Attribute):
         return False
-    for source in ctx.flow.sources(call.func):
+    sources = list(ctx.flow.sources(call.func))
+    for source in list(sources):  # a criterion given as a parameter: what the callers pass
+        if isinstance(source, ast.Name):
+            sources += ctx.calls.arguments_for(source)
+    for source in sources:
         branches = [source.body, source.orelse] if isinstance(source, ast.IfExp) else [source]
         for branch in branches:
             for built in ctx.flow.constructors(branch):

@@ -199,18 +199,10 @@ def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[as
 def _passed_loaders(ctx: ModuleContext, name: ast.Name, depth: int) -> list[ast.Call]:
     """The loaders the module's calls of `name`'s function pass for its parameter `name`;
     an argument named for held-out data (`run_epoch(model, val_loader)`) is not followed."""
-    owner = ctx.enclosing_function(name)
-    if owner is None or ctx.flow.definitions(name):
-        return []
-    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
-    if name.id not in params:
-        return []
     found: list[ast.Call] = []
-    for site in ctx.calls.call_sites(owner):
-        passed = ctx.calls.bind(site, owner).get(name.id)
-        if passed is None or held_out_name_kind(identifier(passed)):
-            continue
-        found += _iterated_loaders(ctx, passed, depth + 1)
+    for passed in ctx.calls.arguments_for(name):
+        if not held_out_name_kind(identifier(passed)):
+            found += _iterated_loaders(ctx, passed, depth + 1)
     return found
 
 
