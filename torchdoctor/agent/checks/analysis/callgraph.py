@@ -171,7 +171,7 @@ class CallGraph:
         if key not in memo:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
             found: list[ast.expr] = []
-            if name.id in params and not self.ctx.flow.definitions(name):
+            if name.id in params and not _stored_in(fn, name.id):
                 for site in self.call_sites(fn):
                     passed = self.bind(site, fn).get(name.id)
                     if passed is not None:
@@ -221,6 +221,17 @@ class CallGraph:
                     order.append(callee)
             index += 1
         return order
+
+
+def _stored_in(fn: FunctionNode, name: str) -> bool:
+    """Whether `fn`'s own body binds `name` (the def-use tables fall back to a module-level
+    binding of the same name for a parameter, which says nothing about the parameter)."""
+    from torchdoctor.agent.checks.loops import walk_scope
+
+    return any(
+        isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)
+        for node in walk_scope(fn.body)
+    )
 
 
 def _is_static(fn: FunctionNode) -> bool:

@@ -80,7 +80,11 @@ class HalfModelFloatInput(Rule):
                 continue
             name = ast.unparse(model)
             line = converted.get((name, _scope(ctx, call, name)))
-            if line is None or call.lineno <= line or name in restored:
+            if line is not None and call.lineno <= line:
+                continue
+            if line is None and isinstance(model, ast.Name):
+                line = _converted_by_callers(ctx, model, converted, 0)
+            if line is None or name in restored:
                 continue
             if not ctx.flow.is_model_call(call) or _under_autocast(ctx, call):
                 continue
@@ -95,6 +99,24 @@ class HalfModelFloatInput(Rule):
                 "dtype or run the forward under torch.autocast",
                 data={"converted_line": line},
             )
+
+
+def _converted_by_callers(
+    ctx: ModuleContext, param: ast.Name, converted: dict[tuple[str, int], int], depth: int
+) -> int | None:
+    """The line where a model given as a parameter was cast to half precision by a caller
+    (`simclr_model = simclr_model.to(device).half()` in `__main__`, then
+    `get_features(simclr_model, ...)` and `inference(loader, simclr_model, device)`), up to
+    three callers up."""
+    for argument in ctx.calls.arguments_for(param):
+        if not isinstance(argument, ast.Name):
+            continue
+        line = converted.get((argument.id, _scope(ctx, argument, argument.id)))
+        if line is None and depth < 2:
+            line = _converted_by_callers(ctx, argument, converted, depth + 1)
+        if line is not None:
+            return line
+    return None
 
 
 def _model_of(call: ast.Call) -> ast.expr | None:
