@@ -75,6 +75,7 @@ class DoubleSoftmax(Rule):
         if not self.applies(ctx):
             return
         flow = ctx.flow
+        layers_reported: set[int] = set()  # one finding per softmax layer, not per loss
         for node in flow.nodes(ast.Call):
             if not _is_cross_entropy(ctx, node):
                 continue
@@ -93,6 +94,21 @@ class DoubleSoftmax(Rule):
                     f"cross-entropy receives `{ast.unparse(logits)}`, the output of a softmax "
                     f"(line {softmax.lineno}); it applies log_softmax again",
                     data={"softmax_line": softmax.lineno},
+                )
+                continue
+            element = _softmax_element(ctx, logits)
+            if element is not None:
+                layer, model_call = element
+                if id(layer) in layers_reported:
+                    continue
+                layers_reported.add(id(layer))
+                ctx.report(
+                    self,
+                    layer,
+                    f"`{ast.unparse(model_call.func)}` returns this softmax's output as "
+                    f"`{ast.unparse(logits)}`, and line {node.lineno} feeds it to "
+                    "cross-entropy, which applies log_softmax again",
+                    data={"loss_line": node.lineno},
                 )
                 continue
             symbols = imported_models(ctx, logits)
@@ -177,6 +193,65 @@ def _softmax_returned_by(ctx: ModuleContext, model: ast.expr) -> ast.Call | None
                 return None
             found = found or softmax
     return found
+
+
+def _softmax_element(ctx: ModuleContext, logits: ast.expr) -> tuple[ast.Call, ast.Call] | None:
+    """(the softmax, the model call) when `logits` is one element of a local model's tuple
+    output (`validity, label = discriminator(imgs)`) that every `return` of its `forward`
+    produces with a softmax, directly or as the last layer of an `nn.Sequential`
+    (PyTorch-GAN's ACGAN auxiliary head `nn.Sequential(nn.Linear(...), nn.Softmax())`)."""
+    if not isinstance(logits, ast.Name):
+        return None
+    for value in ctx.flow.definitions(logits):
+        stmt = ctx.parents.get(value)
+        if not (
+            isinstance(value, ast.Call)
+            and isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Tuple)
+            and ctx.flow.is_model_call(value)
+        ):
+            continue
+        names = [e.id if isinstance(e, ast.Name) else "" for e in stmt.targets[0].elts]
+        if logits.id not in names:
+            continue
+        index = names.index(logits.id)
+        cls = ctx.flow.local_class(value.func)
+        forward = ctx.calls.method(cls.name, "forward") if cls is not None else None
+        if forward is None:
+            continue
+        layers: list[ast.Call | None] = [
+            _softmax_producing(ctx, node.value.elts[index])
+            if isinstance(node.value, ast.Tuple) and len(node.value.elts) == len(names)
+            else None
+            for node in walk_tree(forward)
+            if isinstance(node, ast.Return) and node.value is not None
+        ]
+        first = layers[0] if layers else None
+        complete = first is not None and all(layer is not None for layer in layers)
+        if first is not None and complete and not _is_log_softmax(ctx, first):
+            return first, value
+    return None
+
+
+def _softmax_producing(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
+    """The softmax that produces `value`: a softmax call, or the last layer of the
+    `nn.Sequential` that does."""
+    for producer in ctx.flow.producers(value):
+        if _is_softmax(ctx, producer):
+            return producer
+        if ctx.flow.constructed_as(producer.func) != "torch.nn.Sequential":
+            return None
+        for built in ctx.flow.constructors(producer.func):
+            last = built.args[-1] if built.args else None
+            if (
+                ctx.flow.qualname_of(built) == "torch.nn.Sequential"
+                and isinstance(last, ast.Call)
+                and _is_softmax(ctx, last)
+            ):
+                return last
+        return None
+    return None
 
 
 def _defer_through_parameter(
