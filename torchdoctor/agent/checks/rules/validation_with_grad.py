@@ -229,11 +229,18 @@ def _names_in(expr: ast.expr) -> list[str]:
 
 
 def _repeated(ctx: ModuleContext, node: ast.AST, function: FunctionNode) -> bool:
-    """Whether `node` sits in a loop or comprehension inside `function`, or `function` is
-    called from one in this module (CRAFT's `test_net(net, image, ...)`, one forward per
-    call, run for every image of the folder)."""
+    """Whether `node` sits in a loop or comprehension inside `function`, or `function`, with
+    no loop of its own that runs the model, is called from one in this module (CRAFT's
+    `test_net(net, image, ...)`, one forward per call, run for every image of the folder).
+    A function with its own data loop repeats that loop; a forward outside it is a warm-up
+    (yolov7's `model(torch.zeros(...))  # run once` before the no_grad loop)."""
     if _in_loop(ctx, node, function):
         return True
+    if any(
+        isinstance(n, ast.Call) and _in_loop(ctx, n, function) and ctx.flow.is_model_call(n)
+        for n in walk_tree(function)
+    ):
+        return False
     return any(_in_loop(ctx, site, None) for site in ctx.calls.call_sites(function))
 
 
