@@ -97,12 +97,10 @@ _MIXED_LISTS: tuple[type[ast.AST], ...] = (
 
 class _FieldPlan(NamedTuple):
     """How the walk reads one node type's children: one `attrgetter` call for the fields it
-    walks (a tuple when `many`), one for the singleton field it only records (no node type has
-    two), and whether its lists must be filtered (`_MIXED_LISTS`)."""
+    walks (a tuple when `many`), and whether its lists must be filtered (`_MIXED_LISTS`)."""
 
     walked: attrgetter[Any] | None
     many: bool
-    recorded: attrgetter[Any] | None
     mixed: bool
 
 
@@ -110,16 +108,13 @@ _FIELD_PLANS: dict[tuple[type, bool], _FieldPlan] = {}
 
 
 def _field_plan(kind: type, split: bool) -> _FieldPlan:
-    """The walk's plan for one node type, cached."""
+    """The walk's plan for one node type (without its singleton fields when `split`), cached."""
     plan = _FIELD_PLANS.get((kind, split))
     if plan is None:
-        fields = node_fields(kind)
-        walked = [f for f in fields if not split or f not in _SINGLETON_FIELDS]
-        recorded = [f for f in fields if split and f in _SINGLETON_FIELDS]
+        walked = [f for f in node_fields(kind) if not split or f not in _SINGLETON_FIELDS]
         plan = _FIELD_PLANS[(kind, split)] = _FieldPlan(
             walked=attrgetter(*walked) if walked else None,
             many=len(walked) > 1,
-            recorded=attrgetter(*recorded) if recorded else None,
             mixed=issubclass(kind, _MIXED_LISTS),
         )
     return plan
@@ -164,7 +159,9 @@ def _walk(
 
     Children are read straight from each type's fields (no `ast.iter_child_nodes` generators).
     The parser shares one `Load()`/`Add()`/... object between all its uses: unless a rule
-    subscribes to one, those singletons are recorded (parent map, type index once), not walked.
+    subscribes to one, those singletons are neither walked nor recorded (no rule asks for
+    their parent, which the map could only give as their last use). Names and constants
+    without a visit are recorded by their parent and never stacked (nearly half the nodes).
     """
     split = not any(issubclass(kind, _SINGLETON_TYPES) for kind in dispatch)
     plans = {kind: plan for (kind, flag), plan in _FIELD_PLANS.items() if flag is split}
@@ -177,6 +174,11 @@ def _walk(
     call_visits = _call_visits(call_subscribers)
     call_kind, import_kind, import_from_kind = ast.Call, ast.Import, ast.ImportFrom
     dispatched: list[tuple[list[_Visit], ast.AST]] = []
+    leaves = {  # nodes with no child to walk and no visit: recorded, never put on the stack
+        kind
+        for kind in (ast.Name, ast.Constant, ast.Pass, ast.Break, ast.Continue)
+        if kind not in dispatch and _field_plan(kind, split).walked is None
+    }
     while stack:
         node = stack.pop()
         count += 1
@@ -194,33 +196,47 @@ def _walk(
         plan = plans.get(kind)
         if plan is None:
             plan = plans[kind] = _field_plan(kind, split)
-        walked, many, recorded, mixed = plan
-        if walked is not None:
-            children: list[ast.AST] = []
-            for value in walked(node) if many else (walked(node),):
-                if value.__class__ is list:
-                    if not mixed:
-                        children += value
-                        continue
-                    for item in value:
-                        if isinstance(item, node_class):
-                            children.append(item)
-                elif isinstance(value, node_class):
-                    children.append(value)
-            for child in children:
-                parents[child] = node
-                try:
-                    by_type[child.__class__].append(child)
-                except KeyError:
-                    by_type[child.__class__] = [child]
-            children.reverse()
-            stack += children
-        if recorded is not None:
-            shared = recorded(node)
-            for single in shared if shared.__class__ is list else (shared,):
-                if single not in parents:
-                    by_type.setdefault(single.__class__, []).append(single)
-                parents[single] = node
+        walked, many, mixed = plan
+        if walked is None:
+            continue
+        if many:
+            values = walked(node)
+        else:  # one field (`Attribute.value`, `Expr.value`...): most often one node
+            value = walked(node)
+            if value.__class__ is not list:
+                if isinstance(value, node_class):
+                    parents[value] = node
+                    try:
+                        by_type[value.__class__].append(value)
+                    except KeyError:
+                        by_type[value.__class__] = [value]
+                    if value.__class__ not in leaves:
+                        stack.append(value)
+                continue
+            values = (value,)
+        children: list[ast.AST] = []
+        for value in values:
+            if value.__class__ is list:
+                if not mixed:
+                    children += value
+                    continue
+                for item in value:
+                    if isinstance(item, node_class):
+                        children.append(item)
+            elif isinstance(value, node_class):
+                children.append(value)
+        inner: list[ast.AST] = []
+        for child in children:
+            parents[child] = node
+            child_kind = child.__class__
+            try:
+                by_type[child_kind].append(child)
+            except KeyError:
+                by_type[child_kind] = [child]
+            if child_kind not in leaves:
+                inner.append(child)
+        inner.reverse()
+        stack += inner
     if not split:  # singletons were walked at every use: list each one once, as the map does
         for kind in [k for k in by_type if issubclass(k, _SINGLETON_TYPES)]:
             by_type[kind] = list(dict.fromkeys(by_type[kind]))

@@ -373,21 +373,24 @@ class HeldOut(DefUse):
         s = node.slice
         if not isinstance(s, ast.Slice) or s.step is not None:
             return False
-        base = ast.unparse(node.value)
         for bound in (s.lower, s.upper):
             if bound is None:
                 continue
             values = [bound, *(self.definitions(bound) if isinstance(bound, ast.Name) else [])]
-            if any(self._fraction_of_length(value, base) for value in values):
+            if any(self._fraction_of_length(value, node.value) for value in values):
                 return True
         return False
 
-    def _fraction_of_length(self, value: ast.expr, base: str) -> bool:
+    def _fraction_of_length(self, value: ast.expr, sequence: ast.expr) -> bool:
         """`len(base) * ratio` (or `* 0.8`, `ratio * n` with `n = base.shape[0]`) somewhere
-        in `value`."""
+        in `value`, `base` being the text of `sequence` (unparsed only once a product shows:
+        most slices' bounds have none)."""
+        base = None
         for node in walk_tree(value):
             if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Mult):
                 continue
+            if base is None:
+                base = ast.unparse(sequence)
             for length, factor in ((node.left, node.right), (node.right, node.left)):
                 lengths = [length]
                 if isinstance(length, ast.Name):

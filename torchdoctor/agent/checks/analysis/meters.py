@@ -22,22 +22,24 @@ def accumulating_methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
             continue
         if stmt.name.startswith("__"):
             continue
-        param = stmt.args.args[1].arg
-        if _rebound(stmt, param):
-            continue
-        if any(_keeps(node, param) for node in walk_scope(stmt.body)):
+        if _keeps_uncut(stmt, stmt.args.args[1].arg):
             found[stmt.name] = stmt
     return found
 
 
-def _rebound(fn: ast.FunctionDef, param: str) -> bool:
-    """`val = val.item()` / `val = float(val)` at the top of the method: what is kept is a
-    number, whatever the caller passed."""
-    return any(
-        isinstance(node, ast.Assign)
-        and any(isinstance(t, ast.Name) and t.id == param for t in node.targets)
-        for node in walk_scope(fn.body)
-    )
+def _keeps_uncut(fn: ast.FunctionDef, param: str) -> bool:
+    """Some statement keeps `param` (`_keeps`) and none rebinds it: `val = val.item()` /
+    `val = float(val)` at the top of the method means what is kept is a number, whatever the
+    caller passed. One walk of the body answers both."""
+    keeps = False
+    for node in walk_scope(fn.body):
+        if isinstance(node, ast.Assign):
+            if any(isinstance(t, ast.Name) and t.id == param for t in node.targets):
+                return False
+        elif not isinstance(node, ast.AugAssign | ast.Call):
+            continue
+        keeps = keeps or _keeps(node, param)
+    return keeps
 
 
 def _keeps(node: ast.AST, param: str) -> bool:
