@@ -255,6 +255,17 @@ def _severity(layers: ModeLayers) -> Severity:
 
 
 def _evaluation_regions(ctx: ModuleContext) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
+    """Functions and blocks that evaluate (worked out once: `applies` asks after `finish`)."""
+    memo = ctx.memo_table("eval_without_eval_mode.regions")
+    if "" not in memo:
+        memo[""] = _find_evaluation_regions(ctx)
+    found: list[tuple[FunctionNode | None, list[ast.stmt]]] = memo[""]
+    return found
+
+
+def _find_evaluation_regions(
+    ctx: ModuleContext,
+) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
     flow = ctx.flow
     regions: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     named: set[int] = set()

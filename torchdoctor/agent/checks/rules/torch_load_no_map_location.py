@@ -39,8 +39,8 @@ def _cpu_fallback(source: str) -> bool:
     """`_CPU_FALLBACK` searched only in a text that holds both its parts (most do not: the
     scan of every line costs more than parsing a tenth of the file); `_CPU_CHOICE` in a text
     that names the CPU."""
-    if "cpu" not in source:
-        return False
+    if "cpu" not in source or ("'cpu'" not in source and '"cpu"' not in source):
+        return False  # every pattern quotes it: `.cpu()` calls alone offer no device choice
     if "is_available()" in source and _CPU_FALLBACK.search(source):
         return True
     return bool(_CPU_CHOICE.search(source))
