@@ -427,8 +427,16 @@ class HeldOut(DefUse):
         found: list[tuple[ast.expr, list[ast.expr]]] = []
         text = self.ctx.source
         if "split" in text:
+            # a split call's callee ends in one of those names, or is an alias of one
+            names = set(_SPLIT_SIMPLE_NAMES)
+            names.update(
+                alias
+                for alias, target in self.ctx.imports.aliases.items()
+                if target.rpartition(".")[2] in _SPLIT_SIMPLE_NAMES
+            )
+            named = {id(call) for call in self.calls_named(names)}
             for call in self.nodes(ast.Call):
-                if self.is_split_call(call):
+                if id(call) in named and self.is_split_call(call):
                     found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
         if ":]" in text or "len(" in text:
             for sub in self.nodes(ast.Subscript):

@@ -5,22 +5,29 @@
 from __future__ import annotations
 
 import ast
+from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.loops import walk_scope
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 
 # Calls that turn a tensor into a number or cut its graph before it is kept.
 _CUTS = frozenset({"item", "detach", "float", "int", "tolist", "numpy", "cpu"})
 
 
-def accumulating_methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+def accumulating_methods(ctx: ModuleContext, cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
     """Methods of `cls` that add their first argument into the object's own state
     (`self.sum += val * n`, `self.total = self.total + val`, `self.values.append(val)`)
     without cutting its graph first (`val.item()`, `float(val)`, `val.detach()`)."""
     found: dict[str, ast.FunctionDef] = {}
+    candidates = _updating_scopes(ctx)
     for stmt in cls.body:
         if not isinstance(stmt, ast.FunctionDef) or len(stmt.args.args) < 2:
             continue
-        if stmt.name.startswith("__"):
+        if stmt.name.startswith("__") or id(stmt) not in candidates:
             continue
         if _keeps_uncut(stmt, stmt.args.args[1].arg):
             found[stmt.name] = stmt
@@ -40,6 +47,47 @@ def _keeps_uncut(fn: ast.FunctionDef, param: str) -> bool:
             continue
         keeps = keeps or _keeps(node, param)
     return keeps
+
+
+def _updating_scopes(ctx: ModuleContext) -> frozenset[int]:
+    """The scopes (functions, classes, lambdas: what `walk_scope` stops at) that hold a
+    statement of a shape `_keeps` accepts, whatever the parameter: only a method among them
+    can keep its argument, so the others' bodies are never walked (memoised per module)."""
+    memo = ctx.memo_table("meters.updating_scopes")
+    if "" not in memo:
+        by_type = ctx.nodes_by_type()
+        updates: list[ast.AST] = [
+            node
+            for node in by_type.get(ast.AugAssign, ())
+            if isinstance(node, ast.AugAssign)
+            and isinstance(node.op, ast.Add)
+            and _self_state(node.target)
+        ]
+        updates += [
+            node
+            for node in by_type.get(ast.Assign, ())
+            if isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.value, ast.BinOp)
+            and isinstance(node.value.op, ast.Add)
+            and _self_state(node.targets[0])
+        ]
+        updates += [
+            node
+            for node in by_type.get(ast.Call, ())
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "append"
+            and _self_state(node.func.value)
+        ]
+        scopes: set[int] = set()
+        for node in updates:
+            scope = next((a for a in ctx.ancestors(node) if isinstance(a, _SCOPES)), None)
+            if scope is not None:
+                scopes.add(id(scope))
+        memo[""] = frozenset(scopes)
+    found: frozenset[int] = memo[""]
+    return found
 
 
 def _keeps(node: ast.AST, param: str) -> bool:

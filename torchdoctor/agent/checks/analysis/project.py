@@ -549,7 +549,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 summary.functions[stmt.name] = entry.model_copy(update={"leaves_eval": True})
     if "+=" in text or "append" in text:
         for cls_name, cls in ctx.flow.classes.items():
-            for method, fn in accumulating_methods(cls).items():
+            for method, fn in accumulating_methods(ctx, cls).items():
                 summary.functions[f"{cls_name}.{method}"] = FunctionSummary(
                     line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
                 )

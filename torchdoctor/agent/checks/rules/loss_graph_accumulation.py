@@ -108,7 +108,7 @@ class LossGraphAccumulation(Rule):
                 continue
             cls = flow.local_class(func.value) if entries is None else None
             if cls is not None:
-                if func.attr in accumulating_methods(cls):
+                if func.attr in accumulating_methods(ctx, cls):
                     ctx.report(self, call, _kept_message(acc, func))
                 continue
             constructors = list(flow.constructors(func.value)) if entries is None else entries
@@ -118,7 +118,7 @@ class LossGraphAccumulation(Rule):
                 if isinstance(c.func, ast.Name) and c.func.id in flow.classes
             ]
             if local:
-                if any(func.attr in accumulating_methods(c) for c in local):
+                if any(func.attr in accumulating_methods(ctx, c) for c in local):
                     ctx.report(self, call, _kept_message(acc, func))
                 continue
             for constructor in constructors:
