@@ -176,7 +176,7 @@ def _walk(
     dispatched: list[tuple[list[_Visit], ast.AST]] = []
     leaves = {  # nodes with no child to walk and no visit: recorded, never put on the stack
         kind
-        for kind in (ast.Name, ast.Constant, ast.Pass, ast.Break, ast.Continue)
+        for kind in (ast.Name, ast.Constant, ast.alias, ast.Pass, ast.Break, ast.Continue)
         if kind not in dispatch and _field_plan(kind, split).walked is None
     }
     while stack:

@@ -170,10 +170,8 @@ def find_sink(
     for call in ctx.flow.nodes(ast.Call):
         if within is not None and id(ctx.enclosing_function(call)) not in within:
             continue
-        if not _runs_after(ctx, call, after):
-            continue
-        kind = _kind(ctx, call, fitted_receivers)
-        if kind is None:
+        kind = _kind(ctx, call, fitted_receivers)  # by name, first: most calls are no sink
+        if kind is None or not _runs_after(ctx, call, after):
             continue
         arguments = [*call.args, *(k.value for k in call.keywords)]
         if not any(carriers & _roots(ctx, call, arg) for arg in arguments):

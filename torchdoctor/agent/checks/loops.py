@@ -32,9 +32,24 @@ needs `backward` and `step(`, or a `training_step`): a rule that only reports in
 loops takes it as its `visit_gate`."""
 
 
-# Fields that hold identifiers, flags or constants, never nodes: walks skip reading them.
+# Fields that hold identifiers, flags, comments or constants, never nodes: walks skip
+# reading them (`arg` and `alias` nodes then have at most one field to read, or none).
 _SCALAR_FIELDS = frozenset(
-    {"id", "attr", "arg", "name", "module", "level", "kind", "is_async", "conversion"}
+    {
+        "id",
+        "attr",
+        "arg",
+        "name",
+        "asname",
+        "module",
+        "level",
+        "kind",
+        "is_async",
+        "conversion",
+        "type_comment",
+        "rest",
+        "tag",
+    }
 )
 _NODE_FIELDS: dict[type, tuple[str, ...]] = {}
 
