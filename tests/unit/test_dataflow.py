@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.dataflow import DataFlow, held_out_name_kind, module_level
 
@@ -465,3 +466,30 @@ def test_graph_origin_does_not_depend_on_what_was_asked_first() -> None:
     assert isinstance(detach.func, ast.Attribute)
     assert flow.graph_origin(squeeze.args[0]) == "output"
     assert flow.graph_origin(detach.func.value) == "output"
+
+
+def test_accumulating_methods_read_a_function_defined_directly_in_the_method() -> None:
+    """`walk_scope(method.body)` enters a `def` that is one of the body's statements (a context
+    manager's inner function), not one nested deeper; the methods' prefilter keeps to that."""
+    flow = flow_of(
+        """
+        class Buffer:
+            def indent(self, offset=1):
+                def ctx():
+                    self.depth += offset
+                    yield
+                return ctx()
+
+            def add(self, value):
+                self.items.append(value)
+
+            def deeper(self, value):
+                if value:
+                    def inner():
+                        self.total += value
+
+            def cut(self, value):
+                self.total += value.item()
+        """
+    )
+    assert sorted(accumulating_methods(flow.ctx, flow.classes["Buffer"])) == ["add", "indent"]

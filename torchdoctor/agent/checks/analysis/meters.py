@@ -51,8 +51,10 @@ def _keeps_uncut(fn: ast.FunctionDef, param: str) -> bool:
 
 def _updating_scopes(ctx: ModuleContext) -> frozenset[int]:
     """The scopes (functions, classes, lambdas: what `walk_scope` stops at) that hold a
-    statement of a shape `_keeps` accepts, whatever the parameter: only a method among them
-    can keep its argument, so the others' bodies are never walked (memoised per module)."""
+    statement of a shape `_keeps` accepts, whatever the parameter, and the scope around each
+    (`walk_scope(method.body)` enters a function defined directly in the body: a context
+    manager's inner `def ctx(): self.depth += n`): only a method among them can keep its
+    argument, so the others' bodies are never walked (memoised per module)."""
     memo = ctx.memo_table("meters.updating_scopes")
     if "" not in memo:
         by_type = ctx.nodes_by_type()
@@ -85,6 +87,7 @@ def _updating_scopes(ctx: ModuleContext) -> frozenset[int]:
             scope = next((a for a in ctx.ancestors(node) if isinstance(a, _SCOPES)), None)
             if scope is not None:
                 scopes.add(id(scope))
+                scopes.add(id(ctx.parents.get(scope)))
         memo[""] = frozenset(scopes)
     found: frozenset[int] = memo[""]
     return found
