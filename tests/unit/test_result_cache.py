@@ -100,6 +100,7 @@ PLUMBING = {
     "torchdoctor/agent/__init__.py": "an empty package",
     "torchdoctor/agent/result_cache.py": "where results are kept, no input of one",
     "torchdoctor/agent/home.py": "where that is",
+    "torchdoctor/agent/cpus.py": "how many processes share the work, not what they find",
     "torchdoctor/sandbox/lifeline.py": "children that die with their parent",
 }
 """Modules the checks import that make no result (each says why)."""
