@@ -475,6 +475,18 @@ class DefUse:
             if stmt is None or not any(self._overwrites(k, stmt, name) for k in killers)
         ]
 
+    def reaching_or_all(self, name: ast.Name) -> list[ast.expr]:
+        """The binding that reaches this read when one does on every path (`reaching`), else
+        every binding of the name: a name rebound later says nothing of what was read here."""
+        reached = self.reaching(name)
+        return [reached] if reached is not None else self.definitions(name)
+
+    def module_method(self, fn: ast.AST | None) -> bool:
+        """`fn` is a method of a local `nn.Module` class (`forward`, `encode`, `generate`): part
+        of the model's computation, run in whatever mode the model is in."""
+        owner = self.ctx.parents.get(fn) if fn is not None else None
+        return isinstance(owner, ast.ClassDef) and owner.name in self.module_classes
+
     def _binding_statements(self, assign: ast.Assign, name: str) -> Iterator[ast.stmt]:
         """The assignment, and each `if` around it whose every branch binds `name`
         (`if isinstance(s, list): s = [...] else: s = s.detach()`): such an `if` overwrites the

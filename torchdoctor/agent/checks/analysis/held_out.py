@@ -244,8 +244,7 @@ class HeldOut(DefUse):
             # The binding that reaches this read, when one does on every path: a name bound
             # again later (`features = pad_features(test_ints)` after the split of
             # `features`) says nothing about what was read before.
-            reached = self.reaching(node)
-            values = [reached] if reached is not None else self.definitions(node)
+            values = self.reaching_or_all(node)
             yield from (v for v in values if id(v) not in parts)
         elif isinstance(node, ast.Attribute):
             yield from self.definitions(node)

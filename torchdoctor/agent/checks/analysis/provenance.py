@@ -93,8 +93,9 @@ class SavedFiles(ModelFacts):
         if isinstance(obj, ast.Name | ast.Attribute):
             # the binding that reaches the save when there is one (`expected = m.state_dict();
             # torch.save(expected, f)`, whatever `expected` is rebound to after)
-            reached = self.reaching(obj) if isinstance(obj, ast.Name) else None
-            values = [reached] if reached is not None else self.definitions(obj)
+            values = (
+                self.reaching_or_all(obj) if isinstance(obj, ast.Name) else self.definitions(obj)
+            )
             kinds = [self._object_kind(v, depth + 1) for v in values]
             if "module" in kinds:
                 return "module"

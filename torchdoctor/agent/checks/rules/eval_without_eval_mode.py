@@ -223,7 +223,7 @@ def _model_call_in(
         if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
             return node, node
     for site, helper in ctx.calls.callees(body):
-        if id(helper) in judged or _module_method(ctx, helper):
+        if id(helper) in judged or ctx.flow.module_method(helper):
             continue
         if not _shared_with_training(ctx, helper):
             continue  # a generation or scoring helper: its callers are judged where they are
@@ -273,7 +273,7 @@ def _find_evaluation_regions(
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
-            if _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
+            if _OTHER_RULES_PATHS.search(fn.name) or ctx.flow.module_method(fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
             if test_module and fn.name.startswith("test"):
@@ -282,7 +282,7 @@ def _find_evaluation_regions(
                 regions.append((fn, fn.body))
                 named.add(id(fn))
     for fn in evaluation_helpers(ctx) if not test_module else []:
-        if id(fn) in named or _OTHER_RULES_PATHS.search(fn.name) or _module_method(ctx, fn):
+        if id(fn) in named or _OTHER_RULES_PATHS.search(fn.name) or ctx.flow.module_method(fn):
             continue
         regions.append((fn, fn.body))
         named.add(id(fn))
@@ -291,7 +291,7 @@ def _find_evaluation_regions(
         if not any(is_grad_off_context(ctx, item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
-        if owner is not None and _module_method(ctx, owner):
+        if owner is not None and ctx.flow.module_method(owner):
             continue
         if owner is None and not trains:
             continue  # a script's top level that does not train is inference-no-eval's
@@ -337,7 +337,7 @@ def _held_out_loops(
             continue
         owner = ctx.enclosing_function(node)
         if owner is not None and (
-            _module_method(ctx, owner) or _OTHER_RULES_PATHS.search(owner.name)
+            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
         ):
             continue
         found.append((owner, [node]))
@@ -379,7 +379,7 @@ def _held_out_draws(
             continue
         owner = ctx.enclosing_function(node)
         if owner is not None and (
-            _module_method(ctx, owner) or _OTHER_RULES_PATHS.search(owner.name)
+            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
         ):
             continue
         found.append((owner, rest))
@@ -428,7 +428,7 @@ def _phase_loops(ctx: ModuleContext) -> list[tuple[FunctionNode | None, ast.For,
             None,
         )
         owner = ctx.enclosing_function(loop)
-        if call is not None and not (owner is not None and _module_method(ctx, owner)):
+        if call is not None and not (owner is not None and ctx.flow.module_method(owner)):
             found.append((owner, loop, call))
     return found
 
@@ -458,12 +458,6 @@ def _inside_a_training_step(ctx: ModuleContext, node: ast.AST) -> bool:
                 if innermost is outer:
                     return True
     return False
-
-
-def _module_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    """A method of an nn.Module (`forward`, `generate`): its caller owns the mode."""
-    parent = ctx.parents.get(fn)
-    return isinstance(parent, ast.ClassDef) and parent.name in ctx.flow.module_classes
 
 
 def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:

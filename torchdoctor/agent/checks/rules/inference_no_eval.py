@@ -99,7 +99,7 @@ class InferenceNoEval(Rule):
             if fn.name not in _LIGHTNING_HOOKS
             and not fn.name.startswith("test_")
             and INFERENCE_FUNCTION.search(fn.name)
-            and not _module_method(ctx, fn)
+            and not ctx.flow.module_method(fn)
         ]
         if not candidates and not has_main_guard(ctx.tree) and not _script_body(ctx):
             return
@@ -214,13 +214,6 @@ def _callers_elsewhere(
         and isinstance(ctx.parents.get(owner), ast.Module)
         and not ctx.flow.callers.get(owner.name)
     )
-
-
-def _module_method(ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """A method of an `nn.Module` (SAM's `MaskDecoder.predict_masks`) is part of the model's
-    computation: its submodules run in whatever mode the model was put in."""
-    owner = ctx.parents.get(fn)
-    return isinstance(owner, ast.ClassDef) and owner.name in ctx.flow.module_classes
 
 
 def _script_body(ctx: ModuleContext) -> list[ast.stmt]:

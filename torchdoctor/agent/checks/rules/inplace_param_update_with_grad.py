@@ -87,8 +87,7 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
             break
     # the binding that reaches the update when there is one: a notebook's `x = torch.rand(5, 4)`
     # updated in place, though `x` is rebound to a `requires_grad=True` tensor cells later
-    reached = ctx.flow.reaching(name)
-    for value in [reached] if reached is not None else ctx.flow.definitions(name):
+    for value in ctx.flow.reaching_or_all(name):
         if isinstance(value, ast.Call) and _requires_grad(value):
             return next(a for a in ctx.ancestors(name) if isinstance(a, ast.stmt))
     return None

@@ -110,12 +110,7 @@ def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
         return False
     if fn.name == "forward":
         return True
-    owner = ctx.parents.get(fn)
-    return (
-        isinstance(owner, ast.ClassDef)
-        and owner.name in ctx.flow.module_classes
-        and not in_loader_loop(ctx, node)
-    )
+    return ctx.flow.module_method(fn) and not in_loader_loop(ctx, node)
 
 
 # Results that are integer or boolean tensors: they never require grad, so keep no graph.

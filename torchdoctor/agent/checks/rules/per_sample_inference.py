@@ -75,8 +75,10 @@ class PerSampleInference(Rule):
         for loop in nodes_of(ctx, ast.For):
             if id(loop) in training or not isinstance(loop, ast.For):
                 continue
-            if loop.lineno <= reported_until or _inside_a_module(ctx, loop):
+            if loop.lineno <= reported_until:
                 continue
+            if ctx.flow.module_method(ctx.enclosing_function(loop)):
+                continue  # a model's own loop (a char LSTM over letters in forward)
             calls = list(model_calls(ctx, loop.body))
             if not calls or not any(single_sample(n) for n in walk_scope(loop.body)):
                 continue
@@ -97,11 +99,3 @@ def _callee(call: ast.Call) -> str:
     if isinstance(func, ast.Attribute) and func.attr == "forward":
         func = func.value
     return ast.unparse(func)
-
-
-def _inside_a_module(ctx: ModuleContext, loop: ast.For) -> bool:
-    """A loop in a method of an `nn.Module` (a character LSTM run over each word's letters in
-    `forward`) is the model's own computation, trained through: not an inference loop."""
-    function = ctx.enclosing_function(loop)
-    owner = ctx.parents.get(function) if function is not None else None
-    return isinstance(owner, ast.ClassDef) and owner.name in ctx.flow.module_classes
