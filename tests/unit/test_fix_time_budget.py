@@ -59,3 +59,21 @@ def test_a_verification_that_raised_is_still_counted() -> None:
         clock.now += 600.0
         raise RuntimeError("the sandbox died")
     assert not budget.fits()  # 600 + 600 > 1000
+
+
+def test_once_a_fix_is_verified_the_closing_joint_check_is_kept_room_for() -> None:
+    clock = Clock()
+    budget = TimeBudget(530.0, clock)
+    for seconds in (70.0, 71.0, 70.0):  # eager verifications of a GPT-2 fix stage on an H200
+        measured(budget, clock, seconds)
+    clock.now = 386.0
+    assert budget.fits(compiles=True)  # 386 + 70 * COMPILE_COST <= 530: nothing to combine yet
+    budget.keep_for_closing_check(compiles=False)
+    assert budget.fits()  # 386 + 70 + 70 <= 530
+    assert not budget.fits(compiles=True)  # 386 + 140 + 70 > 530: the joint check would overrun
+    budget.keep_for_closing_check(compiles=True)
+    assert not budget.fits()  # 386 + 70 + 140 > 530 once the joint check compiles
+    budget.keep_for_closing_check(compiles=False)
+    assert not budget.fits()  # a later eager fix does not make the joint check cheaper
+    clock.now = 530.0 - 70.0 * (1 + COMPILE_COST)
+    assert budget.fits()

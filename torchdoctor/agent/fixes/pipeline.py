@@ -159,12 +159,15 @@ def propose_and_verify(
                     "status": Status.VERIFIED if verified else finding.status,
                 }
             )
+            if verified:
+                specs[finding.id] = spec
+                time_left.keep_for_closing_check(
+                    compiles=any(s.extra_memory_mb > 0 for s in specs.values())
+                )
             if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
                 by_id[finding.id] = climb(
                     verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, time_left
                 )
-            if verified:
-                specs[finding.id] = spec
         if time_left.fits():
             _retry_small_gains(verifier, by_id, specs, say)
         _combine_verified(verifier, by_id, specs, say)

@@ -21,21 +21,31 @@ class TimeBudget:
         self.deadline = deadline
         self._clock = clock
         self._spent: list[float] = []
+        self._closing = 0.0
 
     def past(self) -> bool:
         return self.deadline is not None and self._clock() >= self.deadline
 
+    def keep_for_closing_check(self, compiles: bool) -> None:
+        """The stage ends with one more verification, the verified fixes together: from now on
+        a verification fits only if that one still fits after it (costed like a compiling one
+        when any of the fixes compiles). Without it, a GPU-sized stage spent its whole budget on
+        single fixes and the joint check ran past the device call's end, losing every result."""
+        self._closing = max(self._closing, COMPILE_COST if compiles else 1.0)
+
     def fits(self, compiles: bool = False) -> bool:
-        """Whether a verification started now would end in time, judged by the median of those
-        measured so far (a compiling one counts `COMPILE_COST` times); with none measured yet,
-        whether any time is left."""
+        """Whether a verification started now would end in time, and the closing check after
+        it (`keep_for_closing_check`), judged by the median of those measured so far (a
+        compiling one counts `COMPILE_COST` times); with none measured yet, whether any time is
+        left."""
         if self.deadline is None:
             return True
         if self.past():
             return False
         if not self._spent:
             return True
-        expected = statistics.median(self._spent) * (COMPILE_COST if compiles else 1.0)
+        cost = (COMPILE_COST if compiles else 1.0) + self._closing
+        expected = statistics.median(self._spent) * cost
         return self._clock() + expected <= self.deadline
 
     @contextmanager
