@@ -11,12 +11,15 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from torchdoctor.agent.checks.analysis.vocabulary import (
+    ARRAY_LIBRARIES,
     DATA_TRANSFORM_PREFIXES,
+    DISPLAY_LIBRARIES,
     NN_MODULE_BASES,
 )
 from torchdoctor.agent.checks.loops import local_callee, walk_scope, walk_tree
@@ -176,6 +179,20 @@ class DefUse:
         if key not in self._qualnames:
             self._qualnames[key] = self.ctx.call_qualname(call)
         return self._qualnames[key]
+
+    @cached_property
+    def makes_no_tensors(self) -> bool:
+        """The module imports only the standard library and array or plotting libraries (no
+        project module, no relative or star import): its own functions compute no tensors (a
+        numpy lecture's `def loss(x, y)`; values may still arrive through parameters)."""
+        if self.ctx.imports.star_imported:
+            return False
+        if re.search(r"^\s*from\s+\.", self.ctx.source, re.MULTILINE):
+            return False
+        tensor_free = sys.stdlib_module_names | ARRAY_LIBRARIES | DISPLAY_LIBRARIES
+        return all(
+            target.split(".", 1)[0] in tensor_free for target in self.ctx.imports.aliases.values()
+        )
 
     def imports(self, *prefixes: str) -> bool:
         """Whether the module imports something under one of `prefixes` ('torch', 'sklearn')."""

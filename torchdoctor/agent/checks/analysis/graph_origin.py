@@ -238,7 +238,12 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
         if self.is_loss_callee(func) and not self._backpropagates_itself(call):
-            return "loss"
+            if not (self.makes_no_tensors and self.ctx.calls.resolve(call)):
+                return "loss"
+            # a local function named like a loss in a module that makes no tensors (a numpy
+            # lecture's `loss(x, y)`): a loss only if what it is given or returns holds a graph
+            given = [*call.args, *(k.value for k in call.keywords), *self.returns_of(call)]
+            return "loss" if (yield from self._first_origin(given)) else None
         if self.is_model_call(call):
             if not self.frozen_module(func):
                 return "output"

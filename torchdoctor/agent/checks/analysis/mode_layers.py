@@ -29,6 +29,10 @@ _MODE_FREE_LAYERS = frozenset(
     }
 )  # fmt: skip
 _CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
+_RECURRENT = {"RNN": 5, "LSTM": 5, "GRU": 5}
+"""Recurrent layers, by the position of `dropout` among their arguments: dropout between
+stacked layers is their only mode-dependent part, off by default."""
+_RECURRENT_CELLS = frozenset({"RNNCell", "LSTMCell", "GRUCell"})
 _MODE_FUNCTIONS = frozenset(
     {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
      "batch_norm", "instance_norm", "rrelu"}
@@ -59,7 +63,23 @@ def _call_mode_free(ctx: ModuleContext, call: ast.Call, depth: int) -> bool:
         return len(parts) == len(call.args) and all(
             _part_mode_free(ctx, part, depth + 1) for part in parts
         )
-    return name in _MODE_FREE_LAYERS
+    if name in _RECURRENT:
+        return not _recurrent_dropout(call, _RECURRENT[name])
+    return name in _MODE_FREE_LAYERS or name in _RECURRENT_CELLS
+
+
+def _recurrent_dropout(call: ast.Call, position: int) -> bool:
+    """`nn.GRU(h, h, n, dropout=p)`: True unless the dropout is absent or a literal zero."""
+    if any(k.arg is None for k in call.keywords) or any(
+        isinstance(a, ast.Starred) for a in call.args
+    ):
+        return True  # `**config`: the dropout may be in it
+    given = next((k.value for k in call.keywords if k.arg == "dropout"), None)
+    if given is None and len(call.args) > position:
+        given = call.args[position]
+    return given is not None and not (
+        isinstance(given, ast.Constant) and given.value in (0, 0.0) and given.value is not False
+    )
 
 
 def _part_mode_free(ctx: ModuleContext, part: ast.expr, depth: int) -> bool:
@@ -168,6 +188,12 @@ def _first_mode_layer(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> str 
                 found = _torch_mode_layer(ctx, node, name)
                 if found:
                     return found
+            elif (
+                name in _RECURRENT
+                and _recurrent_dropout(node, _RECURRENT[name])
+                and (ctx.flow.qualname_of(node) or "").startswith("torch.nn.")
+            ):
+                return f"`{name}` with dropout between its layers"
     for name in local:
         found = _class_mode_layer(ctx, classes[name], depth + 1)
         if found:

@@ -37,6 +37,8 @@ SYMMETRIC_LOSSES = _names("symmetric_losses")
 # Packages that show or store results (plots, progress bars, images, configs): a call of
 # theirs runs no model and draws no torch random value.
 DISPLAY_LIBRARIES = _names("display_libraries")
+# Libraries whose values are never torch tensors (arrays, tables, plots).
+ARRAY_LIBRARIES = _names("array_libraries")
 SOFTMAX = _producers("softmax")
 LOG_SOFTMAX = _producers("log_softmax")
 SIGMOID = _producers("sigmoid")
