@@ -48,6 +48,7 @@ Property = Literal[
     "convolutional",
     "accumulates-argument",
     "leaves-model-in-eval",
+    "not-returned-in-eval",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -108,10 +109,12 @@ class FunctionSummary(_Model):
     steps_optimizer: bool = False
     splits_data: bool = False
     accumulates: bool = False
-    leaves_eval: bool = False
-    """Puts a model it is given in eval mode and returns without setting it back to train."""
     """A method (keyed `Class.method`) that adds its first argument into its object's state
     (a meter's `update(val, n)`)."""
+    leaves_eval: bool = False
+    """Puts a model it is given in eval mode and returns without setting it back to train."""
+    returns_eval: bool = False
+    """Returns a model it put in eval mode (a loader's `model.eval(); return model`)."""
 
 
 class ModuleSummary(_Model):
@@ -542,11 +545,14 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                     )
     if "eval()" in text:
         for stmt in ctx.tree.body:
-            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and leaves_eval(stmt):
+            if not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            mode_effects = {"leaves_eval": leaves_eval(stmt), "returns_eval": returns_eval(stmt)}
+            if any(mode_effects.values()):
                 entry = summary.functions.get(stmt.name) or FunctionSummary(
                     line=stmt.lineno, params=[a.arg for a in stmt.args.args]
                 )
-                summary.functions[stmt.name] = entry.model_copy(update={"leaves_eval": True})
+                summary.functions[stmt.name] = entry.model_copy(update=mode_effects)
     if "+=" in text or "append" in text:
         for cls_name, cls in ctx.flow.classes.items():
             for method, fn in accumulating_methods(ctx, cls).items():
@@ -581,6 +587,35 @@ def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
         ):
             trains.append(node.lineno)
     return bool(evals) and not any(line > min(evals) for line in trains)
+
+
+def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Every `return` gives back a model put in eval mode: `return model.eval()`, or a name
+    whose `.eval()` ran in the function with no `.train()` on it after (a loader helper)."""
+    evals: dict[str, int] = {}
+    trains: dict[str, int] = {}
+    returns: list[ast.expr | None] = []
+    for node in walk_scope(fn.body):
+        if isinstance(node, ast.Return):
+            returns.append(node.value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = identifier(node.func.value)
+            if node.func.attr == "eval" and not node.args:
+                evals[receiver] = min(evals.get(receiver, node.lineno), node.lineno)
+            elif node.func.attr == "train":
+                trains[receiver] = max(trains.get(receiver, node.lineno), node.lineno)
+
+    def in_eval(value: ast.expr | None) -> bool:
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+            if value.func.attr == "eval" and not value.args:
+                return True
+            return value.func.attr in ("to", "cuda", "cpu", "half", "float") and in_eval(
+                value.func.value
+            )
+        name = identifier(value) if isinstance(value, ast.Name) else ""
+        return name in evals and trains.get(name, 0) < evals[name]
+
+    return bool(returns) and all(in_eval(value) for value in returns)
 
 
 def _imported_submodules(ctx: ModuleContext, cls: ast.ClassDef) -> list[str]:
@@ -863,6 +898,9 @@ class ProjectIndex:
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)
             return cls is None or not cls.mode_free
+        if needs == "not-returned-in-eval":  # unless the function is found to return eval mode
+            fn = self._function(symbol, near)
+            return fn is None or not fn.returns_eval
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
         if not candidates and needs in ("splits-data", "accumulates-argument"):
@@ -890,16 +928,26 @@ class ProjectIndex:
         return fn is not None and fn.steps_optimizer
 
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:
-        """The class `symbol` names; several modules matching the import (a repository of
-        examples, each with its own `model.py`) are told apart by the importing file's
-        package when `near` gives it."""
-        module, _, name = symbol.rpartition(".")
+        """The class `symbol` names (see `_defining_module`)."""
+        summary = self._defining_module(symbol, near)
+        return summary.classes.get(symbol.rpartition(".")[2]) if summary else None
+
+    def _function(self, symbol: str, near: str | None = None) -> FunctionSummary | None:
+        """The module-level function `symbol` names (see `_defining_module`)."""
+        summary = self._defining_module(symbol, near)
+        return summary.functions.get(symbol.rpartition(".")[2]) if summary else None
+
+    def _defining_module(self, symbol: str, near: str | None) -> ModuleSummary | None:
+        """The module `symbol` is defined in; several modules matching the import (a
+        repository of examples, each with its own `model.py`) are told apart by the importing
+        file's package when `near` gives it."""
+        module = symbol.rpartition(".")[0]
         candidates = self._modules(module) if module else []
         if len(candidates) > 1 and near is not None:
             package = module_name(near).rpartition(".")[0]
             sibling = f"{package}.{module}" if package else module
             candidates = [c for c in candidates if c.module == sibling]
-        return candidates[0].classes.get(name) if len(candidates) == 1 else None
+        return candidates[0] if len(candidates) == 1 else None
 
     def _builds(self, symbol: str, has: Callable[[ClassSummary], bool], depth: int = 0) -> bool:
         """The class, or a submodule it imports from another file, has the layer `has` asks

@@ -23,6 +23,7 @@ from torchdoctor.agent.checks.analysis.project import (
     defer,
     imported_classes,
     module_name,
+    project_function_calls,
     publish,
     publish_mode_calls,
     publish_mode_layers,
@@ -179,9 +180,14 @@ class EvalWithoutEvalMode(Rule):
                 continue  # a method whose callers are in other files: not followed
             # Layers not seen here: a project with no mode-dependent layer anywhere has none.
             also: list[Property] = [] if known else ["mode-layers-in-project"]
+            loader = None if needs is not None else _project_loader(ctx, owner, model_call)
             if needs is not None:
                 assert entry is not None
                 symbol = f"{module_name(ctx.path)}.{entry.name}"
+            elif loader is not None:
+                # `model = load_model(path)` from another file: it may return the model in
+                # eval mode (deepspeech.pytorch's `utils.load_model`)
+                symbol, needs = loader, "not-returned-in-eval"
             elif not known and len(built := imported_classes(ctx, model_of(model_call))) == 1:
                 # a class from another file: the project pass knows whether it is mode-free
                 symbol, needs = built[0], "not-mode-free"
@@ -602,11 +608,38 @@ def _model_parameter(call: ast.Call) -> str:
 
 def _argument_for(site: ast.Call, callee: FunctionNode, param: str) -> str | None:
     """The variable a call passes as `callee`'s parameter `param` (by position or keyword)."""
+    value = _argument_expr(site, callee, param)
+    return value.id if isinstance(value, ast.Name) else None
+
+
+def _argument_expr(site: ast.Call, callee: FunctionNode, param: str) -> ast.expr | None:
     positional = [a.arg for a in [*callee.args.posonlyargs, *callee.args.args]]
     value: ast.expr | None = next((k.value for k in site.keywords if k.arg == param), None)
     if value is None and param in positional and positional.index(param) < len(site.args):
         value = site.args[positional.index(param)]
-    return value.id if isinstance(value, ast.Name) else None
+    return value
+
+
+def _project_loader(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> str | None:
+    """The function of another project file whose result is the evaluated model (`model =
+    load_model(path)` in this function, or at each local caller for a model parameter); None
+    when there is none, or several."""
+    loaders = {id(site): symbol for symbol, site in project_function_calls(ctx)}
+    if not loaders:
+        return None
+    model = model_of(call)
+    values: list[ast.expr | None] = [model]
+    if owner is not None and _model_is_a_parameter(owner, call):
+        sites = ctx.flow.callers.get(owner.name, [])
+        values = [_argument_expr(site, owner, _model_parameter(call)) for site in sites]
+    found: set[str] = set()
+    for value in values:
+        if value is None:
+            return None
+        found.update(
+            loaders[id(source)] for source in ctx.flow.sources(value) if id(source) in loaders
+        )
+    return found.pop() if len(found) == 1 else None
 
 
 def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
