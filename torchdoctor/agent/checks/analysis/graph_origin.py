@@ -238,7 +238,12 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
         if self.is_loss_callee(func) and not self._backpropagates_itself(call):
-            if not (self.makes_no_tensors and self.ctx.calls.resolve(call)):
+            helpers = self.ctx.calls.resolve(call)
+            if helpers and all(self._grad_off_inside(fn) for fn in helpers):
+                # an evaluation helper named like a loss (`evaluate_dpo_loss_loader`, its
+                # losses computed under no_grad): what it returns decides
+                return (yield from self._first_origin(self.returns_of(call)))
+            if not (self.makes_no_tensors and helpers):
                 return "loss"
             # a local function named like a loss in a module that makes no tensors (a numpy
             # lecture's `loss(x, y)`): a loss only if what it is given or returns holds a graph
@@ -264,6 +269,16 @@ class GraphOrigins(ModelFacts):
         if isinstance(func, ast.Attribute):
             return (yield func.value)
         return None
+
+    def _grad_off_inside(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+        """The function is decorated with, or opens, a no_grad/inference_mode context."""
+        if any(is_grad_off_context(self.ctx, d) for d in fn.decorator_list):
+            return True
+        return any(
+            isinstance(node, ast.With)
+            and any(is_grad_off_context(self.ctx, i.context_expr) for i in node.items)
+            for node in walk_tree(fn)
+        )
 
     def _backpropagates_itself(self, call: ast.Call) -> bool:
         """A local function named like a loss that runs `backward()` on its own losses
