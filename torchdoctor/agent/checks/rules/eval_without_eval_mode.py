@@ -43,7 +43,9 @@ _EVAL_FUNCTION = re.compile(
 # Prediction/serving paths belong to inference-no-eval (point 7); Lightning's *_step hooks run
 # after the framework has already switched the mode.
 _OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify|_step$", re.IGNORECASE)
-_MODE_DEPENDENT = re.compile(r"Dropout|BatchNorm|InstanceNorm|dropout|Transformer")
+_MODE_DEPENDENT = re.compile(
+    r"Dropout|BatchNorm|InstanceNorm|dropout|\bTransformer(?:Encoder|Decoder)?(?:Layer)?\("
+)  # `nn.TransformerEncoderLayer(...)` (dropout 0.1 by default), not a `TransformerBlock`
 
 
 class EvalWithoutEvalMode(Rule):
