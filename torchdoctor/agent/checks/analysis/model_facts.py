@@ -59,9 +59,20 @@ class ModelFacts(DefUse):
             return False
         if rebound:
             return True
+        if isinstance(expr, ast.Attribute) and self._own_method(expr):
+            return False
         if self.ctx.qualname(expr) is not None:
             return False
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
+
+    def _own_method(self, attr: ast.Attribute) -> bool:
+        """`self.restore_model(...)` in a class that defines `def restore_model`: a method of
+        the object, not a submodule (StarGAN's solver)."""
+        cls = next((a for a in self.ctx.ancestors(attr) if isinstance(a, ast.ClassDef)), None)
+        return cls is not None and any(
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == attr.attr
+            for node in cls.body
+        )
 
     @cached_property
     def _foreign_models(self) -> bool:
