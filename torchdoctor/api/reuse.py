@@ -127,5 +127,10 @@ def finish_reused(store: Store, record: AuditRecord, owner: str, reused: KeptAud
             GuardedTree(Path(record.workdir) / "src").write_text(LEDGER_NAME, reused.ledger)
     replayed = [(kind, data, now) for kind, data in reused.events]
     note = {"message": "same code and choices as an earlier audit"}
-    store.add_events(record.id, [*replayed, ("progress", note, now)])
-    store.finish(record.id, owner, AuditState.DONE, report=report.model_dump_json())
+    store.finish(
+        record.id,
+        owner,
+        AuditState.DONE,
+        report=report.model_dump_json(),
+        events=[*replayed, ("progress", note, now)],
+    )
