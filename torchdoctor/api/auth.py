@@ -44,7 +44,9 @@ def too_many(detail: str, retry_after: int) -> HTTPException:
     )
 
 
-def store_of(request: Request) -> Store:
+async def store_of(request: Request) -> Store:
+    """Async: FastAPI runs a plain function dependency in a thread, a hop per request for an
+    attribute read."""
     store: Store = request.app.state.store
     return store
 
@@ -60,7 +62,8 @@ def principal(
             "an API key is required (Authorization: Bearer ...)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    who = store_of(request).authenticate(credentials.credentials)
+    store: Store = request.app.state.store
+    who = store.authenticate(credentials.credentials)
     if who is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -23,6 +23,7 @@ from anyio import to_thread
 from starlette.requests import Request
 
 from torchdoctor.api.executor import Executor
+from torchdoctor.api.models import AuditRecord
 from torchdoctor.api.reuse import finish_reused, kept, reuse_key
 from torchdoctor.api.store.store import Store
 
@@ -104,9 +105,9 @@ class Dispatcher:
         """Finish a claimed audit from an identical one's kept result, or park it until the
         identical one it repeats has finished (it holds no worker slot meanwhile), or start
         it."""
-        key = await to_thread.run_sync(self._key, audit_id)
-        if key is not None and key not in self._not_kept:
-            if await to_thread.run_sync(self._finish_from_kept, audit_id, key):
+        record, key = await to_thread.run_sync(self._record_and_key, audit_id)
+        if record is not None and key is not None and key not in self._not_kept:
+            if await to_thread.run_sync(self._finish_from_kept, record, key):
                 log.info("finished from an identical audit", extra={"audit_id": audit_id})
                 return
             if key in self._leaders.values():
@@ -117,14 +118,13 @@ class Dispatcher:
             self._leaders[audit_id] = key
         log.info("started", extra={"audit_id": audit_id})
 
-    def _key(self, audit_id: str) -> str | None:
+    def _record_and_key(self, audit_id: str) -> tuple[AuditRecord | None, str | None]:
         record = self.store.get_audit(audit_id, None)
-        return reuse_key(record) if record is not None else None
+        return record, reuse_key(record) if record is not None else None
 
-    def _finish_from_kept(self, audit_id: str, key: str) -> bool:
+    def _finish_from_kept(self, record: AuditRecord, key: str) -> bool:
         reused = kept(key)
-        record = self.store.get_audit(audit_id, None)
-        if reused is None or record is None:
+        if reused is None:
             return False
         finish_reused(self.store, record, self.owner, reused)
         self.on_news()

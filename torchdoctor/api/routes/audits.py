@@ -12,6 +12,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sse_starlette import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 from starlette.datastructures import UploadFile
 
@@ -27,10 +28,11 @@ from torchdoctor.api.intake import (
     unpack_archive,
     write_file_map,
 )
-from torchdoctor.api.models import Accepted, AuditState, AuditStatus, SubmitFiles
+from torchdoctor.api.models import Accepted, AuditEvent, AuditState, AuditStatus, SubmitFiles
 from torchdoctor.api.progress import progress_from
 from torchdoctor.api.routes.common import ERRORS, audit_or_404, audit_url, no_such_audit
 from torchdoctor.api.settings import ApiSettings
+from torchdoctor.api.store.store import EVENT_PAGE
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"], responses=ERRORS)
 
@@ -203,27 +205,39 @@ async def audit_events(
 ) -> EventSourceResponse:
     """Each event has an increasing `id`, a type (`state`, `phase`, `point`, `gate`, `fix`,
     ...) and a JSON payload. The stream ends once the audit is done, failed or cancelled."""
-    await to_thread.run_sync(audit_or_404, store, audit_id, who)
+    last = last_event_id if last_event_id is not None else (after or 0)
+    # The first look doubles as the tenant check (a 404 before the stream starts).
+    state, events = await to_thread.run_sync(
+        store.state_and_events_after, audit_id, who.tenant, last, EVENT_PAGE
+    )
+    if state is None:
+        raise no_such_audit(audit_id)
     watch: EventWatch = request.app.state.event_watch
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        last = last_event_id if last_event_id is not None else (after or 0)
-        while not await request.is_disconnected():
-            # The state is read before the events: an audit that ends in between still has
-            # its last events sent before the stream closes.
-            state, events = await to_thread.run_sync(
-                store.state_and_events_after, audit_id, who.tenant, last
-            )
-            for event in events:
-                last = event.id
-                yield {"id": str(event.id), "event": event.kind, "data": json.dumps(event.data)}
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal last, state, events
+        while True:
             if events:
-                continue
-            if state is None or state.final:
+                last = events[-1].id
+                yield b"".join(_encoded(event) for event in events)
+            if len(events) < EVENT_PAGE:
+                # Every event up to this look was sent, and the state was read before them:
+                # a final one has nothing after it.
+                if state is None or state.final:
+                    return
+                await watch.news(audit_id, last, timeout_s=LOOK_AGAIN_S)
+            if await request.is_disconnected():
                 return
-            await watch.news(audit_id, last, timeout_s=LOOK_AGAIN_S)
+            state, events = await to_thread.run_sync(
+                store.state_and_events_after, audit_id, who.tenant, last, EVENT_PAGE
+            )
 
     return EventSourceResponse(stream(), ping=15)
+
+
+def _encoded(event: AuditEvent) -> bytes:
+    """One event as the stream sends it; a look's events go out in one write."""
+    return ServerSentEvent(id=str(event.id), event=event.kind, data=json.dumps(event.data)).encode()
 
 
 @router.delete("/{audit_id}", response_model=Accepted, summary="Cancel (kills its sandbox jobs)")
