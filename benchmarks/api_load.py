@@ -11,7 +11,8 @@ server booted, as on a server that has been up a while). On the first, each bund
 audited alone, one after the other, then each again. On the second, the concurrent batch,
 which cycles through the examples: throughput, p50/p95 time from submission to completion and
 where it went (queued, running, until the client saw the end), errors (target 0), the CPU
-spent by the server and by the audits, and the peak RSS of the server with its workers.
+spent by the server, by the audits and by this client (on the same cores), and the peak RSS of
+the server with its workers.
 Completion is seen on the audit's event stream, as `torchdoctor submit --wait` sees it.
 
 On what terms single and concurrent audits compare (target: p95 <= 3x a single audit):
@@ -99,26 +100,27 @@ def fresh_server(args: argparse.Namespace) -> Iterator[tuple[Server, httpx.Clien
 
 
 class Cpu:
-    """CPU seconds of the server process itself (HTTP, store, dispatch) and of the audits
-    (workers and the peers they ran; the fork server reaps the workers), since `start`."""
+    """CPU seconds since `start` of the server process itself (HTTP, store, dispatch), of the
+    audits (its fork server and the workers and peers it reaped), and of this client (its
+    threads submit and follow the audits on the same cores, so they count too)."""
 
     def __init__(self, server: Server) -> None:
         assert server.process is not None
         self.process = psutil.Process(server.process.pid)
-        self.server, self.audits = self._now()
+        self.server, self.audits, self.client = self._now()
 
-    def _now(self) -> tuple[float, float]:
+    def _now(self) -> tuple[float, float, float]:
         own = self.process.cpu_times()
         audits = 0.0
         for child in self.process.children():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = child.cpu_times()
-                audits += times.children_user + times.children_system
-        return own.user + own.system, audits
+                audits += times.user + times.system + times.children_user + times.children_system
+        return own.user + own.system, audits, time.process_time()
 
-    def spent(self) -> tuple[float, float]:
-        server, audits = self._now()
-        return server - self.server, audits - self.audits
+    def spent(self) -> tuple[float, float, float]:
+        server, audits, client = self._now()
+        return server - self.server, audits - self.audits, client - self.client
 
 
 class PeakRss(threading.Thread):
@@ -144,10 +146,13 @@ def p95(values: Sequence[float]) -> float:
     return ordered[max(0, round(0.95 * len(ordered)) - 1)]
 
 
-def cpu_line(server_cpu: float, audits_cpu: float, count: int, elapsed: float) -> str:
+def cpu_line(
+    server_cpu: float, audits_cpu: float, client_cpu: float, count: int, elapsed: float
+) -> str:
     return (
         f"cpu: server {server_cpu:.2f} s, audits {audits_cpu:.2f} s "
-        f"({(server_cpu + audits_cpu) / count:.2f} s an audit, all told) over {elapsed:.1f} s"
+        f"({(server_cpu + audits_cpu) / count:.2f} s an audit, all told), "
+        f"client {client_cpu:.2f} s, over {elapsed:.1f} s"
     )
 
 
@@ -187,7 +192,7 @@ def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
             list(pool.map(one, range(args.audits)))
         elapsed = time.perf_counter() - started
         rss.stopped.set()
-        server_cpu, audits_cpu = cpu.spent()
+        server_cpu, audits_cpu, client_cpu = cpu.spent()
     workers = args.audit_workers or "default"
     print(f"{args.audits} concurrent audits (fresh server), {workers} workers:")
     print(f"  throughput: {len(timings) / elapsed * 60:.1f} audits/min ({elapsed:.1f} s)")
@@ -196,7 +201,8 @@ def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
             values = [getattr(t, part) for t in timings]
             print(f"  {part:>8}: p50 {statistics.median(values):.2f} s, p95 {p95(values):.2f} s")
     print(
-        f"  {cpu_line(server_cpu, audits_cpu, args.audits, elapsed)} on {psutil.cpu_count()} CPUs"
+        f"  {cpu_line(server_cpu, audits_cpu, client_cpu, args.audits, elapsed)} "
+        f"on {psutil.cpu_count()} CPUs"
     )
     print(f"  errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
     print(f"  peak RSS, server and workers: {rss.peak_mb:.0f} MiB")
