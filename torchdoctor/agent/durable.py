@@ -109,6 +109,10 @@ class AuditStore:
         return old
 
 
+BUSY_TIMEOUT_S = 30.0
+"""How long a connection waits for another one's write lock before giving up."""
+
+
 @contextmanager
 def open_store(path: Path | None = None) -> Iterator[AuditStore | PostgresAuditStore]:
     """The audit store at `path` (default under `$TORCHDOCTOR_HOME`), or in PostgreSQL when
@@ -122,7 +126,9 @@ def open_store(path: Path | None = None) -> Iterator[AuditStore | PostgresAuditS
         return
     path = path or checkpoints_path()
     private_file(path)
-    connection = sqlite3.connect(str(path), check_same_thread=False)
+    # API workers open the file together and each writes its checkpoints: on a loaded 2-core
+    # box a writer held the lock past sqlite3's 5 s default ("database is locked")
+    connection = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S)
     try:
         connection.execute("pragma journal_mode=wal")
         connection.execute("pragma synchronous=normal")
