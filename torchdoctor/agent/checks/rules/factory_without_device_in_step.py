@@ -14,6 +14,8 @@ from torchdoctor.agent.checks.patterns import uses_cuda
 from torchdoctor.agent.models import Severity
 
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device", "as_subclass"})
+_WRAPPERS = frozenset({"torch.autograd.Variable", "torch.autograd.variable.Variable"})
+"""Pre-0.4 wrappers that hand their tensor back where it was (`Variable(z).cuda()`)."""
 _FROM_DATA = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
 """Tensors made from data: on the CPU when the data is a Python list or a NumPy array."""
 
@@ -131,15 +133,26 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
         for r in flow.reads_of(target.id)
         if ctx.enclosing_function(r) is scope and (r.lineno, r.col_offset) > end
     ]
-    for read in reads:
-        holder = ctx.parents.get(read)
-        if isinstance(holder, ast.Attribute) and holder.attr in _MOVES:
-            return None
+    if any(_moved(ctx, read) for read in reads):
+        return None
     for read in reads:
         holder = ctx.parents.get(read)
         if isinstance(holder, ast.Call) and read in holder.args and _device_side(ctx, holder):
             return holder
     return None
+
+
+def _moved(ctx: ModuleContext, read: ast.Name) -> bool:
+    """`z.cuda()`, `z.to(device)`, or through the legacy wrapper: `Variable(z).cuda()`."""
+    node: ast.expr = read
+    holder = ctx.parents.get(read)
+    while (
+        isinstance(holder, ast.Call)
+        and node in holder.args
+        and ctx.flow.qualname_of(holder) in _WRAPPERS
+    ):
+        node, holder = holder, ctx.parents.get(holder)
+    return isinstance(holder, ast.Attribute) and holder.attr in _MOVES
 
 
 def _device_side(ctx: ModuleContext, call: ast.Call) -> bool:
