@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import libcst as cst
 
@@ -172,7 +172,10 @@ def _forward_behind_moves(stmts: Sequence[cst.BaseStatement], first: int, last: 
 
 
 def _moves_only(stmt: cst.BaseStatement) -> bool:
-    """`labels = labels.to(device)`, `x, y = x.cuda(), y.cuda()`: device moves and nothing else."""
+    """`labels = labels.to(device)`, `x, y = x.cuda(), y.cuda()`, or an `if` doing only such
+    moves (`if args.gpu is not None: images = images.cuda(args.gpu)`): nothing else."""
+    if isinstance(stmt, cst.If):
+        return _every_branch(stmt, _moves_only)
     return isinstance(stmt, cst.SimpleStatementLine) and all(
         isinstance(small, cst.Assign) and _is_device_move(small.value) for small in stmt.body
     )
@@ -180,18 +183,21 @@ def _moves_only(stmt: cst.BaseStatement) -> bool:
 
 def _is_forward_branch(stmt: cst.BaseStatement) -> bool:
     """`if cuda: out = model(x.cuda()) else: out = model(x)`: an `if` whose branches are all
-    forward statements (retinanet's training step) belongs to the span."""
-    if not isinstance(stmt, cst.If):
-        return False
+    forward statements (retinanet's training step) belongs to the span; one that only moves
+    the batch does not (the autocast block would take in the loader timing before it)."""
+    return (
+        isinstance(stmt, cst.If) and _every_branch(stmt, _is_compute_any) and not _moves_only(stmt)
+    )
+
+
+def _every_branch(stmt: cst.If, test: Callable[[cst.BaseStatement], bool]) -> bool:
     branches: list[cst.BaseSuite] = []
     node: cst.If | cst.Else | None = stmt
     while node is not None:
         branches.append(node.body)
         node = node.orelse if isinstance(node, cst.If) else None
     return all(
-        isinstance(body, cst.IndentedBlock)
-        and body.body
-        and all(_is_compute_any(s) for s in body.body)
+        isinstance(body, cst.IndentedBlock) and body.body and all(test(s) for s in body.body)
         for body in branches
     )
 
