@@ -155,6 +155,21 @@ class ModelFacts(DefUse):
         return any(self._constructs_module(call) for call in self.nodes(ast.Call))
 
     @cached_property
+    def may_call_models(self) -> bool:
+        """Whether some call of the module may run a model (`is_model_call`): one needs a
+        network built here (`_constructs_modules`) or a callee named like a model (`model`,
+        `self.net`), so a module with neither has no model output (most library modules)."""
+        if self._constructs_modules:
+            return True
+        for call in self.nodes(ast.Call):
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr == "forward":
+                func = func.value
+            if _MODEL_NAME.search(identifier(func)):
+                return True
+        return False
+
+    @cached_property
     def _constructs_losses(self) -> bool:
         """Whether any call of the module builds a torch loss module (`loss_class`)."""
         for call in self.nodes(ast.Call):

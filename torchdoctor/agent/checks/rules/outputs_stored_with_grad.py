@@ -53,6 +53,8 @@ class OutputsStoredWithGrad(Rule):
         if ("append" not in ctx.source and "+" not in ctx.source) or is_test_module(ctx.path):
             return
         flow = ctx.flow
+        if not flow.may_call_models:
+            return  # no value here is a model's output (`graph_origin` never says 'output')
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node) or _in_forward(ctx, acc.node):
                 continue
