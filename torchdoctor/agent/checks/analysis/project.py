@@ -318,6 +318,8 @@ def publish_model_passes(ctx: ModuleContext) -> None:
     (imported, or this module's own) for one of their parameters."""
     if not _project_imports(ctx) or not (ctx.flow.module_classes or _project_constructions(ctx)):
         return  # builds no model of the project's own classes: passes none
+    if not any(_builds_project_class(ctx, call) for call in ctx.flow.nodes(ast.Call)):
+        return  # no call here builds one: no value can hold one (`_model_classes`)
     passes: list[dict[str, Any]] = []
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
@@ -361,6 +363,25 @@ def _project_callee(ctx: ModuleContext, call: ast.Call) -> str | None:
     return None
 
 
+def _builds_project_class(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`call` constructs one of the project's classes, as `_model_classes` names them."""
+    return bool(_project_class(ctx, call.func))
+
+
+def _project_class(ctx: ModuleContext, func: ast.expr) -> str | None:
+    """The project class `func` (a constructor's callee) names: this module's own
+    `nn.Module`, or a capitalised symbol imported from another file (not the stdlib's)."""
+    if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
+        return f"{module_name(ctx.path)}.{func.id}"
+    symbol = project_symbol(ctx, func)
+    if symbol is not None and (
+        not symbol.rpartition(".")[2][:1].isupper()
+        or symbol.partition(".")[0] in sys.stdlib_module_names
+    ):
+        return None
+    return symbol
+
+
 def _model_classes(ctx: ModuleContext, value: ast.expr) -> list[str]:
     """Project classes `value` may be an instance of, through `copy.deepcopy(...)` (each
     value looked at once: `net = copy.deepcopy(net)` rebinds a name to a copy of itself)."""
@@ -378,16 +399,7 @@ def _model_classes(ctx: ModuleContext, value: ast.expr) -> list[str]:
             if _deep_copied(ctx, call):
                 pending.append(call.args[0])
                 continue
-            func = call.func
-            if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
-                symbol: str | None = f"{module_name(ctx.path)}.{func.id}"
-            else:
-                symbol = project_symbol(ctx, func)
-                if symbol is not None and (
-                    not symbol.rpartition(".")[2][:1].isupper()
-                    or symbol.partition(".")[0] in sys.stdlib_module_names
-                ):
-                    symbol = None
+            symbol = _project_class(ctx, call.func)
             if symbol and symbol not in found:
                 found.append(symbol)
     return found
@@ -719,14 +731,16 @@ def _functions_splitting_parameters(ctx: ModuleContext) -> list[tuple[str, ast.F
             candidates += [
                 (f"{stmt.name}.{m.name}", m) for m in stmt.body if isinstance(m, ast.FunctionDef)
             ]
+    if not candidates:
+        return found
+    splits_in: dict[int, list[list[ast.expr]]] = {}  # function id -> its splits' inputs, in order
+    for split, inputs in flow.split_inputs:
+        splits_in.setdefault(id(ctx.enclosing_function(split)), []).append(inputs)
     for name, fn in candidates:
         params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args]} - {"self"}
-        for split, inputs in flow.split_inputs:
-            if ctx.enclosing_function(split) is fn and any(
-                params & flow.root_names(data) for data in inputs
-            ):
-                found.append((name, fn))
-                break
+        inputs = [data for split in splits_in.get(id(fn), ()) for data in split]
+        if params and any(params & flow.root_names(data) for data in inputs):
+            found.append((name, fn))
     return found
 
 
