@@ -44,8 +44,8 @@ def eval_before(ctx: ModuleContext, site: ast.Call, depth: int = 0) -> bool:
 
 
 def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
-    if not mode_text(ctx.source, "eval"):
-        return False  # no `.eval()` or `.train(False)` in the module: none reaches `site`
+    if not mode_text(ctx.source, "eval") or not ctx.flow.calls_reaching("eval"):
+        return False  # no call of the module sets eval mode, here or through a local function
     caller = ctx.enclosing_function(site)
     if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval"):
         return True

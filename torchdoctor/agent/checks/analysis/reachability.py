@@ -132,7 +132,7 @@ class MethodReach(ModelFacts):
         first = body[0] if isinstance(body, list) else body
         if first is not self.ctx.tree and first not in parents:
             return self._walk_reaches(body, method)  # not a part of this module's tree
-        hits = self._calls_reaching(method)
+        hits = self.calls_reaching(method)
         if not hits:
             return False
         roots = {id(node) for node in body} if isinstance(body, list) else {id(body)}
@@ -154,7 +154,7 @@ class MethodReach(ModelFacts):
             for node in walk_scope(body)
         )
 
-    def _calls_reaching(self, method: str) -> list[ast.Call]:
+    def calls_reaching(self, method: str) -> list[ast.Call]:
         """The module's calls of `.method()` or of a local function that reaches it."""
         memo = self.ctx.memo_table("reachability.calls_reaching")
         if method not in memo and not mode_text(self.ctx.source, method):
