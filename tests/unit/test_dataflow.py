@@ -493,3 +493,37 @@ def test_accumulating_methods_read_a_function_defined_directly_in_the_method() -
         """
     )
     assert sorted(accumulating_methods(flow.ctx, flow.classes["Buffer"])) == ["add", "indent"]
+
+
+def test_model_passes_follow_every_way_a_value_holds_a_project_model() -> None:
+    """A model of a project class reaches another file's function through a local function's
+    return, a conditional, a `.to()` chain, a deep copy and `self.x`; a call given anything
+    else passes none (`publish_model_passes` skips calls whose arguments cannot hold one)."""
+    from torchdoctor.agent.checks.analysis.project import PASSES_KEY, publish_model_passes
+
+    flow = flow_of(
+        """
+        import copy
+        from nets.zoo import Net
+        from nets.client import fit, log
+
+        def build():
+            return Net().to("cuda")
+
+        class Runner:
+            def __init__(self):
+                self.model = copy.deepcopy(build())
+
+            def go(self, wide):
+                chosen = self.model if wide else build()
+                fit(chosen)
+                fit(model=copy.deepcopy(chosen).eval())
+                log(wide, "done")
+        """
+    )
+    publish_model_passes(flow.ctx)
+    passes = [p for p in flow.ctx.facts[PASSES_KEY] if p["callee"].startswith("nets.")]
+    assert [(p["callee"], p["keyword"], p["position"], p["classes"]) for p in passes] == [
+        ("nets.client.fit", None, 0, ["nets.zoo.Net"]),
+        ("nets.client.fit", "model", None, ["nets.zoo.Net"]),
+    ]

@@ -588,6 +588,21 @@ class DefUse:
             return found
         return self._unpacked_by_name.get((id(self.ctx.tree), node.id), [])
 
+    def bound_values(self) -> Iterator[tuple[str, list[ast.expr]]]:
+        """Every key (a name, `obj.attr`) with values the module binds to it, in any scope,
+        `self.x`'s merged ones and parameters' defaults included: all `definitions` answers
+        from (and more: scopes are not told apart)."""
+        for table in self._scope_bindings.values():
+            yield from table.items()
+        yield from self._self_attributes.items()
+        for defaults in self._call_defaults.values():
+            for name, default in defaults.items():
+                yield name, [default]
+
+    def local_returns(self) -> dict[str, list[ast.expr]]:
+        """Local function name -> what its `return`s give (`returns_of`, `sources`)."""
+        return self._returns
+
     def returns_of(self, call: ast.Call) -> list[ast.expr]:
         """What a call of a local function (`f(x)` or `self.f(x)`) may return."""
         func = call.func

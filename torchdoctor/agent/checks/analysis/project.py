@@ -321,6 +321,7 @@ def publish_model_passes(ctx: ModuleContext) -> None:
     if not any(_builds_project_class(ctx, call) for call in ctx.flow.nodes(ast.Call)):
         return  # no call here builds one: no value can hold one (`_model_classes`)
     passes: list[dict[str, Any]] = []
+    may_hold = _project_class_holders(ctx)
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
         arguments: list[tuple[str | None, int | None, ast.expr]] = [
@@ -333,7 +334,9 @@ def publish_model_passes(ctx: ModuleContext) -> None:
             for k in call.keywords
             if k.arg and isinstance(k.value, ast.Name | ast.Attribute | ast.Call)
         ]
-        callee = _project_callee(ctx, call) if arguments else None
+        if not any(may_hold(value) for _, _, value in arguments):
+            continue  # given no model of a project class: passes none, whoever it calls
+        callee = _project_callee(ctx, call)
         if not callee:
             continue  # no function of another file: whatever it is given, passes nothing
         for keyword, position, value in arguments:
@@ -380,6 +383,83 @@ def _project_class(ctx: ModuleContext, func: ast.expr) -> str | None:
     ):
         return None
     return symbol
+
+
+def _project_class_holders(ctx: ModuleContext) -> Callable[[ast.expr], bool]:
+    """A test that is true of every value `_model_classes` finds a class for (and of some
+    others): it follows the same ways (`DefUse.sources`: bindings, local functions' returns,
+    both arms of a conditional; `.to()`-style chains and deep copies, as `constructors` and
+    `_model_classes` do) backwards from the module's constructions of project classes, once
+    for the whole module, the bindings of a name in every scope taken together."""
+    held: set[str] = set()  # names, `obj.attr`s and (as `name()`) local functions that may hold one
+    waiting: dict[str, list[str]] = {}  # what holds one as soon as a name or a function does
+    found: list[str] = []
+    for key, values in ctx.flow.bound_values():
+        for value in values:
+            _note_holder(ctx, key, value, held, waiting, found)
+    for name, values in ctx.flow.local_returns().items():
+        for value in values:
+            _note_holder(ctx, f"{name}()", value, held, waiting, found)
+    while found:
+        for dependent in waiting.pop(found.pop(), ()):
+            if dependent not in held:
+                held.add(dependent)
+                found.append(dependent)
+
+    def holds(expr: ast.expr) -> bool:
+        outright, needed = _holder_needs(ctx, expr)
+        return outright or any(key in held for key in needed)
+
+    return holds
+
+
+def _note_holder(
+    ctx: ModuleContext,
+    key: str,
+    value: ast.expr,
+    held: set[str],
+    waiting: dict[str, list[str]],
+    found: list[str],
+) -> None:
+    """`key` holds a project class if `value` does: now, or once what it needs does."""
+    outright, needed = _holder_needs(ctx, value)
+    if outright:
+        if key not in held:
+            held.add(key)
+            found.append(key)
+        return
+    for name in needed:
+        waiting.setdefault(name, []).append(key)
+
+
+def _holder_needs(ctx: ModuleContext, expr: ast.expr) -> tuple[bool, list[str]]:
+    """(`expr` builds a project class itself, the names, `obj.attr`s and local functions
+    (`name()`) any of which holding one would make `expr` hold one too)."""
+    if isinstance(expr, ast.IfExp):
+        body, orelse = _holder_needs(ctx, expr.body), _holder_needs(ctx, expr.orelse)
+        return body[0] or orelse[0], body[1] + orelse[1]
+    if isinstance(expr, ast.Name):
+        return False, [expr.id]
+    if isinstance(expr, ast.Attribute):
+        if isinstance(expr.value, ast.Name):
+            return False, [f"{expr.value.id}.{expr.attr}"]
+        return False, []
+    if not isinstance(expr, ast.Call):
+        return False, []
+    needed = [f"{expr.func.id}()"] if isinstance(expr.func, ast.Name) else []
+    call: ast.expr = expr
+    while (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr in ("to", "cuda", "cpu", "eval", "train", "float", "half")
+    ):
+        call = call.func.value
+    if not isinstance(call, ast.Call):
+        return False, needed
+    if _deep_copied(ctx, call):
+        outright, inner = _holder_needs(ctx, call.args[0])
+        return outright, needed + inner
+    return bool(_project_class(ctx, call.func)), needed
 
 
 def _model_classes(ctx: ModuleContext, value: ast.expr) -> list[str]:
