@@ -34,9 +34,11 @@ class ZeroGradOrder(Rule):
         optimizer.zero_grad()
         optimizer.step()
 
-    Not reported: `p.grad = None` on the parameters a condition selects in a loop over them
-    (`if "prototypes" in name: p.grad = None`): those are frozen for this step on purpose
-    and the others still update.
+    Not reported: a clear followed by another `backward()` before the step (adversarial
+    training: the attack's backward fills the weights' gradients too, `opt.zero_grad()`
+    discards them, then the training loss back-propagates); `p.grad = None` on the
+    parameters a condition selects in a loop over them (`if "prototypes" in name: p.grad =
+    None`): those are frozen for this step on purpose and the others still update.
 
     Fix: clear gradients before the forward pass (or right after `step()`):
     `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`;
@@ -65,6 +67,9 @@ class ZeroGradOrder(Rule):
                 if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
                     if any(s < line for s in step_lines if s > backward_lines[0]):
                         continue  # step() already ran after backward in this iteration
+                    step_after = min(s for s in step_lines if s > line)
+                    if any(line < b < step_after for b in backward_lines):
+                        continue  # an input-gradient backward cleared before the real one
                     if _selected_parameter(ctx, clear):
                         continue  # some parameters frozen for this step, on purpose
                     reported.add(id(clear))
