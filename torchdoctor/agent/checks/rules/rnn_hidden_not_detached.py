@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import sys
 from typing import ClassVar
 
@@ -117,7 +118,10 @@ def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
     """A call of a library function that returns no autograd graph: the standard library's
     or an array library's (`pickle.load`, `np.clip`), or torch's loaders, factories and
     comparisons (`checkpoint = torch.load(checkpoint)` in a training `main`, `torch` imported
-    or brought by a star import of the project's utilities)."""
+    or brought by a star import of the project's utilities); a builtin (`best_acc =
+    max(test_acc, best_acc)` in a `train` that keeps the best score in a global)."""
+    if _builtin_call(ctx, call):
+        return True
     qual = ctx.flow.qualname_of(call)
     if qual is None and star_modules(ctx) and "torch" not in ctx.imports.aliases:
         text = ast.unparse(call.func)
@@ -128,6 +132,19 @@ def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
     if package == "torch":
         return name in NON_GRAD_TORCH
     return package in sys.stdlib_module_names or package in _ARRAY_LIBRARIES
+
+
+def _builtin_call(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`max(...)`, `round(...)`: a builtin the module does not shadow; no model returns its
+    next state through one."""
+    func = call.func
+    return (
+        isinstance(func, ast.Name)
+        and hasattr(builtins, func.id)
+        and func.id not in ctx.flow.functions
+        and func.id not in ctx.flow.classes
+        and func.id not in ctx.imports.aliases
+    )
 
 
 def _state_keys(targets: list[ast.expr]) -> set[str]:
