@@ -21,7 +21,7 @@ from torchdoctor.agent.checks.leak_sink import (
     produced_names,
     related_location,
 )
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _FIT_METHODS = frozenset({"fit", "fit_transform", "partial_fit", "fit_on_texts", "adapt"})
@@ -553,7 +553,32 @@ def _before_split(ctx: ModuleContext, data: ast.expr, split_inputs: list[ast.exp
         return False
     ignored = set(ctx.imports.aliases) | set(flow.functions) | set(flow.classes) | {"self"}
     data_names = flow.root_names(data) - ignored
-    return any(data_names & flow.root_names(arg) for arg in split_inputs)
+    return any(
+        data_names & flow.root_names(arg) for arg in split_inputs if _scopes_meet(ctx, data, arg)
+    )
+
+
+def _scopes_meet(ctx: ModuleContext, data: ast.expr, split_input: ast.expr) -> bool:
+    """The fitted data and the split's input sit in one function, at module level, in
+    functions nested one in the other, in methods of one class (`self.X` carries the data
+    between them), or the split's function calls the fitting one (its result is split): a
+    local `minibatches` of one class's method is not the `minibatches` another class's
+    method splits (DomainBed's algorithms)."""
+    here = ctx.enclosing_function(data)
+    there = ctx.enclosing_function(split_input)
+    if here is None or there is None or here is there:
+        return True
+    owner = ctx.parents.get(here)
+    if isinstance(owner, ast.ClassDef) and owner is ctx.parents.get(there):
+        return True
+    if any(  # `x = standardize(x)` then `x[n:]` in the caller: the helper's result is split
+        isinstance(node, ast.Call) and identifier(node.func) == here.name
+        for node in walk_scope(there.body)
+    ):
+        return True
+    return any(a is there for a in ctx.ancestors(here)) or any(
+        a is here for a in ctx.ancestors(there)
+    )
 
 
 def _split_output(ctx: ModuleContext, data: ast.expr) -> bool:
