@@ -28,6 +28,7 @@ _HELD_OUT = frozenset({"test", "val"})
 _EVALUATION_SCRIPT = re.compile(
     r"^(test|eval|evaluate|evaluation|inference|infer|predict|demo|detect)([-_.][\w.-]*)?\.py$"
 )
+_FORWARD_NAME = re.compile(r"^(predict|infer|inference)($|_)")
 _LIGHTNING_HOOKS = frozenset({"validation_step", "test_step", "predict_step"})
 _ROUTE_DECORATORS = frozenset(
     {"route", "get", "post", "put", "patch", "delete", "websocket", "api_route"}
@@ -58,9 +59,10 @@ class ValidationWithGrad(Rule):
     more forward.
 
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
-    helper every call of which already runs under `no_grad`, a helper that also
-    back-propagates (a `run_epoch` shared by training and validation), one-off forwards (a
-    shape check) outside any loop.
+    helper every call of which already runs under `no_grad`, a `predict` method whose output
+    a function of the module back-propagates (the forward under another name), a helper
+    that also back-propagates (a `run_epoch` shared by training and validation), one-off
+    forwards (a shape check) outside any loop.
 
     Why it matters: autograd records every operation and keeps the activations alive for a
     backward pass that never comes: evaluation uses several times the memory it needs and
@@ -100,7 +102,7 @@ class ValidationWithGrad(Rule):
         names = {fn.name for fn in [*candidates, *serving]}
         guarded_callers = self._grad_off_call_sites(ctx, names) if names else set()
         for fn in candidates:
-            if fn.name not in guarded_callers:
+            if fn.name not in guarded_callers and not _trained_through(ctx, fn):
                 self._check_body(ctx, fn.body, reported, fn)
         for fn in serving:  # one forward per request: no loop needed to repeat it
             if fn.name not in guarded_callers:
@@ -210,6 +212,30 @@ def _evaluation_script(ctx: ModuleContext) -> bool:
     if name.startswith("test_") or not _EVALUATION_SCRIPT.match(name):
         return False
     return "backward" not in ctx.source and ".step(" not in ctx.source
+
+
+def _trained_through(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """A `predict`/`infer` method that a function of the module calls on training data
+    before its `backward()` (DomainBed's `loss = F.cross_entropy(self.predict(x), y)` in
+    `update`): the model's forward under another name, whose grad mode each caller decides.
+    A `fit` that calls `self.predict(X_val)` after its training loop still evaluates."""
+    if not _FORWARD_NAME.match(fn.name.lstrip("_")):
+        return False
+    for site in ctx.calls.call_sites(fn):
+        caller = ctx.enclosing_function(site)
+        if caller is None or caller is fn:
+            continue
+        if any(ctx.flow.held_out_kind(arg, _HELD_OUT) is not None for arg in site.args):
+            continue
+        if any(
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "backward"
+            and node.lineno > site.lineno
+            for node in walk_tree(caller)
+        ):
+            return True
+    return False
 
 
 def _in_network(ctx: ModuleContext, node: ast.AST) -> bool:
