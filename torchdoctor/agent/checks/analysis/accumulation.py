@@ -106,9 +106,13 @@ class Accumulations(GraphOrigins):
     def is_backpropagated(self, target: ast.expr, within: ast.AST | None = None) -> bool:
         """Whether some `.backward()`/`autograd.grad` in the module (or only those inside
         `within`) runs on a value derived from `target` (summing micro-batch losses before one
-        backward is intended)."""
+        backward is intended). A backward that ran before a name's binding, with no loop
+        around both to bring it back, does not see it (`loss_swap.backward()`, then
+        `loss_swap = loss_swap.item() - nll` for the log)."""
         for call in self._backward_calls:
             if within is not None and not _inside(call, within):
+                continue
+            if self._before_binding(call, target):
                 continue
             receivers: list[ast.expr] = list(call.args)
             if isinstance(call.func, ast.Attribute):
@@ -117,6 +121,23 @@ class Accumulations(GraphOrigins):
                 if self.computed_from(receiver, target):
                     return True
         return False
+
+    def _before_binding(self, call: ast.Call, target: ast.expr) -> bool:
+        """`call` runs before `target` (a name being bound) in one function and no loop
+        holds both."""
+        if not isinstance(target, ast.Name) or not isinstance(target.ctx, ast.Store):
+            return False
+        if call.lineno >= target.lineno:
+            return False
+        ctx = self.ctx
+        if ctx.enclosing_function(call) is not ctx.enclosing_function(target):
+            return False
+        loops = {
+            id(a)
+            for a in ctx.ancestors(target)
+            if isinstance(a, ast.For | ast.While | ast.AsyncFor)
+        }
+        return not any(id(a) in loops for a in ctx.ancestors(call))
 
     def computed_from(self, expr: ast.expr, target: ast.expr) -> bool:
         """Whether `expr` is computed from the accumulator `target`, through any number of
