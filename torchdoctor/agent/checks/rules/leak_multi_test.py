@@ -27,7 +27,9 @@ class LeakMultiTest(Rule):
     an early-stopping object fed a test metric, or a hyper-parameter `objective(trial)` that
     returns one. Test-derived means computed from data named or built as the test split
     (`test_loader`, `train=False`, the test half of `train_test_split`), through variables,
-    loops and local functions. A test evaluation used only for the final report is fine.
+    loops and local functions. A test evaluation used only for the final report is fine, and
+    so is a loop's counter compared to a bound taken from the test set's size (`if batch_idx
+    >= ood_num_examples // batch_size: break`).
 
     Why it matters: every decision taken on the test set fits the model to it; the final
     test score is then optimistically biased and no longer an unbiased estimate (Yang et al.,
@@ -109,8 +111,12 @@ class LeakMultiTest(Rule):
         )
         if not selects:
             return None
+        counters = _loop_counters(ctx, node)
         for compare in compares:
-            for operand in [compare.left, *compare.comparators]:
+            operands = [compare.left, *compare.comparators]
+            if any(isinstance(o, ast.Name) and o.id in counters for o in operands):
+                continue  # `if batch_idx >= n_ood // batch_size: break`: a loop's bound
+            for operand in operands:
                 if ctx.flow.held_out_kind(operand, _TEST):
                     return operand
         return None
@@ -140,6 +146,18 @@ class LeakMultiTest(Rule):
             "test score is no longer an unbiased estimate",
             data={"metric": ast.unparse(metric)},
         )
+
+
+def _loop_counters(ctx: ModuleContext, node: ast.AST) -> set[str]:
+    """The names the `for` loops around `node` bind, in its function: batch and step
+    indices that an `if` compares to a bound to stop early."""
+    names: set[str] = set()
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.For | ast.AsyncFor):
+            names |= {n.id for n in walk_tree(anc.target) if isinstance(n, ast.Name)}
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            break
+    return names
 
 
 def _ordering_tests(ctx: ModuleContext) -> set[int]:
