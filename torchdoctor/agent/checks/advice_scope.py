@@ -34,9 +34,12 @@ ONCE_PER_PROJECT = frozenset(
 # Legacy idioms (`Variable(...)`, `torch.FloatTensor(...)`, `.data`) repeat on every line of an
 # old file and have one fix per file: said once per file. So do a model file's building habits:
 # a biased conv before every norm of forty blocks (weiaicunzai's pytorch-cifar100 models), a
-# block whose forward calls each layer's `.forward(...)` (bearpaw's ResNeXt).
+# block whose forward calls each layer's `.forward(...)` (bearpaw's ResNeXt). So do a script's
+# module-level loaders with workers and no `__main__` guard: one guard fixes them all
+# (outlier-exposure's test scripts build a dozen loaders each).
 ONCE_PER_FILE = frozenset(
     {
+        "no-main-guard-workers",
         "autograd-variable-legacy",
         "legacy-tensor-ctor",
         "data-attribute-idiom",
