@@ -116,7 +116,9 @@ def _is_division(node: ast.AST) -> bool:
 def _micro_step_loops(ctx: ModuleContext) -> list[ast.For]:
     """`for micro_step in range(accum_steps):` loops that back-propagate without stepping,
     followed in the same block by the optimizer step (nanoGPT, denoising-diffusion's
-    `gradient_accumulate_every`)."""
+    `gradient_accumulate_every`), with no `zero_grad()` in between: a PGD attack's
+    `for _ in range(attack_iters)` back-propagates into its perturbation, and the weights'
+    gradients it leaves are cleared before the training loss back-propagates."""
     found: list[ast.For] = []
     for loop in ctx.flow.nodes(ast.For):
         it = loop.iter
@@ -141,7 +143,8 @@ def _micro_step_loops(ctx: ModuleContext) -> list[ast.For]:
             [],
         )
         after = block[block.index(loop) + 1 :] if block else []
-        if after and direct_effects(after).step:
+        stepping = next((i for i, stmt in enumerate(after) if direct_effects([stmt]).step), None)
+        if stepping is not None and not direct_effects(after[:stepping]).zero_grad:
             found.append(loop)
     return found
 
