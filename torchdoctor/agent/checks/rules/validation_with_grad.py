@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -62,7 +63,8 @@ class ValidationWithGrad(Rule):
     helper every call of which already runs under `no_grad`, a `predict` method whose output
     a function of the module back-propagates (the forward under another name), a helper
     that also back-propagates (a `run_epoch` shared by training and validation), one-off
-    forwards (a shape check) outside any loop.
+    forwards (a shape check) outside any loop, evaluations that differentiate with
+    `torch.autograd.grad` (a PGD attack measuring robust accuracy).
 
     Why it matters: autograd records every operation and keeps the activations alive for a
     backward pass that never comes: evaluation uses several times the memory it needs and
@@ -160,7 +162,8 @@ class ValidationWithGrad(Rule):
                 continue
             if function is not None and not _repeated(ctx, call, function):
                 continue
-            return None if ctx.loops.backpropagates(body) else call
+            needs_grad = ctx.loops.backpropagates(body) or _input_gradients(ctx, body)
+            return None if needs_grad else call
         return None
 
     def _report(self, ctx: ModuleContext, call: ast.Call, reported: set[int]) -> None:
@@ -212,6 +215,21 @@ def _evaluation_script(ctx: ModuleContext) -> bool:
     if name.startswith("test_") or not _EVALUATION_SCRIPT.match(name):
         return False
     return "backward" not in ctx.source and ".step(" not in ctx.source
+
+
+def _input_gradients(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
+    """`body` differentiates with `torch.autograd.grad` (a PGD attack in a robust-accuracy
+    evaluation: the forward needs autograd for the input's gradient)."""
+    if "autograd.grad" not in ctx.source:
+        return False
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "grad"
+        and identifier(node.func.value).endswith("autograd")
+        for stmt in body
+        for node in walk_tree(stmt)
+    )
 
 
 def _trained_through(ctx: ModuleContext, fn: FunctionNode) -> bool:
