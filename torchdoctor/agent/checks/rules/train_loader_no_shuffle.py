@@ -8,10 +8,10 @@ import re
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import callee_symbol, module_name, star_modules
-from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
+from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS, TRAINING_STEP_METHODS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -28,6 +28,9 @@ class TrainLoaderNoShuffle(Rule):
     datasets are often stored sorted (by class, by date, by length): consecutive batches are
     correlated, the gradient estimate is biased within an epoch, and the model fits the order
     (typically the last classes seen). Accuracy ends lower and varies with the file order.
+
+    A loop that hands each batch to a trainer's step method defined in another file
+    (`trainer.train_step(images, targets)`) trains too.
 
     Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum),
     a sampler of any kind (`DistributedSampler` shuffles), options passed through `**kwargs`
@@ -74,8 +77,7 @@ class TrainLoaderNoShuffle(Rule):
         self._defer_imported_factories(ctx)
         flow = ctx.flow
         reported: set[int] = set()
-        for loop in ctx.loops.training_loops:
-            node = loop.node
+        for node in [*(loop.node for loop in ctx.loops.training_loops), *_delegating_loops(ctx)]:
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
             for source in _iterated_loaders(ctx, node.iter, 0):
@@ -162,6 +164,28 @@ def _same_symbol(imported: str, defined: str) -> bool:
 
 
 _WRAPPERS = frozenset({"enumerate", "tqdm", "iter", "trange"})
+
+
+def _delegating_loops(ctx: ModuleContext) -> list[ast.For]:
+    """Loops whose body hands each batch to a trainer's step method that the module does not
+    define (`losses = train_util.train_step(imgs, boxes, labels)`, the trainer imported from
+    another file): they train though no backward() is in sight."""
+    if not any(name in ctx.source for name in TRAINING_STEP_METHODS):
+        return []
+    local = set(ctx.loops.functions)
+    training = {id(loop.node) for loop in ctx.loops.training_loops}
+    return [
+        loop
+        for loop in ctx.flow.nodes(ast.For)
+        if isinstance(loop, ast.For)
+        and id(loop) not in training
+        and any(
+            isinstance(node, ast.Call)
+            and identifier(node.func) in TRAINING_STEP_METHODS
+            and identifier(node.func) not in local
+            for node in walk_scope(loop.body)
+        )
+    ]
 
 
 def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
