@@ -24,6 +24,7 @@ NEW_RULES: tuple[str, ...] = (
     "clip-grad-order",
     "nll-loss-input",
     "rnn-hidden-not-detached",
+    "buffer-updated-with-graph",
     "inplace-param-update-with-grad",
     "cudnn-benchmark-with-determinism",
     "train-loader-no-shuffle",

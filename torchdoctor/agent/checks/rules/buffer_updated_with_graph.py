@@ -1,0 +1,198 @@
+"""buffer-updated-with-graph: a registered buffer written in forward with autograd on."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.models import Severity
+
+_INPLACE_WRITES = frozenset({"copy_", "add_", "sub_", "mul_", "lerp_", "addcmul_", "set_"})
+_CUTS = frozenset({"detach", "detach_", "item", "tolist", "numpy", "data"})
+
+
+class BufferUpdatedWithGraph(Rule):
+    """Detects a buffer registered with `register_buffer` that a module's forward pass (the
+    `forward` method or a method it calls through `self`) writes with a value computed with
+    autograd on: `self.running_mean = m * self.running_mean + (1 - m) * x.mean(0)`,
+    `self.sv[i][:] = sv` with `sv` from a power iteration over the weight,
+    `self.queue[:, ptr:ptr + n] = keys.T`, `self.ema.copy_(value)`; not under `no_grad()`, in
+    no method decorated with it, and with no `.detach()` / `.data` / `.item()` on the value.
+    Buffers named through a property that returns `getattr(self, name)` for registered
+    names are followed.
+
+    Why it matters: the buffer now holds the value's graph, and the next step's value is
+    built from the buffer: each iteration's graph stays reachable from the module, so memory
+    grows until the run dies (BigGAN's "memory leak in SN code"), or backward() reaches into
+    a freed graph and fails ("Trying to backward through the graph a second time").
+
+    Not reported: writes under `torch.no_grad()` or in a method decorated with it, values
+    detached or turned into numbers, constants and counters (`self.num_batches_tracked += 1`),
+    writes in `__init__`.
+
+    Example:
+        def forward(self, x):
+            if self.training:
+                self.running_mean = 0.9 * self.running_mean + 0.1 * x.mean(0)
+            return (x - self.running_mean) / self.scale
+
+    Fix: update the buffer under `with torch.no_grad():` (or from `value.detach()`).
+    """
+
+    id = "buffer-updated-with-graph"
+    point = 1
+    severity = Severity.HIGH
+    title = "Buffer updated with its autograd graph"
+    items: ClassVar[tuple[str, ...]] = ("1.4",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "register_buffer" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        in_forward = _forward_methods(ctx)
+        for cls in ctx.flow.nodes(ast.ClassDef):
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            buffers = _buffer_attributes(cls)
+            if not buffers:
+                continue
+            for method in cls.body:
+                if not isinstance(method, ast.FunctionDef) or method.name not in in_forward:
+                    continue
+                for write, value in _buffer_writes(method, buffers):
+                    if grad_may_be_off(ctx, write):
+                        continue
+                    if not _carries_graph(ctx, value, method, buffers):
+                        continue
+                    ctx.report(
+                        self,
+                        write,
+                        f"`{ast.unparse(value)}` is written into a registered buffer during "
+                        "the forward pass with autograd on: the buffer keeps this step's "
+                        "graph, and every later step's graph is built on it",
+                    )
+
+
+def _forward_methods(ctx: ModuleContext) -> set[str]:
+    """`forward` and the methods a `forward` of the module calls through `self`,
+    transitively (`F.conv2d(x, self.W_(), ...)` in a spectral-norm layer's forward)."""
+    methods: dict[str, list[ast.FunctionDef]] = {}
+    for cls in ctx.flow.nodes(ast.ClassDef):
+        if isinstance(cls, ast.ClassDef):
+            for fn in cls.body:
+                if isinstance(fn, ast.FunctionDef):
+                    methods.setdefault(fn.name, []).append(fn)
+    found = {"forward"}
+    frontier = ["forward"]
+    while frontier:
+        name = frontier.pop()
+        for fn in methods.get(name, []):
+            for node in walk_scope(fn.body):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and identifier(node.func.value) == "self"
+                    and node.func.attr in methods
+                    and node.func.attr not in found
+                ):
+                    found.add(node.func.attr)
+                    frontier.append(node.func.attr)
+    return found
+
+
+def _buffer_attributes(cls: ast.ClassDef) -> set[str]:
+    """Attributes that hold registered buffers: the literal names `register_buffer` gets,
+    and, when a name is computed (`'sv%d' % i`), the properties returning `getattr(self,
+    ...)`, which hand out those buffers."""
+    literal: set[str] = set()
+    computed = False
+    for node in walk_tree(cls):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "register_buffer"
+            and node.args
+        ):
+            name = node.args[0]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                literal.add(name.value)
+            else:
+                computed = True
+    if computed:
+        for fn in cls.body:
+            if (
+                isinstance(fn, ast.FunctionDef)
+                and any(identifier(d) == "property" for d in fn.decorator_list)
+                and any(
+                    isinstance(n, ast.Call) and identifier(n.func) == "getattr"
+                    for n in walk_tree(fn)
+                )
+            ):
+                literal.add(fn.name)
+    return literal
+
+
+def _buffer_writes(method: ast.FunctionDef, buffers: set[str]) -> list[tuple[ast.AST, ast.expr]]:
+    """(write, value) pairs: `self.b = v`, `self.b[...] = v`, `self.b += v`,
+    `self.b.copy_(v)`."""
+    found: list[tuple[ast.AST, ast.expr]] = []
+    for node in walk_scope(method.body):
+        if isinstance(node, ast.Assign):
+            if any(_buffer_of(t, buffers) for t in node.targets):
+                found.append((node, node.value))
+        elif isinstance(node, ast.AugAssign) and _buffer_of(node.target, buffers):
+            found.append((node, node.value))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _INPLACE_WRITES
+            and _buffer_of(node.func.value, buffers)
+        ):
+            found.extend((node, arg) for arg in node.args)
+    return found
+
+
+def _buffer_of(target: ast.expr, buffers: set[str]) -> bool:
+    """`self.b`, `self.b[i]`, `self.b[i][:]` for a buffer attribute `b`."""
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    return (
+        isinstance(target, ast.Attribute)
+        and identifier(target.value) == "self"
+        and target.attr in buffers
+    )
+
+
+def _carries_graph(
+    ctx: ModuleContext, value: ast.expr, method: ast.FunctionDef, buffers: set[str]
+) -> bool:
+    """The value is computed from the method's inputs or from the module's other attributes
+    (its parameters: `self.weight`), through local names, and nothing on the way cuts the
+    graph; a value made of constants, factories and the buffers themselves holds none."""
+    params = {a.arg for a in [*method.args.args, *method.args.kwonlyargs]} - {"self"}
+    frontier: list[ast.expr] = [value]
+    seen: set[str] = set()
+    computed = False
+    while frontier and len(seen) < 32:
+        expr = frontier.pop()
+        for node in walk_tree(expr):
+            if isinstance(node, ast.Attribute) and node.attr in _CUTS:
+                return False
+            if (
+                isinstance(node, ast.Attribute)
+                and identifier(node.value) == "self"
+                and node.attr not in buffers
+                and not isinstance(ctx.parents.get(node), ast.Call)
+            ):
+                computed = True  # `self.weight`, not a method call `self.f(...)`
+            if isinstance(node, ast.Name) and node.id not in seen:
+                seen.add(node.id)
+                computed = computed or node.id in params
+                frontier.extend(ctx.flow.definitions(node))
+    return computed
