@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
@@ -175,6 +176,10 @@ def _carries_graph(
     """The value is computed from the method's inputs or from the module's other attributes
     (its parameters: `self.weight`), through local names, and nothing on the way cuts the
     graph; a value made of constants, factories and the buffers themselves holds none."""
+    if isinstance(value, ast.Call):
+        qual = ctx.flow.qualname_of(value) or ""
+        if qual.startswith("torch.") and qual.split(".", 1)[1] in NON_GRAD_TORCH:
+            return False  # `torch.bincount(x)`, `torch.argmax(...)`: integers, no graph
     params = {a.arg for a in [*method.args.args, *method.args.kwonlyargs]} - {"self"}
     frontier: list[ast.expr] = [value]
     seen: set[str] = set()
