@@ -25,6 +25,7 @@ NEW_RULES: tuple[str, ...] = (
     "nll-loss-input",
     "rnn-hidden-not-detached",
     "buffer-updated-with-graph",
+    "epoch-metric-not-reset",
     "inplace-param-update-with-grad",
     "cudnn-benchmark-with-determinism",
     "train-loader-no-shuffle",
