@@ -53,6 +53,8 @@ TENSOR_FACTORIES = _names("tensor_factories")
 DETERMINISTIC_REQUESTS = _names("deterministic_requests")
 ENVIRONMENT_HINTS = tuple(sorted(_names("environment_hints")))
 ENVIRONMENT_STEPS = _names("environment_steps")
+# Layers that hold no parameters (`nn.Dropout`, `nn.ReLU`, `nn.MaxPool2d`; not `nn.PReLU`).
+PARAMETER_FREE_LAYERS = _names("parameter_free_layers")
 # Methods that run one training step of a trainer object, often defined in another file
 # (`losses = train_util.train_step(imgs, boxes, labels)`): the loop calling them trains.
 TRAINING_STEP_METHODS = _names("training_step_methods")

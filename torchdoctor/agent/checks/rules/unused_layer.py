@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import PARAMETER_FREE_LAYERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import (
@@ -26,7 +27,8 @@ class UnusedLayer(Rule):
     Why it matters: the layer's parameters are allocated, saved, moved to the device and handed
     to the optimizer, but receive no gradient: wasted memory, a misleading parameter count,
     and DistributedDataParallel fails unless `find_unused_parameters=True`. Often it is a sign
-    that `forward` skips a layer the author meant to use.
+    that `forward` skips a layer the author meant to use; a parameter-free one (`nn.Dropout`,
+    an activation, a pooling layer) means its regularisation or non-linearity never happens.
 
     Example:
         def __init__(self):
@@ -80,11 +82,15 @@ class UnusedLayer(Rule):
                 if read is None:
                     read = _attributes_read(ctx)
                 if target.attr not in read:
+                    effect = (
+                        f"the {layer} it stands for is never applied"
+                        if layer in PARAMETER_FREE_LAYERS
+                        else "its parameters are allocated and trained for nothing"
+                    )
                     ctx.report(
                         self,
                         stmt,
-                        f"`self.{target.attr}` ({layer}) is created but never used: its "
-                        "parameters are allocated and trained for nothing",
+                        f"`self.{target.attr}` ({layer}) is created but never used: {effect}",
                     )
 
 
