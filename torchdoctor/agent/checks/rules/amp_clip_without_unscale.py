@@ -19,7 +19,9 @@ _CLIP = frozenset(
 class AmpClipWithoutUnscale(Rule):
     """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`) preceded, on its
     path, by the backward of a `GradScaler`-scaled loss (`scaler.scale(loss).backward()`) but
-    not by `scaler.unscale_(optimizer)`. Clipping in a branch without AMP is not reported.
+    not by `scaler.unscale_(optimizer)`, or followed by `scaler.step(optimizer)` in the same
+    function (an `update()` method of a trainer whose backward runs elsewhere: the gradients
+    that step receives were scaled). Clipping in a branch without AMP is not reported.
 
     Why it matters: with AMP the gradients are multiplied by the loss scale (65536 by
     default) until `scaler.step` unscales them. Clipping the scaled gradients to a norm of
@@ -46,9 +48,10 @@ class AmpClipWithoutUnscale(Rule):
         if "clip_grad" not in ctx.source or ".scale(" not in ctx.source:
             return
         for call in ctx.flow.calls_named(_CLIP):
-            if _preceded_by(ctx, call, _is_scaled_backward) and not _preceded_by(
-                ctx, call, _is_unscale
-            ):
+            scaled = _preceded_by(ctx, call, _is_scaled_backward) or _followed_by(
+                ctx, call, _is_scaler_step
+            )
+            if scaled and not _preceded_by(ctx, call, _is_unscale):
                 ctx.report(
                     self,
                     call,
@@ -72,6 +75,33 @@ def _preceded_by(ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Cal
             return False
         current = parent
     return False
+
+
+def _followed_by(ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Call], bool]) -> bool:
+    """Whether a later sibling of `node` or of an enclosing statement, within its function,
+    makes such a call."""
+    current = node
+    for parent in ctx.ancestors(node):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(parent, field, None)
+            if isinstance(block, list) and current in block:
+                later = block[block.index(current) + 1 :]
+                if any(isinstance(n, ast.Call) and predicate(n) for n in walk_scope(later)):
+                    return True
+        if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        current = parent
+    return False
+
+
+def _is_scaler_step(call: ast.Call) -> bool:
+    """`scaler.step(optimizer)`: the gradients it receives were scaled by that scaler."""
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "step"
+        and "scaler" in identifier(func.value).lower()
+    )
 
 
 def _is_unscale(call: ast.Call) -> bool:
