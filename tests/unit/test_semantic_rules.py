@@ -26,6 +26,7 @@ NEW_RULES: tuple[str, ...] = (
     "rnn-hidden-not-detached",
     "buffer-updated-with-graph",
     "epoch-metric-not-reset",
+    "batch-scheduler-per-epoch",
     "inplace-param-update-with-grad",
     "cudnn-benchmark-with-determinism",
     "train-loader-no-shuffle",
