@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from pydantic import BaseModel, ConfigDict
+
+from torchdoctor.agent.checks.analysis.project import callee_symbol, module_name
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import identifier, kwarg
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.rules.scheduler_before_optimizer import is_scheduler_step
@@ -27,6 +30,26 @@ _PERIODS: dict[str, tuple[str, int]] = {
 # `num_training_steps`, `args.total_iters`.
 _BATCH_WORDS = re.compile(r"loader|batches|iters|iterations|steps", re.IGNORECASE)
 _GATE = ("OneCycleLR", "CosineAnnealing", "StepLR", "LinearLR", "PolynomialLR")
+_RETURNS = "batch-scheduler-per-epoch:returns"
+_STEPS = "batch-scheduler-per-epoch:steps"
+
+
+class ReturnedScheduler(BaseModel):
+    """A function returning a batch-sized scheduler (alone or at `position` of a tuple)."""
+
+    model_config = ConfigDict(extra="forbid")
+    symbol: str
+    position: int | None = None
+    period: str
+
+
+class StepOfImported(BaseModel):
+    """A once-per-epoch step of a scheduler another file's function returned."""
+
+    model_config = ConfigDict(extra="forbid")
+    symbol: str
+    position: int | None = None
+    finding: RawFinding
 
 
 class BatchSchedulerPerEpoch(Rule):
@@ -36,6 +59,8 @@ class BatchSchedulerPerEpoch(Rule):
     `total_steps` computed from the loader, or a `CosineAnnealingLR` / `StepLR` /
     `MultiStepLR` / `LinearLR` / `PolynomialLR` whose period mentions the loader's length or a
     count of steps or iterations (`T_max=len(train_loader) * epochs`, `num_training_steps`).
+    The scheduler may come from a function of another project file that returns it
+    (SimCLR's `model, optimizer, scheduler = load_model(args, train_loader)`).
 
     Why it matters: these schedulers count `step()` calls. Sized for every batch but stepped
     once per epoch, the schedule advances len(loader) times too slowly: a one-cycle warm-up
@@ -43,8 +68,8 @@ class BatchSchedulerPerEpoch(Rule):
     with the LR it started with.
 
     Not reported: steps inside the batch loop, steps with an argument (`step(epoch)`,
-    `step(metric)`), periods written in epochs (`T_max=args.epochs`), schedulers defined in
-    another file (their period is not known here).
+    `step(metric)`), periods written in epochs (`T_max=args.epochs`), schedulers from
+    libraries or from another file's classes (their period is not known).
 
     Example:
         scheduler = OneCycleLR(optimizer, max_lr=0.1, epochs=epochs,
@@ -67,9 +92,11 @@ class BatchSchedulerPerEpoch(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source
-        return ".step(" in text and any(name in text for name in _GATE)
+        return ".step(" in text and (any(name in text for name in _GATE) or "sched" in text)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if any(name in ctx.source for name in _GATE) and "return" in ctx.source:
+            _publish_returns(ctx)
         if not self.applies(ctx):
             return
         training = {id(loop.node) for loop in ctx.loops.training_loops}
@@ -80,17 +107,96 @@ class BatchSchedulerPerEpoch(Rule):
             loop = _innermost_loop(ctx, node)
             if loop is None or id(loop) in training or not ctx.loops.trains(loop.body):
                 continue  # per batch, or not in a loop that trains through an inner one
-            period = _batch_period(ctx, node.func.value)
-            if period is None:
+            receiver = node.func.value
+            period = _batch_period(ctx, receiver)
+            if period is not None:
+                ctx.report(self, node, _message(receiver, period, loop))
                 continue
-            ctx.report(
-                self,
-                node,
-                f"`{ast.unparse(node.func.value)}` is sized in batches ({period}) but steps "
-                f"once per pass of the loop of line {loop.lineno}: the schedule advances "
-                "len(loader) times too slowly; step it after every optimizer step",
-                data={"loop_line": loop.lineno},
-            )
+            source = _returned_by_another_file(ctx, receiver)
+            found = ctx.finding(self, node, _message(receiver, "{period}", loop))
+            if source is not None and found is not None:
+                symbol, position = source
+                step = StepOfImported(symbol=symbol, position=position, finding=found)
+                ctx.facts.setdefault(_STEPS, []).append(step.model_dump())
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        returned = [
+            ReturnedScheduler.model_validate(r) for f in facts.values() for r in f.get(_RETURNS, [])
+        ]
+        found: list[RawFinding] = []
+        for module_facts in facts.values():
+            for raw in module_facts.get(_STEPS, []):
+                step = StepOfImported.model_validate(raw)
+                period = next(
+                    (
+                        r.period
+                        for r in returned
+                        if r.position == step.position and _same_symbol(step.symbol, r.symbol)
+                    ),
+                    None,
+                )
+                if period is not None:
+                    message = step.finding.message.replace("{period}", period)
+                    found.append(step.finding.model_copy(update={"message": message}))
+        return found
+
+
+def _message(receiver: ast.expr, period: str, loop: ast.For | ast.While) -> str:
+    return (
+        f"`{ast.unparse(receiver)}` is sized in batches ({period}) but steps once per pass of "
+        f"the loop of line {loop.lineno}: the schedule advances len(loader) times too slowly; "
+        "step it after every optimizer step"
+    )
+
+
+def _same_symbol(imported: str, defined: str) -> bool:
+    """`model.load_model` imported, `model.load_model` or `src.model.load_model` defined."""
+    return imported == defined or defined.endswith("." + imported)
+
+
+def _publish_returns(ctx: ModuleContext) -> None:
+    """Record the module's top-level functions that return a batch-sized scheduler
+    (`return model, optimizer, scheduler` in SimCLR's `load_model`)."""
+    found: list[dict[str, Any]] = []
+    for fn in ctx.tree.body:
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in walk_tree(fn):
+            if not isinstance(node, ast.Return) or node.value is None:
+                continue
+            parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            for position, part in enumerate(parts):
+                period = _batch_period(ctx, part) if isinstance(part, ast.Name) else None
+                if period is not None:
+                    entry = ReturnedScheduler(
+                        symbol=f"{module_name(ctx.path)}.{fn.name}",
+                        position=position if isinstance(node.value, ast.Tuple) else None,
+                        period=period,
+                    )
+                    found.append(entry.model_dump())
+    if found:
+        ctx.facts[_RETURNS] = found
+
+
+def _returned_by_another_file(
+    ctx: ModuleContext, receiver: ast.expr
+) -> tuple[str, int | None] | None:
+    """(imported function, tuple position) when `receiver` is bound to what a function of
+    another project file returns (`model, optimizer, scheduler = load_model(args, loader)`)."""
+    if not isinstance(receiver, ast.Name):
+        return None
+    for value, position, _ in ctx.flow.unpackings(receiver):
+        if isinstance(value, ast.Call):
+            symbol = callee_symbol(ctx, value.func)
+            if symbol is not None:
+                return symbol, position
+    for value in ctx.flow.definitions(receiver):
+        if isinstance(value, ast.Call):
+            symbol = callee_symbol(ctx, value.func)
+            if symbol is not None:
+                return symbol, None
+    return None
 
 
 def _innermost_loop(ctx: ModuleContext, node: ast.AST) -> ast.For | ast.While | None:
