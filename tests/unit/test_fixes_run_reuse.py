@@ -85,3 +85,23 @@ def test_other_code_or_another_call_runs_again(runs: _Runs, tmp_path: Path) -> N
     longer.steps = 4
     longer._smoke_run(_tree(tmp_path / "same-longer", BOTH), ["train.py"], SPEC)
     assert runs.calls == 4
+
+
+def test_the_combined_check_of_a_seeding_fix_reuses_its_unseeded_pair(
+    runs: _Runs, tmp_path: Path
+) -> None:
+    on_copy = _verifier(tmp_path / "copy", copy_texts={"train.py": EARLIER})
+    patched = _tree(tmp_path / "patched", BOTH)
+    seeded = on_copy._smoke_run(patched, ["train.py"], SPEC)
+    first = on_copy._with_unseeded_repeat(patched, ["train.py"], SPEC, seeded)
+    assert runs.calls == 3 and first.losses == [2.0] and first.signals["repeat_losses"] == [3.0]
+    combined = _verifier(tmp_path / "original", known_runs=on_copy.patched_runs)
+    merged = _tree(tmp_path / "merged", BOTH)
+    again = combined._with_unseeded_repeat(
+        merged, ["train.py"], SPEC, combined._smoke_run(merged, ["train.py"], SPEC)
+    )
+    assert runs.calls == 3 and again == first
+    other = _verifier(tmp_path / "other", known_runs=on_copy.patched_runs)
+    moved = _tree(tmp_path / "moved", EARLIER)
+    other._with_unseeded_repeat(moved, ["train.py"], SPEC, seeded)
+    assert runs.calls == 5, "other code repeats afresh"

@@ -196,7 +196,8 @@ class AuditState(TypedDict, total=False):
     """working-copy digest -> the seeded run of that copy (made once)."""
     fix_runs: Annotated[dict[str, SmokeRun], merge_dict]
     """`verify.run_key` -> the patched run of a verified fix or of a combination: a combined
-    check of the same code and call reuses it (one seeded run per code, not two)."""
+    check of the same code and call reuses it (one seeded run per code, not two), and the
+    unseeded pair a seeding fix is judged on (`run_key` + `verify.UNSEEDED`)."""
     working_copy: Annotated[dict[str, str], merge_dict]
     """path -> text, for the files the adopted fixes changed."""
     gates: Annotated[list[GateDecision], operator.add]

@@ -47,6 +47,10 @@ NO_RUN = "no smoke run: pass --run"
 FINISH_STEPS = 1_000_000
 """Harness steps of a run left to finish: more than any run command asks for, so the script
 ends by itself (the run's time budget still bounds it)."""
+REPEAT = "repeat_losses"
+"""The signal that carries the second unseeded run's losses (a seeding fix's symptom)."""
+UNSEEDED = ":unseeded"
+"""Appended to a `run_key`: the unseeded pair of runs of that code and call."""
 Symptom = Callable[[SmokeRun, SmokeRun], tuple[bool, str]]
 _WS = re.compile(r"\s+")
 
@@ -119,7 +123,8 @@ class Verifier:
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
         self.patched_runs: dict[str, SmokeRun] = {}
-        """The smoke run of each patch `verify` ran (or reused), by `run_key`."""
+        """The smoke run of each patch `verify` ran (or reused), by `run_key`, and its unseeded
+        pair (`run_key` + `UNSEEDED`) when the fix is judged on one."""
 
     # --- the pipeline ---------------------------------------------------------------------
 
@@ -153,25 +158,30 @@ class Verifier:
             if not steps[-1].ok:
                 return steps
             if spec.unseeded_repeat:
-                after = self._with_unseeded_repeat(copy, after)
+                after = self._with_unseeded_repeat(copy, touched, spec, after)
             steps.append(self._behaviour(after, spec))
             if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
                 steps.append(self._speed(copy, after, spec))
         return steps
 
-    def _smoke_run(self, copy: Path, touched: list[str], spec: FixSpec) -> SmokeRun:
-        """The patched copy's seeded run, tracing the touched files; reused when this audit
-        already ran the same code with the same call (the fixes adopted so far plus one new
-        fix are the code that fix was verified on: their combined check is that run again)."""
-        assert self.runner is not None and self.run_command is not None
+    def _run_key(self, copy: Path, touched: list[str], spec: FixSpec) -> str:
+        """The `run_key` of the patched copy's seeded run."""
+        assert self.run_command is not None
         patched = {p: (copy / p).read_text(encoding="utf-8") for p in touched}
-        key = run_key(
+        return run_key(
             {**self.copy_texts, **patched},
             self.run_command,
             self.steps,
             touched,
             spec.extra_memory_mb,
         )
+
+    def _smoke_run(self, copy: Path, touched: list[str], spec: FixSpec) -> SmokeRun:
+        """The patched copy's seeded run, tracing the touched files; reused when this audit
+        already ran the same code with the same call (the fixes adopted so far plus one new
+        fix are the code that fix was verified on: their combined check is that run again)."""
+        assert self.runner is not None and self.run_command is not None
+        key = self._run_key(copy, touched, spec)
         run = self.known_runs.get(key)
         if run is None:
             run = smoke_run(
@@ -399,13 +409,22 @@ class Verifier:
             f"{_energy(self.baseline(), after)}{_host_memory(self.baseline(), after)}",
         )
 
-    def _with_unseeded_repeat(self, copy: Path, after: SmokeRun) -> SmokeRun:
-        """Two runs without the harness's seed: only the script's own seeding can match them."""
+    def _with_unseeded_repeat(
+        self, copy: Path, touched: list[str], spec: FixSpec, after: SmokeRun
+    ) -> SmokeRun:
+        """Two runs without the harness's seed: only the script's own seeding can match them.
+        Like the seeded run, the pair is made once per code and call in an audit (the combined
+        check of a seeding fix with the fixes adopted before it repeats that fix's code)."""
         assert self.runner is not None and self.run_command is not None
-        first = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
-        second = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
-        signals = {**after.signals, "repeat_losses": second.losses}
-        return first.model_copy(update={"signals": signals})
+        repeat_key = self._run_key(copy, touched, spec) + UNSEEDED
+        pair = self.known_runs.get(repeat_key)
+        if pair is None:
+            first = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
+            second = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
+            pair = first.model_copy(update={"signals": {REPEAT: second.losses}})
+        self.patched_runs[repeat_key] = pair
+        signals = {**after.signals, REPEAT: pair.signals[REPEAT]}
+        return pair.model_copy(update={"signals": signals})
 
     def original_findings(self, config: EngineConfig) -> list[RawFinding]:
         if config not in self._original_findings:
