@@ -92,8 +92,8 @@ RAY_MODULES = (
     "tests/cluster/test_cli_on_ray.py",
     "tests/cluster/test_ray_executor.py",
 )
-"""The modules on the session's one Ray cluster (`ray_cluster`): one worker runs them all, so
-the cluster starts once, not on both workers."""
+"""The modules on the one Ray cluster (`ray_cluster`): one worker runs them all, one after
+another, so the cluster starts once, not on both workers, and stops after the last of them."""
 
 
 def work_unit(nodeid: str) -> str:

@@ -14,7 +14,10 @@ from tests.cluster.ray_cluster import RayCluster, RayUnavailable
 GPU_STAND_IN = {"fake_gpu": 1.0}
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: one worker runs the Ray modules one after another (`tests/conftest.py`), and the
+# cluster stops when they are done instead of idling (its daemons poll) through the rest of the
+# worker's session.
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[RayCluster]:
     pytest.importorskip("ray", reason="Ray is not installed (the `ray` extra)")
     cluster = RayCluster()
