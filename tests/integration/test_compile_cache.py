@@ -14,7 +14,7 @@ from torchdoctor.agent.config import RunBudget
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.sandbox.config import get_sandbox
 from torchdoctor.sandbox.models import Job, Outcome
-from torchdoctor.sandbox.shared_cache import compile_cache
+from torchdoctor.sandbox.shared_cache import INDUCTOR_TMP, compile_cache
 
 SCRIPT = """
 import torch
@@ -60,5 +60,8 @@ def test_a_second_compiling_run_reads_the_first_ones_graph(tmp_path: Path) -> No
             result = sandbox.run(plain)
             assert result.outcome is Outcome.OK, result.stderr[-2000:]
             runs.append(result)
+        # Inductor's precompiled C++ headers, kept outside its cache folder, are shared too
+        headers = cache / INDUCTOR_TMP / "precompiled_headers"
+        assert any(headers.glob("*.h")), sorted(p.name for p in (cache / INDUCTOR_TMP).iterdir())
     assert "hits 0" in runs[0].stdout
     assert "hits 1" in runs[1].stdout, runs[1].stdout

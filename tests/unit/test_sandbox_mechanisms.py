@@ -93,3 +93,15 @@ def test_a_shared_cache_is_the_one_writable_bind_beside_the_workspace() -> None:
     assert "/tmp/cc" in _pairs(argv, "--dir")
     unshared = launch_spec(Mechanism.UNSHARE, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
     assert json.loads(unshared.to_json())["writable"] == ["/tmp/cc/td-ws-1-cc-x"]
+
+
+def test_a_jobs_private_tmp_links_inductors_own_folder_into_the_shared_cache() -> None:
+    links = (("/tmp/torchinductor_sandbox", "/tmp/cc/td-ws-1-cc-x/inductor-tmp"),)
+    layout = Layout(PY, ROOTS, True, (), ("/tmp/cc/td-ws-1-cc-x",), links)
+    spec = launch_spec(Mechanism.BWRAP, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
+    argv = command(Mechanism.BWRAP, layout, spec, 64, ["python", "train.py"])
+    at = argv.index("--symlink", argv.index("/dev/shm"))  # after the private /tmp is made
+    assert argv[at : at + 3] == ["--symlink", links[0][1], links[0][0]]
+    assert json.loads(spec.to_json())["links"] == []  # bwrap makes it, not the launcher
+    unshared = launch_spec(Mechanism.UNSHARE, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
+    assert json.loads(unshared.to_json())["links"] == [list(links[0])]

@@ -34,7 +34,7 @@ from torchdoctor.sandbox.lifeline import die_with_parent
 from torchdoctor.sandbox.mechanisms import Layout, Mechanism, command, gpu_device_nodes, launch_spec
 from torchdoctor.sandbox.outcome import Outcome, Stop, classify
 from torchdoctor.sandbox.processes import JobIdentity, cpu_seconds, job_pids, resident_mb, sweep
-from torchdoctor.sandbox.shared_cache import prepare_cache
+from torchdoctor.sandbox.shared_cache import prepare_cache, tmp_links
 from torchdoctor.sandbox.workspace import (
     hand_over,
     kernel_quota,
@@ -284,7 +284,14 @@ class LocalRunner:
     ) -> RunReport:
         nodes = gpu_device_nodes() if gpu else ()
         writable = (str(cache),) if cache is not None else ()
-        layout = Layout(self.layout.python, self.layout.read_only, self.privileged, nodes, writable)
+        tmpdir = self._tmpdir(mechanism, workspace, uid)
+        links = tmp_links(cache, tmpdir)
+        if mechanism is Mechanism.RLIMITS:  # its temporary folder is the host's, made here
+            for link, target in links:
+                os.symlink(target, link)
+        layout = Layout(
+            self.layout.python, self.layout.read_only, self.privileged, nodes, writable, links
+        )
         rlimits = self.rlimits(limits, gpu)
         spec = launch_spec(mechanism, layout, str(workspace), uid, rlimits, limits.disk_mb)
         report = RunReport(mechanism, uid, nodes, Outcome.SANDBOX_ERROR, "", rlimits=rlimits)
@@ -293,7 +300,7 @@ class LocalRunner:
             requested_env,
             home=str(workspace),
             path=f"{Path(self.python).parent}:/usr/local/bin:/usr/bin:/bin",
-            tmpdir=self._tmpdir(mechanism, workspace, uid),
+            tmpdir=tmpdir,
         )
         watch = _Watch()
         cgroup = JobCgroup.create(limits.memory_mb, limits.processes)

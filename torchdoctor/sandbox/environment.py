@@ -26,6 +26,9 @@ INHERITED = frozenset(
     }
 )
 
+JOB_USER = "sandbox"
+"""The user name every job sees (USER, LOGNAME)."""
+
 
 def job_environment(
     host: Mapping[str, str],
@@ -43,8 +46,8 @@ def job_environment(
             "PATH": path,
             "HOME": home,
             "TMPDIR": tmpdir,
-            "USER": "sandbox",
-            "LOGNAME": "sandbox",
+            "USER": JOB_USER,
+            "LOGNAME": JOB_USER,
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONNOUSERSITE": "1",

@@ -151,6 +151,8 @@ def launch(spec: dict[str, Any], argv: list[str]) -> None:
             list(spec.get("masked_sockets", [])),
             tuple(spec.get("writable", [])),
         )
+        for link, target in spec.get("links", []):
+            os.symlink(target, link)  # in the fresh /tmp, as root: the job cannot replace it
     if spec.get("init"):
         child = os.fork()
         if child:

@@ -61,6 +61,8 @@ class Layout:
     gpu_nodes: tuple[str, ...] = field(default_factory=tuple)
     writable: tuple[str, ...] = field(default_factory=tuple)
     """Folders beside the workspace the job may write (a shared compiler cache)."""
+    links: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    """Symbolic links (path, target) made in the job's private /tmp (`shared_cache.tmp_links`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class LaunchSpec:
     writable: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
     masked_sockets: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -90,6 +93,7 @@ class LaunchSpec:
                 "writable": list(self.writable),
                 "hide": list(self.hide),
                 "masked_sockets": list(self.masked_sockets),
+                "links": [list(link) for link in self.links],
             }
         )
 
@@ -128,6 +132,7 @@ def launch_spec(
         writable=layout.writable if unshared else (),
         hide=HIDDEN_DIRS if unshared else (),
         masked_sockets=host_socket_paths() if unshared else (),
+        links=layout.links if unshared else (),
     )
 
 
@@ -188,6 +193,8 @@ def _bwrap(layout: Layout, workspace: str, tmp_mb: int) -> list[str]:
     args += ["--proc", "/proc", "--dev", "/dev"]
     for scratch in ("/tmp", "/dev/shm"):
         args += ["--perms", "1777", "--size", str(tmp_mb * 2**20), "--tmpfs", scratch]
+    for link, target in layout.links:
+        args += ["--symlink", target, link]
     for ancestor in _ancestors([*layout.read_only, *layout.writable, workspace]):
         args += ["--perms", "0755", "--dir", ancestor]
     for root in layout.read_only:

@@ -22,9 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from torchdoctor.sandbox.environment import JOB_USER
 from torchdoctor.sandbox.workspace import hand_over, remove_workspace, tree_usage
 
 ENV_NAMES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+INDUCTOR_TMP = "inductor-tmp"
+"""Inductor's folder under the job's temporary folder (`$TMPDIR/torchinductor_<user>`), which
+TORCHINDUCTOR_CACHE_DIR does not move: its precompiled C++ headers (8 CPU-s to build for CPU
+kernels) live there. Each job's private temporary folder links it into the cache
+(`tmp_links`), so the audit's later jobs read the first one's headers."""
 
 
 def cache_root() -> Path:
@@ -70,6 +76,15 @@ def prepare_cache(folder: Path, uid: int | None, cap_mb: int) -> Path | None:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     os.unlink(entry.path)
+    (folder / INDUCTOR_TMP).mkdir(exist_ok=True)
     if uid is not None:
         hand_over(folder, uid, uid)
     return folder
+
+
+def tmp_links(folder: Path | None, tmpdir: str) -> tuple[tuple[str, str], ...]:
+    """The links a job with the cache `folder` gets in its temporary folder `tmpdir` (link,
+    target): Inductor's own folder there points into the cache."""
+    if folder is None:
+        return ()
+    return ((f"{tmpdir}/torchinductor_{JOB_USER}", str(folder / INDUCTOR_TMP)),)
