@@ -175,8 +175,11 @@ def test_global_random_draws_in_workers_are_reported_only_before_torch_1_9() -> 
     assert lines((2, 5)) == []
 
 
-def test_unused_parameter_free_layer_is_said_never_applied() -> None:
-    case = FIXTURES / "unused-layer" / "positive_dropout_never_applied.py"
+@pytest.mark.parametrize(
+    "name", ["positive_dropout_never_applied.py", "positive_loss_modules_never_used.py"]
+)
+def test_unused_parameter_free_layer_is_said_never_applied(name: str) -> None:
+    case = FIXTURES / "unused-layer" / name
     config = EngineConfig(select=frozenset({"unused-layer"}))
     found = analyse_files([(case.name, case.read_text())], config).all_findings()
     messages = [f.message for f in found if f.rule == "unused-layer"]

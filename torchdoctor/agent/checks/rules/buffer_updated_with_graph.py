@@ -60,7 +60,9 @@ class BufferUpdatedWithGraph(Rule):
         for cls in ctx.flow.nodes(ast.ClassDef):
             if not isinstance(cls, ast.ClassDef):
                 continue
-            buffers = _buffer_attributes(cls)
+            # a KV cache (`cache_k`, `kv_cache`) grows during generation, run under no_grad
+            # by its caller; training runs the model with the cache off
+            buffers = {b for b in _buffer_attributes(cls) if "cache" not in b.lower()}
             if not buffers:
                 continue
             for method in cls.body:

@@ -84,7 +84,7 @@ class UnusedLayer(Rule):
                 if target.attr not in read:
                     effect = (
                         f"the {layer} it stands for is never applied"
-                        if layer in PARAMETER_FREE_LAYERS
+                        if layer in PARAMETER_FREE_LAYERS or layer.endswith("Loss")
                         else "its parameters are allocated and trained for nothing"
                     )
                     ctx.report(
