@@ -14,6 +14,7 @@ from torchdoctor.agent.models import Severity
 
 _INPLACE_WRITES = frozenset({"copy_", "add_", "sub_", "mul_", "lerp_", "addcmul_", "set_"})
 _CUTS = frozenset({"detach", "detach_", "item", "tolist", "numpy", "data"})
+_METADATA = frozenset({"device", "dtype", "shape", "ndim", "is_cuda", "requires_grad"})
 
 
 class BufferUpdatedWithGraph(Rule):
@@ -188,7 +189,15 @@ def _carries_graph(
     computed = False
     while frontier and len(seen) < 32:
         expr = frontier.pop()
+        # `h.device`, `x.shape[0]`: metadata of a tensor, never its graph
+        metadata = {
+            id(node.value)
+            for node in walk_tree(expr)
+            if isinstance(node, ast.Attribute) and node.attr in _METADATA
+        }
         for node in walk_tree(expr):
+            if id(node) in metadata:
+                continue
             if isinstance(node, ast.Attribute) and node.attr in _CUTS:
                 return False
             if (
@@ -201,5 +210,7 @@ def _carries_graph(
             if isinstance(node, ast.Name) and node.id not in seen:
                 seen.add(node.id)
                 computed = computed or node.id in params
-                frontier.extend(ctx.flow.definitions(node))
+                frontier.extend(  # a value bound under no_grad holds no graph (a teacher's)
+                    d for d in ctx.flow.definitions(node) if not ctx.flow.grad_disabled_at(d)
+                )
     return computed
