@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torchdoctor.sandbox.core import LocalRunner
 from torchdoctor.sandbox.mechanisms import (
     Layout,
     Mechanism,
@@ -105,3 +106,22 @@ def test_a_jobs_private_tmp_links_inductors_own_folder_into_the_shared_cache() -
     assert json.loads(spec.to_json())["links"] == []  # bwrap makes it, not the launcher
     unshared = launch_spec(Mechanism.UNSHARE, layout, "/runs/ws-1", 201234, {"CPU": 5}, 64)
     assert json.loads(unshared.to_json())["links"] == [list(links[0])]
+
+
+def test_a_bare_rlimits_jobs_temporary_folder_is_never_a_link_out_of_the_workspace(
+    tmp_path: Path,
+) -> None:
+    """A job that replaced the workspace's `.tmp` with a link (or a file) between runs does
+    not make the next run's host-side set-up write outside the workspace."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / ".tmp").symlink_to(outside)
+    made = LocalRunner._tmpdir(Mechanism.RLIMITS, workspace, None)
+    assert Path(made) == workspace / ".tmp"
+    assert not Path(made).is_symlink() and Path(made).is_dir()
+    (workspace / ".tmp").rmdir()
+    (workspace / ".tmp").write_text("planted")
+    assert Path(LocalRunner._tmpdir(Mechanism.RLIMITS, workspace, None)).is_dir()
+    assert list(outside.iterdir()) == []

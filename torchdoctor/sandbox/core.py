@@ -288,7 +288,8 @@ class LocalRunner:
         links = tmp_links(cache, tmpdir)
         if mechanism is Mechanism.RLIMITS:  # its temporary folder is the host's, made here
             for link, target in links:
-                os.symlink(target, link)
+                if not os.path.lexists(link):  # an earlier job's entry: it just rebuilds
+                    os.symlink(target, link)
         layout = Layout(
             self.layout.python, self.layout.read_only, self.privileged, nodes, writable, links
         )
@@ -394,9 +395,11 @@ class LocalRunner:
         if mechanism is not Mechanism.RLIMITS:
             return "/tmp"
         private = workspace / ".tmp"
+        if private.is_symlink() or (private.exists() and not private.is_dir()):
+            private.unlink()  # a job's link or file there must not send the host out of the tree
         private.mkdir(exist_ok=True)
         if uid is not None:
-            os.chown(private, uid, uid)
+            os.chown(private, uid, uid, follow_symlinks=False)
         return str(private)
 
 
