@@ -63,30 +63,26 @@ class AmpClipWithoutUnscale(Rule):
 def _preceded_by(ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Call], bool]) -> bool:
     """Whether a statement that runs before `node` on every path to it (an earlier sibling
     of `node` or of one of its enclosing statements, within its function) makes such a call."""
-    current = node
-    for parent in ctx.ancestors(node):
-        for field in ("body", "orelse", "finalbody"):
-            block = getattr(parent, field, None)
-            if isinstance(block, list) and current in block:
-                earlier = block[: block.index(current)]
-                if any(isinstance(n, ast.Call) and predicate(n) for n in walk_scope(earlier)):
-                    return True
-        if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            return False
-        current = parent
-    return False
+    return _sibling_calls(ctx, node, predicate, later=False)
 
 
 def _followed_by(ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Call], bool]) -> bool:
     """Whether a later sibling of `node` or of an enclosing statement, within its function,
     makes such a call."""
+    return _sibling_calls(ctx, node, predicate, later=True)
+
+
+def _sibling_calls(
+    ctx: ModuleContext, node: ast.AST, predicate: Callable[[ast.Call], bool], later: bool
+) -> bool:
     current = node
     for parent in ctx.ancestors(node):
         for field in ("body", "orelse", "finalbody"):
             block = getattr(parent, field, None)
             if isinstance(block, list) and current in block:
-                later = block[block.index(current) + 1 :]
-                if any(isinstance(n, ast.Call) and predicate(n) for n in walk_scope(later)):
+                index = block.index(current)
+                siblings = block[index + 1 :] if later else block[:index]
+                if any(isinstance(n, ast.Call) and predicate(n) for n in walk_scope(siblings)):
                     return True
         if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             return False
