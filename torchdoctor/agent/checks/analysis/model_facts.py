@@ -20,6 +20,7 @@ from torchdoctor.agent.checks.loops import nodes_of
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
+_MODULE_ONLY_METHODS = ("parameters", "named_parameters", "named_modules", "children", "modules")
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
     r"transformer)s?$|^(model|net)\d*$",
@@ -55,7 +56,10 @@ class ModelFacts(DefUse):
             return False  # `solver.model()` is a method; only `self.model` is known by name
         name = identifier(expr)
         rebound = isinstance(expr, ast.Name) and self._rebinds_import(expr)
-        if not name or not _MODEL_NAME.search(name):
+        if name and not _MODEL_NAME.search(name):
+            # `self.G.parameters()`: whatever it is called, only a module has those methods
+            return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
+        if not name:
             return False
         if rebound:
             return True
@@ -64,6 +68,20 @@ class ModelFacts(DefUse):
         if self.ctx.qualname(expr) is not None:
             return False
         return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
+
+    @cached_property
+    def _module_receivers(self) -> frozenset[str]:
+        """The text of every `self.x` that a method only `nn.Module`s have is called on
+        (`self.G.parameters()`, `self.D.named_modules()`): StarGAN's `self.G`, built from a
+        class of another file and named like no model."""
+        return frozenset(
+            text
+            for call in self.calls_named(_MODULE_ONLY_METHODS)
+            if isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Attribute)
+            and identifier(call.func.value.value) == "self"
+            and (text := ast.unparse(call.func.value))
+        )
 
     def _own_method(self, attr: ast.Attribute) -> bool:
         """`self.restore_model(...)` in a class that defines `def restore_model`: a method of
