@@ -76,6 +76,21 @@ class RayCluster:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tdray-")))
     port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
+    launchers: list[subprocess.Popen[str]] = field(default_factory=list)
+    """The `ray start` processes: a worker's keeps trying to join a head that failed."""
+    taken: set[int] = field(default_factory=set)
+    """Ports handed out: the kernel may give a port just released to the next free_port(), and
+    Ray refuses to start when two of its components were given the same one."""
+
+    def __post_init__(self) -> None:
+        self.taken.add(self.port)
+
+    def _free_port(self) -> int:
+        port = free_port()
+        while port in self.taken:
+            port = free_port()
+        self.taken.add(port)
+        return port
 
     @property
     def address(self) -> str:
@@ -110,7 +125,7 @@ class RayCluster:
             "--runtime-env-agent-port",
             "--metrics-export-port",
         ]
-        return [f"{name}={free_port()}" for name in names]
+        return [f"{name}={self._free_port()}" for name in names]
 
     def start(self, head_cpus: int, workers: list[tuple[int, dict[str, float]]]) -> None:
         """The head and its workers at once: a worker's `ray start` waits for the head."""
@@ -144,18 +159,20 @@ class RayCluster:
         command += ["--node-ip-address=127.0.0.1", f"--resources={json.dumps(resources or {})}"]
         if head:
             command += ["--head", f"--port={self.port}", "--include-dashboard=false"]
-            command += [f"--dashboard-port={free_port()}", f"--temp-dir={self.temp_dir}"]
+            command += [f"--dashboard-port={self._free_port()}", f"--temp-dir={self.temp_dir}"]
         else:
             command += [f"--address={self.address}"]
         manager_port = int(next(p for p in command if "node-manager-port" in p).split("=")[1])
         self.nodes.append(Node(manager_port, resources))
-        return subprocess.Popen(
+        launcher = subprocess.Popen(
             command,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.launchers.append(launcher)
+        return launcher
 
     def kill_node(self, node: Node) -> None:
         """kill -9 of the node's raylet and its workers, as a lost machine."""
@@ -170,6 +187,10 @@ class RayCluster:
     def stop(self) -> None:
         """Every process of this cluster, by PID: the nodes' families, then anything else
         started with its temporary folder (GCS, monitors), then the folder."""
+        for launcher in self.launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.communicate()
         for node in self.nodes:
             self.kill_node(node)
         marker = str(self.temp_dir)
