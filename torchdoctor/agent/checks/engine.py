@@ -33,6 +33,7 @@ from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.checks.test_scope import outside_tests, production_only
 from torchdoctor.agent.cpus import usable_cpus
 from torchdoctor.agent.escape import one_line
 from torchdoctor.sandbox.lifeline import die_with
@@ -341,7 +342,7 @@ def _analyse(
         note = f"{note}; {said}" if note else f"{said}: the other rules ran"
     return FileResult(
         path=path,
-        findings=stand_down(ctx.findings, source, tree),
+        findings=outside_tests(stand_down(ctx.findings, source, tree), production_only(rule_types)),
         facts=ctx.facts,
         applicable=[a for a in applicable if a not in failed],
         note=note,
@@ -431,6 +432,7 @@ def analyse_files(
         if manifests and rule_type.reads_manifests:
             project_findings.extend(rule_type.check_manifests(manifests))
             project_applicable.append(rule_type.id)
+    project_findings = outside_tests(project_findings, production_only(rule_types))
     return StaticResult(
         files=results,
         project_findings=project_findings,

@@ -22,7 +22,8 @@ the file's place in the project:
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
   `commit`) and to no secret's name: a checksum or a torrent/commit hash is public by nature.
-- bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) inside
+- bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) in a pytest module,
+  which reads back what it wrote (as torchdoctor's own loading rules, `test_scope`); or inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
   allowlist exists only for the weights-only unpickler, so the load is weights-only; or
   without `weights_only` and `pickle_module` in a project whose manifests allow no torch older
@@ -189,6 +190,15 @@ def _loader_in_a_test(path: str) -> str | None:
     return None
 
 
+def _load_in_a_test(path: str) -> str | None:
+    if is_test_module(path):
+        return (
+            "torch.load in a test module: a test reads back the files it wrote, not a "
+            "checkpoint from elsewhere (test_scope)"
+        )
+    return None
+
+
 _BANDIT_WORDS = re.compile(r"pas+wo?r?d|pass(phrase)?|pwd|token|secrete?", re.IGNORECASE)
 _CREDENTIAL_WORDS = re.compile(r"pas+wo?r?d|pass(phrase)?|pwd|secret", re.IGNORECASE)
 _VOCABULARY_TOKEN = re.compile(
@@ -310,6 +320,7 @@ def _reraises_interrupt(handler: ast.ExceptHandler) -> bool:
 _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("torchfix", "TOR401"): _loader_in_a_test,
+    **{key: _load_in_a_test for key in _UNSAFE_LOAD},
 }
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _loader_with_star_kwargs,

@@ -74,7 +74,8 @@ class TorchLoadNoMapLocation(Rule):
 
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
     branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
-    (`io.BytesIO`), projects without a CPU fallback or option (GPU-only scripts).
+    (`io.BytesIO`), a path the same function saved to just before (a state round trip),
+    projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +114,7 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
                 continue
-            if _file_names(call.args[0]) & _saved_on_cpu(ctx):
+            if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
             found = ctx.finding(
                 self,
@@ -165,6 +166,21 @@ def _saved_on_cpu(ctx: ModuleContext) -> set[str]:
                 names |= _file_names(save.args[1])
         memo[""] = names
     return memo[""]  # type: ignore[no-any-return]
+
+
+def _reads_back(ctx: ModuleContext, load: ast.Call) -> bool:
+    """The load reads the path a `torch.save` earlier in the same function wrote (ignite's
+    LR-scheduler simulation saves the optimizer state into a temporary folder, runs, then
+    restores it): the same process wrote it a moment ago, on the devices it runs on."""
+    scope = ctx.enclosing_function(load)
+    path = ast.unparse(load.args[0])
+    for save in ctx.flow.calls_named(("save",)):
+        if len(save.args) < 2 or ctx.flow.qualname_of(save) != "torch.save":
+            continue
+        before = (save.lineno, save.col_offset) < (load.lineno, load.col_offset)
+        if before and ast.unparse(save.args[1]) == path and ctx.enclosing_function(save) is scope:
+            return True
+    return False
 
 
 def _cpu_flag(source: str) -> bool:

@@ -1,0 +1,111 @@
+"""Production-only rules stand down in pytest modules; a state round trip through a temporary
+file needs no map_location. Shapes from pytorch/ignite: its metric tests build inputs on the
+CPU and move them (`torch.rand(n).to(device)`), its checkpoint tests read back the file the
+handler just wrote, and its LR-scheduler simulation saves and restores the optimizer state."""
+
+from __future__ import annotations
+
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
+from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.checks.test_scope import PRODUCTION_RULES, production_only
+from torchdoctor.agent.models import Evidence
+
+METRIC_TEST = """
+import torch
+import torch.nn.functional as F
+
+def test_mean_error(device):
+    for _ in range(5):
+        y_pred = torch.rand(10, 1).to(device)
+        y = torch.rand(10, 1).to(device)
+        probs = F.softmax(y_pred)
+        assert probs.shape == y.shape
+
+def test_checkpoint_round_trip(tmp_path, handler, engine):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    handler(engine, {"model": torch.nn.Linear(2, 2).to(device)})
+    loaded = torch.load(tmp_path / handler.last_checkpoint)
+    assert "model" in loaded
+"""
+
+
+def _rules_at(path: str, source: str) -> set[str]:
+    return {f.rule for f in analyse_files([(path, source)]).all_findings()}
+
+
+def test_performance_and_loading_rules_stand_down_in_a_test_module_only() -> None:
+    in_tests = _rules_at("tests/metrics/test_mae.py", METRIC_TEST)
+    elsewhere = _rules_at("metrics/check_mae.py", METRIC_TEST)
+    assert {"cpu-then-move", "torch-load-unsafe"} <= elsewhere
+    assert not in_tests & {"cpu-then-move", "torch-load-unsafe", "torch-load-no-map-location"}
+    assert "softmax-without-dim" in in_tests  # a correctness rule still reports in tests
+
+
+def test_the_rules_that_stand_down_are_those_of_production_points() -> None:
+    production = production_only(all_rules())
+    assert {"cpu-then-move", "torchscript-for-deploy", "no-torch-compile"} <= production
+    assert PRODUCTION_RULES <= production
+    assert not production & {"softmax-without-dim", "zero-grad-missing", "hardcoded-secrets"}
+
+
+def _peer_reason(path: str, code: str, source: str) -> str | None:
+    evidence = Evidence(
+        source="torchfix" if code.startswith("TOR") else "bandit",
+        kind="linter",
+        message="torch.load without weights_only",
+        file=path,
+        line=13,
+        data={"code": code},
+    )
+    return PeerVeto(lambda _: source).reason(evidence)
+
+
+def test_peer_unsafe_load_findings_stand_down_in_a_test_module_only() -> None:
+    for code in ("TOR102", "B614"):
+        assert "test module" in (_peer_reason("tests/test_ckpt.py", code, METRIC_TEST) or "")
+        assert _peer_reason("train/ckpt.py", code, METRIC_TEST) is None
+
+
+SCHEDULER_SIMULATION = """
+import tempfile
+from pathlib import Path
+import torch
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+
+def simulate(optimizer, scheduler, steps):
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "cache.pt"
+        torch.save({"optimizer": optimizer.state_dict()}, cache.as_posix())
+        values = [scheduler.step() for _ in range(steps)]
+        state = torch.load(cache.as_posix(), weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+    return values
+
+def evaluate(model, path):
+    model.load_state_dict(torch.load(path, weights_only=True))
+"""
+
+SAVED_IN_ANOTHER_FUNCTION = """
+import torch
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+
+def train(model, path):
+    torch.save(model.state_dict(), path)
+
+def evaluate(model, path):
+    model.load_state_dict(torch.load(path, weights_only=True))
+"""
+
+
+def _map_location_lines(source: str) -> list[int]:
+    found = analyse_files([("sched.py", source)]).all_findings()
+    return [f.line for f in found if f.rule == "torch-load-no-map-location"]
+
+
+def test_a_path_saved_earlier_in_the_same_function_is_read_back_without_map_location() -> None:
+    assert _map_location_lines(SCHEDULER_SIMULATION) == [18]  # only evaluate()'s load
+    # saved by training, loaded by evaluation: the evaluation may run on the CPU later
+    assert _map_location_lines(SAVED_IN_ANOTHER_FUNCTION) == [10]
