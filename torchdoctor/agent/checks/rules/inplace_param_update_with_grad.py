@@ -120,10 +120,57 @@ def _bound_to_parameters(ctx: ModuleContext, it: ast.expr, target: ast.expr, nam
 def _frozen(ctx: ModuleContext, parameters: ast.expr) -> bool:
     """`ema.parameters()` of a model built with `.requires_grad_(False)`, or copied from one
     (`ema = copy.deepcopy(net).eval().requires_grad_(False)`, StyleGAN's `G_ema =
-    copy.deepcopy(G)` of a `G` built frozen): its parameters record nothing."""
+    copy.deepcopy(G)` of a `G` built frozen), or whose parameters a loop froze: its
+    parameters record nothing."""
     if not isinstance(parameters, ast.Call) or not isinstance(parameters.func, ast.Attribute):
         return False
-    return ctx.flow.derives_from(parameters.func.value, _freezes)
+    holder = parameters.func.value
+    return ctx.flow.derives_from(holder, _freezes) or ast.unparse(holder) in _frozen_by_loop(ctx)
+
+
+def _frozen_by_loop(ctx: ModuleContext) -> frozenset[str]:
+    """Models whose parameters a loop freezes one by one (ignite's EMA handler: `for param in
+    self.ema_model.parameters(): param.detach_()`), by their text; memoised per module."""
+    memo = ctx.memo_table("inplace_param_update_with_grad.frozen_by_loop")
+    if "" not in memo:
+        frozen = set()
+        for loop in ctx.flow.nodes(ast.For):
+            it, target = loop.iter, loop.target
+            if isinstance(target, ast.Tuple) and len(target.elts) == 2:
+                target = target.elts[1]
+            if (
+                isinstance(it, ast.Call)
+                and isinstance(it.func, ast.Attribute)
+                and it.func.attr in _PARAMETER_ITERATORS
+                and isinstance(target, ast.Name)
+                and any(_freezes_name(node, target.id) for node in loop.body)
+            ):
+                frozen.add(ast.unparse(it.func.value))
+        memo[""] = frozenset(frozen)
+    return memo[""]  # type: ignore[no-any-return]
+
+
+def _freezes_name(statement: ast.stmt, name: str) -> bool:
+    """`p.detach_()`, `p.requires_grad_(False)` or `p.requires_grad = False` as a statement."""
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        call = statement.value
+        func = call.func
+        if not isinstance(func, ast.Attribute) or not isinstance(func.value, ast.Name):
+            return False
+        if func.value.id != name:
+            return False
+        return (func.attr == "detach_" and not call.args) or _freezes(call)
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        target, value = statement.targets[0], statement.value
+        return (
+            isinstance(target, ast.Attribute)
+            and target.attr == "requires_grad"
+            and isinstance(target.value, ast.Name)
+            and target.value.id == name
+            and isinstance(value, ast.Constant)
+            and value.value is False
+        )
+    return False
 
 
 def _freezes(node: ast.AST) -> bool:
