@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def load_manifest(path: Path = MANIFEST) -> list[Repo]:
     return [Repo(r["name"], r["commit"], r["url"], r.get("about", "")) for r in data["repo"]]
 
 
-def _git_dir(mirror: Path, repo: Repo) -> Path | None:
+def mirror_git_dir(mirror: Path, repo: Repo) -> Path | None:
+    """The repository's bare git directory in the mirror, or None when it was never fetched."""
     base = mirror / repo.slug / "repo"
     for candidate in (base / ".git", base):
         if (candidate / "HEAD").is_file():
@@ -61,9 +63,11 @@ def _wanted(path: str) -> bool:
     return name.endswith(AUDITED_SUFFIXES) or name.startswith("requirements")
 
 
-def _export(git_dir: Path, commit: str, out: Path) -> None:
-    """Write the audited kinds of file at `commit` under `out` (blobs the mirror lacks skipped;
-    links and paths that would leave `out` never written)."""
+def export_tree(
+    git_dir: Path, commit: str, out: Path, wanted: Callable[[str], bool] = _wanted
+) -> None:
+    """Write the `wanted` files at `commit` under `out` (by default the audited kinds; blobs the
+    mirror lacks skipped; links and paths that would leave `out` never written)."""
     listing = subprocess.run(
         ["git", f"--git-dir={git_dir}", "ls-tree", "-r", "-z", commit],
         check=True,
@@ -73,7 +77,7 @@ def _export(git_dir: Path, commit: str, out: Path) -> None:
     for entry in filter(None, listing.split("\0")):
         meta, path = entry.split("\t", 1)
         mode, kind, sha = meta.split()
-        if kind == "blob" and mode in ("100644", "100755") and _wanted(path):
+        if kind == "blob" and mode in ("100644", "100755") and wanted(path):
             blobs.append((sha, path))
     request = "".join(f"{sha}\n" for sha, _ in blobs).encode()
     stream = subprocess.run(
@@ -107,14 +111,14 @@ def materialise(repo: Repo, mirror: Path = DEFAULT_MIRROR, cache: Path = DEFAULT
         return tree
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{repo.slug}-", dir=cache))
-    git_dir = _git_dir(mirror, repo)
+    git_dir = mirror_git_dir(mirror, repo)
     if git_dir is None:
         clone = staging / ".clone"
         subprocess.run(["git", "clone", "--quiet", "--bare", repo.url, str(clone)], check=True)
         git_dir = clone
     out = staging / "tree"
     out.mkdir()
-    _export(git_dir, repo.commit, out)
+    export_tree(git_dir, repo.commit, out)
     (out / ".complete").write_text(repo.commit, encoding="utf-8")
     if tree.exists():
         subprocess.run(["rm", "-rf", str(tree)], check=True)

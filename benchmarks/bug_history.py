@@ -1,0 +1,142 @@
+"""Does torchdoctor describe real bugs? Found/missed on bug-fix commits of public repositories.
+
+Each case of `benchmarks/corpus/bug_history.toml` is a commit that fixed a PyTorch bug. The
+buggy version (the commit's first parent) and the fixed version of the case's file are exported
+from a local mirror (`<mirror>/<owner>+<name>/repo`, as the session's fetch tool leaves it) into
+a cache outside the repository, and each is audited with the static rules in-process. A case is
+found when a finding of one of its class's rules lands on the buggy lines (two lines either
+side); it is still reported when such a finding lands on the fixed lines of the fix. Cases whose
+mirror is missing are skipped with a message (a benchmark, not a test: never run in CI).
+
+    python benchmarks/bug_history.py [--mirror DIR] [--cache DIR] [--only CLASS] [-v]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from corpus_repos import CORPUS, DEFAULT_CACHE, DEFAULT_MIRROR, Repo, export_tree, mirror_git_dir
+
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.config import AuditConfig
+from torchdoctor.agent.gather import engine_config
+from torchdoctor.agent.workspace import load_workspace
+
+CASES = CORPUS / "bug_history.toml"
+SLACK = 2  # lines either side of the buggy lines where a finding still describes the bug
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    repo: str
+    fix: str
+    file: str
+    lines: tuple[int, ...]
+    fixed_lines: tuple[int, ...]
+    bug_class: str
+    about: str
+    context: tuple[str, ...]
+
+
+def load_cases(path: Path = CASES) -> tuple[dict[str, list[str]], list[Case]]:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    classes = {name: spec["rules"] for name, spec in data["classes"].items()}
+    cases = [
+        Case(
+            c["id"],
+            c["repo"],
+            c["fix"],
+            c["file"],
+            tuple(c["lines"]),
+            tuple(c["fixed_lines"]),
+            c["bug_class"],
+            c["about"],
+            tuple(c.get("context", ())),
+        )
+        for c in data["case"]
+    ]
+    unknown = {c.bug_class for c in cases} - classes.keys()
+    if unknown:
+        raise SystemExit(f"bug classes without a [classes] entry: {sorted(unknown)}")
+    return classes, cases
+
+
+def materialise(case: Case, git_dir: Path, cache: Path) -> tuple[Path, Path]:
+    """The case's files at the fix's parent and at the fix, exported once into the cache."""
+    root = cache / "bug-history" / f"{case.repo.replace('/', '+')}-{case.fix[:12]}"
+    buggy, fixed = root / "buggy", root / "fixed"
+    if not (root / ".complete").is_file():
+        parent = subprocess.run(
+            ["git", f"--git-dir={git_dir}", "rev-parse", f"{case.fix}^"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        paths = {case.file, *case.context}
+        for commit, out in ((parent, buggy), (case.fix, fixed)):
+            out.mkdir(parents=True, exist_ok=True)
+            export_tree(git_dir, commit, out, wanted=paths.__contains__)
+        (root / ".complete").write_text(case.fix, encoding="utf-8")
+    return buggy, fixed
+
+
+def hits(tree: Path, case: Case, rules: list[str], lines: tuple[int, ...]) -> list[str]:
+    """Findings of the class's rules in the case's file within SLACK lines of `lines`."""
+    workspace = load_workspace(tree)
+    result = analyse_files(
+        workspace.pairs(), engine_config(AuditConfig()), workers=1, manifests=workspace.manifests
+    )
+    low, high = min(lines) - SLACK, max(lines) + SLACK
+    return sorted(
+        f"{f.rule}@{f.line}"
+        for f in result.all_findings()
+        if f.rule in rules and f.file == case.file and low <= f.line <= high
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", action="append", default=[], help="bug class (repeat)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each case's about")
+    args = parser.parse_args(argv)
+    classes, cases = load_cases()
+    if args.only:
+        cases = [c for c in cases if c.bug_class in args.only]
+    found = audited = still = 0
+    for case in cases:
+        git_dir = mirror_git_dir(args.mirror, Repo(case.repo, case.fix, "", ""))
+        if git_dir is None:
+            where = args.mirror / case.repo.replace("/", "+")
+            print(f"skip    {case.id}: no mirror at {where} (fetch github:{case.repo})")
+            continue
+        buggy, fixed = materialise(case, git_dir, args.cache)
+        rules = classes[case.bug_class]
+        before = hits(buggy, case, rules, case.lines)
+        after = hits(fixed, case, rules, case.fixed_lines)
+        audited += 1
+        found += bool(before)
+        still += bool(after)
+        status = "found " if before else "missed"
+        extra = f"  STILL REPORTED after the fix: {', '.join(after)}" if after else ""
+        where = f"{case.file}:{case.lines[0]}"
+        print(f"{status}  {case.id:40} {case.bug_class:38} {where}  {' '.join(before)}{extra}")
+        if args.verbose:
+            print(f"        {case.repo}@{case.fix[:10]}: {case.about}")
+    skipped = len(cases) - audited
+    print(
+        f"\nfound {found}/{audited} audited cases ({skipped} skipped); "
+        f"fixed versions still reported: {still}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
