@@ -576,3 +576,46 @@ def test_an_element_unpacked_after_a_models_first_output_is_not_given_a_detach()
     assert codemod.transform(source, _target_of(stored[6])) is None
     assert "element 1" in (codemod.explain(source, _target_of(stored[6])) or "")
     assert "preds.append(pred.detach())" in (codemod.transform(source, _target_of(stored[7])) or "")
+
+
+SCHEDULED_STEP = """
+import torch
+
+def fit(model, loader, optimizer, scheduler, warmup):
+    for step, (x, y) in enumerate(loader):
+{before}
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def _scheduler_fix(body: str) -> tuple[str | None, str | None]:
+    """The scheduler codemod's result on `SCHEDULED_STEP` with `body` before the forward pass,
+    driven by the rule's own finding; (fixed source, refusal)."""
+    source = SCHEDULED_STEP.format(before=body)
+    (finding,) = _findings_of("scheduler-before-optimizer", source)
+    codemod = codemod_for("scheduler-before-optimizer")
+    assert codemod is not None
+    target = _target_of(finding)
+    return codemod.transform(source, target), codemod.explain(source, target)
+
+
+def test_scheduler_step_moves_after_the_optimizer_step_with_its_guard() -> None:
+    fixed, _ = _scheduler_fix("        if scheduler is not None:\n            scheduler.step()")
+    assert fixed is not None
+    assert fixed.index("optimizer.step()") < fixed.index("if scheduler is not None:")
+    assert not _findings_of("scheduler-before-optimizer", fixed)
+
+
+def test_scheduler_step_stays_when_warm_up_sets_the_rate_after_it() -> None:
+    warm_up = (
+        "        scheduler.step()\n"
+        "        if step < warmup:\n"
+        "            for group in optimizer.param_groups:\n"
+        "                group['lr'] = 0.1 * step / warmup"
+    )
+    fixed, why = _scheduler_fix(warm_up)
+    assert fixed is None
+    assert why is not None and "sets a learning rate by hand" in why

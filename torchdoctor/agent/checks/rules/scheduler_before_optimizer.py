@@ -96,7 +96,7 @@ class SchedulerBeforeOptimizer(Rule):
             for call in schedulers:
                 if first is not None and call.lineno < first:
                     reported.add(call.lineno)
-                    ctx.report(self, call, _MESSAGE)
+                    ctx.report(self, call, _MESSAGE, data={"optimizer_step_line": first})
                 elif first is None:
                     later = [(c, s) for c, s in imported if c.lineno > call.lineno]
                     for site, symbol in later[:_MAX_CANDIDATES]:
