@@ -619,3 +619,40 @@ def test_scheduler_step_stays_when_warm_up_sets_the_rate_after_it() -> None:
     fixed, why = _scheduler_fix(warm_up)
     assert fixed is None
     assert why is not None and "sets a learning rate by hand" in why
+
+
+CLEARED_BEFORE_STEP = """
+import torch
+
+def fit(model, loader, optimizer, epochs):
+    for epoch in range(epochs):
+        for x, y in loader:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+"""
+
+
+def test_a_clear_between_backward_and_step_moves_after_the_step() -> None:
+    (finding,) = _findings_of("zero-grad-order", CLEARED_BEFORE_STEP)
+    codemod = codemod_for("zero-grad-order")
+    assert codemod is not None
+    fixed = codemod.transform(CLEARED_BEFORE_STEP, _target_of(finding))
+    assert fixed is not None
+    assert fixed.index("optimizer.step()") < fixed.index("optimizer.zero_grad(set_to_none=True)")
+    assert not _findings_of("zero-grad-order", fixed)
+
+
+def test_a_clear_in_another_loop_than_the_step_is_not_moved() -> None:
+    source = CLEARED_BEFORE_STEP.replace(
+        "            optimizer.step()",
+        "            for _ in range(1):\n                optimizer.step()",
+    )
+    codemod = codemod_for("zero-grad-order")
+    assert codemod is not None
+    target = FixTarget(
+        rule="zero-grad-order", file="m.py", line=9, end_line=9, data={"step_line": 11}
+    )
+    assert codemod.transform(source, target) is None
+    assert "different loops" in (codemod.explain(source, target) or "")

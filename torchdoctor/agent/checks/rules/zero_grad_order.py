@@ -78,6 +78,7 @@ class ZeroGradOrder(Rule):
                         clear,
                         "gradients are cleared after backward() and before step(): "
                         "the optimizer step sees no gradient",
+                        data={"step_line": step_after},
                     )
             for clear, step in _clears_every_micro_step(ctx, loop.node, effects):
                 if id(clear) in reported:

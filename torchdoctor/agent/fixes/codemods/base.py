@@ -424,6 +424,13 @@ def statement_of(ctx: SourceContext, node: cst.CSTNode) -> cst.BaseStatement | N
     return None
 
 
+def line_statement(ctx: SourceContext, line: int) -> cst.SimpleStatementLine | None:
+    """The one simple statement line that starts at `line`, or None (none, or a line the
+    statement shares with other code)."""
+    found = ctx.find(cst.SimpleStatementLine, where=lambda s: ctx.line(s) == line)
+    return found[0] if len(found) == 1 and len(found[0].body) == 1 else None
+
+
 def enclosing_body(ctx: SourceContext, stmt: cst.CSTNode) -> Sequence[cst.BaseStatement] | None:
     """The statement list `stmt` sits in (a block's or the module's)."""
     parent = ctx.parent(stmt)

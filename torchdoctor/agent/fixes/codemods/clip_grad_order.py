@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import libcst as cst
-
-from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, line_statement
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
@@ -22,8 +20,8 @@ class ClipGradOrderFix(Codemod):
         anchor_line = target.data.get("anchor_line")
         if side not in ("after", "before") or not isinstance(anchor_line, int):
             return ctx.decline("backward() and the step are not both in the clipping's block")
-        clip = _line_statement(ctx, target.line)
-        anchor = _line_statement(ctx, anchor_line)
+        clip = line_statement(ctx, target.line)
+        anchor = line_statement(ctx, anchor_line)
         if clip is None or anchor is None:
             return ctx.decline("the clipping or its anchor shares its line with other code")
         if ctx.parent(clip) is not ctx.parent(anchor):
@@ -37,8 +35,3 @@ class ClipGradOrderFix(Codemod):
         else:
             ctx.insert_before(anchor, [clip])
         return True
-
-
-def _line_statement(ctx: SourceContext, line: int) -> cst.SimpleStatementLine | None:
-    found = ctx.find(cst.SimpleStatementLine, where=lambda s: ctx.line(s) == line)
-    return found[0] if len(found) == 1 else None

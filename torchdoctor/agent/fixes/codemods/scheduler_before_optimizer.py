@@ -6,7 +6,12 @@ import re
 
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, enclosing_body
+from torchdoctor.agent.fixes.codemods.base import (
+    Codemod,
+    SourceContext,
+    enclosing_body,
+    line_statement,
+)
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _SETS_LR = re.compile(r"\[\s*['\"](?:lr|initial_lr)['\"]\s*\]\s*(?:[-+*/]?=)(?!=)")
@@ -63,10 +68,12 @@ class SchedulerBeforeOptimizerFix(Codemod):
 def _scheduler_statement(ctx: SourceContext, line: int) -> cst.BaseStatement | None:
     """The statement to move: the one-call line at `line`, or the `if` (no `else`) whose body
     is only that line (`if scheduler is not None: scheduler.step()`)."""
-    found = ctx.find(cst.SimpleStatementLine, where=lambda s: ctx.line(s) == line)
-    if len(found) != 1 or len(found[0].body) != 1 or not isinstance(found[0].body[0], cst.Expr):
+    line_found = line_statement(ctx, line)
+    if line_found is None or not isinstance(line_found.body[0], cst.Expr):
         return None
-    statement: cst.BaseStatement = found[0]
+    if ".step(" not in ctx.code(line_found):
+        return None
+    statement: cst.BaseStatement = line_found
     block = ctx.parent(statement)
     owner = ctx.parent(block) if block is not None else None
     if (
