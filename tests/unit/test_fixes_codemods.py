@@ -656,3 +656,38 @@ def test_a_clear_in_another_loop_than_the_step_is_not_moved() -> None:
     )
     assert codemod.transform(source, target) is None
     assert "different loops" in (codemod.explain(source, target) or "")
+
+
+def _run_with_norms(norms: list[float]) -> SmokeRun:
+    return SmokeRun(ok=True, losses=[1.0, 0.9], signals={"grad_norms": norms})
+
+
+def test_zero_grad_order_symptom_is_the_gradient_the_step_sees() -> None:
+    codemod = codemod_for("zero-grad-order")
+    assert codemod is not None
+    cleared, restored = _run_with_norms([]), _run_with_norms([0.8, 0.7])
+    assert codemod.symptom_gone(cleared, restored)[0]
+    assert not codemod.symptom_gone(cleared, _run_with_norms([]))[0]
+    one_micro_batch, summed = _run_with_norms([0.2, 0.25]), _run_with_norms([0.8, 0.9])
+    assert codemod.symptom_gone(one_micro_batch, summed)[0]
+    assert not codemod.symptom_gone(summed, one_micro_batch)[0]
+
+
+RULE_FIXTURES = Path(__file__).parents[1] / "fixtures" / "rules"
+
+
+@pytest.mark.parametrize(
+    "case", ["positive_lstm_tuple_state", "positive_state_kept_between_step_calls"]
+)
+def test_detached_state_clears_the_rule_on_its_own_positive_fixtures(case: str) -> None:
+    """A `(h, c)` pair carried by a loop, and `self.hidden` kept between step calls."""
+    source = (RULE_FIXTURES / "rnn-hidden-not-detached" / f"{case}.py").read_text()
+    codemod = codemod_for("rnn-hidden-not-detached")
+    assert codemod is not None
+    fixed = source
+    while found := _findings_of("rnn-hidden-not-detached", fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None
+        fixed = again
+    assert not _findings_of("rnn-hidden-not-detached", fixed)
+    assert fixed.count("def detach_state(") == 1

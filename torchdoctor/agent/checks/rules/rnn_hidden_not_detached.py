@@ -87,6 +87,7 @@ class RnnHiddenNotDetached(Rule):
                     node,
                     f"`{state}` comes back from the model and is fed to the next batch with its "
                     "graph: backward() reaches into previous batches",
+                    data={"state": sorted(carried)},
                 )
 
     def _check_step_functions(self, ctx: ModuleContext) -> None:
@@ -111,6 +112,7 @@ class RnnHiddenNotDetached(Rule):
                         node,
                         f"`{state}` is kept from one call of `{fn.name}` to the next with its "
                         "graph: backward() reaches into previous batches",
+                        data={"state": sorted(carried)},
                     )
 
 

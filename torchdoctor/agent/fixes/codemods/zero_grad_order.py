@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, line_statement
-from torchdoctor.agent.fixes.models import FixKind, FixTarget
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
 
 class ZeroGradOrderFix(Codemod):
@@ -38,6 +38,26 @@ class ZeroGradOrderFix(Codemod):
         ctx.remove(clear)  # its comment lines travel with it
         ctx.insert_after(step, [clear])
         return True
+
+    def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
+        """The probes measure the gradient each optimizer step sees: none (or zero) when it
+        was cleared before the step, one micro-batch's when accumulation was cut short."""
+        was, now = _step_norms(before), _step_norms(after)
+        if not now:
+            return False, "the fixed run's optimizer steps saw no gradient either"
+        if max(was, default=0.0) == 0.0:
+            return max(now) > 0.0, (
+                f"the optimizer steps saw no gradient before the fix; norm {now[-1]:.3g} after"
+            )
+        mean_was, mean_now = sum(was) / len(was), sum(now) / len(now)
+        return mean_now > mean_was, (
+            f"mean gradient norm at the step {mean_was:.3g} before the fix, {mean_now:.3g} "
+            "after (the micro-batches now add up)"
+        )
+
+
+def _step_norms(run: SmokeRun) -> list[float]:
+    return [float(n) for n in run.signals.get("grad_norms", []) if isinstance(n, int | float)]
 
 
 def _clears(code: str) -> bool:
