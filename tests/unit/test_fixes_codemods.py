@@ -691,3 +691,45 @@ def test_detached_state_clears_the_rule_on_its_own_positive_fixtures(case: str) 
         fixed = again
     assert not _findings_of("rnn-hidden-not-detached", fixed)
     assert fixed.count("def detach_state(") == 1
+
+
+def test_train_mode_is_not_restored_by_hand_when_evaluation_precedes_training() -> None:
+    source = """
+import torch
+
+def fit(model, loader, val_loader, optimizer, epochs):
+    for epoch in range(epochs):
+        model.eval()
+        with torch.no_grad():
+            score = sum(model(x).sum().item() for x, _ in val_loader)
+        for x, y in loader:
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+"""
+    (finding,) = _findings_of("train-mode-not-restored", source)
+    codemod = codemod_for("train-mode-not-restored")
+    assert codemod is not None
+    assert codemod.transform(source, _target_of(finding)) is None
+    assert "before the training" in (codemod.explain(source, _target_of(finding)) or "")
+
+
+def test_inline_evaluation_after_training_restores_the_mode_at_the_top_of_the_loop() -> None:
+    source = (
+        RULE_FIXTURES / "train-mode-not-restored" / "positive_validate_in_loop.py"
+    ).read_text()
+    codemod = codemod_for("train-mode-not-restored")
+    assert codemod is not None
+    fixed = source
+    while found := _findings_of("train-mode-not-restored", fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None
+        fixed = again
+    assert (
+        "        validate(model, loader)  # expect: train-mode-not-restored\n        model.train()"
+        in fixed
+    )
+    assert (
+        "    for epoch in range(epochs):\n        model.train()\n        for x, y in loader:"
+        in fixed
+    )

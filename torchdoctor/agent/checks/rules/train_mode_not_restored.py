@@ -90,7 +90,7 @@ class TrainModeNotRestored(Rule):
                 call,
                 "this loop puts the model in eval mode and never calls .train() again: "
                 "later epochs train with dropout off and BatchNorm frozen",
-                data={"loop_line": loop.lineno},
+                data={"loop_line": loop.lineno, **_model_switched(ctx, call, evals)},
             )
 
     def _imported_evaluations(self, ctx: ModuleContext, verdicts: dict[int, bool]) -> None:
@@ -178,6 +178,30 @@ def _without_mode_layers(ctx: ModuleContext, call: ast.Call, evals: bool) -> boo
         and ctx.flow.is_module_value(value)
     ]
     return bool(models) and all(mode_independent(ctx, model) for model in models)
+
+
+def _model_switched(ctx: ModuleContext, call: ast.Call, evals: bool) -> dict[str, Any]:
+    """What the fix needs: the model put in eval mode (`model` in `model.eval()`, the one
+    model an evaluation helper is handed) and whether the call is the `.eval()` itself."""
+    if evals:
+        while (  # `net.eval().requires_grad_(False)`: down to the `.eval()`
+            isinstance(call.func, ast.Attribute)
+            and call.func.attr not in ("eval", "train")
+            and isinstance(call.func.value, ast.Call)
+        ):
+            call = call.func.value
+        receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+        if isinstance(receiver, ast.Name | ast.Attribute):
+            return {"model": ast.unparse(receiver), "direct": True}
+        return {}
+    handed = [
+        value
+        for value in [*call.args, *(k.value for k in call.keywords)]
+        if isinstance(value, ast.Name | ast.Attribute)
+        and not LOSS_NAME.search(ast.unparse(value))
+        and ctx.flow.is_module_value(value)
+    ]
+    return {"model": ast.unparse(handed[0]), "direct": False} if len(handed) == 1 else {}
 
 
 def _fresh_copy(ctx: ModuleContext, call: ast.Call) -> bool:
