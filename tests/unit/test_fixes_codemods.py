@@ -733,3 +733,23 @@ def test_inline_evaluation_after_training_restores_the_mode_at_the_top_of_the_lo
         "    for epoch in range(epochs):\n        model.train()\n        for x, y in loader:"
         in fixed
     )
+
+
+def test_super_init_is_left_to_the_author_on_another_base_class() -> None:
+    source = """
+import torch.nn as nn
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+
+class Wide(Block):
+    def __init__(self):
+        self.fc = nn.Linear(8, 8)
+"""
+    (finding,) = _findings_of("missing-super-init", source)
+    codemod = codemod_for("missing-super-init")
+    assert codemod is not None
+    assert codemod.transform(source, _target_of(finding)) is None
+    assert "is built on Block" in (codemod.explain(source, _target_of(finding)) or "")

@@ -57,6 +57,7 @@ class AmpClipWithoutUnscale(Rule):
                     call,
                     "gradients are clipped while still scaled by the GradScaler: call "
                     "scaler.unscale_(optimizer) before clipping",
+                    data=_scaler_step(ctx, call),
                 )
 
 
@@ -88,6 +89,25 @@ def _sibling_calls(
             return False
         current = parent
     return False
+
+
+def _scaler_step(ctx: ModuleContext, clip: ast.Call) -> dict[str, str]:
+    """The scaler and the optimizer of the one `scaler.step(optimizer)` after the clipping in
+    its function (what `unscale_` needs), or nothing when there is not exactly one."""
+    scope = ctx.enclosing_function(clip)
+    steps = [
+        call
+        for call in ctx.flow.calls_named(("step",))
+        if _is_scaler_step(call)
+        and len(call.args) == 1
+        and ctx.enclosing_function(call) is scope
+        and (call.lineno, call.col_offset) > (clip.lineno, clip.col_offset)
+    ]
+    if len({(ast.unparse(s.func), ast.unparse(s.args[0])) for s in steps}) != 1:
+        return {}
+    step = steps[0]
+    assert isinstance(step.func, ast.Attribute)
+    return {"scaler": ast.unparse(step.func.value), "optimizer": ast.unparse(step.args[0])}
 
 
 def _is_scaler_step(call: ast.Call) -> bool:
