@@ -753,3 +753,36 @@ class Wide(Block):
     assert codemod is not None
     assert codemod.transform(source, _target_of(finding)) is None
     assert "is built on Block" in (codemod.explain(source, _target_of(finding)) or "")
+
+
+def test_nll_loss_fed_raw_logits_gets_their_log_softmax_over_the_class_dimension() -> None:
+    source = (RULE_FIXTURES / "nll-loss-input" / "positive_raw_logits.py").read_text()
+    (finding,) = _findings_of("nll-loss-input", source)
+    codemod = codemod_for("nll-loss-input")
+    assert codemod is not None
+    fixed = codemod.transform(source, _target_of(finding))
+    assert fixed is not None and "criterion(model(features).log_softmax(dim=1), labels)" in fixed
+    assert not _findings_of("nll-loss-input", fixed)
+
+
+def test_nll_loss_fed_probabilities_from_elsewhere_is_declined() -> None:
+    source = """
+import torch.nn.functional as F
+from helpers import to_probabilities
+
+def step(model, x, y):
+    probs = F.softmax(model(x), dim=1)
+    probs = to_probabilities(model(x))
+    return F.nll_loss(probs, y)
+"""
+    codemod = codemod_for("nll-loss-input")
+    assert codemod is not None
+    target = FixTarget(
+        rule="nll-loss-input",
+        file="m.py",
+        line=8,
+        end_line=8,
+        data={"received": "softmax", "input": "probs", "softmax_lines": [6, 7]},
+    )
+    assert codemod.transform(source, target) is None
+    assert "CrossEntropyLoss" in (codemod.explain(source, target) or "")

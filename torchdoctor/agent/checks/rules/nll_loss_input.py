@@ -70,13 +70,14 @@ class NllLossInput(Rule):
             value = first_argument(call, "input")
             if value is None:
                 continue
-            kinds = {_kind(ctx, p) for p in _producers(ctx, value)}
+            producers = _producers(ctx, value)
+            kinds = {_kind(ctx, p) for p in producers}
             if "log" in kinds or "log_softmax" in kinds:
                 continue
             if "softmax" in kinds:
-                what = "probabilities (a softmax output)"
+                what, received = "probabilities (a softmax output)", "softmax"
             elif "linear" in kinds and "softmax" not in kinds:
-                what = "raw logits (the output of a final Linear layer)"
+                what, received = "raw logits (the output of a final Linear layer)", "logits"
             else:
                 self._defer_to_the_model_file(ctx, call, value, kinds)
                 continue
@@ -85,6 +86,13 @@ class NllLossInput(Rule):
                 call,
                 f"NLLLoss receives `{ast.unparse(value)}`, {what}; it expects "
                 "log-probabilities (log_softmax)",
+                data={
+                    "received": received,
+                    "input": ast.unparse(value),
+                    "softmax_lines": sorted(
+                        {p.lineno for p in producers if _kind(ctx, p) == "softmax"}
+                    ),
+                },
             )
 
     def _defer_to_the_model_file(
