@@ -47,7 +47,8 @@ def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
     if not mode_text(ctx.source, "eval") or not ctx.flow.calls_reaching("eval"):
         return False  # no call of the module sets eval mode, here or through a local function
     caller = ctx.enclosing_function(site)
-    if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval"):
+    # not through `site` itself: `main()` reaches the `.eval()` of main's other branches
+    if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval", excluding=site):
         return True
     if caller is None or depth + 1 >= _MAX_CALLER_DEPTH:
         return False
@@ -89,12 +90,28 @@ def statements_before(
         if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
             limit = max(limit, anc.end_lineno or anc.lineno)
     body = caller.body if caller is not None else ctx.tree.body
+    holding = {id(anc) for anc in ctx.ancestors(site)}
     return [
-        stmt
+        reaching
         for stmt in body
         if stmt.lineno <= limit
         and not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        for reaching in _reaching(stmt, holding)
     ]
+
+
+def _reaching(stmt: ast.stmt, holding: set[int]) -> list[ast.stmt]:
+    """What of `stmt` can run before a later call: all of it, but of an `if` whose body
+    ends the function (`if opts.test_only: model.eval(); validate(...); return`, DeepLabV3+'s
+    main) only its `else`, unless the call is inside it."""
+    if (
+        isinstance(stmt, ast.If)
+        and id(stmt) not in holding
+        and stmt.body
+        and isinstance(stmt.body[-1], ast.Return | ast.Raise)
+    ):
+        return stmt.orelse
+    return [stmt]
 
 
 def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:

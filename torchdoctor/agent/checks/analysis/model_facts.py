@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
 _MODULE_ONLY_METHODS = ("parameters", "named_parameters", "named_modules", "children", "modules")
+_MODE_METHODS = ("eval", "train", "zero_grad")
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
     r"transformer)s?$|^(model|net)\d*$",
@@ -57,7 +58,10 @@ class ModelFacts(DefUse):
         name = identifier(expr)
         rebound = isinstance(expr, ast.Name) and self._rebinds_import(expr)
         if name and not _MODEL_NAME.search(name):
-            # `self.G.parameters()`: whatever it is called, only a module has those methods
+            # `self.G.parameters()`, `gen.eval()`: whatever it is called, only a module has
+            # those methods
+            if isinstance(expr, ast.Name):
+                return self._module_name(expr)
             return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
         if not name:
             return False
@@ -82,6 +86,27 @@ class ModelFacts(DefUse):
             and identifier(call.func.value.value) == "self"
             and (text := ast.unparse(call.func.value))
         )
+
+    def _module_name(self, name: ast.Name) -> bool:
+        """A bare name that a method only `nn.Module`s have is called on in its function or
+        at the module's top level (`gen.eval()`, `disc.zero_grad()`, `critic.parameters()`):
+        the GAN scripts' `gen`, `disc` and `critic`, named like no model."""
+        scopes = (id(self._scope_of(name)), id(self.ctx.tree))
+        return any(name.id in self._module_names.get(scope, ()) for scope in scopes)
+
+    @cached_property
+    def _module_names(self) -> dict[int, set[str]]:
+        """Per scope (function or module), the bare names a module-only method is called on;
+        `.eval()`, `.train()` and `.zero_grad()` count with no argument (an optimizer also has
+        `zero_grad`, but `is_module_value` is asked only of names that are called)."""
+        found: dict[int, set[str]] = {}
+        for call in self.calls_named((*_MODULE_ONLY_METHODS, *_MODE_METHODS)):
+            if not (isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)):
+                continue
+            if call.func.attr in _MODE_METHODS and (call.args or call.keywords):
+                continue
+            found.setdefault(id(self._scope_of(call)), set()).add(call.func.value.id)
+        return found
 
     def _own_method(self, attr: ast.Attribute) -> bool:
         """`self.restore_model(...)` in a class that defines `def restore_model`: a method of
@@ -177,7 +202,7 @@ class ModelFacts(DefUse):
         """Whether some call of the module may run a model (`is_model_call`): one needs a
         network built here (`_constructs_modules`) or a callee named like a model (`model`,
         `self.net`), so a module with neither has no model output (most library modules)."""
-        if self._constructs_modules:
+        if self._constructs_modules or self._module_names:
             return True
         for call in self.nodes(ast.Call):
             func = call.func

@@ -119,8 +119,11 @@ class MethodReach(ModelFacts):
             memo[method] = frozenset(found)
         return memo[method]  # type: ignore[no-any-return]
 
-    def reaches_method(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
-        """Whether `body` calls `.method()` directly or through local functions it calls.
+    def reaches_method(
+        self, body: list[ast.stmt] | ast.AST, method: str, excluding: ast.AST | None = None
+    ) -> bool:
+        """Whether `body` calls `.method()` directly or through local functions it calls
+        (other than the call `excluding`).
 
         Answered from the module's few calls that do either (most modules have none), each
         climbing to see whether `walk_scope(body)` would reach it: asked for every statement
@@ -131,12 +134,14 @@ class MethodReach(ModelFacts):
         parents = self.ctx.parents
         first = body[0] if isinstance(body, list) else body
         if first is not self.ctx.tree and first not in parents:
-            return self._walk_reaches(body, method)  # not a part of this module's tree
+            return self._walk_reaches(body, method, excluding)  # not a part of this tree
         hits = self.calls_reaching(method)
         if not hits:
             return False
         roots = {id(node) for node in body} if isinstance(body, list) else {id(body)}
         for call in hits:
+            if call is excluding:
+                continue
             node: ast.AST | None = call
             while node is not None:
                 if id(node) in roots:
@@ -146,10 +151,13 @@ class MethodReach(ModelFacts):
                 node = parents.get(node)
         return False
 
-    def _walk_reaches(self, body: list[ast.stmt] | ast.AST, method: str) -> bool:
+    def _walk_reaches(
+        self, body: list[ast.stmt] | ast.AST, method: str, excluding: ast.AST | None = None
+    ) -> bool:
         reaching = self.functions_reaching(method)
         return any(
             isinstance(node, ast.Call)
+            and node is not excluding
             and (self.mode_method(node) == method or local_callee(node) in reaching)
             for node in walk_scope(body)
         )

@@ -60,7 +60,9 @@ class EvalWithoutEvalMode(Rule):
     switches the mode (`model.train(phase == "train")` and an `.eval()` branch count). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
-    `self.model.eval()`). A region that runs the model only through a local helper
+    `self.model.eval()`); an `.eval()` in a branch that returns (`if args.test_only:`) does
+    not reach the code after it, and a helper is judged at every call of it in the module, not
+    only at one. A region that runs the model only through a local helper
     (`self._forward_pass(x, y)`, shared with the training loop) is reported at that call. A
     module-level helper given the model and called only from other
     files (`evaluate(model, val_loader)` imported by `train.py`) is judged at those calls:
@@ -474,9 +476,10 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
         return True
     if model_put_in_eval(ctx, model_of(call)):
         return True
-    return owner is not None and any(
-        eval_before(ctx, site) for site in flow.callers.get(owner.name, [])
-    )
+    sites = flow.callers.get(owner.name, []) if owner is not None else []
+    # every call must follow an `.eval()`: DeepLabV3+'s `validate` is called after one in the
+    # `--test_only` branch, and without one in the periodic validation of the training loop
+    return bool(sites) and all(eval_before(ctx, site) for site in sites)
 
 
 def _stored_after_eval(ctx: ModuleContext, owner: FunctionNode, model: ast.expr) -> bool:
