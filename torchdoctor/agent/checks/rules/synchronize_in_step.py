@@ -30,7 +30,8 @@ class SynchronizeInStep(Rule):
     small models and fast GPUs. Ops on one stream are already ordered: the call buys nothing.
 
     Not reported: steps that time themselves (a `time.perf_counter()`/`time.time()` call in
-    the same loop or function: a synchronisation is needed to read a clock correctly),
+    the same loop or function that runs on every step, not only under a periodic guard: a
+    synchronisation is needed to read a clock correctly),
     synchronisations under a periodic guard, outside training loops (benchmarks, evaluation).
 
     Example:
@@ -77,12 +78,15 @@ class SynchronizeInStep(Rule):
 
 
 def _timed(ctx: ModuleContext, owner: ast.AST | None) -> bool:
-    """The loop or function reads a wall clock (timing code needs its synchronisations)."""
+    """The loop or function reads a wall clock on every step (timing code needs its
+    synchronisations); a clock read only every N steps (Conv-TasNet's `ms/batch` printed
+    under `if i % print_freq == 0:`) does not need one on the other steps."""
     if owner is None:
         return False
     body = getattr(owner, "body", [])
     return any(
         isinstance(n, ast.Call)
         and (ctx.flow.qualname_of(n) in _CLOCKS or getattr(n.func, "attr", "") == "elapsed_time")
+        and not under_periodic_guard(ctx, n, owner)
         for n in walk_scope(body)
     )
