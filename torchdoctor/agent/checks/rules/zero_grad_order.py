@@ -59,11 +59,11 @@ class ZeroGradOrder(Rule):
             return
         for loop in ctx.loops.training_loops:
             effects = direct_effects(loop.body)
-            backward_lines = sorted(c.lineno for c in effects.backward)
-            step_lines = sorted(c.lineno for c in effects.step)
             reported: set[int] = set()
             for clear in effects.zero_grad:
                 line = getattr(clear, "lineno", 0)
+                backward_lines = _lines_on_its_path(ctx, clear, effects.backward)
+                step_lines = _lines_on_its_path(ctx, clear, effects.step)
                 if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
                     if any(s < line for s in step_lines if s > backward_lines[0]):
                         continue  # step() already ran after backward in this iteration
@@ -91,6 +91,29 @@ class ZeroGradOrder(Rule):
                     "the last step are discarded, each step uses one micro-batch",
                     data={"step_line": step.lineno},
                 )
+
+
+def _lines_on_its_path(ctx: ModuleContext, clear: ast.AST, calls: list[ast.Call]) -> list[int]:
+    """The lines of `calls` that can run in the same iteration as `clear`: not those in the
+    other branch of an `if` (Time-Series-Library's `if use_amp: scaler.step(opt) else: ...`
+    does not step before a clear in the `else`)."""
+    return sorted(c.lineno for c in calls if not _other_branches(ctx, clear, c))
+
+
+def _other_branches(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
+    """`a` and `b` sit in the two branches of one `if`."""
+    above_b = {id(anc) for anc in ctx.ancestors(b)}
+    child: ast.AST = a
+    for anc in ctx.ancestors(a):
+        if isinstance(anc, ast.If) and id(anc) in above_b:
+            in_body = any(stmt is child for stmt in anc.body)
+            return in_body != _holds(anc.body, b)
+        child = anc
+    return False
+
+
+def _holds(block: list[ast.stmt], node: ast.AST) -> bool:
+    return any(sub is node for stmt in block for sub in walk_tree(stmt))
 
 
 def _clears_every_micro_step(
