@@ -786,3 +786,17 @@ def step(model, x, y):
     )
     assert codemod.transform(source, target) is None
     assert "CrossEntropyLoss" in (codemod.explain(source, target) or "")
+
+
+def test_every_unguarded_divisor_of_the_rule_fixture_gets_an_epsilon() -> None:
+    """`/ x.std()`, `/= x.norm(...)` and `/ torch.sqrt(x.var(0))`, each from its own finding."""
+    fixed = (RULE_FIXTURES / "divide-by-std-no-eps" / "positive_no_eps.py").read_text()
+    codemod = codemod_for("divide-by-std-no-eps")
+    assert codemod is not None
+    while found := _findings_of("divide-by-std-no-eps", fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None
+        fixed = again
+    assert "/ (adv.std() + 1e-8)" in fixed
+    assert "x /= x.norm(dim=-1, keepdim=True) + 1e-8" in fixed
+    assert "/ (torch.sqrt(x.var(0)) + 1e-8)" in fixed

@@ -19,6 +19,8 @@ _DRAWS = frozenset(
     {"torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "torch.rand_like"}
 )
 _DRAW_DEPTH = 6
+_LAYER_PARAMETERS = frozenset({"weight", "weight_v", "weight_orig"})
+"""A layer's parameters by their PyTorch names: learned (or initialised) values, not data."""
 _NORM_FUNCTIONS = frozenset(
     {"torch.norm", "torch.linalg.norm", "torch.linalg.vector_norm", "torch.linalg.matrix_norm"}
 )
@@ -74,6 +76,7 @@ class DivideByStdNoEps(Rule):
                     node,
                     f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the "
                     "spread is zero (constant or single-element input)",
+                    data={"divisor": ast.unparse(divisor)},
                 )
 
 
@@ -204,7 +207,8 @@ def _reads_parameter(ctx: ModuleContext, fn: FunctionNode, name: ast.Name) -> bo
 def _learned(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
     """`value` is a model's embedding or a learned parameter, read through tensor methods,
     item selection and names (`emb = out["text_features"].mean(0)` with `out = model(t)`;
-    `self.v / self.v.norm()` with `self.v = nn.Parameter(...)`, weight normalisation)."""
+    `self.v / self.v.norm()` with `self.v = nn.Parameter(...)`, weight normalisation, a
+    layer's `.weight`)."""
     if depth > 6:
         return False
     if isinstance(value, ast.Call):
@@ -214,6 +218,8 @@ def _learned(ctx: ModuleContext, value: ast.expr, depth: int) -> bool:
         return isinstance(func, ast.Attribute) and _learned(ctx, func.value, depth + 1)
     if isinstance(value, ast.Subscript):
         return _learned(ctx, value.value, depth + 1)
+    if isinstance(value, ast.Attribute) and value.attr in _LAYER_PARAMETERS:
+        return True  # `layer.weight` of a layer handed to an init helper (cleanrl's ppg)
     if isinstance(value, ast.Name | ast.Attribute):
         bound = [
             v
