@@ -800,3 +800,14 @@ def test_every_unguarded_divisor_of_the_rule_fixture_gets_an_epsilon() -> None:
     assert "/ (adv.std() + 1e-8)" in fixed
     assert "x /= x.norm(dim=-1, keepdim=True) + 1e-8" in fixed
     assert "/ (torch.sqrt(x.var(0)) + 1e-8)" in fixed
+
+
+def test_a_loss_term_made_a_python_number_is_left_to_the_author() -> None:
+    source = (
+        RULE_FIXTURES / "detached-loss-input" / "positive_loss_term_made_a_number.py"
+    ).read_text()
+    (finding,) = _findings_of("detached-loss-input", source)
+    codemod = codemod_for("detached-loss-input")
+    assert codemod is not None
+    assert codemod.transform(source, _target_of(finding)) is None
+    assert "Python number" in (codemod.explain(source, _target_of(finding)) or "")

@@ -61,7 +61,7 @@ class ModelFacts(DefUse):
             # `self.G.parameters()`, `gen.eval()`: whatever it is called, only a module has
             # those methods
             if isinstance(expr, ast.Name):
-                return self._module_name(expr)
+                return self._module_name(expr) or self._annotated_module(expr)
             return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
         if not name:
             return False
@@ -86,6 +86,21 @@ class ModelFacts(DefUse):
             and identifier(call.func.value.value) == "self"
             and (text := ast.unparse(call.func.value))
         )
+
+    def _annotated_module(self, name: ast.Name) -> bool:
+        """A parameter of the enclosing function annotated as a module (`segmenter:
+        nn.Module`, or a local `nn.Module` subclass)."""
+        fn = self.ctx.enclosing_function(name)
+        if fn is None:
+            return False
+        arguments = fn.args
+        for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+            if argument.arg == name.id and argument.annotation is not None:
+                annotation = argument.annotation
+                if (self.ctx.qualname(annotation) or "") == "torch.nn.Module":
+                    return True
+                return isinstance(annotation, ast.Name) and annotation.id in self.module_classes
+        return False
 
     def _module_name(self, name: ast.Name) -> bool:
         """A bare name that a method only `nn.Module`s have is called on in its function or

@@ -83,7 +83,7 @@ class DetachedLossInput(Rule):
                 f"the loss receives `{ast.unparse(prediction)}`, the model's output cut from "
                 f"the graph by `{ast.unparse(detached)}` (line {detached.lineno}): no gradient "
                 "reaches the model through this loss",
-                data={"cut_line": detached.lineno},
+                data={"cut_line": detached.lineno, "cut": ast.unparse(detached)},
             )
         for node in flow.nodes(ast.BinOp):
             if not isinstance(node.op, ast.Add | ast.Sub) or isinstance(
@@ -108,7 +108,7 @@ class DetachedLossInput(Rule):
                     f"`{term.id}` {how} (`{ast.unparse(cut)}`), then added to the loss "
                     f"back-propagated on line {node.lineno}: it adds to the value but no "
                     "gradient, so this term trains nothing",
-                    data={"sum_line": node.lineno},
+                    data={"sum_line": node.lineno, "cut_line": cut.lineno, "cut": ast.unparse(cut)},
                 )
 
 
