@@ -811,3 +811,19 @@ def test_a_loss_term_made_a_python_number_is_left_to_the_author() -> None:
     assert codemod is not None
     assert codemod.transform(source, _target_of(finding)) is None
     assert "Python number" in (codemod.explain(source, _target_of(finding)) or "")
+
+
+def test_an_epoch_schedule_stepped_in_the_batch_loop_moves_after_it() -> None:
+    source = (
+        RULE_FIXTURES / "epoch-scheduler-per-batch" / "positive_step_in_batch_loop.py"
+    ).read_text()
+    (finding,) = _findings_of("epoch-scheduler-per-batch", source)
+    codemod = codemod_for("epoch-scheduler-per-batch")
+    assert codemod is not None
+    fixed = codemod.transform(source, _target_of(finding))
+    assert fixed is not None
+    after_the_batches = (
+        "            optimizer.step()\n        decay.step()  # expect: epoch-scheduler"
+    )
+    assert after_the_batches in fixed
+    assert not _findings_of("epoch-scheduler-per-batch", fixed)

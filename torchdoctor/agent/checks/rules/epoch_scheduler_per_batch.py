@@ -118,7 +118,9 @@ class EpochSchedulerPerBatch(Rule):
             receiver = node.func.value
             period = _epoch_period(ctx, receiver) or _period_passed_here(ctx, receiver)
             if period is not None:
-                ctx.report(self, node, _message(receiver, period, loop))
+                ctx.report(
+                    self, node, _message(receiver, period, loop), data={"loop_line": loop.lineno}
+                )
                 continue
             where = parameter_of(ctx, receiver)
             found = ctx.finding(self, node, _message(receiver, "{period}", loop))
