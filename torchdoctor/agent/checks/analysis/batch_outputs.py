@@ -92,6 +92,60 @@ def compared(ctx: ModuleContext, call: ast.Call) -> bool:
     return False
 
 
+def scored_with_labels(ctx: ModuleContext, call: ast.Call, model_call: ast.Call | None) -> bool:
+    """The prediction, through the name it is bound to, is given to one call together with
+    the batch's labels (`metrics.update(targets, preds)`, `f1_score(y, pred)`): a name the
+    loop over the loader binds, or one derived from it, that is not the model's input."""
+    loop = next((a for a in ctx.ancestors(call) if isinstance(a, ast.For | ast.AsyncFor)), None)
+    if loop is None:
+        return False
+    inputs = {
+        n.id
+        for arg in (model_call.args if model_call is not None else [])
+        for n in walk_tree(arg)
+        if isinstance(n, ast.Name)
+    }
+    labels = {
+        n.id
+        for n in walk_tree(_batch_target(loop))
+        if isinstance(n, ast.Name) and n.id not in inputs
+    }
+    if not labels:
+        return False
+    scope = ctx.enclosing_function(call)
+    for name in bound_names(ctx, call):
+        for read in ctx.flow.reads_of(name.id):
+            if ctx.enclosing_function(read) is not scope or read.lineno < call.lineno:
+                continue
+            parent = ctx.parents.get(read)
+            if not isinstance(parent, ast.Call) or read not in parent.args:
+                continue
+            others = [a for a in parent.args if a is not read]
+            if any(_from_labels(ctx, other, labels) for other in others):
+                return True
+    return False
+
+
+def _batch_target(loop: ast.For | ast.AsyncFor) -> ast.expr:
+    """What a loop binds to the batch: `(x, y)` of `for i, (x, y) in enumerate(loader)`,
+    not the counter."""
+    iterable = loop.iter
+    while isinstance(iterable, ast.Call) and identifier(iterable.func) in ("tqdm", "iter"):
+        if not iterable.args:
+            break
+        iterable = iterable.args[0]
+    counted = isinstance(iterable, ast.Call) and identifier(iterable.func) == "enumerate"
+    if counted and isinstance(loop.target, ast.Tuple) and len(loop.target.elts) == 2:
+        return loop.target.elts[1]
+    return loop.target
+
+
+def _from_labels(ctx: ModuleContext, value: ast.expr, labels: set[str]) -> bool:
+    return ctx.flow.derives_from(
+        value, lambda node: isinstance(node, ast.Name) and node.id in labels
+    )
+
+
 def _compared_read(ctx: ModuleContext, value: ast.expr) -> bool:
     """`value == y`, `value.view_as(y) == y`, `value.eq(y)`, `torch.max(out, 1)[1] == y` (the
     indices of a `(values, indices)` pair): compared, not passed on."""

@@ -7,7 +7,7 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier
+from torchdoctor.agent.checks.analysis.defuse import DefUse, identifier, kwarg
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.vocabulary import (
     LOSS_FUNCTIONS,
@@ -32,6 +32,10 @@ LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
 SELF_RETURNING = frozenset(
     {"eval", "train", "to", "cuda", "cpu", "float", "half", "bfloat16", "requires_grad_"}
 )
+
+
+def _positional(call: ast.Call, position: int) -> ast.expr | None:
+    return call.args[position] if len(call.args) > position else None
 
 
 class ModelFacts(DefUse):
@@ -105,9 +109,41 @@ class ModelFacts(DefUse):
     def _module_name(self, name: ast.Name) -> bool:
         """A bare name that a method only `nn.Module`s have is called on in its function or
         at the module's top level (`gen.eval()`, `disc.zero_grad()`, `critic.parameters()`):
-        the GAN scripts' `gen`, `disc` and `critic`, named like no model."""
+        the GAN scripts' `gen`, `disc` and `critic`, named like no model; or a parameter
+        that every call of its function in this module gives a module (minimalRL's
+        `train(q, q_target, memory, optimizer)` called with two `Qnet()`s)."""
         scopes = (id(self._scope_of(name)), id(self.ctx.tree))
-        return any(name.id in self._module_names.get(scope, ()) for scope in scopes)
+        if any(name.id in self._module_names.get(scope, ()) for scope in scopes):
+            return True
+        return self._module_parameter(name)
+
+    def _module_parameter(self, name: ast.Name) -> bool:
+        fn = self.ctx.enclosing_function(name)
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) or self.definitions(name):
+            return False
+        params = [a.arg for a in fn.args.args]
+        if name.id not in params or id(fn) in self._asking:
+            return False
+        position = params.index(name.id)
+        sites = [
+            c
+            for c in self.calls_named((fn.name,))
+            if isinstance(c.func, ast.Name) and self.ctx.enclosing_function(c) is not fn
+        ]
+        given = [kwarg(c, name.id) or _positional(c, position) for c in sites]
+        self._asking.add(id(fn))
+        try:
+            return bool(given) and all(
+                isinstance(g, ast.Name | ast.Attribute | ast.Call) and self.is_module_value(g)
+                for g in given
+            )
+        finally:
+            self._asking.discard(id(fn))
+
+    @cached_property
+    def _asking(self) -> set[int]:
+        """Functions whose parameters are being judged (a recursive call passes its own)."""
+        return set()
 
     @cached_property
     def _module_names(self) -> dict[int, set[str]]:

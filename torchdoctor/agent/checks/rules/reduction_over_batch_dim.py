@@ -9,8 +9,10 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
     bound_names,
     compared,
     in_loader_loop,
+    in_loop,
     is_whole_model_output,
     output_before,
+    scored_with_labels,
 )
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -26,6 +28,7 @@ _FUNCTIONS = {
     "torch.nn.functional.log_softmax": 1,
 }  # fmt: skip
 _PROBABILITIES = frozenset({"softmax", "log_softmax"})
+_EXTREMES = frozenset({"max", "min", "argmax", "argmin"})
 
 
 class ReductionOverBatchDim(Rule):
@@ -46,7 +49,11 @@ class ReductionOverBatchDim(Rule):
     through names, views and arithmetic (a step drawing `dataset.get_batch()`).
 
     Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
-    of this module gives a model's whole output inside such a loop.
+    of this module gives a model's whole output inside such a loop; predictions handed to one
+    call with the batch's labels (`metrics.update(targets, preds)`); and a `max`/`min`/
+    `argmax` over dim 0 of a model's output in a loop that reaches a loss (DQN's
+    `q_target(s_next).max(0)[0]` in the TD target: the best value of each action over the
+    batch, not the best action of each transition).
 
     Not reported: reductions over dim 1/-1, values that are not a model's whole output (a
     row `logits[0]`, a stack of several outputs `torch.stack(outs).mean(0)`, a single example
@@ -98,10 +105,21 @@ class ReductionOverBatchDim(Rule):
             and (in_loader_loop(ctx, call) or _reaches_loss(ctx, call, 0))
         ):
             return True  # a batch of outputs normalised across its examples: no use is right
+        if (
+            name in _EXTREMES
+            and in_loop(ctx, call)
+            and is_whole_model_output(ctx, reduced)
+            and _reaches_loss(ctx, call, 0)
+        ):
+            return True  # DQN's `q_target(s).max(0)[0]`: the best of each action over the batch
         direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
         if not direct and not _parameter_given_batches(ctx, call, reduced):
             return False
-        return compared(ctx, call) or (name in _PROBABILITIES and _fed_to_loss(ctx, call))
+        return (
+            compared(ctx, call)
+            or (name in _PROBABILITIES and _fed_to_loss(ctx, call))
+            or (direct and scored_with_labels(ctx, call, _model_call(ctx, reduced)))
+        )
 
 
 _MAX_LOSS_HOPS = 2
@@ -123,9 +141,13 @@ def _reaches_loss(ctx: ModuleContext, node: ast.expr, hops: int) -> bool:
         child, parent = parent, ctx.parents.get(parent)
     if hops >= _MAX_LOSS_HOPS or not isinstance(parent, ast.Assign):
         return False
-    for target in parent.targets:
-        if not isinstance(target, ast.Name):
-            continue
+    names = [
+        name
+        for target in parent.targets
+        for name in (target.elts if isinstance(target, ast.Tuple | ast.List) else [target])
+        if isinstance(name, ast.Name)
+    ]  # `values, _ = out.max(0)`: either element
+    for target in names:
         for read in ctx.flow.reads_of(target.id):
             if (
                 ctx.enclosing_function(read) is scope
@@ -162,6 +184,17 @@ def _parameter_given_batches(ctx: ModuleContext, call: ast.Call, reduced: ast.ex
         if not is_whole_model_output(ctx, given):
             return False
     return True
+
+
+def _model_call(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
+    """The model call whose output `value` holds (through names, `.detach()`-style calls)."""
+    for source in ctx.flow.sources(value):
+        node = source
+        while isinstance(node, ast.Call | ast.Attribute):
+            if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
+                return node
+            node = node.func if isinstance(node, ast.Call) else node.value
+    return None
 
 
 def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
