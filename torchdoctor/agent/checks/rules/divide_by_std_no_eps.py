@@ -21,6 +21,8 @@ _DRAWS = frozenset(
 _DRAW_DEPTH = 6
 _LAYER_PARAMETERS = frozenset({"weight", "weight_v", "weight_orig"})
 """A layer's parameters by their PyTorch names: learned (or initialised) values, not data."""
+_GATES = ("std(", "norm(", "var(", "** 2", "pow(2", "square(")
+_SUMS = frozenset({"sum", "mean"})
 _NORM_FUNCTIONS = frozenset(
     {"torch.norm", "torch.linalg.norm", "torch.linalg.vector_norm", "torch.linalg.matrix_norm"}
 )
@@ -56,11 +58,10 @@ class DivideByStdNoEps(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(w in ctx.source for w in ("std(", "norm(", "var("))
+        return any(w in ctx.source for w in _GATES)
 
     def finish(self, ctx: ModuleContext) -> None:
-        text = ctx.source
-        if "std(" not in text and "norm(" not in text and "var(" not in text:
+        if not self.applies(ctx):
             return
         nodes: list[ast.BinOp | ast.AugAssign] = [
             *ctx.flow.nodes(ast.BinOp),
@@ -71,13 +72,17 @@ class DivideByStdNoEps(Rule):
                 continue
             divisor = node.right if isinstance(node, ast.BinOp) else node.value
             if _unguarded_spread(ctx, divisor):
-                ctx.report(
-                    self,
-                    node,
-                    f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the "
-                    "spread is zero (constant or single-element input)",
-                    data={"divisor": ast.unparse(divisor)},
-                )
+                why = "spread is zero (constant or single-element input)"
+            elif _unguarded_energy(ctx, node, divisor):
+                why = "energy is zero (a silent or all-zero input)"
+            else:
+                continue
+            ctx.report(
+                self,
+                node,
+                f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the {why}",
+                data={"divisor": ast.unparse(divisor)},
+            )
 
 
 def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> bool:
@@ -99,6 +104,77 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
         if inner is None and isinstance(divisor.func, ast.Attribute):
             inner = divisor.func.value  # var.sqrt()
         return inner is not None and depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
+    return False
+
+
+def _unguarded_energy(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> bool:
+    """A sum of squares (`torch.sum(s ** 2, dim=-1)`, an energy or squared norm), directly or
+    bound to a name in the same function that no test around the division looks at
+    (Conv-TasNet's SI-SNR projection `dot * s / s_energy`): zero for a silent or all-zero
+    input."""
+    if _sum_of_squares(ctx, divisor):
+        return True
+    if not isinstance(divisor, ast.Name) or _tested_around(ctx, division, divisor.id):
+        return False
+    values = [
+        v
+        for v in ctx.flow.definitions(divisor)
+        if ctx.enclosing_function(v) is ctx.enclosing_function(division)
+    ]
+    return bool(values) and all(_sum_of_squares(ctx, v) for v in values)
+
+
+def _sum_of_squares(ctx: ModuleContext, value: ast.expr) -> bool:
+    if not (isinstance(value, ast.Call) and identifier(value.func) in _SUMS):
+        return False
+    qual = ctx.flow.qualname_of(value)
+    if qual is not None:
+        summed: ast.expr | None = value.args[0] if value.args else None
+    elif isinstance(value.func, ast.Attribute):
+        summed = value.func.value
+    else:
+        return False
+    return summed is not None and _square(summed)
+
+
+def _square(value: ast.expr) -> bool:
+    """`x ** 2`, `x.pow(2)`, `torch.square(x)`, `x * x`."""
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Pow):
+        return isinstance(value.right, ast.Constant) and value.right.value == 2
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Mult):
+        return ast.dump(value.left) == ast.dump(value.right)
+    if isinstance(value, ast.Call) and identifier(value.func) == "square":
+        return True
+    if isinstance(value, ast.Call) and identifier(value.func) == "pow" and value.args:
+        power = value.args[-1]
+        return isinstance(power, ast.Constant) and power.value == 2
+    return False
+
+
+def _tested_around(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
+    """An `if`/`assert` before `node` in its function, or a conditional expression or
+    `torch.where` around it, whose test reads `name`: the zero case is handled there."""
+    fn = ctx.enclosing_function(node)
+    line = getattr(node, "lineno", 0)
+    for stmt in walk_tree(fn) if fn is not None else []:
+        if (
+            isinstance(stmt, ast.If | ast.Assert)
+            and stmt.lineno < line
+            and any(isinstance(n, ast.Name) and n.id == name for n in walk_tree(stmt.test))
+        ):
+            return True
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        test: ast.AST | None = None
+        if isinstance(anc, ast.If | ast.IfExp | ast.While):
+            test = anc.test
+        elif isinstance(anc, ast.Call) and identifier(anc.func) == "where" and anc.args:
+            test = anc.args[0]
+        if test is not None and any(
+            isinstance(n, ast.Name) and n.id == name for n in walk_tree(test)
+        ):
+            return True
     return False
 
 
