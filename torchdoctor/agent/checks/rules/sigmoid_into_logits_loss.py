@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    imported_models,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.checks.rules.bce_on_sigmoid import is_sigmoid
 from torchdoctor.agent.models import Severity
@@ -46,7 +52,7 @@ class SigmoidIntoLogitsLoss(Rule):
         return "with_logits" in ctx.source or _LOGITS_LOSS in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "igmoid" not in ctx.source or not self.applies(ctx):
+        if not self.applies(ctx):
             return
         flow = ctx.flow
         for call in flow.nodes(ast.Call):
@@ -59,11 +65,14 @@ class SigmoidIntoLogitsLoss(Rule):
                 (
                     p
                     for p in flow.producers(value)
-                    if is_sigmoid(ctx, p) and _may_run_before(ctx, p, call)
+                    if "igmoid" in ctx.source
+                    and is_sigmoid(ctx, p)
+                    and _may_run_before(ctx, p, call)
                 ),
                 None,
             )
             if sigmoid is None:
+                self._defer_to_the_model_file(ctx, call, value)
                 continue
             ctx.report(
                 self,
@@ -72,6 +81,25 @@ class SigmoidIntoLogitsLoss(Rule):
                 f"(line {sigmoid.lineno}): the sigmoid is applied twice; pass the logits",
                 data={"sigmoid_line": sigmoid.lineno},
             )
+
+    def _defer_to_the_model_file(self, ctx: ModuleContext, call: ast.Call, value: ast.expr) -> None:
+        """`prediction = model(user, item)` with `model` built from a class of another file
+        (NCF's `model.NCF`): pending on that class's `forward` ending in a sigmoid."""
+        for symbol in imported_models(ctx, value):
+            found = ctx.finding(
+                self,
+                call,
+                f"BCEWithLogitsLoss receives `{ast.unparse(value)}`, the output of `{symbol}`, "
+                "whose forward ends in a sigmoid: the sigmoid is applied twice; return the "
+                "logits",
+                data={"model": symbol},
+            )
+            if found is not None:
+                defer(ctx, self.id, Pending(symbol=symbol, needs="output:sigmoid", finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
 _LOOPS = (ast.For, ast.AsyncFor, ast.While)
