@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import uses_cuda
 from torchdoctor.agent.models import Severity
 
@@ -139,6 +139,30 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
         holder = ctx.parents.get(read)
         if isinstance(holder, ast.Call) and read in holder.args and _device_side(ctx, holder):
             return holder
+        mixed = _mixed_with_model_output(ctx, read)
+        if mixed is not None:
+            return mixed
+    return None
+
+
+def _mixed_with_model_output(ctx: ModuleContext, read: ast.Name) -> ast.Call | None:
+    """The model call whose output the tensor meets in arithmetic (a hand-written label
+    smoothing: `torch.sum(-smooth * torch.log_softmax(outputs, dim=1), dim=1)` with `outputs =
+    net(images)`): the operation mixes a CPU tensor with a GPU one."""
+    parent = ctx.parents.get(read)
+    arithmetic: ast.expr | None = None
+    while isinstance(parent, ast.BinOp | ast.UnaryOp):
+        arithmetic, parent = parent, ctx.parents.get(parent)
+    if arithmetic is None:
+        return None
+    flow = ctx.flow
+    for sub in walk_tree(arithmetic):
+        if isinstance(sub, ast.Call) and flow.is_model_call(sub):
+            return sub
+        if isinstance(sub, ast.Name) and sub is not read:
+            producer = next((p for p in flow.producers(sub) if flow.is_model_call(p)), None)
+            if producer is not None:
+                return producer
     return None
 
 
