@@ -23,6 +23,10 @@ class CudnnBenchmarkWithDeterminism(Rule):
     GPU); PyTorch's reproducibility notes ask for `benchmark = False` alongside the
     determinism flags. With both set, the runs the user believes reproducible are not.
 
+    A determinism request may be a run-time option named for it (`cudnn.deterministic =
+    args.torch_deterministic`): benchmark mode set unconditionally defeats it whenever it is
+    on.
+
     Not reported: the two settings in opposite branches (`if args.deterministic: ... else:
     cudnn.benchmark = True`), in different functions, a later `benchmark = False` in the same
     scope, or a benchmark flag computed at run time (`benchmark = not args.deterministic`).
@@ -55,7 +59,7 @@ class CudnnBenchmarkWithDeterminism(Rule):
                 flag = node.value.value if isinstance(node.value, ast.Constant) else None
                 if qual == _BENCHMARK and isinstance(flag, bool):
                     benchmarks.append((node, flag))
-                elif qual == _DETERMINISTIC_FLAG and flag is True:
+                elif qual == _DETERMINISTIC_FLAG and _requests(node.value):
                     requests.append(node)
         for call in ctx.flow.nodes(ast.Call):
             if ctx.flow.qualname_of(call) == _DETERMINISTIC_CALL and _switches_on(call):
@@ -76,7 +80,17 @@ class CudnnBenchmarkWithDeterminism(Rule):
 
 def _switches_on(call: ast.Call) -> bool:
     mode = call.args[0] if call.args else next((k.value for k in call.keywords), None)
-    return isinstance(mode, ast.Constant) and mode.value is True
+    return mode is not None and _requests(mode)
+
+
+def _requests(value: ast.expr) -> bool:
+    """`True`, or a run-time option named for determinism (`args.torch_deterministic`,
+    cleanrl's scripts): benchmark mode set unconditionally defeats it whenever it is on."""
+    if isinstance(value, ast.Constant):
+        return value.value is True
+    return (
+        isinstance(value, ast.Name | ast.Attribute) and "determinis" in ast.unparse(value).lower()
+    )
 
 
 def _scope(ctx: ModuleContext, node: ast.AST) -> ast.AST:
