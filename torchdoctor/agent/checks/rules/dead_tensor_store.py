@@ -80,6 +80,8 @@ class DeadTensorStore(Rule):
             for block in blocks:
                 self._check_block(ctx, block)
             self._check_never_read(ctx, owner, blocks)
+        for block in _blocks(ctx.tree):  # a script's top level (`if __name__ == "__main__":`)
+            self._check_block(ctx, block)
 
     def _check_never_read(
         self, ctx: ModuleContext, owner: ast.FunctionDef, blocks: list[list[ast.stmt]]
@@ -113,6 +115,8 @@ class DeadTensorStore(Rule):
     def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
         last_store = _last_stores(block)
         for index, stmt in enumerate(block):
+            if isinstance(stmt, ast.If):
+                self._check_branch_tails(ctx, stmt, block[index + 1 :])
             target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
             if not isinstance(target, ast.Name) or last_store.get(target.id, -1) <= index:
                 continue  # never stored again in this block: no need to ask what it computes
@@ -132,6 +136,32 @@ class DeadTensorStore(Rule):
                     break
                 if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
                     break
+
+    def _check_branch_tails(
+        self, ctx: ModuleContext, branch: ast.If, after: list[ast.stmt]
+    ) -> None:
+        """A tensor stored by the last statement of an `if`'s body, which the statements after
+        the `if` overwrite before reading (cleanrl's clipped value loss with its `else:`
+        dropped: `if clip: v_loss = 0.5 * v_max.mean()`, then `v_loss = 0.5 * (...).mean()`)."""
+        tail = branch.body[-1]
+        name = _computed_name(ctx, tail)
+        if name is None or name in {
+            n.id for n in walk_tree(branch.test) if isinstance(n, ast.Name)
+        }:
+            return
+        for later in after:
+            if _reads(ctx, later, name):
+                return
+            if _stores(later, name):
+                ctx.report(
+                    self,
+                    tail,
+                    f"`{name}` is overwritten on line {later.lineno}, after the `if`, before "
+                    "anything reads this value: the branch's computation is lost",
+                )
+                return
+            if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
+                return
 
 
 def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
@@ -154,6 +184,13 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
         return None
     target, value = stmt.targets[0], stmt.value
+    if (
+        isinstance(value, ast.BinOp)
+        and isinstance(target, ast.Name)
+        and target.id != "_"
+        and _scaled_reduction(value) is not value
+    ):
+        return target.id  # `0.5 * errors.mean()`: a loss term
     if not isinstance(target, ast.Name) or target.id == "_" or not isinstance(value, ast.Call):
         return None
     qual = ctx.flow.qualname_of(value) or ""
@@ -163,6 +200,23 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not qual and ctx.flow.is_model_call(value):
         return target.id
     return None
+
+
+def _scaled_reduction(value: ast.BinOp) -> ast.expr:
+    """The reduction a constant scales (`0.5 * errors.mean()`, `loss.sum() / 2`), else the
+    expression itself."""
+    for operand, other in ((value.left, value.right), (value.right, value.left)):
+        if (
+            isinstance(other, ast.Constant)
+            and isinstance(operand, ast.Call)
+            and isinstance(operand.func, ast.Attribute)
+            and operand.func.attr in _SCALED
+        ):
+            return operand
+    return value
+
+
+_SCALED = frozenset({"mean", "sum"})
 
 
 def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
