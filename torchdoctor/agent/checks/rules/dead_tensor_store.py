@@ -41,7 +41,10 @@ class DeadTensorStore(Rule):
     `z = F.relu(y)`) that the next statements of the same block overwrite (`out = ...`) before
     any of them reads it; and a torch function or tensor reduction (`pred = out.argmax(1)`,
     `p = F.softmax(out, 1)`) assigned to a local that nothing in its function ever reads
-    (the next line uses `out` where `pred` was meant).
+    (the next line uses `out` where `pred` was meant). A value stored by the last statement
+    of an `if` and overwritten after it before any read counts too (an `else:` dropped), and
+    so does a constant-scaled reduction (`v_loss = 0.5 * err.mean()`), at a script's top
+    level as in functions.
 
     Why it matters: the first result is thrown away. Usually a line was meant to use it
     (`out = model(out)` written as `out = model(x)`, a residual or normalisation silently

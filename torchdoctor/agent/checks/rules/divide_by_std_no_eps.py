@@ -31,7 +31,8 @@ _NORM_FUNCTIONS = frozenset(
 class DivideByStdNoEps(Rule):
     """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`,
     `x / var.sqrt()` where `var = torch.var(...)` (also `/=`) where the divisor has no `+ eps`
-    and no `clamp`.
+    and no `clamp`; and a division by a sum of squares (`dot * s / torch.sum(s ** 2, -1)`, a
+    signal's energy, also through a name that no `if`/`assert`/`torch.where` tests).
 
     Why it matters: the spread is zero for a constant input, a single-element batch or an
     all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads

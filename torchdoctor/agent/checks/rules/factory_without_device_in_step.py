@@ -27,7 +27,8 @@ class FactoryWithoutDeviceInStep(Rule):
     `device=` whose result goes, without `.to()`/`.cuda()`, into a loss or a model call
     (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`). A tensor made in the
     function that runs the training loop, before the loop that consumes it, counts too (PPO's
-    `update`: `rewards = torch.tensor(rewards)`, then the epochs' value loss on them).
+    `update`: `rewards = torch.tensor(rewards)`, then the epochs' value loss on them), and so
+    does one mixed by arithmetic with a model's output (`-smooth * F.log_softmax(out, 1)`).
 
     Why it matters: factories create CPU tensors unless told otherwise; the loss or the model
     then mixes devices and the step fails on the GPU ("Expected all tensors to be on the same
