@@ -827,3 +827,34 @@ def test_an_epoch_schedule_stepped_in_the_batch_loop_moves_after_it() -> None:
     )
     assert after_the_batches in fixed
     assert not _findings_of("epoch-scheduler-per-batch", fixed)
+
+
+GLOBAL_MODEL_EVALUATED_IN_A_STEP = """
+import torch
+import torch.nn.functional as F
+
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+optimizer = torch.optim.Adam(model.parameters())
+
+def train(epoch, x, y):
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    return F.cross_entropy(model(x), y).item()
+
+for epoch in range(10):
+    print(train(epoch, torch.randn(4, 8), torch.zeros(4, dtype=torch.long)))
+"""
+
+
+def test_a_global_model_a_local_step_evaluates_is_set_back_to_train_after_the_call() -> None:
+    """pyGAT's shape: `train(epoch)` ends with `model.eval()` on the script's global model."""
+    (finding,) = _findings_of("train-mode-not-restored", GLOBAL_MODEL_EVALUATED_IN_A_STEP)
+    codemod = codemod_for("train-mode-not-restored")
+    assert codemod is not None
+    fixed = codemod.transform(GLOBAL_MODEL_EVALUATED_IN_A_STEP, _target_of(finding))
+    assert fixed is not None
+    assert "zeros(4, dtype=torch.long)))\n    model.train()\n" in fixed
+    assert not _findings_of("train-mode-not-restored", fixed)

@@ -201,7 +201,29 @@ def _model_switched(ctx: ModuleContext, call: ast.Call, evals: bool) -> dict[str
         and not LOSS_NAME.search(ast.unparse(value))
         and ctx.flow.is_module_value(value)
     ]
-    return {"model": ast.unparse(handed[0]), "direct": False} if len(handed) == 1 else {}
+    if len(handed) == 1:
+        return {"model": ast.unparse(handed[0]), "direct": False}
+    switched = _globals_put_in_eval(ctx, local_callee(call))
+    return {"model": switched.pop(), "direct": False} if len(switched) == 1 else {}
+
+
+def _globals_put_in_eval(ctx: ModuleContext, name: str) -> set[str]:
+    """The names, not parameters of theirs, that the local functions called `name` put in
+    eval mode (pyGAT's `train(epoch)` and pytorch-cifar100's `eval_training(epoch)` call
+    `model.eval()` / `net.eval()` on the script's global model)."""
+    found: set[str] = set()
+    for fn in ctx.flow.functions.get(name, []):
+        parameters = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+        for node in walk_tree(fn):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "eval"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id not in parameters
+            ):
+                found.add(node.func.value.id)
+    return found
 
 
 def _fresh_copy(ctx: ModuleContext, call: ast.Call) -> bool:
