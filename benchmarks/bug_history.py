@@ -8,7 +8,7 @@ found when a finding of one of its class's rules lands on the buggy lines (two l
 side); it is still reported when such a finding lands on the fixed lines of the fix. Cases whose
 mirror is missing are skipped with a message (a benchmark, not a test: never run in CI).
 
-    python benchmarks/bug_history.py [--mirror DIR] [--cache DIR] [--only CLASS] [-v]
+    PYTHONPATH=. python benchmarks/bug_history.py [--mirror DIR] [--cache DIR] [--only CLASS] [-v]
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ NEW_RULES: tuple[str, ...] = (
     "loss-reduced-before-weighting",
     "sequence-batch-axis",
     "softmax-without-dim",
+    "module-shallow-copy",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
