@@ -45,6 +45,7 @@ NEW_RULES: tuple[str, ...] = (
     "sequence-batch-axis",
     "softmax-without-dim",
     "module-shallow-copy",
+    "norm-positional-eps",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
