@@ -46,6 +46,7 @@ NEW_RULES: tuple[str, ...] = (
     "softmax-without-dim",
     "module-shallow-copy",
     "norm-positional-eps",
+    "functional-dropout-always-on",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
