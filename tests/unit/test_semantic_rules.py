@@ -47,6 +47,7 @@ NEW_RULES: tuple[str, ...] = (
     "module-shallow-copy",
     "norm-positional-eps",
     "functional-dropout-always-on",
+    "scalar-loss-indexed",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

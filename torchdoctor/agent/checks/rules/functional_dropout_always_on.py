@@ -84,13 +84,16 @@ def _mode_tested(node: ast.AST, ctx: ModuleContext) -> bool:
     """Under an `if`/conditional expression whose test reads a `training` flag."""
     child = node
     for ancestor in ctx.ancestors(node):
-        if isinstance(ancestor, ast.If | ast.IfExp) and child is not ancestor.test:
-            if any(
+        if (
+            isinstance(ancestor, ast.If | ast.IfExp)
+            and child is not ancestor.test
+            and any(
                 isinstance(n, ast.Attribute | ast.Name)
                 and "training" in (n.attr if isinstance(n, ast.Attribute) else n.id)
                 for n in ast.walk(ancestor.test)
-            ):
-                return True
+            )
+        ):
+            return True
         if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
             return False
         child = ancestor

@@ -44,7 +44,12 @@ class ModuleShallowCopy(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
-        if is_test_module(ctx.path) or ctx.call_qualname(node) != "copy.copy" or len(node.args) != 1 or node.keywords:
+        if (
+            is_test_module(ctx.path)
+            or ctx.call_qualname(node) != "copy.copy"
+            or len(node.args) != 1
+            or node.keywords
+        ):
             return
         if ctx.flow.is_module_value(node.args[0]):
             ctx.report(

@@ -87,7 +87,8 @@ class NormPositionalEps(Rule):
 def _not_an_epsilon(eps: ast.expr) -> bool:
     value = constant_number(eps)
     if value is not None:
-        return isinstance(eps, ast.Constant) and isinstance(eps.value, int) or value >= _LARGEST_EPS
+        integer = isinstance(eps, ast.Constant) and isinstance(eps.value, int)
+        return integer or value >= _LARGEST_EPS
     name = identifier(eps).lower()
     return bool(name) and "eps" not in name
 
