@@ -26,6 +26,15 @@ _FACTORIES = frozenset(
         "eye",
         "linspace",
         "tensor",
+        # the legacy constructors: `torch.Tensor([p])` is a 1-element CPU tensor, not a scalar
+        "Tensor",
+        "FloatTensor",
+        "DoubleTensor",
+        "HalfTensor",
+        "LongTensor",
+        "IntTensor",
+        "ByteTensor",
+        "BoolTensor",
     )
 )
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
@@ -93,20 +102,34 @@ class DeviceMismatchFactoryInForward(Rule):
             return  # test doubles returning fixed tensors: a mismatch fails the test itself
         flow = ctx.flow
         for name in sorted(flow.module_classes):
-            for stmt in flow.classes[name].body:
-                if isinstance(stmt, ast.FunctionDef) and stmt.name == "forward":
-                    self._check_forward(ctx, stmt)
+            methods = _forward_and_helpers(flow.classes[name])
+            for method in methods:  # helpers often build and then move: only bare .cuda() pins
+                self._check_forward(ctx, method, pins_only=method is not methods[0])
         for cls in flow.classes.values():
             if cls.name not in flow.module_classes:
                 for method in _called_per_batch(cls):
                     self._check_forward(ctx, method)
 
-    def _check_forward(self, ctx: ModuleContext, forward: ast.FunctionDef) -> None:
+    def _check_forward(
+        self, ctx: ModuleContext, forward: ast.FunctionDef, pins_only: bool = False
+    ) -> None:
         for node in walk_scope(forward.body):
             if not isinstance(node, ast.Call):
                 continue
             qual = ctx.flow.qualname_of(node)
-            if qual not in _FACTORIES or _placed(ctx, node) or _host_only(ctx, node, forward):
+            if qual not in _FACTORIES:
+                continue
+            if _pinned_to_cuda(ctx, node) and not _cuda_guarded(ctx, node, forward):
+                ctx.report(
+                    self,
+                    node,
+                    f"`{qual}(...).cuda()` in {forward.name}() pins the tensor to the current "
+                    "CUDA device: the model fails on a CPU run and on any other device; pass "
+                    "device=x.device instead",
+                    data={"factory": qual},
+                )
+                continue
+            if pins_only or _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
@@ -119,6 +142,32 @@ class DeviceMismatchFactoryInForward(Rule):
             )
 
 
+def _forward_and_helpers(cls: ast.ClassDef) -> list[ast.FunctionDef]:
+    """A module's `forward` and the methods of its own it runs (`self.time_delay_agg(...)`,
+    transitively): they run on every batch, on the model's device."""
+    methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
+    forward = methods.get("forward")
+    return [] if forward is None else _with_own_callees(forward, methods)
+
+
+def _with_own_callees(
+    entry: ast.FunctionDef, methods: dict[str, ast.FunctionDef]
+) -> list[ast.FunctionDef]:
+    found = [entry]
+    for method in found:  # grows while it is walked: the callees' callees too
+        for node in walk_scope(method.body):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "self"
+                and node.func.attr in methods
+                and methods[node.func.attr] not in found
+            ):
+                found.append(methods[node.func.attr])
+    return found
+
+
 def _called_per_batch(cls: ast.ClassDef) -> list[ast.FunctionDef]:
     """A plain loss class called like a module on each batch (`__call__(p, targets)`), and
     the methods of its own that `__call__` runs (`self.build_targets(...)`):
@@ -127,18 +176,7 @@ def _called_per_batch(cls: ast.ClassDef) -> list[ast.FunctionDef]:
     call = methods.get("__call__")
     if call is None or len(call.args.args) < 2 or not _bound_to_training(cls, methods):
         return []
-    found = [call]
-    for node in walk_scope(call.body):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "self"
-            and node.func.attr in methods
-            and methods[node.func.attr] not in found
-        ):
-            found.append(methods[node.func.attr])
-    return found
+    return _with_own_callees(call, methods)
 
 
 def _bound_to_training(cls: ast.ClassDef, methods: dict[str, ast.FunctionDef]) -> bool:
@@ -176,6 +214,36 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if isinstance(parent, ast.Assign) and all(isinstance(t, ast.Subscript) for t in parent.targets):
         return True  # written into an existing tensor (`gain[2:6] = ...`): copied onto its device
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+def _pinned_to_cuda(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`torch.arange(n).repeat(b, 1).cuda()`: moved by an argument-less `.cuda()` in the same
+    chain, to whichever GPU is current rather than the input's device."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute) or (
+        isinstance(parent, ast.Call) and parent.func is node
+    ):
+        if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
+            above = ctx.parents.get(parent)
+            return (
+                parent.attr == "cuda"
+                and isinstance(above, ast.Call)
+                and not above.args
+                and not above.keywords
+            )
+        node, parent = parent, ctx.parents.get(parent)
+    return False
+
+
+def _cuda_guarded(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
+    """Under either branch of `if x.is_cuda:` / `if torch.cuda.is_available():`: the code
+    chose the device on purpose."""
+    for guard, _ in enclosing_ifs(ctx, call, forward):
+        test = guard.test.operand if isinstance(guard.test, ast.UnaryOp) else guard.test
+        if _is_cuda_test(ctx, test):
+            return True
+    return False
 
 
 def _scaled(parent: ast.AST, node: ast.AST) -> bool:
