@@ -48,6 +48,7 @@ NEW_RULES: tuple[str, ...] = (
     "norm-positional-eps",
     "functional-dropout-always-on",
     "scalar-loss-indexed",
+    "accum-zero-grad-every-step",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
