@@ -37,9 +37,13 @@ class NllLossInput(Rule):
     import) is judged by that class's `forward`, the first element of a returned tuple being
     what `output, hidden = model(x)` unpacks.
 
-    Not reported: inputs that pass through a `log_softmax` or a `log(...)` anywhere on the
-    way; models built by a library (their last layer is unknown); a `forward` whose returns
-    differ (logits in training, probabilities at inference).
+    Also reported: log-probabilities normalised over dim 0 (`F.log_softmax(x, dim=0)` in the
+    model's `forward`), the batch axis of the `(N, C)` input NLLLoss takes: each class column
+    sums to one across the samples, and the loss trains the wrong distribution.
+
+    Not reported: inputs that pass through a `log_softmax` (over another dim) or a `log(...)`
+    anywhere on the way; models built by a library (their last layer is unknown); a `forward`
+    whose returns differ (logits in training, probabilities at inference).
 
     Example:
         probs = F.softmax(model(x), dim=1)
@@ -64,6 +68,7 @@ class NllLossInput(Rule):
         if not self.applies(ctx):
             return
         flow = ctx.flow
+        over_batch_lines: set[int] = set()
         for call in flow.nodes(ast.Call):
             if not _is_nll(ctx, call):
                 continue
@@ -72,6 +77,20 @@ class NllLossInput(Rule):
                 continue
             producers = _producers(ctx, value)
             kinds = {_kind(ctx, p) for p in producers}
+            over_batch = [p for p in producers if _kind(ctx, p) == "log_softmax" and _dim_0(p)]
+            if over_batch:
+                for producer in over_batch:  # reported where the axis is chosen, once
+                    if producer.lineno not in over_batch_lines:
+                        over_batch_lines.add(producer.lineno)
+                        ctx.report(
+                            self,
+                            producer,
+                            "log_softmax over dim 0, the batch axis, feeds NLLLoss (line "
+                            f"{call.lineno}): each class is normalised across the samples "
+                            "instead of each sample across the classes; use dim=1 (or -1)",
+                            data={"over_batch": True},
+                        )
+                continue
             if "log" in kinds or "log_softmax" in kinds:
                 continue
             if "softmax" in kinds:
@@ -155,6 +174,16 @@ def _producers(ctx: ModuleContext, value: ast.expr) -> list[ast.Call]:
         if len(networks) == 1:
             found += flow.forward_producers(networks[0], 0)
     return found
+
+
+def _dim_0(call: ast.Call) -> bool:
+    """`F.log_softmax(x, dim=0)`, `F.log_softmax(x, 0)` or `x.log_softmax(0)`."""
+    dim = next((k.value for k in call.keywords if k.arg == "dim"), None)
+    if dim is None:
+        method = isinstance(call.func, ast.Attribute) and call.func.attr == "log_softmax"
+        position = 0 if method and len(call.args) == 1 else 1
+        dim = call.args[position] if len(call.args) > position else None
+    return isinstance(dim, ast.Constant) and dim.value == 0
 
 
 def _is_nll(ctx: ModuleContext, call: ast.Call) -> bool:
