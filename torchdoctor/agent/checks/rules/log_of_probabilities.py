@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
 _LOG = frozenset({"torch.log", "torch.log2", "torch.log10"})
+_LOG_SOFTMAX = frozenset({"torch.nn.functional.log_softmax", "torch.log_softmax"})
 _VIEWS = frozenset(
     {"view", "reshape", "squeeze", "unsqueeze", "float", "double", "to", "contiguous",
      "permute", "transpose", "flatten"}
@@ -25,6 +26,10 @@ class LogOfProbabilities(Rule):
     (and much sooner in float16/bfloat16); their log is then `-inf`, the loss becomes
     inf/NaN and the gradients NaN. `log_softmax` and `logsigmoid` compute the same values
     stably, without ever forming the tiny probability.
+
+    Also reported: `F.log_softmax(p)` of such probabilities, or of a `torch.distributions`
+    object's `.probs`: they are normalised a second time as if they were logits, so the
+    result is not `log p` (a policy's entropy and log-likelihood come out wrong).
 
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
     probabilities from another source (a model's output, a dataset), `log1p`.
@@ -52,6 +57,10 @@ class LogOfProbabilities(Rule):
         for call in flow.nodes(ast.Call):
             qual = flow.qualname_of(call)
             func = call.func
+            if qual in _LOG_SOFTMAX and call.args and call.lineno not in reported:
+                self._check_renormalised(ctx, call, call.args[0])
+                reported.add(call.lineno)
+                continue
             if qual in _LOG and call.args:
                 argument = call.args[0]
             elif (
@@ -76,6 +85,41 @@ class LogOfProbabilities(Rule):
                 f"0 give -inf; use {'log_softmax' if kind == 'softmax' else 'logsigmoid'}",
                 data={"activation": kind, "direct": direct},
             )
+
+    def _check_renormalised(self, ctx: ModuleContext, call: ast.Call, argument: ast.expr) -> None:
+        """`F.log_softmax(p)` where `p` already holds probabilities: a softmax output or a
+        distribution's `.probs`."""
+        softmax = _activation(ctx, argument, 0)
+        producer: ast.expr | None = (
+            softmax if softmax is not None and _kind(ctx, softmax) == "softmax" else None
+        )
+        what = "a softmax output"
+        if producer is None:
+            producer = _distribution_probs(ctx, argument, 0)
+            what = "a distribution's .probs"
+        if producer is None:
+            return
+        ctx.report(
+            self,
+            call,
+            f"log_softmax of probabilities ({what}, line {producer.lineno}): they are "
+            "normalised again as if they were logits, so the result is not log p; take the "
+            "log_softmax of the logits (or the distribution's .logits)",
+            data={"activation": "softmax", "direct": False},
+        )
+
+
+def _distribution_probs(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Attribute | None:
+    """`dist.probs` of a `torch.distributions` object, through single assignments."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _distribution_probs(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if not (isinstance(expr, ast.Attribute) and expr.attr == "probs"):
+        return None
+    made = [ctx.flow.qualname_of(c) or "" for c in ctx.flow.constructors(expr.value)]
+    return expr if any(q.startswith("torch.distributions.") for q in made) else None
 
 
 def _kind(ctx: ModuleContext, call: ast.Call) -> str:
