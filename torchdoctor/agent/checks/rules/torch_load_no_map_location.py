@@ -16,6 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.device_scope import is_script
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
@@ -55,6 +56,7 @@ _CPU_OPTION = re.compile(
 )
 # A branch that decides by device. A process rank (`if rank in [-1, 0]:`, the main process
 # logging) picks who loads, not where: the load still restores onto the saving device.
+_CPU_KEYWORD = re.compile(r"\bdevice\s*=\s*[\"']cpu[\"']")
 _DEVICE_TEST = re.compile(r"gpu|cuda|device", re.IGNORECASE)
 _IN_MEMORY = re.compile(r"buffer|BytesIO|bytes|io\.", re.IGNORECASE)
 
@@ -64,7 +66,9 @@ class TorchLoadNoMapLocation(Rule):
     run time with a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`, or a
     switch that moves to CUDA only when on: `if use_cuda: model = model.cuda()`), or in a
     file imported by an entry script whose command line offers the CPU (`--device` with "cpu"
-    among its choices or as its default, a `--cpu` flag) or that has such a switch.
+    among its choices or as its default, a `--cpu` flag) or that has such a switch, or in a
+    script that runs on the CPU only (it passes `device="cpu"` to its own calls and never
+    names CUDA: a trained policy replayed on the CPU).
 
     Why it matters: `torch.load` restores every tensor on the device it was saved from. A
     checkpoint written during GPU training then fails to load on the CPU path the script
@@ -74,7 +78,8 @@ class TorchLoadNoMapLocation(Rule):
 
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
     branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
-    (`io.BytesIO`), a path the same function saved to just before (a state round trip),
+    (`io.BytesIO`), a path the same function saved to just before (a state round trip), a
+    wrapper forwarding `*args, **kwargs` to `torch.load`,
     projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
@@ -105,6 +110,7 @@ class TorchLoadNoMapLocation(Rule):
         if here:
             publish_cpu_device(ctx)
         here = here or ("cpu" in ctx.source and bool(_CPU_BRANCH.search(ctx.source)))
+        here = here or (_cpu_only(ctx.source) and is_script(ctx.tree))
         if "load(" not in ctx.source:
             return
         for call in ctx.flow.calls_named(("load",)):
@@ -112,6 +118,10 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if kwarg(call, "map_location") is not None or len(call.args) > 1:
                 continue
+            if any(isinstance(a, ast.Starred) for a in call.args) or any(
+                k.arg is None for k in call.keywords
+            ):
+                continue  # a wrapper forwarding `*args, **kwargs`: its callers pass the device
             if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
@@ -181,6 +191,13 @@ def _reads_back(ctx: ModuleContext, load: ast.Call) -> bool:
         if before and ast.unparse(save.args[1]) == path and ctx.enclosing_function(save) is scope:
             return True
     return False
+
+
+def _cpu_only(source: str) -> bool:
+    """A script that hands `device="cpu"` to its own calls and never names CUDA (a policy
+    replayed on the CPU, an export script): what it loads must come off the GPU it was
+    trained on."""
+    return "cuda" not in source and bool(_CPU_KEYWORD.search(source))
 
 
 def _cpu_flag(source: str) -> bool:
