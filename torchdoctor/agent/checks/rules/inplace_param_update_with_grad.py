@@ -17,12 +17,15 @@ _INPLACE = frozenset(
     }
 )  # fmt: skip
 _PARAMETER_ITERATORS = frozenset({"parameters", "named_parameters"})
+_VIEWS = frozenset({"view", "reshape", "view_as", "unflatten"})
 
 
 class InplaceParamUpdateWithGrad(Rule):
     """Detects an in-place update of a parameter (`p -= lr * p.grad`, `p.add_(...)`,
     `p.uniform_(...)`) where `p` iterates `model.parameters()` / `named_parameters()` or is a
-    tensor created with `requires_grad=True`, while autograd is on: not under `no_grad()` /
+    tensor created with `requires_grad=True`, or an indexed in-place update of a reshaped
+    view of a layer's weight or bias (`b = conv.bias.view(3, -1); b[:, 4] += prior`, a
+    detection head's bias initialisation), while autograd is on: not under `no_grad()` /
     `inference_mode()`, not in a function decorated with them, not in a helper every call of
     which runs under them.
 
@@ -50,19 +53,38 @@ class InplaceParamUpdateWithGrad(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "parameters()" in ctx.source or "requires_grad=True" in ctx.source
+        return (
+            "parameters()" in ctx.source
+            or "requires_grad=True" in ctx.source
+            or ".bias." in ctx.source
+            or ".weight." in ctx.source
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
         flow = ctx.flow
-        sites: list[tuple[ast.AST, ast.expr]] = [(a, a.target) for a in flow.nodes(ast.AugAssign)]
+        sites: list[tuple[ast.stmt | ast.expr, ast.expr]] = [
+            (a, a.target) for a in flow.nodes(ast.AugAssign)
+        ]
         sites += [
             (call, call.func.value)
             for call in flow.nodes(ast.Call)
             if isinstance(call.func, ast.Attribute) and call.func.attr in _INPLACE
         ]
         for site, target in sites:
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+                view = _parameter_view(ctx, target.value)  # `b[:, 4] += x`, b a weight's view
+                if view is not None and grad_mode_at(ctx, site) == "on":
+                    ctx.report(
+                        self,
+                        site,
+                        f"`{target.value.id}` is a view of `{ast.unparse(view)}`, a parameter, "
+                        "updated in place with autograd on: PyTorch refuses in-place changes "
+                        "of (views of) leaf tensors that require grad",
+                        data={"wrap_line": site.lineno},
+                    )
+                continue
             if not isinstance(target, ast.Name):
                 continue
             anchor = _parameter_origin(ctx, target)
@@ -91,6 +113,24 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
         if isinstance(value, ast.Call) and _requires_grad(value):
             return next(a for a in ctx.ancestors(name) if isinstance(a, ast.stmt))
     return None
+
+
+def _parameter_view(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:
+    """The layer parameter (`conv.bias`, `self.fc.weight`) whose reshaped view `name` holds
+    (`b = conv.bias.view(3, -1)`), when every binding of `name` is such a view."""
+    values = ctx.flow.reaching_or_all(name)
+    found: ast.expr | None = None
+    for value in values:
+        if not (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr in _VIEWS
+            and isinstance(value.func.value, ast.Attribute)
+            and value.func.value.attr in ("weight", "bias")
+        ):
+            return None
+        found = value.func.value
+    return found
 
 
 def _iterates_parameters(ctx: ModuleContext, loop: ast.For, name: str) -> bool:
