@@ -49,6 +49,7 @@ NEW_RULES: tuple[str, ...] = (
     "functional-dropout-always-on",
     "scalar-loss-indexed",
     "accum-zero-grad-every-step",
+    "flatten-view-of-transposed",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
