@@ -858,3 +858,39 @@ def test_a_global_model_a_local_step_evaluates_is_set_back_to_train_after_the_ca
     assert fixed is not None
     assert "zeros(4, dtype=torch.long)))\n    model.train()\n" in fixed
     assert not _findings_of("train-mode-not-restored", fixed)
+
+
+STEP_FUNCTION_WITHOUT_CLEAR = """
+import torch
+import torch.nn.functional as F
+
+model = torch.nn.Linear(8, 2)
+optimizer = torch.optim.Adam(model.parameters())
+
+def train(epoch, x, y):
+    output = model(x)
+    loss = F.cross_entropy(output, y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+for epoch in range(10):
+    train(epoch, torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+"""
+
+
+def test_a_step_function_called_once_an_epoch_clears_before_its_backward() -> None:
+    """pyGAT's shape: the epoch loop calls `train(epoch)`, which never clears gradients."""
+    codemod = codemod_for("zero-grad-missing")
+    assert codemod is not None
+    (finding,) = _findings_of("zero-grad-missing", STEP_FUNCTION_WITHOUT_CLEAR)
+    fixed = codemod.transform(STEP_FUNCTION_WITHOUT_CLEAR, _target_of(finding))
+    assert fixed is not None
+    assert "optimizer.zero_grad(set_to_none=True)\n    loss.backward()" in fixed
+    assert not _findings_of("zero-grad-missing", fixed)
+    two_passes = STEP_FUNCTION_WITHOUT_CLEAR.replace(
+        "    loss.backward()\n", "    loss.backward(retain_graph=True)\n    loss.backward()\n"
+    )
+    (finding,) = _findings_of("zero-grad-missing", two_passes)
+    assert codemod.transform(two_passes, _target_of(finding)) is None
+    assert "several backward()" in (codemod.explain(two_passes, _target_of(finding)) or "")
