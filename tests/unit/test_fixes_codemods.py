@@ -894,3 +894,27 @@ def test_a_step_function_called_once_an_epoch_clears_before_its_backward() -> No
     (finding,) = _findings_of("zero-grad-missing", two_passes)
     assert codemod.transform(two_passes, _target_of(finding)) is None
     assert "several backward()" in (codemod.explain(two_passes, _target_of(finding)) or "")
+
+
+def test_batch_reductions_of_the_rule_fixtures_move_to_the_class_dimension() -> None:
+    """Keyword and positional dims, method and function forms; a CTC output permuted in the
+    same statement is left alone (its classes are last, not at dim 1)."""
+    source = (
+        RULE_FIXTURES / "reduction-over-batch-dim" / "positive_mnist_test_loop.py"
+    ).read_text()
+    codemod = codemod_for("reduction-over-batch-dim")
+    assert codemod is not None
+    fixed = source
+    while found := _findings_of("reduction-over-batch-dim", fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None
+        fixed = again
+    assert "output.argmax(dim=1, keepdim=True)" in fixed
+    assert "F.log_softmax(logits, 1)" in fixed
+    assert "torch.max(logits.detach(), 1)" in fixed
+    ctc = (
+        RULE_FIXTURES / "reduction-over-batch-dim" / "positive_softmax_over_the_batch_of_a_step.py"
+    ).read_text()
+    permuted = next(f for f in _findings_of("reduction-over-batch-dim", ctc) if "permute" in f.code)
+    assert codemod.transform(ctc, _target_of(permuted)) is None
+    assert "rearranged" in (codemod.explain(ctc, _target_of(permuted)) or "")

@@ -94,6 +94,7 @@ class ReductionOverBatchDim(Rule):
                 call,
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
+                data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
             )
 
     @staticmethod
@@ -204,19 +205,31 @@ def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
     return call.func.attr if isinstance(call.func, ast.Attribute) else ""
 
 
-def _over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
-    """The tensor a reduction reduces when it reduces over dim 0, else None."""
+def _dim_position(ctx: ModuleContext, call: ast.Call) -> tuple[int, ast.expr] | None:
+    """Where a reduction's positional `dim` goes, and the tensor it reduces."""
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         position = _FUNCTIONS.get(qual)
         if position is None or not call.args:
             return None
-        tensor = call.args[0]
-    elif isinstance(call.func, ast.Attribute) and call.func.attr in _METHOD_DIM:
-        position = _METHOD_DIM[call.func.attr]
-        tensor = call.func.value
-    else:
+        return position, call.args[0]
+    if isinstance(call.func, ast.Attribute) and call.func.attr in _METHOD_DIM:
+        return _METHOD_DIM[call.func.attr], call.func.value
+    return None
+
+
+def _dim_at(ctx: ModuleContext, call: ast.Call) -> str | int:
+    """'dim' when the call names its dimension, else its position (for the codemod)."""
+    located = _dim_position(ctx, call)
+    return "dim" if kwarg(call, "dim") is not None or located is None else located[0]
+
+
+def _over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """The tensor a reduction reduces when it reduces over dim 0, else None."""
+    located = _dim_position(ctx, call)
+    if located is None:
         return None
+    position, tensor = located
     dim = kwarg(call, "dim")
     if dim is None and len(call.args) > position:
         dim = call.args[position]
