@@ -50,6 +50,7 @@ NEW_RULES: tuple[str, ...] = (
     "scalar-loss-indexed",
     "accum-zero-grad-every-step",
     "flatten-view-of-transposed",
+    "alias-mutated-in-place",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

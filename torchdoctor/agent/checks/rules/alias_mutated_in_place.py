@@ -1,0 +1,134 @@
+"""alias-mutated-in-place: `a = b` then an in-place op on one changes the other too."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.models import Severity
+
+# Tensor methods that write into their receiver (the `_` suffix); flag setters excluded.
+_NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad_", "__init__"})
+
+
+class AliasMutatedInPlace(Rule):
+    """Detects a tensor kept under a second name (`saved = scores`, a plain assignment, no
+    `.clone()`) followed by an in-place method (`masked_fill_`, `mul_`, `add_`, ...) on one
+    of the two names, when the other is read afterwards, or when the alias is the one written
+    and the original lives on (an optimizer state entry, an attribute: `d_p = buf` where
+    `buf = state['momentum_buffer']`).
+
+    Why it matters: assignment does not copy a tensor, both names share its storage. The
+    in-place write changes the value kept for later: an intermediate saved "before masking"
+    holds the masked values, or an update mutates the momentum buffer it was read from, and
+    the next step starts from a corrupted state. Nothing fails.
+
+    Not reported: `.clone()`d copies, aliases rebound before the write, in-place writes on
+    the original name when the alias is never read again, and flag setters
+    (`requires_grad_`).
+
+    Example:
+        pre_mask = scores
+        scores.masked_fill_(~mask, float("-inf"))
+        return scores.softmax(-1), pre_mask
+
+    Fix: `pre_mask = scores.clone()` (or write out of place: `scores = scores.masked_fill(...)`).
+    """
+
+    id = "alias-mutated-in-place"
+    point = 1
+    severity = Severity.MEDIUM
+    title = "Tensor alias changed by an in-place operation"
+    items: ClassVar[tuple[str, ...]] = ("1.1",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "_(" in ctx.source
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for fn in ctx.flow.nodes(ast.FunctionDef):
+            self._check_function(ctx, fn)
+
+    def _check_function(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
+        nodes = list(walk_scope(fn.body))
+        stores: dict[str, list[tuple[int, ast.AST | None]]] = {}
+        loads: dict[str, list[int]] = {}
+        persistent: set[str] = set()
+        writes: list[tuple[str, int]] = []
+        aliases: list[ast.Assign] = []
+        for node in nodes:
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                block = ctx.parents.get(_statement(ctx, node))
+                stores.setdefault(node.id, []).append((node.lineno, block))
+            elif isinstance(node, ast.Name):
+                loads.setdefault(node.id, []).append(node.lineno)
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                if isinstance(target, ast.Name) and isinstance(node.value, ast.Name):
+                    aliases.append(node)
+                elif isinstance(target, ast.Name) and isinstance(
+                    node.value, ast.Subscript | ast.Attribute
+                ):
+                    persistent.add(target.id)
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.attr.endswith("_")
+                and not node.func.attr.startswith("_")
+                and node.func.attr not in _NOT_WRITES
+            ):
+                writes.append((node.func.value.id, node.lineno))
+        for alias in aliases:
+            target = alias.targets[0]
+            assert isinstance(target, ast.Name) and isinstance(alias.value, ast.Name)
+            new, old = target.id, alias.value.id
+            if new == old:
+                continue
+            for written, line in writes:
+                if written not in (new, old) or line <= alias.lineno:
+                    continue
+                other = old if written == new else new
+                block = ctx.parents.get(alias)
+                if _rebound_between(stores, (new, old), alias.lineno, line, block):
+                    continue
+                read_later = any(
+                    line < at and not _rebound_between(stores, (other,), line, at, block)
+                    for at in loads.get(other, [])
+                )
+                if read_later or (written == new and old in persistent):
+                    ctx.report(
+                        self,
+                        alias,
+                        f"`{new} = {old}` keeps the same tensor, and the in-place write on "
+                        f"`{written}` (line {line}) changes `{other}` too; use "
+                        f"`{old}.clone()`",
+                    )
+                    break
+
+
+def _rebound_between(
+    stores: dict[str, list[tuple[int, ast.AST | None]]],
+    names: tuple[str, ...],
+    lo: int,
+    hi: int,
+    block: ast.AST | None,
+) -> bool:
+    """A re-binding of one of `names` between the lines, in the alias's own block (one under
+    an `if` may not run: `if talking_heads: dots = ...`)."""
+    return any(
+        lo < at < hi and where is block for name in names for at, where in stores.get(name, [])
+    )
+
+
+def _statement(ctx: ModuleContext, node: ast.AST) -> ast.AST:
+    current: ast.AST = node
+    while not isinstance(current, ast.stmt):
+        parent = ctx.parents.get(current)
+        if parent is None:
+            return current
+        current = parent
+    return current
