@@ -918,3 +918,19 @@ def test_batch_reductions_of_the_rule_fixtures_move_to_the_class_dimension() -> 
     permuted = next(f for f in _findings_of("reduction-over-batch-dim", ctc) if "permute" in f.code)
     assert codemod.transform(ctc, _target_of(permuted)) is None
     assert "rearranged" in (codemod.explain(ctc, _target_of(permuted)) or "")
+
+
+def test_a_clear_before_each_counted_micro_batch_moves_after_the_step() -> None:
+    """pytorch-cifar100's accumulation by countdown (`if remaining > 1: continue`)."""
+    source = (
+        RULE_FIXTURES / "zero-grad-order" / "positive_cleared_before_each_counted_micro_batch.py"
+    ).read_text()
+    codemod = codemod_for("zero-grad-order")
+    assert codemod is not None
+    fixed = source
+    while found := _findings_of("zero-grad-order", fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None
+        fixed = again
+    assert "        optimizer.step()\n        optimizer.zero_grad()  # expect" in fixed
+    assert "            opt.step()\n            opt.zero_grad(set_to_none=True)  # expect" in fixed

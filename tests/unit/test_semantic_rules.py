@@ -48,7 +48,6 @@ NEW_RULES: tuple[str, ...] = (
     "norm-positional-eps",
     "functional-dropout-always-on",
     "scalar-loss-indexed",
-    "accum-zero-grad-every-step",
     "flatten-view-of-transposed",
     "alias-mutated-in-place",
 )

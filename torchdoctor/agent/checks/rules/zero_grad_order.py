@@ -20,9 +20,10 @@ from torchdoctor.agent.models import Severity
 class ZeroGradOrder(Rule):
     """Detects `zero_grad()` called after `backward()` and before `optimizer.step()` in the
     same training-loop iteration, and, under gradient accumulation (the optimizer steps only
-    when `(i + 1) % k == 0`), a `zero_grad()` of that optimizer that runs on every iteration
-    (or every call of a Lightning `training_step`): it clears the micro-batches' gradients
-    before the step that should have summed them.
+    when `(i + 1) % k == 0`, or after an `if remaining > 1: continue` that follows the
+    backward), a `zero_grad()` of that optimizer that runs on every iteration (or every call
+    of a Lightning `training_step`): it clears the micro-batches' gradients before the step
+    that should have summed them.
 
     Why it matters: the step then sees empty (or zero) gradients and updates nothing, or only
     applies weight decay; the model does not learn and no error is raised. With accumulation,
@@ -120,9 +121,12 @@ def _clears_every_micro_step(
     ctx: ModuleContext, loop: ast.AST, effects: Effects
 ) -> list[tuple[ast.Call, ast.Call]]:
     """(clear, step) pairs where `opt.zero_grad()` runs unconditionally in the loop body while
-    every `opt.step()` there runs under a `%` guard (gradient accumulation); a model's or an
-    unnamed `zero_grad()` pairs with the steps when all of them are periodic."""
+    every `opt.step()` there runs only on some iterations (gradient accumulation): under a
+    `%` guard, or after an `if ...: continue` that follows the backward (a countdown of
+    micro-batches; a skip before the backward drops the whole batch instead); a model's or
+    an unnamed `zero_grad()` pairs with the steps when all of them are periodic."""
     steps = [s for s in effects.step if isinstance(s, ast.Call)]
+    body = getattr(loop, "body", [])
     found: list[tuple[ast.Call, ast.Call]] = []
     for clear in effects.zero_grad:
         if not isinstance(clear, ast.Call) or next(enclosing_ifs(ctx, clear, loop), None):
@@ -131,9 +135,36 @@ def _clears_every_micro_step(
         same = [s for s in steps if receiver_name(s) == owner] or (
             [] if _is_optimizer_name(owner) else steps
         )
-        if same and all(under_modulo_guard(ctx, s, loop) for s in same):
+        if same and all(
+            under_modulo_guard(ctx, s, loop)
+            or _skipped_after_backward(ctx, body, effects, s, clear)
+            for s in same
+        ):
             found.append((clear, same[0]))
     return found
+
+
+def _skipped_after_backward(
+    ctx: ModuleContext, body: list[ast.stmt], effects: Effects, step: ast.Call, clear: ast.Call
+) -> bool:
+    """A top-level `if ...: continue` of the loop's body sits between the first backward()
+    and this step, and the clear comes before that backward: the iterations the skip
+    leaves out only accumulate, and each is cleared first (pytorch-cifar100's 92a3323). A
+    clear after the skip runs only with the step."""
+    first = min((_position(ctx, b, body) for b in effects.backward), default=-1)
+    last = _position(ctx, step, body)
+    return 0 <= _position(ctx, clear, body) < first < last and any(
+        isinstance(stmt, ast.If) and any(isinstance(s, ast.Continue) for s in stmt.body)
+        for stmt in body[first + 1 : last]
+    )
+
+
+def _position(ctx: ModuleContext, node: ast.AST, body: list[ast.stmt]) -> int:
+    """The index, in the loop's body, of the top-level statement holding `node`; -1 if none."""
+    current: ast.AST | None = node
+    while current is not None and current not in body:
+        current = ctx.parents.get(current)
+    return body.index(current) if current is not None else -1
 
 
 def _is_optimizer_name(name: str) -> bool:
