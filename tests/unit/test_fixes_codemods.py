@@ -934,3 +934,27 @@ def test_a_clear_before_each_counted_micro_batch_moves_after_the_step() -> None:
         fixed = again
     assert "        optimizer.step()\n        optimizer.zero_grad()  # expect" in fixed
     assert "            opt.step()\n            opt.zero_grad(set_to_none=True)  # expect" in fixed
+
+
+def test_a_clip_continued_over_two_lines_moves_after_the_backward() -> None:
+    """Conv-TasNet's solver wraps its clip call over two lines, inside `if not cross_valid:`."""
+    source = """
+import torch
+
+def run_epoch(model, optimizer, loader, cross_valid, max_norm):
+    for mixture, source in loader:
+        loss = torch.nn.functional.mse_loss(model(mixture), source)
+        if not cross_valid:
+            optimizer.zero_grad()
+            torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                           max_norm)
+            loss.backward()
+            optimizer.step()
+"""
+    (finding,) = _findings_of("clip-grad-order", source)
+    codemod = codemod_for("clip-grad-order")
+    assert codemod is not None
+    fixed = codemod.transform(source, _target_of(finding))
+    assert fixed is not None
+    assert "loss.backward()\n            torch.nn.utils.clip_grad_norm_(" in fixed
+    assert not _findings_of("clip-grad-order", fixed)

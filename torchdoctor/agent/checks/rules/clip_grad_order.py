@@ -160,13 +160,18 @@ def _statement_at(ctx: ModuleContext, sibling: ast.stmt | None, line: int) -> as
 
 
 def _movable(ctx: ModuleContext, clip: ast.stmt, anchor: ast.stmt) -> bool:
-    """A one-line clip statement whose result no statement between it and `anchor` reads."""
-    if not isinstance(clip, ast.Expr | ast.Assign) or clip.lineno != clip.end_lineno:
+    """A simple clip statement (on one line or continued over several: Conv-TasNet's
+    `clip_grad_norm_(params,\n max_norm)`) whose result no statement between it and
+    `anchor` reads."""
+    if not isinstance(clip, ast.Expr | ast.Assign):
         return False
     if isinstance(anchor, ast.If | ast.For | ast.While | ast.With | ast.Try):
         return False
     bound = {t.id for t in getattr(clip, "targets", []) if isinstance(t, ast.Name)}
-    first, last = sorted((clip.lineno, anchor.lineno))
+    if clip.lineno < anchor.lineno:
+        first, last = clip.end_lineno or clip.lineno, anchor.lineno
+    else:
+        first, last = anchor.lineno, clip.lineno
     return not any(
         isinstance(n, ast.Name) and n.id in bound and first < n.lineno <= last
         for n in ctx.nodes_by_type().get(ast.Name, ())
