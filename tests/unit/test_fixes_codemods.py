@@ -958,3 +958,26 @@ def run_epoch(model, optimizer, loader, cross_valid, max_norm):
     assert fixed is not None
     assert "loss.backward()\n            torch.nn.utils.clip_grad_norm_(" in fixed
     assert not _findings_of("clip-grad-order", fixed)
+
+
+def test_the_evaluation_fix_switches_the_model_the_rule_names() -> None:
+    """Two networks run in the block; the rule names the one whose forward it flagged."""
+    source = """
+import torch
+
+def validate(model, reference_model, loader, metrics):
+    with torch.no_grad():
+        for images, labels in loader:
+            outputs = model(images)
+            baseline = reference_model(images)
+            metrics.update(labels, outputs.argmax(1), baseline.argmax(1))
+    return metrics.compute()
+"""
+    found = _findings_of("eval-without-eval-mode", source)
+    named = next(f for f in found if f.data.get("model") == "model")
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    fixed = codemod.transform(source, _target_of(named))
+    assert fixed is not None and "    model.eval()\n" in fixed
+    unnamed = _target_of(named).model_copy(update={"data": {"mode_dependent_layers": "unknown"}})
+    assert codemod.transform(source, unnamed) is None  # two candidates: no guess

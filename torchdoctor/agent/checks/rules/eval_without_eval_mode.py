@@ -132,7 +132,7 @@ class EvalWithoutEvalMode(Rule):
                 f"{ast.unparse(loop.target)} in {ast.unparse(loop.iter)}`, evaluation ones "
                 f"included, with no `.eval()`: {_consequence(layers)}",
                 severity=_severity(layers),
-                data={"mode_dependent_layers": layers},
+                data={"mode_dependent_layers": layers, **_model_named(call)},
             )
         regions = _evaluation_regions(ctx)
         judged = {id(owner) for owner, _ in regions if owner is not None}
@@ -175,7 +175,7 @@ class EvalWithoutEvalMode(Rule):
                 f"`{ast.unparse(call.func)}`{through} runs on an evaluation path with no "
                 f"`.eval()` before it: {_consequence(layers)}",
                 severity=_severity(layers),
-                data={"mode_dependent_layers": layers},
+                data={"mode_dependent_layers": layers, **_model_named(model_call)},
             )
             if found is None:
                 continue
@@ -251,6 +251,12 @@ def _shared_with_training(ctx: ModuleContext, helper: FunctionNode) -> bool:
         if caller is not None and ctx.loops.backpropagates(caller.body):
             return True
     return False
+
+
+def _model_named(call: ast.Call) -> dict[str, str]:
+    """The model a forward runs, by its name (`model`, `self.net`), for the codemod."""
+    model = model_of(call)
+    return {"model": ast.unparse(model)} if isinstance(model, ast.Name | ast.Attribute) else {}
 
 
 def _consequence(layers: ModeLayers) -> str:
