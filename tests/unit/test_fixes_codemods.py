@@ -40,6 +40,19 @@ def _target_of(finding: RawFinding) -> FixTarget:
     )
 
 
+def _fixed_until_clean(rule: str, source: str) -> str:
+    """`source` after fixing the rule's first finding again and again until none is left;
+    every finding on the way must get a fix."""
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    fixed = source
+    while found := _findings_of(rule, fixed):
+        again = codemod.transform(fixed, _target_of(found[0]))
+        assert again is not None, f"no fix for line {found[0].line}"
+        fixed = again
+    return fixed
+
+
 RULES = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").exists())
 _COMMENT = re.compile(r"#.*$")
 
@@ -682,13 +695,7 @@ RULE_FIXTURES = Path(__file__).parents[1] / "fixtures" / "rules"
 def test_detached_state_clears_the_rule_on_its_own_positive_fixtures(case: str) -> None:
     """A `(h, c)` pair carried by a loop, and `self.hidden` kept between step calls."""
     source = (RULE_FIXTURES / "rnn-hidden-not-detached" / f"{case}.py").read_text()
-    codemod = codemod_for("rnn-hidden-not-detached")
-    assert codemod is not None
-    fixed = source
-    while found := _findings_of("rnn-hidden-not-detached", fixed):
-        again = codemod.transform(fixed, _target_of(found[0]))
-        assert again is not None
-        fixed = again
+    fixed = _fixed_until_clean("rnn-hidden-not-detached", source)
     assert not _findings_of("rnn-hidden-not-detached", fixed)
     assert fixed.count("def detach_state(") == 1
 
@@ -718,13 +725,7 @@ def test_inline_evaluation_after_training_restores_the_mode_at_the_top_of_the_lo
     source = (
         RULE_FIXTURES / "train-mode-not-restored" / "positive_validate_in_loop.py"
     ).read_text()
-    codemod = codemod_for("train-mode-not-restored")
-    assert codemod is not None
-    fixed = source
-    while found := _findings_of("train-mode-not-restored", fixed):
-        again = codemod.transform(fixed, _target_of(found[0]))
-        assert again is not None
-        fixed = again
+    fixed = _fixed_until_clean("train-mode-not-restored", source)
     assert (
         "        validate(model, loader)  # expect: train-mode-not-restored\n        model.train()"
         in fixed
@@ -790,13 +791,8 @@ def step(model, x, y):
 
 def test_every_unguarded_divisor_of_the_rule_fixture_gets_an_epsilon() -> None:
     """`/ x.std()`, `/= x.norm(...)` and `/ torch.sqrt(x.var(0))`, each from its own finding."""
-    fixed = (RULE_FIXTURES / "divide-by-std-no-eps" / "positive_no_eps.py").read_text()
-    codemod = codemod_for("divide-by-std-no-eps")
-    assert codemod is not None
-    while found := _findings_of("divide-by-std-no-eps", fixed):
-        again = codemod.transform(fixed, _target_of(found[0]))
-        assert again is not None
-        fixed = again
+    source = (RULE_FIXTURES / "divide-by-std-no-eps" / "positive_no_eps.py").read_text()
+    fixed = _fixed_until_clean("divide-by-std-no-eps", source)
     assert "/ (adv.std() + 1e-8)" in fixed
     assert "x /= x.norm(dim=-1, keepdim=True) + 1e-8" in fixed
     assert "/ (torch.sqrt(x.var(0)) + 1e-8)" in fixed
@@ -904,11 +900,7 @@ def test_batch_reductions_of_the_rule_fixtures_move_to_the_class_dimension() -> 
     ).read_text()
     codemod = codemod_for("reduction-over-batch-dim")
     assert codemod is not None
-    fixed = source
-    while found := _findings_of("reduction-over-batch-dim", fixed):
-        again = codemod.transform(fixed, _target_of(found[0]))
-        assert again is not None
-        fixed = again
+    fixed = _fixed_until_clean("reduction-over-batch-dim", source)
     assert "output.argmax(dim=1, keepdim=True)" in fixed
     assert "F.log_softmax(logits, 1)" in fixed
     assert "torch.max(logits.detach(), 1)" in fixed
@@ -925,13 +917,7 @@ def test_a_clear_before_each_counted_micro_batch_moves_after_the_step() -> None:
     source = (
         RULE_FIXTURES / "zero-grad-order" / "positive_cleared_before_each_counted_micro_batch.py"
     ).read_text()
-    codemod = codemod_for("zero-grad-order")
-    assert codemod is not None
-    fixed = source
-    while found := _findings_of("zero-grad-order", fixed):
-        again = codemod.transform(fixed, _target_of(found[0]))
-        assert again is not None
-        fixed = again
+    fixed = _fixed_until_clean("zero-grad-order", source)
     assert "        optimizer.step()\n        optimizer.zero_grad()  # expect" in fixed
     assert "            opt.step()\n            opt.zero_grad(set_to_none=True)  # expect" in fixed
 
