@@ -15,7 +15,6 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, NLL_LOSSES, SOFTMAX
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
-from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _LOG = frozenset({"torch.log", "log"})
@@ -147,13 +146,29 @@ _DEFERRED: tuple[tuple[str, Any], ...] = (
 
 def _first_output(ctx: ModuleContext, value: ast.expr) -> bool:
     """No name in `value` was unpacked from anything but a first element (`output, hidden =
-    rnn(x)`: `output`; `_, probs = model(x)` would be another element)."""
+    rnn(x)`: `output`; `_, probs = model(x)` would be another element). The indices of a
+    selection do not count (`output[idx_train]`, pyGAT's `idx_train` unpacked from
+    `load_data()`)."""
     return all(
         position == 0
-        for name in walk_tree(value)
-        if isinstance(name, ast.Name)
+        for name in _selected_names(value)
         for _, position, _ in ctx.flow.unpackings(name)
     )
+
+
+def _selected_names(value: ast.expr) -> list[ast.Name]:
+    """The names `value` reads, leaving out those only inside a subscript's index."""
+    found: list[ast.Name] = []
+    stack: list[ast.AST] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Name):
+            found.append(node)
+        elif isinstance(node, ast.Subscript):
+            stack.append(node.value)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+    return found
 
 
 def _producers(ctx: ModuleContext, value: ast.expr) -> list[ast.Call]:
