@@ -137,15 +137,32 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
 
 def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
     """The text of every receiver of an `.eval(...)` call in the module (once per module,
-    not a scan of every call per argument asked about)."""
+    not a scan of every call per argument asked about), but not of one made by a function
+    that then runs that model itself: Time-Series-Library's `test()` switching `self.model`
+    to eval mode says nothing of `vali()`, which runs it too."""
     memo = ctx.memo_table("eval_mode.eval_receivers")
     if "" not in memo:
         memo[""] = frozenset(
-            ast.unparse(n.func.value)
+            receiver
             for n in ctx.flow.nodes(ast.Call)
-            if isinstance(n.func, ast.Attribute) and n.func.attr == "eval"
+            if isinstance(n.func, ast.Attribute)
+            and n.func.attr == "eval"
+            and not _runs_it_after(ctx, n, receiver := ast.unparse(n.func.value))
         )
     return memo[""]  # type: ignore[no-any-return]
+
+
+def _runs_it_after(ctx: ModuleContext, switch: ast.Call, receiver: str) -> bool:
+    """The function that calls `receiver.eval()` calls `receiver(...)` after it."""
+    fn = ctx.enclosing_function(switch)
+    if fn is None:
+        return False
+    return any(
+        isinstance(node, ast.Call)
+        and node.lineno > switch.lineno
+        and ast.unparse(node.func) in (receiver, f"{receiver}.forward")
+        for node in walk_scope(fn.body)
+    )
 
 
 def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:

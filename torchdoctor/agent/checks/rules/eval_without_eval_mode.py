@@ -335,9 +335,12 @@ def _held_out_loops(
     ctx: ModuleContext, regions: list[tuple[FunctionNode | None, list[ast.stmt]]], test_module: bool
 ) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
     """Loops over held-out data written inline, grad on or off, outside the regions already
-    found (deepspeech.pytorch's test loop after the epoch's training loop in `main`)."""
-    if test_module or not ctx.loops.training_loops:
+    found (deepspeech.pytorch's test loop after the epoch's training loop in `main`); in a
+    module that does not train, only in a helper given the model that only other files call
+    (NCF's `evaluate.metrics(model, test_loader, top_k)`: its callers own the mode)."""
+    if test_module:
         return []
+    trains = bool(ctx.loops.training_loops)
     covered = {id(stmt) for _, body in regions for stmt in body}
     found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     for node in ctx.flow.nodes(ast.For):
@@ -356,8 +359,27 @@ def _held_out_loops(
             ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
         ):
             continue
+        if not trains and not _helper_for_other_files(ctx, owner, node):
+            continue
         found.append((owner, [node]))
     return found
+
+
+def _helper_for_other_files(ctx: ModuleContext, owner: FunctionNode | None, loop: ast.For) -> bool:
+    """`loop` runs, in a module-level function nothing in this module calls, a model that
+    function is given as a parameter."""
+    if owner is None or not isinstance(ctx.parents.get(owner), ast.Module):
+        return False
+    if ctx.flow.callers.get(owner.name):
+        return False
+    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
+    return any(
+        isinstance(n, ast.Call)
+        and ctx.flow.is_model_call(n)
+        and isinstance(root := model_of(n), ast.Name)
+        and root.id in params
+        for n in walk_scope(loop.body)
+    )
 
 
 _DRAW_WRAPPERS = frozenset({"iter", "enumerate"})
