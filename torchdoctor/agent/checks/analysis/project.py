@@ -307,7 +307,7 @@ def publish_cpu_device(ctx: ModuleContext) -> None:
     """Record that this module offers the CPU (a device option or fallback), with the project
     modules it imports: their checkpoint loads run on CPU when it does."""
     modules = {module_name(ctx.path), *star_modules(ctx)}
-    for name in _project_imports(ctx):
+    for name in project_imports(ctx):
         symbol = imported_symbol(ctx, name) or ""
         modules |= {symbol, symbol.rpartition(".")[0]}
     ctx.facts[CPU_DEVICE_KEY] = sorted(m for m in modules if m)
@@ -316,7 +316,7 @@ def publish_cpu_device(ctx: ModuleContext) -> None:
 def publish_model_passes(ctx: ModuleContext) -> None:
     """Record the calls of other files' functions and methods given a model of a known class
     (imported, or this module's own) for one of their parameters."""
-    if not _project_imports(ctx) or not (ctx.flow.module_classes or _project_constructions(ctx)):
+    if not project_imports(ctx) or not (ctx.flow.module_classes or _project_constructions(ctx)):
         return  # builds no model of the project's own classes: passes none
     if not any(_builds_project_class(ctx, call) for call in ctx.flow.nodes(ast.Call)):
         return  # no call here builds one: no value can hold one (`_model_classes`)
@@ -528,7 +528,7 @@ def _star_brought(ctx: ModuleContext, name: str) -> bool:
 def project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
     """Calls of functions imported from the project's other files (`evaluate(model, loader)`
     with `from evaluate import evaluate`), with the qualified name each was imported as."""
-    imported = _project_imports(ctx)
+    imported = project_imports(ctx)
     if not imported:
         return []
     found = []
@@ -729,7 +729,7 @@ def _project_constructions(ctx: ModuleContext) -> list[tuple[int, list[str]]]:
     if "" in memo:
         return memo[""]  # type: ignore[no-any-return]
     stars = star_modules(ctx)
-    imported = _project_imports(ctx)
+    imported = project_imports(ctx)
     found: list[tuple[int, list[str]]] = []
     if stars or imported:
         for node in ctx.flow.nodes(ast.Call):
@@ -752,7 +752,7 @@ def _project_constructions(ctx: ModuleContext) -> list[tuple[int, list[str]]]:
     return found
 
 
-def _project_imports(ctx: ModuleContext) -> frozenset[str]:
+def project_imports(ctx: ModuleContext) -> frozenset[str]:
     """Local names imported from outside the libraries (`from .parts import DoubleConv`)."""
     memo = ctx.memo_table("project.project_imports")
     if "" not in memo:

@@ -11,7 +11,9 @@ from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
     defer,
+    imported_symbol,
     module_name,
+    project_imports,
     publish_cpu_device,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -138,14 +140,36 @@ class TorchLoadNoMapLocation(Rule):
             if here:
                 ctx.findings.append(found)
             else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
-                pending = Pending(
-                    symbol=module_name(ctx.path), needs="cpu-device-in-project", finding=found
-                )
-                defer(ctx, self.id, pending)
+                for symbol in _helper_symbols(ctx):
+                    pending = Pending(symbol=symbol, needs="cpu-device-in-project", finding=found)
+                    defer(ctx, self.id, pending)
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _helper_symbols(ctx: ModuleContext) -> list[str]:
+    """This module, and the project modules it takes a device from: a helper that reads
+    `config.DEVICE` from a `config.py` offering the CPU (`DEVICE = "cuda" if
+    torch.cuda.is_available() else "cpu"`, the GAN tutorials' layout) runs there too."""
+    found = [module_name(ctx.path)]
+    called = {id(node.func) for node in ctx.flow.nodes(ast.Call)}
+    device_reads = {
+        node.value.id
+        for node in ctx.flow.nodes(ast.Attribute)
+        if isinstance(node.value, ast.Name)
+        and "device" in node.attr.lower()
+        and id(node) not in called  # a setting (`config.DEVICE`), not `idist.device()`
+    }
+    for name in project_imports(ctx):
+        if name not in device_reads and "device" not in name.lower():
+            continue  # a module this one takes no device from
+        symbol = imported_symbol(ctx, name) or ""
+        for candidate in (symbol, symbol.rpartition(".")[0]):
+            if candidate and candidate not in found:
+                found.append(candidate)
+    return found
 
 
 def _file_names(path: ast.expr) -> set[str]:
