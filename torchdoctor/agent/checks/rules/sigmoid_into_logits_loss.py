@@ -123,6 +123,9 @@ def _is_logits_loss(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == _LOGITS_FUNCTION
+    if isinstance(call.func, ast.Call):  # `nn.BCEWithLogitsLoss()(gate_out, gate_target)`
+        inline = ctx.flow.qualname_of(call.func) or ""
+        return inline.startswith("torch.") and inline.endswith(f".{_LOGITS_LOSS}")
     if not isinstance(call.func, ast.Name | ast.Attribute):
         return False
     sources = list(ctx.flow.sources(call.func))
