@@ -220,14 +220,29 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
     return found
 
 
-def under_periodic_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST | None) -> bool:
+def under_periodic_guard(
+    ctx: ModuleContext, node: ast.AST, stop: ast.AST | None, *, beside_the_step: bool = False
+) -> bool:
     """Whether an `if` between `node` and `stop` (a loop or function; without one, the
     enclosing function) runs it only periodically: `step % N == 0` itself, or a flag bound to
-    one earlier (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`)."""
+    one earlier (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`).
+    With `beside_the_step`, a guard around the backward pass itself does not count: it makes
+    the training step periodic (cleanrl's `if global_step % args.train_frequency == 0:`), not
+    what runs in it."""
     bound = stop if stop is not None else ctx.enclosing_function(node)
     return any(
-        part != "test" and holds_through_flags(ctx, guard.test, is_periodic_guard, (ast.Name,))
+        part != "test"
+        and holds_through_flags(ctx, guard.test, is_periodic_guard, (ast.Name,))
+        and not (beside_the_step and _holds_backward(guard))
         for guard, part in enclosing_ifs(ctx, node, bound)
+    )
+
+
+def _holds_backward(guard: ast.If) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
+        for stmt in guard.body
+        for n in ast.walk(stmt)
     )
 
 

@@ -144,7 +144,8 @@ class HostSyncInStep(Rule):
                 continue
             loop = ctx.loops.loop_containing(node)
             stop = loop.node if loop is not None else ctx.enclosing_function(node)
-            if under_periodic_guard(ctx, node, stop) or _feeds_environment(ctx, node):
+            periodic = under_periodic_guard(ctx, node, stop, beside_the_step=True)
+            if periodic or _feeds_environment(ctx, node):
                 continue
             reported.add(id(statement))
             ctx.report(
