@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.batch_outputs import (
@@ -114,7 +115,11 @@ class ReductionOverBatchDim(Rule):
         ):
             return True  # DQN's `q_target(s).max(0)[0]`: the best of each action over the batch
         direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
-        if not direct and not _parameter_given_batches(ctx, call, reduced):
+        if (
+            not direct
+            and not _parameter_given_batches(ctx, call, reduced)
+            and not _scoring_helper_output(ctx, call, reduced)
+        ):
             return False
         return (
             compared(ctx, call)
@@ -196,6 +201,22 @@ def _model_call(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
                 return node
             node = node.func if isinstance(node, ast.Call) else node.value
     return None
+
+
+_SCORING_HELPER = re.compile(r"^(compute_|calc_|get_)?(acc|accuracy|correct|num_correct)$")
+
+
+def _scoring_helper_output(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
+    """`reduced` is the first parameter of a module-level helper named like an accuracy
+    (`def accuracy(output, labels)`, the GCN/GAT scripts' helper, called from another file
+    with the model's output): its predictions are one class per row."""
+    fn = ctx.enclosing_function(call)
+    if not isinstance(fn, ast.FunctionDef) or not isinstance(ctx.parents.get(fn), ast.Module):
+        return False
+    if not _SCORING_HELPER.match(fn.name) or not isinstance(reduced, ast.Name):
+        return False
+    params = [a.arg for a in fn.args.args]
+    return bool(params) and params[0] == reduced.id and not ctx.flow.definitions(reduced)
 
 
 def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
