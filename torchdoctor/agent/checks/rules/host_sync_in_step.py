@@ -29,7 +29,9 @@ class HostSyncInStep(Rule):
 
     Why it matters: each one waits for the GPU to finish all queued work and copies the value
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
-    Logging under `if step % N == 0:` is fine and is not reported, nor is a read whose value
+    Logging under `if step % N == 0:` is fine and is not reported (a guard around the backward
+    pass itself, `if global_step % train_frequency == 0:`, makes the step periodic: reads in
+    it still run on every step), nor is a read whose value
     an environment's `step()` takes (a reinforcement-learning rollout: the simulator runs on
     the host, so the policy's actions must come back every step whatever the code does).
 

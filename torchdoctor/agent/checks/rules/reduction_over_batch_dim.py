@@ -50,11 +50,12 @@ class ReductionOverBatchDim(Rule):
     through names, views and arithmetic (a step drawing `dataset.get_batch()`).
 
     Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
-    of this module gives a model's whole output inside such a loop; predictions handed to one
-    call with the batch's labels (`metrics.update(targets, preds)`); and a `max`/`min`/
-    `argmax` over dim 0 of a model's output in a loop that reaches a loss (DQN's
-    `q_target(s_next).max(0)[0]` in the TD target: the best value of each action over the
-    batch, not the best action of each transition).
+    of this module gives a model's whole output inside such a loop, or in a module-level
+    accuracy helper whose first parameter it reduces and compares (called from another
+    file); predictions handed to one call with the batch's labels (`metrics.update(targets,
+    preds)`); and a `max`/`min`/`argmax` over dim 0 of a model's output in a loop that
+    reaches a loss (DQN's `q_target(s_next).max(0)[0]` in the TD target: the best value of
+    each action over the batch, not the best action of each transition).
 
     Not reported: reductions over dim 1/-1, values that are not a model's whole output (a
     row `logits[0]`, a stack of several outputs `torch.stack(outs).mean(0)`, a single example

@@ -31,6 +31,9 @@ class SigmoidIntoLogitsLoss(Rule):
     never approach 0, gradients shrink and the model trains towards the wrong optimum, with no
     error raised.
 
+    A criterion built and called inline (`nn.BCEWithLogitsLoss()(out, y)`) counts, and so does
+    the output of a model class from another file whose `forward` ends in a sigmoid.
+
     Not reported: a sigmoid used for metrics or thresholds next to a loss fed the logits; a
     sigmoid into `BCELoss` (that is `bce-on-sigmoid`); models whose last layer is a sigmoid
     (that is `activation-on-logits`).
