@@ -52,7 +52,8 @@ class DeadTensorStore(Rule):
     computation is wasted every step.
 
     Not reported: assignments whose value is not a tensor computation (a model call, a
-    `torch.*`, `torch.nn.functional.*` or `torch.linalg.*` function; not a constructor); a
+    `torch.*`, `torch.nn.functional.*` or `torch.linalg.*` function; not a constructor, nor
+    a factory of literal sizes such as a dummy input `torch.rand(1, 3, 224, 224)`); a
     read anywhere in between, including in a nested function or a condition; stores in
     different branches or blocks; `_`; module attributes (`self.x`). For a local never read:
     model calls (a warm-up, or a forward run for its hooks), functions that read `locals()`,
@@ -198,11 +199,27 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
         return None
     qual = ctx.flow.qualname_of(value) or ""
     module, _, function = qual.rpartition(".")
+    if _placeholder(qual, value):
+        return None
     if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
         return target.id
     if not qual and ctx.flow.is_model_call(value):
         return target.id
     return None
+
+
+_FACTORIES = frozenset(
+    f"torch.{name}" for name in ("rand", "randn", "randint", "zeros", "ones", "empty", "full")
+)
+
+
+def _placeholder(qual: str, value: ast.Call) -> bool:
+    """A factory of literal sizes (`torch.rand(4, 3, 224, 224)`, a notebook's dummy input
+    left behind when the cell that read it was commented out): it computes nothing from the
+    program's values, so overwriting it loses nothing."""
+    return qual in _FACTORIES and all(
+        isinstance(arg, ast.Constant) for arg in [*value.args, *(k.value for k in value.keywords)]
+    )
 
 
 def _scaled_reduction(value: ast.BinOp) -> ast.expr:
