@@ -59,12 +59,19 @@ def test_a_process_can_kill_its_own_family_and_then_itself(tmp_path: Path) -> No
     assert _alive(children) == []
 
 
-def _alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
+def _alive(pids: list[int], within_s: float = 10.0) -> list[int]:
+    """The pids still running (not dead nor a zombie) once `within_s` has passed: SIGKILL is
+    sent at once, but a killed process ends when the kernel next schedules it, which on a
+    loaded machine can be a moment after its killer has died."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
