@@ -10,6 +10,11 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
+NO_INSTALL_BYTECODE = {"PIP_COMPILE": "0"}
+"""pip installs without byte-compiling every installed module (about 6 CPU-s for torchdoctor's
+dependencies); what the tests run compiles on import, once. (`PIP_NO_COMPILE=1` would turn it
+on: pip reads a `--no-*` flag's variable as the value of the option it negates.)"""
+
 
 def clean_copy(destination: Path) -> Path:
     listed = subprocess.run(

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.ecosystem.clean_tree import clean_copy
+from tests.ecosystem.clean_tree import NO_INSTALL_BYTECODE, clean_copy
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +54,6 @@ def run(
         timeout=timeout,
         check=False,
     )
-
-
-NO_INSTALL_BYTECODE = {"PIP_COMPILE": "0"}
-"""pip installs without byte-compiling every installed module (about 6 CPU-s for torchdoctor's
-dependencies); what the tests run compiles on import, once. (`PIP_NO_COMPILE=1` would turn it
-on: pip reads a `--no-*` flag's variable as the value of the option it negates.)"""
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.ecosystem.clean_tree import committed_copy
+from tests.ecosystem.clean_tree import NO_INSTALL_BYTECODE, committed_copy
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,8 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
         "GIT_CONFIG_NOSYSTEM": "1",
         # The hook's daemon gets a folder of its own, removed at the end: it then exits.
         "TORCHDOCTOR_RUNTIME_DIR": tempfile.mkdtemp(prefix="tdh-"),
+        # pre-commit's `pip install` of the hook and its dependencies
+        **NO_INSTALL_BYTECODE,
     }
     subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
     subprocess.run(["git", "add", "train.py"], cwd=project, check=True, env=env)
