@@ -967,3 +967,48 @@ def validate(model, reference_model, loader, metrics):
     assert fixed is not None and "    model.eval()\n" in fixed
     unnamed = _target_of(named).model_copy(update={"data": {"mode_dependent_layers": "unknown"}})
     assert codemod.transform(source, unnamed) is None  # two candidates: no guess
+
+
+SERVED_FROM_ANOTHER_FILE = [
+    (
+        "models.py",
+        "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.fc = nn.Linear(4, 2)\n"
+        "        self.drop = nn.Dropout(0.5)\n\n    def forward(self, x):\n"
+        "        return self.fc(self.drop(x))\n",
+    ),
+    (
+        "serve.py",
+        "import torch\nfrom models import Net\n\nnet = Net()\n\n\ndef predict(x):\n"
+        "    with torch.no_grad():\n        return net(x).argmax(1)\n",
+    ),
+]
+
+
+def test_inference_fix_names_the_model_and_says_why_it_declines() -> None:
+    """The rule names the served model by its variable (it named the class, which the
+    codemod took for one); a refusal says why."""
+    (finding,) = [
+        f
+        for f in analyse_files(SERVED_FROM_ANOTHER_FILE, workers=1).all_findings()
+        if f.rule == "inference-no-eval"
+    ]
+    assert finding.data.get("model") == "net"
+    codemod = codemod_for("inference-no-eval")
+    assert codemod is not None
+    target = FixTarget(
+        rule=finding.rule,
+        file=finding.file,
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+    source = dict(SERVED_FROM_ANOTHER_FILE)["serve.py"]
+    fixed = codemod.transform(source, target)
+    assert fixed is not None and "    net.eval()\n    with torch.no_grad():" in fixed
+    warmed = source.replace(
+        "    with torch", "    if x is None:\n        net.eval()\n    with torch"
+    )
+    shifted = target.model_copy(update={"line": target.line + 2, "end_line": target.end_line + 2})
+    assert codemod.transform(warmed, shifted) is None
+    assert "already called here" in (codemod.explain(warmed, shifted) or "")

@@ -27,16 +27,28 @@ class InferenceNoEvalFix(Codemod):
         else:
             calls = ctx.find(cst.Call, within=(target.line, target.end_line))
             if not calls:
-                return False
+                return ctx.decline("no call at the finding")
             scope = scope_of(ctx, calls[0])
         model = model_called_in(ctx, scope, target.data.get("model"))
-        if model is None or ctx.calls_method(scope, model, "eval"):
-            return False
+        if model is None:
+            return ctx.decline(
+                "the model is not called by a plain name here (a helper or a container runs "
+                "it): call `.eval()` on it before the inference"
+            )
+        if ctx.calls_method(scope, model, "eval"):
+            return ctx.decline(
+                f"`{model}.eval()` is already called here, on a path that may not reach the "
+                "inference: move it so that every path does"
+            )
         calls = ctx.find(cst.Call, inside=scope, where=lambda c: dotted_name(c.func) == model)
         at_flag = [c for c in calls if target.line <= ctx.line(c) <= target.end_line]
         holder = _insertion_point(ctx, (at_flag or calls)[0], scope, model)
         if holder is None:
-            return False
+            return ctx.decline(
+                f"no statement of this function can take `{model}.eval()` before the first "
+                "forward (it runs in a nested function, or the statement that builds the model "
+                "runs it): put it there by hand"
+            )
         ctx.insert_before(holder, f"{model}.eval()\n")
         return True
 
