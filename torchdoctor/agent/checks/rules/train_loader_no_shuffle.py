@@ -336,16 +336,22 @@ def _changed_after_built(scope: ast.AST, name: str) -> bool:
 
 def _may_be_none(ctx: ModuleContext, value: ast.expr) -> bool:
     """`sampler=None`, or `sampler=train_sampler` with `train_sampler = None` on one path
-    (`DistributedSampler(...)` only when distributed): with no `shuffle` beside it, that
-    path iterates in a fixed order."""
+    (`DistributedSampler(...)` only when distributed, also as `DistributedSampler(ds) if
+    rank != -1 else None`): with no `shuffle` beside it, that path iterates in a fixed
+    order."""
     if isinstance(value, ast.Constant):
         return value.value is None
     if not isinstance(value, ast.Name):
         return False
     return any(
-        isinstance(bound, ast.Constant) and bound.value is None
+        _none(bound)
+        or (isinstance(bound, ast.IfExp) and (_none(bound.body) or _none(bound.orelse)))
         for bound in ctx.flow.definitions(value)
     )
+
+
+def _none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | None:
