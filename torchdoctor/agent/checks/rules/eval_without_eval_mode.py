@@ -31,7 +31,13 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
-from torchdoctor.agent.checks.loops import is_backward_call, method_name, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import (
+    enclosing_ifs,
+    is_backward_call,
+    method_name,
+    walk_scope,
+    walk_tree,
+)
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -56,6 +62,8 @@ class EvalWithoutEvalMode(Rule):
     the epoch's training loop, grad on or off), or
     a function decorated with `@torch.no_grad()` / `@torch.inference_mode()`, a helper of any
     name that is called with held-out data (`score(model, val_loader)`), or a
+    call of a local epoch function with the flag value that skips its backward
+    (`self._run_one_epoch(epoch, cross_valid=True)`), or a
     `for phase in ("train", "val"):` loop that runs the model for both phases and never
     switches the mode (`model.train(phase == "train")` and an `.eval()` branch count). `.eval()`
     counts when it is called in that function, in a function it calls, in any function that
@@ -100,7 +108,11 @@ class EvalWithoutEvalMode(Rule):
     )
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(True for _ in _evaluation_regions(ctx)) or bool(_phase_loops(ctx))
+        return (
+            any(True for _ in _evaluation_regions(ctx))
+            or bool(_phase_loops(ctx))
+            or bool(_flagged_evaluation_calls(ctx))
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
@@ -115,6 +127,7 @@ class EvalWithoutEvalMode(Rule):
             and not _held_out_loops(ctx, [], is_test_module(ctx.path))
             and not _held_out_draws(ctx, [], is_test_module(ctx.path))
             and not _phase_loops(ctx)
+            and not _flagged_evaluation_calls(ctx)
         ):
             return
         reported: set[int] = set()
@@ -133,6 +146,27 @@ class EvalWithoutEvalMode(Rule):
                 f"included, with no `.eval()`: {_consequence(layers)}",
                 severity=_severity(layers),
                 data={"mode_dependent_layers": layers, **_model_named(call)},
+            )
+        for site, runner in _flagged_evaluation_calls(ctx):
+            if id(site) in reported or eval_before(ctx, site):
+                continue
+            model_call = next(
+                n
+                for n in walk_scope(runner.body)
+                if isinstance(n, ast.Call) and ctx.flow.is_model_call(n)
+            )
+            layers = _mode_dependent(ctx, model_of(model_call))
+            if layers == "none":
+                continue
+            reported.add(id(site))
+            ctx.report(
+                self,
+                site,
+                f"`{ast.unparse(site.func)}` runs its evaluation pass here (its backward is "
+                f"skipped by this call's flag) with no `.eval()` before it: "
+                f"{_consequence(layers)}",
+                severity=_severity(layers),
+                data={"mode_dependent_layers": layers},
             )
         regions = _evaluation_regions(ctx)
         judged = {id(owner) for owner, _ in regions if owner is not None}
@@ -321,6 +355,66 @@ def _find_evaluation_regions(
     regions += _held_out_loops(ctx, regions, test_module)
     regions += _held_out_draws(ctx, regions, test_module)
     return regions
+
+
+def _flagged_evaluation_calls(ctx: ModuleContext) -> list[tuple[ast.Call, FunctionNode]]:
+    """(call, its function) for calls of a local epoch function that runs the model and
+    back-propagates only under one of its flags, given the value that skips the backward
+    (Conv-TasNet's `self._run_one_epoch(epoch, cross_valid=True)` with `if not cross_valid:
+    loss.backward()`): the call is the evaluation pass."""
+    memo = ctx.memo_table("eval_without_eval_mode.flagged")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
+    found: list[tuple[ast.Call, FunctionNode]] = []
+    memo[""] = found
+    if "backward" not in ctx.source or is_test_module(ctx.path):
+        return found
+    for defs in ctx.flow.functions.values():
+        for fn in defs:
+            flag = _backward_flag(ctx, fn)
+            if flag is None:
+                continue
+            name, skipping = flag
+            for site in ctx.calls.call_sites(fn):
+                given = ctx.calls.bind(site, fn).get(name)
+                if isinstance(given, ast.Constant) and bool(given.value) is skipping:
+                    found.append((site, fn))
+    return found
+
+
+def _backward_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, bool] | None:
+    """(parameter, the value that skips the backward) when `fn` runs the model and every
+    backward in it sits under `if not flag:` or `if flag:` on one of its parameters."""
+    params = {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}
+    guards: set[tuple[str, bool]] = set()
+    backwards = [n for n in walk_scope(fn.body) if isinstance(n, ast.Call) and is_backward_call(n)]
+    if not backwards or not any(
+        isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(fn.body)
+    ):
+        return None
+    for call in backwards:
+        guard = next(
+            (
+                (guard.test, part)
+                for guard, part in enclosing_ifs(ctx, call, fn)
+                if part != "test" and _flag_name(guard.test) in params
+            ),
+            None,
+        )
+        if guard is None:
+            return None
+        test, part = guard
+        negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+        runs_when = (not negated) if part == "body" else negated
+        guards.add((_flag_name(test) or "", not runs_when))
+    return guards.pop() if len(guards) == 1 else None
+
+
+def _flag_name(test: ast.expr) -> str | None:
+    """`flag` of `if flag:` / `if not flag:`."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        test = test.operand
+    return test.id if isinstance(test, ast.Name) else None
 
 
 def _closure_of_a_training_step(ctx: ModuleContext, fn: FunctionNode) -> bool:
