@@ -53,6 +53,8 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/integration/test_run_failures.py": 23,
     "tests/security/test_docker_audit_run.py": 22,
     "tests/unit/test_api_app.py": 20,
+    "tests/api/test_client.py": 20,
+    "tests/e2e/test_llm_fix_verification.py": 15,
 }
 
 # Bytecode is cached, whatever the machine's environment says: without it every `torchdoctor`
