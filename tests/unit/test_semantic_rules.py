@@ -50,6 +50,7 @@ NEW_RULES: tuple[str, ...] = (
     "scalar-loss-indexed",
     "flatten-view-of-transposed",
     "alias-mutated-in-place",
+    "accumulator-overwritten-after-loop",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
