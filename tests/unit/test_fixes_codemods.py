@@ -1012,3 +1012,11 @@ def test_inference_fix_names_the_model_and_says_why_it_declines() -> None:
     shifted = target.model_copy(update={"line": target.line + 2, "end_line": target.end_line + 2})
     assert codemod.transform(warmed, shifted) is None
     assert "already called here" in (codemod.explain(warmed, shifted) or "")
+
+
+def test_a_log_softmax_over_the_batch_feeding_nll_is_taken_over_the_classes() -> None:
+    """In `forward` (keyword dim) and inline (method form, positional dim)."""
+    source = (RULE_FIXTURES / "nll-loss-input" / "positive_log_softmax_over_nodes.py").read_text()
+    fixed = _fixed_until_clean("nll-loss-input", source)
+    assert "return F.log_softmax(self.out(h), dim=1)" in fixed
+    assert "F.nll_loss(logits.log_softmax(1), labels)" in fixed

@@ -16,14 +16,17 @@ class NllLossInputFix(Codemod):
     `logits.log_softmax(dim=1)`; the softmax that produced the probabilities (in the call,
     a variable's binding, or the model's `forward`: `return F.softmax(x, dim=1)`, as in the
     MNIST example's classic slip) becomes the same call's `log_softmax`, so the model then
-    returns log-probabilities (their argmax is the same class). Declines when the softmax is
-    not a call this file makes under that name."""
+    returns log-probabilities (their argmax is the same class); a `log_softmax` over dim 0,
+    the batch, is taken over dim 1. Declines when the softmax is not a call this file makes
+    under that name."""
 
     rule = "nll-loss-input"
     kind = FixKind.CORRECTNESS
     summary = "feed NLLLoss log_softmax instead of probabilities or logits"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if target.data.get("over_batch"):
+            return _over_the_classes(ctx, target)
         received, text = target.data.get("received"), target.data.get("input")
         if received not in ("logits", "softmax") or not isinstance(text, str):
             return ctx.decline("the rule did not say what the loss receives")
@@ -54,6 +57,27 @@ class NllLossInputFix(Codemod):
             assert name is not None
             ctx.substitute(name, name.with_changes(attr=cst.Name("log_softmax")))
         return True
+
+
+def _over_the_classes(ctx: SourceContext, target: FixTarget) -> bool:
+    """The flagged `log_softmax` over dim 0 (the batch) taken over dim 1, the classes:
+    `F.log_softmax(x, dim=0)`, `F.log_softmax(x, 0)`, `x.log_softmax(0)`."""
+    calls = [
+        c
+        for c in ctx.find(cst.Call, within=(target.line, target.end_line))
+        if isinstance(c.func, cst.Attribute) and c.func.attr.value == "log_softmax"
+    ]
+    if len(calls) != 1:
+        return ctx.decline("no single log_softmax at the finding")
+    call = calls[0]
+    named = [a for a in call.args if a.keyword is not None and a.keyword.value == "dim"]
+    position = 1 if ctx.qualname(call.func) else 0  # the function form takes the input first
+    positional = [a for a in call.args if a.keyword is None and a.star == ""]
+    dims = named or positional[position : position + 1]
+    if len(dims) != 1 or ctx.code(dims[0].value).strip() != "0":
+        return ctx.decline("the log_softmax no longer takes dim 0")
+    ctx.substitute(dims[0].value, cst.Integer("1"))
+    return True
 
 
 def _softmax_name(node: cst.CSTNode) -> cst.Attribute | None:
