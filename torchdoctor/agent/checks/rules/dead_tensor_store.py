@@ -127,19 +127,14 @@ class DeadTensorStore(Rule):
             name = _computed_name(ctx, stmt)
             if name is None:
                 continue
-            for later in block[index + 1 :]:
-                if _reads(ctx, later, name):
-                    break
-                if _stores(later, name):
-                    ctx.report(
-                        self,
-                        stmt,
-                        f"`{name}` is overwritten on line {later.lineno} before anything reads "
-                        "this value: the computation is lost",
-                    )
-                    break
-                if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
-                    break
+            later = _overwritten_unread(ctx, block[index + 1 :], name)
+            if later is not None:
+                ctx.report(
+                    self,
+                    stmt,
+                    f"`{name}` is overwritten on line {later.lineno} before anything reads "
+                    "this value: the computation is lost",
+                )
 
     def _check_branch_tails(
         self, ctx: ModuleContext, branch: ast.If, after: list[ast.stmt]
@@ -153,19 +148,14 @@ class DeadTensorStore(Rule):
             n.id for n in walk_tree(branch.test) if isinstance(n, ast.Name)
         }:
             return
-        for later in after:
-            if _reads(ctx, later, name):
-                return
-            if _stores(later, name):
-                ctx.report(
-                    self,
-                    tail,
-                    f"`{name}` is overwritten on line {later.lineno}, after the `if`, before "
-                    "anything reads this value: the branch's computation is lost",
-                )
-                return
-            if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
-                return
+        later = _overwritten_unread(ctx, after, name)
+        if later is not None:
+            ctx.report(
+                self,
+                tail,
+                f"`{name}` is overwritten on line {later.lineno}, after the `if`, before "
+                "anything reads this value: the branch's computation is lost",
+            )
 
 
 def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
@@ -198,14 +188,23 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(target, ast.Name) or target.id == "_" or not isinstance(value, ast.Call):
         return None
     qual = ctx.flow.qualname_of(value) or ""
-    module, _, function = qual.rpartition(".")
-    if _placeholder(qual, value):
-        return None
-    if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
+    if _torch_computes(qual, value):
         return target.id
     if not qual and ctx.flow.is_model_call(value):
         return target.id
     return None
+
+
+def _torch_computes(qual: str, value: ast.Call) -> bool:
+    """A call of a lower-case function of torch's tensor modules that computes something,
+    not a factory of literal sizes."""
+    module, _, function = qual.rpartition(".")
+    return (
+        module in _TENSOR_MODULES
+        and function.islower()
+        and qual not in _NOT_COMPUTE
+        and not _placeholder(qual, value)
+    )
 
 
 _FACTORIES = frozenset(
@@ -248,12 +247,26 @@ def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(target, ast.Name) or not isinstance(value, ast.Call):
         return None
     qual = ctx.flow.qualname_of(value) or ""
-    module, _, function = qual.rpartition(".")
-    if module in _TENSOR_MODULES and function.islower() and qual not in _NOT_COMPUTE:
+    if _torch_computes(qual, value):
         return target.id
     func = value.func
     if not qual and isinstance(func, ast.Attribute) and func.attr in _TENSOR_REDUCTIONS:
         return target.id
+    return None
+
+
+def _overwritten_unread(
+    ctx: ModuleContext, statements: list[ast.stmt], name: str
+) -> ast.stmt | None:
+    """The first of `statements` that stores `name` again with no read of it before, up to
+    a jump out of the block; None when it is read first (or never stored)."""
+    for later in statements:
+        if _reads(ctx, later, name):
+            return None
+        if _stores(later, name):
+            return later
+        if isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
+            return None
     return None
 
 
