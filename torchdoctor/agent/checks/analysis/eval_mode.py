@@ -31,6 +31,12 @@ def model_of(call: ast.Call) -> ast.expr:
     return func
 
 
+def model_anchor(model: ast.expr) -> dict[str, str]:
+    """A finding's `model` anchor for its codemod: the model's name (`model`, `self.net`),
+    none when the model is an expression a codemod cannot name (`models[i]`, a call)."""
+    return {"model": ast.unparse(model)} if isinstance(model, ast.Name | ast.Attribute) else {}
+
+
 def eval_before(ctx: ModuleContext, site: ast.Call, depth: int = 0) -> bool:
     """An `.eval()` runs before `site`: earlier in its function (or around its loop), or
     before a call of that function in this module (up to three levels of callers). Memoised

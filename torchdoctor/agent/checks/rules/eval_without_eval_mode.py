@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from torchdoctor.agent.checks.analysis.eval_mode import (
     eval_before,
     mode_calls,
+    model_anchor,
     model_of,
     model_put_in_eval,
     statements_before,
@@ -145,7 +146,7 @@ class EvalWithoutEvalMode(Rule):
                 f"{ast.unparse(loop.target)} in {ast.unparse(loop.iter)}`, evaluation ones "
                 f"included, with no `.eval()`: {_consequence(layers)}",
                 severity=_severity(layers),
-                data={"mode_dependent_layers": layers, **_model_named(call)},
+                data={"mode_dependent_layers": layers, **model_anchor(model_of(call))},
             )
         for site, runner in _flagged_evaluation_calls(ctx):
             if id(site) in reported or eval_before(ctx, site):
@@ -209,7 +210,7 @@ class EvalWithoutEvalMode(Rule):
                 f"`{ast.unparse(call.func)}`{through} runs on an evaluation path with no "
                 f"`.eval()` before it: {_consequence(layers)}",
                 severity=_severity(layers),
-                data={"mode_dependent_layers": layers, **_model_named(model_call)},
+                data={"mode_dependent_layers": layers, **model_anchor(model_of(model_call))},
             )
             if found is None:
                 continue
@@ -285,12 +286,6 @@ def _shared_with_training(ctx: ModuleContext, helper: FunctionNode) -> bool:
         if caller is not None and ctx.loops.backpropagates(caller.body):
             return True
     return False
-
-
-def _model_named(call: ast.Call) -> dict[str, str]:
-    """The model a forward runs, by its name (`model`, `self.net`), for the codemod."""
-    model = model_of(call)
-    return {"model": ast.unparse(model)} if isinstance(model, ast.Name | ast.Attribute) else {}
 
 
 def _consequence(layers: ModeLayers) -> str:

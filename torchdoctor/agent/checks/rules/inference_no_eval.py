@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.eval_mode import mode_calls, model_put_in_eval
+from torchdoctor.agent.checks.analysis.eval_mode import mode_calls, model_anchor, model_put_in_eval
 from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
@@ -171,7 +171,7 @@ class InferenceNoEval(Rule):
                 call,
                 "the model is used for inference without .eval(): dropout and batch-norm "
                 "still behave as in training",
-                data=_model_named(call),
+                data=model_anchor(_model_of(call)),
             )
             if found is None:
                 return
@@ -194,7 +194,7 @@ class InferenceNoEval(Rule):
                 f"`{ast.unparse(_model_of(call))}`, a `{symbol.rsplit('.', 1)[-1]}` (it has "
                 "dropout or batch norm), is used for inference without .eval(): they still "
                 "behave as in training",
-                data={"model_class": symbol, **_model_named(call)},
+                data={"model_class": symbol, **model_anchor(_model_of(call))},
             )
             if found is not None:
                 defer(ctx, self.id, Pending(symbol=symbol, needs="mode-dependent", finding=found))
@@ -499,9 +499,3 @@ def _final_mode(ctx: ModuleContext, body: list[ast.stmt], depth: int) -> str | N
                 mode = _final_mode(ctx, helper.body, depth + 1) or mode
         last = mode or last
     return last
-
-
-def _model_named(call: ast.Call) -> dict[str, str]:
-    """The model a forward runs, by its name (`model`, `self.net`), for the codemod."""
-    model = _model_of(call)
-    return {"model": ast.unparse(model)} if isinstance(model, ast.Name | ast.Attribute) else {}
