@@ -54,21 +54,16 @@ class AliasMutatedInPlace(Rule):
 
     def _check_function(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
         nodes = list(walk_scope(fn.body))
-        stores: dict[str, list[tuple[int, ast.AST | None]]] = {}
-        loads: dict[str, list[int]] = {}
         persistent: set[str] = set()
         writes: list[tuple[str, int]] = []
         aliases: list[ast.Assign] = []
+        traced: set[str] = set()  # the names of alias pairs
         for node in nodes:
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                block = ctx.parents.get(_statement(ctx, node))
-                stores.setdefault(node.id, []).append((node.lineno, block))
-            elif isinstance(node, ast.Name):
-                loads.setdefault(node.id, []).append(node.lineno)
-            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 target = node.targets[0]
                 if isinstance(target, ast.Name) and isinstance(node.value, ast.Name):
                     aliases.append(node)
+                    traced.update((target.id, node.value.id))
                 elif isinstance(target, ast.Name) and isinstance(
                     node.value, ast.Subscript | ast.Attribute
                 ):
@@ -82,6 +77,18 @@ class AliasMutatedInPlace(Rule):
                 and node.func.attr not in _NOT_WRITES
             ):
                 writes.append((node.func.value.id, node.lineno))
+        if not aliases or not writes:
+            return  # most functions: no plain `a = b` or no in-place write, nothing to trace
+        # where each name of an alias pair is bound (in which block) and read
+        stores: dict[str, list[tuple[int, ast.AST | None]]] = {}
+        loads: dict[str, list[int]] = {}
+        for node in nodes:
+            if isinstance(node, ast.Name) and node.id in traced:
+                if isinstance(node.ctx, ast.Store):
+                    block = ctx.parents.get(_statement(ctx, node))
+                    stores.setdefault(node.id, []).append((node.lineno, block))
+                else:
+                    loads.setdefault(node.id, []).append(node.lineno)
         for alias in aliases:
             target = alias.targets[0]
             assert isinstance(target, ast.Name) and isinstance(alias.value, ast.Name)
