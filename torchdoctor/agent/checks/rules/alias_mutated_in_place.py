@@ -49,7 +49,18 @@ class AliasMutatedInPlace(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for fn in ctx.flow.nodes(ast.FunctionDef):
+        # only functions that hold a plain `a = b` are walked (few do)
+        holders: dict[int, ast.FunctionDef] = {}
+        for assign in ctx.flow.nodes(ast.Assign):
+            if (
+                len(assign.targets) == 1
+                and isinstance(assign.targets[0], ast.Name)
+                and isinstance(assign.value, ast.Name)
+            ):
+                fn = ctx.enclosing_function(assign)
+                if isinstance(fn, ast.FunctionDef):
+                    holders.setdefault(id(fn), fn)
+        for fn in holders.values():
             self._check_function(ctx, fn)
 
     def _check_function(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
