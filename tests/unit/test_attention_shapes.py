@@ -67,6 +67,16 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         "baddbmm_beta_zero": ("AttnProcessor", {"dim": 16, "heads": 2}, (torch.randn(2, 5, 16),)),
         "bmm_softmax_dim2": ("ScaledDotProductAttention", {"temperature": 2.0}, (*folded, hidden)),
         "einsum_attend": ("Attend", {"dropout": 0.1}, heads),
+        "dropout_after_assert": (
+            "GroupedQueryAttention",
+            {"d_in": 16, "d_out": 16, "num_heads": 4, "num_kv_groups": 2, "dropout": 0.1},
+            (torch.randn(2, 6, 16),),
+        ),
+        "einsum_tokens_before_heads": (
+            "HeadsSelfAttention",
+            {"feats": 16, "head": 4},
+            (torch.randn(2, 5, 16),),
+        ),
         "einsum_cross_context": (
             "CrossAttention",
             {"query_dim": 16, "context_dim": 12},
@@ -101,6 +111,7 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         ),
         "local_triu_mask": ("SelfAttention", {"n_embd": 16, "n_head": 2}, (torch.randn(2, 6, 16),)),
         "local_triu_viewed": ("CausalAttention", {"head_dim": 4}, heads),
+        "mask_argument_square": ("Decoder", {"dim": 16, "heads": 2}, (torch.randn(2, 6, 16),)),
         "perceiver_rowmax": (
             "PerceiverAttention",
             {"dim": 16},
@@ -179,9 +190,12 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         *FIXABLE,
         "einsum_cross_finfo",
         "einsum_heads_last",
+        "einsum_heads_summed",
+        "weights_kept_before_dropout",
         "finfo_min_bool_mask",
         "flags_padding_causal",
         "kv_cache_offset",
+        "mask_argument_cache_offset",
         "palm_multi_query",
         "seq2seq_tensor_scale_private",
         "softcapping",
@@ -243,3 +257,23 @@ def test_a_bias_computed_from_the_scores_is_not_taken_for_a_mask() -> None:
     assert "changed between the product and the softmax" in _codemod().explain(
         centred, _target(centred)
     )
+
+
+def test_weighted_values_in_another_axis_order_are_permuted_back() -> None:
+    """`einsum("bhij,bhjf->bifh", w, v)` is the fused call's (b, h, i, f) output permuted,
+    not only the tokens-before-heads swap the fixture pins."""
+    torch = pytest.importorskip("torch")
+    source = (SHAPES / "einsum_tokens_before_heads.py").read_text()
+    reordered = source.replace('"bhij, bhjf->bihf"', '"bhij, bhjf->bifh"')
+    assert reordered != source
+    fixed = _codemod().transform(reordered, _target(reordered))
+    assert fixed is not None and ".permute(0, 2, 3, 1)" in fixed
+    outputs = []
+    for text in (reordered, fixed):
+        namespace: dict[str, object] = {"__name__": "shape_reordered"}
+        exec(compile(text, "reordered.py", "exec"), namespace)  # our own fixture, edited
+        torch.manual_seed(1)
+        module = namespace["HeadsSelfAttention"](feats=16, head=4).eval()  # type: ignore[operator]
+        torch.manual_seed(2)
+        outputs.append(module(torch.randn(2, 5, 16)))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

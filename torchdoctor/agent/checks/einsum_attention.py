@@ -85,3 +85,24 @@ def values_rank(terms: list[Axes], output: Axes) -> int | None:
     ):
         return len(output)
     return None
+
+
+def values_order(terms: list[Axes], output: Axes) -> tuple[int, ...] | None:
+    """The weighted values with their output axes in another order (`"bhij,bhjd->bihd"`, the
+    heads after the tokens): the permutation of (..., i, d) the output is; None when the
+    equation is not the weighted values, sums more axes away, or has `...`."""
+    if len(terms) != 2 or min(len(terms[0]), len(terms[1])) < 2 or "*" in output:
+        return None
+    weights, value = terms
+    i, j, d = weights[-2], weights[-1], value[-1]
+    standard = (*weights[:-1], d)
+    if (
+        len(weights) == len(value)
+        and weights[:-2] == value[:-2]
+        and value[-2] == j
+        and len({i, j, d}) == 3
+        and len(set(standard)) == len(standard)
+        and sorted(output) == sorted(standard)
+    ):
+        return tuple(standard.index(axis) for axis in output)
+    return None

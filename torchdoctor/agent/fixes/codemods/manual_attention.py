@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from torchdoctor.agent.checks import einsum_attention as eq
 from torchdoctor.agent.fixes.codemods.attention_products import (
     AttentionRefused,
     Scores,
     assigned,
     code,
+    einsum_operands,
     flat,
     flipped,
     reciprocal,
@@ -95,6 +97,9 @@ class _Attention:
     softmax: cst.Call
     transposed: str | None = None
     """How the fused call's output is transposed back (`v @ w^T` gives (b, dim, tokens))."""
+    reorder: str = ""
+    """`.transpose(1, 2)` / `.permute(...)` for weighted values written in another axis order
+    (`einsum("bhij,bhjd->bihd", w, v)`)."""
 
 
 class ManualAttentionFix(Codemod):
@@ -127,6 +132,7 @@ class ManualAttentionFix(Codemod):
             f"{functional}.scaled_dot_product_attention("
             f"{found.query}, {found.key}, {found.value}, {', '.join(keywords)})"
             + (f".transpose({found.transposed})" if found.transposed else "")
+            + found.reorder
         )
         product = found.product
         comments = [c for stmt in sorted(found.statements, key=ctx.line) for c in _comments(stmt)]
@@ -340,18 +346,22 @@ def _match(
             dropout=dropout,
             softmax=softmax,
         )
-    # the weights, after the softmax (and an optional dropout statement)
-    index = at + 1
-    if dropout is None and index < len(body):
-        after = assigned(body[index])
-        if after is not None and after[0] == weights:
+    # the weights, after the softmax (and an optional dropout statement, maybe after lines
+    # that do not touch them: `assert k.shape[-1] == self.head_dim`)
+    rest = body[at + 1 :]
+    if dropout is None:
+        touching = next((i for i, stmt in enumerate(rest) if not _untouched(stmt, weights)), None)
+        after = assigned(rest[touching]) if touching is not None else None
+        if touching is not None and after is not None and after[0] == weights:
+            index = touching
             inner = _dropout_of(ctx, after[1])
-            if inner is None or dotted_name(inner[1]) != weights:
+            if inner is not None and dotted_name(inner[1]) == weights:
+                dropout = inner[0]
+                removed.append(rest[index])
+                rest = [*rest[:index], *rest[index + 1 :]]
+            elif index == 0 and flipped(after[1], product.rank) != weights:
                 raise AttentionRefused(f"`{weights}` is changed after the softmax")
-            dropout = inner[0]
-            removed.append(body[index])
-            index += 1
-    output = _value_product(ctx, body[index:], weights, product.rank)
+    output = _value_product(ctx, rest, weights, product.rank)
     if output is None:
         return None
     out_stmt, out_expr, value = output.statement, output.product, output.value
@@ -382,7 +392,37 @@ def _match(
         dropout=dropout,
         softmax=softmax,
         transposed=output.transposed,
+        reorder=output.reorder,
     )
+
+
+def _untouched(stmt: cst.BaseStatement, weights: str) -> bool:
+    """A simple statement that neither reads nor rebinds the weights."""
+    return isinstance(stmt, cst.SimpleStatementLine) and not _reads(stmt, weights)
+
+
+def _reordered_values(
+    ctx: SourceContext, node: cst.BaseExpression, weights: str
+) -> tuple[str, str] | None:
+    """`torch.einsum("bhij,bhjd->bihd", weights, v)`: the weighted values with the output's
+    axes in another order -> (v, the `.transpose`/`.permute` turning the fused call's
+    (..., tokens, dim) output into that order)."""
+    einsum = einsum_operands(ctx, node)
+    if einsum is None or dotted_name(strip(einsum[2][0])) != weights:
+        return None
+    order = eq.values_order(einsum[0], einsum[1])
+    if order is None:
+        if eq.contracts_keys(einsum[0], einsum[1]):
+            equation = ",".join("".join(t) for t in einsum[0]) + "->" + "".join(einsum[1])
+            raise AttentionRefused(
+                f"the einsum of `{weights}` with the values (`{equation}`) does more than "
+                "weight them (it sums or drops an axis the fused call keeps)"
+            )
+        return None
+    moved = [axis for axis, source in enumerate(order) if axis != source]
+    if len(moved) == 2:
+        return code(strip(einsum[2][1])), f".transpose({moved[0]}, {moved[1]})"
+    return code(strip(einsum[2][1])), f".permute({', '.join(map(str, order))})"
 
 
 def _inline_value_product(
@@ -866,28 +906,10 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     """'tril' / 'triu' (strictly upper) when `expr` is a square, top-left slice of a buffer
     built by torch.tril / torch.triu(diagonal=1); None otherwise. `additive`: the buffer is
     added to the scores, so only a strictly upper triangle of -inf is causal."""
-    expr = strip(expr)
-    while True:
-        call = method_call(expr, "bool")
-        if call is not None and isinstance(call.func, cst.Attribute):
-            expr = strip(call.func.value)
-            continue
-        reshaped = method_call(expr, "view") or method_call(expr, "reshape")
-        if reshaped is not None and isinstance(reshaped.func, cst.Attribute):
-            dims = [flat(a.value) for a in reshaped.args]
-            if len(dims) < 2 or dims[-1] != dims[-2] or any(d != "1" for d in dims[:-2]):
-                return None
-            expr = strip(reshaped.func.value)  # `.view(1, 1, T, T)`: leading unit dims
-            continue
-        if isinstance(expr, cst.Subscript):
-            if not _top_left_square(expr):
-                raise AttentionRefused(
-                    "the causal mask is sliced at an offset (a KV cache?): is_causal aligns "
-                    "queries and keys top-left"
-                )
-            expr = strip(expr.value)
-            continue
-        break
+    peeled = _peel(expr)
+    if peeled is None:
+        return None
+    expr = peeled
     if isinstance(expr, cst.Call):
         return _square_triangle(expr, additive)
     name = dotted_name(expr)
@@ -896,9 +918,14 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     built = _buffer_value(ctx, name)
     if built is None:
         return None
-    local = strip(built)
-    while (cast := method_call(local, "bool")) is not None and isinstance(cast.func, cst.Attribute):
-        local = strip(cast.func.value)
+    if "." not in name:
+        # a mask handed in as an argument: the caller may build it in branches, one of them
+        # sliced at the cache position (`mask = triu(...)[start:end, :end]`)
+        for value in _local_values(ctx, name):
+            _peel(value)
+    local = _peel(built)
+    if local is None:
+        return None
     if isinstance(local, cst.Call) and (square := _square_triangle(local, additive)):
         return square  # `causal_mask = torch.ones(T, T).triu(1).bool()`, used viewed
     text = flat(built)
@@ -916,6 +943,44 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     if "triu(" in text and "diagonal=1" in text:
         return "triu"
     return None
+
+
+def _peel(expr: cst.BaseExpression) -> cst.BaseExpression | None:
+    """The mask under `.bool()`, `.view(1, 1, T, T)`, a top-left square slice `[:T, :T]` and
+    new axes `[None, None, :, :]`; None for a view to another shape. AttentionRefused when it
+    is sliced at an offset: is_causal would align queries and keys top-left."""
+    expr = strip(expr)
+    while True:
+        call = method_call(expr, "bool")
+        if call is not None and isinstance(call.func, cst.Attribute):
+            expr = strip(call.func.value)
+            continue
+        reshaped = method_call(expr, "view") or method_call(expr, "reshape")
+        if reshaped is not None and isinstance(reshaped.func, cst.Attribute):
+            dims = [flat(a.value) for a in reshaped.args]
+            if len(dims) < 2 or dims[-1] != dims[-2] or any(d != "1" for d in dims[:-2]):
+                return None
+            expr = strip(reshaped.func.value)  # `.view(1, 1, T, T)`: leading unit dims
+            continue
+        if isinstance(expr, cst.Subscript):
+            if not (_top_left_square(expr) or _new_axes(expr)):
+                raise AttentionRefused(
+                    "the causal mask is sliced at an offset (a KV cache?): is_causal aligns "
+                    "queries and keys top-left"
+                )
+            expr = strip(expr.value)
+            continue
+        return expr
+
+
+def _new_axes(sub: cst.Subscript) -> bool:
+    """`[None, None, :, :]`, `[None, ...]`: axes added, nothing sliced."""
+    parts = [flat(el.slice) for el in sub.slice if isinstance(el.slice, cst.Index | cst.Slice)]
+    return (
+        len(parts) == len(sub.slice)
+        and "None" in parts
+        and all(p in (":", "None", "...") for p in parts)
+    )
 
 
 def _square_triangle(call: cst.Call, additive: bool) -> str | None:
@@ -1004,6 +1069,7 @@ class _Output:
     transposed: str | None = None
     flips: list[cst.BaseStatement] = field(default_factory=list)
     """`w = w.permute(0, 2, 1)` statements, removed with the weights."""
+    reorder: str = ""
 
 
 def _value_product(
@@ -1028,6 +1094,9 @@ def _value_product(
                 continue
             product = value_product(ctx, node)
             if product is None:
+                reordered = _reordered_values(ctx, node, weights)
+                if reordered is not None and not flips:
+                    return _Output(stmt, node, reordered[0], flips=flips, reorder=reordered[1])
                 continue
             left, right, _ = product
             turned = len(flips) % 2 == 1
