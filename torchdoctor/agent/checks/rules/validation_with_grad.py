@@ -233,27 +233,79 @@ def _input_gradients(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
 
 
 def _trained_through(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    """A `predict`/`infer` method that a function of the module calls on training data
-    before its `backward()` (DomainBed's `loss = F.cross_entropy(self.predict(x), y)` in
-    `update`): the model's forward under another name, whose grad mode each caller decides.
-    A `fit` that calls `self.predict(X_val)` after its training loop still evaluates."""
-    if not _FORWARD_NAME.match(fn.name.lstrip("_")):
-        return False
+    """A method that a function of the module calls on training data for the loss it
+    back-propagates: a `predict`/`infer` called before the caller's `backward()` (DomainBed's
+    `loss = F.cross_entropy(self.predict(x), y)` in `update`), or any evaluation-named one
+    whose results the backward's loss is computed from (PPO's `logprobs, values, entropy =
+    self.policy.evaluate(states, actions)`): the model's forward under another name, whose
+    grad mode each caller decides. A `fit` that calls `self.predict(X_val)` after its
+    training loop, or an update that logs what `evaluate` returns, still evaluates."""
+    forward_name = bool(_FORWARD_NAME.match(fn.name.lstrip("_")))
     for site in ctx.calls.call_sites(fn):
         caller = ctx.enclosing_function(site)
         if caller is None or caller is fn:
             continue
         if any(ctx.flow.held_out_kind(arg, _HELD_OUT) is not None for arg in site.args):
             continue
-        if any(
-            isinstance(node, ast.Call)
+        backwards = [
+            node
+            for node in walk_tree(caller)
+            if isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "backward"
-            and node.lineno > site.lineno
-            for node in walk_tree(caller)
-        ):
+        ]
+        if forward_name and any(node.lineno > site.lineno for node in backwards):
+            return True
+        if any(_feeds_backward(caller, site, node) for node in backwards):
             return True
     return False
+
+
+def _feeds_backward(caller: FunctionNode, site: ast.Call, backward: ast.Call) -> bool:
+    """`site` is computed into the tensor `backward` differentiates: it sits in the
+    backward's own expression or in the value of an assignment, in `caller`, to a name the
+    backward's loss is computed from (`loss = -torch.min(ratios * adv, ...)`, `ratios =
+    torch.exp(logprobs - old)`, `logprobs, values, entropy = <site>`)."""
+    assert isinstance(backward.func, ast.Attribute)
+    receiver = backward.func.value
+    if any(node is site for node in walk_tree(receiver)):
+        return True
+    needed = {n.id for n in walk_tree(receiver) if isinstance(n, ast.Name)}
+    assignments = [
+        node
+        for node in walk_tree(caller)
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign)
+        and node.value is not None
+        and node.lineno <= backward.lineno  # `loss = evaluate(...)` after training is no input
+    ]
+    grew = True
+    while grew:
+        grew = False
+        for node in assignments:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound = {identifier(t) for target in targets for t in _bound_names(target)}
+            if not bound & needed:
+                continue
+            assert node.value is not None
+            if any(n is site for n in walk_tree(node.value)):
+                return True
+            read = {n.id for n in walk_tree(node.value) if isinstance(n, ast.Name)}
+            if not read <= needed:
+                needed |= read
+                grew = True
+    return False
+
+
+def _bound_names(target: ast.expr) -> list[ast.expr]:
+    """The names an assignment target binds or writes into: `a, b` -> a, b; `risks[i]` and
+    `self.total` -> risks, self.total."""
+    if isinstance(target, ast.Tuple | ast.List):
+        return [n for element in target.elts for n in _bound_names(element)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    if isinstance(target, ast.Subscript):
+        return _bound_names(target.value)
+    return [target]
 
 
 def _in_network(ctx: ModuleContext, node: ast.AST) -> bool:
