@@ -72,6 +72,8 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"d_in": 16, "d_out": 16, "num_heads": 4, "num_kv_groups": 2, "dropout": 0.1},
             (torch.randn(2, 6, 16),),
         ),
+        "einsum_channels_first": ("ChannelsFirstQKV", {"n_heads": 2}, (torch.randn(2, 24, 5),)),
+        "einsum_channels_first_viewed": ("ChunkedQKV", {"n_heads": 2}, (torch.randn(2, 24, 5),)),
         "einsum_tokens_before_heads": (
             "HeadsSelfAttention",
             {"feats": 16, "head": 4},
@@ -277,3 +279,19 @@ def test_weighted_values_in_another_axis_order_are_permuted_back() -> None:
         torch.manual_seed(2)
         outputs.append(module(torch.randn(2, 5, 16)))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_scores_whose_output_puts_the_keys_first_are_not_attention() -> None:
+    """Near miss of einsum_channels_first: `"bct,bcs->bst"` contracts the channels of
+    channels-first q and k too, but the softmax over its last axis normalises over the
+    queries, which the fused kernel never does: not reported, not rewritten."""
+    from torchdoctor.agent.checks.engine import analyse_files
+
+    source = (SHAPES / "einsum_channels_first.py").read_text()
+    keys_first = source.replace('"bct,bcs->bts"', '"bct,bcs->bst"').replace(
+        '"bts,bcs->bct"', '"bst,bct->bcs"'
+    )
+    assert keys_first != source
+    found = analyse_files([("keys_first.py", keys_first)], workers=1).all_findings()
+    assert not [f for f in found if f.rule == "manual-attention"]
+    assert _codemod().transform(keys_first, _target(keys_first)) is None

@@ -52,6 +52,26 @@ def scores_rank(terms: list[Axes], output: Axes) -> int | None:
     return None
 
 
+def channels_first_scores_rank(terms: list[Axes], output: Axes) -> int | None:
+    """The rank of `q^T @ k` written as einsum with q and k laid out channels first, (...,
+    dim, tokens), as diffusion UNets keep them (`"bct,bcs->bts"`): the scores (..., query
+    tokens, key tokens); None when it is not that."""
+    if len(terms) != 2 or min(len(terms[0]), len(terms[1]), len(output)) < 2:
+        return None
+    query, key = terms
+    d, i, j = query[-2], query[-1], key[-1]
+    if (
+        len(query) == len(key) == len(output)
+        and _same_batch(query, key, output)
+        and key[-2] == d
+        and d not in output
+        and output[-2:] == (i, j)
+        and len({i, j, d}) == 3
+    ):
+        return len(output)
+    return None
+
+
 def contracts_dim(terms: list[Axes], output: Axes) -> bool:
     """Two operands contracted over the last axis of both: a dot product of q and k in some
     layout, whether or not it is the one the fused kernel takes."""
@@ -87,22 +107,28 @@ def values_rank(terms: list[Axes], output: Axes) -> int | None:
     return None
 
 
-def values_order(terms: list[Axes], output: Axes) -> tuple[int, ...] | None:
+def values_order(terms: list[Axes], output: Axes) -> tuple[tuple[int, ...], bool] | None:
     """The weighted values with their output axes in another order (`"bhij,bhjd->bihd"`, the
-    heads after the tokens): the permutation of (..., i, d) the output is; None when the
+    heads after the tokens; `"bts,bcs->bct"`, channels first) -> (the permutation of
+    (..., i, d) the output is, whether the values are laid out (..., d, j)); None when the
     equation is not the weighted values, sums more axes away, or has `...`."""
     if len(terms) != 2 or min(len(terms[0]), len(terms[1])) < 2 or "*" in output:
         return None
     weights, value = terms
-    i, j, d = weights[-2], weights[-1], value[-1]
+    i, j = weights[-2], weights[-1]
+    if value[-2] == j:
+        d, channels_first = value[-1], False
+    elif value[-1] == j:
+        d, channels_first = value[-2], True
+    else:
+        return None
     standard = (*weights[:-1], d)
     if (
         len(weights) == len(value)
         and weights[:-2] == value[:-2]
-        and value[-2] == j
         and len({i, j, d}) == 3
         and len(set(standard)) == len(standard)
         and sorted(output) == sorted(standard)
     ):
-        return tuple(standard.index(axis) for axis in output)
+        return tuple(standard.index(axis) for axis in output), channels_first
     return None

@@ -58,7 +58,8 @@ def _einsum(node: ast.AST) -> tuple[list[eq.Axes], eq.Axes] | None:
 
 def _is_scores(node: ast.AST) -> bool:
     """`q @ k^T`, `torch.matmul(q, k^T)`, `torch.bmm(q, k^T)`, `torch.baddbmm(x, q, k^T, ...)`
-    or an einsum contracting q and k over their last axis into (..., i, j)."""
+    or an einsum contracting q and k over their last axis into (..., i, j), or over their
+    channels when both are laid out channels first (`"bct,bcs->bts"`)."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
         return _is_key_transpose(node.right)
     if _is_matmul_call(node):
@@ -72,7 +73,9 @@ def _is_scores(node: ast.AST) -> bool:
     ):
         return _is_key_transpose(node.args[2], three_d=True)
     parsed = _einsum(node)  # in any layout: the codemod says when it needs a transpose first
-    return parsed is not None and eq.contracts_dim(*parsed)
+    return parsed is not None and (
+        eq.contracts_dim(*parsed) or eq.channels_first_scores_rank(*parsed) is not None
+    )
 
 
 def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:

@@ -72,13 +72,25 @@ def reciprocal(factor: str) -> str:
     return f"1.0 / {factor}" if atom else f"1.0 / ({factor})"
 
 
+def atom(text: str) -> str:
+    """`text` ready for a method call after it: parenthesised unless it is a name, attribute,
+    call or subscript."""
+    try:
+        plain = isinstance(
+            cst.parse_expression(text), cst.Name | cst.Attribute | cst.Call | cst.Subscript
+        )
+    except cst.ParserSyntaxError:
+        plain = False
+    return text if plain else f"({text})"
+
+
 def times(scale: str, factor: str) -> str:
     """Two scale factors as one expression ('1.0' is no factor)."""
     if scale == "1.0":
         return factor
     if factor == "1.0":
         return scale
-    return f"({scale}) * ({factor})"
+    return f"{atom(scale)} * {atom(factor)}"
 
 
 def scale_factor(expr: cst.BaseExpression) -> tuple[cst.BaseExpression, str] | None:
@@ -229,6 +241,16 @@ def _raw_scores(
     if einsum is None:
         return None
     terms, output, operands = einsum
+    channels_first = eq.channels_first_scores_rank(terms, output)
+    if channels_first is not None:
+        # `einsum("bct,bcs->bts", q * s, k * s)`: q^T k, each operand maybe scaled
+        (query_code, q_scale), (key_code, k_scale) = map(_unscaled, operands[:2])
+        return Scores(
+            f"{atom(query_code)}.transpose(-2, -1)",
+            f"{atom(key_code)}.transpose(-2, -1)",
+            times(q_scale, k_scale),
+            None if "*" in output else channels_first,
+        )
     einsum_rank = eq.scores_rank(terms, output)
     if einsum_rank is None:
         if eq.contracts_dim(terms, output) and len(terms[0]) > len(terms[1]):
@@ -249,6 +271,27 @@ def _raw_scores(
         "1.0",
         None if "*" in output else einsum_rank,
     )
+
+
+def _unscaled(expr: cst.BaseExpression) -> tuple[str, str]:
+    """An operand and the factor it was multiplied by: `q * s` -> ('q', 's'), also under a
+    view of the product, which becomes a reshape: the product was a fresh contiguous
+    tensor, q may be a chunk no view can regroup (`(q * s).view(b, c, t)` ->
+    ('q.reshape(b, c, t)', 's'))."""
+    expr = strip(expr)
+    scaled = scale_factor(expr)
+    if scaled is not None:
+        return code(scaled[0]), scaled[1]
+    reshaped = method_call(expr, "view") or method_call(expr, "reshape")
+    if reshaped is not None and isinstance(reshaped.func, cst.Attribute):
+        inner = scale_factor(reshaped.func.value)
+        if inner is not None:
+            receiver = cst.parse_expression(atom(code(inner[0])))
+            unscaled = reshaped.with_changes(
+                func=reshaped.func.with_changes(value=receiver, attr=cst.Name("reshape"))
+            )
+            return code(unscaled), inner[1]
+    return code(expr), "1.0"
 
 
 def _baddbmm(call: cst.Call, before: Sequence[cst.BaseStatement]) -> Scores | None:

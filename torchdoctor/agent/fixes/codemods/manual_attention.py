@@ -34,6 +34,7 @@ from torchdoctor.agent.fixes.codemods.attention_products import (
     AttentionRefused,
     Scores,
     assigned,
+    atom,
     code,
     einsum_operands,
     flat,
@@ -410,8 +411,8 @@ def _reordered_values(
     einsum = einsum_operands(ctx, node)
     if einsum is None or dotted_name(strip(einsum[2][0])) != weights:
         return None
-    order = eq.values_order(einsum[0], einsum[1])
-    if order is None:
+    ordered = eq.values_order(einsum[0], einsum[1])
+    if ordered is None:
         if eq.contracts_keys(einsum[0], einsum[1]):
             equation = ",".join("".join(t) for t in einsum[0]) + "->" + "".join(einsum[1])
             raise AttentionRefused(
@@ -419,10 +420,16 @@ def _reordered_values(
                 "weight them (it sums or drops an axis the fused call keeps)"
             )
         return None
+    order, channels_first = ordered
+    value = code(strip(einsum[2][1]))
+    if channels_first:  # (..., d, tokens): the fused call takes (..., tokens, d)
+        value = f"{atom(value)}.transpose(-2, -1)"
     moved = [axis for axis, source in enumerate(order) if axis != source]
+    if not moved:
+        return value, ""
     if len(moved) == 2:
-        return code(strip(einsum[2][1])), f".transpose({moved[0]}, {moved[1]})"
-    return code(strip(einsum[2][1])), f".permute({', '.join(map(str, order))})"
+        return value, f".transpose({moved[0]}, {moved[1]})"
+    return value, f".permute({', '.join(map(str, order))})"
 
 
 def _inline_value_product(
@@ -662,10 +669,11 @@ def _module_built(ctx: SourceContext, attribute: str) -> cst.Call | None:
 
 
 def _unwrap_cast(expr: cst.BaseExpression) -> cst.BaseExpression:
-    """`x.type_as(q)` / `x.to(q.dtype)` / `x.to(dtype=...)` -> x (SDPA returns q's dtype)."""
-    for method in ("type_as", "to"):
+    """`x.type_as(q)` / `x.to(q.dtype)` / `x.to(dtype=...)` / `x.type(w.dtype)` -> x (SDPA
+    returns q's dtype; `x.type()` with no argument is a string, not a cast)."""
+    for method in ("type_as", "to", "type"):
         call = method_call(expr, method)
-        if call is not None and isinstance(call.func, cst.Attribute):
+        if call is not None and isinstance(call.func, cst.Attribute) and call.args:
             return call.func.value
     return expr
 
