@@ -16,7 +16,7 @@ from torchdoctor.agent.fixes.combine import combine
 from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.formatting import format_changed_lines
-from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -103,6 +103,7 @@ def propose_and_verify(
     progress: Callable[[str], None] | None = None,
     compile_modes: tuple[str, ...] = COMPILE_MODES,
     deadline: float | None = None,
+    baseline: SmokeRun | None = None,
 ) -> list[Finding]:
     """Return `findings` with `fix` filled where a codemod applies, each fix verified alone
     (phase order, earlier phases first) and then in combination with the fixes before it.
@@ -114,7 +115,9 @@ def propose_and_verify(
     is when the stage should end: no fix, compile mode or re-measurement is started that the
     verifications so far say would overrun it (`TimeBudget`); the rest stay unverified with the
     reason, and the fixes verified so far are still combined, so a run cut by a time limit (a
-    GPU lease) ends with a result rather than nothing.
+    GPU lease) ends with a result rather than nothing. `baseline`: the original's seeded run of
+    `run_command` (`Verifier.baseline`) when the caller already made it; otherwise it is made
+    here, once.
     """
     say = progress or (lambda _line: None)
     with compile_cache() as cache:  # the verification runs share their compiles
@@ -127,6 +130,7 @@ def propose_and_verify(
             timing_runs=timing_runs,
             max_timing_runs=max_timing_runs,
             config=config,
+            baseline=baseline,
         )
         by_id = {f.id: f for f in findings}
         specs: dict[str, FixSpec] = {}
