@@ -79,6 +79,9 @@ class HostSyncInStepFix(Codemod):
         for stmt in ctx.find(cst.SimpleStatementLine, within=span):
             if _logs_item(stmt):
                 return _log_every(ctx, stmt)
+        for assign in ctx.find(cst.Assign, within=span):
+            if _shown_number(assign) is not None:
+                return _keep_shown_on_device(ctx, assign)
         return False
 
     def explain(self, source: str, target: FixTarget) -> str | None:
@@ -133,7 +136,155 @@ class HostSyncInStepFix(Codemod):
                     "not visible here: keep a tensor there (and read it once per epoch) only "
                     "if it accepts one"
                 )
+        shown = SourceContext(source)
+        for assign in shown.find(cst.Assign, within=span):
+            if _shown_number(assign) is not None and not _keep_shown_on_device(shown, assign):
+                return shown.refusal or _host_use(ctx, span)
         return _host_use(ctx, span)
+
+
+def _shown_number(assign: cst.Assign) -> str | None:
+    """`loss_ema = loss.item()` / `loss_ema = 0.95 * loss_ema + 0.05 * loss.item()`: a name
+    bound to arithmetic of `.item()` numbers, itself and literals -> the name."""
+    if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
+        return None
+    name = assign.targets[0].target.value
+    if not any(method_call(n, "item") is not None for n in descendants(assign.value)):
+        return None
+    return name if _device_arithmetic(assign.value, name) else None
+
+
+def _device_arithmetic(expr: cst.BaseExpression, name: str) -> bool:
+    """`expr` computes the same on a 0-d tensor as on a float: `+ - * /` of `name`, number
+    literals and `x.item()` (which becomes `x.detach()`)."""
+    if isinstance(expr, cst.Name):
+        return expr.value == name
+    if isinstance(expr, cst.Integer | cst.Float):
+        return True
+    if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus):
+        return _device_arithmetic(expr.expression, name)
+    if isinstance(expr, cst.BinaryOperation) and isinstance(
+        expr.operator, cst.Add | cst.Subtract | cst.Multiply | cst.Divide
+    ):
+        return _device_arithmetic(expr.left, name) and _device_arithmetic(expr.right, name)
+    item = method_call(expr, "item")
+    return item is not None and not item.args
+
+
+def _none_test(ctx: SourceContext, node: cst.Name) -> bool:
+    """`name is None` / `name is not None`."""
+    parent = ctx.parent(node)
+    return (
+        isinstance(parent, cst.Comparison)
+        and parent.left is node
+        and len(parent.comparisons) == 1
+        and isinstance(parent.comparisons[0].operator, cst.Is | cst.IsNot)
+        and _flat_code(parent.comparisons[0].comparator) == "None"
+    )
+
+
+def _flat_code(node: cst.CSTNode) -> str:
+    return cst.Module([]).code_for_node(node).strip()
+
+
+def _shown_uses(
+    ctx: SourceContext, name: str, loop: cst.For | cst.While
+) -> tuple[list[cst.Assign], list[cst.SimpleStatementLine]] | str:
+    """The loop's bindings of a number kept for display (`loss_ema`) and the log lines that
+    show it, or why it cannot stay a tensor (another reader in the step)."""
+    bindings = [
+        a
+        for a in ctx.find(cst.Assign, inside=loop.body)
+        if len(a.targets) == 1 and dotted_name(a.targets[0].target) == name
+    ]
+    if any(_shown_number(a) != name for a in bindings):
+        return f"`{name}` is also bound to something other than arithmetic of step values"
+    inside = {id(n) for a in bindings for n in descendants(a.value)}
+    logs: list[cst.SimpleStatementLine] = []
+    for node in ctx.find(cst.Name, inside=loop.body, where=lambda n: n.value == name):
+        parent = ctx.parent(node)
+        if id(node) in inside or isinstance(parent, cst.AssignTarget) or _none_test(ctx, node):
+            continue
+        if isinstance(parent, cst.Attribute) and parent.attr is node:
+            continue
+        lines = (a for a in ctx.ancestors(node) if isinstance(a, cst.SimpleStatementLine))
+        line = next(lines, None)
+        if line is None or not _is_log_line(line):
+            return (
+                f"`{name}` is used by host code in the step besides its log line: kept on the "
+                "device, it would sync there instead"
+            )
+        if line not in logs:
+            logs.append(line)
+    return bindings, logs
+
+
+def _is_log_line(stmt: cst.SimpleStatementLine) -> bool:
+    if len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
+        return False
+    call = stmt.body[0].value
+    called = dotted_name(call.func) if isinstance(call, cst.Call) else None
+    return called is not None and (called.split(".")[-1] in _LOGGERS or called in _STREAMS)
+
+
+def _keep_shown_on_device(ctx: SourceContext, assign: cst.Assign) -> bool:
+    """A number kept only to be shown (tqdm's `loss_ema`, updated from `loss.item()` every
+    step): its arithmetic stays on the device (`.item()` -> `.detach()`), the log line that
+    shows it reads it back with `float(...)` every LOG_EVERY steps, and a read after the loop
+    gets a float again."""
+    name = _shown_number(assign)
+    loop = enclosing_loop(ctx, assign)
+    if name is None or loop is None:
+        return False
+    uses = _shown_uses(ctx, name, loop)
+    if isinstance(uses, str):
+        return ctx.decline(uses)
+    bindings, logs = uses
+    if len(logs) > 1 and _step_counter(ctx, loop) is None:
+        return ctx.decline(f"`{name}` is shown by several log lines and the loop counts no steps")
+    for binding in bindings:
+        for node in descendants(binding.value):
+            item = method_call(node, "item")
+            if item is not None and isinstance(item.func, cst.Attribute):
+                detach = cst.Attribute(value=item.func.value, attr=cst.Name("detach"))
+                ctx.substitute(item, cst.Call(func=detach))
+    for line in logs:
+        read_back = line.visit(_ReadBack(name))
+        assert isinstance(read_back, cst.SimpleStatementLine)
+        if not _log_every(ctx, line, read_back):
+            block = ctx.parent(line)
+            guard = ctx.parent(block) if block is not None else None
+            if not (isinstance(guard, cst.If) and _periodic(guard)):
+                return ctx.decline(
+                    f"the log line showing `{name}` has no loop counter to thin it out with"
+                )
+            ctx.substitute(line, read_back)
+    scope = next((a for a in ctx.ancestors(loop) if isinstance(a, cst.FunctionDef)), ctx.module)
+    if name_is_read(ctx, name, scope, skip=[loop]):
+        ctx.insert_after(loop, f"if {name} is not None:\n    {name} = float({name})\n")
+    return True
+
+
+class _ReadBack(cst.CSTTransformer):
+    """`name` -> `float(name)` in a log line (a 0-d tensor prints as `tensor(...)`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+        if original_node.value != self.name:
+            return updated_node
+        return cst.Call(func=cst.Name("float"), args=[cst.Arg(updated_node)])
+
+    def leave_Attribute(
+        self, original_node: cst.Attribute, updated_node: cst.Attribute
+    ) -> cst.BaseExpression:
+        # `x.name` is an attribute, not the number: keep its name as it was
+        return updated_node.with_changes(attr=original_node.attr)
+
+    def leave_Arg(self, original_node: cst.Arg, updated_node: cst.Arg) -> cst.Arg:
+        return updated_node.with_changes(keyword=original_node.keyword)
 
 
 def _over_entries(loop: cst.CSTNode) -> bool:
@@ -216,7 +367,13 @@ def _formats_a_name(node: cst.CSTNode) -> bool:
     )
 
 
-def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
+def _log_every(
+    ctx: SourceContext,
+    stmt: cst.SimpleStatementLine,
+    shown: cst.SimpleStatementLine | None = None,
+) -> bool:
+    """Puts `stmt` (as `shown`, when given) under `if step % LOG_EVERY == 0:`."""
+    shown = stmt if shown is None else shown
     loop = enclosing_loop(ctx, stmt)
     block = ctx.parent(stmt)
     if loop is None or not isinstance(block, cst.IndentedBlock) or _over_entries(loop):
@@ -247,7 +404,7 @@ def _log_every(ctx: SourceContext, stmt: cst.SimpleStatementLine) -> bool:
         return False
     guarded = cst.If(
         test=cst.parse_expression(f"{step} % {LOG_EVERY} == 0"),
-        body=cst.IndentedBlock(body=[stmt.with_changes(leading_lines=[])]),
+        body=cst.IndentedBlock(body=[shown.with_changes(leading_lines=[])]),
         leading_lines=stmt.leading_lines,
     )
     ctx.substitute(stmt, guarded)
