@@ -114,6 +114,16 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         "local_triu_mask": ("SelfAttention", {"n_embd": 16, "n_head": 2}, (torch.randn(2, 6, 16),)),
         "local_triu_viewed": ("CausalAttention", {"head_dim": 4}, heads),
         "mask_argument_square": ("Decoder", {"dim": 16, "heads": 2}, (torch.randn(2, 6, 16),)),
+        "mask_argument_cache_offset": (
+            "Decoder",
+            {"dim": 16, "heads": 2},
+            (torch.randn(2, 6, 16),),
+        ),
+        "kv_cache_offset": (
+            "CachedAttention",
+            {"block_size": 8},
+            (heads[0][:, :, 4:], heads[1], heads[2], None),
+        ),
         "perceiver_rowmax": (
             "PerceiverAttention",
             {"dim": 16},
@@ -196,8 +206,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "weights_kept_before_dropout",
         "finfo_min_bool_mask",
         "flags_padding_causal",
-        "kv_cache_offset",
-        "mask_argument_cache_offset",
+        "kv_cache_offset_finite_fill",
         "palm_multi_query",
         "seq2seq_tensor_scale_private",
         "softcapping",
@@ -295,3 +304,21 @@ def test_scores_whose_output_puts_the_keys_first_are_not_attention() -> None:
     found = analyse_files([("keys_first.py", keys_first)], workers=1).all_findings()
     assert not [f for f in found if f.rule == "manual-attention"]
     assert _codemod().transform(keys_first, _target(keys_first)) is None
+
+
+def test_decoding_with_a_cache_keeps_the_offset_mask() -> None:
+    """mask_argument_cache_offset prefilled with 4 tokens, then fed one more: the decoded
+    token attends to all 5 keys in both versions (is_causal would have let it see only the
+    first)."""
+    torch = pytest.importorskip("torch")
+    outputs = []
+    for name in ("mask_argument_cache_offset.py", "mask_argument_cache_offset.after.py"):
+        namespace: dict[str, object] = {"__name__": "shape_cache"}
+        exec(compile((SHAPES / name).read_text(), name, "exec"), namespace)  # our own fixture
+        torch.manual_seed(1)
+        decoder = namespace["Decoder"](dim=16, heads=2).eval()  # type: ignore[operator]
+        torch.manual_seed(2)
+        prompt, token = torch.randn(2, 4, 16), torch.randn(2, 1, 16)
+        decoder(prompt, use_cache=True)
+        outputs.append(decoder(token, use_cache=True))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

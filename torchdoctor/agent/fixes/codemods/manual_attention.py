@@ -809,7 +809,7 @@ def _additive(
     when the bias reads the scores themselves (a row statistic is no mask)."""
     if _reads(bias, scores):
         return None
-    if added and _triangle(ctx, bias, additive=True) == "triu":
+    if added and _triangle_or_none(ctx, bias, additive=True) == "triu":
         return _Mask(causal=True, statements=[stmt])
     text = code(strip(bias))
     return _Mask(attn_mask=text if added else f"-({text})", additive=True, statements=[stmt])
@@ -842,7 +842,13 @@ def _fill(
             f"the mask is filled with `{code(fill)}`, not a value softmax turns into zero"
         )
     resolved, binding = _resolve(condition, before)
-    if _is_causal(ctx, resolved):
+    try:
+        causal = _is_causal(ctx, resolved)
+    except AttentionRefused:
+        if not infinite:
+            raise
+        causal = False  # sliced at the cache position: the mask itself is exact as attn_mask
+    if causal:
         bindings = [binding] if binding else _bindings_read(condition, before)
         return _Mask(causal=True, statements=[stmt], bindings=bindings)
     if not infinite:
@@ -910,6 +916,17 @@ def _is_causal(ctx: SourceContext, condition: cst.BaseExpression) -> bool:
     return _triangle(ctx, condition) == "triu"
 
 
+def _triangle_or_none(
+    ctx: SourceContext, expr: cst.BaseExpression, additive: bool = False
+) -> str | None:
+    """`_triangle`, None for a triangle sliced at the cache position: a bias added to the
+    scores is exact as the fused call's float attn_mask wherever it was sliced."""
+    try:
+        return _triangle(ctx, expr, additive)
+    except AttentionRefused:
+        return None
+
+
 def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = False) -> str | None:
     """'tril' / 'triu' (strictly upper) when `expr` is a square, top-left slice of a buffer
     built by torch.tril / torch.triu(diagonal=1); None otherwise. `additive`: the buffer is
@@ -926,12 +943,18 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     built = _buffer_value(ctx, name)
     if built is None:
         return None
-    if "." not in name:
-        # a mask handed in as an argument: the caller may build it in branches, one of them
-        # sliced at the cache position (`mask = triu(...)[start:end, :end]`)
-        for value in _local_values(ctx, name):
+    kind = _built_triangle(ctx, built, additive)
+    if kind is not None:
+        # is_causal is claimed: no binding of the mask may be sliced at the cache position
+        # (a mask handed in as an argument, built in branches: `mask = triu(...)[s:e, :e]`)
+        for value in [built, *(_local_values(ctx, name) if "." not in name else [])]:
             _peel(value)
-    local = _peel(built)
+    return kind
+
+
+def _built_triangle(ctx: SourceContext, built: cst.BaseExpression, additive: bool) -> str | None:
+    """'tril' / 'triu' for what a mask buffer or name was built from."""
+    local = _peel(built, strict=False)
     if local is None:
         return None
     if isinstance(local, cst.Call) and (square := _square_triangle(local, additive)):
@@ -953,10 +976,11 @@ def _triangle(ctx: SourceContext, expr: cst.BaseExpression, additive: bool = Fal
     return None
 
 
-def _peel(expr: cst.BaseExpression) -> cst.BaseExpression | None:
+def _peel(expr: cst.BaseExpression, strict: bool = True) -> cst.BaseExpression | None:
     """The mask under `.bool()`, `.view(1, 1, T, T)`, a top-left square slice `[:T, :T]` and
-    new axes `[None, None, :, :]`; None for a view to another shape. AttentionRefused when it
-    is sliced at an offset: is_causal would align queries and keys top-left."""
+    new axes `[None, None, :, :]`; None for a view to another shape. A slice at an offset
+    raises AttentionRefused (is_causal would align queries and keys top-left), or, not
+    `strict`, is where the peeling stops."""
     expr = strip(expr)
     while True:
         call = method_call(expr, "bool")
@@ -972,6 +996,8 @@ def _peel(expr: cst.BaseExpression) -> cst.BaseExpression | None:
             continue
         if isinstance(expr, cst.Subscript):
             if not (_top_left_square(expr) or _new_axes(expr)):
+                if not strict:
+                    return expr
                 raise AttentionRefused(
                     "the causal mask is sliced at an offset (a KV cache?): is_causal aligns "
                     "queries and keys top-left"
