@@ -144,8 +144,9 @@ class HostSyncInStepFix(Codemod):
 
 
 def _shown_number(assign: cst.Assign) -> str | None:
-    """`loss_ema = loss.item()` / `loss_ema = 0.95 * loss_ema + 0.05 * loss.item()`: a name
-    bound to arithmetic of `.item()` numbers, itself and literals -> the name."""
+    """`loss_ema = loss.item()` / `loss_ema = 0.95 * loss_ema + 0.05 * loss.item()` (or both
+    in one conditional expression on `loss_ema is None`): a name bound to arithmetic of
+    `.item()` numbers, itself and literals -> the name."""
     if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
         return None
     name = assign.targets[0].target.value
@@ -163,6 +164,17 @@ def _device_arithmetic(expr: cst.BaseExpression, name: str) -> bool:
         return True
     if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus):
         return _device_arithmetic(expr.expression, name)
+    if isinstance(expr, cst.IfExp):  # `loss.item() if ema is None else 0.98 * ema + ...`
+        test = expr.test
+        return (
+            isinstance(test, cst.Comparison)
+            and dotted_name(test.left) == name
+            and len(test.comparisons) == 1
+            and isinstance(test.comparisons[0].operator, cst.Is | cst.IsNot)
+            and _flat_code(test.comparisons[0].comparator) == "None"
+            and _device_arithmetic(expr.body, name)
+            and _device_arithmetic(expr.orelse, name)
+        )
     if isinstance(expr, cst.BinaryOperation) and isinstance(
         expr.operator, cst.Add | cst.Subtract | cst.Multiply | cst.Divide
     ):
