@@ -102,7 +102,10 @@ def test_bf16_into_float32_layer_is_dtype_mixing_in_the_map(tmp_path: Path) -> N
 def test_overhead_of_cheap_probes_stays_within_budget() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "probe_overhead.py"), "--steps", "60"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
         capture_output=True,
         text=True,
         timeout=600,
