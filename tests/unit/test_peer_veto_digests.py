@@ -1,4 +1,5 @@
-"""detect-secrets' hex strings that the code binds to a digest's name are no credentials."""
+"""detect-secrets' high-entropy strings that the code shows are no credentials: hex bound to a
+digest's name, and alphabets (graykode/nlp-tutorial's `'SEPabcdefghijklmnopqrstuvwxyz'`)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,40 @@ def test_hex_bound_to_a_digest_name_is_ruled_out() -> None:
 def test_hex_bound_to_a_secret_or_a_plain_name_stays() -> None:
     assert _reason(6) is None  # a secret's name wins over "sha"
     assert _reason(7) is None  # nothing says what the string is
+
+
+ALPHABETS = """\
+def vocabulary():
+    char_arr = [c for c in 'SEPabcdefghijklmnopqrstuvwxyz']
+    HEX_DIGITS = "0123456789abcdef"
+    SYMBOLS = {"ocr": " !#&'()*+,-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+    secret_alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    token = "hQ7rT2kX9mB4wZ1pL8sV3nC6yF0dG5aJ"
+    pair = ("SEPabcdefghijklmnopqrstuvwxyz", "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ")
+"""
+
+
+def _reason_in(source: str, line: int, code: str) -> str | None:
+    evidence = Evidence(
+        source="detect-secrets",
+        kind="linter",
+        message=f"possible secret: {code}",
+        file="vocab.py",
+        line=line,
+        data={"code": code},
+    )
+    return PeerVeto(lambda _: source).reason(evidence)
+
+
+def test_an_alphabet_is_no_secret() -> None:
+    base64 = "Base64 High Entropy String"
+    assert "symbol set" in (_reason_in(ALPHABETS, 2, base64) or "")  # a char model's vocabulary
+    assert "symbol set" in (_reason_in(ALPHABETS, 3, "Hex High Entropy String") or "")
+    assert "symbol set" in (_reason_in(ALPHABETS, 4, base64) or "")  # an OCR charset in a dict
+
+
+def test_random_strings_and_alphabets_named_as_secrets_stay() -> None:
+    base64 = "Base64 High Entropy String"
+    assert _reason_in(ALPHABETS, 5, base64) is None  # bound to a secret's name
+    assert _reason_in(ALPHABETS, 6, base64) is None  # a random token: no ordered run
+    assert _reason_in(ALPHABETS, 7, base64) is None  # an alphabet beside a random string

@@ -22,6 +22,10 @@ the file's place in the project:
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
   `commit`) and to no secret's name: a checksum or a torrent/commit hash is public by nature.
+- detect-secrets "Base64/Hex High Entropy String" where every such literal on the line is a
+  symbol set (`'SEPabcdefghijklmnopqrstuvwxyz'`, a char-RNN's or OCR model's alphabet,
+  `'0123456789abcdef'`): it holds a run of eight or more consecutive letters or digits, which
+  a random secret of that length practically never does, and is bound to no secret's name.
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) in a pytest module,
   which reads back what it wrote (as torchdoctor's own loading rules, `test_scope`); or inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
@@ -49,6 +53,8 @@ _SECURITY_WORDS = re.compile(
 )
 _DIGEST_WORDS = re.compile(r"hash|md5|sha\d*|checksum|digest|crc|commit|revision", re.IGNORECASE)
 _HEX = re.compile(r"[0-9a-fA-F]{16,}")
+_ORDERED_SYMBOLS = ("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789")
+_SYMBOL_RUN = 8
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)
 
 
@@ -234,6 +240,36 @@ def _published_digest(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST])
     return "a content digest (a checksum, a commit or torrent hash): public, not a credential"
 
 
+def _symbol_set(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """Every long string literal on the line is an alphabet (a run of consecutive letters or
+    digits) bound to no secret's name."""
+    literals = [
+        node
+        for node in nodes
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) >= 12
+    ]
+    if not literals or not all(
+        _has_ordered_run(str(node.value))
+        and not any(_SECURITY_WORDS.search(name) for name in _binding_names(node, parents))
+        for node in literals
+    ):
+        return None
+    return "a symbol set (an alphabet of consecutive letters or digits), not a credential"
+
+
+def _has_ordered_run(text: str) -> bool:
+    return any(
+        ordered[start : start + _SYMBOL_RUN] in text
+        for ordered in _ORDERED_SYMBOLS
+        for start in range(len(ordered) - _SYMBOL_RUN + 1)
+    )
+
+
+def _digest_or_symbol_set(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    on_line = list(nodes)
+    return _published_digest(iter(on_line), parents) or _symbol_set(iter(on_line), parents)
+
+
 def _binding_names(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Iterator[str]:
     """The names a literal is bound to: assignment targets and dict keys up to its statement."""
     child, parent = node, parents.get(node)
@@ -328,7 +364,8 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B602"): _constant_shell_command,
     ("ruff", "E722"): _bare_except_after_interrupt,
     ("bandit", "B311"): _random_not_for_security,
-    ("detect-secrets", "Hex High Entropy String"): _published_digest,
+    ("detect-secrets", "Hex High Entropy String"): _digest_or_symbol_set,
+    ("detect-secrets", "Base64 High Entropy String"): _symbol_set,
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
 }
