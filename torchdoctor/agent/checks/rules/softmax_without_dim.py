@@ -10,6 +10,13 @@ from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.patterns import has_star_kwargs
 from torchdoctor.agent.models import Severity
 
+# factories whose result is 1-D when given one size that is not a sequence
+_SIZED = frozenset(f"torch.{name}" for name in ("zeros", "ones", "empty", "rand", "randn"))
+_SHAPE_KEEPING = frozenset(
+    {"float", "double", "half", "bfloat16", "to", "cuda", "cpu", "detach", "clone", "contiguous"}
+)
+_ALWAYS_1D = frozenset({"torch.arange", "torch.linspace", "torch.logspace", "torch.randperm"})
+
 # name -> index of `dim` among the positional arguments
 _FUNCTIONS = {
     "torch.nn.functional.softmax": 1,
@@ -31,7 +38,9 @@ class SoftmaxWithoutDim(Rule):
 
     Not reported: calls with a `dim` (positional or keyword) or `**kwargs` that may carry one,
     `torch.softmax` / `Tensor.softmax` (they require `dim`), and functions of other libraries
-    or of the project named `softmax`.
+    or of the project named `softmax`. An input that is 1-D by construction (`torch.zeros(n)`,
+    `torch.arange(n)`, a name bound only to such) has one axis, so the guess is right: that is
+    reported at low severity, for the deprecated implicit choice.
 
     Example:
         weights = F.softmax(scores.unsqueeze(0))   # 4-D: normalised over dim 1
@@ -58,6 +67,16 @@ class SoftmaxWithoutDim(Rule):
                 if _dim_given(call, table[qual]):
                     continue
                 name = qual.rsplit(".", 1)[-1]
+                if table is _FUNCTIONS and call.args and _one_dimensional(ctx, call.args[0]):
+                    ctx.report(
+                        self,
+                        call,
+                        f"`{name}` is given no dim; its input is 1-D here, so the guessed dim 0 "
+                        "is the right one, but the implicit choice is deprecated: pass `dim=0`",
+                        severity=Severity.LOW,
+                        data={"function": qual, "input_rank": 1},
+                    )
+                    continue
                 ctx.report(
                     self,
                     call,
@@ -76,3 +95,62 @@ def _dim_given(call: ast.Call, position: int) -> bool:
     if dim is None and len(call.args) > position:
         dim = call.args[position]
     return dim is not None and not (isinstance(dim, ast.Constant) and dim.value is None)
+
+
+def _one_dimensional(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """`expr` is a 1-D tensor by construction: a factory given one size (`torch.zeros(n)`),
+    `torch.arange(...)` and kin, or a name every binding of which is one of those (an indexed
+    write such as `scores[i] = ...` keeps the shape; any other rebinding makes it unknown)."""
+    expr = _shape_kept(expr)
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return bool(values) and all(_one_dimensional_factory(ctx, _shape_kept(v)) for v in values)
+    return _one_dimensional_factory(ctx, expr)
+
+
+def _shape_kept(expr: ast.expr) -> ast.expr:
+    """What `-x`, `x.float()`, `x.to(device)` and kin are computed from: same shape."""
+    while True:
+        if isinstance(expr, ast.UnaryOp):
+            expr = expr.operand
+        elif (
+            isinstance(expr, ast.Call)
+            and isinstance(expr.func, ast.Attribute)
+            and expr.func.attr in _SHAPE_KEEPING
+        ):
+            expr = expr.func.value
+        else:
+            return expr
+
+
+def _one_dimensional_factory(ctx: ModuleContext, expr: ast.expr) -> bool:
+    if not isinstance(expr, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(expr)
+    if qual in _ALWAYS_1D:
+        return True
+    if qual == "torch.randint":  # (high, size) or (low, high, size): size is a sequence
+        return len(expr.args) >= 2 and _one_size(ctx, expr.args[-1], sequence_only=True)
+    return qual in _SIZED and len(expr.args) == 1 and _one_size(ctx, expr.args[0])
+
+
+def _one_size(ctx: ModuleContext, size: ast.expr, *, sequence_only: bool = False) -> bool:
+    """A size of one dimension: `(n,)`, `[n]`, or (unless a sequence is required) one number."""
+    if isinstance(size, ast.Tuple | ast.List):
+        return len(size.elts) == 1 and not isinstance(size.elts[0], ast.Starred)
+    return not sequence_only and _scalar(ctx, size)
+
+
+def _scalar(ctx: ModuleContext, size: ast.expr, depth: int = 0) -> bool:
+    """One number: a literal int, `len(...)`, arithmetic of those, or a name bound only to
+    those (followed three bindings deep)."""
+    if isinstance(size, ast.Constant):
+        return isinstance(size.value, int) and not isinstance(size.value, bool)
+    if isinstance(size, ast.Call):
+        return isinstance(size.func, ast.Name) and size.func.id == "len"
+    if isinstance(size, ast.BinOp):
+        return _scalar(ctx, size.left, depth) and _scalar(ctx, size.right, depth)
+    if isinstance(size, ast.Name) and depth < 3:
+        values = ctx.flow.definitions(size)
+        return bool(values) and all(_scalar(ctx, v, depth + 1) for v in values)
+    return False
