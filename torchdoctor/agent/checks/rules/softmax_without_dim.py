@@ -54,6 +54,9 @@ class SoftmaxWithoutDim(Rule):
     severity = Severity.MEDIUM
     title = "Softmax without dim"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    severity_note = (
+        "medium; low when the input is 1-D by construction (the guessed dim 0 is its only axis)"
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "oftm" in ctx.source and ctx.flow.imports("torch")
