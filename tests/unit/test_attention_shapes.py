@@ -67,6 +67,7 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         "baddbmm_beta_zero": ("AttnProcessor", {"dim": 16, "heads": 2}, (torch.randn(2, 5, 16),)),
         "bmm_softmax_dim2": ("ScaledDotProductAttention", {"temperature": 2.0}, (*folded, hidden)),
         "einsum_attend": ("Attend", {"dropout": 0.1}, heads),
+        "ddpm_attn_block_shape_assert": ("AttnBlock", {"in_ch": 8}, (torch.randn(2, 8, 3, 4),)),
         "dropout_after_assert": (
             "GroupedQueryAttention",
             {"d_in": 16, "d_out": 16, "num_heads": 4, "num_kv_groups": 2, "dropout": 0.1},

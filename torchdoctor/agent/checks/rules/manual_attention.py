@@ -98,17 +98,39 @@ def _is_flip(node: ast.AST) -> bool:
     return node.func.attr == "transpose" and set(dims) == {1, 2} and len(dims) == 2
 
 
+def _to_tokens_last(node: ast.AST) -> bool:
+    """A channels-first query turned to (b, tokens, dim): flipped (`x.permute(0, 2, 1)`), or
+    a feature map's channels moved last then flattened (`x.permute(0, 2, 3, 1).view(B, H * W,
+    C)`, DDPM UNets)."""
+    if _is_flip(node):
+        return True
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("view", "reshape")
+        and len(node.args) == 3
+    ):
+        return False
+    moved = node.func.value
+    return (
+        isinstance(moved, ast.Call)
+        and isinstance(moved.func, ast.Attribute)
+        and moved.func.attr == "permute"
+        and _ints(list(moved.args)) == [0, 2, 3, 1]
+    )
+
+
 def _is_channels_first_scores(ctx: ModuleContext, node: ast.AST) -> bool:
-    """`torch.bmm(q, k)` with the query flipped to (b, tokens, dim) and the key left
-    (b, dim, tokens): the spatial attention of VAE/VQGAN blocks."""
+    """`torch.bmm(q, k)` with the query turned to (b, tokens, dim) and the key left
+    (b, dim, tokens): the spatial attention of VAE/VQGAN and DDPM blocks."""
     if not (isinstance(node, ast.Call) and _is_matmul_call(node)):
         return False
     if not (isinstance(node.func, ast.Attribute) and node.func.attr == "bmm"):
         return False
     query = node.args[0]
     if isinstance(query, ast.Name):
-        return any(_is_flip(d) for d in ctx.flow.definitions(query))
-    return _is_flip(query)
+        return any(_to_tokens_last(d) for d in ctx.flow.definitions(query))
+    return _to_tokens_last(query)
 
 
 def _is_matmul_call(node: ast.AST) -> bool:

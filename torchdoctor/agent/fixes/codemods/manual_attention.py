@@ -319,6 +319,8 @@ def _match(
                 f"`{scores_name}` is masked under `if {code(stmt.test)}:`, a condition "
                 "the fused call's arguments do not express: build the mask first"
             )
+        elif _shape_assert(ctx, stmt, scores_name):
+            removed.append(stmt)  # `assert list(w.shape) == [B, HW, HW]`: no scores to check
         elif _reads(stmt, scores_name):
             raise AttentionRefused(f"`{scores_name}` is used besides the softmax")
         index -= 1
@@ -395,6 +397,36 @@ def _match(
         transposed=output.transposed,
         reorder=output.reorder,
     )
+
+
+_METADATA = frozenset({"shape", "ndim", "dtype", "device"})
+
+
+def _shape_assert(ctx: SourceContext, stmt: cst.BaseStatement, scores: str) -> bool:
+    """`assert list(w.shape) == [B, H * W, H * W]`: an assert that reads the scores only for
+    their shape (`.shape`, `.size()`, `.dim()`), which the fused call's output fixes; it goes
+    with the scores it checked."""
+    if not (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and len(stmt.body) == 1
+        and isinstance(stmt.body[0], cst.Assert)
+    ):
+        return False
+    reads = [n for n in descendants(stmt) if isinstance(n, cst.Name) and n.value == scores]
+    for name in reads:
+        parent = ctx.parent(name)
+        if not (isinstance(parent, cst.Attribute) and parent.value is name):
+            return False
+        if parent.attr.value in _METADATA:
+            continue
+        call = ctx.parent(parent)
+        if not (
+            parent.attr.value in ("size", "dim")
+            and isinstance(call, cst.Call)
+            and call.func is parent
+        ):
+            return False
+    return bool(reads)
 
 
 def _untouched(stmt: cst.BaseStatement, weights: str) -> bool:
