@@ -323,3 +323,17 @@ def test_decoding_with_a_cache_keeps_the_offset_mask() -> None:
         decoder(prompt, use_cache=True)
         outputs.append(decoder(token, use_cache=True))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_an_assert_that_also_checks_other_values_stays() -> None:
+    """Near miss of ddpm_attn_block_shape_assert: the assert between the product and the
+    softmax checks the input's values as well as the scores' shape, so it is no pure shape
+    check the fix may drop with the scores."""
+    source = (SHAPES / "ddpm_attn_block_shape_assert.py").read_text()
+    mixed = source.replace(
+        "assert list(w.shape) == [B, H * W, H * W]",
+        "assert list(w.shape) == [B, H * W, H * W] and torch.isfinite(x).all()",
+    )
+    assert mixed != source
+    assert _codemod().transform(mixed, _target(mixed)) is None
+    assert "is used besides the softmax" in (_codemod().explain(mixed, _target(mixed)) or "")
