@@ -37,7 +37,9 @@ class Producers(ModelFacts):
 
     def _produced_from(self, expr: ast.expr) -> list[ast.expr]:
         """What `expr` passes through unchanged in meaning (see `producers`)."""
-        if isinstance(expr, ast.Name | ast.Attribute):
+        if isinstance(expr, ast.Name):  # the binding that reaches this read, when one does
+            return [v for v in self.reaching_or_all(expr) if v is not expr]
+        if isinstance(expr, ast.Attribute):
             return [v for v in self.definitions(expr) if v is not expr]
         if isinstance(expr, ast.Subscript | ast.Starred):
             return [expr.value]

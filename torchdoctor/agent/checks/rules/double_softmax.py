@@ -87,7 +87,9 @@ class DoubleSoftmax(Rule):
                 softmax = next(
                     (p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None
                 )
-            if softmax is not None:
+            if softmax is not None and not (
+                _is_log_softmax(ctx, softmax) and _may_expect_log_probabilities(ctx, node)
+            ):
                 ctx.report(
                     self,
                     node,
@@ -288,11 +290,30 @@ def _defer_through_parameter(
         return
 
 
+def _may_expect_log_probabilities(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The criterion called may also be a loss made for log-probabilities (`CTCLoss`,
+    `NLLLoss`, `KLDivLoss`): chosen on a flag beside `CrossEntropyLoss` (deep-text-recognition's
+    CTC or attention head), a `log_softmax` input is the one that loss needs."""
+    return any(
+        (ctx.flow.qualname_of(made) or "").rsplit(".", 1)[-1] in _LOG_PROBABILITY_LOSSES
+        for made in ctx.flow.constructors(call.func)
+    )
+
+
+_LOG_PROBABILITY_LOSSES = frozenset({"CTCLoss", "NLLLoss", "KLDivLoss"})
+
+
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == "torch.nn.functional.cross_entropy"
-    return ctx.flow.loss_class(call.func) == "CrossEntropyLoss"
+    if ctx.flow.loss_class(call.func) is None:  # no torch loss module at all (cheap)
+        return False
+    # a criterion chosen on a flag may be cross-entropy whichever choice is written first
+    return any(
+        ctx.flow.qualname_of(made) == "torch.nn.CrossEntropyLoss"
+        for made in ctx.flow.constructors(call.func)
+    )
 
 
 def _is_softmax(ctx: ModuleContext, call: ast.Call) -> bool:
