@@ -68,6 +68,8 @@ class GradAccumNoScale(Rule):
             divided_names |= self._divided_names(fn.body)
         for backward in backwards:
             loss = self._loss_expr(backward)
+            if isinstance(loss, ast.Name):
+                loss = _scaled_by_context(ctx, backward, loss)
             if loss is None or _divided(loss):
                 continue
             if isinstance(loss, ast.Name) and loss.id in divided_names:
@@ -107,6 +109,24 @@ class GradAccumNoScale(Rule):
             elif isinstance(node, ast.Assign) and _divided(node.value):
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         return names
+
+
+def _scaled_by_context(ctx: ModuleContext, backward: ast.Call, loss: ast.Name) -> ast.expr:
+    """`with amp.scale_loss(loss, optimizer) as scaled_loss: scaled_loss.backward()` (apex):
+    the loss given to the context manager is the one back-propagated, scaled."""
+    for node in ctx.ancestors(backward):
+        if not isinstance(node, ast.With | ast.AsyncWith):
+            continue
+        for item in node.items:
+            made = item.context_expr
+            if (
+                isinstance(item.optional_vars, ast.Name)
+                and item.optional_vars.id == loss.id
+                and isinstance(made, ast.Call)
+                and made.args
+            ):
+                return made.args[0]
+    return loss
 
 
 def _is_division(node: ast.AST) -> bool:
