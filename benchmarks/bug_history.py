@@ -8,12 +8,14 @@ found when a finding of one of its class's rules lands on the buggy lines (two l
 side); it is still reported when such a finding lands on the fixed lines of the fix. Cases whose
 mirror is missing are skipped with a message (a benchmark, not a test: never run in CI).
 
-    PYTHONPATH=. python benchmarks/bug_history.py [--mirror DIR] [--cache DIR] [--only CLASS] [-v]
+    PYTHONPATH=. python benchmarks/bug_history.py [--cases TOML] [--mirror DIR] [--cache DIR]
+        [--only CLASS] [-v]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import subprocess
 import sys
 import tomllib
@@ -68,8 +70,11 @@ def load_cases(path: Path = CASES) -> tuple[dict[str, list[str]], list[Case]]:
 
 
 def materialise(case: Case, git_dir: Path, cache: Path) -> tuple[Path, Path]:
-    """The case's files at the fix's parent and at the fix, exported once into the cache."""
-    root = cache / "bug-history" / f"{case.repo.replace('/', '+')}-{case.fix[:12]}"
+    """The case's files at the fix's parent and at the fix, exported once into the cache
+    (one export per fix and set of files: two cases of one fix may read different files)."""
+    paths = {case.file, *case.context}
+    files = hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:8]
+    root = cache / "bug-history" / f"{case.repo.replace('/', '+')}-{case.fix[:12]}-{files}"
     buggy, fixed = root / "buggy", root / "fixed"
     if not (root / ".complete").is_file():
         parent = subprocess.run(
@@ -78,7 +83,6 @@ def materialise(case: Case, git_dir: Path, cache: Path) -> tuple[Path, Path]:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        paths = {case.file, *case.context}
         for commit, out in ((parent, buggy), (case.fix, fixed)):
             out.mkdir(parents=True, exist_ok=True)
             export_tree(git_dir, commit, out, wanted=paths.__contains__)
@@ -104,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cases", type=Path, default=CASES, help="a TOML of cases (default: ours)")
     parser.add_argument("--only", action="append", default=[], help="bug class (repeat)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each case's about")
     args = parser.parse_args(argv)
-    classes, cases = load_cases()
+    classes, cases = load_cases(args.cases)
     if args.only:
         cases = [c for c in cases if c.bug_class in args.only]
     found = audited = still = 0
