@@ -18,7 +18,9 @@ class AliasMutatedInPlace(Rule):
     `.clone()`) followed by an in-place method (`masked_fill_`, `mul_`, `add_`, ...) on one
     of the two names, when the other is read afterwards, or when the alias is the one written
     and the original lives on (an optimizer state entry, an attribute: `d_p = buf` where
-    `buf = state['momentum_buffer']`).
+    `buf = state['momentum_buffer']`). An indexed assignment (`target[idx, a] = r`) is a
+    write too when the aliased value is a model output or a loss (the DQN target built as
+    `q_target = q_pred` and then filled in, so the loss compares a tensor with itself).
 
     Why it matters: assignment does not copy a tensor, both names share its storage. The
     in-place write changes the value kept for later: an intermediate saved "before masking"
@@ -26,8 +28,9 @@ class AliasMutatedInPlace(Rule):
     the next step starts from a corrupted state. Nothing fails.
 
     Not reported: `.clone()`d copies, aliases rebound before the write, in-place writes on
-    the original name when the alias is never read again, and flag setters
-    (`requires_grad_`).
+    the original name when the alias is never read again, flag setters (`requires_grad_`),
+    and indexed assignments into an alias of anything but a graph tensor (a list, a dict, a
+    NumPy array or a plain tensor shared on purpose).
 
     Example:
         pre_mask = scores
@@ -44,7 +47,7 @@ class AliasMutatedInPlace(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "_(" in ctx.source
+        return "_(" in ctx.source or "] =" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
@@ -67,9 +70,15 @@ class AliasMutatedInPlace(Rule):
         nodes = list(walk_scope(fn.body))
         persistent: set[str] = set()
         writes: list[tuple[str, int]] = []
+        indexed: set[tuple[str, int]] = set()  # `name[...] = value`: a write on a tensor only
         aliases: list[ast.Assign] = []
         traced: set[str] = set()  # the names of alias pairs
         for node in nodes:
+            if isinstance(node, ast.Assign | ast.AugAssign):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+                        writes.append((target.value.id, node.lineno))
+                        indexed.add((target.value.id, node.lineno))
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 target = node.targets[0]
                 if isinstance(target, ast.Name) and isinstance(node.value, ast.Name):
@@ -108,6 +117,8 @@ class AliasMutatedInPlace(Rule):
                 continue
             for written, line in writes:
                 if written not in (new, old) or line <= alias.lineno:
+                    continue
+                if (written, line) in indexed and ctx.flow.graph_origin(alias.value) is None:
                     continue
                 other = old if written == new else new
                 block = ctx.parents.get(alias)
