@@ -35,6 +35,8 @@ _FACTORIES = frozenset(
         "IntTensor",
         "ByteTensor",
         "BoolTensor",
+        # a NumPy draw or table turned into a tensor: always on the CPU, there is no device=
+        "from_numpy",
     )
 )
 _MOVES = frozenset({"to", "cuda", "type_as", "to_device"})
@@ -51,9 +53,9 @@ _RESULT_FIELDS = frozenset({"indices", "values"})
 
 class DeviceMismatchFactoryInForward(Rule):
     """Detects tensor factories (`torch.zeros/ones/empty/full/rand/randn/randint/arange/eye/
-    linspace/tensor`) called inside an `nn.Module.forward` (or the `__call__` of a plain
-    class called on each batch, a loss object, and the methods of its own it runs) without
-    `device=` and without an
+    linspace/tensor`, and `torch.from_numpy`, always a CPU tensor) called inside an
+    `nn.Module.forward` (or the `__call__` of a plain class called on each batch, a loss
+    object, and the methods of its own it runs) without `device=` and without an
     `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
     .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
     torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
@@ -65,8 +67,8 @@ class DeviceMismatchFactoryInForward(Rule):
     device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
     stand-in models return fixed tensors; a mismatch there fails the test itself), and
     factories on the CPU branch of a forward that branches on `x.is_cuda`, and a factory
-    bound to a name that a later statement moves in place (`zeros = zeros.cuda()` under
-    `if x.is_cuda:`).
+    bound to a name that a later statement moves (`zeros = zeros.cuda()` under
+    `if x.is_cuda:`, `noise = Variable(noise.float()).type_as(mu)`).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -133,11 +135,16 @@ class DeviceMismatchFactoryInForward(Rule):
                 continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
+            remedy = (
+                "move it with .to(x.device) (or keep the array as a registered buffer)"
+                if qual == "torch.from_numpy"
+                else "pass device= (e.g. device=x.device) or use a *_like / x.new_* factory"
+            )
             ctx.report(
                 self,
                 node,
                 f"`{qual}` in {forward.name}() creates a CPU tensor whatever the model's "
-                "device: pass device= (e.g. device=x.device) or use a *_like / x.new_* factory",
+                f"device: {remedy}",
                 data={"factory": qual},
             )
 
@@ -279,8 +286,9 @@ def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleConte
             and isinstance(node.value, ast.Call)
             and isinstance(node.value.func, ast.Attribute)
             and node.value.func.attr in _MOVES
-            and isinstance(node.value.func.value, ast.Name)
-            and node.value.func.value.id == name
+            and any(  # `zeros.cuda()`, `Variable(noise.float()).type_as(mu)`
+                isinstance(n, ast.Name) and n.id == name for n in ast.walk(node.value.func.value)
+            )
         ):
             return True
     return False
