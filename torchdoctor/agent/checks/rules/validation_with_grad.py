@@ -11,7 +11,7 @@ from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_tree
-from torchdoctor.agent.checks.patterns import functions, model_calls
+from torchdoctor.agent.checks.patterns import functions, mode_call_receivers, model_calls
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -55,16 +55,19 @@ class ValidationWithGrad(Rule):
     that never back-propagates counts as evaluation.
     A helper counts as evaluation whatever its name when it is called with held-out data
     (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
-    inline in the training loop. So does serving: a web request handler (`@app.route`,
-    `@app.post`, `@router.get`) and the local functions it calls, where every request is one
-    more forward.
+    inline in the training loop, and so does a function that puts the model in eval mode
+    itself and then runs it on what it was given (a detector's `do_detect(model, img)`: one
+    forward per call, the whole purpose of the function). So does serving: a web request
+    handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
+    every request is one more forward.
 
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
     helper every call of which already runs under `no_grad`, a `predict` method whose output
     a function of the module back-propagates (the forward under another name), a helper
     that also back-propagates (a `run_epoch` shared by training and validation), one-off
     forwards (a shape check) outside any loop, evaluations that differentiate with
-    `torch.autograd.grad` (a PGD attack measuring robust accuracy).
+    `torch.autograd.grad` (a PGD attack measuring robust accuracy), and export helpers
+    (`torch.onnx.export`, `torch.jit.trace` after one forward).
 
     Why it matters: autograd records every operation and keeps the activations alive for a
     backward pass that never comes: evaluation uses several times the memory it needs and
@@ -117,6 +120,18 @@ class ValidationWithGrad(Rule):
                         "the model answers a request with autograd on: every request keeps "
                         "activations for a backward pass that never happens (memory, latency)",
                     )
+        if ".eval()" in source:
+            checked = {id(fn) for fn in [*candidates, *serving]}
+            for fn in functions(ctx):
+                if id(fn) in checked or _in_network(ctx, fn):
+                    continue
+                call = _forward_after_own_eval(ctx, fn)
+                if (
+                    call is not None
+                    and call.lineno not in reported
+                    and fn.name not in self._grad_off_call_sites(ctx, {fn.name})
+                ):
+                    self._report(ctx, call, reported)
         for node in nodes_of(ctx, ast.For):
             if not isinstance(node, ast.For):
                 continue
@@ -215,6 +230,43 @@ def _evaluation_script(ctx: ModuleContext) -> bool:
     if name.startswith("test_") or not _EVALUATION_SCRIPT.match(name):
         return False
     return "backward" not in ctx.source and ".step(" not in ctx.source
+
+
+_EXPORTS = frozenset({"export", "trace", "script", "dynamo_export"})
+
+
+def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | None:
+    """The model call of a function that switches that model to eval mode itself and runs it
+    on one of its own parameters with autograd on (`model.eval()`, then `model(img)` in
+    `do_detect(model, img)`); None when it back-propagates, differentiates or exports."""
+    evals = {
+        identifier(call.func.value): call.lineno
+        for call in mode_call_receivers(fn.body, "eval")
+        if isinstance(call.func, ast.Attribute)
+    }
+    if not evals or ctx.loops.backpropagates(fn.body) or _input_gradients(ctx, fn.body):
+        return None
+    params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+    for node in walk_tree(fn):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _EXPORTS
+        ):
+            return None
+    for call in model_calls(ctx, fn.body):
+        forward = isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
+        model = call.func.value if isinstance(call.func, ast.Attribute) and forward else call.func
+        switched = evals.get(identifier(model))
+        if switched is None or call.lineno < switched or grad_may_be_off(ctx, call):
+            continue
+        if any(
+            isinstance(n, ast.Name) and n.id in params
+            for arg in [*call.args, *(k.value for k in call.keywords)]
+            for n in walk_tree(arg)
+        ):
+            return call
+    return None
 
 
 def _input_gradients(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
