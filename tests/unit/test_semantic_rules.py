@@ -51,6 +51,7 @@ NEW_RULES: tuple[str, ...] = (
     "flatten-view-of-transposed",
     "alias-mutated-in-place",
     "accumulator-overwritten-after-loop",
+    "parameter-moved-after-wrapping",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
