@@ -52,6 +52,7 @@ NEW_RULES: tuple[str, ...] = (
     "alias-mutated-in-place",
     "accumulator-overwritten-after-loop",
     "parameter-moved-after-wrapping",
+    "tensor-move-discarded",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -1,0 +1,161 @@
+"""tensor-move-discarded: `x.to(device)` on a tensor whose result nothing keeps."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.smoke_tests import is_test_module
+from torchdoctor.agent.models import Severity
+
+# Tensor methods that return the moved or cast copy and leave the receiver as it was.
+_MOVES = frozenset(
+    {"to", "cuda", "cpu", "float", "double", "half", "bfloat16", "long", "int", "bool", "type"}
+)
+# Last names of calls that build tensors, qualified or through a project alias
+# (`zeros = torch.zeros` in a utils module, then `x = zeros(n)`).
+_FACTORY_NAMES = frozenset(
+    {"zeros", "ones", "empty", "full", "rand", "randn", "randint", "arange", "eye", "linspace",
+     "tensor", "as_tensor", "from_numpy", "Tensor", "FloatTensor", "DoubleTensor", "LongTensor",
+     "zeros_like", "ones_like", "randn_like", "rand_like", "empty_like", "full_like", "cat",
+     "stack"}
+)  # fmt: skip
+# Containers of modules or optimizers, whose elements `.to()` moves in place.
+_MODULE_WORDS = re.compile(r"model|net|module|layer|encoder|decoder|optim|critic|actor|policy")
+
+
+class TensorMoveDiscarded(Rule):
+    """Detects a tensor move or cast whose result is dropped: `x.to(device)` / `x.cuda()` /
+    `x.float()` written as a statement on its own, where `x` is a tensor (built by a torch
+    function or a tensor factory in that function), and `v = v.to(device)` on the loop
+    variable of a loop over a dict's values or items, with `v` not read again in the loop
+    (the dict keeps the old tensors).
+
+    Why it matters: unlike `Module.to()`, which moves a module in place, `Tensor.to()` and
+    the casts return a new tensor and leave the receiver where it was. The code reads as if
+    the tensor moved; it did not, and the next operation that mixes it with GPU tensors fails
+    ("Expected all tensors to be on the same device"), or a batch silently stays on the CPU.
+
+    Not reported: modules (`model.cuda()` moves the module), receivers not known to be
+    tensors, loops over containers of models or optimizers, loop variables read after the
+    move (`batch[k] = v`), and test modules.
+
+    Example:
+        x = torch.zeros(b.size())
+        if b.is_cuda:
+            x.to(b.device)
+
+    Fix: keep the result (`x = x.to(b.device)`, `batch[k] = v.to(device)`), or create the
+    tensor where it belongs (`torch.zeros(b.size(), device=b.device)`).
+    """
+
+    id = "tensor-move-discarded"
+    point = 1
+    severity = Severity.HIGH
+    title = "Tensor moved or cast, result discarded"
+    items: ClassVar[tuple[str, ...]] = ("1.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return not is_test_module(ctx.path) and any(
+            f".{m}(" in ctx.source for m in ("to", "cuda", "float", "half", "double", "long")
+        )
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        for fn in ctx.flow.nodes(ast.FunctionDef):
+            for node in walk_scope(fn.body):
+                if isinstance(node, ast.Expr):
+                    self._check_statement(ctx, node, fn)
+                elif isinstance(node, ast.For):
+                    self._check_loop(ctx, node)
+
+    def _check_statement(self, ctx: ModuleContext, stmt: ast.Expr, fn: ast.FunctionDef) -> None:
+        call = stmt.value
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _MOVES
+            and isinstance(call.func.value, ast.Name)
+        ):
+            return
+        receiver = call.func.value
+        if not _built_as_tensor(ctx, receiver, fn) or ctx.flow.is_module_value(receiver):
+            return
+        ctx.report(
+            self,
+            call,
+            f"`{ast.unparse(call)}` returns a moved copy that nothing keeps: `{receiver.id}` "
+            f"stays where it was (Tensor.{call.func.attr}() is not in place, unlike "
+            f"Module.to()); write `{receiver.id} = {ast.unparse(call)}`",
+            data={"name": receiver.id, "statement": True},
+        )
+
+    def _check_loop(self, ctx: ModuleContext, loop: ast.For) -> None:
+        iterated = loop.iter
+        if not (
+            isinstance(iterated, ast.Call)
+            and isinstance(iterated.func, ast.Attribute)
+            and iterated.func.attr in ("items", "values")
+            and not _MODULE_WORDS.search(ast.unparse(iterated.func.value).lower())
+        ):
+            return
+        target = loop.target
+        names = target.elts if isinstance(target, ast.Tuple) else [target]
+        value = names[-1]
+        if not isinstance(value, ast.Name) or _MODULE_WORDS.search(value.id.lower()):
+            return
+        for stmt in loop.body:
+            if not (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and stmt.targets[0].id == value.id
+                and isinstance(stmt.value, ast.Call)
+                and isinstance(stmt.value.func, ast.Attribute)
+                and stmt.value.func.attr in _MOVES
+                and _chain_root(stmt.value) == value.id
+            ):
+                continue
+            later = loop.body[loop.body.index(stmt) + 1 :]
+            if any(
+                isinstance(n, ast.Name) and n.id == value.id for s in later for n in walk_tree(s)
+            ):
+                return
+            ctx.report(
+                self,
+                stmt,
+                f"`{value.id} = {ast.unparse(stmt.value)}` rebinds the loop variable only: "
+                f"`{ast.unparse(iterated.func.value)}` keeps the tensors where they were; "
+                "store the moved tensor back into the container",
+                data={"name": value.id, "statement": False},
+            )
+            return
+
+
+def _chain_root(call: ast.Call) -> str | None:
+    """`v` of `v.float().to(device)`: the name a chain of tensor method calls starts from."""
+    node: ast.expr = call
+    while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        node = node.func.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _built_as_tensor(ctx: ModuleContext, name: ast.Name, fn: ast.FunctionDef) -> bool:
+    """`name` is bound in `fn` to a tensor factory or a torch function's result."""
+    for node in walk_scope(fn.body):
+        if not (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == name.id for t in node.targets)
+            and isinstance(node.value, ast.Call)
+        ):
+            continue
+        func = node.value.func
+        qual = ctx.flow.qualname_of(node.value) or ""
+        last = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if last in _FACTORY_NAMES and not qual.startswith(("numpy.", "pandas.")):
+            return True
+    return False
