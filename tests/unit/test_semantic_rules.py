@@ -53,6 +53,7 @@ NEW_RULES: tuple[str, ...] = (
     "accumulator-overwritten-after-loop",
     "parameter-moved-after-wrapping",
     "tensor-move-discarded",
+    "mean-over-wrong-count",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

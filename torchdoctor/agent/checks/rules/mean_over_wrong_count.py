@@ -1,0 +1,190 @@
+"""mean-over-wrong-count: a loop's total divided by something else than its batch count."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.models import Severity
+
+
+class MeanOverWrongCount(Rule):
+    """Detects a total accumulated over a loop (`total += loss.item()`) divided, after the
+    loop, by the wrong count: the last index of `enumerate` (`total /= i`, where the loop ran
+    `i + 1` times), or the length of another data loader than the one the total was summed
+    over (`loss_epoch / len(train_loader)` where `loss_epoch` came from a loop, or a function
+    given `features_loader`, over another loader).
+
+    Why it matters: the reported mean is wrong by a factor nobody sees. Dividing by the last
+    index inflates it (with a single validation batch it divides by zero); dividing by the
+    length of another loader scales it by the ratio of two batch counts (a linear probe's
+    loss divided by the image loader's length instead of the feature loader's), so curves
+    and checkpoints selected on them compare numbers on different scales.
+
+    Not reported: `enumerate(..., start=1)` (the index is then the count), `i + 1`,
+    `len()` of the loader the total was summed over (or of its `.dataset`), divisions by a
+    loader's length when the total comes from a function the same loader was passed to,
+    and names that do not look like loaders (`len(dataset)` where the samples were counted).
+
+    Example:
+        for counter, (x, _) in enumerate(valid_loader):
+            valid_loss += criterion(model(x), x).item()
+        valid_loss /= counter
+
+    Fix: divide by the number of iterations (`counter + 1`, `len(valid_loader)`) of the loop
+    that produced the total.
+    """
+
+    id = "mean-over-wrong-count"
+    point = 3
+    severity = Severity.MEDIUM
+    title = "Mean divided by the wrong count"
+    items: ClassVar[tuple[str, ...]] = ("3.4",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return "/" in ctx.source and ("enumerate(" in ctx.source or "len(" in ctx.source)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        scopes: list[ast.AST] = [ctx.tree, *ctx.flow.nodes(ast.FunctionDef)]
+        for scope in scopes:
+            body = scope.body if isinstance(scope, ast.Module | ast.FunctionDef) else []
+            nodes = list(walk_scope(body))
+            loops = [n for n in nodes if isinstance(n, ast.For)]
+            for node in nodes:
+                division = _division(node)
+                if division is None:
+                    continue
+                total, divisor = division
+                message = _last_index(total, divisor, node, loops) or _other_loader(
+                    ctx, total, divisor, node, loops
+                )
+                if message is not None:
+                    ctx.report(self, node, message)
+
+
+def _division(node: ast.AST) -> tuple[str, ast.expr] | None:
+    """(total, divisor) of `total / divisor` or `total /= divisor`, the total a plain name."""
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Div)
+        and isinstance(node.left, ast.Name)
+    ):
+        return node.left.id, node.right
+    if (
+        isinstance(node, ast.AugAssign)
+        and isinstance(node.op, ast.Div)
+        and isinstance(node.target, ast.Name)
+    ):
+        return node.target.id, node.value
+    return None
+
+
+def _accumulated_in(loop: ast.For, total: str) -> bool:
+    return any(
+        isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and isinstance(n.target, ast.Name)
+        and n.target.id == total
+        for n in walk_scope(loop.body)
+    )
+
+
+def _after(node: ast.AST, loop: ast.For) -> bool:
+    return getattr(node, "lineno", 0) > (loop.end_lineno or loop.lineno)
+
+
+def _last_index(total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.For]) -> str | None:
+    """`total /= i` after `for i, batch in enumerate(loader)` that summed `total`."""
+    if not isinstance(divisor, ast.Name):
+        return None
+    for loop in loops:
+        target = loop.target
+        if not (
+            isinstance(loop.iter, ast.Call)
+            and isinstance(loop.iter.func, ast.Name)
+            and loop.iter.func.id == "enumerate"
+            and len(loop.iter.args) == 1
+            and not loop.iter.keywords
+            and isinstance(target, ast.Tuple)
+            and target.elts
+            and isinstance(target.elts[0], ast.Name)
+            and target.elts[0].id == divisor.id
+        ):
+            continue
+        if _after(node, loop) and _accumulated_in(loop, total):
+            return (
+                f"`{total}` is summed over `{ast.unparse(loop.iter)}` and divided by "
+                f"`{divisor.id}`, the last index: the loop ran `{divisor.id} + 1` times (and "
+                "one batch divides by zero); divide by the number of batches"
+            )
+    return None
+
+
+def _loader_like(name: str) -> bool:
+    lowered = name.lower()
+    return "loader" in lowered or lowered.endswith("_dl")
+
+
+def _loader_of_len(divisor: ast.expr) -> str | None:
+    """`L` of `len(L)` / `len(L.dataset)`, when `L` is named like a data loader."""
+    if not (
+        isinstance(divisor, ast.Call)
+        and isinstance(divisor.func, ast.Name)
+        and divisor.func.id == "len"
+        and len(divisor.args) == 1
+    ):
+        return None
+    arg = divisor.args[0]
+    if isinstance(arg, ast.Attribute) and arg.attr == "dataset":
+        arg = arg.value
+    return arg.id if isinstance(arg, ast.Name) and _loader_like(arg.id) else None
+
+
+def _other_loader(
+    ctx: ModuleContext, total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.For]
+) -> str | None:
+    divided_by = _loader_of_len(divisor)
+    if divided_by is None:
+        return None
+    summed_over: set[str] = set()
+    for loop in loops:
+        if _after(node, loop) and _accumulated_in(loop, total):
+            summed_over |= {
+                n.id for n in walk_tree(loop.iter) if isinstance(n, ast.Name) and _loader_like(n.id)
+            }
+    for value in _bound_values(ctx, node, total):
+        if isinstance(value, ast.Call):
+            summed_over |= {
+                n.id
+                for arg in [*value.args, *(k.value for k in value.keywords)]
+                for n in walk_tree(arg)
+                if isinstance(n, ast.Name) and _loader_like(n.id)
+            }
+    if not summed_over or divided_by in summed_over:
+        return None
+    over = ", ".join(f"`{name}`" for name in sorted(summed_over))
+    return (
+        f"`{total}` is summed over {over} but divided by `len({divided_by})`: the mean "
+        "uses the batch count of another loader; divide by the length of the loader the "
+        "total was summed over"
+    )
+
+
+def _bound_values(ctx: ModuleContext, node: ast.AST, total: str) -> list[ast.expr]:
+    """What `total` is bound to in the scope of `node`: plain assignments and unpackings."""
+    fn = ctx.enclosing_function(node)
+    body = fn.body if fn is not None else ctx.tree.body
+    found: list[ast.expr] = []
+    line = getattr(node, "lineno", 0)
+    for stmt in walk_scope(body):
+        if not isinstance(stmt, ast.Assign) or stmt.lineno > line:
+            continue
+        for target in stmt.targets:
+            names = target.elts if isinstance(target, ast.Tuple) else [target]
+            if any(isinstance(n, ast.Name) and n.id == total for n in names):
+                found.append(stmt.value)
+    return found
