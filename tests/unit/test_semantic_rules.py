@@ -54,6 +54,8 @@ NEW_RULES: tuple[str, ...] = (
     "parameter-moved-after-wrapping",
     "tensor-move-discarded",
     "mean-over-wrong-count",
+    "optimizer-params-reused",
+    "checkpoint-path-reused",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
