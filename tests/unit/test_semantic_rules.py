@@ -56,6 +56,7 @@ NEW_RULES: tuple[str, ...] = (
     "mean-over-wrong-count",
     "optimizer-params-reused",
     "checkpoint-path-reused",
+    "channels-flattened-without-permute",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
