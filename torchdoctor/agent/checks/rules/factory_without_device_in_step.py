@@ -13,7 +13,8 @@ from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import uses_cuda
 from torchdoctor.agent.models import Severity
 
-_MOVES = frozenset({"to", "cuda", "type_as", "to_device", "as_subclass"})
+_MOVES = frozenset({"to", "cuda", "type", "type_as", "to_device", "as_subclass"})
+"""`.type(dtype)` counts: a legacy placement (`Variable(h).type(torch.cuda.FloatTensor)`)."""
 _WRAPPERS = frozenset({"torch.autograd.Variable", "torch.autograd.variable.Variable"})
 """Pre-0.4 wrappers that hand their tensor back where it was (`Variable(z).cuda()`)."""
 _FROM_DATA = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
@@ -28,7 +29,9 @@ class FactoryWithoutDeviceInStep(Rule):
     (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`). A tensor made in the
     function that runs the training loop, before the loop that consumes it, counts too (PPO's
     `update`: `rewards = torch.tensor(rewards)`, then the epochs' value loss on them), and so
-    does one mixed by arithmetic with a model's output (`-smooth * F.log_softmax(out, 1)`).
+    does one mixed by arithmetic with a model's output (`-smooth * F.log_softmax(out, 1)`),
+    and one a helper returns to a training step that hands it to the model unmoved (a
+    recurrent trainer's `h_t, l_t = self.reset()`, then `self.model(x, l_t, h_t)`).
 
     Why it matters: factories create CPU tensors unless told otherwise; the loss or the model
     then mixes devices and the step fails on the GPU ("Expected all tensors to be on the same
@@ -68,14 +71,20 @@ class FactoryWithoutDeviceInStep(Rule):
             if id(call) in from_data and not _from_host_data(ctx, call):
                 continue
             consumer = _consumer(ctx, call)
-            if consumer is None or not _per_step(ctx, call, consumer):
+            if consumer is None:
                 continue
-            if not _places_batches(ctx, call):
+            if ctx.enclosing_function(consumer) is not ctx.enclosing_function(call):
+                # returned by a helper: the caller's step decides (`h, l = self.reset()`)
+                if not ctx.loops.in_training_step(consumer) or not _places_batches(ctx, consumer):
+                    continue
+            elif not _per_step(ctx, call, consumer) or not _places_batches(ctx, call):
                 continue
             own = _bound_name(ctx, call)
             other = next(
                 (a for a in consumer.args if isinstance(a, ast.Name) and a.id != own), None
             )
+            if ctx.enclosing_function(consumer) is not ctx.enclosing_function(call):
+                other = None  # the consumer's names are the caller's, not the helper's
             ctx.report(
                 self,
                 call,
@@ -143,6 +152,52 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
         mixed = _mixed_with_model_output(ctx, read)
         if mixed is not None:
             return mixed
+    for read in reads:
+        returned = _returned_at(ctx, read)
+        if returned is not None and scope is not None:
+            return _consumer_at_call_sites(ctx, scope, returned)
+    return None
+
+
+def _returned_at(ctx: ModuleContext, read: ast.Name) -> int | None:
+    """-1 for `return name`, the position for `return a, name`; None when not returned."""
+    holder = ctx.parents.get(read)
+    if isinstance(holder, ast.Return):
+        return -1
+    if isinstance(holder, ast.Tuple) and isinstance(ctx.parents.get(holder), ast.Return):
+        return holder.elts.index(read)
+    return None
+
+
+def _consumer_at_call_sites(
+    ctx: ModuleContext, helper: ast.FunctionDef | ast.AsyncFunctionDef, position: int
+) -> ast.Call | None:
+    """The loss or model call that a caller of `helper` hands the returned tensor to unmoved
+    (`h_t, l_t = self.reset()`, then `self.model(x, l_t, h_t)`): a recurrent model's initial
+    state built on the CPU by a helper of the trainer."""
+    for site in ctx.calls.call_sites(helper):
+        assign = ctx.parents.get(site)
+        if not (isinstance(assign, ast.Assign) and len(assign.targets) == 1):
+            continue
+        target = assign.targets[0]
+        if position >= 0 and isinstance(target, ast.Tuple) and position < len(target.elts):
+            target = target.elts[position]
+        elif position >= 0:
+            continue
+        if not isinstance(target, ast.Name):
+            continue
+        caller = ctx.enclosing_function(site)
+        reads = [
+            r
+            for r in ctx.flow.reads_of(target.id)
+            if ctx.enclosing_function(r) is caller and r.lineno >= site.lineno
+        ]
+        if any(_moved(ctx, read) for read in reads):
+            continue
+        for read in reads:
+            holder = ctx.parents.get(read)
+            if isinstance(holder, ast.Call) and read in holder.args and _device_side(ctx, holder):
+                return holder
     return None
 
 
