@@ -57,6 +57,7 @@ NEW_RULES: tuple[str, ...] = (
     "optimizer-params-reused",
     "checkpoint-path-reused",
     "channels-flattened-without-permute",
+    "target-network-not-synced",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

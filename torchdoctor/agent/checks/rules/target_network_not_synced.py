@@ -1,0 +1,142 @@
+"""target-network-not-synced: a target/old network built fresh and never given the weights."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.smoke_tests import is_test_module
+from torchdoctor.agent.models import Severity
+
+# Words that name the lagging copy of a network: `policy_old`, `actor_target`, `target_net`.
+_LAGGING = frozenset({"target", "targ", "tgt", "old", "ema", "lagged", "prev", "slow"})
+_TOKENS = re.compile(r"[A-Za-z][a-z0-9]*|[A-Z]+(?![a-z])")
+_PLACEMENT = frozenset({"to", "cuda", "cpu", "float", "double", "half", "train", "eval"})
+
+
+class TargetNetworkNotSynced(Rule):
+    """Detects a lagging copy of a network — named like the network plus `target`, `old`,
+    `ema` (`policy_old` beside `policy`, `actor_target` beside `actor`, `target_net` beside
+    `net`) — built with the same constructor call as the network it follows, and not given
+    that network's weights in the same function afterwards: no `load_state_dict(...)`, no
+    `hard_update(target, source)`-style call naming both.
+
+    Why it matters: the two constructions draw independent random weights. Until the first
+    sync the copy is an unrelated network: a PPO agent collects its first rollouts and
+    computes its probability ratios against a random "old" policy; DQN/DDPG/SAC bootstrap
+    their first targets from random values, and with soft (Polyak) updates the target only
+    drifts toward the trained network over thousands of steps. Training runs, worse or
+    unstable, with nothing failing.
+
+    Not reported: copies made with `copy.deepcopy`, copies synced in the function that builds
+    them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
+    critic_target, self.critic)`, or a checkpoint loaded into the copy), networks built with
+    different arguments, names that do not pair up (`critic_1` and `critic_2`, `teacher`
+    and `student`), and test modules.
+
+    Example:
+        self.policy = ActorCritic(state_dim, action_dim).to(device)
+        self.policy_old = ActorCritic(state_dim, action_dim).to(device)
+
+    Fix: copy the weights right after building it
+    (`self.policy_old.load_state_dict(self.policy.state_dict())`), or build it with
+    `copy.deepcopy(self.policy)`.
+    """
+
+    id = "target-network-not-synced"
+    point = 4
+    severity = Severity.HIGH
+    title = "Target network built fresh, not synced with the network it follows"
+    items: ClassVar[tuple[str, ...]] = ("4.3",)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        lowered = ctx.source.lower()
+        return not is_test_module(ctx.path) and any(w in lowered for w in _LAGGING)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if not self.applies(ctx):
+            return
+        bodies: list[list[ast.stmt]] = [ctx.tree.body]
+        bodies += [fn.body for fn in ctx.flow.nodes(ast.FunctionDef)]
+        for body in bodies:
+            self._check_body(ctx, body)
+
+    def _check_body(self, ctx: ModuleContext, body: list[ast.stmt]) -> None:
+        built: list[tuple[str, str, ast.Assign]] = []  # (holder, constructor, statement)
+        for node in walk_scope(body):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                call = _constructor(node.value)
+                target = node.targets[0]
+                if call is not None and isinstance(target, ast.Name | ast.Attribute):
+                    built.append((ast.unparse(target), ast.unparse(call), node))
+        for copy, constructor, stmt in built:
+            lag = _followed(copy, [b[0] for b in built if b[1] == constructor])
+            if lag is None or _synced(body, copy, lag, stmt):
+                continue
+            ctx.report(
+                self,
+                stmt,
+                f"`{copy}` is built like `{lag}` but never given its weights here: the two "
+                "start from independent random initialisations, so until a first sync the "
+                f"copy is an unrelated network; add `{copy}.load_state_dict({lag}."
+                f"state_dict())` (or build it with copy.deepcopy({lag}))",
+                data={"copy": copy, "source": lag},
+            )
+
+
+def _constructor(value: ast.expr) -> ast.Call | None:
+    """`ActorCritic(...)` of `ActorCritic(...).to(device)`: a capitalised callee."""
+    while (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _PLACEMENT
+        and isinstance(value.func.value, ast.Call)
+    ):
+        value = value.func.value
+    if not isinstance(value, ast.Call):
+        return None
+    func = value.func
+    name = ""
+    if isinstance(func, ast.Name):
+        name = func.id
+    elif isinstance(func, ast.Attribute):
+        name = func.attr
+    return value if name[:1].isupper() and not name.isupper() else None
+
+
+def _words(holder: str) -> list[str]:
+    return [t.lower() for t in _TOKENS.findall(holder.removeprefix("self."))]
+
+
+def _followed(copy: str, peers: list[str]) -> str | None:
+    """The network `copy` lags behind: a peer named like it without the lagging word."""
+    words = _words(copy)
+    if not any(w in _LAGGING for w in words):
+        return None
+    rest = [w for w in words if w not in _LAGGING]
+    for peer in peers:
+        if peer != copy and _words(peer) == rest and rest:
+            return peer
+    return None
+
+
+def _synced(body: list[ast.stmt], copy: str, source: str, built: ast.Assign) -> bool:
+    """A call after `built` that loads weights into `copy` or names both networks."""
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call) or node.lineno < built.lineno:
+            continue
+        text = ast.unparse(node)
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "load_state_dict"
+            and ast.unparse(func.value) == copy
+        ):
+            return True
+        args = [ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)]]
+        if copy in args and any(source in a for a in args if a != copy) and copy in text:
+            return True
+    return False
