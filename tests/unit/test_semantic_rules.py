@@ -59,6 +59,7 @@ NEW_RULES: tuple[str, ...] = (
     "channels-flattened-without-permute",
     "target-network-not-synced",
     "inplace-on-saved-tensor",
+    "detach-inplace-on-argument",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
