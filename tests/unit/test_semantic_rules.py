@@ -60,6 +60,7 @@ NEW_RULES: tuple[str, ...] = (
     "target-network-not-synced",
     "inplace-on-saved-tensor",
     "detach-inplace-on-argument",
+    "tensor-attribute-not-buffer",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
