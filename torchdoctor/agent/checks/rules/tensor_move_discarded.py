@@ -23,8 +23,11 @@ _FACTORY_NAMES = frozenset(
      "zeros_like", "ones_like", "randn_like", "rand_like", "empty_like", "full_like", "cat",
      "stack"}
 )  # fmt: skip
-# Containers of modules or optimizers, whose elements `.to()` moves in place.
-_MODULE_WORDS = re.compile(r"model|net|module|layer|encoder|decoder|optim|critic|actor|policy")
+# Containers of modules (torchmetrics metrics and losses are modules too) or optimizers, whose
+# elements `.to()` moves in place.
+_MODULE_WORDS = re.compile(
+    r"model|net|module|layer|encoder|decoder|optim|critic|actor|policy|metric|loss|criteri"
+)
 
 
 class TensorMoveDiscarded(Rule):
@@ -40,8 +43,9 @@ class TensorMoveDiscarded(Rule):
     ("Expected all tensors to be on the same device"), or a batch silently stays on the CPU.
 
     Not reported: modules (`model.cuda()` moves the module), receivers not known to be
-    tensors, loops over containers of models or optimizers, loop variables read after the
-    move (`batch[k] = v`), and test modules.
+    tensors, loops over containers of models, metrics, losses or optimizers (named so, or a
+    parameter annotated with another type than tensors: `Dict[str, MetricCollection]`), loop
+    variables read after the move (`batch[k] = v`), and test modules.
 
     Example:
         x = torch.zeros(b.size())
@@ -70,7 +74,7 @@ class TensorMoveDiscarded(Rule):
             for node in walk_scope(fn.body):
                 if isinstance(node, ast.Expr):
                     self._check_statement(ctx, node, fn)
-                elif isinstance(node, ast.For):
+                elif isinstance(node, ast.For) and not _annotated_otherwise(fn, node):
                     self._check_loop(ctx, node)
 
     def _check_statement(self, ctx: ModuleContext, stmt: ast.Expr, fn: ast.FunctionDef) -> None:
@@ -134,6 +138,20 @@ class TensorMoveDiscarded(Rule):
                 data={"name": value.id, "statement": False},
             )
             return
+
+
+def _annotated_otherwise(fn: ast.FunctionDef, loop: ast.For) -> bool:
+    """The loop iterates a parameter annotated with a type that is not a tensor container
+    (`metrics: Dict[str, MetricCollection]`): its elements are what the annotation says."""
+    iterated = loop.iter
+    if isinstance(iterated, ast.Call) and isinstance(iterated.func, ast.Attribute):
+        iterated = iterated.func.value
+    if not isinstance(iterated, ast.Name):
+        return False
+    for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
+        if arg.arg == iterated.id and arg.annotation is not None:
+            return "Tensor" not in ast.unparse(arg.annotation)
+    return False
 
 
 def _chain_root(call: ast.Call) -> str | None:
