@@ -49,6 +49,7 @@ Property = Literal[
     "accumulates-argument",
     "leaves-model-in-eval",
     "not-returned-in-eval",
+    "attribute-not-evaluated-by-base",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -115,6 +116,9 @@ class FunctionSummary(_Model):
     """Puts a model it is given in eval mode and returns without setting it back to train."""
     returns_eval: bool = False
     """Returns a model it put in eval mode (a loader's `model.eval(); return model`)."""
+    evaluates: list[str] = Field(default_factory=list)
+    """A constructor (keyed `Class.__init__`): the attributes of `self` it leaves in eval
+    mode (`self.model = model; self.model.eval()`), which its subclasses' methods inherit."""
 
 
 class ModuleSummary(_Model):
@@ -136,6 +140,9 @@ class Pending(_Model):
     the property is then asked of the classes other files pass for it."""
     position: int | None = None
     """The parameter's position among the arguments a caller writes (no `self`)."""
+    attribute: str | None = None
+    """Set with `attribute-not-evaluated-by-base`: the model is `self.<attribute>` of a class
+    built on `symbol`, another file's class, whose constructor may put it in eval mode."""
 
 
 class ModelPass(_Model):
@@ -645,6 +652,15 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                     line=stmt.lineno, params=[a.arg for a in stmt.args.args]
                 )
                 summary.functions[stmt.name] = entry.model_copy(update=mode_effects)
+        for cls_name, cls in ctx.flow.classes.items():
+            init = next(
+                (s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"),
+                None,
+            )
+            if init is not None and (evaluated := evaluated_attributes(init)):
+                summary.functions[f"{cls_name}.__init__"] = FunctionSummary(
+                    line=init.lineno, params=[a.arg for a in init.args.args], evaluates=evaluated
+                )
     if "+=" in text or "append" in text:
         for cls_name, cls in ctx.flow.classes.items():
             for method, fn in accumulating_methods(ctx, cls).items():
@@ -659,6 +675,38 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
     memo[""] = summary
     return summary
+
+
+def evaluated_attributes(init: ast.FunctionDef) -> list[str]:
+    """The `self` attributes a constructor leaves in eval mode: `self.model.eval()` or
+    `self.model = model.eval()`, with no `self.model.train()` in it."""
+    evaluated: list[str] = []
+    trained: set[str] = set()
+    for node in walk_scope(init.body):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            attr = _self_attribute(node.targets[0])
+            if attr is not None and _mode_call(node.value) == "eval":
+                evaluated.append(attr)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            attr = _self_attribute(node.func.value)
+            if attr is not None and node.func.attr == "eval" and not node.args:
+                evaluated.append(attr)
+            elif attr is not None and node.func.attr == "train":
+                trained.add(attr)
+    return sorted(set(evaluated) - trained)
+
+
+def _self_attribute(expr: ast.expr) -> str | None:
+    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
+        return expr.attr if expr.value.id == "self" else None
+    return None
+
+
+def _mode_call(expr: ast.expr) -> str | None:
+    """'eval' for `x.eval()` (and `x.to(device).eval()`), 'train' for `x.train()`."""
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and not expr.args:
+        return expr.func.attr if expr.func.attr in ("eval", "train") else None
+    return None
 
 
 def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -1021,15 +1069,24 @@ class ProjectIndex:
             return fn is not None and fn.leaves_eval
         return fn is not None and fn.steps_optimizer
 
+    def evaluates(self, symbol: str, attribute: str, near: str | None = None) -> bool:
+        """The class `symbol` names leaves `self.<attribute>` in eval mode in its constructor."""
+        init = self._function(f"{symbol}.__init__", near, owner_depth=1)
+        return init is not None and attribute in init.evaluates
+
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:
         """The class `symbol` names (see `_defining_module`)."""
         summary = self._defining_module(symbol, near)
         return summary.classes.get(symbol.rpartition(".")[2]) if summary else None
 
-    def _function(self, symbol: str, near: str | None = None) -> FunctionSummary | None:
-        """The module-level function `symbol` names (see `_defining_module`)."""
-        summary = self._defining_module(symbol, near)
-        return summary.functions.get(symbol.rpartition(".")[2]) if summary else None
+    def _function(
+        self, symbol: str, near: str | None = None, owner_depth: int = 0
+    ) -> FunctionSummary | None:
+        """The module-level function `symbol` names (see `_defining_module`), or with
+        `owner_depth=1` a method (`pkg.mod.Class.method`, keyed `Class.method`)."""
+        parts = symbol.rsplit(".", 1 + owner_depth)
+        summary = self._defining_module(parts[0] + ".", near) if len(parts) > 1 else None
+        return summary.functions.get(".".join(parts[1:])) if summary else None
 
     def _defining_module(self, symbol: str, near: str | None) -> ModuleSummary | None:
         """The module `symbol` is defined in; several modules matching the import (a
@@ -1064,9 +1121,17 @@ class ProjectIndex:
                     symbols = self.passed_classes(
                         pending.symbol, pending.parameter, pending.position
                     )
-                if where not in found and any(
-                    all(self.has(symbol, n, near=pending.finding.file) for n in needs)
-                    for symbol in symbols
-                ):
+                if pending.attribute is not None:  # `attribute-not-evaluated-by-base`
+                    holds = not self.evaluates(
+                        pending.symbol, pending.attribute, pending.finding.file
+                    ) and all(
+                        self.has(pending.symbol, n, near=pending.finding.file) for n in pending.also
+                    )
+                else:
+                    holds = any(
+                        all(self.has(symbol, n, near=pending.finding.file) for n in needs)
+                        for symbol in symbols
+                    )
+                if where not in found and holds:
                     found[where] = pending.finding
         return list(found.values())

@@ -21,6 +21,7 @@ from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
     Property,
+    callee_symbol,
     defer,
     imported_classes,
     module_name,
@@ -213,6 +214,23 @@ class EvalWithoutEvalMode(Rule):
                 data={"mode_dependent_layers": layers, **model_anchor(model_of(model_call))},
             )
             if found is None:
+                continue
+            inherited = _attribute_of_a_project_base(ctx, owner, model_of(model_call))
+            if inherited is not None:
+                # `self.model` of a class built on another file's class, whose constructor
+                # may put it in eval mode (pytorch-grad-cam's `BaseCAM`)
+                symbol, attribute = inherited
+                defer(
+                    ctx,
+                    self.id,
+                    Pending(
+                        symbol=symbol,
+                        needs="attribute-not-evaluated-by-base",
+                        attribute=attribute,
+                        finding=found,
+                        also=[] if known else ["mode-layers-in-project"],
+                    ),
+                )
                 continue
             needs, entry = _callers_decide(ctx, owner, call, elsewhere)
             if elsewhere and needs is None:
@@ -640,6 +658,28 @@ def _stored_after_eval(ctx: ModuleContext, owner: FunctionNode, model: ast.expr)
         if isinstance(c.func, ast.Name) and c.func.id == cls.name
     ]
     return bool(sites) and all(eval_before(ctx, site) for site in sites)
+
+
+def _attribute_of_a_project_base(
+    ctx: ModuleContext, owner: FunctionNode | None, model: ast.expr
+) -> tuple[str, str] | None:
+    """(the base class's qualified import, the attribute) when `model` is `self.<attribute>`
+    in a method of a class built on a class imported from elsewhere (not torch's)."""
+    if (
+        owner is None
+        or not isinstance(model, ast.Attribute)
+        or not isinstance(model.value, ast.Name)
+        or model.value.id != "self"
+    ):
+        return None
+    cls = ctx.parents.get(owner)
+    if not isinstance(cls, ast.ClassDef):
+        return None
+    for base in cls.bases:
+        symbol = callee_symbol(ctx, base)
+        if symbol is not None and not symbol.startswith("torch."):
+            return symbol, model.attr
+    return None
 
 
 def _callers_decide(
