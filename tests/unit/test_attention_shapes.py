@@ -337,3 +337,47 @@ def test_an_assert_that_also_checks_other_values_stays() -> None:
     assert mixed != source
     assert _codemod().transform(mixed, _target(mixed)) is None
     assert "is used besides the softmax" in (_codemod().explain(mixed, _target(mixed)) or "")
+
+
+def _sdpa_kernels(call: object, *args: object) -> set[str]:
+    """The attention kernels a call ran (`aten::_scaled_dot_product_attention_math` is the
+    unfused path; the fused ones are named for flash or efficient attention)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call(*args)  # type: ignore[operator]
+    return {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")}
+
+
+@pytest.mark.parametrize(
+    ("name", "what", "init", "shape"),
+    [
+        ("vae_attn_block", "AttnBlock", {"in_channels": 8}, (2, 8, 16, 16)),
+        ("ddpm_attn_block_shape_assert", "AttnBlock", {"in_ch": 8}, (2, 8, 16, 16)),
+        ("einsum_channels_first", "ChannelsFirstQKV", {"n_heads": 2}, (2, 24, 64)),
+    ],
+)
+def test_three_d_attention_reaches_a_fused_kernel(
+    name: str, what: str, init: dict[str, object], shape: tuple[int, ...]
+) -> None:
+    """Heads folded into the batch or channels-first tensors: the fused call gets them as
+    (batch, 1, tokens, dim) with the dim contiguous, which the fused kernels require; as they
+    were, SDPA would run its unfused math path (checked on this build's CPU kernels)."""
+    torch = pytest.importorskip("torch")
+    plain = torch.randn(2, 1, 64, 8)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if any("math" in k for k in _sdpa_kernels(sdpa, plain, plain, plain)):
+        pytest.skip("this torch build has no fused CPU attention kernel")
+    namespace: dict[str, object] = {"__name__": f"shape_{name}"}
+    exec(compile((SHAPES / f"{name}.after.py").read_text(), name, "exec"), namespace)  # ours
+    module = namespace[what](**init).eval()  # type: ignore[operator]
+    kernels = _sdpa_kernels(module, torch.randn(*shape))
+    assert kernels and not any("math" in k for k in kernels)
+
+
+def test_three_d_attention_with_a_mask_stays_three_d() -> None:
+    """Near miss: bmm_softmax_dim2 carries a (batch, tokens, keys) mask, which a lift to 4-D
+    would have to reshape too; the fused call keeps the 3-D operands there."""
+    source = (SHAPES / "bmm_softmax_dim2.py").read_text()
+    fixed = _codemod().transform(source, _target(source))
+    assert fixed is not None and "attn_mask=" in fixed and "unsqueeze(1)" not in fixed

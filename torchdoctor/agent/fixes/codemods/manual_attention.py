@@ -101,6 +101,8 @@ class _Attention:
     reorder: str = ""
     """`.transpose(1, 2)` / `.permute(...)` for weighted values written in another axis order
     (`einsum("bhij,bhjd->bihd", w, v)`)."""
+    rank: int | None = None
+    """The scores' rank when the product fixes it (3 for torch.bmm and 3-axis einsums)."""
 
 
 class ManualAttentionFix(Codemod):
@@ -129,9 +131,18 @@ class ManualAttentionFix(Codemod):
         keywords.append(f"scale={found.scale}")
         if found.dropout is not None:
             keywords.append(f"dropout_p={found.dropout}")
+        operands, lift = [found.query, found.key, found.value], ""
+        if found.rank == 3 and found.mask.attn_mask is None:
+            # the fused kernels take (batch, heads, tokens, dim) with the dim contiguous only:
+            # on 3-D tensors (heads folded into the batch) or channels-first ones (a VAE or
+            # DDPM block, diffusion QKV attention) the call would run the unfused math path.
+            # A copy of q, k and v is small beside the tokens x tokens scores it saves
+            operands = [f"{atom(x)}.unsqueeze(1).contiguous()" for x in operands]
+            lift = ".squeeze(1)"
         call = cst.parse_expression(
             f"{functional}.scaled_dot_product_attention("
-            f"{found.query}, {found.key}, {found.value}, {', '.join(keywords)})"
+            f"{', '.join(operands)}, {', '.join(keywords)})"
+            + lift
             + (f".transpose({found.transposed})" if found.transposed else "")
             + found.reorder
         )
@@ -348,6 +359,7 @@ def _match(
             mask=mask,
             dropout=dropout,
             softmax=softmax,
+            rank=product.rank,
         )
     # the weights, after the softmax (and an optional dropout statement, maybe after lines
     # that do not touch them: `assert k.shape[-1] == self.head_dim`)
@@ -396,6 +408,7 @@ def _match(
         softmax=softmax,
         transposed=output.transposed,
         reorder=output.reorder,
+        rank=product.rank,
     )
 
 
