@@ -1,0 +1,69 @@
+"""Codemods for three high-severity rules: what each edits, and what it leaves to a human."""
+
+from __future__ import annotations
+
+import ast
+
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
+
+
+def _fix(rule: str, source: str, line: int) -> str | None:
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    return codemod.transform(source, FixTarget(rule=rule, file="m.py", line=line, end_line=line))
+
+
+def _refusal(rule: str, source: str, line: int) -> str | None:
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    target = FixTarget(rule=rule, file="m.py", line=line, end_line=line)
+    return codemod.explain(source, target)
+
+
+DROPOUT = """\
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def forward(self, x, p):
+        a = F.dropout(x, p=p, inplace=False)
+        b = F.dropout2d(a, p, True)
+        c = F.dropout(b, p, training=True)
+        return c
+"""
+
+
+def test_functional_dropout_follows_the_module_mode_keyword_arguments_kept() -> None:
+    fixed = _fix("functional-dropout-always-on", DROPOUT, 7)
+    assert fixed is not None
+    assert "F.dropout(x, p=p, inplace=False, training=self.training)" in fixed
+    ast.parse(fixed)
+
+
+def test_functional_dropout_written_on_is_left_to_a_human() -> None:
+    for line in (8, 9):  # positional True, keyword True: Monte-Carlo dropout is a choice
+        assert _fix("functional-dropout-always-on", DROPOUT, line) is None
+        assert "deliberate" in (_refusal("functional-dropout-always-on", DROPOUT, line) or "")
+
+
+def test_functional_dropout_outside_a_self_method_is_refused() -> None:
+    source = DROPOUT.replace("def forward(self, x, p)", "def forward(me, x, p)")
+    assert _fix("functional-dropout-always-on", source, 7) is None
+    assert "self" in (_refusal("functional-dropout-always-on", source, 7) or "")
+
+
+def test_scalar_loss_indexed_reads_item_for_both_idioms() -> None:
+    source = "def log(loss, total):\n    return loss.data[0] + total[1], loss[0]\n"
+    once = _fix("scalar-loss-indexed", source, 2)
+    assert once == "def log(loss, total):\n    return loss.item() + total[1], loss[0]\n"
+    twice = _fix("scalar-loss-indexed", once, 2)
+    assert twice == "def log(loss, total):\n    return loss.item() + total[1], loss.item()\n"
+    assert _fix("scalar-loss-indexed", twice, 2) is None  # `total[1]` is not a loss read
+
+
+def test_flatten_view_becomes_reshape_only_for_the_flattening_view() -> None:
+    source = "def f(c, k, b):\n    return c[:k].view(b, -1), c[:k].view(-1).sum()\n"
+    fixed = _fix("flatten-view-of-transposed", source, 2)
+    assert fixed == "def f(c, k, b):\n    return c[:k].view(b, -1), c[:k].reshape(-1).sum()\n"

@@ -1,0 +1,40 @@
+"""scalar-loss-indexed: `loss.data[0]` / `loss[0]` on a 0-dim loss -> `loss.item()`."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.models import FixKind, FixTarget
+
+
+class ScalarLossIndexedFix(Codemod):
+    """Reads the reduced loss as the Python number the pre-0.4 idiom meant: `.data[0]` and
+    `[0]` on a 0-dim tensor raise IndexError today, `.item()` gives the value."""
+
+    rule = "scalar-loss-indexed"
+    kind = FixKind.CORRECTNESS
+    summary = "read the 0-dim loss with .item()"
+
+    def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        for index in ctx.find(cst.Subscript, within=(target.line, target.end_line)):
+            if not _first_element(index):
+                continue
+            value = index.value
+            if isinstance(value, cst.Attribute) and value.attr.value == "data":
+                value = value.value
+            ctx.substitute(index, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("item"))))
+            return True
+        return False
+
+
+def _first_element(index: cst.Subscript) -> bool:
+    """`x[0]`: one plain index, the literal 0."""
+    if len(index.slice) != 1:
+        return False
+    element = index.slice[0].slice
+    return (
+        isinstance(element, cst.Index)
+        and isinstance(element.value, cst.Integer)
+        and element.value.value == "0"
+    )
