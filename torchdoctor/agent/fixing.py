@@ -337,3 +337,40 @@ def adopt(
         baseline=baseline,
         runs=runs,
     )
+
+
+RUN_FAILURES = frozenset({"probe-script-error", "probe-hang"})
+"""Probe findings that say the original run failed: resolved once a verified fix's run of
+the working copy completes."""
+
+
+def resolved_run_failures(
+    findings: list[Finding], kept: list[Finding], baseline: SmokeRun | None
+) -> list[Finding]:
+    """The open run-failure findings that the working copy's verified fixes resolve: the
+    original's seeded run failed, and the same run of a kept fix's patched copy (the fixes
+    adopted before it included) completed. Marked fixed, naming those fixes."""
+    if baseline is None or baseline.ok:
+        return []
+    completing = [
+        f.id
+        for f in kept
+        if f.fix is not None
+        and f.fix.verified
+        and any(v.step == "smoke-run" and v.ok for v in f.fix.verification)
+    ]
+    if not completing:
+        return []
+    said = Evidence(
+        source="torchdoctor-fix",
+        kind="probe",
+        message=(
+            f"the same instrumented run completes with the verified fix(es) "
+            f"{', '.join(completing)} applied (the original's failed: {baseline.detail})"
+        ),
+    )
+    return [
+        f.model_copy(update={"status": Status.FIXED, "evidence": [*f.evidence, said]})
+        for f in findings
+        if f.rule in RUN_FAILURES and f.status.is_open
+    ]

@@ -381,7 +381,7 @@ class Phase:
     def adopt(self, state: AuditState, runtime: Runtime[AuditContext]) -> Update:
         """The working copy takes this phase's verified, gate-allowed fixes (verified together
         with the earlier ones); later phases analyse and verify on it."""
-        from torchdoctor.agent.fixing import adopt
+        from torchdoctor.agent.fixing import adopt, resolved_run_failures
 
         context = runtime.context
         context.emit(
@@ -402,6 +402,11 @@ class Phase:
             fixes[fid] = records[fid].model_copy(update={"adopted": True})
             if fid in outcome.combined:
                 findings.append(_with_check(_finding(state, fid), outcome.combined[fid], True))
+        findings += resolved_run_failures(
+            state.get("findings", []),
+            [_finding(state, fid) for fid in outcome.kept],
+            outcome.baseline,
+        )
         for fid, why in outcome.dropped.items():
             fixes[fid] = records[fid].model_copy(
                 update={
