@@ -67,3 +67,36 @@ def test_flatten_view_becomes_reshape_only_for_the_flattening_view() -> None:
     source = "def f(c, k, b):\n    return c[:k].view(b, -1), c[:k].view(-1).sum()\n"
     fixed = _fix("flatten-view-of-transposed", source, 2)
     assert fixed == "def f(c, k, b):\n    return c[:k].view(b, -1), c[:k].reshape(-1).sum()\n"
+
+
+CONTAINERS = """\
+import torch
+import torch.nn as nn
+
+
+class Heads(nn.Module):
+    def __init__(self, dim, tasks):
+        super().__init__()
+        self.heads = {"cls": nn.Linear(dim, 2), "box": nn.Linear(dim, 4)}
+        self.scales = [nn.Parameter(torch.ones(dim)) for _ in tasks]
+        self.mixed = [nn.Linear(dim, dim), nn.Parameter(torch.zeros(dim))]
+        self.by_task = {t: nn.Linear(dim, 1) for t in tasks}
+        self.stages = []
+        for _ in tasks:
+            self.stages.append(nn.Linear(dim, dim))
+"""
+
+
+def test_plain_containers_become_the_registering_ones() -> None:
+    rule = "module-list-not-registered"
+    assert 'self.heads = nn.ModuleDict({"cls"' in (_fix(rule, CONTAINERS, 8) or "")
+    assert "self.scales = nn.ParameterList([nn.Parameter(" in (_fix(rule, CONTAINERS, 9) or "")
+    assert "self.stages = nn.ModuleList([])" in (_fix(rule, CONTAINERS, 12) or "")
+
+
+def test_mixed_containers_and_keys_that_may_not_be_strings_are_left_to_a_human() -> None:
+    rule = "module-list-not-registered"
+    assert _fix(rule, CONTAINERS, 10) is None
+    assert "split it" in (_refusal(rule, CONTAINERS, 10) or "")
+    assert _fix(rule, CONTAINERS, 11) is None
+    assert "string keys" in (_refusal(rule, CONTAINERS, 11) or "")
