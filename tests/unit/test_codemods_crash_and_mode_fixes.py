@@ -100,3 +100,21 @@ def test_mixed_containers_and_keys_that_may_not_be_strings_are_left_to_a_human()
     assert "split it" in (_refusal(rule, CONTAINERS, 10) or "")
     assert _fix(rule, CONTAINERS, 11) is None
     assert "string keys" in (_refusal(rule, CONTAINERS, 11) or "")
+
+
+def test_shallow_copy_of_a_module_becomes_a_deep_one_only_when_spelled_copy_copy() -> None:
+    spelled = "import copy\n\n\ndef snapshot(net):\n    return copy.copy(net)\n"
+    assert _fix("module-shallow-copy", spelled, 5) == spelled.replace("copy.copy", "copy.deepcopy")
+    bare = "from copy import copy\n\n\ndef snapshot(net):\n    return copy(net)\n"
+    assert _fix("module-shallow-copy", bare, 5) is None
+    assert "deepcopy" in (_refusal("module-shallow-copy", bare, 5) or "")
+
+
+def test_require_grad_typo_is_spelled_only_where_assigned() -> None:
+    source = (
+        "def freeze(net):\n"
+        "    for p in net.parameters():\n"
+        "        p.require_grad = p.require_grad and False\n"
+    )
+    fixed = _fix("requires-grad-typo", source, 3)
+    assert fixed == source.replace("p.require_grad =", "p.requires_grad =")
