@@ -118,3 +118,23 @@ def test_require_grad_typo_is_spelled_only_where_assigned() -> None:
     )
     fixed = _fix("requires-grad-typo", source, 3)
     assert fixed == source.replace("p.require_grad =", "p.requires_grad =")
+
+
+PROBABILITIES = """\
+import torch.nn.functional as F
+
+
+def losses(model, x, y, weight):
+    p = model(x).sigmoid()
+    a = F.binary_cross_entropy_with_logits(p, y)
+    b = F.binary_cross_entropy_with_logits(p, y, pos_weight=weight)
+    return a + b
+"""
+
+
+def test_a_logits_function_given_probabilities_becomes_the_probability_loss() -> None:
+    rule = "sigmoid-into-logits-loss"
+    fixed = _fix(rule, PROBABILITIES, 6)
+    assert fixed is not None and "a = F.binary_cross_entropy(p, y)" in fixed
+    assert _fix(rule, PROBABILITIES, 7) is None  # pos_weight exists only with logits
+    assert "pos_weight" in (_refusal(rule, PROBABILITIES, 7) or "")

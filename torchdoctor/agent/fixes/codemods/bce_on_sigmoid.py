@@ -5,9 +5,9 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext, dotted_name
+from torchdoctor.agent.fixes.codemods.common import drop_sigmoid, sigmoid_input
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
-_SIGMOIDS = ("torch.sigmoid", "torch.nn.functional.sigmoid")
 _BCE_FUNCTION = "torch.nn.functional.binary_cross_entropy"
 
 
@@ -25,13 +25,13 @@ class BceOnSigmoidFix(Codemod):
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-            if not call.args or _sigmoid_input(ctx, call.args[0].value) is None:
+            if not call.args or sigmoid_input(ctx, call.args[0].value) is None:
                 continue
             if ctx.qualname(call.func) == _BCE_FUNCTION:
                 if not isinstance(call.func, cst.Attribute):
                     return False
                 ctx.replace(call, _to_logits_function)
-                _drop_sigmoid(ctx, call)
+                drop_sigmoid(ctx, call)
                 return True
             name = dotted_name(call.func)
             if name is not None:
@@ -60,32 +60,15 @@ def _edit_criterion(ctx: SourceContext, name: str) -> bool:
     ctor = ctors[0].value
     if not isinstance(ctor.func, cst.Attribute):
         return ctx.decline(f"`{name}`'s BCELoss is imported by name; change it by hand")
-    if any(not u.args or _sigmoid_input(ctx, u.args[0].value) is None for u in uses):
+    if any(not u.args or sigmoid_input(ctx, u.args[0].value) is None for u in uses):
         return ctx.decline(
             f"`{name}` is also called on inputs that are not sigmoid outputs: a logits loss "
             "would get probabilities there"
         )
     ctx.replace(ctor.func, _to_logits_class)
     for use in uses:
-        _drop_sigmoid(ctx, use)
+        drop_sigmoid(ctx, use)
     return True
-
-
-def _sigmoid_input(ctx: SourceContext, expr: cst.BaseExpression) -> cst.BaseExpression | None:
-    if not isinstance(expr, cst.Call):
-        return None
-    if ctx.qualname(expr.func) in _SIGMOIDS and len(expr.args) == 1:
-        return expr.args[0].value
-    if isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "sigmoid" and not expr.args:
-        return expr.func.value
-    return None
-
-
-def _drop_sigmoid(ctx: SourceContext, call: cst.Call) -> None:
-    first = call.args[0].value
-    inner = _sigmoid_input(ctx, first)
-    if inner is not None:
-        ctx.substitute(first, inner)
 
 
 def _to_logits_function(node: cst.CSTNode) -> cst.CSTNode:

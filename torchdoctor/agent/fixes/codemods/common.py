@@ -8,6 +8,7 @@ from torchdoctor.agent.fixes.codemods.base import SourceContext, dotted_name, me
 from torchdoctor.agent.fixes.models import FixTarget, SmokeRun
 
 Loop = cst.For | cst.While
+SIGMOIDS = ("torch.sigmoid", "torch.nn.functional.sigmoid")
 _SCHEDULER_HINTS = ("sched", "lr_", "warmup", "plateau")
 _NOT_MODELS = {
     "DataLoader",
@@ -274,3 +275,22 @@ def probe_symptom_gone(
     if still:
         return False, f"{symptom} in the fixed run too"
     return True, f"{symptom} before the fix; not after"
+
+
+def sigmoid_input(ctx: SourceContext, expr: cst.BaseExpression) -> cst.BaseExpression | None:
+    """`z` in `torch.sigmoid(z)`, `F.sigmoid(z)` and `z.sigmoid()`; None for anything else."""
+    if not isinstance(expr, cst.Call):
+        return None
+    if ctx.qualname(expr.func) in SIGMOIDS and len(expr.args) == 1:
+        return expr.args[0].value
+    if isinstance(expr.func, cst.Attribute) and expr.func.attr.value == "sigmoid" and not expr.args:
+        return expr.func.value
+    return None
+
+
+def drop_sigmoid(ctx: SourceContext, call: cst.Call) -> None:
+    """A loss call's first argument without the sigmoid written around it."""
+    first = call.args[0].value
+    inner = sigmoid_input(ctx, first)
+    if inner is not None:
+        ctx.substitute(first, inner)
