@@ -70,8 +70,11 @@ def _run_script(config: ProbeConfig, session: Session, user_files: UserFiles) ->
 
 
 def _reap_workers() -> int:
-    """Let DataLoader iterators die, then make sure no worker process outlives the run."""
-    gc.collect()
+    """Let DataLoader iterators die, then make sure no worker process outlives the run. The
+    collection (what frees an iterator caught in a reference cycle, whose workers then exit)
+    is made only when a worker is still alive: a full one walks everything the run built."""
+    if multiprocessing.active_children():
+        gc.collect()
     children = multiprocessing.active_children()
     for child in children:
         child.join(timeout=2)
