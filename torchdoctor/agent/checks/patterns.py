@@ -379,3 +379,22 @@ def visible_training_loop(ctx: ModuleContext) -> ast.stmt | None:
         if loop.kind == "loop" or "Trainer(" in ctx.source:
             return loop.node
     return None
+
+
+# Tensor methods ending in `_` that set a flag rather than write the receiver's values.
+_FLAG_SETTERS = frozenset({"requires_grad_", "share_memory_", "retain_grad_"})
+
+
+def inplace_write(node: ast.AST) -> tuple[str, int] | None:
+    """(`x`, the line) for an in-place tensor method called on a name (`x.mul_(2)`,
+    `x.masked_fill_(m, v)`); flag setters (`requires_grad_`) and dunders write nothing."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.attr.endswith("_")
+        and not node.func.attr.startswith("_")
+        and node.func.attr not in _FLAG_SETTERS
+    ):
+        return node.func.value.id, node.lineno
+    return None

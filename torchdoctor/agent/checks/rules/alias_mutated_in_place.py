@@ -7,10 +7,8 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.patterns import inplace_write
 from torchdoctor.agent.models import Severity
-
-# Tensor methods that write into their receiver (the `_` suffix); flag setters excluded.
-_NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad_", "__init__"})
 
 
 class AliasMutatedInPlace(Rule):
@@ -88,15 +86,8 @@ class AliasMutatedInPlace(Rule):
                     node.value, ast.Subscript | ast.Attribute
                 ):
                     persistent.add(target.id)
-            elif (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name)
-                and node.func.attr.endswith("_")
-                and not node.func.attr.startswith("_")
-                and node.func.attr not in _NOT_WRITES
-            ):
-                writes.append((node.func.value.id, node.lineno))
+            elif (write := inplace_write(node)) is not None:
+                writes.append(write)
         if not aliases or not writes:
             return  # most functions: no plain `a = b` or no in-place write, nothing to trace
         # where each name of an alias pair is bound (in which block) and read

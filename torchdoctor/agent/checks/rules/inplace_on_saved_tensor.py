@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.patterns import inplace_write
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -15,7 +16,6 @@ from torchdoctor.agent.models import Severity
 _SAVE_OUTPUT = frozenset({"exp", "sigmoid", "tanh", "softmax", "log_softmax", "sqrt", "rsqrt"})
 # Operations whose backward reads their input (a statistic or a product of it).
 _SAVE_INPUT = frozenset({"var", "std", "norm", "log", "pow", "mm", "matmul", "bmm"})
-_NOT_WRITES = frozenset({"requires_grad_", "share_memory_", "retain_grad_"})
 
 
 class InplaceOnSavedTensor(Rule):
@@ -174,13 +174,4 @@ def _written(node: ast.AST) -> tuple[str, int] | None:
             return target.value.id, node.lineno
         if isinstance(target, ast.Name):
             return target.id, node.lineno
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and isinstance(node.func.value, ast.Name)
-        and node.func.attr.endswith("_")
-        and not node.func.attr.startswith("_")
-        and node.func.attr not in _NOT_WRITES
-    ):
-        return node.func.value.id, node.lineno
-    return None
+    return inplace_write(node)
