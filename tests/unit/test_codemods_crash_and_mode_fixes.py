@@ -138,3 +138,43 @@ def test_a_logits_function_given_probabilities_becomes_the_probability_loss() ->
     assert fixed is not None and "a = F.binary_cross_entropy(p, y)" in fixed
     assert _fix(rule, PROBABILITIES, 7) is None  # pos_weight exists only with logits
     assert "pos_weight" in (_refusal(rule, PROBABILITIES, 7) or "")
+
+
+REMOVED = """\
+import torch
+
+
+def decompose(A, b, M):
+    x, lu = torch.solve(b, A)
+    r = torch.matrix_rank(M, symmetric=True)
+    e, v = torch.symeig(M, eigenvectors=True, upper=False)
+    q = torch.symeig(M)
+    s = torch.lstsq(b, A)
+    return x, lu, r, e, v, q, s
+"""
+
+
+def _removed(line: int, name: str) -> tuple[str | None, str | None]:
+    codemod = codemod_for("removed-torch-api")
+    assert codemod is not None
+    target = FixTarget(
+        rule="removed-torch-api", file="m.py", line=line, end_line=line, data={"name": name}
+    )
+    return codemod.transform(REMOVED, target), codemod.explain(REMOVED, target)
+
+
+def test_removed_calls_get_their_linalg_replacement_when_the_result_is_the_same() -> None:
+    fixed, _ = _removed(7, "torch.symeig")
+    assert fixed is not None and 'e, v = torch.linalg.eigh(M, UPLO="L")' in fixed
+
+
+def test_removed_calls_whose_results_differ_are_left_to_a_human() -> None:
+    for line, name, why in (
+        (5, "torch.solve", "LU"),  # the LU factor is used
+        (6, "torch.matrix_rank", "symmetric"),
+        (8, "torch.symeig", "eigenvectors=True"),  # eigenvalues only: a different call
+        (9, "torch.lstsq", "different result"),
+    ):
+        fixed, refusal = _removed(line, name)
+        assert fixed is None
+        assert why in (refusal or ""), (line, refusal)
