@@ -39,7 +39,10 @@ class ZeroGradOrder(Rule):
     training: the attack's backward fills the weights' gradients too, `opt.zero_grad()`
     discards them, then the training loss back-propagates); `p.grad = None` on the
     parameters a condition selects in a loop over them (`if "prototypes" in name: p.grad =
-    None`): those are frozen for this step on purpose and the others still update.
+    None`): those are frozen for this step on purpose and the others still update; nor
+    `p.grad = None` in a loop over a list of chosen parameters that is not traced to every
+    parameter of a model (TRPO keeps the actor's share of a network updated by its own line
+    search out of the critic optimizer's step: `for p in actor_params: p.grad = None`).
 
     Fix: clear gradients before the forward pass (or right after `step()`):
     `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`;
@@ -189,7 +192,36 @@ def _selected_parameter(ctx: ModuleContext, clear: ast.AST) -> bool:
         elif isinstance(parent, ast.For | ast.AsyncFor):
             bound = {n.id for n in walk_tree(parent.target) if isinstance(n, ast.Name)}
             if cleared & bound:
-                return selected
+                return selected or not _every_parameter(ctx, parent.iter, parent)
         elif isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             break
     return False
+
+
+_PARAMETER_LISTS = frozenset({"parameters", "named_parameters"})
+
+
+def _every_parameter(ctx: ModuleContext, iterable: ast.expr, loop: ast.AST, depth: int = 0) -> bool:
+    """`model.parameters()`, `list(model.named_parameters())`, a param group's `["params"]`,
+    or a name bound to one of those in the same function: a loop over every parameter, not
+    over a list the code chose (`actor_params` returned by a helper)."""
+    while isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name):
+        if iterable.func.id not in ("list", "tuple", "enumerate") or not iterable.args:
+            return False
+        iterable = iterable.args[0]
+    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Attribute):
+        return iterable.func.attr in _PARAMETER_LISTS
+    if isinstance(iterable, ast.Subscript):
+        key = iterable.slice
+        return isinstance(key, ast.Constant) and key.value == "params"
+    if not isinstance(iterable, ast.Name) or depth > 3:
+        return False
+    scope = ctx.enclosing_function(loop)
+    body = scope.body if scope is not None else ctx.tree.body
+    return any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == iterable.id for t in node.targets)
+        and _every_parameter(ctx, node.value, loop, depth + 1)
+        for stmt in body
+        for node in walk_tree(stmt)
+    )
