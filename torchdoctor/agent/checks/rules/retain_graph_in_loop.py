@@ -42,7 +42,7 @@ class RetainGraphInLoop(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.4",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "backward" in ctx.source
+        return "backward" in ctx.source or "autograd" in ctx.source  # autograd.grad only
 
     def finish(self, ctx: ModuleContext) -> None:
         if "retain_graph" not in ctx.source:
@@ -52,6 +52,8 @@ class RetainGraphInLoop(Rule):
                 continue
             region = _per_step_region(ctx, node)
             if region is None or _some_backward_frees(ctx, region):
+                continue
+            if _output_built_before_loop(ctx, node):
                 continue
             ctx.report(
                 self,
@@ -87,6 +89,36 @@ def _per_step_region(ctx: ModuleContext, node: ast.Call) -> list[ast.stmt] | Non
         if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
             return anc.body if ctx.loops.in_training_step(node) else None
     return None
+
+
+def _differentiated(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """The tensor a backward starts from: `loss` of `loss.backward()`, the outputs of
+    `torch.autograd.grad(loss, ...)`."""
+    if isinstance(call.func, ast.Attribute) and call.func.attr == "backward":
+        return call.func.value
+    first = call.args[0] if call.args else kwarg(call, "outputs") or kwarg(call, "tensors")
+    return first
+
+
+def _output_built_before_loop(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The backward's output is a name the innermost loop around it never rebinds: the
+    loop differentiates the one graph built before it, several times (once per parameter,
+    per input), and each pass needs that graph kept."""
+    output = _differentiated(ctx, call)
+    if not isinstance(output, ast.Name):
+        return False
+    loop = next(
+        (a for a in ctx.ancestors(call) if isinstance(a, ast.For | ast.While | ast.AsyncFor)),
+        None,
+    )
+    if loop is None:
+        return False
+    rebound = {
+        n.id
+        for n in walk_scope([loop])
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
+    }
+    return output.id not in rebound
 
 
 def _some_backward_frees(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
