@@ -31,8 +31,11 @@ class FunctionalDropoutAlwaysOn(Rule):
     validation scores are noisy and pessimistic and predictions change from call to call.
 
     Not reported: a call under a test of the mode (`if self.training:`), a `training` argument
-    that is not a literal (`training=self.training`, a flag passed in), and functions outside
-    a module's class.
+    that is not a literal (`training=self.training`, a flag passed in), functions outside
+    a module's class, and methods decorated with `torch.no_grad()` or
+    `torch.inference_mode()`: no gradient flows there, so the dropout regularises no
+    training; it perturbs a sampler on purpose (latent-diffusion's `p_sample` drops out its
+    noise when a caller asks for `noise_dropout > 0`).
 
     Example:
         def forward(self, x):
@@ -59,6 +62,8 @@ class FunctionalDropoutAlwaysOn(Rule):
         assert isinstance(node, ast.Call)
         if ctx.call_qualname(node) not in _FUNCTIONAL or not _in_module_method(node, ctx):
             return
+        if _in_gradient_free_method(node, ctx):
+            return
         training = argument(node, "training", 2)
         explicit = isinstance(training, ast.Constant) and training.value is True
         if (training is not None and not explicit) or _mode_tested(node, ctx):
@@ -81,6 +86,22 @@ def _in_module_method(node: ast.AST, ctx: ModuleContext) -> bool:
                 isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == "forward"
                 for item in ancestor.body
             )
+    return False
+
+
+_GRADIENT_FREE = frozenset({"no_grad", "inference_mode"})
+
+
+def _in_gradient_free_method(node: ast.AST, ctx: ModuleContext) -> bool:
+    """The enclosing function is decorated `@torch.no_grad()` / `@torch.inference_mode()`."""
+    fn = ctx.enclosing_function(node)
+    if fn is None:
+        return False
+    for decorator in fn.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        if name in _GRADIENT_FREE:
+            return True
     return False
 
 
