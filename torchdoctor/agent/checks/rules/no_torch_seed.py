@@ -66,7 +66,9 @@ class NoTorchSeed(Rule):
     """Detects an entry script (it trains, or has an `if __name__ == "__main__":` block and
     uses torch randomness) that never seeds torch: no `torch.manual_seed`, `seed_everything`
     (Lightning) or `transformers.set_seed`, in the script or in a helper of the same project
-    that it imports and calls (`from utils import seed_all`).
+    that it imports and calls (`from utils import seed_all`), directly or through other
+    helpers of the project (yolov7's `init_seeds` in utils/general.py calls
+    `init_torch_seeds` of utils/torch_utils.py, which seeds).
 
     Why it matters: weight initialisation, shuffling, dropout and augmentation differ on every
     run, so results cannot be reproduced, a regression cannot be bisected and two
@@ -107,6 +109,10 @@ class NoTorchSeed(Rule):
         }
         anchor = self._entry_anchor(ctx) if "torch" in source else None
         seeded = bool(seeding_functions) or module_seeds
+        relays = self._relays(ctx, seeding_functions) if has_seed_text else {}
+        if relays:
+            fact["relays"] = relays
+            fact["imports"] = self._imports(ctx)
         if anchor is not None and not seeded and not ctx.suppressed(self.id, anchor.lineno):
             calls = {_called_name(n) for n in nodes_of(ctx, ast.Call) if isinstance(n, ast.Call)}
             fact["imports"] = self._imports(ctx)
@@ -116,8 +122,36 @@ class NoTorchSeed(Rule):
                 "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
                 "calls": sorted(calls - {""}),
             }
-        if seeded or "entry" in fact:
+        if seeded or relays or "entry" in fact:
             ctx.facts[_KEY] = fact
+
+    @staticmethod
+    def _relays(ctx: ModuleContext, seeding: set[str]) -> dict[str, list[str]]:
+        """Local functions that do not seed here, with the names they call that are
+        imported or local: one of them may seed in another file (a helper that calls a
+        helper), which the project pass follows."""
+        imported = {
+            alias.asname or alias.name.split(".")[0]
+            for node in nodes_of(ctx, ast.Import, ast.ImportFrom)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        relays: dict[str, set[str]] = {}
+        for call in nodes_of(ctx, ast.Call):
+            if not isinstance(call, ast.Call) or (fn := ctx.enclosing_function(call)) is None:
+                continue
+            if fn.name in seeding:
+                continue
+            func = call.func
+            root = func
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            name = _called_name(call)
+            if isinstance(root, ast.Name) and (
+                root.id in imported or (func is root and name in ctx.loops.functions)
+            ):
+                relays.setdefault(fn.name, set()).add(name)
+        return {fn: sorted(names) for fn, names in relays.items()}
 
     @staticmethod
     def _seeding_functions(ctx: ModuleContext) -> set[str]:
@@ -180,10 +214,11 @@ class NoTorchSeed(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         mine = {path: f[_KEY] for path, f in facts.items() if _KEY in f}
+        seeders = _seeders_through_helpers(mine)
         findings: list[RawFinding] = []
         for path, fact in mine.items():
             entry = fact.get("entry")
-            if entry is None or cls._seeded_through_imports(path, fact, entry["calls"], mine):
+            if entry is None or _seeded_through_imports(path, fact, entry["calls"], mine, seeders):
                 continue
             findings.append(
                 RawFinding(
@@ -200,27 +235,52 @@ class NoTorchSeed(Rule):
             )
         return findings
 
-    @staticmethod
-    def _seeded_through_imports(
-        path: str, fact: dict[str, Any], calls: list[str], mine: dict[str, dict[str, Any]]
-    ) -> bool:
-        for module, name in fact["imports"]:
-            target = _resolve_module(path, module, mine)
-            imported = name
-            if target is None and name and name != "*":  # `from pkg import utils`
-                joined = module + name if module.endswith(".") else f"{module}.{name}"
-                target, imported = _resolve_module(path, joined, mine), ""
-            if target is None:
-                continue
-            helper = mine[target]
-            if helper["module_seeds"]:
-                return True
-            seeders = set(helper["seeding_functions"])
-            if imported in ("", "*") and seeders & set(calls):
-                return True
-            if imported in seeders and imported in calls:
-                return True
-        return False
+
+def _seeders_through_helpers(mine: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
+    """Per file, the functions that seed torch: those that seed there, then, until nothing
+    changes, those calling a local seeder or an imported one (a chain of helpers across
+    files)."""
+    seeders = {path: set(fact.get("seeding_functions", [])) for path, fact in mine.items()}
+    relaying = [(path, fact) for path, fact in mine.items() if fact.get("relays")]
+    for _ in range(len(relaying) + 1):
+        changed = False
+        for path, fact in relaying:
+            for fn, calls in fact["relays"].items():
+                if fn in seeders[path]:
+                    continue
+                if set(calls) & seeders[path] or _seeded_through_imports(
+                    path, fact, calls, mine, seeders
+                ):
+                    seeders[path].add(fn)
+                    changed = True
+        if not changed:
+            break
+    return seeders
+
+
+def _seeded_through_imports(
+    path: str,
+    fact: dict[str, Any],
+    calls: list[str],
+    mine: dict[str, dict[str, Any]],
+    seeders: dict[str, set[str]],
+) -> bool:
+    for module, name in fact.get("imports", []):
+        target = _resolve_module(path, module, mine)
+        imported = name
+        if target is None and name and name != "*":  # `from pkg import utils`
+            joined = module + name if module.endswith(".") else f"{module}.{name}"
+            target, imported = _resolve_module(path, joined, mine), ""
+        if target is None or target == path:
+            continue
+        if mine[target]["module_seeds"]:
+            return True
+        seeding = seeders.get(target, set())
+        if imported in ("", "*") and seeding & set(calls):
+            return True
+        if imported in seeding and imported in calls:
+            return True
+    return False
 
 
 def _resolve_module(path: str, module: str, mine: dict[str, dict[str, Any]]) -> str | None:
