@@ -62,13 +62,17 @@ class DeviceMismatchFactoryInForward(Rule):
     (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), tensors
     whose values only serve the host (sizes counted with `torch.unique_consecutive` and
     `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`, or a stand-in
-    only detached into a dict of values to log), and scripts
+    only detached into a dict of values to log, or put straight into such a dict beside
+    detached values: latent-diffusion's `torch.tensor(disc_factor)` in its loss's log), and
+    scripts
     that never mention a device (a `__main__` guard or a module-level loop and no cuda,
     device or accelerator anywhere: the model runs on the CPU), and pytest modules (their
     stand-in models return fixed tensors; a mismatch there fails the test itself), and
     factories on the CPU branch of a forward that branches on `x.is_cuda`, and a factory
     bound to a name that a later statement moves (`zeros = zeros.cuda()` under
-    `if x.is_cuda:`, `noise = Variable(noise.float()).type_as(mu)`).
+    `if x.is_cuda:`, `noise = Variable(noise.float()).type_as(mu)`), also when the factory
+    is bound through `Variable(...)` or argument-free methods (LPIPS's `ret_var =
+    Variable(torch.Tensor((value,)))`, then `ret_var = ret_var.cuda()` when on the GPU).
 
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
@@ -132,6 +136,8 @@ class DeviceMismatchFactoryInForward(Rule):
                 )
                 continue
             if pins_only or _placed(ctx, node) or _host_only(ctx, node, forward):
+                continue
+            if _logged_beside_detached(ctx, node):
                 continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
@@ -269,8 +275,14 @@ def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleConte
     `if x.is_cuda:` in a public KFAC-friendly Gaussian head): the name is moved before use."""
     node: ast.AST = call
     parent = ctx.parents.get(call)
-    while parent is not None and _scaled(parent, node):  # `torch.ones(shape) * -1`
-        node, parent = parent, ctx.parents.get(parent)
+    while parent is not None and (
+        _scaled(parent, node)  # `torch.ones(shape) * -1`
+        or _wrapped(ctx, parent, node)  # `Variable(torch.Tensor(...))`, `.float()`
+    ):
+        result = ctx.parents.get(parent) if isinstance(parent, ast.Attribute) else parent
+        if result is None:
+            return False
+        node, parent = result, ctx.parents.get(result)
     if not (
         isinstance(parent, ast.Assign)
         and len(parent.targets) == 1
@@ -290,8 +302,55 @@ def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleConte
                 isinstance(n, ast.Name) and n.id == name for n in ast.walk(node.value.func.value)
             )
         ):
-            return True
+            return not _read_between(forward, name, parent, node)
     return False
+
+
+def _read_between(forward: ast.FunctionDef, name: str, bound: ast.stmt, moved: ast.stmt) -> bool:
+    """`name` is read after its binding and before the statement that moves it (not in the
+    move itself): it met the other tensors while still on the CPU."""
+    start, end = bound.end_lineno or bound.lineno, moved.lineno
+    return any(
+        isinstance(n, ast.Name)
+        and n.id == name
+        and isinstance(n.ctx, ast.Load)
+        and start < n.lineno < end
+        for n in walk_scope(forward.body)
+    )
+
+
+def _wrapped(ctx: ModuleContext, parent: ast.AST | None, node: ast.AST) -> bool:
+    """`Variable(node)` (the same tensor) or `node.float()`: an argument-free method call
+    whose result stays where `node` is; for a method, `parent` is the attribute."""
+    if isinstance(parent, ast.Call):
+        return (
+            parent.args == [node]
+            and not parent.keywords
+            and (ctx.flow.qualname_of(parent) or "").endswith("autograd.Variable")
+        )
+    if isinstance(parent, ast.Attribute) and parent.value is node and parent.attr not in _MOVES:
+        call = ctx.parents.get(parent)
+        return (
+            isinstance(call, ast.Call)
+            and call.func is parent
+            and not call.args
+            and not call.keywords
+        )
+    return False
+
+
+def _logged_beside_detached(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The factory is a value of a dict display whose other values include a detached
+    tensor (`{"g_loss": g_loss.detach().mean(), "disc_factor": torch.tensor(f)}`): a dict
+    of values to log, which no computation on the device reads."""
+    parent = ctx.parents.get(call)
+    if not isinstance(parent, ast.Dict) or not any(v is call for v in parent.values):
+        return False
+    return any(
+        v is not call
+        and any(isinstance(n, ast.Attribute) and n.attr == "detach" for n in walk_tree(v))
+        for v in parent.values
+    )
 
 
 def _scalar_comparison(parent: ast.AST, node: ast.AST) -> bool:
