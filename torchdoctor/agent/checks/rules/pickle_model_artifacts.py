@@ -43,7 +43,10 @@ class PickleModelArtifacts(Rule):
             model = pickle.load(f)
 
     Not reported: `pickle.loads(pickle.dumps(obj))`, also through a name bound to the bytes
-    (a picklability check of the program's own object: no file is read).
+    (a picklability check of the program's own object: no file is read), and the bytes of
+    a gathered tensor (`tensor.cpu().numpy().tobytes()`) unpickled by a function that
+    pickles its own object into such a tensor (the distributed `all_gather` of arbitrary
+    objects: each rank unpickles what the other ranks of the job pickled).
 
     Fix: store weights as safetensors or `state_dict` tensors (`torch.load(...,
     weights_only=True)`), arrays as `.npy` without pickle, tables as Parquet; load pickles
@@ -68,7 +71,7 @@ class PickleModelArtifacts(Rule):
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         qual = ctx.flow.qualname_of(node)
-        if qual in _PICKLE_LOADERS and not _round_trip(ctx, node):
+        if qual in _PICKLE_LOADERS and not _round_trip(ctx, node) and not _gathered(ctx, node):
             ctx.report(
                 self,
                 node,
@@ -96,4 +99,34 @@ def _round_trip(ctx: ModuleContext, call: ast.Call) -> bool:
     values = ctx.flow.definitions(data) if isinstance(data, ast.Name) else [data]
     return bool(values) and all(
         isinstance(v, ast.Call) and ctx.flow.qualname_of(v) in _DUMPERS for v in values
+    )
+
+
+def _gathered(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`loads(t.cpu().numpy().tobytes()[:size])` (directly or through a name) in a function
+    that also calls `pickle.dumps`: the bytes are a tensor the processes of one job
+    exchanged, made from objects they pickled themselves."""
+    if not call.args:
+        return False
+    data = call.args[0]
+    values = ctx.flow.definitions(data) if isinstance(data, ast.Name) else [data]
+    if not any(_tensor_bytes(v) for v in values) or not all(
+        _tensor_bytes(v) or (isinstance(v, ast.Call) and ctx.flow.qualname_of(v) in _DUMPERS)
+        for v in values
+    ):
+        return False  # the name may also hold this rank's own pickled bytes
+    fn = ctx.enclosing_function(call)
+    return fn is not None and any(
+        isinstance(n, ast.Call) and ctx.flow.qualname_of(n) in _DUMPERS for n in ast.walk(fn)
+    )
+
+
+def _tensor_bytes(expr: ast.AST) -> bool:
+    """`x.tobytes()`, sliced or not."""
+    while isinstance(expr, ast.Subscript):
+        expr = expr.value
+    return (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr == "tobytes"
     )
