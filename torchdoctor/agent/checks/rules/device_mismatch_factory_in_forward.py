@@ -302,21 +302,35 @@ def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleConte
                 isinstance(n, ast.Name) and n.id == name for n in ast.walk(node.value.func.value)
             )
         ):
-            return not _read_between(forward, name, parent, node)
+            return not _read_between(ctx, forward, name, parent, node)
     return False
 
 
-def _read_between(forward: ast.FunctionDef, name: str, bound: ast.stmt, moved: ast.stmt) -> bool:
+def _read_between(
+    ctx: ModuleContext, forward: ast.FunctionDef, name: str, bound: ast.stmt, moved: ast.stmt
+) -> bool:
     """`name` is read after its binding and before the statement that moves it (not in the
-    move itself): it met the other tensors while still on the CPU."""
+    move itself), other than handed to a plain function (SSD's `match(..., loc_t, conf_t,
+    idx)` fills its target tensors in place): it met the other tensors while still on the
+    CPU (`total = x.mean() + dist`)."""
     start, end = bound.end_lineno or bound.lineno, moved.lineno
-    return any(
-        isinstance(n, ast.Name)
-        and n.id == name
-        and isinstance(n.ctx, ast.Load)
-        and start < n.lineno < end
-        for n in walk_scope(forward.body)
-    )
+    for n in walk_scope(forward.body):
+        if not (
+            isinstance(n, ast.Name)
+            and n.id == name
+            and isinstance(n.ctx, ast.Load)
+            and start < n.lineno < end
+        ):
+            continue
+        parent = ctx.parents.get(n)
+        if (
+            isinstance(parent, ast.Call)
+            and n in parent.args
+            and not (ctx.flow.qualname_of(parent) or "").startswith("torch.")
+        ):
+            continue  # an argument of a helper, which may fill it in place
+        return True
+    return False
 
 
 def _wrapped(ctx: ModuleContext, parent: ast.AST | None, node: ast.AST) -> bool:
