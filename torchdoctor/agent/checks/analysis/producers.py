@@ -33,7 +33,24 @@ class Producers(ModelFacts):
             seen.add(id(current))
             if isinstance(current, ast.Call):
                 yield current
-            stack.extend((value, level + 1) for value in reversed(self._produced_from(current)))
+            # only hops that may fan out (several bindings, a function's returns) count
+            # toward the depth: a chain of `x = x.view(...)` rebindings is followed whole
+            step = 0 if self._single_path(current) else 1
+            stack.extend((value, level + step) for value in reversed(self._produced_from(current)))
+
+    def _single_path(self, expr: ast.expr) -> bool:
+        """`expr` passes through to exactly one expression: an index, a view or cast, or a
+        name read where one binding reaches it."""
+        if isinstance(expr, ast.Subscript | ast.Starred):
+            return True
+        if isinstance(expr, ast.Name):
+            return self.reaching(expr) is not None
+        if isinstance(expr, ast.Call):
+            func = expr.func
+            return (isinstance(func, ast.Attribute) and func.attr in PASSTHROUGH_METHODS) or (
+                self.qualname_of(expr) in PASSTHROUGH_FUNCTIONS and bool(expr.args)
+            )
+        return False
 
     def _produced_from(self, expr: ast.expr) -> list[ast.expr]:
         """What `expr` passes through unchanged in meaning (see `producers`)."""
