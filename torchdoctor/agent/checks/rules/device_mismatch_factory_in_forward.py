@@ -137,7 +137,7 @@ class DeviceMismatchFactoryInForward(Rule):
                 continue
             if pins_only or _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
-            if _logged_beside_detached(ctx, node):
+            if _logged_beside_detached(ctx, node) or _elements_read_by_local_helper(ctx, node):
                 continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
@@ -550,8 +550,45 @@ def _host_use(ctx: ModuleContext, use: ast.Name) -> bool:
         index, parent = parent, ctx.parents.get(parent)
     if isinstance(parent, ast.Subscript) and parent.slice is index:
         return True
-    return (
+    if (
         isinstance(parent, ast.Call)
         and isinstance(parent.func, ast.Name)
         and parent.func.id in _HOST_BUILTINS
+    ):
+        return True
+    return _elements_read_by_local_helper(ctx, use)
+
+
+def _elements_read_by_local_helper(ctx: ModuleContext, use: ast.expr) -> bool:
+    """`fused_add_tanh_sigmoid_multiply(a, b, n_channels_tensor)` where that function of the
+    module only reads `n_channels[0]`: a one-element tensor of a channel count (WaveGlow's
+    and its descendants' script-friendly argument) whose element, a 0-dim tensor or a
+    number, mixes with any device."""
+    call = ctx.parents.get(use)
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and use in call.args
+        and not any(isinstance(a, ast.Starred) for a in call.args)
+    ):
+        return False
+    defs = ctx.loops.functions.get(call.func.id, [])
+    if len(defs) != 1:
+        return False
+    params = [*defs[0].args.posonlyargs, *defs[0].args.args]
+    position = call.args.index(use)
+    if position >= len(params):
+        return False
+    name = params[position].arg
+    reads = [
+        n
+        for n in walk_scope(defs[0].body)
+        if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
+    ]
+    return bool(reads) and all(
+        isinstance(sub := ctx.parents.get(n), ast.Subscript)
+        and sub.value is n
+        and isinstance(sub.slice, ast.Constant)
+        and isinstance(sub.slice.value, int)
+        for n in reads
     )
