@@ -79,6 +79,11 @@ class NoTorchSeed(Rule):
             model = Net()
             train(model, DataLoader(data, shuffle=True))
 
+    Not reported: a script that trains nothing and only exports a model (random tensors are
+    example inputs for tracing) or only checks that two computations agree
+    (`torch.testing.assert_close` after converting a checkpoint: lit-llama's conversion
+    script feeds both models one random token sample).
+
     Fix: seed once at start-up, before building the model and the loaders:
     `torch.manual_seed(seed)` (plus `random.seed`, `np.random.seed`), or
     `lightning.seed_everything(seed, workers=True)`.
@@ -362,7 +367,7 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
     if "torch" not in ctx.source:
         return False
     loads_weights = "load_state_dict" in ctx.source or "from_pretrained" in ctx.source
-    exports = _exports_only(ctx)
+    exports = _exports_only(ctx) or _verifies_only(ctx)
     for node in nodes_of(ctx, ast.Call):
         if isinstance(node, ast.Call):
             qual = ctx.call_qualname(node) or ""
@@ -399,6 +404,89 @@ def _exports_only(ctx: ModuleContext) -> bool:
         isinstance(n, ast.Call) and ctx.call_qualname(n) in _EXPORTERS
         for n in nodes_of(ctx, ast.Call)
     )
+
+
+_EQUIVALENCE_CHECKS = frozenset(
+    {
+        "torch.testing.assert_close",
+        "torch.testing.assert_allclose",
+        "torch.allclose",
+        "numpy.testing.assert_allclose",
+        "numpy.allclose",
+    }
+)
+
+
+def _verifies_only(ctx: ModuleContext) -> bool:
+    """The script trains nothing and every torch random draw in it is a probe input of a
+    check that two computations agree: bound to a name that only feeds calls whose results
+    go to `torch.testing.assert_close`/`allclose` or an `assert` (lit-llama's checkpoint
+    conversion compares the converted and the original model on one random token sample).
+    The check's verdict does not depend on the sample's values."""
+    if ctx.loops.training_loops or not any(
+        isinstance(n, ast.Call) and ctx.call_qualname(n) in _EQUIVALENCE_CHECKS
+        for n in nodes_of(ctx, ast.Call)
+    ):
+        return False
+    draws = [
+        n
+        for n in nodes_of(ctx, ast.Call)
+        if isinstance(n, ast.Call)
+        and (qual := ctx.call_qualname(n) or "").startswith("torch.")
+        and qual.rsplit(".", 1)[-1] in _TORCH_RANDOM
+    ]
+    return bool(draws) and all(_probe(ctx, draw) for draw in draws)
+
+
+def _probe(ctx: ModuleContext, draw: ast.Call) -> bool:
+    """`sample = torch.randint(...)` whose every read is an argument of a call that is
+    verified (`out = model(sample)` then `assert_close(out, ...)`)."""
+    reads = _reads_of_binding(ctx, draw)
+    return bool(reads) and all(_feeds_a_check(ctx, read) for read in reads)
+
+
+def _feeds_a_check(ctx: ModuleContext, read: ast.Name) -> bool:
+    call = ctx.parents.get(read)
+    if not isinstance(call, ast.Call) or read not in call.args:
+        return False
+    if _verified(ctx, call):
+        return True
+    results = _reads_of_binding(ctx, call)
+    return bool(results) and all(_verified(ctx, r) for r in results)
+
+
+def _reads_of_binding(ctx: ModuleContext, value: ast.AST) -> list[ast.Name]:
+    """The reads of the name `value` is bound to (`name = value`, through subscripts of it:
+    `out = model(x)["logits"]`), in its function; [] when it is not bound to one name."""
+    node, parent = value, ctx.parents.get(value)
+    while isinstance(parent, ast.Subscript) and parent.value is node:
+        node, parent = parent, ctx.parents.get(parent)
+    if not (
+        isinstance(parent, ast.Assign)
+        and len(parent.targets) == 1
+        and isinstance(parent.targets[0], ast.Name)
+    ):
+        return []
+    name = parent.targets[0].id
+    fn = ctx.enclosing_function(parent)
+    scope: list[ast.stmt] = fn.body if fn is not None else ctx.tree.body
+    return [
+        n
+        for n in walk_scope(scope)
+        if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
+    ]
+
+
+def _verified(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Inside an `assert` or an argument of an equivalence check."""
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.Assert):
+            return True
+        if isinstance(ancestor, ast.Call) and ctx.call_qualname(ancestor) in _EQUIVALENCE_CHECKS:
+            return True
+        if isinstance(ancestor, ast.stmt):
+            return False
+    return False
 
 
 def _false(value: ast.expr) -> bool:
