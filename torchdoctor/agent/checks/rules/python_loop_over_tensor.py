@@ -25,6 +25,11 @@ class PythonLoopOverTensor(Rule):
             for i in range(x.size(0)):
                 x[i] = x[i] / x[i].norm()
 
+    Not reported: a loop whose index also picks the layer that runs (`self.
+    atom_embedding_list[i](x[:, i])`, OGB's molecule encoders: one embedding table per
+    feature column): each iteration runs a different module, so there is no single
+    operation to vectorise into.
+
     Fix: operate on the whole batch at once (broadcasting, `x / x.norm(dim=1, keepdim=True)`,
     `torch.bmm`, `torch.vmap`).
     """
@@ -46,7 +51,11 @@ class PythonLoopOverTensor(Rule):
             for node in walk_tree(forward):
                 if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
                     tensor = _ranged_tensor(node.iter)
-                    if tensor in params and _indexes(node.body, tensor, node.target.id):
+                    if (
+                        tensor in params
+                        and _indexes(node.body, tensor, node.target.id)
+                        and not _picks_a_layer(node.body, node.target.id)
+                    ):
                         ctx.report(
                             self,
                             node,
@@ -91,6 +100,23 @@ def _indexes(body: list[ast.stmt], tensor: str, index: str) -> bool:
                 and isinstance(node.value, ast.Name)
                 and node.value.id == tensor
                 and any(isinstance(n, ast.Name) and n.id == index for n in walk_tree(node.slice))
+            ):
+                return True
+    return False
+
+
+def _picks_a_layer(body: list[ast.stmt], index: str) -> bool:
+    """`self.layers[i](...)`: the loop index selects the module called in the body."""
+    for stmt in body:
+        for node in walk_tree(stmt):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Subscript)
+                and isinstance(node.func.value, ast.Attribute)
+                and isinstance(node.func.value.value, ast.Name)
+                and node.func.value.value.id == "self"
+                and isinstance(node.func.slice, ast.Name)
+                and node.func.slice.id == index
             ):
                 return True
     return False
