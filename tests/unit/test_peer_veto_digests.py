@@ -75,3 +75,19 @@ def test_random_strings_and_alphabets_named_as_secrets_stay() -> None:
     assert _reason_in(ALPHABETS, 5, base64) is None  # bound to a secret's name
     assert _reason_in(ALPHABETS, 6, base64) is None  # a random token: no ordered run
     assert _reason_in(ALPHABETS, 7, base64) is None  # an alphabet beside a random string
+
+
+CAMERAS = """\
+def open_stream(pipe):
+    # pipe = 'rtsp://username:password@192.168.1.64/1'  # IP camera with login
+    # pipe = 'rtsp://<user>:<password>@camera.local/stream'
+    # pipe = 'rtsp://admin:Hik12345@192.168.1.64/1'
+    return pipe
+"""
+
+
+def test_credentials_that_are_the_field_names_are_a_usage_example() -> None:
+    code = "Basic Auth Credentials"
+    assert "usage example" in (_reason_in(CAMERAS, 2, code) or "")
+    assert "usage example" in (_reason_in(CAMERAS, 3, code) or "")
+    assert _reason_in(CAMERAS, 4, code) is None  # a real-looking password stays a finding

@@ -22,6 +22,8 @@ the file's place in the project:
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
   `commit`) and to no secret's name: a checksum or a torrent/commit hash is public by nature.
+- detect-secrets "Basic Auth Credentials" where every URL on the line carries the field names
+  as its credentials (`rtsp://username:password@host`, `<user>:<password>`): a usage example.
 - detect-secrets "Base64/Hex High Entropy String" where every such literal on the line is a
   symbol set (`'SEPabcdefghijklmnopqrstuvwxyz'`, a char-RNN's or OCR model's alphabet,
   `'0123456789abcdef'`): it holds a run of eight or more consecutive letters or digits, which
@@ -80,6 +82,9 @@ class PeerVeto:
         by_path = _PATH_CHECKS.get((evidence.source, code))
         if by_path is not None and (why := by_path(evidence.file)):
             return why
+        by_line = _LINE_CHECKS.get((evidence.source, code))
+        if by_line is not None:
+            return by_line(self._line(evidence.file, evidence.line))
         check = self._checks.get((evidence.source, code))
         if check is None:
             return None
@@ -88,6 +93,10 @@ class PeerVeto:
             return None
         tree, parents = parsed
         return check(_nodes_on_line(tree, evidence.line), parents)
+
+    def _line(self, file: str, line: int) -> str:
+        lines = (self._text_of(file) or "").splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
 
     def _parsed(self, file: str) -> tuple[ast.Module, dict[ast.AST, ast.AST]] | None:
         if file not in self._trees:
@@ -353,6 +362,27 @@ def _reraises_interrupt(handler: ast.ExceptHandler) -> bool:
     return interrupt and any(isinstance(stmt, ast.Raise) for stmt in handler.body)
 
 
+_URL_CREDENTIALS = re.compile(r"://([^:/@\s]+):([^@/\s]+)@")
+_PLACEHOLDER_USERS = frozenset({"user", "username", "usr", "login", "name", "id"})
+_PLACEHOLDER_SECRETS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token"})
+
+
+def _placeholder_credentials(line: str) -> str | None:
+    """`rtsp://username:password@host` in a usage comment: the words that name the fields,
+    not values (detect-secrets' "Basic Auth Credentials" on yolov7's camera examples)."""
+    pairs = _URL_CREDENTIALS.findall(line)
+    if pairs and all(
+        user.strip("<>{}[]").lower() in _PLACEHOLDER_USERS
+        and secret.strip("<>{}[]").lower() in _PLACEHOLDER_SECRETS
+        for user, secret in pairs
+    ):
+        return "the URL's credentials are the field names (`user:password`), a usage example"
+    return None
+
+
+_LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
+    ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
+}
 _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("torchfix", "TOR401"): _loader_in_a_test,
