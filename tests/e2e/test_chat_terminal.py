@@ -148,9 +148,14 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     first.wait_for(r"Applied: " + finding.group(), timeout_s=300, after=mark)
     assert "optimizer.zero_grad(set_to_none=True)" in (project / "train_small.py").read_text()
 
+    # a rerun that is still running when Ctrl-C comes, however fast the machine: the script
+    # now waits before training (a quiet machine finished the old one within 3 s)
+    script = project / "train_small.py"
+    script.write_text("import time\n\ntime.sleep(300)\n" + script.read_text())
     mark = first.mark()
     first.type("rerun")
-    time.sleep(3)
+    first.wait_for(r"under the probes", timeout_s=120, after=mark)
+    time.sleep(2)
     first.keys("C-c")
     first.wait_for(r"cancelled: the session goes on[\s\S]*torchdoctor>", timeout_s=120, after=mark)
     first.type("help")
