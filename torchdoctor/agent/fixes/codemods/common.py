@@ -294,3 +294,13 @@ def drop_sigmoid(ctx: SourceContext, call: cst.Call) -> None:
     inner = sigmoid_input(ctx, first)
     if inner is not None:
         ctx.substitute(first, inner)
+
+
+def indexes_first(index: cst.Subscript) -> bool:
+    """`x[0]`: one plain index, the literal 0."""
+    element = index.slice[0].slice if len(index.slice) == 1 else None
+    return (
+        isinstance(element, cst.Index)
+        and isinstance(element.value, cst.Integer)
+        and element.value.value == "0"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.codemods.common import indexes_first
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
@@ -60,7 +61,7 @@ def _solve(ctx: SourceContext, call: cst.Call, linalg: str) -> bool:
         ],
     )
     parent = ctx.parent(call)
-    if isinstance(parent, cst.Subscript) and _index_zero(parent):
+    if isinstance(parent, cst.Subscript) and indexes_first(parent):
         ctx.substitute(parent, swapped)
         return True
     unpacked = _unpacked_first(ctx, call)
@@ -98,15 +99,6 @@ def _symeig(ctx: SourceContext, call: cst.Call, linalg: str) -> bool:
         ),
     )
     return True
-
-
-def _index_zero(index: cst.Subscript) -> bool:
-    element = index.slice[0].slice if len(index.slice) == 1 else None
-    return (
-        isinstance(element, cst.Index)
-        and isinstance(element.value, cst.Integer)
-        and element.value.value == "0"
-    )
 
 
 def _unpacked_first(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.codemods.common import indexes_first
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
@@ -18,7 +19,7 @@ class ScalarLossIndexedFix(Codemod):
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         for index in ctx.find(cst.Subscript, within=(target.line, target.end_line)):
-            if not _first_element(index):
+            if not indexes_first(index):
                 continue
             value = index.value
             if isinstance(value, cst.Attribute) and value.attr.value == "data":
@@ -26,15 +27,3 @@ class ScalarLossIndexedFix(Codemod):
             ctx.substitute(index, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("item"))))
             return True
         return False
-
-
-def _first_element(index: cst.Subscript) -> bool:
-    """`x[0]`: one plain index, the literal 0."""
-    if len(index.slice) != 1:
-        return False
-    element = index.slice[0].slice
-    return (
-        isinstance(element, cst.Index)
-        and isinstance(element.value, cst.Integer)
-        and element.value.value == "0"
-    )
