@@ -46,7 +46,7 @@ def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
     the rule's codemod. Nothing is verified yet."""
     records: list[FixRecord] = []
     mine = [f for f in findings if f.phase == phase and f.status.is_open]
-    for finding in sorted(mine, key=lambda f: (-f.severity.rank, f.id)):
+    for finding in sorted(mine, key=lambda f: (is_overhead(f.rule), -f.severity.rank, f.id)):
         if finding.fix is not None and finding.fix.origin == "llm" and finding.fix.diff:
             records.append(llm_record(finding, finding.fix.diff))
             continue
@@ -64,6 +64,28 @@ def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
                 )
             )
     return records
+
+
+def is_overhead(rule: str) -> bool:
+    """Whether the rule's codemod removes per-step host time (`Codemod.overhead`): proposed
+    last in its phase, and verified on top of the phase's verified fixes (`stacked_copy`)."""
+    codemod = codemod_for(rule)
+    return codemod is not None and codemod.overhead
+
+
+def stacked_copy(
+    root: Path, adopted: list[Finding], verified: list[Finding]
+) -> tuple[dict[str, str], list[str]] | None:
+    """The working copy with this phase's `verified` fixes merged after the `adopted` ones,
+    and their rules: what an overhead fix is measured on. None when there are none, or they
+    do not merge (the adoption will say why)."""
+    if not verified:
+        return None
+    try:
+        texts = merge_fixes(root, [*adopted, *verified])
+    except PatchError:
+        return None
+    return texts, [f.rule for f in verified]
 
 
 def spec_of(record: FixRecord) -> FixSpec:
@@ -152,10 +174,21 @@ def verify_record(
     baseline: SmokeRun | None,
     finding: Finding,
     record: FixRecord,
+    on_top_of: list[str] | None = None,
 ) -> Verified:
-    """Verify one proposed fix on the working copy; the finding gets the fix and its steps."""
+    """Verify one proposed fix on the working copy; the finding gets the fix and its steps.
+    `on_top_of`: the rules of this phase's verified fixes the working copy holds too
+    (`stacked_copy`)."""
     checks: list[Verification] = [bench.reach] if bench.reach is not None else []
-    if working_copy:
+    if on_top_of:
+        checks.append(
+            Verification(
+                step="on-verified-fixes",
+                ok=True,
+                detail=f"measured on top of: {', '.join(on_top_of)}",
+            )
+        )
+    elif working_copy:
         changed = ", ".join(sorted(working_copy))
         checks.append(
             Verification(

@@ -277,7 +277,7 @@ class Phase:
         options = state["options"]
         if not options.fixing:
             return {"trace": [f"fix:{self.number}"]}
-        from torchdoctor.agent.fixing import propose, verify_record
+        from torchdoctor.agent.fixing import is_overhead, propose, verify_record
 
         context = runtime.context
         if self.number not in state.get("fixes_proposed", []):
@@ -317,11 +317,14 @@ class Phase:
             }
         )
         working_copy = state.get("working_copy", {})
-        digest = copy_digest(working_copy)
         bench = fix_bench(state, context, finding.file)
-        key = baseline_key(state, context, digest, bench)
+        on_top_of: list[str] = []
+        stacked = self.stacked(state, bench) if is_overhead(record.rule) else None
+        if stacked is not None:
+            working_copy, on_top_of = stacked
+        key = baseline_key(state, context, copy_digest(working_copy), bench)
         done = verify_record(
-            bench, working_copy, state.get("baselines", {}).get(key), finding, record
+            bench, working_copy, state.get("baselines", {}).get(key), finding, record, on_top_of
         )
         verdict = "verified" if done.record.state == "verified" else "not verified"
         context.emit({"event": "fix", "message": f"  {record.rule}: {verdict}"})
@@ -335,6 +338,26 @@ class Phase:
         if done.runs:
             update["fix_runs"] = done.runs
         return update
+
+    def stacked(
+        self, state: AuditState, bench: FixBench
+    ) -> tuple[dict[str, str], list[str]] | None:
+        """The copy an overhead fix is measured on: the working copy with this phase's
+        verified fixes that the gate lets through (`fixing.stacked_copy`); None without a
+        run to measure on."""
+        from torchdoctor.agent.fixing import is_overhead, stacked_copy
+
+        if bench.runner is None or bench.run_command is None:
+            return None
+        blocked = fix_gate(state.get("findings", [])).blocked
+        records = state.get("fixes", {}).values()
+        adopted = [_finding(state, r.finding_id) for r in records if r.adopted]
+        verified = [
+            _finding(state, r.finding_id)
+            for r in self.verified(state)
+            if not r.adopted and r.finding_id not in blocked and not is_overhead(r.rule)
+        ]
+        return stacked_copy(bench.root, adopted, verified)
 
     def next_pending(self, state: AuditState) -> FixRecord | None:
         pending = [

@@ -134,6 +134,7 @@ def propose_and_verify(
         )
         by_id = {f.id: f for f in findings}
         specs: dict[str, FixSpec] = {}
+        overheads: list[Finding] = []
         measured = _baseline_signals(verifier, findings)
         time_left = TimeBudget(deadline)
         for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
@@ -144,41 +145,41 @@ def propose_and_verify(
             if patch is None or codemod is None:
                 by_id[finding.id] = _with_refusal(workspace_root, finding)
                 continue
+            if codemod.overhead:
+                overheads.append(_proposed(finding, patch.diff, []))
+                continue
             spec = FixSpec.of(codemod)
-            if not time_left.fits(compiles=spec.extra_memory_mb > 0):
+            if not time_left.fits(compiles=spec.compiles):
                 by_id[finding.id] = _out_of_time(finding, patch.diff)
                 say(f"  {finding.rule}: {OUT_OF_TIME}")
                 continue
             say(f"verifying {finding.rule} ({spec.kind}) at {finding.file}:{finding.line}")
-            claim = Claim(frozenset({finding.rule}), finding.severity)
             if deadline is not None and verifier.runner is not None and verifier.run_command:
                 # the baseline is made once, outside the timed verifications: the first one
                 # carried it, and its inflated time (96 s against 67 s on an H100) made the
                 # budget refuse every fix after it
                 verifier.baseline()
             with time_left.measuring():
-                checks = verifier.verify(patch, claim, spec)
+                checks = verifier.verify(
+                    patch, Claim(frozenset({finding.rule}), finding.severity), spec
+                )
             say(f"  {finding.rule}: {verdict_line(checks)}")
-            verified = all(c.ok for c in checks)
-            by_id[finding.id] = finding.model_copy(
-                update={
-                    "fix": Fix(
-                        diff=patch.diff, verified=verified, origin="codemod", verification=checks
-                    ),
-                    "status": Status.VERIFIED if verified else finding.status,
-                }
-            )
-            if verified:
+            by_id[finding.id] = _judged(_proposed(finding, patch.diff, checks))
+            if by_id[finding.id].status is Status.VERIFIED:
                 specs[finding.id] = spec
-                time_left.keep_for_closing_check(
-                    compiles=any(s.extra_memory_mb > 0 for s in specs.values())
-                )
-            if verified and gpu and ladder_applies(by_id[finding.id], workspace_root):
-                by_id[finding.id] = climb(
-                    verifier, by_id[finding.id], verifier.last_runs, say, compile_modes, time_left
-                )
+                time_left.keep_for_closing_check(compiles=any(s.compiles for s in specs.values()))
+                if gpu and ladder_applies(by_id[finding.id], workspace_root):
+                    by_id[finding.id] = climb(
+                        verifier,
+                        by_id[finding.id],
+                        verifier.last_runs,
+                        say,
+                        compile_modes,
+                        time_left,
+                    )
+        _verify_overheads(verifier, by_id, specs, overheads, time_left, say)
         if time_left.fits():
-            _retry_small_gains(verifier, by_id, specs, say)
+            _retry_small_gains(verifier, by_id, specs, time_left, say)
         _combine_verified(verifier, by_id, specs, say)
         return [by_id[f.id] for f in findings]
 
@@ -228,10 +229,78 @@ def _with_refusal(workspace_root: Path, finding: Finding) -> Finding:
     return finding.model_copy(update={"evidence": [*finding.evidence, note]})
 
 
+def _proposed(finding: Finding, diff: str, checks: list[Verification]) -> Finding:
+    """The finding with its codemod's fix and the checks made of it so far."""
+    fix = Fix(diff=diff, verified=False, origin="codemod", verification=checks)
+    return finding.model_copy(update={"fix": fix})
+
+
+def _judged(finding: Finding) -> Finding:
+    """Verified when every check passed (and there was at least one)."""
+    assert finding.fix is not None
+    checks = finding.fix.verification
+    if not checks or not all(c.ok for c in checks):
+        return finding
+    return finding.model_copy(
+        update={"fix": finding.fix.model_copy(update={"verified": True}), "status": Status.VERIFIED}
+    )
+
+
+def _verify_overheads(
+    verifier: Verifier,
+    by_id: dict[str, Finding],
+    specs: dict[str, FixSpec],
+    overheads: list[Finding],
+    time_left: TimeBudget,
+    say: Callable[[str], None],
+) -> None:
+    """The overhead fixes (`Codemod.overhead`), after the others: measured on top of the
+    verified fixes when there are any and a run to measure on, else against the original."""
+    if not overheads:
+        return
+    gate = fix_gate(list(by_id.values()))
+    stack = [by_id[i] for i in specs if i not in gate.blocked]
+    if stack and verifier.runner is not None:
+        say(f"verifying {len(overheads)} overhead fix(es) on top of {len(stack)} verified")
+        updated = verify_on_stack(verifier, stack, overheads, time_left)
+    else:
+        updated = {}
+        for finding in overheads:
+            codemod = codemod_for(finding.rule)
+            assert codemod is not None and finding.fix is not None
+            if not time_left.fits():
+                continue
+            say(f"verifying {finding.rule} (overhead) at {finding.file}:{finding.line}")
+            patch = Patch(
+                finding_id=finding.id,
+                rule=finding.rule,
+                diff=finding.fix.diff,
+                files=[finding.file],
+            )
+            claim = Claim(frozenset({finding.rule}), finding.severity)
+            with time_left.measuring():
+                checks = verifier.verify(patch, claim, FixSpec.of(codemod))
+            updated[finding.id] = _judged(_proposed(finding, finding.fix.diff, checks))
+    for finding in overheads:
+        assert finding.fix is not None
+        judged = updated.get(finding.id)
+        if judged is None:
+            by_id[finding.id] = _out_of_time(finding, finding.fix.diff)
+            say(f"  {finding.rule}: {OUT_OF_TIME}")
+            continue
+        assert judged.fix is not None
+        by_id[finding.id] = judged
+        say(f"  {finding.rule}: {verdict_line(judged.fix.verification)}")
+        codemod = codemod_for(finding.rule)
+        if judged.fix.verified and codemod is not None:
+            specs[finding.id] = FixSpec.of(codemod)
+
+
 def _retry_small_gains(
     verifier: Verifier,
     by_id: dict[str, Finding],
     specs: dict[str, FixSpec],
+    time_left: TimeBudget,
     say: Callable[[str], None],
 ) -> None:
     """Measure again, on top of the verified fixes, the performance fixes that lost only on
@@ -242,7 +311,7 @@ def _retry_small_gains(
     if not stack or not candidates or verifier.runner is None:
         return
     say(f"re-measuring {len(candidates)} small performance gain(s) on the verified fixes")
-    for finding_id, finding in verify_on_stack(verifier, stack, candidates).items():
+    for finding_id, finding in verify_on_stack(verifier, stack, candidates, time_left).items():
         by_id[finding_id] = finding
         codemod = codemod_for(finding.rule)
         if finding.fix is not None and finding.fix.verified and codemod is not None:

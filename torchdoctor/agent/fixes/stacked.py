@@ -17,6 +17,7 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.combine import merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import PatchError, unified_diff
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
+from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.models import Finding, Status, Verification
@@ -42,10 +43,15 @@ def retry_candidates(findings: list[Finding]) -> list[Finding]:
 
 
 def verify_on_stack(
-    base: Verifier, stack: list[Finding], candidates: list[Finding]
+    base: Verifier,
+    stack: list[Finding],
+    candidates: list[Finding],
+    time_left: TimeBudget | None = None,
 ) -> dict[str, Finding]:
     """Re-verify `candidates` on a copy of the workspace with `stack` applied; returns the
-    updated findings (verified or not, with the stacked checks appended)."""
+    updated findings (verified or not, with the stacked checks appended). A candidate that
+    `time_left` says would not end in time is not started, and not returned."""
+    time_left = time_left or TimeBudget(None)
     updated: dict[str, Finding] = {}
     try:
         texts = merge_fixes(base.root, stack)
@@ -69,6 +75,8 @@ def verify_on_stack(
             patch = _patch_on(base.root, stacked, finding)
             codemod = codemod_for(finding.rule)
             assert finding.fix is not None and codemod is not None
+            if not time_left.fits(compiles=stacked_spec(FixSpec.of(codemod), stack).compiles):
+                continue
             if patch is None:
                 note = Verification(
                     step="on-verified-fixes", ok=False, detail="the fix does not apply on them"
@@ -77,10 +85,11 @@ def verify_on_stack(
             else:
                 claim = Claim(frozenset({finding.rule}), finding.severity)
                 spec = stacked_spec(FixSpec.of(codemod), stack)
-                checks = [
-                    v.model_copy(update={"step": f"on-verified-fixes:{v.step}"})
-                    for v in verifier.verify(patch, claim, spec)
-                ]
+                with time_left.measuring():
+                    checks = [
+                        v.model_copy(update={"step": f"on-verified-fixes:{v.step}"})
+                        for v in verifier.verify(patch, claim, spec)
+                    ]
                 checks.insert(
                     0,
                     Verification(

@@ -75,6 +75,12 @@ class FixSpec:
             extra_memory_mb=codemod.extra_host_memory_mb,
         )
 
+    @property
+    def compiles(self) -> bool:
+        """Whether its runs compile (the compiler's workers are the extra host memory): each
+        costs several eager runs (`TimeBudget`)."""
+        return self.extra_memory_mb > 0
+
 
 @dataclass(frozen=True)
 class Claim:

@@ -55,6 +55,7 @@ class HostSyncInStepFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "accumulate on device instead of calling .item() every step"
     rtol = EXACT_RTOL
+    overhead = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         span = (target.line, target.end_line)

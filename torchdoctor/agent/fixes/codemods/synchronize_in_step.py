@@ -24,6 +24,7 @@ class SynchronizeInStepFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "remove torch.cuda.synchronize() from the training step"
     rtol = EXACT_RTOL
+    overhead = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         found = _removable(ctx, target)

@@ -29,6 +29,7 @@ class UnfusedOptimizerFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "fused=torch.cuda.is_available() on the optimizer"
     rtol = FUSED_RTOL
+    overhead = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         """The flagged optimizer and the other places the rule named in this file (its

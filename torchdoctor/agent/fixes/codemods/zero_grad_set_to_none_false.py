@@ -19,6 +19,7 @@ class ZeroGradSetToNoneFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "zero_grad(set_to_none=True): no memset kernel per parameter"
     rtol = EXACT_RTOL
+    overhead = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
