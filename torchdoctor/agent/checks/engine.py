@@ -28,7 +28,7 @@ from torchdoctor.agent.checks.base import (
     Rule,
 )
 from torchdoctor.agent.checks.device_scope import stand_down
-from torchdoctor.agent.checks.loops import node_fields
+from torchdoctor.agent.checks.loops import node_fields, scope_memo
 from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.checks.registry import enabled_rules
@@ -309,20 +309,21 @@ def _analyse(
     wall_deadline = time.perf_counter() + config.file_deadline_s
     failed: dict[str, str] = {}
     try:
-        _walk(ctx, dispatch, deadline, call_subscribers, failed)
-        for rule in rules:
-            if time.perf_counter() > wall_deadline and time.thread_time() > deadline:
-                raise _DeadlineExceeded
-            if rule.id in failed:
-                continue
-            try:
-                rule.finish(ctx)
-                if rule.id != SyntaxErrorRule.id and rule.applies(ctx):
-                    applicable.append(rule.id)
-            except (_DeadlineExceeded, RecursionError, MemoryError):
-                raise
-            except Exception as err:
-                failed[rule.id] = _failure(err)
+        with scope_memo(ctx.memo_table("loops.walk_scope")):
+            _walk(ctx, dispatch, deadline, call_subscribers, failed)
+            for rule in rules:
+                if time.perf_counter() > wall_deadline and time.thread_time() > deadline:
+                    raise _DeadlineExceeded
+                if rule.id in failed:
+                    continue
+                try:
+                    rule.finish(ctx)
+                    if rule.id != SyntaxErrorRule.id and rule.applies(ctx):
+                        applicable.append(rule.id)
+                except (_DeadlineExceeded, RecursionError, MemoryError):
+                    raise
+                except Exception as err:
+                    failed[rule.id] = _failure(err)
     except _DeadlineExceeded:
         note = f"analysis stopped after the {config.file_deadline_s:g}s per-file deadline"
     except RecursionError:
