@@ -61,6 +61,7 @@ NEW_RULES: tuple[str, ...] = (
     "inplace-on-saved-tensor",
     "detach-inplace-on-argument",
     "tensor-attribute-not-buffer",
+    "norm-momentum-inverted",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
