@@ -62,6 +62,7 @@ NEW_RULES: tuple[str, ...] = (
     "detach-inplace-on-argument",
     "tensor-attribute-not-buffer",
     "norm-momentum-inverted",
+    "accumulation-step-inverted",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -1,0 +1,112 @@
+"""accumulation-step-inverted: an accumulation guard `if i % n:` that steps on the wrong
+batches."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import is_backward_call, is_optimizer_step, walk_scope
+from torchdoctor.agent.checks.patterns import constant_number
+from torchdoctor.agent.models import Severity
+
+
+class AccumulationStepInverted(Rule):
+    """Detects a training loop that runs `backward()` on every batch and calls
+    `optimizer.step()` under a guard that is true when the batch count is *not* a multiple of
+    the accumulation period: `if step % accum:` or `if (i + 1) % accum != 0:`, with the step in
+    the guarded branch and none in its `else`.
+
+    Why it matters: `i % n` is truthy on n - 1 batches out of n. The optimizer steps (and
+    usually clears the gradients) on almost every batch and skips exactly the batch where
+    accumulation was meant to end, so the effective batch is one batch, the gradients of
+    every n-th batch leak into the next step, and with `n == 1` the model never trains.
+    Nothing fails.
+
+    Not reported: the guard `== 0` (the usual form), a step in the `else` branch (the
+    inverted test written on purpose), alternating updates with a step in both branches (a
+    GAN's discriminator and generator), and guards in loops without a backward outside the
+    guard (a backward inside it accumulates nothing).
+
+    Example:
+        for i, (x, y) in enumerate(loader):
+            loss = criterion(model(x), y)
+            loss.backward()
+            if i % accumulation_steps:
+                optimizer.step()
+                optimizer.zero_grad()
+
+    Fix: step when the count is a multiple of the period: `if (i + 1) % accumulation_steps
+    == 0:`.
+    """
+
+    id = "accumulation-step-inverted"
+    point = 1
+    severity = Severity.HIGH
+    title = "Gradient-accumulation guard inverted"
+    items: ClassVar[tuple[str, ...]] = ("1.3",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.For, ast.AsyncFor, ast.While)
+    visit_gate: ClassVar[tuple[str, ...]] = ("backward(",)
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.For | ast.AsyncFor | ast.While)
+        guards = [
+            stmt
+            for stmt in walk_scope(node.body)
+            if isinstance(stmt, ast.If) and _not_multiple(stmt.test) is not None
+        ]
+        if not guards:
+            return
+        for guard in guards:
+            if not _steps(guard.body) or _steps(guard.orelse):
+                continue
+            inside = {id(n) for n in walk_scope(guard.body)}
+            if not any(
+                isinstance(n, ast.Call) and is_backward_call(n) and id(n) not in inside
+                for n in walk_scope(node.body)
+            ):
+                continue
+            if _nested_loop_between(node, guard):
+                continue
+            modulo = _not_multiple(guard.test)
+            assert modulo is not None
+            ctx.report(
+                self,
+                guard.test,
+                f"`if {ast.unparse(guard.test)}:` is true on every batch whose count is not a "
+                f"multiple of `{ast.unparse(modulo.right)}`: the optimizer steps on almost "
+                f"every batch and skips the one where accumulation should end; step when "
+                f"`{ast.unparse(modulo)} == 0`",
+            )
+
+
+def _not_multiple(test: ast.expr) -> ast.BinOp | None:
+    """The `a % n` of a test true when `a` is not a multiple of `n`: `a % n` on its own, or
+    `a % n != 0`."""
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.NotEq):
+        if constant_number(test.comparators[0]) == 0:
+            test = test.left
+        else:
+            return None
+    if isinstance(test, ast.BinOp) and isinstance(test.op, ast.Mod):
+        if isinstance(test.left, ast.Constant) and isinstance(test.left.value, str):
+            return None  # "%d" % n: a format string
+        period = constant_number(test.right)
+        if period is None or period > 2:  # `% 2` alternates two updates as often
+            return test
+    return None
+
+
+def _steps(body: list[ast.stmt]) -> bool:
+    return any(isinstance(n, ast.Call) and is_optimizer_step(n) for n in walk_scope(body))
+
+
+def _nested_loop_between(loop: ast.AST, guard: ast.If) -> bool:
+    """The guard sits in an inner loop of `loop` (that loop is visited on its own)."""
+    for inner in walk_scope(getattr(loop, "body", [])):
+        if isinstance(inner, ast.For | ast.AsyncFor | ast.While) and any(
+            n is guard for n in walk_scope(inner.body)
+        ):
+            return True
+    return False
