@@ -63,6 +63,7 @@ NEW_RULES: tuple[str, ...] = (
     "tensor-attribute-not-buffer",
     "norm-momentum-inverted",
     "accumulation-step-inverted",
+    "backward-after-step",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
