@@ -74,6 +74,10 @@ class DeviceMismatchFactoryInForward(Rule):
     is bound through `Variable(...)` or argument-free methods (LPIPS's `ret_var =
     Variable(torch.Tensor((value,)))`, then `ret_var = ret_var.cuda()` when on the GPU).
 
+    Also reported, in any module-level function (a forward's helper such as drop-connect or
+    a mask builder, often in another file than the model): a factory given the dtype of one of
+    the function's parameters (`dtype=x.dtype`) but not its device, with the same exclusions.
+
     Why it matters: the tensor is created on the CPU whatever device the model runs on: on a
     GPU the forward fails with "Expected all tensors to be on the same device", or pays a
     host-to-device copy on every call when moved afterwards.
@@ -94,18 +98,29 @@ class DeviceMismatchFactoryInForward(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return ("def forward" in ctx.source and bool(ctx.flow.module_classes)) or (
-            "def __call__" in ctx.source
-            and any(_called_per_batch(cls) for cls in ctx.flow.classes.values())
+        return (
+            ("def forward" in ctx.source and bool(ctx.flow.module_classes))
+            or (
+                "def __call__" in ctx.source
+                and any(_called_per_batch(cls) for cls in ctx.flow.classes.values())
+            )
+            or (".dtype" in ctx.source and _copies_a_dtype(ctx))
         )
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "def forward" not in ctx.source and "def __call__" not in ctx.source:
+        forwards = "def forward" in ctx.source or "def __call__" in ctx.source
+        if not forwards and ".dtype" not in ctx.source:
             return
         if not touches_accelerator(ctx.source) and is_script(ctx.tree):
             return  # a CPU-only script: there is no other device to mismatch
         if is_test_module(ctx.path):
             return  # test doubles returning fixed tensors: a mismatch fails the test itself
+        if ".dtype" in ctx.source:
+            for fn in ctx.tree.body:
+                if isinstance(fn, ast.FunctionDef):
+                    self._check_dtype_copies(ctx, fn)
+        if not forwards:
+            return
         flow = ctx.flow
         for name in sorted(flow.module_classes):
             methods = _forward_and_helpers(flow.classes[name])
@@ -115,6 +130,33 @@ class DeviceMismatchFactoryInForward(Rule):
             if cls.name not in flow.module_classes:
                 for method in _called_per_batch(cls):
                     self._check_forward(ctx, method)
+
+    def _check_dtype_copies(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
+        """A module-level function (a forward's helper: drop-connect, a mask builder) that
+        builds a tensor with the dtype of a tensor it was given but not its device."""
+        params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+        for node in walk_scope(fn.body):
+            if not isinstance(node, ast.Call) or ctx.flow.qualname_of(node) not in _FACTORIES:
+                continue
+            source = _dtype_source(node)
+            if source not in params or kwarg(node, "device") is not None:
+                continue
+            dtype = kwarg(node, "dtype")
+            if isinstance(dtype, ast.Attribute) and ctx.flow.is_module_value(dtype.value):
+                continue  # a model's dtype (Hugging Face's `model.dtype`): not a tensor it got
+            if _placed(ctx, node) or _host_only(ctx, node, fn):
+                continue
+            if _on_cpu_branch(ctx, node, fn) or _moved_when_bound(node, fn, ctx):
+                continue
+            qual = ctx.flow.qualname_of(node)
+            ctx.report(
+                self,
+                node,
+                f"`{qual}` in {fn.name}() copies the dtype of `{source}` but not its device: "
+                f"the tensor is created on the CPU whatever device `{source}` is on; pass "
+                f"device={source}.device (or use a *_like / {source}.new_* factory)",
+                data={"factory": qual},
+            )
 
     def _check_forward(
         self, ctx: ModuleContext, forward: ast.FunctionDef, pins_only: bool = False
@@ -153,6 +195,30 @@ class DeviceMismatchFactoryInForward(Rule):
                 f"device: {remedy}",
                 data={"factory": qual},
             )
+
+
+def _copies_a_dtype(ctx: ModuleContext) -> bool:
+    """A module-level function builds a tensor with `dtype=<its parameter>.dtype`."""
+    for fn in ctx.tree.body:
+        if isinstance(fn, ast.FunctionDef):
+            params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+            if any(
+                isinstance(n, ast.Call) and _dtype_source(n) in params for n in walk_scope(fn.body)
+            ):
+                return True
+    return False
+
+
+def _dtype_source(call: ast.Call) -> str | None:
+    """`x` of `dtype=x.dtype`."""
+    dtype = kwarg(call, "dtype")
+    if (
+        isinstance(dtype, ast.Attribute)
+        and dtype.attr == "dtype"
+        and isinstance(dtype.value, ast.Name)
+    ):
+        return dtype.value.id
+    return None
 
 
 def _forward_and_helpers(cls: ast.ClassDef) -> list[ast.FunctionDef]:
