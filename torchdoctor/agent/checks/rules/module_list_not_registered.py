@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -19,8 +19,10 @@ class ModuleListNotRegistered(Rule):
     """Detects, in the `__init__` of an `nn.Module` subclass, an attribute assigned a plain
     list, tuple, dict or comprehension whose elements are modules (`nn.*` layers, local
     `nn.Module` classes) or `nn.Parameter`s: `self.layers = [nn.Linear(8, 8) for _ in ...]`,
-    an empty list the `__init__` then appends modules to, or a plain list as a value of
-    `nn.ModuleDict(dict(h=[...]))`. Not reported: a list that `__init__` wraps later
+    an empty list the `__init__` then appends modules to, a plain list as a value of
+    `nn.ModuleDict(dict(h=[...]))`, or a plain list that a function of the same file fills
+    with layers and returns (`self.module_list = create_modules(cfg)`, a Darknet port's
+    config parser). Not reported: a list that `__init__` wraps later
     (`self.rnns = nn.ModuleList(self.rnns)`).
 
     Why it matters: PyTorch registers only attributes that are modules, parameters or their
@@ -48,8 +50,53 @@ class ModuleListNotRegistered(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "Module" not in ctx.source:
             return
+        helpers = {
+            node.name: node
+            for node in ctx.tree.body
+            if isinstance(node, ast.FunctionDef) and "append" in ast.unparse(node)
+        }
         for _, init in ctx.flow.module_inits():
             self._check_init(ctx, init)
+            if helpers:
+                self._check_built_by_helper(ctx, init, helpers)
+
+    def _check_built_by_helper(
+        self, ctx: ModuleContext, init: ast.FunctionDef, helpers: dict[str, ast.FunctionDef]
+    ) -> None:
+        """`self.module_list = create_modules(cfg)` (or one target of a tuple unpacking),
+        where `create_modules`, a function of this file, returns a plain list it appended
+        modules to."""
+        wrapped: set[str] | None = None
+        for node in walk_tree(init):
+            if not (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name)
+                and node.value.func.id in helpers
+                and len(node.targets) == 1
+            ):
+                continue
+            target = node.targets[0]
+            slots = target.elts if isinstance(target, ast.Tuple) else [target]
+            for position, slot in enumerate(slots):
+                name = _self_attribute(slot)
+                if name is None:
+                    continue
+                if wrapped is None:
+                    wrapped = _wrapped_later(ctx, init)
+                if name in wrapped:
+                    continue
+                where = position if isinstance(target, ast.Tuple) else None
+                plain = _returned_plain_list(ctx, helpers[node.value.func.id], where)
+                if plain is not None:
+                    ctx.report(
+                        self,
+                        plain,
+                        f"`{node.value.func.id}` builds the layers of `self.{name}` in a "
+                        "plain list: they are not registered (not trained, not moved by "
+                        ".to(), not saved); build an nn.ModuleList",
+                        data={"container": "list"},
+                    )
 
     def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
         wrapped: set[str] | None = None  # found on the first plain container only
@@ -140,6 +187,50 @@ def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:
             value = node.args[-1]
             found.extend(_elements(value) if node.func.attr == "extend" else [value])
     return found
+
+
+def _returned_plain_list(
+    ctx: ModuleContext, helper: ast.FunctionDef, position: int | None
+) -> ast.Assign | None:
+    """The `layers = []` of `helper` that it returns (at `position` of a returned tuple,
+    when a position is given) after appending modules to it."""
+    for ret in walk_scope(helper.body):
+        if not isinstance(ret, ast.Return) or ret.value is None:
+            continue
+        value = ret.value
+        if position is not None:
+            if not isinstance(value, ast.Tuple) or len(value.elts) <= position:
+                continue
+            value = value.elts[position]
+        if not isinstance(value, ast.Name):
+            continue
+        bindings = [
+            n
+            for n in walk_scope(helper.body)
+            if isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == value.id for t in n.targets)
+        ]
+        if len(bindings) != 1 or not (
+            isinstance(bindings[0].value, ast.List) and not bindings[0].value.elts
+        ):
+            continue
+        appended = [
+            n.args[0]
+            for n in walk_scope(helper.body)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "append"
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == value.id
+            and len(n.args) == 1
+        ]
+        if any(
+            _is_module_ctor(ctx, e, containers=True)
+            or any(_is_module_ctor(ctx, c, containers=True) for c in ctx.flow.constructors(e))
+            for e in appended
+        ):
+            return bindings[0]
+    return None
 
 
 def _container_kind(value: ast.expr) -> str | None:
