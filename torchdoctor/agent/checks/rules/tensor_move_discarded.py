@@ -23,6 +23,13 @@ _FACTORY_NAMES = frozenset(
      "zeros_like", "ones_like", "randn_like", "rand_like", "empty_like", "full_like", "cat",
      "stack"}
 )  # fmt: skip
+# Methods that only tensors have (numpy arrays, lists and modules have none of them): a name
+# bound to their result (`spect = spect.view(1, 1, h, w)`) holds a tensor.
+_TENSOR_METHODS = frozenset(
+    {"contiguous", "unsqueeze", "permute", "view", "view_as", "expand", "expand_as", "narrow",
+     "masked_fill", "index_select", "new_zeros", "new_ones", "new_full", "new_empty",
+     "new_tensor"}
+)  # fmt: skip
 # Containers of modules (torchmetrics metrics and losses are modules too) or optimizers, whose
 # elements `.to()` moves in place.
 _MODULE_WORDS = re.compile(
@@ -33,9 +40,10 @@ _MODULE_WORDS = re.compile(
 class TensorMoveDiscarded(Rule):
     """Detects a tensor move or cast whose result is dropped: `x.to(device)` / `x.cuda()` /
     `x.float()` written as a statement on its own, where `x` is a tensor (built by a torch
-    function or a tensor factory in that function), and `v = v.to(device)` on the loop
-    variable of a loop over a dict's values or items, with `v` not read again in the loop
-    (the dict keeps the old tensors).
+    function or a tensor factory in that function, or the result of a method only tensors
+    have: `x = x.contiguous()`, `x.view(1, -1)`, `x.unsqueeze(0)`), and `v = v.to(device)`
+    on the loop variable of a loop over a dict's values or items, with `v` not read again in
+    the loop (the dict keeps the old tensors).
 
     Why it matters: unlike `Module.to()`, which moves a module in place, `Tensor.to()` and
     the casts return a new tensor and leave the receiver where it was. The code reads as if
@@ -175,5 +183,7 @@ def _built_as_tensor(ctx: ModuleContext, name: ast.Name, fn: ast.FunctionDef) ->
         qual = ctx.flow.qualname_of(node.value) or ""
         last = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         if last in _FACTORY_NAMES and not qual.startswith(("numpy.", "pandas.")):
+            return True
+        if isinstance(func, ast.Attribute) and last in _TENSOR_METHODS and not qual:
             return True
     return False
