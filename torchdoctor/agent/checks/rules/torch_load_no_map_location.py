@@ -24,6 +24,8 @@ from torchdoctor.agent.models import Severity
 
 _CPU_FALLBACK = re.compile(
     r"is_available\(\)[^\n]*[\"']cpu[\"']|[\"']cpu[\"'][^\n]*is_available\(\)"
+    # the same conditional expression wrapped over two lines inside its parentheses
+    r"|is_available\(\)[ \t]*\n\s*else\s+[\"']cpu[\"']"
 )
 
 
