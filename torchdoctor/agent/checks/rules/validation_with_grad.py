@@ -237,8 +237,9 @@ _EXPORTS = frozenset({"export", "trace", "script", "dynamo_export"})
 
 def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | None:
     """The model call of a function that switches that model to eval mode itself and runs it
-    on one of its own parameters with autograd on (`model.eval()`, then `model(img)` in
-    `do_detect(model, img)`); None when it back-propagates, differentiates or exports."""
+    on one of its own parameters, or on a value built from them, with autograd on
+    (`model.eval()`, then `model(img)` in `do_detect(model, img)`); None when it
+    back-propagates, differentiates or exports."""
     evals = {
         identifier(call.func.value): call.lineno
         for call in mode_call_receivers(fn.body, "eval")
@@ -260,13 +261,20 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         switched = evals.get(identifier(model))
         if switched is None or call.lineno < switched or grad_may_be_off(ctx, call):
             continue
-        if any(
-            isinstance(n, ast.Name) and n.id in params
-            for arg in [*call.args, *(k.value for k in call.keywords)]
-            for n in walk_tree(arg)
+        given = [*call.args, *(k.value for k in call.keywords)]
+        if any(isinstance(n, ast.Name) and n.id in params for arg in given for n in walk_tree(arg)):
+            return call
+        # or, batch after batch, on batches built from them (`files` read, stacked and moved
+        # into `batch`); a single forward on a tensor shaped from an argument is a warm-up
+        if _in_loop(ctx, call, fn) and any(
+            ctx.flow.derives_from(arg, lambda n: _is_param(n, params)) for arg in given
         ):
             return call
     return None
+
+
+def _is_param(node: ast.AST, params: set[str]) -> bool:
+    return isinstance(node, ast.Name) and node.id in params
 
 
 def _input_gradients(ctx: ModuleContext, body: list[ast.stmt]) -> bool:
