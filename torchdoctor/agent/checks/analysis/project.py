@@ -125,6 +125,9 @@ class ModuleSummary(_Model):
     module: str
     classes: dict[str, ClassSummary] = Field(default_factory=dict)
     functions: dict[str, FunctionSummary] = Field(default_factory=dict)
+    reexports: dict[str, str] = Field(default_factory=dict)
+    """A package's `__init__.py`: the project names it imports to offer them under its own
+    (`from .evaluator import SSLEvaluator` -> 'SSLEvaluator': 'pkg.evaluator.SSLEvaluator')."""
 
 
 class Pending(_Model):
@@ -673,8 +676,24 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 line=fn.lineno, params=[a.arg for a in fn.args.args]
             )
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
+    if is_package_init(ctx) and "import" in text:
+        summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def _reexports(ctx: ModuleContext) -> dict[str, str]:
+    """The project names a package's `__init__.py` imports at its top level, resolved."""
+    found: dict[str, str] = {}
+    for stmt in ctx.tree.body:
+        if not isinstance(stmt, ast.ImportFrom) or any(a.name == "*" for a in stmt.names):
+            continue
+        for alias in stmt.names:
+            local = alias.asname or alias.name
+            qualified = imported_symbol(ctx, local)
+            if qualified and not f"{qualified}.".startswith(_LIBRARIES):
+                found[local] = qualified
+    return found
 
 
 def evaluated_attributes(init: ast.FunctionDef) -> list[str]:
@@ -931,10 +950,15 @@ def _last_layer_activation(ctx: ModuleContext, sequential: ast.expr) -> Output |
     return None
 
 
+def is_package_init(ctx: ModuleContext) -> bool:
+    """A package's `__init__.py`: the names it re-exports are published whatever it holds."""
+    return PurePosixPath(ctx.path).name == "__init__.py"
+
+
 def publish(ctx: ModuleContext) -> None:
     """Record this module's summary in its facts (for the rules' project pass)."""
     summary = summarise(ctx)
-    if summary.classes or summary.functions:
+    if summary.classes or summary.functions or summary.reexports:
         ctx.facts[FACTS_KEY] = summary.model_dump()
 
 
@@ -1043,6 +1067,7 @@ class ProjectIndex:
         if needs == "not-returned-in-eval":  # unless the function is found to return eval mode
             fn = self._function(symbol, near)
             return fn is None or not fn.returns_eval
+        symbol = self._through_reexports(symbol)
         module, _, name = symbol.rpartition(".")
         candidates = self._modules(module) if module else []
         if not candidates and needs in ("splits-data", "accumulates-argument"):
@@ -1074,8 +1099,24 @@ class ProjectIndex:
         init = self._function(f"{symbol}.__init__", near, owner_depth=1)
         return init is not None and attribute in init.evaluates
 
+    def _through_reexports(self, symbol: str) -> str:
+        """Where a name a package re-exports is defined (`pkg.SSLEvaluator`, imported in
+        `pkg/__init__.py` from `pkg.evaluator`, -> 'pkg.evaluator.SSLEvaluator')."""
+        for _ in range(_MAX_IMPORT_DEPTH):
+            module, _, name = symbol.rpartition(".")
+            candidates = self._modules(module) if module else []
+            if len(candidates) != 1:
+                return symbol
+            summary = candidates[0]
+            target = summary.reexports.get(name)
+            if target is None or name in summary.classes or name in summary.functions:
+                return symbol
+            symbol = target
+        return symbol
+
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:
         """The class `symbol` names (see `_defining_module`)."""
+        symbol = self._through_reexports(symbol)
         summary = self._defining_module(symbol, near)
         return summary.classes.get(symbol.rpartition(".")[2]) if summary else None
 

@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.analysis.project import (
     Property,
     defer,
     imported_models,
+    is_package_init,
     parameter_of,
     publish,
     publish_model_passes,
@@ -69,7 +70,7 @@ class DoubleSoftmax(Rule):
         return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "oftmax" in ctx.source:
+        if "oftmax" in ctx.source or is_package_init(ctx):
             publish(ctx)
         publish_model_passes(ctx)
         if not self.applies(ctx):

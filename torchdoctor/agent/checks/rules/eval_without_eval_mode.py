@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.project import (
     callee_symbol,
     defer,
     imported_classes,
+    is_package_init,
     module_name,
     project_function_calls,
     publish,
@@ -119,7 +120,7 @@ class EvalWithoutEvalMode(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
         publish_mode_layers(ctx)
-        if "forward" in ctx.source:
+        if "forward" in ctx.source or is_package_init(ctx):
             publish(ctx)  # whether its classes are mode-free, for the modules importing them
         if (
             "no_grad" not in ctx.source

@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     defer,
     imported_classes,
+    is_package_init,
     module_name,
     project_symbol,
     publish,
@@ -78,7 +79,7 @@ class InferenceNoEval(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.4",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "forward" in ctx.source:
+        if "forward" in ctx.source or is_package_init(ctx):
             publish(ctx)  # its classes' dropout/batch norm, for the modules importing them
         publish_mode_calls(ctx, mode_calls(ctx))  # the mode each imported helper runs in
         for call, model in _sampling_after_training(ctx):

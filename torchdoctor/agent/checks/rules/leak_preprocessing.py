@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     callee_symbol,
     defer,
+    is_package_init,
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -94,7 +95,7 @@ class LeakPreprocessing(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         text = ctx.source
-        if "split" in text:
+        if "split" in text or is_package_init(ctx):
             publish(ctx)  # a helper that splits its arguments, for the modules calling it
         if not any(word in text for word in ("fit", "mean(", "std(", "ocab", "scale", "normal")):
             return

@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     callee_symbol,
     defer,
+    is_package_init,
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -58,7 +59,7 @@ class LossGraphAccumulation(Rule):
         return _may_have_losses(ctx)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "class " in ctx.source:
+        if "class " in ctx.source or is_package_init(ctx):
             publish(ctx)  # its meters' accumulating methods, for the modules using them
         if not _may_have_losses(ctx):
             return

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     defer,
     imported_models,
+    is_package_init,
     publish,
 )
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, NLL_LOSSES, SOFTMAX
@@ -62,7 +63,7 @@ class NllLossInput(Rule):
         return "nll_loss" in ctx.source or "NLLLoss" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "forward" in ctx.source:
+        if "forward" in ctx.source or is_package_init(ctx):
             publish(ctx)  # what this file's models end in, for the files that train them
         if not self.applies(ctx):
             return

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     callee_symbol,
     defer,
+    is_package_init,
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -73,7 +74,7 @@ class SchedulerBeforeOptimizer(Rule):
         return "sched" in ctx.source.lower() and ".step(" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if ".step(" in ctx.source:
+        if ".step(" in ctx.source or is_package_init(ctx):
             publish(ctx)
         if not self.applies(ctx):
             return

@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
     defer,
+    is_package_init,
     project_symbol,
     publish,
 )
@@ -59,7 +60,7 @@ class TrainModeNotRestored(Rule):
         return "backward" in ctx.source and bool(ctx.loops.training_loops)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "eval()" in ctx.source:
+        if "eval()" in ctx.source or is_package_init(ctx):
             publish(ctx)  # its functions that leave a model in eval mode, for their callers
         if not self.applies(ctx):
             return
