@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -44,7 +44,18 @@ class AccumulatorOverwrittenAfterLoop(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for loop in ctx.flow.nodes(ast.For):
+        # a report needs a name summed with `+=` somewhere and assigned after a loop: both
+        # looked up first (the engine's node index), so most loops are never walked
+        summed = {
+            n.target.id
+            for n in nodes_of(ctx, ast.AugAssign)
+            if isinstance(n, ast.AugAssign)
+            and isinstance(n.op, ast.Add)
+            and isinstance(n.target, ast.Name)
+        }
+        for loop in ctx.flow.nodes(ast.For) if summed else []:
+            if not any(_assigns(stmt) in summed for stmt in _after(ctx, loop)):
+                continue
             totals = _summed_names(loop)
             if not totals:
                 continue
@@ -87,6 +98,14 @@ def _after(ctx: ModuleContext, loop: ast.stmt) -> list[ast.stmt]:
         if index + 1 < len(block) or not isinstance(parent, ast.With):
             return following
         node = parent
+
+
+def _assigns(stmt: ast.stmt) -> str | None:
+    """`name` of a plain `name = ...`."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        target = stmt.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    return None
 
 
 def _summed_names(loop: ast.For) -> set[str]:

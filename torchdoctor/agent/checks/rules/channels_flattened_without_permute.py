@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _RESHAPES = frozenset({"view", "reshape"})
@@ -57,6 +57,8 @@ class ChannelsFlattenedWithoutPermute(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        if not any(_channels_first_sizes(n) for n in nodes_of(ctx, ast.Assign)):
+            return  # no `n, c, h, w = x.size()` anywhere (the engine's node index)
         for fn in ctx.flow.nodes(ast.FunctionDef):
             nodes = list(walk_scope(fn.body))
             for node in nodes:

@@ -38,6 +38,7 @@ from torchdoctor.agent.checks.loops import (
     enclosing_ifs,
     is_backward_call,
     method_name,
+    nodes_of,
     walk_scope,
     walk_tree,
 )
@@ -383,8 +384,19 @@ def _flagged_evaluation_calls(ctx: ModuleContext) -> list[tuple[ast.Call, Functi
     memo[""] = found
     if "backward" not in ctx.source or is_test_module(ctx.path):
         return found
+    # only a function around a backward call can have a flag that skips it (looked up from
+    # the engine's node index rather than by walking every function)
+    around_backward = {
+        id(outer)
+        for call in nodes_of(ctx, ast.Call)
+        if isinstance(call, ast.Call) and is_backward_call(call)
+        for outer in ctx.ancestors(call)
+        if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
     for defs in ctx.flow.functions.values():
         for fn in defs:
+            if id(fn) not in around_backward:
+                continue
             flag = _backward_flag(ctx, fn)
             if flag is None:
                 continue
@@ -452,13 +464,15 @@ def _held_out_loops(
     covered = {id(stmt) for _, body in regions for stmt in body}
     found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     for node in ctx.flow.nodes(ast.For):
-        if not isinstance(node, ast.For) or not any(
+        # what the loop iterates first: most loops are not over held-out data, and walking
+        # each body for a model call cost more than the rest of this rule
+        if not isinstance(node, ast.For) or ctx.flow.held_out_kind(node.iter) is None:
+            continue
+        if not any(
             isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(node.body)
         ):
             continue
         if _inside_a_training_step(ctx, node):
-            continue
-        if ctx.flow.held_out_kind(node.iter) is None:
             continue
         if any(id(anc) in covered for anc in ctx.ancestors(node)):
             continue

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -47,7 +47,7 @@ class MeanOverWrongCount(Rule):
         return "/" in ctx.source and ("enumerate(" in ctx.source or "len(" in ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if not self.applies(ctx) or not _may_report(ctx):
             return
         scopes: list[ast.AST] = [ctx.tree, *ctx.flow.nodes(ast.FunctionDef)]
         for scope in scopes:
@@ -64,6 +64,27 @@ class MeanOverWrongCount(Rule):
                 )
                 if message is not None:
                     ctx.report(self, node, message)
+
+
+def _may_report(ctx: ModuleContext) -> bool:
+    """Whether some division could be reported: by a name, of a total summed with `+=`
+    somewhere in the module, or by `len()` of a loader. Read from the engine's node index, so
+    a module without one (most of a library) is not walked scope by scope."""
+    summed = {
+        n.target.id
+        for n in nodes_of(ctx, ast.AugAssign)
+        if isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and isinstance(n.target, ast.Name)
+    }
+    for node in nodes_of(ctx, ast.BinOp, ast.AugAssign):
+        division = _division(node)
+        if division is None:
+            continue
+        total, divisor = division
+        if (isinstance(divisor, ast.Name) and total in summed) or _loader_of_len(divisor):
+            return True
+    return False
 
 
 def _division(node: ast.AST) -> tuple[str, ast.expr] | None:

@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -57,7 +57,7 @@ class TargetNetworkNotSynced(Rule):
         return not is_test_module(ctx.path) and any(w in lowered for w in _LAGGING)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if not self.applies(ctx) or not any(_lagging_copy(n) for n in nodes_of(ctx, ast.Assign)):
             return
         bodies: list[list[ast.stmt]] = [ctx.tree.body]
         bodies += [fn.body for fn in ctx.flow.nodes(ast.FunctionDef)]
@@ -85,6 +85,18 @@ class TargetNetworkNotSynced(Rule):
                 f"state_dict())` (or build it with copy.deepcopy({lag}))",
                 data={"copy": copy, "source": lag},
             )
+
+
+def _lagging_copy(node: ast.AST) -> bool:
+    """A construction a report could name: one target named with a lagging word, built by a
+    constructor call (what `_check_body` pairs up), looked up in the engine's node index so
+    that a module without one is not walked body by body."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+        return False
+    target = node.targets[0]
+    if not isinstance(target, ast.Name | ast.Attribute) or _constructor(node.value) is None:
+        return False
+    return any(w in _LAGGING for w in _words(ast.unparse(target)))
 
 
 def _constructor(value: ast.expr) -> ast.Call | None:

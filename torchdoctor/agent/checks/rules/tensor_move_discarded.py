@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -76,7 +76,7 @@ class TensorMoveDiscarded(Rule):
         )
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if not self.applies(ctx) or not _may_report(ctx):
             return
         for fn in ctx.flow.nodes(ast.FunctionDef):
             for node in walk_scope(fn.body):
@@ -187,3 +187,36 @@ def _built_as_tensor(ctx: ModuleContext, name: ast.Name, fn: ast.FunctionDef) ->
         if isinstance(func, ast.Attribute) and last in _TENSOR_METHODS and not qual:
             return True
     return False
+
+
+def _may_report(ctx: ModuleContext) -> bool:
+    """Whether the module holds what a report needs, from the engine's node index (a module
+    without either is not walked function by function): a move called as a statement on a
+    name, or a loop over a mapping's `.items()` / `.values()` that moves what it iterates."""
+    for node in nodes_of(ctx, ast.Expr):
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _MOVES
+            and isinstance(call.func.value, ast.Name)
+        ):
+            return True
+    return any(
+        isinstance(loop, ast.For)
+        and isinstance(loop.iter, ast.Call)
+        and isinstance(loop.iter.func, ast.Attribute)
+        and loop.iter.func.attr in ("items", "values")
+        and any(_moved_in_place_of_itself(stmt) for stmt in loop.body)
+        for loop in nodes_of(ctx, ast.For)
+    )
+
+
+def _moved_in_place_of_itself(stmt: ast.stmt) -> bool:
+    """`value = <...>.to(...)`: the only statement shape `_check_loop` reports on."""
+    return (
+        isinstance(stmt, ast.Assign)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and stmt.value.func.attr in _MOVES
+    )
