@@ -64,6 +64,7 @@ NEW_RULES: tuple[str, ...] = (
     "norm-momentum-inverted",
     "accumulation-step-inverted",
     "backward-after-step",
+    "optimizer-state-before-move",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
