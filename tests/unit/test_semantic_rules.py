@@ -65,6 +65,7 @@ NEW_RULES: tuple[str, ...] = (
     "accumulation-step-inverted",
     "backward-after-step",
     "optimizer-state-before-move",
+    "loss-averaged-twice",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
