@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -47,13 +47,14 @@ class CheckpointPathReused(Rule):
         if not self.applies(ctx):
             return
         blocks: list[list[ast.stmt]] = []
-        for node in ast.walk(ctx.tree):
+        for node in walk_tree(ctx.tree):
             for field in ("body", "orelse", "finalbody"):
                 inner = getattr(node, field, None)
                 if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
                     blocks.append(inner)
         for block in blocks:
-            self._check_block(ctx, block)
+            if sum(_saves_a_tensor(ctx, stmt) for stmt in block) >= 2:
+                self._check_block(ctx, block)
 
     def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
         saves: list[tuple[ast.Call, str, str]] = []  # (call, object, path)
@@ -78,10 +79,23 @@ class CheckpointPathReused(Rule):
             saves.append((call, obj, path))
 
 
+def _saves_a_tensor(ctx: ModuleContext, stmt: ast.stmt) -> bool:
+    """`torch.save(obj, path)` as a statement: a block with fewer than two has nothing to
+    compare, and is not followed statement by statement."""
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and len(stmt.value.args) >= 2
+        and ctx.flow.qualname_of(stmt.value) == "torch.save"
+    )
+
+
 def _forget_rebound(saves: list[tuple[ast.Call, str, str]], stmt: ast.stmt) -> None:
     """Drop the saves whose path mentions a name `stmt` binds (`path = ...` between them)."""
+    if not saves:
+        return
     bound = {
-        n.id for n in walk_scope([stmt]) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        n.id for n in walk_scope(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     }
     if bound:
         saves[:] = [s for s in saves if not any(name in bound for name in _names(ast.parse(s[2])))]

@@ -50,10 +50,11 @@ class ModuleListNotRegistered(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "Module" not in ctx.source:
             return
-        helpers = {
+        helpers = {  # a candidate only: `_returned_plain_list` decides (the source's text,
+            # not `ast.unparse`, which cost more than the rest of the rule on large modules)
             node.name: node
             for node in ctx.tree.body
-            if isinstance(node, ast.FunctionDef) and "append" in ast.unparse(node)
+            if isinstance(node, ast.FunctionDef) and "append" in ctx.segment(node)
         }
         for _, init in ctx.flow.module_inits():
             self._check_init(ctx, init)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, TypeGuard
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_CALLS = frozenset({"parameters", "named_parameters"})
@@ -56,18 +56,26 @@ class OptimizerStateBeforeMove(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for scope in _scopes(ctx.tree):
+        loads = [n for n in nodes_of(ctx, ast.Call) if _restores_state(n)]
+        if not loads:
+            return
+        # only the scopes holding a restore are walked (from the engine's node index)
+        around = {
+            id(outer)
+            for load in loads
+            for outer in ctx.ancestors(load)
+            if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        at_module_level = any(
+            not any(isinstance(outer, _SCOPE_KINDS) for outer in ctx.ancestors(load))
+            for load in loads
+        )
+        for scope in _scopes(ctx.tree, around, at_module_level):
             self._check_scope(ctx, scope)
 
     def _check_scope(self, ctx: ModuleContext, body: list[ast.stmt]) -> None:
         nodes = list(walk_scope(body))
-        loads = [
-            n
-            for n in nodes
-            if isinstance(n, ast.Call)
-            and isinstance(n.func, ast.Attribute)
-            and n.func.attr == "load_state_dict"
-        ]
+        loads = [n for n in nodes if _restores_state(n)]
         if not loads:
             return
         moves: list[tuple[int, str]] = [
@@ -103,14 +111,28 @@ class OptimizerStateBeforeMove(Rule):
                 break
 
 
-def _scopes(tree: ast.Module) -> Iterator[list[ast.stmt]]:
-    yield [
-        s
-        for s in tree.body
-        if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    ]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+_SCOPE_KINDS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def _restores_state(node: ast.AST) -> TypeGuard[ast.Call]:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load_state_dict"
+    )
+
+
+def _scopes(tree: ast.Module, functions: set[int], module_level: bool) -> Iterator[list[ast.stmt]]:
+    """The module's own statements (when `module_level`), then the bodies of the
+    `functions` (ids), in the order of a walk of the tree."""
+    if module_level:
+        yield [
+            s
+            for s in tree.body
+            if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ]
+    for node in walk_tree(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and id(node) in functions:
             yield node.body
 
 
