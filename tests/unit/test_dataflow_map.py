@@ -198,3 +198,37 @@ def test_an_old_document_without_parents_still_renders_by_depth() -> None:
     )
     assert "Residual.mlp" in render_dataflow_markdown(legacy)
     assert render_dataflow_mermaid(legacy).startswith("flowchart TD")
+
+
+class CastsItsWeight(nn.Module):
+    """Runs on any input dtype: its float32 weight is cast to the input's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.to(x.dtype)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_cpu_autocast_region_is_not_dtype_mixing(autocast: bool) -> None:
+    """bf16 inputs against float32 weights are what CPU autocast does (`torch.
+    is_autocast_enabled()` without a device type answers for CUDA only); outside autocast the
+    same call is a mix."""
+    model = nn.Sequential(nn.Linear(8, 16), CastsItsWeight())
+    x = torch.randn(2, 8)
+    with _probed(model) as probe:
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(x)
+        else:
+            model[1](x.new_ones(2, 16, dtype=torch.bfloat16))
+    mixing = probe.dtype_mixing()
+    if autocast:
+        assert probe.calls and all(c["autocast"] for c in probe.calls)
+        assert mixing == []
+    else:
+        assert [(m["type"], "vs parameters" in m["reason"]) for m in mixing] == [
+            ("CastsItsWeight", True)
+        ]

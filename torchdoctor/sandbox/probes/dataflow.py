@@ -23,6 +23,28 @@ EXTERNAL = -1
 """Provenance of tensors that entered a mapped forward from outside any module (the data)."""
 
 
+def _autocast_devices() -> tuple[str, ...]:
+    """The device types this torch can autocast (asking about another one raises)."""
+    found = []
+    for device in ("cuda", "cpu", "xpu", "mps", "hpu"):
+        try:
+            torch.is_autocast_enabled(device)
+        except RuntimeError:
+            continue
+        found.append(device)
+    return tuple(found)
+
+
+_AUTOCAST_DEVICES = _autocast_devices()
+
+
+def autocast_on() -> bool:
+    """Whether autocast is on for any device type: `torch.is_autocast_enabled()` without one
+    answers for CUDA only, so a CPU bf16 autocast region's Linear (bf16 inputs, float32
+    weights: what autocast is for) was reported as dtype mixing."""
+    return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
+
+
 class _Provenance(TorchFunctionMode):
     """Propagates "derived from module calls" sets through every torch function of a forward."""
 
@@ -125,7 +147,7 @@ class DataFlowProbe:
                 "output_external": False,
                 "end": index,
                 "param_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in own}),
-                "autocast": torch.is_autocast_enabled(),
+                "autocast": autocast_on(),
                 "grad_enabled": torch.is_grad_enabled(),
             }
         )
