@@ -177,6 +177,21 @@ def test_clock_seeded_noise_makes_seeded_runs_diverge(tmp_path: Path) -> None:
     assert doc.determinism is not None and doc.determinism.ok
     assert doc.determinism.deterministic is False
     assert "probe-nondeterministic" in rules(doc, "nondeterministic.py")
+    assert doc.determinism.cause is None  # the clock, not the hash seed: a third run differs
+
+
+def test_a_vocabulary_in_hash_order_is_named_as_what_escapes_the_seed(tmp_path: Path) -> None:
+    doc, _ = run_probes(
+        tmp_path, "hash_ordered_vocabulary.py", "--steps", "1", "--determinism", "3"
+    )
+    assert doc.determinism is not None and doc.determinism.deterministic is False
+    assert doc.determinism.cause == "hash-order"
+    [finding] = [
+        f
+        for f in probe_findings(doc, "src/hash_ordered_vocabulary.py").findings
+        if f.rule == "probe-nondeterministic"
+    ]
+    assert "PYTHONHASHSEED" in finding.message and "sorted(set(" in finding.message
 
 
 def test_inference_in_training_mode_is_flagged_at_the_call(tmp_path: Path) -> None:

@@ -360,6 +360,8 @@ class Determinism(_Model):
     tolerance: float = 0.0
     deterministic: bool = False
     first_divergent_step: int | None = None
+    cause: Literal["hash-order"] | None = None
+    """'hash-order': a run repeating the first one's PYTHONHASHSEED agreed with it."""
 
 
 class SyntheticDataset(_Model):

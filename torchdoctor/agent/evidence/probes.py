@@ -582,14 +582,22 @@ def _determinism(b: _Builder) -> None:
             f"{d.steps_compared} losses (max relative difference {d.max_rel_diff:.1e})",
         )
     else:
+        why = (
+            "the runs differ only in PYTHONHASHSEED (a third run with the first one's agreed "
+            "with it): the script depends on the iteration order of a set of strings, e.g. "
+            "a vocabulary built with `list(set(words))`, whose indices change with every "
+            "launch; build it from `sorted(set(words))`"
+            if d.cause == "hash-order"
+            else "some randomness escapes the seed (a clock-seeded generator, unseeded "
+            "workers, non-deterministic kernels)"
+        )
         b.find(
             "probe-nondeterministic",
             5,
             Severity.MEDIUM,
             "Seeded runs are not reproducible",
             f"Two runs with seed {d.seed} diverge at step {d.first_divergent_step} (max "
-            f"relative loss difference {d.max_rel_diff:.2e}): some randomness escapes the "
-            "seed (a clock-seeded generator, unseeded workers, non-deterministic kernels).",
+            f"relative loss difference {d.max_rel_diff:.2e}): {why}.",
             ["5.1"],
             code="determinism",
         )

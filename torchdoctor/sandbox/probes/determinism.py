@@ -1,5 +1,11 @@
 """Determinism probe (item 5.1): the same script, the same seed, two fresh processes, K steps
-each; the loss sequences are compared value by value."""
+each; the loss sequences are compared value by value.
+
+The two runs get different `PYTHONHASHSEED`s, as two launches of the script would. When they
+diverge, a third run repeats the first one's hash seed: if it then agrees with the first, what
+escapes the seed is the iteration order of a set (or another hash-ordered collection) of
+strings, the classic `list(set(words))` vocabulary whose word indices change from one launch
+to the next, and the report says so."""
 
 from __future__ import annotations
 
@@ -20,7 +26,11 @@ _PACKAGE_ROOT = os.path.dirname(
 )
 
 
-def _run_once(config: ProbeConfig, out: str) -> dict[str, Any] | None:
+HASH_SEEDS = ("0", "1")
+"""The two runs' `PYTHONHASHSEED`s; a third run, when they diverge, repeats the first."""
+
+
+def _run_once(config: ProbeConfig, out: str, hash_seed: str) -> dict[str, Any] | None:
     command = [
         sys.executable,
         "-m",
@@ -41,6 +51,7 @@ def _run_once(config: ProbeConfig, out: str) -> dict[str, Any] | None:
         *config.script_args,
     ]
     env = dict(os.environ)
+    env["PYTHONHASHSEED"] = hash_seed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     try:
         subprocess.run(
@@ -94,14 +105,23 @@ def probe(config: ProbeConfig, doc: dict[str, Any]) -> dict[str, Any]:
     if doc["steps_completed"] + doc["forward_passes"] == 0 and not doc["loss"]["values"]:
         return {"ok": True, "seed": SEED, "outcomes": [], "losses": [], **compare([], [])}
     with tempfile.TemporaryDirectory(prefix="probes-determinism-") as folder:
-        runs = [_run_once(config, os.path.join(folder, f"run{i}.json")) for i in (0, 1)]
-    if any(r is None for r in runs):
-        return {"ok": False, "seed": SEED, "error": "a seeded run wrote no evidence"}
-    losses = [r["loss"]["values"] for r in runs if r is not None]
+        runs = [
+            _run_once(config, os.path.join(folder, f"run{i}.json"), hash_seed)
+            for i, hash_seed in enumerate(HASH_SEEDS)
+        ]
+        if any(r is None for r in runs):
+            return {"ok": False, "seed": SEED, "error": "a seeded run wrote no evidence"}
+        losses = [r["loss"]["values"] for r in runs if r is not None]
+        compared = compare(losses[0], losses[1])
+        if not compared["deterministic"] and compared["steps_compared"]:
+            again = _run_once(config, os.path.join(folder, "again.json"), HASH_SEEDS[0])
+            repeated = again["loss"]["values"] if again is not None else None
+            if repeated is not None and compare(losses[0], repeated)["deterministic"]:
+                compared["cause"] = "hash-order"
     return {
         "ok": True,
         "seed": SEED,
         "outcomes": [r["outcome"]["kind"] for r in runs if r is not None],
         "losses": losses,
-        **compare(losses[0], losses[1]),
+        **compared,
     }
