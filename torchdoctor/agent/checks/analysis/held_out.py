@@ -158,6 +158,22 @@ def held_out_name_kind(name: str) -> str | None:
     return None
 
 
+def training_name(name: str) -> bool:
+    """'train_data', 'trainset', 'train_loader': the name says it holds the training split
+    ('train_mask', 'train' and 'training' alone do not name data)."""
+    tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+    if held_out_name_kind(name) is not None:
+        return False
+    has_train = any(t in ("train", "training") for t in tokens)
+    if has_train and any(t in _DATA_SUFFIXES for t in tokens):
+        return True
+    return any(
+        t.startswith(prefix) and t[len(prefix) :] in _DATA_SUFFIXES
+        for t in tokens
+        for prefix in ("train", "training")
+    )
+
+
 class HeldOut(DefUse):
     """Held-out derivation and the splits of one module."""
 
@@ -248,7 +264,11 @@ class HeldOut(DefUse):
             yield from (v for v in values if id(v) not in parts)
         elif isinstance(node, ast.Attribute):
             yield from self.definitions(node)
-            yield node.value
+            if not training_name(node.attr):
+                # `state.train_data` reads the training part of a container that also holds
+                # the validation data (`State(train_data=..., val_data=...)`): what else the
+                # container holds says nothing about this field
+                yield node.value
         elif isinstance(node, ast.Call):
             if not self.is_split_call(node):
                 yield from node.args

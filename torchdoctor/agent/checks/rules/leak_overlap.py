@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.leak_sink import related_location
+from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
 
 _DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
@@ -84,7 +85,7 @@ class LeakOverlap(Rule):
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
             kind = flow.held_out_kind(node.iter, _HELD_OUT)
-            if kind is not None:
+            if kind is not None and not _phase_flag_picks_data(ctx, node):
                 ctx.report(
                     self,
                     node,
@@ -134,6 +135,43 @@ class LeakOverlap(Rule):
             "derives from the test split: the test set is used for training and selection",
             data={"held_out": "test", "related": related},
         )
+
+
+def _phase_flag_picks_data(ctx: ModuleContext, loop: ast.For | ast.AsyncFor) -> bool:
+    """One loop serves both phases: every backward in it runs under `if is_train:` and the
+    same flag picks the data (`data = self.train_dataset if is_train else
+    self.test_dataset`, minGPT's and Decision Transformer's `run_epoch(split)`), so the
+    held-out pass never trains."""
+    flags: set[str] = set()
+    for node in walk_scope(loop.body):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "backward"
+        ):
+            continue
+        guard = next(
+            (
+                anc.test
+                for anc in ctx.ancestors(node)
+                if isinstance(anc, ast.If) and isinstance(anc.test, ast.Name | ast.Attribute)
+            ),
+            None,
+        )
+        if guard is None:
+            return False
+        flags.add(ast.unparse(guard))
+    if not flags:
+        return False
+    owner = ctx.enclosing_function(loop)
+    flow = ctx.flow
+    return any(
+        isinstance(choice, ast.IfExp)
+        and ast.unparse(choice.test) in flags
+        and (flow.held_out_kind(choice.body, _HELD_OUT) is None)
+        != (flow.held_out_kind(choice.orelse, _HELD_OUT) is None)
+        for choice in walk_scope(owner.body if owner is not None else ctx.tree.body)
+    )
 
 
 def _duplicating_call(node: ast.AST) -> bool:

@@ -71,7 +71,9 @@ class RnnHiddenNotDetached(Rule):
             for node in body:
                 if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
                     continue
-                carried = _names(node.targets) & _passed_names(node.value)
+                carried = (_names(node.targets) & _passed_names(node.value)) - _module_definitions(
+                    ctx
+                )
                 if not carried or not _defined_before(ctx, loop.node, carried):
                     continue
                 if _holds_no_graph(ctx, node.value):
@@ -102,6 +104,7 @@ class RnnHiddenNotDetached(Rule):
                     if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
                         continue
                     carried = _state_keys(node.targets) & _passed_keys(node.value) & kept
+                    carried -= _module_definitions(ctx)
                     if not carried or any(_rebinds(other, node, carried) for other in body):
                         continue
                     if _holds_no_graph(ctx, node.value):
@@ -114,6 +117,17 @@ class RnnHiddenNotDetached(Rule):
                         "graph: backward() reaches into previous batches",
                         data={"state": sorted(carried)},
                     )
+
+
+def _module_definitions(ctx: ModuleContext) -> frozenset[str]:
+    """Names of the module's functions and classes: `val_loop = tracker.track("val",
+    n)(val_loop)` under `global val_loop` wraps a function in a decorator (descript-audio-
+    codec's `train`), it carries no tensor from one step to the next."""
+    return frozenset(
+        stmt.name
+        for stmt in ctx.tree.body
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    )
 
 
 def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
