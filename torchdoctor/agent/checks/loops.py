@@ -246,6 +246,51 @@ def is_backward_call(call: ast.Call) -> bool:
     return isinstance(call.func, ast.Attribute) and call.func.attr in _BACKWARD_METHODS
 
 
+def phase_flags(ctx: ModuleContext, loop: ast.AST) -> frozenset[str]:
+    """The flags (`is_train`, `train`, `self.training`) under which every backward of a loop
+    that serves both phases runs (`if is_train: loss.backward()`), empty when a backward
+    runs unguarded (or there is none): with the flag off the loop only evaluates."""
+    flags: set[str] = set()
+    body = loop.body if isinstance(loop, ast.For | ast.AsyncFor | ast.While) else loop
+    for node in walk_scope(body):
+        if not (isinstance(node, ast.Call) and is_backward_call(node)):
+            continue
+        guard = next(
+            (
+                test
+                for anc, part in enclosing_ifs(ctx, node, loop)
+                if part == "body" and isinstance(test := anc.test, ast.Name | ast.Attribute)
+            ),
+            None,
+        )
+        if guard is None:
+            return frozenset()
+        flags.add(ast.unparse(guard))
+    return frozenset(flags)
+
+
+def off_phase(ctx: ModuleContext, node: ast.AST, loop: ast.AST, flags: frozenset[str]) -> bool:
+    """`node` runs only with a phase flag off: under `if not train ...:` (alone or and-ed
+    with other conditions) or in the `else` of `if train:`, inside `loop`."""
+    for guard, part in enclosing_ifs(ctx, node, loop):
+        test = guard.test
+        if part == "orelse" and ast.unparse(test) in flags:
+            return True
+        if part != "body":
+            continue
+        terms = (
+            test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
+        )
+        if any(
+            isinstance(t, ast.UnaryOp)
+            and isinstance(t.op, ast.Not)
+            and ast.unparse(t.operand) in flags
+            for t in terms
+        ):
+            return True
+    return False
+
+
 def is_scheduler_receiver(name: str) -> bool:
     return is_scheduler_name(name)
 

@@ -126,8 +126,16 @@ _NON_DATA_KEYWORDS = frozenset(
         "test_size",
         "train_size",
         "stratify",
+        # progress bars and loggers: a count or a label, not data (`LogProgress(logger,
+        # loader, total=total, name=name)`)
+        "total",
+        "desc",
+        "name",
     }
 )
+# Objects that hold options: `args.test` is the test section of a configuration (demucs'
+# `split=self.args.test.split`), not test data.
+_CONFIG_HOLDERS = frozenset({"args", "config", "cfg", "conf", "opts", "opt", "hparams", "hps"})
 _HELD_OUT_SPLIT_VALUES = frozenset({"test", "val", "valid", "validation", "eval", "holdout", "dev"})
 _TOKEN_SPLIT = re.compile(r"[^A-Za-z]+|(?<=[a-z])(?=[A-Z])")
 SPLIT_FUNCTIONS = frozenset(
@@ -156,6 +164,15 @@ def held_out_name_kind(name: str) -> str | None:
             if token.endswith(suffix) and token[: -len(suffix)] in _DATA_SUFFIXES:
                 return _HELD_OUT_TOKENS[suffix]
     return None
+
+
+def _config_section(node: ast.Attribute) -> bool:
+    """`self.args.test`, `cfg.val`: a bare split name read from an options object."""
+    if node.attr.lower() not in _HELD_OUT_SPLIT_VALUES:
+        return False
+    holder = node.value
+    name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", "")
+    return name.lower() in _CONFIG_HOLDERS
 
 
 def training_name(name: str) -> bool:
@@ -222,6 +239,8 @@ class HeldOut(DefUse):
     def _direct_held_out(self, node: ast.expr) -> str | None:
         if isinstance(node, ast.Name | ast.Attribute):
             if isinstance(node, ast.Name) and node.id == "self":
+                return None
+            if isinstance(node, ast.Attribute) and _config_section(node):
                 return None
             kind = held_out_name_kind(identifier(node))
             if kind is not None:

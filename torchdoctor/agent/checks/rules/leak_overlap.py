@@ -6,10 +6,11 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.held_out import training_name
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.leak_sink import related_location
-from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.loops import phase_flags, walk_scope
 from torchdoctor.agent.models import Severity
 
 _DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
@@ -140,27 +141,10 @@ class LeakOverlap(Rule):
 def _phase_flag_picks_data(ctx: ModuleContext, loop: ast.For | ast.AsyncFor) -> bool:
     """One loop serves both phases: every backward in it runs under `if is_train:` and the
     same flag picks the data (`data = self.train_dataset if is_train else
-    self.test_dataset`, minGPT's and Decision Transformer's `run_epoch(split)`), so the
-    held-out pass never trains."""
-    flags: set[str] = set()
-    for node in walk_scope(loop.body):
-        if not (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "backward"
-        ):
-            continue
-        guard = next(
-            (
-                anc.test
-                for anc in ctx.ancestors(node)
-                if isinstance(anc, ast.If) and isinstance(anc.test, ast.Name | ast.Attribute)
-            ),
-            None,
-        )
-        if guard is None:
-            return False
-        flags.add(ast.unparse(guard))
+    self.test_dataset`, minGPT's and Decision Transformer's `run_epoch(split)`, demucs'
+    `self.loaders['train'] if train else self.loaders['valid']`), so the held-out pass
+    never trains."""
+    flags = phase_flags(ctx, loop)
     if not flags:
         return False
     owner = ctx.enclosing_function(loop)
@@ -168,10 +152,18 @@ def _phase_flag_picks_data(ctx: ModuleContext, loop: ast.For | ast.AsyncFor) -> 
     return any(
         isinstance(choice, ast.IfExp)
         and ast.unparse(choice.test) in flags
-        and (flow.held_out_kind(choice.body, _HELD_OUT) is None)
-        != (flow.held_out_kind(choice.orelse, _HELD_OUT) is None)
+        and (flow.held_out_kind(choice.body, _HELD_OUT) is None or _names_training(choice.body))
+        and flow.held_out_kind(choice.orelse, _HELD_OUT) is not None
         for choice in walk_scope(owner.body if owner is not None else ctx.tree.body)
     )
+
+
+def _names_training(expr: ast.expr) -> bool:
+    """`self.train_dataset`, `loaders['train']`: the expression names the training split."""
+    if isinstance(expr, ast.Subscript):
+        key = expr.slice
+        return isinstance(key, ast.Constant) and key.value in ("train", "training")
+    return isinstance(expr, ast.Name | ast.Attribute) and training_name(identifier(expr))
 
 
 def _duplicating_call(node: ast.AST) -> bool:

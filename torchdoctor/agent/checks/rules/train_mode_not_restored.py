@@ -17,7 +17,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import local_callee, walk_tree
+from torchdoctor.agent.checks.loops import local_callee, off_phase, phase_flags, walk_tree
 from torchdoctor.agent.models import Severity
 
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -83,7 +83,7 @@ class TrainModeNotRestored(Rule):
             if _without_mode_layers(ctx, call, evals):
                 continue  # no dropout or batch norm: eval mode changes nothing it computes
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
-            if loop is None or id(loop) in reported:
+            if loop is None or id(loop) in reported or _on_the_evaluation_pass(ctx, call, loop):
                 continue
             reported.add(id(loop))
             ctx.report(
@@ -105,7 +105,7 @@ class TrainModeNotRestored(Rule):
             if symbol is None:
                 continue
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
-            if loop is None:
+            if loop is None or _on_the_evaluation_pass(ctx, call, loop):
                 continue
             found = ctx.finding(
                 self,
@@ -143,6 +143,15 @@ class TrainModeNotRestored(Rule):
             if verdicts[id(anc)]:
                 return anc
         return None
+
+
+def _on_the_evaluation_pass(ctx: ModuleContext, call: ast.Call, loop: ast.AST) -> bool:
+    """The loop serves both phases and `call` runs only on the evaluation pass (demucs'
+    `if not train and self.args.valid_apply: estimate = apply_model(self.model, ...)` where
+    the backward runs under `if train:`): no step of that pass trains, and the training
+    pass never reaches the switch."""
+    flags = phase_flags(ctx, loop)
+    return bool(flags) and off_phase(ctx, call, loop, flags)
 
 
 _AVERAGED = re.compile(r"(?:^|[._])(?:ema|swa)(?:$|[._])|averaged", re.IGNORECASE)
