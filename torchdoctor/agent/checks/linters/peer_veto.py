@@ -35,6 +35,14 @@ the file's place in the project:
   without `weights_only` and `pickle_module` in a project whose manifests allow no torch older
   than 2.6, where weights-only is the default everywhere the code runs.
 
+- bandit B301 (`pickle.loads`) on the bytes of a tensor (`buffer.cpu().numpy().tobytes()`)
+  in a function that pickles its own object into it (`pickle.dumps`): the broadcast or
+  `all_gather` of arbitrary objects, where each process unpickles what another process of the
+  same job pickled.
+- TorchFix TOR003 (`checkpoint` without `use_reentrant`) on a call that unpacks `**kwargs`
+  which the same function fills with `use_reentrant` (`kwargs.setdefault("use_reentrant",
+  True)`).
+
 A ruled-out finding is kept as context for the reasoner, with the reason; it is no finding.
 """
 
@@ -380,6 +388,103 @@ def _placeholder_credentials(line: str) -> str | None:
     return None
 
 
+def _enclosing_function(
+    node: ast.AST, parents: dict[ast.AST, ast.AST]
+) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    scope: ast.AST | None = parents.get(node)
+    while scope is not None and not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+        scope = parents.get(scope)
+    return scope
+
+
+def _bound_in(fn: ast.AST, name: str) -> list[ast.expr]:
+    """The values assigned to `name` in `fn`'s body."""
+    return [
+        node.value
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+    ]
+
+
+def _tensor_bytes(expr: ast.AST) -> bool:
+    """`buffer.cpu().numpy().tobytes()`, sliced or not."""
+    while isinstance(expr, ast.Subscript):
+        expr = expr.value
+    return isinstance(expr, ast.Call) and _terminal(expr.func) == "tobytes"
+
+
+def _gathered_objects(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """`pickle.loads(buffer.cpu().numpy().tobytes())` in a function that pickles its own
+    object into that buffer (`pickle.dumps(obj)`) for a broadcast or an `all_gather` of
+    arbitrary objects: each process unpickles what another process of the job pickled
+    (torchdoctor's `pickle-model-artifacts` reads it so, bandit B301 does not)."""
+    for call in _calls_named(nodes, "loads"):
+        fn = _enclosing_function(call, parents)
+        if fn is None or not call.args:
+            continue
+        data = call.args[0]
+        values = _bound_in(fn, data.id) if isinstance(data, ast.Name) else [data]
+        if not values or not all(_tensor_bytes(v) for v in values):
+            continue
+        if _calls_named(ast.walk(fn), "dumps"):
+            return (
+                "the bytes unpickled are a tensor the processes of this job exchanged, filled "
+                "from an object one of them pickled (`pickle.dumps`) in this function: no "
+                "file or outside data is read"
+            )
+    return None
+
+
+def _reentrant_in_kwargs(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """`checkpoint(fn, *args, **kwargs)` after `kwargs.setdefault("use_reentrant", True)`
+    (k-diffusion's checkpoint helper): the unpacked dict carries `use_reentrant`, which
+    TorchFix cannot see."""
+    for call in _calls_named(nodes, "checkpoint"):
+        unpacked = [k.value for k in call.keywords if k.arg is None]
+        fn = _enclosing_function(call, parents)
+        if not unpacked or fn is None:
+            continue
+        names = {ast.unparse(value) for value in unpacked}
+        for node in ast.walk(fn):
+            if _sets_key(node, names, "use_reentrant"):
+                return (
+                    "the checkpoint call unpacks a dict that this function fills with "
+                    "use_reentrant, which TorchFix cannot see"
+                )
+    return None
+
+
+def _sets_key(node: ast.AST, names: set[str], key: str) -> bool:
+    """`kwargs.setdefault(key, ...)`, `kwargs[key] = ...`, `kwargs.update(key=...)` or
+    `kwargs = {key: ...}` / `dict(key=...)` on one of `names`."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if ast.unparse(node.func.value) not in names:
+            return False
+        if node.func.attr == "setdefault" and node.args:
+            first = node.args[0]
+            return isinstance(first, ast.Constant) and first.value == key
+        return node.func.attr == "update" and any(k.arg == key for k in node.keywords)
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            if (
+                isinstance(target, ast.Subscript)
+                and ast.unparse(target.value) in names
+                and isinstance(target.slice, ast.Constant)
+                and target.slice.value == key
+            ):
+                return True
+            if isinstance(target, ast.Name) and target.id in names:
+                value = node.value
+                if isinstance(value, ast.Dict) and any(
+                    isinstance(k, ast.Constant) and k.value == key for k in value.keys
+                ):
+                    return True
+                if isinstance(value, ast.Call) and any(k.arg == key for k in value.keywords):
+                    return True
+    return False
+
+
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
 }
@@ -398,4 +503,6 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("detect-secrets", "Base64 High Entropy String"): _symbol_set,
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
+    ("bandit", "B301"): _gathered_objects,
+    ("torchfix", "TOR003"): _reentrant_in_kwargs,
 }

@@ -1,0 +1,106 @@
+"""Peer findings the code around the line rules out: bandit B301 on the objects processes of
+one job exchange through a tensor (demucs' `share`, the `all_gather` of pickled objects) and
+TorchFix TOR003 on a checkpoint whose `**kwargs` carry `use_reentrant` (k-diffusion)."""
+
+from __future__ import annotations
+
+from torchdoctor.agent.checks.linters.peer_veto import PeerVeto
+from torchdoctor.agent.models import Evidence
+
+DISTRIBUTED = """\
+import pickle
+import numpy as np
+import torch
+
+
+def share(obj, src, rank):
+    size = torch.empty(1, dtype=torch.long)
+    if rank == src:
+        payload = pickle.dumps(obj)
+        size[0] = len(payload)
+    torch.distributed.broadcast(size, src=src)
+    if rank == src:
+        buffer = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
+    else:
+        buffer = torch.empty(int(size[0]), dtype=torch.uint8)
+    torch.distributed.broadcast(buffer, src=src)
+    if rank != src:
+        obj = pickle.loads(buffer.numpy().tobytes())
+    return obj
+
+
+def gather(data, world):
+    blob = pickle.dumps(data)
+    local = torch.ByteTensor(list(blob))
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local)
+    out = []
+    for part in parts:
+        raw = part.cpu().numpy().tobytes()
+        out.append(pickle.loads(raw))
+    return out
+
+
+def read_cache(path):
+    with open(path, "rb") as f:
+        return pickle.loads(f.read())
+
+
+def received(sock):
+    raw = sock.recv(1 << 20)
+    return pickle.loads(np.frombuffer(raw, dtype=np.uint8).tobytes())
+"""
+
+CHECKPOINTING = """\
+import torch.utils.checkpoint
+
+
+def checkpoint(function, *args, **kwargs):
+    kwargs.setdefault("use_reentrant", True)
+    return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+
+def checkpoint_subscript(function, *args, **options):
+    options["use_reentrant"] = False
+    return torch.utils.checkpoint.checkpoint(function, *args, **options)
+
+
+def checkpoint_passthrough(function, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+
+def checkpoint_plain(function, x):
+    return torch.utils.checkpoint.checkpoint(function, x)
+"""
+
+
+def _reason(source: str, tool: str, code: str, line: int) -> str | None:
+    evidence = Evidence(
+        source=tool,
+        kind="linter",
+        message=code,
+        file="m.py",
+        line=line,
+        data={"code": code},
+    )
+    return PeerVeto(lambda _: source).reason(evidence)
+
+
+def test_objects_exchanged_through_a_tensor_are_ruled_out() -> None:
+    assert "exchanged" in (_reason(DISTRIBUTED, "bandit", "B301", 18) or "")  # broadcast
+    assert "exchanged" in (_reason(DISTRIBUTED, "bandit", "B301", 30) or "")  # all_gather
+
+
+def test_bytes_from_a_file_or_a_socket_stay() -> None:
+    assert _reason(DISTRIBUTED, "bandit", "B301", 36) is None  # a file's bytes
+    assert _reason(DISTRIBUTED, "bandit", "B301", 41) is None  # nothing pickled here
+
+
+def test_use_reentrant_carried_by_the_unpacked_dict_is_ruled_out() -> None:
+    assert "use_reentrant" in (_reason(CHECKPOINTING, "torchfix", "TOR003", 6) or "")
+    assert "use_reentrant" in (_reason(CHECKPOINTING, "torchfix", "TOR003", 11) or "")
+
+
+def test_kwargs_passed_through_or_no_kwargs_stay() -> None:
+    assert _reason(CHECKPOINTING, "torchfix", "TOR003", 15) is None  # the caller decides
+    assert _reason(CHECKPOINTING, "torchfix", "TOR003", 19) is None
