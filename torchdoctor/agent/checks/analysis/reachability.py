@@ -14,10 +14,21 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 """Nodes `walk_scope` does not descend into."""
 
 
+# Methods of model wrappers that set the mode their flag names: Stable-Baselines3's
+# `policy.set_training_mode(False)` (it calls `self.train(mode)`).
+MODE_SETTERS = ("set_training_mode", "set_train_mode", "train_mode")
+
+
 def _mode_method(call: ast.Call) -> str | None:
-    """'eval' for `.eval()`/`.train(False)`, 'train' for `.train()`/`.train(True)`, else None."""
+    """'eval' for `.eval()`/`.train(False)`/`.set_training_mode(False)`, 'train' for
+    `.train()`/`.train(True)`/`.set_training_mode(True)`, else None."""
     func = call.func
     if not isinstance(func, ast.Attribute):
+        return None
+    if func.attr in MODE_SETTERS:
+        flag = call.args[0] if len(call.args) == 1 and not call.keywords else None
+        if isinstance(flag, ast.Constant) and isinstance(flag.value, bool):
+            return "train" if flag.value else "eval"
         return None
     if func.attr == "train":
         return "eval" if call.args and is_false(call.args[0]) else "train"
@@ -31,6 +42,8 @@ def mode_text(source: str, method: str) -> bool:
     `.train(False)` set 'eval', `.train()` sets 'train'. Without these identifiers no call
     does, so nothing reaches the mode: a text check that spares the call graph (in 17 of
     18 of torch's sources; `evaluate`, `training` and `constraint` do not count)."""
+    if any(may_name(source, setter) for setter in MODE_SETTERS):
+        return method in ("eval", "train")
     if method == "eval":
         return may_name(source, "eval") or may_name(source, "train")
     return method == "train" and may_name(source, "train")
