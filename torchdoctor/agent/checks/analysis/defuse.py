@@ -399,6 +399,7 @@ class DefUse:
             isinstance(stmt, ast.FunctionDef) and stmt.name == "forward" for stmt in cls.body
         ):
             return False
+        library_bases = 0
         for base in cls.bases:
             simple = identifier(base)
             qual = self.ctx.qualname(base) or ""
@@ -406,7 +407,11 @@ class DefUse:
                 return False
             if qual.startswith(("torch.", *DATA_TRANSFORM_PREFIXES)) or simple in _BUILTINS:
                 return False
-        return True
+            package = qual.partition(".")[0] if "." in qual else ""
+            library_bases += package in ARRAY_LIBRARIES or package in sys.stdlib_module_names
+        # every base from an array library or the standard library (skorch's
+        # `NeuralNet(BaseEstimator)`, whose `forward` runs the module it wraps): no module
+        return library_bases < len(cls.bases)
 
     @cached_property
     def callers(self) -> dict[str, list[ast.Call]]:

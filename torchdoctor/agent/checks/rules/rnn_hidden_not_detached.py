@@ -104,7 +104,7 @@ class RnnHiddenNotDetached(Rule):
                     if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
                         continue
                     carried = _state_keys(node.targets) & _passed_keys(node.value) & kept
-                    carried -= _module_definitions(ctx)
+                    carried -= _module_definitions(ctx) | _modules_rebound(ctx, node)
                     if not carried or any(_rebinds(other, node, carried) for other in body):
                         continue
                     if _holds_no_graph(ctx, node.value):
@@ -117,6 +117,21 @@ class RnnHiddenNotDetached(Rule):
                         "graph: backward() reaches into previous batches",
                         data={"state": sorted(carried)},
                     )
+
+
+def _modules_rebound(ctx: ModuleContext, site: ast.Assign) -> frozenset[str]:
+    """Targets of `site` that hold a model (`self.module = accelerator.prepare(self.module)`,
+    `self.model = torch.compile(self.model)`): a wrapped module carries no graph."""
+    targets = [
+        t
+        for target in site.targets
+        for t in (target.elts if isinstance(target, ast.Tuple | ast.List) else [target])
+    ]
+    return frozenset(
+        ast.unparse(t)
+        for t in targets
+        if isinstance(t, ast.Name | ast.Attribute) and ctx.flow.is_module_value(t)
+    )
 
 
 def _module_definitions(ctx: ModuleContext) -> frozenset[str]:
