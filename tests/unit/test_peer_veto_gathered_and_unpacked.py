@@ -104,3 +104,26 @@ def test_use_reentrant_carried_by_the_unpacked_dict_is_ruled_out() -> None:
 def test_kwargs_passed_through_or_no_kwargs_stay() -> None:
     assert _reason(CHECKPOINTING, "torchfix", "TOR003", 15) is None  # the caller decides
     assert _reason(CHECKPOINTING, "torchfix", "TOR003", 19) is None
+
+
+KEYWORDS = """\
+class LmdbBackend:
+    def __init__(self, db_paths, client_keys='default', readonly=True):
+        self.client_keys = client_keys
+
+
+api_key = "<YOUR_API_KEY>"
+secret_key = "${SECRET_KEY}"
+password = "hunter2hunter2"
+db_password = "default-but-real-9f2c"
+"""
+
+
+def test_placeholder_keyword_values_are_ruled_out() -> None:
+    for line in (2, 6, 7):
+        assert "placeholder" in (_reason(KEYWORDS, "detect-secrets", "Secret Keyword", line) or "")
+
+
+def test_real_looking_keyword_values_stay() -> None:
+    assert _reason(KEYWORDS, "detect-secrets", "Secret Keyword", 8) is None
+    assert _reason(KEYWORDS, "detect-secrets", "Secret Keyword", 9) is None

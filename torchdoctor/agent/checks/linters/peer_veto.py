@@ -35,6 +35,8 @@ the file's place in the project:
   without `weights_only` and `pickle_module` in a project whose manifests allow no torch older
   than 2.6, where weights-only is the default everywhere the code runs.
 
+- detect-secrets "Secret Keyword" where every string on the line is a placeholder word
+  (`client_keys='default'`, `'none'`, `''`) or markup (`<API_KEY>`, `${TOKEN}`).
 - bandit B301 (`pickle.loads`) on the bytes of a tensor (`buffer.cpu().numpy().tobytes()`)
   in a function that pickles its own object into it (`pickle.dumps`): the broadcast or
   `all_gather` of arbitrary objects, where each process unpickles what another process of the
@@ -485,6 +487,29 @@ def _sets_key(node: ast.AST, names: set[str], key: str) -> bool:
     return False
 
 
+_PLACEHOLDER_VALUES = frozenset(
+    {"", "default", "none", "null", "auto", "disabled", "placeholder", "changeme", "xxx"}
+)
+
+
+def _placeholder_keyword_value(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+    """detect-secrets' "Secret Keyword" where every string on the line is a placeholder word
+    (`client_keys='default'`, BasicSR's LMDB client, a key *name* whose default is
+    'default'), or markup (`<API_KEY>`, `${TOKEN}`): nothing a secret would be."""
+    strings = [
+        node.value.strip()
+        for node in nodes
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    if strings and all(
+        text.lower() in _PLACEHOLDER_VALUES or _MARKUP.match(text) or _TEMPLATE.match(text)
+        for text in strings
+    ):
+        return "the keyword's value is a placeholder word or markup, not a credential"
+    return None
+
+
+_TEMPLATE = re.compile(r"^\$?\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
 }
@@ -504,5 +529,6 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B614"): _load_inside_safe_globals,
     ("torchfix", "TOR102"): _load_inside_safe_globals,
     ("bandit", "B301"): _gathered_objects,
+    ("detect-secrets", "Secret Keyword"): _placeholder_keyword_value,
     ("torchfix", "TOR003"): _reentrant_in_kwargs,
 }
