@@ -754,11 +754,14 @@ def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     evals: dict[str, int] = {}
     trains: dict[str, int] = {}
     returns: list[ast.expr | None] = []
+    appended: dict[str, list[ast.expr]] = {}
     for node in walk_scope(fn.body):
         if isinstance(node, ast.Return):
             returns.append(node.value)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             receiver = identifier(node.func.value)
+            if node.func.attr == "append" and len(node.args) == 1 and receiver:
+                appended.setdefault(receiver, []).append(node.args[0])
             if node.func.attr == "eval" and not node.args:
                 evals[receiver] = min(evals.get(receiver, node.lineno), node.lineno)
             elif node.func.attr == "train":
@@ -771,7 +774,13 @@ def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             return value.func.attr in ("to", "cuda", "cpu", "half", "float") and in_eval(
                 value.func.value
             )
+        if isinstance(value, ast.Subscript):
+            value = value.value  # `return model[-1]`: an element of the container
         name = identifier(value) if isinstance(value, ast.Name) else ""
+        if name in appended and name not in trains:
+            # a container of models each appended in eval mode (yolov7's `attempt_load`:
+            # `model.append(ckpt['model'].float().fuse().eval())`, then `return model[-1]`)
+            return all(in_eval(item) for item in appended[name])
         return name in evals and trains.get(name, 0) < evals[name]
 
     return bool(returns) and all(in_eval(value) for value in returns)

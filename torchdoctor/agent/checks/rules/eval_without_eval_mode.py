@@ -239,7 +239,7 @@ class EvalWithoutEvalMode(Rule):
                 continue  # a method whose callers are in other files: not followed
             # Layers not seen here: a project with no mode-dependent layer anywhere has none.
             also: list[Property] = [] if known else ["mode-layers-in-project"]
-            loader = None if needs is not None else _project_loader(ctx, owner, model_call)
+            loader = None if needs is not None else project_loader(ctx, owner, model_call)
             if needs is not None:
                 assert entry is not None
                 symbol = f"{module_name(ctx.path)}.{entry.name}"
@@ -797,7 +797,7 @@ def _argument_expr(site: ast.Call, callee: FunctionNode, param: str) -> ast.expr
     return value
 
 
-def _project_loader(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> str | None:
+def project_loader(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> str | None:
     """The function of another project file whose result is the evaluated model (`model =
     load_model(path)` in this function, or at each local caller for a model parameter); None
     when there is none, or several."""

@@ -30,6 +30,7 @@ from torchdoctor.agent.checks.patterns import (
     model_calls,
     terminal_name,
 )
+from torchdoctor.agent.checks.rules.eval_without_eval_mode import project_loader
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
 from torchdoctor.agent.models import Severity
 
@@ -180,6 +181,11 @@ class InferenceNoEval(Rule):
                 symbol = f"{module_name(ctx.path)}.{owner.name}"
                 needs = "left-in-train-mode-by-a-caller"
                 defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
+            elif (loader := project_loader(ctx, owner, call)) is not None:
+                # `model = attempt_load(weights)` from another file: it may return the model
+                # in eval mode (the project pass knows)
+                needs = "not-returned-in-eval"
+                defer(ctx, self.id, Pending(symbol=loader, needs=needs, finding=found))
             else:
                 ctx.findings.append(found)
             return
