@@ -23,7 +23,8 @@ class CheckpointPathReused(Rule):
     evaluated.
 
     Not reported: saves to paths that differ in any way, a path whose names are rebound
-    between the two saves, saves in different branches or in a loop (one call), and the
+    between the two saves or passed to a call in between (the first file is read or
+    converted before the second save replaces it), saves in different branches or in a loop (one call), and the
     same object saved twice.
 
     Example:
@@ -61,10 +62,12 @@ class CheckpointPathReused(Rule):
         for stmt in block:
             if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
                 _forget_rebound(saves, stmt)
+                _forget_read(saves, stmt)
                 continue
             call = stmt.value
             if ctx.flow.qualname_of(call) != "torch.save" or len(call.args) < 2:
                 _forget_rebound(saves, stmt)
+                _forget_read(saves, stmt)
                 continue
             obj, path = ast.unparse(call.args[0]), ast.unparse(call.args[1])
             earlier = next((s for s in saves if s[2] == path and s[1] != obj), None)
@@ -99,6 +102,22 @@ def _forget_rebound(saves: list[tuple[ast.Call, str, str]], stmt: ast.stmt) -> N
     }
     if bound:
         saves[:] = [s for s in saves if not any(name in bound for name in _names(ast.parse(s[2])))]
+
+
+def _forget_read(saves: list[tuple[ast.Call, str, str]], stmt: ast.stmt) -> None:
+    """Drop the saves whose path a call of `stmt` is given (`convert(checkpoint_path.parent,
+    out)`, `torch.load(path)` between the two saves, litgpt's conversion test): the first
+    file was used before the second save replaced it."""
+    passed = {
+        n.id
+        for call in walk_scope([stmt])
+        if isinstance(call, ast.Call)
+        for arg in [*call.args, *(k.value for k in call.keywords)]
+        for n in ast.walk(arg)
+        if isinstance(n, ast.Name)
+    }
+    if passed:
+        saves[:] = [s for s in saves if not _names(ast.parse(s[2])) & passed]
 
 
 def _names(tree: ast.AST) -> set[str]:
