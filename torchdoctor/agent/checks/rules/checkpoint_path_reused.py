@@ -24,8 +24,8 @@ class CheckpointPathReused(Rule):
 
     Not reported: saves to paths that differ in any way, a path whose names are rebound
     between the two saves or passed to a call in between (the first file is read or
-    converted before the second save replaces it), saves in different branches or in a loop (one call), and the
-    same object saved twice.
+    converted before the second save replaces it), saves in different branches or in a
+    loop (one call), and the same object saved twice.
 
     Example:
         torch.save(self.q_net1.state_dict(), "./model/q_net1.pth")
