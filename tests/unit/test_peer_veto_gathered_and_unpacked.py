@@ -127,3 +127,27 @@ def test_placeholder_keyword_values_are_ruled_out() -> None:
 def test_real_looking_keyword_values_stay() -> None:
     assert _reason(KEYWORDS, "detect-secrets", "Secret Keyword", 8) is None
     assert _reason(KEYWORDS, "detect-secrets", "Secret Keyword", 9) is None
+
+
+LOADING = """\
+import torch
+
+
+def load_model(fp, device):
+    kwargs = {"weights_only": True} if torch.__version__ >= "1.13" else {}
+    return torch.load(fp, map_location=device, **kwargs)
+
+
+def load_any(fp, **load_kwargs):
+    return torch.load(fp, **load_kwargs)
+"""
+
+
+def test_weights_only_carried_by_the_unpacked_dict_is_ruled_out() -> None:
+    for tool, code in (("bandit", "B614"), ("torchfix", "TOR102")):
+        assert "weights_only" in (_reason(LOADING, tool, code, 6) or "")
+
+
+def test_load_kwargs_from_the_caller_stay() -> None:
+    for tool, code in (("bandit", "B614"), ("torchfix", "TOR102")):
+        assert _reason(LOADING, tool, code, 10) is None

@@ -43,7 +43,8 @@ the file's place in the project:
   same job pickled.
 - TorchFix TOR003 (`checkpoint` without `use_reentrant`) on a call that unpacks `**kwargs`
   which the same function fills with `use_reentrant` (`kwargs.setdefault("use_reentrant",
-  True)`).
+  True)`), and bandit B614 / TorchFix TOR102 on a `torch.load` unpacking a dict the function
+  fills with `weights_only` (whisper's `kwargs = {"weights_only": True} if ... else {}`).
 
 A ruled-out finding is kept as context for the reasoner, with the reason; it is no finding.
 """
@@ -204,7 +205,9 @@ def _load_weights_only_by_default(since: str) -> _Check:
                     f"the project's manifests allow no torch older than {since}, where "
                     "torch.load defaults to weights_only=True: this load is weights-only"
                 )
-        return _load_inside_safe_globals(iter(found), parents)
+        return _load_inside_safe_globals(iter(found), parents) or _keyword_in_unpacked(
+            "load", "weights_only"
+        )(iter(found), parents)
 
     return check
 
@@ -438,23 +441,27 @@ def _gathered_objects(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST])
     return None
 
 
-def _reentrant_in_kwargs(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
-    """`checkpoint(fn, *args, **kwargs)` after `kwargs.setdefault("use_reentrant", True)`
-    (k-diffusion's checkpoint helper): the unpacked dict carries `use_reentrant`, which
-    TorchFix cannot see."""
-    for call in _calls_named(nodes, "checkpoint"):
-        unpacked = [k.value for k in call.keywords if k.arg is None]
-        fn = _enclosing_function(call, parents)
-        if not unpacked or fn is None:
-            continue
-        names = {ast.unparse(value) for value in unpacked}
-        for node in ast.walk(fn):
-            if _sets_key(node, names, "use_reentrant"):
+def _keyword_in_unpacked(callee: str, key: str) -> _Check:
+    """`callee(..., **kwargs)` where the enclosing function fills `kwargs` with `key`:
+    k-diffusion's `kwargs.setdefault("use_reentrant", True)` before `checkpoint(fn, *args,
+    **kwargs)`, whisper's `kwargs = {"weights_only": True} if ... else {}` before
+    `torch.load(fp, map_location=device, **kwargs)`. The peer cannot see into the dict."""
+
+    def check(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+        for call in _calls_named(nodes, callee):
+            unpacked = [k.value for k in call.keywords if k.arg is None]
+            fn = _enclosing_function(call, parents)
+            if not unpacked or fn is None:
+                continue
+            names = {ast.unparse(value) for value in unpacked}
+            if any(_sets_key(node, names, key) for node in ast.walk(fn)):
                 return (
-                    "the checkpoint call unpacks a dict that this function fills with "
-                    "use_reentrant, which TorchFix cannot see"
+                    f"the {callee} call unpacks a dict that this function fills with {key}, "
+                    "which the peer cannot see"
                 )
-    return None
+        return None
+
+    return check
 
 
 def _sets_key(node: ast.AST, names: set[str], key: str) -> bool:
@@ -484,6 +491,12 @@ def _sets_key(node: ast.AST, names: set[str], key: str) -> bool:
                     return True
                 if isinstance(value, ast.Call) and any(k.arg == key for k in value.keywords):
                     return True
+                if isinstance(value, ast.IfExp) and any(
+                    isinstance(branch, ast.Dict)
+                    and any(isinstance(k, ast.Constant) and k.value == key for k in branch.keys)
+                    for branch in (value.body, value.orelse)
+                ):
+                    return True  # `{"weights_only": True} if new_torch else {}`
     return False
 
 
@@ -510,6 +523,16 @@ def _placeholder_keyword_value(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AS
 
 
 _TEMPLATE = re.compile(r"^\$?\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def _first_reason(*checks: _Check) -> _Check:
+    def check(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+        found = list(nodes)
+        return next((why for c in checks if (why := c(iter(found), parents)) is not None), None)
+
+    return check
+
+
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
 }
@@ -526,9 +549,13 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B311"): _random_not_for_security,
     ("detect-secrets", "Hex High Entropy String"): _digest_or_symbol_set,
     ("detect-secrets", "Base64 High Entropy String"): _symbol_set,
-    ("bandit", "B614"): _load_inside_safe_globals,
-    ("torchfix", "TOR102"): _load_inside_safe_globals,
+    ("bandit", "B614"): _first_reason(
+        _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
+    ),
+    ("torchfix", "TOR102"): _first_reason(
+        _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
+    ),
     ("bandit", "B301"): _gathered_objects,
     ("detect-secrets", "Secret Keyword"): _placeholder_keyword_value,
-    ("torchfix", "TOR003"): _reentrant_in_kwargs,
+    ("torchfix", "TOR003"): _keyword_in_unpacked("checkpoint", "use_reentrant"),
 }
