@@ -151,3 +151,42 @@ def test_weights_only_carried_by_the_unpacked_dict_is_ruled_out() -> None:
 def test_load_kwargs_from_the_caller_stay() -> None:
     for tool, code in (("bandit", "B614"), ("torchfix", "TOR102")):
         assert _reason(LOADING, tool, code, 10) is None
+
+
+ANNOTATED = """\
+from typing import Any, Dict, Union
+
+
+def train(model_path=None, trial: Union["optuna.Trial", Dict[str, Any]] = None):
+    return optuna.create_study() if trial is None else trial
+"""
+
+SETUP = """\
+from setuptools import setup
+
+with open("pkg/version.py") as version_file:
+    exec(version_file.read())
+
+setup(name="pkg", version=__version__)
+"""
+
+
+def _undefined(source: str, name: str, line: int) -> str | None:
+    evidence = Evidence(
+        source="ruff",
+        kind="linter",
+        message=f"Undefined name `{name}`",
+        file="m.py",
+        line=line,
+        data={"code": "F821"},
+    )
+    return PeerVeto(lambda _: source).reason(evidence)
+
+
+def test_undefined_names_never_run_are_ruled_out() -> None:
+    assert "string annotation" in (_undefined(ANNOTATED, "optuna", 4) or "")
+    assert "exec" in (_undefined(SETUP, "__version__", 6) or "")
+
+
+def test_undefined_names_that_run_stay() -> None:
+    assert _undefined(ANNOTATED, "optuna", 5) is None

@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.test_scope import PRODUCTION_RULES, production_onl
 from torchdoctor.agent.models import Evidence
 
 METRIC_TEST = """
+import pickle
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,10 @@ def test_mean_error(device):
         y = torch.rand(10, 1).to(device)
         probs = F.softmax(y_pred)
         assert probs.shape == y.shape
+
+def test_pickled_net_round_trip(tmp_path, net):
+    with open(tmp_path / "net.pkl", "rb") as f:
+        assert pickle.load(f).module_ is not None
 
 def test_checkpoint_round_trip(tmp_path, handler, engine):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -37,8 +42,9 @@ def _rules_at(path: str, source: str) -> set[str]:
 def test_performance_and_loading_rules_stand_down_in_a_test_module_only() -> None:
     in_tests = _rules_at("tests/metrics/test_mae.py", METRIC_TEST)
     elsewhere = _rules_at("metrics/check_mae.py", METRIC_TEST)
-    assert {"cpu-then-move", "torch-load-unsafe"} <= elsewhere
-    assert not in_tests & {"cpu-then-move", "torch-load-unsafe", "torch-load-no-map-location"}
+    loading = {"torch-load-unsafe", "torch-load-no-map-location", "pickle-model-artifacts"}
+    assert {"cpu-then-move", "torch-load-unsafe", "pickle-model-artifacts"} <= elsewhere
+    assert not in_tests & ({"cpu-then-move"} | loading)
     assert "softmax-without-dim" in in_tests  # a correctness rule still reports in tests
 
 
@@ -49,13 +55,13 @@ def test_the_rules_that_stand_down_are_those_of_production_points() -> None:
     assert not production & {"softmax-without-dim", "zero-grad-missing", "hardcoded-secrets"}
 
 
-def _peer_reason(path: str, code: str, source: str) -> str | None:
+def _peer_reason(path: str, code: str, source: str, line: int = 20) -> str | None:
     evidence = Evidence(
         source="torchfix" if code.startswith("TOR") else "bandit",
         kind="linter",
         message="torch.load without weights_only",
         file=path,
-        line=13,
+        line=line,
         data={"code": code},
     )
     return PeerVeto(lambda _: source).reason(evidence)
@@ -65,6 +71,8 @@ def test_peer_unsafe_load_findings_stand_down_in_a_test_module_only() -> None:
     for code in ("TOR102", "B614"):
         assert "test module" in (_peer_reason("tests/test_ckpt.py", code, METRIC_TEST) or "")
         assert _peer_reason("train/ckpt.py", code, METRIC_TEST) is None
+    assert "test module" in (_peer_reason("tests/test_net.py", "B301", METRIC_TEST, 15) or "")
+    assert _peer_reason("skorch/net.py", "B301", METRIC_TEST, 15) is None
 
 
 SCHEDULER_SIMULATION = """

@@ -37,6 +37,9 @@ the file's place in the project:
 
 - detect-secrets "Secret Keyword" where every string on the line is a placeholder word
   (`client_keys='default'`, `'none'`, `''`) or markup (`<API_KEY>`, `${TOKEN}`).
+- ruff F821 (undefined name) where the name is on the line only inside a string annotation
+  (a forward reference such as `Union["optuna.Trial", ...]`, never evaluated), or in a module
+  that runs `exec` at its top level (setup.py's `exec(version_file.read())`).
 - bandit B301 (`pickle.loads`) on the bytes of a tensor (`buffer.cpu().numpy().tobytes()`)
   in a function that pickles its own object into it (`pickle.dumps`): the broadcast or
   `all_gather` of arbitrary objects, where each process unpickles what another process of the
@@ -96,6 +99,8 @@ class PeerVeto:
         by_line = _LINE_CHECKS.get((evidence.source, code))
         if by_line is not None:
             return by_line(self._line(evidence.file, evidence.line))
+        if (evidence.source, code) == ("ruff", "F821"):
+            return self._undefined_name(evidence)
         check = self._checks.get((evidence.source, code))
         if check is None:
             return None
@@ -104,6 +109,37 @@ class PeerVeto:
             return None
         tree, parents = parsed
         return check(_nodes_on_line(tree, evidence.line), parents)
+
+    def _undefined_name(self, evidence: Evidence) -> str | None:
+        """ruff F821 where the name is never evaluated (only in a string annotation, a
+        forward reference: `trial: Union["optuna.Trial", Dict]`) or where the module defines
+        names through `exec` (spinningup's setup.py: `exec(version_file.read())`, then
+        `version=__version__`)."""
+        found = re.search(r"Undefined name `([^`]+)`", evidence.message)
+        parsed = self._parsed(evidence.file or "")
+        if found is None or parsed is None or evidence.line is None:
+            return None
+        name = found.group(1)
+        tree, _ = parsed
+        if any(
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "exec"
+            for stmt in tree.body
+            if not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            for node in ast.walk(stmt)
+        ):
+            return f"the module runs exec() at its top level, which may define `{name}`"
+        on_line = list(_nodes_on_line(tree, evidence.line))
+        if any(isinstance(n, ast.Name) and n.id == name for n in on_line):
+            return None
+        pattern = re.compile(rf"\b{re.escape(name)}\b")
+        if any(
+            isinstance(n, ast.Constant) and isinstance(n.value, str) and pattern.search(n.value)
+            for n in on_line
+        ):
+            return f"`{name}` appears only in a string annotation (a forward reference), never run"
+        return None
 
     def _line(self, file: str, line: int) -> str:
         lines = (self._text_of(file) or "").splitlines()
@@ -215,6 +251,15 @@ def _load_weights_only_by_default(since: str) -> _Check:
 def _loader_in_a_test(path: str) -> str | None:
     if is_test_module(path):
         return "a DataLoader in a test module: workers would only add start-up time to the test"
+    return None
+
+
+def _unpickle_in_a_test(path: str) -> str | None:
+    if is_test_module(path):
+        return (
+            "pickle load in a test module: a test reads back the objects it pickled, not an "
+            "artifact from elsewhere (test_scope)"
+        )
     return None
 
 
@@ -540,6 +585,7 @@ _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("torchfix", "TOR401"): _loader_in_a_test,
     **{key: _load_in_a_test for key in _UNSAFE_LOAD},
+    ("bandit", "B301"): _unpickle_in_a_test,
 }
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _loader_with_star_kwargs,
