@@ -28,6 +28,8 @@ _MODEL_NAME = re.compile(
     re.IGNORECASE,
 )
 LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+# Named after a loss but computing none: loss scalers and their scales.
+_NOT_A_LOSS = re.compile(r"loss_?scal", re.IGNORECASE)
 # Module methods that return the module itself: `model.eval().requires_grad_(False).to(dev)`.
 SELF_RETURNING = frozenset(
     {"eval", "train", "to", "cuda", "cpu", "float", "half", "bfloat16", "requires_grad_"}
@@ -168,6 +170,11 @@ class ModelFacts(DefUse):
             for node in cls.body
         )
 
+    @property
+    def foreign_framework(self) -> bool:
+        """The module imports another framework (Chainer, JAX, TensorFlow) and no torch."""
+        return self._foreign_models
+
     @cached_property
     def _foreign_models(self) -> bool:
         """The module builds its networks with another framework (flax, haiku, keras) and
@@ -299,7 +306,10 @@ class ModelFacts(DefUse):
             return name in LOSS_FUNCTIONS or name.endswith("_loss")
         if qual:
             return False
-        return bool(LOSS_NAME.search(identifier(callee))) or self.loss_class(callee) is not None
+        name = identifier(callee)
+        if _NOT_A_LOSS.search(name):
+            return False  # apex's `LossScaler(...)`, a `loss_scale` getter: no loss value
+        return bool(LOSS_NAME.search(name)) or self.loss_class(callee) is not None
 
 
 def bound_to_function_or_import(ctx: ModuleContext, name: str) -> bool:

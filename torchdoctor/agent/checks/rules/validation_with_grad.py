@@ -96,6 +96,8 @@ class ValidationWithGrad(Rule):
             serves or any(k in source for k in ("val", "test", "eval", "pred"))
         ):
             return
+        if ctx.flow.foreign_framework:
+            return  # a Chainer or JAX script: no torch autograd to turn off
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
         candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
