@@ -190,3 +190,54 @@ def test_undefined_names_never_run_are_ruled_out() -> None:
 
 def test_undefined_names_that_run_stay() -> None:
     assert _undefined(ANNOTATED, "optuna", 5) is None
+
+
+TOKENIZER = """\
+class SentencePieceTokenizer:
+    def __init__(
+        self,
+        vocab_file,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="[PAD]",
+    ):
+        self.vocab_file = vocab_file
+
+
+def connect(host, user="admin", password="hunter2hunter2"):
+    return host, user, password
+"""
+
+DOWNLOADS = """\
+FILES = {
+    "Set5": {
+        "Set5.zip": "1RtyIeUFTyW8u7oa4z7a0lSzT3T1FwZE9",
+    },
+    "weights": {
+        "ESRGAN_x4-150ff491.pth":
+        "1swaV5iBMFfg-DL6ZyiARztbhutDCWXMM",
+    },
+}
+CREDENTIALS = {"api_key.txt": "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ"}
+SERVICE = {"token": "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ"}
+"""
+
+
+def test_tokenizer_token_defaults_are_ruled_out() -> None:
+    assert "special tokens" in (_reason(TOKENIZER, "bandit", "B107", 2) or "")
+
+
+def test_password_defaults_stay() -> None:
+    assert _reason(TOKENIZER, "bandit", "B107", 12) is None
+
+
+def test_file_ids_of_a_download_table_are_ruled_out() -> None:
+    code = "Base64 High Entropy String"
+    assert "download table" in (_reason(DOWNLOADS, "detect-secrets", code, 3) or "")
+    assert "download table" in (_reason(DOWNLOADS, "detect-secrets", code, 7) or "")
+
+
+def test_strings_named_like_secrets_stay() -> None:
+    code = "Base64 High Entropy String"
+    assert _reason(DOWNLOADS, "detect-secrets", code, 10) is None
+    assert _reason(DOWNLOADS, "detect-secrets", code, 11) is None

@@ -11,6 +11,8 @@ the file's place in the project:
 - bandit B105 ("hard-coded password") where the only word bandit matched is "token" and the
   token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
   secret looks like: empty, a number, `<...>` or `[...]` markup, a short string).
+- bandit B107 (hard-coded password as a default) where every default bandit matched is such
+  a tokenizer token (`bos_token="<s>"`, `pad_token="[PAD]"` in a tokenizer's `__init__`).
 - bandit B311 ("random is not for cryptography") where nothing in the statement or the
   enclosing function names a secret, token, password, key, salt or nonce: in training code,
   `random` samples data, crops and flips.
@@ -28,6 +30,9 @@ the file's place in the project:
   symbol set (`'SEPabcdefghijklmnopqrstuvwxyz'`, a char-RNN's or OCR model's alphabet,
   `'0123456789abcdef'`): it holds a run of eight or more consecutive letters or digits, which
   a random secret of that length practically never does, and is bound to no secret's name.
+- detect-secrets "Base64 High Entropy String" where every long literal on the line is the
+  value of a file name in a table (`{"Set5.zip": "1RtyIeUFT..."}`): a download script's
+  public file ids.
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) in a pytest module,
   which reads back what it wrote (as torchdoctor's own loading rules, `test_scope`); or inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
@@ -288,6 +293,57 @@ def _tokenizer_token(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str
     if not pairs or not all(_vocabulary_token(name, value) for name, value in pairs):
         return None
     return "a tokenizer's special token or token id, not a credential"
+
+
+def _tokenizer_token_defaults(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+    """bandit B107 on a function whose defaults bandit read as passwords: every such default
+    is a tokenizer's special token (`bos_token="<s>"`, `pad_token="[PAD]"`, a tokenizer's
+    `__init__`)."""
+    functions = [n for n in nodes if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    if not functions:
+        return None
+    fn = max(functions, key=lambda f: f.lineno)  # the one whose `def` is on the line
+    positional = [*fn.args.posonlyargs, *fn.args.args]
+    defaults = fn.args.defaults
+    with_defaults = positional[len(positional) - len(defaults) :] if defaults else []
+    pairs = [
+        (arg.arg, default.value)
+        for arg, default in zip(with_defaults, defaults, strict=True)
+        if isinstance(default, ast.Constant)
+    ]
+    pairs += [
+        (arg.arg, default.value)
+        for arg, default in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True)
+        if isinstance(default, ast.Constant)
+    ]
+    flagged = [(name, value) for name, value in pairs if _BANDIT_WORDS.search(name)]
+    if flagged and all(_vocabulary_token(name, value) for name, value in flagged):
+        return "the defaults bandit matched are a tokenizer's special tokens, not credentials"
+    return None
+
+
+_FILE_NAME = re.compile(r"^[\w.+-]+\.[A-Za-z][A-Za-z0-9]{1,4}$")
+
+
+def _download_table_ids(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """Every long literal on the line is the value of a file name in a table (`{"Set5.zip":
+    "1RtyIeUFT..."}`, BasicSR's Google Drive download scripts): a public file id, not a
+    secret."""
+    literals = [
+        n
+        for n in nodes
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and len(n.value) >= 16
+    ]
+    if not literals:
+        return None
+    for literal in literals:
+        names = list(_binding_names(literal, parents))
+        # the key it is the value of (the tables above it are named by their content)
+        if not names or not _FILE_NAME.match(names[0]):
+            return None
+        if any(_SECURITY_WORDS.search(name) for name in names):
+            return None
+    return "the literal is the id a download table gives a file name, not a credential"
 
 
 def _published_digest(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
@@ -590,11 +646,14 @@ _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _loader_with_star_kwargs,
     ("bandit", "B105"): _tokenizer_token,
+    ("bandit", "B107"): _tokenizer_token_defaults,
     ("bandit", "B602"): _constant_shell_command,
     ("ruff", "E722"): _bare_except_after_interrupt,
     ("bandit", "B311"): _random_not_for_security,
     ("detect-secrets", "Hex High Entropy String"): _digest_or_symbol_set,
-    ("detect-secrets", "Base64 High Entropy String"): _symbol_set,
+    ("detect-secrets", "Base64 High Entropy String"): _first_reason(
+        _symbol_set, _download_table_ids
+    ),
     ("bandit", "B614"): _first_reason(
         _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
     ),

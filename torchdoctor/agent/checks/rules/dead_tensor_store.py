@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _NOT_COMPUTE = frozenset(
@@ -128,7 +129,7 @@ class DeadTensorStore(Rule):
             if name is None:
                 continue
             later = _overwritten_unread(ctx, block[index + 1 :], name)
-            if later is not None:
+            if later is not None and not _signature_variants(ctx, stmt, later):
                 ctx.report(
                     self,
                     stmt,
@@ -313,3 +314,26 @@ def _stores(stmt: ast.stmt, name: str) -> bool:
         and isinstance(stmt.target, ast.Name)
         and (stmt.target.id == name and stmt.value is not None)
     )
+
+
+def _signature_variants(ctx: ModuleContext, first: ast.stmt, later: ast.stmt) -> bool:
+    """In a test, the same model called again with fewer of the same arguments (`result =
+    model(ids, attention_mask=m, token_type_ids=t)`, then `result = model(ids,
+    token_type_ids=t)`, then `result = model(ids)`, Hugging Face's model tests): each call
+    checks that one signature runs, the last one's result is the one asserted on."""
+    if not is_test_module(ctx.path):
+        return False
+    calls = [getattr(stmt, "value", None) for stmt in (first, later)]
+    if not all(isinstance(c, ast.Call) for c in calls):
+        return False
+    a, b = calls
+    assert isinstance(a, ast.Call) and isinstance(b, ast.Call)
+    if ast.unparse(a.func) != ast.unparse(b.func):
+        return False
+
+    def arguments(call: ast.Call) -> set[str]:
+        return {ast.unparse(x) for x in call.args} | {
+            f"{k.arg}={ast.unparse(k.value)}" for k in call.keywords
+        }
+
+    return arguments(b) < arguments(a)
