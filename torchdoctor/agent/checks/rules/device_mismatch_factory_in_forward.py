@@ -318,11 +318,28 @@ def _pinned_to_cuda(ctx: ModuleContext, call: ast.Call) -> bool:
 def _cuda_guarded(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
     """Under either branch of `if x.is_cuda:` / `if torch.cuda.is_available():`: the code
     chose the device on purpose."""
-    for guard, _ in enclosing_ifs(ctx, call, forward):
-        test = guard.test.operand if isinstance(guard.test, ast.UnaryOp) else guard.test
+    for guard_test, _ in _conditions_around(ctx, call, forward):
+        test = guard_test.operand if isinstance(guard_test, ast.UnaryOp) else guard_test
         if _is_cuda_test(ctx, test):
             return True
     return False
+
+
+def _conditions_around(
+    ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef
+) -> list[tuple[ast.expr, str]]:
+    """The tests of the `if` statements and conditional expressions around `call` within
+    the forward, each with the part `call` is in ('body' or 'orelse'); SentEval's
+    `torch.from_numpy(i).cuda() if self.is_cuda() else torch.from_numpy(i)`."""
+    found = [(guard.test, part) for guard, part in enclosing_ifs(ctx, call, forward)]
+    child: ast.AST = call
+    for anc in ctx.ancestors(call):
+        if anc is forward:
+            break
+        if isinstance(anc, ast.IfExp) and child is not anc.test:
+            found.append((anc.test, "body" if child is anc.body else "orelse"))
+        child = anc
+    return found
 
 
 def _scaled(parent: ast.AST, node: ast.AST) -> bool:
@@ -461,9 +478,9 @@ def _literal_or_setting(expr: ast.expr) -> bool:
 def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
     """The forward branches on the device and `call` runs only on the CPU: the `else` of
     `if x.is_cuda:` (or `if torch.cuda.is_available():`), or the body of `if not x.is_cuda:`."""
-    for guard, part in enclosing_ifs(ctx, call, forward):
-        negated = isinstance(guard.test, ast.UnaryOp) and isinstance(guard.test.op, ast.Not)
-        test = guard.test.operand if isinstance(guard.test, ast.UnaryOp) else guard.test
+    for guard_test, part in _conditions_around(ctx, call, forward):
+        negated = isinstance(guard_test, ast.UnaryOp) and isinstance(guard_test.op, ast.Not)
+        test = guard_test.operand if isinstance(guard_test, ast.UnaryOp) else guard_test
         if _is_cuda_test(ctx, test) and (part == "orelse") != negated:
             return True
     return False
@@ -477,6 +494,8 @@ def _is_cuda_test(ctx: ModuleContext, test: ast.expr) -> bool:
         values = ctx.flow.definitions(test)
         return bool(values) and all(_is_cuda_test(ctx, v) for v in values if v is not test)
     if isinstance(test, ast.Call):
+        if isinstance(test.func, ast.Attribute) and test.func.attr == "is_cuda":
+            return True  # the module's own `self.is_cuda()` (its weights' device)
         return ctx.call_qualname(test) == "torch.cuda.is_available"
     return isinstance(test, ast.Attribute) and test.attr == "is_cuda"
 
