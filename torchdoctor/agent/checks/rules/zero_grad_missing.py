@@ -23,7 +23,9 @@ class ZeroGradMissing(Rule):
     the loop names another stepped optimizer (a module's `zero_grad()` or `p.grad = None`
     may clear anything, and keeps the rule quiet). A loop whose only `zero_grad()` sits on
     one branch of an `if` (the AMP path) while the other branch calls `backward()` and
-    `step()` is reported at that other branch's `backward()`.
+    `step()` is reported at that other branch's `backward()`. An engine that runs both the
+    backward and the step (`engine.backward(loss)`, `engine.step()`: DeepSpeed) clears the
+    gradients itself and is not reported.
 
     Example:
         for x, y in loader:
@@ -72,6 +74,8 @@ class ZeroGradMissing(Rule):
                         "iterations",
                     )
                 continue
+            if _engine_steps(ctx, loop.effects):
+                continue
             node: ast.AST = loop.node
             ctx.report(
                 self,
@@ -81,6 +85,25 @@ class ZeroGradMissing(Rule):
                 data={"backward_line": loop.effects.backward[0].lineno},
                 header_only=True,
             )
+
+
+def _engine_steps(ctx: ModuleContext, effects: Effects) -> bool:
+    """Every `step()` is called on a model that also runs the backward (`model.backward(
+    loss)` then `model.step()`: a DeepSpeed engine, gpt-neox's train step), which clears the
+    gradients itself after stepping (an optimizer wrapper's `optimizer.backward(loss)`, as
+    apex's FP16_Optimizer, does not)."""
+    steps = [s for s in effects.step if isinstance(s.func, ast.Attribute)]
+    engines = {
+        ast.unparse(b.func.value)
+        for b in effects.backward
+        if isinstance(b, ast.Call) and isinstance(b.func, ast.Attribute) and b.args
+    }
+    return bool(steps) and all(
+        isinstance(s.func, ast.Attribute)
+        and ast.unparse(s.func.value) in engines
+        and ctx.flow.is_module_value(s.func.value)
+        for s in steps
+    )
 
 
 # `optimizer_D`, `g_optim`, `opt`, `opt_g`, `optD`, `d_opt2`
