@@ -18,12 +18,9 @@ from torchdoctor.agent.checks.smoke_tests import is_test_module
 
 PRODUCTION_POINTS = frozenset({6, 7, 8})
 """Checklist points about production runs: performance, inference and deployment, energy."""
-PRODUCTION_RULES = frozenset(
-    {"torch-load-unsafe", "torch-load-no-map-location", "pickle-model-artifacts"}
-)
-"""Rules of other points whose concern is a checkpoint or artifact from elsewhere (untrusted,
-or saved on another device): a test loads what it wrote itself (skorch's tests pickle a net
-and load it back), on the machine that runs it."""
+PRODUCTION_RULES = frozenset({"torch-load-unsafe", "torch-load-no-map-location"})
+"""Rules of other points whose concern is a checkpoint from elsewhere (untrusted, or saved on
+another device): a test loads what it wrote itself, on the machine that runs it."""
 
 
 def production_only(rule_types: Iterable[type[Rule]]) -> frozenset[str]:

@@ -175,6 +175,12 @@ def _config_section(node: ast.Attribute) -> bool:
     return name.lower() in _CONFIG_HOLDERS
 
 
+def _names_a_setting(name: str) -> bool:
+    """`step`, `batch_size`, `num_workers`: an attribute named for a count or an option."""
+    tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+    return bool(tokens) and tokens[-1] in _NOT_DATA_TOKENS
+
+
 def training_name(name: str) -> bool:
     """'train_data', 'trainset', 'train_loader': the name says it holds the training split
     ('train_mask', 'train' and 'training' alone do not name data)."""
@@ -282,6 +288,8 @@ class HeldOut(DefUse):
             values = self.reaching_or_all(node)
             yield from (v for v in values if id(v) not in parts)
         elif isinstance(node, ast.Attribute):
+            if _names_a_setting(node.attr):
+                return  # `state.tracker.step`, `loader.batch_size`: a count or option, no rows
             yield from self.definitions(node)
             if not training_name(node.attr):
                 # `state.train_data` reads the training part of a container that also holds

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _PICKLE_LOADERS = frozenset(
@@ -46,7 +47,8 @@ class PickleModelArtifacts(Rule):
     (a picklability check of the program's own object: no file is read), and the bytes of
     a gathered tensor (`tensor.cpu().numpy().tobytes()`) unpickled by a function that
     pickles its own object into such a tensor (the distributed `all_gather` of arbitrary
-    objects: each rank unpickles what the other ranks of the job pickled).
+    objects: each rank unpickles what the other ranks of the job pickled); nor a pytest
+    module's loads (a test reads back the objects it pickled).
 
     Fix: store weights as safetensors or `state_dict` tensors (`torch.load(...,
     weights_only=True)`), arrays as `.npy` without pickle, tables as Parquet; load pickles
@@ -65,6 +67,8 @@ class PickleModelArtifacts(Rule):
         )
 
     def finish(self, ctx: ModuleContext) -> None:
+        if _pytest_module(ctx):
+            return  # a test reads back the objects it pickled (skorch's, tianshou's tests)
         if "load" in ctx.source or "pickle" in ctx.source:
             for node in ctx.flow.calls_to(_PICKLE_LOADERS | {"numpy.load"}):
                 self._check(ctx, node)
@@ -88,6 +92,19 @@ class PickleModelArtifacts(Rule):
                     "can run arbitrary code",
                     data={"loader": qual},
                 )
+
+
+def _pytest_module(ctx: ModuleContext) -> bool:
+    """A test module by its place (`tests/`, `test_*.py`) that holds tests (`def test_...`,
+    `class Test...`): spinningup's `utils/test_policy.py`, a script that replays a trained
+    policy from its saved state, is no test."""
+    if not is_test_module(ctx.path):
+        return False
+    return any(
+        (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"))
+        or (isinstance(node, ast.ClassDef) and node.name.startswith("Test"))
+        for node in ast.walk(ctx.tree)
+    )
 
 
 def _round_trip(ctx: ModuleContext, call: ast.Call) -> bool:
