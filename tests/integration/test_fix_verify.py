@@ -10,16 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.checks.registry import rules_by_id
+from tests.fix_findings import findings_of
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
 from torchdoctor.agent.fixes.pipeline import propose_and_verify
 from torchdoctor.agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Severity, Status
-from torchdoctor.agent.reasoning.base import PointRequest
-from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.sandbox.config import get_sandbox
 
 pytestmark = pytest.mark.slow
@@ -31,16 +28,7 @@ WANTED = {"zero-grad-missing", "loss-graph-accumulation", "pin-memory-off"}
 
 
 def audit(root: Path) -> list[Finding]:
-    """Static findings turned into `Finding`s by the offline reasoner, as the graph does."""
-    raw = analyse_files([("train.py", (root / "train.py").read_text())], workers=1).all_findings()
-    rules = rules_by_id()
-    findings: list[Finding] = []
-    for point in sorted({rules[r.rule].point for r in raw}):
-        request = PointRequest(
-            point=point, raw_findings=[r for r in raw if rules[r.rule].point == point]
-        )
-        findings += OfflineReasoner().reason(request).findings
-    return findings
+    return findings_of(root)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ from typing import Any, ClassVar, cast
 
 import pytest
 
+from tests.fix_findings import findings_of
 from torchdoctor.agent.checks.base import EngineConfig
-from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.checks.registry import rules_by_id
 from torchdoctor.agent.fixes import pipeline, stacked
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.models import Patch
@@ -24,8 +23,6 @@ from torchdoctor.agent.fixing import FixBench, is_overhead, propose, stacked_cop
 from torchdoctor.agent.graph import phases
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Fix, Status, Verification
-from torchdoctor.agent.reasoning.base import PointRequest
-from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.agent.state import AuditState
 from torchdoctor.sandbox.protocol import Sandbox
 
@@ -36,15 +33,7 @@ SANDBOX = cast(Sandbox, object())
 
 
 def audit(root: Path) -> list[Finding]:
-    raw = analyse_files([("train.py", (root / "train.py").read_text())], workers=1).all_findings()
-    rules = rules_by_id()
-    found: list[Finding] = []
-    for point in sorted({rules[r.rule].point for r in raw}):
-        request = PointRequest(
-            point=point, raw_findings=[r for r in raw if rules[r.rule].point == point]
-        )
-        found += OfflineReasoner().reason(request).findings
-    return found
+    return findings_of(root)
 
 
 class _Scripted(Verifier):
@@ -62,6 +51,16 @@ class _Scripted(Verifier):
 
 
 @pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path, str]]:
+    """The pipeline verifies with `_Scripted` (alone and on a stack); its log, emptied."""
+    _Scripted.log = []
+    monkeypatch.setattr(pipeline, "Verifier", _Scripted)
+    monkeypatch.setattr(stacked, "Verifier", _Scripted)
+    monkeypatch.setattr(pipeline, "Harness", lambda *_a, **_k: object())
+    return _Scripted.log
+
+
+@pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     shutil.copy(SCRIPT, tmp_path / "train.py")
     return tmp_path
@@ -74,14 +73,10 @@ def test_the_overhead_codemods_are_the_per_step_host_costs() -> None:
 
 
 def test_pipeline_measures_overhead_fixes_on_the_verified_ones(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, scripted: list[tuple[str, Path, str]]
 ) -> None:
     findings = audit(workspace)
     assert OVERHEADS | {"no-torch-compile"} <= {f.rule for f in findings}
-    _Scripted.log = []
-    monkeypatch.setattr(pipeline, "Verifier", _Scripted)
-    monkeypatch.setattr(stacked, "Verifier", _Scripted)
-    monkeypatch.setattr(pipeline, "Harness", lambda *_a, **_k: object())
     out = {
         f.rule: f
         for f in pipeline.propose_and_verify(
@@ -91,14 +86,14 @@ def test_pipeline_measures_overhead_fixes_on_the_verified_ones(
             run_command=["python", "train.py"],
         )
     }
-    order = [rule for rule, _root, _text in _Scripted.log]
+    order = [rule for rule, _root, _text in scripted]
     # the compile fix alone on the original; then each overhead fix once, on a copy holding
     # it; then the three together (one patch naming all)
     assert order[0] == "no-torch-compile"
     assert sorted(order[1:3]) == sorted(OVERHEADS)
     assert set(order[3].split("+")) == OVERHEADS | {"no-torch-compile"}
-    assert _Scripted.log[0][1] == workspace and "compile" not in _Scripted.log[0][2]
-    for _rule, root, text in _Scripted.log[1:3]:
+    assert scripted[0][1] == workspace and "compile" not in scripted[0][2]
+    for _rule, root, text in scripted[1:3]:
         assert root != workspace and "model.compile()" in text  # the stack, not the original
     for rule in OVERHEADS:
         fix = out[rule].fix
@@ -111,30 +106,24 @@ def test_pipeline_measures_overhead_fixes_on_the_verified_ones(
 
 
 def test_pipeline_without_other_verified_fixes_measures_them_on_the_original(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, scripted: list[tuple[str, Path, str]]
 ) -> None:
     findings = [f for f in audit(workspace) if f.rule in OVERHEADS]
-    _Scripted.log = []
-    monkeypatch.setattr(pipeline, "Verifier", _Scripted)
-    monkeypatch.setattr(pipeline, "Harness", lambda *_a, **_k: object())
     out = pipeline.propose_and_verify(
         workspace,
         findings,
         SANDBOX,
         run_command=["python", "train.py"],
     )
-    assert [root for _rule, root, _text in _Scripted.log[:2]] == [workspace, workspace]
+    assert [root for _rule, root, _text in scripted[:2]] == [workspace, workspace]
     assert all(f.fix is not None and f.fix.verified for f in out)
     assert all(f.fix.verification[0].step == "speed-up" for f in out if f.fix)
 
 
 def test_pipeline_past_its_deadline_leaves_overhead_fixes_proposed(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, scripted: list[tuple[str, Path, str]]
 ) -> None:
     findings = audit(workspace)
-    _Scripted.log = []
-    monkeypatch.setattr(pipeline, "Verifier", _Scripted)
-    monkeypatch.setattr(pipeline, "Harness", lambda *_a, **_k: object())
     out = {
         f.rule: f
         for f in pipeline.propose_and_verify(
@@ -145,7 +134,7 @@ def test_pipeline_past_its_deadline_leaves_overhead_fixes_proposed(
             deadline=0.0,
         )
     }
-    assert _Scripted.log == []
+    assert scripted == []
     for rule in OVERHEADS:
         fix = out[rule].fix
         assert fix is not None and not fix.verified and fix.diff

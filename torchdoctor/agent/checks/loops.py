@@ -166,6 +166,22 @@ def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     return merged
 
 
+def summed_names(ctx: ModuleContext) -> frozenset[str]:
+    """Names summed with `+=` anywhere in the module (`total += loss`), from the walk's node
+    index: what rules about running totals look for before walking any loop."""
+    memo = ctx.memo_table("loops.summed_names")
+    if "" not in memo:
+        memo[""] = frozenset(
+            n.target.id
+            for n in nodes_of(ctx, ast.AugAssign)
+            if isinstance(n, ast.AugAssign)
+            and isinstance(n.op, ast.Add)
+            and isinstance(n.target, ast.Name)
+        )
+    found: frozenset[str] = memo[""]
+    return found
+
+
 def _in_body(child: ast.AST, owner: ast.AST) -> bool:
     """`child in owner.body` for a direct child of a loop or function, without scanning the body:
     its statements are in `body` unless in a loop's `else:`, everything else is not."""

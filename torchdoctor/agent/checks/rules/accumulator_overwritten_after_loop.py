@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import summed_names, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -46,13 +46,7 @@ class AccumulatorOverwrittenAfterLoop(Rule):
             return
         # a report needs a name summed with `+=` somewhere and assigned after a loop: both
         # looked up first (the engine's node index), so most loops are never walked
-        summed = {
-            n.target.id
-            for n in nodes_of(ctx, ast.AugAssign)
-            if isinstance(n, ast.AugAssign)
-            and isinstance(n.op, ast.Add)
-            and isinstance(n.target, ast.Name)
-        }
+        summed = summed_names(ctx)
         for loop in ctx.flow.nodes(ast.For) if summed else []:
             if not any(_assigns(stmt) in summed for stmt in _after(ctx, loop)):
                 continue

@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, summed_names, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -70,13 +70,7 @@ def _may_report(ctx: ModuleContext) -> bool:
     """Whether some division could be reported: by a name, of a total summed with `+=`
     somewhere in the module, or by `len()` of a loader. Read from the engine's node index, so
     a module without one (most of a library) is not walked scope by scope."""
-    summed = {
-        n.target.id
-        for n in nodes_of(ctx, ast.AugAssign)
-        if isinstance(n, ast.AugAssign)
-        and isinstance(n.op, ast.Add)
-        and isinstance(n.target, ast.Name)
-    }
+    summed = summed_names(ctx)
     for node in nodes_of(ctx, ast.BinOp, ast.AugAssign):
         division = _division(node)
         if division is None:
