@@ -66,6 +66,7 @@ NEW_RULES: tuple[str, ...] = (
     "backward-after-step",
     "optimizer-state-before-move",
     "loss-averaged-twice",
+    "vocabulary-in-set-order",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
