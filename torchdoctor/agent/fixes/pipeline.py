@@ -134,7 +134,7 @@ def propose_and_verify(
         )
         by_id = {f.id: f for f in findings}
         specs: dict[str, FixSpec] = {}
-        overheads: list[Finding] = []
+        overheads: list[tuple[Finding, Patch]] = []
         measured = _baseline_signals(verifier, findings)
         time_left = TimeBudget(deadline)
         for finding in sorted(findings, key=lambda f: fix_order(f, measured)):
@@ -146,7 +146,7 @@ def propose_and_verify(
                 by_id[finding.id] = _with_refusal(workspace_root, finding)
                 continue
             if codemod.overhead:
-                overheads.append(_proposed(finding, patch.diff, []))
+                overheads.append((finding, patch))
                 continue
             spec = FixSpec.of(codemod)
             if not time_left.fits(compiles=spec.compiles):
@@ -159,12 +159,9 @@ def propose_and_verify(
                 # carried it, and its inflated time (96 s against 67 s on an H100) made the
                 # budget refuse every fix after it
                 verifier.baseline()
-            with time_left.measuring():
-                checks = verifier.verify(
-                    patch, Claim(frozenset({finding.rule}), finding.severity), spec
-                )
-            say(f"  {finding.rule}: {verdict_line(checks)}")
-            by_id[finding.id] = _judged(_proposed(finding, patch.diff, checks))
+            judged = by_id[finding.id] = _verified_alone(verifier, finding, patch, spec, time_left)
+            assert judged.fix is not None
+            say(f"  {finding.rule}: {verdict_line(judged.fix.verification)}")
             if by_id[finding.id].status is Status.VERIFIED:
                 specs[finding.id] = spec
                 time_left.keep_for_closing_check(compiles=any(s.compiles for s in specs.values()))
@@ -235,6 +232,16 @@ def _proposed(finding: Finding, diff: str, checks: list[Verification]) -> Findin
     return finding.model_copy(update={"fix": fix})
 
 
+def _verified_alone(
+    verifier: Verifier, finding: Finding, patch: Patch, spec: FixSpec, time_left: TimeBudget
+) -> Finding:
+    """The finding with its fix verified on the verifier's workspace, the time it took
+    counted in `time_left`."""
+    with time_left.measuring():
+        checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
+    return _judged(_proposed(finding, patch.diff, checks))
+
+
 def _judged(finding: Finding) -> Finding:
     """Verified when every check passed (and there was at least one)."""
     assert finding.fix is not None
@@ -250,7 +257,7 @@ def _verify_overheads(
     verifier: Verifier,
     by_id: dict[str, Finding],
     specs: dict[str, FixSpec],
-    overheads: list[Finding],
+    overheads: list[tuple[Finding, Patch]],
     time_left: TimeBudget,
     say: Callable[[str], None],
 ) -> None:
@@ -260,32 +267,23 @@ def _verify_overheads(
         return
     gate = fix_gate(list(by_id.values()))
     stack = [by_id[i] for i in specs if i not in gate.blocked]
+    updated: dict[str, Finding] = {}
     if stack and verifier.runner is not None:
         say(f"verifying {len(overheads)} overhead fix(es) on top of {len(stack)} verified")
-        updated = verify_on_stack(verifier, stack, overheads, time_left)
+        proposed = [_proposed(finding, patch.diff, []) for finding, patch in overheads]
+        updated = verify_on_stack(verifier, stack, proposed, time_left)
     else:
-        updated = {}
-        for finding in overheads:
+        for finding, patch in overheads:
             codemod = codemod_for(finding.rule)
-            assert codemod is not None and finding.fix is not None
-            if not time_left.fits():
+            if codemod is None or not time_left.fits():
                 continue
             say(f"verifying {finding.rule} (overhead) at {finding.file}:{finding.line}")
-            patch = Patch(
-                finding_id=finding.id,
-                rule=finding.rule,
-                diff=finding.fix.diff,
-                files=[finding.file],
-            )
-            claim = Claim(frozenset({finding.rule}), finding.severity)
-            with time_left.measuring():
-                checks = verifier.verify(patch, claim, FixSpec.of(codemod))
-            updated[finding.id] = _judged(_proposed(finding, finding.fix.diff, checks))
-    for finding in overheads:
-        assert finding.fix is not None
+            spec = FixSpec.of(codemod)
+            updated[finding.id] = _verified_alone(verifier, finding, patch, spec, time_left)
+    for finding, patch in overheads:
         judged = updated.get(finding.id)
         if judged is None:
-            by_id[finding.id] = _out_of_time(finding, finding.fix.diff)
+            by_id[finding.id] = _out_of_time(finding, patch.diff)
             say(f"  {finding.rule}: {OUT_OF_TIME}")
             continue
         assert judged.fix is not None

@@ -291,6 +291,28 @@ class ModelFacts(DefUse):
                 return last
         return None
 
+    def reduction_sites(self, call: ast.Call) -> list[ast.Call] | None:
+        """The calls whose keywords set the reduction of the torch loss `call` computes: the
+        call itself for a functional loss (`F.cross_entropy(x, y, reduction=...)`), the
+        constructions of the module it calls (`nn.CrossEntropyLoss(reduction=...)`, every one
+        a torch loss); None when `call` is not shown to be a torch loss, or passes arguments
+        positionally beyond the inputs (a legacy `size_average` or a weight: read no further)."""
+        qual = self.qualname_of(call)
+        if qual is not None:
+            name = qual.rsplit(".", 1)[-1]
+            functional = qual.startswith("torch.nn.functional.") and (
+                name in LOSS_FUNCTIONS or name.endswith("_loss")
+            )
+            return [call] if functional and len(call.args) <= 2 else None
+        built = list(self.constructors(call.func))
+        for constructor in built:
+            made = self.qualname_of(constructor) or ""
+            if not (made.startswith("torch.nn.") and made.endswith("Loss")):
+                return None
+            if len(constructor.args) > 1:
+                return None
+        return built or None
+
     def is_loss_callee(self, callee: ast.expr) -> bool:
         """A loss function or module (memoised per callee: many rules ask)."""
         memo = self.ctx.memo_table("model_facts.is_loss_callee")

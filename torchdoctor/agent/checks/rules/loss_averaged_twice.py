@@ -7,7 +7,6 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import kwarg
-from torchdoctor.agent.checks.analysis.vocabulary import LOSS_FUNCTIONS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
@@ -79,25 +78,8 @@ class LossAveragedTwice(Rule):
 
 
 def _mean_loss_call(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.flow.qualname_of(call)
-    if qual is not None:
-        name = qual.rsplit(".", 1)[-1]
-        return (
-            qual.startswith("torch.nn.functional.")
-            and (name in LOSS_FUNCTIONS or name.endswith("_loss"))
-            and len(call.args) <= 2
-            and _mean_keywords(call)
-        )
-    built = list(ctx.flow.constructors(call.func))
-    if not built:
-        return False
-    for constructor in built:
-        made = ctx.flow.qualname_of(constructor) or ""
-        if not (made.startswith("torch.nn.") and made.endswith("Loss")):
-            return False
-        if len(constructor.args) > 1 or not _mean_keywords(constructor):
-            return False
-    return True
+    sites = ctx.flow.reduction_sites(call)
+    return sites is not None and all(_mean_keywords(site) for site in sites)
 
 
 def _mean_keywords(call: ast.Call) -> bool:

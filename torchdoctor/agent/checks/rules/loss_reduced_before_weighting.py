@@ -9,7 +9,6 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
 from torchdoctor.agent.checks.analysis.vocabulary import (
-    LOSS_FUNCTIONS,
     PASSTHROUGH_FUNCTIONS,
     PASSTHROUGH_METHODS,
 )
@@ -113,23 +112,8 @@ def _passthrough(ctx: ModuleContext, call: ast.Call) -> bool:
 
 
 def _reducing_loss_call(ctx: ModuleContext, call: ast.Call) -> bool:
-    qual = ctx.flow.qualname_of(call)
-    if qual is not None:
-        name = qual.rsplit(".", 1)[-1]
-        is_loss = qual.startswith("torch.nn.functional.") and (
-            name in LOSS_FUNCTIONS or name.endswith("_loss")
-        )
-        return is_loss and len(call.args) <= 2 and _reducing_keywords(call)
-    built = list(ctx.flow.constructors(call.func))
-    if not built:
-        return False
-    for constructor in built:
-        made = ctx.flow.qualname_of(constructor) or ""
-        if not (made.startswith("torch.nn.") and made.endswith("Loss")):
-            return False
-        if len(constructor.args) > 1 or not _reducing_keywords(constructor):
-            return False
-    return True
+    sites = ctx.flow.reduction_sites(call)
+    return sites is not None and all(_reducing_keywords(site) for site in sites)
 
 
 def _reducing_keywords(call: ast.Call) -> bool:

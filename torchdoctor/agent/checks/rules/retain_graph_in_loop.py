@@ -115,7 +115,7 @@ def _output_built_before_loop(ctx: ModuleContext, call: ast.Call) -> bool:
         return False
     rebound = {
         n.id
-        for n in walk_scope([loop])
+        for n in walk_scope(loop)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
     }
     return output.id not in rebound
