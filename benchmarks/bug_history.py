@@ -9,7 +9,10 @@ side); it is still reported when such a finding lands on the fixed lines of the 
 mirror is missing are skipped with a message (a benchmark, not a test: never run in CI).
 
     PYTHONPATH=. python benchmarks/bug_history.py [--cases TOML] [--mirror DIR] [--cache DIR]
-        [--only CLASS] [-v]
+        [--only CLASS] [--round ROUND] [-v]
+
+A case may name its `round` (cases gathered together, e.g. a held-out round measured before any
+rule change); the summary gives found/audited per round ("tuning" when a case names none).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Case:
     bug_class: str
     about: str
     context: tuple[str, ...]
+    round: str
 
 
 def load_cases(path: Path = CASES) -> tuple[dict[str, list[str]], list[Case]]:
@@ -60,6 +64,7 @@ def load_cases(path: Path = CASES) -> tuple[dict[str, list[str]], list[Case]]:
             c["bug_class"],
             c["about"],
             tuple(c.get("context", ())),
+            c.get("round", "tuning"),
         )
         for c in data["case"]
     ]
@@ -110,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--cases", type=Path, default=CASES, help="a TOML of cases (default: ours)")
     parser.add_argument("--only", action="append", default=[], help="bug class (repeat)")
+    parser.add_argument(
+        "--round", action="append", default=[], help="cases of a round, e.g. held-out-2 (repeat)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each case's about")
     args = parser.parse_args(argv)
     classes, cases = load_cases(args.cases)
     if args.only:
         cases = [c for c in cases if c.bug_class in args.only]
+    if args.round:
+        cases = [c for c in cases if c.round in args.round]
     found = audited = still = 0
+    per_round: dict[str, list[int]] = {}
     for case in cases:
         git_dir = mirror_git_dir(args.mirror, Repo(case.repo, case.fix, "", ""))
         if git_dir is None:
@@ -129,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         audited += 1
         found += bool(before)
         still += bool(after)
+        tally = per_round.setdefault(case.round, [0, 0])
+        tally[0] += bool(before)
+        tally[1] += 1
         status = "found " if before else "missed"
         extra = f"  STILL REPORTED after the fix: {', '.join(after)}" if after else ""
         where = f"{case.file}:{case.lines[0]}"
@@ -140,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfound {found}/{audited} audited cases ({skipped} skipped); "
         f"fixed versions still reported: {still}"
     )
+    for name, (hit, total) in sorted(per_round.items()):
+        print(f"  round {name}: found {hit}/{total}")
     return 0
 
 
