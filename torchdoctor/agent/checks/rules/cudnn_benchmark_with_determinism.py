@@ -27,9 +27,16 @@ class CudnnBenchmarkWithDeterminism(Rule):
     args.torch_deterministic`): benchmark mode set unconditionally defeats it whenever it is
     on.
 
+    The two settings may be one call apart: the request in a function that then calls the one
+    switching benchmark mode on (pytorch/examples' ImageNet script: `main` sets
+    `cudnn.deterministic` when seeded, then calls `main_worker`, which sets `benchmark =
+    True`), or in a local helper (`set_seed()`) called before `benchmark = True`.
+
     Not reported: the two settings in opposite branches (`if args.deterministic: ... else:
-    cudnn.benchmark = True`), in different functions, a later `benchmark = False` in the same
-    scope, or a benchmark flag computed at run time (`benchmark = not args.deterministic`).
+    cudnn.benchmark = True`), in unrelated functions, a later `benchmark = False` in the same
+    scope, a benchmark flag computed at run time (`benchmark = not args.deterministic`), a
+    helper's request called after `benchmark = True`, or, one call apart, a benchmark switch
+    under a test of determinism or seeding (`if not args.deterministic:`).
 
     Example:
         torch.backends.cudnn.deterministic = True
@@ -68,14 +75,54 @@ class CudnnBenchmarkWithDeterminism(Rule):
             if not flag or _turned_off_later(ctx, node, benchmarks):
                 continue
             request = next((r for r in requests if _both_run(ctx, node, r)), None)
+            where = ""
+            if request is None:
+                request, where = _request_one_call_away(ctx, node, requests)
             if request is None:
                 continue
             ctx.report(
                 self,
                 node,
                 "cuDNN benchmark mode is on although determinism is requested on line "
-                f"{getattr(request, 'lineno', 0)}: the algorithm chosen can differ between runs",
+                f"{getattr(request, 'lineno', 0)}{where}: the algorithm chosen can differ "
+                "between runs",
             )
+
+
+def _request_one_call_away(
+    ctx: ModuleContext, node: ast.Assign, requests: list[ast.AST]
+) -> tuple[ast.AST | None, str]:
+    """A determinism request one local call away from `benchmark = True`, on a path where both
+    run: in a function that calls the benchmark's function after the request, or in a helper
+    called before the benchmark. (None, "") when there is none, or when the benchmark switch
+    sits under a test of determinism or seeding (`if not args.deterministic:`)."""
+    if any(isinstance(anc, ast.If) and _names_determinism(anc.test) for anc in ctx.ancestors(node)):
+        return None, ""
+    scope = _scope(ctx, node)
+    if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+        for site in ctx.calls.call_sites(scope):
+            caller = _scope(ctx, site)
+            for request in requests:
+                if (
+                    _scope(ctx, request) is caller
+                    and getattr(request, "lineno", 0) < site.lineno
+                    and _both_run(ctx, site, request)
+                ):
+                    name = getattr(caller, "name", "the script")
+                    return request, f" (in `{name}`, before it calls `{scope.name}`)"
+    body = scope.body if isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef) else scope
+    for site, helper in ctx.calls.callees(body):
+        if site.lineno > node.lineno or not _both_run(ctx, node, site):
+            continue
+        for request in requests:
+            if _scope(ctx, request) is helper:
+                return request, f" (in `{helper.name}`, called on line {site.lineno})"
+    return None, ""
+
+
+def _names_determinism(test: ast.expr) -> bool:
+    text = ast.unparse(test).lower()
+    return "determinis" in text or "seed" in text or "reproduc" in text
 
 
 def _switches_on(call: ast.Call) -> bool:
