@@ -174,6 +174,7 @@ class EvalWithoutEvalMode(Rule):
             )
         regions = _evaluation_regions(ctx)
         judged = {id(owner) for owner, _ in regions if owner is not None}
+        siblings: set[tuple[int, str]] = set()
         for owner, body in regions:
             found_call = _model_call_in(ctx, body, judged)
             if found_call is None:
@@ -193,8 +194,17 @@ class EvalWithoutEvalMode(Rule):
                 continue
             if owner is not None and _train_mode_set_before(ctx, owner, call):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
+            evaluated = ""
             if _eval_on_path(ctx, owner, call):
-                continue
+                sibling = None if owner is None else _sibling_left_in_training(ctx, owner, body)
+                if sibling is None:
+                    continue
+                key = (id(owner), ast.unparse(model_of(sibling[0])))
+                if key in siblings:
+                    continue  # one finding per model and function, not per inner loop
+                siblings.add(key)
+                call = model_call = sibling[0]
+                evaluated = sibling[1]
             if owner is not None and _stored_after_eval(ctx, owner, model_of(model_call)):
                 continue
             layers = _mode_dependent(ctx, model_of(model_call))
@@ -207,11 +217,17 @@ class EvalWithoutEvalMode(Rule):
                 if model_call is call
                 else f" (it runs `{ast.unparse(model_call.func)}` on line {model_call.lineno})"
             )
+            missing = (
+                "with no `.eval()` before it"
+                if not evaluated
+                else f"with `{evaluated}.eval()` but no `{ast.unparse(model_of(call))}.eval()` "
+                "(training switches it to `.train()` by name)"
+            )
             found = ctx.finding(
                 self,
                 call,
-                f"`{ast.unparse(call.func)}`{through} runs on an evaluation path with no "
-                f"`.eval()` before it: {_consequence(layers)}",
+                f"`{ast.unparse(call.func)}`{through} runs on an evaluation path {missing}: "
+                f"{_consequence(layers)}",
                 severity=_severity(layers),
                 data={"mode_dependent_layers": layers, **model_anchor(model_of(model_call))},
             )
@@ -275,6 +291,95 @@ class EvalWithoutEvalMode(Rule):
         without `.eval()` before (or, for a helper named like an evaluation, when none is
         seen at all)."""
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _sibling_left_in_training(
+    ctx: ModuleContext, owner: FunctionNode, body: list[ast.stmt]
+) -> tuple[ast.Call, str] | None:
+    """(the first call, the model put in eval) for a second model of an evaluation function
+    left in training mode: the function puts one model in eval mode by name (`model.eval()`)
+    and runs another (`predictor(h[src], h[dst])`, OGB's link-prediction `test`) that the
+    module's training code switches to `.train()` by that same name, with no `.eval()` of it
+    here, in a caller before the call, or on the object itself. The author switches modes
+    model by model, so the one left out runs with dropout and batch statistics.
+
+    Not judged: an `.eval()` of anything but a named model (`for m in models: m.eval()`,
+    `self.eval()` of a container), a model reached through one put in eval
+    (`model.head(x)` after `model.eval()`), one the module never switches to training."""
+    evaluated: list[str] = []
+    loop_targets = {
+        t.id
+        for node in walk_scope(owner.body)
+        if isinstance(node, ast.For | ast.comprehension)
+        for t in walk_tree(node.target)
+        if isinstance(t, ast.Name)
+    }
+    for node in walk_scope(owner.body):
+        if not (isinstance(node, ast.Call) and method_name(node) == "eval" and not node.args):
+            continue
+        receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
+        if not isinstance(receiver, ast.Name | ast.Attribute):
+            return None
+        text = ast.unparse(receiver)
+        if text == "self" or text in loop_targets:
+            return None
+        evaluated.append(text)
+    if not evaluated:
+        return None
+    trained = _trained_by_name(ctx)
+    callers_evaluate = _receivers_before_calls_of(ctx, owner, "eval")
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call):
+            continue
+        model = model_of(node)
+        if not isinstance(model, ast.Name | ast.Attribute):
+            continue
+        text = ast.unparse(model)
+        if text not in trained:
+            continue  # called, and switched with `.train()` by training code: a module
+        if any(text == e or text.startswith(e + ".") for e in evaluated):
+            continue
+        if text in callers_evaluate or model_put_in_eval(ctx, model):
+            continue
+        return node, evaluated[0]
+    return None
+
+
+def _trained_by_name(ctx: ModuleContext) -> frozenset[str]:
+    """Receivers of `.train()` (or `.train(True)`) in the module's functions that
+    back-propagate (memoised per module)."""
+    memo = ctx.memo_table("eval_without_eval_mode.trained_by_name")
+    if "" not in memo:
+        names: set[str] = set()
+        for node in ctx.flow.nodes(ast.Call):
+            if method_name(node) != "train" or not isinstance(node.func, ast.Attribute):
+                continue
+            if node.args and not (
+                isinstance(node.args[0], ast.Constant) and node.args[0].value is True
+            ):
+                continue
+            fn = ctx.enclosing_function(node)
+            if fn is not None and ctx.loops.backpropagates(fn.body):
+                names.add(ast.unparse(node.func.value))
+        memo[""] = frozenset(names)
+    found: frozenset[str] = memo[""]
+    return found
+
+
+def _receivers_before_calls_of(ctx: ModuleContext, owner: FunctionNode, method: str) -> set[str]:
+    """Receivers of `.<method>()` in the statements that run before each call of `owner` in
+    this module (its callers' own switches)."""
+    found: set[str] = set()
+    for site in ctx.calls.call_sites(owner):
+        caller = ctx.enclosing_function(site)
+        for node in walk_scope(statements_before(ctx, caller, site)):
+            if (
+                isinstance(node, ast.Call)
+                and method_name(node) == method
+                and isinstance(node.func, ast.Attribute)
+            ):
+                found.add(ast.unparse(node.func.value))
+    return found
 
 
 def _model_call_in(
