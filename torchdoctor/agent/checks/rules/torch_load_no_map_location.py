@@ -82,8 +82,9 @@ class TorchLoadNoMapLocation(Rule):
 
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
     branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
-    (`io.BytesIO`), a path the same function saved to just before (a state round trip), a
-    wrapper forwarding `*args, **kwargs` to `torch.load`,
+    (`io.BytesIO`) but for one filled with a stored file's bytes (`io.BytesIO(f.read())`), a
+    path the same function saved to just before (a state round trip), a wrapper forwarding
+    `*args, **kwargs` to `torch.load`,
     projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
@@ -126,7 +127,10 @@ class TorchLoadNoMapLocation(Rule):
                 k.arg is None for k in call.keywords
             ):
                 continue  # a wrapper forwarding `*args, **kwargs`: its callers pass the device
-            if _IN_MEMORY.search(ast.unparse(call.args[0])) or _device_branch(ctx, call):
+            in_memory = _IN_MEMORY.search(ast.unparse(call.args[0])) and not _file_bytes(
+                call.args[0]
+            )
+            if in_memory or _device_branch(ctx, call):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
@@ -172,6 +176,20 @@ def _helper_symbols(ctx: ModuleContext) -> list[str]:
             if candidate and candidate not in found:
                 found.append(candidate)
     return found
+
+
+def _file_bytes(source: ast.expr) -> bool:
+    """A buffer filled with a stored file's bytes (`io.BytesIO(f.read())`, a zip member's
+    `z.read(name)`, `path.read_bytes()`): a checkpoint from storage, not a round trip of
+    state saved in memory (TabNet's fallback for unseekable zip members)."""
+    if not isinstance(source, ast.Call) or not source.args:
+        return False
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("read", "read_bytes")
+        for node in walk_tree(source.args[0])
+    )
 
 
 def _file_names(path: ast.expr) -> set[str]:
