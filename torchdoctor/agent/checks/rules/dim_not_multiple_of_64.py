@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -15,7 +16,7 @@ _HIDDEN = frozenset({"n_embd", "hidden_size", "d_model", "embed_dim", "hidden_di
 _MIN_VOCAB, _MIN_HIDDEN = 1000, 256
 
 
-def _kind(name: str) -> str:
+def size_kind(name: str) -> str:
     """'vocabulary', 'hidden size' or '' for a bound name (`config.vocab_size` -> vocabulary)."""
     last = name.rsplit(".", 1)[-1].lower()
     if "vocab" in last:
@@ -23,8 +24,11 @@ def _kind(name: str) -> str:
     return "hidden size" if last in _HIDDEN else ""
 
 
-def _bindings(ctx: ModuleContext) -> list[tuple[ast.AST, str, int]]:
-    """(node, name, value) for every int literal bound to a name, attribute, keyword or dict key."""
+def int_bindings(
+    ctx: ModuleContext, wanted: Callable[[str], bool] = lambda name: bool(size_kind(name))
+) -> list[tuple[ast.AST, str, int]]:
+    """(node, name, value) for every int literal bound to a `wanted` name, attribute, keyword
+    or dict key."""
     found: list[tuple[ast.AST, str, int]] = []
     kinds = (ast.Assign, ast.AnnAssign, ast.keyword, ast.Dict)
     for node in nodes_of(ctx, *kinds):
@@ -48,7 +52,7 @@ def _bindings(ctx: ModuleContext) -> list[tuple[ast.AST, str, int]]:
                 if isinstance(k, ast.Constant) and isinstance(k.value, str)
             ]
         for name, value in pairs:
-            if isinstance(value, ast.Constant) and type(value.value) is int and _kind(name):
+            if isinstance(value, ast.Constant) and type(value.value) is int and wanted(name):
                 found.append((node, name, value.value))
     return found
 
@@ -86,8 +90,8 @@ class DimNotMultipleOf64(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        for node, name, value in _bindings(ctx):
-            kind = _kind(name)
+        for node, name, value in int_bindings(ctx):
+            kind = size_kind(name)
             smallest = _MIN_VOCAB if kind == "vocabulary" else _MIN_HIDDEN
             if value < smallest or value % MULTIPLE == 0:
                 continue
