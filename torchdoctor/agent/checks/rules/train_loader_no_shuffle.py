@@ -32,7 +32,10 @@ class TrainLoaderNoShuffle(Rule):
     A loop that hands each batch to a trainer's step method defined in another file
     (`trainer.train_step(images, targets)`) trains too.
 
-    Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum),
+    Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum)
+    but for one written beside a `DistributedSampler` that is None when the run is not
+    distributed (the DataLoader refuses a sampler with `shuffle=True`; the other path then
+    never shuffles),
     a sampler of any kind (`DistributedSampler` shuffles), options passed through `**kwargs`
     (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
     loader), loaders named for validation or test data, loaders no training loop iterates
@@ -276,12 +279,44 @@ _TRAIN_NAME = re.compile(r"(^|[^A-Za-z])[Tt]rain(ing)?([^a-z]|$|set|loader|data|
 def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) -> bool:
     """Whether the loader may shuffle or keep an order on purpose (or we cannot tell); a
     `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
-    given = [kwarg(loader, name) for name in _ORDERING if name != forwarded]
+    # `shuffle=False` written for the sampler's sake orders nothing on the sampler-less path
+    skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
+    given = [kwarg(loader, name) for name in _ORDERING if name not in skipped]
     if any(value is not None and not _may_be_none(ctx, value) for value in given):
         return True
     if len(loader.args) > 2 or not _options_seen(ctx, loader):
         return True  # positional shuffle/sampler, or options we cannot see
     return _held_out(ctx, loader) or _iterable(ctx, loader)
+
+
+def _off_for_the_sampler(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """`shuffle=False` beside `sampler=train_sampler` where the sampler is a shuffling
+    `DistributedSampler` on one path and None on the other (tacotron2's training loader:
+    `DistributedSampler(trainset) if hparams.distributed_run else None`): the flag is off
+    because a DataLoader refuses both a sampler and `shuffle=True`, and the run that is not
+    distributed iterates in file order. A sampler built to keep its order
+    (`shuffle=False`, a `SequentialSampler`) makes the flag deliberate."""
+    shuffle, sampler = kwarg(loader, "shuffle"), kwarg(loader, "sampler")
+    if not (isinstance(shuffle, ast.Constant) and shuffle.value is False):
+        return False
+    if not isinstance(sampler, ast.Name) or not _may_be_none(ctx, sampler):
+        return False
+    built = [
+        branch
+        for bound in ctx.flow.definitions(sampler)
+        for branch in ([bound.body, bound.orelse] if isinstance(bound, ast.IfExp) else [bound])
+        if not _none(branch)
+    ]
+    return bool(built) and all(_shuffling_sampler(node) for node in built)
+
+
+def _shuffling_sampler(node: ast.expr) -> bool:
+    """`DistributedSampler(ds)` (it shuffles by default), not `DistributedSampler(ds,
+    shuffle=False)`."""
+    if not isinstance(node, ast.Call) or identifier(node.func) != "DistributedSampler":
+        return False
+    flag = kwarg(node, "shuffle")
+    return flag is None or (isinstance(flag, ast.Constant) and flag.value is True)
 
 
 def _options_seen(ctx: ModuleContext, loader: ast.Call) -> bool:
