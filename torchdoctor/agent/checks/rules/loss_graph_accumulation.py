@@ -16,6 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.models import Severity
 
 
@@ -69,6 +70,8 @@ class LossGraphAccumulation(Rule):
             if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
                 continue
             if not flow.carried_across_iterations(acc) or flow.total_returned_by_loss_function(acc):
+                continue
+            if _loss_entry_detached(ctx, acc):
                 continue
             target = ast.unparse(acc.target)
             if _never_read(ctx, acc):
@@ -167,6 +170,39 @@ def _kept_message(acc: Accumulation, method: ast.Attribute) -> str:
         f"`{ast.unparse(method)}` keeps `{ast.unparse(acc.value)}`, which still "
         "holds the autograd graph: every iteration's graph stays in memory"
     )
+
+
+_DETACHING = frozenset({"detach", "item", "cpu", "tolist", "numpy"})
+
+
+def _loss_entry_detached(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """A step's output dict whose loss entry is replaced by a detached value before the dict
+    is stored (`output["loss"] = output["loss"].detach()` then `outputs.append(output)`,
+    packnet-sfm's trainer): the stored dict no longer holds that graph."""
+    value = acc.value
+    at = getattr(acc.node, "lineno", 0)
+    if not isinstance(value, ast.Name):
+        return False
+    for node in walk_scope(acc.loop.body):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if node.lineno >= at or not (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and target.value.id == value.id
+            and "loss" in ast.unparse(target.slice).lower()
+        ):
+            continue
+        call = node.value
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _DETACHING
+            and ast.unparse(call.func.value).startswith(ast.unparse(target))
+        ):
+            return True
+    return False
 
 
 def _never_read(ctx: ModuleContext, acc: Accumulation) -> bool:
