@@ -5,7 +5,10 @@ buggy version (the commit's first parent) and the fixed version of the case's fi
 from a local mirror (`<mirror>/<owner>+<name>/repo`, as the session's fetch tool leaves it) into
 a cache outside the repository, and each is audited with the static rules in-process. A case is
 found when a finding of one of its class's rules lands on the buggy lines (two lines either
-side); it is still reported when such a finding lands on the fixed lines of the fix. Cases whose
+side); it is still reported when such a finding lands on the fixed lines of the fix. A missed
+case is "described elsewhere" ("elsewh") when a finding of its class's rules in its files goes
+away with the fix, off the buggy lines (at the loss call a softmax reaches, at the loop that
+never clears gradients); found counts only findings on the buggy lines. Cases whose
 mirror is missing are skipped with a message (a benchmark, not a test: never run in CI).
 
     PYTHONPATH=. python benchmarks/bug_history.py [--cases TOML] [--mirror DIR] [--cache DIR]
@@ -22,6 +25,7 @@ import hashlib
 import subprocess
 import sys
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,18 +99,44 @@ def materialise(case: Case, git_dir: Path, cache: Path) -> tuple[Path, Path]:
     return buggy, fixed
 
 
-def hits(tree: Path, case: Case, rules: list[str], lines: tuple[int, ...]) -> list[str]:
-    """Findings of the class's rules in the case's file within SLACK lines of `lines`."""
+def class_findings(tree: Path, case: Case, rules: list[str]) -> list[tuple[str, int, str]]:
+    """(file, line, rule) of the class's rules' findings in the case's files."""
     workspace = load_workspace(tree)
     result = analyse_files(
         workspace.pairs(), engine_config(AuditConfig()), workers=1, manifests=workspace.manifests
     )
-    low, high = min(lines) - SLACK, max(lines) + SLACK
+    files = {case.file, *case.context}
     return sorted(
-        f"{f.rule}@{f.line}"
+        (f.file, f.line, f.rule)
         for f in result.all_findings()
-        if f.rule in rules and f.file == case.file and low <= f.line <= high
+        if f.rule in rules and f.file in files
     )
+
+
+def hits(findings: list[tuple[str, int, str]], case: Case, lines: tuple[int, ...]) -> list[str]:
+    """Findings in the case's file within SLACK lines of `lines`."""
+    low, high = min(lines) - SLACK, max(lines) + SLACK
+    return [
+        f"{rule}@{line}"
+        for file, line, rule in findings
+        if file == case.file and low <= line <= high
+    ]
+
+
+def gone_with_the_fix(
+    before: list[tuple[str, int, str]], after: list[tuple[str, int, str]]
+) -> list[str]:
+    """Findings of the class's rules that the fix removes elsewhere in the case's files (a
+    loss call that no longer receives log-probabilities, a loop that now clears gradients):
+    the bug described, though not on its lines. Counted per rule and file."""
+    kept = Counter((file, rule) for file, _, rule in after)
+    gone: list[str] = []
+    for file, line, rule in before:
+        if kept[(file, rule)] > 0:
+            kept[(file, rule)] -= 1
+        else:
+            gone.append(f"{rule}@{file}:{line}")
+    return gone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,18 +165,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         buggy, fixed = materialise(case, git_dir, args.cache)
         rules = classes[case.bug_class]
-        before = hits(buggy, case, rules, case.lines)
-        after = hits(fixed, case, rules, case.fixed_lines)
+        in_buggy, in_fixed = class_findings(buggy, case, rules), class_findings(fixed, case, rules)
+        before = hits(in_buggy, case, case.lines)
+        after = hits(in_fixed, case, case.fixed_lines)
+        gone = [] if before else gone_with_the_fix(in_buggy, in_fixed)
         audited += 1
         found += bool(before)
         still += bool(after)
-        tally = per_round.setdefault(case.round, [0, 0])
+        tally = per_round.setdefault(case.round, [0, 0, 0])
         tally[0] += bool(before)
         tally[1] += 1
-        status = "found " if before else "missed"
+        tally[2] += bool(gone)
+        status = "found " if before else ("elsewh" if gone else "missed")
         extra = f"  STILL REPORTED after the fix: {', '.join(after)}" if after else ""
         where = f"{case.file}:{case.lines[0]}"
-        print(f"{status}  {case.id:40} {case.bug_class:38} {where}  {' '.join(before)}{extra}")
+        shown = " ".join(before or gone)
+        print(f"{status}  {case.id:40} {case.bug_class:38} {where}  {shown}{extra}")
         if args.verbose:
             print(f"        {case.repo}@{case.fix[:10]}: {case.about}")
     skipped = len(cases) - audited
@@ -154,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfound {found}/{audited} audited cases ({skipped} skipped); "
         f"fixed versions still reported: {still}"
     )
-    for name, (hit, total) in sorted(per_round.items()):
-        print(f"  round {name}: found {hit}/{total}")
+    for name, (hit, total, elsewhere) in sorted(per_round.items()):
+        print(
+            f"  round {name}: found {hit}/{total}; of the rest, described elsewhere "
+            f"(a finding of the class that the fix removes, off the buggy lines): {elsewhere}"
+        )
     return 0
 
 
