@@ -34,8 +34,17 @@ DEVICE_BOUND_RULES = frozenset(
 _ACCELERATOR = re.compile(r"cuda|device|accelerat|\b(?:mps|xla|xpu|hpu|npu)\b|\.half\(")
 
 
+_ACCELERATOR_TEXT = ("cuda", "device", "accelerat", ".half(")
+_ACCELERATOR_WORDS = ("mps", "xla", "xpu", "hpu", "npu")
+
+
 def touches_accelerator(source: str) -> bool:
-    """Whether the module mentions any accelerator or device at all."""
+    """Whether the module mentions any accelerator or device at all (`_ACCELERATOR`, its
+    plain parts asked of the text first: a module's text answers them from its words)."""
+    if any(part in source for part in _ACCELERATOR_TEXT):
+        return True
+    if not any(word in source for word in _ACCELERATOR_WORDS):
+        return False  # the rest of the pattern needs one of these words
     return bool(_ACCELERATOR.search(source))
 
 

@@ -116,8 +116,9 @@ class DeviceMismatchFactoryInForward(Rule):
         if is_test_module(ctx.path):
             return  # test doubles returning fixed tensors: a mismatch fails the test itself
         if ".dtype" in ctx.source:
+            copying = _functions_with_dtype_copies(ctx)
             for fn in ctx.tree.body:
-                if isinstance(fn, ast.FunctionDef):
+                if isinstance(fn, ast.FunctionDef) and id(fn) in copying:
                     self._check_dtype_copies(ctx, fn)
         if not forwards:
             return
@@ -195,6 +196,31 @@ class DeviceMismatchFactoryInForward(Rule):
                 f"device: {remedy}",
                 data={"factory": qual},
             )
+
+
+def _functions_with_dtype_copies(ctx: ModuleContext) -> set[int]:
+    """The module-level functions (ids) holding a `dtype=<name>.dtype` keyword anywhere: the
+    only ones `_check_dtype_copies` can report in (it needs that keyword on a factory call),
+    found from the walk's keywords instead of walking every function's body."""
+    found: set[int] = set()
+    tree = ctx.tree
+    for keyword in ctx.nodes_by_type().get(ast.keyword, ()):
+        assert isinstance(keyword, ast.keyword)
+        value = keyword.value
+        if not (
+            keyword.arg == "dtype"
+            and isinstance(value, ast.Attribute)
+            and value.attr == "dtype"
+            and isinstance(value.value, ast.Name)
+        ):
+            continue
+        node: ast.AST = keyword
+        parent = ctx.parents.get(node)
+        while parent is not None and parent is not tree:
+            node, parent = parent, ctx.parents.get(parent)
+        if parent is tree:
+            found.add(id(node))
+    return found
 
 
 def _copies_a_dtype(ctx: ModuleContext) -> bool:

@@ -16,6 +16,9 @@ from torchdoctor.agent.models import Severity
 _SYNC_METHODS = frozenset({"item", "cpu", "numpy", "tolist"})
 _TENSORISH = re.compile(r"loss|acc|correct|pred|logit|output|grad|norm", re.IGNORECASE)
 _VALUE_TESTS = frozenset({"torch.isnan", "torch.isinf", "torch.isfinite"})
+_VALUE_TEST_NAMES = tuple(sorted(q.rpartition(".")[2] for q in _VALUE_TESTS))
+"""A call resolves to one of `_VALUE_TESTS` only in a text that names it (the call's own
+attribute, or the import that aliases it)."""
 """Elementwise tests whose (tensor) result a branch must read on the host."""
 
 
@@ -77,6 +80,8 @@ class HostSyncInStep(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         if isinstance(node, ast.If | ast.While | ast.Assert):
+            if not any(name in ctx.source for name in _VALUE_TEST_NAMES):
+                return  # no call in the module can resolve to one: spares walking every test
             tested = next(
                 (
                     call

@@ -48,7 +48,8 @@ def _cpu_fallback(source: str) -> bool:
         return False  # every pattern quotes it: `.cpu()` calls alone offer no device choice
     if "is_available()" in source and _CPU_FALLBACK.search(source):
         return True
-    return bool(_CPU_CHOICE.search(source))
+    # both of `_CPU_CHOICE`'s patterns name CUDA and have an `else`
+    return "cuda" in source and "else" in source and bool(_CPU_CHOICE.search(source))
 
 
 # A command-line device option that offers the CPU (`--device` with "cpu" among its choices
@@ -241,7 +242,12 @@ def _cpu_only(source: str) -> bool:
     """A script that hands `device="cpu"` to its own calls and never names CUDA (a policy
     replayed on the CPU, an export script): what it loads must come off the GPU it was
     trained on."""
-    return "cuda" not in source and bool(_CPU_KEYWORD.search(source))
+    return (
+        "cuda" not in source
+        and "device" in source  # the words `_CPU_KEYWORD` needs: most texts lack one
+        and "cpu" in source
+        and bool(_CPU_KEYWORD.search(source))
+    )
 
 
 def _cpu_flag(source: str) -> bool:

@@ -51,14 +51,17 @@ class VocabularyInSetOrder(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        indexed = [
+            (node, listed)
+            for node in nodes_of(ctx, ast.Call)
+            if isinstance(node, ast.Call) and (listed := _indexed(ctx, node)) is not None
+        ]
+        if not indexed:
+            return  # nothing numbered: no need to know which names hold text
         texts = _text_names(ctx)
         bindings = _Bindings(ctx, texts)
         reported: set[int] = set()  # one finding per set, at its first numbering
-        for node in nodes_of(ctx, ast.Call):
-            assert isinstance(node, ast.Call)
-            listed = _indexed(ctx, node)
-            if listed is None:
-                continue
+        for node, listed in indexed:
             source = _text_set(listed, texts)
             if source is None and isinstance(listed, ast.Name):
                 source = bindings.text_set_read(listed)
