@@ -313,8 +313,26 @@ class ModelFacts(DefUse):
                 return None
         return built or None
 
+    @cached_property
+    def text_names_a_loss(self) -> bool:
+        """Whether the module's text can name a loss callee at all: one is named for a loss or
+        a criterion, or is a torch loss (a functional one, `*_loss` or one of
+        `LOSS_FUNCTIONS`; a module class `*Loss`), whose name the text spells in the call or
+        in the import that aliases it. Most modules of a library name none. (A non-ASCII
+        text may spell an identifier in characters the parser normalises: not judged.)"""
+        source = self.ctx.source
+        return (
+            not source.isascii()
+            or "cross_entropy" in source
+            or "kl_div" in source
+            or "loss" in source.lower()
+            or "criterion" in source.lower()
+        )
+
     def is_loss_callee(self, callee: ast.expr) -> bool:
         """A loss function or module (memoised per callee: many rules ask)."""
+        if not self.text_names_a_loss:
+            return False
         memo = self.ctx.memo_table("model_facts.is_loss_callee")
         found = memo.get(id(callee))
         if found is None:

@@ -328,7 +328,7 @@ def publish_model_passes(ctx: ModuleContext) -> None:
     (imported, or this module's own) for one of their parameters."""
     if not project_imports(ctx) or not (ctx.flow.module_classes or _project_constructions(ctx)):
         return  # builds no model of the project's own classes: passes none
-    if not any(_builds_project_class(ctx, call) for call in ctx.flow.nodes(ast.Call)):
+    if not _any_project_construction(ctx):
         return  # no call here builds one: no value can hold one (`_model_classes`)
     passes: list[dict[str, Any]] = []
     may_hold = _project_class_holders(ctx)
@@ -374,6 +374,24 @@ def _project_callee(ctx: ModuleContext, call: ast.Call) -> str | None:
         symbol = project_symbol(ctx, func)
         return symbol if symbol and func.attr[:1].islower() else None
     return None
+
+
+def _any_project_construction(ctx: ModuleContext) -> bool:
+    """`_builds_project_class` of some call of the module, asked only of the calls whose
+    callee could name a project class: a name of this module's classes, or a name (or
+    attribute chain) rooted in an imported name (`callee_symbol` resolves nothing else)."""
+    classes = ctx.flow.module_classes
+    imported = ctx.imports.aliases.keys() | _relative_imports_memo(ctx).keys()
+    for call in ctx.flow.nodes(ast.Call):
+        root = call.func
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if not isinstance(root, ast.Name):
+            continue
+        named = root.id in imported or (root is call.func and root.id in classes)
+        if named and _builds_project_class(ctx, call):
+            return True
+    return False
 
 
 def _builds_project_class(ctx: ModuleContext, call: ast.Call) -> bool:

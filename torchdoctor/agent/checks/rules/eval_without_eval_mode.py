@@ -569,9 +569,20 @@ def _held_out_loops(
     covered = {id(stmt) for _, body in regions for stmt in body}
     found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     for node in ctx.flow.nodes(ast.For):
-        # what the loop iterates first: most loops are not over held-out data, and walking
+        if not isinstance(node, ast.For):
+            continue
+        # where the loop is first (its function's kind and place, a lookup each): in a module
+        # that does not train, only loops of uncalled module-level functions can count
+        owner = ctx.enclosing_function(node)
+        if owner is not None and (
+            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
+        ):
+            continue
+        if not trains and not _uncalled_module_function(ctx, owner):
+            continue
+        # then what the loop iterates: most loops are not over held-out data, and walking
         # each body for a model call cost more than the rest of this rule
-        if not isinstance(node, ast.For) or ctx.flow.held_out_kind(node.iter) is None:
+        if ctx.flow.held_out_kind(node.iter) is None:
             continue
         if not any(
             isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(node.body)
@@ -581,23 +592,23 @@ def _held_out_loops(
             continue
         if any(id(anc) in covered for anc in ctx.ancestors(node)):
             continue
-        owner = ctx.enclosing_function(node)
-        if owner is not None and (
-            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
-        ):
-            continue
         if not trains and not _helper_for_other_files(ctx, owner, node):
             continue
         found.append((owner, [node]))
     return found
 
 
+def _uncalled_module_function(ctx: ModuleContext, owner: FunctionNode | None) -> bool:
+    """`owner` is a module-level function nothing in this module calls."""
+    if owner is None or not isinstance(ctx.parents.get(owner), ast.Module):
+        return False
+    return not ctx.flow.callers.get(owner.name)
+
+
 def _helper_for_other_files(ctx: ModuleContext, owner: FunctionNode | None, loop: ast.For) -> bool:
     """`loop` runs, in a module-level function nothing in this module calls, a model that
     function is given as a parameter."""
-    if owner is None or not isinstance(ctx.parents.get(owner), ast.Module):
-        return False
-    if ctx.flow.callers.get(owner.name):
+    if owner is None or not _uncalled_module_function(ctx, owner):
         return False
     params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
     return any(

@@ -49,7 +49,9 @@ class ScalarLossIndexed(Rule):
         if through_data:
             assert isinstance(base, ast.Attribute)
             base = base.value
-        if not isinstance(base, ast.Name) or not _reduced_loss(base, ctx, through_data):
+        if not isinstance(base, ast.Name) or not ctx.flow.text_names_a_loss:
+            return  # no loss callee can be named here (`_reduced_loss` needs one)
+        if not _reduced_loss(base, ctx, through_data):
             return
         ctx.report(
             self,
