@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from starlette.testclient import TestClient
+
 from torchdoctor.agent.audit import AuditChoices
+from torchdoctor.api.app import create_app
 from torchdoctor.api.event_watch import EventWatch
+from torchdoctor.api.models import AuditEvent, AuditState
+from torchdoctor.api.routes.audits import LOOK_AGAIN_S
+from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.store.store import Store
 
@@ -101,3 +109,67 @@ def test_a_wake_looks_at_once_without_waiting_for_the_tick(tmp_path: Path) -> No
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 5.0  # a tick is 60 s: only the wake can have done it
+
+
+class NoWorkers:
+    """An executor that never runs anything (the audits here are finished by the test)."""
+
+    def free_slots(self) -> int:
+        return 0
+
+    def start(self, audit_id: str, owner: str) -> None:
+        raise AssertionError("nothing is started here")
+
+    def running(self) -> list[str]:
+        return []
+
+    def kill(self, audit_id: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def watch_ends(self, callback: Callable[[], None]) -> None:
+        pass
+
+
+def test_a_stream_ends_at_the_final_state_event_even_when_its_state_read_was_older(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream reads the audit's state, then its events: an audit that ends in between is
+    seen running with its `done` event already among the events. The stream ends there, not
+    after `LOOK_AGAIN_S` of waiting for news that never comes."""
+    settings = ApiSettings(home=tmp_path / "home")
+    app = create_app(settings, executor=NoWorkers(), poll_s=0.05)
+    store: Store = app.state.store
+    migrate(store.engine)
+    _key_id, key = store.create_key("acme")
+    store.create_audit("a1", "acme", AuditChoices(), "/nowhere")
+    assert store.claim("server-1", lease_s=60) == "a1"
+    store.finish("a1", "server-1", AuditState.DONE, report="{}")
+    real = store.state_and_events_after
+    looks: list[AuditState | None] = []
+
+    def state_read_before_the_end(
+        audit_id: str, tenant: str, after: int, limit: int = 500
+    ) -> tuple[AuditState | None, list[AuditEvent]]:
+        state, events = real(audit_id, tenant, after, limit)
+        if not looks:  # the first look: its state was read before the audit ended
+            state = AuditState.RUNNING
+        looks.append(state)
+        return state, events
+
+    monkeypatch.setattr(store, "state_and_events_after", state_read_before_the_end)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.get("/v1/audits/a1/events", headers={"Authorization": f"Bearer {key}"})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    kinds = [
+        line.split(":", 1)[1].strip()
+        for line in response.text.splitlines()
+        if line.startswith("event:")
+    ]
+    assert kinds[-1] == "state" and '"done"' in response.text
+    assert looks[0] is AuditState.RUNNING
+    assert elapsed < LOOK_AGAIN_S / 2

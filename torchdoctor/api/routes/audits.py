@@ -220,6 +220,8 @@ async def audit_events(
             if events:
                 last = events[-1].id
                 yield b"".join(_encoded(event) for event in events)
+                if any(_ends(event) for event in events):
+                    return  # the audit ended while this look read it: nothing comes after
             if len(events) < EVENT_PAGE:
                 # Every event up to this look was sent, and the state was read before them:
                 # a final one has nothing after it.
@@ -233,6 +235,18 @@ async def audit_events(
             )
 
     return EventSourceResponse(stream(), ping=15)
+
+
+def _ends(event: AuditEvent) -> bool:
+    """The event that records an audit's final state (the last it ever has). The stream reads
+    the state before the events, so a look can return it with the state read still running:
+    without this, the stream would wait for news that never comes (`LOOK_AGAIN_S`)."""
+    if event.kind != "state":
+        return False
+    try:
+        return AuditState(str(event.data.get("state"))).final
+    except ValueError:
+        return False
 
 
 def _encoded(event: AuditEvent) -> bytes:
