@@ -22,6 +22,7 @@ from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.options import linters_off_by_env
 from torchdoctor.api.reuse import peer_versions
 from torchdoctor.api.worker import warm_store
+from torchdoctor.sandbox.lifeline import libc
 
 MODULES = (
     "torchdoctor.agent.static_path",  # the graph's nodes, LangGraph-free
@@ -45,6 +46,7 @@ code_fingerprint()  # the result caches' keys read the checks' files once, here
 if not linters_off_by_env():
     warm_peers()
 peer_versions()  # part of every audit's reuse key
+libc()  # each tool and sandbox job a worker starts sets its death signal through it
 warm_store()  # the worker's settings and store, its engine without a connection
 # Kept for the fork server's life: out of the collector's sight, a worker's collections
 # neither walk it (CPU) nor touch its pages (copy-on-write faults).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import select
 import signal
@@ -19,14 +20,25 @@ import threading
 PR_SET_PDEATHSIG = 1
 
 
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library, found once per process and inherited by its forks: `find_library` runs
+    `ldconfig -p` in a subprocess each time, which cost every forked peer and every tool
+    started with `die_with_parent` a few milliseconds of CPU (a long-lived process that
+    forks calls this before it forks: `preload`, `warm`). None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def die_with_parent() -> None:
     """Arrange SIGKILL for this process when its parent dies (best effort, Linux only);
     exits at once if the parent is already gone (re-parented to init before the call)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+    found = libc()
+    if found is None:
         return
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    found.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from torchdoctor.sandbox.lifeline import die_with_parent
+from torchdoctor.sandbox.lifeline import die_with_parent, libc
 
 Entry = Callable[[], object]
 PRELOADED_SCRIPTS = ("flake8", "bandit", "detect-secrets")
@@ -47,6 +47,7 @@ def preload(scripts: Sequence[str] = PRELOADED_SCRIPTS) -> list[str]:
     # Peers fork from the runner's threads; the tool's child runs in the one thread that forked
     # it, which is all it needs (Python 3.12+ warns about any fork of a threaded process).
     warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
+    libc()  # found once here, not by each forked tool (`die_with_parent`)
     by_name = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
     loaded = []
     for name in scripts:
