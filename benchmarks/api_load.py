@@ -14,6 +14,9 @@ where it went (queued, running, until the client saw the end), errors (target 0)
 spent by the server, by the audits and by this client (on the same cores), and the peak RSS of
 the server with its workers.
 Completion is seen on the audit's event stream, as `torchdoctor submit --wait` sees it.
+Every audit's report is then fetched (after the timings and CPU are taken) and checked against
+the first single audit of its example: the same report, its provenance (ids, times) aside; any
+difference counts as an error, and any error makes the benchmark exit non-zero.
 
 On what terms single and concurrent audits compare (target: p95 <= 3x a single audit):
 `--cache off` (the default): no result is reused anywhere, so every audit, alone or in the
@@ -28,6 +31,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -53,6 +58,7 @@ class Timing:
     queued: float  # submitted -> a worker started it
     running: float  # started -> its outcome recorded
     noticed: float  # recorded -> the client saw it
+    audit_id: str
 
 
 def audit_files(client: httpx.Client, files: dict[str, str]) -> Timing:
@@ -70,7 +76,33 @@ def audit_files(client: httpx.Client, files: dict[str, str]) -> Timing:
         raise RuntimeError(f"audit {audit_id} ended {state}")
     status = client.get(f"/v1/audits/{audit_id}").json()
     started, finished = status["started_at"], status["finished_at"]
-    return Timing(seen - submitted, started - submitted, finished - started, seen - finished)
+    return Timing(
+        seen - submitted, started - submitted, finished - started, seen - finished, audit_id
+    )
+
+
+def report_of(client: httpx.Client, audit_id: str) -> dict[str, Any]:
+    """The audit's JSON report without its provenance (its id, times, whether it was reused):
+    what two audits of the same code must agree on."""
+    answer = client.get(f"/v1/audits/{audit_id}/report", params={"format": "json"})
+    answer.raise_for_status()
+    report: dict[str, Any] = answer.json()
+    report.pop("provenance", None)
+    return report
+
+
+def differences(expected: dict[str, Any], got: dict[str, Any]) -> str:
+    """'' when the reports agree, else what differs (the findings' rules and places first)."""
+    if got == expected:
+        return ""
+    if got.get("findings") != expected.get("findings"):
+
+        def places(report: dict[str, Any]) -> list[str]:
+            return [f"{f['rule']}@{f['file']}:{f['line']}" for f in report.get("findings", [])]
+
+        return f"findings {places(got)} instead of {places(expected)}"
+    keys = sorted(k for k in {*expected, *got} if expected.get(k) != got.get(k))
+    return f"the report differs in {', '.join(keys)}"
 
 
 def audit_example(client: httpx.Client, example: Path) -> Timing:
@@ -156,23 +188,37 @@ def cpu_line(
     )
 
 
-def single_audits(args: argparse.Namespace) -> tuple[float, float]:
-    """Each example alone, then each again; the mean time of each round."""
+def single_audits(
+    args: argparse.Namespace,
+) -> tuple[float, float, dict[Path, dict[str, Any]], list[str]]:
+    """Each example alone, then each again: the mean time of each round, the first round's
+    reports (what every later audit of the example must report) and what went wrong."""
     with fresh_server(args) as (server, client):
         rounds = []
+        expected: dict[Path, dict[str, Any]] = {}
+        errors: list[str] = []
         for name in ("first", "second"):
             cpu, started = Cpu(server), time.perf_counter()
-            times = [audit_example(client, example).total for example in EXAMPLES]
+            timings = [audit_example(client, example) for example in EXAMPLES]
             elapsed = time.perf_counter() - started
+            times = [t.total for t in timings]
+            for example, timing in zip(EXAMPLES, timings, strict=True):
+                report = report_of(client, timing.audit_id)
+                expected.setdefault(example, report)
+                if problem := differences(expected[example], report):
+                    errors.append(f"{name} audit of {example.name}: {problem}")
             alone = ", ".join(f"{e.stem} {t:.2f}" for e, t in zip(EXAMPLES, times, strict=True))
             print(f"  {name} audit of each: {alone} s; mean {statistics.mean(times):.2f} s")
             print(f"    {cpu_line(*cpu.spent(), len(times), elapsed)}")
             rounds.append(statistics.mean(times))
-    return rounds[0], rounds[1]
+    return rounds[0], rounds[1], expected, errors
 
 
-def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
-    """The concurrent batch's p95 (and what went wrong)."""
+def batch(
+    args: argparse.Namespace, expected: dict[Path, dict[str, Any]]
+) -> tuple[float, list[str]]:
+    """The concurrent batch's p95 (and what went wrong: errors, and reports that differ from
+    the single audits' of the same example)."""
     with fresh_server(args) as (server, client):
         assert server.process is not None
         cpu = Cpu(server)
@@ -180,12 +226,17 @@ def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
         rss.start()
         errors: list[str] = []
         timings: list[Timing] = []
+        audited: list[tuple[Path, str]] = []
 
         def one(index: int) -> None:
+            example = EXAMPLES[index % len(EXAMPLES)]
             try:
-                timings.append(audit_example(client, EXAMPLES[index % len(EXAMPLES)]))
+                timing = audit_example(client, example)
             except Exception as err:
                 errors.append(f"{type(err).__name__}: {err}")
+                return
+            timings.append(timing)
+            audited.append((example, timing.audit_id))
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.audits) as pool:
@@ -193,6 +244,9 @@ def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
         elapsed = time.perf_counter() - started
         rss.stopped.set()
         server_cpu, audits_cpu, client_cpu = cpu.spent()
+        for example, audit_id in audited:  # once everything is measured
+            if problem := differences(expected[example], report_of(client, audit_id)):
+                errors.append(f"audit {audit_id} of {example.name}: {problem}")
     workers = args.audit_workers or "default"
     print(f"{args.audits} concurrent audits (fresh server), {workers} workers:")
     print(f"  throughput: {len(timings) / elapsed * 60:.1f} audits/min ({elapsed:.1f} s)")
@@ -204,7 +258,10 @@ def batch(args: argparse.Namespace) -> tuple[float, list[str]]:
         f"  {cpu_line(server_cpu, audits_cpu, client_cpu, args.audits, elapsed)} "
         f"on {psutil.cpu_count()} CPUs"
     )
-    print(f"  errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    if errors:
+        print(f"  errors: {len(errors)} (first: {errors[0]})")
+    else:
+        print(f"  errors: 0; {len(audited)} reports, each its example's single audit's")
     print(f"  peak RSS, server and workers: {rss.peak_mb:.0f} MiB")
     return (p95([t.total for t in timings]) if timings else float("nan")), errors
 
@@ -217,8 +274,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"result cache {args.cache}; one audit alone (fresh server):")
-    first, second = single_audits(args)
-    high, _errors = batch(args)
+    first, second, expected, single_errors = single_audits(args)
+    for error in single_errors:
+        print(f"  error: {error}")
+    high, errors = batch(args, expected)
     if args.cache == "off":
         print(f"p95 / mean single: {high / first:.1f}x (target <= 3x; every audit computes)")
     else:
@@ -227,6 +286,8 @@ def main() -> None:
             "a second (target <= 3x; the batch computes each example once)"
         )
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if single_errors or errors:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
