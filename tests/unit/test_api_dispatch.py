@@ -11,14 +11,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from torchdoctor.agent.audit import AuditChoices
+from torchdoctor.agent.models import (
+    AuditReport,
+    CoverageEntry,
+    Provenance,
+    Summary,
+    Target,
+    ToolInfo,
+)
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.event_batch import EventBatch
 from torchdoctor.api.executor import LocalExecutor
 from torchdoctor.api.models import AuditState
+from torchdoctor.api.reuse import keep, reuse_key
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.store.store import Store
 
@@ -121,3 +131,88 @@ def test_the_local_executor_tells_a_workers_end() -> None:
     assert ended.is_set()
     process.join()
     assert process.exitcode == 0
+
+
+def _report(audit_id: str) -> AuditReport:
+    return AuditReport(
+        tool=ToolInfo(version="0"),
+        target=Target(path=".", kind="folder"),
+        findings=[],
+        coverage=[CoverageEntry(item="1.1", verdict="pass", how="static")],
+        summary=Summary(
+            total=0, by_severity={}, by_point={}, by_status={}, coverage={}, files_audited=1
+        ),
+        provenance=Provenance(
+            python_version="3.11",
+            reasoner="offline",
+            audit_id=audit_id,
+            started_at="t",
+            duration_s=0,
+        ),
+    )
+
+
+def test_repeats_need_no_slot_they_are_claimed_while_every_slot_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two slots, both taken by the first two audits: the repeats queued behind the third
+    audit do not wait for a slot. A repeat of a running audit is parked at once; when that
+    audit ends with a kept result its repeats are finished, and a repeat of an already kept
+    audit is finished as soon as it is queued, all while the third audit still waits for a
+    slot (SQLite store, the result cache on disk)."""
+    monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCHDOCTOR_RESULT_CACHE", "1")
+    store, slots = _store(tmp_path), Slots()
+    dispatcher = Dispatcher(store, slots, lease_s=60, interval_s=30)
+    offline = AuditChoices(offline=True)
+    code = {"a": "import torch\nx = torch.ones(1)\n", "b": "import torch\ny = torch.zeros(2)\n"}
+
+    def submit(audit_id: str, text: str) -> None:
+        src = tmp_path / "audits" / audit_id / "src"
+        src.mkdir(parents=True)
+        (src / "train.py").write_text(text)
+        store.create_audit(audit_id, "acme", offline, str(src.parent))
+        time.sleep(0.01)  # claimed in submission order
+
+    def state(audit_id: str) -> AuditState:
+        record = store.get_audit(audit_id, None)
+        assert record is not None
+        return record.state
+
+    async def scenario() -> None:
+        for audit_id, text in [
+            ("a1", code["a"]),
+            ("b1", code["b"]),
+            ("c1", "import torch\nz = torch.eye(3)\n"),
+            ("a2", code["a"]),
+            ("b2", code["b"]),
+        ]:
+            submit(audit_id, text)
+        await dispatcher.tick()
+        assert slots.started == ["a1", "b1"]
+        assert state("c1") is AuditState.QUEUED  # it needs a slot: it waits for one
+        assert {a: state(a) for a in ("a2", "b2")} == {
+            "a2": AuditState.RUNNING,  # claimed, parked behind the audit it repeats
+            "b2": AuditState.RUNNING,
+        }
+        record = store.get_audit("a1", None)
+        assert record is not None
+        key = reuse_key(record)
+        assert key is not None
+        keep(key, _report("a1"), Path(record.workdir) / "src", [])
+        store.finish("a1", dispatcher.owner, AuditState.DONE, report="{}")
+        slots.started.remove("a1")
+        submit("a3", code["a"])  # a repeat of a kept audit, queued behind c1
+        submit("d1", "import torch\nw = torch.rand(4)\n")  # takes the freed slot first
+        assert store.claim_audit("d1", dispatcher.owner, lease_s=60)
+        slots.started.append("d1")
+        await dispatcher.tick()
+        assert state("a2") is AuditState.DONE
+        assert state("a3") is AuditState.DONE
+        assert state("b2") is AuditState.RUNNING  # b1 still runs
+        assert state("c1") is AuditState.QUEUED
+        assert slots.started == ["b1", "d1"]
+        report = store.get_audit("a3", None)
+        assert report is not None and report.finished_at is not None
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -8,7 +8,9 @@ Store calls go to a thread. A tick also comes at once when a worker ends or an a
 submitted to this server (`wake`): under load a freed slot is not left idle until the next
 tick, which with sub-second audits would cost a sizeable share of the pool. An audit that
 repeats one already made (same bytes, same choices, `reuse`) is finished from its result
-without a worker, or parked without a slot until the one it repeats is done.
+without a worker, or parked without a slot until the one it repeats is done; such a repeat is
+claimed even while every slot is taken (it needs none), rather than waiting in the queue
+behind audits that do: under a batch of repeats, a finished audit's repeats end with it.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from contextlib import suppress
 from anyio import to_thread
 from starlette.requests import Request
 
+from torchdoctor.agent import result_cache
 from torchdoctor.api.executor import Executor
 from torchdoctor.api.models import AuditRecord
-from torchdoctor.api.reuse import finish_reused, kept, reuse_key
+from torchdoctor.api.reuse import KeptAudit, finish_reused, kept, reuse_key
 from torchdoctor.api.store.store import Store
 
 log = logging.getLogger("torchdoctor.api")
 MAX_WAITING = 64
 """Repeats one server parks at most (beyond, the rest stay queued for any server)."""
+MAX_REMEMBERED = 64
+"""Kept results a server holds in memory for their next repeats (each also stays on disk)."""
 
 
 class Dispatcher:
@@ -56,6 +61,12 @@ class Dispatcher:
         self._waiting: dict[str, str] = {}
         """Claimed repeats of a running leader -> its key (they hold no worker slot)."""
         self._not_kept: set[str] = set()
+        self._queued: dict[str, tuple[AuditRecord, str | None]] = {}
+        """Queued audits looked at for repeats -> their record and reuse key (each tree is
+        hashed once, however many ticks it stays queued)."""
+        self._remembered: dict[str, KeptAudit] = {}
+        """Kept results by key, read once for all their repeats (a key's result never
+        changes: it derives from the bytes the key names)."""
         executor.watch_ends(self._worker_ended)
 
     def _worker_ended(self) -> None:
@@ -92,38 +103,117 @@ class Dispatcher:
         for audit_id in [a for a in self._waiting if a not in held]:
             del self._waiting[audit_id]  # cancelled while it waited
         for audit_id, key in list(self._waiting.items()):
-            if key not in self._leaders.values() and self.executor.free_slots() > 0:
+            if key in self._leaders.values():
+                continue  # the audit it repeats still runs
+            if key not in self._not_kept:  # its leader kept a result: no slot needed
+                record = await to_thread.run_sync(self.store.get_audit, audit_id, None)
+                if record is None or await self._finished_from_kept(record, key):
+                    del self._waiting[audit_id]
+                    continue
+            if self.executor.free_slots() > 0:
                 del self._waiting[audit_id]
-                await self._take(audit_id)
+                await self._start(audit_id, key)
         while self.executor.free_slots() > 0 and len(self._waiting) < MAX_WAITING:
             claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
             if claimed is None:
                 break
             await self._take(claimed)
+        await self._take_repeats()
 
     async def _take(self, audit_id: str) -> None:
         """Finish a claimed audit from an identical one's kept result, or park it until the
         identical one it repeats has finished (it holds no worker slot meanwhile), or start
         it."""
         record, key = await to_thread.run_sync(self._record_and_key, audit_id)
-        if record is not None and key is not None and key not in self._not_kept:
-            if await to_thread.run_sync(self._finish_from_kept, record, key):
-                log.info("finished from an identical audit", extra={"audit_id": audit_id})
-                return
-            if key in self._leaders.values():
-                self._waiting[audit_id] = key
-                return
+        if record is None or not await self._reused(record, key):
+            await self._start(audit_id, key)
+
+    async def _reused(self, record: AuditRecord, key: str | None) -> bool:
+        """Whether a claimed audit needs no worker: finished from a kept result, or parked
+        behind the running audit it repeats."""
+        if key is None or key in self._not_kept:
+            return False
+        if await self._finished_from_kept(record, key):
+            return True
+        if key in self._leaders.values():
+            self._waiting[record.id] = key
+            return True
+        return False
+
+    async def _start(self, audit_id: str, key: str | None) -> None:
         await to_thread.run_sync(self.executor.start, audit_id, self.owner)
         if key is not None:
             self._leaders[audit_id] = key
         log.info("started", extra={"audit_id": audit_id})
 
+    async def _take_repeats(self) -> None:
+        """Claim the queued audits that repeat one kept or running here, whatever the free
+        slots: they need none, so they are finished (or parked) now instead of waiting in the
+        queue behind audits that need one. The others stay queued for any server."""
+        room = MAX_WAITING - len(self._waiting)
+        if room <= 0 or not result_cache.enabled():
+            return
+        leaders = frozenset(self._leaders.values())
+        repeats = await to_thread.run_sync(self._queued_repeats, leaders, room)
+        for record, key in repeats:
+            claimed = await to_thread.run_sync(
+                self.store.claim_audit, record.id, self.owner, self.lease_s
+            )
+            if not claimed:
+                continue  # taken by another server, or cancelled
+            self._queued.pop(record.id, None)
+            if not await self._reused(record, key):
+                self._waiting[record.id] = key  # its result is gone: run when a slot frees
+                self._not_kept.add(key)
+
+    def _queued_repeats(self, leaders: frozenset[str], limit: int) -> list[tuple[AuditRecord, str]]:
+        """The oldest queued audits (up to `limit`) whose key a running leader or a kept
+        result has (in a worker thread: it reads the store, and hashes a tree the first time
+        it sees it)."""
+        queued = self.store.queued_ids(MAX_WAITING)
+        self._queued = {a: self._queued[a] for a in queued if a in self._queued}
+        found: list[tuple[AuditRecord, str]] = []
+        for audit_id in queued:
+            if audit_id not in self._queued:
+                record, key = self._record_and_key(audit_id)
+                if record is None:
+                    continue
+                self._queued[audit_id] = (record, key)
+            record, key = self._queued[audit_id]
+            if key is None or key in self._not_kept:
+                continue
+            if key in leaders or self._kept(key) is not None:
+                found.append((record, key))
+                if len(found) >= limit:
+                    break
+        return found
+
     def _record_and_key(self, audit_id: str) -> tuple[AuditRecord | None, str | None]:
+        remembered = self._queued.get(audit_id)
+        if remembered is not None:
+            return remembered
         record = self.store.get_audit(audit_id, None)
         return record, reuse_key(record) if record is not None else None
 
+    def _kept(self, key: str) -> KeptAudit | None:
+        """The kept result of `key`, from memory once it was read."""
+        found = self._remembered.get(key)
+        if found is None:
+            found = kept(key)
+            if found is not None:
+                if len(self._remembered) >= MAX_REMEMBERED:
+                    self._remembered.pop(next(iter(self._remembered)))
+                self._remembered[key] = found
+        return found
+
+    async def _finished_from_kept(self, record: AuditRecord, key: str) -> bool:
+        if not await to_thread.run_sync(self._finish_from_kept, record, key):
+            return False
+        log.info("finished from an identical audit", extra={"audit_id": record.id})
+        return True
+
     def _finish_from_kept(self, record: AuditRecord, key: str) -> bool:
-        reused = kept(key)
+        reused = self._kept(key)
         if reused is None:
             return False
         finish_reused(self.store, record, self.owner, reused)
@@ -133,7 +223,7 @@ class Dispatcher:
     def _ended(self, key: str) -> None:
         """A leader ended: if it kept nothing (its run or reasoner may differ next time), its
         repeats run as they come rather than one after the other."""
-        if kept(key) is None:
+        if self._kept(key) is None:
             if len(self._not_kept) >= MAX_WAITING * 16:
                 self._not_kept.clear()
             self._not_kept.add(key)

@@ -95,6 +95,9 @@ _ORPHANED = (
 _CLAIMABLE = (
     select(_a.id).where(or_(_a.state == _QUEUED, _ORPHANED)).order_by(_a.created_at).limit(8)
 )
+_QUEUED_IDS = (
+    select(_a.id).where(_a.state == _QUEUED).order_by(_a.created_at).limit(bindparam("limit"))
+)
 _TAKE = (
     update(AUDITS)
     .where(_a.id == bindparam("audit_id"), or_(_a.state == _QUEUED, _ORPHANED))
@@ -302,13 +305,27 @@ class Store:
             candidates = connection.execute(_CLAIMABLE, {"now": now, "owner": owner}).scalars()
             ids: list[str] = list(candidates)
         for audit_id in ids:
-            taking = {"audit_id": audit_id, "owner": owner, "now": now, "until": now + lease_s}
-            with self.engine.begin() as connection:
-                if connection.execute(_TAKE, taking).rowcount == 1:
-                    running = _event_row(audit_id, "state", {"state": _RUNNING})
-                    connection.execute(_ADD_EVENTS, [running])
-                    return audit_id
+            if self.claim_audit(audit_id, owner, lease_s, now):
+                return audit_id
         return None
+
+    def queued_ids(self, limit: int) -> list[str]:
+        """The oldest queued audits' ids, oldest first (what `claim` would take next)."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(_QUEUED_IDS, {"limit": limit}).scalars())
+
+    def claim_audit(
+        self, audit_id: str, owner: str, lease_s: float, now: float | None = None
+    ) -> bool:
+        """Take this audit to run if it is still claimable (compare-and-set, as `claim`)."""
+        now = time.time() if now is None else now
+        taking = {"audit_id": audit_id, "owner": owner, "now": now, "until": now + lease_s}
+        with self.engine.begin() as connection:
+            if connection.execute(_TAKE, taking).rowcount != 1:
+                return False
+            running = _event_row(audit_id, "state", {"state": _RUNNING})
+            connection.execute(_ADD_EVENTS, [running])
+            return True
 
     def renew_leases(self, audit_ids: list[str], owner: str, lease_s: float) -> set[str]:
         """Extend the leases of the audits `owner` runs; the ids it still holds (a cancelled
