@@ -13,7 +13,9 @@ which cycles through the examples: throughput, p50/p95 time from submission to c
 where it went (queued, running, until the client saw the end), errors (target 0), the CPU
 spent by the server, by the audits and by this client (on the same cores), and the peak RSS of
 the server with its workers.
-Completion is seen on the audit's event stream, as `torchdoctor submit --wait` sees it.
+Completion is seen on the audit's event stream, as `torchdoctor submit --wait` sees it;
+where the time went is read from each audit's status once the batch is over (a read during the
+batch would compete with the audits still running).
 Every audit's report is then fetched (after the timings and CPU are taken) and checked against
 the first single audit of its example: the same report, its provenance (ids, times) aside; any
 difference counts as an error, and any error makes the benchmark exit non-zero.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,17 +54,29 @@ WARM_UP = "import torch\n\nprint(torch.zeros(1))\n"
 
 
 @dataclass
-class Timing:
+class Followed:
     """One audit, from the client's submission to the end it saw on the event stream."""
+
+    audit_id: str
+    submitted: float
+    seen: float
+
+    @property
+    def total(self) -> float:
+        return self.seen - self.submitted
+
+
+@dataclass
+class Timing:
+    """Where a followed audit's time went."""
 
     total: float
     queued: float  # submitted -> a worker started it
     running: float  # started -> its outcome recorded
     noticed: float  # recorded -> the client saw it
-    audit_id: str
 
 
-def audit_files(client: httpx.Client, files: dict[str, str]) -> Timing:
+def audit_files(client: httpx.Client, files: dict[str, str]) -> Followed:
     """Raises on any error."""
     submitted = time.time()
     answer = client.post("/v1/audits", json={"files": files, "options": {"offline": True}})
@@ -74,10 +89,18 @@ def audit_files(client: httpx.Client, files: dict[str, str]) -> Timing:
     seen = time.time()
     if state != "done":
         raise RuntimeError(f"audit {audit_id} ended {state}")
-    status = client.get(f"/v1/audits/{audit_id}").json()
+    return Followed(audit_id, submitted, seen)
+
+
+def timing(client: httpx.Client, followed: Followed) -> Timing:
+    """The audit's times as its status records them (read once it is over)."""
+    status = client.get(f"/v1/audits/{followed.audit_id}").json()
     started, finished = status["started_at"], status["finished_at"]
     return Timing(
-        seen - submitted, started - submitted, finished - started, seen - finished, audit_id
+        followed.total,
+        started - followed.submitted,
+        finished - started,
+        followed.seen - finished,
     )
 
 
@@ -105,13 +128,14 @@ def differences(expected: dict[str, Any], got: dict[str, Any]) -> str:
     return f"the report differs in {', '.join(keys)}"
 
 
-def audit_example(client: httpx.Client, example: Path) -> Timing:
+def audit_example(client: httpx.Client, example: Path) -> Followed:
     return audit_files(client, {example.name: example.read_text()})
 
 
 @contextlib.contextmanager
 def fresh_server(args: argparse.Namespace) -> Iterator[tuple[Server, httpx.Client]]:
-    """A server on new, empty state, its fork server booted by one throw-away audit."""
+    """A server on new, empty state, its fork server booted by one throw-away audit; the
+    state is removed once the server has stopped."""
     home = Path(tempfile.mkdtemp(prefix="td-api-load-"))
     settings = {
         "TORCHDOCTOR_MAX_RUNNING_PER_TENANT": str(args.audits),
@@ -129,6 +153,7 @@ def fresh_server(args: argparse.Namespace) -> Iterator[tuple[Server, httpx.Clien
         yield server, client
     finally:
         server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class Cpu:
@@ -199,11 +224,11 @@ def single_audits(
         errors: list[str] = []
         for name in ("first", "second"):
             cpu, started = Cpu(server), time.perf_counter()
-            timings = [audit_example(client, example) for example in EXAMPLES]
+            followed = [audit_example(client, example) for example in EXAMPLES]
             elapsed = time.perf_counter() - started
-            times = [t.total for t in timings]
-            for example, timing in zip(EXAMPLES, timings, strict=True):
-                report = report_of(client, timing.audit_id)
+            times = [f.total for f in followed]
+            for example, audit in zip(EXAMPLES, followed, strict=True):
+                report = report_of(client, audit.audit_id)
                 expected.setdefault(example, report)
                 if problem := differences(expected[example], report):
                     errors.append(f"{name} audit of {example.name}: {problem}")
@@ -225,18 +250,14 @@ def batch(
         rss = PeakRss(server.process.pid)
         rss.start()
         errors: list[str] = []
-        timings: list[Timing] = []
-        audited: list[tuple[Path, str]] = []
+        audited: list[tuple[Path, Followed]] = []
 
         def one(index: int) -> None:
             example = EXAMPLES[index % len(EXAMPLES)]
             try:
-                timing = audit_example(client, example)
+                audited.append((example, audit_example(client, example)))
             except Exception as err:
                 errors.append(f"{type(err).__name__}: {err}")
-                return
-            timings.append(timing)
-            audited.append((example, timing.audit_id))
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.audits) as pool:
@@ -244,9 +265,11 @@ def batch(
         elapsed = time.perf_counter() - started
         rss.stopped.set()
         server_cpu, audits_cpu, client_cpu = cpu.spent()
-        for example, audit_id in audited:  # once everything is measured
-            if problem := differences(expected[example], report_of(client, audit_id)):
-                errors.append(f"audit {audit_id} of {example.name}: {problem}")
+        timings: list[Timing] = []
+        for example, audit in audited:  # once everything is measured
+            timings.append(timing(client, audit))
+            if problem := differences(expected[example], report_of(client, audit.audit_id)):
+                errors.append(f"audit {audit.audit_id} of {example.name}: {problem}")
     workers = args.audit_workers or "default"
     print(f"{args.audits} concurrent audits (fresh server), {workers} workers:")
     print(f"  throughput: {len(timings) / elapsed * 60:.1f} audits/min ({elapsed:.1f} s)")

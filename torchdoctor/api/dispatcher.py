@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -65,6 +66,7 @@ class Dispatcher:
         """Queued audits looked at for repeats -> their record and reuse key (each tree is
         hashed once, however many ticks it stays queued)."""
         self._remembered: dict[str, KeptAudit] = {}
+        self._remembering = threading.Lock()
         """Kept results by key, read once for all their repeats (a key's result never
         changes: it derives from the bytes the key names)."""
         executor.watch_ends(self._worker_ended)
@@ -93,7 +95,7 @@ class Dispatcher:
     async def tick(self) -> None:
         running = self.executor.running()
         for audit_id in [a for a in self._leaders if a not in running]:
-            self._ended(self._leaders.pop(audit_id))
+            await to_thread.run_sync(self._ended, self._leaders.pop(audit_id))
         watched = [*running, *self._waiting]
         held = await to_thread.run_sync(self.store.renew_leases, watched, self.owner, self.lease_s)
         for audit_id in running:
@@ -102,22 +104,34 @@ class Dispatcher:
                 log.info("released (finished or cancelled)", extra={"audit_id": audit_id})
         for audit_id in [a for a in self._waiting if a not in held]:
             del self._waiting[audit_id]  # cancelled while it waited
+        # Free slots first: the next audit to start is what the queue waits on, while a
+        # repeat whose leader kept its result is finished just after, without a slot.
         for audit_id, key in list(self._waiting.items()):
-            if key in self._leaders.values():
-                continue  # the audit it repeats still runs
-            if key not in self._not_kept:  # its leader kept a result: no slot needed
-                record = await to_thread.run_sync(self.store.get_audit, audit_id, None)
-                if record is None or await self._finished_from_kept(record, key):
-                    del self._waiting[audit_id]
-                    continue
-            if self.executor.free_slots() > 0:
-                del self._waiting[audit_id]
+            if key in self._not_kept and key not in self._leaders.values():
+                if self.executor.free_slots() <= 0:
+                    break
+                del self._waiting[audit_id]  # claimed before the queue's: it goes first
                 await self._start(audit_id, key)
         while self.executor.free_slots() > 0 and len(self._waiting) < MAX_WAITING:
             claimed = await to_thread.run_sync(self.store.claim, self.owner, self.lease_s)
             if claimed is None:
                 break
             await self._take(claimed)
+        leaders = set(self._leaders.values())
+        ready = [
+            (audit_id, key)
+            for audit_id, key in self._waiting.items()
+            if key not in leaders and key not in self._not_kept
+        ]
+        # Together: each finish mostly waits on its ledger's fsync and its commit.
+        finished = await asyncio.gather(
+            *(to_thread.run_sync(self._finish_parked, audit_id, key) for audit_id, key in ready)
+        )
+        for (audit_id, key), done in zip(ready, finished, strict=True):
+            if done:
+                del self._waiting[audit_id]
+            else:
+                self._not_kept.add(key)  # its result is gone: it runs when a slot frees
         await self._take_repeats()
 
     async def _take(self, audit_id: str) -> None:
@@ -196,15 +210,28 @@ class Dispatcher:
         return record, reuse_key(record) if record is not None else None
 
     def _kept(self, key: str) -> KeptAudit | None:
-        """The kept result of `key`, from memory once it was read."""
-        found = self._remembered.get(key)
+        """The kept result of `key`, from memory once it was read (from any thread)."""
+        with self._remembering:
+            found = self._remembered.get(key)
         if found is None:
             found = kept(key)
             if found is not None:
-                if len(self._remembered) >= MAX_REMEMBERED:
-                    self._remembered.pop(next(iter(self._remembered)))
-                self._remembered[key] = found
+                with self._remembering:
+                    if len(self._remembered) >= MAX_REMEMBERED:
+                        self._remembered.pop(next(iter(self._remembered)))
+                    self._remembered[key] = found
         return found
+
+    def _finish_parked(self, audit_id: str, key: str) -> bool:
+        """Finish a parked repeat from its leader's kept result (in a worker thread); False
+        when that result is gone."""
+        record = self.store.get_audit(audit_id, None)
+        if record is None:
+            return True  # nothing left to finish
+        if not self._finish_from_kept(record, key):
+            return False
+        log.info("finished from an identical audit", extra={"audit_id": audit_id})
+        return True
 
     async def _finished_from_kept(self, record: AuditRecord, key: str) -> bool:
         if not await to_thread.run_sync(self._finish_from_kept, record, key):
