@@ -226,16 +226,17 @@ def single_audits(
             cpu, started = Cpu(server), time.perf_counter()
             followed = [audit_example(client, example) for example in EXAMPLES]
             elapsed = time.perf_counter() - started
+            spent = cpu.spent()
             times = [f.total for f in followed]
+            alone = ", ".join(f"{e.stem} {t:.2f}" for e, t in zip(EXAMPLES, times, strict=True))
+            print(f"  {name} audit of each: {alone} s; mean {statistics.mean(times):.2f} s")
+            print(f"    {cpu_line(*spent, len(times), elapsed)}")
+            rounds.append(statistics.mean(times))
             for example, audit in zip(EXAMPLES, followed, strict=True):
                 report = report_of(client, audit.audit_id)
                 expected.setdefault(example, report)
                 if problem := differences(expected[example], report):
                     errors.append(f"{name} audit of {example.name}: {problem}")
-            alone = ", ".join(f"{e.stem} {t:.2f}" for e, t in zip(EXAMPLES, times, strict=True))
-            print(f"  {name} audit of each: {alone} s; mean {statistics.mean(times):.2f} s")
-            print(f"    {cpu_line(*cpu.spent(), len(times), elapsed)}")
-            rounds.append(statistics.mean(times))
     return rounds[0], rounds[1], expected, errors
 
 
