@@ -24,6 +24,7 @@ from torchdoctor.agent.models import (
     Target,
     ToolInfo,
 )
+from torchdoctor.api import dispatcher as dispatcher_module
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.event_batch import EventBatch
 from torchdoctor.api.executor import LocalExecutor
@@ -216,3 +217,36 @@ def test_repeats_need_no_slot_they_are_claimed_while_every_slot_is_taken(
         assert report is not None and report.finished_at is not None
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_tick_hashes_few_queued_trees_when_hashing_takes_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued trees are hashed (to find repeats) within a per-tick budget, at least one a
+    tick: a long queue of large uploads does not hold up the tick that fills a freed slot."""
+    monkeypatch.setenv("TORCHDOCTOR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCHDOCTOR_RESULT_CACHE", "1")
+    monkeypatch.setattr(dispatcher_module, "HASHING_PER_TICK_S", 0.0)
+    store, slots = _store(tmp_path), Slots()
+    dispatcher = Dispatcher(store, slots, lease_s=60, interval_s=30)
+    for n, audit_id in enumerate(["a1", "b1", "a2", "a3", "a4"]):
+        src = tmp_path / "audits" / audit_id / "src"
+        src.mkdir(parents=True)
+        text = "import torch\nx = torch.ones(1)\n" if audit_id[0] == "a" else f"y = {n}\n"
+        (src / "train.py").write_text(text)
+        store.create_audit(audit_id, "acme", AuditChoices(offline=True), str(src.parent))
+        time.sleep(0.01)
+
+    def parked() -> list[str]:
+        records = [store.get_audit(a, None) for a in ("a2", "a3", "a4")]
+        return [r.id for r in records if r is not None and r.state is AuditState.RUNNING]
+
+    async def scenario() -> list[list[str]]:
+        seen = []
+        for _ in range(3):
+            await dispatcher.tick()
+            seen.append(parked())
+        return seen
+
+    assert asyncio.run(scenario()) == [["a2"], ["a2", "a3"], ["a2", "a3", "a4"]]
+    assert slots.started == ["a1", "b1"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -34,6 +35,9 @@ from torchdoctor.api.store.store import Store
 log = logging.getLogger("torchdoctor.api")
 MAX_WAITING = 64
 """Repeats one server parks at most (beyond, the rest stay queued for any server)."""
+HASHING_PER_TICK_S = 0.05
+"""How long one tick may spend hashing queued trees it has not seen (large uploads take
+longer), so that a worker's end is not left waiting behind it."""
 MAX_REMEMBERED = 64
 """Kept results a server holds in memory for their next repeats (each also stays on disk)."""
 
@@ -187,8 +191,12 @@ class Dispatcher:
         queued = self.store.queued_ids(MAX_WAITING)
         self._queued = {a: self._queued[a] for a in queued if a in self._queued}
         found: list[tuple[AuditRecord, str]] = []
+        hashing_until, hashed = time.monotonic() + HASHING_PER_TICK_S, 0
         for audit_id in queued:
             if audit_id not in self._queued:
+                if hashed and time.monotonic() > hashing_until:
+                    continue  # looked at in a later tick: this one has other work to do
+                hashed += 1
                 record, key = self._record_and_key(audit_id)
                 if record is None:
                     continue
