@@ -24,12 +24,12 @@ def size_kind(name: str) -> str:
     return "hidden size" if last in _HIDDEN else ""
 
 
-def int_bindings(
-    ctx: ModuleContext, wanted: Callable[[str], bool] = lambda name: bool(size_kind(name))
-) -> list[tuple[ast.AST, str, int]]:
-    """(node, name, value) for every int literal bound to a `wanted` name, attribute, keyword
-    or dict key."""
-    found: list[tuple[ast.AST, str, int]] = []
+def bindings(
+    ctx: ModuleContext, wanted: Callable[[str], bool]
+) -> list[tuple[ast.AST, str, ast.expr | None]]:
+    """(node, name, value) for every value bound to a `wanted` name, attribute, keyword or
+    dict key."""
+    found: list[tuple[ast.AST, str, ast.expr | None]] = []
     kinds = (ast.Assign, ast.AnnAssign, ast.keyword, ast.Dict)
     for node in nodes_of(ctx, *kinds):
         pairs: list[tuple[str, ast.expr | None]] = []
@@ -51,10 +51,17 @@ def int_bindings(
                 for k, v in zip(node.keys, node.values, strict=True)
                 if isinstance(k, ast.Constant) and isinstance(k.value, str)
             ]
-        for name, value in pairs:
-            if isinstance(value, ast.Constant) and type(value.value) is int and wanted(name):
-                found.append((node, name, value.value))
+        found += [(node, name, value) for name, value in pairs if wanted(name)]
     return found
+
+
+def int_bindings(ctx: ModuleContext) -> list[tuple[ast.AST, str, int]]:
+    """(node, name, value) for every int literal bound to a vocabulary or hidden size."""
+    return [
+        (node, name, value.value)
+        for node, name, value in bindings(ctx, lambda name: bool(size_kind(name)))
+        if isinstance(value, ast.Constant) and type(value.value) is int
+    ]
 
 
 class DimNotMultipleOf64(Rule):

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import nn_layer, uses_cuda
-from torchdoctor.agent.checks.rules.dim_not_multiple_of_64 import MULTIPLE, int_bindings
+from torchdoctor.agent.checks.rules.dim_not_multiple_of_64 import MULTIPLE, bindings
 from torchdoctor.agent.models import Severity
 
 _MIN_ROWS = 1000
@@ -51,8 +51,8 @@ def _parameter_default(ctx: ModuleContext, node: ast.AST, name: str) -> int | No
 
 def _rows(ctx: ModuleContext, layer: ast.Call, out: ast.expr) -> int | None:
     """The layer's output count when this module shows it unaligned: an int literal, or a
-    vocabulary-named value (`config.vocab_size`, `ntoken`) the module binds to one or that is
-    a parameter of the constructor with such a default."""
+    vocabulary-named value (`config.vocab_size`, `ntoken`) that is a parameter of the
+    constructor with such a default, or that the module binds only to such literals."""
     if isinstance(out, ast.Constant) and type(out.value) is int:
         return out.value if _unaligned(out.value) else None
     if not isinstance(out, ast.Name | ast.Attribute):
@@ -64,11 +64,16 @@ def _rows(ctx: ModuleContext, layer: ast.Call, out: ast.expr) -> int | None:
         default = _parameter_default(ctx, layer, out.id)
         if default is not None:
             return default if _unaligned(default) else None
+    # every value the module gives that name must be a literal and unaligned: a config built
+    # with `vocab_size=50304` or `vocab_size=num_vocab` elsewhere may be the one trained
     last = name.rsplit(".", 1)[-1]
-    for _, bound, value in int_bindings(ctx, _vocabulary_name):
-        if bound.rsplit(".", 1)[-1] == last and _unaligned(value):
-            return value
-    return None
+    values = [
+        v for _, bound, v in bindings(ctx, _vocabulary_name) if bound.rsplit(".", 1)[-1] == last
+    ]
+    rows = [v.value for v in values if isinstance(v, ast.Constant) and type(v.value) is int]
+    if not values or len(rows) != len(values) or not all(_unaligned(r) for r in rows):
+        return None
+    return rows[0]
 
 
 def _enclosing_class(ctx: ModuleContext, node: ast.AST) -> ast.ClassDef | None:
@@ -113,7 +118,9 @@ class OutputProjectionUnaligned(Rule):
     values on whole tensor-core tiles without changing any parameter or checkpoint shape.
 
     Not reported: row counts that are multiples of 8 (ImageNet's 1000 classes), sizes the
-    module does not show (`len(tokenizer)`, an argument never bound to a literal), layers
+    module does not show (`len(tokenizer)`, an argument never bound to a literal) or also
+    binds to an aligned or computed value (a config default of 50257 trained as
+    `GPTConfig(vocab_size=50304)`), layers
     called from outside their class or with keywords, and scripts that never use CUDA.
 
     Example:
