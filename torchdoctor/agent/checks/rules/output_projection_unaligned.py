@@ -64,14 +64,16 @@ def _rows(ctx: ModuleContext, layer: ast.Call, out: ast.expr) -> int | None:
         default = _parameter_default(ctx, layer, out.id)
         if default is not None:
             return default if _unaligned(default) else None
-    # every value the module gives that name must be a literal and unaligned: a config built
-    # with `vocab_size=50304` or `vocab_size=num_vocab` elsewhere may be the one trained
+    # every value the module gives that name must be a literal, and the real-sized ones
+    # unaligned: a config built with `vocab_size=50304` or `vocab_size=num_vocab` elsewhere
+    # may be the one trained; one under 1000 is a smoke-test config (`vocab_size=512`)
     last = name.rsplit(".", 1)[-1]
     values = [
         v for _, bound, v in bindings(ctx, _vocabulary_name) if bound.rsplit(".", 1)[-1] == last
     ]
-    rows = [v.value for v in values if isinstance(v, ast.Constant) and type(v.value) is int]
-    if not values or len(rows) != len(values) or not all(_unaligned(r) for r in rows):
+    literals = [v.value for v in values if isinstance(v, ast.Constant) and type(v.value) is int]
+    rows = [r for r in literals if r >= _MIN_ROWS]
+    if len(literals) != len(values) or not rows or not all(_unaligned(r) for r in rows):
         return None
     return rows[0]
 
