@@ -51,6 +51,8 @@ class AccumulationStepInverted(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.For | ast.AsyncFor | ast.While)
+        if not _module_has_guard(ctx):
+            return  # no `if` of the module tests for a non-multiple: no loop holds a guard
         guards = [
             stmt
             for stmt in walk_scope(node.body)
@@ -79,6 +81,18 @@ class AccumulationStepInverted(Rule):
                 f"every batch and skips the one where accumulation should end; step when "
                 f"`{ast.unparse(modulo)} == 0`",
             )
+
+
+def _module_has_guard(ctx: ModuleContext) -> bool:
+    """Some `if` of the module tests `_not_multiple` (the walk's index is complete when
+    visits run; answered once per module)."""
+    memo = ctx.memo_table("accumulation_step_inverted.has_guard")
+    if "" not in memo:
+        memo[""] = any(
+            isinstance(branch, ast.If) and _not_multiple(branch.test) is not None
+            for branch in ctx.nodes_by_type().get(ast.If, ())
+        )
+    return bool(memo[""])
 
 
 def _not_multiple(test: ast.expr) -> ast.BinOp | None:

@@ -52,17 +52,26 @@ class AliasMutatedInPlace(Rule):
             return
         # only functions that hold a plain `a = b` are walked (few do)
         holders: dict[int, ast.FunctionDef] = {}
+        paired: dict[int, set[str]] = {}  # the names of each holder's alias pairs
         for assign in ctx.flow.nodes(ast.Assign):
+            target = assign.targets[0]
             if (
                 len(assign.targets) == 1
-                and isinstance(assign.targets[0], ast.Name)
+                and isinstance(target, ast.Name)
                 and isinstance(assign.value, ast.Name)
             ):
                 fn = ctx.enclosing_function(assign)
                 if isinstance(fn, ast.FunctionDef):
                     holders.setdefault(id(fn), fn)
-        for fn in holders.values():
-            self._check_function(ctx, fn)
+                    paired.setdefault(id(fn), set()).update((target.id, assign.value.id))
+        if not holders:
+            return
+        # and of those, only the ones where a name of a pair is written in place somewhere in
+        # the module (a finding needs such a write in the function): few are
+        written = _written_names(ctx)
+        for key, fn in holders.items():
+            if not paired[key].isdisjoint(written):
+                self._check_function(ctx, fn)
 
     def _check_function(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
         nodes = list(walk_scope(fn.body))
@@ -152,3 +161,18 @@ def _statement(ctx: ModuleContext, node: ast.AST) -> ast.AST:
             return current
         current = parent
     return current
+
+
+def _written_names(ctx: ModuleContext) -> set[str]:
+    """Every name the module writes into (`name[...] = ...` and the like, an in-place method
+    called on it): the writes `_check_function` counts are among them."""
+    found = {
+        node.value.id
+        for node in ctx.flow.nodes(ast.Subscript)
+        if isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name)
+    }
+    for call in ctx.flow.nodes(ast.Call):
+        write = inplace_write(call)
+        if write is not None:
+            found.add(write[0])
+    return found

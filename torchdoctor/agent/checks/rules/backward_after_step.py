@@ -61,6 +61,8 @@ class BackwardAfterStep(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        if "backward" not in ctx.source or "step" not in ctx.source:
+            return  # a finding needs a `.backward()` (or `.manual_backward()`) and a `.step()`
         steps: list[ast.Call] = []
         backwards: list[tuple[ast.Call, ast.Name]] = []
         for sub in walk_scope(node.body):

@@ -201,7 +201,11 @@ class DeviceMismatchFactoryInForward(Rule):
 def _functions_with_dtype_copies(ctx: ModuleContext) -> set[int]:
     """The module-level functions (ids) holding a `dtype=<name>.dtype` keyword anywhere: the
     only ones `_check_dtype_copies` can report in (it needs that keyword on a factory call),
-    found from the walk's keywords instead of walking every function's body."""
+    found from the walk's keywords instead of walking every function's body (memoised: the
+    check and `applies` both ask)."""
+    memo = ctx.memo_table("device_mismatch.dtype_copies")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
     found: set[int] = set()
     tree = ctx.tree
     for keyword in ctx.nodes_by_type().get(ast.keyword, ()):
@@ -220,13 +224,15 @@ def _functions_with_dtype_copies(ctx: ModuleContext) -> set[int]:
             node, parent = parent, ctx.parents.get(parent)
         if parent is tree:
             found.add(id(node))
+    memo[""] = found
     return found
 
 
 def _copies_a_dtype(ctx: ModuleContext) -> bool:
     """A module-level function builds a tensor with `dtype=<its parameter>.dtype`."""
+    copying = _functions_with_dtype_copies(ctx)
     for fn in ctx.tree.body:
-        if isinstance(fn, ast.FunctionDef):
+        if isinstance(fn, ast.FunctionDef) and id(fn) in copying:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
             if any(
                 isinstance(n, ast.Call) and _dtype_source(n) in params for n in walk_scope(fn.body)

@@ -57,10 +57,15 @@ class TargetNetworkNotSynced(Rule):
         return not is_test_module(ctx.path) and any(w in lowered for w in _LAGGING)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx) or not any(_lagging_copy(n) for n in nodes_of(ctx, ast.Assign)):
+        if not self.applies(ctx):
             return
-        bodies: list[list[ast.stmt]] = [ctx.tree.body]
-        bodies += [fn.body for fn in ctx.flow.nodes(ast.FunctionDef)]
+        copies = [n for n in nodes_of(ctx, ast.Assign) if _lagging_copy(n)]
+        if not copies:
+            return
+        # a report is at one of these copies: only the bodies whose walk reaches one
+        holding = {id(_scope_of(ctx, copy)) for copy in copies}
+        bodies: list[list[ast.stmt]] = [ctx.tree.body] if id(ctx.tree) in holding else []
+        bodies += [fn.body for fn in ctx.flow.nodes(ast.FunctionDef) if id(fn) in holding]
         for body in bodies:
             self._check_body(ctx, body)
 
@@ -85,6 +90,18 @@ class TargetNetworkNotSynced(Rule):
                 f"state_dict())` (or build it with copy.deepcopy({lag}))",
                 data={"copy": copy, "source": lag},
             )
+
+
+def _scope_of(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
+    """The innermost function, class, lambda or module around `node`: `walk_scope` of the
+    body of a function (or of the module) reaches `node` only when that is the function."""
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, _SCOPES):
+            return anc
+    return None
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.Module)
 
 
 def _lagging_copy(node: ast.AST) -> bool:
