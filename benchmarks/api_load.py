@@ -48,6 +48,7 @@ import httpx
 import psutil
 
 from tests.api.server import Server, events
+from torchdoctor.agent.cpus import usable_cpus
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 WARM_UP = "import torch\n\nprint(torch.zeros(1))\n"
@@ -280,7 +281,7 @@ def batch(
             print(f"  {part:>8}: p50 {statistics.median(values):.2f} s, p95 {p95(values):.2f} s")
     print(
         f"  {cpu_line(server_cpu, audits_cpu, client_cpu, args.audits, elapsed)} "
-        f"on {psutil.cpu_count()} CPUs"
+        f"on {usable_cpus()} usable CPUs"
     )
     if errors:
         print(f"  errors: {len(errors)} (first: {errors[0]})")
