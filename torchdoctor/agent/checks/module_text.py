@@ -36,16 +36,20 @@ class ModuleText(str):
         return self
 
     def __contains__(self, token: object, /) -> bool:
+        try:
+            found: bool | None = self._found.get(token)  # type: ignore[call-overload]
+        except TypeError:  # unhashable: str's own TypeError
+            return str.__contains__(self, token)  # type: ignore[operator]
+        if found is not None:  # asked before: about half of the asks
+            return found
         if not isinstance(token, str):
             return str.__contains__(self, token)  # type: ignore[operator]  # str's TypeError
-        found = self._found.get(token)
-        if found is None:
-            whole, words = _PLANS.get(token) or _plan(token)
-            if whole is not None:  # one word: most gates (inlined: rules ask ~180 a module)
-                found = whole in (self._vocabulary or self._words())
-            else:
-                found = self._search(token, words)
-            self._found[token] = found
+        whole, words = _PLANS.get(token) or _plan(token)
+        if whole is not None:  # one word: most gates (inlined: rules ask ~180 a module)
+            found = whole in (self._vocabulary or self._words())
+        else:
+            found = self._search(token, words)
+        self._found[token] = found
         return found
 
     def has_word(self, word: str) -> bool:
@@ -65,8 +69,9 @@ class ModuleText(str):
         if not words:
             return str.__contains__(self, token)
         vocabulary = self._words()
-        if not all(word in vocabulary for word in words):
-            return False
+        for word in words:
+            if word not in vocabulary:
+                return False
         return len(words[0]) == len(token) or str.__contains__(self, token)
 
     def _words(self) -> bytes:

@@ -10,6 +10,7 @@ nor does it in a pytest module, whose loaders and evaluations are fixtures.
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import PurePath
 
 from torchdoctor.agent.checks.base import ModuleContext
@@ -47,9 +48,11 @@ def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:
     return not any(marker in text for marker in _LOADS_WEIGHTS)
 
 
+@lru_cache(maxsize=4096)
 def is_test_module(path: str) -> bool:
     """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's
-    `tests/convert/test_*.py`, LLMs-from-scratch's `tests/tests_rope_and_parts.py`)."""
+    `tests/convert/test_*.py`, LLMs-from-scratch's `tests/tests_rope_and_parts.py`).
+    Remembered per path: rules ask it of every module, some once per function."""
     parts = PurePath(path).parts
     name = parts[-1] if parts else ""
     if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":

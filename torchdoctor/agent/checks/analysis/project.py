@@ -14,6 +14,7 @@ import ast
 import re
 import sys
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -168,8 +169,10 @@ def _module_and_function(qualified: str) -> tuple[str, str]:
     return module, name
 
 
+@lru_cache(maxsize=4096)
 def module_name(path: str) -> str:
-    """`src/pkg/models.py` -> 'src.pkg.models'; `pkg/__init__.py` -> 'pkg'."""
+    """`src/pkg/models.py` -> 'src.pkg.models'; `pkg/__init__.py` -> 'pkg' (remembered per
+    path: asked of each module many times)."""
     parts = list(PurePosixPath(path).with_suffix("").parts)
     if parts and parts[-1] == "__init__":
         parts.pop()
@@ -979,7 +982,12 @@ def _last_layer_activation(ctx: ModuleContext, sequential: ast.expr) -> Output |
 
 def is_package_init(ctx: ModuleContext) -> bool:
     """A package's `__init__.py`: the names it re-exports are published whatever it holds."""
-    return PurePosixPath(ctx.path).name == "__init__.py"
+    return _named_init(ctx.path)
+
+
+@lru_cache(maxsize=4096)
+def _named_init(path: str) -> bool:
+    return PurePosixPath(path).name == "__init__.py"
 
 
 def publish(ctx: ModuleContext) -> None:
