@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import unified_diff
@@ -223,3 +224,90 @@ def test_a_combination_with_a_seeding_fix_repeats_without_the_harness_seed(
         [(amp, specs[amp.rule]), (codemod_finding("host-sync-in-step", 15), specs[amp.rule])],
     )
     assert not verifier.specs[0].unseeded_repeat
+
+
+# A tutorial-style script: a module ending in a sigmoid trained with BCELoss, the loss printed
+# with .item() every epoch. An earlier phase's seed fix inserts seven lines at the top, and a
+# later phase's analysis of that working copy reports the BCE call.
+SIGMOID_SCRIPT = """from torch import nn, optim
+import numpy as np
+
+x = np.zeros((4, 3), dtype=np.float32)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 1)
+        self.act = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+net = Net()
+criterion = nn.BCELoss()
+optimizer = optim.SGD(net.parameters(), lr=0.1)
+for epoch in range(5):
+    pred = net(x)
+    loss = criterion(pred, x[:, :1])
+    print(loss.item())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+SEEDED = SIGMOID_SCRIPT.replace(
+    "import numpy as np\n",
+    "import numpy as np\nimport random\nimport torch\n\ntorch.manual_seed(0)\n"
+    "random.seed(0)\nnp.random.seed(0)\n",
+)
+
+
+def _raw(rule: str, text: str) -> RawFinding:
+    from torchdoctor.agent.checks.engine import analyse_files
+
+    (result,) = analyse_files([("train.py", text)]).files
+    return next(raw for raw in result.findings if raw.rule == rule)
+
+
+def test_a_finding_on_the_working_copy_reads_as_on_the_users_file() -> None:
+    from torchdoctor.agent.fixes.combine import finding_on_original
+
+    on_copy = _raw("bce-on-sigmoid", SEEDED)
+    on_original = _raw("bce-on-sigmoid", SIGMOID_SCRIPT)
+    assert on_copy.line == on_original.line + 6  # the working copy's numbering differs
+
+    mapped = finding_on_original(on_copy, SEEDED, SIGMOID_SCRIPT)
+
+    assert mapped is not None
+    assert (mapped.line, mapped.end_line) == (on_original.line, on_original.end_line)
+    # the excerpt's numbers and the line the message names are the user's
+    assert mapped.excerpt == on_original.excerpt
+    assert mapped.message == on_original.message
+    assert f"> {on_original.line} |" in mapped.excerpt
+
+
+def test_excerpt_context_a_fix_inserted_is_not_shown_as_the_users_code() -> None:
+    from torchdoctor.agent.fixes.combine import finding_on_original
+
+    # the fix's lines sit right above the reported line, inside the excerpt's context
+    copy = SIGMOID_SCRIPT.replace(
+        "    print(loss.item())\n", "    torch.manual_seed(0)\n    print(loss.item())\n"
+    )
+    original_line = SIGMOID_SCRIPT.splitlines().index("    print(loss.item())") + 1
+    on_copy = _raw("host-sync-in-step", copy)
+
+    mapped = finding_on_original(on_copy, copy, SIGMOID_SCRIPT)
+
+    assert mapped is not None and mapped.line == original_line
+    assert "manual_seed" not in mapped.excerpt
+    assert f"> {original_line} |     print(loss.item())" in mapped.excerpt
+
+
+def test_a_finding_on_a_line_a_fix_wrote_has_no_place_on_the_users_file() -> None:
+    from torchdoctor.agent.fixes.combine import finding_on_original
+
+    copy = SIGMOID_SCRIPT.replace("    print(loss.item())\n", "    print(loss.item(), 1)\n")
+    on_copy = _raw("host-sync-in-step", copy)
+
+    assert finding_on_original(on_copy, copy, SIGMOID_SCRIPT) is None

@@ -580,7 +580,7 @@ def requests_on_copy(
 ) -> dict[int, Any]:
     """Every point's request computed on the working copy; findings' lines mapped back to the
     user's files (a finding inside code a fix wrote has no line there and is left out)."""
-    from torchdoctor.agent.fixes.combine import map_line
+    from torchdoctor.agent.fixes.combine import finding_on_original
 
     originals = {f.path: f.text for f in workspace.files}
     texts = [(path, working_copy.get(path, text)) for path, text in originals.items()]
@@ -593,13 +593,9 @@ def requests_on_copy(
     for result in static.files:
         if result.path not in working_copy:
             continue
-        kept = []
-        for raw in result.findings:
-            line = map_line(working_copy[result.path], originals[result.path], raw.line)
-            end = map_line(working_copy[result.path], originals[result.path], raw.end_line)
-            if line is not None:
-                kept.append(raw.model_copy(update={"line": line, "end_line": end or line}))
-        result.findings[:] = kept
+        copy, original = working_copy[result.path], originals[result.path]
+        mapped = (finding_on_original(raw, copy, original) for raw in result.findings)
+        result.findings[:] = [raw for raw in mapped if raw is not None]
     extra = [(e.point, e.evidence) for e in state.get("extra_evidence", [])]
     return split_by_point(workspace, static, state["config"].lang, extra_evidence=extra)
 

@@ -4,11 +4,13 @@ applies cleanly and still passes verification; a conflict or regression drops th
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.checks.base import RawFinding, numbered_excerpt
 from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
@@ -118,6 +120,56 @@ def map_line(before: str, after: str, line: int) -> int | None:
         if i1 <= line - 1 < i2:
             return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
     return None
+
+
+# "line 30", "lines 12, 14": the lines a rule's message names beside the reported one.
+_LINE_REFS = re.compile(r"\b(lines? )(\d+(?:, \d+)*)")
+_EXCERPT_ROW = re.compile(r"^([> ]) *(\d+) \| ")
+
+
+def finding_on_original(raw: RawFinding, copy: str, original: str) -> RawFinding | None:
+    """A finding made on a working copy (the text with earlier phases' fixes) as it reads on
+    the user's file: its lines, the numbered excerpt and the lines its message names are those
+    of `original`; None when the reported line was written by a fix."""
+    line = map_line(copy, original, raw.line)
+    if line is None:
+        return None
+    end = map_line(copy, original, raw.end_line) or line
+    lines = original.splitlines()
+
+    def mapped(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in match.group(2).split(", ")]
+        on_original = [map_line(copy, original, n) for n in numbers]
+        if any(n is None for n in on_original):
+            return match.group(0)
+        return match.group(1) + ", ".join(str(n) for n in on_original)
+
+    return raw.model_copy(
+        update={
+            "line": line,
+            "end_line": max(end, line),
+            "message": _LINE_REFS.sub(mapped, raw.message),
+            "excerpt": _excerpt_on_original(raw, copy, original, lines, line, max(end, line)),
+        }
+    )
+
+
+def _excerpt_on_original(
+    raw: RawFinding, copy: str, original: str, lines: list[str], line: int, end: int
+) -> str:
+    """The excerpt's marked lines and context, numbered and read from the original (context a
+    fix inserted is not shown as the user's code)."""
+    if not raw.excerpt:
+        return raw.excerpt
+    rows = [m for m in map(_EXCERPT_ROW.match, raw.excerpt.splitlines()) if m]
+    marked = [int(m.group(2)) for m in rows if m.group(1) == ">"]
+    if marked:
+        first = map_line(copy, original, marked[0])
+        last = map_line(copy, original, marked[-1])
+        if first is not None and last is not None and first <= last:
+            context = max(marked[0] - int(rows[0].group(2)), int(rows[-1].group(2)) - marked[-1])
+            return numbered_excerpt(lines, first, last, context)
+    return numbered_excerpt(lines, line, min(end, line + 6))
 
 
 def combined_diff(root: Path, texts: dict[str, str]) -> str:
