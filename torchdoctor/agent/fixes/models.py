@@ -96,6 +96,8 @@ class SmokeRun(_Model):
     executed_lines: dict[str, list[int]] = Field(default_factory=dict)
     """Lines of the traced files (the patched ones) that the run executed."""
     stopped_in_loop: bool = False
+    cuda_available: bool | None = None
+    """Whether the run's process saw a CUDA device (None: not known)."""
     """The harness stopped the script inside its last counted step (an optimizer step, or a
     forward pass of an inference script): nothing after the loop ran."""
 

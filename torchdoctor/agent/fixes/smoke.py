@@ -94,4 +94,5 @@ def smoke_run_from_evidence(
         signals=signals,
         executed_lines=dict(evidence.executed_lines),
         stopped_in_loop=outcome.kind == "completed-steps",
+        cuda_available=evidence.device.cuda_available,
     )

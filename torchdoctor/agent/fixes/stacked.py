@@ -18,7 +18,7 @@ from torchdoctor.agent.fixes.combine import merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import PatchError, unified_diff
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.time_budget import TimeBudget
-from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.verify import CUDA_ONLY_WITHOUT_CUDA, Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.models import Finding, Status, Verification
 
@@ -36,8 +36,8 @@ def retry_candidates(findings: list[Finding]) -> list[Finding]:
             or codemod.kind is not FixKind.PERFORMANCE
         ):
             continue
-        failed = [v.step for v in fix.verification if not v.ok]
-        if failed == ["speed-up"]:
+        failed = [v for v in fix.verification if not v.ok]
+        if [v.step for v in failed] == ["speed-up"] and failed[0].detail != CUDA_ONLY_WITHOUT_CUDA:
             out.append(finding)
     return out
 

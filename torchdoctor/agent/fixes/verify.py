@@ -44,6 +44,11 @@ from torchdoctor.agent.models import Severity, Verification
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"
+CUDA_ONLY_WITHOUT_CUDA = (
+    "not timed: the change takes effect only where CUDA is available and the run had no "
+    "CUDA device, so the step times of both versions run the same code (any difference is "
+    "noise); audit on a GPU to time it"
+)
 FINISH_STEPS = 1_000_000
 """Harness steps of a run left to finish: more than any run command asks for, so the script
 ends by itself (the run's time budget still bounds it)."""
@@ -64,6 +69,7 @@ class FixSpec:
     symptom: Symptom
     unseeded_repeat: bool = False
     extra_memory_mb: int = 0
+    cuda_only: bool = False
 
     @classmethod
     def of(cls, codemod: Codemod) -> FixSpec:
@@ -73,6 +79,7 @@ class FixSpec:
             symptom=codemod.symptom_gone,
             unseeded_repeat=codemod.reproducibility,
             extra_memory_mb=codemod.extra_host_memory_mb,
+            cuda_only=codemod.cuda_only,
         )
 
     @property
@@ -381,6 +388,8 @@ class Verifier:
         """Interleaved timing runs until the bootstrapped interval of the gain decides, at
         least `timing_runs` per side and at most `max_timing_runs`."""
         assert self.runner is not None and self.run_command is not None
+        if spec.cuda_only and after.cuda_available is False:
+            return Verification(step="speed-up", ok=False, detail=CUDA_ONLY_WITHOUT_CUDA)
         before_runs = [list(self.baseline().step_times_s)]
         after_runs = [list(after.step_times_s)]
         result: SpeedUp | None = None

@@ -40,6 +40,10 @@ class Codemod:
     """Judged by two runs without the harness's seed: only the script's seeding can match."""
     extra_host_memory_mb: ClassVar[int] = 0
     """Host memory the fix's runs need beyond the script's limit (compiler workers)."""
+    cuda_only: ClassVar[bool] = False
+    """The change takes effect only where CUDA is available (a flag or keyword CPU runs
+    ignore, an autocast enabled by a CUDA query): a run without CUDA cannot time it, and a
+    difference measured there is noise."""
     relieves: ClassVar[str | None] = None
     """The baseline run's signal (a share of step time) that this fix takes away: measured
     large, the fix is verified first in its phase (`fix_order`)."""

@@ -16,6 +16,7 @@ class CudnnBenchmarkOffFix(Codemod):
 
     rule = "cudnn-benchmark-off"
     kind = FixKind.PERFORMANCE
+    cuda_only = True
     summary = "torch.backends.cudnn.benchmark = True"
     rtol = BF16_RTOL
 

@@ -35,6 +35,7 @@ class NoAmpFix(Codemod):
 
     rule = "no-amp"
     kind = FixKind.PERFORMANCE
+    cuda_only = True
     summary = "bf16 torch.autocast around forward and loss"
     rtol = BF16_RTOL
 

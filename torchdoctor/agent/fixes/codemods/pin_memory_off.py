@@ -27,6 +27,7 @@ class PinMemoryOffFix(Codemod):
 
     rule = "pin-memory-off"
     kind = FixKind.PERFORMANCE
+    cuda_only = True
     summary = (
         "DataLoader(pin_memory=torch.cuda.is_available()); batch.to(device, non_blocking=True)"
     )

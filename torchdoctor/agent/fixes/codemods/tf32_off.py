@@ -15,6 +15,7 @@ class Tf32OffFix(Codemod):
 
     rule = "tf32-off"
     kind = FixKind.PERFORMANCE
+    cuda_only = True
     summary = 'torch.set_float32_matmul_precision("high")'
     rtol = BF16_RTOL
 

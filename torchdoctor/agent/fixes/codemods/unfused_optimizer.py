@@ -27,6 +27,7 @@ class UnfusedOptimizerFix(Codemod):
 
     rule = "unfused-optimizer"
     kind = FixKind.PERFORMANCE
+    cuda_only = True
     summary = "fused=torch.cuda.is_available() on the optimizer"
     rtol = FUSED_RTOL
     overhead = True
