@@ -158,6 +158,8 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
 
     Constructor calls (`Net()`, capitalised names) are not model calls.
     """
+    if not may_run_models(ctx):
+        return
     memo = ctx.memo_table("patterns.model_calls")
     for node in _named_calls(ctx, body):
         found = memo.get(id(node))
@@ -165,6 +167,44 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
             found = memo[id(node)] = _runs_a_model(ctx, node)
         if found:
             yield node
+
+
+_MODEL_WORDS = (
+    "model",
+    "net",
+    "encoder",
+    "decoder",
+    "classifier",
+    "backbone",
+    "generator",
+    "discriminator",
+    "policy",
+    "transformer",
+    "detector",
+    "segmenter",
+)
+"""A word of every name `_MODEL_NAME` matches, and of every model factory's qualified name
+(`timm.create_model`, `torchvision.models.*`, `transformers.*`), lower-cased."""
+
+
+def may_run_models(ctx: ModuleContext) -> bool:
+    """Whether a call of the module can run a model (`_runs_a_model`): its text names one
+    (`_MODEL_WORDS`), a `Sequential` or a `from_pretrained` loader, or it defines an
+    `nn.Module` class. A text that is not ASCII may spell names in characters the parser
+    normalises: not judged. Most modules of a library do none of these (two in three of
+    torch's own), and their loops need no walk for model calls."""
+    memo = ctx.memo_table("patterns.may_run_models")
+    if "" not in memo:
+        source = ctx.source
+        lowered = source.lower()
+        memo[""] = (
+            not source.isascii()
+            or any(word in lowered for word in _MODEL_WORDS)
+            or "Sequential" in source
+            or "from_pretrained" in source
+            or bool(module_classes(ctx))
+        )
+    return bool(memo[""])
 
 
 def _named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
