@@ -178,3 +178,25 @@ def test_removed_calls_whose_results_differ_are_left_to_a_human() -> None:
         fixed, refusal = _removed(line, name)
         assert fixed is None
         assert why in (refusal or ""), (line, refusal)
+
+
+def test_scalar_loss_indexed_fixes_the_indexing_its_finding_names() -> None:
+    # two losses read on one line of an old GAN's log: each is a finding of its own, and the
+    # fix of the second must not rewrite the first
+    source = "def log(step, d_loss, g_loss):\n    print(step, d_loss.data[0], g_loss.data[0])\n"
+    codemod = codemod_for("scalar-loss-indexed")
+    assert codemod is not None
+    target = FixTarget(
+        rule="scalar-loss-indexed",
+        file="m.py",
+        line=2,
+        end_line=2,
+        data={"indexed": "g_loss.data[0]"},
+    )
+    assert codemod.transform(source, target) == (
+        "def log(step, d_loss, g_loss):\n    print(step, d_loss.data[0], g_loss.item())\n"
+    )
+    first = target.model_copy(update={"data": {"indexed": "d_loss.data [0]"}})
+    assert codemod.transform(source, first) == (
+        "def log(step, d_loss, g_loss):\n    print(step, d_loss.item(), g_loss.data[0])\n"
+    )

@@ -12,15 +12,17 @@ from torchdoctor.agent.models import Severity
 
 class ScalarLossIndexed(Rule):
     """Detects indexing a reduced loss with `[0]`: `loss.data[0]`, or `loss[0]` where `loss`
-    comes from a torch loss (`nn.CrossEntropyLoss()(...)`, `F.nll_loss(...)`).
+    comes from a torch loss (`nn.CrossEntropyLoss()(...)`, `F.nll_loss(...)`), or from
+    arithmetic on such losses and numbers (`d_loss = d_loss_real + d_loss_fake`).
 
     Why it matters: since PyTorch 0.4 a mean- or sum-reduced loss is a 0-dim tensor, and
     indexing it raises `IndexError: invalid index of a 0-dim tensor`. Old training scripts die
     at their first log line, or in the evaluation function only, after a full epoch.
 
     Not reported: losses computed with `reduction='none'` (or `reduce=False`), whose result
-    is a vector, and `[0]` on the result of a project loss that is not known to be a torch
-    loss (detection losses return tuples: `loss, parts = criterion(...)` style).
+    is a vector, a sum with any term that is not such a loss (a penalty tensor), and `[0]`
+    on the result of a project loss that is not known to be a torch loss (detection losses
+    return tuples: `loss, parts = criterion(...)` style).
 
     Example:
         loss = criterion(output, target)
@@ -58,16 +60,48 @@ class ScalarLossIndexed(Rule):
             node,
             f"`{ast.unparse(node)}` indexes a reduced loss, a 0-dim tensor since PyTorch 0.4: "
             "this raises IndexError; use .item()",
+            data={"indexed": ast.unparse(node)},
         )
 
 
-def _reduced_loss(name: ast.Name, ctx: ModuleContext, through_data: bool) -> bool:
+def _reduced_loss(name: ast.Name, ctx: ModuleContext, through_data: bool, depth: int = 0) -> bool:
     """Every definition of `name` is a loss call that reduces (`.data[0]`: any loss callee;
-    a bare `[0]`: a torch loss only)."""
-    calls = [d for d in ctx.flow.definitions(name) if isinstance(d, ast.Call)]
-    if not calls or len(calls) != len(ctx.flow.definitions(name)):
+    a bare `[0]`: a torch loss only), or arithmetic on such losses and numbers (a GAN's
+    `d_loss = d_loss_real + d_loss_fake`, a weighted `loss = a + 0.5 * b`)."""
+    definitions = ctx.flow.definitions(name)
+    if not definitions:
         return False
-    return all(_reducing_loss_call(call, ctx, through_data) for call in calls)
+    return all(_reduced_value(d, ctx, through_data, depth) for d in definitions)
+
+
+def _reduced_value(value: ast.AST, ctx: ModuleContext, through_data: bool, depth: int) -> bool:
+    if isinstance(value, ast.Call):
+        return _reducing_loss_call(value, ctx, through_data)
+    if depth >= _MAX_SUM_DEPTH or not isinstance(value, ast.BinOp):
+        return False
+    if not isinstance(value.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+        return False
+    operands = _operands(value)
+    losses = [o for o in operands if not (isinstance(o, ast.Constant) and _number(o.value))]
+    return bool(losses) and all(
+        isinstance(o, ast.Name) and _reduced_loss(o, ctx, through_data, depth + 1) for o in losses
+    )
+
+
+_MAX_SUM_DEPTH = 4
+
+
+def _operands(value: ast.expr) -> list[ast.expr]:
+    """The leaves of a chain of + - * / (`a + b + 0.5 * c` -> a, b, 0.5, c)."""
+    if isinstance(value, ast.BinOp) and isinstance(
+        value.op, ast.Add | ast.Sub | ast.Mult | ast.Div
+    ):
+        return [*_operands(value.left), *_operands(value.right)]
+    return [value]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _reducing_loss_call(call: ast.Call, ctx: ModuleContext, any_loss: bool) -> bool:

@@ -18,8 +18,13 @@ class ScalarLossIndexedFix(Codemod):
     summary = "read the 0-dim loss with .item()"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        # the indexing the rule reported, not any `[0]` of its line (`d_loss.data[0],
+        # g_loss.data[0]` in one print: each is a finding of its own)
+        indexed = target.data.get("indexed")
         for index in ctx.find(cst.Subscript, within=(target.line, target.end_line)):
             if not indexes_first(index):
+                continue
+            if isinstance(indexed, str) and _spaceless(ctx.code(index)) != _spaceless(indexed):
                 continue
             value = index.value
             if isinstance(value, cst.Attribute) and value.attr.value == "data":
@@ -27,3 +32,7 @@ class ScalarLossIndexedFix(Codemod):
             ctx.substitute(index, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("item"))))
             return True
         return False
+
+
+def _spaceless(code: str) -> str:
+    return "".join(code.split())
