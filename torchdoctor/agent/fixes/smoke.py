@@ -95,4 +95,5 @@ def smoke_run_from_evidence(
         executed_lines=dict(evidence.executed_lines),
         stopped_in_loop=outcome.kind == "completed-steps",
         cuda_available=evidence.device.cuda_available,
+        error_at=(outcome.file, outcome.line) if outcome.file and outcome.line and not ok else None,
     )

@@ -15,6 +15,7 @@ Only a fix that passes every step is verified.
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import json
 import re
@@ -162,6 +163,10 @@ class Verifier:
                 return steps
             after = self._smoke_run(copy, touched, spec)
             self.last_runs.append(after)
+            moved = self._crash_moved_on(copy, touched, after, spec)
+            if moved is not None:
+                # the error this fix targets is gone; the run stops at another problem
+                return [*steps, *moved]
             steps.append(
                 Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
             )
@@ -176,6 +181,43 @@ class Verifier:
             if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
                 steps.append(self._speed(copy, after, spec))
         return steps
+
+    def _crash_moved_on(
+        self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
+    ) -> list[Verification] | None:
+        """For a correctness fix of a script that fails: when the original's error was raised
+        on a line the fix changes and the fixed run gets past it (it fails at another place,
+        or the same line raising no more), the fix removed that error, and the run stopping
+        at a further problem says nothing against it (two `.data[0]` reads of one loop each
+        raise IndexError: each fix alone moves the crash to the other). None otherwise."""
+        if after.ok or spec.kind is not FixKind.CORRECTNESS or after.error_at is None:
+            return None
+        before = self.baseline()
+        if before.ok or before.error_at is None or after.error_at == before.error_at:
+            return None
+        path, line = before.error_at
+        if path not in touched or line not in _changed_lines(
+            (self.root / path).read_text(encoding="utf-8", errors="replace"),
+            (copy / path).read_text(encoding="utf-8", errors="replace"),
+        ):
+            return None
+        where = f"{path}:{line}"
+        executed = self._executed(copy, touched, after, spec)
+        return [
+            Verification(
+                step="smoke-run",
+                ok=True,
+                detail=f"the original's error at {where} is gone: the fixed run gets past it "
+                f"and stops at another problem ({after.detail})",
+            ),
+            executed,
+            Verification(
+                step="behaviour",
+                ok=executed.ok,
+                detail=f"the original run failed at {where} ({before.detail}); the fixed run "
+                "executes the changed line without that error",
+            ),
+        ]
 
     def _run_key(self, copy: Path, touched: list[str], spec: FixSpec) -> str:
         """The `run_key` of the patched copy's seeded run."""
@@ -541,3 +583,14 @@ def _describe_run(run: SmokeRun, steps: int) -> str:
     if not run.ok:
         return f"the fixed script failed: {run.detail}"
     return f"{len(run.losses)} of {steps} steps recorded ({run.detail})"
+
+
+def _changed_lines(before: str, after: str) -> set[int]:
+    """Lines of `before` (1-based) that `after` replaces or deletes."""
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    return {
+        line + 1
+        for tag, i1, i2, _, _ in matcher.get_opcodes()
+        if tag in ("replace", "delete")
+        for line in range(i1, i2)
+    }

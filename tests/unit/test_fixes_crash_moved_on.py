@@ -1,0 +1,142 @@
+"""A crash fix is judged on the crash it targets, not on the next one the run reaches.
+
+Shape from a VAE tutorial written for PyTorch 0.3: the loop reads its 0-dim loss with
+`.data[0]` twice (a running total, then a log line). Each read is a finding with its own fix;
+with one fixed, the run gets past it and dies on the other, and each fix alone was rejected
+with "the fixed script failed"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torchdoctor.agent.fixes import verify
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.diffs import unified_diff
+from torchdoctor.agent.fixes.models import Patch, SmokeRun
+from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.models import Severity
+
+SCRIPT = """import torch
+import torch.nn as nn
+
+criterion = nn.MSELoss()
+model = nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+total = 0.0
+for step in range(3):
+    loss = criterion(model(torch.randn(4, 2)), torch.randn(4, 1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    total += loss.data[0]
+    print(step, loss.data[0])
+"""
+TOTAL, LOG = 13, 14
+ERROR = "script-error: IndexError: invalid index of a 0-dim tensor"
+
+
+def _run(line: int) -> SmokeRun:
+    return SmokeRun(
+        ok=False,
+        detail=f"{ERROR} (IndexError at train.py:{line})",
+        error_at=("train.py", line),
+        executed_lines={"train.py": list(range(1, line + 1))},
+    )
+
+
+def _verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixed: str, after: SmokeRun
+) -> dict[str, Any]:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
+    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: after)
+    verifier = Verifier(root, object(), ["python", "train.py"], baseline=_run(TOTAL))  # type: ignore[arg-type]
+    patch = Patch(
+        finding_id="TD-1",
+        rule="scalar-loss-indexed",
+        diff=unified_diff("train.py", SCRIPT, fixed),
+        files=["train.py"],
+    )
+    codemod = codemod_for("scalar-loss-indexed")
+    assert codemod is not None
+    steps = verifier.verify(
+        patch, Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH), FixSpec.of(codemod)
+    )
+    return {s.step: s for s in steps}
+
+
+def test_a_fix_that_gets_the_run_past_its_crash_is_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fixed = SCRIPT.replace("total += loss.data[0]", "total += loss.item()")
+
+    steps = _verify(tmp_path, monkeypatch, fixed, _run(LOG))
+
+    assert all(s.ok for s in steps.values()), steps
+    assert f"error at train.py:{TOTAL} is gone" in steps["smoke-run"].detail
+    assert f"train.py:{LOG}" in steps["smoke-run"].detail  # the next problem is named
+    assert steps["executed-change"].ok and steps["behaviour"].ok
+
+
+def test_a_fix_whose_run_still_fails_where_the_original_did_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the log line fixed first: the run still dies on the running total, as before
+    fixed = SCRIPT.replace("print(step, loss.data[0])", "print(step, loss.item())")
+
+    steps = _verify(tmp_path, monkeypatch, fixed, _run(TOTAL))
+
+    assert not steps["smoke-run"].ok
+    assert "behaviour" not in steps
+
+
+def test_a_crash_moved_by_a_fix_off_the_crashing_line_proves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a change elsewhere (here, a line before the loop) with the run failing further on is
+    # not a fix of the original's error
+    fixed = SCRIPT.replace("total += loss.data[0]", "total += loss.item()").replace(
+        "total = 0.0", "total = 0"
+    )
+    baseline_elsewhere = _run(LOG)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
+    after = SmokeRun(ok=False, detail="script-error: boom", error_at=("train.py", 9))
+    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: after)
+    verifier = Verifier(root, object(), ["python", "train.py"], baseline=baseline_elsewhere)  # type: ignore[arg-type]
+    codemod = codemod_for("scalar-loss-indexed")
+    assert codemod is not None
+    steps = verifier.verify(
+        Patch(
+            finding_id="TD-1",
+            rule="scalar-loss-indexed",
+            diff=unified_diff("train.py", SCRIPT, fixed),
+            files=["train.py"],
+        ),
+        Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH),
+        FixSpec.of(codemod),
+    )
+    smoke = next(s for s in steps if s.step == "smoke-run")
+    assert not smoke.ok and "the fixed script failed" in smoke.detail
+
+
+def test_a_failed_run_says_where_its_error_was_raised() -> None:
+    from tests.unit.test_fixes_smoke import document
+    from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence
+
+    crashed = document(
+        outcome={
+            "kind": "script-error",
+            "detail": "invalid index of a 0-dim tensor",
+            "error_type": "IndexError",
+            "file": "train.py",
+            "line": TOTAL,
+        }
+    )
+    assert smoke_run_from_evidence(crashed).error_at == ("train.py", TOTAL)
+    assert smoke_run_from_evidence(document()).error_at is None  # a run that completed
