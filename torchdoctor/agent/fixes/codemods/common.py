@@ -36,6 +36,18 @@ _NOT_MODELS = {
 NO_GRAD_CONTEXTS = ("no_grad", "inference_mode")
 
 
+def target_spans(target: FixTarget) -> list[tuple[int, int]]:
+    """The flagged lines, then those of each place in the same file the finding names as
+    `related` (a rule reported once per project lists its other places: a second loader, a
+    GAN's second optimizer); a fix of the finding must fix them all, or the rule still fires."""
+    spans = [(target.line, target.end_line)]
+    for place in target.data.get("related", []):
+        if isinstance(place, dict) and place.get("file") == target.file:
+            line = int(place["line"])
+            spans.append((line, int(place.get("end_line") or line)))
+    return spans
+
+
 def is_scheduler(name: str) -> bool:
     lowered = name.lower()
     return any(hint in lowered for hint in _SCHEDULER_HINTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, Codemod, SourceContext, keyword
-from torchdoctor.agent.fixes.codemods.common import is_dataloader
+from torchdoctor.agent.fixes.codemods.common import is_dataloader, target_spans
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
@@ -20,7 +20,8 @@ class PersistentWorkersOffFix(Codemod):
     relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        for loader in ctx.find(cst.Call, within=(target.line, target.end_line)):
+        loaders = [c for span in target_spans(target) for c in ctx.find(cst.Call, within=span)]
+        for loader in loaders:
             if not is_dataloader(ctx, loader) or keyword(loader, "persistent_workers"):
                 continue
             workers = keyword(loader, "num_workers")

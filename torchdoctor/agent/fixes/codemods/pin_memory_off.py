@@ -11,7 +11,11 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     keyword,
 )
-from torchdoctor.agent.fixes.codemods.common import dataset_on_device, is_dataloader
+from torchdoctor.agent.fixes.codemods.common import (
+    dataset_on_device,
+    is_dataloader,
+    target_spans,
+)
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _ITERATION_WRAPPERS = {"enumerate", "tqdm", "iter", "track"}
@@ -37,7 +41,8 @@ class PinMemoryOffFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         loaders = [
             c
-            for c in ctx.find(cst.Call, within=(target.line, target.end_line))
+            for span in target_spans(target)
+            for c in ctx.find(cst.Call, within=span)
             if is_dataloader(ctx, c) and _unpinned(keyword(c, "pin_memory"))
         ]
         if not loaders:

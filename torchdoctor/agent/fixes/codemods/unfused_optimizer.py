@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, keyword
-from torchdoctor.agent.fixes.codemods.common import mentions_cuda
+from torchdoctor.agent.fixes.codemods.common import mentions_cuda, target_spans
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _FUSABLE = {
@@ -38,7 +38,7 @@ class UnfusedOptimizerFix(Codemod):
         if not mentions_cuda(ctx):
             return False
         edited = False
-        for span in _spans(target):
+        for span in target_spans(target):
             for call in ctx.find(cst.Call, within=span):
                 if ctx.qualname(call.func) not in _FUSABLE:
                     continue
@@ -48,12 +48,3 @@ class UnfusedOptimizerFix(Codemod):
                     edited = True
                 break
         return edited
-
-
-def _spans(target: FixTarget) -> list[tuple[int, int]]:
-    spans = [(target.line, target.end_line)]
-    for place in target.data.get("related", []):
-        if isinstance(place, dict) and place.get("file") == target.file:
-            line = int(place["line"])
-            spans.append((line, int(place.get("end_line") or line)))
-    return spans
