@@ -140,3 +140,19 @@ def test_a_failed_run_says_where_its_error_was_raised() -> None:
     )
     assert smoke_run_from_evidence(crashed).error_at == ("train.py", TOTAL)
     assert smoke_run_from_evidence(document()).error_at is None  # a run that completed
+
+
+def test_a_fix_that_still_fails_on_its_own_rewritten_line_is_not_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the fix inserts two lines above the loop and rewrites the read into one that raises too:
+    # the run fails at line TOTAL + 2 of the fixed file, the fix's own line, not a
+    # further problem
+    fixed = SCRIPT.replace("total = 0.0\n", "total = 0.0\nscale = 1.0\nbias = 0.0\n").replace(
+        "total += loss.data[0]", "total += loss.detach().numpy()[0] * scale"
+    )
+
+    steps = _verify(tmp_path, monkeypatch, fixed, _run(TOTAL + 2))
+
+    assert not steps["smoke-run"].ok
+    assert "behaviour" not in steps

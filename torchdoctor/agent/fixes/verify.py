@@ -196,11 +196,15 @@ class Verifier:
         if before.ok or before.error_at is None or after.error_at == before.error_at:
             return None
         path, line = before.error_at
-        if path not in touched or line not in _changed_lines(
-            (self.root / path).read_text(encoding="utf-8", errors="replace"),
-            (copy / path).read_text(encoding="utf-8", errors="replace"),
-        ):
+        if path not in touched:
             return None
+        original = (self.root / path).read_text(encoding="utf-8", errors="replace")
+        patched = (copy / path).read_text(encoding="utf-8", errors="replace")
+        if line not in _changed_lines(original, patched):
+            return None
+        after_path, after_line = after.error_at
+        if after_path == path and _line_before(patched, original, after_line) in (None, line):
+            return None  # it still fails on the line the fix wrote, or on the same line
         where = f"{path}:{line}"
         executed = self._executed(copy, touched, after, spec)
         return [
@@ -594,3 +598,14 @@ def _changed_lines(before: str, after: str) -> set[int]:
         if tag in ("replace", "delete")
         for line in range(i1, i2)
     }
+
+
+def _line_before(patched: str, original: str, line: int) -> int | None:
+    """Where line `line` of `patched` was in `original`; None for a line the patch wrote."""
+    matcher = difflib.SequenceMatcher(
+        None, patched.splitlines(), original.splitlines(), autojunk=False
+    )
+    for tag, i1, i2, j1, _ in matcher.get_opcodes():
+        if i1 <= line - 1 < i2:
+            return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
+    return None
