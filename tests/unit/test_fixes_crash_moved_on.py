@@ -77,8 +77,11 @@ def test_a_fix_that_gets_the_run_past_its_crash_is_verified(
     steps = _verify(tmp_path, monkeypatch, fixed, _run(LOG))
 
     assert all(s.ok for s in steps.values()), steps
-    assert f"error at train.py:{TOTAL} is gone" in steps["smoke-run"].detail
-    assert f"train.py:{LOG}" in steps["smoke-run"].detail  # the next problem is named
+    moved = steps["crash-moved-on"]
+    assert f"error at train.py:{TOTAL} is gone" in moved.detail
+    assert f"train.py:{LOG}" in moved.detail  # the next problem is named
+    # not a completed run: the script-error finding is not resolved by this fix alone
+    assert "smoke-run" not in steps
     assert steps["executed-change"].ok and steps["behaviour"].ok
 
 
@@ -156,3 +159,29 @@ def test_a_fix_that_still_fails_on_its_own_rewritten_line_is_not_verified(
 
     assert not steps["smoke-run"].ok
     assert "behaviour" not in steps
+
+
+def test_a_fix_whose_run_only_got_past_the_crash_does_not_resolve_the_script_error() -> None:
+    from torchdoctor.agent.fixing import resolved_run_failures
+    from torchdoctor.agent.models import Evidence, Finding, Fix, Verification
+
+    def finding(rule: str, steps: list[Verification]) -> Finding:
+        return Finding(
+            id=f"TD-{rule}",
+            rule=rule,
+            checkpoint=1,
+            phase=1,
+            severity=Severity.HIGH,
+            title=rule,
+            file="train.py",
+            line=TOTAL,
+            end_line=TOTAL,
+            evidence=[Evidence(source="torchdoctor-static", kind="static", message="m")],
+            fix=Fix(diff="", verified=bool(steps), verification=steps) if steps else None,
+        )
+
+    moved = Verification(step="crash-moved-on", ok=True, detail="gone")
+    crash_fix = finding("scalar-loss-indexed", [moved])
+    script_error = finding("probe-script-error", [])
+
+    assert resolved_run_failures([script_error], [crash_fix], _run(TOTAL)) == []

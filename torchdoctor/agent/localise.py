@@ -269,6 +269,7 @@ STEP_FR = {
     "parses": "analyse syntaxique",
     "rule-cleared": "règle levée",
     "smoke-run": "exécution de contrôle",
+    "crash-moved-on": "erreur d'origine dépassée",
     "executed-change": "modification exécutée",
     "behaviour": "comportement",
     "speed-up": "accélération",

@@ -45,6 +45,7 @@ from torchdoctor.agent.models import Severity, Verification
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"
+CRASH_MOVED_ON = "crash-moved-on"
 CUDA_ONLY_WITHOUT_CUDA = (
     "not timed: the change takes effect only where CUDA is available and the run had no "
     "CUDA device, so the step times of both versions run the same code (any difference is "
@@ -208,8 +209,8 @@ class Verifier:
         where = f"{path}:{line}"
         executed = self._executed(copy, touched, after, spec)
         return [
-            Verification(
-                step="smoke-run",
+            Verification(  # not "smoke-run": the run did not complete (`resolved_run_failures`)
+                step=CRASH_MOVED_ON,
                 ok=True,
                 detail=f"the original's error at {where} is gone: the fixed run gets past it "
                 f"and stops at another problem ({after.detail})",
