@@ -6,7 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.held_out import training_name
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind, training_name
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.leak_sink import related_location
@@ -18,6 +18,7 @@ _TRANSFORMER_NAME = re.compile(
     r"scaler|normali[sz]er|encoder|imputer|vectori[sz]er|selector|pca|tokenizer|vocab", re.I
 )
 _HELD_OUT = frozenset({"test", "val", "split"})
+_WORDS = re.compile(r"[^a-zA-Z]+|(?<=[a-z])(?=[A-Z])")
 _CROSS_VALIDATORS = frozenset(
     {"cross_val_score", "cross_validate", "cross_val_predict", "learning_curve", "validation_curve"}
 )
@@ -86,7 +87,11 @@ class LeakOverlap(Rule):
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
             kind = flow.held_out_kind(node.iter, _HELD_OUT)
-            if kind is not None and not _phase_flag_picks_data(ctx, node):
+            if (
+                kind is not None
+                and not _phase_flag_picks_data(ctx, node)
+                and _anything_held_out_from(ctx)
+            ):
                 ctx.report(
                     self,
                     node,
@@ -168,3 +173,46 @@ def _names_training(expr: ast.expr) -> bool:
 
 def _duplicating_call(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and bool(_DUPLICATING.search(identifier(node.func)))
+
+
+def _anything_held_out_from(ctx: ModuleContext) -> bool:
+    """Whether the module holds data a held-out split is held out from: a split call, a
+    dataset built with `train=`/`split=`/`subset=`/`mode=`, a slice (`x[:k]`, `x[k:]`), a value
+    whose name speaks of training (`train_text`, `x_train`), or split data imported from
+    elsewhere. A module with none of these has one corpus, whatever its name (the n-gram
+    tutorial trains on `test_sentence`, a sonnet, and holds nothing out): a name alone does
+    not make it a test split."""
+    if ctx.flow.split_inputs:
+        return True
+    functions = {
+        node.name
+        for node in ast.walk(ctx.tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    for node in ast.walk(ctx.tree):
+        if isinstance(node, ast.keyword) and node.arg in ("train", "split", "subset", "mode"):
+            return True
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+            return True
+        if isinstance(node, ast.alias):
+            name = node.asname or node.name.rsplit(".", 1)[-1]
+            if _speaks_of_training(name) or held_out_name_kind(name) is not None:
+                return True
+        if isinstance(node, ast.Name | ast.Attribute | ast.arg):
+            name = (
+                node.id
+                if isinstance(node, ast.Name)
+                else (node.attr if isinstance(node, ast.Attribute) else node.arg)
+            )
+            if name not in functions and _speaks_of_training(name):
+                return True
+    return False
+
+
+def _speaks_of_training(name: str) -> bool:
+    """`train_text`, `x_train`, `trainset`: the name says it is the training side of
+    something ('train' alone, a function's name, does not)."""
+    tokens = [t.lower() for t in _WORDS.split(name) if t]
+    return training_name(name) or (
+        len(tokens) > 1 and any(t in ("train", "training") for t in tokens)
+    )
