@@ -184,6 +184,8 @@ class DeviceMismatchFactoryInForward(Rule):
                 continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
+            if _moved_at_each_use(node, forward, ctx):
+                continue
             remedy = (
                 "move it with .to(x.device) (or keep the array as a registered buffer)"
                 if qual == "torch.from_numpy"
@@ -358,7 +360,7 @@ def _cuda_guarded(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) 
 
 
 def _conditions_around(
-    ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef
+    ctx: ModuleContext, call: ast.expr, forward: ast.FunctionDef
 ) -> list[tuple[ast.expr, str]]:
     """The tests of the `if` statements and conditional expressions around `call` within
     the forward, each with the part `call` is in ('body' or 'orelse'); SentEval's
@@ -385,9 +387,9 @@ def _scaled(parent: ast.AST, node: ast.AST) -> bool:
     return isinstance(other, ast.Constant | ast.Name)
 
 
-def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
-    """`zeros = torch.zeros(size)` followed in the forward by `zeros = zeros.cuda()` (under
-    `if x.is_cuda:` in a public KFAC-friendly Gaussian head): the name is moved before use."""
+def _bound_to(call: ast.Call, ctx: ModuleContext) -> tuple[str, ast.Assign] | None:
+    """`name = torch.zeros(size)` (through `Variable(...)`, `.float()`, `* -1`): the name the
+    factory's tensor is bound to, and that assignment."""
     node: ast.AST = call
     parent = ctx.parents.get(call)
     while parent is not None and (
@@ -396,15 +398,114 @@ def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleConte
     ):
         result = ctx.parents.get(parent) if isinstance(parent, ast.Attribute) else parent
         if result is None:
-            return False
+            return None
         node, parent = result, ctx.parents.get(result)
     if not (
         isinstance(parent, ast.Assign)
         and len(parent.targets) == 1
         and isinstance(parent.targets[0], ast.Name)
     ):
+        return None
+    return parent.targets[0].id, parent
+
+
+def _moved_at_each_use(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
+    """`ids = torch.LongTensor(ids)`, reshaped on the host, then handed on as
+    `Variable(ids).cuda()` under `if torch.cuda.is_available():` and as is on the `else`
+    branch (a character-LSTM tagger of the Variable era): every use that meets other tensors
+    moves it first or runs only on the CPU."""
+    bound = _bound_to(call, ctx)
+    if bound is None:
         return False
-    name = parent.targets[0].id
+    name, assign = bound
+    moved = False
+    for node in walk_scope(forward.body):
+        if not (
+            isinstance(node, ast.Name)
+            and node.id == name
+            and isinstance(node.ctx, ast.Load)
+            and node.lineno > (assign.end_lineno or assign.lineno)
+        ):
+            continue
+        if _host_side_read(ctx, node, name):
+            continue
+        if _in_move_chain(ctx, node):
+            moved = True
+            continue
+        if not _on_cpu_branch(ctx, node, forward):
+            return False
+    return moved
+
+
+def _in_move_chain(ctx: ModuleContext, node: ast.expr) -> bool:
+    """`Variable(node).cuda()`, `node.long().to(device)`: moved before it meets anything."""
+    child: ast.AST = node
+    parent = ctx.parents.get(node)
+    while parent is not None:
+        if isinstance(parent, ast.Attribute) and parent.value is child:
+            if parent.attr in _MOVES:
+                return True
+            call = ctx.parents.get(parent)
+            if isinstance(call, ast.Call) and call.func is parent:
+                child, parent = call, ctx.parents.get(call)  # `node.long()`: stays where it is
+            else:
+                child, parent = parent, call  # `node.data`
+        elif _wrapped(ctx, parent, child):  # `Variable(node)`
+            child, parent = parent, ctx.parents.get(parent)
+        else:
+            return False
+    return False
+
+
+def _host_side_read(ctx: ModuleContext, node: ast.Name, name: str) -> bool:
+    """A read that meets no tensor of another device: `name = name.unsqueeze(0)` (a shaping
+    method rebinding the name), or `name = torch.cat((name, part.cpu()), 0)` with every other
+    part brought to the host explicitly."""
+    parent = ctx.parents.get(node)
+    statement = ctx.parents.get(parent) if parent is not None else None
+    if (
+        isinstance(parent, ast.Attribute)
+        and parent.attr in _SHAPING_METHODS
+        and isinstance(statement, ast.Call)
+        and _rebinds(ctx.parents.get(statement), name)
+    ):
+        return True
+    if isinstance(parent, ast.Tuple | ast.List) and isinstance(statement, ast.Call):
+        if ctx.flow.qualname_of(statement) not in ("torch.cat", "torch.stack"):
+            return False
+        others = [e for e in parent.elts if e is not node]
+        return bool(others) and all(_on_host(e) for e in others)
+    return False
+
+
+def _rebinds(statement: ast.AST | None, name: str) -> bool:
+    return (
+        isinstance(statement, ast.Assign)
+        and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Name)
+        and statement.targets[0].id == name
+    )
+
+
+def _on_host(expr: ast.expr) -> bool:
+    """`part.cpu()`, `part.cpu().data`, `part.detach().cpu()`: explicitly on the host."""
+    while isinstance(expr, ast.Attribute | ast.Call):
+        if isinstance(expr, ast.Call):
+            if isinstance(expr.func, ast.Attribute) and expr.func.attr == "cpu":
+                return True
+            expr = expr.func
+        else:
+            expr = expr.value
+    return False
+
+
+def _moved_when_bound(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
+    """`zeros = torch.zeros(size)` followed in the forward by `zeros = zeros.cuda()` (under
+    `if x.is_cuda:` in a public KFAC-friendly Gaussian head): the name is moved before use."""
+    bound = _bound_to(call, ctx)
+    if bound is None:
+        return False
+    name, parent = bound
     for node in walk_scope(forward.body):
         if (
             isinstance(node, ast.Assign)
@@ -444,6 +545,8 @@ def _read_between(
             and not (ctx.flow.qualname_of(parent) or "").startswith("torch.")
         ):
             continue  # an argument of a helper, which may fill it in place
+        if _host_side_read(ctx, n, name):
+            continue  # reshaped, or concatenated with parts explicitly on the host
         return True
     return False
 
@@ -507,7 +610,7 @@ def _literal_or_setting(expr: ast.expr) -> bool:
     return isinstance(root, ast.Name) and root.id == "self"
 
 
-def _on_cpu_branch(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
+def _on_cpu_branch(ctx: ModuleContext, call: ast.expr, forward: ast.FunctionDef) -> bool:
     """The forward branches on the device and `call` runs only on the CPU: the `else` of
     `if x.is_cuda:` (or `if torch.cuda.is_available():`), or the body of `if not x.is_cuda:`."""
     for guard_test, part in _conditions_around(ctx, call, forward):
