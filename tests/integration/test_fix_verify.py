@@ -14,7 +14,7 @@ from tests.fix_findings import findings_of
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
 from torchdoctor.agent.fixes.pipeline import propose_and_verify
-from torchdoctor.agent.fixes.verify import NO_RUN, Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.verify import CUDA_ONLY_WITHOUT_CUDA, NO_RUN, Claim, FixSpec, Verifier
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Finding, Severity, Status
 from torchdoctor.sandbox.config import get_sandbox
@@ -51,9 +51,7 @@ def verifier(workspace: Path) -> Verifier:
 def verified(workspace: Path, verifier: Verifier) -> dict[str, Finding]:
     findings = [f for f in audit(workspace) if f.rule in WANTED]
     assert {f.rule for f in findings} == WANTED
-    # pin-memory-off gains nothing measurable on CPU: its interval stays undecided and, on a
-    # loaded machine, would take the most repeats allowed (six pairs of runs, alone and again on
-    # the verified fixes); the test asks only that the speed-up is judged, so two are enough
+    # pin-memory-off acts only where CUDA is, so this CPU run does not time it (no runs spent)
     out = propose_and_verify(
         workspace,
         findings,
@@ -101,22 +99,19 @@ def test_verified_fixes_are_verified_together(verified: dict[str, Finding]) -> N
         assert combined[0], combined[1]
 
 
-def test_perf_fix_is_judged_by_its_measured_speed_up(
+def test_a_cuda_only_perf_fix_is_not_timed_on_a_cpu_run(
     verified: dict[str, Finding], workspace: Path
 ) -> None:
+    """pin_memory=torch.cuda.is_available() runs the same code on this CPU as the original: its
+    step times would be noise, so it is neither timed, nor retried on the verified fixes, nor
+    verified; it stays proposed, saying why."""
     finding = verified["pin-memory-off"]
     assert finding.fix is not None
     steps = steps_of(finding)
     assert steps["behaviour"][0]  # pin_memory=False on CPU: the same losses
-    assert "speed-up" in steps
-    if not steps["speed-up"][0]:
-        # too small alone: measured again on top of the two verified fixes
-        assert "zero-grad-missing" in steps["on-verified-fixes"][1]
-        assert "on-verified-fixes:speed-up" in steps
-    individually = steps["speed-up"][0]
-    on_stack = steps.get("on-verified-fixes:speed-up", (False, ""))[0]
-    assert finding.fix.verified == (individually or on_stack)
-    assert (finding.status is Status.VERIFIED) == finding.fix.verified
+    assert steps["speed-up"] == (False, CUDA_ONLY_WITHOUT_CUDA)
+    assert "on-verified-fixes" not in steps
+    assert not finding.fix.verified and finding.status is not Status.VERIFIED
     assert (workspace / "train.py").read_text() == SCRIPT.read_text()  # user file untouched
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.stacked import stacked_spec
-from torchdoctor.agent.fixes.verify import FixSpec
-from torchdoctor.agent.models import Finding, Severity
+from torchdoctor.agent.fixes.stacked import retry_candidates, stacked_spec
+from torchdoctor.agent.fixes.verify import CUDA_ONLY_WITHOUT_CUDA, FixSpec
+from torchdoctor.agent.models import Finding, Fix, Severity, Verification
 
 
 def _finding(rule: str) -> Finding:
@@ -40,3 +40,21 @@ def test_symptom_checked_fixes_keep_no_trajectory_tolerance() -> None:
     spec = FixSpec.of(codemod)
     assert spec.rtol is None
     assert stacked_spec(spec, [_finding("no-amp")]).rtol is None
+
+
+def _checked(rule: str, *failed: tuple[str, str]) -> Finding:
+    """`rule`'s finding with a fix whose behaviour held and whose `failed` (step, detail)
+    checks did not."""
+    checks = [Verification(step="behaviour", ok=True, detail="same losses")]
+    checks += [Verification(step=step, ok=False, detail=detail) for step, detail in failed]
+    return _finding(rule).model_copy(update={"fix": Fix(diff="", verification=checks)})
+
+
+def test_a_perf_fix_short_only_of_its_speed_up_is_measured_again_on_the_stack() -> None:
+    undecided = _checked("persistent-workers-off", ("speed-up", "the interval straddles 1%"))
+    not_timed = _checked("pin-memory-off", ("speed-up", CUDA_ONLY_WITHOUT_CUDA))
+    broken = _checked("no-amp", ("behaviour", "losses diverge"), ("speed-up", "slower"))
+    correctness = _checked("zero-grad-missing", ("speed-up", "slower"))
+    candidates = retry_candidates([undecided, not_timed, broken, correctness])
+    # a CUDA-only fix on a CPU run would be timed as noise again: not retried
+    assert [f.rule for f in candidates] == ["persistent-workers-off"]
