@@ -20,7 +20,13 @@ from torchdoctor.agent.fixes.codemods.base import healthy_run
 from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod, retarget
 from torchdoctor.agent.fixes.compile_ladder import RULE as LADDER_RULE
 from torchdoctor.agent.fixes.compile_ladder import climb
-from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.diffs import (
+    PatchError,
+    apply_to_text,
+    parse,
+    renumber_refs,
+    unified_diff,
+)
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
@@ -208,7 +214,9 @@ def verify_record(
         with materialized(bench.root, working_copy) as copy:
             verifier = bench.verifier(copy, baseline, working_copy)
             claim = Claim(frozenset({finding.rule}), finding.severity)
-            checks += verifier.verify(patch, claim, spec_of(record))
+            checks += _on_user_files(
+                bench.root, working_copy, verifier.verify(patch, claim, spec_of(record))
+            )
             baseline = verifier.baseline_run
             runs = verifier.patched_runs
             if all(c.ok for c in checks) and climbs(bench, finding, record):
@@ -227,6 +235,22 @@ def verify_record(
         baseline=baseline,
         runs=runs if verified else {},
     )
+
+
+def _on_user_files(
+    root: Path, working_copy: dict[str, str], checks: list[Verification]
+) -> list[Verification]:
+    """Checks made on the working copy, their `path:line`s numbered as in the user's files
+    (which the finding and its diff are): a line an earlier phase's fix moved is not named by
+    its place in the copy."""
+    if not working_copy:
+        return checks
+    files = {
+        path: (text, (root / path).read_text(encoding="utf-8", errors="replace"))
+        for path, text in working_copy.items()
+        if (root / path).is_file()
+    }
+    return [c.model_copy(update={"detail": renumber_refs(c.detail, files)}) for c in checks]
 
 
 KEPT_DEFAULT = Verification(

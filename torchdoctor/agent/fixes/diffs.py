@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -169,3 +170,32 @@ def apply_patch(root: Path, diff: str, *, offsets: bool = False) -> list[str]:
     for target, text in results.items():
         target.write_text(text, encoding="utf-8")
     return [p.path for p in patches]
+
+
+def renumber_refs(text: str, files: dict[str, tuple[str, str]]) -> str:
+    """`text` with each `path:line` of a file in `files` (path -> (new text, old text))
+    renumbered from the new text to the old: a line both hold keeps its place, a line the
+    change wrote is shown where the change sits in the old text (as its diff shows it)."""
+    for path, (new, old) in files.items():
+        if new == old:
+            continue
+        matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
+        text = _renumbered(text, path, matcher.get_opcodes())
+    return text
+
+
+def _renumbered(text: str, path: str, blocks: Sequence[tuple[str, int, int, int, int]]) -> str:
+    def old(match: re.Match[str]) -> str:
+        return f"{match.group(1)}:{_old_line(blocks, int(match.group(2)))}"
+
+    return re.sub(rf"(?<![\w./-])({re.escape(path)}):(\d+)", old, text)
+
+
+def _old_line(blocks: Sequence[tuple[str, int, int, int, int]], line: int) -> int:
+    for tag, i1, i2, j1, j2 in blocks:
+        if j1 <= line - 1 < j2:
+            offset = line - 1 - j1
+            if tag != "equal":
+                offset = max(0, min(offset, i2 - i1 - 1))
+            return i1 + offset + 1
+    return line

@@ -27,7 +27,7 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.fixes.codemods.base import Codemod
-from torchdoctor.agent.fixes.diffs import PatchError, apply_patch
+from torchdoctor.agent.fixes.diffs import PatchError, apply_patch, renumber_refs
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.reached import unreached
 from torchdoctor.agent.fixes.smoke import smoke_run
@@ -168,12 +168,16 @@ class Verifier:
             if moved is not None:
                 # the error this fix targets is gone; the run stops at another problem
                 return [*steps, *moved]
-            steps.append(
-                Verification(step="smoke-run", ok=after.ok, detail=_describe_run(after, self.steps))
-            )
+            described = self._on_root(copy, touched, _describe_run(after, self.steps))
+            steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
             if not after.ok:
                 return steps
-            steps.append(self._executed(copy, touched, after, spec))
+            executed = self._executed(copy, touched, after, spec)
+            steps.append(
+                executed.model_copy(
+                    update={"detail": self._on_root(copy, touched, executed.detail)}
+                )
+            )
             if not steps[-1].ok:
                 return steps
             if spec.unseeded_repeat:
@@ -208,12 +212,15 @@ class Verifier:
             return None  # it still fails on the line the fix wrote, or on the same line
         where = f"{path}:{line}"
         executed = self._executed(copy, touched, after, spec)
+        executed = executed.model_copy(
+            update={"detail": self._on_root(copy, touched, executed.detail)}
+        )
         return [
             Verification(  # not "smoke-run": the run did not complete (`resolved_run_failures`)
                 step=CRASH_MOVED_ON,
                 ok=True,
                 detail=f"the original's error at {where} is gone: the fixed run gets past it "
-                f"and stops at another problem ({after.detail})",
+                f"and stops at another problem ({self._on_root(copy, touched, after.detail)})",
             ),
             executed,
             Verification(
@@ -223,6 +230,18 @@ class Verifier:
                 "executes the changed line without that error",
             ),
         ]
+
+    def _on_root(self, copy: Path, touched: list[str], text: str) -> str:
+        """`text` about the patched copy (an error's line, lines that never ran) with its
+        `path:line`s numbered as in the code under verification, which the diff shows."""
+        files = {
+            path: (
+                (copy / path).read_text(encoding="utf-8", errors="replace"),
+                (self.root / path).read_text(encoding="utf-8", errors="replace"),
+            )
+            for path in touched
+        }
+        return renumber_refs(text, files)
 
     def _run_key(self, copy: Path, touched: list[str], spec: FixSpec) -> str:
         """The `run_key` of the patched copy's seeded run."""
