@@ -26,6 +26,25 @@ _PLATFORM_TEST = re.compile(
 )
 
 
+def _absolute(value: object) -> bool:
+    """A one-line string that starts like an absolute path (`_ABSOLUTE`)."""
+    if not isinstance(value, str) or (value[:1] != "/" and value[1:2] != ":"):
+        return False
+    return bool(_ABSOLUTE.match(value)) and "\n" not in value and " " not in value.strip()
+
+
+def _walk_position(ctx: ModuleContext, node: ast.AST) -> tuple[int, ...]:
+    """Where the engine's pre-order walk meets `node`: the index of each ancestor among its
+    parent's children (in field order), from the module down."""
+    position: list[int] = []
+    child, parent = node, ctx.parents.get(node)
+    while parent is not None:
+        position.append(next(i for i, c in enumerate(ast.iter_child_nodes(parent)) if c is child))
+        child, parent = parent, ctx.parents.get(parent)
+    position.reverse()
+    return tuple(position)
+
+
 def _under_environment_test(ctx: ModuleContext, node: ast.AST) -> bool:
     """Inside the body of an `if` that asks which hosted platform the code runs on."""
     return any(
@@ -62,17 +81,23 @@ class HardcodedPaths(Rule):
     severity = Severity.LOW
     title = "Hard-coded absolute path"
     items: ClassVar[tuple[str, ...]] = ("9.3",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Constant,)
 
-    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        assert isinstance(node, ast.Constant)
+    def finish(self, ctx: ModuleContext) -> None:
+        """The module's string constants from the walk's index (a visit per constant made
+        every constant a node the walk stacks and dispatches), the few that look like a path
+        taken in the walk's order."""
+        paths = [
+            node
+            for node in ctx.nodes_by_type().get(ast.Constant, ())
+            if isinstance(node, ast.Constant) and _absolute(node.value)
+        ]
+        if len(paths) > 1:
+            paths.sort(key=lambda node: _walk_position(ctx, node))
+        for node in paths:
+            self._check(ctx, node)
+
+    def _check(self, ctx: ModuleContext, node: ast.Constant) -> None:
         value = node.value
-        if not isinstance(value, str) or (value[:1] != "/" and value[1:2] != ":"):
-            return
-        if not _ABSOLUTE.match(value):
-            return
-        if "\n" in value or " " in value.strip():
-            return
         parent = ctx.parents.get(node)
         if isinstance(parent, ast.keyword):
             parent = ctx.parents.get(parent)
