@@ -182,6 +182,8 @@ class DeviceMismatchFactoryInForward(Rule):
                 continue
             if _logged_beside_detached(ctx, node) or _elements_read_by_local_helper(ctx, node):
                 continue
+            if _empty_default(ctx, node):
+                continue
             if _on_cpu_branch(ctx, node, forward) or _moved_when_bound(node, forward, ctx):
                 continue
             if _moved_at_each_use(node, forward, ctx):
@@ -547,7 +549,57 @@ def _read_between(
             continue  # an argument of a helper, which may fill it in place
         if _host_side_read(ctx, n, name):
             continue  # reshaped, or concatenated with parts explicitly on the host
+        if _literal_fill(ctx, n):
+            continue  # `attr[:, 7] = 1`: written on the CPU, it meets no other tensor yet
         return True
+    return False
+
+
+def _empty_default(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`inputs.get("continuous", torch.empty(0, 0))`: a tensor with no elements standing in
+    for an input the batch dict lacks (pytorch_tabular's embedding layers, which then test
+    `.shape[1] > 0`). It holds nothing to move; a default with elements
+    (`batch.get("mask", torch.ones(n))`) is not this."""
+    parent = ctx.parents.get(call)
+    sizes = [a.elts if isinstance(a, ast.Tuple | ast.List) else [a] for a in call.args]
+    return (
+        isinstance(parent, ast.Call)
+        and isinstance(parent.func, ast.Attribute)
+        and parent.func.attr == "get"
+        and len(parent.args) == 2
+        and parent.args[1] is call
+        and ctx.flow.qualname_of(call) in ("torch.empty", "torch.zeros", "torch.ones")
+        and any(isinstance(e, ast.Constant) and e.value == 0 for size in sizes for e in size)
+    )
+
+
+def _literal_fill(ctx: ModuleContext, name: ast.Name) -> bool:
+    """`name[:, 0] = 4`: the tensor filled in place with a literal at literal positions
+    (pretrain-gnns' self-loop edge attributes, built and then moved to the edges' device).
+    Neither side is a tensor, so the CPU tensor meets no other device; an index or a value
+    that is a name may be a CUDA tensor and is not this."""
+    target = ctx.parents.get(name)
+    statement = ctx.parents.get(target) if target is not None else None
+    return (
+        isinstance(target, ast.Subscript)
+        and target.value is name
+        and isinstance(target.ctx, ast.Store)
+        and isinstance(statement, ast.Assign | ast.AugAssign)
+        and _literal(statement.value)
+        and _literal(target.slice)
+    )
+
+
+def _literal(node: ast.expr | None) -> bool:
+    """A number, `-1`, a slice of numbers (`:`, `1:`) or a tuple of those."""
+    if node is None or isinstance(node, ast.Constant):
+        return node is None or isinstance(node.value, int | float | bool)
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.USub | ast.UAdd) and _literal(node.operand)
+    if isinstance(node, ast.Slice):
+        return _literal(node.lower) and _literal(node.upper) and _literal(node.step)
+    if isinstance(node, ast.Tuple):
+        return all(_literal(e) for e in node.elts)
     return False
 
 
