@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _MAX_CALLER_DEPTH = 3
 # Libraries whose `from_pretrained` returns the model already in eval mode.
 _EVAL_MODE_LOADERS = ("transformers.", "diffusers.")
+# Module methods that return the module itself in the mode it was in.
+_MODE_KEEPING = frozenset({"to", "cuda", "cpu", "float", "half", "bfloat16", "requires_grad_"})
 
 
 def model_of(call: ast.Call) -> ast.expr:
@@ -173,7 +175,14 @@ def _runs_it_after(ctx: ModuleContext, switch: ast.Call, receiver: str) -> bool:
 
 def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:
     """`GPT2LMHeadModel.from_pretrained(name)` (transformers, diffusers): `from_pretrained`
-    calls `model.eval()` before returning."""
+    calls `model.eval()` before returning; moves and casts that return the module keep its
+    mode (`CLIPSegForImageSegmentation.from_pretrained(name).to(device)`), `.train()` not."""
+    while (
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr in _MODE_KEEPING
+        and isinstance(call.func.value, ast.Call)
+    ):
+        call = call.func.value
     qual = ctx.flow.qualname_of(call) or ""
     return qual.startswith(_EVAL_MODE_LOADERS) and qual.endswith(".from_pretrained")
 
