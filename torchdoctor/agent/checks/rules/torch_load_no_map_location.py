@@ -135,6 +135,8 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
+            if _dataset_processed_file(ctx, call):
+                continue
             found = ctx.finding(
                 self,
                 call,
@@ -221,6 +223,27 @@ def _saved_on_cpu(ctx: ModuleContext) -> set[str]:
                 names |= _file_names(save.args[1])
         memo[""] = names
     return memo[""]  # type: ignore[no-any-return]
+
+
+def _dataset_processed_file(ctx: ModuleContext, load: ast.Call) -> bool:
+    """`self.data, self.slices = torch.load(self.processed_paths[0])` in a dataset class
+    (a `*Dataset` base: PyG's InMemoryDataset and friends): the file holds the data its
+    `process()` collated on the host, CPU tensors whatever device loads them. A dataset
+    loading anything else (a feature extractor's checkpoint) is not this."""
+    path = load.args[0]
+    if not (
+        isinstance(path, ast.Subscript)
+        and isinstance(path.value, ast.Attribute)
+        and path.value.attr == "processed_paths"
+    ):
+        return False
+    node = ctx.parents.get(load)
+    while node is not None and not isinstance(node, ast.ClassDef):
+        node = ctx.parents.get(node)
+    return node is not None and any(
+        (b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")).endswith("Dataset")
+        for b in node.bases
+    )
 
 
 def _reads_back(ctx: ModuleContext, load: ast.Call) -> bool:
