@@ -46,10 +46,49 @@ class DataParallelNotDdp(Rule):
         assert isinstance(node, ast.Call)
         if terminal_name(node.func) not in ("DataParallel",):
             return
-        if ctx.call_qualname(node) in _DATA_PARALLEL:
+        if ctx.call_qualname(node) in _DATA_PARALLEL and not _unwrapped_before_use(ctx, node):
             ctx.report(
                 self,
                 node,
                 "nn.DataParallel drives all GPUs from one process and gathers on GPU 0: use "
                 "DistributedDataParallel",
             )
+
+
+def _unwrapped_before_use(ctx: ModuleContext, wrap: ast.Call) -> bool:
+    """`model = nn.DataParallel(Net(args))`, `model.load_state_dict(torch.load(path))`, then
+    `model = model.module` before any forward (RAFT's demo and evaluation scripts): the
+    wrapper only gives the checkpoint's `module.` keys a home and never runs a batch."""
+    statement = ctx.parents.get(wrap)
+    while isinstance(statement, ast.Attribute | ast.Call):  # `DataParallel(net).cuda()`
+        statement = ctx.parents.get(statement)
+    if not (
+        isinstance(statement, ast.Assign)
+        and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Name)
+    ):
+        return False
+    name = statement.targets[0].id
+    scope = ctx.enclosing_function(wrap)
+    body = scope.body if scope is not None else ctx.tree.body
+    nodes = list(ast.walk(ast.Module(body=body, type_ignores=[])))
+    unwraps = [
+        node.lineno
+        for node in nodes
+        if isinstance(node, ast.Assign)
+        and node.lineno > statement.lineno
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "module"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == name
+    ]
+    unwrap = min(unwraps, default=None)
+    if unwrap is None:
+        return False
+    return not any(  # no `model(x)` between the wrap and the unwrap
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == name
+        and statement.lineno < node.lineno < unwrap
+        for node in nodes
+    )
