@@ -54,7 +54,9 @@ class EmptyCacheInLoop(Rule):
     snapshot tools.
 
     Not reported in a loop that reads the CUDA memory statistics (`memory_reserved`,
-    `max_memory_allocated`): a benchmark measuring each configuration separately.
+    `max_memory_allocated`): a benchmark measuring each configuration separately; nor in an
+    `except` handler (the cache released after a CUDA out-of-memory error before a retry on
+    smaller inputs or the CPU runs only when the error happens).
     """
 
     id = "empty-cache-in-loop"
@@ -76,6 +78,8 @@ class EmptyCacheInLoop(Rule):
         if ctx.call_qualname(node) != "torch.cuda.empty_cache":
             return
         for anc in ctx.ancestors(node):
+            if isinstance(anc, ast.ExceptHandler):
+                return  # recovery after an error (a CUDA OOM, then a retry): not every step
             if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 if not under_periodic_guard(ctx, node, anc):
                     self.in_functions.append(node)  # decided in finish(): per-step or not
