@@ -57,8 +57,12 @@ class DataParallelNotDdp(Rule):
 
 def _unwrapped_before_use(ctx: ModuleContext, wrap: ast.Call) -> bool:
     """`model = nn.DataParallel(Net(args))`, `model.load_state_dict(torch.load(path))`, then
-    `model = model.module` before any forward (RAFT's demo and evaluation scripts): the
-    wrapper only gives the checkpoint's `module.` keys a home and never runs a batch."""
+    only `model.module` handed on (`validate(model.module)`) or `model = model.module` before
+    any forward (RAFT's demo and evaluation scripts): the wrapper gives the checkpoint's
+    `module.` keys a home and never runs a batch. Up to that unwrap, every read of the name is
+    an attribute of the wrapper other than `forward` (`.cuda()`, `.eval()`, `.module`), and one
+    of them is `.module`; a bare read (`model(x)`, `Trainer(model)`, `return model`) is a
+    use of DataParallel."""
     statement = ctx.parents.get(wrap)
     while isinstance(statement, ast.Attribute | ast.Call):  # `DataParallel(net).cuda()`
         statement = ctx.parents.get(statement)
@@ -82,13 +86,19 @@ def _unwrapped_before_use(ctx: ModuleContext, wrap: ast.Call) -> bool:
         and isinstance(node.value.value, ast.Name)
         and node.value.value.id == name
     ]
-    unwrap = min(unwraps, default=None)
-    if unwrap is None:
-        return False
-    return not any(  # no `model(x)` between the wrap and the unwrap
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == name
-        and statement.lineno < node.lineno < unwrap
+    end = min(unwraps, default=None)
+    reads = [
+        node
         for node in nodes
+        if isinstance(node, ast.Name)
+        and node.id == name
+        and isinstance(node.ctx, ast.Load)
+        and node.lineno > statement.lineno
+        and (end is None or node.lineno <= end)
+    ]
+    attributes = [ctx.parents.get(node) for node in reads]
+    return (
+        bool(reads)
+        and all(isinstance(a, ast.Attribute) and a.attr != "forward" for a in attributes)
+        and any(isinstance(a, ast.Attribute) and a.attr == "module" for a in attributes)
     )
