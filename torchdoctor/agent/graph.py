@@ -277,6 +277,7 @@ class Phase:
         options = state["options"]
         if not options.fixing:
             return {"trace": [f"fix:{self.number}"]}
+        from torchdoctor.agent.fixes.models import FixKind
         from torchdoctor.agent.fixing import is_overhead, propose, verify_record
 
         context = runtime.context
@@ -319,7 +320,11 @@ class Phase:
         working_copy = state.get("working_copy", {})
         bench = fix_bench(state, context, finding.file)
         on_top_of: list[str] = []
-        stacked = self.stacked(state, bench) if is_overhead(record.rule) else None
+        stacked = None
+        if is_overhead(record.rule):
+            stacked = self.stacked(state, bench)
+        elif record.kind is FixKind.CORRECTNESS:
+            stacked = self.stacked(state, bench, past_crashes_only=True)
         if stacked is not None:
             working_copy, on_top_of = stacked
         key = baseline_key(state, context, copy_digest(working_copy), bench)
@@ -340,11 +345,15 @@ class Phase:
         return update
 
     def stacked(
-        self, state: AuditState, bench: FixBench
+        self, state: AuditState, bench: FixBench, *, past_crashes_only: bool = False
     ) -> tuple[dict[str, str], list[str]] | None:
         """The copy an overhead fix is measured on: the working copy with this phase's
         verified fixes that the gate lets through (`fixing.stacked_copy`); None without a
-        run to measure on."""
+        run to measure on. `past_crashes_only`: of those, the fixes verified by getting the
+        run past the original's error (`crash-moved-on`), which a correctness fix is verified
+        on top of: a second `.data[0]` read of the loop is never reached by the original run,
+        which dies on the first one."""
+        from torchdoctor.agent.fixes.verify import CRASH_MOVED_ON
         from torchdoctor.agent.fixing import is_overhead, stacked_copy
 
         if bench.runner is None or bench.run_command is None:
@@ -355,7 +364,10 @@ class Phase:
         verified = [
             _finding(state, r.finding_id)
             for r in self.verified(state)
-            if not r.adopted and r.finding_id not in blocked and not is_overhead(r.rule)
+            if not r.adopted
+            and r.finding_id not in blocked
+            and not is_overhead(r.rule)
+            and (not past_crashes_only or any(v.step == CRASH_MOVED_ON for v in r.verification))
         ]
         return stacked_copy(bench.root, adopted, verified)
 
