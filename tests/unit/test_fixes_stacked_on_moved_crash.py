@@ -102,3 +102,15 @@ def test_fixes_verified_on_a_completed_run_are_not_stacked_under_correctness_fix
     )
     no_run = replace(bench, runner=None)
     assert stage.stacked(moved, no_run, past_crashes_only=True) is None  # type: ignore[attr-defined]
+
+
+def test_crash_fixes_of_one_severity_are_proposed_in_the_order_the_run_meets_them(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT, encoding="utf-8")
+    findings = [f for f in findings_of(tmp_path) if f.rule == "scalar-loss-indexed"]
+    # the finding ids (content hashes) do not follow the lines
+    for shuffled in (findings, findings[::-1]):
+        records = propose(tmp_path, shuffled, findings[0].phase)
+        lines = [next(f.line for f in findings if f.id == r.finding_id) for r in records]
+        assert lines == [13, 14]

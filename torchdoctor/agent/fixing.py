@@ -52,7 +52,12 @@ def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
     the rule's codemod. Nothing is verified yet."""
     records: list[FixRecord] = []
     mine = [f for f in findings if f.phase == phase and f.status.is_open]
-    for finding in sorted(mine, key=lambda f: (is_overhead(f.rule), -f.severity.rank, f.id)):
+    # within a severity, in the order a run meets them: a crash fix the original run never
+    # reaches is verified after the one that gets it there (`graph`'s `past_crashes_only`)
+    order = sorted(
+        mine, key=lambda f: (is_overhead(f.rule), -f.severity.rank, f.file, f.line, f.id)
+    )
+    for finding in order:
         if finding.fix is not None and finding.fix.origin == "llm" and finding.fix.diff:
             records.append(llm_record(finding, finding.fix.diff))
             continue
