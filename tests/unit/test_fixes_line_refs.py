@@ -30,8 +30,15 @@ def test_lines_are_renumbered_from_the_new_text_to_the_old() -> None:
     )
     # a line the change wrote: where the change sits in the old text
     assert renumber_refs("train.py:10 never ran", files) == "train.py:7 never ran"
-    # inserted lines sit before the old line 1
-    assert renumber_refs("train.py:2", files) == "train.py:1"
+    # inserted lines are counted from where the insertion starts, as the diff's + side shows
+    # them (the second of three lines inserted above line 1 is line 2, not line 1 again)
+    assert renumber_refs("train.py:2", files) == "train.py:2"
+    # a line inserted below a changed one keeps its own number: below the old line 6 and the
+    # changed line 7 comes line 8, even though the old text has a line 8 of its own
+    grown = OLD.replace("line7\n", "line7 changed\nafter7\n")
+    assert renumber_refs("train.py:8 after the loop", {"train.py": (grown, OLD)}) == (
+        "train.py:8 after the loop"
+    )
     # other files, and names that only end like the file, are left alone
     assert renumber_refs("model.py:12 and mytrain.py:12", files) == "model.py:12 and mytrain.py:12"
 

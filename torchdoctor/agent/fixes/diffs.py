@@ -175,7 +175,8 @@ def apply_patch(root: Path, diff: str, *, offsets: bool = False) -> list[str]:
 def renumber_refs(text: str, files: dict[str, tuple[str, str]]) -> str:
     """`text` with each `path:line` of a file in `files` (path -> (new text, old text))
     renumbered from the new text to the old: a line both hold keeps its place, a line the
-    change wrote is shown where the change sits in the old text (as its diff shows it)."""
+    change wrote is counted from where the change starts in the old text, as the fix's diff
+    shows it (a line inserted below line 12 is line 13, not line 12 again)."""
     for path, (new, old) in files.items():
         if new == old:
             continue
@@ -192,10 +193,7 @@ def _renumbered(text: str, path: str, blocks: Sequence[tuple[str, int, int, int,
 
 
 def _old_line(blocks: Sequence[tuple[str, int, int, int, int]], line: int) -> int:
-    for tag, i1, i2, j1, j2 in blocks:
+    for _tag, i1, _i2, j1, j2 in blocks:
         if j1 <= line - 1 < j2:
-            offset = line - 1 - j1
-            if tag != "equal":
-                offset = max(0, min(offset, i2 - i1 - 1))
-            return i1 + offset + 1
+            return i1 + (line - 1 - j1) + 1
     return line
