@@ -3,7 +3,6 @@ applies cleanly and still passes verification; a conflict or regression drops th
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from torchdoctor.agent.checks.base import RawFinding, numbered_excerpt
 from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.codemods.base import Codemod
-from torchdoctor.agent.fixes.diffs import PatchError, apply_to_text, parse, unified_diff
+from torchdoctor.agent.fixes.diffs import (
+    PatchError,
+    apply_to_text,
+    line_opcodes,
+    map_line,
+    parse,
+    unified_diff,
+)
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -90,17 +96,12 @@ def retarget(original: str, current: str, target: FixTarget) -> FixTarget | None
     an earlier fix rewrote (the same DataLoader call given `num_workers`, then `pin_memory`)
     become the rewritten lines, where the codemod looks for its pattern again; None when an
     edit removed them."""
-    spans = _opcodes(original, current)
+    spans = line_opcodes(original, current)
     line = _mapped(spans, target.line, end=False)
     end_line = _mapped(spans, target.end_line, end=True)
     if line is None or end_line is None or end_line < line:
         return None
     return target.model_copy(update={"line": line, "end_line": end_line})
-
-
-def _opcodes(before: str, after: str) -> Sequence[tuple[str, int, int, int, int]]:
-    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
-    return matcher.get_opcodes()
 
 
 def _mapped(spans: Sequence[tuple[str, int, int, int, int]], line: int, *, end: bool) -> int | None:
@@ -111,14 +112,6 @@ def _mapped(spans: Sequence[tuple[str, int, int, int, int]], line: int, *, end: 
             if tag == "replace":
                 return j2 if end else j1 + 1
             return None
-    return None
-
-
-def map_line(before: str, after: str, line: int) -> int | None:
-    """Where line `line` of `before` is in `after`; None when an edit replaced or removed it."""
-    for tag, i1, i2, j1, _ in _opcodes(before, after):
-        if i1 <= line - 1 < i2:
-            return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
     return None
 
 

@@ -180,8 +180,7 @@ def renumber_refs(text: str, files: dict[str, tuple[str, str]]) -> str:
     for path, (new, old) in files.items():
         if new == old:
             continue
-        matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
-        text = _renumbered(text, path, matcher.get_opcodes())
+        text = _renumbered(text, path, line_opcodes(old, new))
     return text
 
 
@@ -197,3 +196,27 @@ def _old_line(blocks: Sequence[tuple[str, int, int, int, int]], line: int) -> in
         if j1 <= line - 1 < j2:
             return i1 + (line - 1 - j1) + 1
     return line
+
+
+def line_opcodes(before: str, after: str) -> Sequence[tuple[str, int, int, int, int]]:
+    """difflib's opcodes between the two texts' lines (no junk heuristic: code repeats lines)."""
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    return matcher.get_opcodes()
+
+
+def map_line(before: str, after: str, line: int) -> int | None:
+    """Where line `line` of `before` is in `after`; None when an edit replaced or removed it."""
+    for tag, i1, i2, j1, _ in line_opcodes(before, after):
+        if i1 <= line - 1 < i2:
+            return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
+    return None
+
+
+def changed_lines(before: str, after: str) -> set[int]:
+    """Lines of `before` (1-based) that `after` replaces or deletes."""
+    return {
+        line + 1
+        for tag, i1, i2, _, _ in line_opcodes(before, after)
+        if tag in ("replace", "delete")
+        for line in range(i1, i2)
+    }

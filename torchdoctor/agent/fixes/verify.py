@@ -15,7 +15,6 @@ Only a fix that passes every step is verified.
 from __future__ import annotations
 
 import ast
-import difflib
 import hashlib
 import json
 import re
@@ -27,7 +26,13 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.fixes.codemods.base import Codemod
-from torchdoctor.agent.fixes.diffs import PatchError, apply_patch, renumber_refs
+from torchdoctor.agent.fixes.diffs import (
+    PatchError,
+    apply_patch,
+    changed_lines,
+    map_line,
+    renumber_refs,
+)
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.reached import unreached
 from torchdoctor.agent.fixes.smoke import smoke_run
@@ -205,10 +210,10 @@ class Verifier:
             return None
         original = (self.root / path).read_text(encoding="utf-8", errors="replace")
         patched = (copy / path).read_text(encoding="utf-8", errors="replace")
-        if line not in _changed_lines(original, patched):
+        if line not in changed_lines(original, patched):
             return None
         after_path, after_line = after.error_at
-        if after_path == path and _line_before(patched, original, after_line) in (None, line):
+        if after_path == path and map_line(patched, original, after_line) in (None, line):
             return None  # it still fails on the line the fix wrote, or on the same line
         where = f"{path}:{line}"
         executed = self._executed(copy, touched, after, spec)
@@ -607,25 +612,3 @@ def _describe_run(run: SmokeRun, steps: int) -> str:
     if not run.ok:
         return f"the fixed script failed: {run.detail}"
     return f"{len(run.losses)} of {steps} steps recorded ({run.detail})"
-
-
-def _changed_lines(before: str, after: str) -> set[int]:
-    """Lines of `before` (1-based) that `after` replaces or deletes."""
-    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
-    return {
-        line + 1
-        for tag, i1, i2, _, _ in matcher.get_opcodes()
-        if tag in ("replace", "delete")
-        for line in range(i1, i2)
-    }
-
-
-def _line_before(patched: str, original: str, line: int) -> int | None:
-    """Where line `line` of `patched` was in `original`; None for a line the patch wrote."""
-    matcher = difflib.SequenceMatcher(
-        None, patched.splitlines(), original.splitlines(), autojunk=False
-    )
-    for tag, i1, i2, j1, _ in matcher.get_opcodes():
-        if i1 <= line - 1 < i2:
-            return j1 + (line - 1 - i1) + 1 if tag == "equal" else None
-    return None
