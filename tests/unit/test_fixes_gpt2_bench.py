@@ -97,3 +97,18 @@ def test_flops_per_token_matches_nanogpt_for_gpt2_small() -> None:
     bench = _bench()
     # 124,439,808 parameters (tied embeddings), position embeddings left out of 6N
     assert bench.flops_per_token(124_439_808, bench.FULL_SHAPE) == 855_166_464
+
+
+def test_every_variant_of_gpt2_variants_applies_to_the_fixed_script(fixed_script: Path) -> None:
+    """benchmarks/gpt2_variants.py edits the codemods' text: a codemod whose output changes
+    must not leave a variant silently 'not applicable'."""
+    spec = importlib.util.spec_from_file_location("gpt2_variants", BENCH / "gpt2_variants.py")
+    assert spec is not None and spec.loader is not None
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    text = fixed_script.read_text()
+    for name, edit in variants.VARIANTS.items():
+        changed = edit(text)
+        assert changed is not None, f"{name} does not apply to the merged fixes"
+        compile(changed, f"{name}.py", "exec")
+        assert (changed == text) == (name == "script"), name
