@@ -76,7 +76,6 @@ class BackwardAfterStep(Rule):
                     backwards.append((sub, loss))
         if not steps or not backwards:
             return
-        optimized: dict[str, list[str]] = {}
         for backward, loss in backwards:
             bound = _last_binding(node, loss.id, backward.lineno)
             if bound is None:
@@ -91,10 +90,7 @@ class BackwardAfterStep(Rule):
                     for b, other in backwards
                 ):
                     continue  # this loss was already backpropagated before the step
-                key = ast.unparse(step.func)
-                if key not in optimized:
-                    optimized[key] = _optimized_models(ctx, step)
-                models = optimized[key]
+                models = _optimized_models(ctx, step)
                 through = next(
                     (m for m in models if _built_through(ctx, bound.value, m, loss)), None
                 )
@@ -171,10 +167,22 @@ def _last_binding(fn: ast.AST, name: str, before: int) -> ast.Assign | None:
 
 
 def _optimized_models(ctx: ModuleContext, step: ast.Call) -> list[str]:
-    """The models (`self.qf1`) whose `.parameters()` built the optimizer stepped here."""
+    """The models (`self.qf1`) whose `.parameters()` built the optimizer stepped here
+    (memoised per module and optimizer: each function that steps it asks, and the answer is
+    a walk of the whole module)."""
     if not isinstance(step.func, ast.Attribute):
         return []
     receiver = ast.unparse(step.func.value)
+    memo = ctx.memo_table("backward_after_step.optimized_models")
+    if receiver not in memo:
+        memo[receiver] = _models_building(ctx, receiver)
+    found: list[str] = memo[receiver]
+    return found
+
+
+def _models_building(ctx: ModuleContext, receiver: str) -> list[str]:
+    """The models whose `.parameters()` are given to the optimizer named `receiver` where it
+    is built, anywhere in the module."""
     models: list[str] = []
     for node in walk_tree(ctx.tree):
         if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
