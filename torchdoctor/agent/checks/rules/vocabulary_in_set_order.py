@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
 _TEXT_METHODS = frozenset({"split", "read", "readlines", "lower", "strip", "splitlines"})
@@ -180,25 +181,18 @@ def _indexed(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
         return None
     if func.id == "zip" and len(call.args) == 2:
         second = call.args[1]
-        counts = isinstance(second, ast.Call) and _callee(second) in ("range", "count")
+        counts = isinstance(second, ast.Call) and terminal_name(second.func) in ("range", "count")
         return call.args[0] if counts else None
     if func.id != "enumerate" or len(call.args) != 1:
         return None
     parent = ctx.parents.get(call)
     if isinstance(parent, ast.comprehension) and isinstance(ctx.parents.get(parent), ast.DictComp):
         return call.args[0]
-    if isinstance(parent, ast.Call) and _callee(parent) == "dict":
+    if isinstance(parent, ast.Call) and terminal_name(parent.func) == "dict":
         return call.args[0]
     if isinstance(parent, ast.For) and parent.iter is call and _stores_index(parent):
         return call.args[0]
     return None
-
-
-def _callee(call: ast.Call) -> str:
-    func = call.func
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return func.id if isinstance(func, ast.Name) else ""
 
 
 def _stores_index(loop: ast.For) -> bool:
