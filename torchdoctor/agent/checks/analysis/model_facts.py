@@ -28,6 +28,9 @@ _MODEL_NAME = re.compile(
     re.IGNORECASE,
 )
 LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+# The torch losses whose names hold no "loss" (`cross_entropy`, `kl_div`): the text of a
+# module calling one need not say "loss" (`text_names_a_loss`).
+_LOSSES_NOT_NAMED_LOSS = tuple(sorted(n for n in LOSS_FUNCTIONS if "loss" not in n.lower()))
 # Named after a loss but computing none: loss scalers and their scales.
 _NOT_A_LOSS = re.compile(r"loss_?scal", re.IGNORECASE)
 # Module methods that return the module itself: `model.eval().requires_grad_(False).to(dev)`.
@@ -321,12 +324,12 @@ class ModelFacts(DefUse):
         in the import that aliases it. Most modules of a library name none. (A non-ASCII
         text may spell an identifier in characters the parser normalises: not judged.)"""
         source = self.ctx.source
+        lowered = source.lower()
         return (
             not source.isascii()
-            or "cross_entropy" in source
-            or "kl_div" in source
-            or "loss" in source.lower()
-            or "criterion" in source.lower()
+            or "loss" in lowered
+            or "criterion" in lowered
+            or any(name in source for name in _LOSSES_NOT_NAMED_LOSS)
         )
 
     def is_loss_callee(self, callee: ast.expr) -> bool:
