@@ -246,9 +246,7 @@ def _load_weights_only_by_default(since: str) -> _Check:
                     f"the project's manifests allow no torch older than {since}, where "
                     "torch.load defaults to weights_only=True: this load is weights-only"
                 )
-        return _load_inside_safe_globals(iter(found), parents) or _keyword_in_unpacked(
-            "load", "weights_only"
-        )(iter(found), parents)
+        return _load_weights_only_elsewhere(iter(found), parents)
 
     return check
 
@@ -634,6 +632,12 @@ def _first_reason(*checks: _Check) -> _Check:
     return check
 
 
+# A load the peer reads as unsafe that is weights-only all the same: inside
+# `safe_globals`, or unpacking a dict the function fills with `weights_only`.
+_load_weights_only_elsewhere = _first_reason(
+    _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
+)
+
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
 }
@@ -654,12 +658,8 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("detect-secrets", "Base64 High Entropy String"): _first_reason(
         _symbol_set, _download_table_ids
     ),
-    ("bandit", "B614"): _first_reason(
-        _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
-    ),
-    ("torchfix", "TOR102"): _first_reason(
-        _load_inside_safe_globals, _keyword_in_unpacked("load", "weights_only")
-    ),
+    ("bandit", "B614"): _load_weights_only_elsewhere,
+    ("torchfix", "TOR102"): _load_weights_only_elsewhere,
     ("bandit", "B301"): _gathered_objects,
     ("detect-secrets", "Secret Keyword"): _placeholder_keyword_value,
     ("torchfix", "TOR003"): _keyword_in_unpacked("checkpoint", "use_reentrant"),
