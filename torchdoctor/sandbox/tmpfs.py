@@ -9,31 +9,25 @@ cgroup, so the workspace counts against the memory limit too where that is kerne
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-from functools import cache
 from pathlib import Path
-from typing import Any
+
+from torchdoctor.sandbox.lifeline import libc
 
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
 
 
-@cache
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def mount_tmpfs(path: Path, size_mb: int, mode: int = 0o700) -> bool:
     """Mount a tmpfs of `size_mb` on the empty folder `path`; False where not permitted."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 or (found := libc()) is None:
         return False
     options = f"size={size_mb}m,mode={mode:o}".encode()
     flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
-    return bool(_libc().mount(b"tmpfs", os.fsencode(path), b"tmpfs", flags, options) == 0)
+    return bool(found.mount(b"tmpfs", os.fsencode(path), b"tmpfs", flags, options) == 0)
 
 
 def unmount(path: Path) -> None:
     """Detach a mount (its files vanish with it); quiet when `path` is not a mount point."""
-    if os.path.ismount(path):
-        _libc().umount2(os.fsencode(path), MNT_DETACH)
+    if os.path.ismount(path) and (found := libc()) is not None:
+        found.umount2(os.fsencode(path), MNT_DETACH)
