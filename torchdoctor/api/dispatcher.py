@@ -151,7 +151,7 @@ class Dispatcher:
         behind the running audit it repeats."""
         if key is None or key in self._not_kept:
             return False
-        if await self._finished_from_kept(record, key):
+        if await to_thread.run_sync(self._finish_from_kept, record, key):
             return True
         if key in self._leaders.values():
             self._waiting[record.id] = key
@@ -234,25 +234,18 @@ class Dispatcher:
         """Finish a parked repeat from its leader's kept result (in a worker thread); False
         when that result is gone."""
         record = self.store.get_audit(audit_id, None)
-        if record is None:
-            return True  # nothing left to finish
-        if not self._finish_from_kept(record, key):
-            return False
-        log.info("finished from an identical audit", extra={"audit_id": audit_id})
-        return True
-
-    async def _finished_from_kept(self, record: AuditRecord, key: str) -> bool:
-        if not await to_thread.run_sync(self._finish_from_kept, record, key):
-            return False
-        log.info("finished from an identical audit", extra={"audit_id": record.id})
-        return True
+        # None: nothing left to finish
+        return record is None or self._finish_from_kept(record, key)
 
     def _finish_from_kept(self, record: AuditRecord, key: str) -> bool:
+        """Finish `record` from the kept result of `key` (in a worker thread); False when there
+        is none."""
         reused = self._kept(key)
         if reused is None:
             return False
         finish_reused(self.store, record, self.owner, reused)
         self.on_news()
+        log.info("finished from an identical audit", extra={"audit_id": record.id})
         return True
 
     def _ended(self, key: str) -> None:
