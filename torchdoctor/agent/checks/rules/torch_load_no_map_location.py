@@ -237,12 +237,10 @@ def _dataset_processed_file(ctx: ModuleContext, load: ast.Call) -> bool:
         and path.value.attr == "processed_paths"
     ):
         return False
-    node = ctx.parents.get(load)
-    while node is not None and not isinstance(node, ast.ClassDef):
-        node = ctx.parents.get(node)
-    return node is not None and any(
+    owner = next((a for a in ctx.ancestors(load) if isinstance(a, ast.ClassDef)), None)
+    return owner is not None and any(
         (b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")).endswith("Dataset")
-        for b in node.bases
+        for b in owner.bases
     )
 
 
