@@ -79,9 +79,7 @@ def _reduced_value(value: ast.AST, ctx: ModuleContext, through_data: bool, depth
         return _reducing_loss_call(value, ctx, through_data)
     if depth >= _MAX_SUM_DEPTH or not isinstance(value, ast.BinOp):
         return False
-    if not isinstance(value.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-        return False
-    operands = _operands(value)
+    operands = _operands(value)  # [value] itself for another operator (`a @ b`): not a Name
     losses = [o for o in operands if not (isinstance(o, ast.Constant) and _number(o.value))]
     return bool(losses) and all(
         isinstance(o, ast.Name) and _reduced_loss(o, ctx, through_data, depth + 1) for o in losses
