@@ -28,7 +28,7 @@ from torchdoctor.api import dispatcher as dispatcher_module
 from torchdoctor.api.dispatcher import Dispatcher
 from torchdoctor.api.event_batch import EventBatch
 from torchdoctor.api.executor import LocalExecutor
-from torchdoctor.api.models import AuditState
+from torchdoctor.api.models import AuditRecord, AuditState
 from torchdoctor.api.reuse import keep, reuse_key
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.store.store import Store
@@ -165,6 +165,14 @@ def test_repeats_need_no_slot_they_are_claimed_while_every_slot_is_taken(
     monkeypatch.setenv("TORCHDOCTOR_RESULT_CACHE", "1")
     store, slots = _store(tmp_path), Slots()
     dispatcher = Dispatcher(store, slots, lease_s=60, interval_s=30)
+    finish_from_kept = dispatcher._finish_from_kept
+    finished_records: list[AuditRecord] = []
+
+    def spy(record: AuditRecord, key: str) -> bool:
+        finished_records.append(record)
+        return finish_from_kept(record, key)
+
+    monkeypatch.setattr(dispatcher, "_finish_from_kept", spy)
     offline = AuditChoices(offline=True)
     code = {"a": "import torch\nx = torch.ones(1)\n", "b": "import torch\ny = torch.zeros(2)\n"}
 
@@ -215,6 +223,9 @@ def test_repeats_need_no_slot_they_are_claimed_while_every_slot_is_taken(
         assert slots.started == ["b1", "d1"]
         report = store.get_audit("a3", None)
         assert report is not None and report.finished_at is not None
+        # each repeat is finished from the record read after its claim: its report starts then
+        finished = {r.id: r.started_at for r in finished_records if r.id in ("a2", "a3")}
+        assert set(finished) == {"a2", "a3"} and None not in finished.values(), finished
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 

@@ -66,7 +66,7 @@ class Dispatcher:
         self._waiting: dict[str, str] = {}
         """Claimed repeats of a running leader -> its key (they hold no worker slot)."""
         self._not_kept: set[str] = set()
-        self._queued: dict[str, tuple[AuditRecord, str | None]] = {}
+        self._queued: dict[str, str | None] = {}
         """Queued audits looked at for repeats -> their record and reuse key (each tree is
         hashed once, however many ticks it stays queued)."""
         self._remembered: dict[str, KeptAudit] = {}
@@ -173,49 +173,54 @@ class Dispatcher:
             return
         leaders = frozenset(self._leaders.values())
         repeats = await to_thread.run_sync(self._queued_repeats, leaders, room)
-        for record, key in repeats:
+        for audit_id, key in repeats:
             claimed = await to_thread.run_sync(
-                self.store.claim_audit, record.id, self.owner, self.lease_s
+                self.store.claim_audit, audit_id, self.owner, self.lease_s
             )
+            self._queued.pop(audit_id, None)
             if not claimed:
                 continue  # taken by another server, or cancelled
-            self._queued.pop(record.id, None)
+            # read again once claimed: the report of a repeat starts at its claim
+            record = await to_thread.run_sync(self.store.get_audit, audit_id, None)
+            if record is None:
+                continue
             if not await self._reused(record, key):
-                self._waiting[record.id] = key  # its result is gone: run when a slot frees
+                self._waiting[audit_id] = key  # its result is gone: run when a slot frees
                 self._not_kept.add(key)
 
-    def _queued_repeats(self, leaders: frozenset[str], limit: int) -> list[tuple[AuditRecord, str]]:
+    def _queued_repeats(self, leaders: frozenset[str], limit: int) -> list[tuple[str, str]]:
         """The oldest queued audits (up to `limit`) whose key a running leader or a kept
         result has (in a worker thread: it reads the store, and hashes a tree the first time
         it sees it)."""
         queued = self.store.queued_ids(MAX_WAITING)
         self._queued = {a: self._queued[a] for a in queued if a in self._queued}
-        found: list[tuple[AuditRecord, str]] = []
+        found: list[tuple[str, str]] = []
         hashing_until, hashed = time.monotonic() + HASHING_PER_TICK_S, 0
         for audit_id in queued:
             if audit_id not in self._queued:
                 if hashed and time.monotonic() > hashing_until:
                     continue  # looked at in a later tick: this one has other work to do
                 hashed += 1
-                record, key = self._record_and_key(audit_id)
+                record = self.store.get_audit(audit_id, None)
                 if record is None:
                     continue
-                self._queued[audit_id] = (record, key)
-            record, key = self._queued[audit_id]
+                self._queued[audit_id] = reuse_key(record)
+            key = self._queued[audit_id]
             if key is None or key in self._not_kept:
                 continue
             if key in leaders or self._kept(key) is not None:
-                found.append((record, key))
+                found.append((audit_id, key))
                 if len(found) >= limit:
                     break
         return found
 
     def _record_and_key(self, audit_id: str) -> tuple[AuditRecord | None, str | None]:
-        remembered = self._queued.get(audit_id)
-        if remembered is not None:
-            return remembered
+        """The claimed audit as the store has it now (its claim time included) and its reuse
+        key, hashed once: a key computed while it was queued is kept."""
         record = self.store.get_audit(audit_id, None)
-        return record, reuse_key(record) if record is not None else None
+        if record is None:
+            return None, None
+        return record, self._queued.pop(audit_id) if audit_id in self._queued else reuse_key(record)
 
     def _kept(self, key: str) -> KeptAudit | None:
         """The kept result of `key`, from memory once it was read (from any thread)."""
