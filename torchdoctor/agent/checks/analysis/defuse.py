@@ -460,6 +460,8 @@ class DefUse:
                 return []
             scope = self._scope_of(node)
             values = self._scope_bindings.get(id(scope), {}).get(node.id)
+            if values and node.id in self._comprehension_names:
+                values = [v for v in values if self._binding_visible(v, node)]
             if values:
                 return values
             default = self._call_defaults.get(id(scope), {}).get(node.id) if defaulted else None
@@ -475,6 +477,27 @@ class DefUse:
             scope = self._scope_of(node)
             return self._scope_bindings.get(id(scope), {}).get(key, [])
         return []
+
+    @cached_property
+    def _comprehension_names(self) -> frozenset[str]:
+        """Names some comprehension binds (`for x in xs` inside `[...]`): few modules have any."""
+        return frozenset(
+            name for node in self.nodes(ast.comprehension) for name, _ in _target_names(node.target)
+        )
+
+    def _binding_visible(self, value: ast.expr, read: ast.expr) -> bool:
+        """A comprehension's variable exists only inside it (Python 3): the iterable it is
+        bound from is no definition of a same-named variable read outside (`losses` of
+        `[l[j] for losses in losses_list]` is not the loop's `losses`)."""
+        binder = self.ctx.parents.get(value)
+        if not (isinstance(binder, ast.comprehension) and binder.iter is value):
+            return True
+        expr = self.ctx.parents.get(binder)
+        if not isinstance(expr, ast.expr):
+            return True
+        start = (expr.lineno, expr.col_offset)
+        end = (expr.end_lineno or expr.lineno, expr.end_col_offset or 0)
+        return start <= (read.lineno, read.col_offset) <= end
 
     def live_definitions(self, name: ast.Name) -> list[ast.expr]:
         """`definitions(name)` less the bindings a later plain assignment in the same block
