@@ -34,7 +34,8 @@ class BufferUpdatedWithGraph(Rule):
 
     Not reported: writes under `torch.no_grad()` or in a method decorated with it, values
     detached or turned into numbers, constants and counters (`self.num_batches_tracked += 1`),
-    writes in `__init__`.
+    a buffer only scaled by number hyper-parameters (`self.decay` set from `decay: float`),
+    writes in `__init__`. In-place chains (`self.b.mul_(m).add_(v)`) write the buffer too.
 
     Example:
         def forward(self, x):
@@ -66,13 +67,14 @@ class BufferUpdatedWithGraph(Rule):
             buffers = {b for b in _buffer_attributes(cls) if "cache" not in b.lower()}
             if not buffers:
                 continue
+            numbers = _number_attributes(cls)
             for method in cls.body:
                 if not isinstance(method, ast.FunctionDef) or method.name not in in_forward:
                     continue
                 for write, value in _buffer_writes(method, buffers):
                     if grad_may_be_off(ctx, write):
                         continue
-                    if not _carries_graph(ctx, value, method, buffers):
+                    if not _carries_graph(ctx, value, method, buffers | numbers):
                         continue
                     ctx.report(
                         self,
@@ -156,10 +158,69 @@ def _buffer_writes(method: ast.FunctionDef, buffers: set[str]) -> list[tuple[ast
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in _INPLACE_WRITES
-            and _buffer_of(node.func.value, buffers)
+            and _buffer_of(_inplace_receiver(node.func.value), buffers)
         ):
             found.extend((node, arg) for arg in node.args)
     return found
+
+
+def _inplace_receiver(target: ast.expr) -> ast.expr:
+    """The tensor a chain of in-place calls writes: `self.b` in `self.b.mul_(m).add_(v)`
+    (each in-place method returns its receiver)."""
+    while (
+        isinstance(target, ast.Call)
+        and isinstance(target.func, ast.Attribute)
+        and target.func.attr in _INPLACE_WRITES
+    ):
+        target = target.func.value
+    return target
+
+
+def _number_attributes(cls: ast.ClassDef) -> set[str]:
+    """Attributes that only ever hold a number: `self.momentum = momentum` where `__init__`
+    declares `momentum=0.1` (or `momentum: float`), `self.decay = 0.99`. A hyper-parameter
+    holds no graph, unlike `self.weight`."""
+    numeric: set[str] = set()
+    for fn in cls.body:
+        if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
+            args = fn.args
+            positional = [*args.posonlyargs, *args.args]
+            first_defaulted = len(positional) - len(args.defaults)
+            defaults = {
+                a.arg: d for a, d in zip(positional[first_defaulted:], args.defaults, strict=True)
+            }
+            defaults.update(
+                (a.arg, d)
+                for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+                if d is not None
+            )
+            for arg in [*positional, *args.kwonlyargs]:
+                default = defaults.get(arg.arg)
+                if _is_number(default) or (
+                    arg.annotation is not None and identifier(arg.annotation) in ("float", "int")
+                ):
+                    numeric.add(arg.arg)
+    kinds: dict[str, bool] = {}
+    for node in walk_tree(cls):
+        if not isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute) and identifier(target.value) == "self":
+                value = node.value
+                number = _is_number(value) or (isinstance(value, ast.Name) and value.id in numeric)
+                kinds[target.attr] = kinds.get(target.attr, True) and number
+    return {name for name, number in kinds.items() if number}
+
+
+def _is_number(node: ast.expr | None) -> bool:
+    if isinstance(node, ast.UnaryOp):
+        node = node.operand
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    )
 
 
 def _buffer_of(target: ast.expr, buffers: set[str]) -> bool:
