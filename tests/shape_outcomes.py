@@ -21,8 +21,16 @@ def findings(source: str, rule: str, config: EngineConfig | None = None) -> list
 
 
 def assert_outcome(
-    shapes: Path, name: str, rule: str, outcome: str, config: EngineConfig | None = None
+    shapes: Path,
+    name: str,
+    rule: str,
+    outcome: str,
+    config: EngineConfig | None = None,
+    variant: dict[str, str] | None = None,
 ) -> None:
+    """`variant`: anchors a costlier form of the fix adds (the compile ladder's), its outcome
+    files named `NAME.RULE.KEY-VALUE.KIND`."""
+    expected = f"{rule}{variant_suffix(variant)}"
     source = (shapes / f"{name}.py").read_text()
     found = findings(source, rule, config)
     if outcome == "quiet":
@@ -31,7 +39,11 @@ def assert_outcome(
     assert found
     finding = found[0]
     target = FixTarget(
-        rule=rule, file="m.py", line=finding.line, end_line=finding.end_line, data=finding.data
+        rule=rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data={**finding.data, **(variant or {})},
     )
     codemod = codemod_for(rule)
     assert codemod is not None
@@ -40,8 +52,12 @@ def assert_outcome(
         assert fixed is None
         reason = codemod.explain(source, target)
         assert reason is not None
-        assert reason.strip() == (shapes / f"{name}.{rule}.reason").read_text().strip()
+        assert reason.strip() == (shapes / f"{name}.{expected}.reason").read_text().strip()
         return
-    assert fixed == (shapes / f"{name}.{rule}.after.py").read_text()
+    assert fixed == (shapes / f"{name}.{expected}.after.py").read_text()
     ast.parse(fixed)
     assert not findings(fixed, rule, config)  # every place the rule named is fixed
+
+
+def variant_suffix(variant: dict[str, str] | None) -> str:
+    return "".join(f".{key}-{value}" for key, value in sorted((variant or {}).items()))

@@ -13,7 +13,7 @@ from typing import Any
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.models import Finding
 
-_INFRASTRUCTURE = {"base", "common", "attention_products"}
+_INFRASTRUCTURE = {"base", "common", "attention_products", "step_graph"}
 
 
 class CodemodRegistryError(RuntimeError):

@@ -23,11 +23,15 @@ from torchdoctor.agent.fixes.codemods.common import (
     models_called_in,
     named_like_model,
 )
+from torchdoctor.agent.fixes.codemods.step_graph import step_graph
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 """torch.compile's modes in order of cost (compile time, then CUDA-graph memory); the last is
 autotuning and CUDA graphs together, which can win where each alone stays in the noise."""
+COMPILE_SCOPES = ("model", "step")
+"""What one compiled graph holds: the model (`model.compile()`, the loss compiled apart), or
+the training step's forward and loss as one function (`step_graph`)."""
 COMPILER_HOST_MB = 16384
 """Host memory for Inductor's compile workers on top of the script's own limit: one worker per
 core, each importing torch and Triton (about 0.3-0.5 GB); max-autotune benchmarks kernels in
@@ -63,12 +67,12 @@ class NoTorchCompileFix(Codemod):
     extra_host_memory_mb = COMPILER_HOST_MB
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        if _refusal(ctx, target) is not None:
-            return False
+        refusal = _refusal(ctx, target)
+        if refusal is not None:
+            return ctx.decline(refusal)
         loop = flagged_loop(ctx, target)
-        models = _trained_models(ctx, loop, target) if loop is not None else []
-        if loop is None or not models:
-            return False
+        assert loop is not None
+        models = _trained_models(ctx, loop, target)
         outer: cst.CSTNode = loop
         for anc in ctx.ancestors(loop):
             if isinstance(anc, cst.FunctionDef | cst.ClassDef):
@@ -76,24 +80,29 @@ class NoTorchCompileFix(Codemod):
             if isinstance(anc, cst.For | cst.While):
                 outer = anc
         mode = target.data.get("compile_mode", "default")
-        if mode not in COMPILE_MODES:
-            return False
         arguments = "" if mode == "default" else f'mode="{mode}"'
         torch = ctx.require_module("torch")
-        compiled = [
-            *(f"{model}.compile({arguments})" for model in models),
-            *_compile_losses(ctx, loop, outer, torch),
-        ]
+        compiled = [f"{model}.compile({arguments})" for model in models]
+        step = target.data.get("compile_scope", "model") == "step"
+        if step:
+            if len(models) != 1:
+                return ctx.decline("the step trains several models: each compiles on its own")
+            graph = step_graph(ctx, loop, outer, models[0], _names_in_use(ctx.source))
+            if isinstance(graph, str):
+                return ctx.decline(graph)
+            ctx.insert_before(outer, [_after_blank_line(graph.function)])
+            first, *rest = graph.statements
+            ctx.substitute(first, cst.parse_statement(graph.call))
+            for statement in rest:
+                ctx.remove(statement)
+            compiling = ", ".join(filter(None, [graph.name, arguments]))
+            compiled.append(f"{graph.name} = {torch}.compile({compiling})")
+        else:
+            compiled.extend(_compile_losses(ctx, loop, outer, torch))
         block = "".join(f"    {line}\n" for line in compiled)
-        ctx.insert_before(outer, f"if {torch}.cuda.is_available():\n{block}")
+        guarded = f"if {torch}.cuda.is_available():\n{block}"
+        ctx.insert_before(outer, [_after_blank_line(guarded)] if step else guarded)
         return True
-
-    def explain(self, source: str, target: FixTarget) -> str | None:
-        try:
-            ctx = SourceContext(source)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
-        return _refusal(ctx, target)
 
 
 def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
@@ -105,6 +114,8 @@ def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
         return "something in this file is compiled already: one compile plan per file"
     if target.data.get("compile_mode", "default") not in COMPILE_MODES:
         return f"unknown compile mode {target.data.get('compile_mode')!r}"
+    if target.data.get("compile_scope", "model") not in COMPILE_SCOPES:
+        return f"unknown compile scope {target.data.get('compile_scope')!r}"
     loop = flagged_loop(ctx, target)
     if loop is None:
         return "no training loop this fix can follow at the finding (its step is in a helper)"
@@ -204,3 +215,8 @@ def _loss_modules(ctx: SourceContext, scope: cst.CSTNode) -> set[str]:
             else:
                 others.add(name)
     return {name for name, count in losses.items() if count == 1 and name not in others}
+
+
+def _after_blank_line(code: str) -> cst.BaseStatement:
+    """One statement that a blank line sets apart from the code above it."""
+    return cst.parse_statement(code).with_changes(leading_lines=[cst.EmptyLine(indent=False)])
