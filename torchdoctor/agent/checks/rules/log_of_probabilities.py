@@ -31,6 +31,10 @@ class LogOfProbabilities(Rule):
     object's `.probs`: they are normalised a second time as if they were logits, so the
     result is not `log p` (a policy's entropy and log-likelihood come out wrong).
 
+    Also reported: the log of a true-class probability picked from `p` and `1 - p`
+    (`torch.where(t == 1, p, 1 - p)`, `p * t + (1 - p) * (1 - t)`, a hand-written focal or
+    binary cross-entropy loss): it is exactly 0 wherever `p` reaches 0 or 1.
+
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
     probabilities from another source (a model's output, a dataset), `log1p`.
 
@@ -47,7 +51,8 @@ class LogOfProbabilities(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "log" in ctx.source and ("oftmax" in ctx.source or "sigmoid" in ctx.source)
+        text = ctx.source
+        return "log" in text and any(k in text for k in ("oftmax", "sigmoid", "1 -", "1-"))
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
@@ -73,6 +78,20 @@ class LogOfProbabilities(Rule):
             else:
                 continue
             producer = _activation(ctx, argument, 0)
+            if producer is None and call.lineno not in reported:
+                chosen = _true_class_probability(ctx, argument, 0)
+                if chosen is not None:
+                    reported.add(call.lineno)
+                    ctx.report(
+                        self,
+                        call,
+                        f"log of `{ast.unparse(chosen)}` (line {chosen.lineno}), a "
+                        "probability chosen from p and 1 - p: it is exactly 0 wherever p "
+                        "reaches 0 or 1, and its log is -inf; add an epsilon or clamp it, or "
+                        "compute the loss from logits (`BCEWithLogitsLoss`)",
+                        data={"activation": "complement", "direct": False},
+                    )
+                continue
             if producer is None or call.lineno in reported:
                 continue
             reported.add(call.lineno)
@@ -120,6 +139,63 @@ def _distribution_probs(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.At
         return None
     made = [ctx.flow.qualname_of(c) or "" for c in ctx.flow.constructors(expr.value)]
     return expr if any(q.startswith("torch.distributions.") for q in made) else None
+
+
+def _true_class_probability(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.expr | None:
+    """A probability of the true class picked from `p` and its complement, through single
+    assignments and views: `torch.where(t == 1, p, 1 - p)` or `p * t + (1 - p) * (1 - t)`
+    (a hand-written focal or binary cross-entropy loss). Nothing keeps it away from 0."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _true_class_probability(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        if ctx.flow.qualname_of(expr) == "torch.where" and len(expr.args) == 3:
+            first, second = expr.args[1], expr.args[2]
+            if _complement_of(second, first) or _complement_of(first, second):
+                return expr
+            return None
+        if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
+            return _true_class_probability(ctx, func.value, hops + 1)
+        return None
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+        left, right = _factors(expr.left), _factors(expr.right)
+        if left and right and _complementary_products(left, right):
+            return expr
+    return None
+
+
+def _factors(expr: ast.expr) -> tuple[ast.expr, ast.expr] | None:
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Mult):
+        return expr.left, expr.right
+    return None
+
+
+def _complementary_products(
+    left: tuple[ast.expr, ast.expr], right: tuple[ast.expr, ast.expr]
+) -> bool:
+    """`p * t + (1 - p) * (1 - t)` in any order of the factors."""
+    a, b = left
+    for c, d in (right, right[::-1]):
+        if (_complement_of(c, a) and _complement_of(d, b)) or (
+            _complement_of(c, b) and _complement_of(d, a)
+        ):
+            return True
+    return False
+
+
+def _complement_of(expr: ast.expr, of: ast.expr) -> bool:
+    """`expr` is `1 - of` (or `1.0 - of`)."""
+    return (
+        isinstance(expr, ast.BinOp)
+        and isinstance(expr.op, ast.Sub)
+        and isinstance(expr.left, ast.Constant)
+        and expr.left.value in (1, 1.0)
+        and not isinstance(expr.left.value, bool)
+        and ast.dump(expr.right) == ast.dump(of)
+    )
 
 
 def _kind(ctx: ModuleContext, call: ast.Call) -> str:
