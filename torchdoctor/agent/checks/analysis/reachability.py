@@ -75,11 +75,92 @@ class MethodReach(ModelFacts):
             scope = self._scope_key(call)
             if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
+            dispatched = self.dispatched_mode(call)
+            if dispatched is not None:  # `set_mode('eval', models)`: that mode, no callee
+                methods.setdefault(scope.name, set()).add(dispatched)
+                continue
             if mode is not None:
                 methods.setdefault(scope.name, set()).add(mode)
             if callee in names:
                 callees.setdefault(scope.name, set()).add(callee)
         return methods, callees
+
+    @cached_property
+    def _mode_dispatchers(self) -> dict[str, tuple[str, int, dict[object, str]]]:
+        """Local functions that set the mode their argument names: every `.train()`/`.eval()`
+        they call sits under `if mode == 'train':` (or `'eval'`) for one parameter `mode`
+        (CLEVR-IEP's `set_mode(mode, models)`). name -> (parameter, position, value -> mode)."""
+        found: dict[str, tuple[str, int, dict[object, str]]] = {}
+        source = self.ctx.source
+        if "==" not in source or not (mode_text(source, "eval") and mode_text(source, "train")):
+            return found
+        per_function: dict[int, tuple[ast.FunctionDef | ast.AsyncFunctionDef, list[ast.Call]]] = {}
+        for call in self.calls_named(("train", "eval", *MODE_SETTERS)):
+            fn = self._scope_key(call)
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                per_function.setdefault(id(fn), (fn, []))[1].append(call)
+        for fn, calls in per_function.values():
+            if len(self.functions.get(fn.name, [])) != 1:
+                continue
+            params = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+            guarded: dict[object, str] = {}
+            parameter: str | None = None
+            ok = True
+            for call in calls:
+                mode = self.mode_method(call)
+                if mode is None:
+                    continue
+                guard = self._constant_guard(call, fn)
+                if guard is None or (parameter is not None and guard[0] != parameter):
+                    ok = False
+                    break
+                parameter = guard[0]
+                if guarded.get(guard[1], mode) != mode:
+                    ok = False
+                    break
+                guarded[guard[1]] = mode
+            if ok and parameter in params and len(set(guarded.values())) > 1:
+                found[fn.name] = (parameter, params.index(parameter), guarded)
+        return found
+
+    def _constant_guard(
+        self, call: ast.Call, fn: ast.FunctionDef | ast.AsyncFunctionDef
+    ) -> tuple[str, object] | None:
+        """(parameter, value) of the nearest `if parameter == value:` around `call` in `fn`'s
+        body, the call in its body (not its else)."""
+        child: ast.AST = call
+        for anc in self.ctx.ancestors(call):
+            if anc is fn:
+                return None
+            if isinstance(anc, ast.If) and child in anc.body:
+                test = anc.test
+                if (
+                    isinstance(test, ast.Compare)
+                    and len(test.ops) == 1
+                    and isinstance(test.ops[0], ast.Eq)
+                    and isinstance(test.left, ast.Name)
+                    and isinstance(test.comparators[0], ast.Constant)
+                ):
+                    return test.left.id, test.comparators[0].value
+            child = anc
+        return None
+
+    def dispatched_mode(self, call: ast.Call) -> str | None:
+        """The mode a call of a local mode dispatcher sets when the argument it dispatches on
+        is a constant (`set_mode('eval', models)`: 'eval'), else None."""
+        dispatchers = self._mode_dispatchers
+        if not dispatchers:
+            return None
+        callee = local_callee(call)
+        if callee not in dispatchers:
+            return None
+        parameter, position, modes = dispatchers[callee]
+        given = next((k.value for k in call.keywords if k.arg == parameter), None)
+        if given is None and len(call.args) > position:
+            given = call.args[position]
+        if isinstance(given, ast.Constant):
+            return modes.get(given.value)
+        return None
 
     def functions_reaching(self, method: str) -> frozenset[str]:
         """Local functions that call `.method()` ('eval' or 'train') directly or transitively."""
@@ -171,9 +252,17 @@ class MethodReach(ModelFacts):
         return any(
             isinstance(node, ast.Call)
             and node is not excluding
-            and (self.mode_method(node) == method or local_callee(node) in reaching)
+            and self._call_reaches(node, method, reaching)
             for node in walk_scope(body)
         )
+
+    def _call_reaches(self, call: ast.Call, method: str, reaching: frozenset[str]) -> bool:
+        if self.mode_method(call) == method:
+            return True
+        if local_callee(call) not in reaching:
+            return False
+        dispatched = self.dispatched_mode(call)
+        return dispatched is None or dispatched == method
 
     def calls_reaching(self, method: str) -> list[ast.Call]:
         """The module's calls of `.method()` or of a local function that reaches it."""
@@ -183,8 +272,6 @@ class MethodReach(ModelFacts):
         if method not in memo:
             reaching = self.functions_reaching(method)
             memo[method] = [
-                call
-                for call in self.nodes(ast.Call)
-                if self.mode_method(call) == method or local_callee(call) in reaching
+                call for call in self.nodes(ast.Call) if self._call_reaches(call, method, reaching)
             ]
         return memo[method]  # type: ignore[no-any-return]

@@ -76,6 +76,8 @@ class TrainModeNotRestored(Rule):
             evals = id(call) in around_eval and flow.methods_called(call) == {"eval"}
             if not evals and local_callee(call) not in evaluating:
                 continue
+            if not evals and flow.dispatched_mode(call) == "train":
+                continue  # `set_mode('train', models)`: the dispatcher's train branch only
             if evals and _averaged_copy(call):
                 continue  # an EMA copy is sampled, never trained: eval mode is its mode
             if evals and _fresh_copy(ctx, call):
