@@ -262,6 +262,18 @@ def test_module_text_answers_like_the_source() -> None:
         _ = 1 in text  # type: ignore[operator]
 
 
+def test_lowered_module_text_answers_like_the_lowered_source() -> None:
+    """`lower()` is indexed too: an ASCII text's from its own words lower-cased, a text with
+    other characters from its own lower-casing (the Kelvin sign lower-cases to `k`)."""
+    for source in ("import torch\nEMA = Target(Net)  # Polyak\n", "EMA = \u212aelvin(Net)\n"):
+        text = ModuleText(source)
+        lowered = text.lower()
+        assert isinstance(lowered, ModuleText) and lowered == source.lower()
+        for token in ["ema", "EMA", "polyak", "target(", "kelvin", "elvin", "net)", "torch"]:
+            assert (token in lowered) is (token in source.lower()), token
+        assert lowered.has_word("ema") and not lowered.has_word("em")
+
+
 def test_may_name_finds_whole_words_only_in_ascii_text() -> None:
     source = "def evaluate(model):\n    model.training = True  # constraint\n    model.eval()\n"
     for text in (ModuleText(source), source):

@@ -23,7 +23,7 @@ class ModuleText(str):
     """
 
     _found: dict[str, bool]
-    _lowered: str | None
+    _lowered: ModuleText | None
     _vocabulary: bytes | None
     _distinct: frozenset[bytes] | None
 
@@ -54,14 +54,22 @@ class ModuleText(str):
 
     def has_word(self, word: str) -> bool:
         """Whether `word` (word characters only) is one of the text's whole words."""
-        if self._distinct is None:
-            self._words()
-        assert self._distinct is not None
-        return word.encode("ascii") in self._distinct
+        distinct = self._distinct
+        if distinct is None:
+            vocabulary = self._words()  # sets the index, unless `lower` gave the vocabulary
+            distinct = self._distinct = self._distinct or frozenset(vocabulary.split())
+        return word.encode("ascii") in distinct
 
-    def lower(self) -> str:
+    def lower(self) -> ModuleText:
+        """The lower-cased text, itself a `ModuleText`: rules ask it a few dozen words per
+        module (`"target" in ctx.source.lower()`), each a scan of the whole text otherwise.
+        An ASCII text's lower-cased words are its words lower-cased, so their index comes
+        from this one's; `str.lower` of other characters may give ASCII ones (the Kelvin
+        sign gives `k`), so a text that is not ASCII builds its own."""
         if self._lowered is None:
-            self._lowered = str.lower(self)
+            self._lowered = ModuleText(str.lower(self))
+            if str.isascii(self):
+                self._lowered._vocabulary = self._words().lower()
         return self._lowered
 
     def _search(self, token: str, words: tuple[bytes, ...]) -> bool:

@@ -22,6 +22,7 @@ from torchdoctor.agent.checks.loops import (
     enclosing_ifs,
     is_periodic_guard,
     nodes_of,
+    statement_calls,
     walk_scope,
     walk_tree,
 )
@@ -45,7 +46,10 @@ INFERENCE_FUNCTION = re.compile(
     r"^(infer|run_inference|serve|classify)$|(^|_)(predict|inference|serving)($|_)|_infer$",
     re.IGNORECASE,
 )
-_CUDA_USE = re.compile(r"\.cuda\(|[\"']cuda|torch\.cuda\.is_available|device_count\(")
+_CUDA_USE = (".cuda(", "'cuda", '"cuda', "torch.cuda.is_available", "device_count(")
+"""Text that targets a CUDA device; each asked of the module's text (`ModuleText` answers
+from its words what it can, where one search of a pattern with these alternatives reads
+every line)."""
 
 
 def kwarg(call: ast.Call, name: str) -> ast.expr | None:
@@ -214,13 +218,7 @@ def _named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]
     memo = ctx.memo_table("patterns.named_calls")
     for stmt in body:
         calls = memo.get(id(stmt))
-        if calls is None:
-            calls = memo[id(stmt)] = [
-                node
-                for node in walk_scope(stmt)
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
-            ]
-        yield from calls
+        yield from calls if calls is not None else statement_calls(stmt, memo)
 
 
 _PYDANTIC_METHODS = frozenset({"model_dump", "model_copy", "model_construct"})
@@ -340,7 +338,7 @@ def uses_cuda(ctx: ModuleContext) -> bool:
     """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`)."""
     memo = ctx.memo_table("patterns.uses_cuda")
     if 0 not in memo:
-        memo[0] = "cuda" in ctx.source and bool(_CUDA_USE.search(ctx.source))
+        memo[0] = "cuda" in ctx.source and any(text in ctx.source for text in _CUDA_USE)
     return bool(memo[0])
 
 

@@ -22,11 +22,11 @@ from torchdoctor.agent.checks.device_scope import is_script
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
-_CPU_FALLBACK = re.compile(
-    r"is_available\(\)[^\n]*[\"']cpu[\"']|[\"']cpu[\"'][^\n]*is_available\(\)"
-    # the same conditional expression wrapped over two lines inside its parentheses
-    r"|is_available\(\)[ \t]*\n\s*else\s+[\"']cpu[\"']"
-)
+# A CPU fallback on a line that asks for CUDA (`"cuda" if torch.cuda.is_available() else
+# "cpu"`), or after it when the conditional is wrapped inside its parentheses.
+_AVAILABLE = "is_available()"
+_QUOTED_CPU = re.compile(r"[\"']cpu[\"']")
+_WRAPPED_ELSE_CPU = re.compile(r"[ \t]*\n\s*else\s+[\"']cpu[\"']")
 
 
 # A device picked between "cpu" and "cuda" by a switch (`torch.device('cpu' if
@@ -40,16 +40,39 @@ _CPU_CHOICE = re.compile(
 _CPU_BRANCH = re.compile(r"\.type\s*[!=]=\s*[\"']cpu[\"']")
 
 
-def _cpu_fallback(source: str) -> bool:
-    """`_CPU_FALLBACK` searched only in a text that holds both its parts (most do not: the
-    scan of every line costs more than parsing a tenth of the file); `_CPU_CHOICE` in a text
-    that names the CPU."""
-    if "cpu" not in source or ("'cpu'" not in source and '"cpu"' not in source):
-        return False  # every pattern quotes it: `.cpu()` calls alone offer no device choice
-    if "is_available()" in source and _CPU_FALLBACK.search(source):
-        return True
-    # both of `_CPU_CHOICE`'s patterns name CUDA and have an `else`
-    return "cuda" in source and "else" in source and bool(_CPU_CHOICE.search(source))
+def _cpu_fallback(ctx: ModuleContext) -> bool:
+    """A CPU fallback next to a CUDA check, or a device chosen between the CPU and CUDA
+    (`_CPU_CHOICE`, asked of a text that names the CPU); once per module (`applies` and
+    `finish` both ask)."""
+    memo = ctx.memo_table("torch_load_no_map_location.cpu_fallback")
+    if "" not in memo:
+        source = ctx.source
+        memo[""] = (
+            ("'cpu'" in source or '"cpu"' in source)  # `.cpu()` calls offer no device choice
+            and (
+                (_AVAILABLE in source and _falls_back_after_check(source))
+                # both of `_CPU_CHOICE`'s patterns name CUDA and have an `else`
+                or ("cuda" in source and "else" in source and bool(_CPU_CHOICE.search(source)))
+            )
+        )
+    return bool(memo[""])
+
+
+def _falls_back_after_check(source: str) -> bool:
+    """A quoted "cpu" on a line with `is_available()`, or in an `else` that follows one at
+    the end of its line; read only around each `is_available()` (a pattern searched over
+    every line costs more than parsing a tenth of the file)."""
+    start = source.find(_AVAILABLE)
+    while start >= 0:
+        end = start + len(_AVAILABLE)
+        line_end = source.find("\n", end)
+        line = slice(source.rfind("\n", 0, start) + 1, len(source) if line_end < 0 else line_end)
+        if _QUOTED_CPU.search(source, line.start, line.stop) or _WRAPPED_ELSE_CPU.match(
+            source, end
+        ):
+            return True
+        start = source.find(_AVAILABLE, end)
+    return False
 
 
 # A command-line device option that offers the CPU (`--device` with "cpu" among its choices
@@ -105,14 +128,14 @@ class TorchLoadNoMapLocation(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (
-            _cpu_fallback(ctx.source)
+            _cpu_fallback(ctx)
             or "torch.load" in ctx.source
             or _cpu_flag(ctx.source)
             or _optional_cuda(ctx)
         )
 
     def finish(self, ctx: ModuleContext) -> None:
-        here = _cpu_fallback(ctx.source) or _cpu_flag(ctx.source) or _optional_cuda(ctx)
+        here = _cpu_fallback(ctx) or _cpu_flag(ctx.source) or _optional_cuda(ctx)
         if here:
             publish_cpu_device(ctx)
         here = here or ("cpu" in ctx.source and bool(_CPU_BRANCH.search(ctx.source)))
