@@ -146,6 +146,43 @@ def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         stack.extend(children)
 
 
+def statement_calls(stmt: ast.stmt, memo: dict[int, list[ast.Call]]) -> list[ast.Call]:
+    """The calls of a name or an attribute (`f(x)`, `model.fc(x)`) among `walk_scope(stmt)`'s
+    nodes, in its order, kept in `memo` (a module context's memo table) for `stmt` and for
+    every statement nested in it: a statement's list is its own expressions' calls around
+    the lists of the statements inside it, so loops nested in loops are walked once, not
+    once per loop around them that rules ask about."""
+    found: list[ast.Call] = []
+    stack: list[ast.AST] = [stmt]
+    known = _NODE_FIELDS
+    scopes = _SCOPE_KINDS
+    node_class, stmt_class, call_class = ast.AST, ast.stmt, ast.Call
+    while stack:
+        node = stack.pop()
+        if node is not stmt and isinstance(node, stmt_class):
+            kept = memo.get(id(node))
+            found += kept if kept is not None else statement_calls(node, memo)
+            continue
+        if node.__class__ is call_class and isinstance(node.func, ast.Name | ast.Attribute):
+            found.append(node)
+        fields = known.get(node.__class__)
+        if fields is None:
+            fields = node_fields(node.__class__)
+        children: list[ast.AST] = []
+        for name in fields:
+            value = getattr(node, name, None)
+            if value.__class__ is list:
+                for item in value:
+                    if item.__class__ not in scopes and isinstance(item, node_class):
+                        children.append(item)
+            elif value.__class__ not in scopes and isinstance(value, node_class):
+                children.append(value)
+        children.reverse()
+        stack += children
+    memo[id(stmt)] = found
+    return found
+
+
 def nodes_of(ctx: ModuleContext, *kinds: type[ast.AST]) -> list[ast.AST]:
     """Every node of the given types in the module, in source order.
 

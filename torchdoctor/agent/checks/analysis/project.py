@@ -438,6 +438,8 @@ def _project_class_holders(ctx: ModuleContext) -> Callable[[ast.expr], bool]:
                 found.append(dependent)
 
     def holds(expr: ast.expr) -> bool:
+        if isinstance(expr, ast.Name):  # most arguments: `_holder_needs`'s answer, inlined
+            return expr.id in held
         outright, needed = _holder_needs(ctx, expr)
         return outright or any(key in held for key in needed)
 
