@@ -16,8 +16,8 @@ class Clock:
         return self.now
 
 
-def measured(budget: TimeBudget, clock: Clock, seconds: float) -> None:
-    with budget.measuring():
+def measured(budget: TimeBudget, clock: Clock, seconds: float, compiles: bool = False) -> None:
+    with budget.measuring(compiles):
         clock.now += seconds
 
 
@@ -77,3 +77,21 @@ def test_once_a_fix_is_verified_the_closing_joint_check_is_kept_room_for() -> No
     assert not budget.fits()  # a later eager fix does not make the joint check cheaper
     clock.now = 530.0 - 70.0 * (1 + COMPILE_COST)
     assert budget.fits()
+
+
+def test_once_a_compiling_verification_is_measured_it_is_the_measure_of_compiling_ones() -> None:
+    # H200, GPT-2 fix stage of 330 s: the compile fix verified in 75 s; its ladder's next rung
+    # (another compiling verification) was refused at 76 s as 75 * 2, plus the closing
+    # check's 75 * 2, would end past 330
+    clock = Clock()
+    budget = TimeBudget(330.0, clock)
+    measured(budget, clock, 75.0, compiles=True)
+    budget.keep_for_closing_check(compiles=True)
+    clock.now = 76.0
+    assert budget.fits(compiles=True)  # 76 + 75 + 75 <= 330
+    assert budget.fits()  # an eager one: half a compiling one, 76 + 37.5 + 75
+    clock.now = 181.0
+    assert not budget.fits(compiles=True)  # 181 + 75 + 75 > 330
+    measured(budget, clock, 20.0)  # an eager one measured: its own kind's figure from now on
+    clock.now = 231.0
+    assert budget.fits()  # 231 + 20 + 75 <= 330

@@ -141,7 +141,7 @@ def climb(
         say(f"  compile ladder: verifying {label}")
         diff = unified_diff(finding.file, source, fixed)
         patch = Patch(finding_id=finding.id, rule=RULE, diff=diff, files=[finding.file])
-        with time_left.measuring():
+        with time_left.measuring(compiles=True):
             checks = verifier.verify(patch, claim, spec)
         failed = next((c for c in checks if not c.ok), None)
         if failed is not None:

@@ -237,7 +237,7 @@ def _verified_alone(
 ) -> Finding:
     """The finding with its fix verified on the verifier's workspace, the time it took
     counted in `time_left`."""
-    with time_left.measuring():
+    with time_left.measuring(spec.compiles):
         checks = verifier.verify(patch, Claim(frozenset({finding.rule}), finding.severity), spec)
     return _judged(_proposed(finding, patch.diff, checks))
 

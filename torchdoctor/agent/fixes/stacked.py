@@ -85,7 +85,7 @@ def verify_on_stack(
             else:
                 claim = Claim(frozenset({finding.rule}), finding.severity)
                 spec = stacked_spec(FixSpec.of(codemod), stack)
-                with time_left.measuring():
+                with time_left.measuring(spec.compiles):
                     checks = [
                         v.model_copy(update={"step": f"on-verified-fixes:{v.step}"})
                         for v in verifier.verify(patch, claim, spec)

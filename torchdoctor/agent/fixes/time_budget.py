@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 COMPILE_COST = 2.0
-"""A compiling fix's verification against an eager one's: each of its runs compiles first (on
-an H200, GPT-2's was still running after 78 s where the eager ones took a median 61 s)."""
+"""A compiling fix's verification against an eager one's, until one compiling verification
+is measured: each of its runs compiles first (on an H200, GPT-2's was still running after 78 s
+where the eager ones took a median 61 s). Once measured, compiling ones are judged by their own
+times: counting the measured compile (75 s on an H200) twice again kept the ladder's next rung
+from starting with 250 s left."""
 
 
 class TimeBudget:
@@ -20,8 +23,10 @@ class TimeBudget:
         """`deadline` is a `clock()` value; None: no limit."""
         self.deadline = deadline
         self._clock = clock
-        self._spent: list[float] = []
-        self._closing = 0.0
+        self._spent: dict[bool, list[float]] = {False: [], True: []}
+        """Seconds each verification took, by whether it compiled."""
+        self._closing: bool | None = None
+        """The closing check kept room for: None, or whether it compiles."""
 
     def past(self) -> bool:
         return self.deadline is not None and self._clock() >= self.deadline
@@ -31,28 +36,36 @@ class TimeBudget:
         a verification fits only if that one still fits after it (costed like a compiling one
         when any of the fixes compiles). Without it, a GPU-sized stage spent its whole budget on
         single fixes and the joint check ran past the device call's end, losing every result."""
-        self._closing = max(self._closing, COMPILE_COST if compiles else 1.0)
+        self._closing = bool(self._closing) or compiles
 
     def fits(self, compiles: bool = False) -> bool:
         """Whether a verification started now would end in time, and the closing check after
-        it (`keep_for_closing_check`), judged by the median of those measured so far (a
-        compiling one counts `COMPILE_COST` times); with none measured yet, whether any time is
-        left."""
+        it (`keep_for_closing_check`), judged by the median of those of its kind measured so
+        far (of the other kind, scaled by `COMPILE_COST`); with none measured yet, whether any
+        time is left."""
         if self.deadline is None:
             return True
         if self.past():
             return False
-        if not self._spent:
+        if not any(self._spent.values()):
             return True
-        cost = (COMPILE_COST if compiles else 1.0) + self._closing
-        expected = statistics.median(self._spent) * cost
+        expected = self._expected(compiles)
+        if self._closing is not None:
+            expected += self._expected(self._closing)
         return self._clock() + expected <= self.deadline
 
+    def _expected(self, compiles: bool) -> float:
+        same, other = self._spent[compiles], self._spent[not compiles]
+        if same:
+            return statistics.median(same)
+        scale = COMPILE_COST if compiles else 1 / COMPILE_COST
+        return statistics.median(other) * scale
+
     @contextmanager
-    def measuring(self) -> Iterator[None]:
-        """Times one verification, for the next `fits`."""
+    def measuring(self, compiles: bool = False) -> Iterator[None]:
+        """Times one verification (`compiles`: one whose runs compile), for the next `fits`."""
         started = self._clock()
         try:
             yield
         finally:
-            self._spent.append(self._clock() - started)
+            self._spent[compiles].append(self._clock() - started)
