@@ -83,16 +83,20 @@ class MethodReach(ModelFacts):
                 methods.setdefault(scope.name, set()).add(mode)
             if callee in names:
                 callees.setdefault(scope.name, set()).add(callee)
+        for name, (_, _, modes) in self._mode_dispatchers.items():
+            methods.setdefault(name, set()).update(modes.values())  # either, given a variable
         return methods, callees
 
     @cached_property
     def _mode_dispatchers(self) -> dict[str, tuple[str, int, dict[object, str]]]:
         """Local functions that set the mode their argument names: every `.train()`/`.eval()`
         they call sits under `if mode == 'train':` (or `'eval'`) for one parameter `mode`
-        (CLEVR-IEP's `set_mode(mode, models)`). name -> (parameter, position, value -> mode)."""
+        (CLEVR-IEP's `set_mode(mode, models)`), or passes that parameter on as the flag
+        (`m.train(training)`). name -> (parameter, position among the arguments a caller
+        writes, value -> mode)."""
         found: dict[str, tuple[str, int, dict[object, str]]] = {}
         source = self.ctx.source
-        if "==" not in source or not (mode_text(source, "eval") and mode_text(source, "train")):
+        if not (mode_text(source, "eval") and mode_text(source, "train")):
             return found
         per_function: dict[int, tuple[ast.FunctionDef | ast.AsyncFunctionDef, list[ast.Call]]] = {}
         for call in self.calls_named(("train", "eval", *MODE_SETTERS)):
@@ -103,25 +107,47 @@ class MethodReach(ModelFacts):
             if len(self.functions.get(fn.name, [])) != 1:
                 continue
             params = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
-            guarded: dict[object, str] = {}
-            parameter: str | None = None
-            ok = True
-            for call in calls:
-                mode = self.mode_method(call)
-                if mode is None:
-                    continue
-                guard = self._constant_guard(call, fn)
-                if guard is None or (parameter is not None and guard[0] != parameter):
-                    ok = False
-                    break
-                parameter = guard[0]
-                if guarded.get(guard[1], mode) != mode:
-                    ok = False
-                    break
-                guarded[guard[1]] = mode
-            if ok and parameter in params and len(set(guarded.values())) > 1:
-                found[fn.name] = (parameter, params.index(parameter), guarded)
+            if isinstance(self.ctx.parents.get(fn), ast.ClassDef) and not any(
+                isinstance(d, ast.Name) and d.id == "staticmethod" for d in fn.decorator_list
+            ):
+                params = params[1:]  # `self`/`cls`: not among the arguments a caller writes
+            dispatch = self._dispatch(fn, calls, params)
+            if dispatch is not None:
+                found[fn.name] = (dispatch[0], params.index(dispatch[0]), dispatch[1])
         return found
+
+    def _dispatch(
+        self,
+        fn: ast.FunctionDef | ast.AsyncFunctionDef,
+        calls: list[ast.Call],
+        params: list[str],
+    ) -> tuple[str, dict[object, str]] | None:
+        """(parameter, value -> mode) when each of `fn`'s mode calls is chosen by one
+        parameter: under `if parameter == value:`, or given it as the flag."""
+        modes: dict[object, str] = {}
+        parameter: str | None = None
+        for call in calls:
+            mode = self.mode_method(call)
+            if mode is None:
+                continue
+            flag = call.args[0] if len(call.args) == 1 and not call.keywords else None
+            chosen: dict[object, str]
+            if isinstance(flag, ast.Name) and flag.id in params:
+                name, chosen = flag.id, {True: "train", False: "eval"}
+            else:
+                guard = self._constant_guard(call, fn)
+                if guard is None:
+                    return None
+                name, chosen = guard[0], {guard[1]: mode}
+            if parameter not in (None, name):
+                return None
+            parameter = name
+            for value, picked in chosen.items():
+                if modes.setdefault(value, picked) != picked:
+                    return None
+        if parameter is None or parameter not in params or len(set(modes.values())) < 2:
+            return None
+        return parameter, modes
 
     def _constant_guard(
         self, call: ast.Call, fn: ast.FunctionDef | ast.AsyncFunctionDef
@@ -259,10 +285,10 @@ class MethodReach(ModelFacts):
     def _call_reaches(self, call: ast.Call, method: str, reaching: frozenset[str]) -> bool:
         if self.mode_method(call) == method:
             return True
-        if local_callee(call) not in reaching:
-            return False
         dispatched = self.dispatched_mode(call)
-        return dispatched is None or dispatched == method
+        if dispatched is not None:
+            return dispatched == method
+        return local_callee(call) in reaching
 
     def calls_reaching(self, method: str) -> list[ast.Call]:
         """The module's calls of `.method()` or of a local function that reaches it."""

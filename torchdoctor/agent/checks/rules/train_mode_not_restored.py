@@ -66,9 +66,10 @@ class TrainModeNotRestored(Rule):
             return
         verdicts: dict[int, bool] = {}
         self._imported_evaluations(ctx, verdicts)
-        if "eval()" not in ctx.source and "train(False)" not in ctx.source:
-            return
         flow = ctx.flow
+        if "eval()" not in ctx.source and "train(False)" not in ctx.source:
+            if not flow.functions_reaching("eval"):  # `set_training(False)`: a dispatcher
+                return
         evaluating = flow.functions_reaching("eval")
         reported: set[int] = set()
         around_eval = flow.calls_containing_mode("eval")
