@@ -67,10 +67,9 @@ class TrainModeNotRestored(Rule):
         verdicts: dict[int, bool] = {}
         self._imported_evaluations(ctx, verdicts)
         flow = ctx.flow
-        if "eval()" not in ctx.source and "train(False)" not in ctx.source:
-            if not flow.functions_reaching("eval"):  # `set_training(False)`: a dispatcher
-                return
         evaluating = flow.functions_reaching("eval")
+        if not evaluating and "eval()" not in ctx.source and "train(False)" not in ctx.source:
+            return  # (a dispatcher's `set_training(False)` reaches eval with neither text)
         reported: set[int] = set()
         around_eval = flow.calls_containing_mode("eval")
         for call in flow.nodes(ast.Call):
