@@ -59,12 +59,17 @@ class BufferUpdatedWithGraph(Rule):
         if not self.applies(ctx):
             return
         in_forward = _forward_methods(ctx)
+        registrations = _registrations(ctx)
         for cls in ctx.flow.nodes(ast.ClassDef):
-            if not isinstance(cls, ast.ClassDef):
+            if not isinstance(cls, ast.ClassDef) or id(cls) not in registrations:
                 continue
             # a KV cache (`cache_k`, `kv_cache`) grows during generation, run under no_grad
             # by its caller; training runs the model with the cache off
-            buffers = {b for b in _buffer_attributes(cls) if "cache" not in b.lower()}
+            buffers = {
+                b
+                for b in _buffer_attributes(cls, registrations[id(cls)])
+                if "cache" not in b.lower()
+            }
             if not buffers:
                 continue
             numbers = _number_attributes(cls)
@@ -112,24 +117,31 @@ def _forward_methods(ctx: ModuleContext) -> set[str]:
     return found
 
 
-def _buffer_attributes(cls: ast.ClassDef) -> set[str]:
+def _registrations(ctx: ModuleContext) -> dict[int, list[ast.Call]]:
+    """Class id -> the `self.register_buffer(name, ...)` calls anywhere inside it (a nested
+    class's count for the classes around it too), read from the module's call index: most
+    classes register none, and need no walk."""
+    found: dict[int, list[ast.Call]] = {}
+    for call in ctx.flow.calls_named(("register_buffer",)):
+        if isinstance(call.func, ast.Attribute) and call.args:
+            for owner in ctx.ancestors(call):
+                if isinstance(owner, ast.ClassDef):
+                    found.setdefault(id(owner), []).append(call)
+    return found
+
+
+def _buffer_attributes(cls: ast.ClassDef, registrations: list[ast.Call]) -> set[str]:
     """Attributes that hold registered buffers: the literal names `register_buffer` gets,
     and, when a name is computed (`'sv%d' % i`), the properties returning `getattr(self,
     ...)`, which hand out those buffers."""
     literal: set[str] = set()
     computed = False
-    for node in walk_tree(cls):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "register_buffer"
-            and node.args
-        ):
-            name = node.args[0]
-            if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                literal.add(name.value)
-            else:
-                computed = True
+    for node in registrations:
+        name = node.args[0]
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            literal.add(name.value)
+        else:
+            computed = True
     if computed:
         for fn in cls.body:
             if (

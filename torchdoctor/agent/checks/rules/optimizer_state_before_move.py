@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import ClassVar, TypeGuard
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_CALLS = frozenset({"parameters", "named_parameters"})
@@ -61,7 +61,7 @@ class OptimizerStateBeforeMove(Rule):
             return
         # only the scopes holding a restore are walked (from the engine's node index)
         around = {
-            id(outer)
+            id(outer): outer
             for load in loads
             for outer in ctx.ancestors(load)
             if isinstance(outer, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -122,15 +122,21 @@ def _restores_state(node: ast.AST) -> TypeGuard[ast.Call]:
     )
 
 
-def _scopes(tree: ast.Module, functions: set[int], module_level: bool) -> Iterator[list[ast.stmt]]:
+def _scopes(
+    tree: ast.Module, functions: dict[int, FunctionNode], module_level: bool
+) -> Iterator[list[ast.stmt]]:
     """The module's own statements (when `module_level`), then the bodies of the
-    `functions` (ids), in the order of a walk of the tree."""
+    `functions` (by id), in the order of a walk of the tree (walked only to order two or
+    more: most modules restore an optimizer in one function)."""
     if module_level:
         yield [
             s
             for s in tree.body
             if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
         ]
+    if len(functions) == 1:
+        yield from (fn.body for fn in functions.values())
+        return
     for node in walk_tree(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and id(node) in functions:
             yield node.body

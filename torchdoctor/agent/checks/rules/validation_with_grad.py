@@ -309,18 +309,27 @@ def _trained_through(ctx: ModuleContext, fn: FunctionNode) -> bool:
             continue
         if any(ctx.flow.held_out_kind(arg, _HELD_OUT) is not None for arg in site.args):
             continue
-        backwards = [
-            node
-            for node in walk_tree(caller)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "backward"
-        ]
+        backwards = _backward_calls(ctx, caller)
         if forward_name and any(node.lineno > site.lineno for node in backwards):
             return True
         if any(_feeds_backward(caller, site, node) for node in backwards):
             return True
     return False
+
+
+def _backward_calls(ctx: ModuleContext, caller: FunctionNode) -> list[ast.Call]:
+    """The `x.backward()` calls anywhere inside `caller`, taken from the module's call index
+    (a function is asked once per call site it holds)."""
+    memo = ctx.memo_table("validation_with_grad.backward_calls")
+    found = memo.get(id(caller))
+    if found is None:
+        found = memo[id(caller)] = [
+            call
+            for call in ctx.flow.calls_named(("backward",))
+            if isinstance(call.func, ast.Attribute)
+            and any(owner is caller for owner in ctx.ancestors(call))
+        ]
+    return found
 
 
 def _feeds_backward(caller: FunctionNode, site: ast.Call, backward: ast.Call) -> bool:
