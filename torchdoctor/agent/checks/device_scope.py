@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.module_text import ModuleText
 from torchdoctor.agent.models import Severity
 
 DEVICE_BOUND_RULES = frozenset(
@@ -45,6 +46,10 @@ def touches_accelerator(source: str) -> bool:
         return True
     if not any(word in source for word in _ACCELERATOR_WORDS):
         return False  # the rest of the pattern needs one of these words
+    if isinstance(source, ModuleText) and source.isascii():
+        # the rest is one of them as a whole word (`mps`, not `dumps`), which an ASCII
+        # text's word index answers without a search of every line
+        return any(source.has_word(word) for word in _ACCELERATOR_WORDS)
     return bool(_ACCELERATOR.search(source))
 
 

@@ -265,12 +265,16 @@ class ModelFacts(DefUse):
         `self.net`), so a module with neither has no model output (most library modules)."""
         if self._constructs_modules or self._module_names:
             return True
+        tested: set[str] = set()  # each callee name searched once (a module calls few)
         for call in self.nodes(ast.Call):
             func = call.func
             if isinstance(func, ast.Attribute) and func.attr == "forward":
                 func = func.value
-            if _MODEL_NAME.search(identifier(func)):
-                return True
+            name = identifier(func)
+            if name not in tested:
+                if _MODEL_NAME.search(name):
+                    return True
+                tested.add(name)
         return False
 
     @cached_property

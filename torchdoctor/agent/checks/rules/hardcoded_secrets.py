@@ -26,13 +26,14 @@ _TOKEN_GATE = re.compile(r"hf_[A-Za-z0-9]{30}|sk-[\w-]{20}|AKIA|ASIA|gh[pousr]_\
 _TOKEN_PREFIXES = ("hf_", "sk-", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox")
 """What `_TOKEN_GATE` matches starts with one of these: the regex scans only a text with one."""
 _NAMED_GATES = tuple(
-    re.compile(word + r"\w*['\"]?\s*[=:]\s*['\"][^'\"\s]{16,}['\"]")
+    (word, re.compile(word + r"\w*['\"]?\s*[=:]\s*['\"][^'\"\s]{16,}['\"]"))
     for word in ("key", "token", "secret", "passw", "auth")
 )
 """One pattern per secret-like word, not one alternation: a pattern that starts with a literal
 is found by the regex engine's fast literal search, an alternation is tried at every position
 of the file (twice as slow on torch's sources). The text matches one iff it matches the
-alternation."""
+alternation. Each is searched for only in a text that holds its word (the lower-cased text's
+word index answers that without reading it)."""
 
 
 class HardcodedSecrets(Rule):
@@ -62,7 +63,10 @@ class HardcodedSecrets(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
         tokens = any(p in source for p in _TOKEN_PREFIXES) and _TOKEN_GATE.search(source)
-        if not tokens and not any(gate.search(source.lower()) for gate in _NAMED_GATES):
+        lowered = source.lower()
+        if not tokens and not any(
+            word in lowered and gate.search(lowered) for word, gate in _NAMED_GATES
+        ):
             return
         first = len(ctx.findings)
         secrets: list[str] = []

@@ -286,12 +286,15 @@ def _cpu_only(source: str) -> bool:
     """A script that hands `device="cpu"` to its own calls and never names CUDA (a policy
     replayed on the CPU, an export script): what it loads must come off the GPU it was
     trained on."""
-    return (
-        "cuda" not in source
-        and "device" in source  # the words `_CPU_KEYWORD` needs: most texts lack one
-        and "cpu" in source
-        and bool(_CPU_KEYWORD.search(source))
-    )
+    if "cuda" in source or "device" not in source or "cpu" not in source:
+        return False  # the words `_CPU_KEYWORD` needs: most texts lack one
+    # tried only where `device` starts (`match` still sees the character before it)
+    start = source.find("device")
+    while start >= 0:
+        if _CPU_KEYWORD.match(source, start):
+            return True
+        start = source.find("device", start + 1)
+    return False
 
 
 def _cpu_flag(source: str) -> bool:
