@@ -59,7 +59,9 @@ class LogOfProbabilities(Rule):
             return
         flow = ctx.flow
         reported: set[int] = set()
-        for call in flow.nodes(ast.Call):
+        named = {id(c): c for c in flow.calls_named(("log", "log2", "log10", "log_softmax"))}
+        named.update((id(c), c) for c in flow.calls_to(_LOG | _LOG_SOFTMAX))  # aliases
+        for call in sorted(named.values(), key=lambda c: (c.lineno, c.col_offset)):
             qual = flow.qualname_of(call)
             func = call.func
             if qual in _LOG_SOFTMAX and call.args and call.lineno not in reported:
