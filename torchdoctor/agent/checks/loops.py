@@ -146,6 +146,16 @@ def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
         stack.extend(children)
 
 
+def named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
+    """`walk_scope(body)`'s calls of a name or an attribute, in its order: the calls of each
+    statement in turn (a pre-order walk finishes one statement before the next), each
+    statement walked once per module however many loops around it and rules ask."""
+    memo = ctx.memo_table("loops.named_calls")
+    for stmt in body:
+        calls = memo.get(id(stmt))
+        yield from calls if calls is not None else statement_calls(stmt, memo)
+
+
 def statement_calls(stmt: ast.stmt, memo: dict[int, list[ast.Call]]) -> list[ast.Call]:
     """The calls of a name or an attribute (`f(x)`, `model.fc(x)`) among `walk_scope(stmt)`'s
     nodes, in its order, kept in `memo` (a module context's memo table) for `stmt` and for

@@ -21,8 +21,8 @@ from torchdoctor.agent.checks.loops import (
     FunctionNode,
     enclosing_ifs,
     is_periodic_guard,
+    named_calls,
     nodes_of,
-    statement_calls,
     walk_scope,
     walk_tree,
 )
@@ -165,7 +165,7 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
     if not may_run_models(ctx):
         return
     memo = ctx.memo_table("patterns.model_calls")
-    for node in _named_calls(ctx, body):
+    for node in named_calls(ctx, body):
         found = memo.get(id(node))
         if found is None:  # asked again of each call in nested loops and by several rules
             found = memo[id(node)] = _runs_a_model(ctx, node)
@@ -209,16 +209,6 @@ def may_run_models(ctx: ModuleContext) -> bool:
             or bool(module_classes(ctx))
         )
     return bool(memo[""])
-
-
-def _named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
-    """`walk_scope(body)`'s calls of a name or an attribute, in its order: the calls of each
-    statement in turn (a pre-order walk finishes one statement before the next), each
-    statement walked once per module however many loops around it and rules ask."""
-    memo = ctx.memo_table("patterns.named_calls")
-    for stmt in body:
-        calls = memo.get(id(stmt))
-        yield from calls if calls is not None else statement_calls(stmt, memo)
 
 
 _PYDANTIC_METHODS = frozenset({"model_dump", "model_copy", "model_construct"})

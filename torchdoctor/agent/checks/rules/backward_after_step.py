@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     is_backward_call,
     is_optimizer_step,
+    named_calls,
     walk_scope,
     walk_tree,
 )
@@ -65,9 +66,7 @@ class BackwardAfterStep(Rule):
             return  # a finding needs a `.backward()` (or `.manual_backward()`) and a `.step()`
         steps: list[ast.Call] = []
         backwards: list[tuple[ast.Call, ast.Name]] = []
-        for sub in walk_scope(node.body):
-            if not isinstance(sub, ast.Call):
-                continue
+        for sub in named_calls(ctx, node.body):  # both kinds are calls of an attribute
             if is_optimizer_step(sub):
                 steps.append(sub)
             elif is_backward_call(sub):
