@@ -152,9 +152,8 @@ def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
     if "" not in memo:
         memo[""] = frozenset(
             receiver
-            for n in ctx.flow.nodes(ast.Call)
+            for n in ctx.flow.calls_named(("eval",))
             if isinstance(n.func, ast.Attribute)
-            and n.func.attr == "eval"
             and not _runs_it_after(ctx, n, receiver := ast.unparse(n.func.value))
         )
     return memo[""]  # type: ignore[no-any-return]

@@ -74,13 +74,10 @@ def _updating_scopes(ctx: ModuleContext) -> frozenset[int]:
             and isinstance(node.value.op, ast.Add)
             and _self_state(node.targets[0])
         ]
-        updates += [
+        updates += [  # from the module's call index: a module's calls are mostly others
             node
-            for node in by_type.get(ast.Call, ())
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "append"
-            and _self_state(node.func.value)
+            for node in ctx.flow.calls_named(("append",))
+            if isinstance(node.func, ast.Attribute) and _self_state(node.func.value)
         ]
         scopes: set[int] = set()
         for node in updates:

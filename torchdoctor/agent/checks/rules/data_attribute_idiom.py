@@ -6,7 +6,6 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
@@ -80,7 +79,13 @@ def _declares_data_field(ctx: ModuleContext) -> bool:
     tensor in its own right, not `Tensor.data`."""
     memo = ctx.memo_table("data-attribute-idiom.record")
     if "" not in memo:
-        memo[""] = any(_data_field(node) for node in walk_tree(ctx.tree))
+        memo[""] = any(  # the only nodes `_data_field` accepts, from the engine's indexes
+            _data_field(node)
+            for node in [
+                *ctx.nodes_by_type().get(ast.ClassDef, ()),
+                *ctx.flow.calls_named(("namedtuple",)),
+            ]
+        )
     return bool(memo[""])
 
 

@@ -48,7 +48,7 @@ class OptimizerParamsReused(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or is_test_module(ctx.path):
             return
-        optimized = _parameter_owners(ctx.tree)
+        optimized = _parameter_owners(ctx)
         scopes: list[ast.AST] = [ctx.tree, *ctx.flow.nodes(ast.FunctionDef)]
         for scope in scopes:
             body = scope.body if isinstance(scope, ast.Module | ast.FunctionDef) else []
@@ -120,14 +120,13 @@ def _optimizer_over(ctx: ModuleContext, stmt: ast.stmt) -> tuple[str, str] | Non
     return ast.unparse(stmt.targets[0]), ast.unparse(params.func.value)
 
 
-def _parameter_owners(tree: ast.Module) -> set[str]:
-    """Every `x` of an `x.parameters()` / `x.named_parameters()` the module mentions."""
+def _parameter_owners(ctx: ModuleContext) -> set[str]:
+    """Every `x` of an `x.parameters()` / `x.named_parameters()` the module mentions (from
+    the module's call index, not a walk of the tree)."""
     return {
         ast.unparse(node.func.value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("parameters", "named_parameters")
+        for node in ctx.flow.calls_named(("parameters", "named_parameters"))
+        if isinstance(node.func, ast.Attribute)
     }
 
 
