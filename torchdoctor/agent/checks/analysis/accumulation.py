@@ -199,6 +199,8 @@ def _inside(node: ast.AST, scope: ast.AST) -> bool:
 
 
 def _same_text(node: ast.AST, text: str) -> bool:
+    if isinstance(node, ast.Name):  # most nodes asked: a name's text is its identifier
+        return node.id == text
     return _is_accumulator(node) and ast.unparse(node) == text
 
 

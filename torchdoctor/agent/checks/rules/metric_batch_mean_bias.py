@@ -112,7 +112,17 @@ def _includes_batch_dim(dims: ast.expr | None) -> bool:
 def _per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int = 2) -> bool:
     """A comparison averaged over the batch, or a per-batch metric score, in `value` or in
     the binding that reaches a name it reads (`acc = calculate_accuracy(y_pred, y)`, then
-    `epoch_acc += acc.item()`)."""
+    `epoch_acc += acc.item()`). Memoised per value and hops: the bindings a module's running
+    totals read are reached from many of them (and many times over torch's sources)."""
+    memo = ctx.memo_table("metric_batch_mean_bias.per_batch_mean")
+    key = (id(value), hops)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _finds_per_batch_mean(ctx, value, hops)
+    return bool(found)
+
+
+def _finds_per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
     if _batch_mean_of_comparison(value) or any(
         isinstance(node, ast.Call) and _metric_score(ctx, node) for node in walk_tree(value)
     ):
