@@ -338,6 +338,55 @@ def test_functions_reaching_a_mode_method_transitively() -> None:
     assert not flow.reaches_method(body, "train")
 
 
+def test_a_mode_dispatcher_called_with_a_constant_sets_that_mode_only() -> None:
+    """`set_mode('eval', models)` (CLEVR-IEP), `self.set_training(False)`, and a `train`
+    override called with its default reach the mode they select, not every mode their
+    body names; given a variable, a dispatcher may set either."""
+    flow = flow_of(
+        """
+        import torch.nn as nn
+
+        def set_mode(mode, models):
+            for m in models:
+                if mode == "train":
+                    m.train()
+                if mode == "eval":
+                    m.eval()
+
+        def check(models):
+            set_mode("eval", models)
+
+        def resume(models):
+            set_mode(mode="train", models=models)
+
+        def either(models, mode):
+            set_mode(mode, models)
+
+        class Net(nn.Module):
+            def train(self, mode=True):
+                self.body.train(mode)
+                return self
+
+            def set_training(self, training):
+                self.body.train(training)
+
+            def evaluate(self):
+                self.set_training(False)
+
+            def restart(self):
+                self.train()
+        """
+    )
+    assert flow.functions_reaching("eval") >= {"check", "either", "evaluate"}
+    assert not {"resume", "restart"} & flow.functions_reaching("eval")
+    assert {"resume", "either", "restart"} <= flow.functions_reaching("train")
+    assert not {"check", "evaluate"} & flow.functions_reaching("train")
+    for text, mode in (('set_mode("eval", ms)', "eval"), ("self.set_training(False)", "eval")):
+        body = ast.parse(text).body
+        assert flow.reaches_method(body, mode)
+        assert not flow.reaches_method(body, "train" if mode == "eval" else "eval")
+
+
 def test_reaching_a_mode_method_answers_as_walking_the_body_does() -> None:
     """`reaches_method` climbs from the module's mode calls instead of walking each body:
     for every statement list and node of a module, it answers as the walk does."""

@@ -49,6 +49,24 @@ def mode_text(source: str, method: str) -> bool:
     return method == "train" and may_name(source, "train")
 
 
+_NO_DEFAULT = object()
+
+
+def _constant_default(fn: ast.FunctionDef | ast.AsyncFunctionDef, parameter: str) -> object:
+    """The constant a parameter defaults to (`mode=True`: True), else `_NO_DEFAULT`."""
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    first = len(positional) - len(args.defaults)
+    pairs = [
+        *zip(positional[first:], args.defaults, strict=True),
+        *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None),
+    ]
+    for arg, default in pairs:
+        if arg.arg == parameter and isinstance(default, ast.Constant):
+            return default.value
+    return _NO_DEFAULT
+
+
 class MethodReach(ModelFacts):
     """Which functions reach a mode method (`eval`/`train`) through local calls."""
 
@@ -83,18 +101,18 @@ class MethodReach(ModelFacts):
                 methods.setdefault(scope.name, set()).add(mode)
             if callee in names:
                 callees.setdefault(scope.name, set()).add(callee)
-        for name, (_, _, modes) in self._mode_dispatchers.items():
+        for name, (_, _, modes, _) in self._mode_dispatchers.items():
             methods.setdefault(name, set()).update(modes.values())  # either, given a variable
         return methods, callees
 
     @cached_property
-    def _mode_dispatchers(self) -> dict[str, tuple[str, int, dict[object, str]]]:
+    def _mode_dispatchers(self) -> dict[str, tuple[str, int, dict[object, str], object]]:
         """Local functions that set the mode their argument names: every `.train()`/`.eval()`
         they call sits under `if mode == 'train':` (or `'eval'`) for one parameter `mode`
         (CLEVR-IEP's `set_mode(mode, models)`), or passes that parameter on as the flag
         (`m.train(training)`). name -> (parameter, position among the arguments a caller
-        writes, value -> mode)."""
-        found: dict[str, tuple[str, int, dict[object, str]]] = {}
+        writes, value -> mode, the parameter's constant default or `_NO_DEFAULT`)."""
+        found: dict[str, tuple[str, int, dict[object, str], object]] = {}
         source = self.ctx.source
         if not (mode_text(source, "eval") and mode_text(source, "train")):
             return found
@@ -113,7 +131,12 @@ class MethodReach(ModelFacts):
                 params = params[1:]  # `self`/`cls`: not among the arguments a caller writes
             dispatch = self._dispatch(fn, calls, params)
             if dispatch is not None:
-                found[fn.name] = (dispatch[0], params.index(dispatch[0]), dispatch[1])
+                found[fn.name] = (
+                    dispatch[0],
+                    params.index(dispatch[0]),
+                    dispatch[1],
+                    _constant_default(fn, dispatch[0]),
+                )
         return found
 
     def _dispatch(
@@ -180,12 +203,17 @@ class MethodReach(ModelFacts):
         callee = local_callee(call)
         if callee not in dispatchers:
             return None
-        parameter, position, modes = dispatchers[callee]
+        parameter, position, modes, default = dispatchers[callee]
         given = next((k.value for k in call.keywords if k.arg == parameter), None)
         if given is None and len(call.args) > position:
             given = call.args[position]
         if isinstance(given, ast.Constant):
             return modes.get(given.value)
+        unpacked = any(isinstance(a, ast.Starred) for a in call.args) or any(
+            k.arg is None for k in call.keywords
+        )
+        if given is None and not unpacked and default is not _NO_DEFAULT:
+            return modes.get(default)  # `model.train()` of an override `train(self, mode=True)`
         return None
 
     def functions_reaching(self, method: str) -> frozenset[str]:
