@@ -92,19 +92,7 @@ def test_the_step_graph_carries_hidden_state_and_outputs_and_computes_the_same_l
 
 
 def test_a_name_already_taken_is_not_shadowed() -> None:
-    codemod = codemod_for("no-torch-compile")
-    assert codemod is not None
-    taken = SCRIPT.replace("record = []", "record = []\n    model_and_loss = None")
-    line = taken.splitlines().index("    for i in range(steps):") + 1
-    target = FixTarget(
-        rule="no-torch-compile",
-        file="s.py",
-        line=line,
-        end_line=line,
-        data={"compile_scope": "step"},
-    )
-    fixed = codemod.transform(taken, target)
-    assert fixed is not None
+    fixed = _step_graph(SCRIPT.replace("record = []", "record = []\n    model_and_loss = None"))
     assert "def _model_and_loss(x, hidden, y):" in fixed
     assert _run(fixed) == _run(SCRIPT)
 
