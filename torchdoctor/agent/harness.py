@@ -42,6 +42,13 @@ class HarnessCall(BaseModel):
     args: list[str] = Field(default_factory=list)
     steps: int = Field(20, ge=1)
     seed: int | None = Field(0, description="None: the script's own seeding only")
+    hash_seed: int = Field(
+        0,
+        ge=0,
+        le=4294967295,
+        description="PYTHONHASHSEED: fixed, so the order of a set of strings is the same in "
+        "every run compared (a fix's check varies it on purpose)",
+    )
     nproc: int = Field(1, ge=1, description="ranks of a single-node torchrun launch")
     determinism_steps: int = Field(0, ge=0, description="0: no second seeded run")
     export: bool = False
@@ -133,7 +140,10 @@ class Harness:
             collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
             gpu=self.gpu,
             cache=self.cache,
-            env=cache_environment(self.cache) if self.cache is not None else {},
+            env={
+                **(cache_environment(self.cache) if self.cache is not None else {}),
+                "PYTHONHASHSEED": str(call.hash_seed),
+            },
         )
 
     def run(self, workspace: Path, call: HarnessCall) -> HarnessRun:

@@ -233,19 +233,22 @@ def combine(
 def _joint_spec(specs: list[FixSpec]) -> FixSpec:
     """The combination is a correctness change if any part is; its tolerance is the loosest
     part's (none when a correctness part changes results on purpose); it repeats without the
-    harness's seed when a part is judged that way (a seeding fix's symptom compares those
-    repeats: without them, no-torch-seed failed every combination). Speed is not re-measured."""
+    harness's seed, or under another hash seed, when a part is judged that way (a seeding fix's
+    symptom compares those repeats: without them, no-torch-seed failed every combination).
+    Speed is not re-measured."""
     correctness = [s for s in specs if s.kind is FixKind.CORRECTNESS]
     rtols = [s.rtol for s in specs]
     rtol = None if any(r is None for r in rtols) else max(r for r in rtols if r is not None)
     memory = max(s.extra_memory_mb for s in specs)
     repeat = any(s.unseeded_repeat for s in specs)
+    other_hash_seed = any(s.hash_seed_repeat for s in specs)
     if not correctness:
         return FixSpec(
             kind=FixKind.PRECISION,
             rtol=rtol,
             symptom=specs[0].symptom,
             unseeded_repeat=repeat,
+            hash_seed_repeat=other_hash_seed,
             extra_memory_mb=memory,
         )
 
@@ -258,5 +261,6 @@ def _joint_spec(specs: list[FixSpec]) -> FixSpec:
         rtol=rtol,
         symptom=every_symptom,
         unseeded_repeat=repeat,
+        hash_seed_repeat=other_hash_seed,
         extra_memory_mb=memory,
     )

@@ -80,6 +80,11 @@ class Patch(_Model):
     files: list[str]
 
 
+OTHER_HASH_SEED_LOSSES = "other_hash_seed_losses"
+"""The `SmokeRun.signals` key of the losses of the same seeded run under another
+PYTHONHASHSEED (`Codemod.hash_order`)."""
+
+
 class SmokeRun(_Model):
     """What one bounded, seeded run of the user's script showed (from the probes harness)."""
 

@@ -26,11 +26,13 @@ def smoke_run(
     steps: int,
     *,
     seed: int | None = 0,
+    hash_seed: int = 0,
     trace: list[str] | None = None,
     extra_memory_mb: int = 0,
 ) -> SmokeRun:
     """N seeded steps of the run command on `workspace`, through the audit's harness; `trace`:
-    files (relative to `workspace`) whose executed lines the run records; `extra_memory_mb`:
+    files (relative to `workspace`) whose executed lines the run records; `hash_seed`: its
+    PYTHONHASHSEED (fixed, as the runs it is compared with); `extra_memory_mb`:
     host memory on top of the budget, for what a fix starts beside the script (torch.compile's
     compile workers)."""
     launch = parse_launch(shlex.join(run_command))
@@ -39,6 +41,7 @@ def smoke_run(
         args=launch.args,
         steps=steps,
         seed=seed,
+        hash_seed=hash_seed,
         nproc=launch.nproc,
         flops=False,
         trace=trace or [],

@@ -33,7 +33,7 @@ from torchdoctor.agent.fixes.diffs import (
     map_line,
     renumber_refs,
 )
-from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.models import OTHER_HASH_SEED_LOSSES, FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.reached import unreached
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stats import (
@@ -63,6 +63,8 @@ REPEAT = "repeat_losses"
 """The signal that carries the second unseeded run's losses (a seeding fix's symptom)."""
 UNSEEDED = ":unseeded"
 """Appended to a `run_key`: the unseeded pair of runs of that code and call."""
+OTHER_HASH_SEED = 1
+"""That run's PYTHONHASHSEED; every other run has 0 (`HarnessCall.hash_seed`)."""
 Symptom = Callable[[SmokeRun, SmokeRun], tuple[bool, str]]
 _WS = re.compile(r"\s+")
 
@@ -75,6 +77,7 @@ class FixSpec:
     rtol: float | None
     symptom: Symptom
     unseeded_repeat: bool = False
+    hash_seed_repeat: bool = False
     extra_memory_mb: int = 0
     cuda_only: bool = False
 
@@ -85,6 +88,7 @@ class FixSpec:
             rtol=codemod.rtol,
             symptom=codemod.symptom_gone,
             unseeded_repeat=codemod.reproducibility,
+            hash_seed_repeat=codemod.hash_order,
             extra_memory_mb=codemod.extra_host_memory_mb,
             cuda_only=codemod.cuda_only,
         )
@@ -187,6 +191,8 @@ class Verifier:
                 return steps
             if spec.unseeded_repeat:
                 after = self._with_unseeded_repeat(copy, touched, spec, after)
+            if spec.hash_seed_repeat:
+                after = self._with_other_hash_seed(copy, touched, spec, after)
             steps.append(self._behaviour(after, spec))
             if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
                 steps.append(self._speed(copy, after, spec))
@@ -511,6 +517,29 @@ class Verifier:
         self.patched_runs[repeat_key] = pair
         signals = {**after.signals, REPEAT: pair.signals[REPEAT]}
         return pair.model_copy(update={"signals": signals})
+
+    def _with_other_hash_seed(
+        self, copy: Path, touched: list[str], spec: FixSpec, after: SmokeRun
+    ) -> SmokeRun:
+        """`after` with the losses of the same seeded run under another PYTHONHASHSEED, as the
+        next launch of the script would draw: where an order followed string hashes, only
+        the fixed code gives the same losses (made once per code and call in an audit)."""
+        assert self.runner is not None and self.run_command is not None
+        key = self._run_key(copy, touched, spec) + f":hash-seed-{OTHER_HASH_SEED}"
+        other = self.known_runs.get(key)
+        if other is None:
+            other = smoke_run(
+                self.runner,
+                copy,
+                self.run_command,
+                self.steps,
+                hash_seed=OTHER_HASH_SEED,
+                extra_memory_mb=spec.extra_memory_mb,
+            )
+        self.patched_runs[key] = other
+        return after.model_copy(
+            update={"signals": {**after.signals, OTHER_HASH_SEED_LOSSES: other.losses}}
+        )
 
     def original_findings(self, config: EngineConfig) -> list[RawFinding]:
         if config not in self._original_findings:

@@ -76,7 +76,11 @@ class VocabularyInSetOrder(Rule):
                 "launch (Python salts string hashes: PYTHONHASHSEED): the indices given here "
                 "differ from run to run, so embeddings, classes and checkpoints do not line up "
                 f"and seeding torch does not help; build it from `sorted({ast.unparse(source)})`",
-                data={"set": ast.unparse(source)},
+                data={
+                    "set": ast.unparse(source),
+                    "set_line": source.lineno,
+                    "indexed": ast.unparse(listed),
+                },
             )
 
 

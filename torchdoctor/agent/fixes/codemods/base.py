@@ -38,6 +38,9 @@ class Codemod:
     """Allowed relative deviation of the seeded loss trajectory; None: not compared."""
     reproducibility: ClassVar[bool] = False
     """Judged by two runs without the harness's seed: only the script's seeding can match."""
+    hash_order: ClassVar[bool] = False
+    """Judged by the seeded run repeated under another PYTHONHASHSEED: an order that followed
+    string hashes (a set of words) made the two differ; fixed, they agree."""
     extra_host_memory_mb: ClassVar[int] = 0
     """Host memory the fix's runs need beyond the script's limit (compiler workers)."""
     cuda_only: ClassVar[bool] = False
