@@ -238,14 +238,17 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
     """`.eval()` / `.train(False)` calls (mode='eval') in `body`."""
     found: list[ast.Call] = []
     for node in walk_scope(body):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-            continue
-        attr = node.func.attr
-        if mode == "eval" and (
-            attr == "eval" or (attr == "train" and node.args and is_false(node.args[0]))
-        ):
+        if isinstance(node, ast.Call) and mode == "eval" and switches_to_eval(node):
             found.append(node)
     return found
+
+
+def switches_to_eval(call: ast.Call) -> bool:
+    """`x.eval()` or `x.train(False)`: what `mode_call_receivers(..., "eval")` collects."""
+    if not isinstance(call.func, ast.Attribute):
+        return False
+    attr = call.func.attr
+    return attr == "eval" or (attr == "train" and bool(call.args) and is_false(call.args[0]))
 
 
 def under_periodic_guard(

@@ -28,6 +28,7 @@ from torchdoctor.agent.checks.patterns import (
     is_model_expr,
     mode_call_receivers,
     model_calls,
+    switches_to_eval,
     terminal_name,
 )
 from torchdoctor.agent.checks.rules.eval_without_eval_mode import project_loader
@@ -105,8 +106,9 @@ class InferenceNoEval(Rule):
         ]
         if not candidates and not has_main_guard(ctx.tree) and not _script_body(ctx):
             return
+        holding = _calls_holding_an_eval(ctx)
         module_evals = [
-            c for c in nodes_of(ctx, ast.Call) if isinstance(c, ast.Call) and _is_eval_call(c)
+            c for c in nodes_of(ctx, ast.Call) if isinstance(c, ast.Call) and id(c) in holding
         ]
         local_evals = {
             fn.name for c in module_evals if (fn := ctx.enclosing_function(c)) is not None
@@ -441,8 +443,25 @@ def _root_name(expr: ast.expr) -> str:
     return expr.id if isinstance(expr, ast.Name) else ""
 
 
-def _is_eval_call(call: ast.Call) -> bool:
-    return bool(mode_call_receivers(call, "eval"))
+def _calls_holding_an_eval(ctx: ModuleContext) -> set[int]:
+    """The ids of the calls in which `mode_call_receivers(call, "eval")` finds an `.eval()`:
+    each `.eval()`/`.train(False)` call and every call around it up to the function, class or
+    lambda that holds it (where `walk_scope` stops). Found upward from the module's few such
+    calls, not by walking down every call of the module."""
+    holding: set[int] = set()
+    for switch in ctx.flow.calls_named(("eval", "train")):
+        if not switches_to_eval(switch):
+            continue
+        node: ast.AST | None = switch
+        while node is not None and not isinstance(node, _SCOPES):
+            if isinstance(node, ast.Call):
+                holding.add(id(node))
+            node = ctx.parents.get(node)
+    return holding
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+"""The nodes `walk_scope` does not enter below its root."""
 
 
 def _sampling_after_training(ctx: ModuleContext) -> list[tuple[ast.Call, ast.expr]]:
