@@ -588,9 +588,15 @@ class LoopAnalysis:
         """Whether `body` calls backward, itself or through the module's functions."""
         return self._module_backpropagates and self._summary(body)[0]
 
+    @cached_property
+    def _module_steps(self) -> bool:
+        """Whether the module steps an optimizer anywhere: without one, no body trains (many
+        modules back-propagate with no step here: autograd functions, a trainer's helpers)."""
+        return any(is_optimizer_step(c) for c in self.ctx.flow.calls_named(("step",)))
+
     def trains(self, body: list[ast.stmt] | ast.AST) -> bool:
         """Whether `body` calls backward and an optimizer step (through local calls too)."""
-        return self._module_backpropagates and self._summary(body)[1]
+        return self._module_backpropagates and self._module_steps and self._summary(body)[1]
 
     def _summary(self, body: list[ast.stmt] | ast.AST) -> tuple[bool, bool]:
         """(backpropagates, trains) of `body`, once per statement sequence: rules ask it of
