@@ -58,6 +58,9 @@ PARAMETER_FREE_LAYERS = _names("parameter_free_layers")
 # Methods that run one training step of a trainer object, often defined in another file
 # (`losses = train_util.train_step(imgs, boxes, labels)`): the loop calling them trains.
 TRAINING_STEP_METHODS = _names("training_step_methods")
+# Helpers that seed Python's `random`, NumPy's global generator and torch at once
+# (`seed_everything`, `transformers.set_seed`, the zero/delu library's `set_randomness`).
+ALL_LIBRARY_SEEDERS = _names("all_library_seeders")
 TORCH_FRAMEWORKS = tuple(sorted(_names("torch_frameworks")))
 OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 

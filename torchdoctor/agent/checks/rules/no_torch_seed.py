@@ -9,26 +9,23 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import project_symbol
-from torchdoctor.agent.checks.analysis.vocabulary import DISPLAY_LIBRARIES
+from torchdoctor.agent.checks.analysis.vocabulary import ALL_LIBRARY_SEEDERS, DISPLAY_LIBRARIES
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test, is_test_module
 from torchdoctor.agent.models import Severity
 
-_SEEDERS = frozenset(
-    {
-        "torch.manual_seed",
-        "torch.random.manual_seed",
-        "torch.cuda.manual_seed_all",
-        "torch.cuda.manual_seed",
-        "lightning.seed_everything",
-        "lightning.pytorch.seed_everything",
-        "lightning.fabric.seed_everything",
-        "pytorch_lightning.seed_everything",
-        "transformers.set_seed",
-        "accelerate.utils.set_seed",
-    }
+_SEEDERS = (
+    frozenset(
+        {
+            "torch.manual_seed",
+            "torch.random.manual_seed",
+            "torch.cuda.manual_seed_all",
+            "torch.cuda.manual_seed",
+        }
+    )
+    | ALL_LIBRARY_SEEDERS
 )
 _SEED_METHODS = frozenset({"manual_seed", "seed_everything", "set_seed"})
 _TORCH_RANDOM = frozenset(
@@ -65,7 +62,8 @@ def _called_name(call: ast.Call) -> str:
 class NoTorchSeed(Rule):
     """Detects an entry script (it trains, or has an `if __name__ == "__main__":` block and
     uses torch randomness) that never seeds torch: no `torch.manual_seed`, `seed_everything`
-    (Lightning) or `transformers.set_seed`, in the script or in a helper of the same project
+    (Lightning), `transformers.set_seed` or another helper that seeds every library
+    (`zero.set_randomness`, `delu.random.seed`), in the script or in a helper of the same project
     that it imports and calls (`from utils import seed_all`), directly or through other
     helpers of the project (yolov7's `init_seeds` in utils/general.py calls
     `init_torch_seeds` of utils/torch_utils.py, which seeds).

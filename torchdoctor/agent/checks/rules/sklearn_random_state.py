@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import ALL_LIBRARY_SEEDERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import nodes_of
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg, source_has, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -25,6 +27,10 @@ _RANDOM_WHEN_SHUFFLED = frozenset(
     }
 )
 
+# What seeds NumPy's global generator, which a split given no random_state draws from
+# (sklearn's check_random_state(None) is numpy.random's singleton).
+_NUMPY_SEEDERS = ALL_LIBRARY_SEEDERS | {"numpy.random.seed"}
+
 _SPLITTER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in _ALWAYS_RANDOM | _RANDOM_WHEN_SHUFFLED)
 
 
@@ -38,6 +44,10 @@ class SklearnRandomState(Rule):
 
     Example:
         x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2)
+
+    Not reported: a module that seeds NumPy's global generator (`np.random.seed`,
+    `delu.random.seed`, `seed_everything`): a split given no random_state draws from it, so
+    every run gets the same split.
 
     Fix: pass a fixed seed: `train_test_split(x, y, test_size=0.2, random_state=SEED)`.
     """
@@ -69,10 +79,18 @@ class SklearnRandomState(Rule):
                 return
         else:
             return
-        if kwarg(node, "random_state") is None:
+        if kwarg(node, "random_state") is None and not _seeds_numpy(ctx):
             name = qual.rsplit(".", 1)[-1]
             ctx.report(
                 self,
                 node,
                 f"{name} shuffles without random_state: every run gets a different split",
             )
+
+
+def _seeds_numpy(ctx: ModuleContext) -> bool:
+    """The module calls something that seeds NumPy's global generator."""
+    return "seed" in ctx.source and any(
+        isinstance(call, ast.Call) and ctx.call_qualname(call) in _NUMPY_SEEDERS
+        for call in nodes_of(ctx, ast.Call)
+    )
