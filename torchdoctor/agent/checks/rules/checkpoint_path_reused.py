@@ -45,7 +45,7 @@ class CheckpointPathReused(Rule):
         return ctx.source.count("save(") >= 2
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if not self.applies(ctx) or not _saves_side_by_side(ctx):
             return
         blocks: list[list[ast.stmt]] = []
         for node in walk_tree(ctx.tree):
@@ -80,6 +80,21 @@ class CheckpointPathReused(Rule):
                     "each its own path",
                 )
             saves.append((call, obj, path))
+
+
+def _saves_side_by_side(ctx: ModuleContext) -> bool:
+    """Two `_saves_a_tensor` statements under one parent, from the module's call index: a
+    block needs two to compare, and most modules that save do so once per block, so their
+    blocks are not listed at all."""
+    parents: set[int] = set()
+    for call in ctx.flow.calls_to(("torch.save",)):
+        stmt = ctx.parents.get(call)
+        if isinstance(stmt, ast.Expr) and len(call.args) >= 2:
+            holder = id(ctx.parents.get(stmt))
+            if holder in parents:
+                return True
+            parents.add(holder)
+    return False
 
 
 def _saves_a_tensor(ctx: ModuleContext, stmt: ast.stmt) -> bool:

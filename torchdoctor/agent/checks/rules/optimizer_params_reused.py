@@ -48,6 +48,9 @@ class OptimizerParamsReused(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or is_test_module(ctx.path):
             return
+        built = (s for s in ctx.flow.nodes(ast.Assign) if _optimizer_over(ctx, s) is not None)
+        if next(built, None) is None or next(built, None) is None:
+            return  # a finding needs two optimizers built in one block: most modules build one
         optimized = _parameter_owners(ctx)
         scopes: list[ast.AST] = [ctx.tree, *ctx.flow.nodes(ast.FunctionDef)]
         for scope in scopes:
