@@ -96,7 +96,9 @@ class DeadTensorStore(Rule):
             (stmt, name)
             for block in blocks
             for stmt in block
-            if (name := _reduced_name(ctx, stmt)) is not None and not name.startswith("_")
+            if stmt.__class__ is ast.Assign  # what `_reduced_name` asks first, inlined
+            and (name := _reduced_name(ctx, stmt)) is not None
+            and not name.startswith("_")
         ]
         if not stored:
             return
@@ -121,7 +123,7 @@ class DeadTensorStore(Rule):
         last_store = _last_stores(block)
         for index, stmt in enumerate(block):
             if isinstance(stmt, ast.If):
-                self._check_branch_tails(ctx, stmt, block[index + 1 :])
+                self._check_branch_tails(ctx, stmt, block, index + 1)
             target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
             if not isinstance(target, ast.Name) or last_store.get(target.id, -1) <= index:
                 continue  # never stored again in this block: no need to ask what it computes
@@ -138,18 +140,19 @@ class DeadTensorStore(Rule):
                 )
 
     def _check_branch_tails(
-        self, ctx: ModuleContext, branch: ast.If, after: list[ast.stmt]
+        self, ctx: ModuleContext, branch: ast.If, block: list[ast.stmt], after: int
     ) -> None:
         """A tensor stored by the last statement of an `if`'s body, which the statements after
-        the `if` overwrite before reading (cleanrl's clipped value loss with its `else:`
-        dropped: `if clip: v_loss = 0.5 * v_max.mean()`, then `v_loss = 0.5 * (...).mean()`)."""
+        the `if` (`block[after:]`, copied only for such a tail) overwrite before reading
+        (cleanrl's clipped value loss with its `else:` dropped: `if clip: v_loss = 0.5 *
+        v_max.mean()`, then `v_loss = 0.5 * (...).mean()`)."""
         tail = branch.body[-1]
         name = _computed_name(ctx, tail)
         if name is None or name in {
             n.id for n in walk_tree(branch.test) if isinstance(n, ast.Name)
         }:
             return
-        later = _overwritten_unread(ctx, after, name)
+        later = _overwritten_unread(ctx, block[after:], name)
         if later is not None:
             ctx.report(
                 self,
