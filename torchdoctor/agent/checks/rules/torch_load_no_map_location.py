@@ -4,6 +4,7 @@ run on CPU."""
 from __future__ import annotations
 
 import ast
+import copy
 import re
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import FunctionNode, walk_tree
 from torchdoctor.agent.models import Severity
 
 # A CPU fallback on a line that asks for CUDA (`"cuda" if torch.cuda.is_available() else
@@ -108,7 +109,9 @@ class TorchLoadNoMapLocation(Rule):
     branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
     (`io.BytesIO`) but for one filled with a stored file's bytes (`io.BytesIO(f.read())`), a
     path the same function saved to just before (a state round trip), a wrapper forwarding
-    `*args, **kwargs` to `torch.load`,
+    `*args, **kwargs` to `torch.load`, a path a local helper saved to when the same scope
+    called it earlier (`save_checkpoint(stage)` in the training loop, then
+    `torch.load(get_checkpoint_path(stage))` once it ends: the best checkpoint of this run),
     projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
@@ -157,6 +160,8 @@ class TorchLoadNoMapLocation(Rule):
             if in_memory or _device_branch(ctx, call):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
+                continue
+            if _saved_by_an_earlier_helper_call(ctx, call):
                 continue
             if _dataset_processed_file(ctx, call):
                 continue
@@ -280,6 +285,85 @@ def _reads_back(ctx: ModuleContext, load: ast.Call) -> bool:
         if before and ast.unparse(save.args[1]) == path and ctx.enclosing_function(save) is scope:
             return True
     return False
+
+
+def _saved_by_an_earlier_helper_call(ctx: ModuleContext, load: ast.Call) -> bool:
+    """The load reads back what a local helper saved when the load's own scope called it
+    earlier: `save_checkpoint(stage)` in the training loop writes
+    `torch.save(state, get_checkpoint_path(suffix))`, and after the loop the script loads
+    `get_checkpoint_path(stage)` (the helper's parameters replaced by the call's arguments).
+    This run wrote the file, on the devices it runs on. A resume (a load before the first
+    call of the helper) is not this."""
+    savers: dict[str, list[tuple[FunctionNode, ast.expr]]] = {}
+    scope = ctx.enclosing_function(load)
+    for save in ctx.flow.calls_named(("save",)):
+        if len(save.args) < 2 or ctx.flow.qualname_of(save) != "torch.save":
+            continue
+        helper = ctx.enclosing_function(save)
+        if helper is not None and helper is not scope:
+            savers.setdefault(helper.name, []).append((helper, _opened_path(ctx, save.args[1])))
+    if not savers:
+        return False
+    path = ast.unparse(_opened_path(ctx, load.args[0]))
+    for call in ctx.flow.calls_named(savers):
+        if not isinstance(call.func, ast.Name) or ctx.enclosing_function(call) is not scope:
+            continue  # a method of another object, or a call from another function
+        if (call.lineno, call.col_offset) >= (load.lineno, load.col_offset):
+            continue
+        for helper, target in savers[call.func.id]:
+            if _with_arguments(helper, call, target) == path:
+                return True
+    return False
+
+
+def _opened_path(ctx: ModuleContext, target: ast.expr) -> ast.expr:
+    """The path a file handle was opened from (`with open(path, "rb") as f:
+    torch.load(f)`: `path`), else the expression itself: two handles both named `f` are
+    the same file only when they open the same path."""
+    if not isinstance(target, ast.Name):
+        return target
+    for anc in ctx.ancestors(target):
+        if isinstance(anc, ast.With | ast.AsyncWith):
+            for item in anc.items:
+                opened = item.context_expr
+                if (
+                    isinstance(item.optional_vars, ast.Name)
+                    and item.optional_vars.id == target.id
+                    and isinstance(opened, ast.Call)
+                    and isinstance(opened.func, ast.Name)
+                    and opened.func.id == "open"
+                    and opened.args
+                ):
+                    return opened.args[0]
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            break
+    return target
+
+
+def _with_arguments(helper: FunctionNode, call: ast.Call, expr: ast.expr) -> str | None:
+    """`expr` (in `helper`'s body) as the caller would spell it: the helper's parameters
+    replaced by the call's arguments; None when a parameter it reads was given none."""
+    params = [a.arg for a in helper.args.posonlyargs + helper.args.args]
+    given: dict[str, ast.expr] = {}
+    if any(isinstance(a, ast.Starred) for a in call.args):
+        return None
+    given.update(zip(params, call.args, strict=False))
+    given.update((k.arg, k.value) for k in call.keywords if k.arg is not None)
+    all_params = set(params) | {a.arg for a in helper.args.kwonlyargs}
+
+    class _Substitute(ast.NodeTransformer):
+        missing = False
+
+        def visit_Name(self, node: ast.Name) -> ast.expr:
+            if node.id in given:
+                return given[node.id]
+            if node.id in all_params:
+                self.missing = True
+            return node
+
+    substitute = _Substitute()
+    text = ast.unparse(substitute.visit(copy.deepcopy(expr)))
+    return None if substitute.missing else text
 
 
 def _cpu_only(source: str) -> bool:
