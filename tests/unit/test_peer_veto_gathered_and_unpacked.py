@@ -241,3 +241,37 @@ def test_strings_named_like_secrets_stay() -> None:
     code = "Base64 High Entropy String"
     assert _reason(DOWNLOADS, "detect-secrets", code, 10) is None
     assert _reason(DOWNLOADS, "detect-secrets", code, 11) is None
+
+
+LOADERS = """\
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def get_loaders(tensors, args):
+    train_set, valid_set = TensorDataset(*tensors["train"]), TensorDataset(*tensors["valid"])
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
+    valid_loader = DataLoader(valid_set, batch_size=args.batch_size)
+    inline = DataLoader(TensorDataset(tensors["x"], tensors["y"]), batch_size=8)
+    return train_loader, valid_loader, inline
+
+
+def image_loaders(root, transform, tensors):
+    images = torchvision.datasets.ImageFolder(root, transform)
+    loader = DataLoader(images, batch_size=64, shuffle=True)
+    mixed = TensorDataset(tensors["x"])
+    if transform is not None:
+        mixed = AugmentedDataset(mixed, transform)
+    other = DataLoader(mixed, batch_size=64)
+    return loader, other
+"""
+
+
+def test_loaders_over_in_memory_tensor_datasets_are_ruled_out() -> None:
+    for line in (7, 8, 9):
+        assert "TensorDataset" in (_reason(LOADERS, "torchfix", "TOR401", line) or "")
+
+
+def test_loaders_over_files_or_rebound_datasets_stay() -> None:
+    assert _reason(LOADERS, "torchfix", "TOR401", 15) is None  # images decoded per batch
+    assert _reason(LOADERS, "torchfix", "TOR401", 19) is None  # rebound to an augmenting wrapper

@@ -7,7 +7,8 @@ the file's place in the project:
 - TorchFix TOR401 ("DataLoader running synchronously") on a call that passes `**kwargs`:
   `num_workers` may be (and in mature code usually is) inside the unpacked dict, which
   TorchFix cannot see; or in a pytest module, whose loaders feed a few rows to a unit test
-  and would only pay the workers' start-up.
+  and would only pay the workers' start-up; or over an in-memory `TensorDataset` (by call,
+  or a name its scope binds only to one), where a batch is an index into loaded tensors.
 - bandit B105 ("hard-coded password") where the only word bandit matched is "token" and the
   token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
   secret looks like: empty, a number, `<...>` or `[...]` markup, a short string).
@@ -195,6 +196,69 @@ def _loader_with_star_kwargs(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]
                 "dict, which TorchFix cannot see"
             )
     return None
+
+
+def _loader_over_in_memory_tensors(
+    nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]
+) -> str | None:
+    """`DataLoader(TensorDataset(...))`, or of a name the enclosing function (or module)
+    binds only to `TensorDataset(...)` calls (transfer-learning-conv-ai's `train_dataset,
+    valid_dataset = TensorDataset(*train), TensorDataset(*valid)`): each batch is an index
+    into tensors already in memory, which worker processes would only copy through shared
+    memory."""
+    for call in _calls_named(nodes, "DataLoader"):
+        dataset = call.args[0] if call.args else None
+        dataset = next((k.value for k in call.keywords if k.arg == "dataset"), dataset)
+        if dataset is None:
+            continue
+        if _tensor_dataset(dataset) or (
+            isinstance(dataset, ast.Name) and _bound_to_tensor_datasets(dataset, parents)
+        ):
+            return (
+                "the DataLoader reads an in-memory TensorDataset: a batch is an index into "
+                "tensors already loaded, workers would only copy them between processes"
+            )
+    return None
+
+
+def _tensor_dataset(value: ast.AST) -> bool:
+    return isinstance(value, ast.Call) and _terminal(value.func) == "TensorDataset"
+
+
+def _bound_to_tensor_datasets(name: ast.Name, parents: dict[ast.AST, ast.AST]) -> bool:
+    """`name` is bound in its scope, and only by assignments of a `TensorDataset(...)` call
+    (plain, or at its place in a tuple: `a, b = TensorDataset(x), TensorDataset(y)`); any
+    other binding (a loop or `with` target, an augmented or annotated assignment) leaves it
+    undecided."""
+    scope: ast.AST | None = parents.get(name)
+    while scope is not None and not isinstance(scope, _SCOPES):
+        scope = parents.get(scope)
+    if scope is None:
+        return False
+    values: list[ast.expr | None] = []
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                values += _assigned_to(target, node.value, name.id)
+        elif isinstance(node, ast.For | ast.With | ast.AugAssign | ast.AnnAssign):
+            bound = [getattr(node, "target", None)]
+            bound += [item.optional_vars for item in getattr(node, "items", [])]
+            if any(isinstance(t, ast.Name) and t.id == name.id for t in bound):
+                values.append(None)
+    return bool(values) and all(v is not None and _tensor_dataset(v) for v in values)
+
+
+def _assigned_to(target: ast.expr, value: ast.expr, name: str) -> list[ast.expr | None]:
+    """What `target = value` binds to `name`: [value], the matching element of a tuple
+    value, [None] when unpacked from something else, [] when `name` is not bound here."""
+    if isinstance(target, ast.Name):
+        return [value] if target.id == name else []
+    if isinstance(target, ast.Tuple | ast.List):
+        for i, element in enumerate(target.elts):
+            if isinstance(element, ast.Name) and element.id == name:
+                paired = isinstance(value, ast.Tuple) and len(value.elts) == len(target.elts)
+                return [value.elts[i] if paired else None]  # type: ignore[attr-defined]
+    return []
 
 
 def _random_not_for_security(
@@ -648,7 +712,7 @@ _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("bandit", "B301"): _unpickle_in_a_test,
 }
 _CHECKS: dict[tuple[str, str], _Check] = {
-    ("torchfix", "TOR401"): _loader_with_star_kwargs,
+    ("torchfix", "TOR401"): _first_reason(_loader_with_star_kwargs, _loader_over_in_memory_tensors),
     ("bandit", "B105"): _tokenizer_token,
     ("bandit", "B107"): _tokenizer_token_defaults,
     ("bandit", "B602"): _constant_shell_command,
