@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
@@ -19,6 +20,30 @@ def _built_by_another_framework(ctx: ModuleContext, receiver: ast.expr) -> bool:
     return bool(built) and all(
         (ctx.flow.qualname_of(call) or "").split(".", 1)[0] in _OTHER_FRAMEWORKS for call in built
     )
+
+
+def _plain_local_object(ctx: ModuleContext, receiver: ast.expr) -> bool:
+    """Every value `receiver` may hold is built by a class of this module that derives from
+    nothing (`class DynamicNet:`, a boosting ensemble holding a list of nets), by calling it
+    or one of its class methods (`DynamicNet.from_file(path)`): no nn.Module, so its own
+    `forward` is its API and there is no `__call__` or hook to go through. Only the name's
+    own bindings are read, each a call: a value reached through a parameter
+    (`self.model = model`) may be anything the callers pass."""
+    built = ctx.flow.definitions(receiver)
+    if not built:
+        return False
+    for call in built:
+        if not isinstance(call, ast.Call):
+            return False
+        func = call.func
+        if isinstance(func, ast.Attribute):
+            func = func.value  # `Cls.from_file(...)`: a factory of the class
+        cls = ctx.flow.classes.get(func.id) if isinstance(func, ast.Name) else None
+        if cls is None or cls.name in ctx.flow.module_classes:
+            return False
+        if any(identifier(base) != "object" for base in cls.bases) or cls.keywords:
+            return False
+    return True
 
 
 _RREF_PROXIES = frozenset({"remote", "rpc_async", "rpc_sync"})
@@ -49,7 +74,8 @@ class DirectForwardCall(Rule):
     implementation (`super().forward(x)`, `nn.Module.forward(self, x)`) or `self.forward` from
     the class's own methods is fine and is not reported, and so is the `forward` of an object
     another framework built (OpenCV's `cv2.dnn` nets) or of an RPC proxy (`rref.remote()`,
-    a `RemoteModule`), whose `forward` is the remote call.
+    a `RemoteModule`), whose `forward` is the remote call, or of an instance of a plain class
+    of the same module (one with no base class: a boosting ensemble's own `forward`).
 
     Example:
         logits = model.forward(images)
@@ -97,7 +123,7 @@ class DirectForwardCall(Rule):
             assert isinstance(call.func, ast.Attribute)
             if _built_by_another_framework(ctx, call.func.value):
                 continue  # `net = cv2.dnn.readNetFromONNX(w)`: `net.forward()` is OpenCV's own
-            if _rpc_proxy(ctx, call.func.value):
+            if _rpc_proxy(ctx, call.func.value) or _plain_local_object(ctx, call.func.value):
                 continue
             ctx.report(
                 self,
