@@ -87,7 +87,8 @@ class EvalWithoutEvalMode(Rule):
     normalisation layer, functions that set `.train()` before the model runs with no update in
     between (recomputing BatchNorm statistics; a `.train()` after the loop only restores the
     mode, one at the top of the epoch is for its training loop) and methods
-    of `nn.Module`s (`forward`, `generate`: their caller owns the mode), and a no-grad block
+    of `nn.Module`s (`forward`, `generate`: their caller owns the mode) and the `forward` of
+    any local class (an ensemble kept as a plain object), and a no-grad block
     in a closure of a training step (targets of an EMA encoder) are not reported;
     prediction/serving functions are left to `inference-no-eval`.
 
@@ -443,7 +444,7 @@ def _find_evaluation_regions(
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
-            if _OTHER_RULES_PATHS.search(fn.name) or ctx.flow.module_method(fn):
+            if _OTHER_RULES_PATHS.search(fn.name) or _model_method(ctx, fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
             if test_module and fn.name.startswith("test"):
@@ -461,7 +462,7 @@ def _find_evaluation_regions(
         if not any(is_grad_off_context(ctx, item.context_expr) for item in node.items):
             continue
         owner = ctx.enclosing_function(node)
-        if owner is not None and ctx.flow.module_method(owner):
+        if owner is not None and _model_method(ctx, owner):
             continue
         if owner is None and not trains:
             continue  # a script's top level that does not train is inference-no-eval's
@@ -475,6 +476,16 @@ def _find_evaluation_regions(
     regions += _held_out_loops(ctx, regions, test_module)
     regions += _held_out_draws(ctx, regions, test_module)
     return regions
+
+
+def _model_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """A method of a local `nn.Module`, or the `forward` of any local class (a boosting
+    ensemble kept as a plain object, whose `forward` sums its nets' outputs under no_grad for
+    training and evaluation alike): part of the model's computation, its caller owns the
+    mode."""
+    if ctx.flow.module_method(fn):
+        return True
+    return fn.name == "forward" and isinstance(ctx.parents.get(fn), ast.ClassDef)
 
 
 def _flagged_evaluation_calls(ctx: ModuleContext) -> list[tuple[ast.Call, FunctionNode]]:
