@@ -253,3 +253,19 @@ def test_a_clean_training_script_raises_none_of_these_rules() -> None:
 def test_a_module_without_ml_code_is_not_applicable_to_these_rules() -> None:
     files = [("util.py", "def add(a, b):\n    return a + b\n")]
     assert _applicable(files, OWNED) <= {"hardcoded-secrets"}
+
+
+def test_saves_in_pytest_modules_release_no_model() -> None:
+    round_trip = (
+        "import tempfile\n"
+        "from transformers import AutoTokenizer\n"
+        "def test_special_tokens_survive_a_save():\n"
+        "    tok = AutoTokenizer.from_pretrained('gpt2')\n"
+        "    with tempfile.TemporaryDirectory() as d:\n"
+        "        tok.save_pretrained(d)\n"
+        "        assert AutoTokenizer.from_pretrained(d).vocab_size == tok.vocab_size\n"
+    )
+    training = "import torch\ndef finish(model):\n    torch.save(model.state_dict(), 'm.pt')\n"
+    assert _run([("test_special_tokens.py", round_trip)], "no-model-card") == []
+    both = [("test_special_tokens.py", round_trip), ("train.py", training)]
+    assert [(f.file, f.line) for f in _run(both, "no-model-card")] == [("train.py", 3)]
