@@ -8,15 +8,17 @@ finds nothing to do when run on its own output (idempotence).
 from __future__ import annotations
 
 import ast
+import functools
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import libcst as cst
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import RemoveImportsVisitor
 from libcst.helpers import get_full_name_for_node
-from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
+from libcst.metadata import CodeRange, MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
@@ -147,23 +149,52 @@ class _Rewriter(cst.CSTTransformer):
         return node
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """What a source parses to, read-only: libcst's trees are immutable, and edits are kept
+    by each `SourceContext` apart, keyed by the node's id."""
+
+    module: cst.Module
+    positions: Mapping[cst.CSTNode, CodeRange]
+    parents: Mapping[cst.CSTNode, cst.CSTNode]
+    nodes: tuple[cst.CSTNode, ...]
+    aliases: Mapping[str, str]
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(source: str) -> _Parsed:
+    """The parse of `source`, kept for the next contexts on the same text: a file is read by
+    `transform` then `explain`, by every codemod that may fix it, and again when fixes are
+    combined (the same source parsed again in half the contexts the unit tests build, 8.8 of
+    15.3 CPU-s there). A few files only: a large module's tree and metadata are big."""
+    module = cst.parse_module(source)
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    collector = _Collector()
+    module.visit(collector)
+    return _Parsed(
+        module=module,
+        positions=wrapper.resolve(PositionProvider),
+        parents=wrapper.resolve(ParentNodeProvider),
+        nodes=tuple(collector.nodes),
+        aliases=_import_aliases(module),
+    )
+
+
 class SourceContext:
     """A parsed module with positions, parents, import aliases, and a queue of edits."""
 
     def __init__(self, source: str) -> None:
+        parsed = _parsed(source)
         self.source = source
-        self.module = cst.parse_module(source)
-        wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
-        self._positions = wrapper.resolve(PositionProvider)
-        self._parents = wrapper.resolve(ParentNodeProvider)
-        collector = _Collector()
-        self.module.visit(collector)
-        self.nodes = collector.nodes
+        self.module = parsed.module
+        self._positions = parsed.positions
+        self._parents = parsed.parents
+        self.nodes = list(parsed.nodes)
         self.replacements: dict[int, list[Edit]] = {}
         self.before: dict[int, list[cst.CSTNode]] = {}
         self.after: dict[int, list[cst.CSTNode]] = {}
         self.removed: set[int] = set()
-        self.aliases = _import_aliases(self.module)
+        self.aliases = dict(parsed.aliases)  # `require_module` adds the imports it inserts
         self.refusal: str | None = None
 
     def decline(self, reason: str) -> bool:
