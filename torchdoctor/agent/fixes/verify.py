@@ -266,12 +266,15 @@ class Verifier:
             spec.extra_memory_mb,
         )
 
-    def _smoke_run(self, copy: Path, touched: list[str], spec: FixSpec) -> SmokeRun:
-        """The patched copy's seeded run, tracing the touched files; reused when this audit
-        already ran the same code with the same call (the fixes adopted so far plus one new
-        fix are the code that fix was verified on: their combined check is that run again)."""
+    def _smoke_run(
+        self, copy: Path, touched: list[str], spec: FixSpec, hash_seed: int = 0
+    ) -> SmokeRun:
+        """The patched copy's seeded run (under PYTHONHASHSEED `hash_seed`), tracing the
+        touched files; reused when this audit already ran the same code with the same call
+        (the fixes adopted so far plus one new fix are the code that fix was verified on:
+        their combined check is that run again)."""
         assert self.runner is not None and self.run_command is not None
-        key = self._run_key(copy, touched, spec)
+        key = self._run_key(copy, touched, spec) + (f":hash-seed-{hash_seed}" if hash_seed else "")
         run = self.known_runs.get(key)
         if run is None:
             run = smoke_run(
@@ -279,6 +282,7 @@ class Verifier:
                 copy,
                 self.run_command,
                 self.steps,
+                hash_seed=hash_seed,
                 trace=touched,
                 extra_memory_mb=spec.extra_memory_mb,
             )
@@ -523,20 +527,8 @@ class Verifier:
     ) -> SmokeRun:
         """`after` with the losses of the same seeded run under another PYTHONHASHSEED, as the
         next launch of the script would draw: where an order followed string hashes, only
-        the fixed code gives the same losses (made once per code and call in an audit)."""
-        assert self.runner is not None and self.run_command is not None
-        key = self._run_key(copy, touched, spec) + f":hash-seed-{OTHER_HASH_SEED}"
-        other = self.known_runs.get(key)
-        if other is None:
-            other = smoke_run(
-                self.runner,
-                copy,
-                self.run_command,
-                self.steps,
-                hash_seed=OTHER_HASH_SEED,
-                extra_memory_mb=spec.extra_memory_mb,
-            )
-        self.patched_runs[key] = other
+        the fixed code gives the same losses."""
+        other = self._smoke_run(copy, touched, spec, hash_seed=OTHER_HASH_SEED)
         return after.model_copy(
             update={"signals": {**after.signals, OTHER_HASH_SEED_LOSSES: other.losses}}
         )
