@@ -112,7 +112,9 @@ class TorchLoadNoMapLocation(Rule):
     `*args, **kwargs` to `torch.load`, a path a local helper saved to when the same scope
     called it earlier (`save_checkpoint(stage)` in the training loop, then
     `torch.load(get_checkpoint_path(stage))` once it ends: the best checkpoint of this run),
-    projects without a CPU fallback or option (GPU-only scripts).
+    a cache this code fills on the host (`if os.path.exists(fn): corpus = torch.load(fn)`
+    whose `else` builds the corpus with no device in sight and saves it to `fn`), projects
+    without a CPU fallback or option (GPU-only scripts).
 
     Example:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -161,7 +163,7 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
-            if _saved_by_an_earlier_helper_call(ctx, call):
+            if _saved_by_an_earlier_helper_call(ctx, call) or _host_cache(ctx, call):
                 continue
             if _dataset_processed_file(ctx, call):
                 continue
@@ -313,6 +315,39 @@ def _saved_by_an_earlier_helper_call(ctx: ModuleContext, load: ast.Call) -> bool
         for helper, target in savers[call.func.id]:
             if _with_arguments(helper, call, target) == path:
                 return True
+    return False
+
+
+_DEVICE_WORDS = re.compile(r"cuda|device|\.to\(")
+
+
+def _host_cache(ctx: ModuleContext, load: ast.Call) -> bool:
+    """`if os.path.exists(fn): x = torch.load(fn) else: x = build(...); torch.save(x, fn)`:
+    the file is a cache this code fills, and the branch that fills it names no device
+    (tokenized text, a vocabulary and its LongTensors): what it holds was made on the host,
+    so there is nothing to map. A branch that moves to or names a device may cache GPU
+    tensors and is not this."""
+    path = ast.unparse(load.args[0])
+    for anc in ctx.ancestors(load):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            return False
+        if not isinstance(anc, ast.If) or not anc.orelse:
+            continue
+        if path not in {ast.unparse(n) for n in ast.walk(anc.test) if isinstance(n, ast.expr)}:
+            continue
+        if not any(load is n for stmt in anc.body for n in walk_tree(stmt)):
+            continue  # the load is in the else branch
+        filling = "\n".join(ast.unparse(stmt) for stmt in anc.orelse)
+        if _DEVICE_WORDS.search(filling):
+            return False
+        return any(
+            isinstance(n, ast.Call)
+            and ctx.flow.qualname_of(n) == "torch.save"
+            and len(n.args) > 1
+            and ast.unparse(n.args[1]) == path
+            for stmt in anc.orelse
+            for n in walk_tree(stmt)
+        )
     return False
 
 
