@@ -498,7 +498,11 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
     if isinstance(parent, ast.Call) and identifier(parent.func) in _FILLERS:
         return True
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Sub | ast.Div):
-        return parent.right is node  # inline standardisation: `(X - X.mean()) / X.std()`
+        # inline standardisation: `(X - X.mean()) / X.std()`; not a band of two statistics
+        # (`rmse.mean(axis=0) - rmse.std(axis=0)`, a plot's error band)
+        left = parent.left
+        band = isinstance(left, ast.Call) and _statistic_of(ctx, left) is not None
+        return parent.right is node and not band
     if isinstance(parent, ast.keyword):
         grand = ctx.parents.get(parent)
         return isinstance(grand, ast.Call) and identifier(grand.func) in _FILLERS
