@@ -712,12 +712,25 @@ class LoopAnalysis:
             for anc in self.ctx.ancestors(node):
                 if anc is loop.node:
                     break
-                if isinstance(anc, ast.If) and is_periodic_guard(anc.test):
+                if isinstance(anc, ast.If) and self._periodic_test(anc.test):
                     guarded = True
                     break
             if not guarded:
                 found.add(local_callee(node))
         return found
+
+    def _periodic_test(self, test: ast.expr, depth: int = 0) -> bool:
+        """`is_periodic_guard(test)`, or of what a name in it was bound to, up to two bindings
+        away: `step_eval = step % eval_interval == 0`, then `if epoch_eval or step_eval:`
+        (Real-Time-Voice-Cloning's synthesizer samples only at those steps)."""
+        if is_periodic_guard(test):
+            return True
+        return depth < 2 and any(
+            self._periodic_test(value, depth + 1)
+            for name in walk_tree(test)
+            if isinstance(name, ast.Name)
+            for value in self.ctx.flow.definitions(name)
+        )
 
     def in_training_step(self, node: ast.AST) -> bool:
         """True when `node` runs once per training step (loop body or a function it calls)."""
