@@ -6,7 +6,9 @@ benchmark prints its tokens/s, TFLOP/s and MFU (nanoGPT's FLOP count, the GPU's 
 peak). A variant whose change does not apply to the script says so instead of running:
 
 - `script`: the script as given;
-- `loss-in-model-graph`: the model call and the cross-entropy compiled as one function;
+- `loss-in-model-graph`: the model call and the cross-entropy compiled as one function (the
+  compile ladder's "step as one graph" rung now makes and verifies this change; the variant
+  stays to time it on a script without the ladder);
 - `max-autotune-no-cudagraphs`: `model.compile(mode="max-autotune-no-cudagraphs")`;
 - `vocabulary-padded`: `vocab_size` 50257 -> 50304, a checkpoint-shape change (needs a human).
 
