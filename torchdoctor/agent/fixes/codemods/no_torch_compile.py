@@ -67,12 +67,10 @@ class NoTorchCompileFix(Codemod):
     extra_host_memory_mb = COMPILER_HOST_MB
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        refusal = _refusal(ctx, target)
-        if refusal is not None:
-            return ctx.decline(refusal)
-        loop = flagged_loop(ctx, target)
-        assert loop is not None
-        models = _trained_models(ctx, loop, target)
+        plan = _plan(ctx, target)
+        if isinstance(plan, str):
+            return ctx.decline(plan)
+        loop, models = plan
         outer: cst.CSTNode = loop
         for anc in ctx.ancestors(loop):
             if isinstance(anc, cst.FunctionDef | cst.ClassDef):
@@ -85,18 +83,10 @@ class NoTorchCompileFix(Codemod):
         compiled = [f"{model}.compile({arguments})" for model in models]
         step = target.data.get("compile_scope", "model") == "step"
         if step:
-            if len(models) != 1:
-                return ctx.decline("the step trains several models: each compiles on its own")
-            graph = step_graph(ctx, loop, outer, models[0], _names_in_use(ctx.source))
-            if isinstance(graph, str):
-                return ctx.decline(graph)
-            ctx.insert_before(outer, [_after_blank_line(graph.function)])
-            first, *rest = graph.statements
-            ctx.substitute(first, cst.parse_statement(graph.call))
-            for statement in rest:
-                ctx.remove(statement)
-            compiling = ", ".join(filter(None, [graph.name, arguments]))
-            compiled.append(f"{graph.name} = {torch}.compile({compiling})")
+            function = _compile_step(ctx, loop, outer, models, f"{torch}.compile", arguments)
+            if function is None:
+                return False
+            compiled.append(function)
         else:
             compiled.extend(_compile_losses(ctx, loop, outer, torch))
         block = "".join(f"    {line}\n" for line in compiled)
@@ -105,8 +95,34 @@ class NoTorchCompileFix(Codemod):
         return True
 
 
-def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
-    """Why no `model.compile()` is inserted, or None when it is."""
+def _compile_step(
+    ctx: SourceContext,
+    loop: cst.For | cst.While,
+    outer: cst.CSTNode,
+    models: list[str],
+    compile_call: str,
+    arguments: str,
+) -> str | None:
+    """Moves the step's forward and loss into one function before `outer` (`step_graph`);
+    the line that compiles it, or None once it declined on `ctx`."""
+    if len(models) != 1:
+        ctx.decline("the step trains several models: each compiles on its own")
+        return None
+    graph = step_graph(ctx, loop, outer, models[0], _names_in_use(ctx.source))
+    if isinstance(graph, str):
+        ctx.decline(graph)
+        return None
+    ctx.insert_before(outer, [_after_blank_line(graph.function)])
+    first, *rest = graph.statements
+    ctx.substitute(first, cst.parse_statement(graph.call))
+    for statement in rest:
+        ctx.remove(statement)
+    compiling = ", ".join(filter(None, [graph.name, arguments]))
+    return f"{graph.name} = {compile_call}({compiling})"
+
+
+def _plan(ctx: SourceContext, target: FixTarget) -> tuple[cst.For | cst.While, list[str]] | str:
+    """The training loop to compile before and the models it trains, or why there is none."""
     if any(
         method_call(c, "compile") or ctx.qualname(c.func) == "torch.compile"
         for c in ctx.find(cst.Call)
@@ -130,7 +146,7 @@ def _refusal(ctx: SourceContext, target: FixTarget) -> str | None:
             "the loop trains several models, some wrapped (DDP, DataParallel): compile each "
             "where it is built, before wrapping"
         )
-    return None
+    return loop, models
 
 
 def _trained_models(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> list[str]:

@@ -70,11 +70,11 @@ def step_graph(
     bound_in_loop = _bound_names(ast.parse(textwrap.dedent(_statement_code(ctx, outer))))
     parameters: list[str] = []
     local: list[str] = []
-    for tree in trees:
+    for statement, tree in zip(chain, trees, strict=True):
         for name in _loaded(tree):
             if name in bound_in_loop and name not in local and name not in parameters:
                 parameters.append(name)
-        local.extend(n for n in _stored(tree) if n not in local)
+        local.extend(n for n in _targets(_assignment(statement)) if n not in local)
     scope = scope_of(ctx, loop)
     returned = sorted(
         (n for n in local if name_is_read(ctx, n, scope, skip=list(chain))),
@@ -85,9 +85,8 @@ def step_graph(
     name = STEP_FUNCTION
     while name in taken:
         name = f"_{name}"
-    last = chain[-1].body[0]
-    assert isinstance(last, cst.Assign)
-    if [returned] == [sorted(_targets(last))] and _binds_one_name(last):
+    last = _assignment(chain[-1])
+    if _targets(last) == returned:
         body = [*code[:-1], f"return {ctx.module.code_for_node(last.value)}"]
     else:
         body = [*code, f"return {', '.join(returned)}"]
@@ -122,7 +121,7 @@ def _chain(
                 break
             assert isinstance(statement, cst.SimpleStatementLine)
             chain.append(statement)
-            if not losses & _targets(_assignment(statement)):
+            if not losses.intersection(_targets(_assignment(statement))):
                 continue
             if not _consumes_output(ctx, chain, call):
                 return "the model computes the loss itself: model.compile() covers the step"
@@ -151,7 +150,7 @@ def _consumes_output(
         if model_call in descendants(value) or any(
             n.value in tainted for n in ctx.find(cst.Name, inside=value)
         ):
-            tainted |= _targets(_assignment(statement))
+            tainted.update(_targets(_assignment(statement)))
     return False
 
 
@@ -174,16 +173,19 @@ def _backpropagated(ctx: SourceContext, loop: cst.For | cst.While) -> set[str]:
     return names
 
 
-def _targets(assign: cst.Assign) -> set[str]:
-    return {n.value for target in assign.targets for n in _name_nodes(target.target)}
+def _targets(assign: cst.Assign) -> list[str]:
+    """The names `assign` binds, in source order."""
+    return [n for target in assign.targets for n in _names(target.target) or []]
 
 
-def _name_nodes(target: cst.BaseExpression) -> list[cst.Name]:
+def _names(target: cst.BaseExpression) -> list[str] | None:
+    """The names a target binds, or None when it is not made of plain names only."""
     if isinstance(target, cst.Name):
-        return [target]
+        return [target.value]
     if isinstance(target, cst.Tuple | cst.List):
-        return [n for e in target.elements for n in _name_nodes(e.value)]
-    return []
+        parts = [_names(e.value) for e in target.elements]
+        return None if any(p is None for p in parts) else [n for p in parts for n in p or []]
+    return None
 
 
 def _assignment_line(ctx: SourceContext, call: cst.Call) -> cst.SimpleStatementLine | None:
@@ -200,19 +202,9 @@ def _simple_assignment(statement: cst.CSTNode) -> bool:
     if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
         return False
     assign = statement.body[0]
-    return isinstance(assign, cst.Assign) and all(_plain_names(t.target) for t in assign.targets)
-
-
-def _plain_names(target: cst.BaseExpression) -> bool:
-    if isinstance(target, cst.Name):
-        return True
-    if isinstance(target, cst.Tuple | cst.List):
-        return all(_plain_names(e.value) for e in target.elements)
-    return False
-
-
-def _binds_one_name(assign: cst.Assign) -> bool:
-    return len(assign.targets) == 1 and isinstance(assign.targets[0].target, cst.Name)
+    return isinstance(assign, cst.Assign) and all(
+        _names(t.target) is not None for t in assign.targets
+    )
 
 
 def _statement_code(ctx: SourceContext, node: cst.CSTNode) -> str:
@@ -255,18 +247,6 @@ def _loaded(tree: ast.Module) -> Sequence[str]:
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in inner
     ]
     return [n.id for n in sorted(names, key=lambda n: (n.lineno, n.col_offset))]
-
-
-def _stored(tree: ast.Module) -> list[str]:
-    """Names the statement binds, in source order."""
-    return [
-        n.id
-        for statement in tree.body
-        if isinstance(statement, ast.Assign)
-        for target in statement.targets
-        for n in ast.walk(target)
-        if isinstance(n, ast.Name)
-    ]
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
