@@ -15,7 +15,9 @@ class MeanOverWrongCount(Rule):
     loop, by the wrong count: the last index of `enumerate` (`total /= i`, where the loop ran
     `i + 1` times), or the length of another data loader than the one the total was summed
     over (`loss_epoch / len(train_loader)` where `loss_epoch` came from a loop, or a function
-    given `features_loader`, over another loader).
+    given `features_loader`, over another loader), or a count of matching samples summed
+    over a loader's batches (`correct += torch.sum(preds == targets)`) divided by `len()` of
+    that loader, the number of batches (`correct.double() / len(self.train_data_loader)`).
 
     Why it matters: the reported mean is wrong by a factor nobody sees. Dividing by the last
     index inflates it (with a single validation batch it divides by zero); dividing by the
@@ -24,7 +26,9 @@ class MeanOverWrongCount(Rule):
     and checkpoints selected on them compare numbers on different scales.
 
     Not reported: `enumerate(..., start=1)` (the index is then the count), `i + 1`,
-    `len()` of the loader the total was summed over (or of its `.dataset`), divisions by a
+    `len()` of the loader the total was summed over (or of its `.dataset`) for a total of
+    per-batch values (losses, batch accuracies), a count divided by `len(loader.dataset)`,
+    divisions by a
     loader's length when the total comes from a function the same loader was passed to,
     and names that do not look like loaders (`len(dataset)` where the samples were counted).
 
@@ -55,13 +59,16 @@ class MeanOverWrongCount(Rule):
             nodes = list(walk_scope(body))
             loops = [n for n in nodes if isinstance(n, ast.For)]
             for node in nodes:
+                message = None
                 division = _division(node)
-                if division is None:
-                    continue
-                total, divisor = division
-                message = _last_index(total, divisor, node, loops) or _other_loader(
-                    ctx, total, divisor, node, loops
-                )
+                if division is not None:
+                    total, divisor = division
+                    message = _last_index(total, divisor, node, loops) or _other_loader(
+                        ctx, total, divisor, node, loops
+                    )
+                cast = _division(node, casts=True)
+                if message is None and cast is not None:
+                    message = _count_over_batches(ctx, *cast, node, loops)
                 if message is not None:
                     ctx.report(self, node, message)
 
@@ -78,17 +85,40 @@ def _may_report(ctx: ModuleContext) -> bool:
         total, divisor = division
         if (isinstance(divisor, ast.Name) and total in summed) or _loader_of_len(divisor):
             return True
+    for node in nodes_of(ctx, ast.BinOp):
+        division = _division(node, casts=True)
+        if division is not None and division[0] in summed and _batch_count_of(division[1]):
+            return True
     return False
 
 
-def _division(node: ast.AST) -> tuple[str, ast.expr] | None:
-    """(total, divisor) of `total / divisor` or `total /= divisor`, the total a plain name."""
-    if (
-        isinstance(node, ast.BinOp)
-        and isinstance(node.op, ast.Div)
-        and isinstance(node.left, ast.Name)
-    ):
-        return node.left.id, node.right
+# Conversions a count goes through before it is divided (`correct.double() / n`).
+_CASTS = frozenset({"double", "float", "item", "cpu"})
+
+
+def _division(node: ast.AST, casts: bool = False) -> tuple[str, ast.expr] | None:
+    """(total, divisor) of `total / divisor` or `total /= divisor`, the total a plain name
+    (with `casts`, also one cast on its way: `correct.double() / n`, `float(correct) / n`)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        left = node.left
+        while (
+            casts
+            and isinstance(left, ast.Call)
+            and not left.args
+            and isinstance(left.func, ast.Attribute)
+            and left.func.attr in _CASTS
+        ):
+            left = left.func.value
+        if (
+            casts
+            and isinstance(left, ast.Call)
+            and isinstance(left.func, ast.Name)
+            and left.func.id == "float"
+            and len(left.args) == 1
+        ):
+            left = left.args[0]
+        if isinstance(left, ast.Name):
+            return left.id, node.right
     if (
         isinstance(node, ast.AugAssign)
         and isinstance(node.op, ast.Div)
@@ -203,3 +233,87 @@ def _bound_values(ctx: ModuleContext, node: ast.AST, total: str) -> list[ast.exp
             if any(isinstance(n, ast.Name) and n.id == total for n in names):
                 found.append(stmt.value)
     return found
+
+
+def _batch_count_of(divisor: ast.expr) -> str | None:
+    """The text of `L` in `len(L)` when `L` is a data loader itself (a name or attribute
+    named like one, `self.train_data_loader`), not its dataset: the number of batches."""
+    if not (
+        isinstance(divisor, ast.Call)
+        and isinstance(divisor.func, ast.Name)
+        and divisor.func.id == "len"
+        and len(divisor.args) == 1
+    ):
+        return None
+    arg = divisor.args[0]
+    name = ""
+    if isinstance(arg, ast.Name):
+        name = arg.id
+    elif isinstance(arg, ast.Attribute):
+        name = arg.attr
+    return ast.unparse(arg) if name and _loader_like(name) else None
+
+
+def _counts_matches(value: ast.expr) -> bool:
+    """`torch.sum(pred == y)`, `(pred == y).sum()`, `pred.eq(y).sum().item()`: how many
+    samples of the batch match, a count that grows with the batch size."""
+    while (
+        isinstance(value, ast.Call)
+        and not value.args
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _CASTS
+    ):
+        value = value.func.value
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    if isinstance(func, ast.Attribute) and func.attr == "sum" and not value.args:
+        counted = func.value
+    elif ast.unparse(func) in ("torch.sum", "sum") and len(value.args) == 1:
+        counted = value.args[0]
+    else:
+        return False
+    if isinstance(counted, ast.Compare):
+        return len(counted.ops) == 1 and isinstance(counted.ops[0], ast.Eq)
+    return (
+        isinstance(counted, ast.Call)
+        and isinstance(counted.func, ast.Attribute)
+        and counted.func.attr == "eq"
+    )
+
+
+def _count_over_batches(
+    ctx: ModuleContext, total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.For]
+) -> str | None:
+    """`correct / len(loader)` after a loop over `loader` whose every `correct += ...` adds a
+    count of matching samples (`torch.sum(preds == targets)`): a per-sample count divided by
+    the number of batches, an accuracy scaled by the batch size. Not when the quotient is
+    divided again (`correct / len(loader) / batch_size`: the samples, counted the long
+    way)."""
+    divided_by = _batch_count_of(divisor)
+    if divided_by is None:
+        return None
+    parent = ctx.parents.get(node)
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div) and parent.left is node:
+        return None
+    for loop in loops:
+        if not _after(node, loop) or divided_by not in {
+            ast.unparse(n) for n in walk_tree(loop.iter) if isinstance(n, ast.Name | ast.Attribute)
+        }:
+            continue
+        added = [
+            n.value
+            for n in walk_scope(loop.body)
+            if isinstance(n, ast.AugAssign)
+            and isinstance(n.op, ast.Add)
+            and isinstance(n.target, ast.Name)
+            and n.target.id == total
+        ]
+        if added and all(_counts_matches(value) for value in added):
+            return (
+                f"`{total}` counts the matching samples of each batch of `{divided_by}` but "
+                f"is divided by `len({divided_by})`, the number of batches: the accuracy is "
+                "scaled by the batch size; divide by the number of samples "
+                f"(`len({divided_by}.dataset)`)"
+            )
+    return None
