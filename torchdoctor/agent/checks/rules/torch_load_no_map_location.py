@@ -105,8 +105,14 @@ class TorchLoadNoMapLocation(Rule):
     torch.cuda.is_available() is False"), and on a multi-GPU host every process loads onto
     GPU 0.
 
+    Also reported, in any file: a load on the CPU path of a branch on a GPU flag (the body
+    of `if not gpu:`, the `else` of `if use_cuda:` or `if torch.cuda.is_available():`),
+    where the map is needed most (`model.load_state_dict(torch.load(p), map_location=...)`
+    hands the map to the wrong call).
+
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
-    branch that already decides by device (`if args.gpu is None: ...`), in-memory buffers
+    branch that already decides by device (`if args.gpu is None: ...`, the GPU side of a
+    GPU flag), in-memory buffers
     (`io.BytesIO`) but for one filled with a stored file's bytes (`io.BytesIO(f.read())`), a
     path the same function saved to just before (a state round trip), a wrapper forwarding
     `*args, **kwargs` to `torch.load`, a path a local helper saved to when the same scope
@@ -159,7 +165,8 @@ class TorchLoadNoMapLocation(Rule):
             in_memory = _IN_MEMORY.search(ast.unparse(call.args[0])) and not _file_bytes(
                 call.args[0]
             )
-            if in_memory or _device_branch(ctx, call):
+            cpu_side = _on_the_cpu_side(ctx, call)
+            if in_memory or (not cpu_side and _device_branch(ctx, call)):
                 continue
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
@@ -176,7 +183,7 @@ class TorchLoadNoMapLocation(Rule):
             )
             if found is None:
                 continue
-            if here:
+            if here or cpu_side:
                 ctx.findings.append(found)
             else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
                 for symbol in _helper_symbols(ctx):
@@ -474,6 +481,58 @@ def _moves_to_cuda(body: list[ast.stmt]) -> bool:
                 and node.value.startswith("cuda")
             ):
                 return True
+    return False
+
+
+# A flag that says the GPU is used (`if gpu:`, `if args.use_cuda:`,
+# `if torch.cuda.is_available():`); a GPU index or count (`args.gpu is None`, `n_gpu > 1`)
+# or a multi-GPU switch says nothing about the CPU.
+_GPU_FLAGS = frozenset(
+    {"gpu", "cuda", "use_gpu", "use_cuda", "with_cuda", "is_cuda", "on_gpu", "has_cuda"}
+)
+
+
+def _gpu_flag(test: ast.expr) -> bool:
+    if isinstance(test, ast.Call):
+        return ast.unparse(test).endswith("cuda.is_available()")
+    name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", "")
+    return isinstance(test, ast.Name | ast.Attribute) and name.lower() in _GPU_FLAGS
+
+
+def _cpu_test(test: ast.expr) -> bool | None:
+    """True when the branch's body is the CPU path (`if not gpu:`, `if device == "cpu":`),
+    False when its `else` is (`if use_cuda:`), None when the test says neither."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and _gpu_flag(test.operand):
+        return True
+    if _gpu_flag(test):
+        return False
+    if (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq | ast.NotEq)
+        and any(
+            isinstance(side, ast.Constant) and side.value == "cpu"
+            for side in (test.left, *test.comparators)
+        )
+    ):
+        return isinstance(test.ops[0], ast.Eq)
+    return None
+
+
+def _on_the_cpu_side(ctx: ModuleContext, node: ast.AST) -> bool:
+    """The load sits on the CPU path of a branch on a GPU flag: the body of `if not gpu:`,
+    the `else` of `if use_cuda:`. That branch is where a GPU checkpoint must be mapped, so
+    it is no reason to stay silent (LatticeLSTM's `if not gpu:` passed `map_location` to
+    `load_state_dict` instead of `torch.load`)."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+        if isinstance(anc, ast.If):
+            side = _cpu_test(anc.test)
+            if side is not None:
+                return (child in anc.body) == side
+        child = anc
     return False
 
 
