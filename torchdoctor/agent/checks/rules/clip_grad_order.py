@@ -25,6 +25,9 @@ class ClipGradOrder(Rule):
 
     With several optimizers, a clip is judged against the steps of the optimizer built over
     the parameters it clips (an actor's clip after the actor's step, before the critic's).
+    A loop-free function that clips and backpropagates but leaves the step to its caller (a
+    multi-task loss weighting's `backward(losses, shared_parameters)`) is judged on a clip
+    before its `backward()`.
 
     Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
     one of each before the other); loops whose backward or step happens in a called function
@@ -59,13 +62,13 @@ class ClipGradOrder(Rule):
             clips = [c for c in calls if _is_clip(c)]
             backwards = [c.lineno for c in calls if is_backward_call(c)]
             step_calls = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
-            if not clips or not backwards or not step_calls:
+            if not clips or not backwards:
                 continue
             for clip in clips:
                 steps = [c.lineno for c in _steps_of(ctx, clip, step_calls)]
                 if clip.lineno < min(backwards):
                     self._report(ctx, clip, "before backward()", backwards, "after")
-                elif clip.lineno > max(steps):
+                elif steps and clip.lineno > max(steps):
                     self._report(ctx, clip, "after optimizer.step()", steps, "before")
 
     def _report(
@@ -116,8 +119,10 @@ def _parameters_owner(expr: ast.expr) -> str | None:
 
 
 def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
-    """Bodies of functions that clip, backpropagate and step with no loop of their own: one
-    update per call (a training loop's body, seen by the loop that calls it only by name)."""
+    """Bodies of functions that clip and backpropagate (and usually step) with no loop of
+    their own: one update per call (a training loop's body, seen by the loop that calls it
+    only by name). One that leaves the step to its caller (a multi-task weighting's
+    `backward(losses, shared_parameters)`) is judged on its clip before `backward()` only."""
     bodies = []
     for defs in ctx.loops.functions.values():
         for fn in defs:
@@ -125,11 +130,7 @@ def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
             calls = [n for n in nodes if isinstance(n, ast.Call)]
             if any(isinstance(n, ast.For | ast.While) for n in nodes):
                 continue
-            if (
-                any(_is_clip(c) for c in calls)
-                and any(is_backward_call(c) for c in calls)
-                and any(is_optimizer_step(c) and not _is_clip(c) for c in calls)
-            ):
+            if any(_is_clip(c) for c in calls) and any(is_backward_call(c) for c in calls):
                 bodies.append(fn.body)
     return bodies
 
