@@ -47,7 +47,9 @@ from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
     r"^(evaluate|evaluation|eval|validate|validation|val|valid|test|testing)(_|$)"
-    r"|_(evaluate|evaluation|eval|validate|validation|val|test)$",
+    r"|_(evaluate|evaluation|eval|validate|validation|val|test)$"
+    # the stage named in the middle (`dnn_test_model`, `run_eval_epoch`)
+    r"|_(evaluate|evaluation|eval|validate|validation|test)_(model|net|network|epoch|loop)$",
     re.IGNORECASE,
 )
 # Prediction/serving paths belong to inference-no-eval (point 7); Lightning's *_step hooks run
