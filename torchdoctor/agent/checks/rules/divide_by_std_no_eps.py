@@ -31,8 +31,10 @@ _NORM_FUNCTIONS = frozenset(
 class DivideByStdNoEps(Rule):
     """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`,
     `x / var.sqrt()` where `var = torch.var(...)` (also `/=`) where the divisor has no `+ eps`
-    and no `clamp`; and a division by a sum of squares (`dot * s / torch.sum(s ** 2, -1)`, a
-    signal's energy, also through a name that no `if`/`assert`/`torch.where` tests).
+    and no `clamp`; a division by a sum of squares (`dot * s / torch.sum(s ** 2, -1)`, a
+    signal's energy, also through a name that no `if`/`assert`/`torch.where` tests); and an
+    epsilon that precedence adds to the quotient instead of the divisor (`np.abs(y_hat - y) /
+    np.abs(y) + 1e-5`, the divisor a magnitude, spread or sum).
 
     Why it matters: the spread is zero for a constant input, a single-element batch or an
     all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads
@@ -59,7 +61,10 @@ class DivideByStdNoEps(Rule):
     items: ClassVar[tuple[str, ...]] = ("2.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(w in ctx.source for w in _GATES)
+        source = ctx.source
+        return any(w in source for w in _GATES) or (
+            "abs(" in source and ("e-" in source or "eps" in source)
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
@@ -72,6 +77,16 @@ class DivideByStdNoEps(Rule):
             if not isinstance(node.op, ast.Div):
                 continue
             divisor = node.right if isinstance(node, ast.BinOp) else node.value
+            if _epsilon_after_the_quotient(ctx, node, divisor):
+                ctx.report(
+                    self,
+                    node,
+                    f"the epsilon is added to the quotient, not to `{ast.unparse(divisor)}`: "
+                    "the division still yields NaN/Inf where the divisor is zero; write "
+                    "`a / (b + eps)`",
+                    data={"divisor": ast.unparse(divisor)},
+                )
+                continue
             if _unguarded_spread(ctx, divisor):
                 why = "spread is zero (constant or single-element input)"
             elif _unguarded_energy(ctx, node, divisor):
@@ -84,6 +99,36 @@ class DivideByStdNoEps(Rule):
                 f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the {why}",
                 data={"divisor": ast.unparse(divisor)},
             )
+
+
+# Divisors that are zero for some data: a magnitude, a spread, a sum.
+_MAY_BE_ZERO = frozenset({"abs", "absolute", "fabs", *_SPREAD, "sum"})
+_SMALL = 1e-3
+_GUARDED_BY_EPS = frozenset({"sqrt", "rsqrt", "log", "log2", "log10", "log1p"})
+
+
+def _epsilon_after_the_quotient(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bool:
+    """`np.abs(v_ - v) / np.abs(v) + 1e-5`: a small constant (or an `eps`) added to the
+    quotient of a division by a magnitude, spread or sum, where precedence puts it after the
+    division: meant for the divisor, it guards nothing (a MAPE over targets that reach
+    zero). Not when the sum is the argument of a root or log (`torch.sqrt(ss / n + 1e-5)`,
+    a masked standard deviation): the epsilon is there for that function."""
+    if not (isinstance(node, ast.BinOp) and isinstance(divisor, ast.Call)):
+        return False
+    if identifier(divisor.func) not in _MAY_BE_ZERO:
+        return False
+    parent = ctx.parents.get(node)
+    if not (isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Add)):
+        return False
+    if parent.left is not node:
+        return False
+    outer = ctx.parents.get(parent)
+    if isinstance(outer, ast.Call) and identifier(outer.func) in _GUARDED_BY_EPS:
+        return False  # `sqrt(ss / n + 1e-5)`: the epsilon guards the root or log, not the division
+    added = parent.right
+    if isinstance(added, ast.Constant) and isinstance(added.value, float):
+        return 0 < added.value <= _SMALL
+    return "eps" in identifier(added).lower()
 
 
 def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> bool:
