@@ -147,6 +147,9 @@ class Pending(_Model):
     attribute: str | None = None
     """Set with `attribute-not-evaluated-by-base`: the model is `self.<attribute>` of a class
     built on `symbol`, another file's class, whose constructor may put it in eval mode."""
+    unless: list[str] = Field(default_factory=list)
+    """Symbols whose having `needs` drops the finding (calls made earlier on the same path:
+    when one of them steps the optimizer, a scheduler stepped after it is in order)."""
 
 
 class ModelPass(_Model):
@@ -1210,6 +1213,10 @@ class ProjectIndex:
                         all(self.has(symbol, n, near=pending.finding.file) for n in needs)
                         for symbol in symbols
                     )
+                if holds and any(
+                    self.has(s, pending.needs, near=pending.finding.file) for s in pending.unless
+                ):
+                    holds = False
                 if where not in found and holds:
                     found[where] = pending.finding
         return list(found.values())

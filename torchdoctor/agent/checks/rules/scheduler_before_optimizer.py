@@ -52,7 +52,9 @@ class SchedulerBeforeOptimizer(Rule):
                 ...
                 optimizer.step()
 
-    Not reported: a scheduler step after the optimizer step or after the call that trains; a
+    Not reported: a scheduler step after the optimizer step or after the call that trains
+    (another file's function that steps the optimizer, called before the scheduler on the
+    same path), nor before a call in another arm of the same `if`/`elif` chain; a
     step given the epoch or a metric (`scheduler.step(epoch)` sets that epoch's rate,
     `plateau.step(val_loss)` follows the metric: nothing is skipped); a loop whose optimizer
     step cannot be seen (a method of an object built elsewhere, a function of an installed
@@ -99,7 +101,9 @@ class SchedulerBeforeOptimizer(Rule):
                     reported.add(call.lineno)
                     ctx.report(self, call, _MESSAGE, data={"optimizer_step_line": first})
                 elif first is None:
-                    later = [(c, s) for c, s in imported if c.lineno > call.lineno]
+                    on_path = [(c, s) for c, s in imported if not _exclusive(ctx, c, call)]
+                    earlier = [s for c, s in on_path if c.lineno < call.lineno]
+                    later = [(c, s) for c, s in on_path if c.lineno > call.lineno]
                     for site, symbol in later[:_MAX_CANDIDATES]:
                         found = ctx.finding(
                             self,
@@ -109,7 +113,12 @@ class SchedulerBeforeOptimizer(Rule):
                         )
                         if found is not None:
                             reported.add(call.lineno)
-                            pending = Pending(symbol=symbol, needs="steps-optimizer", finding=found)
+                            pending = Pending(
+                                symbol=symbol,
+                                needs="steps-optimizer",
+                                finding=found,
+                                unless=earlier,
+                            )
                             defer(ctx, self.id, pending)
 
     @classmethod
@@ -143,6 +152,23 @@ def _given_its_position(call: ast.Call) -> bool:
     is given, and `plateau.step(val_loss)` is driven by a metric: neither advances a schedule
     by one, so stepping before the optimizer skips no value."""
     return bool(call.args) or any(k.arg in ("epoch", "metrics") for k in call.keywords)
+
+
+def _exclusive(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
+    """`a` and `b` sit in different arms of one `if`/`elif` chain: one iteration runs at
+    most one of them (a warm-up arm's training call and the joint arm's scheduler)."""
+    sides: dict[int, bool] = {}
+    child: ast.AST = a
+    for anc in ctx.ancestors(a):
+        if isinstance(anc, ast.If):
+            sides[id(anc)] = child in anc.body
+        child = anc
+    child = b
+    for anc in ctx.ancestors(b):
+        if isinstance(anc, ast.If) and id(anc) in sides and sides[id(anc)] != (child in anc.body):
+            return True
+        child = anc
+    return False
 
 
 def _innermost_loop(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
