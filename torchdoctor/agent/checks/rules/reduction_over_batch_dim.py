@@ -47,7 +47,9 @@ class ReductionOverBatchDim(Rule):
 
     A softmax or log_softmax over dim 0 of a model's output is reported whatever is done with
     it inside a loader loop (scores written out), and outside one when it reaches a loss
-    through names, views and arithmetic (a step drawing `dataset.get_batch()`).
+    through names, views and arithmetic (a step drawing `dataset.get_batch()`). So is one
+    inside a model over a layer's output on a batch-flattened tensor (`x = self.fc(x.view(
+    x.size(0), -1)); return F.softmax(x, dim=0)`): its rows are the examples.
 
     Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop, or in a module-level
@@ -102,6 +104,8 @@ class ReductionOverBatchDim(Rule):
     @staticmethod
     def _wrong(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
         name = _reduction_name(ctx, call)
+        if name in _PROBABILITIES and _from_batch_flatten(ctx, reduced, 0):
+            return True  # a classifier head's rows, normalised across the batch in forward
         if (
             name in _PROBABILITIES
             and output_before(ctx, call, reduced)
@@ -130,6 +134,93 @@ class ReductionOverBatchDim(Rule):
 
 
 _MAX_LOSS_HOPS = 2
+_MAX_FLATTEN_HOPS = 3
+
+
+def _batch_flatten(value: ast.expr) -> bool:
+    """`x.view(x.size(0), -1)`, `x.reshape(x.shape[0], -1)`, `torch.flatten(x, 1)`,
+    `x.flatten(1)`: the batch kept as dim 0, everything else flattened into dim 1."""
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)):
+        return False
+    method, args = value.func.attr, value.args
+    if method in ("view", "reshape") and len(args) == 2:
+        first, second = args
+        keeps_dim0 = (
+            isinstance(first, ast.Call)
+            and isinstance(first.func, ast.Attribute)
+            and first.func.attr == "size"
+            and len(first.args) == 1
+            and isinstance(first.args[0], ast.Constant)
+            and first.args[0].value == 0
+        ) or (
+            isinstance(first, ast.Subscript)
+            and isinstance(first.value, ast.Attribute)
+            and first.value.attr == "shape"
+            and isinstance(first.slice, ast.Constant)
+            and first.slice.value == 0
+        )
+        rest = isinstance(second, ast.UnaryOp) and ast.unparse(second) == "-1"
+        return keeps_dim0 and rest
+    if method == "flatten":
+        target = args[1:] if ast.unparse(value.func.value) == "torch" else args
+        start = target[0] if target else None
+        return isinstance(start, ast.Constant) and start.value == 1
+    return False
+
+
+def _from_batch_flatten(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
+    """`value` is, in its function, a batch-flattened tensor or a layer's output over one
+    (`x_feat = x.view(x.size(0), -1); x = self.fc(x_feat)`): rows are examples, so dim 0 is
+    the batch. Followed through plain names and single-argument layer calls."""
+    if hops > _MAX_FLATTEN_HOPS:
+        return False
+    if _batch_flatten(value):
+        return True
+    if isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords:
+        func = value.func
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "self"
+        ):
+            return _from_batch_flatten(ctx, value.args[0], hops + 1)
+        return False
+    if not isinstance(value, ast.Name):
+        return False
+    last = _last_binding(ctx, value)
+    return last is not None and _from_batch_flatten(ctx, last, hops + 1)
+
+
+def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
+    for anc in [node, *ctx.ancestors(node)]:
+        if isinstance(anc, ast.stmt):
+            return anc
+    return None
+
+
+def _last_binding(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:
+    """The value of the last plain assignment to `name` before it is read, in the same
+    block of the same function (straight-line code: `x = self.fc(x_feat)` then
+    `F.softmax(x, dim=0)`); None when the binding before it is elsewhere or unknown."""
+    use = _statement_of(ctx, name)
+    scope = ctx.enclosing_function(name)
+    before = [
+        v
+        for v in ctx.flow.definitions(name)
+        if ctx.enclosing_function(v) is scope and getattr(v, "lineno", 0) < name.lineno
+    ]
+    if use is None or not before:
+        return None
+    value = max(before, key=lambda v: (v.lineno, v.col_offset))
+    bound = ctx.parents.get(value)
+    if not (
+        isinstance(bound, ast.Assign)
+        and len(bound.targets) == 1
+        and isinstance(bound.targets[0], ast.Name)
+        and ctx.parents.get(bound) is ctx.parents.get(use)
+    ):
+        return None
+    return value
 
 
 def _reaches_loss(ctx: ModuleContext, node: ast.expr, hops: int) -> bool:
