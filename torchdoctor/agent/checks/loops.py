@@ -732,9 +732,71 @@ class LoopAnalysis:
             for value in self.ctx.flow.definitions(name)
         )
 
+    def one_step_per_epoch(self, loop: TrainingLoop) -> bool:
+        """The loop counts epochs (`for epoch in range(args.epochs):`, no inner training loop
+        by construction) and neither its body nor the functions it calls every step draw a
+        batch (no `next(...)`, sampler, random index or `*batch*` call): full-batch training
+        (a GCN on Cora, ogbn-arxiv), where one optimizer step consumes the whole dataset."""
+        node = loop.node
+        if not (
+            isinstance(node, ast.For)
+            and isinstance(node.target, ast.Name)
+            and "epoch" in node.target.id.lower()
+            and isinstance(node.iter, ast.Call)
+            and isinstance(node.iter.func, ast.Name)
+            and node.iter.func.id in ("range", "trange")
+        ):
+            return False
+        callees = self._every_step_callees(loop)
+        frontier = set(callees)
+        while frontier:  # what the step's callees call, as step_functions follows them
+            reached = {
+                callee
+                for name in frontier
+                for fn in self.functions[name]
+                for callee in direct_effects(fn.body).callees & set(self.functions)
+            }
+            frontier = reached - callees
+            callees |= frontier
+        bodies: list[list[ast.stmt]] = [node.body]
+        bodies += [fn.body for name in callees for fn in self.functions[name]]
+        return not any(
+            isinstance(call, ast.Call) and _draws_a_batch(call)
+            for body in bodies
+            for call in walk_scope(body)
+        )
+
+    def per_epoch_only(self, node: ast.AST) -> bool:
+        """`node` runs once per step of full-batch training: in such a loop's body, or in a
+        function every training loop of the module calls and all of them are full-batch."""
+        loop = self.loop_containing(node)
+        if loop is not None:
+            return self.one_step_per_epoch(loop)
+        loops = self.training_loops
+        return bool(loops) and all(
+            lp.kind == "loop" and self.one_step_per_epoch(lp) for lp in loops
+        )
+
     def in_training_step(self, node: ast.AST) -> bool:
         """True when `node` runs once per training step (loop body or a function it calls)."""
         if self.loop_containing(node) is not None:
             return True
         fn = self.ctx.enclosing_function(node)
         return fn is not None and (fn.name in self.step_functions or fn.name == "training_step")
+
+
+_BATCH_DRAWS = frozenset({"next", "sample", "randint", "randperm", "choice", "permutation"})
+
+
+def _draws_a_batch(call: ast.Call) -> bool:
+    """`next(it)`, `buffer.sample(n)`, `torch.randint(...)`, `get_batch('train')`: a call that
+    picks this step's examples."""
+    func = call.func
+    name = (
+        func.id
+        if isinstance(func, ast.Name)
+        else func.attr
+        if isinstance(func, ast.Attribute)
+        else ""
+    )
+    return name in _BATCH_DRAWS or "batch" in name.lower()

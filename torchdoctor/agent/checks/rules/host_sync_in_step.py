@@ -34,9 +34,11 @@ class HostSyncInStep(Rule):
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
     Logging under `if step % N == 0:` is fine and is not reported (a guard around the backward
     pass itself, `if global_step % train_frequency == 0:`, makes the step periodic: reads in
-    it still run on every step), nor is a read whose value
-    an environment's `step()` takes (a reinforcement-learning rollout: the simulator runs on
-    the host, so the policy's actions must come back every step whatever the code does).
+    it still run on every step), nor a read in full-batch training (an epoch loop whose step
+    draws no batch: a GCN trained on the whole graph steps once per epoch), nor is a read
+    whose value an environment's `step()` takes (a reinforcement-learning rollout: the
+    simulator runs on the host, so the policy's actions must come back every step whatever
+    the code does).
 
     Example:
         for x, y in loader:
@@ -152,7 +154,7 @@ class HostSyncInStep(Rule):
             loop = ctx.loops.loop_containing(node)
             stop = loop.node if loop is not None else ctx.enclosing_function(node)
             periodic = under_periodic_guard(ctx, node, stop, beside_the_step=True)
-            if periodic or _feeds_environment(ctx, node):
+            if periodic or _feeds_environment(ctx, node) or ctx.loops.per_epoch_only(node):
                 continue
             reported.add(id(statement))
             ctx.report(
