@@ -227,12 +227,12 @@ def imported_models(ctx: ModuleContext, value: ast.expr) -> list[str]:
         func = producer.func
         if isinstance(func, ast.Attribute) and func.attr == "forward":
             func = func.value
-        for obj in [func, *_passed_for_parameter(ctx, func)]:
+        for obj in [func, *passed_for_parameter(ctx, func)]:
             found += [s for s in imported_classes(ctx, obj) if s not in found]
     return found
 
 
-def _passed_for_parameter(ctx: ModuleContext, obj: ast.expr) -> list[ast.expr]:
+def passed_for_parameter(ctx: ModuleContext, obj: ast.expr) -> list[ast.expr]:
     """What this module's calls of a module-level function pass for its parameter `obj`
     (`def fit(model, ...)` called as `fit(net, ...)` with `net = arch.Net()`)."""
     fn = ctx.enclosing_function(obj) if isinstance(obj, ast.Name) else None

@@ -6,6 +6,8 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.project import passed_for_parameter
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import Effects, enclosing_ifs, receiver_name
 from torchdoctor.agent.models import Severity
@@ -144,9 +146,36 @@ def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
         return None
     name = target.attr if isinstance(target, ast.Attribute) else target.id
     built = qual.startswith("torch.optim.") and "lr_scheduler" not in qual
-    if built or _OPTIMIZER_NAME.search(name):
+    if built or (_OPTIMIZER_NAME.search(name) and not _plain_local_object(ctx, target)):
         return ast.unparse(target)
     return None
+
+
+def _plain_local_object(ctx: ModuleContext, target: ast.expr) -> bool:
+    """Every value `target` may hold (its bindings, or what this module's calls pass for it
+    when it is a parameter: `train(..., ema_optimizer)` called with `WeightEMA(model,
+    ema_model)`) is built by a class of this module that derives from nothing: an averaging
+    helper named like an optimizer, whose `step()` copies weights and reads no gradient."""
+    if not isinstance(target, ast.Name):
+        return False
+    values: list[ast.expr] = []
+    for value in [*ctx.flow.definitions(target), *passed_for_parameter(ctx, target)]:
+        if value is target:
+            continue
+        found = ctx.flow.definitions(value) if isinstance(value, ast.Name) else [value]
+        if not found:
+            return False
+        values += found
+    if not values:
+        return False
+    for call in values:
+        func = call.func if isinstance(call, ast.Call) else None
+        cls = ctx.flow.classes.get(func.id) if isinstance(func, ast.Name) else None
+        if cls is None or cls.name in ctx.flow.module_classes or cls.keywords:
+            return False
+        if any(identifier(base) != "object" for base in cls.bases):
+            return False
+    return True
 
 
 def _branches(ctx: ModuleContext, node: ast.AST, loop: ast.AST) -> dict[int, str] | None:
