@@ -49,7 +49,8 @@ class Accumulations(GraphOrigins):
 
     def total_returned_by_loss_function(self, acc: Accumulation) -> bool:
         """A loss function summing its terms over a loop (heads, scales, layers) and returning
-        the total: its caller back-propagates it, often from another module. Not so when the
+        the total (or a dict it stores the total in): its caller back-propagates it, often
+        from another module. Not so when the
         loop itself steps or back-propagates: a training loop that returns its running loss
         keeps every step's graph."""
         function = self.ctx.enclosing_function(acc.loop)
@@ -58,11 +59,21 @@ class Accumulations(GraphOrigins):
         for node in walk_scope(acc.loop.body):
             if isinstance(node, ast.Call) and _steps(identifier(node.func)):
                 return False
-        text = ast.unparse(acc.target)
+        texts = {ast.unparse(acc.target)}
+        # The total stored into a container the function returns (`losses['D'] = loss_d`,
+        # then `return losses`): a dict of named loss terms the caller sums and back-props.
+        texts |= {
+            ast.unparse(target.value)
+            for node in walk_scope(function.body)
+            if isinstance(node, ast.Assign)
+            and self.derives_from(node.value, lambda n: any(_same_text(n, t) for t in texts))
+            for target in node.targets
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
+        }
         return any(
             isinstance(node, ast.Return)
             and node.value is not None
-            and self.derives_from(node.value, lambda n: _same_text(n, text))
+            and self.derives_from(node.value, lambda n: any(_same_text(n, t) for t in texts))
             for node in walk_scope(function.body)
         )
 
