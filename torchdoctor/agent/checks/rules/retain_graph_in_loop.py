@@ -103,8 +103,11 @@ def _differentiated(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
 def _output_built_before_loop(ctx: ModuleContext, call: ast.Call) -> bool:
     """The backward's output is a name the innermost loop around it never rebinds: the
     loop differentiates the one graph built before it, several times (once per parameter,
-    per input), and each pass needs that graph kept."""
+    per input), and each pass needs that graph kept. An element of it counts as the graph
+    itself: `autograd.grad(y[:, j], x, ...)` for each `j` builds a Jacobian row by row."""
     output = _differentiated(ctx, call)
+    while isinstance(output, ast.Subscript):
+        output = output.value
     if not isinstance(output, ast.Name):
         return False
     loop = next(
@@ -117,6 +120,13 @@ def _output_built_before_loop(ctx: ModuleContext, call: ast.Call) -> bool:
         n.id
         for n in walk_scope(loop)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store | ast.Del)
+    }
+    rebound |= {  # `losses[i] = criterion(...)`: a new graph stored in it every iteration
+        n.value.id
+        for n in walk_scope(loop)
+        if isinstance(n, ast.Subscript)
+        and isinstance(n.ctx, ast.Store)
+        and isinstance(n.value, ast.Name)
     }
     return output.id not in rebound
 
