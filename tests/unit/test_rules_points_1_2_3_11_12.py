@@ -243,6 +243,39 @@ def test_outputs_a_pytest_module_collects_to_compare_decodings_are_not_reported(
     assert [f.line for f in _run([("decoding.py", source)], rule)] == [7]
 
 
+def test_a_channel_count_handed_to_a_helper_of_another_file_follows_that_helper() -> None:
+    """A coupling layer passes a one-element `IntTensor` of its channel count to a scripted
+    gate in another file: reported only when that file's helper uses more than its element
+    (or is not part of the audit)."""
+    layer = (
+        "import torch\n"
+        "from torch import nn\n"
+        "import gates\n"
+        "class Coupling(nn.Module):\n"
+        "    def __init__(self, channels):\n"
+        "        super().__init__()\n"
+        "        self.channels = channels\n"
+        "        self.conv = nn.Conv1d(channels, 2 * channels, 3, padding=1)\n"
+        "    def forward(self, x, cond):\n"
+        "        count = torch.IntTensor([self.channels])\n"
+        "        return gates.gated(self.conv(x), cond, count)\n"
+    )
+    reads_element = (
+        "import torch\n"
+        "@torch.jit.script\n"
+        "def gated(a, b, n_channels):\n"
+        "    n = n_channels[0]\n"
+        "    z = a + b\n"
+        "    return torch.tanh(z[:, :n]) * torch.sigmoid(z[:, n:])\n"
+    )
+    uses_whole = "import torch\ndef gated(a, b, scale):\n    return torch.tanh(a + b) * scale\n"
+    rule = "device-mismatch-factory-in-forward"
+    assert _run([("coupling.py", layer), ("gates.py", reads_element)], rule) == []
+    found = _run([("coupling.py", layer), ("gates.py", uses_whole)], rule)
+    assert [(f.file, f.line) for f in found] == [("coupling.py", 10)]
+    assert [f.line for f in _run([("coupling.py", layer)], rule)] == [10]
+
+
 def test_a_clean_training_script_raises_none_of_these_rules() -> None:
     script = FIXTURES.parent / "scripts" / "clean_training.py"
     config = EngineConfig(select=frozenset(OWNED))

@@ -51,6 +51,7 @@ Property = Literal[
     "leaves-model-in-eval",
     "not-returned-in-eval",
     "attribute-not-evaluated-by-base",
+    "argument-used-whole",
 ]
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
@@ -120,6 +121,9 @@ class FunctionSummary(_Model):
     evaluates: list[str] = Field(default_factory=list)
     """A constructor (keyed `Class.__init__`): the attributes of `self` it leaves in eval
     mode (`self.model = model; self.model.eval()`), which its subclasses' methods inherit."""
+    element_params: list[str] = Field(default_factory=list)
+    """Parameters it reads only one element at a time (`n_channels[0]`): a one-element
+    tensor passed for one meets no other tensor, whatever its device."""
 
 
 class ModuleSummary(_Model):
@@ -702,10 +706,42 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 line=fn.lineno, params=[a.arg for a in fn.args.args]
             )
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
+    if "[0]" in text:  # the one-element argument's read (`n = n_channels[0]`)
+        for stmt in ctx.tree.body:
+            if isinstance(stmt, ast.FunctionDef) and (elements := element_read_parameters(stmt)):
+                entry = summary.functions.get(stmt.name) or FunctionSummary(
+                    line=stmt.lineno, params=[a.arg for a in stmt.args.args]
+                )
+                summary.functions[stmt.name] = entry.model_copy(update={"element_params": elements})
     if is_package_init(ctx) and "import" in text:
         summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def element_read_parameters(fn: ast.FunctionDef) -> list[str]:
+    """The parameters `fn` reads, and only as `p[<int>]`, and never rebinds
+    (WaveGlow's scripted `fused_add_tanh_sigmoid_multiply(a, b, n_channels)` reads only
+    `n_channels[0]`, to split the channels)."""
+    if fn.args.vararg or fn.args.kwarg:
+        return []
+    params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args]}
+    indexed: set[int] = set()
+    whole: set[str] = set()
+    read: set[str] = set()
+    for node in walk_scope(fn.body):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and isinstance(node.slice, ast.Constant)
+            and type(node.slice.value) is int
+        ):
+            indexed.add(id(node.value))
+        elif isinstance(node, ast.Name) and node.id in params:
+            read.add(node.id)
+            if id(node) not in indexed or not isinstance(node.ctx, ast.Load):
+                whole.add(node.id)
+    return sorted(read - whole)
 
 
 def _reexports(ctx: ModuleContext) -> dict[str, str]:
@@ -1202,7 +1238,15 @@ class ProjectIndex:
                     symbols = self.passed_classes(
                         pending.symbol, pending.parameter, pending.position
                     )
-                if pending.attribute is not None:  # `attribute-not-evaluated-by-base`
+                if pending.needs == "argument-used-whole":  # the callee reads more of it
+                    fn = self._function(pending.symbol, pending.finding.file)
+                    holds = (
+                        fn is None
+                        or pending.position is None
+                        or pending.position >= len(fn.params)
+                        or fn.params[pending.position] not in fn.element_params
+                    )
+                elif pending.attribute is not None:  # `attribute-not-evaluated-by-base`
                     holds = not self.evaluates(
                         pending.symbol, pending.attribute, pending.finding.file
                     ) and all(

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    defer,
+    publish,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
@@ -105,9 +112,12 @@ class DeviceMismatchFactoryInForward(Rule):
                 and any(_called_per_batch(cls) for cls in ctx.flow.classes.values())
             )
             or (".dtype" in ctx.source and _copies_a_dtype(ctx))
+            or "[0]" in ctx.source  # may read a forward's one-element argument: publish it
         )
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "[0]" in ctx.source:
+            publish(ctx)  # its functions that read only an argument's elements
         forwards = "def forward" in ctx.source or "def __call__" in ctx.source
         if not forwards and ".dtype" not in ctx.source:
             return
@@ -193,13 +203,52 @@ class DeviceMismatchFactoryInForward(Rule):
                 if qual == "torch.from_numpy"
                 else "pass device= (e.g. device=x.device) or use a *_like / x.new_* factory"
             )
-            ctx.report(
-                self,
-                node,
+            message = (
                 f"`{qual}` in {forward.name}() creates a CPU tensor whatever the model's "
-                f"device: {remedy}",
-                data={"factory": qual},
+                f"device: {remedy}"
             )
+            handed = _handed_to_another_file(ctx, node, forward)
+            if handed is None:
+                ctx.report(self, node, message, data={"factory": qual})
+                continue
+            found = ctx.finding(self, node, message, data={"factory": qual})
+            if found is not None:  # unless that function reads only its elements
+                symbol, position = handed
+                pending = Pending(
+                    symbol=symbol, needs="argument-used-whole", finding=found, position=position
+                )
+                defer(ctx, self.id, pending)
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _handed_to_another_file(
+    ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef
+) -> tuple[str, int] | None:
+    """(qualified function, argument position) when the factory's tensor is bound to a name
+    whose every read in the forward is that positional argument of one function imported
+    from another file of the project (`commons.fused_add_tanh_sigmoid_multiply(a, b,
+    n_channels_tensor)`): whether it meets a tensor is that function's to say."""
+    bound = _bound_to(call, ctx)
+    if bound is None or "import" not in ctx.source:
+        return None
+    name = bound[0]
+    handed: set[tuple[str, int]] = set()
+    for use in walk_scope(forward.body):
+        if not (isinstance(use, ast.Name) and use.id == name) or use is bound[1].targets[0]:
+            continue
+        site = ctx.parents.get(use)
+        if not isinstance(use.ctx, ast.Load) or not isinstance(site, ast.Call):
+            return None
+        if use not in site.args or any(isinstance(a, ast.Starred) for a in site.args):
+            return None
+        symbol = callee_symbol(ctx, site.func)
+        if symbol is None:
+            return None
+        handed.add((symbol, site.args.index(use)))
+    return handed.pop() if len(handed) == 1 else None
 
 
 def _functions_with_dtype_copies(ctx: ModuleContext) -> set[int]:
