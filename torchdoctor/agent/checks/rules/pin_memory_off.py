@@ -30,6 +30,10 @@ class PinMemoryOff(Rule):
         for x, y in loader:
             x = x.cuda()
 
+    Not reported: a loader over a range of indices (`DataLoader(torch.LongTensor(range(20)),
+    batch_size=1)`, `DataLoader(range(n))`): its batches are the indices of examples the step
+    gathers from tensors already loaded, a few bytes that pinning does not speed up.
+
     Fix: `DataLoader(..., pin_memory=True)` and `x.to(device, non_blocking=True)`.
     """
 
@@ -52,7 +56,7 @@ class PinMemoryOff(Rule):
         if ctx.call_qualname(node) not in DATALOADERS or has_star_kwargs(node):
             return
         pin = kwarg(node, "pin_memory")
-        if pin is None or is_false(pin):
+        if (pin is None or is_false(pin)) and not _over_indices(ctx, node):
             self.candidates.append(node)
 
     def finish(self, ctx: ModuleContext) -> None:
@@ -65,3 +69,28 @@ class PinMemoryOff(Rule):
                 "batches are copied to the GPU from pageable memory: pin_memory=True lets the "
                 "copy overlap with compute",
             )
+
+
+_INDEX_BUILDERS = frozenset({"torch.arange", "torch.LongTensor", "torch.tensor", "list", "range"})
+
+
+def _over_indices(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's dataset is a range of integers: `range(n)`, `torch.arange(n)`, or a
+    `torch.LongTensor`/`torch.tensor`/`list` of a `range`, directly or through a name bound
+    only to one."""
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    if dataset is None:
+        return False
+    values = ctx.flow.definitions(dataset) if isinstance(dataset, ast.Name) else [dataset]
+    return bool(values) and all(_index_range(ctx, v) for v in values)
+
+
+def _index_range(ctx: ModuleContext, value: ast.AST) -> bool:
+    if not isinstance(value, ast.Call):
+        return False
+    name = ctx.call_qualname(value) or terminal_name(value.func)
+    if name not in _INDEX_BUILDERS:
+        return False
+    if name in ("range", "torch.arange"):
+        return True
+    return len(value.args) == 1 and _index_range(ctx, value.args[0])
