@@ -89,3 +89,22 @@ def test_peer_finding_titles_are_never_cut(tmp_path: Path) -> None:
     pairs, _ = linter_evidence(workspace, analyse_files([]), LinterRun(evidence=[ev]))
     title = pairs[0][1].data["finding"]["title"]
     assert title == f"torchfix TOR101: {message}"
+
+
+def test_a_division_in_a_module_level_function_is_reported_once() -> None:
+    """mean-over-wrong-count walks the module's own statements and each function apart: a
+    function at module level is not walked a second time as part of the module (held-out
+    round 6: mixup-cifar10's test_loss / batch_idx came out twice, with two fingerprints)."""
+    source = (
+        "def evaluate(loader, net):\n"
+        "    total = 0\n"
+        "    for batch_idx, (x, y) in enumerate(loader):\n"
+        "        total += net(x).sum().item()\n"
+        "    return total / batch_idx, 1\n"
+        "scores = 0\n"
+        "for i, s in enumerate([1, 2, 3]):\n"
+        "    scores += s\n"
+        "print(scores / i)\n"
+    )
+    found = analyse_files([("evaluate.py", source)]).all_findings()
+    assert sorted(f.line for f in found if f.rule == "mean-over-wrong-count") == [5, 9]
