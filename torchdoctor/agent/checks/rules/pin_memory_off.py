@@ -30,8 +30,9 @@ class PinMemoryOff(Rule):
         for x, y in loader:
             x = x.cuda()
 
-    Not reported: a loader over a range of indices (`DataLoader(torch.LongTensor(range(20)),
-    batch_size=1)`, `DataLoader(range(n))`): its batches are the indices of examples the step
+    Not reported: a loader over indices (`DataLoader(torch.LongTensor(range(20)),
+    batch_size=1)`, `DataLoader(range(n))`, `DataLoader(train_mask.nonzero().view(-1))`):
+    its batches are the indices of examples the step
     gathers from tensors already loaded, a few bytes that pinning does not speed up.
 
     Fix: `DataLoader(..., pin_memory=True)` and `x.to(device, non_blocking=True)`.
@@ -75,9 +76,9 @@ _INDEX_BUILDERS = frozenset({"torch.arange", "torch.LongTensor", "torch.tensor",
 
 
 def _over_indices(ctx: ModuleContext, loader: ast.Call) -> bool:
-    """The loader's dataset is a range of integers: `range(n)`, `torch.arange(n)`, or a
-    `torch.LongTensor`/`torch.tensor`/`list` of a `range`, directly or through a name bound
-    only to one."""
+    """The loader's dataset is a range of integers: `range(n)`, `torch.arange(n)`, a
+    `torch.LongTensor`/`torch.tensor`/`list` of a `range`, or the positions of a mask
+    (`mask.nonzero().view(-1)`), directly or through a name bound only to one."""
     dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
     if dataset is None:
         return False
@@ -85,9 +86,21 @@ def _over_indices(ctx: ModuleContext, loader: ast.Call) -> bool:
     return bool(values) and all(_index_range(ctx, v) for v in values)
 
 
+_RESHAPES = frozenset({"view", "reshape", "flatten", "squeeze", "long"})
+
+
 def _index_range(ctx: ModuleContext, value: ast.AST) -> bool:
     if not isinstance(value, ast.Call):
         return False
+    func = value.func
+    while (  # `mask.nonzero(as_tuple=False).view(-1)`: the positions of a mask
+        isinstance(func, ast.Attribute)
+        and func.attr in _RESHAPES
+        and isinstance(func.value, ast.Call)
+    ):
+        func = func.value.func
+    if isinstance(func, ast.Attribute) and func.attr == "nonzero":
+        return True
     name = ctx.call_qualname(value) or terminal_name(value.func)
     if name not in _INDEX_BUILDERS:
         return False
