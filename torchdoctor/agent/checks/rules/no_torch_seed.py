@@ -33,12 +33,14 @@ _TORCH_RANDOM = frozenset(
 )
 # torch.nn classes that hold no randomly initialised weights: containers, activations,
 # pooling, padding, reshaping and losses, except AdaptiveLogSoftmaxWithLoss (its linear layers
-# are drawn at random). Building `nn.Sequential(*loaded_blocks)` draws nothing.
+# are drawn at random); normalisation layers (ones and zeros); the data-parallel wrappers of a
+# model built elsewhere. Building `nn.Sequential(*loaded_blocks)` draws nothing.
 _PARAMETER_FREE = re.compile(
     r"^(Sequential|ModuleList|ModuleDict|ParameterList|ParameterDict|Identity|Flatten|Unflatten"
     r"|ReLU6?|LeakyReLU|GELU|SiLU|Mish|ELU|SELU|CELU|Sigmoid|Tanh|Hardswish|Hardsigmoid"
     r"|Hardtanh|Softplus|Softmax2?d?|LogSoftmax|Upsample\w*|PixelShuffle|PixelUnshuffle"
-    r"|\w*Pool[123]d|\w*Pad[123]d|(?!Adaptive)\w*Loss)$"
+    r"|\w*Pool[123]d|\w*Pad[123]d|(?!Adaptive)\w*Loss"
+    r"|\w*Norm(\d?d)?|DataParallel|DistributedDataParallel)$"
 )
 _KEY = "no-torch-seed"
 
