@@ -119,8 +119,9 @@ class TorchLoadNoMapLocation(Rule):
     called it earlier (`save_checkpoint(stage)` in the training loop, then
     `torch.load(get_checkpoint_path(stage))` once it ends: the best checkpoint of this run),
     a cache this code fills on the host (`if os.path.exists(fn): corpus = torch.load(fn)`
-    whose `else` builds the corpus with no device in sight and saves it to `fn`), projects
-    without a CPU fallback or option (GPU-only scripts).
+    whose `else` builds the corpus with no device in sight and saves it to `fn`), a chunk
+    whose elements are copied into the object's NumPy arrays (a replay buffer's saved
+    transitions), projects without a CPU fallback or option (GPU-only scripts).
 
     Example:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,6 +172,8 @@ class TorchLoadNoMapLocation(Rule):
             if _file_names(call.args[0]) & _saved_on_cpu(ctx) or _reads_back(ctx, call):
                 continue
             if _saved_by_an_earlier_helper_call(ctx, call) or _host_cache(ctx, call):
+                continue
+            if _copied_into_numpy_buffers(ctx, call):
                 continue
             if _dataset_processed_file(ctx, call):
                 continue
@@ -356,6 +359,59 @@ def _host_cache(ctx: ModuleContext, load: ast.Call) -> bool:
             for n in walk_tree(stmt)
         )
     return False
+
+
+def _copied_into_numpy_buffers(ctx: ModuleContext, load: ast.Call) -> bool:
+    """`payload = torch.load(path)` whose every read is an element copied into a slice of a
+    NumPy array of the object (`self.obses[start:end] = payload[0]`, `self.obses` built by
+    `np.empty(...)` in the class): a replay buffer's chunk, host arrays the buffer saved
+    itself; a CUDA tensor could not be stored there anyway, so there is nothing to map."""
+    assign = ctx.parents.get(load)
+    function = ctx.enclosing_function(load)
+    if not (
+        isinstance(assign, ast.Assign)
+        and len(assign.targets) == 1
+        and isinstance(assign.targets[0], ast.Name)
+        and function is not None
+        and isinstance(owner := ctx.parents.get(function), ast.ClassDef)
+    ):
+        return False
+    arrays = {
+        target.attr
+        for node in walk_tree(owner)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and (ctx.flow.qualname_of(node.value) or "").startswith("numpy.")
+        for target in node.targets
+        if isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == "self"
+    }
+    name = assign.targets[0].id
+    reads = [
+        n
+        for n in walk_tree(function)
+        if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)
+    ]
+    if not reads or not arrays:
+        return False
+    for read in reads:
+        element = ctx.parents.get(read)
+        store = ctx.parents.get(element) if isinstance(element, ast.Subscript) else None
+        if not (
+            isinstance(store, ast.Assign)
+            and store.value is element
+            and all(
+                isinstance(t, ast.Subscript)
+                and isinstance(t.value, ast.Attribute)
+                and isinstance(t.value.value, ast.Name)
+                and t.value.value.id == "self"
+                and t.value.attr in arrays
+                for t in store.targets
+            )
+        ):
+            return False
+    return True
 
 
 def _opened_path(ctx: ModuleContext, target: ast.expr) -> ast.expr:
