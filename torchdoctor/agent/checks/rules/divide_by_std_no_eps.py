@@ -19,6 +19,8 @@ _DRAWS = frozenset(
     {"torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "torch.rand_like"}
 )
 _DRAW_DEPTH = 6
+# Generators of synthetic point clouds (two moons, swiss roll, blobs): random samples too.
+_SYNTHETIC_DATASETS = ("sklearn.datasets.make_",)
 _LAYER_PARAMETERS = frozenset({"weight", "weight_v", "weight_orig"})
 """A layer's parameters by their PyTorch names: learned (or initialised) values, not data."""
 _GATES = ("std(", "norm(", "var(", "** 2", "pow(2", "square(")
@@ -46,7 +48,10 @@ class DivideByStdNoEps(Rule):
     every call in the module passes one: a learned vector is not the zero vector;
     nor the norm of a random draw (`torch.randn` latents, also a local helper's parameter
     when every call in the module passes one, as a `slerp(z0, z1, t)` of latents does, and
-    values computed from draws only, such as the slerp's orthogonal component).
+    values computed from draws only, such as the slerp's orthogonal component); nor the std
+    or variance of a random draw or a synthetic dataset (`make_swiss_roll(n, noise=0.1)`,
+    `torch.randn(n, 2)`) or of what is computed from one only: the sample's points do not
+    all coincide.
 
     Example:
         advantages = (adv - adv.mean()) / adv.std()
@@ -144,13 +149,29 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
     if name == "norm" and _embedding_norm(ctx, divisor):
         return False
     if name in _SPREAD:
-        return True
+        return not _spread_of_a_draw(ctx, divisor)
     if name in _ROOTS:
         inner: ast.expr | None = divisor.args[0] if divisor.args else None
         if inner is None and isinstance(divisor.func, ast.Attribute):
             inner = divisor.func.value  # var.sqrt()
         return inner is not None and depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
     return False
+
+
+def _spread_of_a_draw(ctx: ModuleContext, spread: ast.Call) -> bool:
+    """`x.std()` / `torch.std(x)` (or var) of a random draw or of a synthetic dataset
+    (`X, y = make_swiss_roll(n, noise=0.1)`, `torch.randn(n, 2)`), or of values computed
+    from such only: many points drawn at random do not all coincide."""
+    if identifier(spread.func) == "norm":
+        return False  # a norm is zero for a single zero vector, not a coincidence of points
+    value: ast.expr | None = None
+    if ctx.flow.qualname_of(spread) is not None and spread.args:
+        value = spread.args[0]
+    elif isinstance(spread.func, ast.Attribute):
+        value = spread.func.value
+    if isinstance(value, ast.Subscript):
+        value = value.value  # `sample[:, 0].std()`: a column of the draw
+    return value is not None and _drawn(ctx, value, 0)
 
 
 def _unguarded_energy(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> bool:
@@ -305,7 +326,8 @@ def _is_draw(ctx: ModuleContext, node: ast.AST) -> bool:
         return False
     if isinstance(node.func, ast.Attribute) and node.func.attr == "normal_":
         return True
-    return ctx.flow.qualname_of(node) in _DRAWS
+    qual = ctx.flow.qualname_of(node) or ""
+    return qual in _DRAWS or qual.startswith(_SYNTHETIC_DATASETS)
 
 
 def _reads_parameter(ctx: ModuleContext, fn: FunctionNode, name: ast.Name) -> bool:
