@@ -227,7 +227,7 @@ def test_a_combination_with_a_seeding_fix_repeats_without_the_harness_seed(
 
 
 # A tutorial-style script: a module ending in a sigmoid trained with BCELoss, the loss printed
-# with .item() every epoch. An earlier phase's seed fix inserts seven lines at the top, and a
+# with .item() every step. An earlier phase's seed fix inserts seven lines at the top, and a
 # later phase's analysis of that working copy reports the BCE call.
 SIGMOID_SCRIPT = """from torch import nn, optim
 import numpy as np
@@ -248,7 +248,7 @@ class Net(nn.Module):
 net = Net()
 criterion = nn.BCELoss()
 optimizer = optim.SGD(net.parameters(), lr=0.1)
-for epoch in range(5):
+for step in range(5):
     pred = net(x)
     loss = criterion(pred, x[:, :1])
     print(loss.item())
