@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from torchdoctor.agent.checks.linters import torchfix_setup, warm
+from torchdoctor.agent.checks.linters import flake8_setup, torchfix_setup, warm
 from torchdoctor.agent.checks.linters.process import resolve_executable, tool_environment
 from torchdoctor.agent.checks.linters.runner import default_adapters
 
@@ -35,7 +35,8 @@ WARM_UP_TIMEOUT_S = 60.0
 def warm_peers(project: Path | None = None) -> list[str]:
     """Preload the Python peers, then run each once (in a fork, on `project`'s `train.py`, or
     on `SAMPLE` in a scratch folder) and import what that run loaded late, and do TorchFix's
-    per-file set-up once (`torchfix_setup`); the peers preloaded.
+    per-file set-up once (`torchfix_setup`) and flake8's plugin search once, its unselected
+    bundled checkers skipped (`flake8_setup`); the peers preloaded.
     """
     loaded = warm.preload()
     if project is None:
@@ -45,6 +46,7 @@ def warm_peers(project: Path | None = None) -> list[str]:
     else:
         _import_late_modules(project)
     if "flake8" in loaded:
+        flake8_setup.prepare()
         torchfix_setup.prepare(SAMPLE)
     return loaded
 
