@@ -393,3 +393,23 @@ def test_an_adapter_bug_costs_its_evidence_not_the_run() -> None:
     run = run_linters(FIXTURES, FILES, [RaisingAdapter(), MissingRuff()])
     assert [r.status for r in run.results] == ["failed", "not-installed"]
     assert run.coverage[0].reason == "buggy adapter failed: KeyError: 'results'"
+
+
+def test_a_tools_version_is_read_once_per_executable_until_it_is_replaced(
+    fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tool = fake_tool(fake_bin, "ruff", 'echo "ruff 0.9.1"')
+    reads: list[str] = []
+    read = RuffAdapter._read_version
+
+    def counted(adapter: RuffAdapter) -> str:
+        reads.append(adapter.executable)
+        return read(adapter)
+
+    monkeypatch.setattr(RuffAdapter, "_read_version", counted)
+    assert RuffAdapter().version() == RuffAdapter(timeout_s=5).version() == "0.9.1"
+    assert len(reads) == 1  # each audit's fresh adapters share the process's reading
+    fake_tool(fake_bin, "ruff", 'echo "ruff 0.9.2"')  # upgraded in place
+    modified = tool.stat().st_mtime_ns + 1_000_000_000
+    os.utime(tool, ns=(modified, modified))
+    assert RuffAdapter().version() == "0.9.2" and len(reads) == 2

@@ -89,6 +89,20 @@ def tool_items(tool: str) -> list[str]:
     return [item.id for item in ITEMS if f"tool:{tool}" in item.checks]
 
 
+_versions: dict[tuple[type, str | None, int], str] = {}
+"""Each tool's version by adapter, executable and the executable's modification time: every
+audit builds its adapters afresh, and reading a version costs a metadata search or a
+`--version` run, so it is read once in a process (a fork server's workers inherit it) and again
+only when the executable is replaced."""
+
+
+def _modified(path: str | None) -> int:
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return 0
+
+
 class SubprocessLinter(ABC):
     """An adapter for a tool with a machine-readable report: build argv, parse stdout."""
 
@@ -108,9 +122,15 @@ class SubprocessLinter(ABC):
         return self.executable_path() is not None
 
     def version(self) -> str:
-        """The tool's version as it reports it ('' when it cannot say)."""
+        """The tool's version as it reports it ('' when it cannot say): read once per process
+        for each executable (`_versions`)."""
         if self._version is None:
-            self._version = self._own_version() or self._read_version()
+            path = self.executable_path()
+            key = (type(self), path, _modified(path))
+            found = _versions.get(key)
+            if found is None:
+                found = _versions[key] = self._own_version() or self._read_version()
+            self._version = found
         return self._version
 
     def _own_version(self) -> str:
