@@ -1,7 +1,8 @@
 """Runs one external tool as a real subprocess, bounded in time, never raising on its failure.
 
 Each tool gets its own session (process group) so a timeout kills it and every worker it
-spawned (flake8 -j forks), dies with the audit (`PR_SET_PDEATHSIG`), and inherits only an
+spawned (flake8 -j forks), dies with the audit (`PR_SET_PDEATHSIG`, set by `setpriv` where it
+can be, so the tool starts without a fork of the audit's process), and inherits only an
 allow-listed environment (no service secret reaches a tool reading hostile code).
 Executables are looked up on PATH first, then next to the running
 interpreter, so a virtualenv's tools are found without activating it. In a warm process (the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchdoctor.agent.checks.linters import warm
-from torchdoctor.sandbox.lifeline import die_with_parent
+from torchdoctor.sandbox.lifeline import death_signal_prefix, die_with_parent
 
 CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error")
 
@@ -120,9 +121,13 @@ def run_tool(
         except warm.WarmToolTimeout as err:
             raise ToolTimeout(f"stopped after the {timeout_s:g}s limit") from err
         return ToolOutput(code, stdout, stderr, time.perf_counter() - started)
+    # The death signal set by `setpriv` in the tool itself, where it can be and the tool is
+    # there (else as before: an executable that is missing raises `ToolMissing`), lets the
+    # tool start without a fork of this process.
+    prefix = death_signal_prefix() if shutil.which(argv[0]) else ()
     try:
         process = subprocess.Popen(
-            list(argv),
+            [*prefix, *argv],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -131,7 +136,7 @@ def run_tool(
             errors="replace",
             env=tool_environment(env),
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=None if prefix else die_with_parent,
         )
     except OSError as err:
         raise ToolMissing(f"{argv[0]}: {err.strerror or err}") from err

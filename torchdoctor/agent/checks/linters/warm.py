@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from torchdoctor.sandbox.lifeline import die_with_parent, libc
+from torchdoctor.sandbox.lifeline import death_signal_prefix, die_with_parent, libc
 
 Entry = Callable[[], object]
 PRELOADED_SCRIPTS = ("flake8", "bandit", "detect-secrets")
@@ -48,6 +48,7 @@ def preload(scripts: Sequence[str] = PRELOADED_SCRIPTS) -> list[str]:
     # it, which is all it needs (Python 3.12+ warns about any fork of a threaded process).
     warnings.filterwarnings("ignore", r".*fork\(\) may lead to deadlocks", DeprecationWarning)
     libc()  # found once here, not by each forked tool (`die_with_parent`)
+    death_signal_prefix()  # nor by each audit forked from here that starts a native tool
     by_name = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
     loaded = []
     for name in scripts:
