@@ -49,7 +49,10 @@ class ReductionOverBatchDim(Rule):
     it inside a loader loop (scores written out), and outside one when it reaches a loss
     through names, views and arithmetic (a step drawing `dataset.get_batch()`). So is one
     inside a model over a layer's output on a batch-flattened tensor (`x = self.fc(x.view(
-    x.size(0), -1)); return F.softmax(x, dim=0)`): its rows are the examples.
+    x.size(0), -1)); return F.softmax(x, dim=0)`): its rows are the examples; and an
+    `nn.Softmax(dim=0)` / `nn.LogSoftmax(dim=0)` layer of a model (reported where it is
+    built) that its methods apply only to such rows or to per-example scores stacked along
+    dim 1 (`self.log_softmax(torch.stack(scores, 1))`).
 
     Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop, or in a module-level
@@ -86,6 +89,7 @@ class ReductionOverBatchDim(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        self._softmax_layers_over_the_batch(ctx)
         flow = ctx.flow
         for call in flow.calls_named(_METHOD_DIM):
             reduced = _over_dim_zero(ctx, call)
@@ -100,6 +104,42 @@ class ReductionOverBatchDim(Rule):
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
                 data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
             )
+
+    def _softmax_layers_over_the_batch(self, ctx: ModuleContext) -> None:
+        """`self.log_softmax = nn.LogSoftmax(dim=0)` in `__init__`, applied in a method of the
+        same class to rows of examples: reported at the constructor, where the dim is set."""
+        if "Softmax(" not in ctx.source:
+            return
+        for layer in ctx.flow.calls_named(("Softmax", "LogSoftmax")):
+            if ctx.flow.qualname_of(layer) not in _SOFTMAX_LAYERS:
+                continue
+            dim = kwarg(layer, "dim")
+            if dim is None and layer.args:
+                dim = layer.args[0]
+            if not (isinstance(dim, ast.Constant) and dim.value == 0 and dim.value is not False):
+                continue
+            attribute = _self_attribute_bound(ctx, layer)
+            if attribute is None:
+                continue
+            applied = [
+                call.args[0]
+                for call in ctx.flow.calls_named((attribute,))
+                if len(call.args) == 1
+                and ast.unparse(call.func) == f"self.{attribute}"
+                and _same_class(ctx, call, layer)
+            ]
+            if applied and all(_rows_of_examples(ctx, arg) for arg in applied):
+                ctx.report(
+                    self,
+                    layer,
+                    f"`{ast.unparse(layer)}` normalises over dim 0, and `self.{attribute}` is "
+                    "applied to rows of examples: the batch; take the class or option "
+                    "dimension (dim=1 or -1)",
+                    data={
+                        "call": ast.unparse(layer),
+                        "dim_at": "dim" if kwarg(layer, "dim") else 0,
+                    },
+                )
 
     @staticmethod
     def _wrong(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
@@ -134,6 +174,54 @@ class ReductionOverBatchDim(Rule):
 
 
 _MAX_LOSS_HOPS = 2
+_SOFTMAX_LAYERS = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax"})
+
+
+def _self_attribute_bound(ctx: ModuleContext, value: ast.Call) -> str | None:
+    """`x` when `value` is assigned to `self.x` in an `__init__`."""
+    bound = ctx.parents.get(value)
+    fn = ctx.enclosing_function(value)
+    if not (
+        isinstance(bound, ast.Assign)
+        and len(bound.targets) == 1
+        and isinstance(bound.targets[0], ast.Attribute)
+        and isinstance(bound.targets[0].value, ast.Name)
+        and bound.targets[0].value.id == "self"
+        and fn is not None
+        and fn.name == "__init__"
+    ):
+        return None
+    return bound.targets[0].attr
+
+
+def _same_class(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
+    def owner(node: ast.AST) -> ast.AST | None:
+        return next((n for n in ctx.ancestors(node) if isinstance(n, ast.ClassDef)), None)
+
+    return owner(a) is not None and owner(a) is owner(b)
+
+
+def _rows_of_examples(ctx: ModuleContext, value: ast.expr) -> bool:
+    """A batch-flattened tensor or a layer's output over one, or per-example scores stacked
+    along dim 1 (`torch.stack(scores, 1)`, `torch.cat(scores, 1)`: the candidates side by
+    side, each column a vector over the batch)."""
+    if _from_batch_flatten(ctx, value, 0):
+        return True
+    if isinstance(value, ast.Name):
+        last = _last_binding(ctx, value)
+        value = last if last is not None else value
+    if not (
+        isinstance(value, ast.Call)
+        and ctx.flow.qualname_of(value) in ("torch.stack", "torch.cat")
+        and value.args
+    ):
+        return False
+    along = kwarg(value, "dim")
+    if along is None and len(value.args) > 1:
+        along = value.args[1]
+    return isinstance(along, ast.Constant) and along.value == 1
+
+
 _MAX_FLATTEN_HOPS = 3
 
 
