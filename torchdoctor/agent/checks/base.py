@@ -24,6 +24,18 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.loops import LoopAnalysis
 
 
+class SourceSite(BaseModel):
+    """A place in a module's source, with the text a finding placed there shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    line: int
+    end_line: int
+    column: int = 1
+    code: str
+    excerpt: str
+
+
 class RawFinding(BaseModel):
     """A rule's report before a reasoner turns it into a `Finding`."""
 
@@ -236,21 +248,27 @@ class ModuleContext:
     ) -> RawFinding | None:
         """The finding `report` would record (None when suppressed), for the project pass to
         confirm when it depends on another file."""
-        line = getattr(node, "lineno", 1)
-        end_line = line if header_only else (getattr(node, "end_lineno", line) or line)
-        if self.suppressed(rule.id, line):
+        if self.suppressed(rule.id, getattr(node, "lineno", 1)):
             return None
         return RawFinding(
             rule=rule.id,
             file=self.path,
+            **self.site(node, header_only=header_only).model_dump(),
+            message=message,
+            severity=severity or rule.severity,
+            data=data or {},
+        )
+
+    def site(self, node: ast.AST, *, header_only: bool = False) -> SourceSite:
+        """Where `node` is, with its code and the numbered lines around it."""
+        line = getattr(node, "lineno", 1)
+        end_line = line if header_only else (getattr(node, "end_lineno", line) or line)
+        return SourceSite(
             line=line,
             end_line=end_line,
             column=getattr(node, "col_offset", 0) + 1,
             code="\n".join(self.lines[line - 1 : end_line]),
-            message=message,
-            severity=severity or rule.severity,
             excerpt=self.excerpt(line, min(end_line, line + 6)),
-            data=data or {},
         )
 
 

@@ -24,7 +24,8 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
-from torchdoctor.agent.checks.base import RawFinding
+from torchdoctor.agent.checks.base import RawFinding, SourceSite
+from torchdoctor.agent.checks.catalogue import suppressed_inline
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.patterns import builds_conv2d
@@ -94,6 +95,9 @@ class ClassSummary(_Model):
 
     line: int
     output: Output | None = None
+    output_site: SourceSite | None = None
+    """Where `forward` computes that activation: a problem it causes in a caller's file (a
+    loss that applies it again) is reported there, where it is fixed."""
     mode_layer: str | None = None
     mode_free: bool = False
     """Every layer it builds is seen and none acts differently in training mode."""
@@ -128,6 +132,7 @@ class FunctionSummary(_Model):
 
 class ModuleSummary(_Model):
     module: str
+    path: str = ""
     classes: dict[str, ClassSummary] = Field(default_factory=dict)
     functions: dict[str, FunctionSummary] = Field(default_factory=dict)
     reexports: dict[str, str] = Field(default_factory=dict)
@@ -648,7 +653,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
     memo = ctx.memo_table("project.summary")
     if "" in memo:
         return memo[""]  # type: ignore[no-any-return]
-    summary = ModuleSummary(module=module_name(ctx.path))
+    summary = ModuleSummary(module=module_name(ctx.path), path=ctx.path)
     text = ctx.source
     activations = "oftmax" in text or "sigmoid" in text or "Linear" in text
     modes = any(word in text for word in MODE_WORDS)
@@ -656,9 +661,11 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
     if "forward" in text:  # where `nn.Module` classes are
         for name in ctx.flow.module_classes:
             cls = ctx.flow.classes[name]
+            output, produced_at = _forward_output(ctx, cls) if activations else (None, None)
             summary.classes[name] = ClassSummary(
                 line=cls.lineno,
-                output=_forward_output(ctx, cls) if activations else None,
+                output=output,
+                output_site=None if produced_at is None else ctx.site(produced_at),
                 mode_layer=mode_layer(ctx, cls) if modes else None,
                 mode_free=class_mode_free(ctx, cls),
                 submodules=_imported_submodules(ctx, cls),
@@ -962,26 +969,31 @@ def _functions_splitting_parameters(ctx: ModuleContext) -> list[tuple[str, ast.F
     return found
 
 
-def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> Output | None:
-    """What every return of `forward` ends in; a tuple's first element (`return output,
-    hidden`: what `output, hidden = model(x)` takes as the prediction)."""
+def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> tuple[Output | None, ast.AST | None]:
+    """What every return of `forward` ends in, and where the first return computes it; a
+    tuple's first element (`return output, hidden`: what `output, hidden = model(x)` takes as
+    the prediction)."""
     forward = ctx.calls.method(cls.name, "forward")
     if forward is None:
-        return None
+        return None, None
     kinds: set[Output | None] = set()
+    first: ast.AST | None = None
     for node in walk_tree(forward):
         if isinstance(node, ast.Return) and node.value is not None:
             value = node.value
             if isinstance(value, ast.Tuple) and value.elts:
                 value = value.elts[0]
-            kinds.add(output_activation(ctx, value))
-    if len(kinds) == 1:
-        return kinds.pop()
-    return None
+            kind, producer = _output_activation(ctx, value)
+            kinds.add(kind)
+            first = first or producer
+    if len(kinds) == 1 and (kind := kinds.pop()) is not None:
+        return kind, first
+    return None, None
 
 
-def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
-    """The activation that produced `value` last (through views, names and local calls)."""
+def _output_activation(ctx: ModuleContext, value: ast.expr) -> tuple[Output | None, ast.AST | None]:
+    """The activation that produced `value` last (through views, names and local calls), and
+    the call that applied it."""
     if isinstance(value, ast.Name) and (reached := ctx.flow.reaching(value)) is not None:
         # `out = self.fc(out); out = F.softmax(out, 1); return out`: the binding that reaches
         # the return, not the name's first one
@@ -992,33 +1004,35 @@ def output_activation(ctx: ModuleContext, value: ast.expr) -> Output | None:
             kind = _ACTIVATIONS.get(qual)
             if kind is None:
                 kind = _ACTIVATIONS.get(ctx.flow.constructed_as(producer.func) or "")
-            return kind
+            return kind, producer
         func = producer.func
         built = ctx.flow.constructed_as(func)
         if built in _ACTIVATIONS:  # `self.softmax = nn.LogSoftmax()`: the layer, not its name
-            return _ACTIVATIONS[built]
+            return _ACTIVATIONS[built], producer
         if (
             isinstance(func, ast.Attribute)
             and func.attr in _ACTIVATIONS
             and not ctx.flow.is_module_value(func.value)
         ):
-            return _ACTIVATIONS[func.attr]
+            return _ACTIVATIONS[func.attr], producer
         if built in _LINEAR_LAYERS:
-            return "linear"
+            return "linear", producer
         if built == "torch.nn.Sequential":
             return _last_layer_activation(ctx, func)
-        return None
-    return None
+        return None, None
+    return None, None
 
 
-def _last_layer_activation(ctx: ModuleContext, sequential: ast.expr) -> Output | None:
-    """`nn.Sequential(nn.Linear(h, n), nn.Softmax(dim=-1))` -> 'softmax'."""
+def _last_layer_activation(
+    ctx: ModuleContext, sequential: ast.expr
+) -> tuple[Output | None, ast.AST | None]:
+    """`nn.Sequential(nn.Linear(h, n), nn.Softmax(dim=-1))` -> 'softmax', and that layer."""
     for call in ctx.flow.constructors(sequential):
         if ctx.flow.qualname_of(call) == "torch.nn.Sequential" and call.args:
             last = call.args[-1]
             if isinstance(last, ast.Call):
-                return _ACTIVATIONS.get(ctx.flow.qualname_of(last) or "")
-    return None
+                return _ACTIVATIONS.get(ctx.flow.qualname_of(last) or ""), last
+    return None, None
 
 
 def is_package_init(ctx: ModuleContext) -> bool:
@@ -1228,39 +1242,114 @@ class ProjectIndex:
     def confirmed(self, facts: dict[str, dict[str, Any]], rule_id: str) -> list[RawFinding]:
         """The pending findings of `rule_id` whose symbol has the property they need."""
         found: dict[tuple[str, int], RawFinding] = {}
+        for pending, _ in self.confirmed_pendings(facts, rule_id):
+            found.setdefault((pending.finding.file, pending.finding.line), pending.finding)
+        return list(found.values())
+
+    def confirmed_pendings(
+        self, facts: dict[str, dict[str, Any]], rule_id: str
+    ) -> Iterator[tuple[Pending, str]]:
+        """Each pending finding of `rule_id` that holds, with the symbol it holds for (the
+        class passed for a parameter, where the model arrives through one)."""
         for module_facts in facts.values():
             for raw in module_facts.get(f"pending:{rule_id}", []):
                 pending = Pending.model_validate(raw)
-                where = (pending.finding.file, pending.finding.line)
-                needs = [pending.needs, *pending.also]
-                symbols = [pending.symbol]
-                if pending.parameter is not None:
-                    symbols = self.passed_classes(
-                        pending.symbol, pending.parameter, pending.position
-                    )
-                if pending.needs == "argument-used-whole":  # the callee reads more of it
-                    fn = self._function(pending.symbol, pending.finding.file)
-                    holds = (
-                        fn is None
-                        or pending.position is None
-                        or pending.position >= len(fn.params)
-                        or fn.params[pending.position] not in fn.element_params
-                    )
-                elif pending.attribute is not None:  # `attribute-not-evaluated-by-base`
-                    holds = not self.evaluates(
-                        pending.symbol, pending.attribute, pending.finding.file
-                    ) and all(
-                        self.has(pending.symbol, n, near=pending.finding.file) for n in pending.also
-                    )
-                else:
-                    holds = any(
-                        all(self.has(symbol, n, near=pending.finding.file) for n in needs)
-                        for symbol in symbols
-                    )
-                if holds and any(
-                    self.has(s, pending.needs, near=pending.finding.file) for s in pending.unless
+                holder = self._holder(pending)
+                near = pending.finding.file
+                if holder is not None and not any(
+                    self.has(s, pending.needs, near=near) for s in pending.unless
                 ):
-                    holds = False
-                if where not in found and holds:
-                    found[where] = pending.finding
-        return list(found.values())
+                    yield pending, holder
+
+    def _holder(self, pending: Pending) -> str | None:
+        """The symbol `pending` holds for, if it holds."""
+        near = pending.finding.file
+        if pending.needs == "argument-used-whole":  # the callee reads more of it
+            fn = self._function(pending.symbol, near)
+            holds = (
+                fn is None
+                or pending.position is None
+                or pending.position >= len(fn.params)
+                or fn.params[pending.position] not in fn.element_params
+            )
+            return pending.symbol if holds else None
+        if pending.attribute is not None:  # `attribute-not-evaluated-by-base`
+            holds = not self.evaluates(pending.symbol, pending.attribute, near) and all(
+                self.has(pending.symbol, n, near=near) for n in pending.also
+            )
+            return pending.symbol if holds else None
+        needs = [pending.needs, *pending.also]
+        symbols = [pending.symbol]
+        if pending.parameter is not None:
+            symbols = self.passed_classes(pending.symbol, pending.parameter, pending.position)
+        return next((s for s in symbols if all(self.has(s, n, near=near) for n in needs)), None)
+
+    def confirmed_at_outputs(
+        self,
+        facts: dict[str, dict[str, Any]],
+        rule_id: str,
+        describe: Callable[[str, str, str], str],
+        related: str,
+        moved: frozenset[Property] = frozenset(
+            {"output:softmax", "output:log_softmax", "output:sigmoid"}
+        ),
+    ) -> list[RawFinding]:
+        """`confirmed`, with a finding that holds because another file's model ends in an
+        activation of `moved` placed on that activation, where it is fixed: one finding per
+        activation (`describe(class, activation, "file:line, ...")` says it), each loss call
+        that receives it a related location. Where that place is unknown, at the loss call."""
+        at_loss: dict[tuple[str, int], RawFinding] = {}
+        at_output: dict[tuple[str, int], tuple[str, SourceSite, str, list[RawFinding]]] = {}
+        for pending, holder in self.confirmed_pendings(facts, rule_id):
+            loss = pending.finding
+            place = self.output_site(holder, near=loss.file) if pending.needs in moved else None
+            if place is None:
+                at_loss.setdefault((loss.file, loss.line), loss)
+                continue
+            path, site = place
+            if suppressed_inline(site.code.partition("\n")[0], rule_id):
+                continue
+            kind = pending.needs.partition(":")[2]
+            losses = at_output.setdefault((path, site.line), (holder, site, kind, []))[3]
+            if all((f.file, f.line) != (loss.file, loss.line) for f in losses):
+                losses.append(loss)
+        moved_findings = [
+            RawFinding(
+                rule=rule_id,
+                file=path,
+                **site.model_dump(),
+                message=describe(
+                    holder.rpartition(".")[2],
+                    kind,
+                    ", ".join(f"{loss.file}:{loss.line}" for loss in losses),
+                ),
+                severity=losses[0].severity,
+                data={
+                    "model": holder,
+                    "related": [
+                        {
+                            "file": loss.file,
+                            "line": loss.line,
+                            "end_line": loss.end_line,
+                            "message": related,
+                            "excerpt": loss.excerpt,
+                        }
+                        for loss in losses
+                    ],
+                },
+            )
+            for (path, _), (holder, site, kind, losses) in at_output.items()
+        ]
+        return [*at_loss.values(), *moved_findings]
+
+    def output_site(self, symbol: str, near: str | None = None) -> tuple[str, SourceSite] | None:
+        """The file of the class `symbol` names and where its `forward` computes its output
+        activation, when both are known."""
+        symbol = self._through_reexports(symbol)
+        summary = self._defining_module(symbol, near)
+        if summary is None or not summary.path:
+            return None
+        cls = summary.classes.get(symbol.rpartition(".")[2])
+        if cls is None or cls.output_site is None:
+            return None
+        return summary.path, cls.output_site

@@ -46,6 +46,8 @@ class DoubleSoftmax(Rule):
     softmax, followed through variables, attributes (`self.criterion`) and local functions.
     A training wrapper given this file's module and `criterion=nn.CrossEntropyLoss` (skorch's
     `NeuralNet(MyModule, criterion=...)`) is reported at the softmax its `forward` returns.
+    So is a model defined in another file (imported, or passed in by a caller): one finding
+    on the softmax, where it is fixed, with each loss that receives it as a related location.
 
     Why it matters: cross-entropy applies `log_softmax` itself. Fed probabilities, it computes
     the loss of a softmax of probabilities: gradients shrink, the loss plateaus near ln(C) and
@@ -159,7 +161,15 @@ class DoubleSoftmax(Rule):
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
-        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+        return ProjectIndex.from_facts(facts).confirmed_at_outputs(
+            facts,
+            cls.id,
+            lambda model, kind, losses: (
+                f"`{model}.forward` returns this {kind}'s output, and cross-entropy receives "
+                f"it ({losses}), which applies log_softmax again"
+            ),
+            "cross-entropy receives the model's output here",
+        )
 
 
 # The keywords a training wrapper takes its loss and its model by (skorch's `NeuralNet`,

@@ -136,7 +136,18 @@ class NllLossInput(Rule):
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
-        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+        """A model of another file ending in softmax is reported on its softmax (where
+        `log_softmax` goes); one ending in a Linear layer at the loss (either place may add
+        it)."""
+        return ProjectIndex.from_facts(facts).confirmed_at_outputs(
+            facts,
+            cls.id,
+            lambda model, _, losses: (
+                f"`{model}.forward` returns this softmax's output (probabilities), and NLLLoss "
+                f"receives it ({losses}), which expects log-probabilities (log_softmax)"
+            ),
+            "NLLLoss receives the model's output here",
+        )
 
 
 _DEFERRED: tuple[tuple[str, Any], ...] = (

@@ -102,7 +102,15 @@ class SigmoidIntoLogitsLoss(Rule):
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
-        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+        return ProjectIndex.from_facts(facts).confirmed_at_outputs(
+            facts,
+            cls.id,
+            lambda model, _, losses: (
+                f"`{model}.forward` returns this sigmoid's output, and BCEWithLogitsLoss "
+                f"receives it ({losses}), which applies the sigmoid again; return the logits"
+            ),
+            "BCEWithLogitsLoss receives the model's output here",
+        )
 
 
 _LOOPS = (ast.For, ast.AsyncFor, ast.While)
