@@ -42,6 +42,7 @@ from torchdoctor.sandbox.workspace import (
     remove_owned_files,
     remove_workspace,
     stage_workspace,
+    sweep_stale_copies,
     tree_usage,
 )
 
@@ -179,6 +180,9 @@ class LocalRunner:
         self._uids = UidPool(uid_base, uid_count)
         self._mechanism: Mechanism | None = None
         self._lock = threading.Lock()
+        # what a killed predecessor left in the run root (a custom one, or one on another
+        # machine, is not among the folders `audit.clean_after_crashes` sweeps)
+        sweep_stale_copies([self.run_root])
 
     @property
     def mechanism(self) -> Mechanism:

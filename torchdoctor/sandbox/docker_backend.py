@@ -41,6 +41,7 @@ from torchdoctor.sandbox.workspace import (
     over_quota,
     remove_workspace,
     stage_workspace,
+    sweep_stale_copies,
     tree_usage,
 )
 
@@ -75,6 +76,7 @@ class DockerSandbox:
         self.config = config
         self.client = _client(config)
         self._root = config.run_root or Path(f"/tmp/torchdoctor-docker-{os.getuid()}")
+        sweep_stale_copies([self._root])  # what a killed predecessor left there
 
     @property
     def isolation(self) -> Isolation:

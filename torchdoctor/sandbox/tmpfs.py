@@ -15,7 +15,7 @@ from pathlib import Path
 from torchdoctor.sandbox.lifeline import libc
 
 MS_NOSUID, MS_NODEV = 2, 4
-MNT_DETACH = 2
+MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
 
 
 def mount_tmpfs(path: Path, size_mb: int, mode: int = 0o700) -> bool:
@@ -28,6 +28,7 @@ def mount_tmpfs(path: Path, size_mb: int, mode: int = 0o700) -> bool:
 
 
 def unmount(path: Path) -> None:
-    """Detach a mount (its files vanish with it); quiet when `path` is not a mount point."""
+    """Detach a mount (its files vanish with it); quiet when `path` is not a mount point. A
+    link at `path` is not followed."""
     if os.path.ismount(path) and (found := libc()) is not None:
-        found.umount2(os.fsencode(path), MNT_DETACH)
+        found.umount2(os.fsencode(path), MNT_DETACH | UMOUNT_NOFOLLOW)

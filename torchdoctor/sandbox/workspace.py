@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import shutil
@@ -67,36 +68,92 @@ def stage_workspace(
 
 
 def sweep_stale_copies(folders: Iterable[Path]) -> list[str]:
-    """Remove the workspace copies (`td-ws-<pid>-*`) that a process of this user left in
-    `folders` before it died without cleaning up (kill -9, power loss)."""
+    """Remove the workspace copies (`td-ws-<pid>-*`) that a process that is gone left in
+    `folders` before it could clean up (kill -9 of an audit or of the API server mid-job, power
+    loss).
+
+    In a folder of this user's own that nobody else may write (the sandbox's run root, the
+    compile caches' root), every entry was made by this user's processes, so a copy is removed
+    whichever uid owns it now: the sandbox hands each copy over to its job's uid. In a shared
+    folder (the temporary folder) only this user's own copies are. Links are never followed
+    (a link named like a copy is left alone), nothing outside `folders` is touched, and a copy
+    is kept while its creator lives or while a process of the uid it was handed to runs. A
+    copy that cannot be removed is left for the next sweep."""
     removed = []
+    uid = os.getuid()
     for folder in folders:
         try:
+            info = os.stat(folder)
             entries = list(os.scandir(folder))
         except OSError:
             continue
+        private = stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
         for entry in entries:
             match = _STAGED.match(entry.name)
-            if match is None or _alive(int(match.group(1))):
+            if match is None:
                 continue
             try:
-                info = entry.stat(follow_symlinks=False)
+                owner = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            if _alive(int(match.group(1)), owner.st_ctime):
+                continue
+            if not stat.S_ISDIR(owner.st_mode) or (owner.st_uid != uid and not private):
+                continue
+            if owner.st_uid != uid and _uid_runs(owner.st_uid):
+                continue  # its job outlived the audit: the sweep that follows its end takes it
+            try:
                 remove_workspace(Path(entry.path))
-                removed.append(entry.path)
+            except OSError:
+                continue
+            removed.append(entry.path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, changed_at: float) -> bool:
+    """Whether process `pid` lives and may be the one that made a folder last changed at
+    `changed_at`: a process that started after that is a later one given a reused pid (the
+    folder's maker started before it made it). Start times are known to a second or so."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    started = _started_at(pid)
+    return started is None or started <= changed_at + 2.0
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+    boot = _boot_time()
+    return None if boot is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@functools.cache
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _uid_runs(uid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_uid == uid:
+                    return True
+    return False
 
 
 def kernel_quota(workspace: Path) -> bool:
@@ -105,25 +162,113 @@ def kernel_quota(workspace: Path) -> bool:
 
 
 def remove_workspace(workspace: Path) -> None:
-    """Delete a workspace even where a job removed its own permissions on sub-folders."""
-    if workspace.is_symlink():
-        workspace.unlink()
+    """Delete a workspace whatever its job did to it: links in it (or in its place) are removed,
+    never followed; folders the job made read-only or unreadable are opened up first (by
+    descriptor, so a folder swapped for a link meanwhile is not); any depth of nesting. Every
+    step works on descriptors of the folder above, so nothing outside the workspace's parent
+    folder is touched. Quiet about entries that vanish meanwhile (a concurrent remover)."""
+    try:  # the folder it is in is the host's choice: a link there is followed
+        parent = os.open(workspace.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return
-    if not workspace.exists():
+    try:
+        try:
+            info = os.stat(workspace.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(workspace.name, dir_fd=parent)
+            return
+        if kernel_quota(workspace):
+            unmount(workspace)
+        _remove_folder(parent, workspace.name)
+    finally:
+        os.close(parent)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DEPTH = 32
+"""Folders deeper than this in a workspace are moved up to its top before they are emptied,
+so removal holds at most this many descriptors open, whatever the job nested."""
+
+
+def _remove_folder(parent: int, name: str) -> None:
+    """Remove the folder `name` of the folder open as `parent`, and all it holds."""
+    top = _open_folder(parent, name)
+    if top is None:
         return
-    if kernel_quota(workspace):
-        unmount(workspace)
-        workspace.rmdir()
-        return
-    for folder, dirs, _files in os.walk(workspace):
-        for name in dirs:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.chmod(path, stat.S_IRWXU)
-    # a concurrent remover (another process's start-up sweep) may be taking it too
+    try:
+        while _empty(top, top, 0):
+            pass  # folders moved up from too deep are emptied on the next pass
+    finally:
+        os.close(top)
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(workspace)
+        os.rmdir(name, dir_fd=parent)
+
+
+def _empty(folder: int, top: int, depth: int) -> bool:
+    """Remove what the folder open as `folder` holds; True when folders were moved up to `top`
+    (then not yet emptied)."""
+    moved = False
+    with os.scandir(folder) as found:
+        names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
+    for name, is_folder in names:
+        if not is_folder:
+            try:
+                os.unlink(name, dir_fd=folder)
+                continue
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                pass  # it became a folder after the listing
+        if depth >= _DEPTH:
+            os.rename(name, f".td-up-{os.urandom(8).hex()}", src_dir_fd=folder, dst_dir_fd=top)
+            moved = True
+            continue
+        inner = _open_folder(folder, name)
+        if inner is None:
+            continue
+        try:
+            moved |= _empty(inner, top, depth + 1)
+        finally:
+            os.close(inner)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(name, dir_fd=folder)
+    return moved
+
+
+def _open_folder(parent: int, name: str) -> int | None:
+    """A descriptor of the folder `name` under `parent`, its owner's access restored if the job
+    took it away; None when it is gone or is no folder (a link: then it is unlinked)."""
+    try:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except PermissionError:  # an unreadable folder of this user's own (no job user)
+            _open_up(parent, name)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        with contextlib.suppress(FileNotFoundError):  # swapped for a link or a file
+            os.unlink(name, dir_fd=parent)
+        return None
+    if os.fstat(fd).st_mode & stat.S_IRWXU != stat.S_IRWXU and os.geteuid() != 0:
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, stat.S_IRWXU)  # so that its entries can be removed
+    return fd
+
+
+def _open_up(parent: int, name: str) -> None:
+    """chmod 700 the folder `name` under `parent` without following a link there: through a
+    path-only descriptor of it (O_DIRECTORY refuses a link), as glibc's fchmodat does."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IRWXU)
+    finally:
+        os.close(fd)
 
 
 def hand_over(workspace: Path, uid: int, gid: int) -> None:
