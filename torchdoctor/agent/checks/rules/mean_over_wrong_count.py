@@ -177,16 +177,23 @@ def _loader_like(name: str) -> bool:
     return "loader" in lowered or lowered.endswith("_dl")
 
 
-def _loader_of_len(divisor: ast.expr) -> str | None:
-    """`L` of `len(L)` / `len(L.dataset)`, when `L` is named like a data loader."""
-    if not (
+def _len_argument(divisor: ast.expr) -> ast.expr | None:
+    """`x` of `len(x)`."""
+    if (
         isinstance(divisor, ast.Call)
         and isinstance(divisor.func, ast.Name)
         and divisor.func.id == "len"
         and len(divisor.args) == 1
     ):
+        return divisor.args[0]
+    return None
+
+
+def _loader_of_len(divisor: ast.expr) -> str | None:
+    """`L` of `len(L)` / `len(L.dataset)`, when `L` is named like a data loader."""
+    arg = _len_argument(divisor)
+    if arg is None:
         return None
-    arg = divisor.args[0]
     if isinstance(arg, ast.Attribute) and arg.attr == "dataset":
         arg = arg.value
     return arg.id if isinstance(arg, ast.Name) and _loader_like(arg.id) else None
@@ -241,14 +248,9 @@ def _bound_values(ctx: ModuleContext, node: ast.AST, total: str) -> list[ast.exp
 def _batch_count_of(divisor: ast.expr) -> str | None:
     """The text of `L` in `len(L)` when `L` is a data loader itself (a name or attribute
     named like one, `self.train_data_loader`), not its dataset: the number of batches."""
-    if not (
-        isinstance(divisor, ast.Call)
-        and isinstance(divisor.func, ast.Name)
-        and divisor.func.id == "len"
-        and len(divisor.args) == 1
-    ):
+    arg = _len_argument(divisor)
+    if arg is None:
         return None
-    arg = divisor.args[0]
     name = ""
     if isinstance(arg, ast.Name):
         name = arg.id
