@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import (
@@ -56,6 +57,7 @@ _SHAPING_METHODS = frozenset(
      "flatten", "expand", "repeat", "permute", "transpose", "narrow", "long", "int"}
 )  # fmt: skip
 _RESULT_FIELDS = frozenset({"indices", "values"})
+_MOVER_NAME = re.compile(r"(to_(var|cuda|device|gpu)|move_to(_device|_cuda|_gpu)?)")
 
 
 class DeviceMismatchFactoryInForward(Rule):
@@ -134,6 +136,8 @@ class DeviceMismatchFactoryInForward(Rule):
             return
         flow = ctx.flow
         for name in sorted(flow.module_classes):
+            if _data_transform(flow.classes[name]):
+                continue  # runs where the samples are, in the data pipeline
             methods = _forward_and_helpers(flow.classes[name])
             for method in methods:  # helpers often build and then move: only bare .cuda() pins
                 self._check_forward(ctx, method, pins_only=method is not methods[0])
@@ -358,6 +362,8 @@ def _bound_to_training(cls: ast.ClassDef, methods: dict[str, ast.FunctionDef]) -
 def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if kwarg(call, "device") is not None or any(k.arg is None for k in call.keywords):
         return True
+    if kwarg(call, "out") is not None or _moved_up_the_expression(ctx, call):
+        return True  # written into `out=` (its device), or the expression around it is moved
     scalar = bool(call.args) and (
         isinstance(call.args[0], ast.Constant) or _scalar_arithmetic(call.args[0])
     )
@@ -380,13 +386,47 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
 
 
-def _pinned_to_cuda(ctx: ModuleContext, call: ast.Call) -> bool:
-    """`torch.arange(n).repeat(b, 1).cuda()`: moved by an argument-less `.cuda()` in the same
-    chain, to whichever GPU is current rather than the input's device."""
+def _moved_up_the_expression(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The statement moves what the factory's value becomes: `((torch.arange(L) % n == k) &
+    mask).to(dtype).to(device)`, `Variable(torch.zeros(n)).to(x.device)`, `to_var(torch.
+    randn(b, z))`: arithmetic, comparisons, wrappers and method chains up to a `.to(...)`,
+    `.cuda(...)` or `.type_as(...)`, or a one-argument helper named for moving its argument.
+    (A bare `.cuda()` is judged by `_pinned_to_cuda` first.)"""
     node: ast.AST = call
     parent = ctx.parents.get(node)
-    while isinstance(parent, ast.Attribute) or (
-        isinstance(parent, ast.Call) and parent.func is node
+    while parent is not None and not isinstance(parent, ast.stmt):
+        if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
+            return True
+        if isinstance(parent, ast.Call) and parent.args == [node] and _names_a_mover(parent.func):
+            return True
+        if not (
+            isinstance(parent, ast.Attribute | ast.BinOp | ast.BoolOp | ast.Compare | ast.UnaryOp)
+            or (isinstance(parent, ast.Call) and parent.func is node)
+            or (isinstance(parent, ast.Subscript) and parent.value is node)
+            or _wrapped(ctx, parent, node)
+        ):
+            return False
+        node, parent = parent, ctx.parents.get(parent)
+    return False
+
+
+def _names_a_mover(func: ast.expr) -> bool:
+    """`to_var`, `to_cuda`, `to_device`, `to_gpu`, `move_to_device` (a project's helper that
+    puts its argument on the run's device)."""
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+    return _MOVER_NAME.fullmatch(name) is not None
+
+
+def _pinned_to_cuda(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`torch.arange(n).repeat(b, 1).cuda()`: moved by an argument-less `.cuda()` in the same
+    chain (through `Variable(...)`), to whichever GPU is current rather than the input's
+    device."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while (
+        isinstance(parent, ast.Attribute)
+        or (isinstance(parent, ast.Call) and parent.func is node)
+        or _wrapped(ctx, parent, node)  # `Variable(torch.zeros(n)).cuda()`
     ):
         if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
             above = ctx.parents.get(parent)
@@ -764,8 +804,11 @@ def _number(node: ast.AST) -> bool:
 
 def _host_only(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> bool:
     """The tensor, and what torch functions derive from it, is only iterated, used in list
-    slices or turned into Python values (a multi-crop wrapper counting crop sizes): it never
-    meets a tensor on the model's device."""
+    slices, turned into Python values (a multi-crop wrapper counting crop sizes) or decides a
+    branch (`if self.training and torch.rand(1) < p:`): it never meets a tensor on the
+    model's device."""
+    if _decides_a_branch(ctx, call):
+        return True
     pending: list[str] = []
     if not _reaches_binding(ctx, call, pending):
         return False
@@ -785,6 +828,29 @@ def _host_only(ctx: ModuleContext, call: ast.Call, forward: ast.FunctionDef) -> 
             ):
                 return False
     return True
+
+
+def _decides_a_branch(ctx: ModuleContext, call: ast.Call) -> bool:
+    """Compared and combined into the test of an `if`, `while`, conditional expression or
+    `assert`: read as one Python bool."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Compare | ast.BoolOp | ast.UnaryOp):
+        node, parent = parent, ctx.parents.get(parent)
+    return (
+        node is not call
+        and isinstance(parent, ast.If | ast.While | ast.IfExp | ast.Assert)
+        and parent.test is node
+    )
+
+
+def _data_transform(cls: ast.ClassDef) -> bool:
+    """A data transform (`class ToDense(BaseTransform)`, torchvision's `v2.Transform`): its
+    `forward` takes a sample where the data pipeline holds it, not the model's input."""
+    return any(
+        (base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")).endswith("Transform")
+        for base in cls.bases
+    )
 
 
 def _before(use: ast.Name, call: ast.Call, forward: ast.FunctionDef) -> bool:
