@@ -423,7 +423,7 @@ def _pinned_to_cuda(ctx: ModuleContext, call: ast.Call) -> bool:
     device."""
     node: ast.AST = call
     parent = ctx.parents.get(node)
-    while (
+    while parent is not None and (
         isinstance(parent, ast.Attribute)
         or (isinstance(parent, ast.Call) and parent.func is node)
         or _wrapped(ctx, parent, node)  # `Variable(torch.zeros(n)).cuda()`
