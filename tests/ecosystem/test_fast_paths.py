@@ -167,3 +167,25 @@ def test_a_static_cli_audit_loads_neither_langgraph_nor_libcst(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["findings"]
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_rules_codemods_and_sessions_load_no_torch() -> None:
+    """The rules listing, every codemod and the session engine run in CLI, server and hook
+    processes that never need torch (its import is 1-2 CPU-s each): what they read of the
+    probes harness (the determinism tolerance) comes without the harness's torch import."""
+    probe = (
+        "import sys, runpy\n"
+        "import torchdoctor.agent.fixing, torchdoctor.agent.session.engine\n"
+        "from torchdoctor.agent.fixes.codemods import all_codemods\n"
+        "assert all_codemods()\n"
+        "sys.argv = ['torchdoctor', 'rules', '--format', 'json']\n"
+        "try:\n    runpy.run_module('torchdoctor', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "vocabulary-in-set-order" in {rule["id"] for rule in json.loads(done.stdout)}
+    assert done.stderr.strip().splitlines()[-1] == "[]"
