@@ -55,6 +55,27 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/unit/test_api_app.py": 20,
     "tests/api/test_client.py": 20,
     "tests/e2e/test_llm_fix_verification.py": 15,
+    # Measured from -v timestamps per worker (fast step under a load of 6, slow step's modules
+    # at a load of 3, doubled to this table's scale): unlisted, they ran last in collection order,
+    # and a step ended on one of them with the other worker idle (test_vocabulary_codemod, 14 s).
+    "tests/unit/test_fixes_codemods.py": 29,
+    "tests/integration/test_fix_hash_order.py": 20,
+    "tests/ecosystem/test_daemon.py": 20,
+    "tests/integration/test_notebook_audit.py": 5,
+    "tests/unit/test_attention_shapes.py": 22,
+    "tests/integration/test_torch_corpus.py": 9,
+    "tests/unit/test_linetrace.py": 14,
+    "tests/unit/test_vocabulary_codemod.py": 14,
+    "tests/ecosystem/test_schema_command.py": 13,
+    "tests/unit/test_sandbox_local.py": 13,
+    "tests/unit/test_fixes_step_graph.py": 11,
+    "tests/api/test_worker_preload.py": 10,
+    "tests/unit/test_rules_points_1_2_3_11_12.py": 10,
+    "tests/unit/test_result_cache.py": 10,
+    "tests/unit/test_step_shapes.py": 9,
+    "tests/integration/test_first_run.py": 8,
+    "tests/unit/test_rules_points_4_to_10.py": 8,
+    "tests/security/test_kernel_limits.py": 8,
 }
 
 # Bytecode is cached, whatever the machine's environment says: without it every `torchdoctor`
