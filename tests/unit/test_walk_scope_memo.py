@@ -55,14 +55,3 @@ def test_memoised_walks_are_the_plain_walks_and_each_body_is_walked_once(
     list(walk_scope(fn.body))  # outside the memo: walked every time, nothing kept
     list(walk_scope(fn.body))
     assert len(walks) == 2 and len(table) == 3
-
-
-def test_a_module_body_is_its_own_scope_not_its_functions_or_classes() -> None:
-    """`walk_scope(module.body)` stops at the module's own defs as it does at nested ones: a
-    rule that walks the module scope and each function's would otherwise see a function's
-    statements twice (two findings with two fingerprints for one division)."""
-    tree = ast.parse(SOURCE + "\nclass Net:\n    size = 3\n\nresult = train(None, [], None)\n")
-    names = {n.id for n in walk_scope(tree.body) if isinstance(n, ast.Name)}
-    assert names == {"result", "train"}
-    function = tree.body[0]
-    assert any(isinstance(n, ast.For) for n in walk_scope(function))

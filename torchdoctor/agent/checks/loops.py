@@ -104,8 +104,7 @@ def scope_memo(table: ScopeMemo) -> Iterator[None]:
 
 
 def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
-    """Every node under `nodes`, not descending into nested functions, classes or lambdas
-    (nor into those among `nodes`: a module body's own statements are its scope).
+    """Every node under `nodes`, not descending into nested functions, classes or lambdas.
 
     Pre-order, children in `ast.iter_child_nodes` order. Inside `scope_memo`, each body or
     node is walked once per module (keyed by identity; the memo keeps the key alive, so an
@@ -122,13 +121,9 @@ def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
 def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
     """`walk_scope`'s walk, read straight from the node-bearing fields (it runs over every
     loop and function body, so generators and scalar fields cost)."""
-    scopes = _SCOPE_KINDS
-    stack: list[ast.AST] = (
-        [n for n in reversed(nodes) if n.__class__ not in scopes]
-        if isinstance(nodes, list)
-        else [nodes]
-    )
+    stack: list[ast.AST] = list(reversed(nodes)) if isinstance(nodes, list) else [nodes]
     known = _NODE_FIELDS
+    scopes = _SCOPE_KINDS
     node_class = ast.AST
     while stack:
         node = stack.pop()

@@ -56,6 +56,8 @@ class MeanOverWrongCount(Rule):
         scopes: list[ast.AST] = [ctx.tree, *ctx.flow.nodes(ast.FunctionDef)]
         for scope in scopes:
             body = scope.body if isinstance(scope, ast.Module | ast.FunctionDef) else []
+            if scope is ctx.tree:  # the module's own statements: each function is its own scope
+                body = [s for s in body if not isinstance(s, _DEFINITIONS)]
             nodes = list(walk_scope(body))
             loops = [n for n in nodes if isinstance(n, ast.For)]
             for node in nodes:
@@ -92,6 +94,7 @@ def _may_report(ctx: ModuleContext) -> bool:
     return False
 
 
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 # Conversions a count goes through before it is divided (`correct.double() / n`).
 _CASTS = frozenset({"double", "float", "item", "cpu"})
 
