@@ -53,6 +53,17 @@ class RawFinding(BaseModel):
     data: dict[str, Any] = {}
 
 
+def related_place(finding: RawFinding, message: str) -> dict[str, Any]:
+    """`finding`'s place as a related location of another (`data["related"]`)."""
+    return {
+        "file": finding.file,
+        "line": finding.line,
+        "end_line": finding.end_line,
+        "message": message,
+        "excerpt": finding.excerpt,
+    }
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What the user selected, and the project facts every module's rules share (read from

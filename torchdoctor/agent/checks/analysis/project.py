@@ -24,7 +24,7 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
-from torchdoctor.agent.checks.base import RawFinding, SourceSite
+from torchdoctor.agent.checks.base import RawFinding, SourceSite, related_place
 from torchdoctor.agent.checks.catalogue import suppressed_inline
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
@@ -54,6 +54,10 @@ Property = Literal[
     "attribute-not-evaluated-by-base",
     "argument-used-whole",
 ]
+_REMOVABLE_OUTPUTS: frozenset[Property] = frozenset(
+    {"output:softmax", "output:log_softmax", "output:sigmoid"}
+)
+"""Activations a loss applies again, fixed by removing them where `forward` applies them."""
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
@@ -1206,9 +1210,16 @@ class ProjectIndex:
 
     def _class(self, symbol: str, near: str | None = None) -> ClassSummary | None:
         """The class `symbol` names (see `_defining_module`)."""
+        found = self._class_and_module(symbol, near)
+        return found[0] if found else None
+
+    def _class_and_module(
+        self, symbol: str, near: str | None
+    ) -> tuple[ClassSummary, ModuleSummary] | None:
         symbol = self._through_reexports(symbol)
         summary = self._defining_module(symbol, near)
-        return summary.classes.get(symbol.rpartition(".")[2]) if summary else None
+        cls = summary.classes.get(symbol.rpartition(".")[2]) if summary else None
+        return (cls, summary) if cls is not None and summary is not None else None
 
     def _function(
         self, symbol: str, near: str | None = None, owner_depth: int = 0
@@ -1290,19 +1301,21 @@ class ProjectIndex:
         rule_id: str,
         describe: Callable[[str, str, str], str],
         related: str,
-        moved: frozenset[Property] = frozenset(
-            {"output:softmax", "output:log_softmax", "output:sigmoid"}
-        ),
     ) -> list[RawFinding]:
-        """`confirmed`, with a finding that holds because another file's model ends in an
-        activation of `moved` placed on that activation, where it is fixed: one finding per
-        activation (`describe(class, activation, "file:line, ...")` says it), each loss call
-        that receives it a related location. Where that place is unknown, at the loss call."""
+        """`confirmed`, with a finding that holds because another file's model ends in a
+        softmax, log-softmax or sigmoid placed on that activation, where it is fixed: one
+        finding per activation (`describe(class, activation, "file:line, ...")` says it), each
+        loss call that receives it a related location. Where that place is unknown, at the
+        loss call."""
         at_loss: dict[tuple[str, int], RawFinding] = {}
         at_output: dict[tuple[str, int], tuple[str, SourceSite, str, list[RawFinding]]] = {}
         for pending, holder in self.confirmed_pendings(facts, rule_id):
             loss = pending.finding
-            place = self.output_site(holder, near=loss.file) if pending.needs in moved else None
+            place = (
+                self.output_site(holder, near=loss.file)
+                if pending.needs in _REMOVABLE_OUTPUTS
+                else None
+            )
             if place is None:
                 at_loss.setdefault((loss.file, loss.line), loss)
                 continue
@@ -1326,16 +1339,7 @@ class ProjectIndex:
                 severity=losses[0].severity,
                 data={
                     "model": holder,
-                    "related": [
-                        {
-                            "file": loss.file,
-                            "line": loss.line,
-                            "end_line": loss.end_line,
-                            "message": related,
-                            "excerpt": loss.excerpt,
-                        }
-                        for loss in losses
-                    ],
+                    "related": [related_place(loss, related) for loss in losses],
                 },
             )
             for (path, _), (holder, site, kind, losses) in at_output.items()
@@ -1345,11 +1349,7 @@ class ProjectIndex:
     def output_site(self, symbol: str, near: str | None = None) -> tuple[str, SourceSite] | None:
         """The file of the class `symbol` names and where its `forward` computes its output
         activation, when both are known."""
-        symbol = self._through_reexports(symbol)
-        summary = self._defining_module(symbol, near)
-        if summary is None or not summary.path:
+        found = self._class_and_module(symbol, near)
+        if found is None or found[0].output_site is None or not found[1].path:
             return None
-        cls = summary.classes.get(symbol.rpartition(".")[2])
-        if cls is None or cls.output_site is None:
-            return None
-        return summary.path, cls.output_site
+        return found[1].path, found[0].output_site

@@ -378,8 +378,6 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
         or _scaled(parent, node)
         or (isinstance(parent, ast.Subscript) and parent.value is node)
     ):
-        if isinstance(parent, ast.Attribute) and parent.attr in _MOVES:
-            return True  # moved later in the chain: `.view(-1, 1).to(device)`
         node, parent = parent, ctx.parents.get(parent)
     if isinstance(parent, ast.Assign) and all(isinstance(t, ast.Subscript) for t in parent.targets):
         return True  # written into an existing tensor (`gain[2:6] = ...`): copied onto its device

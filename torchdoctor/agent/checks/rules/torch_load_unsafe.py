@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.model_facts import SELF_RETURNING
-from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, related_place
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.checks.loops import walk_tree
@@ -302,16 +302,7 @@ def _advice(
 def _naming_the_others(first: RawFinding, others: list[RawFinding]) -> RawFinding:
     if not others:
         return first
-    related = [
-        {
-            "file": other.file,
-            "line": other.line,
-            "end_line": other.end_line,
-            "message": "the same file loaded in the other branch",
-            "excerpt": other.excerpt,
-        }
-        for other in others
-    ]
+    related = [related_place(other, "the same file loaded in the other branch") for other in others]
     lines = ", ".join(str(other.line) for other in others)
     return first.model_copy(
         update={
