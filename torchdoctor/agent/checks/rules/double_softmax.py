@@ -16,7 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
     publish_model_passes,
 )
-from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, related_place
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
@@ -47,7 +47,11 @@ class DoubleSoftmax(Rule):
     A training wrapper given this file's module and `criterion=nn.CrossEntropyLoss` (skorch's
     `NeuralNet(MyModule, criterion=...)`) is reported at the softmax its `forward` returns.
     So is a model defined in another file (imported, or passed in by a caller): one finding
-    on the softmax, where it is fixed, with each loss that receives it as a related location.
+    on the softmax, where it is fixed, with each loss that receives it as a related location;
+    likewise a softmax applied in another function of the file than the loss call (a model's
+    `forward`, an activation helper such as `_activation_fn`), while one applied beside the
+    loss is reported at the loss. A loss helper (`def auxiliary_loss(self, y_hat, y): return
+    F.cross_entropy(y_hat, y)`) is followed to what its calls pass for its input.
 
     Why it matters: cross-entropy applies `log_softmax` itself. Fed probabilities, it computes
     the loss of a softmax of probabilities: gradients shrink, the loss plateaus near ln(C) and
@@ -79,64 +83,121 @@ class DoubleSoftmax(Rule):
             return
         flow = ctx.flow
         layers_reported: set[int] = set()  # one finding per softmax layer, not per loss
+        # softmax applied in another function (a forward, an activation helper) -> the loss
+        # sites it reaches: one finding there, where it is fixed
+        elsewhere: dict[int, tuple[ast.Call, list[ast.Call]]] = {}
         for node in flow.nodes(ast.Call):
             if not _is_cross_entropy(ctx, node):
                 continue
-            logits = first_argument(node, "input")
-            if logits is None:
+            received = first_argument(node, "input")
+            if received is None:
                 continue
-            softmax = None
-            if "oftmax" in ctx.source:
-                softmax = next(
-                    (p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None
-                )
-            if softmax is not None and not (
-                _is_log_softmax(ctx, softmax) and _may_expect_log_probabilities(ctx, node)
-            ):
-                ctx.report(
-                    self,
-                    node,
-                    f"cross-entropy receives `{ast.unparse(logits)}`, the output of a softmax "
-                    f"(line {softmax.lineno}); it applies log_softmax again",
-                    data={"softmax_line": softmax.lineno},
-                )
-                continue
-            element = _softmax_element(ctx, logits)
-            if element is not None:
-                layer, model_call = element
-                if id(layer) in layers_reported:
-                    continue
-                layers_reported.add(id(layer))
-                ctx.report(
-                    self,
-                    layer,
-                    f"`{ast.unparse(model_call.func)}` returns this softmax's output as "
-                    f"`{ast.unparse(logits)}`, and line {node.lineno} feeds it to "
-                    "cross-entropy, which applies log_softmax again",
-                    data={"loss_line": node.lineno},
-                )
-                continue
-            symbols = imported_models(ctx, logits)
-            if not symbols:
-                _defer_through_parameter(self, ctx, node, logits)
-            for symbol in symbols:
-                for kind, needs in _DEFERRED:
-                    found = ctx.finding(
-                        self,
-                        node,
-                        f"cross-entropy receives `{ast.unparse(logits)}`, the output of "
-                        f"`{symbol}`, whose forward ends in {kind}; it applies log_softmax again",
-                        data={"model": symbol},
-                    )
-                    if found is not None:
-                        defer(
-                            ctx,
-                            self.id,
-                            Pending(symbol=symbol, needs=needs, finding=found),
-                        )
+            for logits, site in _loss_inputs(ctx, node, received):
+                self._check_input(ctx, node, logits, site, layers_reported, elsewhere)
+        self._report_at_softmax(ctx, elsewhere)
 
         if "oftmax" in ctx.source:
             self._check_paired_criterion(ctx)
+
+    def _check_input(
+        self,
+        ctx: ModuleContext,
+        node: ast.Call,
+        logits: ast.expr,
+        site: ast.Call,
+        layers_reported: set[int],
+        elsewhere: dict[int, tuple[ast.Call, list[ast.Call]]],
+    ) -> None:
+        """`logits` reaches the cross-entropy call `node`; `site` is where it is handed to
+        the loss: `node` itself, or the call of a loss helper that passes it on. A softmax
+        applied in another function than `site`'s is collected in `elsewhere`."""
+        flow = ctx.flow
+        through = (
+            "" if site is node else f" (through `{ast.unparse(site.func)}`, line {node.lineno})"
+        )
+        softmax = None
+        if "oftmax" in ctx.source:
+            softmax = next((p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None)
+        if softmax is not None and not (
+            _is_log_softmax(ctx, softmax) and _may_expect_log_probabilities(ctx, node)
+        ):
+            owner = ctx.enclosing_function(softmax)
+            if owner is not None and owner is not ctx.enclosing_function(site):
+                if not ctx.suppressed(self.id, site.lineno):
+                    sites = elsewhere.setdefault(id(softmax), (softmax, []))[1]
+                    if all(other is not site for other in sites):
+                        sites.append(site)
+                return
+            ctx.report(
+                self,
+                site,
+                f"cross-entropy{through} receives `{ast.unparse(logits)}`, the output of a "
+                f"softmax (line {softmax.lineno}); it applies log_softmax again",
+                data={"softmax_line": softmax.lineno},
+            )
+            return
+        element = _softmax_element(ctx, logits)
+        if element is not None:
+            layer, model_call = element
+            if id(layer) in layers_reported:
+                return
+            layers_reported.add(id(layer))
+            ctx.report(
+                self,
+                layer,
+                f"`{ast.unparse(model_call.func)}` returns this softmax's output as "
+                f"`{ast.unparse(logits)}`, and line {site.lineno} feeds it to "
+                "cross-entropy, which applies log_softmax again",
+                data={"loss_line": site.lineno},
+            )
+            return
+        symbols = imported_models(ctx, logits)
+        if not symbols:
+            _defer_through_parameter(self, ctx, site, logits)
+        for symbol in symbols:
+            for kind, needs in _DEFERRED:
+                found = ctx.finding(
+                    self,
+                    site,
+                    f"cross-entropy{through} receives `{ast.unparse(logits)}`, the output "
+                    f"of `{symbol}`, whose forward ends in {kind}; it applies log_softmax "
+                    "again",
+                    data={"model": symbol},
+                )
+                if found is not None:
+                    defer(
+                        ctx,
+                        self.id,
+                        Pending(symbol=symbol, needs=needs, finding=found),
+                    )
+
+    def _report_at_softmax(
+        self, ctx: ModuleContext, elsewhere: dict[int, tuple[ast.Call, list[ast.Call]]]
+    ) -> None:
+        """One finding on each softmax that a function of the module applies (a `forward`
+        returning `F.softmax(...)`, an activation helper) and cross-entropy receives in
+        another: the fix goes there, each loss call that receives it a related location."""
+        for softmax, sites in elsewhere.values():
+            owner = ctx.enclosing_function(softmax)
+            name = owner.name if owner is not None else "?"
+            losses = [f for site in sites if (f := ctx.finding(self, site, "")) is not None]
+            kind = "log-softmax" if _is_log_softmax(ctx, softmax) else "softmax"
+            lines = ", ".join(str(site.lineno) for site in sites)
+            ctx.report(
+                self,
+                softmax,
+                f"this {kind} in `{name}` produces what cross-entropy receives (line"
+                f"{'s' if len(sites) > 1 else ''} {lines}), and cross-entropy applies "
+                "log_softmax again: return the logits and apply softmax only where "
+                "probabilities are needed",
+                data={
+                    "loss_line": sites[0].lineno,
+                    "related": [
+                        related_place(loss, "cross-entropy receives the softmax output here")
+                        for loss in losses
+                    ],
+                },
+            )
 
     def _check_paired_criterion(self, ctx: ModuleContext) -> None:
         """`NeuralNet(MyModule, criterion=nn.CrossEntropyLoss)`: a wrapper given a model and
@@ -176,6 +237,25 @@ class DoubleSoftmax(Rule):
 # trainer classes): `Wrapper(Module, criterion=nn.CrossEntropyLoss)`.
 _CRITERIA = frozenset({"criterion", "loss", "loss_fn", "loss_func", "loss_function"})
 _MODELS = frozenset({"module", "model", "net", "network"})
+
+
+def _loss_inputs(
+    ctx: ModuleContext, node: ast.Call, received: ast.expr
+) -> list[tuple[ast.expr, ast.Call]]:
+    """(what reaches the cross-entropy call `node`, where it is handed to the loss): its own
+    input, and when that input is a parameter of a loss helper of the module (`def
+    auxiliary_loss(self, y_hat, y): return F.cross_entropy(y_hat, y)`), what each call of
+    the helper passes for it (`self.auxiliary_loss(pred_label, labels)`), at that call."""
+    found: list[tuple[ast.expr, ast.Call]] = [(received, node)]
+    if not isinstance(received, ast.Name):
+        return found
+    for passed in ctx.calls.arguments_for(received):
+        site = ctx.parents.get(passed)
+        while isinstance(site, ast.keyword | ast.Starred):
+            site = ctx.parents.get(site)
+        if isinstance(site, ast.Call):
+            found.append((passed, site))
+    return found
 
 
 def _names_cross_entropy(ctx: ModuleContext, value: ast.expr) -> bool:
