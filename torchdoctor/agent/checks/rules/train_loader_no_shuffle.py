@@ -30,7 +30,10 @@ class TrainLoaderNoShuffle(Rule):
     (typically the last classes seen). Accuracy ends lower and varies with the file order.
 
     A loop that hands each batch to a trainer's step method defined in another file
-    (`trainer.train_step(images, targets)`) trains too.
+    (`trainer.train_step(images, targets)`) trains too, and so does a trainer's `fit` given
+    the loader after the model (`trainer.fit(model, train_loader)`, Lightning) or as
+    `train_dataloaders=`; a `fit(loader_a, loader_b)` whose first argument is itself a
+    loader is not read as one.
 
     Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum)
     but for one written beside a `DistributedSampler` that is None when the run is not
@@ -93,9 +96,21 @@ class TrainLoaderNoShuffle(Rule):
                     "the training loop iterates this DataLoader in the same order every "
                     "epoch: no shuffle, no sampler",
                 )
+        fits = _trainer_fits(ctx)
         for source in flow.calls_to(DATALOADERS):
             forwarded = _shuffle_defaulting_off(ctx, source)
             if id(source) in reported or _orders(ctx, source, forwarded):
+                continue
+            fitted = None if forwarded else _fitted_by_a_trainer(ctx, source, fits)
+            if fitted is not None:
+                reported.add(id(source))
+                ctx.report(
+                    self,
+                    source,
+                    f"line {fitted.lineno} trains on this DataLoader "
+                    f"(`{ast.unparse(fitted.func)}`), which has no shuffle and no sampler: "
+                    "every epoch sees the batches in the same order",
+                )
                 continue
             handed = None if forwarded else _training_loader_handed_out(ctx, source)
             if handed is not None:
@@ -189,6 +204,55 @@ def _delegating_loops(ctx: ModuleContext) -> list[ast.For]:
             for node in walk_scope(loop.body)
         )
     ]
+
+
+# What a trainer's `fit` takes its training batches by (Lightning's `Trainer.fit`).
+_FIT_TRAIN_KEYWORDS = frozenset({"train_dataloaders", "train_dataloader"})
+
+
+def _trainer_fits(ctx: ModuleContext) -> list[tuple[ast.Call, ast.expr]]:
+    """(call, training loader argument) of the module's `trainer.fit(model, loader)` calls:
+    the loader given as `train_dataloaders=` (or `train_dataloader=`), or as the second
+    positional argument after the model (Lightning's `fit(model, train_dataloaders,
+    val_dataloaders)`); the trainer iterates it every epoch."""
+    if ".fit(" not in ctx.source:
+        return []
+    found: list[tuple[ast.Call, ast.expr]] = []
+    for call in ctx.flow.nodes(ast.Call):
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "fit"
+        ):
+            continue
+        given = [k.value for k in call.keywords if k.arg in _FIT_TRAIN_KEYWORDS]
+        if (
+            len(call.args) >= 2
+            and not any(isinstance(a, ast.Starred) for a in call.args[:2])
+            and not _a_loader(ctx, call.args[0])  # `fit(train_loader, val_loader)`: not ours
+        ):
+            given.append(call.args[1])
+        found += [(call, loader) for loader in given]
+    return found
+
+
+def _a_loader(ctx: ModuleContext, expr: ast.expr) -> bool:
+    return any(
+        isinstance(source, ast.Call) and ctx.flow.qualname_of(source) in DATALOADERS
+        for source in ctx.flow.sources(expr)
+    )
+
+
+def _fitted_by_a_trainer(
+    ctx: ModuleContext, loader: ast.Call, fits: list[tuple[ast.Call, ast.expr]]
+) -> ast.Call | None:
+    """The `trainer.fit(model, loader)` call that trains on `loader`, directly or through
+    the name it is bound to (`train_loader = DataLoader(ds, ...)`; `trainer.fit(model,
+    train_loader)`)."""
+    for call, given in fits:
+        if any(source is loader for source in ctx.flow.sources(given)):
+            return call
+    return None
 
 
 def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
