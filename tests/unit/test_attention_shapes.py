@@ -173,6 +173,18 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "heads": 2, "dim_head": 8},
             (torch.randn(2, 5, 16),),
         ),
+        "renamed_scale_padding": ("ScaledAttention", {"d_head": 4}, (*heads, padding)),
+        "method_softmax_dtype_bias": ("BaseAttention", {}, (*heads, 1 - padding)),
+        "softmax_input_keyword": (
+            "Head",
+            {"n_embd": 16, "head_size": 8, "context_length": 8},
+            (torch.randn(2, 6, 16),),
+        ),
+        "key_permuted_in_place": (
+            "SelfAttention",
+            {"dim": 16, "heads": 2},
+            (torch.randn(2, 5, 16),),
+        ),
     }
     return table[name]
 
@@ -211,6 +223,11 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "palm_multi_query",
         "seq2seq_tensor_scale_private",
         "softcapping",
+        "renamed_scale_raw_returned",
+        "method_softmax_value_bias",
+        "key_permuted_in_place_cached",
+        "mask_helper_in_place",
+        "padding_assert_in_branch",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:

@@ -79,10 +79,9 @@ def _is_scores(node: ast.AST) -> bool:
 
 
 def _is_scores_through_name(ctx: ModuleContext, node: ast.AST) -> bool:
-    """`q @ k_t` where `k_t = k.transpose(2, 3)` was bound first."""
-    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)):
-        return False
-    right = node.right
+    """`q @ k_t` or `torch.matmul(q, k_t)` where `k_t = k.transpose(2, 3)` (or
+    `k = k.permute(0, 1, 3, 2)`) was bound first."""
+    right = _right_operand(node)
     return isinstance(right, ast.Name) and any(
         _is_key_transpose(d) for d in ctx.flow.definitions(right)
     )
@@ -293,7 +292,7 @@ class ManualAttention(Rule):
     ) -> None:
         nodes = list(walk_scope(function.body))
         for node in softmaxes:
-            source = node.args[0] if node.args else getattr(node.func, "value", None)
+            source = self._softmax_source(ctx, node)
             if source is None or not ctx.flow.derives_from(
                 source,
                 lambda n: (
@@ -315,6 +314,23 @@ class ManualAttention(Rule):
                     "scaled_dot_product_attention call is faster and never stores the T x T "
                     "score matrix",
                 )
+
+    def _softmax_source(self, ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+        """What the softmax normalises: `F.softmax(x, -1)` / `F.softmax(input=x, dim=-1)` /
+        `self.attend(x)` -> x; `x.softmax(-1)` -> x (its argument is the dim)."""
+        keyword = next((k.value for k in call.keywords if k.arg == "input"), None)
+        if keyword is not None:
+            return keyword
+        method = (
+            isinstance(call.func, ast.Attribute)
+            and call.func.attr == "softmax"
+            and ctx.call_qualname(call) is None
+            and not (isinstance(call.func.value, ast.Name) and call.func.value.id == "self")
+        )
+        if method:
+            assert isinstance(call.func, ast.Attribute)
+            return call.func.value
+        return call.args[0] if call.args else None
 
     def _is_softmax(self, ctx: ModuleContext, call: ast.Call) -> bool:
         if ctx.call_qualname(call) in _SOFTMAX:

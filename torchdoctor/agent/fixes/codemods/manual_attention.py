@@ -81,6 +81,9 @@ class _Mask:
     statements: list[cst.BaseStatement] = field(default_factory=list)
     bindings: list[cst.BaseStatement] = field(default_factory=list)
     """Local names the mask was read through (`mask_bool = ...`), dropped when unused."""
+    like: str | None = None
+    """The scores' name when an additive mask reads only their dtype or device
+    (`mask.type_as(x) * x.new_tensor(-1e4)`): the query's, in the fused call."""
 
 
 @dataclass
@@ -308,7 +311,13 @@ def _match(
                 removed.append(stmt)
                 break
         factor = _rescaling(stmt, scores_name)
-        if _row_max_shift(stmt, scores_name):
+        renamed = _renaming_rescale(stmt, scores_name) if factor is None else None
+        if renamed is not None:
+            # `scaled = scores / math.sqrt(d)`: the scale, and the scores by their first name
+            (late if mask.attn_mask is None and not mask.causal else early).append(renamed[1])
+            removed.append(stmt)
+            scores_name = renamed[0]
+        elif _row_max_shift(stmt, scores_name):
             removed.append(stmt)  # softmax is shift-invariant along the row
         elif factor is not None:
             (late if mask.attn_mask is None and not mask.causal else early).append(factor)
@@ -326,6 +335,12 @@ def _match(
                 "way the fused kernel does not reproduce (softcapping, a bias...)"
             )
         elif isinstance(stmt, cst.If) and _assigns(stmt, scores_name):
+            other = _other_reader(stmt, scores_name)
+            if other is not None:
+                raise AttentionRefused(
+                    f"`{scores_name}` is also read by `{code(other).strip()}` in the masking "
+                    "branch: the fused call never builds the scores it checks"
+                )
             raise AttentionRefused(
                 f"`{scores_name}` is masked under `if {code(stmt.test)}:`, a condition "
                 "the fused call's arguments do not express: build the mask first"
@@ -333,6 +348,12 @@ def _match(
         elif _shape_assert(ctx, stmt, scores_name):
             removed.append(stmt)  # `assert list(w.shape) == [B, HW, HW]`: no scores to check
         elif _reads(stmt, scores_name):
+            helper = _passed_to(stmt, scores_name)
+            if helper is not None:
+                raise AttentionRefused(
+                    f"`{scores_name}` is handed to `{helper}(...)`, which may change it in "
+                    "place (a mask helper?): the fused call cannot do what it does"
+                )
             raise AttentionRefused(f"`{scores_name}` is used besides the softmax")
         index -= 1
     if product is None or not _over_last_dim(dim, product.rank):
@@ -341,13 +362,28 @@ def _match(
     for factor in (*reversed(early), *reversed(late)):
         scale = times(scale, factor)
     _refuse_tensor_scale(ctx, scale)
+    if mask.like is not None and mask.attn_mask is not None:
+        mask.attn_mask = _like_query(mask.attn_mask, mask.like, product.query)
+    if scores_name is not None and _reads(cst.parse_expression(scale), scores_name):
+        raise AttentionRefused(f"the scale reads the scores `{scores_name}` themselves")
     removed += mask.statements
     scope = scope_of(ctx, body[at])
     for binding in (*product.bindings, *mask.bindings):
-        if not _read_elsewhere(ctx, _assigned_name(binding), scope, skip=[binding, *removed]):
+        name = _assigned_name(binding)
+        if binding in product.bindings and _rebinds_itself(binding):
+            # `k = k.transpose(-2, -1)`: the fused call takes k as it was before, so the
+            # statement must go, and nothing after it may read the transposed k
+            if _read_after(ctx, name, scope, ctx.line(binding), skip=[binding, *removed]):
+                raise AttentionRefused(
+                    f"`{name}` is transposed in place (`{code(binding).strip()}`) and read "
+                    "again after the product: the fused call needs it untransposed"
+                )
+            removed.append(binding)
+        elif not _read_elsewhere(ctx, name, scope, skip=[binding, *removed]):
             removed.append(binding)
     if inline is not None:  # `return F.softmax(s, dim=-1) @ v`: the product is right here
         out_expr, value, dropout = inline
+        _refuse_scores_kept(ctx, removed, body[at], out_expr, scope)
         return _Attention(
             statements=removed,
             output_statement=body[at],
@@ -395,6 +431,7 @@ def _match(
             f"the attention weights `{weights}` are returned or reused: the fused kernel "
             "does not produce them"
         )
+    _refuse_scores_kept(ctx, others, out_stmt, out_expr, scope)
     return _Attention(
         statements=removed,
         output_statement=out_stmt,
@@ -447,6 +484,100 @@ def _shape_assert(ctx: SourceContext, stmt: cst.BaseStatement, scores: str) -> b
         ):
             return False
     return bool(reads)
+
+
+def _renaming_rescale(stmt: cst.BaseStatement, scores: str) -> tuple[str, str] | None:
+    """`scaled = scores / math.sqrt(d)` (or `* s`, `.div(d)`), bound to `scores` from another
+    local name -> (that name, the factor); the factor may not read either name."""
+    bound = assigned(stmt)
+    if bound is None or bound[0] != scores:
+        return None
+    scaled = scale_factor(bound[1])
+    if scaled is None or not isinstance(scaled[0], cst.Name) or scaled[0].value == scores:
+        return None
+    source, factor = scaled[0].value, cst.parse_expression(scaled[1])
+    if _reads(factor, source) or _reads(factor, scores):
+        return None
+    return source, scaled[1]
+
+
+def _rebinds_itself(stmt: cst.BaseStatement) -> bool:
+    """`k = k.permute(0, 1, 3, 2)`: a statement binding a name from its own old value."""
+    bound = assigned(stmt)
+    return bound is not None and "." not in bound[0] and _reads(bound[1], bound[0])
+
+
+def _read_after(
+    ctx: SourceContext,
+    name: str,
+    scope: cst.CSTNode,
+    line: int,
+    skip: Sequence[cst.CSTNode],
+    until: int | None = None,
+) -> bool:
+    """Whether `name` is read under `scope` on a line after `line` (up to `until`), outside
+    the subtrees `skip`."""
+    skipped = {id(n) for s in skip for n in descendants(s)}
+    for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
+        at = ctx.line(node)
+        if id(node) in skipped or at <= line or (until is not None and at > until):
+            continue
+        parent = ctx.parent(node)
+        if isinstance(parent, cst.AssignTarget) or (
+            isinstance(parent, cst.Attribute) and parent.attr is node
+        ):
+            continue
+        return True
+    return False
+
+
+def _refuse_scores_kept(
+    ctx: SourceContext,
+    removed: Sequence[cst.BaseStatement],
+    out_stmt: cst.BaseStatement,
+    out_expr: cst.BaseExpression,
+    scope: cst.CSTNode,
+) -> None:
+    """The names the removed statements bound (the scores, under each name they had) must
+    not be read after them: `return out, logits` would name a variable the fix deleted.
+    Reads after the output statement rebinds the name (`att = att @ v`) are of its new value."""
+    rebound = _assigned_name(out_stmt)
+    for stmt in removed:
+        name = _assigned_name(stmt)
+        if not name or "." in name:
+            continue
+        until = ctx.end_line(out_stmt) if name == rebound else None
+        if _read_after(ctx, name, scope, ctx.line(stmt), [*removed, out_expr], until):
+            raise AttentionRefused(
+                f"`{name}` is read after the attention (returned or logged?): the fused "
+                "call never builds it"
+            )
+
+
+def _other_reader(stmt: cst.If, scores: str) -> cst.BaseStatement | None:
+    """A statement in a masking branch that reads the scores without rebinding them
+    (`assert mask.shape == scores.shape[2:]`)."""
+    for inner in stmt.body.body:
+        if (
+            isinstance(inner, cst.SimpleStatementLine)
+            and all(isinstance(small, cst.Assert | cst.Expr) for small in inner.body)
+            and _reads(inner, scores)
+            and not _assigns(inner, scores)
+        ):
+            return inner
+    return None
+
+
+def _passed_to(stmt: cst.BaseStatement, scores: str) -> str | None:
+    """The function a call made for its effect hands the scores to (`mask_(dot, ...)`, its
+    result unused)."""
+    for node in descendants(stmt):
+        call = node.value if isinstance(node, cst.Expr) else None
+        if isinstance(call, cst.Call) and any(
+            dotted_name(arg.value) == scores for arg in call.args
+        ):
+            return dotted_name(call.func) or code(call.func)
+    return None
 
 
 def _untouched(stmt: cst.BaseStatement, weights: str) -> bool:
@@ -632,7 +763,7 @@ def _constant_scalar(ctx: SourceContext, expr: cst.CSTNode) -> bool:
 def _merge(mask: _Mask, step: _Mask) -> None:
     if mask.causal or mask.attn_mask is not None:
         raise AttentionRefused("two masks are applied: merge them into one attn_mask by hand")
-    mask.causal, mask.attn_mask = step.causal, step.attn_mask
+    mask.causal, mask.attn_mask, mask.like = step.causal, step.attn_mask, step.like
     mask.statements += step.statements
     mask.bindings += step.bindings
 
@@ -684,8 +815,13 @@ def _softmax_input(ctx: SourceContext, call: cst.Call) -> tuple[cst.BaseExpressi
     `self.sm = nn.Softmax(dim=-1)` -> (z, the dim); _match checks the dim is the last."""
     qual = ctx.qualname(call.func) or ""
     if qual in ("torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"):
+        named = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+        positional = [a for a in call.args if a.keyword is None]
+        if "input" in named:  # `F.softmax(input=w, dim=-1)`
+            dim = flat(named["dim"]) if "dim" in named else None
+            return (named["input"], dim) if dim else None
         dim = _dim(call.args[1:])
-        return (call.args[0].value, dim) if call.args and dim else None
+        return (positional[0].value, dim) if positional and dim else None
     func = call.func
     receiver = dotted_name(func.value) if isinstance(func, cst.Attribute) else None
     module_call = receiver == "self"  # `self.softmax(x)`: a module, handled below
@@ -812,7 +948,9 @@ def _mask_step(
             raise AttentionRefused("a causal mask applied only on a condition")
         if step.attn_mask is not None and guarded in step.attn_mask and step.attn_mask != guarded:
             step.attn_mask = f"None if {guarded} is None else {step.attn_mask}"
-        return _Mask(attn_mask=step.attn_mask, additive=step.additive, statements=[stmt])
+        return _Mask(
+            attn_mask=step.attn_mask, additive=step.additive, statements=[stmt], like=step.like
+        )
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
         return None
     small = stmt.body[0]
@@ -859,12 +997,65 @@ def _additive(
     """`S + bias` / `S - bias`: a float attn_mask, or is_causal when the bias is a -inf
     upper triangle (`torch.triu(torch.full(..., -inf), diagonal=1)[:, :, :T, :T]`). None
     when the bias reads the scores themselves (a row statistic is no mask)."""
+    like = None
     if _reads(bias, scores):
-        return None
-    if added and _triangle_or_none(ctx, bias, additive=True) == "triu":
+        if not _reads_only_metadata(ctx, bias, scores):
+            return None
+        like = scores
+    if added and like is None and _triangle_or_none(ctx, bias, additive=True) == "triu":
         return _Mask(causal=True, statements=[stmt])
     text = code(strip(bias))
-    return _Mask(attn_mask=text if added else f"-({text})", additive=True, statements=[stmt])
+    mask = text if added else f"-({text})"
+    return _Mask(attn_mask=mask, additive=True, statements=[stmt], like=like)
+
+
+_LIKE_METHODS = frozenset({"new_tensor", "new_full", "new_zeros", "new_ones", "new_empty"})
+
+
+def _reads_only_metadata(ctx: SourceContext, expr: cst.BaseExpression, scores: str) -> bool:
+    """Whether `expr` reads the scores only for their dtype and device: `S.dtype`,
+    `S.device`, `S.new_tensor(-1e4)`, `m.type_as(S)`, `m.to(S)`. The fused call's float mask
+    must have the query's dtype and device, which are the scores' (q @ k^T is q's dtype)."""
+    for node in descendants(expr):
+        if not (isinstance(node, cst.Name) and node.value == scores):
+            continue
+        parent = ctx.parent(node)
+        if isinstance(parent, cst.Attribute) and parent.value is node:
+            if parent.attr.value in ("dtype", "device"):
+                continue
+            call = ctx.parent(parent)
+            if (
+                parent.attr.value in _LIKE_METHODS
+                and isinstance(call, cst.Call)
+                and call.func is parent
+            ):
+                continue
+            return False
+        arg = parent
+        call = ctx.parent(arg) if isinstance(arg, cst.Arg) else None
+        if not (
+            isinstance(arg, cst.Arg)
+            and isinstance(call, cst.Call)
+            and len(call.args) == 1
+            and isinstance(call.func, cst.Attribute)
+            and call.func.attr.value in ("type_as", "to")
+        ):
+            return False
+    return True
+
+
+def _like_query(mask: str, scores: str, query: str) -> str:
+    """The mask's reads of the scores' dtype and device, made on the query."""
+
+    class _Rename(cst.CSTTransformer):
+        def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.BaseExpression:
+            if updated_node.value != scores:
+                return updated_node
+            return cst.parse_expression(atom(query))
+
+    renamed = cst.parse_expression(mask).visit(_Rename())
+    assert isinstance(renamed, cst.BaseExpression)
+    return code(renamed)
 
 
 def _guarded_name(test: cst.BaseExpression) -> str | None:
