@@ -12,6 +12,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     method_call,
     name_is_read,
+    scope_of,
 )
 from torchdoctor.agent.fixes.codemods.common import enclosing_loop
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
@@ -68,6 +69,12 @@ class HostSyncInStepFix(Codemod):
             ):
                 back = "int" if aug.value is item and _counts_matches(item) else "float"
                 return _accumulate(ctx, aug, aug.target.value, item, f"{back}({aug.target.value})")
+        for aug in ctx.find(cst.AugAssign, within=span):
+            listed = _listed_item(ctx, aug)
+            if listed is not None:  # `losses += [loss.item()]` on a list: an append
+                grown, listed_item = listed
+                back = f"[float(v) for v in {grown}]"
+                return _accumulate(ctx, aug, grown, listed_item, back)
         for call in ctx.find(cst.Call, within=span):
             if not method_call(call, "append") or len(call.args) != 1:
                 continue
@@ -516,6 +523,32 @@ def _weighted_item(value: cst.BaseExpression) -> cst.Call | None:
             return None
         return _weighted_item(value.left) or _weighted_item(value.right)
     return method_call(value, "item")
+
+
+def _listed_item(ctx: SourceContext, aug: cst.AugAssign) -> tuple[str, cst.Call] | None:
+    """`losses += [loss.item()]` where every binding of `losses` in the function is an empty
+    list (`losses = []`): the list's append written as `+=` -> (losses, the `.item()` call).
+    On a NumPy array the same `+=` adds elementwise, so the name must be seen to be a list."""
+    if not (
+        isinstance(aug.operator, cst.AddAssign)
+        and isinstance(aug.target, cst.Name)
+        and isinstance(aug.value, cst.List)
+        and len(aug.value.elements) == 1
+    ):
+        return None
+    item = method_call(aug.value.elements[0].value, "item")
+    if item is None:
+        return None
+    name = aug.target.value
+    bindings = [
+        assign.value
+        for assign in ctx.find(cst.Assign, inside=scope_of(ctx, aug))
+        if any(dotted_name(t.target) == name for t in assign.targets)
+    ]
+    empty = [v for v in bindings if isinstance(v, cst.List) and not v.elements]
+    if not bindings or len(empty) != len(bindings):
+        return None
+    return name, item
 
 
 def _counts_matches(item: cst.Call) -> bool:
