@@ -42,6 +42,8 @@ class DdpAccumNoSync(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or calls_method(ctx, "no_sync", "accumulate"):
             return
+        if _sync_controlled(ctx):
+            return
         if not any(
             isinstance(n, ast.Call)
             and (ctx.call_qualname(n) or "").endswith("DistributedDataParallel")
@@ -57,3 +59,26 @@ class DdpAccumNoSync(Rule):
                     "gradients are accumulated under DDP without no_sync(): every micro-batch "
                     "pays a full all-reduce",
                 )
+
+
+def _sync_controlled(ctx: ModuleContext) -> bool:
+    """The module skips the all-reduce another way: `getattr(model, "no_sync", ...)()` (the
+    form this rule's codemod writes where the model is DDP-wrapped on one branch only), or
+    nanoGPT's `model.require_backward_grad_sync = <last micro-step>`, which is what
+    `no_sync()` toggles."""
+    for node in nodes_of(ctx, ast.Call):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value == "no_sync"
+        ):
+            return True
+    return any(
+        isinstance(target, ast.Attribute) and target.attr == "require_backward_grad_sync"
+        for node in nodes_of(ctx, ast.Assign)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+    )
