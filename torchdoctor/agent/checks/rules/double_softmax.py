@@ -178,18 +178,24 @@ class DoubleSoftmax(Rule):
         returning `F.softmax(...)`, an activation helper) and cross-entropy receives in
         another: the fix goes there, each loss call that receives it a related location."""
         for softmax, sites in elsewhere.values():
-            owner = ctx.enclosing_function(softmax)
-            name = owner.name if owner is not None else "?"
-            losses = [f for site in sites if (f := ctx.finding(self, site, "")) is not None]
-            kind = "log-softmax" if _is_log_softmax(ctx, softmax) else "softmax"
-            lines = ", ".join(str(site.lineno) for site in sites)
+            first_on_line = {site.lineno: site for site in reversed(sites)}
+            lines = sorted(first_on_line)
+            losses = [
+                f for line in lines if (f := ctx.finding(self, first_on_line[line], "")) is not None
+            ]
+            log = _is_log_softmax(ctx, softmax)
+            fix = (
+                "return the logits, or train with nn.NLLLoss"
+                if log
+                else "return the logits and apply softmax only where probabilities are needed"
+            )
+            listed = ", ".join(map(str, lines))
             ctx.report(
                 self,
                 softmax,
-                f"this {kind} in `{name}` produces what cross-entropy receives (line"
-                f"{'s' if len(sites) > 1 else ''} {lines}), and cross-entropy applies "
-                "log_softmax again: return the logits and apply softmax only where "
-                "probabilities are needed",
+                f"this {'log-softmax' if log else 'softmax'} ({_place(ctx, softmax)}) produces "
+                f"what cross-entropy receives (line{'s' if len(lines) > 1 else ''} {listed}), "
+                f"and cross-entropy applies log_softmax again: {fix}",
                 data={
                     "loss_line": sites[0].lineno,
                     "related": [
@@ -237,6 +243,17 @@ class DoubleSoftmax(Rule):
 # trainer classes): `Wrapper(Module, criterion=nn.CrossEntropyLoss)`.
 _CRITERIA = frozenset({"criterion", "loss", "loss_fn", "loss_func", "loss_function"})
 _MODELS = frozenset({"module", "model", "net", "network"})
+
+
+def _place(ctx: ModuleContext, node: ast.AST) -> str:
+    """`in `Net.forward``, or `a layer of `Classifier`` for one built in `__init__`."""
+    owner = ctx.enclosing_function(node)
+    if owner is None:
+        return "at module level"
+    cls = next((a for a in ctx.ancestors(node) if isinstance(a, ast.ClassDef)), None)
+    if cls is not None and owner.name == "__init__":
+        return f"a layer of `{cls.name}`"
+    return f"in `{cls.name}.{owner.name}`" if cls is not None else f"in `{owner.name}`"
 
 
 def _loss_inputs(
