@@ -185,6 +185,12 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "heads": 2},
             (torch.randn(2, 5, 16),),
         ),
+        "bmm_permuted_key_left_scale": (
+            "FoldedAttention",
+            {"d_keys": 4, "dropout": 0.1},
+            folded,
+        ),
+        "inline_softmax_module": ("CausalAttention", {"n_ctx": 8, "head_dim": 4}, heads),
     }
     return table[name]
 
@@ -228,6 +234,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "key_permuted_in_place_cached",
         "mask_helper_in_place",
         "padding_assert_in_branch",
+        "left_scale_reads_scores",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:
@@ -322,6 +329,16 @@ def test_scores_whose_output_puts_the_keys_first_are_not_attention() -> None:
     found = analyse_files([("keys_first.py", keys_first)], workers=1).all_findings()
     assert not [f for f in found if f.rule == "manual-attention"]
     assert _codemod().transform(keys_first, _target(keys_first)) is None
+
+
+def test_a_softmax_module_over_another_dim_is_not_rewritten() -> None:
+    """Near miss of inline_softmax_module: `nn.Softmax(dim=1)(w)` on the 4-D scores normalises
+    over the heads, not the keys, which the fused kernel never does."""
+    source = (SHAPES / "inline_softmax_module.py").read_text()
+    over_heads = source.replace("nn.Softmax(dim=-1)(w)", "nn.Softmax(dim=1)(w)")
+    assert over_heads != source
+    assert _codemod().transform(source, _target(source)) is not None
+    assert _codemod().transform(over_heads, _target(over_heads)) is None
 
 
 def test_decoding_with_a_cache_keeps_the_offset_mask() -> None:

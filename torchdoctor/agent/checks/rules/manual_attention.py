@@ -27,8 +27,8 @@ def _ints(args: list[ast.expr]) -> list[int | None]:
 
 def _is_key_transpose(node: ast.AST, three_d: bool = False) -> bool:
     """`k.transpose(-2, -1)` (either order), `torch.transpose(k, -2, -1)`, `k.mT`,
-    `k.transpose(2, 3)` or `k.permute(0, 1, 3, 2)` (4-D heads), `k.transpose(1, 2)` when the
-    product is 3-D (`three_d`: torch.bmm)."""
+    `k.transpose(2, 3)` or `k.permute(0, 1, 3, 2)` (4-D heads), `k.transpose(1, 2)` or
+    `k.permute(0, 2, 1)` when the product is 3-D (`three_d`: torch.bmm)."""
     if isinstance(node, ast.Attribute) and node.attr == "mT":
         return True
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -37,7 +37,7 @@ def _is_key_transpose(node: ast.AST, three_d: bool = False) -> bool:
     if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
         args = args[1:]  # torch.transpose(k, a, b)
     if node.func.attr == "permute":
-        return _ints(args) == [0, 1, 3, 2]
+        return _ints(args) == [0, 1, 3, 2] or (three_d and _ints(args) == [0, 2, 1])
     if node.func.attr != "transpose" or len(args) != 2:
         return False
     dims = set(_ints(args))
@@ -231,6 +231,17 @@ def _softmax_modules(ctx: ModuleContext) -> set[str]:
     }
 
 
+def _inline_softmax_module(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`nn.Softmax(dim=-1)(w)`: a softmax module built and applied in one expression (the
+    OpenAI GPT ports' `_attn`)."""
+    built = call.func
+    return (
+        isinstance(built, ast.Call)
+        and (ctx.call_qualname(built) or "").endswith("nn.Softmax")
+        and len(call.args) == 1
+    )
+
+
 class ManualAttention(Rule):
     """Detects attention computed by hand: a softmax over `q @ k.transpose(-2, -1)` (scaled,
     usually masked) whose probabilities are multiplied by the values (`probs @ v`).
@@ -277,7 +288,7 @@ class ManualAttention(Rule):
         for node in ctx.flow.nodes(ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name in names and self._is_softmax(ctx, node):
+            if (name in names and self._is_softmax(ctx, node)) or _inline_softmax_module(ctx, node):
                 function = ctx.enclosing_function(node)
                 if function is not None:
                     by_function.setdefault(function, []).append(node)

@@ -142,6 +142,8 @@ def transposed_key(
             return None
         if func.attr.value == "permute" and args == ["0", "1", "3", "2"]:
             return receiver, 4, None
+        if func.attr.value == "permute" and args == ["0", "2", "1"] and rank == 3:
+            return receiver, 3, None  # `torch.bmm(q, k.permute(0, 2, 1))`
         return None
     name = dotted_name(expr)
     if name is None:
@@ -205,9 +207,20 @@ def score_product(
     """The scores' product, optionally `* s` / `/ d` around it or on the query."""
     scale = "1.0"
     scaled = scale_factor(expr)
+    found = None
     if scaled is not None:
-        expr, scale = scaled
-    found = _raw_scores(ctx, strip(expr), before)
+        found = _raw_scores(ctx, strip(scaled[0]), before)
+        scale = scaled[1]
+        stripped = strip(expr)
+        if (
+            found is None
+            and isinstance(stripped, cst.BinaryOperation)
+            and isinstance(stripped.operator, cst.Multiply)
+        ):  # `self.scale * (q @ k^T)`: the factor on the left
+            found = _raw_scores(ctx, strip(stripped.right), before)
+            scale = code(strip(stripped.left))
+    else:
+        found = _raw_scores(ctx, strip(expr), before)
     if found is None:
         return None
     query = strip(cst.parse_expression(found.query))

@@ -655,6 +655,14 @@ def _rescaling(stmt: cst.BaseStatement, scores: str) -> str | None:
     bound = assigned(stmt)
     if bound is None or bound[0] != scores:
         return None
+    value = strip(bound[1])
+    if (
+        isinstance(value, cst.BinaryOperation)
+        and isinstance(value.operator, cst.Multiply)
+        and dotted_name(value.right) == scores
+        and not _reads(value.left, scores)
+    ):  # `S = (1.0 / math.sqrt(d)) * S`
+        return code(strip(value.left))
     scaled = scale_factor(bound[1])
     if scaled is None or dotted_name(scaled[0]) != scores:
         return None
@@ -828,6 +836,13 @@ def _softmax_input(ctx: SourceContext, call: cst.Call) -> tuple[cst.BaseExpressi
     if isinstance(func, cst.Attribute) and func.attr.value == "softmax" and not module_call:
         dim = _dim(call.args)
         return (func.value, dim) if not qual and dim else None
+    if (
+        isinstance(func, cst.Call)
+        and (ctx.qualname(func.func) or "").endswith("nn.Softmax")
+        and len(call.args) == 1
+    ):  # `nn.Softmax(dim=-1)(w)`, built where it is applied
+        dim = _dim(func.args)
+        return (call.args[0].value, dim) if dim else None
     name = dotted_name(func)
     if name is not None and name.startswith("self.") and len(call.args) == 1:
         built = _module_built(ctx, name)
