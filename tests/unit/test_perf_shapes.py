@@ -61,3 +61,22 @@ def test_the_fix_target_reads_the_findings_own_data_not_its_related_places() -> 
     target = FixTarget.from_finding(finding)
     assert target.data == raw.data
     assert target.end_line == raw.end_line
+
+
+def test_a_conditional_worker_count_is_compared_whole() -> None:
+    """workers_by_platform's `0 if os.name == "nt" else 4` is parenthesised before `> 0`
+    (unparenthesised, the comparison takes the else branch alone); a plain count is not
+    (near miss)."""
+    from torchdoctor.agent.fixes.codemods import codemod_for
+
+    source = (SHAPES / "workers_by_platform.py").read_text()
+    plain = source.replace('0 if os.name == "nt" else 4', "config.workers")
+    assert plain != source
+    [finding] = [
+        f
+        for f in analyse_files([("m.py", plain)], EVERY_RULE, workers=1).all_findings()
+        if f.rule == "persistent-workers-off"
+    ]
+    target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, end_line=finding.line)
+    fixed = codemod_for("persistent-workers-off").transform(plain, target)  # type: ignore[union-attr]
+    assert fixed is not None and "persistent_workers=config.workers > 0" in fixed

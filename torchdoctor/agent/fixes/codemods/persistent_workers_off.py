@@ -32,6 +32,15 @@ class PersistentWorkersOffFix(Codemod):
                     continue
                 value = "True"
             else:
-                value = f"{ctx.code(workers.value)} > 0"
+                count = ctx.code(workers.value)
+                if (
+                    isinstance(
+                        workers.value, cst.IfExp | cst.BooleanOperation | cst.Lambda | cst.NamedExpr
+                    )
+                    and not workers.value.lpar
+                ):
+                    # `0 if os.name == "nt" else 4 > 0` would compare the else branch alone
+                    count = f"({count})"
+                value = f"{count} > 0"
             ctx.set_call_keyword(loader, "persistent_workers", value)
         return True
