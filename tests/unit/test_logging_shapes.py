@@ -87,3 +87,30 @@ def test_the_smoothed_loss_kept_on_the_device_is_the_number_it_was() -> None:
         histories.append(namespace["train"](model, data, optimizer, 2))  # type: ignore[operator]
     assert all(isinstance(v, float) for v in histories[1])
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+
+
+def test_a_periodic_read_of_the_sum_prints_the_same_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """periodic_sum_plain_print before and after its fix, run on a tiny model: the bare
+    `print(..., running_loss / 100)` prints the same number, not a tensor's repr."""
+    torch = pytest.importorskip("torch")
+
+    def printed(name: str) -> list[str]:
+        namespace: dict[str, object] = {"__name__": "shape_plain_print"}
+        exec(compile((SHAPES / name).read_text(), name, "exec"), namespace)  # our own fixture
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        data = [(torch.randn(4, 3), torch.randint(0, 2, (4,))) for _ in range(200)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        criterion = torch.nn.CrossEntropyLoss()
+        namespace["train"](model, data, optimizer, criterion)  # type: ignore[operator]
+        return capsys.readouterr().out.splitlines()
+
+    before = printed("periodic_sum_plain_print.py")
+    after = printed("periodic_sum_plain_print.after.py")
+    assert len(before) == 2 and all("tensor" not in line for line in after)
+    assert [line.split()[:3] for line in before] == [line.split()[:3] for line in after]
+    assert [float(line.split()[-1]) for line in before] == pytest.approx(
+        [float(line.split()[-1]) for line in after], rel=1e-5
+    )

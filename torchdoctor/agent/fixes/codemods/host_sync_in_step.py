@@ -134,6 +134,16 @@ class HostSyncInStepFix(Codemod):
                     f"`{aug.target.value}` is read inside the loop on every step: kept on the "
                     "device, it would sync there instead"
                 )
+        for node in [*ctx.find(cst.AugAssign, within=span), *ctx.find(cst.Call, within=span)]:
+            grown = _grown_list(ctx, node)
+            read = _list_read_in_loop(ctx, node, grown) if grown else None
+            if read is not None:
+                line = ctx.code(_statement_of(ctx, read)).strip().splitlines()[0]
+                return (
+                    f"the list `{grown}` is read inside the loop (`{line}`): a list of device "
+                    "tensors there would not go into NumPy or print as numbers; convert it "
+                    "there by hand"
+                )
         for call in ctx.find(cst.Call, within=span):
             taker = dotted_name(call.func) or ""
             if taker.split(".")[-1] in {*_LOGGERS, "append"}:
@@ -525,6 +535,30 @@ def _weighted_item(value: cst.BaseExpression) -> cst.Call | None:
     return method_call(value, "item")
 
 
+def _grown_list(ctx: SourceContext, node: cst.CSTNode) -> str | None:
+    """The list `losses.append(x.item())` / `losses += [x.item()]` grows."""
+    if isinstance(node, cst.AugAssign):
+        listed = _listed_item(ctx, node)
+        return listed[0] if listed is not None else None
+    if (
+        isinstance(node, cst.Call)
+        and method_call(node, "append")
+        and len(node.args) == 1
+        and method_call(node.args[0].value, "item")
+        and isinstance(node.func, cst.Attribute)
+    ):
+        name = dotted_name(node.func.value)
+        return name if name is not None and "." not in name else None
+    return None
+
+
+def _statement_of(ctx: SourceContext, node: cst.CSTNode) -> cst.CSTNode:
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, cst.SimpleStatementLine | cst.BaseCompoundStatement):
+            return anc
+    return node
+
+
 def _listed_item(ctx: SourceContext, aug: cst.AugAssign) -> tuple[str, cst.Call] | None:
     """`losses += [loss.item()]` where every binding of `losses` in the function is an empty
     list (`losses = []`): the list's append written as `+=` -> (losses, the `.item()` call).
@@ -586,12 +620,63 @@ def _periodic(branch: cst.If) -> bool:
 
 
 def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, back: str) -> bool:
+    """`back` converts the accumulator after the loop: `float(total)` for a sum, which the
+    periodic reads inside the loop get too (`print("loss", total / 100)` must print a number,
+    not a tensor's repr), or a list comprehension, refused where the list is read inside the
+    loop for more than its length (`np.mean(losses[-100:])` cannot take CUDA tensors)."""
     loop = enclosing_loop(ctx, at)
     if loop is None or item.args or not isinstance(item.func, cst.Attribute):
         return False
     if _read_every_step(ctx, name, loop, at):
         return False
+    listed = back.startswith("[")
+    reads = _reads_in_loop(ctx, name, loop, at)
+    if listed and any(not _length_only(ctx, read) for read in reads):
+        return False
     value = item.func.value
-    ctx.substitute(item, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("detach"))))
+    if method_call(value, "detach") is not None:  # `loss.detach().item()`
+        ctx.substitute(item, value)
+    else:
+        ctx.substitute(item, cst.Call(func=cst.Attribute(value=value, attr=cst.Name("detach"))))
+    if not listed:
+        for read in reads:
+            ctx.substitute(read, cst.parse_expression(back))
     ctx.insert_after(loop, f"{name} = {back}\n")
     return True
+
+
+def _reads_in_loop(
+    ctx: SourceContext, name: str, loop: cst.For | cst.While, at: cst.CSTNode
+) -> list[cst.Name]:
+    """The reads of `name` in the loop's body other than in `at` (the periodic ones, once
+    _read_every_step has ruled out the rest); a name rebound there is no read."""
+    skipped = {id(n) for n in descendants(at)}
+    found = []
+    for node in ctx.find(cst.Name, inside=loop.body, where=lambda n: n.value == name):
+        parent = ctx.parent(node)
+        if id(node) in skipped or isinstance(parent, cst.AssignTarget):
+            continue
+        if isinstance(parent, cst.AugAssign) and parent.target is node:
+            continue
+        if isinstance(parent, cst.Attribute) and parent.attr is node:
+            continue
+        found.append(node)
+    return found
+
+
+def _length_only(ctx: SourceContext, read: cst.Name) -> bool:
+    """`len(losses)`: a read a list of tensors answers like a list of floats."""
+    arg = ctx.parent(read)
+    call = ctx.parent(arg) if isinstance(arg, cst.Arg) else None
+    return isinstance(call, cst.Call) and dotted_name(call.func) == "len"
+
+
+def _list_read_in_loop(ctx: SourceContext, at: cst.CSTNode, name: str) -> cst.Name | None:
+    """A read of the list `name` inside the loop around `at` beyond its length."""
+    loop = enclosing_loop(ctx, at)
+    if loop is None:
+        return None
+    return next(
+        (read for read in _reads_in_loop(ctx, name, loop, at) if not _length_only(ctx, read)),
+        None,
+    )
