@@ -72,6 +72,36 @@ def test_run_turns_probe_evidence_into_findings_and_coverage(project: Path, tmp_
     assert (project / "train_buggy.py").read_bytes() == (EXAMPLES / "train_buggy.py").read_bytes()
 
 
+def test_a_single_file_audit_runs_its_script_among_the_files_beside_it(tmp_path: Path) -> None:
+    # the shape of a tutorial trainer: one script that reads its corpus from a text file next
+    # to it and its model from a sibling module; only the script is audited
+    (tmp_path / "corpus.txt").write_text("0.5 1.0 1.5 2.0\n", encoding="utf-8")
+    (tmp_path / "tiny_model.py").write_text(
+        "import torch\n\n\ndef build() -> torch.nn.Module:\n    return torch.nn.Linear(4, 1)\n",
+        encoding="utf-8",
+    )
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\nfrom tiny_model import build\n\n"
+        "with open('corpus.txt', encoding='utf-8') as f:\n"
+        "    x = torch.tensor([float(v) for v in f.read().split()]).repeat(8, 1)\n"
+        "model = build()\nopt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+        "for _ in range(3):\n    opt.zero_grad()\n    loss = model(x).pow(2).mean()\n"
+        "    loss.backward()\n    opt.step()\n",
+        encoding="utf-8",
+    )
+
+    report = run_audit(
+        AuditOptions(
+            target=script, run=["python train.py"], steps=3, probes="cheap", write_ledger=False
+        )
+    ).report
+
+    run = report.provenance.extra["runs"][0]
+    assert run["outcome"] == "completed-steps", run
+    assert [f.file for f in report.findings if f.rule == "probe-script-error"] == []
+
+
 def test_pyproject_run_and_bad_commands_become_notes(project: Path) -> None:
     (project / "pyproject.toml").write_text(
         '[tool.torchdoctor]\nrun = ["python missing.py", "bash -c true"]\n'

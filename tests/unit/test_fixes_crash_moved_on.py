@@ -7,6 +7,7 @@ with "the fixed script failed"."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from torchdoctor.agent.fixes import verify
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.diffs import unified_diff
-from torchdoctor.agent.fixes.models import Patch, SmokeRun
+from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Severity
 
@@ -126,6 +127,40 @@ def test_a_crash_moved_by_a_fix_off_the_crashing_line_proves_nothing(
     )
     smoke = next(s for s in steps if s.step == "smoke-run")
     assert not smoke.ok and "the fixed script failed" in smoke.detail
+
+
+def test_a_fix_of_another_kind_is_not_run_against_a_failing_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a speed or precision fix is judged against the original's run: with the original
+    # failing, there is nothing to judge it against, and running the fixed copy would cost a
+    # whole run budget per proposed fix
+    fixed = SCRIPT.replace("total += loss.data[0]", "total += loss.item()")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
+    runs: list[object] = []
+    monkeypatch.setattr(verify, "smoke_run", lambda *a, **_k: runs.append(a) or _run(LOG))
+    verifier = Verifier(root, object(), ["python", "train.py"], baseline=_run(TOTAL))  # type: ignore[arg-type]
+    codemod = codemod_for("scalar-loss-indexed")
+    assert codemod is not None
+
+    steps = verifier.verify(
+        Patch(
+            finding_id="TD-1",
+            rule="scalar-loss-indexed",
+            diff=unified_diff("train.py", SCRIPT, fixed),
+            files=["train.py"],
+        ),
+        Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH),
+        replace(FixSpec.of(codemod), kind=FixKind.PERFORMANCE),
+    )
+
+    assert runs == []
+    assert [s.step for s in steps] == ["patch-applies", "parses", "rule-cleared", "smoke-run"]
+    assert not steps[-1].ok
+    assert "not run: the original run failed" in steps[-1].detail
+    assert f"train.py:{TOTAL}" in steps[-1].detail
 
 
 def test_a_failed_run_says_where_its_error_was_raised() -> None:

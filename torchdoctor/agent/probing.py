@@ -190,7 +190,9 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
     if workspace.text_of(script) is None:
         return summary(outcome="not-run", summary=f"{script} is not one of the audited files"), []
     try:
-        copy = stage_workspace(workspace.root if workspace.kind == "folder" else workspace.target)
+        # a file's folder too: the script reads its data and imports its modules from there,
+        # and the fixes' runs see the same folder (`Verifier`)
+        copy = stage_workspace(workspace.root)
     except WorkspaceError as err:
         return summary(outcome="not-run", summary=f"could not copy the workspace: {err}"), []
     try:

@@ -171,6 +171,9 @@ class Verifier:
             if self.runner is None or self.run_command is None:
                 steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
                 return steps
+            if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
+                steps.append(self._nothing_to_compare(spec))
+                return steps
             after = self._smoke_run(copy, touched, spec)
             self.last_runs.append(after)
             moved = self._crash_moved_on(copy, touched, after, spec)
@@ -435,17 +438,11 @@ class Verifier:
 
     def _behaviour(self, after: SmokeRun, spec: FixSpec) -> Verification:
         before = self.baseline()
-        if not before.ok:
-            if spec.kind is FixKind.CORRECTNESS:
-                return Verification(
-                    step="behaviour",
-                    ok=True,
-                    detail=f"the original run failed ({before.detail}); the fixed run completes",
-                )
+        if not before.ok:  # a correctness fix: the others are not run (`_nothing_to_compare`)
             return Verification(
                 step="behaviour",
-                ok=False,
-                detail=f"no baseline: the original run failed: {before.detail}",
+                ok=True,
+                detail=f"the original run failed ({before.detail}); the fixed run completes",
             )
         details: list[str] = []
         ok = True
@@ -464,6 +461,17 @@ class Verifier:
             ok &= gone
             details.append(f"symptom: {text}")
         return Verification(step="behaviour", ok=ok, detail="; ".join(details))
+
+    def _nothing_to_compare(self, spec: FixSpec) -> Verification:
+        """A fix that does not target the original's failure is judged against the original's
+        run; with none to judge against, the fixed version is not run at all (each such run
+        could use the whole run budget, and a failing script has one per proposed fix)."""
+        return Verification(
+            step="smoke-run",
+            ok=False,
+            detail=f"not run: the original run failed ({self.baseline().detail}), and a "
+            f"{spec.kind.value} fix is judged against it: fix that failure first",
+        )
 
     def _speed(self, copy: Path, after: SmokeRun, spec: FixSpec) -> Verification:
         """Interleaved timing runs until the bootstrapped interval of the gain decides, at
