@@ -151,3 +151,56 @@ def test_workers_share_the_fork_servers_warm_engine_never_its_connections(
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["states"] == ["done", "done"] and seen["same_store"]
     assert seen["compiled"] > 0  # the preload's reads (what the workers compiled stayed theirs)
+
+
+WARM_PROBE = """
+import importlib, json, os, shutil, sys, threading
+from pathlib import Path
+home = Path(os.environ["TORCHDOCTOR_HOME"])
+if sys.argv[1] != "-":
+    importlib.import_module("torchdoctor.api.worker")
+    importlib.import_module(sys.argv[1])  # its warm-up audit runs here
+kept = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+threads = threading.active_count()
+from torchdoctor.agent.audit import AuditOptions, run_audit
+target = Path(sys.argv[3]) / "src"
+target.mkdir()
+shutil.copyfile(sys.argv[2], target / "train.py")
+report = run_audit(AuditOptions(target=target, offline=True, write_ledger=True, force=True)).report
+print(json.dumps({"kept": kept, "threads": threads, "ledger": (target / "ISSUES.md").read_text(),
+                  "report": report.model_dump(mode="json", exclude={"provenance", "target"})}))
+"""
+
+
+def test_the_fork_servers_warm_up_audit_changes_no_report_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    """The preload's warm-up audit (what an audit sets up on first use, done once for all
+    workers) leaves no cache entry and no thread behind, and an audit after it reports what
+    an audit in a fresh process reports (peers on, result caches on), ledger included."""
+    seen = []
+    for preload in (PRELOAD, "-"):
+        work = tmp_path / ("warm" if preload != "-" else "fresh")
+        work.mkdir()
+        env = {
+            **os.environ,
+            "TORCHDOCTOR_HOME": str(work / "home"),
+            "TORCHDOCTOR_DATABASE_URL": f"sqlite:///{work / 'api.sqlite'}",
+            "TORCHDOCTOR_LINTERS": "1",
+            "TORCHDOCTOR_RESULT_CACHE": "1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", WARM_PROBE, preload, str(EXAMPLES / "leaky_tabular.py"), work],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    warm, fresh = seen
+    assert not any(path.startswith("cache") for path in warm["kept"]), warm["kept"]
+    assert warm["threads"] == 1
+    assert warm["report"]["findings"]  # the example has findings, peers' evidence among them
+    assert warm["report"] == fresh["report"]
+    assert warm["ledger"] == fresh["ledger"]

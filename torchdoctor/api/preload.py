@@ -21,7 +21,7 @@ from torchdoctor.agent.gather import installed_torch_version
 from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.options import linters_off_by_env
 from torchdoctor.api.reuse import peer_versions
-from torchdoctor.api.worker import warm_store
+from torchdoctor.api.worker import warm_audit, warm_store
 from torchdoctor.sandbox.lifeline import libc
 
 MODULES = (
@@ -48,6 +48,7 @@ if not linters_off_by_env():
 peer_versions()  # part of every audit's reuse key
 libc()  # each tool and sandbox job a worker starts sets its death signal through it
 warm_store()  # the worker's settings and store, its engine without a connection
+warm_audit()  # what an audit sets up on first use (after the peers: it runs them warm)
 # Kept for the fork server's life: out of the collector's sight, a worker's collections
 # neither walk it (CPU) nor touch its pages (copy-on-write faults).
 gc.collect()
