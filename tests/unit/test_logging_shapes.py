@@ -114,3 +114,33 @@ def test_a_periodic_read_of_the_sum_prints_the_same_line(
     assert [float(line.split()[-1]) for line in before] == pytest.approx(
         [float(line.split()[-1]) for line in after], rel=1e-5
     )
+
+
+def test_both_appends_of_an_amp_switch_fixed_one_after_the_other_convert_once() -> None:
+    """amp_branches_append: the fix of the first branch's append, then of the second's on its
+    output, reads the list back once after the loop; run on a tiny model (the plain branch)
+    both versions return the same average."""
+    torch = pytest.importorskip("torch")
+    first = (SHAPES / "amp_branches_append.after.py").read_text()
+    line = next(
+        i
+        for i, text in enumerate(first.splitlines(), 1)
+        if "train_loss.append(loss.item())" in text
+    )
+    target = FixTarget(rule="host-sync-in-step", file="m.py", line=line, end_line=line)
+    both = _codemod().transform(first, target)
+    assert both is not None and "loss.item()" not in both
+    assert both.count("train_loss = [float(v) for v in train_loss]") == 1
+
+    averages = []
+    for text in ((SHAPES / "amp_branches_append.py").read_text(), both):
+        namespace: dict[str, object] = {"__name__": "shape_amp_branches"}
+        exec(compile(text, "amp_branches_append.py", "exec"), namespace)  # our own fixture
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        data = [(torch.randn(4, 3), torch.randint(0, 2, (4,))) for _ in range(20)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        criterion = torch.nn.CrossEntropyLoss()
+        train = namespace["train_epoch"]
+        averages.append(train(model, data, optimizer, criterion, None, False))  # type: ignore[operator]
+    assert averages[0] == pytest.approx(averages[1], rel=1e-6)

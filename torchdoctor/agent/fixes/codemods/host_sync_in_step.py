@@ -609,7 +609,20 @@ def _read_every_step(
         for node in ctx.find(cst.If, inside=loop.body)
         if _periodic(node) and enclosing_loop(ctx, node) is loop
     ]
-    return name_is_read(ctx, name, loop.body, skip=[at, *periodic])
+    return name_is_read(ctx, name, loop.body, skip=[at, *periodic, *_appended_to(ctx, name, loop)])
+
+
+def _appended_to(ctx: SourceContext, name: str, loop: cst.For | cst.While) -> list[cst.CSTNode]:
+    """The receivers of `name.append(...)` in the loop: another append to the list (the same
+    loss appended in both branches of an AMP `if`) adds to it without reading it."""
+    return [
+        call.func.value
+        for call in ctx.find(cst.Call, inside=loop.body)
+        if method_call(call, "append")
+        and isinstance(call.func, cst.Attribute)
+        and isinstance(call.func.value, cst.Name)
+        and call.func.value.value == name
+    ]
 
 
 def _periodic(branch: cst.If) -> bool:
@@ -641,8 +654,22 @@ def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, 
     if not listed:
         for read in reads:
             ctx.substitute(read, cst.parse_expression(back))
-    ctx.insert_after(loop, f"{name} = {back}\n")
+    if not _converted_after(ctx, loop, name, back):  # another append's fix put it there
+        ctx.insert_after(loop, f"{name} = {back}\n")
     return True
+
+
+def _converted_after(ctx: SourceContext, loop: cst.For | cst.While, name: str, back: str) -> bool:
+    """The statement after the loop already reads the accumulator back (`name = back`)."""
+    block = ctx.parent(loop)
+    body = list(getattr(block, "body", ()))
+    after = (
+        body[body.index(loop) + 1] if loop in body and body.index(loop) + 1 < len(body) else None
+    )
+    if not isinstance(after, cst.SimpleStatementLine):
+        return False
+    wanted = cst.parse_statement(f"{name} = {back}\n")
+    return after.deep_equals(wanted)
 
 
 def _reads_in_loop(
@@ -650,7 +677,7 @@ def _reads_in_loop(
 ) -> list[cst.Name]:
     """The reads of `name` in the loop's body other than in `at` (the periodic ones, once
     _read_every_step has ruled out the rest); a name rebound there is no read."""
-    skipped = {id(n) for n in descendants(at)}
+    skipped = {id(n) for n in descendants(at)} | {id(n) for n in _appended_to(ctx, name, loop)}
     found = []
     for node in ctx.find(cst.Name, inside=loop.body, where=lambda n: n.value == name):
         parent = ctx.parent(node)
