@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from torchdoctor.agent.checks.data.torch_api import format_version, torch_api
@@ -92,7 +93,7 @@ class PeerVeto:
         if torch_floor is not None and torch_floor >= flip:
             for key in _UNSAFE_LOAD:
                 self._checks[key] = _load_weights_only_by_default(format_version(flip))
-        self._trees: dict[str, tuple[ast.Module, dict[ast.AST, ast.AST]] | None] = {}
+        self._trees: dict[str, _Parsed | None] = {}
 
     def reason(self, evidence: Evidence) -> str | None:
         """Why this peer finding is wrong here, or None when nothing rules it out."""
@@ -113,8 +114,7 @@ class PeerVeto:
         parsed = self._parsed(evidence.file)
         if parsed is None:
             return None
-        tree, parents = parsed
-        return check(_nodes_on_line(tree, evidence.line), parents)
+        return check(parsed.on_line(evidence.line), parsed.parents)
 
     def _undefined_name(self, evidence: Evidence) -> str | None:
         """ruff F821 where the name is never evaluated (only in a string annotation, a
@@ -126,7 +126,7 @@ class PeerVeto:
         if found is None or parsed is None or evidence.line is None:
             return None
         name = found.group(1)
-        tree, _ = parsed
+        tree = parsed.tree
         if any(
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -136,7 +136,7 @@ class PeerVeto:
             for node in ast.walk(stmt)
         ):
             return f"the module runs exec() at its top level, which may define `{name}`"
-        on_line = list(_nodes_on_line(tree, evidence.line))
+        on_line = list(parsed.on_line(evidence.line))
         if any(isinstance(n, ast.Name) and n.id == name for n in on_line):
             return None
         pattern = re.compile(rf"\b{re.escape(name)}\b")
@@ -151,29 +151,42 @@ class PeerVeto:
         lines = (self._text_of(file) or "").splitlines()
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
-    def _parsed(self, file: str) -> tuple[ast.Module, dict[ast.AST, ast.AST]] | None:
+    def _parsed(self, file: str) -> _Parsed | None:
         if file not in self._trees:
             text = self._text_of(file)
             try:
                 tree = ast.parse(text) if text is not None else None
             except (SyntaxError, ValueError, RecursionError):
                 tree = None
-            if tree is None:
-                self._trees[file] = None
-            else:
-                parents = {
-                    child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)
-                }
-                self._trees[file] = (tree, parents)
+            self._trees[file] = None if tree is None else _Parsed(tree)
         return self._trees[file]
 
 
-def _nodes_on_line(tree: ast.Module, line: int) -> Iterator[ast.AST]:
-    for node in ast.walk(tree):
-        start = getattr(node, "lineno", None)
-        end = getattr(node, "end_lineno", None)
-        if start is not None and start <= line <= (end or start):
-            yield node
+class _Parsed:
+    """A file's tree with each node's parent and the nodes on each line, found in one walk
+    (each peer finding looks at one line: a walk of the whole tree per finding cost more than
+    the file's parse)."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.tree = tree
+        self.parents: dict[ast.AST, ast.AST] = {}
+        self._by_line: dict[int, list[ast.AST]] = {}
+        todo: deque[ast.AST] = deque([tree])
+        while todo:  # `ast.walk`'s order, which the nodes of a line keep
+            node = todo.popleft()
+            children = list(ast.iter_child_nodes(node))
+            for child in children:
+                self.parents[child] = node
+            todo.extend(children)
+            start = getattr(node, "lineno", None)
+            if start is not None:
+                end = getattr(node, "end_lineno", None) or start
+                for line in range(start, end + 1):
+                    self._by_line.setdefault(line, []).append(node)
+
+    def on_line(self, line: int) -> Iterator[ast.AST]:
+        """The nodes that span `line`, in `ast.walk` order."""
+        return iter(self._by_line.get(line, ()))
 
 
 def _calls_named(nodes: Iterator[ast.AST], name: str) -> list[ast.Call]:
