@@ -9,8 +9,10 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -124,14 +126,62 @@ async def _until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_the_local_executor_tells_a_workers_end() -> None:
-    ended = threading.Event()
-    process = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0.1,))
+def _records_then_exits_slowly(recorded: Connection) -> None:
+    recorded.close()  # what `worker.run` does once the outcome is in the store
+    time.sleep(1.0)  # the process's teardown, slow here
+
+
+def _bare_executor(on_end: Callable[[], None]) -> LocalExecutor:
+    """A LocalExecutor's bookkeeping without its fork server."""
+    executor = LocalExecutor.__new__(LocalExecutor)
+    executor.max_workers, executor._children, executor._exiting = 1, {}, []
+    executor._lock, executor._on_end = threading.Lock(), on_end
+    return executor
+
+
+def _started(executor: LocalExecutor, target: Callable[..., None], *args: object) -> None:
+    context = multiprocessing.get_context("fork")
+    recorded, record = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(*args, record))
     process.start()
-    LocalExecutor._tell_end(process, ended.set)  # returns once the worker has ended
-    assert ended.is_set()
+    record.close()
+    executor._children["a1"] = process
+    threading.Thread(target=executor._tell_end, args=("a1", process, recorded)).start()
+
+
+def test_a_worker_frees_its_slot_once_it_has_recorded_the_outcome_not_once_it_has_exited() -> None:
+    ended = threading.Event()
+    executor = _bare_executor(ended.set)
+    _started(executor, _records_then_exits_slowly)
+    assert ended.wait(0.8)  # told before the worker's exit
+    assert executor.running() == [] and executor.free_slots() == 1
+    (process,) = executor._exiting
+    assert process.is_alive()  # still exiting: reaped later, or killed at shutdown
     process.join()
+    assert executor.running() == [] and executor._exiting == []
     assert process.exitcode == 0
+
+
+def test_a_worker_that_dies_without_a_word_is_told_by_its_end() -> None:
+    ended = threading.Event()
+    executor = _bare_executor(ended.set)
+    _started(executor, lambda _recorded: time.sleep(0.1))  # never closes its pipe itself
+    assert ended.wait(5)
+    executor._exiting[0].join()
+    assert executor.running() == [] and executor._exiting == []
+
+
+def test_a_worker_still_exiting_is_killed_at_shutdown() -> None:
+    executor = _bare_executor(lambda: None)
+    _started(executor, _records_then_exits_slowly)
+    deadline = time.monotonic() + 5
+    while not executor._exiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (process,) = executor._exiting
+    started = time.monotonic()
+    executor.close()
+    assert process.pid is not None and not psutil.pid_exists(process.pid)  # killed, reaped
+    assert time.monotonic() - started < 0.9  # not left to end its sleep
 
 
 def _report(audit_id: str) -> AuditReport:

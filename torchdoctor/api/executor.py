@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
@@ -55,13 +55,22 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Worker processes on this machine, at most `max_workers` at once."""
+    """Worker processes on this machine, at most `max_workers` at once.
+
+    A worker says when its audit's outcome is recorded (it closes the pipe it was given), and
+    from then on neither holds a slot nor counts as running: the next audit starts, and the
+    audit's parked repeats finish, while the kernel still tears the worker's address space
+    down (10-40 ms for a worker that ran its peers, once per audit, on every slot's path).
+    It is reaped once it has exited, and killed with the rest at shutdown.
+    """
 
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([worker.__name__, PRELOAD])
         self._children: dict[str, BaseProcess] = {}
+        self._exiting: list[BaseProcess] = []
+        """Workers whose audit's outcome is recorded, not yet reaped."""
         self._lock = threading.Lock()
         self._on_end: Callable[[], None] | None = None
         # The fork server imports the audit machinery once, in the background.
@@ -74,30 +83,40 @@ class LocalExecutor:
         return self.max_workers - len(self.running())
 
     def start(self, audit_id: str, owner: str) -> None:
+        recorded, record = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker.run,
-            args=(audit_id, owner, os.getpid()),
+            args=(audit_id, owner, os.getpid(), record),
             name=f"torchdoctor-audit-{audit_id}",
         )
         process.start()
+        record.close()  # the worker's copy alone: end of file once it has recorded its outcome
         with self._lock:
             self._children[audit_id] = process
-        if self._on_end is not None:
-            threading.Thread(
-                target=self._tell_end, args=(process, self._on_end), daemon=True
-            ).start()
+        threading.Thread(
+            target=self._tell_end, args=(audit_id, process, recorded), daemon=True
+        ).start()
 
     def watch_ends(self, callback: Callable[[], None]) -> None:
         self._on_end = callback
 
-    @staticmethod
-    def _tell_end(process: BaseProcess, callback: Callable[[], None]) -> None:
-        """Waits on the worker's sentinel (it does not reap it: `running` does)."""
-        wait([process.sentinel])
-        callback()
+    def _tell_end(self, audit_id: str, process: BaseProcess, recorded: Connection) -> None:
+        """Waits until the worker has recorded its audit's outcome, or has ended (its pipe's
+        end of file, or its sentinel), then lets its slot go (it is reaped by `running`)."""
+        wait([process.sentinel, recorded])
+        recorded.close()
+        with self._lock:
+            if self._children.get(audit_id) is process:
+                del self._children[audit_id]
+                self._exiting.append(process)
+        if self._on_end is not None:
+            self._on_end()
 
     def running(self) -> list[str]:
         with self._lock:
+            for child in [c for c in self._exiting if not c.is_alive()]:
+                child.join()
+                self._exiting.remove(child)
             for audit_id, child in list(self._children.items()):
                 if not child.is_alive():
                     child.join()
@@ -107,15 +126,23 @@ class LocalExecutor:
     def kill(self, audit_id: str) -> None:
         with self._lock:
             child = self._children.pop(audit_id, None)
-        if child is not None and child.pid is not None:
+        if child is not None:
+            self._kill(child)
+
+    @staticmethod
+    def _kill(child: BaseProcess) -> None:
+        if child.pid is not None:
             kill_tree(child.pid)
             child.join()
 
     def close(self) -> None:
         with self._lock:
             audit_ids = list(self._children)
+            exiting, self._exiting = self._exiting, []
         for audit_id in audit_ids:
             self.kill(audit_id)
+        for child in exiting:
+            self._kill(child)
 
 
 def executor_for(settings: ApiSettings) -> Executor:

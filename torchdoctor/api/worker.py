@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,16 @@ def warm_audit() -> None:
             thread.join(timeout=5.0)
 
 
-def run(audit_id: str, owner: str, server_pid: int) -> None:
-    """The worker's entry point: run one claimed audit and record how it ended."""
+def run(audit_id: str, owner: str, server_pid: int, recorded: Connection | None = None) -> None:
+    """The worker's entry point: run one claimed audit and record how it ended, then close
+    `recorded` (the executor then lets this worker's slot go while it exits)."""
     try:
         ServerWatch(server_pid).start()
     except psutil.NoSuchProcess:
         return
     record_outcome(audit_id, owner, forked=True)
+    if recorded is not None:
+        recorded.close()
 
 
 def run_on_cluster(audit_id: str, owner: str) -> None:
