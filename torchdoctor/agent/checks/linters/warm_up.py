@@ -36,7 +36,8 @@ def warm_peers(project: Path | None = None) -> list[str]:
     """Preload the Python peers, then run each once (in a fork, on `project`'s `train.py`, or
     on `SAMPLE` in a scratch folder) and import what that run loaded late, and do TorchFix's
     per-file set-up once (`torchfix_setup`) and flake8's plugin search once, its unselected
-    bundled checkers skipped (`flake8_setup`); the peers preloaded.
+    bundled checkers skipped (`flake8_setup`), and run detect-secrets once here
+    (`warm.run_in_process`); the peers preloaded.
     """
     loaded = warm.preload()
     if project is None:
@@ -48,7 +49,21 @@ def warm_peers(project: Path | None = None) -> list[str]:
     if "flake8" in loaded:
         flake8_setup.prepare()
         torchfix_setup.prepare(SAMPLE)
+    _run_here([name for name in warm.IN_PROCESS_WARM_UP if name in loaded])
     return loaded
+
+
+def _run_here(scripts: list[str]) -> None:
+    """One run of each of `scripts` in this process, on `SAMPLE` (`warm.run_in_process`)."""
+    with tempfile.TemporaryDirectory(prefix="td-warm-peers-") as scratch:
+        sample = Path(scratch) / "train.py"
+        sample.write_text(SAMPLE, encoding="utf-8")
+        for adapter in default_adapters(offline=True):
+            executable = getattr(adapter, "executable", "")
+            path = resolve_executable(executable) if executable in scripts else None
+            command = getattr(adapter, "command", None)
+            if path is not None and command is not None:
+                warm.run_in_process(path, command(path, [str(sample)], Path(scratch)))
 
 
 def _import_late_modules(project: Path) -> None:
