@@ -93,7 +93,7 @@ def _step_block(
     loop = flagged_loop(ctx, target)
     everywhere = []
     for block in ctx.find(cst.IndentedBlock):
-        span = _forward_span(block.body)
+        span = _forward_span(ctx, block.body)
         if span is not None:
             everywhere.append((block, (block.body, *span)))
     # the step written in the loop itself, else in the one function the loop calls
@@ -119,7 +119,7 @@ def _calls_a_forward(stmts: Sequence[cst.BaseStatement]) -> bool:
     return False
 
 
-def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
+def _forward_span(ctx: SourceContext, stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
     for index, stmt in enumerate(stmts):
         loss = _backward_receiver(stmt)
         if loss is None:
@@ -128,25 +128,86 @@ def _forward_span(stmts: Sequence[cst.BaseStatement]) -> tuple[int, int] | None:
         if not assigned:
             return None
         last = assigned[-1]
-        first = last
-        while first > 0:
-            if _is_compute(stmts[first - 1]) or _is_forward_branch(stmts[first - 1]):
-                first -= 1
-                continue
-            earlier = _forward_behind_moves(stmts, first, last)
-            if earlier is None:
-                break
-            first = earlier
-        return first, last
+        kept = _span_start(ctx, stmts, last, across_zero_grad=False)
+        crossed = _span_start(ctx, stmts, last, across_zero_grad=True)
+        # past a zero_grad only to take in a forward: `loss_pos = criterion(...)` behind it,
+        # the model called in a branch further up, is still the loss alone
+        if crossed < kept and _calls_a_model(ctx, stmts[crossed:kept]):
+            return crossed, last
+        return kept, last
     return None
 
 
-def _forward_behind_moves(stmts: Sequence[cst.BaseStatement], first: int, last: int) -> int | None:
+def _span_start(
+    ctx: SourceContext, stmts: Sequence[cst.BaseStatement], last: int, across_zero_grad: bool
+) -> int:
+    first = last
+    while first > 0:
+        if _is_compute(stmts[first - 1]) or _is_forward_branch(stmts[first - 1]):
+            first -= 1
+            continue
+        earlier = _forward_behind_moves(ctx, stmts, first, last, across_zero_grad)
+        if earlier is None:
+            break
+        first = earlier
+    return first
+
+
+_BUILTINS = frozenset(
+    {"len", "float", "int", "range", "sum", "min", "max", "abs", "list", "tuple", "zip", "round"}
+)
+
+
+def _calls_a_model(ctx: SourceContext, stmts: Sequence[cst.BaseStatement]) -> bool:
+    """Some call in `stmts` is of a name or a `self.` attribute (`model(x)`,
+    `self.net(x)`) that is neither a torch function, a builtin nor a loss (a name bound to a
+    torch.nn loss module, or named for one: `criterion`, `loss_fn`); method calls on values
+    (`pred.double()`, `y.to(device)`) are not."""
+    losses = {
+        name
+        for assign in ctx.find(cst.Assign)
+        if isinstance(assign.value, cst.Call)
+        and (ctx.qualname(assign.value.func) or "").startswith("torch.nn.")
+        and (ctx.qualname(assign.value.func) or "").endswith("Loss")
+        for target in assign.targets
+        if (name := dotted_name(target.target))
+    }
+    for stmt in stmts:
+        for node in descendants(stmt):
+            if not isinstance(node, cst.Call):
+                continue
+            if (ctx.qualname(node.func) or "").startswith("torch."):
+                continue
+            callee = dotted_name(node.func) or ""
+            if not (isinstance(node.func, cst.Name) or callee.startswith("self.")):
+                continue
+            if callee in _BUILTINS or callee in losses:
+                continue
+            if "criterion" in callee.lower() or "loss" in callee.lower():
+                continue
+            return True
+    return False
+
+
+def _forward_behind_moves(
+    ctx: SourceContext,
+    stmts: Sequence[cst.BaseStatement],
+    first: int,
+    last: int,
+    across_zero_grad: bool = False,
+) -> int | None:
     """The forward statement behind the device moves just before `first`, when the span reads
     what it binds: `output = model(batch)`, then `labels = ....to(device)`, then `loss =
-    criterion(output, labels)` (powerful-gnns) is one forward pass, the move inside it."""
+    criterion(output, labels)` (powerful-gnns) is one forward pass, the move inside it. A
+    `zero_grad()` between the forward and the loss (`preds = model(...)`, then
+    `optimizer.zero_grad()`, then `loss = F.cross_entropy(preds, ...)`) is passed over the same
+    way while the span calls torch functions only: without it the span would be the loss
+    alone, which autocast leaves in float32."""
+    loss_only = across_zero_grad and _torch_calls_only(ctx, stmts[first : last + 1])
     index = first - 1
-    while index >= 0 and _moves_only(stmts[index]):
+    while index >= 0 and (
+        _moves_only(stmts[index]) or (loss_only and _clears_grads_only(stmts[index]))
+    ):
         index -= 1
     if index < 0 or index == first - 1:
         return None
@@ -179,6 +240,29 @@ def _moves_only(stmt: cst.BaseStatement) -> bool:
         return _every_branch(stmt, _moves_only)
     return isinstance(stmt, cst.SimpleStatementLine) and all(
         isinstance(small, cst.Assign) and _is_device_move(small.value) for small in stmt.body
+    )
+
+
+def _torch_calls_only(ctx: SourceContext, stmts: Sequence[cst.BaseStatement]) -> bool:
+    """Every call in `stmts` is a torch function or a tensor method (`F.cross_entropy(
+    preds.view(-1, n), ys)`): a loss computed from a forward made before them."""
+    for stmt in stmts:
+        for node in descendants(stmt):
+            if not isinstance(node, cst.Call):
+                continue
+            if (ctx.qualname(node.func) or "").startswith("torch."):
+                continue
+            if isinstance(node.func, cst.Attribute) and node.func.attr.value in _TENSOR_METHODS:
+                continue
+            return False
+    return True
+
+
+def _clears_grads_only(stmt: cst.BaseStatement) -> bool:
+    """`optimizer.zero_grad()` (or `opt.optimizer.zero_grad(set_to_none=True)`) alone."""
+    return isinstance(stmt, cst.SimpleStatementLine) and all(
+        isinstance(small, cst.Expr) and method_call(small.value, "zero_grad") is not None
+        for small in stmt.body
     )
 
 
