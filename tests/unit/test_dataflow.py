@@ -166,6 +166,37 @@ def test_grad_disabled_by_decorator_and_by_block() -> None:
     assert by_line == {5: True, 8: True, 9: False}
 
 
+def test_a_binding_after_the_loop_does_not_reach_a_read_inside_it() -> None:
+    """`labels` read in a selection loop is the training labels bound before it; binding the
+    test labels to the same name after the loop cannot come back around to that read, while
+    a binding later inside the loop (or the loop's own target) does."""
+    flow = flow_of(
+        """
+        def pick(costs, train_y, test_y, xs):
+            labels = train_y
+            for c in costs:
+                s = score(c, labels)
+            labels = test_y
+            for c in costs:
+                r = score(c, labels)
+                labels = relabel(c)
+            x = 0
+            for x in xs:
+                print(x)
+        """
+    )
+    reads = {
+        (n.id, n.lineno): flow.reaching(n)
+        for n in ast.walk(flow.ctx.tree)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in ("labels", "x")
+    }
+    assert {k: v if v is None else ast.unparse(v) for k, v in reads.items()} == {
+        ("labels", 5): "train_y",
+        ("labels", 8): None,
+        ("x", 12): None,
+    }
+
+
 def test_accumulations_skip_resets_and_backpropagated_totals() -> None:
     flow = flow_of(
         """

@@ -568,7 +568,7 @@ class DefUse:
         The flow-sensitive answer for `out, _ = rnn(x); out = out[:, -1]`."""
         read = (name.lineno, name.col_offset)
         earlier: list[tuple[tuple[int, int], ast.stmt, ast.expr]] = []
-        later = False
+        later: list[ast.stmt] = []
         for value in self.definitions(name):
             stmt = self._statement_of(value)
             if stmt is None:
@@ -576,7 +576,7 @@ class DefUse:
             if (stmt.end_lineno or stmt.lineno, stmt.end_col_offset or 0) <= read:
                 earlier.append(((stmt.lineno, stmt.col_offset), stmt, value))
             else:
-                later = True
+                later.append(stmt)
         if not earlier:
             return None
         earlier.sort(key=lambda item: item[0])
@@ -585,8 +585,11 @@ class DefUse:
         if block is None:
             return None
         for anc in self.ctx.ancestors(name):
-            if later and isinstance(anc, ast.For | ast.AsyncFor | ast.While):
-                return None
+            if isinstance(anc, ast.For | ast.AsyncFor | ast.While) and any(
+                anc is rebound or any(a is anc for a in self.ctx.ancestors(rebound))
+                for rebound in later
+            ):
+                return None  # rebound in this loop (its target too): a next iteration reads that
             if isinstance(anc, ast.stmt) and any(anc is s for s in block):
                 return value if block.index(anc) > block.index(stmt) else None
         return None
