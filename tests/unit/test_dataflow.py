@@ -166,6 +166,29 @@ def test_grad_disabled_by_decorator_and_by_block() -> None:
     assert by_line == {5: True, 8: True, 9: False}
 
 
+def test_a_switch_statement_inside_a_loop_decides_the_statements_after_it() -> None:
+    """A training loop's periodic validation block turns autograd off with a bare
+    `torch.set_grad_enabled(False)`, validates, and turns it back on (VirTex's scripts)."""
+    flow = flow_of(
+        """
+        import torch
+        def fit(model, train_loader, val_loader, every):
+            for it, x in enumerate(train_loader):
+                a = model(x)
+                if it % every == 0:
+                    b = model(x)
+                    torch.set_grad_enabled(False)
+                    for v in val_loader:
+                        c = model(v)
+                    torch.set_grad_enabled(True)
+                d = model(x)
+        """
+    )
+    calls = [n for n in ast.walk(flow.ctx.tree) if isinstance(n, ast.Call)]
+    by_line = {c.lineno: flow.grad_disabled_at(c) for c in calls if ast.unparse(c.func) == "model"}
+    assert by_line == {5: False, 7: False, 10: True, 12: False}
+
+
 def test_a_binding_after_the_loop_does_not_reach_a_read_inside_it() -> None:
     """`labels` read in a selection loop is the training labels bound before it; binding the
     test labels to the same name after the loop cannot come back around to that read, while

@@ -103,11 +103,13 @@ def _mentions_switch(ctx: ModuleContext) -> bool:
 
 
 def _straight_statements(body: list[ast.stmt]) -> list[ast.stmt]:
-    """Statements of a body and of its `if`/`try`/`with` blocks (not loops or nested defs)."""
+    """Statements of a body and of its `if`/`try`/`with` blocks and loops (not nested defs):
+    a training loop's periodic validation block that switches autograd off, validates and
+    switches it back on (`if it % every == 0: torch.set_grad_enabled(False) ... True`)."""
     out: list[ast.stmt] = []
     for stmt in body:
         out.append(stmt)
-        if isinstance(stmt, ast.If | ast.With | ast.AsyncWith):
+        if isinstance(stmt, ast.If | ast.With | ast.AsyncWith | ast.For | ast.AsyncFor | ast.While):
             out += _straight_statements(stmt.body)
             out += _straight_statements(getattr(stmt, "orelse", []))
         elif isinstance(stmt, ast.Try):
