@@ -237,6 +237,10 @@ class GraphOrigins(ModelFacts):
             return None
         if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
+        if isinstance(func, ast.Name) and func.id in self.module_classes:
+            # `STFTLoss(fs, ss, wl)`: building a module of this file (one resolution of a
+            # multi-resolution loss, kept in a ModuleList) makes a module, not a value
+            return None
         if self.is_loss_callee(func) and not self._backpropagates_itself(call):
             helpers = self.ctx.calls.resolve(call)
             if helpers and all(self._grad_off_inside(fn) for fn in helpers):
