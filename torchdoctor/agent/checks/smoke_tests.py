@@ -48,6 +48,32 @@ def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:
     return not any(marker in text for marker in _LOADS_WEIGHTS)
 
 
+def is_dataset_demo(ctx: ModuleContext, guard: ast.stmt) -> bool:
+    """`guard` (a `__main__` block) builds a dataset its module defines and looks at it
+    (prints it, plots a shuffled batch or two) and trains nothing: no training loop, no
+    backward or optimizer, no weights loaded (the Cityscapes and SBD loaders of a DeepLab
+    port, a PyG `InMemoryDataset` file of GraphGPS). Which samples a run shows is all a seed
+    would fix."""
+    if ctx.loops.training_loops:
+        return False
+    datasets = {
+        node.name
+        for node in ctx.tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(ast.unparse(base).endswith("Dataset") for base in node.bases)
+    }
+    if not datasets or not any(
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in datasets
+        for node in ast.walk(guard)
+    ):
+        return False
+    text = ast.unparse(guard)
+    return not any(marker in text for marker in (*_LOADS_WEIGHTS, *_TRAINS))
+
+
+_TRAINS = (".backward(", "optim.", ".step(")
+
+
 @lru_cache(maxsize=4096)
 def is_test_module(path: str) -> bool:
     """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's

@@ -13,7 +13,11 @@ from torchdoctor.agent.checks.analysis.vocabulary import ALL_LIBRARY_SEEDERS, DI
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
-from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test, is_test_module
+from torchdoctor.agent.checks.smoke_tests import (
+    is_dataset_demo,
+    is_model_smoke_test,
+    is_test_module,
+)
 from torchdoctor.agent.models import Severity
 
 _SEEDERS = (
@@ -199,6 +203,7 @@ class NoTorchSeed(Rule):
         if loops or (
             _uses_torch_randomness(ctx)
             and not is_model_smoke_test(ctx, guard)
+            and not is_dataset_demo(ctx, guard)
             and not _guard_draws_nothing(ctx, guard)
         ):
             return guard
