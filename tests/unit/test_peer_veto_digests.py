@@ -91,3 +91,28 @@ def test_credentials_that_are_the_field_names_are_a_usage_example() -> None:
     assert "usage example" in (_reason_in(CAMERAS, 2, code) or "")
     assert "usage example" in (_reason_in(CAMERAS, 3, code) or "")
     assert _reason_in(CAMERAS, 4, code) is None  # a real-looking password stays a finding
+
+
+DATASETS = """\
+class Peptides:
+    def __init__(self, root):
+        self.url = 'https://example.org/peptides.csv.gz'
+        self.version = '701eb743e899f4d793f0e13c8fa5a1b4'  # MD5 hash of the intended dataset file
+        # self.version = '9786061a34298a0684150f2e4ff13f47'
+        self.release = 'c240c1c15466b5c907c63e180fa8aa89'  # the file we were given
+        self.signing = '5a0114bdadc80b94fc7ae974f13ef061'  # sha256 of the api token
+"""
+
+
+def test_hex_that_the_line_comment_calls_a_digest_is_ruled_out() -> None:
+    """The LRGB dataset classes bind each file's MD5 to `self.version` and say so in the
+    line's comment; the binding name alone says nothing."""
+    code = "Hex High Entropy String"
+    assert "digest" in (_reason_in(DATASETS, 4, code) or "")
+
+
+def test_hex_without_a_digest_comment_or_with_a_secret_in_it_stays() -> None:
+    code = "Hex High Entropy String"
+    assert _reason_in(DATASETS, 5, code) is None  # commented-out code: the comment is the line
+    assert _reason_in(DATASETS, 6, code) is None  # the comment does not say what it is
+    assert _reason_in(DATASETS, 7, code) is None  # a digest of a secret names the secret

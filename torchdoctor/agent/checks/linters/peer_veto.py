@@ -24,7 +24,9 @@ the file's place in the project:
   caught (a download retry loop).
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
-  `commit`) and to no secret's name: a checksum or a torrent/commit hash is public by nature.
+  `commit`) and to no secret's name, or where the line's comment says so (`self.version =
+  '701eb7...'  # MD5 hash of the intended dataset file`): a checksum or a torrent/commit hash
+  is public by nature.
 - detect-secrets "Basic Auth Credentials" where every URL on the line carries the field names
   as its credentials (`rtsp://username:password@host`, `<user>:<password>`): a usage example.
 - detect-secrets "Base64/Hex High Entropy String" where every such literal on the line is a
@@ -61,7 +63,9 @@ A ruled-out finding is kept as context for the reasoner, with the reason; it is 
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -104,8 +108,8 @@ class PeerVeto:
         if by_path is not None and (why := by_path(evidence.file)):
             return why
         by_line = _LINE_CHECKS.get((evidence.source, code))
-        if by_line is not None:
-            return by_line(self._line(evidence.file, evidence.line))
+        if by_line is not None and (why := by_line(self._line(evidence.file, evidence.line))):
+            return why
         if (evidence.source, code) == ("ruff", "F821"):
             return self._undefined_name(evidence)
         check = self._checks.get((evidence.source, code))
@@ -556,6 +560,24 @@ _PLACEHOLDER_USERS = frozenset({"user", "username", "usr", "login", "name", "id"
 _PLACEHOLDER_SECRETS = frozenset({"password", "pass", "passwd", "pwd", "secret", "token"})
 
 
+def _digest_named_by_the_comment(line: str) -> str | None:
+    """`self.version = '701eb743...'  # MD5 hash of the intended dataset file` (the LRGB
+    dataset classes, Peptides and PCQM4Mv2-contact, and the code that copies them): the
+    line's own comment says the hex literal is a content digest, and names no secret."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    comments = [t.string for t in tokens if t.type == tokenize.COMMENT]
+    code = [t for t in tokens if t.type == tokenize.STRING and _HEX.search(t.string)]
+    if not code or len(comments) != 1:
+        return None
+    comment = comments[0]
+    if not _DIGEST_WORDS.search(comment) or _SECURITY_WORDS.search(comment):
+        return None
+    return "the line's comment calls the hex literal a content digest: public, not a credential"
+
+
 def _placeholder_credentials(line: str) -> str | None:
     """`rtsp://username:password@host` in a usage comment: the words that name the fields,
     not values (detect-secrets' "Basic Auth Credentials" on yolov7's camera examples)."""
@@ -717,6 +739,7 @@ _load_weights_only_elsewhere = _first_reason(
 
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
+    ("detect-secrets", "Hex High Entropy String"): _digest_named_by_the_comment,
 }
 _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
