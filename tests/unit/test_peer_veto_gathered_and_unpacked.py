@@ -275,3 +275,53 @@ def test_loaders_over_in_memory_tensor_datasets_are_ruled_out() -> None:
 def test_loaders_over_files_or_rebound_datasets_stay() -> None:
     assert _reason(LOADERS, "torchfix", "TOR401", 15) is None  # images decoded per batch
     assert _reason(LOADERS, "torchfix", "TOR401", 19) is None  # rebound to an augmenting wrapper
+
+
+ORTHOGONAL = """\
+import torch
+
+TORCH_GE_1_8_0 = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (1, 8)
+
+
+def chunk(block):
+    if TORCH_GE_1_8_0:
+        q, r = torch.linalg.qr(block, mode="reduced")
+    else:
+        q, r = torch.qr(block, some=True)
+    return q
+
+
+def chunk_unchecked(block):
+    q, r = torch.qr(block, some=True)
+    return q
+
+
+def cpu_context(bf16):
+    if torch.cuda.is_available():
+        return torch.amp.autocast("cuda", enabled=False)
+    else:
+        return torch.cpu.amp.autocast(enabled=bf16)
+"""
+
+
+def _deprecated(line: int, name: str) -> str | None:
+    evidence = Evidence(
+        source="torchfix",
+        kind="linter",
+        message=f"Use of deprecated function {name}",
+        file="m.py",
+        line=line,
+        data={"code": "TOR101"},
+    )
+    return PeerVeto(lambda _: ORTHOGONAL).reason(evidence)
+
+
+def test_deprecated_call_on_the_fallback_branch_of_a_version_check_is_ruled_out() -> None:
+    """performer-pytorch's orthogonal features: torch.qr only where torch.linalg.qr is
+    missing, as deprecated-torch-api reads it."""
+    assert "compatibility check" in (_deprecated(10, "torch.qr") or "")
+
+
+def test_deprecated_call_without_the_replacement_beside_it_stays() -> None:
+    assert _deprecated(15, "torch.qr") is None  # no check at all
+    assert _deprecated(23, "torch.cpu.amp.autocast") is None  # a device branch: autocast('cuda')

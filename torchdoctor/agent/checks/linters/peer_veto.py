@@ -45,6 +45,9 @@ the file's place in the project:
 
 - detect-secrets "Secret Keyword" where every string on the line is a placeholder word
   (`client_keys='default'`, `'none'`, `''`) or markup (`<API_KEY>`, `${TOKEN}`).
+- TorchFix TOR101 (a deprecated function) on the fallback branch of a compatibility check
+  whose other branch calls the replacement (`if TORCH_GE_1_8_0: torch.linalg.qr(...) else:
+  torch.qr(...)`), as deprecated-torch-api reads it.
 - ruff F821 (undefined name) where the name is on the line only inside a string annotation
   (a forward reference such as `Union["optuna.Trial", ...]`, never evaluated), or in a module
   that runs `exec` at its top level (setup.py's `exec(version_file.read())`).
@@ -69,7 +72,12 @@ import tokenize
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from torchdoctor.agent.checks.data.torch_api import format_version, torch_api
+from torchdoctor.agent.checks.compat_fallback import (
+    on_fallback_branch,
+    replacement_of,
+    string_arguments,
+)
+from torchdoctor.agent.checks.data.torch_api import format_version, rows_by_name, torch_api
 from torchdoctor.agent.checks.safe_globals import within_safe_globals
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Evidence
@@ -112,6 +120,8 @@ class PeerVeto:
             return why
         if (evidence.source, code) == ("ruff", "F821"):
             return self._undefined_name(evidence)
+        if (evidence.source, code) == ("torchfix", "TOR101"):
+            return self._deprecated_fallback(evidence)
         check = self._checks.get((evidence.source, code))
         if check is None:
             return None
@@ -149,6 +159,30 @@ class PeerVeto:
             for n in on_line
         ):
             return f"`{name}` appears only in a string annotation (a forward reference), never run"
+        return None
+
+    def _deprecated_fallback(self, evidence: Evidence) -> str | None:
+        """TorchFix TOR101 (a deprecated function) on the fallback branch of a compatibility
+        check whose other branch calls the replacement (`if TORCH_GE_1_8_0: torch.linalg.qr
+        else: torch.qr`): deprecated-torch-api's own reading (`compat_fallback`)."""
+        found = re.search(r"deprecated function ([\w.]+)", evidence.message)
+        row = rows_by_name("deprecated").get(found.group(1)) if found else None
+        replacement = replacement_of(row) if row is not None else None
+        parsed = self._parsed(evidence.file or "")
+        if replacement is None or parsed is None or evidence.line is None or found is None:
+            return None
+        name, literals = replacement
+        tail = name.removeprefix("torch.")
+        called = found.group(1).rsplit(".", 1)[-1]
+
+        def is_replacement(call: ast.Call) -> bool:
+            text = ast.unparse(call.func)
+            named = text == tail or text.endswith("." + tail)
+            return named and literals <= string_arguments(call)
+
+        calls = _calls_named(parsed.on_line(evidence.line), called)
+        if calls and all(on_fallback_branch(c, parsed.parents.get, is_replacement) for c in calls):
+            return f"the fallback branch of a compatibility check whose other branch calls {name}"
         return None
 
     def _line(self, file: str, line: int) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.compat_fallback import (
+    on_fallback_branch,
+    replacement_of,
+    string_arguments,
+)
 from torchdoctor.agent.checks.data.torch_api import (
     ApiChange,
     callee_names,
@@ -15,12 +19,7 @@ from torchdoctor.agent.checks.data.torch_api import (
     target_torch,
 )
 from torchdoctor.agent.checks.dataflow import identifier
-from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
-
-_LEADING_NAME = re.compile(r"[A-Za-z_][\w.]*")
-_FIRST_ARGUMENTS = re.compile(r"\(([^)]*)\)")
-_QUOTED = re.compile(r"'([^']*)'")
 
 
 class DeprecatedTorchApi(Rule):
@@ -93,49 +92,12 @@ def _deprecated_for(ctx: ModuleContext, row: ApiChange) -> bool:
 
 
 def _fallback_beside_the_replacement(ctx: ModuleContext, node: ast.AST, row: ApiChange) -> bool:
-    """`node` is on one branch of an `if` (or a conditional expression, or a `try` and its
-    handlers) whose other branch calls the API that replaces it: a compatibility check that
-    runs the deprecated call only on releases without the replacement."""
-    text = row.replacement or ""
-    found = _LEADING_NAME.match(text)
-    replacement = found.group(0).rstrip(".") if found else ""
-    if not replacement.startswith("torch."):
+    replacement = replacement_of(row)
+    if replacement is None:
         return False
-    # the literals the replacement is called with (`torch.amp.autocast('cpu', ...)`): the other
-    # branch's `torch.amp.autocast('cuda')` is a device branch, not the same job
-    arguments = _FIRST_ARGUMENTS.match(text[len(replacement) :])
-    literals = set(_QUOTED.findall(arguments.group(1))) if arguments else set()
-    child: ast.AST = node
-    for anc in ctx.ancestors(node):
-        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
-            return False
-        others: list[ast.AST] = []
-        if isinstance(anc, ast.If):
-            others = list(
-                anc.orelse if child in anc.body else anc.body if child in anc.orelse else []
-            )
-        elif isinstance(anc, ast.IfExp) and child is not anc.test:
-            others = [anc.orelse if child is anc.body else anc.body]
-        elif isinstance(anc, ast.Try):
-            if child in anc.body:
-                others = [stmt for handler in anc.handlers for stmt in handler.body]
-            elif child in anc.handlers:
-                others = list(anc.body)
-        if any(
-            isinstance(n, ast.Call)
-            and ctx.flow.qualname_of(n) == replacement
-            and literals <= _string_arguments(n)
-            for other in others
-            for n in walk_tree(other)
-        ):
-            return True
-        child = anc
-    return False
-
-
-def _string_arguments(call: ast.Call) -> set[str]:
-    return {
-        a.value
-        for a in [*call.args, *(k.value for k in call.keywords)]
-        if isinstance(a, ast.Constant) and isinstance(a.value, str)
-    }
+    name, literals = replacement
+    return on_fallback_branch(
+        node,
+        ctx.parents.get,
+        lambda call: ctx.flow.qualname_of(call) == name and literals <= string_arguments(call),
+    )
