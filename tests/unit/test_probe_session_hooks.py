@@ -195,3 +195,30 @@ def test_the_overhead_benchmark_names_each_step_as_the_harness_treats_it() -> No
         probes.uninstall()
     assert seen == {index: bench.step_kind(index, config) for index in range(12)}
     assert set(seen.values()) == {"sampled", "flush", "ordinary"}
+
+
+def test_an_evaluation_inside_a_step_is_read_back_forward_by_forward_on_a_cpu(
+    session: Session,
+) -> None:
+    """nanoGPT's lecture script evaluates 400 batches before its first optimizer step: on a CPU
+    each forward's module statistics are read at once, not held until the step ends (thousands
+    of small tensors kept among the forwards' large ones fragmented the heap, 0.5 -> 4 GB),
+    and the evaluation's statistics are all still counted."""
+    torch.manual_seed(0)
+    model, criterion = _classifier(), nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert session.watching  # step 0 is sampled: every module's output is measured
+    waiting = []
+    model.eval()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(4, 6))
+            waiting.append(session.forward.waiting)
+    model.train()
+    _train_step(model, criterion, optimizer)
+    session.flush()
+
+    assert waiting == [0] * 5
+    calls = {name: stats.calls for name, stats in session.forward.stats.items()}
+    assert calls and all(count == 6 for count in calls.values()), calls  # 5 evaluations + 1
+    assert sorted(session.loss.values) == [0]

@@ -278,6 +278,11 @@ class ForwardWatch:
         self.types.setdefault(name, type(module).__name__)
         self._pending.append((step, name, "forward", x.numel(), torch.stack(parts)))
 
+    @property
+    def waiting(self) -> int:
+        """Statistics not read back yet."""
+        return len(self._pending)
+
     def on_device(self) -> list[torch.Tensor]:
         return [s for *_, s in self._pending]
 

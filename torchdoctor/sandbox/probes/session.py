@@ -68,6 +68,10 @@ FUNCTIONAL_LOSSES = (
     "kl_div",
 )
 CAPTURE_MAX_NUMEL = 50_000_000
+MAX_WAITING_READS = 20_000
+"""Module-output statistics left on a GPU before they are read back within a step (one host
+sync each time): a step that runs thousands of forwards (an evaluation of hundreds of batches
+before the first optimizer step) would otherwise hold them all until the step ends."""
 _Loss = torch.nn.modules.loss._Loss
 _ACTIVE: Session | None = None
 
@@ -390,6 +394,12 @@ class Session:
                 if not self.optimizer_built:
                     self.forwards += 1
                     self._end_step()
+                elif self.forward.waiting > (MAX_WAITING_READS if cuda_in_use() else 0):
+                    # on a CPU nothing is gained by waiting, and thousands of small tensors
+                    # kept among a forward's large ones fragment the heap (nanoGPT's lecture
+                    # script: 0.5 -> 4 GB over its 400 evaluation forwards, killed at the
+                    # memory limit before its first step)
+                    self._read_back()
         except (StopRun, KeyboardInterrupt):
             raise
         except Exception:
@@ -447,10 +457,7 @@ class Session:
         # allocator reads on sampled steps only (each builds the allocator's whole statistics)
         self.memory.end_step(step, sampled=self.watching)
         if self.step % max(self.config.flush_every, 1) == 0:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # our own reads must not show up as the user's
-                self.flush()
-                self.vram.observe()
+            self._read_back()
         if self.step >= self.config.steps:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -467,6 +474,12 @@ class Session:
             self.syncs.set_cuda_mode(True)
             self.power.steady()
         self._step_started = time.perf_counter()
+
+    def _read_back(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # our own reads must not show up as the user's
+            self.flush()
+            self.vram.observe()
 
     def flush(self) -> None:
         """Read device-side values back (the harness's only host syncs), then decide whether
