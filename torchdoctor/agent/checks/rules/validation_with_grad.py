@@ -11,7 +11,12 @@ from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_tree
-from torchdoctor.agent.checks.patterns import functions, mode_call_receivers, model_calls
+from torchdoctor.agent.checks.patterns import (
+    functions,
+    is_false,
+    mode_call_receivers,
+    model_calls,
+)
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -111,6 +116,18 @@ class ValidationWithGrad(Rule):
         for fn in candidates:
             if fn.name not in guarded_callers and not _trained_through(ctx, fn):
                 self._check_body(ctx, fn.body, reported, fn)
+                # not repeated here: its callers live in other modules, once per batch
+                # (`model.test()` in a training script's validation loop, `net.predict(x)`);
+                # a function with its own data loop repeats that loop instead
+                call = (
+                    None
+                    if _runs_a_model_in_a_loop(ctx, fn) or _local_grad_off_decorator(ctx, fn)
+                    else _forward_after_own_eval(ctx, fn)
+                )
+                if call is not None and not any(
+                    fn.lineno <= line <= (fn.end_lineno or fn.lineno) for line in reported
+                ):
+                    self._report(ctx, call, reported)
         for fn in serving:  # one forward per request: no loop needed to repeat it
             if fn.name not in guarded_callers:
                 call = self._first_with_grad(ctx, fn.body, reported)
@@ -240,8 +257,9 @@ _EXPORTS = frozenset({"export", "trace", "script", "dynamo_export"})
 def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | None:
     """The model call of a function that switches that model to eval mode itself and runs it
     on one of its own parameters, or on a value built from them, with autograd on
-    (`model.eval()`, then `model(img)` in `do_detect(model, img)`); None when it
-    back-propagates, differentiates or exports."""
+    (`model.eval()`, then `model(img)` in `do_detect(model, img)`; `self.net_g(self.var_L)`
+    in a method); None when it back-propagates, differentiates, exports, or first stops its
+    parameters from requiring grad."""
     evals = {
         identifier(call.func.value): call.lineno
         for call in mode_call_receivers(fn.body, "eval")
@@ -257,12 +275,15 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
             and node.func.attr in _EXPORTS
         ):
             return None
-    for call in model_calls(ctx, fn.body):
+    frozen = _frozen_parameters(fn)
+    for call in [*model_calls(ctx, fn.body), *_own_forwards(ctx, fn)]:
         forward = isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
         model = call.func.value if isinstance(call.func, ast.Attribute) and forward else call.func
         switched = evals.get(identifier(model))
         if switched is None or call.lineno < switched or grad_may_be_off(ctx, call):
             continue
+        if any(line < call.lineno for line in frozen.get(identifier(model), ())):
+            continue  # its parameters no longer require grad: nothing is recorded
         given = [*call.args, *(k.value for k in call.keywords)]
         if any(isinstance(n, ast.Name) and n.id in params for arg in given for n in walk_tree(arg)):
             return call
@@ -273,6 +294,92 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         ):
             return call
     return None
+
+
+def _runs_a_model_in_a_loop(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    own = {id(call) for call in _own_forwards(ctx, fn)}
+    return any(
+        isinstance(n, ast.Call)
+        and _in_loop(ctx, n, fn)
+        and (id(n) in own or ctx.flow.is_model_call(n))
+        for n in walk_tree(fn)
+    )
+
+
+def _local_grad_off_decorator(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """A decorator defined in this module whose wrapper turns autograd off (`@nograd` with
+    `def nograd(f): def new_f(*args): with t.no_grad(): return f(*args)`)."""
+    for decorator in fn.decorator_list:
+        name = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if not isinstance(name, ast.Name):
+            continue
+        for node in ctx.tree.body:
+            if (
+                isinstance(node, ast.FunctionDef)
+                and node.name == name.id
+                and any(
+                    isinstance(n, ast.Attribute) and n.attr in ("no_grad", "inference_mode")
+                    for n in walk_tree(node)
+                )
+            ):
+                return True
+    return False
+
+
+def _own_forwards(ctx: ModuleContext, fn: FunctionNode) -> list[ast.Call]:
+    """`self.forward(x)` and `self(x)` in a method of a local `nn.Module` class (a
+    `predict` that switches the network to eval mode and runs it): the module runs itself."""
+    owner = ctx.calls.owner(fn)
+    if owner is None or owner.name not in ctx.flow.module_classes:
+        return []
+    return [
+        node
+        for node in walk_tree(fn)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "self")
+            or (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr == "forward"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "self"
+            )
+        )
+    ]
+
+
+def _frozen_parameters(fn: FunctionNode) -> dict[str, list[int]]:
+    """Models whose parameters `fn` stops requiring grad, by name, with the lines where it
+    does: `for k, v in self.netG.named_parameters(): v.requires_grad = False` or
+    `net.requires_grad_(False)`. A forward after that records no graph (no input requires
+    grad either), the other way to run inference without one."""
+    found: dict[str, list[int]] = {}
+    for node in walk_tree(fn):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "requires_grad_"
+            and node.args
+            and is_false(node.args[0])
+        ):
+            found.setdefault(identifier(node.func.value), []).append(node.lineno)
+        if not (
+            isinstance(node, ast.For)
+            and isinstance(node.iter, ast.Call)
+            and isinstance(node.iter.func, ast.Attribute)
+            and node.iter.func.attr in ("parameters", "named_parameters")
+        ):
+            continue
+        if any(
+            isinstance(stmt, ast.Assign)
+            and is_false(stmt.value)
+            and any(
+                isinstance(t, ast.Attribute) and t.attr == "requires_grad" for t in stmt.targets
+            )
+            for stmt in node.body
+        ):
+            found.setdefault(identifier(node.iter.func.value), []).append(node.lineno)
+    return found
 
 
 def _is_param(node: ast.AST, params: set[str]) -> bool:
