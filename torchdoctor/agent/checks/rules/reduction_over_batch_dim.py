@@ -90,6 +90,7 @@ class ReductionOverBatchDim(Rule):
         if not self.applies(ctx):
             return
         self._softmax_layers_over_the_batch(ctx)
+        self._normalised_across_then_picked_along(ctx)
         flow = ctx.flow
         for call in flow.calls_named(_METHOD_DIM):
             reduced = _over_dim_zero(ctx, call)
@@ -141,6 +142,34 @@ class ReductionOverBatchDim(Rule):
                     },
                 )
 
+    def _normalised_across_then_picked_along(self, ctx: ModuleContext) -> None:
+        """`np.argmax(nn.Softmax(dim=0)(scores).cpu().numpy(), axis=1)`: the class picked along
+        dim 1 of values a softmax normalised along dim 0. The pick says the classes lie on
+        dim 1, so dim 0 holds the examples (the nodes of a graph): each column was normalised
+        across them and a row's argmax no longer follows its own scores. Reported at the
+        softmax, where the dim is set."""
+        if "softmax" not in ctx.source.lower():
+            return
+        for pick in ctx.flow.calls_named(("argmax", "max")):
+            picked = _picked_along_dim_one(ctx, pick)
+            if picked is None:
+                continue
+            value = _peeled(picked)
+            if isinstance(value, ast.Name):  # `probs = F.softmax(x, dim=0)`, then the pick
+                bound = ctx.flow.definitions(value)
+                value = _peeled(bound[0]) if len(bound) == 1 else value
+            softmax = _softmax_over_dim_zero(ctx, value)
+            if softmax is None:
+                continue
+            ctx.report(
+                self,
+                softmax,
+                f"`{ast.unparse(softmax)}` normalises over dim 0, and `{ast.unparse(pick.func)}` "
+                "then picks the class along dim 1: dim 0 holds the examples, so each row's "
+                "pick no longer follows its own scores; normalise over dim 1",
+                data={"call": ast.unparse(softmax), "dim_at": _softmax_dim_at(softmax)},
+            )
+
     @staticmethod
     def _wrong(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
         name = _reduction_name(ctx, call)
@@ -175,6 +204,84 @@ class ReductionOverBatchDim(Rule):
 
 _MAX_LOSS_HOPS = 2
 _SOFTMAX_LAYERS = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax"})
+_SOFTMAX_FUNCTIONS = frozenset(
+    {
+        "torch.softmax",
+        "torch.log_softmax",
+        "torch.nn.functional.softmax",
+        "torch.nn.functional.log_softmax",
+    }
+)
+_PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
+# calls that carry the values unchanged (a copy to the host, out of autograd)
+_CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
+
+
+def _is_int(node: ast.expr | None, value: int) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) is int  # `True == 1`, but True is no dim
+        and node.value == value
+    )
+
+
+def _picked_along_dim_one(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """What `np.argmax(x, axis=1)`, `torch.argmax(x, dim=1)`, `x.argmax(1)` or `x.max(1)`
+    picks from; None for any other dim."""
+    qualname = ctx.flow.qualname_of(call)
+    if qualname in _PICKS:
+        if not call.args:
+            return None
+        dim = kwarg(call, "axis" if qualname.startswith("numpy") else "dim")
+        if dim is None and len(call.args) > 1:
+            dim = call.args[1]
+        return call.args[0] if _is_int(dim, 1) else None
+    if qualname is not None or not isinstance(call.func, ast.Attribute):
+        return None
+    dim = kwarg(call, "dim") or (call.args[0] if call.args else None)
+    return call.func.value if _is_int(dim, 1) else None
+
+
+def _peeled(value: ast.expr) -> ast.expr:
+    """`value` without the host copies around it: `s.cpu().detach().numpy()` -> `s`."""
+    while True:
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr in _CARRIERS
+            and not value.args
+        ):
+            value = value.func.value
+        elif isinstance(value, ast.Attribute) and value.attr == "data":
+            value = value.value
+        else:
+            return value
+
+
+def _softmax_over_dim_zero(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
+    """`nn.Softmax(dim=0)(x)`, `F.softmax(x, dim=0)`, `x.softmax(0)`: the call that sets the
+    dim (the layer for an inline layer); None for any other value."""
+    if not isinstance(value, ast.Call):
+        return None
+    layer = value.func
+    if isinstance(layer, ast.Call) and ctx.flow.qualname_of(layer) in _SOFTMAX_LAYERS:
+        dim = kwarg(layer, "dim") or (layer.args[0] if layer.args else None)
+        return layer if _is_int(dim, 0) else None
+    qualname = ctx.flow.qualname_of(value)
+    if qualname in _SOFTMAX_FUNCTIONS:
+        dim = kwarg(value, "dim") or (value.args[1] if len(value.args) > 1 else None)
+        return value if _is_int(dim, 0) else None
+    if qualname is None and isinstance(layer, ast.Attribute) and layer.attr in _PROBABILITIES:
+        dim = kwarg(value, "dim") or (value.args[0] if value.args else None)
+        return value if _is_int(dim, 0) else None
+    return None
+
+
+def _softmax_dim_at(call: ast.Call) -> str | int:
+    """Where the softmax's dim is written: the keyword, or its position."""
+    if kwarg(call, "dim") is not None:
+        return "dim"
+    return 1 if len(call.args) > 1 else 0
 
 
 def _self_attribute_bound(ctx: ModuleContext, value: ast.Call) -> str | None:
