@@ -105,8 +105,11 @@ class TorchLoadNoMapLocation(Rule):
     torch.cuda.is_available() is False"), and on a multi-GPU host every process loads onto
     GPU 0.
 
-    Also reported, in any file: a load on the CPU path of a branch on a GPU flag (the body
-    of `if not gpu:`, the `else` of `if use_cuda:` or `if torch.cuda.is_available():`),
+    Also reported, in any file: a load in a function that takes a `map_location` parameter
+    and does not hand it to this call (`def pt_load(path, map_location=None): ...
+    torch.load(f)`: the caller's device is dropped); a load on the CPU path of a branch on a
+    GPU flag (the body of `if not gpu:`, the `else` of `if use_cuda:` or
+    `if torch.cuda.is_available():`),
     where the map is needed most (`model.load_state_dict(torch.load(p), map_location=...)`
     hands the map to the wrong call).
 
@@ -186,7 +189,18 @@ class TorchLoadNoMapLocation(Rule):
             )
             if found is None:
                 continue
-            if here or cpu_side:
+            if _map_location_dropped(ctx, call):
+                found = ctx.finding(
+                    self,
+                    call,
+                    "the function takes a `map_location` but this torch.load is not given it: "
+                    "the checkpoint is loaded onto the devices it was saved from, whatever "
+                    "the caller asked for",
+                    data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
+                )
+                if found is not None:
+                    ctx.findings.append(found)
+            elif here or cpu_side:
                 ctx.findings.append(found)
             else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
                 for symbol in _helper_symbols(ctx):
@@ -196,6 +210,17 @@ class TorchLoadNoMapLocation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> bool:
+    """The load's own function takes a `map_location` parameter (a checkpoint helper,
+    `def pt_load(file_path, map_location=None)`) that this call, given none, never receives:
+    every caller's choice of device is dropped."""
+    function = ctx.enclosing_function(load)
+    if function is None:
+        return False
+    args = function.args
+    return any(a.arg == "map_location" for a in [*args.posonlyargs, *args.args, *args.kwonlyargs])
 
 
 def _helper_symbols(ctx: ModuleContext) -> list[str]:
