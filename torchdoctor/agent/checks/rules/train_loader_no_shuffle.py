@@ -39,7 +39,9 @@ class TrainLoaderNoShuffle(Rule):
     but for one written beside a `DistributedSampler` that is None when the run is not
     distributed (the DataLoader refuses a sampler with `shuffle=True`; the other path then
     never shuffles),
-    a sampler of any kind (`DistributedSampler` shuffles), options passed through `**kwargs`
+    a sampler of any kind (`DistributedSampler` shuffles) but a `SequentialSampler` (reported
+    like no sampler, also when it is the sampler of one path: `SequentialSampler if
+    args.local_rank == -1 else DistributedSampler`), options passed through `**kwargs`
     (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
     loader), loaders named for validation or test data, loaders no training loop iterates
     unless they are named for training (or built over training data) and handed to the
@@ -270,8 +272,9 @@ def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.
 
 
 def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
-    """The DataLoader calls a loop may iterate: through `enumerate(...)`/`tqdm(...)` wrappers
-    and the names they are bound to (`with tqdm(enumerate(loader)) as t: for ... in t`), and
+    """The DataLoader calls a loop may iterate: through `enumerate(...)`/`tqdm(...)` wrappers,
+    each loader of a `zip(labeled_loader, unlabeled_loader)`, and the names they are bound
+    to (`with tqdm(enumerate(loader)) as t: for ... in t`), and
     from a parameter of the loop's function to what each call of that function in the module
     passes for it (`def train(args, train_loader, model)` called as `train(args,
     train_loader, model)` with `train_loader = DataLoader(...)` in `main`)."""
@@ -280,6 +283,9 @@ def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[as
         if isinstance(source, ast.Call):
             if identifier(source.func) in _WRAPPERS and source.args and depth < 4:
                 found += _iterated_loaders(ctx, source.args[0], depth + 1)
+            elif identifier(source.func) == "zip" and depth < 4:  # each loader, side by side
+                for arg in source.args:
+                    found += _iterated_loaders(ctx, arg, depth + 1)
             elif ctx.flow.qualname_of(source) in DATALOADERS:
                 found.append(source)
         elif isinstance(source, ast.Name) and depth < 4:
@@ -345,8 +351,13 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
     # `shuffle=False` written for the sampler's sake orders nothing on the sampler-less path
     skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
-    given = [kwarg(loader, name) for name in _ORDERING if name not in skipped]
-    if any(value is not None and not _may_be_none(ctx, value) for value in given):
+    given = [(name, kwarg(loader, name)) for name in _ORDERING if name not in skipped]
+    if any(
+        value is not None
+        and not _may_be_none(ctx, value)
+        and not (name == "sampler" and _sequential_on_a_path(ctx, value))
+        for name, value in given
+    ):
         return True
     if len(loader.args) > 2 or not _options_seen(ctx, loader):
         return True  # positional shuffle/sampler, or options we cannot see
@@ -372,6 +383,34 @@ def _off_for_the_sampler(ctx: ModuleContext, loader: ast.Call) -> bool:
         if not _none(branch)
     ]
     return bool(built) and all(_shuffling_sampler(node) for node in built)
+
+
+def _sequential_on_a_path(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`sampler=SequentialSampler(ds)`, or a sampler that is one on some path:
+    `sampler=train_sampler(ds)` with `train_sampler = SequentialSampler if args.local_rank
+    == -1 else DistributedSampler`, `sampler=s` with `s = SequentialSampler(ds) if ... else
+    DistributedSampler(ds)`. Like a sampler that is None on one path, that path iterates in
+    file order: with no `shuffle` beside it, nothing reorders the epochs."""
+    if isinstance(value, ast.Name):
+        return any(
+            _sequential_class(ctx, branch.func) if isinstance(branch, ast.Call) else False
+            for bound in ctx.flow.definitions(value)
+            for branch in ([bound.body, bound.orelse] if isinstance(bound, ast.IfExp) else [bound])
+        )
+    return isinstance(value, ast.Call) and _sequential_class(ctx, value.func)
+
+
+def _sequential_class(ctx: ModuleContext, func: ast.expr) -> bool:
+    """`SequentialSampler`, or a name bound to it on some path (an `IfExp` branch)."""
+    if identifier(func).rsplit(".", 1)[-1] == "SequentialSampler":
+        return True
+    if not isinstance(func, ast.Name):
+        return False
+    return any(
+        identifier(branch).rsplit(".", 1)[-1] == "SequentialSampler"
+        for bound in ctx.flow.definitions(func)
+        for branch in ([bound.body, bound.orelse] if isinstance(bound, ast.IfExp) else [bound])
+    )
 
 
 def _shuffling_sampler(node: ast.expr) -> bool:
