@@ -54,7 +54,10 @@ class ReductionOverBatchDim(Rule):
     built) that its methods apply only to such rows or to per-example scores stacked along
     dim 1 (`self.log_softmax(torch.stack(scores, 1))`).
 
-    Also reported in a helper (`def accuracy(prediction, label)`) whose parameter every call
+    Also reported, wherever it is: a softmax over dim 0 whose result a class pick then takes
+    along dim 1 (`np.argmax(nn.Softmax(dim=0)(scores).numpy(), axis=1)`: the pick says the
+    classes are on dim 1, so the softmax normalised across the examples). And in a helper
+    (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop, or in a module-level
     accuracy helper whose first parameter it reduces and compares (called from another
     file); predictions handed to one call with the batch's labels (`metrics.update(targets,
