@@ -18,7 +18,7 @@ from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch, SmokeRun
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
-from torchdoctor.agent.models import Severity
+from torchdoctor.agent.models import Severity, Verification
 
 SCRIPT = """import torch
 import torch.nn as nn
@@ -48,14 +48,16 @@ def _run(line: int) -> SmokeRun:
     )
 
 
-def _verify(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixed: str, after: SmokeRun
-) -> dict[str, Any]:
+def _steps(
+    tmp_path: Path, fixed: str, baseline: SmokeRun, kind: FixKind | None = None
+) -> list[Verification]:
+    """The verification of the fix `fixed` of SCRIPT against the original's run `baseline`
+    (the patched run is whatever `verify.smoke_run` is made to return), as its codemod's
+    kind of fix or as `kind`."""
     root = tmp_path / "root"
     root.mkdir()
     (root / "train.py").write_text(SCRIPT, encoding="utf-8")
-    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: after)
-    verifier = Verifier(root, object(), ["python", "train.py"], baseline=_run(TOTAL))  # type: ignore[arg-type]
+    verifier = Verifier(root, object(), ["python", "train.py"], baseline=baseline)  # type: ignore[arg-type]
     patch = Patch(
         finding_id="TD-1",
         rule="scalar-loss-indexed",
@@ -64,10 +66,19 @@ def _verify(
     )
     codemod = codemod_for("scalar-loss-indexed")
     assert codemod is not None
-    steps = verifier.verify(
-        patch, Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH), FixSpec.of(codemod)
+    spec = FixSpec.of(codemod)
+    return verifier.verify(
+        patch,
+        Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH),
+        spec if kind is None else replace(spec, kind=kind),
     )
-    return {s.step: s for s in steps}
+
+
+def _verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixed: str, after: SmokeRun
+) -> dict[str, Any]:
+    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: after)
+    return {s.step: s for s in _steps(tmp_path, fixed, _run(TOTAL))}
 
 
 def test_a_fix_that_gets_the_run_past_its_crash_is_verified(
@@ -106,25 +117,11 @@ def test_a_crash_moved_by_a_fix_off_the_crashing_line_proves_nothing(
     fixed = SCRIPT.replace("total += loss.data[0]", "total += loss.item()").replace(
         "total = 0.0", "total = 0"
     )
-    baseline_elsewhere = _run(LOG)
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
     after = SmokeRun(ok=False, detail="script-error: boom", error_at=("train.py", 9))
     monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: after)
-    verifier = Verifier(root, object(), ["python", "train.py"], baseline=baseline_elsewhere)  # type: ignore[arg-type]
-    codemod = codemod_for("scalar-loss-indexed")
-    assert codemod is not None
-    steps = verifier.verify(
-        Patch(
-            finding_id="TD-1",
-            rule="scalar-loss-indexed",
-            diff=unified_diff("train.py", SCRIPT, fixed),
-            files=["train.py"],
-        ),
-        Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH),
-        FixSpec.of(codemod),
-    )
+
+    steps = _steps(tmp_path, fixed, _run(LOG))
+
     smoke = next(s for s in steps if s.step == "smoke-run")
     assert not smoke.ok and "the fixed script failed" in smoke.detail
 
@@ -136,25 +133,10 @@ def test_a_fix_of_another_kind_is_not_run_against_a_failing_original(
     # failing, there is nothing to judge it against, and running the fixed copy would cost a
     # whole run budget per proposed fix
     fixed = SCRIPT.replace("total += loss.data[0]", "total += loss.item()")
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
     runs: list[object] = []
     monkeypatch.setattr(verify, "smoke_run", lambda *a, **_k: runs.append(a) or _run(LOG))
-    verifier = Verifier(root, object(), ["python", "train.py"], baseline=_run(TOTAL))  # type: ignore[arg-type]
-    codemod = codemod_for("scalar-loss-indexed")
-    assert codemod is not None
 
-    steps = verifier.verify(
-        Patch(
-            finding_id="TD-1",
-            rule="scalar-loss-indexed",
-            diff=unified_diff("train.py", SCRIPT, fixed),
-            files=["train.py"],
-        ),
-        Claim(frozenset({"scalar-loss-indexed"}), Severity.HIGH),
-        replace(FixSpec.of(codemod), kind=FixKind.PERFORMANCE),
-    )
+    steps = _steps(tmp_path, fixed, _run(TOTAL), FixKind.PERFORMANCE)
 
     assert runs == []
     assert [s.step for s in steps] == ["patch-applies", "parses", "rule-cleared", "smoke-run"]

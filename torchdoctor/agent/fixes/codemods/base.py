@@ -496,13 +496,18 @@ def name_is_read(
     name: str,
     scope: cst.CSTNode,
     skip: cst.CSTNode | Sequence[cst.CSTNode],
+    *,
+    after: int = 0,
+    until: int | None = None,
 ) -> bool:
-    """Whether `name` is read under `scope`, outside the subtree(s) `skip`."""
+    """Whether `name` is read under `scope`, outside the subtree(s) `skip`, on a line after
+    `after` (up to `until`)."""
     skipped = {
         id(n) for s in ([skip] if isinstance(skip, cst.CSTNode) else skip) for n in descendants(s)
     }
     for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
-        if id(node) in skipped:
+        at = ctx.line(node)
+        if id(node) in skipped or at <= after or (until is not None and at > until):
             continue
         parent = ctx.parent(node)
         if isinstance(parent, cst.AssignTarget) or (

@@ -53,6 +53,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     descendants,
     dotted_name,
     method_call,
+    name_is_read,
     scope_of,
 )
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
@@ -373,13 +374,13 @@ def _match(
         if binding in product.bindings and _rebinds_itself(binding):
             # `k = k.transpose(-2, -1)`: the fused call takes k as it was before, so the
             # statement must go, and nothing after it may read the transposed k
-            if _read_after(ctx, name, scope, ctx.line(binding), skip=[binding, *removed]):
+            if name_is_read(ctx, name, scope, [binding, *removed], after=ctx.line(binding)):
                 raise AttentionRefused(
                     f"`{name}` is transposed in place (`{code(binding).strip()}`) and read "
                     "again after the product: the fused call needs it untransposed"
                 )
             removed.append(binding)
-        elif not _read_elsewhere(ctx, name, scope, skip=[binding, *removed]):
+        elif not name_is_read(ctx, name, scope, skip=[binding, *removed]):
             removed.append(binding)
     if inline is not None:  # `return F.softmax(s, dim=-1) @ v`: the product is right here
         out_expr, value, dropout = inline
@@ -426,7 +427,7 @@ def _match(
     if rebound:
         raise AttentionRefused(f"`{rebound.pop()}` is reassigned between the product and `@ v`")
     others = [stmt for stmt in removed if stmt is not out_stmt]
-    if _read_elsewhere(ctx, weights, scope, skip=[*others, out_expr]):
+    if name_is_read(ctx, weights, scope, skip=[*others, out_expr]):
         raise AttentionRefused(
             f"the attention weights `{weights}` are returned or reused: the fused kernel "
             "does not produce them"
@@ -507,30 +508,6 @@ def _rebinds_itself(stmt: cst.BaseStatement) -> bool:
     return bound is not None and "." not in bound[0] and _reads(bound[1], bound[0])
 
 
-def _read_after(
-    ctx: SourceContext,
-    name: str,
-    scope: cst.CSTNode,
-    line: int,
-    skip: Sequence[cst.CSTNode],
-    until: int | None = None,
-) -> bool:
-    """Whether `name` is read under `scope` on a line after `line` (up to `until`), outside
-    the subtrees `skip`."""
-    skipped = {id(n) for s in skip for n in descendants(s)}
-    for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
-        at = ctx.line(node)
-        if id(node) in skipped or at <= line or (until is not None and at > until):
-            continue
-        parent = ctx.parent(node)
-        if isinstance(parent, cst.AssignTarget) or (
-            isinstance(parent, cst.Attribute) and parent.attr is node
-        ):
-            continue
-        return True
-    return False
-
-
 def _refuse_scores_kept(
     ctx: SourceContext,
     removed: Sequence[cst.BaseStatement],
@@ -547,7 +524,7 @@ def _refuse_scores_kept(
         if not name or "." in name:
             continue
         until = ctx.end_line(out_stmt) if name == rebound else None
-        if _read_after(ctx, name, scope, ctx.line(stmt), [*removed, out_expr], until):
+        if name_is_read(ctx, name, scope, [*removed, out_expr], after=ctx.line(stmt), until=until):
             raise AttentionRefused(
                 f"`{name}` is read after the attention (returned or logged?): the fused "
                 "call never builds it"
@@ -793,26 +770,6 @@ def _reads(node: cst.CSTNode, name: str) -> bool:
         isinstance(n, cst.Name | cst.Attribute) and dotted_name(n) == name
         for n in descendants(node)
     )
-
-
-def _read_elsewhere(
-    ctx: SourceContext,
-    name: str,
-    scope: cst.CSTNode,
-    skip: Sequence[cst.CSTNode],
-) -> bool:
-    """Whether `name` is read under `scope` outside the subtrees `skip`."""
-    skipped = {id(n) for s in skip for n in descendants(s)}
-    for node in ctx.find(cst.Name, inside=scope, where=lambda n: n.value == name):
-        if id(node) in skipped:
-            continue
-        parent = ctx.parent(node)
-        if isinstance(parent, cst.AssignTarget) or (
-            isinstance(parent, cst.Attribute) and parent.attr is node
-        ):
-            continue
-        return True
-    return False
 
 
 # --- the pieces -----------------------------------------------------------------------
