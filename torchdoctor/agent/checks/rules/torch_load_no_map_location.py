@@ -105,6 +105,10 @@ class TorchLoadNoMapLocation(Rule):
     torch.cuda.is_available() is False"), and on a multi-GPU host every process loads onto
     GPU 0.
 
+    Also reported: a load in a checkpoint converter, a script that never names a device and
+    saves what it made of the loaded checkpoint (`ckpt = torch.load(old); ...;
+    torch.save(ckpt, new)`): it needs no GPU but cannot read a GPU checkpoint without one.
+
     Also reported, in any file: a load in a function that takes a `map_location` parameter
     and does not hand it to this call (`def pt_load(path, map_location=None): ...
     torch.load(f)`: the caller's device is dropped); a load on the CPU path of a branch on a
@@ -189,6 +193,8 @@ class TorchLoadNoMapLocation(Rule):
             )
             if found is None:
                 continue
+            if not (here or cpu_side) and _converted_on_the_host(ctx, call):
+                here = True  # a converter script: it never names a device
             if _map_location_dropped(ctx, call):
                 found = ctx.finding(
                     self,
@@ -210,6 +216,66 @@ class TorchLoadNoMapLocation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+_DEVICE_WORD = re.compile(r"cuda|gpu|device|accelerat", re.IGNORECASE)
+
+
+def _converted_on_the_host(ctx: ModuleContext, load: ast.Call) -> bool:
+    """A script that never names a device loads a checkpoint into a name and writes what it
+    made of it back with `torch.save` in the same scope (a checkpoint converter: `model =
+    torch.load(old_path); model["model"] = update(model["model"]); torch.save(model,
+    new_path)`). Nothing it does needs a GPU, yet a checkpoint saved from one only loads
+    where CUDA is available."""
+    if not is_script(ctx.tree) or _names_a_device(ctx):
+        return False
+    assign = ctx.parents.get(load)
+    if not (
+        isinstance(assign, ast.Assign)
+        and len(assign.targets) == 1
+        and isinstance(assign.targets[0], ast.Name)
+    ):
+        return False
+    name, scope = assign.targets[0].id, ctx.enclosing_function(load)
+    return any(
+        ctx.flow.qualname_of(save) == "torch.save"
+        and save.args
+        and ctx.enclosing_function(save) is scope
+        and (save.lineno, save.col_offset) > (load.lineno, load.col_offset)
+        and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(save.args[0]))
+        for save in ctx.flow.calls_named(("save",))
+    )
+
+
+def _names_a_device(ctx: ModuleContext) -> bool:
+    """Whether the code (its names, attributes and strings, not its docstrings or comments)
+    names CUDA, a GPU, a device or an accelerator; once per module."""
+    memo = ctx.memo_table("torch_load_no_map_location.names_a_device")
+    if "" not in memo:
+        if not _DEVICE_WORD.search(ctx.source):
+            memo[""] = False
+        else:
+            docstrings = {
+                id(node.body[0].value)
+                for node in ast.walk(ctx.tree)
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+                and node.body
+                and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)
+            }
+            memo[""] = any(
+                (isinstance(node, ast.Name) and _DEVICE_WORD.search(node.id))
+                or (isinstance(node, ast.Attribute) and _DEVICE_WORD.search(node.attr))
+                or (isinstance(node, ast.keyword) and node.arg and _DEVICE_WORD.search(node.arg))
+                or (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and id(node) not in docstrings
+                    and _DEVICE_WORD.search(node.value)
+                )
+                for node in ast.walk(ctx.tree)
+            )
+    return bool(memo[""])
 
 
 def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> bool:
