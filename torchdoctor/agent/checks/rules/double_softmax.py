@@ -38,6 +38,39 @@ _DEFERRED: tuple[tuple[str, Property], ...] = (
 )
 
 
+def _has_cross_entropy(ctx: ModuleContext) -> bool:
+    return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source
+
+
+def _softmax_dim(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, object] | None:
+    """(input, dim) of `x.softmax(d)` / `F.softmax(x, dim=d)` with a constant dim; None for
+    anything else (a log-softmax included: a softmax of log-probabilities is another shape)."""
+    qualname = ctx.flow.qualname_of(call)
+    func = call.func
+    if qualname in ("torch.nn.functional.softmax", "torch.softmax", "torch.special.softmax"):
+        if not call.args:
+            return None
+        dim = next((k.value for k in call.keywords if k.arg == "dim"), None)
+        dim = dim if dim is not None or len(call.args) < 2 else call.args[1]
+        value = call.args[0]
+    elif qualname is None and isinstance(func, ast.Attribute) and func.attr == "softmax":
+        dim = next((k.value for k in call.keywords if k.arg == "dim"), None)
+        dim = dim if dim is not None or not call.args else call.args[0]
+        value = func.value
+    else:
+        return None
+    if (
+        isinstance(dim, ast.UnaryOp)
+        and isinstance(dim.op, ast.USub)
+        and isinstance(dim.operand, ast.Constant)
+        and type(dim.operand.value) is int
+    ):
+        return value, -dim.operand.value  # `dim=-1`
+    if not isinstance(dim, ast.Constant) or type(dim.value) is not int:
+        return None
+    return value, dim.value
+
+
 class DoubleSoftmax(Rule):
     """Detects a softmax or log-softmax output passed as the input of `nn.CrossEntropyLoss`
     or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module,
@@ -52,6 +85,10 @@ class DoubleSoftmax(Rule):
     `forward`, an activation helper such as `_activation_fn`), while one applied beside the
     loss is reported at the loss. A loss helper (`def auxiliary_loss(self, y_hat, y): return
     F.cross_entropy(y_hat, y)`) is followed to what its calls pass for its input.
+
+    Also reported, loss or not: a softmax of a softmax over the same dim, nested
+    (`F.softmax(F.softmax(z, -1), -1)`) or through the name's nearest binding above
+    (`p = p.softmax(dim=1)` on the MAP branch, then `torch.max(p.softmax(dim=1), 1)`).
 
     Why it matters: cross-entropy applies `log_softmax` itself. Fed probabilities, it computes
     the loss of a softmax of probabilities: gradients shrink, the loss plateaus near ln(C) and
@@ -73,13 +110,51 @@ class DoubleSoftmax(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "cross_entropy" in ctx.source or "CrossEntropyLoss" in ctx.source
+        return _has_cross_entropy(ctx) or "softmax" in ctx.source
+
+    def _softmax_of_probabilities(self, ctx: ModuleContext) -> None:
+        """`p = logits.softmax(dim=1)` (on some path), then `p.softmax(dim=1)` again, or
+        `F.softmax(F.softmax(x, 1), 1)`: the second softmax flattens probabilities that
+        already sum to one (each row's confidence shrinks toward 1/C)."""
+        flow = ctx.flow
+        for call in flow.nodes(ast.Call):
+            outer = _softmax_dim(ctx, call)
+            if outer is None:
+                continue
+            value, dim = outer
+            inner: list[ast.expr] = [value]
+            if isinstance(value, ast.Name):
+                statement = next((a for a in ctx.ancestors(call) if isinstance(a, ast.stmt)), None)
+                scope = ctx.enclosing_function(call)
+                before = [
+                    bound
+                    for bound in flow.definitions(value)
+                    if bound.lineno < call.lineno
+                    and ctx.enclosing_function(bound) is scope
+                    and not any(a is statement for a in ctx.ancestors(bound))
+                ]
+                # the binding nearest above: an earlier one rebound since says nothing
+                inner = [max(before, key=lambda b: b.lineno)] if before else []
+            for bound in inner:
+                first = _softmax_dim(ctx, bound) if isinstance(bound, ast.Call) else None
+                if first is not None and first[1] == dim:
+                    ctx.report(
+                        self,
+                        call,
+                        f"`{ast.unparse(call)}` applies a softmax to `{ast.unparse(value)}`, "
+                        f"already a softmax over the same dim (line {bound.lineno}): the "
+                        "probabilities are flattened toward uniform",
+                        data={"softmax_of_probabilities": True},
+                    )
+                    break
 
     def finish(self, ctx: ModuleContext) -> None:
         if "oftmax" in ctx.source or is_package_init(ctx):
             publish(ctx)
         publish_model_passes(ctx)
-        if not self.applies(ctx):
+        if "softmax" in ctx.source:
+            self._softmax_of_probabilities(ctx)
+        if not _has_cross_entropy(ctx):
             return
         flow = ctx.flow
         layers_reported: set[int] = set()  # one finding per softmax layer, not per loss

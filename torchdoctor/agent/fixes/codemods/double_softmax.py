@@ -28,6 +28,11 @@ class DoubleSoftmaxFix(Codemod):
     summary = "drop the softmax before CrossEntropyLoss"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
+        if target.data.get("softmax_of_probabilities"):
+            return ctx.decline(
+                "a softmax of what is a softmax on some path only: whether the other paths "
+                "give logits decides which softmax goes; drop the second one by hand"
+            )
         losses = _cross_entropy_names(ctx)
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
             if not _is_cross_entropy(ctx, call, losses) or not call.args:
