@@ -179,42 +179,17 @@ def warm_store() -> None:
         store.engine.dispose()
 
 
-WARM_UP_SCRIPT = """\
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.body(x), dim=-1)
-
-
-def train(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
-    model.train()
-    for x, y in loader:
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        print(loss.item())
-    torch.save(model.state_dict(), "model.pt")
-"""
-"""What the fork server's warm-up audit reads: a small model and training loop."""
-
-
 def warm_audit() -> None:
-    """One offline static audit of `WARM_UP_SCRIPT`, as a worker runs it, in the fork server
-    itself: what an audit sets up on first use (the rules' data tables, the peers' adapters,
-    code tables and evidence merge, the report and the ledger's rendering) is then inherited
-    ready by every worker instead of being set up again in each (~15 ms of CPU an audit on the
-    bundled examples). Nothing of it is kept: the result caches are off for it (its results
-    would be a stranger's cache entries), its folder is removed, and its threads have ended
-    before the fork server forks. An audit that fails here costs the warm-up only."""
+    """One offline static audit of the warm-up sample (`warm_up.SAMPLE`), as a worker runs
+    it, in the fork server itself: what an audit sets up on first use (the rules' data
+    tables, the peers' adapters, code tables and evidence merge, the report and the ledger's
+    rendering) is then inherited ready by every worker instead of being set up again in each
+    (~15 ms of CPU an audit on the bundled examples). Nothing of it is kept: the result caches
+    are off for it (its results would be a stranger's cache entries), its folder is removed,
+    and its threads have ended before the fork server forks. An audit that fails here costs
+    the warm-up only."""
+    from torchdoctor.agent.checks.linters.warm_up import SAMPLE
+
     saved = os.environ.get(result_cache.ENABLED_ENV)
     os.environ[result_cache.ENABLED_ENV] = "0"
     before = set(threading.enumerate())
@@ -222,7 +197,7 @@ def warm_audit() -> None:
         with tempfile.TemporaryDirectory(prefix="td-warm-audit-") as scratch:
             target = Path(scratch) / "src"
             target.mkdir()
-            (target / "train.py").write_text(WARM_UP_SCRIPT, encoding="utf-8")
+            (target / "train.py").write_text(SAMPLE, encoding="utf-8")
             options = AuditOptions(
                 target=target, offline=True, search_parents=False, write_ledger=True, force=True
             )

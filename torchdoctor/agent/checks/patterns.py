@@ -84,6 +84,15 @@ def constant_number(node: ast.expr | None) -> float | None:
     return None
 
 
+def constant_int(node: ast.expr | None) -> int | None:
+    """The value of an integer literal (`-1` included), else None: a dim or an axis (a bool
+    is none, though `True == 1`)."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = constant_int(node.operand)
+        return None if inner is None else -inner
+    return node.value if isinstance(node, ast.Constant) and type(node.value) is int else None
+
+
 def is_false(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value in (False, 0) and node.value is not None
 

@@ -19,15 +19,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.body(x), dim=-1)
+
+
 def train(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
     model.train()
     for x, y in loader:
-        loss = nn.functional.cross_entropy(torch.softmax(model(x), dim=-1), y)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        print(loss.item())
     torch.save(model.state_dict(), "model.pt")
 """
-"""A small training script: what the peers' warm-up runs read."""
+"""A small model and training loop: what the warm-up runs read (the peers', the fork
+server's audit, `torchdoctor.api.worker.warm_audit`)."""
 
 WARM_UP_TIMEOUT_S = 60.0
 

@@ -19,6 +19,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, related_place
 from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.patterns import argument, constant_int
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX_FUNCTIONS = frozenset(
@@ -50,25 +51,13 @@ def _softmax_dim(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, object] 
     if qualname in ("torch.nn.functional.softmax", "torch.softmax", "torch.special.softmax"):
         if not call.args:
             return None
-        dim = next((k.value for k in call.keywords if k.arg == "dim"), None)
-        dim = dim if dim is not None or len(call.args) < 2 else call.args[1]
-        value = call.args[0]
+        value, dim = call.args[0], argument(call, "dim", 1)
     elif qualname is None and isinstance(func, ast.Attribute) and func.attr == "softmax":
-        dim = next((k.value for k in call.keywords if k.arg == "dim"), None)
-        dim = dim if dim is not None or not call.args else call.args[0]
-        value = func.value
+        value, dim = func.value, argument(call, "dim", 0)
     else:
         return None
-    if (
-        isinstance(dim, ast.UnaryOp)
-        and isinstance(dim.op, ast.USub)
-        and isinstance(dim.operand, ast.Constant)
-        and type(dim.operand.value) is int
-    ):
-        return value, -dim.operand.value  # `dim=-1`
-    if not isinstance(dim, ast.Constant) or type(dim.value) is not int:
-        return None
-    return value, dim.value
+    number = constant_int(dim)
+    return None if number is None else (value, number)
 
 
 class DoubleSoftmax(Rule):

@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
 )
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import argument, constant_int
 from torchdoctor.agent.models import Severity
 
 # Reductions over the class dimension, and the position of `dim` in the method form.
@@ -220,14 +221,6 @@ _PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
 _CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
 
 
-def _is_int(node: ast.expr | None, value: int) -> bool:
-    return (
-        isinstance(node, ast.Constant)
-        and type(node.value) is int  # `True == 1`, but True is no dim
-        and node.value == value
-    )
-
-
 def _picked_along_dim_one(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     """What `np.argmax(x, axis=1)`, `torch.argmax(x, dim=1)`, `x.argmax(1)` or `x.max(1)`
     picks from; None for any other dim."""
@@ -235,14 +228,11 @@ def _picked_along_dim_one(ctx: ModuleContext, call: ast.Call) -> ast.expr | None
     if qualname in _PICKS:
         if not call.args:
             return None
-        dim = kwarg(call, "axis" if qualname.startswith("numpy") else "dim")
-        if dim is None and len(call.args) > 1:
-            dim = call.args[1]
-        return call.args[0] if _is_int(dim, 1) else None
+        dim = argument(call, "axis" if qualname.startswith("numpy") else "dim", 1)
+        return call.args[0] if constant_int(dim) == 1 else None
     if qualname is not None or not isinstance(call.func, ast.Attribute):
         return None
-    dim = kwarg(call, "dim") or (call.args[0] if call.args else None)
-    return call.func.value if _is_int(dim, 1) else None
+    return call.func.value if constant_int(argument(call, "dim", 0)) == 1 else None
 
 
 def _peeled(value: ast.expr) -> ast.expr:
@@ -268,15 +258,12 @@ def _softmax_over_dim_zero(ctx: ModuleContext, value: ast.expr) -> ast.Call | No
         return None
     layer = value.func
     if isinstance(layer, ast.Call) and ctx.flow.qualname_of(layer) in _SOFTMAX_LAYERS:
-        dim = kwarg(layer, "dim") or (layer.args[0] if layer.args else None)
-        return layer if _is_int(dim, 0) else None
+        return layer if constant_int(argument(layer, "dim", 0)) == 0 else None
     qualname = ctx.flow.qualname_of(value)
     if qualname in _SOFTMAX_FUNCTIONS:
-        dim = kwarg(value, "dim") or (value.args[1] if len(value.args) > 1 else None)
-        return value if _is_int(dim, 0) else None
+        return value if constant_int(argument(value, "dim", 1)) == 0 else None
     if qualname is None and isinstance(layer, ast.Attribute) and layer.attr in _PROBABILITIES:
-        dim = kwarg(value, "dim") or (value.args[0] if value.args else None)
-        return value if _is_int(dim, 0) else None
+        return value if constant_int(argument(value, "dim", 0)) == 0 else None
     return None
 
 
