@@ -189,6 +189,44 @@ def test_a_switch_statement_inside_a_loop_decides_the_statements_after_it() -> N
     assert by_line == {5: False, 7: False, 10: True, 12: False}
 
 
+def test_a_decorator_of_the_module_that_wraps_in_no_grad_turns_autograd_off() -> None:
+    """simple-faster-rcnn's `@nograd`: a wrapper of the module that enters `no_grad` (an
+    alias of torch's) around the call; one that only names no_grad elsewhere, or enters
+    `enable_grad`, does not switch it off."""
+    flow = flow_of(
+        """
+        import torch as t
+        def nograd(f):
+            def new_f(*args, **kwargs):
+                with t.no_grad():
+                    return f(*args, **kwargs)
+            return new_f
+        def logged(f):
+            def new_f(*args):
+                print(t.no_grad)
+                return f(*args)
+            return new_f
+        def grad_on(f):
+            def new_f(*args):
+                with t.enable_grad():
+                    return f(*args)
+            return new_f
+        @nograd
+        def predict(model, x):
+            return model(x)
+        @logged
+        def score(model, x):
+            return model(x)
+        @grad_on
+        def attack(model, x):
+            return model(x)
+        """
+    )
+    calls = [n for n in ast.walk(flow.ctx.tree) if isinstance(n, ast.Call)]
+    by_line = {c.lineno: flow.grad_disabled_at(c) for c in calls if ast.unparse(c.func) == "model"}
+    assert by_line == {20: True, 23: False, 26: False}
+
+
 def test_a_binding_after_the_loop_does_not_reach_a_read_inside_it() -> None:
     """`labels` read in a selection loop is the training labels bound before it; binding the
     test labels to the same name after the loop cannot come back around to that read, while

@@ -58,9 +58,38 @@ def context_mode(ctx: ModuleContext, expr: ast.expr) -> GradMode | None:
         return "maybe" if flag is None else ("on" if flag else "off")
     if qual in _ENABLE_GRAD:
         return "on"
+    if isinstance(target, ast.Name) and _local_grad_off_wrapper(ctx, target.id):
+        return "off"
     if _named_like_grad_off(target) and (qual is None or not qual.startswith("torch.")):
         return "maybe"
     return None
+
+
+def _local_grad_off_wrapper(ctx: ModuleContext, name: str) -> bool:
+    """`name` is a function of this module that runs what it wraps without grad (`def
+    nograd(f): def new_f(*args): with t.no_grad(): return f(*args)`, simple-faster-rcnn's
+    `@nograd`): a `with` it enters, or a decorator it applies by hand, turns autograd off."""
+    memo = ctx.memo_table("gradmode.local_wrappers")
+    if name not in memo:
+        memo[name] = False  # a wrapper that enters itself says nothing
+        memo[name] = any(
+            isinstance(node, ast.FunctionDef)
+            and node.name == name
+            and any(
+                (
+                    isinstance(inner, ast.With)
+                    and any(context_mode(ctx, item.context_expr) == "off" for item in inner.items)
+                )
+                or (
+                    isinstance(inner, ast.Call)
+                    and isinstance(inner.func, ast.Call)
+                    and context_mode(ctx, inner.func) == "off"
+                )
+                for inner in ast.walk(node)
+            )
+            for node in ctx.tree.body
+        )
+    return bool(memo[name])
 
 
 def _named_like_grad_off(target: ast.expr) -> bool:

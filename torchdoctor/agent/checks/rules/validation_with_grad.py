@@ -120,9 +120,7 @@ class ValidationWithGrad(Rule):
                 # (`model.test()` in a training script's validation loop, `net.predict(x)`);
                 # a function with its own data loop repeats that loop instead
                 call = (
-                    None
-                    if _runs_a_model_in_a_loop(ctx, fn) or _local_grad_off_decorator(ctx, fn)
-                    else _forward_after_own_eval(ctx, fn)
+                    None if _runs_a_model_in_a_loop(ctx, fn) else _forward_after_own_eval(ctx, fn)
                 )
                 if call is not None and not any(
                     fn.lineno <= line <= (fn.end_lineno or fn.lineno) for line in reported
@@ -304,26 +302,6 @@ def _runs_a_model_in_a_loop(ctx: ModuleContext, fn: FunctionNode) -> bool:
         and (id(n) in own or ctx.flow.is_model_call(n))
         for n in walk_tree(fn)
     )
-
-
-def _local_grad_off_decorator(ctx: ModuleContext, fn: FunctionNode) -> bool:
-    """A decorator defined in this module whose wrapper turns autograd off (`@nograd` with
-    `def nograd(f): def new_f(*args): with t.no_grad(): return f(*args)`)."""
-    for decorator in fn.decorator_list:
-        name = decorator.func if isinstance(decorator, ast.Call) else decorator
-        if not isinstance(name, ast.Name):
-            continue
-        for node in ctx.tree.body:
-            if (
-                isinstance(node, ast.FunctionDef)
-                and node.name == name.id
-                and any(
-                    isinstance(n, ast.Attribute) and n.attr in ("no_grad", "inference_mode")
-                    for n in walk_tree(node)
-                )
-            ):
-                return True
-    return False
 
 
 def _own_forwards(ctx: ModuleContext, fn: FunctionNode) -> list[ast.Call]:
