@@ -138,6 +138,29 @@ def test_only_the_job_users_files_are_removed_from_scratch(tmp_path: Path) -> No
     assert theirs.exists()
 
 
+def test_scratch_entries_removed_by_another_process_meanwhile_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/tmp is shared: an entry listed by the walk may be gone (another process's scratch
+    folder, removed by it) before it is looked at; the job's own files are still removed."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o777)
+    os.chmod(scratch, 0o1777)
+    mine = scratch / "job.bin"
+    mine.write_text("j")
+    os.chown(mine, 54321, 54321)
+    real_walk = os.walk
+
+    def listing_a_vanished_entry(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+        for folder, dirs, files in real_walk(root):
+            yield folder, dirs, ["td-warm-gone", *files] if folder == str(scratch) else files
+
+    monkeypatch.setattr(os, "walk", listing_a_vanished_entry)
+
+    assert remove_owned_files([str(tmp_path)], 54321) == [str(mine)]
+    assert not mine.exists()
+
+
 def test_removing_a_copy_another_process_is_removing_is_not_an_error(tmp_path: Path) -> None:
     copy = tmp_path / "td-ws-1-abc"
     (copy / "a" / "b").mkdir(parents=True)

@@ -321,12 +321,16 @@ def remove_owned_files(roots: Iterable[str], uid: int) -> list[str]:
             dirs[:] = [d for d in dirs if _writable_by(os.path.join(folder, d), uid)]
             for name in files + dirs:
                 path = os.path.join(folder, name)
-                if os.lstat(path).st_uid == uid:
+                try:
+                    if os.lstat(path).st_uid != uid:
+                        continue
                     if os.path.isdir(path) and not os.path.islink(path):
                         shutil.rmtree(path, ignore_errors=True)
                     else:
                         os.unlink(path)
-                    removed.append(path)
+                except FileNotFoundError:
+                    continue  # gone since the folder was listed (another process's scratch)
+                removed.append(path)
     return removed
 
 
