@@ -23,6 +23,31 @@ from torchdoctor.sandbox.tmpfs import mount_tmpfs, unmount
 
 _STAGED = re.compile(r"^td-ws-(\d+)-")
 SKIPPED_NAMES = frozenset({".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+MAX_COPY_MB = 4096
+"""What a host copy of audited code may hold at most (the default disk quota of a run): a
+single-file audit copies the file's folder, which may be a home or downloads folder, and an
+audited repository may hold datasets; no copy fills the host's disk on their account."""
+
+
+class CopyBudget:
+    """Bytes a copy may still write; each regular file is counted before it is copied, so an
+    over-large tree is refused without first writing the budget's worth (sparse files too)."""
+
+    def __init__(self, max_mb: int = MAX_COPY_MB) -> None:
+        self.max_mb = max_mb
+        self.left = max_mb * 2**20
+
+    def take(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise WorkspaceError(
+                f"the code to copy holds more than {self.max_mb} MB (data files beside it?)"
+            )
+
+    def copy_file(self, source: str, destination: str) -> object:
+        """`shutil.copytree`'s copy function, within the budget."""
+        self.take(os.lstat(source).st_size)
+        return shutil.copy2(source, destination)
 
 
 class WorkspaceError(ValueError):
@@ -35,6 +60,7 @@ def stage_workspace(
     *,
     prefix: str = "td-ws-",
     quota_mb: int | None = None,
+    max_mb: int = MAX_COPY_MB,
 ) -> Path:
     """Copy a folder, a file, or several of them into a new directory and return it.
 
@@ -43,16 +69,19 @@ def stage_workspace(
     carries this process's id, so a copy left by a killed process is found and removed by
     `sweep_stale_copies` on the next start. With `quota_mb`, the folder is a tmpfs of that size
     where the host allows mounting one (`kernel_quota` tells), so the kernel holds the quota.
+    Whatever the host allows, more than `quota_mb` (else `max_mb`) is refused before it is
+    copied (`CopyBudget`).
     """
     workspace = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
     if quota_mb is not None:
         mount_tmpfs(workspace, quota_mb)
+    budget = CopyBudget(quota_mb or max_mb)
     try:
         if isinstance(sources, Path) and sources.is_dir() and not sources.is_symlink():
-            _copy_tree(sources, workspace, sources)
+            _copy_tree(sources, workspace, sources, budget)
         else:
             for source in [sources] if isinstance(sources, Path) else sources:
-                _copy_entry(source, workspace / source.name, source.parent)
+                _copy_entry(source, workspace / source.name, source.parent, budget)
     except FileNotFoundError as exc:
         remove_workspace(workspace)
         raise WorkspaceError(f"no such source: {exc.filename}") from exc
@@ -346,23 +375,25 @@ def _entries(folder: Path) -> Iterable[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in SKIPPED_NAMES)
 
 
-def _copy_entry(source: Path, destination: Path, tree_root: Path) -> None:
-    mode = source.lstat().st_mode
+def _copy_entry(source: Path, destination: Path, tree_root: Path, budget: CopyBudget) -> None:
+    info = source.lstat()
+    mode = info.st_mode
     if stat.S_ISLNK(mode):
         _copy_symlink(source, destination, tree_root)
     elif stat.S_ISDIR(mode):
         destination.mkdir()
-        _copy_tree(source, destination, tree_root)
+        _copy_tree(source, destination, tree_root, budget)
     elif stat.S_ISREG(mode):
+        budget.take(info.st_size)
         shutil.copyfile(source, destination, follow_symlinks=False)
         os.chmod(destination, (mode & 0o777) | stat.S_IRUSR | stat.S_IWUSR)
     else:
         raise WorkspaceError(f"refusing to copy a special file: {source}")
 
 
-def _copy_tree(source: Path, destination: Path, tree_root: Path) -> None:
+def _copy_tree(source: Path, destination: Path, tree_root: Path, budget: CopyBudget) -> None:
     for entry in _entries(source):
-        _copy_entry(entry, destination / entry.name, tree_root)
+        _copy_entry(entry, destination / entry.name, tree_root, budget)
 
 
 def _copy_symlink(source: Path, destination: Path, tree_root: Path) -> None:

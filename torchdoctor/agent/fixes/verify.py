@@ -47,6 +47,7 @@ from torchdoctor.agent.fixes.stats import (
 from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Severity, Verification
+from torchdoctor.sandbox.workspace import WorkspaceError
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"
@@ -153,52 +154,59 @@ class Verifier:
     # --- the pipeline ---------------------------------------------------------------------
 
     def verify(self, patch: Patch, claim: Claim, spec: FixSpec) -> list[Verification]:
-        steps: list[Verification] = []
         self.last_runs = []
-        with workspace_copy(self.root) as copy:
-            try:
-                touched = apply_patch(copy, patch.diff)
-            except PatchError as err:
-                return [Verification(step="patch-applies", ok=False, detail=str(err))]
-            steps.append(Verification(step="patch-applies", ok=True, detail=", ".join(touched)))
-            parsed = _parse_all(copy, touched)
-            steps.append(parsed)
-            if not parsed.ok:
-                return steps
-            steps.append(self._static(copy, touched, claim))
-            if not steps[-1].ok:
-                return steps
-            if self.runner is None or self.run_command is None:
-                steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
-                return steps
-            if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
-                steps.append(self._nothing_to_compare(spec))
-                return steps
-            after = self._smoke_run(copy, touched, spec)
-            self.last_runs.append(after)
-            moved = self._crash_moved_on(copy, touched, after, spec)
-            if moved is not None:
-                # the error this fix targets is gone; the run stops at another problem
-                return [*steps, *moved]
-            described = self._on_root(copy, touched, _describe_run(after, self.steps))
-            steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
-            if not after.ok:
-                return steps
-            executed = self._executed(copy, touched, after, spec)
-            steps.append(
-                executed.model_copy(
-                    update={"detail": self._on_root(copy, touched, executed.detail)}
-                )
-            )
-            if not steps[-1].ok:
-                return steps
-            if spec.unseeded_repeat:
-                after = self._with_unseeded_repeat(copy, touched, spec, after)
-            if spec.hash_seed_repeat:
-                after = self._with_other_hash_seed(copy, touched, spec, after)
-            steps.append(self._behaviour(after, spec))
-            if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
-                steps.append(self._speed(copy, after, spec))
+        try:
+            with workspace_copy(self.root) as copy:
+                return self._verify_on(copy, patch, claim, spec)
+        except WorkspaceError as err:  # the tree is too large to copy
+            return [Verification(step="patch-applies", ok=False, detail=str(err))]
+
+    def _verify_on(
+        self, copy: Path, patch: Patch, claim: Claim, spec: FixSpec
+    ) -> list[Verification]:
+        """The steps of `verify` on a private copy of the tree."""
+        steps: list[Verification] = []
+        try:
+            touched = apply_patch(copy, patch.diff)
+        except PatchError as err:
+            return [Verification(step="patch-applies", ok=False, detail=str(err))]
+        steps.append(Verification(step="patch-applies", ok=True, detail=", ".join(touched)))
+        parsed = _parse_all(copy, touched)
+        steps.append(parsed)
+        if not parsed.ok:
+            return steps
+        steps.append(self._static(copy, touched, claim))
+        if not steps[-1].ok:
+            return steps
+        if self.runner is None or self.run_command is None:
+            steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
+            return steps
+        if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
+            steps.append(self._nothing_to_compare(spec))
+            return steps
+        after = self._smoke_run(copy, touched, spec)
+        self.last_runs.append(after)
+        moved = self._crash_moved_on(copy, touched, after, spec)
+        if moved is not None:
+            # the error this fix targets is gone; the run stops at another problem
+            return [*steps, *moved]
+        described = self._on_root(copy, touched, _describe_run(after, self.steps))
+        steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
+        if not after.ok:
+            return steps
+        executed = self._executed(copy, touched, after, spec)
+        steps.append(
+            executed.model_copy(update={"detail": self._on_root(copy, touched, executed.detail)})
+        )
+        if not steps[-1].ok:
+            return steps
+        if spec.unseeded_repeat:
+            after = self._with_unseeded_repeat(copy, touched, spec, after)
+        if spec.hash_seed_repeat:
+            after = self._with_other_hash_seed(copy, touched, spec, after)
+        steps.append(self._behaviour(after, spec))
+        if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
+            steps.append(self._speed(copy, after, spec))
         return steps
 
     def _crash_moved_on(

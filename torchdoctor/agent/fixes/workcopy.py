@@ -15,15 +15,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from torchdoctor.sandbox.workspace import CopyBudget
+
 SKIPPED = (".git", ".venv", "venv", "__pycache__", ".torchdoctor", ".mypy_cache", ".pytest_cache")
 
 
 @contextmanager
 def workspace_copy(root: Path) -> Iterator[Path]:
-    """A temporary copy of `root` (VCS, virtualenvs and caches left out), removed afterwards."""
+    """A temporary copy of `root` (VCS, virtualenvs and caches left out), removed afterwards.
+    A tree over `MAX_COPY_MB` raises `WorkspaceError` (nothing of it is left)."""
     with tempfile.TemporaryDirectory(prefix=f"td-ws-{os.getpid()}-fix-") as tmp:
         copy = Path(tmp) / "workspace"
-        shutil.copytree(root, copy, ignore=_ignored(root), symlinks=True)
+        shutil.copytree(
+            root,
+            copy,
+            ignore=_ignored(root),
+            symlinks=True,
+            copy_function=CopyBudget().copy_file,
+        )
         yield copy
 
 
