@@ -255,6 +255,29 @@ def test_script_stuck_in_c_code_is_ended_by_the_watchdog(tmp_path: Path) -> None
     assert doc.forward_passes == 1
 
 
+def test_a_run_stopped_in_an_evaluation_before_its_first_step_counts_its_forwards(
+    tmp_path: Path,
+) -> None:
+    """nanoGPT's lecture script estimates its loss over hundreds of forwards before its first
+    optimizer step: stopped there, the run still shows how far it got."""
+    script = tmp_path / "evaluate_first.py"
+    script.write_text(
+        textwrap.dedent("""
+        import time
+        import torch
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with torch.no_grad():
+            for _ in range(100_000):  # estimate_loss() before training
+                model(torch.zeros(2, 4))
+                time.sleep(0.01)
+    """)
+    )
+    doc, _done = run_probes(tmp_path, script, "--steps", "5", "--time-budget", "2", timeout=60)
+    assert (doc.outcome.kind, doc.steps_completed, doc.forward_passes) == ("time-budget", 0, 0)
+    assert doc.root_forwards > 10
+
+
 def test_sys_exit_is_recorded_with_its_code(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "sys_exit.py", "--steps", "5")
     assert (doc.outcome.kind, doc.outcome.exit_code) == ("sys-exit", 3)

@@ -122,3 +122,18 @@ def test_every_probe_rule_emitted_is_in_the_catalogue_with_the_same_facts() -> N
     for rule_id, (point, severity, title) in emitted.items():
         entry = listed[rule_id]
         assert (entry.point, entry.severity, entry.title) == (point, severity, title), rule_id
+
+
+def test_a_run_stopped_in_an_evaluation_before_its_first_step_says_how_far_it_got() -> None:
+    """nanoGPT's lecture script runs 400 evaluation forwards before its first optimizer step:
+    stopped at the budget there, the run made progress, only no step."""
+    budget = {"kind": "time-budget", "detail": "stopped at the 280 s wall-clock budget"}
+    stuck = probe_findings(document(outcome=budget, steps_completed=0, loss={}), "train.py")
+    in_evaluation = probe_findings(
+        document(outcome=budget, steps_completed=0, loss={}, root_forwards=400), "train.py"
+    )
+
+    (hang,) = [f for f in stuck.findings if f.rule == "probe-hang"]
+    assert hang.message.endswith("0 optimizer steps completed.")
+    (late,) = [f for f in in_evaluation.findings if f.rule == "probe-hang"]
+    assert "0 optimizer steps completed, after 400 forward passes of the model" in late.message

@@ -228,12 +228,19 @@ def _outcome(b: _Builder) -> None:
             traceback=o.traceback,
         )
     elif o.kind == "time-budget" and b.doc.steps_completed + b.doc.forward_passes <= 1:
+        ran = b.doc.root_forwards
         b.find(
             "probe-hang",
             2,
             Severity.MEDIUM,
-            "The script made no progress in its time budget",
-            f"{o.detail}; {b.doc.steps_completed} optimizer steps completed.",
+            "The script completed no step in its time budget",
+            f"{o.detail}; {b.doc.steps_completed} optimizer steps completed"
+            + (
+                "."
+                if ran <= 1
+                else f", after {ran} forward passes of the model (an evaluation before the "
+                "first step, or a first step slower than the budget)."
+            ),
             [],
             code="time-budget",
         )

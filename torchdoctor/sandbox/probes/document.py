@@ -163,6 +163,7 @@ def build(
         "mode": mode_of(session),
         "steps_completed": steps_done,
         "forward_passes": session.forwards,
+        "root_forwards": session.root_forwards,
         "device": {
             "cuda_available": torch.cuda.is_available(),
             "cuda_used": cuda,

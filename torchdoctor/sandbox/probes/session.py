@@ -90,6 +90,9 @@ class Session:
         self.user_files = user_files
         self.step = 0
         self.forwards = 0
+        self.root_forwards = 0
+        """Every top-level forward, never reset (`forwards` restarts with the optimizer): a run
+        stopped in a long evaluation before its first step still shows it got that far."""
         self.optimizer_built = False
         self.main_optimizer: int | None = None
         self.depth = 0
@@ -391,6 +394,7 @@ class Session:
                 if self.groups is not None and not (module.training and torch.is_grad_enabled()):
                     self.groups.on_eval_output(args, output)
                 self.mode.on_root_output(self._name(module), module, output)
+                self.root_forwards += 1
                 if not self.optimizer_built:
                     self.forwards += 1
                     self._end_step()
