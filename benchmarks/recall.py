@@ -10,7 +10,11 @@ bug raises, e.g. `weights_only=False` on a flagged `torch.load`, counts). The st
 runs in-process over the whole repository (cross-file rules see what they need); `--linters`
 adds the peer linters through a full offline `torchdoctor audit`. Target: recall >= 0.85.
 
-    python benchmarks/recall.py [--mirror DIR] [--only CLASS] [--linters] [-v]
+A case may name its `round` (cases planted together, e.g. a held-out round measured before any
+rule change, on repositories no rule was tuned to); the summary gives found/planted per round
+("tuning" when a case names none), and `--round` measures one round alone.
+
+    python benchmarks/recall.py [--mirror DIR] [--only CLASS] [--round ROUND] [--linters] [-v]
 """
 
 from __future__ import annotations
@@ -53,13 +57,22 @@ class Case:
     file: str
     find: str
     replace: str
+    round: str = "tuning"
 
 
 def load_cases(path: Path = MUTATIONS) -> tuple[dict[str, list[str]], list[Case]]:
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     classes = {name: spec["rules"] for name, spec in data["classes"].items()}
     cases = [
-        Case(c["id"], c["class"], c["repo"], c["file"], c["find"], c["replace"])
+        Case(
+            c["id"],
+            c["class"],
+            c["repo"],
+            c["file"],
+            c["find"],
+            c["replace"],
+            c.get("round", "tuning"),
+        )
         for c in data["case"]
     ]
     unknown = {c.bug_class for c in cases} - set(classes)
@@ -110,16 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--only", action="append", default=[], help="bug class (repeat)")
+    parser.add_argument(
+        "--round", action="append", default=[], help="cases of a round, e.g. planted-1 (repeat)"
+    )
     parser.add_argument("--linters", action="store_true", help="also run the peer linters")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each case")
     args = parser.parse_args(argv)
 
     classes, cases = load_cases()
     cases = [c for c in cases if not args.only or c.bug_class in args.only]
+    cases = [c for c in cases if not args.round or c.round in args.round]
     repos: dict[str, Repo] = {r.name: r for r in load_manifest()}
     trees: dict[str, Path] = {}
     baselines: dict[str, set[Key]] = {}
     outcome: dict[str, list[bool]] = defaultdict(list)
+    per_round: dict[str, list[bool]] = defaultdict(list)
     missed: list[str] = []
     for case in cases:
         if case.repo not in trees:
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             case, classes[case.bug_class], trees[case.repo], baselines[case.repo], args.linters
         )
         outcome[case.bug_class].append(bool(new))
+        per_round[case.round].append(bool(new))
         if not new:
             missed.append(f"{case.id} ({case.repo}:{case.file})")
         if args.verbose:
@@ -144,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ALL':<34}{len(cases):>6}{total:>6}{recall:>8.2f}")
     macro = sum(sum(h) / len(h) for h in outcome.values()) / max(len(outcome), 1)
     print(f"\nrecall {recall:.2f} (per-class mean {macro:.2f}; target >= {RECALL_TARGET})")
+    for name, hits in sorted(per_round.items()):
+        print(f"  round {name}: found {sum(hits)}/{len(hits)} ({sum(hits) / len(hits):.2f})")
     if missed:
         print("missed: " + "; ".join(missed))
     return 0
