@@ -68,6 +68,7 @@ NEW_RULES: tuple[str, ...] = (
     "loss-averaged-twice",
     "vocabulary-in-set-order",
     "output-projection-unaligned",
+    "attention-heads-one-by-one",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
