@@ -17,7 +17,10 @@ class NoAmp(Rule):
 
     Why it matters: on tensor-core GPUs (V100 and later) bf16/fp16 matmuls and convolutions run
     several times faster than float32 and halve activation memory; bf16 autocast needs no loss
-    scaling and usually no other change.
+    scaling and usually no other change. A model of many small layers gains little: its step is
+    bound by kernel launches, not arithmetic (the nanoGPT lecture's 6-head, 384-wide model on an
+    H100: 55-71 ms a step in float32, 72-74 ms under bf16 autocast), so the codemod's fix is kept
+    only when its measured speed-up clears the noise.
 
     Example:
         for x, y in loader:
@@ -45,7 +48,9 @@ class NoAmp(Rule):
             ctx.report(
                 self,
                 anchor,
-                "CUDA training runs entirely in float32: bf16 autocast is typically several "
-                "times faster on tensor cores",
+                "CUDA training runs entirely in float32: bf16 autocast runs matmuls and "
+                "convolutions several times faster on tensor cores (a model of many small "
+                "layers is bound by kernel launches instead, and gains little: the fix is "
+                "verified by timing)",
                 header_only=True,
             )
