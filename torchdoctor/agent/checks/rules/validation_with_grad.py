@@ -157,6 +157,8 @@ class ValidationWithGrad(Rule):
             # its first model call with autograd on, first: most loops have none, and
             # whether a loop iterates held-out data is the costly question
             call = self._first_with_grad(ctx, node.body, reported)
+            if call is not None and self._callers_turn_grad_off(ctx, node):
+                continue
             if call is not None and (
                 any(_EVAL_LOADER.search(name) for name in _names_in(node.iter))
                 or (
@@ -206,6 +208,13 @@ class ValidationWithGrad(Rule):
             "the model runs for evaluation with autograd on: activations are kept for a "
             "backward pass that never happens",
         )
+
+    @classmethod
+    def _callers_turn_grad_off(cls, ctx: ModuleContext, loop: ast.For) -> bool:
+        """The loop's function is called only under no_grad (FCGF's trainer: `with
+        torch.no_grad(): val_dict = self._valid_epoch()`): its forwards record nothing."""
+        fn = ctx.enclosing_function(loop)
+        return fn is not None and fn.name in cls._grad_off_call_sites(ctx, {fn.name})
 
     @staticmethod
     def _grad_off_call_sites(ctx: ModuleContext, names: set[str]) -> set[str]:
