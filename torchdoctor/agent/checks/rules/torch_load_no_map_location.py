@@ -109,6 +109,12 @@ class TorchLoadNoMapLocation(Rule):
     saves what it made of the loaded checkpoint (`ckpt = torch.load(old); ...;
     torch.save(ckpt, new)`): it needs no GPU but cannot read a GPU checkpoint without one.
 
+    Also reported: a load in a script that starts a `torch.distributed` process group
+    (`init_process_group`), outside a branch only the main process takes: every process
+    restores the checkpoint onto the GPU it was saved from (GPU 0), not its own local rank,
+    and GPU 0 holds one copy per process (stylegan2's resume: `ckpt = torch.load(args.ckpt)`
+    after `torch.cuda.set_device(args.local_rank)`).
+
     Also reported, in any file: a load in a function that takes a `map_location` parameter
     and does not hand it to this call (`def pt_load(path, map_location=None): ...
     torch.load(f)`: the caller's device is dropped); a load on the CPU path of a branch on a
@@ -208,6 +214,17 @@ class TorchLoadNoMapLocation(Rule):
                     ctx.findings.append(found)
             elif here or cpu_side:
                 ctx.findings.append(found)
+            elif _starts_a_process_group(ctx) and not _main_process_only(ctx, call):
+                found = ctx.finding(
+                    self,
+                    call,
+                    "every process of this distributed run loads the checkpoint onto the GPU "
+                    "it was saved from (GPU 0 when rank 0 saved it), not its own: each rank "
+                    "puts a copy there (GPU 0 runs out of memory first)",
+                    data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
+                )
+                if found is not None:
+                    ctx.findings.append(found)
             else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
                 for symbol in _helper_symbols(ctx):
                     pending = Pending(symbol=symbol, needs="cpu-device-in-project", finding=found)
@@ -681,6 +698,30 @@ def _on_the_cpu_side(ctx: ModuleContext, node: ast.AST) -> bool:
                 return (child in anc.body) == side
         child = anc
     return False
+
+
+_MAIN_PROCESS_TEST = re.compile(r"rank|main_process|is_main|is_master|master_process")
+
+
+def _starts_a_process_group(ctx: ModuleContext) -> bool:
+    """The module starts a `torch.distributed` process group itself (a DDP training script:
+    one process per GPU, each pinned to its own local rank); once per module."""
+    memo = ctx.memo_table("torch_load_no_map_location.process_group")
+    if "" not in memo:
+        memo[""] = "init_process_group" in ctx.source and any(
+            (ctx.flow.qualname_of(call) or "").endswith("distributed.init_process_group")
+            for call in ctx.flow.calls_named(("init_process_group",))
+        )
+    return bool(memo[""])
+
+
+def _main_process_only(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Under a branch that only the main process takes (`if rank == 0:`,
+    `if is_main_process():`): one process loads, on the GPU rank 0 runs on."""
+    return any(
+        isinstance(anc, ast.If) and _MAIN_PROCESS_TEST.search(ast.unparse(anc.test))
+        for anc in ctx.ancestors(node)
+    )
 
 
 def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
