@@ -22,7 +22,8 @@ class BufferUpdatedWithGraph(Rule):
     `forward` method or a method it calls through `self`) writes with a value computed with
     autograd on: `self.running_mean = m * self.running_mean + (1 - m) * x.mean(0)`,
     `self.sv[i][:] = sv` with `sv` from a power iteration over the weight,
-    `self.queue[:, ptr:ptr + n] = keys.T`, `self.ema.copy_(value)`; not under `no_grad()`, in
+    `self.queue[:, ptr:ptr + n] = keys.T`, `self.ema.copy_(value)`, a buffer registered again
+    (`self.register_buffer(name, old * decay + new * (1 - decay))`); not under `no_grad()`, in
     no method decorated with it, and with no `.detach()` / `.data` / `.item()` on the value.
     Buffers named through a property that returns `getattr(self, name)` for registered
     names are followed.
@@ -173,7 +174,25 @@ def _buffer_writes(method: ast.FunctionDef, buffers: set[str]) -> list[tuple[ast
             and _buffer_of(_inplace_receiver(node.func.value), buffers)
         ):
             found.extend((node, arg) for arg in node.args)
+        elif (registered := _registered_value(node)) is not None:
+            found.append((node, registered))
     return found
+
+
+def _registered_value(node: ast.AST) -> ast.expr | None:
+    """The tensor of `self.register_buffer(name, value)` (or `tensor=value`): registering a
+    buffer again in the forward pass replaces it with `value` (a running statistic kept by
+    re-registration: vector-quantize-pytorch's `update_with_decay`)."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "register_buffer"
+        and identifier(node.func.value) == "self"
+    ):
+        return None
+    if len(node.args) > 1:
+        return node.args[1]
+    return next((k.value for k in node.keywords if k.arg == "tensor"), None)
 
 
 def _inplace_receiver(target: ast.expr) -> ast.expr:
