@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
-from torchdoctor.agent.checks.device_scope import touches_accelerator
+from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -37,6 +37,11 @@ class TensorAttributeNotBuffer(Rule):
     the override forgot, or when the module is moved through a parent (`parent.to()` calls
     `_apply`, not the child's `to`).
 
+    Also reported: state the module declares `None` in `__init__` and creates on first use
+    in another method (`self.bank = torch.randn(dim, self.size)` once the first batch gives
+    `dim`: lightly's memory bank), in any module but a script that never names a device (a
+    library module runs wherever its caller moves it).
+
     Not reported: tensors created with `device=`, 0-dim tensors of a number
     (`torch.tensor(0.0625)`, `torch.tensor(cfg.POS_WEIGHT)`: they mix with CUDA tensors),
     registered buffers and parameters, reads
@@ -63,16 +68,18 @@ class TensorAttributeNotBuffer(Rule):
         return (
             not is_test_module(ctx.path)
             and bool(ctx.flow.module_classes)
-            and touches_accelerator(ctx.source)
+            # a library module names no device yet runs wherever its caller moves it
+            and (touches_accelerator(ctx.source) or not is_script(ctx.tree))
         )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        on_device = touches_accelerator(ctx.source)
         for name in sorted(ctx.flow.module_classes):
-            self._check_class(ctx, ctx.flow.classes[name])
+            self._check_class(ctx, ctx.flow.classes[name], on_device)
 
-    def _check_class(self, ctx: ModuleContext, cls: ast.ClassDef) -> None:
+    def _check_class(self, ctx: ModuleContext, cls: ast.ClassDef, on_device: bool) -> None:
         methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
         init = methods.get("__init__")
         if init is None:
@@ -83,30 +90,80 @@ class TensorAttributeNotBuffer(Rule):
             if hook in methods
             for attr in _self_attributes_assigned(methods[hook])
         }
-        for node in walk_scope(init.body):
-            if not (
-                isinstance(node, ast.Assign)
-                and len(node.targets) == 1
-                and _self_attribute(node.targets[0]) is not None
-                and isinstance(node.value, ast.Call)
-                and ctx.flow.qualname_of(node.value) in _FACTORIES
-                and kwarg(node.value, "device") is None
-            ):
-                continue
+        created = [(node, False) for node in _plain_factories(ctx, init)] if on_device else []
+        lazy = _declared_none(init) - _registered(cls)
+        if lazy:
+            created += [
+                (node, True)
+                for name, method in methods.items()
+                if name != "__init__" and name not in _DEVICE_HOOKS
+                for node in _plain_factories(ctx, method)
+                if _self_attribute(node.targets[0]) in lazy
+            ]
+        for node, on_first_use in created:
             attr = _self_attribute(node.targets[0])
-            assert attr is not None
+            assert attr is not None and isinstance(node.value, ast.Call)
             if attr in moved_by_hook or _zero_dim(ctx, node.value):
                 continue
             read = _unmoved_read(ctx, methods, attr)
             if read is None:
                 continue
+            made = (
+                "is created on first use as a plain CPU tensor (declared None in __init__)"
+                if on_first_use
+                else "is a plain tensor"
+            )
             ctx.report(
                 self,
                 node,
-                f"`self.{attr}` is a plain tensor: model.to(device) and model.cuda() do not "
+                f"`self.{attr}` {made}: model.to(device) and model.cuda() do not "
                 f"move it (nor save it), and `{read}` reads it where the module's outputs may "
                 f"be on the GPU; register it: `self.register_buffer('{attr}', ...)`",
             )
+
+
+def _plain_factories(ctx: ModuleContext, method: ast.FunctionDef) -> list[ast.Assign]:
+    """`self.x = torch.zeros(...)` in `method`: a tensor factory given no device, assigned
+    to one attribute of the module."""
+    return [
+        node
+        for node in walk_scope(method.body)
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and _self_attribute(node.targets[0]) is not None
+        and isinstance(node.value, ast.Call)
+        and ctx.flow.qualname_of(node.value) in _FACTORIES
+        and kwarg(node.value, "device") is None
+    ]
+
+
+def _declared_none(init: ast.FunctionDef) -> set[str]:
+    """Attributes `__init__` sets to None (`self.bank = None`): state the module creates on
+    first use (a memory bank sized by the first batch)."""
+    return {
+        attr
+        for node in walk_scope(init.body)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and node.value.value is None
+        for target in node.targets
+        if (attr := _self_attribute(target)) is not None
+    }
+
+
+def _registered(cls: ast.ClassDef) -> set[str]:
+    """Names the class registers as buffers (`self.register_buffer("bank", None)`): an
+    assignment to one replaces the buffer, which the module moves."""
+    return {
+        node.args[0].value
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "register_buffer"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
 
 
 def _zero_dim(ctx: ModuleContext, call: ast.Call) -> bool:
