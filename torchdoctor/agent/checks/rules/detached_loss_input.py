@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SYMMETRIC_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import is_optimizer_step, walk_tree
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
@@ -44,6 +44,18 @@ class DetachedLossInput(Rule):
     A model's output is also what a method of a model returns (`self.policy.evaluate(s, a)`,
     PPO's critic values among its results), through tuple unpacking and value-keeping calls.
 
+    The model an update trains is cut too when the loss reaches it only through a cut: the
+    generator step of a GAN whose fake batch was detached (`fake = G(z).detach()` or
+    `D(fake.data)`, then `g_loss = D(fake).mean()`, `g_loss.backward()`, `opt_G.step()` with
+    `opt_G` built over `G.parameters()`). The backward runs (through D), the step runs, and G
+    never learns. Reported at the cut, when every path from that model's calls to the loss
+    goes through one; a step whose model reaches the loss attached (the discriminator step
+    with `D(fake.detach())`) is the idiom, not a bug.
+
+    A loss accumulated into a sum that other losses join attached (`total += intent_loss
+    .item()` beside `total += coef * slot_loss`) adds value but no gradient: that term is
+    reported (an accumulator of numbers only is a log, not a loss).
+
     Example:
         output = model(x)
         loss = criterion(output.detach(), y)
@@ -65,9 +77,20 @@ class DetachedLossInput(Rule):
         return "backward" in text and any(cut in text for cut in cuts)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if ".item()" in ctx.source or "float(" in ctx.source:
+            for number, total in _numbers_in_attached_sums(ctx):
+                ctx.report(
+                    self,
+                    number,
+                    f"`{ast.unparse(number)}` is added to `{total}` as a Python number, beside "
+                    f"loss terms `{total}` keeps in the graph: it changes the value but gives no "
+                    "gradient, so this term trains nothing",
+                    data={"cut_line": number.lineno, "cut": ast.unparse(number)},
+                )
         if not self.applies(ctx) or not ctx.flow.has_backward():
             return  # a loss is reported only when it reaches a backward call
         flow = ctx.flow
+        reported: set[int] = set()
         for call in flow.nodes(ast.Call):
             if not _is_loss(ctx, call) or flow.grad_disabled_at(call):
                 continue
@@ -77,6 +100,7 @@ class DetachedLossInput(Rule):
             prediction, detached = found
             if not _backpropagated(ctx, call):
                 continue
+            reported.add(detached.lineno)
             ctx.report(
                 self,
                 call,
@@ -102,6 +126,7 @@ class DetachedLossInput(Rule):
                 if (cut := _loss_turned_number(ctx, term)) is not None
             ]
             for term, cut, how in cuts:
+                reported.add(cut.lineno)
                 ctx.report(
                     self,
                     cut,
@@ -110,6 +135,17 @@ class DetachedLossInput(Rule):
                     "gradient, so this term trains nothing",
                     data={"sum_line": node.lineno, "cut_line": cut.lineno, "cut": ast.unparse(cut)},
                 )
+        for cut, model, step in _stepped_model_cut(ctx):
+            if cut.lineno in reported:
+                continue  # the loss itself was reported at this cut
+            ctx.report(
+                self,
+                cut,
+                f"`{model}` is trained by the step on line {step.lineno}, but its output reaches "
+                f"the loss back-propagated before it only through `{ast.unparse(cut)}`: no "
+                f"gradient reaches `{model}`, so this update never changes it",
+                data={"cut_line": cut.lineno, "cut": ast.unparse(cut)},
+            )
 
 
 def _detached_prediction(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, ast.expr] | None:
@@ -319,3 +355,145 @@ def _number_source(call: ast.Call) -> ast.expr | None:
     ):
         source = source.func.value
     return source
+
+
+_MAX_WALK = 400
+
+
+def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call]]:
+    """(cut, model, step) for each `loss.backward()` whose next optimizer step (same
+    function) trains a model (`opt = Adam(G.parameters())`) that the loss reaches only
+    through `.detach()`/`.data`."""
+    flow = ctx.flow
+    found: list[tuple[ast.expr, str, ast.Call]] = []
+    calls = flow.nodes(ast.Call)
+    steps = [c for c in calls if is_optimizer_step(c) and isinstance(c.func, ast.Attribute)]
+    for call in calls:
+        func = call.func
+        if not (isinstance(func, ast.Attribute) and func.attr == "backward"):
+            continue
+        scope = ctx.enclosing_function(call)
+        after = [
+            s
+            for s in steps
+            if ctx.enclosing_function(s) is scope
+            and (s.lineno, s.col_offset) > (call.lineno, call.col_offset)
+        ]
+        if not after:
+            continue
+        step = min(after, key=lambda s: (s.lineno, s.col_offset))
+        model = _stepped_model(ctx, step)
+        if model is None:
+            continue
+        attached, cuts = _paths_to_model(ctx, func.value, model)
+        if cuts and not attached:
+            here = (call.lineno, call.col_offset)
+            before = [c for c in cuts if (c.lineno, c.col_offset) < here]
+            found.append(
+                (
+                    max(before, key=lambda c: (c.lineno, c.col_offset)) if before else cuts[0],
+                    model,
+                    step,
+                )
+            )
+    return found
+
+
+def _stepped_model(ctx: ModuleContext, step: ast.Call) -> str | None:
+    """`G` for `opt_G.step()` when `opt_G` is built over `G.parameters()` alone."""
+    assert isinstance(step.func, ast.Attribute)
+    owners = {
+        owner
+        for cons in ctx.flow.constructors(step.func.value)
+        if cons.args and (owner := _parameters_owner(cons.args[0])) is not None
+    }
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _parameters_owner(expr: ast.expr) -> str | None:
+    """`self.actor.parameters()` -> 'self.actor'."""
+    if (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr == "parameters"
+        and not expr.args
+    ):
+        return ast.unparse(expr.func.value)
+    return None
+
+
+def _cut_of(node: ast.expr) -> ast.expr | None:
+    """The value a cut (`x.detach()`, `x.data`) is taken of, else None."""
+    if isinstance(node, ast.Attribute) and node.attr == "data":
+        return node.value
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "detach"
+        and not node.args
+    ):
+        return node.func.value
+    return None
+
+
+def _paths_to_model(ctx: ModuleContext, loss: ast.expr, model: str) -> tuple[bool, list[ast.expr]]:
+    """(some call of `model` reaches `loss` attached, the cuts the others pass through):
+    a walk back from the loss through sub-expressions and the bindings of names."""
+    attached = False
+    cuts: list[ast.expr] = []
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[ast.expr, ast.expr | None]] = [(loss, None)]
+    while stack and len(seen) < _MAX_WALK:
+        node, cut = stack.pop()
+        key = (id(node), id(cut))
+        if key in seen:
+            continue
+        seen.add(key)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == model:
+            if cut is None:
+                attached = True
+            elif not any(c is cut for c in cuts):
+                cuts.append(cut)
+            continue
+        if isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node) == model:
+            attached = True  # the model itself handed on (`compute_loss(model, x)`): unknown
+            continue
+        inner = _cut_of(node)
+        if inner is not None:
+            stack.append((inner, cut if cut is not None else node))
+            continue
+        if isinstance(node, ast.Name):
+            reached = ctx.flow.reaching(node)  # the binding that runs first on every path
+            values = [reached] if reached is not None else ctx.flow.live_definitions(node)
+            stack.extend((value, cut) for value in values)
+            continue
+        children: list[ast.expr] = []
+        if isinstance(node, ast.Call):
+            children = [*node.args, *(k.value for k in node.keywords)]
+            if isinstance(node.func, ast.Attribute):
+                children.append(node.func.value)  # `out.mean()` reads `out`
+        elif not isinstance(node, ast.Lambda):
+            children = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
+        stack.extend((child, cut) for child in children)
+    return attached, cuts
+
+
+def _numbers_in_attached_sums(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
+    """(`loss.item()`, accumulator) for each `acc += <loss>.item()` in a function whose other
+    `acc += ...` add a loss still in its graph."""
+    by_target: dict[tuple[int, str], list[ast.expr]] = {}
+    for node in ctx.flow.nodes(ast.AugAssign):
+        if isinstance(node.op, ast.Add) and isinstance(node.target, ast.Name | ast.Attribute):
+            scope = ctx.enclosing_function(node)
+            key = (id(scope), ast.unparse(node.target))
+            by_target.setdefault(key, []).append(node.value)
+    found: list[tuple[ast.Call, str]] = []
+    for (_, total), values in by_target.items():
+        numbers: list[ast.Call] = []
+        for value in values:
+            source = _number_source(value) if isinstance(value, ast.Call) else None
+            if source is not None and ctx.flow.graph_origin(source) == "loss":
+                numbers.append(value)  # type: ignore[arg-type]
+        if numbers and any(ctx.flow.graph_origin(v) == "loss" for v in values):
+            found.extend((number, total) for number in numbers)
+    return found
