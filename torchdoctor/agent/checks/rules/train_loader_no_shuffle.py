@@ -36,9 +36,11 @@ class TrainLoaderNoShuffle(Rule):
     loader is not read as one.
 
     Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum)
-    but for one written beside a `DistributedSampler` that is None when the run is not
-    distributed (the DataLoader refuses a sampler with `shuffle=True`; the other path then
-    never shuffles),
+    but over a dataset stored in class order (`ImageFolder`, `DatasetFolder`: samples sorted
+    by class folder, so an unshuffled epoch trains on one class after another: no order is
+    deliberate there), and but for one written beside a `DistributedSampler` that is None
+    when the run is not distributed (the DataLoader refuses a sampler with `shuffle=True`;
+    the other path then never shuffles),
     a sampler of any kind (`DistributedSampler` shuffles) but a `SequentialSampler` (reported
     like no sampler, also when it is the sampler of one path: `SequentialSampler if
     args.local_rank == -1 else DistributedSampler`), options passed through `**kwargs`
@@ -351,6 +353,9 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
     # `shuffle=False` written for the sampler's sake orders nothing on the sampler-less path
     skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
+    flag = kwarg(loader, "shuffle")
+    if isinstance(flag, ast.Constant) and flag.value is False and _class_ordered(ctx, loader):
+        skipped.add("shuffle")  # `shuffle=False` over class-sorted folders orders nothing usefully
     given = [(name, kwarg(loader, name)) for name in _ORDERING if name not in skipped]
     if any(
         value is not None
@@ -604,6 +609,20 @@ def _held_out(ctx: ModuleContext, loader: ast.Call) -> bool:
     names = [identifier(t) for t in getattr(parent, "targets", [])]
     names += [identifier(a) for a in loader.args[:1]]
     return any(held_out_name_kind(n) for n in names if n)
+
+
+# datasets whose samples are listed class by class (torchvision sorts the class folders)
+_CLASS_ORDERED = frozenset(
+    f"torchvision.datasets.{name}" for name in ("ImageFolder", "DatasetFolder", "ImageNet")
+) | frozenset(f"torchvision.datasets.folder.{name}" for name in ("ImageFolder", "DatasetFolder"))
+
+
+def _class_ordered(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's dataset is built by `ImageFolder`/`DatasetFolder` (through names)."""
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    if dataset is None:
+        return False
+    return any(ctx.flow.qualname_of(c) in _CLASS_ORDERED for c in ctx.flow.constructors(dataset))
 
 
 def _iterable(ctx: ModuleContext, loader: ast.Call) -> bool:
