@@ -54,10 +54,20 @@ _EVAL_FUNCTION = re.compile(
 )
 # Prediction/serving paths belong to inference-no-eval (point 7); Lightning's *_step hooks run
 # after the framework has already switched the mode.
-_OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify|_step$", re.IGNORECASE)
+_OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
+_HOOK_NAME = re.compile(r"_step$", re.IGNORECASE)
 _MODE_DEPENDENT = re.compile(
     r"Dropout|BatchNorm|InstanceNorm|dropout|\bTransformer(?:Encoder|Decoder)?(?:Layer)?\("
 )  # `nn.TransformerEncoderLayer(...)` (dropout 0.1 by default), not a `TransformerBlock`
+
+
+def _other_rules_path(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """A prediction/serving function (inference-no-eval's), or a framework's `*_step` hook: a
+    method (`LightningModule.validation_step`). A module-level `test_step(model, loader)`
+    (a notebook-exported engine) is the caller's evaluation, judged here."""
+    if _OTHER_RULES_PATHS.search(fn.name):
+        return True
+    return bool(_HOOK_NAME.search(fn.name)) and isinstance(ctx.parents.get(fn), ast.ClassDef)
 
 
 class EvalWithoutEvalMode(Rule):
@@ -133,6 +143,7 @@ class EvalWithoutEvalMode(Rule):
             and not evaluation_helpers(ctx)
             and not _held_out_loops(ctx, [], is_test_module(ctx.path))
             and not _held_out_draws(ctx, [], is_test_module(ctx.path))
+            and not _held_out_calls(ctx, [], is_test_module(ctx.path))
             and not _phase_loops(ctx)
             and not _flagged_evaluation_calls(ctx)
         ):
@@ -446,7 +457,7 @@ def _find_evaluation_regions(
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
-            if _OTHER_RULES_PATHS.search(fn.name) or _model_method(ctx, fn):
+            if _other_rules_path(ctx, fn) or _model_method(ctx, fn):
                 continue
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
             if test_module and fn.name.startswith("test"):
@@ -455,7 +466,7 @@ def _find_evaluation_regions(
                 regions.append((fn, fn.body))
                 named.add(id(fn))
     for fn in evaluation_helpers(ctx) if not test_module else []:
-        if id(fn) in named or _OTHER_RULES_PATHS.search(fn.name) or ctx.flow.module_method(fn):
+        if id(fn) in named or _other_rules_path(ctx, fn) or ctx.flow.module_method(fn):
             continue
         regions.append((fn, fn.body))
         named.add(id(fn))
@@ -468,7 +479,7 @@ def _find_evaluation_regions(
             continue
         if owner is None and not trains:
             continue  # a script's top level that does not train is inference-no-eval's
-        if owner is not None and (id(owner) in named or _OTHER_RULES_PATHS.search(owner.name)):
+        if owner is not None and (id(owner) in named or _other_rules_path(ctx, owner)):
             continue
         if owner is not None and test_module and owner.name.startswith("test"):
             continue
@@ -477,6 +488,7 @@ def _find_evaluation_regions(
         regions.append((owner, node.body))
     regions += _held_out_loops(ctx, regions, test_module)
     regions += _held_out_draws(ctx, regions, test_module)
+    regions += _held_out_calls(ctx, regions, test_module)
     return regions
 
 
@@ -587,9 +599,7 @@ def _held_out_loops(
         # where the loop is first (its function's kind and place, a lookup each): in a module
         # that does not train, only loops of uncalled module-level functions can count
         owner = ctx.enclosing_function(node)
-        if owner is not None and (
-            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
-        ):
+        if owner is not None and (ctx.flow.module_method(owner) or _other_rules_path(ctx, owner)):
             continue
         if not trains and not _uncalled_module_function(ctx, owner):
             continue
@@ -667,11 +677,55 @@ def _held_out_draws(
         ):
             continue
         owner = ctx.enclosing_function(node)
-        if owner is not None and (
-            ctx.flow.module_method(owner) or _OTHER_RULES_PATHS.search(owner.name)
-        ):
+        if owner is not None and (ctx.flow.module_method(owner) or _other_rules_path(ctx, owner)):
             continue
         found.append((owner, rest))
+    return found
+
+
+def _held_out_calls(
+    ctx: ModuleContext, regions: list[tuple[FunctionNode | None, list[ast.stmt]]], test_module: bool
+) -> list[tuple[FunctionNode | None, list[ast.stmt]]]:
+    """The model run on held-out tensors inline in a training loop (`test_pred =
+    net(test_x)` every ten steps, a tutorial's dropout comparison) and the statements after
+    it in its block, when they do not back-propagate: an evaluation written into the step."""
+    if test_module or not ctx.loops.training_loops:
+        return []
+    covered = {id(stmt) for _, body in regions for stmt in body}
+    found: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
+    seen: set[tuple[int, str]] = set()  # (block, model): each model once per block
+    for loop in ctx.loops.training_loops:
+        if loop.kind != "loop":
+            continue
+        for call in walk_scope(loop.node.body):
+            if not (isinstance(call, ast.Call) and call.args and ctx.flow.is_model_call(call)):
+                continue
+            if all(ctx.flow.held_out_kind(arg) is None for arg in call.args):
+                continue
+            statement = next(
+                (a for a in [call, *ctx.ancestors(call)] if isinstance(a, ast.stmt)), None
+            )
+            block = _block_of(ctx, statement) if statement is not None else []
+            key = (id(block), ast.unparse(call.func))
+            if statement is None or not block or key in seen:
+                continue
+            seen.add(key)
+            rest = block[block.index(statement) :]  # its first model call is this one
+            if any(id(stmt) in covered for stmt in rest):
+                continue
+            if any(id(anc) in covered for anc in ctx.ancestors(statement)):
+                continue
+            targets = [*getattr(statement, "targets", []), getattr(statement, "target", None)]
+            if ctx.loops.backpropagates(rest) or any(
+                t is not None and ctx.flow.is_backpropagated(t) for t in targets
+            ):
+                continue  # what it computes is trained on: part of the step, not an evaluation
+            owner = ctx.enclosing_function(statement)
+            if owner is not None and (
+                ctx.flow.module_method(owner) or _other_rules_path(ctx, owner)
+            ):
+                continue
+            found.append((owner, rest))
     return found
 
 
