@@ -43,6 +43,10 @@ def _positional(call: ast.Call, position: int) -> ast.expr | None:
     return call.args[position] if len(call.args) > position else None
 
 
+# torch loss modules: `nn.CrossEntropyLoss`, and the deprecated `nn.NLLLoss2d` of old FCNs
+_LOSS_SUFFIXES = ("Loss", "Loss2d")
+
+
 class ModelFacts(DefUse):
     """Models, losses and grad mode, asked of values of one module."""
 
@@ -282,7 +286,7 @@ class ModelFacts(DefUse):
         """Whether any call of the module builds a torch loss module (`loss_class`)."""
         for call in self.nodes(ast.Call):
             qual = self.qualname_of(call) or ""
-            if qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1].endswith("Loss"):
+            if qual.startswith("torch.nn.") and qual.endswith(_LOSS_SUFFIXES):
                 return True
         return False
 
@@ -294,7 +298,7 @@ class ModelFacts(DefUse):
         for call in self.constructors(callee):
             qual = self.qualname_of(call) or ""
             last = qual.rsplit(".", 1)[-1]
-            if qual.startswith("torch.nn.") and last.endswith("Loss"):
+            if qual.startswith("torch.nn.") and last.endswith(_LOSS_SUFFIXES):
                 return last
         return None
 

@@ -217,7 +217,7 @@ def _is_nll(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual in NLL_LOSSES
-    return ctx.flow.loss_class(call.func) == "NLLLoss"
+    return ctx.flow.loss_class(call.func) in ("NLLLoss", "NLLLoss2d")  # the 2d alias: old FCNs
 
 
 def _kind(ctx: ModuleContext, call: ast.Call) -> str:
