@@ -147,6 +147,20 @@ SPLIT_FUNCTIONS = frozenset(
 )
 _UNSEEN = object()
 _SPLIT_SIMPLE_NAMES = frozenset({"train_test_split", "random_split"})
+# Cross-validation: a splitter's `.split(X, y)` and the helpers that split inside divide their
+# data into fit and held-out folds as surely as `train_test_split` does.
+_CV_SPLITTERS = frozenset(
+    f"sklearn.model_selection.{name}"
+    for name in (
+        "KFold", "StratifiedKFold", "GroupKFold", "StratifiedGroupKFold", "RepeatedKFold",
+        "RepeatedStratifiedKFold", "ShuffleSplit", "StratifiedShuffleSplit", "GroupShuffleSplit",
+        "LeaveOneOut", "LeavePOut", "TimeSeriesSplit",
+    )
+)  # fmt: skip
+_CV_HELPERS = frozenset(
+    f"sklearn.model_selection.{name}"
+    for name in ("cross_val_score", "cross_validate", "cross_val_predict")
+)
 
 
 def held_out_name_kind(name: str) -> str | None:
@@ -484,10 +498,26 @@ class HeldOut(DefUse):
             for call in self.nodes(ast.Call):
                 if id(call) in named and self.is_split_call(call):
                     found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
+        if "split" in text or "cross_val" in text:
+            found += self._cross_validation_inputs()
         if ":]" in text or "len(" in text:
             for sub in self.nodes(ast.Subscript):
                 if self._is_tail_slice(sub) or self._is_ratio_slice(sub):
                     found.append((sub, [sub.value]))
+        return found
+
+    def _cross_validation_inputs(self) -> list[tuple[ast.expr, list[ast.expr]]]:
+        """`kf.split(X, y)` for a scikit-learn splitter `kf` (its data: the arguments), and
+        `cross_val_score(model, X, y)` and kin (the data after the estimator)."""
+        found: list[tuple[ast.expr, list[ast.expr]]] = []
+        for call in self.calls_named(("split",)):
+            func = call.func
+            if not isinstance(func, ast.Attribute) or not call.args:
+                continue
+            if any(self.qualname_of(c) in _CV_SPLITTERS for c in self.constructors(func.value)):
+                found.append((call, [a for a in call.args if not isinstance(a, ast.Starred)]))
+        for call in self.calls_to(_CV_HELPERS):
+            found.append((call, [a for a in call.args[1:] if not isinstance(a, ast.Starred)]))
         return found
 
     def root_names(self, expr: ast.expr) -> set[str]:

@@ -597,4 +597,23 @@ def _split_output(ctx: ModuleContext, data: ast.expr) -> bool:
     values = flow.live_definitions(data) if isinstance(data, ast.Name) else [data]
     if not values:
         values = [data]
+    if any(_fold_rows(ctx, value) for value in values):
+        return True
     return any(flow.sources_include(value, flow.is_split_part) is not None for value in values)
+
+
+def _fold_rows(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`X[train_index]` where `train_index` is bound by `for train_index, test_index in
+    kf.split(X)` (or its `enumerate`): one fold's rows, a split's output."""
+    if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Name):
+        return False
+    splits = {id(call) for call, _ in ctx.flow.split_inputs}
+    for loop in ctx.flow.nodes(ast.For):
+        source = loop.iter
+        if isinstance(source, ast.Call) and identifier(source.func) == "enumerate" and source.args:
+            source = source.args[0]
+        if id(source) in splits and any(
+            isinstance(n, ast.Name) and n.id == value.slice.id for n in walk_tree(loop.target)
+        ):
+            return True
+    return False
