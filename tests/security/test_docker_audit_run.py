@@ -48,7 +48,12 @@ def test_an_audit_runs_the_harness_in_a_container_with_the_images_python(
     repo.mkdir()
     (repo / "train.py").write_text(TRAIN)
     options = AuditOptions(
-        target=repo, run=["python train.py"], steps=3, sandbox="docker", write_ledger=False
+        target=repo,
+        run=["python train.py"],
+        steps=3,
+        probes="cheap",  # the container run is the subject, not the seeded re-runs or export
+        sandbox="docker",
+        write_ledger=False,
     )
     config = engine_config(docker_url, HARNESS_TEST_IMAGE)
     sandbox = config.model_copy(update={"run_root": tmp_path / "runs"}).build()
