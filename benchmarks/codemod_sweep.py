@@ -13,14 +13,19 @@ attempt ends in one of:
 `broken` and `crashed` are defects (target 0). A fix that brings new findings of other rules
 into the file is counted as `introduced`. Printed per rule and in total.
 
+The counts judge parsing and the rule only: a fix that changes what the code computes still
+counts as `fixed`. `--diff DIR` writes every edit as a unified diff (one file per attempt) so
+that each can be read against the original.
+
     python benchmarks/codemod_sweep.py [--mirror DIR] [--only NAME] [--path DIR ...] [--show]
-                                       [--select RULE|all]
+                                       [--select RULE|all] [--diff DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import sys
 import traceback
 from collections import Counter, defaultdict
@@ -58,7 +63,19 @@ def other_findings(path: str, source: str, rule: str, config: EngineConfig) -> C
     return Counter(f.rule for f in result.findings if f.rule != rule)
 
 
-def attempt(root: Path, finding: Finding, tally: Tally, config: EngineConfig) -> None:
+def write_diff(into: Path, where: str, rule: str, source: str, fixed: str) -> None:
+    """The edit as a unified diff, named after the rule and the finding's place."""
+    name = f"{rule}--{where.replace('/', '_').replace(':', '_')}.diff"
+    lines = difflib.unified_diff(
+        source.splitlines(keepends=True), fixed.splitlines(keepends=True), where, f"{where} fixed"
+    )
+    into.mkdir(parents=True, exist_ok=True)
+    (into / name).write_text("".join(lines), encoding="utf-8")
+
+
+def attempt(
+    root: Path, finding: Finding, tally: Tally, config: EngineConfig, diffs: Path | None
+) -> None:
     codemod = codemod_for(finding.rule)
     assert codemod is not None
     source = (root / finding.file).read_text(encoding="utf-8", errors="replace")
@@ -75,6 +92,8 @@ def attempt(root: Path, finding: Finding, tally: Tally, config: EngineConfig) ->
         reason = codemod.explain(source, target) or "(no reason given)"
         tally.reasons[reason[:90]] += 1
         return
+    if diffs is not None:
+        write_diff(diffs, where, finding.rule, source, fixed)
     try:
         ast.parse(fixed)
     except SyntaxError as exc:
@@ -96,7 +115,7 @@ def attempt(root: Path, finding: Finding, tally: Tally, config: EngineConfig) ->
         tally.examples.append(f"introduced {sorted(new)} {where}")
 
 
-def sweep(roots: list[Path], select: list[str]) -> dict[str, Tally]:
+def sweep(roots: list[Path], select: list[str], diffs: Path | None) -> dict[str, Tally]:
     tallies: dict[str, Tally] = defaultdict(Tally)
     extra = [arg for rule in select for arg in ("--select", rule)]
     config = EngineConfig(select=frozenset(select))
@@ -108,7 +127,7 @@ def sweep(roots: list[Path], select: list[str]) -> dict[str, Tally]:
                 continue
             if not (root / finding.file).is_file():
                 continue
-            attempt(root, finding, tallies[finding.rule], config)
+            attempt(root, finding, tallies[finding.rule], config, diffs)
         print(f"swept {root.name}: {len(findings)} findings", file=sys.stderr)
     return tallies
 
@@ -144,12 +163,13 @@ def main() -> int:
     parser.add_argument(
         "--select", action="append", default=[], help="opt-in rules to sweep too (or 'all')"
     )
+    parser.add_argument("--diff", type=Path, help="write each edit's unified diff into DIR")
     args = parser.parse_args()
     roots = list(args.path)
     if not roots:
         repos = [r for r in load_manifest() if not args.only or r.name in args.only]
         roots = [materialise(repo, args.mirror) for repo in repos]
-    tallies = sweep(roots, args.select)
+    tallies = sweep(roots, args.select, args.diff)
     print_table(tallies, args.show)
     return 1 if any(t.outcomes["broken"] or t.outcomes["crashed"] for t in tallies.values()) else 0
 
