@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import BF16_RTOL, Codemod, SourceContext
+from torchdoctor.agent.fixes.codemods.base import (
+    BF16_RTOL,
+    Codemod,
+    SourceContext,
+    method_call,
+)
 from torchdoctor.agent.fixes.codemods.common import flagged_loop, is_wrapped, models_called_in
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
@@ -15,7 +20,8 @@ class ConvWithoutChannelsLastFix(Codemod):
     optimizer built earlier still holds them), and a convolution whose weight is
     channels_last returns channels_last outputs whatever its input's layout, so the inputs
     need no edit. Other kernels sum in another order: a bf16-level tolerance. Not applied to
-    a wrapped model (DDP's gradient buckets are laid out for the parameters it was given)."""
+    a wrapped model (DDP's gradient buckets are laid out for the parameters it was given),
+    nor in a file that flattens a tensor with `.view` (see `_flattening_view`)."""
 
     rule = "conv-without-channels-last"
     kind = FixKind.PERFORMANCE
@@ -44,7 +50,29 @@ class ConvWithoutChannelsLastFix(Codemod):
                 break
             if isinstance(anc, cst.For | cst.While):
                 outer = anc
+        flattening = next(iter(ctx.find(cst.Call, where=_flattening_view)), None)
+        if flattening is not None:
+            return ctx.decline(
+                f"line {ctx.line(flattening)} flattens a tensor with .view: on a conv's "
+                "channels_last output, or a gradient through one, .view to fewer dimensions "
+                "raises; use .flatten() or .reshape() there first"
+            )
         torch = ctx.require_module("torch")
         lines = "".join(f"{m}.to(memory_format={torch}.channels_last)\n" for m in models)
         ctx.insert_before(outer, lines)
         return True
+
+
+def _flattening_view(call: cst.Call) -> bool:
+    """`x.view(n, -1)`, `x.view(-1, 1024 * 4 * 4)`, `x.view(-1)`: a view to one or two
+    dimensions. A channels_last NCHW tensor keeps C innermost, so no view can merge C with H and
+    W (WGAN-GP's `gradients.view(gradients.size(0), -1)` of a discriminator's input gradient, the
+    classic `x.view(x.size(0), -1)` before a CNN's linear head). `.view(1)` of a scalar is
+    left alone; views to three or more dimensions (`x.view(b, c, -1)`) may keep C apart."""
+    if method_call(call, "view") is None or not 1 <= len(call.args) <= 2:
+        return False
+    if any(arg.keyword is not None or arg.star for arg in call.args):
+        return False
+    return not all(
+        isinstance(arg.value, cst.Integer) and arg.value.value == "1" for arg in call.args
+    )
