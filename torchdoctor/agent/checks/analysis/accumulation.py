@@ -128,8 +128,30 @@ class Accumulations(GraphOrigins):
             receivers: list[ast.expr] = list(call.args)
             if isinstance(call.func, ast.Attribute):
                 receivers.append(call.func.value)
-            for receiver in receivers:
-                if self.computed_from(receiver, target):
+            if any(self.computed_from(receiver, target) for receiver in receivers):
+                return True
+            if self._passed_to_backward(call, receivers, target):
+                return True
+        return False
+
+    def _passed_to_backward(
+        self, call: ast.Call, receivers: list[ast.expr], target: ast.expr
+    ) -> bool:
+        """`call` back-propagates a parameter of its function, and a call of that function
+        passes a value computed from `target` there (ACER's `_update_networks(..., policy_loss
+        + value_loss, optimiser)`, whose body runs `loss.backward()`). One call deep."""
+        function = self.ctx.enclosing_function(call)
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+        params = [a.arg for a in (*function.args.posonlyargs, *function.args.args)]
+        for index, name in enumerate(params):
+            if not any(self.computed_from(r, ast.Name(id=name)) for r in receivers):
+                continue
+            for site in self.ctx.calls.call_sites(function):
+                if isinstance(target, ast.Name) and not self._same_function(site, target):
+                    continue  # another function's local of the same name
+                bound = _argument(site, name, index, bound_self=params[0] in ("self", "cls"))
+                if bound is not None and self.computed_from(bound, target):
                     return True
         return False
 
@@ -149,6 +171,9 @@ class Accumulations(GraphOrigins):
             if isinstance(a, ast.For | ast.While | ast.AsyncFor)
         }
         return not any(id(a) in loops for a in ctx.ancestors(call))
+
+    def _same_function(self, node: ast.AST, other: ast.AST) -> bool:
+        return self.ctx.enclosing_function(node) is self.ctx.enclosing_function(other)
 
     def computed_from(self, expr: ast.expr, target: ast.expr) -> bool:
         """Whether `expr` is computed from the accumulator `target`, through any number of
@@ -181,6 +206,19 @@ class Accumulations(GraphOrigins):
             ):
                 calls.append(node)
         return calls
+
+
+def _argument(call: ast.Call, name: str, index: int, bound_self: bool) -> ast.expr | None:
+    """What `call` passes for the parameter `name` at `index` (a method called on an object
+    passes `self` itself)."""
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    if bound_self and isinstance(call.func, ast.Attribute):
+        index -= 1
+    if 0 <= index < len(call.args) and not isinstance(call.args[index], ast.Starred):
+        return call.args[index]
+    return None
 
 
 class Accumulation:
