@@ -2,8 +2,10 @@
 
 A training loop is the innermost `for`/`while` whose body, directly or through functions and
 methods defined in the same module (transitively), calls `backward()` and an optimizer
-`step()`. Lightning-style `training_step` methods count as step bodies too (the framework owns
-the loop). Rules ask this module instead of pattern-matching loops themselves.
+`step()`, or updates the parameters by hand from their gradients (`for p in
+model.parameters(): p -= lr * p.grad`: the step of from-scratch trainers). Lightning-style
+`training_step` methods count as step bodies too (the framework owns the loop). Rules ask this
+module instead of pattern-matching loops themselves.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ _OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunc
 _BACKWARD_METHODS = {"backward", "manual_backward"}
 TRAINING_TEXT = ("backward", "training_step")
 """A module with none of these words has no training loop (`LoopAnalysis.training_loops`
-needs `backward` and `step(`, or a `training_step`): a rule that only reports in training
-loops takes it as its `visit_gate`."""
+needs `backward` and a step, `step(` or `.grad`, or a `training_step`): a rule that only
+reports in training loops takes it as its `visit_gate`."""
+STEP_TEXT = ("step(", ".grad")
+"""A module that steps holds one of these: an optimizer's `step(` or a manual update's `.grad`
+(rules that judge a step gate on them, never on `step(` alone)."""
 
 
 # Fields that hold identifiers, flags, comments or constants, never nodes: walks skip
@@ -368,7 +373,8 @@ def is_optimizer_step(call: ast.Call) -> bool:
 
 
 def is_zero_grad(node: ast.AST) -> bool:
-    """`opt.zero_grad()`, `p.grad = None`, or a fresh `dist_autograd.context()` per step."""
+    """`opt.zero_grad()`, `p.grad = None`, or a fresh `dist_autograd.context()` per step
+    (`p.grad.zero_()` clears only in a loop over parameters: `parameter_loop_effects`)."""
     if isinstance(node, ast.Call):
         name = method_name(node)
         return name == "zero_grad" or (name == "context" and "autograd" in receiver_name(node))
@@ -381,26 +387,205 @@ def is_zero_grad(node: ast.AST) -> bool:
     return False
 
 
+_PARAMETER_CALLS = frozenset({"parameters", "named_parameters"})
+_UPDATE_METHODS = frozenset({"sub_", "add_", "addcdiv_", "addcmul_", "copy_"})
+
+
+def _strip_data(expr: ast.expr) -> ast.expr:
+    """`p.data` -> `p` (the same storage, updated outside autograd)."""
+    while isinstance(expr, ast.Attribute) and expr.attr == "data":
+        expr = expr.value
+    return expr
+
+
+def _updated_tensor(expr: ast.expr) -> ast.expr:
+    """The tensor an in-place chain writes: `p.data.mul_(1 - wd)` -> `p`."""
+    expr = _strip_data(expr)
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr.endswith("_")
+    ):
+        expr = _strip_data(expr.func.value)
+    return expr
+
+
+def _parameter_variable(loop: ast.For) -> str:
+    """`p` when `loop` runs over parameters: `model.parameters()`, `named_parameters()`
+    (`for name, p in ...`), `list(...)`/`enumerate(...)` of them, a collection named like
+    parameters (`params`, `group["params"]`) or a literal list of tensors (`[W, b]`); else ''."""
+    iterable, target = loop.iter, loop.target
+    while (
+        isinstance(iterable, ast.Call)
+        and isinstance(iterable.func, ast.Name)
+        and iterable.func.id in ("list", "tuple", "enumerate")
+        and len(iterable.args) == 1
+    ):
+        if iterable.func.id == "enumerate":
+            if not (isinstance(target, ast.Tuple) and len(target.elts) == 2):
+                return ""
+            target = target.elts[1]
+        iterable = iterable.args[0]
+    if (
+        isinstance(target, ast.Tuple)
+        and len(target.elts) == 2
+        and method_name_of(iterable) == ("named_parameters")
+    ):
+        target = target.elts[1]
+    if not isinstance(target, ast.Name):
+        return ""
+    if method_name_of(iterable) in _PARAMETER_CALLS:
+        return target.id
+    if isinstance(iterable, ast.List | ast.Tuple):
+        tensors = [e for e in iterable.elts if isinstance(e, ast.Name | ast.Attribute)]
+        return target.id if tensors and len(tensors) == len(iterable.elts) else ""
+    if isinstance(iterable, ast.Name | ast.Attribute | ast.Subscript):
+        return target.id if _named_like_parameters(iterable) else ""
+    return ""
+
+
+def _named_like_parameters(expr: ast.expr) -> bool:
+    """`params`, `self.parameters`, `group["params"]`: a name, attribute or key says so."""
+    for node in walk_tree(expr):
+        word = (
+            node.id
+            if isinstance(node, ast.Name)
+            else node.attr
+            if isinstance(node, ast.Attribute)
+            else node.value
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            else ""
+        )
+        if "param" in word.lower():
+            return True
+    return False
+
+
+def method_name_of(expr: ast.expr) -> str:
+    """`model.parameters()` -> 'parameters'; '' for anything but a call."""
+    return method_name(expr) if isinstance(expr, ast.Call) else ""
+
+
+def _reads_grad(expr: ast.AST, var: str, grads: set[str]) -> bool:
+    """`expr` reads `var`'s own gradient: `p.grad`, `p.grad.data`, or a name bound to it."""
+    for node in walk_tree(expr):
+        if isinstance(node, ast.Attribute) and node.attr == "grad":
+            base = _strip_data(node.value)
+            if isinstance(base, ast.Name) and base.id == var:
+                return True
+        elif isinstance(node, ast.Name) and node.id in grads:
+            return True
+    return False
+
+
+def _is_update(node: ast.AST, var: str, grads: set[str]) -> bool:
+    """`node` writes parameter `var` in place from its own gradient: `p -= lr * p.grad`,
+    `p.data = p.data - lr * p.grad.data`, `p.data.add_(p.grad, alpha=-lr)`, `p.sub_(...)`."""
+    if isinstance(node, ast.AugAssign):
+        target = _strip_data(node.target)
+        return (
+            isinstance(node.op, ast.Sub | ast.Add)
+            and isinstance(target, ast.Name)
+            and target.id == var
+            and _reads_grad(node.value, var, grads)
+        )
+    if isinstance(node, ast.Assign):
+        written = node.targets[0] if len(node.targets) == 1 else None
+        return (
+            isinstance(written, ast.Attribute)
+            and written.attr == "data"
+            and isinstance(base := _strip_data(written), ast.Name)
+            and base.id == var
+            and _reads_grad(node.value, var, grads)
+        )
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        written = _updated_tensor(node.func.value)
+        return (
+            node.func.attr in _UPDATE_METHODS
+            and isinstance(written, ast.Name)
+            and written.id == var
+            and any(
+                _reads_grad(arg, var, grads)
+                for arg in (*node.args, *(k.value for k in node.keywords))
+            )
+        )
+    return False
+
+
+def parameter_loop_effects(loop: ast.For) -> tuple[list[ast.AST], list[ast.AST]]:
+    """(updates, clears) of a loop over parameters: the statements and calls that update each
+    parameter from its own gradient (the step of a trainer with no optimizer), and the
+    `p.grad.zero_()` calls that clear it (an adversarial input's `delta.grad.zero_()` clears
+    no parameter). A loop that only reads gradients (`total += p.grad.norm()`), rescales
+    them (`p.grad.div_(n)`) or moves another tensor (an EMA copy's `ema_p.mul_(d).add_(p,
+    alpha=1 - d)`) updates nothing."""
+    var = _parameter_variable(loop)
+    if not var:
+        return [], []
+    grads: set[str] = set()  # names bound to the gradient: `d_p = p.grad.data`
+    updates: list[ast.AST] = []
+    clears: list[ast.AST] = []
+    for node in walk_scope(loop.body):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(name := node.targets[0], ast.Name)
+            and _reads_grad(node.value, var, grads)
+        ):
+            grads.add(name.id)
+        elif _is_update(node, var, grads):
+            updates.append(node)
+        elif _clears_grad_of(node, var):
+            clears.append(node)
+    return updates, clears
+
+
+def _clears_grad_of(node: ast.AST, var: str) -> bool:
+    """`p.grad.zero_()` or `p.grad.data.zero_()`."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "zero_"
+    ):
+        return False
+    grad = _strip_data(node.func.value)
+    return (
+        isinstance(grad, ast.Attribute)
+        and grad.attr == "grad"
+        and isinstance(owner := _strip_data(grad.value), ast.Name)
+        and owner.id == var
+    )
+
+
 @dataclass
 class Effects:
     backward: list[ast.Call] = field(default_factory=list)
     step: list[ast.Call] = field(default_factory=list)
     zero_grad: list[ast.AST] = field(default_factory=list)
+    update: list[ast.AST] = field(default_factory=list)
+    """Manual parameter updates (`manual_updates`): a step taken without an optimizer."""
     callees: set[str] = field(default_factory=set)
 
     def merge(self, other: Effects) -> bool:
         """Add other's calls; True if anything new arrived (for the fixpoint)."""
-        before = (len(self.backward), len(self.step), len(self.zero_grad))
-        for attr in ("backward", "step", "zero_grad"):
+        before = self._sizes()
+        for attr in _EFFECT_LISTS:
             mine: list[ast.AST] = getattr(self, attr)
             for call in getattr(other, attr):
                 if call not in mine:
                     mine.append(call)
-        return before != (len(self.backward), len(self.step), len(self.zero_grad))
+        return before != self._sizes()
+
+    def _sizes(self) -> tuple[int, ...]:
+        return tuple(len(getattr(self, attr)) for attr in _EFFECT_LISTS)
 
     @property
     def trains(self) -> bool:
-        return bool(self.backward) and bool(self.step)
+        """Backpropagates and steps: an optimizer's `step()` or a manual update."""
+        return bool(self.backward) and (bool(self.step) or bool(self.update))
+
+
+_EFFECT_LISTS = ("backward", "step", "zero_grad", "update")
 
 
 def closure_names(step: ast.Call) -> set[str]:
@@ -414,6 +599,10 @@ def direct_effects(body: list[ast.stmt] | ast.AST) -> Effects:
     for node in walk_scope(body):
         if is_zero_grad(node):
             effects.zero_grad.append(node)
+        if isinstance(node, ast.For):
+            updates, clears = parameter_loop_effects(node)
+            effects.update += updates
+            effects.zero_grad += clears
         if not isinstance(node, ast.Call):
             continue
         if is_backward_call(node):
@@ -509,6 +698,10 @@ class LoopAnalysis:
             for node in (*nodes_of(self.ctx, ast.Call), *nodes_of(self.ctx, ast.Assign))
             if (kind := self._classify(node))
         ]
+        for loop in self._parameter_loops:
+            updates, clears = parameter_loop_effects(loop)
+            relevant += [(node, "update") for node in updates]
+            relevant += [(node, "zero_grad") for node in clears]
         # source order, as `nodes_of(ctx, Call, Assign)` gives, sorting only the few that count
         relevant.sort(key=lambda pair: position(pair[0]))
         for node, kind in relevant:
@@ -589,10 +782,25 @@ class LoopAnalysis:
         return self._module_backpropagates and self._summary(body)[0]
 
     @cached_property
+    def _parameter_loops(self) -> list[ast.For]:
+        """The module's loops over parameters that update or clear them by hand."""
+        if ".grad" not in self.ctx.source:
+            return []
+        return [
+            loop
+            for loop in nodes_of(self.ctx, ast.For)
+            if isinstance(loop, ast.For) and any(parameter_loop_effects(loop))
+        ]
+
+    @cached_property
     def _module_steps(self) -> bool:
-        """Whether the module steps an optimizer anywhere: without one, no body trains (many
-        modules back-propagate with no step here: autograd functions, a trainer's helpers)."""
-        return any(is_optimizer_step(c) for c in self.ctx.flow.calls_named(("step",)))
+        """Whether the module steps anywhere (an optimizer's `step()` or a manual update):
+        without one, no body trains (many modules back-propagate with no step here: autograd
+        functions, a trainer's helpers)."""
+        steps = self.ctx.flow.calls_named(("step",))
+        return any(is_optimizer_step(c) for c in steps) or any(
+            parameter_loop_effects(loop)[0] for loop in self._parameter_loops
+        )
 
     def trains(self, body: list[ast.stmt] | ast.AST) -> bool:
         """Whether `body` calls backward and an optimizer step (through local calls too)."""
@@ -623,7 +831,11 @@ class LoopAnalysis:
         """Empty unless the source holds one of `TRAINING_TEXT` (rules gate on it)."""
         source = self.ctx.source
         loops: list[TrainingLoop] = []
-        trains = "backward" in source and "step(" in source and self._has_step_and_backward()
+        trains = (
+            "backward" in source
+            and any(text in source for text in STEP_TEXT)
+            and self._has_step_and_backward()
+        )
         candidates = [
             node
             for node in (nodes_of(self.ctx, ast.For, ast.While) if trains else [])
@@ -653,8 +865,7 @@ class LoopAnalysis:
     def _has_step_and_backward(self) -> bool:
         """A loop trains only if the module calls both somewhere: one look at the calls by
         name, instead of every loop's effects (most loops of library code train nothing)."""
-        steps = self.ctx.flow.calls_named(("step",))
-        return self._module_backpropagates and any(is_optimizer_step(c) for c in steps)
+        return self._module_backpropagates and self._module_steps
 
     def _functions_running_loops(self, training: list[ast.For | ast.While]) -> set[str]:
         """Local functions that run a whole training loop, themselves or through calls.
