@@ -6,7 +6,13 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import is_backward_call, is_optimizer_step, walk_scope
+from torchdoctor.agent.checks.loops import (
+    direct_effects,
+    is_backward_call,
+    is_optimizer_step,
+    position,
+    walk_scope,
+)
 from torchdoctor.agent.models import Severity
 
 _CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grad_value"})
@@ -16,7 +22,8 @@ class ClipGradOrder(Rule):
     """Detects gradient clipping (`clip_grad_norm_`, `clip_grad_value_`, also through
     `accelerator.clip_grad_norm_`) placed in a training loop, or in a loop-free update
     function (`def learn(self, batch): ... backward() ... step()`), before every `backward()`
-    of that body, or after every optimizer `step()` of it.
+    of that body, or after every optimizer `step()` of it (or every manual update of the
+    parameters from their gradients: `for p in model.parameters(): p -= lr * p.grad`).
 
     Why it matters: clipping acts on the gradients present when it runs. Before `backward()`
     it clips the previous step's gradients (usually already zeroed), after `step()` it clips
@@ -64,8 +71,10 @@ class ClipGradOrder(Rule):
             step_calls = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
             if not clips or not backwards:
                 continue
+            updates = direct_effects(body).update
             for clip in clips:
                 steps = [c.lineno for c in _steps_of(ctx, clip, step_calls)]
+                steps += [position(u)[0] for u in _updates_of(ctx, clip, updates)]
                 if clip.lineno < min(backwards):
                     self._report(ctx, clip, "before backward()", backwards, "after")
                 elif steps and clip.lineno > max(steps):
@@ -105,6 +114,21 @@ def _steps_of(ctx: ModuleContext, clip: ast.Call, steps: list[ast.Call]) -> list
         )
     ]
     return mine or steps
+
+
+def _updates_of(ctx: ModuleContext, clip: ast.Call, updates: list[ast.AST]) -> list[ast.AST]:
+    """The manual updates (`for p in model.parameters(): p -= lr * p.grad`) of the parameters
+    `clip` clips: all of them unless both name their model and the models differ."""
+    clipped = _parameters_owner(clip.args[0]) if clip.args else None
+    if clipped is None:
+        return updates
+    mine = []
+    for update in updates:
+        loop = next((a for a in ctx.ancestors(update) if isinstance(a, ast.For)), None)
+        owner = _parameters_owner(loop.iter) if loop is not None else None
+        if owner is None or owner == clipped:
+            mine.append(update)
+    return mine
 
 
 def _parameters_owner(expr: ast.expr) -> str | None:
