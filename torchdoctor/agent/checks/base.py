@@ -296,9 +296,13 @@ class Rule:
     title: ClassVar[str]
     items: ClassVar[tuple[str, ...]]
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
-    visit_gate: ClassVar[tuple[str, ...]] = ()
-    """Strings one of which the source must contain for `visit` to find anything (the name
-    its first test matches): without one, the engine sends the rule no node at all."""
+    triggers: ClassVar[tuple[str, ...]] = ()
+    """Text one of which a module must contain (`token in ctx.source`) for this rule to do
+    anything there: report, publish a fact, or apply (a rule that overrides `applies` answers
+    False without one). Without any, the engine skips the rule in that module altogether:
+    no visit, no `finish`, no analysis built for it; a rule that keeps the default `applies`
+    stays applicable there, since it would have checked and found nothing. Empty: the rule
+    runs on every module."""
     call_names: ClassVar[frozenset[str]] = frozenset()
     """For a rule subscribed to `ast.Call`: the callee names its visit can act on (the last
     part: 'save' for `torch.save(...)` and `save(...)`). When set, the engine sends the rule
@@ -310,6 +314,16 @@ class Rule:
     severity_note: ClassVar[str] = ""
     """When the severity differs from `severity`, and why (shown by `torchdoctor rules ID`)."""
     reads_manifests: ClassVar[bool] = False
+
+    @classmethod
+    def triggered(cls, source: str) -> bool:
+        """Whether the module's text holds one of `triggers` (always, without any)."""
+        return not cls.triggers or any(token in source for token in cls.triggers)
+
+    @classmethod
+    def applies_everywhere(cls) -> bool:
+        """Whether the rule keeps the default `applies`: applicable in every module."""
+        return cls.applies is Rule.applies
 
     def applies(self, ctx: ModuleContext) -> bool:
         """Whether the module has what this rule checks (drives 'not applicable' coverage)."""

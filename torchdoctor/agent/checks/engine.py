@@ -289,12 +289,11 @@ def _analyse(
     except (ValueError, RecursionError, MemoryError) as err:
         return FileResult(path=path, note=f"could not be parsed: {type(err).__name__}: {err}")
     ctx = ModuleContext(path=path, source=ModuleText(source), tree=tree, config=config)
-    rules = [rule_type() for rule_type in rule_types]
+    triggered = [rule_type.triggered(ctx.source) for rule_type in rule_types]
+    rules = [rule_type() for rule_type, ran in zip(rule_types, triggered, strict=True) if ran]
     dispatch: dict[type, list[_Visit]] = {}
     call_subscribers: _CallSubscribers = []
     for rule in rules:
-        if rule.visit_gate and not any(text in ctx.source for text in rule.visit_gate):
-            continue
         for node_type in rule.node_types:
             if node_type is ast.Call:
                 call_subscribers.append((rule.visit, rule.call_names))
@@ -302,6 +301,11 @@ def _analyse(
                 dispatch.setdefault(node_type, []).append(rule.visit)
     note = None
     applicable: list[str] = [SyntaxErrorRule.id]
+    applicable += [  # skipped for want of a trigger: applicable only if it applies everywhere
+        rule_type.id
+        for rule_type, ran in zip(rule_types, triggered, strict=True)
+        if not ran and rule_type.applies_everywhere() and rule_type.id != SyntaxErrorRule.id
+    ]
     deadline = time.thread_time() + config.file_deadline_s
     # This thread's CPU time cannot outrun the wall clock: until the wall clock alone is past
     # the budget, the deadline cannot be, and the thread-time read (a system call, ~6 us,

@@ -33,7 +33,7 @@ _BACKWARD_METHODS = {"backward", "manual_backward"}
 TRAINING_TEXT = ("backward", "training_step")
 """A module with none of these words has no training loop (`LoopAnalysis.training_loops`
 needs `backward` and a step, `step(` or `.grad`, or a `training_step`): a rule that only
-reports in training loops takes it as its `visit_gate`."""
+reports in training loops takes it as its `triggers`."""
 STEP_TEXT = ("step(", ".grad")
 """A module that steps holds one of these: an optimizer's `step(` or a manual update's `.grad`
 (rules that judge a step gate on them, never on `step(` alone)."""

@@ -47,7 +47,7 @@ class AccumulationStepInverted(Rule):
     title = "Gradient-accumulation guard inverted"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.For, ast.AsyncFor, ast.While)
-    visit_gate: ClassVar[tuple[str, ...]] = ("backward(",)
+    triggers: ClassVar[tuple[str, ...]] = ("backward(",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.For | ast.AsyncFor | ast.While)

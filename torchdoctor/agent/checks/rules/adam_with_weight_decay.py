@@ -34,7 +34,7 @@ class AdamWithWeightDecay(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Adam"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("Adam",)
+    triggers: ClassVar[tuple[str, ...]] = ("Adam",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -58,7 +58,7 @@ class BackwardAfterStep(Rule):
     title = "Loss backpropagated after a step changed the weights its graph saved"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.FunctionDef, ast.AsyncFunctionDef)
-    visit_gate: ClassVar[tuple[str, ...]] = ("parameters(",)
+    triggers: ClassVar[tuple[str, ...]] = ("parameters(",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)

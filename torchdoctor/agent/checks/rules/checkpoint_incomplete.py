@@ -37,7 +37,7 @@ class CheckpointIncomplete(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"save"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("save",)
+    triggers: ClassVar[tuple[str, ...]] = ("save",)
 
     def __init__(self) -> None:
         self.saves: list[ast.Call] = []

@@ -140,7 +140,7 @@ class DataAttributeIdiom(Rule):
     title = "Tensor accessed through .data"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Attribute,)
-    visit_gate: ClassVar[tuple[str, ...]] = ("data",)
+    triggers: ClassVar[tuple[str, ...]] = ("data",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Attribute)

@@ -62,7 +62,7 @@ class DataLoaderWorkerSeed(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
+    triggers: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def __init__(self) -> None:
         self.loaders: list[ast.Call] = []

@@ -40,7 +40,7 @@ class DataParallelNotDdp(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.8",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataParallel"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("DataParallel",)
+    triggers: ClassVar[tuple[str, ...]] = ("DataParallel",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -44,7 +44,7 @@ class DetachInplaceOnArgument(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"detach_"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("detach_(",)
+    triggers: ClassVar[tuple[str, ...]] = ("detach_(",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -90,7 +90,7 @@ class DirectForwardCall(Rule):
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"forward"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("forward",)
+    triggers: ClassVar[tuple[str, ...]] = ("forward",)
 
     def __init__(self) -> None:
         self._calls: list[ast.Call] = []

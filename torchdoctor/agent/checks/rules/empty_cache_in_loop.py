@@ -66,7 +66,7 @@ class EmptyCacheInLoop(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"empty_cache"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("empty_cache",)
+    triggers: ClassVar[tuple[str, ...]] = ("empty_cache",)
 
     def __init__(self) -> None:
         self.in_functions: list[ast.Call] = []

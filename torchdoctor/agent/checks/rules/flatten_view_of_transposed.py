@@ -48,7 +48,7 @@ class FlattenViewOfTransposed(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"view"})
-    visit_gate: ClassVar[tuple[str, ...]] = (".view(",)
+    triggers: ClassVar[tuple[str, ...]] = (".view(",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -34,7 +34,7 @@ class Float64OnGpu(Rule):
     title = "float64 on the GPU"
     items: ClassVar[tuple[str, ...]] = ("6.4",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    visit_gate: ClassVar[tuple[str, ...]] = ("double", "float64")
+    triggers: ClassVar[tuple[str, ...]] = ("double", "float64")
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

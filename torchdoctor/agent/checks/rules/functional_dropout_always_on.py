@@ -52,7 +52,7 @@ class FunctionalDropoutAlwaysOn(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset(q.rsplit(".", 1)[-1] for q in _FUNCTIONAL)
-    visit_gate: ClassVar[tuple[str, ...]] = ("dropout",)
+    triggers: ClassVar[tuple[str, ...]] = ("dropout",)
     severity_note = (
         "medium for an explicit training=True, which is sometimes deliberate (Monte-Carlo "
         "dropout, Tacotron 2's prenet); high when the argument is missing"

@@ -69,7 +69,7 @@ class HostSyncInStep(Rule):
         "format",
         "add_scalar",
     }
-    visit_gate: ClassVar[tuple[str, ...]] = TRAINING_TEXT  # finish() needs a training loop
+    triggers: ClassVar[tuple[str, ...]] = TRAINING_TEXT  # finish() needs a training loop
 
     def __init__(self) -> None:
         self.candidates: list[tuple[ast.expr, str]] = []

@@ -53,7 +53,7 @@ class LegacyQuantization(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = _ENTRY_POINTS
-    visit_gate: ClassVar[tuple[str, ...]] = ("quantiz",)
+    triggers: ClassVar[tuple[str, ...]] = ("quantiz",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -45,7 +45,7 @@ class LossAveragedTwice(Rule):
     title = "Batch-averaged loss divided again by the batch size"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp,)
-    visit_gate: ClassVar[tuple[str, ...]] = ("oss",)
+    triggers: ClassVar[tuple[str, ...]] = ("oss",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.BinOp)

@@ -37,7 +37,7 @@ class MissingNonlinearity(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Sequential"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("Sequential",)
+    triggers: ClassVar[tuple[str, ...]] = ("Sequential",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -37,10 +37,10 @@ class ModuleShallowCopy(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"copy"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("copy",)
+    triggers: ClassVar[tuple[str, ...]] = ("copy",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return not is_test_module(ctx.path)
+        return "copy" in ctx.source and not is_test_module(ctx.path)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -58,7 +58,7 @@ class NormMomentumInverted(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset(n.rsplit(".", 1)[-1] for n in _LAYERS)
-    visit_gate: ClassVar[tuple[str, ...]] = ("momentum",)
+    triggers: ClassVar[tuple[str, ...]] = ("momentum",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

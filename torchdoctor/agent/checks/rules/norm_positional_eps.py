@@ -62,7 +62,7 @@ class NormPositionalEps(Rule):
     call_names: ClassVar[frozenset[str]] = frozenset(
         name.rsplit(".", 1)[-1] for name in _EPS_POSITION
     )
-    visit_gate: ClassVar[tuple[str, ...]] = ("Norm",)
+    triggers: ClassVar[tuple[str, ...]] = ("Norm",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

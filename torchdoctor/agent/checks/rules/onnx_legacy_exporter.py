@@ -45,7 +45,7 @@ class OnnxLegacyExporter(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"export", "dynamo_export"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("onnx",)
+    triggers: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -44,7 +44,7 @@ class ParameterMovedAfterWrapping(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = _MOVES
-    visit_gate: ClassVar[tuple[str, ...]] = ("Parameter(",)
+    triggers: ClassVar[tuple[str, ...]] = ("Parameter(",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

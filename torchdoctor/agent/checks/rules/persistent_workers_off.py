@@ -41,7 +41,7 @@ class PersistentWorkersOff(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
+    triggers: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -45,7 +45,7 @@ class PinMemoryOff(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("DataLoader",)
+    triggers: ClassVar[tuple[str, ...]] = ("DataLoader",)
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

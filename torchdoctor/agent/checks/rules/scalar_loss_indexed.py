@@ -37,7 +37,7 @@ class ScalarLossIndexed(Rule):
     title = "0-dim loss indexed"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Subscript,)
-    visit_gate: ClassVar[tuple[str, ...]] = ("[0]",)
+    triggers: ClassVar[tuple[str, ...]] = ("[0]",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Subscript)

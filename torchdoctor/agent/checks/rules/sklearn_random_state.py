@@ -59,7 +59,7 @@ class SklearnRandomState(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = _SPLITTER_NAMES
-    visit_gate: ClassVar[tuple[str, ...]] = ("sklearn",)
+    triggers: ClassVar[tuple[str, ...]] = ("sklearn",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

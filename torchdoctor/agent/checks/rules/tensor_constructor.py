@@ -33,7 +33,7 @@ class TensorConstructor(Rule):
     items: ClassVar[tuple[str, ...]] = ("10.1", "10.3")
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Tensor"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("Tensor",)
+    triggers: ClassVar[tuple[str, ...]] = ("Tensor",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

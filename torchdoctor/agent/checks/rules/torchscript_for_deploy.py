@@ -38,7 +38,7 @@ class TorchScriptForDeploy(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"trace", "script", "trace_module"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("trace", "script")
+    triggers: ClassVar[tuple[str, ...]] = ("trace", "script")
 
     def __init__(self) -> None:
         self.calls: list[ast.Call] = []

@@ -34,7 +34,7 @@ class UnfusedOptimizer(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.5",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Adam", "AdamW", "SGD", "Adagrad"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("Adam", "SGD", "Adagrad")
+    triggers: ClassVar[tuple[str, ...]] = ("Adam", "SGD", "Adagrad")
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -32,7 +32,7 @@ class ZeroGradSetToNoneFalse(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"zero_grad"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("zero_grad",)
+    triggers: ClassVar[tuple[str, ...]] = ("zero_grad",)
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
