@@ -13,6 +13,7 @@ from tests.rule_fixtures import load_case
 from torchdoctor.agent.checks import dataflow
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files, analyse_source
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.models import Severity
 
@@ -49,7 +50,7 @@ class _NeedsBackward(Rule):
     title = "test"
     items: ClassVar[tuple[str, ...]] = ()
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    triggers: ClassVar[tuple[str, ...]] = ("backward",)
+    triggers = Triggers(("backward",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert ctx.flow is not None

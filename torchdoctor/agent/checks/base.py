@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 if TYPE_CHECKING:
@@ -296,13 +297,12 @@ class Rule:
     title: ClassVar[str]
     items: ClassVar[tuple[str, ...]]
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
-    triggers: ClassVar[tuple[str, ...]] = ()
-    """Text one of which a module must contain (`token in ctx.source`) for this rule to do
-    anything there: report, publish a fact, or apply (a rule that overrides `applies` answers
-    False without one). Without any, the engine skips the rule in that module altogether:
-    no visit, no `finish`, no analysis built for it; a rule that keeps the default `applies`
-    stays applicable there, since it would have checked and found nothing. Empty: the rule
-    runs on every module."""
+    triggers: ClassVar[Triggers] = Triggers()
+    """Text a module must hold for this rule to do anything there: report, publish a fact,
+    or apply (a rule that overrides `applies` answers False without it). Without it, the
+    engine skips the rule in that module altogether: no visit, no `finish`, no analysis
+    built for it; a rule that keeps the default `applies` stays applicable there, since it
+    would have checked and found nothing. Empty: the rule runs on every module."""
     call_names: ClassVar[frozenset[str]] = frozenset()
     """For a rule subscribed to `ast.Call`: the callee names its visit can act on (the last
     part: 'save' for `torch.save(...)` and `save(...)`). When set, the engine sends the rule
@@ -318,7 +318,7 @@ class Rule:
     @classmethod
     def triggered(cls, source: str) -> bool:
         """Whether the module's text holds one of `triggers` (always, without any)."""
-        return not cls.triggers or any(token in source for token in cls.triggers)
+        return not cls.triggers or cls.triggers.found_in(source)
 
     @classmethod
     def applies_everywhere(cls) -> bool:

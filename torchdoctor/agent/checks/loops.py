@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.vocabulary import is_scheduler_name
+from torchdoctor.agent.checks.module_text import Triggers
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -30,7 +31,7 @@ _SCOPE_KINDS = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, a
 lookup of a child's class tests it (walk_scope tests every child it meets)."""
 _OWNER_NODES = (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)
 _BACKWARD_METHODS = {"backward", "manual_backward"}
-TRAINING_TEXT = ("backward", "training_step")
+TRAINING_TEXT = Triggers(("backward", "training_step"))
 """A module with none of these words has no training loop (`LoopAnalysis.training_loops`
 needs `backward` and a step, `step(` or `.grad`, or a `training_step`): a rule that only
 reports in training loops takes it as its `triggers`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _WORDS_ONLY = bytes(c if c in _WORD_BYTES or c >= 0x80 else 0x20 for c in range(256))
@@ -118,3 +119,35 @@ def may_name(source: str, identifier: str) -> bool:
     if isinstance(source, ModuleText):
         return source.has_word(identifier)
     return re.search(rf"\b{identifier}\b", source) is not None
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """Text without which a rule can do nothing in a module (`Rule.triggers`), or without
+    which an analysis can find nothing: found when the text holds one of `words`, or one of
+    `lowered` in any case. A text that is not ASCII always triggers `for_identifiers`
+    vocabularies: it may spell an identifier in characters the parser normalises (NFKC)."""
+
+    words: tuple[str, ...] = ()
+    lowered: tuple[str, ...] = ()
+    for_identifiers: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.words or self.lowered)
+
+    def __or__(self, other: Triggers) -> Triggers:
+        return Triggers(
+            words=self.words + other.words,
+            lowered=self.lowered + other.lowered,
+            for_identifiers=self.for_identifiers or other.for_identifiers,
+        )
+
+    def found_in(self, source: str) -> bool:
+        if any(word in source for word in self.words):
+            return True
+        if self.for_identifiers and not source.isascii():
+            return True
+        if self.lowered:
+            lowered = source.lower()
+            return any(word in lowered for word in self.lowered)
+        return False

@@ -16,6 +16,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     builds_network,
 )
 from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.module_text import Triggers
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -31,6 +32,13 @@ LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
 # The torch losses whose names hold no "loss" (`cross_entropy`, `kl_div`): the text of a
 # module calling one need not say "loss" (`text_names_a_loss`).
 _LOSSES_NOT_NAMED_LOSS = tuple(sorted(n for n in LOSS_FUNCTIONS if "loss" not in n.lower()))
+LOSS_TEXT = Triggers(
+    words=_LOSSES_NOT_NAMED_LOSS, lowered=("loss", "criterion"), for_identifiers=True
+)
+"""What a module's text must hold for one of its callees to be a loss (`is_loss_callee`):
+a name for a loss or a criterion, or a torch loss (a functional one, `*_loss` or one of
+`LOSS_FUNCTIONS`; a module class `*Loss`), spelled in the call or in the import that aliases
+it. Most modules of a library hold none."""
 # Named after a loss but computing none: loss scalers and their scales.
 _NOT_A_LOSS = re.compile(r"loss_?scal", re.IGNORECASE)
 # Module methods that return the module itself: `model.eval().requires_grad_(False).to(dev)`.
@@ -326,19 +334,8 @@ class ModelFacts(DefUse):
 
     @cached_property
     def text_names_a_loss(self) -> bool:
-        """Whether the module's text can name a loss callee at all: one is named for a loss or
-        a criterion, or is a torch loss (a functional one, `*_loss` or one of
-        `LOSS_FUNCTIONS`; a module class `*Loss`), whose name the text spells in the call or
-        in the import that aliases it. Most modules of a library name none. (A non-ASCII
-        text may spell an identifier in characters the parser normalises: not judged.)"""
-        source = self.ctx.source
-        lowered = source.lower()
-        return (
-            not source.isascii()
-            or "loss" in lowered
-            or "criterion" in lowered
-            or any(name in source for name in _LOSSES_NOT_NAMED_LOSS)
-        )
+        """Whether the module's text can name a loss callee at all (`LOSS_TEXT`)."""
+        return LOSS_TEXT.found_in(self.ctx.source)
 
     def is_loss_callee(self, callee: ast.expr) -> bool:
         """A loss function or module (memoised per callee: many rules ask)."""

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import is_backward_call, is_optimizer_step, walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import constant_number
 from torchdoctor.agent.models import Severity
 
@@ -47,7 +48,7 @@ class AccumulationStepInverted(Rule):
     title = "Gradient-accumulation guard inverted"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.For, ast.AsyncFor, ast.While)
-    triggers: ClassVar[tuple[str, ...]] = ("backward(",)
+    triggers = Triggers(("backward(",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.For | ast.AsyncFor | ast.While)

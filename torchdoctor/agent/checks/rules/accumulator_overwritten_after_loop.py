@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import summed_names, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -37,6 +38,7 @@ class AccumulatorOverwrittenAfterLoop(Rule):
     severity = Severity.MEDIUM
     title = "Loop total overwritten by the last iteration's value"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(("+=",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "+=" in ctx.source

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     class_methods,
     module_class_defs,
@@ -61,6 +62,7 @@ class ActivationOnLogits(Rule):
     severity = Severity.MEDIUM
     title = "Activation applied to the logits"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers(_LOGIT_LOSSES)
 
     def applies(self, ctx: ModuleContext) -> bool:
         return any(loss in ctx.source for loss in _LOGIT_LOSSES)

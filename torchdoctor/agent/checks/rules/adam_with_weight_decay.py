@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument, constant_number, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -34,7 +35,7 @@ class AdamWithWeightDecay(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Adam"})
-    triggers: ClassVar[tuple[str, ...]] = ("Adam",)
+    triggers = Triggers(("Adam",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

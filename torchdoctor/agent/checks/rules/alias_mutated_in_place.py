@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import inplace_write
 from torchdoctor.agent.models import Severity
 
@@ -43,6 +44,7 @@ class AliasMutatedInPlace(Rule):
     severity = Severity.MEDIUM
     title = "Tensor alias changed by an in-place operation"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
+    triggers = Triggers(("_(", "] ="))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "_(" in ctx.source or "] =" in ctx.source

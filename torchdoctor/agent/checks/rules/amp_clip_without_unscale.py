@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _CLIP = frozenset(
@@ -40,6 +41,7 @@ class AmpClipWithoutUnscale(Rule):
     severity = Severity.HIGH
     title = "Gradient clipping on AMP-scaled gradients"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
+    triggers = Triggers(("clip_grad",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "clip_grad" in ctx.source

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.data.torch_api import format_version, rows_by_name, target_torch
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -29,6 +30,7 @@ class AmpGradscalerLegacy(Rule):
     severity = Severity.LOW
     title = "Legacy torch.cuda.amp.GradScaler"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
+    triggers = Triggers(("GradScaler",))  # in every spelling of a renamed row
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "GradScaler" in ctx.source

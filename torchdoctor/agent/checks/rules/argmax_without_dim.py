@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _REDUCTIONS = frozenset({"argmax", "argmin"})
@@ -55,6 +56,7 @@ class ArgmaxWithoutDim(Rule):
     severity = Severity.HIGH
     title = "argmax without dim over a batch"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(("argm",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "argm" in ctx.source

@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.loops import (
     walk_scope,
     walk_tree,
 )
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 # Calls that cut a value from its graph: a module output under them carries no weight.
@@ -58,7 +59,7 @@ class BackwardAfterStep(Rule):
     title = "Loss backpropagated after a step changed the weights its graph saved"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.FunctionDef, ast.AsyncFunctionDef)
-    triggers: ClassVar[tuple[str, ...]] = ("parameters(",)
+    triggers = Triggers(("parameters(",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)

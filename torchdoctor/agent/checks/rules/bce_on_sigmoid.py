@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _SIGMOID_FUNCTIONS = frozenset(
@@ -38,6 +39,7 @@ class BceOnSigmoid(Rule):
     severity = Severity.HIGH
     title = "Sigmoid followed by BCELoss"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    triggers = Triggers(("binary_cross_entropy", "BCELoss"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "binary_cross_entropy" in ctx.source or "BCELoss" in ctx.source

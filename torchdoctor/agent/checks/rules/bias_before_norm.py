@@ -7,6 +7,7 @@ from itertools import pairwise
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import kwarg, sequential_layers, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -36,7 +37,7 @@ class BiasBeforeNorm(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Sequential"})
-    triggers: ClassVar[tuple[str, ...]] = ("Sequential",)
+    triggers = Triggers(("Sequential",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _LOADERS = frozenset({"torch.utils.data.DataLoader", "torch.utils.data.dataloader.DataLoader"})
@@ -51,6 +52,7 @@ class BnBatchOfOne(Rule):
     severity = Severity.LOW
     title = "BatchNorm with a possibly tiny last batch"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
+    triggers = Triggers(("DataLoader",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "BatchNorm" in ctx.source and "DataLoader" in ctx.source

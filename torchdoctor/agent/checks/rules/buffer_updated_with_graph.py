@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _INPLACE_WRITES = frozenset({"copy_", "add_", "sub_", "mul_", "lerp_", "addcmul_", "set_"})
@@ -52,6 +53,7 @@ class BufferUpdatedWithGraph(Rule):
     severity = Severity.HIGH
     title = "Buffer updated with its autograd graph"
     items: ClassVar[tuple[str, ...]] = ("1.4",)
+    triggers = Triggers(("register_buffer",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "register_buffer" in ctx.source

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _RESHAPES = frozenset({"view", "reshape"})
@@ -48,6 +49,7 @@ class ChannelsFlattenedWithoutPermute(Rule):
     severity = Severity.HIGH
     title = "Channels-first tensor flattened to rows without moving the channels last"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    triggers = Triggers(("view(", "reshape("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return ("view(" in ctx.source or "reshape(" in ctx.source) and (

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -37,7 +38,7 @@ class CheckpointIncomplete(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"save"})
-    triggers: ClassVar[tuple[str, ...]] = ("save",)
+    triggers = Triggers(("save",))
 
     def __init__(self) -> None:
         self.saves: list[ast.Call] = []

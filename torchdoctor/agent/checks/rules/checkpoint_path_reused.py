@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -40,6 +41,7 @@ class CheckpointPathReused(Rule):
     severity = Severity.HIGH
     title = "Two objects saved to the same file"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
+    triggers = Triggers(("save(",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return ctx.source.count("save(") >= 2

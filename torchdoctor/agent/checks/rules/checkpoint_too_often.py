@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -37,7 +38,7 @@ class CheckpointTooOften(Rule):
     items: ClassVar[tuple[str, ...]] = ("8.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"save", "save_file", "save_model"})
-    triggers: ClassVar[tuple[str, ...]] = ("save",)
+    triggers = Triggers(("save",))
 
     def __init__(self) -> None:
         self.saves: list[ast.Call] = []

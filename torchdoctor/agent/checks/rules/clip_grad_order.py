@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.loops import (
     position,
     walk_scope,
 )
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grad_value"})
@@ -55,6 +56,7 @@ class ClipGradOrder(Rule):
     severity = Severity.HIGH
     title = "Gradient clipping outside backward() -> step()"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers(("clip_grad",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "clip_grad" in ctx.source

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _BENCHMARK = "torch.backends.cudnn.benchmark"
@@ -51,6 +52,7 @@ class CudnnBenchmarkWithDeterminism(Rule):
     severity = Severity.MEDIUM
     title = "cuDNN benchmark mode defeats the determinism request"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
+    triggers = Triggers(("determinis",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "benchmark" in ctx.source and "determinis" in ctx.source

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_ATTRS = frozenset({"weight", "bias", "grad", "running_mean", "running_var"})
@@ -140,7 +141,7 @@ class DataAttributeIdiom(Rule):
     title = "Tensor accessed through .data"
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Attribute,)
-    triggers: ClassVar[tuple[str, ...]] = ("data",)
+    triggers = Triggers(("data",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Attribute)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     argument,
     constant_number,
@@ -62,7 +63,7 @@ class DataLoaderWorkerSeed(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
-    triggers: ClassVar[tuple[str, ...]] = ("DataLoader",)
+    triggers = Triggers(("DataLoader",))
 
     def __init__(self) -> None:
         self.loaders: list[ast.Call] = []

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -40,7 +41,7 @@ class DataParallelNotDdp(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.8",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataParallel"})
-    triggers: ClassVar[tuple[str, ...]] = ("DataParallel",)
+    triggers = Triggers(("DataParallel",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

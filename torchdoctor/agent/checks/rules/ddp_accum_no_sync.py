@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.ddp import calls_method
 from torchdoctor.agent.checks.loops import direct_effects, nodes_of, under_modulo_guard
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -35,6 +36,7 @@ class DdpAccumNoSync(Rule):
     severity = Severity.MEDIUM
     title = "DDP gradient accumulation without no_sync()"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
+    triggers = Triggers(("DistributedDataParallel", "DDP"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "DistributedDataParallel" in ctx.source or "DDP" in ctx.source

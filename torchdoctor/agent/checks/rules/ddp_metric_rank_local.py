@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.ddp import SAMPLERS, is_distributed, rank_guarded, uses_framework
 from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
@@ -52,6 +53,7 @@ class DdpMetricRankLocal(Rule):
     severity = Severity.MEDIUM
     title = "Metric of one rank's shard logged as global"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
+    triggers = Triggers(("DistributedSampler",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (

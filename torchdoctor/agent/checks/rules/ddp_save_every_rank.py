@@ -14,6 +14,7 @@ from torchdoctor.agent.checks.ddp import (
     uses_framework,
 )
 from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument
 from torchdoctor.agent.models import Severity
 
@@ -53,6 +54,7 @@ class DdpSaveEveryRank(Rule):
     severity = Severity.MEDIUM
     title = "Every rank saves the same checkpoint"
     items: ClassVar[tuple[str, ...]] = ("6.8",)
+    triggers = Triggers(("save",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (

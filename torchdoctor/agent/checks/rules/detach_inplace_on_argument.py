@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 # Helpers whose purpose is to cut the caller's graph (truncated back-propagation).
@@ -44,7 +45,7 @@ class DetachInplaceOnArgument(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"detach_"})
-    triggers: ClassVar[tuple[str, ...]] = ("detach_(",)
+    triggers = Triggers(("detach_(",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

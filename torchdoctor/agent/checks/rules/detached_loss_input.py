@@ -9,6 +9,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SY
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.checks.loops import is_optimizer_step, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
@@ -70,6 +71,7 @@ class DetachedLossInput(Rule):
     severity = Severity.HIGH
     title = "Loss computed on a detached model output"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    triggers = Triggers(("backward", ".item()", "float("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source

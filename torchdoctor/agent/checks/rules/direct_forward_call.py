@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 # Libraries whose objects have a `forward` of their own that is no nn.Module's.
@@ -90,7 +91,7 @@ class DirectForwardCall(Rule):
     items: ClassVar[tuple[str, ...]] = ("10.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"forward"})
-    triggers: ClassVar[tuple[str, ...]] = ("forward",)
+    triggers = Triggers(("forward",))
 
     def __init__(self) -> None:
         self._calls: list[ast.Call] = []

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, identifier
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _SPREAD = frozenset({"std", "var", "norm"})
@@ -64,6 +65,7 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
+    triggers = Triggers((*_GATES, "abs("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source

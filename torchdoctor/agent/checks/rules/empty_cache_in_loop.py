@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -66,7 +67,7 @@ class EmptyCacheInLoop(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"empty_cache"})
-    triggers: ClassVar[tuple[str, ...]] = ("empty_cache",)
+    triggers = Triggers(("empty_cache",))
 
     def __init__(self) -> None:
         self.in_functions: list[ast.Call] = []

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _METRIC_NAME = re.compile(r"loss|acc|correct|err|metric|score|dice|iou", re.IGNORECASE)
@@ -56,6 +57,7 @@ class EpochMetricNotReset(Rule):
     severity = Severity.MEDIUM
     title = "Epoch metric accumulated across epochs"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(lowered=("epoch",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import kwarg, uses_cuda
 from torchdoctor.agent.models import Severity
 
@@ -34,7 +35,7 @@ class Float64OnGpu(Rule):
     title = "float64 on the GPU"
     items: ClassVar[tuple[str, ...]] = ("6.4",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    triggers: ClassVar[tuple[str, ...]] = ("double", "float64")
+    triggers = Triggers(("double", "float64"))
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

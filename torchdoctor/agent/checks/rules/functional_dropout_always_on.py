@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument
 from torchdoctor.agent.models import Severity
 
@@ -52,7 +53,7 @@ class FunctionalDropoutAlwaysOn(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset(q.rsplit(".", 1)[-1] for q in _FUNCTIONAL)
-    triggers: ClassVar[tuple[str, ...]] = ("dropout",)
+    triggers = Triggers(("dropout",))
     severity_note = (
         "medium for an explicit training=True, which is sometimes deliberate (Monte-Carlo "
         "dropout, Tacotron 2's prenet); high when the argument is missing"

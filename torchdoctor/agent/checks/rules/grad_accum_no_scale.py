@@ -6,7 +6,12 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import direct_effects, under_modulo_guard, walk_scope
+from torchdoctor.agent.checks.loops import (
+    TRAINING_TEXT,
+    direct_effects,
+    under_modulo_guard,
+    walk_scope,
+)
 from torchdoctor.agent.models import Severity
 
 
@@ -40,6 +45,7 @@ class GradAccumNoScale(Rule):
     severity = Severity.MEDIUM
     title = "Gradient accumulation without loss scaling"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = TRAINING_TEXT
 
     def applies(self, ctx: ModuleContext) -> bool:
         return bool(ctx.loops.training_loops)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _LOW_METHODS = frozenset({"half", "bfloat16"})
@@ -62,6 +63,7 @@ class HalfModelFloatInput(Rule):
     severity = Severity.HIGH
     title = "Half-precision model fed a float32 input"
     items: ClassVar[tuple[str, ...]] = ("1.5",)
+    triggers = Triggers(("half()", "float16"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source

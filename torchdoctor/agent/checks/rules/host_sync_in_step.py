@@ -69,7 +69,7 @@ class HostSyncInStep(Rule):
         "format",
         "add_scalar",
     }
-    triggers: ClassVar[tuple[str, ...]] = TRAINING_TEXT  # finish() needs a training loop
+    triggers = TRAINING_TEXT  # finish() needs a training loop
 
     def __init__(self) -> None:
         self.candidates: list[tuple[ast.expr, str]] = []

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _HUB_LOADERS = frozenset({"torch.hub.load", "torch.hub.list", "torch.hub.help"})
@@ -35,6 +36,7 @@ class HubRemoteCode(Rule):
     severity_note = "high when no revision= pins the remote code; medium when a revision is pinned"
     title = "Model loading runs remote code"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
+    triggers = Triggers(("hub", "pretrained", "trust_remote_code"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import inplace_write
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -50,6 +51,7 @@ class InplaceOnSavedTensor(Rule):
     severity = Severity.HIGH
     title = "In-place write into a tensor saved for backward"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers(tuple(f"{op}(" for op in sorted(_SAVE_OUTPUT | _SAVE_INPUT)))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return not is_test_module(ctx.path) and any(

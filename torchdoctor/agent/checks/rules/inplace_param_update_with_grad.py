@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _INPLACE = frozenset(
@@ -51,6 +52,7 @@ class InplaceParamUpdateWithGrad(Rule):
     severity = Severity.HIGH
     title = "Parameter updated in place with autograd on"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers(("parameters()", "requires_grad=True", ".bias.", ".weight."))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (

@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _TEST = frozenset({"test"})
@@ -50,6 +51,7 @@ class LeakMultiTest(Rule):
     severity = Severity.MEDIUM
     title = "Test set used for model selection"
     items: ClassVar[tuple[str, ...]] = ("3.1",)
+    triggers = Triggers(lowered=("test", "holdout"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "test" in ctx.source.lower()

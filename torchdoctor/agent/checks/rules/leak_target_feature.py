@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.leak_sink import find_sink, related_location
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _ROW_APPLIERS = frozenset({"apply", "map", "transform", "agg", "aggregate"})
@@ -55,6 +56,7 @@ class LeakTargetFeature(Rule):
     severity = Severity.HIGH
     title = "Feature derived from the target (target leakage)"
     items: ClassVar[tuple[str, ...]] = ("3.1",)
+    triggers = Triggers(("drop", "pop(", "[["))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source

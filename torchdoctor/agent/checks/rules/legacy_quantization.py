@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import source_has, target_torch, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -53,7 +54,7 @@ class LegacyQuantization(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = _ENTRY_POINTS
-    triggers: ClassVar[tuple[str, ...]] = ("quantiz",)
+    triggers = Triggers(("quantiz",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _LOG = frozenset({"torch.log", "torch.log2", "torch.log10"})
@@ -49,6 +50,7 @@ class LogOfProbabilities(Rule):
     severity = Severity.MEDIUM
     title = "log() of softmax/sigmoid probabilities"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    triggers = Triggers(("oftmax", "sigmoid", "1 -", "1-"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source

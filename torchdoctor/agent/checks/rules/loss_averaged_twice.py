@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _BATCH_NAME = re.compile(r"^(batch_?size|bs|n_?b|n_?batch|num_?batch(es)?_?size)$", re.IGNORECASE)
@@ -45,7 +46,7 @@ class LossAveragedTwice(Rule):
     title = "Batch-averaged loss divided again by the batch size"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp,)
-    triggers: ClassVar[tuple[str, ...]] = ("oss",)
+    triggers = Triggers(("oss",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.BinOp)

@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     PASSTHROUGH_METHODS,
 )
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _REDUCTIONS = frozenset({"sum", "mean"})
@@ -57,6 +58,7 @@ class LossReducedBeforeWeighting(Rule):
     severity = Severity.HIGH
     title = "Mask or sample weights applied to an already-averaged loss"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
+    triggers = Triggers(("Loss", "_loss", "entropy"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source

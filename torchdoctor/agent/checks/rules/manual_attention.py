@@ -9,6 +9,7 @@ from torchdoctor.agent.checks import einsum_attention as eq
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX = frozenset({"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"})
@@ -268,6 +269,7 @@ class ManualAttention(Rule):
     severity = Severity.LOW
     title = "Hand-written attention instead of scaled_dot_product_attention"
     items: ClassVar[tuple[str, ...]] = ("6.2",)
+    triggers = Triggers(("oftmax",))
 
     def __init__(self) -> None:
         self._modules: set[str] = set()

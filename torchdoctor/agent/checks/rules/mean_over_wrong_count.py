@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, summed_names, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -46,6 +47,7 @@ class MeanOverWrongCount(Rule):
     severity = Severity.MEDIUM
     title = "Mean divided by the wrong count"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(("enumerate(", "len("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "/" in ctx.source and ("enumerate(" in ctx.source or "len(" in ctx.source)

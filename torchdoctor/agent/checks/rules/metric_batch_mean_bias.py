@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _MEANS = frozenset({"mean", "average"})
@@ -48,11 +49,10 @@ class MetricBatchMeanBias(Rule):
     severity = Severity.LOW
     title = "Metric averaged over batch means"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(("==", "_score", "acc", "iou", "dice", "mean("))  # scores
 
     def applies(self, ctx: ModuleContext) -> bool:
-        source = ctx.source
-        scores = ("==", "_score", "acc", "iou", "dice", "mean(")
-        return any(word in source for word in scores) and bool(ctx.flow.accumulations)
+        return self.triggers.found_in(ctx.source) and bool(ctx.flow.accumulations)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):

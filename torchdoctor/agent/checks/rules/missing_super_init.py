@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 
@@ -33,6 +34,7 @@ class MissingSuperInit(Rule):
     severity = Severity.HIGH
     title = "nn.Module subclass without super().__init__()"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
+    triggers = Triggers(("Module",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "Module" in ctx.source and bool(ctx.flow.module_classes)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -43,6 +44,7 @@ class ModuleListNotRegistered(Rule):
     severity = Severity.HIGH
     title = "Sub-modules in a plain list are not registered"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
+    triggers = Triggers(("Module",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "Module" in ctx.source and bool(ctx.flow.module_classes)

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -37,7 +38,7 @@ class ModuleShallowCopy(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"copy"})
-    triggers: ClassVar[tuple[str, ...]] = ("copy",)
+    triggers = Triggers(("copy",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "copy" in ctx.source and not is_test_module(ctx.path)

@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _GUARD = re.compile(r"isfinite|isnan|isinf|nan_to_num|GradScaler|detect_anomaly|math\.isfinite")
@@ -38,6 +39,7 @@ class NonfiniteLossUnchecked(Rule):
     severity = Severity.LOW
     title = "No NaN/Inf guard in the training loop"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
+    triggers = Triggers(("backward",))
     tier = "opt-in"
 
     def applies(self, ctx: ModuleContext) -> bool:

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import constant_number, kwarg
 from torchdoctor.agent.models import Severity
 
@@ -58,7 +59,7 @@ class NormMomentumInverted(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset(n.rsplit(".", 1)[-1] for n in _LAYERS)
-    triggers: ClassVar[tuple[str, ...]] = ("momentum",)
+    triggers = Triggers(("momentum",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import constant_number
 from torchdoctor.agent.models import Severity
 
@@ -62,7 +63,7 @@ class NormPositionalEps(Rule):
     call_names: ClassVar[frozenset[str]] = frozenset(
         name.rsplit(".", 1)[-1] for name in _EPS_POSITION
     )
-    triggers: ClassVar[tuple[str, ...]] = ("Norm",)
+    triggers = Triggers(("Norm",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

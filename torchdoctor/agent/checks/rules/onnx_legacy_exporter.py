@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     is_false,
     kwarg,
@@ -45,7 +46,7 @@ class OnnxLegacyExporter(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"export", "dynamo_export"})
-    triggers: ClassVar[tuple[str, ...]] = ("onnx",)
+    triggers = Triggers(("onnx",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -41,6 +42,7 @@ class OptimizerParamsReused(Rule):
     severity = Severity.HIGH
     title = "Second optimizer over a network another optimizer updates"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers((".parameters()",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "optim" in ctx.source and ".parameters()" in ctx.source

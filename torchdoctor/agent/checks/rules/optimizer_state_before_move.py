@@ -9,6 +9,7 @@ from typing import ClassVar, TypeGuard
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _PARAMETER_CALLS = frozenset({"parameters", "named_parameters"})
@@ -49,6 +50,7 @@ class OptimizerStateBeforeMove(Rule):
     severity = Severity.HIGH
     title = "Optimizer state restored before the model moved to the GPU"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
+    triggers = Triggers(("load_state_dict",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "load_state_dict" in ctx.source and "parameters()" in ctx.source

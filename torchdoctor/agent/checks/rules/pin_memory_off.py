@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     has_star_kwargs,
     is_false,
@@ -45,7 +46,7 @@ class PinMemoryOff(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.6",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"DataLoader"})
-    triggers: ClassVar[tuple[str, ...]] = ("DataLoader",)
+    triggers = Triggers(("DataLoader",))
 
     def __init__(self) -> None:
         self.candidates: list[ast.Call] = []

@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
 )
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument, constant_int
 from torchdoctor.agent.models import Severity
 
@@ -86,6 +87,7 @@ class ReductionOverBatchDim(Rule):
     severity = Severity.HIGH
     title = "Class reduction taken over the batch dimension"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
+    triggers = Triggers(tuple(_METHOD_DIM))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "0" in ctx.source and any(name in ctx.source for name in _METHOD_DIM)

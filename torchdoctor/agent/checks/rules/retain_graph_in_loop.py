@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _AUTOGRAD_FUNCTIONS = frozenset({"torch.autograd.backward", "torch.autograd.grad"})
@@ -40,6 +41,7 @@ class RetainGraphInLoop(Rule):
     severity = Severity.MEDIUM
     title = "retain_graph=True on every step"
     items: ClassVar[tuple[str, ...]] = ("1.4",)
+    triggers = Triggers(("retain_graph", "backward", "autograd"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "backward" in ctx.source or "autograd" in ctx.source  # autograd.grad only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.model_facts import LOSS_TEXT
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
@@ -37,7 +38,7 @@ class ScalarLossIndexed(Rule):
     title = "0-dim loss indexed"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Subscript,)
-    triggers: ClassVar[tuple[str, ...]] = ("[0]",)
+    triggers = LOSS_TEXT  # a report needs a loss callee
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Subscript)

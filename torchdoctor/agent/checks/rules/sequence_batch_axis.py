@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 # Modules whose output layout `batch_first` decides (default False: time, batch, features),
@@ -59,6 +60,7 @@ class SequenceBatchAxis(Rule):
     severity = Severity.HIGH
     title = "Sequence output pooled or indexed over its batch axis"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
+    triggers = Triggers(tuple(sorted(_NAMES)))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return any(name in ctx.source for name in _NAMES)

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import ALL_LIBRARY_SEEDERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg, source_has, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -59,7 +60,7 @@ class SklearnRandomState(Rule):
     items: ClassVar[tuple[str, ...]] = ("5.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = _SPLITTER_NAMES
-    triggers: ClassVar[tuple[str, ...]] = ("sklearn",)
+    triggers = Triggers(("sklearn",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -50,6 +51,7 @@ class SynchronizeInStep(Rule):
     severity = Severity.MEDIUM
     title = "Device synchronised on every training step"
     items: ClassVar[tuple[str, ...]] = ("6.1",)
+    triggers = Triggers(("synchronize",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "synchronize" in ctx.source and bool(ctx.loops.training_loops)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -51,6 +52,7 @@ class TargetNetworkNotSynced(Rule):
     severity = Severity.HIGH
     title = "Target network built fresh, not synced with the network it follows"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
+    triggers = Triggers(lowered=tuple(sorted(_LAGGING)))
 
     def applies(self, ctx: ModuleContext) -> bool:
         lowered = ctx.source.lower()

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -33,7 +34,7 @@ class TensorConstructor(Rule):
     items: ClassVar[tuple[str, ...]] = ("10.1", "10.3")
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Tensor"})
-    triggers: ClassVar[tuple[str, ...]] = ("Tensor",)
+    triggers = Triggers(("Tensor",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

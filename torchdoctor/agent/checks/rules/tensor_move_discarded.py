@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -69,11 +70,10 @@ class TensorMoveDiscarded(Rule):
     severity = Severity.HIGH
     title = "Tensor moved or cast, result discarded"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
+    triggers = Triggers(tuple(f".{m}(" for m in ("to", "cuda", "float", "half", "double", "long")))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return not is_test_module(ctx.path) and any(
-            f".{m}(" in ctx.source for m in ("to", "cuda", "float", "half", "double", "long")
-        )
+        return not is_test_module(ctx.path) and self.triggers.found_in(ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or not _may_report(ctx):

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule, relat
 from torchdoctor.agent.checks.data.torch_api import format_version, target_torch, torch_api
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.safe_globals import within_safe_globals
 from torchdoctor.agent.models import Severity
 
@@ -55,6 +56,7 @@ class TorchLoadUnsafe(Rule):
     )
     title = "torch.load without weights_only=True"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
+    triggers = Triggers(("load(",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "load(" in ctx.source and "torch" in ctx.source

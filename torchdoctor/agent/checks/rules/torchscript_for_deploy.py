@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import source_has, target_torch, terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -38,7 +39,7 @@ class TorchScriptForDeploy(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"trace", "script", "trace_module"})
-    triggers: ClassVar[tuple[str, ...]] = ("trace", "script")
+    triggers = Triggers(("trace", "script"))
 
     def __init__(self) -> None:
         self.calls: list[ast.Call] = []

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import FUSABLE_OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg, terminal_name, uses_cuda
 from torchdoctor.agent.models import Severity
 
@@ -34,7 +35,7 @@ class UnfusedOptimizer(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.5",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"Adam", "AdamW", "SGD", "Adagrad"})
-    triggers: ClassVar[tuple[str, ...]] = ("Adam", "SGD", "Adagrad")
+    triggers = Triggers(("Adam", "SGD", "Adagrad"))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)

@@ -9,6 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _URL_LOADERS = frozenset(
@@ -45,6 +46,7 @@ class UnverifiedDownload(Rule):
     severity = Severity.MEDIUM
     title = "Download without checksum"
     items: ClassVar[tuple[str, ...]] = ("11.2",)
+    triggers = Triggers(("url", "download"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "url" in ctx.source or "download" in ctx.source

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -43,6 +44,7 @@ class VocabularyInSetOrder(Rule):
     severity = Severity.MEDIUM
     title = "Vocabulary indexed in set order"
     items: ClassVar[tuple[str, ...]] = ("5.1",)
+    triggers = Triggers(("set(",))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "set(" in ctx.source and (

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import is_false, kwarg
 from torchdoctor.agent.models import Severity
 
@@ -32,7 +33,7 @@ class ZeroGradSetToNoneFalse(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.7",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"zero_grad"})
-    triggers: ClassVar[tuple[str, ...]] = ("zero_grad",)
+    triggers = Triggers(("zero_grad",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
