@@ -718,8 +718,13 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
             )
             summary.functions[name] = entry.model_copy(update={"splits_data": True})
     if "[0]" in text:  # the one-element argument's read (`n = n_channels[0]`)
+        indexing = _functions_indexing_a_name(ctx)
         for stmt in ctx.tree.body:
-            if isinstance(stmt, ast.FunctionDef) and (elements := element_read_parameters(stmt)):
+            if (
+                isinstance(stmt, ast.FunctionDef)
+                and id(stmt) in indexing
+                and (elements := element_read_parameters(stmt))
+            ):
                 entry = summary.functions.get(stmt.name) or FunctionSummary(
                     line=stmt.lineno, params=[a.arg for a in stmt.args.args]
                 )
@@ -728,6 +733,23 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def _functions_indexing_a_name(ctx: ModuleContext) -> set[int]:
+    """The functions (by id) around some `name[<int>]`, however deeply, from the engine's
+    node index: only their bodies can hold an element-read parameter, so only they are
+    walked for one (`walk_scope` of a body enters the functions defined in it)."""
+    found: set[int] = set()
+    for node in ctx.nodes_by_type().get(ast.Subscript, ()):
+        assert isinstance(node, ast.Subscript)
+        index = node.slice
+        if (
+            node.value.__class__ is ast.Name
+            and index.__class__ is ast.Constant
+            and type(index.value) is int
+        ):
+            found.update(id(a) for a in ctx.ancestors(node) if isinstance(a, ast.FunctionDef))
+    return found
 
 
 def element_read_parameters(fn: ast.FunctionDef) -> list[str]:
