@@ -87,3 +87,14 @@ def test_a_module_with_a_trigger_runs_the_rule() -> None:
     result = analyse_source("m.py", source, (_AppliesWithBackward,), EngineConfig())
     assert [f.message for f in result.findings] == ["found"]
     assert _AppliesWithBackward.id in result.applicable
+
+
+def test_triggers_match_words_lowered_words_and_non_ascii_identifiers() -> None:
+    loss = Triggers(("cross_entropy",), lowered=("loss",), for_identifiers=True)
+    assert loss.found_in("F.cross_entropy(x, y)")
+    assert loss.found_in("self.Criterion_LOSS = nn.L1Loss()")
+    assert not loss.found_in("x = torch.ones(3)")
+    # the parser reads `ｌoss` as `loss` (NFKC): a non-ASCII text is never ruled out
+    assert loss.found_in("ｌoss = 1")
+    assert not Triggers(("backward",)).found_in("ｂackward = 1")
+    assert not Triggers() and Triggers(("a",), lowered=("b",)).found_in("B")

@@ -135,13 +135,6 @@ class Triggers:
     def __bool__(self) -> bool:
         return bool(self.words or self.lowered)
 
-    def __or__(self, other: Triggers) -> Triggers:
-        return Triggers(
-            words=self.words + other.words,
-            lowered=self.lowered + other.lowered,
-            for_identifiers=self.for_identifiers or other.for_identifiers,
-        )
-
     def found_in(self, source: str) -> bool:
         if any(word in source for word in self.words):
             return True
