@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX = frozenset({"softmax", "Softmax"})
@@ -52,7 +53,7 @@ class AttentionHeadsOneByOne(Rule):
     items: ClassVar[tuple[str, ...]] = ("6.2",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
     call_names: ClassVar[frozenset[str]] = frozenset({"cat"})
-    visit_gate: ClassVar[tuple[str, ...]] = ("ModuleList",)
+    triggers = Triggers(("ModuleList",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
