@@ -12,7 +12,7 @@ import ast
 import re
 
 from torchdoctor.agent.checks.base import ModuleContext
-from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, spelled_words, walk_tree
 from torchdoctor.agent.checks.patterns import holds_through_flags
 
 SAMPLERS = frozenset(
@@ -83,19 +83,7 @@ def uses_framework(ctx: ModuleContext) -> bool:
 def names_rank(expr: ast.AST) -> bool:
     """Whether an expression mentions a rank or a main process (`rank == 0`, `args.local_rank
     in [-1, 0]`, `is_main_process()`, `accelerator.is_main_process`, `master_process`)."""
-    for node in walk_tree(expr):
-        word = (
-            node.id
-            if isinstance(node, ast.Name)
-            else node.attr
-            if isinstance(node, ast.Attribute)
-            else node.value  # os.environ["RANK"]
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            else None
-        )
-        if word is not None and _RANK_WORDS.search(word):
-            return True
-    return False
+    return any(_RANK_WORDS.search(word) for word in spelled_words(expr))
 
 
 def rank_guarded(ctx: ModuleContext, node: ast.AST) -> bool:

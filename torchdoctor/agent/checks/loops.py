@@ -430,7 +430,7 @@ def _parameter_variable(loop: ast.For) -> str:
     if (
         isinstance(target, ast.Tuple)
         and len(target.elts) == 2
-        and method_name_of(iterable) == ("named_parameters")
+        and method_name_of(iterable) == "named_parameters"
     ):
         target = target.elts[1]
     if not isinstance(target, ast.Name):
@@ -445,21 +445,21 @@ def _parameter_variable(loop: ast.For) -> str:
     return ""
 
 
+def spelled_words(expr: ast.AST) -> Iterator[str]:
+    """The names, attributes and string keys an expression spells (`args.local_rank`,
+    `os.environ["RANK"]`, `group["params"]`): what rules read its meaning from."""
+    for node in walk_tree(expr):
+        if isinstance(node, ast.Name):
+            yield node.id
+        elif isinstance(node, ast.Attribute):
+            yield node.attr
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+
+
 def _named_like_parameters(expr: ast.expr) -> bool:
     """`params`, `self.parameters`, `group["params"]`: a name, attribute or key says so."""
-    for node in walk_tree(expr):
-        word = (
-            node.id
-            if isinstance(node, ast.Name)
-            else node.attr
-            if isinstance(node, ast.Attribute)
-            else node.value
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            else ""
-        )
-        if "param" in word.lower():
-            return True
-    return False
+    return any("param" in word.lower() for word in spelled_words(expr))
 
 
 def method_name_of(expr: ast.expr) -> str:
@@ -699,8 +699,7 @@ class LoopAnalysis:
             for node in (*nodes_of(self.ctx, ast.Call), *nodes_of(self.ctx, ast.Assign))
             if (kind := self._classify(node))
         ]
-        for loop in self._parameter_loops:
-            updates, clears = parameter_loop_effects(loop)
+        for updates, clears in self._parameter_loops.values():
             relevant += [(node, "update") for node in updates]
             relevant += [(node, "zero_grad") for node in clears]
         # source order, as `nodes_of(ctx, Call, Assign)` gives, sorting only the few that count
@@ -783,15 +782,17 @@ class LoopAnalysis:
         return self._module_backpropagates and self._summary(body)[0]
 
     @cached_property
-    def _parameter_loops(self) -> list[ast.For]:
-        """The module's loops over parameters that update or clear them by hand."""
+    def _parameter_loops(self) -> dict[ast.For, tuple[list[ast.AST], list[ast.AST]]]:
+        """The module's loops over parameters that update or clear them by hand, with their
+        (updates, clears)."""
         if ".grad" not in self.ctx.source:
-            return []
-        return [
-            loop
+            return {}
+        found = {
+            loop: parameter_loop_effects(loop)
             for loop in nodes_of(self.ctx, ast.For)
-            if isinstance(loop, ast.For) and any(parameter_loop_effects(loop))
-        ]
+            if isinstance(loop, ast.For)
+        }
+        return {loop: effects for loop, effects in found.items() if any(effects)}
 
     @cached_property
     def _module_steps(self) -> bool:
@@ -800,7 +801,7 @@ class LoopAnalysis:
         functions, a trainer's helpers)."""
         steps = self.ctx.flow.calls_named(("step",))
         return any(is_optimizer_step(c) for c in steps) or any(
-            parameter_loop_effects(loop)[0] for loop in self._parameter_loops
+            updates for updates, _ in self._parameter_loops.values()
         )
 
     def trains(self, body: list[ast.stmt] | ast.AST) -> bool:

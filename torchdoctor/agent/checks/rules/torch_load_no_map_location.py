@@ -190,51 +190,48 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _dataset_processed_file(ctx, call):
                 continue
-            found = ctx.finding(
-                self,
-                call,
-                "the checkpoint is loaded onto the devices it was saved from, though this code "
-                "also runs on CPU: a GPU-trained checkpoint fails to load there",
-                data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
-            )
-            if found is None:
+            if ctx.suppressed(self.id, call.lineno):
                 continue
             if not (here or cpu_side) and _converted_on_the_host(ctx, call):
                 here = True  # a converter script: it never names a device
+            message, confirmed = _ON_CPU, True
             if _map_location_dropped(ctx, call):
-                found = ctx.finding(
-                    self,
-                    call,
-                    "the function takes a `map_location` but this torch.load is not given it: "
-                    "the checkpoint is loaded onto the devices it was saved from, whatever "
-                    "the caller asked for",
-                    data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
-                )
-                if found is not None:
-                    ctx.findings.append(found)
-            elif here or cpu_side:
+                message = _DROPPED
+            elif not (here or cpu_side):
+                if _starts_a_process_group(ctx) and not _main_process_only(ctx, call):
+                    message = _EVERY_RANK
+                else:  # a helper: an entry script importing it may offer the CPU (--device cpu)
+                    confirmed = False
+            found = ctx.finding(
+                self, call, message, data={"into_state_dict": _feeds_load_state_dict(ctx, call)}
+            )
+            if found is None:
+                continue
+            if confirmed:
                 ctx.findings.append(found)
-            elif _starts_a_process_group(ctx) and not _main_process_only(ctx, call):
-                found = ctx.finding(
-                    self,
-                    call,
-                    "every process of this distributed run loads the checkpoint onto the GPU "
-                    "it was saved from (GPU 0 when rank 0 saved it), not its own: each rank "
-                    "puts a copy there (GPU 0 runs out of memory first)",
-                    data={"into_state_dict": _feeds_load_state_dict(ctx, call)},
-                )
-                if found is not None:
-                    ctx.findings.append(found)
-            else:  # a helper: an entry script importing it may offer the CPU (`--device cpu`)
-                for symbol in _helper_symbols(ctx):
-                    pending = Pending(symbol=symbol, needs="cpu-device-in-project", finding=found)
-                    defer(ctx, self.id, pending)
+                continue
+            for symbol in _helper_symbols(ctx):
+                pending = Pending(symbol=symbol, needs="cpu-device-in-project", finding=found)
+                defer(ctx, self.id, pending)
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
+_ON_CPU = (
+    "the checkpoint is loaded onto the devices it was saved from, though this code also runs on "
+    "CPU: a GPU-trained checkpoint fails to load there"
+)
+_DROPPED = (
+    "the function takes a `map_location` but this torch.load is not given it: the checkpoint "
+    "is loaded onto the devices it was saved from, whatever the caller asked for"
+)
+_EVERY_RANK = (
+    "every process of this distributed run loads the checkpoint onto the GPU it was saved from "
+    "(GPU 0 when rank 0 saved it), not its own: each rank puts a copy there (GPU 0 runs out of "
+    "memory first)"
+)
 _DEVICE_WORD = re.compile(r"cuda|gpu|device|accelerat", re.IGNORECASE)
 
 
