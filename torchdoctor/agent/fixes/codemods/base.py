@@ -350,6 +350,7 @@ class SourceContext:
         body = list(self.module.body)
         anchor = _last_import(body)
         if anchor is not None:
+            anchor = _later_binding(body, anchor, _free_names(code)) or anchor
             self.insert_after(anchor, code)
         elif body and _is_docstring(body[0]):
             self.insert_after(body[0], code)
@@ -671,6 +672,68 @@ def _last_import(body: Sequence[cst.BaseStatement]) -> cst.BaseStatement | None:
         elif last is not None:
             break
     return last
+
+
+def _free_names(code: str) -> set[str]:
+    """The names `code` reads (`torch` of `torch.manual_seed(0)`)."""
+    try:
+        tree = ast.parse(code.strip("\n"))
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _later_binding(
+    body: Sequence[cst.BaseStatement], anchor: cst.BaseStatement, names: set[str]
+) -> cst.BaseStatement | None:
+    """The last top-level import after `anchor` that binds one of `names`: imports split by a
+    setup statement (`matplotlib.use("Agg")` before `import torch`, wavenet_vocoder's train.py)
+    bind the name after the leading block ends, and code inserted there would raise NameError.
+    Imports under a `try`/`if` count, the main guard's do not (it runs last)."""
+    later: cst.BaseStatement | None = None
+    extending = False  # through the rest of that import block
+    for stmt in body[body.index(anchor) + 1 :]:
+        if _is_main_guard(stmt):
+            extending = False
+        elif _import_aliases_of(stmt) & names:
+            later, extending = stmt, True
+        elif extending and _is_import_line(stmt):
+            later = stmt
+        else:
+            extending = False
+    return later
+
+
+def _import_aliases_of(stmt: cst.BaseStatement) -> set[str]:
+    return {
+        (alias.evaluated_alias or alias.evaluated_name).split(".")[0]
+        for node in _imports_in(stmt)
+        if not isinstance(node.names, cst.ImportStar)
+        for alias in node.names
+    }
+
+
+def _is_import_line(stmt: cst.BaseStatement) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and all(
+        isinstance(s, cst.Import | cst.ImportFrom) for s in stmt.body
+    )
+
+
+def _imports_in(stmt: cst.BaseStatement) -> list[cst.Import | cst.ImportFrom]:
+    """The imports a top-level statement runs (not those of its functions or classes)."""
+    found: list[cst.Import | cst.ImportFrom] = []
+    pending: list[cst.CSTNode] = [stmt]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, cst.Import | cst.ImportFrom):
+            found.append(node)
+        elif not isinstance(node, cst.FunctionDef | cst.ClassDef | cst.Lambda):
+            pending.extend(node.children)
+    return found
+
+
+def _is_main_guard(stmt: cst.BaseStatement) -> bool:
+    return isinstance(stmt, cst.If) and "__name__" in cst.Module([]).code_for_node(stmt.test)
 
 
 def _import_aliases(module: cst.Module) -> dict[str, str]:
