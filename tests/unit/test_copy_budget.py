@@ -59,10 +59,10 @@ def test_a_quota_is_the_budget_and_a_tree_within_it_is_copied(tmp_path: Path) ->
 def test_a_fix_copy_refuses_a_tree_over_the_budget_and_leaves_nothing(
     folder_with_data: Path,
 ) -> None:
-    before = set(Path(tempfile.gettempdir()).glob(f"td-ws-{os.getpid()}-fix-*"))
+    before = set(Path(tempfile.gettempdir()).glob(f"td-ws-{os.getpid()}-*"))
     with pytest.raises(WorkspaceError, match="more than"), workspace_copy(folder_with_data):
         pytest.fail("the copy was made")
-    assert set(Path(tempfile.gettempdir()).glob(f"td-ws-{os.getpid()}-fix-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob(f"td-ws-{os.getpid()}-*")) == before
 
 
 def test_a_fix_on_a_tree_too_large_to_copy_fails_its_first_step_with_the_reason(

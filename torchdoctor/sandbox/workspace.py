@@ -61,6 +61,8 @@ def stage_workspace(
     prefix: str = "td-ws-",
     quota_mb: int | None = None,
     max_mb: int = MAX_COPY_MB,
+    skipped: frozenset[str] = SKIPPED_NAMES,
+    strict: bool = True,
 ) -> Path:
     """Copy a folder, a file, or several of them into a new directory and return it.
 
@@ -70,7 +72,8 @@ def stage_workspace(
     `sweep_stale_copies` on the next start. With `quota_mb`, the folder is a tmpfs of that size
     where the host allows mounting one (`kernel_quota` tells), so the kernel holds the quota.
     Whatever the host allows, more than `quota_mb` (else `max_mb`) is refused before it is
-    copied (`CopyBudget`).
+    copied (`CopyBudget`). Entries named in `skipped` are left out; a link that leaves the
+    tree, or a device, socket or FIFO, refuses the copy, or without `strict` is left out.
     """
     workspace = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
     if quota_mb is not None:
@@ -78,10 +81,11 @@ def stage_workspace(
     budget = CopyBudget(quota_mb or max_mb)
     try:
         if isinstance(sources, Path) and sources.is_dir() and not sources.is_symlink():
-            _copy_tree(sources, workspace, sources, budget)
+            _Copier(sources, budget, skipped, strict).tree(sources, workspace)
         else:
             for source in [sources] if isinstance(sources, Path) else sources:
-                _copy_entry(source, workspace / source.name, source.parent, budget)
+                copier = _Copier(source.parent, budget, skipped, strict)
+                copier.entry(source, workspace / source.name)
     except FileNotFoundError as exc:
         remove_workspace(workspace)
         raise WorkspaceError(f"no such source: {exc.filename}") from exc
@@ -371,34 +375,42 @@ def _writable_by(path: str, uid: int) -> bool:
     return stat.S_ISDIR(info.st_mode) and (info.st_uid == uid or bool(info.st_mode & stat.S_IWOTH))
 
 
-def _entries(folder: Path) -> Iterable[Path]:
-    return sorted(p for p in folder.iterdir() if p.name not in SKIPPED_NAMES)
+@dataclass
+class _Copier:
+    """One copy's walk: what it skips, what it may still write, and whether a link that
+    leaves the tree or a special file refuses the copy (`strict`) or is left out."""
 
+    tree_root: Path
+    budget: CopyBudget
+    skipped: frozenset[str]
+    strict: bool
 
-def _copy_entry(source: Path, destination: Path, tree_root: Path, budget: CopyBudget) -> None:
-    info = source.lstat()
-    mode = info.st_mode
-    if stat.S_ISLNK(mode):
-        _copy_symlink(source, destination, tree_root)
-    elif stat.S_ISDIR(mode):
-        destination.mkdir()
-        _copy_tree(source, destination, tree_root, budget)
-    elif stat.S_ISREG(mode):
-        budget.take(info.st_size)
-        shutil.copyfile(source, destination, follow_symlinks=False)
-        os.chmod(destination, (mode & 0o777) | stat.S_IRUSR | stat.S_IWUSR)
-    else:
-        raise WorkspaceError(f"refusing to copy a special file: {source}")
+    def tree(self, source: Path, destination: Path) -> None:
+        for entry in sorted(p for p in source.iterdir() if p.name not in self.skipped):
+            self.entry(entry, destination / entry.name)
 
+    def entry(self, source: Path, destination: Path) -> None:
+        info = source.lstat()
+        mode = info.st_mode
+        if stat.S_ISLNK(mode):
+            self.symlink(source, destination)
+        elif stat.S_ISDIR(mode):
+            destination.mkdir()
+            self.tree(source, destination)
+        elif stat.S_ISREG(mode):
+            self.budget.take(info.st_size)
+            shutil.copyfile(source, destination, follow_symlinks=False)
+            os.chmod(destination, (mode & 0o777) | stat.S_IRUSR | stat.S_IWUSR)
+        elif self.strict:
+            raise WorkspaceError(f"refusing to copy a special file: {source}")
 
-def _copy_tree(source: Path, destination: Path, tree_root: Path, budget: CopyBudget) -> None:
-    for entry in _entries(source):
-        _copy_entry(entry, destination / entry.name, tree_root, budget)
-
-
-def _copy_symlink(source: Path, destination: Path, tree_root: Path) -> None:
-    root = tree_root.resolve()
-    target = source.resolve()
-    if target != root and root not in target.parents:
-        raise WorkspaceError(f"refusing a symlink that leaves the tree: {source} -> {target}")
-    destination.symlink_to(os.path.relpath(target, source.parent.resolve()))
+    def symlink(self, source: Path, destination: Path) -> None:
+        """Relinked relative to the copy, so that nothing written through it reaches the
+        original (an absolute link inside the tree would)."""
+        root = self.tree_root.resolve()
+        target = source.resolve()
+        if target != root and root not in target.parents:
+            if not self.strict:
+                return
+            raise WorkspaceError(f"refusing a symlink that leaves the tree: {source} -> {target}")
+        destination.symlink_to(os.path.relpath(target, source.parent.resolve()))

@@ -1,56 +1,31 @@
 """Private copies of the audited tree: every fix is tried on one, never on the user's files.
 
-Links that leave the tree, FIFOs, sockets and devices are not copied (the host reads the copy
-to check fixes); the folder's name carries this process's id, so a copy left by a killed
-audit is removed on the next start (`torchdoctor.sandbox.workspace.sweep_stale_copies`).
+The sandbox's copy (`stage_workspace`) with two differences: virtualenvs and the audit's own
+folder are left out too, and a link that leaves the tree, a FIFO, a socket or a device is left
+out rather than refusing the copy (the host reads the copy to check fixes; a run of it is
+staged again, strictly, by the sandbox). Links inside the tree are relinked relative to the
+copy, so that a patch written through one never reaches the original. The folder's name
+carries this process's id, so a copy left by a killed audit is removed on the next start
+(`torchdoctor.sandbox.workspace.sweep_stale_copies`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from torchdoctor.sandbox.workspace import CopyBudget
+from torchdoctor.sandbox.workspace import SKIPPED_NAMES, remove_workspace, stage_workspace
 
-SKIPPED = (".git", ".venv", "venv", "__pycache__", ".torchdoctor", ".mypy_cache", ".pytest_cache")
+SKIPPED = SKIPPED_NAMES | {".venv", "venv", ".torchdoctor"}
 
 
 @contextmanager
 def workspace_copy(root: Path) -> Iterator[Path]:
     """A temporary copy of `root` (VCS, virtualenvs and caches left out), removed afterwards.
     A tree over `MAX_COPY_MB` raises `WorkspaceError` (nothing of it is left)."""
-    with tempfile.TemporaryDirectory(prefix=f"td-ws-{os.getpid()}-fix-") as tmp:
-        copy = Path(tmp) / "workspace"
-        shutil.copytree(
-            root,
-            copy,
-            ignore=_ignored(root),
-            symlinks=True,
-            copy_function=CopyBudget().copy_file,
-        )
+    copy = stage_workspace(root, prefix="td-ws-", skipped=SKIPPED, strict=False)
+    try:
         yield copy
-
-
-def _ignored(root: Path) -> Callable[[str, list[str]], set[str]]:
-    real_root = os.path.realpath(root)
-    skipped = shutil.ignore_patterns(*SKIPPED)
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        ignored = set(skipped(folder, names))
-        for name in names:
-            path = os.path.join(folder, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
-                target = os.path.realpath(path)
-                if target != real_root and not target.startswith(real_root + os.sep):
-                    ignored.add(name)
-            elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                ignored.add(name)
-        return ignored
-
-    return ignore
+    finally:
+        remove_workspace(copy)
