@@ -156,6 +156,8 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
     name = terminal_name(expr)
     if not name or (isinstance(expr, ast.Name) and bound_to_function_or_import(ctx, name)):
         return False
+    if _own_method(ctx, expr):
+        return False
     if _MODEL_NAME.search(name):
         return True
     traceable = isinstance(expr, ast.Name) or (
@@ -164,6 +166,23 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
         and expr.value.id == "self"
     )
     return traceable and constructed_model(ctx, expr)
+
+
+def _own_method(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """`self.name` where `name` is a plain method of the enclosing class: Real-ESRGAN's cog
+    predictor calls `self.choose_model(scale, version)`, which builds the upsampler; a
+    `@property` may return a model."""
+    if not (
+        isinstance(expr, ast.Attribute)
+        and isinstance(expr.value, ast.Name)
+        and expr.value.id == "self"
+    ):
+        return False
+    cls = next((a for a in ctx.ancestors(expr) if isinstance(a, ast.ClassDef)), None)
+    method = class_methods(cls).get(expr.attr) if cls is not None else None
+    return method is not None and not any(
+        "property" in ast.unparse(decorator) for decorator in method.decorator_list
+    )
 
 
 def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
