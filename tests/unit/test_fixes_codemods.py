@@ -798,6 +798,40 @@ def test_every_unguarded_divisor_of_the_rule_fixture_gets_an_epsilon() -> None:
     assert "/ (torch.sqrt(x.var(0)) + 1e-8)" in fixed
 
 
+def test_a_divisor_written_with_other_quotes_than_the_rules_is_found() -> None:
+    """The rule names the divisor as `ast.unparse` writes it (`p='fro'`); denoiser's spectral
+    convergence loss writes `p="fro"` and was refused as 'no single division'."""
+    source = (
+        RULE_FIXTURES / "divide-by-std-no-eps" / "positive_spectral_convergence_loss.py"
+    ).read_text()
+    fixed = _fixed_until_clean("divide-by-std-no-eps", source)
+    assert '/ (torch.norm(y_mag, p="fro") + 1e-8)' in fixed
+
+
+def test_the_log_method_of_a_sigmoid_becomes_logsigmoid() -> None:
+    """`torch.sigmoid(m).log()` (a mixture-of-logistics CDF at the top bin) had no fix and no
+    reason; a log of probabilities kept in a variable is refused, saying why."""
+    source = (
+        "import torch\n\n\ndef log_cdf(m):\n    cdf = torch.sigmoid(m)\n"
+        "    return torch.sigmoid(m).log(), torch.log(cdf)\n"
+    )
+    codemod = codemod_for("log-of-probabilities")
+    assert codemod is not None
+    method = _target_of(next(f for f in _findings_of("log-of-probabilities", source)))
+    fixed = codemod.transform(source, method)
+    assert fixed is not None and "torch.nn.functional.logsigmoid(m), torch.log(cdf)" in fixed
+    through = FixTarget(
+        rule="log-of-probabilities",
+        file="m.py",
+        line=6,
+        end_line=6,
+        data={"activation": "sigmoid", "direct": False},
+    )
+    kept = source.replace("torch.sigmoid(m).log(), ", "")
+    assert codemod.transform(kept, through) is None
+    assert "through a variable" in (codemod.explain(kept, through) or "")
+
+
 def test_a_loss_term_made_a_python_number_is_left_to_the_author() -> None:
     source = (
         RULE_FIXTURES / "detached-loss-input" / "positive_loss_term_made_a_number.py"

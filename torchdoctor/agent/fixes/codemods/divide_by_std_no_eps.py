@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
@@ -23,9 +25,9 @@ class DivideByStdNoEpsFix(Codemod):
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         divisor = target.data.get("divisor")
-        if not isinstance(divisor, str):
+        wanted = _normalised(divisor) if isinstance(divisor, str) else None
+        if wanted is None:
             return ctx.decline("the rule did not name the divisor")
-        wanted = "".join(divisor.split())
         span = (target.line, target.end_line)
         divisions: list[cst.BinaryOperation | cst.AugAssign] = [
             *ctx.find(cst.BinaryOperation, within=span),
@@ -35,7 +37,7 @@ class DivideByStdNoEpsFix(Codemod):
             node
             for node in divisions
             if isinstance(node.operator, cst.Divide | cst.DivideAssign)
-            and "".join(ctx.code(_right(node)).split()) == wanted
+            and _normalised(ctx.code(_right(node))) == wanted
         ]
         if len(found) != 1:
             return ctx.decline(f"no single division by `{divisor}` at the finding")
@@ -45,6 +47,16 @@ class DivideByStdNoEpsFix(Codemod):
             guarded = guarded.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
         ctx.substitute(right, guarded)
         return True
+
+
+def _normalised(code: str) -> str | None:
+    """The expression as `ast.unparse` writes it: the rule names the divisor that way
+    (`torch.norm(y_mag, p='fro')` for denoiser's `p="fro"`), whatever the source's quotes,
+    spacing or line breaks."""
+    try:
+        return ast.unparse(ast.parse(code.strip(), mode="eval"))
+    except SyntaxError:
+        return None
 
 
 def _right(node: cst.BinaryOperation | cst.AugAssign) -> cst.BaseExpression:

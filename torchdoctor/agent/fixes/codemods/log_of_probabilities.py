@@ -17,9 +17,9 @@ _REPLACEMENTS = {
 
 
 class LogOfProbabilitiesFix(Codemod):
-    """Replaces `torch.log(<softmax or sigmoid call>)` by the fused, stable function with the
-    same arguments, when the rule found the activation written directly inside the log
-    (`direct`); values that travel through variables are left to a human."""
+    """Replaces `torch.log(<softmax or sigmoid call>)`, or `<softmax or sigmoid call>.log()`,
+    by the fused, stable function with the same arguments, when the activation is written
+    directly at the log; values that travel through variables are left to a human."""
 
     rule = "log-of-probabilities"
     kind = FixKind.PRECISION
@@ -28,14 +28,12 @@ class LogOfProbabilitiesFix(Codemod):
     """Same values up to float rounding while no probability underflows."""
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
-        kind = target.data.get("activation")
-        if not target.data.get("direct") or kind not in _FUSED:
-            return False
+        if target.data.get("activation") not in _FUSED:
+            return ctx.decline("the probabilities do not come from a softmax or a sigmoid")
+        direct = bool(target.data.get("direct"))
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-            if ctx.qualname(call.func) != "torch.log" or len(call.args) != 1:
-                continue
-            inner = call.args[0].value
-            if not isinstance(inner, cst.Call):
+            inner = _logged_activation(ctx, call, direct)
+            if inner is None:
                 continue
             qual = ctx.qualname(inner.func) or ""
             prefix = (dotted_name(inner.func) or "").rpartition(".")[0]
@@ -44,4 +42,19 @@ class LogOfProbabilitiesFix(Codemod):
             fused = cst.parse_expression(f"{prefix}.{_REPLACEMENTS[qual]}")
             ctx.substitute(call, inner.with_changes(func=fused))
             return True
-        return False
+        return ctx.decline(
+            "the activation is not written at the log (it reaches it through a variable or "
+            "a module): use log_softmax / logsigmoid where the probabilities are made"
+        )
+
+
+def _logged_activation(ctx: SourceContext, call: cst.Call, direct: bool) -> cst.Call | None:
+    """The call inside `torch.log(inner)` (when the rule saw the activation there) or
+    `inner.log()` (the method form, wavenet_vocoder's `torch.sigmoid(m).log()`)."""
+    if direct and ctx.qualname(call.func) == "torch.log" and len(call.args) == 1:
+        inner = call.args[0].value
+    elif isinstance(call.func, cst.Attribute) and call.func.attr.value == "log" and not call.args:
+        inner = call.func.value
+    else:
+        return None
+    return inner if isinstance(inner, cst.Call) else None
