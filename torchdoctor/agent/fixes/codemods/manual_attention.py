@@ -272,7 +272,7 @@ def _match(
     dim: str,
 ) -> _Attention | None:
     # what the softmax reads: `S`, `S / d`, `S * s`, `S.float()`
-    scores_name, late_scale = _scaled_name(ctx, softmax_arg)
+    scores_name, late_scale = _scaled_name(ctx, softmax_arg, body[:at])
     product: Scores | None = None
     if scores_name is None:
         # `self.softmax(torch.bmm(q, k))` (DANet): the scores' product is the softmax's input
@@ -308,6 +308,16 @@ def _match(
             product = score_product(ctx, bound[1], before)
             if product is not None and _reads(cst.parse_expression(product.key), scores_name):
                 product = None  # `s = s @ w`: a change of the scores, not their product
+            if product is None and (
+                biased := _biased_product(ctx, stmt, bound[1], scores_name, before)
+            ):
+                if late:
+                    raise AttentionRefused(
+                        "the scores are scaled after an additive mask was added: the fused "
+                        "kernel scales before masking"
+                    )
+                product, bias = biased
+                _merge(mask, bias)
             if product is not None:
                 removed.append(stmt)
                 break
@@ -838,8 +848,12 @@ def _unwrap_cast(expr: cst.BaseExpression) -> cst.BaseExpression:
     return expr
 
 
-def _scaled_name(ctx: SourceContext, expr: cst.BaseExpression) -> tuple[str | None, str | None]:
-    """`S` -> (S, None); `S / d` -> (S, '1.0 / (d)'); `S * s` -> (S, 's'); `S.float()` -> S."""
+def _scaled_name(
+    ctx: SourceContext, expr: cst.BaseExpression, before: Sequence[cst.BaseStatement]
+) -> tuple[str | None, str | None]:
+    """`S` -> (S, None); `S / d` -> (S, '1.0 / (d)'); `S * s` -> (S, 's'); `S.float()` -> S;
+    `s * S` -> (S, 's') when `S` is the product bound above and `s` is not (fast-transformers'
+    `torch.softmax(softmax_temp * QK, dim=-1)`)."""
     cast = method_call(expr, "float")
     if cast is not None and isinstance(cast.func, cst.Attribute) and not cast.args:
         expr = cast.func.value
@@ -849,9 +863,58 @@ def _scaled_name(ctx: SourceContext, expr: cst.BaseExpression) -> tuple[str | No
         if isinstance(expr.operator, cst.Divide):
             return dotted_name(expr.left), reciprocal(factor)
         if isinstance(expr.operator, cst.Multiply):
-            return dotted_name(expr.left), factor
+            left, right = dotted_name(expr.left), dotted_name(strip(expr.right))
+            if (
+                right is not None
+                and _bound_to_scores(ctx, right, before)
+                and not _bound_to_scores(ctx, left, before)
+            ):
+                return right, code(strip(expr.left))
+            return left, factor
         return None, None
     return dotted_name(expr), None
+
+
+def _biased_product(
+    ctx: SourceContext,
+    stmt: cst.BaseStatement,
+    expr: cst.BaseExpression,
+    scores: str,
+    before: Sequence[cst.BaseStatement],
+) -> tuple[Scores, _Mask] | None:
+    """`(q @ k^T) * s + bias` in one expression (LeViT's attention biases, picked by mode):
+    the product, and the bias as a float mask (not one computed from q or k)."""
+    expr = strip(expr)
+    if not (isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add)):
+        return None
+    product = score_product(ctx, expr.left, before)
+    if product is None:
+        return None
+    step = _additive(ctx, expr.right, True, scores, stmt)
+    if (
+        step is None
+        or step.causal
+        or any(_reads(expr.right, name) for name in (product.query, product.key))
+    ):
+        return None
+    step.statements = []  # the bias goes with the product's own statement
+    return product, step
+
+
+def _bound_to_scores(
+    ctx: SourceContext, name: str | None, before: Sequence[cst.BaseStatement]
+) -> bool:
+    """`name` is bound to a query-key product among `before`, possibly changed since
+    (`QK = QK + mask`)."""
+    for index in range(len(before) - 1, -1, -1):
+        bound = assigned(before[index])
+        if bound is None or bound[0] != name:
+            continue
+        if score_product(ctx, bound[1], before[:index]) is not None:
+            return True
+        if not _reads(bound[1], name):
+            return False
+    return False
 
 
 def _dropout_of(
