@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import SourceContext, dotted_name, method_call
+from torchdoctor.agent.fixes.codemods.base import (
+    SourceContext,
+    descendants,
+    dotted_name,
+    method_call,
+)
 from torchdoctor.agent.fixes.models import FixTarget, SmokeRun
 
 Loop = cst.For | cst.While
@@ -98,6 +103,25 @@ def flagged_loop(ctx: SourceContext, target: FixTarget) -> Loop | None:
     if len(overlapping) == 1:
         return overlapping[0]
     return loops[0] if len(loops) == 1 else None
+
+
+def iteration_loop(ctx: SourceContext, loop: Loop) -> Loop:
+    """The loop whose one iteration is the whole training step around `loop`: an enclosing
+    loop of the same function that runs another backward pass beside it (seungwonpark/melgan
+    steps the generator, then its discriminator `rep_discriminator` times in an inner loop;
+    the rule points at the inner one). `loop` itself when there is none."""
+    inner = {id(node) for node in descendants(loop)}
+    found = loop
+    for anc in ctx.ancestors(loop):
+        if isinstance(anc, cst.FunctionDef | cst.ClassDef):
+            break
+        if isinstance(anc, cst.For | cst.While) and any(
+            id(call) not in inner and method_call(call, "backward") is not None
+            for call in ctx.find(cst.Call, inside=anc)
+        ):
+            found = anc
+            break
+    return found
 
 
 def enclosing_loop(ctx: SourceContext, node: cst.CSTNode) -> Loop | None:

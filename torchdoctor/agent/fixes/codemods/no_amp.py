@@ -14,7 +14,12 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     method_call,
 )
-from torchdoctor.agent.fixes.codemods.common import flagged_loop, loop_contains
+from torchdoctor.agent.fixes.codemods.common import (
+    enclosing_loop,
+    flagged_loop,
+    iteration_loop,
+    loop_contains,
+)
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _AUTOCASTS = ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast")
@@ -54,7 +59,10 @@ class NoAmpFix(Codemod):
                 "it in the same block (the step is split across branches or helpers)"
             )
         stmts, first, last = found
-        if len({r for stmt in stmts if (r := _backward_receiver(stmt)) is not None}) > 1:
+        backward = next(s for s in stmts[last:] if _backward_receiver(s) is not None)
+        loop = enclosing_loop(ctx, backward)
+        several = loop is not None and iteration_loop(ctx, loop) is not loop
+        if several or len({r for s in stmts if (r := _backward_receiver(s)) is not None}) > 1:
             return ctx.decline(
                 "the step has several backward passes (a GAN's discriminator and generator "
                 "updates): wrap each forward and its loss in autocast by hand"

@@ -20,6 +20,7 @@ from torchdoctor.agent.fixes.codemods.common import (
     defined_functions,
     flagged_loop,
     is_wrapped,
+    iteration_loop,
     models_called_in,
     named_like_model,
 )
@@ -135,6 +136,7 @@ def _plan(ctx: SourceContext, target: FixTarget) -> tuple[cst.For | cst.While, l
     loop = flagged_loop(ctx, target)
     if loop is None:
         return "no training loop this fix can follow at the finding (its step is in a helper)"
+    loop = iteration_loop(ctx, loop)
     models = _trained_models(ctx, loop, target)
     if not models:
         return (
