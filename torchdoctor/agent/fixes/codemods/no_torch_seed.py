@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext
+from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, descendants
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 SEED = 0
@@ -13,7 +13,11 @@ SEED = 0
 class NoTorchSeedFix(Codemod):
     """Seeds every generator the script uses right after its imports (before any model or
     data is built): `torch.manual_seed`, `random.seed`, and `np.random.seed` when NumPy is
-    imported. Only the missing ones are added."""
+    imported. Only the missing ones are added. In a module whose top level outside its
+    `if __name__ == "__main__":` block only imports, defines and assigns without calling
+    anything (a torch.hub `hubconf.py` with a demo, a script whose work is all under the
+    guard), the seeds open the guard instead: importing the module must not reseed the
+    importer's generators, and nothing random runs before the guard."""
 
     rule = "no-torch-seed"
     kind = FixKind.CORRECTNESS
@@ -33,5 +37,45 @@ class NoTorchSeedFix(Codemod):
             lines.append(f"{numpy}.random.seed({seed})")
         if not lines:
             return False
-        ctx.insert_module_level("".join(f"{line}\n" for line in lines))
+        code = "".join(f"{line}\n" for line in lines)
+        guard = _quiet_main_guard(ctx.module)
+        if guard is None:
+            ctx.insert_module_level(code)
+        else:
+            ctx.insert_before(_first_statement(guard), code)
         return True
+
+
+def _quiet_main_guard(module: cst.Module) -> cst.If | None:
+    """The main guard, when nothing outside it at the top level calls anything."""
+    guards = [s for s in module.body if isinstance(s, cst.If) and _is_main_test(s.test)]
+    if len(guards) != 1 or isinstance(guards[0].body, cst.SimpleStatementSuite):
+        return None
+    for stmt in module.body:
+        if stmt is guards[0] or isinstance(stmt, cst.FunctionDef | cst.ClassDef):
+            continue
+        if not isinstance(stmt, cst.SimpleStatementLine) or any(
+            isinstance(node, cst.Call) for node in descendants(stmt)
+        ):
+            return None
+    return guards[0]
+
+
+def _first_statement(guard: cst.If) -> cst.BaseStatement:
+    """The guard's first statement after a docstring-like string."""
+    assert isinstance(guard.body, cst.IndentedBlock)  # _quiet_main_guard's
+    body = list(guard.body.body)
+    first = body[0]
+    if (
+        len(body) > 1
+        and isinstance(first, cst.SimpleStatementLine)
+        and isinstance(first.body[0], cst.Expr)
+        and isinstance(first.body[0].value, cst.SimpleString | cst.ConcatenatedString)
+    ):
+        return body[1]
+    return first
+
+
+def _is_main_test(test: cst.BaseExpression) -> bool:
+    text = cst.Module([]).code_for_node(test)
+    return "__name__" in text and "__main__" in text
