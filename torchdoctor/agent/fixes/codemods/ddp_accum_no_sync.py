@@ -48,6 +48,12 @@ class DdpAccumNoSyncFix(Codemod):
             return False
         if any(method_call(c, "no_sync") for c in ctx.find(cst.Call, inside=loop)):
             return False
+        if _apex_ddp(ctx):
+            return ctx.decline(
+                "the model is wrapped by apex's DistributedDataParallel, which has no "
+                "no_sync(): call `model.disable_allreduce()` before the micro-batches that "
+                "do not step and `model.enable_allreduce()` before the one that does, by hand"
+            )
         body = list(loop.body.body)
         guard = _step_guard(ctx, body)
         backward = _index_of(body, lambda s: _calls(s, "backward"))
@@ -103,6 +109,17 @@ def _step_guard(ctx: SourceContext, body: Sequence[cst.BaseStatement]) -> cst.If
             )
             return stmt if has_modulo else None
     return None
+
+
+def _apex_ddp(ctx: SourceContext) -> bool:
+    """A DDP wrapper of the file is apex's (`from apex.parallel import
+    DistributedDataParallel as DDP`, jeonsworld/ViT-pytorch): the fix's
+    `getattr(model, "no_sync", nullcontext)` would quietly change nothing."""
+    return any(
+        (ctx.qualname(call.func) or "").startswith("apex.")
+        for call in ctx.find(cst.Call)
+        if (dotted_name(call.func) or "").split(".")[-1] in _DDP
+    )
 
 
 def _ddp_model(ctx: SourceContext) -> tuple[str | None, bool]:
