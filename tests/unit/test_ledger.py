@@ -99,3 +99,36 @@ def test_single_file_ledger_goes_next_to_the_file_and_no_ledger_writes_nothing(
     custom = tmp_path / "elsewhere" / "LEDGER.md"
     _audit(script, ledger=custom)
     assert custom.exists()
+
+
+def test_a_fix_checked_and_not_verified_says_why_in_the_ledger(project: Path) -> None:
+    """The ledger is where the reader picks what to treat next: a fix the verifier refused
+    says which step failed and how (first line, escaped), not only that it is unverified."""
+    from torchdoctor.agent.ledger import Ledger
+    from torchdoctor.agent.models import Fix, Verification
+
+    report = run_audit(AuditOptions(target=project, write_ledger=False)).report
+    finding = next(f for f in report.findings if f.rule == "zero-grad-missing")
+    diff = (
+        "--- a/train.py\n+++ b/train.py\n@@ -6 +6,2 @@\n"
+        "         opt.step()\n+        opt.zero_grad()\n"
+    )
+    steps = [
+        Verification(step="patch-applies", ok=True, detail="train.py"),
+        Verification(
+            step="smoke-run",
+            ok=False,
+            detail="stopped at the 280 s budget <b>before</b> step 2\nTraceback (most recent...",
+        ),
+    ]
+    refused = finding.model_copy(update={"fix": Fix(diff=diff, verified=False, verification=steps)})
+    others = [f for f in report.findings if f.id != finding.id]
+    text = Ledger.empty().merge(report.model_copy(update={"findings": [refused, *others]})).text()
+    expected = (
+        "(not verified: smoke-run: stopped at the 280 s budget &lt;b&gt;before&lt;/b&gt; step 2):"
+    )
+    assert expected in text
+    assert "Traceback" not in text
+    proposed = finding.model_copy(update={"fix": Fix(diff=diff)})
+    unchecked = report.model_copy(update={"findings": [proposed, *others]})
+    assert "- Fix:" in Ledger.empty().merge(unchecked).text()

@@ -137,3 +137,16 @@ def test_a_run_stopped_in_an_evaluation_before_its_first_step_says_how_far_it_go
     assert hang.message.endswith("0 optimizer steps completed.")
     (late,) = [f for f in in_evaluation.findings if f.rule == "probe-hang"]
     assert "0 optimizer steps completed, after 400 forward passes of the model" in late.message
+
+
+def test_a_run_stopped_in_an_evaluation_after_its_first_step_says_it_completed_one() -> None:
+    """minGPT's adder evaluates its whole dataset after its first step (161 forwards in all):
+    stopped at the budget there, the finding says one step completed, not none."""
+    budget = {"kind": "time-budget", "detail": "stopped at the 280 s wall-clock budget"}
+    stopped = probe_findings(
+        document(outcome=budget, steps_completed=1, loss={}, root_forwards=161), "adder.py"
+    )
+    (hang,) = [f for f in stopped.findings if f.rule == "probe-hang"]
+    assert hang.title == "The script got no further than its first step in its time budget"
+    assert "1 optimizer step completed, then 160 more forward passes of the model" in hang.message
+    assert "an evaluation after the first step" in hang.message

@@ -178,6 +178,7 @@ class Ledger:
                         "note": entry.note,
                         "diff": "",
                         "fix_verified": False,
+                        "fix_check": "",
                         "meta_json": _meta_json(meta),
                     }
                 )
@@ -194,6 +195,7 @@ class Ledger:
                     "note": note,
                     "diff": "",
                     "fix_verified": False,
+                    "fix_check": "",
                     "meta_json": _meta_json(meta),
                 }
             )
@@ -325,5 +327,23 @@ def _row_from_finding(finding: Finding, previous: Entry | None) -> dict[str, obj
         "note": note,
         "diff": finding.fix.diff.rstrip("\n") if finding.fix else "",
         "fix_verified": bool(finding.fix and finding.fix.verified),
+        "fix_check": _failed_check(finding),
         "meta_json": _meta_json(meta),
     }
+
+
+_CHECK_CHARS = 240
+
+
+def _failed_check(finding: Finding) -> str:
+    """Why a fix that was checked is not verified (its first failed step, first line): the
+    ledger is where a reader decides what to treat next, and "not verified" alone does not say
+    whether the fix broke the run or the run never got far enough to judge it."""
+    fix = finding.fix
+    failed = next((v for v in fix.verification if not v.ok), None) if fix else None
+    if failed is None:
+        return ""
+    detail = failed.detail.splitlines()[0] if failed.detail else ""
+    if len(detail) > _CHECK_CHARS:
+        detail = detail[: _CHECK_CHARS - 1].rstrip() + "…"
+    return f"{failed.step}: {detail}" if detail else failed.step

@@ -228,22 +228,34 @@ def _outcome(b: _Builder) -> None:
             traceback=o.traceback,
         )
     elif o.kind == "time-budget" and b.doc.steps_completed + b.doc.forward_passes <= 1:
-        ran = b.doc.root_forwards
         b.find(
             "probe-hang",
             2,
             Severity.MEDIUM,
-            "The script completed no step in its time budget",
-            f"{o.detail}; {b.doc.steps_completed} optimizer steps completed"
-            + (
-                "."
-                if ran <= 1
-                else f", after {ran} forward passes of the model (an evaluation before the "
-                "first step, or a first step slower than the budget)."
-            ),
+            "The script got no further than its first step in its time budget",
+            f"{o.detail}; {_progress(b.doc.steps_completed, b.doc.root_forwards)}",
             [],
             code="time-budget",
         )
+
+
+def _progress(steps: int, forwards: int) -> str:
+    """How far a run stopped at its budget got: the steps, and the forwards it ran besides
+    (minGPT's adder evaluates its whole dataset after its first step; nanoGPT's lecture script
+    400 batches before it), so the reader knows whether it hung or was busy elsewhere."""
+    done = f"{steps} optimizer step{'' if steps == 1 else 's'} completed"
+    besides = forwards - steps
+    if besides <= 0:
+        return done + "."
+    if steps == 0:
+        return (
+            f"{done}, after {forwards} forward passes of the model (an evaluation before the "
+            "first step, or a first step slower than the budget)."
+        )
+    return (
+        f"{done}, then {besides} more forward passes of the model (an evaluation after the "
+        "first step, or a second step slower than the budget)."
+    )
 
 
 def _nonfinite(b: _Builder) -> None:
