@@ -193,6 +193,7 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         "inline_softmax_module": ("CausalAttention", {"n_ctx": 8, "head_dim": 4}, heads),
         "levit_bias_by_mode": ("Attention", {"dim": 16}, (torch.randn(2, 9, 16),)),
         "einsum_temperature_left": ("FullAttention", {"attention_dropout": 0.1}, heads),
+        "dtype_kept_for_cast": ("QKVMultiheadAttention", {"n_heads": 3}, heads),
     }
     return table[name]
 
@@ -238,6 +239,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "padding_assert_in_branch",
         "left_scale_reads_scores",
         "einsum_temperature_tokens_first",
+        "dtype_kept_tokens_first",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:

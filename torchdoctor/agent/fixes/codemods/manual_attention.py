@@ -24,6 +24,7 @@ filled with a finite value, a KV-cache offset, a tensor scale, an einsum in anot
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -107,6 +108,9 @@ class _Attention:
     (`einsum("bhij,bhjd->bihd", w, v)`)."""
     rank: int | None = None
     """The scores' rank when the product fixes it (3 for torch.bmm and 3-axis einsums)."""
+    retyped: list[tuple[cst.BaseStatement, str]] = field(default_factory=list)
+    """Statements between the product and the softmax that read only the scores' dtype or
+    device (`wdtype = weight.dtype`), with the scores' name: kept, reading the query's."""
 
 
 class ManualAttentionFix(Codemod):
@@ -163,6 +167,12 @@ class ManualAttentionFix(Codemod):
         ctx.replace(found.output_statement, rewrite)
         for stmt in found.statements:
             ctx.remove(stmt)
+        for stmt, scores in found.retyped:
+            skip = [stmt, *found.statements]
+            if name_is_read(ctx, _assigned_name(stmt), scope_of(ctx, stmt), skip):
+                ctx.replace(stmt, functools.partial(_read_on_query, scores, found.query))
+            else:
+                ctx.remove(stmt)  # only the removed cast read it
         _drop_softmax_module(ctx, found.softmax)
         return True
 
@@ -300,6 +310,7 @@ def _match(
     early: list[str] = []
     index = at - 1
     removed: list[cst.BaseStatement] = [body[at]] if inline is None else []
+    retyped: list[tuple[cst.BaseStatement, str]] = []
     while scores_name is not None and index >= 0 and product is None:
         stmt = body[index]
         before = body[:index]
@@ -358,6 +369,8 @@ def _match(
             )
         elif _shape_assert(ctx, stmt, scores_name):
             removed.append(stmt)  # `assert list(w.shape) == [B, HW, HW]`: no scores to check
+        elif _metadata_binding(ctx, stmt, scores_name):
+            retyped.append((stmt, scores_name))  # `wdtype = weight.dtype` (GLIDE)
         elif _reads(stmt, scores_name):
             helper = _passed_to(stmt, scores_name)
             if helper is not None:
@@ -394,7 +407,7 @@ def _match(
             removed.append(binding)
     if inline is not None:  # `return F.softmax(s, dim=-1) @ v`: the product is right here
         out_expr, value, dropout = inline
-        _refuse_scores_kept(ctx, removed, body[at], out_expr, scope)
+        _refuse_scores_kept(ctx, removed, body[at], out_expr, scope, [s for s, _ in retyped])
         return _Attention(
             statements=removed,
             output_statement=body[at],
@@ -407,6 +420,7 @@ def _match(
             dropout=dropout,
             softmax=softmax,
             rank=product.rank,
+            retyped=retyped,
         )
     # the weights, after the softmax (and an optional dropout statement, maybe after lines
     # that do not touch them: `assert k.shape[-1] == self.head_dim`)
@@ -437,12 +451,13 @@ def _match(
     if rebound:
         raise AttentionRefused(f"`{rebound.pop()}` is reassigned between the product and `@ v`")
     others = [stmt for stmt in removed if stmt is not out_stmt]
-    if name_is_read(ctx, weights, scope, skip=[*others, out_expr]):
+    kept = [stmt for stmt, _ in retyped]  # rewritten to read the query
+    if name_is_read(ctx, weights, scope, skip=[*others, *kept, out_expr]):
         raise AttentionRefused(
             f"the attention weights `{weights}` are returned or reused: the fused kernel "
             "does not produce them"
         )
-    _refuse_scores_kept(ctx, others, out_stmt, out_expr, scope)
+    _refuse_scores_kept(ctx, others, out_stmt, out_expr, scope, kept)
     return _Attention(
         statements=removed,
         output_statement=out_stmt,
@@ -457,6 +472,7 @@ def _match(
         transposed=output.transposed,
         reorder=output.reorder,
         rank=product.rank,
+        retyped=retyped,
     )
 
 
@@ -524,17 +540,20 @@ def _refuse_scores_kept(
     out_stmt: cst.BaseStatement,
     out_expr: cst.BaseExpression,
     scope: cst.CSTNode,
+    kept: Sequence[cst.BaseStatement] = (),
 ) -> None:
     """The names the removed statements bound (the scores, under each name they had) must
     not be read after them: `return out, logits` would name a variable the fix deleted.
-    Reads after the output statement rebinds the name (`att = att @ v`) are of its new value."""
+    Reads after the output statement rebinds the name (`att = att @ v`) are of its new value;
+    `kept` statements read the query instead once fixed."""
     rebound = _assigned_name(out_stmt)
     for stmt in removed:
         name = _assigned_name(stmt)
         if not name or "." in name:
             continue
         until = ctx.end_line(out_stmt) if name == rebound else None
-        if name_is_read(ctx, name, scope, [*removed, out_expr], after=ctx.line(stmt), until=until):
+        skip = [*removed, *kept, out_expr]
+        if name_is_read(ctx, name, scope, skip, after=ctx.line(stmt), until=until):
             raise AttentionRefused(
                 f"`{name}` is read after the attention (returned or logged?): the fused "
                 "call never builds it"
@@ -873,6 +892,28 @@ def _scaled_name(
             return left, factor
         return None, None
     return dotted_name(expr), None
+
+
+def _metadata_binding(ctx: SourceContext, stmt: cst.BaseStatement, scores: str) -> bool:
+    """`name = <the scores' dtype or device>` (GLIDE's `wdtype = weight.dtype`, for the cast
+    back after a float32 softmax)."""
+    bound = assigned(stmt)
+    return (
+        bound is not None
+        and "." not in bound[0]
+        and _reads(bound[1], scores)
+        and _reads_only_metadata(ctx, bound[1], scores)
+    )
+
+
+def _read_on_query(scores: str, query: str, node: cst.CSTNode) -> cst.CSTNode:
+    """A kept metadata binding reading the query's dtype or device (the product's are the
+    query's) rather than the scores the fused call no longer makes."""
+    if not isinstance(node, cst.SimpleStatementLine) or not isinstance(node.body[0], cst.Assign):
+        return node
+    assign = node.body[0]
+    value = cst.parse_expression(_like_query(code(assign.value), scores, query))
+    return node.with_changes(body=[assign.with_changes(value=value)])
 
 
 def _biased_product(
