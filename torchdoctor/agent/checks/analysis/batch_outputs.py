@@ -19,22 +19,34 @@ _MAX_HOPS = 6
 _COMPARISONS = frozenset({"eq", "ne"})
 
 
-def is_whole_model_output(ctx: ModuleContext, value: ast.expr, hops: int = 0) -> bool:
+def is_whole_model_output(
+    ctx: ModuleContext, value: ast.expr, hops: int = 0, *, heads: bool = False
+) -> bool:
     """A model's whole output (through names, `.detach()`, `.cpu()`, `.float()`, `.data`),
-    not a slice of it (`logits[0, -1]` is one example's row)."""
+    not a slice of it (`logits[0, -1]` is one example's row); with `heads`, also what a
+    model's own submodule returns (`model.mlpfory(reps)`, a classifier head run apart)."""
     if hops > _MAX_HOPS:
         return False
     if isinstance(value, ast.Attribute) and value.attr == "data":
-        return is_whole_model_output(ctx, value.value, hops + 1)
+        return is_whole_model_output(ctx, value.value, hops + 1, heads=heads)
     if isinstance(value, ast.Name):
         values = ctx.flow.definitions(value)  # every binding (a train and a test loop's)
-        return bool(values) and all(is_whole_model_output(ctx, v, hops + 1) for v in values)
+        return bool(values) and all(
+            is_whole_model_output(ctx, v, hops + 1, heads=heads) for v in values
+        )
     if not isinstance(value, ast.Call):
         return False
     func = value.func
     if isinstance(func, ast.Attribute) and func.attr in _KEEPS_SHAPE:
-        return is_whole_model_output(ctx, func.value, hops + 1)
-    return ctx.flow.is_model_call(value)
+        return is_whole_model_output(ctx, func.value, hops + 1, heads=heads)
+    if ctx.flow.is_model_call(value):
+        return True
+    return (
+        heads
+        and isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and ctx.flow.is_module_value(func.value)
+    )
 
 
 def output_before(ctx: ModuleContext, call: ast.Call, value: ast.expr) -> bool:
@@ -80,16 +92,77 @@ def bound_names(ctx: ModuleContext, call: ast.Call) -> list[ast.Name]:
 
 
 def compared(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The result takes part in `==`/`!=` or `.eq()`/`.ne()`, directly or through the name
-    it is bound to."""
+    """The result takes part in `==`/`!=` or `.eq()`/`.ne()`, directly, through the name it
+    is bound to, or through the predictions it is collected into (`y_pred = torch.cat([y_pred,
+    pred])`, `preds.append(pred)`) and compared after the loop (SAINT's metric helpers)."""
     if _compared_read(ctx, call):
         return True
     scope = ctx.enclosing_function(call)
-    for name in bound_names(ctx, call):
-        reads = [r for r in ctx.flow.reads_of(name.id) if ctx.enclosing_function(r) is scope]
+    names = [name.id for name in bound_names(ctx, call)]
+    collector = _collector(ctx, call)
+    if collector is not None:
+        names.append(collector)
+    for name in names:
+        reads = [r for r in ctx.flow.reads_of(name) if ctx.enclosing_function(r) is scope]
         if any(_compared_read(ctx, r) for r in reads):
             return True
+    if collector is not None:  # `torch.cat(preds) == torch.cat(labels)`
+        reads = [r for r in ctx.flow.reads_of(collector) if ctx.enclosing_function(r) is scope]
+        return any(_compared_join(ctx, r) for r in reads)
     return False
+
+
+def _compared_join(ctx: ModuleContext, read: ast.expr) -> bool:
+    """`read` is what a join concatenates (`torch.cat(preds)`), and the joined tensor is
+    compared, directly or through the name it is bound to."""
+    join = ctx.parents.get(read)
+    if not (isinstance(join, ast.Call) and join.args and join.args[0] is read):
+        return False
+    if ctx.flow.qualname_of(join) not in _JOINS:
+        return False
+    if _compared_read(ctx, join):
+        return True
+    scope = ctx.enclosing_function(join)
+    return any(
+        _compared_read(ctx, r)
+        for name in bound_names(ctx, join)
+        for r in ctx.flow.reads_of(name.id)
+        if ctx.enclosing_function(r) is scope
+    )
+
+
+_JOINS = frozenset({"torch.cat", "torch.stack", "torch.concat", "torch.vstack", "torch.hstack"})
+
+
+def _collector(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The name a prediction (through casts and moves) is collected into: the target of
+    `name = torch.cat([name, <call>])` or the list of `name.append(<call>)`."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while (
+        isinstance(parent, ast.Attribute)
+        and parent.attr in _KEEPS_SHAPE | {"long", "int", "view", "reshape", "squeeze"}
+        and isinstance(ctx.parents.get(parent), ast.Call)
+    ):
+        node = ctx.parents[parent]
+        parent = ctx.parents.get(node)
+    if isinstance(parent, ast.Call) and node in parent.args:
+        func = parent.func
+        if isinstance(func, ast.Attribute) and func.attr == "append":
+            return identifier(func.value) or None
+        return None
+    if not isinstance(parent, ast.List | ast.Tuple):
+        return None
+    join = ctx.parents.get(parent)
+    if not (isinstance(join, ast.Call) and join.args and join.args[0] is parent):
+        return None
+    if ctx.flow.qualname_of(join) not in _JOINS:
+        return None
+    assign = ctx.parents.get(join)
+    if not (isinstance(assign, ast.Assign) and len(assign.targets) == 1):
+        return None
+    target = assign.targets[0]
+    return target.id if isinstance(target, ast.Name) else None
 
 
 def scored_with_labels(ctx: ModuleContext, call: ast.Call, model_call: ast.Call | None) -> bool:

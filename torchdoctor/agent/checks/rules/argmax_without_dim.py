@@ -30,6 +30,10 @@ class ArgmaxWithoutDim(Rule):
     `batch x classes`; compared with a batch of labels it broadcasts, and accuracy is
     computed from nonsense (often near zero, or near chance), with no error.
 
+    The predictions may be collected batch by batch and compared after the loop (`y_pred =
+    torch.cat([y_pred, torch.argmax(out)])`, `preds.append(...)` then `torch.cat(preds) ==
+    labels`), and the output may be a model's own head run apart (`model.mlpfory(reps)`).
+
     Also reported wherever it runs: a dim-less argmax compared with an index vector built by
     `torch.arange` (contrastive accuracy: `argmax(logits) == torch.arange(n)`).
 
@@ -70,7 +74,9 @@ class ArgmaxWithoutDim(Rule):
             if value is None:
                 continue
             batch_prediction = (
-                in_loop(ctx, call) and compared(ctx, call) and is_whole_model_output(ctx, value)
+                in_loop(ctx, call)
+                and compared(ctx, call)
+                and is_whole_model_output(ctx, value, heads=True)
             ) or (
                 in_loop(ctx, call)
                 and _one_hot_classes(ctx, call)
