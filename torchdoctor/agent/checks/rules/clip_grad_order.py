@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     direct_effects,
+    enclosing_ifs,
     is_backward_call,
     is_optimizer_step,
     position,
@@ -36,6 +37,9 @@ class ClipGradOrder(Rule):
     A loop-free function that clips and backpropagates but leaves the step to its caller (a
     multi-task loss weighting's `backward(losses, shared_parameters)`) is judged on a clip
     before its `backward()`.
+
+    A clip is judged against the `backward()` and steps that can run with it, not those of
+    the other branch of an `if` (`if fp16: ... else: clip; loss.backward()` clips first).
 
     Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
     one of each before the other); loops whose backward or step happens in a called function
@@ -69,13 +73,19 @@ class ClipGradOrder(Rule):
         for body in bodies:
             calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
             clips = [c for c in calls if _is_clip(c)]
-            backwards = [c.lineno for c in calls if is_backward_call(c)]
+            backward_calls = [c for c in calls if is_backward_call(c)]
             step_calls = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
-            if not clips or not backwards:
+            if not clips or not backward_calls:
                 continue
             updates = direct_effects(body).update
             for clip in clips:
-                steps = [c.lineno for c in _steps_of(ctx, clip, step_calls)]
+                # the backward and steps that can run with this clip: not those of the other
+                # branch of an `if fp16: ... else: ...` (JointBERT-style trainers)
+                backwards = [c.lineno for c in backward_calls if not _exclusive(ctx, clip, c, body)]
+                if not backwards:
+                    continue
+                mine = [c for c in step_calls if not _exclusive(ctx, clip, c, body)]
+                steps = [c.lineno for c in _steps_of(ctx, clip, mine)]
                 steps += [position(u)[0] for u in _updates_of(ctx, clip, updates)]
                 if clip.lineno < min(backwards):
                     self._report(ctx, clip, "before backward()", backwards, "after")
@@ -97,6 +107,18 @@ class ClipGradOrder(Rule):
             f"gradients are clipped {where}: the update applied by the optimizer is never clipped",
             data=data,
         )
+
+
+def _exclusive(ctx: ModuleContext, a: ast.AST, b: ast.AST, body: list[ast.stmt]) -> bool:
+    """`a` and `b` sit in different branches of one `if` of the loop body: never both run."""
+    stop = ctx.parents.get(body[0]) if body else None
+    parts = {id(branch): part for branch, part in enclosing_ifs(ctx, a, stop)}
+    return any(
+        id(branch) in parts
+        and parts[id(branch)] != part
+        and "test" not in (part, parts[id(branch)])
+        for branch, part in enclosing_ifs(ctx, b, stop)
+    )
 
 
 def _steps_of(ctx: ModuleContext, clip: ast.Call, steps: list[ast.Call]) -> list[ast.Call]:
