@@ -46,7 +46,14 @@ INFERENCE_FUNCTION = re.compile(
     r"^(infer|run_inference|serve|classify)$|(^|_)(predict|inference|serving)($|_)|_infer$",
     re.IGNORECASE,
 )
-_CUDA_USE = (".cuda(", "'cuda", '"cuda', "torch.cuda.is_available", "device_count(")
+_CUDA_USE = (
+    ".cuda(",
+    "'cuda",
+    '"cuda',
+    "torch.cuda.is_available",
+    "device_count(",
+    "torch.cuda.amp",
+)
 """Text that targets a CUDA device; each asked of the module's text (`ModuleText` answers
 from its words what it can, where one search of a pattern with these alternatives reads
 every line)."""

@@ -354,6 +354,8 @@ class ModelFacts(DefUse):
             return name in LOSS_FUNCTIONS or name.endswith("_loss")
         if qual:
             return False
+        if isinstance(callee, ast.Subscript):  # `loss_registry[config.model.type](model, x)`
+            callee = callee.value
         name = identifier(callee)
         if _NOT_A_LOSS.search(name):
             return False  # apex's `LossScaler(...)`, a `loss_scale` getter: no loss value

@@ -121,15 +121,18 @@ def _from_host_data(ctx: ModuleContext, call: ast.Call) -> bool:
     )
 
 
-def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
+def _consumer(ctx: ModuleContext, call: ast.expr, hops: int = 0) -> ast.Call | None:
     """The loss or model call that receives the factory's tensor unmoved, if any: directly,
     through the name it is bound to, or through arithmetic that mixes it into another value
-    (`points = points + torch.randn(points.shape) * 0.01`, then `model(points)`)."""
+    (`points = points + torch.randn(points.shape) * 0.01`, then `model(points)`). Casts,
+    reshapes, slices and joins keep the device, so the tensor is followed through them and
+    the names they bind (Informer's `dec_inp = torch.zeros(...).float()`, then `dec_inp =
+    torch.cat([y[:, :k], dec_inp], dim=1).float()`, then the model; DDIM's timesteps `t =
+    torch.randint(...)`, `t = torch.cat([t, T - t - 1])[:n]`, then the loss)."""
     flow = ctx.flow
-    node: ast.expr = call
-    parent = ctx.parents.get(call)
-    while isinstance(parent, ast.BinOp | ast.UnaryOp):
-        node, parent = parent, ctx.parents.get(parent)
+    node, parent = _same_device(ctx, call)
+    if parent is None:
+        return None  # moved on the way
     if isinstance(parent, ast.Call) and node in parent.args:
         return parent if _device_side(ctx, parent) else None
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
@@ -142,7 +145,9 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
     reads = [
         r
         for r in flow.reads_of(target.id)
-        if ctx.enclosing_function(r) is scope and (r.lineno, r.col_offset) > end
+        if ctx.enclosing_function(r) is scope
+        and (r.lineno, r.col_offset) > end
+        and flow.reaching(r) in (None, parent.value)  # not a later rebinding's reads
     ]
     if any(_moved(ctx, read) for read in reads):
         return None
@@ -157,7 +162,65 @@ def _consumer(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
         returned = _returned_at(ctx, read)
         if returned is not None and scope is not None:
             return _consumer_at_call_sites(ctx, scope, returned)
+    if hops < _MAX_HOPS:
+        for read in reads:  # rebound through a cast, a slice or a join: follow the new name
+            rebound, holder = _same_device(ctx, read)
+            if rebound is not read and isinstance(holder, ast.Assign):
+                found = _consumer(ctx, read, hops + 1)
+                if found is not None:
+                    return found
     return None
+
+
+_MAX_HOPS = 3
+_KEEPS_DEVICE = frozenset(
+    {
+        "float", "double", "half", "long", "int", "bool", "byte", "view", "reshape",
+        "unsqueeze", "squeeze", "expand", "expand_as", "repeat", "permute", "transpose",
+        "contiguous", "clone", "detach", "flatten", "t",
+    }
+)  # fmt: skip
+_JOINS = frozenset({"torch.cat", "torch.stack", "torch.concat"})
+
+
+def _same_device(ctx: ModuleContext, expr: ast.expr) -> tuple[ast.expr, ast.AST | None]:
+    """How far `expr` travels while staying where it was made: arithmetic, casts and
+    reshapes (`.float()`, `.view(...)`), slices (`t[:n]`), joins (`torch.cat([t, u])`) and
+    the pre-0.4 `Variable(t)` wrapper.
+    Returns the outermost such expression and its parent; the parent is None when the
+    value is moved on the way (`.to(device)`, `.cuda()`)."""
+    node: ast.expr = expr
+    parent = ctx.parents.get(node)
+    while True:
+        if isinstance(parent, ast.BinOp | ast.UnaryOp) or (
+            isinstance(parent, ast.Subscript) and parent.value is node
+        ):
+            node, parent = parent, ctx.parents.get(parent)
+        elif isinstance(parent, ast.Attribute) and isinstance(ctx.parents.get(parent), ast.Call):
+            if parent.attr in _MOVES:
+                return node, None
+            if parent.attr not in _KEEPS_DEVICE:
+                return node, parent
+            node = ctx.parents[parent]  # type: ignore[assignment]
+            parent = ctx.parents.get(node)
+        elif (
+            isinstance(parent, ast.Call)
+            and node in parent.args
+            and ctx.flow.qualname_of(parent) in _WRAPPERS
+        ):
+            node, parent = parent, ctx.parents.get(parent)  # `h = Variable(h)`
+        elif isinstance(parent, ast.List | ast.Tuple):
+            join = ctx.parents.get(parent)
+            if not (
+                isinstance(join, ast.Call)
+                and join.args
+                and join.args[0] is parent
+                and ctx.flow.qualname_of(join) in _JOINS
+            ):
+                return node, parent
+            node, parent = join, ctx.parents.get(join)
+        else:
+            return node, parent
 
 
 def _returned_at(ctx: ModuleContext, read: ast.Name) -> int | None:
