@@ -160,15 +160,27 @@ def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
 
 
 def _runs_it_after(ctx: ModuleContext, switch: ast.Call, receiver: str) -> bool:
-    """The function that calls `receiver.eval()` calls `receiver(...)` after it."""
+    """The function that calls `receiver.eval()` calls `receiver(...)` after it, itself or
+    through a local helper (Informer's `test()`: `self.model.eval()`, then
+    `self._process_one_batch(...)`, which runs `self.model`)."""
     fn = ctx.enclosing_function(switch)
     if fn is None:
         return False
+    if _runs(fn.body, receiver, after=switch.lineno):
+        return True
+    return any(
+        site.lineno > switch.lineno and _runs(helper.body, receiver)
+        for site, helper in ctx.calls.callees(fn.body)
+        if helper is not fn
+    )
+
+
+def _runs(body: list[ast.stmt], receiver: str, after: int = 0) -> bool:
     return any(
         isinstance(node, ast.Call)
-        and node.lineno > switch.lineno
+        and node.lineno > after
         and ast.unparse(node.func) in (receiver, f"{receiver}.forward")
-        for node in walk_scope(fn.body)
+        for node in walk_scope(body)
     )
 
 

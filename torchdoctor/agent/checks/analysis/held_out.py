@@ -23,6 +23,7 @@ _HELD_OUT_TOKENS = {
     "holdout": "test",
     "heldout": "test",
     "val": "val",
+    "vali": "val",  # Informer, Autoformer, Time-Series-Library: `vali_data, vali_loader`
     "valid": "val",
     "validation": "val",
     "eval": "val",

@@ -46,7 +46,7 @@ from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_tes
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
-    r"^(evaluate|evaluation|eval|validate|validation|val|valid|test|testing)(_|$)"
+    r"^(evaluate|evaluation|eval|validate|validation|val|vali|valid|test|testing)(_|$)"
     r"|_(evaluate|evaluation|eval|validate|validation|val|test)$"
     # the stage named in the middle (`dnn_test_model`, `run_eval_epoch`)
     r"|_(evaluate|evaluation|eval|validate|validation|test)_(model|net|network|epoch|loop)$",
