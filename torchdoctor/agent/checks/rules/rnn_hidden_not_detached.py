@@ -11,7 +11,7 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.project import star_modules
 from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 _ARRAY_LIBRARIES = frozenset({"numpy", "pandas", "scipy", "sklearn"})
@@ -25,6 +25,10 @@ class RnnHiddenNotDetached(Rule):
     a step function (one call per batch: it back-propagates and steps) that keeps the state
     between its calls, in a `global` name or an attribute (`out, self.hidden =
     self.rnn(x, self.hidden)`) that no other method but `__init__` re-binds.
+
+    A state re-created only on one path (A3C's `if done: cx = torch.zeros(1, 256)` with no
+    `else: cx = cx.detach()`), the initial one bound in the loop before the call, is carried
+    with its graph between resets; nested tuples count (`model((x, (hx, cx)))`).
 
     Why it matters: the returned state is attached to this batch's graph. Fed to the next
     batch, backward() walks into the previous batch's freed graph and fails ("Trying to
@@ -74,11 +78,15 @@ class RnnHiddenNotDetached(Rule):
                 carried = (_names(node.targets) & _passed_names(node.value)) - _module_definitions(
                     ctx
                 )
-                if not carried or not _defined_before(ctx, loop.node, carried):
+                if not carried or not _defined_before(ctx, loop.node, node, carried):
                     continue
                 if _holds_no_graph(ctx, node.value):
                     continue
-                if any(_resets(other, node, carried) for other in body):
+                if any(
+                    _resets(other, node, carried)
+                    and not _recreated_on_one_path(ctx, other, node, carried)
+                    for other in body
+                ):
                     continue
                 carried -= _returned_detached(ctx, node)
                 if not carried:
@@ -307,17 +315,59 @@ def _names(targets: list[ast.expr]) -> set[str]:
 
 
 def _passed_names(call: ast.Call) -> set[str]:
-    """Names passed as they are (alone or in a tuple), not through another call."""
+    """Names passed as they are (alone or in tuples, nested ones included: A3C's
+    `model((state, (hx, cx)))`), not through another call."""
     found: set[str] = set()
-    for arg in [*call.args, *(k.value for k in call.keywords)]:
-        parts = arg.elts if isinstance(arg, ast.Tuple | ast.List) else [arg]
-        found |= {p.id for p in parts if isinstance(p, ast.Name)}
+    parts: list[ast.expr] = [*call.args, *(k.value for k in call.keywords)]
+    while parts:
+        part = parts.pop()
+        if isinstance(part, ast.Tuple | ast.List):
+            parts.extend(part.elts)
+        elif isinstance(part, ast.Name):
+            found.add(part.id)
     return found
 
 
-def _defined_before(ctx: ModuleContext, loop: ast.AST, names: set[str]) -> bool:
-    """Every carried name is bound before the loop starts (an initial state exists)."""
+def _recreated_on_one_path(
+    ctx: ModuleContext, node: ast.AST, site: ast.AST, names: set[str]
+) -> bool:
+    """A fresh state bound under an `if` that the carrying call is not in, whose other path
+    leaves the carried one as it is (A3C's `if done: cx = torch.zeros(1, 256)` with no
+    `else: cx = cx.detach()`): between two such resets the state keeps its graph from batch
+    to batch. A binding in the call's own branch (`reps = []` then `reps = torch.cat(reps)`
+    under one `elif`) runs before it on every path; a detach under an `if` (truncated BPTT
+    every k steps) reads the state, and is a choice."""
+    if not isinstance(node, ast.Assign):
+        return False
+    if any(isinstance(n, ast.Name) and n.id in names for n in walk_tree(node.value)):
+        return False  # derived from the state: a detach or a repackaging
+    around_site = {(id(branch), part) for branch, part in enclosing_ifs(ctx, site)}
+    for branch, part in enclosing_ifs(ctx, node):
+        if part == "test":
+            return False
+        if (id(branch), part) in around_site:
+            return False  # the call sits in the same branch: the binding comes first
+        other = branch.orelse if part == "body" else branch.body
+        bound = _names(
+            [
+                t
+                for stmt in other
+                for n in walk_tree(stmt)
+                if isinstance(n, ast.Assign)
+                for t in n.targets
+            ]
+        )
+        return not names <= bound
+    return False
+
+
+def _defined_before(ctx: ModuleContext, loop: ast.AST, site: ast.AST, names: set[str]) -> bool:
+    """Every carried name is bound before the loop starts (an initial state exists), or
+    earlier in the loop's body than the call that carries it (A3C re-creates its state at
+    the top of each rollout when an episode ends)."""
     line = getattr(loop, "lineno", 0)
+    if _bound_in(ctx, loop, site, names):
+        return True
     fn = ctx.enclosing_function(loop)
     params = {a.arg for a in fn.args.args} if fn is not None else set()
     scope: ast.AST = fn if fn is not None else ctx.tree
@@ -326,6 +376,16 @@ def _defined_before(ctx: ModuleContext, loop: ast.AST, names: set[str]) -> bool:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.lineno < line:
             bound.add(node.id)
     return names <= (bound | params)
+
+
+def _bound_in(ctx: ModuleContext, loop: ast.AST, site: ast.AST, names: set[str]) -> bool:
+    before = getattr(site, "lineno", 0)
+    bound = {
+        node.id
+        for node in walk_scope(getattr(loop, "body", []))
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.lineno < before
+    }
+    return names <= bound
 
 
 def _resets(node: ast.AST, site: ast.Assign, names: set[str]) -> bool:
