@@ -42,7 +42,9 @@ class DeadTensorStore(Rule):
     `z = F.relu(y)`) that the next statements of the same block overwrite (`out = ...`) before
     any of them reads it; and a torch function or tensor reduction (`pred = out.argmax(1)`,
     `p = F.softmax(out, 1)`) assigned to a local that nothing in its function ever reads
-    (the next line uses `out` where `pred` was meant). A value stored by the last statement
+    (the next line uses `out` where `pred` was meant), or arithmetic over tensor math never
+    read (DDIM's noised input `x = x0 * a.sqrt() + e * (1 - a).sqrt()` with the model given
+    `x0`). A value stored by the last statement
     of an `if` and overwritten after it before any read counts too (an `else:` dropped), and
     so does a constant-scaled reduction (`v_loss = 0.5 * err.mean()`), at a script's top
     level as in functions.
@@ -248,6 +250,8 @@ def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
         return None
     target, value = stmt.targets[0], stmt.value
+    if isinstance(target, ast.Name) and isinstance(value, ast.BinOp) and _tensor_arithmetic(value):
+        return target.id  # DDIM's noised input `x = x0 * a.sqrt() + e * (1.0 - a).sqrt()`
     if not isinstance(target, ast.Name) or not isinstance(value, ast.Call):
         return None
     qual = ctx.flow.qualname_of(value) or ""
@@ -257,6 +261,23 @@ def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not qual and isinstance(func, ast.Attribute) and func.attr in _TENSOR_REDUCTIONS:
         return target.id
     return None
+
+
+# Elementwise tensor math whose presence in arithmetic makes it a tensor computation.
+_TENSOR_MATH = frozenset({"sqrt", "rsqrt", "exp", "log", "sigmoid", "tanh", "square", "pow"})
+
+
+def _tensor_arithmetic(value: ast.BinOp) -> bool:
+    """Arithmetic over several terms of which one is tensor math (`a.sqrt()`, `x.exp()`):
+    a computed tensor, not a count or a string."""
+    terms = [n for n in walk_tree(value) if isinstance(n, ast.Name)]
+    return len({t.id for t in terms}) >= 2 and any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in _TENSOR_MATH
+        and not n.args
+        for n in walk_tree(value)
+    )
 
 
 def _overwritten_unread(
