@@ -440,6 +440,43 @@ class HeldOut(DefUse):
             values = [bound, *(self.definitions(bound) if isinstance(bound, ast.Name) else [])]
             if any(self._fraction_of_length(value, node.value) for value in values):
                 return True
+            if any(self._split_border(value) for value in values):
+                return True
+        return False
+
+    def _split_border(self, value: ast.expr) -> bool:
+        """`border1s[self.set_type]`: a bound picked by the split's index from a list of
+        borders of which one is a fraction of a length (`num_train = int(len(df_raw) *
+        0.7)`): the train/validation/test cut of a time series (Informer's datasets), whose
+        length is the raw table's, not the sliced array's."""
+        if not isinstance(value, ast.Subscript) or not isinstance(value.value, ast.Name):
+            return False
+        borders = [
+            element
+            for listed in self.definitions(value.value)
+            if isinstance(listed, ast.List | ast.Tuple) and len(listed.elts) >= 2
+            for element in listed.elts
+        ]
+        for element in borders:
+            for name in walk_tree(element):
+                bound = self.definitions(name) if isinstance(name, ast.Name) else []
+                if any(self._fraction_of_any_length(b) for b in [name, *bound]):
+                    return True
+        return False
+
+    def _fraction_of_any_length(self, value: ast.AST) -> bool:
+        """`len(x) * 0.7` (or `* ratio`) for any sequence `x`."""
+        for node in walk_tree(value):
+            if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Mult):
+                continue
+            for length, factor in ((node.left, node.right), (node.right, node.left)):
+                if (
+                    isinstance(length, ast.Call)
+                    and isinstance(length.func, ast.Name)
+                    and length.func.id == "len"
+                    and _is_fraction(factor)
+                ):
+                    return True
         return False
 
     def _fraction_of_length(self, value: ast.expr, sequence: ast.expr) -> bool:

@@ -15,7 +15,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.dataflow import identifier
+from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
 from torchdoctor.agent.checks.leak_sink import (
     TRANSFORMER_MODULES,
     find_sink,
@@ -67,9 +67,12 @@ class LeakPreprocessing(Rule):
     receives test/validation data (or a concatenation with it), or the whole dataset before
     `train_test_split`/`random_split`/head-tail slicing divides it; the same for statistics
     that fill or rescale data (`fillna(np.mean(df.x))`, `mean = X.mean(0)` then `X - mean`)
-    and vocabularies built from such data. Label/one-hot encoders (categories only) are not
-    reported. The data-flow analysis follows names, tuple unpacking of splits and local
-    functions across the module.
+    and vocabularies built from such data. A split may be rows picked by held-out indices
+    (`data_split(X, y, mask, test_indices)`, `X.iloc[val_idx]`) or ranges cut at borders
+    picked from lists by the split's index (`data[border1s[set_type]:...]`); a loop over a
+    frame's columns computes one dataset statistic per column. Label/one-hot encoders
+    (categories only) are not reported. The data-flow analysis follows names, tuple
+    unpacking of splits and local functions across the module.
 
     Why it matters: statistics of the test rows leak into the features the model trains on,
     so the reported test score is optimistic and does not measure generalisation (Yang et
@@ -104,7 +107,7 @@ class LeakPreprocessing(Rule):
             return  # a pytest module exercises the API on small splits: no score to contaminate
         flow = ctx.flow
         split_inputs = [arg for _, args in flow.split_inputs for arg in args]
-        split_inputs += _helper_split_arguments(ctx)
+        split_inputs += _helper_split_arguments(ctx) + _picked_by_held_out_rows(ctx)
         candidates = [
             *flow.calls_named(_FIT_METHODS | _STAT_METHODS | _SCALE_FUNCTIONS | _RESAMPLE_METHODS),
             *flow.calls_matching(_VOCAB_BUILDERS),
@@ -269,7 +272,7 @@ def _goes_nowhere(
     if kind is not None or not produces_data:
         return False
     split_inputs = [arg for _, args in ctx.flow.split_inputs for arg in args]
-    split_inputs += _helper_split_arguments(ctx)
+    split_inputs += _helper_split_arguments(ctx) + _picked_by_held_out_rows(ctx)
     return not any(carriers & ctx.flow.root_names(arg) for arg in split_inputs)
 
 
@@ -346,6 +349,40 @@ def _helper_split_arguments(ctx: ModuleContext) -> list[ast.expr]:
             bound = ctx.calls.bind(call, fn)
             found += [arg for name, arg in bound.items() if name in split_params]
     return found
+
+
+_ROW_INDEX = re.compile(r"(^|_)(idx|index|indices|ids|rows)$", re.IGNORECASE)
+
+
+def _picked_by_held_out_rows(ctx: ModuleContext) -> list[ast.expr]:
+    """Data whose held-out rows are picked by index: the data given with held-out row
+    indices to one call (SAINT's `data_split(X, y, nan_mask, test_indices)`), or indexed by
+    them (`X.iloc[val_idx]`, `X.loc[test_indices]`). The rows were assigned to the splits
+    before (a random `Set` column, a permutation): statistics of the whole `X` see them."""
+    memo = ctx.memo_table("leak_preprocessing.held_out_rows")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
+    found: list[ast.expr] = []
+    flow = ctx.flow
+    if "ind" in ctx.source or "idx" in ctx.source or "rows" in ctx.source:
+        for call in flow.nodes(ast.Call):
+            names = [a for a in call.args if isinstance(a, ast.Name)]
+            if any(_held_out_rows(a.id) for a in names):
+                found += [a for a in names if not _held_out_rows(a.id) and a.id != "self"]
+        for sub in flow.nodes(ast.Subscript):
+            index = sub.slice
+            if isinstance(index, ast.Name) and _held_out_rows(index.id):
+                base = sub.value
+                if isinstance(base, ast.Attribute) and base.attr in ("loc", "iloc", "values"):
+                    base = base.value
+                if isinstance(base, ast.Name):
+                    found.append(base)
+    memo[""] = found
+    return found
+
+
+def _held_out_rows(name: str) -> bool:
+    return bool(_ROW_INDEX.search(name)) and held_out_name_kind(name) is not None
 
 
 def _imported_helper_calls(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
@@ -545,12 +582,28 @@ def _is_transformer(ctx: ModuleContext, receiver: ast.expr) -> bool:
 
 
 def _in_loop_or_forward(ctx: ModuleContext, node: ast.AST) -> bool:
+    """In a loop (batches, steps) or a model's `forward`; not a loop over a frame's columns
+    whose statistic reads the column it is at (SAINT's `for col in cont_columns:
+    X.fillna(X[col].mean())`: one dataset statistic per column)."""
     for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.For | ast.AsyncFor) and _over_columns(anc, node):
+            continue
         if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
             return True
         if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
             return anc.name == "forward"
     return False
+
+
+def _over_columns(loop: ast.For | ast.AsyncFor, node: ast.AST) -> bool:
+    """`for col in columns:` whose loop variable keys a column read in `node` (`X[col]`)."""
+    if not isinstance(loop.target, ast.Name) or "col" not in ast.unparse(loop.iter).lower():
+        return False
+    name = loop.target.id
+    return any(
+        isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Name) and sub.slice.id == name
+        for sub in walk_tree(node)
+    )
 
 
 def _before_split(ctx: ModuleContext, data: ast.expr, split_inputs: list[ast.expr]) -> bool:
