@@ -22,6 +22,10 @@ class Float64OnGpu(Rule):
     below their TF32/BF16 tensor-core rate), and doubles take twice the memory and bandwidth;
     a single float64 tensor also promotes everything it touches. Deep learning rarely needs it.
 
+    Not reported: a float64 tensor made on the CPU (no `device=`) and turned into a NumPy
+    array (U-ViT's beta schedule: `torch.linspace(..., dtype=torch.float64) ** 2`, then
+    `.numpy()`): it never reaches the GPU.
+
     Example:
         features = torch.from_numpy(array).double().cuda()
 
@@ -59,8 +63,36 @@ class Float64OnGpu(Rule):
         if not self.candidates or not ctx.loops.training_loops:
             return
         for node in self.candidates:
+            if _handed_to_numpy(ctx, node):
+                continue
             ctx.report(
                 self,
                 node,
                 "float64 on a GPU runs at a fraction of float32 speed and doubles memory traffic",
             )
+
+
+def _handed_to_numpy(ctx: ModuleContext, node: ast.Call) -> bool:
+    """A factory with a float64 `dtype` and no `device`, whose value (through arithmetic and
+    the name it is bound to) is converted with `.numpy()`: a CPU-side schedule or table."""
+    if kwarg(node, "dtype") is None or kwarg(node, "device") is not None:
+        return False
+    value: ast.AST = node
+    parent = ctx.parents.get(value)
+    while isinstance(parent, ast.BinOp | ast.UnaryOp):
+        value, parent = parent, ctx.parents.get(parent)
+    if _numpy_of(ctx, value):
+        return True
+    if not (isinstance(parent, ast.Assign) and len(parent.targets) == 1):
+        return False
+    target = parent.targets[0]
+    if not isinstance(target, ast.Name):
+        return False
+    scope = ctx.enclosing_function(node)
+    reads = [r for r in ctx.flow.reads_of(target.id) if ctx.enclosing_function(r) is scope]
+    return bool(reads) and all(_numpy_of(ctx, r) for r in reads)
+
+
+def _numpy_of(ctx: ModuleContext, value: ast.AST) -> bool:
+    parent = ctx.parents.get(value)
+    return isinstance(parent, ast.Attribute) and parent.attr == "numpy"
