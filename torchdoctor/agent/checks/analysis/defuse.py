@@ -157,6 +157,12 @@ def is_false(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is False
 
 
+_RETURNS_ITSELF = frozenset(
+    {"to", "cuda", "cpu", "eval", "train", "float", "half", "double", "bfloat16"}
+)
+"""`nn.Module` methods that return the module they are called on."""
+
+
 class DefUse:
     """The def-use tables of one module, built lazily from the engine's node index."""
 
@@ -690,17 +696,26 @@ class DefUse:
         return found
 
     def constructors(self, expr: ast.expr) -> Iterator[ast.Call]:
-        """Calls whose result `expr` may hold, seen through `.to()/.eval()`-style chains."""
+        """Calls whose result `expr` may hold, seen through `.to()/.eval()`-style chains and
+        the names they are called on (`m = model.to(device)`: `m` holds what `model` does)."""
+        yield from self._constructors(expr, set())
+
+    def _constructors(self, expr: ast.expr, seen: set[int]) -> Iterator[ast.Call]:
         for source in self.sources(expr):
+            if id(source) in seen:
+                continue  # `model = model.to(device)` reaches itself
+            seen.add(id(source))
             call = source
             while (
                 isinstance(call, ast.Call)
                 and isinstance(call.func, ast.Attribute)
-                and call.func.attr in ("to", "cuda", "cpu", "eval", "train", "float", "half")
+                and call.func.attr in _RETURNS_ITSELF
             ):
                 call = call.func.value
             if isinstance(call, ast.Call):
                 yield call
+            elif call is not source and isinstance(call, ast.Name | ast.Attribute):
+                yield from self._constructors(call, seen)
 
     def local_class(self, expr: ast.expr) -> ast.ClassDef | None:
         """The module's own class whose instance `expr` may hold (`model = Net()`)."""
