@@ -23,14 +23,14 @@ class Accumulations(GraphOrigins):
 
     @cached_property
     def accumulations(self) -> list[Accumulation]:
-        """`acc += v`, `acc = acc + v`, `acc.append(v)` inside a loop. Whether `acc` really
-        carries values across iterations is `carried_across_iterations` (asked only for the
-        sites a rule cares about, since it is the costly part)."""
+        """`acc += v`, `acc = acc + v`, `acc.append(v)`, `log[step] = v` inside a loop.
+        Whether `acc` really carries values across iterations is `carried_across_iterations`
+        (asked only for the sites a rule cares about, since it is the costly part)."""
         found: list[Accumulation] = []
         candidates: list[ast.AST] = [*self.nodes(ast.AugAssign), *self.nodes(ast.Assign)]
         candidates += self.calls_named(("append", "extend"))
         for node in candidates:
-            pair = _accumulation_pair(node)
+            pair = _accumulation_pair(node) or self._keyed_store(node)
             if pair is None:
                 continue
             loop = self.innermost_loop(node)
@@ -39,6 +39,28 @@ class Accumulations(GraphOrigins):
             if loop is not None:
                 found.append(Accumulation(node, pair[0], pair[1], loop))
         return found
+
+    def _keyed_store(self, node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
+        """(container, stored value) for `log[step] = v` in a loop that moves `step` every
+        iteration (its own loop variable, or a counter it increments: `step += 1`), `log` a
+        dict or list built by a literal (`{}`, `[None] * n`, `dict()`): each iteration keeps
+        its value in a new slot, as `log.append(v)` would (caikit-nlp's `step_loss_log`)."""
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            return None
+        target = node.targets[0]
+        if not (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.slice, ast.Name)
+            and isinstance(target.value, ast.Name)
+        ):
+            return None
+        loop = self.innermost_loop(node)
+        if loop is None or not _moved_every_iteration(target.slice.id, loop):
+            return None
+        bindings = self.definitions(target.value)
+        if not bindings or not all(_container_literal(b) for b in bindings):
+            return None
+        return target.value, node.value
 
     def carried_across_iterations(self, acc: Accumulation) -> bool:
         """The accumulator outlives the iteration (no plain re-assignment in the loop body)
@@ -269,6 +291,34 @@ def _iterates_keys_of(loop: ast.AST, target: ast.expr) -> bool:
         return False
     key = target.slice.id
     return any(isinstance(n, ast.Name) and n.id == key for n in walk_tree(loop.target))
+
+
+def _moved_every_iteration(key: str, loop: ast.For | ast.While | ast.AsyncFor) -> bool:
+    """`key` is the loop's own variable (`for step, batch in enumerate(loader)`) or a counter
+    its body increments (`step += 1`)."""
+    if isinstance(loop, ast.For | ast.AsyncFor) and any(
+        isinstance(n, ast.Name) and n.id == key for n in walk_tree(loop.target)
+    ):
+        return True
+    return any(
+        isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and isinstance(n.target, ast.Name)
+        and n.target.id == key
+        for n in walk_scope(loop.body)
+    )
+
+
+_CONTAINER_CALLS = frozenset({"dict", "list", "defaultdict", "OrderedDict"})
+
+
+def _container_literal(value: ast.expr) -> bool:
+    """`{}`, `[]`, `[None] * n`, `dict()`, `defaultdict(list)`: a plain container."""
+    if isinstance(value, ast.Dict | ast.List):
+        return True
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Mult):
+        return isinstance(value.left, ast.List) or isinstance(value.right, ast.List)
+    return isinstance(value, ast.Call) and identifier(value.func) in _CONTAINER_CALLS
 
 
 def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:

@@ -203,9 +203,9 @@ class GraphOrigins(ModelFacts):
 
     def _backpropagated(self, name: ast.Name) -> bool:
         """`name.backward()`, `name["loss"].backward()` or `name.loss.backward()` is called in
-        the function that reads `name`: whatever opaque helper produced it (a training step
-        returning a dict of outputs, a Hugging Face output object), it holds an autograd
-        graph."""
+        the function that reads `name`, or an engine's `accelerator.backward(name)`: whatever
+        opaque helper produced it (a training step returning a dict of outputs, a Hugging Face
+        output object), it holds an autograd graph."""
         memo = self.ctx.memo_table("graph_origin.backpropagated")
         if "" not in memo:
             found: set[tuple[int, str]] = set()
@@ -213,7 +213,10 @@ class GraphOrigins(ModelFacts):
                 if not isinstance(call.func, ast.Attribute):
                     continue
                 receiver = _output_holder(call.func.value)
-                if receiver is not None and not self._backward_engine(call, receiver):
+                if receiver is not None and self._backward_engine(call, receiver):
+                    # the engine runs backward on its argument (`accelerator.backward(loss)`)
+                    receiver = _output_holder(call.args[0]) if call.args else None
+                if receiver is not None:
                     found.add((id(self._scope_of(call)), receiver.id))
             memo[""] = frozenset(found)
         return (id(self._scope_of(name)), name.id) in memo[""]

@@ -23,8 +23,11 @@ from torchdoctor.agent.models import Severity
 class LossGraphAccumulation(Rule):
     """Detects a loss that is accumulated across loop iterations while still attached to the
     autograd graph: `running_loss += loss`, `total = total + loss`, `losses.append(loss)`,
-    where `loss` comes from a criterion or loss function (directly or through variables and
-    local functions) and was not passed through `.item()`, `.detach()` or `float()`.
+    `step_log[step] = loss` (a dict or list filled under a key the loop moves every
+    iteration), where `loss` comes from a criterion or loss function (directly or through
+    variables and local functions, or a value an engine back-propagates:
+    `accelerator.backward(loss)`) and was not passed through `.item()`, `.detach()` or
+    `float()`.
 
     Why it matters: each stored tensor keeps its whole computation graph alive (activations
     included), so memory grows every step until the process runs out of memory; the PyTorch
