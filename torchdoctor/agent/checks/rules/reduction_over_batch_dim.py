@@ -49,7 +49,10 @@ class ReductionOverBatchDim(Rule):
 
     A softmax or log_softmax over dim 0 of a model's output is reported whatever is done with
     it inside a loader loop (scores written out), and outside one when it reaches a loss
-    through names, views and arithmetic (a step drawing `dataset.get_batch()`). So is one
+    through names, views and arithmetic (a step drawing `dataset.get_batch()`); so is one
+    over dim 0 of the outputs scored against a fixed set (`torch.matmul(pooled,
+    prototypes.T) / t`: rows are still examples), not against another batch of outputs
+    (CLIP's `image @ text.T`, where either dim is a batch). So is one
     inside a model over a layer's output on a batch-flattened tensor (`x = self.fc(x.view(
     x.size(0), -1)); return F.softmax(x, dim=0)`): its rows are the examples; and an
     `nn.Softmax(dim=0)` / `nn.LogSoftmax(dim=0)` layer of a model (reported where it is
@@ -183,7 +186,7 @@ class ReductionOverBatchDim(Rule):
             return True  # a classifier head's rows, normalised across the batch in forward
         if (
             name in _PROBABILITIES
-            and output_before(ctx, call, reduced)
+            and (output_before(ctx, call, reduced) or _scores_against_fixed(ctx, reduced, 0))
             and (in_loader_loop(ctx, call) or _reaches_loss(ctx, call, 0))
         ):
             return True  # a batch of outputs normalised across its examples: no use is right
@@ -235,6 +238,46 @@ def _picked_along_dim_one(ctx: ModuleContext, call: ast.Call) -> ast.expr | None
     if qualname is not None or not isinstance(call.func, ast.Attribute):
         return None
     return call.func.value if constant_int(argument(call, "dim", 0)) == 1 else None
+
+
+_MATMULS = frozenset({"torch.matmul", "torch.mm"})
+
+
+def _scores_against_fixed(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
+    """A batch of model outputs scored against a fixed set (`torch.matmul(out, protos.T) /
+    t`, `out @ self.centroids.T`): each row is still one example's scores, over prototypes,
+    centroids or class embeddings that no model call produced. Scored against another batch
+    of outputs (CLIP's `image @ text.T`), both dims are examples and either softmax is right."""
+    if hops > _MAX_FLATTEN_HOPS:
+        return False
+    if isinstance(value, ast.Name):
+        bound = ctx.flow.definitions(value)
+        return bool(bound) and all(_scores_against_fixed(ctx, b, hops + 1) for b in bound)
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Div | ast.Mult):
+        # scaled by a temperature: `sims / t`, `sims * scale`
+        return _scores_against_fixed(ctx, value.left, hops + 1) and not _output_derived(
+            ctx, value.right
+        )
+    left: ast.expr | None = None
+    right: ast.expr | None = None
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.MatMult):
+        left, right = value.left, value.right
+    elif (
+        isinstance(value, ast.Call)
+        and len(value.args) == 2
+        and ctx.flow.qualname_of(value) in _MATMULS
+    ):
+        left, right = value.args
+    if left is None or right is None:
+        return False
+    return is_whole_model_output(ctx, left) and not _output_derived(ctx, right)
+
+
+def _output_derived(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`value` may hold a model's output, as far as the data flow can tell."""
+    if isinstance(value, ast.Attribute) and value.attr in ("T", "mT"):
+        value = value.value
+    return is_whole_model_output(ctx, value) or ctx.flow.graph_origin(value) == "output"
 
 
 def _peeled(value: ast.expr) -> ast.expr:
