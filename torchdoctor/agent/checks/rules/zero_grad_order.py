@@ -23,7 +23,9 @@ class ZeroGradOrder(Rule):
     when `(i + 1) % k == 0`, or after an `if remaining > 1: continue` that follows the
     backward), a `zero_grad()` of that optimizer that runs on every iteration (or every call
     of a Lightning `training_step`): it clears the micro-batches' gradients before the step
-    that should have summed them.
+    that should have summed them. So is a module's `zero_grad()` under Accelerate's `with
+    accelerator.accumulate(model):`, which skips only the prepared optimizer's `step()` and
+    `zero_grad()` between accumulation boundaries.
 
     Why it matters: the step then sees empty (or zero) gradients and updates nothing, or only
     applies weight decay; the model does not learn and no error is raised. With accumulation,
@@ -141,10 +143,28 @@ def _clears_every_micro_step(
         if same and all(
             under_modulo_guard(ctx, s, loop)
             or _skipped_after_backward(ctx, body, effects, s, clear)
+            or (_accumulate_gated(ctx, s, loop) and receiver_name(s) != owner)
             for s in same
         ):
             found.append((clear, same[0]))
     return found
+
+
+def _accumulate_gated(ctx: ModuleContext, step: ast.Call, loop: ast.AST) -> bool:
+    """The step runs inside `with accelerator.accumulate(model):`, which skips the prepared
+    optimizer's `step()` and `zero_grad()` between accumulation boundaries, but not a
+    module's own `zero_grad()` (alpaca_farm's PPO loop cleared `self.policy` every micro-batch)."""
+    for anc in ctx.ancestors(step):
+        if anc is loop:
+            return False
+        if isinstance(anc, ast.With | ast.AsyncWith) and any(
+            isinstance(item.context_expr, ast.Call)
+            and isinstance(item.context_expr.func, ast.Attribute)
+            and item.context_expr.func.attr == "accumulate"
+            for item in anc.items
+        ):
+            return True
+    return False
 
 
 def _skipped_after_backward(
