@@ -21,7 +21,9 @@ from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
     r"^(eval|evaluate|evaluation|valid|validate|validation|val|test|predict|inference|infer)"
-    r"($|_)|_(eval|evaluate|evaluation|validate|validation|val|valid|test|predict|inference)$",
+    r"($|_)|_(eval|evaluate|evaluation|validate|validation|val|valid|test|predict|inference)$"
+    # inside a longer name (`measure_repeated_inference_timing`, `run_evaluation_loop`)
+    r"|_(inference|evaluation|prediction|predictions)_",
     re.IGNORECASE,
 )
 _EVAL_LOADER = re.compile(
