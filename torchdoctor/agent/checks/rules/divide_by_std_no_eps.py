@@ -37,11 +37,13 @@ class DivideByStdNoEps(Rule):
     and no `clamp`; a division by a sum of squares (`dot * s / torch.sum(s ** 2, -1)`, a
     signal's energy, also through a name that no `if`/`assert`/`torch.where` tests); and an
     epsilon that precedence adds to the quotient instead of the divisor (`np.abs(y_hat - y) /
-    np.abs(y) + 1e-5`, the divisor a magnitude, spread or sum).
+    np.abs(y) + 1e-5`, the divisor a magnitude, spread or sum); and a min-max normalisation's
+    range (`(x - x.min()) / (x.max() - x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`)
+    with no epsilon, clamp or test.
 
-    Why it matters: the spread is zero for a constant input, a single-element batch or an
-    all-zero vector (padding, dead features); the division then yields NaN/Inf that spreads
-    through the loss into every weight.
+    Why it matters: the spread (or range) is zero for a constant input, a single-element
+    batch or an all-zero vector (padding, dead features); the division then yields NaN/Inf
+    that spreads through the loss into every weight.
 
     Not reported: the norm of a model's embedding (`feats / feats.norm(dim=-1)` with `feats`
     from `model(x)` or `model.encode_image(x)`, also through item selection and tensor methods)
@@ -65,12 +67,14 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    triggers = Triggers((*_GATES, "abs("))
+    triggers = Triggers((*_GATES, "abs(", "min("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source
-        return any(w in source for w in _GATES) or (
-            "abs(" in source and ("e-" in source or "eps" in source)
+        return (
+            any(w in source for w in _GATES)
+            or ("abs(" in source and ("e-" in source or "eps" in source))
+            or ("min(" in source and "max(" in source)
         )
 
     def finish(self, ctx: ModuleContext) -> None:
@@ -96,6 +100,8 @@ class DivideByStdNoEps(Rule):
                 continue
             if _unguarded_spread(ctx, divisor):
                 why = "spread is zero (constant or single-element input)"
+            elif _unguarded_range(ctx, node, divisor):
+                why = "range is zero (a constant input)"
             elif _unguarded_energy(ctx, node, divisor):
                 why = "energy is zero (a silent or all-zero input)"
             else:
@@ -106,6 +112,17 @@ class DivideByStdNoEps(Rule):
                 f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when the {why}",
                 data={"divisor": ast.unparse(divisor)},
             )
+        for call in ctx.flow.calls_named(("div_", "div")):
+            if isinstance(call.func, ast.Attribute) and len(call.args) == 1:
+                divisor = call.args[0]
+                if _unguarded_range(ctx, call, divisor):
+                    ctx.report(
+                        self,
+                        call,
+                        f"division by `{ast.unparse(divisor)}` with no epsilon: NaN/Inf when "
+                        "the range is zero (a constant input)",
+                        data={"divisor": ast.unparse(divisor)},
+                    )
 
 
 # Divisors that are zero for some data: a magnitude, a spread, a sum.
@@ -136,6 +153,123 @@ def _epsilon_after_the_quotient(ctx: ModuleContext, node: ast.AST, divisor: ast.
     if isinstance(added, ast.Constant) and isinstance(added.value, float):
         return 0 < added.value <= _SMALL
     return "eps" in identifier(added).lower()
+
+
+_EXTREMA = {"max": "max", "amax": "max", "min": "min", "amin": "min"}
+_RESHAPES = frozenset({"flatten", "view", "reshape", "detach", "float", "abs"})
+
+
+def _unguarded_range(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> bool:
+    """A min-max normalisation: `(x - x.min()) / (x.max() - x.min())`, the range bound to a
+    name no test around the division reads, or `x.div_(x.max())` after `x.sub_(x.min())`
+    shifted `x` in the same function (torch-cam's CAM normalisation): zero for a constant
+    input. Not when a test before the division reads `x` (DINO's `if mask.max() > 0:`)."""
+    if isinstance(divisor, ast.Name):
+        if _tested_around(ctx, division, divisor.id):
+            return False
+        values = [
+            v
+            for v in ctx.flow.definitions(divisor)
+            if ctx.enclosing_function(v) is ctx.enclosing_function(division)
+        ]
+        return bool(values) and all(_range_of_one_tensor(v) for v in values)
+    numerator = _numerator(division)
+    if numerator.isidentifier() and _tested_around(ctx, division, numerator):
+        return False  # `if x.max() > 0:` before the division: the author handled the zero case
+    if _range_of_one_tensor(divisor):
+        return True
+    top = _extremum(divisor)
+    if top is None or top[0] != "max":
+        return False
+    return numerator == top[1] and _shifted_by_its_min(ctx, division, numerator)
+
+
+def _range_of_one_tensor(value: ast.expr) -> bool:
+    """`x.max() - x.min()`, `torch.max(x) - torch.min(x)`, `x.amax(1) - x.amin(1)`."""
+    if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Sub)):
+        return False
+    high, low = _extremum(value.left), _extremum(value.right)
+    return high is not None and low is not None and high == ("max", low[1]) and low[0] == "min"
+
+
+def _extremum(value: ast.expr) -> tuple[str, str] | None:
+    """('max' or 'min', the tensor reduced) for `x.max()`, `x.flatten(1).max(-1).values[:,
+    None]`, `torch.min(x)`, `np.max(x)`; None for anything else."""
+    while isinstance(value, ast.Subscript) or (
+        isinstance(value, ast.Attribute) and value.attr == "values"
+    ):
+        value = value.value
+    if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Attribute | ast.Name):
+        return None
+    kind = _EXTREMA.get(identifier(value.func))
+    if kind is None:
+        return None
+    func = value.func
+    module_function = isinstance(func, ast.Name) or (
+        isinstance(func.value, ast.Name) and func.value.id in ("torch", "np", "numpy")
+    )
+    if module_function:
+        return (kind, _base(value.args[0])) if value.args else None
+    assert isinstance(func, ast.Attribute)
+    return kind, _base(func.value)
+
+
+def _base(value: ast.expr) -> str:
+    """The tensor under reshapes and copies: `cams.flatten(start_dim=-2)` -> `cams`."""
+    while (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _RESHAPES
+    ):
+        value = value.func.value
+    return ast.unparse(value)
+
+
+def _numerator(division: ast.AST) -> str:
+    if isinstance(division, ast.BinOp):
+        return _base(division.left)
+    if isinstance(division, ast.AugAssign):
+        return ast.unparse(division.target)
+    if isinstance(division, ast.Call) and isinstance(division.func, ast.Attribute):
+        return ast.unparse(division.func.value)
+    return ""
+
+
+def _shifted_by_its_min(ctx: ModuleContext, division: ast.AST, tensor: str) -> bool:
+    """Before `division`, in its function, `tensor` lost its own minimum: `x.sub_(x.min())`,
+    `x -= x.min()` or `x = x - x.min()`."""
+    fn = ctx.enclosing_function(division)
+    line = getattr(division, "lineno", 0)
+    for node in walk_tree(fn) if fn is not None else []:
+        if getattr(node, "lineno", line) >= line:
+            continue
+        subtracted: ast.expr | None = None
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "sub_"
+            and ast.unparse(node.func.value) == tensor
+            and len(node.args) == 1
+        ):
+            subtracted = node.args[0]
+        elif (
+            isinstance(node, ast.AugAssign)
+            and isinstance(node.op, ast.Sub)
+            and ast.unparse(node.target) == tensor
+        ):
+            subtracted = node.value
+        elif (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and ast.unparse(node.targets[0]) == tensor
+            and isinstance(node.value, ast.BinOp)
+            and isinstance(node.value.op, ast.Sub)
+            and _base(node.value.left) == tensor
+        ):
+            subtracted = node.value.right
+        if subtracted is not None and _extremum(subtracted) == ("min", tensor):
+            return True
+    return False
 
 
 def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> bool:
