@@ -307,6 +307,16 @@ def test_inference_script_stops_after_n_forwards(tmp_path: Path) -> None:
     assert doc.mode_issues == []
 
 
+def test_data_made_by_a_module_without_parameters_is_no_inference_step(tmp_path: Path) -> None:
+    """torchdiffeq's demo integrates its parameter-free true dynamics 200 times before it builds
+    its optimizer: those calls were 20 inference steps that ended the run before training; the
+    float64 model's statistics stopped the forward probe."""
+    doc, _ = run_probes(tmp_path, "stateless_data_dynamics.py", "--steps", "5")
+    assert (doc.outcome.kind, doc.mode, doc.steps_completed) == ("completed-steps", "train", 5)
+    assert {call.type for call in doc.dataflow.calls if call.depth == 0} == {"ODEFunc"}
+    assert {a.type for a in doc.activations} >= {"ODEFunc", "Linear"}  # float64 outputs read
+
+
 def test_script_without_a_model_reports_no_model(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "no_model.py", "--steps", "3")
     assert doc.outcome.kind == "no-model"

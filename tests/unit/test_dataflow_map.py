@@ -232,3 +232,41 @@ def test_a_cpu_autocast_region_is_not_dtype_mixing(autocast: bool) -> None:
         assert [(m["type"], "vs parameters" in m["reason"]) for m in mixing] == [
             ("CastsItsWeight", True)
         ]
+
+
+class _Dynamics(nn.Module):
+    """The function an ODE solver integrates: `(t, y)`, its time cast to the state's dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(2, 2)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y) * t.to(y.dtype)
+
+
+class _Solver(nn.Module):
+    """torchdiffeq's wrapper: the time stays float64, the state float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.func = _Dynamics()
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            y = y + self.func(t, y)
+        return y
+
+
+def test_a_float64_scalar_beside_float32_inputs_is_no_dtype_mixing() -> None:
+    solver = _Solver()
+    with _probed(solver) as probe:
+        solver(torch.tensor(0.5, dtype=torch.float64), torch.randn(4, 2))
+    assert probe.calls and probe.dtype_mixing() == []
+
+
+def test_a_module_mixing_dtypes_on_every_call_is_one_entry() -> None:
+    solver = _Solver()
+    with _probed(solver) as probe:
+        solver(torch.full((4, 1), 0.5, dtype=torch.float64), torch.randn(4, 2))
+    assert [m["module"] for m in probe.dtype_mixing()] == ["_Solver", "_Solver.func"]

@@ -222,3 +222,43 @@ def test_an_evaluation_inside_a_step_is_read_back_forward_by_forward_on_a_cpu(
     calls = {name: stats.calls for name, stats in session.forward.stats.items()}
     assert calls and all(count == 6 for count in calls.values()), calls  # 5 evaluations + 1
     assert sorted(session.loss.values) == [0]
+
+
+class _Integrator(nn.Module):
+    """A module with no state of its own calling a model held outside its submodules (an ODE
+    solver's wrapper around the function it integrates)."""
+
+    def __init__(self, func: nn.Module | None = None) -> None:
+        super().__init__()
+        self.funcs = [func] if func is not None else []
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        for func in self.funcs:
+            y = y + 0.1 * func(y)
+        return y * 0.5
+
+
+def test_modules_without_state_are_no_inference_steps_and_no_roots() -> None:
+    """Twenty calls of a parameter-free module before the optimizer (data made by integrating
+    the true dynamics, a resize of the inputs) ended a run as twenty inference steps; a model
+    it calls is the root instead."""
+    from torchdoctor.sandbox.probes.control import StopRun
+
+    torch.manual_seed(0)
+    config = ProbeConfig(script=__file__, steps=3, sample_every=1, flush_every=1)
+    probes = Session(config, UserFiles(__file__))
+    probes.install()
+    model = nn.Linear(6, 6)
+    try:
+        with torch.no_grad():
+            for _ in range(30):
+                _Integrator()(torch.randn(4, 6))
+                nn.Upsample(scale_factor=1)(torch.randn(1, 1, 6))
+            assert (probes.step, probes.root_forwards, probes.roots) == (0, 0, {})
+            _Integrator(model)(torch.randn(4, 6))
+            assert (probes.step, probes.depth, set(probes.roots)) == (1, 0, {id(model)})
+            with pytest.raises(StopRun):
+                for _ in range(2):
+                    model(torch.randn(4, 6))
+    finally:
+        probes.uninstall()

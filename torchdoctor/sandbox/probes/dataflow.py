@@ -172,12 +172,16 @@ class DataFlowProbe:
             self.stop()
 
     def dtype_mixing(self) -> list[dict[str, Any]]:
-        """Calls whose floating inputs disagree with each other or with the module's own
-        parameters outside autocast, and any float64 tensor."""
+        """Modules whose floating inputs disagree with each other or with the module's own
+        parameters outside autocast, and any float64 tensor, each once. A 0-dim input is left
+        out: type promotion never lets it widen a tensor of the same kind, and a float64
+        scalar (the time torchdiffeq hands the function it integrates) is cast at use."""
         found: list[dict[str, Any]] = []
         for call in self.calls:
             floats = {
-                t["dtype"] for t in call["inputs"] if t["dtype"].startswith(("float", "bfloat"))
+                t["dtype"]
+                for t in call["inputs"]
+                if t["dtype"].startswith(("float", "bfloat")) and t["shape"]
             }
             params = {d for d in call["param_dtypes"] if d.startswith(("float", "bfloat"))}
             reasons: list[str] = []
@@ -187,10 +191,9 @@ class DataFlowProbe:
                 reasons.append(f"inputs {sorted(floats)} vs parameters {sorted(params)}")
             if "float64" in floats | params:
                 reasons.append("float64 tensors")
-            if reasons:
-                found.append(
-                    {"module": call["module"], "type": call["type"], "reason": "; ".join(reasons)}
-                )
+            entry = {"module": call["module"], "type": call["type"], "reason": "; ".join(reasons)}
+            if reasons and entry not in found:
+                found.append(entry)
         return found
 
     def report(self) -> dict[str, Any]:

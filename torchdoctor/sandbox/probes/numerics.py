@@ -22,6 +22,7 @@ EXPLODING_GROWTH = 100.0
 VANISHING_NORM = 1e-7
 RELU_TYPES = (torch.nn.ReLU, torch.nn.ReLU6)
 INF = math.inf
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class LossProbe:
@@ -233,6 +234,17 @@ class GradientProbe:
         }
 
 
+def _magnitude(x: torch.Tensor, order: float) -> torch.Tensor:
+    """The vector norm as a float32 scalar, accumulated in float32 (no copy of a half-precision
+    tensor). A float64 tensor (an ODE's state, a physics model) cannot be narrowed by the norm
+    itself: its norm is taken in float64, then cast, a finite one kept finite."""
+    if x.dtype != torch.float64:
+        narrow: torch.Tensor = torch.linalg.vector_norm(x, order, dtype=torch.float32)
+        return narrow
+    norm = torch.linalg.vector_norm(x, order)
+    return torch.where(norm.isfinite(), norm.clamp(max=_FLOAT32_MAX), norm).float()
+
+
 @dataclass
 class _ModuleStats:
     calls: int = 0
@@ -261,7 +273,7 @@ class ForwardWatch:
     def on_input(self, step: int, root_name: str, args: Any) -> None:
         tensor = first_float(args)
         if tensor is not None:
-            largest = torch.linalg.vector_norm(tensor.detach(), INF, dtype=torch.float32)
+            largest = _magnitude(tensor.detach(), INF)
             self._pending.append((step, f"input of {root_name}", "input", 1, largest.reshape(1)))
 
     def on_output(self, step: int, name: str, module: torch.nn.Module, output: Any) -> None:
@@ -270,8 +282,8 @@ class ForwardWatch:
             return
         x = tensor.detach()
         parts = [
-            torch.linalg.vector_norm(x, INF, dtype=torch.float32),
-            torch.linalg.vector_norm(x, 1, dtype=torch.float32),
+            _magnitude(x, INF),
+            _magnitude(x, 1),
         ]
         if isinstance(module, RELU_TYPES) and x.dim() >= 2:
             parts.append((x == 0).flatten(1).all(dim=0).float().mean())

@@ -116,6 +116,8 @@ class Session:
         """An optimizer's own no-grad block is no evaluation (it would turn the hooks on every
         module on and off each step)."""
         self._patches: list[tuple[Any, str, Any]] = []
+        self._stateless: list[int] = []
+        """Top-level modules running now that hold no parameter or buffer (`_stateless`)."""
 
         self.loss = LossProbe()
         self.grads = GradientProbe()
@@ -353,6 +355,10 @@ class Session:
                 self.loss_depth += 1
                 self._hook_own(module)
                 return
+            if self.depth == 1 and _stateless(module):
+                self.depth = 0
+                self._stateless.append(id(module))
+                return
             if self.depth == 1:
                 self._in_optimizer_step = False  # an optimizer step that raised left it set
                 if self.syncs.suspended:  # and left these off
@@ -377,6 +383,9 @@ class Session:
         if torch.compiler.is_compiling():
             return
         try:
+            if self.depth == 0 and self._stateless and self._stateless[-1] == id(module):
+                self._stateless.pop()
+                return
             self.depth = max(self.depth - 1, 0)
             if isinstance(module, _Loss):
                 self.loss_depth = max(self.loss_depth - 1, 0)
@@ -529,6 +538,14 @@ class Session:
             return optimized, sum(p.numel() for p in params)
 
         return max(self.roots.values(), key=score)
+
+
+def _stateless(module: torch.nn.Module) -> bool:
+    """A module with no parameter and no buffer is a function, not a model: the true dynamics
+    an ODE demo integrates to make its data, a transform or a resize run before the optimizer
+    exists. Its calls are neither inference steps (twenty of them stopped torchdiffeq's demo
+    before it trained) nor a model's forwards; a model it calls is a root of its own."""
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
 
 
 def _compiled_anything() -> bool:
