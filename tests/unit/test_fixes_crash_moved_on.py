@@ -106,7 +106,27 @@ def test_a_fix_whose_run_still_fails_where_the_original_did_is_not(
     steps = _verify(tmp_path, monkeypatch, fixed, _run(TOTAL))
 
     assert not steps["smoke-run"].ok
+    assert "fails where the original fails" in steps["smoke-run"].detail
     assert "behaviour" not in steps
+
+
+def test_a_fix_above_the_original_failure_is_not_blamed_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fix that adds a line above the original's failure (a seed after the imports of
+    torchdiffeq's demo, run where scipy is missing; here the log line fixed with one more
+    line): the fixed run fails as the original did, a line lower in the patched copy. It is
+    refused, saying that the failure is the original's, not the fix's."""
+    fixed = SCRIPT.replace("import torch.nn as nn\n", "import torch.nn as nn\nprint()\n").replace(
+        "print(step, loss.data[0])", "print(step, loss.item())"
+    )
+
+    steps = _verify(tmp_path, monkeypatch, fixed, _run(TOTAL + 1))
+
+    smoke = steps["smoke-run"]
+    assert not smoke.ok
+    assert smoke.detail.startswith(f"the fixed script fails where the original fails ({ERROR}")
+    assert f"train.py:{TOTAL})" in smoke.detail
 
 
 def test_a_crash_moved_by_a_fix_off_the_crashing_line_proves_nothing(

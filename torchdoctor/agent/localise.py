@@ -75,6 +75,12 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
         r"l'exécution a exécuté chaque bloc modifié (\1) sous \2",
     ),
     (r"(\d+) of (\d+) steps recorded \((.+)\)", r"\1 pas enregistrés sur \2 (\3)"),
+    (
+        r"the fixed script fails where the original fails \((.+)\): a failure the fix did not "
+        r"cause, which keeps it from being judged until it is fixed",
+        r"le script corrigé échoue là où échoue l'original (\1) : un échec que le correctif "
+        r"n'a pas causé, qui empêche de le juger tant qu'il n'est pas corrigé",
+    ),
     (r"the fixed script failed: (.+)", r"le script corrigé échoue : \1"),
     (r"loss trajectory: (.+)", r"trajectoire de la perte : \1"),
     (r"symptom: (.+)", r"symptôme : \1"),

@@ -191,6 +191,12 @@ class Verifier:
             # the error this fix targets is gone; the run stops at another problem
             return [*steps, *moved]
         described = self._on_root(copy, touched, _describe_run(after, self.steps))
+        if self._fails_as_before(copy, touched, after):
+            described = (
+                f"the fixed script fails where the original fails ({self.baseline().detail}): "
+                "a failure the fix did not cause, which keeps it from being judged until "
+                "it is fixed"
+            )
         steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
         if not after.ok:
             return steps
@@ -252,6 +258,24 @@ class Verifier:
                 "executes the changed line without that error",
             ),
         ]
+
+    def _fails_as_before(self, copy: Path, touched: list[str], after: SmokeRun) -> bool:
+        """The fixed run stops with the original run's error, at the same line of the user's
+        code (torchdiffeq's demo without scipy, a seed fix run where the import fails): that
+        failure is not the fix's, and saying only that the fixed script failed blames it."""
+        if after.ok or after.error_at is None:
+            return False
+        before = self.baseline()
+        if before.ok or before.error_at is None:
+            return False
+        path, line = after.error_at
+        where: int | None = line
+        if path in touched:
+            patched = (copy / path).read_text(encoding="utf-8", errors="replace")
+            original = (self.root / path).read_text(encoding="utf-8", errors="replace")
+            where = map_line(patched, original, line)
+        same_text = self._on_root(copy, touched, after.detail) == before.detail
+        return (path, where) == before.error_at and same_text
 
     def _on_root(self, copy: Path, touched: list[str], text: str) -> str:
         """`text` about the patched copy (an error's line, lines that never ran) with its
