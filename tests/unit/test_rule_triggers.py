@@ -13,7 +13,8 @@ from tests.rule_fixtures import load_case
 from torchdoctor.agent.checks import dataflow
 from torchdoctor.agent.checks.base import EngineConfig, ModuleContext, Rule
 from torchdoctor.agent.checks.engine import StaticResult, analyse_files, analyse_source
-from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT
+from torchdoctor.agent.checks.module_text import ModuleText, Triggers, TriggerTable
 from torchdoctor.agent.checks.registry import all_rules
 from torchdoctor.agent.models import Severity
 
@@ -36,7 +37,7 @@ def test_the_gate_changes_nothing_on_the_rules_fixtures(
     assert any(c.name.startswith("positive_") for c in cases), f"{rule.id} has no fixture"
     config = EngineConfig(select=frozenset({rule.id}))
     gated = [_outcome(analyse_files(load_case(case), config)) for case in cases]
-    monkeypatch.setattr(Rule, "triggered", classmethod(lambda cls, source: True))
+    monkeypatch.setattr(TriggerTable, "live", lambda self, source: [True] * self._size)
     ungated = [_outcome(analyse_files(load_case(case), config)) for case in cases]
     assert gated == ungated
 
@@ -98,3 +99,54 @@ def test_triggers_match_words_lowered_words_and_non_ascii_identifiers() -> None:
     assert loss.found_in("ｌoss = 1")
     assert not Triggers(("backward",)).found_in("ｂackward = 1")
     assert not Triggers() and Triggers(("a",), lowered=("b",)).found_in("B")
+
+
+def _fixture_texts() -> list[str]:
+    """Every module of every rule's fixtures: what the rules were written against."""
+    texts = []
+    for case in sorted(FIXTURES.glob("*/*")):
+        texts += [text for _, text in load_case(case)]
+    return texts
+
+
+def test_the_table_answers_every_rule_as_its_triggers_do() -> None:
+    rules = all_rules()
+    table = TriggerTable([rule.triggers for rule in rules])
+    odd = ["ｌoss = 1\n", "x = 1\n", "", "EPOCH = 3\nloss.backward()\n", "opt.step()\n"]
+    for text in [*_fixture_texts(), *odd]:
+        expected = [not rule.triggers or rule.triggers.found_in(text) for rule in rules]
+        assert table.live(ModuleText(text)) == expected
+
+
+def test_all_of_needs_a_word_of_every_group() -> None:
+    training = Triggers(("training_step",), all_of=(("backward",), ("step(", ".grad")))
+    assert not training.found_in("loss.backward()\n")  # an autograd function, no step
+    assert training.found_in("loss.backward()\nopt.step()\n")
+    assert training.found_in("loss.backward()\np.data -= lr * p.grad\n")
+    assert training.found_in("def training_step(self, batch): ...\n")
+    assert Triggers(all_of=(("a",),)) and not Triggers()
+
+
+class _TrainingLoopProbe(Rule):
+    """Publishes whether the module has a training loop."""
+
+    id = "test-training-loop-probe"
+    point = 0
+    severity = Severity.LOW
+    title = "test"
+    items: ClassVar[tuple[str, ...]] = ()
+
+    def finish(self, ctx: ModuleContext) -> None:
+        ctx.facts["trains"] = bool(ctx.loops.training_loops)
+
+
+def test_no_training_loop_without_the_training_loop_text() -> None:
+    """The precondition the training rules' `TRAINING_LOOP_TEXT` gate stands on."""
+    probe, checked = (_TrainingLoopProbe,), 0
+    for case in sorted(FIXTURES.glob("*/*")):
+        for path, text in load_case(case):
+            if not TRAINING_LOOP_TEXT.found_in(text):
+                result = analyse_source(path, text, probe, EngineConfig())
+                assert not result.facts.get("trains"), f"{case.name}/{path}"
+                checked += 1
+    assert checked

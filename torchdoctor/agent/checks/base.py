@@ -316,11 +316,6 @@ class Rule:
     reads_manifests: ClassVar[bool] = False
 
     @classmethod
-    def triggered(cls, source: str) -> bool:
-        """Whether the module's text holds one of `triggers` (always, without any)."""
-        return not cls.triggers or cls.triggers.found_in(source)
-
-    @classmethod
     def applies_everywhere(cls) -> bool:
         """Whether the rule keeps the default `applies`: applicable in every module."""
         return cls.applies is Rule.applies

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import lru_cache
 from multiprocessing import get_context
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ from torchdoctor.agent.checks.base import (
 from torchdoctor.agent.checks.device_scope import stand_down
 from torchdoctor.agent.checks.loops import node_fields, scope_memo
 from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
-from torchdoctor.agent.checks.module_text import ModuleText
+from torchdoctor.agent.checks.module_text import ModuleText, TriggerTable
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
 from torchdoctor.agent.checks.test_scope import outside_tests, production_only
@@ -288,8 +289,9 @@ def _analyse(
         return FileResult(path=path, findings=[finding], applicable=[SyntaxErrorRule.id])
     except (ValueError, RecursionError, MemoryError) as err:
         return FileResult(path=path, note=f"could not be parsed: {type(err).__name__}: {err}")
-    ctx = ModuleContext(path=path, source=ModuleText(source), tree=tree, config=config)
-    triggered = [rule_type.triggered(ctx.source) for rule_type in rule_types]
+    text = ModuleText(source)
+    ctx = ModuleContext(path=path, source=text, tree=tree, config=config)
+    triggered = _trigger_table(tuple(rule_types)).live(text)
     rules = [rule_type() for rule_type, ran in zip(rule_types, triggered, strict=True) if ran]
     dispatch: dict[type, list[_Visit]] = {}
     call_subscribers: _CallSubscribers = []
@@ -353,6 +355,12 @@ def _analyse(
         note=note,
         seconds=time.perf_counter() - started,
     )
+
+
+@lru_cache(maxsize=64)
+def _trigger_table(rule_types: tuple[type[Rule], ...]) -> TriggerTable:
+    """The gates of a rule set, built once per set (`select`/`ignore` make few of them)."""
+    return TriggerTable([rule_type.triggers for rule_type in rule_types])
 
 
 def _failure(err: Exception) -> str:

@@ -38,6 +38,12 @@ reports in training loops takes it as its `triggers`."""
 STEP_TEXT = ("step(", ".grad")
 """A module that steps holds one of these: an optimizer's `step(` or a manual update's `.grad`
 (rules that judge a step gate on them, never on `step(` alone)."""
+TRAINING_LOOP_TEXT = Triggers(("training_step",), all_of=(("backward",), STEP_TEXT))
+"""Exactly what `LoopAnalysis.training_loops` asks of the text before it looks for a loop
+(`backward` and one of `STEP_TEXT`, or a `training_step`): the triggers of a rule that does
+nothing, reports nothing and applies nowhere without a training loop. Library code says
+`backward` in autograd functions and hooks far more often than it steps (torch's sources:
+480 modules hold `backward`, 147 this)."""
 
 
 # Fields that hold identifiers, flags, comments or constants, never nodes: walks skip

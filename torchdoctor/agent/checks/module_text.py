@@ -125,18 +125,22 @@ def may_name(source: str, identifier: str) -> bool:
 class Triggers:
     """Text without which a rule can do nothing in a module (`Rule.triggers`), or without
     which an analysis can find nothing: found when the text holds one of `words`, or one of
-    `lowered` in any case. A text that is not ASCII always triggers `for_identifiers`
-    vocabularies: it may spell an identifier in characters the parser normalises (NFKC)."""
+    each group of `all_of` (a training loop needs `backward` and a step), or one of `lowered`
+    in any case. A text that is not ASCII always triggers `for_identifiers` vocabularies: it
+    may spell an identifier in characters the parser normalises (NFKC)."""
 
     words: tuple[str, ...] = ()
     lowered: tuple[str, ...] = ()
     for_identifiers: bool = False
+    all_of: tuple[tuple[str, ...], ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.words or self.lowered)
+        return bool(self.words or self.lowered or self.all_of)
 
     def found_in(self, source: str) -> bool:
         if any(word in source for word in self.words):
+            return True
+        if self.all_of and all(any(word in source for word in group) for group in self.all_of):
             return True
         if self.for_identifiers and not source.isascii():
             return True
@@ -144,3 +148,52 @@ class Triggers:
             lowered = source.lower()
             return any(word in lowered for word in self.lowered)
         return False
+
+
+class TriggerTable:
+    """Which rules of a rule set a module's text triggers, the answers of `Triggers.found_in`
+    for every rule at once.
+
+    Asked rule by rule, the gates cost a tenth of the static pass on torch's sources: ~60
+    gated rules a module, each a few calls deep. Here the one-word tokens of all the rules
+    are looked up once each in the module's vocabulary, and each token found turns on the
+    rules it triggers; only the rules still off ask their other tokens (remembered by the
+    text, as rules' own `in` asks are)."""
+
+    def __init__(self, triggers: list[Triggers]) -> None:
+        self._size = len(triggers)
+        self._always = [i for i, t in enumerate(triggers) if not t]
+        by_word: dict[str, list[int]] = {}
+        for index, trigger in enumerate(triggers):
+            for word in trigger.words:
+                if (_PLANS.get(word) or _plan(word))[0] is not None:
+                    by_word.setdefault(word, []).append(index)
+        self._by_word = [(word, word.encode("ascii"), rules) for word, rules in by_word.items()]
+        self._rest = [
+            (index, trigger)
+            for index, trigger in enumerate(triggers)
+            if trigger
+            and (
+                trigger.all_of
+                or trigger.lowered
+                or trigger.for_identifiers
+                or any((_PLANS.get(w) or _plan(w))[0] is None for w in trigger.words)
+            )
+        ]
+
+    def live(self, source: ModuleText) -> list[bool]:
+        """Per rule, in the table's order: whether `source` triggers it."""
+        live = [False] * self._size
+        for index in self._always:
+            live[index] = True
+        vocabulary = source._words()
+        found = source._found
+        for word, encoded, indexes in self._by_word:
+            found[word] = hit = encoded in vocabulary
+            if hit:
+                for index in indexes:
+                    live[index] = True
+        for index, trigger in self._rest:
+            if not live[index]:
+                live[index] = trigger.found_in(source)
+        return live

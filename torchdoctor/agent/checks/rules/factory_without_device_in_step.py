@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
-from torchdoctor.agent.checks.loops import TRAINING_TEXT, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT, walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import uses_cuda
 from torchdoctor.agent.models import Severity
 
@@ -56,7 +56,7 @@ class FactoryWithoutDeviceInStep(Rule):
     severity = Severity.HIGH
     title = "CPU tensor created in a GPU training step"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
-    triggers = TRAINING_TEXT
+    triggers = TRAINING_LOOP_TEXT
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)

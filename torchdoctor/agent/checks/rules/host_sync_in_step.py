@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.vocabulary import ENVIRONMENT_HINTS, ENVIRONMENT_STEPS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import TRAINING_TEXT, walk_tree
+from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT, walk_tree
 from torchdoctor.agent.checks.patterns import under_periodic_guard
 from torchdoctor.agent.models import Severity
 
@@ -69,7 +69,7 @@ class HostSyncInStep(Rule):
         "format",
         "add_scalar",
     }
-    triggers = TRAINING_TEXT  # finish() needs a training loop
+    triggers = TRAINING_LOOP_TEXT  # finish() needs a training loop
 
     def __init__(self) -> None:
         self.candidates: list[tuple[ast.expr, str]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import TRAINING_TEXT
+from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT
 from torchdoctor.agent.checks.patterns import target_torch, uses_cuda, visible_training_loop
 from torchdoctor.agent.models import Severity
 
@@ -34,7 +34,7 @@ class NoTorchCompile(Rule):
     severity = Severity.LOW
     title = "Model not compiled"
     items: ClassVar[tuple[str, ...]] = ("8.2", "8.1")
-    triggers = TRAINING_TEXT
+    triggers = TRAINING_LOOP_TEXT
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import TRAINING_TEXT
+from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT
 from torchdoctor.agent.checks.patterns import uses_cuda, visible_training_loop
 from torchdoctor.agent.models import Severity
 
@@ -34,7 +34,7 @@ class Tf32Off(Rule):
     severity = Severity.LOW
     title = "TF32 matmuls not enabled"
     items: ClassVar[tuple[str, ...]] = ("6.2",)
-    triggers = TRAINING_TEXT
+    triggers = TRAINING_LOOP_TEXT
     tier = "opt-in"
 
     def applies(self, ctx: ModuleContext) -> bool:
