@@ -167,20 +167,33 @@ def _parameters_owner(expr: ast.expr) -> str | None:
 
 
 def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
-    """Bodies of functions that clip and backpropagate (and usually step) with no loop of
+    """Bodies of functions that clip and backpropagate (and usually step) outside any loop of
     their own: one update per call (a training loop's body, seen by the loop that calls it
-    only by name). One that leaves the step to its caller (a multi-task weighting's
-    `backward(losses, shared_parameters)`) is judged on its clip before `backward()` only."""
+    only by name). A loop that holds neither is part of the forward (a char-RNN's unroll over
+    its chunk, summing the loss of each character). One that leaves the step to its caller
+    (a multi-task weighting's `backward(losses, shared_parameters)`) is judged on its clip
+    before `backward()` only."""
     bodies = []
     for defs in ctx.loops.functions.values():
         for fn in defs:
-            nodes = list(walk_scope(fn.body))
-            calls = [n for n in nodes if isinstance(n, ast.Call)]
-            if any(isinstance(n, ast.For | ast.While) for n in nodes):
+            calls = [n for n in walk_scope(fn.body) if isinstance(n, ast.Call)]
+            clips = [c for c in calls if _is_clip(c)]
+            backwards = [c for c in calls if is_backward_call(c)]
+            if not clips or not backwards:
                 continue
-            if any(_is_clip(c) for c in calls) and any(is_backward_call(c) for c in calls):
+            if not any(_in_own_loop(ctx, c, fn) for c in (*clips, *backwards)):
                 bodies.append(fn.body)
     return bodies
+
+
+def _in_own_loop(ctx: ModuleContext, node: ast.AST, fn: ast.AST) -> bool:
+    """`node` runs in a loop of the function `fn` (not one around `fn`)."""
+    for ancestor in ctx.ancestors(node):
+        if ancestor is fn:
+            return False
+        if isinstance(ancestor, ast.For | ast.AsyncFor | ast.While):
+            return True
+    return False
 
 
 def _is_clip(call: ast.Call) -> bool:

@@ -68,8 +68,14 @@ class ScalarLossIndexed(Rule):
 def _reduced_loss(name: ast.Name, ctx: ModuleContext, through_data: bool, depth: int = 0) -> bool:
     """Every definition of `name` is a loss call that reduces (`.data[0]`: any loss callee;
     a bare `[0]`: a torch loss only), or arithmetic on such losses and numbers (a GAN's
-    `d_loss = d_loss_real + d_loss_fake`, a weighted `loss = a + 0.5 * b`)."""
-    definitions = ctx.flow.definitions(name)
+    `d_loss = d_loss_real + d_loss_fake`, a weighted `loss = a + 0.5 * b`), or the number a
+    sum of them starts from (a char-RNN's `loss = 0`, then `loss += criterion(...)` per
+    character: a number has no `.data` to index)."""
+    definitions = [
+        d
+        for d in ctx.flow.definitions(name)
+        if not (isinstance(d, ast.Constant) and _number(d.value))
+    ]
     if not definitions:
         return False
     return all(_reduced_value(d, ctx, through_data, depth) for d in definitions)
