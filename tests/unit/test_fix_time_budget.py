@@ -95,3 +95,17 @@ def test_once_a_compiling_verification_is_measured_it_is_the_measure_of_compilin
     measured(budget, clock, 20.0)  # an eager one measured: its own kind's figure from now on
     clock.now = 231.0
     assert budget.fits()  # 231 + 20 + 75 <= 330
+
+
+def test_a_ladder_rung_of_the_only_verified_fix_keeps_no_room_for_a_joint_check() -> None:
+    """GPT-2 on an H200: the compile fix verified in 116 s, 164 s of a 280 s stage left. A
+    rung of its ladder changes that same fix, so with no other fix verified the stage ends
+    with no joint check, and the rung fits (116 s); a new fix would need room for one."""
+    clock = Clock()
+    budget = TimeBudget(280.0, clock)
+    measured(budget, clock, 116.0, compiles=True)
+    budget.keep_for_closing_check(compiles=True)
+    assert budget.fits(compiles=True, adds_a_fix=False)  # 116 + 116 <= 280
+    assert not budget.fits(compiles=True)  # a second fix: 116 + 116 + 116 > 280
+    budget.keep_for_closing_check(compiles=False)
+    assert not budget.fits(compiles=True, adds_a_fix=False)  # two verified: the check runs

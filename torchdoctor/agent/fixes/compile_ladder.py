@@ -135,7 +135,7 @@ def climb(
             why = codemod.explain(source, target) or "the codemod does not apply"
             rungs.append(Rung(mode=label, verified=False, why_not=why))
             continue
-        if not time_left.fits(compiles=True):
+        if not time_left.fits(compiles=True, adds_a_fix=False):
             rungs.append(Rung(mode=label, verified=False, why_not="the time budget ran out"))
             continue
         say(f"  compile ladder: verifying {label}")
@@ -153,7 +153,7 @@ def climb(
         while (
             versus.verdict is Verdict.INCONCLUSIVE
             and len(runs) < verifier.max_timing_runs
-            and time_left.fits(compiles=True)
+            and time_left.fits(compiles=True, adds_a_fix=False)
         ):
             # undecided: more interleaved runs of both versions, as for a fix's own speed-up
             more = [verifier.patched_run(best_diff, spec), verifier.patched_run(diff, spec)]
