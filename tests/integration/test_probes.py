@@ -317,6 +317,15 @@ def test_data_made_by_a_module_without_parameters_is_no_inference_step(tmp_path:
     assert {a.type for a in doc.activations} >= {"ODEFunc", "Linear"}  # float64 outputs read
 
 
+def test_a_whole_model_saved_or_copied_mid_run_does_not_carry_the_probes(tmp_path: Path) -> None:
+    """A char-RNN trainer saves its whole module (`torch.save(model, path)`): the probes' own
+    hooks on the root, bound to the session, were pickled with it and the save raised
+    "Can't pickle local object 'Session._guard.<locals>.guarded'", a failure of torchdoctor
+    reported as the script's; a deep copy of the model copied the whole session."""
+    doc, _ = run_probes(tmp_path, "save_whole_model.py", "--steps", "6")
+    assert (doc.outcome.kind, doc.steps_completed) == ("completed-steps", 6), doc.outcome
+
+
 def test_script_without_a_model_reports_no_model(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "no_model.py", "--steps", "3")
     assert doc.outcome.kind == "no-model"

@@ -155,6 +155,7 @@ class Session:
         for manager in (torch.no_grad, torch.inference_mode, torch.set_grad_enabled):
             self._patch(manager, "__enter__", self._wrap_grad_block)
         self._patch(torch.optim.Optimizer, "__init__", self._wrap_optimizer_init)
+        self._patch(torch.nn.Module, "__getstate__", self._wrap_getstate)
         for name in FUNCTIONAL_LOSSES:
             self._patch(F, name, self._wrap_functional_loss)
         self.syncs.install()
@@ -267,6 +268,27 @@ class Session:
                     self.flops.start(0)
 
         return init
+
+    def _wrap_getstate(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """A module pickled (`torch.save(model, path)`) or deep-copied (`copy.deepcopy(model)`
+        for a best-model snapshot) leaves out the hooks `_hook_own` put on it: bound to this
+        session, they made the save raise "Can't pickle local object" (a char-RNN trainer's
+        checkpoint) and the copy copy the session."""
+
+        def getstate(module: torch.nn.Module) -> Any:
+            state = original(module)
+            if not isinstance(state, dict):
+                return state
+            for key in ("_forward_pre_hooks", "_forward_hooks"):
+                hooks = state.get(key)
+                if hooks and any(getattr(h, "__self__", None) is self for h in hooks.values()):
+                    kept = [
+                        (k, h) for k, h in hooks.items() if getattr(h, "__self__", None) is not self
+                    ]
+                    state = {**state, key: type(hooks)(kept)}
+            return state
+
+        return getstate
 
     def _wrap_functional_loss(self, original: Callable[..., Any]) -> Callable[..., Any]:
         name = getattr(original, "__name__", "")
