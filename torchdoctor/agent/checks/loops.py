@@ -241,6 +241,18 @@ def summed_names(ctx: ModuleContext) -> frozenset[str]:
     return found
 
 
+def added_to_in(body: list[ast.stmt], name: str) -> bool:
+    """Whether `body` (not the functions it defines) adds to `name` with `+=`: a running
+    total (`total += loss`) or a counter (`step += 1`)."""
+    return any(
+        isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and isinstance(n.target, ast.Name)
+        and n.target.id == name
+        for n in walk_scope(body)
+    )
+
+
 def _in_body(child: ast.AST, owner: ast.AST) -> bool:
     """`child in owner.body` for a direct child of a loop or function, without scanning the body:
     its statements are in `body` unless in a loop's `else:`, everything else is not."""

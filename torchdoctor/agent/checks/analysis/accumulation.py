@@ -7,7 +7,7 @@ from functools import cached_property
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.graph_origin import GraphOrigins
-from torchdoctor.agent.checks.loops import is_periodic_guard, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import added_to_in, is_periodic_guard, walk_scope, walk_tree
 
 # Calls that make a loop a training loop: each iteration back-propagates or steps.
 _STEPS = frozenset({"backward", "manual_backward", "step", "grad"})
@@ -300,13 +300,7 @@ def _moved_every_iteration(key: str, loop: ast.For | ast.While | ast.AsyncFor) -
         isinstance(n, ast.Name) and n.id == key for n in walk_tree(loop.target)
     ):
         return True
-    return any(
-        isinstance(n, ast.AugAssign)
-        and isinstance(n.op, ast.Add)
-        and isinstance(n.target, ast.Name)
-        and n.target.id == key
-        for n in walk_scope(loop.body)
-    )
+    return added_to_in(loop.body, key)
 
 
 _CONTAINER_CALLS = frozenset({"dict", "list", "defaultdict", "OrderedDict"})

@@ -6,7 +6,13 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, summed_names, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import (
+    added_to_in,
+    nodes_of,
+    summed_names,
+    walk_scope,
+    walk_tree,
+)
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -133,16 +139,6 @@ def _division(node: ast.AST, casts: bool = False) -> tuple[str, ast.expr] | None
     return None
 
 
-def _accumulated_in(loop: ast.For, total: str) -> bool:
-    return any(
-        isinstance(n, ast.AugAssign)
-        and isinstance(n.op, ast.Add)
-        and isinstance(n.target, ast.Name)
-        and n.target.id == total
-        for n in walk_scope(loop.body)
-    )
-
-
 def _after(node: ast.AST, loop: ast.For) -> bool:
     return getattr(node, "lineno", 0) > (loop.end_lineno or loop.lineno)
 
@@ -165,7 +161,7 @@ def _last_index(total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.Fo
             and target.elts[0].id == divisor.id
         ):
             continue
-        if _after(node, loop) and _accumulated_in(loop, total):
+        if _after(node, loop) and added_to_in(loop.body, total):
             return (
                 f"`{total}` is summed over `{ast.unparse(loop.iter)}` and divided by "
                 f"`{divisor.id}`, the last index: the loop ran `{divisor.id} + 1` times (and "
@@ -209,7 +205,7 @@ def _other_loader(
         return None
     summed_over: set[str] = set()
     for loop in loops:
-        if _after(node, loop) and _accumulated_in(loop, total):
+        if _after(node, loop) and added_to_in(loop.body, total):
             summed_over |= {
                 n.id for n in walk_tree(loop.iter) if isinstance(n, ast.Name) and _loader_like(n.id)
             }
