@@ -114,6 +114,18 @@ def test_host_syncs_point_at_the_most_frequent_line() -> None:
     )
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.line, finding.items) == ("probe-host-sync", 30, ["6.1"])
+    assert "This run used no GPU, where they cost little" in finding.message
+
+
+def test_host_syncs_on_a_gpu_run_stall_its_queue() -> None:
+    """The same reads on a run that used CUDA: each one waits for the GPU's queue."""
+    calls = [{"file": "train.py", "line": 30, "kind": "item", "count": 6}]
+    doc = document(
+        syncs={"per_step": 2.0, "calls": calls},
+        device={"cuda_available": True, "cuda_used": True, "name": "NVIDIA H100"},
+    )
+    finding = probe_findings(doc, "train.py").findings[0]
+    assert "Each one stalls the GPU queue" in finding.message
 
 
 def test_low_mfu_on_a_known_gpu_is_a_finding() -> None:

@@ -444,6 +444,14 @@ def _vram(b: _Builder) -> None:
         )
 
 
+def _stall(cuda_used: bool) -> str:
+    """What a host read costs: a stall of the GPU's queue, or (on a run that never used CUDA,
+    where it reads host memory) one on a GPU."""
+    if cuda_used:
+        return "Each one stalls the GPU queue"
+    return "This run used no GPU, where they cost little; on a GPU each one stalls its queue"
+
+
 def _syncs(b: _Builder) -> None:
     s = b.doc.syncs
     steps = b.doc.steps_completed or b.doc.forward_passes
@@ -457,8 +465,8 @@ def _syncs(b: _Builder) -> None:
             Severity.MEDIUM,
             "Host-device sync in every step",
             f"{s.per_step:.1f} `.item()/.cpu()/.numpy()/.tolist()` calls per step; the most "
-            f"frequent is `.{top.kind}()` ({top.count} calls). Each one stalls the GPU "
-            "queue: keep values on the device and read them every N steps.",
+            f"frequent is `.{top.kind}()` ({top.count} calls). {_stall(b.doc.device.cuda_used)}"
+            ": keep values on the device and read them every N steps.",
             ["6.1"],
             code=f"{top.kind} {top.file}",
             file=top.file,

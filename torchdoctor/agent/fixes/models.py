@@ -101,12 +101,12 @@ class SmokeRun(_Model):
     executed_lines: dict[str, list[int]] = Field(default_factory=dict)
     """Lines of the traced files (the patched ones) that the run executed."""
     stopped_in_loop: bool = False
-    cuda_available: bool | None = None
-    error_at: tuple[str, int] | None = None
-    """Where a failed run's error was raised in the user's code (file, line), when known."""
-    """Whether the run's process saw a CUDA device (None: not known)."""
     """The harness stopped the script inside its last counted step (an optimizer step, or a
     forward pass of an inference script): nothing after the loop ran."""
+    cuda_available: bool | None = None
+    """Whether the run's process saw a CUDA device (None: not known)."""
+    error_at: tuple[str, int] | None = None
+    """Where a failed run's error was raised in the user's code (file, line), when known."""
 
 
 class AppliedFile(_Model):
