@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent.fixes.workcopy import workspace_copy
+from torchdoctor.sandbox.workspace import WorkspaceError, stage_workspace
 
 
 @pytest.fixture
@@ -55,3 +56,14 @@ def test_the_copy_is_removed_afterwards_even_when_the_body_fails(tree: Path) -> 
         raise RuntimeError("a verification step crashed")
     assert not copy.exists()
     assert (tree / "train.py").is_file()
+
+
+def test_a_link_loop_is_left_out_of_a_fix_copy_and_refuses_a_runs_copy(tree: Path) -> None:
+    """A hostile tree's `a -> b -> a`: resolving it raises RuntimeError, which a copy must
+    turn into its own answer (left out, or a one-line refusal), never a traceback."""
+    os.symlink("b", tree / "a")
+    os.symlink("a", tree / "b")
+    with workspace_copy(tree) as copy:
+        assert sorted(p.name for p in copy.iterdir()) == ["lib", "train.py"]
+    with pytest.raises(WorkspaceError, match="resolves nowhere"):
+        stage_workspace(tree)

@@ -408,7 +408,12 @@ class _Copier:
         """Relinked relative to the copy, so that nothing written through it reaches the
         original (an absolute link inside the tree would)."""
         root = self.tree_root.resolve()
-        target = source.resolve()
+        try:
+            target = source.resolve()
+        except (RuntimeError, OSError):  # a loop (`a -> b -> a`), or too deep to follow
+            if not self.strict:
+                return
+            raise WorkspaceError(f"refusing a symlink that resolves nowhere: {source}") from None
         if target != root and root not in target.parents:
             if not self.strict:
                 return
