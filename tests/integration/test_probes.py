@@ -307,6 +307,25 @@ def test_inference_script_stops_after_n_forwards(tmp_path: Path) -> None:
     assert doc.mode_issues == []
 
 
+def test_a_loop_that_updates_its_parameters_by_hand_is_training(tmp_path: Path) -> None:
+    """pytorch/examples' word language model steps with `p.data.add_(p.grad, alpha=-lr)`: its
+    run was read as inference (forward passes), and a fix's run to the end stopped as "no
+    optimizer was built". Each backward after the first update is a training step."""
+    doc, _ = run_probes(tmp_path, "updated_by_hand.py", "--steps", "5")
+    assert (doc.outcome.kind, doc.mode, doc.steps_completed) == ("completed-steps", "train", 5)
+    assert doc.updated_by_hand and doc.outcome.detail == "stopped after 5 training steps"
+    assert len(doc.loss.values) == 5 and len(doc.gradients.global_norm) == 5
+    assert doc.gradients.optimizers == 0 and doc.gradients.never_received_grad == []
+    summary = probe_findings(doc, "src/updated_by_hand.py").summary
+    assert "5 training steps (no optimizer: one a backward pass)" in summary
+
+
+def test_backward_passes_that_never_move_the_parameters_are_no_training(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "saliency.py", "--steps", "5")
+    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("completed-steps", "inference", 5)
+    assert not doc.updated_by_hand
+
+
 def test_data_made_by_a_module_without_parameters_is_no_inference_step(tmp_path: Path) -> None:
     """torchdiffeq's demo integrates its parameter-free true dynamics 200 times before it builds
     its optimizer: those calls were 20 inference steps that ended the run before training; the

@@ -48,6 +48,18 @@ def test_host_sync_drops_to_info_in_a_script_that_never_touches_a_device() -> No
     assert _severity(HELPER, "host-sync-in-step") != "info"  # a helper: callers may use a GPU
 
 
+def test_the_device_generic_accelerator_api_is_a_gpu_script() -> None:
+    """pytorch/examples pick their device with `torch.accelerator` (word_language_model,
+    dcgan): their GPU training got no mixed-precision or compile advice."""
+    accelerated = CPU_ONLY_TRAINING.replace(
+        "model = nn.Linear(4, 1)",
+        "device = torch.accelerator.current_accelerator()\nmodel = nn.Linear(4, 1).to(device)",
+    )
+    assert {"no-amp", "no-torch-compile"} <= _rules(accelerated)
+    assert _severity(accelerated, "host-sync-in-step") != "info"
+    assert not {"no-amp", "no-torch-compile"} & _rules(CPU_ONLY_TRAINING)
+
+
 LOAD = """
 import torch
 from argparse import Namespace

@@ -202,6 +202,43 @@ def test_host_sync_refused_when_the_accumulator_is_read_in_the_loop() -> None:
     assert codemod.transform(source, target) is None
 
 
+HAND_STEP = """import torch
+
+
+def train(model, batches, lr):
+{head}    total_loss = 0.0
+    for batch, (x, y) in enumerate(batches):
+        loss = model(x, y)
+        loss.backward()
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-lr)
+        total_loss += loss.item()
+        if batch % 200 == 0 and batch > 0:
+            print(total_loss / 200)
+            total_loss = 0
+{after}"""
+
+
+@pytest.mark.parametrize(
+    ("head", "after", "converted"),
+    [("", "", False), ("", "    return total_loss\n", True), ("    global total_loss\n", "", True)],
+)
+def test_host_sync_converts_back_after_the_loop_only_what_is_read_there(
+    head: str, after: str, converted: bool
+) -> None:
+    """pytorch/examples' word language model: `total_loss` is a local that `train()` never
+    reads after its loop, so `total_loss = float(total_loss)` there was a dead store."""
+    source = HAND_STEP.format(head=head, after=after)
+    line = source.splitlines().index("        total_loss += loss.item()") + 1
+    target = FixTarget(rule="host-sync-in-step", file="m.py", line=line, end_line=line)
+    codemod = codemod_for("host-sync-in-step")
+    assert codemod is not None
+    fixed = codemod.transform(source, target)
+    assert fixed is not None and "total_loss += loss.detach()" in fixed
+    assert "print(float(total_loss) / 200)" in fixed
+    assert ("    total_loss = float(total_loss)\n" in fixed) is converted
+
+
 def test_manual_attention_refused_when_weights_are_returned() -> None:
     source = (
         (FIXTURES / "manual-attention" / "before.py")

@@ -57,6 +57,9 @@ _CUDA_USE = (
 """Text that targets a CUDA device; each asked of the module's text (`ModuleText` answers
 from its words what it can, where one search of a pattern with these alternatives reads
 every line)."""
+ACCELERATOR_USE = "torch.accelerator."
+"""The device-generic API (`torch.accelerator.current_accelerator()`, torch >= 2.6) that
+pytorch/examples now target their GPU with: CUDA on an NVIDIA machine."""
 
 
 def kwarg(call: ast.Call, name: str) -> ast.expr | None:
@@ -363,10 +366,14 @@ def source_has(ctx: ModuleContext, token: str) -> bool:
 
 
 def uses_cuda(ctx: ModuleContext) -> bool:
-    """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`)."""
+    """The module targets a CUDA device (text-level: `.cuda(`, `"cuda"`, `torch.cuda`, or
+    `torch.accelerator.`)."""
     memo = ctx.memo_table("patterns.uses_cuda")
     if 0 not in memo:
-        memo[0] = "cuda" in ctx.source and any(text in ctx.source for text in _CUDA_USE)
+        source = ctx.source
+        memo[0] = ("cuda" in source and any(text in source for text in _CUDA_USE)) or (
+            ACCELERATOR_USE in source
+        )
     return bool(memo[0])
 
 

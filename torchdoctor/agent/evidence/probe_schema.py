@@ -445,6 +445,8 @@ class ProbeDocument(_Model):
     mode: Literal["train", "inference", "none"] = "none"
     steps_completed: int = 0
     forward_passes: int = 0
+    updated_by_hand: bool = False
+    """Trained with no optimizer (`p.data.add_(p.grad, alpha=-lr)`): each backward was a step."""
     root_forwards: int = 0
     """Every top-level forward of the run, those of an evaluation before the first step too."""
     device: Device = Field(default_factory=Device)

@@ -896,6 +896,8 @@ _CHECKS = (
 
 def _summary(doc: ProbeDocument) -> str:
     unit = "optimizer steps" if doc.mode == "train" else "forward passes"
+    if doc.updated_by_hand:
+        unit = "training steps (no optimizer: one a backward pass)"
     count = doc.steps_completed if doc.mode == "train" else doc.forward_passes
     median = doc.timing.median_step_ms
     timing = f", median step {median:.1f} ms" if median is not None else ""

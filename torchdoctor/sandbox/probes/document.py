@@ -39,9 +39,15 @@ def _loc(location: Location | None) -> dict[str, Any]:
 
 
 def mode_of(session: Session) -> str:
-    if session.optimizer_built or session.main_optimizer is not None:
+    if session.trains or session.main_optimizer is not None:
         return "train"
     return "inference" if session.roots else "none"
+
+
+def step_unit(session: Session) -> str:
+    if mode_of(session) != "train":
+        return "forward passes"
+    return "optimizer steps" if session.optimizer_built else "training steps"
 
 
 def _nonfinite(session: Session, user_files: UserFiles) -> dict[str, Any] | None:
@@ -163,6 +169,7 @@ def build(
         "mode": mode_of(session),
         "steps_completed": steps_done,
         "forward_passes": session.forwards,
+        "updated_by_hand": session.manual_training and not session.optimizer_built,
         "root_forwards": session.root_forwards,
         "device": {
             "cuda_available": torch.cuda.is_available(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -88,6 +88,19 @@ class LossProbe:
         }
 
 
+class ParamGroups(Protocol):
+    """What the gradient probe reads of an optimizer: its parameter groups."""
+
+    param_groups: list[dict[str, Any]]
+
+
+@dataclass
+class HandUpdated:
+    """The parameters of a loop that updates them by hand, read like an optimizer's."""
+
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass
 class _StepGrads:
     step: int
@@ -115,12 +128,13 @@ class GradientProbe:
     _layouts: dict[int, tuple[int, ...]] = field(default_factory=dict)
     _waiting: dict[int, list[torch.nn.Parameter]] = field(default_factory=dict)
 
-    def before_step(self, step: int, optimizer: torch.optim.Optimizer, norms: bool = True) -> None:
+    def before_step(self, step: int, optimizer: ParamGroups, norms: bool = True) -> None:
         """Which parameters got a gradient (every step); their norms when `norms` (on sampled
         steps: a norm per parameter and their stacking cost a few hundred microseconds of
         host time, which a launch-bound GPU loop pays in full)."""
         index = self._optimizer_index.setdefault(id(optimizer), len(self._optimizer_index))
-        self.optimizers_seen = len(self._optimizer_index)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            self.optimizers_seen = len(self._optimizer_index)
         if not norms:
             self._note_received(optimizer)
             return
@@ -147,7 +161,7 @@ class GradientProbe:
                     stacked = torch.cat([n.reshape(1).float().to(first) for n in each])
             self._pending.append(_StepGrads(step, index, sizes, ids, stacked))
 
-    def _note_received(self, optimizer: torch.optim.Optimizer) -> None:
+    def _note_received(self, optimizer: ParamGroups) -> None:
         """Between sampled steps only the parameters still waiting for a first gradient are
         looked at: a pass over every parameter cost 150 us of host time a step on a
         76-tensor model (CPU), paid in full by a launch-bound GPU loop."""

@@ -55,8 +55,9 @@ def _run_script(config: ProbeConfig, session: Session, user_files: UserFiles) ->
         runpy.run_path(config.script, run_name="__main__")
         return _natural_end(session)
     except StopRun:
-        unit = "optimizer steps" if document.mode_of(session) == "train" else "forward passes"
-        return outcome("completed-steps", f"stopped after {config.steps} {unit}")
+        return outcome(
+            "completed-steps", f"stopped after {config.steps} {document.step_unit(session)}"
+        )
     except TimeBudgetExceeded:
         return outcome("time-budget", f"stopped after {config.time_budget_s:g} s")
     except SystemExit as exc:

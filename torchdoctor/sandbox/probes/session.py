@@ -48,7 +48,12 @@ from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
 from torchdoctor.sandbox.probes.linetrace import import_untraced
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
 from torchdoctor.sandbox.probes.mode import ModeProbe
-from torchdoctor.sandbox.probes.numerics import ForwardWatch, GradientProbe, LossProbe
+from torchdoctor.sandbox.probes.numerics import (
+    ForwardWatch,
+    GradientProbe,
+    HandUpdated,
+    LossProbe,
+)
 from torchdoctor.sandbox.probes.power import PowerProbe
 from torchdoctor.sandbox.probes.shapes import RootShapes
 from torchdoctor.sandbox.probes.syncs import SyncProbe
@@ -84,6 +89,10 @@ def _release_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_release_in_forked_child)
 
 
+HAND_UPDATE_CHECKS = 4
+"""Backwards looked at for parameters updated by hand before the run is taken for inference."""
+
+
 class Session:
     def __init__(self, config: ProbeConfig, user_files: UserFiles) -> None:
         self.config = config
@@ -95,6 +104,12 @@ class Session:
         stopped in a long evaluation before its first step still shows it got that far."""
         self.optimizer_built = False
         self.main_optimizer: int | None = None
+        self.manual_training = False
+        """No optimizer, but backward passes that reach a model's parameters: a loop that
+        updates them by hand (`p.data.add_(p.grad, alpha=-lr)`). Each backward ends a step."""
+        self._hand_updated = HandUpdated()
+        self._hand_checks = 0
+        self._norms_at_backward: torch.Tensor | None = None
         self.depth = 0
         self.loss_depth = 0
         self.roots: dict[int, torch.nn.Module] = {}
@@ -219,9 +234,52 @@ class Session:
                 self.mode.on_backward()
             except Exception:
                 self._error()
-            return original(tensor, *args, **kwargs)
+            result = original(tensor, *args, **kwargs)
+            if not self.optimizer_built:
+                self._backward_without_optimizer()
+            return result
 
         return backward
+
+    def _backward_without_optimizer(self) -> None:
+        """Each backward after training has started by hand ends a step, its gradients read
+        as an optimizer's would be."""
+        try:
+            if not self.manual_training:
+                self._look_for_hand_updates()
+                return
+            self.grads.before_step(self.step, self._hand_updated, norms=self.watching)
+            self._end_step()
+        except (StopRun, KeyboardInterrupt):
+            raise
+        except Exception:
+            self._error()
+
+    def _look_for_hand_updates(self) -> None:
+        """Training by hand starts at a backward that finds the parameters with gradients
+        changed since the backward before it (`p.data.add_(p.grad, alpha=-lr)` in between);
+        a backward that never moves them (a saliency map, an adversarial input) is no step.
+        Their norms are compared, one host read a backward, the first few backwards only."""
+        if self._hand_checks >= HAND_UPDATE_CHECKS:
+            return
+        params: list[torch.Tensor] = [
+            p
+            for root in self.roots.values()
+            for p in root.parameters()
+            if p.requires_grad and p.grad is not None
+        ]
+        if not params:
+            return
+        self._hand_checks += 1
+        with torch.no_grad():
+            norms = torch.stack([n.float() for n in torch._foreach_norm(params)])
+        before, self._norms_at_backward = self._norms_at_backward, norms
+        if before is None or before.shape != norms.shape or torch.equal(before, norms):
+            return
+        self._hand_updated = HandUpdated([{"params": params}])
+        self._norms_at_backward = None
+        self.manual_training = True
+        self._training_starts()
 
     def _wrap_train(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def train(module: torch.nn.Module, mode: bool = True) -> Any:
@@ -255,19 +313,34 @@ class Session:
                 import_untraced("torch._dynamo")
             original(optimizer, *args, **kwargs)
             if not self.optimizer_built:
-                # forwards before the first optimizer (a dry run, lazy modules) were counted
-                # as inference steps: training steps start from zero now
                 self.optimizer_built = True
-                self.step = self.forwards = 0
-                self.syncs.step = self.dataloader.step = 0
-                if self.distributed is not None:
-                    self.distributed.step = 0
-                self.watching = self._watched(0)
-                self.flops.reset()
-                if self.config.flops and self.config.flop_step == 0:
-                    self.flops.start(0)
+                if not self.manual_training:
+                    self._training_starts()
 
         return init
+
+    def _training_starts(self) -> None:
+        """Forwards before training (a dry run, lazy modules, an evaluation) were counted as
+        inference steps: training steps start from zero now."""
+        self.step = self.forwards = 0
+        self.syncs.step = self.dataloader.step = 0
+        if self.distributed is not None:
+            self.distributed.step = 0
+        self.watching = self._watched(0)
+        self.flops.reset()
+        if self.config.flops and self.config.flop_step == 0:
+            self.flops.start(0)
+
+    @property
+    def trains(self) -> bool:
+        return self.optimizer_built or self.manual_training
+
+    @property
+    def _deciding_on_hand_updates(self) -> bool:
+        """Between the first backward and the one that shows an update by hand (or the last
+        one looked at), forwards are no inference steps: they would end a training run
+        before it could be recognised."""
+        return 0 < self._hand_checks < HAND_UPDATE_CHECKS and not self.manual_training
 
     def _wrap_getstate(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """A module pickled (`torch.save(model, path)`) or deep-copied (`copy.deepcopy(model)`
@@ -345,7 +418,7 @@ class Session:
 
     def _global_hooks_needed(self) -> bool:
         return (
-            not self.optimizer_built
+            not self.trains
             or self.watching
             or self.hunting
             or self.dataflow_on
@@ -426,7 +499,7 @@ class Session:
                     self.groups.on_eval_output(args, output)
                 self.mode.on_root_output(self._name(module), module, output)
                 self.root_forwards += 1
-                if not self.optimizer_built:
+                if not self.trains and not self._deciding_on_hand_updates:
                     self.forwards += 1
                     self._end_step()
                 elif self.forward.waiting > (MAX_WAITING_READS if cuda_in_use() else 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from torchdoctor.agent.checks.patterns import ACCELERATOR_USE
 from torchdoctor.agent.fixes.codemods.base import (
     SourceContext,
     descendants,
@@ -296,7 +297,8 @@ def named_like_model(name: str) -> bool:
 
 
 def mentions_cuda(ctx: SourceContext) -> bool:
-    return "cuda" in ctx.source
+    """CUDA by name, or the device-generic `torch.accelerator` API that targets it."""
+    return "cuda" in ctx.source or ACCELERATOR_USE in ctx.source
 
 
 def probe_symptom_gone(

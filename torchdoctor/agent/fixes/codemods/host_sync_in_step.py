@@ -654,9 +654,32 @@ def _accumulate(ctx: SourceContext, at: cst.CSTNode, name: str, item: cst.Call, 
     if not listed:
         for read in reads:
             ctx.substitute(read, cst.parse_expression(back))
-    if not _converted_after(ctx, loop, name, back):  # another append's fix put it there
+    if not _converted_after(ctx, loop, name, back) and _read_outside(ctx, loop, name):
         ctx.insert_after(loop, f"{name} = {back}\n")
     return True
+
+
+_SCOPE_READERS = frozenset({"locals", "vars", "eval", "exec"})
+
+
+def _read_outside(ctx: SourceContext, loop: cst.For | cst.While, name: str) -> bool:
+    """Whether anything but the loop may read the accumulator, so that it must be a number
+    again after it: always for a module's global; for a function's local, only a read of it
+    outside the loop (after it, in an enclosing loop's next round, a nested function). A
+    `total_loss = float(total_loss)` at the end of a function that never reads it again is a
+    dead store and one more sync (pytorch/examples' word language model)."""
+    function = scope_of(ctx, loop)
+    if not isinstance(function, cst.FunctionDef):
+        return True
+    shared = ctx.find(
+        cst.Global | cst.Nonlocal,  # type: ignore[arg-type]
+        inside=function,
+        where=lambda n: any(alias.name.value == name for alias in n.names),
+    )
+    scope_read = ctx.find(
+        cst.Call, inside=function, where=lambda n: dotted_name(n.func) in _SCOPE_READERS
+    )
+    return bool(shared or scope_read) or name_is_read(ctx, name, function, loop)
 
 
 def _converted_after(ctx: SourceContext, loop: cst.For | cst.While, name: str, back: str) -> bool:
