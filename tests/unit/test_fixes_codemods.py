@@ -403,6 +403,30 @@ def test_eval_mode_around_a_held_out_loop_inside_the_epoch_loop() -> None:
     assert fixed.endswith("            print(model(x))\n        model.train(was_training)\n")
 
 
+def test_eval_mode_is_refused_around_a_block_that_deletes_the_model() -> None:
+    """A checkpoint converter's check (lit-llama's convert_hf_checkpoint): the converted
+    model runs once, is deleted, and the reference model loads in its place; a
+    `model.train(was_training)` after the block would raise NameError."""
+    source = (
+        "import gc\n\n"
+        "def convert(model, reference, tokens, verify):\n"
+        "    if verify:\n"
+        "        out = model(tokens)\n"
+        "        del model\n"
+        "        gc.collect()\n"
+        "        assert (out - reference(tokens)).abs().max() < 1e-5\n"
+    )
+    target = FixTarget(rule="eval-without-eval-mode", file="m.py", line=5, end_line=5)
+    codemod = codemod_for("eval-without-eval-mode")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+    reason = codemod.explain(source, target)
+    assert reason is not None and reason.startswith("the block deletes `model`")
+    kept = source.replace("        del model\n", "")  # near miss: the model outlives the block
+    fixed = codemod.transform(kept, target)
+    assert fixed is not None and fixed.endswith("    model.train(was_training)\n")
+
+
 # What a person's edit would not leave behind: unused imports, unused assignments, imports out
 # of their block or out of isort order (issue 13, item 9).
 RUFF_CLEAN = "F401,F811,F841,E402,I001,E9,F63,F7"

@@ -197,6 +197,18 @@ _FUSED_KERNELS = frozenset(
 )
 
 
+def _of_magnitudes(source: ast.expr) -> bool:
+    """`softmax(abs(scores))`: weights over the scores' magnitudes (complex scores in the
+    frequency domain: FEDformer's Fourier and wavelet correlations), which no fused kernel
+    computes."""
+    if not isinstance(source, ast.Call):
+        return False
+    func = source.func  # `abs(s)`, `s.abs()`, `torch.abs(s)`
+    return (isinstance(func, ast.Name) and func.id == "abs") or (
+        isinstance(func, ast.Attribute) and func.attr == "abs"
+    )
+
+
 def _fallback_of_fused_branch(ctx: ModuleContext, node: ast.AST) -> bool:
     """The softmax sits in one branch of an `if` whose other branch calls a fused kernel."""
     child = node
@@ -315,7 +327,7 @@ class ManualAttention(Rule):
                 ),
             ):
                 continue
-            if _fallback_of_fused_branch(ctx, node):
+            if _fallback_of_fused_branch(ctx, node) or _of_magnitudes(source):
                 continue
             if self._feeds_value_product(ctx, node, nodes) and not self._weights_escape(
                 ctx, node, nodes

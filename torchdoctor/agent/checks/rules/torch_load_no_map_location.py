@@ -731,11 +731,15 @@ def _device_branch(ctx: ModuleContext, node: ast.AST) -> bool:
 
 
 def _feeds_load_state_dict(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The loaded object only reaches `load_state_dict(...)` (directly, by name, or by key):
-    loading it on CPU first changes nothing, the copy lands on the model's device."""
-    parent = ctx.parents.get(call)
+    """The loaded object only reaches `load_state_dict(...)` (directly, by name, or by key,
+    also an entry taken at the load: `checkpoint = torch.load(path)["state_dict"]`): loading
+    it on CPU first changes nothing, the copy lands on the model's device."""
     if _in_load_state_dict(ctx, call):
         return True
+    loaded: ast.expr = call
+    while isinstance(entry := ctx.parents.get(loaded), ast.Subscript) and entry.value is loaded:
+        loaded = entry
+    parent = ctx.parents.get(loaded)
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return False
     target = parent.targets[0]

@@ -86,6 +86,9 @@ class TorchLoadUnsafe(Rule):
         use = _module_use(ctx, call) if provenance in (None, "unknown") else None
         if use is not None:
             provenance = "module"
+        into = _whole_into_load_state_dict(ctx, call) if provenance in (None, "unknown") else None
+        if into is not None and weights_only is None:
+            provenance = "weights"  # a state_dict: nothing else goes whole into load_state_dict
         if weights_only is not None and provenance != "weights" and pickle_module is None:
             if provenance in (None, "unknown") and _is_false(weights_only):
                 return ctx.finding(self, call, _EXPLICIT_FALSE, severity=Severity.LOW)
@@ -108,6 +111,12 @@ class TorchLoadUnsafe(Rule):
         if use is not None:  # known from how the object is used, not from a save
             message = message.replace(
                 "(torch.save(model, ...))", f"(`{ast.unparse(use)}` on line {use.lineno})"
+            )
+        if into is not None and provenance == "weights":
+            message = message.replace(
+                "this file was written from a state_dict/tensors",
+                f"what it loads goes whole into `{ast.unparse(into.func)}(...)` on line "
+                f"{into.lineno} (a state_dict)",
             )
         return ctx.finding(self, call, message, severity=severity, data=data)
 
@@ -143,6 +152,52 @@ def _module_use(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
                     if use is not None:
                         return use
     return None
+
+
+def _whole_into_load_state_dict(ctx: ModuleContext, call: ast.Call) -> ast.Call | None:
+    """The `load_state_dict(...)` call that receives what `call` loads, whole: as its
+    argument (`model.load_state_dict(torch.load(path))`), or through a name every read of
+    which is that argument (`sd = torch.load(f); sam.load_state_dict(sd)`). The file then
+    holds a state_dict, which weights_only=True loads (a strict load raises on anything
+    else); an entry of a checkpoint (`ckpt["model"]`) says nothing of the other entries."""
+    parent = ctx.parents.get(call)
+    if _loads_state_dict(parent, call):
+        assert isinstance(parent, ast.Call)
+        return parent
+    if not (
+        isinstance(parent, ast.Assign)
+        and len(parent.targets) == 1
+        and isinstance(name := parent.targets[0], ast.Name)
+    ):
+        return None
+    scope = ctx.enclosing_function(call)
+    reads = [r for r in ctx.flow.reads_of(name.id) if ctx.enclosing_function(r) is scope]
+    reads = [
+        r
+        for r in reads
+        if (r.lineno, r.col_offset) > (call.lineno, call.col_offset)
+        and ctx.flow.reaching(r) in (call, None)  # this binding, or one where branches meet
+    ]
+    users = [ctx.parents.get(r) for r in reads]
+    if not reads or not all(_loads_state_dict(u, r) for u, r in zip(users, reads, strict=True)):
+        return None
+    first = users[0]
+    assert isinstance(first, ast.Call)
+    return first
+
+
+def _loads_state_dict(node: ast.AST | None, argument: ast.expr) -> bool:
+    """`node` is `x.load_state_dict(argument)`, strict: with `strict=False` any dict passes
+    (a whole checkpoint loads nothing, silently), so it shows nothing of the file."""
+    strict = kwarg(node, "strict") if isinstance(node, ast.Call) else None
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load_state_dict"
+        and bool(node.args)
+        and node.args[0] is argument
+        and (strict is None or (isinstance(strict, ast.Constant) and strict.value is True))
+    )
 
 
 def _module_receiver(call: ast.Call) -> ast.expr:

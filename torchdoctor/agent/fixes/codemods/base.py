@@ -503,6 +503,19 @@ def name_is_read(
 ) -> bool:
     """Whether `name` is read under `scope`, outside the subtree(s) `skip`, on a line after
     `after` (up to `until`)."""
+    return first_read(ctx, name, scope, skip, after=after, until=until) is not None
+
+
+def first_read(
+    ctx: SourceContext,
+    name: str,
+    scope: cst.CSTNode,
+    skip: cst.CSTNode | Sequence[cst.CSTNode],
+    *,
+    after: int = 0,
+    until: int | None = None,
+) -> cst.Name | None:
+    """The first read `name_is_read` finds, to show where it is."""
     skipped = {
         id(n) for s in ([skip] if isinstance(skip, cst.CSTNode) else skip) for n in descendants(s)
     }
@@ -515,8 +528,8 @@ def name_is_read(
             isinstance(parent, cst.Attribute) and parent.attr is node
         ):
             continue
-        return True
-    return False
+        return node
+    return None
 
 
 def descendants(node: cst.CSTNode) -> list[cst.CSTNode]:

@@ -47,6 +47,13 @@ class DataLoaderSyncFix(Codemod):
                 len(loader.args) > 5 and loader.args[5].keyword is None
             ):
                 continue
+            local = _local_callable(ctx, loader)
+            if local is not None:
+                return ctx.decline(
+                    f"the loader's {local}: workers started by spawn or forkserver (macOS, "
+                    "Windows, Linux from Python 3.14) cannot pickle it; move it to module "
+                    "level first"
+                )
             workers = keyword(loader, "num_workers")
             if workers is not None and not (
                 isinstance(workers.value, cst.Integer) and int(workers.value.value) == 0
@@ -66,6 +73,31 @@ class DataLoaderSyncFix(Codemod):
             ctx.replace(loader, edit_call)
             return True
         return False
+
+
+_PICKLED_CALLABLES = ("collate_fn", "worker_init_fn")
+
+
+def _local_callable(ctx: SourceContext, loader: cst.Call) -> str | None:
+    """What is local about the loader's `collate_fn` or `worker_init_fn`, if anything: a
+    function defined in the loader's own function (a closure: lit-llama's finetuning
+    `get_dataloader`) or a lambda. A worker process started by spawn or forkserver receives
+    them pickled, and a local object does not pickle."""
+    function = next((a for a in ctx.ancestors(loader) if isinstance(a, cst.FunctionDef)), None)
+    local = (
+        {d.name.value for d in ctx.find(cst.FunctionDef, inside=function.body)}
+        if function is not None
+        else set()
+    )
+    for name in _PICKLED_CALLABLES:
+        arg = keyword(loader, name)
+        if arg is None:
+            continue
+        if isinstance(arg.value, cst.Lambda):
+            return f"`{name}` is a lambda"
+        if function is not None and isinstance(arg.value, cst.Name) and arg.value.value in local:
+            return f"`{name}` is `{arg.value.value}`, defined inside `{function.name.value}`"
+    return None
 
 
 def _unguarded_top_level(ctx: SourceContext, loader: cst.Call) -> bool:

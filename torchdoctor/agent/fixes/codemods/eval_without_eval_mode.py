@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, descendants, scope_of
+from torchdoctor.agent.fixes.codemods.base import (
+    Codemod,
+    SourceContext,
+    descendants,
+    dotted_name,
+    scope_of,
+)
 from torchdoctor.agent.fixes.codemods.common import is_no_grad, model_called_in
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 
@@ -36,6 +42,12 @@ class EvalWithoutEvalModeFix(Codemod):
             return ctx.decline(
                 f"`{model}.eval()` is already called in this function, on a path that may "
                 "not reach the evaluation: move it so that every path does"
+            )
+        unbound = _unbinds(block, model)
+        if unbound is not None:
+            return ctx.decline(
+                f"the block {unbound} `{model}`: its mode cannot be restored after it (a "
+                f"NameError, or another model); call `{model}.eval()` before it by hand"
             )
         flag = _free_name(ctx, "was_training")
         ctx.insert_before(block, f"{flag} = {model}.training\n{model}.eval()\n")
@@ -82,6 +94,32 @@ def _evaluation_block(ctx: SourceContext, target: FixTarget) -> cst.CSTNode | No
     else:
         return None
     return next((s for s in body if any(a is s for a in ctx.ancestors(calls[0]))), None)
+
+
+def _unbinds(block: cst.CSTNode, model: str) -> str | None:
+    """ "deletes" or "rebinds" when the block has `del model` or assigns `model` (a checkpoint
+    converter's `out = model(x); del model` before loading the reference model)."""
+    for node in descendants(block):
+        if isinstance(node, cst.Del) and model in _names_of(node.target):
+            return "deletes"
+        targets: list[cst.BaseExpression] = []
+        if isinstance(node, cst.Assign):
+            targets = [t.target for t in node.targets]
+        elif isinstance(node, cst.AugAssign | cst.AnnAssign | cst.For):
+            targets = [node.target]
+        elif isinstance(node, cst.WithItem) and node.asname is not None:
+            targets = [node.asname.name]
+        if any(model in _names_of(t) for t in targets):
+            return "rebinds"
+    return None
+
+
+def _names_of(target: cst.BaseExpression) -> set[str]:
+    """The dotted names a `del` or an assignment target spells (`a, self.m`: both)."""
+    if isinstance(target, cst.Tuple | cst.List):
+        return {n for e in target.elements for n in _names_of(e.value)}
+    name = dotted_name(target)
+    return {name} if name is not None else set()
 
 
 def _backpropagates(node: cst.CSTNode) -> bool:

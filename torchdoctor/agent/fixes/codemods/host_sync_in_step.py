@@ -149,6 +149,14 @@ class HostSyncInStepFix(Codemod):
             if taker.split(".")[-1] in {*_LOGGERS, "append"}:
                 continue
             if any(method_call(arg.value, "item") for arg in call.args):
+                method = _own_method(ctx, call)
+                if method is not None:
+                    return (
+                        f"the number goes into `{_one_line(ctx, call.func)}(...)` "
+                        f"(`{method}`, in this file), which keeps it in the object's fields "
+                        "for every later reader of them: keep a tensor there (detached, read "
+                        "once per epoch) only where all of them accept one"
+                    )
                 return (
                     f"the number goes into `{_one_line(ctx, call.func)}(...)`, whose use of it is "
                     "not visible here: keep a tensor there (and read it once per epoch) only "
@@ -159,6 +167,30 @@ class HostSyncInStepFix(Codemod):
             if _shown_number(assign) is not None and not _keep_shown_on_device(shown, assign):
                 return shown.refusal or _host_use(ctx, span)
         return _host_use(ctx, span)
+
+
+def _own_method(ctx: SourceContext, call: cst.Call) -> str | None:
+    """`AverageMeter.update` for `meter.update(...)` when `meter` is built in the same
+    function (or module) from a class this file defines with that method."""
+    if not isinstance(call.func, cst.Attribute) or not isinstance(call.func.value, cst.Name):
+        return None
+    receiver, method = call.func.value.value, call.func.attr.value
+    scope = next((a for a in ctx.ancestors(call) if isinstance(a, cst.FunctionDef)), ctx.module)
+    built = {
+        name
+        for assign in ctx.find(cst.Assign, inside=scope)
+        if isinstance(assign.value, cst.Call)
+        and (name := dotted_name(assign.value.func)) is not None
+        and any(dotted_name(t.target) == receiver for t in assign.targets)
+    }
+    for cls in ctx.module.body:
+        if (
+            isinstance(cls, cst.ClassDef)
+            and cls.name.value in built
+            and ctx.find(cst.FunctionDef, inside=cls, where=lambda f: f.name.value == method)
+        ):
+            return f"{cls.name.value}.{method}"
+    return None
 
 
 def _shown_number(assign: cst.Assign) -> str | None:
@@ -609,7 +641,23 @@ def _read_every_step(
         for node in ctx.find(cst.If, inside=loop.body)
         if _periodic(node) and enclosing_loop(ctx, node) is loop
     ]
-    return name_is_read(ctx, name, loop.body, skip=[at, *periodic, *_appended_to(ctx, name, loop)])
+    others = [*_appended_to(ctx, name, loop), *_accumulated_into(ctx, name, loop)]
+    return name_is_read(ctx, name, loop.body, skip=[at, *periodic, *others])
+
+
+def _accumulated_into(
+    ctx: SourceContext, name: str, loop: cst.For | cst.While
+) -> list[cst.AugAssign]:
+    """The loop's other `name += x.item()`: a second term of the same total (DomainBed's
+    MLDG adds both of its losses to `objective`) adds to it without reading it."""
+    return [
+        aug
+        for aug in ctx.find(cst.AugAssign, inside=loop.body)
+        if isinstance(aug.target, cst.Name)
+        and aug.target.value == name
+        and isinstance(aug.operator, cst.AddAssign)
+        and _weighted_item(aug.value) is not None
+    ]
 
 
 def _appended_to(ctx: SourceContext, name: str, loop: cst.For | cst.While) -> list[cst.CSTNode]:

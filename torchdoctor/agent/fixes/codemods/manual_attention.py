@@ -53,6 +53,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     SourceContext,
     descendants,
     dotted_name,
+    first_read,
     method_call,
     name_is_read,
     scope_of,
@@ -553,10 +554,12 @@ def _refuse_scores_kept(
             continue
         until = ctx.end_line(out_stmt) if name == rebound else None
         skip = [*removed, *kept, out_expr]
-        if name_is_read(ctx, name, scope, skip, after=ctx.line(stmt), until=until):
+        read = first_read(ctx, name, scope, skip, after=ctx.line(stmt), until=until)
+        if read is not None:
+            line = ctx.source.splitlines()[ctx.line(read) - 1].strip()
             raise AttentionRefused(
-                f"`{name}` is read after the attention (returned or logged?): the fused "
-                "call never builds it"
+                f"`{name}` is read again after the attention (line {ctx.line(read)}: "
+                f"`{line}`): the fused call never builds it"
             )
 
 
@@ -1172,7 +1175,7 @@ def _fill(
         return _Mask(causal=True, statements=[stmt], bindings=bindings)
     if not infinite:
         raise AttentionRefused(
-            f"a padding mask filled with `{code(fill)}` gives a fully masked row uniform "
+            f"a mask (not causal) filled with `{code(fill)}` gives a fully masked row uniform "
             "weights where the fused kernel gives NaN: not the same result"
         )
     condition = strip(condition)
@@ -1440,7 +1443,17 @@ def _value_product(
             continue
         if isinstance(stmt, cst.BaseCompoundStatement):
             if _reads(stmt, weights):
-                raise AttentionRefused(f"`{weights}` goes through a conditional before `@ v`")
+                lines = ctx.source.splitlines()
+                inner = next(
+                    n
+                    for n in descendants(stmt)
+                    if isinstance(n, cst.SimpleStatementLine) and _reads(n, weights)
+                )
+                raise AttentionRefused(
+                    f"`{weights}` is read under `{lines[ctx.line(stmt) - 1].strip()}` before "
+                    f"`@ v` (`{lines[ctx.line(inner) - 1].strip()}`), which the fused call "
+                    "cannot do: it never builds the weights"
+                )
             return None
         for node in descendants(stmt):
             if not isinstance(node, cst.BaseExpression):

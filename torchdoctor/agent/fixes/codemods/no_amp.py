@@ -30,6 +30,8 @@ _TENSOR_METHODS = frozenset(
 )
 """Calls that are no forward pass: a span made only of these (`loss = a.mean() + b.mean()`
 after a forward written in an `if`) has nothing for autocast to speed up."""
+_REDUCTIONS = frozenset({"sum", "mean", "mul", "div", "float"})
+"""What a step applies to its loss in the backward's own chain (`loss.sum().mul(k).backward()`)."""
 
 
 class NoAmpFix(Codemod):
@@ -326,9 +328,17 @@ def _backward_receiver_line(stmt: cst.CSTNode) -> str | None:
     if len(call.args) == 1 and call.args[0].keyword is None:
         return dotted_name(call.args[0].value)  # engine.backward(loss)
     receiver = call.func.value
-    while isinstance(receiver, cst.BinaryOperation):  # (loss / accumulate).backward()
-        receiver = receiver.left
-    return dotted_name(receiver)
+    while True:
+        if isinstance(receiver, cst.BinaryOperation):  # (loss / accumulate).backward()
+            receiver = receiver.left
+        elif (
+            isinstance(receiver, cst.Call)
+            and isinstance(receiver.func, cst.Attribute)
+            and receiver.func.attr.value in _REDUCTIONS
+        ):  # loss.sum().mul(loss_scaling).backward()
+            receiver = receiver.func.value
+        else:
+            return dotted_name(receiver)
 
 
 def _binds(stmt: cst.BaseStatement, name: str) -> bool:

@@ -143,12 +143,54 @@ def _plan(ctx: SourceContext, target: FixTarget) -> tuple[cst.For | cst.While, l
             "the loop calls no model this fix can name (none, or several handed to a "
             "helper): compile each model where it is built"
         )
+    for model in models:
+        builder = _rebuilt_by(ctx, loop, model)
+        if builder is not None:
+            function, method = builder
+            return (
+                f"`{model}` is built anew by `self.{method}(...)` every time `{function}` runs: "
+                "compiled here, each new module would compile again on every call; keep one "
+                "clone (copy the weights into it) and compile that once"
+            )
     if len(models) > 1 and any(is_wrapped(ctx, m) for m in models):
         return (
             "the loop trains several models, some wrapped (DDP, DataParallel): compile each "
             "where it is built, before wrapping"
         )
     return loop, models
+
+
+def _rebuilt_by(
+    ctx: SourceContext, loop: cst.For | cst.While, model: str
+) -> tuple[str, str] | None:
+    """(the loop's method, the method it calls before the loop that assigns `model`) when a
+    method of the class rebuilds `self.<model>` on each call of the loop's own method
+    (DomainBed's Fish: `update` calls `self.create_clone(...)`, which builds
+    `self.network_inner` anew, then trains it over the step's minibatches)."""
+    if not model.startswith("self."):
+        return None
+    function = next((a for a in ctx.ancestors(loop) if isinstance(a, cst.FunctionDef)), None)
+    block = ctx.parent(function) if function is not None else None
+    owner = ctx.parent(block) if block is not None else None
+    if function is None or not isinstance(owner, cst.ClassDef):
+        return None
+    builders = {
+        method.name.value
+        for method in ctx.find(cst.FunctionDef, inside=owner.body)
+        if method.name.value != "__init__"
+        and any(
+            dotted_name(t.target) == model
+            for assign in ctx.find(cst.Assign, inside=method)
+            for t in assign.targets
+        )
+    }
+    for call in ctx.find(cst.Call, inside=function.body):
+        if ctx.line(call) >= ctx.line(loop):
+            break
+        name = dotted_name(call.func)
+        if name is not None and name.startswith("self.") and name[5:] in builders:
+            return function.name.value, name[5:]
+    return None
 
 
 def _trained_models(ctx: SourceContext, loop: cst.For | cst.While, target: FixTarget) -> list[str]:

@@ -100,6 +100,18 @@ class PerSampleInferenceFix(Codemod):
                 return f"`{ctx.code(call)}` is not the whole value of an assignment"
             if any(isinstance(a, cst.FunctionDef | cst.Lambda) for a in _between(ctx, call, loop)):
                 return f"`{ctx.code(call)}` runs in a function defined in the loop"
+            if any(isinstance(t.target, cst.Tuple | cst.List) for t in parent.targets):
+                fed_back = _fed_back(ctx, parent, call)
+                if fed_back is not None:
+                    return (
+                        f"`{fed_back}`, an output of `{ctx.code(call.func)}(...)`, goes back "
+                        "into it on the next step (a KV cache grows every step, and a CUDA "
+                        "graph replays one shape)"
+                    )
+                return (
+                    f"`{ctx.code(parent.targets[0].target)} = ...` unpacks several outputs: "
+                    "`.clone()` is a tensor's; clone each output by hand"
+                )
             output = dotted_name(parent.targets[0].target) if len(parent.targets) == 1 else None
             if output is not None and _read_as_structure(ctx, loop, output):
                 return (
@@ -163,6 +175,14 @@ def _read_as_structure(ctx: SourceContext, loop: cst.For, name: str) -> bool:
         and not isinstance(ctx.parent(a), cst.Call)
         for a in ctx.find(cst.Attribute, inside=loop.body)
     )
+
+
+def _fed_back(ctx: SourceContext, assign: cst.Assign, call: cst.Call) -> str | None:
+    """A name the assignment binds from the model's output that the same call also takes
+    (`logits, kv_cache = model(x, past_kv=kv_cache)`): the output is the next step's input."""
+    bound = {n.value for t in assign.targets for n in ctx.find(cst.Name, inside=t.target)}
+    taken = (n.value for arg in call.args for n in ctx.find(cst.Name, inside=arg.value))
+    return next((name for name in taken if name in bound), None)
 
 
 def _between(ctx: SourceContext, node: cst.CSTNode, stop: cst.CSTNode) -> list[cst.CSTNode]:
