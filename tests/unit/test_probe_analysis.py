@@ -348,3 +348,38 @@ def test_harness_calls_of_a_cheap_audit_ask_for_no_re_runs_and_no_export() -> No
     assert (full.determinism_steps, full.export, full.int8) == (3, True, True)
     cheap = harness_call(RunRequest(probes="cheap"), "train.py", [])
     assert (cheap.determinism_steps, cheap.export, cheap.int8) == (0, False, True)
+
+
+WORD_LM_LOSSES = [11.6, 11.4, 21.9, 11.9, 10.5, 25.5, 12.4, 12.3, 8.9, 7.9, 33.4, 12.1, 47.2, 8.2]
+WORD_LM_LOSSES += [8.4, 21.0, 12.0, 15.2, 8.6, 8.8]
+"""pytorch/examples' word language model's Transformer at its default learning rate of 20:
+its 20 probed steps on an H100 (read off the report's loss chart), swinging from 8 to 47."""
+
+
+def test_a_loss_that_swings_far_above_its_recent_median_is_reported_as_spikes() -> None:
+    steps = list(range(len(WORD_LM_LOSSES)))
+    analysis = probe_findings(
+        document(steps_completed=len(steps), loss={"steps": steps, "values": WORD_LM_LOSSES}),
+        "src/train.py",
+    )
+    [spike] = [f for f in analysis.findings if f.rule == "probe-loss-spikes"]
+    assert "jumps to 47.2 at step 12, 3.9x the median" in spike.message
+    assert "such jump(s) in 20 steps" in spike.message
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [2.3 - 0.1 * i for i in range(14)],  # learning
+        [1.0, 1.4, 0.8, 1.3, 0.7, 1.5, 0.9, 1.2, 0.6, 1.6, 0.8, 1.1, 0.7, 1.4],  # minibatch noise
+        [-1.0, -2.0, -3.0, -1.0, -2.0, -9.0, -1.0, -2.0, -3.0, -1.0, -20.0, -1.0],  # no scale
+        [5.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05],  # fast start
+    ],
+)
+def test_ordinary_loss_curves_have_no_spikes(values: list[float]) -> None:
+    steps = list(range(len(values)))
+    analysis = probe_findings(
+        document(steps_completed=len(steps), loss={"steps": steps, "values": values}),
+        "src/train.py",
+    )
+    assert "probe-loss-spikes" not in {f.rule for f in analysis.findings}

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checklist import ITEMS_BY_ID
 from torchdoctor.agent.evidence.distributed import check_distributed
+from torchdoctor.agent.evidence.loss_spikes import describe, loss_spikes
 from torchdoctor.agent.evidence.probe_schema import (
     BoundaryValues,
     DataFlow,
@@ -350,6 +351,26 @@ def _gradients(b: _Builder) -> None:
             ["3.3"],
             code="vanishing",
         )
+
+
+def _loss_spikes(b: _Builder) -> None:
+    if b.doc.mode != "train":
+        return
+    spikes = loss_spikes(b.doc.loss.values)
+    if not spikes:
+        return
+    b.find(
+        "probe-loss-spikes",
+        3,
+        Severity.MEDIUM,
+        "The training loss spikes",
+        f"Over the run {describe(spikes, len(b.doc.loss.values))}. The step is too large for "
+        "the model (a learning rate too high, no warm-up, gradients neither clipped nor "
+        "scaled) or some batches are corrupt: a run this unstable learns little, and no fix "
+        "that changes the arithmetic can be compared with it step by step.",
+        ["3.3"],
+        code="loss-spikes",
+    )
 
 
 def _activations(b: _Builder) -> None:
@@ -872,6 +893,7 @@ _CHECKS = (
     _outcome,
     _nonfinite,
     _gradients,
+    _loss_spikes,
     _activations,
     _memory,
     _vram,

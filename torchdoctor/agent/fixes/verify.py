@@ -25,6 +25,7 @@ from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.evidence.loss_spikes import describe, loss_spikes
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import (
     PatchError,
@@ -485,6 +486,12 @@ class Verifier:
             if not same:
                 same, text = trajectories_agree(
                     before.losses, after.losses, spec.rtol, self.original_again().losses
+                )
+            if not same and (spikes := loss_spikes(before.losses)):
+                text += (
+                    f"; the original's own loss is unstable ({describe(spikes, len(before.losses))}"
+                    "): a run whose arithmetic differs parts from it at the first spike, so the "
+                    "fix cannot be judged until that is fixed (probe-loss-spikes)"
                 )
             ok &= same
             details.append(f"loss trajectory: {text}")
