@@ -307,16 +307,21 @@ def test_inference_script_stops_after_n_forwards(tmp_path: Path) -> None:
     assert doc.mode_issues == []
 
 
-def test_a_loop_that_updates_its_parameters_by_hand_is_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["updated_by_hand.py", "updated_by_hand_compiled.py"])
+def test_a_loop_that_updates_its_parameters_by_hand_is_training(
+    tmp_path: Path, script: str
+) -> None:
     """pytorch/examples' word language model steps with `p.data.add_(p.grad, alpha=-lr)`: its
     run was read as inference (forward passes), and a fix's run to the end stopped as "no
-    optimizer was built". Each backward after the first update is a training step."""
-    doc, _ = run_probes(tmp_path, "updated_by_hand.py", "--steps", "5")
+    optimizer was built". Each backward after the first update is a training step, compiled
+    model or not (its compile fix's run on an H100 was 20 forward passes whose losses were
+    compared with the original's steps)."""
+    doc, _ = run_probes(tmp_path, script, "--steps", "5")
     assert (doc.outcome.kind, doc.mode, doc.steps_completed) == ("completed-steps", "train", 5)
     assert doc.updated_by_hand and doc.outcome.detail == "stopped after 5 training steps"
     assert len(doc.loss.values) == 5 and len(doc.gradients.global_norm) == 5
     assert doc.gradients.optimizers == 0 and doc.gradients.never_received_grad == []
-    summary = probe_findings(doc, "src/updated_by_hand.py").summary
+    summary = probe_findings(doc, f"src/{script}").summary
     assert "5 training steps (no optimizer: one a backward pass)" in summary
 
 

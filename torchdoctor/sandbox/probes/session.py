@@ -91,6 +91,25 @@ os.register_at_fork(after_in_child=_release_in_forked_child)
 
 HAND_UPDATE_CHECKS = 4
 """Backwards looked at for parameters updated by hand before the run is taken for inference."""
+GRAPH_NODES_MAX = 200_000
+"""Autograd nodes walked to find a loss's parameters (a 1,000-layer graph holds far fewer)."""
+
+
+def graph_parameters(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The parameters a backward from `tensor` accumulates into: its graph's leaves."""
+    found: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    stack = [tensor.grad_fn]
+    while stack and len(seen) < GRAPH_NODES_MAX:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.nn.Parameter):
+            found[id(variable)] = variable
+        stack.extend(child for child, _ in node.next_functions)
+    return list(found.values())
 
 
 class Session:
@@ -232,21 +251,31 @@ class Session:
             try:
                 self.loss.on_backward(tensor)
                 self.mode.on_backward()
+                reached = self._reached_if_looking(tensor)
             except Exception:
                 self._error()
+                reached = []
             result = original(tensor, *args, **kwargs)
             if not self.optimizer_built:
-                self._backward_without_optimizer()
+                self._backward_without_optimizer(reached)
             return result
 
         return backward
 
-    def _backward_without_optimizer(self) -> None:
+    def _reached_if_looking(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """The parameters this backward will reach, while updates by hand are looked for
+        (read before the backward frees the graph)."""
+        looking = not (self.optimizer_built or self.manual_training)
+        return (
+            graph_parameters(tensor) if looking and self._hand_checks < HAND_UPDATE_CHECKS else []
+        )
+
+    def _backward_without_optimizer(self, reached: list[torch.Tensor]) -> None:
         """Each backward after training has started by hand ends a step, its gradients read
         as an optimizer's would be."""
         try:
             if not self.manual_training:
-                self._look_for_hand_updates()
+                self._look_for_hand_updates(reached)
                 return
             self.grads.before_step(self.step, self._hand_updated, norms=self.watching)
             self._end_step()
@@ -255,19 +284,14 @@ class Session:
         except Exception:
             self._error()
 
-    def _look_for_hand_updates(self) -> None:
-        """Training by hand starts at a backward that finds the parameters with gradients
-        changed since the backward before it (`p.data.add_(p.grad, alpha=-lr)` in between);
-        a backward that never moves them (a saliency map, an adversarial input) is no step.
-        Their norms are compared, one host read a backward, the first few backwards only."""
-        if self._hand_checks >= HAND_UPDATE_CHECKS:
-            return
-        params: list[torch.Tensor] = [
-            p
-            for root in self.roots.values()
-            for p in root.parameters()
-            if p.requires_grad and p.grad is not None
-        ]
+    def _look_for_hand_updates(self, reached: list[torch.Tensor]) -> None:
+        """Training by hand starts at a backward that finds the parameters it reached changed
+        since the backward before it (`p.data.add_(p.grad, alpha=-lr)` in between); a
+        backward that never moves them (a saliency map, an adversarial input) is no step.
+        Their norms are compared, one host read a backward, the first few backwards only. The
+        parameters come from the loss's graph, not the hooked models: a compiled model's
+        forward runs no hook."""
+        params = [p for p in reached if p.grad is not None]
         if not params:
             return
         self._hand_checks += 1
