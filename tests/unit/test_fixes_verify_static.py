@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,27 @@ def test_the_progress_line_of_a_verified_performance_fix_carries_its_measured_ga
         Verification(step="speed-up", ok=False, detail="noise"),
     ]
     assert verdict_line(failed) == "not verified at speed-up: noise"
+
+
+def test_a_fix_no_planned_run_reaches_says_so_rather_than_asking_for_a_run(
+    workspace: Path,
+) -> None:
+    """Shape from a folder of tutorial scripts audited with `--run` of one of them: a fix to
+    another script has no run that executes it, and its smoke-run step said 'pass --run' to a
+    user who had passed one."""
+    from torchdoctor.agent.checks.base import EngineConfig
+    from torchdoctor.agent.fixes.codemods.base import healthy_run
+    from torchdoctor.agent.fixes.verify import NOT_REACHED, Claim, FixSpec
+    from torchdoctor.agent.fixing import FixBench
+
+    reach = Verification(step="run-reaches", ok=False, detail="no planned run imports train.py")
+    bench = FixBench(workspace, None, None, 20, EngineConfig(), ["train.py"], reach=reach)
+    fixed = SOURCE.replace("    loss = ", "    optimizer.zero_grad()\n    loss = ")
+    spec = FixSpec(kind=FixKind.CORRECTNESS, rtol=None, symptom=healthy_run)
+    claim = Claim(frozenset({"zero-grad-missing"}), Severity.HIGH)
+
+    checks = bench.verifier(workspace, None).verify(llm_patch(fixed), claim, spec)
+
+    assert (checks[-1].step, checks[-1].ok, checks[-1].detail) == ("smoke-run", False, NOT_REACHED)
+    unplanned = replace(bench, reach=None).verifier(workspace, None)
+    assert unplanned.verify(llm_patch(fixed), claim, spec)[-1].detail == NO_RUN

@@ -55,6 +55,7 @@ def test_exclude_globs_leave_manifests_out() -> None:
         ("pyproject.toml", True),
         ("env/environment-cuda.yml", True),
         ("uv.lock", True),
+        ("setup.py", True),
         ("poetry.lock", True),
         ("pylock.toml", True),
         ("notes.txt", False),
@@ -131,3 +132,28 @@ def test_poetry_lock_and_pylock_formats() -> None:
     assert [(p.name, p.specifier, p.line) for p in parse_manifest("pylock.toml", pylock)] == [
         ("torch", "==2.7.0", 3)
     ]
+
+
+def test_setup_py_literal_install_requires_and_extras() -> None:
+    # the shape of an educational transformer package (pbloem/former, held out): its only
+    # manifest besides a conda file is a setup.py listing its imports
+    text = (
+        "from setuptools import setup\n"
+        "\n"
+        "setup(name='former',\n"
+        "      packages=['former'],\n"
+        "      install_requires=[\n"
+        "            'torch>=2.6',\n"
+        "            'tensorboard'\n"
+        "      ],\n"
+        "      extras_require={'plots': ['matplotlib']},\n"
+        "      zip_safe=False)\n"
+    )
+    pins = {p.name: p for p in parse_manifest("setup.py", text)}
+    assert sorted(pins) == ["matplotlib", "tensorboard", "torch"]
+    assert (pins["torch"].line, pins["torch"].specifier) == (6, ">=2.6")
+    assert pins["tensorboard"].section == "install_requires"
+    assert pins["matplotlib"].section == "optional:plots"
+    # computed at build time, or not Python at all: nothing read, never an error
+    assert parse_manifest("setup.py", "setup(install_requires=read('req.txt'))\n") == []
+    assert parse_manifest("setup.py", "setup(\n") == []

@@ -383,3 +383,15 @@ def test_ordinary_loss_curves_have_no_spikes(values: list[float]) -> None:
         "src/train.py",
     )
     assert "probe-loss-spikes" not in {f.rule for f in analysis.findings}
+
+
+def test_a_failed_export_names_its_error_type_once() -> None:
+    # the harness writes `format_exception_only`'s text, which starts with the type (a
+    # seq2seq tutorial whose forward reads `.data.numpy()`); an error text without it gets it
+    text = "RuntimeError: .numpy() is not supported for tensor subclasses.\n"
+    for error, shown in ((text, text.strip()), ("no graph\n", "RuntimeError: no graph")):
+        doc = document(
+            export={"torch_export": {"ok": False, "error_type": "RuntimeError", "error": error}}
+        )
+        (finding,) = [f for f in probe_findings(doc, "train.py").findings]
+        assert finding.message == f"torch.export.export failed on the captured input: {shown}"

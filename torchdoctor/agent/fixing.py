@@ -30,7 +30,7 @@ from torchdoctor.agent.fixes.diffs import (
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
-from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.verify import NO_RUN, NOT_REACHED, Claim, FixSpec, Verifier
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.harness import Harness
 from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
@@ -165,6 +165,7 @@ class FixBench:
             baseline=baseline,
             copy_texts=working_copy,
             known_runs=self.known_runs,
+            no_run=NOT_REACHED if self.reach is not None and not self.reach.ok else NO_RUN,
         )
 
 

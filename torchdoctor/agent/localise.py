@@ -67,6 +67,12 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     (r"still fires: (.+)", r"se déclenche encore : \1"),
     (r"no smoke run: pass --run", "pas d'exécution de contrôle : passez --run"),
     (
+        r"no smoke run: no planned run executes the changed file; pass a --run whose script "
+        r"imports it",
+        "pas d'exécution de contrôle : aucune exécution prévue n'exécute le fichier modifié ; "
+        "passez un --run dont le script l'importe",
+    ),
+    (
         r"unverified: the run did not execute the change(.*)",
         r"non vérifié : l'exécution n'a pas exécuté la modification\1",
     ),

@@ -26,6 +26,12 @@ from torchdoctor.agent.evidence.probe_schema import (
 )
 from torchdoctor.agent.evidence.probe_schema import Outcome as RunOutcome
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
+from torchdoctor.agent.evidence.run_gaps import (
+    MissingDependency,
+    OutsidePath,
+    missing_dependency,
+    outside_path,
+)
 from torchdoctor.agent.launch import parse_launch
 from torchdoctor.agent.models import Evidence
 from torchdoctor.agent.reasoning.inquiry import ProbeOutcome
@@ -208,6 +214,7 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         read_source=workspace.text_of,
         other_ranks=done.ranks,
         cheap=request.probes == "cheap",
+        gap=run_gap(done.document.outcome, workspace),
     )
     analysis.notes.extend(done.notes)
     finished = summary(
@@ -223,6 +230,16 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
         curves=analysis.curves,
     )
     return finished, analysis.by_point()
+
+
+def run_gap(outcome: RunOutcome, workspace: Workspace) -> MissingDependency | OutsidePath | None:
+    """What the audit's environment lacked if the run stopped on it (`evidence.run_gaps`)."""
+    if outcome.kind != "script-error":
+        return None
+    paths = [f.path for f in workspace.files]
+    return missing_dependency(
+        outcome.error_type, outcome.detail, paths, workspace.manifests
+    ) or outside_path(outcome.error_type, outcome.detail, workspace.root)
 
 
 def _error_line(outcome: RunOutcome) -> str:

@@ -43,7 +43,13 @@ SKIPPED_DIRS = frozenset(
     }
 )
 _ALWAYS_NOTED = ("folder", "name", "loop")
-MANIFEST_NAMES = ("pyproject.toml", "setup.cfg", "environment.yml", "environment.yaml")
+MANIFEST_NAMES = (
+    "pyproject.toml",
+    "setup.cfg",
+    "setup.py",
+    "environment.yml",
+    "environment.yaml",
+)
 DOCUMENT_NAMES = (
     "README.md",
     "README.rst",

@@ -3,7 +3,8 @@
 Supply-chain checks (vulnerable pins, unpinned dependencies, pip-audit) need to know which
 packages a project asks for and where it says so. This module reads requirements*.txt,
 pyproject.toml (`[project]` dependencies, optional dependencies, dependency groups), setup.cfg
-(`install_requires`, `extras_require`), conda environment files and lock files (uv.lock,
+and setup.py (`install_requires`, `extras_require`; in setup.py only what is written as
+literals in the `setup()` call), conda environment files and lock files (uv.lock,
 poetry.lock, pylock.toml), and returns one `Pin` per declared requirement. A line it cannot
 read is skipped, never fatal: manifests are hand-written. `declared_floor` reads the oldest
 release of a package the project allows, which decides whether a changed default (torch.load's
@@ -12,6 +13,7 @@ weights_only) already holds everywhere the code runs.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import fnmatch
 import os
@@ -31,6 +33,7 @@ MANIFEST_PATTERNS: tuple[str, ...] = (
     "requirements/*.txt",
     "pyproject.toml",
     "setup.cfg",
+    "setup.py",
     "environment.yml",
     "environment.yaml",
     "environment*.yml",
@@ -159,6 +162,8 @@ def parse_manifest(path: str, text: str) -> list[Pin]:
         return list(_pyproject_pins(path, text))
     if name == "setup.cfg":
         return list(_setup_cfg_pins(path, text))
+    if name == "setup.py":
+        return list(_setup_py_pins(path, text))
     if name.endswith((".lock", ".toml")):
         return list(_lock_pins(path, text))
     if name.endswith((".yml", ".yaml")):
@@ -299,6 +304,45 @@ def _setup_cfg_pins(path: str, text: str) -> Iterator[Pin]:
         for extra, value in parser.items("options.extras_require"):
             groups.append((f"optional:{extra}", re.escape(extra), _cfg_list(value)))
     yield from _located_pins(path, text, groups)
+
+
+def _setup_py_pins(path: str, text: str) -> Iterator[Pin]:
+    """`install_requires` and `extras_require` of the `setup(...)` call, where they are
+    literals (a list read from a file at build time declares nothing this can read)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return
+    lines = text.splitlines()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or _called_name(node.func) != "setup":
+            continue
+        for keyword in node.keywords:
+            if keyword.arg == "install_requires":
+                groups = [("install_requires", keyword.value)]
+            elif keyword.arg == "extras_require" and isinstance(keyword.value, ast.Dict):
+                groups = [
+                    (f"optional:{key.value}", value)
+                    for key, value in zip(keyword.value.keys, keyword.value.values, strict=True)
+                    if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                ]
+            else:
+                continue
+            for section, value in groups:
+                if not isinstance(value, ast.List | ast.Tuple):
+                    continue
+                for item in value.elts:
+                    if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                        raw = lines[item.lineno - 1] if item.lineno <= len(lines) else item.value
+                        pin = _pin(item.value, path, item.lineno, raw, section)
+                        if pin is not None:
+                            yield pin
+
+
+def _called_name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""
 
 
 def _cfg_list(value: str) -> list[str]:

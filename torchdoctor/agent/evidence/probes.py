@@ -33,6 +33,7 @@ from torchdoctor.agent.evidence.probe_schema import (
     ProbeDocument,
     RootSignature,
 )
+from torchdoctor.agent.evidence.run_gaps import MissingDependency, OutsidePath
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
@@ -132,8 +133,10 @@ class _Builder:
         read_source: Callable[[str], str | None] | None,
         other_ranks: list[ProbeDocument] | None = None,
         cheap: bool = False,
+        gap: MissingDependency | OutsidePath | None = None,
     ) -> None:
         self.doc = doc
+        self.gap = gap
         self.other_ranks = other_ranks or []
         self.cheap = cheap
         self.script = script_relpath
@@ -214,7 +217,10 @@ def _outcome(b: _Builder) -> None:
     o = b.doc.outcome
     steps = b.doc.steps_completed if b.doc.mode == "train" else b.doc.forward_passes
     when = "before its first step" if steps == 0 else f"after {steps} step(s)"
-    if o.kind == "script-error" or (o.kind == "sys-exit" and o.exit_code not in (None, 0)):
+    if o.kind == "script-error" and b.gap is not None:
+        if isinstance(b.gap, MissingDependency):
+            _missing_dependency(b, b.gap)
+    elif o.kind == "script-error" or (o.kind == "sys-exit" and o.exit_code not in (None, 0)):
         what = o.detail or (f"exit code {o.exit_code}" if o.kind == "sys-exit" else "an error")
         b.find(
             "probe-script-error",
@@ -238,6 +244,35 @@ def _outcome(b: _Builder) -> None:
             [],
             code="time-budget",
         )
+
+
+def _missing_dependency(b: _Builder, missing: MissingDependency) -> None:
+    """A run stopped by a package this environment lacks says nothing about the code unless
+    the project also fails to declare it; either way the run's note says what to install."""
+    if missing.declared:
+        return
+    o = b.doc.outcome
+    manifests = (
+        f"none of the project's {missing.manifests} dependency manifest(s) lists it"
+        if missing.manifests
+        else "the project has no dependency manifest (requirements.txt, pyproject.toml, "
+        "setup.cfg, setup.py, environment.yml) to list it"
+    )
+    b.find(
+        "probe-undeclared-dependency",
+        11,
+        Severity.MEDIUM,
+        "The script imports a package no dependency manifest declares",
+        f"The run stopped at the import of `{missing.module}` ({o.error_type}): the audit "
+        f"environment lacks it, and {manifests}, so a fresh install of the project fails "
+        "the same way. Declare it; then install it where torchdoctor runs to have the run "
+        "measured.",
+        [],
+        code=f"{o.error_type} {missing.module}",
+        file=o.file,
+        line=o.line,
+        traceback=o.traceback,
+    )
 
 
 def _progress(steps: int, forwards: int) -> str:
@@ -713,13 +748,16 @@ def _export(b: _Builder) -> None:
         b.hint("7.1", "pass", "probe:export", f"torch.export.export succeeded{onnx_note}")
         return
     error = (e.torch_export.error or "").strip().splitlines()
+    first = error[0] if error else ""
+    kind = e.torch_export.error_type
+    if kind and not first.startswith(f"{kind}:"):  # the harness's text names its type already
+        first = f"{kind}: {first}"
     b.find(
         "probe-export-failed",
         7,
         Severity.MEDIUM,
         "The model cannot be exported",
-        f"torch.export.export failed on the captured input: "
-        f"{e.torch_export.error_type}: {error[0] if error else ''}"[:400],
+        f"torch.export.export failed on the captured input: {first}"[:400],
         ["7.1"],
         code=e.torch_export.error_type or "export",
         file=file,
@@ -1034,13 +1072,16 @@ def probe_findings(
     read_source: Callable[[str], str | None] | None = None,
     other_ranks: list[ProbeDocument] | None = None,
     cheap: bool = False,
+    gap: MissingDependency | OutsidePath | None = None,
 ) -> ProbeAnalysis:
     """Evidence, findings and coverage hints from one probes run of `script_relpath`.
     `read_source(relpath)`, when given, supplies the text for numbered excerpts;
     `other_ranks`, for a run under torchrun, the documents of ranks 1.. (`doc` is rank 0's);
-    `cheap`: the audit asked for the run alone (`CHEAP_SKIPS` were not tried)."""
+    `cheap`: the audit asked for the run alone (`CHEAP_SKIPS` were not tried); `gap`: what the
+    audit's environment lacked when the run stopped on it (`evidence.run_gaps`): no failure of
+    the code then, unless the project also leaves the package undeclared."""
     document = doc if isinstance(doc, ProbeDocument) else ProbeDocument.model_validate(doc)
-    builder = _Builder(document, script_relpath, read_source, other_ranks, cheap)
+    builder = _Builder(document, script_relpath, read_source, other_ranks, cheap, gap)
     # a failed run proves only that it fails: no measurement is read from it
     for check in (_outcome,) if run_failed(document) else _CHECKS:
         check(builder)
@@ -1051,7 +1092,9 @@ def probe_findings(
         findings=builder.findings,
         coverage=builder.coverage,
         evidence=_evidence(builder, summary),
-        notes=_notes(document) + _skip_notes(cheap and not run_failed(document)),
+        notes=([gap.note()] if gap is not None else [])
+        + _notes(document)
+        + _skip_notes(cheap and not run_failed(document)),
         dataflow=document.dataflow,
         root_signatures=document.root_signatures,
         value_ranges=document.value_ranges,

@@ -107,6 +107,10 @@ class SmokeRun(_Model):
     """Whether the run's process saw a CUDA device (None: not known)."""
     error_at: tuple[str, int] | None = None
     """Where a failed run's error was raised in the user's code (file, line), when known."""
+    missing_module: str | None = None
+    """The top-level module a failed run could not import (ModuleNotFoundError), if that."""
+    missing_file: str | None = None
+    """The file a failed run could not open (FileNotFoundError), as the script named it."""
 
 
 class AppliedFile(_Model):

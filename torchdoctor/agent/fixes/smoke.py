@@ -12,6 +12,7 @@ from typing import Any
 
 from torchdoctor.agent.evidence.distributed import distributed_rules
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.run_gaps import missing_file, missing_module
 from torchdoctor.agent.fixes.models import SmokeRun
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
@@ -99,4 +100,6 @@ def smoke_run_from_evidence(
         stopped_in_loop=outcome.kind == "completed-steps",
         cuda_available=evidence.device.cuda_available,
         error_at=(outcome.file, outcome.line) if outcome.file and outcome.line and not ok else None,
+        missing_module=None if ok else missing_module(outcome.error_type, outcome.detail),
+        missing_file=None if ok else missing_file(outcome.error_type, outcome.detail),
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.evidence.loss_spikes import describe, loss_spikes
+from torchdoctor.agent.evidence.run_gaps import is_outside, project_modules
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import (
     PatchError,
@@ -52,6 +53,9 @@ from torchdoctor.sandbox.workspace import WorkspaceError
 
 MAX_ANALYSED_FILES = 2000
 NO_RUN = "no smoke run: pass --run"
+NOT_REACHED = (
+    "no smoke run: no planned run executes the changed file; pass a --run whose script imports it"
+)
 CRASH_MOVED_ON = "crash-moved-on"
 CUDA_ONLY_WITHOUT_CUDA = (
     "not timed: the change takes effect only where CUDA is available and the run had no "
@@ -127,12 +131,14 @@ class Verifier:
         baseline: SmokeRun | None = None,
         copy_texts: Mapping[str, str] | None = None,
         known_runs: Mapping[str, SmokeRun] | None = None,
+        no_run: str = NO_RUN,
     ) -> None:
         """`paths`: the audited files (relative), as the audit's workspace lists them; the
         static check reads only those (None: every Python file under `root`). `baseline`: the
         seeded run of `root` when it is already known. `copy_texts`: what `root` has written
         over the audit's files (path -> text: the working copy), and `known_runs`: the audit's
-        patched runs so far, by `run_key`, which a patched run of the same key reuses."""
+        patched runs so far, by `run_key`, which a patched run of the same key reuses;
+        `no_run`: what the smoke-run step says without a run command (why there is none)."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -146,6 +152,7 @@ class Verifier:
         self._original_findings: dict[EngineConfig, list[RawFinding]] = {}
         self.copy_texts = dict(copy_texts or {})
         self.known_runs = dict(known_runs or {})
+        self.no_run = no_run
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
         self.patched_runs: dict[str, SmokeRun] = {}
@@ -180,7 +187,7 @@ class Verifier:
         if not steps[-1].ok:
             return steps
         if self.runner is None or self.run_command is None:
-            steps.append(Verification(step="smoke-run", ok=False, detail=NO_RUN))
+            steps.append(Verification(step="smoke-run", ok=False, detail=self.no_run))
             return steps
         if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
             steps.append(self._nothing_to_compare(spec))
@@ -195,8 +202,11 @@ class Verifier:
         if self._fails_as_before(copy, touched, after):
             described = (
                 f"the fixed script fails where the original fails ({self.baseline().detail}): "
-                "a failure the fix did not cause, which keeps it from being judged until "
-                "it is fixed"
+                + (
+                    self._environment_gap()
+                    or "a failure the fix did not cause, which keeps it from being judged "
+                    "until it is fixed"
+                )
             )
         steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
         if not after.ok:
@@ -505,12 +515,34 @@ class Verifier:
         """A fix that does not target the original's failure is judged against the original's
         run; with none to judge against, the fixed version is not run at all (each such run
         could use the whole run budget, and a failing script has one per proposed fix)."""
+        then = self._environment_gap() or "fix that failure first"
         return Verification(
             step="smoke-run",
             ok=False,
             detail=f"not run: the original run failed ({self.baseline().detail}), and a "
-            f"{spec.kind.value} fix is judged against it: fix that failure first",
+            f"{spec.kind.value} fix is judged against it: {then}",
         )
+
+    def _environment_gap(self) -> str | None:
+        """What to do when the original run failed on the audit's environment, not on the
+        code (`evidence.run_gaps`): a third-party package it could not import, or a file on
+        this machine outside the tree the runs copy."""
+        before = self.baseline()
+        module = before.missing_module
+        if module is not None:
+            names = project_modules(path for path, _text in _python_files(self.root, self.paths))
+            if module not in names:
+                return (
+                    f"the audit environment lacks the package `{module}`: install it where "
+                    "torchdoctor runs and the fix can be judged"
+                )
+        named = before.missing_file
+        if named is not None and is_outside(named, self.root):
+            return (
+                f"the run cannot see `{named}`, outside the audited folder: put the data "
+                "inside it and the fix can be judged"
+            )
+        return None
 
     def _speed(self, copy: Path, after: SmokeRun, spec: FixSpec) -> Verification:
         """Interleaved timing runs until the bootstrapped interval of the gain decides, at
