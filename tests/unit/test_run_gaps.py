@@ -18,9 +18,11 @@ import pytest
 from torchdoctor.agent.checks.manifests import parse_manifests
 from torchdoctor.agent.evidence.probes import probe_findings
 from torchdoctor.agent.evidence.run_gaps import (
+    NoCuda,
     declaring_pin,
     missing_dependency,
     missing_module,
+    needs_cuda,
     outside_path,
     project_modules,
 )
@@ -39,9 +41,10 @@ TRACEBACK = (
     "    import tensorboard\n"
     "ModuleNotFoundError: No module named 'tensorboard'"
 )
-NO_TENSORBOARD = {
+NO_MODULE = "ModuleNotFoundError: No module named 'tensorboard'"
+NO_TENSORBOARD: dict[str, Any] = {
     "kind": "script-error",
-    "detail": "ModuleNotFoundError: No module named 'tensorboard'",
+    "detail": NO_MODULE,
     "error_type": "ModuleNotFoundError",
     "traceback": TRACEBACK,
     "file": "train.py",
@@ -69,10 +72,8 @@ def _document(outcome: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _analysis(manifests: dict[str, str], paths: list[str] | None = None) -> Any:
-    missing = missing_dependency(
-        "ModuleNotFoundError", NO_TENSORBOARD["detail"], paths or ["train.py"], manifests
-    )
+def _analysis(manifests: dict[str, str]) -> Any:
+    missing = missing_dependency("ModuleNotFoundError", NO_MODULE, ["train.py"], manifests)
     return probe_findings(_document(NO_TENSORBOARD), "train.py", gap=missing)
 
 
@@ -171,11 +172,11 @@ def _stopped_at_import(module: str) -> SmokeRun:
     )
 
 
-def _fix_steps(tmp_path: Path, kind: FixKind, module: str) -> list[Any]:
+def _fix_steps(tmp_path: Path, kind: FixKind, baseline: SmokeRun) -> list[Any]:
+    """The verification of a fix of SCRIPT, as a fix of `kind`, against the original's run."""
     root = tmp_path / "root"
     root.mkdir(parents=True)
     (root / "train.py").write_text(SCRIPT, encoding="utf-8")
-    baseline = _stopped_at_import(module)
     verifier = Verifier(root, object(), ["python", "train.py"], baseline=baseline)  # type: ignore[arg-type]
     fixed = SCRIPT.replace("loss.data[0]", "loss.item()")
     patch = Patch(
@@ -195,13 +196,13 @@ def test_a_fix_not_judged_says_to_install_the_package_not_to_fix_the_code(
 ) -> None:
     monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: pytest.fail("not to be run"))
 
-    smoke = _fix_steps(tmp_path, FixKind.PERFORMANCE, "tensorboard")[-1]
+    smoke = _fix_steps(tmp_path, FixKind.PERFORMANCE, _stopped_at_import("tensorboard"))[-1]
 
     assert smoke.step == "smoke-run" and not smoke.ok
     assert "the audit environment lacks the package `tensorboard`" in smoke.detail
     assert "fix that failure first" not in smoke.detail
     # the project's own module: the code's failure, fixed in the code
-    project = _fix_steps(tmp_path / "p", FixKind.PERFORMANCE, "train")[-1]
+    project = _fix_steps(tmp_path / "p", FixKind.PERFORMANCE, _stopped_at_import("train"))[-1]
     assert "fix that failure first" in project.detail
 
 
@@ -210,7 +211,7 @@ def test_a_fixed_run_stopped_at_the_same_import_says_what_to_install(
 ) -> None:
     monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: _stopped_at_import("tensorboard"))
 
-    smoke = _fix_steps(tmp_path, FixKind.CORRECTNESS, "tensorboard")[-1]
+    smoke = _fix_steps(tmp_path, FixKind.CORRECTNESS, _stopped_at_import("tensorboard"))[-1]
 
     assert smoke.step == "smoke-run" and not smoke.ok
     assert "fails where the original fails" in smoke.detail
@@ -253,23 +254,10 @@ def test_a_fix_not_judged_for_an_outside_file_says_to_put_the_data_inside(
 ) -> None:
     monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: pytest.fail("not to be run"))
     (tmp_path / "mnist.npz").write_bytes(b"x")
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
     named = str(tmp_path / "mnist.npz")
     baseline = SmokeRun(ok=False, detail="script-error: ...", missing_file=named)
-    verifier = Verifier(root, object(), ["python", "train.py"], baseline=baseline)  # type: ignore[arg-type]
-    codemod = codemod_for("scalar-loss-indexed")
-    assert codemod is not None
-    patch = Patch(
-        finding_id="TD-1",
-        rule="scalar-loss-indexed",
-        diff=unified_diff("train.py", SCRIPT, SCRIPT.replace("loss.data[0]", "loss.item()")),
-        files=["train.py"],
-    )
-    spec = replace(FixSpec.of(codemod), kind=FixKind.PERFORMANCE)
 
-    smoke = verifier.verify(patch, Claim(frozenset({"scalar-loss-indexed"}), Severity.LOW), spec)
+    smoke = _fix_steps(tmp_path, FixKind.PERFORMANCE, baseline)
 
     assert f"the run cannot see `{named}`, outside the audited folder" in smoke[-1].detail
 
@@ -284,3 +272,32 @@ def test_a_fix_runs_record_what_the_environment_lacked() -> None:
     assert smoke_run_from_evidence(ProbeDocument.model_validate(unseen)).missing_file == (
         "/data/mnist.npz"
     )
+
+
+@pytest.mark.parametrize(
+    ("detail", "gap"),
+    [
+        ("AssertionError: Torch not compiled with CUDA enabled", True),
+        ("RuntimeError: Found no NVIDIA driver on your system. Please check ...", True),
+        ("RuntimeError: No CUDA GPUs are available", True),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
+        ("RuntimeError: CUDA error: an illegal memory access was encountered", False),
+    ],
+)
+def test_a_run_without_cuda_is_the_machines_gap(detail: str, gap: bool) -> None:
+    assert needs_cuda(detail) is gap
+
+
+def test_a_script_that_needs_cuda_is_not_reported_as_failing_on_a_cpu_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detail = "AssertionError: Torch not compiled with CUDA enabled"
+    outcome = {**NO_TENSORBOARD, "detail": detail, "error_type": "AssertionError", "line": 74}
+    analysis = probe_findings(_document(outcome), "train.py", gap=NoCuda(where="train.py:74"))
+    assert analysis.findings == []
+    assert analysis.notes[0].startswith("the script needs a CUDA device (at train.py:74)")
+
+    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: pytest.fail("not to be run"))
+    baseline = SmokeRun(ok=False, detail=f"script-error: {detail} (AssertionError at train.py:2)")
+    smoke = _fix_steps(tmp_path, FixKind.PERFORMANCE, baseline)[-1]
+    assert smoke.detail.endswith("the audit's machine has no CUDA device, which the script needs")

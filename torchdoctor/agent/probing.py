@@ -28,8 +28,10 @@ from torchdoctor.agent.evidence.probe_schema import Outcome as RunOutcome
 from torchdoctor.agent.evidence.probes import RunCurves, probe_findings
 from torchdoctor.agent.evidence.run_gaps import (
     MissingDependency,
+    NoCuda,
     OutsidePath,
     missing_dependency,
+    needs_cuda,
     outside_path,
 )
 from torchdoctor.agent.launch import parse_launch
@@ -232,10 +234,14 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
     return finished, analysis.by_point()
 
 
-def run_gap(outcome: RunOutcome, workspace: Workspace) -> MissingDependency | OutsidePath | None:
+def run_gap(
+    outcome: RunOutcome, workspace: Workspace
+) -> MissingDependency | OutsidePath | NoCuda | None:
     """What the audit's environment lacked if the run stopped on it (`evidence.run_gaps`)."""
     if outcome.kind != "script-error":
         return None
+    if needs_cuda(outcome.detail):
+        return NoCuda(where=f"{outcome.file}:{outcome.line}" if outcome.file else "")
     paths = [f.path for f in workspace.files]
     return missing_dependency(
         outcome.error_type, outcome.detail, paths, workspace.manifests

@@ -33,7 +33,7 @@ from torchdoctor.agent.evidence.probe_schema import (
     ProbeDocument,
     RootSignature,
 )
-from torchdoctor.agent.evidence.run_gaps import MissingDependency, OutsidePath
+from torchdoctor.agent.evidence.run_gaps import MissingDependency, NoCuda, OutsidePath
 from torchdoctor.agent.models import Evidence, Severity, Verdict
 
 SOURCE = "torchdoctor-probes"
@@ -133,7 +133,7 @@ class _Builder:
         read_source: Callable[[str], str | None] | None,
         other_ranks: list[ProbeDocument] | None = None,
         cheap: bool = False,
-        gap: MissingDependency | OutsidePath | None = None,
+        gap: MissingDependency | OutsidePath | NoCuda | None = None,
     ) -> None:
         self.doc = doc
         self.gap = gap
@@ -1072,7 +1072,7 @@ def probe_findings(
     read_source: Callable[[str], str | None] | None = None,
     other_ranks: list[ProbeDocument] | None = None,
     cheap: bool = False,
-    gap: MissingDependency | OutsidePath | None = None,
+    gap: MissingDependency | OutsidePath | NoCuda | None = None,
 ) -> ProbeAnalysis:
     """Evidence, findings and coverage hints from one probes run of `script_relpath`.
     `read_source(relpath)`, when given, supplies the text for numbered excerpts;

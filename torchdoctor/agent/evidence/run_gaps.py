@@ -11,6 +11,8 @@ defect of the code:
 - a file outside the audited folder: the run works on a copy of the folder, so a data file the
   command names elsewhere on this machine (`--data /data/mnist.npz`) is not there, and the
   script's `FileNotFoundError` says where the audit looked, not what the code does.
+- no CUDA device: a script that calls `.cuda()` unconditionally stops at once on a machine
+  without one; the run then says where the audit ran, not whether the code works.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from torchdoctor.agent.checks.manifests import Pin, parse_manifests
 
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 _NO_FILE = re.compile(r"No such file or directory: '([^']+)'")
+_NO_CUDA = re.compile(
+    r"Torch not compiled with CUDA enabled|Found no NVIDIA driver on your system"
+    r"|No CUDA GPUs are available|CUDA driver initialization failed"
+)
 _IMPORT_ERRORS = frozenset({"ModuleNotFoundError", "ImportError"})
 DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "sklearn": ("scikit-learn",),
@@ -176,3 +182,26 @@ def is_outside(named: str, root: Path) -> bool:
     """Whether the file a script named exists on this machine outside `root`."""
     host = Path(os.path.realpath(root / named))  # an absolute name stays itself
     return host.exists() and not host.is_relative_to(os.path.realpath(root))
+
+
+class NoCuda(BaseModel):
+    """The failed run needed a CUDA device, and the machine the audit ran on has none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    where: str
+    """`file:line` of the user's code that asked for the device, or "" when not known."""
+
+    def note(self) -> str:
+        at = f" (at {self.where})" if self.where else ""
+        return (
+            f"the script needs a CUDA device{at} and the audit ran on a machine without one: "
+            "the run stopped there and measured nothing; audit on a machine with a GPU, or "
+            'give the script a CPU fallback (`"cuda" if torch.cuda.is_available() else "cpu"`)'
+        )
+
+
+def needs_cuda(detail: str) -> bool:
+    """Whether a run's error says CUDA is missing from this machine (not a CUDA error of the
+    code's own: an illegal memory access or an out-of-memory has a device to fail on)."""
+    return _NO_CUDA.search(detail) is not None

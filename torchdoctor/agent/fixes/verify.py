@@ -26,7 +26,7 @@ from pathlib import Path
 from torchdoctor.agent.checks.base import EngineConfig, RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.evidence.loss_spikes import describe, loss_spikes
-from torchdoctor.agent.evidence.run_gaps import is_outside, project_modules
+from torchdoctor.agent.evidence.run_gaps import is_outside, needs_cuda, project_modules
 from torchdoctor.agent.fixes.codemods.base import Codemod
 from torchdoctor.agent.fixes.diffs import (
     PatchError,
@@ -525,8 +525,8 @@ class Verifier:
 
     def _environment_gap(self) -> str | None:
         """What to do when the original run failed on the audit's environment, not on the
-        code (`evidence.run_gaps`): a third-party package it could not import, or a file on
-        this machine outside the tree the runs copy."""
+        code (`evidence.run_gaps`): a third-party package it could not import, a file on this
+        machine outside the tree the runs copy, or a CUDA device."""
         before = self.baseline()
         module = before.missing_module
         if module is not None:
@@ -536,6 +536,8 @@ class Verifier:
                     f"the audit environment lacks the package `{module}`: install it where "
                     "torchdoctor runs and the fix can be judged"
                 )
+        if needs_cuda(before.detail):
+            return "the audit's machine has no CUDA device, which the script needs"
         named = before.missing_file
         if named is not None and is_outside(named, self.root):
             return (
