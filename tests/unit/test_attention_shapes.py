@@ -420,3 +420,52 @@ def test_three_d_attention_with_a_mask_stays_three_d() -> None:
     source = (SHAPES / "bmm_softmax_dim2.py").read_text()
     fixed = _codemod().transform(source, _target(source))
     assert fixed is not None and "attn_mask=" in fixed and "unsqueeze(1)" not in fixed
+
+
+MAKEMORE_SHAPE = """import math
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head, block_size):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.n_head = n_head
+        self.register_buffer(
+            "bias",
+            torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size),
+        )
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+
+        # causal self-attention
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:,:,:T,:T] == 0, float('-inf'))
+        att = F.softmax(att, dim=-1)  # target
+        y = att @ v
+        return y.transpose(1, 2).contiguous().view(B, T, C)
+"""
+
+
+def test_the_fused_call_keeps_the_blank_line_that_set_the_block_apart() -> None:
+    # makemore's attention: the diff dropped the blank line between `v = ...` and the scores
+    fixed = _codemod().transform(MAKEMORE_SHAPE, _target(MAKEMORE_SHAPE))
+    assert fixed is not None
+    assert (
+        ".transpose(1, 2)\n\n        # causal self-attention\n"
+        "        y = F.scaled_dot_product_attention(" in fixed
+    )
+    # with a statement the fix keeps between them, the blank line does not move down to the call
+    between = MAKEMORE_SHAPE.replace(
+        "        y = att @ v\n", "        n = T\n        y = att @ v\n"
+    )
+    kept = _codemod().transform(between, _target(between))
+    assert kept is not None
+    assert "        n = T\n        # causal self-attention\n        y = F.scaled_dot" in kept

@@ -156,14 +156,18 @@ class ManualAttentionFix(Codemod):
             + found.reorder
         )
         product = found.product
-        comments = [c for stmt in sorted(found.statements, key=ctx.line) for c in _comments(stmt)]
+        removed = sorted(found.statements, key=ctx.line)
+        comments = [c for stmt in removed for c in _comments(stmt)]
+        gap = _blank_above(ctx, removed, found.output_statement)
 
         def rewrite(node: cst.CSTNode) -> cst.CSTNode:
             swapped = _swap(node, product, call)
-            if comments and isinstance(swapped, cst.SimpleStatementLine):
-                kept = [cst.EmptyLine(comment=cst.Comment(c)) for c in comments]
-                swapped = swapped.with_changes(leading_lines=[*swapped.leading_lines, *kept])
-            return swapped
+            if not isinstance(swapped, cst.SimpleStatementLine):
+                return swapped
+            own = list(swapped.leading_lines)
+            kept = [cst.EmptyLine(comment=cst.Comment(c)) for c in comments]
+            blank = [] if own and own[0].comment is None else gap  # it has a blank line
+            return swapped.with_changes(leading_lines=[*blank, *own, *kept])
 
         ctx.replace(found.output_statement, rewrite)
         for stmt in found.statements:
@@ -214,6 +218,22 @@ def _drop_softmax_module(ctx: SourceContext, softmax: cst.Call) -> None:
         and len(block.body) > 1
     ):
         ctx.remove(line)
+
+
+def _blank_above(
+    ctx: SourceContext, removed: list[cst.BaseStatement], output: cst.BaseStatement
+) -> list[cst.EmptyLine]:
+    """The blank line that set the removed statements apart from the code above them
+    (makemore's attention: `v = ...`, a blank line, then the scores): the fused call keeps it
+    when it takes their place, the statements and it being one run of lines in one block."""
+    block = ctx.parent(output)
+    body = list(getattr(block, "body", ()))
+    if not removed or output not in body or not isinstance(removed[0], cst.SimpleStatementLine):
+        return []
+    at = body.index(output)
+    if body[at - len(removed) : at] != removed:
+        return []
+    return [line for line in removed[0].leading_lines if line.comment is None][:1]
 
 
 def _comments(stmt: cst.BaseStatement) -> list[str]:
