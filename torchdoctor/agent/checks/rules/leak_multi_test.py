@@ -141,6 +141,8 @@ class LeakMultiTest(Rule):
                 return
 
     def _report(self, ctx: ModuleContext, node: ast.AST, metric: ast.expr, what: str) -> None:
+        if _in_validation_branch(ctx, node):
+            return
         ctx.report(
             self,
             node,
@@ -148,6 +150,46 @@ class LeakMultiTest(Rule):
             "test score is no longer an unbiased estimate",
             data={"metric": ast.unparse(metric)},
         )
+
+
+_VALIDATION = re.compile(r"^(?:is_)?(?:val|valid|validation|validate|dev)$", re.IGNORECASE)
+
+
+def _in_validation_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Whether `node` runs only in a branch taken for the validation split (`elif phase ==
+    LoopPhase.VAL:`, `if split == "val":`, `if is_val:`): one loop function serving every
+    split (a GAT trainer's `main_loop(phase)`) gets its metric from the test split in another
+    branch only, so the selection here is on validation data."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if isinstance(anc, ast.If) and child in anc.body and _names_validation(anc.test):
+            return True
+        child = anc
+    return False
+
+
+def _names_validation(test: ast.expr) -> bool:
+    """A test that holds for the validation split alone: an equality with a validation name
+    (`phase == Phase.VAL`, `"val" == split`, `mode in ("val", "valid")`), or a flag so named."""
+    if isinstance(test, ast.Name | ast.Attribute):
+        return bool(_VALIDATION.match(identifier(test).rsplit(".", 1)[-1]))
+    if not isinstance(test, ast.Compare) or len(test.ops) != 1:
+        return False
+    if not isinstance(test.ops[0], ast.Eq | ast.Is | ast.In):
+        return False
+    return any(_validation_value(side) for side in (test.left, test.comparators[0]))
+
+
+def _validation_value(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return bool(_VALIDATION.match(node.value))
+    if isinstance(node, ast.Attribute):
+        return bool(_VALIDATION.match(node.attr))
+    if isinstance(node, ast.Tuple | ast.List | ast.Set) and node.elts:
+        return all(_validation_value(e) for e in node.elts)
+    return False
 
 
 def _loop_counters(ctx: ModuleContext, node: ast.AST) -> set[str]:
