@@ -50,7 +50,9 @@ def _spec(rule: str) -> FixSpec:
     return FixSpec.of(codemod)
 
 
-@pytest.mark.parametrize("rule", ["no-amp", "unfused-optimizer", "pin-memory-off"])
+@pytest.mark.parametrize(
+    "rule", ["no-amp", "unfused-optimizer", "pin-memory-off", "no-torch-compile"]
+)
 def test_a_cuda_only_fix_is_not_timed_without_cuda(
     rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,3 +96,61 @@ def test_the_run_says_whether_it_saw_cuda() -> None:
     assert smoke_run_from_evidence(document()).cuda_available is False
     seen = document(device={"cuda_available": True, "cuda_used": True, "name": "cuda:0"})
     assert smoke_run_from_evidence(seen).cuda_available is True
+
+
+def test_a_cuda_only_fix_without_cuda_stops_after_its_smoke_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shape from makemore on a CPU box: the compile fix's `model.compile()` sits under
+    `if torch.cuda.is_available():`, never runs there, and checking that the change ran
+    started a run to the script's end (520 s of the audit) before the fix was refused."""
+    from torchdoctor.agent.fixes.diffs import unified_diff
+    from torchdoctor.agent.fixes.models import Patch
+    from torchdoctor.agent.fixes.verify import Claim
+    from torchdoctor.agent.models import Severity
+
+    script = (
+        "import torch\n"
+        "import torch.nn as nn\n"
+        "\n"
+        "\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(2, 1)\n"
+        "\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x)\n"
+        "\n"
+        "\n"
+        'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
+        "model = Net().to(device)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for step in range(3):\n"
+        "    loss = model(torch.randn(4, 2, device=device)).pow(2).mean()\n"
+        "    opt.zero_grad()\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+    )
+    fixed = script.replace(
+        "for step", "if torch.cuda.is_available():\n    model.compile()\nfor step"
+    )
+    runs: list[Any] = []
+    patched = SmokeRun(ok=True, step_times_s=FAST, cuda_available=False, executed_lines={})
+    monkeypatch.setattr(verify, "smoke_run", lambda *a, **_k: runs.append(a) or patched)
+    verifier = _verifier(tmp_path, cuda=False)
+    (tmp_path / "root" / "train.py").write_text(script, encoding="utf-8")
+    patch = Patch(
+        finding_id="TD-1",
+        rule="no-torch-compile",
+        diff=unified_diff("train.py", script, fixed),
+        files=["train.py"],
+    )
+
+    steps = verifier.verify(
+        patch, Claim(frozenset({"no-torch-compile"}), Severity.LOW), _spec("no-torch-compile")
+    )
+
+    assert [s.step for s in steps][-2:] == ["smoke-run", "speed-up"]
+    assert steps[-1].detail == CUDA_ONLY_WITHOUT_CUDA
+    assert len(runs) == 1  # the smoke run alone: no run to the end, no timing runs

@@ -211,6 +211,11 @@ class Verifier:
         steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
         if not after.ok:
             return steps
+        if spec.cuda_only and after.cuda_available is False:
+            # the verdict is known: what the change switches on never runs here, and checking
+            # that it ran could cost a run to the script's end (a compile under a CUDA guard)
+            steps.append(Verification(step="speed-up", ok=False, detail=CUDA_ONLY_WITHOUT_CUDA))
+            return steps
         executed = self._executed(copy, touched, after, spec)
         steps.append(
             executed.model_copy(update={"detail": self._on_root(copy, touched, executed.detail)})

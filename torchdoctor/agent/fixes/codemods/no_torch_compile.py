@@ -66,6 +66,7 @@ class NoTorchCompileFix(Codemod):
     summary = "model.compile() before the training loop on CUDA"
     rtol = BF16_RTOL
     extra_host_memory_mb = COMPILER_HOST_MB
+    cuda_only = True  # the compile is guarded by torch.cuda.is_available()
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         plan = _plan(ctx, target)
