@@ -608,6 +608,14 @@ def requests_on_copy(
         copy, original = working_copy[result.path], originals[result.path]
         mapped = (finding_on_original(raw, copy, original) for raw in result.findings)
         result.findings[:] = [raw for raw in mapped if raw is not None]
+    # a project rule's finding names a file too (no-model-card at the `torch.save`)
+    on_project = (
+        finding_on_original(raw, working_copy[raw.file], originals[raw.file])
+        if raw.file in working_copy and raw.file in originals
+        else raw
+        for raw in static.project_findings
+    )
+    static.project_findings[:] = [raw for raw in on_project if raw is not None]
     extra = [(e.point, e.evidence) for e in state.get("extra_evidence", [])]
     return split_by_point(workspace, static, state["config"].lang, extra_evidence=extra)
 
