@@ -108,3 +108,45 @@ def test_a_division_in_a_module_level_function_is_reported_once() -> None:
     )
     found = analyse_files([("evaluate.py", source)]).all_findings()
     assert sorted(f.line for f in found if f.rule == "mean-over-wrong-count") == [5, 9]
+
+
+def test_seeds_undone_by_the_string_hash_join_the_vocabulary_finding() -> None:
+    """Shape from a seq2seq tutorial (held out): the run proved that two seeded runs differ
+    with PYTHONHASHSEED alone, a finding the run could not place (the script's first line),
+    beside the static finding at the `list(set(...))` vocabulary it names as the cause."""
+    from torchdoctor.agent.evidence.probes import probe_findings
+
+    def determinism(cause: str | None) -> list[tuple[int, Evidence]]:
+        doc = {
+            "schema_version": 1,
+            "tool": "torchdoctor-probes",
+            "script": "train.py",
+            "outcome": {"kind": "completed-steps", "detail": "stopped after 3 steps"},
+            "mode": "train",
+            "steps_completed": 3,
+            "loss": {"steps": [0, 1, 2], "values": [1.0, 0.9, 0.8]},
+            "determinism": {
+                "ok": True,
+                "seed": 1,
+                "deterministic": False,
+                "first_divergent_step": 0,
+                "max_rel_diff": 0.01,
+                "steps_compared": 3,
+                "cause": cause,
+            },
+        }
+        pairs = probe_findings(doc, "train.py").by_point()
+        return [(p, ev) for p, ev in pairs if ev.data.get("probe") == "probe-nondeterministic"]
+
+    vocabulary = static("vocabulary-in-set-order", line=83)
+    (merged,) = attach_run_confirmations([vocabulary], determinism("hash-order"))
+    assert merged[1].data["confirms"] == "vocabulary-in-set-order"
+    # another cause (a clock-seeded generator) is not the vocabulary's: it stays a finding
+    (kept,) = attach_run_confirmations([vocabulary], determinism(None))
+    assert "finding" in kept[1].data
+    # the vocabulary in another file: joined only when it is the project's only one
+    elsewhere = [RawFinding(**{**vocabulary.model_dump(), "file": f"data{n}.py"}) for n in (1, 2)]
+    assert (
+        "confirms" in attach_run_confirmations(elsewhere[:1], determinism("hash-order"))[0][1].data
+    )
+    assert "finding" in attach_run_confirmations(elsewhere, determinism("hash-order"))[0][1].data

@@ -1,5 +1,8 @@
 """One finding per problem: a run finding on the same code as a static finding of the same
 problem becomes that finding's evidence (its status is then the static finding's status).
+A run finding the run could not place (seeded runs that differ with the string hash seed)
+joins the static finding that names its cause (`vocabulary-in-set-order`): in the run's
+script, else the project's only one.
 
 `probe-graph-retention` at `total += loss` and the static `loss-graph-accumulation` at that
 line are one problem seen twice; the report shows one finding backed by the rule and the run.
@@ -32,6 +35,9 @@ def attach_run_confirmations(
         spec = ev.data.get("finding")
         entry = known.get(str(spec.get("rule"))) if isinstance(spec, dict) else None
         target = _confirmed(ev, entry.confirms, static) if entry and entry.kind == "probe" else None
+        if target is None and entry and ev.data.get("unlocated"):
+            named = set(ev.data.get("also_confirms", ()))
+            target = _placed(ev.file, [f for f in static if f.rule in named])
         if target is None:
             out.append((point, ev))
             continue
@@ -54,3 +60,13 @@ def _confirmed(ev: Evidence, rules: tuple[str, ...], static: list[RawFinding]) -
         and f.line - LINE_SLACK <= line <= f.end_line + LINE_SLACK
     ]
     return min(candidates, key=lambda f: abs(f.line - line), default=None)
+
+
+def _placed(script: str | None, found: list[RawFinding]) -> RawFinding | None:
+    """Where a run finding the run could not place belongs, among the findings of the rules
+    its cause names (`also_confirms`): the first in the run's script, else the project's only
+    one (a vocabulary built in a module the script imports). None when that is ambiguous."""
+    in_script = sorted((f for f in found if f.file == script), key=lambda f: f.line)
+    if in_script:
+        return in_script[0]
+    return found[0] if len(found) == 1 else None

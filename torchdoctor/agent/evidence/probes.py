@@ -164,6 +164,8 @@ class _Builder:
         **data: Any,
     ) -> None:
         located = file is not None and line is not None and line > 0
+        if not located:  # placed at the script's first line: `confirm` may find its place
+            data = {**data, "unlocated": True}
         self.findings.append(
             ProbeFinding(
                 rule=rule,
@@ -683,6 +685,8 @@ def _determinism(b: _Builder) -> None:
             f"relative loss difference {d.max_rel_diff:.2e}): {why}.",
             ["5.1"],
             code="determinism",
+            # the run proves what the static rule points at: one problem, at its line
+            also_confirms=["vocabulary-in-set-order"] if d.cause == "hash-order" else [],
         )
 
 
