@@ -134,3 +134,22 @@ def test_advice_said_once_names_its_other_places_by_cell(tmp_path: Path) -> None
     assert finding.message.endswith("(file-wide, also: seq2seq.ipynb:cell 3:2)")
     (other,) = finding.data["related"]
     assert (other["cell"], other["cell_line"]) == (3, 2)
+
+
+def test_project_wide_advice_names_another_notebooks_places_by_cell(tmp_path: Path) -> None:
+    """A GAT project (held out): the project-wide `unfused-optimizer` named its place in the
+    other notebook by the line of that notebook's concatenated cells (`PPI.ipynb:833`)."""
+    from torchdoctor.agent.config import AuditConfig
+    from torchdoctor.agent.gather import run_static
+
+    build = "model = torch.nn.Linear(2, 1).cuda()\nopt = torch.optim.Adam(model.parameters())"
+    for name in ("cora", "ppi"):
+        cells = _notebook(("code", "import torch"), ("markdown", "# GAT"), ("code", build))
+        (tmp_path / f"{name}.ipynb").write_text(cells)
+    static = run_static(load_workspace(tmp_path), AuditConfig())
+
+    (finding,) = [f for f in static.all_findings() if f.rule == "unfused-optimizer"]
+    other_file = ({"cora.ipynb", "ppi.ipynb"} - {finding.file}).pop()
+    assert finding.message.endswith(f"(project-wide, also: {other_file}:cell 3:2)")
+    (other,) = finding.data["related"]
+    assert (other["file"], other["cell"], other["cell_line"]) == (other_file, 3, 2)

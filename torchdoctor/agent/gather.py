@@ -81,6 +81,8 @@ def run_static(
         for raw in result.all_findings():
             if raw.file in notebooks:
                 _name_the_cell(raw, notebooks[raw.file])
+            if raw.data.get("related"):
+                raw.data = {**raw.data, "related": _related_cells(raw, notebooks)}
     return result
 
 
@@ -116,29 +118,24 @@ def _name_the_cell(raw: RawFinding, notebook: SourceFile) -> None:
     span = next(s for s in notebook.cells if s.cell == cell)
     cell_lines = notebook.text.splitlines()[span.start - 1 : span.end]
     end = min(max(raw.end_line, raw.line), span.end) - span.start + 1
-    raw.data = {
-        **raw.data,
-        "cell": cell,
-        "cell_line": line,
-        "related": _related_cells(raw, notebook),
-    }
+    raw.data = {**raw.data, "cell": cell, "cell_line": line}
     raw.excerpt = f"cell {cell}\n" + numbered_excerpt(cell_lines, line, end)
 
 
-def _related_cells(raw: RawFinding, notebook: SourceFile) -> list[dict[str, Any]]:
-    """The finding's other places in the same notebook, each with its cell and line there;
-    the message's `also: nb.ipynb:57` list says `nb.ipynb:cell 1:57` likewise."""
+def _related_cells(raw: RawFinding, notebooks: dict[str, SourceFile]) -> list[dict[str, Any]]:
+    """The finding's other places, each in a notebook with its cell and line there (in the
+    finding's own notebook or another: project-wide advice names every file); the message's
+    `also: nb.ipynb:57` list says `nb.ipynb:cell 1:57` likewise."""
     related: list[dict[str, Any]] = []
     for place in raw.data.get("related", []):
-        where = (
-            cell_of(notebook.cells, place.get("line", 0)) if place.get("file") == raw.file else None
-        )
-        if where is None:
+        notebook = notebooks.get(str(place.get("file")))
+        where = cell_of(notebook.cells, place.get("line", 0)) if notebook else None
+        if notebook is None or where is None or "cell" in place:
             related.append(place)
             continue
         related.append({**place, "cell": where[0], "cell_line": where[1]})
-        said = re.compile(rf"(?<=[ ,]){re.escape(raw.file)}:{place['line']}(?=[,)]| and )")
-        raw.message = said.sub(f"{raw.file}:cell {where[0]}:{where[1]}", raw.message, count=1)
+        said = re.compile(rf"(?<=[ ,]){re.escape(notebook.path)}:{place['line']}(?=[,)]| and )")
+        raw.message = said.sub(f"{notebook.path}:cell {where[0]}:{where[1]}", raw.message, count=1)
     return related
 
 
