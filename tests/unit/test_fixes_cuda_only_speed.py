@@ -17,7 +17,12 @@ from torchdoctor.agent.fixes import verify
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.models import FixKind, SmokeRun
 from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence
-from torchdoctor.agent.fixes.verify import CUDA_ONLY_WITHOUT_CUDA, FixSpec, Verifier
+from torchdoctor.agent.fixes.verify import (
+    CUDA_ONLY_WITHOUT_CUDA,
+    DEVICE_ADVICE_ON_CPU,
+    FixSpec,
+    Verifier,
+)
 
 # the baseline ran while the machine was busy, the patched runs after: a "speed-up" that
 # only the load made
@@ -98,12 +103,11 @@ def test_the_run_says_whether_it_saw_cuda() -> None:
     assert smoke_run_from_evidence(seen).cuda_available is True
 
 
-def test_a_cuda_only_fix_without_cuda_stops_after_its_smoke_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Shape from makemore on a CPU box: the compile fix's `model.compile()` sits under
-    `if torch.cuda.is_available():`, never runs there, and checking that the change ran
-    started a run to the script's end (520 s of the audit) before the fix was refused."""
+def _untimed_after_smoke_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: FixSpec, *, cuda: bool
+) -> str:
+    """The compile fix of a small script verified as `spec`: the steps must stop after its
+    smoke run; what the last one says."""
     from torchdoctor.agent.fixes.diffs import unified_diff
     from torchdoctor.agent.fixes.models import Patch
     from torchdoctor.agent.fixes.verify import Claim
@@ -136,9 +140,14 @@ def test_a_cuda_only_fix_without_cuda_stops_after_its_smoke_run(
         "for step", "if torch.cuda.is_available():\n    model.compile()\nfor step"
     )
     runs: list[Any] = []
-    patched = SmokeRun(ok=True, step_times_s=FAST, cuda_available=False, executed_lines={})
-    monkeypatch.setattr(verify, "smoke_run", lambda *a, **_k: runs.append(a) or patched)
-    verifier = _verifier(tmp_path, cuda=False)
+    patched = SmokeRun(ok=True, step_times_s=FAST, cuda_available=cuda, executed_lines={})
+
+    def smoke_run(*args: Any, **_kwargs: Any) -> SmokeRun:
+        runs.append(args)
+        return patched
+
+    monkeypatch.setattr(verify, "smoke_run", smoke_run)
+    verifier = _verifier(tmp_path, cuda=cuda)
     (tmp_path / "root" / "train.py").write_text(script, encoding="utf-8")
     patch = Patch(
         finding_id="TD-1",
@@ -146,11 +155,58 @@ def test_a_cuda_only_fix_without_cuda_stops_after_its_smoke_run(
         diff=unified_diff("train.py", script, fixed),
         files=["train.py"],
     )
-
-    steps = verifier.verify(
-        patch, Claim(frozenset({"no-torch-compile"}), Severity.LOW), _spec("no-torch-compile")
-    )
-
+    steps = verifier.verify(patch, Claim(frozenset({"no-torch-compile"}), Severity.LOW), spec)
     assert [s.step for s in steps][-2:] == ["smoke-run", "speed-up"]
-    assert steps[-1].detail == CUDA_ONLY_WITHOUT_CUDA
     assert len(runs) == 1  # the smoke run alone: no run to the end, no timing runs
+    return steps[-1].detail
+
+
+def test_a_cuda_only_fix_without_cuda_stops_after_its_smoke_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shape from makemore on a CPU box: the compile fix's `model.compile()` sits under
+    `if torch.cuda.is_available():`, never runs there, and checking that the change ran
+    started a run to the script's end (520 s of the audit) before the fix was refused."""
+    spec = _spec("no-torch-compile")
+    said = _untimed_after_smoke_run(tmp_path, monkeypatch, spec, cuda=False)
+    assert said == CUDA_ONLY_WITHOUT_CUDA
+
+
+def test_a_speed_fix_of_device_advice_on_a_cpu_script_is_not_timed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shape from a 2-D diffusion tutorial: `.item()` every step in a script that never
+    touches a device is advice at `info`; its fix was run to the script's end (280 s, the
+    run's whole budget) though no timing could judge it."""
+    from torchdoctor.agent.fixing import _judged_as
+    from torchdoctor.agent.models import Evidence, Finding, Severity
+    from torchdoctor.agent.state import FixRecord
+
+    def judged(severity: Severity) -> FixSpec:
+        finding = Finding(
+            id="TD-1",
+            rule="host-sync-in-step",
+            checkpoint=6,
+            phase=4,
+            severity=severity,
+            title="t",
+            file="train.py",
+            line=5,
+            end_line=5,
+            evidence=[Evidence(source="torchdoctor-static", message="m")],
+        )
+        record = FixRecord(
+            finding_id="TD-1",
+            phase=4,
+            rule="host-sync-in-step",
+            origin="codemod",
+            kind=FixKind.PERFORMANCE,
+            diff="",
+        )
+        return _judged_as(finding, record)
+
+    assert judged(Severity.MEDIUM).untimed == ""
+    spec = judged(Severity.INFO)
+    assert spec.untimed == DEVICE_ADVICE_ON_CPU
+    said = _untimed_after_smoke_run(tmp_path, monkeypatch, spec, cuda=True)
+    assert said == DEVICE_ADVICE_ON_CPU

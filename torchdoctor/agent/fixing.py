@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.device_scope import DEVICE_BOUND_RULES
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.codemods.base import healthy_run
 from torchdoctor.agent.fixes.combine import combine, merge_fixes, replay_codemod, retarget
@@ -30,10 +31,17 @@ from torchdoctor.agent.fixes.diffs import (
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
-from torchdoctor.agent.fixes.verify import NO_RUN, NOT_REACHED, Claim, FixSpec, Verifier
+from torchdoctor.agent.fixes.verify import (
+    DEVICE_ADVICE_ON_CPU,
+    NO_RUN,
+    NOT_REACHED,
+    Claim,
+    FixSpec,
+    Verifier,
+)
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.harness import Harness
-from torchdoctor.agent.models import Evidence, Finding, Fix, Status, Verification
+from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Status, Verification
 from torchdoctor.agent.safefs import GuardedTree
 from torchdoctor.agent.state import FixRecord
 
@@ -104,6 +112,18 @@ def spec_of(record: FixRecord) -> FixSpec:
     if codemod is not None:
         return FixSpec.of(codemod)
     return FixSpec(kind=record.kind, rtol=DEFAULT_RTOL[record.kind], symptom=healthy_run)
+
+
+def _judged_as(finding: Finding, record: FixRecord) -> FixSpec:
+    """How the fix is verified: a speed fix of device-bound advice the static pass stood
+    down to info (a script that never touches a device: `device_scope`) has no cost to
+    measure, so it is not timed (diffusion tutorial's `.item()` per step on a CPU script: a
+    run to the script's end for a fix that could not be judged)."""
+    spec = spec_of(record)
+    stood_down = finding.severity is Severity.INFO and finding.rule in DEVICE_BOUND_RULES
+    if spec.kind is FixKind.PERFORMANCE and stood_down:
+        return replace(spec, untimed=DEVICE_ADVICE_ON_CPU)
+    return spec
 
 
 def patch_on_copy(
@@ -221,7 +241,7 @@ def verify_record(
             verifier = bench.verifier(copy, baseline, working_copy)
             claim = Claim(frozenset({finding.rule}), finding.severity)
             checks += _on_user_files(
-                bench.root, working_copy, verifier.verify(patch, claim, spec_of(record))
+                bench.root, working_copy, verifier.verify(patch, claim, _judged_as(finding, record))
             )
             baseline = verifier.baseline_run
             runs = verifier.patched_runs

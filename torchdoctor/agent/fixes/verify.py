@@ -62,6 +62,10 @@ CUDA_ONLY_WITHOUT_CUDA = (
     "CUDA device, so the step times of both versions run the same code (any difference is "
     "noise); audit on a GPU to time it"
 )
+DEVICE_ADVICE_ON_CPU = (
+    "not timed: the finding is advice for a device (info) and this script never touches one, "
+    "so what the change saves costs nothing here; audit the script on a GPU to time it"
+)
 FINISH_STEPS = 1_000_000
 """Harness steps of a run left to finish: more than any run command asks for, so the script
 ends by itself (the run's time budget still bounds it)."""
@@ -86,6 +90,8 @@ class FixSpec:
     hash_seed_repeat: bool = False
     extra_memory_mb: int = 0
     cuda_only: bool = False
+    untimed: str = ""
+    """Why the fix is not timed whatever its runs show (then it stops after its smoke run)."""
 
     @classmethod
     def of(cls, codemod: Codemod) -> FixSpec:
@@ -211,10 +217,13 @@ class Verifier:
         steps.append(Verification(step="smoke-run", ok=after.ok, detail=described))
         if not after.ok:
             return steps
-        if spec.cuda_only and after.cuda_available is False:
+        untimed = spec.untimed or (
+            CUDA_ONLY_WITHOUT_CUDA if spec.cuda_only and after.cuda_available is False else ""
+        )
+        if untimed:
             # the verdict is known: what the change switches on never runs here, and checking
             # that it ran could cost a run to the script's end (a compile under a CUDA guard)
-            steps.append(Verification(step="speed-up", ok=False, detail=CUDA_ONLY_WITHOUT_CUDA))
+            steps.append(Verification(step="speed-up", ok=False, detail=untimed))
             return steps
         executed = self._executed(copy, touched, after, spec)
         steps.append(
