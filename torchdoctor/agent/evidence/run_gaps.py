@@ -1,6 +1,6 @@
 """A run that stopped on what the sandbox lacks, not on what the code does wrong.
 
-Two gaps of the audit's environment end a run before it measures anything, and neither is a
+Three gaps of the audit's environment end a run before it measures anything, and none is a
 defect of the code:
 - a missing module: the sandbox runs the script with the interpreter torchdoctor runs under,
   so a `ModuleNotFoundError` for a package the project does not ship usually says that this
