@@ -222,3 +222,26 @@ def test_a_fix_whose_run_only_got_past_the_crash_does_not_resolve_the_script_err
     script_error = finding("probe-script-error", [])
 
     assert resolved_run_failures([script_error], [crash_fix], _run(TOTAL)) == []
+
+
+def test_a_script_in_a_folder_has_its_error_placed_from_the_workspace() -> None:
+    """Shape from an educational transformer package (held out): `experiments/generate.py`
+    failed at its line 1, which the harness names from the script's folder (`generate.py`);
+    the fix's patches name it from the workspace, so a crash fix of that script was never
+    seen to move its crash on, and the detail named a `generate.py` at the top."""
+    from tests.unit.test_fixes_smoke import document
+    from torchdoctor.agent.fixes.smoke import smoke_run_from_evidence
+
+    crashed = document(
+        outcome={
+            "kind": "script-error",
+            "detail": "invalid index of a 0-dim tensor",
+            "error_type": "IndexError",
+            "file": "train.py",
+            "line": TOTAL,
+        }
+    )
+    run = smoke_run_from_evidence(crashed, script="experiments/train.py")
+    assert run.error_at == ("experiments/train.py", TOTAL)
+    assert run.detail.endswith(f"(IndexError at experiments/train.py:{TOTAL})")
+    assert smoke_run_from_evidence(crashed, script="train.py").error_at == ("train.py", TOTAL)

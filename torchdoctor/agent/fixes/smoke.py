@@ -6,6 +6,7 @@ the run command, reduced to losses, steady-state step times and symptoms (under 
 from __future__ import annotations
 
 import math
+import posixpath
 import shlex
 from pathlib import Path
 from typing import Any
@@ -51,21 +52,25 @@ def smoke_run(
     done = harness.run(workspace, call)
     if done.document is None:
         return SmokeRun(ok=False, detail=f"{done.outcome}: {done.problem}".strip())
-    run = smoke_run_from_evidence(done.document, done.ranks)
+    run = smoke_run_from_evidence(done.document, done.ranks, script=launch.script)
     usage = done.run.usage
     return run.model_copy(update={"peak_host_mb": usage.peak_memory_mb, "wall_s": usage.wall_s})
 
 
 def smoke_run_from_evidence(
-    evidence: ProbeDocument, other_ranks: list[ProbeDocument] | None = None
+    evidence: ProbeDocument, other_ranks: list[ProbeDocument] | None = None, script: str = ""
 ) -> SmokeRun:
     """Reduce the probes' evidence document to losses, steady step times and symptoms; under
-    torchrun, rank 0's, with the distributed findings of all the ranks' documents."""
+    torchrun, rank 0's, with the distributed findings of all the ranks' documents. `script`:
+    the run's script (relative to the workspace), whose folder the harness names the failed
+    line's file from; the run names it from the workspace, as the patches do."""
     outcome = evidence.outcome
     ok = outcome.kind in _OK_OUTCOMES or (outcome.kind == "sys-exit" and not outcome.exit_code)
+    folder = posixpath.dirname(script)
+    file = posixpath.normpath(posixpath.join(folder, outcome.file)) if outcome.file else None
     detail = f"{outcome.kind}: {outcome.detail}".strip()
     if outcome.error_type:
-        detail += f" ({outcome.error_type} at {outcome.file}:{outcome.line})"
+        detail += f" ({outcome.error_type} at {file}:{outcome.line})"
     losses = [math.nan if v is None else float(v) for v in evidence.loss.values]
     memory = evidence.memory
     scanned = {scan.step for scan in memory.graph_scans}
@@ -99,7 +104,7 @@ def smoke_run_from_evidence(
         executed_lines=dict(evidence.executed_lines),
         stopped_in_loop=outcome.kind == "completed-steps",
         cuda_available=evidence.device.cuda_available,
-        error_at=(outcome.file, outcome.line) if outcome.file and outcome.line and not ok else None,
+        error_at=(file, outcome.line) if file and outcome.line and not ok else None,
         missing_module=None if ok else missing_module(outcome.error_type, outcome.detail),
         missing_file=None if ok else missing_file(outcome.error_type, outcome.detail),
     )
