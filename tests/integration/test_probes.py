@@ -325,9 +325,20 @@ def test_a_loop_that_updates_its_parameters_by_hand_is_training(
     assert "5 training steps (no optimizer: one a backward pass)" in summary
 
 
+def test_an_evaluation_before_training_longer_than_the_step_limit_is_waited_through(
+    tmp_path: Path,
+) -> None:
+    doc, _ = run_probes(tmp_path, "evaluate_then_train.py", "--steps", "5")
+    assert (doc.outcome.kind, doc.mode, doc.steps_completed) == ("completed-steps", "train", 5)
+    assert doc.root_forwards == 35 and doc.outcome.detail == "stopped after 5 optimizer steps"
+    assert len(doc.loss.values) == 5 and len(doc.timing.step_ms) == 5  # the evaluation's dropped
+
+
 def test_backward_passes_that_never_move_the_parameters_are_no_training(tmp_path: Path) -> None:
+    """Its code says `backward(`, so its forwards past the limit are waited through for a
+    training that never comes: it ends as an inference script."""
     doc, _ = run_probes(tmp_path, "saliency.py", "--steps", "5")
-    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("completed-steps", "inference", 5)
+    assert (doc.outcome.kind, doc.mode, doc.forward_passes) == ("no-optimizer", "inference", 100)
     assert not doc.updated_by_hand
 
 

@@ -238,15 +238,18 @@ class _Integrator(nn.Module):
         return y * 0.5
 
 
-def test_modules_without_state_are_no_inference_steps_and_no_roots() -> None:
+def test_modules_without_state_are_no_inference_steps_and_no_roots(tmp_path: Path) -> None:
     """Twenty calls of a parameter-free module before the optimizer (data made by integrating
     the true dynamics, a resize of the inputs) ended a run as twenty inference steps; a model
-    it calls is the root instead."""
+    it calls is the root instead. (The script is an inference one: a run whose code trains
+    waits through forwards past the limit.)"""
     from torchdoctor.sandbox.probes.control import StopRun
 
     torch.manual_seed(0)
-    config = ProbeConfig(script=__file__, steps=3, sample_every=1, flush_every=1)
-    probes = Session(config, UserFiles(__file__))
+    script = tmp_path / "infer.py"
+    script.write_text("model(x)\n")
+    config = ProbeConfig(script=str(script), steps=3, sample_every=1, flush_every=1)
+    probes = Session(config, UserFiles(str(script)))
     probes.install()
     model = nn.Linear(6, 6)
     try:

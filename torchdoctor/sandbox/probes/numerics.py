@@ -48,6 +48,11 @@ class LossProbe:
             else:
                 self._criterion_nograd = value.detach().clone()
 
+    def forget_steps(self) -> None:
+        """Drop the losses of the steps so far (an evaluation's, before training starts)."""
+        self._pending.clear()
+        self.values.clear()
+
     def on_backward(self, tensor: torch.Tensor) -> None:
         if _readable(tensor) and tensor.numel() == 1:
             self._backward.append(tensor.detach().clone())

@@ -95,6 +95,33 @@ GRAPH_NODES_MAX = 200_000
 """Autograd nodes walked to find a loss's parameters (a 1,000-layer graph holds far fewer)."""
 
 
+PRETRAINING_FORWARDS_MAX = 1000
+"""Forwards before any training that a run whose code trains waits through past the limit."""
+TRAINING_TEXT = ("backward(", "training_step")
+"""What code that trains says (a backward call, a Lightning step)."""
+_READ_LIMIT = 4_000_000
+
+
+def _loaded_code_trains(user_files: UserFiles) -> bool:
+    """Whether the script or a module it has imported from its folder says `TRAINING_TEXT`."""
+    paths = {user_files.script} | {
+        path
+        for module in list(sys.modules.values())
+        if isinstance(path := getattr(module, "__file__", None), str)
+        and path.endswith(".py")
+        and user_files.contains(path)
+    }
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read(_READ_LIMIT)
+        except OSError:
+            continue
+        if any(word in text for word in TRAINING_TEXT):
+            return True
+    return False
+
+
 def graph_parameters(tensor: torch.Tensor) -> list[torch.Tensor]:
     """The parameters a backward from `tensor` accumulates into: its graph's leaves."""
     found: dict[int, torch.Tensor] = {}
@@ -128,6 +155,7 @@ class Session:
         updates them by hand (`p.data.add_(p.grad, alpha=-lr)`). Each backward ends a step."""
         self._hand_updated = HandUpdated()
         self._hand_checks = 0
+        self._code_trains: bool | None = None
         self._norms_at_backward: torch.Tensor | None = None
         self.depth = 0
         self.loss_depth = 0
@@ -343,9 +371,23 @@ class Session:
 
         return init
 
+    def _waiting_for_training(self) -> bool:
+        """Past the step limit with no training yet, whether to go on: the code the run has
+        loaded trains, so these forwards are an evaluation before training (fine-tuning
+        scripts measure the untrained model first), up to PRETRAINING_FORWARDS_MAX."""
+        if self.trains or self.forwards >= PRETRAINING_FORWARDS_MAX:
+            return False
+        if self._code_trains is None:
+            self._code_trains = _loaded_code_trains(self.user_files)
+        return self._code_trains
+
     def _training_starts(self) -> None:
         """Forwards before training (a dry run, lazy modules, an evaluation) were counted as
-        inference steps: training steps start from zero now."""
+        inference steps: training steps start from zero now, their records dropped."""
+        if self.step:
+            self.step_seconds.clear()
+            self.cuda_events.clear()
+            self.loss.forget_steps()
         self.step = self.forwards = 0
         self.syncs.step = self.dataloader.step = 0
         if self.distributed is not None:
@@ -523,9 +565,10 @@ class Session:
                     self.groups.on_eval_output(args, output)
                 self.mode.on_root_output(self._name(module), module, output)
                 self.root_forwards += 1
-                if not self.trains and not self._deciding_on_hand_updates:
+                if not self.trains:
                     self.forwards += 1
-                    self._end_step()
+                    if not self._deciding_on_hand_updates:
+                        self._end_step()
                 elif self.forward.waiting > (MAX_WAITING_READS if cuda_in_use() else 0):
                     # on a CPU nothing is gained by waiting, and thousands of small tensors
                     # kept among a forward's large ones fragment the heap (nanoGPT's lecture
@@ -590,7 +633,7 @@ class Session:
         self.memory.end_step(step, sampled=self.watching)
         if self.step % max(self.config.flush_every, 1) == 0:
             self._read_back()
-        if self.step >= self.config.steps:
+        if self.step >= self.config.steps and not self._waiting_for_training():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.vram.observe()
