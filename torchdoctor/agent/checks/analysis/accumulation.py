@@ -64,7 +64,13 @@ class Accumulations(GraphOrigins):
 
     def carried_across_iterations(self, acc: Accumulation) -> bool:
         """The accumulator outlives the iteration (no plain re-assignment in the loop body)
-        and is never back-propagated itself (summing micro-batch losses is intended)."""
+        and is never back-propagated itself (summing micro-batch losses is intended). A loop
+        over a literal list or tuple (`for s in [1, 1/2**0.5, 1/2]`: DINO's three scales)
+        runs a fixed handful of times: what it sums is one result, not a growing history."""
+        if isinstance(acc.loop, ast.For | ast.AsyncFor) and isinstance(
+            acc.loop.iter, ast.List | ast.Tuple
+        ):
+            return False
         if self._assigned_in(acc.target, acc.loop, acc.node):
             return False
         return not self.is_backpropagated(acc.target)
@@ -122,8 +128,20 @@ class Accumulations(GraphOrigins):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if node.value is not None and _accumulation_pair(node) is not None:
                 continue
-            if any(ast.unparse(t) in texts for t in targets) and not self._periodic(node, loop):
+            if not any(ast.unparse(t) in texts for t in targets):
+                continue
+            if not self._periodic(node, loop) and not self._first_value(node, loop, texts):
                 return True
+        return False
+
+    def _first_value(self, node: ast.AST, loop: ast.AST, texts: set[str]) -> bool:
+        """`node` binds the accumulator's first value under `if acc is None:` (a moving
+        average started from the first loss): it runs once, no reset."""
+        for anc in self.ctx.ancestors(node):
+            if anc is loop:
+                return False
+            if isinstance(anc, ast.If) and _is_none_test(anc.test, texts):
+                return node in walk_scope(anc.body)
         return False
 
     def _periodic(self, node: ast.AST, loop: ast.AST) -> bool:
@@ -315,8 +333,33 @@ def _container_literal(value: ast.expr) -> bool:
     return isinstance(value, ast.Call) and identifier(value.func) in _CONTAINER_CALLS
 
 
+def _is_none_test(test: ast.expr, texts: set[str]) -> bool:
+    return (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Is)
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value is None
+        and ast.unparse(test.left) in texts
+    )
+
+
+def _reads_as(side: ast.expr, target: ast.expr, text: str) -> bool:
+    """`side` is the target itself, or the target scaled by a number (`0.9 * a`, `a * beta`)."""
+    if type(side) is type(target) and ast.unparse(side) == text:
+        return True
+    if not (isinstance(side, ast.BinOp) and isinstance(side.op, ast.Mult)):
+        return False
+    for own, factor in ((side.left, side.right), (side.right, side.left)):
+        scalar = isinstance(factor, ast.Constant | ast.Name | ast.Attribute)
+        if scalar and type(own) is type(target) and ast.unparse(own) == text:
+            return True
+    return False
+
+
 def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
-    """(accumulator, added value) for `a += v`, `a = a + v`, `a.append(v)`; else None."""
+    """(accumulator, added value) for `a += v`, `a = a + v`, `a = 0.9 * a + 0.1 * v` (a
+    moving average keeps every term it was given, decayed), `a.append(v)`; else None."""
     if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
         if _is_accumulator(node.target):
             return node.target, node.value
@@ -330,9 +373,9 @@ def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
             # Only a side of the target's own kind can read the same: the stdlib's unparse
             # recurses per level, and a long `loss = a + b + ...` would exhaust the stack.
             text = ast.unparse(target)
-            if type(value.left) is type(target) and ast.unparse(value.left) == text:
+            if _reads_as(value.left, target, text):
                 return target, value.right
-            if type(value.right) is type(target) and ast.unparse(value.right) == text:
+            if _reads_as(value.right, target, text):
                 return target, value.left
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         receiver = node.func.value

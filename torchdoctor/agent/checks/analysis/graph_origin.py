@@ -99,12 +99,14 @@ class GraphOrigins(ModelFacts):
             elements = yield from self._unpacked_elements(expr, definitions)
             found = yield from self._first_origin(elements)
             if (
-                found is None
+                found != "loss"
                 and definitions
                 and self._backpropagated(expr)
                 and not any(_detaching(value) for value in definitions)
             ):
-                return "loss"  # `loss = helper(...)`, then `loss.backward()`: a loss
+                # `loss = helper(...)` or a model that returns its own loss (`loss =
+                # ddpm(x)`), then `loss.backward()`: a loss
+                return "loss"
             return found
         if isinstance(expr, ast.Attribute):
             if expr.attr in ("data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"):

@@ -190,6 +190,22 @@ def _config_section(node: ast.Attribute) -> bool:
     return name.lower() in _CONFIG_HOLDERS
 
 
+def _split_entry(node: ast.Subscript) -> str | None:
+    """`X['test']`, `data["val"]`: the held-out entry of a dict of splits (tab-ddpm's
+    `{'train': ..., 'val': ..., 'test': ...}`), not a section of an options object
+    (`cfg['test']`)."""
+    key = node.slice
+    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+        return None
+    if key.value.lower() not in _HELD_OUT_SPLIT_VALUES:
+        return None
+    holder = node.value
+    name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", "")
+    if not name or name.lower() in _CONFIG_HOLDERS or _names_a_setting(name):
+        return None
+    return held_out_name_kind(key.value) or "val"
+
+
 def _names_a_setting(name: str) -> bool:
     """`step`, `batch_size`, `num_workers`: an attribute named for a count or an option."""
     tokens = [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
@@ -289,6 +305,8 @@ class HeldOut(DefUse):
             return None
         if isinstance(node, ast.Subscript) and self._is_tail_slice(node):
             return "split"
+        if isinstance(node, ast.Subscript):
+            return _split_entry(node)
         return None
 
     def _held_out_children(self, node: ast.expr) -> Iterator[ast.expr]:

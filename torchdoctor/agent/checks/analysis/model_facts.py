@@ -55,6 +55,10 @@ def _positional(call: ast.Call, position: int) -> ast.expr | None:
 _LOSS_SUFFIXES = ("Loss", "Loss2d")
 
 
+_MODULE_CONTAINERS = frozenset({"ModuleList", "ModuleDict", "Sequential"})
+"""Containers whose items are modules: `self.mlps[layer](h)` runs one."""
+
+
 class ModelFacts(DefUse):
     """Models, losses and grad mode, asked of values of one module."""
 
@@ -239,6 +243,8 @@ class ModelFacts(DefUse):
             return self.is_module_value(func.value)
         if isinstance(func, ast.Call):  # `Net()(x)`
             return self.is_module_value(func)
+        if isinstance(func, ast.Subscript):  # `self.batch_norms[layer](h)`: a ModuleList's
+            return self._module_container(func.value)
         if not isinstance(func, ast.Name | ast.Attribute):
             return False
         if self.is_loss_callee(func):
@@ -246,6 +252,16 @@ class ModelFacts(DefUse):
         if self.ctx.qualname(func) is not None and not self._rebinds_import(func):
             return False
         return self.is_module_value(func)
+
+    def _module_container(self, value: ast.expr) -> bool:
+        """`self.mlps` built as `torch.nn.ModuleList(...)` / `ModuleDict` / `Sequential`:
+        indexing it gives one of its modules."""
+        if not isinstance(value, ast.Name | ast.Attribute):
+            return False
+        made = [self.qualname_of(c) or "" for c in self.constructors(value)]
+        return bool(made) and all(
+            q.rsplit(".", 1)[-1] in _MODULE_CONTAINERS and q.startswith("torch.nn") for q in made
+        )
 
     def _rebinds_import(self, func: ast.Name | ast.Attribute) -> bool:
         """A name imported as a module and then bound to what one of its constructors

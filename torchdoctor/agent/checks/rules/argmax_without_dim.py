@@ -6,11 +6,13 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.batch_outputs import (
+    bound_names,
     compared,
     in_loop,
     is_whole_model_output,
     output_before,
 )
+from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.module_text import Triggers
@@ -19,6 +21,10 @@ from torchdoctor.agent.models import Severity
 _REDUCTIONS = frozenset({"argmax", "argmin"})
 # casts and moves: the same values, another dtype or device
 _SAME_VALUE = frozenset({"long", "int", "float", "to", "cuda", "cpu", "type_as", "type"})
+# activations that keep each class's rank: argmax(softmax(x)) is argmax(x)
+_RANK_KEEPING = SOFTMAX | LOG_SOFTMAX | SIGMOID
+# what turns a prediction tensor into host values, under the same name (`pred = pred.cpu()`)
+_TO_HOST = frozenset({"detach", "cpu", "numpy", "tolist", "to", "long", "int"})
 
 
 class ArgmaxWithoutDim(Rule):
@@ -42,6 +48,11 @@ class ArgmaxWithoutDim(Rule):
 
     And a dim-less argmax that picks one entry per row (`q[range(n), q.argmax()]`, directly or
     through a variable): a per-row index was meant, the flat one points past the rows.
+
+    And one whose result (after a move to the host: `pred = pred.detach().cpu().numpy()`) is
+    read by a subscript (`pred[i][j]`, a label per token): predictions per example were
+    meant, and a flat index has no rows; an activation that keeps each class's rank
+    (`torch.argmax(F.log_softmax(logits, dim=2))`) is seen through.
 
     Not reported: argmax with `dim` (positional or keyword), argmax of values that are not a
     model's output (unless compared with such an index vector), single forwards outside a
@@ -74,13 +85,21 @@ class ArgmaxWithoutDim(Rule):
             if value is None:
                 continue
             batch_prediction = (
-                in_loop(ctx, call)
-                and compared(ctx, call)
-                and is_whole_model_output(ctx, value, heads=True)
-            ) or (
-                in_loop(ctx, call)
-                and _one_hot_classes(ctx, call)
-                and output_before(ctx, call, value)
+                (
+                    in_loop(ctx, call)
+                    and compared(ctx, call)
+                    and is_whole_model_output(ctx, value, heads=True)
+                )
+                or (
+                    in_loop(ctx, call)
+                    and _one_hot_classes(ctx, call)
+                    and output_before(ctx, call, value)
+                )
+                or (
+                    in_loop(ctx, call)
+                    and _indexed_per_example(ctx, call)
+                    and output_before(ctx, call, _through_activation(ctx, value))
+                )
             )
             if (
                 not batch_prediction
@@ -94,6 +113,51 @@ class ArgmaxWithoutDim(Rule):
                 f"`{ast.unparse(call)}` has no dim: it returns one index into the flattened "
                 "batch, not a prediction per example",
             )
+
+
+def _through_activation(ctx: ModuleContext, value: ast.expr) -> ast.expr:
+    """The logits under a softmax/log_softmax/sigmoid (`F.log_softmax(logits, dim=2)`)."""
+    if isinstance(value, ast.Call) and value.args and ctx.flow.qualname_of(value) in _RANK_KEEPING:
+        return value.args[0]
+    return value
+
+
+def _indexed_per_example(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The result, under the name it is bound to (also after `pred = pred.detach().cpu()
+    .numpy()`), is read later in its function by a subscript (`pred[i][j]`, BERT-NER's
+    per-token labels): predictions per example were meant, a flat index has none to read."""
+    scope = ctx.enclosing_function(call)
+    names = {name.id for name in bound_names(ctx, call)}
+    for name in list(names):
+        for read in ctx.flow.reads_of(name):
+            rebind = _host_rebinding(ctx, read)
+            if rebind is not None and ctx.enclosing_function(read) is scope:
+                names.add(rebind)
+    for name in names:
+        for read in ctx.flow.reads_of(name):
+            if ctx.enclosing_function(read) is not scope or read.lineno <= call.lineno:
+                continue
+            parent = ctx.parents.get(read)
+            if isinstance(parent, ast.Subscript) and parent.value is read:
+                return True
+    return False
+
+
+def _host_rebinding(ctx: ModuleContext, read: ast.Name) -> str | None:
+    """`x = x.detach().cpu().numpy()` (or another name): the name bound to `read` moved to the
+    host through `_TO_HOST` methods only."""
+    node: ast.AST = read
+    parent = ctx.parents.get(node)
+    moved = False
+    while isinstance(parent, ast.Attribute) and parent.attr in _TO_HOST:
+        call = ctx.parents.get(parent)
+        if not (isinstance(call, ast.Call) and call.func is parent):
+            return None
+        node, parent, moved = call, ctx.parents.get(call), True
+    if not moved or not (isinstance(parent, ast.Assign) and len(parent.targets) == 1):
+        return None
+    target = parent.targets[0]
+    return target.id if isinstance(target, ast.Name) else None
 
 
 def _through_casts(ctx: ModuleContext, call: ast.Call) -> tuple[ast.AST, ast.AST | None] | None:

@@ -33,7 +33,9 @@ class ClipGradOrder(Rule):
     is never clipped, and the exploding gradients it was meant to tame reach the weights.
 
     With several optimizers, a clip is judged against the steps of the optimizer built over
-    the parameters it clips (an actor's clip after the actor's step, before the critic's).
+    the parameters it clips (an actor's clip after the actor's step, before the critic's),
+    and against the last `backward()` before that step (a GAN's generator clipped after the
+    discriminator's backward and step, but before its own `loss_gen.backward()`).
     A loop-free function that clips and backpropagates but leaves the step to its caller (a
     multi-task loss weighting's `backward(losses, shared_parameters)`) is judged on a clip
     before its `backward()`.
@@ -85,8 +87,14 @@ class ClipGradOrder(Rule):
                 if not backwards:
                     continue
                 mine = [c for c in step_calls if not _exclusive(ctx, clip, c, body)]
-                steps = [c.lineno for c in _steps_of(ctx, clip, mine)]
+                own = _steps_of(ctx, clip, mine)
+                steps = [c.lineno for c in own]
                 steps += [position(u)[0] for u in _updates_of(ctx, clip, updates)]
+                if len(own) < len(mine):
+                    # another optimizer steps here too (a GAN's discriminator): the backward
+                    # that counts is the last one before this model's own step
+                    feeding = [b for b in backwards if b < min(c.lineno for c in own)]
+                    backwards = [max(feeding)] if feeding else backwards
                 if clip.lineno < min(backwards):
                     self._report(ctx, clip, "before backward()", backwards, "after")
                 elif steps and clip.lineno > max(steps):

@@ -83,6 +83,10 @@ class DeviceMismatchFactoryInForward(Rule):
     is bound through `Variable(...)` or argument-free methods (LPIPS's `ret_var =
     Variable(torch.Tensor((value,)))`, then `ret_var = ret_var.cuda()` when on the GPU).
 
+    In the other methods a forward runs, a factory is reported only when it is used where it
+    is made, beside one of the method's tensors (`torch.spmm(adj, torch.ones((n, 1)))`,
+    `h * torch.ones(n, 1)`): no later move can place it.
+
     Also reported, in any module-level function (a forward's helper such as drop-connect or
     a mask builder, often in another file than the model): a factory given the dtype of one of
     the function's parameters (`dtype=x.dtype`) but not its device, with the same exclusions.
@@ -192,7 +196,9 @@ class DeviceMismatchFactoryInForward(Rule):
                     data={"factory": qual},
                 )
                 continue
-            if pins_only or _placed(ctx, node) or _host_only(ctx, node, forward):
+            if pins_only and not _consumed_beside_a_tensor(ctx, node, forward):
+                continue
+            if _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
             if _logged_beside_detached(ctx, node) or _elements_read_by_local_helper(ctx, node):
                 continue
@@ -226,6 +232,37 @@ class DeviceMismatchFactoryInForward(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _consumed_beside_a_tensor(
+    ctx: ModuleContext, factory: ast.Call, method: ast.FunctionDef
+) -> bool:
+    """The factory is an operand of a torch function beside one of the method's tensor
+    parameters (`torch.spmm(Adj_block, torch.ones((Adj_block.shape[0], 1)))`, GIN's average
+    pooling in a layer helper), in a list it joins with one (`torch.cat([h, torch.zeros(n,
+    1)])`), or of arithmetic with one (`h * torch.ones(n, 1)`): used where it is made, so no
+    later move can place it."""
+    params = {a.arg for a in [*method.args.posonlyargs, *method.args.args]} - {"self"}
+
+    def given(expr: ast.expr) -> bool:
+        return isinstance(expr, ast.Name) and expr.id in params
+
+    parent = ctx.parents.get(factory)
+    if isinstance(parent, ast.List | ast.Tuple):
+        if not any(given(e) for e in parent.elts):
+            return False
+        parent = ctx.parents.get(parent)
+        return isinstance(parent, ast.Call) and (ctx.flow.qualname_of(parent) or "").startswith(
+            "torch."
+        )
+    if isinstance(parent, ast.BinOp):
+        return given(parent.right if parent.left is factory else parent.left)
+    return (
+        isinstance(parent, ast.Call)
+        and (ctx.flow.qualname_of(parent) or "").startswith("torch.")
+        and factory in parent.args
+        and any(given(a) for a in parent.args)
+    )
 
 
 def _handed_to_another_file(

@@ -17,14 +17,19 @@ _MOVES = frozenset({"to", "cuda", "type", "type_as", "to_device", "as_subclass"}
 """`.type(dtype)` counts: a legacy placement (`Variable(h).type(torch.cuda.FloatTensor)`)."""
 _WRAPPERS = frozenset({"torch.autograd.Variable", "torch.autograd.variable.Variable"})
 """Pre-0.4 wrappers that hand their tensor back where it was (`Variable(z).cuda()`)."""
-_FROM_DATA = frozenset({"torch.tensor", "torch.as_tensor", "torch.from_numpy"})
-"""Tensors made from data: on the CPU when the data is a Python list or a NumPy array."""
+_FROM_DATA = frozenset(
+    {"torch.tensor", "torch.as_tensor", "torch.from_numpy"}
+    | {f"torch.{t}Tensor" for t in ("", "Float", "Double", "Long", "Int", "Byte", "Bool")}
+)
+"""Tensors made from data: on the CPU when the data is a Python list or a NumPy array (the
+legacy typed constructors too: `torch.LongTensor([g.label for g in batch])`)."""
 
 
 class FactoryWithoutDeviceInStep(Rule):
     """Detects, in the training step of a script that runs on CUDA, a tensor factory
     (`torch.arange/zeros/ones/full/empty/rand/randn/randint/eye/linspace`, or
-    `torch.tensor/as_tensor/from_numpy` of a Python list or a NumPy array) called without
+    `torch.tensor/as_tensor/from_numpy` or a legacy `torch.LongTensor`/`FloatTensor` of a
+    Python list or a NumPy array) called without
     `device=` whose result goes, without `.to()`/`.cuda()`, into a loss or a model call
     (`labels = torch.arange(n); loss = F.cross_entropy(logits, labels)`). A tensor made in the
     function that runs the training loop, before the loop that consumes it, counts too (PPO's

@@ -37,8 +37,9 @@ class HalfModelFloatInput(Rule):
     `.to(torch.float16)`, `.to(dtype=torch.bfloat16)`) that is then called with a tensor the
     code makes float32: a factory without `dtype=` (`torch.randn(1, 3, 224, 224)`), an
     explicit `.float()`, or a batch of an image loader fed to an image model (torchvision or
-    timm models, local networks with 2-D/3-D convolutions, norms or pools), moved with
-    `.to(device)`/`.cuda()` only.
+    timm models, local networks with 2-D/3-D convolutions, norms or pools) or of a loader over
+    a torchvision dataset to any model (a diffusion wrapper whose network is in another
+    file: `ToTensor()` made those images float32), moved with `.to(device)`/`.cuda()` only.
 
     Why it matters: the weights are float16 and the input float32; the first layer fails with
     "Input type (float) and bias type (c10::Half) should be the same" (or, on some ops, the
@@ -274,7 +275,11 @@ def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops:
         return None
     binding = ctx.parents.get(value)
     if isinstance(binding, ast.For | ast.comprehension) and value is binding.iter:
-        return "a batch of an image loader" if image_model and _loader(ctx, value) else None
+        if image_model and _loader(ctx, value):
+            return "a batch of an image loader"
+        if _loader(ctx, value, image_dataset=True):
+            return "a batch of a torchvision dataset's loader"
+        return None
     return _float32_origin(ctx, value, image_model, hops + 1)
 
 
@@ -298,19 +303,38 @@ def _casts(call: ast.Call) -> bool:
     return any("dtype" in ast.unparse(a) or "float" in ast.unparse(a) for a in call.args)
 
 
-def _loader(ctx: ModuleContext, iterable: ast.expr) -> bool:
-    """`loader`, `enumerate(loader)`, `tqdm(loader)` where `loader` is a DataLoader."""
-    while isinstance(iterable, ast.Call) and iterable.args and not _is_loader_call(ctx, iterable):
-        iterable = iterable.args[0]
-    if isinstance(iterable, ast.Call):
-        return _is_loader_call(ctx, iterable)
-    if isinstance(iterable, ast.Name | ast.Attribute):
-        return any(
-            isinstance(v, ast.Call) and _is_loader_call(ctx, v)
-            for v in ctx.flow.definitions(iterable)
-        )
+def _loader(ctx: ModuleContext, iterable: ast.expr, image_dataset: bool = False) -> bool:
+    """`loader`, `enumerate(loader)`, `tqdm(loader)` where `loader` is a DataLoader (with
+    `image_dataset`, one over a torchvision dataset), through one name each
+    (`pbar = tqdm(dataloader)`, then `for x, _ in pbar`)."""
+    for _ in range(_MAX_HOPS):
+        if isinstance(iterable, ast.Call) and _is_loader_call(ctx, iterable):
+            return not image_dataset or _over_torchvision_dataset(ctx, iterable)
+        if isinstance(iterable, ast.Call) and iterable.args:
+            iterable = iterable.args[0]
+            continue
+        if not isinstance(iterable, ast.Name | ast.Attribute):
+            return False
+        bound = [v for v in ctx.flow.definitions(iterable) if isinstance(v, ast.Call)]
+        if len(bound) != 1:
+            return any(_loader(ctx, v, image_dataset) for v in bound if _is_loader_call(ctx, v))
+        iterable = bound[0]
     return False
 
 
 def _is_loader_call(ctx: ModuleContext, call: ast.Call) -> bool:
     return (ctx.flow.qualname_of(call) or "").endswith("DataLoader")
+
+
+def _over_torchvision_dataset(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """`DataLoader(dataset, ...)` with `dataset = CIFAR10(...)` (any `torchvision.datasets`
+    class): its images come out of `ToTensor()` as float32, whatever the model."""
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    if dataset is None:
+        return False
+    bound = ctx.flow.definitions(dataset) if isinstance(dataset, ast.Name) else [dataset]
+    return bool(bound) and all(
+        isinstance(v, ast.Call)
+        and (ctx.flow.qualname_of(v) or "").startswith("torchvision.datasets.")
+        for v in bound
+    )

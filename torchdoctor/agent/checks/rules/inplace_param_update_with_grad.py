@@ -35,6 +35,11 @@ class InplaceParamUpdateWithGrad(Rule):
     SGD step or custom initialisation never runs. Rewriting it as `p = p - lr * p.grad` to
     silence the error builds a new non-leaf tensor: the model's parameter is not updated.
 
+    Also reported: a frozen target network's parameter updated in place from the live one's
+    (`p_targ.add_((1 - polyak) * p)` in `zip(ac.parameters(), ac_targ.parameters())`) with
+    autograd on: PyTorch accepts it, and the frozen copy silently records a graph that grows
+    by one link every update.
+
     Not reported: updates through `p.data` or of `p.grad`, `torch.nn.init.*` (they disable
     grad themselves), code under `set_grad_enabled(flag)` (decided at run time),
     `requires_grad_()` and other flag setters.
@@ -90,7 +95,20 @@ class InplaceParamUpdateWithGrad(Rule):
             if not isinstance(target, ast.Name):
                 continue
             anchor = _parameter_origin(ctx, target)
-            if anchor is None or grad_mode_at(ctx, site) != "on":
+            if anchor is None:
+                live = _fed_from_live_parameter(ctx, site, target)
+                if live is not None and grad_mode_at(ctx, site) == "on":
+                    ctx.report(
+                        self,
+                        site,
+                        f"`{target.id}` is a frozen copy's parameter updated in place from "
+                        f"`{live}`, a parameter that requires grad, with autograd on: the copy "
+                        "starts recording a graph, one more link every update (memory grows, "
+                        "and the copy is frozen no more)",
+                        data={"wrap_line": site.lineno},
+                    )
+                continue
+            if grad_mode_at(ctx, site) != "on":
                 continue
             ctx.report(
                 self,
@@ -115,6 +133,55 @@ def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
         if isinstance(value, ast.Call) and _requires_grad(value):
             return next(a for a in ctx.ancestors(name) if isinstance(a, ast.stmt))
     return None
+
+
+def _fed_from_live_parameter(
+    ctx: ModuleContext, site: ast.stmt | ast.expr, name: ast.Name
+) -> str | None:
+    """The name of the live parameter an in-place update of `name` reads, where `name` is the
+    frozen side of `for p, p_targ in zip(net.parameters(), target.parameters())` and `p` the
+    other (a soft target update, `p_targ.add_((1 - tau) * p)`, outside `no_grad`); None when
+    the update reads it only through `.data`/`.detach()`."""
+    loop = next(
+        (a for a in ctx.ancestors(name) if isinstance(a, ast.For)),
+        None,
+    )
+    if loop is None or not isinstance(loop.iter, ast.Call):
+        return None
+    it, target = loop.iter, loop.target
+    if not (isinstance(it.func, ast.Name) and it.func.id == "zip"):
+        return None
+    if not isinstance(target, ast.Tuple) or len(target.elts) != len(it.args):
+        return None
+    sides = list(zip(it.args, target.elts, strict=True))
+    frozen_side = any(
+        isinstance(t, ast.Name) and t.id == name.id and _bound_to_parameters(ctx, a, t, t.id)
+        for a, t in sides
+    )
+    live = {
+        t.id
+        for a, t in sides
+        if isinstance(t, ast.Name)
+        and t.id != name.id
+        and _bound_to_parameters(ctx, a, t, t.id)
+        and not _frozen(ctx, a)
+    }
+    if not frozen_side or not live:
+        return None
+    operands = [site.value] if isinstance(site, ast.AugAssign) else []
+    if isinstance(site, ast.Call):
+        operands = [*site.args, *(k.value for k in site.keywords)]
+    for operand in operands:
+        for node in ast.walk(operand):
+            if isinstance(node, ast.Name) and node.id in live and not _detached_read(ctx, node):
+                return node.id
+    return None
+
+
+def _detached_read(ctx: ModuleContext, name: ast.Name) -> bool:
+    """`p.data`, `p.detach()`: the update reads the value, not the graph."""
+    parent = ctx.parents.get(name)
+    return isinstance(parent, ast.Attribute) and parent.attr in ("data", "detach")
 
 
 def _parameter_view(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:

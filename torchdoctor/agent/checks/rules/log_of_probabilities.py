@@ -17,6 +17,9 @@ _VIEWS = frozenset(
      "permute", "transpose", "flatten"}
 )  # fmt: skip
 _MAX_HOPS = 6
+# Uniform draws in [0, 1): `torch.rand` returns exactly 0 about once per 2**24 elements.
+_UNIFORM_DRAWS = frozenset({"torch.rand", "torch.rand_like"})
+_TRIGGER_WORDS = ("oftmax", "sigmoid", "1 -", "1-", "rand(", "rand_like(", "uniform_(")
 
 
 class LogOfProbabilities(Rule):
@@ -36,6 +39,11 @@ class LogOfProbabilities(Rule):
     (`torch.where(t == 1, p, 1 - p)`, `p * t + (1 - p) * (1 - t)`, a hand-written focal or
     binary cross-entropy loss): it is exactly 0 wherever `p` reaches 0 or 1.
 
+    Also reported: the log of a uniform draw (`torch.rand`, `torch.rand_like`,
+    `x.uniform_()`), Gumbel noise written as `-torch.log(-torch.log(u))`: a draw in [0, 1) is
+    exactly 0 about once per 2**24 elements (every few steps for a large batch of logits),
+    and its log is -inf (the sample is then NaN).
+
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
     probabilities from another source (a model's output, a dataset), `log1p`.
 
@@ -50,11 +58,11 @@ class LogOfProbabilities(Rule):
     severity = Severity.MEDIUM
     title = "log() of softmax/sigmoid probabilities"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    triggers = Triggers(("oftmax", "sigmoid", "1 -", "1-"))
+    triggers = Triggers(_TRIGGER_WORDS)
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source
-        return "log" in text and any(k in text for k in ("oftmax", "sigmoid", "1 -", "1-"))
+        return "log" in text and any(k in text for k in _TRIGGER_WORDS)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
@@ -82,6 +90,18 @@ class LogOfProbabilities(Rule):
             else:
                 continue
             producer = _activation(ctx, argument, 0)
+            draw = _uniform_draw(ctx, argument, 0) if producer is None else None
+            if draw is not None and call.lineno not in reported:
+                reported.add(call.lineno)
+                ctx.report(
+                    self,
+                    call,
+                    f"log of `{ast.unparse(draw)}` (line {draw.lineno}), a uniform draw in "
+                    "[0, 1): it is exactly 0 now and then, and its log is -inf; add an "
+                    "epsilon (`u + 1e-20`) or clamp it",
+                    data={"activation": "uniform", "direct": draw is argument},
+                )
+                continue
             if producer is None and call.lineno not in reported:
                 chosen = _true_class_probability(ctx, argument, 0)
                 if chosen is not None:
@@ -211,6 +231,37 @@ def _kind(ctx: ModuleContext, call: ast.Call) -> str:
     if name in SIGMOID or name == "sigmoid":
         return "sigmoid"
     return ""
+
+
+def _uniform_draw(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
+    """The uniform draw `expr` is (`torch.rand(...)`, `torch.rand_like(x)`, `x.uniform_()`
+    with no lower bound above 0), through single assignments and views only."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _uniform_draw(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if not isinstance(expr, ast.Call):
+        return None
+    if ctx.flow.qualname_of(expr) in _UNIFORM_DRAWS:
+        return expr
+    func = expr.func
+    if not isinstance(func, ast.Attribute) or ctx.qualname(func):
+        return None
+    if func.attr == "uniform_":
+        low = (
+            expr.args[0]
+            if expr.args
+            else next((k.value for k in expr.keywords if k.arg in ("a", "from")), None)
+        )
+        if low is None:
+            return expr
+        if isinstance(low, ast.Constant) and isinstance(low.value, int | float):
+            return expr if low.value <= 0 else None
+        return None  # a lower bound of a name (`uniform_(eps, 1)`): kept away from 0
+    if func.attr in _VIEWS:
+        return _uniform_draw(ctx, func.value, hops + 1)
+    return None
 
 
 def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:

@@ -59,6 +59,10 @@ class ReductionOverBatchDim(Rule):
     built) that its methods apply only to such rows or to per-example scores stacked along
     dim 1 (`self.log_softmax(torch.stack(scores, 1))`).
 
+    Also reported: a `max`/`argmax` over dim 0 of the outputs a local helper gathers over the
+    dataset (`output = pass_data_iteratively(model, graphs)`, returning `torch.cat` of each
+    minibatch's output along dim 0), compared with the labels.
+
     Also reported, wherever it is: a softmax over dim 0 whose result a class pick then takes
     along dim 1 (`np.argmax(nn.Softmax(dim=0)(scores).numpy(), axis=1)`: the pick says the
     classes are on dim 1, so the softmax normalised across the examples). And in a helper
@@ -155,27 +159,32 @@ class ReductionOverBatchDim(Rule):
         """`np.argmax(nn.Softmax(dim=0)(scores).cpu().numpy(), axis=1)`: the class picked along
         dim 1 of values a softmax normalised along dim 0. The pick says the classes lie on
         dim 1, so dim 0 holds the examples (the nodes of a graph): each column was normalised
-        across them and a row's argmax no longer follows its own scores. Reported at the
+        across them and a row's argmax no longer follows its own scores. The same for any
+        softmax dim below the pick's (`F.softmax(logits, dim=1)` then `torch.argmax(logits,
+        dim=2)` over (batch, tokens, labels): normalised across the tokens). Reported at the
         softmax, where the dim is set."""
         if "softmax" not in ctx.source.lower():
             return
         for pick in ctx.flow.calls_named(("argmax", "max")):
-            picked = _picked_along_dim_one(ctx, pick)
+            picked = _picked_along(ctx, pick)
             if picked is None:
                 continue
-            value = _peeled(picked)
+            value = _peeled(picked[0])
             if isinstance(value, ast.Name):  # `probs = F.softmax(x, dim=0)`, then the pick
-                bound = ctx.flow.definitions(value)
+                bound = ctx.flow.reaching_or_all(value)
                 value = _peeled(bound[0]) if len(bound) == 1 else value
-            softmax = _softmax_over_dim_zero(ctx, value)
-            if softmax is None:
+            found = _softmax_over(ctx, value)
+            if found is None or not 0 <= found[1] < picked[1]:
                 continue
+            softmax, dim = found
             ctx.report(
                 self,
                 softmax,
-                f"`{ast.unparse(softmax)}` normalises over dim 0, and `{ast.unparse(pick.func)}` "
-                "then picks the class along dim 1: dim 0 holds the examples, so each row's "
-                "pick no longer follows its own scores; normalise over dim 1",
+                f"`{ast.unparse(softmax)}` normalises over dim {dim}, and "
+                f"`{ast.unparse(pick.func)}` then picks the class along dim {picked[1]}: dim "
+                f"{dim} holds {'the examples' if dim == 0 else 'positions, not classes'}, so "
+                "each pick no longer follows its own scores; normalise over the class dim "
+                f"({picked[1]})",
                 data={"call": ast.unparse(softmax), "dim_at": _softmax_dim_at(softmax)},
             )
 
@@ -197,6 +206,8 @@ class ReductionOverBatchDim(Rule):
             and _reaches_loss(ctx, call, 0)
         ):
             return True  # DQN's `q_target(s).max(0)[0]`: the best of each action over the batch
+        if name in _EXTREMES and _gathered_outputs(ctx, reduced) and compared(ctx, call):
+            return True  # `output = pass_data_iteratively(model, graphs)`: every batch's rows
         direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
         if (
             not direct
@@ -226,18 +237,19 @@ _PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
 _CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
 
 
-def _picked_along_dim_one(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
-    """What `np.argmax(x, axis=1)`, `torch.argmax(x, dim=1)`, `x.argmax(1)` or `x.max(1)`
-    picks from; None for any other dim."""
+def _picked_along(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, int] | None:
+    """What `np.argmax(x, axis=d)`, `torch.argmax(x, dim=d)`, `x.argmax(d)` or `x.max(d)`
+    picks from, and `d` (a constant, not negative); None otherwise."""
     qualname = ctx.flow.qualname_of(call)
     if qualname in _PICKS:
         if not call.args:
             return None
-        dim = argument(call, "axis" if qualname.startswith("numpy") else "dim", 1)
-        return call.args[0] if constant_int(dim) == 1 else None
+        dim = constant_int(argument(call, "axis" if qualname.startswith("numpy") else "dim", 1))
+        return (call.args[0], dim) if dim is not None and dim >= 0 else None
     if qualname is not None or not isinstance(call.func, ast.Attribute):
         return None
-    return call.func.value if constant_int(argument(call, "dim", 0)) == 1 else None
+    dim = constant_int(argument(call, "dim", 0))
+    return (call.func.value, dim) if dim is not None and dim >= 0 else None
 
 
 _MATMULS = frozenset({"torch.matmul", "torch.mm"})
@@ -296,20 +308,27 @@ def _peeled(value: ast.expr) -> ast.expr:
             return value
 
 
-def _softmax_over_dim_zero(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
-    """`nn.Softmax(dim=0)(x)`, `F.softmax(x, dim=0)`, `x.softmax(0)`: the call that sets the
-    dim (the layer for an inline layer); None for any other value."""
+def _softmax_over(ctx: ModuleContext, value: ast.expr) -> tuple[ast.Call, int] | None:
+    """`nn.Softmax(dim=d)(x)`, `F.softmax(x, dim=d)`, `x.softmax(d)`: the call that sets the
+    dim (the layer for an inline layer) and `d`, a constant; None for any other value."""
     if not isinstance(value, ast.Call):
         return None
     layer = value.func
+    found: tuple[ast.Call, ast.expr | None] | None = None
     if isinstance(layer, ast.Call) and ctx.flow.qualname_of(layer) in _SOFTMAX_LAYERS:
-        return layer if constant_int(argument(layer, "dim", 0)) == 0 else None
-    qualname = ctx.flow.qualname_of(value)
-    if qualname in _SOFTMAX_FUNCTIONS:
-        return value if constant_int(argument(value, "dim", 1)) == 0 else None
-    if qualname is None and isinstance(layer, ast.Attribute) and layer.attr in _PROBABILITIES:
-        return value if constant_int(argument(value, "dim", 0)) == 0 else None
-    return None
+        found = layer, argument(layer, "dim", 0)
+    elif ctx.flow.qualname_of(value) in _SOFTMAX_FUNCTIONS:
+        found = value, argument(value, "dim", 1)
+    elif (
+        ctx.flow.qualname_of(value) is None
+        and isinstance(layer, ast.Attribute)
+        and layer.attr in _PROBABILITIES
+    ):
+        found = value, argument(value, "dim", 0)
+    if found is None:
+        return None
+    dim = constant_int(found[1])
+    return (found[0], dim) if dim is not None else None
 
 
 def _softmax_dim_at(call: ast.Call) -> str | int:
@@ -539,6 +558,52 @@ def _scoring_helper_output(ctx: ModuleContext, call: ast.Call, reduced: ast.expr
         return False
     params = [a.arg for a in fn.args.args]
     return bool(params) and params[0] == reduced.id and not ctx.flow.definitions(reduced)
+
+
+def _gathered_outputs(ctx: ModuleContext, reduced: ast.expr) -> bool:
+    """`reduced` is what a local helper returns by joining a list of a model's whole outputs
+    along dim 0 (`output.append(model(batch).detach())` in a loop over minibatches, then
+    `return torch.cat(output, 0)`): the dataset's outputs, one row per example."""
+    if not isinstance(reduced, ast.Name):
+        return False
+    bound = ctx.flow.definitions(reduced)
+    calls = [b for b in bound if isinstance(b, ast.Call)]
+    if not bound or len(calls) != len(bound):
+        return False
+    for helper_call in calls:
+        returned = ctx.flow.returns_of(helper_call)
+        if not returned or not all(_joined_outputs(ctx, r) for r in returned):
+            return False
+    return True
+
+
+def _joined_outputs(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`torch.cat(outputs, 0)` (or `dim=0`, or no dim) of a list whose every append in a loop
+    is a model's whole output."""
+    if not (isinstance(value, ast.Call) and ctx.flow.qualname_of(value) in _ROW_JOINS):
+        return False
+    if not value.args or not isinstance(value.args[0], ast.Name):
+        return False
+    dim = argument(value, "dim", 1)
+    if dim is not None and constant_int(dim) != 0:
+        return False
+    name = value.args[0].id
+    scope = ctx.enclosing_function(value)
+    values = []
+    for read in ctx.flow.reads_of(name):
+        method = ctx.parents.get(read)
+        if ctx.enclosing_function(read) is not scope or not isinstance(method, ast.Attribute):
+            continue
+        call = ctx.parents.get(method)
+        if method.attr != "append" or not isinstance(call, ast.Call):
+            continue
+        if len(call.args) != 1 or not in_loop(ctx, call):
+            return False
+        values.append(call.args[0])
+    return bool(values) and all(is_whole_model_output(ctx, v) for v in values)
+
+
+_ROW_JOINS = frozenset({"torch.cat", "torch.concat", "torch.vstack"})
 
 
 def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:

@@ -60,6 +60,9 @@ class ValidationWithGrad(Rule):
     `torch.inference_mode()` (as a `with` block, a decorator, or `torch.set_grad_enabled(False)`).
     Every function of a script named for evaluation or prediction (`detect.py`, `test.py`)
     that never back-propagates counts as evaluation.
+    In a training loop, so does the model switched to eval mode and then run before the loop
+    switches it back, with nothing back-propagated in between (`ddpm.eval()` after each
+    epoch, then `xh = ddpm.sample(8, ...)` to save a grid of samples).
     A helper counts as evaluation whatever its name when it is called with held-out data
     (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
     inline in the training loop, and so does a function that puts the model in eval mode
@@ -150,6 +153,10 @@ class ValidationWithGrad(Rule):
                     and call.lineno not in reported
                     and fn.name not in self._grad_off_call_sites(ctx, {fn.name})
                 ):
+                    self._report(ctx, call, reported)
+        if ".eval()" in source and "backward" in source:
+            for call in _run_between_eval_and_train(ctx):
+                if call.lineno not in reported:
                     self._report(ctx, call, reported)
         for node in nodes_of(ctx, ast.For):
             if not isinstance(node, ast.For):
@@ -302,6 +309,87 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
             ctx.flow.derives_from(arg, lambda n: _is_param(n, params)) for arg in given
         ):
             return call
+    return None
+
+
+_NOT_FORWARDS = frozenset(
+    {"train", "eval", "state_dict", "load_state_dict", "parameters", "named_parameters",
+     "modules", "children", "named_modules", "buffers", "to", "cuda", "cpu", "half", "float",
+     "zero_grad", "requires_grad_", "apply", "save_pretrained", "register_buffer"}
+)  # fmt: skip
+"""Methods of a module that run no forward: calling them after `eval()` records nothing."""
+
+
+def _run_between_eval_and_train(ctx: ModuleContext) -> list[ast.Call]:
+    """In a loop of a training module (an epoch), a model switched to eval mode by a
+    statement of the loop's body and then run by a later one, before the body switches it
+    back, with autograd on and nothing back-propagated in between: samples drawn or images
+    generated after each epoch (`ddpm.eval()`, then `xh = ddpm.sample(8, ...)`). One finding
+    per loop: its first such forward."""
+    found: list[ast.Call] = []
+    for loop in nodes_of(ctx, ast.For):
+        if not isinstance(loop, ast.For | ast.While):
+            continue
+        body = loop.body
+        evaluating: set[str] = set()
+        for index, statement in enumerate(body):
+            model = _switched_to_eval(statement)
+            if model is not None:
+                evaluating.add(model)
+                continue
+            evaluating = {m for m in evaluating if not _switched_to(statement, m, "train")}
+            if not evaluating or ctx.loops.backpropagates(body[index:]):
+                continue
+            if _input_gradients(ctx, [statement]):
+                break
+            call = next(
+                (c for m in sorted(evaluating) if (c := _first_run_of(ctx, [statement], m))),
+                None,
+            )
+            if call is not None:
+                found.append(call)
+                break
+    return found
+
+
+def _switched_to_eval(statement: ast.stmt) -> str | None:
+    if not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)):
+        return None
+    func = statement.value.func
+    if isinstance(func, ast.Attribute) and func.attr == "eval" and not statement.value.args:
+        return identifier(func.value) or None
+    return None
+
+
+def _switched_to(statement: ast.stmt, model: str, mode: str) -> bool:
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == mode
+        and identifier(n.func.value) == model
+        for n in walk_tree(statement)
+    )
+
+
+def _first_run_of(ctx: ModuleContext, statements: list[ast.stmt], model: str) -> ast.Call | None:
+    """The first call of `model` itself, or of a method of it that runs a forward
+    (`sample`, `generate`), with autograd on."""
+    for statement in statements:
+        for node in walk_tree(statement):
+            if not isinstance(node, ast.Call) or grad_may_be_off(ctx, node):
+                continue
+            func = node.func
+            if identifier(func) == model and ctx.flow.is_model_call(node):
+                return node
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr not in _NOT_FORWARDS
+                and not func.attr.startswith("_")
+                and identifier(func.value) == model
+                and ctx.flow.is_module_value(func.value)
+                and isinstance(ctx.parents.get(node), ast.Assign)
+            ):
+                return node
     return None
 
 
