@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.models import FixKind, Patch
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -134,3 +135,39 @@ def test_a_change_after_the_loop_that_breaks_the_end_of_the_run_is_unverified(
         "`python deferred.py` did not end cleanly: "
     )
     assert "RuntimeError" in detail, detail
+
+
+TWO_LOOPS = DEFERRED.replace(
+    "print(total / 12)",
+    "for step in range(12):  # fine-tuning, after the run's probed steps\n"
+    "    loss = model(torch.randn(8, 4)).mean()\n"
+    "    optimizer.zero_grad()\n"
+    "    loss.backward()\n"
+    "    optimizer.step()\n"
+    "    print(loss.item())",
+)
+
+
+def test_a_speed_fix_whose_change_runs_only_after_the_timed_steps_is_not_timed(
+    verifier: Verifier,
+) -> None:
+    """A second training loop's `.item()` fix was timed on the first loop's steps, where it
+    changes nothing, and refused as "not faster": right verdict, wrong reason."""
+    (verifier.root / "two_loops.py").write_text(TWO_LOOPS)
+    two = Verifier(verifier.root, verifier.runner, ["python", "two_loops.py"], steps=3)
+    after = TWO_LOOPS.replace("    print(loss.item())", "    print(loss.detach())")
+    patch = Patch(
+        finding_id="TD-test",
+        rule="none",
+        diff=unified_diff("two_loops.py", TWO_LOOPS, after),
+        files=["two_loops.py"],
+    )
+    spec = FixSpec(kind=FixKind.PERFORMANCE, rtol=EXACT_RTOL, symptom=healthy_run)
+    steps = {
+        v.step: (v.ok, v.detail)
+        for v in two.verify(patch, Claim(rules=frozenset(), severity=Severity.LOW), spec)
+    }
+    assert steps["executed-change"][0], steps["executed-change"][1]
+    ok, detail = steps["speed-up"]
+    assert not ok
+    assert detail.startswith("not timed: every changed block (two_loops.py:18) runs only after")

@@ -237,8 +237,27 @@ class Verifier:
             after = self._with_other_hash_seed(copy, touched, spec, after)
         steps.append(self._behaviour(after, spec))
         if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
-            steps.append(self._speed(copy, after, spec))
+            later = self._only_after_the_steps(copy, touched, after)
+            steps.append(
+                Verification(
+                    step="speed-up",
+                    ok=False,
+                    detail=f"not timed: every changed block ({_at(later)}) runs only after the "
+                    f"{self.steps} steps the timing measures (a run left to finish reached "
+                    "it): timing those steps would compare the same code",
+                )
+                if later
+                else self._speed(copy, after, spec)
+            )
         return steps
+
+    def _only_after_the_steps(
+        self, copy: Path, touched: list[str], after: SmokeRun
+    ) -> list[tuple[str, int]]:
+        """The changed blocks, when none of them ran in the probed steps (a second training
+        loop, code after the loop): the timing's steps would run the original's code."""
+        total, missed = self._missed(copy, touched, after)
+        return missed if total and len(missed) == total else []
 
     def _crash_moved_on(
         self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
