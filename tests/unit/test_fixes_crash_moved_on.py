@@ -245,3 +245,27 @@ def test_a_script_in_a_folder_has_its_error_placed_from_the_workspace() -> None:
     assert run.error_at == ("experiments/train.py", TOTAL)
     assert run.detail.endswith(f"(IndexError at experiments/train.py:{TOTAL})")
     assert smoke_run_from_evidence(crashed, script="train.py").error_at == ("train.py", TOTAL)
+
+
+def test_changes_after_the_loop_are_named_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two blocks after the loop (an eval/restore pair around a sampling function, held-out
+    former) read "generate.py:106, generate.py:122 runs after the loop"."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train.py").write_text(SCRIPT, encoding="utf-8")
+    fixed = SCRIPT.replace("total = 0.0\n", "total = 0.0\nstart = 0\n") + "done = 1\n"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "train.py").write_text(fixed, encoding="utf-8")
+    whole = SmokeRun(ok=False, detail="script-error: boom")
+    monkeypatch.setattr(verify, "smoke_run", lambda *_a, **_k: whole)
+    verifier = Verifier(root, object(), ["python", "train.py"], baseline=_run(TOTAL))  # type: ignore[arg-type]
+    after = SmokeRun(ok=True, stopped_in_loop=True, executed_lines={"train.py": [1, 2]})
+    codemod = codemod_for("scalar-loss-indexed")
+    assert codemod is not None
+
+    step = verifier._executed(copy, ["train.py"], after, FixSpec.of(codemod))
+
+    assert not step.ok and " run after the loop, and the run left to finish" in step.detail

@@ -480,7 +480,8 @@ class Verifier:
                 return Verification(
                     step="executed-change",
                     ok=False,
-                    detail=f"unverified: {_at(missed)} runs after the loop, and the run left "
+                    detail=f"unverified: {_at(missed)} {'runs' if len(missed) == 1 else 'run'} "
+                    "after the loop, and the run left "
                     f"to finish under `{command}` did not end cleanly: {whole.detail}",
                 )
             finished = f" ({_at(missed)} after the loop, in a run left to finish)"
