@@ -30,7 +30,7 @@ from torchdoctor.agent.fixes.diffs import (
 )
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
-from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch
+from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch, with_refusal
 from torchdoctor.agent.fixes.verify import (
     DEVICE_ADVICE_ON_CPU,
     NO_RUN,
@@ -83,6 +83,25 @@ def propose(root: Path, findings: list[Finding], phase: int) -> list[FixRecord]:
                 )
             )
     return records
+
+
+def explained_refusals(
+    root: Path, findings: list[Finding], phase: int, records: list[FixRecord]
+) -> list[Finding]:
+    """The open findings of `phase` whose rule has a codemod that declined them, each with the
+    codemod's reason as evidence (`pipeline.with_refusal`): the report said nothing of why a
+    fixable rule got no fix (six hand-written attentions of an educational transformer)."""
+    proposed = {r.finding_id for r in records}
+    declined = [
+        f
+        for f in findings
+        if f.phase == phase
+        and f.status.is_open
+        and f.id not in proposed
+        and codemod_for(f.rule) is not None
+    ]
+    explained = ((f, with_refusal(root, f)) for f in declined)
+    return [after for before, after in explained if after is not before]
 
 
 def is_overhead(rule: str) -> bool:

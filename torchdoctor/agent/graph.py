@@ -278,7 +278,12 @@ class Phase:
         if not options.fixing:
             return {"trace": [f"fix:{self.number}"]}
         from torchdoctor.agent.fixes.models import FixKind
-        from torchdoctor.agent.fixing import is_overhead, propose, verify_record
+        from torchdoctor.agent.fixing import (
+            explained_refusals,
+            is_overhead,
+            propose,
+            verify_record,
+        )
 
         context = runtime.context
         if self.number not in state.get("fixes_proposed", []):
@@ -297,10 +302,11 @@ class Phase:
             patched = {f.id: f for f in reported}
             findings = [patched.pop(f.id, f) for f in findings] + list(patched.values())
             records = propose(context.workspace.root, findings, self.number)
+            refused = explained_refusals(context.workspace.root, findings, self.number, records)
             return {
                 "fixes": {r.finding_id: r for r in records},
                 "fixes_proposed": [self.number],
-                "findings": reported,
+                "findings": [*reported, *refused],
                 "hypotheses": found.hypotheses,
                 "notes": found.notes,
                 "usage": found.usage,

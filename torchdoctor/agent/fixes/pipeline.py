@@ -143,7 +143,7 @@ def propose_and_verify(
             patch = propose_patch(workspace_root, finding)
             codemod = codemod_for(finding.rule)
             if patch is None or codemod is None:
-                by_id[finding.id] = _with_refusal(workspace_root, finding)
+                by_id[finding.id] = with_refusal(workspace_root, finding)
                 continue
             if codemod.overhead:
                 overheads.append((finding, patch))
@@ -205,7 +205,7 @@ def _out_of_time(finding: Finding, diff: str) -> Finding:
     )
 
 
-def _with_refusal(workspace_root: Path, finding: Finding) -> Finding:
+def with_refusal(workspace_root: Path, finding: Finding) -> Finding:
     """The finding with the codemod's reason for not fixing it as evidence, when it has one."""
     codemod = codemod_for(finding.rule)
     path = workspace_root / finding.file
