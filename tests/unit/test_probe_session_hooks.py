@@ -265,3 +265,24 @@ def test_modules_without_state_are_no_inference_steps_and_no_roots(tmp_path: Pat
                     model(torch.randn(4, 6))
     finally:
         probes.uninstall()
+
+
+def test_parameters_moved_between_backwards_are_compared_by_identity() -> None:
+    """Two backwards may reach the parameters in another order or another number (a graph
+    walked twice): only a parameter seen at both, by identity, says whether one moved."""
+    from torchdoctor.sandbox.probes.session import _moved
+
+    before = ({1: 0, 2: 1}, torch.tensor([1.0, 2.0]))
+    assert not _moved(before, ({2: 0, 1: 1}, torch.tensor([2.0, 1.0])))
+    assert not _moved(before, ({2: 0, 3: 1}, torch.tensor([2.0, 5.0])))
+    assert _moved(before, ({3: 0, 2: 1}, torch.tensor([5.0, 2.5])))
+    assert not _moved(before, ({4: 0}, torch.tensor([9.0])))
+
+
+def test_a_losss_parameters_are_read_off_its_graph() -> None:
+    from torchdoctor.sandbox.probes.session import graph_parameters
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    frozen = nn.Linear(4, 1).requires_grad_(False)
+    loss = (model(torch.randn(3, 4)) + frozen(torch.randn(3, 4))).pow(2).mean()
+    assert {id(p) for p in graph_parameters(loss)} == {id(p) for p in model.parameters()}

@@ -122,16 +122,31 @@ def _loaded_code_trains(user_files: UserFiles) -> bool:
     return False
 
 
+_Norms = tuple[dict[int, int], torch.Tensor]
+"""Parameters' norms at a backward: each parameter's id -> its index in the norms."""
+
+
+def _moved(before: _Norms, now: _Norms) -> bool:
+    """Whether a parameter seen at both backwards has another norm at the second."""
+    common = [(index, now[0][key]) for key, index in before[0].items() if key in now[0]]
+    if not common:
+        return False
+    first, second = zip(*common, strict=True)
+    return not torch.equal(before[1][list(first)], now[1][list(second)])
+
+
 def graph_parameters(tensor: torch.Tensor) -> list[torch.Tensor]:
     """The parameters a backward from `tensor` accumulates into: its graph's leaves."""
     found: dict[int, torch.Tensor] = {}
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}
+    """Each node walked, kept alive: a C++ node's Python object is made on each access and
+    freed after, so an id alone could come back as another node's and skip it."""
     stack = [tensor.grad_fn]
     while stack and len(seen) < GRAPH_NODES_MAX:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.nn.Parameter):
             found[id(variable)] = variable
@@ -156,7 +171,7 @@ class Session:
         self._hand_updated = HandUpdated()
         self._hand_checks = 0
         self._code_trains: bool | None = None
-        self._norms_at_backward: torch.Tensor | None = None
+        self._norms_at_backward: _Norms | None = None
         self.depth = 0
         self.loss_depth = 0
         self.roots: dict[int, torch.nn.Module] = {}
@@ -291,12 +306,18 @@ class Session:
         return backward
 
     def _reached_if_looking(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """The parameters this backward will reach, while updates by hand are looked for
-        (read before the backward frees the graph)."""
-        looking = not (self.optimizer_built or self.manual_training)
-        return (
-            graph_parameters(tensor) if looking and self._hand_checks < HAND_UPDATE_CHECKS else []
-        )
+        """While updates by hand are looked for: the parameters this backward will reach
+        (read before the backward frees the graph), with the hooked models' own."""
+        if self.optimizer_built or self.manual_training or self._hand_checks >= HAND_UPDATE_CHECKS:
+            return []
+        try:
+            found = {id(p): p for p in graph_parameters(tensor)}
+        except Exception:
+            self._error()
+            found = {}
+        for root in self.roots.values():
+            found.update((id(p), p) for p in root.parameters())
+        return list(found.values())
 
     def _backward_without_optimizer(self, reached: list[torch.Tensor]) -> None:
         """Each backward after training has started by hand ends a step, its gradients read
@@ -319,14 +340,15 @@ class Session:
         Their norms are compared, one host read a backward, the first few backwards only. The
         parameters come from the loss's graph, not the hooked models: a compiled model's
         forward runs no hook."""
-        params = [p for p in reached if p.grad is not None]
+        params = sorted((p for p in reached if p.grad is not None), key=id)
         if not params:
             return
         self._hand_checks += 1
         with torch.no_grad():
             norms = torch.stack([n.float() for n in torch._foreach_norm(params)])
-        before, self._norms_at_backward = self._norms_at_backward, norms
-        if before is None or before.shape != norms.shape or torch.equal(before, norms):
+        now = {id(p): index for index, p in enumerate(params)}
+        before, self._norms_at_backward = self._norms_at_backward, (now, norms)
+        if before is None or not _moved(before, (now, norms)):
             return
         self._hand_updated = HandUpdated([{"params": params}])
         self._norms_at_backward = None
