@@ -311,3 +311,30 @@ def test_a_finding_on_a_line_a_fix_wrote_has_no_place_on_the_users_file() -> Non
     on_copy = _raw("host-sync-in-step", copy)
 
     assert finding_on_original(on_copy, copy, SIGMOID_SCRIPT) is None
+
+
+def test_retarget_maps_the_other_lines_a_finding_names() -> None:
+    """A seq2seq tutorial (held out): the seed fix added three lines above the vocabulary;
+    the vocabulary fix, replayed on that text, looked for its set at the old `set_line` and
+    was dropped as a conflict with the fixes before it."""
+    original = "a = 1\nwords = ['x']\nvocab = list(set(words))\nindex = {w: i for i, w in ...}\n"
+    current = "import random\nrandom.seed(0)\n\n" + original
+    target = FixTarget(
+        rule="vocabulary-in-set-order",
+        file="t.py",
+        line=4,
+        end_line=4,
+        data={"set": "set(words)", "set_line": 3, "softmax_lines": [1, 3], "flag": True},
+    )
+
+    moved = retarget(original, current, target)
+
+    assert moved is not None and (moved.line, moved.end_line) == (7, 7)
+    assert moved.data == {
+        "set": "set(words)",
+        "set_line": 6,
+        "softmax_lines": [4, 6],
+        "flag": True,
+    }
+    removed = original.replace("vocab = list(set(words))\n", "")
+    assert retarget(original, removed, target.model_copy(update={"line": 2, "end_line": 2})) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,7 +102,32 @@ def retarget(original: str, current: str, target: FixTarget) -> FixTarget | None
     end_line = _mapped(spans, target.end_line, end=True)
     if line is None or end_line is None or end_line < line:
         return None
-    return target.model_copy(update={"line": line, "end_line": end_line})
+    data = _data_on(spans, target.data)
+    if data is None:
+        return None
+    return target.model_copy(update={"line": line, "end_line": end_line, "data": data})
+
+
+def _data_on(
+    spans: Sequence[tuple[str, int, int, int, int]], data: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The finding's data with the other lines it names (`set_line`, `softmax_lines`: the
+    codemod looks there) mapped too: a vocabulary fix replayed after a seed fix added lines
+    above looked for its set at the old line, and was dropped as a conflict (a seq2seq
+    tutorial). None when an earlier fix removed one of them."""
+    mapped = dict(data)
+    for key, value in data.items():
+        if key.endswith("_line") and isinstance(value, int) and not isinstance(value, bool):
+            line = _mapped(spans, value, end=False)
+            if line is None:
+                return None
+            mapped[key] = line
+        elif key.endswith("_lines") and isinstance(value, list):
+            lines = [_mapped(spans, v, end=False) if isinstance(v, int) else v for v in value]
+            if None in lines:
+                return None
+            mapped[key] = lines
+    return mapped
 
 
 def _mapped(spans: Sequence[tuple[str, int, int, int, int]], line: int, *, end: bool) -> int | None:
