@@ -32,6 +32,10 @@ class TargetNetworkNotSynced(Rule):
     drifts toward the trained network over thousands of steps. Training runs, worse or
     unstable, with nothing failing.
 
+    Also reported: a sync that copies a lagging network into itself
+    (`self.target_net.load_state_dict(self.target_net.state_dict())`, `hard_update(target,
+    target)`): a no-op that leaves the copy at its initialisation for the whole run.
+
     Not reported: copies made with `copy.deepcopy`, copies synced in the function that builds
     them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
     critic_target, self.critic)`, or a checkpoint loaded into the copy), networks built with
@@ -61,6 +65,17 @@ class TargetNetworkNotSynced(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        for call in nodes_of(ctx, ast.Call):
+            copy = _self_sync(call) if isinstance(call, ast.Call) else None
+            if copy is not None:
+                ctx.report(
+                    self,
+                    call,
+                    f"`{copy}` is given its own weights: the sync is a no-op, so the copy "
+                    "never receives the weights of the network it follows and stays at its "
+                    "initialisation; load the trained network's state_dict into it",
+                    data={"copy": copy},
+                )
         copies = [n for n in nodes_of(ctx, ast.Assign) if _lagging_copy(n)]
         if not copies:
             return
@@ -92,6 +107,33 @@ class TargetNetworkNotSynced(Rule):
                 f"state_dict())` (or build it with copy.deepcopy({lag}))",
                 data={"copy": copy, "source": lag},
             )
+
+
+def _self_sync(call: ast.Call) -> str | None:
+    """The lagging network a sync call copies into itself: `target.load_state_dict(target
+    .state_dict())`, or a `hard_update(target, target)`-style call (the name says update or
+    sync) given the same network twice."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "load_state_dict" and call.args:
+        source = call.args[0]
+        if (
+            isinstance(source, ast.Call)
+            and isinstance(source.func, ast.Attribute)
+            and source.func.attr == "state_dict"
+            and ast.unparse(source.func.value) == ast.unparse(func.value)
+        ):
+            return _lagging_name(ast.unparse(func.value))
+        return None
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if len(call.args) >= 2 and any(w in name.lower() for w in ("update", "sync", "copy")):
+        first, second = (ast.unparse(a) for a in call.args[:2])
+        if first == second:
+            return _lagging_name(first)
+    return None
+
+
+def _lagging_name(holder: str) -> str | None:
+    return holder if any(w in _LAGGING for w in _words(holder)) else None
 
 
 def _scope_of(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:
