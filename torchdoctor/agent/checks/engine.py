@@ -29,6 +29,7 @@ from torchdoctor.agent.checks.base import (
     Rule,
 )
 from torchdoctor.agent.checks.device_scope import stand_down
+from torchdoctor.agent.checks.legacy_source import as_python3
 from torchdoctor.agent.checks.loops import node_fields, scope_memo
 from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText, TriggerTable
@@ -282,11 +283,15 @@ def _analyse(
     path: str, source: str, rule_types: Sequence[type[Rule]], config: EngineConfig
 ) -> FileResult:
     started = time.perf_counter()
+    unparsed: RawFinding | None = None
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as err:
-        finding = SyntaxErrorRule.finding(path, source, err)
-        return FileResult(path=path, findings=[finding], applicable=[SyntaxErrorRule.id])
+        unparsed = SyntaxErrorRule.finding(path, source, err)
+        read = _read_as_python3(source, path)
+        if read is None:
+            return FileResult(path=path, findings=[unparsed], applicable=[SyntaxErrorRule.id])
+        source, tree = read  # the syntax error is still reported; the other rules read this
     except (ValueError, RecursionError, MemoryError) as err:
         return FileResult(path=path, note=f"could not be parsed: {type(err).__name__}: {err}")
     text = ModuleText(source)
@@ -347,14 +352,27 @@ def _analyse(
             ctx.facts.pop(f"pending:{rule_id}", None)
         said = "; ".join(f"rule {rule_id} failed here ({why})" for rule_id, why in failed.items())
         note = f"{note}; {said}" if note else f"{said}: the other rules ran"
+    findings = outside_tests(stand_down(ctx.findings, source, tree), production_only(rule_types))
     return FileResult(
         path=path,
-        findings=outside_tests(stand_down(ctx.findings, source, tree), production_only(rule_types)),
+        findings=[unparsed, *findings] if unparsed is not None else findings,
         facts=ctx.facts,
         applicable=[a for a in applicable if a not in failed],
         note=note,
         seconds=time.perf_counter() - started,
     )
+
+
+def _read_as_python3(source: str, path: str) -> tuple[str, ast.Module] | None:
+    """A Python 2 module's source and tree once its Python 2 statements are rewritten (lines
+    kept), or None when it is not that (a typo, a half-written file)."""
+    rewritten = as_python3(source)
+    if rewritten is None:
+        return None
+    try:
+        return rewritten, ast.parse(rewritten, filename=path)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 @lru_cache(maxsize=64)
