@@ -73,7 +73,7 @@ class Accumulations(GraphOrigins):
             return False
         if self._assigned_in(acc.target, acc.loop, acc.node):
             return False
-        return not self.is_backpropagated(acc.target)
+        return not self.is_backpropagated(acc.target, history=isinstance(acc.node, ast.Call))
 
     def total_returned_by_loss_function(self, acc: Accumulation) -> bool:
         """A loss function summing its terms over a loop (heads, scales, layers) and returning
@@ -154,12 +154,17 @@ class Accumulations(GraphOrigins):
             child = anc
         return False
 
-    def is_backpropagated(self, target: ast.expr, within: ast.AST | None = None) -> bool:
+    def is_backpropagated(
+        self, target: ast.expr, within: ast.AST | None = None, history: bool = False
+    ) -> bool:
         """Whether some `.backward()`/`autograd.grad` in the module (or only those inside
         `within`) runs on a value derived from `target` (summing micro-batch losses before one
         backward is intended). A backward that ran before a name's binding, with no loop
         around both to bring it back, does not see it (`loss_swap.backward()`, then
-        `loss_swap = loss_swap.item() - nll` for the log)."""
+        `loss_swap = loss_swap.item() - nll` for the log). With `history` (a list appended to
+        every iteration), a backward of one element picked by a constant index
+        (`losses[-1].backward()`) does not count: it needs the newest loss only, and the list
+        keeps the graphs of all the others."""
         for call in self._backward_calls:
             if within is not None and not _inside(call, within):
                 continue
@@ -168,6 +173,8 @@ class Accumulations(GraphOrigins):
             receivers: list[ast.expr] = list(call.args)
             if isinstance(call.func, ast.Attribute):
                 receivers.append(call.func.value)
+            if history:
+                receivers = [r for r in receivers if not _one_element_of(r, target)]
             if any(self.computed_from(receiver, target) for receiver in receivers):
                 return True
             if self._passed_to_backward(call, receivers, target):
@@ -383,3 +390,13 @@ def _accumulation_pair(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
         if appends and _is_accumulator(receiver):
             return receiver, node.args[0]
     return None
+
+
+def _one_element_of(expr: ast.expr, container: ast.expr) -> bool:
+    """`losses[-1]`, `losses[0]`: one element of `container` picked by a constant index."""
+    if not isinstance(expr, ast.Subscript) or ast.unparse(expr.value) != ast.unparse(container):
+        return False
+    index = expr.slice
+    if isinstance(index, ast.UnaryOp) and isinstance(index.op, ast.USub):
+        index = index.operand
+    return isinstance(index, ast.Constant) and isinstance(index.value, int)

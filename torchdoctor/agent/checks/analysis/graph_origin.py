@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     AGGREGATING_BUILTINS,
     DETACHING_BUILTINS,
     DETACHING_METHODS,
+    FOLDING_FUNCTIONS,
     NON_GRAD_TORCH,
 )
 from torchdoctor.agent.checks.loops import walk_tree
@@ -264,6 +265,8 @@ class GraphOrigins(ModelFacts):
             inputs = [*call.args, *(k.value for k in call.keywords)]
             return (yield from self._first_origin(inputs))  # a graph only through its inputs
         qual = self.qualname_of(call)
+        if qual in FOLDING_FUNCTIONS:  # `functools.reduce(operator.add, losses)`: the values
+            return (yield from self._first_origin(call.args[1:]))
         if qual is not None:
             if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] not in NON_GRAD_TORCH:
                 return (yield from self._first_origin(call.args))
