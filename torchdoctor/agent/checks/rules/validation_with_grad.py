@@ -71,10 +71,16 @@ class ValidationWithGrad(Rule):
     handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
     every request is one more forward.
 
+    Also reported: an epoch helper shared by training and evaluation whose flag parameter
+    only guards the backward pass (`if train_model: loss.backward()`), at its forward, when
+    some call outside no_grad passes the flag as False (`_epoch(valid_loader,
+    train_model=False)`) and nothing in it sets the grad mode.
+
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
     helper every call of which already runs under `no_grad`, a `predict` method whose output
     a function of the module back-propagates (the forward under another name), a helper
-    that also back-propagates (a `run_epoch` shared by training and validation), one-off
+    that also back-propagates with no flag saying when it evaluates (`run_epoch(model,
+    val_loader, criterion)`, training whenever given an optimizer), one-off
     forwards (a shape check) outside any loop, evaluations that differentiate with
     `torch.autograd.grad` (a PGD attack measuring robust accuracy), and export helpers
     (`torch.onnx.export`, `torch.jit.trace` after one forward).
@@ -131,6 +137,33 @@ class ValidationWithGrad(Rule):
                     fn.lineno <= line <= (fn.end_lineno or fn.lineno) for line in reported
                 ):
                     self._report(ctx, call, reported)
+        for fn in functions(ctx):
+            if fn in candidates or _in_network(ctx, fn) or "backward" not in source:
+                continue
+            switched = _evaluated_through_flag(ctx, fn)
+            if switched is None or any(
+                fn.lineno <= line <= (fn.end_lineno or fn.lineno) for line in reported
+            ):
+                continue
+            flag, site = switched
+            call = next(
+                (
+                    c
+                    for c in model_calls(ctx, fn.body)
+                    if _in_loop(ctx, c, fn) and not grad_may_be_off(ctx, c)
+                ),
+                None,
+            )
+            if call is not None:
+                reported.add(call.lineno)
+                ctx.report(
+                    self,
+                    call,
+                    f"`{fn.name}` also evaluates (called with `{flag}=False` at line "
+                    f"{site.lineno}), but the flag only skips the backward pass: the model "
+                    "still runs with autograd on, keeping activations for a backward that "
+                    f"never comes; wrap the loop in `torch.set_grad_enabled({flag})`",
+                )
         for fn in serving:  # one forward per request: no loop needed to repeat it
             if fn.name not in guarded_callers:
                 call = self._first_with_grad(ctx, fn.body, reported)
@@ -390,6 +423,57 @@ def _first_run_of(ctx: ModuleContext, statements: list[ast.stmt], model: str) ->
                 and isinstance(ctx.parents.get(node), ast.Assign)
             ):
                 return node
+    return None
+
+
+_GRAD_MODE_CALLS = frozenset({"set_grad_enabled", "no_grad", "inference_mode", "enable_grad"})
+
+
+def _evaluated_through_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, ast.Call] | None:
+    """(flag, call) for an epoch helper shared by training and evaluation (DeepRank's
+    `_epoch(self, data_loader, train_model)`): every backward it runs sits under `if flag:`,
+    nothing in it sets the grad mode, and `call`, a call of it outside no_grad, passes
+    `flag=False` (by keyword or at its position): that call's forwards record graphs."""
+    params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
+    backwards = _backward_calls(ctx, fn)
+    if not backwards or not params:
+        return None
+    if any(
+        isinstance(n, ast.Call) and identifier(n.func) in _GRAD_MODE_CALLS for n in walk_tree(fn)
+    ):
+        return None
+    guards = {_guarding_flag(ctx, call, fn) for call in backwards}
+    if len(guards) != 1:
+        return None
+    (flag,) = guards
+    if flag is None or flag not in params:
+        return None
+    method = bool(params) and params[0] in ("self", "cls")
+    index = params.index(flag) - (1 if method else 0)
+    for site in ctx.calls.call_sites(fn):
+        passed = next((k.value for k in site.keywords if k.arg == flag), None)
+        if passed is None and 0 <= index < len(site.args):
+            passed = site.args[index]
+        if passed is not None and is_false(passed) and not grad_may_be_off(ctx, site):
+            return flag, site
+    return None
+
+
+def _guarding_flag(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> str | None:
+    """The parameter-like name whose truth an enclosing `if` of `fn` tests before `node`
+    runs (`if train_model:`, `if is_train and ...:`)."""
+    child = node
+    for anc in ctx.ancestors(node):
+        if anc is fn:
+            return None
+        if isinstance(anc, ast.If) and child is not anc.test and any(child is s for s in anc.body):
+            tests = anc.test.values if isinstance(anc.test, ast.BoolOp) else [anc.test]
+            if isinstance(anc.test, ast.BoolOp) and not isinstance(anc.test.op, ast.And):
+                tests = []
+            for test in tests:
+                if isinstance(test, ast.Name):
+                    return test.id
+        child = anc
     return None
 
 
