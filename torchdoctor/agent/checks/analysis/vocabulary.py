@@ -32,6 +32,8 @@ DATALOADERS = _names("dataloaders")
 SCHEDULER_HINTS = tuple(sorted(_names("scheduler_hints")))
 LOSS_FUNCTIONS = _names("loss_functions")
 NLL_LOSSES = _names("nll_losses")
+# Losses that average over the batch unless told otherwise (`reduction="mean"` by default).
+MEAN_REDUCED_LOSSES = _names("mean_reduced_losses")
 # Losses with no prediction slot: `F.mse_loss(returns, values)` is written either way round.
 SYMMETRIC_LOSSES = _names("symmetric_losses")
 # Packages that show or store results (plots, progress bars, images, configs): a call of

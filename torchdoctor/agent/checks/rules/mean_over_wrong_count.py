@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import MEAN_REDUCED_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     added_to_in,
@@ -24,7 +25,10 @@ class MeanOverWrongCount(Rule):
     over (`loss_epoch / len(train_loader)` where `loss_epoch` came from a loop, or a function
     given `features_loader`, over another loader), or a count of matching samples summed
     over a loader's batches (`correct += torch.sum(preds == targets)`) divided by `len()` of
-    that loader, the number of batches (`correct.double() / len(self.train_data_loader)`).
+    that loader, the number of batches (`correct.double() / len(self.train_data_loader)`),
+    or the other way round, a sum of batch means (`loss_epoch += loss.item()`, the loss from
+    a criterion averaging over the batch) divided by `len()` of that loader's `.dataset`,
+    the number of samples.
 
     Why it matters: the reported mean is wrong by a factor nobody sees. Dividing by the last
     index inflates it (with a single validation batch it divides by zero); dividing by the
@@ -79,6 +83,8 @@ class MeanOverWrongCount(Rule):
                 cast = _division(node, casts=True)
                 if message is None and cast is not None:
                     message = _count_over_batches(ctx, *cast, node, loops)
+                if message is None and division is not None:
+                    message = _means_over_samples(ctx, *division, node, loops)
                 if message is not None:
                     ctx.report(self, node, message)
 
@@ -320,3 +326,125 @@ def _count_over_batches(
                 f"(`len({divided_by}.dataset)`)"
             )
     return None
+
+
+def _means_over_samples(
+    ctx: ModuleContext, total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.For]
+) -> str | None:
+    """`total / len(loader.dataset)` after a loop over `loader` whose every `total += ...`
+    adds a batch's mean loss as it is (`loss.item()`, `loss.data.item()`, `float(loss)`), the
+    loss made by a criterion that averages over the batch (`F.nll_loss(...)`,
+    `nn.CrossEntropyLoss()`, alone or weighted with other terms none of which is known to
+    sum): the mean is shrunk by the batch size. Not when a term sums (`reduction="sum"`,
+    `size_average=False`, `.sum()`) or an addition scales by the batch (`* x.size(0)`)."""
+    arg = _len_argument(divisor)
+    if not (isinstance(arg, ast.Attribute) and arg.attr == "dataset"):
+        return None
+    loader = ast.unparse(arg.value)
+    for loop in loops:
+        if not _after(node, loop) or loader not in {
+            ast.unparse(n) for n in walk_tree(loop.iter) if isinstance(n, ast.Name | ast.Attribute)
+        }:
+            continue
+        added = [
+            n.value
+            for n in walk_scope(loop.body)
+            if isinstance(n, ast.AugAssign)
+            and isinstance(n.op, ast.Add)
+            and isinstance(n.target, ast.Name)
+            and n.target.id == total
+        ]
+        if added and all(_batch_mean(ctx, value, node) for value in added):
+            return (
+                f"`{total}` sums each batch's mean loss over `{loader}` but is divided by "
+                f"`len({loader}.dataset)`, the number of samples: the mean is shrunk by the "
+                f"batch size; divide by the number of batches (`len({loader})`), or add each "
+                "batch's loss times its size"
+            )
+    return None
+
+
+_SCALAR_OF = frozenset({"item", "detach", "cpu"})
+
+
+def _batch_mean(ctx: ModuleContext, value: ast.expr, at: ast.AST) -> bool:
+    """`value` is a batch's mean loss taken as a number: `loss.item()`, `loss.data.item()`,
+    `loss.data[0]`, `float(loss)`, with `loss` (or the call itself) averaged over the batch."""
+    while True:
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+            if value.func.attr not in _SCALAR_OF or value.args:
+                break
+            value = value.func.value
+        elif (isinstance(value, ast.Attribute) and value.attr == "data") or (
+            isinstance(value, ast.Subscript) and ast.unparse(value.slice) == "0"
+        ):
+            value = value.value
+        elif (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Name)
+            and value.func.id == "float"
+            and len(value.args) == 1
+        ):
+            value = value.args[0]
+        else:
+            break
+    if not isinstance(value, ast.Name | ast.Call):
+        return False  # scaled or combined on the way (`loss.item() * x.size(0)`)
+    return _reduction(ctx, value, at, depth=0) == "mean"
+
+
+def _reduction(ctx: ModuleContext, expr: ast.expr, at: ast.AST, depth: int) -> str | None:
+    """'mean' when `expr` is a loss averaged over the batch (some term is, no term sums),
+    'sum' when a term is known to sum, None when nothing is known."""
+    if depth > 3:
+        return None
+    found: set[str] = set()
+    for node in walk_tree(expr):
+        kind = None
+        if isinstance(node, ast.Call):
+            kind = _call_reduction(ctx, node)
+        elif isinstance(node, ast.Name):
+            kinds = {
+                _reduction(ctx, bound, at, depth + 1) for bound in _bound_values(ctx, at, node.id)
+            }
+            kind = "sum" if "sum" in kinds else ("mean" if "mean" in kinds else None)
+        if kind is not None:
+            found.add(kind)
+    if "sum" in found:
+        return "sum"
+    return "mean" if "mean" in found else None
+
+
+def _call_reduction(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """How a call reduces over the batch: a mean-reducing loss given no other reduction, a
+    criterion object built from one, `.mean()`/`.sum()` and `torch.sum`."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in ("sum", "mean") and not call.keywords:
+        return func.attr
+    qual = ctx.call_qualname(call)
+    if qual in ("torch.sum", "torch.mean"):
+        return qual.rsplit(".", 1)[-1]
+    built = [call] if qual in MEAN_REDUCED_LOSSES else []
+    if not built and isinstance(func, ast.Name | ast.Attribute):
+        built = [
+            c for c in ctx.flow.constructors(func) if ctx.call_qualname(c) in MEAN_REDUCED_LOSSES
+        ]
+    if not built:
+        return None
+    return "mean" if all(_averages(c) for c in built) else "sum"
+
+
+def _averages(call: ast.Call) -> bool:
+    """No keyword turns the average off: `reduction` other than 'mean', `size_average=False`,
+    `reduce=False`."""
+    for keyword in call.keywords:
+        value = keyword.value
+        if keyword.arg == "reduction" and not (
+            isinstance(value, ast.Constant) and value.value in ("mean", "elementwise_mean")
+        ):
+            return False
+        if keyword.arg in ("size_average", "reduce") and not (
+            isinstance(value, ast.Constant) and value.value is True
+        ):
+            return False
+    return True
