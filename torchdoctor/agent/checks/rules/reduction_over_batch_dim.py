@@ -74,10 +74,14 @@ class ReductionOverBatchDim(Rule):
     reaches a loss (DQN's `q_target(s_next).max(0)[0]` in the TD target: the best value of
     each action over the batch, not the best action of each transition).
 
-    Not reported: reductions over dim 1/-1, values that are not a model's whole output (a
-    row `logits[0]`, a stack of several outputs `torch.stack(outs).mean(0)`, a single example
-    outside a loop, loops over single examples such as `zip(X, Y)`), results that are neither
-    compared nor given to a loss.
+    Also reported: a softmax or log_softmax over the one axis that the tensor's own view or
+    reshape sizes with the batch size (`pi = pi.view(seq_len, bs, gaussians)`, then
+    `log_softmax(pi, dim=-2)`): whatever the dim's number, it is the batch.
+
+    Not reported: reductions over dim 1/-1 (unless the view names that axis the batch),
+    values that are not a model's whole output (a row `logits[0]`, a stack of several
+    outputs `torch.stack(outs).mean(0)`, a single example outside a loop, loops over single
+    examples such as `zip(X, Y)`), results that are neither compared nor given to a loss.
 
     Example:
         for data, target in test_loader:
@@ -104,6 +108,7 @@ class ReductionOverBatchDim(Rule):
             return
         self._softmax_layers_over_the_batch(ctx)
         self._normalised_across_then_picked_along(ctx)
+        self._softmax_over_an_axis_sized_by_the_batch(ctx)
         flow = ctx.flow
         for call in flow.calls_named(_METHOD_DIM):
             reduced = _over_dim_zero(ctx, call)
@@ -117,6 +122,34 @@ class ReductionOverBatchDim(Rule):
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
                 data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
+            )
+
+    def _softmax_over_an_axis_sized_by_the_batch(self, ctx: ModuleContext) -> None:
+        """`pi = pi.view(seq_len, bs, self.gaussians)`, then `log_softmax(pi, dim=-2)`: the
+        tensor's own view names the axis the softmax normalises as the batch (world-models'
+        mixture weights, normalised across the batch instead of over the Gaussians)."""
+        for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
+            located = _dim_position(ctx, call)
+            if located is None:
+                continue
+            position, tensor = located
+            dim = kwarg(call, "dim")
+            if dim is None and len(call.args) > position:
+                dim = call.args[position]
+            axis = constant_int(dim)
+            shape = _viewed_shape(ctx, tensor) if axis is not None and axis != 0 else None
+            if axis is None or shape is None or not -len(shape) <= axis < len(shape):
+                continue
+            named = [i for i, size in enumerate(shape) if _batch_size_name(size)]
+            if named != [axis % len(shape)]:
+                continue  # no batch axis, another one, or two (a batch-by-batch matrix)
+            size = ast.unparse(shape[named[0]])
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call)}` normalises over dim {axis}, the `{size}` axis of "
+                f"`{ast.unparse(tensor)}`'s view: the batch; each example's values should sum "
+                "to one over their own axis",
             )
 
     def _softmax_layers_over_the_batch(self, ctx: ModuleContext) -> None:
@@ -659,3 +692,39 @@ def _fed_to_loss(ctx: ModuleContext, call: ast.Call) -> bool:
         ):
             return True
     return False
+
+
+_BATCH_SIZE = re.compile(
+    r"^(bs|bsz|bsize|b_size|batch|batch_size|batchsize|n_batch|num_batch)$", re.I
+)
+_VIEWS = frozenset({"view", "reshape"})
+
+
+def _batch_size_name(size: ast.expr) -> bool:
+    """`bs`, `batch_size`, `self.batch_size`: a size named as the batch."""
+    name = size.id if isinstance(size, ast.Name) else getattr(size, "attr", "")
+    return bool(_BATCH_SIZE.match(name))
+
+
+def _viewed_shape(ctx: ModuleContext, tensor: ast.expr) -> list[ast.expr] | None:
+    """The sizes of the view or reshape that made `tensor` (`x.view(a, b, c)`, `x.reshape((a,
+    b))`, `torch.reshape(x, (a, b))`), itself or the one value its name holds here."""
+    if isinstance(tensor, ast.Name):
+        values = ctx.flow.live_definitions(tensor)
+        if len(values) != 1:
+            return None
+        tensor = values[0]
+    if not isinstance(tensor, ast.Call) or tensor.keywords:
+        return None
+    func = tensor.func
+    if ctx.flow.qualname_of(tensor) == "torch.reshape" and len(tensor.args) == 2:
+        sizes = [tensor.args[1]]
+    elif isinstance(func, ast.Attribute) and func.attr in _VIEWS:
+        sizes = list(tensor.args)
+    else:
+        return None
+    if len(sizes) == 1 and isinstance(sizes[0], ast.Tuple | ast.List):
+        sizes = list(sizes[0].elts)
+    if any(isinstance(s, ast.Starred) for s in sizes):
+        return None
+    return sizes
