@@ -32,6 +32,11 @@ class EpochMetricNotReset(Rule):
     it (the best checkpoint, early stopping, a plateau scheduler) acts on a blur of the whole
     run (FixMatch-pytorch's "Fix AverageMeter" moved its meters into the epoch loop).
 
+    Also reported: an accumulator that a training loop fills and a loop over held-out data
+    after it, in the same pass, adds to with no reset between them (HiDDeN's dict of meters,
+    updated again by validation): the validation figures read after it average training
+    and validation batches. Reported at the validation loop's update.
+
     Not reported: accumulators re-bound or reset anywhere in the outer loop (also the
     tutorial's `running_loss = 0.0` every 2000 batches), `meter.reset()`, accumulators
     created inside a loop around the outer one, outer loops over a loader (running averages
@@ -84,6 +89,7 @@ class EpochMetricNotReset(Rule):
                 read = _read_after_inner(ctx, outer, name, update)
                 if read is not None:
                     stale[name] = (binding, read)
+            self._carried_into_validation(ctx, outer)
             if not stale:
                 continue
             names = sorted(stale, key=lambda n: stale[n][0].lineno)
@@ -97,6 +103,134 @@ class EpochMetricNotReset(Rule):
                 "after each pass covers every pass so far, not the last one",
                 data={"read_line": read.lineno, "loop_line": outer.lineno, "names": names},
             )
+
+    def _carried_into_validation(self, ctx: ModuleContext, outer: Loop) -> None:
+        """A training loop and, after it in the same pass of `outer`, a loop over held-out
+        data feeding the same accumulator with no reset between them (HiDDeN's `losses_accu`
+        meters, created for the training batches and updated again by validation): what is
+        read after the validation loop averages training and validation batches."""
+        training = {id(loop.node) for loop in ctx.loops.training_loops}
+        fed: dict[str, list[tuple[Loop, ast.AST]]] = {}
+        for node in walk_scope(outer.body):
+            name = _fed_name(ctx, node)
+            inner = _outermost_loop(ctx, node, outer) if name else None
+            if name and inner is not None:
+                fed.setdefault(name, []).append((inner, node))
+        for name, sites in fed.items():
+            trained = [
+                loop
+                for loop, update in sites
+                if not _held_out_loop(ctx, loop)
+                and (
+                    id(loop) in training
+                    or in_loader_loop(ctx, update)
+                    or _names_data(loop, _TRAIN_NAME)
+                )
+            ]
+            for loop, update in sites:
+                if not trained or not _held_out_loop(ctx, loop):
+                    continue
+                before = [t for t in trained if (t.end_lineno or t.lineno) < loop.lineno]
+                if not before or _reset_between(outer, name, before[-1], loop):
+                    continue
+                read = _read_after_inner(ctx, outer, name, update)
+                if read is None:
+                    continue
+                ctx.report(
+                    self,
+                    update,
+                    f"`{name}` still holds what the training loop of line {before[-1].lineno} "
+                    "put in it: this loop over held-out data adds to it with no reset "
+                    f"between, so the validation figures line {read.lineno} reads average "
+                    "training and validation batches",
+                    data={"read_line": read.lineno, "loop_line": loop.lineno, "names": [name]},
+                )
+                break
+
+
+_HELD_OUT_NAME = re.compile(r"(^|_)(val|valid|validation|test|eval|dev)(_|$|loader|data|set)", re.I)
+_TRAIN_NAME = re.compile(r"(^|_)train(_|$|loader|data|set)", re.I)
+
+
+def _names_data(loop: Loop, pattern: re.Pattern[str]) -> bool:
+    """The loop iterates something named like that data (`train_data`, `val_loader`)."""
+    if not isinstance(loop, ast.For | ast.AsyncFor):
+        return False
+    return any(
+        pattern.search(identifier(n))
+        for n in walk_tree(loop.iter)
+        if isinstance(n, ast.Name | ast.Attribute)
+    )
+
+
+def _held_out_loop(ctx: ModuleContext, loop: Loop) -> bool:
+    """A loop over validation or test data (`for image, _ in val_data`)."""
+    if not isinstance(loop, ast.For | ast.AsyncFor):
+        return False
+    if _names_data(loop, _HELD_OUT_NAME):
+        return True
+    return ctx.flow.held_out_kind(loop.iter, frozenset({"test", "val"})) is not None
+
+
+def _outermost_loop(ctx: ModuleContext, node: ast.AST, outer: Loop) -> Loop | None:
+    """The loop directly inside `outer` that holds `node` (the loop over batches, not a
+    `for name, loss in losses.items()` inside it)."""
+    found: Loop | None = None
+    for anc in ctx.ancestors(node):
+        if anc is outer:
+            return found
+        if isinstance(anc, _LOOPS):
+            found = anc
+    return None
+
+
+def _fed_name(ctx: ModuleContext, node: ast.AST) -> str:
+    """The accumulator `node` adds to: `total_loss += ...`, `meter.update(...)`, or a meter
+    kept in a dict of them (`losses_accu[name].update(loss)`)."""
+    if (
+        isinstance(node, ast.AugAssign)
+        and isinstance(node.op, ast.Add)
+        and isinstance(node.target, ast.Name)
+        and not isinstance(node.value, ast.Constant)
+        and _METRIC_NAME.search(node.target.id)
+    ):
+        return node.target.id
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "update"
+    ):
+        return ""
+    receiver = node.func.value
+    if isinstance(receiver, ast.Name) and _is_meter(ctx, receiver):
+        return receiver.id
+    if (
+        isinstance(receiver, ast.Subscript)
+        and isinstance(receiver.value, ast.Name)
+        and _METRIC_NAME.search(receiver.value.id)
+    ):
+        return receiver.value.id
+    return ""
+
+
+def _reset_between(outer: Loop, name: str, first: Loop, second: Loop) -> bool:
+    """`name` re-bound or reset by a statement of `outer` between the two loops."""
+    start, end = first.end_lineno or first.lineno, second.lineno
+    for node in walk_scope(outer.body):
+        if not start < getattr(node, "lineno", 0) < end:
+            continue
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("reset", "clear", "zero_")
+            and name in {identifier(n) for n in walk_tree(node.func.value)}
+        ):
+            return True
+    return False
 
 
 def _accumulations(ctx: ModuleContext, outer: Loop) -> list[tuple[str, ast.AST]]:
