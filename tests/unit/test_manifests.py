@@ -157,3 +157,5 @@ def test_setup_py_literal_install_requires_and_extras() -> None:
     # computed at build time, or not Python at all: nothing read, never an error
     assert parse_manifest("setup.py", "setup(install_requires=read('req.txt'))\n") == []
     assert parse_manifest("setup.py", "setup(\n") == []
+    # a hostile one the parser runs out of memory or stack on: nothing read, no traceback
+    assert parse_manifest("setup.py", "x = " + "-" * 100_000 + "1\n") == []

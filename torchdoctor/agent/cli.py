@@ -187,7 +187,14 @@ def audit(
         typer.Option(help="Also run the entry points found (a __main__ guard that trains)."),
     ] = False,
     steps: Annotated[
-        int, typer.Option(min=1, help="Optimizer steps (or forwards) per instrumented run.")
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Optimizer steps (backward passes when parameters are updated by hand; "
+                "forwards for inference) per instrumented run."
+            ),
+        ),
     ] = 20,
     probe: Annotated[
         list[str] | None, typer.Option(help="Extra probe: compile (torch.compile cost vs gain).")

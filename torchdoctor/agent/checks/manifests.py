@@ -311,7 +311,7 @@ def _setup_py_pins(path: str, text: str) -> Iterator[Pin]:
     literals (a list read from a file at build time declares nothing this can read)."""
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # a hostile setup.py
         return
     lines = text.splitlines()
     for node in ast.walk(tree):

@@ -225,7 +225,11 @@ class Verifier:
             # that it ran could cost a run to the script's end (a compile under a CUDA guard)
             steps.append(Verification(step="speed-up", ok=False, detail=untimed))
             return steps
-        executed = self._executed(copy, touched, after, spec)
+        total, unrun = in_steps = self._missed(copy, touched, after)
+        # every changed block runs only after the probed steps (a second training loop, code
+        # after the loop): a timing of those steps would run the original's code
+        later = unrun if total and len(unrun) == total else []
+        executed = self._executed(copy, touched, after, spec, in_steps)
         steps.append(
             executed.model_copy(update={"detail": self._on_root(copy, touched, executed.detail)})
         )
@@ -237,7 +241,6 @@ class Verifier:
             after = self._with_other_hash_seed(copy, touched, spec, after)
         steps.append(self._behaviour(after, spec))
         if steps[-1].ok and spec.kind is FixKind.PERFORMANCE:
-            later = self._only_after_the_steps(copy, touched, after)
             steps.append(
                 Verification(
                     step="speed-up",
@@ -250,14 +253,6 @@ class Verifier:
                 else self._speed(copy, after, spec)
             )
         return steps
-
-    def _only_after_the_steps(
-        self, copy: Path, touched: list[str], after: SmokeRun
-    ) -> list[tuple[str, int]]:
-        """The changed blocks, when none of them ran in the probed steps (a second training
-        loop, code after the loop): the timing's steps would run the original's code."""
-        total, missed = self._missed(copy, touched, after)
-        return missed if total and len(missed) == total else []
 
     def _crash_moved_on(
         self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
@@ -456,7 +451,12 @@ class Verifier:
         return Verification(step="rule-cleared", ok=True, detail=detail)
 
     def _executed(
-        self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
+        self,
+        copy: Path,
+        touched: list[str],
+        after: SmokeRun,
+        spec: FixSpec,
+        in_steps: tuple[int, list[tuple[str, int]]] | None = None,
     ) -> Verification:
         """The run must execute the patched lines: a run that never reaches them proves
         nothing about the fix (e.g. a script that never imports the patched module). A change
@@ -464,7 +464,7 @@ class Verifier:
         harness stops the script inside its last step: the script is then run once more, left
         to finish (bounded by the run's time budget), and must reach it and end cleanly."""
         command = " ".join(self.run_command or [])
-        total, missed = self._missed(copy, touched, after)
+        total, missed = in_steps or self._missed(copy, touched, after)
         finished = ""
         if missed and after.stopped_in_loop and _after_executed(missed, after):
             assert self.runner is not None and self.run_command is not None

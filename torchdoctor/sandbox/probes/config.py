@@ -49,7 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "are passed to the script; put the script's own arguments after `--` when they clash.",
     )
     parser.add_argument("script")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps (or forwards)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        help="optimizer steps (backward passes when parameters are updated by hand; forwards for "
+        "inference)",
+    )
     parser.add_argument("--out", default="evidence.json")
     parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S)
     parser.add_argument(

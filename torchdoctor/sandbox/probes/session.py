@@ -338,14 +338,15 @@ class Session:
         since the backward before it (`p.data.add_(p.grad, alpha=-lr)` in between); a
         backward that never moves them (a saliency map, an adversarial input) is no step.
         Their norms are compared, one host read a backward, the first few backwards only. The
-        parameters come from the loss's graph, not the hooked models: a compiled model's
+        parameters come from the loss's graph as well as the hooked models: a compiled model's
         forward runs no hook."""
         params = sorted((p for p in reached if p.grad is not None), key=id)
         if not params:
             return
         self._hand_checks += 1
-        with torch.no_grad():
-            norms = torch.stack([n.float() for n in torch._foreach_norm(params)])
+        with torch.no_grad():  # on the first parameter's device: a model may span several
+            first = params[0].device
+            norms = torch.stack([n.float().to(first) for n in torch._foreach_norm(params)])
         now = {id(p): index for index, p in enumerate(params)}
         before, self._norms_at_backward = self._norms_at_backward, (now, norms)
         if before is None or not _moved(before, (now, norms)):
