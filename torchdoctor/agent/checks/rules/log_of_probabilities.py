@@ -24,7 +24,10 @@ _TRIGGER_WORDS = ("oftmax", "sigmoid", "1 -", "1-", "rand(", "rand_like(", "unif
 
 class LogOfProbabilities(Rule):
     """Detects `torch.log(p)` / `p.log()` where `p` is the output of a softmax or a sigmoid
-    (directly, through variables or views), with nothing added or clamped in between.
+    (directly, through variables or views), with nothing added or clamped in between; or some
+    of its elements (`p.gather(1, y)`, `p[i, y]`, the values of `p.topk(k)`): a picked
+    probability is 0 as easily. Not a pick by a `multinomial` draw or the `argmax`, nor
+    `p.max(dim)` (at least 1/classes for a softmax).
 
     Why it matters: softmax and sigmoid round small probabilities to exactly 0 in float32
     (and much sooner in float16/bfloat16); their log is then `-inf`, the loss becomes
@@ -265,12 +268,22 @@ def _uniform_draw(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | N
 
 
 def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
-    """The softmax/sigmoid call `expr` is, through single assignments and views only."""
+    """The softmax/sigmoid call `expr` is, through single assignments, views and
+    selections of some of its elements (`p.gather(1, y)`, `p[i]`, `p.topk(k)` values)."""
     if hops > _MAX_HOPS:
         return None
     if isinstance(expr, ast.Name):
-        values = ctx.flow.definitions(expr)
-        return _activation(ctx, values[0], hops + 1) if len(values) == 1 else None
+        values = ctx.flow.reaching_or_all(expr)  # `p = p.topk(k)[0]; torch.log(p)`
+        if len(values) != 1:
+            return None
+        positions = {p for v, p, _ in ctx.flow.unpackings(expr) if v is values[0]}
+        if positions:  # `vals, idx = p.topk(k)`: only the values are probabilities
+            ranked = _ranked_source(ctx, values[0])
+            return _activation(ctx, ranked, hops + 1) if ranked and positions == {0} else None
+        return _activation(ctx, values[0], hops + 1)
+    picked = _selected_source(ctx, expr)
+    if picked is not None:
+        return _activation(ctx, picked, hops + 1)
     if not isinstance(expr, ast.Call):
         return None
     if _kind(ctx, expr):
@@ -282,3 +295,76 @@ def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | Non
     if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
         return _activation(ctx, func.value, hops + 1)
     return None
+
+
+# Selections that keep some elements' values: a probability picked out can be 0 as well.
+_GATHERS = frozenset({"gather", "index_select", "masked_select", "take_along_dim", "take"})
+# Ranked picks returning (values, indices); not `max`: the largest probability of a
+# softmax is at least 1/classes, its log finite.
+_RANKED = frozenset({"topk", "sort", "kthvalue", "min", "median"})
+# Indices that pick a probability above 0: a draw from it, or its largest entry.
+_NONZERO_PICKS = frozenset({"torch.multinomial", "torch.argmax", "multinomial", "argmax"})
+
+
+def _receiver(ctx: ModuleContext, call: ast.Call, names: frozenset[str]) -> ast.expr | None:
+    """The tensor `call` (`x.name(...)` or `torch.name(x, ...)`) reads, for a name in names."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in names:
+        return None
+    qual = ctx.flow.qualname_of(call)
+    if qual == f"torch.{func.attr}":
+        return call.args[0] if call.args else None
+    return func.value if qual is None else None
+
+
+def _ranked_source(ctx: ModuleContext, expr: ast.expr) -> ast.expr | None:
+    """The tensor a `(values, indices)` ranking call (`p.topk(k)`, `torch.sort(p)`) ranks."""
+    return _receiver(ctx, expr, _RANKED) if isinstance(expr, ast.Call) else None
+
+
+def _selected_source(ctx: ModuleContext, expr: ast.expr) -> ast.expr | None:
+    """The tensor whose elements `expr` picks: `p[i]`, `p.gather(d, idx)`,
+    `torch.index_select(p, ...)`, `p.topk(k)[0]`, `p.topk(k).values`; None when the picked
+    index is a draw from, or the argmax of, the probabilities (never a zero one)."""
+    if isinstance(expr, ast.Subscript):
+        ranked = _ranked_source(ctx, expr.value)
+        if ranked is not None:
+            index = expr.slice
+            first = isinstance(index, ast.Constant) and index.value == 0
+            return ranked if first else None
+        return expr.value
+    if isinstance(expr, ast.Attribute) and expr.attr == "values":
+        return _ranked_source(ctx, expr.value)
+    if not isinstance(expr, ast.Call):
+        return None
+    source = _receiver(ctx, expr, _GATHERS)
+    if source is None:
+        return None
+    positional = expr.args[-1] if expr.args else None
+    picks = next((k.value for k in expr.keywords if k.arg in ("index", "indices")), positional)
+    if picks is not None and _nonzero_pick(ctx, picks, 0):
+        return None
+    return source
+
+
+def _nonzero_pick(ctx: ModuleContext, expr: ast.expr, hops: int) -> bool:
+    """Every value `expr` may hold is a `torch.multinomial` draw or an `argmax`, through
+    assignments, views and subscripts."""
+    if hops > _MAX_HOPS:
+        return False
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return bool(values) and all(_nonzero_pick(ctx, v, hops + 1) for v in values)
+    if isinstance(expr, ast.Subscript):
+        return _nonzero_pick(ctx, expr.value, hops + 1)
+    if not isinstance(expr, ast.Call):
+        return False
+    func = expr.func
+    qual = ctx.flow.qualname_of(expr)
+    if qual in _NONZERO_PICKS or (
+        qual is None and isinstance(func, ast.Attribute) and func.attr in _NONZERO_PICKS
+    ):
+        return True
+    if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
+        return _nonzero_pick(ctx, func.value, hops + 1)
+    return False
