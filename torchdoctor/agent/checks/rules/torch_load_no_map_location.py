@@ -117,11 +117,12 @@ class TorchLoadNoMapLocation(Rule):
 
     Also reported, in any file: a load in a function that takes a `map_location` parameter
     and does not hand it to this call (`def pt_load(path, map_location=None): ...
-    torch.load(f)`: the caller's device is dropped); a load on the CPU path of a branch on a
-    GPU flag (the body of `if not gpu:`, the `else` of `if use_cuda:` or
-    `if torch.cuda.is_available():`),
-    where the map is needed most (`model.load_state_dict(torch.load(p), map_location=...)`
-    hands the map to the wrong call).
+    torch.load(f)`: the caller's device is dropped), or a `device` parameter nothing in it
+    reads (`def load_state_dict_hf(name, device=None): return torch.load(...)`); a load on
+    the CPU path of a branch on a GPU flag (the body of `if not gpu:`, the `else` of
+    `if use_cuda:` or `if torch.cuda.is_available():`), where the map is needed most
+    (`model.load_state_dict(torch.load(p), map_location=...)` hands the map to the wrong
+    call).
 
     Not reported: loads with `map_location` (keyword or second argument), loads inside a
     branch that already decides by device (`if args.gpu is None: ...`, the GPU side of a
@@ -195,8 +196,9 @@ class TorchLoadNoMapLocation(Rule):
             if not (here or cpu_side) and _converted_on_the_host(ctx, call):
                 here = True  # a converter script: it never names a device
             message, confirmed = _ON_CPU, True
-            if _map_location_dropped(ctx, call):
-                message = _DROPPED
+            dropped = _map_location_dropped(ctx, call)
+            if dropped:
+                message = _DROPPED.format(parameter=dropped)
             elif not (here or cpu_side):
                 if _starts_a_process_group(ctx) and not _main_process_only(ctx, call):
                     message = _EVERY_RANK
@@ -224,7 +226,7 @@ _ON_CPU = (
     "CPU: a GPU-trained checkpoint fails to load there"
 )
 _DROPPED = (
-    "the function takes a `map_location` but this torch.load is not given it: the checkpoint "
+    "the function takes a `{parameter}` but this torch.load is not given it: the checkpoint "
     "is loaded onto the devices it was saved from, whatever the caller asked for"
 )
 _EVERY_RANK = (
@@ -292,15 +294,26 @@ def _names_a_device(ctx: ModuleContext) -> bool:
     return bool(memo[""])
 
 
-def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> bool:
-    """The load's own function takes a `map_location` parameter (a checkpoint helper,
-    `def pt_load(file_path, map_location=None)`) that this call, given none, never receives:
-    every caller's choice of device is dropped."""
+def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> str | None:
+    """The parameter of the load's own function that names a device this call, given none,
+    never receives: a `map_location` (a checkpoint helper, `def pt_load(file_path,
+    map_location=None)`), or a `device` that nothing in the function reads (mamba-minimal's
+    `load_state_dict_hf(model_name, device=None, dtype=None)`). Every caller's choice of
+    device is dropped."""
     function = ctx.enclosing_function(load)
     if function is None:
-        return False
+        return None
     args = function.args
-    return any(a.arg == "map_location" for a in [*args.posonlyargs, *args.args, *args.kwonlyargs])
+    names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
+    if "map_location" in names:
+        return "map_location"
+    if "device" not in names:
+        return None
+    read = any(
+        isinstance(node, ast.Name) and node.id == "device" and isinstance(node.ctx, ast.Load)
+        for node in walk_tree(function)
+    )
+    return None if read else "device"
 
 
 def _helper_symbols(ctx: ModuleContext) -> list[str]:
