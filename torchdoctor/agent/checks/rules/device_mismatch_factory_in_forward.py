@@ -67,7 +67,8 @@ class DeviceMismatchFactoryInForward(Rule):
     object, and the methods of its own it runs) without `device=` and without an
     `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
     .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
-    torch.pi)` (0-dim CPU tensors mix with CUDA tensors), index tensors
+    torch.pi)` (0-dim CPU tensors mix with CUDA tensors in arithmetic; not in a list that
+    `torch.stack`/`torch.cat` joins, which is reported), index tensors
     (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), tensors
     whose values only serve the host (sizes counted with `torch.unique_consecutive` and
     `torch.cumsum` and then used as loop bounds, list slices or `.tolist()`, or a stand-in
@@ -405,7 +406,7 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
         isinstance(call.args[0], ast.Constant) or _scalar_arithmetic(call.args[0])
     )
     if scalar and ctx.flow.qualname_of(call) == "torch.tensor":
-        return True
+        return not _stacked_with_tensors(ctx, call)
     node: ast.AST = call
     parent = ctx.parents.get(node)
     while parent is not None and (
@@ -419,6 +420,49 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if isinstance(parent, ast.Assign) and all(isinstance(t, ast.Subscript) for t in parent.targets):
         return True  # written into an existing tensor (`gain[2:6] = ...`): copied onto its device
     return isinstance(parent, ast.Subscript) and parent.slice is node  # an index tensor
+
+
+_JOINS = frozenset({"torch.stack", "torch.cat", "torch.concat", "torch.vstack", "torch.hstack"})
+
+
+def _stacked_with_tensors(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A scalar factory (`torch.tensor(0).float()`) put in a list that `torch.stack` or
+    `torch.cat` joins, directly or appended to a list the same function joins
+    (retinanet's `regression_losses.append(torch.tensor(0).float())`, then
+    `torch.stack(regression_losses)`): unlike arithmetic, a join takes no 0-dim CPU tensor
+    beside CUDA ones."""
+    node: ast.AST = call
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute) or (
+        isinstance(parent, ast.Call) and parent.func is node
+    ):
+        node, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.List | ast.Tuple):
+        joined = ctx.parents.get(parent)
+        return (
+            isinstance(joined, ast.Call)
+            and ctx.flow.qualname_of(joined) in _JOINS
+            and bool(joined.args)
+            and joined.args[0] is parent
+        )
+    if not (
+        isinstance(parent, ast.Call)
+        and isinstance(parent.func, ast.Attribute)
+        and parent.func.attr == "append"
+        and isinstance(parent.func.value, ast.Name)
+        and parent.args == [node]
+    ):
+        return False
+    listed = parent.func.value.id
+    scope = ctx.enclosing_function(call)
+    return scope is not None and any(
+        isinstance(join, ast.Call)
+        and ctx.flow.qualname_of(join) in _JOINS
+        and bool(join.args)
+        and isinstance(join.args[0], ast.Name)
+        and join.args[0].id == listed
+        for join in walk_tree(scope)
+    )
 
 
 def _moved_up_the_expression(ctx: ModuleContext, call: ast.Call) -> bool:
