@@ -45,7 +45,9 @@ class UserFiles:
         if known is None:
             real = os.path.realpath(filename)
             known = (
-                real.startswith(self.root + os.sep)
+                not filename.startswith("<")  # `<frozen runpy>`, `<string>`: no file; as a
+                # path it resolves under the working folder, the script's own
+                and real.startswith(self.root + os.sep)
                 and not real.startswith(_HARNESS_ROOT)
                 and not real.startswith(_LIBRARY_ROOTS)
                 and "site-packages" not in real

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import traceback
 from typing import Any, Literal
 
@@ -46,17 +47,36 @@ def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
         else f
         for f in kept
     ]
-    lines = traceback.format_list(shown) + traceback.format_exception_only(type(exc), exc)
+    place = _uncompiled(exc, user_files)
+    shown_exc = exc
+    if place is not None:  # the script's own exception is left as it was
+        shown_exc = copy.copy(exc)
+        shown_exc.filename = place[0]  # type: ignore[attr-defined]
+    lines = traceback.format_list(shown) + traceback.format_exception_only(
+        type(shown_exc), shown_exc
+    )
     excerpt = "".join(lines).splitlines()[-TRACEBACK_LINES:]
     user = [f for f in frames if user_files.contains(f.filename)]
+    if place is None and user:
+        place = (user_files.relpath(user[-1].filename), user[-1].lineno)
     return outcome(
         "script-error",
         f"{type(exc).__name__}: {exc}"[:500],
         error_type=type(exc).__name__,
         traceback="\n".join(excerpt),
-        file=user_files.relpath(user[-1].filename) if user else None,
-        line=user[-1].lineno if user else None,
+        file=place[0] if place else None,
+        line=place[1] if place else None,
     )
+
+
+def _uncompiled(exc: BaseException, user_files: UserFiles) -> tuple[str, int | None] | None:
+    """A user file that does not compile (a TabError, a SyntaxError): no frame of it ran, so
+    the error itself names the place."""
+    if not isinstance(exc, SyntaxError) or not exc.filename:
+        return None
+    if not user_files.contains(exc.filename):
+        return None
+    return user_files.relpath(exc.filename), exc.lineno
 
 
 def from_exit(exc: SystemExit) -> dict[str, Any]:
