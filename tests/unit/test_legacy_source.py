@@ -78,3 +78,36 @@ def test_a_module_that_is_not_python2_keeps_its_syntax_error_alone() -> None:
     source = "import torch\nprint 'x'\ndef f(:\n    pass\n"
     findings = analyse_files([("bad.py", source)]).all_findings()
     assert [f.rule for f in findings] == ["syntax-error"]
+
+
+TABS = (
+    "import torch\n"
+    "import torch.nn.functional as F\n"
+    "class Agent:\n"
+    "    def __init__(self, model):\n"
+    "        self.model = model\n"
+    "\tself.model.train()\n"  # Python 2: a tab is the next multiple of 8 columns
+    "    def act(self, state):\n"
+    "        text = '''\n"
+    "\tkept'''\n"
+    "        return F.softmax(self.model(state))\n"
+)
+
+
+def test_indentation_mixing_tabs_and_spaces_is_read_as_python2_read_it() -> None:
+    """Held-out pytorch-REINFORCE: every module indents some lines with a tab among lines of
+    eight spaces, a TabError in Python 3; no rule saw its policy or its update."""
+    rewritten = as_python3(TABS)
+    assert rewritten is not None
+    ast.parse(rewritten)
+    lines = rewritten.splitlines()
+    assert len(lines) == len(TABS.splitlines())
+    assert lines[5] == "        self.model.train()"
+    assert lines[8] == "\tkept'''"  # a string's own text
+    findings = {(f.rule, f.line) for f in analyse_files([("agent.py", TABS)]).all_findings()}
+    assert ("syntax-error", 6) in findings
+    assert ("softmax-without-dim", 10) in findings
+
+
+def test_consistent_tab_indentation_is_not_rewritten() -> None:
+    assert as_python3("def f():\n\tif True:\n\t\treturn 1\n") is None

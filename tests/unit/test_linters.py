@@ -334,6 +334,20 @@ def test_merge_attaches_same_concern_within_a_line_and_keeps_the_rest() -> None:
     assert standalone == [far, typo]
 
 
+def test_every_syntax_diagnostic_of_a_file_that_does_not_parse_joins_its_one_finding() -> None:
+    """Python stops at a file's first syntax error, ruff reports each one after it too
+    (held-out pytorch-REINFORCE: a tab-indented file was a syntax-error finding and a second
+    critical finding of ruff's further invalid-syntax lines)."""
+    ruff = EvidenceFactory("ruff", "0.17.6", FIXTURES)
+    first = ruff.make("invalid-syntax", "train_legacy.py", 44, "unindent does not match")
+    later = ruff.make("invalid-syntax", "train_legacy.py", 72, "Expected dedent, found end")
+    elsewhere = ruff.make("invalid-syntax", "other.py", 3, "Unexpected indentation")
+    syntax = native("syntax-error", 44)
+    attached, standalone = merge_linter_evidence([syntax], [first, later, elsewhere])
+    assert attached == {native_key(syntax): [first, later]}
+    assert standalone == [elsewhere]
+
+
 @needs_torchfix
 @needs_bandit
 def test_real_tools_merge_onto_one_native_torch_load_finding(real_run: LinterRun) -> None:

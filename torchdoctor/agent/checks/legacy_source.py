@@ -3,7 +3,8 @@
 Research code of the PyTorch 0.3/0.4 years is often Python 2 (`print loss`, `except
 IOError, e:`) or passes `x.cuda(async=True)`, a keyword Python 3.7 took: Python 3's parser
 rejects the whole module, so every other check saw nothing of a training loop that is
-otherwise plain PyTorch. The engine still reports the syntax error; it then reads the module
+otherwise plain PyTorch; so is a module that indents some lines with tabs among lines of
+spaces, as Python 2 allowed. The engine still reports the syntax error; it then reads the module
 through this rewrite, which only touches what Python 3 rejects and never moves a line, so
 findings point at the user's lines.
 """
@@ -27,9 +28,13 @@ class _Edit:
 
 def as_python3(source: str) -> str | None:
     """`source` with its `print` statements, `except E, e:` and `raise E, message` written
-    the Python 3 way (`print(x, file=f)`, `except E as e:`, `raise E(message)`) and the
-    `async=` keyword argument as `non_blocking=`, every line where it was; None when nothing
-    was rewritten or the source does not tokenize."""
+    the Python 3 way (`print(x, file=f)`, `except E as e:`, `raise E(message)`), the
+    `async=` keyword argument as `non_blocking=` and indentation mixing tabs and spaces
+    expanded as Python 2 read it, every line where it was; None when nothing was rewritten
+    or the source does not tokenize."""
+    indented = _python2_indentation(source)
+    if indented is not None:
+        source = indented
     try:
         tokens = [
             t
@@ -54,7 +59,34 @@ def as_python3(source: str) -> str | None:
             edits += _except(tokens, i, end)
         elif token.string == "raise":
             edits += _raise(tokens, i, end)
-    return _apply(source, edits) if edits else None
+    return _apply(source, edits) if edits else indented
+
+
+def _python2_indentation(source: str) -> str | None:
+    """Indentation that mixes tabs and spaces, each tab taken to the next multiple of eight
+    columns as Python 2 did (Python 3 raises TabError); the lines of a multi-line string are
+    left as they are. None when the module does not mix them."""
+    lines = source.splitlines(keepends=True)
+    indents = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines]
+    if not any("\t" in i for i in indents) or not any(" " in i for i in indents):
+        return None
+    in_string = _string_rows(source)
+    for n, indent in enumerate(indents):
+        if "\t" in indent and n + 1 not in in_string:
+            lines[n] = indent.expandtabs(8) + lines[n][len(indent) :]
+    return "".join(lines)
+
+
+def _string_rows(source: str) -> set[int]:
+    """The rows a multi-line string continues onto (none when the source does not tokenize)."""
+    rows: set[int] = set()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.STRING and token.end[0] > token.start[0]:
+                rows.update(range(token.start[0] + 1, token.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return rows
 
 
 def _statement_start(tokens: list[tokenize.TokenInfo], i: int) -> bool:

@@ -3,7 +3,8 @@
 TorchFix TOR102, bandit B614 and the native torch.load rule all flag the same call; the report
 should show one finding backed by three tools, not three findings. A linter finding attaches
 to a native finding in the same file whose span, widened by one line, contains it and whose
-rule reports the same concern (torchdoctor/agent/checks/data/linter_codes.json `concerns`).
+rule reports the same concern (torchdoctor/agent/checks/data/linter_codes.json `concerns`);
+a file that does not parse is one finding, whatever line each syntax diagnostic names.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from torchdoctor.agent.models import Evidence
 
 NativeKey = tuple[str, str, int]
 LINE_SLACK = 1
+FILE_WIDE_CONCERNS = frozenset({"syntax-error"})
+"""Concerns whose native finding stands for the whole file: Python stops at a file's first
+syntax error, where ruff goes on reporting the lines after it."""
 
 
 def native_key(finding: RawFinding) -> NativeKey:
@@ -56,6 +60,9 @@ def _same_concern_nearby(
     candidates = [
         f
         for f in by_file.get(evidence.file, [])
-        if f.rule in rules and f.line - LINE_SLACK <= line <= f.end_line + LINE_SLACK
+        if f.rule in rules
+        and (
+            concern in FILE_WIDE_CONCERNS or f.line - LINE_SLACK <= line <= f.end_line + LINE_SLACK
+        )
     ]
     return min(candidates, key=lambda f: abs(f.line - line), default=None)
