@@ -270,3 +270,48 @@ def test_a_module_mixing_dtypes_on_every_call_is_one_entry() -> None:
     with _probed(solver) as probe:
         solver(torch.full((4, 1), 0.5, dtype=torch.float64), torch.randn(4, 2))
     assert [m["module"] for m in probe.dtype_mixing()] == ["_Solver", "_Solver.func"]
+
+
+class CharStep(nn.Module):
+    """A character model called once per time step, its hidden state carried between calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(20, 8)
+        self.rnn = nn.GRU(8, 8)
+        self.decoder = nn.Linear(8, 20)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.rnn(self.encoder(x).unsqueeze(0), h)
+        return self.decoder(out.squeeze(0)), h
+
+
+class CellLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], 4)
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return h
+
+
+def test_a_model_called_once_per_time_step_is_one_row_and_one_drawing() -> None:
+    model = CharStep()
+    tokens, h = torch.randint(0, 20, (4, 20)), torch.zeros(1, 4, 8)
+    with _probed(model) as probe:
+        for t in range(20):
+            _, h = model(tokens[:, t], h)
+    flow = DataFlow.model_validate(probe.report())
+    table, mermaid = render_dataflow_markdown(flow), render_dataflow_mermaid(flow)
+    assert "| `CharStep` | CharStep × 20 |" in table, table
+    assert table.count("`CharStep.rnn`") == 1  # the first call expanded, once
+    assert mermaid.count("CharStep × 20") == 1 and mermaid.count('["rnn<br/>') == 1
+
+
+def test_one_child_called_in_a_loop_is_named_once() -> None:
+    table = render_dataflow_markdown(_flow(CellLoop(), torch.randn(2, 6, 4)))
+    assert "GRUCell × 6" in table
+    assert "`CellLoop.cell (chained)`" in table, table

@@ -4,7 +4,9 @@ The harness records module calls in order with their parent and, for each call, 
 calls its inputs and output derive from. This module turns that into what a reader expects of
 a model diagram: parent -> children, siblings fed by the same tensor as branches, residual adds
 and concatenations as merge nodes, repeated blocks collapsed to one (`Block × 12`, the first one
-expanded). Both renderings keep to a size a reader can take in; the full map stays in the JSON.
+expanded), and so are a module called in a loop and a model called once per time step (a
+char-RNN's step: 20 calls of the model, once). Both renderings keep to a size a reader can take
+in; the full map stays in the JSON.
 """
 
 from __future__ import annotations
@@ -60,21 +62,26 @@ class FlowGroup:
             for m, nxt in zip(self.members, self.members[1:], strict=False)
         )
 
-    def label(self) -> str:
+    def label(self, *, linked: bool = True) -> str:
+        """`h.0 … 11 (chained)` for a run of blocks, `cell (chained)` for one module called in
+        a loop. Roots are not `linked`: provenance is tracked within one root call, so
+        whether a model called per time step feeds itself is not known (its name alone)."""
         name = self.first.call.module
         if len(self.members) == 1:
             return name
         last = self.members[-1].call.module
+        arrangement = f" ({'chained' if self.chained else 'parallel'})" if linked else ""
+        if last == name:
+            return f"{name}{arrangement}"
         common = _common_prefix(name, last)
-        arrangement = "chained" if self.chained else "parallel"
-        return f"{name} … {last[len(common) :]} ({arrangement})"
+        return f"{name} … {last[len(common) :]}{arrangement}"
 
     def short_label(self) -> str:
         """`attn`, or `h.0…11` for a collapsed run of `h.0` … `h.11`."""
         name = self.first.call.module
-        if len(self.members) == 1:
-            return _short(name)
         last = self.members[-1].call.module
+        if last == name:
+            return _short(name)
         common = _common_prefix(name, last)
         stem = _short(common.rstrip(".")) + "." if common else ""
         return f"{stem}{name[len(common) :]}…{last[len(common) :]}"
@@ -122,8 +129,14 @@ def _signature(node: FlowNode, memo: dict[int, object]) -> object:
 
 
 def group_children(node: FlowNode, memo: dict[int, object]) -> list[FlowGroup]:
+    return group_calls(node.children, memo)
+
+
+def group_calls(nodes: list[FlowNode], memo: dict[int, object]) -> list[FlowGroup]:
+    """Consecutive calls of identical structure as one group: the blocks of a stack, or a
+    module called once per time step (the roots of a step too)."""
     groups: list[FlowGroup] = []
-    for child in node.children:
+    for child in nodes:
         if groups and _signature(groups[-1].first, memo) == _signature(child, memo):
             groups[-1].members.append(child)
         else:
@@ -181,15 +194,16 @@ def _table_rows(node: FlowNode, depth: int, limit: int, memo: dict[int, object])
 
 def _root_rows(roots: list[FlowNode], limit: int, memo: dict[int, object]) -> list[str]:
     rows: list[str] = []
-    for root in roots:
-        call = root.call
+    for group in group_calls(roots, memo):
+        call = group.first.call
         rows.append(
-            f"| {call.index} | `{_md_cell(call.module)}` | {_md_cell(call.type)} | input | "
-            f"{_tensors(call.inputs)} | {_tensors(call.outputs)} | "
+            f"| {call.index} | `{_md_cell(group.label(linked=False))}` | "
+            f"{_md_cell(group.type_label())} | input | {_tensors(call.inputs)} | "
+            f"{_tensors(call.outputs)} | "
             f"{_md_cell(', '.join(call.param_dtypes)) or '-'} |"
         )
         if limit > 1:
-            rows.extend(_table_rows(root, 1, limit, memo))
+            rows.extend(_table_rows(group.first, 1, limit, memo))
     return rows
 
 
@@ -321,9 +335,10 @@ class _Mermaid:
 def _mermaid_for(roots: list[FlowNode], limit: int, memo: dict[int, object]) -> _Mermaid:
     drawing = _Mermaid(limit, memo)
     drawing.lines.append("flowchart TD")
-    for root in roots:
+    for group in group_calls(roots, memo):
+        root = group.first
         key = root.call.index
-        title = _mermaid_text(f"{root.call.module}: {root.call.type}")
+        title = _mermaid_text(f"{group.label(linked=False)}: {group.type_label()}")
         shape = _edge_label(root.call.inputs) or "-"
         drawing.lines.append(f'  in{key}(["{title} input: {shape}"])')
         drawing.container(root, 1, "  ")
