@@ -72,3 +72,13 @@ def test_a_removed_line_that_looks_like_a_header_is_body() -> None:
     before, after = "x\n-- y\nz\n", "x\nz\n"
     diff = unified_diff("m.py", before, after)
     assert apply_to_text(before, parse(diff)[0]) == after
+
+
+def test_a_file_with_windows_line_endings_is_patched_and_keeps_them(tmp_path: Path) -> None:
+    """Held-out pytorchTutorial: 14_cnn.py has CRLF endings; the codemod's diff (made from the
+    file's bytes) was refused: "expected 'import torch\\r', found 'import torch'"."""
+    before = "import torch\r\nx = 1\r\n"
+    after = "import torch\r\n\r\ntorch.manual_seed(0)\r\nx = 1\r\n"
+    (tmp_path / "m.py").write_bytes(before.encode())
+    apply_patch(tmp_path, unified_diff("m.py", before, after))
+    assert (tmp_path / "m.py").read_bytes() == after.encode()

@@ -25,6 +25,7 @@ from torchdoctor.agent.fixes.diffs import (
     PatchError,
     apply_to_text,
     parse,
+    read_exact,
     renumber_refs,
     unified_diff,
 )
@@ -162,7 +163,7 @@ def patch_on_copy(
     codemod = codemod_for(record.rule) if record.origin == "codemod" else None
     diff = ""
     for patch in patches:
-        original = (root / patch.path).read_text(encoding="utf-8")
+        original = read_exact(root / patch.path)
         current = working_copy.get(patch.path, original)
         if codemod is not None and files == [finding.file]:
             fixed = replay_codemod(root, codemod, finding, original, working_copy)

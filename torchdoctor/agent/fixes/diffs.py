@@ -165,11 +165,17 @@ def apply_patch(root: Path, diff: str, *, offsets: bool = False) -> list[str]:
             raise PatchError(f"{patch.path}: no such file in the workspace")
         current = results.get(target)
         if current is None:
-            current = target.read_text(encoding="utf-8")
+            current = read_exact(target)
         results[target] = apply_to_text(current, patch, offsets=offsets)
     for target, text in results.items():
-        target.write_text(text, encoding="utf-8")
+        target.write_bytes(text.encode("utf-8"))
     return [p.path for p in patches]
+
+
+def read_exact(path: Path) -> str:
+    """A file's text with its line endings as they are: `read_text` turns CRLF into LF, so a
+    diff made from the file's own text (CRLF kept) would not apply to it."""
+    return path.read_bytes().decode("utf-8")
 
 
 def renumber_refs(text: str, files: dict[str, tuple[str, str]]) -> str:

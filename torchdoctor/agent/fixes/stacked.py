@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torchdoctor.agent.fixes.codemods import codemod_for
 from torchdoctor.agent.fixes.combine import merge_fixes, retarget
-from torchdoctor.agent.fixes.diffs import PatchError, unified_diff
+from torchdoctor.agent.fixes.diffs import PatchError, read_exact, unified_diff
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch
 from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import CUDA_ONLY_WITHOUT_CUDA, Claim, FixSpec, Verifier
@@ -125,8 +125,8 @@ def _patch_on(original_root: Path, stacked: Path, finding: Finding) -> Patch | N
     codemod = codemod_for(finding.rule)
     if codemod is None:
         return None
-    original = (original_root / finding.file).read_text(encoding="utf-8")
-    current = (stacked / finding.file).read_text(encoding="utf-8")
+    original = read_exact(original_root / finding.file)
+    current = read_exact(stacked / finding.file)
     target = retarget(original, current, FixTarget.from_finding(finding))
     if target is None:
         return None
