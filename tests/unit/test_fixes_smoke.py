@@ -55,3 +55,19 @@ def test_a_script_error_is_a_failed_run_with_its_location() -> None:
     )
     run = smoke_run_from_evidence(crashed)
     assert not run.ok and "RuntimeError at train.py:7" in run.detail
+
+
+def test_an_inference_run_is_described_by_its_forward_passes() -> None:
+    """Held-out pytorch-flask-api: a verified fix of the serving code read 'smoke-run: ok — 0
+    of 5 steps recorded (completed-steps: stopped after 5 forward passes)'."""
+    from torchdoctor.agent.fixes.verify import _describe_run
+
+    served = document(
+        mode="inference",
+        forward_passes=5,
+        loss={"steps": [], "values": []},
+        outcome={"kind": "completed-steps", "detail": "stopped after 5 forward passes"},
+    )
+    described = _describe_run(smoke_run_from_evidence(served), 5)
+    assert described.startswith("5 of 5 forward passes recorded"), described
+    assert _describe_run(smoke_run_from_evidence(document()), 5).startswith("3 of 5 steps recorded")

@@ -82,6 +82,10 @@ PHRASES_FR: tuple[tuple[str, str], ...] = (
     ),
     (r"(\d+) of (\d+) steps recorded \((.+)\)", r"\1 pas enregistrés sur \2 (\3)"),
     (
+        r"(\d+) of (\d+) forward passes recorded \((.+)\)",
+        r"\1 passes avant enregistrées sur \2 (\3)",
+    ),
+    (
         r"the fixed script fails where the original fails \((.+)\): a failure the fix did not "
         r"cause, which keeps it from being judged until it is fixed",
         r"le script corrigé échoue là où échoue l'original (\1) : un échec que le correctif "

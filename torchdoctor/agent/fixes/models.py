@@ -91,6 +91,8 @@ class SmokeRun(_Model):
     ok: bool
     detail: str = ""
     losses: list[float] = Field(default_factory=list)
+    forwards: int | None = None
+    """The forward passes an inference run made (None for a training run: its steps count)."""
     step_times_s: list[float] = Field(default_factory=list)
     wall_s: float | None = None
     """The whole job's wall time: steady steps plus one-off costs (start-up, compilation)."""

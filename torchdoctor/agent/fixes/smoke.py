@@ -99,6 +99,7 @@ def smoke_run_from_evidence(
         ok=ok,
         detail=detail,
         losses=losses,
+        forwards=evidence.forward_passes if evidence.mode == "inference" else None,
         step_times_s=steady,
         signals=signals,
         executed_lines=dict(evidence.executed_lines),

@@ -747,4 +747,6 @@ def _key(found: RawFinding) -> tuple[str, str, str]:
 def _describe_run(run: SmokeRun, steps: int) -> str:
     if not run.ok:
         return f"the fixed script failed: {run.detail}"
+    if run.forwards is not None and not run.losses:  # an inference script: no loss to count
+        return f"{run.forwards} of {steps} forward passes recorded ({run.detail})"
     return f"{len(run.losses)} of {steps} steps recorded ({run.detail})"
