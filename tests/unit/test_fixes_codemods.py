@@ -251,13 +251,17 @@ def test_manual_attention_refused_when_weights_are_returned() -> None:
     assert codemod.transform(source, target) is None
 
 
-def test_seed_adds_numpy_seeding_when_numpy_is_imported() -> None:
+def test_seed_adds_numpy_seeding_when_the_program_draws_from_numpy() -> None:
     source = "import numpy as np\nimport torch\n\nx = torch.randn(2)\n"
-    target = FixTarget(rule="no-torch-seed", file="m.py", line=1, end_line=1)
     codemod = codemod_for("no-torch-seed")
     assert codemod is not None
+    data = {"generators": ["numpy"]}
+    target = FixTarget(rule="no-torch-seed", file="m.py", line=1, end_line=1, data=data)
     fixed = codemod.transform(source, target)
     assert fixed is not None and "np.random.seed(0)" in fixed and "torch.manual_seed(0)" in fixed
+    unused = FixTarget(rule="no-torch-seed", file="m.py", line=1, end_line=1)
+    fixed = codemod.transform(source, unused)
+    assert fixed is not None and "np.random" not in fixed and "torch.manual_seed(0)" in fixed
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -477,7 +481,8 @@ def test_an_added_standard_library_import_opens_the_import_block() -> None:
     source = '"""Doc."""\n\nimport torch\nfrom torch import nn\n\nmodel = nn.Linear(2, 2)\n'
     codemod = codemod_for("no-torch-seed")
     assert codemod is not None
-    target = FixTarget(rule="no-torch-seed", file="m.py", line=3, end_line=3)
+    data = {"generators": ["random"]}
+    target = FixTarget(rule="no-torch-seed", file="m.py", line=3, end_line=3, data=data)
     fixed = codemod.transform(source, target)
     assert fixed is not None and fixed.startswith('"""Doc."""\n\nimport random\n\nimport torch\n')
 

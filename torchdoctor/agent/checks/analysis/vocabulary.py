@@ -64,6 +64,14 @@ TRAINING_STEP_METHODS = _names("training_step_methods")
 # Helpers that seed Python's `random`, NumPy's global generator and torch at once
 # (`seed_everything`, `transformers.set_seed`, the zero/delu library's `set_randomness`).
 ALL_LIBRARY_SEEDERS = _names("all_library_seeders")
+# The process-wide generators a seed fix may have to seed (library -> the namespace of its
+# module-level draws: `random.shuffle`, `np.random.rand`), and the names in those namespaces
+# that draw from no global state (`random.Random(0)`, `np.random.default_rng()`) or only
+# seed or save it.
+GLOBAL_GENERATORS: dict[str, str] = {
+    str(k): str(v) for k, v in load_table("vocabulary.json")["global_generators"].items()
+}
+OWN_STATE_GENERATORS = _names("own_state_generators")
 TORCH_FRAMEWORKS = tuple(sorted(_names("torch_frameworks")))
 OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 

@@ -9,7 +9,12 @@ from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import project_symbol
-from torchdoctor.agent.checks.analysis.vocabulary import ALL_LIBRARY_SEEDERS, DISPLAY_LIBRARIES
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    ALL_LIBRARY_SEEDERS,
+    DISPLAY_LIBRARIES,
+    GLOBAL_GENERATORS,
+    OWN_STATE_GENERATORS,
+)
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
@@ -47,6 +52,7 @@ _PARAMETER_FREE = re.compile(
     r"|\w*Norm(\d?d)?|DataParallel|DistributedDataParallel)$"
 )
 _KEY = "no-torch-seed"
+_DRAWS_KEY = "no-torch-seed:draws"
 
 
 def _is_seed_call(ctx: ModuleContext, call: ast.Call) -> bool:
@@ -89,7 +95,8 @@ class NoTorchSeed(Rule):
     script feeds both models one random token sample).
 
     Fix: seed once at start-up, before building the model and the loaders:
-    `torch.manual_seed(seed)` (plus `random.seed`, `np.random.seed`), or
+    `torch.manual_seed(seed)` (plus `random.seed` and `np.random.seed` where the program
+    draws from those generators), or
     `lightning.seed_everything(seed, workers=True)`.
     """
 
@@ -105,7 +112,8 @@ class NoTorchSeed(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
         has_seed_text = "seed" in source
-        if "torch" not in source and not has_seed_text:
+        generators = _global_generators(ctx) if "random" in source else []
+        if "torch" not in source and not has_seed_text and not generators:
             return
         seeding_functions = self._seeding_functions(ctx) if has_seed_text else set()
         module_seeds = has_seed_text and any(
@@ -133,6 +141,13 @@ class NoTorchSeed(Rule):
             }
         if seeded or relays or "entry" in fact:
             ctx.facts[_KEY] = fact
+        if "torch" in source or generators:
+            # an entry script, or a module one imports, may draw from `random` or NumPy's
+            # generator, which the seed fix must then seed besides torch's
+            ctx.facts[_DRAWS_KEY] = {
+                "imports": fact["imports"] or self._imports(ctx),
+                "generators": generators,
+            }
 
     @staticmethod
     def _relays(ctx: ModuleContext, seeding: set[str]) -> dict[str, list[str]]:
@@ -226,6 +241,8 @@ class NoTorchSeed(Rule):
         mine = {path: f[_KEY] for path, f in facts.items() if _KEY in f}
         files = _ProjectFiles(mine)
         seeders = _seeders_through_helpers(mine, files)
+        draws = {path: f[_DRAWS_KEY] for path, f in facts.items() if _DRAWS_KEY in f}
+        drawing_files = _ProjectFiles(draws)
         findings: list[RawFinding] = []
         for path, fact in mine.items():
             entry = fact.get("entry")
@@ -244,9 +261,48 @@ class NoTorchSeed(Rule):
                     "seed_everything): runs are not reproducible",
                     severity=cls.severity,
                     excerpt=entry["excerpt"],
+                    data={"generators": _generators_reached(path, draws, drawing_files)},
                 )
             )
         return findings
+
+
+def _global_generators(ctx: ModuleContext) -> list[str]:
+    """The process-wide generators this module draws from (`random.shuffle(items)`,
+    `np.random.rand(3)`, a draw passed on by name: `key=random.random`); constructing an
+    independent generator (`random.Random(0)`, `np.random.default_rng()`) or only seeding one
+    is not a draw."""
+    found: set[str] = set()
+    for call in nodes_of(ctx, ast.Call):
+        assert isinstance(call, ast.Call)
+        for expr in (call.func, *call.args, *(k.value for k in call.keywords)):
+            if not isinstance(expr, ast.Name | ast.Attribute):
+                continue
+            qual = ctx.qualname(expr) or ""
+            namespace, _, name = qual.rpartition(".")
+            for library, draws_in in GLOBAL_GENERATORS.items():
+                if namespace == draws_in and name and qual not in OWN_STATE_GENERATORS:
+                    found.add(library)
+    return sorted(found)
+
+
+def _generators_reached(
+    path: str, draws: dict[str, dict[str, Any]], files: _ProjectFiles
+) -> list[str]:
+    """The global generators the entry script at `path` draws from, itself or through the
+    project's modules it imports, directly or through others: those its seed fix seeds
+    besides torch's."""
+    found: set[str] = set()
+    seen = {path}
+    frontier = [path]
+    while frontier:
+        current = frontier.pop()
+        found.update(draws[current]["generators"])
+        for target, _ in files.links(current, draws[current], draws)[1]:
+            if target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return sorted(found)
 
 
 def _seeders_through_helpers(
@@ -341,7 +397,7 @@ class _ProjectFiles:
                     target, imported = self.resolve(path, joined), ""
                 if target is not None and target != path:
                     links.append((target, imported))
-            seeds = any(mine[target]["module_seeds"] for target, _ in links)
+            seeds = any(mine[target].get("module_seeds") for target, _ in links)
             known = self._links[path] = (seeds, links)
         return known
 

@@ -1,4 +1,5 @@
-"""no-torch-seed: seed torch, `random` and NumPy at the entry point."""
+"""no-torch-seed: seed torch, and the `random` and NumPy generators the program draws from, at
+the entry point."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ SEED = 0
 
 
 class NoTorchSeedFix(Codemod):
-    """Seeds every generator the script uses right after its imports (before any model or
-    data is built): `torch.manual_seed`, `random.seed`, and `np.random.seed` when NumPy is
-    imported. Only the missing ones are added. In a module whose top level outside its
-    `if __name__ == "__main__":` block only imports, defines and assigns without calling
-    anything (a torch.hub `hubconf.py` with a demo, a script whose work is all under the
-    guard), the seeds open the guard instead: importing the module must not reseed the
-    importer's generators, and nothing random runs before the guard."""
+    """Seeds every generator the program uses right after its imports (before any model or
+    data is built): `torch.manual_seed`, and `random.seed` / `np.random.seed` when the script
+    or a project module it imports draws from that generator (the rule's `generators`: a
+    script that imports NumPy for arrays gets no NumPy seed, one whose dataset module calls
+    `random.shuffle` gets `random.seed`). Only the missing ones are added. In a module whose
+    top level outside its `if __name__ == "__main__":` block only imports, defines and
+    assigns without calling anything (a torch.hub `hubconf.py` with a demo, a script whose
+    work is all under the guard), the seeds open the guard instead: importing the module
+    must not reseed the importer's generators, and nothing random runs before the guard."""
 
     rule = "no-torch-seed"
     kind = FixKind.CORRECTNESS
-    summary = "seed torch, random and numpy after the imports"
+    summary = "seed torch (and the random / numpy generators in use) after the imports"
     reproducibility = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
@@ -30,11 +33,11 @@ class NoTorchSeedFix(Codemod):
         lines = []
         if "torch.manual_seed" not in calls and "torch.random.manual_seed" not in calls:
             lines.append(f"{ctx.require_module('torch')}.manual_seed({seed})")
-        if "random.seed" not in calls:
+        drawn = set(target.data.get("generators", []))
+        if "random" in drawn and "random.seed" not in calls:
             lines.append(f"{ctx.require_module('random')}.seed({seed})")
-        numpy = ctx.alias_of("numpy")
-        if numpy is not None and "numpy.random.seed" not in calls:
-            lines.append(f"{numpy}.random.seed({seed})")
+        if "numpy" in drawn and "numpy.random.seed" not in calls:
+            lines.append(f"{ctx.require_module('numpy')}.random.seed({seed})")
         if not lines:
             return False
         code = "".join(f"{line}\n" for line in lines)
