@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.model_facts import LOSS_TEXT
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
 
 class ScalarLossIndexed(Rule):
-    """Detects indexing a reduced loss with `[0]`: `loss.data[0]`, or `loss[0]` where `loss`
-    comes from a torch loss (`nn.CrossEntropyLoss()(...)`, `F.nll_loss(...)`), or from
-    arithmetic on such losses and numbers (`d_loss = d_loss_real + d_loss_fake`).
+    """Detects indexing a 0-dim value with `[0]`: `loss.data[0]`, or `loss[0]` where `loss`
+    comes from a torch loss (`nn.CrossEntropyLoss()(...)`, `F.nll_loss(...)`), from a tensor
+    reduced whole (`model(x).sum()`, the accuracy count `(pred == y).sum().data[0]`,
+    `torch.mean(t)`), or from arithmetic on such values and numbers (`d_loss = d_loss_real +
+    d_loss_fake`).
 
     Why it matters: since PyTorch 0.4 a mean- or sum-reduced loss is a 0-dim tensor, and
     indexing it raises `IndexError: invalid index of a 0-dim tensor`. Old training scripts die
@@ -23,7 +27,9 @@ class ScalarLossIndexed(Rule):
     Not reported: losses computed with `reduction='none'` (or `reduce=False`), whose result
     is a vector, a sum with any term that is not such a loss (a penalty tensor), and `[0]`
     on the result of a project loss that is not known to be a torch loss (detection losses
-    return tuples: `loss, parts = criterion(...)` style).
+    return tuples: `loss, parts = criterion(...)` style), reductions over one dimension
+    (`out.sum(0)[0]`, `output.max(1)[0]`), and a bare `[0]` of a reduction whose receiver is
+    not known to be a tensor (a pandas frame's `df.sum()[0]`).
 
     Example:
         loss = criterion(output, target)
@@ -38,7 +44,12 @@ class ScalarLossIndexed(Rule):
     title = "0-dim loss indexed"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Subscript,)
-    triggers = LOSS_TEXT  # a report needs a loss callee
+    # a report needs a loss callee or a reduction of a whole tensor
+    triggers = Triggers(
+        words=(*LOSS_TEXT.words, ".sum(", ".mean(", ".norm(", ".max(", ".min(", ".prod("),
+        lowered=LOSS_TEXT.lowered,
+        for_identifiers=True,
+    )
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Subscript)
@@ -52,48 +63,173 @@ class ScalarLossIndexed(Rule):
         if through_data:
             assert isinstance(base, ast.Attribute)
             base = base.value
-        if not isinstance(base, ast.Name) or not ctx.flow.text_names_a_loss:
-            return  # no loss callee can be named here (`_reduced_loss` needs one)
-        if not _reduced_loss(base, ctx, through_data):
+        if not _zero_dim(base, ctx, through_data):
             return
         ctx.report(
             self,
             node,
-            f"`{ast.unparse(node)}` indexes a reduced loss, a 0-dim tensor since PyTorch 0.4: "
-            "this raises IndexError; use .item()",
+            f"`{ast.unparse(node)}` indexes a reduced loss or a tensor reduced whole, a 0-dim "
+            "tensor since PyTorch 0.4: this raises IndexError; use .item()",
             data={"indexed": ast.unparse(node)},
         )
 
 
-def _reduced_loss(name: ast.Name, ctx: ModuleContext, through_data: bool, depth: int = 0) -> bool:
-    """Every definition of `name` is a loss call that reduces (`.data[0]`: any loss callee;
-    a bare `[0]`: a torch loss only), or arithmetic on such losses and numbers (a GAN's
-    `d_loss = d_loss_real + d_loss_fake`, a weighted `loss = a + 0.5 * b`), or the number a
-    sum of them starts from (a char-RNN's `loss = 0`, then `loss += criterion(...)` per
-    character: a number has no `.data` to index)."""
-    definitions = [
-        d
-        for d in ctx.flow.definitions(name)
-        if not (isinstance(d, ast.Constant) and _number(d.value))
-    ]
-    if not definitions:
+def _zero_dim(value: ast.expr, ctx: ModuleContext, through_data: bool, depth: int = 0) -> bool:
+    """`value` is a 0-dim tensor: a loss call that reduces (`.data[0]`: any loss callee; a
+    bare `[0]`: a torch loss only), a tensor reduced whole (`model(x).sum()`, `(pred ==
+    y).sum()`, `torch.mean(t)`), a cast or detached copy of one (`loss.detach().cpu()`),
+    arithmetic on such values and numbers (a GAN's `d_loss = d_loss_real + d_loss_fake`, a
+    weighted `loss = a + 0.5 * b`), or a name every definition of which is one; the number a
+    sum of them starts from does not count (a char-RNN's `loss = 0`, then `loss +=
+    criterion(...)` per character: a number has no `.data` to index)."""
+    return _memoised(ctx, "zero_dim", value, through_data, depth, _zero_dim_uncached)
+
+
+def _memoised(
+    ctx: ModuleContext,
+    question: str,
+    value: ast.expr,
+    through_data: bool,
+    depth: int,
+    answer: Callable[[ast.expr, ModuleContext, bool, int], bool],
+) -> bool:
+    """Each value asked once per module: a name rebound many times (`h = h + block(h)`) is
+    reached again through each of its bindings. A value asked while it is being answered
+    (a cycle through its own bindings) is not known to be what is asked."""
+    if depth > _MAX_DEPTH:
         return False
-    return all(_reduced_value(d, ctx, through_data, depth) for d in definitions)
+    memo = ctx.memo_table(f"scalar-loss-indexed.{question}")
+    key = (id(value), through_data)
+    if key not in memo:
+        memo[key] = False
+        memo[key] = answer(value, ctx, through_data, depth)
+    return bool(memo[key])
 
 
-def _reduced_value(value: ast.AST, ctx: ModuleContext, through_data: bool, depth: int) -> bool:
+def _zero_dim_uncached(value: ast.expr, ctx: ModuleContext, through_data: bool, depth: int) -> bool:
+    if isinstance(value, ast.Name):
+        definitions = [
+            d
+            for d in ctx.flow.definitions(value)
+            if not (isinstance(d, ast.Constant) and _number(d.value))
+        ]
+        return bool(definitions) and all(
+            _zero_dim(d, ctx, through_data, depth + 1) for d in definitions
+        )
     if isinstance(value, ast.Call):
-        return _reducing_loss_call(value, ctx, through_data)
-    if depth >= _MAX_SUM_DEPTH or not isinstance(value, ast.BinOp):
+        func = value.func
+        if isinstance(func, ast.Attribute) and func.attr in _SHAPE_KEEPING:
+            return _zero_dim(func.value, ctx, through_data, depth + 1)
+        return _reduced_whole(value, ctx, through_data, depth) or (
+            ctx.flow.text_names_a_loss and _reducing_loss_call(value, ctx, through_data)
+        )
+    if not isinstance(value, ast.BinOp):
         return False
-    operands = _operands(value)  # [value] itself for another operator (`a @ b`): not a Name
-    losses = [o for o in operands if not (isinstance(o, ast.Constant) and _number(o.value))]
-    return bool(losses) and all(
-        isinstance(o, ast.Name) and _reduced_loss(o, ctx, through_data, depth + 1) for o in losses
+    operands = _operands(value)  # [value] itself for another operator (`a @ b`): unknown
+    if operands == [value]:
+        return False
+    terms = [o for o in operands if not (isinstance(o, ast.Constant) and _number(o.value))]
+    return bool(terms) and all(_zero_dim(o, ctx, through_data, depth + 1) for o in terms)
+
+
+def _reduced_whole(call: ast.Call, ctx: ModuleContext, through_data: bool, depth: int) -> bool:
+    """A reduction over every element: `t.sum()`, `t.norm(2)`, `torch.mean(t)`, given no
+    dimension. The method's receiver must be a tensor (a pandas frame's `df.sum()` is a
+    Series), which `.data` read from the result shows by itself: only a tensor has it."""
+    func = call.func
+    if any(k.arg in _DIMENSION_KEYWORDS for k in call.keywords) or any(
+        isinstance(a, ast.Starred) for a in call.args
+    ):
+        return False
+    qual = ctx.call_qualname(call) or ""
+    if qual.startswith("torch."):
+        leading = _FULL_REDUCTIONS.get(qual.removeprefix("torch."))
+        return leading is not None and len(call.args) == leading + 1
+    if not isinstance(func, ast.Attribute) or qual:
+        return False
+    leading = _FULL_REDUCTIONS.get(func.attr)
+    return (
+        leading is not None
+        and len(call.args) <= leading
+        and (through_data or _tensor(func.value, ctx, depth + 1))
     )
 
 
-_MAX_SUM_DEPTH = 4
+def _tensor(value: ast.expr, ctx: ModuleContext, depth: int) -> bool:
+    """`value` is known to be a tensor: a model's output, what a torch function returns, an
+    element, comparison or arithmetic of tensors, a tensor method's result (`output.max(1)[1]`,
+    `pred.eq(y).long()`), or a name every definition of which is one."""
+    return _memoised(ctx, "tensor", value, False, depth, _tensor_uncached)
+
+
+def _tensor_uncached(value: ast.expr, ctx: ModuleContext, _: bool, depth: int) -> bool:
+    if isinstance(value, ast.Name):
+        definitions = ctx.flow.definitions(value)
+        return bool(definitions) and all(_tensor(d, ctx, depth + 1) for d in definitions)
+    if isinstance(value, ast.Subscript):
+        return _tensor(value.value, ctx, depth + 1)
+    if isinstance(value, ast.Attribute):
+        return value.attr in _TENSOR_ATTRIBUTES and _tensor(value.value, ctx, depth + 1)
+    if isinstance(value, ast.UnaryOp):
+        return _tensor(value.operand, ctx, depth + 1)
+    if isinstance(value, ast.BinOp):
+        operands: list[ast.expr] = [value.left, value.right]
+    elif isinstance(value, ast.Compare):
+        operands = [value.left, *value.comparators]
+    elif isinstance(value, ast.Call):
+        func = value.func
+        if ctx.flow.is_model_call(value) or (ctx.call_qualname(value) or "").startswith("torch."):
+            return True
+        if not isinstance(func, ast.Attribute) or func.attr not in _TENSOR_METHODS:
+            return False
+        operands = [func.value]
+    else:
+        return False
+    return any(_tensor(o, ctx, depth + 1) for o in operands)
+
+
+# method -> how many leading positional arguments it takes that are not a dimension
+# (`t.norm(2)` is the 2-norm of every element, `t.sum(0)` a reduction over one axis)
+_FULL_REDUCTIONS = {
+    "sum": 0,
+    "mean": 0,
+    "prod": 0,
+    "max": 0,
+    "min": 0,
+    "amax": 0,
+    "amin": 0,
+    "median": 0,
+    "std": 0,
+    "var": 0,
+    "all": 0,
+    "any": 0,
+    "nansum": 0,
+    "nanmean": 0,
+    "norm": 1,
+}
+_DIMENSION_KEYWORDS = frozenset({"dim", "axis", "keepdim"})
+_SHAPE_KEEPING = frozenset(
+    {"detach", "cpu", "cuda", "to", "float", "double", "half", "long", "int", "clone"}
+)
+# What a tensor's attribute or method gives is a tensor again (or, for max/min/sort/topk
+# given a dim, a pair of tensors, whose element is one).
+_TENSOR_ATTRIBUTES = frozenset({"data", "grad", "T", "mT", "real", "imag"})
+_TENSOR_METHODS = frozenset(
+    {
+        *_SHAPE_KEEPING,
+        *_FULL_REDUCTIONS,
+        "view", "reshape", "squeeze", "unsqueeze", "flatten", "permute", "transpose",
+        "contiguous", "eq", "ne", "gt", "ge", "lt", "le", "pow", "exp", "log", "abs", "sqrt",
+        "neg", "sigmoid", "tanh", "relu", "softmax", "log_softmax", "argmax", "argmin",
+        "round", "short", "byte", "bool", "type_as", "masked_select", "sort",
+        "topk", "kthvalue", "mode", "mul", "add", "sub", "div", "clamp",
+    }
+)  # fmt: skip
+
+
+_MAX_DEPTH = 10
+"""Steps followed back from the indexed value (a name, its definition, a sum's term, a
+method's receiver): a GAN's weighted sum of summed losses is 6 deep."""
 
 
 def _operands(value: ast.expr) -> list[ast.expr]:
