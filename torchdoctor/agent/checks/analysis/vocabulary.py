@@ -72,6 +72,10 @@ GLOBAL_GENERATORS: dict[str, str] = {
     str(k): str(v) for k, v in load_table("vocabulary.json")["global_generators"].items()
 }
 OWN_STATE_GENERATORS = _names("own_state_generators")
+# What keeps a tensor's number of dimensions: elementwise functions and layers that act on
+# the last axis (`F.relu`, `nn.Linear`), for `tensor_rank`.
+RANK_KEEPING_FUNCTIONS = _names("rank_keeping_functions")
+RANK_KEEPING_LAYERS = _names("rank_keeping_layers")
 TORCH_FRAMEWORKS = tuple(sorted(_names("torch_frameworks")))
 OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 

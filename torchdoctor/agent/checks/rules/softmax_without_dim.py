@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.tensor_rank import tensor_rank
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.patterns import has_star_kwargs
@@ -46,7 +47,9 @@ class SoftmaxWithoutDim(Rule):
         weights = F.softmax(scores.unsqueeze(0))   # 4-D: normalised over dim 1
 
     Fix: state the dimension the distribution is over, e.g. `F.softmax(scores, dim=-1)` or
-    `nn.Softmax(dim=1)`.
+    `nn.Softmax(dim=1)`. Where the input's rank is known (a `view(-1, 320)` before the
+    model's last `nn.Linear`), the finding says which dim PyTorch picks today, and the
+    codemod writes it out (except for a 3-D input, whose dim 0 is rarely the one meant).
     """
 
     id = "softmax-without-dim"
@@ -70,24 +73,51 @@ class SoftmaxWithoutDim(Rule):
                 if _dim_given(call, table[qual]):
                     continue
                 name = qual.rsplit(".", 1)[-1]
-                if table is _FUNCTIONS and call.args and _one_dimensional(ctx, call.args[0]):
+                rank = _input_rank(ctx, call) if table is _FUNCTIONS else None
+                if rank == 1:
                     ctx.report(
                         self,
                         call,
                         f"`{name}` is given no dim; its input is 1-D here, so the guessed dim 0 "
                         "is the right one, but the implicit choice is deprecated: pass `dim=0`",
                         severity=Severity.LOW,
-                        data={"function": qual, "input_rank": 1},
+                        data={
+                            "function": qual,
+                            "input_rank": 1,
+                            "implicit_dim": 0,
+                            "input": ast.unparse(call.args[0]),
+                        },
                     )
                     continue
+                data: dict[str, object] = {"function": qual}
+                known = ""
+                if rank is not None:
+                    data |= {
+                        "input_rank": rank,
+                        "implicit_dim": implicit_softmax_dim(rank),
+                        "input": ast.unparse(call.args[0]),
+                    }
+                    known = f" (its input is {rank}-D here: dim {data['implicit_dim']})"
                 ctx.report(
                     self,
                     call,
                     f"`{name}` is given no dim: PyTorch picks dim 0 for 0-, 1- and 3-D inputs "
-                    "and dim 1 otherwise, which is the wrong axis for most sequence and "
-                    "higher-rank tensors",
-                    data={"function": qual},
+                    f"and dim 1 otherwise{known}, which is the wrong axis for most sequence "
+                    "and higher-rank tensors",
+                    data=data,
                 )
+
+
+def implicit_softmax_dim(rank: int) -> int:
+    """The dim PyTorch's legacy rule picks for an input of `rank` dimensions
+    (`torch.nn.functional._get_softmax_dim`): 0 for 0-, 1- and 3-D inputs, 1 otherwise."""
+    return 0 if rank in (0, 1, 3) else 1
+
+
+def _input_rank(ctx: ModuleContext, call: ast.Call) -> int | None:
+    if not call.args:
+        return None
+    return 1 if _one_dimensional(ctx, call.args[0]) else tensor_rank(ctx, call.args[0])
 
 
 def _dim_given(call: ast.Call, position: int) -> bool:
