@@ -32,6 +32,9 @@ class Outcome(_Model):
     traceback: str | None = None
     file: str | None = None
     line: int | None = None
+    entry_line: int | None = None
+    """The script's own line that led to `line` when that is in another file of the tree
+    (the import of a local package that raised while being imported)."""
     script_outcome: str | None = None
 
 

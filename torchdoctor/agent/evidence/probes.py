@@ -30,11 +30,13 @@ from torchdoctor.agent.evidence.probe_schema import (
     BoundaryValues,
     DataFlow,
     DataFunctionSignature,
+    Outcome,
     ProbeDocument,
     RootSignature,
 )
 from torchdoctor.agent.evidence.run_gaps import MissingDependency, NoCuda, OutsidePath
-from torchdoctor.agent.models import Evidence, Severity, Verdict
+from torchdoctor.agent.models import RELATED_ROLE, Evidence, Severity, Verdict
+from torchdoctor.agent.reasoning.offline import attach_key
 
 SOURCE = "torchdoctor-probes"
 DEAD_RELU_FRACTION = 0.7
@@ -235,6 +237,7 @@ def _outcome(b: _Builder) -> None:
             file=o.file,
             line=o.line,
             traceback=o.traceback,
+            **_entry_related(b, o),
         )
     elif o.kind == "time-budget" and b.doc.steps_completed + b.doc.forward_passes <= 1:
         b.find(
@@ -246,6 +249,21 @@ def _outcome(b: _Builder) -> None:
             [],
             code="time-budget",
         )
+
+
+def _entry_related(b: _Builder, o: Outcome) -> dict[str, Any]:
+    """The script's own line that led to the failing frame in another file of the tree (the
+    import of a local package that raised while imported), as the failure's related place."""
+    if o.entry_line is None or not o.file or b.path(o.file) == b.script:
+        return {}
+    place = {
+        "file": b.script,
+        "line": o.entry_line,
+        "end_line": o.entry_line,
+        "message": "the script's line that reached the failure",
+        "excerpt": b.excerpt(b.script, o.entry_line),
+    }
+    return {"related": [place]}
 
 
 def _missing_dependency(b: _Builder, missing: MissingDependency) -> None:
@@ -1026,6 +1044,26 @@ def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
             },
         )
         for f in b.findings
+    ]
+    out += [
+        Evidence(
+            source=SOURCE,
+            source_version=version,
+            kind="probe",
+            message=str(place["message"]),
+            file=str(place["file"]),
+            line=int(place["line"]),
+            excerpt=str(place["excerpt"]),
+            data={
+                "items": [],
+                "point": f.checkpoint,
+                "role": RELATED_ROLE,
+                "end_line": int(place["end_line"]),
+                "attach_to": attach_key(f.rule, f.file, f.line),
+            },
+        )
+        for f in b.findings
+        for place in f.data.get("related", [])
     ]
     failed_by_finding = {i for f in b.findings for i in f.items}
     for hint in b.coverage.values():

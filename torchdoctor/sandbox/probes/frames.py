@@ -32,11 +32,16 @@ class Location:
 
 
 class UserFiles:
-    """Files under the script's folder, minus installed libraries and this harness."""
+    """Files of the audited tree, minus installed libraries and this harness. The tree is the
+    folder the run starts in (the sandbox starts it at the workspace's root) when the script
+    lies inside it, else the script's folder: a package beside the script's folder
+    (`scripts/train.py` importing `mypkg/`) is the user's code as much as the script is."""
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, tree: str | None = None) -> None:
         self.script = os.path.realpath(script)
         self.root = os.path.dirname(self.script)
+        start = os.path.realpath(tree if tree is not None else os.getcwd())
+        self.tree = start if self.script.startswith(start + os.sep) else self.root
         self.known: dict[str, bool] = {}
         """Each file name `contains` has classified: whether it is the user's."""
 
@@ -46,8 +51,8 @@ class UserFiles:
             real = os.path.realpath(filename)
             known = (
                 not filename.startswith("<")  # `<frozen runpy>`, `<string>`: no file; as a
-                # path it resolves under the working folder, the script's own
-                and real.startswith(self.root + os.sep)
+                # path it resolves under the working folder, inside the tree
+                and real.startswith(self.tree + os.sep)
                 and not real.startswith(_HARNESS_ROOT)
                 and not real.startswith(_LIBRARY_ROOTS)
                 and "site-packages" not in real
@@ -56,7 +61,11 @@ class UserFiles:
         return known
 
     def relpath(self, filename: str) -> str:
+        """Relative to the script's folder (`../mypkg/__init__.py` for a package beside it)."""
         return os.path.relpath(os.path.realpath(filename), self.root)
+
+    def is_script(self, filename: str) -> bool:
+        return os.path.realpath(filename) == self.script
 
     def caller(self, skip: int = 1) -> Location | None:
         """The innermost user frame above the caller of this function, if any."""

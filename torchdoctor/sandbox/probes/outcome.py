@@ -30,13 +30,16 @@ def outcome(kind: OutcomeKind, detail: str = "", **extra: Any) -> dict[str, Any]
         "traceback": None,
         "file": None,
         "line": None,
+        "entry_line": None,
         **extra,
     }
 
 
 def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
-    """A script error: type, message, the user's innermost frame, a traceback excerpt that
-    keeps the user's frames and the frame that raised."""
+    """A script error: type, message, the user's innermost frame (the deepest in the audited
+    tree: a local package that raises while the script imports it is blamed at its own line),
+    the script's innermost frame when that is another (`entry_line`, the import line), and a
+    traceback excerpt that keeps the user's frames and the frame that raised."""
     frames = traceback.extract_tb(exc.__traceback__)
     kept = [f for f in frames if user_files.contains(f.filename)]
     if frames and (not kept or kept[-1] is not frames[-1]):
@@ -59,6 +62,10 @@ def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
     user = [f for f in frames if user_files.contains(f.filename)]
     if place is None and user:
         place = (user_files.relpath(user[-1].filename), user[-1].lineno)
+    script = [f for f in user if user_files.is_script(f.filename)]
+    entry = script[-1] if script else None
+    if entry is not None and place == (user_files.relpath(entry.filename), entry.lineno):
+        entry = None  # the failure is at the script's own line
     return outcome(
         "script-error",
         f"{type(exc).__name__}: {exc}"[:500],
@@ -66,6 +73,7 @@ def from_exception(exc: BaseException, user_files: UserFiles) -> dict[str, Any]:
         traceback="\n".join(excerpt),
         file=place[0] if place else None,
         line=place[1] if place else None,
+        entry_line=entry.lineno if entry is not None else None,
     )
 
 
