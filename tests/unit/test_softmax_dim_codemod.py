@@ -44,6 +44,49 @@ def train(loader, optimizer):
 """
 )
 
+# pytorch-beginner's feed-forward net (2017): Linear layers ending in a log_softmax with no
+# dim, its output fed to nll_loss by the training loop
+LINEAR_LOGITS_INTO_NLL = (
+    HEADER
+    + """
+class Neuralnetwork(nn.Module):
+    def __init__(self, in_dim, hidden, out_dim):
+        super().__init__()
+        self.layer1 = nn.Linear(in_dim, hidden)
+        self.layer2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x):
+        x = self.layer1(x)
+        x = self.layer2(x)
+        return F.log_softmax(x)
+
+
+model = Neuralnetwork(28 * 28, 300, 10)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for img, label in train_loader:
+    loss = F.nll_loss(model(img), label)
+    loss.backward()
+    optimizer.step()
+"""
+)
+
+# near misses: a decoder handed in (not known to be a Linear), and Linear logits sampled from
+# rather than read by a loss
+NOT_KNOWN_AS_CLASS_LOGITS = (
+    HEADER
+    + """
+proj = nn.Linear(8, 4)
+
+
+def decode(decoder, hidden, targets):
+    return F.nll_loss(F.log_softmax(decoder(hidden)), targets)
+
+
+def sample(hidden):
+    return torch.multinomial(F.log_softmax(proj(hidden)).exp(), 1)
+"""
+)
+
 TWO_ON_ONE_LINE = (
     HEADER
     + """
@@ -111,6 +154,17 @@ def _outcomes(source: str) -> list[tuple[int, str | None, str | None]]:
 def test_a_model_output_of_flattened_logits_gets_dim_1_before_its_loss() -> None:
     ((_, fixed, _),) = _outcomes(FLATTEN_THEN_LINEAR)
     assert fixed == "loss = F.nll_loss(F.log_softmax(output, dim=1), labels)"
+
+
+def test_linear_logits_an_nll_loss_reads_are_two_dimensional() -> None:
+    ((_, fixed, _),) = _outcomes(LINEAR_LOGITS_INTO_NLL)
+    assert fixed == "return F.log_softmax(x, dim=1)"
+
+
+def test_logits_not_known_as_a_linears_read_by_a_loss_are_refused() -> None:
+    outcomes = _outcomes(NOT_KNOWN_AS_CLASS_LOGITS)
+    assert len(outcomes) == 2
+    assert all(fixed is None and "rank is not known" in (why or "") for _, fixed, why in outcomes)
 
 
 def test_each_softmax_of_a_line_is_fixed_by_its_own_input() -> None:

@@ -19,7 +19,7 @@ from torchdoctor.agent.checks.dataflow import first_argument
 from torchdoctor.agent.models import Severity
 
 _LOG = frozenset({"torch.log", "log"})
-_LINEAR = frozenset({"torch.nn.Linear", "torch.nn.LazyLinear"})
+LINEAR_LAYERS = frozenset({"torch.nn.Linear", "torch.nn.LazyLinear"})
 
 
 class NllLossInput(Rule):
@@ -70,7 +70,7 @@ class NllLossInput(Rule):
         flow = ctx.flow
         over_batch_lines: set[int] = set()
         for call in flow.nodes(ast.Call):
-            if not _is_nll(ctx, call):
+            if not is_nll_loss(ctx, call):
                 continue
             value = first_argument(call, "input")
             if value is None:
@@ -213,7 +213,8 @@ def _dim_0(call: ast.Call) -> bool:
     return isinstance(dim, ast.Constant) and dim.value == 0
 
 
-def _is_nll(ctx: ModuleContext, call: ast.Call) -> bool:
+def is_nll_loss(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`F.nll_loss(...)` or a call of an `nn.NLLLoss` (log-probabilities, classes at dim 1)."""
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual in NLL_LOSSES
@@ -235,6 +236,6 @@ def _kind(ctx: ModuleContext, call: ast.Call) -> str:
         if isinstance(func, ast.Attribute) and method and flow.is_module_value(func.value):
             return ""
         return "softmax"
-    if qual in _LINEAR or built in _LINEAR:
+    if qual in LINEAR_LAYERS or built in LINEAR_LAYERS:
         return "linear"
     return ""

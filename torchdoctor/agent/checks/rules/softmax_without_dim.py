@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.tensor_rank import tensor_rank
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.dataflow import first_argument, kwarg
 from torchdoctor.agent.checks.patterns import has_star_kwargs
+from torchdoctor.agent.checks.rules.nll_loss_input import LINEAR_LAYERS, is_nll_loss
 from torchdoctor.agent.models import Severity
 
 # factories whose result is 1-D when given one size that is not a sequence
@@ -48,7 +49,8 @@ class SoftmaxWithoutDim(Rule):
 
     Fix: state the dimension the distribution is over, e.g. `F.softmax(scores, dim=-1)` or
     `nn.Softmax(dim=1)`. Where the input's rank is known (a `view(-1, 320)` before the
-    model's last `nn.Linear`), the finding says which dim PyTorch picks today, and the
+    model's last `nn.Linear`; a Linear's logits whose log_softmax `nll_loss` reads, classes
+    last and at dim 1, so 2-D), the finding says which dim PyTorch picks today, and the
     codemod writes it out (except for a 3-D input, whose dim 0 is rarely the one meant).
     """
 
@@ -67,6 +69,7 @@ class SoftmaxWithoutDim(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        read_as_classes = _logits_read_by_nll_loss(ctx)
         for table in (_FUNCTIONS, _MODULES):
             for call in ctx.flow.calls_to(table):
                 qual = ctx.flow.qualname_of(call) or ""
@@ -74,6 +77,9 @@ class SoftmaxWithoutDim(Rule):
                     continue
                 name = qual.rsplit(".", 1)[-1]
                 rank = _input_rank(ctx, call) if table is _FUNCTIONS else None
+                loss = read_as_classes.get(id(call)) if rank is None else None
+                if loss is not None:
+                    rank = 2
                 if rank == 1:
                     ctx.report(
                         self,
@@ -98,6 +104,12 @@ class SoftmaxWithoutDim(Rule):
                         "input": ast.unparse(call.args[0]),
                     }
                     known = f" (its input is {rank}-D here: dim {data['implicit_dim']})"
+                if loss is not None:
+                    data["rank_from"] = f"a Linear's logits that `{loss}` reads at dim 1"
+                    known = (
+                        f" (its input, a Linear's logits that `{loss}` reads as classes at "
+                        "dim 1, is (batch, classes): dim 1)"
+                    )
                 ctx.report(
                     self,
                     call,
@@ -118,6 +130,48 @@ def _input_rank(ctx: ModuleContext, call: ast.Call) -> int | None:
     if not call.args:
         return None
     return 1 if _one_dimensional(ctx, call.args[0]) else tensor_rank(ctx, call.args[0])
+
+
+def _logits_read_by_nll_loss(ctx: ModuleContext) -> dict[int, str]:
+    """Log-softmaxes given no dim (by id) whose result an NLL loss reads as its input, with
+    the classes at dim 1, and whose own input is a Linear's output, the classes last (in this
+    function, or through a model's `forward`: `F.nll_loss(model(x), y)`): for both to hold
+    the logits are (batch, classes), 2-D. -> the loss's callee, for the message."""
+    if "nll_loss" not in ctx.source and "NLLLoss" not in ctx.source:
+        return {}
+    found: dict[int, str] = {}
+    for call in ctx.flow.nodes(ast.Call):
+        if not is_nll_loss(ctx, call) or (value := first_argument(call, "input")) is None:
+            continue
+        for producer in ctx.flow.value_producers(value):
+            qual = ctx.flow.qualname_of(producer) or ""
+            if (
+                qual.endswith("log_softmax")
+                and qual in _FUNCTIONS
+                and producer.args
+                and not _dim_given(producer, _FUNCTIONS[qual])
+                and _linear_logits(ctx, producer.args[0])
+            ):
+                found[id(producer)] = ast.unparse(call.func)
+    return found
+
+
+def _linear_logits(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`value` is what a Linear layer returns (`self.fc2(x)`, `F.linear(x, w)`), directly or
+    as a model's output whose `forward` ends in one."""
+    producers = list(ctx.flow.value_producers(value))
+    if not producers:
+        return False
+    if _is_linear(ctx, producers[0]):
+        return True
+    return ctx.flow.is_model_call(producers[0]) and any(_is_linear(ctx, p) for p in producers[1:])
+
+
+def _is_linear(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        return qual == "torch.nn.functional.linear"
+    return ctx.flow.constructed_as(call.func) in LINEAR_LAYERS
 
 
 def _dim_given(call: ast.Call, position: int) -> bool:

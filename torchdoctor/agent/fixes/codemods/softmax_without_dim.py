@@ -12,7 +12,9 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 class SoftmaxWithoutDimFix(Codemod):
     """Passes the dim a softmax, log_softmax or softmin given none uses today, where the rule
     knows its input's rank (`implicit_dim`): `F.log_softmax(x)` after `x = x.view(-1, 320)`
-    and the model's last `nn.Linear` becomes `F.log_softmax(x, dim=1)`. What runs does not
+    and the model's last `nn.Linear` becomes `F.log_softmax(x, dim=1)`; so does a
+    log_softmax of a Linear's logits that `nll_loss` reads (classes last and at dim 1: the
+    logits are (batch, classes), or the script could not run as it does). What runs does not
     change (verified as a refactor: the same losses) and the deprecated guess is gone.
 
     Refused, with the reason: a module (`nn.Softmax()`), whose input is known only where it
