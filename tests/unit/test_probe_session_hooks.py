@@ -267,6 +267,47 @@ def test_modules_without_state_are_no_inference_steps_and_no_roots(tmp_path: Pat
         probes.uninstall()
 
 
+class _Served(nn.Module):
+    """A model whose forward calls its body's forward directly, as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.forward(x).softmax(-1)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_model_whose_forward_is_called_directly_is_one_root_and_one_forward(
+    tmp_path: Path, nested: bool
+) -> None:
+    """Held-out pytorch-flask-api: `model.forward(tensor)` runs no hook of the model's own, so
+    each of its layers was a root: one request was six inference forwards (the run stopped
+    inside the first), the data-flow map showed the first layer alone, and the mode probe
+    named `Conv2d` and `BatchNorm2d` apart."""
+    from torchdoctor.sandbox.probes.control import StopRun
+
+    torch.manual_seed(0)
+    script = tmp_path / "serve.py"
+    script.write_text("model.forward(x)\n")
+    config = ProbeConfig(script=str(script), steps=3, sample_every=1, flush_every=1)
+    probes = Session(config, UserFiles(str(script)))
+    probes.install()
+    model = (_Served() if nested else _Served().body).eval()
+    try:
+        for _ in range(2):
+            model.forward(torch.randn(4, 6))
+        assert (probes.step, probes.depth, set(probes.roots)) == (2, 0, {id(model)})
+        assert sys.getprofile() is None
+        with pytest.raises(StopRun):
+            model.forward(torch.randn(4, 6))
+    finally:
+        probes.uninstall()
+    assert sys.getprofile() is None
+    assert {i["module"] for i in probes.mode.report()} == {type(model).__name__}
+
+
 def test_parameters_moved_between_backwards_are_compared_by_identity() -> None:
     """Two backwards may reach the parameters in another order or another number (a graph
     walked twice): only a parameter seen at both, by identity, says whether one moved."""

@@ -41,6 +41,7 @@ from torchdoctor.sandbox.probes.control import StopRun
 from torchdoctor.sandbox.probes.data_functions import DataFunctions
 from torchdoctor.sandbox.probes.dataflow import DataFlowProbe
 from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
+from torchdoctor.sandbox.probes.direct_forward import DirectForwards, direct_caller
 from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_rank
 from torchdoctor.sandbox.probes.flops import FlopProbe
 from torchdoctor.sandbox.probes.frames import UserFiles
@@ -214,6 +215,7 @@ class Session:
         self.flops = FlopProbe()
         self.power = PowerProbe()
         self.mode = ModeProbe(user_files)
+        self.direct = DirectForwards(self._post)
         ranks = launched_rank()
         self.distributed = DistributedProbe(*ranks, user_files) if ranks else None
 
@@ -254,6 +256,7 @@ class Session:
         self.flops.stop()
         self.power.stop()
         self._set_global_hooks(False)
+        self.direct.stop()
         for handle in self._handles:
             handle.remove()
         self._own_hooks = set()
@@ -534,6 +537,8 @@ class Session:
         if torch.compiler.is_compiling():
             return  # inside a region dynamo traces: stay out of the graph
         try:
+            if self.depth == 0 and self._global_hooks and not isinstance(module, _Loss):
+                self._open_direct_caller(module)
             self.depth += 1
             if isinstance(module, _Loss):
                 self.loss_depth += 1
@@ -562,6 +567,19 @@ class Session:
             raise
         except Exception:
             self._error()
+
+    def _open_direct_caller(self, module: torch.nn.Module) -> None:
+        """A top-level call made inside `model.forward(x)` called directly: the model is the
+        call (`direct_forward`), opened now and closed when its forward returns."""
+        if not self.direct.can_watch():
+            return
+        found = direct_caller(module, sys._getframe(2))
+        if found is None:
+            return
+        owner, frame, args = found
+        self._pre(owner, args)  # opens, first, a direct forward this one runs inside
+        if self.depth > 0:
+            self.direct.watch(owner, frame, args)
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if torch.compiler.is_compiling():
