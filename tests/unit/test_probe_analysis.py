@@ -48,6 +48,20 @@ def test_clean_run_passes_the_items_it_observed() -> None:
     assert "4 optimizer steps" in analysis.summary
 
 
+def test_the_summary_leaves_the_outcome_to_its_readers_and_counts_one_step_as_one() -> None:
+    """Held-out char-rnn.pytorch: the run read 'script-error — script-error: 1 optimizer steps
+    on cpu' (the report, the notes and the LLM's tool each put the outcome before it)."""
+    crashed = document(
+        outcome={"kind": "script-error", "detail": "IndexError: invalid index"},
+        steps_completed=1,
+        loss={"steps": [0], "values": [1.0]},
+    )
+    analysis = probe_findings(crashed, "train.py")
+    assert analysis.summary.startswith("1 optimizer step on cpu"), analysis.summary
+    run = next(e for e in analysis.evidence if e.data.get("probe") == "run")
+    assert run.message.startswith("script-error: 1 optimizer step on cpu")
+
+
 def test_locations_are_joined_to_the_scripts_folder() -> None:
     doc = document(
         nonfinite={
@@ -115,6 +129,26 @@ def test_host_syncs_point_at_the_most_frequent_line() -> None:
     finding = probe_findings(doc, "train.py").findings[0]
     assert (finding.rule, finding.line, finding.items) == ("probe-host-sync", 30, ["6.1"])
     assert "This run used no GPU, where they cost little" in finding.message
+
+
+@pytest.mark.parametrize(("per_forward", "found"), [(1.0, False), (3.0, True)])
+def test_an_inference_run_reading_its_answer_once_per_forward_is_no_host_sync(
+    per_forward: float, found: bool
+) -> None:
+    """Held-out pytorch-flask-api: a served model's prediction is read once per request
+    (`y_hat.item()`, the answer the request returns): no device-side form exists for it."""
+    doc = document(
+        mode="inference",
+        steps_completed=0,
+        forward_passes=5,
+        loss={"steps": [], "values": []},
+        syncs={
+            "per_step": per_forward,
+            "calls": [{"file": "app.py", "line": 31, "kind": "item", "count": 4}],
+        },
+    )
+    rules = [f.rule for f in probe_findings(doc, "app.py").findings]
+    assert ("probe-host-sync" in rules) is found
 
 
 def test_host_syncs_on_a_gpu_run_stall_its_queue() -> None:

@@ -533,7 +533,10 @@ def _syncs(b: _Builder) -> None:
     steps = b.doc.steps_completed or b.doc.forward_passes
     if steps < 2:
         return
-    if s.per_step >= 1 and s.calls:
+    # an inference script reads each forward's answer once (a served prediction's `.item()`):
+    # only reads beyond that one can stay on the device
+    too_many = s.per_step > 1 if b.doc.mode == "inference" else s.per_step >= 1
+    if too_many and s.calls:
         top = s.calls[0]
         b.find(
             "probe-host-sync",
@@ -977,13 +980,18 @@ _CHECKS = (
 
 
 def _summary(doc: ProbeDocument) -> str:
-    unit = "optimizer steps" if doc.mode == "train" else "forward passes"
-    if doc.updated_by_hand:
-        unit = "training steps (no optimizer: one a backward pass)"
+    """What the run did; its readers (the report, the notes, the LLM's tool) name the
+    outcome before it."""
     count = doc.steps_completed if doc.mode == "train" else doc.forward_passes
+    unit = "optimizer step" if doc.mode == "train" else "forward pass"
+    if doc.updated_by_hand:
+        unit = "training step"
+    unit = unit if count == 1 else f"{unit}es" if unit.endswith("s") else f"{unit}s"
+    if doc.updated_by_hand:
+        unit += " (no optimizer: one a backward pass)"
     median = doc.timing.median_step_ms
     timing = f", median step {median:.1f} ms" if median is not None else ""
-    return f"{doc.outcome.kind}: {count} {unit} on {doc.device.name}{timing}"
+    return f"{count} {unit} on {doc.device.name}{timing}"
 
 
 def _notes(doc: ProbeDocument) -> list[str]:
@@ -1089,7 +1097,7 @@ def _evidence(b: _Builder, analysis_summary: str) -> list[Evidence]:
             source=SOURCE,
             source_version=version,
             kind="probe",
-            message=analysis_summary,
+            message=f"{b.doc.outcome.kind}: {analysis_summary}",
             file=b.script,
             line=1,
             data={
