@@ -101,3 +101,35 @@ def test_a_numpy_draw_in_the_script_seeds_numpy_under_its_alias() -> None:
     fixed = _fixed([("train.py", script), ("data.py", DATA_OWN_GENERATOR)])
     assert "np.random.seed(0)" in fixed
     assert "import random" not in fixed and "\n    random.seed" not in fixed
+
+
+# a split module that holds out part of the files with scikit-learn, which draws from NumPy's
+# global generator when given no random_state
+SPLIT = """\
+import os
+
+from sklearn.model_selection import train_test_split
+
+
+def split(root):
+    return train_test_split(sorted(os.listdir(root)), test_size=0.1)
+"""
+
+
+def test_a_library_split_without_random_state_seeds_numpy() -> None:
+    script = TRAIN.replace(
+        "from data import ImageFolderList",
+        "from data import ImageFolderList\nfrom split import split",
+    )
+    fixed = _fixed([("train.py", script), ("data.py", DATA_OWN_GENERATOR), ("split.py", SPLIT)])
+    assert "np.random.seed(0)" in fixed
+
+
+def test_a_library_split_given_its_random_state_seeds_nothing_more() -> None:
+    script = TRAIN.replace(
+        "from data import ImageFolderList",
+        "from data import ImageFolderList\nfrom split import split",
+    )
+    seeded = SPLIT.replace("test_size=0.1)", "test_size=0.1, random_state=0)")
+    fixed = _fixed([("train.py", script), ("data.py", DATA_OWN_GENERATOR), ("split.py", seeded)])
+    assert "np.random.seed" not in fixed

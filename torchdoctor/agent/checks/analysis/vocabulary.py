@@ -72,6 +72,8 @@ GLOBAL_GENERATORS: dict[str, str] = {
     str(k): str(v) for k, v in load_table("vocabulary.json")["global_generators"].items()
 }
 OWN_STATE_GENERATORS = _names("own_state_generators")
+# Library functions that draw from NumPy's global generator unless given a `random_state`.
+NUMPY_DRAWING_FUNCTIONS = _names("numpy_drawing_functions")
 # What keeps a tensor's number of dimensions: elementwise functions and layers that act on
 # the last axis (`F.relu`, `nn.Linear`), for `tensor_rank`.
 RANK_KEEPING_FUNCTIONS = _names("rank_keeping_functions")

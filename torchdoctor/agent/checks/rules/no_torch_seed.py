@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     ALL_LIBRARY_SEEDERS,
     DISPLAY_LIBRARIES,
     GLOBAL_GENERATORS,
+    NUMPY_DRAWING_FUNCTIONS,
     OWN_STATE_GENERATORS,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -112,7 +113,7 @@ class NoTorchSeed(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
         has_seed_text = "seed" in source
-        generators = _global_generators(ctx) if "random" in source else []
+        generators = _global_generators(ctx) if "random" in source or "sklearn" in source else []
         if "torch" not in source and not has_seed_text and not generators:
             return
         seeding_functions = self._seeding_functions(ctx) if has_seed_text else set()
@@ -271,10 +272,17 @@ def _global_generators(ctx: ModuleContext) -> list[str]:
     """The process-wide generators this module draws from (`random.shuffle(items)`,
     `np.random.rand(3)`, a draw passed on by name: `key=random.random`); constructing an
     independent generator (`random.Random(0)`, `np.random.default_rng()`) or only seeding one
-    is not a draw."""
+    is not a draw. A library function that draws from NumPy's when given no `random_state`
+    (`train_test_split(files, test_size=0.1)`) draws too."""
     found: set[str] = set()
     for call in nodes_of(ctx, ast.Call):
         assert isinstance(call, ast.Call)
+        if ctx.call_qualname(call) in NUMPY_DRAWING_FUNCTIONS and not any(
+            k.arg == "random_state"
+            and not (isinstance(k.value, ast.Constant) and k.value.value is None)
+            for k in call.keywords
+        ):
+            found.add("numpy")
         for expr in (call.func, *call.args, *(k.value for k in call.keywords)):
             if not isinstance(expr, ast.Name | ast.Attribute):
                 continue
