@@ -66,6 +66,15 @@ def test_the_merged_run_finding_moves_to_the_static_rules_point() -> None:
     assert pairs[0][0] == 6 and pairs[0][1].data["confirms"] == "host-sync-in-step"
 
 
+def test_a_run_stopped_by_a_file_that_does_not_parse_is_its_syntax_error() -> None:
+    """Held-out pytorch-REINFORCE: the TabError of main.py:78 was a critical syntax-error
+    finding and a high 'The script fails when run' at the same line."""
+    syntax = RawFinding(**{**static().model_dump(), "rule": "syntax-error", "line": 78})
+    syntax = syntax.model_copy(update={"end_line": 78})
+    pairs = attach_run_confirmations([syntax], [(2, run_finding("probe-script-error", 78))])
+    assert pairs[0][0] == 1 and pairs[0][1].data["confirms"] == "syntax-error"
+
+
 def test_run_findings_elsewhere_or_of_another_problem_stay_findings() -> None:
     far = attach_run_confirmations([static()], [(1, run_finding(line=30))])
     other = attach_run_confirmations([static("double-softmax")], [(1, run_finding())])
