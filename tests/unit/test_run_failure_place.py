@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent.evidence.probes import probe_findings
+from torchdoctor.agent.evidence.run_gaps import MissingDependency
 from torchdoctor.agent.reasoning.base import PointRequest
 from torchdoctor.agent.reasoning.offline import OfflineReasoner
 from torchdoctor.sandbox.probes.frames import UserFiles
@@ -118,3 +119,24 @@ def test_a_failure_at_the_script_line_itself_relates_nothing(
     (failure,) = [f for f in analysis.findings if f.rule == "probe-script-error"]
     assert (failure.file, failure.line) == ("tools/train.py", 5)
     assert "related" not in failure.data
+
+
+def test_a_package_the_local_package_imports_and_nobody_declares_relates_the_import(
+    failed_document: dict[str, object],
+) -> None:
+    outcome = failed_document["outcome"]
+    assert isinstance(outcome, dict)
+    outcome.update(
+        detail="ModuleNotFoundError: No module named 'scipy'",
+        error_type="ModuleNotFoundError",
+        line=1,
+    )
+    gap = MissingDependency(module="scipy")
+    analysis = probe_findings(failed_document, "tools/train.py", gap=gap)
+    (missing,) = analysis.findings
+    assert (missing.rule, missing.file, missing.line) == (
+        "probe-undeclared-dependency",
+        "mypkg/__init__.py",
+        1,
+    )
+    assert [(p["file"], p["line"]) for p in missing.data["related"]] == [("tools/train.py", 3)]

@@ -253,14 +253,15 @@ def _outcome(b: _Builder) -> None:
 
 def _entry_related(b: _Builder, o: Outcome) -> dict[str, Any]:
     """The script's own line that led to the failing frame in another file of the tree (the
-    import of a local package that raised while imported), as the failure's related place."""
+    import of a local package that raised, or lacked a package, while imported), as the
+    failure's related place."""
     if o.entry_line is None or not o.file or b.path(o.file) == b.script:
         return {}
     place = {
         "file": b.script,
         "line": o.entry_line,
         "end_line": o.entry_line,
-        "message": "the script's line that reached the failure",
+        "message": f"{b.script}:{o.entry_line}, the script's line that reached it",
         "excerpt": b.excerpt(b.script, o.entry_line),
     }
     return {"related": [place]}
@@ -292,6 +293,7 @@ def _missing_dependency(b: _Builder, missing: MissingDependency) -> None:
         file=o.file,
         line=o.line,
         traceback=o.traceback,
+        **_entry_related(b, o),
     )
 
 
