@@ -1185,11 +1185,11 @@ class ProjectIndex:
             return fn is None or not fn.returns_eval
         symbol = self._through_reexports(symbol)
         module, _, name = symbol.rpartition(".")
-        candidates = self._modules(module) if module else []
+        candidates = self._modules_near(module, near)
         if not candidates and needs in ("splits-data", "accumulates-argument"):
             # `pkg.mod.Class.method`
             module, _, owner = module.rpartition(".")
-            candidates = self._modules(module) if module else []
+            candidates = self._modules_near(module, near)
             name = f"{owner}.{name}"
         if len(candidates) != 1:
             return False
@@ -1256,13 +1256,19 @@ class ProjectIndex:
         """The module `symbol` is defined in; several modules matching the import (a
         repository of examples, each with its own `model.py`) are told apart by the importing
         file's package when `near` gives it."""
-        module = symbol.rpartition(".")[0]
+        candidates = self._modules_near(symbol.rpartition(".")[0], near)
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _modules_near(self, module: str, near: str | None) -> list[ModuleSummary]:
+        """`_modules`, told apart by the importing file's folder when several match: a script
+        imports the `model.py` beside it (its folder comes first on `sys.path`), not the
+        `model.py` of another example."""
         candidates = self._modules(module) if module else []
         if len(candidates) > 1 and near is not None:
             package = module_name(near).rpartition(".")[0]
             sibling = f"{package}.{module}" if package else module
             candidates = [c for c in candidates if c.module == sibling]
-        return candidates[0] if len(candidates) == 1 else None
+        return candidates
 
     def _builds(self, symbol: str, has: Callable[[ClassSummary], bool], depth: int = 0) -> bool:
         """The class, or a submodule it imports from another file, has the layer `has` asks
