@@ -44,6 +44,7 @@ Property = Literal[
     "mode-dependent",
     "left-in-train-mode-by-a-caller",
     "called-in-train-mode",
+    "run-with-grad-by-a-caller",
     "not-mode-free",
     "mode-layers-in-project",
     "cpu-device-in-project",
@@ -61,6 +62,7 @@ _REMOVABLE_OUTPUTS: frozenset[Property] = frozenset(
 FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
+GRAD_CALLS_KEY = "grad-calls"
 MODE_LAYERS_KEY = "may-hold-mode-layers"
 CPU_DEVICE_KEY = "offers-cpu-device"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
@@ -645,6 +647,13 @@ def _identifiers(ctx: ModuleContext) -> Iterator[str]:
     yield from (a.asname or a.name for a in flow.nodes(ast.alias))
 
 
+def publish_grad_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
+    """Record, per imported project function, whether each call of it here runs with autograd
+    off (`with torch.no_grad(): validate(...)`, for the project pass of validation-with-grad)."""
+    if calls:
+        ctx.facts[GRAD_CALLS_KEY] = calls
+
+
 def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
     """Record, per imported project function, whether each call of it here runs after an
     `.eval()` (for the project pass of the rules on evaluation and inference paths)."""
@@ -1091,11 +1100,13 @@ class ProjectIndex:
         summaries: list[ModuleSummary],
         mode_calls: dict[str, list[bool]] | None = None,
         mode_layers_anywhere: bool = True,
+        grad_calls: dict[str, list[bool]] | None = None,
         passes: list[ModelPass] | None = None,
         cpu_device_programs: list[str] | None = None,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
+        self.grad_calls = grad_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
         self.passes = passes or []
         self.cpu_device_programs = cpu_device_programs or []
@@ -1103,9 +1114,12 @@ class ProjectIndex:
     @classmethod
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
         mode_calls: dict[str, list[bool]] = {}
+        grad_calls: dict[str, list[bool]] = {}
         for f in facts.values():
             for symbol, modes in f.get(MODE_CALLS_KEY, {}).items():
                 mode_calls.setdefault(symbol, []).extend(bool(m) for m in modes)
+            for symbol, offs in f.get(GRAD_CALLS_KEY, {}).items():
+                grad_calls.setdefault(symbol, []).extend(bool(o) for o in offs)
         summaries = [
             ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f
         ]
@@ -1120,6 +1134,7 @@ class ProjectIndex:
             summaries,
             mode_calls,
             mode_layers_anywhere=not (published and sees_models) or any(published),
+            grad_calls=grad_calls,
             passes=passes,
             cpu_device_programs=[m for f in facts.values() for m in f.get(CPU_DEVICE_KEY, [])],
         )
@@ -1143,9 +1158,14 @@ class ProjectIndex:
     def _callers_in_eval_mode(self, symbol: str) -> list[bool]:
         """For every call of the function `symbol` elsewhere in the project, whether an
         `.eval()` runs before it (imports matched as modules are: a dotted suffix either way)."""
+        return self._caller_flags(self.mode_calls, symbol)
+
+    @staticmethod
+    def _caller_flags(table: dict[str, list[bool]], symbol: str) -> list[bool]:
+        """The flags `table` records for the calls of the function `symbol` in other files."""
         module, _, name = symbol.rpartition(".")
         found: list[bool] = []
-        for called, modes in self.mode_calls.items():
+        for called, modes in table.items():
             other, _, other_name = called.rpartition(".")
             if other_name == name and (
                 other == module or other.endswith("." + module) or module.endswith("." + other)
@@ -1170,6 +1190,9 @@ class ProjectIndex:
             if needs == "left-in-train-mode-by-a-caller":
                 return not modes or not all(modes)  # no caller seen, or one without .eval()
             return bool(modes) and not all(modes)
+        if needs == "run-with-grad-by-a-caller":  # no caller seen, or one with autograd on
+            offs = self._caller_flags(self.grad_calls, symbol)
+            return not offs or not all(offs)
         if needs == "mode-layers-in-project":
             return self.mode_layers_anywhere
         if needs == "cpu-device-in-project":  # `symbol`: a module a CPU-capable entry imports

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    module_name,
+    project_function_calls,
+    publish_grad_calls,
+)
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_tree
 from torchdoctor.agent.checks.patterns import (
     functions,
@@ -77,11 +85,14 @@ class ValidationWithGrad(Rule):
     train_model=False)`) and nothing in it sets the grad mode.
 
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
-    helper every call of which already runs under `no_grad`, a `predict` method whose output
-    a function of the module back-propagates (the forward under another name), a helper
-    that also back-propagates with no flag saying when it evaluates (`run_epoch(model,
-    val_loader, criterion)`, training whenever given an optimizer), one-off
-    forwards (a shape check) outside any loop, evaluations that differentiate with
+    helper every call of which already runs under `no_grad` (in its own file, or, for a
+    module-level helper its file never calls, in the other files of the project: melgan's
+    `validate()` of `utils/validation.py`, called under `no_grad` by `utils/train.py`), a
+    `predict` method whose output a function of the module back-propagates (the forward
+    under another name), a helper that also back-propagates with no flag saying when it
+    evaluates (`run_epoch(model, val_loader, criterion)`, training whenever given an
+    optimizer), one-off forwards (a shape check) outside any loop, evaluations that
+    differentiate with
     `torch.autograd.grad` (a PGD attack measuring robust accuracy), and export helpers
     (`torch.onnx.export`, `torch.jit.trace` after one forward).
 
@@ -107,6 +118,9 @@ class ValidationWithGrad(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
+        publish_grad_calls(  # whether each call of another file's function here records
+            ctx, _grad_off_calls(ctx)
+        )
         serves = "@" in source and any(f".{d}(" in source for d in _ROUTE_DECORATORS)
         if "(" not in source or not (
             serves or any(k in source for k in ("val", "test", "eval", "pred"))
@@ -126,7 +140,7 @@ class ValidationWithGrad(Rule):
         guarded_callers = self._grad_off_call_sites(ctx, names) if names else set()
         for fn in candidates:
             if fn.name not in guarded_callers and not _trained_through(ctx, fn):
-                self._check_body(ctx, fn.body, reported, fn)
+                self._check_helper(ctx, fn, reported)
                 # not repeated here: its callers live in other modules, once per batch
                 # (`model.test()` in a training script's validation loop, `net.predict(x)`);
                 # a function with its own data loop repeats that loop instead
@@ -210,6 +224,32 @@ class ValidationWithGrad(Rule):
             ):
                 self._report(ctx, call, reported)
 
+    def _check_helper(self, ctx: ModuleContext, fn: FunctionNode, reported: set[int]) -> None:
+        """`_check_body` of an evaluation function; one its own module never calls is left to
+        the project pass, which drops it when every call in the other files runs under
+        no_grad."""
+        call = self._first_with_grad(ctx, fn.body, reported, fn)
+        if call is None:
+            return
+        if not isinstance(ctx.parents.get(fn), ast.Module) or fn.name in ctx.flow.callers:
+            self._report(ctx, call, reported)
+            return
+        reported.add(call.lineno)
+        found = ctx.finding(self, call, _MESSAGE)
+        if found is not None:
+            symbol = f"{module_name(ctx.path)}.{fn.name}"
+            defer(
+                ctx,
+                self.id,
+                Pending(symbol=symbol, needs="run-with-grad-by-a-caller", finding=found),
+            )
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """An evaluation helper of one file is reported unless every call of it in the other
+        files runs under no_grad (or none is seen and it is reported as before)."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
     def _check_body(
         self,
         ctx: ModuleContext,
@@ -244,12 +284,7 @@ class ValidationWithGrad(Rule):
 
     def _report(self, ctx: ModuleContext, call: ast.Call, reported: set[int]) -> None:
         reported.add(call.lineno)
-        ctx.report(
-            self,
-            call,
-            "the model runs for evaluation with autograd on: activations are kept for a "
-            "backward pass that never happens",
-        )
+        ctx.report(self, call, _MESSAGE)
 
     @classmethod
     def _callers_turn_grad_off(cls, ctx: ModuleContext, loop: ast.For) -> bool:
@@ -268,6 +303,21 @@ class ValidationWithGrad(Rule):
                 if name in names:
                     sites.setdefault(name, []).append(grad_may_be_off(ctx, node))
         return {name for name, flags in sites.items() if flags and all(flags)}
+
+
+_MESSAGE = (
+    "the model runs for evaluation with autograd on: activations are kept for a backward "
+    "pass that never happens"
+)
+
+
+def _grad_off_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
+    """Per function imported from another file of the project, whether each call of it here
+    runs with autograd off."""
+    found: dict[str, list[bool]] = {}
+    for symbol, site in project_function_calls(ctx):
+        found.setdefault(symbol, []).append(grad_may_be_off(ctx, site))
+    return found
 
 
 def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
