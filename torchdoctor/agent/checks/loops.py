@@ -273,6 +273,33 @@ def mentions_modulo(expr: ast.AST) -> bool:
     return any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mod) for n in walk_tree(expr))
 
 
+def phase_constant(node: ast.expr) -> bool:
+    """A value that names one phase whatever runs: a literal (`'train'`, `0`) or an enum
+    member (`LoopPhase.TRAIN`, a capitalised class's attribute)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str | int) and not isinstance(node.value, bool)
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id[:1].isupper()
+    )
+
+
+def phase_equality(test: ast.expr) -> tuple[str, str] | None:
+    """(name, constant) of a test that a phase parameter equals one phase (`phase ==
+    LoopPhase.TRAIN`, `mode == 'train'`): pytorch-GAT's `main_loop(phase, epoch)` steps the
+    optimizer only for the training phase."""
+    if (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and phase_constant(test.comparators[0])
+    ):
+        return test.left.id, ast.unparse(test.comparators[0])
+    return None
+
+
 def enclosing_ifs(
     ctx: ModuleContext, node: ast.AST, stop: ast.AST | None = None
 ) -> Iterator[tuple[ast.If, str]]:

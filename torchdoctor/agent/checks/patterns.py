@@ -175,7 +175,7 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
         and isinstance(expr.value, ast.Name)
         and expr.value.id == "self"
     )
-    return traceable and constructed_model(ctx, expr)
+    return traceable and (constructed_model(ctx, expr) or ctx.flow.module_by_use(expr))
 
 
 def _own_method(ctx: ModuleContext, expr: ast.expr) -> bool:

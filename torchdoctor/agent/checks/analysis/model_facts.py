@@ -127,6 +127,33 @@ class ModelFacts(DefUse):
                 return isinstance(annotation, ast.Name) and annotation.id in self.module_classes
         return False
 
+    def module_by_use(self, expr: ast.expr) -> bool:
+        """`expr`, a bare name or `self.x`, is used as only an `nn.Module` is (`gat.train()`
+        in the function that calls `gat(data)`, `self.G.parameters()`): pytorch-GAT's
+        `main_loop` closure runs `gat`, a parameter of the factory around it. Not an object
+        of a class of this module that is no `nn.Module` (a boosting ensemble's own
+        `parameters()` and `to_eval()`)."""
+        if self._plain_local_object(expr):
+            return False
+        if isinstance(expr, ast.Name):
+            return self._module_name(expr)
+        return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
+
+    def _plain_local_object(self, expr: ast.expr) -> bool:
+        """`expr` is built by a class of this module (`DynamicNet(...)`,
+        `DynamicNet.from_file(...)`) that is not an `nn.Module`."""
+        for call in self.constructors(expr):
+            root = call.func
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if (
+                isinstance(root, ast.Name)
+                and root.id in self.classes
+                and root.id not in self.module_classes
+            ):
+                return True
+        return False
+
     def _module_name(self, name: ast.Name) -> bool:
         """A bare name that a method only `nn.Module`s have is called on in its function or
         at the module's top level (`gen.eval()`, `disc.zero_grad()`, `critic.parameters()`):

@@ -39,6 +39,8 @@ from torchdoctor.agent.checks.loops import (
     is_backward_call,
     method_name,
     nodes_of,
+    phase_constant,
+    phase_equality,
     walk_scope,
     walk_tree,
 )
@@ -533,22 +535,45 @@ def _flagged_evaluation_calls(ctx: ModuleContext) -> list[tuple[ast.Call, Functi
             name, skipping = flag
             for site in ctx.calls.call_sites(fn):
                 given = ctx.calls.bind(site, fn).get(name)
-                if isinstance(given, ast.Constant) and bool(given.value) is skipping:
+                if isinstance(skipping, bool):
+                    skips = isinstance(given, ast.Constant) and bool(given.value) is skipping
+                else:  # the training phase's constant: another phase's skips the backward
+                    skips = (
+                        given is not None
+                        and phase_constant(given)
+                        and ast.unparse(given) != skipping
+                    )
+                if skips:
                     found.append((site, fn))
     return found
 
 
-def _backward_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, bool] | None:
+def _backward_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, bool | str] | None:
     """(parameter, the value that skips the backward) when `fn` runs the model and every
-    backward in it sits under `if not flag:` or `if flag:` on one of its parameters."""
+    backward in it sits under `if not flag:` or `if flag:` on one of its parameters; or
+    (parameter, the training phase) when under `if phase == <constant>:` (a call given
+    another phase's constant skips it)."""
     params = {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}
-    guards: set[tuple[str, bool]] = set()
+    guards: set[tuple[str, bool | str]] = set()
     backwards = [n for n in walk_scope(fn.body) if isinstance(n, ast.Call) and is_backward_call(n)]
     if not backwards or not any(
         isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_scope(fn.body)
     ):
         return None
     for call in backwards:
+        phase = next(
+            (
+                equality
+                for guard, part in enclosing_ifs(ctx, call, fn)
+                if part == "body"
+                and (equality := phase_equality(guard.test)) is not None
+                and equality[0] in params
+            ),
+            None,
+        )
+        if phase is not None:
+            guards.add(phase)
+            continue
         guard = next(
             (
                 (guard.test, part)

@@ -18,7 +18,13 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, walk_tree
+from torchdoctor.agent.checks.loops import (
+    FunctionNode,
+    nodes_of,
+    phase_constant,
+    phase_equality,
+    walk_tree,
+)
 from torchdoctor.agent.checks.patterns import (
     functions,
     is_false,
@@ -159,12 +165,13 @@ class ValidationWithGrad(Rule):
                 fn.lineno <= line <= (fn.end_lineno or fn.lineno) for line in reported
             ):
                 continue
-            flag, site = switched
+            guard, site, passed = switched
+            repeated = _in_loop(ctx, site, None)  # a full-batch step called once per epoch
             call = next(
                 (
                     c
                     for c in model_calls(ctx, fn.body)
-                    if _in_loop(ctx, c, fn) and not grad_may_be_off(ctx, c)
+                    if (repeated or _in_loop(ctx, c, fn)) and not grad_may_be_off(ctx, c)
                 ),
                 None,
             )
@@ -173,10 +180,10 @@ class ValidationWithGrad(Rule):
                 ctx.report(
                     self,
                     call,
-                    f"`{fn.name}` also evaluates (called with `{flag}=False` at line "
-                    f"{site.lineno}), but the flag only skips the backward pass: the model "
+                    f"`{fn.name}` also evaluates (called with `{passed}` at line "
+                    f"{site.lineno}), but `{guard}` only skips the backward pass: the model "
                     "still runs with autograd on, keeping activations for a backward that "
-                    f"never comes; wrap the loop in `torch.set_grad_enabled({flag})`",
+                    f"never comes; wrap the forward in `torch.set_grad_enabled({guard})`",
                 )
         for fn in serving:  # one forward per request: no loop needed to repeat it
             if fn.name not in guarded_callers:
@@ -479,11 +486,15 @@ def _first_run_of(ctx: ModuleContext, statements: list[ast.stmt], model: str) ->
 _GRAD_MODE_CALLS = frozenset({"set_grad_enabled", "no_grad", "inference_mode", "enable_grad"})
 
 
-def _evaluated_through_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, ast.Call] | None:
-    """(flag, call) for an epoch helper shared by training and evaluation (DeepRank's
-    `_epoch(self, data_loader, train_model)`): every backward it runs sits under `if flag:`,
-    nothing in it sets the grad mode, and `call`, a call of it outside no_grad, passes
-    `flag=False` (by keyword or at its position): that call's forwards record graphs."""
+def _evaluated_through_flag(
+    ctx: ModuleContext, fn: FunctionNode
+) -> tuple[str, ast.Call, str] | None:
+    """(guard, call, what it passes) for an epoch helper shared by training and evaluation
+    (DeepRank's `_epoch(self, data_loader, train_model)`, pytorch-GAT's `main_loop(phase,
+    epoch)`): every backward it runs sits under `if flag:` or `if phase == <constant>:`,
+    nothing in it sets the grad mode, and `call`, a call of it outside no_grad, passes the
+    flag as False or the phase as another constant (by keyword or at its position): that
+    call's forwards record graphs."""
     params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
     backwards = _backward_calls(ctx, fn)
     if not backwards or not params:
@@ -495,23 +506,33 @@ def _evaluated_through_flag(ctx: ModuleContext, fn: FunctionNode) -> tuple[str, 
     guards = {_guarding_flag(ctx, call, fn) for call in backwards}
     if len(guards) != 1:
         return None
-    (flag,) = guards
-    if flag is None or flag not in params:
+    (guard,) = guards
+    if guard is None or guard[0] not in params:
         return None
+    flag, training = guard
     method = bool(params) and params[0] in ("self", "cls")
     index = params.index(flag) - (1 if method else 0)
-    for site in ctx.calls.call_sites(fn):
+    sites = sorted(ctx.calls.call_sites(fn), key=lambda site: not _in_loop(ctx, site, None))
+    for site in sites:  # one repeated by a loop first: its forwards recur
         passed = next((k.value for k in site.keywords if k.arg == flag), None)
         if passed is None and 0 <= index < len(site.args):
             passed = site.args[index]
-        if passed is not None and is_false(passed) and not grad_may_be_off(ctx, site):
-            return flag, site
+        if passed is None or grad_may_be_off(ctx, site):
+            continue
+        if training is None and is_false(passed):
+            return flag, site, f"{flag}=False"
+        if training is not None and phase_constant(passed) and ast.unparse(passed) != training:
+            return f"{flag} == {training}", site, f"{flag}={ast.unparse(passed)}"
     return None
 
 
-def _guarding_flag(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> str | None:
-    """The parameter-like name whose truth an enclosing `if` of `fn` tests before `node`
-    runs (`if train_model:`, `if is_train and ...:`)."""
+def _guarding_flag(
+    ctx: ModuleContext, node: ast.AST, fn: FunctionNode
+) -> tuple[str, str | None] | None:
+    """The parameter-like name an enclosing `if` of `fn` tests before `node` runs, with the
+    phase constant it must equal (`if phase == LoopPhase.TRAIN:` -> ('phase',
+    'LoopPhase.TRAIN')) or None when its truth is tested (`if train_model:`, `if is_train
+    and ...:`)."""
     child = node
     for anc in ctx.ancestors(node):
         if anc is fn:
@@ -522,7 +543,9 @@ def _guarding_flag(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> str |
                 tests = []
             for test in tests:
                 if isinstance(test, ast.Name):
-                    return test.id
+                    return test.id, None
+                if (equality := phase_equality(test)) is not None:
+                    return equality
         child = anc
     return None
 
