@@ -9,7 +9,13 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.project import passed_for_parameter
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import Effects, enclosing_ifs, receiver_name
+from torchdoctor.agent.checks.loops import (
+    Effects,
+    FunctionNode,
+    direct_effects,
+    enclosing_ifs,
+    receiver_name,
+)
 from torchdoctor.agent.models import Severity
 
 
@@ -23,7 +29,10 @@ class ZeroGradMissing(Rule):
     optimizers (a GAN's generator and discriminator), one stepped in the loop whose own
     `zero_grad()` never runs there is reported at its `step()`, when every clearing call in
     the loop names another stepped optimizer (a module's `zero_grad()` or `p.grad = None`
-    may clear anything, and keeps the rule quiet). A loop whose only `zero_grad()` sits on
+    may clear anything, and keeps the rule quiet). So is an update function with no loop
+    of its own, called once per step from elsewhere (TD3's `train(self, replay_buffer)`:
+    the critic's and the actor's updates), that clears some of the optimizers it steps but
+    not another. A loop whose only `zero_grad()` sits on
     one branch of an `if` (the AMP path) while the other branch calls `backward()` and
     `step()` is reported at that other branch's `backward()`. An engine that runs both the
     backward and the step (`engine.backward(loss)`, `engine.step()`: DeepSpeed) clears the
@@ -87,6 +96,45 @@ class ZeroGradMissing(Rule):
                 data={"backward_line": loop.effects.backward[0].lineno},
                 header_only=True,
             )
+        for fn, effects in _update_functions(ctx):
+            for step, name, cleared in _uncleared_optimizers(ctx, effects):
+                if id(step) in reported:
+                    continue
+                reported.add(id(step))
+                ctx.report(
+                    self,
+                    step,
+                    f"`{name}` steps in `{fn.name}` but its gradients are never cleared (it "
+                    f"clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): they "
+                    "accumulate across the calls",
+                )
+
+
+def _update_functions(ctx: ModuleContext) -> list[tuple[FunctionNode, Effects]]:
+    """Functions that back-propagate and step two or more optimizers with no loop around
+    either inside them: an update run once per call (an actor-critic's `train()`), each
+    call a training step."""
+    if "zero_grad" not in ctx.source:
+        return []
+    found: list[tuple[FunctionNode, Effects]] = []
+    for defs in ctx.loops.functions.values():
+        for fn in defs:
+            effects = direct_effects(fn.body)
+            if not (effects.backward and effects.zero_grad and len(effects.step) > 1):
+                continue
+            if any(_in_loop_of(ctx, node, fn) for node in [*effects.step, *effects.backward]):
+                continue  # the loop's analysis judges it
+            found.append((fn, effects))
+    return found
+
+
+def _in_loop_of(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> bool:
+    for anc in ctx.ancestors(node):
+        if anc is fn:
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.While):
+            return True
+    return False
 
 
 def _engine_steps(ctx: ModuleContext, effects: Effects) -> bool:
