@@ -118,7 +118,12 @@ class ImportTable:
 
 # The aliases every PyTorch file binds the same way, which a star import (`from model import
 # *`) brings along from the file that imported them.
-_CONVENTIONAL = {"nn": "torch.nn", "F": "torch.nn.functional", "optim": "torch.optim"}
+_CONVENTIONAL = {
+    "torch": "torch",
+    "nn": "torch.nn",
+    "F": "torch.nn.functional",
+    "optim": "torch.optim",
+}
 
 
 def numbered_excerpt(lines: Sequence[str], line: int, end_line: int, context: int = 2) -> str:
