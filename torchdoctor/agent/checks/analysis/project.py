@@ -552,14 +552,22 @@ def imported_classes(ctx: ModuleContext, obj: ast.expr) -> list[str]:
     (`model` with `model = Net().to(dev)` and `from models import Net`)."""
     found: list[str] = []
     for constructor in ctx.flow.constructors(obj):
-        func = constructor.func
-        symbols = [callee_symbol(ctx, func)]
-        if symbols == [None] and isinstance(func, ast.Name) and _star_brought(ctx, func.id):
-            symbols = [f"{module}.{func.id}" for module in star_modules(ctx)]
-        for symbol in symbols:
-            if symbol and not symbol.startswith(_LIBRARIES) and symbol not in found:
+        for symbol in class_symbols(ctx, constructor.func):
+            if not symbol.startswith(_LIBRARIES) and symbol not in found:
                 found.append(symbol)
     return found
+
+
+def class_symbols(ctx: ModuleContext, func: ast.expr) -> list[str]:
+    """The qualified names a constructor's callee may stand for: its import, or, for a class
+    name a star import brings (`from utils import *`, then `AverageMeter()`), that name in
+    each module star-imported."""
+    symbol = callee_symbol(ctx, func)
+    if symbol is not None:
+        return [symbol]
+    if isinstance(func, ast.Name) and _star_brought(ctx, func.id):
+        return [f"{module}.{func.id}" for module in star_modules(ctx)]
+    return []
 
 
 def _star_brought(ctx: ModuleContext, name: str) -> bool:

@@ -10,7 +10,7 @@ from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
-    callee_symbol,
+    class_symbols,
     defer,
     is_package_init,
     publish,
@@ -129,9 +129,9 @@ class LossGraphAccumulation(Rule):
                     ctx.report(self, call, _kept_message(acc, func))
                 continue
             for constructor in constructors:
-                symbol = callee_symbol(ctx, constructor.func)
-                found = ctx.finding(self, call, _kept_message(acc, func)) if symbol else None
-                if symbol and found is not None:
+                symbols = class_symbols(ctx, constructor.func)
+                found = ctx.finding(self, call, _kept_message(acc, func)) if symbols else None
+                for symbol in symbols if found is not None else []:
                     pending = Pending(
                         symbol=f"{symbol}.{func.attr}", needs="accumulates-argument", finding=found
                     )
