@@ -50,6 +50,7 @@ Property = Literal[
     "cpu-device-in-project",
     "convolutional",
     "accumulates-argument",
+    "clips-gradients",
     "leaves-model-in-eval",
     "not-returned-in-eval",
     "attribute-not-evaluated-by-base",
@@ -131,6 +132,9 @@ class FunctionSummary(_Model):
     evaluates: list[str] = Field(default_factory=list)
     """A constructor (keyed `Class.__init__`): the attributes of `self` it leaves in eval
     mode (`self.model = model; self.model.eval()`), which its subclasses' methods inherit."""
+    clips_grad: bool = False
+    """Clips or clamps the gradients it reaches (`clip_grad_norm_`, `p.grad.data.clamp_(-c,
+    c)`) and neither back-propagates nor steps: a clipping helper its callers order."""
     element_params: list[str] = Field(default_factory=list)
     """Parameters it reads only one element at a time (`n_channels[0]`): a one-element
     tensor passed for one meets no other tensor, whatever its device."""
@@ -669,6 +673,31 @@ def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None
         ctx.facts[MODE_CALLS_KEY] = calls
 
 
+GRAD_CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grad_value"})
+_IN_PLACE_ON_GRAD = frozenset({"clamp_", "clip_", "mul_", "div_"})
+
+
+def clips_gradients(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """`fn` clips gradients (`clip_grad_norm_(...)`, `param.grad.data.clamp_(-c, c)`) and
+    neither back-propagates nor steps: whoever calls it decides when the clip runs."""
+    clips = False
+    for node in walk_tree(fn):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name in ("backward", "step"):
+            return False
+        if name in GRAD_CLIPS:
+            clips = True
+        elif name in _IN_PLACE_ON_GRAD and isinstance(func, ast.Attribute):
+            target = func.value
+            if isinstance(target, ast.Attribute) and target.attr == "data":
+                target = target.value
+            clips = clips or (isinstance(target, ast.Attribute) and target.attr == "grad")
+    return clips
+
+
 def summarise(ctx: ModuleContext) -> ModuleSummary:
     """What this module offers to the others (computed once per module)."""
     memo = ctx.memo_table("project.summary")
@@ -728,6 +757,13 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 summary.functions[f"{cls_name}.{method}"] = FunctionSummary(
                     line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
                 )
+    if "grad" in text:
+        for stmt in ctx.tree.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and clips_gradients(stmt):
+                entry = summary.functions.get(stmt.name) or FunctionSummary(
+                    line=stmt.lineno, params=[a.arg for a in stmt.args.args]
+                )
+                summary.functions[stmt.name] = entry.model_copy(update={"clips_grad": True})
     if "split" in text:
         for name, fn in _functions_splitting_parameters(ctx):
             entry = summary.functions.get(name) or FunctionSummary(
@@ -1237,6 +1273,8 @@ class ProjectIndex:
             return fn is not None and fn.splits_data
         if needs == "accumulates-argument":
             return fn is not None and fn.accumulates
+        if needs == "clips-gradients":
+            return fn is not None and fn.clips_grad
         if needs == "leaves-model-in-eval":
             return fn is not None and fn.leaves_eval
         return fn is not None and fn.steps_optimizer

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+import builtins
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    GRAD_CLIPS,
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    clips_gradients,
+    defer,
+    project_imports,
+    publish,
+    star_modules,
+    summarise,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     direct_effects,
     enclosing_ifs,
@@ -17,7 +30,7 @@ from torchdoctor.agent.checks.loops import (
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
-_CLIPS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grad_value"})
+_CLIPS = GRAD_CLIPS
 
 
 class ClipGradOrder(Rule):
@@ -43,6 +56,11 @@ class ClipGradOrder(Rule):
     A clip is judged against the `backward()` and steps that can run with it, not those of
     the other branch of an `if` (`if fp16: ... else: clip; loss.backward()` clips first).
 
+    A call of a clipping helper (a function of the file, or of another file of the project,
+    that clips or clamps gradients and neither back-propagates nor steps: the SSD
+    tutorial's `clip_gradient(optimizer, grad_clip)` clamping each `param.grad.data`) is
+    judged as the clip it makes.
+
     Not reported: clipping and the steps in different branches (`if use_amp: ... else: ...`,
     one of each before the other); loops whose backward or step happens in a called function
     (the order is not visible in one body); clipping inside a function the loop calls unless
@@ -62,14 +80,16 @@ class ClipGradOrder(Rule):
     severity = Severity.HIGH
     title = "Gradient clipping outside backward() -> step()"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    triggers = Triggers(("clip_grad",))
+    triggers = Triggers(("clip_grad", "grad_clip"))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "clip_grad" in ctx.source
+        return "clip_grad" in ctx.source or "grad_clip" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        if any(f.clips_grad for f in summarise(ctx).functions.values()):
+            publish(ctx)  # its clipping helpers, for the files whose loops call them
         bodies = [loop.body for loop in ctx.loops.training_loops if loop.kind == "loop"]
         bodies += _update_functions(ctx)
         for body in bodies:
@@ -77,8 +97,9 @@ class ClipGradOrder(Rule):
             clips = [c for c in calls if _is_clip(c)]
             backward_calls = [c for c in calls if is_backward_call(c)]
             step_calls = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
-            if not clips or not backward_calls:
+            if not backward_calls:
                 continue
+            self._check_helpers(ctx, calls, backward_calls, step_calls, body)
             updates = direct_effects(body).update
             for clip in clips:
                 # the backward and steps that can run with this clip: not those of the other
@@ -100,21 +121,84 @@ class ClipGradOrder(Rule):
                 elif steps and clip.lineno > max(steps):
                     self._report(ctx, clip, "after optimizer.step()", steps, "before")
 
+    def _check_helpers(
+        self,
+        ctx: ModuleContext,
+        calls: list[ast.Call],
+        backward_calls: list[ast.Call],
+        step_calls: list[ast.Call],
+        body: list[ast.stmt],
+    ) -> None:
+        """Calls of clipping helpers placed before every backward or after every step: a
+        helper of this file is read here, one of another file is confirmed by the project
+        pass."""
+        for call in calls:
+            if not isinstance(call.func, ast.Name) or _is_clip(call):
+                continue
+            local = ctx.loops.functions.get(call.func.id)
+            symbols = [] if local else _helper_symbols(ctx, call.func)
+            if local and not all(clips_gradients(fn) for fn in local):
+                continue
+            if not local and not symbols:
+                continue
+            backwards = [c.lineno for c in backward_calls if not _exclusive(ctx, call, c, body)]
+            steps = [c.lineno for c in step_calls if not _exclusive(ctx, call, c, body)]
+            if not backwards:
+                continue
+            if call.lineno < min(backwards):
+                where, anchors, side = "before backward()", backwards, "after"
+            elif steps and call.lineno > max(steps):
+                where, anchors, side = "after optimizer.step()", steps, "before"
+            else:
+                continue
+            if local:
+                self._report(ctx, call, where, anchors, side)
+                continue
+            found = self._finding(ctx, call, where, anchors, side)
+            for symbol in symbols if found is not None else []:
+                assert found is not None
+                defer(ctx, self.id, Pending(symbol=symbol, needs="clips-gradients", finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A loop's call of another file's function, reported when that function clips."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+    def _finding(
+        self, ctx: ModuleContext, clip: ast.Call, where: str, anchors: list[int], side: str
+    ) -> RawFinding | None:
+        return ctx.finding(self, clip, _message(where), data=_move(ctx, clip, anchors, side))
+
     def _report(
         self, ctx: ModuleContext, clip: ast.Call, where: str, anchors: list[int], side: str
     ) -> None:
-        data: dict[str, object] = {}
-        anchor_line = min(anchors) if side == "after" else max(anchors)
-        statement = _statement(ctx, clip)
-        anchor = _statement_at(ctx, statement, anchor_line)
-        if statement is not None and anchor is not None and _movable(ctx, statement, anchor):
-            data = {"move": side, "anchor_line": anchor.lineno}
-        ctx.report(
-            self,
-            clip,
-            f"gradients are clipped {where}: the update applied by the optimizer is never clipped",
-            data=data,
-        )
+        ctx.report(self, clip, _message(where), data=_move(ctx, clip, anchors, side))
+
+
+def _message(where: str) -> str:
+    return f"gradients are clipped {where}: the update applied by the optimizer is never clipped"
+
+
+def _move(ctx: ModuleContext, clip: ast.Call, anchors: list[int], side: str) -> dict[str, Any]:
+    """Where the codemod moves the clip's statement, when it can."""
+    anchor_line = min(anchors) if side == "after" else max(anchors)
+    statement = _statement(ctx, clip)
+    anchor = _statement_at(ctx, statement, anchor_line)
+    if statement is not None and anchor is not None and _movable(ctx, statement, anchor):
+        return {"move": side, "anchor_line": anchor.lineno}
+    return {}
+
+
+def _helper_symbols(ctx: ModuleContext, func: ast.Name) -> list[str]:
+    """What a call of a name this file does not define may run, when it may be a function
+    of the project: its import from a project file, or the name in each project module a
+    star import brings (`from utils import *`)."""
+    if func.id in project_imports(ctx):
+        symbol = callee_symbol(ctx, func)
+        return [symbol] if symbol is not None else []
+    if func.id in ctx.imports.aliases or hasattr(builtins, func.id) or ctx.flow.definitions(func):
+        return []
+    return [f"{module}.{func.id}" for module in star_modules(ctx)]
 
 
 def _exclusive(ctx: ModuleContext, a: ast.AST, b: ast.AST, body: list[ast.stmt]) -> bool:
