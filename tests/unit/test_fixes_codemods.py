@@ -1120,3 +1120,28 @@ def test_a_log_softmax_over_the_batch_feeding_nll_is_taken_over_the_classes() ->
     fixed = _fixed_until_clean("nll-loss-input", source)
     assert "return F.log_softmax(self.out(h), dim=1)" in fixed
     assert "F.nll_loss(logits.log_softmax(1), labels)" in fixed
+
+
+def test_host_sync_stored_into_a_container_says_where_it_goes() -> None:
+    """Held-out VAE-CVAE-MNIST: `tracker[id]['x'] = z[i, 0].item()` (latents kept for a plot
+    after the epoch) was refused as "used by host code in the step itself (a condition, a
+    computation, a control value)": it is a store, whose readers are elsewhere."""
+    source = (
+        "import torch\n"
+        "def train(vae, loader, optimizer, tracker):\n"
+        "    for x, y in loader:\n"
+        "        recon, z = vae(x)\n"
+        "        for i, yi in enumerate(y):\n"
+        "            tracker[len(tracker)]['x'] = z[i, 0].item()\n"
+        "        loss = ((recon - x) ** 2).mean()\n"
+        "        optimizer.zero_grad()\n"
+        "        loss.backward()\n"
+        "        optimizer.step()\n"
+    )
+    (finding,) = _findings_of("host-sync-in-step", source)
+    codemod = codemod_for("host-sync-in-step")
+    assert codemod is not None
+    target = _target_of(finding)
+    assert codemod.transform(source, target) is None
+    why = codemod.explain(source, target)
+    assert why is not None and "stored into `tracker[len(tracker)]['x']`" in why, why

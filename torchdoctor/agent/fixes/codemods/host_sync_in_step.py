@@ -379,6 +379,16 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
                 "whose readers (a periodic log, a reset) are not visible here: keep tensors "
                 "there only if every one accepts them"
             )
+    for assign in ctx.find(cst.Assign, within=span):
+        stored = [
+            t.target for t in assign.targets if isinstance(t.target, cst.Subscript | cst.Attribute)
+        ]
+        if stored and any(method_call(node, "item") for node in descendants(assign.value)):
+            return (
+                f"the number is stored into `{_one_line(ctx, stored[0])}`, whose readers (a "
+                "plot, a summary after the epoch) are not visible here: keep tensors there "
+                "only if every one accepts them"
+            )
     for call in ctx.find(cst.Call, within=span):
         if method_call(call, "item") or dotted_name(call.func) == "float":
             return (
