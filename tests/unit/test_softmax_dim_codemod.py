@@ -128,6 +128,21 @@ class CharRNN(nn.Module):
 """
 )
 
+# the same module applied to a Linear's logits that an NLLLoss reads: its one application is
+# 2-D, so the dim goes where the module is built
+SOFTMAX_MODULE_INTO_NLL = (
+    SOFTMAX_MODULE
+    + """
+
+net = CharRNN(20, 4)
+nll = nn.NLLLoss()
+
+
+def step(x, y):
+    return nll(net(x), y)
+"""
+)
+
 
 def _outcomes(source: str) -> list[tuple[int, str | None, str | None]]:
     """(line, fixed line or None, refusal) for each finding of the rule."""
@@ -167,6 +182,11 @@ def test_logits_not_known_as_a_linears_read_by_a_loss_are_refused() -> None:
     assert all(fixed is None and "rank is not known" in (why or "") for _, fixed, why in outcomes)
 
 
+def test_a_softmax_module_applied_to_two_dimensional_logits_gets_its_dim_where_built() -> None:
+    ((_, fixed, _),) = _outcomes(SOFTMAX_MODULE_INTO_NLL)
+    assert fixed == "self.softmax = nn.LogSoftmax(dim=1)"
+
+
 def test_each_softmax_of_a_line_is_fixed_by_its_own_input() -> None:
     fixed = sorted((line or "", refusal or "") for _, line, refusal in _outcomes(TWO_ON_ONE_LINE))
     assert fixed[0][0] == "" and "rank is not known" in fixed[0][1]  # F.softmax(weights)
@@ -181,7 +201,7 @@ def test_each_softmax_of_a_line_is_fixed_by_its_own_input() -> None:
     [
         (ATTENTION_OVER_STEPS, "the input is 3-D"),
         (LOADER_BATCH, "rank is not known"),
-        (SOFTMAX_MODULE, "module built without a dim"),
+        (SOFTMAX_MODULE, "applied here to inputs of unknown or differing rank"),
     ],
 )
 def test_the_codemod_refuses_where_the_dim_it_would_write_is_not_safe(

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.tensor_rank import tensor_rank
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.dataflow import first_argument, kwarg
+from torchdoctor.agent.checks.dataflow import first_argument, identifier, kwarg
 from torchdoctor.agent.checks.patterns import has_star_kwargs
 from torchdoctor.agent.checks.rules.nll_loss_input import LINEAR_LAYERS, is_nll_loss
 from torchdoctor.agent.models import Severity
@@ -76,11 +76,11 @@ class SoftmaxWithoutDim(Rule):
                 if _dim_given(call, table[qual]):
                     continue
                 name = qual.rsplit(".", 1)[-1]
-                rank = _input_rank(ctx, call) if table is _FUNCTIONS else None
-                loss = read_as_classes.get(id(call)) if rank is None else None
-                if loss is not None:
-                    rank = 2
-                if rank == 1:
+                if table is _FUNCTIONS:
+                    rank, loss = _applied_rank(ctx, call, read_as_classes)
+                else:
+                    rank, loss = _module_rank(ctx, call, read_as_classes)
+                if rank == 1 and table is _FUNCTIONS:
                     ctx.report(
                         self,
                         call,
@@ -98,12 +98,11 @@ class SoftmaxWithoutDim(Rule):
                 data: dict[str, object] = {"function": qual}
                 known = ""
                 if rank is not None:
-                    data |= {
-                        "input_rank": rank,
-                        "implicit_dim": implicit_softmax_dim(rank),
-                        "input": ast.unparse(call.args[0]),
-                    }
-                    known = f" (its input is {rank}-D here: dim {data['implicit_dim']})"
+                    data |= {"input_rank": rank, "implicit_dim": implicit_softmax_dim(rank)}
+                    if table is _FUNCTIONS:
+                        data["input"] = ast.unparse(call.args[0])
+                    where = "here" if table is _FUNCTIONS else "where it is applied"
+                    known = f" (its input is {rank}-D {where}: dim {data['implicit_dim']})"
                 if loss is not None:
                     data["rank_from"] = f"a Linear's logits that `{loss}` reads at dim 1"
                     known = (
@@ -132,6 +131,42 @@ def _input_rank(ctx: ModuleContext, call: ast.Call) -> int | None:
     return 1 if _one_dimensional(ctx, call.args[0]) else tensor_rank(ctx, call.args[0])
 
 
+def _applied_rank(
+    ctx: ModuleContext, call: ast.Call, read_as_classes: dict[int, str]
+) -> tuple[int | None, str | None]:
+    """The rank of what a softmax call (or a softmax module's application) normalises, and
+    the NLL loss whose reading fixed it when that is how it is known."""
+    rank = _input_rank(ctx, call)
+    if rank is None and id(call) in read_as_classes:
+        return 2, read_as_classes[id(call)]
+    return rank, None
+
+
+def _module_rank(
+    ctx: ModuleContext, built: ast.Call, read_as_classes: dict[int, str]
+) -> tuple[int | None, str | None]:
+    """For `self.softmax = nn.LogSoftmax()`: the rank every application of the module in
+    this file (`self.softmax(self.out(h))`) normalises, when they agree; None when one is
+    unknown or there is none here."""
+    parent = ctx.parents.get(built)
+    if not (isinstance(parent, ast.Assign) and len(parent.targets) == 1):
+        return None, None
+    name = identifier(parent.targets[0])
+    if not name:
+        return None, None
+    applied = [
+        call
+        for call in ctx.flow.nodes(ast.Call)
+        if call.args
+        and identifier(call.func) == name
+        and any(made is built for made in ctx.flow.constructors(call.func))
+    ]
+    known = {_applied_rank(ctx, call, read_as_classes) for call in applied}
+    if len(known) != 1:
+        return None, None
+    return known.pop()
+
+
 def _logits_read_by_nll_loss(ctx: ModuleContext) -> dict[int, str]:
     """Log-softmaxes given no dim (by id) whose result an NLL loss reads as its input, with
     the classes at dim 1, and whose own input is a Linear's output, the classes last (in this
@@ -145,13 +180,13 @@ def _logits_read_by_nll_loss(ctx: ModuleContext) -> dict[int, str]:
             continue
         for producer in ctx.flow.value_producers(value):
             qual = ctx.flow.qualname_of(producer) or ""
-            if (
-                qual.endswith("log_softmax")
-                and qual in _FUNCTIONS
-                and producer.args
-                and not _dim_given(producer, _FUNCTIONS[qual])
-                and _linear_logits(ctx, producer.args[0])
-            ):
+            if qual == "torch.nn.functional.log_softmax":
+                implicit = not _dim_given(producer, _FUNCTIONS[qual])
+            else:  # an application of `nn.LogSoftmax()`: its dim is checked where it is built
+                implicit = not qual and ctx.flow.constructed_as(producer.func) == (
+                    "torch.nn.LogSoftmax"
+                )
+            if implicit and producer.args and _linear_logits(ctx, producer.args[0]):
                 found[id(producer)] = ast.unparse(call.func)
     return found
 

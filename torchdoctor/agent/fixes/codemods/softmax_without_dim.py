@@ -17,8 +17,10 @@ class SoftmaxWithoutDimFix(Codemod):
     logits are (batch, classes), or the script could not run as it does). What runs does not
     change (verified as a refactor: the same losses) and the deprecated guess is gone.
 
-    Refused, with the reason: a module (`nn.Softmax()`), whose input is known only where it
-    is called; an input of unknown rank (a function's parameter, another file's model), for
+    A module built without a dim (`self.softmax = nn.LogSoftmax()`, the char-RNN tutorial's)
+    gets the dim at its construction when every application of it in the file has the same
+    known rank. Refused, with the reason: a module applied to inputs of unknown or differing
+    rank, or elsewhere; an input of unknown rank (a function's parameter, another file's model), for
     which no written dim is sure to keep what runs; a 3-D input, for which PyTorch picks dim
     0 (a sequence's steps or the batch), rarely the axis meant: writing it out would keep the
     likely bug and silence the warning."""
@@ -31,11 +33,12 @@ class SoftmaxWithoutDimFix(Codemod):
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         function = str(target.data.get("function", ""))
         rank, dim = target.data.get("input_rank"), target.data.get("implicit_dim")
-        if not function.startswith("torch.nn.functional."):
+        module = not function.startswith("torch.nn.functional.")
+        if module and not isinstance(rank, int):
             return ctx.decline(
-                "a softmax module built without a dim: the rank of what it is applied to is "
-                "known only where it is called; pass the class axis to it by hand (usually "
-                "`dim=-1`)"
+                "a softmax module built without a dim, applied here to inputs of unknown or "
+                "differing rank (or applied in another file): no one dim surely keeps what "
+                "runs today; pass the class axis to it by hand (usually `dim=-1`)"
             )
         if not isinstance(rank, int) or not isinstance(dim, int):
             return ctx.decline(
@@ -52,13 +55,15 @@ class SoftmaxWithoutDimFix(Codemod):
             )
         source = target.data.get("input")
         for call in ctx.find(cst.Call, within=(target.line, target.end_line)):
-            if ctx.qualname(call.func) != function or not call.args:
+            if ctx.qualname(call.func) != function or not (call.args or module):
                 continue
-            if isinstance(source, str) and "".join(ctx.code(call.args[0].value).split()) != (
-                "".join(source.split())
+            if (
+                not module
+                and isinstance(source, str)
+                and "".join(ctx.code(call.args[0].value).split()) != "".join(source.split())
             ):
                 continue  # another softmax of the same line (`log_softmax(softmax(x))`)
-            if len([a for a in call.args if a.keyword is None]) > 1:
+            if len([a for a in call.args if a.keyword is None]) > (0 if module else 1):
                 return ctx.decline("the dim slot is filled by position (`softmax(x, None)`)")
             ctx.set_call_keyword(call, "dim", str(dim))
             return True
