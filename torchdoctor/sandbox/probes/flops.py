@@ -14,6 +14,22 @@ from torchdoctor.sandbox.probes.gpu_peaks import peak_tflops
 from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 
+class _TotalOnly:
+    """FlopCounterMode's module tracker reduced to the total this probe reads. The real one
+    puts multi-grad hooks on every module's inputs and outputs, which raise inside the
+    script's own `autograd.grad` of a leaf (a WGAN-GP gradient penalty: "A leaf node was
+    passed to _will_engine_execute_node"): the harness alone made such a script fail."""
+
+    parents = frozenset({"Global"})
+    is_bw = False
+
+    def __enter__(self) -> _TotalOnly:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
 class FlopProbe:
     def __init__(self) -> None:
         self._mode: FlopCounterMode | None = None
@@ -30,6 +46,8 @@ class FlopProbe:
 
         try:
             self._mode = FlopCounterMode(display=False)
+            if hasattr(self._mode, "mod_tracker"):
+                self._mode.mod_tracker = _TotalOnly()  # type: ignore[assignment]
             self._mode.__enter__()  # type: ignore[no-untyped-call]
             self.step = step
         except Exception as exc:
