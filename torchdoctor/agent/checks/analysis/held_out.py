@@ -228,6 +228,9 @@ def training_name(name: str) -> bool:
     )
 
 
+_HELD_OUT_SPLIT_KEYS = frozenset({"val", "valid", "validation", "test", "dev"})
+
+
 class HeldOut(DefUse):
     """Held-out derivation and the splits of one module."""
 
@@ -465,8 +468,10 @@ class HeldOut(DefUse):
     def _split_border(self, value: ast.expr) -> bool:
         """`border1s[self.set_type]`: a bound picked by the split's index from a list of
         borders of which one is a fraction of a length (`num_train = int(len(df_raw) *
-        0.7)`): the train/validation/test cut of a time series (Informer's datasets), whose
-        length is the raw table's, not the sliced array's."""
+        0.7)`), or by an index that names the split (`self.set_type = type_map[flag]` with
+        `type_map = {'train': 0, 'val': 1, 'test': 2}`, the ETT datasets' fixed month
+        borders): the train/validation/test cut of a time series (Informer's datasets),
+        whose length is the raw table's, not the sliced array's."""
         if not isinstance(value, ast.Subscript) or not isinstance(value.value, ast.Name):
             return False
         borders = [
@@ -475,10 +480,48 @@ class HeldOut(DefUse):
             if isinstance(listed, ast.List | ast.Tuple) and len(listed.elts) >= 2
             for element in listed.elts
         ]
+        if borders and (
+            self._split_selector(value.slice)
+            or (
+                isinstance(value.slice, ast.Constant)
+                and value.value.id in self._border_lists_of_splits
+            )
+        ):
+            return True  # a split's range, or the range of one split by its number
         for element in borders:
             for name in walk_tree(element):
                 bound = self.definitions(name) if isinstance(name, ast.Name) else []
                 if any(self._fraction_of_any_length(b) for b in [name, *bound]):
+                    return True
+        return False
+
+    @cached_property
+    def _border_lists_of_splits(self) -> frozenset[str]:
+        """Names of lists some subscript indexes by a split selector (`border1s[self.
+        set_type]`): their constant entries are the splits' ranges (`border1s[0]`, the
+        training range a scaler is fitted on)."""
+        return frozenset(
+            node.value.id
+            for node in self.nodes(ast.Subscript)
+            if isinstance(node.value, ast.Name) and self._split_selector(node.slice)
+        )
+
+    def _split_selector(self, index: ast.expr) -> bool:
+        """`index` (a name or `self.attr`) holds a split's number looked up by its name in a
+        literal table of the splits (`type_map[flag]`, `type_map = {'train': 0, 'val': 1,
+        'test': 2}`)."""
+        if not isinstance(index, ast.Name | ast.Attribute):
+            return False
+        for bound in self.definitions(index):
+            if not (isinstance(bound, ast.Subscript) and isinstance(bound.value, ast.Name)):
+                continue
+            for table in self.definitions(bound.value):
+                keys = {
+                    k.value
+                    for k in (table.keys if isinstance(table, ast.Dict) else [])
+                    if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                }
+                if "train" in keys and keys & _HELD_OUT_SPLIT_KEYS:
                     return True
         return False
 
