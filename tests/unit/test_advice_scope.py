@@ -85,3 +85,39 @@ def test_an_idiom_twice_on_one_line_is_one_place_with_no_also_list() -> None:
         if f.rule == "autograd-variable-legacy"
     ]
     assert "also" not in finding.message and "related" not in finding.data
+
+
+GAN = """import torch
+from torch import nn
+
+
+class D(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+net_d, net_g = D(), nn.Linear(2, 4)
+bce = nn.BCELoss()
+for x, z, ones, zeros in batches:
+    loss_d = bce(net_d(x), ones) + bce(net_d(net_g(z).detach()), zeros)
+    loss_d.backward()
+    loss_g = bce(net_d(net_g(z)), ones)
+    loss_g.backward()
+    inline = bce(torch.sigmoid(x), ones) + bce(torch.sigmoid(z), zeros)
+"""
+
+
+def test_losses_fed_by_one_sigmoid_elsewhere_are_one_finding() -> None:
+    """Held-out mnist-gans' gan/main.py: the discriminator's final Sigmoid (line 78) feeds
+    three BCELoss calls: three high findings with one cause and no automatic fix. A sigmoid
+    inside a loss call is its own place (each call is its own fix)."""
+    findings = analyse_files([("gan.py", GAN)], workers=1).all_findings()
+    bce = sorted((f.line, f.data["sigmoid_line"]) for f in findings if f.rule == "bce-on-sigmoid")
+    assert bce == [(17, 8), (21, 21), (21, 21)], bce
+    kept = next(f for f in findings if f.rule == "bce-on-sigmoid" and f.line == 17)
+    assert [place["line"] for place in kept.data["related"]] == [19]
+    assert "gan.py:19" in kept.message

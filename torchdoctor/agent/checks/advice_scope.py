@@ -1,4 +1,5 @@
-"""Project-wide advice is said once per project, a legacy idiom once per file, not per line.
+"""Project-wide advice is said once per project, a legacy idiom once per file, a problem with
+one cause elsewhere once per cause, not per line.
 
 Advice rules (no mixed precision, no `torch.compile`, unfused optimizers, unpinned or
 non-persistent loader workers, unverified downloads, `DataParallel` rather than DDP...)
@@ -49,6 +50,11 @@ ONCE_PER_FILE = frozenset(
         "direct-forward-call",
     }
 )
+# A loss fed by a sigmoid applied elsewhere (a discriminator's last layer) has its cause, and
+# its one fix, at that sigmoid: every loss it feeds is the same problem, said once per sigmoid
+# (the key names the line of the cause, in the finding's file). A sigmoid inside the loss call
+# is that call's own fix, and stays a finding of its own.
+ONCE_PER_CAUSE = {"bce-on-sigmoid": "sigmoid_line", "sigmoid-into-logits-loss": "sigmoid_line"}
 MAX_RELATED = 10
 
 
@@ -82,23 +88,27 @@ def consolidate(findings: Iterable[RawFinding]) -> dict[int, RawFinding | None]:
     """What becomes of each advice finding repeated in its scope, by `id()`: None (dropped)
     or its rule's representative naming the other places. Findings not listed stay as they are.
     """
-    groups: dict[tuple[str, str], list[RawFinding]] = {}
+    groups: dict[tuple[str, str, int | None], list[RawFinding]] = {}
     for finding in findings:
+        cause = finding.data.get(ONCE_PER_CAUSE.get(finding.rule, ""))
         if finding.rule in ONCE_PER_PROJECT:
-            groups.setdefault((finding.rule, ""), []).append(finding)
+            groups.setdefault((finding.rule, "", None), []).append(finding)
         elif finding.rule in ONCE_PER_FILE:
-            groups.setdefault((finding.rule, finding.file), []).append(finding)
+            groups.setdefault((finding.rule, finding.file, None), []).append(finding)
+        elif isinstance(cause, int) and cause != finding.line:
+            groups.setdefault((finding.rule, finding.file, cause), []).append(finding)
     outcome: dict[int, RawFinding | None] = {}
-    for (_, file), group in groups.items():
+    for (_, file, cause), group in groups.items():
         if len(group) < 2:
             continue
         keeper, *others = sorted(group, key=_entry_order)
-        outcome[id(keeper)] = _representative(keeper, others, "file" if file else "project")
+        lead = "same cause, also" if cause else f"{'file' if file else 'project'}-wide, also"
+        outcome[id(keeper)] = _representative(keeper, others, lead)
         outcome.update((id(other), None) for other in others)
     return outcome
 
 
-def _representative(finding: RawFinding, others: list[RawFinding], scope: str) -> RawFinding:
+def _representative(finding: RawFinding, others: list[RawFinding], lead: str) -> RawFinding:
     places = {(finding.file, finding.line)}
     distinct: list[RawFinding] = []  # one line with two `FloatTensor(...)`s is one place
     for other in others:
@@ -113,7 +123,7 @@ def _representative(finding: RawFinding, others: list[RawFinding], scope: str) -
     related = list(finding.data.get("related", [])) + [_related(f) for f in shown]
     return finding.model_copy(
         update={
-            "message": f"{finding.message} ({scope}-wide, also: {where})",
+            "message": f"{finding.message} ({lead}: {where})",
             "data": {**finding.data, "related": related},
         }
     )
