@@ -63,7 +63,10 @@ class ReductionOverBatchDim(Rule):
     dataset (`output = pass_data_iteratively(model, graphs)`, returning `torch.cat` of each
     minibatch's output along dim 0), compared with the labels.
 
-    Also reported, wherever it is: a softmax over dim 0 whose result a class pick then takes
+    Also reported, wherever it is: a softmax over dim 0 whose result is then sampled or picked
+    row by row along the last dim (`torch.multinomial(probs, 1)`, `torch.topk(probs, k,
+    dim=-1)`) when its input has two or more dims (makemore's `logits[:, -1, :]`: a row per
+    sequence), and a softmax over dim 0 whose result a class pick then takes
     along dim 1 (`np.argmax(nn.Softmax(dim=0)(scores).numpy(), axis=1)`: the pick says the
     classes are on dim 1, so the softmax normalised across the examples). And in a helper
     (`def accuracy(prediction, label)`) whose parameter every call
@@ -198,8 +201,8 @@ class ReductionOverBatchDim(Rule):
         softmax, where the dim is set."""
         if "softmax" not in ctx.source.lower():
             return
-        for pick in ctx.flow.calls_named(("argmax", "max")):
-            picked = _picked_along(ctx, pick)
+        for pick in ctx.flow.calls_named(("argmax", "max", "topk", "multinomial")):
+            picked = _picked_along(ctx, pick) or _picked_along_rows(ctx, pick)
             if picked is None:
                 continue
             value = _peeled(picked[0])
@@ -207,7 +210,12 @@ class ReductionOverBatchDim(Rule):
                 bound = ctx.flow.reaching_or_all(value)
                 value = _peeled(bound[0]) if len(bound) == 1 else value
             found = _softmax_over(ctx, value)
-            if found is None or not 0 <= found[1] < picked[1]:
+            if found is None:
+                continue
+            if picked[1] < 0:  # the last dim: past dim 0 when the input has two dims or more
+                if found[1] != 0 or _least_rank(ctx, _first_arg(found[0], value)) < 2:
+                    continue
+            elif not 0 <= found[1] < picked[1]:
                 continue
             softmax, dim = found
             ctx.report(
@@ -268,6 +276,44 @@ _SOFTMAX_FUNCTIONS = frozenset(
 _PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
 # calls that carry the values unchanged (a copy to the host, out of autograd)
 _CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
+
+
+def _picked_along_rows(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, int] | None:
+    """What `torch.multinomial(p, n)` samples from (each row a distribution) or
+    `torch.topk(p, k, dim=-1)` picks from along the last dim, with -1 for that dim."""
+    qualname = ctx.flow.qualname_of(call)
+    if qualname == "torch.multinomial" and call.args:
+        return call.args[0], -1
+    if qualname == "torch.topk" and call.args:
+        dim = argument(call, "dim", 2)
+        if dim is None or constant_int(dim) == -1:
+            return call.args[0], -1
+    return None
+
+
+def _first_arg(softmax: ast.Call, value: ast.expr) -> ast.expr | None:
+    """The tensor a softmax normalises: `F.softmax(x, ...)`'s `x`, or `layer(x)`'s `x`."""
+    call = value if isinstance(value, ast.Call) and value.func is softmax else softmax
+    return call.args[0] if call.args else None
+
+
+def _least_rank(ctx: ModuleContext, value: ast.expr | None, hops: int = 0) -> int:
+    """A lower bound on the number of dims of `value`, from an index that keeps several
+    (`logits[:, -1, :]`: at least two), through names and scalar arithmetic (`/
+    temperature`); 0 when unknown."""
+    if value is None or hops > 3:
+        return 0
+    if isinstance(value, ast.BinOp):
+        return max(_least_rank(ctx, value.left, hops + 1), _least_rank(ctx, value.right, hops + 1))
+    if isinstance(value, ast.Name):
+        bound = ctx.flow.reaching_or_all(value)
+        return _least_rank(ctx, bound[0], hops + 1) if len(bound) == 1 else 0
+    if isinstance(value, ast.Subscript) and isinstance(value.slice, ast.Tuple):
+        parts = value.slice.elts
+        if any(isinstance(p, ast.Starred) or ast.unparse(p) in ("None", "...") for p in parts):
+            return 0
+        return sum(isinstance(p, ast.Slice) for p in parts)
+    return 0
 
 
 def _picked_along(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, int] | None:
