@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.checks.engine import analyse_files
 from torchdoctor.agent.checks.linters.runner import LinterRun
@@ -66,13 +68,18 @@ def test_the_merged_run_finding_moves_to_the_static_rules_point() -> None:
     assert pairs[0][0] == 6 and pairs[0][1].data["confirms"] == "host-sync-in-step"
 
 
-def test_a_run_stopped_by_a_file_that_does_not_parse_is_its_syntax_error() -> None:
+@pytest.mark.parametrize(
+    "rule",
+    ["syntax-error", "scalar-loss-indexed", "removed-torch-api", "flatten-view-of-transposed"],
+)
+def test_a_run_stopped_at_a_line_a_rule_says_raises_is_that_rules_finding(rule: str) -> None:
     """Held-out pytorch-REINFORCE: the TabError of main.py:78 was a critical syntax-error
-    finding and a high 'The script fails when run' at the same line."""
-    syntax = RawFinding(**{**static().model_dump(), "rule": "syntax-error", "line": 78})
-    syntax = syntax.model_copy(update={"end_line": 78})
-    pairs = attach_run_confirmations([syntax], [(2, run_finding("probe-script-error", 78))])
-    assert pairs[0][0] == 1 and pairs[0][1].data["confirms"] == "syntax-error"
+    finding and a high 'The script fails when run' at the same line; held-out char-rnn: the
+    IndexError of `loss.data[0]` was scalar-loss-indexed and the same crash again."""
+    raising = RawFinding(**{**static().model_dump(), "rule": rule, "line": 78})
+    raising = raising.model_copy(update={"end_line": 78})
+    pairs = attach_run_confirmations([raising], [(2, run_finding("probe-script-error", 78))])
+    assert pairs[0][0] == 1 and pairs[0][1].data["confirms"] == rule
 
 
 def test_run_findings_elsewhere_or_of_another_problem_stay_findings() -> None:
