@@ -308,6 +308,46 @@ def test_a_model_whose_forward_is_called_directly_is_one_root_and_one_forward(
     assert {i["module"] for i in probes.mode.report()} == {type(model).__name__}
 
 
+SERVED = """import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.body(x).softmax(-1)
+
+
+model = Classifier().eval()
+for _ in range(3):
+    scores = model.forward(torch.randn(4, 6))
+"""
+
+
+def test_a_direct_forward_is_placed_at_its_call_not_inside_the_models_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mode probe's place for a direct forward is the line that calls it (where the
+    static rules report the same evaluation), not a line of the model's own forward."""
+    import runpy
+
+    script = tmp_path / "serve.py"
+    script.write_text(SERVED)
+    monkeypatch.chdir(tmp_path)
+    config = ProbeConfig(script=str(script), steps=10, sample_every=1, flush_every=1)
+    probes = Session(config, UserFiles(str(script)))
+    probes.install()
+    try:
+        runpy.run_path(str(script))
+    finally:
+        probes.uninstall()
+    (issue,) = probes.mode.report()
+    assert (issue["module"], issue["file"], issue["line"]) == ("Classifier", "serve.py", 16)
+
+
 def test_parameters_moved_between_backwards_are_compared_by_identity() -> None:
     """Two backwards may reach the parameters in another order or another number (a graph
     walked twice): only a parameter seen at both, by identity, says whether one moved."""

@@ -69,7 +69,10 @@ class UserFiles:
 
     def caller(self, skip: int = 1) -> Location | None:
         """The innermost user frame above the caller of this function, if any."""
-        frame: FrameType | None = sys._getframe(skip + 1)
+        return self.caller_from(sys._getframe(skip + 1))
+
+    def caller_from(self, frame: FrameType | None) -> Location | None:
+        """The innermost user frame from `frame` up, if any."""
         while frame is not None:
             code = frame.f_code
             if self.contains(code.co_filename):

@@ -40,20 +40,26 @@ class ModeProbe:
         key = (kind, name, location.file if location else None, location.line if location else None)
         self.issues[key] = self.issues.get(key, 0) + 1
 
-    def on_root_forward(self, name: str, module: torch.nn.Module) -> None:
+    def on_root_forward(
+        self, name: str, module: torch.nn.Module, where: Location | None = None
+    ) -> None:
+        """`where`: the call's place when the stack does not show it (a direct forward)."""
         pending = self._pending.pop(id(module), None)
         if pending is not None:
             self._add("eval-with-grad", pending[0], pending[1])
         no_grad = not torch.is_grad_enabled() or torch.is_inference_mode_enabled()
         if no_grad and module.training and self._is_sensitive(module):
-            self._add("train-mode-at-inference", name, self.user_files.caller(skip=3))
+            place = where or self.user_files.caller(skip=3)
+            self._add("train-mode-at-inference", name, place)
 
-    def on_root_output(self, name: str, module: torch.nn.Module, output: Any) -> None:
+    def on_root_output(
+        self, name: str, module: torch.nn.Module, output: Any, where: Location | None = None
+    ) -> None:
         if module.training or not torch.is_grad_enabled():
             return
         tensors = [output] if isinstance(output, torch.Tensor) else []
         if any(t.requires_grad for t in tensors):
-            self._pending[id(module)] = (name, self.user_files.caller(skip=3))
+            self._pending[id(module)] = (name, where or self.user_files.caller(skip=3))
 
     def on_backward(self) -> None:
         self._pending.clear()

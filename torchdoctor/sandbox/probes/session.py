@@ -44,7 +44,7 @@ from torchdoctor.sandbox.probes.dataloader import DataLoaderProbe
 from torchdoctor.sandbox.probes.direct_forward import DirectForwards, direct_caller
 from torchdoctor.sandbox.probes.distributed import DistributedProbe, launched_rank
 from torchdoctor.sandbox.probes.flops import FlopProbe
-from torchdoctor.sandbox.probes.frames import UserFiles
+from torchdoctor.sandbox.probes.frames import Location, UserFiles
 from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
 from torchdoctor.sandbox.probes.linetrace import import_untraced
 from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
@@ -216,6 +216,8 @@ class Session:
         self.power = PowerProbe()
         self.mode = ModeProbe(user_files)
         self.direct = DirectForwards(self._post)
+        self._direct_sites: dict[int, Location | None] = {}
+        """The calling line of each direct forward open now (`_open_direct_caller`)."""
         ranks = launched_rank()
         self.distributed = DistributedProbe(*ranks, user_files) if ranks else None
 
@@ -555,7 +557,9 @@ class Session:
                 if id(module) not in self.roots:
                     self._register_root(module, args, {})
                     self._hook_own(module)
-                self.mode.on_root_forward(self._name(module), module)
+                self.mode.on_root_forward(
+                    self._name(module), module, self._direct_sites.get(id(module))
+                )
                 if self.distributed is not None:
                     self.distributed.on_root_forward(module)
                 if self.watching:
@@ -577,9 +581,13 @@ class Session:
         if found is None:
             return
         owner, frame, args = found
+        # the model's own forward is a user frame too: its place is the line that called it
+        self._direct_sites[id(owner)] = self.user_files.caller_from(frame.f_back)
         self._pre(owner, args)  # opens, first, a direct forward this one runs inside
         if self.depth > 0:
             self.direct.watch(owner, frame, args)
+        else:
+            self._direct_sites.pop(id(owner), None)
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if torch.compiler.is_compiling():
@@ -604,7 +612,9 @@ class Session:
                 self.root_shapes.observe(module, args, output)
                 if self.groups is not None and not (module.training and torch.is_grad_enabled()):
                     self.groups.on_eval_output(args, output)
-                self.mode.on_root_output(self._name(module), module, output)
+                self.mode.on_root_output(
+                    self._name(module), module, output, self._direct_sites.pop(id(module), None)
+                )
                 self.root_forwards += 1
                 if not self.trains:
                     self.forwards += 1
