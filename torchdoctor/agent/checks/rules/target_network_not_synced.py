@@ -7,7 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -16,6 +16,11 @@ from torchdoctor.agent.models import Severity
 _LAGGING = frozenset({"target", "targ", "tgt", "old", "ema", "lagged", "prev", "slow"})
 _TOKENS = re.compile(r"[A-Za-z][a-z0-9]*|[A-Z]+(?![a-z])")
 _PLACEMENT = frozenset({"to", "cuda", "cpu", "float", "double", "half", "train", "eval"})
+# torch.nn layers that hold no weights: two of them are never out of sync (a fusion helper's
+# `prev_type = nn.Identity()` placeholders)
+_WEIGHTLESS = frozenset(
+    {"Identity", "Flatten", "Dropout", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax"}
+)
 
 
 class TargetNetworkNotSynced(Rule):
@@ -38,9 +43,10 @@ class TargetNetworkNotSynced(Rule):
 
     Not reported: copies made with `copy.deepcopy`, copies synced in the function that builds
     them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
-    critic_target, self.critic)`, or a checkpoint loaded into the copy), networks built with
-    different arguments, names that do not pair up (`critic_1` and `critic_2`, `teacher`
-    and `student`), and test modules.
+    critic_target, self.critic)`, a loop copying `zip(target.parameters(), net.parameters())`
+    pairwise, or a checkpoint loaded into the copy), networks built with different arguments,
+    torch.nn layers that hold no weights (`nn.Identity()` placeholders), names that do not
+    pair up (`critic_1` and `critic_2`, `teacher` and `student`), and test modules.
 
     Example:
         self.policy = ActorCritic(state_dim, action_dim).to(device)
@@ -92,6 +98,8 @@ class TargetNetworkNotSynced(Rule):
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 call = _constructor(node.value)
                 target = node.targets[0]
+                if call is not None and _weightless(ctx, call):
+                    continue
                 if call is not None and isinstance(target, ast.Name | ast.Attribute):
                     built.append((ast.unparse(target), ast.unparse(call), node))
         for copy, constructor, stmt in built:
@@ -107,6 +115,11 @@ class TargetNetworkNotSynced(Rule):
                 f"state_dict())` (or build it with copy.deepcopy({lag}))",
                 data={"copy": copy, "source": lag},
             )
+
+
+def _weightless(ctx: ModuleContext, call: ast.Call) -> bool:
+    qual = ctx.flow.qualname_of(call) or ""
+    return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in _WEIGHTLESS
 
 
 def _self_sync(call: ast.Call) -> str | None:
@@ -197,8 +210,11 @@ def _followed(copy: str, peers: list[str]) -> str | None:
 
 
 def _synced(body: list[ast.stmt], copy: str, source: str, built: ast.Assign) -> bool:
-    """A call after `built` that loads weights into `copy` or names both networks."""
+    """A call after `built` that loads weights into `copy` or names both networks, or a loop
+    that copies the source's parameters into the copy's."""
     for node in walk_scope(body):
+        if isinstance(node, ast.For) and _copy_loop(node, copy, source, built):
+            return True
         if not isinstance(node, ast.Call) or node.lineno < built.lineno:
             continue
         text = ast.unparse(node)
@@ -211,5 +227,40 @@ def _synced(body: list[ast.stmt], copy: str, source: str, built: ast.Assign) -> 
             return True
         args = [ast.unparse(a) for a in [*node.args, *(k.value for k in node.keywords)]]
         if copy in args and any(source in a for a in args if a != copy) and copy in text:
+            return True
+    return False
+
+
+def _copy_loop(loop: ast.For, copy: str, source: str, built: ast.Assign) -> bool:
+    """`for t, p in zip(copy.parameters(), source.parameters()): t.data.copy_(p.data)` (or
+    `t.data = p.data`) after `built`: the hard copy RL trainers write where they build their
+    targets."""
+    it = loop.iter
+    if not (
+        loop.lineno > built.lineno
+        and isinstance(it, ast.Call)
+        and isinstance(it.func, ast.Name)
+        and it.func.id == "zip"
+        and len(it.args) == 2
+        and isinstance(loop.target, ast.Tuple)
+        and len(loop.target.elts) == 2
+        and isinstance(loop.target.elts[0], ast.Name)
+    ):
+        return False
+    first, second = (ast.unparse(a) for a in it.args)
+    if not (first.startswith(f"{copy}.") and second.startswith(f"{source}.")):
+        return False
+    into = loop.target.elts[0].id
+    for node in (n for stmt in loop.body for n in walk_tree(stmt)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "copy_"
+            and ast.unparse(node.func.value) in (into, f"{into}.data")
+        ):
+            return True
+        if isinstance(node, ast.Assign) and any(
+            ast.unparse(t) == f"{into}.data" for t in node.targets
+        ):
             return True
     return False

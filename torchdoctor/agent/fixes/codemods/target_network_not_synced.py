@@ -11,7 +11,8 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 class TargetNetworkNotSyncedFix(Codemod):
     """Inserts `<copy>.load_state_dict(<source>.state_dict())` after the statement that builds
-    the copy: both share the constructor, so the keys match, and the copy starts equal to the
+    the copy, or after the one that builds the source when that comes later in the same
+    block: both share the constructor, so the keys match, and the copy starts equal to the
     network it follows (later syncs stay as they are)."""
 
     rule = "target-network-not-synced"
@@ -39,6 +40,31 @@ class TargetNetworkNotSyncedFix(Codemod):
                 for call in ctx.find(cst.Call, inside=scope)
             ):
                 return False  # already synced where it is built
-            ctx.insert_after(line, f"{copy}.load_state_dict({source}.state_dict())")
+            after = _built_later(ctx, line, source)
+            if after is None:
+                return ctx.decline(
+                    f"`{source}` is built after `{copy}` in another block: add the sync by "
+                    "hand where both exist"
+                )
+            ctx.insert_after(after, f"{copy}.load_state_dict({source}.state_dict())")
             return True
         return False
+
+
+def _built_later(
+    ctx: SourceContext, line: cst.SimpleStatementLine, source: str
+) -> cst.SimpleStatementLine | None:
+    """The statement after which both networks exist: `line` (the copy's), or the source's
+    own construction when it follows in the same block; None when it follows elsewhere."""
+    parent = ctx.parent(line)
+    siblings = list(getattr(parent, "body", ()))
+    scope = next((a for a in ctx.ancestors(line) if isinstance(a, cst.FunctionDef)), ctx.module)
+    for other in ctx.find(cst.SimpleStatementLine, inside=scope):
+        assign = other.body[0] if len(other.body) == 1 else None
+        if (
+            isinstance(assign, cst.Assign)
+            and any(ctx.code(t.target) == source for t in assign.targets)
+            and ctx.line(other) > ctx.line(line)
+        ):
+            return other if any(other is s for s in siblings) else None
+    return line

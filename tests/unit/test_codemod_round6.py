@@ -1,0 +1,109 @@
+"""Codemod sweep round 6: shapes from held-out repositories where a fix was wrong, a safe fix
+was refused, or a refusal gave no reason (written here in the shape, not copied)."""
+
+from __future__ import annotations
+
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
+
+
+def _findings(source: str, rule: str, name: str = "train.py") -> list[RawFinding]:
+    config = EngineConfig(select=frozenset({rule}))
+    found = analyse_files([(name, source)], config, workers=1).all_findings()
+    return [f for f in found if f.rule == rule]
+
+
+def _target(finding: RawFinding) -> FixTarget:
+    return FixTarget(
+        rule=finding.rule,
+        file=finding.file,
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+
+
+def _fix(source: str, rule: str, line: int | None = None) -> tuple[str | None, str | None]:
+    """The codemod's edit of the finding (on `line`, or the only one) and its refusal."""
+    found = [f for f in _findings(source, rule) if line is None or f.line == line]
+    (finding,) = found
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    target = _target(finding)
+    fixed = codemod.transform(source, target)
+    return fixed, None if fixed is not None else codemod.explain(source, target)
+
+
+# --- target-network-not-synced ------------------------------------------------------------
+
+# SAC trainers: the targets are built fresh, then given the weights by a parameter-copy loop
+SAC_HARD_COPY = """\
+import torch
+from nets import SoftQNetwork
+
+
+class Trainer:
+    def __init__(self, state_dim, action_dim, hidden_dim):
+        self.soft_q_net = SoftQNetwork(state_dim, action_dim, hidden_dim)
+        self.target_soft_q_net = SoftQNetwork(state_dim, action_dim, hidden_dim)
+        for target_param, param in zip(
+            self.target_soft_q_net.parameters(), self.soft_q_net.parameters()
+        ):
+            target_param.data.copy_(param.data)
+"""
+
+
+def test_a_parameter_copy_loop_where_the_target_is_built_syncs_it() -> None:
+    assert _findings(SAC_HARD_COPY, "target-network-not-synced") == []
+
+
+def test_a_loop_over_both_parameter_lists_that_copies_nothing_is_no_sync() -> None:
+    frozen = SAC_HARD_COPY.replace(
+        "target_param.data.copy_(param.data)", "target_param.requires_grad = False"
+    )
+    assert len(_findings(frozen, "target-network-not-synced")) == 1
+
+
+# a layer-fusion helper: two "previous" placeholders, neither holding weights
+FUSE_HELPER = """\
+import torch
+import torch.nn as nn
+
+
+def fuse_model(m):
+    prev_previous_type = nn.Identity()
+    previous_type = nn.Identity()
+    for name, module in m.named_modules():
+        if prev_previous_type == nn.Conv2d and previous_type == nn.BatchNorm2d:
+            torch.quantization.fuse_modules(m, [name], inplace=True)
+        prev_previous_type = previous_type
+        previous_type = type(module)
+"""
+
+
+def test_a_copy_of_a_layer_without_weights_is_not_reported() -> None:
+    assert _findings(FUSE_HELPER, "target-network-not-synced") == []
+
+
+# the copy built before the network it follows: the sync can only go after both
+BUILT_FIRST = """\
+import torch
+from nets import QNetwork
+
+
+class Agent:
+    def __init__(self, dim):
+        self.target_qnet = QNetwork(dim)
+        self.qnet = QNetwork(dim)
+        self.optimizer = torch.optim.Adam(self.qnet.parameters())
+"""
+
+
+def test_the_sync_goes_after_the_followed_network_is_built() -> None:
+    fixed, _ = _fix(BUILT_FIRST, "target-network-not-synced")
+    assert fixed is not None
+    lines = fixed.splitlines()
+    sync = lines.index("        self.target_qnet.load_state_dict(self.qnet.state_dict())")
+    assert lines.index("        self.qnet = QNetwork(dim)") < sync
