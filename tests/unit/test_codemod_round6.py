@@ -107,3 +107,47 @@ def test_the_sync_goes_after_the_followed_network_is_built() -> None:
     lines = fixed.splitlines()
     sync = lines.index("        self.target_qnet.load_state_dict(self.qnet.state_dict())")
     assert lines.index("        self.qnet = QNetwork(dim)") < sync
+
+
+# --- rnn-hidden-not-detached --------------------------------------------------------------
+
+# TD3 with LSTM critics: each update re-binds the target network from a soft-update helper
+TD3_SOFT_UPDATE = """\
+import torch
+from networks import *
+
+
+class TD3Trainer:
+    def __init__(self, dim):
+        self.q_net1 = QNetworkLSTM(dim)
+        self.target_q_net1 = QNetworkLSTM(dim)
+        self.q_optimizer1 = torch.optim.Adam(self.q_net1.parameters())
+
+    def target_soft_update(self, net, target_net, tau):
+        for target_param, param in zip(target_net.parameters(), net.parameters()):
+            target_param.data.copy_(target_param.data * (1.0 - tau) + param.data * tau)
+        return target_net
+
+    def update(self, state, action, reward, next_state, hidden, tau=1e-2):
+        target_q, _ = self.target_q_net1(next_state, action, hidden)
+        q, _ = self.q_net1(state, action, hidden)
+        loss = ((q - reward - target_q.detach()) ** 2).mean()
+        self.q_optimizer1.zero_grad()
+        loss.backward()
+        self.q_optimizer1.step()
+        self.target_q_net1 = self.target_soft_update(self.q_net1, self.target_q_net1, tau)
+"""
+
+
+def test_a_network_re_bound_by_a_soft_update_is_no_recurrent_state() -> None:
+    assert _findings(TD3_SOFT_UPDATE, "rnn-hidden-not-detached") == []
+
+
+def test_a_state_kept_between_steps_is_still_reported_beside_it() -> None:
+    kept = TD3_SOFT_UPDATE.replace(
+        "q, _ = self.q_net1(state, action, hidden)",
+        "q, self.hidden = self.q_net1(state, action, self.hidden)",
+    )
+    assert [f.data["state"] for f in _findings(kept, "rnn-hidden-not-detached")] == [
+        ["self.hidden"]
+    ]

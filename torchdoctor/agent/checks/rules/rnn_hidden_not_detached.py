@@ -40,8 +40,8 @@ class RnnHiddenNotDetached(Rule):
     repackage_hidden(hidden)`, `hidden = hidden.detach()`, a periodic detach for truncated
     BPTT, `hidden = model.init_hidden(bs)`), `.detach_()` on it, a state passed through a
     call (`model(x, repackage(hidden))`), a state a local helper always returns detached
-    (`return penalty, path_mean.detach(), lengths`), loops without backward (generation,
-    rollouts);
+    (`return penalty, path_mean.detach(), lengths`), a name the module calls (a target
+    network a soft-update helper re-binds), loops without backward (generation, rollouts);
     a step function that re-creates the state in its own body before the call.
 
     Example:
@@ -78,6 +78,7 @@ class RnnHiddenNotDetached(Rule):
                 carried = (_names(node.targets) & _passed_names(node.value)) - _module_definitions(
                     ctx
                 )
+                carried -= _called(ctx)
                 if not carried or not _defined_before(ctx, loop.node, node, carried):
                     continue
                 if _holds_no_graph(ctx, node.value):
@@ -113,6 +114,7 @@ class RnnHiddenNotDetached(Rule):
                         continue
                     carried = _state_keys(node.targets) & _passed_keys(node.value) & kept
                     carried -= _module_definitions(ctx) | _modules_rebound(ctx, node)
+                    carried -= _called(ctx)
                     if not carried or any(_rebinds(other, node, carried) for other in body):
                         continue
                     if _holds_no_graph(ctx, node.value):
@@ -140,6 +142,22 @@ def _modules_rebound(ctx: ModuleContext, site: ast.Assign) -> frozenset[str]:
         for t in targets
         if isinstance(t, ast.Name | ast.Attribute) and ctx.flow.is_module_value(t)
     )
+
+
+def _called(ctx: ModuleContext) -> frozenset[str]:
+    """Names and `self.x` attributes the module calls (`self.target_q_net1(next_state, ...)`):
+    a network or a function, never a recurrent state. A TD3 update re-binds its target
+    networks through a soft-update helper (`self.target_q_net1 = self.target_soft_update(
+    self.q_net1, self.target_q_net1, tau)`), whose class comes from another file."""
+    memo = ctx.memo_table("rnn_hidden_not_detached.called")
+    found = memo.get(id(ctx.tree))
+    if found is None:
+        found = memo[id(ctx.tree)] = frozenset(
+            ast.unparse(node.func)
+            for node in walk_tree(ctx.tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+        )
+    return found
 
 
 def _module_definitions(ctx: ModuleContext) -> frozenset[str]:
