@@ -151,3 +151,49 @@ def test_a_state_kept_between_steps_is_still_reported_beside_it() -> None:
     assert [f.data["state"] for f in _findings(kept, "rnn-hidden-not-detached")] == [
         ["self.hidden"]
     ]
+
+
+# --- outputs-stored-with-grad -------------------------------------------------------------
+
+# actor-critic: the critic's values are kept on the network and trained on by an update
+# function when the episode ends
+ACTOR_CRITIC = """\
+import torch
+import torch.nn.functional as F
+from nets import Actor, Critic
+
+actor_net = Actor(4, 2)
+critic_net = Critic(4)
+critic_optimizer = torch.optim.Adam(critic_net.parameters())
+
+
+def update(returns):
+    value_losses = []
+    for value, r in zip(critic_net.saved_values, returns):
+        value_losses.append(F.smooth_l1_loss(value, torch.tensor([r])))
+    critic_optimizer.zero_grad()
+    torch.stack(value_losses).sum().backward()
+    critic_optimizer.step()
+    del critic_net.saved_values[:]
+
+
+def train(env, episodes):
+    for episode in range(episodes):
+        state, done, rewards = env.reset(), False, []
+        while not done:
+            action = actor_net.select_action(state)
+            state_value = critic_net(state)
+            state, reward, done = env.step(action)
+            critic_net.saved_values.append(state_value)
+            rewards.append(reward)
+        update(rewards)
+"""
+
+
+def test_outputs_kept_for_a_loss_in_another_function_are_not_reported() -> None:
+    assert _findings(ACTOR_CRITIC, "outputs-stored-with-grad") == []
+
+
+def test_outputs_no_loss_reads_are_still_reported() -> None:
+    unread = ACTOR_CRITIC.replace("zip(critic_net.saved_values,", "zip(critic_net.values,")
+    assert len(_findings(unread, "outputs-stored-with-grad")) == 1

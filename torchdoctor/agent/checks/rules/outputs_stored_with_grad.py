@@ -22,7 +22,8 @@ class OutputsStoredWithGrad(Rule):
 
     Why it matters: every stored output keeps the graph of the forward pass that made it, so
     an evaluation or prediction loop that should use constant memory grows until it runs out.
-    Outputs gathered to compute one loss that is back-propagated, and per-step outputs
+    Outputs gathered to compute one loss that is back-propagated (in the same function, or
+    kept on an object or in a global that another function's loss reads), and per-step outputs
     collected inside a module's `forward` (a recurrent layer) or another method of the module
     looping over its own blocks (`forward_intermediates`), are not reported, nor integer or
     boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph,
@@ -87,19 +88,44 @@ def _unpacked_position(ctx: ModuleContext, value: ast.expr) -> int:
 
 def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
     """The collected outputs go into a loss after the loop, in the same function (MixMatch's
-    `logits` list, interleaved, then `ce_loss(logits_x, ...)`): collected to be trained on,
-    whoever runs the backward (a hook, a trainer)."""
+    `logits` list, interleaved, then `ce_loss(logits_x, ...)`), or, kept on an object or in a
+    global, in another function of the module: collected to be trained on, whoever runs the
+    backward (a hook, a trainer)."""
     function = ctx.enclosing_function(acc.node)
     end = acc.loop.end_lineno or acc.loop.lineno
     if function is None:
         return False
+    calls = [node for node in walk_tree(function) if isinstance(node, ast.Call)]
+    if any(node.lineno > end and _loss_of(ctx, node, acc.target) for node in calls):
+        return True
+    if not _shared(ctx, acc.target):
+        return False
+    # kept on an object or in a global for an update function of the module (an
+    # actor-critic's `critic_net.saved_values`, trained on when the episode ends)
     return any(
-        isinstance(node, ast.Call)
-        and node.lineno > end
-        # a torch loss, or a project's own helper named like one (`ce_loss`)
-        and (ctx.flow.is_loss_callee(node.func) or LOSS_NAME.search(identifier(node.func)))
-        and ctx.flow.computed_from(node, acc.target)
-        for node in walk_tree(function)
+        isinstance(node, ast.Call) and _loss_of(ctx, node, acc.target)
+        for fn in ctx.flow.nodes(ast.FunctionDef)
+        if fn is not function
+        for node in walk_tree(fn)
+    )
+
+
+def _loss_of(ctx: ModuleContext, call: ast.Call, target: ast.expr) -> bool:
+    """`call` is a loss computed from the accumulator `target`: a torch loss, or a project's
+    own helper named like one (`ce_loss`)."""
+    return (
+        ctx.flow.is_loss_callee(call.func) or bool(LOSS_NAME.search(identifier(call.func)))
+    ) and ctx.flow.computed_from(call, target)
+
+
+def _shared(ctx: ModuleContext, target: ast.expr) -> bool:
+    """An accumulator other functions can read: an attribute, or a module-level name."""
+    if isinstance(target, ast.Attribute):
+        return True
+    return isinstance(target, ast.Name) and any(
+        isinstance(stmt, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == target.id for t in stmt.targets)
+        for stmt in ctx.tree.body
     )
 
 
