@@ -101,3 +101,93 @@ def unreached(before: str, after: str, executed: set[int]) -> tuple[int, list[in
         if not any(first <= line <= last for first, last in b.spans for line in executed)
     ]
     return len(code), missed
+
+
+_ONCE_BLOCKS = (ast.If, ast.With, ast.AsyncWith, ast.Try, ast.TryStar, ast.Match)
+"""Compound statements whose blocks run at most once each time the statement runs."""
+
+
+def passed_by(source: str, line: int, executed: set[int]) -> bool:
+    """The run went past `line` without running it, and cannot come back: a statement after
+    the one holding it, in the same body, ran, and that body runs once. Bodies that run once:
+    the module's, the blocks of an `if`/`with`/`try` in one, and the body of a function the
+    module calls once outside any loop (`main()` under `if __name__ == "__main__":`). A
+    `--resume` branch before the training loop is such a line; a line in `train(epoch)`,
+    called every epoch, is not (a later epoch may take the branch), nor is one in a loop the
+    run has not left."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    body: list[ast.stmt] = tree.body
+    while True:
+        holding = next((s for s in body if s.lineno <= line <= (s.end_lineno or s.lineno)), None)
+        if holding is None:
+            return False
+        end = holding.end_lineno or holding.lineno
+        later = [s for s in body if s.lineno > end and not isinstance(s, _DEFINITIONS)]
+        ran_later = any(
+            s.lineno <= r <= (s.end_lineno or s.lineno) for s in later for r in executed
+        )
+        if ran_later and not isinstance(holding, _DEFINITIONS):  # a def's body runs when called
+            return True
+        inner = _block_holding(holding, line, tree)
+        if inner is None:
+            return False
+        body = inner
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _block_holding(statement: ast.stmt, line: int, tree: ast.Module) -> list[ast.stmt] | None:
+    """The block of `statement` that holds `line`, when that block runs at most once per run
+    of the body around it; None for a loop's body, a class, or a function called more than
+    once (or from a loop, or not by name)."""
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+        return statement.body if _called_once(tree, statement.name) else None
+    if not isinstance(statement, _ONCE_BLOCKS):
+        return None
+    blocks: list[list[ast.stmt]] = []
+    if isinstance(statement, ast.If):
+        blocks = [statement.body, statement.orelse]
+    elif isinstance(statement, ast.With | ast.AsyncWith):
+        blocks = [statement.body]
+    elif isinstance(statement, ast.Try | ast.TryStar):
+        blocks = [statement.body, statement.orelse, statement.finalbody]
+        blocks += [handler.body for handler in statement.handlers]
+    else:
+        blocks = [case.body for case in statement.cases]
+    return next(
+        (b for b in blocks if b and b[0].lineno <= line <= (b[-1].end_lineno or b[-1].lineno)),
+        None,
+    )
+
+
+def _called_once(tree: ast.Module, name: str) -> bool:
+    """`name` is read once in the module, as the callee of a call that no loop, function or
+    comprehension encloses: the function runs at most once (another module importing it is
+    not seen; a script's `main` is not imported)."""
+    uses: list[bool] = []  # per read of `name`: called from a place that runs once
+
+    def visit(node: ast.AST, once: bool) -> None:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == name:
+                uses.append(once)
+            for child in [*node.args, *node.keywords]:
+                visit(child, once)
+            return
+        if isinstance(node, ast.Name) and node.id == name:
+            uses.append(False)  # passed around, not called: it may run any number of times
+            return
+        repeats = isinstance(
+            node,
+            ast.For | ast.AsyncFor | ast.While | ast.FunctionDef | ast.AsyncFunctionDef
+            | ast.Lambda | ast.ClassDef | ast.ListComp | ast.SetComp | ast.DictComp
+            | ast.GeneratorExp,
+        )  # fmt: skip
+        for child in ast.iter_child_nodes(node):
+            visit(child, once and not repeats)
+
+    visit(tree, True)
+    return uses == [True]

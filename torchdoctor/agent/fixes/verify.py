@@ -36,7 +36,7 @@ from torchdoctor.agent.fixes.diffs import (
     renumber_refs,
 )
 from torchdoctor.agent.fixes.models import OTHER_HASH_SEED_LOSSES, FixKind, Patch, SmokeRun
-from torchdoctor.agent.fixes.reached import unreached
+from torchdoctor.agent.fixes.reached import passed_by, unreached
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stats import (
     MIN_IMPROVEMENT,
@@ -462,10 +462,22 @@ class Verifier:
         nothing about the fix (e.g. a script that never imports the patched module). A change
         after the loop (a deferred `.item()` read once the loop ends) cannot run while the
         harness stops the script inside its last step: the script is then run once more, left
-        to finish (bounded by the run's time budget), and must reach it and end cleanly."""
+        to finish (bounded by the run's time budget), and must reach it and end cleanly. A
+        change the run went past without taking (a `--resume` branch before the training
+        loop) is unverified at once: no run left to finish would reach it."""
         command = " ".join(self.run_command or [])
         total, missed = in_steps or self._missed(copy, touched, after)
         finished = ""
+        gone_past = _passed_by(copy, missed, after)
+        if gone_past:
+            return Verification(
+                step="executed-change",
+                ok=False,
+                detail=f"unverified: the run did not execute the change ({_at(gone_past)} "
+                f"never ran under `{command}`: the run went past "
+                f"{'it' if len(gone_past) == 1 else 'them'} without taking "
+                f"{'its branch' if len(gone_past) == 1 else 'their branches'})",
+            )
         if missed and after.stopped_in_loop and _after_executed(missed, after):
             assert self.runner is not None and self.run_command is not None
             whole = smoke_run(
@@ -692,6 +704,18 @@ def _host_memory(before: SmokeRun, after: SmokeRun) -> str:
 
 def _at(missed: list[tuple[str, int]]) -> str:
     return ", ".join(f"{path}:{line}" for path, line in missed)
+
+
+def _passed_by(copy: Path, missed: list[tuple[str, int]], run: SmokeRun) -> list[tuple[str, int]]:
+    """The missed blocks the run went past for good (`reached.passed_by`), when every one of
+    them is: no run left to finish would reach them, so none is made."""
+    if not missed:
+        return []
+    for path, line in missed:
+        source = (copy / path).read_text(encoding="utf-8", errors="replace")
+        if not passed_by(source, line, set(run.executed_lines.get(path, []))):
+            return []
+    return missed
 
 
 def _after_executed(missed: list[tuple[str, int]], run: SmokeRun) -> bool:
