@@ -162,6 +162,26 @@ def test_torch_load_is_quiet_where_the_project_allows_no_torch_without_the_safe_
     assert lines({"requirements.txt": "torch\n"}) == [10, 11, 17]
 
 
+def test_the_pre_0_4_names_of_in_place_functions_are_deprecated() -> None:
+    """Held-out pytorch-REINFORCE: `utils.clip_grad_norm(...)` (torch.nn.utils imported as
+    `utils`) and `nn.init.xavier_uniform(...)`, which torch still warns about, were not
+    reported."""
+    source = (
+        "import torch\n"
+        "import torch.nn.utils as utils\n"
+        "from torch import nn\n"
+        "def update(model, layer):\n"
+        "    utils.clip_grad_norm(model.parameters(), 40)\n"
+        "    nn.init.xavier_uniform(layer.weight)\n"
+        "    nn.init.constant(layer.bias, 0.0)\n"
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), 40)\n"
+        "    nn.init.xavier_uniform_(layer.weight)\n"
+    )
+    found = _run([("m.py", source)], "deprecated-torch-api")
+    assert sorted(f.line for f in found) == [5, 6, 7]
+    assert "clip_grad_norm_" in next(f.message for f in found if f.line == 5)
+
+
 def test_deprecations_respect_the_targeted_release() -> None:
     source = (
         "import torch\nwith torch.cuda.amp.autocast():\n    pass\ns = torch.cuda.amp.GradScaler()\n"

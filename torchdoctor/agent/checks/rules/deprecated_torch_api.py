@@ -26,7 +26,8 @@ class DeprecatedTorchApi(Rule):
     """Detects uses of deprecated PyTorch APIs listed in `checks/data/torch_api.json`:
     `torch.cuda.amp.autocast`/`custom_fwd`/`custom_bwd`, `torch.cpu.amp.autocast`,
     `torch.backends.cuda.sdp_kernel`, `functorch.*` transforms, `torch.cholesky`, `qr`, `lu`,
-    `norm`, `range`, `ger`, `chain_matmul`, `nn.utils.weight_norm`, `assert_allclose`, ...
+    `norm`, `range`, `ger`, `chain_matmul`, `nn.utils.weight_norm`, `assert_allclose`, the
+    pre-0.4 names of in-place functions (`nn.utils.clip_grad_norm`, `nn.init.xavier_uniform`), ...
     as calls, `with` items or decorators, resolved through imports. A use is reported only
     when the targeted torch (`target_torch`, else the installed one) already deprecates it,
     and not on the fallback branch of a compatibility check whose other branch calls the
