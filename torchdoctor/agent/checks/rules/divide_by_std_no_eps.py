@@ -24,7 +24,7 @@ _DRAW_DEPTH = 6
 _SYNTHETIC_DATASETS = ("sklearn.datasets.make_",)
 _LAYER_PARAMETERS = frozenset({"weight", "weight_v", "weight_orig"})
 """A layer's parameters by their PyTorch names: learned (or initialised) values, not data."""
-_GATES = ("std(", "norm(", "var(", "** 2", "pow(2", "square(")
+_GATES = ("std(", "norm(", "var(", "** 2", "pow(2", "square(", "register_buffer(")
 _SUMS = frozenset({"sum", "mean"})
 _NORM_FUNCTIONS = frozenset(
     {"torch.norm", "torch.linalg.norm", "torch.linalg.vector_norm", "torch.linalg.matrix_norm"}
@@ -104,6 +104,11 @@ class DivideByStdNoEps(Rule):
                 why = "range is zero (a constant input)"
             elif _unguarded_energy(ctx, node, divisor):
                 why = "energy is zero (a silent or all-zero input)"
+            elif _counts_from_zero(ctx, divisor):
+                why = (
+                    "count is zero: the buffer starts at zeros and grows only where updates "
+                    "land (a codebook entry no input picked)"
+                )
             else:
                 continue
             ctx.report(
@@ -352,6 +357,69 @@ def _square(value: ast.expr) -> bool:
         power = value.args[-1]
         return isinstance(power, ast.Constant) and power.value == 2
     return False
+
+
+_SHAPE_ONLY = frozenset({"unsqueeze", "view", "reshape", "expand_as", "expand", "t", "float"})
+
+
+def _counts_from_zero(ctx: ModuleContext, divisor: ast.expr) -> bool:
+    """`self.cluster_size.unsqueeze(0)`: a per-entry count kept in a buffer of the module
+    that starts at `torch.zeros(...)` and is updated in place with tensors (an EMA of
+    one-hot counts: `self.cluster_size.data.mul_(decay).add_(onehot_sum, ...)`), divided
+    by as it is: an entry never updated stays zero (vq-vae-2's codebook without its
+    Laplace smoothing). Not a count incremented by a constant (`self.n += 1`), nor one
+    tested before the division."""
+    while isinstance(divisor, ast.Call) and isinstance(divisor.func, ast.Attribute):
+        if divisor.func.attr not in _SHAPE_ONLY:
+            return False
+        divisor = divisor.func.value
+    if not (
+        isinstance(divisor, ast.Attribute)
+        and isinstance(divisor.value, ast.Name)
+        and divisor.value.id == "self"
+    ):
+        return False
+    cls = next((a for a in ctx.ancestors(divisor) if isinstance(a, ast.ClassDef)), None)
+    if cls is None or _tested_around(ctx, divisor, divisor.attr):
+        return False
+    name = divisor.attr
+    starts_at_zero = updated = False
+    for node in walk_tree(cls):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if (
+                node.func.attr == "register_buffer"
+                and len(node.args) == 2
+                and isinstance(node.args[0], ast.Constant)
+                and node.args[0].value == name
+            ):
+                starts_at_zero = _zeros(ctx, node.args[1])
+            elif node.func.attr in ("add_", "index_add_", "scatter_add_") and node.args:
+                updated = updated or (
+                    _updates(node.func.value, name) and not isinstance(node.args[-1], ast.Constant)
+                )
+    return starts_at_zero and updated
+
+
+def _zeros(ctx: ModuleContext, value: ast.expr) -> bool:
+    return isinstance(value, ast.Call) and ctx.flow.qualname_of(value) == "torch.zeros"
+
+
+def _updates(receiver: ast.expr, name: str) -> bool:
+    """`self.<name>`, `self.<name>.data` or a chain of in-place calls on it
+    (`self.cluster_size.data.mul_(decay)`)."""
+    while True:
+        if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
+            receiver = receiver.func.value
+        elif isinstance(receiver, ast.Attribute) and receiver.attr == "data":
+            receiver = receiver.value
+        else:
+            break
+    return (
+        isinstance(receiver, ast.Attribute)
+        and receiver.attr == name
+        and isinstance(receiver.value, ast.Name)
+        and receiver.value.id == "self"
+    )
 
 
 def _tested_around(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
