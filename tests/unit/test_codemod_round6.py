@@ -197,3 +197,70 @@ def test_outputs_kept_for_a_loss_in_another_function_are_not_reported() -> None:
 def test_outputs_no_loss_reads_are_still_reported() -> None:
     unread = ACTOR_CRITIC.replace("zip(critic_net.saved_values,", "zip(critic_net.values,")
     assert len(_findings(unread, "outputs-stored-with-grad")) == 1
+
+
+# --- per-sample-inference -----------------------------------------------------------------
+
+# a PPO agent (a plain class holding its networks) trained by its own `train_net` method in
+# the rollout loop, which acts one state at a time through another of its methods
+PPO_AGENT = """\
+import torch
+import torch.nn as nn
+
+device = torch.device("cuda")
+
+
+class Actor(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class PPO:
+    def __init__(self, dim):
+        self.actor = Actor(dim).to(device)
+        self.optimizer = torch.optim.Adam(self.actor.parameters())
+        self.data = []
+
+    def get_action(self, x):
+        with torch.no_grad():
+            return self.actor(x)
+
+    def train_net(self):
+        states = torch.stack([s for s, _ in self.data])
+        losses = []
+        for epoch in range(4):  # K epochs over the buffer
+            loss = self.actor(states).pow(2).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+
+def main(env):
+    model = PPO(4)
+    state = env.reset()
+    for step in range(1000):
+        action = model.get_action(torch.as_tensor(state, device=device).unsqueeze(0))
+        state, reward, done = env.step(action)
+        model.data.append((torch.as_tensor(state), reward))
+        if step % 32 == 0:
+            loss_list = model.train_net()
+"""
+
+
+def test_a_method_of_a_local_agent_class_is_not_the_model_replayed() -> None:
+    # before: `model.train_net` (named like a network) was compiled with CUDA graphs and
+    # its list of losses `.clone()`d
+    assert _findings(PPO_AGENT, "per-sample-inference") == []
+
+
+def test_a_network_held_by_the_agent_is_still_a_model() -> None:
+    direct = PPO_AGENT.replace("self.actor", "self.policy_net")
+    direct = direct.replace("model.get_action(", "model.policy_net(")
+    (finding,) = _findings(direct, "per-sample-inference")
+    assert finding.data["model"] == "model.policy_net"

@@ -181,15 +181,17 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
 def _own_method(ctx: ModuleContext, expr: ast.expr) -> bool:
     """`self.name` where `name` is a plain method of the enclosing class: Real-ESRGAN's cog
     predictor calls `self.choose_model(scale, version)`, which builds the upsampler; a
-    `@property` may return a model."""
-    if not (
-        isinstance(expr, ast.Attribute)
-        and isinstance(expr.value, ast.Name)
-        and expr.value.id == "self"
-    ):
+    `@property` may return a model. Also `agent.name` where `agent` holds an instance of a
+    local class that is no `nn.Module` (a PPO agent's `model.train_net()`, its update)."""
+    if not (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name)):
         return False
-    cls = next((a for a in ctx.ancestors(expr) if isinstance(a, ast.ClassDef)), None)
-    method = class_methods(cls).get(expr.attr) if cls is not None else None
+    if expr.value.id == "self":
+        cls = next((a for a in ctx.ancestors(expr) if isinstance(a, ast.ClassDef)), None)
+        method = class_methods(cls).get(expr.attr) if cls is not None else None
+    else:
+        owner = ctx.calls.instance_class(expr.value)
+        plain = owner is not None and owner not in module_classes(ctx)
+        method = ctx.calls.method(owner, expr.attr) if plain and owner is not None else None
     return method is not None and not any(
         "property" in ast.unparse(decorator) for decorator in method.decorator_list
     )
