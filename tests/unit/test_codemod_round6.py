@@ -264,3 +264,44 @@ def test_a_network_held_by_the_agent_is_still_a_model() -> None:
     direct = direct.replace("model.get_action(", "model.policy_net(")
     (finding,) = _findings(direct, "per-sample-inference")
     assert finding.data["model"] == "model.policy_net"
+
+
+# --- pin-memory-off -----------------------------------------------------------------------
+
+# a translation loader whose collate function builds each batch on the GPU: pinning a CUDA
+# tensor raises ("only dense CPU tensors can be pinned")
+COLLATE_ON_DEVICE = """\
+import torch
+from torch.utils.data import DataLoader
+
+
+def collate_batch(batch, device, pad_id=2):
+    bos = torch.tensor([0], device=device)
+    src = [torch.cat([bos, torch.tensor(s, device=device)]) for s, _ in batch]
+    tgt = [torch.cat([bos, torch.tensor(t, device=device)]) for _, t in batch]
+    return torch.nn.utils.rnn.pad_sequence(src, padding_value=pad_id), tgt
+
+
+def create_dataloaders(dataset, device, batch_size=32):
+    def collate_fn(batch):
+        return collate_batch(batch, device)
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate_fn)
+
+
+def train(model, dataset, optimizer):
+    for src, tgt in create_dataloaders(dataset, torch.device("cuda")):
+        loss = model(src, tgt)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def test_a_loader_whose_collate_builds_batches_on_the_device_is_not_pinned() -> None:
+    assert _findings(COLLATE_ON_DEVICE, "pin-memory-off") == []
+
+
+def test_a_collate_that_stays_on_the_host_still_leaves_pinning_off() -> None:
+    host = COLLATE_ON_DEVICE.replace(", device=device)", ")")
+    assert len(_findings(host, "pin-memory-off")) == 1

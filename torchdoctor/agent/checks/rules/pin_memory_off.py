@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     has_star_kwargs,
@@ -34,7 +35,10 @@ class PinMemoryOff(Rule):
     Not reported: a loader over indices (`DataLoader(torch.LongTensor(range(20)),
     batch_size=1)`, `DataLoader(range(n))`, `DataLoader(train_mask.nonzero().view(-1))`):
     its batches are the indices of examples the step
-    gathers from tensors already loaded, a few bytes that pinning does not speed up.
+    gathers from tensors already loaded, a few bytes that pinning does not speed up. Nor a
+    loader whose `collate_fn` (or a local function it calls) builds the batch on the device
+    (`torch.tensor(ids, device=device)`, `.to(device)`): its batches reach the GPU in the
+    collate, and pinning a CUDA tensor raises.
 
     Fix: `DataLoader(..., pin_memory=True)` and `x.to(device, non_blocking=True)`.
     """
@@ -58,7 +62,9 @@ class PinMemoryOff(Rule):
         if ctx.call_qualname(node) not in DATALOADERS or has_star_kwargs(node):
             return
         pin = kwarg(node, "pin_memory")
-        if (pin is None or is_false(pin)) and not _over_indices(ctx, node):
+        if pin is not None and not is_false(pin):
+            return
+        if not _over_indices(ctx, node) and not _collated_on_device(ctx, node):
             self.candidates.append(node)
 
     def finish(self, ctx: ModuleContext) -> None:
@@ -71,6 +77,29 @@ class PinMemoryOff(Rule):
                 "batches are copied to the GPU from pageable memory: pin_memory=True lets the "
                 "copy overlap with compute",
             )
+
+
+def _collated_on_device(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's `collate_fn`, a function of this module, or one it calls, places tensors
+    on a device: a factory given `device=`, or `.to(...)` / `.cuda()` (the Annotated
+    Transformer's `collate_fn` closure calling `collate_batch(batch, ..., device)`)."""
+    collate = kwarg(loader, "collate_fn")
+    if not isinstance(collate, ast.Name):
+        return False
+    functions = list(ctx.flow.functions.get(collate.id, ()))
+    for fn in list(functions):
+        for node in walk_tree(fn):
+            if isinstance(node, ast.Call):
+                functions += [f for f in ctx.calls.resolve(node) if f not in functions]
+    return any(_places_on_device(node) for fn in functions for node in walk_tree(fn))
+
+
+def _places_on_device(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    if any(k.arg == "device" for k in node.keywords):
+        return True
+    return isinstance(node.func, ast.Attribute) and node.func.attr in ("to", "cuda")
 
 
 _INDEX_BUILDERS = frozenset({"torch.arange", "torch.LongTensor", "torch.tensor", "list", "range"})
