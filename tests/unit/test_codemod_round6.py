@@ -305,3 +305,125 @@ def test_a_loader_whose_collate_builds_batches_on_the_device_is_not_pinned() -> 
 def test_a_collate_that_stays_on_the_host_still_leaves_pinning_off() -> None:
     host = COLLATE_ON_DEVICE.replace(", device=device)", ")")
     assert len(_findings(host, "pin-memory-off")) == 1
+
+
+# --- refusals that gave no reason ---------------------------------------------------------
+
+# CaiT's layer drop: the module's own helper draws which layers to skip, with no mode flag
+LAYER_DROP = """\
+from random import randrange
+
+import torch
+import torch.nn as nn
+
+
+def dropout_layers(layers, dropout):
+    if dropout == 0:
+        return layers
+    to_drop = torch.zeros(len(layers)).uniform_(0.0, 1.0) < dropout
+    if all(to_drop):
+        to_drop[randrange(len(layers))] = False
+    return [layer for layer, drop in zip(layers, to_drop) if not drop]
+
+
+class Transformer(nn.Module):
+    def __init__(self, dim, depth, layer_dropout=0.0):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(dim, dim) for _ in range(depth)])
+        self.layer_dropout = layer_dropout
+
+    def forward(self, x):
+        for layer in dropout_layers(self.layers, dropout=self.layer_dropout):
+            x = layer(x) + x
+        return x
+"""
+
+
+def test_a_refused_layer_drop_helper_says_why() -> None:
+    fixed, reason = _fix(LAYER_DROP, "functional-dropout-always-on")
+    assert fixed is None
+    assert reason is not None and "`dropout_layers`" in reason
+
+
+# SAC acting: the policy's action is copied to the host for the environment on every step
+ACTION_TO_HOST = """\
+import torch
+import torch.nn as nn
+from torch.distributions import Normal
+
+device = torch.device("cuda")
+
+
+class PolicyNetwork(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.mean = nn.Linear(dim, 1)
+        self.log_std = nn.Linear(dim, 1)
+
+    def forward(self, state):
+        return self.mean(state), self.log_std(state)
+
+    def get_action(self, state):
+        state = torch.FloatTensor(state).unsqueeze(0).to(device)
+        mean, log_std = self.forward(state)
+        z = Normal(0, 1).sample(mean.shape).to(device)
+        action = torch.tanh(mean + log_std.exp() * z)
+        action = action.cpu()
+        return action[0]
+
+
+policy_net = PolicyNetwork(3).to(device)
+optimizer = torch.optim.Adam(policy_net.parameters())
+
+
+def train(env, buffer, steps):
+    state = env.reset()
+    for step in range(steps):
+        action = policy_net.get_action(state).detach()
+        state, reward, done, _ = env.step(action.numpy())
+        buffer.push(state, action, reward)
+        loss = policy_net(buffer.sample())[0].pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def test_a_refused_copy_of_an_action_to_the_host_says_why() -> None:
+    fixed, reason = _fix(ACTION_TO_HOST, "host-sync-in-step")
+    assert fixed is None
+    assert reason is not None and "`.cpu()`" in reason
+
+
+# the Annotated Transformer's run_epoch: one loop for training and evaluation, the backward
+# and the accumulation step inside `if mode == "train"`
+RUN_EPOCH = """\
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def run_epoch(data_iter, model, loss_compute, optimizer, mode="train", accum_iter=1):
+    total_loss = 0
+    for i, batch in enumerate(data_iter):
+        out = model.forward(batch.src, batch.tgt)
+        loss, loss_node = loss_compute(out, batch.tgt_y)
+        if mode == "train":
+            loss_node.backward()
+            if i % accum_iter == 0:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        total_loss += loss
+    return total_loss
+
+
+def train_worker(gpu, model, data, loss_compute):
+    model = DDP(model.cuda(gpu), device_ids=[gpu])
+    optimizer = torch.optim.Adam(model.parameters())
+    run_epoch(data, model, loss_compute, optimizer, mode="train", accum_iter=10)
+"""
+
+
+def test_a_refused_accumulation_inside_a_mode_branch_says_why() -> None:
+    fixed, reason = _fix(RUN_EPOCH, "ddp-accum-no-sync")
+    assert fixed is None
+    assert reason is not None and "backward" in reason

@@ -58,17 +58,30 @@ class DdpAccumNoSyncFix(Codemod):
         guard = _step_guard(ctx, body)
         backward = _index_of(body, lambda s: _calls(s, "backward"))
         model, always_ddp = _ddp_model(ctx)
-        if guard is None or backward is None or model is None:
-            return False
+        if model is None:
+            return ctx.decline("no model wrapped in DistributedDataParallel is seen in this file")
+        if guard is None or backward is None:
+            return ctx.decline(
+                "the backward and the accumulation test around optimizer.step() are not both "
+                "statements of the loop itself (one sits in a branch, such as a train/eval "
+                f"switch, or a helper): wrap the forward and backward in {model}.no_sync() "
+                "on the micro-batches that do not step, by hand"
+            )
         step_at = body.index(guard)
         forward = _index_of(body, lambda s: _uses_model(s, model))
         if forward is None or not forward <= backward < step_at:
-            return False
+            return ctx.decline(
+                f"`{model}`'s forward is not a statement of the loop before its backward: "
+                "no_sync() must hold the forward too, so wrap them by hand"
+            )
         condition = guard.test
         if ctx.find(cst.Call, inside=condition) or _assigned(body[forward:step_at]) & _names(
             condition
         ):
-            return False
+            return ctx.decline(
+                "the step test calls a function or reads a name the micro-batch assigns: "
+                "evaluated before the forward, its value could differ"
+            )
         contextlib = ctx.require_module("contextlib")
         skip = (
             f"{model}.no_sync()"

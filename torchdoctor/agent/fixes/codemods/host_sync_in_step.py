@@ -396,7 +396,18 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
                 "computation, a control value): only sums, lists and logs have a device-side "
                 "form this fix can show to be the same"
             )
+    for call in ctx.find(cst.Call, within=span):
+        moved = next((m for m in _HOST_COPIES if method_call(call, m)), None)
+        if moved is not None:
+            return (
+                f"the tensor is copied to the host with `.{moved}()` for host code to use (an "
+                "environment step, NumPy, a list): that copy is the sync, and only sums, lists "
+                "and logs of numbers have a device-side form this fix can write"
+            )
     return None
+
+
+_HOST_COPIES = ("cpu", "numpy", "tolist")
 
 
 def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
