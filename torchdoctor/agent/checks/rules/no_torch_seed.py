@@ -17,7 +17,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     OWN_STATE_GENERATORS,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_scope
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, module_level
 from torchdoctor.agent.checks.smoke_tests import (
     is_dataset_demo,
@@ -223,6 +223,8 @@ class NoTorchSeed(Rule):
             and not _guard_draws_nothing(ctx, guard)
         ):
             return guard
+        if _seeds_other_generators(ctx, guard):
+            return guard  # it means to be reproducible, and torch is left out
         return None
 
     @staticmethod
@@ -481,6 +483,22 @@ def _opaque(ctx: ModuleContext, call: ast.Call) -> bool:
         return False
     package = symbol.partition(".")[0]
     return package not in sys.stdlib_module_names and package not in DISPLAY_LIBRARIES
+
+
+_OTHER_SEEDS = frozenset({"numpy.random.seed", "random.seed"})
+
+
+def _seeds_other_generators(ctx: ModuleContext, guard: ast.stmt) -> bool:
+    """The main block of a script that imports torch seeds NumPy's or Python's generator
+    (`np.random.seed(args.seed)`): it means its runs to repeat, though the torch work it
+    starts may all happen in other files (TD3's `main.py`, its networks built by
+    `TD3.TD3(...)`)."""
+    if "torch" not in ctx.imports.aliases:
+        return False
+    return any(
+        isinstance(node, ast.Call) and ctx.call_qualname(node) in _OTHER_SEEDS
+        for node in walk_tree(guard)
+    )
 
 
 def _uses_torch_randomness(ctx: ModuleContext) -> bool:
