@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from inspect import CO_VARARGS
 from types import FrameType
 from typing import Any
 
@@ -56,7 +57,7 @@ def _arguments(frame: FrameType) -> tuple[Any, ...]:
     local = frame.f_locals
     names = list(code.co_varnames[1 : code.co_argcount])
     found = tuple(local[n] for n in names if n in local)
-    if code.co_flags & 0x04:  # CO_VARARGS: `*args` follows the keyword-only names
+    if code.co_flags & CO_VARARGS:  # `*args` follows the keyword-only names
         extra = local.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount])
         if isinstance(extra, tuple):
             found += extra
