@@ -30,7 +30,7 @@ OWNED = (
     "autograd-variable-legacy", "legacy-tensor-ctor", "device-mismatch-factory-in-forward",
     # point 2
     "amp-clip-without-unscale", "oom-handling", "anomaly-mode-left-on", "divide-by-std-no-eps",
-    "log-unmasked", "nonfinite-loss-unchecked", "bn-batch-of-one",
+    "log-unmasked", "nonfinite-loss-unchecked", "bn-batch-of-one", "terminal-size-from-stty",
     # point 3
     "double-softmax", "bce-on-sigmoid", "eval-without-eval-mode", "train-mode-not-restored",
     "leak-preprocessing", "leak-overlap", "leak-multi-test", "random-aug-on-eval",
