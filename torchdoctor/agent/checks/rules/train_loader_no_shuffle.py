@@ -437,6 +437,8 @@ def _options_seen(ctx: ModuleContext, loader: ast.Call) -> bool:
             continue
         if not isinstance(keyword.value, ast.Name):
             return False
+        if _forwarded_kwargs_seen(ctx, loader, keyword.value.id):
+            continue
         values = ctx.flow.definitions(keyword.value)
         literals = [
             d for v in values for d in ([v.body, v.orelse] if isinstance(v, ast.IfExp) else [v])
@@ -447,6 +449,29 @@ def _options_seen(ctx: ModuleContext, loader: ast.Call) -> bool:
         if _changed_after_built(scope, keyword.value.id):
             return False
     return True
+
+
+def _forwarded_kwargs_seen(ctx: ModuleContext, loader: ast.Call, name: str) -> bool:
+    """`**kwargs` is the `**` parameter of the loader's function, which the module calls
+    (a wrapper class built as `InfiniteDataLoader(train_dataset, batch_size=b,
+    num_workers=n)`, makemore's) with keywords none of which orders and no `**` of its own:
+    every option the loader can receive is seen at those calls."""
+    fn = ctx.enclosing_function(loader)
+    if fn is None or fn.args.kwarg is None or fn.args.kwarg.arg != name:
+        return False
+    if _changed_after_built(fn, name):
+        return False
+    owner = ctx.parents.get(fn)
+    callee = owner.name if fn.name == "__init__" and isinstance(owner, ast.ClassDef) else fn.name
+    sites = [
+        call
+        for call in ctx.flow.nodes(ast.Call)
+        if isinstance(call, ast.Call) and identifier(call.func) == callee
+    ]
+    return bool(sites) and all(
+        all(k.arg is not None and k.arg not in _ORDERING for k in site.keywords)
+        for site in sites
+    )
 
 
 def _plain_options(value: ast.expr) -> bool:
