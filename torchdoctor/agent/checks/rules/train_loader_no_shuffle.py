@@ -469,8 +469,7 @@ def _forwarded_kwargs_seen(ctx: ModuleContext, loader: ast.Call, name: str) -> b
         if isinstance(call, ast.Call) and identifier(call.func) == callee
     ]
     return bool(sites) and all(
-        all(k.arg is not None and k.arg not in _ORDERING for k in site.keywords)
-        for site in sites
+        all(k.arg is not None and k.arg not in _ORDERING for k in site.keywords) for site in sites
     )
 
 
