@@ -427,3 +427,69 @@ def test_a_refused_accumulation_inside_a_mode_branch_says_why() -> None:
     fixed, reason = _fix(RUN_EPOCH, "ddp-accum-no-sync")
     assert fixed is None
     assert reason is not None and "backward" in reason
+
+
+# --- host-sync-in-step --------------------------------------------------------------------
+
+# a DCGAN that logs its losses to TensorBoard on every step, each copied out with
+# `.data.cpu().numpy()`
+GAN_SCALARS = """\
+import torch
+from tensorboardX import SummaryWriter
+
+writer = SummaryWriter("./summaries")
+
+
+def train(D, G, data_loader, d_optimizer, epochs, z_dim=100):
+    bce = torch.nn.BCEWithLogitsLoss()
+    for epoch in range(epochs):
+        for i, imgs in enumerate(data_loader):
+            step = epoch * len(data_loader) + i + 1
+            imgs = imgs.cuda()
+            r_logit = D(imgs)
+            f_logit = D(G(torch.randn(imgs.size(0), z_dim, device="cuda")).detach())
+            d_r_loss = bce(r_logit, torch.ones_like(r_logit))
+            d_f_loss = bce(f_logit, torch.zeros_like(f_logit))
+            d_loss = d_r_loss + d_f_loss
+            D.zero_grad()
+            d_loss.backward()
+            d_optimizer.step()
+            writer.add_scalars(
+                "D",
+                {"d_loss": d_loss.data.cpu().numpy(), "d_r_loss": d_r_loss.data.cpu().numpy()},
+                global_step=step,
+            )
+"""
+
+
+def test_a_tensorboard_log_of_host_copies_is_thinned_out() -> None:
+    found = _findings(GAN_SCALARS, "host-sync-in-step")
+    assert found
+    fixed, reason = _fix(GAN_SCALARS, "host-sync-in-step", line=found[0].line)
+    assert reason is None and fixed is not None
+    assert "            if i % 50 == 0:\n                writer.add_scalars(" in fixed
+
+
+# a GPT trainer that prints its loss and appends it to a log file on every step
+LOG_FILE = """\
+import torch
+
+
+def train(model, loader, optimizer, max_steps, log_file="log.txt"):
+    for step in range(max_steps):
+        x, y = loader.next_batch()
+        logits, loss = model(x.cuda(), y.cuda())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        print(f"step {step:5d} | loss: {loss.item():.6f}")
+        with open(log_file, "a") as f:
+            f.write(f"{step} train {loss.item():.6f}\\n")
+"""
+
+
+def test_a_line_appended_to_a_log_file_is_thinned_out_like_a_print() -> None:
+    line = LOG_FILE.splitlines().index('            f.write(f"{step} train {loss.item():.6f}\\n")')
+    fixed, reason = _fix(LOG_FILE, "host-sync-in-step", line=line + 1)
+    assert reason is None and fixed is not None
+    assert "            if step % 50 == 0:\n                f.write(" in fixed

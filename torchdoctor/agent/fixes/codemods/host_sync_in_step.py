@@ -85,7 +85,7 @@ class HostSyncInStepFix(Codemod):
                 continue
             return _accumulate(ctx, call, name, item, f"[float(v) for v in {name}]")
         for stmt in ctx.find(cst.SimpleStatementLine, within=span):
-            if _logs_item(stmt):
+            if _logs_item(stmt, ctx):
                 return _log_every(ctx, stmt)
         for assign in ctx.find(cst.Assign, within=span):
             if _shown_number(assign) is not None:
@@ -99,7 +99,7 @@ class HostSyncInStepFix(Codemod):
             return None
         span = (target.line, target.end_line)
         for stmt in ctx.find(cst.SimpleStatementLine, within=span):
-            if not _logs_item(stmt):
+            if not _logs_item(stmt, ctx):
                 continue
             loop = enclosing_loop(ctx, stmt)
             if loop is not None and _over_entries(loop):
@@ -410,8 +410,9 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
 _HOST_COPIES = ("cpu", "numpy", "tolist")
 
 
-def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
-    """`print(... x.item() ...)`, `logger.info(...)`, `writer.add_scalar(...)`, ..., or a
+def _logs_item(stmt: cst.SimpleStatementLine, ctx: SourceContext) -> bool:
+    """`print(... x.item() ...)`, `logger.info(...)`, `writer.add_scalar(...)`, ... (of
+    `.item()` or of a host copy, `x.cpu().numpy()`), or a
     print of the loss tensor itself (`print(f"{loss:.4f}")`, `print("loss", loss)`: the rule
     reports those only for the tensor the step calls `.backward()` on)."""
     if len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
@@ -421,15 +422,57 @@ def _logs_item(stmt: cst.SimpleStatementLine) -> bool:
         return False
     called = dotted_name(call.func) or ""
     name = called.split(".")[-1]
-    if name not in _LOGGERS and called not in _STREAMS:
+    if name not in _LOGGERS and called not in _STREAMS and not _log_file_write(ctx, stmt, call):
         return False
     formats_a_name = any(_formats_a_name(node) for node in descendants(call))
-    reads_item = any(method_call(node, "item") is not None for node in descendants(call))
+    reads_item = any(  # `.item()`, or a copy out (`d_loss.data.cpu().numpy()`)
+        method_call(node, name) is not None
+        for node in descendants(call)
+        for name in ("item", *_HOST_COPIES)
+    )
     prints_a_name = name == "print" and any(isinstance(a.value, cst.Name) for a in call.args)
     logs_a_name = (  # `writer.add_scalar("loss", loss, step)` reads the tensor to the host
         name == "add_scalar" and len(call.args) > 1 and isinstance(call.args[1].value, cst.Name)
     )
     return reads_item or formats_a_name or prints_a_name or logs_a_name
+
+
+def _log_file_write(ctx: SourceContext, stmt: cst.CSTNode, call: cst.Call) -> bool:
+    """`f.write(...)` inside `with open(path, "a") as f:`: a line appended to a log file."""
+    func = call.func
+    if not (
+        isinstance(func, cst.Attribute)
+        and func.attr.value == "write"
+        and isinstance(func.value, cst.Name)
+    ):
+        return False
+    handle = func.value.value
+    for block in ctx.ancestors(stmt):
+        if not isinstance(block, cst.With):
+            continue
+        for item in block.items:
+            opened = item.item
+            if (
+                isinstance(item.asname, cst.AsName)
+                and isinstance(item.asname.name, cst.Name)
+                and item.asname.name.value == handle
+                and isinstance(opened, cst.Call)
+                and dotted_name(opened.func) == "open"
+                and _appends(opened)
+            ):
+                return True
+    return False
+
+
+def _appends(opened: cst.Call) -> bool:
+    """`open(path, "a")` / `open(path, mode="a+")`."""
+    positional = [arg.value for arg in opened.args if arg.keyword is None]
+    modes = [arg.value for arg in opened.args if arg.keyword and arg.keyword.value == "mode"]
+    for value in [*positional[1:2], *modes]:
+        text = value.evaluated_value if isinstance(value, cst.SimpleString) else None
+        if isinstance(text, str) and "a" in text:
+            return True
+    return False
 
 
 def _formats_a_name(node: cst.CSTNode) -> bool:
