@@ -493,3 +493,42 @@ def test_a_line_appended_to_a_log_file_is_thinned_out_like_a_print() -> None:
     fixed, reason = _fix(LOG_FILE, "host-sync-in-step", line=line + 1)
     assert reason is None and fixed is not None
     assert "            if step % 50 == 0:\n                f.write(" in fixed
+
+
+# --- manual-attention ---------------------------------------------------------------------
+
+# Swin's window attention: a position bias, then masks added to slices on shifted windows
+WINDOW_ATTENTION = """\
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim, heads, head_dim, shifted, window_size):
+        super().__init__()
+        self.heads = heads
+        self.scale = head_dim**-0.5
+        self.shifted = shifted
+        self.window_size = window_size
+        self.to_qkv = nn.Linear(dim, heads * head_dim * 3, bias=False)
+        self.pos_embedding = nn.Parameter(torch.randn(window_size**2, window_size**2))
+        self.upper_lower_mask = nn.Parameter(torch.zeros(window_size**2, window_size**2))
+
+    def forward(self, x):
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (rearrange(t, "b w n (h d) -> b h w n d", h=self.heads) for t in (q, k, v))
+        dots = torch.einsum("b h w i d, b h w j d -> b h w i j", q, k) * self.scale
+        dots += self.pos_embedding
+        if self.shifted:
+            dots[:, :, -self.window_size :] += self.upper_lower_mask
+        attn = dots.softmax(dim=-1)
+        out = torch.einsum("b h w i j, b h w j d -> b h w i d", attn, v)
+        return rearrange(out, "b h w n d -> b w n (h d)")
+"""
+
+
+def test_a_refused_window_mask_on_a_slice_names_its_condition() -> None:
+    fixed, reason = _fix(WINDOW_ATTENTION, "manual-attention")
+    assert fixed is None
+    assert reason is not None and "if self.shifted" in reason

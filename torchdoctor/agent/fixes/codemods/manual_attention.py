@@ -388,6 +388,11 @@ def _match(
                 f"`{scores_name}` is masked under `if {code(stmt.test)}:`, a condition "
                 "the fused call's arguments do not express: build the mask first"
             )
+        elif _assigns(stmt, scores_name):
+            raise AttentionRefused(
+                f"`{scores_name}` is changed in place by `{code(stmt).strip()}` between the "
+                "product and the softmax: the fused call cannot do what it does"
+            )
         elif _shape_assert(ctx, stmt, scores_name):
             removed.append(stmt)  # `assert list(w.shape) == [B, HW, HW]`: no scores to check
         elif _metadata_binding(ctx, stmt, scores_name):
@@ -730,12 +735,15 @@ def _row_max_shift(stmt: cst.BaseStatement, scores: str) -> bool:
 
 
 def _assigns(stmt: cst.CSTNode, name: str) -> bool:
-    """Whether `stmt` rebinds `name` or changes it in place (`name.masked_fill_(...)`)."""
+    """Whether `stmt` rebinds `name` or changes it in place (`name.masked_fill_(...)`,
+    `name[:, :, -w:] += mask`)."""
     for node in descendants(stmt):
-        if isinstance(node, cst.AssignTarget | cst.AugAssign) and (
-            dotted_name(node.target) == name
-        ):
-            return True
+        if isinstance(node, cst.AssignTarget | cst.AugAssign):
+            written: cst.BaseExpression = node.target
+            if isinstance(written, cst.Subscript):
+                written = written.value
+            if dotted_name(written) == name:
+                return True
         if (
             isinstance(node, cst.Call)
             and isinstance(node.func, cst.Attribute)
