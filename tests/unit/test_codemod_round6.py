@@ -532,3 +532,32 @@ def test_a_refused_window_mask_on_a_slice_names_its_condition() -> None:
     fixed, reason = _fix(WINDOW_ATTENTION, "manual-attention")
     assert fixed is None
     assert reason is not None and "if self.shifted" in reason
+
+
+# REINFORCE with a baseline: NumPy's machine epsilon read with `.item()` in the update
+NUMPY_EPS = """\
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def update(policy, optimizer, log_probs, values, rewards, gamma=0.99):
+    eps = np.finfo(np.float32).eps.item()
+    returns = torch.tensor(rewards, device="cuda")
+    returns = (returns - returns.mean()) / (returns.std() + eps)
+    loss = sum(-lp * (r - v.detach()) for lp, v, r in zip(log_probs, values, returns))
+    loss = loss + sum(F.smooth_l1_loss(v, r.view(1)) for v, r in zip(values, returns))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def train(env, policy, critic, optimizer, episodes):
+    for episode in range(episodes):
+        log_probs, values, rewards = policy.rollout(env, critic)
+        update(policy, optimizer, log_probs, values, rewards)
+"""
+
+
+def test_a_numpy_scalar_read_with_item_is_no_device_sync() -> None:
+    assert _findings(NUMPY_EPS, "host-sync-in-step") == []

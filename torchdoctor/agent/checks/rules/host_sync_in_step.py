@@ -128,6 +128,7 @@ class HostSyncInStep(Rule):
                 and not node.args
                 and not node.keywords
                 and not (func.attr == "numpy" and _is_cpu_call(func.value))
+                and not _numpy_value(ctx, func.value)
             ):
                 self.candidates.append((node, f"`{func.attr}`"))
         elif isinstance(func, ast.Name) and func.id == "print":
@@ -163,6 +164,20 @@ class HostSyncInStep(Rule):
                 f"{what} on every training step forces a GPU->CPU sync: the device idles "
                 "until the host catches up",
             )
+
+
+def _numpy_value(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """`np.finfo(np.float32).eps`, `np.array(x).mean()`: a value NumPy made, whose `.item()`
+    or `.tolist()` reads host memory (an actor-critic's `eps = np.finfo(...).eps.item()`)."""
+    while isinstance(expr, ast.Attribute | ast.Subscript | ast.Call):
+        if isinstance(expr, ast.Call):
+            qual = ctx.call_qualname(expr) or ""
+            if qual.startswith("numpy."):
+                return True
+            expr = expr.func
+        else:
+            expr = expr.value
+    return False
 
 
 def _is_text(node: ast.expr) -> bool:
