@@ -561,3 +561,24 @@ def train(env, policy, critic, optimizer, episodes):
 
 def test_a_numpy_scalar_read_with_item_is_no_device_sync() -> None:
     assert _findings(NUMPY_EPS, "host-sync-in-step") == []
+
+
+def test_a_refused_log_under_the_generators_periodic_step_names_its_test() -> None:
+    critic = GAN_SCALARS.replace(
+        """            writer.add_scalars(
+                "D",""",
+        """            if step % 5 == 0:
+                g_loss = -D(G(torch.randn(imgs.size(0), z_dim, device="cuda"))).mean()
+                G.zero_grad()
+                g_loss.backward()
+                writer.add_scalars("G", {"g_loss": g_loss.data.cpu().numpy()}, global_step=step)
+            writer.add_scalars(
+                "D",""",
+    )
+    line = critic.splitlines().index(
+        '                writer.add_scalars("G", {"g_loss": g_loss.data.cpu().numpy()}, '
+        "global_step=step)"
+    )
+    fixed, reason = _fix(critic, "host-sync-in-step", line=line + 1)
+    assert fixed is None
+    assert reason is not None and "if step % 5 == 0" in reason

@@ -115,6 +115,14 @@ class HostSyncInStepFix(Codemod):
                     "the per-step log has no loop counter to thin it out with: count steps "
                     f"and log every {LOG_EVERY}, or accumulate on the device"
                 )
+            block = ctx.parent(stmt)
+            guard = ctx.parent(block) if block is not None else None
+            if isinstance(guard, cst.If) and _periodic(guard):
+                return (
+                    f"the log runs with the step it records, under `if {ctx.code(guard.test)}:` "
+                    "(a step that is itself periodic, as a GAN's generator step): already "
+                    "periodic, thin it further by hand if it still costs"
+                )
         for branch in ctx.find(cst.If, within=span):
             if any(_value_test(node) for node in descendants(branch.test)):
                 return (
