@@ -1,8 +1,10 @@
 """The types and validation artifacts generated, run in the real sandbox (local backend) and
 offered: one audit of the bundled example with `--artifacts types,validation --apply` shared by
 the tests of this module; a near-miss model also called through `forward()` itself on longer
-sequences, which no hook observes, so the observed shape does not hold everywhere: the checked
-run fails and nothing is offered; and a module the sandbox lacks, named in the verdict."""
+sequences, its layer too, which no hook observes (a direct forward whose layers run through
+hooks is observed as the model's call), so the observed shape does not hold everywhere: the
+checked run fails and nothing is offered; and a module the sandbox lacks, named in the
+verdict."""
 
 from __future__ import annotations
 
@@ -190,7 +192,7 @@ class Pooler(nn.Module):
         self.proj = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.proj(x).mean(dim=1)
+        return self.proj.forward(x).mean(dim=1)
 
 
 if __name__ == "__main__":
@@ -202,8 +204,8 @@ if __name__ == "__main__":
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():  # longer sequences, through forward() itself: no hook sees them
-            model.forward(torch.randn(2, 12, 4))
+        with torch.no_grad():  # longer sequences, through forward() itself and its layer's
+            model.forward(torch.randn(2, 12, 4))  # too: no module hook runs, none sees them
 """
 
 
