@@ -269,3 +269,33 @@ def test_changes_after_the_loop_are_named_in_one_sentence(
     step = verifier._executed(copy, ["train.py"], after, FixSpec.of(codemod))
 
     assert not step.ok and " run after the loop, and the run left to finish" in step.detail
+
+
+def test_a_fix_whose_run_completes_where_the_original_failed_repairs_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the phase's other fixes are verified on top of (kuangliu/pytorch-cifar: the
+    stty fix lets the run start; its `torch.load` fix was refused for want of a working
+    original): a fix whose run completes, or gets past the error, but not one that fails as
+    the original did, nor a fix of a script that ran."""
+    both = SCRIPT.replace("loss.data[0]", "loss.item()")
+    for folder in ("done", "moved", "same"):
+        (tmp_path / folder).mkdir()
+    steps = _verify(
+        tmp_path / "done",
+        monkeypatch,
+        both,
+        SmokeRun(ok=True, losses=[1.0, 0.5], executed_lines={"train.py": list(range(1, 15))}),
+    )
+    assert verify.repairs_the_run(list(steps.values()))
+    moved = _verify(
+        tmp_path / "moved",
+        monkeypatch,
+        SCRIPT.replace("total += loss.data[0]", "total += loss.item()"),
+        _run(LOG),
+    )
+    assert verify.repairs_the_run(list(moved.values()))
+    same = _verify(tmp_path / "same", monkeypatch, both, _run(TOTAL))
+    assert not verify.repairs_the_run(list(same.values()))
+    healthy = [Verification(step="behaviour", ok=True, detail="loss trajectory: within 1e-05")]
+    assert not verify.repairs_the_run(healthy)

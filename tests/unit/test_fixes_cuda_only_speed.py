@@ -210,3 +210,20 @@ def test_a_speed_fix_of_device_advice_on_a_cpu_script_is_not_timed(
     assert spec.untimed == DEVICE_ADVICE_ON_CPU
     said = _untimed_after_smoke_run(tmp_path, monkeypatch, spec, cuda=True)
     assert said == DEVICE_ADVICE_ON_CPU
+
+
+def test_runs_that_time_no_steady_step_are_not_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kuangliu/pytorch-cifar at `--steps 5` on a CPU: every step was a warm-up or a memory
+    scan, so no run timed one, and six more pairs of runs (108 s) timed none either."""
+    started = _timed(monkeypatch)
+    root = tmp_path / "root"
+    root.mkdir()
+    baseline = SmokeRun(ok=True, step_times_s=[], cuda_available=False)
+    verifier = Verifier(root, object(), ["python", "main.py"], baseline=baseline)  # type: ignore[arg-type]
+
+    step = verifier._speed(tmp_path, SmokeRun(ok=True), _spec("persistent-workers-off"))
+
+    assert (step.ok, step.detail) == (False, "too few steady-state steps timed: raise --steps")
+    assert started == []

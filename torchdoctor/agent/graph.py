@@ -277,7 +277,6 @@ class Phase:
         options = state["options"]
         if not options.fixing:
             return {"trace": [f"fix:{self.number}"]}
-        from torchdoctor.agent.fixes.models import FixKind
         from torchdoctor.agent.fixing import (
             explained_refusals,
             is_overhead,
@@ -329,7 +328,7 @@ class Phase:
         stacked = None
         if is_overhead(record.rule):
             stacked = self.stacked(state, bench)
-        elif record.kind is FixKind.CORRECTNESS:
+        else:
             stacked = self.stacked(state, bench, past_crashes_only=True)
         if stacked is not None:
             working_copy, on_top_of = stacked
@@ -356,10 +355,11 @@ class Phase:
         """The copy an overhead fix is measured on: the working copy with this phase's
         verified fixes that the gate lets through (`fixing.stacked_copy`); None without a
         run to measure on. `past_crashes_only`: of those, the fixes verified by getting the
-        run past the original's error (`crash-moved-on`), which a correctness fix is verified
-        on top of: a second `.data[0]` read of the loop is never reached by the original run,
-        which dies on the first one."""
-        from torchdoctor.agent.fixes.verify import CRASH_MOVED_ON
+        run past the original's error (`repairs_the_run`), which the phase's other fixes are
+        verified on top of: a second `.data[0]` read of the loop is never reached by the
+        original run, which dies on the first one, and a `torch.load` fix cannot be compared
+        with an original that dies importing its progress bar."""
+        from torchdoctor.agent.fixes.verify import repairs_the_run
         from torchdoctor.agent.fixing import is_overhead, stacked_copy
 
         if bench.runner is None or bench.run_command is None:
@@ -373,7 +373,7 @@ class Phase:
             if not r.adopted
             and r.finding_id not in blocked
             and not is_overhead(r.rule)
-            and (not past_crashes_only or any(v.step == CRASH_MOVED_ON for v in r.verification))
+            and (not past_crashes_only or repairs_the_run(r.verification))
         ]
         return stacked_copy(bench.root, adopted, verified)
 

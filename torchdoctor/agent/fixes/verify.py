@@ -57,6 +57,8 @@ NOT_REACHED = (
     "no smoke run: no planned run executes the changed file; pass a --run whose script imports it"
 )
 CRASH_MOVED_ON = "crash-moved-on"
+RUN_REPAIRED = "the original run failed "
+"""How the behaviour step of a fix whose run completes, where the original's failed, begins."""
 CUDA_ONLY_WITHOUT_CUDA = (
     "not timed: the change takes effect only where CUDA is available and the run had no "
     "CUDA device, so the step times of both versions run the same code (any difference is "
@@ -531,7 +533,7 @@ class Verifier:
             return Verification(
                 step="behaviour",
                 ok=True,
-                detail=f"the original run failed ({before.detail}); the fixed run completes",
+                detail=f"{RUN_REPAIRED}({before.detail}); the fixed run completes",
             )
         details: list[str] = []
         ok = True
@@ -600,6 +602,8 @@ class Verifier:
             return Verification(step="speed-up", ok=False, detail=CUDA_ONLY_WITHOUT_CUDA)
         before_runs = [list(self.baseline().step_times_s)]
         after_runs = [list(after.step_times_s)]
+        if not before_runs[0] or not after_runs[0]:  # more runs of as many steps time no more
+            return Verification(step="speed-up", ok=False, detail=_TOO_FEW_STEPS)
         result: SpeedUp | None = None
         while True:
             if len(before_runs) >= self.timing_runs and _enough(before_runs, after_runs):
@@ -622,9 +626,7 @@ class Verifier:
             self.last_runs.append(again)
             after_runs.append(again.step_times_s)
         if result is None:
-            return Verification(
-                step="speed-up", ok=False, detail="too few steady-state steps timed: raise --steps"
-            )
+            return Verification(step="speed-up", ok=False, detail=_TOO_FEW_STEPS)
         return Verification(
             step="speed-up",
             ok=result.significant,
@@ -704,6 +706,23 @@ def _host_memory(before: SmokeRun, after: SmokeRun) -> str:
 
 def _at(missed: list[tuple[str, int]]) -> str:
     return ", ".join(f"{path}:{line}" for path, line in missed)
+
+
+def repairs_the_run(checks: list[Verification]) -> bool:
+    """The fix got the original's failed run past its error: the fixed run completes, or stops
+    further on (`crash-moved-on`). This phase's other fixes are verified on top of it, not
+    refused for want of a working original."""
+    return any(
+        check.ok
+        and (
+            check.step == CRASH_MOVED_ON
+            or (check.step == "behaviour" and check.detail.startswith(RUN_REPAIRED))
+        )
+        for check in checks
+    )
+
+
+_TOO_FEW_STEPS = "too few steady-state steps timed: raise --steps"
 
 
 def _passed_by(copy: Path, missed: list[tuple[str, int]], run: SmokeRun) -> list[tuple[str, int]]:
