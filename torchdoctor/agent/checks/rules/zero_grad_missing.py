@@ -63,17 +63,7 @@ class ZeroGradMissing(Rule):
             if loop.kind != "loop":
                 continue
             if loop.effects.zero_grad:
-                for step, name, cleared in _uncleared_optimizers(ctx, loop.effects):
-                    if id(step) in reported:
-                        continue
-                    reported.add(id(step))
-                    ctx.report(
-                        self,
-                        step,
-                        f"`{name}` steps in this loop but its gradients are never cleared "
-                        f"(the loop clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): "
-                        "they accumulate across iterations",
-                    )
+                self._report_uncleared(ctx, loop.effects, reported, "this loop", "iterations")
                 backward = _backward_on_uncleared_branch(ctx, loop.node, loop.effects)
                 if backward is not None and id(backward) not in reported:
                     reported.add(id(backward))
@@ -97,17 +87,24 @@ class ZeroGradMissing(Rule):
                 header_only=True,
             )
         for fn, effects in _update_functions(ctx):
-            for step, name, cleared in _uncleared_optimizers(ctx, effects):
-                if id(step) in reported:
-                    continue
-                reported.add(id(step))
-                ctx.report(
-                    self,
-                    step,
-                    f"`{name}` steps in `{fn.name}` but its gradients are never cleared (it "
-                    f"clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): they "
-                    "accumulate across the calls",
-                )
+            self._report_uncleared(ctx, effects, reported, f"`{fn.name}`", "the calls")
+
+    def _report_uncleared(
+        self, ctx: ModuleContext, effects: Effects, reported: set[int], where: str, across: str
+    ) -> None:
+        """One finding per optimizer that steps in `where` (a loop, an update function) while
+        only the others' gradients are cleared there."""
+        for step, name, cleared in _uncleared_optimizers(ctx, effects):
+            if id(step) in reported:
+                continue
+            reported.add(id(step))
+            ctx.report(
+                self,
+                step,
+                f"`{name}` steps in {where} but its gradients are never cleared ({where} "
+                f"clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): they "
+                f"accumulate across {across}",
+            )
 
 
 def _update_functions(ctx: ModuleContext) -> list[tuple[FunctionNode, Effects]]:
