@@ -54,6 +54,11 @@ class ArgmaxWithoutDim(Rule):
     meant, and a flat index has no rows; an activation that keeps each class's rank
     (`torch.argmax(F.log_softmax(logits, dim=2))`) is seen through.
 
+    And one whose result is reshaped to a grid of examples (`y_pred = torch.softmax(
+    model(grid), dim=1).argmax()`, then `y_pred.reshape(xx.shape)`, a decision-boundary
+    plot): a prediction per point was meant; the flat index is one value, and the reshape
+    fails.
+
     Not reported: argmax with `dim` (positional or keyword), argmax of values that are not a
     model's output (unless compared with such an index vector), single forwards outside a
     loop (one example, `model(x[None]).argmax()`), results that are not compared.
@@ -100,6 +105,10 @@ class ArgmaxWithoutDim(Rule):
                     and _indexed_per_example(ctx, call)
                     and output_before(ctx, call, _through_activation(ctx, value))
                 )
+                or (
+                    _reshaped_to_examples(ctx, call)
+                    and output_before(ctx, call, _through_activation(ctx, value))
+                )
             )
             if (
                 not batch_prediction
@@ -141,6 +150,45 @@ def _indexed_per_example(ctx: ModuleContext, call: ast.Call) -> bool:
             if isinstance(parent, ast.Subscript) and parent.value is read:
                 return True
     return False
+
+
+_RESHAPES = frozenset({"reshape", "view"})
+
+
+def _reshaped_to_examples(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The result, directly or under the name it is bound to later in its function, is
+    reshaped (`.reshape(xx.shape)`, `.view(h, w)`) to anything but one element (`-1`, `1`,
+    `()`): a shape with room for a prediction per example."""
+    scope = ctx.enclosing_function(call)
+    receivers: list[ast.expr] = [call]
+    for name in bound_names(ctx, call):
+        receivers += [
+            r
+            for r in ctx.flow.reads_of(name.id)
+            if ctx.enclosing_function(r) is scope and r.lineno > call.lineno
+        ]
+    for receiver in receivers:
+        method = ctx.parents.get(receiver)
+        reshape = ctx.parents.get(method) if method is not None else None
+        if (
+            isinstance(method, ast.Attribute)
+            and method.attr in _RESHAPES
+            and isinstance(reshape, ast.Call)
+            and reshape.func is method
+            and reshape.args
+            and not all(_one_element(a) for a in reshape.args)
+        ):
+            return True
+    return False
+
+
+def _one_element(shape: ast.expr) -> bool:
+    """`-1`, `1`, `()`, `(1, 1)`: a shape that a single value fills."""
+    if isinstance(shape, ast.Tuple | ast.List):
+        return all(_one_element(e) for e in shape.elts)
+    if isinstance(shape, ast.UnaryOp) and isinstance(shape.op, ast.USub):
+        shape = shape.operand
+    return isinstance(shape, ast.Constant) and shape.value == 1
 
 
 def _host_rebinding(ctx: ModuleContext, read: ast.Name) -> str | None:
