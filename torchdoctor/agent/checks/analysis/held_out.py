@@ -310,7 +310,24 @@ class HeldOut(DefUse):
             return "split"
         if isinstance(node, ast.Subscript):
             return _split_entry(node)
+        if isinstance(node, ast.Constant):
+            return self._split_named(node)
         return None
+
+    def _split_named(self, node: ast.Constant) -> str | None:
+        """A held-out split's name handed to what loads its data (`get_batch('val')`), or
+        among the names a loop hands it (nanoGPT's `for split in ['train', 'val']:` then
+        `get_batch(split)`); the same string anywhere else is text, not data."""
+        if not (isinstance(node.value, str) and node.value.lower() in _HELD_OUT_SPLIT_VALUES):
+            return None
+        parent = self.ctx.parents.get(node)
+        if isinstance(parent, ast.List | ast.Tuple):
+            loop = self.ctx.parents.get(parent)
+            if not (isinstance(loop, ast.For | ast.comprehension) and loop.iter is parent):
+                return None
+        elif not (isinstance(parent, ast.Call) and any(a is node for a in parent.args)):
+            return None
+        return held_out_name_kind(node.value) or "val"
 
     def _held_out_children(self, node: ast.expr) -> Iterator[ast.expr]:
         if isinstance(node, ast.Name):
