@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -903,11 +903,25 @@ class LoopAnalysis:
             ]
             own = self.ctx.enclosing_function(node)
             calls_a_loop = self._direct(node).callees & (looping - {own.name if own else ""})
-            if not inner and not calls_a_loop:
+            if not calls_a_loop and (not inner or self._also_trains_itself(node, inner)):
                 loops.append(TrainingLoop(node, "loop", eff))
         for fn in self.functions.get("training_step", []) if "training_step" in source else []:
             loops.append(TrainingLoop(fn, "lightning", self.effects_of(fn.body)))
         return loops
+
+    def _also_trains_itself(self, loop: ast.For | ast.While, inner: Sequence[ast.AST]) -> bool:
+        """A loop around a training loop that also backpropagates and steps outside it: a
+        second update of its own each iteration (WGAN's generator step after its critic's
+        inner loop), not only the epochs around the batches."""
+        own = self._direct(loop)
+        nested = {id(node) for node in inner}
+
+        def outside(call: ast.AST) -> bool:
+            return not any(id(anc) in nested for anc in self.ctx.ancestors(call))
+
+        return any(outside(c) for c in own.backward) and any(
+            outside(c) for c in [*own.step, *own.update]
+        )
 
     def _has_step_and_backward(self) -> bool:
         """A loop trains only if the module calls both somewhere: one look at the calls by
