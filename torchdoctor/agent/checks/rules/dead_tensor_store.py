@@ -149,6 +149,9 @@ class DeadTensorStore(Rule):
         (cleanrl's clipped value loss with its `else:` dropped: `if clip: v_loss = 0.5 *
         v_max.mean()`, then `v_loss = 0.5 * (...).mean()`)."""
         tail = branch.body[-1]
+        if isinstance(tail, ast.AugAssign):
+            self._check_accumulated_then_replaced(ctx, tail, block[after:])
+            return
         name = _computed_name(ctx, tail)
         if name is None or name in {
             n.id for n in walk_tree(branch.test) if isinstance(n, ast.Name)
@@ -162,6 +165,44 @@ class DeadTensorStore(Rule):
                 f"`{name}` is overwritten on line {later.lineno}, after the `if`, before "
                 "anything reads this value: the branch's computation is lost",
             )
+
+    def _check_accumulated_then_replaced(
+        self, ctx: ModuleContext, tail: ast.AugAssign, statements: list[ast.stmt]
+    ) -> None:
+        """A loss added to a total by the last statement of an `if` (`total_loss +=
+        intent_loss`), which a later `if` replaces without reading (`total_loss = coef *
+        slot_loss`, JointBERT with its `+=` lost): whenever both run, the first loss is
+        dropped from what is back-propagated. Only losses: a counter added to and then reset
+        (`bad_epochs += 1`, later `if improved: bad_epochs = 0`) is the idiom."""
+        target = tail.target
+        if not (
+            isinstance(target, ast.Name)
+            and isinstance(tail.op, ast.Add)
+            and ctx.flow.graph_origin(tail.value) == "loss"
+        ):
+            return
+        name = target.id
+        for later in statements:
+            if _reads(ctx, later, name) and not isinstance(later, ast.If):
+                return
+            if isinstance(later, ast.If):
+                if any(isinstance(n, ast.Name) and n.id == name for n in walk_tree(later.test)):
+                    return
+                replaced = _overwritten_unread(ctx, later.body, name)
+                if replaced is not None and ctx.flow.graph_origin(
+                    getattr(replaced, "value", tail.value)
+                ):
+                    ctx.report(
+                        self,
+                        tail,
+                        f"`{name}` is replaced on line {replaced.lineno} without being read: "
+                        f"when both branches run, the loss added here is dropped",
+                    )
+                    return
+                if _reads(ctx, later, name):
+                    return
+            elif isinstance(later, ast.Return | ast.Raise | ast.Break | ast.Continue):
+                return
 
 
 def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
