@@ -81,6 +81,10 @@ class ReductionOverBatchDim(Rule):
     reshape sizes with the batch size (`pi = pi.view(seq_len, bs, gaussians)`, then
     `log_softmax(pi, dim=-2)`): whatever the dim's number, it is the batch.
 
+    Also reported: a softmax written by hand over every entry (`probabilities = e /
+    e.sum()`, its `sum(1, keepdim=True)` lost) whose rows are then read one entry each
+    (`probabilities[range(n), y]`, a hand-written NLL): each row should be a distribution.
+
     Not reported: reductions over dim 1/-1 (unless the view names that axis the batch),
     values that are not a model's whole output (a row `logits[0]`, a stack of several
     outputs `torch.stack(outs).mean(0)`, a single example outside a loop, loops over single
@@ -101,12 +105,14 @@ class ReductionOverBatchDim(Rule):
     severity = Severity.HIGH
     title = "Class reduction taken over the batch dimension"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    triggers = Triggers(tuple(_METHOD_DIM))
+    triggers = Triggers((*_METHOD_DIM, "sum()"))  # `e / e.sum()`: a softmax by hand
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "0" in ctx.source and any(name in ctx.source for name in _METHOD_DIM)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "sum()" in ctx.source and "range(" in ctx.source:
+            self._normalised_over_everything_then_picked_per_row(ctx)
         if not self.applies(ctx):
             return
         self._softmax_layers_over_the_batch(ctx)
@@ -126,6 +132,29 @@ class ReductionOverBatchDim(Rule):
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
                 data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
             )
+
+    def _normalised_over_everything_then_picked_per_row(self, ctx: ModuleContext) -> None:
+        """A softmax written by hand over the whole tensor (`probs = e / e.sum()`, the
+        `sum(1, keepdim=True)` lost) whose rows are then read as distributions, one entry per
+        row (`probs[range(n), y]`): each row should sum to one, the whole batch does."""
+        for division in ctx.flow.nodes(ast.BinOp):
+            if not isinstance(division.op, ast.Div) or not _sum_of_everything(division):
+                continue
+            names = _assigned_names(ctx, division)
+            scope = ctx.enclosing_function(division)
+            for name in names:
+                for read in ctx.flow.reads_of(name):
+                    if ctx.enclosing_function(read) is not scope or read.lineno <= division.lineno:
+                        continue
+                    if _picked_per_row(ctx, read):
+                        ctx.report(
+                            self,
+                            division,
+                            f"`{ast.unparse(division)}` normalises over every entry, but "
+                            f"`{name}` is then read one entry per row: each row should be a "
+                            "distribution; sum over the class dim (`.sum(1, keepdim=True)`)",
+                        )
+                        break
 
     def _softmax_over_an_axis_sized_by_the_batch(self, ctx: ModuleContext) -> None:
         """`pi = pi.view(seq_len, bs, self.gaussians)`, then `log_softmax(pi, dim=-2)`: the
@@ -276,6 +305,43 @@ _SOFTMAX_FUNCTIONS = frozenset(
 _PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
 # calls that carry the values unchanged (a copy to the host, out of autograd)
 _CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
+
+
+def _sum_of_everything(division: ast.BinOp) -> bool:
+    """`e / e.sum()`: a tensor divided by its own sum over all its entries (no dim)."""
+    divisor = division.right
+    return (
+        isinstance(divisor, ast.Call)
+        and isinstance(divisor.func, ast.Attribute)
+        and divisor.func.attr == "sum"
+        and not divisor.args
+        and not divisor.keywords
+        and ast.dump(divisor.func.value) == ast.dump(division.left)
+    )
+
+
+def _assigned_names(ctx: ModuleContext, value: ast.expr) -> list[str]:
+    parent = ctx.parents.get(value)
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
+        target = parent.targets[0]
+        if isinstance(target, ast.Name):
+            return [target.id]
+    return []
+
+
+def _picked_per_row(ctx: ModuleContext, read: ast.Name) -> bool:
+    """`probs[range(n), y]`, `probs[torch.arange(n), y]`: one entry picked from each row."""
+    subscript = ctx.parents.get(read)
+    if not (isinstance(subscript, ast.Subscript) and subscript.value is read):
+        return False
+    index = subscript.slice
+    if not (isinstance(index, ast.Tuple) and len(index.elts) == 2):
+        return False
+    rows = index.elts[0]
+    return isinstance(rows, ast.Call) and (
+        (isinstance(rows.func, ast.Name) and rows.func.id == "range")
+        or ctx.flow.qualname_of(rows) == "torch.arange"
+    )
 
 
 def _picked_along_rows(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, int] | None:
