@@ -184,9 +184,9 @@ def _outermost_loop(ctx: ModuleContext, node: ast.AST, outer: Loop) -> Loop | No
     return None
 
 
-def _fed_name(ctx: ModuleContext, node: ast.AST) -> str:
-    """The accumulator `node` adds to: `total_loss += ...`, `meter.update(...)`, or a meter
-    kept in a dict of them (`losses_accu[name].update(loss)`)."""
+def _fed_name(ctx: ModuleContext, node: ast.AST, *, in_dicts: bool = True) -> str:
+    """The accumulator `node` adds to: `total_loss += ...`, `meter.update(...)`, or (with
+    `in_dicts`) a meter kept in a dict of them (`losses_accu[name].update(loss)`)."""
     if (
         isinstance(node, ast.AugAssign)
         and isinstance(node.op, ast.Add)
@@ -205,7 +205,8 @@ def _fed_name(ctx: ModuleContext, node: ast.AST) -> str:
     if isinstance(receiver, ast.Name) and _is_meter(ctx, receiver):
         return receiver.id
     if (
-        isinstance(receiver, ast.Subscript)
+        in_dicts
+        and isinstance(receiver, ast.Subscript)
         and isinstance(receiver.value, ast.Name)
         and _METRIC_NAME.search(receiver.value.id)
     ):
@@ -238,23 +239,7 @@ def _accumulations(ctx: ModuleContext, outer: Loop) -> list[tuple[str, ast.AST]]
     found: list[tuple[str, ast.AST]] = []
     training = {id(loop.node) for loop in ctx.loops.training_loops}
     for node in walk_scope(outer.body):
-        name = ""
-        if (
-            isinstance(node, ast.AugAssign)
-            and isinstance(node.op, ast.Add)
-            and isinstance(node.target, ast.Name)
-            and not isinstance(node.value, ast.Constant)
-            and _METRIC_NAME.search(node.target.id)
-        ):
-            name = node.target.id
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "update"
-            and isinstance(node.func.value, ast.Name)
-            and _is_meter(ctx, node.func.value)
-        ):
-            name = node.func.value.id
+        name = _fed_name(ctx, node, in_dicts=False)
         if not name:
             continue
         inner = _inner_loop(ctx, node, outer)

@@ -305,19 +305,7 @@ def _count_over_batches(
     parent = ctx.parents.get(node)
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div) and parent.left is node:
         return None
-    for loop in loops:
-        if not _after(node, loop) or divided_by not in {
-            ast.unparse(n) for n in walk_tree(loop.iter) if isinstance(n, ast.Name | ast.Attribute)
-        }:
-            continue
-        added = [
-            n.value
-            for n in walk_scope(loop.body)
-            if isinstance(n, ast.AugAssign)
-            and isinstance(n.op, ast.Add)
-            and isinstance(n.target, ast.Name)
-            and n.target.id == total
-        ]
+    for added in _additions_in_loops_over(loops, node, divided_by, total):
         if added and all(_counts_matches(value) for value in added):
             return (
                 f"`{total}` counts the matching samples of each batch of `{divided_by}` but "
@@ -341,19 +329,7 @@ def _means_over_samples(
     if not (isinstance(arg, ast.Attribute) and arg.attr == "dataset"):
         return None
     loader = ast.unparse(arg.value)
-    for loop in loops:
-        if not _after(node, loop) or loader not in {
-            ast.unparse(n) for n in walk_tree(loop.iter) if isinstance(n, ast.Name | ast.Attribute)
-        }:
-            continue
-        added = [
-            n.value
-            for n in walk_scope(loop.body)
-            if isinstance(n, ast.AugAssign)
-            and isinstance(n.op, ast.Add)
-            and isinstance(n.target, ast.Name)
-            and n.target.id == total
-        ]
+    for added in _additions_in_loops_over(loops, node, loader, total):
         if added and all(_batch_mean(ctx, value, node) for value in added):
             return (
                 f"`{total}` sums each batch's mean loss over `{loader}` but is divided by "
@@ -448,3 +424,28 @@ def _averages(call: ast.Call) -> bool:
         ):
             return False
     return True
+
+
+def _additions_in_loops_over(
+    loops: list[ast.For], node: ast.AST, source: str, total: str
+) -> list[list[ast.expr]]:
+    """For each loop before `node` that iterates `source`, what its body adds to `total`
+    with `+=` (empty when it adds nothing)."""
+    found = []
+    for loop in loops:
+        iterated = {
+            ast.unparse(n) for n in walk_tree(loop.iter) if isinstance(n, ast.Name | ast.Attribute)
+        }
+        if not _after(node, loop) or source not in iterated:
+            continue
+        found.append(
+            [
+                n.value
+                for n in walk_scope(loop.body)
+                if isinstance(n, ast.AugAssign)
+                and isinstance(n.op, ast.Add)
+                and isinstance(n.target, ast.Name)
+                and n.target.id == total
+            ]
+        )
+    return found
