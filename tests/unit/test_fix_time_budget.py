@@ -3,9 +3,15 @@ far say it would end in time (a compiling one counted twice)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from torchdoctor.agent.audit import AuditOptions, run_audit
+from torchdoctor.agent.fixes.models import FixKind
 from torchdoctor.agent.fixes.time_budget import COMPILE_COST, TimeBudget
+from torchdoctor.agent.fixing import past_fix_time
+from torchdoctor.agent.state import FixRecord
 
 
 class Clock:
@@ -109,3 +115,61 @@ def test_a_ladder_rung_of_the_only_verified_fix_keeps_no_room_for_a_joint_check(
     assert not budget.fits(compiles=True)  # a second fix: 116 + 116 + 116 > 280
     budget.keep_for_closing_check(compiles=False)
     assert not budget.fits(compiles=True, adds_a_fix=False)  # two verified: the check runs
+
+
+def _record(rule: str, seconds: float | None = None) -> FixRecord:
+    return FixRecord(
+        finding_id=f"TD-{rule}",
+        phase=4,
+        rule=rule,
+        origin="codemod",
+        kind=FixKind.PERFORMANCE,
+        diff="",
+        state="pending" if seconds is None else "verified",
+        seconds=seconds,
+    )
+
+
+def test_an_audits_fix_time_counts_the_verifications_its_records_carry() -> None:
+    """Read from the checkpointed records, not a clock: a resumed audit keeps what it spent."""
+    assert past_fix_time([], _record("pin-memory-off"), 1.0) is None  # the first always starts
+    spent = [_record("pin-memory-off", 60.0), _record("cudnn-benchmark-off", 40.0)]
+    assert past_fix_time(spent, _record("persistent-workers-off"), 150.0) is None  # 100 + 50
+    late = past_fix_time(spent, _record("persistent-workers-off"), 140.0)
+    assert late is not None and "took 100 s of the 140 s allowed (--fix-time)" in late
+    # a compiling fix is costed at twice the eager median until one compile is measured
+    assert past_fix_time(spent, _record("no-torch-compile"), 190.0) is not None
+    assert past_fix_time(spent, _record("no-torch-compile"), 200.0) is None
+
+
+def test_a_fix_past_the_fix_time_stays_proposed_with_the_reason(tmp_path: Path) -> None:
+    """Fixable findings, no run (each verification is static, well under a second): with
+    a millisecond allowed, the first verification starts and the second does not."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(TWO_FIXES)
+    options = AuditOptions(target=project, write_ledger=False, fix=True, fix_time=0.001)
+    findings = run_audit(options).report.findings
+    fixed = {f.rule: f.fix for f in findings if f.fix is not None}
+    assert {"zero-grad-missing", "softmax-without-dim"} <= set(fixed)
+    steps = {rule: [v.step for v in fix.verification] for rule, fix in fixed.items()}
+    started = [rule for rule, names in steps.items() if "fix-time" not in names]
+    assert len(started) == 1
+    for skipped in set(fixed) - set(started):
+        assert steps[skipped] == ["fix-time"] and not fixed[skipped].verified
+        assert "raise --fix-time" in fixed[skipped].verification[0].detail
+
+
+TWO_FIXES = """import torch
+from torch import nn
+
+model = nn.Linear(8, 3)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+data = torch.randn(64, 8)
+target = torch.randint(0, 3, (64,))
+for step in range(40):
+    probs = nn.functional.softmax(model(data))
+    loss = nn.functional.nll_loss(torch.log(probs), target)
+    loss.backward()
+    optimizer.step()
+"""

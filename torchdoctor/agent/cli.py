@@ -24,6 +24,7 @@ from torchdoctor.agent.config import ConfigError
 from torchdoctor.agent.daemon.commands import daemon_app
 from torchdoctor.agent.escape import one_line, terminal, terminal_lines
 from torchdoctor.agent.models import Severity
+from torchdoctor.agent.options import DEFAULT_FIX_TIME_S
 from torchdoctor.agent.progress import live_display_paused, progress_reporter
 from torchdoctor.agent.report import render, write_report
 from torchdoctor.agent.workspace import InputError
@@ -227,6 +228,15 @@ def audit(
     fix: Annotated[
         bool, typer.Option(help="Propose fixes and verify each by running the code (--run).")
     ] = False,
+    fix_time: Annotated[
+        float,
+        typer.Option(
+            "--fix-time",
+            min=1,
+            help="Seconds the fixes' verifications may take in all; a verification that "
+            "would end past it is not started (the fix stays proposed, with the reason).",
+        ),
+    ] = DEFAULT_FIX_TIME_S,
     apply: Annotated[
         bool, typer.Option(help="Also write the verified fixes to the files (atomically).")
     ] = False,
@@ -326,6 +336,7 @@ def audit(
             online=online,
             mypy=mypy,
             fix=fix,
+            fix_time=fix_time,
             apply=apply,
             force=force,
             artifacts=artifact_kinds(artifacts),

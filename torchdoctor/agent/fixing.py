@@ -9,7 +9,8 @@ which is what the report shows and `apply` writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from torchdoctor.agent.fixes.diffs import (
 from torchdoctor.agent.fixes.formatting import format_changed_lines
 from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
 from torchdoctor.agent.fixes.pipeline import DEFAULT_RTOL, propose_patch, with_refusal
+from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import (
     DEVICE_ADVICE_ON_CPU,
     NO_RUN,
@@ -280,6 +282,46 @@ def verify_record(
         finding=finding.model_copy(update={"fix": fix, "status": status}),
         baseline=baseline,
         runs=runs if verified else {},
+    )
+
+
+def past_fix_time(records: Iterable[FixRecord], record: FixRecord, limit: float) -> str | None:
+    """Why `record`'s verification is not started (it would end past the audit's fix time,
+    judged by the verifications the audit made so far), or None when it fits."""
+    spent = [(r.seconds, spec_of(r).compiles) for r in records if r.seconds is not None]
+    compiles = spec_of(record).compiles
+    if TimeBudget.of_spent(limit, spent).fits(compiles=compiles):
+        return None
+    used = sum(seconds for seconds, _ in spent)
+    return (
+        f"not started: the fixes' verifications took {used:.0f} s of the {limit:.0f} s "
+        f"allowed (--fix-time), and one more would end past it; raise --fix-time to verify it"
+    )
+
+
+def timed_verification(
+    bench: FixBench,
+    working_copy: dict[str, str],
+    baseline: SmokeRun | None,
+    finding: Finding,
+    record: FixRecord,
+    on_top_of: list[str] | None = None,
+) -> Verified:
+    """`verify_record`, its wall time kept on the record for the fix-time budget."""
+    started = time.monotonic()
+    done = verify_record(bench, working_copy, baseline, finding, record, on_top_of)
+    seconds = time.monotonic() - started
+    return replace(done, record=done.record.model_copy(update={"seconds": seconds}))
+
+
+def not_started(finding: Finding, record: FixRecord, reason: str) -> Verified:
+    """The fix left proposed and unverified, with the reason no verification ran."""
+    checks = [Verification(step="fix-time", ok=False, detail=reason)]
+    fix = Fix(diff=record.diff, verified=False, origin=record.origin, verification=checks)
+    return Verified(
+        record=record.model_copy(update={"state": "failed", "verification": checks}),
+        finding=finding.model_copy(update={"fix": fix}),
+        baseline=None,
     )
 
 

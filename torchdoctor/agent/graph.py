@@ -280,8 +280,10 @@ class Phase:
         from torchdoctor.agent.fixing import (
             explained_refusals,
             is_overhead,
+            not_started,
+            past_fix_time,
             propose,
-            verify_record,
+            timed_verification,
         )
 
         context = runtime.context
@@ -322,6 +324,15 @@ class Phase:
                 f"{finding.file}:{finding.line}",
             }
         )
+        late = past_fix_time(state.get("fixes", {}).values(), record, options.fix_time)
+        if late is not None:
+            context.emit({"event": "fix", "message": f"  {record.rule}: {late}"})
+            done = not_started(finding, record, late)
+            return {
+                "fixes": {record.finding_id: done.record},
+                "findings": [done.finding],
+                "trace": [f"verify:{record.finding_id}"],
+            }
         working_copy = state.get("working_copy", {})
         bench = fix_bench(state, context, finding.file)
         on_top_of: list[str] = []
@@ -333,7 +344,7 @@ class Phase:
         if stacked is not None:
             working_copy, on_top_of = stacked
         key = baseline_key(state, context, copy_digest(working_copy), bench)
-        done = verify_record(
+        done = timed_verification(
             bench, working_copy, state.get("baselines", {}).get(key), finding, record, on_top_of
         )
         verdict = "verified" if done.record.state == "verified" else "not verified"

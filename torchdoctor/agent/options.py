@@ -22,6 +22,10 @@ from torchdoctor.agent.config import (
 )
 from torchdoctor.agent.workspace import Workspace, load_paths, load_workspace
 
+DEFAULT_FIX_TIME_S = 1200.0
+"""Twenty minutes of verification: on an H100, kuangliu/pytorch-cifar's three eager fixes took
+39, 214 and 126 s and the audit had run 9 minutes without a report when its time ran out."""
+
 
 class AuditChoices(BaseModel):
     """What any caller may choose about an audit: the CLI's options and the API's, one model."""
@@ -51,6 +55,13 @@ class AuditChoices(BaseModel):
     )
     mypy: bool = False
     fix: bool = Field(False, description="propose fixes and verify them (by running with --run)")
+    fix_time: float = Field(
+        DEFAULT_FIX_TIME_S,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="seconds the fixes' verifications may take in all: none is started that "
+        "those so far say would end past it (it stays proposed, unverified, with the reason)",
+    )
     artifacts: list[ArtifactKind] = Field(
         default_factory=list,
         description="artifacts to generate, run in the sandbox and offer (tests, card, drift)",

@@ -71,6 +71,9 @@ class FixRecord(_Model):
     verification: list[Verification] = Field(default_factory=list)
     adopted: bool = Field(False, description="in the working copy later phases analyse")
     waiting_on: list[str] = Field(default_factory=list, description="blocking finding ids")
+    seconds: float | None = Field(
+        None, description="wall seconds its verification took (what the fix-time budget counts)"
+    )
 
 
 class ProposedChange(_Model):

@@ -171,6 +171,12 @@ def submit(
     ] = None,
     offline: Annotated[bool, typer.Option(help="The server's offline reasoner.")] = False,
     fix: Annotated[bool, typer.Option(help="Propose and verify fixes.")] = False,
+    fix_time: Annotated[
+        float | None,
+        typer.Option(
+            "--fix-time", min=1, help="Seconds the fixes' verifications may take (default 1200)."
+        ),
+    ] = None,
     run: Annotated[
         list[str] | None, typer.Option(help='Run under the probes, e.g. "python train.py".')
     ] = None,
@@ -201,6 +207,7 @@ def submit(
     options = AuditChoices(
         offline=offline,
         fix=fix,
+        **({"fix_time": fix_time} if fix_time is not None else {}),
         run=run or [],
         select=select or [],
         steps=steps,

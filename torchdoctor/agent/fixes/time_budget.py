@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 COMPILE_COST = 2.0
@@ -29,6 +29,18 @@ class TimeBudget:
         """The closing check kept room for: None, or whether it compiles."""
         self._verified = 0
         """Fixes verified so far (`keep_for_closing_check`)."""
+
+    @classmethod
+    def of_spent(cls, limit: float, spent: Iterable[tuple[float, bool]]) -> TimeBudget:
+        """A budget of verification seconds rather than of wall time, after the verifications
+        `spent` ((seconds, compiled) each): an audit resumed from its checkpoint carries what
+        its verifications took, not a clock, so a restart neither refunds nor loses time."""
+        measured = list(spent)
+        used = sum(seconds for seconds, _ in measured)
+        budget = cls(limit, clock=lambda: used)
+        for seconds, compiled in measured:
+            budget._spent[compiled].append(seconds)
+        return budget
 
     def past(self) -> bool:
         return self.deadline is not None and self._clock() >= self.deadline
