@@ -19,6 +19,7 @@ import pytest
 
 from torchdoctor.agent.evidence.probe_schema import ProbeDocument
 from torchdoctor.agent.evidence.probes import probe_findings
+from torchdoctor.agent.fixes.smoke import worker_epochs
 
 pytest.importorskip("torch")
 
@@ -286,7 +287,9 @@ def test_sys_exit_is_recorded_with_its_code(tmp_path: Path) -> None:
 
 
 def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
-    doc, done = run_probes(tmp_path, "dataloader_workers.py", "--steps", "4")
+    """36 steps of 32 batches an epoch: the second epoch's iterator (its workers started
+    again, what `persistent_workers` saves) is counted."""
+    doc, done = run_probes(tmp_path, "dataloader_workers.py", "--steps", "36")
     assert doc.outcome.kind == "completed-steps"
     loader = doc.dataloader.loaders[0]
     assert (loader.num_workers, loader.batch_size, loader.file, loader.line) == (
@@ -295,7 +298,8 @@ def test_dataloader_workers_are_measured_and_all_exit(tmp_path: Path) -> None:
         "dataloader_workers.py",
         28,
     )
-    assert loader.batches >= 4
+    assert loader.batches >= 36
+    assert worker_epochs(doc.dataloader.loaders) == [(2, 32)]
     assert doc.dataloader.wait_share is not None
     assert doc.worker_processes_left == 0
     assert done.returncode == 0

@@ -193,6 +193,8 @@ class Loader(_Model):
     prefetch_factor: int | None = None
     batches_per_epoch: int | None = None
     batches: int
+    iterators: int = 0
+    """Epochs begun: iterators made over it (a persistent loader's first is reset instead)."""
     wait_s: float
 
 

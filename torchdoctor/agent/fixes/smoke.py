@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchdoctor.agent.evidence.distributed import distributed_rules
-from torchdoctor.agent.evidence.probe_schema import ProbeDocument
+from torchdoctor.agent.evidence.probe_schema import Loader, ProbeDocument
 from torchdoctor.agent.evidence.run_gaps import missing_file, missing_module
 from torchdoctor.agent.fixes.models import SmokeRun
 from torchdoctor.agent.harness import Harness, HarnessCall
@@ -90,6 +90,8 @@ def smoke_run_from_evidence(
         "nonfinite": evidence.nonfinite.model_dump() if evidence.nonfinite else None,
         "syncs_per_step": evidence.syncs.cuda_syncs_per_step,
         "data_wait_share": evidence.dataloader.wait_share,
+        "worker_epochs": worker_epochs(evidence.dataloader.loaders),
+        "first_batch_wait_s": evidence.dataloader.first_step_wait_s,
         "device": evidence.device.name,
         "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
         "joules_per_step": evidence.energy.joules_per_step if evidence.energy else None,
@@ -109,3 +111,9 @@ def smoke_run_from_evidence(
         missing_module=None if ok else missing_module(outcome.error_type, outcome.detail),
         missing_file=None if ok else missing_file(outcome.error_type, outcome.detail),
     )
+
+
+def worker_epochs(loaders: list[Loader]) -> list[tuple[int, int | None]]:
+    """(epochs begun, batches per epoch) of each loader with worker processes: what a fix
+    that keeps the workers between epochs can be timed on."""
+    return [(x.iterators, x.batches_per_epoch) for x in loaders if x.num_workers > 0]

@@ -92,6 +92,7 @@ class FixSpec:
     hash_seed_repeat: bool = False
     extra_memory_mb: int = 0
     cuda_only: bool = False
+    per_epoch: bool = False
     untimed: str = ""
     """Why the fix is not timed whatever its runs show (then it stops after its smoke run)."""
 
@@ -105,6 +106,7 @@ class FixSpec:
             hash_seed_repeat=codemod.hash_order,
             extra_memory_mb=codemod.extra_host_memory_mb,
             cuda_only=codemod.cuda_only,
+            per_epoch=codemod.per_epoch,
         )
 
     @property
@@ -199,6 +201,11 @@ class Verifier:
             return steps
         if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
             steps.append(self._nothing_to_compare(spec))
+            return steps
+        inside_one_epoch = spec.per_epoch and _inside_one_epoch(self.baseline(), self.steps)
+        if inside_one_epoch:
+            # the verdict is known before any run: both versions would time the same code
+            steps.append(Verification(step="speed-up", ok=False, detail=inside_one_epoch))
             return steps
         after = self._smoke_run(copy, touched, spec)
         self.last_runs.append(after)
@@ -741,6 +748,29 @@ def _after_executed(missed: list[tuple[str, int]], run: SmokeRun) -> bool:
     """Every missed block comes after a line of its file that ran: code past the loop the
     harness stopped, not a module the script never imports (no second run for that)."""
     return all(any(ran < line for ran in run.executed_lines.get(p, [])) for p, line in missed)
+
+
+def _inside_one_epoch(run: SmokeRun, steps: int) -> str:
+    """Why a fix that keeps a loader's workers between epochs cannot be timed on `run` (no
+    loader with workers began a second epoch in it), with what the run shows it would save;
+    "" when one did. A run from before loaders were counted (no figure) is timed as before."""
+    loaders = run.signals.get("worker_epochs")
+    if not loaders or any(epochs > 1 for epochs, _ in loaders):
+        return ""
+    lengths = sorted({length for _, length in loaders if length is not None})
+    per_epoch = f" of {', '.join(map(str, lengths))} batches" if lengths else ""
+    waited = run.signals.get("first_batch_wait_s")
+    saved = (
+        f"; its first batch took {waited:.2f} s with the workers' start, about what each later "
+        "epoch would save"
+        if isinstance(waited, int | float) and waited > 0
+        else ""
+    )
+    return (
+        f"not timed: kept workers save their start at each new epoch, and the {steps} steps "
+        f"the run times stay inside the first epoch{per_epoch} of every loader with workers, "
+        f"so both versions would run the same code{saved}"
+    )
 
 
 def _enough(before: list[list[float]], after: list[list[float]]) -> bool:

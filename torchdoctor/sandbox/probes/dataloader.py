@@ -32,11 +32,19 @@ class DataLoaderProbe:
         loader_cls = torch.utils.data.DataLoader
         iter_cls = dataloader_module._BaseDataLoaderIter
         original_init = loader_cls.__init__
+        original_iter_init = iter_cls.__init__
         original_next = iter_cls.__next__
 
         def init(loader: Any, *args: Any, **kwargs: Any) -> None:
             original_init(loader, *args, **kwargs)
             probe._record(loader)
+
+        def new_iterator(iterator: Any, loader: Any) -> None:
+            # one per epoch begun (a persistent loader resets its first one instead)
+            original_iter_init(iterator, loader)
+            index = probe._index.get(id(loader.dataset))
+            if index is not None:
+                probe.loaders[index]["iterators"] += 1
 
         def next_batch(iterator: Any) -> Any:
             start = time.perf_counter()
@@ -61,9 +69,11 @@ class DataLoaderProbe:
 
         self._originals = [
             (loader_cls, "__init__", original_init),
+            (iter_cls, "__init__", original_iter_init),
             (iter_cls, "__next__", original_next),
         ]
         setattr(loader_cls, "__init__", init)  # noqa: B010 - patched on purpose
+        setattr(iter_cls, "__init__", new_iterator)  # noqa: B010
         setattr(iter_cls, "__next__", next_batch)  # noqa: B010
 
     def uninstall(self) -> None:
@@ -86,6 +96,7 @@ class DataLoaderProbe:
                 "prefetch_factor": loader.prefetch_factor,
                 "batches_per_epoch": _length(loader),
                 "batches": 0,
+                "iterators": 0,
                 "wait_s": 0.0,
             }
         )

@@ -49,6 +49,9 @@ class Codemod:
     """The change takes effect only where CUDA is available (a flag or keyword CPU runs
     ignore, an autocast enabled by a CUDA query): a run without CUDA cannot time it, and a
     difference measured there is noise."""
+    per_epoch: ClassVar[bool] = False
+    """The change saves time once per epoch (worker processes kept rather than started again),
+    not per step: steps timed inside one epoch run the same code in both versions."""
     relieves: ClassVar[str | None] = None
     """The baseline run's signal (a share of step time) that this fix takes away: measured
     large, the fix is verified first in its phase (`fix_order`)."""

@@ -17,7 +17,7 @@ class PersistentWorkersOffFix(Codemod):
     kind = FixKind.PERFORMANCE
     summary = "DataLoader(persistent_workers=True)"
     rtol = EXACT_RTOL
-    relieves = "data_wait_share"
+    per_epoch = True
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         loaders = [c for span in target_spans(target) for c in ctx.find(cst.Call, within=span)]
