@@ -4,6 +4,7 @@ and handed to the loss or the model."""
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
@@ -44,6 +45,8 @@ class FactoryWithoutDeviceInStep(Rule):
     host-to-device copy every step.
 
     Not reported: factories with `device=` or `*_like` variants, results moved before use,
+    sequence lengths (CTC's `input_lengths`/`target_lengths`, which it takes on the host, or
+    a tensor named for lengths handed to a model: packing needs them on the CPU),
     results used only in CPU-side bookkeeping, steps that move none of their data to a
     device themselves (the model places its inputs: pipeline shards, RPC), scripts with no
     CUDA use, code outside the training step.
@@ -77,7 +80,7 @@ class FactoryWithoutDeviceInStep(Rule):
             if id(call) in from_data and not _from_host_data(ctx, call):
                 continue
             consumer = _consumer(ctx, call)
-            if consumer is None:
+            if consumer is None or _host_side(ctx, call, consumer):
                 continue
             if ctx.enclosing_function(consumer) is not ctx.enclosing_function(call):
                 # returned by a helper: the caller's step decides (`h, l = self.reset()`)
@@ -98,6 +101,47 @@ class FactoryWithoutDeviceInStep(Rule):
                 f"`{ast.unparse(consumer.func)}` on the GPU: the devices do not match",
                 data={"device_from": other.id} if other is not None else {},
             )
+
+
+_CTC = frozenset({"torch.nn.functional.ctc_loss", "torch.ctc_loss", "torch.nn.CTCLoss"})
+_CTC_LENGTHS = {2: "input_lengths", 3: "target_lengths"}
+_LENGTHS_NAME = re.compile(r"(^|_)(lengths?|lens)$")
+
+
+def _host_side(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:
+    """The tensor is a sequence-length argument, which the consumer takes on the host: CTC's
+    `input_lengths`/`target_lengths` (CPU tensors are what its cuDNN path asks for), or a
+    tensor bound to a name for lengths handed to a model (`pack_padded_sequence` raises on
+    CUDA lengths, so models take them on the CPU: `model(inputs, torch.IntTensor(lens))`)."""
+    own = _bound_name(ctx, call)
+    position = next(
+        (
+            i
+            for i, arg in enumerate(consumer.args)
+            if arg is call or (isinstance(arg, ast.Name) and own and arg.id == own)
+        ),
+        None,
+    )
+    keywords = {
+        k.arg
+        for k in consumer.keywords
+        if k.value is call or (isinstance(k.value, ast.Name) and own and k.value.id == own)
+    }
+    flow = ctx.flow
+    callee = (
+        [consumer.func, *flow.sources(consumer.func)]
+        if isinstance(consumer.func, ast.Name | ast.Attribute)
+        else []
+    )
+    ctc = (flow.qualname_of(consumer) or "") in _CTC or any(
+        isinstance(s, ast.Call) and (flow.qualname_of(s) or "") in _CTC for s in callee
+    )
+    if ctc and (
+        _CTC_LENGTHS.get(position if position is not None else -1)
+        or keywords & set(_CTC_LENGTHS.values())
+    ):
+        return True
+    return flow.is_model_call(consumer) and bool(own) and bool(_LENGTHS_NAME.search(own.lower()))
 
 
 def _per_step(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:

@@ -1,0 +1,123 @@
+"""Codemod sweep round 7: shapes from held-out repositories where a fix was wrong, a finding
+false, or a refusal gave no reason (written here in the shape, not copied)."""
+
+from __future__ import annotations
+
+import torch
+
+from torchdoctor.agent.checks.base import EngineConfig, RawFinding
+from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixTarget
+
+
+def _findings(source: str, rule: str, name: str = "train.py") -> list[RawFinding]:
+    config = EngineConfig(select=frozenset({rule}))
+    found = analyse_files([(name, source)], config, workers=1).all_findings()
+    return [f for f in found if f.rule == rule]
+
+
+def _target(finding: RawFinding) -> FixTarget:
+    return FixTarget(
+        rule=finding.rule,
+        file=finding.file,
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+
+
+def _fix(source: str, rule: str, line: int | None = None) -> tuple[str | None, str | None]:
+    """The codemod's edit of the finding (on `line`, or the only one) and its refusal."""
+    found = [f for f in _findings(source, rule) if line is None or f.line == line]
+    (finding,) = found
+    codemod = codemod_for(rule)
+    assert codemod is not None
+    target = _target(finding)
+    fixed = codemod.transform(source, target)
+    return fixed, None if fixed is not None else codemod.explain(source, target)
+
+
+# --- factory-without-device-in-step ---------------------------------------------------------
+
+# a speech model's smoke-training script: lengths built per step beside the batch
+SPEECH_STEP = """\
+import torch
+import torch.nn as nn
+from models import SpeechModel
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+model = SpeechModel().to(device)
+criterion = nn.CTCLoss(blank=3, zero_infinity=True)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+for i in range(10):
+    optimizer.zero_grad()
+    inputs = torch.rand(3, 100, 80).to(device)
+    input_lengths = torch.IntTensor([100, 90, 80])
+    targets = torch.LongTensor([[1, 3, 3], [1, 3, 0], [1, 0, 0]]).to(device)
+    target_lengths = torch.LongTensor([3, 2, 1])
+    outputs, output_lengths = model(inputs, input_lengths)
+    loss = criterion(outputs.transpose(0, 1), targets, output_lengths, target_lengths)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def test_sequence_lengths_kept_on_the_host_are_not_reported() -> None:
+    assert _findings(SPEECH_STEP, "factory-without-device-in-step") == []
+
+
+def test_a_class_label_tensor_beside_them_still_is() -> None:
+    labelled = SPEECH_STEP.replace(
+        "loss = criterion(outputs.transpose(0, 1), targets, output_lengths, target_lengths)",
+        "loss = nn.functional.cross_entropy(outputs, torch.LongTensor([1, 2, 0]))",
+    )
+    assert len(_findings(labelled, "factory-without-device-in-step")) == 1
+
+
+# a legacy typed constructor of a list handed to the loss: it cannot take a CUDA device=
+LEGACY_LABELS = """\
+import torch
+import torch.nn.functional as F
+
+
+def train(model, loader, optimizer):
+    for batch in loader:
+        images = batch["images"].cuda()
+        logits = model(images)
+        labels = torch.LongTensor([g.label for g in batch["graphs"]])
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def test_a_legacy_constructor_becomes_torch_tensor_with_its_dtype() -> None:
+    fixed, _ = _fix(LEGACY_LABELS, "factory-without-device-in-step")
+    assert fixed is not None
+    assert (
+        'labels = torch.tensor([g.label for g in batch["graphs"]], dtype=torch.int64, '
+        "device=logits.device)" in fixed
+    )
+    # the legacy form raises given a device other than the CPU; the new one does not
+    meta = torch.device("meta")
+    made = eval("torch.tensor([1, 2], dtype=torch.int64, device=meta)")
+    assert made.dtype == torch.LongTensor([1, 2]).dtype and made.device == meta
+    try:
+        torch.LongTensor([1, 2], device=meta)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the legacy constructor took a non-CPU device")
+
+
+def test_from_numpy_becomes_as_tensor_on_the_device() -> None:
+    source = LEGACY_LABELS.replace(
+        'torch.LongTensor([g.label for g in batch["graphs"]])',
+        'torch.from_numpy(np.array(batch["labels"]))',
+    ).replace("import torch\n", "import numpy as np\nimport torch\n", 1)
+    fixed, _ = _fix(source, "factory-without-device-in-step")
+    assert fixed is not None
+    assert 'torch.as_tensor(np.array(batch["labels"]), device=logits.device)' in fixed
