@@ -121,3 +121,40 @@ def test_from_numpy_becomes_as_tensor_on_the_device() -> None:
     fixed, _ = _fix(source, "factory-without-device-in-step")
     assert fixed is not None
     assert 'torch.as_tensor(np.array(batch["labels"]), device=logits.device)' in fixed
+
+
+# --- validation-with-grad -------------------------------------------------------------------
+
+MODEL_FN = """\
+import torch
+
+
+def get_model_fn(model, train=False):
+    def model_fn(x, labels):
+        if not train:
+            model.eval()
+            return model(x, labels)
+        else:
+            model.train()
+            return model(x, labels)
+
+    return model_fn
+"""
+
+
+def test_a_model_function_that_sets_the_mode_from_a_flag_is_not_an_evaluation() -> None:
+    assert _findings(MODEL_FN, "validation-with-grad", "utils.py") == []
+
+
+def test_a_train_switch_that_only_restores_the_mode_does_not_hide_one() -> None:
+    restoring = """\
+import torch
+
+
+def detect(model, img):
+    model.eval()
+    out = model(img)
+    model.train()
+    return out
+"""
+    assert len(_findings(restoring, "validation-with-grad", "utils.py")) == 1

@@ -23,6 +23,7 @@ from torchdoctor.agent.checks.loops import (
     nodes_of,
     phase_constant,
     phase_equality,
+    walk_scope,
     walk_tree,
 )
 from torchdoctor.agent.checks.patterns import (
@@ -30,6 +31,7 @@ from torchdoctor.agent.checks.patterns import (
     is_false,
     mode_call_receivers,
     model_calls,
+    switches_to_eval,
 )
 from torchdoctor.agent.models import Severity
 
@@ -382,12 +384,16 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         ):
             return None
     frozen = _frozen_parameters(fn)
-    for call in [*model_calls(ctx, fn.body), *_own_forwards(ctx, fn)]:
+    forwards = [*model_calls(ctx, fn.body), *_own_forwards(ctx, fn)]
+    trained = _run_in_train_mode(fn, forwards)
+    for call in forwards:
         forward = isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
         model = call.func.value if isinstance(call.func, ast.Attribute) and forward else call.func
         switched = evals.get(identifier(model))
         if switched is None or call.lineno < switched or grad_may_be_off(ctx, call):
             continue
+        if identifier(model) in trained:
+            continue  # the function sets the mode from a flag: it serves training too
         if any(line < call.lineno for line in frozen.get(identifier(model), ())):
             continue  # its parameters no longer require grad: nothing is recorded
         given = [*call.args, *(k.value for k in call.keywords)]
@@ -400,6 +406,30 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         ):
             return call
     return None
+
+
+def _run_in_train_mode(fn: FunctionNode, forwards: list[ast.Call]) -> set[str]:
+    """Models the function also runs after switching them to train mode, with no eval switch
+    in between (a score model's `model_fn`: `if not train: model.eval(); return model(x)`,
+    `else: model.train(); return model(x)`, used by the training loss and the sampler alike);
+    a `model.train()` that only restores the mode after the forward does not count."""
+    switches: dict[str, list[tuple[int, bool]]] = {}
+    for node in walk_scope(fn.body):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if switches_to_eval(node):
+            switches.setdefault(identifier(node.func.value), []).append((node.lineno, False))
+        elif node.func.attr == "train" and not node.keywords and not node.args:
+            switches.setdefault(identifier(node.func.value), []).append((node.lineno, True))
+    trained: set[str] = set()
+    for call in forwards:
+        func = call.func
+        forward = isinstance(func, ast.Attribute) and func.attr == "forward"
+        model = identifier(func.value if isinstance(func, ast.Attribute) and forward else func)
+        earlier = [s for s in switches.get(model, []) if s[0] < call.lineno]
+        if earlier and max(earlier)[1]:
+            trained.add(model)
+    return trained
 
 
 _NOT_FORWARDS = frozenset(
