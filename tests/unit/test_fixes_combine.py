@@ -8,7 +8,7 @@ from torchdoctor.agent.checks.base import RawFinding
 from torchdoctor.agent.fixes.codemods import codemod_for, fix_order
 from torchdoctor.agent.fixes.combine import combine, map_line, merge_fixes, retarget
 from torchdoctor.agent.fixes.diffs import unified_diff
-from torchdoctor.agent.fixes.models import FixTarget, Patch
+from torchdoctor.agent.fixes.models import FixTarget, Patch, RunSignals
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
 from torchdoctor.agent.models import Evidence, Finding, Fix, Severity, Verification
 
@@ -187,9 +187,9 @@ def test_a_bottleneck_the_baseline_measured_is_relieved_first_in_its_phase() -> 
     )
     loader = loader_finding("dataloader-sync").model_copy(update={"phase": medium.phase})
     assert sorted([loader, medium], key=fix_order)[0] is medium
-    waiting = {"data_wait_share": 0.78}
+    waiting = RunSignals(data_wait_share=0.78)
     assert sorted([medium, loader], key=lambda f: fix_order(f, waiting))[0] is loader
-    barely = {"data_wait_share": 0.05}
+    barely = RunSignals(data_wait_share=0.05)
     assert sorted([loader, medium], key=lambda f: fix_order(f, barely))[0] is medium
 
 

@@ -94,7 +94,7 @@ def test_the_combined_check_of_a_seeding_fix_reuses_its_unseeded_pair(
     patched = _tree(tmp_path / "patched", BOTH)
     seeded = on_copy._smoke_run(patched, ["train.py"], SPEC)
     first = on_copy._with_unseeded_repeat(patched, ["train.py"], SPEC, seeded)
-    assert runs.calls == 3 and first.losses == [2.0] and first.signals["repeat_losses"] == [3.0]
+    assert runs.calls == 3 and first.losses == [2.0] and first.signals.repeat_losses == [3.0]
     combined = _verifier(tmp_path / "original", known_runs=on_copy.patched_runs)
     merged = _tree(tmp_path / "merged", BOTH)
     again = combined._with_unseeded_repeat(

@@ -37,10 +37,10 @@ def test_losses_steady_times_and_symptoms_are_read() -> None:
     assert run.losses[0] == 2.0 and math.isnan(run.losses[1])
     # the first step and the steps the memory probe spent scanning graphs are left out
     assert run.step_times_s == pytest.approx([0.018, 0.019, 0.020])
-    assert run.signals["graph_retention"]["nodes_per_step"] == 12.0
-    assert run.signals["train_mode_forwards_without_grad"] == 3
-    assert run.signals["eval_forwards_with_grad"] == 2
-    assert run.signals["grad_norms"] == [1.0, 2.0]
+    assert run.signals.graph_retention is not None
+    assert run.signals.graph_retention.nodes_per_step == 12.0
+    assert run.signals.train_mode_forwards_without_grad == 3
+    assert run.signals.grad_norms == [1.0, 2.0]
 
 
 def test_a_script_error_is_a_failed_run_with_its_location() -> None:

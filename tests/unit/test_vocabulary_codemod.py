@@ -12,7 +12,7 @@ import pytest
 
 from tests.shape_outcomes import findings
 from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.models import OTHER_HASH_SEED_LOSSES, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.models import FixTarget, RunSignals, SmokeRun
 
 RULE = "vocabulary-in-set-order"
 POSITIVE = (
@@ -103,6 +103,6 @@ def test_the_symptom_is_the_run_under_another_hash_seed(
 ) -> None:
     codemod = codemod_for(RULE)
     assert codemod is not None
-    signals = {} if other is None else {OTHER_HASH_SEED_LOSSES: other}
+    signals = RunSignals(other_hash_seed_losses=other)
     after = SmokeRun(ok=True, losses=[1.0, 0.5, 0.25], signals=signals)
     assert codemod.symptom_gone(SmokeRun(ok=True), after) == verdict

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from torchdoctor.agent.evidence.probe_schema import Retention
 from torchdoctor.agent.models import RELATED_ROLE, Finding
 
 
@@ -80,9 +81,30 @@ class Patch(_Model):
     files: list[str]
 
 
-OTHER_HASH_SEED_LOSSES = "other_hash_seed_losses"
-"""The `SmokeRun.signals` key of the losses of the same seeded run under another
-PYTHONHASHSEED (`Codemod.hash_order`)."""
+class RunSignals(_Model):
+    """What a run's probes showed that a fix's symptom check, or the order fixes are verified
+    in, reads (`Codemod.symptom_gone`, `Codemod.relieves`)."""
+
+    graph_retention: Retention | None = None
+    """Autograd graphs kept alive from step to step (`loss-graph-accumulation`)."""
+    train_mode_forwards_without_grad: int | None = None
+    """Forwards without autograd in training mode, an evaluation without `eval()` (None: the
+    run was not probed for them)."""
+    grad_norms: list[float] = Field(default_factory=list)
+    """The global gradient norm at each step (a missing or misplaced `zero_grad`)."""
+    data_wait_share: float | None = None
+    """The share of step time spent waiting for the next batch."""
+    worker_epochs: list[tuple[int, int | None]] = Field(default_factory=list)
+    """(epochs begun, batches per epoch) of each loader with worker processes."""
+    first_batch_wait_s: float | None = None
+    """The first step's wait for its batch (the workers' start with it)."""
+    joules_per_step: float | None = None
+    distributed_findings: list[str] = Field(default_factory=list)
+    """The distributed probe rules the run's ranks raised."""
+    repeat_losses: list[float] | None = None
+    """The losses of a second run without the harness's seed (`Codemod.reproducibility`)."""
+    other_hash_seed_losses: list[float] | None = None
+    """The losses of the same seeded run under another PYTHONHASHSEED (`Codemod.hash_order`)."""
 
 
 class SmokeRun(_Model):
@@ -98,8 +120,7 @@ class SmokeRun(_Model):
     """The whole job's wall time: steady steps plus one-off costs (start-up, compilation)."""
     peak_host_mb: float | None = None
     """Peak resident memory of the run's process tree (compile workers included)."""
-    signals: dict[str, Any] = Field(default_factory=dict)
-    """Probe observations a correctness fix reads its symptom from (memory slope, NaN count...)."""
+    signals: RunSignals = Field(default_factory=RunSignals)
     executed_lines: dict[str, list[int]] = Field(default_factory=dict)
     """Lines of the traced files (the patched ones) that the run executed."""
     stopped_in_loop: bool = False

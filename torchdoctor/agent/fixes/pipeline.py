@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.config import RunBudget
@@ -16,7 +15,7 @@ from torchdoctor.agent.fixes.combine import combine
 from torchdoctor.agent.fixes.compile_ladder import climb, ladder_applies
 from torchdoctor.agent.fixes.diffs import unified_diff
 from torchdoctor.agent.fixes.formatting import format_changed_lines
-from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, SmokeRun
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, Patch, RunSignals, SmokeRun
 from torchdoctor.agent.fixes.stacked import retry_candidates, verify_on_stack
 from torchdoctor.agent.fixes.time_budget import TimeBudget
 from torchdoctor.agent.fixes.verify import Claim, FixSpec, Verifier
@@ -181,7 +180,7 @@ def propose_and_verify(
         return [by_id[f.id] for f in findings]
 
 
-def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> dict[str, Any]:
+def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> RunSignals | None:
     """The baseline run's signals that order the fixes (`fix_order`), when a fix reads one
     and there is a run to take them from. The run is the one every verification compares
     against, so this costs nothing more."""
@@ -189,9 +188,9 @@ def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> dict[str, 
         (codemod := codemod_for(f.rule)) is not None and codemod.relieves for f in findings
     )
     if not relieving or verifier.runner is None or verifier.run_command is None:
-        return {}
+        return None
     baseline = verifier.baseline()
-    return baseline.signals if baseline.ok else {}
+    return baseline.signals if baseline.ok else None
 
 
 OUT_OF_TIME = "not verified: the fix stage's time budget ran out before it"

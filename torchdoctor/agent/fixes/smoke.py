@@ -9,12 +9,11 @@ import math
 import posixpath
 import shlex
 from pathlib import Path
-from typing import Any
 
 from torchdoctor.agent.evidence.distributed import distributed_rules
 from torchdoctor.agent.evidence.probe_schema import Loader, ProbeDocument
 from torchdoctor.agent.evidence.run_gaps import missing_file, missing_module
-from torchdoctor.agent.fixes.models import SmokeRun
+from torchdoctor.agent.fixes.models import RunSignals, SmokeRun
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
 
@@ -80,23 +79,18 @@ def smoke_run_from_evidence(
         if ms is not None and step >= 1 and step not in scanned
     ]
     issues = evidence.mode_issues
-    signals: dict[str, Any] = {
-        "graph_retention": memory.retention.model_dump() if memory.retention else None,
-        "memory_slope_bytes_per_step": memory.slope_bytes_per_step,
-        "train_mode_forwards_without_grad": sum(
+    signals = RunSignals(
+        graph_retention=memory.retention,
+        train_mode_forwards_without_grad=sum(
             i.count for i in issues if i.kind == "train-mode-at-inference"
         ),
-        "eval_forwards_with_grad": sum(i.count for i in issues if i.kind == "eval-with-grad"),
-        "nonfinite": evidence.nonfinite.model_dump() if evidence.nonfinite else None,
-        "syncs_per_step": evidence.syncs.cuda_syncs_per_step,
-        "data_wait_share": evidence.dataloader.wait_share,
-        "worker_epochs": worker_epochs(evidence.dataloader.loaders),
-        "first_batch_wait_s": evidence.dataloader.first_step_wait_s,
-        "device": evidence.device.name,
-        "grad_norms": [n for n in evidence.gradients.global_norm if n is not None],
-        "joules_per_step": evidence.energy.joules_per_step if evidence.energy else None,
-        "distributed_findings": distributed_rules([evidence, *(other_ranks or [])]),
-    }
+        grad_norms=[n for n in evidence.gradients.global_norm if n is not None],
+        data_wait_share=evidence.dataloader.wait_share,
+        worker_epochs=worker_epochs(evidence.dataloader.loaders),
+        first_batch_wait_s=evidence.dataloader.first_step_wait_s,
+        joules_per_step=evidence.energy.joules_per_step if evidence.energy else None,
+        distributed_findings=distributed_rules([evidence, *(other_ranks or [])]),
+    )
     return SmokeRun(
         ok=ok,
         detail=detail,

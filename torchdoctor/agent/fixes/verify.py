@@ -35,7 +35,7 @@ from torchdoctor.agent.fixes.diffs import (
     map_line,
     renumber_refs,
 )
-from torchdoctor.agent.fixes.models import OTHER_HASH_SEED_LOSSES, FixKind, Patch, SmokeRun
+from torchdoctor.agent.fixes.models import FixKind, Patch, RunSignals, SmokeRun
 from torchdoctor.agent.fixes.reached import passed_by, unreached
 from torchdoctor.agent.fixes.smoke import smoke_run
 from torchdoctor.agent.fixes.stats import (
@@ -71,8 +71,6 @@ DEVICE_ADVICE_ON_CPU = (
 FINISH_STEPS = 1_000_000
 """Harness steps of a run left to finish: more than any run command asks for, so the script
 ends by itself (the run's time budget still bounds it)."""
-REPEAT = "repeat_losses"
-"""The signal that carries the second unseeded run's losses (a seeding fix's symptom)."""
 UNSEEDED = ":unseeded"
 """Appended to a `run_key`: the unseeded pair of runs of that code and call."""
 OTHER_HASH_SEED = 1
@@ -653,9 +651,9 @@ class Verifier:
         if pair is None:
             first = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
             second = smoke_run(self.runner, copy, self.run_command, self.steps, seed=None)
-            pair = first.model_copy(update={"signals": {REPEAT: second.losses}})
+            pair = first.model_copy(update={"signals": RunSignals(repeat_losses=second.losses)})
         self.patched_runs[repeat_key] = pair
-        signals = {**after.signals, REPEAT: pair.signals[REPEAT]}
+        signals = after.signals.model_copy(update={"repeat_losses": pair.signals.repeat_losses})
         return pair.model_copy(update={"signals": signals})
 
     def _with_other_hash_seed(
@@ -665,9 +663,8 @@ class Verifier:
         next launch of the script would draw: where an order followed string hashes, only
         the fixed code gives the same losses."""
         other = self._smoke_run(copy, touched, spec, hash_seed=OTHER_HASH_SEED)
-        return after.model_copy(
-            update={"signals": {**after.signals, OTHER_HASH_SEED_LOSSES: other.losses}}
-        )
+        signals = after.signals.model_copy(update={"other_hash_seed_losses": other.losses})
+        return after.model_copy(update={"signals": signals})
 
     def original_findings(self, config: EngineConfig) -> list[RawFinding]:
         if config not in self._original_findings:
@@ -697,7 +694,7 @@ _VERDICTS = {
 
 def _energy(before: SmokeRun, after: SmokeRun) -> str:
     """'; energy 61.3 -> 40.2 J/step' when NVML measured both runs."""
-    joules = [run.signals.get("joules_per_step") for run in (before, after)]
+    joules = [run.signals.joules_per_step for run in (before, after)]
     if not all(isinstance(j, float) and j > 0 for j in joules):
         return ""
     return f"; GPU energy {joules[0]:.2f} -> {joules[1]:.2f} J/step"
@@ -754,16 +751,16 @@ def _inside_one_epoch(run: SmokeRun, steps: int) -> str:
     """Why a fix that keeps a loader's workers between epochs cannot be timed on `run` (no
     loader with workers began a second epoch in it), with what the run shows it would save;
     "" when one did. A run from before loaders were counted (no figure) is timed as before."""
-    loaders = run.signals.get("worker_epochs")
+    loaders = run.signals.worker_epochs
     if not loaders or any(epochs > 1 for epochs, _ in loaders):
         return ""
     lengths = sorted({length for _, length in loaders if length is not None})
     per_epoch = f" of {', '.join(map(str, lengths))} batches" if lengths else ""
-    waited = run.signals.get("first_batch_wait_s")
+    waited = run.signals.first_batch_wait_s
     saved = (
         f"; its first batch took {waited:.2f} s with the workers' start, about what each later "
         "epoch would save"
-        if isinstance(waited, int | float) and waited > 0
+        if waited
         else ""
     )
     return (

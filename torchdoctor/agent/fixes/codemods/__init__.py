@@ -6,11 +6,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Mapping
 from functools import cache
-from typing import Any
 
 from torchdoctor.agent.fixes.codemods.base import Codemod
+from torchdoctor.agent.fixes.models import RunSignals
 from torchdoctor.agent.models import Finding
 
 _INFRASTRUCTURE = {"base", "common", "attention_products", "step_graph"}
@@ -58,7 +57,7 @@ benchmark on an H200), where a fix without a measurement may gain nothing."""
 
 
 def fix_order(
-    finding: Finding, measured: Mapping[str, Any] | None = None
+    finding: Finding, measured: RunSignals | None = None
 ) -> tuple[int, bool, int, bool, str]:
     """The order fixes are verified, combined and written in: phase order; within a phase,
     first the fixes whose bottleneck the baseline run measured as large (`measured`: its
@@ -69,6 +68,7 @@ def fix_order(
     ones behind it."""
     codemod = codemod_for(finding.rule)
     compiles = codemod is not None and codemod.extra_host_memory_mb > 0
-    share = (measured or {}).get(codemod.relieves) if codemod and codemod.relieves else None
-    bottleneck = isinstance(share, int | float) and share >= BOTTLENECK_SHARE
+    relieved = codemod.relieves if codemod else None
+    share = getattr(measured, relieved) if measured is not None and relieved else None
+    bottleneck = share is not None and share >= BOTTLENECK_SHARE
     return (finding.phase, not bottleneck, -finding.severity.rank, compiles, finding.id)

@@ -12,7 +12,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -52,7 +52,7 @@ class Codemod:
     per_epoch: ClassVar[bool] = False
     """The change saves time once per epoch (worker processes kept rather than started again),
     not per step: steps timed inside one epoch run the same code in both versions."""
-    relieves: ClassVar[str | None] = None
+    relieves: ClassVar[Literal["data_wait_share"] | None] = None
     """The baseline run's signal (a share of step time) that this fix takes away: measured
     large, the fix is verified first in its phase (`fix_order`)."""
     overhead: ClassVar[bool] = False
@@ -103,8 +103,8 @@ class Codemod:
 
 def repeatable(after: SmokeRun) -> tuple[bool, str]:
     """Two runs of the fixed script without the harness's seed recorded the same losses."""
-    repeat = after.signals.get("repeat_losses")
-    if not isinstance(repeat, list) or not repeat:
+    repeat = after.signals.repeat_losses
+    if not repeat:
         return False, "no repeated run to compare"
     if repeat != after.losses:
         return False, "two unseeded runs of the fixed script still differ"

@@ -306,8 +306,8 @@ def probe_symptom_gone(
 ) -> tuple[bool, str]:
     """For fixes of what a multi-rank run proves: the probe rule fired on the original run
     and no longer fires on the fixed one."""
-    was = probe_rule in before.signals.get("distributed_findings", [])
-    still = probe_rule in after.signals.get("distributed_findings", [])
+    was = probe_rule in before.signals.distributed_findings
+    still = probe_rule in after.signals.distributed_findings
     if not was:
         return False, f"the original run did not show it ({probe_rule} did not fire)"
     if still:

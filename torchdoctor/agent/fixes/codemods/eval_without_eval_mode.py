@@ -60,7 +60,7 @@ class EvalWithoutEvalModeFix(Codemod):
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """The mode probe counts forwards run under no_grad while the model was training."""
-        count = after.signals.get("train_mode_forwards_without_grad")
+        count = after.signals.train_mode_forwards_without_grad
         if count is None:
             return super().symptom_gone(before, after)
         return count == 0, f"forwards in train mode under no_grad after the fix: {count}"

@@ -67,13 +67,13 @@ class LossGraphAccumulationFix(Codemod):
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
         """The memory probe scans live autograd graphs: their size must stop growing."""
-        grew = before.signals.get("graph_retention")
-        if not isinstance(grew, dict):
+        grew = before.signals.graph_retention
+        if grew is None:
             return super().symptom_gone(before, after)
-        grows = after.signals.get("graph_retention")
-        rate = f"{grew.get('nodes_per_step', 0):.0f} graph nodes/step kept alive before the fix"
-        if isinstance(grows, dict):
-            return False, f"{rate}; still {grows.get('nodes_per_step', 0):.0f} after"
+        grows = after.signals.graph_retention
+        rate = f"{grew.nodes_per_step:.0f} graph nodes/step kept alive before the fix"
+        if grows is not None:
+            return False, f"{rate}; still {grows.nodes_per_step:.0f} after"
         return True, f"{rate}; no growing graph after"
 
 

@@ -8,7 +8,7 @@ import math
 import libcst as cst
 
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, dotted_name, scope_of
-from torchdoctor.agent.fixes.models import OTHER_HASH_SEED_LOSSES, FixKind, FixTarget, SmokeRun
+from torchdoctor.agent.fixes.models import FixKind, FixTarget, SmokeRun
 from torchdoctor.sandbox.probes.determinism import RELATIVE_TOLERANCE
 
 
@@ -52,7 +52,7 @@ class VocabularyInSetOrderFix(Codemod):
         return True
 
     def symptom_gone(self, before: SmokeRun, after: SmokeRun) -> tuple[bool, str]:
-        other = after.signals.get(OTHER_HASH_SEED_LOSSES)
+        other = after.signals.other_hash_seed_losses
         if not isinstance(other, list) or not other or not after.losses:
             return False, "no losses under a second PYTHONHASHSEED to compare"
         agree = len(other) == len(after.losses) and all(

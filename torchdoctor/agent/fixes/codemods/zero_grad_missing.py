@@ -103,5 +103,5 @@ def _in_the_step_function(ctx: SourceContext, target: FixTarget) -> tuple[cst.CS
 
 
 def _last_norm(run: SmokeRun) -> float | None:
-    norms = [n for n in run.signals.get("grad_norms", []) if isinstance(n, int | float)]
+    norms = run.signals.grad_norms
     return float(norms[-1]) if norms else None

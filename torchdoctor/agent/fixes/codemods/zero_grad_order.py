@@ -57,7 +57,7 @@ class ZeroGradOrderFix(Codemod):
 
 
 def _step_norms(run: SmokeRun) -> list[float]:
-    return [float(n) for n in run.signals.get("grad_norms", []) if isinstance(n, int | float)]
+    return run.signals.grad_norms
 
 
 def _clears(code: str) -> bool:
