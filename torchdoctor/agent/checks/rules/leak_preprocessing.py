@@ -539,7 +539,7 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
         # (`rmse.mean(axis=0) - rmse.std(axis=0)`, a plot's error band)
         left = parent.left
         band = isinstance(left, ast.Call) and _statistic_of(ctx, left) is not None
-        return parent.right is node and not band
+        return parent.right is node and not band and not _reduced_again(ctx, parent)
     if isinstance(parent, ast.keyword):
         grand = ctx.parents.get(parent)
         return isinstance(grand, ast.Call) and identifier(grand.func) in _FILLERS
@@ -555,12 +555,42 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
             and isinstance(holder.op, ast.Sub | ast.Div)
             and holder.right is use
             and not _STAT_NAME.search(identifier(holder.left))
+            and not _reduced_again(ctx, holder)
         ):
             return True  # `x - mean`, `(x - mean) / std`; not `mean - std` in a plot
         if isinstance(holder, ast.keyword):
             holder = ctx.parents.get(holder)
         if isinstance(holder, ast.Call) and identifier(holder.func) in _FILLERS:
             return True
+    return False
+
+
+_ELEMENTWISE = frozenset({"abs", "fabs", "square", "sqrt", "pow", "power", "exp", "log"})
+_REDUCTIONS = _STAT_METHODS | {"sum", "nansum"}
+
+
+def _reduced_again(ctx: ModuleContext, centred: ast.expr) -> bool:
+    """The centred or rescaled values are reduced again, through element-wise arithmetic:
+    `torch.mean(torch.abs(y - y.mean()))` (a mean absolute deviation),
+    `((p - p_mean) * (y - y_mean)).mean(0)` (a covariance). That computes one more statistic,
+    a metric's normaliser or a correlation, not rescaled data for a model to see."""
+    node: ast.AST = centred
+    parent = ctx.parents.get(node)
+    while parent is not None:
+        if isinstance(parent, ast.BinOp | ast.UnaryOp):
+            node, parent = parent, ctx.parents.get(parent)
+            continue
+        if isinstance(parent, ast.Attribute) and parent.value is node:
+            call = ctx.parents.get(parent)
+            return isinstance(call, ast.Call) and call.func is parent and parent.attr in _REDUCTIONS
+        if not isinstance(parent, ast.Call) or node not in parent.args[:1]:
+            return False
+        name = identifier(parent.func)
+        if name in _REDUCTIONS:
+            return True
+        if name not in _ELEMENTWISE:
+            return False
+        node, parent = parent, ctx.parents.get(parent)
     return False
 
 
