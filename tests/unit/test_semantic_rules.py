@@ -69,6 +69,7 @@ NEW_RULES: tuple[str, ...] = (
     "vocabulary-in-set-order",
     "output-projection-unaligned",
     "attention-heads-one-by-one",
+    "kl-div-mean-reduction",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
