@@ -158,3 +158,79 @@ def detect(model, img):
     return out
 """
     assert len(_findings(restoring, "validation-with-grad", "utils.py")) == 1
+
+
+# --- no-torch-compile -----------------------------------------------------------------------
+
+# a trainer whose step hands the model to a helper and scores the batch with a metric object
+TRAINER_WITH_METRIC = """\
+import torch
+from metrics import CharacterErrorRate
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    def __init__(self, optimizer, vocab, device):
+        self.optimizer = optimizer
+        self.device = device
+        self.metric = CharacterErrorRate(vocab)
+
+    def _forward(self, model, inputs, targets):
+        output = model(inputs)
+        return output, torch.nn.functional.cross_entropy(output, targets)
+
+    def train_epoch(self, model, loader):
+        model.train()
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            model = model.to(self.device)
+            output, loss = self._forward(model=model, inputs=inputs, targets=targets)
+            cer = self.metric(targets, output.max(-1)[1])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            torch.cuda.empty_cache()
+"""
+
+
+def test_a_metric_object_of_another_file_is_not_compiled_as_the_model() -> None:
+    fixed, _ = _fix(TRAINER_WITH_METRIC, "no-torch-compile")
+    assert fixed is not None
+    assert "self.metric.compile()" not in fixed
+    assert "model.compile()" in fixed
+
+
+def test_an_imported_class_used_as_a_module_is_still_the_model() -> None:
+    source = TRAINER_WITH_METRIC.replace(
+        "self.metric = CharacterErrorRate(vocab)",
+        "self.metric = CharacterErrorRate(vocab).to(device)",
+    )
+    fixed, _ = _fix(source, "no-torch-compile")
+    assert fixed is not None and "self.metric.compile()" in fixed
+
+
+# --- any codemod: a Python 2 file ------------------------------------------------------------
+
+# a graph model's training script from the Python 2 days: the rules read it, no edit can parse
+PYTHON2_TRAINING = """\
+import torch
+import torch.nn as nn
+
+
+def run(model, nodes, labels):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.7)
+    for batch in range(100):
+        optimizer.zero_grad()
+        loss = model.loss(nodes[:256], labels[:256])
+        loss.backward()
+        optimizer.step()
+        print batch, loss.data[0]
+"""
+
+
+def test_a_file_that_is_not_python_3_is_refused_with_the_reason() -> None:
+    fixed, reason = _fix(PYTHON2_TRAINING, "scalar-loss-indexed")
+    assert fixed is None
+    assert reason is not None
+    assert "does not parse as Python 3 (line 12: Missing parentheses" in reason

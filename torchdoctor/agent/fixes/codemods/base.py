@@ -83,8 +83,8 @@ class Codemod:
         edit gave when it declined (`SourceContext.decline`)."""
         try:
             ctx = SourceContext(source)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         if self.edit(ctx, target) and ctx.has_edits:
             return None
         return ctx.refusal
@@ -99,6 +99,23 @@ class Codemod:
         if self.reproducibility:
             return repeatable(after)
         return healthy_run(before, after)
+
+
+def not_parsed(source: str, exc: cst.ParserSyntaxError | RecursionError) -> str:
+    """Why a file the rules could read gets no edit: the codemods rewrite a libcst tree of
+    Python 3, and the rules fall back to a more lenient reading (Python 2's `print x`)."""
+    if isinstance(exc, RecursionError):
+        return "the file nests too deeply for the code rewriter to parse: edit it by hand"
+    try:
+        ast.parse(source)
+    except SyntaxError as error:
+        where = f"line {error.lineno}: {error.msg}"
+    else:
+        where = f"line {exc.editor_line}, which the code rewriter cannot read"
+    return (
+        f"the file does not parse as Python 3 ({where}), e.g. Python 2 code (`print x`): "
+        "port it first; no automatic edit is made"
+    )
 
 
 def repeatable(after: SmokeRun) -> tuple[bool, str]:

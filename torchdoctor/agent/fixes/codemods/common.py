@@ -164,12 +164,14 @@ def model_names(ctx: SourceContext) -> set[str]:
     classes = {c.name.value for c in ctx.find(cst.ClassDef)}  # `G = generator(128)` (DCGAN)
     for assign in ctx.find(cst.Assign):
         value = assign.value
+        moved = False  # `Net().to(device)`: only modules and tensors move
         while (
             isinstance(value, cst.Call)
             and isinstance(value.func, cst.Attribute)
             and value.func.attr.value in ("to", "cuda", "train", "float", "half", "bfloat16")
         ):
             value = value.func.value
+            moved = True
         if not isinstance(value, cst.Call):
             continue
         callee = dotted_name(value.func) or ""
@@ -183,11 +185,38 @@ def model_names(ctx: SourceContext) -> set[str]:
         )
         if not built:
             continue
+        vouched = moved or callee in classes or qual.startswith(("torch.", "torchvision.", "timm."))
         for target in assign.targets:
             name = dotted_name(target.target)
-            if name:
+            if name and (vouched or _used_as_module(ctx, name)):
                 names.add(name)
     return names
+
+
+_MODULE_METHODS = frozenset(
+    {"parameters", "named_parameters", "train", "eval", "to", "cuda", "state_dict",
+     "load_state_dict", "modules", "named_modules", "children", "apply", "half", "float",
+     "bfloat16", "zero_grad", "requires_grad_", "buffers", "register_buffer"}
+)  # fmt: skip
+
+
+def _used_as_module(ctx: SourceContext, name: str) -> bool:
+    """The module treats `name` as an `nn.Module`: runs a method only modules have on it, or
+    wraps it (DDP, DataParallel). An instance of a class imported from elsewhere is not known
+    to be one otherwise (a speech trainer's `self.metric = CharacterErrorRate(vocab)`, called
+    in the loop beside the model, is a plain object: `.compile()` on it raises)."""
+    for call in ctx.find(cst.Call):
+        func = call.func
+        if (
+            isinstance(func, cst.Attribute)
+            and func.attr.value in _MODULE_METHODS
+            and dotted_name(func.value) == name
+        ):
+            return True
+        callee = (ctx.qualname(func) or dotted_name(func) or "").split(".")[-1]
+        if callee in WRAPPERS and any(dotted_name(a.value) == name for a in call.args):
+            return True
+    return False
 
 
 def model_called_in(ctx: SourceContext, scope: cst.CSTNode, hint: str | None) -> str | None:

@@ -12,6 +12,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     method_call,
     name_is_read,
+    not_parsed,
     scope_of,
 )
 from torchdoctor.agent.fixes.codemods.common import enclosing_loop
@@ -95,8 +96,8 @@ class HostSyncInStepFix(Codemod):
     def explain(self, source: str, target: FixTarget) -> str | None:
         try:
             ctx = SourceContext(source)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         span = (target.line, target.end_line)
         for stmt in ctx.find(cst.SimpleStatementLine, within=span):
             if not _logs_item(stmt, ctx):

@@ -56,6 +56,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     first_read,
     method_call,
     name_is_read,
+    not_parsed,
     scope_of,
 )
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
@@ -189,8 +190,8 @@ class ManualAttentionFix(Codemod):
             _find(ctx, target)
         except AttentionRefused as refused:
             return str(refused)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         return None
 
 

@@ -10,6 +10,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     SourceContext,
     dotted_name,
     method_call,
+    not_parsed,
 )
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
@@ -56,8 +57,8 @@ class PerSampleInferenceFix(Codemod):
     def explain(self, source: str, target: FixTarget) -> str | None:
         try:
             ctx = SourceContext(source)
-        except cst.ParserSyntaxError:
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         plan = self._plan(ctx, target)
         return f"{plan}; {BATCHING}" if isinstance(plan, str) else None
 

@@ -10,6 +10,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     SourceContext,
     descendants,
     enclosing_body,
+    not_parsed,
 )
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
@@ -36,8 +37,8 @@ class SynchronizeInStepFix(Codemod):
     def explain(self, source: str, target: FixTarget) -> str | None:
         try:
             ctx = SourceContext(source)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         found = _removable(ctx, target)
         return found if isinstance(found, str) else None
 

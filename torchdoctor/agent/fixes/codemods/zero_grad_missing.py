@@ -10,6 +10,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     dotted_name,
     line_statement,
     method_call,
+    not_parsed,
     scope_of,
 )
 from torchdoctor.agent.fixes.codemods.common import flagged_loop, optimizer_steps
@@ -32,8 +33,8 @@ class ZeroGradMissingFix(Codemod):
     def explain(self, source: str, target: FixTarget) -> str | None:
         try:
             ctx = SourceContext(source)
-        except (cst.ParserSyntaxError, RecursionError):
-            return None
+        except (cst.ParserSyntaxError, RecursionError) as exc:
+            return not_parsed(source, exc)
         plan = _plan(ctx, target)
         return plan if isinstance(plan, str) else None
 
