@@ -46,6 +46,7 @@ def _verify(tmp_path: Path, baseline: SmokeRun) -> list[verify.Verification]:
 
 
 def _baseline(worker_epochs: list[tuple[int, int | None]]) -> SmokeRun:
+    """(epochs begun, batches per epoch) of each loader with workers."""
     signals = {"worker_epochs": worker_epochs, "first_batch_wait_s": 2.5}
     return SmokeRun(ok=True, losses=[1.0], step_times_s=[0.1] * 19, signals=signals)
 
@@ -53,11 +54,11 @@ def _baseline(worker_epochs: list[tuple[int, int | None]]) -> SmokeRun:
 def test_steps_inside_the_first_epoch_are_not_timed_and_nothing_runs(
     runs: _Runs, tmp_path: Path
 ) -> None:
-    steps = _verify(tmp_path, _baseline([(1, 391)]))
+    steps = _verify(tmp_path, _baseline([(1, 391), (0, 20)]))  # evaluation loader not begun
     assert runs.calls == 0
     last = steps[-1]
     assert (last.step, last.ok) == ("speed-up", False)
-    assert "stay inside the first epoch of 391 batches" in last.detail
+    assert "no loader with workers began a second one (391 batches an epoch)" in last.detail
     assert "its first batch took 2.50 s" in last.detail
     assert [s.step for s in steps[:-1]] == ["patch-applies", "parses", "rule-cleared"]
 
@@ -65,7 +66,7 @@ def test_steps_inside_the_first_epoch_are_not_timed_and_nothing_runs(
 def test_a_run_that_began_a_second_epoch_times_the_fix(runs: _Runs, tmp_path: Path) -> None:
     steps = _verify(tmp_path, _baseline([(2, 32)]))
     assert runs.calls >= 1
-    assert "stay inside the first epoch" not in steps[-1].detail
+    assert "began a second one" not in steps[-1].detail
 
 
 def test_a_run_without_the_figure_is_timed_as_before(runs: _Runs, tmp_path: Path) -> None:

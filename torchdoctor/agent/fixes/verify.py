@@ -754,8 +754,8 @@ def _inside_one_epoch(run: SmokeRun, steps: int) -> str:
     loaders = run.signals.worker_epochs
     if not loaders or any(epochs > 1 for epochs, _ in loaders):
         return ""
-    lengths = sorted({length for _, length in loaders if length is not None})
-    per_epoch = f" of {', '.join(map(str, lengths))} batches" if lengths else ""
+    begun = sorted({length for epochs, length in loaders if epochs and length is not None})
+    per_epoch = f" ({' and '.join(map(str, begun))} batches an epoch)" if begun else ""
     waited = run.signals.first_batch_wait_s
     saved = (
         f"; its first batch took {waited:.2f} s with the workers' start, about what each later "
@@ -764,8 +764,8 @@ def _inside_one_epoch(run: SmokeRun, steps: int) -> str:
         else ""
     )
     return (
-        f"not timed: kept workers save their start at each new epoch, and the {steps} steps "
-        f"the run times stay inside the first epoch{per_epoch} of every loader with workers, "
+        f"not timed: kept workers save their start at each new epoch, and in the {steps} steps "
+        f"the run times no loader with workers began a second one{per_epoch}, "
         f"so both versions would run the same code{saved}"
     )
 
