@@ -754,8 +754,19 @@ def _literal_fill(ctx: ModuleContext, name: ast.Name) -> bool:
         and isinstance(target.ctx, ast.Store)
         and isinstance(statement, ast.Assign | ast.AugAssign)
         and _literal(statement.value)
-        and _literal(target.slice)
+        and _host_index(ctx, target.slice)
     )
+
+
+def _host_index(ctx: ModuleContext, index: ast.expr) -> bool:
+    """Literal positions, or names bound only to Python lists (graphsage-simple's
+    `mask[row_indices, column_indices] = 1`, both built by list comprehensions): no tensor."""
+    if isinstance(index, ast.Tuple):
+        return all(_host_index(ctx, e) for e in index.elts)
+    if isinstance(index, ast.Name):
+        values = ctx.flow.definitions(index)
+        return bool(values) and all(isinstance(v, ast.List | ast.ListComp) for v in values)
+    return _literal(index)
 
 
 def _literal(node: ast.expr | None) -> bool:
@@ -852,7 +863,16 @@ def _is_cuda_test(ctx: ModuleContext, test: ast.expr) -> bool:
         if isinstance(test.func, ast.Attribute) and test.func.attr == "is_cuda":
             return True  # the module's own `self.is_cuda()` (its weights' device)
         return ctx.call_qualname(test) == "torch.cuda.is_available"
-    return isinstance(test, ast.Attribute) and test.attr == "is_cuda"
+    if not isinstance(test, ast.Attribute):
+        return False
+    own_flag = isinstance(test.value, ast.Name) and test.value.id == "self"
+    return test.attr == "is_cuda" or (own_flag and bool(_DEVICE_FLAG.fullmatch(test.attr)))
+
+
+_DEVICE_FLAG = re.compile(r"(use_|on_|with_|is_|enable_)?(cuda|gpu)(_enabled)?")
+"""A module's own device switch (`self.cuda = cuda` from its constructor, `self.use_gpu`):
+graphsage-simple's aggregator moves with `.cuda()` under `if self.cuda:` and stays on the CPU
+on the other branch."""
 
 
 def _scalar_arithmetic(expr: ast.expr) -> bool:
