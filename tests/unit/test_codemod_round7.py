@@ -234,3 +234,40 @@ def test_a_file_that_is_not_python_3_is_refused_with_the_reason() -> None:
     assert fixed is None
     assert reason is not None
     assert "does not parse as Python 3 (line 12: Missing parentheses" in reason
+
+
+# --- host-sync-in-step ----------------------------------------------------------------------
+
+# an epoch loop that plots each step's loss from a tensor it fills on the host
+PLOTTED_STEP_LOSSES = """\
+import torch
+
+
+def run_epoch(model, loader, optimizer, vis):
+    total = 0.0
+    step_losses = torch.Tensor(len(loader))
+    for i, (x, y) in enumerate(loader):
+        loss = torch.nn.functional.mse_loss(model(x.cuda()), y.cuda())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step_losses[i] = loss.item()
+        if i % 10 == 0:
+            vis.line(Y=step_losses[: i + 1])
+    return total
+"""
+
+
+def test_a_write_into_a_host_tensor_is_refused_as_a_copy_either_way() -> None:
+    fixed, reason = _fix(PLOTTED_STEP_LOSSES, "host-sync-in-step")
+    assert fixed is None
+    assert reason is not None and "a tensor this function makes on the host" in reason
+
+
+def test_a_write_into_a_list_keeps_the_readers_reason() -> None:
+    listed = PLOTTED_STEP_LOSSES.replace(
+        "step_losses = torch.Tensor(len(loader))", "step_losses = [0.0] * len(loader)"
+    )
+    fixed, reason = _fix(listed, "host-sync-in-step")
+    assert fixed is None
+    assert reason is not None and "whose readers" in reason

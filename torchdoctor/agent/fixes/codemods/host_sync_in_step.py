@@ -10,6 +10,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     SourceContext,
     descendants,
     dotted_name,
+    keyword,
     method_call,
     name_is_read,
     not_parsed,
@@ -393,6 +394,13 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
             t.target for t in assign.targets if isinstance(t.target, cst.Subscript | cst.Attribute)
         ]
         if stored and any(method_call(node, "item") for node in descendants(assign.value)):
+            if _host_tensor(ctx, assign, stored[0]):
+                return (
+                    f"the number is written into `{_one_line(ctx, stored[0])}`, a tensor this "
+                    "function makes on the host: writing a device tensor there copies it to the "
+                    "host all the same (make that tensor on the device, if every reader of it "
+                    "takes one)"
+                )
             return (
                 f"the number is stored into `{_one_line(ctx, stored[0])}`, whose readers (a "
                 "plot, a summary after the epoch) are not visible here: keep tensors there "
@@ -417,6 +425,27 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
 
 
 _HOST_COPIES = ("cpu", "numpy", "tolist")
+
+
+def _host_tensor(ctx: SourceContext, at: cst.Assign, stored: cst.BaseExpression) -> bool:
+    """`stored` is an element of a tensor the enclosing function makes with a torch factory
+    and no `device=` (`vis_loss = torch.Tensor(len(loader))`, then `vis_loss[i] =
+    loss.item()` in the loop): a host tensor, so the write is a copy to the host either way."""
+    if not isinstance(stored, cst.Subscript):
+        return False
+    name = dotted_name(stored.value)
+    if name is None:
+        return False
+    for assign in ctx.find(cst.Assign, inside=scope_of(ctx, at)):
+        value = assign.value
+        if (
+            any(dotted_name(t.target) == name for t in assign.targets)
+            and isinstance(value, cst.Call)
+            and (ctx.qualname(value.func) or "").startswith("torch.")
+            and keyword(value, "device") is None
+        ):
+            return True
+    return False
 
 
 def _logs_item(stmt: cst.SimpleStatementLine, ctx: SourceContext) -> bool:
