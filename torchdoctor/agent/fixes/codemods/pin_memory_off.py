@@ -36,7 +36,6 @@ class PinMemoryOffFix(Codemod):
         "DataLoader(pin_memory=torch.cuda.is_available()); batch.to(device, non_blocking=True)"
     )
     rtol = EXACT_RTOL
-    relieves = "data_wait_share"
 
     def edit(self, ctx: SourceContext, target: FixTarget) -> bool:
         loaders = [
