@@ -271,3 +271,41 @@ def test_a_write_into_a_list_keeps_the_readers_reason() -> None:
     fixed, reason = _fix(listed, "host-sync-in-step")
     assert fixed is None
     assert reason is not None and "whose readers" in reason
+
+
+# --- torch-load-unsafe ----------------------------------------------------------------------
+
+# a dataset caching its features: loaded when the cache exists, else computed and saved
+FEATURE_CACHE = """\
+import os
+import torch
+from audio import spectrogram
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    def __init__(self, files):
+        self.files = files
+
+    def __getitem__(self, index):
+        filename = self.files[index]
+        spec_filename = filename.replace(".wav", ".spec.pt")
+        if os.path.exists(spec_filename):
+            spec = torch.load(spec_filename)
+        else:
+            spec = spectrogram(filename)
+            spec = torch.squeeze(spec, 0)
+            torch.save(spec, spec_filename)
+        return spec
+"""
+
+
+def test_a_cached_tensor_made_by_torch_is_loaded_weights_only() -> None:
+    fixed, _ = _fix(FEATURE_CACHE, "torch-load-unsafe")
+    assert fixed is not None
+    assert "spec = torch.load(spec_filename, weights_only=True)" in fixed
+
+
+def test_a_cache_of_what_a_helper_returns_stays_refused() -> None:
+    helper = FEATURE_CACHE.replace("            spec = torch.squeeze(spec, 0)\n", "")
+    fixed, reason = _fix(helper, "torch-load-unsafe")
+    assert fixed is None and reason is not None

@@ -15,7 +15,12 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
 SavedKind = Literal["weights", "module", "unknown"]
 # torch functions whose result is a plain tensor; `torch.load` returns whatever was pickled
 # (a whole module saved by `torch.save(model, f)` comes back as one), the others no tensor.
-_TENSOR_RESULTS = NON_GRAD_TORCH - {"load", "save", "device", "no_grad", "manual_seed"}
+_TENSOR_RESULTS = (NON_GRAD_TORCH - {"load", "save", "device", "no_grad", "manual_seed"}) | {
+    "squeeze", "unsqueeze", "cat", "concat", "stack", "flatten", "reshape", "transpose",
+    "permute", "clone", "where", "abs", "exp", "log", "sqrt", "clamp", "matmul", "stft",
+}  # fmt: skip
+"""`torch.<fn>` calls that return a tensor: what they make, saved, loads weights-only (a
+cache of features: `spec = torch.squeeze(spec, 0); torch.save(spec, spec_filename)`)."""
 
 
 class SavedFiles(ModelFacts):
