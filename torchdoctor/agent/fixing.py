@@ -193,6 +193,8 @@ class FixBench:
     known_runs: Mapping[str, SmokeRun] = field(default_factory=dict)
     """The audit's patched runs so far (`verify.run_key` -> run): a patched run of the same
     code and call reuses one rather than running again."""
+    trace: list[str] = field(default_factory=list)
+    """The files the audit's fixes change: the baseline run records their executed lines."""
 
     def verifier(
         self, root: Path, baseline: SmokeRun | None, working_copy: dict[str, str] | None = None
@@ -208,6 +210,7 @@ class FixBench:
             copy_texts=working_copy,
             known_runs=self.known_runs,
             no_run=NOT_REACHED if self.reach is not None and not self.reach.ok else NO_RUN,
+            trace=self.trace,
         )
 
 

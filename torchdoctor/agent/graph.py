@@ -528,15 +528,19 @@ def fix_bench(state: AuditState, context: AuditContext, file: str | None = None)
         run_command, reach = reaching_run(context.workspace, commands, file)
     budget = state["config"].run_budget
     runner = context.harness(budget, request.gpu) if run_command is not None else None
+    paths = [f.path for f in context.workspace.files]
+    fixed = state.get("fixes", {})
+    changed = {f.file for f in state.get("findings", []) if f.id in fixed}
     return FixBench(
         root=context.workspace.root,
         runner=runner,
         run_command=run_command,
         steps=options.steps,
         config=engine_config(state["config"]),
-        paths=[f.path for f in context.workspace.files],
+        paths=paths,
         reach=reach,
         known_runs=state.get("fix_runs", {}),
+        trace=[path for path in paths if path in changed],
     )
 
 

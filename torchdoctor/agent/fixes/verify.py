@@ -140,13 +140,16 @@ class Verifier:
         copy_texts: Mapping[str, str] | None = None,
         known_runs: Mapping[str, SmokeRun] | None = None,
         no_run: str = NO_RUN,
+        trace: Sequence[str] = (),
     ) -> None:
         """`paths`: the audited files (relative), as the audit's workspace lists them; the
         static check reads only those (None: every Python file under `root`). `baseline`: the
         seeded run of `root` when it is already known. `copy_texts`: what `root` has written
         over the audit's files (path -> text: the working copy), and `known_runs`: the audit's
         patched runs so far, by `run_key`, which a patched run of the same key reuses;
-        `no_run`: what the smoke-run step says without a run command (why there is none)."""
+        `no_run`: what the smoke-run step says without a run command (why there is none);
+        `trace`: files whose lines the baseline run records (those the audit's fixes change),
+        so a fix in code the original went past is judged before any run of it."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -161,6 +164,7 @@ class Verifier:
         self.copy_texts = dict(copy_texts or {})
         self.known_runs = dict(known_runs or {})
         self.no_run = no_run
+        self.trace = list(trace)
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
         self.patched_runs: dict[str, SmokeRun] = {}
@@ -200,6 +204,9 @@ class Verifier:
         if spec.kind is not FixKind.CORRECTNESS and not self.baseline().ok:
             steps.append(self._nothing_to_compare(spec))
             return steps
+        went_past = self._original_went_past(copy, touched)
+        if went_past:
+            return [*steps, went_past]
         inside_one_epoch = spec.per_epoch and _inside_one_epoch(self.baseline(), self.steps)
         if inside_one_epoch:
             # the verdict is known before any run: both versions would time the same code
@@ -260,6 +267,33 @@ class Verifier:
                 else self._speed(copy, after, spec)
             )
         return steps
+
+    def _original_went_past(self, copy: Path, touched: list[str]) -> Verification | None:
+        """The executed-change verdict known from the original's run alone, when it recorded
+        the touched files' lines and went past every change block without taking its branch
+        (a `--resume` branch): the fixed run would go past it too, so none is made (on an
+        H100, pytorch-cifar's `torch.load` fix cost a 39 s run to learn it)."""
+        baseline = self.baseline()
+        went_past: list[tuple[str, int]] = []
+        for path in touched:
+            if path not in baseline.executed_lines:
+                return None
+            original = (self.root / path).read_text(encoding="utf-8", errors="replace")
+            patched = (copy / path).read_text(encoding="utf-8", errors="replace")
+            executed = set(baseline.executed_lines[path])
+            _, missed = unreached(patched, original, executed)  # the original's blocks
+            if not missed or not all(passed_by(original, line, executed) for line in missed):
+                return None
+            went_past += [(path, line) for line in missed]
+        if not went_past:
+            return None
+        return Verification(
+            step="executed-change",
+            ok=False,
+            detail=f"unverified: the original run went past the code the fix changes "
+            f"({_at(went_past)} never ran under `{' '.join(self.run_command or [])}`, its "
+            "branch not taken), so a run of the fix would not execute it either: none was made",
+        )
 
     def _crash_moved_on(
         self, copy: Path, touched: list[str], after: SmokeRun, spec: FixSpec
@@ -401,7 +435,9 @@ class Verifier:
         """The original script's seeded run (made once)."""
         if self._baseline is None:
             assert self.runner is not None and self.run_command is not None
-            self._baseline = smoke_run(self.runner, self.root, self.run_command, self.steps)
+            self._baseline = smoke_run(
+                self.runner, self.root, self.run_command, self.steps, trace=self.trace or None
+            )
         return self._baseline
 
     # --- steps ----------------------------------------------------------------------------
