@@ -70,6 +70,7 @@ NEW_RULES: tuple[str, ...] = (
     "output-projection-unaligned",
     "attention-heads-one-by-one",
     "kl-div-mean-reduction",
+    "argparse-type-bool",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
