@@ -233,9 +233,10 @@ def verify_record(
     record: FixRecord,
     on_top_of: list[str] | None = None,
 ) -> Verified:
-    """Verify one proposed fix on the working copy; the finding gets the fix and its steps.
-    `on_top_of`: the rules of this phase's verified fixes the working copy holds too
-    (`stacked_copy`)."""
+    """Verify one proposed fix on the working copy; the finding gets the fix and its steps,
+    the record its wall time (what the fix-time budget counts). `on_top_of`: the rules of
+    this phase's verified fixes the working copy holds too (`stacked_copy`)."""
+    started = time.monotonic()
     checks: list[Verification] = [bench.reach] if bench.reach is not None else []
     if on_top_of:
         checks.append(
@@ -280,7 +281,11 @@ def verify_record(
     status = Status.VERIFIED if verified else finding.status
     return Verified(
         record=record.model_copy(
-            update={"state": "verified" if verified else "failed", "verification": checks}
+            update={
+                "state": "verified" if verified else "failed",
+                "verification": checks,
+                "seconds": time.monotonic() - started,
+            }
         ),
         finding=finding.model_copy(update={"fix": fix, "status": status}),
         baseline=baseline,
@@ -300,21 +305,6 @@ def past_fix_time(records: Iterable[FixRecord], record: FixRecord, limit: float)
         f"not started: the fixes' verifications took {used:.0f} s of the {limit:.0f} s "
         f"allowed (--fix-time), and one more would end past it; raise --fix-time to verify it"
     )
-
-
-def timed_verification(
-    bench: FixBench,
-    working_copy: dict[str, str],
-    baseline: SmokeRun | None,
-    finding: Finding,
-    record: FixRecord,
-    on_top_of: list[str] | None = None,
-) -> Verified:
-    """`verify_record`, its wall time kept on the record for the fix-time budget."""
-    started = time.monotonic()
-    done = verify_record(bench, working_copy, baseline, finding, record, on_top_of)
-    seconds = time.monotonic() - started
-    return replace(done, record=done.record.model_copy(update={"seconds": seconds}))
 
 
 def not_started(finding: Finding, record: FixRecord, reason: str) -> Verified:

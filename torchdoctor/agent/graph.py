@@ -283,7 +283,7 @@ class Phase:
             not_started,
             past_fix_time,
             propose,
-            timed_verification,
+            verify_record,
         )
 
         context = runtime.context
@@ -344,7 +344,7 @@ class Phase:
         if stacked is not None:
             working_copy, on_top_of = stacked
         key = baseline_key(state, context, copy_digest(working_copy), bench)
-        done = timed_verification(
+        done = verify_record(
             bench, working_copy, state.get("baselines", {}).get(key), finding, record, on_top_of
         )
         verdict = "verified" if done.record.state == "verified" else "not verified"
