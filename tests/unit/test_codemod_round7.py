@@ -309,3 +309,44 @@ def test_a_cache_of_what_a_helper_returns_stays_refused() -> None:
     helper = FEATURE_CACHE.replace("            spec = torch.squeeze(spec, 0)\n", "")
     fixed, reason = _fix(helper, "torch-load-unsafe")
     assert fixed is None and reason is not None
+
+
+# a segmentation script: a checkpoint every 10 epochs under a %-template, the last one
+# evaluated by the same script
+TEMPLATED_CHECKPOINTS = """\
+import torch
+
+
+def main(model, optimizer, loader, args):
+    model_fname = "data/deeplab_epoch%d.pth"
+    if args.train:
+        for epoch in range(0, args.epochs):
+            for inputs, target in loader:
+                pass
+            if epoch % 10 == 9:
+                torch.save(
+                    {
+                        "epoch": epoch + 1,
+                        "state_dict": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                    },
+                    model_fname % (epoch + 1),
+                )
+    else:
+        checkpoint = torch.load(model_fname % args.epochs)
+        model.load_state_dict(checkpoint["state_dict"])
+"""
+
+
+def test_a_checkpoint_of_the_same_path_template_is_loaded_weights_only() -> None:
+    fixed, _ = _fix(TEMPLATED_CHECKPOINTS, "torch-load-unsafe")
+    assert fixed is not None
+    assert "torch.load(model_fname % args.epochs, weights_only=True)" in fixed
+
+
+def test_a_template_whose_save_holds_other_objects_stays_refused() -> None:
+    with_args = TEMPLATED_CHECKPOINTS.replace(
+        '"epoch": epoch + 1,', '"epoch": epoch + 1,\n                        "args": args,'
+    )
+    fixed, reason = _fix(with_args, "torch-load-unsafe")
+    assert fixed is None and reason is not None

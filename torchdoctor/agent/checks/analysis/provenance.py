@@ -45,6 +45,9 @@ class SavedFiles(ModelFacts):
         keys = {ast.unparse(expr)}
         if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
             keys.add(repr(expr.value))
+        template = _template(expr)
+        if template is not None:
+            keys.add(template)
         for source in self.sources(expr):
             if source is not expr and not isinstance(source, ast.Name):
                 keys.add(ast.unparse(source))
@@ -67,6 +70,22 @@ class SavedFiles(ModelFacts):
             return "weights"
         return "unknown"
 
+    def _counted_by_range(self, name: ast.Name) -> bool:
+        """`name` is the counter of a loop around it over `range(...)`: an int."""
+        node: ast.AST | None = self.ctx.parents.get(name)
+        while node is not None and not isinstance(node, ast.FunctionDef | ast.Module):
+            if (
+                isinstance(node, ast.For)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == name.id
+                and isinstance(node.iter, ast.Call)
+                and isinstance(node.iter.func, ast.Name)
+                and node.iter.func.id == "range"
+            ):
+                return True
+            node = self.ctx.parents.get(node)
+        return False
+
     def _object_kind(self, obj: ast.expr, depth: int = 0) -> SavedKind:
         if depth > 3:
             return "unknown"
@@ -76,6 +95,11 @@ class SavedFiles(ModelFacts):
                 return "module"
             return "weights" if all(k == "weights" for k in kinds) else "unknown"
         if isinstance(obj, ast.Constant):
+            return "weights"
+        if isinstance(obj, ast.BinOp):  # `epoch + 1`: numbers of numbers, tensors of tensors
+            kinds = [self._object_kind(side, depth + 1) for side in (obj.left, obj.right)]
+            return "weights" if all(k == "weights" for k in kinds) else "unknown"
+        if isinstance(obj, ast.Name) and self._counted_by_range(obj):
             return "weights"
         if isinstance(obj, ast.Call):
             func = obj.func
@@ -108,3 +132,22 @@ class SavedFiles(ModelFacts):
                 return "weights"  # `crt_net = model.state_dict()`: its binding, not its name
             return "module" if self.is_module_value(obj) else "unknown"
         return "unknown"
+
+
+def _template(path: ast.expr) -> str | None:
+    """The file-name template a formatted path fills in: the files `model_fname % (epoch +
+    1)` writes are those `model_fname % args.epochs` reads (one family, saved alike)."""
+    if (
+        isinstance(path, ast.BinOp)
+        and isinstance(path.op, ast.Mod)
+        and isinstance(path.left, ast.Name | ast.Attribute | ast.Constant)
+    ):
+        return f"template:{ast.unparse(path.left)}"
+    if (
+        isinstance(path, ast.Call)
+        and isinstance(path.func, ast.Attribute)
+        and path.func.attr == "format"
+        and isinstance(path.func.value, ast.Name | ast.Attribute | ast.Constant)
+    ):
+        return f"template:{ast.unparse(path.func.value)}"
+    return None
