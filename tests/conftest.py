@@ -24,13 +24,13 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/cluster/test_cli_on_ray.py": 105,
     "tests/cluster/test_ray_executor.py": 45,
     "tests/integration/test_probes.py": 432,
-    "tests/integration/test_audit_resume.py": 200,
+    "tests/integration/test_audit_resume.py": 150,  # x0.74: its two audits side by side
     "tests/integration/test_fix_verify.py": 266,
     "tests/e2e/test_chat_terminal.py": 130,
     "tests/integration/test_artifact_checked_runs.py": 120,
     "tests/e2e/test_review_page.py": 195,
     "tests/integration/test_audit_approval.py": 112,
-    "tests/integration/test_distributed_runs.py": 159,
+    "tests/integration/test_distributed_runs.py": 108,  # x0.68: its three audits side by side
     "tests/security/test_containment.py": 152,
     "tests/api/test_approval.py": 70,
     "tests/api/test_sessions.py": 70,

@@ -66,15 +66,31 @@ def _trace(audit_id: str) -> list[str]:
 def test_kill_9_during_fix_verification_then_resume_gives_the_uninterrupted_result(
     tmp_path: Path,
 ) -> None:
-    whole = torchdoctor("audit", str(_project(tmp_path / "whole")), *AUDIT)
-    assert whole.returncode == 0, whole.stderr
-    assert (tmp_path / "whole" / "train.py").read_text() == TRAIN, "--fix alone never writes"
-    expected = json.loads(whole.stdout)
-    assert {rule for rule, _, _ in _fixes(expected).values()} >= {
-        "zero-grad-missing",
-        "no-torch-seed",
-    }
+    # The uninterrupted audit runs beside the killed one, in a home and tree of its own: an
+    # audit is one chain of sandbox runs, so two side by side keep both cores busy.
+    whole_out, whole_err = tmp_path / "whole.json", tmp_path / "whole.err"
+    whole_tree = _project(tmp_path / "whole")
+    with whole_out.open("w") as stdout, whole_err.open("w") as stderr:
+        whole = subprocess.Popen(
+            [sys.executable, "-m", "torchdoctor", "audit", str(whole_tree), *AUDIT],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "TORCHDOCTOR_HOME": str(tmp_path / "whole-home")},
+            start_new_session=True,
+        )
+    try:
+        _kill_then_resume(tmp_path, whole, whole_out, whole_err)
+    finally:
+        if whole.poll() is None:
+            os.killpg(whole.pid, signal.SIGKILL)
+        whole.wait()
 
+
+def _kill_then_resume(
+    tmp_path: Path, whole: subprocess.Popen[str], whole_out: Path, whole_err: Path
+) -> None:
     project = _project(tmp_path / "killed")
     process = subprocess.Popen(
         [sys.executable, "-m", "torchdoctor", "audit", str(project), *AUDIT],
@@ -105,6 +121,13 @@ def test_kill_9_during_fix_verification_then_resume_gives_the_uninterrupted_resu
 
     resumed = torchdoctor("audit", "--resume", audit_id, "--format", "json")
     assert resumed.returncode == 0, resumed.stderr
+    assert whole.wait(timeout=600) == 0, whole_err.read_text()
+    assert (tmp_path / "whole" / "train.py").read_text() == TRAIN, "--fix alone never writes"
+    expected = json.loads(whole_out.read_text())
+    assert {rule for rule, _, _ in _fixes(expected).values()} >= {
+        "zero-grad-missing",
+        "no-torch-seed",
+    }
     report = json.loads(resumed.stdout)
     assert _fixes(report) == _fixes(expected)
     assert [f["id"] for f in report["findings"]] == [f["id"] for f in expected["findings"]]

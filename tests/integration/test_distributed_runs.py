@@ -1,58 +1,90 @@
 """Distributed training audited by running it: `torchrun --nproc-per-node 2` under the probes
 harness in the sandbox, gloo on the CPU, every rank instrumented, the ranks' documents merged.
 
-Each fixture script runs once per module (a two-process run costs seconds); the tests read
-the findings it produced. `ddp_bugs.py` and `ddp_bypass.py` hold the bugs; `ddp_clean.py` is
-the same training done right, the near miss of each. The buggy script is audited with fixes:
-each codemod's patch is verified by launching torchrun on the patched copy, and the symptom the
-ranks showed must be gone.
+Each fixture script is audited once per module, the three side by side (a two-process run
+costs seconds); the tests read the findings each produced. `ddp_bugs.py` and `ddp_bypass.py`
+hold the bugs; `ddp_clean.py` is the same training done right, the near miss of each. The
+buggy script is audited with fixes: each codemod's patch is verified by launching torchrun on
+the patched copy, and the symptom the ranks showed must be gone.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from torchdoctor.agent.audit import AuditOptions, run_audit
+from tests.conftest import REPO
 from torchdoctor.agent.models import AuditReport, Finding
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "distributed"
+SCRIPTS = ("ddp_bugs.py", "ddp_clean.py", "ddp_bypass.py")
 pytestmark = pytest.mark.slow
 
 
-def _audit(tmp: Path, script: str, *, fix: bool = False) -> AuditReport:
+def _start(tmp: Path, script: str, *, fix: bool = False) -> subprocess.Popen[str]:
+    """`torchdoctor audit` of `script` alone in `tmp`, in the background, its report (json)
+    written to tmp/report.json."""
     shutil.copy(FIXTURES / script, tmp / script)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("TORCHDOCTOR_HOME", str(tmp / "home"))
-        env.setenv("TORCHDOCTOR_LINTERS", "0")
-        outcome = run_audit(
-            AuditOptions(
-                target=tmp,
-                run=[f"torchrun --nproc-per-node 2 {script}"],
-                steps=6,
-                write_ledger=False,
-                fix=fix,
-            )
-        )
-    return outcome.report
+    env = {**os.environ, "TORCHDOCTOR_HOME": str(tmp / "home"), "TORCHDOCTOR_LINTERS": "0"}
+    run = f"torchrun --nproc-per-node 2 {script}"
+    return subprocess.Popen(
+        [sys.executable, "-m", "torchdoctor", "audit", str(tmp), "--run", run, "--steps", "6"]
+        + ["--no-ledger", "--format", "json", "--output", str(tmp / "report.json")]
+        + (["--fix"] if fix else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _report(audit: subprocess.Popen[str], tmp: Path) -> AuditReport:
+    _, stderr = audit.communicate(timeout=900)
+    assert audit.returncode == 0, stderr
+    return AuditReport.model_validate_json((tmp / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def bugs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
-    yield _audit(tmp_path_factory.mktemp("bugs"), "ddp_bugs.py", fix=True)
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, AuditReport]]:
+    """The three audits side by side, each in a process and a home of its own: an audit is one
+    launch after another (a rank's torch import, the rendezvous, the run, the collection), so
+    the others' launches fill the cores one leaves idle."""
+    folders = {script: tmp_path_factory.mktemp(script.removesuffix(".py")) for script in SCRIPTS}
+    audits = {
+        script: _start(folder, script, fix=script == "ddp_bugs.py")
+        for script, folder in folders.items()
+    }
+    try:
+        yield {script: _report(audit, folders[script]) for script, audit in audits.items()}
+    finally:
+        for audit in audits.values():
+            if audit.poll() is None:
+                os.killpg(audit.pid, signal.SIGKILL)
+            audit.wait()
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
-    yield _audit(tmp_path_factory.mktemp("clean"), "ddp_clean.py")
+def bugs(reports: dict[str, AuditReport]) -> AuditReport:
+    return reports["ddp_bugs.py"]
 
 
 @pytest.fixture(scope="module")
-def bypass(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditReport]:
-    yield _audit(tmp_path_factory.mktemp("bypass"), "ddp_bypass.py")
+def clean(reports: dict[str, AuditReport]) -> AuditReport:
+    return reports["ddp_clean.py"]
+
+
+@pytest.fixture(scope="module")
+def bypass(reports: dict[str, AuditReport]) -> AuditReport:
+    return reports["ddp_bypass.py"]
 
 
 def _ddp(report: AuditReport) -> dict[str, Finding]:
