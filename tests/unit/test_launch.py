@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from torchdoctor.agent.config import RunBudget
-from torchdoctor.agent.harness import Harness, HarnessCall, harness_limits
+from torchdoctor.agent.harness import EVIDENCE_FILE, Harness, HarnessCall, harness_limits
 from torchdoctor.agent.launch import Launch, parse_launch
 from torchdoctor.sandbox import PACKAGE_ROOT
 from torchdoctor.sandbox.config import DockerConfig, LocalConfig, get_sandbox
@@ -36,6 +39,10 @@ from torchdoctor.sandbox.models import Job
         ("torchrun t.py", Launch(script="t.py")),
         ("/usr/bin/python3.11 train.py -x", Launch(script="train.py", args=["-x"])),
         ("train.py --epochs 1", Launch(script="train.py", args=["--epochs", "1"])),
+        (  # graphsage-simple's entry point: `python -m graphsage.model`
+            "python -u -m graphsage.model --epochs 1",
+            Launch(script="graphsage/model.py", args=["--epochs", "1"], module="graphsage.model"),
+        ),
     ],
 )
 def test_commands_name_the_script_its_arguments_and_the_process_count(
@@ -53,6 +60,7 @@ def test_commands_name_the_script_its_arguments_and_the_process_count(
         ("torchrun --no-python ./run.sh", "no Python script"),
         ("torchrun --bogus 1 t.py", "unknown launcher option"),
         ("bash train.sh", "expected"),
+        ("python -m 3d.train", "not a module name"),
     ],
 )
 def test_commands_the_sandbox_cannot_run_are_refused_with_the_reason(
@@ -99,3 +107,49 @@ def test_an_audited_trees_run_budget_may_lower_the_limits_never_raise_them() -> 
     assert (capped.wall_s, capped.memory_mb, capped.processes, capped.cpu_s) == (60, 8192, 256, 7)
     limits = harness_limits(capped, nproc=2, extra_memory_mb=100)
     assert (limits.memory_mb, limits.processes, limits.cpu_s) == (8292, 512, 7)
+
+
+PACKAGE_TRAIN = """import argparse
+
+import torch
+
+from .model import make_model
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.1)
+args = parser.parse_args()
+model = make_model()
+optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+for _ in range(10):
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def test_a_module_run_is_launched_as_python_m_with_its_relative_imports(tmp_path: Path) -> None:
+    """`python -m pkg.train`: the harness is told the module, and runs it as Python would (a
+    relative import, which `runpy.run_path` of the file cannot resolve)."""
+    launch = parse_launch("python -m pkg.train --lr 0.5")
+    call = HarnessCall(script=launch.script, args=launch.args, module=launch.module, steps=3)
+    job = Harness(get_sandbox("local"), RunBudget()).job(tmp_path, call)
+    assert job.args[job.args.index("--module") + 1] == "pkg.train"
+    assert job.args[0] == "pkg/train.py" and job.args[-2:] == ["--lr", "0.5"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "model.py").write_text(
+        "import torch\n\ndef make_model():\n    return torch.nn.Linear(4, 1)\n"
+    )
+    (tmp_path / "pkg" / "train.py").write_text(PACKAGE_TRAIN)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    subprocess.run(
+        [sys.executable, "-m", job.module or "", *job.args],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    document = json.loads((tmp_path / EVIDENCE_FILE).read_text())
+    assert document["outcome"]["kind"] == "completed-steps", document["outcome"]

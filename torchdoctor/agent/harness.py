@@ -40,6 +40,7 @@ class HarnessCall(BaseModel):
 
     script: str
     args: list[str] = Field(default_factory=list)
+    module: str | None = Field(None, description="run as `python -m module` (its file: script)")
     steps: int = Field(20, ge=1)
     seed: int | None = Field(0, description="None: the script's own seeding only")
     hash_seed: int = Field(
@@ -106,6 +107,7 @@ def harness_arguments(call: HarnessCall, budget: RunBudget) -> tuple[str, list[s
     args += ["--export"] * call.export + ["--int8"] * call.int8 + ["--no-flops"] * (not call.flops)
     args += ["--probe", "compile"] * call.compile
     args += ["--groups", call.groups] if call.groups else []
+    args += ["--module", call.module] if call.module else []
     for path in call.trace:
         args += ["--trace-lines", path]
     args += ["--", *call.args]

@@ -2,12 +2,15 @@
 
 `python train.py`, `torchrun --nproc-per-node 2 train.py` and
 `python -m torch.distributed.run --nproc_per_node=2 train.py` all name one script; the
-distributed forms also name a process count. Rendezvous options are not kept: inside the
+distributed forms also name a process count. `python -m pkg.train` names the module's file,
+`pkg/train.py`, and keeps the module's name: the harness runs it as Python would, with the
+package's relative imports. Rendezvous options are not kept: inside the
 sandbox every rank meets on 127.0.0.1 (single node), whatever the command said.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 from pathlib import Path
@@ -57,6 +60,7 @@ class Launch(BaseModel):
     script: str
     args: list[str] = Field(default_factory=list)
     nproc: int = Field(default=1, ge=1, le=MAX_PROCS)
+    module: str | None = Field(default=None, description="`python -m NAME`: the module's name")
 
     @property
     def distributed(self) -> bool:
@@ -74,6 +78,8 @@ def parse_launch(command: str) -> Launch:
             tokens.pop(0)
         if len(tokens) >= 2 and tokens[0] == "-m" and tokens[1] in _LAUNCHER_MODULES:
             launcher, tokens = True, tokens[2:]
+        elif len(tokens) >= 2 and tokens[0] == "-m":
+            return _module_launch(command, tokens[1], tokens[2:])
     nproc = 1
     if launcher:
         nproc, tokens = _launcher_options(command, tokens)
@@ -83,6 +89,17 @@ def parse_launch(command: str) -> Launch:
             "`torchrun --nproc-per-node N SCRIPT.py [ARGS...]`"
         )
     return Launch(script=tokens[0], args=tokens[1:], nproc=nproc)
+
+
+def _module_launch(command: str, module: str, args: list[str]) -> Launch:
+    """`python -m pkg.train ARGS`: the module's file, `pkg/train.py` (a package's `__main__`
+    is named as `pkg.__main__`)."""
+    if not _MODULE_NAME.fullmatch(module):
+        raise ValueError(f"cannot run {command!r}: {module!r} is not a module name")
+    return Launch(script=module.replace(".", "/") + ".py", args=args, module=module)
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def _launcher_options(command: str, tokens: list[str]) -> tuple[int, list[str]]:

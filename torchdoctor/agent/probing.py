@@ -147,14 +147,22 @@ def planned_commands(request: RunRequest, workspace: Workspace) -> list[str]:
     return commands
 
 
-def harness_call(request: RunRequest, script: str, args: list[str], nproc: int = 1) -> HarnessCall:
-    """An audit run of `script`: the request's steps and probes, seeded."""
+def harness_call(
+    request: RunRequest,
+    script: str,
+    args: list[str],
+    nproc: int = 1,
+    module: str | None = None,
+) -> HarnessCall:
+    """An audit run of `script` (run as `module` when the command named one): the request's
+    steps and probes, seeded."""
     from torchdoctor.agent.harness import HarnessCall
 
     full = request.probes == "full"
     return HarnessCall(
         script=script,
         args=args,
+        module=module,
         steps=request.steps,
         nproc=nproc,
         determinism_steps=request.determinism_steps if full else 0,
@@ -204,7 +212,8 @@ def _run_one(workspace: Workspace, request: RunRequest, harness: Harness, comman
     except WorkspaceError as err:
         return summary(outcome="not-run", summary=f"could not copy the workspace: {err}"), []
     try:
-        done = harness.run(copy, harness_call(request, script, launch.args, launch.nproc))
+        call = harness_call(request, script, launch.args, launch.nproc, launch.module)
+        done = harness.run(copy, call)
     finally:
         remove_workspace(copy)
     isolation = done.run.isolation.summary

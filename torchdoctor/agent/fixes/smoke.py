@@ -40,6 +40,7 @@ def smoke_run(
     call = HarnessCall(
         script=launch.script,
         args=launch.args,
+        module=launch.module,
         steps=steps,
         seed=seed,
         hash_seed=hash_seed,

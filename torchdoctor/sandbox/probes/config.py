@@ -34,6 +34,9 @@ class ProbeConfig:
     """Files (relative to the working folder) whose executed lines the run records."""
     groups: str | None = None
     """Where each evaluated row's group is, for per-group metrics (see probes/groups.py)."""
+    module: str | None = None
+    """Run `script` as this module (`python -m pkg.train`): its package's relative imports
+    resolve, and the working folder, not the script's, heads sys.path."""
 
     @property
     def flop_step(self) -> int:
@@ -96,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         "feature:COLUMN:LABEL_POS",
     )
     parser.add_argument(
+        "--module",
+        default=None,
+        help="run SCRIPT as this module, as `python -m MODULE` does (SCRIPT is its file)",
+    )
+    parser.add_argument(
         "--trace-lines",
         action="append",
         default=[],
@@ -136,6 +144,7 @@ def parse_args(argv: list[str]) -> ProbeConfig:
         flops=not ns.no_flops,
         trace_files=tuple(ns.trace_lines),
         groups=ns.groups,
+        module=ns.module,
     )
 
 

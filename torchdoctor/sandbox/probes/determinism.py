@@ -48,6 +48,7 @@ def _run_once(config: ProbeConfig, out: str, hash_seed: str) -> dict[str, Any] |
         "--sample-every",
         "0",
         "--no-flops",
+        *(["--module", config.module] if config.module else []),
         "--",
         *config.script_args,
     ]

@@ -50,9 +50,13 @@ def _natural_end(session: Session) -> dict[str, Any]:
 def _run_script(config: ProbeConfig, session: Session, user_files: UserFiles) -> dict[str, Any]:
     saved_argv, saved_path = list(sys.argv), list(sys.path)
     sys.argv = [config.script, *config.script_args]
-    sys.path.insert(0, user_files.root)
+    # `python -m` heads sys.path with the working folder, `python file.py` with its folder
+    sys.path.insert(0, os.getcwd() if config.module else user_files.root)
     try:
-        runpy.run_path(config.script, run_name="__main__")
+        if config.module:
+            runpy.run_module(config.module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(config.script, run_name="__main__")
         return _natural_end(session)
     except StopRun:
         return outcome(
