@@ -29,7 +29,7 @@ MODULE_SECONDS: dict[str, float] = {
     "tests/e2e/test_chat_terminal.py": 130,
     "tests/integration/test_artifact_checked_runs.py": 120,
     "tests/e2e/test_review_page.py": 195,
-    "tests/integration/test_audit_approval.py": 112,
+    "tests/integration/test_audit_approval.py": 88,  # x0.78: its CLI audit beside the others
     "tests/integration/test_distributed_runs.py": 108,  # x0.68: its three audits side by side
     "tests/security/test_containment.py": 152,
     "tests/api/test_approval.py": 70,

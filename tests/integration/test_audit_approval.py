@@ -4,12 +4,17 @@ the ledger exist before the question, so a refusal loses nothing. Real sandbox r
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.e2e.test_fix_apply_undo import TRAIN
-from tests.integration.test_cli import torchdoctor
 from torchdoctor.agent.approval import NO_TERMINAL, approve_all, ask_in_terminal
 from torchdoctor.agent.audit import AuditOptions, resume_audit, run_audit
 from torchdoctor.agent.state import ApprovalAnswer, ApprovalRequest, FixDecision
@@ -23,12 +28,48 @@ def _options(project: Path) -> AuditOptions:
     )
 
 
+def _project(root: Path) -> Path:
+    project = root / "project"
+    project.mkdir()
+    (project / "train.py").write_text(TRAIN)
+    return project
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    (root / "train.py").write_text(TRAIN)
-    return root
+    return _project(tmp_path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def refused(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`torchdoctor audit --apply` with no terminal on stdin, started before the module's first
+    test: its run and fix verification go on beside the in-process audits of the tests before
+    the one that reads it. A home of its own, no LLM settings, no peer linters (as every test's
+    `_isolated_home`)."""
+    root = tmp_path_factory.mktemp("refused")
+    project = _project(root)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env.pop("TORCHDOCTOR_MODEL", None)
+    env.update(TORCHDOCTOR_HOME=str(root / "home"), TORCHDOCTOR_LINTERS="0")
+    run = ["--run", "python train.py", "--steps", "4", "--probes", "cheap"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchdoctor", "audit", str(project), *run, "--apply"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield process, project
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def test_the_question_carries_the_verified_diffs_and_a_rejection_writes_nothing(
@@ -97,13 +138,13 @@ def test_the_terminal_asks_per_diff_and_all_takes_the_rest() -> None:
 
 
 def test_without_a_terminal_or_yes_apply_refuses_in_one_line_and_loses_nothing(
-    project: Path,
+    refused: tuple[subprocess.Popen[str], Path],
 ) -> None:
-    run = ("--run", "python train.py", "--steps", "4", "--probes", "cheap")
-    result = torchdoctor("audit", str(project), *run, "--apply")
-    assert result.returncode == 2
-    assert f"no fix applied: {NO_TERMINAL}" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert '"zero-grad-missing"' in result.stdout or "zero-grad-missing" in result.stdout
+    process, project = refused
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert f"no fix applied: {NO_TERMINAL}" in stderr
+    assert "Traceback" not in stderr
+    assert '"zero-grad-missing"' in stdout or "zero-grad-missing" in stdout
     assert (project / "ISSUES.md").is_file()
     assert (project / "train.py").read_text() == TRAIN
