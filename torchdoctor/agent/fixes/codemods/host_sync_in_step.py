@@ -406,6 +406,14 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
                 "plot, a summary after the epoch) are not visible here: keep tensors there "
                 "only if every one accepts them"
             )
+    for assign in ctx.find(cst.Assign, within=span):
+        packed = _packed_for_a_log(ctx, assign)
+        if packed is not None:
+            return (
+                f"the number goes into `{packed[0]}`, a dict or list the step hands to "
+                f"`{packed[1]}`: thin out that log by hand (build and show it every "
+                f"{LOG_EVERY} steps), or keep the value a tensor there if it accepts one"
+            )
     for call in ctx.find(cst.Call, within=span):
         if method_call(call, "item") or dotted_name(call.func) == "float":
             return (
@@ -425,6 +433,27 @@ def _host_use(ctx: SourceContext, span: tuple[int, int]) -> str | None:
 
 
 _HOST_COPIES = ("cpu", "numpy", "tolist")
+
+
+def _packed_for_a_log(ctx: SourceContext, assign: cst.Assign) -> tuple[str, str] | None:
+    """(`logs`, `progress_bar.set_postfix`) for `logs = {"loss": loss.detach().item(), ...}`
+    whose first reader in the loop is a logger (diffusers' tqdm postfix, `accelerator.log`)."""
+    if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
+        return None
+    if not isinstance(assign.value, cst.Dict | cst.List | cst.Tuple):
+        return None
+    if not any(method_call(node, "item") for node in descendants(assign.value)):
+        return None
+    name = assign.targets[0].target.value
+    loop = enclosing_loop(ctx, assign)
+    if loop is None:
+        return None
+    for call in ctx.find(cst.Call, inside=loop.body):
+        taker = dotted_name(call.func) or ""
+        given = any(dotted_name(arg.value) == name for arg in call.args)
+        if given and taker.split(".")[-1] in _LOGGERS:
+            return name, taker
+    return None
 
 
 def _host_tensor(ctx: SourceContext, at: cst.Assign, stored: cst.BaseExpression) -> bool:
