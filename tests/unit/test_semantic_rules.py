@@ -71,6 +71,7 @@ NEW_RULES: tuple[str, ...] = (
     "attention-heads-one-by-one",
     "kl-div-mean-reduction",
     "argparse-type-bool",
+    "attribute-set-never-read",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -1,0 +1,182 @@
+"""attribute-set-never-read: a setting written on an object under a near-miss of its name."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, ClassVar
+
+from torchdoctor.agent.checks.analysis.project import class_symbols, module_name
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.models import Severity
+
+_CLASSES = "attribute-set-never-read:classes"
+_READS = "attribute-set-never-read:reads"
+_CANDIDATES = "attribute-set-never-read:candidates"
+_PLAIN_BASES = frozenset({"object", "Module", "nn.Module", "torch.nn.Module"})
+_DYNAMIC = frozenset({"__getattr__", "__setattr__", "__getattribute__", "__slots__"})
+_MODULE_NAMES = frozenset({"training", "forward", "dump_patches", "call_super_init"})
+"""`nn.Module`'s own public attributes a caller may set (private ones start with `_`)."""
+
+
+class AttributeSetNeverRead(Rule):
+    """Detects `obj.name = value` on an instance of a project class (`enc1 = Encoder(...)`)
+    whose class never reads `self.name` and nothing in the project reads `.name`, while the
+    class does read a near miss of it (`self.num_sample` for `num_samples`: a plural, a
+    trailing underscore, one letter apart).
+
+    Why it matters: Python accepts any new attribute, so the typo raises nothing: the setting
+    the line means to change keeps its default. graphsage-simple's `enc1.num_samples = 5` left
+    the encoders sampling 10 neighbours (the constructor's `num_sample`), not the 5 the
+    experiment states.
+
+    Not reported: a class with `__getattr__`, `__setattr__` or `__slots__`; a class whose
+    bases are other than `object` / `nn.Module` (a base may read the name); an attribute any
+    file reads; a name of `nn.Module`'s own; a name with no near miss among the class's reads
+    (a new attribute on purpose).
+
+    Example:
+        enc1 = Encoder(features, 1433, 128, adj_lists, agg1, num_sample=10)
+        enc1.num_samples = 5
+
+    Fix: the name the class reads (`enc1.num_sample = 5`), or the constructor's argument.
+    """
+
+    id = "attribute-set-never-read"
+    point = 1
+    severity = Severity.HIGH
+    title = "Attribute set under a misspelt name"
+    items: ClassVar[tuple[str, ...]] = ("1.1",)
+
+    def finish(self, ctx: ModuleContext) -> None:
+        here = module_name(ctx.path)
+        classes: dict[str, dict[str, Any]] = {}
+        for cls in ctx.flow.nodes(ast.ClassDef):
+            assert isinstance(cls, ast.ClassDef)
+            classes[f"{here}.{cls.name}"] = _class_names(cls)
+        if classes:
+            ctx.facts[_CLASSES] = classes
+        reads = sorted(
+            {
+                n.attr
+                for n in ctx.flow.nodes(ast.Attribute)
+                if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Store)
+            }
+        )
+        ctx.facts[_READS] = reads
+        candidates = []
+        for assign in ctx.flow.nodes(ast.Assign):
+            assert isinstance(assign, ast.Assign)
+            for target in assign.targets:
+                if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)):
+                    continue
+                if target.value.id == "self" or not _settable(target.attr):
+                    continue
+                symbols = _instance_of(ctx, target.value, here)
+                if len(symbols) != 1:
+                    continue
+                found = ctx.finding(self, assign, "", data={"attribute": target.attr})
+                if found is not None:
+                    candidates.append(
+                        {
+                            "class": symbols[0],
+                            "attr": target.attr,
+                            "object": target.value.id,
+                            "finding": found.model_dump(mode="json"),
+                        }
+                    )
+        if candidates:
+            ctx.facts[_CANDIDATES] = candidates
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        classes: dict[str, dict[str, Any]] = {}
+        reads: set[str] = set()
+        for module in facts.values():
+            classes.update(module.get(_CLASSES, {}))
+            reads.update(module.get(_READS, []))
+        found: list[RawFinding] = []
+        for module in facts.values():
+            for candidate in module.get(_CANDIDATES, []):
+                info = classes.get(candidate["class"])
+                attr = candidate["attr"]
+                if info is None or info["dynamic"] or attr in info["names"] or attr in reads:
+                    continue
+                near = sorted(n for n in info["read"] if _near_miss(attr, n))
+                if not near:
+                    continue
+                name = candidate["class"].rsplit(".", 1)[-1]
+                message = (
+                    f"`{candidate['object']}.{attr}` is set, but `{name}` never reads "
+                    f"`self.{attr}` (nor does any file read `.{attr}`); it reads "
+                    f"`self.{near[0]}`: the setting keeps its default"
+                )
+                raw = RawFinding.model_validate(candidate["finding"])
+                found.append(
+                    raw.model_copy(
+                        update={"message": message, "data": {**raw.data, "read": near[0]}}
+                    )
+                )
+        return found
+
+
+def _settable(attr: str) -> bool:
+    """Not a private name nor one of `nn.Module`'s own."""
+    return not attr.startswith("_") and attr not in _MODULE_NAMES
+
+
+def _class_names(cls: ast.ClassDef) -> dict[str, Any]:
+    """What the class reads of itself (`self.x`), every name it defines or assigns, and whether
+    a name it does not know may still mean something to it."""
+    read: set[str] = set()
+    names: set[str] = set()
+    dynamic = any(
+        not (isinstance(b, ast.Name | ast.Attribute) and ast.unparse(b) in _PLAIN_BASES)
+        for b in cls.bases
+    )
+    for node in ast.walk(cls):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+            dynamic = dynamic or node.name in _DYNAMIC
+        elif isinstance(node, ast.Name) and node.id == "__slots__":
+            dynamic = True
+        elif isinstance(node, ast.Attribute) and _on_self(node):
+            (names if isinstance(node.ctx, ast.Store) else read).add(node.attr)
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "setattr"):
+            dynamic = True  # a name built at run time
+    return {"read": sorted(read), "names": sorted(read | names), "dynamic": dynamic}
+
+
+def _on_self(node: ast.Attribute) -> bool:
+    return isinstance(node.value, ast.Name) and node.value.id == "self"
+
+
+def _instance_of(ctx: ModuleContext, obj: ast.Name, here: str) -> list[str]:
+    """The project classes `obj` is built from (`enc1 = Encoder(...)`), local or imported."""
+    symbols: list[str] = []
+    for call in ctx.flow.constructors(obj):
+        if isinstance(call.func, ast.Name) and call.func.id in ctx.flow.classes:
+            symbols.append(f"{here}.{call.func.id}")
+        else:
+            symbols += class_symbols(ctx, call.func)
+    return sorted(set(symbols))
+
+
+def _near_miss(written: str, read: str) -> bool:
+    """`num_samples` / `num_sample`, `lr_` / `lr`, `dropuot` / `dropout`: a plural, a trailing
+    underscore, or one edit apart in a name long enough for that to be a slip."""
+    if written == read:
+        return False
+    if written.rstrip("s_") == read.rstrip("s_"):
+        return True
+    return min(len(written), len(read)) >= 6 and _one_edit(written, read)
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diffs = [i for i in range(len(a)) if a[i] != b[i]]
+        swapped = len(diffs) == 2 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]]
+        return len(diffs) == 1 or (swapped and diffs[1] == diffs[0] + 1)
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
