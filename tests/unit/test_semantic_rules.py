@@ -72,6 +72,7 @@ NEW_RULES: tuple[str, ...] = (
     "kl-div-mean-reduction",
     "argparse-type-bool",
     "attribute-set-never-read",
+    "backward-gradient-is-loss",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
