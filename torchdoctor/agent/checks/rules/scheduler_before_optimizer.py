@@ -120,6 +120,12 @@ class SchedulerBeforeOptimizer(Rule):
                                 unless=earlier,
                             )
                             defer(ctx, self.id, pending)
+        for fn in nodes_of(ctx, ast.FunctionDef, ast.AsyncFunctionDef):
+            assert isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for call, first in _straight_line_order(ctx, fn, custom):
+                if call.lineno not in reported:
+                    reported.add(call.lineno)
+                    ctx.report(self, call, _MESSAGE, data={"optimizer_step_line": first})
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
@@ -134,6 +140,38 @@ _MESSAGE = (
 
 def _steps_in(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
     return [n for n in walk_scope(body) if isinstance(n, ast.Call) and is_scheduler_step(ctx, n)]
+
+
+def _straight_line_order(
+    ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef, custom: set[str]
+) -> list[tuple[ast.Call, int]]:
+    """Scheduler steps of `fn` outside any loop of `fn`, each with the line of the optimizer
+    step that follows it on the same path, when no optimizer step comes before it: whoever
+    calls `fn` once per iteration (an `OptimizerScheduler.step()` wrapper, a `train_epoch`
+    that begins with the scheduler) steps the schedule first every time."""
+    local, _ = _optimizer_steps(ctx, fn.body)
+    found: list[tuple[ast.Call, int]] = []
+    for call in _steps_in(ctx, fn.body):
+        if _loop_within(ctx, call, fn) or _given_its_position(call):
+            continue
+        if receiver_name(call) in custom:
+            continue
+        if any(step.lineno < call.lineno for step in local):
+            continue  # stepped after an optimizer step: nothing skipped
+        later = [s.lineno for s in local if s.lineno > call.lineno and not _exclusive(ctx, s, call)]
+        if later:
+            found.append((call, min(later)))
+    return found
+
+
+def _loop_within(ctx: ModuleContext, node: ast.AST, fn: ast.AST) -> bool:
+    """`node` sits in a loop of `fn` (the loop pass above judges it)."""
+    for anc in ctx.ancestors(node):
+        if anc is fn:
+            return False
+        if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
+            return True
+    return False
 
 
 def _returning_schedules(ctx: ModuleContext) -> set[str]:
