@@ -61,6 +61,11 @@ PARAMETER_FREE_LAYERS = _names("parameter_free_layers")
 # Methods that run one training step of a trainer object, often defined in another file
 # (`losses = train_util.train_step(imgs, boxes, labels)`): the loop calling them trains.
 TRAINING_STEP_METHODS = _names("training_step_methods")
+# How a model's own inference entry points are named (`predict_proba`, `sample`,
+# `decode_greedy`), besides `forward` and names ending in it (`incremental_forward`): calling
+# one runs the model. `generate` is not among them: Hugging Face's (and most libraries')
+# already runs without autograd.
+INFERENCE_METHOD_PREFIXES = tuple(sorted(_names("inference_method_prefixes")))
 # Helpers that seed Python's `random`, NumPy's global generator and torch at once
 # (`seed_everything`, `transformers.set_seed`, the zero/delu library's `set_randomness`).
 ALL_LIBRARY_SEEDERS = _names("all_library_seeders")

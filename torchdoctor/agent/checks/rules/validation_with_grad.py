@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_grad_calls,
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
+from torchdoctor.agent.checks.analysis.vocabulary import INFERENCE_METHOD_PREFIXES
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
@@ -385,10 +386,16 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
             return None
     frozen = _frozen_parameters(fn)
     forwards = [*model_calls(ctx, fn.body), *_own_forwards(ctx, fn)]
+    seen = {id(c) for c in forwards}
+    inference = [c for c in _inference_methods(fn, evals) if id(c) not in seen]
+    methods = {id(c) for c in inference}
+    forwards += inference
     trained = _run_in_train_mode(fn, forwards)
     for call in forwards:
-        forward = isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
-        model = call.func.value if isinstance(call.func, ast.Attribute) and forward else call.func
+        runs = id(call) in methods or (
+            isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
+        )
+        model = call.func.value if isinstance(call.func, ast.Attribute) and runs else call.func
         switched = evals.get(identifier(model))
         if switched is None or call.lineno < switched or grad_may_be_off(ctx, call):
             continue
@@ -406,6 +413,27 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         ):
             return call
     return None
+
+
+def _runs_the_model(method: str) -> bool:
+    """A model method that runs it: `forward` and names ending in it (`incremental_forward`),
+    or an inference entry point (`predict_proba`, `sample`, `decode_greedy`)."""
+    return method.endswith("forward") or method.startswith(INFERENCE_METHOD_PREFIXES)
+
+
+def _inference_methods(fn: FunctionNode, evals: dict[str, int]) -> list[ast.Call]:
+    """Calls in `fn` of an inference method of a model `fn` switched to eval mode
+    (`model.eval()`, then `model.incremental_forward(x, c=c, T=length)` to synthesise a
+    sample): whatever loop the method runs inside, it runs the model."""
+    return [
+        node
+        for node in walk_scope(fn.body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr != "forward"
+        and _runs_the_model(node.func.attr)
+        and identifier(node.func.value) in evals
+    ]
 
 
 def _run_in_train_mode(fn: FunctionNode, forwards: list[ast.Call]) -> set[str]:
