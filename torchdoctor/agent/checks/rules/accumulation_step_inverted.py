@@ -57,7 +57,7 @@ class AccumulationStepInverted(Rule):
         guards = [
             stmt
             for stmt in walk_scope(node.body)
-            if isinstance(stmt, ast.If) and _not_multiple(stmt.test) is not None
+            if isinstance(stmt, ast.If) and _not_multiple(ctx, stmt.test) is not None
         ]
         if not guards:
             return
@@ -72,14 +72,20 @@ class AccumulationStepInverted(Rule):
                 continue
             if _nested_loop_between(node, guard):
                 continue
-            modulo = _not_multiple(guard.test)
+            modulo = _not_multiple(ctx, guard.test)
             assert modulo is not None
+            written = _written_at(ctx, guard.test)
+            through = (
+                ""
+                if written is guard.test
+                else f" (the test of `if {ast.unparse(guard.test)}:` on line {guard.lineno})"
+            )
             ctx.report(
                 self,
-                guard.test,
-                f"`if {ast.unparse(guard.test)}:` is true on every batch whose count is not a "
-                f"multiple of `{ast.unparse(modulo.right)}`: the optimizer steps on almost "
-                f"every batch and skips the one where accumulation should end; step when "
+                written,
+                f"`{ast.unparse(written)}`{through} makes the optimizer step on every batch "
+                f"whose count is not a multiple of `{ast.unparse(modulo.right)}`: it steps on "
+                f"almost every batch and skips the one where accumulation should end; step when "
                 f"`{ast.unparse(modulo)} == 0`",
             )
 
@@ -90,18 +96,53 @@ def _module_has_guard(ctx: ModuleContext) -> bool:
     memo = ctx.memo_table("accumulation_step_inverted.has_guard")
     if "" not in memo:
         memo[""] = any(
-            isinstance(branch, ast.If) and _not_multiple(branch.test) is not None
+            isinstance(branch, ast.If) and _not_multiple(ctx, branch.test) is not None
             for branch in ctx.nodes_by_type().get(ast.If, ())
         )
     return bool(memo[""])
 
 
-def _not_multiple(test: ast.expr) -> ast.BinOp | None:
-    """The `a % n` of a test true when `a` is not a multiple of `n`: `a % n` on its own, or
-    `a % n != 0`."""
-    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.NotEq):
-        if constant_number(test.comparators[0]) == 0:
+def _not_multiple(ctx: ModuleContext, test: ast.expr) -> ast.BinOp | None:
+    """The `a % n` of a test true when `a` is not a multiple of `n`: `a % n` on its own,
+    `a % n != 0`, `not (a % n == 0)`, or a flag bound to one of them in the same function
+    (`if not is_accumulating:` after `is_accumulating = (i + 1) % n == 0`)."""
+    found = _residue(ctx, test, _HOPS)
+    return found[0] if found is not None and found[1] else None
+
+
+def _written_at(ctx: ModuleContext, test: ast.expr) -> ast.expr:
+    """Where the residue test is written: the guard itself, or the binding of the flag it
+    reads (a flag often has other readers, `no_backward_sync(enabled=is_accumulating)`)."""
+    found = _residue(ctx, test, _HOPS)
+    if found is None or any(node is found[2] for node in ast.walk(test)):
+        return test
+    return found[2]
+
+
+_HOPS = 2
+
+
+def _residue(
+    ctx: ModuleContext, test: ast.expr, hops: int
+) -> tuple[ast.BinOp, bool, ast.expr] | None:
+    """(`a % n`, whether `test` is true when `a` is not a multiple of `n`, the expression
+    that holds the modulo test), or None when `test` is no such residue test."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _residue(ctx, test.operand, hops)
+        return None if inner is None else (inner[0], not inner[1], inner[2])
+    if isinstance(test, ast.Name):
+        if hops == 0 or not isinstance(bound := ctx.flow.reaching(test), ast.expr):
+            return None
+        inner = _residue(ctx, bound, hops - 1)
+        return None if inner is None else (inner[0], inner[1], bound)
+    written, non_multiple = test, True
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        if constant_number(test.comparators[0]) != 0:
+            return None
+        if isinstance(test.ops[0], ast.NotEq):
             test = test.left
+        elif isinstance(test.ops[0], ast.Eq):
+            test, non_multiple = test.left, False
         else:
             return None
     if isinstance(test, ast.BinOp) and isinstance(test.op, ast.Mod):
@@ -109,7 +150,7 @@ def _not_multiple(test: ast.expr) -> ast.BinOp | None:
             return None  # "%d" % n: a format string
         period = constant_number(test.right)
         if period is None or period > 2:  # `% 2` alternates two updates as often
-            return test
+            return test, non_multiple, written
     return None
 
 
