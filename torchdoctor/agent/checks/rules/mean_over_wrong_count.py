@@ -82,7 +82,9 @@ class MeanOverWrongCount(Rule):
                     )
                 cast = _division(node, casts=True)
                 if message is None and cast is not None:
-                    message = _count_over_batches(ctx, *cast, node, loops)
+                    message = _count_over_batches(ctx, *cast, node, loops) or _count_over_window(
+                        ctx, *cast, node
+                    )
                 if message is None and division is not None:
                     message = _means_over_samples(ctx, *division, node, loops)
                 if message is not None:
@@ -103,7 +105,11 @@ def _may_report(ctx: ModuleContext) -> bool:
             return True
     for node in nodes_of(ctx, ast.BinOp):
         division = _division(node, casts=True)
-        if division is not None and division[0] in summed and _batch_count_of(division[1]):
+        if (
+            division is not None
+            and division[0] in summed
+            and (_batch_count_of(division[1]) or isinstance(division[1], ast.Name | ast.Constant))
+        ):
             return True
     return False
 
@@ -316,6 +322,64 @@ def _count_over_batches(
     return None
 
 
+def _count_over_window(
+    ctx: ModuleContext, total: str, divisor: ast.expr, node: ast.AST
+) -> str | None:
+    """`correct / 100` under `if (i + 1) % 100 == 0:` in a loop whose every `correct += ...`
+    adds a count of matching samples (`(predicted == labels).sum().item()`): the samples
+    matched over a window of batches divided by the window's length, the number of batches,
+    so the logged running accuracy is scaled by the batch size. Not when the quotient is
+    divided again (`correct / 100 / batch_size`)."""
+    parent = ctx.parents.get(node)
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div) and parent.left is node:
+        return None
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, (ast.For, ast.AsyncFor, ast.While, *_DEFINITIONS)):
+            return None  # the window is the period of a guard in the loop that counts
+        if not isinstance(anc, ast.If) or (period := _period(anc.test)) is None:
+            continue
+        if ast.dump(period) != ast.dump(divisor):
+            return None
+        loop = next((a for a in ctx.ancestors(anc) if isinstance(a, ast.For | ast.While)), None)
+        added = [] if loop is None else _added_in(loop.body, total)
+        if added and all(_counts_matches(value) for value in added):
+            return (
+                f"`{total}` counts the matching samples of each batch but is divided by "
+                f"`{ast.unparse(divisor)}`, the number of batches between two reports (`if "
+                f"{ast.unparse(anc.test)}:`): the accuracy is scaled by the batch size; divide "
+                "by the number of samples counted in the window"
+            )
+        return None
+    return None
+
+
+def _period(test: ast.expr) -> ast.expr | None:
+    """`n` of a periodic guard `a % n == 0`."""
+    if (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == 0
+        and isinstance(test.left, ast.BinOp)
+        and isinstance(test.left.op, ast.Mod)
+    ):
+        return test.left.right
+    return None
+
+
+def _added_in(body: list[ast.stmt], total: str) -> list[ast.expr]:
+    """What `body` adds to `total` with `+=`."""
+    return [
+        n.value
+        for n in walk_scope(body)
+        if isinstance(n, ast.AugAssign)
+        and isinstance(n.op, ast.Add)
+        and isinstance(n.target, ast.Name)
+        and n.target.id == total
+    ]
+
+
 def _means_over_samples(
     ctx: ModuleContext, total: str, divisor: ast.expr, node: ast.AST, loops: list[ast.For]
 ) -> str | None:
@@ -438,14 +502,5 @@ def _additions_in_loops_over(
         }
         if not _after(node, loop) or source not in iterated:
             continue
-        found.append(
-            [
-                n.value
-                for n in walk_scope(loop.body)
-                if isinstance(n, ast.AugAssign)
-                and isinstance(n.op, ast.Add)
-                and isinstance(n.target, ast.Name)
-                and n.target.id == total
-            ]
-        )
+        found.append(_added_in(loop.body, total))
     return found
