@@ -45,13 +45,19 @@ class LossAveragedTwice(Rule):
     severity = Severity.MEDIUM
     title = "Batch-averaged loss divided again by the batch size"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp,)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp, ast.AugAssign)
     triggers = Triggers(("oss",))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
-        assert isinstance(node, ast.BinOp)
+        assert isinstance(node, ast.BinOp | ast.AugAssign)
         pairs: list[tuple[ast.expr, ast.expr]] = []
-        if isinstance(node.op, ast.Div):
+        if isinstance(node, ast.AugAssign):
+            # `error = loss(out, y)` then `error /= len(x)`: the loss the name holds here
+            if isinstance(node.op, ast.Div) and isinstance(node.target, ast.Name):
+                held = ctx.flow.reaching(node.target)
+                if held is not None:
+                    pairs.append((held, node.value))
+        elif isinstance(node.op, ast.Div):
             pairs.append((node.left, node.right))
         elif isinstance(node.op, ast.Mult):
             for loss, factor in ((node.left, node.right), (node.right, node.left)):
@@ -79,8 +85,43 @@ class LossAveragedTwice(Rule):
 
 
 def _mean_loss_call(ctx: ModuleContext, call: ast.Call) -> bool:
-    sites = ctx.flow.reduction_sites(call)
-    return sites is not None and all(_mean_keywords(site) for site in sites)
+    sites = ctx.flow.reduction_sites(call) or _passed_criteria(ctx, call)
+    return bool(sites) and all(_mean_keywords(site) for site in sites or ())
+
+
+def _passed_criteria(ctx: ModuleContext, call: ast.Call) -> list[ast.Call] | None:
+    """The criteria a helper's parameter receives, when `call` calls that parameter
+    (`fast_adapt(batch, learner, loss, ...)` computing `loss(learner(x), y)`) and every call
+    of the helper in the module passes a torch loss built there
+    (`loss = nn.CrossEntropyLoss(reduction='mean')`); None otherwise."""
+    fn = ctx.enclosing_function(call)
+    if fn is None or not isinstance(call.func, ast.Name):
+        return None
+    params = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+    if call.func.id not in params and call.func.id not in {a.arg for a in fn.args.kwonlyargs}:
+        return None
+    callers = ctx.calls.call_sites(fn)
+    if not callers or ctx.calls.owner(fn) is not None:
+        return None  # a method: its parameters shift by `self`; nothing known of callers
+    built: list[ast.Call] = []
+    for site in callers:
+        index = params.index(call.func.id) if call.func.id in params else -1
+        given = kwarg(site, call.func.id)
+        if given is None and 0 <= index < len(site.args):
+            given = site.args[index]
+        if given is None or isinstance(given, ast.Starred):
+            return None
+        made = list(ctx.flow.constructors(given))
+        if not made or not all(_torch_loss(ctx, c) for c in made):
+            return None
+        built += made
+    return built
+
+
+def _torch_loss(ctx: ModuleContext, constructor: ast.Call) -> bool:
+    """A torch loss module built with at most its first positional argument (a weight)."""
+    made = ctx.flow.qualname_of(constructor) or ""
+    return made.startswith("torch.nn.") and made.endswith("Loss") and len(constructor.args) <= 1
 
 
 def _mean_keywords(call: ast.Call) -> bool:
@@ -100,7 +141,7 @@ def _mean_keywords(call: ast.Call) -> bool:
     return reduction is None or (isinstance(reduction, ast.Constant) and reduction.value == "mean")
 
 
-def _size_of_first_dim(expr: ast.expr, loss: ast.Call) -> bool:
+def _size_of_first_dim(ctx: ModuleContext, expr: ast.expr, loss: ast.Call) -> bool:
     """`t.size(0)`, `t.shape[0]`, `t.size()[0]`, or `len(a)` of an argument of the loss."""
     if (
         isinstance(expr, ast.Call)
@@ -127,13 +168,23 @@ def _size_of_first_dim(expr: ast.expr, loss: ast.Call) -> bool:
     ):
         return True
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "len":
-        given = {ast.unparse(a) for a in loss.args}
-        return bool(expr.args) and ast.unparse(expr.args[0]) in given
+        return bool(expr.args) and ast.unparse(expr.args[0]) in _fed(ctx, loss)
     return False
 
 
+def _fed(ctx: ModuleContext, loss: ast.Call) -> set[str]:
+    """What the loss is given, and the batch fed to the model that made its inputs, inline or
+    one binding away (`loss(learner(x), y)`; `predictions = learner(x)` then
+    `loss(predictions, y)`): `len()` of any of them is the batch size."""
+    values: list[ast.expr] = list(loss.args)
+    for arg in loss.args:
+        if isinstance(arg, ast.Name) and (bound := ctx.flow.reaching(arg)) is not None:
+            values.append(bound)
+    return {ast.unparse(n) for v in values for n in ast.walk(v) if isinstance(n, ast.expr)}
+
+
 def _batch_size(ctx: ModuleContext, divisor: ast.expr, loss: ast.Call) -> bool:
-    if _size_of_first_dim(divisor, loss):
+    if _size_of_first_dim(ctx, divisor, loss):
         return True
     if isinstance(divisor, ast.Attribute) and _BATCH_NAME.match(divisor.attr):
         return True
@@ -150,4 +201,4 @@ def _batch_size(ctx: ModuleContext, divisor: ast.expr, loss: ast.Call) -> bool:
         if isinstance(n, ast.Assign)
         and any(isinstance(t, ast.Name) and t.id == divisor.id for t in n.targets)
     ]
-    return len(bindings) == 1 and _size_of_first_dim(bindings[0], loss)
+    return len(bindings) == 1 and _size_of_first_dim(ctx, bindings[0], loss)
