@@ -429,3 +429,14 @@ def test_a_failed_export_names_its_error_type_once() -> None:
         )
         (finding,) = [f for f in probe_findings(doc, "train.py").findings]
         assert finding.message == f"torch.export.export failed on the captured input: {shown}"
+
+
+def test_an_export_not_tried_is_not_checked_rather_than_failed() -> None:
+    # elliotwaite/pytorch-to-javascript-with-onnx-js's convert_to_onnx.py: the script's own
+    # torch.onnx.export traces the model, so the probes capture no input to try torch.export
+    # with; the script exported fine, and "the model cannot be exported" was false
+    reason = {"ok": False, "error": "no model with a captured input", "tried": False}
+    analysis = probe_findings(document(export={"torch_export": reason}), "convert_to_onnx.py")
+    assert "probe-export-failed" not in {f.rule for f in analysis.findings}
+    hint = analysis.coverage["7.1"]
+    assert hint.verdict == "not-checked" and "no model with a captured input" in hint.reason

@@ -766,6 +766,9 @@ def _export(b: _Builder) -> None:
     if not e.torch_export.ok and not (e.torch_export.error or e.torch_export.error_type):
         b.hint("7.1", "not-checked", "probe:export", "the export try recorded no error")
         return
+    if (e.torch_export.model_extra or {}).get("tried") is False:
+        b.hint("7.1", "not-checked", "probe:export", f"not tried: {e.torch_export.error}")
+        return
     file, line = _model_location(b)
     if e.torch_export.ok:
         onnx = e.onnx

@@ -17,7 +17,10 @@ from torchdoctor.agent.fixes.models import RunSignals, SmokeRun
 from torchdoctor.agent.harness import Harness, HarnessCall
 from torchdoctor.agent.launch import parse_launch
 
-_OK_OUTCOMES = {"completed-steps", "script-finished"}
+_OK_OUTCOMES = {"completed-steps", "script-finished", "no-optimizer", "no-model"}
+"""Runs that reached their step count or ended by themselves without an error: an inference
+script's few forwards (`no-optimizer`) and an export script, whose `torch.onnx.export` traces
+the model without an eager forward (`no-model`), ran as they should."""
 
 
 def smoke_run(

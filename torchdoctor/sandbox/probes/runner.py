@@ -92,7 +92,9 @@ def _reap_workers() -> int:
 def _posthoc(config: ProbeConfig, session: Session, doc: dict[str, Any]) -> None:
     model = session.main_model()
     if model is None or id(model) not in session.captured:
-        reason = {"ok": False, "error": "no model with a captured input"}
+        # not tried: nothing says whether the model exports (an export script's own
+        # torch.onnx.export traces the model without an eager forward the probes see)
+        reason = {"ok": False, "error": "no model with a captured input", "tried": False}
         doc["export"] = {"torch_export": reason} if config.export else None
         doc["int8"] = reason if config.int8 else None
         doc["compile"] = reason if "compile" in config.probes else None
