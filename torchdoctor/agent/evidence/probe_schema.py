@@ -386,6 +386,8 @@ class CapturedWarning(_Model):
     file: str | None = None
     line: int | None = None
     count: int
+    internal: bool = False
+    """The warned-about call was a library's own (torch deprecating an API torch calls)."""
 
 
 class CollectiveStats(_Model):

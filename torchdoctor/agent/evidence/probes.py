@@ -932,7 +932,8 @@ def _compile(b: _Builder) -> None:
 
 def _deprecations(b: _Builder) -> None:
     for w in b.doc.warnings:
-        if w.category in ("FutureWarning", "DeprecationWarning") and w.file and w.line:
+        deprecation = w.category in ("FutureWarning", "DeprecationWarning")
+        if deprecation and w.file and w.line and not w.internal:
             b.find(
                 "probe-deprecated-api",
                 1,

@@ -3,8 +3,10 @@ each attributed to the user's line that triggered it."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TextIO
 
 from torchdoctor.sandbox.probes.frames import UserFiles
@@ -17,7 +19,7 @@ class WarningsProbe:
     def __init__(self, user_files: UserFiles, on_sync: Callable[[], None]) -> None:
         self.user_files = user_files
         self.on_sync = on_sync
-        self.kept: dict[tuple[str, str, str | None, int | None], int] = {}
+        self.kept: dict[tuple[str, str, str | None, int | None, bool], int] = {}
         self._previous: Callable[..., Any] | None = None
         self._filters: list[Any] = []
 
@@ -52,12 +54,31 @@ class WarningsProbe:
             text[:300],
             location.file if location else None,
             location.line if location else None,
+            self._raised_by_a_library(filename, lineno),
         )
         if key in self.kept or len(self.kept) < MAX_KEPT:
             self.kept[key] = self.kept.get(key, 0) + 1
 
+    def _raised_by_a_library(self, filename: str, lineno: int) -> bool:
+        """The warned-about call was made by library code, not by the user's. With stacklevel
+        1 the warning names the deprecated function itself, so its caller made the call (the
+        user's `F.sigmoid(x)`); with a higher one it names the frame that made the call
+        (torch.onnx.export's own pytree code warning that `LeafSpec` is deprecated)."""
+        frame: FrameType | None = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename == warnings.__file__:
+            frame = frame.f_back  # `warnings._showwarnmsg`
+        warner = frame
+        while frame is not None:
+            if frame.f_code.co_filename == filename and frame.f_lineno == lineno:
+                caller = frame.f_back if frame is warner else frame
+                return caller is not None and not self.user_files.contains(
+                    caller.f_code.co_filename
+                )
+            frame = frame.f_back
+        return False  # the named frame is not on the stack: keep it as the user's
+
     def report(self) -> list[dict[str, Any]]:
         return [
-            {"category": c, "message": m, "file": f, "line": ln, "count": n}
-            for (c, m, f, ln), n in self.kept.items()
+            {"category": c, "message": m, "file": f, "line": ln, "count": n, "internal": i}
+            for (c, m, f, ln, i), n in self.kept.items()
         ]
