@@ -79,6 +79,7 @@ NEW_RULES: tuple[str, ...] = (
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
     "double-softmax",
+    "divide-by-std-no-eps",
     "leak-preprocessing",
     "eval-without-eval-mode",
     "loss-graph-accumulation",

@@ -219,8 +219,14 @@ def _from_labels(ctx: ModuleContext, value: ast.expr, labels: set[str]) -> bool:
     )
 
 
+_COMPARING_FUNCTIONS = frozenset(
+    {"torch.eq", "torch.ne", "torch.equal", "numpy.equal", "numpy.not_equal"}
+)
+
+
 def _compared_read(ctx: ModuleContext, value: ast.expr) -> bool:
-    """`value == y`, `value.view_as(y) == y`, `value.eq(y)`, `torch.max(out, 1)[1] == y` (the
+    """`value == y`, `value.view_as(y) == y`, `value.eq(y)`, `torch.eq(value, y)`,
+    `torch.max(out, 1)[1] == y` (the
     indices of a `(values, indices)` pair): compared, not passed on."""
     node: ast.AST = value
     parent = ctx.parents.get(node)
@@ -228,7 +234,8 @@ def _compared_read(ctx: ModuleContext, value: ast.expr) -> bool:
         if isinstance(parent, ast.Attribute) and parent.attr in _COMPARISONS:
             return True
         if isinstance(parent, ast.Call) and parent.func is not node:
-            return False  # passed as an argument: another value, not this prediction
+            # `torch.eq(pred, y)`: the function form compares; any other call passes it on
+            return ctx.flow.qualname_of(parent) in _COMPARING_FUNCTIONS and node in parent.args
         if isinstance(parent, ast.Subscript) and parent.value is not node:
             return False  # used as an index: `labels[pred]`
         node, parent = parent, ctx.parents.get(parent)

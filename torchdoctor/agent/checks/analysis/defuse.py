@@ -473,7 +473,7 @@ class DefUse:
             default = self._call_defaults.get(id(scope), {}).get(node.id) if defaulted else None
             if default is not None:
                 return [default]
-            return self._scope_bindings[id(self.ctx.tree)].get(node.id, [])
+            return self._closure_bindings(scope, node.id)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "self":
                 return self._self_attributes.get(f"self.{node.attr}", [])
@@ -483,6 +483,19 @@ class DefUse:
             scope = self._scope_of(node)
             return self._scope_bindings.get(id(scope), {}).get(key, [])
         return []
+
+    def _closure_bindings(self, scope: ScopeNode, name: str) -> list[ast.expr]:
+        """A name a nested function reads but does not bind: the nearest enclosing function
+        that binds it (`def update(): pi_optimizer.step()` inside the `def vpg(...)` that
+        builds `pi_optimizer`), else the module's."""
+        bindings = self._scope_bindings
+        outer = self.ctx.enclosing_function(scope) if scope is not self.ctx.tree else None
+        while outer is not None:
+            values = bindings.get(id(outer), {}).get(name)
+            if values:
+                return values
+            outer = self.ctx.enclosing_function(outer)
+        return bindings[id(self.ctx.tree)].get(name, [])
 
     @cached_property
     def _comprehension_names(self) -> frozenset[str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
@@ -45,6 +46,7 @@ Property = Literal[
     "left-in-train-mode-by-a-caller",
     "called-in-train-mode",
     "run-with-grad-by-a-caller",
+    "differentiated-by-a-caller",
     "not-mode-free",
     "mode-layers-in-project",
     "cpu-device-in-project",
@@ -64,6 +66,7 @@ FACTS_KEY = "semantic"
 PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
 GRAD_CALLS_KEY = "grad-calls"
+DIFFERENTIATED_CALLS_KEY = "differentiated-calls"
 MODE_LAYERS_KEY = "may-hold-mode-layers"
 CPU_DEVICE_KEY = "offers-cpu-device"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
@@ -666,6 +669,21 @@ def publish_grad_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None
         ctx.facts[GRAD_CALLS_KEY] = calls
 
 
+def publish_differentiated_calls(ctx: ModuleContext) -> None:
+    """Record, per imported project function, whether each call of it here hands it a
+    model's output with autograd on (`mel_spectrogram(y_g_hat.squeeze(1), ...)` in a GAN's
+    generator step): what the function computes from it is back-propagated through."""
+    calls: dict[str, list[bool]] = {}
+    for symbol, site in project_function_calls(ctx):
+        arguments = [*site.args, *(k.value for k in site.keywords)]
+        calls.setdefault(symbol, []).append(
+            not grad_may_be_off(ctx, site)
+            and any(ctx.flow.graph_origin(a) == "output" for a in arguments)
+        )
+    if any(any(flags) for flags in calls.values()):
+        ctx.facts[DIFFERENTIATED_CALLS_KEY] = calls
+
+
 def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
     """Record, per imported project function, whether each call of it here runs after an
     `.eval()` (for the project pass of the rules on evaluation and inference paths)."""
@@ -1147,10 +1165,12 @@ class ProjectIndex:
         grad_calls: dict[str, list[bool]] | None = None,
         passes: list[ModelPass] | None = None,
         cpu_device_programs: list[str] | None = None,
+        differentiated_calls: dict[str, list[bool]] | None = None,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
         self.grad_calls = grad_calls or {}
+        self.differentiated_calls = differentiated_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
         self.passes = passes or []
         self.cpu_device_programs = cpu_device_programs or []
@@ -1159,11 +1179,14 @@ class ProjectIndex:
     def from_facts(cls, facts: dict[str, dict[str, Any]]) -> ProjectIndex:
         mode_calls: dict[str, list[bool]] = {}
         grad_calls: dict[str, list[bool]] = {}
+        differentiated: dict[str, list[bool]] = {}
         for f in facts.values():
             for symbol, modes in f.get(MODE_CALLS_KEY, {}).items():
                 mode_calls.setdefault(symbol, []).extend(bool(m) for m in modes)
             for symbol, offs in f.get(GRAD_CALLS_KEY, {}).items():
                 grad_calls.setdefault(symbol, []).extend(bool(o) for o in offs)
+            for symbol, ons in f.get(DIFFERENTIATED_CALLS_KEY, {}).items():
+                differentiated.setdefault(symbol, []).extend(bool(o) for o in ons)
         summaries = [
             ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f
         ]
@@ -1181,6 +1204,7 @@ class ProjectIndex:
             grad_calls=grad_calls,
             passes=passes,
             cpu_device_programs=[m for f in facts.values() for m in f.get(CPU_DEVICE_KEY, [])],
+            differentiated_calls=differentiated,
         )
 
     def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
@@ -1237,6 +1261,8 @@ class ProjectIndex:
         if needs == "run-with-grad-by-a-caller":  # no caller seen, or one with autograd on
             offs = self._caller_flags(self.grad_calls, symbol)
             return not offs or not all(offs)
+        if needs == "differentiated-by-a-caller":  # a caller gives it a model's output
+            return any(self._caller_flags(self.differentiated_calls, symbol))
         if needs == "mode-layers-in-project":
             return self.mode_layers_anywhere
         if needs == "cpu-device-in-project":  # `symbol`: a module a CPU-capable entry imports

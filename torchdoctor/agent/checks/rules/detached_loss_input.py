@@ -51,7 +51,11 @@ class DetachedLossInput(Rule):
     `opt_G` built over `G.parameters()`). The backward runs (through D), the step runs, and G
     never learns. Reported at the cut, when every path from that model's calls to the loss
     goes through one; a step whose model reaches the loss attached (the discriminator step
-    with `D(fake.detach())`) is the idiom, not a bug.
+    with `D(fake.detach())`) is the idiom, not a bug. The walk follows a loss a local helper
+    computes and returns (`loss_pi, info = compute_loss_pi(data)` in a closure of the
+    algorithm's function), and a term of the back-propagated sum that reaches the model only
+    through a cut is reported even when another term reaches it attached (a vocoder GAN's
+    adversarial terms on `mpd(y, y_g_hat.detach())` beside its attached mel term).
 
     A loss accumulated into a sum that other losses join attached (`total += intent_loss
     .item()` beside `total += coef * slot_loss`) adds value but no gradient: that term is
@@ -388,7 +392,9 @@ def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call
         if model is None:
             continue
         attached, cuts = _paths_to_model(ctx, func.value, model)
-        if cuts and not attached:
+        if attached:
+            cuts = _cut_terms(ctx, func.value, model)
+        if cuts:
             here = (call.lineno, call.col_offset)
             before = [c for c in cuts if (c.lineno, c.col_offset) < here]
             found.append(
@@ -399,6 +405,24 @@ def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call
                 )
             )
     return found
+
+
+def _cut_terms(ctx: ModuleContext, loss: ast.expr, model: str) -> list[ast.expr]:
+    """The cuts of the terms of a back-propagated sum that reach `model` only through one,
+    when other terms reach it attached (HiFi-GAN's generator step with `mpd(y,
+    y_g_hat.detach())`: the adversarial and feature-matching terms train nothing, the mel
+    term still trains the generator)."""
+    if not isinstance(loss, ast.Name):
+        return []
+    total = ctx.flow.reaching(loss)
+    if not (isinstance(total, ast.BinOp) and isinstance(total.op, ast.Add | ast.Sub)):
+        return []
+    cuts: list[ast.expr] = []
+    for term in _additive_terms(ctx, total):
+        attached, term_cuts = _paths_to_model(ctx, term, model)
+        if not attached:
+            cuts += [c for c in term_cuts if not any(c is known for known in cuts)]
+    return cuts
 
 
 def _stepped_model(ctx: ModuleContext, step: ast.Call) -> str | None:
@@ -465,12 +489,19 @@ def _paths_to_model(ctx: ModuleContext, loss: ast.expr, model: str) -> tuple[boo
             stack.append((inner, cut if cut is not None else node))
             continue
         if isinstance(node, ast.Name):
+            returned = _unpacked_returns(ctx, node)
+            if returned:
+                stack.extend((value, cut) for value in returned)
+                continue
             reached = ctx.flow.reaching(node)  # the binding that runs first on every path
             values = [reached] if reached is not None else ctx.flow.live_definitions(node)
             stack.extend((value, cut) for value in values)
             continue
         children: list[ast.expr] = []
         if isinstance(node, ast.Call):
+            # a local helper computes the loss (`loss_pi = compute_loss_pi(data)`): what it
+            # returns, besides the arguments its parameters stand for
+            stack.extend((value, cut) for value in ctx.flow.returns_of(node))
             children = [*node.args, *(k.value for k in node.keywords)]
             if isinstance(node.func, ast.Attribute):
                 children.append(node.func.value)  # `out.mean()` reads `out`
@@ -478,6 +509,25 @@ def _paths_to_model(ctx: ModuleContext, loss: ast.expr, model: str) -> tuple[boo
             children = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
         stack.extend((child, cut) for child in children)
     return attached, cuts
+
+
+def _unpacked_returns(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
+    """What a local helper returns in the position `name` unpacks (`loss_pi, info =
+    compute_loss_pi(data)` -> the first element of each `return loss_pi, pi_info`), with the
+    call's arguments its parameters stand for; [] when `name` is not unpacked from such a
+    call or a return has another shape."""
+    found: list[ast.expr] = []
+    for value, position, arity in ctx.flow.unpackings(name):
+        returns = ctx.flow.returns_of(value) if isinstance(value, ast.Call) else []
+        if not returns:
+            return []
+        for returned in returns:
+            if not (isinstance(returned, ast.Tuple) and len(returned.elts) == arity):
+                return []
+            found.append(returned.elts[position])
+        assert isinstance(value, ast.Call)
+        found += [*value.args, *(k.value for k in value.keywords)]
+    return found
 
 
 def _numbers_in_attached_sums(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:

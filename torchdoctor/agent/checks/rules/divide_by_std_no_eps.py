@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.model_facts import LOSS_NAME
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    module_name,
+    publish_differentiated_calls,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, identifier
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -15,6 +24,7 @@ _SPREAD = frozenset({"std", "var", "norm"})
 # Methods of a model that return its embeddings (CLIP's encode_image / encode_text).
 _EMBEDDING_METHODS = ("encode", "get_image_features", "get_text_features")
 _ROOTS = frozenset({"sqrt", "rsqrt"})
+_TORCH_ROOTS = frozenset({"torch.sqrt", "torch.rsqrt"})
 # Random draws (latents, noise, interpolation weights): the zero vector has probability zero.
 _DRAWS = frozenset(
     {"torch.randn", "torch.randn_like", "torch.normal", "torch.rand", "torch.rand_like"}
@@ -39,7 +49,13 @@ class DivideByStdNoEps(Rule):
     epsilon that precedence adds to the quotient instead of the divisor (`np.abs(y_hat - y) /
     np.abs(y) + 1e-5`, the divisor a magnitude, spread or sum); and a min-max normalisation's
     range (`(x - x.min()) / (x.max() - x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`)
-    with no epsilon, clamp or test.
+    with no epsilon, clamp or test. Also the magnitude of a spectrum with no epsilon under
+    the root (`torch.sqrt(spec.pow(2).sum(-1))` of an STFT, `sqrt(s.real ** 2 + s.imag **
+    2)`) where autograd differentiates it: in a model's `forward`, a loss, or a helper that
+    this file or another one hands a model's output with autograd on (a vocoder's mel
+    spectrogram of the generated audio): the root's gradient divides by the root, and a
+    bin's two squared parts underflow to zero for quiet audio. Not the root of an embedding's
+    or a displacement's squared norm (as rarely zero as the norms above).
 
     Why it matters: the spread (or range) is zero for a constant input, a single-element
     batch or an all-zero vector (padding, dead features); the division then yields NaN/Inf
@@ -67,7 +83,7 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    triggers = Triggers((*_GATES, "abs(", "min("))
+    triggers = Triggers((*_GATES, "abs(", "min(", "backward"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source
@@ -77,9 +93,18 @@ class DivideByStdNoEps(Rule):
             or ("min(" in source and "max(" in source)
         )
 
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A root of an energy in a helper of one file holds when another file's call gives
+        that helper a model's output with autograd on."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
     def finish(self, ctx: ModuleContext) -> None:
+        if "backward" in ctx.source:
+            publish_differentiated_calls(ctx)
         if not self.applies(ctx):
             return
+        self._roots_of_energies(ctx)
         nodes: list[ast.BinOp | ast.AugAssign] = [
             *ctx.flow.nodes(ast.BinOp),
             *ctx.flow.nodes(ast.AugAssign),
@@ -128,6 +153,92 @@ class DivideByStdNoEps(Rule):
                         "the range is zero (a constant input)",
                         data={"divisor": ast.unparse(divisor)},
                     )
+
+    def _roots_of_energies(self, ctx: ModuleContext) -> None:
+        """`torch.sqrt(spec.pow(2).sum(-1))`: the magnitude of a spectrum (an STFT's or FFT's
+        real and imaginary parts squared and summed) with no epsilon under the root, on a
+        path autograd differentiates: in a model's `forward`, a loss, or a helper this file
+        or another one gives a model's output (a vocoder's mel spectrogram of the generated
+        audio, compared with the real one in the loss). A bin's two squared parts underflow
+        to zero for quiet audio (in float16 below 6e-8), unlike the norm of an embedding."""
+        if "stft" not in ctx.source and "fft" not in ctx.source and ".imag" not in ctx.source:
+            return
+        for root in ctx.flow.calls_named(_ROOTS):
+            energy = _root_argument(ctx, root)
+            if energy is None or not (
+                _unguarded_energy(ctx, root, energy) or _squared_parts(energy)
+            ):
+                continue
+            if not ctx.flow.derives_from(energy, lambda node: _spectral(ctx, node)):
+                continue
+            if grad_may_be_off(ctx, root):
+                continue
+            message = (
+                f"`{ast.unparse(root)}` has no epsilon under the root: its gradient divides "
+                "by the root, NaN wherever the energy is zero (a silent frame, a zero vector); "
+                "write `torch.sqrt(e + eps)`"
+            )
+            where = _differentiated_where(ctx, root)
+            if where == "here":
+                ctx.report(self, root, message)
+            elif where is not None:
+                found = ctx.finding(self, root, message)
+                if found is not None:
+                    defer(
+                        ctx,
+                        self.id,
+                        Pending(symbol=where, needs="differentiated-by-a-caller", finding=found),
+                    )
+
+
+_SPECTRA = frozenset({"torch.stft", "torch.view_as_real"})
+
+
+def _spectral(ctx: ModuleContext, node: ast.AST) -> bool:
+    """A complex spectrum or its parts: `torch.stft`, `torch.fft.*`, `x.real`/`x.imag`."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("real", "imag") and isinstance(node.ctx, ast.Load)
+    if not isinstance(node, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(node) or ""
+    return qual in _SPECTRA or qual.startswith("torch.fft.")
+
+
+def _squared_parts(value: ast.expr) -> bool:
+    """`re ** 2 + im ** 2`: a sum of squares written term by term, no epsilon among them."""
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):
+        return all(_square(side) or _squared_parts(side) for side in (value.left, value.right))
+    return False
+
+
+def _root_argument(ctx: ModuleContext, root: ast.Call) -> ast.expr | None:
+    """`e` in `torch.sqrt(e)` or `e.sqrt()` (not NumPy's or `math`'s: no autograd there)."""
+    if root.args:
+        return root.args[0] if ctx.flow.qualname_of(root) in _TORCH_ROOTS else None
+    if isinstance(root.func, ast.Attribute) and not root.keywords:
+        return root.func.value
+    return None
+
+
+def _differentiated_where(ctx: ModuleContext, node: ast.AST) -> str | None:
+    """'here' when `node` runs in a model's `forward`, a function named as a loss, or a
+    helper some call of this file gives a model's output with autograd on; the helper's
+    qualified name when it is a module-level function no call of this file so gives (other
+    files' calls decide); None otherwise."""
+    fn = ctx.enclosing_function(node)
+    if fn is None:
+        return None
+    if fn.name == "forward" or LOSS_NAME.search(fn.name):
+        return "here"
+    for site in ctx.calls.call_sites(fn):
+        arguments = [*site.args, *(k.value for k in site.keywords)]
+        if not grad_may_be_off(ctx, site) and any(
+            ctx.flow.graph_origin(a) == "output" for a in arguments
+        ):
+            return "here"
+    if isinstance(ctx.parents.get(fn), ast.Module):
+        return f"{module_name(ctx.path)}.{fn.name}"
+    return None
 
 
 # Divisors that are zero for some data: a magnitude, a spread, a sum.

@@ -48,8 +48,9 @@ class FactoryWithoutDeviceInStep(Rule):
     sequence lengths (CTC's `input_lengths`/`target_lengths`, which it takes on the host, or
     a tensor named for lengths handed to a model: packing needs them on the CPU),
     results used only in CPU-side bookkeeping, steps that move none of their data to a
-    device themselves (the model places its inputs: pipeline shards, RPC), scripts with no
-    CUDA use, code outside the training step.
+    device themselves and are not handed one (the model places its inputs: pipeline shards,
+    RPC; a step given `device` places its own tensors), scripts with no CUDA use, code
+    outside the training step.
 
     Example:
         logits = image_emb @ text_emb.t()
@@ -222,6 +223,7 @@ def _consumer(ctx: ModuleContext, call: ast.expr, hops: int = 0) -> ast.Call | N
 
 
 _MAX_HOPS = 3
+_DEVICE_PARAMETER = re.compile(r"^(device|dev|.+_device)$")
 _KEEPS_DEVICE = frozenset(
     {
         "float", "double", "half", "long", "int", "bool", "byte", "view", "reshape",
@@ -354,8 +356,15 @@ def _device_side(ctx: ModuleContext, call: ast.Call) -> bool:
 
 
 def _places_batches(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The step moves its data to the device itself (`x.to(device)`, `y.cuda()`): device
-    placement is this code's job, not the model's (a pipeline shard that moves its inputs)."""
+    """The step moves its data to the device itself (`x.to(device)`, `y.cuda()`), or its
+    function is handed the device to use (`def train(args, model, device, graphs, ...)`):
+    device placement is this code's job, not the model's (a pipeline shard that moves its
+    inputs)."""
+    function = ctx.enclosing_function(call)
+    if function is not None and any(
+        _DEVICE_PARAMETER.match(a.arg) for a in [*function.args.args, *function.args.kwonlyargs]
+    ):
+        return True
     loop = ctx.loops.loop_containing(call)
     owner = loop.node if loop is not None else ctx.enclosing_function(call)
     body = getattr(owner, "body", [])

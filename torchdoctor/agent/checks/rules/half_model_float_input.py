@@ -39,7 +39,9 @@ class HalfModelFloatInput(Rule):
     explicit `.float()`, or a batch of an image loader fed to an image model (torchvision or
     timm models, local networks with 2-D/3-D convolutions, norms or pools) or of a loader over
     a torchvision dataset to any model (a diffusion wrapper whose network is in another
-    file: `ToTensor()` made those images float32), moved with `.to(device)`/`.cuda()` only.
+    file: `ToTensor()` made those images float32), moved with `.to(device)`/`.cuda()` only;
+    or what a local helper computes from such a tensor (`x = get_mel(wav)` with `wav` a
+    `FloatTensor`) when the helper casts nothing.
 
     Why it matters: the weights are float16 and the input float32; the first layer fails with
     "Input type (float) and bias type (c10::Half) should be the same" (or, on some ops, the
@@ -267,7 +269,7 @@ def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops:
         qual = ctx.flow.qualname_of(expr) or ""
         if qual.startswith("torch.") and qual.rsplit(".", 1)[-1] in _FLOAT_FACTORIES:
             return None if kwarg(expr, "dtype") is not None else f"`{qual}` without dtype="
-        return None
+        return _computed_by_helper(ctx, expr, image_model, hops)
     if not isinstance(expr, ast.Name):
         return None
     value = _reaching(ctx, expr)
@@ -281,6 +283,47 @@ def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops:
             return "a batch of a torchvision dataset's loader"
         return None
     return _float32_origin(ctx, value, image_model, hops + 1)
+
+
+def _computed_by_helper(
+    ctx: ModuleContext, call: ast.Call, image_model: bool, hops: int
+) -> str | None:
+    """A local helper's result computed from a float32 argument (`x = get_mel(wav)` with
+    `def get_mel(x): return mel_spectrogram(x, ...)`, `wav` a `FloatTensor`): what a helper
+    computes from a float32 tensor stays float32 unless it casts. Not when the helper casts
+    anywhere in its body (`.half()`, `.to(dtype=...)`, `.type(...)`) or returns nothing that
+    reads the parameter the float32 value is bound to."""
+    helpers = ctx.calls.resolve(call)
+    if len(helpers) != 1:
+        return None
+    helper = helpers[0]
+    if any(_casting(ctx, node) for node in walk_tree(helper)):
+        return None
+    returned = [
+        node.value
+        for node in walk_tree(helper)
+        if isinstance(node, ast.Return) and node.value is not None
+    ]
+    if not returned:
+        return None
+    for parameter, argument in ctx.calls.bind(call, helper).items():
+        if not all(_reads(value, parameter) for value in returned):
+            continue
+        why = _float32_origin(ctx, argument, image_model, hops + 1)
+        if why is not None:
+            return f"computed by `{identifier(call.func)}()` from {why}"
+    return None
+
+
+def _casting(ctx: ModuleContext, node: ast.AST) -> bool:
+    """A dtype cast: `.half()`, `.bfloat16()`, `.type(...)`, `.to(...)` with a dtype."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return False
+    return node.func.attr in ("half", "bfloat16", "type") or _casts(node)
+
+
+def _reads(value: ast.expr, name: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == name for n in walk_tree(value))
 
 
 def _reaching(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:

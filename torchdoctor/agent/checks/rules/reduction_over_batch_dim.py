@@ -77,6 +77,10 @@ class ReductionOverBatchDim(Rule):
     reaches a loss (DQN's `q_target(s_next).max(0)[0]` in the TD target: the best value of
     each action over the batch, not the best action of each transition).
 
+    Also reported: a `max`/`argmax` over dim 0 (a literal, or a name bound only to 0 such as
+    `node_dim = 0`) of scores that a loss of the same function reads with the labels, compared
+    with them (a full-graph GNN step, no loader): the loss takes `(examples, classes)`.
+
     Also reported: a softmax or log_softmax over the one axis that the tensor's own view or
     reshape sizes with the batch size (`pi = pi.view(seq_len, bs, gaussians)`, then
     `log_softmax(pi, dim=-2)`): whatever the dim's number, it is the batch.
@@ -278,6 +282,8 @@ class ReductionOverBatchDim(Rule):
             return True  # DQN's `q_target(s).max(0)[0]`: the best of each action over the batch
         if name in _EXTREMES and _gathered_outputs(ctx, reduced) and compared(ctx, call):
             return True  # `output = pass_data_iteratively(model, graphs)`: every batch's rows
+        if name in _EXTREMES and _classified_by_a_loss(ctx, call, reduced) and compared(ctx, call):
+            return True  # a loss reads the same scores as `(nodes, classes)`
         direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
         if (
             not direct
@@ -786,9 +792,34 @@ def _over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     dim = kwarg(call, "dim")
     if dim is None and len(call.args) > position:
         dim = call.args[position]
+    if isinstance(dim, ast.Name):
+        values = ctx.flow.definitions(dim)  # `node_dim = 0  # node axis`, then `dim=node_dim`
+        if values and all(constant_int(v) == 0 for v in values):
+            return tensor
     if isinstance(dim, ast.Constant) and dim.value == 0 and not isinstance(dim.value, bool):
         return tensor
     return None
+
+
+def _classified_by_a_loss(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
+    """The reduced tensor is also the prediction a loss of the same function reads with the
+    labels (`loss = cross_entropy_loss(scores, labels)`, a full-graph GNN step with no loader):
+    a loss takes `(batch, classes)`, so its dim 0 is the examples."""
+    if not isinstance(reduced, ast.Name):
+        return False
+    scope = ctx.enclosing_function(call)
+    for read in ctx.flow.reads_of(reduced.id):
+        parent = ctx.parents.get(read)
+        if (
+            isinstance(parent, ast.Call)
+            and parent.args
+            and parent.args[0] is read
+            and len(parent.args) > 1
+            and ctx.enclosing_function(parent) is scope
+            and ctx.flow.is_loss_callee(parent.func)
+        ):
+            return True
+    return False
 
 
 def _fed_to_loss(ctx: ModuleContext, call: ast.Call) -> bool:
