@@ -47,6 +47,7 @@ Property = Literal[
     "called-in-train-mode",
     "run-with-grad-by-a-caller",
     "differentiated-by-a-caller",
+    "given-parameters-by-a-caller",
     "not-mode-free",
     "mode-layers-in-project",
     "cpu-device-in-project",
@@ -67,6 +68,8 @@ PASSES_KEY = "model-passes"
 MODE_CALLS_KEY = "mode-calls"
 GRAD_CALLS_KEY = "grad-calls"
 DIFFERENTIATED_CALLS_KEY = "differentiated-calls"
+PARAMETER_CALLS_KEY = "parameter-calls"
+_PARAMETER_ITERATORS = frozenset({"parameters", "named_parameters"})
 MODE_LAYERS_KEY = "may-hold-mode-layers"
 CPU_DEVICE_KEY = "offers-cpu-device"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
@@ -684,6 +687,29 @@ def publish_differentiated_calls(ctx: ModuleContext) -> None:
         ctx.facts[DIFFERENTIATED_CALLS_KEY] = calls
 
 
+def publish_parameter_calls(ctx: ModuleContext) -> None:
+    """Record, per imported project function, whether each call of it here hands it a
+    model's parameters (`update_ema(ema.parameters(), model.parameters())`) with autograd on:
+    what it updates in place from them records a graph."""
+    calls: dict[str, list[bool]] = {}
+    for symbol, site in project_function_calls(ctx):
+        arguments = [*site.args, *(k.value for k in site.keywords)]
+        calls.setdefault(symbol, []).append(
+            not grad_may_be_off(ctx, site) and any(passes_parameters(a) for a in arguments)
+        )
+    if any(any(flags) for flags in calls.values()):
+        ctx.facts[PARAMETER_CALLS_KEY] = calls
+
+
+def passes_parameters(argument: ast.expr) -> bool:
+    """`model.parameters()`, `self.net.named_parameters()`."""
+    return (
+        isinstance(argument, ast.Call)
+        and isinstance(argument.func, ast.Attribute)
+        and argument.func.attr in _PARAMETER_ITERATORS
+    )
+
+
 def publish_mode_calls(ctx: ModuleContext, calls: dict[str, list[bool]]) -> None:
     """Record, per imported project function, whether each call of it here runs after an
     `.eval()` (for the project pass of the rules on evaluation and inference paths)."""
@@ -1166,11 +1192,13 @@ class ProjectIndex:
         passes: list[ModelPass] | None = None,
         cpu_device_programs: list[str] | None = None,
         differentiated_calls: dict[str, list[bool]] | None = None,
+        parameter_calls: dict[str, list[bool]] | None = None,
     ) -> None:
         self.summaries = summaries
         self.mode_calls = mode_calls or {}
         self.grad_calls = grad_calls or {}
         self.differentiated_calls = differentiated_calls or {}
+        self.parameter_calls = parameter_calls or {}
         self.mode_layers_anywhere = mode_layers_anywhere
         self.passes = passes or []
         self.cpu_device_programs = cpu_device_programs or []
@@ -1180,6 +1208,7 @@ class ProjectIndex:
         mode_calls: dict[str, list[bool]] = {}
         grad_calls: dict[str, list[bool]] = {}
         differentiated: dict[str, list[bool]] = {}
+        parameter_calls: dict[str, list[bool]] = {}
         for f in facts.values():
             for symbol, modes in f.get(MODE_CALLS_KEY, {}).items():
                 mode_calls.setdefault(symbol, []).extend(bool(m) for m in modes)
@@ -1187,6 +1216,8 @@ class ProjectIndex:
                 grad_calls.setdefault(symbol, []).extend(bool(o) for o in offs)
             for symbol, ons in f.get(DIFFERENTIATED_CALLS_KEY, {}).items():
                 differentiated.setdefault(symbol, []).extend(bool(o) for o in ons)
+            for symbol, given in f.get(PARAMETER_CALLS_KEY, {}).items():
+                parameter_calls.setdefault(symbol, []).extend(bool(g) for g in given)
         summaries = [
             ModuleSummary.model_validate(f[FACTS_KEY]) for f in facts.values() if FACTS_KEY in f
         ]
@@ -1205,6 +1236,7 @@ class ProjectIndex:
             passes=passes,
             cpu_device_programs=[m for f in facts.values() for m in f.get(CPU_DEVICE_KEY, [])],
             differentiated_calls=differentiated,
+            parameter_calls=parameter_calls,
         )
 
     def passed_classes(self, function: str, parameter: str, position: int | None) -> list[str]:
@@ -1263,6 +1295,8 @@ class ProjectIndex:
             return not offs or not all(offs)
         if needs == "differentiated-by-a-caller":  # a caller gives it a model's output
             return any(self._caller_flags(self.differentiated_calls, symbol))
+        if needs == "given-parameters-by-a-caller":  # a caller gives it `.parameters()`
+            return any(self._caller_flags(self.parameter_calls, symbol))
         if needs == "mode-layers-in-project":
             return self.mode_layers_anywhere
         if needs == "cpu-device-in-project":  # `symbol`: a module a CPU-capable entry imports

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off, grad_mode_at
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    module_name,
+    passes_parameters,
+    publish_parameter_calls,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
@@ -40,6 +48,11 @@ class InplaceParamUpdateWithGrad(Rule):
     autograd on: PyTorch accepts it, and the frozen copy silently records a graph that grows
     by one link every update.
 
+    Also reported: a helper's in-place update of one side of a zip of its arguments from the
+    other, read attached (`for targ, src in zip(target_params, source_params):
+    targ.mul_(rate).add_(src, alpha=1 - rate)`, an EMA helper of a utilities file), when a
+    call of this file or another one hands it `.parameters()` with autograd on.
+
     Not reported: updates through `p.data` or of `p.grad`, `torch.nn.init.*` (they disable
     grad themselves), code under `set_grad_enabled(flag)` (decided at run time),
     `requires_grad_()` and other flag setters.
@@ -57,7 +70,7 @@ class InplaceParamUpdateWithGrad(Rule):
     severity = Severity.HIGH
     title = "Parameter updated in place with autograd on"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    triggers = Triggers(("parameters()", "requires_grad=True", ".bias.", ".weight."))
+    triggers = Triggers(("parameters()", "requires_grad=True", ".bias.", ".weight.", "zip("))
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (
@@ -67,8 +80,16 @@ class InplaceParamUpdateWithGrad(Rule):
             or ".weight." in ctx.source
         )
 
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A helper's in-place update from the other side of a zip of its arguments holds
+        when another file's call hands it a model's parameters with autograd on."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if "parameters()" in ctx.source:
+            publish_parameter_calls(ctx)
+        if not self.applies(ctx) and "zip(" not in ctx.source:
             return
         flow = ctx.flow
         sites: list[tuple[ast.stmt | ast.expr, ast.expr]] = [
@@ -95,6 +116,8 @@ class InplaceParamUpdateWithGrad(Rule):
             if not isinstance(target, ast.Name):
                 continue
             anchor = _parameter_origin(ctx, target)
+            if anchor is None and grad_mode_at(ctx, site) == "on":
+                self._update_from_zipped_arguments(ctx, site, target)
             if anchor is None:
                 live = _fed_from_live_parameter(ctx, site, target)
                 if live is not None and grad_mode_at(ctx, site) == "on":
@@ -117,6 +140,84 @@ class InplaceParamUpdateWithGrad(Rule):
                 "refuses in-place changes of leaf tensors that require grad",
                 data={"wrap_line": anchor.lineno},
             )
+
+    def _update_from_zipped_arguments(
+        self, ctx: ModuleContext, site: ast.stmt | ast.expr, target: ast.Name
+    ) -> None:
+        """`for targ, src in zip(target_params, source_params): targ.mul_(rate).add_(src)`
+        in a helper whose arguments are the sequences (an EMA or soft-update helper of a
+        utilities file): reported when a call of this file passes `.parameters()` for them
+        with autograd on, else left to the project pass for the other files' calls."""
+        source = _zipped_argument_source(ctx, site, target)
+        if source is None:
+            return
+        message = (
+            f"`{target.id}` is updated in place from `{source}`, the other side of a zip of "
+            "this helper's arguments that callers fill with model parameters, with autograd "
+            "on: a target that requires grad makes PyTorch refuse the change, a frozen one "
+            "records a graph, one more link every update; wrap the loop in `torch.no_grad()`"
+        )
+        fn = ctx.enclosing_function(site)
+        assert fn is not None
+        if any(
+            not grad_may_be_off(ctx, call)
+            and any(passes_parameters(a) for a in [*call.args, *(k.value for k in call.keywords)])
+            for call in ctx.calls.call_sites(fn)
+        ):
+            ctx.report(self, site, message, data={"wrap_line": site.lineno})
+            return
+        if not isinstance(ctx.parents.get(fn), ast.Module):
+            return
+        found = ctx.finding(self, site, message, data={"wrap_line": site.lineno})
+        if found is not None:
+            symbol = f"{module_name(ctx.path)}.{fn.name}"
+            defer(
+                ctx,
+                self.id,
+                Pending(symbol=symbol, needs="given-parameters-by-a-caller", finding=found),
+            )
+
+
+def _zipped_argument_source(
+    ctx: ModuleContext, site: ast.stmt | ast.expr, name: ast.Name
+) -> str | None:
+    """The other element the update of `name` reads attached, where `name` and it iterate
+    `zip(a, b)` over two parameters of the enclosing function, never rebound there."""
+    loop = next((a for a in ctx.ancestors(name) if isinstance(a, ast.For)), None)
+    fn = ctx.enclosing_function(site)
+    if loop is None or fn is None or ctx.enclosing_function(loop) is not fn:
+        return None
+    it, names = loop.iter, loop.target
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip"):
+        return None
+    if not isinstance(names, ast.Tuple) or len(names.elts) != len(it.args) or len(it.args) < 2:
+        return None
+    params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+    if not all(
+        isinstance(a, ast.Name) and a.id in params and all(v is a for v in ctx.flow.definitions(a))
+        for a in it.args
+    ):
+        return None
+    elements = [e.id for e in names.elts if isinstance(e, ast.Name)]
+    if name.id not in elements:
+        return None
+    others = {e for e in elements if e != name.id}
+    operands = [site.value] if isinstance(site, ast.AugAssign) else []
+    if isinstance(site, ast.Call):
+        operands = [*site.args, *(k.value for k in site.keywords)]
+        outer = ctx.parents.get(site)  # `targ.mul_(rate).add_(src, ...)`: the chained update
+        while isinstance(outer, ast.Attribute) and isinstance(ctx.parents.get(outer), ast.Call):
+            chained = ctx.parents[outer]
+            assert isinstance(chained, ast.Call)
+            if outer.attr not in _INPLACE:
+                break
+            operands += [*chained.args, *(k.value for k in chained.keywords)]
+            outer = ctx.parents.get(chained)
+    for operand in operands:
+        for node in ast.walk(operand):
+            if isinstance(node, ast.Name) and node.id in others and not _detached_read(ctx, node):
+                return node.id
+    return None
 
 
 def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:

@@ -18,13 +18,16 @@ _EVAL_TRANSFORM_NAME = re.compile(
     re.IGNORECASE,
 )
 _HELD_OUT = frozenset({"test", "val"})
+_TORCHVISION_DATASETS = "torchvision.datasets."
 
 
 class RandomAugOnEval(Rule):
     """Detects random augmentations (`RandomCrop`, `RandomHorizontalFlip`, `ColorJitter`,
     `RandAugment`, ...) in the transform of a validation/test dataset (one built with
     `train=False`, `split="val"`, or bound to a held-out name), or in a transform variable
-    named like `val_transform`/`test_transforms`, followed through variables and `Compose`.
+    named like `val_transform`/`test_transforms`, followed through variables and `Compose`;
+    a torchvision dataset's transform given positionally counts (`ImageFolder(valdir,
+    transforms.Compose([...]))`).
 
     Why it matters: evaluation metrics become random (two runs of the same checkpoint
     disagree), are biased low, and are not comparable with published numbers that use a
@@ -60,10 +63,11 @@ class RandomAugOnEval(Rule):
             if any(_EVAL_TRANSFORM_NAME.search(identifier(t)) for t in node.targets):
                 self._check(ctx, node, node.value, reported)
         for call in flow.nodes(ast.Call):
-            transform = kwarg(call, "transform") or kwarg(call, "transforms")
-            if transform is None or not self._held_out_dataset(ctx, call):
+            transforms = _transform_arguments(ctx, call)
+            if not transforms or not self._held_out_dataset(ctx, call):
                 continue
-            self._check(ctx, call, transform, reported)
+            for transform in transforms:
+                self._check(ctx, call, transform, reported)
 
     def _held_out_dataset(self, ctx: ModuleContext, call: ast.Call) -> bool:
         if ctx.flow.held_out_kind(call, _HELD_OUT) is not None:
@@ -87,6 +91,18 @@ class RandomAugOnEval(Rule):
             f"(line {op.lineno}): metrics become noisy and biased",
             data={"augmentation_line": op.lineno},
         )
+
+
+def _transform_arguments(ctx: ModuleContext, call: ast.Call) -> list[ast.expr]:
+    """The transform a dataset is built with: `transform=`/`transforms=`, or, for a
+    torchvision dataset, a positional argument after the root (`ImageFolder(valdir,
+    transforms.Compose([...]))`, `CIFAR10(root, False, tf)`)."""
+    named = kwarg(call, "transform") or kwarg(call, "transforms")
+    if named is not None:
+        return [named]
+    if (ctx.flow.qualname_of(call) or "").startswith(_TORCHVISION_DATASETS):
+        return list(call.args[1:])
+    return []
 
 
 def _is_random_op(node: ast.AST) -> bool:
