@@ -15,6 +15,7 @@ from torchdoctor.agent.checks.analysis.defuse import (
     is_false,
     kwarg,
 )
+from torchdoctor.agent.checks.analysis.vocabulary import HELD_OUT_SPLITS
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 
 _HELD_OUT_TOKENS = {
@@ -137,7 +138,6 @@ _NON_DATA_KEYWORDS = frozenset(
 # Objects that hold options: `args.test` is the test section of a configuration (demucs'
 # `split=self.args.test.split`), not test data.
 _CONFIG_HOLDERS = frozenset({"args", "config", "cfg", "conf", "opts", "opt", "hparams", "hps"})
-_HELD_OUT_SPLIT_VALUES = frozenset({"test", "val", "valid", "validation", "eval", "holdout", "dev"})
 _TOKEN_SPLIT = re.compile(r"[^A-Za-z]+|(?<=[a-z])(?=[A-Z])")
 SPLIT_FUNCTIONS = frozenset(
     {
@@ -183,7 +183,7 @@ def held_out_name_kind(name: str) -> str | None:
 
 def _config_section(node: ast.Attribute) -> bool:
     """`self.args.test`, `cfg.val`: a bare split name read from an options object."""
-    if node.attr.lower() not in _HELD_OUT_SPLIT_VALUES:
+    if node.attr.lower() not in HELD_OUT_SPLITS:
         return False
     holder = node.value
     name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", "")
@@ -197,7 +197,7 @@ def _split_entry(node: ast.Subscript) -> str | None:
     key = node.slice
     if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
         return None
-    if key.value.lower() not in _HELD_OUT_SPLIT_VALUES:
+    if key.value.lower() not in HELD_OUT_SPLITS:
         return None
     holder = node.value
     name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", "")
@@ -226,9 +226,6 @@ def training_name(name: str) -> bool:
         for t in tokens
         for prefix in ("train", "training")
     )
-
-
-_HELD_OUT_SPLIT_KEYS = frozenset({"val", "valid", "validation", "test", "dev"})
 
 
 class HeldOut(DefUse):
@@ -302,7 +299,7 @@ class HeldOut(DefUse):
                 if (
                     isinstance(option, ast.Constant)
                     and isinstance(option.value, str)
-                    and option.value.lower() in _HELD_OUT_SPLIT_VALUES
+                    and option.value.lower() in HELD_OUT_SPLITS
                 ):
                     return held_out_name_kind(option.value) or "val"
             return None
@@ -318,7 +315,7 @@ class HeldOut(DefUse):
         """A held-out split's name handed to what loads its data (`get_batch('val')`), or
         among the names a loop hands it (nanoGPT's `for split in ['train', 'val']:` then
         `get_batch(split)`); the same string anywhere else is text, not data."""
-        if not (isinstance(node.value, str) and node.value.lower() in _HELD_OUT_SPLIT_VALUES):
+        if not (isinstance(node.value, str) and node.value.lower() in HELD_OUT_SPLITS):
             return None
         parent = self.ctx.parents.get(node)
         if isinstance(parent, ast.List | ast.Tuple):
@@ -538,7 +535,7 @@ class HeldOut(DefUse):
                     for k in (table.keys if isinstance(table, ast.Dict) else [])
                     if isinstance(k, ast.Constant) and isinstance(k.value, str)
                 }
-                if "train" in keys and keys & _HELD_OUT_SPLIT_KEYS:
+                if "train" in keys and keys & HELD_OUT_SPLITS:
                     return True
         return False
 

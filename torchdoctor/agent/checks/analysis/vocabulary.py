@@ -6,6 +6,8 @@ detaching method is a data change; this module only types them, once per process
 
 from __future__ import annotations
 
+import re
+
 from torchdoctor.agent.checks.data import load_table
 
 
@@ -29,6 +31,10 @@ OPTIMIZER_NAMES = _names("optimizers")
 OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in OPTIMIZER_NAMES)
 FUSABLE_OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in _names("fusable_optimizers"))
 DATALOADERS = _names("dataloaders")
+# Names of held-out splits (a `split="val"` argument, a `{"train": ..., "test": ...}` key, a
+# `val_loader`, a `for phase in ("train", "eval")` loop), and those of validation alone.
+HELD_OUT_SPLITS = _names("held_out_splits")
+VALIDATION_SPLITS = _names("validation_splits")
 SCHEDULER_HINTS = tuple(sorted(_names("scheduler_hints")))
 LOSS_FUNCTIONS = _names("loss_functions")
 NLL_LOSSES = _names("nll_losses")
@@ -104,3 +110,8 @@ def builds_network(qual: str) -> bool:
         return False
     named = [part for part in parts if part != "from_pretrained"]
     return not qual.startswith("transformers.") or named[-1][:1].isupper()
+
+
+def alternation(words: frozenset[str]) -> str:
+    """A regular expression's alternation of `words` (for names built around them)."""
+    return "|".join(sorted(re.escape(word) for word in words))

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.vocabulary import HELD_OUT_SPLITS, alternation
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -148,7 +149,7 @@ class EpochMetricNotReset(Rule):
                 break
 
 
-_HELD_OUT_NAME = re.compile(r"(^|_)(val|valid|validation|test|eval|dev)(_|$|loader|data|set)", re.I)
+_HELD_OUT_NAME = re.compile(rf"(^|_)({alternation(HELD_OUT_SPLITS)})(_|$|loader|data|set)", re.I)
 _TRAIN_NAME = re.compile(r"(^|_)train(_|$|loader|data|set)", re.I)
 
 

@@ -32,6 +32,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_mode_layers,
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
+from torchdoctor.agent.checks.analysis.vocabulary import HELD_OUT_SPLITS, alternation
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
 from torchdoctor.agent.checks.loops import (
@@ -764,8 +765,7 @@ def _block_of(ctx: ModuleContext, stmt: ast.stmt) -> list[ast.stmt]:
     return []
 
 
-_PHASE_NAME = re.compile(r"['\"](val|valid|validation|eval|evaluation|test|dev)['\"]", re.I)
-_HELD_OUT_PHASE = re.compile(r"^(val|valid|validation|eval|evaluation|test|dev)$", re.IGNORECASE)
+_PHASE_NAME = re.compile(rf"['\"]({alternation(HELD_OUT_SPLITS)})['\"]", re.I)
 
 
 def _phase_loops(ctx: ModuleContext) -> list[tuple[FunctionNode | None, ast.For, ast.Call]]:
@@ -781,7 +781,7 @@ def _phase_loops(ctx: ModuleContext) -> list[tuple[FunctionNode | None, ast.For,
         if not isinstance(loop.iter, ast.Tuple | ast.List) or not any(
             isinstance(e, ast.Constant)
             and isinstance(e.value, str)
-            and _HELD_OUT_PHASE.match(e.value)
+            and e.value.lower() in HELD_OUT_SPLITS
             for e in loop.iter.elts
         ):
             continue

@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import VALIDATION_SPLITS, alternation
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
@@ -152,7 +153,7 @@ class LeakMultiTest(Rule):
         )
 
 
-_VALIDATION = re.compile(r"^(?:is_)?(?:val|valid|validation|validate|dev)$", re.IGNORECASE)
+_VALIDATION = re.compile(rf"^(?:is_)?(?:{alternation(VALIDATION_SPLITS)}|validate)$", re.IGNORECASE)
 
 
 def _in_validation_branch(ctx: ModuleContext, node: ast.AST) -> bool:
