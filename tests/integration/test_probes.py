@@ -150,6 +150,13 @@ def test_item_in_every_step_is_counted_at_its_line(tmp_path: Path) -> None:
     assert "probe-host-sync" in rules(doc, "item_per_step.py")
 
 
+def test_reads_of_a_periodic_evaluation_are_not_a_sync_on_every_step(tmp_path: Path) -> None:
+    doc, _ = run_probes(tmp_path, "periodic_eval_reads.py", "--steps", "6")
+    assert doc.syncs.per_step == 0.0
+    assert doc.syncs.calls and doc.syncs.calls[0].file == "periodic_eval_reads.py"
+    assert "probe-host-sync" not in rules(doc, "periodic_eval_reads.py")
+
+
 def test_unused_layer_is_a_dead_parameter_located_at_its_assignment(tmp_path: Path) -> None:
     doc, _ = run_probes(tmp_path, "dead_parameter.py", "--steps", "3")
     dead = {(p.name, p.file, p.line) for p in doc.gradients.never_received_grad}
