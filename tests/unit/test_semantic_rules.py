@@ -52,6 +52,7 @@ NEW_RULES: tuple[str, ...] = (
     "alias-mutated-in-place",
     "accumulator-overwritten-after-loop",
     "parameter-moved-after-wrapping",
+    "lambda-lr-absolute-rate",
     "tensor-move-discarded",
     "mean-over-wrong-count",
     "optimizer-params-reused",

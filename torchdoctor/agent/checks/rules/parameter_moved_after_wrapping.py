@@ -13,6 +13,9 @@ _PARAMETER = frozenset({"torch.nn.Parameter", "torch.nn.parameter.Parameter"})
 # Methods that return a new tensor whenever they move or cast: `.float()` and `.cpu()` are
 # left out (on a float CPU tensor, where parameters start, they return the Parameter itself).
 _MOVES = frozenset({"to", "cuda", "double", "half", "bfloat16", "type"})
+# Parents that consume the moved tensor on the spot: nothing keeps it, so nothing was meant to
+# be registered (`x + nn.Parameter(pe, requires_grad=False).to(device)` in a forward()).
+_CONSUMED = (ast.BinOp, ast.UnaryOp, ast.Compare)
 
 
 class ParameterMovedAfterWrapping(Rule):
@@ -27,7 +30,9 @@ class ParameterMovedAfterWrapping(Rule):
     (or refuses a non-leaf tensor), and `model.to()` does not move it. On a CPU run the move
     is a no-op that returns the Parameter itself, so the bug only shows on the GPU.
 
-    Not reported: the data moved before wrapping (`nn.Parameter(t.to(device))`), moves of a
+    Not reported: a moved copy consumed on the spot by arithmetic (`x + nn.Parameter(pe,
+    requires_grad=False).to(device)` in forward(): no attribute keeps it, the sum is right),
+    the data moved before wrapping (`nn.Parameter(t.to(device))`), moves of a
     registered parameter through the module (`model.to(device)`), and `.float()`/`.cpu()`,
     which return the Parameter itself for the float CPU tensors parameters are built from.
 
@@ -57,6 +62,8 @@ class ParameterMovedAfterWrapping(Rule):
             and ctx.flow.qualname_of(func.value) in _PARAMETER
             and func.value.args
         ):
+            return
+        if isinstance(ctx.parents.get(node), _CONSUMED):
             return
         wrapped = ast.unparse(func.value.func)
         ctx.report(

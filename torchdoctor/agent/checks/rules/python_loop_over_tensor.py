@@ -28,7 +28,10 @@ class PythonLoopOverTensor(Rule):
     Not reported: a loop whose index also picks the layer that runs (`self.
     atom_embedding_list[i](x[:, i])`, OGB's molecule encoders: one embedding table per
     feature column): each iteration runs a different module, so there is no single
-    operation to vectorise into.
+    operation to vectorise into. Nor a loop that carries a value from one iteration to the
+    next (a name read in the body before the body assigns it: a teacher-forced decoder's
+    `yo.append(self.dec(yi)); yi = y[:, t]`, an unrolled cell's `h = self.cell(x[:, t], h)`):
+    each step needs the one before, a recurrence no batched operation replaces.
 
     Fix: operate on the whole batch at once (broadcasting, `x / x.norm(dim=1, keepdim=True)`,
     `torch.bmm`, `torch.vmap`).
@@ -55,6 +58,7 @@ class PythonLoopOverTensor(Rule):
                         tensor in params
                         and _indexes(node.body, tensor, node.target.id)
                         and not _picks_a_layer(node.body, node.target.id)
+                        and not _carries_state(node.body)
                     ):
                         ctx.report(
                             self,
@@ -120,3 +124,42 @@ def _picks_a_layer(body: list[ast.stmt], index: str) -> bool:
             ):
                 return True
     return False
+
+
+def _carries_state(body: list[ast.stmt]) -> bool:
+    """A name the body hands to a call before (or while) it rebinds it: each iteration's
+    call takes the value the previous one left (an accumulation, `s = s + x[i]`, is not
+    this: no call receives the running value)."""
+    for position, stmt in enumerate(body):
+        passed = {
+            n.id
+            for call in walk_tree(stmt)
+            if isinstance(call, ast.Call)
+            for arg in [*call.args, *(k.value for k in call.keywords)]
+            for n in ast.walk(arg)
+            if isinstance(n, ast.Name)
+        }
+        earlier = {name for before in body[:position] for name in _rebound(before)}
+        later = {name for after in body[position:] for name in _rebound(after)}
+        if (passed - earlier) & later:
+            return True
+    return False
+
+
+def _rebound(stmt: ast.stmt) -> set[str]:
+    """Names an assignment statement rebinds (not `x[i] = ...` nor `self.h = ...`)."""
+    targets: list[ast.expr] = []
+    if isinstance(stmt, ast.Assign):
+        targets = list(stmt.targets)
+    elif isinstance(stmt, ast.AugAssign | ast.AnnAssign):
+        targets = [stmt.target]
+    names: set[str] = set()
+    while targets:
+        target = targets.pop()
+        if isinstance(target, ast.Name):
+            names.add(target.id)
+        elif isinstance(target, ast.Tuple | ast.List):
+            targets.extend(target.elts)
+        elif isinstance(target, ast.Starred):
+            targets.append(target.value)
+    return names
