@@ -246,11 +246,17 @@ class NoTorchSeed(Rule):
         seeders = _seeders_through_helpers(mine, files)
         draws = {path: f[_DRAWS_KEY] for path, f in facts.items() if _DRAWS_KEY in f}
         drawing_files = _ProjectFiles(draws)
+        import_seeded = _seeded_at_import(mine, draws, drawing_files)
         findings: list[RawFinding] = []
         for path, fact in mine.items():
             entry = fact.get("entry")
             if entry is None or _seeded_through_imports(
                 path, fact, entry["calls"], mine, files, seeders
+            ):
+                continue
+            if path in draws and any(
+                target in import_seeded
+                for target, _ in drawing_files.links(path, draws[path], draws)[1]
             ):
                 continue
             findings.append(
@@ -337,6 +343,25 @@ def _seeders_through_helpers(
         if not changed:
             break
     return seeders
+
+
+def _seeded_at_import(
+    mine: dict[str, dict[str, Any]], draws: dict[str, dict[str, Any]], files: _ProjectFiles
+) -> set[str]:
+    """The project files whose import seeds torch: those seeding at module level, and those
+    importing one, at any depth (`from utils import *` in the script, `from parameters import
+    *` in utils, `torch.manual_seed(0)` in parameters: an RNN encoder-decoder tutorial)."""
+    seeded = {path for path, fact in mine.items() if fact.get("module_seeds")}
+    grown = bool(seeded)
+    while grown:
+        grown = False
+        for path, fact in draws.items():
+            if path not in seeded and any(
+                target in seeded for target, _ in files.links(path, fact, draws)[1]
+            ):
+                seeded.add(path)
+                grown = True
+    return seeded
 
 
 def _seeded_through_imports(
