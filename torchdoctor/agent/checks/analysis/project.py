@@ -58,6 +58,7 @@ Property = Literal[
     "not-returned-in-eval",
     "attribute-not-evaluated-by-base",
     "argument-used-whole",
+    "clears-no-gradients",
 ]
 _REMOVABLE_OUTPUTS: frozenset[Property] = frozenset(
     {"output:softmax", "output:log_softmax", "output:sigmoid"}
@@ -118,6 +119,8 @@ class ClassSummary(_Model):
     """Classes imported from other files that it builds (`self.inc = DoubleConv(3, 64)`)."""
     convolutional: bool = False
     """It builds a 2-D convolution itself (`nn.Conv2d`, a torchvision or timm network)."""
+    clears_gradients: bool = False
+    """A method calls `self.zero_grad()` (a model that clears its gradients in forward)."""
 
 
 class FunctionSummary(_Model):
@@ -764,6 +767,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 mode_free=class_mode_free(ctx, cls),
                 submodules=_imported_submodules(ctx, cls),
                 convolutional=convs and any(builds_conv2d(ctx, n) for n in walk_tree(cls)),
+                clears_gradients="zero_grad" in text and clears_own_gradients(cls),
             )
     if ".step(" in text:
         effects = ctx.loops.function_effects
@@ -830,6 +834,18 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def clears_own_gradients(cls: ast.ClassDef) -> bool:
+    """A method of the class calls `self.zero_grad()`."""
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "zero_grad"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self"
+        for node in walk_tree(cls)
+    )
 
 
 def _functions_indexing_a_name(ctx: ModuleContext) -> set[int]:
@@ -1303,6 +1319,11 @@ class ProjectIndex:
             return any(
                 m == symbol or m.endswith("." + symbol) or symbol.endswith("." + m)
                 for m in self.cpu_device_programs
+            )
+        if needs == "clears-no-gradients":  # no project class of that name clears its own
+            name = symbol.rpartition(".")[2]
+            return not any(
+                cls.clears_gradients for s in self.summaries if (cls := s.classes.get(name))
             )
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)

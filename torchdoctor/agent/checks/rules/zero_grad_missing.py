@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
-from torchdoctor.agent.checks.analysis.project import passed_for_parameter
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    callee_symbol,
+    clears_own_gradients,
+    defer,
+    passed_for_parameter,
+    project_symbol,
+    star_modules,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     Effects,
     FunctionNode,
     direct_effects,
     enclosing_ifs,
     receiver_name,
+    walk_tree,
 )
 from torchdoctor.agent.models import Severity
 
@@ -77,17 +87,35 @@ class ZeroGradMissing(Rule):
                 continue
             if _engine_steps(ctx, loop.effects):
                 continue
+            models = _called_models(ctx, loop.node)
+            if any(isinstance(model, ast.ClassDef) for model in models):
+                continue  # this file's model clears its own gradients when called
             node: ast.AST = loop.node
-            ctx.report(
-                self,
-                node,
+            message = (
                 "this loop calls backward() and step() but never zero_grad(): "
-                "gradients accumulate across iterations",
-                data={"backward_line": loop.effects.backward[0].lineno},
-                header_only=True,
+                "gradients accumulate across iterations"
             )
+            data = {"backward_line": loop.effects.backward[0].lineno}
+            if not models:
+                ctx.report(self, node, message, data=data, header_only=True)
+                continue
+            found = ctx.finding(self, node, message, data=data, header_only=True)
+            if found is not None:
+                for symbol in models:
+                    assert isinstance(symbol, str)
+                    defer(
+                        ctx,
+                        self.id,
+                        Pending(symbol=symbol, needs="clears-no-gradients", finding=found),
+                    )
         for fn, effects in _update_functions(ctx):
             self._report_uncleared(ctx, effects, reported, f"`{fn.name}`", "the calls")
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A loop calling another file's model, reported unless that class clears its own
+        gradients (`self.zero_grad()` in its forward)."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
     def _report_uncleared(
         self, ctx: ModuleContext, effects: Effects, reported: set[int], where: str, across: str
@@ -105,6 +133,32 @@ class ZeroGradMissing(Rule):
                 f"clears only {', '.join(f'`{c}`' for c in sorted(cleared))}): they "
                 f"accumulate across {across}",
             )
+
+
+def _called_models(ctx: ModuleContext, loop: ast.AST) -> list[ast.ClassDef | str]:
+    """The model classes the loop calls (`loss = model(x, y)`): this file's classes whose
+    methods call `self.zero_grad()` (the loop then clears through them), or the qualified
+    names of classes from other files (a star import's: one per star-imported module),
+    which the project pass asks."""
+    found: list[ast.ClassDef | str] = []
+    for call in walk_tree(loop):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+            continue
+        for constructor in ctx.flow.constructors(call.func):
+            func = constructor.func
+            if not isinstance(func, ast.Name):
+                continue
+            local = ctx.flow.classes.get(func.id)
+            if local is not None:
+                if clears_own_gradients(local):
+                    found.append(local)
+                continue
+            if callee_symbol(ctx, func) is not None:  # imported by name: a library's or ours
+                symbols = [s for s in [project_symbol(ctx, func)] if s]
+            else:
+                symbols = [f"{m}.{func.id}" for m in star_modules(ctx)]
+            found += [s for s in symbols if s not in found]
+    return found
 
 
 def _update_functions(ctx: ModuleContext) -> list[tuple[FunctionNode, Effects]]:
