@@ -54,6 +54,11 @@ class ArgmaxWithoutDim(Rule):
     meant, and a flat index has no rows; an activation that keeps each class's rank
     (`torch.argmax(F.log_softmax(logits, dim=2))`) is seen through.
 
+    And one whose result is walked by a `for` or a comprehension (`[vocab.itos[i] for i in
+    pred]` after `pred = torch.argmax(log_probs).cpu().numpy()`, greedy decoding's next token
+    per sentence), the tensor a model's output or its own method's (`model.decode(...)`):
+    an index per example was meant; the flat index is 0-d and cannot be walked.
+
     And one whose result is reshaped to a grid of examples (`y_pred = torch.softmax(
     model(grid), dim=1).argmax()`, then `y_pred.reshape(xx.shape)`, a decision-boundary
     plot): a prediction per point was meant; the flat index is one value, and the reshape
@@ -109,6 +114,7 @@ class ArgmaxWithoutDim(Rule):
                     _reshaped_to_examples(ctx, call)
                     and output_before(ctx, call, _through_activation(ctx, value))
                 )
+                or (_iterated_per_example(ctx, call) and _model_rows(ctx, call, value))
             )
             if (
                 not batch_prediction
@@ -150,6 +156,37 @@ def _indexed_per_example(ctx: ModuleContext, call: ast.Call) -> bool:
             if isinstance(parent, ast.Subscript) and parent.value is read:
                 return True
     return False
+
+
+def _iterated_per_example(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The result (through host moves, `torch.argmax(x).cpu().numpy()`), under the name it
+    is bound to, is walked later in its function by a `for` or a comprehension (`[vocab[i]
+    for i in pred]`, greedy decoding's next token per sentence): one index per example was
+    meant, and a flat index is a 0-d value that cannot be walked."""
+    scope = ctx.enclosing_function(call)
+    for name in bound_names(ctx, call):
+        for read in ctx.flow.reads_of(name.id):
+            if ctx.enclosing_function(read) is not scope or read.lineno < call.lineno:
+                continue
+            walker = ctx.parents.get(read)
+            if isinstance(walker, ast.For | ast.AsyncFor | ast.comprehension) and (
+                walker.iter is read
+            ):
+                return True
+    return False
+
+
+def _model_rows(ctx: ModuleContext, call: ast.Call, value: ast.expr) -> bool:
+    """`value` is a model's output or its own method's (`model.decode(...)`), also under a
+    name one of whose bindings is (then rows picked from it: `logp = logp[t - 1 :: t]`)."""
+    value = _through_activation(ctx, value)
+    if not isinstance(value, ast.Name):
+        return is_whole_model_output(ctx, value, heads=True)
+    return any(
+        is_whole_model_output(ctx, bound, heads=True)
+        for bound in ctx.flow.definitions(value)
+        if not any(sub is call for sub in ast.walk(bound))
+    )
 
 
 _RESHAPES = frozenset({"reshape", "view"})

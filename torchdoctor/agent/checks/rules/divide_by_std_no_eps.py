@@ -57,6 +57,9 @@ class DivideByStdNoEps(Rule):
     bin's two squared parts underflow to zero for quiet audio. Not the root of an embedding's
     or a displacement's squared norm (as rarely zero as the norms above).
 
+    A root may be written as a power (`torch.pow(var, 0.5)`, `var ** 0.5`, Conv-TasNet's
+    channel-wise layer norm).
+
     Why it matters: the spread (or range) is zero for a constant input, a single-element
     batch or an all-zero vector (padding, dead features); the division then yields NaN/Inf
     that spreads through the loss into every weight.
@@ -395,6 +398,9 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
     if isinstance(divisor, ast.Name) and 0 < depth < 2:
         values = ctx.flow.definitions(divisor)
         return bool(values) and all(_unguarded_spread(ctx, v, depth + 1) for v in values)
+    inner = _rooted(divisor)
+    if inner is not None:
+        return depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
     if not isinstance(divisor, ast.Call):
         return False
     name = identifier(divisor.func)
@@ -402,12 +408,28 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
         return False
     if name in _SPREAD:
         return not _spread_of_a_draw(ctx, divisor)
-    if name in _ROOTS:
-        inner: ast.expr | None = divisor.args[0] if divisor.args else None
-        if inner is None and isinstance(divisor.func, ast.Attribute):
-            inner = divisor.func.value  # var.sqrt()
-        return inner is not None and depth < 2 and _unguarded_spread(ctx, inner, depth + 1)
     return False
+
+
+def _rooted(value: ast.expr) -> ast.expr | None:
+    """What a square root is taken of: `torch.sqrt(v)`, `v.sqrt()`, `v.rsqrt()`, and the
+    same written as a power, `torch.pow(v, 0.5)`, `v.pow(0.5)`, `v ** 0.5` (Conv-TasNet's
+    channel-wise layer norm); None when `value` is no root."""
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Pow):
+        return value.left if _half(value.right) else None
+    if not isinstance(value, ast.Call):
+        return None
+    name = identifier(value.func)
+    receiver = value.func.value if isinstance(value.func, ast.Attribute) else None
+    if name in _ROOTS:
+        return value.args[0] if value.args else receiver  # torch.sqrt(v) / v.sqrt()
+    if name == "pow" and value.args and _half(value.args[-1]):
+        return value.args[0] if len(value.args) == 2 else receiver
+    return None
+
+
+def _half(power: ast.expr) -> bool:
+    return isinstance(power, ast.Constant) and power.value == 0.5
 
 
 def _spread_of_a_draw(ctx: ModuleContext, spread: ast.Call) -> bool:
