@@ -53,6 +53,7 @@ NEW_RULES: tuple[str, ...] = (
     "accumulator-overwritten-after-loop",
     "parameter-moved-after-wrapping",
     "lambda-lr-absolute-rate",
+    "lambda-branch-returns-function",
     "tensor-move-discarded",
     "mean-over-wrong-count",
     "optimizer-params-reused",
