@@ -5,38 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from torchdoctor.agent.checks.base import EngineConfig, RawFinding
-from torchdoctor.agent.checks.engine import analyse_files
-from torchdoctor.agent.fixes.codemods import codemod_for
-from torchdoctor.agent.fixes.models import FixTarget
-
-
-def _findings(source: str, rule: str, name: str = "train.py") -> list[RawFinding]:
-    config = EngineConfig(select=frozenset({rule}))
-    found = analyse_files([(name, source)], config, workers=1).all_findings()
-    return [f for f in found if f.rule == rule]
-
-
-def _target(finding: RawFinding) -> FixTarget:
-    return FixTarget(
-        rule=finding.rule,
-        file=finding.file,
-        line=finding.line,
-        end_line=finding.end_line,
-        data=finding.data,
-    )
-
-
-def _fix(source: str, rule: str, line: int | None = None) -> tuple[str | None, str | None]:
-    """The codemod's edit of the finding (on `line`, or the only one) and its refusal."""
-    found = [f for f in _findings(source, rule) if line is None or f.line == line]
-    (finding,) = found
-    codemod = codemod_for(rule)
-    assert codemod is not None
-    target = _target(finding)
-    fixed = codemod.transform(source, target)
-    return fixed, None if fixed is not None else codemod.explain(source, target)
-
+from tests.unit.test_codemod_round6 import _findings, _fix
 
 # --- factory-without-device-in-step ---------------------------------------------------------
 
