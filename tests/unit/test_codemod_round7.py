@@ -3,6 +3,8 @@ false, or a refusal gave no reason (written here in the shape, not copied)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from tests.unit.test_codemod_round6 import _findings, _fix
@@ -10,27 +12,10 @@ from tests.unit.test_codemod_round6 import _findings, _fix
 # --- factory-without-device-in-step ---------------------------------------------------------
 
 # a speech model's smoke-training script: lengths built per step beside the batch
-SPEECH_STEP = """\
-import torch
-import torch.nn as nn
-from models import SpeechModel
-
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-model = SpeechModel().to(device)
-criterion = nn.CTCLoss(blank=3, zero_infinity=True)
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-for i in range(10):
-    optimizer.zero_grad()
-    inputs = torch.rand(3, 100, 80).to(device)
-    input_lengths = torch.IntTensor([100, 90, 80])
-    targets = torch.LongTensor([[1, 3, 3], [1, 3, 0], [1, 0, 0]]).to(device)
-    target_lengths = torch.LongTensor([3, 2, 1])
-    outputs, output_lengths = model(inputs, input_lengths)
-    loss = criterion(outputs.transpose(0, 1), targets, output_lengths, target_lengths)
-    loss.backward()
-    optimizer.step()
-"""
+SPEECH_STEP = (
+    Path(__file__).parents[1]
+    / "fixtures/rules/factory-without-device-in-step/negative_sequence_lengths_kept_on_the_host.py"
+).read_text()
 
 
 def test_sequence_lengths_kept_on_the_host_are_not_reported() -> None:
