@@ -221,6 +221,19 @@ class ModuleContext:
             memo[id(seen)] = found
         return found
 
+    def enclosing_class(self, node: ast.AST) -> ast.ClassDef | None:
+        """The innermost class around `node`, through the functions between (a closure in a
+        method sees the method's `self`); remembered per innermost function."""
+        memo = self.memo_table("base.enclosing_class")
+        holder = self.enclosing_function(node) or node
+        key = id(holder)
+        if key not in memo:
+            memo[key] = next(
+                (a for a in self.ancestors(holder) if isinstance(a, ast.ClassDef)), None
+            )
+        found: ast.ClassDef | None = memo[key]
+        return found
+
     def segment(self, node: ast.AST) -> str:
         start = getattr(node, "lineno", 1)
         end = getattr(node, "end_lineno", start) or start

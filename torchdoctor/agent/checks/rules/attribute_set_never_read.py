@@ -49,19 +49,9 @@ class AttributeSetNeverRead(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         here = module_name(ctx.path)
-        classes: dict[str, dict[str, Any]] = {}
-        for cls in ctx.flow.nodes(ast.ClassDef):
-            assert isinstance(cls, ast.ClassDef)
-            classes[f"{here}.{cls.name}"] = _class_names(cls)
+        classes, reads = _class_names(ctx)
         if classes:
-            ctx.facts[_CLASSES] = classes
-        reads = sorted(
-            {
-                n.attr
-                for n in ctx.flow.nodes(ast.Attribute)
-                if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Store)
-            }
-        )
+            ctx.facts[_CLASSES] = {f"{here}.{cls.name}": info for cls, info in classes.items()}
         ctx.facts[_READS] = reads
         candidates = []
         for assign in ctx.flow.nodes(ast.Assign):
@@ -124,26 +114,61 @@ def _settable(attr: str) -> bool:
     return not attr.startswith("_") and attr not in _MODULE_NAMES
 
 
-def _class_names(cls: ast.ClassDef) -> dict[str, Any]:
-    """What the class reads of itself (`self.x`), every name it defines or assigns, and whether
-    a name it does not know may still mean something to it."""
-    read: set[str] = set()
-    names: set[str] = set()
-    dynamic = any(
-        not (isinstance(b, ast.Name | ast.Attribute) and ast.unparse(b) in _PLAIN_BASES)
-        for b in cls.bases
-    )
-    for node in ast.walk(cls):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            names.add(node.name)
-            dynamic = dynamic or node.name in _DYNAMIC
-        elif isinstance(node, ast.Name) and node.id == "__slots__":
-            dynamic = True
-        elif isinstance(node, ast.Attribute) and _on_self(node):
-            (names if isinstance(node.ctx, ast.Store) else read).add(node.attr)
-        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "setattr"):
-            dynamic = True  # a name built at run time
-    return {"read": sorted(read), "names": sorted(read | names), "dynamic": dynamic}
+def _class_names(ctx: ModuleContext) -> tuple[dict[ast.ClassDef, dict[str, Any]], list[str]]:
+    """Per class: what it reads of itself (`self.x`), every name it defines or assigns, and
+    whether a name it does not know may still mean something to it; and every attribute name
+    the module reads. One pass over the module's indexed nodes, each charged to its innermost
+    class (a `self` inside a nested class is that class's)."""
+    read: dict[ast.ClassDef, set[str]] = {}
+    names: dict[ast.ClassDef, set[str]] = {}
+    dynamic: set[ast.ClassDef] = set()
+    for cls in ctx.flow.nodes(ast.ClassDef):
+        read[cls], names[cls] = set(), set()
+        if any(
+            not (isinstance(b, ast.Name | ast.Attribute) and ast.unparse(b) in _PLAIN_BASES)
+            for b in cls.bases
+        ):
+            dynamic.add(cls)
+    if not read:
+        return {}, sorted({n.attr for n in ctx.flow.nodes(ast.Attribute) if _reads(n)})
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = [
+        *ctx.flow.nodes(ast.FunctionDef),
+        *ctx.flow.nodes(ast.AsyncFunctionDef),
+    ]
+    for function in functions:
+        owner = ctx.enclosing_class(function)
+        if owner is not None:
+            names[owner].add(function.name)
+            if function.name in _DYNAMIC:
+                dynamic.add(owner)
+    for name in ctx.flow.nodes(ast.Name):
+        if name.id == "__slots__" and (owner := ctx.enclosing_class(name)) is not None:
+            dynamic.add(owner)
+    for call in ctx.flow.nodes(ast.Call):
+        callee = call.func
+        named = isinstance(callee, ast.Name) and callee.id in ("getattr", "setattr")
+        if named and (owner := ctx.enclosing_class(call)) is not None:
+            dynamic.add(owner)  # a name built at run time
+    module_reads: set[str] = set()
+    for node in ctx.flow.nodes(ast.Attribute):
+        reading = _reads(node)
+        if reading:
+            module_reads.add(node.attr)
+        if _on_self(node) and (owner := ctx.enclosing_class(node)) is not None:
+            (read[owner] if reading else names[owner]).add(node.attr)
+    classes = {
+        cls: {
+            "read": sorted(read[cls]),
+            "names": sorted(read[cls] | names[cls]),
+            "dynamic": cls in dynamic,
+        }
+        for cls in read
+    }
+    return classes, sorted(module_reads)
+
+
+def _reads(node: ast.Attribute) -> bool:
+    return not isinstance(node.ctx, ast.Store)
 
 
 def _on_self(node: ast.Attribute) -> bool:
