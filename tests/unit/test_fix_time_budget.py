@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from torchdoctor.agent.audit import AuditOptions, run_audit
-from torchdoctor.agent.fixes.models import FixKind
+from torchdoctor.agent.fixes import verify
+from torchdoctor.agent.fixes.codemods import codemod_for
+from torchdoctor.agent.fixes.models import FixKind, SmokeRun
 from torchdoctor.agent.fixes.time_budget import COMPILE_COST, TimeBudget
+from torchdoctor.agent.fixes.verify import FixSpec, Verifier
 from torchdoctor.agent.fixing import past_fix_time
 from torchdoctor.agent.state import FixRecord
 
@@ -173,3 +176,55 @@ for step in range(40):
     loss.backward()
     optimizer.step()
 """
+
+
+class _Runs:
+    """Timing runs that take `seconds` each on a fake clock, with step times whose interval
+    straddles the minimum gain however many are made (pin_memory on a loader-bound step)."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock, self.seconds, self.made = clock, seconds, 0
+
+    def __call__(self, _runner: object, workspace: Path, *_a: object, **_k: object) -> SmokeRun:
+        self.clock.now += self.seconds
+        self.made += 1
+        scale = (0.7, 1.4)[(self.made + 1) // 2 % 2] * (0.98 if workspace.name == "patched" else 1)
+        return SmokeRun(ok=True, step_times_s=[scale * (1 + 0.01 * i) for i in range(19)])
+
+
+def _undecided_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deadline: float | None
+) -> tuple[str, int]:
+    clock = Clock()
+    runs = _Runs(clock, seconds=10.0)
+    monkeypatch.setattr(verify, "smoke_run", runs)
+    monkeypatch.setattr(verify.time, "monotonic", clock)
+    root = tmp_path / "root"
+    root.mkdir()
+    baseline = SmokeRun(ok=True, step_times_s=[1.0 + 0.01 * i for i in range(19)], wall_s=10.0)
+    verifier = Verifier(root, object(), ["python", "main.py"], baseline=baseline, deadline=deadline)  # type: ignore[arg-type]
+    after = SmokeRun(ok=True, step_times_s=[0.98 * (1 + 0.01 * i) for i in range(19)], wall_s=10.0)
+    codemod = codemod_for("dataloader-sync")
+    assert codemod is not None
+    step = verifier._speed(tmp_path / "patched", after, FixSpec.of(codemod))
+    assert step.step == "speed-up" and not step.ok
+    return step.detail, runs.made
+
+
+def test_timing_pairs_stop_where_the_fix_time_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An H100 audit of a CIFAR trainer spent 297 s timing `pin_memory` with 240 s of fix time
+    allowed: the limit only kept verifications from starting, not their timing runs."""
+    detail, made = _undecided_speed(tmp_path, monkeypatch, deadline=45.0)
+    assert made == 4  # two pairs of 20 s end by 40 s; a third would end at 60 s
+    assert "undecided: 2 timing pair(s) made" in detail
+    assert "about 20 s" in detail and "raise --fix-time" in detail
+
+
+def test_without_a_deadline_the_most_repeats_allowed_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detail, made = _undecided_speed(tmp_path, monkeypatch, deadline=None)
+    assert made == 10  # five pairs: six runs a side with the smoke runs
+    assert "after the most repeats allowed" in detail

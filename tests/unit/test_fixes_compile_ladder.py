@@ -325,7 +325,11 @@ class _ScriptedBench(FixBench):
     made: list[_ModeVerifier] = field(default_factory=list)
 
     def verifier(
-        self, root: Path, baseline: SmokeRun | None, working_copy: dict[str, str] | None = None
+        self,
+        root: Path,
+        baseline: SmokeRun | None,
+        working_copy: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Verifier:
         self.made.append(_ModeVerifier(root, self.runs))
         return self.made[-1]

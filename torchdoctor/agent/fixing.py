@@ -197,7 +197,11 @@ class FixBench:
     """The files the audit's fixes change: the baseline run records their executed lines."""
 
     def verifier(
-        self, root: Path, baseline: SmokeRun | None, working_copy: dict[str, str] | None = None
+        self,
+        root: Path,
+        baseline: SmokeRun | None,
+        working_copy: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> Verifier:
         return Verifier(
             root,
@@ -211,6 +215,7 @@ class FixBench:
             known_runs=self.known_runs,
             no_run=NOT_REACHED if self.reach is not None and not self.reach.ok else NO_RUN,
             trace=self.trace,
+            deadline=deadline,
         )
 
 
@@ -232,10 +237,12 @@ def verify_record(
     finding: Finding,
     record: FixRecord,
     on_top_of: list[str] | None = None,
+    deadline: float | None = None,
 ) -> Verified:
     """Verify one proposed fix on the working copy; the finding gets the fix and its steps,
     the record its wall time (what the fix-time budget counts). `on_top_of`: the rules of
-    this phase's verified fixes the working copy holds too (`stacked_copy`)."""
+    this phase's verified fixes the working copy holds too (`stacked_copy`); `deadline`
+    (`time.monotonic()`): the end of the fix time, which timing runs do not start past."""
     started = time.monotonic()
     checks: list[Verification] = [bench.reach] if bench.reach is not None else []
     if on_top_of:
@@ -264,7 +271,7 @@ def verify_record(
     runs: dict[str, SmokeRun] = {}
     if patch is not None:
         with materialized(bench.root, working_copy) as copy:
-            verifier = bench.verifier(copy, baseline, working_copy)
+            verifier = bench.verifier(copy, baseline, working_copy, deadline)
             claim = Claim(frozenset({finding.rule}), finding.severity)
             checks += _on_user_files(
                 bench.root, working_copy, verifier.verify(patch, claim, _judged_as(finding, record))
@@ -291,6 +298,11 @@ def verify_record(
         baseline=baseline,
         runs=runs if verified else {},
     )
+
+
+def fix_time_left(records: Iterable[FixRecord], limit: float) -> float:
+    """The seconds of fix time the verifications recorded so far leave."""
+    return limit - sum(r.seconds for r in records if r.seconds is not None)
 
 
 def past_fix_time(records: Iterable[FixRecord], record: FixRecord, limit: float) -> str | None:

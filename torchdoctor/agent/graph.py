@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from functools import cache
@@ -279,6 +280,7 @@ class Phase:
             return {"trace": [f"fix:{self.number}"]}
         from torchdoctor.agent.fixing import (
             explained_refusals,
+            fix_time_left,
             is_overhead,
             not_started,
             past_fix_time,
@@ -344,8 +346,15 @@ class Phase:
         if stacked is not None:
             working_copy, on_top_of = stacked
         key = baseline_key(state, context, copy_digest(working_copy), bench)
+        left = fix_time_left(state.get("fixes", {}).values(), options.fix_time)
         done = verify_record(
-            bench, working_copy, state.get("baselines", {}).get(key), finding, record, on_top_of
+            bench,
+            working_copy,
+            state.get("baselines", {}).get(key),
+            finding,
+            record,
+            on_top_of,
+            deadline=time.monotonic() + left,
         )
         verdict = "verified" if done.record.state == "verified" else "not verified"
         context.emit({"event": "fix", "message": f"  {record.rule}: {verdict}"})

@@ -18,6 +18,7 @@ import ast
 import hashlib
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -141,6 +142,7 @@ class Verifier:
         known_runs: Mapping[str, SmokeRun] | None = None,
         no_run: str = NO_RUN,
         trace: Sequence[str] = (),
+        deadline: float | None = None,
     ) -> None:
         """`paths`: the audited files (relative), as the audit's workspace lists them; the
         static check reads only those (None: every Python file under `root`). `baseline`: the
@@ -149,7 +151,9 @@ class Verifier:
         patched runs so far, by `run_key`, which a patched run of the same key reuses;
         `no_run`: what the smoke-run step says without a run command (why there is none);
         `trace`: files whose lines the baseline run records (those the audit's fixes change),
-        so a fix in code the original went past is judged before any run of it."""
+        so a fix in code the original went past is judged before any run of it. `deadline`
+        (a `time.monotonic()` value; the audit's fix time): no timing pair is started that
+        the pairs so far say would end after it."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -165,6 +169,7 @@ class Verifier:
         self.known_runs = dict(known_runs or {})
         self.no_run = no_run
         self.trace = list(trace)
+        self.deadline = deadline
         self.last_runs: list[SmokeRun] = []
         """The patched script's seeded runs in the last `verify` (smoke run, timing runs)."""
         self.patched_runs: dict[str, SmokeRun] = {}
@@ -646,6 +651,8 @@ class Verifier:
         if not before_runs[0] or not after_runs[0]:  # more runs of as many steps time no more
             return Verification(step="speed-up", ok=False, detail=_TOO_FEW_STEPS)
         result: SpeedUp | None = None
+        pair_s = (self.baseline().wall_s or 0.0) + (after.wall_s or 0.0)
+        out_of_time = False
         while True:
             if len(before_runs) >= self.timing_runs and _enough(before_runs, after_runs):
                 result = speed_up(before_runs, after_runs)
@@ -653,6 +660,10 @@ class Verifier:
                     break
             if len(before_runs) >= max(self.max_timing_runs, self.timing_runs):
                 break
+            if self.deadline is not None and time.monotonic() + pair_s > self.deadline:
+                out_of_time = True
+                break
+            started = time.monotonic()
             # interleaved, so drift in machine load hits both sides alike
             before_runs.append(
                 smoke_run(self.runner, self.root, self.run_command, self.steps).step_times_s
@@ -666,6 +677,9 @@ class Verifier:
             )
             self.last_runs.append(again)
             after_runs.append(again.step_times_s)
+            pair_s = max(pair_s, time.monotonic() - started)
+        if out_of_time:
+            return self._timed_out(before_runs, after_runs, pair_s)
         if result is None:
             return Verification(step="speed-up", ok=False, detail=_TOO_FEW_STEPS)
         return Verification(
@@ -673,6 +687,22 @@ class Verifier:
             ok=result.significant,
             detail=f"{result.detail}; {_VERDICTS[result.verdict]}"
             f"{_energy(self.baseline(), after)}{_host_memory(self.baseline(), after)}",
+        )
+
+    def _timed_out(
+        self, before_runs: list[list[float]], after_runs: list[list[float]], pair_s: float
+    ) -> Verification:
+        """The speed-up undecided when the fix time leaves no room for another timing pair:
+        what the runs so far say, and what one more pair would have cost."""
+        pairs = len(before_runs) - 1
+        so_far = ""
+        if _enough(before_runs, after_runs):
+            so_far = f"{speed_up(before_runs, after_runs).detail}; "
+        return Verification(
+            step="speed-up",
+            ok=False,
+            detail=f"{so_far}undecided: {pairs} timing pair(s) made, and one more (about "
+            f"{pair_s:.0f} s) would end past the fix time; raise --fix-time to decide it",
         )
 
     def _with_unseeded_repeat(
