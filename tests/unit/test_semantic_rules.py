@@ -77,6 +77,7 @@ NEW_RULES: tuple[str, ...] = (
     "backward-gradient-is-loss",
     "module-method-shadowed",
     "gradient-penalty-norm-unflattened",
+    "layer-built-in-forward",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -64,6 +64,10 @@ ENVIRONMENT_HINTS = tuple(sorted(_names("environment_hints")))
 ENVIRONMENT_STEPS = _names("environment_steps")
 # Layers that hold no parameters (`nn.Dropout`, `nn.ReLU`, `nn.MaxPool2d`; not `nn.PReLU`).
 PARAMETER_FREE_LAYERS = _names("parameter_free_layers")
+# Layers that own parameters or running statistics (`nn.Linear`, `nn.LayerNorm`, `nn.LSTM`;
+# `nn.Parameter` itself), and the dropout layers, which own none but follow `model.eval()`.
+PARAMETER_LAYERS = _names("parameter_layers")
+DROPOUT_LAYERS = _names("dropout_layers")
 # Methods that run one training step of a trainer object, often defined in another file
 # (`losses = train_util.train_step(imgs, boxes, labels)`): the loop calling them trains.
 TRAINING_STEP_METHODS = _names("training_step_methods")
