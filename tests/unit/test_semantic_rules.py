@@ -78,6 +78,7 @@ NEW_RULES: tuple[str, ...] = (
     "module-method-shadowed",
     "gradient-penalty-norm-unflattened",
     "layer-built-in-forward",
+    "flag-store-false-inverted",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
