@@ -79,6 +79,7 @@ NEW_RULES: tuple[str, ...] = (
     "gradient-penalty-norm-unflattened",
     "layer-built-in-forward",
     "flag-store-false-inverted",
+    "norm-layer-shared",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
