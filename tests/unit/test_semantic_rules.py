@@ -80,6 +80,7 @@ NEW_RULES: tuple[str, ...] = (
     "layer-built-in-forward",
     "flag-store-false-inverted",
     "norm-layer-shared",
+    "collected-list-unread",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
