@@ -1,6 +1,7 @@
 """One audit never makes the same seeded smoke run twice: the fixes adopted so far plus one
-new fix are the code that fix was verified on, so their combined check reuses that run (each
-sandbox run imports torch afresh: seconds of CPU each)."""
+new fix are the code that fix was verified on, so their combined check reuses that run, and the
+next phase's baseline is the run of the code it adopted (each sandbox run imports torch afresh:
+seconds of CPU each)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import cast
 
 import pytest
 
+from torchdoctor.agent.checks.base import EngineConfig
 from torchdoctor.agent.fixes import verify
 from torchdoctor.agent.fixes.codemods.base import EXACT_RTOL, healthy_run
 from torchdoctor.agent.fixes.models import FixKind, SmokeRun
 from torchdoctor.agent.fixes.verify import FixSpec, Verifier
+from torchdoctor.agent.fixing import FixBench
 from torchdoctor.agent.harness import Harness
 
 SPEC = FixSpec(kind=FixKind.CORRECTNESS, rtol=EXACT_RTOL, symptom=healthy_run)
@@ -105,3 +108,32 @@ def test_the_combined_check_of_a_seeding_fix_reuses_its_unseeded_pair(
     moved = _tree(tmp_path / "moved", EARLIER)
     other._with_unseeded_repeat(moved, ["train.py"], SPEC, seeded)
     assert runs.calls == 5, "other code repeats afresh"
+
+
+def _bench(root: Path, known_runs: dict[str, SmokeRun], trace: list[str]) -> FixBench:
+    harness = cast(Harness, object())  # never called: smoke_run is replaced
+    return FixBench(
+        root=root,
+        runner=harness,
+        run_command=["python", "train.py"],
+        steps=3,
+        config=EngineConfig(),
+        paths=["train.py"],
+        known_runs=known_runs,
+        trace=trace,
+    )
+
+
+def test_the_next_phases_baseline_is_the_run_of_the_fix_it_adopted(
+    runs: _Runs, tmp_path: Path
+) -> None:
+    on_original = _verifier(_tree(tmp_path / "original", "x = 1\n"))
+    made = on_original._smoke_run(_tree(tmp_path / "patched", EARLIER), ["train.py"], SPEC)
+    bench = _bench(tmp_path / "original", on_original.patched_runs, ["train.py"])
+    later = bench.verifier(tmp_path / "copy", bench.known_baseline({"train.py": EARLIER}))
+    assert later.baseline() == made and runs.calls == 1
+    # other code, or the same code with other files traced, is run afresh
+    assert bench.known_baseline({"train.py": BOTH}) is None
+    untraced = _bench(tmp_path / "original", on_original.patched_runs, [])
+    assert untraced.known_baseline({"train.py": EARLIER}) is None
+    assert bench.known_baseline({}) is None  # the original's baseline is its own run

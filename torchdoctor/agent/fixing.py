@@ -41,6 +41,7 @@ from torchdoctor.agent.fixes.verify import (
     Claim,
     FixSpec,
     Verifier,
+    run_key,
 )
 from torchdoctor.agent.fixes.workcopy import workspace_copy
 from torchdoctor.agent.harness import Harness
@@ -196,6 +197,16 @@ class FixBench:
     trace: list[str] = field(default_factory=list)
     """The files the audit's fixes change: the baseline run records their executed lines."""
 
+    def known_baseline(self, working_copy: Mapping[str, str]) -> SmokeRun | None:
+        """The working copy's baseline when the audit already ran that code as a fix's or a
+        combination's patched run (same files, command, steps and traced files, no memory on
+        top): the next phase verifies on it instead of running the same code again."""
+        if not working_copy or self.run_command is None:
+            return None
+        return self.known_runs.get(
+            run_key(working_copy, self.run_command, self.steps, self.trace, 0)
+        )
+
     def verifier(
         self,
         root: Path,
@@ -271,6 +282,7 @@ def verify_record(
     runs: dict[str, SmokeRun] = {}
     if patch is not None:
         with materialized(bench.root, working_copy) as copy:
+            baseline = baseline or bench.known_baseline(working_copy)
             verifier = bench.verifier(copy, baseline, working_copy, deadline)
             claim = Claim(frozenset({finding.rule}), finding.severity)
             checks += _on_user_files(
