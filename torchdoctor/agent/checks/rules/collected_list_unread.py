@@ -46,23 +46,65 @@ class CollectedListUnread(Rule):
     triggers = Triggers(("append",))
 
     def finish(self, ctx: ModuleContext) -> None:
-        for loop in ctx.flow.nodes(ast.For):
-            items = _per_item_names(loop)
-            if not items:
+        items: dict[ast.For, set[str]] = {}
+        for statement in ctx.flow.nodes(ast.Expr):
+            appended = _appended(statement)
+            if appended is None:
+                continue
+            collected, name = appended
+            loop = _loop_binding(ctx, statement, name, items)
+            if loop is None:
                 continue
             scope = _scope(ctx, loop)
-            for name, collected in _appends(loop, items):
-                read = _read_after(ctx, scope, loop, name)
-                if read is None or _read_elsewhere(ctx, scope, collected):
-                    continue
-                ctx.report(
-                    self,
-                    read,
-                    f"`{collected}` collects every `{name}` of the loop at line {loop.lineno} "
-                    f"but is never read, and here, after the loop, `{name}` holds the last "
-                    f"item only: read `{collected}`",
-                    data={"list": collected, "item": name},
-                )
+            uses = _uses(ctx)
+            read = _read_after(ctx, uses.get(name, []), scope, loop)
+            if read is None or _read_elsewhere(ctx, uses.get(collected, [])):
+                continue
+            ctx.report(
+                self,
+                read,
+                f"`{collected}` collects every `{name}` of the loop at line {loop.lineno} "
+                f"but is never read, and here, after the loop, `{name}` holds the last "
+                f"item only: read `{collected}`",
+                data={"list": collected, "item": name},
+            )
+
+
+def _appended(statement: ast.Expr) -> tuple[str, str] | None:
+    """`LIST.append(NAME)` as a statement -> (LIST, NAME)."""
+    call = statement.value
+    if not isinstance(call, ast.Call) or len(call.args) != 1 or call.keywords:
+        return None
+    func, item = call.func, call.args[0]
+    if not (isinstance(func, ast.Attribute) and func.attr == "append"):
+        return None
+    if isinstance(func.value, ast.Name) and isinstance(item, ast.Name):
+        return func.value.id, item.id
+    return None
+
+
+def _loop_binding(
+    ctx: ModuleContext, node: ast.AST, name: str, items: dict[ast.For, set[str]]
+) -> ast.For | None:
+    """The innermost `for` loop around `node` (in its scope) that binds `name` per item."""
+    current = ctx.parents.get(node)
+    while current is not None and not isinstance(current, _SCOPES):
+        if isinstance(current, ast.For):
+            if current not in items:
+                items[current] = _per_item_names(current)
+            return current if name in items[current] else None
+        current = ctx.parents.get(current)
+    return None
+
+
+def _uses(ctx: ModuleContext) -> dict[str, list[ast.Name]]:
+    """The module's names by identifier, built once for the rule."""
+    table = ctx.memo_table("collected-list-unread.uses")
+    if not table:
+        for node in ctx.flow.nodes(ast.Name):
+            table.setdefault(node.id, []).append(node)
+        table[""] = []  # built, even for a module with no name
+    return table
 
 
 def _per_item_names(loop: ast.For) -> set[str]:
@@ -95,27 +137,6 @@ def _reads(expr: ast.expr, name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(expr))
 
 
-def _appends(loop: ast.For, items: set[str]) -> list[tuple[str, str]]:
-    """(item, list) for each `LIST.append(item)` statement of the loop's body."""
-    found = []
-    for node in ast.walk(loop):
-        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
-            continue
-        call = node.value
-        func = call.func
-        if (
-            isinstance(func, ast.Attribute)
-            and func.attr == "append"
-            and isinstance(func.value, ast.Name)
-            and len(call.args) == 1
-            and not call.keywords
-            and isinstance(call.args[0], ast.Name)
-            and call.args[0].id in items
-        ):
-            found.append((call.args[0].id, func.value.id))
-    return found
-
-
 def _scope(ctx: ModuleContext, node: ast.AST) -> ast.AST:
     current = ctx.parents.get(node)
     while current is not None and not isinstance(current, _SCOPES):
@@ -127,14 +148,16 @@ def _in_scope(ctx: ModuleContext, node: ast.AST, scope: ast.AST) -> bool:
     return _scope(ctx, node) is scope
 
 
-def _read_after(ctx: ModuleContext, scope: ast.AST, loop: ast.For, name: str) -> ast.Name | None:
-    """The first read of `name` after the loop in its scope, unless `name` is bound again
-    before it (an assignment, another loop, a `with ... as`)."""
+def _read_after(
+    ctx: ModuleContext, uses: list[ast.Name], scope: ast.AST, loop: ast.For
+) -> ast.Name | None:
+    """The first read after the loop in its scope among `uses` (one name's), unless the name
+    is bound again before it (an assignment, another loop, a `with ... as`)."""
     end = loop.end_lineno or loop.lineno
     first_read: ast.Name | None = None
     rebound = float("inf")
-    for node in ctx.flow.nodes(ast.Name):
-        if node.id != name or node.lineno <= end or not _in_scope(ctx, node, scope):
+    for node in uses:
+        if node.lineno <= end or not _in_scope(ctx, node, scope):
             continue
         if isinstance(node.ctx, ast.Load):
             if first_read is None or (node.lineno, node.col_offset) < (
@@ -149,11 +172,11 @@ def _read_after(ctx: ModuleContext, scope: ast.AST, loop: ast.For, name: str) ->
     return first_read
 
 
-def _read_elsewhere(ctx: ModuleContext, scope: ast.AST, collected: str) -> bool:
-    """Whether the list is used other than by `.append(...)` calls and its bindings (in this
-    scope, or by name anywhere else: a global read by another function)."""
-    for node in ctx.flow.nodes(ast.Name):
-        if node.id != collected or not isinstance(node.ctx, ast.Load):
+def _read_elsewhere(ctx: ModuleContext, uses: list[ast.Name]) -> bool:
+    """Whether the list (its `uses`) is read other than by `.append(...)` calls, anywhere in
+    the module (a global read by another function counts)."""
+    for node in uses:
+        if not isinstance(node.ctx, ast.Load):
             continue
         parent = ctx.parents.get(node)
         if isinstance(parent, ast.Attribute) and parent.attr == "append":
