@@ -98,9 +98,17 @@ OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 
 
 def is_scheduler_name(name: str) -> bool:
-    """`scheduler`, `lr_sched`, `warmup`: a name that says it holds an LR scheduler."""
+    """`scheduler`, `lr_sched`, `warmup`: a name that says it holds an LR scheduler. The last
+    word decides when it names an optimizer: `custom_lr_optimizer`, `warmup_optim` hold an
+    optimizer that sets its own rate (a wrapper whose `step()` steps the optimizer)."""
     lowered = name.lower()
+    if _OPTIMIZER_WORD.match(lowered.rsplit("_", 1)[-1]):
+        return False
     return any(hint in lowered for hint in SCHEDULER_HINTS)
+
+
+# `optimizer`, `optimiser`, `optim`, `opt`: the head word of a name that holds an optimizer
+_OPTIMIZER_WORD = re.compile(r"opt(im(i[sz]er)?)?s?$")
 
 
 def builds_network(qual: str) -> bool:
