@@ -7,6 +7,7 @@ from functools import cached_property
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.graph_origin import GraphOrigins
+from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.loops import added_to_in, is_periodic_guard, walk_scope, walk_tree
 
 # Calls that make a loop a training loop: each iteration back-propagates or steps.
@@ -80,13 +81,20 @@ class Accumulations(GraphOrigins):
         the total (or a dict it stores the total in): its caller back-propagates it, often
         from another module. Not so when the
         loop itself steps or back-propagates: a training loop that returns its running loss
-        keeps every step's graph."""
+        keeps every step's graph; nor a loop that runs the model on each batch in an
+        evaluation helper (called with held-out data, never back-propagating: LSTNet's
+        `evaluate(data, X, Y, model, evaluateL2, ...)` summing `evaluateL2(output, Y)` over
+        the batches), whose total no caller back-propagates."""
         function = self.ctx.enclosing_function(acc.loop)
         if function is None:
             return False
+        runs_model = False
         for node in walk_scope(acc.loop.body):
             if isinstance(node, ast.Call) and _steps(identifier(node.func)):
                 return False
+            runs_model = runs_model or (isinstance(node, ast.Call) and self.is_model_call(node))
+        if runs_model and any(helper is function for helper in evaluation_helpers(self.ctx)):
+            return False
         texts = {ast.unparse(acc.target)}
         # The total stored into a container the function returns (`losses['D'] = loss_d`,
         # then `return losses`): a dict of named loss terms the caller sums and back-props.
