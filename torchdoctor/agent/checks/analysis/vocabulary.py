@@ -95,6 +95,9 @@ RANK_KEEPING_FUNCTIONS = _names("rank_keeping_functions")
 RANK_KEEPING_LAYERS = _names("rank_keeping_layers")
 TORCH_FRAMEWORKS = tuple(sorted(_names("torch_frameworks")))
 OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
+# Wrappers whose forward runs the module they are given, in that module's mode and layers
+# (`DistributedDataParallel(model)`, `torch.compile(model)`).
+MODULE_WRAPPERS = _names("module_wrappers")
 
 
 def is_scheduler_name(name: str) -> bool:

@@ -32,9 +32,13 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_mode_layers,
 )
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
-from torchdoctor.agent.checks.analysis.vocabulary import HELD_OUT_SPLITS, alternation
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    HELD_OUT_SPLITS,
+    MODULE_WRAPPERS,
+    alternation,
+)
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.dataflow import FunctionNode, module_level
+from torchdoctor.agent.checks.dataflow import FunctionNode, kwarg, module_level
 from torchdoctor.agent.checks.loops import (
     enclosing_ifs,
     is_backward_call,
@@ -1077,15 +1081,30 @@ def _helper_of_a_caller_elsewhere(ctx: ModuleContext, owner: FunctionNode, call:
 ModeLayers = Literal["known", "unknown", "none"]
 
 
-def _mode_dependent(ctx: ModuleContext, model: ast.expr) -> ModeLayers:
+def _mode_dependent(
+    ctx: ModuleContext, model: ast.expr, wrappers: frozenset[int] = frozenset()
+) -> ModeLayers:
     """Whether the model has dropout/normalisation layers: seen ("known"), not visible from
-    here ("unknown": built elsewhere, loaded, a third-party class), or known absent."""
+    here ("unknown": built elsewhere, loaded, a third-party class), or known absent. A
+    wrapper (`DistributedDataParallel(model)`, `torch.compile(model)`) has the layers of the
+    module it wraps (torchdistill's `evaluate` wraps a model it is given), the wrapper
+    itself left out of what it wraps (`self.model = nn.DataParallel(self.model)`)."""
     flow = ctx.flow
-    constructors = list(flow.constructors(model))
+    constructors = [c for c in flow.constructors(model) if id(c) not in wrappers]
     if not constructors:
         return "unknown"
     verdict: ModeLayers = "none"
     for call in constructors:
+        if flow.qualname_of(call) in MODULE_WRAPPERS:
+            wrapped = call.args[0] if call.args else kwarg(call, "module")
+            found: ModeLayers = "unknown"
+            if wrapped is not None and len(wrappers) < 4:
+                found = _mode_dependent(ctx, wrapped, wrappers | {id(call)})
+            if found == "known":
+                return "known"
+            if found == "unknown":
+                verdict = "unknown"
+            continue
         name = call.func.id if isinstance(call.func, ast.Name) else None
         if name is not None and name in flow.classes:
             found = _class_mode_dependent(ctx, flow.classes[name], set())
