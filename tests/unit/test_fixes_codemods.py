@@ -1145,3 +1145,13 @@ def test_host_sync_stored_into_a_container_says_where_it_goes() -> None:
     assert codemod.transform(source, target) is None
     why = codemod.explain(source, target)
     assert why is not None and "stored into `tracker[len(tracker)]['x']`" in why, why
+
+
+def test_train_loader_codemod_turns_a_literal_shuffle_off_on() -> None:
+    codemod = codemod_for("train-loader-no-shuffle")
+    assert codemod is not None
+    target = FixTarget(rule="train-loader-no-shuffle", file="x.py", line=2, end_line=2)
+    source = "from torch.utils.data import DataLoader\nloader = DataLoader(ds, 8, shuffle=False)\n"
+    assert codemod.transform(source, target) == source.replace("False", "True")
+    computed = source.replace("shuffle=False", "shuffle=args.shuffle")
+    assert codemod.transform(computed, target) is None

@@ -7,7 +7,12 @@ import builtins
 import re
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.project import callee_symbol, module_name, star_modules
+from torchdoctor.agent.checks.analysis.project import (
+    callee_symbol,
+    class_symbols,
+    module_name,
+    star_modules,
+)
 from torchdoctor.agent.checks.analysis.vocabulary import DATALOADERS, TRAINING_STEP_METHODS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
@@ -35,13 +40,18 @@ class TrainLoaderNoShuffle(Rule):
     `train_dataloaders=`; a `fit(loader_a, loader_b)` whose first argument is itself a
     loader is not read as one.
 
-    Not reported: an explicit `shuffle=False` (a deliberate choice: time series, curriculum)
-    but over a dataset stored in class order (`ImageFolder`, `DatasetFolder`: samples sorted
-    by class folder, so an unshuffled epoch trains on one class after another: no order is
-    deliberate there), and but for one written beside a `DistributedSampler` that is None
-    when the run is not distributed (the DataLoader refuses a sampler with `shuffle=True`;
-    the other path then never shuffles),
-    a sampler of any kind (`DistributedSampler` shuffles) but a `SequentialSampler` (reported
+    An explicit `shuffle=False` is reported like a missing one (a flag copied from the test
+    loader, or turned off while debugging, is the usual cause; mature training code on the
+    precision corpus never iterates such a loader to train), also beside a
+    `DistributedSampler` that is None when the run is not distributed (the DataLoader
+    refuses a sampler with `shuffle=True`; the other path then never shuffles).
+
+    Not reported: `shuffle=False` beside a sampler built to keep its order on some path
+    (`DistributedSampler(ds, shuffle=False)`, a `SequentialSampler`: the order is chosen on
+    every path), a training loop that carries a state from batch to batch (`output, hidden =
+    model(x, hidden)`: consecutive chunks of one sequence, truncated back-propagation
+    through time), a sampler of any kind (`DistributedSampler` shuffles) but a
+    `SequentialSampler` (reported
     like no sampler, also when it is the sampler of one path: `SequentialSampler if
     args.local_rank == -1 else DistributedSampler`), options passed through `**kwargs`
     (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
@@ -80,6 +90,8 @@ class TrainLoaderNoShuffle(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "DataLoader" in ctx.source and "return" in ctx.source:
             _publish_unordered_factories(ctx)
+        if "class " in ctx.source and ("shuffle(" in ctx.source or "perm" in ctx.source):
+            _publish_self_shuffling_classes(ctx)
         if not self.applies(ctx):
             if "backward" in ctx.source and ctx.loops.training_loops:
                 self._defer_imported_factories(ctx)
@@ -88,18 +100,27 @@ class TrainLoaderNoShuffle(Rule):
         flow = ctx.flow
         reported: set[int] = set()
         for node in [*(loop.node for loop in ctx.loops.training_loops), *_delegating_loops(ctx)]:
-            if not isinstance(node, ast.For | ast.AsyncFor):
+            if not isinstance(node, ast.For | ast.AsyncFor | ast.While) or _carries_state(node):
                 continue
-            for source in _iterated_loaders(ctx, node.iter, 0):
+            iterated = [] if isinstance(node, ast.While) else _iterated_loaders(ctx, node.iter, 0)
+            for source in [*iterated, *_drawn_loaders(ctx, node)]:
                 if _orders(ctx, source) or id(source) in reported:
                     continue
                 reported.add(id(source))
-                ctx.report(
-                    self,
-                    source,
+                shuffling = _dataset_may_shuffle_itself(ctx, source)
+                if shuffling is True:
+                    continue
+                message = (
                     "the training loop iterates this DataLoader in the same order every "
-                    "epoch: no shuffle, no sampler",
+                    f"epoch: {_no_order(source)}, no sampler"
                 )
+                if not shuffling:
+                    ctx.report(self, source, message)
+                    continue
+                found = ctx.finding(self, source, message)
+                if found is not None:  # unless the project's dataset class shuffles itself
+                    pending = {"symbols": shuffling, "finding": found.model_dump()}
+                    ctx.facts.setdefault(_DATASET_PENDING_KEY, []).append(pending)
         fits = _trainer_fits(ctx)
         for source in flow.calls_to(DATALOADERS):
             forwarded = _shuffle_defaulting_off(ctx, source)
@@ -165,19 +186,72 @@ class TrainLoaderNoShuffle(Rule):
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """Loops over another file's unordered loader factory; loaders over another file's
+        dataset class, unless that class shuffles its own samples."""
         factories = {s for f in facts.values() for s in f.get(_FACTORIES_KEY, [])}
-        if not factories:
-            return []
+        shuffling = {s for f in facts.values() for s in f.get(_SELF_SHUFFLING_KEY, [])}
         return [
             RawFinding.model_validate(p["finding"])
             for f in facts.values()
             for p in f.get(_PENDING_KEY, [])
             if any(_same_symbol(s, factory) for s in p["symbols"] for factory in factories)
+        ] + [
+            RawFinding.model_validate(p["finding"])
+            for f in facts.values()
+            for p in f.get(_DATASET_PENDING_KEY, [])
+            if not any(_same_symbol(s, own) for s in p["symbols"] for own in shuffling)
         ]
 
 
 _FACTORIES_KEY = "unordered-loader-factories"
 _PENDING_KEY = "pending:train-loader-no-shuffle:factory"
+_SELF_SHUFFLING_KEY = "self-shuffling-datasets"
+_DATASET_PENDING_KEY = "pending:train-loader-no-shuffle:dataset"
+# Calls that reorder samples: a dataset calling one on its own list shuffles itself.
+_SHUFFLES = frozenset({"shuffle", "permutation", "randperm"})
+
+
+def _self_shuffling_classes(ctx: ModuleContext) -> set[str]:
+    """The module's top-level classes whose methods reorder samples themselves as they are
+    read (`np.random.shuffle(self.list_sample)` in a dataset that builds whole batches:
+    CSAILVision's `TrainDataset`), found from the module's call index. A shuffle in
+    `__init__` runs once (hifi-gan's `MelDataset`): every epoch then repeats that order."""
+    memo = ctx.memo_table("train_loader_no_shuffle.self_shuffling")
+    if "" not in memo:
+        memo[""] = {
+            outer.name
+            for call in ctx.flow.calls_named(_SHUFFLES)
+            if (fn := ctx.enclosing_function(call)) is not None and fn.name != "__init__"
+            for outer in ctx.ancestors(fn)
+            if isinstance(outer, ast.ClassDef) and ctx.parents.get(outer) is ctx.tree
+        }
+    found: set[str] = memo[""]
+    return found
+
+
+def _publish_self_shuffling_classes(ctx: ModuleContext) -> None:
+    found = sorted(f"{module_name(ctx.path)}.{name}" for name in _self_shuffling_classes(ctx))
+    if found:
+        ctx.facts[_SELF_SHUFFLING_KEY] = found
+
+
+def _dataset_may_shuffle_itself(ctx: ModuleContext, loader: ast.Call) -> bool | list[str]:
+    """True when the loader's dataset is built by a class of this file that shuffles its own
+    samples; the qualified names of the project classes of other files it may be built by
+    (the project pass asks them), or [] when neither."""
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    if dataset is None:
+        return []
+    symbols: list[str] = []
+    for constructor in ctx.flow.constructors(dataset):
+        func = constructor.func
+        local = ctx.flow.classes.get(func.id) if isinstance(func, ast.Name) else None
+        if local is not None:
+            if local.name in _self_shuffling_classes(ctx):
+                return True
+            continue
+        symbols += [s for s in class_symbols(ctx, func) if s not in symbols]
+    return symbols
 
 
 def _same_symbol(imported: str, defined: str) -> bool:
@@ -186,6 +260,60 @@ def _same_symbol(imported: str, defined: str) -> bool:
 
 
 _WRAPPERS = frozenset({"enumerate", "tqdm", "iter", "trange"})
+
+
+def _no_order(loader: ast.Call) -> str:
+    flag = kwarg(loader, "shuffle")
+    return "`shuffle=False`" if isinstance(flag, ast.Constant) else "no shuffle"
+
+
+def _drawn_loaders(ctx: ModuleContext, loop: ast.For | ast.AsyncFor | ast.While) -> list[ast.Call]:
+    """The DataLoaders a training loop draws its batches from with `next()`
+    (`batch_iterator = iter(data_loader)` before a `for iteration in range(max_iter)` whose
+    body calls `next(batch_iterator)`: ssd.pytorch's, an iteration-counted schedule)."""
+    if "next(" not in ctx.source:
+        return []
+    return [
+        source
+        for node in walk_scope(loop.body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "next"
+        and node.args
+        for source in _iterated_loaders(ctx, node.args[0], 0)
+    ]
+
+
+def _carries_state(loop: ast.For | ast.AsyncFor | ast.While) -> bool:
+    """The loop hands a value from one batch to the next through calls that take it and give
+    its next value back (`output, hidden = model(data, hidden)`, `hidden =
+    repackage_hidden(hidden)`), and is bound no other way in the loop: a recurrent state
+    over consecutive chunks of one sequence (truncated back-propagation through time), where
+    the batches' order is the point. `x = model(x)` after `x, y = batch` carries nothing."""
+    carried: set[str] = set()
+    other: set[str] = set()
+    if isinstance(loop, ast.For | ast.AsyncFor):
+        other |= {n.id for n in walk_tree(loop.target) if isinstance(n, ast.Name)}
+    for node in walk_scope(loop.body):
+        if isinstance(node, ast.Assign):
+            targets = {n.id for t in node.targets for n in walk_tree(t) if isinstance(n, ast.Name)}
+        else:
+            if isinstance(node, ast.AugAssign | ast.AnnAssign | ast.For | ast.AsyncFor):
+                other |= {n.id for n in walk_tree(node.target) if isinstance(n, ast.Name)}
+            continue
+        passed = (
+            {
+                n.id
+                for arg in node.value.args
+                for n in walk_tree(arg)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+            }
+            if isinstance(node.value, ast.Call)
+            else set()
+        )
+        carried |= targets & passed
+        other |= targets - passed
+    return bool(carried - other)
 
 
 def _delegating_loops(ctx: ModuleContext) -> list[ast.For]:
@@ -299,10 +427,47 @@ def _passed_loaders(ctx: ModuleContext, name: ast.Name, depth: int) -> list[ast.
     """The loaders the module's calls of `name`'s function pass for its parameter `name`;
     an argument named for held-out data (`run_epoch(model, val_loader)`) is not followed."""
     found: list[ast.Call] = []
-    for passed in ctx.calls.arguments_for(name):
+    for passed in ctx.calls.arguments_for(name) or _wrapped_parameter_arguments(ctx, name):
         if not held_out_name_kind(identifier(passed)):
             found += _iterated_loaders(ctx, passed, depth + 1)
     return found
+
+
+def _wrapped_parameter_arguments(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
+    """What the callers pass for a parameter whose only re-binding wraps it in a progress
+    bar or an iterator (`if dist.is_primary(): loader = tqdm(loader)`, vq-vae-2's `train`):
+    the loop still iterates the loader the caller passed."""
+    fn = ctx.enclosing_function(name)
+    if fn is None or name.id not in {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}:
+        return []
+    rebinds = [
+        node
+        for node in walk_tree(fn)
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.For)
+        and any(
+            isinstance(t, ast.Name) and t.id == name.id
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        )
+    ]
+    if not rebinds or not all(_wraps_itself(node, name.id) for node in rebinds):
+        return []
+    return [
+        passed
+        for site in ctx.calls.call_sites(fn)
+        if (passed := ctx.calls.bind(site, fn).get(name.id)) is not None
+    ]
+
+
+def _wraps_itself(node: ast.AST, name: str) -> bool:
+    """`loader = tqdm(loader, ...)`: a single target bound to a wrapper of its own value."""
+    value = node.value if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+    return (
+        isinstance(value, ast.Call)
+        and identifier(value.func) in _WRAPPERS
+        and bool(value.args)
+        and isinstance(value.args[0], ast.Name)
+        and value.args[0].id == name
+    )
 
 
 def _factory_symbols(ctx: ModuleContext, call: ast.Call) -> list[str]:
@@ -351,11 +516,14 @@ _TRAIN_NAME = re.compile(r"(^|[^A-Za-z])[Tt]rain(ing)?([^a-z]|$|set|loader|data|
 def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) -> bool:
     """Whether the loader may shuffle or keep an order on purpose (or we cannot tell); a
     `shuffle` forwarded from a factory's parameter (`forwarded`) is judged at its calls."""
-    # `shuffle=False` written for the sampler's sake orders nothing on the sampler-less path
+    # `shuffle=False` written for the sampler's sake orders nothing on the sampler-less path,
+    # and written alone it keeps the file order as surely as no `shuffle` at all
     skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
     flag = kwarg(loader, "shuffle")
-    if isinstance(flag, ast.Constant) and flag.value is False and _class_ordered(ctx, loader):
-        skipped.add("shuffle")  # `shuffle=False` over class-sorted folders orders nothing usefully
+    if isinstance(flag, ast.Constant) and flag.value is False:
+        if _order_kept_on_purpose(ctx, loader):
+            return True
+        skipped.add("shuffle")
     given = [(name, kwarg(loader, name)) for name in _ORDERING if name not in skipped]
     if any(
         value is not None
@@ -367,6 +535,26 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     if len(loader.args) > 2 or not _options_seen(ctx, loader):
         return True  # positional shuffle/sampler, or options we cannot see
     return _held_out(ctx, loader) or _iterable(ctx, loader)
+
+
+def _order_kept_on_purpose(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """`shuffle=False` beside a sampler built to keep its order on some path
+    (`DistributedSampler(series, shuffle=False) if distributed else None`, a
+    `SequentialSampler`): the order is the author's choice on every path, not an omission."""
+    sampler = kwarg(loader, "sampler")
+    if sampler is None:
+        return False
+    if _sequential_on_a_path(ctx, sampler):
+        return True
+    bound = ctx.flow.definitions(sampler) if isinstance(sampler, ast.Name) else [sampler]
+    return any(
+        isinstance(branch, ast.Call)
+        and identifier(branch.func).rsplit(".", 1)[-1] == "DistributedSampler"
+        and isinstance(off := kwarg(branch, "shuffle"), ast.Constant)
+        and off.value is False
+        for node in bound
+        for branch in ([node.body, node.orelse] if isinstance(node, ast.IfExp) else [node])
+    )
 
 
 def _off_for_the_sampler(ctx: ModuleContext, loader: ast.Call) -> bool:
@@ -394,15 +582,24 @@ def _sequential_on_a_path(ctx: ModuleContext, value: ast.expr) -> bool:
     """`sampler=SequentialSampler(ds)`, or a sampler that is one on some path:
     `sampler=train_sampler(ds)` with `train_sampler = SequentialSampler if args.local_rank
     == -1 else DistributedSampler`, `sampler=s` with `s = SequentialSampler(ds) if ... else
-    DistributedSampler(ds)`. Like a sampler that is None on one path, that path iterates in
-    file order: with no `shuffle` beside it, nothing reorders the epochs."""
+    DistributedSampler(ds)`; or one built by a call told not to shuffle
+    (`DistributedSampler(ds, shuffle=False)`, a project helper's `data_sampler(dataset,
+    shuffle=False, distributed=...)`: vq-vae-2's). Like a sampler that is None on one path,
+    that path iterates in file order: with no `shuffle` beside it, nothing reorders the
+    epochs."""
     if isinstance(value, ast.Name):
         return any(
-            _sequential_class(ctx, branch.func) if isinstance(branch, ast.Call) else False
+            _ordered_sampler(ctx, branch) if isinstance(branch, ast.Call) else False
             for bound in ctx.flow.definitions(value)
             for branch in ([bound.body, bound.orelse] if isinstance(bound, ast.IfExp) else [bound])
         )
-    return isinstance(value, ast.Call) and _sequential_class(ctx, value.func)
+    return isinstance(value, ast.Call) and _ordered_sampler(ctx, value)
+
+
+def _ordered_sampler(ctx: ModuleContext, call: ast.Call) -> bool:
+    flag = kwarg(call, "shuffle")
+    told_not_to = isinstance(flag, ast.Constant) and flag.value is False
+    return told_not_to or _sequential_class(ctx, call.func)
 
 
 def _sequential_class(ctx: ModuleContext, func: ast.expr) -> bool:
@@ -633,20 +830,6 @@ def _held_out(ctx: ModuleContext, loader: ast.Call) -> bool:
     names = [identifier(t) for t in getattr(parent, "targets", [])]
     names += [identifier(a) for a in loader.args[:1]]
     return any(held_out_name_kind(n) for n in names if n)
-
-
-# datasets whose samples are listed class by class (torchvision sorts the class folders)
-_CLASS_ORDERED = frozenset(
-    f"torchvision.datasets.{name}" for name in ("ImageFolder", "DatasetFolder", "ImageNet")
-) | frozenset(f"torchvision.datasets.folder.{name}" for name in ("ImageFolder", "DatasetFolder"))
-
-
-def _class_ordered(ctx: ModuleContext, loader: ast.Call) -> bool:
-    """The loader's dataset is built by `ImageFolder`/`DatasetFolder` (through names)."""
-    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
-    if dataset is None:
-        return False
-    return any(ctx.flow.qualname_of(c) in _CLASS_ORDERED for c in ctx.flow.constructors(dataset))
 
 
 def _iterable(ctx: ModuleContext, loader: ast.Call) -> bool:

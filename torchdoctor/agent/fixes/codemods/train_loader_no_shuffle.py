@@ -9,8 +9,9 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class TrainLoaderNoShuffleFix(Codemod):
-    """Adds `shuffle=True` to the flagged DataLoader call (the rule only flags calls with no
-    shuffle, sampler or batch_sampler argument, so nothing conflicts with it)."""
+    """Adds `shuffle=True` to the flagged DataLoader call, or turns its literal
+    `shuffle=False` on; refused beside a `sampler`/`batch_sampler` (the DataLoader rejects
+    `shuffle=True` with either) or a `shuffle` computed elsewhere."""
 
     rule = "train-loader-no-shuffle"
     kind = FixKind.CORRECTNESS
@@ -23,8 +24,11 @@ class TrainLoaderNoShuffleFix(Codemod):
             where=lambda c: ctx.line(c) == target.line,
         )
         loaders = [c for c in calls if (ctx.qualname(c.func) or "").endswith("DataLoader")]
-        if len(loaders) != 1 or any(
-            keyword(loaders[0], n) for n in ("shuffle", "sampler", "batch_sampler")
+        if len(loaders) != 1 or any(keyword(loaders[0], n) for n in ("sampler", "batch_sampler")):
+            return False
+        flag = keyword(loaders[0], "shuffle")
+        if flag is not None and not (
+            isinstance(flag.value, cst.Name) and flag.value.value == "False"
         ):
             return False
         ctx.set_call_keyword(loaders[0], "shuffle", "True")
