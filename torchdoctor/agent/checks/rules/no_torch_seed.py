@@ -26,17 +26,10 @@ from torchdoctor.agent.checks.smoke_tests import (
 )
 from torchdoctor.agent.models import Severity
 
-_SEEDERS = (
-    frozenset(
-        {
-            "torch.manual_seed",
-            "torch.random.manual_seed",
-            "torch.cuda.manual_seed_all",
-            "torch.cuda.manual_seed",
-        }
-    )
-    | ALL_LIBRARY_SEEDERS
-)
+_SEEDERS = frozenset({"torch.manual_seed", "torch.random.manual_seed"}) | ALL_LIBRARY_SEEDERS
+# They seed the GPUs' generators only: weights initialised on the CPU before `.cuda()`, the
+# DataLoader's shuffling and CPU dropout still draw from an unseeded generator.
+_CUDA_SEEDERS = frozenset({"torch.cuda.manual_seed_all", "torch.cuda.manual_seed"})
 _SEED_METHODS = frozenset({"manual_seed", "seed_everything", "set_seed"})
 _TORCH_RANDOM = frozenset(
     {"rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "dropout"}
@@ -80,6 +73,10 @@ class NoTorchSeed(Rule):
     that it imports and calls (`from utils import seed_all`), directly or through other
     helpers of the project (yolov7's `init_seeds` in utils/general.py calls
     `init_torch_seeds` of utils/torch_utils.py, which seeds).
+
+    `torch.cuda.manual_seed(_all)` alone does not seed torch: it seeds the GPUs' generators,
+    while the weights are drawn on the CPU before the model moves and the DataLoader
+    shuffles with the CPU generator (LSTNet's main.py with its `torch.manual_seed` gone).
 
     Why it matters: weight initialisation, shuffling, dropout and augmentation differ on every
     run, so results cannot be reproduced, a regression cannot be bisected and two
@@ -139,6 +136,10 @@ class NoTorchSeed(Rule):
                 "code": ctx.lines[anchor.lineno - 1],
                 "excerpt": ctx.excerpt(anchor.lineno, anchor.lineno),
                 "calls": sorted(calls - {""}),
+                "cuda_only": any(
+                    isinstance(n, ast.Call) and ctx.call_qualname(n) in _CUDA_SEEDERS
+                    for n in nodes_of(ctx, ast.Call)
+                ),
             }
         if seeded or relays or "entry" in fact:
             ctx.facts[_KEY] = fact
@@ -203,7 +204,9 @@ class NoTorchSeed(Rule):
 
     @staticmethod
     def _entry_anchor(ctx: ModuleContext) -> ast.stmt | None:
-        """Where an entry script starts: its main guard, or its top-level training loop."""
+        """Where an entry script starts: its main guard, or its top-level training loop, or
+        the top-level call of its function that runs one (LSTNet's `for epoch in ...:
+        train_loss = train(Data, ...)` with no main guard)."""
         if is_test_module(ctx.path):
             return None  # pytest runs it; its fixtures decide the seeds
         guard = next((s for s in ctx.tree.body if is_main_guard(s)), None)
@@ -215,7 +218,9 @@ class NoTorchSeed(Rule):
             and ctx.enclosing_function(loop.node) is None
         ]
         if guard is None:
-            return top_level[0] if top_level and not has_main_guard(ctx.tree) else None
+            if has_main_guard(ctx.tree):
+                return None
+            return top_level[0] if top_level else _top_level_training_call(ctx, loops)
         if loops or (
             _uses_torch_randomness(ctx)
             and not is_model_smoke_test(ctx, guard)
@@ -267,13 +272,39 @@ class NoTorchSeed(Rule):
                     end_line=entry["line"],
                     code=entry["code"],
                     message="this entry script never seeds torch (torch.manual_seed / "
-                    "seed_everything): runs are not reproducible",
+                    "seed_everything): runs are not reproducible"
+                    + (
+                        " (torch.cuda.manual_seed seeds only the GPUs' generators: weights "
+                        "initialised on the CPU and the loader's shuffling still vary)"
+                        if entry.get("cuda_only")
+                        else ""
+                    ),
                     severity=cls.severity,
                     excerpt=entry["excerpt"],
                     data={"generators": _generators_reached(path, draws, drawing_files)},
                 )
             )
         return findings
+
+
+def _top_level_training_call(ctx: ModuleContext, loops: list[Any]) -> ast.stmt | None:
+    """The first statement run at import time that calls a module-level function holding a
+    training loop (a script with no main guard whose epochs call `train(...)`)."""
+    trainers = {
+        fn.name
+        for loop in loops
+        if (fn := ctx.enclosing_function(loop.node)) is not None and fn in ctx.tree.body
+    }
+    if not trainers:
+        return None
+    for node in module_level(ctx.tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in trainers
+        ):
+            return next(a for a in ctx.ancestors(node) if isinstance(a, ast.stmt))
+    return None
 
 
 def _global_generators(ctx: ModuleContext) -> list[str]:
