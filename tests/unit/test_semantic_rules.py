@@ -54,6 +54,7 @@ NEW_RULES: tuple[str, ...] = (
     "parameter-moved-after-wrapping",
     "lambda-lr-absolute-rate",
     "lambda-branch-returns-function",
+    "factory-joined-with-device-tensor",
     "tensor-move-discarded",
     "mean-over-wrong-count",
     "optimizer-params-reused",
