@@ -92,6 +92,10 @@ class TrainLoaderNoShuffle(Rule):
             _publish_unordered_factories(ctx)
         if "class " in ctx.source and ("shuffle(" in ctx.source or "perm" in ctx.source):
             _publish_self_shuffling_classes(ctx)
+        if "shuffle" in ctx.source:
+            _publish_batchers(ctx)
+        if "False" in ctx.source and ctx.loops.training_loops:
+            self._check_batchers(ctx)
         if not self.applies(ctx):
             if "backward" in ctx.source and ctx.loops.training_loops:
                 self._defer_imported_factories(ctx)
@@ -156,6 +160,41 @@ class TrainLoaderNoShuffle(Rule):
                     data={"loader_line": source.lineno},
                 )
 
+    def _check_batchers(self, ctx: ModuleContext) -> None:
+        """A training loop over a batch generator of the project told not to shuffle
+        (`for X, Y in data.get_batches(X, Y, batch_size, False)`, LSTNet's, with `def
+        get_batches(self, inputs, targets, batch_size, shuffle=True)`): `shuffle=False`
+        given by name, or `False` passed for a parameter named `shuffle` of a function of
+        this file or, through the project pass, of another."""
+        for loop in ctx.loops.training_loops:
+            node = loop.node
+            if not isinstance(node, ast.For | ast.AsyncFor) or _carries_state(node):
+                continue
+            call = _unwrapped(node.iter)
+            if call is None or ctx.flow.qualname_of(call) in DATALOADERS:
+                continue
+            message = (
+                f"the training loop iterates `{ast.unparse(call.func)}(...)` told not to "
+                "shuffle: every epoch sees the batches in the same order"
+            )
+            flag = kwarg(call, "shuffle")
+            if isinstance(flag, ast.Constant) and flag.value is False:
+                ctx.report(self, call, message)
+                continue
+            offs = [i for i, a in enumerate(call.args) if _false(a)]
+            if not offs or any(isinstance(a, ast.Starred) for a in call.args):
+                continue
+            local = ctx.calls.resolve(call)
+            if local:
+                if any(_false(ctx.calls.bind(call, fn).get("shuffle")) for fn in local):
+                    ctx.report(self, call, message)
+                continue
+            found = ctx.finding(self, call, message)
+            if found is not None:
+                name = identifier(call.func).rsplit(".", 1)[-1]
+                pending = {"name": name, "offs": offs, "finding": found.model_dump()}
+                ctx.facts.setdefault(_BATCHER_PENDING_KEY, []).append(pending)
+
     def _defer_imported_factories(self, ctx: ModuleContext) -> None:
         """A training loop over the loader a function of another file returns
         (`dataloader = get_data(args)` with `get_data` in `utils.py`): reported when the
@@ -190,23 +229,72 @@ class TrainLoaderNoShuffle(Rule):
         dataset class, unless that class shuffles its own samples."""
         factories = {s for f in facts.values() for s in f.get(_FACTORIES_KEY, [])}
         shuffling = {s for f in facts.values() for s in f.get(_SELF_SHUFFLING_KEY, [])}
-        return [
-            RawFinding.model_validate(p["finding"])
-            for f in facts.values()
-            for p in f.get(_PENDING_KEY, [])
-            if any(_same_symbol(s, factory) for s in p["symbols"] for factory in factories)
-        ] + [
-            RawFinding.model_validate(p["finding"])
-            for f in facts.values()
-            for p in f.get(_DATASET_PENDING_KEY, [])
-            if not any(_same_symbol(s, own) for s in p["symbols"] for own in shuffling)
-        ]
+        return (
+            [
+                RawFinding.model_validate(p["finding"])
+                for f in facts.values()
+                for p in f.get(_PENDING_KEY, [])
+                if any(_same_symbol(s, factory) for s in p["symbols"] for factory in factories)
+            ]
+            + [
+                RawFinding.model_validate(p["finding"])
+                for f in facts.values()
+                for p in f.get(_DATASET_PENDING_KEY, [])
+                if not any(_same_symbol(s, own) for s in p["symbols"] for own in shuffling)
+            ]
+            + _confirmed_batcher_calls(facts)
+        )
 
 
 _FACTORIES_KEY = "unordered-loader-factories"
 _PENDING_KEY = "pending:train-loader-no-shuffle:factory"
 _SELF_SHUFFLING_KEY = "self-shuffling-datasets"
 _DATASET_PENDING_KEY = "pending:train-loader-no-shuffle:dataset"
+_BATCHERS_KEY = "batchers-with-shuffle"
+_BATCHER_PENDING_KEY = "pending:train-loader-no-shuffle:batcher"
+
+
+def _false(value: ast.expr | None) -> bool:
+    return isinstance(value, ast.Constant) and value.value is False
+
+
+def _unwrapped(expr: ast.expr) -> ast.Call | None:
+    """The call a loop iterates, through `enumerate(...)`/`tqdm(...)`."""
+    while isinstance(expr, ast.Call) and identifier(expr.func) in _WRAPPERS and expr.args:
+        expr = expr.args[0]
+    return expr if isinstance(expr, ast.Call) else None
+
+
+def _publish_batchers(ctx: ModuleContext) -> None:
+    """Functions and methods with a parameter named `shuffle`: name -> its position among
+    the arguments a call passes (`self` left out of a method's)."""
+    found: dict[str, list[int]] = {}
+    for name, defs in ctx.loops.functions.items():
+        for fn in defs:
+            params = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]]
+            if params and params[0] in ("self", "cls"):
+                params = params[1:]
+            if "shuffle" in params:
+                found.setdefault(name, []).append(params.index("shuffle"))
+    if found:
+        ctx.facts[_BATCHERS_KEY] = found
+
+
+def _confirmed_batcher_calls(facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+    """Training loops over another file's batch generator given `False` where that
+    generator (a project function or method of that name) takes `shuffle`."""
+    positions: dict[str, set[int]] = {}
+    for fact in facts.values():
+        for name, where in fact.get(_BATCHERS_KEY, {}).items():
+            positions.setdefault(name, set()).update(where)
+    return [
+        RawFinding.model_validate(p["finding"])
+        for f in facts.values()
+        for p in f.get(_BATCHER_PENDING_KEY, [])
+        if positions.get(p["name"], set()) & set(p["offs"])
+    ]
+
+
 # Calls that reorder samples: a dataset calling one on its own list shuffles itself.
 _SHUFFLES = frozenset({"shuffle", "permutation", "randperm"})
 
