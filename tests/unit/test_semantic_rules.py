@@ -82,6 +82,8 @@ NEW_RULES: tuple[str, ...] = (
     "flag-store-false-inverted",
     "norm-layer-shared",
     "collected-list-unread",
+    "override-name-misspelt",
+    "super-not-called",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

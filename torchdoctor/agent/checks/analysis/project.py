@@ -73,6 +73,7 @@ PARAMETER_CALLS_KEY = "parameter-calls"
 _PARAMETER_ITERATORS = frozenset({"parameters", "named_parameters"})
 MODE_LAYERS_KEY = "may-hold-mode-layers"
 CPU_DEVICE_KEY = "offers-cpu-device"
+ATTRIBUTE_READS_KEY = "attribute-reads"
 # Identifiers a module uses when a layer that acts differently in training mode may come from
 # it (names, attributes, keywords, parameters: comments and docstrings do not count).
 _MODE_LAYER_WORDS = (
@@ -355,6 +356,20 @@ def publish_cpu_device(ctx: ModuleContext) -> None:
         symbol = imported_symbol(ctx, name) or ""
         modules |= {symbol, symbol.rpartition(".")[0]}
     ctx.facts[CPU_DEVICE_KEY] = sorted(m for m in modules if m)
+
+
+def publish_attribute_reads(ctx: ModuleContext) -> None:
+    """Record every attribute name this module reads (`.entrop`, `.num_sample`): a name no
+    file reads is dead in the whole project (once per module, whichever rule asks first)."""
+    if ATTRIBUTE_READS_KEY not in ctx.facts:
+        ctx.facts[ATTRIBUTE_READS_KEY] = sorted(
+            {n.attr for n in ctx.flow.nodes(ast.Attribute) if not isinstance(n.ctx, ast.Store)}
+        )
+
+
+def attribute_reads(facts: dict[str, dict[str, Any]]) -> set[str]:
+    """The attribute names some module of the project reads (`publish_attribute_reads`)."""
+    return {name for module in facts.values() for name in module.get(ATTRIBUTE_READS_KEY, [])}
 
 
 def publish_model_passes(ctx: ModuleContext) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.project import class_symbols, module_name
+from torchdoctor.agent.checks.analysis.project import (
+    attribute_reads,
+    class_symbols,
+    module_name,
+    publish_attribute_reads,
+)
+from torchdoctor.agent.checks.analysis.spelling import near_miss
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.models import Severity
 
 _CLASSES = "attribute-set-never-read:classes"
-_READS = "attribute-set-never-read:reads"
 _CANDIDATES = "attribute-set-never-read:candidates"
 _PLAIN_BASES = frozenset({"object", "Module", "nn.Module", "torch.nn.Module"})
 _DYNAMIC = frozenset({"__getattr__", "__setattr__", "__getattribute__", "__slots__"})
@@ -49,10 +54,10 @@ class AttributeSetNeverRead(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         here = module_name(ctx.path)
-        classes, reads = _class_names(ctx)
+        classes = _class_names(ctx)
         if classes:
             ctx.facts[_CLASSES] = {f"{here}.{cls.name}": info for cls, info in classes.items()}
-        ctx.facts[_READS] = reads
+        publish_attribute_reads(ctx)
         candidates = []
         for assign in ctx.flow.nodes(ast.Assign):
             assert isinstance(assign, ast.Assign)
@@ -80,10 +85,9 @@ class AttributeSetNeverRead(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         classes: dict[str, dict[str, Any]] = {}
-        reads: set[str] = set()
         for module in facts.values():
             classes.update(module.get(_CLASSES, {}))
-            reads.update(module.get(_READS, []))
+        reads = attribute_reads(facts)
         found: list[RawFinding] = []
         for module in facts.values():
             for candidate in module.get(_CANDIDATES, []):
@@ -91,7 +95,7 @@ class AttributeSetNeverRead(Rule):
                 attr = candidate["attr"]
                 if info is None or info["dynamic"] or attr in info["names"] or attr in reads:
                     continue
-                near = sorted(n for n in info["read"] if _near_miss(attr, n))
+                near = sorted(n for n in info["read"] if near_miss(attr, n))
                 if not near:
                     continue
                 name = candidate["class"].rsplit(".", 1)[-1]
@@ -114,11 +118,11 @@ def _settable(attr: str) -> bool:
     return not attr.startswith("_") and attr not in _MODULE_NAMES
 
 
-def _class_names(ctx: ModuleContext) -> tuple[dict[ast.ClassDef, dict[str, Any]], list[str]]:
+def _class_names(ctx: ModuleContext) -> dict[ast.ClassDef, dict[str, Any]]:
     """Per class: what it reads of itself (`self.x`), every name it defines or assigns, and
-    whether a name it does not know may still mean something to it; and every attribute name
-    the module reads. One pass over the module's indexed nodes, each charged to its innermost
-    class (a `self` inside a nested class is that class's)."""
+    whether a name it does not know may still mean something to it. One pass over the
+    module's indexed nodes, each charged to its innermost class (a `self` inside a nested
+    class is that class's)."""
     read: dict[ast.ClassDef, set[str]] = {}
     names: dict[ast.ClassDef, set[str]] = {}
     dynamic: set[ast.ClassDef] = set()
@@ -130,7 +134,7 @@ def _class_names(ctx: ModuleContext) -> tuple[dict[ast.ClassDef, dict[str, Any]]
         ):
             dynamic.add(cls)
     if not read:
-        return {}, sorted({n.attr for n in ctx.flow.nodes(ast.Attribute) if _reads(n)})
+        return {}
     functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = [
         *ctx.flow.nodes(ast.FunctionDef),
         *ctx.flow.nodes(ast.AsyncFunctionDef),
@@ -149,13 +153,9 @@ def _class_names(ctx: ModuleContext) -> tuple[dict[ast.ClassDef, dict[str, Any]]
         named = isinstance(callee, ast.Name) and callee.id in ("getattr", "setattr")
         if named and (owner := ctx.enclosing_class(call)) is not None:
             dynamic.add(owner)  # a name built at run time
-    module_reads: set[str] = set()
     for node in ctx.flow.nodes(ast.Attribute):
-        reading = _reads(node)
-        if reading:
-            module_reads.add(node.attr)
         if _on_self(node) and (owner := ctx.enclosing_class(node)) is not None:
-            (read[owner] if reading else names[owner]).add(node.attr)
+            (read[owner] if _reads(node) else names[owner]).add(node.attr)
     classes = {
         cls: {
             "read": sorted(read[cls]),
@@ -164,7 +164,7 @@ def _class_names(ctx: ModuleContext) -> tuple[dict[ast.ClassDef, dict[str, Any]]
         }
         for cls in read
     }
-    return classes, sorted(module_reads)
+    return classes
 
 
 def _reads(node: ast.Attribute) -> bool:
@@ -184,24 +184,3 @@ def _instance_of(ctx: ModuleContext, obj: ast.Name, here: str) -> list[str]:
         else:
             symbols += class_symbols(ctx, call.func)
     return sorted(set(symbols))
-
-
-def _near_miss(written: str, read: str) -> bool:
-    """`num_samples` / `num_sample`, `lr_` / `lr`, `dropuot` / `dropout`: a plural, a trailing
-    underscore, or one edit apart in a name long enough for that to be a slip."""
-    if written == read:
-        return False
-    if written.rstrip("s_") == read.rstrip("s_"):
-        return True
-    return min(len(written), len(read)) >= 6 and _one_edit(written, read)
-
-
-def _one_edit(a: str, b: str) -> bool:
-    if abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        diffs = [i for i in range(len(a)) if a[i] != b[i]]
-        swapped = len(diffs) == 2 and a[diffs[0]] == b[diffs[1]] and a[diffs[1]] == b[diffs[0]]
-        return len(diffs) == 1 or (swapped and diffs[1] == diffs[0] + 1)
-    short, long = (a, b) if len(a) < len(b) else (b, a)
-    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
