@@ -152,7 +152,10 @@ def test_a_fix_past_the_fix_time_stays_proposed_with_the_reason(tmp_path: Path) 
     project.mkdir()
     (project / "train.py").write_text(TWO_FIXES)
     options = AuditOptions(target=project, write_ledger=False, fix=True, fix_time=0.001)
-    findings = run_audit(options).report.findings
+    said: list[str] = []
+    findings = run_audit(
+        options, lambda event: said.append(str(event.get("message")))
+    ).report.findings
     fixed = {f.rule: f.fix for f in findings if f.fix is not None}
     assert {"zero-grad-missing", "softmax-without-dim"} <= set(fixed)
     steps = {rule: [v.step for v in fix.verification] for rule, fix in fixed.items()}
@@ -161,6 +164,9 @@ def test_a_fix_past_the_fix_time_stays_proposed_with_the_reason(tmp_path: Path) 
     for skipped in set(fixed) - set(started):
         assert steps[skipped] == ["fix-time"] and not fixed[skipped].verified
         assert "raise --fix-time" in fixed[skipped].verification[0].detail
+    verifying = [m for m in said if m.startswith("verifying ")]
+    assert [m.split()[1] for m in verifying] == started  # a fix not started is not "verifying"
+    assert any(m.startswith(f"{skipped} (") and "not started" in m for m in said)
 
 
 TWO_FIXES = """import torch

@@ -319,22 +319,17 @@ class Phase:
         if record is None:
             return {"trace": [f"fix:{self.number}"]}
         finding = _finding(state, record.finding_id)
-        context.emit(
-            {
-                "event": "fix",
-                "message": f"verifying {record.rule} ({record.kind}) at "
-                f"{finding.file}:{finding.line}",
-            }
-        )
+        at = f"{record.rule} ({record.kind}) at {finding.file}:{finding.line}"
         late = past_fix_time(state.get("fixes", {}).values(), record, options.fix_time)
         if late is not None:
-            context.emit({"event": "fix", "message": f"  {record.rule}: {late}"})
+            context.emit({"event": "fix", "message": f"{at}: {late}"})
             done = not_started(finding, record, late)
             return {
                 "fixes": {record.finding_id: done.record},
                 "findings": [done.finding],
                 "trace": [f"verify:{record.finding_id}"],
             }
+        context.emit({"event": "fix", "message": f"verifying {at}"})
         working_copy = state.get("working_copy", {})
         bench = fix_bench(state, context, finding.file)
         on_top_of: list[str] = []
