@@ -84,6 +84,7 @@ NEW_RULES: tuple[str, ...] = (
     "collected-list-unread",
     "override-name-misspelt",
     "super-not-called",
+    "lambda-reads-rebound-global",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
