@@ -45,21 +45,24 @@ class ModuleText(str):
             return found
         if not isinstance(token, str):
             return str.__contains__(self, token)  # type: ignore[operator]  # str's TypeError
-        whole, words = _PLANS.get(token) or _plan(token)
+        whole, whole_words, parts = _PLANS.get(token) or _plan(token)
         if whole is not None:  # one word: most gates (inlined: rules ask ~180 a module)
             found = whole in (self._vocabulary or self._words())
         else:
-            found = self._search(token, words)
+            found = self._search(token, whole_words, parts)
         self._found[token] = found
         return found
 
     def has_word(self, word: str) -> bool:
         """Whether `word` (word characters only) is one of the text's whole words."""
+        return word.encode("ascii") in self._distinct_words()
+
+    def _distinct_words(self) -> frozenset[bytes]:
         distinct = self._distinct
         if distinct is None:
             vocabulary = self._words()  # sets the index, unless `lower` gave the vocabulary
             distinct = self._distinct = self._distinct or frozenset(vocabulary.split())
-        return word.encode("ascii") in distinct
+        return distinct
 
     def lower(self) -> ModuleText:
         """The lower-cased text, itself a `ModuleText`: rules ask it a few dozen words per
@@ -73,37 +76,65 @@ class ModuleText(str):
                 self._lowered._vocabulary = self._words().lower()
         return self._lowered
 
-    def _search(self, token: str, words: tuple[bytes, ...]) -> bool:
-        """A token with other characters than word ones, given its words."""
-        if not words:
+    def _search(self, token: str, whole_words: tuple[bytes, ...], parts: tuple[bytes, ...]) -> bool:
+        """A token with other characters than word ones, given its words (`_plan`): those
+        it bounds on both sides must be whole words of the text, the others occur in the
+        vocabulary with a space where the token bounds them. Most tokens asked are absent
+        though their words occur (`.to(` where `to` is only ever a comment's word): seven in
+        ten are ruled out so, without scanning the text."""
+        if not whole_words and not parts:
             return str.__contains__(self, token)
-        vocabulary = self._words()
-        for word in words:
-            if word not in vocabulary:
-                return False
-        return len(words[0]) == len(token) or str.__contains__(self, token)
+        if whole_words:
+            distinct = self._distinct_words()
+            for word in whole_words:
+                if word not in distinct:
+                    return False
+        if parts:
+            vocabulary = self._words()
+            for part in parts:
+                if part not in vocabulary:
+                    return False
+        return str.__contains__(self, token)
 
     def _words(self) -> bytes:
-        """The source's distinct words, space-separated (UTF-8 keeps ASCII bytes for ASCII
-        characters only, so a word found here is a word of the text)."""
+        """The source's distinct words, each between spaces (UTF-8 keeps ASCII bytes for
+        ASCII characters only, so a word found here is a word of the text)."""
         if self._vocabulary is None:
             encoded = str.encode(self, "utf-8", "surrogatepass")
             self._distinct = frozenset(encoded.translate(_WORDS_ONLY).split())
-            self._vocabulary = b" ".join(self._distinct)
+            self._vocabulary = b" " + b" ".join(self._distinct) + b" "
         return self._vocabulary
 
 
-_PLANS: dict[str, tuple[bytes | None, tuple[bytes, ...]]] = {}
+_Plan = tuple[bytes | None, tuple[bytes, ...], tuple[bytes, ...]]
+_PLANS: dict[str, _Plan] = {}
 """Per token (rules ask the same few hundred of every module): the token as bytes when it is
-one word, else its words. Bounded: a long-lived server must not grow it without end."""
+one word, else its words (`_plan`). Bounded: a long-lived server must not grow it without
+end."""
 _MAX_PLANS = 4096
 
 
-def _plan(token: str) -> tuple[bytes | None, tuple[bytes, ...]]:
+def _plan(token: str) -> _Plan:
+    """(the token when it is one word, the words it bounds on both sides, its other words).
+    Where an ASCII token occurs, a word it bounds on a side is a whole word of the text on
+    that side: the words it bounds on both sides are whole words (`.to(` -> `to`), and the
+    others sit in the vocabulary (`ModuleText._words`) with a space on their bounded side
+    (`train=False` -> `train `, ` False`). A token with other characters has its words."""
     if token.isascii() and token.replace("_", "a").isalnum():
-        plan: tuple[bytes | None, tuple[bytes, ...]] = (token.encode("ascii"), ())
+        plan: _Plan = (token.encode("ascii"), (), ())
+    elif token.isascii():
+        whole_words: list[bytes] = []
+        parts: list[bytes] = []
+        for found in _WORD.finditer(token):
+            word = found.group().encode("ascii")
+            before, after = found.start() > 0, found.end() < len(token)
+            if before and after:
+                whole_words.append(word)
+            else:
+                parts.append(b" " + word if before else word + b" ")
+        plan = (None, tuple(whole_words), tuple(parts))
     else:
-        plan = (None, tuple(word.encode("ascii") for word in _WORD.findall(token)))
+        plan = (None, (), tuple(word.encode("ascii") for word in _WORD.findall(token)))
     if len(_PLANS) < _MAX_PLANS:
         _PLANS[token] = plan
     return plan

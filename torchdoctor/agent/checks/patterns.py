@@ -166,16 +166,20 @@ def is_model_expr(ctx: ModuleContext, expr: ast.expr) -> bool:
     name = terminal_name(expr)
     if not name or (isinstance(expr, ast.Name) and bound_to_function_or_import(ctx, name)):
         return False
-    if _own_method(ctx, expr):
-        return False
+    # `_own_method` last: for `obj.method` it asks the call graph what `obj` holds, and most
+    # attribute calls (`torch.cat`, `x.view`) are no model by name and untraceable anyway
     if _MODEL_NAME.search(name):
-        return True
+        return not _own_method(ctx, expr)
     traceable = isinstance(expr, ast.Name) or (
         isinstance(expr, ast.Attribute)
         and isinstance(expr.value, ast.Name)
         and expr.value.id == "self"
     )
-    return traceable and (constructed_model(ctx, expr) or ctx.flow.module_by_use(expr))
+    return (
+        traceable
+        and not _own_method(ctx, expr)
+        and (constructed_model(ctx, expr) or ctx.flow.module_by_use(expr))
+    )
 
 
 def _own_method(ctx: ModuleContext, expr: ast.expr) -> bool:

@@ -614,7 +614,16 @@ def _star_brought(ctx: ModuleContext, name: str) -> bool:
 
 def project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
     """Calls of functions imported from the project's other files (`evaluate(model, loader)`
-    with `from evaluate import evaluate`), with the qualified name each was imported as."""
+    with `from evaluate import evaluate`), with the qualified name each was imported as.
+    Computed once per module (five analyses and rules ask): the list is shared, never changed."""
+    memo = ctx.memo_table("project.project_function_calls")
+    if "" not in memo:
+        memo[""] = _project_function_calls(ctx)
+    found: list[tuple[str, ast.Call]] = memo[""]
+    return found
+
+
+def _project_function_calls(ctx: ModuleContext) -> list[tuple[str, ast.Call]]:
     imported = project_imports(ctx)
     if not imported:
         return []
@@ -821,8 +830,13 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                     line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
                 )
     if "grad" in text:
+        clipping = _top_level_holders(ctx, ctx.flow.calls_named(GRAD_CLIPS | _IN_PLACE_ON_GRAD))
         for stmt in ctx.tree.body:
-            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and clips_gradients(stmt):
+            if (
+                id(stmt) in clipping
+                and isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
+                and clips_gradients(stmt)
+            ):
                 entry = summary.functions.get(stmt.name) or FunctionSummary(
                     line=stmt.lineno, params=[a.arg for a in stmt.args.args]
                 )
@@ -849,6 +863,20 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def _top_level_holders(ctx: ModuleContext, nodes: list[ast.Call]) -> set[int]:
+    """The top-level statements (by id) around `nodes`: only a function holding a clipping
+    call can clip, so the others are not walked (most modules hold none)."""
+    found: set[int] = set()
+    for node in nodes:
+        top: ast.AST = node
+        for anc in ctx.ancestors(node):
+            if isinstance(anc, ast.Module):
+                break
+            top = anc
+        found.add(id(top))
+    return found
 
 
 def clears_own_gradients(cls: ast.ClassDef) -> bool:
