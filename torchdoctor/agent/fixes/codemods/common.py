@@ -371,3 +371,13 @@ def indexes_first(index: cst.Subscript) -> bool:
         and isinstance(element.value, cst.Integer)
         and element.value.value == "0"
     )
+
+
+def ancestors_below(ctx: SourceContext, node: cst.CSTNode, stop: cst.CSTNode) -> list[cst.CSTNode]:
+    """`node`'s ancestors, innermost first, up to (not including) `stop`."""
+    found = []
+    for ancestor in ctx.ancestors(node):
+        if ancestor is stop:
+            break
+        found.append(ancestor)
+    return found

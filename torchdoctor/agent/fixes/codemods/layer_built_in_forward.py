@@ -8,6 +8,7 @@ import libcst as cst
 
 from torchdoctor.agent.checks.analysis.vocabulary import DROPOUT_LAYERS, PARAMETER_LAYERS
 from torchdoctor.agent.fixes.codemods.base import Codemod, SourceContext, line_statement
+from torchdoctor.agent.fixes.codemods.common import ancestors_below
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 _LAYERS = PARAMETER_LAYERS | DROPOUT_LAYERS
@@ -40,7 +41,7 @@ class LayerBuiltInForwardFix(Codemod):
         cls = next((a for a in ctx.ancestors(call) if isinstance(a, cst.ClassDef)), None)
         if method is None or cls is None:
             return False
-        if any(isinstance(a, _LOOPS) for a in _between(ctx, call, method)):
+        if any(isinstance(a, _LOOPS) for a in ancestors_below(ctx, call, method)):
             return ctx.decline(
                 "the layer is built in a loop, one per iteration: hold them in an nn.ModuleList "
                 "built in __init__"
@@ -78,15 +79,6 @@ def _layer(ctx: SourceContext, call: cst.Call) -> str:
     qualname = ctx.qualname(call.func) or ""
     last = qualname.rsplit(".", 1)[-1]
     return last if qualname.startswith("torch.nn.") and last in _LAYERS else ""
-
-
-def _between(ctx: SourceContext, node: cst.CSTNode, scope: cst.CSTNode) -> list[cst.CSTNode]:
-    found = []
-    for ancestor in ctx.ancestors(node):
-        if ancestor is scope:
-            break
-        found.append(ancestor)
-    return found
 
 
 def _local_names(ctx: SourceContext, method: cst.FunctionDef) -> set[str]:

@@ -12,6 +12,7 @@ from torchdoctor.agent.fixes.codemods.base import (
     method_call,
     not_parsed,
 )
+from torchdoctor.agent.fixes.codemods.common import ancestors_below
 from torchdoctor.agent.fixes.codemods.no_torch_compile import COMPILER_HOST_MB
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
@@ -99,7 +100,10 @@ class PerSampleInferenceFix(Codemod):
             parent = ctx.parent(call)
             if not (isinstance(parent, cst.Assign) and parent.value is call):
                 return f"`{ctx.code(call)}` is not the whole value of an assignment"
-            if any(isinstance(a, cst.FunctionDef | cst.Lambda) for a in _between(ctx, call, loop)):
+            if any(
+                isinstance(a, cst.FunctionDef | cst.Lambda)
+                for a in ancestors_below(ctx, call, loop)
+            ):
                 return f"`{ctx.code(call)}` runs in a function defined in the loop"
             if any(isinstance(t.target, cst.Tuple | cst.List) for t in parent.targets):
                 fed_back = _fed_back(ctx, parent, call)
@@ -184,15 +188,6 @@ def _fed_back(ctx: SourceContext, assign: cst.Assign, call: cst.Call) -> str | N
     bound = {n.value for t in assign.targets for n in ctx.find(cst.Name, inside=t.target)}
     taken = (n.value for arg in call.args for n in ctx.find(cst.Name, inside=arg.value))
     return next((name for name in taken if name in bound), None)
-
-
-def _between(ctx: SourceContext, node: cst.CSTNode, stop: cst.CSTNode) -> list[cst.CSTNode]:
-    found = []
-    for anc in ctx.ancestors(node):
-        if anc is stop:
-            break
-        found.append(anc)
-    return found
 
 
 def _cloned(node: cst.CSTNode) -> cst.CSTNode:
