@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -52,13 +53,18 @@ class CollectedListUnread(Rule):
             if appended is None:
                 continue
             collected, name = appended
+            uses = _uses(ctx)
+            # the list's reads first: nearly every list is read (returned, passed on), and
+            # that is one look at its uses, where the loop's names and the item's reads
+            # after it walk the loop and every use of a name like `x`
+            if _read_elsewhere(ctx, uses.get(collected, [])):
+                continue
             loop = _loop_binding(ctx, statement, name, items)
             if loop is None:
                 continue
             scope = _scope(ctx, loop)
-            uses = _uses(ctx)
             read = _read_after(ctx, uses.get(name, []), scope, loop)
-            if read is None or _read_elsewhere(ctx, uses.get(collected, [])):
+            if read is None:
                 continue
             ctx.report(
                 self,
@@ -110,7 +116,7 @@ def _uses(ctx: ModuleContext) -> dict[str, list[ast.Name]]:
 def _per_item_names(loop: ast.For) -> set[str]:
     """Names bound by the loop's target, or unpacked in its body from a target name
     (`s, a, r = transition`); not names the body binds from their own previous value."""
-    targets = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+    targets = {n.id for n in walk_tree(loop.target) if isinstance(n, ast.Name)}
     names = set(targets)
     for statement in loop.body:
         if (
@@ -119,22 +125,22 @@ def _per_item_names(loop: ast.For) -> set[str]:
             and statement.value.id in targets
         ):
             for target in statement.targets:
-                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+                names |= {n.id for n in walk_tree(target) if isinstance(n, ast.Name)}
     carried = {
         n.id
-        for statement in ast.walk(loop)
+        for statement in walk_tree(loop)
         if isinstance(statement, ast.Assign | ast.AugAssign)
         for target in (
             statement.targets if isinstance(statement, ast.Assign) else [statement.target]
         )
-        for n in ast.walk(target)
+        for n in walk_tree(target)
         if isinstance(n, ast.Name) and statement.value is not None and _reads(statement.value, n.id)
     }
     return names - carried
 
 
 def _reads(expr: ast.expr, name: str) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(expr))
+    return any(isinstance(n, ast.Name) and n.id == name for n in walk_tree(expr))
 
 
 def _scope(ctx: ModuleContext, node: ast.AST) -> ast.AST:
