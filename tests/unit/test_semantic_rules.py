@@ -85,6 +85,7 @@ NEW_RULES: tuple[str, ...] = (
     "override-name-misspelt",
     "super-not-called",
     "lambda-reads-rebound-global",
+    "coefficient-applied-twice",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
