@@ -80,6 +80,8 @@ NEW_RULES: tuple[str, ...] = (
     "gradient-penalty-norm-unflattened",
     "layer-built-in-forward",
     "flag-store-false-inverted",
+    "in-place-result-assigned",
+    "arguments-swapped",
     "norm-layer-shared",
     "collected-list-unread",
     "override-name-misspelt",
