@@ -88,6 +88,7 @@ NEW_RULES: tuple[str, ...] = (
     "super-not-called",
     "lambda-reads-rebound-global",
     "coefficient-applied-twice",
+    "normalize-channel-count",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
