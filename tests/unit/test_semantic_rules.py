@@ -82,6 +82,8 @@ NEW_RULES: tuple[str, ...] = (
     "flag-store-false-inverted",
     "in-place-result-assigned",
     "arguments-swapped",
+    "integer-tensor-requires-grad",
+    "path-placeholder-unfilled",
     "norm-layer-shared",
     "collected-list-unread",
     "override-name-misspelt",

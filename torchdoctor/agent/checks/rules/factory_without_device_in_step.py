@@ -104,6 +104,7 @@ class FactoryWithoutDeviceInStep(Rule):
             )
 
 
+_AUTOGRAD_GRAD = frozenset({"torch.autograd.grad", "torch.autograd.functional.vjp"})
 _CTC = frozenset({"torch.nn.functional.ctc_loss", "torch.ctc_loss", "torch.nn.CTCLoss"})
 _CTC_LENGTHS = {2: "input_lengths", 3: "target_lengths"}
 _LENGTHS_NAME = re.compile(r"(^|_)(lengths?|lens)$")
@@ -351,8 +352,14 @@ def _moved(ctx: ModuleContext, read: ast.Name) -> bool:
 
 
 def _device_side(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A loss, a model, or `torch.autograd.grad` (its `grad_outputs` must sit on the
+    outputs' device: a gradient penalty's `torch.ones(n, 1)` fails on the GPU)."""
     flow = ctx.flow
-    return flow.is_loss_callee(call.func) or flow.is_model_call(call)
+    return (
+        flow.is_loss_callee(call.func)
+        or flow.is_model_call(call)
+        or flow.qualname_of(call) in _AUTOGRAD_GRAD
+    )
 
 
 def _places_batches(ctx: ModuleContext, call: ast.Call) -> bool:
@@ -371,9 +378,24 @@ def _places_batches(ctx: ModuleContext, call: ast.Call) -> bool:
     return any(
         isinstance(n, ast.Call)
         and isinstance(n.func, ast.Attribute)
-        and n.func.attr in ("to", "cuda")
+        and (n.func.attr in ("to", "cuda") or (n.func.attr == "type" and _cuda_type(ctx, n)))
         and not ctx.flow.is_module_value(n.func.value)
         for n in walk_scope(body)
+    )
+
+
+def _cuda_type(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`imgs.type(Tensor)` with `Tensor = torch.cuda.FloatTensor if cuda else ...`: the
+    pre-0.4 way of moving a batch to the GPU."""
+    if len(call.args) != 1:
+        return False
+    arg = call.args[0]
+    sources = [arg, *ctx.flow.sources(arg)] if isinstance(arg, ast.Name) else [arg]
+    return any(
+        (ctx.qualname(n) or "").startswith("torch.cuda.")
+        for source in sources
+        for n in ast.walk(source)
+        if isinstance(n, ast.Attribute)
     )
 
 
