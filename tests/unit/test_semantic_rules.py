@@ -91,6 +91,7 @@ NEW_RULES: tuple[str, ...] = (
     "lambda-reads-rebound-global",
     "coefficient-applied-twice",
     "normalize-channel-count",
+    "indexed-config-repeated",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
