@@ -84,6 +84,7 @@ NEW_RULES: tuple[str, ...] = (
     "arguments-swapped",
     "integer-tensor-requires-grad",
     "path-placeholder-unfilled",
+    "attention-scaled-by-model-dim",
     "norm-layer-shared",
     "collected-list-unread",
     "override-name-misspelt",
