@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import module_name, project_imports, project_symbol
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.models import Severity
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.analysis.callgraph import CallGraph
+
+_SIGNATURES_KEY = "arguments_swapped.signatures"
+_CALLS_KEY = "arguments_swapped.calls"
 
 
 class ArgumentsSwapped(Rule):
-    """Detects a call to a function of the same module whose positional arguments carry the
-    names of each other's parameters: `cal_loss(pred, gold, smoothing, trg_pad_idx)` against
-    `def cal_loss(pred, gold, trg_pad_idx, smoothing=False)`.
+    """Detects a call to a function or class of the project (the same module, or another file
+    it imports from) whose arguments carry the names of each other's parameters:
+    `cal_loss(pred, gold, smoothing, trg_pad_idx)` against `def cal_loss(pred, gold,
+    trg_pad_idx, smoothing=False)`.
 
     Why it matters: Python binds positional arguments by position, not by name, so the two
     values trade places without an error; here the padding index became the smoothing flag
@@ -22,8 +30,10 @@ class ArgumentsSwapped(Rule):
     `(in_channels, out_channels)`.
 
     An argument's name is its variable's name or the last attribute (`opt.smoothing`,
-    `self.pad_idx`). Reported when two arguments (by position, or by keyword:
-    `f(pred=target, target=pred)`) each carry the other one's parameter name. Not reported:
+    `self.pad_idx`). A function of another file is matched by its import (`from losses import
+    cal_loss`), and only when one file of the project defines it. Reported when two
+    arguments (by position, or by keyword: `f(pred=target, target=pred)`) each carry the other
+    one's parameter name. Not reported:
     a function calling itself (recursion often swaps on purpose: `gcd(b, a % b)`), functions
     with `*args`, calls that resolve to more than one local definition, and `in`/`out` pairs
     (`Conv(out_channels, in_channels)`, a layer mapping back). kimiyoung/transformer-xl's
@@ -45,31 +55,135 @@ class ArgumentsSwapped(Rule):
     items: ClassVar[tuple[str, ...]] = ("1.1",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        calls = ctx.calls
+        _publish_signatures(ctx)
         local = _local_names(ctx)
-        if not local:
+        imported = project_imports(ctx)
+        if not local and not imported:
             return
+        calls = ctx.calls if local else None
+        candidates: list[dict[str, Any]] = []
         for node in ctx.nodes_by_type().get(ast.Call, ()):
             assert isinstance(node, ast.Call)
-            if len(node.args) + len(node.keywords) < 2 or _callee_name(node) not in local:
+            if len(node.args) + len(node.keywords) < 2:
                 continue
-            targets = calls.resolve(node)
-            if len(targets) != 1 or targets[0].args.vararg is not None:
-                continue
-            fn = targets[0]
-            if ctx.enclosing_function(node) is fn:
-                continue
-            swapped = _swapped(list(calls.bind(node, fn).items()))
-            if swapped is not None:
-                first, second = swapped
-                ctx.report(
-                    self,
-                    node,
-                    f"`{fn.name}` takes `{first}` before `{second}`, but this call passes "
-                    f"`{second}` as `{first}` and `{first}` as `{second}`: arguments bind by "
-                    "position (or by the keyword given), not by the variable's name, so the "
-                    "two values trade places silently. Pass each under its own parameter.",
-                )
+            name = _callee_name(node)
+            if calls is not None and name in local:
+                self._check_local(ctx, calls, node)
+            elif _root_name(node.func) in imported:
+                candidate = self._candidate(ctx, node)
+                if candidate is not None:
+                    candidates.append(candidate)
+        if candidates:
+            ctx.facts[_CALLS_KEY] = candidates
+
+    def _check_local(self, ctx: ModuleContext, calls: CallGraph, node: ast.Call) -> None:
+        targets = calls.resolve(node)
+        if len(targets) != 1 or targets[0].args.vararg is not None:
+            return
+        fn = targets[0]
+        if ctx.enclosing_function(node) is fn:
+            return
+        swapped = _swapped(list(calls.bind(node, fn).items()))
+        if swapped is not None:
+            ctx.report(self, node, _message(fn.name, *swapped))
+
+    def _candidate(self, ctx: ModuleContext, node: ast.Call) -> dict[str, Any] | None:
+        """A call of another file's function with two or more named arguments: its callee,
+        the names passed (by position, by keyword) and its finding, for the project pass to
+        judge against the callee's parameters."""
+        symbol = project_symbol(ctx, node.func)
+        if symbol is None or any(isinstance(a, ast.Starred) for a in node.args):
+            return None
+        positional = [_argument_name(a) for a in node.args]
+        keywords = {k.arg: _argument_name(k.value) for k in node.keywords if k.arg}
+        if sum(n is not None for n in [*positional, *keywords.values()]) < 2:
+            return None
+        found = ctx.finding(self, node, "")
+        if found is None:
+            return None
+        return {
+            "callee": symbol,
+            "positional": positional,
+            "keywords": keywords,
+            "finding": found.model_dump(mode="json"),
+        }
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """Calls of another file's function judged against its parameters."""
+        signatures: dict[str, list[tuple[str, list[str]]]] = {}
+        for module, module_facts in facts.items():
+            for name, params in module_facts.get(_SIGNATURES_KEY, {}).items():
+                signatures.setdefault(name, []).append((module_name(module), params))
+        found: list[RawFinding] = []
+        for module_facts in facts.values():
+            for candidate in module_facts.get(_CALLS_KEY, []):
+                where, _, name = candidate["callee"].rpartition(".")
+                defined = _defined(signatures.get(name, []), where)
+                if len(defined) != 1:
+                    continue  # unknown, or defined in several files: no telling which
+                params = defined[0]
+                bound = list(zip(params, candidate["positional"], strict=False))
+                bound += [(k, v) for k, v in candidate["keywords"].items() if k in params]
+                swapped = _swapped_names(bound)
+                if swapped is not None:
+                    finding = dict(candidate["finding"], message=_message(name, *swapped))
+                    found.append(RawFinding.model_validate(finding))
+        return found
+
+
+def _defined(definitions: list[tuple[str, list[str]]], where: str) -> list[list[str]]:
+    """The parameter lists of the definitions an import from `where` may mean: the module
+    of that name, else every module whose dotted name ends (or `where` ends) with it."""
+    exact = [params for module, params in definitions if module == where]
+    if exact or not where:
+        return exact
+    return [
+        params
+        for module, params in definitions
+        if module.endswith("." + where) or where.endswith("." + module)
+    ]
+
+
+def _publish_signatures(ctx: ModuleContext) -> None:
+    """This module's top-level functions and classes -> the parameter names a call binds
+    (a class: its `__init__`'s, without `self`); those taking `*args` left out."""
+    signatures: dict[str, list[str]] = {}
+    for stmt in ctx.tree.body:
+        if not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        fn: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+        skip = 0
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            fn = stmt
+        else:
+            fn = next(
+                (s for s in stmt.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"),
+                None,
+            )
+            skip = 1
+        if fn is None or fn.args.vararg is not None:
+            continue
+        params = [a.arg for a in [*fn.args.posonlyargs, *fn.args.args]][skip:]
+        if len(params) + len(fn.args.kwonlyargs) >= 2:
+            signatures[stmt.name] = params + [a.arg for a in fn.args.kwonlyargs]
+    if signatures:
+        ctx.facts[_SIGNATURES_KEY] = signatures
+
+
+def _root_name(func: ast.expr) -> str:
+    while isinstance(func, ast.Attribute):
+        func = func.value
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def _message(function: str, first: str, second: str) -> str:
+    return (
+        f"`{function}` takes `{first}` before `{second}`, but this call passes `{second}` as "
+        f"`{first}` and `{first}` as `{second}`: arguments bind by position (or by the "
+        "keyword given), not by the variable's name, so the two values trade places "
+        "silently. Pass each under its own parameter."
+    )
 
 
 def _local_names(ctx: ModuleContext) -> frozenset[str]:
@@ -99,7 +213,11 @@ def _argument_name(arg: ast.expr) -> str | None:
 
 def _swapped(bound: list[tuple[str, ast.expr]]) -> tuple[str, str] | None:
     """The first pair of parameters whose arguments carry each other's names."""
-    names = [(param, _argument_name(arg)) for param, arg in bound]
+    return _swapped_names([(param, _argument_name(arg)) for param, arg in bound])
+
+
+def _swapped_names(names: list[tuple[str, str | None]]) -> tuple[str, str] | None:
+    """`_swapped` of (parameter, the argument's name) pairs."""
     for i, (first, first_arg) in enumerate(names):
         if first_arg is None or first_arg == first:
             continue
