@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import ast
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import module_name, project_imports, project_symbol
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.models import Severity
-
-if TYPE_CHECKING:
-    from torchdoctor.agent.checks.analysis.callgraph import CallGraph
 
 _SIGNATURES_KEY = "arguments_swapped.signatures"
 _CALLS_KEY = "arguments_swapped.calls"
@@ -56,27 +53,33 @@ class ArgumentsSwapped(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         _publish_signatures(ctx)
-        local = _local_names(ctx)
+        signatures = _local_signatures(ctx)
         imported = project_imports(ctx)
-        if not local and not imported:
+        if not signatures and not imported:
             return
-        calls = ctx.calls if local else None
         candidates: list[dict[str, Any]] = []
         for node in ctx.nodes_by_type().get(ast.Call, ()):
             assert isinstance(node, ast.Call)
             if len(node.args) + len(node.keywords) < 2:
                 continue
-            name = _callee_name(node)
-            if calls is not None and name in local:
-                self._check_local(ctx, calls, node)
-            elif _root_name(node.func) in imported:
+            local = signatures.get(_last_name(node.func), ())
+            if not local and _root_name(node.func) not in imported:
+                continue  # neither a local name nor an import of the project's
+            names = [_argument_name(a) for a in node.args]
+            names += [_argument_name(k.value) for k in node.keywords]
+            if len({n for n in names if n is not None}) < 2:
+                continue  # fewer than two names: nothing to swap
+            if any(_swapped_names(_bind_names(params, node)) is not None for params in local):
+                self._check_local(ctx, node)  # a local definition of that name would swap
+            elif not local:
                 candidate = self._candidate(ctx, node)
                 if candidate is not None:
                     candidates.append(candidate)
         if candidates:
             ctx.facts[_CALLS_KEY] = candidates
 
-    def _check_local(self, ctx: ModuleContext, calls: CallGraph, node: ast.Call) -> None:
+    def _check_local(self, ctx: ModuleContext, node: ast.Call) -> None:
+        calls = ctx.calls
         targets = calls.resolve(node)
         if len(targets) != 1 or targets[0].args.vararg is not None:
             return
@@ -186,18 +189,32 @@ def _message(function: str, first: str, second: str) -> str:
     )
 
 
-def _local_names(ctx: ModuleContext) -> frozenset[str]:
-    """Names of the functions and methods this module defines (what a call may resolve to)."""
+def _local_signatures(ctx: ModuleContext) -> dict[str, list[list[str]]]:
+    """Name -> the parameter lists of this module's functions, methods (without `self`) and
+    classes (their `__init__`'s) of that name: a cheap first look before resolving a call."""
+    found: dict[str, list[list[str]]] = {}
     by_type = ctx.nodes_by_type()
-    return frozenset(
-        fn.name  # type: ignore[attr-defined]
-        for kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-        for fn in by_type.get(kind, ())
-    )
+    for kind in (ast.FunctionDef, ast.AsyncFunctionDef):
+        for fn in by_type.get(kind, ()):
+            assert isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            params = [a.arg for a in (*fn.args.posonlyargs, *fn.args.args)]
+            if params and params[0] in ("self", "cls"):
+                params = params[1:]
+            params += [a.arg for a in fn.args.kwonlyargs]
+            owner = ctx.parents.get(fn)
+            name = (
+                owner.name if fn.name == "__init__" and isinstance(owner, ast.ClassDef) else fn.name
+            )
+            found.setdefault(name, []).append(params)
+    return found
 
 
-def _callee_name(call: ast.Call) -> str:
-    func = call.func
+def _bind_names(params: list[str], call: ast.Call) -> list[tuple[str, str | None]]:
+    bound = [(p, _argument_name(a)) for p, a in zip(params, call.args, strict=False)]
+    return bound + [(k.arg, _argument_name(k.value)) for k in call.keywords if k.arg in params]
+
+
+def _last_name(func: ast.expr) -> str:
     if isinstance(func, ast.Attribute):
         return func.attr
     return func.id if isinstance(func, ast.Name) else ""
