@@ -93,6 +93,7 @@ NEW_RULES: tuple[str, ...] = (
     "coefficient-applied-twice",
     "normalize-channel-count",
     "indexed-config-repeated",
+    "loss-from-other-model",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
