@@ -85,6 +85,7 @@ NEW_RULES: tuple[str, ...] = (
     "integer-tensor-requires-grad",
     "path-placeholder-unfilled",
     "attention-scaled-by-model-dim",
+    "numpy-of-graph-tensor",
     "norm-layer-shared",
     "collected-list-unread",
     "override-name-misspelt",

@@ -1,0 +1,155 @@
+"""numpy-of-graph-tensor: `.numpy()` of a model's output or loss in the graph or on the GPU."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import uses_cuda
+from torchdoctor.agent.models import Severity
+
+_DETACHES = frozenset({"detach", "data", "detach_"})
+_TO_HOST = frozenset({"cpu"})
+_KEEPS = frozenset(
+    {"squeeze", "unsqueeze", "view", "reshape", "float", "double", "long", "int", "argmax",
+     "max", "min", "sum", "mean", "softmax", "sigmoid", "flatten", "permute", "transpose",
+     "contiguous", "clone", "t", "round", "abs", "exp", "log", "type_as"}
+)  # fmt: skip
+"""Methods between the tensor and `.numpy()` that keep its device (and its graph, except the
+integer-valued `argmax`, `long`, `int`, `round` ones: see `_INTEGER_RESULTS`)."""
+_INTEGER_RESULTS = frozenset({"argmax", "argmin", "long", "int", "round", "eq", "ne", "ge"})
+"""Results without gradients: an integer tensor never requires grad."""
+
+
+class NumpyOfGraphTensor(Rule):
+    """Detects `.numpy()` of a model's output or a loss that is still part of the autograd
+    graph (computed with grad on, no `.detach()`/`.data` on the way) or, in a script that
+    puts its model on CUDA, still on the device (no `.cpu()` on the way):
+    `loss.data.numpy()` on the GPU, `model(x).numpy()`, `pred.cpu().numpy()` in training.
+
+    Why it matters: both raise. `numpy()` of a tensor that requires grad fails with "Can't call
+    numpy() on Tensor that requires grad", and of a CUDA tensor with "can't convert cuda:0
+    device type tensor to numpy" — so a script whose CPU run worked stops on its first
+    logging step on the GPU. MorvanZhou/PyTorch-Tutorial fixed exactly this in its GPU
+    lesson (`99158fd`: `loss.data.numpy()` -> `loss.data.cpu().numpy()`).
+
+    The tensor is followed back through names, views and reductions to the call that made it;
+    reported when that is a model call or a loss. Not reported: `.detach()`, `.data`,
+    `.item()`, `.tolist()` on the way for the graph, `.cpu()` for the device; values made with
+    grad off (`torch.no_grad()`, `inference_mode`, an evaluation helper only called so);
+    integer results (`argmax`, `.long()`: never in the graph); scripts that never use CUDA for
+    the device.
+
+    Example:
+        print('train loss: %.4f' % loss.data.numpy())
+
+    Fix: `loss.item()` for a scalar; `t.detach().cpu().numpy()` for a tensor.
+    """
+
+    id = "numpy-of-graph-tensor"
+    point = 1
+    severity = Severity.HIGH
+    title = "numpy() of a tensor in the graph or on the GPU"
+    items: ClassVar[tuple[str, ...]] = ("1.3",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    call_names: ClassVar[frozenset[str]] = frozenset({"numpy"})
+    triggers = Triggers(("numpy",))
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.Call)
+        func = node.func
+        if not isinstance(func, ast.Attribute) or node.args or node.keywords:
+            return
+        chain, base = _chain(func.value)
+        if chain is None:
+            return
+        detached = bool(_DETACHES & chain) or bool(_INTEGER_RESULTS & chain)
+        on_host = bool(_TO_HOST & chain)
+        if detached and on_host:
+            return
+        producer = self._producer(ctx, base)
+        if producer is None:
+            return
+        if not detached and grad_mode_at(ctx, producer) == "on":
+            problem = (
+                "still requires grad (made with autograd on, no `.detach()` on the way): "
+                'numpy() raises "Can\'t call numpy() on Tensor that requires grad"'
+            )
+        elif not on_host and uses_cuda(ctx) and not _on_a_cpu_branch(ctx, node):
+            problem = (
+                "is on the GPU when the script runs on CUDA (no `.cpu()` on the way): numpy() "
+                'raises "can\'t convert cuda device type tensor to numpy"'
+            )
+        else:
+            return
+        ctx.report(
+            self,
+            node,
+            f"`{ast.unparse(func.value)}` comes from `{ast.unparse(producer.func)}` and "
+            f"{problem}. Use `.item()` for a scalar, `.detach().cpu().numpy()` for a tensor.",
+        )
+
+    @classmethod
+    def _producer(cls, ctx: ModuleContext, base: ast.expr, depth: int = 0) -> ast.Call | None:
+        """The model or loss call that made `base` (through names, views and casts, and
+        through parameter-free layers built inline: `nn.Softmax(dim=-1)(logits)`)."""
+        flow = ctx.flow
+        for call in flow.producers(base):
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr in (_DETACHES | _TO_HOST):
+                return None  # detached or moved where it was bound: `out = net(x).detach()`
+            if isinstance(func, ast.Attribute) and func.attr in ("item", "tolist"):
+                return None
+            if isinstance(func, ast.Call) and (ctx.qualname(func.func) or "").startswith(
+                "torch.nn."
+            ):
+                if depth > 2 or not call.args:
+                    return None
+                return cls._producer(ctx, call.args[0], depth + 1)
+            if flow.is_model_call(call) or flow.is_loss_callee(func):
+                return call
+        return None
+
+
+def _on_a_cpu_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`node` runs only when the script is not on CUDA: the `else` of `if self.cuda:` (or of
+    `if use_gpu`, `if torch.cuda.is_available()`), or the body of `if not cuda:`."""
+    child = node
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.If):
+            test = ancestor.test
+            negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+            text = ast.unparse(test.operand if negated else test).lower()  # type: ignore[attr-defined]
+            if "cuda" in text or "gpu" in text:
+                in_body = any(child is stmt for stmt in ancestor.body)
+                return in_body == negated
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+        child = ancestor
+    return False
+
+
+def _chain(expr: ast.expr) -> tuple[set[str] | None, ast.expr]:
+    """The methods and attributes between `.numpy()` and the value they start from
+    (`loss.data.cpu()` -> ({'data', 'cpu'}, `loss`)); None when one of them may change the
+    device or the graph in a way not known here."""
+    seen: set[str] = set()
+    while True:
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+            name = expr.func.attr
+            if name == "to":
+                return None, expr  # `.to(device)` / `.to("cpu")`: the target is not read here
+            if name not in _DETACHES | _TO_HOST | _KEEPS | _INTEGER_RESULTS:
+                return seen, expr
+            seen.add(name)
+            expr = expr.func.value
+        elif isinstance(expr, ast.Attribute) and expr.attr in _DETACHES:
+            seen.add(expr.attr)
+            expr = expr.value
+        elif isinstance(expr, ast.Subscript):
+            expr = expr.value
+        else:
+            return seen, expr
