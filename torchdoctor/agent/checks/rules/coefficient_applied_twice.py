@@ -57,10 +57,15 @@ class CoefficientAppliedTwice(Rule):
     triggers = Triggers(("return",))
 
     def finish(self, ctx: ModuleContext) -> None:
+        returns = _returns_with_products(ctx)
+        if not returns:
+            return
         callers = ctx.flow.callers
         for name, calls in callers.items():
             for fn in ctx.flow.functions.get(name, []):
-                scaled = _scaled_returns(ctx, fn)
+                if id(fn) not in returns:
+                    continue  # no product in it: it scales nothing it returns
+                scaled = _scaled_returns(ctx, fn, returns[id(fn)])
                 if not scaled:
                     continue
                 self._check(ctx, fn, scaled, calls)
@@ -93,12 +98,32 @@ class CoefficientAppliedTwice(Rule):
                     return
 
 
-def _scaled_returns(ctx: ModuleContext, fn: FunctionNode) -> dict[str, ast.BinOp]:
+def _returns_with_products(ctx: ModuleContext) -> dict[int, list[ast.Return]]:
+    """id(function) -> its own `return`s, for the functions holding a `*` product (from the
+    engine's index: no walk of any function body)."""
+    by_type = ctx.nodes_by_type()
+    with_products = {
+        id(ctx.enclosing_function(node))
+        for node in by_type.get(ast.BinOp, ())
+        if isinstance(node.op, ast.Mult)  # type: ignore[attr-defined]
+    }
+    found: dict[int, list[ast.Return]] = {}
+    for node in by_type.get(ast.Return, ()):
+        assert isinstance(node, ast.Return)
+        key = id(ctx.enclosing_function(node))
+        if key in with_products:
+            found.setdefault(key, []).append(node)
+    return found
+
+
+def _scaled_returns(
+    ctx: ModuleContext, fn: FunctionNode, returns: list[ast.Return]
+) -> dict[str, ast.BinOp]:
     """Coefficient text -> the product that scales it, for the coefficients every returned
-    value of `fn` is multiplied by (constant returns, `return 0`, aside)."""
+    value of `fn` (`returns`: its own) is multiplied by (constant returns, `return 0`, aside)."""
     common: dict[str, ast.BinOp] | None = None
-    for node in walk_scope(fn.body):
-        if not isinstance(node, ast.Return) or node.value is None:
+    for node in returns:
+        if node.value is None:
             continue
         if isinstance(node.value, ast.Constant):
             continue
