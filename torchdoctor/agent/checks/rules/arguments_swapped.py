@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import module_name, project_imports, project_symbol
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
 _SIGNATURES_KEY = "arguments_swapped.signatures"
@@ -62,12 +63,12 @@ class ArgumentsSwapped(Rule):
             assert isinstance(node, ast.Call)
             if len(node.args) + len(node.keywords) < 2:
                 continue
-            local = signatures.get(_last_name(node.func), ())
+            local = signatures.get(terminal_name(node.func), ())
             if not local and _root_name(node.func) not in imported:
                 continue  # neither a local name nor an import of the project's
-            names = [_argument_name(a) for a in node.args]
-            names += [_argument_name(k.value) for k in node.keywords]
-            if len({n for n in names if n is not None}) < 2:
+            names = [terminal_name(a) for a in node.args]
+            names += [terminal_name(k.value) for k in node.keywords]
+            if len({n for n in names if n}) < 2:
                 continue  # fewer than two names: nothing to swap
             if any(_swapped_names(_bind_names(params, node)) is not None for params in local):
                 self._check_local(ctx, node)  # a local definition of that name would swap
@@ -97,9 +98,9 @@ class ArgumentsSwapped(Rule):
         symbol = project_symbol(ctx, node.func)
         if symbol is None or any(isinstance(a, ast.Starred) for a in node.args):
             return None
-        positional = [_argument_name(a) for a in node.args]
-        keywords = {k.arg: _argument_name(k.value) for k in node.keywords if k.arg}
-        if sum(n is not None for n in [*positional, *keywords.values()]) < 2:
+        positional = [terminal_name(a) for a in node.args]
+        keywords = {k.arg: terminal_name(k.value) for k in node.keywords if k.arg}
+        if sum(bool(n) for n in [*positional, *keywords.values()]) < 2:
             return None
         found = ctx.finding(self, node, "")
         if found is None:
@@ -209,34 +210,20 @@ def _local_signatures(ctx: ModuleContext) -> dict[str, list[list[str]]]:
     return found
 
 
-def _bind_names(params: list[str], call: ast.Call) -> list[tuple[str, str | None]]:
-    bound = [(p, _argument_name(a)) for p, a in zip(params, call.args, strict=False)]
-    return bound + [(k.arg, _argument_name(k.value)) for k in call.keywords if k.arg in params]
-
-
-def _last_name(func: ast.expr) -> str:
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return func.id if isinstance(func, ast.Name) else ""
-
-
-def _argument_name(arg: ast.expr) -> str | None:
-    if isinstance(arg, ast.Name):
-        return arg.id
-    if isinstance(arg, ast.Attribute):
-        return arg.attr
-    return None
+def _bind_names(params: list[str], call: ast.Call) -> list[tuple[str, str]]:
+    bound = [(p, terminal_name(a)) for p, a in zip(params, call.args, strict=False)]
+    return bound + [(k.arg, terminal_name(k.value)) for k in call.keywords if k.arg in params]
 
 
 def _swapped(bound: list[tuple[str, ast.expr]]) -> tuple[str, str] | None:
     """The first pair of parameters whose arguments carry each other's names."""
-    return _swapped_names([(param, _argument_name(arg)) for param, arg in bound])
+    return _swapped_names([(param, terminal_name(arg)) for param, arg in bound])
 
 
-def _swapped_names(names: list[tuple[str, str | None]]) -> tuple[str, str] | None:
+def _swapped_names(names: list[tuple[str, str]]) -> tuple[str, str] | None:
     """`_swapped` of (parameter, the argument's name) pairs."""
     for i, (first, first_arg) in enumerate(names):
-        if first_arg is None or first_arg == first:
+        if not first_arg or first_arg == first:
             continue
         for second, second_arg in names[i + 1 :]:
             if first_arg == second and second_arg == first and not _mirrored(first, second):

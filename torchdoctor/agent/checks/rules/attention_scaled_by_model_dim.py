@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
 _HEADS = frozenset(
@@ -83,7 +84,7 @@ class AttentionScaledByModelDim(Rule):
                     width = None
                 site = inner
             elif isinstance(inner, ast.Assign) and len(inner.targets) == 1:
-                target = _attribute_name(inner.targets[0])
+                target = terminal_name(inner.targets[0])
                 if (
                     target
                     and any(word in target.lower() for word in _SCALE_WORDS)
@@ -127,22 +128,14 @@ def _divides_by_heads(cls: ast.ClassDef) -> bool:
     return any(
         isinstance(inner, ast.BinOp)
         and isinstance(inner.op, ast.FloorDiv | ast.Div)
-        and _attribute_name(inner.right) in _HEADS
+        and terminal_name(inner.right) in _HEADS
         for inner in walk_tree(cls)
     )
 
 
-def _attribute_name(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
-
-
-def _width_name(node: ast.AST, head_dims: set[str]) -> str | None:
+def _width_name(node: ast.expr, head_dims: set[str]) -> str | None:
     """The name when `node` names the model's width (not one of the class's head sizes)."""
-    name = _attribute_name(node)
+    name = terminal_name(node)
     if name in _MODEL_DIM and name not in head_dims:
         return name
     return None
@@ -158,7 +151,7 @@ def _root_of_width(node: ast.AST, head_dims: set[str]) -> str | None:
             return _root_of_width(node.right, head_dims)
         return None
     if isinstance(node, ast.Call) and node.args:
-        func = _attribute_name(node.func)
+        func = terminal_name(node.func)
         if func == "sqrt" and len(node.args) == 1:
             return _width_name(node.args[0], head_dims)
         if func in ("power", "pow") and len(node.args) == 2 and _is_half(node.args[1]):
@@ -176,7 +169,7 @@ def _has_matmul(node: ast.AST) -> bool:
     for inner in walk_tree(node):
         if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.MatMult):
             return True
-        if isinstance(inner, ast.Call) and _attribute_name(inner.func) in _MATMULS:
+        if isinstance(inner, ast.Call) and terminal_name(inner.func) in _MATMULS:
             return True
     return False
 
@@ -186,12 +179,12 @@ def _scores_read(cls: ast.ClassDef, attribute: str) -> bool:
     for inner in walk_tree(cls):
         if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Div | ast.Mult):
             for scale, other in ((inner.right, inner.left), (inner.left, inner.right)):
-                if _attribute_name(scale) == attribute and _has_matmul(other):
+                if terminal_name(scale) == attribute and _has_matmul(other):
                     return True
         if (
             isinstance(inner, ast.keyword)
             and inner.arg in _SCALE_KEYWORDS
-            and _attribute_name(inner.value) == attribute
+            and terminal_name(inner.value) == attribute
         ):
             return True
     return False

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
 _LOADERS = {
@@ -81,7 +82,7 @@ class InPlaceResultAssigned(Rule):
         target = node.targets[0]
         if not isinstance(target, ast.Name | ast.Attribute):
             return
-        name = _callee(call)
+        name = terminal_name(call.func)
         if name in _LOADERS:
             what = self._loaded(call, name, ctx)
             if what is not None and self._takes_result_for(target, what, node, ctx):
@@ -114,13 +115,6 @@ class InPlaceResultAssigned(Rule):
         if not isinstance(target, ast.Name):
             return False
         return _used_as_object(target.id, node, ctx)
-
-
-def _callee(call: ast.Call) -> str:
-    func = call.func
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return func.id if isinstance(func, ast.Name) else ""
 
 
 def _same(a: ast.expr, b: ast.expr) -> bool:
