@@ -95,6 +95,7 @@ NEW_RULES: tuple[str, ...] = (
     "normalize-channel-count",
     "indexed-config-repeated",
     "loss-from-other-model",
+    "optimizer-lr-attribute-set",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
