@@ -96,6 +96,7 @@ NEW_RULES: tuple[str, ...] = (
     "indexed-config-repeated",
     "loss-from-other-model",
     "optimizer-lr-attribute-set",
+    "layer-size-true-division",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
