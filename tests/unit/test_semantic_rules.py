@@ -97,6 +97,7 @@ NEW_RULES: tuple[str, ...] = (
     "loss-from-other-model",
     "optimizer-lr-attribute-set",
     "layer-size-true-division",
+    "config-field-annotation-mismatch",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
