@@ -61,7 +61,7 @@ class NumpyOfGraphTensor(Rule):
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         func = node.func
-        if not isinstance(func, ast.Attribute) or node.args or node.keywords:
+        if not isinstance(func, ast.Attribute) or func.attr != "numpy" or node.args:
             return
         chain, base = _chain(func.value)
         if chain is None:

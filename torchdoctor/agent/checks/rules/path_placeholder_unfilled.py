@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import argument
+from torchdoctor.agent.checks.patterns import argument, terminal_name
 from torchdoctor.agent.models import Severity
 
 _PRINTF = re.compile(r"%[-#0 +]*\d*(?:\.\d+)?[disfgexXo]")
@@ -90,7 +90,9 @@ class PathPlaceholderUnfilled(Rule):
 
 def _path_of(call: ast.Call, ctx: ModuleContext) -> ast.expr | None:
     func = call.func
-    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    name = terminal_name(func)
+    if name not in _PATH_ARGUMENT:
+        return None
     keyword, position = _PATH_ARGUMENT[name]
     if name in ("save", "load"):
         qualified = ctx.qualname(func) or ""
@@ -123,9 +125,6 @@ def _literal_parts(path: ast.expr) -> list[str]:
             )
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Div):
             stack.extend((node.left, node.right))
-        elif isinstance(node, ast.Call):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name in _PATH_BUILDERS:
-                stack.extend(node.args)
+        elif isinstance(node, ast.Call) and terminal_name(node.func) in _PATH_BUILDERS:
+            stack.extend(node.args)
     return parts
