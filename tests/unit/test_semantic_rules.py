@@ -98,6 +98,7 @@ NEW_RULES: tuple[str, ...] = (
     "optimizer-lr-attribute-set",
     "layer-size-true-division",
     "config-field-annotation-mismatch",
+    "backward-ignores-grad-output",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
