@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import terminal_name
+from torchdoctor.agent.checks.patterns import constant_number, terminal_name
 from torchdoctor.agent.models import Severity
 
 _HEADS = frozenset(
@@ -33,13 +33,16 @@ class AttentionScaledByModelDim(Rule):
     width instead of the head's: `ScaledDotProductAttention(temperature=np.power(d_model,
     0.5))`, `q @ k.transpose(-2, -1) / math.sqrt(self.d_model)`, `self.scale = dim ** -0.5`,
     in a class that splits its width over heads (it has a head count and a per-head size:
-    `d_k`, `head_dim`, `dim_head`, or `d_model // n_head`).
+    `d_k`, `head_dim`, `dim_head`, or `d_model // n_head`). Also queries and keys each divided
+    by the width's fourth root (`queries / (e ** (1/4))`, `keys * e ** -0.25`), where the width
+    is any name the class divides by its head count (`s = e // h`, `h = self.heads`).
 
     Why it matters: each head's dot products are sums over `d_k` terms, so their spread grows
     as `sqrt(d_k)`; dividing by `sqrt(d_model)` (`sqrt(n_head)` times larger) flattens every
     softmax toward uniform attention, and the model learns slowly or not at all.
     jadore801120/attention-is-all-you-need-pytorch fixed exactly this (`e108f0f`, "temperature
-    definition fix": `np.power(d_model, 0.5)` -> `np.power(d_k, 0.5)`).
+    definition fix": `np.power(d_model, 0.5)` -> `np.power(d_k, 0.5)`), and pbloem/former
+    in its fourth-root form (`e3125a4`: `queries / (e ** (1/4))` -> `(s ** (1/4))`).
 
     The scale is reported where it is given to attention: a `temperature=`/`scale=` argument,
     a division or product with a matrix product of the scores, or a `scale`/`temperature`
@@ -67,35 +70,40 @@ class AttentionScaledByModelDim(Rule):
         names = _class_names(node)
         if not names & _HEADS:
             return
-        head_dims = names & _HEAD_DIM
+        derived_widths, derived_heads = _split_by_heads(node)
+        head_dims = (names & _HEAD_DIM) | derived_heads
         if not head_dims and not _divides_by_heads(node):
             return
+        widths = (_MODEL_DIM | derived_widths) - head_dims
+        quarter = _has_matmul(node)
         scale_attributes: dict[str, ast.AST] = {}
         for inner in walk_tree(node):
             width = None
             if isinstance(inner, ast.keyword) and inner.arg in _SCALE_KEYWORDS:
-                width = _root_of_width(inner.value, head_dims)
+                width = _root_of_width(inner.value, widths)
                 site: ast.AST = inner.value
             elif isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Div | ast.Mult):
                 for scale, other in ((inner.right, inner.left), (inner.left, inner.right)):
-                    width = _root_of_width(scale, head_dims)
+                    width = _root_of_width(scale, widths)
                     if width is not None and _has_matmul(other):
                         break
-                    width = None
+                    width = _fourth_root_of_width(scale, widths) if quarter else None
+                    if width is not None:
+                        break
                 site = inner
             elif isinstance(inner, ast.Assign) and len(inner.targets) == 1:
                 target = terminal_name(inner.targets[0])
                 if (
                     target
                     and any(word in target.lower() for word in _SCALE_WORDS)
-                    and _root_of_width(inner.value, head_dims) is not None
+                    and _root_of_width(inner.value, widths) is not None
                 ):
                     scale_attributes[target] = inner
             if width is not None:
                 self._report(ctx, site, width)
         for target, assign in scale_attributes.items():
             if _scores_read(node, target):
-                width = _root_of_width(assign.value, head_dims)  # type: ignore[attr-defined]
+                width = _root_of_width(assign.value, widths)  # type: ignore[attr-defined]
                 assert width is not None
                 self._report(ctx, assign, width)
 
@@ -133,36 +141,75 @@ def _divides_by_heads(cls: ast.ClassDef) -> bool:
     )
 
 
-def _width_name(node: ast.expr, head_dims: set[str]) -> str | None:
+def _split_by_heads(cls: ast.ClassDef) -> tuple[set[str], set[str]]:
+    """Widths and head sizes the class derives: in `s = e // h` with `h` a head count (or a
+    local bound to one, `h = self.heads`), `e` is a width and `s` a head size."""
+    head_counts = set(_HEADS)
+    assigns = [
+        inner
+        for inner in walk_tree(cls)
+        if isinstance(inner, ast.Assign) and len(inner.targets) == 1
+    ]
+    for assign in assigns:
+        target = assign.targets[0]
+        if isinstance(target, ast.Name) and terminal_name(assign.value) in _HEADS:
+            head_counts.add(target.id)
+    widths: set[str] = set()
+    head_sizes: set[str] = set()
+    for assign in assigns:
+        value = assign.value
+        if (
+            isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.FloorDiv | ast.Div)
+            and terminal_name(value.right) in head_counts
+        ):
+            width, size = terminal_name(value.left), terminal_name(assign.targets[0])
+            if width and size and width != size:
+                widths.add(width)
+                head_sizes.add(size)
+    return widths, head_sizes
+
+
+def _width_name(node: ast.expr, widths: set[str] | frozenset[str]) -> str | None:
     """The name when `node` names the model's width (not one of the class's head sizes)."""
     name = terminal_name(node)
-    if name in _MODEL_DIM and name not in head_dims:
-        return name
-    return None
+    return name if name in widths else None
 
 
-def _root_of_width(node: ast.AST, head_dims: set[str]) -> str | None:
+def _root_of_width(node: ast.AST, widths: set[str] | frozenset[str]) -> str | None:
     """The width's name when `node` is its square root or inverse square root:
     `math.sqrt(d)`, `np.sqrt(d)`, `d ** 0.5`, `d ** -0.5`, `np.power(d, 0.5)`, `1 / sqrt(d)`."""
     if isinstance(node, ast.BinOp):
-        if isinstance(node.op, ast.Pow) and _is_half(node.right):
-            return _width_name(node.left, head_dims)
+        if isinstance(node.op, ast.Pow) and _is_power(node.right, 0.5):
+            return _width_name(node.left, widths)
         if isinstance(node.op, ast.Div) and isinstance(node.left, ast.Constant):
-            return _root_of_width(node.right, head_dims)
+            return _root_of_width(node.right, widths)
         return None
     if isinstance(node, ast.Call) and node.args:
         func = terminal_name(node.func)
         if func == "sqrt" and len(node.args) == 1:
-            return _width_name(node.args[0], head_dims)
-        if func in ("power", "pow") and len(node.args) == 2 and _is_half(node.args[1]):
-            return _width_name(node.args[0], head_dims)
+            return _width_name(node.args[0], widths)
+        if func in ("power", "pow") and len(node.args) == 2 and _is_power(node.args[1], 0.5):
+            return _width_name(node.args[0], widths)
     return None
 
 
-def _is_half(node: ast.AST) -> bool:
+def _fourth_root_of_width(node: ast.AST, widths: set[str] | frozenset[str]) -> str | None:
+    """The width's name when `node` is its fourth root (`e ** (1/4)`, `e ** 0.25`): queries
+    and keys each divided by it scale their product by the width's square root."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_power(node.right, 0.25):
+        return _width_name(node.left, widths)
+    return None
+
+
+def _is_power(node: ast.expr, exponent: float) -> bool:
+    """`node` is the constant `exponent` (or its negation), spelled `0.25` or `1/4`."""
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         node = node.operand
-    return isinstance(node, ast.Constant) and node.value == 0.5
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        top, bottom = constant_number(node.left), constant_number(node.right)
+        return top is not None and bottom is not None and bottom != 0 and top / bottom == exponent
+    return constant_number(node) == exponent
 
 
 def _has_matmul(node: ast.AST) -> bool:
