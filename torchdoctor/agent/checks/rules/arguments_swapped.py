@@ -38,6 +38,14 @@ class ArgumentsSwapped(Rule):
     `self._update_mems(hids, mems, mlen, qlen)` against `def _update_mems(self, hids, mems,
     qlen, mlen)` is one such swap, reported in its issues #59, #96 and #118.
 
+    Also reported, for a function of the same module: a parameter given `config.<another
+    parameter's name>` while no argument carries its own name and the module shows `config`
+    has a field of that name (`keep_best_trajectories(dataset, config.frac, config.frac)`
+    against `def keep_best_trajectories(dataset, frac, discount)`, `config.discount` read
+    elsewhere): corl-team/CORL fixed exactly this (`cabbf3c`). One value given to two
+    parameters when the config has no field of the second's name (`Block(args.dim,
+    args.dim)`) and `self.` attributes stay silent.
+
     Example:
         def cal_loss(pred, gold, trg_pad_idx, smoothing=False): ...
         loss = cal_loss(pred, gold, smoothing, trg_pad_idx)
@@ -70,7 +78,11 @@ class ArgumentsSwapped(Rule):
             names += [terminal_name(k.value) for k in node.keywords]
             if len({n for n in names if n}) < 2:
                 continue  # fewer than two names: nothing to swap
-            if any(_swapped_names(_bind_names(params, node)) is not None for params in local):
+            if any(
+                _swapped_names(bound) is not None or _misplaced_names(bound, params) is not None
+                for params in local
+                for bound in [_bind_names(params, node)]
+            ):
                 self._check_local(ctx, node)  # a local definition of that name would swap
             elif not local:
                 candidate = self._candidate(ctx, node)
@@ -87,9 +99,15 @@ class ArgumentsSwapped(Rule):
         fn = targets[0]
         if ctx.enclosing_function(node) is fn:
             return
-        swapped = _swapped(list(calls.bind(node, fn).items()))
+        bound = calls.bind(node, fn)
+        swapped = _swapped(list(bound.items()))
         if swapped is not None:
             ctx.report(self, node, _message(fn.name, *swapped))
+            return
+        misplaced = _misplaced(ctx, bound)
+        if misplaced is not None:
+            param, argument = misplaced
+            ctx.report(self, argument, _misplaced_message(fn.name, param, argument))
 
     def _candidate(self, ctx: ModuleContext, node: ast.Call) -> dict[str, Any] | None:
         """A call of another file's function with two or more named arguments: its callee,
@@ -229,6 +247,72 @@ def _swapped_names(names: list[tuple[str, str]]) -> tuple[str, str] | None:
             if first_arg == second and second_arg == first and not _mirrored(first, second):
                 return first, second
     return None
+
+
+def _misplaced_names(bound: list[tuple[str, str]], params: list[str]) -> tuple[str, str] | None:
+    """The first (parameter, argument name) where the argument carries the name of another
+    of the callee's parameters and no argument carries this parameter's name."""
+    passed = {arg for _, arg in bound}
+    for param, arg in bound:
+        if arg and arg != param and arg in params and param not in passed:
+            return param, arg
+    return None
+
+
+def _misplaced(ctx: ModuleContext, bound: dict[str, ast.expr]) -> tuple[str, ast.expr] | None:
+    """A parameter given `config.<other parameter>` while the module shows that `config` has
+    a field of this parameter's own name (read as `config.<param>`, or a config class's
+    field): `keep_best_trajectories(dataset, config.frac, config.frac)`, `discount` given
+    the fraction though `config.discount` exists."""
+    names = [(param, terminal_name(arg)) for param, arg in bound.items()]
+    passed = {name for _, name in names}
+    for param, arg in bound.items():
+        name = terminal_name(arg)
+        if (
+            not isinstance(arg, ast.Attribute)
+            or not isinstance(arg.value, ast.Name)
+            or arg.value.id in ("self", "cls")
+            or name == param
+            or name not in bound
+            or param in passed
+        ):
+            continue
+        if param in _fields_of(ctx, arg.value.id):
+            return param, arg
+    return None
+
+
+def _fields_of(ctx: ModuleContext, receiver: str) -> set[str]:
+    """Attributes the module reads on `receiver` (`config.discount`), and the fields of the
+    module's config classes (class-level annotated names)."""
+    memo = ctx.memo_table("arguments_swapped.fields")
+    if receiver not in memo:
+        fields: set[str] = set()
+        for node in ctx.nodes_by_type().get(ast.Attribute, ()):
+            assert isinstance(node, ast.Attribute)
+            if isinstance(node.value, ast.Name) and node.value.id == receiver:
+                fields.add(node.attr)
+        for cls in ctx.nodes_by_type().get(ast.ClassDef, ()):
+            assert isinstance(cls, ast.ClassDef)
+            fields |= {
+                s.target.id
+                for s in cls.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            }
+        memo[receiver] = fields
+    found: set[str] = memo[receiver]
+    return found
+
+
+def _misplaced_message(function: str, param: str, argument: ast.expr) -> str:
+    shown = ast.unparse(argument)
+    assert isinstance(argument, ast.Attribute) and isinstance(argument.value, ast.Name)
+    return (
+        f"`{function}`'s `{param}` receives `{shown}`, the value meant for its "
+        f"`{argument.attr}` parameter, though `{argument.value.id}.{param}` exists: the "
+        f"function runs with `{param}` equal to `{argument.attr}`. Pass "
+        f"`{argument.value.id}.{param}`."
+    )
 
 
 _IN_OUT = {"in": "out", "input": "output", "inp": "out", "inputs": "outputs"}
