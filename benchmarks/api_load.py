@@ -160,8 +160,9 @@ def fresh_server(args: argparse.Namespace) -> Iterator[tuple[Server, httpx.Clien
 
 class Cpu:
     """CPU seconds since `start` of the server process itself (HTTP, store, dispatch), of the
-    audits (its fork server and the workers and peers it reaped), and of this client (its
-    threads submit and follow the audits on the same cores, so they count too)."""
+    audits (every process under it: its fork server, the long-lived peer pool, the workers
+    still exiting, and what each reaped), and of this client (its threads submit and follow
+    the audits on the same cores, so they count too)."""
 
     def __init__(self, server: Server) -> None:
         assert server.process is not None
@@ -171,7 +172,7 @@ class Cpu:
     def _now(self) -> tuple[float, float, float]:
         own = self.process.cpu_times()
         audits = 0.0
-        for child in self.process.children():
+        for child in self.process.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = child.cpu_times()
                 audits += times.user + times.system + times.children_user + times.children_system
@@ -297,17 +298,24 @@ def batch(
     return high, floor, errors
 
 
+def load_average() -> str:
+    """The host's 1, 5 and 15 minute load averages: the wall times of two runs compare only
+    where these are alike (the CPU figures do not depend on them)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--audits", type=int, default=20)
     parser.add_argument("--audit-workers", type=int, default=0, help="default: the server's")
     parser.add_argument("--cache", choices=("off", "on"), default="off")
     args = parser.parse_args()
-    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average before: {load_average()}")
     print(f"result cache {args.cache}; one audit alone (fresh server):")
     first, second, expected, single_errors = single_audits(args)
     for error in single_errors:
         print(f"  error: {error}")
+    print(f"load average before the batch: {load_average()}")
     high, floor, errors = batch(args, expected)
     print(
         f"CPU floor of the batch: {floor:.2f} s ({floor / first:.1f}x the mean single audit; "
@@ -320,7 +328,7 @@ def main() -> None:
             f"p95 / mean single: {high / first:.1f}x of a first audit, {high / second:.1f}x of "
             "a second (target <= 3x; the batch computes each example once)"
         )
-    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
     if single_errors or errors:
         sys.exit(1)
 

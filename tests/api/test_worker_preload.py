@@ -1,7 +1,7 @@
 """An audit's worker inherits its machinery from the fork server: a static audit forked after
-the preload imports nothing of its own, and forks its Python peers rather than starting them,
-so concurrent audits spend their CPU on analysis, not on loading the same modules again
-(benchmarks/api_load.py prints the effect)."""
+the preload imports nothing of its own, and hands its Python peers' runs to the fork server's
+warm peer workers rather than starting them, so concurrent audits spend their CPU on analysis,
+not on loading the same modules again (benchmarks/api_load.py prints the effect)."""
 
 from __future__ import annotations
 
@@ -52,27 +52,34 @@ from pathlib import Path
 importlib.import_module("torchdoctor.api.worker")
 importlib.import_module(sys.argv[1])
 from torchdoctor.agent.audit import AuditOptions, run_audit
-from torchdoctor.agent.checks.linters import warm
-started, forked = [], []
-popen, run_forked = subprocess.Popen.__init__, warm.run_forked
+from torchdoctor.agent.checks.linters import pool, warm
+started, forked, pooled = [], [], []
+popen, run_forked, served = subprocess.Popen.__init__, warm.run_forked, pool.current().run
 def counted_popen(self, argv, *args, **kwargs):
     started.append(os.path.basename(str(argv[0])))
     popen(self, argv, *args, **kwargs)
 def counted_fork(entry, argv, *args, **kwargs):
     forked.append(os.path.basename(argv[0]))
     return run_forked(entry, argv, *args, **kwargs)
+def counted_pool(argv, *args, **kwargs):
+    answer = served(argv, *args, **kwargs)
+    if answer is not None:
+        pooled.append(os.path.basename(argv[0]))
+    return answer
 subprocess.Popen.__init__ = counted_popen
 warm.run_forked = counted_fork
+pool.current().run = counted_pool
 target = Path(sys.argv[3]) / "src"
 target.mkdir()
 shutil.copyfile(sys.argv[2], target / "train.py")
 report = run_audit(AuditOptions(target=target, offline=True, linters=True)).report
 sources = sorted({e.source for f in report.findings for e in f.evidence})
-print(json.dumps({"started": sorted(started), "forked": sorted(forked), "sources": sources}))
+print(json.dumps({"started": sorted(started), "forked": sorted(forked), "pooled": sorted(pooled),
+                  "sources": sources}))
 """
 
 
-def test_the_python_peers_are_forked_warm_not_started(tmp_path: Path) -> None:
+def test_the_python_peers_run_in_the_warm_pool_neither_started_nor_forked(tmp_path: Path) -> None:
     env = {**os.environ, "TORCHDOCTOR_LINTERS": "1", "TORCHDOCTOR_RESULT_CACHE": "0"}
     done = subprocess.run(
         [
@@ -90,8 +97,9 @@ def test_the_python_peers_are_forked_warm_not_started(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"bandit", "detect-secrets", "flake8"} <= set(seen["forked"])
-    assert not {"bandit", "detect-secrets", "flake8"} & set(seen["started"])
+    python_peers = {"bandit", "detect-secrets", "flake8"}
+    assert python_peers <= set(seen["pooled"])
+    assert not python_peers & {*seen["started"], *seen["forked"]}
     assert {"bandit", "torchfix"} <= set(seen["sources"])  # their reports read as evidence
 
 

@@ -3,9 +3,11 @@
 Each worker is a fresh fork, so whatever an audit loads on first use (the graph's nodes, the
 native rules, the ledger's templates, the Python peers) it would load again in every audit:
 under concurrent audits that per-audit start-up competes with the analyses themselves for the
-same cores. Loaded here, every worker inherits it ready, and forks its Python peers rather than
-starting them (~1.2 s of CPU an audit). Nothing here leaves a thread running or a file open
-that a fork would share (the store's engine is kept, its connections closed).
+same cores. Loaded here, every worker inherits it ready, and hands its Python peers' runs to the
+warm peer workers started last (`pool`) rather than starting them (~1.2 s of CPU an audit).
+Nothing here leaves a thread running or a file open that a fork would share (the store's engine
+is kept, its connections closed), but the pool's request sockets, which every worker is meant
+to share.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import importlib
 
 from torchdoctor.agent.checks.catalogue import catalogue
 from torchdoctor.agent.checks.fingerprint import code_fingerprint
+from torchdoctor.agent.checks.linters import pool
 from torchdoctor.agent.checks.linters.warm_up import warm_peers
 from torchdoctor.agent.checks.registry import all_rules
+from torchdoctor.agent.cpus import usable_cpus
 from torchdoctor.agent.gather import installed_torch_version
 from torchdoctor.agent.markdown_env import templates
 from torchdoctor.agent.options import linters_off_by_env
 from torchdoctor.api.reuse import peer_versions
+from torchdoctor.api.settings import ApiSettings
 from torchdoctor.api.worker import warm_audit, warm_store
 from torchdoctor.sandbox.lifeline import libc
 
@@ -53,3 +58,5 @@ warm_audit()  # what an audit sets up on first use (after the peers: it runs the
 # neither walk it (CPU) nor touch its pages (copy-on-write faults).
 gc.collect()
 gc.freeze()
+if not linters_off_by_env():  # last: its processes are forks of this warm, thread-free state
+    pool.start(per_tool=min(ApiSettings().audit_workers, usable_cpus()))

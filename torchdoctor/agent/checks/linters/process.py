@@ -6,7 +6,8 @@ can be, so the tool starts without a fork of the audit's process), and inherits 
 allow-listed environment (no service secret reaches a tool reading hostile code).
 Executables are looked up on PATH first, then next to the running
 interpreter, so a virtualenv's tools are found without activating it. In a warm process (the
-pre-commit daemon) a Python tool already imported is forked instead of started (`warm`).
+pre-commit daemon) a Python tool already imported is forked instead of started (`warm`); under
+a server's fork server, it runs in the warm worker that serves it (`pool`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchdoctor.agent.checks.linters import warm
+from torchdoctor.agent.checks.linters import pool, warm
 from torchdoctor.sandbox.lifeline import death_signal_prefix, die_with_parent
 
 CRASH_MARKERS = ("Traceback (most recent call last)", "Fatal Python error")
@@ -114,12 +115,15 @@ def run_tool(
     started = time.perf_counter()
     entry = warm.entry_for(argv[0])
     if entry is not None:
+        peers = pool.current()
         try:
-            code, stdout, stderr = warm.run_forked(
-                entry, argv, cwd, timeout_s, tool_environment(env)
-            )
+            served = peers.run(argv, cwd, timeout_s, tool_environment(env)) if peers else None
+            if served is None:  # no pool, none free at once, or it died mid-run: a fork
+                left = timeout_s - (time.perf_counter() - started)
+                served = warm.run_forked(entry, argv, cwd, left, tool_environment(env))
         except warm.WarmToolTimeout as err:
             raise ToolTimeout(f"stopped after the {timeout_s:g}s limit") from err
+        code, stdout, stderr = served
         return ToolOutput(code, stdout, stderr, time.perf_counter() - started)
     # The death signal set by `setpriv` in the tool itself, where it can be and the tool is
     # there (else as before: an executable that is missing raises `ToolMissing`), lets the

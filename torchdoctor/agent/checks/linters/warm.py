@@ -130,6 +130,11 @@ def run_in_process(executable: str, argv: Sequence[str]) -> bool:
     return True
 
 
+def preloaded() -> list[str]:
+    """The paths of the tools `preload` imported here."""
+    return list(_entries)
+
+
 def entry_for(executable: str) -> Entry | None:
     """The preloaded entry point behind `executable`, if it is one."""
     return _entries.get(os.path.realpath(executable)) if _entries else None
@@ -228,7 +233,7 @@ def _become_tool(  # pragma: no cover - runs in the forked child only
         result = entry()
         code = result if isinstance(result, int) else (0 if result is None else 1)
     except SystemExit as stop:
-        code = _exit_code(stop.code)
+        code = exit_code(stop.code)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -239,7 +244,7 @@ def _become_tool(  # pragma: no cover - runs in the forked child only
         os._exit(code)
 
 
-def _exit_code(code: object) -> int:
+def exit_code(code: object) -> int:
     """`SystemExit.code` as the interpreter turns it into an exit status."""
     if code is None:
         return 0
