@@ -99,6 +99,7 @@ NEW_RULES: tuple[str, ...] = (
     "layer-size-true-division",
     "config-field-annotation-mismatch",
     "backward-ignores-grad-output",
+    "trainable-tensor-not-parameter",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
