@@ -100,6 +100,7 @@ NEW_RULES: tuple[str, ...] = (
     "config-field-annotation-mismatch",
     "backward-ignores-grad-output",
     "trainable-tensor-not-parameter",
+    "label-vector-column-index",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
