@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -86,7 +87,10 @@ class DeviceMismatchFactoryInForward(Rule):
 
     In the other methods a forward runs, a factory is reported only when it is used where it
     is made, beside one of the method's tensors (`torch.spmm(adj, torch.ones((n, 1)))`,
-    `h * torch.ones(n, 1)`): no later move can place it.
+    `h * torch.ones(n, 1)`): no later move can place it; or when it is bound to a name
+    the method never re-binds and then compares or combines with a tensor made from one of
+    its parameters (a mask helper's `row_vector = torch.arange(0, maxlen, 1)` then
+    `row_vector < torch.unsqueeze(lengths, -1)`: shenweichen/DeepCTR-Torch `322e316`).
 
     Also reported, in any module-level function (a forward's helper such as drop-connect or
     a mask builder, often in another file than the model): a factory given the dtype of one of
@@ -197,7 +201,11 @@ class DeviceMismatchFactoryInForward(Rule):
                     data={"factory": qual},
                 )
                 continue
-            if pins_only and not _consumed_beside_a_tensor(ctx, node, forward):
+            if (
+                pins_only
+                and not _consumed_beside_a_tensor(ctx, node, forward)
+                and not _bound_then_met(ctx, node, forward)
+            ):
                 continue
             if _placed(ctx, node) or _host_only(ctx, node, forward):
                 continue
@@ -264,6 +272,59 @@ def _consumed_beside_a_tensor(
         and factory in parent.args
         and any(given(a) for a in parent.args)
     )
+
+
+_HOST_VALUES = frozenset({"size", "dim", "item", "tolist", "numel", "shape", "len", "int", "max"})
+
+
+def _bound_then_met(ctx: ModuleContext, factory: ast.Call, method: ast.FunctionDef) -> bool:
+    """The factory bound to a name (`row_vector = torch.arange(0, maxlen, 1)`) that the
+    method, never re-binding it, compares or combines with a tensor made from one of its
+    parameters (`mask = row_vector < torch.unsqueeze(lengths, -1)` through `matrix`): a mask
+    helper's CPU range meets the batch's device where it is used."""
+    bound = _bound_to(factory, ctx)
+    if bound is None:
+        return False
+    name, assign = bound
+    args = method.args
+    required = args.args[: max(0, len(args.args) - len(args.defaults))]
+    tensors = {a.arg for a in [*args.posonlyargs, *required]} - {"self"}
+    statements = list(walk_scope(method.body))
+    for node in statements:  # names made from a parameter by a tensor operation
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Call)
+            and not any(
+                isinstance(n, ast.Attribute | ast.Name) and terminal_name(n) in _HOST_VALUES
+                for n in ast.walk(node.value)
+            )
+            and any(isinstance(n, ast.Name) and n.id in tensors for n in ast.walk(node.value))
+        ):
+            tensors.add(node.targets[0].id)
+    tensors.discard(name)
+    for node in statements:
+        if (
+            isinstance(node, ast.Assign)
+            and node is not assign
+            and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+        ):
+            return False  # re-bound (moved, cast): no telling where it meets
+        operands: list[ast.expr] = []
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            operands = [node.left, node.comparators[0]]
+        elif isinstance(node, ast.BinOp):
+            operands = [node.left, node.right]
+        if len(operands) == 2 and any(isinstance(o, ast.Name) and o.id == name for o in operands):
+            other = (
+                operands[1]
+                if isinstance(operands[0], ast.Name) and operands[0].id == name
+                else operands[0]
+            )
+            if isinstance(other, ast.Name) and other.id in tensors:
+                return True
+    return False
 
 
 def _handed_to_another_file(
