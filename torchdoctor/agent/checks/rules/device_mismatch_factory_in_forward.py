@@ -92,6 +92,11 @@ class DeviceMismatchFactoryInForward(Rule):
     its parameters (a mask helper's `row_vector = torch.arange(0, maxlen, 1)` then
     `row_vector < torch.unsqueeze(lengths, -1)`: shenweichen/DeepCTR-Torch `322e316`).
 
+    Also reported, in a module's other per-batch methods (`update(minibatches)`,
+    `training_step`, `forward_*` variants) and the methods of its own they run: factories
+    pinned to CUDA (`.cuda()`, `device='cuda'`) outside a CUDA check, which fail on a CPU
+    run (facebookresearch/DomainBed `3184788`, "Replace .cuda() with .to(device)").
+
     Also reported, in any module-level function (a forward's helper such as drop-connect or
     a mask builder, often in another file than the model): a factory given the dtype of one of
     the function's parameters (`dtype=x.dtype`) but not its device, with the same exclusions.
@@ -150,6 +155,9 @@ class DeviceMismatchFactoryInForward(Rule):
             methods = _forward_and_helpers(flow.classes[name])
             for method in methods:  # helpers often build and then move: only bare .cuda() pins
                 self._check_forward(ctx, method, pins_only=method is not methods[0])
+            for method in _step_methods(flow.classes[name]):
+                if method not in methods:
+                    self._check_pins(ctx, method)
         for cls in flow.classes.values():
             if cls.name not in flow.module_classes:
                 for method in _called_per_batch(cls):
@@ -179,6 +187,30 @@ class DeviceMismatchFactoryInForward(Rule):
                 f"`{qual}` in {fn.name}() copies the dtype of `{source}` but not its device: "
                 f"the tensor is created on the CPU whatever device `{source}` is on; pass "
                 f"device={source}.device (or use a *_like / {source}.new_* factory)",
+                data={"factory": qual},
+            )
+
+    def _check_pins(self, ctx: ModuleContext, method: ast.FunctionDef) -> None:
+        """A module's training-step method (`update`, `training_step`, `forward_*`) and its
+        own helpers: only tensors pinned to CUDA (`.cuda()`, `device='cuda'`), which fail
+        on a CPU run whatever else the method does."""
+        for node in walk_scope(method.body):
+            if not isinstance(node, ast.Call):
+                continue
+            qual = ctx.flow.qualname_of(node)
+            if qual not in _FACTORIES or _cuda_guarded(ctx, node, method):
+                continue
+            if _pinned_to_cuda(ctx, node):
+                pin = f"`{qual}(...).cuda()`"
+            elif _cuda_literal_device(node):
+                pin = f"`{qual}(..., device='cuda')`"
+            else:
+                continue
+            ctx.report(
+                self,
+                node,
+                f"{pin} in {method.name}() pins the tensor to CUDA: the module fails on a "
+                "CPU run and on any other device; pass device=x.device (the batch's) instead",
                 data={"factory": qual},
             )
 
@@ -415,6 +447,35 @@ def _forward_and_helpers(cls: ast.ClassDef) -> list[ast.FunctionDef]:
     methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
     forward = methods.get("forward")
     return [] if forward is None else _with_own_callees(forward, methods)
+
+
+_STEP_METHODS = frozenset(
+    {"update", "training_step", "validation_step", "test_step", "train_step", "learn"}
+)
+
+
+def _step_methods(cls: ast.ClassDef) -> list[ast.FunctionDef]:
+    """A module's per-batch methods other than `forward` (DomainBed's `update(minibatches)`,
+    Lightning's `training_step`, `forward_c`/`forward_s` variants) and the methods of its own
+    they run."""
+    methods = {s.name: s for s in cls.body if isinstance(s, ast.FunctionDef)}
+    found: list[ast.FunctionDef] = []
+    for name, method in methods.items():
+        if name in _STEP_METHODS or name.startswith("forward_"):
+            found += [m for m in _with_own_callees(method, methods) if m not in found]
+    return found
+
+
+def _cuda_literal_device(call: ast.Call) -> bool:
+    """`device='cuda'` / `device="cuda:0"` / `device=torch.device('cuda')`."""
+    device = kwarg(call, "device")
+    if isinstance(device, ast.Call) and device.args:
+        device = device.args[0] if terminal_name(device.func) == "device" else None
+    return (
+        isinstance(device, ast.Constant)
+        and isinstance(device.value, str)
+        and device.value.startswith("cuda")
+    )
 
 
 def _with_own_callees(
