@@ -90,6 +90,7 @@ class NumpyOfGraphTensor(Rule):
             node,
             f"`{ast.unparse(func.value)}` comes from `{ast.unparse(producer.func)}` and "
             f"{problem}. Use `.item()` for a scalar, `.detach().cpu().numpy()` for a tensor.",
+            data={"detach": not detached, "cpu": not on_host and uses_cuda(ctx)},
         )
 
     @classmethod
