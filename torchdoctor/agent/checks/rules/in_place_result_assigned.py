@@ -83,16 +83,25 @@ class InPlaceResultAssigned(Rule):
         if not isinstance(target, ast.Name | ast.Attribute):
             return
         name = terminal_name(call.func)
+        worked_on = "receiver" if isinstance(call.func, ast.Attribute) else "argument"
         if name in _LOADERS:
             what = self._loaded(call, name, ctx)
             if what is not None and self._takes_result_for(target, what, node, ctx):
-                ctx.report(self, node, _message(target, name, _LOADERS[name]))
+                worked_on = "receiver" if name == "load_state_dict" else "argument"
+                self._report(ctx, node, name, _LOADERS[name], worked_on)
         elif name in _RETURNS_NONE and _shuffle(call, ctx):
-            ctx.report(self, node, _message(target, name, "None"))
-        elif name in _LIST_METHODS and isinstance(call.func, ast.Attribute):
-            receiver = call.func.value
+            self._report(ctx, node, name, "None", "argument")
+        elif name in _LIST_METHODS and worked_on == "receiver":
+            receiver = call.func.value  # type: ignore[attr-defined]
             if _same(receiver, target) and _bound_to_list(receiver, node, ctx):
-                ctx.report(self, node, _message(target, name, "None"))
+                self._report(ctx, node, name, "None", worked_on)
+
+    def _report(
+        self, ctx: ModuleContext, node: ast.Assign, name: str, returns: str, worked_on: str
+    ) -> None:
+        """`worked_on`: where the call's object is, `receiver` (`model.load_state_dict`) or
+        first `argument` (`random.shuffle(x)`), for the codemod."""
+        ctx.report(self, node, _message(node.targets[0], name, returns), data={"object": worked_on})
 
     @staticmethod
     def _loaded(call: ast.Call, name: str, ctx: ModuleContext) -> ast.expr | None:
