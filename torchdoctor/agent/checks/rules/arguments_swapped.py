@@ -102,7 +102,10 @@ class ArgumentsSwapped(Rule):
         bound = calls.bind(node, fn)
         swapped = _swapped(list(bound.items()))
         if swapped is not None:
-            ctx.report(self, node, _message(fn.name, *swapped))
+            slots = [dict(_slot(node, bound[param]), param=param) for param in swapped]
+            ctx.report(
+                self, node, _message(fn.name, *swapped), data={"callee": fn.name, "swap": slots}
+            )
             return
         misplaced = _misplaced(ctx, bound)
         if misplaced is not None:
@@ -149,9 +152,29 @@ class ArgumentsSwapped(Rule):
                 bound += [(k, v) for k, v in candidate["keywords"].items() if k in params]
                 swapped = _swapped_names(bound)
                 if swapped is not None:
-                    finding = dict(candidate["finding"], message=_message(name, *swapped))
+                    passed = len(candidate["positional"])
+                    slots = [
+                        {"param": p, "position": params.index(p)}
+                        if params.index(p) < passed
+                        else {"param": p, "keyword": p}
+                        for p in swapped
+                    ]
+                    finding = dict(
+                        candidate["finding"],
+                        message=_message(name, *swapped),
+                        data={"callee": name, "swap": slots},
+                    )
                     found.append(RawFinding.model_validate(finding))
         return found
+
+
+def _slot(call: ast.Call, argument: ast.expr) -> dict[str, Any]:
+    """Where `argument` sits in `call`: its position, or its keyword (for the codemod)."""
+    for index, positional in enumerate(call.args):
+        if positional is argument:
+            return {"position": index}
+    keyword = next(k.arg for k in call.keywords if k.value is argument)
+    return {"keyword": keyword}
 
 
 def _defined(definitions: list[tuple[str, list[str]]], where: str) -> list[list[str]]:
