@@ -78,6 +78,7 @@ class IntegerTensorRequiresGrad(Rule):
                 f"`torch.{name}(...)` here makes a {dtype} tensor, and only floating-point "
                 "and complex tensors can require gradients: PyTorch raises a RuntimeError. "
                 "Use a floating literal (`2.0`) or `dtype=torch.float32`.",
+                data={"factory": name, "dtype_given": kwarg(factory, "dtype") is not None},
             )
 
 
