@@ -101,6 +101,7 @@ NEW_RULES: tuple[str, ...] = (
     "backward-ignores-grad-output",
     "trainable-tensor-not-parameter",
     "label-vector-column-index",
+    "index-true-division",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
