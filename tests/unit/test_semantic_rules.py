@@ -102,6 +102,7 @@ NEW_RULES: tuple[str, ...] = (
     "trainable-tensor-not-parameter",
     "label-vector-column-index",
     "index-true-division",
+    "eval-loader-train-batch-size",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
