@@ -103,6 +103,7 @@ NEW_RULES: tuple[str, ...] = (
     "label-vector-column-index",
     "index-true-division",
     "eval-loader-train-batch-size",
+    "param-group-without-params",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
