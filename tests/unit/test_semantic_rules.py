@@ -104,6 +104,7 @@ NEW_RULES: tuple[str, ...] = (
     "index-true-division",
     "eval-loader-train-batch-size",
     "param-group-without-params",
+    "loop-variable-after-loop",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
