@@ -105,6 +105,7 @@ NEW_RULES: tuple[str, ...] = (
     "eval-loader-train-batch-size",
     "param-group-without-params",
     "loop-variable-after-loop",
+    "scaled-zeros",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
