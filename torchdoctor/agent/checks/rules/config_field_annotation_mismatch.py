@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
 
@@ -22,6 +23,9 @@ class ConfigFieldAnnotationMismatch(Rule):
     run with the same value. The default alone hides it until someone sets the option.
     corl-team/CORL fixed exactly this (`7e3077d`, "cql takes learning rate as bool":
     `policy_lr: bool = 3e-5` and `qf_lr: bool = 3e-4` -> `float`).
+
+    Also reported: a command-line option parsed with `type=int` whose default is a fraction
+    (`add_argument("--dp_ratio", type=int, default=0.2)`): `--dp_ratio 0.5` is refused.
 
     Not reported: `bool` fields defaulting to 0 or 1, `int` fields with a whole float
     default (`steps: int = 1e6`), `Optional[...]` defaults of None, string defaults (OmegaConf
@@ -41,10 +45,14 @@ class ConfigFieldAnnotationMismatch(Rule):
     severity = Severity.HIGH
     title = "Config field annotated with the wrong type"
     items: ClassVar[tuple[str, ...]] = ("9.3",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.ClassDef,)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.ClassDef, ast.Call)
+    call_names: ClassVar[frozenset[str]] = frozenset({"add_argument"})
     triggers = Triggers(("bool", "int"))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if isinstance(node, ast.Call):
+            self._check_option(node, ctx)
+            return
         assert isinstance(node, ast.ClassDef)
         for statement in node.body:
             if not (
@@ -66,6 +74,27 @@ class ConfigFieldAnnotationMismatch(Rule):
                 f"given for it with `{annotated}`, so setting it from the command line or a "
                 f"file does not give that number. Annotate it `{kind}`.",
             )
+
+    def _check_option(self, call: ast.Call, ctx: ModuleContext) -> None:
+        """`add_argument("--lr", type=int, default=1e-3)`: the option converts with `int`."""
+        converter = kwarg(call, "type")
+        given = kwarg(call, "default")
+        if not (isinstance(converter, ast.Name) and converter.id == "int") or given is None:
+            return
+        if "int" in ctx.flow.functions or "int" in ctx.imports.aliases:
+            return  # the module defines or imports its own `int`
+        default = _number(given)
+        if default is None or not _contradicts("int", default):
+            return
+        names = [a.value for a in call.args if isinstance(a, ast.Constant)]
+        option = next((n for n in names if isinstance(n, str)), "the option")
+        ctx.report(
+            self,
+            call,
+            f"`{option}` is parsed with type=int but defaults to {ast.unparse(given)}: a "
+            "fraction given on the command line is refused (`invalid int value`), so the "
+            "option can only keep its default or be set to whole numbers. Use type=float.",
+        )
 
 
 def _annotated_type(annotation: ast.expr) -> str | None:
