@@ -106,6 +106,7 @@ NEW_RULES: tuple[str, ...] = (
     "param-group-without-params",
     "loop-variable-after-loop",
     "scaled-zeros",
+    "config-value-for-other-keyword",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
