@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import uses_cuda
+from torchdoctor.agent.checks.patterns import terminal_name, uses_cuda
 from torchdoctor.agent.models import Severity
 
 _DETACHES = frozenset({"detach", "data", "detach_"})
@@ -78,7 +78,12 @@ class NumpyOfGraphTensor(Rule):
                 "still requires grad (made with autograd on, no `.detach()` on the way): "
                 'numpy() raises "Can\'t call numpy() on Tensor that requires grad"'
             )
-        elif not on_host and uses_cuda(ctx) and not _on_a_cpu_branch(ctx, node):
+        elif (
+            not on_host
+            and uses_cuda(ctx)
+            and _placed_on_device(ctx, producer)
+            and not _on_a_cpu_branch(ctx, node)
+        ):
             problem = (
                 "is on the GPU when the script runs on CUDA (no `.cpu()` on the way): numpy() "
                 'raises "can\'t convert cuda device type tensor to numpy"'
@@ -113,6 +118,44 @@ class NumpyOfGraphTensor(Rule):
             if flow.is_model_call(call) or flow.is_loss_callee(func):
                 return call
         return None
+
+
+_MOVES = frozenset({"to", "cuda"})
+
+
+def _placed_on_device(ctx: ModuleContext, producer: ast.Call) -> bool:
+    """The model that made the value was moved to a device (`model.cuda()`, `model =
+    Net().to(device)`, `self.net = self.net.to(device)`); for a loss, the model whose output
+    it was given. A notebook or script that uses CUDA for one model says nothing of another
+    (`model_0` trained on the CPU before `model_1.to(device)`)."""
+    flow = ctx.flow
+    call = producer
+    if not flow.is_model_call(call) and call.args:
+        call = next((c for c in flow.producers(call.args[0]) if flow.is_model_call(c)), None)  # type: ignore[assignment]
+        if call is None:
+            return False
+    model = terminal_name(call.func.value if _is_forward(call) else call.func)  # type: ignore[attr-defined]
+    if not model:
+        return False
+    for moved in ctx.nodes_by_type().get(ast.Call, ()):
+        func = moved.func  # type: ignore[attr-defined]
+        if not (isinstance(func, ast.Attribute) and func.attr in _MOVES):
+            continue
+        receiver = func.value
+        while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
+            receiver = receiver.func.value  # `model.float().cuda()`
+        if terminal_name(receiver) == model:
+            return True
+        parent = ctx.parents.get(moved)
+        if isinstance(parent, ast.Assign) and any(
+            terminal_name(t) == model for t in parent.targets
+        ):
+            return True  # `model = Net().to(device)`
+    return False
+
+
+def _is_forward(call: ast.Call) -> bool:
+    return isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
 
 
 def _on_a_cpu_branch(ctx: ModuleContext, node: ast.AST) -> bool:
