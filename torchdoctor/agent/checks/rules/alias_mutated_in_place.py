@@ -26,6 +26,13 @@ class AliasMutatedInPlace(Rule):
     holds the masked values, or an update mutates the momentum buffer it was read from, and
     the next step starts from a corrupted state. Nothing fails.
 
+    Also reported: an alias of a parameter annotated as a tensor (`x_cont: torch.Tensor`)
+    written in place through the alias (`input_vector = x_cont`, then `input_vector[...,
+    targets] = torch.roll(...)`): the caller's tensor changes, so a batch reused after the
+    call (the next autoregressive step, a loss on the inputs) reads shifted values.
+    jdb78/pytorch-forecasting fixed exactly this in DeepAR and its RNN model (`82f738c`:
+    `input_vector = x_cont` -> `x_cont.clone()`).
+
     Not reported: `.clone()`d copies, aliases rebound before the write, in-place writes on
     the original name when the alias is never read again, flag setters (`requires_grad_`),
     and indexed assignments into an alias of anything but a graph tensor (a list, a dict, a
@@ -101,6 +108,7 @@ class AliasMutatedInPlace(Rule):
                 writes.append(write)
         if not aliases or not writes:
             return  # most functions: no plain `a = b` or no in-place write, nothing to trace
+        arguments = _tensor_parameters(fn)
         # where each name of an alias pair is bound (in which block) and read
         stores: dict[str, list[tuple[int, ast.AST | None]]] = {}
         loads: dict[str, list[int]] = {}
@@ -120,7 +128,12 @@ class AliasMutatedInPlace(Rule):
             for written, line in writes:
                 if written not in (new, old) or line <= alias.lineno:
                     continue
-                if (written, line) in indexed and ctx.flow.graph_origin(alias.value) is None:
+                caller_owned = written == new and old in arguments
+                if (
+                    (written, line) in indexed
+                    and not caller_owned
+                    and ctx.flow.graph_origin(alias.value) is None
+                ):
                     continue
                 other = old if written == new else new
                 block = ctx.parents.get(alias)
@@ -130,6 +143,15 @@ class AliasMutatedInPlace(Rule):
                     line < at and not _rebound_between(stores, (other,), line, at, block)
                     for at in loads.get(other, [])
                 )
+                if caller_owned and not read_later:
+                    ctx.report(
+                        self,
+                        alias,
+                        f"`{new} = {old}` keeps the caller's tensor `{old}` (a parameter), and "
+                        f"the in-place write on `{new}` (line {line}) changes it in the "
+                        f"caller too; use `{old}.clone()`",
+                    )
+                    break
                 if read_later or (written == new and old in persistent):
                     ctx.report(
                         self,
@@ -139,6 +161,17 @@ class AliasMutatedInPlace(Rule):
                         f"`{old}.clone()`",
                     )
                     break
+
+
+def _tensor_parameters(fn: ast.FunctionDef) -> set[str]:
+    """Parameters annotated as tensors (`x: torch.Tensor`): the caller keeps them, so a
+    write through an alias changes the caller's tensor."""
+    params = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+    return {
+        a.arg
+        for a in params
+        if a.annotation is not None and ast.unparse(a.annotation).split(".")[-1] == "Tensor"
+    }
 
 
 def _rebound_between(
