@@ -9,7 +9,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import argument
+from torchdoctor.agent.checks.patterns import argument, kwarg
 from torchdoctor.agent.models import Severity
 
 # layer -> (position, keyword) of its integer sizes
@@ -34,6 +34,7 @@ _SIZES: dict[str, tuple[tuple[int, str], ...]] = {
     "TransformerEncoderLayer": ((0, "d_model"), (1, "nhead"), (2, "dim_feedforward")),
     "TransformerDecoderLayer": ((0, "d_model"), (1, "nhead"), (2, "dim_feedforward")),
 }  # fmt: skip
+_TENSOR_FACTORIES = frozenset({"zeros", "ones", "empty", "rand", "randn", "full"})
 _DEPTH = 4
 
 
@@ -49,6 +50,9 @@ class LayerSizeTrueDivision(Rule):
     era, where `/` floored ints, and code that divides a width by a head count meet it first.
     sooftware/kospeech fixed exactly this (`20c89a2`: `d_k = d_model / num_heads` ->
     `int(d_model / num_heads)` before `nn.Linear(d_model, num_heads * self.d_k)`).
+
+    Also reported: a tensor factory's shape computed the same way (`torch.zeros(size / 2,
+    size)`, `torch.full((h / 2, w), 0.0)`), which raises the same way.
 
     Not reported: `//`, sizes wrapped in `int()`/`round()`/`math.ceil()`, names with an
     integer assignment anywhere in their scope, parameters (their type is unknown here),
@@ -68,13 +72,19 @@ class LayerSizeTrueDivision(Rule):
     title = "Layer size computed with true division"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
-    call_names: ClassVar[frozenset[str]] = frozenset(_SIZES)
-    triggers = Triggers(tuple(sorted(_SIZES)))
+    call_names: ClassVar[frozenset[str]] = frozenset(_SIZES) | _TENSOR_FACTORIES
+    triggers = Triggers(tuple(sorted({*_SIZES, *_TENSOR_FACTORIES})))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         qualified = ctx.call_qualname(node)
-        if qualified is None or not qualified.startswith("torch.nn."):
+        if qualified is None:
+            return
+        factory = qualified.removeprefix("torch.")
+        if factory in _TENSOR_FACTORIES:
+            self._check_tensor_sizes(ctx, node, factory)
+            return
+        if not qualified.startswith("torch.nn."):
             return
         layer = qualified.rsplit(".", 1)[-1]
         for position, keyword in _SIZES.get(layer, ()):
@@ -92,6 +102,29 @@ class LayerSizeTrueDivision(Rule):
                 f"`{layer}`'s `{keyword}` is `{ast.unparse(size)}`, a float from true "
                 f"division{where}: layers need integer sizes, and building this one raises "
                 "a TypeError. Use `//` (or `int(...)`).",
+            )
+            return
+
+    def _check_tensor_sizes(self, ctx: ModuleContext, call: ast.Call, factory: str) -> None:
+        """`torch.zeros(n / 2, m)`, `torch.full((h / 2, w), 0.0)`: a tensor's shape."""
+        given = call.args[:1] if factory == "full" else list(call.args)
+        size = kwarg(call, "size")
+        if size is not None:
+            given.append(size)
+        if len(given) == 1 and isinstance(given[0], ast.Tuple | ast.List):
+            given = list(given[0].elts)
+        for size in given:
+            division = _float_source(ctx, size, call, _DEPTH)
+            if division is None:
+                continue
+            shown = ast.unparse(division)
+            where = "" if division is size else f" (`{shown}`, line {division.lineno})"
+            ctx.report(
+                self,
+                size,
+                f"`torch.{factory}`'s size `{ast.unparse(size)}` is a float from true "
+                f"division{where}: tensor shapes need integers, and this call raises a "
+                "TypeError. Use `//` (or `int(...)`).",
             )
             return
 
@@ -135,15 +168,11 @@ def _assigned_values(ctx: ModuleContext, expr: ast.expr, site: ast.AST) -> list[
         for scope in (function, ctx.tree):
             if scope is None:
                 continue
-            for inner in walk_scope(scope):
-                if not _binds(inner, lambda t: isinstance(t, ast.Name) and t.id == expr.id):
-                    continue
-                value = _plain_value(inner, lambda t: isinstance(t, ast.Name) and t.id == expr.id)
-                if value is None:
+            found = _name_bindings(ctx, scope).get(expr.id)
+            if found:
+                if any(value is None for value in found):
                     return []
-                values.append(value)
-            if values:
-                return values
+                return [value for value in found if value is not None]
         return values
     if (
         isinstance(expr, ast.Attribute)
@@ -170,6 +199,36 @@ def _assigned_values(ctx: ModuleContext, expr: ast.expr, site: ast.AST) -> list[
                 return []
             values.append(value)
     return values
+
+
+def _name_bindings(ctx: ModuleContext, scope: ast.AST) -> dict[str, list[ast.expr | None]]:
+    """Name -> the values the scope assigns it (None for an augmented, unpacking, loop or
+    walrus binding), built once per scope and module: sizes ask it of every factory call."""
+    memo = ctx.memo_table("layer_size_true_division.bindings")
+    found: dict[str, list[ast.expr | None]] | None = memo.get(id(scope))
+    if found is None:
+        found = {}
+        for inner in walk_scope(scope):
+            if isinstance(inner, ast.Assign):
+                targets: list[ast.AST] = list(inner.targets)
+            elif isinstance(
+                inner, ast.AugAssign | ast.AnnAssign | ast.For | ast.comprehension | ast.NamedExpr
+            ):
+                targets = [inner.target]
+            else:
+                continue
+            value = (
+                inner.value
+                if isinstance(inner, ast.Assign | ast.AnnAssign)
+                and all(isinstance(t, ast.Name) for t in targets)
+                else None
+            )
+            for target in targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        found.setdefault(name.id, []).append(value)
+        memo[id(scope)] = found
+    return found
 
 
 def _binds(node: ast.AST, wanted: Callable[[ast.AST], bool]) -> bool:
