@@ -30,7 +30,9 @@ class BackwardIgnoresGradOutput(Rule):
 
     A returned value depends on the incoming gradient when it reads one of `backward`'s
     gradient parameters, or a local name assigned from (or updated in place with) one.
-    Not reported: `None`, zeros (`torch.zeros_like(x)` never written into: a zero gradient
+    Not reported: returns under a test of the incoming gradient (a fused kernel that
+    computes the gradients in `forward` and returns them as they are when `grad_output` is
+    1, scaled otherwise), `None`, zeros (`torch.zeros_like(x)` never written into: a zero gradient
     is zero at any scale), backward methods of classes that are not autograd Functions.
 
     Example:
@@ -74,6 +76,8 @@ class BackwardIgnoresGradOutput(Rule):
         for statement in statements:
             if not isinstance(statement, ast.Return) or statement.value is None:
                 continue
+            if _under_a_test_of(ctx, statement, method, dependent):
+                continue  # a branch chosen on the gradient's value (`if grad_output == 1:`)
             value = statement.value
             elements = value.elts if isinstance(value, ast.Tuple | ast.List) else [value]
             for element in elements:
@@ -87,6 +91,18 @@ class BackwardIgnoresGradOutput(Rule):
                     "nothing scales this output (AMP, loss weights, accumulation). Multiply "
                     "it by the incoming gradient.",
                 )
+
+
+def _under_a_test_of(
+    ctx: ModuleContext, statement: ast.stmt, method: ast.FunctionDef, names: set[str]
+) -> bool:
+    """Whether an `if` around `statement` (within `method`) tests one of `names`."""
+    for ancestor in ctx.ancestors(statement):
+        if ancestor is method:
+            return False
+        if isinstance(ancestor, ast.If) and _mentions(ancestor.test, names):
+            return True
+    return False
 
 
 def _is_function_base(ctx: ModuleContext, base: ast.expr) -> bool:
