@@ -107,6 +107,7 @@ NEW_RULES: tuple[str, ...] = (
     "loop-variable-after-loop",
     "scaled-zeros",
     "config-value-for-other-keyword",
+    "batch-input-not-moved",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
