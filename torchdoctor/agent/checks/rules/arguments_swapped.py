@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import module_name, project_imports, project_symbol
@@ -33,7 +34,9 @@ class ArgumentsSwapped(Rule):
     arguments (by position, or by keyword: `f(pred=target, target=pred)`) each carry the other
     one's parameter name. Not reported:
     a function calling itself (recursion often swaps on purpose: `gcd(b, a % b)`), functions
-    with `*args`, calls that resolve to more than one local definition, and `in`/`out` pairs
+    with `*args`, calls that resolve to more than one local definition, operands of one role
+    (`a`/`b`, `node1`/`node2`, `lhs`/`rhs`, `self`/`other`, `ind`/`ind_inv`: reversed on
+    purpose, as in `gt(a, b): return lt(b, a)`), and `in`/`out` pairs
     (`Conv(out_channels, in_channels)`, a layer mapping back). kimiyoung/transformer-xl's
     `self._update_mems(hids, mems, mlen, qlen)` against `def _update_mems(self, hids, mems,
     qlen, mlen)` is one such swap, reported in its issues #59, #96 and #118.
@@ -267,7 +270,12 @@ def _swapped_names(names: list[tuple[str, str]]) -> tuple[str, str] | None:
         if not first_arg or first_arg == first:
             continue
         for second, second_arg in names[i + 1 :]:
-            if first_arg == second and second_arg == first and not _mirrored(first, second):
+            if (
+                first_arg == second
+                and second_arg == first
+                and not _mirrored(first, second)
+                and not _interchangeable(first, second)
+            ):
                 return first, second
     return None
 
@@ -340,6 +348,37 @@ def _misplaced_message(function: str, param: str, argument: ast.expr) -> str:
 
 _IN_OUT = {"in": "out", "input": "output", "inp": "out", "inputs": "outputs"}
 _MIRROR = {**_IN_OUT, **{out: inp for inp, out in _IN_OUT.items()}}
+
+
+_SYMMETRIC = frozenset(
+    frozenset(pair)
+    for pair in (
+        ("lhs", "rhs"), ("left", "right"), ("self", "other"), ("first", "second"),
+        ("old", "new"), ("before", "after"), ("prev", "next"), ("this", "that"),
+        ("src", "dst"), ("row", "col"), ("u", "v"),
+    )
+)  # fmt: skip
+"""Parameter pairs that name two operands of one role: a call that passes them the other way
+round reverses the operation on purpose (`lt(b, a)` for `gt`, `sub(other, self)`)."""
+_TRAILING_INDEX = re.compile(r"_?\d+$")
+_DERIVED = re.compile(
+    r"^(?:inv|rev|reverse|inverse|other|neg)_|_(?:inv|rev|t|T|inverse|other|neg)$"
+)
+
+
+def _interchangeable(first: str, second: str) -> bool:
+    """Two operands of one role, which a caller may swap on purpose: placeholders of one or
+    two letters (`a`/`b`, `x`/`y`), numbered copies (`node1`/`node2`, `n0`/`n1`), a name and
+    its inverse (`ind`/`ind_inv`), or a symmetric pair (`lhs`/`rhs`, `self`/`other`). Library
+    code reverses such operands constantly (torch's own sources: `can_fuse(node2, node1)`,
+    `supercedes(b, a)`, `trivial_solve(rhs, lhs)`)."""
+    if len(first) <= 2 and len(second) <= 2:
+        return True
+    if _TRAILING_INDEX.sub("", first) == _TRAILING_INDEX.sub("", second):
+        return True
+    if _DERIVED.sub("", first) == second or _DERIVED.sub("", second) == first:
+        return True
+    return frozenset((first.lower(), second.lower())) in _SYMMETRIC
 
 
 def _mirrored(first: str, second: str) -> bool:
