@@ -30,7 +30,9 @@ class BackwardIgnoresGradOutput(Rule):
 
     A returned value depends on the incoming gradient when it reads one of `backward`'s
     gradient parameters, or a local name assigned from (or updated in place with) one.
-    Not reported: returns under a test of the incoming gradient (a fused kernel that
+    Not reported: names left None (`grad_alpha = None`), buffers a kernel fills given the
+    gradient (also as pointers: `grad_u.data_ptr()`), helpers defined inside `backward`,
+    returns under a test of the incoming gradient (a fused kernel that
     computes the gradients in `forward` and returns them as they are when `grad_output` is
     1, scaled otherwise), `None`, zeros (`torch.zeros_like(x)` never written into: a zero gradient
     is zero at any scale), backward methods of classes that are not autograd Functions.
@@ -76,6 +78,8 @@ class BackwardIgnoresGradOutput(Rule):
         for statement in statements:
             if not isinstance(statement, ast.Return) or statement.value is None:
                 continue
+            if ctx.enclosing_function(statement) is not method:
+                continue  # a helper defined inside backward returns its own values
             if _under_a_test_of(ctx, statement, method, dependent):
                 continue  # a branch chosen on the gradient's value (`if grad_output == 1:`)
             value = statement.value
@@ -148,8 +152,9 @@ def _dependent_names(statements: list[ast.AST], grads: set[str]) -> set[str]:
                 inputs = [*node.args, *(k.value for k in node.keywords)]
                 if isinstance(node.func, ast.Attribute):
                     pairs = [(node.func.value, arg) for arg in inputs]
-                outputs = [arg for arg in inputs if isinstance(arg, ast.Name)]
-                pairs += [(out, arg) for out in outputs for arg in inputs if arg is not out]
+                # buffers handed over whole or as pointers (`grad_u.data_ptr()` in `args=[...]`)
+                outputs = [n for arg in inputs for n in ast.walk(arg) if isinstance(n, ast.Name)]
+                pairs += [(out, arg) for out in outputs for arg in inputs]
             for target, value in pairs:
                 if not _mentions(value, dependent):
                     continue
@@ -161,7 +166,7 @@ def _dependent_names(statements: list[ast.AST], grads: set[str]) -> set[str]:
 
 
 def _untouched_zeros(statements: list[ast.AST]) -> set[str]:
-    """Names bound only to zeros (`torch.zeros_like(x)`) and never written into."""
+    """Names bound only to zeros (`torch.zeros_like(x)`) or None and never written into."""
     bound: dict[str, bool] = {}
     written: set[str] = set()
     for node in statements:
@@ -188,6 +193,9 @@ def _untouched_zeros(statements: list[ast.AST]) -> set[str]:
 
 
 def _is_zeros(value: ast.AST) -> bool:
+    """A zeros factory, or None (a gradient left unset: `d_y = None`)."""
+    if isinstance(value, ast.Constant) and value.value is None:
+        return True
     return (
         isinstance(value, ast.Call)
         and isinstance(value.func, ast.Attribute | ast.Name)
