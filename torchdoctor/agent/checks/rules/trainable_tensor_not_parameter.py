@@ -32,7 +32,9 @@ class TrainableTensorNotParameter(Rule):
     automatic entropy tuning (`8e593e5`: `self._log_alpha = torch.tensor(log_alpha,
     requires_grad=True)` -> `torch.nn.Parameter(torch.tensor(log_alpha))`).
 
-    Not reported: tensors wrapped in `nn.Parameter(...)` (with or without `requires_grad`),
+    Not reported: tensors made outside `__init__`/`reset_parameters` (a Lagrange multiplier
+    re-created with its own optimizer in each explanation step, a test stand-in's fixed
+    hidden states), tensors wrapped in `nn.Parameter(...)` (with or without `requires_grad`),
     attributes re-assigned as a Parameter or registered elsewhere in the class, classes that
     are not modules (an RL agent object holding `log_alpha` beside its own optimizer).
 
@@ -65,7 +67,7 @@ class TrainableTensorNotParameter(Rule):
                 attribute = _self_attribute(inner.targets[0])
                 if attribute is None:
                     continue
-                if _makes_trainable(ctx, inner.value):
+                if _makes_trainable(ctx, inner.value) and _builds_state(ctx, inner):
                     trainable.append((attribute, inner))
                 elif _is_parameter(ctx, inner.value):
                     registered.add(attribute)
@@ -88,6 +90,16 @@ class TrainableTensorNotParameter(Rule):
                 "`state_dict()` and `.to()` all skip it. Wrap it: "
                 f"`self.{attribute} = nn.Parameter(...)`.",
             )
+
+
+_BUILDERS = frozenset({"__init__", "reset_parameters", "build", "_build"})
+
+
+def _builds_state(ctx: ModuleContext, assign: ast.Assign) -> bool:
+    """Made where a module builds its state (`__init__`, `reset_parameters`): a tensor made
+    in a step method and handed to its own optimizer there is that step's scratch."""
+    function = ctx.enclosing_function(assign)
+    return function is not None and function.name in _BUILDERS
 
 
 def _self_attribute(target: ast.expr) -> str | None:
