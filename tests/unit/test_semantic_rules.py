@@ -108,6 +108,7 @@ NEW_RULES: tuple[str, ...] = (
     "scaled-zeros",
     "config-value-for-other-keyword",
     "batch-input-not-moved",
+    "factory-keyword-on-op",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
