@@ -79,11 +79,7 @@ class BackwardIgnoresGradOutput(Rule):
             if not isinstance(statement, ast.Return) or statement.value is None:
                 continue
             if ctx.enclosing_function(statement) is not method:
-<<<<<<< HEAD
                 continue  # a helper defined inside backward returns its own values
-=======
-                continue  # a nested helper's return, not the gradients
->>>>>>> d24e4d69 (backward-ignores-grad-output: runs of Nones for inputs without gradient and nested helpers' returns are not ignored gradients (torch's sources 11 -> 6 findings); the held-out case kept)
             if _under_a_test_of(ctx, statement, method, dependent):
                 continue  # a branch chosen on the gradient's value (`if grad_output == 1:`)
             value = statement.value
@@ -170,12 +166,7 @@ def _dependent_names(statements: list[ast.AST], grads: set[str]) -> set[str]:
 
 
 def _untouched_zeros(statements: list[ast.AST]) -> set[str]:
-<<<<<<< HEAD
     """Names bound only to zeros (`torch.zeros_like(x)`) or None and never written into."""
-=======
-    """Names bound only to zeros (`torch.zeros_like(x)`) or Nones (`[None] * n`) and never
-    written into."""
->>>>>>> d24e4d69 (backward-ignores-grad-output: runs of Nones for inputs without gradient and nested helpers' returns are not ignored gradients (torch's sources 11 -> 6 findings); the held-out case kept)
     bound: dict[str, bool] = {}
     written: set[str] = set()
     for node in statements:
