@@ -171,13 +171,18 @@ def _chain_root(call: ast.Call) -> str | None:
 
 
 def _built_as_tensor(ctx: ModuleContext, name: ast.Name, fn: ast.FunctionDef) -> bool:
-    """`name` is bound in `fn` to a tensor factory or a torch function's result."""
+    """`name` is bound in `fn` to a tensor factory or a torch function's result, or to a
+    comparison (`mask = row_vector < matrix`): a comparison whose result has a tensor's
+    `.type()`/`.float()`/`.to()` is a tensor (Python bools, NumPy and pandas have none)."""
     for node in walk_scope(fn.body):
         if not (
             isinstance(node, ast.Assign)
             and any(isinstance(t, ast.Name) and t.id == name.id for t in node.targets)
-            and isinstance(node.value, ast.Call)
         ):
+            continue
+        if _comparison(node.value):
+            return True
+        if not isinstance(node.value, ast.Call):
             continue
         func = node.value.func
         qual = ctx.flow.qualname_of(node.value) or ""
@@ -187,6 +192,18 @@ def _built_as_tensor(ctx: ModuleContext, name: ast.Name, fn: ast.FunctionDef) ->
         if isinstance(func, ast.Attribute) and last in _TENSOR_METHODS and not qual:
             return True
     return False
+
+
+def _comparison(value: ast.expr) -> bool:
+    """`a < b`, or comparisons joined elementwise (`(a < b) & (c > d)`)."""
+    if isinstance(value, ast.Compare):
+        return True
+    return (
+        isinstance(value, ast.BinOp)
+        and isinstance(value.op, ast.BitAnd | ast.BitOr)
+        and _comparison(value.left)
+        and _comparison(value.right)
+    )
 
 
 def _may_report(ctx: ModuleContext) -> bool:
