@@ -18,6 +18,7 @@ _INDEX_CALLS = frozenset(
 _VALUES_AND_INDICES = frozenset({"topk", "sort", "max", "min", "kthvalue", "mode"})
 # wrappers that bring a quotient back to an integer: the division was meant as is
 Binding = tuple[ast.expr, int | None]
+_DIVISIONS = frozenset({"div", "divide", "true_divide"})
 _CASTS = frozenset({"int", "floor", "ceil", "round", "trunc", "long", "to", "type", "floor_"})
 
 
@@ -26,7 +27,9 @@ class IndexTrueDivision(Rule):
     column or ancestor is meant: indices from `topk`/`argmax`/`argsort`/`multinomial`/
     `sort(...)[1]` divided by a size (`backpointer = beam_indices / per_node_beam_size`,
     `row = flat_idx / width`), and `a / b` paired with `a % b` in the same function where the
-    quotient then indexes something (`row, col = k / w, k % w` ... `grid[row, col]`).
+    quotient then indexes something (`row, col = k / w, k % w` ... `grid[row, col]`). Also
+    `torch.div(indices, k)` and `indices.div(k)` without `rounding_mode`, the same true
+    division (the spelling code takes when silencing PyTorch 1.5's `/` deprecation warning).
 
     Why it matters: `/` is true division. On an integer tensor it returns floats since
     PyTorch 1.5 (before, it floored with a warning), and on Python or NumPy ints since
@@ -55,10 +58,14 @@ class IndexTrueDivision(Rule):
     severity = Severity.HIGH
     title = "Indices divided with true division"
     items: ClassVar[tuple[str, ...]] = ("1.1",)
-    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp,)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.BinOp, ast.Call)
+    call_names: ClassVar[frozenset[str]] = _DIVISIONS
     triggers = Triggers((*sorted(_INDEX_CALLS | _VALUES_AND_INDICES), "%"))
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        if isinstance(node, ast.Call):
+            self._visit_division_call(node, ctx)
+            return
         assert isinstance(node, ast.BinOp)
         if not isinstance(node.op, ast.Div) or _float_divisor(node.right) or _cast(ctx, node):
             return
@@ -82,12 +89,40 @@ class IndexTrueDivision(Rule):
             "`//` (or `torch.div(..., rounding_mode='floor')`).",
         )
 
+    def _visit_division_call(self, node: ast.Call, ctx: ModuleContext) -> None:
+        """`torch.div(idx, k)` / `idx.div(k)` without `rounding_mode`: true division too."""
+        if terminal_name(node.func) not in _DIVISIONS or any(
+            k.arg == "rounding_mode" for k in node.keywords
+        ):
+            return
+        qualified = ctx.call_qualname(node) or ""
+        if qualified.startswith("torch."):
+            operands = list(node.args[:2])
+        elif isinstance(node.func, ast.Attribute):
+            operands = [node.func.value, *node.args[:1]]
+        else:
+            return
+        if len(operands) != 2 or _float_divisor(operands[1]) or _cast(ctx, node):
+            return
+        scope: ast.AST = ctx.enclosing_function(node) or ctx.tree
+        source = _index_source(ctx, operands[0], scope)
+        if source is None:
+            return
+        ctx.report(
+            self,
+            node,
+            f"`{ast.unparse(node)}` divides `{ast.unparse(operands[0])}`, which holds integer "
+            f"positions (`{source}`), with no rounding_mode: that is true division, floats "
+            "since PyTorch 1.5, so the row or ancestor it computes is fractional. Pass "
+            "`rounding_mode='floor'` (or use `//`).",
+        )
+
 
 def _float_divisor(divisor: ast.expr) -> bool:
     return isinstance(divisor, ast.Constant) and isinstance(divisor.value, float)
 
 
-def _cast(ctx: ModuleContext, node: ast.BinOp) -> bool:
+def _cast(ctx: ModuleContext, node: ast.expr) -> bool:
     """The quotient is brought back to an integer where it is taken (`int(a / b)`,
     `(a / b).long()`, `math.floor(a / b)`)."""
     parent = ctx.parents.get(node)
