@@ -151,6 +151,13 @@ def _names_a_model(ctx: ModuleContext, expr: ast.expr, depth: int) -> bool:
     )
 
 
+def self_attribute(node: ast.AST) -> str | None:
+    """`self.NAME` -> 'NAME'; None for anything else."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.attr if node.value.id == "self" else None
+    return None
+
+
 def terminal_name(expr: ast.expr) -> str:
     if isinstance(expr, ast.Attribute):
         return expr.attr

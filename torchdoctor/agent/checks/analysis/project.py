@@ -29,7 +29,7 @@ from torchdoctor.agent.checks.base import RawFinding, SourceSite, related_place
 from torchdoctor.agent.checks.catalogue import suppressed_inline
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
-from torchdoctor.agent.checks.patterns import builds_conv2d
+from torchdoctor.agent.checks.patterns import builds_conv2d, self_attribute
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -954,22 +954,16 @@ def evaluated_attributes(init: ast.FunctionDef) -> list[str]:
     trained: set[str] = set()
     for node in walk_scope(init.body):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            attr = _self_attribute(node.targets[0])
+            attr = self_attribute(node.targets[0])
             if attr is not None and _mode_call(node.value) == "eval":
                 evaluated.append(attr)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            attr = _self_attribute(node.func.value)
+            attr = self_attribute(node.func.value)
             if attr is not None and node.func.attr == "eval" and not node.args:
                 evaluated.append(attr)
             elif attr is not None and node.func.attr == "train":
                 trained.add(attr)
     return sorted(set(evaluated) - trained)
-
-
-def _self_attribute(expr: ast.expr) -> str | None:
-    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
-        return expr.attr if expr.value.id == "self" else None
-    return None
 
 
 def _mode_call(expr: ast.expr) -> str | None:

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import self_attribute
 from torchdoctor.agent.models import Severity
 
 _SOFTMAX = frozenset({"softmax", "Softmax"})
@@ -85,7 +86,7 @@ def _heads_iterated(ctx: ModuleContext, call: ast.Call, first: ast.expr) -> str 
     if isinstance(first, ast.ListComp | ast.GeneratorExp) and len(first.generators) == 1:
         generator = first.generators[0]
         if _calls_loop_variable(first.elt, generator.target) and not generator.ifs:
-            return _self_attribute(generator.iter)
+            return self_attribute(generator.iter)
         return None
     if not isinstance(first, ast.Name):
         return None
@@ -93,12 +94,12 @@ def _heads_iterated(ctx: ModuleContext, call: ast.Call, first: ast.expr) -> str 
     if function is None:
         return None
     for loop in walk_tree(function):
-        if not isinstance(loop, ast.For) or _self_attribute(loop.iter) is None:
+        if not isinstance(loop, ast.For) or self_attribute(loop.iter) is None:
             continue
         for stmt in loop.body:
             appended = _appended_to(stmt, first.id)
             if appended is not None and _calls_loop_variable(appended, loop.target):
-                return _self_attribute(loop.iter)
+                return self_attribute(loop.iter)
     return None
 
 
@@ -127,12 +128,6 @@ def _calls_loop_variable(expr: ast.expr, target: ast.expr) -> bool:
     )
 
 
-def _self_attribute(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        return node.attr if node.value.id == "self" else None
-    return None
-
-
 def _head_class(ctx: ModuleContext, owner: ast.ClassDef, attribute: str) -> str | None:
     """The local module class that `owner.__init__` repeats in `self.ATTRIBUTE =
     nn.ModuleList([C(...) for _ in range(n)])` (a generator works too)."""
@@ -142,7 +137,7 @@ def _head_class(ctx: ModuleContext, owner: ast.ClassDef, attribute: str) -> str 
         for node in walk_tree(stmt):
             if not (
                 isinstance(node, ast.Assign)
-                and any(_self_attribute(t) == attribute for t in node.targets)
+                and any(self_attribute(t) == attribute for t in node.targets)
                 and isinstance(node.value, ast.Call)
                 and (ctx.call_qualname(node.value) or "").endswith("nn.ModuleList")
                 and len(node.value.args) == 1

@@ -94,16 +94,25 @@ class LayerSizeTrueDivision(Rule):
             division = _float_source(ctx, size, node, _DEPTH)
             if division is None:
                 continue
-            shown = ast.unparse(division)
-            where = "" if division is size else f" (`{shown}`, line {division.lineno})"
-            ctx.report(
-                self,
+            self._report(
+                ctx,
                 size,
-                f"`{layer}`'s `{keyword}` is `{ast.unparse(size)}`, a float from true "
-                f"division{where}: layers need integer sizes, and building this one raises "
-                "a TypeError. Use `//` (or `int(...)`).",
+                division,
+                f"`{layer}`'s `{keyword}`",
+                "layers need integer sizes, and building this one raises a TypeError",
             )
             return
+
+    def _report(
+        self, ctx: ModuleContext, size: ast.expr, division: ast.expr, what: str, why: str
+    ) -> None:
+        where = "" if division is size else f" (`{ast.unparse(division)}`, line {division.lineno})"
+        ctx.report(
+            self,
+            size,
+            f"{what} is `{ast.unparse(size)}`, a float from true division{where}: {why}. "
+            "Use `//` (or `int(...)`).",
+        )
 
     def _check_tensor_sizes(self, ctx: ModuleContext, call: ast.Call, factory: str) -> None:
         """`torch.zeros(n / 2, m)`, `torch.full((h / 2, w), 0.0)`: a tensor's shape."""
@@ -117,14 +126,12 @@ class LayerSizeTrueDivision(Rule):
             division = _float_source(ctx, size, call, _DEPTH)
             if division is None:
                 continue
-            shown = ast.unparse(division)
-            where = "" if division is size else f" (`{shown}`, line {division.lineno})"
-            ctx.report(
-                self,
+            self._report(
+                ctx,
                 size,
-                f"`torch.{factory}`'s size `{ast.unparse(size)}` is a float from true "
-                f"division{where}: tensor shapes need integers, and this call raises a "
-                "TypeError. Use `//` (or `int(...)`).",
+                division,
+                f"`torch.{factory}`'s size",
+                "tensor shapes need integers, and this call raises a TypeError",
             )
             return
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import self_attribute
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -82,7 +83,7 @@ class ModuleListNotRegistered(Rule):
             target = node.targets[0]
             slots = target.elts if isinstance(target, ast.Tuple) else [target]
             for position, slot in enumerate(slots):
-                name = _self_attribute(slot)
+                name = self_attribute(slot)
                 if name is None:
                     continue
                 if wrapped is None:
@@ -112,7 +113,7 @@ class ModuleListNotRegistered(Rule):
             if kind is None:
                 continue
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = {_self_attribute(t) for t in targets} - {None}
+            names = {self_attribute(t) for t in targets} - {None}
             if wrapped is None and names:
                 wrapped = _wrapped_later(ctx, init)
             if not names or names & (wrapped or set()):
@@ -149,16 +150,6 @@ class ModuleListNotRegistered(Rule):
         )
 
 
-def _self_attribute(target: ast.expr) -> str | None:
-    if (
-        isinstance(target, ast.Attribute)
-        and isinstance(target.value, ast.Name)
-        and target.value.id == "self"
-    ):
-        return target.attr
-    return None
-
-
 def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
     """Attributes that `__init__` re-assigns a registered container or module built from
     themselves (`self.rnns = nn.ModuleList(self.rnns)`)."""
@@ -167,9 +158,9 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
         if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
             continue
         for target in node.targets:
-            name = _self_attribute(target)
+            name = self_attribute(target)
             if name is not None and any(
-                isinstance(a, ast.Attribute) and _self_attribute(a) == name
+                isinstance(a, ast.Attribute) and self_attribute(a) == name
                 for a in walk_tree(node.value)
             ):
                 wrapped.add(name)
@@ -184,7 +175,7 @@ def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in ("append", "extend", "insert")
-            and _self_attribute(node.func.value) in names
+            and self_attribute(node.func.value) in names
             and node.args
         ):
             value = node.args[-1]

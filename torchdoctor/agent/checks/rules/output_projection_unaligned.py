@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of
-from torchdoctor.agent.checks.patterns import nn_layer, uses_cuda
+from torchdoctor.agent.checks.patterns import nn_layer, self_attribute, uses_cuda
 from torchdoctor.agent.checks.rules.dim_not_multiple_of_64 import MULTIPLE, bindings
 from torchdoctor.agent.models import Severity
 
@@ -82,13 +82,6 @@ def _enclosing_class(ctx: ModuleContext, node: ast.AST) -> ast.ClassDef | None:
     return next((a for a in ctx.ancestors(node) if isinstance(a, ast.ClassDef)), None)
 
 
-def _self_attribute(node: ast.AST) -> str | None:
-    """`self.NAME` -> 'NAME'."""
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        return node.attr if node.value.id == "self" else None
-    return None
-
-
 def _unaligned_layers(ctx: ModuleContext) -> dict[tuple[ast.ClassDef, str], int]:
     """(class, NAME) -> rows for each `self.NAME = nn.Linear(..., rows)` with unaligned rows."""
     layers: dict[tuple[ast.ClassDef, str], int] = {}
@@ -102,7 +95,7 @@ def _unaligned_layers(ctx: ModuleContext) -> dict[tuple[ast.ClassDef, str], int]
         if rows is None or cls is None:
             continue
         for target in node.targets:
-            name = _self_attribute(target)
+            name = self_attribute(target)
             if name is not None:
                 layers[(cls, name)] = rows
     return layers
@@ -151,7 +144,7 @@ class OutputProjectionUnaligned(Rule):
             return
         for node in nodes_of(ctx, ast.Call):
             assert isinstance(node, ast.Call)
-            name = _self_attribute(node.func)
+            name = self_attribute(node.func)
             if name is None or node.keywords or len(node.args) != 1:
                 continue
             cls = _enclosing_class(ctx, node)

@@ -9,6 +9,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
+from torchdoctor.agent.checks.patterns import self_attribute
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -98,10 +99,10 @@ class TensorAttributeNotBuffer(Rule):
                 for name, method in methods.items()
                 if name != "__init__" and name not in _DEVICE_HOOKS
                 for node in _plain_factories(ctx, method)
-                if _self_attribute(node.targets[0]) in lazy
+                if self_attribute(node.targets[0]) in lazy
             ]
         for node, on_first_use in created:
-            attr = _self_attribute(node.targets[0])
+            attr = self_attribute(node.targets[0])
             assert attr is not None and isinstance(node.value, ast.Call)
             if attr in moved_by_hook or _zero_dim(ctx, node.value):
                 continue
@@ -130,7 +131,7 @@ def _plain_factories(ctx: ModuleContext, method: ast.FunctionDef) -> list[ast.As
         for node in walk_scope(method.body)
         if isinstance(node, ast.Assign)
         and len(node.targets) == 1
-        and _self_attribute(node.targets[0]) is not None
+        and self_attribute(node.targets[0]) is not None
         and isinstance(node.value, ast.Call)
         and ctx.flow.qualname_of(node.value) in _FACTORIES
         and kwarg(node.value, "device") is None
@@ -147,7 +148,7 @@ def _declared_none(init: ast.FunctionDef) -> set[str]:
         and isinstance(node.value, ast.Constant)
         and node.value.value is None
         for target in node.targets
-        if (attr := _self_attribute(target)) is not None
+        if (attr := self_attribute(target)) is not None
     }
 
 
@@ -179,19 +180,13 @@ def _zero_dim(ctx: ModuleContext, call: ast.Call) -> bool:
     return isinstance(value, ast.Constant) and isinstance(value.value, int | float)
 
 
-def _self_attribute(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-        return node.attr if node.value.id == "self" else None
-    return None
-
-
 def _self_attributes_assigned(fn: ast.FunctionDef) -> set[str]:
     return {
         attr
         for node in walk_scope(fn.body)
         if isinstance(node, ast.Assign)
         for target in node.targets
-        if (attr := _self_attribute(target)) is not None
+        if (attr := self_attribute(target)) is not None
     }
 
 

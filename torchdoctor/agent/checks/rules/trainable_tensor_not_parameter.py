@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import kwarg
+from torchdoctor.agent.checks.patterns import kwarg, self_attribute
 from torchdoctor.agent.models import Severity
 
 _FACTORIES = frozenset(
@@ -64,7 +64,7 @@ class TrainableTensorNotParameter(Rule):
         registered: set[str] = set()
         for inner in walk_tree(node):
             if isinstance(inner, ast.Assign) and len(inner.targets) == 1:
-                attribute = _self_attribute(inner.targets[0])
+                attribute = self_attribute(inner.targets[0])
                 if attribute is None:
                     continue
                 if _makes_trainable(ctx, inner.value) and _builds_state(ctx, inner):
@@ -100,16 +100,6 @@ def _builds_state(ctx: ModuleContext, assign: ast.Assign) -> bool:
     in a step method and handed to its own optimizer there is that step's scratch."""
     function = ctx.enclosing_function(assign)
     return function is not None and function.name in _BUILDERS
-
-
-def _self_attribute(target: ast.expr) -> str | None:
-    if (
-        isinstance(target, ast.Attribute)
-        and isinstance(target.value, ast.Name)
-        and target.value.id == "self"
-    ):
-        return target.attr
-    return None
 
 
 def _makes_trainable(ctx: ModuleContext, value: ast.expr) -> bool:
