@@ -57,7 +57,10 @@ class LoopVariableAfterLoop(Rule):
             return
         container = ast.unparse(source)
         for later in _following(ctx, node):
+            stores = _stores(later, key)
             for use in _stale_uses(later, key, container):
+                if any(store < (use.lineno, use.col_offset) for store in stores):
+                    return  # bound again before this read (`_, _, idx = heappop(...)`)
                 ctx.report(
                     self,
                     use,
@@ -144,6 +147,13 @@ def _binds(target: ast.AST, key: str) -> bool:
 def _rebinds(statement: ast.stmt, key: str) -> bool:
     """Whether `statement` binds `key` again (assignment, loop, `with ... as`), outside the
     comprehensions and functions that bind their own."""
+    return bool(_stores(statement, key))
+
+
+def _stores(statement: ast.stmt, key: str) -> list[tuple[int, int]]:
+    """Where `statement` binds `key` again (line, column), outside the comprehensions and
+    functions that bind their own."""
+    found: list[tuple[int, int]] = []
     stack: list[ast.AST] = [statement]
     while stack:
         node = stack.pop()
@@ -160,6 +170,6 @@ def _rebinds(statement: ast.stmt, key: str) -> bool:
         ):
             continue
         if isinstance(node, ast.Name) and node.id == key and isinstance(node.ctx, ast.Store):
-            return True
+            found.append((node.lineno, node.col_offset))
         stack.extend(ast.iter_child_nodes(node))
-    return False
+    return found
