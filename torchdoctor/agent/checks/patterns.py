@@ -158,6 +158,13 @@ def self_attribute(node: ast.AST) -> str | None:
     return None
 
 
+def root_name(expr: ast.expr) -> str:
+    """`a` of `a.b.c`; '' when the chain does not start from a name."""
+    while isinstance(expr, ast.Attribute):
+        expr = expr.value
+    return expr.id if isinstance(expr, ast.Name) else ""
+
+
 def terminal_name(expr: ast.expr) -> str:
     if isinstance(expr, ast.Attribute):
         return expr.attr

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.project import module_name, project_imports, project_symbol
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.patterns import terminal_name
+from torchdoctor.agent.checks.patterns import root_name, terminal_name
 from torchdoctor.agent.models import Severity
 
 _SIGNATURES_KEY = "arguments_swapped.signatures"
@@ -75,7 +75,7 @@ class ArgumentsSwapped(Rule):
             if len(node.args) + len(node.keywords) < 2:
                 continue
             local = signatures.get(terminal_name(node.func), ())
-            if not local and _root_name(node.func) not in imported:
+            if not local and root_name(node.func) not in imported:
                 continue  # neither a local name nor an import of the project's
             names = [terminal_name(a) for a in node.args]
             names += [terminal_name(k.value) for k in node.keywords]
@@ -217,12 +217,6 @@ def _publish_signatures(ctx: ModuleContext) -> None:
             signatures[stmt.name] = params + [a.arg for a in fn.args.kwonlyargs]
     if signatures:
         ctx.facts[_SIGNATURES_KEY] = signatures
-
-
-def _root_name(func: ast.expr) -> str:
-    while isinstance(func, ast.Attribute):
-        func = func.value
-    return func.id if isinstance(func, ast.Name) else ""
 
 
 def _message(function: str, first: str, second: str) -> str:

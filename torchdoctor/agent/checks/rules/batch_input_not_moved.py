@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.device_scope import touches_accelerator
-from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import is_model_expr, terminal_name
 from torchdoctor.agent.models import Severity
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.dataflow import DataFlow
 
 _MOVES = frozenset({"to", "cuda", "to_device", "move_to_device", "type_as"})
 # tensor-making calls: what a name bound through one of them holds is a tensor
@@ -20,8 +22,6 @@ _TENSOR_METHODS = frozenset(
 )  # fmt: skip
 _LOADER_WORDS = ("loader", "batch", "dl", "data", "iterator")
 _DEPTH = 4
-
-Binding = tuple[int, ast.expr]
 
 
 class BatchInputNotMoved(Rule):
@@ -72,17 +72,15 @@ class BatchInputNotMoved(Rule):
             return
         if not is_model_expr(ctx, node.func):
             return
-        scope: ast.AST = function or ctx.tree
-        bindings = _scope_bindings(ctx, scope)
+        flow = ctx.flow
         batch_names = {t.id for t in ast.walk(loop.target) if isinstance(t, ast.Name)}
-        line = node.lineno
-        moved = [n for n in names if _moved(n.id, line, bindings, _DEPTH)]
+        moved = [n for n in names if _moved(flow, n, _DEPTH)]
         if not moved:
             return
         for name in names:
-            if name in moved or not _from_batch(name.id, line, bindings, batch_names, _DEPTH):
+            if name in moved or not _from_batch(flow, name, batch_names, _DEPTH):
                 continue
-            value = _reaching(name.id, line, bindings)
+            value = flow.reaching(name)
             if value is None or not _tensor_made(value):
                 continue
             ctx.report(
@@ -112,39 +110,10 @@ def _enclosing_loop(ctx: ModuleContext, node: ast.AST, function: ast.AST | None)
     return None
 
 
-def _scope_bindings(ctx: ModuleContext, scope: ast.AST) -> dict[str, list[Binding]]:
-    """name -> (line, value) of its plain assignments in `scope`, in source order (once per
-    scope); names bound otherwise (unpacked, loop targets) get no value here."""
-    memo = ctx.memo_table("batch-input-not-moved.bindings")
-    kept: dict[str, list[Binding]] | None = memo.get(id(scope))
-    if kept is None:
-        kept = {}
-        for inner in walk_scope(scope):
-            if isinstance(inner, ast.Assign) and len(inner.targets) == 1:
-                target = inner.targets[0]
-                if isinstance(target, ast.Name):
-                    kept.setdefault(target.id, []).append((inner.lineno, inner.value))
-        for found in kept.values():
-            found.sort(key=lambda binding: binding[0])
-        memo[id(scope)] = kept
-    return kept
-
-
-def _reaching(name: str, line: int, bindings: dict[str, list[Binding]]) -> ast.expr | None:
-    """The value of the last assignment to `name` above `line` (straight-line reading of a
-    loop body), or None."""
-    value = None
-    for at, bound in bindings.get(name, []):
-        if at >= line:
-            break
-        value = bound
-    return value
-
-
-def _moved(name: str, line: int, bindings: dict[str, list[Binding]], depth: int) -> bool:
-    """The binding of `name` reaching `line` moves it (`.to(...)`, `.cuda()`, `device=`), or
-    reads a name that is moved there."""
-    value = _reaching(name, line, bindings)
+def _moved(flow: DataFlow, name: ast.Name, depth: int) -> bool:
+    """The binding of `name` reaching this read moves it (`.to(...)`, `.cuda()`, `device=`),
+    or reads a name whose reaching binding is moved."""
+    value = flow.reaching(name)
     if depth < 0 or value is None:
         return False
     for inner in ast.walk(value):
@@ -152,22 +121,20 @@ def _moved(name: str, line: int, bindings: dict[str, list[Binding]], depth: int)
             terminal_name(inner.func) in _MOVES or any(k.arg == "device" for k in inner.keywords)
         ):
             return True
-        if isinstance(inner, ast.Name) and _moved(inner.id, value.lineno, bindings, depth - 1):
+        if isinstance(inner, ast.Name) and _moved(flow, inner, depth - 1):
             return True
     return False
 
 
-def _from_batch(
-    name: str, line: int, bindings: dict[str, list[Binding]], batch: set[str], depth: int
-) -> bool:
-    """The binding of `name` reaching `line` reads the loop's batch, directly or through
+def _from_batch(flow: DataFlow, name: ast.Name, batch: set[str], depth: int) -> bool:
+    """The binding of `name` reaching this read reads the loop's batch, directly or through
     other names."""
-    value = _reaching(name, line, bindings)
+    value = flow.reaching(name)
     if depth < 0 or value is None:
         return False
     return any(
         isinstance(inner, ast.Name)
-        and (inner.id in batch or _from_batch(inner.id, value.lineno, bindings, batch, depth - 1))
+        and (inner.id in batch or _from_batch(flow, inner, batch, depth - 1))
         for inner in ast.walk(value)
     )
 

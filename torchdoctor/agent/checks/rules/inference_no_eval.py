@@ -28,6 +28,7 @@ from torchdoctor.agent.checks.patterns import (
     is_model_expr,
     mode_call_receivers,
     model_calls,
+    root_name,
     switches_to_eval,
     terminal_name,
 )
@@ -150,7 +151,7 @@ class InferenceNoEval(Rule):
         for call in calls:
             if any(line <= _runs_at(ctx, body, call) for line in evals):
                 return
-            root = _root_name(call.func)
+            root = root_name(call.func)
             if root == "self" and module_evals:
                 return
             if (
@@ -379,7 +380,7 @@ def _may_be_put_in_eval(
         return True
     for call in module_evals:
         assert isinstance(call.func, ast.Attribute)
-        root = _root_name(call.func.value)
+        root = root_name(call.func.value)
         fn = ctx.enclosing_function(call)
         if root in names:
             return True
@@ -406,7 +407,7 @@ def _names_passed_for(
             if not passed or len(passed) < len(ctx.flow.callers.get(fn.name, [])):
                 return None
             for argument in passed:
-                root = _root_name(argument)
+                root = root_name(argument)
                 if not root:
                     return None
                 names.add(root)
@@ -435,12 +436,6 @@ def _model_of(call: ast.Call) -> ast.expr:
     if isinstance(func, ast.Attribute) and func.attr in ("forward", "generate"):
         return func.value
     return func
-
-
-def _root_name(expr: ast.expr) -> str:
-    while isinstance(expr, ast.Attribute):
-        expr = expr.value
-    return expr.id if isinstance(expr, ast.Name) else ""
 
 
 def _calls_holding_an_eval(ctx: ModuleContext) -> set[int]:
