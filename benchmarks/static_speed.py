@@ -14,6 +14,8 @@ this process's CPU outside that work (sharding, results coming back, the project
 pool's workers are forkserver grandchildren that `getrusage(RUSAGE_CHILDREN)` never counts, so
 the files' own figures are the only honest measure of their work; the workers' start-up
 (imports) is left out, as bare parsing leaves out the interpreter's. The wall ratios follow.
+A last line prints the floor: the engine run with no rule at all (parsing, its one walk, the
+parent map and node index every rule reads), against the same bare parse.
 It exits 1 if any file raised, hit the deadline, or failed to parse.
 
     PYTHONPATH=. python benchmarks/static_speed.py [--limit N] [--workers N] [--per-rule N]
@@ -117,6 +119,16 @@ def time_bare_parse(
     return wall, cpu_seconds() - cpu, failures
 
 
+def engine_floor_cpu(files: Sequence[tuple[str, str]]) -> float:
+    """CPU seconds of the engine with no rule (parse, walk, parent map and node index), in
+    this process: the part of the ratio no rule can remove."""
+    config = EngineConfig(file_deadline_s=3600)
+    started = cpu_seconds()
+    for path, text in files:
+        analyse_source(path, text, (), config)
+    return cpu_seconds() - started
+
+
 def time_tool(name: str, argv: list[str], cwd: Path, files: int, lines: int) -> Timing | str:
     try:
         output = run_tool(argv, cwd, TOOL_TIMEOUT_S)
@@ -202,6 +214,8 @@ def main() -> int:
         f"this process's {native_cpu - files_cpu:.2f}) / bare parse {bare_cpu:.2f} CPU-s = "
         f"{cpu_ratio:.2f}x (target <= {TARGET_PARSE_RATIO:g}x) {verdict}"
     )
+    floor = engine_floor_cpu(files) / bare_cpu
+    print(f"floor: the engine with no rule (parse, walk, parent map) = {floor:.2f}x the bare parse")
 
     slowest = sorted(result.files, key=lambda r: r.seconds, reverse=True)[:5]
     deadline = EngineConfig().file_deadline_s
