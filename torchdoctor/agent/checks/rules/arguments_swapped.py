@@ -49,6 +49,13 @@ class ArgumentsSwapped(Rule):
     parameters when the config has no field of the second's name (`Block(args.dim,
     args.dim)`) and `self.` attributes stay silent.
 
+    Also reported: a torch loss whose inputs play different roles (cross-entropy, NLL, binary
+    cross-entropy with or without logits, multi-label soft margin: `(input, target)`) given
+    a target-named value first and a prediction-named one second
+    (`nn.BCEWithLogitsLoss()(targets.view(-1, 1), outputs)`): the labels are scored as
+    logits against the predictions, silently when the shapes agree. Symmetric losses (MSE,
+    L1) and `kl_div` (whose order distillation code writes either way) are not.
+
     Example:
         def cal_loss(pred, gold, trg_pad_idx, smoothing=False): ...
         loss = cal_loss(pred, gold, smoothing, trg_pad_idx)
@@ -65,6 +72,8 @@ class ArgumentsSwapped(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         _publish_signatures(ctx)
+        if "oss" in ctx.source or "entropy" in ctx.source:
+            self._loss_operands_swapped(ctx)
         signatures = _local_signatures(ctx)
         imported = project_imports(ctx)
         if not signatures and not imported:
@@ -93,6 +102,28 @@ class ArgumentsSwapped(Rule):
                     candidates.append(candidate)
         if candidates:
             ctx.facts[_CALLS_KEY] = candidates
+
+    def _loss_operands_swapped(self, ctx: ModuleContext) -> None:
+        """A torch loss whose inputs play different roles (`(input, target)`: cross-entropy,
+        NLL, binary cross-entropy with or without logits) given the targets first and the
+        model's outputs second, by their names (`criterion(targets.view(-1, 1), outputs)`)."""
+        for node in ctx.flow.nodes(ast.Call):
+            if len(node.args) < 2:
+                continue
+            first, second = (_operand_name(a) for a in node.args[:2])
+            if not (_TARGET_NAME.match(first) and _PREDICTION_NAME.match(second)):
+                continue
+            loss = _asymmetric_loss(ctx, node)
+            if loss is None:
+                continue
+            ctx.report(
+                self,
+                node,
+                f"`{loss}` takes (input, target), but this call passes `{first}` as the input "
+                f"and `{second}` as the target: the loss of the labels given the predictions "
+                "is computed, with no error when the shapes agree",
+                data={"loss": loss, "operands": [first, second]},
+            )
 
     def _check_local(self, ctx: ModuleContext, node: ast.Call) -> None:
         calls = ctx.calls
@@ -382,3 +413,55 @@ def _mirrored(first: str, second: str) -> bool:
     if len(a) != len(b):
         return False
     return all(x == y or _MIRROR.get(x) == y for x, y in zip(a, b, strict=True))
+
+
+# torch losses whose two inputs play different roles: swapped, they compute another quantity
+# (the labels scored as logits) with no error when the shapes agree. Symmetric losses (MSE,
+# L1) and `kl_div` (its argument order varies in distillation code) are left out.
+_ASYMMETRIC_MODULES = frozenset(
+    {"CrossEntropyLoss", "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "MultiLabelSoftMarginLoss"}
+)
+_ASYMMETRIC_FUNCTIONS = frozenset(
+    {
+        "torch.nn.functional.cross_entropy",
+        "torch.nn.functional.nll_loss",
+        "torch.nn.functional.binary_cross_entropy",
+        "torch.nn.functional.binary_cross_entropy_with_logits",
+        "torch.nn.functional.multilabel_soft_margin_loss",
+    }
+)
+_TARGET_NAME = re.compile(
+    r"^(targets?|labels?|y|y_?true|gts?|gold|ground_?truths?|true_labels?|batch_(labels?|targets?))$"
+)
+_PREDICTION_NAME = re.compile(
+    r"^(outputs?|preds?|predictions?|logits|y_?pred|y_?hat|yhat|out|scores|probs)$"
+)
+# tensor methods that keep a value's role (`targets.view(-1, 1)`, `labels.float()`,
+# `logits.sigmoid()`: predictions still)
+_ROLE_KEEPING = frozenset(
+    {
+        *("view", "reshape", "float", "long", "squeeze", "unsqueeze", "flatten", "to"),
+        *("type", "contiguous", "cuda", "detach", "double", "half"),
+        *("sigmoid", "softmax", "log_softmax"),
+    }
+)
+
+
+def _operand_name(expr: ast.expr) -> str:
+    """The name a loss operand is read from, through role-keeping tensor methods."""
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in _ROLE_KEEPING
+    ):
+        expr = expr.func.value
+    return terminal_name(expr)
+
+
+def _asymmetric_loss(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The loss `call` computes when it is one of the asymmetric torch losses, else None."""
+    qual = ctx.flow.qualname_of(call)
+    if qual is not None:
+        return qual.rsplit(".", 1)[-1] if qual in _ASYMMETRIC_FUNCTIONS else None
+    made = ctx.flow.loss_class(call.func)
+    return made if made in _ASYMMETRIC_MODULES else None

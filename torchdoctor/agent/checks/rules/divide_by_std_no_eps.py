@@ -44,18 +44,21 @@ _NORM_FUNCTIONS = frozenset(
 class DivideByStdNoEps(Rule):
     """Detects `x / x.std()`, `x / torch.std(x)`, `x / x.norm(...)`, `x / torch.sqrt(x.var())`,
     `x / var.sqrt()` where `var = torch.var(...)` (also `/=`) where the divisor has no `+ eps`
-    and no `clamp`; a division by a sum of squares (`dot * s / torch.sum(s ** 2, -1)`, a
-    signal's energy, also through a name that no `if`/`assert`/`torch.where` tests); and an
-    epsilon that precedence adds to the quotient instead of the divisor (`np.abs(y_hat - y) /
-    np.abs(y) + 1e-5`, the divisor a magnitude, spread or sum); and a min-max normalisation's
-    range (`(x - x.min()) / (x.max() - x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`)
-    with no epsilon, clamp or test. Also the magnitude of a spectrum with no epsilon under
-    the root (`torch.sqrt(spec.pow(2).sum(-1))` of an STFT, `sqrt(s.real ** 2 + s.imag **
-    2)`) where autograd differentiates it: in a model's `forward`, a loss, or a helper that
-    this file or another one hands a model's output with autograd on (a vocoder's mel
-    spectrogram of the generated audio): the root's gradient divides by the root, and a
-    bin's two squared parts underflow to zero for quiet audio. Not the root of an embedding's
-    or a displacement's squared norm (as rarely zero as the norms above).
+    and no `clamp`, also a spread bound to a name in the same function (`std = x.std(-1,
+    keepdim=True)`, then `(x - mean) / std`: a layer norm written by hand) that no test or
+    comparison before the division reads; a division by a sum of squares (`dot * s /
+    torch.sum(s ** 2, -1)`, a signal's energy, also through a name that no
+    `if`/`assert`/`torch.where` tests); and an epsilon that precedence adds to the quotient
+    instead of the divisor (`np.abs(y_hat - y) / np.abs(y) + 1e-5`, the divisor a magnitude,
+    spread or sum); and a min-max normalisation's range (`(x - x.min()) / (x.max() -
+    x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`) with no epsilon, clamp or test.
+    Also the magnitude of a spectrum with no epsilon under the root
+    (`torch.sqrt(spec.pow(2).sum(-1))` of an STFT, `sqrt(s.real ** 2 + s.imag ** 2)`) where
+    autograd differentiates it: in a model's `forward`, a loss, or a helper that this file
+    or another one hands a model's output with autograd on (a vocoder's mel spectrogram of
+    the generated audio): the root's gradient divides by the root, and a bin's two squared
+    parts underflow to zero for quiet audio. Not the root of an embedding's or a
+    displacement's squared norm (as rarely zero as the norms above).
 
     A root may be written as a power (`torch.pow(var, 0.5)`, `var ** 0.5`, Conv-TasNet's
     channel-wise layer norm).
@@ -126,7 +129,7 @@ class DivideByStdNoEps(Rule):
                     data={"divisor": ast.unparse(divisor)},
                 )
                 continue
-            if _unguarded_spread(ctx, divisor):
+            if _unguarded_spread(ctx, divisor) or _named_spread(ctx, node, divisor):
                 why = "spread is zero (constant or single-element input)"
             elif _unguarded_range(ctx, node, divisor):
                 why = "range is zero (a constant input)"
@@ -409,6 +412,29 @@ def _unguarded_spread(ctx: ModuleContext, divisor: ast.expr, depth: int = 0) -> 
     if name in _SPREAD:
         return not _spread_of_a_draw(ctx, divisor)
     return False
+
+
+def _named_spread(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> bool:
+    """`std = x.std(-1, keepdim=True)` bound in the function of the division (`(x - mean) /
+    std`, a layer norm written by hand), every binding there a spread with no epsilon, and no
+    test around the division reading the name (`torch.where(norm > 0, ...)`, `if std > 0:`)
+    nor any comparison of it before the division (DGI's `f = f[:, sigma > 0]` drops the
+    constant columns first)."""
+    if not isinstance(divisor, ast.Name) or _tested_around(ctx, division, divisor.id):
+        return False
+    scope = ctx.enclosing_function(division)
+    line = getattr(division, "lineno", 0)
+    for compare in walk_tree(scope) if scope is not None else []:
+        if (
+            isinstance(compare, ast.Compare)
+            and compare.lineno <= line
+            and any(isinstance(n, ast.Name) and n.id == divisor.id for n in walk_tree(compare))
+        ):
+            return False
+    values = [v for v in ctx.flow.definitions(divisor) if ctx.enclosing_function(v) is scope]
+    return bool(values) and all(
+        isinstance(v, ast.Call) and _unguarded_spread(ctx, v, 1) for v in values
+    )
 
 
 def _rooted(value: ast.expr) -> ast.expr | None:

@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.analysis.project import (
     imported_models,
     is_package_init,
     parameter_of,
+    passed_for_parameter,
     publish,
     publish_model_passes,
 )
@@ -468,7 +469,8 @@ def _may_expect_log_probabilities(ctx: ModuleContext, call: ast.Call) -> bool:
     CTC or attention head), a `log_softmax` input is the one that loss needs."""
     return any(
         (ctx.flow.qualname_of(made) or "").rsplit(".", 1)[-1] in _LOG_PROBABILITY_LOSSES
-        for made in ctx.flow.constructors(call.func)
+        for callee in (call.func, *passed_for_parameter(ctx, call.func))
+        for made in ctx.flow.constructors(callee)
     )
 
 
@@ -476,15 +478,25 @@ _LOG_PROBABILITY_LOSSES = frozenset({"CTCLoss", "NLLLoss", "KLDivLoss"})
 
 
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`F.cross_entropy(...)`, or a call of a criterion built as `nn.CrossEntropyLoss`: by the
+    callee's own bindings, or when it is a parameter of a module-level function (`def
+    train(loader, model, criterion, ...)`), by what this module's calls pass for it."""
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == "torch.nn.functional.cross_entropy"
-    if ctx.flow.loss_class(call.func) is None:  # no torch loss module at all (cheap)
+    return any(
+        _builds_cross_entropy(ctx, callee)
+        for callee in (call.func, *passed_for_parameter(ctx, call.func))
+    )
+
+
+def _builds_cross_entropy(ctx: ModuleContext, callee: ast.expr) -> bool:
+    if ctx.flow.loss_class(callee) is None:  # no torch loss module at all (cheap)
         return False
     # a criterion chosen on a flag may be cross-entropy whichever choice is written first
     return any(
         ctx.flow.qualname_of(made) == "torch.nn.CrossEntropyLoss"
-        for made in ctx.flow.constructors(call.func)
+        for made in ctx.flow.constructors(callee)
     )
 
 
