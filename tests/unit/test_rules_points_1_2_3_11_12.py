@@ -322,3 +322,18 @@ def test_saves_in_pytest_modules_release_no_model() -> None:
     assert _run([("test_special_tokens.py", round_trip)], "no-model-card") == []
     both = [("test_special_tokens.py", round_trip), ("train.py", training)]
     assert [(f.file, f.line) for f in _run(both, "no-model-card")] == [("train.py", 3)]
+
+
+def test_legacy_constructor_given_a_device_is_high_and_kept_for_the_file() -> None:
+    """`torch.BoolTensor(mask, device=dev)` raises on a GPU: the file's one legacy-ctor finding
+    is that call, high; `device="cpu"` is the idiom, low."""
+    source = (
+        "import torch\n"
+        "ids = torch.LongTensor([1, 2])\n"
+        "mask = torch.BoolTensor([1, 0], device=dev)\n"
+        "cpu = torch.LongTensor([1], device='cpu')\n"
+    )
+    (finding,) = _run([("m.py", source)], "legacy-tensor-ctor")
+    assert (finding.line, finding.severity) == (3, Severity.HIGH)
+    (low,) = _run([("m.py", source.replace("device=dev", "device='cpu'"))], "legacy-tensor-ctor")
+    assert low.severity is Severity.LOW

@@ -109,6 +109,8 @@ NEW_RULES: tuple[str, ...] = (
     "config-value-for-other-keyword",
     "batch-input-not-moved",
     "factory-keyword-on-op",
+    "loop-variable-rebound",
+    "parameter-ignored",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

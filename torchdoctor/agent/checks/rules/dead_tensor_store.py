@@ -147,23 +147,28 @@ class DeadTensorStore(Rule):
         """A tensor stored by the last statement of an `if`'s body, which the statements after
         the `if` (`block[after:]`, copied only for such a tail) overwrite before reading
         (cleanrl's clipped value loss with its `else:` dropped: `if clip: v_loss = 0.5 *
-        v_max.mean()`, then `v_loss = 0.5 * (...).mean()`)."""
+        v_max.mean()`, then `v_loss = 0.5 * (...).mean()`); and a value both branches of an
+        `if`/`else` end by storing, whatever it is, overwritten the same way (sd-scripts' FP8
+        block-wise `scale = row_max / max_value` or per-tensor `scale = t_max / max_value`,
+        then `scale = torch.max(...) / max_value` for every mode)."""
         tail = branch.body[-1]
         if isinstance(tail, ast.AugAssign):
             self._check_accumulated_then_replaced(ctx, tail, block[after:])
             return
-        name = _computed_name(ctx, tail)
+        both = _both_branches_store(branch)
+        name = both or _computed_name(ctx, tail)
         if name is None or name in {
             n.id for n in walk_tree(branch.test) if isinstance(n, ast.Name)
         }:
             return
         later = _overwritten_unread(ctx, block[after:], name)
         if later is not None:
+            what = "both branches' values are" if both else "the branch's computation is"
             ctx.report(
                 self,
                 tail,
                 f"`{name}` is overwritten on line {later.lineno}, after the `if`, before "
-                "anything reads this value: the branch's computation is lost",
+                f"anything reads this value: {what} lost",
             )
 
     def _check_accumulated_then_replaced(
@@ -221,6 +226,22 @@ def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
     return found
 
 
+def _both_branches_store(branch: ast.If) -> str | None:
+    """The name an `if` and its `else:` (not an `elif` chain) both end by assigning."""
+    if not branch.orelse or (isinstance(branch.orelse[0], ast.If) and len(branch.orelse) == 1):
+        return None
+    names = []
+    for tail in (branch.body[-1], branch.orelse[-1]):
+        if not (
+            isinstance(tail, ast.Assign)
+            and len(tail.targets) == 1
+            and isinstance(tail.targets[0], ast.Name)
+        ):
+            return None
+        names.append(tail.targets[0].id)
+    return names[0] if names[0] == names[1] and names[0] != "_" else None
+
+
 def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
         return None
@@ -239,7 +260,16 @@ def _computed_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
         return target.id
     if not qual and ctx.flow.is_model_call(value):
         return target.id
+    func = value.func
+    if not qual and isinstance(func, ast.Attribute) and func.attr in _TENSOR_RESHAPES:
+        return target.id  # `v = v.expand(...)`: a view of a tensor, nothing else
     return None
+
+
+# Methods only tensors have, which return a view or reshaped copy and do nothing else.
+_TENSOR_RESHAPES = frozenset(
+    {"expand", "expand_as", "permute", "unsqueeze", "view_as", "repeat_interleave", "unflatten"}
+)
 
 
 def _torch_computes(qual: str, value: ast.Call) -> bool:

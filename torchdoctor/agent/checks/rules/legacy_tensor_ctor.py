@@ -7,6 +7,7 @@ import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.patterns import kwarg
 from torchdoctor.agent.models import Severity
 
 _LEGACY = re.compile(
@@ -29,11 +30,21 @@ class LegacyTensorCtor(Rule):
 
     Fix: `torch.tensor(data, dtype=torch.float32)` for data, `torch.empty/zeros(shape,
     dtype=..., device=...)` for shapes.
+
+    A CPU constructor given `device=` (`torch.BoolTensor(mask, device=self.dev)`) is graver:
+    the legacy constructors build CPU tensors only and raise `RuntimeError: legacy constructor
+    expects device type: cpu` for any other device, so the code fails as soon as it runs on a
+    GPU (SASRec.pytorch's attention mask, `5684684`). Not reported as such: `device="cpu"`
+    or `torch.device("cpu")`, the `torch.cuda.*` constructors.
     """
 
     id = "legacy-tensor-ctor"
     point = 1
     severity = Severity.LOW
+    severity_note = (
+        "high when a CPU constructor is given a `device=` that is not the CPU (it raises on "
+        "any other device); low otherwise (a legacy idiom)"
+    )
     title = "Legacy typed tensor constructor"
     items: ClassVar[tuple[str, ...]] = ("1.6",)
 
@@ -47,11 +58,31 @@ class LegacyTensorCtor(Rule):
 
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         qual = ctx.flow.qualname_of(node) or ""
-        if _LEGACY.match(qual):
+        if not _LEGACY.match(qual):
+            return
+        device = kwarg(node, "device")
+        if device is not None and not qual.startswith("torch.cuda.") and not _cpu(device):
             ctx.report(
                 self,
                 node,
-                f"`{qual}` is a legacy constructor: use torch.tensor/torch.empty with dtype= "
-                "and device=",
-                data={"name": qual},
+                f"`{qual}(..., device=...)`: a legacy constructor builds CPU tensors only and "
+                "raises for any other device (RuntimeError: legacy constructor expects device "
+                "type: cpu): use torch.tensor(data, dtype=..., device=...)",
+                severity=Severity.HIGH,
+                data={"name": qual, "device": True},
             )
+            return
+        ctx.report(
+            self,
+            node,
+            f"`{qual}` is a legacy constructor: use torch.tensor/torch.empty with dtype= "
+            "and device=",
+            data={"name": qual},
+        )
+
+
+def _cpu(device: ast.expr) -> bool:
+    """`"cpu"` or `torch.device("cpu")`: the one device a legacy constructor accepts."""
+    if isinstance(device, ast.Call) and device.args:
+        device = device.args[0]
+    return isinstance(device, ast.Constant) and device.value == "cpu"

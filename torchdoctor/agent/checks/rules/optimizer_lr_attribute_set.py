@@ -25,6 +25,12 @@ class OptimizerLrAttributeSet(Rule):
     initial rate throughout. pbloem/former's warmup did exactly this (`59994a9`, "Fix learning
     rate warmup": `opt.lr = lr` replaced by a `LambdaLR` scheduler).
 
+    Also a hyperparameter written with a key straight into `param_groups`
+    (`self.optimizer.param_groups["momentum"] = m`): `param_groups` is a list of per-group
+    dicts, so the write raises `TypeError: list indices must be integers` the first time the
+    schedule runs (nnU-Net's momentum-reducing trainer, `679a3c6f`: `param_groups[0][...]`).
+    Any receiver counts: every optimizer, wrapper or not, keeps its groups in a list.
+
     Not reported: receivers not shown to be a `torch.optim` optimizer (a project's own
     optimizer wrapper may define an `lr` property), schedulers, reading `opt.lr`, writes into
     `param_groups` entries.
@@ -44,12 +50,25 @@ class OptimizerLrAttributeSet(Rule):
     title = "Learning rate assigned to an optimizer attribute"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
     node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.Assign, ast.AugAssign)
-    triggers = Triggers(all_of=(("lr", "learning_rate"), ("optim",)))
+    triggers = Triggers(
+        words=('param_groups["', "param_groups['"),
+        all_of=(("lr", "learning_rate"), ("optim",)),
+    )
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Assign | ast.AugAssign)
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         for target in targets:
+            if _keyed_param_groups(target):
+                assert isinstance(target, ast.Subscript)
+                ctx.report(
+                    self,
+                    target,
+                    f"`{ast.unparse(target)}`: `param_groups` is a list of per-group dicts, so "
+                    "a string key raises TypeError; write each group's entry (`for g in "
+                    f"{ast.unparse(target.value)}: g[{ast.unparse(target.slice)}] = ...`).",
+                )
+                continue
             if not (isinstance(target, ast.Attribute) and target.attr in _RATE_ATTRIBUTES):
                 continue
             optimizer = _optimizer_binding(ctx, target.value)
@@ -62,6 +81,17 @@ class OptimizerLrAttributeSet(Rule):
                 f"(`{optimizer}` takes its rate from `param_groups[i]['lr']`): the learning "
                 "rate does not change. Write each group's `'lr'`, or use a scheduler.",
             )
+
+
+def _keyed_param_groups(target: ast.expr) -> bool:
+    """`<x>.param_groups["<key>"]`: a string key into the list of groups."""
+    return (
+        isinstance(target, ast.Subscript)
+        and isinstance(target.value, ast.Attribute)
+        and target.value.attr == "param_groups"
+        and isinstance(target.slice, ast.Constant)
+        and isinstance(target.slice.value, str)
+    )
 
 
 def _optimizer_binding(ctx: ModuleContext, receiver: ast.expr) -> str | None:

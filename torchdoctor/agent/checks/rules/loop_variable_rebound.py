@@ -1,0 +1,144 @@
+"""loop-variable-rebound: a loop's last statement updates the loop variable, which nothing reads."""
+
+from __future__ import annotations
+
+import ast
+from typing import ClassVar
+
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.models import Severity
+
+# Moves and casts of a dict's values are tensor-move-discarded's (`v = v.to(device)`).
+_MOVES = frozenset(
+    {"to", "cuda", "cpu", "float", "double", "half", "bfloat16", "long", "int", "bool", "type"}
+)
+_DICT_VIEWS = frozenset({"values", "items"})
+
+
+class LoopVariableRebound(Rule):
+    """Detects a `for` loop whose body ends by computing a new value of its own loop variable
+    from that variable (`noise = noise * (max_norm / norm)`, `avg_p = decay * avg_p + (1 -
+    decay) * p`, `x = torch.clamp(x, 0, 1)`, `x = x.clamp(0, 1)`), with nothing reading the
+    variable afterwards: not later in the body, not after the loop.
+
+    Why it matters: the loop variable is a name bound to each element in turn; assigning it
+    rebinds the name and leaves the element in the list, tuple or parameter group as it was.
+    The next iteration replaces the name, so the update is lost and the code reads as if it
+    renormalised the noise predictions (sd-scripts' Lumina CFG renorm, `2ba1cc77`), moved the
+    averaged model's parameters (ACER's shared average model) or moved a batch's tensors.
+
+    Not reported: loops with a `break` or an `else:` (the last value is kept), a variable read
+    after the loop or later in the body, `_`, plain calls (`img = save_figure(img, path)`
+    runs for its side effect), updates that do not read the variable, moves and casts of a
+    dict's values (`tensor-move-discarded`), names declared `global`/`nonlocal`.
+
+    Example:
+        for noise_norm, max_new_norm, noise in zip(noise_norms, max_new_norms, noise_pred):
+            if noise_norm >= max_new_norm:
+                noise = noise * (max_new_norm / noise_norm)
+
+    Fix: write the element back (`noise_pred[i] = noise_pred[i] * ...` over `enumerate`), use
+    an in-place method (`noise.mul_(...)`, `p.copy_(...)` under `torch.no_grad()`), or build
+    a new list.
+    """
+
+    id = "loop-variable-rebound"
+    point = 4
+    severity = Severity.HIGH
+    title = "Loop variable rebound instead of the element updated"
+    items: ClassVar[tuple[str, ...]] = ("4.1",)
+    node_types: ClassVar[tuple[type[ast.AST], ...]] = (ast.For, ast.AsyncFor)
+
+    def applies(self, ctx: ModuleContext) -> bool:
+        return ctx.flow.imports("torch")
+
+    def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
+        assert isinstance(node, ast.For | ast.AsyncFor)
+        if node.orelse or _breaks(node):
+            return
+        names = {n.id for n in walk_tree(node.target) if isinstance(n, ast.Name) and n.id != "_"}
+        if not names:
+            return
+        for store in _tail_stores(node.body):
+            target = store.targets[0]
+            assert isinstance(target, ast.Name)
+            name = target.id
+            if name not in names or not _updates(ctx, store.value, name, node):
+                continue
+            if _read_after(ctx, node, name):
+                continue
+            ctx.report(
+                self,
+                store,
+                f"`{name}` is the loop variable: this rebinds the name, the next iteration "
+                f"replaces it, and the element of `{ast.unparse(node.iter)}` keeps its old "
+                "value. Write it back by index or update it in place.",
+            )
+
+
+def _breaks(loop: ast.For | ast.AsyncFor) -> bool:
+    """A `break` of this loop (not of a loop nested in it)."""
+    todo: list[ast.AST] = list(loop.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Break):
+            return True
+        if isinstance(node, ast.For | ast.AsyncFor | ast.While | ast.FunctionDef | ast.Lambda):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _tail_stores(body: list[ast.stmt]) -> list[ast.Assign]:
+    """The plain `name = ...` stores a body ends with (through the branches of a last `if`)."""
+    last = body[-1]
+    if isinstance(last, ast.Assign) and len(last.targets) == 1:
+        return [last] if isinstance(last.targets[0], ast.Name) else []
+    if isinstance(last, ast.If):
+        return _tail_stores(last.body) + (_tail_stores(last.orelse) if last.orelse else [])
+    return []
+
+
+def _updates(ctx: ModuleContext, value: ast.expr, name: str, loop: ast.For | ast.AsyncFor) -> bool:
+    """`value` computes a new value of `name` from it: arithmetic, a method of the variable,
+    or a torch function (not a plain call, which may run for its effect)."""
+    if not any(isinstance(n, ast.Name) and n.id == name for n in walk_tree(value)):
+        return False
+    if isinstance(value, ast.BinOp | ast.UnaryOp):
+        return True
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    receiver = func.value if isinstance(func, ast.Attribute) else None
+    if isinstance(receiver, ast.Name) and receiver.id == name:
+        assert isinstance(func, ast.Attribute)
+        return not (func.attr in _MOVES and _over_dict_view(loop))
+    qual = ctx.flow.qualname_of(value) or ""
+    return qual.startswith("torch.")
+
+
+def _over_dict_view(loop: ast.For | ast.AsyncFor) -> bool:
+    iterated = loop.iter
+    return (
+        isinstance(iterated, ast.Call)
+        and isinstance(iterated.func, ast.Attribute)
+        and iterated.func.attr in _DICT_VIEWS
+    )
+
+
+def _read_after(ctx: ModuleContext, loop: ast.For | ast.AsyncFor, name: str) -> bool:
+    """`name` read after the loop in its scope, or declared global/nonlocal there."""
+    scope = ctx.enclosing_function(loop) or ctx.tree
+    end = loop.end_lineno or loop.lineno
+    for node in walk_scope(scope.body):
+        if isinstance(node, ast.Global | ast.Nonlocal) and name in node.names:
+            return True
+        if (
+            isinstance(node, ast.Name)
+            and node.id == name
+            and not isinstance(node.ctx, ast.Store)
+            and node.lineno > end
+        ):
+            return True
+    return False
