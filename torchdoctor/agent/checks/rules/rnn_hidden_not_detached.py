@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import sys
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from torchdoctor.agent.checks.analysis.project import star_modules
 from torchdoctor.agent.checks.analysis.vocabulary import NON_GRAD_TORCH
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
+from torchdoctor.agent.checks.patterns import is_model_expr, model_calls, terminal_name
 from torchdoctor.agent.models import Severity
 
 _ARRAY_LIBRARIES = frozenset({"numpy", "pandas", "scipy", "sklearn"})
@@ -41,7 +43,10 @@ class RnnHiddenNotDetached(Rule):
     BPTT, `hidden = model.init_hidden(bs)`), `.detach_()` on it, a state passed through a
     call (`model(x, repackage(hidden))`), a state a local helper always returns detached
     (`return penalty, path_mean.detach(), lengths`), a name the module calls (a target
-    network a soft-update helper re-binds), loops without backward (generation, rollouts);
+    network a soft-update helper re-binds), a value a helper of another file re-binds from
+    it and plain numbers when no model runs there and its name is no state's
+    (`optimizer = utils.optimizer_scheduler(optimizer, p)`), loops without backward
+    (generation, rollouts);
     a step function that re-creates the state in its own body before the call.
 
     Example:
@@ -81,7 +86,7 @@ class RnnHiddenNotDetached(Rule):
                 carried -= _called(ctx)
                 if not carried or not _defined_before(ctx, loop.node, node, carried):
                     continue
-                if _holds_no_graph(ctx, node.value):
+                if _holds_no_graph(ctx, node.value) or not _may_carry_a_state(ctx, node, carried):
                     continue
                 if any(
                     _resets(other, node, carried)
@@ -169,6 +174,36 @@ def _module_definitions(ctx: ModuleContext) -> frozenset[str]:
         for stmt in ctx.tree.body
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     )
+
+
+_STATE_NAME = re.compile(
+    r"(^|_)(hidden|hid|state|states|h|c|hx|cx|h0|c0|hn|cn|ht|ct|mem|mems|memory|memories|carry)"
+    r"(_|$|\d)",
+    re.IGNORECASE,
+)
+"""Names of a recurrent state (`hidden`, `h_t`, `prev_state`, `mems`, `cx`)."""
+
+
+def _may_carry_a_state(ctx: ModuleContext, site: ast.Assign, carried: set[str]) -> bool:
+    """Whether `site` can hand a graph back: a model runs in it, its callee is a function of
+    this module (its body may build one: StyleGAN2's `path_regularize`), or the value is named
+    as a recurrent state. A helper of another file fed the carried value and plain numbers
+    (`optimizer = utils.optimizer_scheduler(optimizer, p)` in DANN, pointer_summarizer's
+    `running_avg_loss = calc_running_avg_loss(loss, running_avg_loss, ...)` of a `.item()`)
+    re-binds no state; a method of a model (`dreamer.sample_action`) may."""
+    if any(_STATE_NAME.search(name.rpartition(".")[2]) for name in carried):
+        return True
+    func = site.value.func if isinstance(site.value, ast.Call) else None
+    local = isinstance(func, ast.Name) or (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "self"
+    )
+    if local and terminal_name(func) in ctx.flow.functions:  # type: ignore[arg-type]
+        return True
+    if isinstance(func, ast.Attribute) and is_model_expr(ctx, func.value):
+        return True  # a model's own method (`dreamer.sample_action(obs, prev_data)`)
+    return next(model_calls(ctx, [site]), None) is not None
 
 
 def _holds_no_graph(ctx: ModuleContext, call: ast.Call) -> bool:
