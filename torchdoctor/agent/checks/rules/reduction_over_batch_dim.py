@@ -804,11 +804,16 @@ def _over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
 def _classified_by_a_loss(ctx: ModuleContext, call: ast.Call, reduced: ast.expr) -> bool:
     """The reduced tensor is also the prediction a loss of the same function reads with the
     labels (`loss = cross_entropy_loss(scores, labels)`, a full-graph GNN step with no loader):
-    a loss takes `(batch, classes)`, so its dim 0 is the examples."""
+    a loss takes `(batch, classes)`, so its dim 0 is the examples. Not when the function also
+    reads it transposed (CLIP's `cross_entropy(logits, gt) + cross_entropy(logits.t(), gt)`):
+    a square matrix of pairs, whose either dim is a batch."""
     if not isinstance(reduced, ast.Name):
         return False
     scope = ctx.enclosing_function(call)
-    for read in ctx.flow.reads_of(reduced.id):
+    reads = [r for r in ctx.flow.reads_of(reduced.id) if ctx.enclosing_function(r) is scope]
+    if any(_transposed(ctx, read) for read in reads):
+        return False
+    for read in reads:
         parent = ctx.parents.get(read)
         if (
             isinstance(parent, ast.Call)
@@ -820,6 +825,20 @@ def _classified_by_a_loss(ctx: ModuleContext, call: ast.Call, reduced: ast.expr)
         ):
             return True
     return False
+
+
+def _transposed(ctx: ModuleContext, read: ast.expr) -> bool:
+    """`x.t()`, `x.T`, `x.mT`, `x.transpose(0, 1)`, `x.permute(1, 0)` of a read `x`."""
+    parent = ctx.parents.get(read)
+    if not isinstance(parent, ast.Attribute) or parent.value is not read:
+        return False
+    if parent.attr in ("T", "mT"):
+        return True
+    called = ctx.parents.get(parent)
+    return isinstance(called, ast.Call) and called.func is parent and parent.attr in _TRANSPOSES
+
+
+_TRANSPOSES = frozenset({"t", "transpose", "permute", "swapaxes"})
 
 
 def _fed_to_loss(ctx: ModuleContext, call: ast.Call) -> bool:
