@@ -286,6 +286,24 @@ def _runs_a_model(ctx: ModuleContext, node: ast.Call) -> bool:
     return is_model_expr(ctx, func)
 
 
+def on_a_cpu_branch(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`node` runs only when the script is not on CUDA: the `else` of `if self.cuda:` (or of
+    `if use_gpu`, `if torch.cuda.is_available()`), or the body of `if not cuda:`."""
+    child = node
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.If):
+            test = ancestor.test
+            negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+            text = ast.unparse(test.operand if negated else test).lower()  # type: ignore[attr-defined]
+            if "cuda" in text or "gpu" in text:
+                in_body = any(child is stmt for stmt in ancestor.body)
+                return in_body == negated
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+        child = ancestor
+    return False
+
+
 def module_level(tree: ast.Module) -> Iterator[ast.AST]:
     """Nodes that run at import time: the module body outside functions and classes."""
     top = [s for s in tree.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)]

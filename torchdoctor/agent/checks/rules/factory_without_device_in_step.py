@@ -11,7 +11,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT, walk_scope, walk_tree
-from torchdoctor.agent.checks.patterns import uses_cuda
+from torchdoctor.agent.checks.patterns import on_a_cpu_branch, uses_cuda
 from torchdoctor.agent.models import Severity
 
 _MOVES = frozenset({"to", "cuda", "type", "type_as", "to_device", "as_subclass"})
@@ -47,7 +47,8 @@ class FactoryWithoutDeviceInStep(Rule):
     Not reported: factories with `device=` or `*_like` variants, results moved before use,
     sequence lengths (CTC's `input_lengths`/`target_lengths`, which it takes on the host, or
     a tensor named for lengths handed to a model: packing needs them on the CPU),
-    results used only in CPU-side bookkeeping, steps that move none of their data to a
+    results used only in CPU-side bookkeeping, factories on the CPU branch of a device test
+    (the `else:` of `if self.cuda:`), steps that move none of their data to a
     device themselves and are not handed one (the model places its inputs: pipeline shards,
     RPC; a step given `device` places its own tensors), scripts with no CUDA use, code
     outside the training step.
@@ -76,7 +77,7 @@ class FactoryWithoutDeviceInStep(Rule):
         flow = ctx.flow
         from_data = {id(call) for call in flow.calls_to(_FROM_DATA)}
         for call in flow.calls_to(TENSOR_FACTORIES | _FROM_DATA):
-            if kwarg(call, "device") is not None:
+            if kwarg(call, "device") is not None or on_a_cpu_branch(ctx, call):
                 continue
             if id(call) in from_data and not _from_host_data(ctx, call):
                 continue

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import terminal_name, uses_cuda
+from torchdoctor.agent.checks.patterns import on_a_cpu_branch, terminal_name, uses_cuda
 from torchdoctor.agent.models import Severity
 
 _DETACHES = frozenset({"detach", "data", "detach_"})
@@ -82,7 +82,7 @@ class NumpyOfGraphTensor(Rule):
             not on_host
             and uses_cuda(ctx)
             and _placed_on_device(ctx, producer)
-            and not _on_a_cpu_branch(ctx, node)
+            and not on_a_cpu_branch(ctx, node)
         ):
             problem = (
                 "is on the GPU when the script runs on CUDA (no `.cpu()` on the way): numpy() "
@@ -156,24 +156,6 @@ def _placed_on_device(ctx: ModuleContext, producer: ast.Call) -> bool:
 
 def _is_forward(call: ast.Call) -> bool:
     return isinstance(call.func, ast.Attribute) and call.func.attr == "forward"
-
-
-def _on_a_cpu_branch(ctx: ModuleContext, node: ast.AST) -> bool:
-    """`node` runs only when the script is not on CUDA: the `else` of `if self.cuda:` (or of
-    `if use_gpu`, `if torch.cuda.is_available()`), or the body of `if not cuda:`."""
-    child = node
-    for ancestor in ctx.ancestors(node):
-        if isinstance(ancestor, ast.If):
-            test = ancestor.test
-            negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
-            text = ast.unparse(test.operand if negated else test).lower()  # type: ignore[attr-defined]
-            if "cuda" in text or "gpu" in text:
-                in_body = any(child is stmt for stmt in ancestor.body)
-                return in_body == negated
-        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
-            return False
-        child = ancestor
-    return False
 
 
 def _chain(expr: ast.expr) -> tuple[set[str] | None, ast.expr]:
