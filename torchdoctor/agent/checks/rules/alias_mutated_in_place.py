@@ -33,7 +33,9 @@ class AliasMutatedInPlace(Rule):
     jdb78/pytorch-forecasting fixed exactly this in DeepAR and its RNN model (`82f738c`:
     `input_vector = x_cont` -> `x_cont.clone()`).
 
-    Not reported: `.clone()`d copies, aliases rebound before the write, in-place writes on
+    Not reported: `.clone()`d copies, aliases rebound before the write, a write in the
+    other branch of the alias's `if` (`if last: kept = f_hat` / `else: f_hat.add_(h)`),
+    in-place writes on
     the original name when the alias is never read again, flag setters (`requires_grad_`),
     and indexed assignments into an alias of anything but a graph tensor (a list, a dict, a
     NumPy array or a plain tensor shared on purpose).
@@ -85,7 +87,7 @@ class AliasMutatedInPlace(Rule):
     def _check_function(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
         nodes = list(walk_scope(fn.body))
         persistent: set[str] = set()
-        writes: list[tuple[str, int]] = []
+        writes: list[tuple[str, int, ast.AST]] = []
         indexed: set[tuple[str, int]] = set()  # `name[...] = value`: a write on a tensor only
         aliases: list[ast.Assign] = []
         traced: set[str] = set()  # the names of alias pairs
@@ -93,7 +95,7 @@ class AliasMutatedInPlace(Rule):
             if isinstance(node, ast.Assign | ast.AugAssign):
                 for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                     if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
-                        writes.append((target.value.id, node.lineno))
+                        writes.append((target.value.id, node.lineno, node))
                         indexed.add((target.value.id, node.lineno))
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 target = node.targets[0]
@@ -105,7 +107,7 @@ class AliasMutatedInPlace(Rule):
                 ):
                     persistent.add(target.id)
             elif (write := inplace_write(node)) is not None:
-                writes.append(write)
+                writes.append((*write, node))
         if not aliases or not writes:
             return  # most functions: no plain `a = b` or no in-place write, nothing to trace
         arguments = _tensor_parameters(fn)
@@ -125,9 +127,11 @@ class AliasMutatedInPlace(Rule):
             new, old = target.id, alias.value.id
             if new == old:
                 continue
-            for written, line in writes:
+            for written, line, site in writes:
                 if written not in (new, old) or line <= alias.lineno:
                     continue
+                if _exclusive(ctx, alias, site):
+                    continue  # `if last: kept = f_hat` ... `else: f_hat.add_(h)`
                 caller_owned = written == new and old in arguments
                 if (
                     (written, line) in indexed
@@ -186,6 +190,31 @@ def _rebound_between(
     return any(
         lo < at < hi and where is block for name in names for at, where in stores.get(name, [])
     )
+
+
+def _exclusive(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
+    """`a` and `b` sit in different branches of one `if` that no loop repeats (in a loop,
+    `if i == 0: kept = x` and `else: x.mul_(2)` both run, in turn): one of them runs."""
+    branches = _branches(ctx, a)
+    return any(
+        key in branches and branches[key] != branch for key, branch in _branches(ctx, b).items()
+    )
+
+
+def _branches(ctx: ModuleContext, node: ast.AST) -> dict[int, bool]:
+    """For each `if` around `node` that no loop of its function encloses: whether `node` is
+    in its `else`."""
+    found: dict[int, bool] = {}
+    child = node
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            break
+        if isinstance(ancestor, ast.For | ast.AsyncFor | ast.While):
+            found.clear()  # the branches inside a loop may all run, in turn
+        elif isinstance(ancestor, ast.If) and child is not ancestor.test:
+            found[id(ancestor)] = any(child is stmt for stmt in ancestor.orelse)
+        child = ancestor
+    return found
 
 
 def _statement(ctx: ModuleContext, node: ast.AST) -> ast.AST:
