@@ -590,7 +590,8 @@ def _stacked_with_tensors(ctx: ModuleContext, call: ast.Call) -> bool:
 def _moved_up_the_expression(ctx: ModuleContext, call: ast.Call) -> bool:
     """The statement moves what the factory's value becomes: `((torch.arange(L) % n == k) &
     mask).to(dtype).to(device)`, `Variable(torch.zeros(n)).to(x.device)`, `to_var(torch.
-    randn(b, z))`: arithmetic, comparisons, wrappers and method chains up to a `.to(...)`,
+    randn(b, z))`, `torch.cat([torch.ones(b), torch.zeros(2 * b)]).to(image.device)`:
+    arithmetic, comparisons, joins, wrappers and method chains up to a `.to(...)`,
     `.cuda(...)` or `.type_as(...)`, or a one-argument helper named for moving its argument.
     (A bare `.cuda()` is judged by `_pinned_to_cuda` first.)"""
     node: ast.AST = call
@@ -600,6 +601,10 @@ def _moved_up_the_expression(ctx: ModuleContext, call: ast.Call) -> bool:
             return True
         if isinstance(parent, ast.Call) and parent.args == [node] and _names_a_mover(parent.func):
             return True
+        if isinstance(parent, ast.List | ast.Tuple) and _joined(ctx, parent):
+            node = ctx.parents[parent]  # the join: `torch.cat([f(n), g(n)]).to(d)`
+            parent = ctx.parents.get(node)
+            continue
         if not (
             isinstance(parent, ast.Attribute | ast.BinOp | ast.BoolOp | ast.Compare | ast.UnaryOp)
             or (isinstance(parent, ast.Call) and parent.func is node)
@@ -609,6 +614,17 @@ def _moved_up_the_expression(ctx: ModuleContext, call: ast.Call) -> bool:
             return False
         node, parent = parent, ctx.parents.get(parent)
     return False
+
+
+def _joined(ctx: ModuleContext, items: ast.List | ast.Tuple) -> bool:
+    """`items` is what `torch.cat`/`torch.stack` joins: the result lives where its parts do."""
+    join = ctx.parents.get(items)
+    return (
+        isinstance(join, ast.Call)
+        and bool(join.args)
+        and join.args[0] is items
+        and ctx.flow.qualname_of(join) in _JOINS
+    )
 
 
 def _names_a_mover(func: ast.expr) -> bool:
