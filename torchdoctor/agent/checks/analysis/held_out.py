@@ -21,6 +21,7 @@ from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 _HELD_OUT_TOKENS = {
     "test": "test",
     "tst": "test",
+    "testing": "test",
     "holdout": "test",
     "heldout": "test",
     "val": "val",

@@ -158,6 +158,7 @@ class InferenceNoEval(Rule):
                 root in params
                 and owner is not None
                 and _may_be_put_in_eval(ctx, owner, root, module_evals)
+                and not _fresh_model_passed(ctx, owner, root)
             ):
                 return
             if id(call) in imported:
@@ -391,6 +392,56 @@ def _may_be_put_in_eval(
             if passed is None or passed & names:
                 return True
     return False
+
+
+def _fresh_model_passed(
+    ctx: ModuleContext, owner: ast.FunctionDef | ast.AsyncFunctionDef, param: str
+) -> bool:
+    """A call of `owner` in this module hands it, as `param`, a model its caller has just
+    built from a local `nn.Module` class (`model = Model(...)`, then only
+    `model.load_state_dict(...)` / `model.to(device)`): no `.eval()` can have reached that
+    instance, whatever the module's other functions switch by the same name (the Kaggle MoA
+    scripts' `inference_fn(model, testloader, DEVICE)` after reloading the best weights)."""
+    for argument in _arguments_for(ctx, owner, param):
+        if not isinstance(argument, ast.Name):
+            continue
+        bound = ctx.flow.reaching(argument)
+        if not (
+            isinstance(bound, ast.Call)
+            and isinstance(bound.func, ast.Name)
+            and bound.func.id in ctx.flow.module_classes
+        ):
+            continue
+        caller = ctx.enclosing_function(argument)
+        if caller is None or ctx.enclosing_function(bound) is not caller:
+            continue
+        if not _only_loaded_or_moved(ctx, caller, argument.id, bound.lineno, argument.lineno):
+            continue
+        return True
+    return False
+
+
+_LOADS_OR_MOVES = frozenset({"load_state_dict", "to", "cuda", "cpu", "float", "half", "double"})
+
+
+def _only_loaded_or_moved(
+    ctx: ModuleContext, caller: ast.AST, name: str, after: int, before: int
+) -> bool:
+    """Between lines `after` and `before` of `caller`, `name` is only loaded into or moved
+    (`name.load_state_dict(...)`, `name.to(device)`): never switched, nor handed to a call."""
+    for node in walk_scope(getattr(caller, "body", [])):
+        if not (isinstance(node, ast.Call) and after < node.lineno <= before):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and root_name(func.value) == name:
+            if func.attr not in _LOADS_OR_MOVES:
+                return False
+        elif node.lineno < before and any(
+            isinstance(a, ast.Name) and a.id == name
+            for a in [*node.args, *(k.value for k in node.keywords)]
+        ):
+            return False
+    return True
 
 
 def _names_passed_for(
