@@ -40,6 +40,13 @@ class GradientPenaltyNormUnflattened(Rule):
     far stronger and different constraint (the critic's total gradient norm becomes about
     sqrt(H*W)), and the Lipschitz condition the loss relies on is not what is enforced.
 
+    Also reported, whatever the critic: one norm of the input gradient over all its
+    dimensions, the batch included (`torch.sqrt(torch.sum(grad ** 2))`, `grad.norm(2)`, also
+    after `grad.view(grad.size(0), -1)`), compared with 1 (`(norm - 1) ** 2`): the penalty
+    then drives the batch's total norm to 1, about sqrt(N) times too strong a constraint per
+    example, and no example's own gradient norm is what it controls. An R1 penalty's summed
+    squares (no root, no 1: additive over the batch) is not reported.
+
     Not reported: gradients flattened first (`gradients.view(gradients.size(0), -1)`,
     `.reshape(n, -1)`, `.flatten(1)`), a norm over all of the example's dimensions
     (`dim=(1, 2, 3)`), a critic with no convolution of the module (an MLP on vectors, where
@@ -63,6 +70,19 @@ class GradientPenaltyNormUnflattened(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
+        whole = _normed_without_dim(ctx, node)
+        if whole is not None:
+            grad = _input_gradient(ctx, whole, through_reshapes=True)
+            if grad is not None and _distance_to_one(ctx, node):
+                ctx.report(
+                    self,
+                    node,
+                    f"`{ast.unparse(node)}` takes one norm of the critic's input gradient over "
+                    "the whole batch (no dim): the penalty drives the batch's total gradient "
+                    "norm to 1, not each example's; take it per example (`.norm(2, dim=1)` of "
+                    "the flattened gradient)",
+                )
+            return
         normed = self._normed(node, ctx)
         if normed is None:
             return
@@ -93,12 +113,24 @@ class GradientPenaltyNormUnflattened(Rule):
         return None
 
 
-def _input_gradient(ctx: ModuleContext, expr: ast.expr, hops: int = 3) -> ast.Call | None:
+def _input_gradient(
+    ctx: ModuleContext, expr: ast.expr, hops: int = 3, through_reshapes: bool = False
+) -> ast.Call | None:
     """The `torch.autograd.grad(...)` call whose first result `expr` holds as it is (through
-    names; a `view`/`reshape`/`flatten` on the way is not followed), or None."""
+    names; a `view`/`reshape`/`flatten` on the way is followed only when `through_reshapes`),
+    or None."""
     if isinstance(expr, ast.Name):
         bound = ctx.flow.reaching(expr)
-        return None if bound is None or hops == 0 else _input_gradient(ctx, bound, hops - 1)
+        if bound is None or hops == 0:
+            return None
+        return _input_gradient(ctx, bound, hops - 1, through_reshapes)
+    if (
+        through_reshapes
+        and isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in _RESHAPES
+    ):
+        return _input_gradient(ctx, expr.func.value, hops, through_reshapes)
     if (
         isinstance(expr, ast.Subscript)
         and constant_int(expr.slice) == 0
@@ -160,3 +192,81 @@ def _critic_classes(ctx: ModuleContext, critic: ast.expr) -> list[ast.ClassDef]:
             return []
         found.append(cls)
     return found
+
+
+_RESHAPES = frozenset({"view", "reshape", "flatten", "contiguous"})
+
+
+def _normed_without_dim(ctx: ModuleContext, node: ast.Call) -> ast.expr | None:
+    """What `node` takes one norm of, all dimensions at once: `g.norm()`, `g.norm(2)`,
+    `torch.norm(g)`, `torch.sqrt(torch.sum(g ** 2))`, `(g ** 2).sum().sqrt()`; None when a
+    `dim` is given or `node` is no norm."""
+    func = node.func
+    qual = ctx.flow.qualname_of(node)
+    if qual in _NORM_FUNCTIONS:
+        position = _NORM_FUNCTIONS[qual]
+        whole = kwarg(node, "dim") is None and len(node.args) <= position
+        return node.args[0] if node.args and whole else None
+    if qual is None and isinstance(func, ast.Attribute) and func.attr == "norm":
+        return func.value if kwarg(node, "dim") is None and len(node.args) <= 1 else None
+    if qual == "torch.sqrt" and len(node.args) == 1:
+        return _squares_summed_whole(ctx, node.args[0])
+    if qual is None and isinstance(func, ast.Attribute) and func.attr == "sqrt" and not node.args:
+        return _squares_summed_whole(ctx, func.value)
+    return None
+
+
+def _squares_summed_whole(ctx: ModuleContext, value: ast.expr) -> ast.expr | None:
+    """`g` of `torch.sum(g ** 2)`, `(g ** 2).sum()`, `g.pow(2).sum()` with no dim."""
+    if not isinstance(value, ast.Call) or kwarg(value, "dim") is not None:
+        return None
+    if ctx.flow.qualname_of(value) == "torch.sum" and len(value.args) == 1:
+        summed = value.args[0]
+    elif isinstance(value.func, ast.Attribute) and value.func.attr == "sum" and not value.args:
+        summed = value.func.value
+    else:
+        return None
+    if isinstance(summed, ast.BinOp) and isinstance(summed.op, ast.Pow):
+        return summed.left if constant_int(summed.right) == 2 else None
+    if (
+        isinstance(summed, ast.Call)
+        and isinstance(summed.func, ast.Attribute)
+        and summed.func.attr == "pow"
+        and len(summed.args) == 1
+        and constant_int(summed.args[0]) == 2
+    ):
+        return summed.func.value
+    return None
+
+
+def _distance_to_one(ctx: ModuleContext, norm: ast.Call) -> bool:
+    """The norm is compared with 1 the WGAN-GP way: `norm - 1` right there, or through the
+    name it is bound to in the same function (`grad_l2norm = ...; ((grad_l2norm - 1) ** 2)`).
+    An R1 penalty's summed squares (no root, no 1) is not."""
+    parent = ctx.parents.get(norm)
+    if _minus_one(parent):
+        return True
+    if not (
+        isinstance(parent, ast.Assign)
+        and len(parent.targets) == 1
+        and isinstance(parent.targets[0], ast.Name)
+    ):
+        return False
+    name = parent.targets[0].id
+    scope = ctx.enclosing_function(norm)
+    body = scope.body if scope is not None else ctx.tree.body
+    return any(
+        _minus_one(node) and isinstance(node.left, ast.Name) and node.left.id == name
+        for statement in body
+        for node in ast.walk(statement)
+        if isinstance(node, ast.BinOp)
+    )
+
+
+def _minus_one(node: ast.AST | None) -> bool:
+    return (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Sub)
+        and isinstance(node.right, ast.Constant)
+        and node.right.value in (1, 1.0)
+    )
