@@ -14,6 +14,13 @@ _MOVES = frozenset(
     {"to", "cuda", "cpu", "float", "double", "half", "bfloat16", "long", "int", "bool", "type"}
 )
 _DICT_VIEWS = frozenset({"values", "items"})
+# Views and reshapes of the variable: rebinding the name to one loses no update (whatever was
+# written went through the view into the element: Adagrad's `state_sum =
+# torch.view_as_complex(state_sum)` after updating it in place).
+_VIEWS = frozenset(
+    {"view", "view_as", "view_as_real", "view_as_complex", "reshape", "flatten", "squeeze",
+     "unsqueeze", "permute", "transpose", "t", "expand", "expand_as", "contiguous", "detach"}
+)  # fmt: skip
 
 
 class LoopVariableRebound(Rule):
@@ -29,9 +36,11 @@ class LoopVariableRebound(Rule):
     averaged model's parameters (ACER's shared average model) or moved a batch's tensors.
 
     Not reported: loops with a `break` or an `else:` (the last value is kept), a variable read
-    after the loop or later in the body, `_`, plain calls (`img = save_figure(img, path)`
-    runs for its side effect), updates that do not read the variable, moves and casts of a
-    dict's values (`tensor-move-discarded`), names declared `global`/`nonlocal`.
+    after the loop or later in the body, `_`, views and reshapes of the variable (`x =
+    torch.view_as_complex(x)` after updating it in place through the view), plain calls
+    (`img = save_figure(img, path)` runs for its side effect), updates that do not read the
+    variable, moves and casts of a dict's values (`tensor-move-discarded`), names declared
+    `global`/`nonlocal`.
 
     Example:
         for noise_norm, max_new_norm, noise in zip(noise_norms, max_new_norms, noise_pred):
@@ -110,6 +119,9 @@ def _updates(ctx: ModuleContext, value: ast.expr, name: str, loop: ast.For | ast
     if not isinstance(value, ast.Call):
         return False
     func = value.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if called in _VIEWS:
+        return False
     receiver = func.value if isinstance(func, ast.Attribute) else None
     if isinstance(receiver, ast.Name) and receiver.id == name:
         assert isinstance(func, ast.Attribute)

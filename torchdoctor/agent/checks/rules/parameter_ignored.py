@@ -9,7 +9,11 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.models import Severity
 
-_STUBS = frozenset({"abstractmethod", "overload", "override"})
+# Decorators that leave the signature the caller's own: any other one (a registration, a
+# dispatch or decomposition table, a graph substitution) imposes it.
+_PLAIN_DECORATORS = frozenset(
+    {"staticmethod", "classmethod", "no_grad", "inference_mode", "enable_grad", "autocast"}
+)
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
@@ -28,11 +32,14 @@ class ParameterIgnored(Rule):
 
     Not reported: a parameter read anywhere in the function (nested functions and lambdas
     included), `self`/`cls`, names starting with `_` or `unused`, functions that read
-    `locals()`/`vars()`, stubs (`@abstractmethod`, `@overload`, a body that only raises or
-    passes), an override handing a constant to its parent's method of the same name
-    (`return super().plot(x, add_loss=False)`: pinned on purpose), a default passed as a
-    positional argument of a call in a longer body (a `3` for `in_chans=3` may be a kernel
-    size).
+    `locals()`/`vars()`, signatures the function does not own (stubs that only raise or pass;
+    functions under a decorator other than `staticmethod`/`classmethod`/grad modes, such as
+    `@abstractmethod` or a registration; functions the module passes on as values, as
+    callbacks or dispatch entries: torch's own `sample_inputs_*`), a `None` handed on
+    (`f(func=None)`: not applicable there), an override handing a constant to its parent's
+    method of the same name (`return super().plot(x, add_loss=False)`: pinned on purpose), a
+    default passed as a positional argument of a call in a longer body (a `3` for
+    `in_chans=3` may be a kernel size).
 
     Example:
         def leaky_relu(p=0.1):
@@ -75,7 +82,11 @@ def _candidates(ctx: ModuleContext) -> list[tuple[_Function, str, ast.Call]]:
         function = ctx.enclosing_function(call)
         if function is None or _super_of(call, function):
             continue
-        named = {k.arg for k in call.keywords if k.arg and isinstance(k.value, ast.Constant)}
+        named = {
+            k.arg
+            for k in call.keywords
+            if k.arg and isinstance(k.value, ast.Constant) and k.value.value is not None
+        }
         for name in named & _parameters(ctx, function):
             found.setdefault((id(function), name), (function, name, call))
         for name in _defaults_returned(ctx, function, call):
@@ -104,7 +115,7 @@ def _parameters(ctx: ModuleContext, function: _Function) -> set[str]:
         args = function.args
         names = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]}
         kept = {n for n in names if n not in {"self", "cls"} and not n.startswith(("_", "unused"))}
-        known = memo[id(function)] = set() if _stub(function) else kept
+        known = memo[id(function)] = set() if _imposed(ctx, function) else kept
     return known
 
 
@@ -151,13 +162,39 @@ def _same(default: ast.expr, value: ast.expr) -> bool:
     )
 
 
-def _stub(function: _Function) -> bool:
+def _imposed(ctx: ModuleContext, function: _Function) -> bool:
+    """A signature the function does not own: a stub (only `pass`/`raise`), a function under
+    a registering decorator (`@register_meta(...)`, `@abstractmethod`), or one the module
+    hands on as a value (`sample_inputs_func=sample_inputs_item`, `Cls.__init__ =
+    patched_init`, a dispatch table): its caller passes every parameter, used or not."""
     for decorator in function.decorator_list:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator
         name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
-        if name in _STUBS:
+        if name not in _PLAIN_DECORATORS:
             return True
-    return all(isinstance(s, ast.Pass | ast.Raise) for s in _body(function))
+    if all(isinstance(s, ast.Pass | ast.Raise) for s in _body(function)):
+        return True
+    return function.name in _passed_as_values(ctx)
+
+
+def _passed_as_values(ctx: ModuleContext) -> frozenset[str]:
+    """Names and attributes the module reads other than to call them (once per module)."""
+    memo = ctx.memo_table("parameter_ignored.values")
+    if "" not in memo:
+        called = {id(c.func) for c in ctx.flow.nodes(ast.Call) if isinstance(c, ast.Call)}
+        by_type = ctx.nodes_by_type()
+        names = {
+            n.id
+            for n in by_type.get(ast.Name, ())
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in called
+        }
+        names |= {
+            a.attr
+            for a in by_type.get(ast.Attribute, ())
+            if isinstance(a, ast.Attribute) and isinstance(a.ctx, ast.Load) and id(a) not in called
+        }
+        memo[""] = frozenset(names)
+    return frozenset(memo[""])
 
 
 def _body(function: _Function) -> list[ast.stmt]:
