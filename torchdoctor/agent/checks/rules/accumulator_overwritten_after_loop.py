@@ -21,8 +21,14 @@ class AccumulatorOverwrittenAfterLoop(Rule):
     dataset size, so it is wrong and noisy, and model selection or early stopping on it
     picks epochs at random.
 
+    Also reported (high): `loss.backward()` right after a loop that sums each iteration's
+    `loss` into a total (`losses = losses + loss`, `losses += loss`): only the last
+    iteration's loss is back-propagated, the others' gradients are lost (a graph-pair trainer
+    like SimGNN's `process_batch` with its backward moved off the total).
+
     Not reported: `total = total / n` (uses the total), a reset (`total = 0`), a name
-    assigned after the loop from values bound outside it.
+    assigned after the loop from values bound outside it, a backward of the total, and a loop
+    that sums a detached copy or `.item()` (the total is then bookkeeping).
 
     Example:
         for x, y in loader:
@@ -38,13 +44,15 @@ class AccumulatorOverwrittenAfterLoop(Rule):
     severity = Severity.MEDIUM
     title = "Loop total overwritten by the last iteration's value"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    triggers = Triggers(("+=",))
+    triggers = Triggers(("+=", "backward"))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "+=" in ctx.source
+        return "+=" in ctx.source or "backward" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if "backward" in ctx.source:
+            self._last_item_backpropagated(ctx)
+        if "+=" not in ctx.source:
             return
         # a report needs a name summed with `+=` somewhere and assigned after a loop: both
         # looked up first (the engine's node index), so most loops are never walked
@@ -77,6 +85,64 @@ class AccumulatorOverwrittenAfterLoop(Rule):
                         f"`{last[0]}`, the last iteration's: use `{total}` itself",
                     )
                 break
+
+    def _last_item_backpropagated(self, ctx: ModuleContext) -> None:
+        """`loss.backward()` after a loop that sums each iteration's `loss` into a total
+        (`losses = losses + loss`, `losses += loss`): only the last iteration's loss gets
+        gradients, the total (meant for backward) is left to logging."""
+        for loop in ctx.flow.nodes(ast.For):
+            sums = _sums_of_items(loop)
+            if not sums:
+                continue
+            bound = _bound_names(loop)
+            for stmt in _after(ctx, loop):
+                if isinstance(stmt, ast.For | ast.While | ast.Return):
+                    break
+                item = _backpropagated_name(stmt)
+                if item is None or item not in bound or item not in sums:
+                    if _assigns(stmt) in sums:
+                        break  # the item is bound again after the loop: a later value
+                    continue
+                total = sums[item]
+                ctx.report(
+                    self,
+                    stmt,
+                    f"`{item}.backward()` after the loop back-propagates the last iteration's "
+                    f"`{item}` only; the loop sums every `{item}` into `{total}`: call "
+                    f"`{total}.backward()`",
+                    severity=Severity.HIGH,
+                    data={"total": total, "item": item},
+                )
+                break
+
+
+def _sums_of_items(loop: ast.For) -> dict[str, str]:
+    """item -> total for each `total += item` / `total = total + item` in the loop's body."""
+    found: dict[str, str] = {}
+    for node in walk_scope(loop.body):
+        if isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Add):
+            if isinstance(node.target, ast.Name) and isinstance(node.value, ast.Name):
+                found.setdefault(node.value.id, node.target.id)
+        elif isinstance(node, ast.Assign) and (total := _assigns(node)) is not None:
+            value = node.value
+            if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):
+                sides = [value.left, value.right]
+                names = [side.id for side in sides if isinstance(side, ast.Name)]
+                if len(names) == 2 and total in names:
+                    item = names[1] if names[0] == total else names[0]
+                    if item != total:
+                        found.setdefault(item, total)
+    return found
+
+
+def _backpropagated_name(stmt: ast.stmt) -> str | None:
+    """`loss` of a statement `loss.backward(...)`."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return None
+    func = stmt.value.func
+    if isinstance(func, ast.Attribute) and func.attr == "backward":
+        return func.value.id if isinstance(func.value, ast.Name) else None
+    return None
 
 
 def _after(ctx: ModuleContext, loop: ast.stmt) -> list[ast.stmt]:
