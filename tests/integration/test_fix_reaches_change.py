@@ -8,6 +8,7 @@ that ran (`--trace-lines`): a fix to a module the script never imports stays unv
 from __future__ import annotations
 
 import textwrap
+import time
 
 import pytest
 
@@ -171,3 +172,55 @@ def test_a_speed_fix_whose_change_runs_only_after_the_timed_steps_is_not_timed(
     ok, detail = steps["speed-up"]
     assert not ok
     assert detail.startswith("not timed: every changed block (two_loops.py:18) runs only after")
+
+
+def test_a_run_left_to_finish_ends_by_the_fix_time(deferred_verifier: Verifier) -> None:
+    """On an H100 a run left to finish took its whole 280 s budget with 215 s of a 240 s
+    --fix-time left: the audit ended 95 s past it. It is now bounded by what the fix time
+    leaves, or not made when that is less than the run it follows took."""
+    (deferred_verifier.root / "slow_end.py").write_text(
+        DEFERRED.replace("import torch\n", "import time\n\nimport torch\n", 1).replace(
+            "print(total / 12)", "time.sleep(600)  # a long evaluation after training"
+        )
+    )
+    before = (deferred_verifier.root / "slow_end.py").read_text()
+    after = before.replace("total += loss.item()", "total += loss.detach()").replace(
+        "time.sleep(600)", "total = float(total)\ntime.sleep(600)"
+    )
+    slow = Verifier(
+        deferred_verifier.root,
+        deferred_verifier.runner,
+        ["python", "slow_end.py"],
+        steps=3,
+        timing_runs=1,
+    )
+    wall = slow.baseline().wall_s or 0.0
+    # room for the fixed version's run of 3 steps (about the baseline's), then 15 s more than
+    # a run left to finish needs to start: it starts, and the fix time's end stops it
+    allowed = 2 * wall + 20 + 15
+    started = time.monotonic()
+    slow.deadline = started + allowed
+    ok, detail = verify(slow, "slow_end.py", before, after)["executed-change"]
+    assert not ok
+    assert detail.startswith(
+        "unverified: slow_end.py:15 runs after the loop, and the run left to finish under "
+        "`python slow_end.py` did not end cleanly: time-budget: stopped after "
+    ), detail
+    assert "(bounded by the fix time left, " in detail, detail
+    assert time.monotonic() - started < allowed + 2
+    tight = Verifier(
+        deferred_verifier.root,
+        deferred_verifier.runner,
+        ["python", "slow_end.py"],
+        steps=3,
+        baseline=slow.baseline(),
+        known_runs=slow.patched_runs,
+        deadline=time.monotonic() + 5,
+    )
+    ok, detail = verify(tight, "slow_end.py", before, after)["executed-change"]
+    assert not ok
+    assert detail.startswith(
+        "unverified: slow_end.py:15 runs after the loop, and a run left to finish under "
+        "`python slow_end.py` would end past the fix time ("
+    )
+    assert detail.endswith(" s left); raise --fix-time to verify it"), detail

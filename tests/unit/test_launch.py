@@ -109,6 +109,16 @@ def test_an_audited_trees_run_budget_may_lower_the_limits_never_raise_them() -> 
     assert (limits.memory_mb, limits.processes, limits.cpu_s) == (8292, 512, 7)
 
 
+def test_a_calls_own_wall_limit_lowers_the_budgets_never_raises_it(tmp_path: Path) -> None:
+    """A run left to finish gets what the fix time leaves: the sandbox kills it by then and
+    the harness stops itself its margin before, so the evidence is still written."""
+    harness = Harness(get_sandbox("local"), RunBudget(wall_s=300))
+    for asked, wall in ((None, 300.0), (120.0, 120.0), (900.0, 300.0)):
+        job = harness.job(tmp_path, HarnessCall(script="train.py", wall_s=asked))
+        assert job.limits.wall_s == wall
+        assert job.args[job.args.index("--time-budget") + 1] == f"{wall - 20:g}"
+
+
 PACKAGE_TRAIN = """import argparse
 
 import torch

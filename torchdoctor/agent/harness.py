@@ -63,6 +63,16 @@ class HarnessCall(BaseModel):
     extra_memory_mb: int = Field(
         0, ge=0, description="host memory beside the script's (torch.compile's workers)"
     )
+    wall_s: float | None = Field(
+        None,
+        gt=0,
+        description="a wall limit below the budget's (what the audit's fix time leaves); "
+        "None: the budget's",
+    )
+
+    def wall_limit(self, budget: RunBudget) -> float:
+        """This run's wall limit: the budget's, or the call's own when that is shorter."""
+        return min(budget.wall_s, self.wall_s) if self.wall_s else budget.wall_s
 
 
 class HarnessRun(BaseModel):
@@ -79,10 +89,13 @@ class HarnessRun(BaseModel):
     notes: list[str] = Field(default_factory=list, description="rank documents left out")
 
 
-def harness_limits(budget: RunBudget, nproc: int = 1, extra_memory_mb: int = 0) -> Limits:
-    """The sandbox limits of one harness run, from the audit's one run budget."""
+def harness_limits(
+    budget: RunBudget, nproc: int = 1, extra_memory_mb: int = 0, wall_s: float | None = None
+) -> Limits:
+    """The sandbox limits of one harness run, from the audit's one run budget (`wall_s`: the
+    call's shorter wall limit, `HarnessCall.wall_limit`; the CPU limit stays the budget's)."""
     return Limits(
-        wall_s=budget.wall_s,
+        wall_s=wall_s or budget.wall_s,
         cpu_s=budget.cpu_s or int(budget.wall_s * 4),
         memory_mb=budget.memory_mb + extra_memory_mb,
         processes=budget.processes * nproc,
@@ -97,7 +110,7 @@ def harness_limits(budget: RunBudget, nproc: int = 1, extra_memory_mb: int = 0) 
 def harness_arguments(call: HarnessCall, budget: RunBudget) -> tuple[str, list[str]]:
     """The module to run and its arguments; with `nproc` > 1, every rank of a single-node
     torchrun runs the harness (rendezvous on 127.0.0.1: the sandbox has loopback only)."""
-    stop_after = max(10.0, budget.wall_s - HARNESS_MARGIN_S)
+    stop_after = max(10.0, call.wall_limit(budget) - HARNESS_MARGIN_S)
     args = [call.script, "--steps", str(call.steps), "--out", EVIDENCE_FILE]
     args += ["--time-budget", f"{stop_after:g}"]
     if call.seed is not None:
@@ -138,7 +151,9 @@ class Harness:
             workspace=workspace,
             module=module,
             args=args,
-            limits=harness_limits(self.budget, call.nproc, call.extra_memory_mb),
+            limits=harness_limits(
+                self.budget, call.nproc, call.extra_memory_mb, call.wall_limit(self.budget)
+            ),
             collect=[EVIDENCE_FILE, RANK_EVIDENCE_FILES],
             gpu=self.gpu,
             cache=self.cache,

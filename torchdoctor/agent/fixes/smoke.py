@@ -33,12 +33,13 @@ def smoke_run(
     hash_seed: int = 0,
     trace: list[str] | None = None,
     extra_memory_mb: int = 0,
+    wall_s: float | None = None,
 ) -> SmokeRun:
     """N seeded steps of the run command on `workspace`, through the audit's harness; `trace`:
     files (relative to `workspace`) whose executed lines the run records; `hash_seed`: its
     PYTHONHASHSEED (fixed, as the runs it is compared with); `extra_memory_mb`:
     host memory on top of the budget, for what a fix starts beside the script (torch.compile's
-    compile workers)."""
+    compile workers); `wall_s`: a wall limit below the harness budget's (the fix time left)."""
     launch = parse_launch(shlex.join(run_command))
     call = HarnessCall(
         script=launch.script,
@@ -51,6 +52,7 @@ def smoke_run(
         flops=False,
         trace=trace or [],
         extra_memory_mb=extra_memory_mb,
+        wall_s=wall_s,
     )
     done = harness.run(workspace, call)
     if done.document is None:

@@ -48,7 +48,7 @@ from torchdoctor.agent.fixes.stats import (
     trajectories_match,
 )
 from torchdoctor.agent.fixes.workcopy import SKIPPED, workspace_copy
-from torchdoctor.agent.harness import Harness
+from torchdoctor.agent.harness import HARNESS_MARGIN_S, Harness
 from torchdoctor.agent.models import Severity, Verification
 from torchdoctor.sandbox.workspace import WorkspaceError
 
@@ -153,7 +153,7 @@ class Verifier:
         `trace`: files whose lines the baseline run records (those the audit's fixes change),
         so a fix in code the original went past is judged before any run of it. `deadline`
         (a `time.monotonic()` value; the audit's fix time): no timing pair is started that
-        the pairs so far say would end after it."""
+        the pairs so far say would end after it, and a run left to finish ends by it."""
         self.root = root
         self.runner = runner
         self.run_command = run_command
@@ -528,6 +528,16 @@ class Verifier:
             )
         if missed and after.stopped_in_loop and _after_executed(missed, after):
             assert self.runner is not None and self.run_command is not None
+            runs = "runs" if len(missed) == 1 else "run"
+            left = self._finish_time_left()
+            if left is not None and left < (after.wall_s or 0.0) + HARNESS_MARGIN_S:
+                return Verification(
+                    step="executed-change",
+                    ok=False,
+                    detail=f"unverified: {_at(missed)} {runs} after the loop, and a run left "
+                    f"to finish under `{command}` would end past the fix time ({left:.0f} s "
+                    "left); raise --fix-time to verify it",
+                )
             whole = smoke_run(
                 self.runner,
                 copy,
@@ -535,14 +545,15 @@ class Verifier:
                 FINISH_STEPS,
                 trace=touched,
                 extra_memory_mb=spec.extra_memory_mb,
+                wall_s=left,
             )
             if not whole.ok or whole.stopped_in_loop:
+                capped = "" if left is None else f" (bounded by the fix time left, {left:.0f} s)"
                 return Verification(
                     step="executed-change",
                     ok=False,
-                    detail=f"unverified: {_at(missed)} {'runs' if len(missed) == 1 else 'run'} "
-                    "after the loop, and the run left "
-                    f"to finish under `{command}` did not end cleanly: {whole.detail}",
+                    detail=f"unverified: {_at(missed)} {runs} after the loop, and the run left "
+                    f"to finish under `{command}` did not end cleanly: {whole.detail}{capped}",
                 )
             finished = f" ({_at(missed)} after the loop, in a run left to finish)"
             _, missed = self._missed(copy, touched, whole)
@@ -558,6 +569,16 @@ class Verifier:
             ok=True,
             detail=f"the run executed every changed block ({total}){finished} under `{command}`",
         )
+
+    def _finish_time_left(self) -> float | None:
+        """The wall limit of a run left to finish: what the fix time leaves, when that is
+        below the harness budget's (None: the budget's). Unbounded in steps, that run took
+        its whole budget (280 s) on a GPU with 215 s of a 240 s --fix-time left, so the audit
+        ended 95 s past its fix time."""
+        if self.deadline is None or self.runner is None:
+            return None
+        left = max(0.0, self.deadline - time.monotonic())
+        return left if left < self.runner.budget.wall_s else None
 
     def _missed(
         self, copy: Path, touched: list[str], run: SmokeRun
