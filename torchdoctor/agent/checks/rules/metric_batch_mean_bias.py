@@ -35,6 +35,10 @@ class MetricBatchMeanBias(Rule):
     the reported accuracy is not the dataset accuracy; with a batch of 1 at the end the bias
     can reach several points on small validation sets.
 
+    Also reported: an average meter that weighs values by a count (its class's `update(self,
+    val, n=1)`, or a meter beside it given `input.size(0)`) handed a per-batch mean with no
+    count in a loop over a loader (`top1.update(prec1.item())`).
+
     Example:
         for x, y in val_loader:
             acc += (model(x).argmax(1) == y).float().mean().item()
@@ -52,11 +56,15 @@ class MetricBatchMeanBias(Rule):
     triggers = Triggers(("==", "_score", "acc", "iou", "dice", "mean("))  # scores
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return self.triggers.found_in(ctx.source) and bool(ctx.flow.accumulations)
+        return self.triggers.found_in(ctx.source) and (
+            bool(ctx.flow.accumulations) or ".update(" in ctx.source
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        if ".update(" in ctx.source:
+            self._meters_given_no_count(ctx)
         flow = ctx.flow
         for acc in flow.accumulations:
             if not (_per_batch_mean(ctx, acc.value) or _batch_data_mean(ctx, acc)):
@@ -75,6 +83,59 @@ class MetricBatchMeanBias(Rule):
                 f"`{ast.unparse(acc.target)}` averages per-batch means: a smaller last batch "
                 "weighs like a full one; sum per-example counts and divide by the sample count",
             )
+
+    def _meters_given_no_count(self, ctx: ModuleContext) -> None:
+        """`top1.update(prec1.item())` in a loop over a loader: an average meter that weighs
+        each value by the count it is given (`def update(self, val, n=1)`, or a meter given
+        `input.size(0)` beside it in the same loop) handed a per-batch mean with no count."""
+        for call in ctx.flow.nodes(ast.Call):
+            func = call.func
+            if not (
+                isinstance(func, ast.Attribute)
+                and func.attr == "update"
+                and len(call.args) == 1
+                and not call.keywords
+            ):
+                continue
+            loop = next((a for a in ctx.ancestors(call) if isinstance(a, ast.For)), None)
+            if loop is None or not in_loader_loop(ctx, call):
+                continue
+            if not _per_batch_mean(ctx, call.args[0]) or _drops_last_batch(ctx, loop.iter):
+                continue
+            if not _counts_weigh(ctx, func.value, loop):
+                continue
+            meter = ast.unparse(func.value)
+            ctx.report(
+                self,
+                call,
+                f"`{meter}` is given a per-batch mean with no count: each batch weighs 1, so "
+                "the smaller last batch counts like a full one; pass the batch size "
+                f"(`{meter}.update(value, n=batch_size)`)",
+            )
+
+
+def _counts_weigh(ctx: ModuleContext, meter: ast.expr, loop: ast.For) -> bool:
+    """The meter weighs values by a count: its local class's `update` takes one with a
+    default (`def update(self, val, n=1)`), or another meter in the same loop is given one
+    (`losses.update(loss.item(), input.size(0))`)."""
+    cls = ctx.flow.local_class(meter)
+    update = (
+        next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "update"), None)
+        if cls is not None
+        else None
+    )
+    if update is not None:
+        params = update.args.args
+        return len(params) >= 3 and len(update.args.defaults) >= 1
+    text = ast.unparse(meter)
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "update"
+        and len(node.args) == 2
+        and ast.unparse(node.func.value) != text
+        for node in walk_scope(loop.body)
+    )
 
 
 def _batch_data_mean(ctx: ModuleContext, acc: Accumulation) -> bool:
