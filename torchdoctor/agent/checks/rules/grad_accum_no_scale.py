@@ -36,6 +36,9 @@ class GradAccumNoScale(Rule):
             optimizer.step()
             optimizer.zero_grad()
 
+    Not reported: a function that scales the accumulated gradients themselves before the
+    step (`for p in params: p.grad.data.mul_(1.0 / meta_bsz)`, `p.grad /= k`).
+
     Fix: scale the loss before backward: `(loss / accum_steps).backward()` (or
     `loss = loss / accum_steps`), or let the framework do it (`accelerator.accumulate`).
     """
@@ -71,6 +74,8 @@ class GradAccumNoScale(Rule):
         divided_names = self._divided_names(body)
         fn = ctx.enclosing_function(loop)
         if fn is not None:
+            if _gradients_rescaled(fn):
+                return  # `p.grad.data.mul_(1.0 / meta_bsz)` before the step: averaged there
             divided_names |= self._divided_names(fn.body)
         for backward in backwards:
             loss = self._loss_expr(backward)
@@ -133,6 +138,38 @@ def _scaled_by_context(ctx: ModuleContext, backward: ast.Call, loss: ast.Name) -
             ):
                 return made.args[0]
     return loss
+
+
+_RESCALES = frozenset({"mul_", "div_"})
+
+
+def _gradients_rescaled(fn: ast.AST) -> bool:
+    """The function scales the accumulated gradients themselves (learn2learn's meta-batches:
+    `for p in params: p.grad.data.mul_(1.0 / meta_bsz)`, or `p.grad /= k`)."""
+    for node in walk_scope(
+        fn.body if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) else []
+    ):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _RESCALES
+            and _names_a_gradient(node.func.value)
+        ):
+            return True
+        if (
+            isinstance(node, ast.AugAssign)
+            and isinstance(node.op, ast.Div | ast.Mult)
+            and _names_a_gradient(node.target)
+        ):
+            return True
+    return False
+
+
+def _names_a_gradient(expr: ast.expr) -> bool:
+    """`p.grad`, `p.grad.data`."""
+    if isinstance(expr, ast.Attribute) and expr.attr == "data":
+        expr = expr.value
+    return isinstance(expr, ast.Attribute) and expr.attr == "grad"
 
 
 def _is_division(node: ast.AST) -> bool:
