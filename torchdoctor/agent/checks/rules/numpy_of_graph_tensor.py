@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
+from torchdoctor.agent.checks.analysis.vocabulary import OTHER_FRAMEWORKS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import on_a_cpu_branch, terminal_name, uses_cuda
@@ -40,6 +41,7 @@ class NumpyOfGraphTensor(Rule):
     reported when that is a model call or a loss. Not reported: `.detach()`, `.data`,
     `.item()`, `.tolist()` on the way for the graph, `.cpu()` for the device; values made with
     grad off (`torch.no_grad()`, `inference_mode`, an evaluation helper only called so);
+    modules that also import TensorFlow, Keras or JAX (a backend's tensors have `.numpy()`);
     integer results (`argmax`, `.long()`: never in the graph); scripts that never use CUDA for
     the device.
 
@@ -71,9 +73,13 @@ class NumpyOfGraphTensor(Rule):
         if detached and on_host:
             return
         producer = self._producer(ctx, base)
-        if producer is None:
-            return
-        if not detached and grad_mode_at(ctx, producer) == "on":
+        if producer is None or ctx.flow.imports(*OTHER_FRAMEWORKS):
+            return  # beside TensorFlow or JAX (yolov5's export backends) `x.numpy()` is theirs
+        if (
+            not detached
+            and grad_mode_at(ctx, producer) == "on"
+            and not _rebound_with_grad_off(ctx, node, base)
+        ):
             problem = (
                 "still requires grad (made with autograd on, no `.detach()` on the way): "
                 'numpy() raises "Can\'t call numpy() on Tensor that requires grad"'
@@ -152,6 +158,16 @@ def _placed_on_device(ctx: ModuleContext, producer: ast.Call) -> bool:
         ):
             return True  # `model = Net().to(device)`
     return False
+
+
+def _rebound_with_grad_off(ctx: ModuleContext, site: ast.Call, base: ast.expr) -> bool:
+    """The conversion runs with grad off and the name is also made by a model there: ivadomed's
+    validation loop re-binds `preds = model(x)` in both branches of an `if` under `no_grad()`
+    (no single binding reaches the read), the training loop's `preds` does not reach it."""
+    return grad_mode_at(ctx, site) == "off" and any(
+        ctx.flow.is_model_call(call) and grad_mode_at(ctx, call) == "off"
+        for call in ctx.flow.producers(base)
+    )
 
 
 def _is_forward(call: ast.Call) -> bool:
