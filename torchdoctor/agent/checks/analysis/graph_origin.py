@@ -14,6 +14,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     DETACHING_BUILTINS,
     DETACHING_METHODS,
     FOLDING_FUNCTIONS,
+    HOST_COPY_HELPERS,
     NON_GRAD_TORCH,
 )
 from torchdoctor.agent.checks.loops import walk_tree
@@ -96,7 +97,8 @@ class GraphOrigins(ModelFacts):
         if self.grad_disabled_at(expr):
             return None
         if isinstance(expr, ast.Name):
-            definitions = self.live_definitions(expr)
+            reached = self.reaching(expr)  # the one binding every path brings, else all live
+            definitions = [reached] if reached is not None else self.live_definitions(expr)
             elements = yield from self._unpacked_elements(expr, definitions)
             found = yield from self._first_origin(elements)
             if (
@@ -368,10 +370,13 @@ def _output_holder(receiver: ast.expr) -> ast.Name | None:
 
 
 def _detaching(value: ast.expr) -> bool:
-    """`loss.item()`, `float(loss)`, `loss.detach()`: a binding that holds no graph."""
+    """`loss.item()`, `float(loss)`, `loss.detach()`, `to_numpy(loss)`: a binding that holds
+    no graph."""
     if not isinstance(value, ast.Call):
         return False
     func = value.func
     if isinstance(func, ast.Name):
-        return func.id in DETACHING_BUILTINS
-    return isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS
+        return func.id in DETACHING_BUILTINS or func.id in HOST_COPY_HELPERS
+    return isinstance(func, ast.Attribute) and (
+        func.attr in DETACHING_METHODS or func.attr in HOST_COPY_HELPERS
+    )

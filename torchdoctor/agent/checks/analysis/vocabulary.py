@@ -53,6 +53,9 @@ SIGMOID = _producers("sigmoid")
 RECURRENT_LAYERS = _names("recurrent_layers")
 DETACHING_METHODS = _names("detaching_methods")
 DETACHING_BUILTINS = _names("detaching_builtins")
+HOST_COPY_HELPERS = _names("host_copy_helpers")
+"""Project helpers named for a copy to NumPy or a Python number (`to_numpy(loss)`, in mpd's
+and many trainers' utilities): whatever their body, an array or a float holds no graph."""
 AGGREGATING_BUILTINS = _names("aggregating_builtins")
 FOLDING_FUNCTIONS = _names("folding_functions")
 NON_GRAD_TORCH = _names("non_grad_torch")
