@@ -28,6 +28,7 @@ from torchdoctor.agent.checks.patterns import (
     is_model_expr,
     mode_call_receivers,
     model_calls,
+    module_level,
     root_name,
     switches_to_eval,
     terminal_name,
@@ -161,6 +162,13 @@ class InferenceNoEval(Rule):
                 and not _fresh_model_passed(ctx, owner, root)
             ):
                 return
+            if (
+                owner is not None
+                and root not in params
+                and root in _evaluated_globals(ctx)
+                and not _binds(owner, root)
+            ):
+                return  # `net.eval()` at import time, `net(x)` in a request handler
             if id(call) in imported:
                 self._defer(ctx, call)
                 return
@@ -225,6 +233,26 @@ def _callers_elsewhere(
         root in params
         and isinstance(ctx.parents.get(owner), ast.Module)
         and not ctx.flow.callers.get(owner.name)
+    )
+
+
+def _evaluated_globals(ctx: ModuleContext) -> frozenset[str]:
+    """Names the module puts in eval mode at import time (CodeFormer's demo: `codeformer_net
+    .eval()` at the top, then `codeformer_net(...)` in `inference`)."""
+    memo = ctx.memo_table("inference-no-eval.globals")
+    if "" not in memo:
+        memo[""] = frozenset(
+            root_name(call.func.value)  # type: ignore[union-attr]
+            for call in module_level(ctx.tree)
+            if isinstance(call, ast.Call) and switches_to_eval(call)
+        )
+    return memo[""]  # type: ignore[no-any-return]
+
+
+def _binds(fn: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
+    return any(
+        isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)
+        for node in walk_scope(fn.body)
     )
 
 
