@@ -242,9 +242,11 @@ def _evaluated_globals(ctx: ModuleContext) -> frozenset[str]:
     memo = ctx.memo_table("inference-no-eval.globals")
     if "" not in memo:
         memo[""] = frozenset(
-            root_name(call.func.value)  # type: ignore[union-attr]
+            root_name(call.func.value)
             for call in module_level(ctx.tree)
-            if isinstance(call, ast.Call) and switches_to_eval(call)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and switches_to_eval(call)
         )
     return memo[""]  # type: ignore[no-any-return]
 
