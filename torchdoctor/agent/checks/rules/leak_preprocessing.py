@@ -70,7 +70,9 @@ class LeakPreprocessing(Rule):
     and vocabularies built from such data. A split may be rows picked by held-out indices
     (`data_split(X, y, mask, test_indices)`, `X.iloc[val_idx]`) or ranges cut at borders
     picked from lists by the split's index (`data[border1s[set_type]:...]`); a loop over a
-    frame's columns computes one dataset statistic per column. Label/one-hot encoders
+    frame's columns computes one dataset statistic per column; a statistic converted on the
+    way (`pixels.mean(axis=(0, 1, 2)).tolist()`, `tuple(...)` given to `Normalize`) is
+    followed to where it goes. Label/one-hot encoders
     (categories only) are not reported. The data-flow analysis follows names, tuple
     unpacking of splits and local functions across the module.
 
@@ -525,13 +527,19 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
     rescaled by a constant (`data.mean(axis=0) / 255`) is followed to where it goes."""
     node: ast.expr = call
     parent = ctx.parents.get(call)
-    while (
-        isinstance(parent, ast.BinOp)
-        and parent.left is node
-        and isinstance(parent.right, ast.Constant)
-        and isinstance(parent.op, ast.Div | ast.Mult)
-    ):
-        node, parent = parent, ctx.parents.get(parent)
+    while True:
+        if (
+            isinstance(parent, ast.BinOp)
+            and parent.left is node
+            and isinstance(parent.right, ast.Constant)
+            and isinstance(parent.op, ast.Div | ast.Mult)
+        ):
+            node, parent = parent, ctx.parents.get(parent)
+            continue
+        converted = _converted(ctx, node, parent)
+        if converted is None:
+            break
+        node, parent = converted, ctx.parents.get(converted)
     if isinstance(parent, ast.Call) and identifier(parent.func) in _FILLERS:
         return True
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Sub | ast.Div):
@@ -563,6 +571,27 @@ def _transforms_data(ctx: ModuleContext, call: ast.Call) -> bool:
         if isinstance(holder, ast.Call) and identifier(holder.func) in _FILLERS:
             return True
     return False
+
+
+# Conversions that hand a statistic on unchanged (`stats.mean(axis=(0, 1, 2)).tolist()` given
+# to `Normalize`): method calls on it, and wrappers around it.
+_CONVERSIONS = frozenset({"tolist", "item", "numpy", "cpu", "detach", "float"})
+_WRAPPERS = frozenset({"list", "tuple", "float"})
+
+
+def _converted(ctx: ModuleContext, node: ast.expr, parent: ast.AST | None) -> ast.Call | None:
+    """The call that converts `node` (`node.tolist()`, `tuple(node)`), or None."""
+    if isinstance(parent, ast.Attribute) and parent.value is node and parent.attr in _CONVERSIONS:
+        call = ctx.parents.get(parent)
+        return call if isinstance(call, ast.Call) and call.func is parent else None
+    if (
+        isinstance(parent, ast.Call)
+        and isinstance(parent.func, ast.Name)
+        and parent.func.id in _WRAPPERS
+        and parent.args[:1] == [node]
+    ):
+        return parent
+    return None
 
 
 _ELEMENTWISE = frozenset({"abs", "fabs", "square", "sqrt", "pow", "power", "exp", "log"})
