@@ -36,6 +36,13 @@ class LeakOverlap(Rule):
     it is evaluated on. Either way the test score measures recall, not generalisation
     (Yang et al., ASE'22, "overlap leakage").
 
+    Also reported: a training part and a held-out part picked from one frame by the same
+    mask (`train_df = train[train['kfold'] != fold]`, then `valid_df` with the same `!=`: a
+    fold test copied without inverting it).
+
+    Rows drawn with replacement count as oversampling (`minority.sample(n=k, replace=True)`
+    concatenated back before `train_test_split`).
+
     Example:
         X_res, y_res = SMOTE().fit_resample(X, y)
         X_train, X_test, y_train, y_test = train_test_split(X_res, y_res)
@@ -60,6 +67,36 @@ class LeakOverlap(Rule):
             return
         self._resampled_before_split(ctx)
         self._held_out_in_training(ctx)
+        if "train" in ctx.source:
+            self._same_rows_both_sides(ctx)
+
+    def _same_rows_both_sides(self, ctx: ModuleContext) -> None:
+        """`train_df = train[train['kfold'] != fold]` and `valid_df = train[train['kfold'] !=
+        fold]`: the training and the held-out part picked from one frame by the same mask
+        (a fold test copied without inverting it), so they are the same rows."""
+        picked: dict[tuple[int, str, str], list[tuple[str, ast.Assign]]] = {}
+        for stmt in ctx.flow.nodes(ast.Assign):
+            if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+                continue
+            rows = _rows_picked(stmt.value)
+            if rows is None:
+                continue
+            scope = ctx.enclosing_function(stmt)
+            key = (id(scope), rows[0], ast.dump(rows[1]))
+            picked.setdefault(key, []).append((stmt.targets[0].id, stmt))
+        for (_, frame, _), named in picked.items():
+            trained = [name for name, _ in named if training_name(name)]
+            held = [(name, stmt) for name, stmt in named if held_out_name_kind(name)]
+            if not trained or not held:
+                continue
+            name, stmt = held[0]
+            ctx.report(
+                self,
+                stmt,
+                f"`{name}` picks the same rows of `{frame}` as `{trained[0]}` (the same mask): "
+                "the model is validated on the rows it trains on; invert the mask",
+                data={"train": trained[0]},
+            )
 
     def _resampled_before_split(self, ctx: ModuleContext) -> None:
         flow = ctx.flow
@@ -171,8 +208,37 @@ def _names_training(expr: ast.expr) -> bool:
     return isinstance(expr, ast.Name | ast.Attribute) and training_name(identifier(expr))
 
 
+_KEEPS_ROWS = frozenset({"reset_index", "copy", "dropna", "values", "to_numpy"})
+
+
+def _rows_picked(value: ast.expr) -> tuple[str, ast.expr] | None:
+    """(frame, mask) of `frame[mask]` / `frame.loc[mask]`, through row-keeping calls
+    (`.reset_index(drop=True)`, `.copy()`); the mask a comparison."""
+    while isinstance(value, ast.Call | ast.Attribute):
+        func = value.func if isinstance(value, ast.Call) else value
+        if not (isinstance(func, ast.Attribute) and func.attr in _KEEPS_ROWS):
+            break
+        value = func.value
+    if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Compare):
+        return None
+    frame = value.value
+    if isinstance(frame, ast.Attribute) and frame.attr == "loc":
+        frame = frame.value
+    return (frame.id, value.slice) if isinstance(frame, ast.Name) else None
+
+
 def _duplicating_call(node: ast.AST) -> bool:
-    return isinstance(node, ast.Call) and bool(_DUPLICATING.search(identifier(node.func)))
+    """An oversampler or augmenter (`fit_resample`, SMOTE, `resample`), or rows drawn with
+    replacement (pandas' `minority.sample(n=k, replace=True)`): copies of samples."""
+    if not isinstance(node, ast.Call):
+        return False
+    name = identifier(node.func)
+    if name == "sample":
+        return any(
+            k.arg == "replace" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in node.keywords
+        )
+    return bool(_DUPLICATING.search(name))
 
 
 def _anything_held_out_from(ctx: ModuleContext) -> bool:
