@@ -130,6 +130,8 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     for source in ctx.flow.sources(model):
         if isinstance(source, ast.Call) and _loads_in_eval_mode(ctx, source):
             return True
+        if _switched_before_binding(ctx, source):
+            return True
         for sub in walk_tree(source):
             if (
                 isinstance(sub, ast.Call)
@@ -141,6 +143,34 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
     if not isinstance(model, ast.Attribute):
         return False
     return ast.unparse(model) in _eval_receivers(ctx)
+
+
+def _switched_before_binding(ctx: ModuleContext, source: ast.expr) -> bool:
+    """`model.eval(); self.model = model.to(device)` (Real-ESRGAN's `RealESRGANer`): the
+    value bound is a local model that its function put in eval mode before the binding (moves
+    and casts keep the mode)."""
+    base = source
+    while (
+        isinstance(base, ast.Call)
+        and isinstance(base.func, ast.Attribute)
+        and base.func.attr in _MODE_KEEPING
+    ):
+        base = base.func.value
+    if not isinstance(base, ast.Name):
+        return False
+    scope = ctx.enclosing_function(source)
+    return any(
+        isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == base.id
+        and not call.args
+        and call.lineno < source.lineno
+        and ctx.enclosing_function(call) is scope
+        for call in ctx.flow.calls_named(("eval",))
+    )
+
+
+_MODE_KEEPING = frozenset({"to", "cuda", "cpu", "half", "float", "bfloat16", "requires_grad_"})
 
 
 def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
