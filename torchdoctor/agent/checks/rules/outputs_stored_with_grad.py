@@ -130,14 +130,16 @@ def _shared(ctx: ModuleContext, target: ast.expr) -> bool:
 
 
 def _in_forward(ctx: ModuleContext, node: ast.AST) -> bool:
-    """Inside a module's `forward`, collected outputs are part of the graph being built; so
+    """Inside a module's `forward`, collected outputs are part of the graph being built (and a
+    constructor's loop over its configuration builds parts: SpareNet's `Compose` calls each
+    `transformer(parameters)` once); so
     in any other method of an `nn.Module` that loops over its own blocks rather than over a
     data loader (timm's `forward_intermediates` collecting each block's output)."""
     fn = ctx.enclosing_function(node)
     if fn is None:
         return False
-    if fn.name == "forward":
-        return True
+    if fn.name in ("forward", "__init__", "__post_init__"):
+        return True  # a constructor runs once: what it keeps is built, not collected per batch
     return ctx.flow.module_method(fn) and not in_loader_loop(ctx, node)
 
 
