@@ -66,7 +66,7 @@ class Attack:
 
 
 ATTACKS = [
-    Attack("fork_bomb", frozenset({Outcome.TIMEOUT, Outcome.KILLED, Outcome.FAILED})),
+    Attack("fork_bomb", frozenset({Outcome.TIMEOUT, Outcome.KILLED, Outcome.FAILED}), wall_s=3),
     Attack("memory_bomb", frozenset({Outcome.MEMORY_LIMIT})),
     Attack("disk_fill", frozenset({Outcome.KILLED, Outcome.FAILED})),
     Attack("many_files", frozenset({Outcome.KILLED})),

@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 WAIT_SLICE_S = 0.25
 LABEL = "torchdoctor.sandbox"
+EXEC_STRINGS_MAX = 6 * 1024 * 1024
+"""The most bytes of argument strings any Linux exec takes, whatever the stack limit (3/4 of
+_STK_LIM, fs/exec.c since 4.13): a longer command line can never start, and the engine would
+spend seconds storing, returning and deleting a container config that size first."""
 
 
 def docker_ready(config: DockerConfig) -> bool:
@@ -83,6 +87,10 @@ class DockerSandbox:
         return self._describe(gpu=self._gpu_wanted(True), rlimits={})
 
     def run(self, job: Job) -> RunResult:
+        size = sum(len(os.fsencode(arg)) + 1 for arg in job.argv(self.config.python))
+        if size > EXEC_STRINGS_MAX:
+            reason = f"the command line's {size:,} bytes are more than the kernel takes"
+            return RunResult.sandbox_error(reason, self.isolation)
         self._root.mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
             workspace = stage_workspace(job.workspace, self._root, quota_mb=job.limits.disk_mb)
