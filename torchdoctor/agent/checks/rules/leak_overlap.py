@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.leak_sink import related_location
 from torchdoctor.agent.checks.loops import phase_flags, walk_scope
+from torchdoctor.agent.checks.patterns import is_model_expr
 from torchdoctor.agent.models import Severity
 
 _DUPLICATING = re.compile(r"fit_resample|fit_sample|oversampl|smote|augment|resample", re.I)
@@ -148,6 +149,8 @@ class LeakOverlap(Rule):
             receiver = call.func.value
             if _TRANSFORMER_NAME.search(identifier(receiver)):
                 continue
+            if is_model_expr(ctx, call.args[0]):
+                continue  # Lightning's `trainer.fit(model, datamodule)`: the model, not data
             qual = flow.constructed_as(receiver) or ""
             if qual.startswith(("sklearn.preprocessing.", "sklearn.feature_", "sklearn.impute.")):
                 continue
@@ -183,7 +186,9 @@ class LeakOverlap(Rule):
 def _phase_flag_picks_data(ctx: ModuleContext, loop: ast.For | ast.AsyncFor) -> bool:
     """One loop serves both phases: every backward in it runs under `if is_train:` and the
     same flag picks the data (`data = self.train_dataset if is_train else
-    self.test_dataset`, minGPT's and Decision Transformer's `run_epoch(split)`, demucs'
+    self.test_dataset`, or `if train: loader = train_loader` / `else: loader =
+    test_loader` as world-models' `data_pass`; minGPT's and Decision Transformer's
+    `run_epoch(split)`, demucs'
     `self.loaders['train'] if train else self.loaders['valid']`), so the held-out pass
     never trains."""
     flags = phase_flags(ctx, loop)
@@ -191,13 +196,39 @@ def _phase_flag_picks_data(ctx: ModuleContext, loop: ast.For | ast.AsyncFor) -> 
         return False
     owner = ctx.enclosing_function(loop)
     flow = ctx.flow
-    return any(
-        isinstance(choice, ast.IfExp)
-        and ast.unparse(choice.test) in flags
-        and (flow.held_out_kind(choice.body, _HELD_OUT) is None or _names_training(choice.body))
-        and flow.held_out_kind(choice.orelse, _HELD_OUT) is not None
-        for choice in walk_scope(owner.body if owner is not None else ctx.tree.body)
-    )
+
+    def picks(train: ast.expr | None, held_out: ast.expr | None) -> bool:
+        return (
+            train is not None
+            and held_out is not None
+            and (flow.held_out_kind(train, _HELD_OUT) is None or _names_training(train))
+            and flow.held_out_kind(held_out, _HELD_OUT) is not None
+        )
+
+    for choice in walk_scope(owner.body if owner is not None else ctx.tree.body):
+        if isinstance(choice, ast.IfExp | ast.If) and ast.unparse(choice.test) in flags:
+            if isinstance(choice, ast.IfExp) and picks(choice.body, choice.orelse):
+                return True
+            if isinstance(choice, ast.If):
+                iterated = {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)}
+                train, held_out = _bound(choice.body, iterated), _bound(choice.orelse, iterated)
+                if picks(train, held_out):
+                    return True  # `if train: loader = train_loader` / `else: loader = test_loader`
+    return False
+
+
+def _bound(block: list[ast.stmt], names: set[str]) -> ast.expr | None:
+    """The value a branch binds to one of `names`, those the loop iterates (world-models'
+    `data_pass`: `loader = train_loader`, then `for i, data in enumerate(loader)`)."""
+    for stmt in block:
+        if (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)
+            and stmt.targets[0].id in names
+        ):
+            return stmt.value
+    return None
 
 
 def _names_training(expr: ast.expr) -> bool:
