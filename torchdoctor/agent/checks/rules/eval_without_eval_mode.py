@@ -217,7 +217,7 @@ class EvalWithoutEvalMode(Rule):
                 continue  # the mode is set on purpose (e.g. recomputing BatchNorm statistics)
             evaluated = ""
             if _eval_on_path(ctx, owner, call):
-                sibling = None if owner is None else _sibling_left_in_training(ctx, owner, body)
+                sibling = _sibling_left_in_training(ctx, owner, body)
                 if sibling is None:
                     continue
                 key = (id(owner), ast.unparse(model_of(sibling[0])))
@@ -315,7 +315,7 @@ class EvalWithoutEvalMode(Rule):
 
 
 def _sibling_left_in_training(
-    ctx: ModuleContext, owner: FunctionNode, body: list[ast.stmt]
+    ctx: ModuleContext, owner: FunctionNode | None, body: list[ast.stmt]
 ) -> tuple[ast.Call, str] | None:
     """(the first call, the model put in eval) for a second model of an evaluation function
     left in training mode: the function puts one model in eval mode by name (`model.eval()`)
@@ -326,16 +326,19 @@ def _sibling_left_in_training(
 
     Not judged: an `.eval()` of anything but a named model (`for m in models: m.eval()`,
     `self.eval()` of a container), a model reached through one put in eval
-    (`model.head(x)` after `model.eval()`), one the module never switches to training."""
+    (`model.head(x)` after `model.eval()`), one the module never switches to training.
+    A script's evaluation at module level (SincNet's `speaker_id.py`, three networks switched
+    one by one) is judged on the top-level statement that holds it (its epoch loop)."""
+    scope = owner.body if owner is not None else _top_level_statement(ctx, body)
     evaluated: list[str] = []
     loop_targets = {
         t.id
-        for node in walk_scope(owner.body)
+        for node in walk_scope(scope)
         if isinstance(node, ast.For | ast.comprehension)
         for t in walk_tree(node.target)
         if isinstance(t, ast.Name)
     }
-    for node in walk_scope(owner.body):
+    for node in walk_scope(scope):
         if not (isinstance(node, ast.Call) and method_name(node) == "eval" and not node.args):
             continue
         receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
@@ -348,7 +351,7 @@ def _sibling_left_in_training(
     if not evaluated:
         return None
     trained = _trained_by_name(ctx)
-    callers_evaluate = _receivers_before_calls_of(ctx, owner, "eval")
+    callers_evaluate = _receivers_before_calls_of(ctx, owner, "eval") if owner else set()
     for node in walk_scope(body):
         if not isinstance(node, ast.Call):
             continue
@@ -367,8 +370,8 @@ def _sibling_left_in_training(
 
 
 def _trained_by_name(ctx: ModuleContext) -> frozenset[str]:
-    """Receivers of `.train()` (or `.train(True)`) in the module's functions that
-    back-propagate (memoised per module)."""
+    """Receivers of `.train()` (or `.train(True)`) in the module's functions (or its
+    top-level script) that back-propagate (memoised per module)."""
     memo = ctx.memo_table("eval_without_eval_mode.trained_by_name")
     if "" not in memo:
         names: set[str] = set()
@@ -380,8 +383,8 @@ def _trained_by_name(ctx: ModuleContext) -> frozenset[str]:
             ):
                 continue
             fn = ctx.enclosing_function(node)
-            if fn is not None and ctx.loops.backpropagates(fn.body):
-                names.add(ast.unparse(node.func.value))
+            if ctx.loops.backpropagates(fn.body if fn is not None else ctx.tree.body):
+                names.add(ast.unparse(node.func.value))  # a script's top-level loop too
         memo[""] = frozenset(names)
     found: frozenset[str] = memo[""]
     return found
@@ -757,6 +760,18 @@ def _held_out_calls(
                 continue
             found.append((owner, rest))
     return found
+
+
+def _top_level_statement(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.stmt]:
+    """The module-level statement that holds `body` (a script's epoch loop), as a block."""
+    if not body:
+        return []
+    node: ast.AST = body[0]
+    for ancestor in ctx.ancestors(body[0]):
+        if isinstance(ancestor, ast.Module):
+            break
+        node = ancestor
+    return [node] if isinstance(node, ast.stmt) else []
 
 
 def _block_of(ctx: ModuleContext, stmt: ast.stmt) -> list[ast.stmt]:
