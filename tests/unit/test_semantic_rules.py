@@ -111,6 +111,7 @@ NEW_RULES: tuple[str, ...] = (
     "factory-keyword-on-op",
     "loop-variable-rebound",
     "parameter-ignored",
+    "manual-batches-unshuffled",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

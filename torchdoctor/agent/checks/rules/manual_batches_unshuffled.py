@@ -1,0 +1,187 @@
+"""manual-batches-unshuffled: hand-cut training batches in the same order every epoch."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable
+from typing import ClassVar
+
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
+from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import TrainingLoop, nodes_of, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
+from torchdoctor.agent.checks.patterns import terminal_name
+from torchdoctor.agent.models import Severity
+
+# Calls that may reorder the data, and names of a recurrent state carried over consecutive
+# chunks (whose order is the point): with any of them in the module the rule stands down.
+_REORDERING_CALLS = frozenset(
+    {"shuffle", "shuffled", "permutation", "permute_rows", "randperm", "sample", "choice",
+     "choices", "RandomSampler", "SubsetRandomSampler", "WeightedRandomSampler",
+     "DistributedSampler", "BatchSampler"}
+)  # fmt: skip
+_ORDERED_CHUNKS = re.compile(
+    r"^(hid|hx|cx|h0|c0|mems|state|states)$|(^|_)(hidden|bptt)(_|$)|_states?$", re.IGNORECASE
+)
+_WRAPPERS = frozenset({"enumerate", "tqdm", "list", "iter", "trange"})
+
+
+class ManualBatchesUnshuffled(Rule):
+    """Detects a training loop over batches cut by hand from a sequence (`for i in range(0,
+    len(X), bs): xb = X[i:i + bs]`, or a helper returning `[graphs[i:i + bs] for i in
+    range(0, len(graphs), bs)]` that the epoch loop iterates) when nothing in the module
+    reorders that sequence: no `random.shuffle`, `np.random.permutation`, `torch.randperm`,
+    `.sample(...)` or sampler. The loop must run once per epoch (inside another loop) and
+    train (back-propagate and step, itself or through a method it calls).
+
+    Why it matters: it is the hand-written twin of a `DataLoader` without `shuffle=True`:
+    every epoch sees the same batches in the same order, and data stored sorted (by class, by
+    source, by length) gives correlated consecutive batches and a model that fits the order.
+    SimGNN shuffles its graph pairs in `create_batches`; without that line the batches never
+    change.
+
+    Not reported: modules that shuffle, permute or sample anything (the order may be
+    randomised elsewhere), recurrent scripts (`hidden`, `bptt`: consecutive chunks of one
+    sequence are the point), sequences named for validation or test data, single passes (no
+    epoch loop around the batches).
+
+    Example:
+        for epoch in range(epochs):
+            for i in range(0, len(X_train), batch_size):
+                loss = criterion(model(X_train[i:i + batch_size]), y_train[i:i + batch_size])
+                loss.backward()
+                optimizer.step()
+
+    Fix: permute once per epoch (`order = torch.randperm(len(X_train))`, then slice
+    `X_train[order[i:i + bs]]`), or `random.shuffle(items)` before cutting the batches.
+    """
+
+    id = "manual-batches-unshuffled"
+    point = 3
+    severity = Severity.MEDIUM
+    title = "Hand-cut training batches never shuffled"
+    items: ClassVar[tuple[str, ...]] = ("3.2",)
+    triggers = Triggers(all_of=(("range(",), ("backward",)))
+
+    def finish(self, ctx: ModuleContext) -> None:
+        if "backward" not in ctx.source or _reorders_or_carries_state(ctx):
+            return
+        for loop in ctx.loops.training_loops:
+            if loop.kind != "loop" or not isinstance(loop.node, ast.For):
+                continue
+            if not _inside_a_loop(ctx, loop.node):
+                continue
+            cut = _batches_cut_here(loop.node) or _batches_from_a_helper(ctx, loop)
+            if cut is None:
+                continue
+            site, sequence = cut
+            if held_out_name_kind(sequence) is not None:
+                continue
+            ctx.report(
+                self,
+                site,
+                f"training batches are cut from `{sequence}` in the same order every epoch: "
+                "nothing in this file shuffles it; permute the indices each epoch "
+                f"(`torch.randperm(len({sequence}))`) or `random.shuffle` before cutting",
+            )
+
+
+def _reorders_or_carries_state(ctx: ModuleContext) -> bool:
+    """A call that may reorder data (`random.shuffle`, `torch.randperm`, a sampler, any
+    `shuffle=` keyword), or a name of a recurrent state (`hidden`, `bptt`)."""
+    for call in nodes_of(ctx, ast.Call):
+        assert isinstance(call, ast.Call)
+        if terminal_name(call.func) in _REORDERING_CALLS:
+            return True
+        if any(k.arg == "shuffle" for k in call.keywords):
+            return True
+    return any(
+        _ORDERED_CHUNKS.search(node.id if isinstance(node, ast.Name) else node.attr)
+        for node in nodes_of(ctx, ast.Name, ast.Attribute)
+        if isinstance(node, ast.Name | ast.Attribute)
+    )
+
+
+def _inside_a_loop(ctx: ModuleContext, node: ast.AST) -> bool:
+    """An epoch loop encloses `node` in its function (or at module level)."""
+    for ancestor in ctx.ancestors(node):
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if isinstance(ancestor, ast.For | ast.While):
+            return True
+    return False
+
+
+def _batches_cut_here(loop: ast.For) -> tuple[ast.AST, str] | None:
+    """`for i in range(0, len(X), bs): ... X[i:i + bs]`: (the loop, 'X')."""
+    step = _stepped_range(loop.iter)
+    if step is None or not isinstance(loop.target, ast.Name):
+        return None
+    sequence = _sliced_by(walk_scope(loop.body), loop.target.id, step)
+    return (loop, sequence) if sequence else None
+
+
+def _batches_from_a_helper(ctx: ModuleContext, loop: TrainingLoop) -> tuple[ast.AST, str] | None:
+    """The loop iterates what a function of this file returns (`batches =
+    self.create_batches()`), slices cut in a stepped loop or a comprehension (`[X[i:i + bs]
+    for i in range(0, len(X), bs)]`): (where they are cut, 'X')."""
+    assert isinstance(loop.node, ast.For)
+    iterated = loop.node.iter
+    while (
+        isinstance(iterated, ast.Call)
+        and isinstance(iterated.func, ast.Name)
+        and iterated.func.id in _WRAPPERS
+        and iterated.args
+    ):
+        iterated = iterated.args[0]
+    values = ctx.flow.definitions(iterated) if isinstance(iterated, ast.Name) else [iterated]
+    for value in values:
+        if not isinstance(value, ast.Call):
+            continue
+        for fn in ctx.flow.functions.get(terminal_name(value.func), []):
+            for node in walk_tree(fn):
+                if isinstance(node, ast.For) and (cut := _batches_cut_here(node)):
+                    return cut  # `batches.append(graphs[i:i + bs])` in a loop
+                if isinstance(node, ast.ListComp | ast.GeneratorExp) and len(node.generators) == 1:
+                    generator = node.generators[0]
+                    step = _stepped_range(generator.iter)
+                    if step is None or not isinstance(generator.target, ast.Name):
+                        continue
+                    sequence = _sliced_by(walk_tree(node.elt), generator.target.id, step)
+                    if sequence:
+                        return node, sequence
+    return None
+
+
+def _stepped_range(expr: ast.expr) -> str | None:
+    """The step's text of `range(0, n, step)` with a step that is no literal 1."""
+    if not (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Name)
+        and expr.func.id == "range"
+        and len(expr.args) == 3
+    ):
+        return None
+    step = expr.args[2]
+    if isinstance(step, ast.Constant) and step.value == 1:
+        return None
+    return ast.unparse(step)
+
+
+def _sliced_by(nodes: Iterable[ast.AST], index: str, step: str) -> str:
+    """The sequence of the first `seq[index:index + step]` among `nodes`, else ''."""
+    for node in nodes:
+        if not (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice)):
+            continue
+        lower, upper = node.slice.lower, node.slice.upper
+        if (
+            isinstance(lower, ast.Name)
+            and lower.id == index
+            and isinstance(upper, ast.BinOp)
+            and isinstance(upper.op, ast.Add)
+            and ast.unparse(upper.left) == index
+            and ast.unparse(upper.right) == step
+        ):
+            return ast.unparse(node.value)
+    return ""
