@@ -142,6 +142,8 @@ class DivideByStdNoEps(Rule):
                 )
             else:
                 continue
+            if _compared_around(ctx, node, divisor):
+                continue  # `if torch.norm(r) > eps: r = eps * r / torch.norm(r)`
             ctx.report(
                 self,
                 node,
@@ -603,6 +605,23 @@ def _tested_around(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
             test = anc.args[0]
         if test is not None and any(
             isinstance(n, ast.Name) and n.id == name for n in walk_tree(test)
+        ):
+            return True
+    return False
+
+
+def _compared_around(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bool:
+    """The divisor itself is tested by an `if`/`while`/conditional expression around the
+    division (BERT-NER's FGM projection `if torch.norm(r) > epsilon: r = epsilon * r /
+    torch.norm(r)`, ivadomed's `if sample.std() < 1e-5: ... else: ... / sample.std()`)."""
+    text = ast.unparse(divisor)
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return False
+        if isinstance(anc, ast.If | ast.IfExp | ast.While) and any(
+            isinstance(part, ast.Compare)
+            and any(ast.unparse(side) == text for side in [part.left, *part.comparators])
+            for part in walk_tree(anc.test)
         ):
             return True
     return False
