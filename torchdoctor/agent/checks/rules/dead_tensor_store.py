@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
@@ -133,6 +134,8 @@ class DeadTensorStore(Rule):
             if name is None:
                 continue
             later = _overwritten_unread(ctx, block[index + 1 :], name)
+            if later is not None and _effects_checked_between(ctx, stmt, block, index, later):
+                continue
             if later is not None and not _signature_variants(ctx, stmt, later):
                 ctx.report(
                     self,
@@ -381,6 +384,27 @@ def _reads(ctx: ModuleContext, stmt: ast.stmt, name: str) -> bool:
                 declares = True
         found = memo[id(stmt)] = (names, declares)
     return name in found[0] or bool(found[1])
+
+
+def _effects_checked_between(
+    ctx: ModuleContext, stmt: ast.stmt, block: list[ast.stmt], index: int, later: ast.stmt
+) -> bool:
+    """A model run for what it triggers: between its call and the overwrite a test asserts
+    (fast-transformers' event tests: `x = transformer(x)`, then `self.assertEqual(len(A),
+    0)` on what its hooks recorded)."""
+    value = stmt.value if isinstance(stmt, ast.Assign) else None
+    if not isinstance(value, ast.Call) or not ctx.flow.is_model_call(value):
+        return False
+    for between in block[index + 1 :]:
+        if between is later:
+            return False
+        if isinstance(between, ast.Assert) or (
+            isinstance(between, ast.Expr)
+            and isinstance(between.value, ast.Call)
+            and terminal_name(between.value.func).startswith("assert")
+        ):
+            return True
+    return False
 
 
 def _last_stores(block: list[ast.stmt]) -> dict[str, int]:
