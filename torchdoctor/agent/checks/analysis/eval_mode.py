@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.project import project_function_calls
 from torchdoctor.agent.checks.analysis.reachability import mode_text
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
+from torchdoctor.agent.checks.patterns import peel_mode_calls
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 
 if TYPE_CHECKING:
@@ -149,14 +150,8 @@ def _switched_before_binding(ctx: ModuleContext, source: ast.expr) -> bool:
     """`model.eval(); self.model = model.to(device)` (Real-ESRGAN's `RealESRGANer`): the
     value bound is a local model that its function put in eval mode before the binding (moves
     and casts keep the mode)."""
-    base = source
-    while (
-        isinstance(base, ast.Call)
-        and isinstance(base.func, ast.Attribute)
-        and base.func.attr in _MODE_KEEPING
-    ):
-        base = base.func.value
-    if not isinstance(base, ast.Name):
+    base = peel_mode_calls(source)
+    if not isinstance(base, ast.Name) or ".train(" in ast.unparse(source):
         return False
     scope = ctx.enclosing_function(source)
     return any(
@@ -168,9 +163,6 @@ def _switched_before_binding(ctx: ModuleContext, source: ast.expr) -> bool:
         and ctx.enclosing_function(call) is scope
         for call in ctx.flow.calls_named(("eval",))
     )
-
-
-_MODE_KEEPING = frozenset({"to", "cuda", "cpu", "half", "float", "bfloat16", "requires_grad_"})
 
 
 def _eval_receivers(ctx: ModuleContext) -> frozenset[str]:
