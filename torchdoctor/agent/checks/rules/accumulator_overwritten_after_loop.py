@@ -42,6 +42,10 @@ class AccumulatorOverwrittenAfterLoop(Rule):
     id = "accumulator-overwritten-after-loop"
     point = 3
     severity = Severity.MEDIUM
+    severity_note = (
+        "high when the last iteration's loss is back-propagated instead of the summed total "
+        "(the model trains on one item); medium when a reported total is overwritten"
+    )
     title = "Loop total overwritten by the last iteration's value"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     triggers = Triggers(("+=", "backward"))
