@@ -6,9 +6,9 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import under_periodic_guard
+from torchdoctor.agent.checks.patterns import terminal_name, under_periodic_guard
 from torchdoctor.agent.models import Severity
 
 # CUDA memory statistics: a loop that reads them measures each configuration it runs.
@@ -38,6 +38,26 @@ def _measures_memory(loop: ast.For | ast.While | ast.AsyncFor) -> bool:
     )
 
 
+_JOBS = frozenset({"train", "fit", "test", "evaluate", "validate", "run", "main"})
+
+
+def _runs_a_whole_job(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncFor) -> bool:
+    """Each iteration is a whole pass, not a step: it holds a training loop itself (an epoch
+    loop releasing the cache once per epoch) or runs a whole training or test
+    (`exp.train(setting)`, `exp.test(setting)`: Time-Series-Library's repeated experiments)."""
+    training = {id(t.node) for t in ctx.loops.training_loops}
+    for stmt in walk_scope(loop.body):
+        if isinstance(stmt, ast.For | ast.While) and id(stmt) in training:
+            return True
+        if (
+            isinstance(stmt, ast.Expr | ast.Assign)
+            and isinstance(stmt.value, ast.Call)
+            and terminal_name(stmt.value.func) in _JOBS
+        ):
+            return True
+    return False
+
+
 class EmptyCacheInLoop(Rule):
     """Detects `torch.cuda.empty_cache()` called inside a loop, on every iteration.
 
@@ -55,7 +75,9 @@ class EmptyCacheInLoop(Rule):
     snapshot tools.
 
     Not reported in a loop that reads the CUDA memory statistics (`memory_reserved`,
-    `max_memory_allocated`): a benchmark measuring each configuration separately; nor in an
+    `max_memory_allocated`): a benchmark measuring each configuration separately; nor in a
+    loop each iteration of which is a whole pass (an epoch loop holding the training loop, or
+    `exp.train(setting)`, `exp.test(setting)`: repeated experiments); nor in an
     `except` handler (the cache released after a CUDA out-of-memory error before a retry on
     smaller inputs or the CPU runs only when the error happens).
     """
@@ -86,7 +108,11 @@ class EmptyCacheInLoop(Rule):
                     self.in_functions.append(node)  # decided in finish(): per-step or not
                 return
             if isinstance(anc, ast.For | ast.While | ast.AsyncFor):
-                if not under_periodic_guard(ctx, node, anc) and not _measures_memory(anc):
+                if (
+                    not under_periodic_guard(ctx, node, anc)
+                    and not _measures_memory(anc)
+                    and not _runs_a_whole_job(ctx, anc)
+                ):
                     self._report(ctx, node)
                 return
 
