@@ -24,6 +24,7 @@ _REORDERING_CALLS = frozenset(
 _ORDERED_CHUNKS = re.compile(
     r"^(hid|hx|cx|h0|c0|mems|state|states)$|(^|_)(hidden|bptt)(_|$)|_states?$", re.IGNORECASE
 )
+_SLICE_BY_STEP = re.compile(r"\[\s*(\w+)\s*:\s*\1\s*\+")
 _WRAPPERS = frozenset({"enumerate", "tqdm", "list", "iter", "trange"})
 
 
@@ -65,8 +66,8 @@ class ManualBatchesUnshuffled(Rule):
     triggers = Triggers(all_of=(("range(",), ("backward",)))
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "backward" not in ctx.source or _reorders_or_carries_state(ctx):
-            return
+        if not _SLICE_BY_STEP.search(ctx.source) or _reorders_or_carries_state(ctx):
+            return  # no `seq[i:i + ...]` in the text: no hand-cut batch to find
         for loop in ctx.loops.training_loops:
             if loop.kind != "loop" or not isinstance(loop.node, ast.For):
                 continue

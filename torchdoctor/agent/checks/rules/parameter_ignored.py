@@ -79,14 +79,16 @@ def _candidates(ctx: ModuleContext) -> list[tuple[_Function, str, ast.Call]]:
     found: dict[tuple[int, str], tuple[_Function, str, ast.Call]] = {}
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
-        function = ctx.enclosing_function(call)
-        if function is None or _super_of(call, function):
-            continue
         named = {
             k.arg
             for k in call.keywords
             if k.arg and isinstance(k.value, ast.Constant) and k.value.value is not None
         }
+        if not named and not isinstance(ctx.parents.get(call), ast.Return):
+            continue  # no literal keyword, and not a one-`return` helper's call: most calls
+        function = ctx.enclosing_function(call)
+        if function is None or _super_of(call, function):
+            continue
         for name in named & _parameters(ctx, function):
             found.setdefault((id(function), name), (function, name, call))
         for name in _defaults_returned(ctx, function, call):
