@@ -120,6 +120,17 @@ class Lazy(nn.Module):
 class NoInit(nn.Module):
     def forward(self, x):
         return nn.LayerNorm(8)(x)
+
+
+class MuseBranchWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dy_paras = nn.Parameter(torch.ones(3))
+        self.softmax = nn.Softmax(-1)
+
+    def forward(self, x):
+        self.dy_paras = nn.Parameter(self.softmax(self.dy_paras))
+        return self.dy_paras[0] * x
 """
 
 
@@ -129,10 +140,13 @@ class NoInit(nn.Module):
         (14, "built in a loop, one per iteration"),  # graykode/nlp-tutorial's TextCNN, #33
         (25, "its arguments read x, known only inside forward()"),
         (30, "no __init__ of its own"),
+        # ZhugeKongan/torch-template-for-deep-learning's MUSEAttention: moved to __init__,
+        # the softmax would run once instead of at every call
+        (40, "re-wraps the attribute's own value at every call"),
     ],
 )
 def test_what_cannot_move_is_declined_with_the_reason(line: int, reason: str) -> None:
-    assert _lines(LOOP) == [14, 25, 30]
+    assert _lines(LOOP) == [14, 25, 30, 40]
     codemod = codemod_for(RULE)
     assert codemod is not None
     assert codemod.transform(LOOP, _target(line)) is None

@@ -323,13 +323,33 @@ def under_modulo_guard(ctx: ModuleContext, node: ast.AST, stop: ast.AST) -> bool
 
 
 def is_periodic_guard(test: ast.expr) -> bool:
-    """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps."""
+    """`step % 100 == 0`, `if log_every and ...`, `if args.verbose:` — runs every N steps;
+    or on the iterations of a schedule (`if i in np.linspace(0, iterations, 10, dtype=int):`,
+    `if epoch in milestones:`)."""
     if mentions_modulo(test):
         return True
     return any(
         _LOG_GUARD_NAME.search(n.attr if isinstance(n, ast.Attribute) else n.id)
-        for n in walk_tree(test)
         if isinstance(n, ast.Name | ast.Attribute)
+        else _counter_in_schedule(n)
+        for n in walk_tree(test)
+        if isinstance(n, ast.Name | ast.Attribute | ast.Compare)
+    )
+
+
+_COUNTER_NAME = re.compile(
+    r"(i|j|it|itr|iters?|iterations?|n_iter|batch_idx|(global_)?steps?|epochs?"
+    r"|\w*_(step|steps|epoch|iter|iteration))"
+)
+
+
+def _counter_in_schedule(test: ast.Compare) -> bool:
+    """`i in <iterations>`: a loop counter tested for membership in a set of iterations."""
+    return (
+        len(test.ops) == 1
+        and isinstance(test.ops[0], ast.In)
+        and isinstance(test.left, ast.Name)
+        and _COUNTER_NAME.fullmatch(test.left.id) is not None
     )
 
 

@@ -613,18 +613,61 @@ def _tested_around(ctx: ModuleContext, node: ast.AST, name: str) -> bool:
 def _compared_around(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bool:
     """The divisor itself is tested by an `if`/`while`/conditional expression around the
     division (BERT-NER's FGM projection `if torch.norm(r) > epsilon: r = epsilon * r /
-    torch.norm(r)`, ivadomed's `if sample.std() < 1e-5: ... else: ... / sample.std()`)."""
-    text = ast.unparse(divisor)
+    torch.norm(r)`, ivadomed's `if sample.std() < 1e-5: ... else: ... / sample.std()`), or
+    by an `if` before it in the same function that leaves the block (`if s.max() == s.min():
+    continue`, then `(s - s.min()) / (s.max() - s.min())`: a range's two ends compared)."""
+    sides = _tested_sides(divisor)
+    child: ast.AST = node
     for anc in ctx.ancestors(node):
         if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             return False
-        if isinstance(anc, ast.If | ast.IfExp | ast.While) and any(
-            isinstance(part, ast.Compare)
-            and any(ast.unparse(side) == text for side in [part.left, *part.comparators])
-            for part in walk_tree(anc.test)
-        ):
+        if isinstance(anc, ast.If | ast.IfExp | ast.While) and _tests(anc.test, sides):
             return True
+        for block in _blocks(anc):
+            if any(stmt is child for stmt in block):
+                for stmt in block:
+                    if stmt is child:
+                        break
+                    if _exits_when(stmt, sides):
+                        return True
+        child = anc
     return False
+
+
+def _tested_sides(divisor: ast.expr) -> list[set[str]]:
+    """What a comparison must hold, as texts of its sides, to test the divisor: the divisor
+    itself, or both ends of a range (`hi - lo`)."""
+    sides = [{ast.unparse(divisor)}]
+    if isinstance(divisor, ast.BinOp) and isinstance(divisor.op, ast.Sub):
+        sides.append({ast.unparse(divisor.left), ast.unparse(divisor.right)})
+    return sides
+
+
+def _tests(test: ast.expr, sides: list[set[str]]) -> bool:
+    for part in walk_tree(test):
+        if isinstance(part, ast.Compare):
+            texts = {ast.unparse(side) for side in [part.left, *part.comparators]}
+            if any(wanted <= texts for wanted in sides):
+                return True
+    return False
+
+
+def _blocks(node: ast.AST) -> list[list[ast.stmt]]:
+    return [
+        block
+        for block in (getattr(node, "body", None), getattr(node, "orelse", None))
+        if isinstance(block, list)
+    ]
+
+
+def _exits_when(stmt: ast.stmt, sides: list[set[str]]) -> bool:
+    """`if <test of the divisor>: continue` (or `return`, `raise`, `break`)."""
+    return (
+        isinstance(stmt, ast.If)
+        and not stmt.orelse
+        and isinstance(stmt.body[-1], ast.Continue | ast.Return | ast.Raise | ast.Break)
+        and _tests(stmt.test, sides)
+    )
 
 
 def _embedding_norm(ctx: ModuleContext, norm: ast.Call) -> bool:

@@ -16,6 +16,10 @@ _CONTAINERS = {
     "dict": "nn.ModuleDict",
 }
 
+_REGISTERING = frozenset(
+    {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
+)
+
 
 class ModuleListNotRegistered(Rule):
     """Detects, in the `__init__` of an `nn.Module` subclass, an attribute assigned a plain
@@ -25,7 +29,8 @@ class ModuleListNotRegistered(Rule):
     `nn.ModuleDict(dict(h=[...]))`, or a plain list that a function of the same file fills
     with layers and returns (`self.module_list = create_modules(cfg)`, a Darknet port's
     config parser). Not reported: a list that `__init__` wraps later
-    (`self.rnns = nn.ModuleList(self.rnns)`).
+    (`self.rnns = nn.ModuleList(self.rnns)`), or whose modules another attribute registers
+    (`self.layer = nn.Sequential(*self.layer_list)`).
 
     Why it matters: PyTorch registers only attributes that are modules, parameters or their
     containers. Layers in a Python list are invisible to `parameters()` (never trained, not
@@ -152,19 +157,34 @@ class ModuleListNotRegistered(Rule):
 
 def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
     """Attributes that `__init__` re-assigns a registered container or module built from
-    themselves (`self.rnns = nn.ModuleList(self.rnns)`)."""
+    themselves (`self.rnns = nn.ModuleList(self.rnns)`), or whose modules another attribute
+    registers (`self.layer = nn.Sequential(*self.layer_list)`, `nn.ModuleList(self.units)`):
+    the plain list then only holds references to registered modules."""
     wrapped: set[str] = set()
     for node in walk_tree(init):
         if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
             continue
         for target in node.targets:
             name = self_attribute(target)
-            if name is not None and any(
-                isinstance(a, ast.Attribute) and self_attribute(a) == name
-                for a in walk_tree(node.value)
-            ):
+            if name is None:
+                continue
+            mentioned = {
+                self_attribute(a) for a in walk_tree(node.value) if isinstance(a, ast.Attribute)
+            }
+            if name in mentioned:
                 wrapped.add(name)
+            if _registering_container(node.value):
+                for arg in node.value.args:
+                    held = self_attribute(arg.value if isinstance(arg, ast.Starred) else arg)
+                    if held is not None:
+                        wrapped.add(held)
     return wrapped
+
+
+def _registering_container(call: ast.Call) -> bool:
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name in _REGISTERING
 
 
 def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:

@@ -22,6 +22,10 @@ _WEIGHTLESS = frozenset(
     {"Identity", "Flatten", "Dropout", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax"}
 )
 
+_CONTAINERS = frozenset(
+    {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
+)
+
 
 class TargetNetworkNotSynced(Rule):
     """Detects a lagging copy of a network — named like the network plus `target`, `old`,
@@ -45,6 +49,7 @@ class TargetNetworkNotSynced(Rule):
     them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
     critic_target, self.critic)`, a loop copying `zip(target.parameters(), net.parameters())`
     pairwise, or a checkpoint loaded into the copy), networks built with different arguments,
+    empty torch.nn containers (`nn.Sequential()` filled by `add_module` afterwards),
     torch.nn layers that hold no weights (`nn.Identity()` placeholders), names that do not
     pair up (`critic_1` and `critic_2`, `teacher` and `student`), and test modules.
 
@@ -98,7 +103,7 @@ class TargetNetworkNotSynced(Rule):
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 call = _constructor(node.value)
                 target = node.targets[0]
-                if call is not None and _weightless(ctx, call):
+                if call is not None and (_weightless(ctx, call) or _filled_later(ctx, call)):
                     continue
                 if call is not None and isinstance(target, ast.Name | ast.Attribute):
                     built.append((ast.unparse(target), ast.unparse(call), node))
@@ -120,6 +125,16 @@ class TargetNetworkNotSynced(Rule):
 def _weightless(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call) or ""
     return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in _WEIGHTLESS
+
+
+def _filled_later(ctx: ModuleContext, call: ast.Call) -> bool:
+    """An empty torch.nn container (`nn.Sequential()`, `nn.ModuleList()`): what it holds is
+    added afterwards (`add_module`, `append`), so two of them are not the same network (NASNet's
+    `conv_prev_1x1` and `conv_1x1`, filled with different convolutions)."""
+    if call.args or call.keywords:
+        return False
+    qual = ctx.flow.qualname_of(call) or ""
+    return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in _CONTAINERS
 
 
 def _self_sync(call: ast.Call) -> str | None:

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.loops import (
     Effects,
     direct_effects,
     enclosing_ifs,
+    mentions_modulo,
     receiver_name,
     under_modulo_guard,
     walk_tree,
@@ -44,7 +45,10 @@ class ZeroGradOrder(Rule):
     None`): those are frozen for this step on purpose and the others still update; nor
     `p.grad = None` in a loop over a list of chosen parameters that is not traced to every
     parameter of a model (TRPO keeps the actor's share of a network updated by its own line
-    search out of the critic optimizer's step: `for p in actor_params: p.grad = None`).
+    search out of the critic optimizer's step: `for p in actor_params: p.grad = None`); nor a
+    clear on every iteration of an optimizer whose periodic step has its backward with it
+    under the same `%` guard (a WGAN's generator trained every `n_critic` batches): no
+    micro-batch accumulates into that step.
 
     Fix: clear gradients before the forward pass (or right after `step()`):
     `optimizer.zero_grad(set_to_none=True)`, then `loss.backward()`, then `optimizer.step()`;
@@ -141,13 +145,36 @@ def _clears_every_micro_step(
             [] if _is_optimizer_name(owner) else steps
         )
         if same and all(
-            under_modulo_guard(ctx, s, loop)
+            (
+                under_modulo_guard(ctx, s, loop)
+                and _backward_between_outside_guard(ctx, loop, effects, clear, s)
+            )
             or _skipped_after_backward(ctx, body, effects, s, clear)
             or (_accumulate_gated(ctx, s, loop) and receiver_name(s) != owner)
             for s in same
         ):
             found.append((clear, same[0]))
     return found
+
+
+def _backward_between_outside_guard(
+    ctx: ModuleContext, loop: ast.AST, effects: Effects, clear: ast.Call, step: ast.Call
+) -> bool:
+    """A backward() runs between the clear and the periodic step (in the loop's cyclic order)
+    outside the step's `%` guard, so iterations that skip the step accumulate into it. When
+    every backward on that path sits in the guard with the step, each step has its own
+    backward and nothing is discarded: a WGAN's generator trained every `n_critic` batches
+    (`optimizer_G.zero_grad()` on every batch, then `if i % n_critic == 0:` its loss's
+    backward and step; the critic's loss reads the generated images detached)."""
+    guards = [g for g, _ in enclosing_ifs(ctx, step, loop) if mentions_modulo(g.test)]
+    start, end = clear.lineno, step.lineno
+
+    def between(line: int) -> bool:
+        return start < line < end if start < end else line > start or line < end
+
+    return any(
+        between(b.lineno) and not any(_holds(g.body, b) for g in guards) for b in effects.backward
+    )
 
 
 def _accumulate_gated(ctx: ModuleContext, step: ast.Call, loop: ast.AST) -> bool:

@@ -22,7 +22,8 @@ class LayerBuiltInForwardFix(Codemod):
     layer's weights then train, move with the model and are saved (a checkpoint saved before
     lacks them). Declined, with the reason: arguments that read the call's inputs or locals
     (`x.size(-1)`: the size is known only at the call), a layer built in a loop (one per
-    iteration: an `nn.ModuleList`), and a class without its own `__init__`."""
+    iteration: an `nn.ModuleList`), a class without its own `__init__`, and a parameter
+    rebuilt from its own value (`self.w = nn.Parameter(f(self.w))`)."""
 
     rule = "layer-built-in-forward"
     kind = FixKind.CORRECTNESS
@@ -65,6 +66,12 @@ class LayerBuiltInForwardFix(Codemod):
                 "it lazily under `if self.<name> is None`, or pass the size to __init__"
             )
         stored = _stored_statement(ctx, call)
+        if stored is not None and _reads_its_target(ctx, stored, call):
+            return ctx.decline(
+                "it re-wraps the attribute's own value at every call (`self.w = "
+                "nn.Parameter(f(self.w))`): decide whether `f` belongs in forward, computed "
+                "into a local from the parameter, or once in __init__"
+            )
         if stored is not None:
             ctx.remove(stored)
             ctx.insert_after(init.body.body[-1], [stored.with_changes(leading_lines=[])])
@@ -117,6 +124,16 @@ def _read_names(node: cst.CSTNode) -> set[str]:
 
     node.visit(Names())
     return found - {"self"}
+
+
+def _reads_its_target(ctx: SourceContext, stored: cst.SimpleStatementLine, call: cst.Call) -> bool:
+    """`self.dy_paras = nn.Parameter(self.softmax(self.dy_paras))`: moved to `__init__`, the
+    transform would run once instead of at every call."""
+    assign = stored.body[0]
+    if not isinstance(assign, cst.Assign):
+        return False
+    target = ctx.code(assign.targets[0].target)
+    return re.search(rf"(?<![\w.]){re.escape(target)}(?!\w)", ctx.code(call)) is not None
 
 
 def _stored_statement(ctx: SourceContext, call: cst.Call) -> cst.SimpleStatementLine | None:
