@@ -53,6 +53,11 @@ class ClipGradOrder(Rule):
     multi-task loss weighting's `backward(losses, shared_parameters)`) is judged on a clip
     before its `backward()`.
 
+    A loop-free function that steps the optimizer and clips but never back-propagates (an
+    optimizer wrapper's `step()`, PreSumm's; a step-function factory's `optimize_fn` closure,
+    score_sde's) is the update half of a step whose caller ran `backward()`: a clip after
+    every step it can run with is reported.
+
     A clip is judged against the `backward()` and steps that can run with it, not those of
     the other branch of an `if` (`if fp16: ... else: clip; loss.backward()` clips first).
 
@@ -92,6 +97,8 @@ class ClipGradOrder(Rule):
             publish(ctx)  # its clipping helpers, for the files whose loops call them
         bodies = [loop.body for loop in ctx.loops.training_loops if loop.kind == "loop"]
         bodies += _update_functions(ctx)
+        for body in _step_functions(ctx):
+            self._check_step_function(ctx, body)
         for body in bodies:
             calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
             clips = [c for c in calls if _is_clip(c)]
@@ -120,6 +127,19 @@ class ClipGradOrder(Rule):
                     self._report(ctx, clip, "before backward()", backwards, "after")
                 elif steps and clip.lineno > max(steps):
                     self._report(ctx, clip, "after optimizer.step()", steps, "before")
+
+    def _check_step_function(self, ctx: ModuleContext, body: list[ast.stmt]) -> None:
+        """A loop-free function that steps the optimizer and clips, with no `backward()` of
+        its own (an optimizer wrapper's `step()`, a step-function factory's `optimize_fn`):
+        its caller back-propagates before calling it, so a clip after every step it can run
+        with clips gradients that were already applied."""
+        calls = [n for n in walk_scope(body) if isinstance(n, ast.Call)]
+        steps = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
+        for clip in (c for c in calls if _is_clip(c)):
+            mine = _steps_of(ctx, clip, [c for c in steps if not _exclusive(ctx, clip, c, body)])
+            if mine and clip.lineno > max(c.lineno for c in mine):
+                lines = [c.lineno for c in mine]
+                self._report(ctx, clip, "after optimizer.step()", lines, "before")
 
     def _check_helpers(
         self,
@@ -274,6 +294,23 @@ def _update_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
             if not clips or not backwards:
                 continue
             if not any(_in_own_loop(ctx, c, fn) for c in (*clips, *backwards)):
+                bodies.append(fn.body)
+    return bodies
+
+
+def _step_functions(ctx: ModuleContext) -> list[list[ast.stmt]]:
+    """Bodies of functions that clip and step an optimizer, with no `backward()` and no loop
+    of their own around either: the update half of a step the caller back-propagated for
+    (PreSumm's `Optimizer.step`, score_sde's `optimize_fn` closure)."""
+    bodies = []
+    for defs in ctx.loops.functions.values():
+        for fn in defs:
+            calls = [n for n in walk_scope(fn.body) if isinstance(n, ast.Call)]
+            clips = [c for c in calls if _is_clip(c)]
+            steps = [c for c in calls if is_optimizer_step(c) and not _is_clip(c)]
+            if not clips or not steps or any(is_backward_call(c) for c in calls):
+                continue
+            if not any(_in_own_loop(ctx, c, fn) for c in (*clips, *steps)):
                 bodies.append(fn.body)
     return bodies
 
