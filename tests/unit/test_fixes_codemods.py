@@ -1147,6 +1147,22 @@ def test_host_sync_stored_into_a_container_says_where_it_goes() -> None:
     assert why is not None and "stored into `tracker[len(tracker)]['x']`" in why, why
 
 
+def test_train_loader_codemod_leaves_options_that_set_shuffle() -> None:
+    codemod = codemod_for("train-loader-no-shuffle")
+    assert codemod is not None
+    target = FixTarget(rule="train-loader-no-shuffle", file="x.py", line=3, end_line=3)
+    source = (
+        "from torch.utils.data import DataLoader\n"
+        "params = {'batch_size': 8, 'shuffle': False}\n"
+        "loader = DataLoader(ds, **params)\n"
+    )
+    assert codemod.transform(source, target) is None
+    why = codemod.explain(source, target)
+    assert why is not None and "options set `shuffle`" in why, why
+    plain = source.replace(", 'shuffle': False", "")
+    assert codemod.transform(plain, target) == plain.replace("**params)", "**params, shuffle=True)")
+
+
 def test_train_loader_codemod_turns_a_literal_shuffle_off_on() -> None:
     codemod = codemod_for("train-loader-no-shuffle")
     assert codemod is not None

@@ -25,6 +25,8 @@ GRAD_OFF = _names("grad_off")
 SET_GRAD_ENABLED = _names("set_grad_enabled")
 NN_MODULE_BASES = _names("nn_module_bases")
 MODEL_FACTORY_PREFIXES = tuple(sorted(_names("model_factory_prefixes")))
+# Libraries whose capitalised classes are layers (`nn.Linear`, torch_geometric's `GCNConv`).
+LAYER_LIBRARY_PREFIXES = tuple(sorted(_names("layer_library_prefixes")))
 DATA_TRANSFORM_PREFIXES = tuple(sorted(_names("data_transform_prefixes")))
 NON_NETWORK_CLASSES = tuple(sorted(_names("non_network_classes")))
 OPTIMIZER_NAMES = _names("optimizers")

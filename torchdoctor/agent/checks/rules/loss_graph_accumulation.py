@@ -111,7 +111,9 @@ class LossGraphAccumulation(Rule):
             if loop is None or flow.grad_disabled_at(call):
                 continue
             acc = Accumulation(call, holder, call.args[0], loop)
-            if flow.graph_origin(acc.value) != "loss" or not flow.carried_across_iterations(acc):
+            # a model's output holds the graph as surely as a loss (semseg's PSPNet returns
+            # its losses from `forward`: `output, main_loss, aux_loss = model(x, y)`)
+            if flow.graph_origin(acc.value) is None or not flow.carried_across_iterations(acc):
                 continue
             cls = flow.local_class(func.value) if entries is None else None
             if cls is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import LAYER_LIBRARY_PREFIXES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -64,8 +65,11 @@ class ModuleListNotRegistered(Rule):
             for node in ctx.tree.body
             if isinstance(node, ast.FunctionDef) and "append" in ctx.segment(node)
         }
-        for _, init in ctx.flow.module_inits():
-            self._check_init(ctx, init)
+        for name, init in ctx.flow.module_inits():
+            builders = [init, *_setup_methods(ctx.flow.classes[name], init)]
+            wrapped: list[set[str]] = []  # found on the first plain container only
+            for fn in builders:
+                self._check_init(ctx, fn, builders, wrapped)
             if helpers:
                 self._check_built_by_helper(ctx, init, helpers)
 
@@ -107,8 +111,15 @@ class ModuleListNotRegistered(Rule):
                         data={"container": "list"},
                     )
 
-    def _check_init(self, ctx: ModuleContext, init: ast.FunctionDef) -> None:
-        wrapped: set[str] | None = None  # found on the first plain container only
+    def _check_init(
+        self,
+        ctx: ModuleContext,
+        init: ast.FunctionDef,
+        builders: list[ast.FunctionDef],
+        wrapped: list[set[str]],
+    ) -> None:
+        """`init`: the `__init__`, or a method it calls to build the layers (`builders`: all
+        of them; `wrapped` caches the attributes one re-wraps in a registered container)."""
         for node in walk_tree(init):
             if isinstance(node, ast.Call):
                 self._check_module_dict(ctx, node)
@@ -119,9 +130,9 @@ class ModuleListNotRegistered(Rule):
                 continue
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names = {self_attribute(t) for t in targets} - {None}
-            if wrapped is None and names:
-                wrapped = _wrapped_later(ctx, init)
-            if not names or names & (wrapped or set()):
+            if names and not wrapped:
+                wrapped.append(set().union(*(_wrapped_later(ctx, fn) for fn in builders)))
+            if not names or names & wrapped[0]:
                 continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             elements = _elements(node.value)
             appended = [] if elements else _appended(init, names)
@@ -153,6 +164,23 @@ class ModuleListNotRegistered(Rule):
             f"(not trained, not moved by .to(), not saved); use {_CONTAINERS[kind]}",
             data={"container": kind},
         )
+
+
+def _setup_methods(cls: ast.ClassDef, init: ast.FunctionDef) -> list[ast.FunctionDef]:
+    """Methods of the class that `__init__` calls as `self.setup_layers()` (ClusterGCN's
+    `StackedGCN`, which builds its layers there): the layers they bind are the module's."""
+    called = {
+        node.func.attr
+        for node in walk_tree(init)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and self_attribute(node.func) is not None
+    }
+    return [
+        stmt
+        for stmt in cls.body
+        if isinstance(stmt, ast.FunctionDef) and stmt.name in called and stmt.name != "__init__"
+    ]
 
 
 def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
@@ -275,7 +303,7 @@ def _is_module_ctor(ctx: ModuleContext, expr: ast.expr, containers: bool = False
     qual = ctx.flow.qualname_of(expr) or ""
     last = qual.rsplit(".", 1)[-1]
     return (
-        qual.startswith("torch.nn.")
+        qual.startswith(LAYER_LIBRARY_PREFIXES)
         and last[:1].isupper()
         and (containers or last not in _CONTAINER_CLASSES)
     )

@@ -759,13 +759,23 @@ def _forwarded_kwargs_seen(ctx: ModuleContext, loader: ast.Call, name: str) -> b
 
 
 def _plain_options(value: ast.expr) -> bool:
-    """`{"num_workers": 4}` or `dict(num_workers=4)`: known keys, none that orders."""
+    """`{"num_workers": 4}` or `dict(num_workers=4)`: known keys, none that orders (a
+    `"shuffle": False` orders nothing: EfficientDet's `training_params = {"shuffle": False,
+    ...}` keeps the file order as surely as `shuffle=False` written in the call)."""
     if isinstance(value, ast.Dict):
-        keys = value.keys
-        return all(isinstance(k, ast.Constant) and k.value not in _ORDERING for k in keys)
+        return all(
+            isinstance(k, ast.Constant) and _orders_nothing(k.value, v)
+            for k, v in zip(value.keys, value.values, strict=True)
+        )
     if isinstance(value, ast.Call) and identifier(value.func) == "dict" and not value.args:
-        return all(k.arg is not None and k.arg not in _ORDERING for k in value.keywords)
+        return all(k.arg is not None and _orders_nothing(k.arg, k.value) for k in value.keywords)
     return False
+
+
+def _orders_nothing(key: object, value: ast.expr) -> bool:
+    if key not in _ORDERING:
+        return True
+    return key == "shuffle" and isinstance(value, ast.Constant) and value.value is False
 
 
 def _changed_after_built(scope: ast.AST, name: str) -> bool:
