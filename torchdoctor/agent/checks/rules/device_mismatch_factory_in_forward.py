@@ -920,9 +920,16 @@ def _literal(node: ast.expr | None) -> bool:
     return False
 
 
+_RESHAPES = frozenset(
+    {"view", "reshape", "flatten", "squeeze", "unsqueeze", "expand", "repeat", "permute"}
+)
+"""Methods whose result stays on the tensor's device whatever their arguments."""
+
+
 def _wrapped(ctx: ModuleContext, parent: ast.AST | None, node: ast.AST) -> bool:
-    """`Variable(node)` (the same tensor) or `node.float()`: an argument-free method call
-    whose result stays where `node` is; for a method, `parent` is the attribute."""
+    """`Variable(node)` (the same tensor), `node.float()` or `node.view(-1)`: an
+    argument-free method call, or a reshape, whose result stays where `node` is; for a
+    method, `parent` is the attribute."""
     if isinstance(parent, ast.Call):
         return (
             parent.args == [node]
@@ -934,8 +941,7 @@ def _wrapped(ctx: ModuleContext, parent: ast.AST | None, node: ast.AST) -> bool:
         return (
             isinstance(call, ast.Call)
             and call.func is parent
-            and not call.args
-            and not call.keywords
+            and ((not call.args and not call.keywords) or parent.attr in _RESHAPES)
         )
     return False
 

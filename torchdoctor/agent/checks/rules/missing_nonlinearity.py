@@ -27,6 +27,10 @@ class MissingNonlinearity(Rule):
     Example:
         nn.Sequential(nn.Linear(784, 256), nn.Linear(256, 10))
 
+    Not reported: a first layer without bias (`nn.Linear(d, d // 4, False)`, then the
+    output layer): a low-rank projection, written so on purpose (an adaptive softmax's tail
+    clusters, a factorised embedding).
+
     Fix: insert an activation (`nn.ReLU()`, `nn.GELU()`) between the layers, or merge them
     into one layer if a low-rank factorisation was intended and document it.
     """
@@ -45,11 +49,21 @@ class MissingNonlinearity(Rule):
         if len(node.args) < 2 or terminal_name(node.func) != "Sequential":
             return
         layers = [(n, a) for n, a in sequential_layers(ctx, node) if n not in _TRANSPARENT]
-        for (first, _), (second, node_two) in pairwise(layers):
-            if first in _LINEAR and second in _LINEAR:
+        for (first, node_one), (second, node_two) in pairwise(layers):
+            if first in _LINEAR and second in _LINEAR and not _projection(node_one):
                 ctx.report(
                     self,
                     node_two,
                     f"{first} followed directly by {second}: without an activation between "
                     "them the two layers are one linear map",
                 )
+
+
+def _projection(layer: ast.AST) -> bool:
+    """`nn.Linear(d_in, d_out, False)` or `bias=False`: a pure projection."""
+    if not isinstance(layer, ast.Call):
+        return False
+    bias = next((k.value for k in layer.keywords if k.arg == "bias"), None)
+    if bias is None and len(layer.args) >= 3:
+        bias = layer.args[2]
+    return isinstance(bias, ast.Constant) and bias.value is False

@@ -39,7 +39,9 @@ class ParameterIgnored(Rule):
     (`f(func=None)`: not applicable there), an override handing a constant to its parent's
     method of the same name (`return super().plot(x, add_loss=False)`: pinned on purpose), a
     default passed as a positional argument of a call in a longer body (a `3` for
-    `in_chans=3` may be a kernel size).
+    `in_chans=3` may be a kernel size), a keyword of a `forward` that also takes `**kwargs`
+    (a shared model signature: `forward(imgs, labels=None, mode='infer', **kwargs)` beside
+    `F.interpolate(..., mode='bilinear')`).
 
     Example:
         def leaky_relu(p=0.1):
@@ -89,11 +91,19 @@ def _candidates(ctx: ModuleContext) -> list[tuple[_Function, str, ast.Call]]:
         function = ctx.enclosing_function(call)
         if function is None or _super_of(call, function):
             continue
-        for name in named & _parameters(ctx, function):
-            found.setdefault((id(function), name), (function, name, call))
+        if not _shared_forward(function):
+            for name in named & _parameters(ctx, function):
+                found.setdefault((id(function), name), (function, name, call))
         for name in _defaults_returned(ctx, function, call):
             found.setdefault((id(function), name), (function, name, call))
     return list(found.values())
+
+
+def _shared_forward(function: _Function) -> bool:
+    """`def forward(self, imgs, labels=None, mode='infer', **kwargs)`: a model zoo's common
+    signature that absorbs what callers pass to every model; the body's `mode='bilinear'`
+    to `F.interpolate` is another setting of the same name."""
+    return function.name == "forward" and function.args.kwarg is not None
 
 
 def _super_of(call: ast.Call, function: _Function) -> bool:

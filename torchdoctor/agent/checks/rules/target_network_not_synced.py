@@ -49,7 +49,8 @@ class TargetNetworkNotSynced(Rule):
     them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
     critic_target, self.critic)`, a loop copying `zip(target.parameters(), net.parameters())`
     pairwise, or a checkpoint loaded into the copy), networks built with different arguments,
-    empty torch.nn containers (`nn.Sequential()` filled by `add_module` afterwards),
+    empty torch.nn containers (`nn.Sequential()` filled by `add_module` afterwards), data
+    transforms (`target_normalize = transforms.Normalize(...)`),
     torch.nn layers that hold no weights (`nn.Identity()` placeholders), names that do not
     pair up (`critic_1` and `critic_2`, `teacher` and `student`), and test modules.
 
@@ -123,7 +124,11 @@ class TargetNetworkNotSynced(Rule):
 
 
 def _weightless(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A torch.nn layer without weights, or a data transform (`target_normalize =
+    transforms.Normalize(...)` beside `source_normalize`: fixed statistics, nothing to sync)."""
     qual = ctx.flow.qualname_of(call) or ""
+    if qual.startswith(("torchvision.transforms.", "torchaudio.transforms.")):
+        return True
     return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in _WEIGHTLESS
 
 
