@@ -112,6 +112,8 @@ NEW_RULES: tuple[str, ...] = (
     "loop-variable-rebound",
     "parameter-ignored",
     "manual-batches-unshuffled",
+    "advantage-not-detached",
+    "accumulation-step-every-batch",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

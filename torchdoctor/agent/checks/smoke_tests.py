@@ -48,6 +48,16 @@ def is_model_smoke_test(ctx: ModuleContext, guard: ast.stmt) -> bool:
     return not any(marker in text for marker in _LOADS_WEIGHTS)
 
 
+def loads_weights(node: ast.AST) -> bool:
+    """Whether `node`'s text loads trained weights (`torch.load(`, `load_state_dict(`, ...):
+    code that runs a trained model, not a shape check of a fresh one."""
+    return loads_weights_text(ast.unparse(node))
+
+
+def loads_weights_text(text: str) -> bool:
+    return any(marker in text for marker in _LOADS_WEIGHTS)
+
+
 def is_dataset_demo(ctx: ModuleContext, guard: ast.stmt) -> bool:
     """`guard` (a `__main__` block) builds a dataset its module defines and looks at it
     (prints it, plots a shuffled batch or two) and trains nothing: no training loop, no

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import MAX_DEPTH as MAX_DEPTH
 from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
@@ -12,6 +13,9 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     PASSTHROUGH_METHODS,
 )
 from torchdoctor.agent.checks.loops import walk_scope
+
+if TYPE_CHECKING:
+    from torchdoctor.agent.checks.base import ModuleContext
 
 
 class Producers(ModelFacts):
@@ -89,16 +93,27 @@ class Producers(ModelFacts):
 
     def module_output_producers(self, module: ast.expr, depth: int = 0) -> Iterator[ast.Call]:
         """Calls that produce what calling `module` returns: the last layer of an
-        `nn.Sequential`, or what a local class's `forward` returns."""
+        `nn.Sequential` (given to its constructor, as a layer attribute, or added last by
+        `add_module`/`append`: `model = nn.Sequential(); model.add_module("softmax",
+        nn.Softmax())`), or what a local class's `forward` returns. A model that is a
+        parameter of its function is what the module's calls pass for it (`def train(model,
+        loss, ...)` called as `train(build_model(...), ...)`)."""
         if depth > 3:
             return
+        if isinstance(module, ast.Name):
+            for passed in self.ctx.calls.arguments_for(module):
+                yield from self.module_output_producers(passed, depth + 1)
         for call in self.constructors(module):
             qual = self.qualname_of(call) or ""
-            if qual.endswith("Sequential") and call.args:
-                last = call.args[-1]
+            if qual.endswith("Sequential"):
+                last = call.args[-1] if call.args else _added_last(self.ctx, call)
                 if isinstance(last, ast.Call):
                     yield last
                     yield from self.module_output_producers(last, depth + 1)
+                elif isinstance(last, ast.Name | ast.Attribute):
+                    for layer in self.constructors(last):
+                        yield layer
+                        yield from self.module_output_producers(layer, depth + 1)
             elif isinstance(call.func, ast.Name) and call.func.id in self.classes:
                 yield from self.forward_producers(self.classes[call.func.id], depth)
 
@@ -113,6 +128,8 @@ class Producers(ModelFacts):
                                 callee = producer.func
                                 if self.is_module_value(callee):
                                     yield from self.module_output_producers(callee, depth + 1)
+                                for layer in _layers_handed_to(producer):
+                                    yield from self.module_output_producers(layer, depth + 1)
 
     def value_producers(self, expr: ast.expr) -> Iterator[ast.Call]:
         """`producers`, plus the output layers of any model whose call produces `expr`."""
@@ -123,3 +140,45 @@ class Producers(ModelFacts):
                 forward = isinstance(func, ast.Attribute) and func.attr == "forward"
                 target = func.value if forward and isinstance(func, ast.Attribute) else func
                 yield from self.module_output_producers(target)
+
+
+def _added_last(ctx: ModuleContext, built: ast.Call) -> ast.expr | None:
+    """The layer the last `add_module(name, layer)` / `append(layer)` of the function gives
+    the empty `nn.Sequential()` that `built` makes and binds to a name (`model =
+    nn.Sequential()` then `model.add_module("softmax", nn.Softmax())`): the container's
+    output layer."""
+    statement = ctx.parents.get(built)
+    if not (
+        isinstance(statement, ast.Assign)
+        and len(statement.targets) == 1
+        and isinstance(statement.targets[0], ast.Name)
+    ):
+        return None
+    name = statement.targets[0].id
+    scope = ctx.enclosing_function(built)
+    body = scope.body if scope is not None else ctx.tree.body
+    last: ast.expr | None = None
+    for node in walk_scope(body):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == name
+        ):
+            if node.func.attr == "add_module" and len(node.args) == 2:
+                last = node.args[1]
+            elif node.func.attr == "append" and len(node.args) == 1:
+                last = node.args[0]
+    return last
+
+
+def _layers_handed_to(call: ast.Call) -> list[ast.expr]:
+    """Layers a wrapper module is called with besides its input (`self.cd4(x,
+    nn.Sequential(self.fc4, self.softmax))`, a concrete-dropout block that applies the layer
+    it is handed): what it returns is that layer's output. Only layers built inline as an
+    `nn.Sequential(...)` count."""
+    return [
+        arg
+        for arg in call.args[1:]
+        if isinstance(arg, ast.Call) and ast.unparse(arg.func).endswith("Sequential")
+    ]

@@ -478,15 +478,18 @@ _LOG_PROBABILITY_LOSSES = frozenset({"CTCLoss", "NLLLoss", "KLDivLoss"})
 
 
 def _is_cross_entropy(ctx: ModuleContext, call: ast.Call) -> bool:
-    """`F.cross_entropy(...)`, or a call of a criterion built as `nn.CrossEntropyLoss`: by the
-    callee's own bindings, or when it is a parameter of a module-level function (`def
-    train(loader, model, criterion, ...)`), by what this module's calls pass for it."""
+    """`F.cross_entropy(...)`, or a call of a criterion built as `nn.CrossEntropyLoss`
+    (`criterion(...)` or `criterion.forward(...)`): by the callee's own bindings, or when it
+    is a parameter of a module-level function (`def train(loader, model, criterion, ...)`),
+    by what this module's calls pass for it."""
     qual = ctx.flow.qualname_of(call)
     if qual is not None:
         return qual == "torch.nn.functional.cross_entropy"
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        func = func.value  # `loss.forward(fx, y)`: the criterion's forward, called directly
     return any(
-        _builds_cross_entropy(ctx, callee)
-        for callee in (call.func, *passed_for_parameter(ctx, call.func))
+        _builds_cross_entropy(ctx, callee) for callee in (func, *passed_for_parameter(ctx, func))
     )
 
 

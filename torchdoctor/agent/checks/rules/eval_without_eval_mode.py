@@ -419,12 +419,27 @@ def _model_call_in(
     for site, helper in ctx.calls.callees(body):
         if id(helper) in judged or ctx.flow.module_method(helper):
             continue
-        if not _shared_with_training(ctx, helper):
+        if not _shared_with_training(ctx, helper) and not _step_of_evaluation(ctx, helper, judged):
             continue  # a generation or scoring helper: its callers are judged where they are
         for node in walk_scope(helper.body):
             if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
                 return site, node
     return None
+
+
+def _step_of_evaluation(ctx: ModuleContext, helper: FunctionNode, judged: set[int]) -> bool:
+    """A helper that only evaluation regions of this module call and that is not judged on
+    its own (a `*_step` method left out as a framework hook): a trainer class's `val_epoch`
+    running `self.val_step(inputs, labels)` under no_grad (gradsflow's `Model`). Nothing
+    switches the mode for it, so the region that drives it runs the model as training left
+    it. Prediction helpers stay inference-no-eval's."""
+    if _OTHER_RULES_PATHS.search(helper.name):
+        return False
+    sites = ctx.calls.call_sites(helper)
+    return bool(sites) and all(
+        (caller := ctx.enclosing_function(site)) is not None and id(caller) in judged
+        for site in sites
+    )
 
 
 def _shared_with_training(ctx: ModuleContext, helper: FunctionNode) -> bool:

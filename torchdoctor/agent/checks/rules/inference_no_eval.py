@@ -34,7 +34,11 @@ from torchdoctor.agent.checks.patterns import (
     terminal_name,
 )
 from torchdoctor.agent.checks.rules.eval_without_eval_mode import project_loader
-from torchdoctor.agent.checks.smoke_tests import is_model_smoke_test
+from torchdoctor.agent.checks.smoke_tests import (
+    is_model_smoke_test,
+    loads_weights,
+    loads_weights_text,
+)
 from torchdoctor.agent.models import Severity
 
 _LIGHTNING_HOOKS = frozenset({"predict_step", "forward"})
@@ -118,11 +122,19 @@ class InferenceNoEval(Rule):
         for fn in candidates:
             params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
             self._check(ctx, fn.body, params, local_evals, module_evals, owner=fn)
+        checked = {id(fn) for fn in candidates}
         for stmt in ctx.tree.body:
             if is_main_guard(stmt) and not ctx.loops.training_loops:
                 assert isinstance(stmt, ast.If)
-                if not is_model_smoke_test(ctx, stmt):
+                smoke = is_model_smoke_test(ctx, stmt)
+                if not smoke:
                     self._check(ctx, stmt.body, set(), local_evals, [])
+                for fn in _entry_functions(ctx, stmt):
+                    if id(fn) not in checked:
+                        checked.add(id(fn))
+                        args = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+                        params = {a.arg for a in args}
+                        self._check(ctx, fn.body, params, local_evals, module_evals, owner=fn)
         top = _script_body(ctx)
         if top:
             self._check(ctx, top, set(), local_evals, [], sampling=True)
@@ -249,6 +261,40 @@ def _evaluated_globals(ctx: ModuleContext) -> frozenset[str]:
             and switches_to_eval(call)
         )
     return memo[""]  # type: ignore[no-any-return]
+
+
+def _entry_functions(
+    ctx: ModuleContext, guard: ast.If
+) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The module-level functions that a `__main__` block of a script that never trains
+    calls as statements (`if __name__ == "__main__": main()`, `main(args)`) and that load
+    trained weights (`torch.load`, `load_state_dict`, ...) without training anything
+    themselves (no optimizer, no backward, no `trainer.fit`): the script's body lives there,
+    so its model calls are the inference path (the C3D demo's `main()` loads the checkpoint,
+    calls `model.train()` and classifies clips)."""
+    found: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    if not loads_weights_text(ctx.source):
+        return found
+    for node in walk_scope(guard.body):
+        if not (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name)
+        ):
+            continue
+        found += [
+            fn
+            for fn in ctx.loops.functions.get(node.value.func.id, [])
+            if isinstance(ctx.parents.get(fn), ast.Module)
+            and loads_weights(fn)
+            and not any(marker in ast.unparse(fn) for marker in _TRAINS_ELSEWHERE)
+        ]
+    return found
+
+
+# Text of an entry that trains through a framework or an optimizer (Lightning's
+# `trainer.fit(model, ...)`): its model calls build or train the model, not infer.
+_TRAINS_ELSEWHERE = (".fit(", "optim.", ".backward(", "Trainer(")
 
 
 def _binds(fn: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:

@@ -122,6 +122,8 @@ class ReductionOverBatchDim(Rule):
         self._softmax_layers_over_the_batch(ctx)
         self._normalised_across_then_picked_along(ctx)
         self._softmax_over_an_axis_sized_by_the_batch(ctx)
+        if "einsum" in ctx.source:
+            self._softmax_over_an_einsum_batch_axis(ctx)
         flow = ctx.flow
         for call in flow.calls_named(_METHOD_DIM):
             reduced = _over_dim_zero(ctx, call)
@@ -185,6 +187,42 @@ class ReductionOverBatchDim(Rule):
                 call,
                 f"`{ast.unparse(call)}` normalises over dim {axis}, the `{size}` axis of "
                 f"`{ast.unparse(tensor)}`'s view: the batch; each example's values should sum "
+                "to one over their own axis",
+            )
+
+    def _softmax_over_an_einsum_batch_axis(self, ctx: ModuleContext) -> None:
+        """`logits = einsum(x, self.phi, "b m d, d n p -> b m n p")`, then
+        `logits.softmax(dim=0)`: the contraction's own output spec names the axis the softmax
+        normalises `b`, the batch (soft-MoE's dispatch weights, normalised across the batch
+        instead of across the tokens)."""
+        batched = [
+            call
+            for call in ctx.flow.calls_named(("einsum",))
+            if any(_BATCH_AXIS.match(name) for name in _spec_output_axes(call) or ())
+        ]
+        if not batched:
+            return  # no contraction whose output names a batch axis
+        for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
+            located = _dim_position(ctx, call)
+            if located is None:
+                continue
+            position, tensor = located
+            dim = kwarg(call, "dim")
+            if dim is None and len(call.args) > position:
+                dim = call.args[position]
+            axis = constant_int(dim)
+            axes = _einsum_output_axes(ctx, tensor) if axis is not None else None
+            if axis is None or axes is None or not -len(axes) <= axis < len(axes):
+                continue
+            batch = [i for i, name in enumerate(axes) if _BATCH_AXIS.match(name)]
+            if batch != [axis % len(axes)]:
+                continue
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call)}` normalises over dim {axis}, the `{axes[batch[0]]}` "
+                f"axis of the einsum that made `{ast.unparse(tensor)}` "
+                f"(`... -> {' '.join(axes)}`): the batch; each example's values should sum "
                 "to one over their own axis",
             )
 
@@ -514,11 +552,21 @@ def _same_class(ctx: ModuleContext, a: ast.AST, b: ast.AST) -> bool:
 
 
 def _rows_of_examples(ctx: ModuleContext, value: ast.expr) -> bool:
-    """A batch-flattened tensor or a layer's output over one, or per-example scores stacked
-    along dim 1 (`torch.stack(scores, 1)`, `torch.cat(scores, 1)`: the candidates side by
-    side, each column a vector over the batch)."""
+    """A batch-flattened tensor or a layer's output over one, a view whose dim 0 is sized by
+    the batch (`attention_scores.view(batch_size * output_len, query_len)`, PyTorch-NLP's
+    attention: a row per example and position), or per-example scores stacked along dim 1
+    (`torch.stack(scores, 1)`, `torch.cat(scores, 1)`: the candidates side by side, each
+    column a vector over the batch)."""
     if _from_batch_flatten(ctx, value, 0):
         return True
+    shape = _viewed_shape(ctx, value)
+    if (
+        shape is not None
+        and len(shape) >= 2
+        and _batch_sized(shape[0])
+        and not any(_batch_sized(size) for size in shape[1:])
+    ):
+        return True  # `scores.view(batch_size * output_len, query_len)`: a row per example
     if isinstance(value, ast.Name):
         last = _last_binding(ctx, value)
         value = last if last is not None else value
@@ -868,6 +916,14 @@ def _batch_size_name(size: ast.expr) -> bool:
     return bool(_BATCH_SIZE.match(name))
 
 
+def _batch_sized(size: ast.expr) -> bool:
+    """A size named as the batch, or a product that folds it with other axes (`batch_size *
+    output_len`: the batch and the positions flattened into one axis)."""
+    if isinstance(size, ast.BinOp) and isinstance(size.op, ast.Mult):
+        return _batch_sized(size.left) or _batch_sized(size.right)
+    return _batch_size_name(size)
+
+
 def _viewed_shape(ctx: ModuleContext, tensor: ast.expr) -> list[ast.expr] | None:
     """The sizes of the view or reshape that made `tensor` (`x.view(a, b, c)`, `x.reshape((a,
     b))`, `torch.reshape(x, (a, b))`), itself or the one value its name holds here."""
@@ -890,3 +946,44 @@ def _viewed_shape(ctx: ModuleContext, tensor: ast.expr) -> list[ast.expr] | None
     if any(isinstance(s, ast.Starred) for s in sizes):
         return None
     return sizes
+
+
+# An einsum output axis named as the batch (`b` by the near-universal convention).
+_BATCH_AXIS = re.compile(r"^(b|bs|bsz|batch)$", re.I)
+
+
+def _einsum_output_axes(ctx: ModuleContext, tensor: ast.expr) -> list[str] | None:
+    """The output axis names of the einsum that made `tensor` (itself or the one value its
+    name holds here): `torch.einsum("bmd,dnp->bmnp", ...)` -> b m n p, einops'
+    `einsum(x, y, "b m d, d n p -> b m n p")` -> b m n p. None when not an einsum, when the
+    spec is not a literal, or when an axis is a group or an ellipsis."""
+    if isinstance(tensor, ast.Name):
+        values = ctx.flow.live_definitions(tensor)
+        if len(values) != 1:
+            return None
+        tensor = values[0]
+    if not (isinstance(tensor, ast.Call) and _identifier_tail(tensor.func) == "einsum"):
+        return None
+    return _spec_output_axes(tensor)
+
+
+def _spec_output_axes(call: ast.Call) -> list[str] | None:
+    """The output axes the literal spec of an einsum call names (see `_einsum_output_axes`)."""
+    specs = [
+        a.value
+        for a in call.args
+        if isinstance(a, ast.Constant) and isinstance(a.value, str) and "->" in a.value
+    ]
+    if len(specs) != 1:
+        return None
+    output = specs[0].split("->", 1)[1].strip()
+    if not output or any(c in output for c in "().") or output.count("->"):
+        return None
+    return output.split() if " " in output else list(output)
+
+
+def _identifier_tail(func: ast.expr) -> str:
+    """`einsum` for `torch.einsum`, `einops.einsum` and a bare `einsum`."""
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else ""

@@ -821,10 +821,12 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
     function returns or stores on `self` without iterating it: a loader factory whose
     training loop lives elsewhere (`get_loaders()` -> `train_loader, val_loader`)."""
     parent = ctx.parents.get(loader)
+    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
+    if isinstance(parent, ast.Return):
+        return _returned_for_training(ctx, loader, dataset)
     if not isinstance(parent, ast.Assign) or len(parent.targets) != 1:
         return None
     target = parent.targets[0]
-    dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
     names = [identifier(target), identifier(dataset) if dataset is not None else ""]
     if not any(n and _TRAIN_NAME.search(n) for n in names):
         return None
@@ -848,6 +850,30 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
         for node in walk_tree(owner)
     )
     return text if returned and isinstance(target, ast.Name) else None
+
+
+_SCORING_FUNCTION = re.compile(r"eval|valid|test|predict|infer|score", re.IGNORECASE)
+
+
+def _returned_for_training(
+    ctx: ModuleContext, loader: ast.Call, dataset: ast.expr | None
+) -> str | None:
+    """`return DataLoader(self.train_dataset, ...)` straight from a training hook (`def
+    train_dataloader(self)`, Lightning's data modules: modelforge's) or over a dataset named
+    for training: the loader is handed to the trainer that iterates it every epoch. A
+    dataset that is a parameter of the function is left to the factory's call sites."""
+    owner = ctx.enclosing_function(loader)
+    if owner is None or is_test_module(ctx.path) or dataset is None:
+        return None
+    name = identifier(dataset)
+    params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
+    if not name or name in params or held_out_name_kind(name):
+        return None
+    if _SCORING_FUNCTION.search(owner.name):
+        return None  # `def train_eval_dataloader(self)`: the training data scored in order
+    if owner.name == "train_dataloader" or _TRAIN_NAME.search(name):
+        return f"{owner.name}()"
+    return None
 
 
 def _shuffle_defaulting_off(ctx: ModuleContext, loader: ast.Call) -> str | None:
