@@ -191,20 +191,33 @@ def _config_section(node: ast.Attribute) -> bool:
     return name.lower() in _CONFIG_HOLDERS
 
 
+def _split_key(node: ast.Subscript) -> str | None:
+    """The split a subscript's key names: a string (`X['test']`) or a constant named for it
+    (`metrics[lib.TEST]`), lowered; None for other keys."""
+    key = node.slice
+    if isinstance(key, ast.Name | ast.Attribute):
+        named = key.attr if isinstance(key, ast.Attribute) else key.id
+        split = named.lower() if named.isupper() else ""
+    elif isinstance(key, ast.Constant) and isinstance(key.value, str):
+        split = key.value.lower()
+    else:
+        return None
+    return split if split in HELD_OUT_SPLITS or split in ("train", "training") else None
+
+
 def _split_entry(node: ast.Subscript) -> str | None:
     """`X['test']`, `data["val"]`: the held-out entry of a dict of splits (tab-ddpm's
     `{'train': ..., 'val': ..., 'test': ...}`), not a section of an options object
-    (`cfg['test']`)."""
-    key = node.slice
-    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-        return None
-    if key.value.lower() not in HELD_OUT_SPLITS:
+    (`cfg['test']`). The key may be a constant named for the split (`metrics[lib.TEST]`,
+    `X[Split.VAL]`: tabular-dl-revisiting-models' `lib.TEST = 'test'`)."""
+    split = _split_key(node)
+    if split is None or split not in HELD_OUT_SPLITS:
         return None
     holder = node.value
     name = holder.attr if isinstance(holder, ast.Attribute) else getattr(holder, "id", "")
     if not name or name.lower() in _CONFIG_HOLDERS or _names_a_setting(name):
         return None
-    return held_out_name_kind(key.value) or "val"
+    return held_out_name_kind(split) or "val"
 
 
 def _names_a_setting(name: str) -> bool:
@@ -361,7 +374,8 @@ class HeldOut(DefUse):
             if isinstance(node.func, ast.Attribute):
                 yield node.func.value
         elif isinstance(node, ast.Subscript):
-            yield self._first_part(node) or node.value
+            if _split_key(node) is None:  # `metrics[lib.VAL]`: that split's entry alone
+                yield self._first_part(node) or node.value
         elif isinstance(node, ast.Starred):
             yield node.value
         elif isinstance(node, ast.BinOp):

@@ -26,9 +26,11 @@ class LeakMultiTest(Rule):
     """Detects the test split used to make training decisions: a comparison with a
     test-derived metric that saves a checkpoint, records a "best" value or stops training
     (`if test_acc > best_acc:`), `best = max(best, test_acc)`, `scheduler.step(test_loss)`,
-    an early-stopping object fed a test metric, or a hyper-parameter `objective(trial)` that
-    returns one. Test-derived means computed from data named or built as the test split
-    (`test_loader`, `train=False`, the test half of `train_test_split`), through variables,
+    an early-stopping object fed a test metric (named so, or built with a patience:
+    `progress = zero.ProgressTracker(patience)` then `progress.update(metrics[TEST])`), or a
+    hyper-parameter `objective(trial)` that returns one. Test-derived means computed from data
+    named or built as the test split (`test_loader`, `train=False`, the test half of
+    `train_test_split`, a `metrics[lib.TEST]` entry), through variables,
     loops and local functions. A test evaluation used only for the final report is fine, and
     so is a loop's counter compared to a bound taken from the test set's size (`if batch_idx
     >= ood_num_examples // batch_size: break`).
@@ -71,7 +73,8 @@ class LeakMultiTest(Rule):
             metric = self._selection_metric(ctx, branch)
             if metric is not None:
                 self._report(ctx, branch.test, metric, "selects a model on it")
-        for call in [*flow.calls_named(("step",)), *flow.calls_matching(_EARLY_STOP)]:
+        calls = [*flow.calls_named(("step", "update", "check")), *flow.calls_matching(_EARLY_STOP)]
+        for call in calls:
             self._check_call(ctx, call)
         for node in flow.nodes(ast.Assign):
             if isinstance(node.value, ast.Call):
@@ -132,7 +135,8 @@ class LeakMultiTest(Rule):
             and func.attr == "step"
             and bool(_SCHEDULER_NAME.search(identifier(func.value)))
         )
-        if not is_scheduler and not _EARLY_STOP.search(identifier(func)):
+        tracker = not is_scheduler and _patience_tracker(ctx, func)
+        if not is_scheduler and not tracker and not _EARLY_STOP.search(identifier(func)):
             return
         for arg in [*call.args, *(k.value for k in call.keywords)]:
             data_like = isinstance(arg, ast.Name | ast.Attribute | ast.Call | ast.Subscript)
@@ -154,6 +158,23 @@ class LeakMultiTest(Rule):
 
 
 _VALIDATION = re.compile(rf"^(?:is_)?(?:{alternation(VALIDATION_SPLITS)}|validate)$", re.IGNORECASE)
+
+
+def _patience_tracker(ctx: ModuleContext, func: ast.expr) -> bool:
+    """`progress.update(score)` where `progress` was built with a patience
+    (`zero.ProgressTracker(args["training"]["patience"])`, `EarlyStopper(patience=5)`): an
+    early-stopping object, whatever its name, fed the metric it stops and selects on."""
+    if not (isinstance(func, ast.Attribute) and func.attr in ("update", "step", "check")):
+        return False
+    return any(
+        "patience" in ast.unparse(arg).lower()
+        for built in ctx.flow.constructors(func.value)
+        for arg in [*built.args, *(k.value for k in built.keywords)]
+    ) or any(
+        k.arg is not None and "patience" in k.arg.lower()
+        for built in ctx.flow.constructors(func.value)
+        for k in built.keywords
+    )
 
 
 def _in_validation_branch(ctx: ModuleContext, node: ast.AST) -> bool:

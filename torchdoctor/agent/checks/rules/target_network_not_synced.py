@@ -45,6 +45,11 @@ class TargetNetworkNotSynced(Rule):
     (`self.target_net.load_state_dict(self.target_net.state_dict())`, `hard_update(target,
     target)`): a no-op that leaves the copy at its initialisation for the whole run.
 
+    A network built by a config-driven factory counts as built by its constructor
+    (`self.critic_target = hydra.utils.instantiate(critic_cfg)` beside `self.critic =
+    hydra.utils.instantiate(critic_cfg)`, `build_model(cfg)`), unless the call is told to load
+    weights (`pretrained=`, `checkpoint=`).
+
     Not reported: copies made with `copy.deepcopy`, copies synced in the function that builds
     them (`self.policy_old.load_state_dict(self.policy.state_dict())`, `hard_update(self.
     critic_target, self.critic)`, a loop copying `zip(target.parameters(), net.parameters())`
@@ -194,7 +199,8 @@ def _lagging_copy(node: ast.AST) -> bool:
 
 
 def _constructor(value: ast.expr) -> ast.Call | None:
-    """`ActorCritic(...)` of `ActorCritic(...).to(device)`: a capitalised callee."""
+    """`ActorCritic(...)` of `ActorCritic(...).to(device)`: a capitalised callee, or a
+    factory building from a config (`hydra.utils.instantiate(critic_cfg)`, pytorch_sac's)."""
     while (
         isinstance(value, ast.Call)
         and isinstance(value.func, ast.Attribute)
@@ -210,7 +216,19 @@ def _constructor(value: ast.expr) -> ast.Call | None:
         name = func.id
     elif isinstance(func, ast.Attribute):
         name = func.attr
-    return value if name[:1].isupper() and not name.isupper() else None
+    if name[:1].isupper() and not name.isupper():
+        return value
+    # a config-driven factory (`hydra.utils.instantiate(critic_cfg)`, `build_model(cfg)`):
+    # each call draws a fresh initialisation unless it is told to load weights
+    if _FACTORY.match(name) and not any(
+        k.arg is not None and _LOADS.search(k.arg) for k in value.keywords
+    ):
+        return value
+    return None
+
+
+_FACTORY = re.compile(r"instantiate$|(build|make|create)_")
+_LOADS = re.compile(r"pretrained|weights|checkpoint|ckpt|state|path")
 
 
 def _words(holder: str) -> list[str]:
