@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.project import project_function_calls
 from torchdoctor.agent.checks.analysis.reachability import mode_text
+from torchdoctor.agent.checks.analysis.vocabulary import MODEL_RUN_METHODS
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
 from torchdoctor.agent.checks.patterns import peel_mode_calls
@@ -27,11 +28,28 @@ _MODE_KEEPING = frozenset({"to", "cuda", "cpu", "float", "half", "bfloat16", "re
 
 
 def model_of(call: ast.Call) -> ast.expr:
-    """`model` in `model(x)` and `model.forward(x)`."""
+    """`model` in `model(x)` and `model.forward(x)`, and in a method that runs it
+    (`generator.module.infer(x)`: the wrapper's `.module` is the same network)."""
     func = call.func
     if isinstance(func, ast.Attribute) and func.attr == "forward":
         return func.value
+    if isinstance(func, ast.Attribute) and func.attr in MODEL_RUN_METHODS:
+        owner = func.value
+        while isinstance(owner, ast.Attribute) and owner.attr == "module":
+            owner = owner.value
+        return owner
     return func
+
+
+def runs_model_method(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`generator.module.infer(x)`, `model.generate(ids)`: a method that runs a network,
+    called on a value that holds one."""
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr in MODEL_RUN_METHODS
+        and ctx.flow.is_module_value(model_of(call))
+    )
 
 
 def model_anchor(model: ast.expr) -> dict[str, str]:

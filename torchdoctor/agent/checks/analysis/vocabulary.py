@@ -28,6 +28,8 @@ MODEL_FACTORY_PREFIXES = tuple(sorted(_names("model_factory_prefixes")))
 # Libraries whose capitalised classes are layers (`nn.Linear`, torch_geometric's `GCNConv`).
 LAYER_LIBRARY_PREFIXES = tuple(sorted(_names("layer_library_prefixes")))
 DATA_TRANSFORM_PREFIXES = tuple(sorted(_names("data_transform_prefixes")))
+# Methods of a network that run it (`generator.module.infer(x)`, `model.generate(ids)`).
+MODEL_RUN_METHODS = _names("model_run_methods")
 NON_NETWORK_CLASSES = tuple(sorted(_names("non_network_classes")))
 OPTIMIZER_NAMES = _names("optimizers")
 OPTIMIZERS = frozenset(f"torch.optim.{name}" for name in OPTIMIZER_NAMES)

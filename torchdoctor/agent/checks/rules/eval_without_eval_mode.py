@@ -12,6 +12,7 @@ from torchdoctor.agent.checks.analysis.eval_mode import (
     model_anchor,
     model_of,
     model_put_in_eval,
+    runs_model_method,
     statements_before,
     train_mode_after_eval,
 )
@@ -416,6 +417,9 @@ def _model_call_in(
     for node in walk_scope(body):
         if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
             return node, node
+    for node in walk_scope(body):
+        if isinstance(node, ast.Call) and runs_model_method(ctx, node):
+            return node, node  # `generator.module.infer(x)`: VITS's evaluation
     for site, helper in ctx.calls.callees(body):
         if id(helper) in judged or ctx.flow.module_method(helper):
             continue
