@@ -34,6 +34,24 @@ def accumulating_methods(ctx: ModuleContext, cls: ast.ClassDef) -> dict[str, ast
     return found
 
 
+def kept_state(fn: ast.FunctionDef) -> ast.expr | None:
+    """The object state an accumulating method adds its first argument into (`self.sum` of
+    `self.sum += val * n`, `self.values` of `self.values.append(val)`)."""
+    if len(fn.args.args) < 2:
+        return None
+    param = fn.args.args[1].arg
+    for node in walk_scope(fn.body):
+        if not _keeps(node, param):
+            continue
+        if isinstance(node, ast.AugAssign):
+            return node.target
+        if isinstance(node, ast.Assign):
+            return node.targets[0]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            return node.func.value
+    return None
+
+
 def _keeps_uncut(fn: ast.FunctionDef, param: str) -> bool:
     """Some statement keeps `param` (`_keeps`) and none rebinds it: `val = val.item()` /
     `val = float(val)` at the top of the method means what is kept is a number, whatever the

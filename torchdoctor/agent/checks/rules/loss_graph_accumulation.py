@@ -6,7 +6,7 @@ import ast
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.accumulation import Accumulation
-from torchdoctor.agent.checks.analysis.meters import accumulating_methods
+from torchdoctor.agent.checks.analysis.meters import accumulating_methods, kept_state
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -110,6 +110,9 @@ class LossGraphAccumulation(Rule):
             loop = flow.innermost_loop(call)
             if loop is None or flow.grad_disabled_at(call):
                 continue
+            if holder.id == "self":
+                self._kept_by_own_method(ctx, call, func, loop)
+                continue
             acc = Accumulation(call, holder, call.args[0], loop)
             # a model's output holds the graph as surely as a loss (semseg's PSPNet returns
             # its losses from `forward`: `output, main_loss, aux_loss = model(x, y)`)
@@ -139,6 +142,24 @@ class LossGraphAccumulation(Rule):
                     )
                     defer(ctx, self.id, pending)
                 break
+
+    def _kept_by_own_method(
+        self, ctx: ModuleContext, call: ast.Call, func: ast.Attribute, loop: ast.AST
+    ) -> None:
+        """`self.update_average_loss(batch_average_loss, node_count)` in a trainer's loop,
+        the method adding its argument into the trainer's own state
+        (`self.accumulated_training_loss = self.accumulated_training_loss + loss * n`,
+        ClusterGCN's): judged as that state accumulating the loss across the loop."""
+        flow = ctx.flow
+        cls = next((a for a in ctx.ancestors(call) if isinstance(a, ast.ClassDef)), None)
+        method = accumulating_methods(ctx, cls).get(func.attr) if cls is not None else None
+        state = kept_state(method) if method is not None else None
+        if state is None or not isinstance(loop, ast.For | ast.While | ast.AsyncFor):
+            return
+        acc = Accumulation(call, state, call.args[0], loop)
+        if flow.graph_origin(acc.value) != "loss" or not flow.carried_across_iterations(acc):
+            return
+        ctx.report(self, call, _kept_message(acc, func))
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
