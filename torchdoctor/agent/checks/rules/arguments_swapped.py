@@ -380,11 +380,13 @@ _SYMMETRIC = frozenset(
     for pair in (
         ("lhs", "rhs"), ("left", "right"), ("self", "other"), ("first", "second"),
         ("old", "new"), ("before", "after"), ("prev", "next"), ("this", "that"),
-        ("src", "dst"), ("row", "col"), ("u", "v"),
+        ("src", "dst"), ("row", "col"), ("u", "v"), ("up", "down"),
     )
 )  # fmt: skip
 """Parameter pairs that name two operands of one role: a call that passes them the other way
-round reverses the operation on purpose (`lt(b, a)` for `gt`, `sub(other, self)`)."""
+round reverses the operation on purpose (`lt(b, a)` for `gt`, `sub(other, self)`; a
+resampling's gradient is the resampling with `up=down, down=up`, StyleGAN2-ADA's
+`upfirdn2d` backward)."""
 _TRAILING_INDEX = re.compile(r"_?\d+$")
 _DERIVED = re.compile(
     r"^(?:inv|rev|reverse|inverse|other|neg)_|_(?:inv|rev|t|T|inverse|other|neg)$"

@@ -36,7 +36,8 @@ class BackwardAfterStep(Rule):
     before, the gradients were computed with stale weights without notice.
 
     Not reported: losses computed after the step, a step and a backward in the two branches
-    of one `if`, a model reached only through `.detach()` or under `torch.no_grad()`,
+    of one `if`, a model reached only through `.detach()` (also a name detached where the
+    loss reads it: `value_criterion(v, next_value.detach())`) or under `torch.no_grad()`,
     optimizers whose parameters are not traced to a model the loss went through, and
     backward calls in another function than the step.
 
@@ -226,8 +227,16 @@ def _built_through(ctx: ModuleContext, value: ast.expr, model: str, loss: ast.Na
 
     if any(recorded_call(n) for n in walk_tree(value)):
         return True
+    cut = {  # names read under a cut (`value_criterion(v, next_value.detach())`)
+        id(n)
+        for call in walk_tree(value)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr in _CUTS
+        for n in walk_tree(call.func.value)
+    }
     return any(
         ctx.flow.derives_from(name, recorded_call)
         for name in walk_tree(value)
-        if isinstance(name, ast.Name) and name.id != loss.id
+        if isinstance(name, ast.Name) and name.id != loss.id and id(name) not in cut
     )

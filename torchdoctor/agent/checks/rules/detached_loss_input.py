@@ -496,6 +496,8 @@ def _paths_to_model(ctx: ModuleContext, loss: ast.expr, model: str) -> tuple[boo
             reached = ctx.flow.reaching(node)  # the binding that runs first on every path
             values = [reached] if reached is not None else ctx.flow.live_definitions(node)
             stack.extend((value, cut) for value in values)
+            if any(isinstance(value, ast.List) for value in values):
+                stack.extend((value, cut) for value in _appended(ctx, node))
             continue
         children: list[ast.expr] = []
         if isinstance(node, ast.Call):
@@ -509,6 +511,21 @@ def _paths_to_model(ctx: ModuleContext, loss: ast.expr, model: str) -> tuple[boo
             children = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
         stack.extend((child, cut) for child in children)
     return attached, cuts
+
+
+def _appended(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
+    """What the function around `name` appends to the list it names (`log_probs.append(
+    dist.log_prob(action))` over a rollout, then `torch.cat(log_probs)`): a list's items."""
+    scope = ctx.enclosing_function(name)
+    return [
+        arg
+        for call in ctx.flow.calls_named(("append", "extend"))
+        if isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == name.id
+        and ctx.enclosing_function(call) is scope
+        for arg in call.args
+    ]
 
 
 def _unpacked_returns(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:

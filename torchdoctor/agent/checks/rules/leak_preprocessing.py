@@ -445,6 +445,8 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
         return call.args[0]
     qual = ctx.flow.qualname_of(call) or ""
     if qual.startswith("sklearn.preprocessing.") and identifier(func) in _SCALE_FUNCTIONS:
+        if identifier(func) == "normalize" and not _across_samples(call):
+            return None  # each row scaled to unit norm by itself: no statistic of the others
         return call.args[0] if call.args else None
     if isinstance(func, ast.Attribute) and func.attr in _RESAMPLE_METHODS and call.args:
         return call.args[0]  # over-sampling (SMOTE, ...) synthesises rows from its input
@@ -454,6 +456,12 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     if ctx.enclosing_function(call) is not None and _in_loop_or_forward(ctx, call):
         return None
     return _applied_frame(ctx, data) or data
+
+
+def _across_samples(call: ast.Call) -> bool:
+    """`normalize(X, axis=0)`: each feature scaled by its norm over the samples."""
+    axis = next((k.value for k in call.keywords if k.arg == "axis"), None)
+    return isinstance(axis, ast.Constant) and axis.value == 0
 
 
 def _applied_frame(ctx: ModuleContext, data: ast.expr) -> ast.expr | None:
@@ -711,7 +719,13 @@ def _split_output(ctx: ModuleContext, data: ast.expr) -> bool:
         values = [data]
     if any(_fold_rows(ctx, value) for value in values):
         return True
-    return any(flow.sources_include(value, flow.is_split_part) is not None for value in values)
+
+    def split_part(node: ast.AST) -> bool:  # also a fold's rows a binding or two away
+        return flow.is_split_part(node) or (
+            isinstance(node, ast.Subscript) and _fold_rows(ctx, node)
+        )
+
+    return any(flow.sources_include(value, split_part) is not None for value in values)
 
 
 def _fold_rows(ctx: ModuleContext, value: ast.expr) -> bool:

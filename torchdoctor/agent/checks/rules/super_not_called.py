@@ -17,7 +17,10 @@ class SuperNotCalled(Rule):
 
     Why it matters: the `super` type has no such attribute: the line raises AttributeError
     when it runs, and an override that is rarely called (an `entropy` used only for a
-    logging bonus, an error path) carries the crash until then. ikostrikov's
+    logging bonus, an error path) carries the crash until then. Where the type has one (the
+    methods every object has: `super.__init__(self)`, `super.__str__(self)`), object's
+    version runs instead of the parent's: `nn.Module.__init__` is skipped, an exception's
+    message becomes its repr. ikostrikov's
     pytorch-a2c-ppo-acktr-gail had `return super.entropy().sum(-1)` until `67b0115`.
 
     Not reported: a module that binds its own `super` (an import, an assignment, a
@@ -51,11 +54,20 @@ class SuperNotCalled(Rule):
         for node in ctx.flow.nodes(ast.Attribute):
             value = node.value
             if isinstance(value, ast.Name) and value.id == "super":
+                effect = (
+                    f"is the `super` type's own `{node.attr}` (object's), not the parent "
+                    "class's: the parent's version never runs"
+                    if node.attr in _OWN
+                    else "reads an attribute of the builtin `super` type, which has none: "
+                    "AttributeError when this line runs"
+                )
                 ctx.report(
                     self,
                     node,
-                    f"`super.{node.attr}` reads an attribute of the builtin `super` type, "
-                    f"which has none: AttributeError when this line runs; call it: "
-                    f"`super().{node.attr}`",
+                    f"`super.{node.attr}` {effect}; call it: `super().{node.attr}`",
                     data={"attribute": node.attr},
                 )
+
+
+_OWN = frozenset(dir(super))
+"""What the `super` type has itself (`__init__`, `__str__`... inherited from object)."""

@@ -55,7 +55,9 @@ class TrainLoaderNoShuffle(Rule):
     like no sampler, also when it is the sampler of one path: `SequentialSampler if
     args.local_rank == -1 else DistributedSampler`), options passed through `**kwargs`
     (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
-    loader), loaders named for validation or test data, loaders no training loop iterates
+    loader), loaders handed to Opacus (`privacy_engine.make_private(...,
+    data_loader=train_loader)` draws its batches by Poisson sampling), loaders named for
+    validation or test data, loaders no training loop iterates
     unless they are named for training (or built over training data) and handed to the
     caller (returned, or stored on `self`) by a function that does not iterate them: a
     loader factory whose training loop lives in another function or file. A factory that
@@ -622,7 +624,27 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
         return True
     if len(loader.args) > 2 or not _options_seen(ctx, loader):
         return True  # positional shuffle/sampler, or options we cannot see
-    return _held_out(ctx, loader) or _iterable(ctx, loader)
+    return _held_out(ctx, loader) or _iterable(ctx, loader) or _resampled_privately(ctx, loader)
+
+
+_PRIVATE_LOADERS = frozenset({"make_private", "make_private_with_epsilon", "from_data_loader"})
+
+
+def _resampled_privately(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's name is handed to Opacus (`privacy_engine.make_private(...,
+    data_loader=train_loader)`, `DPDataLoader.from_data_loader(train_loader)`), whose
+    replacement draws every batch by Poisson sampling: its order is not the loader's."""
+    bound = ctx.parents.get(loader)
+    if not (isinstance(bound, ast.Assign) and len(bound.targets) == 1):
+        return False
+    target = bound.targets[0]
+    if not isinstance(target, ast.Name):
+        return False
+    return any(
+        isinstance(arg, ast.Name) and arg.id == target.id
+        for call in ctx.flow.calls_named(_PRIVATE_LOADERS)
+        for arg in [*call.args, *(k.value for k in call.keywords if k.arg == "data_loader")]
+    )
 
 
 def _order_kept_on_purpose(ctx: ModuleContext, loader: ast.Call) -> bool:
