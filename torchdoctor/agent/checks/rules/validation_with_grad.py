@@ -215,6 +215,21 @@ class ValidationWithGrad(Rule):
             for call in _run_between_eval_and_train(ctx):
                 if call.lineno not in reported:
                     self._report(ctx, call, reported)
+        if "backward" in source and "==" in source:
+            for loop, call, guard in _loops_shared_by_phase(ctx):
+                end = loop.end_lineno or loop.lineno
+                if any(loop.lineno <= line <= end for line in reported):
+                    continue
+                reported.add(call.lineno)
+                ctx.report(
+                    self,
+                    call,
+                    f"`{ast.unparse(call.func)}(...)` runs on every pass of this loop, but only "
+                    f"`{guard}` back-propagates what it returns: the other phases ("
+                    f"`{guard.split(' == ')[0]}` is also compared to other values) run it with "
+                    "autograd on, keeping graphs that are never used; run it under "
+                    f"`torch.set_grad_enabled({guard})`",
+                )
         for node in nodes_of(ctx, ast.For):
             if not isinstance(node, ast.For):
                 continue
@@ -581,6 +596,110 @@ def _evaluated_through_flag(
             return flag, site, f"{flag}=False"
         if training is not None and phase_constant(passed) and ast.unparse(passed) != training:
             return f"{flag} == {training}", site, f"{flag}={ast.unparse(passed)}"
+    return None
+
+
+def _loops_shared_by_phase(
+    ctx: ModuleContext,
+) -> list[tuple[ast.For | ast.While, ast.Call, str]]:
+    """(loop, forward, guard) for a batch loop shared by every phase of a run (pytorch-kaldi's
+    `run_nn.py`, one loop for `to_do` in train, valid and forward): every backward of the loop
+    sits under one `if phase == <constant>:` on a name the loop does not iterate, the call
+    whose result that backward reads runs before it outside the guard, and the function (or
+    script) compares that name to another constant elsewhere (`if to_do == 'forward':`): the
+    loop also runs for phases that never back-propagate. Grad-mode calls anywhere in the
+    scope leave it alone."""
+    found: list[tuple[ast.For | ast.While, ast.Call, str]] = []
+    for loop in [*nodes_of(ctx, ast.For), *nodes_of(ctx, ast.While)]:
+        if not isinstance(loop, ast.For | ast.While):
+            continue
+        backwards = [
+            n
+            for n in walk_scope(loop.body)
+            if isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "backward"
+        ]
+        if not backwards:
+            continue
+        scope = ctx.enclosing_function(loop)
+        guards = {_phase_guard(ctx, call, loop) for call in backwards}
+        if len(guards) != 1 or (guard := guards.pop()) is None:
+            continue
+        flag, phase = guard
+        targets = (
+            {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+            if isinstance(loop, ast.For)
+            else set()
+        )
+        if flag in targets:
+            continue  # `for phase in ("train", "val")`: the phase loops' own rules judge it
+        body = scope.body if scope is not None else ctx.tree.body
+        if any(
+            isinstance(n, ast.Call) and identifier(n.func).rsplit(".", 1)[-1] in _GRAD_MODE_CALLS
+            for n in walk_scope(body)
+        ):
+            continue
+        if not _other_phase_compared(body, flag, phase):
+            continue
+        forward = _producer_outside_guard(ctx, backwards[0], loop)
+        if forward is not None and not grad_may_be_off(ctx, forward):
+            found.append((loop, forward, f"{flag} == {phase}"))
+    return found
+
+
+def _phase_guard(ctx: ModuleContext, node: ast.AST, loop: ast.AST) -> tuple[str, str] | None:
+    """(name, constant) of the innermost `if name == constant:` around `node` inside `loop`."""
+    child = node
+    for anc in ctx.ancestors(node):
+        if anc is loop:
+            return None
+        if isinstance(anc, ast.If) and any(child is s for s in anc.body):
+            equality = phase_equality(anc.test)
+            if equality is not None:
+                return equality
+        child = anc
+    return None
+
+
+def _other_phase_compared(body: list[ast.stmt], flag: str, phase: str) -> bool:
+    """`flag == other` (or `!=`) for another constant somewhere in `body`."""
+    for node in walk_scope(body):
+        if (
+            isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Name)
+            and node.left.id == flag
+            and len(node.ops) == 1
+            and isinstance(node.ops[0], ast.Eq | ast.NotEq)
+            and phase_constant(node.comparators[0])
+            and ast.unparse(node.comparators[0]) != phase
+        ):
+            return True
+    return False
+
+
+def _producer_outside_guard(
+    ctx: ModuleContext, backward: ast.Call, loop: ast.For | ast.While
+) -> ast.Call | None:
+    """The call, in `loop` and outside every `if` of it, whose result the backward reads
+    (`outs_dict = forward_model(...)`, then `outs_dict['loss_final'].backward()`)."""
+    assert isinstance(backward.func, ast.Attribute)
+    root: ast.expr = backward.func.value
+    while isinstance(root, ast.Subscript | ast.Attribute):
+        root = root.value
+    if not isinstance(root, ast.Name):
+        return None
+    for value in ctx.flow.definitions(root):
+        if not isinstance(value, ast.Call) or not any(a is loop for a in ctx.ancestors(value)):
+            continue
+        guarded = False
+        for anc in ctx.ancestors(value):
+            if anc is loop:
+                break
+            if isinstance(anc, ast.If):
+                guarded = True
+        if not guarded:
+            return value
     return None
 
 
