@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
@@ -38,6 +39,20 @@ _TENSOR_REDUCTIONS = frozenset(
 )
 
 
+# A name for one term of a training loss: `reg_loss`, `kl_loss`, `loss_mel` (not a loss
+# function or criterion: `loss_fn`, `loss_func`).
+_LOSS_TERM = re.compile(r"(^|_)loss$|^loss_(?!fn$|func$|function$|type$|name$)[a-z0-9]+$")
+
+
+def _in_a_loop(ctx: ModuleContext, node: ast.AST, owner: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
+        if anc is owner:
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.While):
+            return True
+    return False
+
+
 class DeadTensorStore(Rule):
     """Detects a tensor computation assigned to a name (`out = model(x)`, `h = torch.cat(...)`,
     `z = F.relu(y)`) that the next statements of the same block overwrite (`out = ...`) before
@@ -48,7 +63,10 @@ class DeadTensorStore(Rule):
     `x0`). A value stored by the last statement
     of an `if` and overwritten after it before any read counts too (an `else:` dropped), and
     so does a constant-scaled reduction (`v_loss = 0.5 * err.mean()`), at a script's top
-    level as in functions.
+    level as in functions. In a function that back-propagates, a loss term (`reg_loss`,
+    `kl_loss`, `loss_mel`) computed with its graph that nothing after it reads, outside any
+    loop, is reported too: it never reaches the total (LightGCN's `stageOne` with `loss =
+    loss + reg_loss` dropped).
 
     Why it matters: the first result is thrown away. Usually a line was meant to use it
     (`out = model(out)` written as `out = model(x)`, a residual or normalisation silently
@@ -82,12 +100,15 @@ class DeadTensorStore(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
+        backprop_module = "backward" in ctx.source and "loss" in ctx.source
         for owner in ctx.nodes_by_type().get(ast.FunctionDef, ()):
             assert isinstance(owner, ast.FunctionDef)
             blocks = _blocks(owner)
             for block in blocks:
                 self._check_block(ctx, block)
             self._check_never_read(ctx, owner, blocks)
+            if backprop_module:
+                self._check_loss_term_unread(ctx, owner)
         for block in _blocks(ctx.tree):  # a script's top level (`if __name__ == "__main__":`)
             self._check_block(ctx, block)
 
@@ -121,6 +142,50 @@ class DeadTensorStore(Rule):
                     f"`{name}` is computed but nothing in `{owner.name}` reads it: the "
                     "statements after it use another value",
                 )
+
+    def _check_loss_term_unread(self, ctx: ModuleContext, owner: ast.FunctionDef) -> None:
+        """In a function that back-propagates, a loss term (`reg_loss`, `loss_kl`) computed
+        with its graph and read by nothing after it, outside any loop of the function: the
+        term never reaches the total that is back-propagated (LightGCN's `stageOne` with
+        `loss = loss + reg_loss` dropped after `reg_loss = reg_loss * self.weight_decay`)."""
+        if not any(
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "backward"
+            for n in walk_scope(owner.body)
+        ):
+            return
+        loads: dict[str, list[ast.Name]] = {}
+        declared: set[str] = set()
+        for node in walk_tree(owner):
+            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Store):
+                loads.setdefault(node.id, []).append(node)
+            elif isinstance(node, ast.Global | ast.Nonlocal):
+                declared.update(node.names)
+        if "locals" in loads or "vars" in loads:
+            return
+        for stmt in walk_scope(owner.body):
+            if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+                continue
+            target = stmt.targets[0]
+            if not isinstance(target, ast.Name) or target.id in declared:
+                continue
+            if not _LOSS_TERM.search(target.id):
+                continue
+            if _in_a_loop(ctx, stmt, owner) or isinstance(stmt.value, ast.Constant):
+                continue
+            end = stmt.end_lineno or stmt.lineno
+            if any(n.lineno > end for n in loads.get(target.id, [])):
+                continue
+            if ctx.flow.graph_origin(stmt.value) is None:
+                continue
+            ctx.report(
+                self,
+                stmt,
+                f"`{target.id}` is computed but nothing in `{owner.name}` reads it afterwards: "
+                "this loss term never reaches what is back-propagated (left out of the "
+                "total?)",
+            )
 
     def _check_block(self, ctx: ModuleContext, block: list[ast.stmt]) -> None:
         last_store = _last_stores(block)
