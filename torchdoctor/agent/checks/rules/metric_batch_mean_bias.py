@@ -36,8 +36,11 @@ class MetricBatchMeanBias(Rule):
     can reach several points on small validation sets.
 
     Also reported: an average meter that weighs values by a count (its class's `update(self,
-    val, n=1)`, or a meter beside it given `input.size(0)`) handed a per-batch mean with no
-    count in a loop over a loader (`top1.update(prec1.item())`).
+    val, n=1)`, or a meter of its class given `input.size(0)` in the loop or elsewhere in the
+    module) handed a per-batch mean with no count in a loop over a loader
+    (`top1.update(prec1.item())`), a batch's mean loss included when the loop does not
+    back-propagate and the meter's average is read after it (a validation loss reported:
+    semseg's `validate` returning `loss_meter.avg`).
 
     Example:
         for x, y in val_loader:
@@ -53,7 +56,10 @@ class MetricBatchMeanBias(Rule):
     severity = Severity.LOW
     title = "Metric averaged over batch means"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    triggers = Triggers(("==", "_score", "acc", "iou", "dice", "mean("))  # scores
+    triggers = Triggers(  # scores, or a meter updated with a loss
+        ("==", "_score", "acc", "iou", "dice", "mean("),
+        all_of=((".update(",), ("loss", "criterion")),
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         return self.triggers.found_in(ctx.source) and (
@@ -100,7 +106,11 @@ class MetricBatchMeanBias(Rule):
             loop = next((a for a in ctx.ancestors(call) if isinstance(a, ast.For)), None)
             if loop is None or not in_loader_loop(ctx, call):
                 continue
-            if not _per_batch_mean(ctx, call.args[0]) or _drops_last_batch(ctx, loop.iter):
+            if _drops_last_batch(ctx, loop.iter):
+                continue
+            if not _per_batch_mean(ctx, call.args[0]) and not (
+                _evaluation_loss(ctx, call.args[0], loop) and _average_read(ctx, func.value, loop)
+            ):
                 continue
             if not _counts_weigh(ctx, func.value, loop):
                 continue
@@ -128,13 +138,60 @@ def _counts_weigh(ctx: ModuleContext, meter: ast.expr, loop: ast.For) -> bool:
         params = update.args.args
         return len(params) >= 3 and len(update.args.defaults) >= 1
     text = ast.unparse(meter)
-    return any(
+    if any(
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr == "update"
         and len(node.args) == 2
         and ast.unparse(node.func.value) != text
         for node in walk_scope(loop.body)
+    ):
+        return True
+    # a meter of the same class given a count elsewhere in the module (semseg's training loop
+    # `main_loss_meter.update(main_loss.item(), n)` beside its validation loop)
+    made = {identifier(c.func) for c in ctx.flow.constructors(meter)} - {""}
+    return bool(made) and any(
+        isinstance(node.func, ast.Attribute)
+        and len(node.args) == 2
+        and {identifier(c.func) for c in ctx.flow.constructors(node.func.value)} & made
+        for node in ctx.flow.calls_named(("update",))
+    )
+
+
+_SCALAR_CUTS = frozenset({"item", "float", "detach", "cpu"})
+
+
+def _average_read(ctx: ModuleContext, meter: ast.expr, loop: ast.For) -> bool:
+    """Something after the loop reads what the meter gathered (`return loss_meter.avg`):
+    the figure is reported, not a by-product."""
+    scope = ctx.enclosing_function(loop)
+    text, end = ast.unparse(meter), loop.end_lineno or loop.lineno
+    return any(
+        isinstance(node, ast.Attribute)
+        and node.attr != "update"
+        and node.lineno > end
+        and ast.unparse(node.value) == text
+        for node in walk_tree(scope if scope is not None else ctx.tree)
+    )
+
+
+def _evaluation_loss(ctx: ModuleContext, value: ast.expr, loop: ast.For) -> bool:
+    """A batch's mean loss (`loss.item()` of a criterion with its default mean reduction) in
+    a loop that does not back-propagate: an evaluation figure (semseg's `validate` reports
+    `loss_meter.avg` as the validation loss), not a training progress one."""
+    if ctx.loops.backpropagates(loop.body):
+        return False
+    while isinstance(value, ast.Call) and identifier(value.func) in _SCALAR_CUTS:
+        func = value.func
+        if isinstance(func, ast.Attribute):
+            value = func.value
+        elif value.args:
+            value = value.args[0]
+        else:
+            return False
+    flow = ctx.flow
+    return flow.graph_origin(value) == "loss" or flow.derives_from(
+        value, lambda n: isinstance(n, ast.Call) and flow.is_loss_callee(n.func)
     )
 
 
