@@ -16,6 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -51,7 +52,10 @@ class InplaceParamUpdateWithGrad(Rule):
     Also reported: a helper's in-place update of one side of a zip of its arguments from the
     other, read attached (`for targ, src in zip(target_params, source_params):
     targ.mul_(rate).add_(src, alpha=1 - rate)`, an EMA helper of a utilities file), when a
-    call of this file or another one hands it `.parameters()` with autograd on.
+    call of this file or another one hands it `.parameters()` with autograd on. The zip may
+    pair the object's own copies with an argument (`zip(self.shadow_params, parameters)` in
+    an EMA's `update`), reported at once when the helper keeps only what requires grad
+    (`parameters = [p for p in parameters if p.requires_grad]`: score_sde's EMA).
 
     Not reported: updates through `p.data` or of `p.grad`, `torch.nn.init.*` (they disable
     grad themselves), code under `set_grad_enabled(flag)` (decided at run time),
@@ -159,6 +163,9 @@ class InplaceParamUpdateWithGrad(Rule):
         )
         fn = ctx.enclosing_function(site)
         assert fn is not None
+        if _holds_trainable_parameters(ctx, fn, _zip_side_of(ctx, site, source)):
+            ctx.report(self, site, message, data={"wrap_line": site.lineno})
+            return
         if any(
             not grad_may_be_off(ctx, call)
             and any(passes_parameters(a) for a in [*call.args, *(k.value for k in call.keywords)])
@@ -193,10 +200,7 @@ def _zipped_argument_source(
     if not isinstance(names, ast.Tuple) or len(names.elts) != len(it.args) or len(it.args) < 2:
         return None
     params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
-    if not all(
-        isinstance(a, ast.Name) and a.id in params and all(v is a for v in ctx.flow.definitions(a))
-        for a in it.args
-    ):
+    if not all(_zipped_argument(ctx, a, params) or _object_state(a, fn, params) for a in it.args):
         return None
     elements = [e.id for e in names.elts if isinstance(e, ast.Name)]
     if name.id not in elements:
@@ -218,6 +222,63 @@ def _zipped_argument_source(
             if isinstance(node, ast.Name) and node.id in others and not _detached_read(ctx, node):
                 return node.id
     return None
+
+
+def _zip_side_of(ctx: ModuleContext, site: ast.AST, element: str) -> str:
+    """The zip argument `element` iterates (`parameters` for `param` of `for s_param, param in
+    zip(self.shadow_params, parameters)`), '' when it is not a plain name."""
+    loop = next((a for a in ctx.ancestors(site) if isinstance(a, ast.For)), None)
+    if (
+        loop is None
+        or not isinstance(loop.iter, ast.Call)
+        or not isinstance(loop.target, ast.Tuple)
+    ):
+        return ""
+    for target, arg in zip(loop.target.elts, loop.iter.args, strict=False):
+        if isinstance(target, ast.Name) and target.id == element and isinstance(arg, ast.Name):
+            return arg.id
+    return ""
+
+
+def _zipped_argument(ctx: ModuleContext, arg: ast.expr, params: set[str]) -> bool:
+    """A parameter of the helper, never rebound there but by a filter of itself
+    (`parameters = [p for p in parameters if p.requires_grad]`, score_sde's EMA)."""
+    if not (isinstance(arg, ast.Name) and arg.id in params):
+        return False
+    return all(v is arg or _filters(v, arg.id) for v in ctx.flow.definitions(arg))
+
+
+def _filters(value: ast.AST, name: str) -> bool:
+    return (
+        isinstance(value, ast.ListComp)
+        and len(value.generators) == 1
+        and isinstance(value.generators[0].iter, ast.Name)
+        and value.generators[0].iter.id == name
+    )
+
+
+def _object_state(arg: ast.expr, fn: ast.AST, params: set[str]) -> bool:
+    """`self.shadow_params` in a method: the object's own copies (an EMA's shadow)."""
+    return (
+        isinstance(fn, ast.FunctionDef)
+        and "self" in params
+        and isinstance(arg, ast.Attribute)
+        and isinstance(arg.value, ast.Name)
+        and arg.value.id == "self"
+    )
+
+
+def _holds_trainable_parameters(ctx: ModuleContext, fn: ast.AST, name: str) -> bool:
+    """The helper's argument `name` is filtered to what requires grad
+    (`parameters = [p for p in parameters if p.requires_grad]`): its elements are parameters
+    being trained, whoever calls it."""
+    for node in walk_tree(fn):
+        if isinstance(node, ast.Assign) and _filters(node.value, name):
+            comp = node.value
+            assert isinstance(comp, ast.ListComp)
+            if any("requires_grad" in ast.unparse(cond) for cond in comp.generators[0].ifs):
+                return True
+    return False
 
 
 def _parameter_origin(ctx: ModuleContext, name: ast.Name) -> ast.stmt | None:
