@@ -34,6 +34,8 @@ class LossProbe:
         self._criterion_nograd: torch.Tensor | None = None
         self._backward: list[torch.Tensor] = []
         self._pending: list[tuple[int, str, torch.Tensor]] = []
+        self._stacked = False
+        """The last `on_device` gave all the waiting losses as one vector."""
         self.values: dict[int, float] = {}
         self.sources: set[str] = set()
 
@@ -54,31 +56,50 @@ class LossProbe:
         self.values.clear()
 
     def on_backward(self, tensor: torch.Tensor) -> None:
-        if _readable(tensor) and tensor.numel() == 1:
+        # the step's criterion output, already kept, is the loss its end takes: a copy of
+        # the backward's tensor would never be read (one kernel and two dispatches a step)
+        if self._criterion is None and _readable(tensor) and tensor.numel() == 1:
             self._backward.append(tensor.detach().clone())
 
     def end_step(self, step: int) -> None:
-        chosen: tuple[str, torch.Tensor] | None = None
+        """The step's loss stays as kept (a one-element copy): its shape and dtype are made
+        uniform at the flush, in one operation for all the steps waiting."""
         if self._criterion is not None:
-            chosen = ("criterion", self._criterion)
+            self._pending.append((step, "criterion", self._criterion))
         elif self._backward:
-            chosen = (
-                "backward",
-                torch.stack([b.float().reshape(()) for b in self._backward]).mean(),
-            )
+            kept = self._backward
+            if len(kept) == 1:
+                mean = kept[0].float().mean()
+            else:
+                mean = torch.stack([b.float().reshape(()) for b in kept]).mean()
+            self._pending.append((step, "backward", mean))
         elif self._criterion_nograd is not None:
-            chosen = ("criterion-no-grad", self._criterion_nograd)
-        if chosen is not None:
-            self._pending.append((step, chosen[0], chosen[1].float().reshape(1)))
+            self._pending.append((step, "criterion-no-grad", self._criterion_nograd))
         self._criterion = self._criterion_nograd = None
-        self._backward = []
+        if self._backward:
+            self._backward = []
 
     def on_device(self) -> list[torch.Tensor]:
-        return [t for _, _, t in self._pending]
+        """One vector for all the waiting losses when they share a device and a dtype (the
+        usual case), else one per loss."""
+        kept = [t for _, _, t in self._pending]
+        self._stacked = False
+        if not kept:
+            return []
+        device, dtype = kept[0].device, kept[0].dtype
+        if all(t.device == device and t.dtype == dtype for t in kept):
+            self._stacked = True
+            return [torch.stack([t if t.dim() == 0 else t.reshape(()) for t in kept])]
+        return [t.reshape(1) for t in kept]
 
     def take(self, vectors: list[list[float]]) -> None:
-        for (step, source, _), vector in zip(self._pending, vectors, strict=True):
-            self.values[step] = vector[0] if vector else float("nan")
+        values = (
+            (vectors[0] if vectors else [])
+            if self._stacked
+            else [vector[0] if vector else float("nan") for vector in vectors]
+        )
+        for (step, source, _), value in zip(self._pending, values, strict=True):
+            self.values[step] = value
             self.sources.add(source)
         self._pending = []
 
@@ -171,7 +192,7 @@ class GradientProbe:
         looked at: a pass over every parameter cost 150 us of host time a step on a
         76-tensor model (CPU), paid in full by a launch-bound GPU loop."""
         key = id(optimizer)
-        layout = tuple(len(group["params"]) for group in optimizer.param_groups)
+        layout = tuple([len(group["params"]) for group in optimizer.param_groups])
         if self._layouts.get(key) != layout:  # a new optimizer, or a group added
             self._layouts[key] = layout
             self._waiting[key] = []
@@ -354,4 +375,6 @@ class ForwardWatch:
 
 def _readable(value: Any) -> TypeGuard[torch.Tensor]:
     """A tensor that holds values: not one of a tracer's (fake or functional)."""
+    if type(value) is torch.Tensor:  # the loss of every step: no subclass checks
+        return True
     return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor | FunctionalTensor)

@@ -194,6 +194,9 @@ class Session:
         """An optimizer's own no-grad block is no evaluation (it would turn the hooks on every
         module on and off each step)."""
         self._patches: list[tuple[Any, str, Any]] = []
+        self._flop_step = config.flop_step
+        self._builtin_optimizers: dict[type, bool] = {}
+        """Each optimizer class seen: whether it is torch's own (its step runs unwatched)."""
         self._stateless: list[int] = []
         """Top-level modules running now that hold no parameter or buffer (`_stateless`)."""
 
@@ -546,7 +549,8 @@ class Session:
                 self.loss_depth += 1
                 self._hook_own(module)
                 return
-            if self.depth == 1 and _stateless(module):
+            # a root seen before had state: asking again walks its parameters every step
+            if self.depth == 1 and id(module) not in self.roots and _stateless(module):
                 self.depth = 0
                 self._stateless.append(id(module))
                 return
@@ -635,7 +639,11 @@ class Session:
 
     def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._in_optimizer_step = True
-        if type(optimizer).__module__.startswith("torch."):
+        kind = type(optimizer)
+        builtin = self._builtin_optimizers.get(kind)
+        if builtin is None:
+            builtin = self._builtin_optimizers[kind] = kind.__module__.startswith("torch.")
+        if builtin:
             self.syncs.suspend()  # resumed when the step ends (or by the next root forward)
         if self.main_optimizer is None:
             self.main_optimizer = id(optimizer)
@@ -693,8 +701,10 @@ class Session:
         self.dataloader.sampled = self.data_functions.sampled = self.watching
         self._global_wanted = False
         if self.depth == 0:
-            self._set_global_hooks(self._global_hooks_needed())
-        if self.config.flops and self.step == self.config.flop_step:
+            needed = self._global_hooks_needed()
+            if needed or self._global_hooks:
+                self._set_global_hooks(needed)
+        if self.config.flops and self.step == self._flop_step:
             self.flops.start(self.step)
         if self.step == 1:
             self.syncs.set_cuda_mode(True)

@@ -19,9 +19,12 @@ MAX_MODELS = 4
 Signature = tuple[tuple[tuple[torch.Size, torch.dtype, torch.device], ...], ...]
 
 
-def _signature(*groups: list[torch.Tensor]) -> Signature:
-    """Hashable without building strings: a root forward runs every step."""
-    return tuple(tuple((t.shape, t.dtype, t.device) for t in group) for group in groups)
+def _signature(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> Signature:
+    """Hashable without building strings or generators: a root forward runs every step."""
+    return (
+        tuple([(t.shape, t.dtype, t.device) for t in inputs]),
+        tuple([(t.shape, t.dtype, t.device) for t in outputs]),
+    )
 
 
 class RootShapes:

@@ -20,6 +20,11 @@ from torchdoctor.sandbox.probes.frames import UserFiles
 from torchdoctor.sandbox.probes.tensors import cuda_in_use
 
 SYNC_METHODS = ("item", "cpu", "numpy", "tolist")
+SUSPENDED_METHODS = ("item",)
+"""What a built-in optimizer's step calls, per parameter (`.item()` of each step count): the
+plain method while that step runs. The others stay wrapped through it (a call from library
+code costs the wrapper one dict lookup), so a step swaps one class attribute twice, not four:
+each swap invalidates the attribute caches of `torch.Tensor` and of all its subclasses."""
 
 
 class SyncProbe:
@@ -40,22 +45,31 @@ class SyncProbe:
             original = getattr(torch.Tensor, method)
             self._originals[method] = original
             self._wrappers[method] = self._wrap(method, original)
-        self.resume()
-
-    def suspend(self) -> None:
-        """The plain methods while library code runs whose calls are never the user's line:
-        a built-in optimizer's step calls `.item()` on each parameter's step count."""
-        for method, original in self._originals.items():
-            setattr(torch.Tensor, method, original)
-        self.suspended = True
-
-    def resume(self) -> None:
         for method, wrapper in self._wrappers.items():
             setattr(torch.Tensor, method, wrapper)
         self.suspended = False
 
+    def suspend(self) -> None:
+        """The plain `SUSPENDED_METHODS` while library code runs whose calls are never the
+        user's line: a built-in optimizer's step calls `.item()` on each parameter's step
+        count."""
+        for method in SUSPENDED_METHODS:
+            original = self._originals.get(method)
+            if original is not None:
+                setattr(torch.Tensor, method, original)
+        self.suspended = True
+
+    def resume(self) -> None:
+        for method in SUSPENDED_METHODS:
+            wrapper = self._wrappers.get(method)
+            if wrapper is not None:
+                setattr(torch.Tensor, method, wrapper)
+        self.suspended = False
+
     def uninstall(self, touch_cuda: bool = True) -> None:
-        self.suspend()
+        for method, original in self._originals.items():
+            setattr(torch.Tensor, method, original)
+        self.suspended = True
         self._originals, self._wrappers = {}, {}
         if touch_cuda:
             self.set_cuda_mode(False)

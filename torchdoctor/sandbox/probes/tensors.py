@@ -10,11 +10,14 @@ import torch
 
 _cuda_seen_in_use = False
 """Once initialised, CUDA stays so for the process (a forked child starts over)."""
+_cuda_available: bool | None = None
+"""`torch.cuda.is_available()`, asked once: a CPU-only run asks `cuda_in_use()` twice a step."""
 
 
 def _forget_cuda() -> None:
-    global _cuda_seen_in_use
+    global _cuda_seen_in_use, _cuda_available
     _cuda_seen_in_use = False
+    _cuda_available = None
 
 
 os.register_at_fork(after_in_child=_forget_cuda)
@@ -22,11 +25,13 @@ os.register_at_fork(after_in_child=_forget_cuda)
 
 def cuda_in_use() -> bool:
     """CUDA is available and the script has initialised it (no probe initialises it).
-    Asked several times a step, so a yes is remembered."""
-    global _cuda_seen_in_use
+    Asked several times a step, so a yes is remembered, and whether CUDA is there at all."""
+    global _cuda_seen_in_use, _cuda_available
     if _cuda_seen_in_use:
         return True
-    if not torch.cuda.is_available():
+    if _cuda_available is None:
+        _cuda_available = torch.cuda.is_available()
+    if not _cuda_available:
         return False
     _cuda_seen_in_use = bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
     return _cuda_seen_in_use
