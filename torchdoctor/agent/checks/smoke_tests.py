@@ -84,6 +84,11 @@ def is_dataset_demo(ctx: ModuleContext, guard: ast.stmt) -> bool:
 _TRAINS = (".backward(", "optim.", ".step(")
 
 
+_TEST_FILES = frozenset({"conftest.py", "tests.py"})
+"""Whole names of test modules (`tests.py` beside a package's code; not `test.py`, which in a
+training repository usually evaluates the model on its test split)."""
+
+
 @lru_cache(maxsize=4096)
 def is_test_module(path: str) -> bool:
     """A pytest module: by its name, or anywhere under a `tests/` folder (litgpt's
@@ -91,6 +96,6 @@ def is_test_module(path: str) -> bool:
     Remembered per path: rules ask it of every module, some once per function."""
     parts = PurePath(path).parts
     name = parts[-1] if parts else ""
-    if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":
+    if name.startswith("test_") or name.endswith("_test.py") or name in _TEST_FILES:
         return True
     return any(part in ("tests", "test") for part in parts[:-1])

@@ -104,7 +104,7 @@ class GraphOrigins(ModelFacts):
             if (
                 found != "loss"
                 and definitions
-                and self._backpropagated(expr)
+                and self._backpropagated(expr, definitions)
                 and not any(_detaching(value) for value in definitions)
             ):
                 # `loss = helper(...)` or a model that returns its own loss (`loss =
@@ -206,14 +206,16 @@ class GraphOrigins(ModelFacts):
                 stored.append(node.value)
         return stored
 
-    def _backpropagated(self, name: ast.Name) -> bool:
+    def _backpropagated(self, name: ast.Name, definitions: list[ast.expr]) -> bool:
         """`name.backward()`, `name["loss"].backward()` or `name.loss.backward()` is called in
-        the function that reads `name`, or an engine's `accelerator.backward(name)`: whatever
-        opaque helper produced it (a training step returning a dict of outputs, a Hugging Face
-        output object), it holds an autograd graph."""
+        the function that reads `name`, or an engine's `accelerator.backward(name)`, on a
+        binding of `name` that reaches here: whatever opaque helper produced it (a training
+        step returning a dict of outputs, a Hugging Face output object), it holds an autograd
+        graph. The training loop's `loss` says nothing of the evaluation loop's `loss =
+        outputs.loss`, bound from a forward run under `no_grad` in the same function."""
         memo = self.ctx.memo_table("graph_origin.backpropagated")
         if "" not in memo:
-            found: set[tuple[int, str]] = set()
+            found: dict[tuple[int, str], list[ast.Name]] = {}
             for call in self.calls_named(("backward",)):
                 if not isinstance(call.func, ast.Attribute):
                     continue
@@ -222,9 +224,16 @@ class GraphOrigins(ModelFacts):
                     # the engine runs backward on its argument (`accelerator.backward(loss)`)
                     receiver = _output_holder(call.args[0]) if call.args else None
                 if receiver is not None:
-                    found.add((id(self._scope_of(call)), receiver.id))
-            memo[""] = frozenset(found)
-        return (id(self._scope_of(name)), name.id) in memo[""]
+                    found.setdefault((id(self._scope_of(call)), receiver.id), []).append(receiver)
+            memo[""] = found
+        receivers: list[ast.Name] = memo[""].get((id(self._scope_of(name)), name.id), [])
+        ours = {id(value) for value in definitions}
+        for receiver in receivers:
+            reached = self.reaching(receiver)
+            theirs = [reached] if reached is not None else self.live_definitions(receiver)
+            if not theirs or any(id(value) in ours for value in theirs):
+                return True
+        return False
 
     def _backward_engine(self, call: ast.Call, receiver: ast.Name) -> bool:
         """`accelerator.backward(loss)`, `fabric.backward(loss)`: an object built from a class

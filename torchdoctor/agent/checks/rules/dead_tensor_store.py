@@ -79,7 +79,8 @@ class DeadTensorStore(Rule):
     read anywhere in between, including in a nested function or a condition; stores in
     different branches or blocks; `_`; module attributes (`self.x`). For a local never read:
     model calls (a warm-up, or a forward run for its hooks), functions that read `locals()`,
-    names declared `global`/`nonlocal`, names starting with `_`.
+    names declared `global`/`nonlocal`, names starting with `_`, a line marked `# noqa: F841`
+    (pyflakes' unused local: kept on purpose, an allocation a memory test holds).
 
     Example:
         x = self.norm(x)
@@ -135,7 +136,7 @@ class DeadTensorStore(Rule):
         if "locals" in read or "vars" in read:
             return
         for stmt, name in stored:
-            if name not in read:
+            if name not in read and not _acknowledged_unused(ctx, stmt):
                 ctx.report(
                     self,
                     stmt,
@@ -498,6 +499,20 @@ def _stores(stmt: ast.stmt, name: str) -> bool:
         and isinstance(stmt.target, ast.Name)
         and (stmt.target.id == name and stmt.value is not None)
     )
+
+
+_NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z0-9, ]+))?", re.IGNORECASE)
+
+
+def _acknowledged_unused(ctx: ModuleContext, stmt: ast.stmt) -> bool:
+    """`foo = torch.rand(n, device=d)  # noqa: F841`: the author marked the value as unused on
+    purpose (pyflakes' code for an unused local), as accelerate's memory tests do to hold an
+    allocation."""
+    found = _NOQA.search(ctx.lines[stmt.lineno - 1]) if stmt.lineno <= len(ctx.lines) else None
+    if found is None:
+        return False
+    codes = found.group("codes")
+    return codes is None or "F841" in codes.upper()
 
 
 def _signature_variants(ctx: ModuleContext, first: ast.stmt, later: ast.stmt) -> bool:
