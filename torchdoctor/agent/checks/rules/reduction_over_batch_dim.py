@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.batch_outputs import (
@@ -166,17 +167,9 @@ class ReductionOverBatchDim(Rule):
         """`pi = pi.view(seq_len, bs, self.gaussians)`, then `log_softmax(pi, dim=-2)`: the
         tensor's own view names the axis the softmax normalises as the batch (world-models'
         mixture weights, normalised across the batch instead of over the Gaussians)."""
-        for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
-            located = _dim_position(ctx, call)
-            if located is None:
-                continue
-            position, tensor = located
-            dim = kwarg(call, "dim")
-            if dim is None and len(call.args) > position:
-                dim = call.args[position]
-            axis = constant_int(dim)
-            shape = _viewed_shape(ctx, tensor) if axis is not None and axis != 0 else None
-            if axis is None or shape is None or not -len(shape) <= axis < len(shape):
+        for call, tensor, axis in _normalised_axes(ctx):
+            shape = _viewed_shape(ctx, tensor) if axis != 0 else None
+            if shape is None or not -len(shape) <= axis < len(shape):
                 continue
             named = [i for i, size in enumerate(shape) if _batch_size_name(size)]
             if named != [axis % len(shape)]:
@@ -202,17 +195,9 @@ class ReductionOverBatchDim(Rule):
         ]
         if not batched:
             return  # no contraction whose output names a batch axis
-        for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
-            located = _dim_position(ctx, call)
-            if located is None:
-                continue
-            position, tensor = located
-            dim = kwarg(call, "dim")
-            if dim is None and len(call.args) > position:
-                dim = call.args[position]
-            axis = constant_int(dim)
-            axes = _einsum_output_axes(ctx, tensor) if axis is not None else None
-            if axis is None or axes is None or not -len(axes) <= axis < len(axes):
+        for call, tensor, axis in _normalised_axes(ctx):
+            axes = _einsum_output_axes(ctx, tensor)
+            if axes is None or not -len(axes) <= axis < len(axes):
                 continue
             batch = [i for i, name in enumerate(axes) if _BATCH_AXIS.match(name)]
             if batch != [axis % len(axes)]:
@@ -810,6 +795,22 @@ def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
     if qual is not None:
         return qual.rsplit(".", 1)[-1]
     return call.func.attr if isinstance(call.func, ast.Attribute) else ""
+
+
+def _normalised_axes(ctx: ModuleContext) -> Iterator[tuple[ast.Call, ast.expr, int]]:
+    """(call, tensor, axis) for each softmax/log-softmax/normalisation call of the module
+    given a constant dim, by keyword or at its position."""
+    for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
+        located = _dim_position(ctx, call)
+        if located is None:
+            continue
+        position, tensor = located
+        dim = kwarg(call, "dim")
+        if dim is None and len(call.args) > position:
+            dim = call.args[position]
+        axis = constant_int(dim)
+        if axis is not None:
+            yield call, tensor, axis
 
 
 def _dim_position(ctx: ModuleContext, call: ast.Call) -> tuple[int, ast.expr] | None:
