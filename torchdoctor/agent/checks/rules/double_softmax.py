@@ -65,8 +65,12 @@ class DoubleSoftmax(Rule):
     """Detects a softmax or log-softmax output passed as the input of `nn.CrossEntropyLoss`
     or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module,
     `torch.exp` of a log-softmax (a softmax written the long way), or a
-    model whose last layer (`nn.Sequential(..., nn.Softmax(1))`) or `forward` return is a
-    softmax, followed through variables, attributes (`self.criterion`) and local functions.
+    model whose last layer (`nn.Sequential(..., nn.Softmax(1))`, the last `add_module` of an
+    empty `nn.Sequential()` built by a helper, the layer a wrapper module is called with:
+    `self.cd4(x, nn.Sequential(self.fc4, self.softmax))`) or `forward` return is a softmax,
+    followed through variables, attributes (`self.criterion`), local functions and the
+    arguments a module's calls pass for a `model` parameter; `criterion.forward(fx, y)` counts
+    as a criterion call.
     A training wrapper given this file's module and `criterion=nn.CrossEntropyLoss` (skorch's
     `NeuralNet(MyModule, criterion=...)`) is reported at the softmax its `forward` returns.
     So is a model defined in another file (imported, or passed in by a caller): one finding

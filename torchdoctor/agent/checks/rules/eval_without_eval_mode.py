@@ -95,7 +95,8 @@ class EvalWithoutEvalMode(Rule):
     `self.model.eval()`); an `.eval()` in a branch that returns (`if args.test_only:`) does
     not reach the code after it, and a helper is judged at every call of it in the module, not
     only at one. A region that runs the model only through a local helper
-    (`self._forward_pass(x, y)`, shared with the training loop) is reported at that call. A
+    (`self._forward_pass(x, y)`, shared with the training loop, or a `self.val_step(x, y)`
+    that only evaluation regions call) is reported at that call. A
     module-level helper given the model and called only from other
     files (`evaluate(model, val_loader)` imported by `train.py`) is judged at those calls:
     reported when one runs without `.eval()` before it.
@@ -423,26 +424,50 @@ def _model_call_in(
     for site, helper in ctx.calls.callees(body):
         if id(helper) in judged or ctx.flow.module_method(helper):
             continue
-        if not _shared_with_training(ctx, helper) and not _step_of_evaluation(ctx, helper, judged):
+        shared = _shared_with_training(ctx, helper)
+        if not shared and not _step_of_evaluation(ctx, helper, judged):
             continue  # a generation or scoring helper: its callers are judged where they are
         for node in walk_scope(helper.body):
             if isinstance(node, ast.Call) and ctx.flow.is_model_call(node):
+                if not shared and _mode_switched(ctx, model_of(node)):
+                    break  # the class manages its model's mode (`model.train(flag)`)
                 return site, node
     return None
 
 
 def _step_of_evaluation(ctx: ModuleContext, helper: FunctionNode, judged: set[int]) -> bool:
-    """A helper that only evaluation regions of this module call and that is not judged on
-    its own (a `*_step` method left out as a framework hook): a trainer class's `val_epoch`
-    running `self.val_step(inputs, labels)` under no_grad (gradsflow's `Model`). Nothing
-    switches the mode for it, so the region that drives it runs the model as training left
-    it. Prediction helpers stay inference-no-eval's."""
-    if _OTHER_RULES_PATHS.search(helper.name):
+    """A `*_step` method (left out of the regions as a framework hook) that only evaluation
+    regions of this module call: a trainer class's `val_epoch` running `self.val_step(inputs,
+    labels)` under no_grad (gradsflow's `Model`). When nothing in the module switches that
+    model's mode (`_mode_switched`), the region runs it as training left it. Other helpers
+    (an RL agent's `get_action` under no_grad) are judged where their callers are."""
+    owner = ctx.parents.get(helper)
+    if not _HOOK_NAME.search(helper.name) or not isinstance(owner, ast.ClassDef):
         return False
     sites = ctx.calls.call_sites(helper)
     return bool(sites) and all(
         (caller := ctx.enclosing_function(site)) is not None and id(caller) in judged
         for site in sites
+    )
+
+
+def _mode_switched(ctx: ModuleContext, model: ast.expr) -> bool:
+    """Whether the module calls `.eval()` or `.train(<flag>)` on this model's expression
+    anywhere (texar's executor: `self.model.train(self.test_mode == "train")` before its
+    validation loop): its mode is managed, if not by a plain `.eval()`. A bare `.train()`
+    (or `.train(True)`) at the top of training only says the model trains."""
+    text = ast.unparse(model)
+    return any(
+        isinstance(call.func, ast.Attribute)
+        and ast.unparse(call.func.value) == text
+        and (
+            call.func.attr == "eval"
+            or bool(
+                call.args
+                and not (isinstance(call.args[0], ast.Constant) and call.args[0].value is True)
+            )
+        )
+        for call in ctx.flow.calls_named(("eval", "train"))
     )
 
 

@@ -48,8 +48,10 @@ _MAX_HELPER_DEPTH = 3
 
 class InferenceNoEval(Rule):
     """Detects an inference path — a function named like `predict`/`infer`/`serve`, the
-    `if __name__ == "__main__":` block of a script that does not train, or the module-level
-    statements of a sampling script that loads weights — that calls the model (`model(x)`; or
+    `if __name__ == "__main__":` block of a script that does not train (and the module-level
+    function it calls, `main()`, when that function loads weights and trains nothing), or the
+    module-level statements of a sampling script that loads weights — that calls the model
+    (`model(x)`; or
     `model.generate(...)`, which runs the forward in whatever mode the model is in, in a
     sampling script or a module that also trains the model, since hub loaders return models
     in eval mode) without a preceding `.eval()` (in that function, a local helper it calls,
@@ -134,7 +136,15 @@ class InferenceNoEval(Rule):
                         checked.add(id(fn))
                         args = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
                         params = {a.arg for a in args}
-                        self._check(ctx, fn.body, params, local_evals, module_evals, owner=fn)
+                        self._check(
+                            ctx,
+                            fn.body,
+                            params,
+                            local_evals,
+                            module_evals,
+                            owner=fn,
+                            loaded=_loaded_models(fn),
+                        )
         top = _script_body(ctx)
         if top:
             self._check(ctx, top, set(), local_evals, [], sampling=True)
@@ -148,6 +158,7 @@ class InferenceNoEval(Rule):
         module_evals: list[ast.Call],
         sampling: bool = False,
         owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
+        loaded: set[str] | None = None,
     ) -> None:
         if ctx.loops.backpropagates(body):
             return
@@ -165,6 +176,8 @@ class InferenceNoEval(Rule):
             if any(line <= _runs_at(ctx, body, call) for line in evals):
                 return
             root = root_name(call.func)
+            if loaded is not None and root not in loaded:
+                continue  # an entry function's model calls count on the weights it loads
             if root == "self" and module_evals:
                 return
             if (
@@ -289,6 +302,26 @@ def _entry_functions(
             and loads_weights(fn)
             and not any(marker in ast.unparse(fn) for marker in _TRAINS_ELSEWHERE)
         ]
+    return found
+
+
+def _loaded_models(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """Names `fn` loads trained weights into (`model.load_state_dict(...)`) or binds to a
+    loaded object (`model = torch.load(path)`): the models its inference runs."""
+    found: set[str] = set()
+    for node in walk_scope(fn.body):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load_state_dict"
+        ):
+            found.add(root_name(node.func.value))
+        elif (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) in ("torch.load", "load")
+        ):
+            found.update(t.id for t in node.targets if isinstance(t, ast.Name))
     return found
 
 

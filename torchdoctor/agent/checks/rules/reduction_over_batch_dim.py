@@ -82,6 +82,11 @@ class ReductionOverBatchDim(Rule):
     `node_dim = 0`) of scores that a loss of the same function reads with the labels, compared
     with them (a full-graph GNN step, no loader): the loss takes `(examples, classes)`.
 
+    Also reported: a softmax over the axis that the einsum making the tensor names `b` or
+    `batch` in its literal output spec (`einsum(x, phi, "b m d, d n p -> b m n p")
+    .softmax(dim=0)`, soft-MoE's dispatch weights), and an `nn.Softmax(dim=0)` layer applied
+    to a view whose dim 0 folds the batch (`scores.view(batch_size * output_len, query_len)`).
+
     Also reported: a softmax or log_softmax over the one axis that the tensor's own view or
     reshape sizes with the batch size (`pi = pi.view(seq_len, bs, gaussians)`, then
     `log_softmax(pi, dim=-2)`): whatever the dim's number, it is the batch.

@@ -58,8 +58,9 @@ class TrainLoaderNoShuffle(Rule):
     loader), loaders handed to Opacus (`privacy_engine.make_private(...,
     data_loader=train_loader)` draws its batches by Poisson sampling), loaders named for
     validation or test data, loaders no training loop iterates
-    unless they are named for training (or built over training data) and handed to the
-    caller (returned, or stored on `self`) by a function that does not iterate them: a
+    unless they are named for training (or built over training data, or returned by a
+    `train_dataloader` hook) and handed to the caller (returned, or stored on `self`) by a
+    function that does not iterate them: a
     loader factory whose training loop lives in another function or file. A factory that
     returns `DataLoader(dataset, ...)` for its `dataset` parameter is reported at the calls
     that give it training data or build a training hook's loader (`train_dataloader`). A
