@@ -101,14 +101,20 @@ class DeadTensorStore(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):
             return
-        backprop_module = "backward" in ctx.source and "loss" in ctx.source
+        backpropagating: set[int] = set()  # functions that call `.backward()` themselves
+        if "backward" in ctx.source and "loss" in ctx.source:
+            backpropagating = {
+                id(ctx.enclosing_function(call))
+                for call in ctx.flow.calls_named(("backward",))
+                if isinstance(call.func, ast.Attribute)
+            }
         for owner in ctx.nodes_by_type().get(ast.FunctionDef, ()):
             assert isinstance(owner, ast.FunctionDef)
             blocks = _blocks(owner)
             for block in blocks:
                 self._check_block(ctx, block)
             self._check_never_read(ctx, owner, blocks)
-            if backprop_module:
+            if id(owner) in backpropagating:
                 self._check_loss_term_unread(ctx, owner)
         for block in _blocks(ctx.tree):  # a script's top level (`if __name__ == "__main__":`)
             self._check_block(ctx, block)
@@ -149,13 +155,6 @@ class DeadTensorStore(Rule):
         with its graph and read by nothing after it, outside any loop of the function: the
         term never reaches the total that is back-propagated (LightGCN's `stageOne` with
         `loss = loss + reg_loss` dropped after `reg_loss = reg_loss * self.weight_decay`)."""
-        if not any(
-            isinstance(n, ast.Call)
-            and isinstance(n.func, ast.Attribute)
-            and n.func.attr == "backward"
-            for n in walk_scope(owner.body)
-        ):
-            return
         loads: dict[str, list[ast.Name]] = {}
         declared: set[str] = set()
         for node in walk_tree(owner):
