@@ -40,7 +40,6 @@ from torch import nn
 import torchdoctor.sandbox.probes as probes_package
 from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.frames import UserFiles
-from torchdoctor.sandbox.probes.memory import scan_schedule
 from torchdoctor.sandbox.probes.session import Session
 
 SAMPLE_EVERY = 10
@@ -75,18 +74,6 @@ def config() -> ProbeConfig:
     return ProbeConfig(
         script=__file__, steps=10**9, sample_every=SAMPLE_EVERY, flush_every=FLUSH_EVERY
     )
-
-
-def kind(session: Session) -> str:
-    """How the harness treats the step about to run."""
-    step = session.step
-    if session.watching:
-        return "sampled"
-    if (step + 1) % FLUSH_EVERY == 0:
-        return "flush"
-    if scan_schedule(step):
-        return "scan"
-    return "ordinary"
 
 
 class EntryTimer:
@@ -168,7 +155,7 @@ def block(
         step()
     out: dict[str, list[int]] = collections.defaultdict(list)
     for _ in range(steps):
-        name = kind(session) if session is not None else "ordinary"
+        name = session.next_step_kind if session is not None else "ordinary"
         start = time.thread_time_ns()
         step()
         out[name].append(time.thread_time_ns() - start)
@@ -223,7 +210,7 @@ def entry_costs(step: Callable[[], None], args: argparse.Namespace) -> None:
             step()
         timer.take()
         for _ in range(args.rounds * args.steps):
-            name = kind(session)
+            name = session.next_step_kind
             step()
             spent, counted = timer.take()
             if name != "ordinary":
@@ -261,7 +248,7 @@ def ordinary_step_calls(step: Callable[[], None], steps: int = 20) -> collection
     seen = 0
     with probed() as session:
         while seen < steps:
-            if kind(session) != "ordinary":
+            if session.next_step_kind != "ordinary":
                 step()
                 continue
             sys.setprofile(profile)

@@ -11,8 +11,10 @@ that is what the probes add), then the host cost of each per-step probe read.
 Target: at most 1.05x on the GPU.
 
 `--step-kinds` then times each step on the host by kind: ordinary steps, sampled steps (every
-module's output read) and flush steps (values read back), against the plain loop's median, which
-shows where the probes' cost sits (use a small `--batch`, so the host is what a step waits on).
+module's output read), flush steps (values read back) and graph-scan steps (the autograd graph
+walked: the first eight, then powers of two), as the harness itself classes them, against the
+plain loop's median, which shows where the probes' cost sits (use a small `--batch`, so the
+host is what a step waits on).
 
 `--ablate` then times the instrumented loop again with one probe part left out at a time
 (the NVML power sampler, CUDA's sync debug mode, the sync wrappers, the per-step CUDA event,
@@ -312,15 +314,6 @@ def main() -> None:
         ablate(step, args, device)
 
 
-def step_kind(index: int, config: ProbeConfig) -> str:
-    """Sampled: every module's output is read; flush: the step whose end reads values back."""
-    if config.sample_every > 0 and index % config.sample_every == 0:
-        return "sampled"
-    if (index + 1) % max(config.flush_every, 1) == 0:
-        return "flush"
-    return "ordinary"
-
-
 def step_kinds(step: Callable[[], None], args: argparse.Namespace, device: torch.device) -> None:
     """Host seconds of each probed step by kind, against the plain loop's median step."""
     cuda = device.type == "cuda"
@@ -331,7 +324,7 @@ def step_kinds(step: Callable[[], None], args: argparse.Namespace, device: torch
         flush_every=25 if cuda else 1,
     )
     plain: list[float] = []
-    by_kind: dict[str, list[float]] = {"ordinary": [], "sampled": [], "flush": []}
+    by_kind: dict[str, list[float]] = {"ordinary": [], "sampled": [], "flush": [], "scan": []}
     for _ in range(args.rounds):
         plain += host_seconds(step, args.steps, args.warmup, device)
         session = Session(config, UserFiles(__file__))
@@ -340,7 +333,7 @@ def step_kinds(step: Callable[[], None], args: argparse.Namespace, device: torch
             for _ in range(args.warmup):
                 step()
             for _ in range(args.steps):
-                kind = step_kind(session.step, config)
+                kind = session.next_step_kind
                 start = time.perf_counter()
                 step()
                 by_kind[kind].append(time.perf_counter() - start)

@@ -20,7 +20,6 @@ from torch import nn  # noqa: E402
 import torchdoctor.sandbox.probes as probes_package  # noqa: E402
 from torchdoctor.sandbox.probes.config import ProbeConfig  # noqa: E402
 from torchdoctor.sandbox.probes.frames import UserFiles  # noqa: E402
-from torchdoctor.sandbox.probes.memory import scan_schedule  # noqa: E402
 from torchdoctor.sandbox.probes.session import Session  # noqa: E402
 from torchdoctor.sandbox.probes.tensors import read_together  # noqa: E402
 
@@ -47,11 +46,6 @@ def _loop() -> Callable[[], None]:
         optimizer.step()
 
     return step
-
-
-def _ordinary(session: Session) -> bool:
-    step = session.step
-    return not session.watching and (step + 1) % FLUSH_EVERY != 0 and not scan_schedule(step)
 
 
 def _calls_on_ordinary_steps(steps: int) -> tuple[Session, collections.Counter[str], int]:
@@ -83,7 +77,7 @@ def _calls_on_ordinary_steps(steps: int) -> tuple[Session, collections.Counter[s
     try:
         step = _loop()  # built under the harness, as a script's are
         while seen < steps:
-            if not _ordinary(session):
+            if session.next_step_kind != "ordinary":
                 step()
                 continue
             sys.setprofile(profile)

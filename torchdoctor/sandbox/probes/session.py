@@ -26,7 +26,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from torchdoctor.sandbox.probes.flops import FlopProbe
 from torchdoctor.sandbox.probes.frames import Location, UserFiles
 from torchdoctor.sandbox.probes.groups import GroupMetrics, GroupSpec
 from torchdoctor.sandbox.probes.linetrace import import_untraced
-from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch
+from torchdoctor.sandbox.probes.memory import MemoryProbe, VramWatch, scan_schedule
 from torchdoctor.sandbox.probes.mode import ModeProbe
 from torchdoctor.sandbox.probes.numerics import (
     ForwardWatch,
@@ -665,6 +665,20 @@ class Session:
             self._end_step()
 
     # --- steps ---------------------------------------------------------------------------
+
+    @property
+    def next_step_kind(self) -> Literal["sampled", "flush", "scan", "ordinary"]:
+        """What the harness does on the step about to run, costliest first: a sampled step
+        reads gradient norms and the allocator, a flush reads the kept values back, a scan
+        walks the autograd graph; an ordinary step does none of them (the one that must stay
+        cheap on a launch-bound GPU loop, which the probe benchmarks and tests single out)."""
+        if self.watching:
+            return "sampled"
+        if (self.step + 1) % max(self.config.flush_every, 1) == 0:
+            return "flush"
+        if scan_schedule(self.step):
+            return "scan"
+        return "ordinary"
 
     def _watched(self, step: int) -> bool:
         every = self.config.sample_every

@@ -55,6 +55,8 @@ SOFTMAX = _producers("softmax")
 LOG_SOFTMAX = _producers("log_softmax")
 SIGMOID = _producers("sigmoid")
 RECURRENT_LAYERS = _names("recurrent_layers")
+# `torch.nn` classes that register the modules or parameters they hold (by class name).
+MODULE_CONTAINERS = _names("module_containers")
 DETACHING_METHODS = _names("detaching_methods")
 DETACHING_BUILTINS = _names("detaching_builtins")
 HOST_COPY_HELPERS = _names("host_copy_helpers")

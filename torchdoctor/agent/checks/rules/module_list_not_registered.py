@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import LAYER_LIBRARY_PREFIXES
+from torchdoctor.agent.checks.analysis.vocabulary import LAYER_LIBRARY_PREFIXES, MODULE_CONTAINERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -16,10 +16,6 @@ _CONTAINERS = {
     "list": "nn.ModuleList",
     "dict": "nn.ModuleDict",
 }
-
-_REGISTERING = frozenset(
-    {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
-)
 
 
 class ModuleListNotRegistered(Rule):
@@ -212,7 +208,7 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
 def _registering_container(call: ast.Call) -> bool:
     func = call.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name in _REGISTERING
+    return name in MODULE_CONTAINERS
 
 
 def _appended(init: ast.FunctionDef, names: set[str | None]) -> list[ast.expr]:

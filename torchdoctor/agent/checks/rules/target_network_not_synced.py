@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import MODULE_CONTAINERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -20,10 +21,6 @@ _PLACEMENT = frozenset({"to", "cuda", "cpu", "float", "double", "half", "train",
 # `prev_type = nn.Identity()` placeholders)
 _WEIGHTLESS = frozenset(
     {"Identity", "Flatten", "Dropout", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax"}
-)
-
-_CONTAINERS = frozenset(
-    {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"}
 )
 
 
@@ -144,7 +141,7 @@ def _filled_later(ctx: ModuleContext, call: ast.Call) -> bool:
     if call.args or call.keywords:
         return False
     qual = ctx.flow.qualname_of(call) or ""
-    return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in _CONTAINERS
+    return qual.startswith("torch.nn.") and qual.rsplit(".", 1)[-1] in MODULE_CONTAINERS
 
 
 def _self_sync(call: ast.Call) -> str | None:
