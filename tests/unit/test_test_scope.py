@@ -117,3 +117,60 @@ def test_a_path_saved_earlier_in_the_same_function_is_read_back_without_map_loca
     assert _map_location_lines(SCHEDULER_SIMULATION) == [18]  # only evaluate()'s load
     # saved by training, loaded by evaluation: the evaluation may run on the CPU later
     assert _map_location_lines(SAVED_IN_ANOTHER_FUNCTION) == [10]
+
+
+# A multi-view evaluation script named like a test (SlowFast's tools/test_net.py shape): an
+# evaluation entry point `test(cfg)` and a loop over the test split with autograd on. Nothing
+# in it is for pytest to collect, so it is a script and its evaluation findings stay.
+EVALUATION_SCRIPT = """
+import torch
+from videonet.models import build_model
+from videonet.datasets import loader
+
+def perform_test(test_loader, model, test_meter, cfg):
+    model.eval()
+    for inputs, labels, video_idx in test_loader:
+        inputs = inputs.cuda(non_blocking=True)
+        preds = model(inputs)
+        test_meter.update_stats(preds.detach().cpu(), labels.detach().cpu(), video_idx)
+    test_meter.finalize_metrics()
+
+def test(cfg):
+    model = build_model(cfg)
+    test_loader = loader.construct_loader(cfg, "test")
+    perform_test(test_loader, model, cfg.meter, cfg)
+"""
+
+# The near miss: the same evaluation as a pytest module (a `test_*` function, a fixture
+# import): a test's evaluation is the test's business.
+PYTEST_EVALUATION = (
+    "import pytest\n"
+    + EVALUATION_SCRIPT
+    + """
+def test_perform_test_runs(tiny_cfg):
+    test(tiny_cfg)
+"""
+)
+
+
+def test_a_script_named_like_a_test_keeps_its_evaluation_findings() -> None:
+    assert "validation-with-grad" in _rules_at("tools/test_net.py", EVALUATION_SCRIPT)
+    assert "validation-with-grad" not in _rules_at("tools/test_net.py", PYTEST_EVALUATION)
+    # under a tests/ folder the path alone decides
+    assert "validation-with-grad" not in _rules_at("tests/test_net.py", EVALUATION_SCRIPT)
+
+
+def test_what_a_test_runner_collects() -> None:
+    import ast
+
+    from torchdoctor.agent.checks.smoke_tests import collects_tests, is_test_file
+
+    assert not collects_tests(ast.parse(EVALUATION_SCRIPT))
+    assert collects_tests(ast.parse(PYTEST_EVALUATION))
+    assert collects_tests(ast.parse("import unittest\nclass NetCase(unittest.TestCase): pass\n"))
+    assert collects_tests(ast.parse("class TestNet:\n    def test_shape(self): pass\n"))
+    assert not is_test_file("tools/test_net.py", ast.parse(EVALUATION_SCRIPT))
+    assert is_test_file("tests/helpers.py", ast.parse(EVALUATION_SCRIPT))
+    assert not is_test_file("train.py", ast.parse(PYTEST_EVALUATION))
+    assert is_test_file("src/pkg/test_utils/scripts/test_peak_memory.py", ast.parse("x = 1\n"))
+    assert collects_tests(ast.parse("def test2():\n    gradcheck(op, inputs)\n"))

@@ -176,6 +176,15 @@ class ModuleContext:
         return DataFlow(self)
 
     @cached_property
+    def test_module(self) -> bool:
+        """Whether this module is a test suite's (by its path, and for a file named like a test
+        outside a `tests/` folder, by what a test runner would collect in it):
+        `smoke_tests.is_test_file`."""
+        from torchdoctor.agent.checks.smoke_tests import is_test_file
+
+        return is_test_file(self.path, self.tree)
+
+    @cached_property
     def calls(self) -> CallGraph:
         from torchdoctor.agent.checks.analysis.callgraph import CallGraph
 

@@ -35,6 +35,7 @@ from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText, TriggerTable
 from torchdoctor.agent.checks.registry import enabled_rules
 from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.checks.smoke_tests import TEST_NAMED_SCRIPT_KEY, is_test_module
 from torchdoctor.agent.checks.test_scope import outside_tests, production_only
 from torchdoctor.agent.cpus import usable_cpus
 from torchdoctor.agent.escape import one_line
@@ -352,7 +353,13 @@ def _analyse(
             ctx.facts.pop(f"pending:{rule_id}", None)
         said = "; ".join(f"rule {rule_id} failed here ({why})" for rule_id, why in failed.items())
         note = f"{note}; {said}" if note else f"{said}: the other rules ran"
-    findings = outside_tests(stand_down(ctx.findings, source, tree), production_only(rule_types))
+    scripts: frozenset[str] = frozenset()
+    if is_test_module(path) and not ctx.test_module:  # named like a test, run as a script
+        scripts = frozenset({path})
+        ctx.facts[TEST_NAMED_SCRIPT_KEY] = True
+    findings = outside_tests(
+        stand_down(ctx.findings, source, tree), production_only(rule_types), scripts
+    )
     return FileResult(
         path=path,
         findings=[unparsed, *findings] if unparsed is not None else findings,
@@ -463,7 +470,10 @@ def analyse_files(
         if manifests and rule_type.reads_manifests:
             project_findings.extend(rule_type.check_manifests(manifests))
             project_applicable.append(rule_type.id)
-    project_findings = outside_tests(project_findings, production_only(rule_types))
+    scripts = frozenset(
+        path for path, facts in facts_by_file.items() if facts.get(TEST_NAMED_SCRIPT_KEY)
+    )
+    project_findings = outside_tests(project_findings, production_only(rule_types), scripts)
     return StaticResult(
         files=results,
         project_findings=project_findings,

@@ -99,3 +99,61 @@ def is_test_module(path: str) -> bool:
     if name.startswith("test_") or name.endswith("_test.py") or name in _TEST_FILES:
         return True
     return any(part in ("tests", "test") for part in parts[:-1])
+
+
+_TEST_IMPORTS = frozenset({"pytest", "unittest", "hypothesis"})
+"""Modules a test suite imports (fixtures, markers, `TestCase`)."""
+TEST_NAMED_SCRIPT_KEY = "scope:test-named-script"
+"""Facts key of a module named like a test that is a script (see `is_test_file`), so that
+project findings in it are kept as well."""
+
+
+def collects_tests(tree: ast.Module) -> bool:
+    """Whether a test runner finds something to run in the module: a module-level `test_*`
+    function, a `Test*` class or a `TestCase` subclass, or an import of pytest, unittest or
+    hypothesis anywhere in it. A `test*` function with parameters but no `test_` prefix
+    (`def test(cfg)`, SlowFast's multi-view evaluation) is an evaluation entry point, not a
+    test; one without parameters (`def test2():`, a gradcheck run by hand) is a test."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (
+            node.name.startswith("test_")
+            or (node.name.startswith("test") and not _has_parameters(node))
+        ):
+            return True
+        if isinstance(node, ast.ClassDef) and (
+            node.name.startswith("Test")
+            or any(ast.unparse(base).endswith("TestCase") for base in node.bases)
+        ):
+            return True
+    for imported in ast.walk(tree):
+        if isinstance(imported, ast.Import) and any(
+            alias.name.partition(".")[0] in _TEST_IMPORTS for alias in imported.names
+        ):
+            return True
+        if (
+            isinstance(imported, ast.ImportFrom)
+            and not imported.level
+            and (imported.module or "").partition(".")[0] in _TEST_IMPORTS
+        ):
+            return True
+    return False
+
+
+def _has_parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    args = fn.args
+    return bool(args.posonlyargs or args.args or args.kwonlyargs or args.vararg or args.kwarg)
+
+
+def is_test_file(path: str, tree: ast.Module) -> bool:
+    """`is_test_module(path)`, read with the module's content: a file named like a test
+    (`test_net.py`, `eval_test.py`) outside any `tests/` folder is a script when nothing in
+    it is for a test runner to collect (`collects_tests`): SlowFast's `tools/test_net.py`
+    evaluates a trained model on the test split. Under a folder named for tests (`tests/`,
+    `testing/`, accelerate's `test_utils/scripts/`, whose scripts its test suite launches),
+    and for `conftest.py`/`tests.py`, the path alone decides."""
+    if not is_test_module(path):
+        return False
+    parts = PurePath(path).parts
+    if (parts and parts[-1] in _TEST_FILES) or any(p.startswith("test") for p in parts[:-1]):
+        return True
+    return collects_tests(tree)

@@ -31,6 +31,16 @@ def production_only(rule_types: Iterable[type[Rule]]) -> frozenset[str]:
     )
 
 
-def outside_tests(findings: Sequence[RawFinding], production: frozenset[str]) -> list[RawFinding]:
-    """`findings` without those of `production` rules in test modules."""
-    return [f for f in findings if f.rule not in production or not is_test_module(f.file)]
+def outside_tests(
+    findings: Sequence[RawFinding],
+    production: frozenset[str],
+    scripts: frozenset[str] = frozenset(),
+) -> list[RawFinding]:
+    """`findings` without those of `production` rules in test modules; `scripts` are the
+    files named like tests that are scripts (`smoke_tests.is_test_file`), whose findings
+    stay."""
+    return [
+        f
+        for f in findings
+        if f.rule not in production or f.file in scripts or not is_test_module(f.file)
+    ]

@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.project import project_function_calls
 from torchdoctor.agent.checks.analysis.reachability import mode_text
-from torchdoctor.agent.checks.analysis.vocabulary import MODEL_RUN_METHODS
+from torchdoctor.agent.checks.analysis.vocabulary import MODEL_RUN_METHODS, builds_network
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import may_name
-from torchdoctor.agent.checks.patterns import peel_mode_calls
-from torchdoctor.agent.checks.smoke_tests import is_test_module
+from torchdoctor.agent.checks.patterns import kwarg, peel_mode_calls
 
 if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
@@ -90,7 +89,7 @@ def mode_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
     if "" in memo:
         return memo[""]  # type: ignore[no-any-return]
     found: dict[str, list[bool]] = {}
-    if is_test_module(ctx.path):
+    if ctx.test_module:
         memo[""] = found  # a unit test runs the helper on a stub model: not an evaluation run
         return found
     for symbol, site in project_function_calls(ctx):
@@ -222,6 +221,22 @@ def _runs(body: list[ast.stmt], receiver: str, after: int = 0) -> bool:
         and ast.unparse(node.func) in (receiver, f"{receiver}.forward")
         for node in walk_scope(body)
     )
+
+
+def builds_pretrained_network(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A model zoo's factory asked for trained weights: torchvision's `inception_v3(weights=
+    Inception_V3_Weights.IMAGENET1K_V1)` or `resnet50(pretrained=True)`, `timm.create_model(
+    name, pretrained=True)`, `torch.hub.load(repo, name, pretrained=True)`. Unlike a
+    transformers `from_pretrained`, these return the network in training mode."""
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual.startswith(_EVAL_MODE_LOADERS) or not (
+        builds_network(qual) or qual == "torch.hub.load"
+    ):
+        return False
+    weights, pretrained = kwarg(call, "weights"), kwarg(call, "pretrained")
+    if weights is not None and not (isinstance(weights, ast.Constant) and weights.value is None):
+        return True
+    return isinstance(pretrained, ast.Constant) and pretrained.value is True
 
 
 def _loads_in_eval_mode(ctx: ModuleContext, call: ast.Call) -> bool:

@@ -9,7 +9,6 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import terminal_name
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _NOT_COMPUTE = frozenset(
@@ -519,7 +518,7 @@ def _signature_variants(ctx: ModuleContext, first: ast.stmt, later: ast.stmt) ->
     model(ids, attention_mask=m, token_type_ids=t)`, then `result = model(ids,
     token_type_ids=t)`, then `result = model(ids)`, Hugging Face's model tests): each call
     checks that one signature runs, the last one's result is the one asserted on."""
-    if not is_test_module(ctx.path):
+    if not ctx.test_module:
         return False
     calls = [getattr(stmt, "value", None) for stmt in (first, later)]
     if not all(isinstance(c, ast.Call) for c in calls):

@@ -18,7 +18,6 @@ from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import terminal_name
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _FACTORIES = frozenset(
@@ -139,7 +138,7 @@ class DeviceMismatchFactoryInForward(Rule):
             return
         if not touches_accelerator(ctx.source) and is_script(ctx.tree):
             return  # a CPU-only script: there is no other device to mismatch
-        if is_test_module(ctx.path):
+        if ctx.test_module:
             return  # test doubles returning fixed tensors: a mismatch fails the test itself
         if ".dtype" in ctx.source:
             copying = _functions_with_dtype_copies(ctx)

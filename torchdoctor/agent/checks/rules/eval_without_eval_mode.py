@@ -50,7 +50,7 @@ from torchdoctor.agent.checks.loops import (
     walk_scope,
     walk_tree,
 )
-from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function, is_test_module
+from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
 from torchdoctor.agent.models import Severity
 
 _EVAL_FUNCTION = re.compile(
@@ -150,9 +150,9 @@ class EvalWithoutEvalMode(Rule):
             and "inference_mode" not in ctx.source
             and not (re.search(r"def \w*(eval|valid|test)", ctx.source))
             and not evaluation_helpers(ctx)
-            and not _held_out_loops(ctx, [], is_test_module(ctx.path))
-            and not _held_out_draws(ctx, [], is_test_module(ctx.path))
-            and not _held_out_calls(ctx, [], is_test_module(ctx.path))
+            and not _held_out_loops(ctx, [], ctx.test_module)
+            and not _held_out_draws(ctx, [], ctx.test_module)
+            and not _held_out_calls(ctx, [], ctx.test_module)
             and not _phase_loops(ctx)
             and not _flagged_evaluation_calls(ctx)
         ):
@@ -507,7 +507,7 @@ def _find_evaluation_regions(
     flow = ctx.flow
     regions: list[tuple[FunctionNode | None, list[ast.stmt]]] = []
     named: set[int] = set()
-    test_module = is_test_module(ctx.path)
+    test_module = ctx.test_module
     trains = "backward" in ctx.source and bool(ctx.loops.training_loops)
     for defs in flow.functions.values():
         for fn in defs:
@@ -566,7 +566,7 @@ def _flagged_evaluation_calls(ctx: ModuleContext) -> list[tuple[ast.Call, Functi
         return memo[""]  # type: ignore[no-any-return]
     found: list[tuple[ast.Call, FunctionNode]] = []
     memo[""] = found
-    if "backward" not in ctx.source or is_test_module(ctx.path):
+    if "backward" not in ctx.source or ctx.test_module:
         return found
     # only a function around a backward call can have a flag that skips it (looked up from
     # the engine's node index rather than by walking every function)

@@ -10,7 +10,6 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import inplace_write
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 # Operations whose backward reads their own output (`exp`: d/dx e^x = e^x).
@@ -54,7 +53,7 @@ class InplaceOnSavedTensor(Rule):
     triggers = Triggers(tuple(f"{op}(" for op in sorted(_SAVE_OUTPUT | _SAVE_INPUT)))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return not is_test_module(ctx.path) and any(
+        return not ctx.test_module and any(
             f"{op}(" in ctx.source for op in (*_SAVE_OUTPUT, *_SAVE_INPUT)
         )
 

@@ -23,7 +23,6 @@ from torchdoctor.agent.checks.leak_sink import (
     related_location,
 )
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _FIT_METHODS = frozenset({"fit", "fit_transform", "partial_fit", "fit_on_texts", "adapt"})
@@ -105,7 +104,7 @@ class LeakPreprocessing(Rule):
             publish(ctx)  # a helper that splits its arguments, for the modules calling it
         if not any(word in text for word in ("fit", "mean(", "std(", "ocab", "scale", "normal")):
             return
-        if is_test_module(ctx.path):
+        if ctx.test_module:
             return  # a pytest module exercises the API on small splits: no score to contaminate
         flow = ctx.flow
         split_inputs = [arg for _, args in flow.split_inputs for arg in args]

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 
@@ -41,12 +40,12 @@ class ModuleShallowCopy(Rule):
     triggers = Triggers(("copy",))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "copy" in ctx.source and not is_test_module(ctx.path)
+        return "copy" in ctx.source and not ctx.test_module
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.Call)
         if (
-            is_test_module(ctx.path)
+            ctx.test_module
             or ctx.call_qualname(node) != "copy.copy"
             or len(node.args) != 1
             or node.keywords

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _SAVERS = frozenset(
@@ -83,7 +82,7 @@ class NoModelCard(Rule):
         ):
             return
         saves = ctx.flow.calls_to(_SAVERS) + ctx.flow.calls_named(_SAVE_METHODS)
-        if is_test_module(ctx.path):
+        if ctx.test_module:
             saves = []  # a test saves into a temporary folder to load it back: no release
         lowered = ctx.source.lower()
         card = any(word in lowered for word in _CARD_WORDS)

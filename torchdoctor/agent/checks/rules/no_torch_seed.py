@@ -22,7 +22,6 @@ from torchdoctor.agent.checks.patterns import has_main_guard, is_main_guard, mod
 from torchdoctor.agent.checks.smoke_tests import (
     is_dataset_demo,
     is_model_smoke_test,
-    is_test_module,
 )
 from torchdoctor.agent.models import Severity
 
@@ -207,7 +206,7 @@ class NoTorchSeed(Rule):
         """Where an entry script starts: its main guard, or its top-level training loop, or
         the top-level call of its function that runs one (LSTNet's `for epoch in ...:
         train_loss = train(Data, ...)` with no main guard)."""
-        if is_test_module(ctx.path):
+        if ctx.test_module:
             return None  # pytest runs it; its fixtures decide the seeds
         guard = next((s for s in ctx.tree.body if is_main_guard(s)), None)
         loops = ctx.loops.training_loops

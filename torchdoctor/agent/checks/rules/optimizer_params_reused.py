@@ -8,7 +8,6 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 
@@ -48,7 +47,7 @@ class OptimizerParamsReused(Rule):
         return "optim" in ctx.source and ".parameters()" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx) or is_test_module(ctx.path):
+        if not self.applies(ctx) or ctx.test_module:
             return
         built = (s for s in ctx.flow.nodes(ast.Assign) if _optimizer_over(ctx, s) is not None)
         if next(built, None) is None or next(built, None) is None:

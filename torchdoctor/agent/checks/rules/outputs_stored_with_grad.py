@@ -11,7 +11,6 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.model_facts import LOSS_NAME
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 
@@ -51,7 +50,7 @@ class OutputsStoredWithGrad(Rule):
         return bool(ctx.flow.accumulations)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if ("append" not in ctx.source and "+" not in ctx.source) or is_test_module(ctx.path):
+        if ("append" not in ctx.source and "+" not in ctx.source) or ctx.test_module:
             return
         flow = ctx.flow
         if not flow.may_call_models:

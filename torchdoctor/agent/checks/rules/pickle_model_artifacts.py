@@ -7,7 +7,6 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _PICKLE_LOADERS = frozenset(
@@ -98,7 +97,7 @@ def _pytest_module(ctx: ModuleContext) -> bool:
     """A test module by its place (`tests/`, `test_*.py`) that holds tests (`def test_...`,
     `class Test...`): spinningup's `utils/test_policy.py`, a script that replays a trained
     policy from its saved state, is no test."""
-    if not is_test_module(ctx.path):
+    if not ctx.test_module:
         return False
     return any(
         (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"))

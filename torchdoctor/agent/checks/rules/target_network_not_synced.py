@@ -10,7 +10,6 @@ from torchdoctor.agent.checks.analysis.vocabulary import MODULE_CONTAINERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 # Words that name the lagging copy of a network: `policy_old`, `actor_target`, `target_net`.
@@ -74,7 +73,7 @@ class TargetNetworkNotSynced(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         lowered = ctx.source.lower()
-        return not is_test_module(ctx.path) and any(w in lowered for w in _LAGGING)
+        return not ctx.test_module and any(w in lowered for w in _LAGGING)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx):

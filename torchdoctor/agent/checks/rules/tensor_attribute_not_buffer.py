@@ -10,7 +10,6 @@ from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.patterns import self_attribute
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _FACTORIES = frozenset(
@@ -67,7 +66,7 @@ class TensorAttributeNotBuffer(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (
-            not is_test_module(ctx.path)
+            not ctx.test_module
             and bool(ctx.flow.module_classes)
             # a library module names no device yet runs wherever its caller moves it
             and (touches_accelerator(ctx.source) or not is_script(ctx.tree))

@@ -9,7 +9,6 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 # Tensor methods that return the moved or cast copy and leave the receiver as it was.
@@ -73,7 +72,7 @@ class TensorMoveDiscarded(Rule):
     triggers = Triggers(tuple(f".{m}(" for m in ("to", "cuda", "float", "half", "double", "long")))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return not is_test_module(ctx.path) and self.triggers.found_in(ctx.source)
+        return not ctx.test_module and self.triggers.found_in(ctx.source)
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or not _may_report(ctx):

@@ -18,7 +18,6 @@ from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import held_out_name_kind, identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import has_star_kwargs, kwarg
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _ORDERING = ("shuffle", "sampler", "batch_sampler")
@@ -581,7 +580,7 @@ def _factory_symbols(ctx: ModuleContext, call: ast.Call) -> list[str]:
 def _publish_unordered_factories(ctx: ModuleContext) -> None:
     """Module-level functions that return a DataLoader with no shuffle and no sampler, not
     named for held-out data (`def get_data(args): ... return DataLoader(dataset, ...)`)."""
-    if is_test_module(ctx.path):
+    if ctx.test_module:
         return
     found = []
     for loader in ctx.flow.calls_to(DATALOADERS):
@@ -854,7 +853,7 @@ def _training_loader_handed_out(ctx: ModuleContext, loader: ast.Call) -> str | N
     if not any(n and _TRAIN_NAME.search(n) for n in names):
         return None
     owner = ctx.enclosing_function(loader)
-    if owner is None or is_test_module(ctx.path):
+    if owner is None or ctx.test_module:
         return None  # a test's loaders keep their order on purpose
     text = ast.unparse(target)
     iterated = any(
@@ -886,7 +885,7 @@ def _returned_for_training(
     for training: the loader is handed to the trainer that iterates it every epoch. A
     dataset that is a parameter of the function is left to the factory's call sites."""
     owner = ctx.enclosing_function(loader)
-    if owner is None or is_test_module(ctx.path) or dataset is None:
+    if owner is None or ctx.test_module or dataset is None:
         return None
     name = identifier(dataset)
     params = {a.arg for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]}
@@ -935,7 +934,7 @@ def _factory_calls_for_training(
     only the calls that leave the factory's `shuffle` parameter at its default."""
     dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
     owner = ctx.enclosing_function(loader)
-    if owner is None or not isinstance(dataset, ast.Name) or is_test_module(ctx.path):
+    if owner is None or not isinstance(dataset, ast.Name) or ctx.test_module:
         return []
     if not _returned(ctx, loader, owner):
         return []
