@@ -55,7 +55,11 @@ class DetachedLossInput(Rule):
     computes and returns (`loss_pi, info = compute_loss_pi(data)` in a closure of the
     algorithm's function), and a term of the back-propagated sum that reaches the model only
     through a cut is reported even when another term reaches it attached (a vocoder GAN's
-    adversarial terms on `mpd(y, y_g_hat.detach())` beside its attached mel term).
+    adversarial terms on `mpd(y, y_g_hat.detach())` beside its attached mel term), and so is
+    an input of a criterion given several (`generator_criterion(fake_out, fake_img, real_img)`)
+    that reaches the model only through a cut another network is called on (`fake_out =
+    netD(fake_img.detach()).mean()` in SRGAN's generator step). Not reported there: an input
+    cut itself (`criterion(p1, z2.detach())`, SimSiam's stop-gradient target).
 
     A loss accumulated into a sum that other losses join attached (`total += intent_loss
     .item()` beside `total += coef * slot_loss`) adds value but no gradient: that term is
@@ -141,17 +145,19 @@ class DetachedLossInput(Rule):
                     "gradient, so this term trains nothing",
                     data={"sum_line": node.lineno, "cut_line": cut.lineno, "cut": ast.unparse(cut)},
                 )
-        for cut, model, step in _stepped_model_cut(ctx):
+        for cut, model, step, partial in _stepped_model_cut(ctx):
             if cut.lineno in reported:
                 continue  # the loss itself was reported at this cut
-            ctx.report(
-                self,
-                cut,
-                f"`{model}` is trained by the step on line {step.lineno}, but its output reaches "
-                f"the loss back-propagated before it only through `{ast.unparse(cut)}`: no "
-                f"gradient reaches `{model}`, so this update never changes it",
-                data={"cut_line": cut.lineno, "cut": ast.unparse(cut)},
+            message = (
+                f"`{model}` is trained by the step on line {step.lineno}, but a term of the loss "
+                f"back-propagated before it reaches `{model}` only through `{ast.unparse(cut)}`: "
+                "that term gives it no gradient, so it trains nothing"
+                if partial
+                else f"`{model}` is trained by the step on line {step.lineno}, but its output "
+                f"reaches the loss back-propagated before it only through `{ast.unparse(cut)}`: "
+                f"no gradient reaches `{model}`, so this update never changes it"
             )
+            ctx.report(self, cut, message, data={"cut_line": cut.lineno, "cut": ast.unparse(cut)})
 
 
 def _detached_prediction(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, ast.expr] | None:
@@ -366,12 +372,13 @@ def _number_source(call: ast.Call) -> ast.expr | None:
 _MAX_WALK = 400
 
 
-def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call]]:
-    """(cut, model, step) for each `loss.backward()` whose next optimizer step (same
+def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call, bool]]:
+    """(cut, model, step, partial) for each `loss.backward()` whose next optimizer step (same
     function) trains a model (`opt = Adam(G.parameters())`) that the loss reaches only
-    through `.detach()`/`.data`."""
+    through `.detach()`/`.data` (`partial`: only a term or input of the loss does, the rest
+    reaches the model attached)."""
     flow = ctx.flow
-    found: list[tuple[ast.expr, str, ast.Call]] = []
+    found: list[tuple[ast.expr, str, ast.Call, bool]] = []
     calls = flow.nodes(ast.Call)
     steps = [c for c in calls if is_optimizer_step(c) and isinstance(c.func, ast.Attribute)]
     for call in calls:
@@ -402,6 +409,7 @@ def _stepped_model_cut(ctx: ModuleContext) -> list[tuple[ast.expr, str, ast.Call
                     max(before, key=lambda c: (c.lineno, c.col_offset)) if before else cuts[0],
                     model,
                     step,
+                    attached,
                 )
             )
     return found
@@ -415,6 +423,8 @@ def _cut_terms(ctx: ModuleContext, loss: ast.expr, model: str) -> list[ast.expr]
     if not isinstance(loss, ast.Name):
         return []
     total = ctx.flow.reaching(loss)
+    if isinstance(total, ast.Call) and _is_loss(ctx, total):
+        return _judged_cut_inputs(ctx, total, model)
     if not (isinstance(total, ast.BinOp) and isinstance(total.op, ast.Add | ast.Sub)):
         return []
     cuts: list[ast.expr] = []
@@ -423,6 +433,37 @@ def _cut_terms(ctx: ModuleContext, loss: ast.expr, model: str) -> list[ast.expr]
         if not attached:
             cuts += [c for c in term_cuts if not any(c is known for known in cuts)]
     return cuts
+
+
+def _judged_cut_inputs(ctx: ModuleContext, loss: ast.Call, model: str) -> list[ast.expr]:
+    """The cuts of the inputs of a criterion given several (SRGAN's `generator_criterion(
+    fake_out, fake_img, real_img)`, each input a term of the loss it computes) that reach
+    `model` only through a cut another network is then called on (`fake_out =
+    netD(fake_img.detach()).mean()`): the discriminator's verdict on a detached fake gives
+    the generator no gradient. A cut input itself (`criterion(p1, z2.detach())`, SimSiam's
+    stop-gradient target) is the idiom, and is left alone."""
+    inputs = [*loss.args, *(k.value for k in loss.keywords)]
+    if len(inputs) < 2:
+        return []
+    cuts: list[ast.expr] = []
+    for value in inputs:
+        attached, value_cuts = _paths_to_model(ctx, value, model)
+        if attached or not value_cuts:
+            continue
+        if all(_judged_by_another_network(ctx, cut, model) for cut in value_cuts):
+            cuts += [c for c in value_cuts if not any(c is known for known in cuts)]
+    return cuts
+
+
+def _judged_by_another_network(ctx: ModuleContext, cut: ast.expr, model: str) -> bool:
+    """`cut` is an argument of a call of a network other than `model` (`netD(x.detach())`)."""
+    call = ctx.parents.get(cut)
+    return (
+        isinstance(call, ast.Call)
+        and any(arg is cut for arg in call.args)
+        and ast.unparse(call.func) != model
+        and _model_output(ctx, call)
+    )
 
 
 def _stepped_model(ctx: ModuleContext, step: ast.Call) -> str | None:
