@@ -118,7 +118,9 @@ class TorchLoadNoMapLocation(Rule):
     Also reported, in any file: a load in a function that takes a `map_location` parameter
     and does not hand it to this call (`def pt_load(path, map_location=None): ...
     torch.load(f)`: the caller's device is dropped), or a `device` parameter nothing in it
-    reads (`def load_state_dict_hf(name, device=None): return torch.load(...)`); a load on
+    reads (`def load_state_dict_hf(name, device=None): return torch.load(...)`) or that it
+    builds the model on before loading the model's state unmapped (`model = build(cfg,
+    device); model.load_state_dict(torch.load(path))`); a load on
     the CPU path of a branch on a GPU flag (the body of `if not gpu:`, the `else` of
     `if use_cuda:` or `if torch.cuda.is_available():`), where the map is needed most
     (`model.load_state_dict(torch.load(p), map_location=...)` hands the map to the wrong
@@ -297,9 +299,13 @@ def _names_a_device(ctx: ModuleContext) -> bool:
 def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> str | None:
     """The parameter of the load's own function that names a device this call, given none,
     never receives: a `map_location` (a checkpoint helper, `def pt_load(file_path,
-    map_location=None)`), or a `device` that nothing in the function reads (mamba-minimal's
-    `load_state_dict_hf(model_name, device=None, dtype=None)`). Every caller's choice of
-    device is dropped."""
+    map_location=None)`), a `device` that nothing in the function reads (mamba-minimal's
+    `load_state_dict_hf(model_name, device=None, dtype=None)`), or a `device` the function
+    builds the model on while the state it loads into that model is restored where it was
+    saved (project-azua's `TorchModel.load(..., device)`: `model = cls._create(...,
+    get_torch_device(device))`, then `model.load_state_dict(torch.load(model_path))`). Every
+    caller's choice of device is dropped. A helper that casts what it loaded to its device
+    itself (`{k: v.to(device) ...}`) is not this: that is left to the file's reasons."""
     function = ctx.enclosing_function(load)
     if function is None:
         return None
@@ -313,7 +319,7 @@ def _map_location_dropped(ctx: ModuleContext, load: ast.Call) -> str | None:
         isinstance(node, ast.Name) and node.id == "device" and isinstance(node.ctx, ast.Load)
         for node in walk_tree(function)
     )
-    return None if read else "device"
+    return None if read and not _feeds_load_state_dict(ctx, load) else "device"
 
 
 def _helper_symbols(ctx: ModuleContext) -> list[str]:
