@@ -5,7 +5,12 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.eval_mode import mode_calls, model_anchor, model_put_in_eval
+from torchdoctor.agent.checks.analysis.eval_mode import (
+    builds_pretrained_network,
+    mode_calls,
+    model_anchor,
+    model_put_in_eval,
+)
 from torchdoctor.agent.checks.analysis.mode_layers import mode_independent
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
@@ -24,6 +29,7 @@ from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
     functions,
     has_main_guard,
+    is_false,
     is_main_guard,
     is_model_expr,
     mode_call_receivers,
@@ -73,6 +79,18 @@ class InferenceNoEval(Rule):
     class, defined in another file of the project, has dropout, batch norm or a
     `self.training` branch.
 
+    Also reported: a pretrained network from a model zoo (torchvision's `inception_v3(weights=
+    ...)` or `resnet50(pretrained=True)`, `timm.create_model(name, pretrained=True)`) that a
+    module which trains nothing builds and runs, directly or through one of its own functions
+    it hands the network to, and never switches to eval mode: the frozen feature extractor of
+    an embedding or FID metric (bioval's `ConditionalEvaluation`), at its first run. Not
+    reported there: a submodule of an `nn.Module` (`self.enc = resnet18(pretrained=True)`,
+    in the mode of the network it belongs to), a network switched by `.eval()`/`.train(False)`
+    anywhere in the module
+    (also under the name a helper receives it by), one handed to a function of another
+    module (which may switch it), and modules that back-propagate or build an optimizer
+    (fine-tuning).
+
     Not reported: models known to act the same in both modes (every layer seen, none with
     dropout or batch statistics, no `self.training` branch), models built in eval mode
     (`Net().eval()`, a transformers/diffusers `from_pretrained`, which returns the model in
@@ -112,8 +130,35 @@ class InferenceNoEval(Rule):
             and INFERENCE_FUNCTION.search(fn.name)
             and not ctx.flow.module_method(fn)
         ]
-        if not candidates and not has_main_guard(ctx.tree) and not _script_body(ctx):
-            return
+        if candidates or has_main_guard(ctx.tree) or _script_body(ctx):
+            self._inference_paths(ctx, candidates)
+        self._pretrained_extractors(ctx)
+
+    def _pretrained_extractors(self, ctx: ModuleContext) -> None:
+        """Pretrained networks a module that trains nothing only runs, never in eval mode
+        (`_pretrained_extractors_in_train_mode`), unless an inference path was reported at
+        the same call."""
+        reported = {f.line for f in ctx.findings if f.rule == self.id}
+        for call, name, line in _pretrained_extractors_in_train_mode(ctx):
+            if call.lineno in reported:
+                continue
+            found = ctx.finding(
+                self,
+                call,
+                f"`{name}` is a pretrained network this module builds (line {line}) and only "
+                "runs, never switched to eval mode: its "
+                "batch norm normalises with each batch's statistics (and dropout stays on), so "
+                "what it computes depends on the batch",
+                data=model_anchor(ast.parse(name, mode="eval").body),
+            )
+            if found is not None:
+                ctx.findings.append(found)
+
+    def _inference_paths(
+        self,
+        ctx: ModuleContext,
+        candidates: list[ast.FunctionDef | ast.AsyncFunctionDef],
+    ) -> None:
         holding = _calls_holding_an_eval(ctx)
         module_evals = [
             c for c in nodes_of(ctx, ast.Call) if isinstance(c, ast.Call) and id(c) in holding
@@ -680,3 +725,118 @@ def _final_mode(ctx: ModuleContext, body: list[ast.stmt], depth: int) -> str | N
                 mode = _final_mode(ctx, helper.body, depth + 1) or mode
         last = mode or last
     return last
+
+
+_MODE_KEEPING_CALLS = frozenset({"to", "cuda", "cpu", "float", "half", "requires_grad_"})
+
+
+def _scope_of(ctx: ModuleContext, node: ast.AST, name: str) -> int:
+    """Where a name binds: the class of its methods for an attribute of `self`, else the
+    function (or module) around it; an id to key names by."""
+    if name.startswith("self."):
+        owner = next((a for a in ctx.ancestors(node) if isinstance(a, ast.ClassDef)), None)
+        return id(owner)
+    return id(ctx.enclosing_function(node))
+
+
+def _pretrained_networks(ctx: ModuleContext) -> dict[tuple[int, str], ast.Call]:
+    """Names (`self.inception` in a class, `encoder` in a function) bound to a pretrained
+    model zoo network (`analysis.eval_mode.builds_pretrained_network`), keyed by their
+    scope, with the call that built each."""
+    built: dict[tuple[int, str], ast.Call] = {}
+    for node in nodes_of(ctx, ast.Assign):
+        assert isinstance(node, ast.Assign)
+        target = node.targets[0] if len(node.targets) == 1 else None
+        value = node.value
+        while (  # `models.resnet50(pretrained=True).to(device)` keeps the mode
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr in _MODE_KEEPING_CALLS
+            and isinstance(value.func.value, ast.Call)
+        ):
+            value = value.func.value
+        if (
+            isinstance(target, ast.Name | ast.Attribute)
+            and isinstance(value, ast.Call)
+            and builds_pretrained_network(ctx, value)
+        ):
+            name = ast.unparse(target)
+            if name.startswith("self.") and _in_a_module_class(ctx, node):
+                continue  # a submodule: it runs in the mode its parent network is put in
+            built.setdefault((_scope_of(ctx, node, name), name), value)
+    return built
+
+
+def _in_a_module_class(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`node` is in a class deriving from a `Module` (`nn.Module`, `LightningModule`)."""
+    owner = next((a for a in ctx.ancestors(node) if isinstance(a, ast.ClassDef)), None)
+    return owner is not None and any(ast.unparse(b).endswith("Module") for b in owner.bases)
+
+
+def _receiver(expr: ast.expr) -> str:
+    """`self.inception` for `self.inception.to(device)`: the module a mode call reaches."""
+    while (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr in _MODE_KEEPING_CALLS
+    ):
+        expr = expr.func.value
+    return ast.unparse(expr)
+
+
+def _pretrained_extractors_in_train_mode(ctx: ModuleContext) -> list[tuple[ast.Call, str, int]]:
+    """(first run, name, line built) of each pretrained network a module that trains nothing
+    builds and runs, directly or handed to one of its own functions, without ever switching
+    it to eval mode (`.eval()`, `.train(False)`): a frozen feature extractor, such as the
+    `inception_v3` of an FID or embedding metric (bioval's `ConditionalEvaluation`), left in
+    training mode. Names count in their scope (a function's local, a class's `self.`
+    attribute): StarGAN v2's `inception` local to `InceptionV3.__init__` is not the
+    `inception = InceptionV3().eval()` of its FID function. A network stored on an
+    `nn.Module` (`self.enc = resnet18(pretrained=True)`) is a submodule, in its parent's mode;
+    a network handed to a function
+    of another module (which may switch it) is not this; nor is a module that
+    back-propagates or builds an optimizer (fine-tuning)."""
+    source = ctx.source
+    if ("pretrained" not in source and "weights=" not in source) or (
+        ctx.loops.training_loops or ".backward(" in source or "optim." in source
+    ):
+        return []
+    built = _pretrained_networks(ctx)
+    if not built:
+        return []
+
+    def keys(expr: ast.expr) -> list[tuple[int, str]]:
+        """The scoped names an expression may hold: itself, and for a parameter what the
+        module's calls pass for it."""
+        name = _receiver(expr)
+        found = [(_scope_of(ctx, expr, name), name)]
+        if isinstance(expr, ast.Name):
+            found += [
+                (_scope_of(ctx, a, ast.unparse(a)), ast.unparse(a))
+                for a in ctx.calls.arguments_for(expr)
+            ]
+        return found
+
+    switched: set[tuple[int, str]] = set()
+    handed_on: set[tuple[int, str]] = set()
+    runs: dict[tuple[int, str], ast.Call] = {}
+    for call in nodes_of(ctx, ast.Call):
+        assert isinstance(call, ast.Call)
+        func = call.func
+        if isinstance(func, ast.Attribute) and (
+            func.attr == "eval" or (func.attr == "train" and call.args and is_false(call.args[0]))
+        ):
+            switched.update(keys(func.value))
+            continue
+        for key in keys(func):
+            if key in built:
+                runs.setdefault(key, call)
+        if not ctx.calls.resolve(call):
+            for arg in [*call.args, *(k.value for k in call.keywords)]:
+                handed_on.update(keys(arg))
+    found = [
+        (call, key[1], built[key].lineno)
+        for key, call in runs.items()
+        if key not in switched and key not in handed_on
+    ]
+    return sorted(found, key=lambda item: (item[0].lineno, item[0].col_offset))
