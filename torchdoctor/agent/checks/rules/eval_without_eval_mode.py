@@ -110,7 +110,10 @@ class EvalWithoutEvalMode(Rule):
     mode, one at the top of the epoch is for its training loop) and methods
     of `nn.Module`s (`forward`, `generate`: their caller owns the mode) and the `forward` of
     any local class (an ensemble kept as a plain object), and a no-grad block
-    in a closure of a training step (targets of an EMA encoder) are not reported;
+    in a closure of a training step (targets of an EMA encoder) or in a function that fits a
+    model's output with grad to a loss (DQN's target network under no_grad in `dqn_loss`), and
+    an RL agent's action choice decorated no_grad (`get_action`, `select_action`, an `*Agent`
+    class's `__call__`: experience collected for training) are not reported;
     prediction/serving functions are left to `inference-no-eval`.
 
     Example:
@@ -516,7 +519,7 @@ def _find_evaluation_regions(
             by_name = bool(_EVAL_FUNCTION.search(fn.name)) and not test_module
             if test_module and fn.name.startswith("test"):
                 continue  # a unit test comparing outputs, decorated no_grad or not
-            if by_name or function_mode(ctx, fn) == "off":
+            if by_name or (function_mode(ctx, fn) == "off" and not _acting(ctx, fn)):
                 regions.append((fn, fn.body))
                 named.add(id(fn))
     for fn in evaluation_helpers(ctx) if not test_module else []:
@@ -539,11 +542,31 @@ def _find_evaluation_regions(
             continue
         if owner is not None and _closure_of_a_training_step(ctx, owner):
             continue
+        if owner is not None and _targets_of_a_loss(ctx, owner, node):
+            continue
         regions.append((owner, node.body))
     regions += _held_out_loops(ctx, regions, test_module)
     regions += _held_out_draws(ctx, regions, test_module)
     regions += _held_out_calls(ctx, regions, test_module)
     return regions
+
+
+_ACTING = re.compile(r"(^|_)(act|acts|action|actions)($|_)", re.IGNORECASE)
+_AGENT_CLASS = re.compile(r"Agent|Actor|Policy|Player|Worker", re.IGNORECASE)
+
+
+def _acting(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """An RL agent choosing actions under no_grad (`get_action`, `select_action`, `act`, or
+    the `__call__` of an `*Agent` class): experience collected for training, in the mode the
+    training sets, not an evaluation."""
+    if _ACTING.search(fn.name):
+        return True
+    owner = ctx.parents.get(fn)
+    return (
+        fn.name == "__call__"
+        and isinstance(owner, ast.ClassDef)
+        and bool(_AGENT_CLASS.search(owner.name))
+    )
 
 
 def _model_method(ctx: ModuleContext, fn: FunctionNode) -> bool:
@@ -656,6 +679,43 @@ def _closure_of_a_training_step(ctx: ModuleContext, fn: FunctionNode) -> bool:
     step, not an evaluation; a closure named like one is judged by its name."""
     outer = ctx.enclosing_function(fn)
     return outer is not None and ctx.loops.backpropagates(outer.body)
+
+
+def _targets_of_a_loss(
+    ctx: ModuleContext, fn: FunctionNode, block: ast.With | ast.AsyncWith
+) -> bool:
+    """`fn` combines, outside `block`, what the block computes with a model's output that
+    has grad (DQN's `dqn_loss(batch, net, target_net)`: `net(states)` fitted to the target
+    network's values computed under no_grad, by `nn.MSELoss()` or `(q - target) ** 2`): the
+    block computes a loss's targets, part of a training step, not an evaluation."""
+    inside = {id(n) for n in walk_tree(block)}
+    targets = {
+        t.id
+        for n in walk_scope(block.body)
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    with_grad: set[str] = set()
+    for node in walk_scope(fn.body):
+        if id(node) in inside:
+            continue
+        value = node.value if isinstance(node, ast.Assign | ast.Return) else None
+        if value is None:
+            continue
+        names = {n.id for n in walk_tree(value) if isinstance(n, ast.Name)}
+        grad = bool(names & with_grad) or any(
+            isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_tree(value)
+        )
+        if grad and names & targets:
+            return True
+        if isinstance(node, ast.Assign):  # what is derived from either carries it on
+            bound = {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if grad:
+                with_grad |= bound
+            elif names & targets:
+                targets |= bound
+    return False
 
 
 def _held_out_loops(

@@ -9,6 +9,8 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     TRAINING_TEXT,
     direct_effects,
+    enclosing_ifs,
+    mentions_modulo,
     under_modulo_guard,
     walk_scope,
 )
@@ -37,7 +39,9 @@ class GradAccumNoScale(Rule):
             optimizer.zero_grad()
 
     Not reported: a function that scales the accumulated gradients themselves before the
-    step (`for p in params: p.grad.data.mul_(1.0 / meta_bsz)`, `p.grad /= k`).
+    step (`for p in params: p.grad.data.mul_(1.0 / meta_bsz)`, `p.grad /= k`), and a backward
+    in the same branch of the modulo guard as the step (a GAN's discriminator trained every
+    k-th batch: `if ii % d_every == 0:` clears, back-propagates and steps).
 
     Fix: scale the loss before backward: `(loss / accum_steps).backward()` (or
     `loss = loss / accum_steps`), or let the framework do it (`accelerator.accumulate`).
@@ -63,7 +67,10 @@ class GradAccumNoScale(Rule):
                 effects = direct_effects(loop.body)
                 steps = effects.step
                 if steps and all(under_modulo_guard(ctx, s, loop.node) for s in steps):
-                    self._check_backwards(ctx, loop.node, effects.backward)
+                    backwards = [
+                        b for b in effects.backward if not _stepped_with(ctx, b, steps, loop.node)
+                    ]
+                    self._check_backwards(ctx, loop.node, backwards)
         for micro in _micro_step_loops(ctx):
             self._check_backwards(ctx, micro, direct_effects(micro.body).backward)
 
@@ -138,6 +145,21 @@ def _scaled_by_context(ctx: ModuleContext, backward: ast.Call, loss: ast.Name) -
             ):
                 return made.args[0]
     return loss
+
+
+def _stepped_with(
+    ctx: ModuleContext, backward: ast.Call, steps: list[ast.Call], loop: ast.AST
+) -> bool:
+    """The backward runs in the same branch of a modulo guard as a step (a GAN's
+    discriminator trained every k-th batch: `if ii % d_every == 0: zero_grad(); ...;
+    loss_d.backward(); optimizer_d.step()`): its gradients are used on the iteration that
+    makes them, nothing accumulates."""
+    guards = {
+        (id(g), part) for g, part in enclosing_ifs(ctx, backward, loop) if mentions_modulo(g.test)
+    }
+    return any(
+        (id(g), part) in guards for step in steps for g, part in enclosing_ifs(ctx, step, loop)
+    )
 
 
 _RESCALES = frozenset({"mul_", "div_"})

@@ -6,6 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
+from torchdoctor.agent.checks.analysis.vocabulary import INFERENCE_METHOD_PREFIXES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
@@ -34,7 +35,10 @@ class InplaceOnSavedTensor(Rule):
 
     Not reported: writes under `no_grad`/`inference_mode`, tensors not derived from a model
     output or a loss, names rebound between the saving operation and the write, writes
-    before the saving operation, and test modules.
+    before the saving operation, a model's inference method (`generate`, `predict`,
+    `decode`, ...) that no function of its module calls on the way to a backward pass
+    (CenterNet's `generate`: a sigmoid's output masked in place to keep the peaks), and test
+    modules.
 
     Example:
         sim = torch.exp(out @ out.t() / temperature)
@@ -64,6 +68,8 @@ class InplaceOnSavedTensor(Rule):
             owner = ctx.calls.owner(fn)
             in_module = owner is not None and owner.name in ctx.flow.module_classes
             if not in_module and not ctx.loops.backpropagates(fn.body):
+                continue
+            if in_module and _inference_only(ctx, fn):
                 continue
             self._check_function(ctx, fn)
 
@@ -176,3 +182,19 @@ def _written(node: ast.AST) -> tuple[str, int] | None:
         if isinstance(target, ast.Name):
             return target.id, node.lineno
     return inplace_write(node)
+
+
+_INFERENCE_METHODS = (*INFERENCE_METHOD_PREFIXES, "generate", "detect")
+
+
+def _inference_only(ctx: ModuleContext, fn: ast.FunctionDef) -> bool:
+    """A model's inference method (`generate`, `predict_*`, `decode`) that nothing in its
+    module calls from a function that back-propagates: it runs to produce outputs, not to
+    train, so what it writes in place is never differentiated."""
+    if not fn.name.lstrip("_").startswith(_INFERENCE_METHODS):
+        return False
+    return not any(
+        (caller := ctx.enclosing_function(site)) is not None
+        and ctx.loops.backpropagates(caller.body)
+        for site in ctx.calls.call_sites(fn)
+    )

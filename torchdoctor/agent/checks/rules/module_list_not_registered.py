@@ -5,11 +5,16 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import LAYER_LIBRARY_PREFIXES, MODULE_CONTAINERS
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    DROPOUT_LAYERS,
+    LAYER_LIBRARY_PREFIXES,
+    MODULE_CONTAINERS,
+    PARAMETER_FREE_LAYERS,
+)
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import self_attribute
+from torchdoctor.agent.checks.patterns import module_class_defs, self_attribute
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -26,8 +31,10 @@ class ModuleListNotRegistered(Rule):
     `nn.ModuleDict(dict(h=[...]))`, or a plain list that a function of the same file fills
     with layers and returns (`self.module_list = create_modules(cfg)`, a Darknet port's
     config parser). Not reported: a list that `__init__` wraps later
-    (`self.rnns = nn.ModuleList(self.rnns)`), or whose modules another attribute registers
-    (`self.layer = nn.Sequential(*self.layer_list)`).
+    (`self.rnns = nn.ModuleList(self.rnns)`), whose modules another attribute registers
+    (`self.layer = nn.Sequential(*self.layer_list)`), or whose modules hold no parameter, no
+    buffer and no dropout (activations, pooling, a local class building only those:
+    Autoformer's `[moving_avg(k, stride=1) for k in kernel_size]`).
 
     Why it matters: PyTorch registers only attributes that are modules, parameters or their
     containers. Layers in a Python list are invisible to `parameters()` (never trained, not
@@ -132,8 +139,8 @@ class ModuleListNotRegistered(Rule):
                 continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             elements = _elements(node.value)
             appended = [] if elements else _appended(init, names)
-            if any(_is_module_ctor(ctx, e) for e in elements) or any(
-                _is_module_ctor(ctx, e, containers=True) for e in appended
+            if any(_is_module_ctor(ctx, e) and not _inert(ctx, e) for e in elements) or any(
+                _is_module_ctor(ctx, e, containers=True) and not _inert(ctx, e) for e in appended
             ):
                 self._report(ctx, node, kind)
 
@@ -306,3 +313,42 @@ def _is_module_ctor(ctx: ModuleContext, expr: ast.expr, containers: bool = False
 
 
 _CONTAINER_CLASSES = ("ModuleList", "ModuleDict", "ParameterList", "ParameterDict")
+
+
+def _inert(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """A module with no parameter, no buffer and no training mode: registering it changes
+    nothing (`nn.ReLU()`, `nn.AvgPool1d(k)`, or a local class whose `__init__` builds only
+    such layers: Autoformer's `moving_avg` list of pooling blocks). Dropout is not inert:
+    `model.eval()` never reaches one kept in a list."""
+    if not isinstance(expr, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(expr) or ""
+    if qual.startswith("torch.nn."):
+        last = qual.rsplit(".", 1)[-1]
+        return last in PARAMETER_FREE_LAYERS and last not in DROPOUT_LAYERS
+    if not isinstance(expr.func, ast.Name):
+        return False
+    cls = next((c for c in module_class_defs(ctx) if c.name == expr.func.id), None)
+    init = (
+        next(
+            (f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"),
+            None,
+        )
+        if cls is not None
+        else None
+    )
+    if init is None:
+        return False
+    for node in walk_tree(init):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+        if name in ("register_buffer", "register_parameter", "Parameter"):
+            return False
+        if (
+            node is not expr
+            and _is_module_ctor(ctx, node, containers=True)
+            and not _inert(ctx, node)
+        ):
+            return False
+    return True

@@ -52,9 +52,10 @@ class SchedulerBeforeOptimizer(Rule):
                 ...
                 optimizer.step()
 
-    Not reported: a scheduler step after the optimizer step or after the call that trains
-    (another file's function that steps the optimizer, called before the scheduler on the
-    same path), nor before a call in another arm of the same `if`/`elif` chain; a
+    Not reported: a scheduler step followed by `continue` (a resumed run fast-forwarding the
+    schedule over the epochs it skips), a scheduler step after the optimizer step or after
+    the call that trains (another file's function that steps the optimizer, called before the
+    scheduler on the same path), nor before a call in another arm of the same `if`/`elif` chain; a
     step given the epoch or a metric (`scheduler.step(epoch)` sets that epoch's rate,
     `plateau.step(val_loss)` follows the metric: nothing is skipped); a loop whose optimizer
     step cannot be seen (a method of an object built elsewhere, a function of an installed
@@ -91,6 +92,7 @@ class SchedulerBeforeOptimizer(Rule):
                 and call.lineno not in reported
                 and not _given_its_position(call)
                 and receiver_name(call) not in custom
+                and not _skips_the_iteration(ctx, call, loop)
             ]
             if not schedulers:
                 continue
@@ -130,6 +132,25 @@ class SchedulerBeforeOptimizer(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _skips_the_iteration(ctx: ModuleContext, call: ast.Call, loop: ast.AST) -> bool:
+    """The step is followed by `continue` in its block (`if epoch <= skip_epochs:
+    scheduler.step(); continue`): a resumed run fast-forwarding the schedule over epochs it
+    does not train, where no optimizer step comes after it."""
+    child: ast.AST = call
+    for parent in ctx.ancestors(call):
+        if isinstance(child, ast.stmt):
+            for field in ("body", "orelse", "finalbody"):
+                block = getattr(parent, field, None)
+                if isinstance(block, list) and any(s is child for s in block):
+                    later = block[block.index(child) + 1 :]
+                    if any(isinstance(s, ast.Continue) for s in later):
+                        return True
+        if parent is loop:
+            return False
+        child = parent
+    return False
 
 
 _MAX_CANDIDATES = 4

@@ -14,6 +14,7 @@ from torchdoctor.agent.checks.patterns import (
     module_classes,
     nn_layer,
 )
+from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _NOT_LAYERS = frozenset({"Parameter", "ParameterList", "ParameterDict", "Buffer"})
@@ -41,7 +42,8 @@ class UnusedLayer(Rule):
 
     Not reported: modules that never run (no `forward`, or one that is only `...`, `pass` or
     `raise NotImplementedError`): parameter containers for state-dict, device or sharding
-    tests.
+    tests; and pytest modules (a test's stand-in model holds a layer so that it has
+    parameters for the optimizer or the checkpoint under test).
 
     Fix: use the layer in `forward`, or delete it.
     """
@@ -53,10 +55,12 @@ class UnusedLayer(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.1",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "__init__" in ctx.source and bool(module_classes(ctx))
+        return (
+            "__init__" in ctx.source and not is_test_module(ctx.path) and bool(module_classes(ctx))
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "self." not in ctx.source or not module_classes(ctx):
+        if not self.applies(ctx) or "self." not in ctx.source:
             return
         read: set[str] | None = None
         for cls in module_class_defs(ctx):

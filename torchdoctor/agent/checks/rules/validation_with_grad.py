@@ -383,7 +383,11 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
     on one of its own parameters, or on a value built from them, with autograd on
     (`model.eval()`, then `model(img)` in `do_detect(model, img)`; `self.net_g(self.var_L)`
     in a method); None when it back-propagates, differentiates, exports, or first stops its
-    parameters from requiring grad."""
+    parameters from requiring grad, and for the `forward` of a network (Lightning Bolts'
+    detectors: `self.model.eval(); return self.model(x)`), whose callers own the grad mode."""
+    owner = ctx.calls.owner(fn)
+    if fn.name == "forward" and owner is not None and owner.name in ctx.flow.module_classes:
+        return None
     evals = {
         identifier(call.func.value): call.lineno
         for call in mode_call_receivers(fn.body, "eval")
