@@ -97,7 +97,7 @@ class TrainLoaderNoShuffle(Rule):
             _publish_self_shuffling_classes(ctx)
         if "shuffle" in ctx.source:
             _publish_batchers(ctx)
-        if is_test_module(ctx.path):
+        if ctx.test_module:
             return  # a test trains a few steps to see the code run: order is not its point
         if "False" in ctx.source and ctx.loops.training_loops:
             self._check_batchers(ctx)

@@ -14,7 +14,6 @@ from torchdoctor.agent.checks.patterns import (
     module_classes,
     nn_layer,
 )
-from torchdoctor.agent.checks.smoke_tests import is_test_module
 from torchdoctor.agent.models import Severity
 
 _NOT_LAYERS = frozenset({"Parameter", "ParameterList", "ParameterDict", "Buffer"})
@@ -55,9 +54,7 @@ class UnusedLayer(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.1",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return (
-            "__init__" in ctx.source and not is_test_module(ctx.path) and bool(module_classes(ctx))
-        )
+        return "__init__" in ctx.source and not ctx.test_module and bool(module_classes(ctx))
 
     def finish(self, ctx: ModuleContext) -> None:
         if not self.applies(ctx) or "self." not in ctx.source:
