@@ -220,6 +220,10 @@ FILES = {
 }
 CREDENTIALS = {"api_key.txt": "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ"}
 SERVICE = {"token": "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ"}
+MODEL_ZOO = [
+    ("Sehwag2020Hydra", {"gdrive_id": "1pi8GHwAVkxVH41hEnf0IAJb_7y-Q8a2Y"}),
+    ("Hosted", {"file_id": "15tUx-gkZMYx7BfEOw1GY5OKC-jECIsPQ", "api_id": "Zk4qT9wB2mX7rL1pV8sN3"}),
+]
 """
 
 
@@ -241,6 +245,14 @@ def test_strings_named_like_secrets_stay() -> None:
     code = "Base64 High Entropy String"
     assert _reason(DOWNLOADS, "detect-secrets", code, 10) is None
     assert _reason(DOWNLOADS, "detect-secrets", code, 11) is None
+
+
+def test_file_ids_of_a_model_zoo_are_ruled_out_unless_beside_another_key() -> None:
+    """robustbench's model zoo names each checkpoint's Google Drive file by `gdrive_id`; a
+    line that also holds a value of another key keeps its finding."""
+    code = "Base64 High Entropy String"
+    assert "download table" in (_reason(DOWNLOADS, "detect-secrets", code, 13) or "")
+    assert _reason(DOWNLOADS, "detect-secrets", code, 14) is None
 
 
 LOADERS = """\

@@ -34,8 +34,8 @@ the file's place in the project:
   `'0123456789abcdef'`): it holds a run of eight or more consecutive letters or digits, which
   a random secret of that length practically never does, and is bound to no secret's name.
 - detect-secrets "Base64 High Entropy String" where every long literal on the line is the
-  value of a file name in a table (`{"Set5.zip": "1RtyIeUFT..."}`): a download script's
-  public file ids.
+  value of a file name in a table (`{"Set5.zip": "1RtyIeUFT..."}`) or of a file-id key
+  (`'gdrive_id': '15tUx-...'`): a download script's or a model zoo's public file ids.
 - bandit B614 / TorchFix TOR102 (`torch.load` without `weights_only`) in a pytest module,
   which reads back what it wrote (as torchdoctor's own loading rules, `test_scope`); or inside
   `with torch.serialization.safe_globals([...])` and without `weights_only=False`: the
@@ -438,9 +438,14 @@ def _tokenizer_token_defaults(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST
 _FILE_NAME = re.compile(r"^[\w.+-]+\.[A-Za-z][A-Za-z0-9]{1,4}$")
 
 
+_FILE_ID_KEY = re.compile(r"^(g?drive|gdrive_file|file|download|doc|sheet)_?id$", re.IGNORECASE)
+"""Keys that name a hosted file's public id (`gdrive_id`, `file_id`, `drive_id`)."""
+
+
 def _download_table_ids(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
     """Every long literal on the line is the value of a file name in a table (`{"Set5.zip":
-    "1RtyIeUFT..."}`, BasicSR's Google Drive download scripts): a public file id, not a
+    "1RtyIeUFT..."}`, BasicSR's Google Drive download scripts) or of a file-id key
+    (`'gdrive_id': '15tUx-gkZ...'`, robustbench's model zoo): a public file id, not a
     secret."""
     literals = [
         n
@@ -452,7 +457,7 @@ def _download_table_ids(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST
     for literal in literals:
         names = list(_binding_names(literal, parents))
         # the key it is the value of (the tables above it are named by their content)
-        if not names or not _FILE_NAME.match(names[0]):
+        if not names or not (_FILE_NAME.match(names[0]) or _FILE_ID_KEY.search(names[0])):
             return None
         if any(_SECURITY_WORDS.search(name) for name in names):
             return None

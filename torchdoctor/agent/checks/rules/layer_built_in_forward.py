@@ -37,8 +37,10 @@ class LayerBuiltInForward(Rule):
     Not reported: parameter-free layers (`nn.ReLU()`, `nn.Softmax(dim=-1)`, losses), norm
     layers built without their parameters (`elementwise_affine=False`, `affine=False` and no
     running statistics), construction under a test of the attribute it fills (lazy
-    initialisation: `if self.proj is None: self.proj = nn.Linear(x.size(-1), d)`), and
-    layers built in `__init__` or its helpers.
+    initialisation: `if self.proj is None: self.proj = nn.Linear(x.size(-1), d)`), an
+    `nn.Parameter` over what the method was given (an adversarial attack's `y_k =
+    nn.Parameter(images)`: the input made optimisable), and layers built in `__init__` or its
+    helpers.
 
     Example:
         def forward(self, Q, K, V, attn_mask):
@@ -80,6 +82,8 @@ class LayerBuiltInForward(Rule):
                 per_call[cls] = _run_per_call(cls)
             via = per_call[cls].get(method)
             if via is None or _built_lazily(ctx, call, method):
+                continue
+            if name == "Parameter" and _wraps_an_argument(ctx, call, method):
                 continue
             self._report(ctx, call, name, method, via)
 
@@ -130,6 +134,17 @@ def _owns_state(call: ast.Call, name: str) -> bool:
             and _false_or_absent(kwarg(call, "track_running_stats"))
         )
     return True
+
+
+def _wraps_an_argument(ctx: ModuleContext, call: ast.Call, method: FunctionNode) -> bool:
+    """`nn.Parameter(images)` over what the method was given (or a value built from it): the
+    caller's data made optimisable (an adversarial attack's `y_k = nn.Parameter(images)`,
+    an input optimised for style transfer), not a weight of the model."""
+    if not call.args:
+        return False
+    given = {a.arg for a in [*method.args.posonlyargs, *method.args.args, *method.args.kwonlyargs]}
+    given.discard("self")
+    return ctx.flow.derives_from(call.args[0], lambda n: isinstance(n, ast.Name) and n.id in given)
 
 
 def _is_false(value: ast.expr | None) -> bool:

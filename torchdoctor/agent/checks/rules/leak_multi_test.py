@@ -120,8 +120,10 @@ class LeakMultiTest(Rule):
         counters = _loop_counters(ctx, node)
         for compare in compares:
             operands = [compare.left, *compare.comparators]
-            if any(isinstance(o, ast.Name) and o.id in counters for o in operands):
-                continue  # `if batch_idx >= n_ood // batch_size: break`: a loop's bound
+            if any(
+                isinstance(n, ast.Name) and n.id in counters for o in operands for n in walk_tree(o)
+            ):
+                continue  # `if batch_size * i >= n_examples: break`: a loop's bound
             for operand in operands:
                 if ctx.flow.held_out_kind(operand, _TEST):
                     return operand

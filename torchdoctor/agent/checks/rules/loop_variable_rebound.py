@@ -37,7 +37,9 @@ class LoopVariableRebound(Rule):
 
     Not reported: loops with a `break` or an `else:` (the last value is kept), a variable read
     after the loop or later in the body, `_`, views and reshapes of the variable (`x =
-    torch.view_as_complex(x)` after updating it in place through the view), plain calls
+    torch.view_as_complex(x)` after updating it in place through the view), in-place methods
+    that return their receiver (`m = m.eval()` over `model.named_modules()`, `p = p.clamp_(0,
+    1)`: the element itself changed), plain calls
     (`img = save_figure(img, path)` runs for its side effect), updates that do not read the
     variable, moves and casts of a dict's values (`tensor-move-discarded`), names declared
     `global`/`nonlocal`.
@@ -123,11 +125,23 @@ def _updates(ctx: ModuleContext, value: ast.expr, name: str, loop: ast.For | ast
     if called in _VIEWS:
         return False
     receiver = func.value if isinstance(func, ast.Attribute) else None
+    if isinstance(receiver, ast.Name) and receiver.id == name and _returns_itself(called):
+        return False  # `m = m.eval()`, `p = p.add_(1)`: the element itself was changed
     if isinstance(receiver, ast.Name) and receiver.id == name:
         assert isinstance(func, ast.Attribute)
         return not (func.attr in _MOVES and _over_dict_view(loop))
     qual = ctx.flow.qualname_of(value) or ""
     return qual.startswith("torch.")
+
+
+_SELF_RETURNING = frozenset({"eval", "train", "requires_grad_", "apply", "share_memory_"})
+"""Module methods that change the module in place and return it."""
+
+
+def _returns_itself(method: str) -> bool:
+    """An in-place method that returns its receiver: a tensor's or module's `*_` method
+    (`add_`, `clamp_`, `requires_grad_`), a module's `eval()`/`train()`/`apply(fn)`."""
+    return method in _SELF_RETURNING or (method.endswith("_") and not method.startswith("_"))
 
 
 def _over_dict_view(loop: ast.For | ast.AsyncFor) -> bool:

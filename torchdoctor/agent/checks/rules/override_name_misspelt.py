@@ -60,7 +60,8 @@ class OverrideNameMisspelt(Rule):
 
     Not reported: a near-miss name some file of the project reads as an attribute
     (`dist.log_probs(actions)`: a helper on purpose, next to the hook `log_prob`), a class
-    that also defines the hook, and classes with no torch base.
+    that also defines the hook (also by assignment in its body: `forward = _forward`), and
+    classes with no torch base.
 
     Example:
         class FixedNormal(torch.distributions.Normal):
@@ -85,10 +86,13 @@ class OverrideNameMisspelt(Rule):
             if not hooks:
                 continue
             methods = class_methods(cls)
+            aliased = _class_level_names(cls)  # `forward = _forward`: the hook is defined
             for name, method in methods.items():
                 if name in hooks:
                     continue
-                meant = sorted(h for h in hooks if h not in methods and near_miss(name, h))
+                meant = sorted(
+                    h for h in hooks if h not in methods and h not in aliased and near_miss(name, h)
+                )
                 found = (
                     ctx.finding(
                         self,
@@ -128,3 +132,14 @@ def _hooks(ctx: ModuleContext, cls: ast.ClassDef, modules: set[str]) -> frozense
                 found |= hooks
                 break
     return found
+
+
+def _class_level_names(cls: ast.ClassDef) -> set[str]:
+    """Names a class body binds by assignment (`forward = _forward`, MadryLab's ResNet)."""
+    return {
+        target.id
+        for stmt in cls.body
+        if isinstance(stmt, ast.Assign | ast.AnnAssign)
+        for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+        if isinstance(target, ast.Name)
+    }

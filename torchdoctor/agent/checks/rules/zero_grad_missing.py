@@ -46,7 +46,8 @@ class ZeroGradMissing(Rule):
     one branch of an `if` (the AMP path) while the other branch calls `backward()` and
     `step()` is reported at that other branch's `backward()`. An engine that runs both the
     backward and the step (`engine.backward(loss)`, `engine.step()`: DeepSpeed) clears the
-    gradients itself and is not reported.
+    gradients itself and is not reported, nor is a loop whose every `step()` returns the
+    value it computes and steps no optimizer (a PGD attack's `x = step.step(x, grad)`).
 
     Example:
         for x, y in loader:
@@ -85,7 +86,7 @@ class ZeroGradMissing(Rule):
                         "iterations",
                     )
                 continue
-            if _engine_steps(ctx, loop.effects):
+            if _engine_steps(ctx, loop.effects) or _steps_values_only(ctx, loop.effects):
                 continue
             models = _called_models(ctx, loop.node)
             if any(isinstance(model, ast.ClassDef) for model in models):
@@ -248,6 +249,17 @@ def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
     if built or (_OPTIMIZER_NAME.search(name) and not _plain_local_object(ctx, target)):
         return ast.unparse(target)
     return None
+
+
+def _steps_values_only(ctx: ModuleContext, effects: Effects) -> bool:
+    """Every `step()` of the loop returns the value it computes and none steps an optimizer
+    (MadryLab's PGD attack: `x = step.step(x, grad)` moves the input; `obs = env.step(a)`):
+    no parameter is updated from the accumulated gradients."""
+    return bool(effects.step) and all(
+        isinstance(ctx.parents.get(step), ast.Assign | ast.AugAssign | ast.AnnAssign)
+        and _stepped_optimizer(ctx, step) is None
+        for step in effects.step
+    )
 
 
 def _plain_local_object(ctx: ModuleContext, target: ast.expr) -> bool:
