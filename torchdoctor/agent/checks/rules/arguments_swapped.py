@@ -37,7 +37,8 @@ class ArgumentsSwapped(Rule):
     with `*args`, calls that resolve to more than one local definition, operands of one role
     (`a`/`b`, `node1`/`node2`, `lhs`/`rhs`, `self`/`other`, `ind`/`ind_inv`: reversed on
     purpose, as in `gt(a, b): return lt(b, a)`), and `in`/`out` pairs
-    (`Conv(out_channels, in_channels)`, a layer mapping back). kimiyoung/transformer-xl's
+    (`Conv(out_channels, in_channels)`, demucs' decoder `HDecLayer(chout, chin)`: a layer
+    mapping back). kimiyoung/transformer-xl's
     `self._update_mems(hids, mems, mlen, qlen)` against `def _update_mems(self, hids, mems,
     qlen, mlen)` is one such swap, reported in its issues #59, #96 and #118.
 
@@ -414,7 +415,21 @@ def _mirrored(first: str, second: str) -> bool:
     a, b = first.lower().split("_"), second.lower().split("_")
     if len(a) != len(b):
         return False
-    return all(x == y or _MIRROR.get(x) == y for x, y in zip(a, b, strict=True))
+    return all(_mirrored_part(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _mirrored_part(x: str, y: str) -> bool:
+    """One part of the two names: equal, an in/out pair, or the same stem with `in`/`out`
+    before or after it (demucs' `chin`/`chout`, `inplanes`/`outplanes`, `nin`/`nout`)."""
+    if x == y or _MIRROR.get(x) == y:
+        return True
+    for one, other in _IN_OUT.items():
+        for a, b in ((one, other), (other, one)):
+            if x.endswith(a) and y.endswith(b) and x[: -len(a)] and x[: -len(a)] == y[: -len(b)]:
+                return True
+            if x.startswith(a) and y.startswith(b) and x[len(a) :] and x[len(a) :] == y[len(b) :]:
+                return True
+    return False
 
 
 # torch losses whose two inputs play different roles: swapped, they compute another quantity

@@ -39,7 +39,8 @@ class LoopVariableRebound(Rule):
     after the loop or later in the body, `_`, views and reshapes of the variable (`x =
     torch.view_as_complex(x)` after updating it in place through the view), in-place methods
     that return their receiver (`m = m.eval()` over `model.named_modules()`, `p = p.clamp_(0,
-    1)`: the element itself changed), plain calls
+    1)`: the element itself changed), moves and casts of a network's submodules (`module =
+    module.to(torch.bfloat16)` over `named_modules()`: `Module.to` works in place), plain calls
     (`img = save_figure(img, path)` runs for its side effect), updates that do not read the
     variable, moves and casts of a dict's values (`tensor-move-discarded`), names declared
     `global`/`nonlocal`.
@@ -127,6 +128,9 @@ def _updates(ctx: ModuleContext, value: ast.expr, name: str, loop: ast.For | ast
     receiver = func.value if isinstance(func, ast.Attribute) else None
     if isinstance(receiver, ast.Name) and receiver.id == name and _returns_itself(called):
         return False  # `m = m.eval()`, `p = p.add_(1)`: the element itself was changed
+    own = isinstance(receiver, ast.Name) and receiver.id == name
+    if own and called in _MOVES and _over_modules(loop):
+        return False  # `module = module.to(torch.bfloat16)`: `Module.to` works in place
     if isinstance(receiver, ast.Name) and receiver.id == name:
         assert isinstance(func, ast.Attribute)
         return not (func.attr in _MOVES and _over_dict_view(loop))
@@ -142,6 +146,20 @@ def _returns_itself(method: str) -> bool:
     """An in-place method that returns its receiver: a tensor's or module's `*_` method
     (`add_`, `clamp_`, `requires_grad_`), a module's `eval()`/`train()`/`apply(fn)`."""
     return method in _SELF_RETURNING or (method.endswith("_") and not method.startswith("_"))
+
+
+_MODULE_ITERATORS = frozenset({"modules", "named_modules", "children", "named_children"})
+
+
+def _over_modules(loop: ast.For | ast.AsyncFor) -> bool:
+    """A loop over a network's submodules (`for name, module in model.named_modules():`):
+    a module's moves and casts (`to`, `cuda`, `half`) change it in place and return it."""
+    iterated = loop.iter
+    return (
+        isinstance(iterated, ast.Call)
+        and isinstance(iterated.func, ast.Attribute)
+        and iterated.func.attr in _MODULE_ITERATORS
+    )
 
 
 def _over_dict_view(loop: ast.For | ast.AsyncFor) -> bool:

@@ -17,7 +17,13 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import local_callee, off_phase, phase_flags, walk_tree
+from torchdoctor.agent.checks.loops import (
+    enclosing_ifs,
+    local_callee,
+    off_phase,
+    phase_flags,
+    walk_tree,
+)
 from torchdoctor.agent.models import Severity
 
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -37,7 +43,10 @@ class TrainModeNotRestored(Rule):
     puts the model it is given in eval mode without setting it back.
 
     Not reported: `.eval()` on an averaged copy (`model_ema.eval()`) or on a fresh copy
-    (`copy.deepcopy(net).eval()` for a snapshot): the trained model keeps its mode.
+    (`copy.deepcopy(net).eval()` for a snapshot): the trained model keeps its mode. Nor a
+    helper that switches to eval mode only under a flag the training function clears before
+    its loop (an RL agent's `select_action` with `if self.is_test: self.dqn.eval()`, called
+    after `self.is_test = False`).
 
     Example:
         model.train()
@@ -86,6 +95,8 @@ class TrainModeNotRestored(Rule):
                 continue  # no dropout or batch norm: eval mode changes nothing it computes
             loop = self._innermost_unrestored_loop(ctx, call, verdicts)
             if loop is None or id(loop) in reported or _on_the_evaluation_pass(ctx, call, loop):
+                continue
+            if not evals and _switched_only_under_a_cleared_flag(ctx, call, loop):
                 continue
             reported.add(id(loop))
             ctx.report(
@@ -159,6 +170,47 @@ def _on_the_evaluation_pass(ctx: ModuleContext, call: ast.Call, loop: ast.AST) -
     pass never reaches the switch."""
     flags = phase_flags(ctx, loop)
     return bool(flags) and off_phase(ctx, call, loop, flags)
+
+
+def _switched_only_under_a_cleared_flag(ctx: ModuleContext, call: ast.Call, loop: ast.AST) -> bool:
+    """The callee puts a model in eval mode only under a flag (`if self.is_test:
+    self.dqn.eval()` in an RL agent's `select_action`) that the caller sets to False before
+    the loop and the loop never sets again: the training loop never takes that branch."""
+    caller = ctx.enclosing_function(loop)
+    callees = ctx.flow.functions.get(local_callee(call), [])
+    if caller is None or len(callees) != 1 or not isinstance(loop, ast.stmt):
+        return False
+    switches = [
+        c
+        for c in walk_tree(callees[0])
+        if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "eval"
+    ]
+    flags: set[str] = set()
+    for switch in switches:
+        guards = [
+            ast.unparse(guard.test)
+            for guard, part in enclosing_ifs(ctx, switch, callees[0])
+            if part == "body" and isinstance(guard.test, ast.Name | ast.Attribute)
+        ]
+        if not guards:
+            return False
+        flags.add(guards[0])
+    cleared = {
+        ast.unparse(target)
+        for node in walk_tree(caller)
+        if isinstance(node, ast.Assign)
+        and node.lineno < loop.lineno
+        and isinstance(node.value, ast.Constant)
+        and node.value.value is False
+        for target in node.targets
+    }
+    set_in_loop = {
+        ast.unparse(target)
+        for node in walk_tree(loop)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+    }
+    return bool(flags) and flags <= cleared and not flags & set_in_loop
 
 
 _AVERAGED = re.compile(r"(?:^|[._])(?:ema|swa)(?:$|[._])|averaged", re.IGNORECASE)

@@ -41,7 +41,8 @@ class UnusedLayer(Rule):
 
     Not reported: modules that never run (no `forward`, or one that is only `...`, `pass` or
     `raise NotImplementedError`): parameter containers for state-dict, device or sharding
-    tests; and pytest modules (a test's stand-in model holds a layer so that it has
+    tests; containers built empty and never read (`nn.ModuleList()`: nothing in them); and
+    pytest modules (a test's stand-in model holds a layer so that it has
     parameters for the optimizer or the checkpoint under test).
 
     Fix: use the layer in `forward`, or delete it.
@@ -78,7 +79,7 @@ class UnusedLayer(Rule):
                 ):
                     continue
                 layer = nn_layer(ctx, stmt.value)
-                if not layer or layer in _NOT_LAYERS:
+                if not layer or layer in _NOT_LAYERS or _empty_container(stmt.value, layer):
                     continue
                 if read is None:
                     read = _attributes_read(ctx)
@@ -93,6 +94,20 @@ class UnusedLayer(Rule):
                         stmt,
                         f"`self.{target.attr}` ({layer}) is created but never used: {effect}",
                     )
+
+
+_CONTAINERS = frozenset({"ModuleList", "ModuleDict", "Sequential"})
+
+
+def _empty_container(value: ast.expr, layer: str) -> bool:
+    """`nn.ModuleList()` built empty (and, unread, never filled): it holds nothing, so
+    nothing is allocated or skipped (demucs' leftover `self.skip_scales`)."""
+    return (
+        layer in _CONTAINERS
+        and isinstance(value, ast.Call)
+        and not value.args
+        and not value.keywords
+    )
 
 
 def _runs(ctx: ModuleContext, cls: ast.ClassDef, depth: int = 0) -> bool:
