@@ -36,10 +36,13 @@ class HalfModelFloatInput(Rule):
     """Detects a model converted to half precision (`model.half()`, `.bfloat16()`,
     `.to(torch.float16)`, `.to(dtype=torch.bfloat16)`) that is then called with a tensor the
     code makes float32: a factory without `dtype=` (`torch.randn(1, 3, 224, 224)`), an
-    explicit `.float()`, or a batch of an image loader fed to an image model (torchvision or
-    timm models, local networks with 2-D/3-D convolutions, norms or pools) or of a loader over
-    a torchvision dataset to any model (a diffusion wrapper whose network is in another
-    file: `ToTensor()` made those images float32), moved with `.to(device)`/`.cuda()` only;
+    explicit `.float()` or `.to(torch.float32)` / `.type(torch.FloatTensor)`, or a batch of an
+    image loader fed to an image model (torchvision or timm models, local networks with 2-D/3-D
+    convolutions, norms or pools) or of a loader over a torchvision dataset, or over any
+    dataset whose `transform=` ends in `ToTensor()` (and `Normalize`), to any model (a
+    diffusion wrapper whose network is in another file: `ToTensor()` made those images
+    float32), moved with `.to(device)`/`.cuda()` only; the loader followed into the function
+    it is passed to (`train(train_loader, model, ...)`);
     or what a local helper computes from such a tensor (`x = get_mel(wav)` with `wav` a
     `FloatTensor`) when the helper casts nothing.
 
@@ -48,7 +51,9 @@ class HalfModelFloatInput(Rule):
     result silently goes back to float32 and the memory saving is lost).
 
     Not reported: calls under `torch.autocast(...)` (autocast casts the inputs), inputs cast
-    on the way (`x.half()`, `x.to(dtype=...)`, `x.to(model.dtype)`, `x.type(...)`), integer
+    on the way (`x.half()`, `x.to(dtype=...)`, `x.to(model.dtype)`, `x.type(...)`, a dtype
+    chosen by a condition: `x.to(torch.float32 if not half else torch.float16)`), datasets
+    whose transform is the project's own (what it yields is not seen), integer
     inputs (token ids from a tokenizer or a text loader), models converted back with
     `.float()`, and models whose conversion is not seen.
 
@@ -262,6 +267,8 @@ def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops:
         if isinstance(func, ast.Attribute):
             if func.attr == "float" and not expr.args:
                 return "made by `.float()`"
+            if _casts_to_float32(ctx, expr):
+                return f"cast by `.{func.attr}({ast.unparse(_cast_target(expr))})`"
             if func.attr in _KEEPS_DTYPE and not _casts(expr):
                 return _float32_origin(ctx, func.value, image_model, hops + 1)
             if func.attr in _KEEPS_DTYPE or func.attr in ("type", "half", "bfloat16", "long"):
@@ -280,7 +287,7 @@ def _float32_origin(ctx: ModuleContext, expr: ast.expr, image_model: bool, hops:
         if image_model and _loader(ctx, value):
             return "a batch of an image loader"
         if _loader(ctx, value, image_dataset=True):
-            return "a batch of a torchvision dataset's loader"
+            return "a batch of a loader over a torchvision dataset or a `ToTensor()` transform"
         return None
     return _float32_origin(ctx, value, image_model, hops + 1)
 
@@ -337,6 +344,31 @@ def _reaching(ctx: ModuleContext, name: ast.Name) -> ast.expr | None:
     return latest[0] if len(latest) == 1 else None
 
 
+def _cast_target(call: ast.Call) -> ast.expr:
+    """The dtype a `.to(...)`/`.type(...)` names: its `dtype=` keyword, else its last
+    positional argument (`x.to(device, torch.float32)`)."""
+    dtype = kwarg(call, "dtype")
+    if dtype is not None:
+        return dtype
+    return call.args[-1] if call.args else call.func
+
+
+def _casts_to_float32(ctx: ModuleContext, call: ast.Call) -> bool:
+    """An explicit float32 cast spelled as a conversion: `x.to(torch.float32)`,
+    `x.to(device, dtype=torch.float)`, `x.type(torch.FloatTensor)`, `x.type(torch.cuda.
+    FloatTensor)`: the value is float32 whatever it was. Not a conditional dtype
+    (`x.to(torch.float32 if not half else torch.float16)`) nor a dtype read from a value
+    (`x.to(model.dtype)`)."""
+    if not isinstance(call.func, ast.Attribute) or call.func.attr not in ("to", "type"):
+        return False
+    if not call.args and kwarg(call, "dtype") is None:
+        return False
+    qual = ctx.qualname(_cast_target(call)) or ""
+    if not qual.startswith("torch."):
+        return False
+    return qual.rsplit(".", 1)[-1] in ("float32", "float", "FloatTensor")
+
+
 def _casts(call: ast.Call) -> bool:
     """`.to(...)` with a dtype: `x.to(device, dtype=...)`, `x.to(model.dtype)`, `x.to(dtype)`."""
     if not isinstance(call.func, ast.Attribute) or call.func.attr != "to":
@@ -359,6 +391,10 @@ def _loader(ctx: ModuleContext, iterable: ast.expr, image_dataset: bool = False)
         if not isinstance(iterable, ast.Name | ast.Attribute):
             return False
         bound = [v for v in ctx.flow.definitions(iterable) if isinstance(v, ast.Call)]
+        if not bound and isinstance(iterable, ast.Name):
+            # a parameter (`def train(train_loader, model, ...)`): what the callers pass
+            passed = ctx.calls.arguments_for(iterable)
+            return any(_loader(ctx, p, image_dataset) for p in passed)
         if len(bound) != 1:
             return any(_loader(ctx, v, image_dataset) for v in bound if _is_loader_call(ctx, v))
         iterable = bound[0]
@@ -378,6 +414,42 @@ def _over_torchvision_dataset(ctx: ModuleContext, loader: ast.Call) -> bool:
     bound = ctx.flow.definitions(dataset) if isinstance(dataset, ast.Name) else [dataset]
     return bool(bound) and all(
         isinstance(v, ast.Call)
-        and (ctx.flow.qualname_of(v) or "").startswith("torchvision.datasets.")
+        and (
+            (ctx.flow.qualname_of(v) or "").startswith("torchvision.datasets.")
+            or _to_tensor_transform(ctx, kwarg(v, "transform"))
+        )
         for v in bound
     )
+
+
+def _to_tensor_transform(ctx: ModuleContext, transform: ast.expr | None) -> bool:
+    """A dataset's `transform=` that ends in torchvision's `ToTensor()` (itself, or a
+    `Compose([...])` whose last step after it only normalises), through names bound in
+    branches (`transform_train = Compose([...])` under `if args.augment:` and `else:`):
+    whatever the dataset class (`datasets.__dict__[name](root, transform=...)`), its images
+    come out float32."""
+    if transform is None:
+        return False
+    values = ctx.flow.definitions(transform) if isinstance(transform, ast.Name) else [transform]
+    if not values:
+        return False
+    for value in values:
+        if not isinstance(value, ast.Call):
+            return False
+        qual = ctx.flow.qualname_of(value) or ""
+        if qual.endswith(".ToTensor"):
+            continue
+        steps = value.args[0] if qual.endswith(".Compose") and value.args else None
+        if not isinstance(steps, ast.List | ast.Tuple):
+            return False
+        names = [
+            (ctx.flow.qualname_of(step) or "").rsplit(".", 1)[-1]
+            for step in steps.elts
+            if isinstance(step, ast.Call)
+        ]
+        if "ToTensor" not in names or any(
+            name not in ("ToTensor", "Normalize")
+            for name in names[len(names) - names[::-1].index("ToTensor") :]
+        ):
+            return False
+    return True
