@@ -13,6 +13,7 @@ from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
 _CUTS = frozenset({"detach", "item", "numpy", "tolist"})
+_REDUCTIONS = frozenset({"mean", "sum"})
 
 
 class DetachedLossInput(Rule):
@@ -60,6 +61,13 @@ class DetachedLossInput(Rule):
     that reaches the model only through a cut another network is called on (`fake_out =
     netD(fake_img.detach()).mean()` in SRGAN's generator step). Not reported there: an input
     cut itself (`criterion(p1, z2.detach())`, SimSiam's stop-gradient target).
+
+    A distribution's `sample()` on the way from the trained model to a term counts as a
+    cut: soft actor-critic's `action = dist.sample()` scored by the critic (`actor_q =
+    critic(obs, action)`, the `-Q` term of the actor's loss) carries no gradient back to the
+    actor; `rsample()` does. A term of a reduced sum (`(alpha * log_prob - actor_q).mean()`)
+    counts as a term. Not reported: a sample scored through its own log-probability
+    (REINFORCE, PPO: the gradient flows through `log_prob`), a replay buffer's `sample()`.
 
     A loss accumulated into a sum that other losses join attached (`total += intent_loss
     .item()` beside `total += coef * slot_loss`) adds value but no gradient: that term is
@@ -148,6 +156,7 @@ class DetachedLossInput(Rule):
         for cut, model, step, partial in _stepped_model_cut(ctx):
             if cut.lineno in reported:
                 continue  # the loss itself was reported at this cut
+            drawn = isinstance(cut, ast.Call) and ast.unparse(cut.func).endswith(".sample")
             message = (
                 f"`{model}` is trained by the step on line {step.lineno}, but a term of the loss "
                 f"back-propagated before it reaches `{model}` only through `{ast.unparse(cut)}`: "
@@ -156,7 +165,7 @@ class DetachedLossInput(Rule):
                 else f"`{model}` is trained by the step on line {step.lineno}, but its output "
                 f"reaches the loss back-propagated before it only through `{ast.unparse(cut)}`: "
                 f"no gradient reaches `{model}`, so this update never changes it"
-            )
+            ) + (" (draw with `rsample()` to keep the path through the sample)" if drawn else "")
             ctx.report(self, cut, message, data={"cut_line": cut.lineno, "cut": ast.unparse(cut)})
 
 
@@ -425,6 +434,14 @@ def _cut_terms(ctx: ModuleContext, loss: ast.expr, model: str) -> list[ast.expr]
     total = ctx.flow.reaching(loss)
     if isinstance(total, ast.Call) and _is_loss(ctx, total):
         return _judged_cut_inputs(ctx, total, model)
+    while (
+        isinstance(total, ast.Call)
+        and isinstance(total.func, ast.Attribute)
+        and total.func.attr in _REDUCTIONS
+        and not total.args
+        and not total.keywords
+    ):
+        total = total.func.value  # `(alpha * log_prob - q).mean()`: the sum it reduces
     if not (isinstance(total, ast.BinOp) and isinstance(total.op, ast.Add | ast.Sub)):
         return []
     cuts: list[ast.expr] = []
@@ -490,14 +507,19 @@ def _parameters_owner(expr: ast.expr) -> str | None:
 
 
 def _cut_of(node: ast.expr) -> ast.expr | None:
-    """The value a cut (`x.detach()`, `x.data`) is taken of, else None."""
+    """The value a cut (`x.detach()`, `x.data`, a distribution's `dist.sample()`) is taken
+    of, else None. `sample()` draws without the reparameterisation trick: a value that a
+    critic then scores (`action = dist.sample()`, `q = critic(obs, action)`) carries no
+    gradient back to the policy that made `dist`; `rsample()` does. It counts only on a path
+    from a loss to the model a step trains, so a replay buffer's `sample()` never does."""
     if isinstance(node, ast.Attribute) and node.attr == "data":
         return node.value
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "detach"
+        and node.func.attr in ("detach", "sample")
         and not node.args
+        and not node.keywords
     ):
         return node.func.value
     return None

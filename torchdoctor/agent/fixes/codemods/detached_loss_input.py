@@ -12,7 +12,8 @@ class DetachedLossInputFix(Codemod):
     """Removes the cut the rule names (`out.detach()` -> `out`, `model(x).data` ->
     `model(x)`) where it is written: the loss term then back-propagates into the model.
     Declines for a cut that turns the value into a Python number or an array (`.item()`,
-    `.numpy()`, `.tolist()`), whose code after it expects that type."""
+    `.numpy()`, `.tolist()`), whose code after it expects that type, and for a distribution's
+    `sample()` (only a reparameterisable distribution has `rsample()`)."""
 
     rule = "detached-loss-input"
     kind = FixKind.CORRECTNESS
@@ -31,6 +32,11 @@ class DetachedLossInputFix(Codemod):
         if len(found) != 1:
             return ctx.decline(f"no single `{cut}` on line {line}")
         receiver = _attached(found[0])
+        if _drawn(found[0]):
+            return ctx.decline(
+                f"`{cut}` draws without reparameterisation: use `rsample()` where the "
+                "distribution supports it (a discrete one does not)"
+            )
         if receiver is None:
             return ctx.decline(
                 f"`{cut}` turns the output into a Python number or an array, which the code "
@@ -48,3 +54,12 @@ def _attached(cut: cst.Call | cst.Attribute) -> cst.BaseExpression | None:
     if isinstance(func, cst.Attribute) and func.attr.value == "detach" and not cut.args:
         return func.value
     return None
+
+
+def _drawn(cut: cst.Call | cst.Attribute) -> bool:
+    """`dist.sample()`: a draw, not a detach."""
+    return (
+        isinstance(cut, cst.Call)
+        and isinstance(cut.func, cst.Attribute)
+        and cut.func.attr.value == "sample"
+    )
