@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.loss_inputs import loss_inputs, model_parameter
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -12,7 +13,6 @@ from torchdoctor.agent.checks.analysis.project import (
     defer,
     imported_models,
     is_package_init,
-    parameter_of,
     passed_for_parameter,
     publish,
     publish_model_passes,
@@ -161,7 +161,7 @@ class DoubleSoftmax(Rule):
             received = first_argument(node, "input")
             if received is None:
                 continue
-            for logits, site in _loss_inputs(ctx, node, received):
+            for logits, site in loss_inputs(ctx, node, received):
                 self._check_input(ctx, node, logits, site, layers_reported, elsewhere)
         self._report_at_softmax(ctx, elsewhere)
 
@@ -325,25 +325,6 @@ def _place(ctx: ModuleContext, node: ast.AST) -> str:
     return f"in `{cls.name}.{owner.name}`" if cls is not None else f"in `{owner.name}`"
 
 
-def _loss_inputs(
-    ctx: ModuleContext, node: ast.Call, received: ast.expr
-) -> list[tuple[ast.expr, ast.Call]]:
-    """(what reaches the cross-entropy call `node`, where it is handed to the loss): its own
-    input, and when that input is a parameter of a loss helper of the module (`def
-    auxiliary_loss(self, y_hat, y): return F.cross_entropy(y_hat, y)`), what each call of
-    the helper passes for it (`self.auxiliary_loss(pred_label, labels)`), at that call."""
-    found: list[tuple[ast.expr, ast.Call]] = [(received, node)]
-    if not isinstance(received, ast.Name):
-        return found
-    for passed in ctx.calls.arguments_for(received):
-        site = ctx.parents.get(passed)
-        while isinstance(site, ast.keyword | ast.Starred):
-            site = ctx.parents.get(site)
-        if isinstance(site, ast.Call):
-            found.append((passed, site))
-    return found
-
-
 def _names_cross_entropy(ctx: ModuleContext, value: ast.expr) -> bool:
     """`nn.CrossEntropyLoss`, `nn.CrossEntropyLoss()`, `F.cross_entropy` as a value."""
     target = value.func if isinstance(value, ast.Call) else value
@@ -438,33 +419,28 @@ def _defer_through_parameter(
 ) -> None:
     """`log_probs = net(images)` with `net` a parameter (`def train(self, net)`): pending on
     the classes other files pass for it (`local.train(net=copy.deepcopy(net_glob))`)."""
-    for producer in ctx.flow.producers(logits):
-        func = producer.func
-        if isinstance(func, ast.Attribute) and func.attr == "forward":
-            func = func.value
-        found = parameter_of(ctx, func)
-        if found is None:
-            continue
-        function, parameter, position = found
-        for kind, needs in _DEFERRED:
-            finding = ctx.finding(
-                rule,
-                node,
-                f"cross-entropy receives `{ast.unparse(logits)}`, the output of the model "
-                f"passed as `{parameter}`, whose forward ends in {kind} (in a caller's class); "
-                "it applies log_softmax again",
-                data={"parameter": parameter},
-            )
-            if finding is not None:
-                pending = Pending(
-                    symbol=function,
-                    needs=needs,
-                    finding=finding,
-                    parameter=parameter,
-                    position=position,
-                )
-                defer(ctx, rule.id, pending)
+    found = model_parameter(ctx, logits)
+    if found is None:
         return
+    function, parameter, position = found
+    for kind, needs in _DEFERRED:
+        finding = ctx.finding(
+            rule,
+            node,
+            f"cross-entropy receives `{ast.unparse(logits)}`, the output of the model "
+            f"passed as `{parameter}`, whose forward ends in {kind} (in a caller's class); "
+            "it applies log_softmax again",
+            data={"parameter": parameter},
+        )
+        if finding is not None:
+            pending = Pending(
+                symbol=function,
+                needs=needs,
+                finding=finding,
+                parameter=parameter,
+                position=position,
+            )
+            defer(ctx, rule.id, pending)
 
 
 def _may_expect_log_probabilities(ctx: ModuleContext, call: ast.Call) -> bool:

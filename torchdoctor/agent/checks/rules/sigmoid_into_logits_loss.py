@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.loss_inputs import loss_inputs, model_parameter
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -32,7 +33,12 @@ class SigmoidIntoLogitsLoss(Rule):
     error raised.
 
     A criterion built and called inline (`nn.BCEWithLogitsLoss()(out, y)`) counts, and so does
-    the output of a model class from another file whose `forward` ends in a sigmoid.
+    the output of a model class from another file whose `forward` ends in a sigmoid (also
+    `nn.Sigmoid()(out)`), a loss helper's parameter filled by its callers (`def loss_fn(outputs,
+    targets): return nn.BCEWithLogitsLoss()(outputs, targets)` called as `loss_fn(probs, y)`),
+    and a model that arrives as a parameter of a module-level function (`def train_fn(
+    data_loader, model, ...)`) called from another file with a model whose class ends in a
+    sigmoid.
 
     Not reported: a sigmoid used for metrics or thresholds next to a loss fed the logits; a
     sigmoid into `BCELoss` (that is `bce-on-sigmoid`); models whose last layer is a sigmoid
@@ -61,34 +67,59 @@ class SigmoidIntoLogitsLoss(Rule):
         for call in flow.nodes(ast.Call):
             if not _is_logits_loss(ctx, call):
                 continue
-            value = first_argument(call, "input")
-            if value is None:
+            received = first_argument(call, "input")
+            if received is None:
                 continue
-            sigmoid = next(
-                (
-                    p
-                    for p in flow.producers(value)
-                    if "igmoid" in ctx.source
-                    and is_sigmoid(ctx, p)
-                    and _may_run_before(ctx, p, call)
-                ),
-                None,
-            )
-            if sigmoid is None:
-                self._defer_to_the_model_file(ctx, call, value)
-                continue
-            ctx.report(
-                self,
-                call,
-                f"BCEWithLogitsLoss receives `{ast.unparse(value)}`, already a sigmoid output "
-                f"(line {sigmoid.lineno}): the sigmoid is applied twice; pass the logits",
-                data={"sigmoid_line": sigmoid.lineno},
-            )
+            for value, site in loss_inputs(ctx, call, received):
+                sigmoid = next(
+                    (
+                        p
+                        for p in flow.producers(value)
+                        if "igmoid" in ctx.source
+                        and is_sigmoid(ctx, p)
+                        and _may_run_before(ctx, p, site)
+                    ),
+                    None,
+                )
+                if sigmoid is None:
+                    self._defer_to_the_model_file(ctx, site, value)
+                    continue
+                through = "" if site is call else f" (through `{ast.unparse(site.func)}`)"
+                ctx.report(
+                    self,
+                    site,
+                    f"BCEWithLogitsLoss{through} receives `{ast.unparse(value)}`, already a "
+                    f"sigmoid output (line {sigmoid.lineno}): the sigmoid is applied twice; "
+                    "pass the logits",
+                    data={"sigmoid_line": sigmoid.lineno},
+                )
 
     def _defer_to_the_model_file(self, ctx: ModuleContext, call: ast.Call, value: ast.expr) -> None:
         """`prediction = model(user, item)` with `model` built from a class of another file
-        (NCF's `model.NCF`): pending on that class's `forward` ending in a sigmoid."""
-        for symbol in imported_models(ctx, value):
+        (NCF's `model.NCF`), or a model given as a parameter of a module-level function
+        (`def train_fn(data_loader, model, ...)`, called from another file): pending on that
+        class's `forward` ending in a sigmoid."""
+        symbols = imported_models(ctx, value)
+        if not symbols and (passed := model_parameter(ctx, value)) is not None:
+            function, parameter, position = passed
+            found = ctx.finding(
+                self,
+                call,
+                f"BCEWithLogitsLoss receives `{ast.unparse(value)}`, the output of the model "
+                f"passed as `{parameter}`, whose forward ends in a sigmoid (in a caller's "
+                "class): the sigmoid is applied twice; return the logits",
+                data={"parameter": parameter},
+            )
+            if found is not None:
+                pending = Pending(
+                    symbol=function,
+                    needs="output:sigmoid",
+                    finding=found,
+                    parameter=parameter,
+                    position=position,
+                )
+                defer(ctx, self.id, pending)
+        for symbol in symbols:
             found = ctx.finding(
                 self,
                 call,
