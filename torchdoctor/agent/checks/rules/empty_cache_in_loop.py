@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import enclosing_ifs, mentions_modulo, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import terminal_name, under_periodic_guard
 from torchdoctor.agent.models import Severity
@@ -44,7 +44,9 @@ _JOBS = frozenset({"train", "fit", "test", "evaluate", "validate", "run", "main"
 def _runs_a_whole_job(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncFor) -> bool:
     """Each iteration is a whole pass, not a step: it holds a training loop itself (an epoch
     loop releasing the cache once per epoch) or runs a whole training or test
-    (`exp.train(setting)`, `exp.test(setting)`: Time-Series-Library's repeated experiments)."""
+    (`exp.train(setting)`, `exp.test(setting)`: Time-Series-Library's repeated experiments).
+    A job run only every N steps (`if global_step % division_step == 0: val_score =
+    evaluate(...)`, a validation round inside the batch loop) makes the loop no such pass."""
     training = {id(t.node) for t in ctx.loops.training_loops}
     for stmt in walk_scope(loop.body):
         if isinstance(stmt, ast.For | ast.While) and id(stmt) in training:
@@ -52,10 +54,33 @@ def _runs_a_whole_job(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncF
         if (
             isinstance(stmt, ast.Expr | ast.Assign)
             and isinstance(stmt.value, ast.Call)
-            and terminal_name(stmt.value.func) in _JOBS
+            and (
+                terminal_name(stmt.value.func) in _JOBS
+                or _holds_a_training_loop(ctx, stmt.value, training)
+            )
+            and not _every_n_steps(ctx, stmt, loop)
         ):
             return True
     return False
+
+
+def _every_n_steps(ctx: ModuleContext, stmt: ast.stmt, loop: ast.AST) -> bool:
+    """In the body of an `if` inside `loop` whose test takes a modulo (`if global_step %
+    division_step == 0:`): run every N iterations, not on each."""
+    return any(
+        part == "body" and mentions_modulo(guard.test)
+        for guard, part in enclosing_ifs(ctx, stmt, loop)
+    )
+
+
+def _holds_a_training_loop(ctx: ModuleContext, call: ast.Call, training: set[int]) -> bool:
+    """`train_model(model, train_loader, ...)`: a local function whose body holds a training
+    loop (a fold of a cross-validation trains a whole model)."""
+    return any(
+        isinstance(node, ast.For | ast.While) and id(node) in training
+        for fn in ctx.calls.resolve(call)
+        for node in walk_tree(fn)
+    )
 
 
 class EmptyCacheInLoop(Rule):
@@ -76,8 +101,10 @@ class EmptyCacheInLoop(Rule):
 
     Not reported in a loop that reads the CUDA memory statistics (`memory_reserved`,
     `max_memory_allocated`): a benchmark measuring each configuration separately; nor in a
-    loop each iteration of which is a whole pass (an epoch loop holding the training loop, or
-    `exp.train(setting)`, `exp.test(setting)`: repeated experiments); nor in an
+    loop each iteration of which is a whole pass (an epoch loop holding the training loop or
+    calling a local function that holds one, `train_ins(epoch, loader, ...)`, or
+    `exp.train(setting)`, `exp.test(setting)`: repeated experiments; a validation round run
+    only every N steps of a batch loop does not make it one); nor in an
     `except` handler (the cache released after a CUDA out-of-memory error before a retry on
     smaller inputs or the CPU runs only when the error happens).
     """
