@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.optimizers import parameter_owners
 from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SYMMETRIC_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
@@ -49,7 +50,8 @@ class DetachedLossInput(Rule):
     The model an update trains is cut too when the loss reaches it only through a cut: the
     generator step of a GAN whose fake batch was detached (`fake = G(z).detach()` or
     `D(fake.data)`, then `g_loss = D(fake).mean()`, `g_loss.backward()`, `opt_G.step()` with
-    `opt_G` built over `G.parameters()`). The backward runs (through D), the step runs, and G
+    `opt_G` built over `G.parameters()`, also through `filter(lambda p: p.requires_grad,
+    G.parameters())` or `list(...)`). The backward runs (through D), the step runs, and G
     never learns. Reported at the cut, when every path from that model's calls to the loss
     goes through one; a step whose model reaches the loss attached (the discriminator step
     with `D(fake.detach())`) is the idiom, not a bug. The walk follows a loss a local helper
@@ -484,26 +486,16 @@ def _judged_by_another_network(ctx: ModuleContext, cut: ast.expr, model: str) ->
 
 
 def _stepped_model(ctx: ModuleContext, step: ast.Call) -> str | None:
-    """`G` for `opt_G.step()` when `opt_G` is built over `G.parameters()` alone."""
+    """`G` for `opt_G.step()` when `opt_G` is built over `G.parameters()` alone (also
+    through `filter(lambda p: p.requires_grad, G.parameters())`, `list(...)`)."""
     assert isinstance(step.func, ast.Attribute)
-    owners = {
-        owner
-        for cons in ctx.flow.constructors(step.func.value)
-        if cons.args and (owner := _parameters_owner(cons.args[0])) is not None
-    }
+    owners: set[str] = set()
+    for cons in ctx.flow.constructors(step.func.value):
+        params = cons.args[0] if cons.args else kwarg(cons, "params")
+        found = parameter_owners(params, ast.unparse) if params is not None else None
+        if found is not None:
+            owners |= found
     return owners.pop() if len(owners) == 1 else None
-
-
-def _parameters_owner(expr: ast.expr) -> str | None:
-    """`self.actor.parameters()` -> 'self.actor'."""
-    if (
-        isinstance(expr, ast.Call)
-        and isinstance(expr.func, ast.Attribute)
-        and expr.func.attr == "parameters"
-        and not expr.args
-    ):
-        return ast.unparse(expr.func.value)
-    return None
 
 
 def _cut_of(node: ast.expr) -> ast.expr | None:

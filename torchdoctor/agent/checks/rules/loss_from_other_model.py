@@ -7,6 +7,7 @@ import ast
 from collections import deque
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.optimizers import model_key, model_root, parameter_owners
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     is_backward_call,
@@ -20,7 +21,6 @@ from torchdoctor.agent.models import Severity
 
 _MAX_EXPRESSIONS = 3000  # a closure larger than this is not followed to the end: no report
 _SELF_ANY = "self.*"  # `self(x)`, `f(self)`: any model the instance holds may be reached
-_ORDER_ONLY = frozenset({"list", "tuple", "iter", "filter"})
 _BUILTIN_TAKERS = frozenset({"range", "int", "float", "len"})
 # callees a training function's setting goes to (a latent size, a number of steps)
 _SETTING_TAKERS = _BUILTIN_TAKERS | {
@@ -143,28 +143,6 @@ def _on_self(key: str) -> bool:
     return key.startswith("self.")
 
 
-def _model_key(expr: ast.expr) -> str | None:
-    """What a model is known by: `D_LR` for `D_LR`, `model.module.enc` or `models[0]`;
-    `self.netD` for `self.netD.encoder`."""
-    root = _model_root(expr)
-    return ast.unparse(root) if root is not None else None
-
-
-def _model_root(expr: ast.expr) -> ast.Name | ast.Attribute | None:
-    """The name (or `self.x`) a model expression starts from."""
-    chain: list[ast.expr] = []
-    node = expr
-    while isinstance(node, ast.Attribute | ast.Subscript):
-        chain.append(node)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    if node.id == "self":
-        first = chain[-1] if chain else None
-        return first if isinstance(first, ast.Attribute) else None
-    return node
-
-
 def _model_names(ctx: ModuleContext, params: list[ast.expr]) -> set[str] | None:
     """The stepped models and the models they are bound to or built from (`net = model`,
     `head = Head(backbone)`): a loss through any of them reaches the optimizer's
@@ -178,7 +156,7 @@ def _model_names(ctx: ModuleContext, params: list[ast.expr]) -> set[str] | None:
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "parameters"
             ):
-                model = _model_root(node.func.value)
+                model = model_root(node.func.value)
                 if model is None:
                     return None
                 roots.append(model)
@@ -193,7 +171,7 @@ def _model_names(ctx: ModuleContext, params: list[ast.expr]) -> set[str] | None:
             for node in walk_tree(value):
                 if not isinstance(node, ast.Name | ast.Attribute):
                     continue
-                found = _model_root(node)
+                found = model_root(node)
                 if (
                     found is not None
                     and ast.unparse(found) not in names
@@ -201,44 +179,6 @@ def _model_names(ctx: ModuleContext, params: list[ast.expr]) -> set[str] | None:
                 ):
                     roots.append(found)
     return names
-
-
-def _parameter_owners(expr: ast.expr) -> set[str] | None:
-    """The models whose parameters an optimizer's `params` holds: `m.parameters()`,
-    `itertools.chain(a.parameters(), b.parameters())`, `list(a.parameters()) + [...]`,
-    `[{"params": a.parameters()}, ...]`; None for anything else."""
-    if isinstance(expr, ast.Call):
-        func = expr.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if name == "parameters" and isinstance(func, ast.Attribute) and not expr.args:
-            key = _model_key(func.value)
-            return {key} if key is not None else None
-        if name == "chain" or name in _ORDER_ONLY:
-            parts = expr.args[-1:] if name == "filter" else expr.args
-            return _union(parts)
-        return None
-    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
-        return _union([expr.left, expr.right])
-    if isinstance(expr, ast.List | ast.Tuple):
-        return _union(expr.elts)
-    if isinstance(expr, ast.Dict):
-        for field, value in zip(expr.keys, expr.values, strict=True):
-            if isinstance(field, ast.Constant) and field.value == "params":
-                return _parameter_owners(value)
-        return None
-    return None
-
-
-def _union(parts: list[ast.expr]) -> set[str] | None:
-    if not parts:
-        return None
-    found: set[str] = set()
-    for part in parts:
-        owners = _parameter_owners(part)
-        if owners is None:
-            return None
-        found |= owners
-    return found
 
 
 def _constructions(ctx: ModuleContext) -> dict[str, tuple[set[str], list[ast.expr]]]:
@@ -259,7 +199,7 @@ def _constructions(ctx: ModuleContext) -> dict[str, tuple[set[str], list[ast.exp
         for keyword in value.keywords:
             if keyword.arg == "params":
                 params = keyword.value
-        owners = _parameter_owners(params) if params is not None else None
+        owners = parameter_owners(params) if params is not None else None
         if owners is None or params is None:
             unsure.add(target)
         else:
@@ -556,9 +496,9 @@ class _Closure:
         func = node.func
         if not foreign and isinstance(func, ast.Name | ast.Attribute):
             if self.ctx.flow.is_model_call(node):
-                key = _model_key(func)
+                key = model_key(func)
             else:  # `D_VAE.compute_loss(...)`: a method of a model
-                key = _model_key(func.value) if isinstance(func, ast.Attribute) else None
+                key = model_key(func.value) if isinstance(func, ast.Attribute) else None
                 owner = func.value if isinstance(func, ast.Attribute) else None
                 if owner is None or not self.ctx.flow.is_module_value(owner):
                     key = None
