@@ -14,6 +14,8 @@ class Archive:
     }
     API_KEY_SHA = "77aa10bd02c94f3e8e51b0c6d2a4f9e1"
     refresh = "c0ffee11deadbeef22aa33bb44cc55dd"
+    weights_path = "d8b4687d86cf445a944853fdd6a6b999"
+    token_path = "d8b4687d86cf445a944853fdd6a6b999"
 """
 
 
@@ -116,3 +118,9 @@ def test_hex_without_a_digest_comment_or_with_a_secret_in_it_stays() -> None:
     assert _reason_in(DATASETS, 5, code) is None  # commented-out code: the comment is the line
     assert _reason_in(DATASETS, 6, code) is None  # the comment does not say what it is
     assert _reason_in(DATASETS, 7, code) is None  # a digest of a secret names the secret
+
+
+def test_hex_naming_a_file_or_run_is_ruled_out_unless_named_like_a_secret() -> None:
+    """ignite's segmentation configs name a tracked run's weights by their artifact id."""
+    assert "artifact id" in (_reason(8) or "")
+    assert _reason(9) is None  # a token's path: the secret's name wins

@@ -15,7 +15,11 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 from torchdoctor.agent.checks.analysis.model_facts import bound_to_function_or_import
-from torchdoctor.agent.checks.analysis.vocabulary import builds_network
+from torchdoctor.agent.checks.analysis.vocabulary import (
+    DROPOUT_LAYERS,
+    PARAMETER_FREE_LAYERS,
+    builds_network,
+)
 from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
@@ -463,6 +467,46 @@ def module_class_defs(ctx: ModuleContext) -> Iterator[ast.ClassDef]:
     for node in nodes_of(ctx, ast.ClassDef):
         if isinstance(node, ast.ClassDef) and node.name in names:
             yield node
+
+
+_PLAIN_MODULE_BASES = (["nn.Module"], ["torch.nn.Module"], ["Module"])
+
+
+def stateless_module(ctx: ModuleContext, built: ast.expr, *, mode_free: bool = False) -> bool:
+    """A module built by `built` that holds no parameter and no buffer: a parameter-free
+    `torch.nn` layer (`nn.ReLU()`, `nn.AvgPool1d(k)`), or a local class whose `__init__`
+    builds only such layers (Autoformer's `moving_avg`, a `Swish()` activation). Its output
+    needs grad only if its input does. With `mode_free`, a dropout counts as state (it acts
+    differently in eval mode)."""
+    if not isinstance(built, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(built) or ""
+    if qual.startswith("torch.nn."):
+        last = qual.rsplit(".", 1)[-1]
+        return last in PARAMETER_FREE_LAYERS and not (mode_free and last in DROPOUT_LAYERS)
+    if not isinstance(built.func, ast.Name):
+        return False
+    cls = next((c for c in module_class_defs(ctx) if c.name == built.func.id), None)
+    init = (
+        next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+        if cls is not None
+        else None
+    )
+    if cls is None:
+        return False
+    if init is None and [ast.unparse(b) for b in cls.bases] not in _PLAIN_MODULE_BASES:
+        return False  # no `__init__` of its own: a local base may build layers
+    for node in walk_tree(init) if init is not None else ():
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+        if name in ("register_buffer", "register_parameter", "Parameter"):
+            return False
+        layer = nn_layer(ctx, node)
+        local = isinstance(node.func, ast.Name) and node.func.id in module_classes(ctx)
+        if (layer or local) and not stateless_module(ctx, node, mode_free=mode_free):
+            return False
+    return True
 
 
 def target_torch(ctx: ModuleContext) -> tuple[int, int] | None:

@@ -27,6 +27,9 @@ the file's place in the project:
   `commit`) and to no secret's name, or where the line's comment says so (`self.version =
   '701eb7...'  # MD5 hash of the intended dataset file`): a checksum or a torrent/commit hash
   is public by nature.
+- detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
+  name that says it locates a file or a run (`weights_path`, `artifact_id`, `run_id`) and to
+  no secret's name: an experiment tracker's artifact id.
 - detect-secrets "Basic Auth Credentials" where every URL on the line carries the field names
   as its credentials (`rtsp://username:password@host`, `<user>:<password>`): a usage example.
 - detect-secrets "Base64/Hex High Entropy String" where every such literal on the line is a
@@ -508,7 +511,34 @@ def _has_ordered_run(text: str) -> bool:
 
 def _digest_or_symbol_set(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
     on_line = list(nodes)
-    return _published_digest(iter(on_line), parents) or _symbol_set(iter(on_line), parents)
+    return (
+        _published_digest(iter(on_line), parents)
+        or _artifact_identifier(iter(on_line), parents)
+        or _symbol_set(iter(on_line), parents)
+    )
+
+
+_ARTIFACT_WORDS = re.compile(
+    r"path|file|weights|checkpoint|ckpt|artifact|experiment|run_?id|uuid|model_?id", re.IGNORECASE
+)
+
+
+def _artifact_identifier(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """Every hex literal on the line is bound to a name that says it locates a file or a run
+    and to no secret's (`weights_path = "d8b4687d..."`, an experiment tracker's artifact id in
+    ignite's segmentation configs): an identifier, public like a path."""
+    names = [
+        " ".join(_binding_names(node, parents))
+        for node in nodes
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _HEX.search(node.value)
+    ]
+    if not names or not all(
+        _ARTIFACT_WORDS.search(n) and not _SECURITY_WORDS.search(n) for n in names
+    ):
+        return None
+    return "the hex literal names a file or a run (an artifact id), not a credential"
 
 
 def _binding_names(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Iterator[str]:

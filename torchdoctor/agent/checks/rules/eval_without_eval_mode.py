@@ -112,8 +112,9 @@ class EvalWithoutEvalMode(Rule):
     any local class (an ensemble kept as a plain object), and a no-grad block
     in a closure of a training step (targets of an EMA encoder) or in a function that fits a
     model's output with grad to a loss (DQN's target network under no_grad in `dqn_loss`), and
-    an RL agent's action choice decorated no_grad (`get_action`, `select_action`, an `*Agent`
-    class's `__call__`: experience collected for training) are not reported;
+    an RL agent's action choice under no_grad (`get_action`, `select_action`, an `*Agent`
+    class's `__call__`, decorated or with a block: experience collected for training) are not
+    reported;
     prediction/serving functions are left to `inference-no-eval`.
 
     Example:
@@ -542,7 +543,7 @@ def _find_evaluation_regions(
             continue
         if owner is not None and _closure_of_a_training_step(ctx, owner):
             continue
-        if owner is not None and _targets_of_a_loss(ctx, owner, node):
+        if owner is not None and (_targets_of_a_loss(ctx, owner, node) or _acting(ctx, owner)):
             continue
         regions.append((owner, node.body))
     regions += _held_out_loops(ctx, regions, test_module)

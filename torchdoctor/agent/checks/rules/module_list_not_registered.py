@@ -5,16 +5,11 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.vocabulary import (
-    DROPOUT_LAYERS,
-    LAYER_LIBRARY_PREFIXES,
-    MODULE_CONTAINERS,
-    PARAMETER_FREE_LAYERS,
-)
+from torchdoctor.agent.checks.analysis.vocabulary import LAYER_LIBRARY_PREFIXES, MODULE_CONTAINERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import module_class_defs, self_attribute
+from torchdoctor.agent.checks.patterns import self_attribute, stateless_module
 from torchdoctor.agent.models import Severity
 
 _CONTAINERS = {
@@ -139,8 +134,13 @@ class ModuleListNotRegistered(Rule):
                 continue  # `self.rnns = [...]` then `self.rnns = nn.ModuleList(self.rnns)`
             elements = _elements(node.value)
             appended = [] if elements else _appended(init, names)
-            if any(_is_module_ctor(ctx, e) and not _inert(ctx, e) for e in elements) or any(
-                _is_module_ctor(ctx, e, containers=True) and not _inert(ctx, e) for e in appended
+            if any(
+                _is_module_ctor(ctx, e) and not stateless_module(ctx, e, mode_free=True)
+                for e in elements
+            ) or any(
+                _is_module_ctor(ctx, e, containers=True)
+                and not stateless_module(ctx, e, mode_free=True)
+                for e in appended
             ):
                 self._report(ctx, node, kind)
 
@@ -313,42 +313,3 @@ def _is_module_ctor(ctx: ModuleContext, expr: ast.expr, containers: bool = False
 
 
 _CONTAINER_CLASSES = ("ModuleList", "ModuleDict", "ParameterList", "ParameterDict")
-
-
-def _inert(ctx: ModuleContext, expr: ast.expr) -> bool:
-    """A module with no parameter, no buffer and no training mode: registering it changes
-    nothing (`nn.ReLU()`, `nn.AvgPool1d(k)`, or a local class whose `__init__` builds only
-    such layers: Autoformer's `moving_avg` list of pooling blocks). Dropout is not inert:
-    `model.eval()` never reaches one kept in a list."""
-    if not isinstance(expr, ast.Call):
-        return False
-    qual = ctx.flow.qualname_of(expr) or ""
-    if qual.startswith("torch.nn."):
-        last = qual.rsplit(".", 1)[-1]
-        return last in PARAMETER_FREE_LAYERS and last not in DROPOUT_LAYERS
-    if not isinstance(expr.func, ast.Name):
-        return False
-    cls = next((c for c in module_class_defs(ctx) if c.name == expr.func.id), None)
-    init = (
-        next(
-            (f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"),
-            None,
-        )
-        if cls is not None
-        else None
-    )
-    if init is None:
-        return False
-    for node in walk_tree(init):
-        if not isinstance(node, ast.Call):
-            continue
-        name = node.func.attr if isinstance(node.func, ast.Attribute) else ""
-        if name in ("register_buffer", "register_parameter", "Parameter"):
-            return False
-        if (
-            node is not expr
-            and _is_module_ctor(ctx, node, containers=True)
-            and not _inert(ctx, node)
-        ):
-            return False
-    return True

@@ -9,7 +9,12 @@ from torchdoctor.agent.checks.analysis.gradmode import grad_mode_at
 from torchdoctor.agent.checks.analysis.vocabulary import OTHER_FRAMEWORKS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import on_a_cpu_branch, terminal_name, uses_cuda
+from torchdoctor.agent.checks.patterns import (
+    on_a_cpu_branch,
+    stateless_module,
+    terminal_name,
+    uses_cuda,
+)
 from torchdoctor.agent.models import Severity
 
 _DETACHES = frozenset({"detach", "data", "detach_"})
@@ -107,7 +112,8 @@ class NumpyOfGraphTensor(Rule):
     @classmethod
     def _producer(cls, ctx: ModuleContext, base: ast.expr, depth: int = 0) -> ast.Call | None:
         """The model or loss call that made `base` (through names, views and casts, and
-        through parameter-free layers built inline: `nn.Softmax(dim=-1)(logits)`)."""
+        through parameter-free layers, built inline, `nn.Softmax(dim=-1)(logits)`, or local
+        modules with no parameter, `Swish()(d)`: their input made it)."""
         flow = ctx.flow
         for call in flow.producers(base):
             func = call.func
@@ -121,9 +127,21 @@ class NumpyOfGraphTensor(Rule):
                 if depth > 2 or not call.args:
                     return None
                 return cls._producer(ctx, call.args[0], depth + 1)
+            if flow.is_model_call(call) and _stateless(ctx, func):
+                if depth > 2 or not call.args:
+                    return None
+                return cls._producer(ctx, call.args[0], depth + 1)
             if flow.is_model_call(call) or flow.is_loss_callee(func):
                 return call
         return None
+
+
+def _stateless(ctx: ModuleContext, model: ast.expr) -> bool:
+    """A model built as a module with no parameter (`s = Swish(); res = s(d)`): its output
+    requires grad only if its input does."""
+    return isinstance(model, ast.Name) and any(
+        stateless_module(ctx, built) for built in ctx.flow.producers(model)
+    )
 
 
 _MOVES = frozenset({"to", "cuda"})
