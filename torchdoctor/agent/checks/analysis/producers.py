@@ -42,6 +42,17 @@ class Producers(ModelFacts):
             step = 0 if self._single_path(current) else 1
             stack.extend((value, level + step) for value in reversed(self._produced_from(current)))
 
+    def passes_through(self, call: ast.Call) -> bool:
+        """`call` hands on what it is given or what a local function returns, meaning kept:
+        a view or cast (`prediction.view(-1)`) or a call of a module-level function or own
+        method whose returns `producers` follows (`return dot_product_decode(z)`). What
+        produced the value lies past it."""
+        if self._single_path(call):
+            return True
+        return self.qualname_of(call) is None and bool(
+            self.returns_of(call) or self._single_return(call)
+        )
+
     def _single_path(self, expr: ast.expr) -> bool:
         """`expr` passes through to exactly one expression: an index, a view or cast, or a
         name read where one binding reaches it."""

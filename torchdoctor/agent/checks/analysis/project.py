@@ -440,7 +440,93 @@ def _any_project_construction(ctx: ModuleContext) -> bool:
         named = root.id in imported or (root is call.func and root.id in classes)
         if named and _builds_project_class(ctx, call):
             return True
-    return False
+    return any(chosen_class_symbol(ctx, call.func) for call in _chosen_constructions(ctx))
+
+
+def _chosen_constructions(ctx: ModuleContext) -> Iterator[ast.Call]:
+    """Calls whose callee may be a class chosen by name (`getattr(models, arch)(...)`,
+    `x.Model(config)` with `x = import_module(...)`): asked only where the module names
+    `getattr`, `__dict__` or `import_module` at all."""
+    if not any(word in ctx.source for word in ("getattr", "__dict__", "import_module")):
+        return
+    for call in ctx.flow.nodes(ast.Call):
+        assert isinstance(call, ast.Call)
+        if isinstance(call.func, ast.Call | ast.Subscript | ast.Attribute):
+            yield call
+
+
+CHOSEN = "*"
+"""Stands, in a class symbol, for the name a program picks at run time: `models.*` is any
+class of `models`, `models.*.Model` the class `Model` of any module of the package `models`."""
+
+
+def chosen_class_symbol(ctx: ModuleContext, func: ast.expr) -> str | None:
+    """The class a constructor's callee picks by name from a project module, as a symbol
+    with `CHOSEN` for the name: `getattr(model, args.model)` / `models.__dict__[args.arch]`
+    with `import model` -> 'model.*'; `x.Model` with `x = import_module('models.' + name)`
+    -> 'models.*.Model' (a model zoo whose file the command line names). Library modules
+    (torchvision's `models.__dict__[arch]`) and the standard library give None."""
+    module: ast.expr | None = None
+    if (
+        isinstance(func, ast.Call)
+        and isinstance(func.func, ast.Name)
+        and func.func.id == "getattr"
+        and len(func.args) == 2
+        and not isinstance(func.args[1], ast.Constant)
+    ):
+        module = func.args[0]
+    elif (
+        isinstance(func, ast.Subscript)
+        and isinstance(func.value, ast.Attribute)
+        and func.value.attr == "__dict__"
+        and not isinstance(func.slice, ast.Constant)
+    ):
+        module = func.value.value
+    if module is not None:
+        symbol = callee_symbol(ctx, module)
+        if (
+            symbol is None
+            or symbol.startswith(_LIBRARIES)
+            or symbol.partition(".")[0] in sys.stdlib_module_names
+            or symbol.rpartition(".")[2][:1].isupper()  # a class's attribute, not a module's
+        ):
+            return None
+        return f"{symbol}.{CHOSEN}"
+    if (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.attr[:1].isupper()
+        and "import_module" in ctx.source
+    ):
+        for bound in ctx.flow.sources(func.value):
+            if (
+                isinstance(bound, ast.Call)
+                and ctx.flow.qualname_of(bound) == "importlib.import_module"
+                and len(bound.args) == 1
+            ):
+                prefix = _constant_prefix(bound.args[0])
+                if prefix is None:
+                    return None
+                return f"{prefix}{CHOSEN}.{func.attr}"
+    return None
+
+
+def _constant_prefix(name: ast.expr) -> str | None:
+    """'models.' for `'models.' + model_name` or `f'models.{name}'`; '' for a name wholly
+    computed; None for a constant (an import of one known module, not a choice)."""
+    if isinstance(name, ast.BinOp) and isinstance(name.op, ast.Add):
+        left = name.left
+        if isinstance(left, ast.Constant) and isinstance(left.value, str):
+            return left.value if left.value.endswith(".") else None
+        return ""
+    if isinstance(name, ast.JoinedStr):
+        first = name.values[0] if name.values else None
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return first.value if first.value.endswith(".") else None
+        return ""
+    if isinstance(name, ast.Constant):
+        return None
+    return ""
 
 
 def _builds_project_class(ctx: ModuleContext, call: ast.Call) -> bool:
@@ -453,6 +539,9 @@ def _project_class(ctx: ModuleContext, func: ast.expr) -> str | None:
     `nn.Module`, or a capitalised symbol imported from another file (not the stdlib's)."""
     if isinstance(func, ast.Name) and func.id in ctx.flow.module_classes:
         return f"{module_name(ctx.path)}.{func.id}"
+    chosen = chosen_class_symbol(ctx, func)
+    if chosen is not None:
+        return chosen
     symbol = project_symbol(ctx, func)
     if symbol is not None and (
         not symbol.rpartition(".")[2][:1].isupper()
@@ -590,7 +679,7 @@ def class_symbols(ctx: ModuleContext, func: ast.expr) -> list[str]:
     """The qualified names a constructor's callee may stand for: its import, or, for a class
     name a star import brings (`from utils import *`, then `AverageMeter()`), that name in
     each module star-imported."""
-    symbol = callee_symbol(ctx, func)
+    symbol = callee_symbol(ctx, func) or chosen_class_symbol(ctx, func)
     if symbol is not None:
         return [symbol]
     if isinstance(func, ast.Name) and _star_brought(ctx, func.id):
@@ -1168,13 +1257,17 @@ def _forward_output(ctx: ModuleContext, cls: ast.ClassDef) -> tuple[Output | Non
 
 
 def _output_activation(ctx: ModuleContext, value: ast.expr) -> tuple[Output | None, ast.AST | None]:
-    """The activation that produced `value` last (through views, names and local calls), and
-    the call that applied it."""
+    """The activation that produced `value` last (through views, names and local calls:
+    `return prediction.view(-1)`, `return dot_product_decode(z)` with the function ending in
+    `torch.sigmoid`), and the call that applied it."""
     if isinstance(value, ast.Name) and (reached := ctx.flow.reaching(value)) is not None:
         # `out = self.fc(out); out = F.softmax(out, 1); return out`: the binding that reaches
         # the return, not the name's first one
         value = reached
     for producer in ctx.flow.producers(value):
+        if ctx.flow.passes_through(producer):
+            # `return prediction.view(-1)`, `return decode(z)`: the activation lies past it
+            continue
         qual = ctx.flow.qualname_of(producer)
         if qual is not None:
             kind = _ACTIVATIONS.get(qual)
@@ -1337,7 +1430,25 @@ class ProjectIndex:
             or dotted.endswith("." + s.module)
         ]
 
+    def chosen_classes(self, symbol: str) -> list[str]:
+        """The project's classes a symbol with `CHOSEN` may stand for: each class of the
+        module (`model.*`), or each module of the package defining the class (`models.*.Model`)."""
+        head, _, tail = symbol.partition(CHOSEN)
+        package, name = head.rstrip("."), tail.lstrip(".")
+        found: list[str] = []
+        for summary in self.summaries:
+            if name:
+                parent = summary.module.rpartition(".")[0]
+                inside = not package or parent == package or parent.endswith("." + package)
+                if inside and name in summary.classes:
+                    found.append(f"{summary.module}.{name}")
+            elif summary.module == package or summary.module.endswith("." + package):
+                found += [f"{summary.module}.{c}" for c in summary.classes]
+        return found
+
     def has(self, symbol: str, needs: Property, near: str | None = None) -> bool:
+        if CHOSEN in symbol:  # a class picked by name: any of those it may be
+            return any(self.has(c, needs, near=near) for c in self.chosen_classes(symbol))
         if needs in ("left-in-train-mode-by-a-caller", "called-in-train-mode"):
             modes = self._callers_in_eval_mode(symbol)
             if needs == "left-in-train-mode-by-a-caller":
@@ -1508,6 +1619,7 @@ class ProjectIndex:
         symbols = [pending.symbol]
         if pending.parameter is not None:
             symbols = self.passed_classes(pending.symbol, pending.parameter, pending.position)
+        symbols = [c for s in symbols for c in (self.chosen_classes(s) if CHOSEN in s else [s])]
         return next((s for s in symbols if all(self.has(s, n, near=near) for n in needs)), None)
 
     def confirmed_at_outputs(

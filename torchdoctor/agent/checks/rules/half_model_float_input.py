@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import ast
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.analysis.project import (
+    Pending,
+    ProjectIndex,
+    defer,
+    imported_classes,
+)
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
@@ -38,7 +44,8 @@ class HalfModelFloatInput(Rule):
     code makes float32: a factory without `dtype=` (`torch.randn(1, 3, 224, 224)`), an
     explicit `.float()` or `.to(torch.float32)` / `.type(torch.FloatTensor)`, or a batch of an
     image loader fed to an image model (torchvision or timm models, local networks with 2-D/3-D
-    convolutions, norms or pools) or of a loader over a torchvision dataset, or over any
+    convolutions, norms or pools, classes of another file of the project that build a 2-D
+    convolution) or of a loader over a torchvision dataset, or over any
     dataset whose `transform=` ends in `ToTensor()` (and `Normalize`), to any model (a
     diffusion wrapper whose network is in another file: `ToTensor()` made those images
     float32), moved with `.to(device)`/`.cuda()` only; the loader followed into the function
@@ -98,8 +105,11 @@ class HalfModelFloatInput(Rule):
                 continue
             if not ctx.flow.is_model_call(call) or _under_autocast(ctx, call):
                 continue
-            why = _float32_origin(ctx, call.args[0], _image_model(ctx, model), 0)
+            image_model = _image_model(ctx, model)
+            why = _float32_origin(ctx, call.args[0], image_model, 0)
             if why is None:
+                if not image_model:
+                    self._defer_to_the_model_file(ctx, call, model, name, line)
                 continue
             ctx.report(
                 self,
@@ -109,6 +119,41 @@ class HalfModelFloatInput(Rule):
                 "dtype or run the forward under torch.autocast",
                 data={"converted_line": line},
             )
+
+    def _defer_to_the_model_file(
+        self, ctx: ModuleContext, call: ast.Call, model: ast.expr, name: str, line: int
+    ) -> None:
+        """`unet(x)` with `unet` built from another file's class and `x` a loader's batch:
+        pending on that class building a 2-D convolution (an image network)."""
+        for symbol in _image_batch_for_another_files_model(ctx, call, model):
+            found = ctx.finding(
+                self,
+                call,
+                f"`{name}` was cast to half precision (line {line}) but receives "
+                f"`{ast.unparse(call.args[0])}`, float32 (a batch of an image loader fed to "
+                f"`{symbol.rpartition('.')[2]}`, an image network): cast the input to the "
+                "model's dtype or run the forward under torch.autocast",
+                data={"converted_line": line, "model": symbol},
+            )
+            if found is not None:
+                defer(ctx, self.id, Pending(symbol=symbol, needs="convolutional", finding=found))
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        """A loader's batch fed to a half-precision model of another file's class, kept when
+        that class is an image network."""
+        return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _image_batch_for_another_files_model(
+    ctx: ModuleContext, call: ast.Call, model: ast.expr
+) -> list[str]:
+    """The classes of other files `model` is built from, when `call` feeds it a batch of a
+    loader moved with `.to(device)` only: float32 if the class is an image network (the
+    project pass asks whether it builds a 2-D convolution)."""
+    if _float32_origin(ctx, call.args[0], True, 0) != "a batch of an image loader":
+        return []
+    return imported_classes(ctx, model)
 
 
 def _converted_by_callers(
@@ -381,10 +426,15 @@ def _casts(call: ast.Call) -> bool:
 def _loader(ctx: ModuleContext, iterable: ast.expr, image_dataset: bool = False) -> bool:
     """`loader`, `enumerate(loader)`, `tqdm(loader)` where `loader` is a DataLoader (with
     `image_dataset`, one over a torchvision dataset), through one name each
-    (`pbar = tqdm(dataloader)`, then `for x, _ in pbar`)."""
+    (`pbar = tqdm(dataloader)`, then `for x, _ in pbar`), and through a local function that
+    returns one (`loader = data_loader(args)` ending in `return DataLoader(dataset, ...)`)."""
     for _ in range(_MAX_HOPS):
         if isinstance(iterable, ast.Call) and _is_loader_call(ctx, iterable):
             return not image_dataset or _over_torchvision_dataset(ctx, iterable)
+        returned = ctx.flow.returns_of(iterable) if isinstance(iterable, ast.Call) else []
+        if len(returned) == 1:
+            iterable = returned[0]
+            continue
         if isinstance(iterable, ast.Call) and iterable.args:
             iterable = iterable.args[0]
             continue

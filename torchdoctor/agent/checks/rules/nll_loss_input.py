@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.loss_inputs import model_parameter
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -34,8 +35,11 @@ class NllLossInput(Rule):
     pushing the target logit to infinity. Training seems to work but converges badly.
 
     A model built from a class of another file of the project (imported by name or by a star
-    import) is judged by that class's `forward`, the first element of a returned tuple being
-    what `output, hidden = model(x)` unpacks.
+    import, or picked by name: `getattr(models, arch)(...)`, `import_module('models.' +
+    name).Model(config)`) is judged by that class's `forward`, the first element of a returned
+    tuple being what `output, hidden = model(x)` unpacks; so is a model that a training helper
+    receives as a parameter (`def train(config, model, ...)`), by the classes its callers in
+    other files pass.
 
     Also reported: log-probabilities normalised over dim 0 (`F.log_softmax(x, dim=0)` in the
     model's `forward`), the batch axis of the `(N, C)` input NLLLoss takes: each class column
@@ -122,7 +126,29 @@ class NllLossInput(Rule):
         Linear layer."""
         if kinds - {""} or not _first_output(ctx, value):
             return
-        for symbol in imported_models(ctx, value):
+        symbols = imported_models(ctx, value)
+        passed = model_parameter(ctx, value) if not symbols else None
+        if passed is not None:  # `def train(config, model, ...)` called from another file
+            function, parameter, position = passed
+            for what, needs in _DEFERRED:
+                found = ctx.finding(
+                    self,
+                    call,
+                    f"NLLLoss receives `{ast.unparse(value)}`, the output of the model passed "
+                    f"as `{parameter}`, whose forward ends in {what} (in a caller's class); it "
+                    "expects log-probabilities (log_softmax)",
+                    data={"parameter": parameter},
+                )
+                if found is not None:
+                    pending = Pending(
+                        symbol=function,
+                        needs=needs,
+                        finding=found,
+                        parameter=parameter,
+                        position=position,
+                    )
+                    defer(ctx, self.id, pending)
+        for symbol in symbols:
             for what, needs in _DEFERRED:
                 found = ctx.finding(
                     self,

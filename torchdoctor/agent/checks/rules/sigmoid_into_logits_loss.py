@@ -38,7 +38,9 @@ class SigmoidIntoLogitsLoss(Rule):
     targets): return nn.BCEWithLogitsLoss()(outputs, targets)` called as `loss_fn(probs, y)`),
     and a model that arrives as a parameter of a module-level function (`def train_fn(
     data_loader, model, ...)`) called from another file with a model whose class ends in a
-    sigmoid.
+    sigmoid. The class's sigmoid may lie past a view or a helper its `forward` returns
+    (`return prediction.view(-1)`, `return decode(z)`), and the class may be picked by name
+    (`getattr(model, args.model)(adj)`: each class of that module).
 
     Not reported: a sigmoid used for metrics or thresholds next to a loss fed the logits; a
     sigmoid into `BCELoss` (that is `bce-on-sigmoid`); models whose last layer is a sigmoid
