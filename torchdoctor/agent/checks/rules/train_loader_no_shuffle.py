@@ -39,7 +39,9 @@ class TrainLoaderNoShuffle(Rule):
     `train_dataloaders=`; a `fit(loader_a, loader_b)` whose first argument is itself a
     loader is not read as one.
 
-    An explicit `shuffle=False` is reported like a missing one (a flag copied from the test
+    An explicit `shuffle=False` (or a flag every assignment of which is `False`, as when the
+    train branch of a split switch copies the test branch's) is reported like a missing one
+    (a flag copied from the test
     loader, or turned off while debugging, is the usual cause; mature training code on the
     precision corpus never iterates such a loader to train), also beside a
     `DistributedSampler` that is None when the run is not distributed (the DataLoader
@@ -497,7 +499,8 @@ def _loader_sources(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.
 def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[ast.Call]:
     """The DataLoader calls a loop may iterate: through `enumerate(...)`/`tqdm(...)` wrappers,
     each loader of a `zip(labeled_loader, unlabeled_loader)`, and the names they are bound
-    to (`with tqdm(enumerate(loader)) as t: for ... in t`), and
+    to (`with tqdm(enumerate(loader)) as t: for ... in t`; `data, loader = self._get_data(...)`
+    unpacked from a local function returning `dataset, loader`), and
     from a parameter of the loop's function to what each call of that function in the module
     passes for it (`def train(args, train_loader, model)` called as `train(args,
     train_loader, model)` with `train_loader = DataLoader(...)` in `main`)."""
@@ -513,6 +516,35 @@ def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[as
                 found.append(source)
         elif isinstance(source, ast.Name) and depth < 4:
             found += _passed_loaders(ctx, source, depth)
+            for element in _unpacked_returns(ctx, source):
+                found += _iterated_loaders(ctx, element, depth + 1)
+    return found
+
+
+def _unpacked_returns(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
+    """What a local function's returns give a name unpacked from its call: Informer-style
+    `train_data, train_loader = self._get_data(flag='train')` with `_get_data` ending in
+    `return data_set, data_loader` -> `data_loader`."""
+    found: list[ast.expr] = []
+    for value in ctx.flow.definitions(name):
+        bound = ctx.parents.get(value)
+        if not (
+            isinstance(value, ast.Call)
+            and isinstance(bound, ast.Assign)
+            and len(bound.targets) == 1
+            and isinstance(bound.targets[0], ast.Tuple)
+        ):
+            continue
+        targets = bound.targets[0].elts
+        index = next(
+            (i for i, t in enumerate(targets) if isinstance(t, ast.Name) and t.id == name.id),
+            None,
+        )
+        if index is None:
+            continue
+        for returned in ctx.flow.returns_of(value):
+            if isinstance(returned, ast.Tuple) and len(returned.elts) == len(targets):
+                found.append(returned.elts[index])
     return found
 
 
@@ -613,7 +645,7 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     # and written alone it keeps the file order as surely as no `shuffle` at all
     skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
     flag = kwarg(loader, "shuffle")
-    if isinstance(flag, ast.Constant) and flag.value is False:
+    if flag is not None and _always_false(ctx, flag):
         if _order_kept_on_purpose(ctx, loader):
             return True
         skipped.add("shuffle")
@@ -819,6 +851,18 @@ def _changed_after_built(scope: ast.AST, name: str) -> bool:
         ):
             return True
     return False
+
+
+def _always_false(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`False`, or a name every binding of which is `False` (Informer-style `_get_data`:
+    `if flag == 'test': shuffle_flag = False ... else: shuffle_flag = False`, then
+    `DataLoader(..., shuffle=shuffle_flag)`); a parameter, or one `True` path, is not."""
+    if isinstance(value, ast.Constant):
+        return value.value is False
+    if not isinstance(value, ast.Name):
+        return False
+    bound = [b for b in ctx.flow.definitions(value) if b is not value]
+    return bool(bound) and all(isinstance(b, ast.Constant) and b.value is False for b in bound)
 
 
 def _may_be_none(ctx: ModuleContext, value: ast.expr) -> bool:

@@ -39,7 +39,9 @@ class ZeroGradMissing(Rule):
     optimizers (a GAN's generator and discriminator), one stepped in the loop whose own
     `zero_grad()` never runs there is reported at its `step()`, when every clearing call in
     the loop names another stepped optimizer (a module's `zero_grad()` or `p.grad = None`
-    may clear anything, and keeps the rule quiet). So is an update function with no loop
+    may clear anything, and keeps the rule quiet, unless the module is one that another
+    stepped optimizer is built on: DDPG's `self.critic.zero_grad()` does not clear
+    `self.actor_optim = Adam(self.actor.parameters())`). So is an update function with no loop
     of its own, called once per step from elsewhere (TD3's `train(self, replay_buffer)`:
     the critic's and the actor's updates), that clears some of the optimizers it steps but
     not another. A loop whose only `zero_grad()` sits on
@@ -228,9 +230,53 @@ def _uncleared_optimizers(
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             return []  # `p.grad = None`: any parameter may be cleared
         cleared.add(ast.unparse(node.func.value))
-    if not cleared or not cleared <= set(stepped):
-        return []  # `model.zero_grad()` or a helper's loop variable: may clear any of them
-    return [(step, name, cleared) for name, step in stepped.items() if name not in cleared]
+    if not cleared:
+        return []
+    owners = {name: _parameter_owners(ctx, step) for name, step in stepped.items()}
+    known_owners = {o for found in owners.values() if found is not None for o in found}
+    if not cleared <= set(stepped) | known_owners:
+        return []  # a helper's loop variable, a module no optimizer here is built on: any
+    modules = cleared - set(stepped)  # `self.critic.zero_grad()`: what it is the owner of
+    uncleared = []
+    for name, step in stepped.items():
+        found = owners[name]
+        if name in cleared or (modules and (found is None or found & modules)):
+            continue  # its own zero_grad, or its parameters' module's (or possibly theirs)
+        uncleared.append((step, name, cleared))
+    return uncleared
+
+
+_PARAMETER_ITERATORS = frozenset({"parameters", "named_parameters"})
+
+
+def _parameter_owners(ctx: ModuleContext, step: ast.Call) -> set[str] | None:
+    """The modules whose `.parameters()` the stepped optimizer was built on (`self.actor_optim
+    = Adam(self.actor.parameters(), lr)` -> {'self.actor'}); None when not seen (built
+    elsewhere, from a list of parameter groups, or from a parameter)."""
+    assert isinstance(step.func, ast.Attribute)
+    target = step.func.value
+    if step.args and "scaler" in receiver_name(step).lower():
+        target = step.args[0]
+    owners: set[str] = set()
+    for built in ctx.flow.constructors(target):
+        given = built.args[0] if built.args else argument_value(built, "params")
+        if given is None:
+            return None
+        found = {
+            ast.unparse(call.func.value)
+            for call in ast.walk(given)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _PARAMETER_ITERATORS
+        }
+        if not found:
+            return None
+        owners |= found
+    return owners or None
+
+
+def argument_value(call: ast.Call, keyword: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
 
 
 def _stepped_optimizer(ctx: ModuleContext, step: ast.Call) -> str | None:
