@@ -235,6 +235,36 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
             yield node
 
 
+def model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
+    """`model_calls`, and, in source order with them, the calls in `body` of the module's own
+    helpers (functions, or methods of a class that is not a network) that call a model in
+    their own body and never back-propagate: Informer-style `pred, true =
+    self._process_one_batch(data, batch_x, batch_y)` runs `self.model(batch_x)` for its
+    caller, in the caller's grad mode. A helper whose model calls all run with autograd off
+    in it (its own `no_grad`) is not one."""
+    from torchdoctor.agent.checks.analysis.gradmode import grad_off_in_function
+
+    direct = {id(c) for c in model_calls(ctx, body)}
+    networks = ctx.flow.module_classes
+    memo = ctx.memo_table("patterns.model_runs")
+    for node in named_calls(ctx, body):
+        if id(node) in direct:
+            yield node
+            continue
+        for fn in ctx.calls.resolve(node):
+            owner = ctx.calls.owner(fn)
+            if owner is not None and owner.name in networks:
+                continue  # a network's own methods: `forward` and friends are the model
+            runs = memo.get(id(fn))
+            if runs is None:
+                runs = memo[id(fn)] = not ctx.loops.backpropagates(fn.body) and any(
+                    not grad_off_in_function(ctx, inner) for inner in model_calls(ctx, fn.body)
+                )
+            if runs:
+                yield node
+                break
+
+
 _MODEL_WORDS = (
     "model",
     "net",

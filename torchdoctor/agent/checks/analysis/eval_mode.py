@@ -75,10 +75,40 @@ def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
     caller = ctx.enclosing_function(site)
     # not through `site` itself: `main()` reaches the `.eval()` of main's other branches
     if ctx.flow.reaches_method(statements_before(ctx, caller, site), "eval", excluding=site):
-        return True
+        return _last_switch_before(ctx, caller, site) != "train"
     if caller is None or depth + 1 >= _MAX_CALLER_DEPTH:
         return False
     return any(eval_before(ctx, s, depth + 1) for s in ctx.flow.callers.get(caller.name, []))
+
+
+def _last_switch_before(
+    ctx: ModuleContext, caller: FunctionNode | None, site: ast.Call
+) -> str | None:
+    """The mode the last direct `.eval()`/`.train()` of the caller sets before `site` runs:
+    the latest one above it, or, with none above, the latest of the loop around it (run at
+    the end of the previous iteration). A diffusion trainer's sampling block `net_model.eval()
+    ... net_model.train()` earlier in the step leaves the model training when `evaluate(...)`
+    runs."""
+    body = caller.body if caller is not None else ctx.tree.body
+    switches = [
+        (node.lineno, node.col_offset, mode)
+        for node in walk_scope(body)
+        if isinstance(node, ast.Call)
+        and node is not site
+        and (mode := ctx.flow.mode_method(node)) is not None
+    ]
+    above = [s for s in switches if (s[0], s[1]) < (site.lineno, site.col_offset)]
+    if above:
+        return max(above)[2]
+    loop = next(
+        (a for a in ctx.ancestors(site) if isinstance(a, ast.For | ast.AsyncFor | ast.While)),
+        None,
+    )
+    if loop is None:
+        return None
+    end = loop.end_lineno or loop.lineno
+    inside = [s for s in switches if loop.lineno <= s[0] <= end]
+    return max(inside)[2] if inside else None
 
 
 def mode_calls(ctx: ModuleContext) -> dict[str, list[bool]]:

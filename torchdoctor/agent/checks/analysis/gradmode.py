@@ -161,6 +161,8 @@ def _mode_at(ctx: ModuleContext, node: ast.AST, depth: int) -> GradMode:
     for anc in ctx.ancestors(node):
         if isinstance(anc, ast.With | ast.AsyncWith):
             modes = [m for i in anc.items if (m := context_mode(ctx, i.context_expr)) is not None]
+            if modes == ["maybe"]:
+                return _switched_by_the_branch(ctx, node, anc) or "maybe"
             if modes:
                 return modes[-1]
         elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -174,6 +176,43 @@ def _mode_at(ctx: ModuleContext, node: ast.AST, depth: int) -> GradMode:
         elif isinstance(anc, ast.Lambda | ast.ClassDef):
             return "on"
     return _switch_before(ctx, ctx.tree, line) or "on"
+
+
+def _switched_by_the_branch(
+    ctx: ModuleContext, node: ast.AST, block: ast.With | ast.AsyncWith
+) -> GradMode | None:
+    """Under `with torch.set_grad_enabled(phase == "train"):`, a node on a branch of
+    `if phase == "train":` inside the block runs with autograd on (the `else:` off): the
+    branch tests the flag that switched it."""
+    switch = next(
+        (
+            i.context_expr
+            for i in block.items
+            if isinstance(i.context_expr, ast.Call)
+            and ctx.qualname(i.context_expr.func) in SET_GRAD_ENABLED
+            and i.context_expr.args
+        ),
+        None,
+    )
+    if switch is None:
+        return None
+    flag = ast.dump(switch.args[0])
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        if anc is block:
+            return None
+        if isinstance(anc, ast.If) and child is not anc.test:
+            parts = [anc.test]
+            if isinstance(anc.test, ast.BoolOp) and isinstance(anc.test.op, ast.And):
+                parts = list(anc.test.values)  # `if phase == "train" and step % 10 == 0:`
+            if any(ast.dump(part) == flag for part in parts):
+                in_body = any(child is stmt for stmt in anc.body)
+                if in_body:
+                    return "on"
+                if len(parts) == 1:
+                    return "off"
+        child = anc
+    return None
 
 
 def _switch_before(ctx: ModuleContext, scope: ast.AST, line: int) -> GradMode | None:
@@ -203,6 +242,24 @@ def _may_switch(ctx: ModuleContext) -> bool:
         text = ctx.source
         memo[""] = "no_grad" in text or "inference_mode" in text or "set_grad_enabled" in text
     return bool(memo[""])
+
+
+def grad_off_in_function(ctx: ModuleContext, node: ast.AST) -> bool:
+    """Whether the function holding `node` itself may turn autograd off around it (a `with`
+    block, a decorator, a `set_grad_enabled(False)` before it), whatever its callers do: a
+    helper that runs a model under its own `no_grad` for every caller."""
+    line = getattr(node, "lineno", 0)
+    for anc in ctx.ancestors(node):
+        if isinstance(anc, ast.With | ast.AsyncWith):
+            modes = [m for i in anc.items if (m := context_mode(ctx, i.context_expr)) is not None]
+            if modes:
+                return modes[-1] != "on"
+        elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            mode = function_mode(ctx, anc) or _switch_before(ctx, anc, line)
+            return mode is not None and mode != "on"
+        elif isinstance(anc, ast.Lambda | ast.ClassDef):
+            return False
+    return False
 
 
 def grad_may_be_off(ctx: ModuleContext, node: ast.AST) -> bool:

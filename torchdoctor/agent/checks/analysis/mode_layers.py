@@ -104,6 +104,8 @@ def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
                 return False
         elif ctx.qualname(base) != "torch.nn.Module":
             return False
+    if _runs_a_module_it_is_given(cls):
+        return False
     for node in walk_tree(cls):
         if isinstance(node, ast.Attribute) and node.attr in ("training", "train", "eval"):
             return False
@@ -123,6 +125,39 @@ def _class_mode_free(ctx: ModuleContext, cls: ast.ClassDef, depth: int) -> bool:
         elif _builds_attribute(ctx, node) and not _plain_value(ctx, node, qual):
             return False  # `self.backbone = build(cfg)`: a layer this module cannot see
     return True
+
+
+def _runs_a_module_it_is_given(cls: ast.ClassDef) -> bool:
+    """A wrapper that keeps a network handed to its constructor and calls it (a diffusion
+    sampler's `self.model = model`, then `self.model(x_t, t)`): its mode is that network's,
+    which this class does not show."""
+    called = {
+        node.func.attr
+        for node in walk_tree(cls)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self"
+    }
+    for fn in cls.body:
+        if not (isinstance(fn, ast.FunctionDef) and fn.name == "__init__"):
+            continue
+        params = {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}
+        for node in walk_tree(fn):
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in params
+                and any(
+                    isinstance(t, ast.Attribute)
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id == "self"
+                    and t.attr in called
+                    for t in node.targets
+                )
+            ):
+                return True
+    return False
 
 
 def _plain_value(ctx: ModuleContext, call: ast.Call, qual: str) -> bool:

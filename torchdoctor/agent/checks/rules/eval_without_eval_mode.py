@@ -959,9 +959,33 @@ def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call
     if model_put_in_eval(ctx, model_of(call)):
         return True
     sites = flow.callers.get(owner.name, []) if owner is not None else []
+    # a batch helper shared with the training loop (Informer's `_process_one_batch`) runs in
+    # training mode there on purpose: only its evaluation calls need an `.eval()` before them
+    evaluating = [site for site in sites if not _training_step_call(ctx, site)]
+    sites = evaluating or sites
     # every call must follow an `.eval()`: DeepLabV3+'s `validate` is called after one in the
     # `--test_only` branch, and without one in the periodic validation of the training loop
     return bool(sites) and all(eval_before(ctx, site) for site in sites)
+
+
+def _training_step_call(ctx: ModuleContext, site: ast.Call) -> bool:
+    """`site` computes what its loop back-propagates (`pred, true = self._process_one_batch(
+    ...)`, then `criterion(pred, true).backward()`): a training step's own forward, not a
+    validation pass run between steps."""
+    loop = next(
+        (a for a in ctx.ancestors(site) if isinstance(a, ast.For | ast.AsyncFor | ast.While)),
+        None,
+    )
+    if loop is None:
+        return False
+    for node in walk_scope(loop.body):
+        if not (isinstance(node, ast.Call) and is_backward_call(node)):
+            continue
+        assert isinstance(node.func, ast.Attribute)
+        losses = [node.func.value, *node.args]
+        if any(ctx.flow.derives_from(loss, lambda n: n is site) for loss in losses):
+            return True
+    return False
 
 
 def _stored_after_eval(ctx: ModuleContext, owner: FunctionNode, model: ast.expr) -> bool:

@@ -32,6 +32,7 @@ from torchdoctor.agent.checks.patterns import (
     is_false,
     mode_call_receivers,
     model_calls,
+    model_runs,
     switches_to_eval,
 )
 from torchdoctor.agent.models import Severity
@@ -87,6 +88,10 @@ class ValidationWithGrad(Rule):
     forward per call, the whole purpose of the function). So does serving: a web request
     handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
     every request is one more forward.
+
+    The model may run through a helper of the module that calls it and back-propagates
+    nothing (`pred, true = self._process_one_batch(vali_data, batch_x, batch_y)` in an
+    Informer-style `vali`): the finding is on that call.
 
     Also reported: an epoch helper shared by training and evaluation whose flag parameter
     only guards the backward pass (`if train_model: loss.backward()`), at its forward, when
@@ -298,7 +303,7 @@ class ValidationWithGrad(Rule):
         In an evaluation function only calls repeated over data count (inside a loop or a
         comprehension): one forward in a `test()` shape check costs nothing worth reporting.
         """
-        for call in model_calls(ctx, body):
+        for call in model_runs(ctx, body):
             if call.lineno in reported or grad_may_be_off(ctx, call):
                 continue
             if function is not None and not _repeated(ctx, call, function):
