@@ -94,22 +94,75 @@ def bound_names(ctx: ModuleContext, call: ast.Call) -> list[ast.Name]:
 def compared(ctx: ModuleContext, call: ast.Call) -> bool:
     """The result takes part in `==`/`!=` or `.eq()`/`.ne()`, directly, through the name it
     is bound to, or through the predictions it is collected into (`y_pred = torch.cat([y_pred,
-    pred])`, `preds.append(pred)`) and compared after the loop (SAINT's metric helpers)."""
+    pred])`, `preds.append(pred)`, `predict_all = np.append(predict_all, predic)`) and
+    compared after the loop (SAINT's metric helpers), or scored there by a scikit-learn
+    classification metric (`metrics.accuracy_score(labels_all, predict_all)`)."""
     if _compared_read(ctx, call):
         return True
     scope = ctx.enclosing_function(call)
-    names = [name.id for name in bound_names(ctx, call)]
+    bound = [name.id for name in bound_names(ctx, call)]
+    names = list(bound)
     collector = _collector(ctx, call)
     if collector is not None:
         names.append(collector)
+    for name in bound:  # `predict_all = np.append(predict_all, predic)` after `predic = ...`
+        for read in ctx.flow.reads_of(name):
+            if ctx.enclosing_function(read) is scope and read.lineno >= call.lineno:
+                gathered = _numpy_collector(ctx, read)
+                if gathered is not None and gathered not in names:
+                    names.append(gathered)
     for name in names:
         reads = [r for r in ctx.flow.reads_of(name) if ctx.enclosing_function(r) is scope]
         if any(_compared_read(ctx, r) for r in reads):
             return True
+        if name not in bound and any(_scored_by_a_metric(ctx, r) for r in reads):
+            return True  # `metrics.accuracy_score(labels_all, predict_all)` after the loop
     if collector is not None:  # `torch.cat(preds) == torch.cat(labels)`
         reads = [r for r in ctx.flow.reads_of(collector) if ctx.enclosing_function(r) is scope]
         return any(_compared_join(ctx, r) for r in reads)
     return False
+
+
+_NUMPY_COLLECTS = frozenset({"numpy.append", "numpy.concatenate", "numpy.hstack"})
+# scikit-learn's classification metrics: each compares predicted classes with the labels
+_CLASSIFICATION_METRICS = frozenset(
+    f"sklearn.metrics.{name}"
+    for name in (
+        "accuracy_score", "balanced_accuracy_score", "f1_score", "precision_score",
+        "recall_score", "confusion_matrix", "classification_report", "matthews_corrcoef",
+        "cohen_kappa_score", "jaccard_score", "precision_recall_fscore_support",
+    )
+)  # fmt: skip
+
+
+def _numpy_collector(ctx: ModuleContext, read: ast.expr) -> str | None:
+    """The array a name is gathered into by numpy: `preds = np.append(preds, read)` (also
+    `np.concatenate([preds, read])`), the target being the array it extends."""
+    node: ast.AST = read
+    parent = ctx.parents.get(node)
+    if isinstance(parent, ast.List | ast.Tuple):
+        node, parent = parent, ctx.parents.get(parent)
+    if not (isinstance(parent, ast.Call) and node in parent.args):
+        return None
+    if ctx.flow.qualname_of(parent) not in _NUMPY_COLLECTS:
+        return None
+    assign = ctx.parents.get(parent)
+    if not (isinstance(assign, ast.Assign) and len(assign.targets) == 1):
+        return None
+    target = assign.targets[0]
+    if not isinstance(target, ast.Name):
+        return None
+    extended = {n.id for n in walk_tree(parent) if isinstance(n, ast.Name)}
+    return target.id if target.id in extended else None
+
+
+def _scored_by_a_metric(ctx: ModuleContext, read: ast.expr) -> bool:
+    """`read` is given to a scikit-learn classification metric (`accuracy_score(y, read)`),
+    which compares it with labels element by element."""
+    parent = ctx.parents.get(read)
+    if isinstance(parent, ast.keyword):
+        parent = ctx.parents.get(parent)
+    return isinstance(parent, ast.Call) and ctx.flow.qualname_of(parent) in _CLASSIFICATION_METRICS
 
 
 def _compared_join(ctx: ModuleContext, read: ast.expr) -> bool:

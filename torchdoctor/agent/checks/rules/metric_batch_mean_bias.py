@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
+from torchdoctor.agent.checks.analysis.project import project_symbol
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
@@ -20,7 +21,9 @@ _SKLEARN_MEAN_METRICS = frozenset(
     {"accuracy_score", "balanced_accuracy_score", "f1_score", "precision_score",
      "recall_score", "jaccard_score", "mean_squared_error", "mean_absolute_error", "r2_score"}
 )  # fmt: skip
-_METRIC_HELPER = re.compile(r"^(compute_|calc_|calculate_|get_)?(acc|accuracy|iou|miou|dice)$")
+_METRIC_HELPER = re.compile(
+    r"^(compute_|calc_|calculate_|get_)?(acc|accuracy|iou|miou|dice|metric|metrics)$"
+)
 
 
 class MetricBatchMeanBias(Rule):
@@ -28,8 +31,11 @@ class MetricBatchMeanBias(Rule):
     `acc += (pred == y).float().mean()`, `accs.append((pred == y).float().mean())`, or a
     per-batch score from `sklearn.metrics` (`accuracy_score`, `f1_score`, ...) or a local
     helper named like one (`accuracy(output, target)`, `compute_iou(...)`), later divided by
-    a count or averaged. Not reported: loops over a loader built with `drop_last=True`
-    (every batch is full), losses (a training progress figure, not a reported metric).
+    a count or averaged (a forecasting `metric(pred, true)` helper's tuple of means, collected
+    per batch and averaged with `.mean(axis=0)`, counts too). Not reported: loops over a
+    loader built with `drop_last=True` (every batch is full), per-batch values scaled back by
+    the batch's size (`loss.item() * x.size(0)`), training losses (a progress figure, not a
+    reported metric).
 
     Why it matters: the last batch is usually smaller, yet weighs as much as a full one, so
     the reported accuracy is not the dataset accuracy; with a batch of 1 at the end the bias
@@ -40,7 +46,11 @@ class MetricBatchMeanBias(Rule):
     module) handed a per-batch mean with no count in a loop over a loader
     (`top1.update(prec1.item())`), a batch's mean loss included when the loop does not
     back-propagate and the meter's average is read after it (a validation loss reported:
-    semseg's `validate` returning `loss_meter.avg`).
+    semseg's `validate` returning `loss_meter.avg`), and, likewise, a batch's mean loss
+    summed or collected over an evaluation loop that does not back-propagate and averaged
+    over the batches, the result compared there to select the model (`val_loss +=
+    loss.item()`, then `val_loss /= total_batch` and `if best_val_loss > val_loss:`); one only
+    returned or printed is a progress figure, not reported.
 
     Example:
         for x, y in val_loader:
@@ -73,7 +83,13 @@ class MetricBatchMeanBias(Rule):
             self._meters_given_no_count(ctx)
         flow = ctx.flow
         for acc in flow.accumulations:
-            if not (_per_batch_mean(ctx, acc.value) or _batch_data_mean(ctx, acc)):
+            if _weighted_by_batch_size(acc.value):
+                continue  # `loss.item() * x.size(0)`, `np.array(metric(p, t)) * batch_size`
+            if not (
+                _per_batch_mean(ctx, acc.value)
+                or _batch_data_mean(ctx, acc)
+                or _reported_validation_loss(ctx, acc)
+            ):
                 continue
             if not flow.carried_across_iterations(acc):
                 continue
@@ -254,10 +270,83 @@ def _finds_per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int) -> boo
     )
 
 
+_SIZE_WORDS = re.compile(r"size|count|num|len|(^|_)n$|^n_|bs$|batch", re.IGNORECASE)
+
+
+def _weighted_by_batch_size(value: ast.expr) -> bool:
+    """`loss_this_iter * batch_size_this_iter`, `acc * x.size(0)`, `np.array(metric(p, t)) *
+    batch_size`: a per-batch mean scaled back to a per-batch sum."""
+    if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Mult)):
+        return False
+    for factor in (value.left, value.right):
+        text = ast.unparse(factor)
+        if isinstance(factor, ast.Call) and identifier(factor.func) in ("size", "len"):
+            return True
+        if isinstance(factor, ast.Subscript) and ".shape" in text:
+            return True
+        if isinstance(factor, ast.Name | ast.Attribute) and _SIZE_WORDS.search(identifier(factor)):
+            return True
+    return False
+
+
+_LOSS_FUNCTIONS = re.compile(r"loss|criterion|cross_entropy", re.IGNORECASE)
+_PEELED = frozenset({"item", "detach", "cpu", "float", "numpy", "mean"})
+
+
+def _reported_validation_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """A batch's mean loss added up over the batches of an evaluation loop (one that does
+    not back-propagate) and turned into the split's loss by a count of batches: yolo's
+    `val_loss += loss.item()` ... `val_loss /= total_batch`, Informer-style `vali` appending
+    `loss.item()`), when the function then selects the model on it (compares it)."""
+    loop = acc.loop
+    if not isinstance(loop, ast.For) or ctx.loops.backpropagates(loop.body):
+        return False
+    if not in_loader_loop(ctx, acc.node):
+        return False
+    value: ast.expr = acc.value
+    for _ in range(4):
+        while isinstance(value, ast.Call) and (
+            (
+                isinstance(value.func, ast.Attribute)
+                and value.func.attr in _PEELED
+                and not value.args
+            )
+            or (identifier(value.func) == "float" and len(value.args) == 1)
+        ):
+            value = value.func.value if isinstance(value.func, ast.Attribute) else value.args[0]
+        if isinstance(value, ast.Name) and (bound := ctx.flow.reaching(value)) is not None:
+            value = bound
+            continue
+        break
+    if not isinstance(value, ast.Call) or any(k.arg == "reduction" for k in value.keywords):
+        return False
+    name = identifier(value.func) or ""
+    qual = ctx.flow.qualname_of(value) or ""
+    if not (_LOSS_FUNCTIONS.search(name) or _LOSS_FUNCTIONS.search(qual.rsplit(".", 1)[-1])):
+        return False
+    return _selected_by(ctx, ast.unparse(acc.target), acc.node)
+
+
+def _selected_by(ctx: ModuleContext, target: str, node: ast.AST) -> bool:
+    """The total is compared after the loop (`if best_val_loss > val_loss:`): the model is
+    selected on it, so it is a reported figure, not the progress line a returned or printed
+    average is."""
+    scope = ctx.enclosing_function(node)
+    body = scope.body if scope is not None else ctx.tree.body
+    return any(
+        isinstance(stmt, ast.Compare)
+        and stmt.lineno > getattr(node, "lineno", 0)
+        and any(ast.unparse(part) == target for part in [stmt.left, *stmt.comparators])
+        for stmt in walk_scope(body)
+    )
+
+
 def _metric_score(ctx: ModuleContext, call: ast.Call) -> bool:
     qual = ctx.flow.qualname_of(call) or ""
     if qual.startswith("sklearn.metrics."):
         return qual.rsplit(".", 1)[-1] in _SKLEARN_MEAN_METRICS
+    if qual and project_symbol(ctx, call.func) == qual:  # the project's own helper, imported
+        return bool(_METRIC_HELPER.match(qual.rsplit(".", 1)[-1].lower()))
     if qual or not isinstance(call.func, ast.Name | ast.Attribute):
         return False
     if not _METRIC_HELPER.match(identifier(call.func).lower()):
@@ -333,6 +422,13 @@ def _averaged_later(target: str, body: list[ast.stmt]) -> bool:
             isinstance(node, ast.Call)
             and identifier(node.func) in _MEANS | {"sum"}
             and any(ast.unparse(a) == target for a in node.args)
+        ):
+            return True
+        if (  # `metrics_all.mean(axis=0)`
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MEANS
+            and ast.unparse(node.func.value) == target
         ):
             return True
     return False

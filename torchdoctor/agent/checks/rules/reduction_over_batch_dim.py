@@ -16,7 +16,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
     output_before,
     scored_with_labels,
 )
-from torchdoctor.agent.checks.analysis.defuse import kwarg
+from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument, constant_int
@@ -69,8 +69,10 @@ class ReductionOverBatchDim(Rule):
     dim=-1)`) when its input has two or more dims (makemore's `logits[:, -1, :]`: a row per
     sequence), and a softmax over dim 0 whose result a class pick then takes
     along dim 1 (`np.argmax(nn.Softmax(dim=0)(scores).numpy(), axis=1)`: the pick says the
-    classes are on dim 1, so the softmax normalised across the examples). And in a helper
-    (`def accuracy(prediction, label)`) whose parameter every call
+    classes are on dim 1, so the softmax normalised across the examples), and a log_softmax
+    over dim 0 whose result a written-out cross-entropy sums along dim 1 (`log_prb =
+    F.log_softmax(pred, dim=0)`, then `-(one_hot * log_prb).sum(dim=1)`: label smoothing).
+    And in a helper (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop, or in a module-level
     accuracy helper whose first parameter it reduces and compares (called from another
     file); predictions handed to one call with the batch's labels (`metrics.update(targets,
@@ -262,16 +264,18 @@ class ReductionOverBatchDim(Rule):
         softmax, where the dim is set."""
         if "softmax" not in ctx.source.lower():
             return
-        for pick in ctx.flow.calls_named(("argmax", "max", "topk", "multinomial")):
-            picked = _picked_along(ctx, pick) or _picked_along_rows(ctx, pick)
-            if picked is None:
+        picks = ctx.flow.calls_named(("argmax", "max", "topk", "multinomial", "sum"))
+        for pick in picks:
+            summed = _cross_entropy_sum(ctx, pick)
+            picked = summed or _picked_along(ctx, pick) or _picked_along_rows(ctx, pick)
+            if picked is None or (summed is None and _reduction_tail(pick) == "sum"):
                 continue
             value = _peeled(picked[0])
             if isinstance(value, ast.Name):  # `probs = F.softmax(x, dim=0)`, then the pick
                 bound = ctx.flow.reaching_or_all(value)
                 value = _peeled(bound[0]) if len(bound) == 1 else value
             found = _softmax_over(ctx, value)
-            if found is None:
+            if found is None or (summed is not None and not _is_log_softmax(ctx, found[0])):
                 continue
             if picked[1] < 0:  # the last dim: past dim 0 when the input has two dims or more
                 if found[1] != 0 or _least_rank(ctx, _first_arg(found[0], value)) < 2:
@@ -375,6 +379,60 @@ def _picked_per_row(ctx: ModuleContext, read: ast.Name) -> bool:
     return isinstance(rows, ast.Call) and (
         (isinstance(rows.func, ast.Name) and rows.func.id == "range")
         or ctx.flow.qualname_of(rows) == "torch.arange"
+    )
+
+
+def _reduction_tail(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else identifier(func)
+
+
+def _cross_entropy_sum(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, int] | None:
+    """A cross-entropy written out: `-(one_hot * log_prb).sum(dim=1)` or `torch.sum(-true_dist
+    * log_probs, dim=1)`, a target distribution times log-probabilities summed over the class
+    dim (label smoothing). The factor that is a name (or call) other than the target, with
+    that dim: the log-probabilities are normalised over it."""
+    if _reduction_tail(call) != "sum":
+        return None
+    qualname = ctx.flow.qualname_of(call)
+    if qualname == "torch.sum" and call.args:
+        summed, dim = call.args[0], constant_int(argument(call, "dim", 1))
+    elif qualname is None and isinstance(call.func, ast.Attribute):
+        summed, dim = call.func.value, constant_int(argument(call, "dim", 0))
+    else:
+        return None
+    while isinstance(summed, ast.UnaryOp) and isinstance(summed.op, ast.USub):
+        summed = summed.operand
+    if (
+        dim is None
+        or dim < 1
+        or not (isinstance(summed, ast.BinOp) and isinstance(summed.op, ast.Mult))
+    ):
+        return None
+    for factor in (summed.left, summed.right):
+        while isinstance(factor, ast.UnaryOp) and isinstance(factor.op, ast.USub):
+            factor = factor.operand
+        if isinstance(factor, ast.Name | ast.Call):
+            found = _softmax_over(ctx, _last_value(ctx, factor))
+            if found is not None:
+                return factor, dim
+    return None
+
+
+def _last_value(ctx: ModuleContext, value: ast.expr) -> ast.expr:
+    if isinstance(value, ast.Name):
+        bound = ctx.flow.reaching_or_all(value)
+        return _peeled(bound[0]) if len(bound) == 1 else value
+    return _peeled(value)
+
+
+def _is_log_softmax(ctx: ModuleContext, softmax: ast.Call) -> bool:
+    qualname = ctx.flow.qualname_of(softmax) or ""
+    built = ctx.flow.constructed_as(softmax.func) or ""
+    return (
+        "log_softmax" in qualname
+        or built.endswith("LogSoftmax")
+        or (isinstance(softmax.func, ast.Attribute) and softmax.func.attr == "log_softmax")
     )
 
 
