@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
@@ -35,6 +36,8 @@ _SYNTHETIC_DATASETS = ("sklearn.datasets.make_",)
 _LAYER_PARAMETERS = frozenset({"weight", "weight_v", "weight_orig"})
 """A layer's parameters by their PyTorch names: learned (or initialised) values, not data."""
 _GATES = ("std(", "norm(", "var(", "** 2", "pow(2", "square(", "register_buffer(")
+_OVERLAP_WORDS = ("dice", "Dice", "DICE", "iou", "IoU", "IOU", "jaccard", "Jaccard", "tversky")
+_OVERLAP_NAME = re.compile(r"dice|iou|jaccard|tversky", re.IGNORECASE)
 _SUMS = frozenset({"sum", "mean"})
 _NORM_FUNCTIONS = frozenset(
     {"torch.norm", "torch.linalg.norm", "torch.linalg.vector_norm", "torch.linalg.matrix_norm"}
@@ -51,7 +54,10 @@ class DivideByStdNoEps(Rule):
     `if`/`assert`/`torch.where` tests); and an epsilon that precedence adds to the quotient
     instead of the divisor (`np.abs(y_hat - y) / np.abs(y) + 1e-5`, the divisor a magnitude,
     spread or sum); and a min-max normalisation's range (`(x - x.min()) / (x.max() -
-    x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`) with no epsilon, clamp or test.
+    x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`) with no epsilon, clamp or test;
+    and a Dice or IoU ratio with no smoothing term in a function or class named for it
+    (`dsc = (2. * (p * t).sum()) / (p.sum() + t.sum())` in `DiceLoss.forward`): an empty
+    prediction and an empty target give 0 / 0.
     Also the magnitude of a spectrum with no epsilon under the root
     (`torch.sqrt(spec.pow(2).sum(-1))` of an STFT, `sqrt(s.real ** 2 + s.imag ** 2)`) where
     autograd differentiates it: in a model's `forward`, a loss, or a helper that this file
@@ -89,12 +95,13 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    triggers = Triggers((*_GATES, "abs(", "min(", "backward"))
+    triggers = Triggers((*_GATES, *_OVERLAP_WORDS, "abs(", "min(", "backward"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source
         return (
             any(w in source for w in _GATES)
+            or ("sum(" in source and any(w in source for w in _OVERLAP_WORDS))
             or ("abs(" in source and ("e-" in source or "eps" in source))
             or ("min(" in source and "max(" in source)
         )
@@ -135,6 +142,8 @@ class DivideByStdNoEps(Rule):
                 why = "range is zero (a constant input)"
             elif _unguarded_energy(ctx, node, divisor):
                 why = "energy is zero (a silent or all-zero input)"
+            elif _unguarded_overlap(ctx, node, divisor):
+                why = "prediction and the target are both empty (a slice with no foreground)"
             elif _counts_from_zero(ctx, divisor):
                 why = (
                     "count is zero: the buffer starts at zeros and grows only where updates "
@@ -806,3 +815,55 @@ def _embeds(ctx: ModuleContext, node: ast.AST) -> bool:
     if isinstance(func, ast.Attribute) and func.attr.startswith(_EMBEDDING_METHODS):
         return True
     return ctx.flow.is_model_call(node)
+
+
+def _sum_terms(expr: ast.expr) -> list[ast.expr]:
+    """The terms of `a + b - c` (one term for anything else)."""
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add | ast.Sub):
+        return [*_sum_terms(expr.left), *_sum_terms(expr.right)]
+    return [expr]
+
+
+def _summed(expr: ast.expr) -> ast.expr | None:
+    """What `x.sum(...)`, `torch.sum(x, ...)` or `np.sum(x)` adds up; None for anything else."""
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)):
+        return None
+    if expr.func.attr != "sum":
+        return None
+    owner = expr.func.value
+    if isinstance(owner, ast.Name) and owner.id in ("torch", "np", "numpy"):
+        return expr.args[0] if expr.args else None
+    return owner
+
+
+def _unguarded_overlap(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bool:
+    """A Dice or IoU ratio written without a smoothing term: `(2 * (p * t).sum()) / (p.sum()
+    + t.sum())`, `inter / (o.sum() + t.sum() - inter)`, in a function or class named for the
+    overlap (`DiceLoss.forward`, `iou_score`): with an empty prediction and an empty target
+    (a slice with no lesion) the quotient is 0 / 0."""
+    if not isinstance(node, ast.BinOp) or not _OVERLAP_NAME.search(_owner_names(ctx, node)):
+        return False
+    terms = [
+        (ctx.flow.reaching(term) or term) if isinstance(term, ast.Name) else term
+        for term in _sum_terms(divisor)
+    ]
+    if len(terms) < 2 or any(_summed(term) is None for term in terms):
+        return False  # `+ smooth`, `+ 1e-6`: a term that is no sum
+    for part in walk_tree(node.left):
+        value = part
+        if isinstance(part, ast.Name):
+            value = ctx.flow.reaching(part) or part
+        for sub in walk_tree(value):
+            summed = _summed(sub) if isinstance(sub, ast.expr) else None
+            if isinstance(summed, ast.BinOp) and isinstance(summed.op, ast.Mult):
+                return True  # the intersection: `(y_pred * y_true).sum()`
+    return False
+
+
+def _owner_names(ctx: ModuleContext, node: ast.AST) -> str:
+    """The names of the function and class around `node`, joined."""
+    return " ".join(
+        a.name
+        for a in ctx.ancestors(node)
+        if isinstance(a, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    )
