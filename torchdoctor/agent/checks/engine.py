@@ -12,7 +12,8 @@ import gc
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -445,18 +446,7 @@ def analyse_files(
         shards = run_chunks(_balanced_chunks(list(files), workers * 8), config)
         results = [r for shard in shards for r in shard]
     else:
-        chunks = _balanced_chunks(list(files), workers * 8)
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=get_context("forkserver"),
-            initializer=_prepare_worker,
-            initargs=(config, os.getpid()),
-        ) as pool:
-            results = [
-                r
-                for chunk in pool.map(_analyse_chunk, [(c, config) for c in chunks])
-                for r in chunk
-            ]
+        results = _in_worker_processes(_balanced_chunks(list(files), workers * 8), config, workers)
     results.sort(key=lambda r: r.path)  # project rules see files in one order, however sharded
     _say_advice_once(results)
     facts_by_file = {r.path: r.facts for r in results if r.facts}
@@ -482,6 +472,60 @@ def analyse_files(
         seconds=time.perf_counter() - started,
         torch_floor=config.torch_floor,
     )
+
+
+def _worker_pool(config: EngineConfig, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("forkserver"),
+        initializer=_prepare_worker,
+        initargs=(config, os.getpid()),
+    )
+
+
+def _in_worker_processes(
+    chunks: list[list[tuple[str, str]]], config: EngineConfig, workers: int
+) -> list[FileResult]:
+    """The chunks analysed by a pool of worker processes. A worker that dies (killed for its
+    memory, or crashing in the parser on a hostile file) breaks the whole pool: the chunks it
+    left unfinished are analysed again file by file, so a crash costs the audit one file's
+    findings (a note says which), never the audit."""
+    done: dict[int, list[FileResult]] = {}
+    with _worker_pool(config, workers) as pool:
+        futures = {
+            pool.submit(_analyse_chunk, (chunk, config)): i for i, chunk in enumerate(chunks)
+        }
+        for future in as_completed(futures):
+            try:
+                done[futures[future]] = future.result()
+            except BrokenProcessPool:
+                continue  # every unfinished future says so: they are redone below
+    left = [file for i, chunk in enumerate(chunks) if i not in done for file in chunk]
+    results = [result for i in sorted(done) for result in done[i]]
+    return results + (_one_file_at_a_time(left, config) if left else [])
+
+
+_WORKER_DIED = (
+    "not analysed: the analysis process died on this file (killed for its memory, or a crash "
+    "in the parser)"
+)
+
+
+def _one_file_at_a_time(files: list[tuple[str, str]], config: EngineConfig) -> list[FileResult]:
+    """Each file in a worker process of its own task, so that the file a worker dies on is
+    known: it gets a note instead of findings, and a fresh worker takes the rest."""
+    results: list[FileResult] = []
+    queue = list(files)
+    while queue:
+        with _worker_pool(config, 1) as pool:
+            while queue:
+                file = queue.pop(0)
+                try:
+                    results += pool.submit(_analyse_chunk, ([file], config)).result()
+                except BrokenProcessPool:
+                    results.append(FileResult(path=file[0], note=_WORKER_DIED))
+                    break
+    return results
 
 
 def _say_advice_once(results: list[FileResult]) -> None:
