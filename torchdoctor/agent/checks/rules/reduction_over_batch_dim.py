@@ -18,6 +18,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import (
 )
 from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import argument, constant_int
 from torchdoctor.agent.models import Severity
@@ -72,6 +73,8 @@ class ReductionOverBatchDim(Rule):
     classes are on dim 1, so the softmax normalised across the examples), and a log_softmax
     over dim 0 whose result a written-out cross-entropy sums along dim 1 (`log_prb =
     F.log_softmax(pred, dim=0)`, then `-(one_hot * log_prb).sum(dim=1)`: label smoothing).
+    Also a VAE's Gaussian KL term (`1 + log_var - mu.pow(2) - log_var.exp()`) summed over
+    dim 0 and then averaged (`.sum(0).mean()`): the examples summed, the latent units averaged.
     And in a helper (`def accuracy(prediction, label)`) whose parameter every call
     of this module gives a model's whole output inside such a loop, or in a module-level
     accuracy helper whose first parameter it reduces and compares (called from another
@@ -117,7 +120,9 @@ class ReductionOverBatchDim(Rule):
     severity = Severity.HIGH
     title = "Class reduction taken over the batch dimension"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
-    triggers = Triggers((*_METHOD_DIM, "sum()"))  # `e / e.sum()`: a softmax by hand
+    triggers = Triggers(
+        (*_METHOD_DIM, "sum()", "sum(0", "sum(dim=0")
+    )  # `e / e.sum()`: a softmax by hand
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "0" in ctx.source and any(name in ctx.source for name in _METHOD_DIM)
@@ -125,6 +130,8 @@ class ReductionOverBatchDim(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "sum()" in ctx.source and "range(" in ctx.source:
             self._normalised_over_everything_then_picked_per_row(ctx)
+        if "sum(" in ctx.source and "exp" in ctx.source and "log" in ctx.source:
+            self._gaussian_kl_summed_over_the_batch(ctx)
         if not self.applies(ctx):
             return
         self._softmax_layers_over_the_batch(ctx)
@@ -144,6 +151,25 @@ class ReductionOverBatchDim(Rule):
                 call,
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
+                data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
+            )
+
+    def _gaussian_kl_summed_over_the_batch(self, ctx: ModuleContext) -> None:
+        """A VAE's Gaussian KL term (`1 + 2 * logstd - mean ** 2 - torch.exp(logstd) ** 2`,
+        `1 + log_var - mu.pow(2) - log_var.exp()`) summed over dim 0 and then averaged: the
+        per-example KL is the sum over the latent dim of a `(batch, latent)` tensor, so the
+        sum runs over the examples and the mean over the latent units (VGAE's
+        `.sum(1).mean()` turned `.sum(0).mean()`): the KL weight scales by batch / latent."""
+        for call in ctx.flow.calls_named(("sum",)):
+            summed = _summed_over_dim_zero(ctx, call)
+            if summed is None or not _gaussian_kl_terms(summed) or not _then_averaged(ctx, call):
+                continue
+            ctx.report(
+                self,
+                call,
+                f"`{ast.unparse(call)}` sums the Gaussian KL term over dim 0, the examples, "
+                "and the mean then runs over the latent units: sum over the latent dim "
+                "(dim=1 or -1) and average over the batch",
                 data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
             )
 
@@ -379,6 +405,57 @@ def _picked_per_row(ctx: ModuleContext, read: ast.Name) -> bool:
     return isinstance(rows, ast.Call) and (
         (isinstance(rows.func, ast.Name) and rows.func.id == "range")
         or ctx.flow.qualname_of(rows) == "torch.arange"
+    )
+
+
+def _summed_over_dim_zero(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """What `x.sum(0)`, `x.sum(dim=0)` or `torch.sum(x, 0)` adds up over dim 0."""
+    qualname = ctx.flow.qualname_of(call)
+    if qualname == "torch.sum" and call.args:
+        dim = argument(call, "dim", 1)
+        summed: ast.expr = call.args[0]
+    elif qualname is None and isinstance(call.func, ast.Attribute) and call.func.attr == "sum":
+        dim = argument(call, "dim", 0)
+        summed = call.func.value
+    else:
+        return None
+    return summed if dim is not None and constant_int(dim) == 0 else None
+
+
+def _gaussian_kl_terms(expr: ast.expr) -> bool:
+    """`1 + log_var - mu ** 2 - exp(log_var)`: the constant 1, a log-variance (or log-std)
+    name, a squared mean and an exponential, under one sum."""
+    while isinstance(expr, ast.UnaryOp):
+        expr = expr.operand
+    names = [n for n in walk_tree(expr) if isinstance(n, ast.Name | ast.Attribute)]
+    has_one = any(isinstance(n, ast.Constant) and n.value == 1 for n in walk_tree(expr))
+    has_log = any("log" in (identifier(n) or "").lower() for n in names)
+    has_exp = any(
+        isinstance(n, ast.Call) and (identifier(n.func) or "") == "exp" for n in walk_tree(expr)
+    )
+    has_square = any(
+        (isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) and ast.unparse(n.right) == "2")
+        or (
+            isinstance(n, ast.Call)
+            and identifier(n.func) == "pow"
+            and n.args
+            and ast.unparse(n.args[-1]) == "2"
+        )
+        for n in walk_tree(expr)
+    )
+    return isinstance(expr, ast.BinOp) and has_one and has_log and has_exp and has_square
+
+
+def _then_averaged(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`<call>.mean()` or `torch.mean(<call>)`: the dim-0 sum is averaged over what is left."""
+    parent = ctx.parents.get(call)
+    if isinstance(parent, ast.Attribute) and parent.attr == "mean":
+        return isinstance(ctx.parents.get(parent), ast.Call)
+    return (
+        isinstance(parent, ast.Call)
+        and ctx.flow.qualname_of(parent) == "torch.mean"
+        and bool(parent.args)
+        and parent.args[0] is call
     )
 
 
