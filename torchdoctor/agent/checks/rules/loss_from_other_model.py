@@ -4,6 +4,7 @@ through its model, only through another optimizer's."""
 from __future__ import annotations
 
 import ast
+import re
 from collections import deque
 from typing import ClassVar
 
@@ -54,6 +55,12 @@ class LossFromOtherModel(Rule):
     BicycleGAN trained its cLR discriminator on the cVAE discriminator's loss until
     `b2c1838` ("Fix LR discriminator training").
 
+    Also reported with one optimizer: a loss that reaches only a lagging copy of the stepped
+    model that the module syncs from it (`soft_update(self.qnetwork_local,
+    self.qnetwork_target, tau)`, `target.load_state_dict(model.state_dict())`,
+    `copy.deepcopy(model)`): a DQN whose expected Q-values come from the target network
+    trains nothing, and its target network collects the gradients.
+
     Not reported: a loss that reaches the model in any way the module shows (called,
     passed to a helper or a wrapper object, by keyword, through chained parameters of
     several models, a model built from or bound to the stepped one, values its method calls
@@ -89,8 +96,9 @@ class LossFromOtherModel(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         constructions = _constructions(ctx)
-        if len(constructions) < 2:
-            return  # another optimizer's model is what the loss must be shown to reach
+        copies = _synced_copies(ctx) if constructions else {}
+        if len(constructions) < 2 and not copies:
+            return  # another model is what the loss must be shown to reach
         optimizers = {name: keys for name, (keys, _) in constructions.items()}
         for step in ctx.flow.calls_named(("step",)):
             if not is_optimizer_step(step) or not isinstance(step.func, ast.Attribute):
@@ -99,7 +107,11 @@ class LossFromOtherModel(Rule):
             keys = optimizers.get(receiver)
             if not keys:
                 continue
-            others = {k for name, ks in optimizers.items() if name != receiver for k in ks} - keys
+            others = {k for name, ks in optimizers.items() if name != receiver for k in ks}
+            # a lagging copy synced from the stepped model (a DQN's target network) has
+            # parameters of its own that no optimizer here steps
+            lagging = {c for k in keys for c in copies.get(k, ())} - keys
+            others = (others | lagging) - keys
             stepped = _model_names(ctx, constructions[receiver][1])
             if not others or stepped is None or stepped & others:
                 continue  # a model built from another optimizer's: they share parameters
@@ -114,6 +126,7 @@ class LossFromOtherModel(Rule):
             if stepped & reached.keys() or (_SELF_ANY in reached and any(map(_on_self, stepped))):
                 continue
             through = [k for k in closure.called if k not in stepped]  # the nearest first
+            through += [k for k in reached if k in lagging and k not in through]
             if not through or not others & reached.keys():
                 continue
             model = " and ".join(f"`{k}`" for k in sorted(keys))
@@ -207,6 +220,46 @@ def _constructions(ctx: ModuleContext) -> dict[str, tuple[set[str], list[ast.exp
             keys.update(owners)
             built.append(params)
     return {name: entry for name, entry in found.items() if name not in unsure}
+
+
+_SYNC_HELPER = re.compile(r"(soft|hard|polyak|target)_?update|update_target|sync|copy_params")
+
+
+def _synced_copies(ctx: ModuleContext) -> dict[str, set[str]]:
+    """Model -> the lagging copies the module syncs from it: `soft_update(self.qnetwork_local,
+    self.qnetwork_target, tau)` (a helper named for the update, given both),
+    `target.load_state_dict(model.state_dict())`, `target = copy.deepcopy(model)`. A
+    copy's parameters are its own: no gradient of a loss through it reaches the model."""
+    found: dict[str, set[str]] = {}
+    for call in ctx.flow.nodes(ast.Call):
+        func = call.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name == "load_state_dict" and isinstance(func, ast.Attribute) and call.args:
+            source = call.args[0]
+            if (
+                isinstance(source, ast.Call)
+                and isinstance(source.func, ast.Attribute)
+                and source.func.attr == "state_dict"
+            ):
+                _pair(found, source.func.value, func.value)
+        elif name == "deepcopy" and call.args:
+            bound = ctx.parents.get(call)
+            if isinstance(bound, ast.Assign) and len(bound.targets) == 1:
+                _pair(found, call.args[0], bound.targets[0])
+        elif _SYNC_HELPER.search(name.lower()) and len(call.args) >= 2:
+            first, second = call.args[0], call.args[1]
+            keys = [model_key(first), model_key(second)]
+            if None not in keys and keys[0] != keys[1]:
+                # either order: `soft_update(local, target, tau)`, `hard_update(target, source)`
+                _pair(found, first, second)
+                _pair(found, second, first)
+    return found
+
+
+def _pair(found: dict[str, set[str]], model: ast.expr, copy: ast.expr) -> None:
+    source, target = model_key(model), model_key(copy)
+    if source is not None and target is not None and source != target:
+        found.setdefault(source, set()).add(target)
 
 
 def _clears(ctx: ModuleContext, stmt: ast.stmt, receiver: str, keys: set[str]) -> bool:
