@@ -55,7 +55,9 @@ class TrainLoaderNoShuffle(Rule):
     `SequentialSampler` (reported
     like no sampler, also when it is the sampler of one path: `SequentialSampler if
     args.local_rank == -1 else DistributedSampler`), options passed through `**kwargs`
-    (`DataLoader(ds, **train_kwargs)`), iterable datasets (they cannot be shuffled by the
+    (`DataLoader(ds, **train_kwargs)`), a loader whose function takes a `shuffle` parameter
+    it hands to something else (a dataset or sampler that shuffles itself: lit-llama's
+    `PackedDataset(..., shuffle=shuffle)`), iterable datasets (they cannot be shuffled by the
     loader), loaders handed to Opacus (`privacy_engine.make_private(...,
     data_loader=train_loader)` draws its batches by Poisson sampling), loaders named for
     validation or test data, pytest modules (a test fits a few steps to see the code run),
@@ -517,14 +519,19 @@ def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[as
         elif isinstance(source, ast.Name) and depth < 4:
             found += _passed_loaders(ctx, source, depth)
             for element in _unpacked_returns(ctx, source):
-                found += _iterated_loaders(ctx, element, depth + 1)
+                loaders = _iterated_loaders(ctx, element, depth + 1)
+                if len({id(loader) for loader in loaders}) == 1:
+                    found += loaders  # several: the call's arguments pick one, unseen here
     return found
 
 
 def _unpacked_returns(ctx: ModuleContext, name: ast.Name) -> list[ast.expr]:
     """What a local function's returns give a name unpacked from its call: Informer-style
     `train_data, train_loader = self._get_data(flag='train')` with `_get_data` ending in
-    `return data_set, data_loader` -> `data_loader`."""
+    `return data_set, data_loader` -> `data_loader`. A function building a training and an
+    evaluation loader on two branches of its flag (simpletransformers' `load_and_cache_
+    examples(..., evaluate=...)`) returns one of them, which the call's flag decides: its
+    loaders are not followed."""
     found: list[ast.expr] = []
     for value in ctx.flow.definitions(name):
         bound = ctx.parents.get(value)
@@ -649,6 +656,8 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
         if _order_kept_on_purpose(ctx, loader):
             return True
         skipped.add("shuffle")
+    if forwarded is None and _shuffle_handled_by_a_parameter(ctx, loader):
+        return True
     given = [(name, kwarg(loader, name)) for name in _ORDERING if name not in skipped]
     if any(
         value is not None
@@ -851,6 +860,30 @@ def _changed_after_built(scope: ast.AST, name: str) -> bool:
         ):
             return True
     return False
+
+
+def _shuffle_handled_by_a_parameter(ctx: ModuleContext, loader: ast.Call) -> bool:
+    """The loader's function takes a `shuffle` parameter and hands it to something else than
+    this loader (`PackedDataset(..., shuffle=shuffle)` in lit-llama's `create_dataloader`, a
+    dataset or sampler that shuffles itself): the order is the callers' choice, made there."""
+    owner = ctx.enclosing_function(loader)
+    if owner is None:
+        return False
+    names = {
+        a.arg
+        for a in [*owner.args.posonlyargs, *owner.args.args, *owner.args.kwonlyargs]
+        if "shuffle" in a.arg.lower()
+    }
+    if not names:
+        return False
+    inside = {id(n) for n in walk_tree(loader)}
+    return any(
+        isinstance(node, ast.Name)
+        and isinstance(node.ctx, ast.Load)
+        and node.id in names
+        and id(node) not in inside
+        for node in walk_tree(owner)
+    )
 
 
 def _always_false(ctx: ModuleContext, value: ast.expr) -> bool:
