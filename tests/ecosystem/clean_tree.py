@@ -33,7 +33,7 @@ def clean_copy(destination: Path) -> Path:
 
 
 def committed_copy(destination: Path, env: dict[str, str]) -> Path:
-    """The clean copy as a one-commit git repository (what `pre-commit try-repo` clones)."""
+    """The clean copy as a one-commit git repository (what pre-commit clones at its revision)."""
     clean_copy(destination)
     identity = ["-c", "user.email=test@example.invalid", "-c", "user.name=test"]
     for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-qm", "snapshot"]):

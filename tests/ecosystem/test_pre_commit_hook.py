@@ -1,6 +1,7 @@
-"""The published pre-commit hook, installed the way users get it: `pre-commit try-repo` builds
-its own virtual environment from this repository (`language: python`, dependencies from the
-package registry) and runs the hook on a temporary git repository's file."""
+"""The published pre-commit hook, installed the way users get it: a `.pre-commit-config.yaml`
+names this repository at a revision, and `pre-commit run` builds the hook's virtual environment
+from it (`language: python`, dependencies from the package registry) once, then runs the hook on
+a temporary git repository's file, the second time in the environment it built."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_hook_manifest_is_static_and_takes_filenames() -> None:
     assert hook["require_serial"] is True and hook["types"] == ["python"]
 
 
-def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> None:
+def test_the_hook_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> None:
     pre_commit = shutil.which("pre-commit", path=os.path.dirname(sys.executable))
     if pre_commit is None:
         pytest.skip("pre-commit is not installed (dev extra)")
@@ -61,14 +62,26 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
         # pre-commit's `pip install` of the hook and its dependencies
         **NO_INSTALL_BYTECODE,
     }
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
-    subprocess.run(["git", "add", "train.py"], cwd=project, check=True, env=env)
-    # One commit of this tree, so both runs use the same hook revision (one installation).
+    # One commit of this tree: the revision the configuration names, as a user's names a tag.
     hook_repo = committed_copy(tmp_path / "hook-repo", env)
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=hook_repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    config = {
+        "repos": [{"repo": str(hook_repo), "rev": revision, "hooks": [{"id": "torchdoctor"}]}]
+    }
+    (project / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True, env=env)
 
     def hook() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [pre_commit, "try-repo", str(hook_repo), "torchdoctor", "--files", "train.py"],
+            [pre_commit, "run", "torchdoctor", "--files", "train.py"],
             cwd=project,
             env=env,
             capture_output=True,
@@ -86,5 +99,7 @@ def test_try_repo_fails_on_the_bug_then_passes_after_the_fix(tmp_path: Path) -> 
         passing = hook()
         assert passing.returncode == 0, passing.stdout[-3000:] + passing.stderr[-3000:]
         assert "Passed" in passing.stdout
+        environments = list((tmp_path / "pre-commit-home").glob("repo*/py_env-*"))
+        assert len(environments) == 1, environments  # built once, the second run used it
     finally:
         shutil.rmtree(env["TORCHDOCTOR_RUNTIME_DIR"], ignore_errors=True)
