@@ -100,6 +100,11 @@ class ReductionOverBatchDim(Rule):
     e.sum()`, its `sum(1, keepdim=True)` lost) whose rows are then read one entry each
     (`probabilities[range(n), y]`, a hand-written NLL): each row should be a distribution.
 
+    Also reported: a softmax over dim d > 0, masked or scaled (`attn_ = F.softmax(scores,
+    dim=1) * mask`), renormalised by its own sum over dim 0 (`attn_ / attn_.sum(0,
+    keepdim=True)`): the renormalisation of a masked attention belongs on the softmax's axis
+    (pointer-generator's attention); over dim 0 it mixes the batch's examples.
+
     Not reported: reductions over dim 1/-1 (unless the view names that axis the batch),
     values that are not a model's whole output (a row `logits[0]`, a stack of several
     outputs `torch.stack(outs).mean(0)`, a single example outside a loop, loops over single
@@ -130,6 +135,8 @@ class ReductionOverBatchDim(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "sum()" in ctx.source and "range(" in ctx.source:
             self._normalised_over_everything_then_picked_per_row(ctx)
+        if "oftmax" in ctx.source and "keepdim" in ctx.source:
+            self._softmax_renormalised_across_its_rows(ctx)
         if "sum(" in ctx.source and "exp" in ctx.source and "log" in ctx.source:
             self._gaussian_kl_summed_over_the_batch(ctx)
         if not self.applies(ctx):
@@ -195,6 +202,40 @@ class ReductionOverBatchDim(Rule):
                             "distribution; sum over the class dim (`.sum(1, keepdim=True)`)",
                         )
                         break
+
+    def _softmax_renormalised_across_its_rows(self, ctx: ModuleContext) -> None:
+        """A softmax over dim d > 0, masked or scaled (`attn_ = F.softmax(scores, dim=1) *
+        mask`), then divided by its own sum over dim 0 (`attn_ / attn_.sum(0, keepdim=True)`):
+        the renormalisation of a masked attention must run along the softmax's own axis; over
+        dim 0 it mixes the rows, the examples of the batch (pointer-generator's attention)."""
+        for division in ctx.flow.nodes(ast.BinOp):
+            if not isinstance(division.op, ast.Div):
+                continue
+            total = _reaching_value(ctx, division.right)
+            if not (
+                isinstance(total, ast.Call)
+                and isinstance(total.func, ast.Attribute)
+                and total.func.attr == "sum"
+                and _constant_dim(total, 0) == 0
+                and _keeps_dim(total)
+                and ast.dump(total.func.value) == ast.dump(division.left)
+            ):
+                continue
+            softmax = _masked_softmax(ctx, division.left)
+            if softmax is None:
+                continue
+            dim = _constant_dim(softmax, 0 if _method_form(ctx, softmax) else 1)
+            if dim is None or dim <= 0:
+                continue
+            ctx.report(
+                self,
+                division,
+                f"`{ast.unparse(division)}` renormalises `{ast.unparse(division.left)}`, a "
+                f"softmax over dim {dim} (line {softmax.lineno}), by its sum over dim 0: each "
+                f"row should sum to one along dim {dim}, as the softmax made it; dim 0 mixes "
+                "the batch's examples",
+                data={"dim": dim},
+            )
 
     def _softmax_over_an_axis_sized_by_the_batch(self, ctx: ModuleContext) -> None:
         """`pi = pi.view(seq_len, bs, self.gaussians)`, then `log_softmax(pi, dim=-2)`: the
@@ -369,6 +410,70 @@ _SOFTMAX_FUNCTIONS = frozenset(
 _PICKS = frozenset({"numpy.argmax", "torch.argmax", "torch.max"})
 # calls that carry the values unchanged (a copy to the host, out of autograd)
 _CARRIERS = frozenset({"cpu", "detach", "numpy", "clone", "float", "contiguous"})
+
+
+def _reaching_value(ctx: ModuleContext, expr: ast.expr) -> ast.expr:
+    """What a name read holds where one binding reaches it (`normalization_factor` ->
+    `attn_.sum(0, keepdim=True)`); `expr` itself otherwise."""
+    if isinstance(expr, ast.Name):
+        reached = ctx.flow.reaching(expr)
+        if reached is not None:
+            return reached
+    return expr
+
+
+def _constant_dim(call: ast.Call, position: int) -> int | None:
+    """The `dim` a reduction is given as an integer literal (`dim=1`, `-1`, or positional at
+    `position`), else None."""
+    dim = kwarg(call, "dim")
+    if dim is None and len(call.args) > position:
+        dim = call.args[position]
+    if isinstance(dim, ast.UnaryOp) and isinstance(dim.op, ast.USub):
+        inner = dim.operand
+        if isinstance(inner, ast.Constant) and isinstance(inner.value, int):
+            return -inner.value
+        return None
+    if (
+        isinstance(dim, ast.Constant)
+        and isinstance(dim.value, int)
+        and not isinstance(dim.value, bool)
+    ):
+        return dim.value
+    return None
+
+
+def _keeps_dim(call: ast.Call) -> bool:
+    keep = kwarg(call, "keepdim")
+    return isinstance(keep, ast.Constant) and keep.value is True
+
+
+def _masked_softmax(ctx: ModuleContext, value: ast.expr) -> ast.Call | None:
+    """The softmax `value` holds, directly or multiplied by a mask or weight (`F.softmax(s,
+    dim=1) * mask`), through the names it is bound to."""
+    for _ in range(4):
+        value = _reaching_value(ctx, value)
+        if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Mult):
+            found = [
+                side for side in (value.left, value.right) if _masked_softmax(ctx, side) is not None
+            ]
+            return _masked_softmax(ctx, found[0]) if len(found) == 1 else None
+        if isinstance(value, ast.Call):
+            qual = ctx.flow.qualname_of(value) or ""
+            if qual in ("torch.softmax", "torch.nn.functional.softmax"):
+                return value
+            return value if _method_form(ctx, value) else None
+        if not isinstance(value, ast.Name):
+            return None
+    return None
+
+
+def _method_form(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`scores.softmax(dim=1)`: the tensor method (its `dim` is the first argument)."""
+    return (
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr == "softmax"
+        and ctx.flow.qualname_of(call) is None
+    )
 
 
 def _sum_of_everything(division: ast.BinOp) -> bool:
