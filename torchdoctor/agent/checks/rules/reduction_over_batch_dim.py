@@ -126,8 +126,10 @@ class ReductionOverBatchDim(Rule):
     title = "Class reduction taken over the batch dimension"
     items: ClassVar[tuple[str, ...]] = ("3.4",)
     triggers = Triggers(
-        (*_METHOD_DIM, "sum()", "sum(0", "sum(dim=0")
-    )  # `e / e.sum()`: a softmax by hand
+        (*_METHOD_DIM, "sum()", "sum(0", "sum(dim=0"),  # `e / e.sum()`: a softmax by hand
+        # a Gaussian KL term however its sum is written (`torch.sum(\n    1 + ..., 0)`)
+        all_of=(("sum(",), ("exp",), ("log",)),
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         return "0" in ctx.source and any(name in ctx.source for name in _METHOD_DIM)
