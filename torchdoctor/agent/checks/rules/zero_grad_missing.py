@@ -23,7 +23,10 @@ from torchdoctor.agent.checks.loops import (
     FunctionNode,
     direct_effects,
     enclosing_ifs,
+    is_backward_call,
+    is_optimizer_step,
     receiver_name,
+    walk_scope,
     walk_tree,
 )
 from torchdoctor.agent.models import Severity
@@ -50,6 +53,13 @@ class ZeroGradMissing(Rule):
     backward and the step (`engine.backward(loss)`, `engine.step()`: DeepSpeed) clears the
     gradients itself and is not reported, nor is a loop whose every `step()` returns the
     value it computes and steps no optimizer (a PGD attack's `x = step.step(x, grad)`).
+
+    Also reported: an optimizer step in a loop whose model an earlier update's loss reached
+    (a GAN's discriminator loss on a fake batch it did not detach puts gradients into G),
+    with no clearing of that optimizer or its model that runs whenever the step does between
+    that backward and the step: Self-Attention-GAN's generator step without its reset steps
+    on the discriminator loss's gradients too. Not when the earlier update's loss never
+    reaches the model (`netD(fake.detach())`), or the clear sits on the step's own branch.
 
     Example:
         for x, y in loader:
@@ -113,6 +123,25 @@ class ZeroGradMissing(Rule):
                     )
         for fn, effects in _update_functions(ctx):
             self._report_uncleared(ctx, effects, reported, f"`{fn.name}`", "the calls")
+        if "backward" in ctx.source and "zero_grad" in ctx.source:
+            for loop in ctx.loops.training_loops:
+                if loop.kind != "loop" or len(loop.effects.step) < 2:
+                    continue
+                for step, earlier, other in _stale_gradients(ctx, loop.node):
+                    if id(step) in reported:
+                        continue
+                    reported.add(id(step))
+                    assert isinstance(step.func, ast.Attribute)
+                    ctx.report(
+                        self,
+                        step,
+                        f"`{ast.unparse(step.func.value)}` steps with gradients nothing cleared "
+                        f"since `{ast.unparse(earlier)}` (line {earlier.lineno}), whose loss "
+                        f"also reaches its model, ran for `{ast.unparse(other.func)}` (line "
+                        f"{other.lineno}): this update follows the sum of both losses; clear "
+                        "its gradients after that step",
+                        data={"backward_line": earlier.lineno},
+                    )
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
@@ -367,3 +396,77 @@ def _backward_on_uncleared_branch(
         ):
             return backward
     return None
+
+
+def _stale_gradients(
+    ctx: ModuleContext, loop: ast.AST
+) -> list[tuple[ast.Call, ast.Call, ast.Call]]:
+    """(step, earlier backward, the other optimizer's step) for each optimizer step of the
+    loop body whose model an earlier update's loss reached (a GAN's discriminator step on a
+    fake batch it did not detach: `d_loss.backward()` puts gradients into G), with no
+    clearing of that optimizer (or its model) run unconditionally between that backward and
+    this update's own backward: Self-Attention-GAN's generator step without its
+    `self.reset_grad()` steps on the discriminator loss's gradients too."""
+    from torchdoctor.agent.checks.rules.detached_loss_input import _paths_to_model
+
+    body = loop.body if isinstance(loop, ast.For | ast.AsyncFor | ast.While) else []
+    events: list[tuple[str, ast.Call, set[str]]] = []
+    for node in walk_scope(body):
+        if not isinstance(node, ast.Call):
+            continue
+        if is_backward_call(node) and isinstance(node.func, ast.Attribute) and not node.args:
+            events.append(("backward", node, set()))
+        elif is_optimizer_step(node):
+            events.append(("step", node, set()))
+        elif cleared := _cleared_by(ctx, node):
+            events.append(("clear", node, cleared))
+    events.sort(key=lambda e: (e[1].lineno, e[1].col_offset))
+    found: list[tuple[ast.Call, ast.Call, ast.Call]] = []
+    for index, (kind, step, _) in enumerate(events):
+        if kind != "step":
+            continue
+        optimizer = _stepped_optimizer(ctx, step)
+        models = _parameter_owners(ctx, step) if optimizer is not None else None
+        if optimizer is None or not models or len(models) != 1:
+            continue
+        (model,) = models
+        here = _branches(ctx, step, loop) or {}
+        backwards: list[ast.Call] = []
+        others: list[ast.Call] = []
+        for kind_before, call, cleared in reversed(events[:index]):
+            there = _branches(ctx, call, loop) or {}
+            if _exclusive(here, there):
+                continue  # never runs in the iteration this step runs in
+            if kind_before == "clear" and (optimizer in cleared or model in cleared):
+                if all(here.get(key) == part for key, part in there.items()):
+                    break  # it runs whenever the step does
+                continue  # a clear on a branch of its own: another path skips it
+            if kind_before == "backward":
+                backwards.append(call)
+            elif kind_before == "step" and _stepped_optimizer(ctx, call) != optimizer:
+                others.append(call)
+        if len(backwards) < 2:
+            continue
+        own, earlier = backwards[0], backwards[-1]
+        between = [o for o in others if earlier.lineno < o.lineno < own.lineno]
+        if not between:
+            continue
+        other_step = min(between, key=lambda o: (o.lineno, o.col_offset))
+        assert isinstance(earlier.func, ast.Attribute)
+        attached, _ = _paths_to_model(ctx, earlier.func.value, model)
+        if attached:
+            found.append((step, earlier, other_step))
+    return found
+
+
+def _cleared_by(ctx: ModuleContext, call: ast.Call) -> set[str]:
+    """What a call clears, as written: `opt.zero_grad()` -> the optimizer (or module) it is
+    called on; a local helper (`self.reset_grad()`) -> what its own clearing calls name."""
+    if isinstance(call.func, ast.Attribute) and call.func.attr == "zero_grad":
+        return {ast.unparse(call.func.value)}
+    cleared: set[str] = set()
+    for fn in ctx.calls.resolve(call):
+        for node in direct_effects(fn.body).zero_grad:
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                cleared.add(ast.unparse(node.func.value))
+    return cleared
