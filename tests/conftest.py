@@ -1,5 +1,5 @@
 """Shared test set-up: an isolated torchdoctor home, no LLM credentials from the host,
-bytecode caching on, and the order and grouping the two xdist workers get the tests in."""
+bytecode caching on, and the order and grouping the xdist workers get the tests in."""
 
 from __future__ import annotations
 
@@ -111,9 +111,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The slow step (`-m slow`) imports only the test modules whose source names the mark:
-    a `slow` mark is written in its module (no conftest adds it), and importing the ~230
-    modules without one cost each xdist worker about 10 s of the step's collection."""
+    """`-m slow` imports only the test modules whose source names the mark: a `slow` mark is
+    written in its module (no conftest adds it), and importing the ~230 modules without one
+    cost each xdist worker about 10 s of collection."""
     if config.getoption("markexpr") != "slow" or collection_path.suffix != ".py":
         return None
     if not collection_path.name.startswith("test_"):
@@ -127,12 +127,12 @@ RAY_MODULES = (
     "tests/cluster/test_ray_executor.py",
 )
 """The modules on the one Ray cluster (`ray_cluster`): one worker runs them all, one after
-another, so the cluster starts once, not on both workers, and stops after the last of them."""
+another, so the cluster starts once, not on each worker, and stops after the last of them."""
 
 
 def work_unit(nodeid: str) -> str:
     """What one worker runs whole: the test's module (its module fixtures are built once; split
-    over two workers, each built them), or the Ray modules together."""
+    over several workers, each built them), or the Ray modules together."""
     module = nodeid.split("::", 1)[0]
     return "ray-cluster" if module in RAY_MODULES else module
 
