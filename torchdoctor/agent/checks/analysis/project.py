@@ -53,6 +53,7 @@ Property = Literal[
     "cpu-device-in-project",
     "convolutional",
     "accumulates-argument",
+    "returns-backpropagated-loss",
     "clips-gradients",
     "leaves-model-in-eval",
     "not-returned-in-eval",
@@ -133,6 +134,9 @@ class FunctionSummary(_Model):
     steps_optimizer: bool = False
     splits_data: bool = False
     accumulates: bool = False
+    returns_loss: bool = False
+    """Runs `backward()` on a loss and returns that loss, graph and all (a training step
+    `return loss` rather than `loss.item()`): what its caller sums keeps every graph."""
     """A method (keyed `Class.method`) that adds its first argument into its object's state
     (a meter's `update(val, n)`)."""
     leaves_eval: bool = False
@@ -918,6 +922,13 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 summary.functions[f"{cls_name}.{method}"] = FunctionSummary(
                     line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
                 )
+    if "backward" in text and "return" in text:
+        for key, step in _functions_and_methods(ctx):
+            if _returns_its_backpropagated_loss(ctx, step):
+                entry = summary.functions.get(key) or FunctionSummary(
+                    line=step.lineno, params=[a.arg for a in step.args.args]
+                )
+                summary.functions[key] = entry.model_copy(update={"returns_loss": True})
     if "grad" in text:
         clipping = _top_level_holders(ctx, ctx.flow.calls_named(GRAD_CLIPS | _IN_PLACE_ON_GRAD))
         for stmt in ctx.tree.body:
@@ -952,6 +963,44 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
         summary.reexports = _reexports(ctx)
     memo[""] = summary
     return summary
+
+
+def _functions_and_methods(
+    ctx: ModuleContext,
+) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """Module-level functions (`name`) and methods of module-level classes (`Class.name`)."""
+    for stmt in ctx.tree.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield stmt.name, stmt
+        elif isinstance(stmt, ast.ClassDef):
+            for item in stmt.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    yield f"{stmt.name}.{item.name}", item
+
+
+def _returns_its_backpropagated_loss(
+    ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef
+) -> bool:
+    """`loss.backward(); opt.step(); return loss`: the function back-propagates a name and
+    every value it returns is that name (no `.item()`, no `.detach()`), outside no_grad."""
+    backpropagated = {
+        node.func.value.id
+        for node in walk_scope(fn.body)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "backward"
+        and isinstance(node.func.value, ast.Name)
+    }
+    if not backpropagated:
+        return False
+    returned = [node.value for node in walk_scope(fn.body) if isinstance(node, ast.Return)]
+    return bool(returned) and all(
+        isinstance(value, ast.Name)
+        and value.id in backpropagated
+        and not grad_may_be_off(ctx, value)
+        and ctx.flow.graph_origin(value) == "loss"
+        for value in returned
+    )
 
 
 def _top_level_holders(ctx: ModuleContext, nodes: list[ast.Call]) -> set[int]:
@@ -1482,7 +1531,11 @@ class ProjectIndex:
         symbol = self._through_reexports(symbol)
         module, _, name = symbol.rpartition(".")
         candidates = self._modules_near(module, near)
-        if not candidates and needs in ("splits-data", "accumulates-argument"):
+        if not candidates and needs in (
+            "splits-data",
+            "accumulates-argument",
+            "returns-backpropagated-loss",
+        ):
             # `pkg.mod.Class.method`
             module, _, owner = module.rpartition(".")
             candidates = self._modules_near(module, near)
@@ -1502,6 +1555,8 @@ class ProjectIndex:
             return fn is not None and fn.splits_data
         if needs == "accumulates-argument":
             return fn is not None and fn.accumulates
+        if needs == "returns-backpropagated-loss":
+            return fn is not None and fn.returns_loss
         if needs == "clips-gradients":
             return fn is not None and fn.clips_grad
         if needs == "leaves-model-in-eval":

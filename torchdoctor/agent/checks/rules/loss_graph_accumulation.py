@@ -12,7 +12,9 @@ from torchdoctor.agent.checks.analysis.project import (
     ProjectIndex,
     class_symbols,
     defer,
+    imported_classes,
     is_package_init,
+    project_symbol,
     publish,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -40,6 +42,13 @@ class LossGraphAccumulation(Rule):
     Also reported: a loss handed to an object's method that keeps it (`losses.update(loss,
     n)` on a meter whose `update` does `self.sum += val * n`), the class in this file or in
     another one.
+
+    Also reported: the value a training step of another file returns after back-propagating
+    it (`cri = bpr.stageOne(users, pos, neg)` with `stageOne` ending in `loss.backward();
+    ...; return loss`, the object of another file's class by construction or annotation,
+    `bpr: utils.BPRLoss`; or an imported `train_step(...)`), summed across the loop: the
+    project pass confirms the callee returns the back-propagated tensor itself (not
+    `loss.item()`).
 
     Example:
         running_loss = 0.0
@@ -70,7 +79,10 @@ class LossGraphAccumulation(Rule):
         flow = ctx.flow
         self._kept_by_methods(ctx)
         for acc in flow.accumulations:
-            if flow.grad_disabled_at(acc.node) or flow.graph_origin(acc.value) != "loss":
+            if flow.grad_disabled_at(acc.node):
+                continue
+            if flow.graph_origin(acc.value) != "loss":
+                self._defer_returned_losses(ctx, acc)
                 continue
             if not flow.carried_across_iterations(acc) or flow.total_returned_by_loss_function(acc):
                 continue
@@ -93,6 +105,36 @@ class LossGraphAccumulation(Rule):
                 f"`{target}` accumulates `{ast.unparse(acc.value)}`, which still holds the "
                 "autograd graph: every iteration's graph stays in memory",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
+            )
+
+    def _defer_returned_losses(self, ctx: ModuleContext, acc: Accumulation) -> None:
+        """`cri = bpr.stageOne(users, pos, neg)`, then `aver_loss += cri`, with `stageOne` a
+        method of another file's class (`bpr: utils.BPRLoss`) that back-propagates its loss
+        and returns it with its graph: pending on the project pass finding it so."""
+        value = acc.value
+        if not isinstance(value, ast.Name):
+            return
+        bound = ctx.flow.reaching(value)
+        if not isinstance(bound, ast.Call) or not ctx.flow.carried_across_iterations(acc):
+            return
+        symbols = _project_callees(ctx, bound)
+        if not symbols:
+            return  # (a total of such losses is no loss to back-propagate: they were)
+        target = ast.unparse(acc.target)
+        callee = ast.unparse(bound.func)
+        found = ctx.finding(
+            self,
+            acc.node,
+            f"`{target}` accumulates `{value.id}`, the loss `{callee}` back-propagates and "
+            "returns with its autograd graph: every iteration's graph stays in memory (return "
+            "`loss.item()` or accumulate `.detach()`)",
+            data={"accumulator": target, "value": value.id, "fix": "detach"},
+        )
+        for symbol in symbols if found is not None else []:
+            defer(
+                ctx,
+                self.id,
+                Pending(symbol=symbol, needs="returns-backpropagated-loss", finding=found),
             )
 
     def _kept_by_methods(self, ctx: ModuleContext) -> None:
@@ -164,6 +206,44 @@ class LossGraphAccumulation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _project_callees(ctx: ModuleContext, call: ast.Call) -> list[str]:
+    """What another file of the project a call runs: `train_step(...)` imported from it, or a
+    method of an object of one of its classes (`trainer.step(...)` with `trainer =
+    Trainer(...)`, or annotated: `bpr: utils.BPRLoss = loss_class`)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        symbol = project_symbol(ctx, func)
+        return [symbol] if symbol and func.id[:1].islower() else []
+    if not isinstance(func, ast.Attribute):
+        return []
+    owner = func.value
+    classes = imported_classes(ctx, owner) if isinstance(owner, ast.Name) else []
+    if not classes and isinstance(owner, ast.Name):
+        classes = _annotated_classes(ctx, owner)
+    if classes:
+        return [f"{cls}.{func.attr}" for cls in classes]
+    symbol = project_symbol(ctx, func)
+    return [symbol] if symbol and func.attr[:1].islower() else []
+
+
+def _annotated_classes(ctx: ModuleContext, name: ast.Name) -> list[str]:
+    """The project class a variable is annotated with in its function (`bpr: utils.BPRLoss =
+    loss_class`, `trainer: Trainer`)."""
+    scope = ctx.enclosing_function(name)
+    found: list[str] = []
+    for node in walk_scope(scope.body if scope is not None else ctx.tree.body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == name.id
+            and (symbol := project_symbol(ctx, node.annotation)) is not None
+            and symbol.rpartition(".")[2][:1].isupper()
+            and symbol not in found
+        ):
+            found.append(symbol)
+    return found
 
 
 def _meter_receiver(
