@@ -159,7 +159,9 @@ def test_fix_approve_apply_then_resume_in_a_real_terminal(
     first.keys("C-c")
     first.wait_for(r"cancelled: the session goes on[\s\S]*torchdoctor>", timeout_s=120, after=mark)
     first.type("help")
-    first.wait_for(r"approve ID\|all", after=mark)
+    # the prompt after the list: a Ctrl-D sent before it is read at a prompt is lost (the
+    # terminal is not in prompt_toolkit's raw mode between prompts)
+    first.wait_for(r"approve ID\|all[\s\S]*torchdoctor>", after=mark)
     first.keys("C-d")
     screen = first.wait_for(r"kept: torchdoctor chat --session \w+", after=mark)
     session = re.findall(r"--session (\w+)", screen)[-1]
