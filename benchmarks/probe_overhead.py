@@ -2,12 +2,20 @@
 harness's cheap probes on (module/optimizer/backward hooks, loss and gradient norms kept on
 the device, activation sampling every k steps, graph scans on a sparse schedule).
 
-Run: `PYTHONPATH=. python benchmarks/probe_overhead.py [--steps 60] [--device cpu|cuda]
-[--batch N]`.
-Prints the median step time of each variant (per-step CUDA events on the GPU, wall clock on
-the CPU), the ratio, the mean ratio (which also carries the sparse, costly steps), and the
-host time one step takes to issue with and without the probes (on a launch-bound GPU loop
-that is what the probes add), then the host cost of each per-step probe read.
+Run: `PYTHONPATH=. python benchmarks/probe_overhead.py [--rounds 40] [--steps 10]
+[--device cpu|cuda] [--batch N]`.
+Each round runs a plain block and a probed block side by side (the order alternating
+between rounds), each `--steps` timed steps after `--warmup` untimed ones (a fresh harness
+session per probed block; the default 9 takes it past the graph scans of its first eight
+steps). The step time drifts by more than the effect between blocks seconds apart (1-3 ms on
+a 11-16 ms step on an H100), so the overhead is estimated per pair: each round's ratio of
+block medians, their geometric mean, and a 95% bootstrap interval resampling rounds, then
+steps (`stats.paired_ratio`). The unpaired figure (all steps of each variant pooled, runs
+resampled independently, as the fix verifier does) is printed beside it.
+Step times are per-step CUDA events on the GPU, wall clock on the CPU; the mean ratio also
+carries the sparse, costly steps. The host time one step takes to issue is read in the same
+blocks (on a launch-bound GPU loop that is what the probes add), then the host cost of each
+per-step probe read.
 Target: at most 1.05x on the GPU.
 
 `--step-kinds` then times each step on the host by kind: ordinary steps, sampled steps (every
@@ -34,7 +42,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from torchdoctor.agent.fixes.stats import speed_up
+from torchdoctor.agent.fixes.stats import PairedRatio, paired_ratio, speed_up
 from torchdoctor.sandbox.probes import session as session_module
 from torchdoctor.sandbox.probes.config import ProbeConfig
 from torchdoctor.sandbox.probes.control import StopRun
@@ -123,10 +131,14 @@ def make_step(
     return step
 
 
-def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Per-step seconds: CUDA events on the GPU (no host sync inside the loop)."""
+def timed(
+    step: Callable[[], None], steps: int, warmup: int, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Per-step seconds, and the host seconds each step took to issue: CUDA events on the GPU
+    (no host sync inside the loop), the wall clock for both on the CPU."""
     for _ in range(warmup):
         step()
+    host = []
     if device.type == "cuda":
         events = [
             torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
@@ -135,16 +147,17 @@ def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.devic
         torch.cuda.synchronize()
         events[0].record()
         for i in range(steps):
+            start = time.perf_counter()
             step()
+            host.append(time.perf_counter() - start)
             events[i + 1].record()
         torch.cuda.synchronize()
-        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)]
-    times = []
+        return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(steps)], host
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return times
+        host.append(time.perf_counter() - start)
+    return list(host), host
 
 
 def host_seconds(
@@ -194,7 +207,8 @@ def instrumented(
     warmup: int,
     device: torch.device,
     sample_every: int | None,
-) -> tuple[list[float], Session]:
+) -> tuple[list[float], list[float], Session]:
+    """`timed` with a fresh harness session installed for the block."""
     cuda = device.type == "cuda"
     config = ProbeConfig(
         script=__file__,
@@ -205,30 +219,56 @@ def instrumented(
     session = Session(config, UserFiles(__file__))
     session.install()
     try:
-        return timed(step, steps, warmup, device), session
+        return *timed(step, steps, warmup, device), session
     except StopRun:
         raise RuntimeError("the benchmark must not reach the step limit") from None
     finally:
         session.uninstall()
 
 
-def instrumented_host(
-    step: Callable[[], None], steps: int, warmup: int, device: torch.device, sample_every: int
-) -> list[float]:
-    config = ProbeConfig(script=__file__, steps=10**9, sample_every=sample_every, flush_every=25)
-    session = Session(config, UserFiles(__file__))
-    session.install()
-    try:
-        return host_seconds(step, steps, warmup, device)
-    finally:
-        session.uninstall()
+@dataclass
+class Blocks:
+    """One variant's blocks: step times and host issue times, one list per round."""
+
+    steps: list[list[float]]
+    host: list[list[float]]
+
+
+def side_by_side(
+    step: Callable[[], None], args: argparse.Namespace, device: torch.device
+) -> tuple[Blocks, Blocks, Session]:
+    """`args.rounds` rounds of a plain and a probed block next to each other, plain first in
+    even rounds and second in odd ones (a drift within a round weighs on neither side)."""
+    plain, probed = Blocks([], []), Blocks([], [])
+    session: Session | None = None
+    for round_ in range(args.rounds):
+        for probed_now in (round_ % 2 == 1, round_ % 2 == 0):
+            if probed_now:
+                times, host, session = instrumented(
+                    step, args.steps, args.warmup, device, args.sample_every
+                )
+                probed.steps.append(times)
+                probed.host.append(host)
+            else:
+                times, host = timed(step, args.steps, args.warmup, device)
+                plain.steps.append(times)
+                plain.host.append(host)
+    assert session is not None
+    return plain, probed, session
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=25, help="timed steps per block")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=8, help="plain/instrumented alternations")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per block")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=9,
+        help="untimed steps before each block (a fresh session scans its first eight)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=40, help="pairs of plain and probed blocks side by side"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--sample-every",
@@ -259,26 +299,16 @@ def main() -> None:
     torch.manual_seed(0)
     model, optimizer = build(shape, device)
     step = make_step(model, optimizer, shape, device)
-    plain: list[list[float]] = []
-    probed: list[list[float]] = []
-    host_plain: list[float] = []
-    host_probed: list[float] = []
-    for _ in range(args.rounds):  # interleaved short blocks, so drift hits both variants alike
-        plain.append(timed(step, args.steps, args.warmup, device))
-        host_plain += host_seconds(step, args.steps, args.warmup, device)
-        times, session = instrumented(step, args.steps, args.warmup, device, args.sample_every)
-        probed.append(times)
-        host_probed += instrumented_host(
-            step, args.steps, args.warmup, device, session.config.sample_every
-        )
+    plain, probed, session = side_by_side(step, args, device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    flat_plain = [t for block in plain for t in block]
-    flat_probed = [t for block in probed for t in block]
-    overhead = overhead_ratio(probed, plain)
+    flat_plain = [t for block in plain.steps for t in block]
+    flat_probed = [t for block in probed.steps for t in block]
+    paired = paired_ratio(plain.steps, probed.steps)
+    unpaired = overhead_ratio(probed.steps, plain.steps)
     print(f"device: {name}; torch {torch.__version__}; shape {shape}")
     print(
-        f"steps measured: {args.rounds} rounds x {args.steps} per variant, interleaved "
-        f"(each after {args.warmup} warm-up steps)"
+        f"steps measured: {args.rounds} rounds of a plain and a probed block side by side, "
+        f"{args.steps} timed steps each after {args.warmup} untimed"
     )
     print(
         f"plain        median {statistics.median(flat_plain) * 1e3:8.2f} ms  "
@@ -290,23 +320,30 @@ def main() -> None:
     )
     mean_ratio = statistics.mean(flat_probed) / statistics.mean(flat_plain)
     print(
-        f"overhead ratio (median): {overhead.ratio:.3f}x, 95% CI [{overhead.low:.3f}x, "
-        f"{overhead.high:.3f}x] (blocks resampled, then steps)   (mean): {mean_ratio:.3f}x"
+        f"overhead ratio (median, paired): {_ratio(paired)} (each round's ratio of block "
+        f"medians, geometric mean; rounds resampled, then steps)"
+    )
+    print(
+        f"unpaired ratio (median of all steps): {unpaired.ratio:.3f}x, 95% CI "
+        f"[{unpaired.low:.3f}x, {unpaired.high:.3f}x] (blocks resampled, then steps)   "
+        f"(mean): {mean_ratio:.3f}x"
     )
     print(
         f"probe errors: {len(session.errors)}; sampled every {session.config.sample_every} "
         f"steps; device reads every {session.config.flush_every} steps"
     )
-    hp, hq = statistics.median(host_plain), statistics.median(host_probed)
+    host = paired_ratio(plain.host, probed.host)
+    hp = statistics.median(t for block in plain.host for t in block)
+    hq = statistics.median(t for block in probed.host for t in block)
     print(
         f"host time to issue a step (median): plain {hp * 1e3:.2f} ms, instrumented "
-        f"{hq * 1e3:.2f} ms (+{(hq - hp) * 1e6:.0f} us per step, {hq / hp:.3f}x)"
+        f"{hq * 1e3:.2f} ms (+{(hq - hp) * 1e6:.0f} us per step); paired {_ratio(host)}"
     )
     print("host cost of the per-step probe reads:")
     breakdown(model, optimizer, step)
     if device.type == "cuda":
-        verdict = "met" if overhead.ratio <= TARGET else "NOT met"
-        bound = "within" if overhead.high <= TARGET else "not all within"
+        verdict = "met" if paired.ratio <= TARGET else "NOT met"
+        bound = "within" if paired.interval[1] <= TARGET else "not all within"
         print(f"target <= {TARGET}x on the GPU: {verdict} (the interval is {bound} it)")
     if args.step_kinds:
         step_kinds(step, args, device)
@@ -343,30 +380,25 @@ def step_kinds(step: Callable[[], None], args: argparse.Namespace, device: torch
             session.uninstall()
     base = statistics.median(plain)
     print(f"host time a step by kind (median, against the plain loop's {base * 1e3:.2f} ms):")
-    for kind, times in by_kind.items():
+    for label, times in by_kind.items():
         if times:
             extra = (statistics.median(times) - base) * 1e6
-            print(f"  {kind:<9} {len(times):6} steps  {extra:+9.0f} us")
+            print(f"  {label:<9} {len(times):6} steps  {extra:+9.0f} us")
 
 
 def ablate(step: Callable[[], None], args: argparse.Namespace, device: torch.device) -> None:
-    """The overhead with one part left out (each variant interleaved with fresh plain blocks,
-    so drift hits both)."""
-    print("with one probe part left out (overhead ratio of the median step, 95% CI):")
+    """The overhead with one part left out, each variant's blocks side by side with fresh
+    plain ones and paired the same way."""
+    print("with one probe part left out (overhead ratio of the median step, paired, 95% CI):")
     for part in ABLATIONS:
-        kept: list[list[float]] = []
-        again: list[list[float]] = []
-        for _ in range(args.rounds):
-            again.append(timed(step, args.steps, args.warmup, device))
-            with without(part):
-                kept.append(
-                    instrumented(step, args.steps, args.warmup, device, args.sample_every)[0]
-                )
-        overhead = overhead_ratio(kept, again)
-        print(
-            f"  without {part:<32} {overhead.ratio:.3f}x "
-            f"[{overhead.low:.3f}x, {overhead.high:.3f}x]"
-        )
+        with without(part):
+            overhead = side_by_side(step, args, device)
+        print(f"  without {part:<32} {_ratio(paired_ratio(overhead[0].steps, overhead[1].steps))}")
+
+
+def _ratio(ratio: PairedRatio) -> str:
+    low, high = ratio.interval
+    return f"{ratio.ratio:.3f}x, 95% CI [{low:.3f}x, {high:.3f}x] over {ratio.pairs} pairs"
 
 
 @dataclass(frozen=True)

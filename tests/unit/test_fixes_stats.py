@@ -10,6 +10,7 @@ import pytest
 from torchdoctor.agent.fixes.stats import (
     MIN_IMPROVEMENT,
     Verdict,
+    paired_ratio,
     speed_up,
     trajectories_agree,
     trajectories_match,
@@ -160,3 +161,46 @@ def test_a_nan_the_original_did_not_have_fails_whatever_the_spread() -> None:
     fixed[12] = math.nan  # one step: a rolling median would pass over it
     ok, detail = trajectories_agree(original, fixed, 2e-2, again)
     assert not ok and "rolling median" not in detail
+
+
+def _drifting_pairs(
+    seed: int, overhead: float, pairs: int = 40, steps: int = 10
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Short plain and probed blocks side by side while the step time wanders 11-16 ms
+    between pairs (seen on an H100: 1-3 ms between blocks, more than a 3-5% effect)."""
+    rng = random.Random(seed)
+    level = 0.013
+    plain, probed = [], []
+    for _ in range(pairs):
+        level = min(0.016, max(0.011, level * math.exp(rng.gauss(0.0, 0.08))))
+        plain.append(_steps(rng, level, 0.03, steps))
+        probed.append(_steps(rng, level * overhead, 0.03, steps))
+    return plain, probed
+
+
+def test_pairing_finds_a_three_percent_overhead_that_drift_hides_unpaired() -> None:
+    plain, probed = _drifting_pairs(3, 1.03)
+    paired = paired_ratio(plain, probed)
+    low, high = paired.interval
+    assert 1.0 < low < 1.03 < high < 1.06
+    assert paired.pairs == 40
+    unpaired = speed_up(probed, plain)  # the gain of plain over probed, as probe_overhead had it
+    u_low, u_high = (1 / (1 - g) for g in unpaired.interval)
+    assert u_low < 1.0  # drift between blocks swamps the effect
+    assert (high - low) * 3 < u_high - u_low
+
+
+def test_pairing_puts_no_overhead_inside_its_interval() -> None:
+    for seed in range(5):
+        plain, probed = _drifting_pairs(seed, 1.0)
+        low, high = paired_ratio(plain, probed).interval
+        assert low <= 1.0 <= high
+
+
+def test_paired_ratio_is_reproducible_and_refuses_unmatched_blocks() -> None:
+    plain, probed = _drifting_pairs(1, 1.05)
+    assert paired_ratio(plain, probed) == paired_ratio(plain, probed)
+    with pytest.raises(ValueError):
+        paired_ratio(plain, probed[:-1])
+    with pytest.raises(ValueError):
+        paired_ratio(plain[:1], probed[:1])

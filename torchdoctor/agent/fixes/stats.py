@@ -210,3 +210,53 @@ def _resampled_median(runs: list[list[float]], rng: random.Random) -> float:
         run = runs[rng.randrange(len(runs))]
         drawn += rng.choices(run, k=len(run))
     return statistics.median(drawn)
+
+
+class PairedRatio(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float
+    """Geometric mean over pairs of median(after block) / median(before block)."""
+    interval: tuple[float, float]
+    """95% bootstrap confidence interval of `ratio`."""
+    pairs: int
+
+
+def paired_ratio(
+    before: Sequence[Sequence[float]],
+    after: Sequence[Sequence[float]],
+    *,
+    seed: int = 0,
+) -> PairedRatio:
+    """The ratio of median step times when block i of `after` ran right beside block i of
+    `before` (short blocks interleaved, so a pair shares that moment's clocks and co-tenants).
+
+    Each pair gives the ratio of its two blocks' medians; the estimate is their geometric
+    mean, and the 95% interval comes from a bootstrap that resamples pairs, then the steps of
+    each drawn pair's two blocks. A drift of the step time between pairs cancels out of every
+    pair's ratio, where the unpaired bootstrap of `speed_up` counts it as noise of both sides.
+    """
+    pairs = [(list(b), list(a)) for b, a in zip(before, after, strict=True) if b and a]
+    if len(pairs) < 2 or len(pairs) != len(before):
+        raise ValueError("at least 2 pairs of non-empty blocks are needed")
+    if any(min(b) <= 0 or min(a) <= 0 for b, a in pairs):
+        raise ValueError("step times must be positive")
+    logs = [math.log(statistics.median(a) / statistics.median(b)) for b, a in pairs]
+    rng = random.Random(seed)
+    draws: list[float] = []
+    for _ in range(RESAMPLES):
+        total = 0.0
+        for _ in pairs:
+            b, a = pairs[rng.randrange(len(pairs))]
+            total += math.log(
+                statistics.median(rng.choices(a, k=len(a)))
+                / statistics.median(rng.choices(b, k=len(b)))
+            )
+        draws.append(total / len(pairs))
+    draws.sort()
+    tail = (1 - CONFIDENCE) / 2
+    low = math.exp(draws[int(tail * (RESAMPLES - 1))])
+    high = math.exp(draws[int((1 - tail) * (RESAMPLES - 1))])
+    return PairedRatio(
+        ratio=math.exp(statistics.fmean(logs)), interval=(low, high), pairs=len(pairs)
+    )
