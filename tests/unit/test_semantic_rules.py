@@ -114,6 +114,7 @@ NEW_RULES: tuple[str, ...] = (
     "manual-batches-unshuffled",
     "advantage-not-detached",
     "accumulation-step-every-batch",
+    "eval-loader-drop-last",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
