@@ -17,7 +17,7 @@ from torchdoctor.agent.checks.analysis.project import (
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode, identifier
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -66,6 +66,22 @@ class DivideByStdNoEps(Rule):
     parts underflow to zero for quiet audio. Not the root of an embedding's or a
     displacement's squared norm (as rarely zero as the norms above).
 
+    Also reported: a division whose numerator another division of the same function
+    divides by a divisor of the same form with an epsilon added (`intersection / union`
+    beside `intersection / (target + 1e-10)`: the author knows these counts reach zero);
+    the log of an energy (a sum of squares) or of an energy over something (an SNR,
+    `10 * torch.log10(torch.sum(proj ** 2, -1) / (torch.sum(noise ** 2, -1) + eps))`) with
+    no epsilon: a silent source's energy is 0 and its log -inf; the log of a sum multiplied
+    by a mask (`torch.log(attn.sum(2)) * x_mask`: the sum is 0 on the padding, and -inf * 0
+    is NaN); and the first log or root of a parameter, nothing added, in a function that
+    takes an epsilon or floor parameter with a small default (`clip_val=1e-5`, `eps=1e-8`)
+    and never reads it (a vocoder's `torch.log(x * C)`: the floor was dropped). Not a
+    constant numerator (`1.0 / n` beside `1.0 / (m + eps)`), nor a guarded sibling of
+    another form (a count of batches beside a count of words), nor an energy that a test
+    before the log reads, nor a floor parameter of a function with no log or root of its
+    parameters (an optimizer factory's `eps`, a kernel dividing by a bandwidth), nor a
+    smoothing term of 1.
+
     A root may be written as a power (`torch.pow(var, 0.5)`, `var ** 0.5`, Conv-TasNet's
     channel-wise layer norm).
 
@@ -95,7 +111,10 @@ class DivideByStdNoEps(Rule):
     severity = Severity.LOW
     title = "Division by std/norm without epsilon"
     items: ClassVar[tuple[str, ...]] = ("2.3",)
-    triggers = Triggers((*_GATES, *_OVERLAP_WORDS, "abs(", "min(", "backward"))
+    triggers = Triggers(
+        (*_GATES, *_OVERLAP_WORDS, "abs(", "min(", "backward"),
+        all_of=(("e-", "eps"), ("/ (", "log", "sqrt")),
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         source = ctx.source
@@ -104,6 +123,10 @@ class DivideByStdNoEps(Rule):
             or ("sum(" in source and any(w in source for w in _OVERLAP_WORDS))
             or ("abs(" in source and ("e-" in source or "eps" in source))
             or ("min(" in source and "max(" in source)
+            or (
+                ("e-" in source or "eps" in source)
+                and ("/ (" in source or "log" in source or "sqrt" in source)
+            )
         )
 
     @classmethod
@@ -118,6 +141,8 @@ class DivideByStdNoEps(Rule):
         if not self.applies(ctx):
             return
         self._roots_of_energies(ctx)
+        self._logs_of_energies(ctx)
+        self._unused_floors(ctx)
         nodes: list[ast.BinOp | ast.AugAssign] = [
             *ctx.flow.nodes(ast.BinOp),
             *ctx.flow.nodes(ast.AugAssign),
@@ -149,6 +174,11 @@ class DivideByStdNoEps(Rule):
                     "count is zero: the buffer starts at zeros and grows only where updates "
                     "land (a codebook entry no input picked)"
                 )
+            elif (sibling := _guarded_sibling(ctx, node, divisor)) is not None:
+                why = (
+                    f"divisor is zero; the same numerator's other ratio, line {sibling.lineno} "
+                    f"(`{ast.unparse(sibling)}`), is kept away from zero"
+                )
             else:
                 continue
             if _compared_around(ctx, node, divisor):
@@ -170,6 +200,74 @@ class DivideByStdNoEps(Rule):
                         "the range is zero (a constant input)",
                         data={"divisor": ast.unparse(divisor)},
                     )
+
+    def _logs_of_energies(self, ctx: ModuleContext) -> None:
+        """`10 * torch.log10(ratio)` where `ratio` is an energy (a sum of squares) or an
+        energy divided by something (an SNR: `torch.sum(proj ** 2, -1) / (torch.sum(noise **
+        2, -1) + eps)`), with no epsilon: the energy of a silent source or an all-zero
+        frame is 0, its log -inf, and the loss NaN."""
+        for call in ctx.flow.calls_to(_LOGS):
+            if not call.args or _epsilon_added(call.args[0]):
+                continue
+            argument = call.args[0]
+            values: list[ast.expr] = [argument]
+            if isinstance(argument, ast.Name):
+                if _tested_around(ctx, call, argument.id):
+                    continue
+                values = _same_function_values(ctx, argument, call)
+            if not values:
+                continue
+            if all(_energy_or_ratio_of_one(ctx, v, call) for v in values):
+                ctx.report(
+                    self,
+                    call,
+                    f"`{ast.unparse(call)}`: the log of an energy (a sum of squares) with no "
+                    "epsilon: -inf for a silent or all-zero input, and the loss NaN; write "
+                    "`log(x + eps)`",
+                    data={"divisor": ast.unparse(argument)},
+                )
+            elif (mask := _masked_by(ctx, call)) is not None and all(
+                _summed(v) is not None for v in values
+            ):
+                ctx.report(
+                    self,
+                    call,
+                    f"`{ast.unparse(call)}` of a sum, then multiplied by `{ast.unparse(mask)}`"
+                    ": the sum is 0 where the mask is (padding), its log -inf, and -inf * 0 "
+                    "is NaN, which the loss's sum spreads; write `log(x + eps)`",
+                    data={"divisor": ast.unparse(argument)},
+                )
+
+    def _unused_floors(self, ctx: ModuleContext) -> None:
+        """A function that takes an epsilon or a clipping floor (`clip_val=1e-5`, `eps=1e-8`)
+        and never reads it, while it takes a log or a root of its parameters, nothing added
+        (HiFi-GAN's `dynamic_range_compression_torch(x, C=1, clip_val=1e-5)` returning
+        `torch.log(x * C)`): the floor meant for that argument was dropped."""
+        for function in ctx.flow.nodes(ast.FunctionDef):
+            floors = _floor_parameters(function)
+            if not floors:
+                continue
+            read = {
+                n.id
+                for n in walk_tree(function)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+            }
+            unused = [f for f in floors if f.arg not in read]
+            if not unused:
+                continue
+            site = _unguarded_site(ctx, function)
+            if site is None:
+                continue
+            floor = unused[0]
+            default = _default_of(function, floor)
+            ctx.report(
+                self,
+                site,
+                f"`{ast.unparse(site)}` has no epsilon, and `{floor.arg}="
+                f"{ast.unparse(default) if default is not None else '...'}`, the function's "
+                "floor for it, is never used: NaN/-inf where the argument is zero",
+                data={"divisor": floor.arg},
+            )
 
     def _roots_of_energies(self, ctx: ModuleContext) -> None:
         """`torch.sqrt(spec.pow(2).sum(-1))`: the magnitude of a spectrum (an STFT's or FFT's
@@ -530,6 +628,154 @@ def _square(value: ast.expr) -> bool:
 
 
 _SHAPE_ONLY = frozenset({"unsqueeze", "view", "reshape", "expand_as", "expand", "t", "float"})
+
+
+_LOGS = frozenset(
+    {"torch.log", "torch.log10", "torch.log2", "numpy.log", "numpy.log10", "numpy.log2"}
+)
+_EPSILON_NAME = re.compile(r"eps|smooth", re.IGNORECASE)
+
+
+def _epsilon(value: ast.expr) -> bool:
+    """A small positive constant (`1e-10`) or a name for one (`EPS`, `self.eps`,
+    `config.smooth`)."""
+    if isinstance(value, ast.Constant):
+        return isinstance(value.value, int | float) and 0 < value.value < 1e-2
+    name = identifier(value) if isinstance(value, ast.Name | ast.Attribute) else ""
+    return bool(name) and bool(_EPSILON_NAME.search(name))
+
+
+def _epsilon_added(value: ast.expr) -> bool:
+    """`x + eps` (either side), or anything added: a sum is not taken as unguarded."""
+    return isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add)
+
+
+_FLOOR_NAME = re.compile(
+    r"^(eps|epsilon|\w+_eps|eps_\w+|clip_val|clip_value|clip_min|min_val|min_value|floor)$",
+    re.IGNORECASE,
+)
+
+
+def _default_of(function: ast.FunctionDef, parameter: ast.arg) -> ast.expr | None:
+    arguments = function.args
+    positional = [*arguments.posonlyargs, *arguments.args]
+    if parameter in positional:
+        offset = positional.index(parameter) - (len(positional) - len(arguments.defaults))
+        return arguments.defaults[offset] if offset >= 0 else None
+    if parameter in arguments.kwonlyargs:
+        return arguments.kw_defaults[arguments.kwonlyargs.index(parameter)]
+    return None
+
+
+def _floor_parameters(function: ast.FunctionDef) -> list[ast.arg]:
+    """Parameters named for an epsilon or a floor whose default is a small positive
+    constant (`clip_val=1e-5`, `eps=1e-8`)."""
+    arguments = function.args
+    found = []
+    for parameter in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+        if not _FLOOR_NAME.match(parameter.arg):
+            continue
+        default = _default_of(function, parameter)
+        if default is not None and _epsilon(default):
+            found.append(parameter)
+    return found
+
+
+def _unguarded_site(ctx: ModuleContext, function: ast.FunctionDef) -> ast.expr | None:
+    """The first log or root in the function's own body whose argument reads a parameter
+    of the function with nothing added or clamped (`torch.log(x * C)`)."""
+    parameters = {a.arg for a in [*function.args.posonlyargs, *function.args.args]}
+    for node in walk_scope(function.body):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        qual = ctx.flow.qualname_of(node) or ""
+        if qual in _LOGS or qual in _TORCH_ROOTS or qual == "numpy.sqrt":
+            argument = node.args[0]
+            if _epsilon_added(argument) or _clamped(argument):
+                continue
+            if any(isinstance(n, ast.Name) and n.id in parameters for n in walk_tree(argument)):
+                return node
+    return None
+
+
+def _clamped(value: ast.expr) -> bool:
+    return isinstance(value, ast.Call) and identifier(value.func) in (
+        "clamp", "clip", "clamp_min", "maximum", "max", "exp", "softplus"
+    )  # fmt: skip
+
+
+def _same_function_values(ctx: ModuleContext, name: ast.Name, at: ast.AST) -> list[ast.expr]:
+    """The values of `name` that reach this read, bound in the function around `at`; empty
+    when one comes from elsewhere (a parameter, another scope)."""
+    values = ctx.flow.reaching_or_all(name)
+    function = ctx.enclosing_function(at)
+    if not values or any(ctx.enclosing_function(v) is not function for v in values):
+        return []
+    return values
+
+
+def _energy_or_ratio_of_one(ctx: ModuleContext, value: ast.expr, at: ast.AST) -> bool:
+    """A sum of squares, or a quotient whose numerator is one (directly or through a name
+    bound in the same function)."""
+    if _sum_of_squares(ctx, value):
+        return True
+    if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Div)):
+        return False
+    numerator = value.left
+    if isinstance(numerator, ast.Name):
+        bound = _same_function_values(ctx, numerator, at)
+        return bool(bound) and all(_sum_of_squares(ctx, v) for v in bound)
+    return _sum_of_squares(ctx, numerator)
+
+
+def _masked_by(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+    """The mask a log is multiplied by (`torch.log(w) * x_mask`): a name or attribute named
+    for a mask."""
+    parent = ctx.parents.get(call)
+    if not (isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Mult)):
+        return None
+    other = parent.right if parent.left is call else parent.left
+    name = identifier(other) if isinstance(other, ast.Name | ast.Attribute) else ""
+    return other if name and "mask" in name.lower() else None
+
+
+def _guarded_sibling(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> ast.BinOp | None:
+    """Another division of the same numerator in the same function whose divisor, of the
+    same form (`target_meter.sum` beside `union_meter.sum`), has an epsilon added
+    (`intersection / (target + 1e-10)` beside `intersection / union`): the author knows
+    these counts can be zero and guards one ratio, not this one. Not a constant numerator
+    (`1 / x`), nor a divisor that is itself a sum or a constant, nor one of another form
+    (a count of batches beside a count of words)."""
+    if not isinstance(division, ast.BinOp) or isinstance(division.left, ast.Constant):
+        return None
+    if not isinstance(divisor, ast.Name | ast.Attribute | ast.Subscript | ast.Call):
+        return None
+    function = ctx.enclosing_function(division)
+    if function is None:
+        return None
+    numerator = ast.dump(division.left)
+    shape = _shape(divisor)
+    for other in walk_tree(function):
+        if (
+            isinstance(other, ast.BinOp)
+            and other is not division
+            and isinstance(other.op, ast.Div)
+            and ast.dump(other.left) == numerator
+            and isinstance(other.right, ast.BinOp)
+            and isinstance(other.right.op, ast.Add)
+        ):
+            left, right = other.right.left, other.right.right
+            if (_epsilon(right) and _shape(left) == shape) or (
+                _epsilon(left) and _shape(right) == shape
+            ):
+                return other
+    return None
+
+
+def _shape(node: ast.expr) -> str:
+    """`node`'s form with its names left out: `union_meter.sum` and `target_meter.sum` are
+    alike, `self.n_batchs` and `t` are not."""
+    return re.sub(r"id='[^']*'", "id=''", ast.dump(node))
 
 
 def _counts_from_zero(ctx: ModuleContext, divisor: ast.expr) -> bool:

@@ -117,6 +117,12 @@ class EvalWithoutEvalMode(Rule):
     reported;
     prediction/serving functions are left to `inference-no-eval`.
 
+    Also reported: a test whose one branch calls `model.train()` and whose other branch runs
+    the model with no `.eval()` (score_sde's `get_model_fn`: `if not train: return model(x,
+    labels)` / `else: model.train(); ...`): after the training branch has run once, the
+    other runs in training mode. Not when the function switches the model to eval mode
+    before the test.
+
     Example:
         @torch.no_grad()
         def evaluate(model, loader):
@@ -142,13 +148,33 @@ class EvalWithoutEvalMode(Rule):
             any(True for _ in _evaluation_regions(ctx))
             or bool(_phase_loops(ctx))
             or bool(_flagged_evaluation_calls(ctx))
+            or bool(_one_branch_runs(ctx))
         )
+
+    def _mode_set_on_one_branch_only(self, ctx: ModuleContext) -> None:
+        """`if not train: return model(x, labels)` / `else: model.train(); return model(x,
+        labels)`: one branch of a test puts the model in training mode and runs it, the
+        other runs it with no `.eval()`, so once the training branch has run the other one
+        runs in training mode too (score_sde's `get_model_fn` with its `model.eval()` lost).
+        Not when the function puts the model in eval mode before the test."""
+        for run, test, switch, layers in _one_branch_runs(ctx):
+            ctx.report(
+                self,
+                run,
+                f"`{ast.unparse(run.func)}` runs here with no `.eval()`, while the other "
+                f"branch of `if {ast.unparse(test.test)}:` (line {switch.lineno}) puts it in "
+                "training mode: once that branch has run, this one runs in training mode "
+                f"too, and {_consequence(layers)}",
+                severity=_severity(layers),
+                data={"mode_dependent_layers": layers, **model_anchor(model_of(run))},
+            )
 
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
         publish_mode_layers(ctx)
         if "forward" in ctx.source or is_package_init(ctx):
             publish(ctx)  # whether its classes are mode-free, for the modules importing them
+        self._mode_set_on_one_branch_only(ctx)
         if (
             "no_grad" not in ctx.source
             and "inference_mode" not in ctx.source
@@ -481,6 +507,81 @@ def _shared_with_training(ctx: ModuleContext, helper: FunctionNode) -> bool:
     for site in ctx.calls.call_sites(helper):
         caller = ctx.enclosing_function(site)
         if caller is not None and ctx.loops.backpropagates(caller.body):
+            return True
+    return False
+
+
+def _one_branch_runs(ctx: ModuleContext) -> list[tuple[ast.Call, ast.If, ast.Call, ModeLayers]]:
+    """(the model's run with no `.eval()`, the test, the other branch's `.train()`, the
+    model's layers) for each test whose one branch switches the model to training mode."""
+    memo = ctx.memo_table("eval_without_eval_mode.one_branch")
+    if "" in memo:
+        return memo[""]  # type: ignore[no-any-return]
+    found: list[tuple[ast.Call, ast.If, ast.Call, ModeLayers]] = []
+    if ".train()" in ctx.source and "else" in ctx.source:
+        for test in ctx.flow.nodes(ast.If):
+            if not test.orelse:
+                continue
+            for trains, other in ((test.body, test.orelse), (test.orelse, test.body)):
+                hit = _run_beside_a_switch(ctx, test, trains, other)
+                if hit is not None:
+                    found.append(hit)
+                    break
+    memo[""] = found
+    return found
+
+
+def _run_beside_a_switch(
+    ctx: ModuleContext, test: ast.If, trains: list[ast.stmt], other: list[ast.stmt]
+) -> tuple[ast.Call, ast.If, ast.Call, ModeLayers] | None:
+    for node in walk_scope(trains):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "train"
+            and not node.args
+            and isinstance(node.func.value, ast.Name | ast.Attribute)
+        ):
+            continue
+        model = ast.dump(node.func.value)
+        if _switches(other, model, to_train=False) or _switches(other, model, to_train=True):
+            return None  # the other branch sets its own mode
+        if any(isinstance(n, ast.Call) and is_backward_call(n) for n in walk_scope(other)):
+            return None  # it trains too
+        run = next(
+            (n for n in walk_scope(other) if isinstance(n, ast.Call) and ast.dump(n.func) == model),
+            None,
+        )
+        function = ctx.enclosing_function(test)
+        before = [s for s in function.body if s.lineno < test.lineno] if function else []
+        if run is None or _switches(before, model, to_train=False):
+            return None
+        layers = _mode_dependent(ctx, model_of(run))
+        return None if layers == "none" else (run, test, node, layers)
+    return None
+
+
+def _switches(branch: list[ast.stmt], model: str, to_train: bool) -> bool:
+    """The branch calls `model.train()` (`to_train`) or `model.eval()` / `model.train(False)`
+    as a statement of its own scope."""
+    for node in walk_scope(branch):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and ast.dump(node.func.value) == model
+        ):
+            continue
+        attr, args = node.func.attr, node.args
+        training = attr == "train" and (
+            not args or (isinstance(args[0], ast.Constant) and args[0].value is True)
+        )
+        evaluating = attr == "eval" or (
+            attr == "train"
+            and bool(args)
+            and isinstance(args[0], ast.Constant)
+            and args[0].value is False
+        )
+        if (to_train and training) or (not to_train and evaluating):
             return True
     return False
 

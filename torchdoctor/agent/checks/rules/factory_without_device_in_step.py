@@ -11,6 +11,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import TENSOR_FACTORIES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.loops import TRAINING_LOOP_TEXT, walk_scope, walk_tree
+from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import on_a_cpu_branch, uses_cuda
 from torchdoctor.agent.models import Severity
 
@@ -66,13 +67,16 @@ class FactoryWithoutDeviceInStep(Rule):
     severity = Severity.HIGH
     title = "CPU tensor created in a GPU training step"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
-    triggers = TRAINING_LOOP_TEXT
+    triggers = Triggers(
+        (*TRAINING_LOOP_TEXT.words, ".cuda()", ".to("), all_of=TRAINING_LOOP_TEXT.all_of
+    )
 
     def applies(self, ctx: ModuleContext) -> bool:
         return uses_cuda(ctx) and bool(ctx.loops.training_loops)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        in_steps = self.applies(ctx)
+        if not in_steps and not _placements(ctx)[0] and not _placements(ctx)[1]:
             return
         flow = ctx.flow
         from_data = {id(call) for call in flow.calls_to(_FROM_DATA)}
@@ -84,7 +88,11 @@ class FactoryWithoutDeviceInStep(Rule):
             consumer = _consumer(ctx, call)
             if consumer is None or _host_side(ctx, call, consumer):
                 continue
-            if ctx.enclosing_function(consumer) is not ctx.enclosing_function(call):
+            if _placed_model(ctx, consumer):
+                pass  # the model was put on a device by this code: wherever it runs
+            elif not in_steps:
+                continue
+            elif ctx.enclosing_function(consumer) is not ctx.enclosing_function(call):
                 # returned by a helper: the caller's step decides (`h, l = self.reset()`)
                 if not ctx.loops.in_training_step(consumer) or not _places_batches(ctx, consumer):
                     continue
@@ -136,15 +144,28 @@ def _host_side(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:
         if isinstance(consumer.func, ast.Name | ast.Attribute)
         else []
     )
-    ctc = (flow.qualname_of(consumer) or "") in _CTC or any(
-        isinstance(s, ast.Call) and (flow.qualname_of(s) or "") in _CTC for s in callee
-    )
+    ctc = (flow.qualname_of(consumer) or "") in _CTC or any(_builds_ctc(ctx, s) for s in callee)
     if ctc and (
         _CTC_LENGTHS.get(position if position is not None else -1)
         or keywords & set(_CTC_LENGTHS.values())
     ):
         return True
     return flow.is_model_call(consumer) and bool(own) and bool(_LENGTHS_NAME.search(own.lower()))
+
+
+def _builds_ctc(ctx: ModuleContext, value: ast.AST) -> bool:
+    """`nn.CTCLoss(...)`, also moved (`.to(device)`) or another library's `CTCLoss()`
+    (warp-ctc's)."""
+    while (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _MOVES
+    ):
+        value = value.func.value
+    if not isinstance(value, ast.Call):
+        return False
+    qual = ctx.flow.qualname_of(value) or ""
+    return qual in _CTC or qual.endswith("CTCLoss") or ast.unparse(value.func).endswith("CTCLoss")
 
 
 def _per_step(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:
@@ -159,11 +180,13 @@ def _per_step(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:
 
 def _from_host_data(ctx: ModuleContext, call: ast.Call) -> bool:
     """`torch.tensor(rewards)` of a Python list or a NumPy array: a CPU tensor. Of a tensor,
-    it keeps that tensor's device, so only host data counts."""
+    it keeps that tensor's device, so only host data counts; `torch.from_numpy(a)` and the
+    legacy `torch.FloatTensor(obs)` are CPU tensors whatever they are given."""
     if not call.args:
         return False
-    if (ctx.flow.qualname_of(call) or "").endswith("from_numpy"):
-        return True
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual.endswith(("from_numpy", "Tensor")):
+        return True  # a legacy typed constructor makes a CPU tensor of whatever it is given
     data = call.args[0]
     sources = [data, *ctx.flow.sources(data)] if isinstance(data, ast.Name) else [data]
     return any(
@@ -200,12 +223,14 @@ def _consumer(ctx: ModuleContext, call: ast.expr, hops: int = 0) -> ast.Call | N
         if ctx.enclosing_function(r) is scope
         and (r.lineno, r.col_offset) > end
         and flow.reaching(r) in (None, parent.value)  # not a later rebinding's reads
+        # nor one a move may reach (`if cuda: x = x.cuda()`, then `net(x)`)
+        and not any(_to_a_device(v) is not None for v in flow.reaching_or_all(r))
     ]
     if any(_moved(ctx, read) for read in reads):
         return None
     for read in reads:
-        holder = ctx.parents.get(read)
-        if isinstance(holder, ast.Call) and read in holder.args and _device_side(ctx, holder):
+        viewed, holder = _same_device(ctx, read)  # `model(buffer[:n].unsqueeze(1))`
+        if isinstance(holder, ast.Call) and viewed in holder.args and _device_side(ctx, holder):
             return holder
         mixed = _mixed_with_model_output(ctx, read)
         if mixed is not None:
@@ -360,7 +385,121 @@ def _device_side(ctx: ModuleContext, call: ast.Call) -> bool:
         flow.is_loss_callee(call.func)
         or flow.is_model_call(call)
         or flow.qualname_of(call) in _AUTOGRAD_GRAD
+        or _placed_model(ctx, call)
     )
+
+
+def _placed_model(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`call` runs a model this code put on a device itself, wherever the call is (an
+    agent's `act`, an evaluation's sampling loop): `self.actor(obs)` with `self.actor =
+    make_actor(cfg).to(self.device)` in the class, `net(x)` with `net.cuda()` or `net =
+    Net().to(device)` in the module, or a helper's parameter every call of this module gives
+    such a model (`evaluate(sampler, model)` called with `net_sampler`, built
+    `.to(device)`). A tensor made on the CPU does not reach it unmoved."""
+    names, attributes = _placements(ctx)
+    func = call.func
+    if ctx.flow.is_loss_callee(func) or ctx.test_module:
+        return False  # a loss moved with its module (CTC takes its lengths on the host); tests
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        if func.value.id != "self":
+            return False
+        owner = next((a for a in ctx.ancestors(call) if isinstance(a, ast.ClassDef)), None)
+        return owner is not None and (id(owner), func.attr) in attributes
+    if not isinstance(func, ast.Name):
+        return False
+    function = ctx.enclosing_function(call)
+    parameters = [a.arg for a in function.args.args] if function is not None else []
+    if func.id in parameters:
+        if parameters[0] in ("self", "cls") or _rebound(function, func.id):  # type: ignore[arg-type]
+            return False
+        position = parameters.index(func.id)
+        sites = ctx.calls.call_sites(function)  # type: ignore[arg-type]
+        return bool(sites) and all(
+            position < len(site.args)
+            and isinstance(site.args[position], ast.Name)
+            and site.args[position].id in names  # type: ignore[attr-defined]
+            for site in sites
+        )
+    return func.id in names
+
+
+def _rebound(function: ast.AST, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)
+        for n in ast.walk(function)
+    )
+
+
+def _to_a_device(call: ast.AST) -> ast.expr | None:
+    """What `x.cuda()` / `x.to(device)` moves (`x`); None for anything else, or a move to
+    the CPU (`x.to("cpu")`, `x.to(torch.device("cpu"))`)."""
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+        return None
+    if call.func.attr == "cuda":
+        return call.func.value
+    if call.func.attr != "to" or not call.args:
+        return None
+    target = call.args[0]
+    if isinstance(target, ast.Constant) and target.value == "cpu":
+        return None
+    if isinstance(target, ast.Call) and any(
+        isinstance(a, ast.Constant) and a.value == "cpu" for a in target.args
+    ):
+        return None
+    return call.func.value
+
+
+def _cpu_only(ctx: ModuleContext, move: ast.expr) -> bool:
+    """`m.to(device)` where every binding of `device` is the CPU (`device =
+    torch.device("cpu")`)."""
+    assert isinstance(move, ast.Call)
+    if not move.args or not isinstance(move.args[0], ast.Name):
+        return False
+    values = ctx.flow.definitions(move.args[0])
+    return bool(values) and all(
+        (isinstance(v, ast.Constant) and v.value == "cpu")
+        or (
+            isinstance(v, ast.Call)
+            and bool(v.args)
+            and isinstance(v.args[0], ast.Constant)
+            and v.args[0].value == "cpu"
+        )
+        for v in values
+    )
+
+
+def _placements(ctx: ModuleContext) -> tuple[frozenset[str], frozenset[tuple[int, str]]]:
+    """The names (anywhere in the module) and the `self` attributes (per class) that the
+    module moves to a device: `m.cuda()` / `m.to(device)` as a statement, or `m =
+    <...>.to(device)` bound to them."""
+    memo = ctx.memo_table("factory_without_device_in_step.placements")
+    if 0 in memo:
+        return memo[0]  # type: ignore[no-any-return]
+    names: set[str] = set()
+    attributes: set[tuple[int, str]] = set()
+    if ".cuda()" in ctx.source or ".to(" in ctx.source:
+        for node in ast.walk(ctx.tree):
+            moved: list[ast.expr] = []
+            if isinstance(node, ast.Expr) and (target := _to_a_device(node.value)) is not None:
+                moved = [] if _cpu_only(ctx, node.value) else [target]
+            elif isinstance(node, ast.Assign) and _to_a_device(node.value) is not None:
+                moved = [] if _cpu_only(ctx, node.value) else list(node.targets)
+            for target in moved:
+                if isinstance(target, ast.Name):
+                    names.add(target.id)
+                elif (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    owner = next(
+                        (a for a in ctx.ancestors(node) if isinstance(a, ast.ClassDef)), None
+                    )
+                    if owner is not None:
+                        attributes.add((id(owner), target.attr))
+    memo[0] = found = (frozenset(names), frozenset(attributes))
+    return found
 
 
 def _places_batches(ctx: ModuleContext, call: ast.Call) -> bool:

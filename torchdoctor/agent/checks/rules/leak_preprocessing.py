@@ -127,7 +127,14 @@ class LeakPreprocessing(Rule):
                 through = f" column by column, by `{ast.unparse(node.func)}` (line {node.lineno})"
                 node, data = applied  # then `df.apply(f)`: the fit sees every row of `df`
             kind = flow.held_out_kind(data, frozenset({"test", "val", "split"}))
-            if kind is not None:
+            every = _every_split_of(ctx, data)
+            if every is not None:
+                kind = "split"
+                reason = (
+                    f"is fitted{through} on `{ast.unparse(data)}`, every part of "
+                    f"`{every}` (its `'train'` part and the held-out ones) joined"
+                )
+            elif kind is not None:
                 where = "the test/validation split" if kind != "split" else "a held-out split"
                 reason = f"is fitted{through} on `{ast.unparse(data)}`, which includes {where}"
             elif _before_split(ctx, data, split_inputs) or _output_split(
@@ -455,6 +462,40 @@ def _fitted_data(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
     if ctx.enclosing_function(call) is not None and _in_loop_or_forward(ctx, call):
         return None
     return _applied_frame(ctx, data) or data
+
+
+_JOINS = frozenset({"concatenate", "vstack", "cat", "concat", "row_stack"})
+_SPLIT_KEYS = frozenset({"train", "training"})
+
+
+def _every_split_of(ctx: ModuleContext, data: ast.expr) -> str | None:
+    """`np.concatenate(list(X.values()))` (also `np.vstack`, `torch.cat`, `pd.concat`) where
+    `X` is a dict of splits that the same function indexes by `'train'`: the fit sees the
+    validation and test parts too. The dict's name, else None."""
+    if not (isinstance(data, ast.Call) and identifier(data.func) in _JOINS and data.args):
+        return None
+    parts = data.args[0]
+    if isinstance(parts, ast.Call) and identifier(parts.func) in ("list", "tuple") and parts.args:
+        parts = parts.args[0]
+    if not (
+        isinstance(parts, ast.Call)
+        and isinstance(parts.func, ast.Attribute)
+        and parts.func.attr == "values"
+        and isinstance(parts.func.value, ast.Name)
+    ):
+        return None
+    name = parts.func.value.id
+    scope = ctx.enclosing_function(data) or ctx.tree
+    for node in walk_tree(scope):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == name
+            and isinstance(node.slice, ast.Constant)
+            and node.slice.value in _SPLIT_KEYS
+        ):
+            return name
+    return None
 
 
 def _across_samples(call: ast.Call) -> bool:

@@ -19,7 +19,10 @@ _VIEWS = frozenset(
 _MAX_HOPS = 6
 # Uniform draws in [0, 1): `torch.rand` returns exactly 0 about once per 2**24 elements.
 _UNIFORM_DRAWS = frozenset({"torch.rand", "torch.rand_like"})
-_TRIGGER_WORDS = ("oftmax", "sigmoid", "1 -", "1-", "rand(", "rand_like(", "uniform_(")
+_TRIGGER_WORDS = (
+    "oftmax", "sigmoid", "1 -", "1-", "1.0 -", "1. -", "rand(", "rand_like(", "uniform_(",
+    "gather(", "take_along_dim(",
+)  # fmt: skip
 
 
 class LogOfProbabilities(Rule):
@@ -42,13 +45,26 @@ class LogOfProbabilities(Rule):
     (`torch.where(t == 1, p, 1 - p)`, `p * t + (1 - p) * (1 - t)`, a hand-written focal or
     binary cross-entropy loss): it is exactly 0 wherever `p` reaches 0 or 1.
 
+    Also reported: a binary cross-entropy or focal loss written by hand on probabilities of
+    any source (a detector's sigmoid outputs handed in), `-(t * torch.log(p) + (1 - t) *
+    torch.log(1 - p))`, the log of `p` reported where the same function also takes the log
+    of `1 - p` and nothing clamps `p` (its values, or an in-place `p.clamp_()` before) or
+    adds an epsilon; and the log of entries gathered from probabilities of any source
+    (`gold = torch.gather(final_dist, 1, target.unsqueeze(1))`, then `-torch.log(gold)`: a
+    pointer-generator's negative log-likelihood on what its decoder returns).
+
     Also reported: the log of a uniform draw (`torch.rand`, `torch.rand_like`,
     `x.uniform_()`), Gumbel noise written as `-torch.log(-torch.log(u))`: a draw in [0, 1) is
     exactly 0 about once per 2**24 elements (every few steps for a large batch of logits),
     and its log is -inf (the sample is then NaN).
 
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
-    probabilities from another source (a model's output, a dataset), `log1p`.
+    probabilities from another source (a model's output, a dataset) logged whole, or only
+    their complement (`torch.log(1 - p)` alone), `log1p`; gathered entries picked by the
+    argmax or a draw, or gathered from values kept above 0 (`exp`, a clamp, `+ eps`), or
+    overwritten with a constant where they may be 0 (`pi_taken[mask == 0] = 1.0`); a uniform
+    draw with a lower bound above 0 (`u.uniform_(1e-5, 1 - 1e-5)`, logistic sampling's
+    `log(u) - log(1 - u)`).
 
     Example:
         log_probs = torch.log(F.softmax(logits, dim=-1))
@@ -117,6 +133,37 @@ class LogOfProbabilities(Rule):
                         "reaches 0 or 1, and its log is -inf; add an epsilon or clamp it, or "
                         "compute the loss from logits (`BCEWithLogitsLoss`)",
                         data={"activation": "complement", "direct": False},
+                    )
+                    continue
+                partner = _complement_logged(ctx, call, argument) if qual in _LOG else None
+                if partner is not None:
+                    reported.add(call.lineno)
+                    ctx.report(
+                        self,
+                        call,
+                        f"`{ast.unparse(call)}` and `{ast.unparse(partner)}` (line "
+                        f"{partner.lineno}): a binary cross-entropy written by hand on "
+                        "probabilities that nothing clamps; either log is -inf where p "
+                        "reaches 0 or 1; clamp p to [eps, 1 - eps] or compute the loss from "
+                        "logits (`BCEWithLogitsLoss`)",
+                        data={"activation": "complement", "direct": False},
+                    )
+                    continue
+                gathered = (
+                    _gathered_pick(ctx, argument, 0)
+                    if qual in _LOG and not _bounded(ctx, argument, call)
+                    else None
+                )
+                if gathered is not None:
+                    reported.add(call.lineno)
+                    ctx.report(
+                        self,
+                        call,
+                        f"log of `{ast.unparse(gathered)}` (line {gathered.lineno}), the "
+                        "probabilities of the picked entries (the target's, in a loss written "
+                        "by hand) with no epsilon: a probability that rounds to 0 gives -inf; "
+                        "add an epsilon or clamp it",
+                        data={"activation": "picked", "direct": False},
                     )
                 continue
             if producer is None or call.lineno in reported:
@@ -192,6 +239,122 @@ def _true_class_probability(ctx: ModuleContext, expr: ast.expr, hops: int) -> as
         if left and right and _complementary_products(left, right):
             return expr
     return None
+
+
+# Values kept inside (0, 1) or above 0 by construction: clamped, or exponentials.
+_BOUNDED = frozenset(
+    {"clamp", "clip", "clamp_min", "clamp_max", "clamp_", "clip_", "exp", "softplus",
+     "log_softmax", "log", "logsigmoid", "maximum", "minimum", "where"}
+)  # fmt: skip
+
+
+def _bounded(ctx: ModuleContext, expr: ast.expr, call: ast.Call, hops: int = 0) -> bool:
+    """`expr` holds values that something visibly keeps away from 0 (or that are not
+    probabilities at all): a clamp, an exponential, an epsilon added, through names (any of
+    their reaching values) and views, or an in-place clamp of the name before `call`."""
+    if hops > _MAX_HOPS:
+        return True
+    if isinstance(expr, ast.Name):
+        function = ctx.enclosing_function(call)
+        if function is not None and any(
+            _guards_in_place(n, expr.id) and getattr(n, "lineno", 0) <= call.lineno
+            for n in ast.walk(function)
+        ):
+            return True
+        values = ctx.flow.reaching_or_all(expr)
+        return any(_bounded(ctx, v, call, hops + 1) for v in values)
+    if isinstance(expr, ast.BinOp):
+        return isinstance(expr.op, ast.Add)
+    if isinstance(expr, ast.Constant):
+        return True
+    if not isinstance(expr, ast.Call):
+        return False
+    func = expr.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if name in _BOUNDED:
+        return True
+    if name == "uniform_" and ctx.flow.qualname_of(expr) is None:
+        return _uniform_draw(ctx, expr, 0) is None  # `u.uniform_(1e-5, 1 - 1e-5)`
+    if isinstance(func, ast.Attribute) and name in _VIEWS and not ctx.qualname(func):
+        return _bounded(ctx, func.value, call, hops + 1)
+    return False
+
+
+def _guards_in_place(node: ast.AST, name: str) -> bool:
+    """`p.clamp_(...)`, or entries of `p` overwritten with a constant (`pi_taken[mask == 0] =
+    1.0`: the padded picks set to a probability of 1 before the log)."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        return (
+            isinstance(func, ast.Attribute)
+            and func.attr in ("clamp_", "clip_", "clamp_min_")
+            and isinstance(func.value, ast.Name)
+            and func.value.id == name
+        )
+    return (
+        isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and any(
+            isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id == name
+            for t in node.targets
+        )
+    )
+
+
+def _complement_logged(ctx: ModuleContext, call: ast.Call, argument: ast.expr) -> ast.Call | None:
+    """`torch.log(p)` where the same function also takes `torch.log(1 - p)`: a binary
+    cross-entropy (or focal loss) written by hand, `-(t * log(p) + (1 - t) * log(1 - p))`,
+    on probabilities p that no clamp or epsilon keeps inside (0, 1). The log of the
+    complement found in the same function; None when p is bounded."""
+    if not isinstance(argument, ast.Name | ast.Attribute | ast.Subscript):
+        return None
+    function = ctx.enclosing_function(call)
+    if function is None:
+        return None
+    partners = [
+        other
+        for other in ast.walk(function)
+        if isinstance(other, ast.Call)
+        and other is not call
+        and other.args
+        and ctx.flow.qualname_of(other) in _LOG
+        and _complement_of(other.args[0], argument)
+    ]
+    partner = min(partners, key=lambda p: abs(p.lineno - call.lineno), default=None)
+    if partner is None or _bounded(ctx, argument, call):
+        return None
+    return partner
+
+
+_PICKS = frozenset({"gather", "take_along_dim"})
+
+
+def _gathered_pick(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
+    """The `gather` (or `take_along_dim`) whose picked entries `expr` is, through single
+    assignments and views: `gold = torch.gather(dist, 1, target.unsqueeze(1)).squeeze()`,
+    then `-torch.log(gold)`, a negative log-likelihood written by hand on the probabilities
+    a model returns. Not a pick by a draw or the argmax (never a zero probability), nor a
+    pick of values kept away from 0 (a clamp, an exponential, `p + eps`)."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        if len(values) != 1 or ctx.flow.unpackings(expr):
+            return None
+        return _gathered_pick(ctx, values[0], hops + 1)
+    if not isinstance(expr, ast.Call):
+        return None
+    func = expr.func
+    if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
+        return _gathered_pick(ctx, func.value, hops + 1)
+    source = _receiver(ctx, expr, _PICKS)
+    if source is None:
+        return None
+    positional = expr.args[-1] if expr.args else None
+    picks = next((k.value for k in expr.keywords if k.arg in ("index", "indices")), positional)
+    if picks is None or _nonzero_pick(ctx, picks, 0) or _bounded(ctx, source, expr):
+        return None
+    return expr
 
 
 def _factors(expr: ast.expr) -> tuple[ast.expr, ast.expr] | None:

@@ -25,6 +25,7 @@ _ORDERED_CHUNKS = re.compile(
     r"^(hid|hx|cx|h0|c0|mems|state|states)$|(^|_)(hidden|bptt)(_|$)|_states?$", re.IGNORECASE
 )
 _SLICE_BY_STEP = re.compile(r"\[\s*(\w+)\s*:\s*\1\s*\+")
+_BATCH_SIZE = re.compile(r"^(bs|bsz|batch|(\w+_)?batch_?size|(\w+_)?bs)$", re.IGNORECASE)
 _WRAPPERS = frozenset({"enumerate", "tqdm", "list", "iter", "trange"})
 
 
@@ -41,6 +42,11 @@ class ManualBatchesUnshuffled(Rule):
     source, by length) gives correlated consecutive batches and a model that fits the order.
     SimGNN shuffles its graph pairs in `create_batches`; without that line the batches never
     change.
+
+    Also reported: a training loop whose body picks its batch as the first indices of an
+    ordered range (`selected_idx = np.arange(len(train_graphs))[:args.batch_size]`, bounds
+    the loop never changes): every step trains on the same examples, whatever the module
+    does elsewhere; not when the loop's own body shuffles, permutes or samples.
 
     Not reported: modules that shuffle, permute or sample anything (the order may be
     randomised elsewhere), recurrent scripts (`hidden`, `bptt`: consecutive chunks of one
@@ -66,6 +72,8 @@ class ManualBatchesUnshuffled(Rule):
     triggers = Triggers(all_of=(("range(",), ("backward",)))
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "arange(" in ctx.source or "range(" in ctx.source:
+            self._same_batch_every_step(ctx)
         if not _SLICE_BY_STEP.search(ctx.source) or _reorders_or_carries_state(ctx):
             return  # no `seq[i:i + ...]` in the text: no hand-cut batch to find
         for loop in ctx.loops.training_loops:
@@ -86,6 +94,67 @@ class ManualBatchesUnshuffled(Rule):
                 "nothing in this file shuffles it; permute the indices each epoch "
                 f"(`torch.randperm(len({sequence}))`) or `random.shuffle` before cutting",
             )
+
+    def _same_batch_every_step(self, ctx: ModuleContext) -> None:
+        """`selected_idx = np.arange(len(train_graphs))[:args.batch_size]` in a training
+        loop's body: the first indices of an ordered range, sliced with bounds the loop never
+        changes, so every step trains on the same examples (a `np.random.permutation` that
+        became `np.arange`). Not when the loop's body reorders something itself."""
+        for loop in ctx.loops.training_loops:
+            if loop.kind != "loop" or not isinstance(loop.node, ast.For | ast.While):
+                continue
+            body = list(walk_scope(loop.node.body))
+            if any(
+                isinstance(n, ast.Call) and terminal_name(n.func) in _REORDERING_CALLS for n in body
+            ):
+                continue
+            varying = _names_bound(loop.node, body)
+            for node in body:
+                if _fixed_head_of_a_range(node, varying):
+                    assert isinstance(node, ast.Subscript)
+                    ctx.report(
+                        self,
+                        node,
+                        f"`{ast.unparse(node)}` picks the same first indices on every step of "
+                        "this training loop: the batch never changes; draw them "
+                        "(`np.random.permutation(n)[:bs]`, `torch.randperm(n)[:bs]`)",
+                    )
+
+
+def _names_bound(loop: ast.For | ast.While, body: list[ast.AST]) -> set[str]:
+    """The loop's target names and every name its body binds: what changes between steps."""
+    names: set[str] = set()
+    if isinstance(loop, ast.For):
+        names = {n.id for n in walk_tree(loop.target) if isinstance(n, ast.Name)}
+    for node in body:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _fixed_head_of_a_range(node: ast.AST, varying: set[str]) -> bool:
+    """`np.arange(n)[:bs]`, `torch.arange(n)[0:bs]`, `list(range(n))[:bs]` with `bs` a
+    batch size (a name or attribute so named) read from nothing the loop changes."""
+    if not (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice)):
+        return False
+    window = node.slice
+    lower = window.lower
+    if window.upper is None or window.step is not None:
+        return False
+    if lower is not None and not (isinstance(lower, ast.Constant) and lower.value == 0):
+        return False
+    source = node.value
+    if isinstance(source, ast.Call) and terminal_name(source.func) == "list" and source.args:
+        source = source.args[0]
+    if not (isinstance(source, ast.Call) and terminal_name(source.func) in ("arange", "range")):
+        return False
+    upper = window.upper
+    size = upper.attr if isinstance(upper, ast.Attribute) else getattr(upper, "id", "")
+    if not _BATCH_SIZE.search(size):
+        return False  # positions (`torch.arange(max_len)[:seq_len]`) are the same each step
+    read = {n.id for n in walk_tree(window.upper) if isinstance(n, ast.Name)}
+    read |= {n.id for n in walk_tree(source) if isinstance(n, ast.Name)}
+    return not read & varying
 
 
 def _reorders_or_carries_state(ctx: ModuleContext) -> bool:

@@ -85,16 +85,25 @@ class ReductionOverBatchDim(Rule):
 
     Also reported: a `max`/`argmax` over dim 0 (a literal, or a name bound only to 0 such as
     `node_dim = 0`) of scores that a loss of the same function reads with the labels, compared
-    with them (a full-graph GNN step, no loader): the loss takes `(examples, classes)`.
+    with them (a full-graph GNN step, no loader) or returned as the prediction beside the
+    loss (a segmentation model's `forward` returning `x.max(0)[1], main_loss`, scored by its
+    caller): the loss takes `(examples, classes)`.
 
-    Also reported: a softmax over the axis that the einsum making the tensor names `b` or
-    `batch` in its literal output spec (`einsum(x, phi, "b m d, d n p -> b m n p")
-    .softmax(dim=0)`, soft-MoE's dispatch weights), and an `nn.Softmax(dim=0)` layer applied
+    Also reported: a softmax, or a pick (`argmax`, `max`, `topk`), over the axis that the
+    einsum making the tensor names `b` or `batch` in its literal output spec (`einsum(x, phi,
+    "b m d, d n p -> b m n p").softmax(dim=0)`, soft-MoE's dispatch weights; Conv-TasNet's
+    `torch.argmax(torch.einsum('bij,pij->bp', ...), dim=0)`, the best permutation picked
+    across the batch), and an `nn.Softmax(dim=0)` layer applied
     to a view whose dim 0 folds the batch (`scores.view(batch_size * output_len, query_len)`).
 
     Also reported: a softmax or log_softmax over the one axis that the tensor's own view or
     reshape sizes with the batch size (`pi = pi.view(seq_len, bs, gaussians)`, then
     `log_softmax(pi, dim=-2)`): whatever the dim's number, it is the batch.
+
+    Also reported: a sum over every element (`logp = dist.log_prob(a).sum()`) that the same
+    function then joins with `+=`/`-=` to a sum per row (`logp -= (...).sum(axis=1)`): the
+    per-row term says the value is one per example (SAC's squashed log-probability with its
+    `sum(axis=-1)` lost), so the total adds the batch's terms to each.
 
     Also reported: a softmax written by hand over every entry (`probabilities = e /
     e.sum()`, its `sum(1, keepdim=True)` lost) whose rows are then read one entry each
@@ -141,6 +150,8 @@ class ReductionOverBatchDim(Rule):
             self._softmax_renormalised_across_its_rows(ctx)
         if "sum(" in ctx.source and "exp" in ctx.source and "log" in ctx.source:
             self._gaussian_kl_summed_over_the_batch(ctx)
+        if "sum()" in ctx.source:
+            self._total_joined_with_row_sums(ctx)
         if not self.applies(ctx):
             return
         self._softmax_layers_over_the_batch(ctx)
@@ -161,6 +172,32 @@ class ReductionOverBatchDim(Rule):
                 f"`{ast.unparse(call)}` reduces over dim 0 of `{ast.unparse(reduced)}`, the "
                 "batch of model outputs: take the class dimension (dim=1 or -1)",
                 data={"call": ast.unparse(call), "dim_at": _dim_at(ctx, call)},
+            )
+
+    def _total_joined_with_row_sums(self, ctx: ModuleContext) -> None:
+        """`logp = dist.log_prob(a).sum()`, then `logp -= (...).sum(axis=1)`: a sum over
+        every element (the batch included) joined by `+`/`-` with a sum per row (over dim 1
+        or -1) in the same function. The per-row term says the value is one per example;
+        the total adds the whole batch's terms to each (SAC's tanh-squashed log-probability
+        with its `sum(axis=-1)` lost)."""
+        for node in ctx.flow.nodes(ast.AugAssign):
+            if not (isinstance(node.op, ast.Add | ast.Sub) and isinstance(node.target, ast.Name)):
+                continue
+            if not _row_sum(node.value):
+                continue
+            values = ctx.flow.reaching_or_all(node.target)
+            function = ctx.enclosing_function(node)
+            if len(values) != 1 or ctx.enclosing_function(values[0]) is not function:
+                continue
+            total = values[0]
+            if not _total_sum(total):
+                continue
+            ctx.report(
+                self,
+                total,
+                f"`{ast.unparse(total)}` sums over every dim, the batch included, and line "
+                f"{node.lineno} then adds a sum per row (`{ast.unparse(node.value)}`): the "
+                "value is one per example, so sum over the event dim (`.sum(-1)`)",
             )
 
     def _gaussian_kl_summed_over_the_batch(self, ctx: ModuleContext) -> None:
@@ -271,20 +308,25 @@ class ReductionOverBatchDim(Rule):
         ]
         if not batched:
             return  # no contraction whose output names a batch axis
-        for call, tensor, axis in _normalised_axes(ctx):
+        for call, tensor, axis in [*_normalised_axes(ctx), *_normalised_axes(ctx, _EINSUM_PICKS)]:
             axes = _einsum_output_axes(ctx, tensor)
             if axes is None or not -len(axes) <= axis < len(axes):
                 continue
             batch = [i for i, name in enumerate(axes) if _BATCH_AXIS.match(name)]
             if batch != [axis % len(axes)]:
                 continue
+            picks = _reduction_name(ctx, call) not in _PROBABILITIES
             ctx.report(
                 self,
                 call,
-                f"`{ast.unparse(call)}` normalises over dim {axis}, the `{axes[batch[0]]}` "
-                f"axis of the einsum that made `{ast.unparse(tensor)}` "
-                f"(`... -> {' '.join(axes)}`): the batch; each example's values should sum "
-                "to one over their own axis",
+                f"`{ast.unparse(call)}` {'picks' if picks else 'normalises'} over dim {axis}, "
+                f"the `{axes[batch[0]]}` axis of the einsum that made `{ast.unparse(tensor)}` "
+                f"(`... -> {' '.join(axes)}`): the batch; "
+                + (
+                    "each example's pick should be over its own axis"
+                    if picks
+                    else "each example's values should sum to one over their own axis"
+                ),
             )
 
     def _softmax_layers_over_the_batch(self, ctx: ModuleContext) -> None:
@@ -383,7 +425,11 @@ class ReductionOverBatchDim(Rule):
             return True  # DQN's `q_target(s).max(0)[0]`: the best of each action over the batch
         if name in _EXTREMES and _gathered_outputs(ctx, reduced) and compared(ctx, call):
             return True  # `output = pass_data_iteratively(model, graphs)`: every batch's rows
-        if name in _EXTREMES and _classified_by_a_loss(ctx, call, reduced) and compared(ctx, call):
+        if (
+            name in _EXTREMES
+            and _classified_by_a_loss(ctx, call, reduced)
+            and (compared(ctx, call) or _returned_pick(ctx, call))
+        ):
             return True  # a loss reads the same scores as `(nodes, classes)`
         direct = in_loader_loop(ctx, call) and is_whole_model_output(ctx, reduced)
         if (
@@ -1044,10 +1090,16 @@ def _reduction_name(ctx: ModuleContext, call: ast.Call) -> str:
     return call.func.attr if isinstance(call.func, ast.Attribute) else ""
 
 
-def _normalised_axes(ctx: ModuleContext) -> Iterator[tuple[ast.Call, ast.expr, int]]:
+_EINSUM_PICKS = frozenset({"argmax", "argmin", "max", "min", "topk"})
+
+
+def _normalised_axes(
+    ctx: ModuleContext, names: frozenset[str] = _PROBABILITIES
+) -> Iterator[tuple[ast.Call, ast.expr, int]]:
     """(call, tensor, axis) for each softmax/log-softmax/normalisation call of the module
-    given a constant dim, by keyword or at its position."""
-    for call in ctx.flow.calls_named(tuple(_PROBABILITIES)):
+    (or each pick among `names`: `argmax`, `max`, `topk`) given a constant dim, by keyword or
+    at its position."""
+    for call in ctx.flow.calls_named(tuple(names)):
         located = _dim_position(ctx, call)
         if located is None:
             continue
@@ -1121,6 +1173,50 @@ def _classified_by_a_loss(ctx: ModuleContext, call: ast.Call, reduced: ast.expr)
         ):
             return True
     return False
+
+
+def _reduction_dims(call: ast.expr) -> list[ast.expr] | None:
+    """The dims of `x.sum(...)` / `x.mean(...)` (positional or `dim=`/`axis=`); None when
+    `call` is no such method call."""
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr in ("sum", "mean")
+        and not (isinstance(call.func.value, ast.Name) and call.func.value.id in ("torch", "np"))
+    ):
+        return None
+    return [*call.args, *(k.value for k in call.keywords if k.arg in ("dim", "axis"))]
+
+
+def _total_sum(call: ast.expr) -> bool:
+    """`x.sum()`: over every element."""
+    dims = _reduction_dims(call)
+    return dims is not None and not dims and not getattr(call, "keywords", None)
+
+
+def _row_sum(call: ast.expr) -> bool:
+    """`x.sum(axis=1)`, `x.sum(-1)`: a sum per row of a batch."""
+    dims = _reduction_dims(call)
+    return dims is not None and len(dims) == 1 and constant_int(dims[0]) in (1, -1)
+
+
+def _returned_pick(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The indices of the reduction are returned (`return x.max(0)[1], main_loss, aux_loss`:
+    a segmentation model's `forward` handing its prediction and its loss to the caller,
+    which scores the prediction against the labels)."""
+    node: ast.AST = call
+    parent = ctx.parents.get(call)
+    name = call.func.attr if isinstance(call.func, ast.Attribute) else ""
+    if name in ("max", "min") or (ctx.flow.qualname_of(call) or "") in ("torch.max", "torch.min"):
+        if not isinstance(parent, ast.Subscript):
+            return False
+        index = parent.slice
+        if not (isinstance(index, ast.Constant) and index.value == 1):
+            return False
+        node, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Tuple) and node in parent.elts:
+        parent = ctx.parents.get(parent)
+    return isinstance(parent, ast.Return)
 
 
 def _transposed(ctx: ModuleContext, read: ast.expr) -> bool:
