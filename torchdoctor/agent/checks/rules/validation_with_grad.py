@@ -44,6 +44,15 @@ _EVAL_FUNCTION = re.compile(
     r"|_(inference|evaluation|prediction|predictions)_",
     re.IGNORECASE,
 )
+# Functions that run a model over data only to keep what it computes: hidden states,
+# features, embeddings, activations (`extract_hiddens`, `get_activations`,
+# `compute_embeddings`, `extract_features`).
+_EXTRACTION_FUNCTION = re.compile(
+    r"^(extract|get|compute|collect|dump|cache|save|precompute)_(\w+_)?"
+    r"(hiddens?|hidden_states|features?|feats|embeddings?|embeds|activations?|"
+    r"representations?|latents)$",
+    re.IGNORECASE,
+)
 _EVAL_LOADER = re.compile(
     r"^(val|valid|validation|test|eval|dev)_?(loader|dataloader|dl|data|dataset|ds|set|batches)s?$",
     re.IGNORECASE,
@@ -88,6 +97,11 @@ class ValidationWithGrad(Rule):
     forward per call, the whole purpose of the function). So does serving: a web request
     handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
     every request is one more forward.
+
+    So does a module-level function that runs a model over data in a loop only to keep what
+    it computes (`extract_hiddens`, `get_activations`, `compute_embeddings`): a feature
+    extractor that back-propagates nothing (methods such as a decoder's `extract_features`
+    are the network's forward, not reported).
 
     The model may run through a helper of the module that calls it and back-propagates
     nothing (`pred, true = self._process_one_batch(vali_data, batch_x, batch_y)` in an
@@ -137,7 +151,11 @@ class ValidationWithGrad(Rule):
         )
         serves = "@" in source and any(f".{d}(" in source for d in _ROUTE_DECORATORS)
         if "(" not in source or not (
-            serves or any(k in source for k in ("val", "test", "eval", "pred"))
+            serves
+            or any(
+                k in source
+                for k in ("val", "test", "eval", "pred", "hidden", "feat", "embed", "activation")
+            )
         ):
             return
         if ctx.flow.foreign_framework:
@@ -145,6 +163,14 @@ class ValidationWithGrad(Rule):
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
         candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
+        candidates += [
+            fn
+            for fn in functions(ctx)
+            if fn not in candidates
+            and _EXTRACTION_FUNCTION.match(fn.name.lstrip("_"))
+            and isinstance(ctx.parents.get(fn), ast.Module)
+            and _runs_a_model_in_a_loop(ctx, fn)
+        ]
         if _evaluation_script(ctx):
             candidates += [
                 fn for fn in functions(ctx) if fn not in candidates and not _in_network(ctx, fn)
