@@ -35,9 +35,10 @@ TRAINING_TEXT = Triggers(("backward", "training_step"))
 """A module with none of these words has no training loop (`LoopAnalysis.training_loops`
 needs `backward` and a step, `step(` or `.grad`, or a `training_step`): a rule that only
 reports in training loops takes it as its `triggers`."""
-STEP_TEXT = ("step(", ".grad")
-"""A module that steps holds one of these: an optimizer's `step(` or a manual update's `.grad`
-(rules that judge a step gate on them, never on `step(` alone)."""
+STEP_TEXT = ("step(", ".grad", "step_and_update")
+"""A module that steps holds one of these: an optimizer's `step(`, an optimizer wrapper's
+`step_and_update_lr()` or a manual update's `.grad` (rules that judge a step gate on them, never
+on `step(` alone)."""
 TRAINING_LOOP_TEXT = Triggers(("training_step",), all_of=(("backward",), STEP_TEXT))
 """Exactly what `LoopAnalysis.training_loops` asks of the text before it looks for a loop
 (`backward` and one of `STEP_TEXT`, or a `training_step`): the triggers of a rule that does
@@ -429,8 +430,16 @@ def is_scheduler_receiver(name: str) -> bool:
     return is_scheduler_name(name)
 
 
+# Optimizer wrappers that step and then set the learning rate (the Transformer tutorials'
+# `ScheduledOptim.step_and_update_lr()`, copied into many repositories): a step.
+_WRAPPED_STEPS = frozenset({"step_and_update_lr", "step_and_update_learning_rate"})
+
+
 def is_optimizer_step(call: ast.Call) -> bool:
-    if method_name(call) != "step" or not isinstance(call.func, ast.Attribute):
+    name = method_name(call)
+    if name in _WRAPPED_STEPS and not call.args and not call.keywords:
+        return isinstance(call.func, ast.Attribute) and receiver_name(call) not in ("self", "cls")
+    if name != "step" or not isinstance(call.func, ast.Attribute):
         return False
     receiver = receiver_name(call)
     if receiver in ("self", "cls"):
@@ -864,7 +873,7 @@ class LoopAnalysis:
         """Whether the module steps anywhere (an optimizer's `step()` or a manual update):
         without one, no body trains (many modules back-propagate with no step here: autograd
         functions, a trainer's helpers)."""
-        steps = self.ctx.flow.calls_named(("step",))
+        steps = self.ctx.flow.calls_named(("step", *_WRAPPED_STEPS))
         return any(is_optimizer_step(c) for c in steps) or any(
             updates for updates, _ in self._parameter_loops.values()
         )

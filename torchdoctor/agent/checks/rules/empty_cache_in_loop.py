@@ -47,6 +47,8 @@ def _runs_a_whole_job(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncF
     (`exp.train(setting)`, `exp.test(setting)`: Time-Series-Library's repeated experiments).
     A job run only every N steps (`if global_step % division_step == 0: val_score =
     evaluate(...)`, a validation round inside the batch loop) makes the loop no such pass."""
+    if _steps_itself(loop):
+        return False
     training = {id(t.node) for t in ctx.loops.training_loops}
     for stmt in walk_scope(loop.body):
         if isinstance(stmt, ast.For | ast.While) and id(stmt) in training:
@@ -62,6 +64,25 @@ def _runs_a_whole_job(ctx: ModuleContext, loop: ast.For | ast.While | ast.AsyncF
         ):
             return True
     return False
+
+
+def _steps_itself(loop: ast.For | ast.While | ast.AsyncFor) -> bool:
+    """The loop's own body, outside nested loops, back-propagates and steps an optimizer: a step
+    loop (abarankab/DDPM's `for iteration in range(...)`, which also switches the model with
+    `diffusion.train()` each step and tests it every N steps), whatever else it calls."""
+    pending: list[ast.AST] = list(loop.body)
+    seen: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.For | ast.While | ast.AsyncFor | ast.FunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "backward":
+                seen.add("backward")
+            elif node.func.attr == "step" and not node.args and not node.keywords:
+                seen.add("step")
+        pending.extend(ast.iter_child_nodes(node))
+    return seen == {"backward", "step"}
 
 
 def _every_n_steps(ctx: ModuleContext, stmt: ast.stmt, loop: ast.AST) -> bool:
@@ -104,7 +125,8 @@ class EmptyCacheInLoop(Rule):
     loop each iteration of which is a whole pass (an epoch loop holding the training loop or
     calling a local function that holds one, `train_ins(epoch, loader, ...)`, or
     `exp.train(setting)`, `exp.test(setting)`: repeated experiments; a validation round run
-    only every N steps of a batch loop does not make it one); nor in an
+    only every N steps of a batch loop does not make it one, nor does a `model.train()` call in
+    a loop that back-propagates and steps itself); nor in an
     `except` handler (the cache released after a CUDA out-of-memory error before a retry on
     smaller inputs or the CPU runs only when the error happens).
     """

@@ -58,7 +58,12 @@ class LogOfProbabilities(Rule):
     exactly 0 about once per 2**24 elements (every few steps for a large batch of logits),
     and its log is -inf (the sample is then NaN).
 
+    Also reported: the log of `1 - a.pow(2)` (`1 - a ** 2`) where `a` is a tanh output, the
+    change-of-variables term of a tanh-squashed Gaussian policy (SAC): tanh rounds to exactly
+    ±1 in float32 once its input passes about 9, and the log is -inf.
+
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
+    `torch.log(1 - a.pow(2) + 1e-6)`, `1 - x ** 2` of a value that is no tanh output,
     probabilities from another source (a model's output, a dataset) logged whole, or only
     their complement (`torch.log(1 - p)` alone), `log1p`; gathered entries picked by the
     argmax or a draw, or gathered from values kept above 0 (`exp`, a clamp, `+ eps`), or
@@ -119,6 +124,20 @@ class LogOfProbabilities(Rule):
                     "[0, 1): it is exactly 0 now and then, and its log is -inf; add an "
                     "epsilon (`u + 1e-20`) or clamp it",
                     data={"activation": "uniform", "direct": draw is argument},
+                )
+                continue
+            squashed = _tanh_complement(ctx, argument, 0) if producer is None else None
+            if squashed is not None and call.lineno not in reported:
+                reported.add(call.lineno)
+                ctx.report(
+                    self,
+                    call,
+                    f"log of `1 - a²` where `a` is the tanh output `{ast.unparse(squashed)}` "
+                    f"(line {squashed.lineno}): tanh rounds to exactly ±1 in float32 once its "
+                    "input passes about 9, and the log is then -inf (a squashed policy's "
+                    "log-probability turns NaN); add an epsilon (`1 - a.pow(2) + 1e-6`) or use "
+                    "`2 * (log(2) - z - softplus(-2 * z))` of the pre-activation",
+                    data={"activation": "tanh", "direct": False},
                 )
                 continue
             if producer is None and call.lineno not in reported:
@@ -386,6 +405,79 @@ def _complement_of(expr: ast.expr, of: ast.expr) -> bool:
         and not isinstance(expr.left.value, bool)
         and ast.dump(expr.right) == ast.dump(of)
     )
+
+
+_TANH = frozenset({"torch.tanh", "torch.nn.functional.tanh"})
+
+
+def _tanh_complement(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
+    """The tanh call `a` of `expr` = `1 - a.pow(2)` (`1 - a ** 2`, `1 - a * a`,
+    `1 - torch.pow(a, 2)`, `1 - a.square()`), through single assignments: the change-of-variables
+    term of a tanh-squashed Gaussian policy, exactly 0 where tanh saturates."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _tanh_complement(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if not (
+        isinstance(expr, ast.BinOp)
+        and isinstance(expr.op, ast.Sub)
+        and isinstance(expr.left, ast.Constant)
+        and expr.left.value in (1, 1.0)
+    ):
+        return None
+    squared = _squared(expr.right)
+    return _tanh_of(ctx, squared, hops + 1) if squared is not None else None
+
+
+def _squared(expr: ast.expr) -> ast.expr | None:
+    """`a` of `a.pow(2)`, `a ** 2`, `a * a`, `torch.pow(a, 2)`, `a.square()`, `torch.square(a)`."""
+    if isinstance(expr, ast.BinOp):
+        if isinstance(expr.op, ast.Pow) and _is_two(expr.right):
+            return expr.left
+        if isinstance(expr.op, ast.Mult) and ast.dump(expr.left) == ast.dump(expr.right):
+            return expr.left
+        return None
+    if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)):
+        return None
+    func = expr.func
+    on_torch = isinstance(func.value, ast.Name) and func.value.id == "torch"
+    if func.attr == "pow":
+        if on_torch and len(expr.args) == 2 and _is_two(expr.args[1]):
+            return expr.args[0]
+        if not on_torch and len(expr.args) == 1 and _is_two(expr.args[0]):
+            return func.value
+    if func.attr == "square":
+        if on_torch and len(expr.args) == 1:
+            return expr.args[0]
+        if not on_torch and not expr.args:
+            return func.value
+    return None
+
+
+def _is_two(expr: ast.expr) -> bool:
+    return isinstance(expr, ast.Constant) and expr.value in (2, 2.0)
+
+
+def _tanh_of(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
+    """The `torch.tanh(z)` / `z.tanh()` / `F.tanh(z)` call `expr` is, through single
+    assignments and views."""
+    if hops > _MAX_HOPS:
+        return None
+    if isinstance(expr, ast.Name):
+        values = ctx.flow.definitions(expr)
+        return _tanh_of(ctx, values[0], hops + 1) if len(values) == 1 else None
+    if not isinstance(expr, ast.Call):
+        return None
+    if ctx.flow.qualname_of(expr) in _TANH:
+        return expr
+    func = expr.func
+    if isinstance(func, ast.Attribute) and not ctx.qualname(func):
+        if func.attr == "tanh" and not expr.args and not ctx.flow.is_module_value(func.value):
+            return expr
+        if func.attr in _VIEWS:
+            return _tanh_of(ctx, func.value, hops + 1)
+    return None
 
 
 def _kind(ctx: ModuleContext, call: ast.Call) -> str:

@@ -27,7 +27,12 @@ class RandomAugOnEval(Rule):
     `train=False`, `split="val"`, or bound to a held-out name), or in a transform variable
     named like `val_transform`/`test_transforms`, followed through variables and `Compose`;
     a torchvision dataset's transform given positionally counts (`ImageFolder(valdir,
-    transforms.Compose([...]))`).
+    transforms.Compose([...]))`), and so do random ops appended to the transform after it is
+    built (`tf.transforms.append(transforms.RandomCrop(32, padding=4))` on `tf =
+    transforms.Compose([])`, `ops.append(...)` on the list a `Compose(ops)` wraps).
+
+    Not reported: held-out data given a transform whose appended ops are all deterministic,
+    or a random op appended to another transform.
 
     Why it matters: evaluation metrics become random (two runs of the same checkpoint
     disagree), are biased low, and are not comparable with published numbers that use a
@@ -81,6 +86,8 @@ class RandomAugOnEval(Rule):
         self, ctx: ModuleContext, node: ast.AST, transform: ast.expr, seen: set[int]
     ) -> None:
         op = ctx.flow.sources_include(transform, _is_random_op)
+        if not isinstance(op, ast.Call):
+            op = _appended_random_op(ctx, transform)
         if not isinstance(op, ast.Call) or id(op) in seen:
             return
         seen.add(id(op))
@@ -103,6 +110,38 @@ def _transform_arguments(ctx: ModuleContext, call: ast.Call) -> list[ast.expr]:
     if (ctx.flow.qualname_of(call) or "").startswith(_TORCHVISION_DATASETS):
         return list(call.args[1:])
     return []
+
+
+_GROWERS = frozenset({"append", "insert", "extend"})
+
+
+def _appended_random_op(ctx: ModuleContext, transform: ast.expr) -> ast.AST | None:
+    """A random op appended to the transform after it is built: `tf.transforms.append(
+    transforms.RandomCrop(32, padding=4))` on `tf = transforms.Compose([])` (Cutout's
+    `train_transform`), or `ops.append(RandomFlip())` on the list a `Compose(ops)` wraps."""
+    grown: set[str] = set()
+    built: list[ast.expr] = [transform]
+    if isinstance(transform, ast.Name):
+        grown |= {transform.id, f"{transform.id}.transforms"}
+        built += ctx.flow.definitions(transform)
+    for value in built:
+        if isinstance(value, ast.Call):
+            grown |= {a.id for a in value.args if isinstance(a, ast.Name)}
+    if not grown:
+        return None
+    for call in ctx.flow.nodes(ast.Call):
+        func = call.func if isinstance(call, ast.Call) else None
+        if not (
+            isinstance(func, ast.Attribute)
+            and func.attr in _GROWERS
+            and ast.unparse(func.value) in grown
+        ):
+            continue
+        for arg in call.args:
+            op = ctx.flow.sources_include(arg, _is_random_op)
+            if isinstance(op, ast.Call):
+                return op
+    return None
 
 
 def _is_random_op(node: ast.AST) -> bool:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import MODULE_CONTAINERS
-from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
@@ -40,6 +40,19 @@ class TargetNetworkNotSynced(Rule):
     Also reported: a sync that copies a lagging network into itself
     (`self.target_net.load_state_dict(self.target_net.state_dict())`, `hard_update(target,
     target)`): a no-op that leaves the copy at its initialisation for the whole run.
+
+    Also reported: a lagging copy (`target`, `tgt`, `old`, `ema` names) that a class builds
+    in `__init__`, calls to compute targets, and never updates while it trains the network
+    the copy follows (its parameters in an optimizer, a backward pass in the class): no
+    method but `__init__` loads weights into it, hands it to a soft-update helper or a copy
+    loop over its parameters, or rebinds it; or only a private method nobody calls does
+    (`_target_soft_update`, its call dropped). The targets then come from the initial
+    network for the whole run (DDPG's `actor_target` when the soft update covers only the
+    critic). Not reported there: updates in a public method (the class's interface, called
+    from scripts the project may not hold), copies another file reads off the object
+    (`agent.actor_target`), classes with a base other than `object`/`nn.Module` (a base or
+    framework may update them), `prev`/`slow` copies (a previous task's model frozen on
+    purpose), copies synced from a list of pairs, rebuilt in a method, or never called.
 
     A network built by a config-driven factory counts as built by its constructor
     (`self.critic_target = hydra.utils.instantiate(critic_cfg)` beside `self.critic =
@@ -89,6 +102,7 @@ class TargetNetworkNotSynced(Rule):
                     "initialisation; load the trained network's state_dict into it",
                     data={"copy": copy},
                 )
+        self._check_frozen(ctx)
         copies = [n for n in nodes_of(ctx, ast.Assign) if _lagging_copy(n)]
         if not copies:
             return
@@ -98,6 +112,62 @@ class TargetNetworkNotSynced(Rule):
         bodies += [fn.body for fn in ctx.flow.nodes(ast.FunctionDef) if id(fn) in holding]
         for body in bodies:
             self._check_body(ctx, body)
+
+    def _check_frozen(self, ctx: ModuleContext) -> None:
+        """Per class: a lagging copy (`self.actor_target`) called to compute targets while its
+        network is trained, that no live method of the class ever gives new weights; the
+        project pass drops those another file may update (`agent.actor_target...`) or whose
+        only updating method another file calls."""
+        ctx.facts[_FOREIGN_READS] = sorted(_foreign_reads(ctx))
+        candidates = []
+        reads = {
+            n.attr
+            for n in ctx.flow.nodes(ast.Attribute)
+            if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Store)
+        } | {n.id for n in ctx.flow.nodes(ast.Name) if isinstance(n, ast.Name)}
+        for cls in ctx.flow.nodes(ast.ClassDef):
+            assert isinstance(cls, ast.ClassDef)
+            for stmt, copy, source, dead in _frozen_copies(cls, reads):
+                found = ctx.finding(
+                    self,
+                    stmt,
+                    f"`{copy}` is never updated after it is built: no live method copies "
+                    f"`{source}`'s weights into it (no soft update, no load_state_dict), so "
+                    "every target it computes comes from the initial network for the whole "
+                    f"run; call the update (`{copy}` <- `{source}`) after each optimisation step",
+                    data={"copy": copy, "source": source, "frozen": True},
+                )
+                if found is not None:
+                    candidates.append(
+                        {
+                            "attr": copy.removeprefix("self."),
+                            "dead": dead,
+                            "finding": found.model_dump(mode="json"),
+                        }
+                    )
+        if candidates:
+            ctx.facts[_FROZEN] = candidates
+
+    @classmethod
+    def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
+        found: list[RawFinding] = []
+        for path, module in facts.items():
+            candidates = module.get(_FROZEN, [])
+            if not candidates:
+                continue
+            elsewhere = {
+                name
+                for other, fs in facts.items()
+                if other != path
+                for name in fs.get(_FOREIGN_READS, [])
+            }
+            for candidate in candidates:
+                if candidate["attr"] in elsewhere:
+                    continue  # another file may update it (`agent.actor_target...`)
+                if any(m in elsewhere for m in candidate["dead"]):
+                    continue  # its updating method is called from another file
+                found.append(RawFinding.model_validate(candidate["finding"]))
+        return found
 
     def _check_body(self, ctx: ModuleContext, body: list[ast.stmt]) -> None:
         built: list[tuple[str, str, ast.Assign]] = []  # (holder, constructor, statement)
@@ -297,4 +367,127 @@ def _copy_loop(loop: ast.For, copy: str, source: str, built: ast.Assign) -> bool
             ast.unparse(t) == f"{into}.data" for t in node.targets
         ):
             return True
+    return False
+
+
+_FROZEN = "target-network-not-synced:frozen"
+_FOREIGN_READS = "target-network-not-synced:foreign-reads"
+# Lagging words of copies that must follow their network during training (not `prev`/`slow`:
+# a previous task's frozen model in continual learning is kept on purpose).
+_FOLLOWING = frozenset({"target", "targ", "tgt", "old", "ema"})
+_UPDATE_WORDS = ("update", "sync", "copy", "load", "lerp", "mul_", "add_")
+_PLAIN_BASES = frozenset({"object", "nn.Module", "torch.nn.Module", "Module"})
+
+
+def _foreign_reads(ctx: ModuleContext) -> set[str]:
+    """Attribute names this module reads off something other than `self` (`agent.actor_target`,
+    `agent.soft_update(...)`): what another file's class may be driven through."""
+    return {
+        n.attr
+        for n in ctx.flow.nodes(ast.Attribute)
+        if isinstance(n, ast.Attribute)
+        and not isinstance(n.ctx, ast.Store)
+        and not (isinstance(n.value, ast.Name) and n.value.id == "self")
+    }
+
+
+def _frozen_copies(
+    cls: ast.ClassDef, module_reads: set[str]
+) -> list[tuple[ast.Assign, str, str, list[str]]]:
+    """(construction, copy, network, methods that update it but are called nowhere in the
+    module) of each lagging `self.` copy in `cls` that is called, whose network's parameters the
+    class reads (an optimizer over them) and which the class back-propagates for, and that no
+    method other than `__init__` reached from the module updates."""
+    methods = [m for m in cls.body if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
+    if any(ast.unparse(b) not in _PLAIN_BASES for b in cls.bases) or cls.decorator_list:
+        return []  # a base class or framework may update the copy or call the update
+    if not methods or not any(
+        isinstance(n, ast.Attribute) and n.attr == "backward" for n in ast.walk(cls)
+    ):
+        return []
+    assigned: dict[str, list[tuple[ast.Assign, ast.FunctionDef | ast.AsyncFunctionDef]]] = {}
+    for method in methods:
+        for node in walk_tree(method):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and target.value.id == "self"
+                ):
+                    assigned.setdefault(ast.unparse(target), []).append((node, method))
+    out = []
+    for copy, builds in assigned.items():
+        words = _words(copy)
+        if not any(w in _FOLLOWING for w in words):
+            continue
+        source = _followed(copy, [c for c in assigned if c != copy])
+        if source is None or not _trained(cls, source) or not _called(cls, copy):
+            continue
+        if any(m.name != "__init__" for _, m in builds):
+            continue  # rebuilt in a method (`self.target = copy.deepcopy(self.net)`): updated
+        if not any(m.name == "__init__" for _, m in builds):
+            continue
+        updaters = {m.name for m in methods if m.name != "__init__" and _updates(m, copy)}
+        # a public method is the class's interface, called from scripts the project may not
+        # hold; a private one (`_target_soft_update`) only from the module itself
+        live = {m for m in updaters if not m.startswith("_") or m in module_reads}
+        if live:
+            continue
+        out.append((builds[0][0], copy, source, sorted(updaters)))
+    return out
+
+
+def _trained(cls: ast.ClassDef, source: str) -> bool:
+    """`source.parameters()` is read in the class (the network's optimizer)."""
+    return any(
+        isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in ("parameters", "named_parameters")
+        and ast.unparse(n.func.value) == source
+        for n in ast.walk(cls)
+    )
+
+
+def _called(cls: ast.ClassDef, copy: str) -> bool:
+    """`copy(...)` (or `copy.forward(...)`, `copy.Q1(...)`): the copy computes something."""
+    for n in ast.walk(cls):
+        if not isinstance(n, ast.Call):
+            continue
+        func = n.func
+        if ast.unparse(func) == copy:
+            return True
+        if (
+            isinstance(func, ast.Attribute)
+            and ast.unparse(func.value) == copy
+            and func.attr not in ("parameters", "named_parameters", "state_dict", "to", "eval")
+            and not any(w in func.attr.lower() for w in _UPDATE_WORDS)
+        ):
+            return True
+    return False
+
+
+def _updates(method: ast.FunctionDef | ast.AsyncFunctionDef, copy: str) -> bool:
+    """The method gives `copy` weights: a call handed the copy or its parameters
+    (`soft_update(self.target, self.net, tau)`, `zip(self.target.parameters(), ...)`), an
+    update-like method of the copy (`load_state_dict`, `copy_`, `update_parameters`), or a
+    new binding of it."""
+    for n in walk_tree(method):
+        if isinstance(n, ast.Assign) and any(ast.unparse(t) == copy for t in n.targets):
+            return True
+        if isinstance(n, ast.List | ast.Tuple) and any(ast.unparse(e) == copy for e in n.elts):
+            return True  # `for tgt, src in [(self.q_target, self.q), ...]: soft_update(...)`
+        if not isinstance(n, ast.Call):
+            continue
+        func = n.func
+        if (
+            isinstance(func, ast.Attribute)
+            and ast.unparse(func.value) == copy
+            and any(w in func.attr.lower() for w in _UPDATE_WORDS)
+        ):
+            return True
+        for arg in [*n.args, *(k.value for k in n.keywords)]:
+            text = ast.unparse(arg)
+            if text == copy or text.startswith(f"{copy}."):
+                return True
     return False
