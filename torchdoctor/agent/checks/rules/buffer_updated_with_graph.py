@@ -36,7 +36,9 @@ class BufferUpdatedWithGraph(Rule):
 
     Not reported: writes under `torch.no_grad()` or in a method decorated with it, values
     detached or turned into numbers, constants and counters (`self.num_batches_tracked += 1`),
-    a buffer only scaled by number hyper-parameters (`self.decay` set from `decay: float`),
+    a buffer only scaled by number hyper-parameters (`self.decay` set from `decay: float`,
+    or from an unannotated `decay` the class only uses as a factor) and updated from values
+    with no graph (one-hot codes scattered from an `argmin`: a VQ-VAE's EMA cluster sizes),
     writes in `__init__`. In-place chains (`self.b.mul_(m).add_(v)`) write the buffer too.
 
     Example:
@@ -75,7 +77,7 @@ class BufferUpdatedWithGraph(Rule):
             }
             if not buffers:
                 continue
-            numbers = _number_attributes(cls)
+            numbers = _number_attributes(ctx, cls)
             for method in cls.body:
                 if not isinstance(method, ast.FunctionDef) or method.name not in in_forward:
                     continue
@@ -209,11 +211,15 @@ def _inplace_receiver(target: ast.expr) -> ast.expr:
     return target
 
 
-def _number_attributes(cls: ast.ClassDef) -> set[str]:
+def _number_attributes(ctx: ModuleContext, cls: ast.ClassDef) -> set[str]:
     """Attributes that only ever hold a number: `self.momentum = momentum` where `__init__`
-    declares `momentum=0.1` (or `momentum: float`), `self.decay = 0.99`. A hyper-parameter
-    holds no graph, unlike `self.weight`."""
+    declares `momentum=0.1` (or `momentum: float`), `self.decay = 0.99`, and an unannotated
+    `__init__` argument stored as it came that the class only ever uses as a factor
+    (`self._ema_w * self._decay`, `1 - self._decay`: zalando's VQ-VAE), never calls, indexes,
+    reads an attribute of or multiplies as a matrix. A hyper-parameter holds no graph, unlike
+    `self.weight`."""
     numeric: set[str] = set()
+    untyped: set[str] = set()
     for fn in cls.body:
         if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
             args = fn.args
@@ -233,7 +239,10 @@ def _number_attributes(cls: ast.ClassDef) -> set[str]:
                     arg.annotation is not None and identifier(arg.annotation) in ("float", "int")
                 ):
                     numeric.add(arg.arg)
+                elif arg.annotation is None and default is None:
+                    untyped.add(arg.arg)
     kinds: dict[str, bool] = {}
+    factors = _factor_only_attributes(ctx, cls)
     for node in walk_tree(cls):
         if not isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
             continue
@@ -241,9 +250,31 @@ def _number_attributes(cls: ast.ClassDef) -> set[str]:
         for target in targets:
             if isinstance(target, ast.Attribute) and identifier(target.value) == "self":
                 value = node.value
-                number = _is_number(value) or (isinstance(value, ast.Name) and value.id in numeric)
+                number = _is_number(value) or (
+                    isinstance(value, ast.Name)
+                    and (value.id in numeric or (value.id in untyped and target.attr in factors))
+                )
                 kinds[target.attr] = kinds.get(target.attr, True) and number
     return {name for name, number in kinds.items() if number}
+
+
+def _factor_only_attributes(ctx: ModuleContext, cls: ast.ClassDef) -> set[str]:
+    """`self.x` attributes every read of which is an operand of element-wise arithmetic
+    or a comparison: what a scalar hyper-parameter is used for, and little else is."""
+    verdict: dict[str, bool] = {}
+    for node in walk_tree(cls):
+        if not (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Load)
+            and identifier(node.value) == "self"
+        ):
+            continue
+        parent = ctx.parents.get(node)
+        factor = (
+            isinstance(parent, ast.BinOp) and not isinstance(parent.op, ast.MatMult)
+        ) or isinstance(parent, ast.UnaryOp | ast.Compare)
+        verdict[node.attr] = verdict.get(node.attr, True) and factor
+    return {name for name, factor in verdict.items() if factor}
 
 
 def _is_number(node: ast.expr | None) -> bool:

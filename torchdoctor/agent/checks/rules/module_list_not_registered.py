@@ -27,8 +27,10 @@ class ModuleListNotRegistered(Rule):
     with layers and returns (`self.module_list = create_modules(cfg)`, a Darknet port's
     config parser). Not reported: a list that `__init__` wraps later
     (`self.rnns = nn.ModuleList(self.rnns)`), whose modules another attribute registers
-    (`self.layer = nn.Sequential(*self.layer_list)`), or whose modules hold no parameter, no
-    buffer and no dropout (activations, pooling, a local class building only those:
+    (`self.layer = nn.Sequential(*self.layer_list)`), whose elements `__init__` registers one
+    by one (`self.add_module(name, block)` in a loop over the list, a method of the class
+    calling `register_parameter` for each layer's parameters), or whose modules hold no
+    parameter, no buffer and no dropout (activations, pooling, a local class building only those:
     Autoformer's `[moving_avg(k, stride=1) for k in kernel_size]`).
 
     Why it matters: PyTorch registers only attributes that are modules, parameters or their
@@ -188,10 +190,11 @@ def _setup_methods(cls: ast.ClassDef, init: ast.FunctionDef) -> list[ast.Functio
 
 def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
     """Attributes that `__init__` re-assigns a registered container or module built from
-    themselves (`self.rnns = nn.ModuleList(self.rnns)`), or whose modules another attribute
-    registers (`self.layer = nn.Sequential(*self.layer_list)`, `nn.ModuleList(self.units)`):
-    the plain list then only holds references to registered modules."""
-    wrapped: set[str] = set()
+    themselves (`self.rnns = nn.ModuleList(self.rnns)`), whose modules another attribute
+    registers (`self.layer = nn.Sequential(*self.layer_list)`, `nn.ModuleList(self.units)`),
+    or whose elements it registers one by one: the plain list then only holds references to
+    registered modules."""
+    wrapped = _registered_one_by_one(ctx, init)
     for node in walk_tree(init):
         if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Call):
             continue
@@ -210,6 +213,58 @@ def _wrapped_later(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
                     if held is not None:
                         wrapped.add(held)
     return wrapped
+
+
+_REGISTERING_METHODS = frozenset({"add_module", "register_module", "register_parameter"})
+
+
+def _registered_one_by_one(ctx: ModuleContext, init: ast.FunctionDef) -> set[str]:
+    """Attributes whose elements `init` hands to a registering call: `self.add_module(name,
+    block)` in a loop over `self.blocks`, or a method of the class that calls
+    `register_parameter` given `self.kernels` or a loop variable's `module.parameters()`
+    (pytorch_RVAE's `self._add_to_parameters(...)`)."""
+    cls = next((a for a in ctx.ancestors(init) if isinstance(a, ast.ClassDef)), None)
+    registering = set(_REGISTERING_METHODS)
+    if cls is not None:
+        registering.update(
+            fn.name
+            for fn in cls.body
+            if isinstance(fn, ast.FunctionDef)
+            and any(
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr in _REGISTERING_METHODS
+                and self_attribute(n.func) is not None
+                for n in walk_tree(fn)
+            )
+        )
+    found: set[str] = set()
+    for node in walk_tree(init):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in registering
+            and self_attribute(node.func) is not None
+        ):
+            continue
+        walked: dict[str, str] = {}  # a variable of a loop around the call -> its attribute
+        for loop in ctx.ancestors(node):
+            if loop is init:
+                break
+            if isinstance(loop, ast.For):
+                attributes = {self_attribute(a) for a in walk_tree(loop.iter)} - {None}
+                if len(attributes) == 1:
+                    attribute = attributes.pop()
+                    for target in walk_tree(loop.target):
+                        if isinstance(target, ast.Name) and attribute is not None:
+                            walked.setdefault(target.id, attribute)
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            for part in walk_tree(arg):
+                if isinstance(part, ast.Name) and part.id in walked:
+                    found.add(walked[part.id])
+                elif (name := self_attribute(part)) is not None:
+                    found.add(name)
+    return found
 
 
 def _registering_container(call: ast.Call) -> bool:
