@@ -153,3 +153,56 @@ def test_project_wide_advice_names_another_notebooks_places_by_cell(tmp_path: Pa
     assert finding.message.endswith(f"(project-wide, also: {other_file}:cell 3:2)")
     (other,) = finding.data["related"]
     assert (other["file"], other["cell"], other["cell_line"]) == (other_file, 3, 2)
+
+
+_EVALUATED_BY_A_HELPER = (
+    "import torch\nfrom torch import nn\n"
+    "def get_net(n):\n    return nn.Sequential(nn.Linear(n, 1))\n"
+    "def log_rmse(net, features, labels):\n"
+    "    preds = torch.clamp(net(features), 1, float('inf'))\n"
+    "    return torch.sqrt(nn.functional.mse_loss(preds.log(), labels.log())).item()\n"
+    "def train(net, loader, train_features, train_labels, test_features, test_labels):\n"
+    "    optimizer = torch.optim.Adam(net.parameters())\n"
+    "    train_ls, test_ls = [], []\n"
+    "    for epoch in range(10):\n"
+    "        for X, y in loader:\n"
+    "            optimizer.zero_grad()\n"
+    "            nn.functional.mse_loss(net(X), y).backward()\n"
+    "            optimizer.step()\n"
+    "        train_ls.append(log_rmse(net, train_features, train_labels))\n"
+    "        test_ls.append(log_rmse(net, test_features, test_labels))\n"
+    "    return train_ls, test_ls\n"
+)
+_DROPOUT_MODEL = (
+    "import torch\nfrom torch import nn\n"
+    "class MLP(nn.Module):\n"
+    "    def __init__(self):\n        super().__init__()\n"
+    "        self.body = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))\n"
+    "    def forward(self, x):\n        return self.body(x)\n"
+)
+
+
+@pytest.mark.parametrize("dropout_in", ["mlp.ipynb", "mlp.py"])
+def test_another_notebooks_layers_do_not_reach_a_notebook(tmp_path: Path, dropout_in: str) -> None:
+    """d2l's house-price notebook evaluates a model of layers it cannot see (a helper's
+    parameter) with no `.eval()`: only layers that may reach it can make that matter, its
+    own and those of importable modules, never another notebook's (nothing imports one)."""
+    files = [
+        ("house_prices.ipynb", notebook_source(_notebook(("code", _EVALUATED_BY_A_HELPER))).text)
+    ]
+    model = _DROPOUT_MODEL
+    files.append(
+        (
+            dropout_in,
+            notebook_source(_notebook(("code", model))).text
+            if dropout_in.endswith(".ipynb")
+            else model,
+        )
+    )
+    config = EngineConfig(select=frozenset({"eval-without-eval-mode"}))
+    found = {
+        f.file
+        for f in analyse_files(files, config, workers=1).all_findings()
+        if f.rule == "eval-without-eval-mode"
+    }
+    assert found == (set() if dropout_in.endswith(".ipynb") else {"house_prices.ipynb"})

@@ -96,7 +96,23 @@ class ModelFacts(DefUse):
             return False
         if self.ctx.qualname(expr) is not None:
             return False
-        return not (isinstance(expr, ast.Name) and bound_to_function_or_import(self.ctx, name))
+        if isinstance(expr, ast.Name) and (
+            bound_to_function_or_import(self.ctx, name) or self._alias_of_functions(expr)
+        ):
+            return False
+        return True
+
+    def _alias_of_functions(self, name: ast.Name) -> bool:
+        """A name only ever bound to a function or an import of the module, an attribute of
+        an imported module, or a lambda: d2l's `net = linreg` or `net, loss = d2l.linreg,
+        d2l.squared_loss`, then `net(X, w, b)` (a plain function of explicit weights)."""
+        values = self.definitions(name)
+        return bool(values) and all(
+            isinstance(value, ast.Lambda)
+            or (isinstance(value, ast.Name) and bound_to_function_or_import(self.ctx, value.id))
+            or (isinstance(value, ast.Attribute) and self.ctx.qualname(value) is not None)
+            for value in values
+        )
 
     @cached_property
     def _module_receivers(self) -> frozenset[str]:

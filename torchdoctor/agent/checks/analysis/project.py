@@ -1382,7 +1382,8 @@ class ProjectIndex:
         self,
         summaries: list[ModuleSummary],
         mode_calls: dict[str, list[bool]] | None = None,
-        mode_layers_anywhere: bool = True,
+        mode_layers_importable: bool = True,
+        notebook_mode_layers: dict[str, bool] | None = None,
         grad_calls: dict[str, list[bool]] | None = None,
         passes: list[ModelPass] | None = None,
         cpu_device_programs: list[str] | None = None,
@@ -1394,7 +1395,8 @@ class ProjectIndex:
         self.grad_calls = grad_calls or {}
         self.differentiated_calls = differentiated_calls or {}
         self.parameter_calls = parameter_calls or {}
-        self.mode_layers_anywhere = mode_layers_anywhere
+        self.mode_layers_importable = mode_layers_importable
+        self.notebook_mode_layers = notebook_mode_layers or {}
         self.passes = passes or []
         self.cpu_device_programs = cpu_device_programs or []
 
@@ -1420,13 +1422,25 @@ class ProjectIndex:
         # file audited alone, a helper without the model's file, cannot).
         published = [bool(f[MODE_LAYERS_KEY]) for f in facts.values() if MODE_LAYERS_KEY in f]
         sees_models = any(s.classes for s in summaries)
+        # A notebook is imported by nothing: its layers reach no other file.
+        notebook_layers = {
+            path: bool(f[MODE_LAYERS_KEY])
+            for path, f in facts.items()
+            if MODE_LAYERS_KEY in f and path.endswith(".ipynb")
+        }
+        importable = [
+            bool(f[MODE_LAYERS_KEY])
+            for path, f in facts.items()
+            if MODE_LAYERS_KEY in f and not path.endswith(".ipynb")
+        ]
         passes = [
             ModelPass.model_validate(p) for f in facts.values() for p in f.get(PASSES_KEY, [])
         ]
         return cls(
             summaries,
             mode_calls,
-            mode_layers_anywhere=not (published and sees_models) or any(published),
+            mode_layers_importable=not (published and sees_models) or any(importable),
+            notebook_mode_layers=notebook_layers,
             grad_calls=grad_calls,
             passes=passes,
             cpu_device_programs=[m for f in facts.values() for m in f.get(CPU_DEVICE_KEY, [])],
@@ -1510,8 +1524,10 @@ class ProjectIndex:
             return any(self._caller_flags(self.differentiated_calls, symbol))
         if needs == "given-parameters-by-a-caller":  # a caller gives it `.parameters()`
             return any(self._caller_flags(self.parameter_calls, symbol))
-        if needs == "mode-layers-in-project":
-            return self.mode_layers_anywhere
+        if needs == "mode-layers-in-project":  # `near`: the file asking (a notebook's own)
+            return self.mode_layers_importable or self.notebook_mode_layers.get(
+                near or symbol, False
+            )
         if needs == "cpu-device-in-project":  # `symbol`: a module a CPU-capable entry imports
             return any(
                 m == symbol or m.endswith("." + symbol) or symbol.endswith("." + m)
