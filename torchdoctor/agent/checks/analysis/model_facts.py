@@ -96,11 +96,10 @@ class ModelFacts(DefUse):
             return False
         if self.ctx.qualname(expr) is not None:
             return False
-        if isinstance(expr, ast.Name) and (
-            bound_to_function_or_import(self.ctx, name) or self._alias_of_functions(expr)
-        ):
-            return False
-        return True
+        return not (
+            isinstance(expr, ast.Name)
+            and (bound_to_function_or_import(self.ctx, name) or self._alias_of_functions(expr))
+        )
 
     def _alias_of_functions(self, name: ast.Name) -> bool:
         """A name only ever bound to a function or an import of the module, an attribute of
