@@ -10,7 +10,7 @@ from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.model_facts import LOSS_NAME
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import walk_tree
+from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
 
 
@@ -24,7 +24,8 @@ class OutputsStoredWithGrad(Rule):
     Outputs gathered to compute one loss that is back-propagated (in the same function, or
     kept on an object or in a global that another function's loss reads), and per-step outputs
     collected inside a module's `forward` (a recurrent layer) or another method of the module
-    looping over its own blocks (`forward_intermediates`), are not reported, nor integer or
+    looping over its own blocks (`forward_intermediates`), outputs whose own loss the same
+    iteration back-propagates (a step over sub-batches), are not reported, nor integer or
     boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph,
     nor the outputs of a module frozen in the same scope (`model.requires_grad_(False)`) on
     inputs that carry no graph.
@@ -61,6 +62,8 @@ class OutputsStoredWithGrad(Rule):
             if flow.graph_origin(acc.value) != "output" or _integral(ctx, acc.value):
                 continue
             if not flow.carried_across_iterations(acc) or _feeds_a_loss(ctx, acc):
+                continue
+            if _backpropagated_in_its_iteration(ctx, acc):
                 continue
             target = ast.unparse(acc.target)
             data: dict[str, object] = {"accumulator": target, "value": ast.unparse(acc.value)}
@@ -106,6 +109,30 @@ def _feeds_a_loss(ctx: ModuleContext, acc: Accumulation) -> bool:
         for fn in ctx.flow.nodes(ast.FunctionDef)
         if fn is not function
         for node in walk_tree(fn)
+    )
+
+
+def _backpropagated_in_its_iteration(ctx: ModuleContext, acc: Accumulation) -> bool:
+    """A step over sub-batches (hysts' `subdivision`): the list is emptied on every
+    iteration of a loop around the one that fills it (one training step), and each stored
+    output's own loss is back-propagated in the iteration that stores it, which frees what
+    its graph saved. The list then holds one step's outputs, gathered for its accuracy."""
+    target = acc.target
+    if not isinstance(acc.value, ast.Name) or not isinstance(target, ast.Name):
+        return False
+    outer = [a for a in ctx.ancestors(acc.loop) if isinstance(a, ast.For | ast.While)]
+    reset = any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == target.id for t in node.targets)
+        for loop in outer
+        for node in walk_scope(loop.body)
+    )
+    return reset and any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "backward"
+        and ctx.flow.computed_from(node.func.value, acc.value)
+        for node in walk_scope(acc.loop.body)
     )
 
 
