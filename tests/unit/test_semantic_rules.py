@@ -115,6 +115,7 @@ NEW_RULES: tuple[str, ...] = (
     "advantage-not-detached",
     "accumulation-step-every-batch",
     "eval-loader-drop-last",
+    "parameter-uninitialised",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
