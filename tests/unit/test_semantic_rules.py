@@ -116,6 +116,7 @@ NEW_RULES: tuple[str, ...] = (
     "accumulation-step-every-batch",
     "eval-loader-drop-last",
     "parameter-uninitialised",
+    "init-flag-not-buffer",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
