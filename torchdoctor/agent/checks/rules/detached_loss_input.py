@@ -9,7 +9,7 @@ from torchdoctor.agent.checks.analysis.optimizers import parameter_owners
 from torchdoctor.agent.checks.analysis.vocabulary import PASSTHROUGH_METHODS, SYMMETRIC_LOSSES
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import first_argument, kwarg
-from torchdoctor.agent.checks.loops import is_optimizer_step, walk_tree
+from torchdoctor.agent.checks.loops import is_optimizer_step, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -75,6 +75,15 @@ class DetachedLossInput(Rule):
     .item()` beside `total += coef * slot_loss`) adds value but no gradient: that term is
     reported (an accumulator of numbers only is a log, not a loss).
 
+    Also reported, in a module's `forward`: a `.detach()` of a value computed from a layer
+    or parameter the class builds itself (`nn.Linear`, `nn.Conv*`, `nn.Parameter`) that its
+    methods read nowhere else (`p_gen = torch.sigmoid(self.p_gen_linear(h)).detach()`, a
+    pointer-generator's switch; SimGNN's `torch.tanh(x @ self.weight_matrix).detach()`): no
+    loss can give that weight a gradient, so it keeps its initial values. Not a weight also
+    read attached, one built with `requires_grad=False`, an embedding table (pretrained
+    vectors are frozen that way), a sub-network (a teacher or EMA target encoder), or an
+    input detached before a layer.
+
     Example:
         output = model(x)
         loss = criterion(output.detach(), y)
@@ -89,7 +98,7 @@ class DetachedLossInput(Rule):
     severity = Severity.HIGH
     title = "Loss computed on a detached model output"
     items: ClassVar[tuple[str, ...]] = ("3.3",)
-    triggers = Triggers(("backward", ".item()", "float("))
+    triggers = Triggers(("backward", ".item()", "float(", ".detach()"))
 
     def applies(self, ctx: ModuleContext) -> bool:
         text = ctx.source
@@ -97,6 +106,16 @@ class DetachedLossInput(Rule):
         return "backward" in text and any(cut in text for cut in cuts)
 
     def finish(self, ctx: ModuleContext) -> None:
+        if ".detach()" in ctx.source and "forward" in ctx.source:
+            for detaching, attribute in _parameters_only_detached(ctx):
+                ctx.report(
+                    self,
+                    detaching,
+                    f"`{ast.unparse(detaching)}` cuts the only path from `self.{attribute}` to "
+                    "what this module returns: no loss gives it a gradient, so it never trains "
+                    "(it keeps its initial values)",
+                    data={"cut_line": detaching.lineno, "cut": ast.unparse(detaching)},
+                )
         if ".item()" in ctx.source or "float(" in ctx.source:
             for number, total in _numbers_in_attached_sums(ctx):
                 ctx.report(
@@ -621,3 +640,159 @@ def _numbers_in_attached_sums(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
         if numbers and any(ctx.flow.graph_origin(v) == "loss" for v in values):
             found.extend((number, total) for number in numbers)
     return found
+
+
+# Layers and parameters a module owns directly: a learned weight, not a network of its own
+# (a frozen teacher or an EMA target encoder is detached on purpose), nor an embedding table
+# (pretrained vectors are frozen that way).
+_OWN_WEIGHTS = frozenset(
+    {"Parameter", "Linear", "Bilinear", "Conv1d", "Conv2d", "Conv3d", "LazyLinear"}
+)
+_INIT_CALL = ("torch.nn.init.", "nn.init.", "init.")
+
+
+def _parameters_only_detached(ctx: ModuleContext) -> list[tuple[ast.Call, str]]:
+    """`p_gen = F.sigmoid(self.p_gen_linear(x)).detach()` in a module's `forward`, where
+    `self.p_gen_linear` is a layer or parameter the class builds (`nn.Linear`,
+    `nn.Parameter`) that no other method reads (but to initialise it), that the detached
+    value is computed from, and that what `forward` returns depends on only through
+    detaches, while it does depend on the detached value: its weights never receive a
+    gradient. (the detach call, the attribute)"""
+    found: list[tuple[ast.Call, str]] = []
+    for cls in ctx.flow.nodes(ast.ClassDef):
+        owned = _owned_weights(cls)
+        if not owned:
+            continue
+        forward = next(
+            (f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "forward"), None
+        )
+        if forward is None:
+            continue
+        owned -= _read_outside(cls, forward, owned)
+        if not owned:
+            continue
+        returned = [r.value for r in walk_scope(forward.body) if isinstance(r, ast.Return)]
+        attached, detaches = _slice(ctx, [v for v in returned if v is not None], forward)
+        for node in detaches:
+            if not isinstance(node.func, ast.Attribute):
+                continue
+            cut, _ = _slice(ctx, [node.func.value], forward, before=node.lineno)
+            for attribute in sorted((cut & owned) - attached):
+                found.append((node, attribute))
+                break
+    return found
+
+
+def _read_outside(cls: ast.ClassDef, forward: ast.FunctionDef, owned: set[str]) -> set[str]:
+    """The attributes of `owned` a method other than `__init__` and `forward` reads, outside
+    `torch.nn.init.*(...)` calls (setting a weight up is no use of it)."""
+    read: set[str] = set()
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef) or method.name in ("__init__", "forward"):
+            continue
+        skipped: set[int] = set()
+        for node in walk_tree(method):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).startswith(_INIT_CALL):
+                skipped.update(id(n) for n in walk_tree(node))
+            if id(node) in skipped:
+                continue
+            attribute = _self_reads(node, owned)
+            if attribute is not None:
+                read.add(attribute)
+    return read
+
+
+def _slice(
+    ctx: ModuleContext, roots: list[ast.expr], function: ast.FunctionDef, before: int = 0
+) -> tuple[set[str], list[ast.Call]]:
+    """The `self` attributes what `roots` computes reads, following the local names bound in
+    `function` (every binding that may reach; with `before`, only bindings on earlier
+    lines), not through `.detach()` calls; and the detach calls met on the way."""
+    attributes: set[str] = set()
+    detaches: list[ast.Call] = []
+    seen: set[int] = set()
+    todo: list[ast.AST] = list(roots)
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if (
+            isinstance(current, ast.Call)
+            and isinstance(current.func, ast.Attribute)
+            and current.func.attr == "detach"
+            and not current.args
+        ):
+            detaches.append(current)
+            continue
+        if (
+            isinstance(current, ast.Attribute)
+            and isinstance(current.value, ast.Name)
+            and current.value.id == "self"
+        ):
+            attributes.add(current.attr)
+        if isinstance(current, ast.Name) and isinstance(current.ctx, ast.Load):
+            values = [
+                v
+                for v in ctx.flow.reaching_or_all(current)
+                if ctx.enclosing_function(v) is function and (not before or v.lineno < before)
+            ]
+            todo.extend(v for v in values if not _killed(ctx, v, values, current))
+        todo.extend(ast.iter_child_nodes(current))
+    return attributes, detaches
+
+
+def _killed(ctx: ModuleContext, value: ast.expr, values: list[ast.expr], use: ast.Name) -> bool:
+    """A later binding of the same name in the same statement list always runs between
+    `value`'s binding and `use` (`p_gen = self.p_gen_linear(x)`, then `p_gen =
+    torch.sigmoid(p_gen).detach()`, then `return p_gen`): `value` cannot reach `use`."""
+    statement = ctx.parents.get(value)
+    block = ctx.parents.get(statement) if statement is not None else None
+    if not isinstance(statement, ast.stmt) or block is None:
+        return False
+    for other in values:
+        later = ctx.parents.get(other)
+        if not isinstance(later, ast.stmt) or later is statement:
+            continue
+        if ctx.parents.get(later) is not block:
+            continue
+        for body in (getattr(block, "body", []), getattr(block, "orelse", [])):
+            if statement in body and later in body and body.index(later) > body.index(statement):
+                start = statement.end_lineno or statement.lineno
+                if not start < use.lineno <= (later.end_lineno or later.lineno):
+                    return True
+    return False
+
+
+def _owned_weights(cls: ast.ClassDef) -> set[str]:
+    owned = set()
+    for node in walk_tree(cls):
+        if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+            continue
+        func = node.value.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name not in _OWN_WEIGHTS or any(
+            k.arg == "requires_grad" and isinstance(k.value, ast.Constant) and not k.value.value
+            for k in node.value.keywords
+        ):
+            continue  # frozen on purpose: `nn.Parameter(table, requires_grad=False)`
+        for target in node.targets:
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+            ):
+                owned.add(target.attr)
+    return owned
+
+
+def _self_reads(node: ast.AST, owned: set[str]) -> str | None:
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Load)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+        and node.attr in owned
+    ):
+        return node.attr
+    return None

@@ -21,6 +21,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import INFERENCE_METHOD_PREFIX
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     FunctionNode,
+    is_backward_call,
     nodes_of,
     phase_constant,
     phase_equality,
@@ -112,6 +113,13 @@ class ValidationWithGrad(Rule):
     some call outside no_grad passes the flag as False (`_epoch(valid_loader,
     train_model=False)`) and nothing in it sets the grad mode.
 
+    Also reported: the branch of a test of a training flag (`if train:`, `if not
+    self.training:`, `if phase == "train":`) that makes the same loss or model call as the
+    other branch, which back-propagates, with autograd on and nothing back-propagated
+    (score_sde's `step_fn`: `if train: loss = loss_fn(model, batch); loss.backward(); ...
+    else: loss = loss_fn(model, batch)`, its `no_grad` lost). Not when both branches
+    back-propagate (an AMP or accumulation switch), nor a test of another flag.
+
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
     helper every call of which already runs under `no_grad` (in its own file, or, for a
     module-level helper its file never calls, in the other files of the project: melgan's
@@ -146,6 +154,16 @@ class ValidationWithGrad(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
+        if "backward" in source and "else" in source and "train" in source:
+            for call, test in _evaluating_branch_calls(ctx):
+                ctx.report(
+                    self,
+                    call,
+                    f"`{ast.unparse(call.func)}` runs with autograd on in the branch of `if "
+                    f"{ast.unparse(test.test)}:` that never back-propagates (the other branch "
+                    "calls it and runs backward): the graph is kept for a backward that never "
+                    "comes; wrap this branch in `torch.no_grad()`",
+                )
         publish_grad_calls(  # whether each call of another file's function here records
             ctx, _grad_off_calls(ctx)
         )
@@ -977,3 +995,60 @@ def _in_loop(ctx: ModuleContext, node: ast.AST, function: FunctionNode | None) -
         if isinstance(anc, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
             return True
     return False
+
+
+_TRAIN_FLAG = re.compile(r"^(is_)?(train|training|eval|evaluate|evaluating|phase|mode)$", re.I)
+
+
+def _evaluating_branch_calls(ctx: ModuleContext) -> list[tuple[ast.Call, ast.If]]:
+    """`if train: loss = loss_fn(model, batch); loss.backward(); ... else: loss =
+    loss_fn(model, batch)` (score_sde's `step_fn` with its `no_grad` lost): a test of a
+    training flag whose one branch back-propagates what a call computes and whose other
+    branch makes the same call with autograd on and back-propagates nothing. (the call in
+    the evaluating branch, the test)"""
+    found: list[tuple[ast.Call, ast.If]] = []
+    for test in ctx.flow.nodes(ast.If):
+        if not test.orelse or not any(
+            _TRAIN_FLAG.match(identifier(n))
+            for n in walk_tree(test.test)
+            if isinstance(n, ast.Name | ast.Attribute)
+        ):
+            continue
+        for trains, evaluates in ((test.body, test.orelse), (test.orelse, test.body)):
+            if not _backpropagates(trains) or _backpropagates(evaluates):
+                continue
+            trained = {
+                ast.dump(n.func)
+                for n in walk_scope(trains)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name | ast.Attribute)
+            }
+            call = next(
+                (
+                    n
+                    for n in walk_scope(evaluates)
+                    if isinstance(n, ast.Call)
+                    and ast.dump(n.func) in trained
+                    and (ctx.flow.is_model_call(n) or _computes_a_loss(ctx, n))
+                    and not grad_may_be_off(ctx, n)
+                ),
+                None,
+            )
+            if call is not None:
+                found.append((call, test))
+            break
+    return found
+
+
+def _backpropagates(branch: list[ast.stmt]) -> bool:
+    return any(isinstance(n, ast.Call) and is_backward_call(n) for n in walk_scope(branch))
+
+
+def _computes_a_loss(ctx: ModuleContext, call: ast.Call) -> bool:
+    """A loss function or criterion (`loss_fn(model, batch)`, `criterion(out, y)`) by its
+    callee, or by the name its result is bound to (`loss = compute(model, batch)`)."""
+    if ctx.flow.is_loss_callee(call.func) or "loss" in identifier(call.func).lower():
+        return True
+    parent = ctx.parents.get(call)
+    return isinstance(parent, ast.Assign) and any(
+        isinstance(t, ast.Name) and "loss" in t.id.lower() for t in parent.targets
+    )
