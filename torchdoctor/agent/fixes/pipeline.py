@@ -194,6 +194,9 @@ def _baseline_signals(verifier: Verifier, findings: list[Finding]) -> RunSignals
 
 
 OUT_OF_TIME = "not verified: the fix stage's time budget ran out before it"
+NOT_REMEASURED = (
+    "not measured again on the verified fixes: the fix stage's time budget ran out before it"
+)
 
 
 def _out_of_time(finding: Finding, diff: str) -> Finding:
@@ -308,11 +311,19 @@ def _retry_small_gains(
     if not stack or not candidates or verifier.runner is None:
         return
     say(f"re-measuring {len(candidates)} small performance gain(s) on the verified fixes")
-    for finding_id, finding in verify_on_stack(verifier, stack, candidates, time_left).items():
+    measured = verify_on_stack(verifier, stack, candidates, time_left)
+    for finding_id, finding in measured.items():
         by_id[finding_id] = finding
         codemod = codemod_for(finding.rule)
         if finding.fix is not None and finding.fix.verified and codemod is not None:
             specs[finding_id] = FixSpec.of(codemod)
+    for finding in candidates:
+        if finding.id not in measured and finding.fix is not None:
+            # not started: the report must not read as if the measurement alone were final
+            note = Verification(step="on-verified-fixes", ok=False, detail=NOT_REMEASURED)
+            fix = finding.fix.model_copy(update={"verification": [*finding.fix.verification, note]})
+            by_id[finding.id] = finding.model_copy(update={"fix": fix})
+            say(f"  {finding.rule}: {NOT_REMEASURED}")
 
 
 def _combine_verified(

@@ -49,13 +49,23 @@ def verify_on_stack(
     time_left: TimeBudget | None = None,
 ) -> dict[str, Finding]:
     """Re-verify `candidates` on a copy of the workspace with `stack` applied; returns the
-    updated findings (verified or not, with the stacked checks appended). A candidate that
-    `time_left` says would not end in time is not started, and not returned."""
+    updated findings (verified or not, with the stacked checks appended; when the stack does
+    not merge, each candidate unverified, saying so). A candidate that `time_left` says would
+    not end in time is not started, and not returned."""
     time_left = time_left or TimeBudget(None)
     updated: dict[str, Finding] = {}
     try:
         texts = merge_fixes(base.root, stack)
-    except PatchError:
+    except PatchError as exc:
+        note = Verification(
+            step="on-verified-fixes", ok=False, detail=f"the verified fixes do not merge: {exc}"
+        )
+        for finding in candidates:
+            if finding.fix is not None:
+                fix = finding.fix.model_copy(
+                    update={"verified": False, "verification": [*finding.fix.verification, note]}
+                )
+                updated[finding.id] = finding.model_copy(update={"fix": fix})
         return updated
     rules = ", ".join(f.rule for f in stack)
     with workspace_copy(base.root) as stacked:
