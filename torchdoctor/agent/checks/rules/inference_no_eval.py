@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.eval_mode import (
     builds_pretrained_network,
     mode_calls,
@@ -24,7 +25,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_mode_calls,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.loops import nodes_of, position, walk_scope
+from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, position, walk_scope
 from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
     functions,
@@ -94,8 +95,10 @@ class InferenceNoEval(Rule):
     Not reported: models known to act the same in both modes (every layer seen, none with
     dropout or batch statistics, no `self.training` branch), models built in eval mode
     (`Net().eval()`, a transformers/diffusers `from_pretrained`, which returns the model in
-    eval mode), and `predict_*` methods of an `nn.Module` itself (they run inside the model,
-    in its mode).
+    eval mode), `predict_*` methods of an `nn.Module` itself (they run inside the model,
+    in its mode), and a helper given the model (or an ensemble it loops over) by callers in
+    other files that put it in eval mode first, directly or through functions of its own
+    module that pass it on (a task run in threads included).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """
@@ -225,6 +228,8 @@ class InferenceNoEval(Rule):
                 continue  # an entry function's model calls count on the weights it loads
             if root == "self" and module_evals:
                 return
+            if owner is not None:
+                root = _parameter_iterated(owner, root, params)
             if (
                 root in params
                 and owner is not None
@@ -259,8 +264,9 @@ class InferenceNoEval(Rule):
             )
             if found is None:
                 return
-            if owner is not None and _callers_elsewhere(ctx, owner, root, params):
-                symbol = f"{module_name(ctx.path)}.{owner.name}"
+            entry = _entry_called_elsewhere(ctx, owner, root) if root in params else None
+            if entry is not None:
+                symbol = f"{module_name(ctx.path)}.{entry.name}"
                 needs = "left-in-train-mode-by-a-caller"
                 defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
             elif (loader := project_loader(ctx, owner, call)) is not None:
@@ -293,17 +299,57 @@ class InferenceNoEval(Rule):
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
 
 
-def _callers_elsewhere(
-    ctx: ModuleContext, owner: ast.FunctionDef | ast.AsyncFunctionDef, root: str, params: set[str]
-) -> bool:
-    """A module-level `predict(model, x)` given the model and called nowhere in this module:
-    its callers in other files decide the mode (the project pass reads whether they call
-    `.eval()` first)."""
-    return (
-        root in params
-        and isinstance(ctx.parents.get(owner), ast.Module)
-        and not ctx.flow.callers.get(owner.name)
-    )
+def _parameter_iterated(owner: FunctionNode, name: str, params: set[str]) -> str:
+    """The parameter a loop of `owner` walks when `name` is its loop variable (`for model in
+    models`, `for i, model in enumerate(models)`): an ensemble's members come from the
+    caller, in whatever mode it left them. Else `name`."""
+    if name in params:
+        return name
+    for loop in walk_scope(owner.body):
+        if not isinstance(loop, ast.For):
+            continue
+        iterated = loop.iter
+        if isinstance(iterated, ast.Call) and identifier(iterated.func) == "enumerate":
+            iterated = iterated.args[0] if iterated.args else iterated
+        targets = {t.id for t in ast.walk(loop.target) if isinstance(t, ast.Name)}
+        if name in targets and isinstance(iterated, ast.Name) and iterated.id in params:
+            return iterated.id
+    return name
+
+
+def _entry_called_elsewhere(
+    ctx: ModuleContext, owner: FunctionNode | None, param: str
+) -> FunctionNode | None:
+    """The module-level function whose callers in other files hand over the model `owner`
+    receives as `param`: `owner` itself when this module never calls it (`predict(model,
+    x)`), or the function of this module that passes its own parameter through to it, up
+    to three calls up (dfdc's `predict_on_video_set(..., models)` calling
+    `predict_on_video(..., models)` from a task it runs in threads), itself called nowhere
+    here. The project pass reads
+    whether those callers call `.eval()` first."""
+    fn = owner
+    for _ in range(4):
+        if fn is None or not isinstance(ctx.parents.get(fn), ast.Module):
+            return None
+        calls = ctx.flow.callers.get(fn.name, [])
+        if not calls:
+            return fn
+        passed = _arguments_for(ctx, fn, param)
+        callers = {ctx.enclosing_function(argument) for argument in passed}
+        if len(passed) < len(calls) or len(callers) != 1:
+            return None
+        caller = callers.pop()
+        names = {a.id for a in passed if isinstance(a, ast.Name)}
+        if caller is None or len(names) != 1 or len(passed) != len(calls):
+            return None
+        param = names.pop()
+        while param not in _parameters(caller):  # a closure's free name (a thread's task)
+            outer = ctx.enclosing_function(caller)
+            if outer is None:
+                return None
+            caller = outer
+        fn = caller
+    return None
 
 
 def _evaluated_globals(ctx: ModuleContext) -> frozenset[str]:
