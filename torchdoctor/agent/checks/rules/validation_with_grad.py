@@ -155,11 +155,11 @@ class ValidationWithGrad(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
         if "backward" in source and "else" in source and "train" in source:
-            for call, test in _evaluating_branch_calls(ctx):
+            for branch_call, test in _evaluating_branch_calls(ctx):
                 ctx.report(
                     self,
-                    call,
-                    f"`{ast.unparse(call.func)}` runs with autograd on in the branch of `if "
+                    branch_call,
+                    f"`{ast.unparse(branch_call.func)}` runs with autograd on in the branch of `if "
                     f"{ast.unparse(test.test)}:` that never back-propagates (the other branch "
                     "calls it and runs backward): the graph is kept for a backward that never "
                     "comes; wrap this branch in `torch.no_grad()`",
