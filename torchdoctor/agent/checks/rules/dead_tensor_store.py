@@ -59,7 +59,9 @@ class DeadTensorStore(Rule):
     `p = F.softmax(out, 1)`) assigned to a local that nothing in its function ever reads
     (the next line uses `out` where `pred` was meant), or arithmetic over tensor math never
     read (DDIM's noised input `x = x0 * a.sqrt() + e * (1 - a).sqrt()` with the model given
-    `x0`). A value stored by the last statement
+    `x0`), or the result of a local helper that only returns arithmetic over its arguments
+    (DDPM's `perturbed_x = self.perturb_x(x, t, noise)`, the model then given `x`; not a
+    helper with more statements, which may act). A value stored by the last statement
     of an `if` and overwritten after it before any read counts too (an `else:` dropped), and
     so does a constant-scaled reduction (`v_loss = 0.5 * err.mean()`), at a script's top
     level as in functions. In a function that back-propagates, a loss term (`reg_loss`,
@@ -395,10 +397,50 @@ def _reduced_name(ctx: ModuleContext, stmt: ast.stmt) -> str | None:
     qual = ctx.flow.qualname_of(value) or ""
     if _torch_computes(qual, value):
         return target.id
+    if not qual and _arithmetic_helper(ctx, stmt, value):
+        return target.id  # DDPM's `perturbed_x = self.perturb_x(x, t, noise)`, never read
     func = value.func
     if not qual and isinstance(func, ast.Attribute) and func.attr in _TENSOR_REDUCTIONS:
         return target.id
     return None
+
+
+def _arithmetic_helper(ctx: ModuleContext, stmt: ast.stmt, call: ast.Call) -> bool:
+    """`self.perturb_x(x, t, noise)` (or `perturb(x, t)`) where that method of the enclosing
+    class (or module function) only returns arithmetic over its arguments (`return a * x + b *
+    noise`): a pure computation, whose result nothing may need but its reader."""
+    func = call.func
+    candidates: list[ast.AST] = []
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        if func.value.id != "self":
+            return False
+        cls = next((a for a in ctx.ancestors(stmt) if isinstance(a, ast.ClassDef)), None)
+        if cls is None:
+            return False
+        candidates = [m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == func.attr]
+    elif isinstance(func, ast.Name):
+        candidates = [
+            f for f in ctx.tree.body if isinstance(f, ast.FunctionDef) and f.name == func.id
+        ]
+    if len(candidates) != 1:
+        return False
+    helper = candidates[0]
+    assert isinstance(helper, ast.FunctionDef)
+    body = [
+        b
+        for b in helper.body
+        if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))
+    ]
+    if len(body) != 1 or not isinstance(body[0], ast.Return):
+        return False
+    returned = body[0].value
+    if not (
+        isinstance(returned, ast.BinOp) and isinstance(returned.op, ast.Add | ast.Sub | ast.Mult)
+    ):
+        return False
+    parameters = {a.arg for a in helper.args.args} - {"self"}
+    names = {n.id for n in walk_tree(returned) if isinstance(n, ast.Name)}
+    return len(names & parameters) >= 2
 
 
 # Elementwise tensor math whose presence in arithmetic makes it a tensor computation.

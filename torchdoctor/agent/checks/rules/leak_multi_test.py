@@ -25,7 +25,8 @@ _DECISION_WORDS = ("best", "patience", "early", "sched", "plateau", "objective",
 class LeakMultiTest(Rule):
     """Detects the test split used to make training decisions: a comparison with a
     test-derived metric that saves a checkpoint, records a "best" value or stops training
-    (`if test_acc > best_acc:`), `best = max(best, test_acc)`, `scheduler.step(test_loss)`,
+    (`if test_acc > best_acc:`, or through a flag: `improved = metrics["test"] >
+    best["test"]` then `if improved:`), `best = max(best, test_acc)`, `scheduler.step(test_loss)`,
     an early-stopping object fed a test metric (named so, or built with a patience:
     `progress = zero.ProgressTracker(patience)` then `progress.update(metrics[TEST])`), or a
     hyper-parameter `objective(trial)` that returns one. Test-derived means computed from data
@@ -96,9 +97,14 @@ class LeakMultiTest(Rule):
                     self._report(ctx, ret, ret.value, "tunes hyper-parameters on it")
 
     def _selection_metric(self, ctx: ModuleContext, node: ast.If) -> ast.expr | None:
+        tested: list[ast.expr] = [node.test]
+        for name in walk_tree(node.test):  # a flag bound to the comparison: its definition
+            if isinstance(name, ast.Name):
+                tested += [d for d in ctx.flow.definitions(name) if isinstance(d, ast.Compare)]
         compares = [
             c
-            for c in walk_tree(node.test)
+            for t in tested
+            for c in walk_tree(t)
             if isinstance(c, ast.Compare) and any(isinstance(op, _ORDERING) for op in c.ops)
         ]
         if not compares:
@@ -232,6 +238,7 @@ def _ordering_tests(ctx: ModuleContext) -> set[int]:
     """The `if` statements whose test holds an ordering comparison (`acc > best`), found
     from the module's comparisons up, not by walking every test."""
     found: set[int] = set()
+    flags: set[str] = set()
     parents = ctx.parents
     for compare in ctx.nodes_by_type().get(ast.Compare, ()):
         if not isinstance(compare, ast.Compare):
@@ -244,4 +251,17 @@ def _ordering_tests(ctx: ModuleContext) -> set[int]:
             child, parent = parent, parents.get(parent)
         if isinstance(parent, ast.If) and parent.test is child:
             found.add(id(parent))
+        elif (
+            isinstance(parent, ast.Assign)
+            and parent.value is child
+            and len(parent.targets) == 1
+            and isinstance(parent.targets[0], ast.Name)
+        ):
+            flags.add(parent.targets[0].id)
+    if flags:  # `improved = metrics["val"] > best["val"]` then `if improved:` (tabm's loop)
+        for branch in ctx.nodes_by_type().get(ast.If, ()):
+            if isinstance(branch, ast.If) and any(
+                isinstance(n, ast.Name) and n.id in flags for n in walk_tree(branch.test)
+            ):
+                found.add(id(branch))
     return found

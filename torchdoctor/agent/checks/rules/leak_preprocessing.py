@@ -72,8 +72,11 @@ class LeakPreprocessing(Rule):
     frame's columns computes one dataset statistic per column; a statistic converted on the
     way (`pixels.mean(axis=(0, 1, 2)).tolist()`, `tuple(...)` given to `Normalize`) is
     followed to where it goes. Label/one-hot encoders
-    (categories only) are not reported. The data-flow analysis follows names, tuple
-    unpacking of splits and local functions across the module.
+    (categories only) are not reported, nor is a fit on the rows of one part picked by
+    split indices (`X[train_idx]` with `train_idx, test_idx = train_test_split(all_idx)`),
+    also read back from a dict of splits (`data['train']['x_num']`, tabm's example). The
+    data-flow analysis follows names, tuple unpacking of splits and local functions across
+    the module.
 
     Why it matters: statistics of the test rows leak into the features the model trains on,
     so the reported test score is optimistic and does not measure generalisation (Yang et
@@ -757,15 +760,50 @@ def _split_output(ctx: ModuleContext, data: ast.expr) -> bool:
     values = flow.live_definitions(data) if isinstance(data, ast.Name) else [data]
     if not values:
         values = [data]
-    if any(_fold_rows(ctx, value) for value in values):
+    if any(_fold_rows(ctx, value) or _split_index_rows(ctx, value) for value in values):
         return True
 
     def split_part(node: ast.AST) -> bool:  # also a fold's rows a binding or two away
+        if isinstance(node, ast.Subscript):
+            entry = _dict_entry(ctx, node, 0)  # `data['train']['x']` of a dict literal
+            if entry is not None and entry is not node and split_part(entry):
+                return True
         return flow.is_split_part(node) or (
-            isinstance(node, ast.Subscript) and _fold_rows(ctx, node)
+            isinstance(node, ast.Subscript)
+            and (_fold_rows(ctx, node) or _split_index_rows(ctx, node))
         )
 
     return any(flow.sources_include(value, split_part) is not None for value in values)
+
+
+def _dict_entry(ctx: ModuleContext, node: ast.expr, hops: int) -> ast.expr | None:
+    """The value a constant-key subscript reads from a dict literal (`data_numpy['train']
+    ['x_num']` of `data_numpy = {'train': {'x_num': X_num[train_idx], ...}, ...}`), through
+    single bindings; None when it cannot be told."""
+    if hops > 4:
+        return None
+    if isinstance(node, ast.Name):
+        values = ctx.flow.definitions(node)
+        return values[0] if len(values) == 1 else None
+    if not (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)):
+        return None
+    base = _dict_entry(ctx, node.value, hops + 1)
+    if not isinstance(base, ast.Dict):
+        return None
+    for key, value in zip(base.keys, base.values, strict=True):
+        if isinstance(key, ast.Constant) and key.value == node.slice.value:
+            return value
+    return None
+
+
+def _split_index_rows(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`X[train_idx]` where `train_idx` is unpacked from a split of row indices
+    (`train_idx, test_idx = train_test_split(np.arange(len(y)))`, tabm's example): the rows of
+    one part, a split's output."""
+    if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Name):
+        return False
+    splits = {id(call) for call, _ in ctx.flow.split_inputs}
+    return any(id(bound) in splits for bound, _, _ in ctx.flow.unpackings(value.slice))
 
 
 def _fold_rows(ctx: ModuleContext, value: ast.expr) -> bool:
