@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish,
     publish_mode_calls,
 )
+from torchdoctor.agent.checks.analysis.vocabulary import MODEL_RUN_METHODS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import FunctionNode, nodes_of, position, walk_scope
 from torchdoctor.agent.checks.patterns import (
@@ -91,6 +92,11 @@ class InferenceNoEval(Rule):
     (also under the name a helper receives it by), one handed to a function of another
     module (which may switch it), and modules that back-propagate or build an optimizer
     (fine-tuning).
+
+    An entry function's model also runs through its own running methods (`encode`, `decode`,
+    `infer`, `sample`) on the model it loads weights into: a translation script's
+    `baseline_transformer.encode(src, mask)` after `load_state_dict`, the decoding handed to
+    helpers of another file.
 
     Not reported: models known to act the same in both modes (every layer seen, none with
     dropout or batch statistics, no `self.training` branch), models built in eval mode
@@ -217,6 +223,8 @@ class InferenceNoEval(Rule):
             if isinstance(c, ast.Call) and _callee(c) in local_evals
         ]
         calls = _model_runs(ctx, body, sampling or bool(ctx.loops.training_loops))
+        if loaded:
+            calls = _with_loaded_model_methods(body, loaded, calls)
         named = {id(call) for call in calls}
         imported = {id(call): call for call in _imported_instance_calls(ctx, body, named)}
         calls = sorted([*calls, *imported.values()], key=lambda c: (c.lineno, c.col_offset))
@@ -682,11 +690,34 @@ def _callee(call: ast.Call) -> str:
 
 
 def _model_of(call: ast.Call) -> ast.expr:
-    """`model` in `model(x)`, `model.forward(x)` and `model.generate(x)`."""
+    """`model` in `model(x)`, `model.forward(x)`, `model.generate(x)` and `model.encode(x)`
+    (a method that runs the network: `MODEL_RUN_METHODS`)."""
     func = call.func
-    if isinstance(func, ast.Attribute) and func.attr in ("forward", "generate"):
+    if isinstance(func, ast.Attribute) and (
+        func.attr in ("forward", "generate") or func.attr in MODEL_RUN_METHODS
+    ):
         return func.value
     return func
+
+
+def _with_loaded_model_methods(
+    body: list[ast.stmt], loaded: set[str], calls: list[ast.Call]
+) -> list[ast.Call]:
+    """`calls`, and the calls in `body` of a running method (`encode`, `decode`, `infer`,
+    `sample`) of a model an entry function loads weights into (a translation script's
+    `baseline_transformer.encode(src, mask)` after `load_state_dict`), in source order."""
+    known = {id(c) for c in calls}
+    extra = [
+        node
+        for node in walk_scope(body)
+        if isinstance(node, ast.Call)
+        and id(node) not in known
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in MODEL_RUN_METHODS
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id in loaded
+    ]
+    return sorted([*calls, *extra], key=lambda c: (c.lineno, c.col_offset))
 
 
 def _calls_holding_an_eval(ctx: ModuleContext) -> set[int]:

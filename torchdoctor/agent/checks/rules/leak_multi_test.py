@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
 from torchdoctor.agent.checks.analysis.vocabulary import VALIDATION_SPLITS, alternation
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
@@ -32,7 +33,9 @@ class LeakMultiTest(Rule):
     hyper-parameter `objective(trial)` that returns one. Test-derived means computed from data
     named or built as the test split (`test_loader`, `train=False`, the test half of
     `train_test_split`, a `metrics[lib.TEST]` entry), through variables,
-    loops and local functions. A test evaluation used only for the final report is fine, and
+    loops and local functions; also a metric named for validation that a call given the
+    test split returns (`val_loss = evaluate(Data, Data.test[0], Data.test[1], model)`: the
+    data says what it measures). A test evaluation used only for the final report is fine, and
     so is a loop's counter compared to a bound taken from the test set's size (`if batch_idx
     >= ood_num_examples // batch_size: break`).
 
@@ -131,7 +134,7 @@ class LeakMultiTest(Rule):
             ):
                 continue  # `if batch_size * i >= n_examples: break`: a loop's bound
             for operand in operands:
-                if ctx.flow.held_out_kind(operand, _TEST):
+                if ctx.flow.held_out_kind(operand, _TEST) or _computed_from_test(ctx, operand):
                     return operand
         return None
 
@@ -183,6 +186,31 @@ def _patience_tracker(ctx: ModuleContext, func: ast.expr) -> bool:
         for built in ctx.flow.constructors(func.value)
         for k in built.keywords
     )
+
+
+def _computed_from_test(ctx: ModuleContext, operand: ast.expr) -> bool:
+    """A name every binding of which is the result of a call handed the test split
+    (`val_loss, val_rae, val_corr = evaluate(Data, Data.test[0], Data.test[1], model, ...)`):
+    the data says what the metric measures, whatever the name says."""
+    if not isinstance(operand, ast.Name):
+        return False
+    values = ctx.flow.reaching_or_all(operand)
+    return bool(values) and all(
+        isinstance(v, ast.Call)
+        and any(_names_test_data(a) for a in [*v.args, *(k.value for k in v.keywords)])
+        for v in values
+    )
+
+
+def _names_test_data(arg: ast.expr) -> bool:
+    """The argument's own names say it is the test split (`test_loader`, `Data.test[0]`,
+    `X_test`): not a model or a loss that the analysis links to test data elsewhere."""
+    names = [
+        n.id if isinstance(n, ast.Name) else n.attr
+        for n in walk_tree(arg)
+        if isinstance(n, ast.Name | ast.Attribute)
+    ]
+    return any(held_out_name_kind(name) == "test" for name in names)
 
 
 def _in_validation_branch(ctx: ModuleContext, node: ast.AST) -> bool:

@@ -42,6 +42,15 @@ class TrainModeNotRestored(Rule):
     Also reported when the validation function is imported from another file and, there,
     puts the model it is given in eval mode without setting it back.
 
+    Also reported: an agent's action method (`act`, `select_action`, `get_action`) that
+    switches `self.<net>` to eval mode and never back (`self.qnetwork_local.eval()` before
+    choosing an action), when another method of the class trains that network (calls it,
+    back-propagates and steps an optimizer the class builds over its parameters: `learn`)
+    and nothing in the class ever calls `self.<net>.train()`: acting is interleaved with the
+    updates, so every update after the first action runs in eval mode. Not a network known to
+    have no dropout or batch norm, nor one no optimizer of the class trains (a target copy),
+    nor a switch in a method that loads, tests or predicts.
+
     Not reported: `.eval()` on an averaged copy (`model_ema.eval()`) or on a fresh copy
     (`copy.deepcopy(net).eval()` for a snapshot): the trained model keeps its mode. Nor a
     helper that switches to eval mode only under a flag the training function clears before
@@ -66,12 +75,27 @@ class TrainModeNotRestored(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.4",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return "backward" in ctx.source and bool(ctx.loops.training_loops)
+        return "backward" in ctx.source and (
+            bool(ctx.loops.training_loops)
+            or ("eval()" in ctx.source and bool(_left_in_eval_by_a_method(ctx)))
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if "eval()" in ctx.source or is_package_init(ctx):
             publish(ctx)  # its functions that leave a model in eval mode, for their callers
-        if not self.applies(ctx):
+        if "eval()" in ctx.source and "backward" in ctx.source:
+            for switch, method, learner in _left_in_eval_by_a_method(ctx):
+                model = ast.unparse(getattr(switch.func, "value", switch.func))
+                ctx.report(
+                    self,
+                    switch,
+                    f"`{ast.unparse(switch)}` in `{method.name}` is never undone, and "
+                    f"`{learner.name}` trains `{model}` (backward and step) without "
+                    "`.train()`: after the first call every update runs in eval mode, dropout "
+                    "off and BatchNorm frozen",
+                    data={"loop_line": learner.lineno},
+                )
+        if not ("backward" in ctx.source and ctx.loops.training_loops):
             return
         verdicts: dict[int, bool] = {}
         self._imported_evaluations(ctx, verdicts)
@@ -344,3 +368,108 @@ def _first_line(fn: ast.AST, method: str) -> float:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == method
     ]
     return min(lines, default=float("inf"))
+
+
+def _self_mode_switch(node: ast.AST, to_train: bool) -> str | None:
+    """`self.net.train()` (`to_train`) or `self.net.eval()` / `self.net.train(False)`: the
+    attribute switched, else None."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and isinstance(node.func.value.value, ast.Name)
+        and node.func.value.value.id == "self"
+    ):
+        return None
+    attr, args = node.func.attr, node.args
+    off = bool(args) and isinstance(args[0], ast.Constant) and args[0].value is False
+    if to_train and attr == "train" and not off:
+        return node.func.value.attr
+    if not to_train and (attr == "eval" or (attr == "train" and off)):
+        return node.func.value.attr
+    return None
+
+
+def _left_in_eval_by_a_method(
+    ctx: ModuleContext,
+) -> list[tuple[ast.Call, ast.FunctionDef, ast.FunctionDef]]:
+    memo = ctx.memo_table("train_mode_not_restored.left_in_eval")
+    if "" not in memo:
+        memo[""] = _find_left_in_eval(ctx)
+    found: list[tuple[ast.Call, ast.FunctionDef, ast.FunctionDef]] = memo[""]
+    return found
+
+
+def _find_left_in_eval(
+    ctx: ModuleContext,
+) -> list[tuple[ast.Call, ast.FunctionDef, ast.FunctionDef]]:
+    """An agent's `act` that calls `self.qnetwork_local.eval()` and never `.train()`, in a
+    class whose other method (`learn`) back-propagates a loss of `self.qnetwork_local(...)`
+    and steps an optimizer, while nothing in the class ever calls
+    `self.qnetwork_local.train()`: every update after the first action runs in eval mode.
+    (the eval call, its method, the training method)"""
+    found: list[tuple[ast.Call, ast.FunctionDef, ast.FunctionDef]] = []
+    for cls in ctx.flow.nodes(ast.ClassDef):
+        methods = [m for m in cls.body if isinstance(m, ast.FunctionDef)]
+        restored = {
+            attr
+            for m in methods
+            for n in walk_tree(m)
+            if (attr := _self_mode_switch(n, to_train=True)) is not None
+        }
+        optimised = _optimised_attributes(cls)
+        for method in methods:
+            if not _ACTING.match(method.name):
+                continue  # acting is interleaved with the updates; loading or testing is not
+            for node in walk_tree(method):
+                attr = _self_mode_switch(node, to_train=False)
+                if attr is None or attr in restored or attr not in optimised:
+                    continue
+                assert isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                if mode_independent(ctx, node.func.value):
+                    continue  # no dropout or batch norm: the mode changes nothing
+                learner = next((m for m in methods if _trains_attribute(m, attr)), None)
+                if learner is not None and learner is not method:
+                    found.append((node, method, learner))
+                    break
+    return found
+
+
+_ACTING = re.compile(r"^_?(act|(select|get|choose|take|sample|pick)_actions?|policy_action)$")
+
+
+def _optimised_attributes(cls: ast.ClassDef) -> set[str]:
+    """`self.<net>` attributes whose `.parameters()` an optimizer of the class is built over
+    (`optim.Adam(self.qnetwork_local.parameters(), lr=lr)`): networks it trains, not target
+    copies or frozen encoders."""
+    found: set[str] = set()
+    for node in walk_tree(cls):
+        if not (isinstance(node, ast.Call) and "optim" in ast.unparse(node.func)):
+            continue
+        for inner in walk_tree(node):
+            if (
+                isinstance(inner, ast.Call)
+                and isinstance(inner.func, ast.Attribute)
+                and inner.func.attr == "parameters"
+                and isinstance(inner.func.value, ast.Attribute)
+                and isinstance(inner.func.value.value, ast.Name)
+                and inner.func.value.value.id == "self"
+            ):
+                found.add(inner.func.value.attr)
+    return found
+
+
+def _trains_attribute(method: ast.FunctionDef, attr: str) -> bool:
+    """The method calls `self.<attr>(...)`, back-propagates and steps an optimizer."""
+    runs = backward = step = False
+    for node in walk_tree(method):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        func = node.func
+        if func.attr == attr and isinstance(func.value, ast.Name) and func.value.id == "self":
+            runs = True
+        elif func.attr == "backward":
+            backward = True
+        elif func.attr == "step" and not node.args:
+            step = True
+    return runs and backward and step
