@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DROPOUT_LAYERS, PARAMETER_LAYERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import FunctionNode
+from torchdoctor.agent.checks.loops import FunctionNode, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import class_methods, kwarg, module_classes, nn_layer
 from torchdoctor.agent.models import Severity
@@ -37,7 +37,9 @@ class LayerBuiltInForward(Rule):
     Not reported: parameter-free layers (`nn.ReLU()`, `nn.Softmax(dim=-1)`, losses), norm
     layers built without their parameters (`elementwise_affine=False`, `affine=False` and no
     running statistics), construction under a test of the attribute it fills (lazy
-    initialisation: `if self.proj is None: self.proj = nn.Linear(x.size(-1), d)`), an
+    initialisation: `if self.proj is None: self.proj = nn.Linear(x.size(-1), d)`, or a
+    helper every call of which runs under a test of what it or the guarded branch fills:
+    `if not self.mlp_init: self.create_mlp(feats)`), an
     `nn.Parameter` over what the method was given (an adversarial attack's `y_k =
     nn.Parameter(images)`: the input made optimisable), and layers built in `__init__` or its
     helpers.
@@ -214,6 +216,8 @@ def _built_lazily(ctx: ModuleContext, call: ast.Call, method: FunctionNode) -> b
     """Built under a test of whether it was built already: `if self.proj is None:`,
     `if not hasattr(self, "proj"):`, `if key not in self.heads:` with the layer stored on
     `self` (an attribute, or an item of a container attribute)."""
+    if _only_called_under_a_state_test(ctx, method):
+        return True
     value = _outermost(ctx, call)
     parent = ctx.parents.get(value)
     if not isinstance(parent, ast.Assign | ast.AnnAssign) or parent.value is not value:
@@ -226,6 +230,56 @@ def _built_lazily(ctx: ModuleContext, call: ast.Call, method: FunctionNode) -> b
         node = ctx.parents.get(node)
         if isinstance(node, ast.If | ast.IfExp) and _tests_state(node.test):
             return True
+    return _only_called_under_a_state_test(ctx, method)
+
+
+def _only_called_under_a_state_test(ctx: ModuleContext, method: FunctionNode) -> bool:
+    """Every `self.method(...)` of the class runs under a test of an attribute that the
+    method or the tested branch fills: built once, on the first batch, where its sizes come
+    from the data (CUT's `if self.use_mlp and not self.mlp_init: self.create_mlp(feats)`,
+    `create_mlp` ending in `self.mlp_init = True`; `if key not in self.mlps: self.mlps[key] =
+    self.create_mlp(x)`)."""
+    cls = ctx.parents.get(method)
+    if not isinstance(cls, ast.ClassDef):
+        return False
+    calls = [
+        node
+        for node in walk_tree(cls)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == method.name
+        and _on_self(node.func.value)
+    ]
+    own = _self_attributes_filled(method.body)
+    return bool(calls) and all(_under_a_test_of(ctx, call, own) for call in calls)
+
+
+def _self_attributes_filled(body: list[ast.stmt]) -> set[str]:
+    """`x` of each `self.x = ...` or `self.x[k] = ...` in `body`."""
+    filled: set[str] = set()
+    for node in walk_scope(body):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                while isinstance(target, ast.Subscript):
+                    target = target.value
+                if isinstance(target, ast.Attribute) and _on_self(target.value):
+                    filled.add(target.attr)
+    return filled
+
+
+def _under_a_test_of(ctx: ModuleContext, node: ast.AST, flags: set[str]) -> bool:
+    """`node` runs in the body of an `if` whose test reads `self.<attribute>` for one of
+    `flags` or one the body fills."""
+    current = ctx.parents.get(node)
+    while current is not None and not isinstance(current, ast.FunctionDef | ast.ClassDef):
+        if isinstance(current, ast.If):
+            filled = flags | _self_attributes_filled(current.body)
+            if any(
+                isinstance(read, ast.Attribute) and read.attr in filled and _on_self(read.value)
+                for read in ast.walk(current.test)
+            ):
+                return True
+        current = ctx.parents.get(current)
     return False
 
 
