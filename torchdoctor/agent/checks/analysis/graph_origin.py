@@ -8,7 +8,7 @@ from typing import TypeAlias, TypeVar
 
 from torchdoctor.agent.checks.analysis.defuse import MAX_VISITS, GraphOrigin, identifier
 from torchdoctor.agent.checks.analysis.gradmode import is_grad_off_context
-from torchdoctor.agent.checks.analysis.model_facts import ModelFacts
+from torchdoctor.agent.checks.analysis.model_facts import ModelFacts, bound_to_function_or_import
 from torchdoctor.agent.checks.analysis.vocabulary import (
     AGGREGATING_BUILTINS,
     DETACHING_BUILTINS,
@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.vocabulary import (
     HOST_COPY_HELPERS,
     NON_GRAD_TORCH,
 )
+from torchdoctor.agent.checks.base import ModuleContext
 from torchdoctor.agent.checks.loops import walk_tree
 
 _T = TypeVar("_T")
@@ -254,9 +255,12 @@ class GraphOrigins(ModelFacts):
             return None
         if isinstance(func, ast.Attribute) and func.attr in DETACHING_METHODS:
             return None
-        if isinstance(func, ast.Name) and func.id in self.module_classes:
+        if isinstance(func, ast.Name) and (
+            func.id in self.module_classes or _imported_class_name(self.ctx, func.id)
+        ):
             # `STFTLoss(fs, ss, wl)`: building a module of this file (one resolution of a
-            # multi-resolution loss, kept in a ModuleList) makes a module, not a value
+            # multi-resolution loss, kept in a ModuleList) makes a module, not a value; so
+            # does a class imported by name (CUT's `PatchNCELoss(opt)`, `from .patchnce`)
             return None
         if self.is_loss_callee(func) and not self._backpropagates_itself(call):
             helpers = self.ctx.calls.resolve(call)
@@ -388,4 +392,14 @@ def _detaching(value: ast.expr) -> bool:
         return func.id in DETACHING_BUILTINS or func.id in HOST_COPY_HELPERS
     return isinstance(func, ast.Attribute) and (
         func.attr in DETACHING_METHODS or func.attr in HOST_COPY_HELPERS
+    )
+
+
+def _imported_class_name(ctx: ModuleContext, name: str) -> bool:
+    """An imported name spelt as a class (`PatchNCELoss`, not `LOSSES` nor `dice_loss`)."""
+    return (
+        name[:1].isupper()
+        and not name.isupper()
+        and name not in ctx.loops.functions
+        and bound_to_function_or_import(ctx, name)
     )
