@@ -6,6 +6,7 @@ import ast
 import re
 from typing import Any, ClassVar, Literal
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.eval_mode import (
     eval_before,
     mode_calls,
@@ -64,6 +65,7 @@ _EVAL_FUNCTION = re.compile(
 # after the framework has already switched the mode.
 _OTHER_RULES_PATHS = re.compile(r"predict|infer|serve|serving|classify", re.IGNORECASE)
 _HOOK_NAME = re.compile(r"_step$", re.IGNORECASE)
+_CRITERION = re.compile(r"loss|crit", re.IGNORECASE)
 _MODE_DEPENDENT = re.compile(
     r"Dropout|BatchNorm|InstanceNorm|dropout|\bTransformer(?:Encoder|Decoder)?(?:Layer)?\("
 )  # `nn.TransformerEncoderLayer(...)` (dropout 0.1 by default), not a `TransformerBlock`
@@ -121,7 +123,8 @@ class EvalWithoutEvalMode(Rule):
     the model with no `.eval()` (score_sde's `get_model_fn`: `if not train: return model(x,
     labels)` / `else: model.train(); ...`): after the training branch has run once, the
     other runs in training mode. Not when the function switches the model to eval mode
-    before the test.
+    before the test, nor when the other branch feeds the run to a loss (a training
+    objective of its own: ImageCaptioning's `LossWrapper`).
 
     Example:
         @torch.no_grad()
@@ -556,9 +559,37 @@ def _run_beside_a_switch(
         before = [s for s in function.body if s.lineno < test.lineno] if function else []
         if run is None or _switches(before, model, to_train=False):
             return None
+        if _feeds_a_loss(ctx, run, other):
+            return None  # a training objective of its own (ImageCaptioning's LossWrapper)
         layers = _mode_dependent(ctx, model_of(run))
         return None if layers == "none" else (run, test, node, layers)
     return None
+
+
+def _feeds_a_loss(ctx: ModuleContext, run: ast.Call, branch: list[ast.stmt]) -> bool:
+    """The run's output goes into a loss in the branch (`lm_loss = self.crit(self.model(...),
+    labels)`, or through the name it is bound to): the branch computes a training
+    objective, in training mode on purpose."""
+    parent = ctx.parents.get(run)
+    bound = (
+        {t.id for t in parent.targets if isinstance(t, ast.Name)}
+        if isinstance(parent, ast.Assign)
+        else set()
+    )
+    for node in walk_scope(branch):
+        if isinstance(node, ast.Call) and _loss_like(ctx, node.func):
+            for part in ast.walk(node):
+                if part is run or (isinstance(part, ast.Name) and part.id in bound):
+                    return True
+    return False
+
+
+def _loss_like(ctx: ModuleContext, func: ast.expr) -> bool:
+    """A loss callee, or one named or built like a criterion (`self.crit`, built as
+    `losses.LanguageModelCriterion()`)."""
+    if ctx.flow.is_loss_callee(func) or _CRITERION.search(identifier(func)):
+        return True
+    return any(_CRITERION.search(ast.unparse(c.func)) for c in ctx.flow.constructors(func))
 
 
 def _switches(branch: list[ast.stmt], model: str, to_train: bool) -> bool:
