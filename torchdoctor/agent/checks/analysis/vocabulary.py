@@ -107,6 +107,8 @@ OTHER_FRAMEWORKS = tuple(sorted(_names("other_frameworks")))
 # Wrappers whose forward runs the module they are given, in that module's mode and layers
 # (`DistributedDataParallel(model)`, `torch.compile(model)`).
 MODULE_WRAPPERS = _names("module_wrappers")
+# Keywords that name or label one run (a logger's `name=`, `id=`): one value may serve several.
+RUN_LABEL_KEYWORDS = _names("run_label_keywords")
 
 
 def is_scheduler_name(name: str) -> bool:

@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import RUN_LABEL_KEYWORDS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.models import Severity
 
@@ -28,7 +29,8 @@ class ConfigValueForOtherKeyword(Rule):
     Not reported: fields given to related keywords (`lr=args.lr, initial_lr=args.lr`,
     `min_lr`/`max_lr`: they share a word), plain names and tensors (`attn(query=x, key=x,
     value=x)`, self-attention), `self.` attributes, a field named for neither keyword
-    (`in_channels=cfg.dim, out_channels=cfg.dim`).
+    (`in_channels=cfg.dim, out_channels=cfg.dim`), and labels of one run (`name=opt.id,
+    id=opt.id` in a logger: a run named by its id).
 
     Example:
         scheduler = get_polynomial_decay_schedule_with_warmup(
@@ -69,6 +71,8 @@ class ConfigValueForOtherKeyword(Rule):
                 name = other.arg or ""
                 if other in owners or words & set(_TOKEN.findall(name.lower())):
                     continue
+                if {name.lower(), owner.lower()} <= RUN_LABEL_KEYWORDS:
+                    continue  # `WandbLogger(name=opt.id, id=opt.id)`: a run named by its id
                 shown = ast.unparse(other.value)
                 ctx.report(
                     self,
