@@ -38,6 +38,9 @@ from torchdoctor.agent.checks.patterns import (
 )
 from torchdoctor.agent.models import Severity
 
+# Calls of an evaluation method on an object, published under this prefix by method name:
+# the object's class is not resolved, so every same-named call in the project counts.
+METHOD_CALLS = "<method>"
 _EVAL_FUNCTION = re.compile(
     r"^(eval|evaluate|evaluation|valid|validate|validation|val|test|predict|inference|infer)"
     r"($|_)|_(eval|evaluate|evaluation|validate|validation|val|valid|test|predict|inference)$"
@@ -123,7 +126,9 @@ class ValidationWithGrad(Rule):
     Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
     helper every call of which already runs under `no_grad` (in its own file, or, for a
     module-level helper its file never calls, in the other files of the project: melgan's
-    `validate()` of `utils/validation.py`, called under `no_grad` by `utils/train.py`), a
+    `validate()` of `utils/validation.py`, called under `no_grad` by `utils/train.py`; for an
+    evaluation method its file never calls, every call of that method name in the other
+    files: PET's `self.task_helper.eval_step(...)`), a
     `predict` method whose output a function of the module back-propagates (the forward
     under another name), a helper that also back-propagates with no flag saying when it
     evaluates (`run_epoch(model, val_loader, criterion)`, training whenever given an
@@ -305,13 +310,17 @@ class ValidationWithGrad(Rule):
         call = self._first_with_grad(ctx, fn.body, reported, fn)
         if call is None:
             return
-        if not isinstance(ctx.parents.get(fn), ast.Module) or fn.name in ctx.flow.callers:
+        owner = ctx.parents.get(fn)
+        if isinstance(owner, ast.ClassDef) and fn.name not in _methods_called_here(ctx):
+            symbol = f"{METHOD_CALLS}.{fn.name}"  # `self.task_helper.eval_step(...)` elsewhere
+        elif isinstance(owner, ast.Module) and fn.name not in ctx.flow.callers:
+            symbol = f"{module_name(ctx.path)}.{fn.name}"
+        else:
             self._report(ctx, call, reported)
             return
         reported.add(call.lineno)
         found = ctx.finding(self, call, _MESSAGE)
         if found is not None:
-            symbol = f"{module_name(ctx.path)}.{fn.name}"
             defer(
                 ctx,
                 self.id,
@@ -387,11 +396,33 @@ _MESSAGE = (
 
 def _grad_off_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
     """Per function imported from another file of the project, whether each call of it here
-    runs with autograd off."""
+    runs with autograd off; and per evaluation method called on an object (`self.task_helper
+    .eval_step(batch)`: PET's wrapper, the helper's class in another file), under
+    `METHOD_CALLS.<name>`, the same for each call by that name."""
     found: dict[str, list[bool]] = {}
     for symbol, site in project_function_calls(ctx):
         found.setdefault(symbol, []).append(grad_may_be_off(ctx, site))
+    if "eval" in ctx.source or "valid" in ctx.source or "pred" in ctx.source:
+        for site in ctx.flow.nodes(ast.Call):
+            func = site.func
+            if (
+                isinstance(func, ast.Attribute)
+                and not (isinstance(func.value, ast.Name) and func.value.id == "self")
+                and _EVAL_FUNCTION.search(func.attr.lstrip("_"))
+                and not func.attr.startswith("test_")
+            ):
+                key = f"{METHOD_CALLS}.{func.attr}"
+                found.setdefault(key, []).append(grad_may_be_off(ctx, site))
     return found
+
+
+def _methods_called_here(ctx: ModuleContext) -> set[str]:
+    """Names called as methods in this module (`self.eval_step(...)`, `helper.eval_step(...)`)."""
+    return {
+        node.func.attr
+        for node in ctx.flow.nodes(ast.Call)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
 
 
 def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
