@@ -401,8 +401,9 @@ class DefUse:
         in another file. A local base that is no module, `object`, a torch class that is no
         module (`autograd.Function`) or a data transform (torchvision's `RandomCrop`, a module
         that runs in the loader) says otherwise."""
-        if not cls.bases or not any(
-            isinstance(stmt, ast.FunctionDef) and stmt.name == "forward" for stmt in cls.body
+        if not cls.bases or not (
+            any(isinstance(stmt, ast.FunctionDef) and stmt.name == "forward" for stmt in cls.body)
+            or self._class_runs_own_layers(cls)
         ):
             return False
         library_bases = 0
@@ -418,6 +419,40 @@ class DefUse:
         # every base from an array library or the standard library (skorch's
         # `NeuralNet(BaseEstimator)`, whose `forward` runs the module it wraps): no module
         return library_bases < len(cls.bases)
+
+    def _class_runs_own_layers(self, cls: ast.ClassDef) -> bool:
+        """A method of the class runs two or more `torch.nn` layers its `__init__` builds
+        (ImageCaptioning's `FCModel._forward`: `self.embed(it)`, `self.core(xt, state)`,
+        `self.logit(output)`, its `forward` inherited from a base of another file)."""
+        init = next(
+            (s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None
+        )
+        if init is None:
+            return False
+        layers = {
+            target.attr
+            for node in walk_scope(init.body)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and (self.ctx.qualname(node.value.func) or "").startswith("torch.nn.")
+            for target in node.targets
+            if isinstance(target, ast.Attribute) and identifier(target.value) == "self"
+        }
+        if len(layers) < 2:
+            return False
+        for method in cls.body:
+            if isinstance(method, ast.FunctionDef) and method.name != "__init__":
+                used = {
+                    node.func.attr
+                    for node in walk_scope(method.body)
+                    if isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and identifier(node.func.value) == "self"
+                    and node.func.attr in layers
+                }
+                if len(used) >= 2:
+                    return True
+        return False
 
     @cached_property
     def callers(self) -> dict[str, list[ast.Call]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from typing import Any, ClassVar
 
+from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.project import attribute_reads, publish_attribute_reads
 from torchdoctor.agent.checks.analysis.spelling import near_miss
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
@@ -124,7 +125,16 @@ class OverrideNameMisspelt(Rule):
 
 
 def _hooks(ctx: ModuleContext, cls: ast.ClassDef, modules: set[str]) -> frozenset[str]:
-    found: frozenset[str] = _MODULE if cls.name in modules else frozenset()
+    """The hooks torch calls on `cls`: a module's, unless its module base comes from another
+    file under a name that does not say so, which may define `forward` itself
+    (ImageCaptioning's `CaptionModel` dispatches to `_forward`)."""
+    inherited = bool(cls.bases) and all(
+        identifier(base) not in modules
+        and not (ctx.qualname(base) or "").startswith("torch.")
+        and not identifier(base).endswith("Module")
+        for base in cls.bases
+    )
+    found: frozenset[str] = _MODULE if cls.name in modules and not inherited else frozenset()
     for base in cls.bases:
         qualname = ctx.qualname(base) or ""
         for prefix, hooks in _HOOKS:
