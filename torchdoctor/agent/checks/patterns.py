@@ -492,6 +492,21 @@ def class_methods(cls: ast.ClassDef) -> dict[str, FunctionNode]:
     }
 
 
+def registered_buffer_names(cls: ast.ClassDef) -> set[str]:
+    """Names the class registers as buffers by a literal (`self.register_buffer("bank",
+    None)`): an assignment to one replaces the buffer, which the module moves and saves."""
+    return {
+        node.args[0].value
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "register_buffer"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
+
+
 def module_class_defs(ctx: ModuleContext) -> Iterator[ast.ClassDef]:
     names = module_classes(ctx)
     for node in nodes_of(ctx, ast.ClassDef):

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import self_attribute
+from torchdoctor.agent.checks.patterns import registered_buffer_names, self_attribute
 from torchdoctor.agent.models import Severity
 
 _PARAMETERS = frozenset({"torch.nn.Parameter", "torch.nn.parameter.Parameter"})
@@ -86,7 +86,7 @@ class InitFlagNotBuffer(Rule):
         parameters = _parameter_attributes(ctx, node)
         if not parameters:
             return
-        buffers = _registered_buffers(node)
+        buffers = registered_buffer_names(node)
         for statement in walk_tree(init):
             flag = _false_flag(statement)
             if flag is None or flag in buffers or flag in parameters:
@@ -130,19 +130,6 @@ def _parameter_attributes(ctx: ModuleContext, cls: ast.ClassDef) -> set[str]:
             if name is not None:
                 found.add(name)
     return found
-
-
-def _registered_buffers(cls: ast.ClassDef) -> set[str]:
-    return {
-        node.args[0].value
-        for node in walk_tree(cls)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "register_buffer"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
-    }
 
 
 def _initialising_branch(

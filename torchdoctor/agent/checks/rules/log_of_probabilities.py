@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import SIGMOID, SOFTMAX
@@ -462,21 +463,38 @@ def _is_two(expr: ast.expr) -> bool:
 def _tanh_of(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
     """The `torch.tanh(z)` / `z.tanh()` / `F.tanh(z)` call `expr` is, through single
     assignments and views."""
+
+    def is_tanh(call: ast.Call) -> bool:
+        if ctx.flow.qualname_of(call) in _TANH:
+            return True
+        func = call.func
+        return (
+            isinstance(func, ast.Attribute)
+            and not ctx.qualname(func)
+            and func.attr == "tanh"
+            and not call.args
+            and not ctx.flow.is_module_value(func.value)
+        )
+
+    return _call_through_views(ctx, expr, hops, is_tanh)
+
+
+def _call_through_views(
+    ctx: ModuleContext, expr: ast.expr, hops: int, wanted: Callable[[ast.Call], bool]
+) -> ast.Call | None:
+    """The call `expr` is, followed through single assignments and views, if `wanted`."""
     if hops > _MAX_HOPS:
         return None
     if isinstance(expr, ast.Name):
         values = ctx.flow.definitions(expr)
-        return _tanh_of(ctx, values[0], hops + 1) if len(values) == 1 else None
+        return _call_through_views(ctx, values[0], hops + 1, wanted) if len(values) == 1 else None
     if not isinstance(expr, ast.Call):
         return None
-    if ctx.flow.qualname_of(expr) in _TANH:
+    if wanted(expr):
         return expr
     func = expr.func
-    if isinstance(func, ast.Attribute) and not ctx.qualname(func):
-        if func.attr == "tanh" and not expr.args and not ctx.flow.is_module_value(func.value):
-            return expr
-        if func.attr in _VIEWS:
-            return _tanh_of(ctx, func.value, hops + 1)
+    if isinstance(func, ast.Attribute) and not ctx.qualname(func) and func.attr in _VIEWS:
+        return _call_through_views(ctx, func.value, hops + 1, wanted)
     return None
 
 
@@ -494,32 +512,26 @@ def _kind(ctx: ModuleContext, call: ast.Call) -> str:
 def _uniform_draw(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:
     """The uniform draw `expr` is (`torch.rand(...)`, `torch.rand_like(x)`, `x.uniform_()`
     with no lower bound above 0), through single assignments and views only."""
-    if hops > _MAX_HOPS:
-        return None
-    if isinstance(expr, ast.Name):
-        values = ctx.flow.definitions(expr)
-        return _uniform_draw(ctx, values[0], hops + 1) if len(values) == 1 else None
-    if not isinstance(expr, ast.Call):
-        return None
-    if ctx.flow.qualname_of(expr) in _UNIFORM_DRAWS:
-        return expr
-    func = expr.func
-    if not isinstance(func, ast.Attribute) or ctx.qualname(func):
-        return None
-    if func.attr == "uniform_":
+
+    def is_draw(call: ast.Call) -> bool:
+        if ctx.flow.qualname_of(call) in _UNIFORM_DRAWS:
+            return True
+        func = call.func
+        if not isinstance(func, ast.Attribute) or ctx.qualname(func) or func.attr != "uniform_":
+            return False
         low = (
-            expr.args[0]
-            if expr.args
-            else next((k.value for k in expr.keywords if k.arg in ("a", "from")), None)
+            call.args[0]
+            if call.args
+            else next((k.value for k in call.keywords if k.arg in ("a", "from")), None)
         )
         if low is None:
-            return expr
-        if isinstance(low, ast.Constant) and isinstance(low.value, int | float):
-            return expr if low.value <= 0 else None
-        return None  # a lower bound of a name (`uniform_(eps, 1)`): kept away from 0
-    if func.attr in _VIEWS:
-        return _uniform_draw(ctx, func.value, hops + 1)
-    return None
+            return True
+        # a lower bound of a name (`uniform_(eps, 1)`): kept away from 0
+        return (
+            isinstance(low, ast.Constant) and isinstance(low.value, int | float) and low.value <= 0
+        )
+
+    return _call_through_views(ctx, expr, hops, is_draw)
 
 
 def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | None:

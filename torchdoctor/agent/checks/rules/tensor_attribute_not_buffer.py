@@ -9,7 +9,7 @@ from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
 from torchdoctor.agent.checks.loops import walk_scope
-from torchdoctor.agent.checks.patterns import self_attribute
+from torchdoctor.agent.checks.patterns import registered_buffer_names, self_attribute
 from torchdoctor.agent.models import Severity
 
 _FACTORIES = frozenset(
@@ -91,7 +91,7 @@ class TensorAttributeNotBuffer(Rule):
             for attr in _self_attributes_assigned(methods[hook])
         }
         created = [(node, False) for node in _plain_factories(ctx, init)] if on_device else []
-        lazy = _declared_none(init) - _registered(cls)
+        lazy = _declared_none(init) - registered_buffer_names(cls)
         if lazy:
             created += [
                 (node, True)
@@ -148,21 +148,6 @@ def _declared_none(init: ast.FunctionDef) -> set[str]:
         and node.value.value is None
         for target in node.targets
         if (attr := self_attribute(target)) is not None
-    }
-
-
-def _registered(cls: ast.ClassDef) -> set[str]:
-    """Names the class registers as buffers (`self.register_buffer("bank", None)`): an
-    assignment to one replaces the buffer, which the module moves."""
-    return {
-        node.args[0].value
-        for node in ast.walk(cls)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "register_buffer"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
     }
 
 
