@@ -830,24 +830,37 @@ def _targets_of_a_loss(
         if isinstance(t, ast.Name)
     }
     with_grad: set[str] = set()
+    end = block.end_lineno or block.lineno
     for node in walk_scope(fn.body):
         if id(node) in inside:
             continue
-        value = node.value if isinstance(node, ast.Assign | ast.Return) else None
-        if value is None:
+        if not isinstance(node, ast.Assign | ast.Return) or node.value is None:
             continue
+        value = node.value
         names = {n.id for n in walk_tree(value) if isinstance(n, ast.Name)}
         grad = bool(names & with_grad) or any(
             isinstance(n, ast.Call) and ctx.flow.is_model_call(n) for n in walk_tree(value)
         )
+        bound = (
+            {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if isinstance(node, ast.Assign)
+            else set()
+        )
+        if node.lineno < block.lineno:
+            # before the block only what has grad counts, less what the block binds again
+            # (yolo3's `fit_ont_epoch` reuses `outputs` and `loss` of its training loop in
+            # its validation loop's no_grad block)
+            with_grad |= bound if grad else set()
+            with_grad -= targets
+            continue
+        if node.lineno <= end:
+            continue
         if grad and names & targets:
             return True
-        if isinstance(node, ast.Assign):  # what is derived from either carries it on
-            bound = {t.id for t in node.targets if isinstance(t, ast.Name)}
-            if grad:
-                with_grad |= bound
-            elif names & targets:
-                targets |= bound
+        if grad:  # what is derived from either carries it on
+            with_grad |= bound
+        elif names & targets:
+            targets |= bound
     return False
 
 
