@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import DROPOUT_LAYERS, PARAMETER_LAYERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import FunctionNode, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import FunctionNode, walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import class_methods, kwarg, module_classes, nn_layer
 from torchdoctor.agent.models import Severity
@@ -243,12 +243,11 @@ def _only_called_under_a_state_test(ctx: ModuleContext, method: FunctionNode) ->
     if not isinstance(cls, ast.ClassDef):
         return False
     calls = [
-        node
-        for node in walk_tree(cls)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == method.name
-        and _on_self(node.func.value)
+        call
+        for call in ctx.flow.calls_named([method.name])
+        if isinstance(call.func, ast.Attribute)
+        and _on_self(call.func.value)
+        and any(owner is cls for owner in ctx.ancestors(call))
     ]
     own = _self_attributes_filled(method.body)
     return bool(calls) and all(_under_a_test_of(ctx, call, own) for call in calls)

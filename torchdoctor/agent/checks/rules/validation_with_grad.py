@@ -311,7 +311,10 @@ class ValidationWithGrad(Rule):
         if call is None:
             return
         owner = ctx.parents.get(fn)
-        if isinstance(owner, ast.ClassDef) and fn.name not in _methods_called_here(ctx):
+        called_here = any(
+            isinstance(c.func, ast.Attribute) for c in ctx.flow.calls_named([fn.name])
+        )
+        if isinstance(owner, ast.ClassDef) and not called_here:
             symbol = f"{METHOD_CALLS}.{fn.name}"  # `self.task_helper.eval_step(...)` elsewhere
         elif isinstance(owner, ast.Module) and fn.name not in ctx.flow.callers:
             symbol = f"{module_name(ctx.path)}.{fn.name}"
@@ -414,15 +417,6 @@ def _grad_off_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
                 key = f"{METHOD_CALLS}.{func.attr}"
                 found.setdefault(key, []).append(grad_may_be_off(ctx, site))
     return found
-
-
-def _methods_called_here(ctx: ModuleContext) -> set[str]:
-    """Names called as methods in this module (`self.eval_step(...)`, `helper.eval_step(...)`)."""
-    return {
-        node.func.attr
-        for node in ctx.flow.nodes(ast.Call)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-    }
 
 
 def _serving_functions(ctx: ModuleContext) -> list[FunctionNode]:
