@@ -194,6 +194,33 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
         "levit_bias_by_mode": ("Attention", {"dim": 16}, (torch.randn(2, 9, 16),)),
         "einsum_temperature_left": ("FullAttention", {"attention_dropout": 0.1}, heads),
         "dtype_kept_for_cast": ("QKVMultiheadAttention", {"n_heads": 3}, heads),
+        "sam_two_way_cross": (
+            "Attention",
+            {"embedding_dim": 16, "num_heads": 2},
+            (torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.randn(2, 7, 16)),
+        ),
+        "pvt_spatial_reduction": (
+            "Attention",
+            {"dim": 16, "num_heads": 2, "attn_drop": 0.1, "sr_ratio": 2},
+            (torch.randn(2, 16, 16), 4, 4),
+        ),
+        "llama_decode_cache": (
+            "SelfAttention",
+            {"head_dim": 4},
+            (torch.randn(2, 1, 3, 4), torch.randn(2, 6, 3, 4), torch.randn(2, 6, 3, 4)),
+        ),
+        "bmm_inf_capitalised": ("FoldedDotProduct", {"dim": 4}, (*folded, hidden)),
+        "exists_inf_padding": ("Attend", {"scale": 0.5, "dropout": 0.1}, (*heads, padding.bool())),
+        "folded_heads_reshape_method": (
+            "MultiheadAttention",
+            {"d_token": 16, "n_heads": 2, "dropout": 0.1},
+            (torch.randn(2, 5, 16), torch.randn(2, 7, 16)),
+        ),
+        "weights_dropped_under_new_name": (
+            "Attention",
+            {"dim": 16, "dropout": 0.1},
+            (torch.randn(2, 5, 16),),
+        ),
     }
     return table[name]
 
@@ -240,6 +267,11 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "left_scale_reads_scores",
         "einsum_temperature_tokens_first",
         "dtype_kept_tokens_first",
+        "exists_finfo_padding",
+        "exists_helper_any",
+        "guarded_dropout_custom_module",
+        "rel_pos_under_flag",
+        "relative_content_position",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:
@@ -469,3 +501,35 @@ def test_the_fused_call_keeps_the_blank_line_that_set_the_block_apart() -> None:
     kept = _codemod().transform(between, _target(between))
     assert kept is not None
     assert "        n = T\n        # causal self-attention\n        y = F.scaled_dot" in kept
+
+
+def test_a_transpose_of_tokens_and_heads_is_no_key_transpose() -> None:
+    """`k.transpose(1, 2)` flips the key of 3-D tensors only: on q and k viewed to (batch,
+    tokens, heads, dim) the rule stays silent and the codemod says why it cannot fuse."""
+    from torchdoctor.agent.checks.engine import analyse_files
+
+    source = (SHAPES / "folded_heads_4d_transpose.py").read_text()
+    found = analyse_files([("m.py", source)], workers=1).all_findings()
+    assert not [f for f in found if f.rule == "manual-attention"]
+    folded = (SHAPES / "folded_heads_reshape_method.py").read_text()
+    found = analyse_files([("m.py", folded)], workers=1).all_findings()
+    assert {f.line for f in found if f.rule == "manual-attention"} == {_target(folded).line}
+
+
+@pytest.mark.parametrize(
+    "fill",
+    ["-float('Inf')", 'float("-INF")', "-float('infinity')", "-np.Inf", "np.NINF", "-math.inf"],
+)
+def test_negative_infinity_is_read_in_any_spelling(fill: str) -> None:
+    source = (SHAPES / "bmm_inf_capitalised.py").read_text()
+    spelled = source.replace("-float('Inf')", fill)
+    if "np." in fill:
+        spelled = spelled.replace("import math\n", "import math\n\nimport numpy as np\n")
+    fixed = _codemod().transform(spelled, _target(spelled))
+    assert fixed is not None and "attn_mask=None if mask is None else ~(mask)" in fixed
+
+
+def test_a_large_finite_fill_in_capitals_is_still_refused() -> None:
+    source = (SHAPES / "bmm_inf_capitalised.py").read_text().replace("-float('Inf')", "-1E9")
+    assert _codemod().transform(source, _target(source)) is None
+    assert "fully masked row uniform" in (_codemod().explain(source, _target(source)) or "")

@@ -80,3 +80,37 @@ def test_a_conditional_worker_count_is_compared_whole() -> None:
     target = FixTarget(rule=finding.rule, file="m.py", line=finding.line, end_line=finding.line)
     fixed = codemod_for("persistent-workers-off").transform(plain, target)  # type: ignore[union-attr]
     assert fixed is not None and "persistent_workers=config.workers > 0" in fixed
+
+
+def test_a_keyword_added_to_a_call_written_over_lines_gets_a_line_of_its_own() -> None:
+    """Arguments in rows with the closing parenthesis on its own line and no trailing comma
+    (microsoft/LoRA's gpt2_ft loaders): the new keyword opens a row of its own, indented like
+    the last one; a call on one line (near miss) keeps it on that line."""
+    import libcst as cst
+
+    from torchdoctor.agent.fixes.codemods.base import add_keyword
+
+    rows = (
+        "DataLoader(\n"
+        "    data, batch_size=8, num_workers=0,\n"
+        "    shuffle=False, drop_last=True,\n"
+        "    sampler=sampler\n"
+        ")"
+    )
+    call = cst.parse_expression(rows)
+    assert isinstance(call, cst.Call)
+    added = cst.Module([]).code_for_node(add_keyword(call, "persistent_workers", "True"))
+    assert added == (
+        "DataLoader(\n"
+        "    data, batch_size=8, num_workers=0,\n"
+        "    shuffle=False, drop_last=True,\n"
+        "    sampler=sampler,\n"
+        "    persistent_workers=True\n"
+        ")"
+    )
+    inline = cst.parse_expression("DataLoader(data, batch_size=8)")
+    assert isinstance(inline, cst.Call)
+    assert (
+        cst.Module([]).code_for_node(add_keyword(inline, "persistent_workers", "True"))
+        == "DataLoader(data, batch_size=8, persistent_workers=True)"
+    )

@@ -133,6 +133,73 @@ def _is_channels_first_scores(ctx: ModuleContext, node: ast.AST) -> bool:
     return _to_tokens_last(query)
 
 
+_RANK_KEEPING = frozenset(
+    {"contiguous", "transpose", "float", "half", "bfloat16", "to", "type_as", "clone", "detach"}
+)
+
+
+def _is_folded_scores(ctx: ModuleContext, node: ast.AST) -> bool:
+    """`q @ k.transpose(1, 2)` / `torch.matmul(q, k.permute(0, 2, 1))` where q and k were
+    last given three axes by a reshape (heads folded into the batch: `x.reshape(b * h, n, d)`,
+    or a method of the module returning one, as rtdl's `self._reshape(q)`). On 4-D tensors the
+    same transpose swaps heads and tokens: not a key transpose, so not reported."""
+    right = _right_operand(node)
+    if right is None or not _is_flip(right):
+        return False
+    key = right.func.value  # type: ignore[attr-defined]
+    query = node.left if isinstance(node, ast.BinOp) else node.args[0]  # type: ignore[attr-defined]
+    return all(
+        isinstance(name, ast.Name)
+        and (found := ctx.flow.live_definitions(name))
+        and all(_three_axes(ctx, value) for value in found)
+        for name in (query, key)
+    )
+
+
+def _three_axes(ctx: ModuleContext, value: ast.AST, follow: bool = True) -> bool:
+    """`x.view(a, b, c)` / `x.reshape((a, b, c))` / `x.permute(0, 2, 1)`, maybe followed by
+    `.contiguous()` or a cast; `self.m(x)` with a method `m` of the module returning one."""
+    while (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _RANK_KEEPING
+    ):
+        value = value.func.value
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)):
+        return False
+    args = value.args
+    if value.keywords or any(isinstance(a, ast.Starred) for a in args):
+        return False
+    if value.func.attr in ("view", "reshape", "permute"):
+        if len(args) == 1 and isinstance(args[0], ast.Tuple | ast.List):
+            args = args[0].elts
+        return len(args) == 3 and not any(isinstance(a, ast.Starred) for a in args)
+    receiver = value.func.value
+    if not (follow and isinstance(receiver, ast.Name) and receiver.id == "self"):
+        return False
+    methods = [
+        f
+        for f in ast.walk(ctx.tree)
+        if isinstance(f, ast.FunctionDef) and f.name == value.func.attr and f.body
+    ]
+    return bool(methods) and all(
+        isinstance(f.body[-1], ast.Return)
+        and f.body[-1].value is not None
+        and _three_axes(ctx, f.body[-1].value, follow=False)
+        for f in methods
+    )
+
+
+def _dropout_of_names(value: ast.AST, names: set[str]) -> bool:
+    """`self.dropout(w)` / `self.attn_drop(w)` / `F.dropout(w, p, training)` of a name in
+    `names`: a dropout, named so, of the weights."""
+    if not (isinstance(value, ast.Call) and value.args and isinstance(value.args[0], ast.Name)):
+        return False
+    func = value.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return "drop" in called.lower() and value.args[0].id in names
+
+
 def _is_matmul_call(node: ast.AST) -> bool:
     """`torch.matmul(a, b)` or `torch.bmm(a, b)`."""
     return (
@@ -265,7 +332,10 @@ class ManualAttention(Rule):
     in one fused kernel, several times faster on recent GPUs and with memory linear in T.
     Attention whose weights are returned or reused is not reported (the fused kernel does not
     give them back), nor the fallback branch of an `if` whose other branch calls the fused
-    kernel (timm's `if self.fused_attn: ... else: ...`).
+    kernel (timm's `if self.fused_attn: ... else: ...`). `q @ k.transpose(1, 2)` is reported
+    when a reshape made q and k 3-D (heads folded into the batch), not on 4-D tensors, where it
+    swaps heads and tokens; weights dropped under a new name (`dropped = self.dropout(attn)`)
+    still feed `@ v`.
 
     Example:
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
@@ -324,6 +394,7 @@ class ManualAttention(Rule):
                     _is_scores(n)
                     or _is_scores_through_name(ctx, n)
                     or _is_channels_first_scores(ctx, n)
+                    or _is_folded_scores(ctx, n)
                 ),
             ):
                 continue
@@ -375,10 +446,14 @@ class ManualAttention(Rule):
 
     @staticmethod
     def _probability_names(call: ast.Call, nodes: list[ast.AST]) -> set[str]:
-        """Names the softmax result is assigned to."""
+        """Names the softmax result is assigned to, and the names its dropout is bound to
+        (`dropped = self.dropout(attn)`, then `dropped @ v`)."""
         names: set[str] = set()
         for node in nodes:
             if isinstance(node, ast.Assign) and _wraps(node.value, call):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        for node in nodes:
+            if isinstance(node, ast.Assign) and _dropout_of_names(node.value, names):
                 names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         return names
 

@@ -4,7 +4,8 @@ Scores: `q @ k^T`, `torch.matmul(q, k^T)`, `q.matmul(k^T)`, `torch.bmm(q, k^T)`,
 `torch.baddbmm(empty, q, k^T, beta=0, alpha=s)`, `torch.einsum("bhid,bhjd->bhij", q, k)`,
 `einops.einsum(q, k, "... i d, ... j d -> ... i j")`, with k^T any of `k.transpose(-2, -1)`,
 `k.mT`, `torch.transpose(k, -2, -1)`, `k.permute(0, 1, 3, 2)`, `k.transpose(2, 3)` (4-D) or
-`k.transpose(1, 2)` (bmm's 3-D), or a name bound to one of those. Values: `w @ v` in the same
+`k.transpose(1, 2)` (bmm's 3-D, or q and k a reshape made 3-D), or a name bound to one of
+those. Values: `w @ v` in the same
 forms. Each is read by what it computes (which operand is contracted over which axis), not by
 the names involved.
 """
@@ -241,6 +242,10 @@ def _raw_scores(
     if matmul is not None:
         left, right, rank = matmul
         key = transposed_key(right, before, rank)
+        if key is None and rank is None and (known := _operands_rank(ctx, left, right, before)):
+            # `q @ k.transpose(1, 2)` on tensors a reshape just made 3-D (heads in the batch)
+            rank = known
+            key = transposed_key(right, before, rank)
         if key is None and rank == 3:
             # bmm(q, K) with K laid out (b, dim, tokens), as channels-first blocks keep it:
             # the key is K transposed, whatever K is
@@ -284,6 +289,102 @@ def _raw_scores(
         "1.0",
         None if "*" in output else einsum_rank,
     )
+
+
+_RANK_KEEPING = frozenset(
+    {"contiguous", "transpose", "float", "half", "bfloat16", "to", "type_as", "clone", "detach"}
+)
+
+
+def _operands_rank(
+    ctx: SourceContext,
+    left: cst.BaseExpression,
+    right: cst.BaseExpression,
+    before: Sequence[cst.BaseStatement],
+) -> int | None:
+    """3 when `left @ right` reads two names each last bound to a 3-D tensor and `right` is the
+    key flipped by `transpose(1, 2)` / `permute(0, 2, 1)`, the key transpose of 3-D tensors
+    only (on 4-D ones the same call swaps heads and tokens)."""
+    key = ambiguous_key(right)
+    query = dotted_name(strip(left))
+    if key is None or query is None or "." in key or "." in query:
+        return None
+    ranks = {bound_rank(ctx, name, before) for name in (query, key)}
+    return 3 if ranks == {3} else None
+
+
+def ambiguous_key(expr: cst.BaseExpression) -> str | None:
+    """`k` of `k.transpose(1, 2)` / `k.permute(0, 2, 1)`: a key transpose for 3-D tensors only."""
+    expr = strip(expr)
+    call = method_call(expr, "transpose") or method_call(expr, "permute")
+    if call is None or not isinstance(call.func, cst.Attribute):
+        return None
+    if _ints(call.args) in (["1", "2"], ["2", "1"], ["0", "2", "1"]):
+        return dotted_name(call.func.value)
+    return None
+
+
+def bound_rank(
+    ctx: SourceContext, name: str, before: Sequence[cst.BaseStatement], follow: bool = True
+) -> int | None:
+    """The number of axes the last binding of `name` in `before` gives it, when a reshape says
+    (`q = x.view(b * h, n, d)`, `q = self._reshape(q)` with a method that returns one, which
+    `follow` allows)."""
+    for stmt in reversed(before):
+        bound = assigned(stmt)
+        if bound is not None and bound[0] == name:
+            return _expression_rank(ctx, bound[1], stmt, follow)
+    return None
+
+
+def _expression_rank(
+    ctx: SourceContext, expr: cst.BaseExpression, anchor: cst.CSTNode, follow: bool = True
+) -> int | None:
+    expr = strip(expr)
+    while (
+        isinstance(expr, cst.Call)
+        and isinstance(expr.func, cst.Attribute)
+        and expr.func.attr.value in _RANK_KEEPING
+    ):
+        expr = strip(expr.func.value)  # `.reshape(b, n, d).contiguous()`
+    if not isinstance(expr, cst.Call) or not isinstance(expr.func, cst.Attribute):
+        return None
+    method = expr.func.attr.value
+    args = list(expr.args)
+    if any(a.keyword is not None or a.star for a in args):
+        return None
+    if method in ("view", "reshape", "permute"):
+        if len(args) == 1 and isinstance(args[0].value, cst.Tuple | cst.List):
+            elements = args[0].value.elements
+            return len(elements) if all(type(e) is cst.Element for e in elements) else None
+        return len(args) if len(args) > 1 else None
+    if follow and dotted_name(expr.func.value) == "self":
+        return _method_rank(ctx, method, anchor)
+    return None
+
+
+def _method_rank(ctx: SourceContext, method: str, anchor: cst.CSTNode) -> int | None:
+    """The rank a method of the class around `anchor` returns: its body's last statement is
+    `return <reshape>` (rtdl's `_reshape`, a `split_heads` helper)."""
+    owner = next((a for a in ctx.ancestors(anchor) if isinstance(a, cst.ClassDef)), None)
+    if owner is None:
+        return None
+    for stmt in owner.body.body:
+        if not isinstance(stmt, cst.FunctionDef) or stmt.name.value != method:
+            continue
+        body = stmt.body.body if isinstance(stmt.body, cst.IndentedBlock) else []
+        last = body[-1] if body else None
+        if (
+            isinstance(last, cst.SimpleStatementLine)
+            and isinstance(last.body[0], cst.Return)
+            and last.body[0].value is not None
+        ):
+            returned = last.body[0].value
+            name = dotted_name(strip(returned))
+            if name is not None and "." not in name:
+                return bound_rank(ctx, name, list(body[:-1]), follow=False)
+            return _expression_rank(ctx, returned, last, follow=False)
+    return None
 
 
 def _unscaled(expr: cst.BaseExpression) -> tuple[str, str]:

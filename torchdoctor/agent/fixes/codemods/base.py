@@ -458,6 +458,25 @@ def add_keyword(call: cst.Call, name: str, value: str) -> cst.Call:
         )
         args.append(new_arg.with_changes(comma=new_comma))
         return call.with_changes(args=args)
+    before_last = args[-2].comma if len(args) > 1 else None
+    if (
+        last.comma is cst.MaybeSentinel.DEFAULT
+        and isinstance(last.whitespace_after_arg, cst.ParenthesizedWhitespace)
+        and isinstance(before_last, cst.Comma)
+        and isinstance(before_last.whitespace_after, cst.ParenthesizedWhitespace)
+    ):
+        # arguments on lines of their own, the closing parenthesis on its own line, no
+        # trailing comma: the new argument gets a line of its own too, indented like the last
+        # one and spelled like it (`shuffle = True` keeps its spaces around `=`)
+        args[-1] = last.with_changes(
+            comma=cst.Comma(whitespace_after=before_last.whitespace_after),
+            whitespace_after_arg=cst.SimpleWhitespace(""),
+        )
+        equal = last.equal if isinstance(last.equal, cst.AssignEqual) else new_arg.equal
+        args.append(
+            new_arg.with_changes(equal=equal, whitespace_after_arg=last.whitespace_after_arg)
+        )
+        return call.with_changes(args=args)
     # the line break before a closing parenthesis on its own line (`f(\n    a, b\n)`) stays
     # before the parenthesis, after the new argument
     args[-1] = last.with_changes(

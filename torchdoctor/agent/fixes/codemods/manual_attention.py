@@ -4,7 +4,8 @@ Recognises the shapes people write (collected from public GPT, Transformer, ViT 
 code) by what they compute, the products read by attention_products:
 
     scores = (q @ k.transpose(-2, -1)) * scale      # or / sqrt(d), torch.matmul, torch.bmm,
-                                                    #  baddbmm(beta=0), einsum, k.mT, permute
+                                                    #  baddbmm(beta=0), einsum, k.mT, permute,
+                                                    #  k.transpose(1, 2) on reshaped 3-D q, k
     scores = scores / math.sqrt(d)                  # the scale in its own statement, optional
     scores = scores.masked_fill(tril[:T, :T] == 0, float("-inf"))   # causal, optional:
     scores.masked_fill_(triu_mask.bool()[:T, :T], -torch.inf)       #  also in place, triu,
@@ -12,7 +13,9 @@ code) by what they compute, the products read by attention_products:
     scores = scores - 1e6 * (1 - pad)                               #  bias, a -inf triu buffer
     att = F.softmax(scores, dim=-1)                 # torch.softmax, .softmax(-1), nn.Softmax
                                                     #   module (dim 2 after bmm), .float().type_as
-    att = self.attn_dropout(att)                    # optional nn.Dropout or F.dropout
+    att = self.attn_dropout(att)                    # optional nn.Dropout or F.dropout, also
+                                                    #  bound to a new name, or under `if
+                                                    #  self.drop is not None:`
     y = att @ v                                     # any product form, inside an expression,
                                                     #   or torch.matmul(self.dropout(att), v)
 
@@ -34,12 +37,14 @@ from torchdoctor.agent.checks import einsum_attention as eq
 from torchdoctor.agent.fixes.codemods.attention_products import (
     AttentionRefused,
     Scores,
+    ambiguous_key,
     assigned,
     atom,
     code,
     einsum_operands,
     flat,
     flipped,
+    matmul_operands,
     reciprocal,
     scale_factor,
     score_product,
@@ -61,17 +66,32 @@ from torchdoctor.agent.fixes.codemods.base import (
 )
 from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
+_INF = ("inf", "infinity")
+_INF_CONSTANTS = ("torch.inf", "math.inf", "np.inf", "numpy.inf", "np.infty", "numpy.infty")
 _NEG_INF = frozenset(
     {
-        'float("-inf")',
-        '-float("inf")',
-        "-torch.inf",
-        "-math.inf",
-        "float(-math.inf)",
-        "-np.inf",
-        "-numpy.inf",
+        *(f'float("-{word}")' for word in _INF),
+        *(f'-float("{sign}{word}")' for word in _INF for sign in ("", "+")),
+        *(f"-{constant}" for constant in _INF_CONSTANTS),
+        *(f"float(-{constant})" for constant in _INF_CONSTANTS),
+        "np.ninf",
+        "numpy.ninf",
     }
 )
+"""Negative infinity as people spell it, lower-cased (`-float('Inf')`, `float("-infinity")`,
+`-np.Inf`, `np.NINF`): compare `_neg_inf(text)`, never the text as written."""
+
+
+def _neg_inf(text: str) -> bool:
+    """Whether `text` (a `flat` expression) is negative infinity in any of its spellings."""
+    return text.lower() in _NEG_INF
+
+
+def _mentions_neg_inf(text: str) -> bool:
+    lowered = text.lower()
+    return any(neg in lowered for neg in _NEG_INF)
+
+
 _LARGE_NEGATIVE = 1e4
 """A finite fill at least this negative is -inf after softmax in every float format."""
 
@@ -168,7 +188,11 @@ class ManualAttentionFix(Codemod):
             own = list(swapped.leading_lines)
             kept = [cst.EmptyLine(comment=cst.Comment(c)) for c in comments]
             blank = [] if own and own[0].comment is None else gap  # it has a blank line
-            return swapped.with_changes(leading_lines=[*blank, *own, *kept])
+            # the removed lines' comments came first in the source: they stay above the output
+            # statement's own comments (its blank lines stay on top)
+            opening = next((i for i, line in enumerate(own) if line.comment is not None), len(own))
+            leading = [*blank, *own[:opening], *kept, *own[opening:]]
+            return swapped.with_changes(leading_lines=leading)
 
         ctx.replace(found.output_statement, rewrite)
         for stmt in found.statements:
@@ -374,6 +398,13 @@ def _match(
                 )
             _merge(mask, step)
         elif bound is not None and bound[0] == scores_name:
+            flip = _ambiguous_flip(ctx, bound[1])
+            if flip is not None:
+                raise AttentionRefused(
+                    f"`{flip}` flips the key only if it is 3-D (heads folded into the batch), "
+                    "which no reshape here shows: on 4-D tensors it swaps heads and tokens; "
+                    "write the flip as transpose(-2, -1) if it is the key's"
+                )
             raise AttentionRefused(
                 f"`{scores_name}` is changed between the product and the softmax in a "
                 "way the fused kernel does not reproduce (softcapping, a bias...)"
@@ -452,10 +483,17 @@ def _match(
     # the weights, after the softmax (and an optional dropout statement, maybe after lines
     # that do not touch them: `assert k.shape[-1] == self.head_dim`)
     rest = body[at + 1 :]
+    undropped: str | None = None
     if dropout is None:
         touching = next((i for i, stmt in enumerate(rest) if not _untouched(stmt, weights)), None)
         after = assigned(rest[touching]) if touching is not None else None
-        if touching is not None and after is not None and after[0] == weights:
+        guarded = _guarded_dropout(ctx, rest[touching], weights) if touching is not None else None
+        if touching is not None and guarded is not None:
+            # `if self.dropout is not None: w = self.dropout(w)` (a module built only for p > 0)
+            dropout = guarded
+            removed.append(rest[touching])
+            rest = [*rest[:touching], *rest[touching + 1 :]]
+        elif touching is not None and after is not None and after[0] == weights:
             index = touching
             inner = _dropout_of(ctx, after[1])
             if inner is not None and dotted_name(inner[1]) == weights:
@@ -464,6 +502,18 @@ def _match(
                 rest = [*rest[:index], *rest[index + 1 :]]
             elif index == 0 and flipped(after[1], product.rank) != weights:
                 raise AttentionRefused(f"`{weights}` is changed after the softmax")
+        elif (
+            touching is not None
+            and after is not None
+            and "." not in after[0]
+            and (inner := _dropout_of(ctx, after[1])) is not None
+            and dotted_name(inner[1]) == weights
+        ):
+            # `dropped = self.dropout(w)`, then `dropped @ v`: the weights renamed by their dropout
+            dropout = inner[0]
+            removed.append(rest[touching])
+            rest = [*rest[:touching], *rest[touching + 1 :]]
+            undropped, weights = weights, after[0]
     output = _value_product(ctx, rest, weights, product.rank)
     if output is None:
         return None
@@ -479,11 +529,12 @@ def _match(
         raise AttentionRefused(f"`{rebound.pop()}` is reassigned between the product and `@ v`")
     others = [stmt for stmt in removed if stmt is not out_stmt]
     kept = [stmt for stmt, _ in retyped]  # rewritten to read the query
-    if name_is_read(ctx, weights, scope, skip=[*others, *kept, out_expr]):
-        raise AttentionRefused(
-            f"the attention weights `{weights}` are returned or reused: the fused kernel "
-            "does not produce them"
-        )
+    for read in (weights, undropped):
+        if read is not None and name_is_read(ctx, read, scope, skip=[*others, *kept, out_expr]):
+            raise AttentionRefused(
+                f"the attention weights `{read}` are returned or reused: the fused kernel "
+                "does not produce them"
+            )
     _refuse_scores_kept(ctx, others, out_stmt, out_expr, scope, kept)
     return _Attention(
         statements=removed,
@@ -1017,6 +1068,44 @@ def _dropout_of(
     return f"{name}.p if self.training else 0.0", expr.args[0].value
 
 
+def _guarded_dropout(ctx: SourceContext, stmt: cst.BaseStatement, weights: str) -> str | None:
+    """`if self.drop is not None: w = self.drop(w)`, with `self.drop` built as an nn.Dropout or
+    None (`nn.Dropout(p) if p else None`) -> the rate the fused call takes."""
+    if not isinstance(stmt, cst.If) or stmt.orelse or not isinstance(stmt.body, cst.IndentedBlock):
+        return None
+    guarded = _guarded_name(stmt.test, ctx)
+    inner = list(stmt.body.body)
+    if guarded is None or not guarded.startswith("self.") or len(inner) != 1:
+        return None
+    bound = assigned(inner[0])
+    if bound is None or bound[0] != weights or not isinstance(bound[1], cst.Call):
+        return None
+    call = bound[1]
+    if (
+        dotted_name(call.func) != guarded
+        or len(call.args) != 1
+        or dotted_name(call.args[0].value) != weights
+    ):
+        return None
+    built = [
+        assign.value
+        for assign in ctx.find(cst.Assign)
+        if len(assign.targets) == 1 and dotted_name(assign.targets[0].target) == guarded
+    ]
+    values: list[cst.BaseExpression] = []
+    for value in built:
+        value = strip(value)
+        values.extend([value.body, value.orelse] if isinstance(value, cst.IfExp) else [value])
+    dropouts = [
+        v
+        for v in values
+        if isinstance(v, cst.Call) and (ctx.qualname(v.func) or "").endswith("nn.Dropout")
+    ]
+    if not dropouts or any(v not in dropouts and flat(v) != "None" for v in values):
+        return None
+    return f"{guarded}.p if {guarded} is not None and self.training else 0.0"
+
+
 def _functional_dropout(call: cst.Call) -> tuple[str, cst.BaseExpression] | None:
     """The rate F.dropout applies: `p` (default 0.5) while `training` (default True)."""
     positional = [a.value for a in call.args if a.keyword is None]
@@ -1041,7 +1130,7 @@ def _mask_step(
 ) -> _Mask | None:
     """One masking statement on `scores` -> its mask; None when `stmt` is not one."""
     if isinstance(stmt, cst.If) and not stmt.orelse:
-        guarded = _guarded_name(stmt.test)
+        guarded = _guarded_name(stmt.test, ctx)
         inner = [s for s in stmt.body.body if isinstance(s, cst.BaseStatement)]
         locals_first = all(
             (b := assigned(s)) is not None and "." not in b[0] and b[0] != scores
@@ -1166,8 +1255,19 @@ def _like_query(mask: str, scores: str, query: str) -> str:
     return code(renamed)
 
 
-def _guarded_name(test: cst.BaseExpression) -> str | None:
-    """`if mask is not None:` -> 'mask'."""
+def _guarded_name(test: cst.BaseExpression, ctx: SourceContext | None = None) -> str | None:
+    """`if mask is not None:` -> 'mask'; also `if exists(mask):` with a module function
+    `exists(val)` that returns `val is not None` (lucidrains' helper)."""
+    if (
+        ctx is not None
+        and isinstance(test, cst.Call)
+        and isinstance(test.func, cst.Name)
+        and len(test.args) == 1
+        and test.args[0].keyword is None
+        and not test.args[0].star
+        and _is_not_none_helper(ctx, test.func.value)
+    ):
+        return dotted_name(test.args[0].value)
     if (
         isinstance(test, cst.Comparison)
         and len(test.comparisons) == 1
@@ -1178,6 +1278,54 @@ def _guarded_name(test: cst.BaseExpression) -> str | None:
     return None
 
 
+def _ambiguous_flip(ctx: SourceContext, expr: cst.BaseExpression) -> str | None:
+    """`k.transpose(1, 2)` as the right operand of a product of unknown rank in `expr`."""
+    for node in [expr, *descendants(expr)]:
+        if not isinstance(node, cst.BaseExpression):
+            continue
+        operands = matmul_operands(ctx, node)
+        if operands is not None and operands[2] is None and ambiguous_key(operands[1]):
+            return code(strip(operands[1]))
+    return None
+
+
+def _is_not_none_helper(ctx: SourceContext, name: str) -> bool:
+    """A module-level `def name(val): return val is not None` (and nothing else)."""
+    for stmt in ctx.module.body:
+        if not isinstance(stmt, cst.FunctionDef) or stmt.name.value != name:
+            continue
+        params = stmt.params
+        starred = isinstance(params.star_arg, cst.Param | cst.ParamStar) or params.star_kwarg
+        if len(params.params) != 1 or starred or params.kwonly_params or stmt.decorators:
+            return False
+        if isinstance(stmt.body, cst.IndentedBlock):
+            lines = [s for s in stmt.body.body if not _docstring(s)]
+            if len(lines) != 1 or not isinstance(lines[0], cst.SimpleStatementLine):
+                return False
+            smalls = list(lines[0].body)
+        elif isinstance(stmt.body, cst.SimpleStatementSuite):  # `def f(v): return v is not None`
+            smalls = list(stmt.body.body)
+        else:
+            return False
+        if len(smalls) != 1:
+            return False
+        returned = smalls[0]
+        return (
+            isinstance(returned, cst.Return)
+            and returned.value is not None
+            and _guarded_name(returned.value) == params.params[0].name.value
+        )
+    return False
+
+
+def _docstring(stmt: cst.BaseStatement) -> bool:
+    return (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and isinstance(stmt.body[0], cst.Expr)
+        and isinstance(stmt.body[0].value, cst.SimpleString | cst.ConcatenatedString)
+    )
+
+
 def _fill(
     ctx: SourceContext,
     condition: cst.BaseExpression,
@@ -1186,7 +1334,7 @@ def _fill(
     before: Sequence[cst.BaseStatement],
 ) -> _Mask:
     fill = _resolve(fill, before)[0]  # `max_neg_value = -torch.finfo(x.dtype).max`
-    infinite = flat(fill) in _NEG_INF
+    infinite = _neg_inf(flat(fill))
     large = infinite or _large_negative(fill)
     if not large:
         raise AttentionRefused(
@@ -1205,7 +1353,8 @@ def _fill(
     if not infinite:
         raise AttentionRefused(
             f"a mask (not causal) filled with `{code(fill)}` gives a fully masked row uniform "
-            "weights where the fused kernel gives NaN: not the same result"
+            "weights (the mean of the values) where the fused kernel gives zeros (NaN on older "
+            "PyTorch releases): not the same result"
         )
     condition = strip(condition)
     if isinstance(condition, cst.UnaryOperation) and isinstance(condition.operator, cst.BitInvert):
@@ -1319,7 +1468,7 @@ def _built_triangle(ctx: SourceContext, built: cst.BaseExpression, additive: boo
                 text += "".join(flat(value) for value in _local_values(ctx, node.value))
     if additive:
         upper = "triu(" in text and ("diagonal=1" in text or ".triu(1)" in text)
-        return "triu" if upper and any(neg in text for neg in _NEG_INF) else None
+        return "triu" if upper and _mentions_neg_inf(text) else None
     if "tril(" in text and "diagonal" not in text:
         return "tril"
     if "triu(" in text and "diagonal=1" in text:
@@ -1404,7 +1553,7 @@ def _square(base: cst.BaseExpression, additive: bool) -> bool:
         sizes = [e.value for e in sizes[0].elements]
     square = len(sizes) == 2 and flat(sizes[0]) == flat(sizes[1])
     if additive:
-        return square and name == "full" and fill in _NEG_INF
+        return square and name == "full" and fill is not None and _neg_inf(fill)
     return square and name == "ones"
 
 
