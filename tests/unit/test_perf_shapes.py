@@ -114,3 +114,45 @@ def test_a_keyword_added_to_a_call_written_over_lines_gets_a_line_of_its_own() -
         cst.Module([]).code_for_node(add_keyword(inline, "persistent_workers", "True"))
         == "DataLoader(data, batch_size=8, persistent_workers=True)"
     )
+
+
+def test_a_network_whose_output_is_moved_is_still_put_in_eval_mode() -> None:
+    """Near miss of model_built_from_name: the name called is the network itself and what it
+    returns is a tensor moved to the CPU (`out.to("cpu")`, no module method): `.eval()` goes
+    before the forward."""
+    from torchdoctor.agent.fixes.codemods import codemod_for
+
+    source = (SHAPES / "model_built_from_name.py").read_text()
+    network = (
+        source.replace("    model_fn = eval(args.model)\n", "")
+        .replace(
+            "    model = model_fn(resolution=args.resolution)\n",
+            '    model = torch.load(args.ckpt, map_location="cpu", weights_only=False)\n',
+        )
+        .replace(
+            '    model.load_state_dict(torch.load(args.ckpt, map_location="cpu", '
+            "weights_only=True))\n    model.eval()\n",
+            "",
+        )
+        .replace(
+            '    torch.onnx.export(model, dummy_input, args.model + ".onnx")\n',
+            '    out = model(dummy_input)\n    out = out.to("cpu")\n    print(out.shape)\n',
+        )
+    )
+    assert "model.eval()" not in network and "out = model(dummy_input)" in network
+    [finding] = [
+        f
+        for f in analyse_files([("m.py", network)], EVERY_RULE, workers=1).all_findings()
+        if f.rule == "inference-no-eval"
+    ]
+    codemod = codemod_for("inference-no-eval")
+    assert codemod is not None
+    target = FixTarget(
+        rule=finding.rule,
+        file="m.py",
+        line=finding.line,
+        end_line=finding.end_line,
+        data=finding.data,
+    )
+    fixed = codemod.transform(network, target)
+    assert fixed is not None and "    model.eval()\n    out = model(dummy_input)" in fixed

@@ -16,6 +16,10 @@ from torchdoctor.agent.fixes.models import FixKind, FixTarget
 
 
 class InferenceNoEvalFix(Codemod):
+    """Inserts `model.eval()` before the first forward of the flagged inference path. Refused
+    when the name called builds the network the code then loads or puts in eval mode (a
+    constructor looked up by name), or when the model is run through a helper."""
+
     rule = "inference-no-eval"
     kind = FixKind.CORRECTNESS
     summary = "call model.eval() before the first forward of the inference path"
@@ -35,6 +39,13 @@ class InferenceNoEvalFix(Codemod):
                 "the model is not called by a plain name here (a helper or a container runs "
                 "it): call `.eval()` on it before the inference"
             )
+        built = _network_built_by(ctx, scope, model)
+        if built is not None:
+            return ctx.decline(
+                f"`{model}(...)` builds `{built[0]}`, which this code then uses as the network "
+                f"(`{built[0]}.{built[1]}(...)`): `{model}` is its constructor, and a "
+                "constructor has no eval mode"
+            )
         if ctx.calls_method(scope, model, "eval"):
             return ctx.decline(
                 f"`{model}.eval()` is already called here, on a path that may not reach the "
@@ -51,6 +62,27 @@ class InferenceNoEvalFix(Codemod):
             )
         ctx.insert_before(holder, f"{model}.eval()\n")
         return True
+
+
+_NETWORK_METHODS = ("eval", "train", "load_state_dict", "state_dict", "parameters", "modules")
+
+
+def _network_built_by(ctx: SourceContext, scope: cst.CSTNode, model: str) -> tuple[str, str] | None:
+    """(name, method) when `name = model(...)` in `scope` and `name.method(...)` treats the
+    result as the network (EfficientFormer's toolbox: `model_fn = eval(args.model)`, `model =
+    model_fn(resolution=r)`, `model.eval()`): `model` is then a constructor."""
+    for assign in ctx.find(cst.Assign, inside=scope):
+        value = assign.value
+        if not (isinstance(value, cst.Call) and dotted_name(value.func) == model):
+            continue
+        for target in assign.targets:
+            name = dotted_name(target.target)
+            if name is None or name == model:
+                continue
+            for method in _NETWORK_METHODS:
+                if ctx.calls_method(scope, name, method):
+                    return name, method
+    return None
 
 
 def _insertion_point(

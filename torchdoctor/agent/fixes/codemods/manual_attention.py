@@ -666,6 +666,19 @@ def _passed_to(stmt: cst.BaseStatement, scores: str) -> str | None:
     return None
 
 
+def _handed_to(stmt: cst.BaseStatement, weights: str) -> str | None:
+    """The function a statement hands the weights to, maybe reshaped on the way
+    (`_ = self.probs_handler(probs.reshape(b, h, n, n))`, rtdl): not a method of the weights."""
+    for node in descendants(stmt):
+        if not isinstance(node, cst.Call) or (
+            isinstance(node.func, cst.Attribute) and _reads(node.func.value, weights)
+        ):
+            continue
+        if any(_reads(arg.value, weights) for arg in node.args):
+            return dotted_name(node.func) or code(node.func)
+    return None
+
+
 def _untouched(stmt: cst.BaseStatement, weights: str) -> bool:
     """A simple statement that neither reads nor rebinds the weights."""
     return isinstance(stmt, cst.SimpleStatementLine) and not _reads(stmt, weights)
@@ -1656,5 +1669,11 @@ def _value_product(
             if dotted_name(left) == weights:
                 return _Output(stmt, node, code(right), flips=flips)
         if _reads(stmt, weights):
+            handed = _handed_to(stmt, weights)
+            if handed is not None:
+                raise AttentionRefused(
+                    f"`{weights}` is handed to `{handed}(...)` before `@ v` (a hook, a log, "
+                    "a statistic): the fused call never builds the weights"
+                )
             raise AttentionRefused(f"`{weights}` is used before `@ v`")
     return None
