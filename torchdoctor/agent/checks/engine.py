@@ -298,7 +298,8 @@ def _analyse(
         return FileResult(path=path, note=f"could not be parsed: {type(err).__name__}: {err}")
     text = ModuleText(source)
     ctx = ModuleContext(path=path, source=text, tree=tree, config=config)
-    triggered = _trigger_table(tuple(rule_types)).live(text)
+    plan = _rule_set_plan(tuple(rule_types))
+    triggered = plan.triggers.live(text)
     rules = [rule_type() for rule_type, ran in zip(rule_types, triggered, strict=True) if ran]
     dispatch: dict[type, list[_Visit]] = {}
     call_subscribers: _CallSubscribers = []
@@ -311,9 +312,9 @@ def _analyse(
     note = None
     applicable: list[str] = [SyntaxErrorRule.id]
     applicable += [  # skipped for want of a trigger: applicable only if it applies everywhere
-        rule_type.id
-        for rule_type, ran in zip(rule_types, triggered, strict=True)
-        if not ran and rule_type.applies_everywhere() and rule_type.id != SyntaxErrorRule.id
+        rule_id
+        for rule_id, ran in zip(plan.everywhere, triggered, strict=True)
+        if not ran and rule_id
     ]
     deadline = time.thread_time() + config.file_deadline_s
     # This thread's CPU time cannot outrun the wall clock: until the wall clock alone is past
@@ -358,9 +359,7 @@ def _analyse(
     if is_test_module(path) and not ctx.test_module:  # named like a test, run as a script
         scripts = frozenset({path})
         ctx.facts[TEST_NAMED_SCRIPT_KEY] = True
-    findings = outside_tests(
-        stand_down(ctx.findings, source, tree), production_only(rule_types), scripts
-    )
+    findings = outside_tests(stand_down(ctx.findings, source, tree), plan.production, scripts)
     return FileResult(
         path=path,
         findings=[unparsed, *findings] if unparsed is not None else findings,
@@ -383,10 +382,31 @@ def _read_as_python3(source: str, path: str) -> tuple[str, ast.Module] | None:
         return None
 
 
+class _RuleSetPlan(NamedTuple):
+    """What a rule set's modules share, built once per set (`select`/`ignore` make few)."""
+
+    triggers: TriggerTable
+    """The gates of every rule."""
+    everywhere: tuple[str, ...]
+    """Per rule, in order: its id when it stays applicable where its triggers are absent
+    (it keeps the default `applies`; not `syntax-error`, applicable everywhere anyway), else
+    ''."""
+    production: frozenset[str]
+    """The rules that stand down in test modules (`test_scope.production_only`)."""
+
+
 @lru_cache(maxsize=64)
-def _trigger_table(rule_types: tuple[type[Rule], ...]) -> TriggerTable:
-    """The gates of a rule set, built once per set (`select`/`ignore` make few of them)."""
-    return TriggerTable([rule_type.triggers for rule_type in rule_types])
+def _rule_set_plan(rule_types: tuple[type[Rule], ...]) -> _RuleSetPlan:
+    return _RuleSetPlan(
+        triggers=TriggerTable([rule_type.triggers for rule_type in rule_types]),
+        everywhere=tuple(
+            rule_type.id
+            if rule_type.applies_everywhere() and rule_type.id != SyntaxErrorRule.id
+            else ""
+            for rule_type in rule_types
+        ),
+        production=production_only(rule_types),
+    )
 
 
 def _failure(err: Exception) -> str:
