@@ -376,6 +376,10 @@ def attribute_reads(facts: dict[str, dict[str, Any]]) -> set[str]:
     return {name for module in facts.values() for name in module.get(ATTRIBUTE_READS_KEY, [])}
 
 
+_HOLDER_EXPRS = (ast.Name, ast.Attribute, ast.Call)
+"""The arguments that may hold a model: a name, `obj.attr`, a call building or copying one."""
+
+
 def publish_model_passes(ctx: ModuleContext) -> None:
     """Record the calls of other files' functions and methods given a model of a known class
     (imported, or this module's own) for one of their parameters."""
@@ -387,18 +391,19 @@ def publish_model_passes(ctx: ModuleContext) -> None:
     may_hold = _project_class_holders(ctx)
     for call in ctx.flow.nodes(ast.Call):
         assert isinstance(call, ast.Call)
+        if not any(isinstance(a, _HOLDER_EXPRS) and may_hold(a) for a in call.args) and not any(
+            k.arg and isinstance(k.value, _HOLDER_EXPRS) and may_hold(k.value)
+            for k in call.keywords
+        ):
+            continue  # given no model of a project class: passes none, whoever it calls
         arguments: list[tuple[str | None, int | None, ast.expr]] = [
-            (None, i, a)
-            for i, a in enumerate(call.args)
-            if isinstance(a, ast.Name | ast.Attribute | ast.Call)
+            (None, i, a) for i, a in enumerate(call.args) if isinstance(a, _HOLDER_EXPRS)
         ]
         arguments += [
             (k.arg, None, k.value)
             for k in call.keywords
-            if k.arg and isinstance(k.value, ast.Name | ast.Attribute | ast.Call)
+            if k.arg and isinstance(k.value, _HOLDER_EXPRS)
         ]
-        if not any(may_hold(value) for _, _, value in arguments):
-            continue  # given no model of a project class: passes none, whoever it calls
         callee = _project_callee(ctx, call)
         if not callee:
             continue  # no function of another file: whatever it is given, passes nothing
@@ -923,8 +928,9 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                     line=fn.lineno, params=[a.arg for a in fn.args.args], accumulates=True
                 )
     if "backward" in text and "return" in text:
+        backpropagating = _backward_holders(ctx)
         for key, step in _functions_and_methods(ctx):
-            if _returns_its_backpropagated_loss(ctx, step):
+            if id(step) in backpropagating and _returns_its_backpropagated_loss(ctx, step):
                 entry = summary.functions.get(key) or FunctionSummary(
                     line=step.lineno, params=[a.arg for a in step.args.args]
                 )
@@ -976,6 +982,22 @@ def _functions_and_methods(
             for item in stmt.body:
                 if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
                     yield f"{stmt.name}.{item.name}", item
+
+
+def _backward_holders(ctx: ModuleContext) -> set[int]:
+    """The functions (by id) around a `name.backward()` call, from the call index: only they
+    can return the loss they back-propagate, so the others' bodies are not walked. With the
+    function around each of those: `walk_scope(fn.body)` walks a function defined as one of
+    `fn.body`'s statements (an LBFGS `closure` that calls `loss.backward()`) too."""
+    found: set[int] = set()
+    for call in ctx.flow.calls_named(("backward",)):
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            inner = ctx.enclosing_function(call)
+            found.add(id(inner))
+            if inner is not None:
+                found.add(id(ctx.enclosing_function(inner)))
+    return found
 
 
 def _returns_its_backpropagated_loss(
