@@ -169,6 +169,13 @@ def named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
         yield from calls if calls is not None else statement_calls(stmt, memo)
 
 
+def statement_named_calls(ctx: ModuleContext, stmt: ast.stmt) -> list[ast.Call]:
+    """`named_calls(ctx, [stmt])` as the module's shared list (never to be changed)."""
+    memo = ctx.memo_table("loops.named_calls")
+    calls = memo.get(id(stmt))
+    return calls if calls is not None else statement_calls(stmt, memo)
+
+
 def statement_calls(stmt: ast.stmt, memo: dict[int, list[ast.Call]]) -> list[ast.Call]:
     """The calls of a name or an attribute (`f(x)`, `model.fc(x)`) among `walk_scope(stmt)`'s
     nodes, in its order, kept in `memo` (a module context's memo table) for `stmt` and for

@@ -25,8 +25,8 @@ from torchdoctor.agent.checks.loops import (
     FunctionNode,
     enclosing_ifs,
     is_periodic_guard,
-    named_calls,
     nodes_of,
+    statement_named_calls,
     walk_scope,
     walk_tree,
 )
@@ -226,13 +226,34 @@ def model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
     """
     if not may_run_models(ctx):
         return
-    memo = ctx.memo_table("patterns.model_calls")
-    for node in named_calls(ctx, body):
-        found = memo.get(id(node))
-        if found is None:  # asked again of each call in nested loops and by several rules
-            found = memo[id(node)] = _runs_a_model(ctx, node)
-        if found:
-            yield node
+    yield from _statements_calls(ctx, body, "patterns.model_calls", _runs_a_model_memoised)
+
+
+def _statements_calls(
+    ctx: ModuleContext,
+    body: list[ast.stmt],
+    key: str,
+    test: Callable[[ModuleContext, ast.Call], bool],
+) -> Iterator[ast.Call]:
+    """`named_calls(ctx, body)` that pass `test`, in its order, kept per statement in the memo
+    table `key`: loops nested in loops and several rules ask about the same statements, and
+    each asks a statement's list once instead of every call of it again."""
+    memo = ctx.memo_table(key)
+    for stmt in body:
+        found = memo.get(id(stmt))
+        if found is None:
+            listed = statement_named_calls(ctx, stmt)
+            found = memo[id(stmt)] = [call for call in listed if test(ctx, call)]
+        yield from found
+
+
+def _runs_a_model_memoised(ctx: ModuleContext, node: ast.Call) -> bool:
+    """`_runs_a_model`, remembered per call (several rules, and `model_runs`, ask)."""
+    memo = ctx.memo_table("patterns.runs_a_model")
+    found = memo.get(id(node))
+    if found is None:
+        found = memo[id(node)] = _runs_a_model(ctx, node)
+    return bool(found)
 
 
 def model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
@@ -242,27 +263,31 @@ def model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
     self._process_one_batch(data, batch_x, batch_y)` runs `self.model(batch_x)` for its
     caller, in the caller's grad mode. A helper whose model calls all run with autograd off
     in it (its own `no_grad`) is not one."""
+    if not may_run_models(ctx):
+        return  # no call of the module runs a model: no helper's call does either
+    yield from _statements_calls(ctx, body, "patterns.model_runs", _runs_a_model_or_helper)
+
+
+def _runs_a_model_or_helper(ctx: ModuleContext, node: ast.Call) -> bool:
+    """`model_runs`' answer for one call (a model's, or a model-running helper's)."""
     from torchdoctor.agent.checks.analysis.gradmode import grad_off_in_function
 
-    direct = {id(c) for c in model_calls(ctx, body)}
+    if _runs_a_model_memoised(ctx, node):
+        return True
     networks = ctx.flow.module_classes
-    memo = ctx.memo_table("patterns.model_runs")
-    for node in named_calls(ctx, body):
-        if id(node) in direct:
-            yield node
-            continue
-        for fn in ctx.calls.resolve(node):
-            owner = ctx.calls.owner(fn)
-            if owner is not None and owner.name in networks:
-                continue  # a network's own methods: `forward` and friends are the model
-            runs = memo.get(id(fn))
-            if runs is None:
-                runs = memo[id(fn)] = not ctx.loops.backpropagates(fn.body) and any(
-                    not grad_off_in_function(ctx, inner) for inner in model_calls(ctx, fn.body)
-                )
-            if runs:
-                yield node
-                break
+    helpers = ctx.memo_table("patterns.model_running_helpers")
+    for fn in ctx.calls.resolve(node):
+        owner = ctx.calls.owner(fn)
+        if owner is not None and owner.name in networks:
+            continue  # a network's own methods: `forward` and friends are the model
+        runs = helpers.get(id(fn))
+        if runs is None:
+            runs = helpers[id(fn)] = not ctx.loops.backpropagates(fn.body) and any(
+                not grad_off_in_function(ctx, inner) for inner in model_calls(ctx, fn.body)
+            )
+        if runs:
+            return True
+    return False
 
 
 _MODEL_WORDS = (
