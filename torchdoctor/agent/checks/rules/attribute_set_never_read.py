@@ -145,10 +145,12 @@ def _class_names(ctx: ModuleContext) -> dict[ast.ClassDef, dict[str, Any]]:
             names[owner].add(function.name)
             if function.name in _DYNAMIC:
                 dynamic.add(owner)
-    for name in ctx.flow.nodes(ast.Name):
-        if name.id == "__slots__" and (owner := ctx.enclosing_class(name)) is not None:
-            dynamic.add(owner)
-    for call in ctx.flow.nodes(ast.Call):
+    source = ctx.source
+    if not source.isascii() or "__slots__" in source:  # NFKC may spell it otherwise
+        for name in ctx.flow.nodes(ast.Name):
+            if name.id == "__slots__" and (owner := ctx.enclosing_class(name)) is not None:
+                dynamic.add(owner)
+    for call in ctx.flow.calls_named(("getattr", "setattr")):
         callee = call.func
         named = isinstance(callee, ast.Name) and callee.id in ("getattr", "setattr")
         if named and (owner := ctx.enclosing_class(call)) is not None:

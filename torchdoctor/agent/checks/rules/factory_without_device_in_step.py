@@ -479,7 +479,15 @@ def _placements(ctx: ModuleContext) -> tuple[frozenset[str], frozenset[tuple[int
     names: set[str] = set()
     attributes: set[tuple[int, str]] = set()
     if ".cuda()" in ctx.source or ".to(" in ctx.source:
-        for node in ast.walk(ctx.tree):
+        # the statements around the module's `.cuda()`/`.to()` calls (the call index), not
+        # a walk of the whole tree
+        statements = [
+            parent
+            for call in ctx.flow.calls_named(("cuda", "to"))
+            if isinstance(parent := ctx.parents.get(call), ast.Expr | ast.Assign)
+            and parent.value is call
+        ]
+        for node in statements:
             moved: list[ast.expr] = []
             if isinstance(node, ast.Expr) and (target := _to_a_device(node.value)) is not None:
                 moved = [] if _cpu_only(ctx, node.value) else [target]

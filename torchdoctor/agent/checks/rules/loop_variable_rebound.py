@@ -67,16 +67,23 @@ class LoopVariableRebound(Rule):
 
     def visit(self, node: ast.AST, ctx: ModuleContext) -> None:
         assert isinstance(node, ast.For | ast.AsyncFor)
-        if node.orelse or _breaks(node):
+        if node.orelse:
             return
         names = {n.id for n in walk_tree(node.target) if isinstance(n, ast.Name) and n.id != "_"}
         if not names:
             return
-        for store in _tail_stores(node.body):
+        stores = [
+            store
+            for store in _tail_stores(node.body)
+            if isinstance(target := store.targets[0], ast.Name) and target.id in names
+        ]
+        if not stores or _breaks(node):  # the walk for a `break` only where one matters
+            return
+        for store in stores:
             target = store.targets[0]
             assert isinstance(target, ast.Name)
             name = target.id
-            if name not in names or not _updates(ctx, store.value, name, node):
+            if not _updates(ctx, store.value, name, node):
                 continue
             if _read_after(ctx, node, name):
                 continue

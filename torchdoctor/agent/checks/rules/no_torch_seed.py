@@ -315,7 +315,8 @@ def _global_generators(ctx: ModuleContext) -> list[str]:
     found: set[str] = set()
     for call in nodes_of(ctx, ast.Call):
         assert isinstance(call, ast.Call)
-        if ctx.call_qualname(call) in NUMPY_DRAWING_FUNCTIONS and not any(
+        callee = ctx.flow.qualname_of(call)  # resolved once (and shared with other rules)
+        if callee in NUMPY_DRAWING_FUNCTIONS and not any(
             k.arg == "random_state"
             and not (isinstance(k.value, ast.Constant) and k.value.value is None)
             for k in call.keywords
@@ -324,7 +325,7 @@ def _global_generators(ctx: ModuleContext) -> list[str]:
         for expr in (call.func, *call.args, *(k.value for k in call.keywords)):
             if not isinstance(expr, ast.Name | ast.Attribute):
                 continue
-            qual = ctx.qualname(expr) or ""
+            qual = (callee if expr is call.func else ctx.qualname(expr)) or ""
             namespace, _, name = qual.rpartition(".")
             for library, draws_in in GLOBAL_GENERATORS.items():
                 if namespace == draws_in and name and qual not in OWN_STATE_GENERATORS:

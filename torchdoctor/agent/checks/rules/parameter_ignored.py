@@ -190,20 +190,29 @@ def _imposed(ctx: ModuleContext, function: _Function) -> bool:
 
 
 def _passed_as_values(ctx: ModuleContext) -> frozenset[str]:
-    """Names and attributes the module reads other than to call them (once per module)."""
+    """The module's function names that it reads, as a name or an attribute, other than to
+    call them (once per module; only a function's name is ever asked, so only reads of
+    one are looked at, most of the module's names are not)."""
     memo = ctx.memo_table("parameter_ignored.values")
     if "" not in memo:
-        called = {id(c.func) for c in ctx.flow.nodes(ast.Call) if isinstance(c, ast.Call)}
-        by_type = ctx.nodes_by_type()
+        flow = ctx.flow
+        functions = {f.name for f in flow.nodes(ast.FunctionDef)}
+        functions |= {f.name for f in flow.nodes(ast.AsyncFunctionDef)}
+        parents = ctx.parents
+
+        def called(node: ast.AST) -> bool:
+            parent = parents.get(node)
+            return isinstance(parent, ast.Call) and parent.func is node
+
         names = {
             n.id
-            for n in by_type.get(ast.Name, ())
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in called
+            for n in flow.nodes(ast.Name)
+            if n.id in functions and isinstance(n.ctx, ast.Load) and not called(n)
         }
         names |= {
             a.attr
-            for a in by_type.get(ast.Attribute, ())
-            if isinstance(a, ast.Attribute) and isinstance(a.ctx, ast.Load) and id(a) not in called
+            for a in flow.nodes(ast.Attribute)
+            if a.attr in functions and isinstance(a.ctx, ast.Load) and not called(a)
         }
         memo[""] = frozenset(names)
     return frozenset(memo[""])

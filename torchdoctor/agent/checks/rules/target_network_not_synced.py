@@ -119,14 +119,18 @@ class TargetNetworkNotSynced(Rule):
         project pass drops those another file may update (`agent.actor_target...`) or whose
         only updating method another file calls."""
         ctx.facts[_FOREIGN_READS] = sorted(_foreign_reads(ctx))
+        if ctx.source.isascii() and "backward" not in ctx.source:
+            return  # no class back-propagates (NFKC may spell `backward` in other text)
         candidates = []
+        classes = [cls for cls in ctx.flow.nodes(ast.ClassDef) if _may_train_a_copy(cls)]
+        if not classes:
+            return  # most modules: no class that back-propagates, no read set to build
         reads = {
             n.attr
             for n in ctx.flow.nodes(ast.Attribute)
             if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Store)
         } | {n.id for n in ctx.flow.nodes(ast.Name) if isinstance(n, ast.Name)}
-        for cls in ctx.flow.nodes(ast.ClassDef):
-            assert isinstance(cls, ast.ClassDef)
+        for cls in classes:
             for stmt, copy, source, dead in _frozen_copies(cls, reads):
                 found = ctx.finding(
                     self,
@@ -228,8 +232,10 @@ def _self_sync(call: ast.Call) -> str | None:
         ):
             return _lagging_name(ast.unparse(func.value))
         return None
+    if len(call.args) < 2:
+        return None
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    if len(call.args) >= 2 and any(w in name.lower() for w in ("update", "sync", "copy")):
+    if any(w in name.lower() for w in ("update", "sync", "copy")):
         first, second = (ast.unparse(a) for a in call.args[:2])
         if first == second:
             return _lagging_name(first)
@@ -391,20 +397,26 @@ def _foreign_reads(ctx: ModuleContext) -> set[str]:
     }
 
 
+def _may_train_a_copy(cls: ast.ClassDef) -> bool:
+    """A plain class (no framework base, no decorator) with methods that back-propagates:
+    only such a class's copies are judged (a base class or framework may update the copy or
+    call the update)."""
+    if any(ast.unparse(b) not in _PLAIN_BASES for b in cls.bases) or cls.decorator_list:
+        return False
+    if not any(isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef) for m in cls.body):
+        return False
+    return any(isinstance(n, ast.Attribute) and n.attr == "backward" for n in walk_tree(cls))
+
+
 def _frozen_copies(
     cls: ast.ClassDef, module_reads: set[str]
 ) -> list[tuple[ast.Assign, str, str, list[str]]]:
     """(construction, copy, network, methods that update it but are called nowhere in the
-    module) of each lagging `self.` copy in `cls` that is called, whose network's parameters the
-    class reads (an optimizer over them) and which the class back-propagates for, and that no
-    method other than `__init__` reached from the module updates."""
+    module) of each lagging `self.` copy in `cls` (one `_may_train_a_copy` admits) that is
+    called, whose network's parameters the class reads (an optimizer over them) and which the
+    class back-propagates for, and that no method other than `__init__` reached from the
+    module updates."""
     methods = [m for m in cls.body if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
-    if any(ast.unparse(b) not in _PLAIN_BASES for b in cls.bases) or cls.decorator_list:
-        return []  # a base class or framework may update the copy or call the update
-    if not methods or not any(
-        isinstance(n, ast.Attribute) and n.attr == "backward" for n in ast.walk(cls)
-    ):
-        return []
     assigned: dict[str, list[tuple[ast.Assign, ast.FunctionDef | ast.AsyncFunctionDef]]] = {}
     for method in methods:
         for node in walk_tree(method):

@@ -185,20 +185,24 @@ class ValidationWithGrad(Rule):
             return  # a Chainer or JAX script: no torch autograd to turn off
         reported: set[int] = set()
         candidates = [fn for fn in functions(ctx) if is_eval_function(fn)]
-        candidates += [fn for fn in evaluation_helpers(ctx) if fn not in candidates]
+        chosen = {id(fn) for fn in candidates}  # `fn in candidates` without a list scan
+        candidates += [fn for fn in evaluation_helpers(ctx) if id(fn) not in chosen]
+        chosen = {id(fn) for fn in candidates}
         candidates += [
             fn
             for fn in functions(ctx)
-            if fn not in candidates
+            if id(fn) not in chosen
             and _EXTRACTION_FUNCTION.match(fn.name.lstrip("_"))
             and isinstance(ctx.parents.get(fn), ast.Module)
             and _runs_a_model_in_a_loop(ctx, fn)
         ]
         if _evaluation_script(ctx):
+            chosen = {id(fn) for fn in candidates}
             candidates += [
-                fn for fn in functions(ctx) if fn not in candidates and not _in_network(ctx, fn)
+                fn for fn in functions(ctx) if id(fn) not in chosen and not _in_network(ctx, fn)
             ]
-        serving = [fn for fn in _serving_functions(ctx) if fn not in candidates] if serves else []
+        chosen = {id(fn) for fn in candidates}
+        serving = [fn for fn in _serving_functions(ctx) if id(fn) not in chosen] if serves else []
         names = {fn.name for fn in [*candidates, *serving]}
         guarded_callers = self._grad_off_call_sites(ctx, names) if names else set()
         for fn in candidates:
@@ -215,7 +219,7 @@ class ValidationWithGrad(Rule):
                 ):
                     self._report(ctx, call, reported)
         for fn in functions(ctx):
-            if fn in candidates or _in_network(ctx, fn) or "backward" not in source:
+            if id(fn) in chosen or _in_network(ctx, fn) or "backward" not in source:
                 continue
             switched = _evaluated_through_flag(ctx, fn)
             if switched is None or any(
@@ -406,14 +410,19 @@ def _grad_off_calls(ctx: ModuleContext) -> dict[str, list[bool]]:
     for symbol, site in project_function_calls(ctx):
         found.setdefault(symbol, []).append(grad_may_be_off(ctx, site))
     if "eval" in ctx.source or "valid" in ctx.source or "pred" in ctx.source:
+        evaluating: dict[str, bool] = {}  # per method name, searched once
         for site in ctx.flow.nodes(ast.Call):
             func = site.func
-            if (
-                isinstance(func, ast.Attribute)
-                and not (isinstance(func.value, ast.Name) and func.value.id == "self")
-                and _EVAL_FUNCTION.search(func.attr.lstrip("_"))
-                and not func.attr.startswith("test_")
+            if not isinstance(func, ast.Attribute) or (
+                isinstance(func.value, ast.Name) and func.value.id == "self"
             ):
+                continue
+            named = evaluating.get(func.attr)
+            if named is None:
+                named = evaluating[func.attr] = bool(
+                    _EVAL_FUNCTION.search(func.attr.lstrip("_"))
+                ) and not func.attr.startswith("test_")
+            if named:
                 key = f"{METHOD_CALLS}.{func.attr}"
                 found.setdefault(key, []).append(grad_may_be_off(ctx, site))
     return found
