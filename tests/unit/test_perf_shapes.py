@@ -156,3 +156,26 @@ def test_a_network_whose_output_is_moved_is_still_put_in_eval_mode() -> None:
     )
     fixed = codemod.transform(network, target)
     assert fixed is not None and "    model.eval()\n    out = model(dummy_input)" in fixed
+
+
+def test_a_constructor_looked_up_by_name_gets_no_eval_call() -> None:
+    """model_built_from_name (EfficientFormer's toolbox): the rule no longer reports the
+    constructor's call; handed a finding there anyway (an older report, another rule's
+    anchor), the codemod refuses to write `model_fn.eval()` on a function."""
+    from torchdoctor.agent.fixes.codemods import codemod_for
+
+    source = (SHAPES / "model_built_from_name.py").read_text()
+    assert not [
+        f
+        for f in analyse_files([("m.py", source)], EVERY_RULE, workers=1).all_findings()
+        if f.rule == "inference-no-eval"
+    ]
+    line = source.splitlines().index("    model = model_fn(resolution=args.resolution)") + 1
+    target = FixTarget(
+        rule="inference-no-eval", file="m.py", line=line, end_line=line, data={"model": "model_fn"}
+    )
+    codemod = codemod_for("inference-no-eval")
+    assert codemod is not None
+    assert codemod.transform(source, target) is None
+    reason = codemod.explain(source, target) or ""
+    assert "`model_fn` is its constructor" in reason

@@ -104,7 +104,9 @@ class InferenceNoEval(Rule):
     eval mode), `predict_*` methods of an `nn.Module` itself (they run inside the model,
     in its mode), and a helper given the model (or an ensemble it loops over) by callers in
     other files that put it in eval mode first, directly or through functions of its own
-    module that pass it on (a task run in threads included).
+    module that pass it on (a task run in threads included), nor the call of a constructor
+    whose result the code loads or puts in eval mode (`model = model_fn(resolution=r)` with
+    `model_fn = eval(args.model)`; the network's own forward is still checked).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """
@@ -231,6 +233,8 @@ class InferenceNoEval(Rule):
         for call in calls:
             if any(line <= _runs_at(ctx, body, call) for line in evals):
                 return
+            if _builds_network(body, call):
+                continue  # `model = model_fn(resolution=r)`, then `model.eval()`: a constructor
             root = root_name(call.func)
             if loaded is not None and root not in loaded:
                 continue  # an entry function's model calls count on the weights it loads
@@ -450,6 +454,33 @@ def _script_body(ctx: ModuleContext) -> list[ast.stmt]:
         if isinstance(stmt, ast.With | ast.For | ast.While | ast.Assign | ast.Expr | ast.If)
         and not is_main_guard(stmt)
     ]
+
+
+_NETWORK_ONLY = frozenset(
+    {"eval", "train", "load_state_dict", "state_dict", "parameters", "named_parameters", "modules"}
+)
+
+
+def _builds_network(body: list[ast.stmt], call: ast.Call) -> bool:
+    """`model = model_fn(resolution=r)` whose result the code then treats as the network
+    (`model.load_state_dict(...)`, `model.eval()`, `model.parameters()`): `model_fn` is a
+    constructor looked up by name (EfficientFormer's toolbox: `model_fn = eval(args.model)`),
+    so the call builds the model rather than running one."""
+    built = {
+        target.id
+        for node in walk_scope(body)
+        if isinstance(node, ast.Assign) and node.value is call
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return bool(built) and any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in _NETWORK_ONLY
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id in built
+        for node in walk_scope(body)
+    )
 
 
 def _runs_at(ctx: ModuleContext, body: list[ast.stmt], call: ast.Call) -> int:
