@@ -126,6 +126,7 @@ CROSS_FILE = (
     "leak-preprocessing",
     "eval-without-eval-mode",
     "loss-graph-accumulation",
+    "metric-batch-mean-bias",
     "train-mode-not-restored",
     "validation-with-grad",
 )

@@ -91,6 +91,13 @@ class DeviceMismatchFactoryInForward(Rule):
     its parameters (a mask helper's `row_vector = torch.arange(0, maxlen, 1)` then
     `row_vector < torch.unsqueeze(lengths, -1)`: shenweichen/DeepCTR-Torch `322e316`).
 
+    Also reported, in those other methods: a factory bound through scaling and casts (`inv_freq
+    = 1.0 / (10000 ** (torch.arange(0, channels, 2).float() / channels))`) then combined with
+    a tensor method's result on a parameter (`t.repeat(1, channels // 2) * inv_freq`: a
+    positional encoding); and a factory the helper returns (`return torch.zeros(1, X.size(0),
+    hidden)`) that every call in `forward` binds without moving (`h_n = self._init_states(X)`,
+    then given to the LSTM). Moved at the call or re-bound by a move, it is not reported.
+
     Also reported, in a module's other per-batch methods (`update(minibatches)`,
     `training_step`, `forward_*` variants) and the methods of its own they run: factories
     pinned to CUDA (`.cuda()`, `device='cuda'`) outside a CUDA check, which fail on a CPU
@@ -153,7 +160,9 @@ class DeviceMismatchFactoryInForward(Rule):
                 continue  # runs where the samples are, in the data pipeline
             methods = _forward_and_helpers(flow.classes[name])
             for method in methods:  # helpers often build and then move: only bare .cuda() pins
-                self._check_forward(ctx, method, pins_only=method is not methods[0])
+                self._check_forward(
+                    ctx, method, pins_only=method is not methods[0], caller=methods[0]
+                )
             for method in _step_methods(flow.classes[name]):
                 if method not in methods:
                     self._check_pins(ctx, method)
@@ -214,7 +223,11 @@ class DeviceMismatchFactoryInForward(Rule):
             )
 
     def _check_forward(
-        self, ctx: ModuleContext, forward: ast.FunctionDef, pins_only: bool = False
+        self,
+        ctx: ModuleContext,
+        forward: ast.FunctionDef,
+        pins_only: bool = False,
+        caller: ast.FunctionDef | None = None,
     ) -> None:
         for node in walk_scope(forward.body):
             if not isinstance(node, ast.Call):
@@ -236,6 +249,7 @@ class DeviceMismatchFactoryInForward(Rule):
                 pins_only
                 and not _consumed_beside_a_tensor(ctx, node, forward)
                 and not _bound_then_met(ctx, node, forward)
+                and not (caller is not None and _returned_unmoved(ctx, node, forward, caller))
             ):
                 continue
             if _placed(ctx, node) or _host_only(ctx, node, forward):
@@ -353,9 +367,81 @@ def _bound_then_met(ctx: ModuleContext, factory: ast.Call, method: ast.FunctionD
                 if isinstance(operands[0], ast.Name) and operands[0].id == name
                 else operands[0]
             )
-            if isinstance(other, ast.Name) and other.id in tensors:
+            if _tensor_expression(other, tensors):
                 return True
     return False
+
+
+def _tensor_expression(expr: ast.expr, tensors: set[str]) -> bool:
+    """One of the method's tensors, or a tensor method's result on one (`t.repeat(1, n)`,
+    `x.unsqueeze(-1)`, `h[:, 0]`) that reads no host value (`x.size(0)`, `x.shape`)."""
+    node = expr
+    while True:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _HOST_VALUES:
+                return False
+            node = node.func.value
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Attribute):
+            if node.attr in _HOST_VALUES:
+                return False
+            node = node.value
+        else:
+            break
+    return isinstance(node, ast.Name) and node.id in tensors
+
+
+def _returned_unmoved(
+    ctx: ModuleContext, factory: ast.Call, helper: ast.FunctionDef, forward: ast.FunctionDef
+) -> bool:
+    """The helper returns the factory's tensor (through `Variable(...)`, `.float()`, scaling:
+    DA-RNN's `_init_states` returning `torch.zeros(1, X.size(0), hidden)`) and every call of
+    the helper in `forward` binds it to a name without moving it, then or later (`h_n =
+    self._init_states(X)`, handed to the LSTM beside the batch): a CPU state meets the model's
+    device. Moved at the call (`self.init_hidden(b).to(x.device)`) or re-bound after it, it
+    is not judged."""
+    node: ast.AST = factory
+    parent = ctx.parents.get(factory)
+    while parent is not None and (_scaled(parent, node) or _wrapped(ctx, parent, node)):
+        result = ctx.parents.get(parent) if isinstance(parent, ast.Attribute) else parent
+        if result is None:
+            return False
+        node, parent = result, ctx.parents.get(result)
+    if not isinstance(parent, ast.Return) or forward is helper:
+        return False
+    statements = list(walk_scope(forward.body))
+    calls = [
+        n
+        for n in statements
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "self"
+        and n.func.attr == helper.name
+    ]
+    for call in calls:
+        if _in_move_chain(ctx, call) or _moved_up_the_expression(ctx, call):
+            return False
+        bound = ctx.parents.get(call)
+        if not (
+            isinstance(bound, ast.Assign)
+            and len(bound.targets) == 1
+            and isinstance(bound.targets[0], ast.Name)
+        ):
+            return False
+        name = bound.targets[0].id
+        for other in statements:
+            if (
+                isinstance(other, ast.Assign)
+                and other is not bound
+                and any(isinstance(t, ast.Name) and t.id == name for t in other.targets)
+                and any(
+                    isinstance(n, ast.Attribute) and n.attr in _MOVES for n in ast.walk(other.value)
+                )
+            ):
+                return False  # `h = h.to(x.device)`
+    return bool(calls)
 
 
 def _handed_to_another_file(

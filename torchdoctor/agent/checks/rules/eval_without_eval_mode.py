@@ -95,10 +95,12 @@ class EvalWithoutEvalMode(Rule):
     counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
     `self.model.eval()`); an `.eval()` in a branch that returns (`if args.test_only:`) does
-    not reach the code after it, and a helper is judged at every call of it in the module, not
-    only at one. A region that runs the model only through a local helper
-    (`self._forward_pass(x, y)`, shared with the training loop, or a `self.val_step(x, y)`
-    that only evaluation regions call) is reported at that call. A
+    not reach the code after it, nor does one the function makes only after the evaluation
+    and outside every loop around it (a solver's `train()` validating inside its epoch loop
+    and switching to `.eval()` only for the final test), and a helper is judged at every
+    call of it in the module, not only at one. A region that runs the model only through a
+    local helper (`self._forward_pass(x, y)`, shared with the training loop, or a
+    `self.val_step(x, y)` that only evaluation regions call) is reported at that call. A
     module-level helper given the model and called only from other
     files (`evaluate(model, val_loader)` imported by `train.py`) is judged at those calls:
     reported when one runs without `.eval()` before it.
@@ -1099,7 +1101,9 @@ def _inside_a_training_step(ctx: ModuleContext, node: ast.AST) -> bool:
 
 def _eval_on_path(ctx: ModuleContext, owner: FunctionNode | None, call: ast.Call) -> bool:
     flow = ctx.flow
-    if flow.reaches_method(owner.body if owner is not None else module_level(ctx.tree), "eval"):
+    if flow.reaches_method(
+        owner.body if owner is not None else module_level(ctx.tree), "eval"
+    ) and not (owner is not None and _evaluated_only_after(ctx, owner, call)):
         return True
     if model_put_in_eval(ctx, model_of(call)):
         return True
@@ -1344,6 +1348,31 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
         for stmt in before
         for n in walk_tree(stmt)
     )
+
+
+def _evaluated_only_after(ctx: ModuleContext, owner: FunctionNode, call: ast.Call) -> bool:
+    """Every call of the function that sets eval mode (itself or through a local function)
+    comes after `call` and outside every loop around it: a solver's `train()` that runs its
+    validation loader inside the epoch loop in training mode, and switches to `.eval()` only
+    for the test after the epochs. Such an `.eval()` does not put `call` in eval mode."""
+    loops: set[int] = set()
+    for a in ctx.ancestors(call):
+        if a is owner:
+            break
+        if isinstance(a, ast.For | ast.While | ast.AsyncFor):
+            loops.add(id(a))
+    found = False
+    for node in walk_scope(owner.body):
+        if not isinstance(node, ast.Call) or node is call:
+            continue
+        if ctx.flow.mode_method(node) != "eval" and not (
+            ctx.calls.resolve(node) and ctx.flow.reaches_method(node, "eval", excluding=call)
+        ):
+            continue
+        found = True
+        if node.lineno <= call.lineno or any(id(a) in loops for a in ctx.ancestors(node)):
+            return False
+    return found
 
 
 def _model_is_a_parameter(owner: FunctionNode, call: ast.Call) -> bool:

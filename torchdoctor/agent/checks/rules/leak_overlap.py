@@ -41,6 +41,10 @@ class LeakOverlap(Rule):
     mask (`train_df = train[train['kfold'] != fold]`, then `valid_df` with the same `!=`: a
     fold test copied without inverting it).
 
+    So is one picked twice by the same split key (`train_data = train_valid_data["train"]`,
+    then `valid_data = train_valid_data["train"]`: the "test" part of a DatasetDict's
+    `train_test_split` lost to a copied line).
+
     Rows drawn with replacement count as oversampling (`minority.sample(n=k, replace=True)`
     concatenated back before `train_test_split`).
 
@@ -91,11 +95,16 @@ class LeakOverlap(Rule):
             if not trained or not held:
                 continue
             name, stmt = held[0]
+            rows = _rows_picked(stmt.value)
+            part = rows[1] if rows is not None and isinstance(rows[1], ast.Constant) else None
+            by_key = part is not None
+            how = f"the same part, {ast.unparse(part)}" if part is not None else "the same mask"
+            fix = "pick the held-out part" if by_key else "invert the mask"
             ctx.report(
                 self,
                 stmt,
-                f"`{name}` picks the same rows of `{frame}` as `{trained[0]}` (the same mask): "
-                "the model is validated on the rows it trains on; invert the mask",
+                f"`{name}` picks the same rows of `{frame}` as `{trained[0]}` ({how}): "
+                f"the model is validated on the rows it trains on; {fix}",
                 data={"train": trained[0]},
             )
 
@@ -242,15 +251,28 @@ def _names_training(expr: ast.expr) -> bool:
 _KEEPS_ROWS = frozenset({"reset_index", "copy", "dropna", "values", "to_numpy"})
 
 
+# The keys of a split's parts (`train_valid_data = data.train_test_split(...)`, then
+# `train_valid_data["train"]`: a Hugging Face DatasetDict, a dict of splits).
+_SPLIT_KEYS = frozenset({"train", "test", "val", "valid", "validation", "dev", "eval"})
+
+
 def _rows_picked(value: ast.expr) -> tuple[str, ast.expr] | None:
     """(frame, mask) of `frame[mask]` / `frame.loc[mask]`, through row-keeping calls
-    (`.reset_index(drop=True)`, `.copy()`); the mask a comparison."""
+    (`.reset_index(drop=True)`, `.copy()`); the mask a comparison, or the name of a split's
+    part (`splits["train"]`)."""
     while isinstance(value, ast.Call | ast.Attribute):
         func = value.func if isinstance(value, ast.Call) else value
         if not (isinstance(func, ast.Attribute) and func.attr in _KEEPS_ROWS):
             break
         value = func.value
-    if not isinstance(value, ast.Subscript) or not isinstance(value.slice, ast.Compare):
+    if not isinstance(value, ast.Subscript):
+        return None
+    split_key = (
+        isinstance(value.slice, ast.Constant)
+        and isinstance(value.slice.value, str)
+        and value.slice.value.lower() in _SPLIT_KEYS
+    )
+    if not isinstance(value.slice, ast.Compare) and not split_key:
         return None
     frame = value.value
     if isinstance(frame, ast.Attribute) and frame.attr == "loc":

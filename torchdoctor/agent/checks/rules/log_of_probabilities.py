@@ -52,7 +52,9 @@ class LogOfProbabilities(Rule):
     of `1 - p` and nothing clamps `p` (its values, or an in-place `p.clamp_()` before) or
     adds an epsilon; and the log of entries gathered from probabilities of any source
     (`gold = torch.gather(final_dist, 1, target.unsqueeze(1))`, then `-torch.log(gold)`: a
-    pointer-generator's negative log-likelihood on what its decoder returns).
+    pointer-generator's negative log-likelihood on what its decoder returns; also in the
+    method form and through a name re-bound to its own pick, a categorical DQN's `dist =
+    dist.gather(1, action).squeeze(1)`, then `dist.log()`).
 
     Also reported: the log of a uniform draw (`torch.rand`, `torch.rand_like`,
     `x.uniform_()`), Gumbel noise written as `-torch.log(-torch.log(u))`: a draw in [0, 1) is
@@ -171,7 +173,7 @@ class LogOfProbabilities(Rule):
                     continue
                 gathered = (
                     _gathered_pick(ctx, argument, 0)
-                    if qual in _LOG and not _bounded(ctx, argument, call)
+                    if (qual in _LOG or qual is None) and not _bounded(ctx, argument, call)
                     else None
                 )
                 if gathered is not None:
@@ -301,16 +303,21 @@ def _bounded(ctx: ModuleContext, expr: ast.expr, call: ast.Call, hops: int = 0) 
 
 
 def _guards_in_place(node: ast.AST, name: str) -> bool:
-    """`p.clamp_(...)`, or entries of `p` overwritten with a constant (`pi_taken[mask == 0] =
-    1.0`: the padded picks set to a probability of 1 before the log)."""
+    """`p.clamp_(...)` (or `p.data.clamp_(...)`), or entries of `p` overwritten with a
+    constant (`pi_taken[mask == 0] = 1.0`: the padded picks set to a probability of 1 before
+    the log)."""
     if isinstance(node, ast.Call):
         func = node.func
-        return (
-            isinstance(func, ast.Attribute)
-            and func.attr in ("clamp_", "clip_", "clamp_min_")
-            and isinstance(func.value, ast.Name)
-            and func.value.id == name
-        )
+        if not isinstance(func, ast.Attribute) or func.attr not in (
+            "clamp_",
+            "clip_",
+            "clamp_min_",
+        ):
+            return False
+        target = func.value
+        if isinstance(target, ast.Attribute) and target.attr == "data":
+            target = target.value  # `dist.data.clamp_(0.01, 0.99)`: the same storage
+        return isinstance(target, ast.Name) and target.id == name
     return (
         isinstance(node, ast.Assign)
         and isinstance(node.value, ast.Constant)
@@ -358,8 +365,11 @@ def _gathered_pick(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | 
     if hops > _MAX_HOPS:
         return None
     if isinstance(expr, ast.Name):
-        values = ctx.flow.definitions(expr)
-        if len(values) != 1 or ctx.flow.unpackings(expr):
+        if ctx.flow.unpackings(expr):
+            return None
+        reached = ctx.flow.reaching(expr)
+        values = [reached] if reached is not None else ctx.flow.definitions(expr)
+        if len(values) != 1:
             return None
         return _gathered_pick(ctx, values[0], hops + 1)
     if not isinstance(expr, ast.Call):

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.accumulation import Accumulation
 from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
-from torchdoctor.agent.checks.analysis.project import project_symbol
+from torchdoctor.agent.checks.analysis.project import imported_classes, project_symbol
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
@@ -32,10 +32,11 @@ class MetricBatchMeanBias(Rule):
     per-batch score from `sklearn.metrics` (`accuracy_score`, `f1_score`, ...) or a local
     helper named like one (`accuracy(output, target)`, `compute_iou(...)`), later divided by
     a count or averaged (a forecasting `metric(pred, true)` helper's tuple of means, collected
-    per batch and averaged with `.mean(axis=0)`, counts too). Not reported: loops over a
-    loader built with `drop_last=True` (every batch is full), per-batch values scaled back by
-    the batch's size (`loss.item() * x.size(0)`), training losses (a progress figure, not a
-    reported metric).
+    per batch and averaged with `.mean(axis=0)`, counts too; so does a count of hits divided
+    by the batch's size, `torch.eq(pred, labels).sum().item() / labels.size(0)`). Not
+    reported: loops over a loader built with `drop_last=True` (every batch is full),
+    per-batch values scaled back by the batch's size (`loss.item() * x.size(0)`), training
+    losses (a progress figure, not a reported metric).
 
     Why it matters: the last batch is usually smaller, yet weighs as much as a full one, so
     the reported accuracy is not the dataset accuracy; with a batch of 1 at the end the bias
@@ -44,7 +45,9 @@ class MetricBatchMeanBias(Rule):
     Also reported: an average meter that weighs values by a count (its class's `update(self,
     val, n=1)`, or a meter of its class given `input.size(0)` in the loop or elsewhere in the
     module) handed a per-batch mean with no count in a loop over a loader
-    (`top1.update(prec1.item())`), a batch's mean loss included when the loop does not
+    (`top1.update(prec1.item())`; a meter of the project's own `AverageMeter` class imported
+    from another file, pytorch/examples' `update(val, n=1)`, counts too), a batch's mean loss
+    included when the loop does not
     back-propagate and the meter's average is read after it (a validation loss reported:
     semseg's `validate` returning `loss_meter.avg`), and, likewise, a batch's mean loss
     summed or collected over an evaluation loop that does not back-propagate and averaged
@@ -153,6 +156,8 @@ def _counts_weigh(ctx: ModuleContext, meter: ast.expr, loop: ast.For) -> bool:
     if update is not None:
         params = update.args.args
         return len(params) >= 3 and len(update.args.defaults) >= 1
+    if any(symbol.rsplit(".", 1)[-1] == "AverageMeter" for symbol in imported_classes(ctx, meter)):
+        return True  # the project's own `AverageMeter` (pytorch/examples' `update(val, n=1)`)
     text = ast.unparse(meter)
     if any(
         isinstance(node, ast.Call)
@@ -261,12 +266,49 @@ def _finds_per_batch_mean(ctx: ModuleContext, value: ast.expr, hops: int) -> boo
         isinstance(node, ast.Call) and _metric_score(ctx, node) for node in walk_tree(value)
     ):
         return True
+    if _hits_over_batch_size(ctx, value):
+        return True
     if hops == 0:
         return False
     reads = [n for n in walk_tree(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
     return any(
         (bound := ctx.flow.reaching(name)) is not None and _per_batch_mean(ctx, bound, hops - 1)
         for name in reads
+    )
+
+
+def _hits_over_batch_size(ctx: ModuleContext, value: ast.expr) -> bool:
+    """A count of hits divided by the batch's size (`correct_predictions / labels.size(0)`
+    with `correct_predictions = torch.eq(predictions, labels).sum().item()`, `(pred ==
+    y).sum() / len(y)`): the batch's accuracy, a mean over its examples."""
+    if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Div)):
+        return False
+    if not _batch_size_of(value.right):
+        return False
+    hits: ast.expr | None = value.left
+    if isinstance(hits, ast.Name):
+        hits = ctx.flow.reaching(hits)
+    return hits is not None and any(_equality(node) for node in walk_tree(hits))
+
+
+def _batch_size_of(size: ast.expr) -> bool:
+    """`labels.size(0)`, `len(y)`, `x.shape[0]`, `batch_size`: the number of a batch's rows."""
+    if isinstance(size, ast.Call) and identifier(size.func) == "size":
+        return (
+            len(size.args) == 1
+            and isinstance(size.args[0], ast.Constant)
+            and size.args[0].value == 0
+        )
+    if isinstance(size, ast.Call) and identifier(size.func) == "len":
+        return len(size.args) == 1
+    if isinstance(size, ast.Subscript) and isinstance(size.value, ast.Attribute):
+        return (
+            size.value.attr == "shape"
+            and isinstance(size.slice, ast.Constant)
+            and size.slice.value == 0
+        )
+    return isinstance(size, ast.Name | ast.Attribute) and bool(
+        re.search(r"(^|_)(batch_size|bs|bsz)$", identifier(size), re.IGNORECASE)
     )
 
 

@@ -114,6 +114,12 @@ class ReductionOverBatchDim(Rule):
     keepdim=True)`): the renormalisation of a masked attention belongs on the softmax's axis
     (pointer-generator's attention); over dim 0 it mixes the batch's examples.
 
+    Also reported: a softmax over dim 0 of a layer's scores regrouped into rows by a view with
+    a leading `-1` (`x = self.encoder_attn(...)`, then `F.softmax(x.view(-1, self.input_size),
+    dim=0)`: DA-RNN's input attention): the rows are the examples, so the weights are
+    normalised across the batch instead of over each example's inputs. A view whose width is
+    named as the batch (`scores.view(-1, batch_size)`, time-major attention) is not judged.
+
     Not reported: reductions over dim 1/-1 (unless the view names that axis the batch),
     values that are not a model's whole output (a row `logits[0]`, a stack of several
     outputs `torch.stack(outs).mean(0)`, a single example outside a loop, loops over single
@@ -410,6 +416,8 @@ class ReductionOverBatchDim(Rule):
         name = _reduction_name(ctx, call)
         if name in _PROBABILITIES and _from_batch_flatten(ctx, reduced, 0):
             return True  # a classifier head's rows, normalised across the batch in forward
+        if name in _PROBABILITIES and _layer_scores_regrouped(ctx, reduced):
+            return True  # DA-RNN's `softmax(x.view(-1, self.input_size), dim=0)`
         if (
             name in _PROBABILITIES
             and (output_before(ctx, call, reduced) or _scores_against_fixed(ctx, reduced, 0))
@@ -915,6 +923,36 @@ def _from_batch_flatten(ctx: ModuleContext, value: ast.expr, hops: int) -> bool:
         return False
     last = _last_binding(ctx, value)
     return last is not None and _from_batch_flatten(ctx, last, hops + 1)
+
+
+def _layer_scores_regrouped(ctx: ModuleContext, value: ast.expr) -> bool:
+    """`value` is a layer's output (`x = self.encoder_attn(...)`) regrouped by a view whose
+    leading `-1` collects the batch into rows of a fixed width (`x.view(-1, self.input_size)`,
+    the width not named as the batch): each row is one example's scores, so dim 0 counts the
+    examples. A width named as the batch (`scores.view(-1, batch_size)`: positions by batch,
+    time-major attention) is not judged."""
+    view = value
+    if isinstance(value, ast.Name):
+        values = ctx.flow.live_definitions(value)
+        view = values[0] if len(values) == 1 else value
+    shape = _viewed_shape(ctx, view)
+    if shape is None or len(shape) != 2:
+        return False
+    first, second = shape
+    if ast.unparse(first) != "-1" or ast.unparse(second) == "-1" or _batch_sized(second):
+        return False
+    if not (isinstance(view, ast.Call) and isinstance(view.func, ast.Attribute)):
+        return False
+    scores: ast.expr | None = view.func.value
+    if isinstance(scores, ast.Name):
+        scores = _last_binding(ctx, scores)
+    return (
+        isinstance(scores, ast.Call)
+        and isinstance(scores.func, ast.Attribute)
+        and isinstance(scores.func.value, ast.Name)
+        and scores.func.value.id == "self"
+        and ctx.enclosing_class(view) is not None
+    )
 
 
 def _statement_of(ctx: ModuleContext, node: ast.AST) -> ast.AST | None:

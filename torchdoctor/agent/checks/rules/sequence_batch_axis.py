@@ -25,6 +25,11 @@ _POOLING = frozenset(
     {"mean", "sum", "max", "min", "amax", "amin", "logsumexp", "nansum", "nanmean"}
 )
 _NAMES = frozenset(q.rsplit(".", 1)[-1] for q in _SEQUENCE_MODULES)
+_PACK = "torch.nn.utils.rnn.pack_padded_sequence"
+_UNPACK = "torch.nn.utils.rnn.pad_packed_sequence"
+_PACKING = frozenset({_PACK, _UNPACK})
+# A tensor made by these is laid out by its author, not by the data's order: not judged.
+_REORDERS = frozenset({"transpose", "permute", "t", "swapaxes", "movedim"})
 
 
 class SequenceBatchAxis(Rule):
@@ -40,10 +45,24 @@ class SequenceBatchAxis(Rule):
     the next layer only reads the feature axis, so the model trains on mixed-up examples
     with no error, and results change with the batch size.
 
+    The padded output of `pad_packed_sequence` (element 0 of what it returns) is judged the
+    same way, its layout read from its own `batch_first`: `att, _ = pad_packed_sequence(...,
+    batch_first=True)`, then `att / torch.sum(att, dim=0, keepdim=True)` normalises across the
+    documents of the batch instead of over each document's sentences.
+
+    Also reported: `pack_padded_sequence(x, lengths)` without `batch_first=True` when `x` is
+    batch first by its own code's account: the packed value goes into a recurrent module
+    built with `batch_first=True`, or another `pack_padded_sequence` of the same function
+    passes `batch_first=True`. Packing reads dim 0 as time, so every
+    example is cut at the lengths of the wrong axis and steps of different examples are mixed.
+
     Not reported: modules whose `batch_first` is not a constant, outputs bound anywhere else
-    in the same function (a `permute`/`transpose` back, `pad_packed_sequence`), the hidden
+    in the same function (a `permute`/`transpose` back, a module output re-padded by
+    `pad_packed_sequence`, judged by that call's own flag), the hidden
     state `h_n` (its layout does not depend on `batch_first`), the whole tuple a recurrent
-    call returns, non-constant dims.
+    call returns, non-constant dims; a pack without `batch_first` of a tensor transposed or
+    permuted first, or fed to a time-major (default layout) module with no batch-first
+    sibling call (word_language_model's time-major packing).
 
     Example:
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
@@ -60,12 +79,14 @@ class SequenceBatchAxis(Rule):
     severity = Severity.HIGH
     title = "Sequence output pooled or indexed over its batch axis"
     items: ClassVar[tuple[str, ...]] = ("1.3",)
-    triggers = Triggers(tuple(sorted(_NAMES)))
+    triggers = Triggers((*sorted(_NAMES), "pack_padded_sequence", "pad_packed_sequence"))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(name in ctx.source for name in _NAMES)
+        return any(name in ctx.source for name in _NAMES) or "pad_packed_sequence" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
+        if "pack_padded_sequence" in ctx.source:
+            self._packs_read_as_time_major(ctx)
         if not self.applies(ctx):
             return
         for name in ctx.flow.nodes(ast.Name):
@@ -85,6 +106,67 @@ class SequenceBatchAxis(Rule):
                 f"`{ast.unparse(node)}` {what} dim {batch} of `{name.id}`, the batch axis "
                 f"with {layout}: take the time axis (dim {1 - batch})",
             )
+
+    def _packs_read_as_time_major(self, ctx: ModuleContext) -> None:
+        packs: list[ast.Call] = []
+        batch_first_functions: set[ast.AST | None] = set()
+        for call in ctx.flow.nodes(ast.Call):
+            qual = ctx.flow.qualname_of(call)
+            if qual not in _PACKING:
+                continue
+            flag = kwarg(call, "batch_first")
+            if isinstance(flag, ast.Constant) and flag.value is True:
+                if qual == _PACK:  # an unpack may turn time-major steps batch first on purpose
+                    batch_first_functions.add(ctx.enclosing_function(call))
+            elif qual == _PACK and (
+                flag is None or (isinstance(flag, ast.Constant) and flag.value is False)
+            ):
+                packs.append(call)
+        for pack in packs:
+            if not pack.args or _reordered(ctx, pack.args[0]):
+                continue
+            sibling = ctx.enclosing_function(pack) in batch_first_functions
+            if sibling or _feeds_batch_first_module(ctx, pack):
+                why = (
+                    "another pack_padded_sequence of this function passes batch_first=True"
+                    if sibling
+                    else "the packed value goes into a module built with batch_first=True"
+                )
+                ctx.report(
+                    self,
+                    pack,
+                    f"`{ast.unparse(pack.func)}` reads dim 0 of `{ast.unparse(pack.args[0])}` "
+                    f"as time, but {why}: pass `batch_first=True`",
+                )
+
+
+def _reordered(ctx: ModuleContext, tensor: ast.expr) -> bool:
+    """Whether the packed tensor is (bound to) a transpose/permute: its author chose its layout."""
+    value: ast.expr | None = tensor
+    if isinstance(tensor, ast.Name):
+        value = ctx.flow.reaching(tensor)
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _REORDERS
+    )
+
+
+def _feeds_batch_first_module(ctx: ModuleContext, pack: ast.Call) -> bool:
+    """Whether the pack (directly, or through the one name bound to it) is the first argument
+    of a call of a sequence module built with `batch_first=True`."""
+    for call in ctx.flow.nodes(ast.Call):
+        if not call.args:
+            continue
+        first = call.args[0]
+        if first is not pack and not (
+            isinstance(first, ast.Name) and ctx.flow.reaching(first) is pack
+        ):
+            continue
+        module = _sequence_module(ctx, call.func)
+        if module is not None and module[1] == 0:
+            return True
+    return False
 
 
 def _batch_axis_use(ctx: ModuleContext, name: ast.Name) -> tuple[ast.expr, int, str] | None:
@@ -155,6 +237,13 @@ def _batch_axis(ctx: ModuleContext, name: ast.Name) -> int | None:
         call, element = value.value, 0
     if not isinstance(call, ast.Call):
         return None
+    if ctx.flow.qualname_of(call) == _UNPACK:
+        flag = kwarg(call, "batch_first")
+        if element != 0:
+            return None
+        if flag is None:
+            return 1
+        return (0 if flag.value else 1) if isinstance(flag, ast.Constant) else None
     module = _sequence_module(ctx, call.func)
     if module is None:
         return None

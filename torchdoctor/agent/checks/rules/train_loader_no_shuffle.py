@@ -63,8 +63,9 @@ class TrainLoaderNoShuffle(Rule):
     validation or test data, pytest modules (a test fits a few steps to see the code run),
     loaders no training loop iterates
     unless they are named for training (or built over training data, or returned by a
-    `train_dataloader` hook) and handed to the caller (returned, or stored on `self`) by a
-    function that does not iterate them: a
+    `train_dataloader` hook or a function named for a training loader, `def
+    instance_a_train_loader(self, ...)`) and handed to the caller (returned, or stored on
+    `self`) by a function that does not iterate them: a
     loader factory whose training loop lives in another function or file. A factory that
     returns `DataLoader(dataset, ...)` for its `dataset` parameter is reported at the calls
     that give it training data or build a training hook's loader (`train_dataloader`). A
@@ -963,7 +964,9 @@ def _returned_for_training(
     """`return DataLoader(self.train_dataset, ...)` straight from a training hook (`def
     train_dataloader(self)`, Lightning's data modules: modelforge's) or over a dataset named
     for training: the loader is handed to the trainer that iterates it every epoch. A
-    dataset that is a parameter of the function is left to the factory's call sites."""
+    dataset that is a parameter of the function is left to the factory's call sites. A
+    function named for a training loader (`def instance_a_train_loader(self, num_negatives,
+    batch_size)`, building its dataset inside) is one too."""
     owner = ctx.enclosing_function(loader)
     if owner is None or ctx.test_module or dataset is None:
         return None
@@ -975,7 +978,13 @@ def _returned_for_training(
         return None  # `def train_eval_dataloader(self)`: the training data scored in order
     if owner.name == "train_dataloader" or _TRAIN_NAME.search(name):
         return f"{owner.name}()"
+    if _TRAIN_NAME.search(owner.name) and _LOADER_WORD.search(owner.name):
+        return f"{owner.name}()"  # NCF's `instance_a_train_loader(self, ...)`: named for it
     return None
+
+
+# A function named for the loader it makes (`instance_a_train_loader`, `get_train_loader`).
+_LOADER_WORD = re.compile(r"loader|(^|_)dl($|_)", re.IGNORECASE)
 
 
 def _shuffle_defaulting_off(ctx: ModuleContext, loader: ast.Call) -> str | None:

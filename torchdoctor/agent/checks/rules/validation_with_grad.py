@@ -98,9 +98,11 @@ class ValidationWithGrad(Rule):
     (`compute_accuracy(model, val_loader)`), and so does a loop over held-out data written
     inline in the training loop, and so does a function that puts the model in eval mode
     itself and then runs it on what it was given (a detector's `do_detect(model, img)`: one
-    forward per call, the whole purpose of the function). So does serving: a web request
-    handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
-    every request is one more forward.
+    forward per call, the whole purpose of the function; also on the elements of what it was
+    given, moved to the device: NCF's `evaluate(self, evaluate_data, epoch_id)` running
+    `self.model(test_users, test_items)` on `evaluate_data[0]`, `evaluate_data[1]`). So does
+    serving: a web request handler (`@app.route`, `@app.post`, `@router.get`) and the local
+    functions it calls, where every request is one more forward.
 
     So does a module-level function that runs a model over data in a loop only to keep what
     it computes (`extract_hiddens`, `get_activations`, `compute_embeddings`): a feature
@@ -508,6 +510,8 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         given = [*call.args, *(k.value for k in call.keywords)]
         if any(isinstance(n, ast.Name) and n.id in params for arg in given for n in walk_tree(arg)):
             return call
+        if any(_parameters_data(ctx, arg, params, 3) for arg in given):
+            return call  # NCF's `test_users = evaluate_data[0]`, moved, then `self.model(...)`
         # or, batch after batch, on batches built from them (`files` read, stacked and moved
         # into `batch`); a single forward on a tensor shaped from an argument is a warm-up
         if _in_loop(ctx, call, fn) and any(
@@ -878,6 +882,43 @@ def _frozen_parameters(fn: FunctionNode) -> dict[str, list[int]]:
         ):
             found.setdefault(identifier(node.iter.func.value), []).append(node.lineno)
     return found
+
+
+_CARRY = frozenset({"cuda", "to", "cpu", "float", "long", "int", "double", "contiguous"})
+
+
+def _parameters_data(
+    ctx: ModuleContext,
+    value: ast.expr,
+    params: set[str],
+    hops: int,
+    seen: frozenset[str] = frozenset(),
+) -> bool:
+    """`value` is a parameter's own data, reached through names bound only to its elements
+    (`test_users, test_items = evaluate_data[0], evaluate_data[1]`) and moves or casts
+    (`test_users = test_users.cuda()`): the data the function was given, not a tensor shaped
+    from it (`torch.randn(x.shape)`, a warm-up)."""
+    if isinstance(value, ast.Name):
+        if value.id in params or value.id in seen:
+            return value.id in params or bool(seen)  # a re-binding of itself carries it
+        if hops == 0:
+            return False
+        bound = ctx.flow.definitions(value)
+        inner = seen | {value.id}
+        return bool(bound) and all(
+            _parameters_data(ctx, element, params, hops - 1, inner)
+            for b in bound
+            for element in (b.elts if isinstance(b, ast.Tuple) else [b])
+        )
+    if isinstance(value, ast.Subscript):
+        return _parameters_data(ctx, value.value, params, hops, seen)
+    if (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Attribute)
+        and value.func.attr in _CARRY
+    ):
+        return _parameters_data(ctx, value.func.value, params, hops, seen)
+    return False
 
 
 def _is_param(node: ast.AST, params: set[str]) -> bool:

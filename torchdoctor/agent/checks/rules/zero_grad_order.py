@@ -10,9 +10,11 @@ from torchdoctor.agent.checks.loops import (
     Effects,
     direct_effects,
     enclosing_ifs,
+    is_zero_grad,
     mentions_modulo,
     receiver_name,
     under_modulo_guard,
+    walk_scope,
     walk_tree,
 )
 from torchdoctor.agent.models import Severity
@@ -37,6 +39,11 @@ class ZeroGradOrder(Rule):
         loss.backward()
         optimizer.zero_grad()
         optimizer.step()
+
+    Also reported: a call of a local helper that only clears gradients (`self.reset_grad()`,
+    whose body is `self.unet.zero_grad()`) placed there, and the same order inside a local
+    function the loop calls on each iteration that back-propagates, clears and steps itself
+    (a DQN notebook's `compute_td_loss(batch_size)`).
 
     Not reported: a clear followed by another `backward()` before the step (adversarial
     training: the attack's backward fills the weights' gradients too, `opt.zero_grad()`
@@ -67,29 +74,16 @@ class ZeroGradOrder(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         if "zero_grad" not in ctx.source and ".grad = None" not in ctx.source:
             return
+        checked: set[int] = set()
         for loop in ctx.loops.training_loops:
             effects = direct_effects(loop.body)
+            effects.zero_grad += _clearing_helper_calls(ctx, loop.node)
             reported: set[int] = set()
-            for clear in effects.zero_grad:
-                line = getattr(clear, "lineno", 0)
-                backward_lines = _lines_on_its_path(ctx, clear, effects.backward)
-                step_lines = _lines_on_its_path(ctx, clear, effects.step)
-                if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
-                    if any(s < line for s in step_lines if s > backward_lines[0]):
-                        continue  # step() already ran after backward in this iteration
-                    step_after = min(s for s in step_lines if s > line)
-                    if any(line < b < step_after for b in backward_lines):
-                        continue  # an input-gradient backward cleared before the real one
-                    if _selected_parameter(ctx, clear):
-                        continue  # some parameters frozen for this step, on purpose
-                    reported.add(id(clear))
-                    ctx.report(
-                        self,
-                        clear,
-                        "gradients are cleared after backward() and before step(): "
-                        "the optimizer step sees no gradient",
-                        data={"step_line": step_after},
-                    )
+            self._clears_between(ctx, effects, reported)
+            for step_function in _step_functions(ctx, loop.node):
+                if id(step_function) not in checked:
+                    checked.add(id(step_function))
+                    self._clears_between(ctx, direct_effects(step_function.body), set())
             for clear, step in _clears_every_micro_step(ctx, loop.node, effects):
                 if id(clear) in reported:
                     continue
@@ -101,6 +95,64 @@ class ZeroGradOrder(Rule):
                     "the last step are discarded, each step uses one micro-batch",
                     data={"step_line": step.lineno},
                 )
+
+    def _clears_between(self, ctx: ModuleContext, effects: Effects, reported: set[int]) -> None:
+        """Report each clear that runs after a backward and before a step of one pass."""
+        for clear in effects.zero_grad:
+            line = getattr(clear, "lineno", 0)
+            backward_lines = _lines_on_its_path(ctx, clear, effects.backward)
+            step_lines = _lines_on_its_path(ctx, clear, effects.step)
+            if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
+                if any(s < line for s in step_lines if s > backward_lines[0]):
+                    continue  # step() already ran after backward in this iteration
+                step_after = min(s for s in step_lines if s > line)
+                if any(line < b < step_after for b in backward_lines):
+                    continue  # an input-gradient backward cleared before the real one
+                if _selected_parameter(ctx, clear):
+                    continue  # some parameters frozen for this step, on purpose
+                reported.add(id(clear))
+                ctx.report(
+                    self,
+                    clear,
+                    "gradients are cleared after backward() and before step(): "
+                    "the optimizer step sees no gradient",
+                    data={"step_line": step_after},
+                )
+
+
+def _clearing_helper_calls(ctx: ModuleContext, loop: ast.AST) -> list[ast.AST]:
+    """Calls in the loop of a local helper that only clears gradients (a solver's `def
+    reset_grad(self): self.unet.zero_grad()`): each is a clear where it is called."""
+    found: list[ast.AST] = []
+    for node in walk_scope(loop.body if isinstance(loop, ast.For | ast.While) else []):
+        if not isinstance(node, ast.Call) or is_zero_grad(node):
+            continue
+        helpers = ctx.calls.resolve(node)
+        if len(helpers) != 1 or not isinstance(helpers[0], ast.FunctionDef):
+            continue
+        own = direct_effects(helpers[0].body)
+        if own.zero_grad and not own.backward and not own.step and not own.callees:
+            found.append(node)
+    return found
+
+
+def _step_functions(ctx: ModuleContext, loop: ast.AST) -> list[ast.FunctionDef]:
+    """The local functions the loop calls directly that back-propagate, step and clear in
+    their own body with no loop of their own (a DQN's `compute_td_loss(batch_size)` called on
+    each frame): their order is the iteration's order."""
+    found: list[ast.FunctionDef] = []
+    for node in walk_scope(loop.body if isinstance(loop, ast.For | ast.While) else []):
+        if not isinstance(node, ast.Call):
+            continue
+        for helper in ctx.calls.resolve(node):
+            if not isinstance(helper, ast.FunctionDef) or helper in found:
+                continue
+            if any(isinstance(n, ast.For | ast.While) for n in walk_scope(helper.body)):
+                continue
+            own = direct_effects(helper.body)
+            if own.zero_grad and own.backward and own.step:
+                found.append(helper)
+    return found
 
 
 def _lines_on_its_path(ctx: ModuleContext, clear: ast.AST, calls: list[ast.Call]) -> list[int]:
