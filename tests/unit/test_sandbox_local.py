@@ -205,3 +205,41 @@ def test_get_sandbox_honours_the_environment_variable(monkeypatch: pytest.Monkey
 def test_auto_falls_back_to_local_without_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     assert isinstance(get_sandbox("auto"), LocalSandbox)
+
+
+def test_the_watch_counts_a_detached_childs_cpu_from_the_job_cgroup_without_scanning_the_host(
+    sandbox: LocalSandbox, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a job cgroup and a uid of its own, the 50 ms watch lists the job's processes from
+    the group's members, not from a scan of every host process; it still finds a child that
+    left the job's session and was never waited for (its CPU is the job's)."""
+    from torchdoctor.sandbox import core
+    from torchdoctor.sandbox.cgroups import cgroup_support
+
+    if not (sandbox.runner.privileged and cgroup_support().usable):
+        pytest.skip("no per-job cgroup and uid here: the watch scans the host's processes")
+    scans: list[int] = []
+    real_scan = core.job_pids
+
+    def counted(identity: core.JobIdentity) -> list[int]:
+        scans.append(identity.session)
+        return real_scan(identity)
+
+    monkeypatch.setattr(core, "job_pids", counted)
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    end = time.process_time() + 0.5\n"
+        "    while time.process_time() < end: pass\n"
+        "    open('burnt', 'w').close()\n"
+        "    time.sleep(600)\n"
+        "while not os.path.exists('burnt'): time.sleep(0.05)\n"
+        "time.sleep(0.5)\n"
+    )
+    limits = FAST.model_copy(update={"wall_s": 30})
+    result = sandbox.run(_run(sandbox, source, code, limits=limits))
+    assert result.outcome is Outcome.OK, result.reason
+    assert result.usage.cpu_s is not None and result.usage.cpu_s >= 0.45, result.usage
+    # the one scan left is the uid pool's check that the job's uid is free
+    assert [session for session in scans if session != -1] == []
