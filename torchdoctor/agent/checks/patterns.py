@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from functools import cache
 
 from torchdoctor.agent.checks.analysis.model_facts import bound_to_function_or_import
+from torchdoctor.agent.checks.analysis.reachability import mode_switch
 from torchdoctor.agent.checks.analysis.vocabulary import (
     DROPOUT_LAYERS,
     PARAMETER_FREE_LAYERS,
@@ -379,11 +380,9 @@ def mode_call_receivers(body: list[ast.stmt] | ast.AST, mode: str) -> list[ast.C
 
 
 def switches_to_eval(call: ast.Call) -> bool:
-    """`x.eval()` or `x.train(False)`: what `mode_call_receivers(..., "eval")` collects."""
-    if not isinstance(call.func, ast.Attribute):
-        return False
-    attr = call.func.attr
-    return attr == "eval" or (attr == "train" and bool(call.args) and is_false(call.args[0]))
+    """`x.eval()`, `x.train(False)` (or `mode=False`), `policy.set_training_mode(False)`: what
+    `mode_call_receivers(..., "eval")` collects."""
+    return mode_switch(call) == "eval"
 
 
 def under_periodic_guard(

@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.analysis.defuse import identifier
 from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
+from torchdoctor.agent.checks.analysis.reachability import mode_switch
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding, SourceSite, related_place
 from torchdoctor.agent.checks.catalogue import suppressed_inline
@@ -1115,22 +1116,17 @@ def evaluated_attributes(init: ast.FunctionDef) -> list[str]:
     for node in walk_scope(init.body):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             attr = self_attribute(node.targets[0])
-            if attr is not None and _mode_call(node.value) == "eval":
+            value = node.value
+            if attr is not None and isinstance(value, ast.Call) and mode_switch(value) == "eval":
                 evaluated.append(attr)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             attr = self_attribute(node.func.value)
-            if attr is not None and node.func.attr == "eval" and not node.args:
+            mode = mode_switch(node)
+            if attr is not None and mode == "eval":
                 evaluated.append(attr)
-            elif attr is not None and node.func.attr == "train":
+            elif attr is not None and mode == "train":
                 trained.add(attr)
     return sorted(set(evaluated) - trained)
-
-
-def _mode_call(expr: ast.expr) -> str | None:
-    """'eval' for `x.eval()` (and `x.to(device).eval()`), 'train' for `x.train()`."""
-    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and not expr.args:
-        return expr.func.attr if expr.func.attr in ("eval", "train") else None
-    return None
 
 
 def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -1143,12 +1139,11 @@ def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         receiver = node.func.value
-        if node.func.attr == "eval" and not node.args:
+        mode = mode_switch(node)
+        if mode == "eval":
             if isinstance(receiver, ast.Name) and receiver.id in params:
                 evals.append(node.lineno)
-        elif node.func.attr == "train" and not (
-            node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is False
-        ):
+        elif mode == "train":
             trains.append(node.lineno)
     return bool(evals) and not any(line > min(evals) for line in trains)
 
@@ -1167,14 +1162,15 @@ def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             receiver = identifier(node.func.value)
             if node.func.attr == "append" and len(node.args) == 1 and receiver:
                 appended.setdefault(receiver, []).append(node.args[0])
-            if node.func.attr == "eval" and not node.args:
+            mode = mode_switch(node)
+            if mode == "eval":
                 evals[receiver] = min(evals.get(receiver, node.lineno), node.lineno)
-            elif node.func.attr == "train":
+            elif mode == "train":
                 trains[receiver] = max(trains.get(receiver, node.lineno), node.lineno)
 
     def in_eval(value: ast.expr | None) -> bool:
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
-            if value.func.attr == "eval" and not value.args:
+            if mode_switch(value) == "eval":
                 return True
             return value.func.attr in ("to", "cuda", "cpu", "half", "float") and in_eval(
                 value.func.value

@@ -19,9 +19,18 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 MODE_SETTERS = ("set_training_mode", "set_train_mode", "train_mode")
 
 
-def _mode_method(call: ast.Call) -> str | None:
-    """'eval' for `.eval()`/`.train(False)`/`.set_training_mode(False)`, 'train' for
-    `.train()`/`.train(True)`/`.set_training_mode(True)`, else None."""
+def mode_flag(call: ast.Call) -> ast.expr | None:
+    """The flag of a `x.train(...)` call, given by position or as `mode=` (`train(False)` and
+    `train(mode=False)` both switch to eval mode); None when it is left to its default."""
+    if call.args:
+        return call.args[0]
+    return next((k.value for k in call.keywords if k.arg == "mode"), None)
+
+
+def mode_switch(call: ast.Call) -> str | None:
+    """The one reading of a mode call: 'eval' for `.eval()`, `.train(False)` (or
+    `mode=False`) and `.set_training_mode(False)`; 'train' for `.train()`, `.train(True)`, a
+    `.train(flag)` and `.set_training_mode(True)`; else None."""
     func = call.func
     if not isinstance(func, ast.Attribute):
         return None
@@ -31,7 +40,7 @@ def _mode_method(call: ast.Call) -> str | None:
             return "train" if flag.value else "eval"
         return None
     if func.attr == "train":
-        return "eval" if call.args and is_false(call.args[0]) else "train"
+        return "eval" if is_false(mode_flag(call)) else "train"
     if func.attr == "eval" and not call.args:
         return "eval"
     return None
@@ -74,7 +83,7 @@ class MethodReach(ModelFacts):
         """The mode `call` sets ('eval' or 'train'), or None; a loss module's own
         `criterion.eval()` (DETR evaluates with `model.eval(); criterion.eval()`) puts no
         model in either mode, so it does not count as the model's."""
-        mode = _mode_method(call)
+        mode = mode_switch(call)
         if mode is None or not isinstance(call.func, ast.Attribute):
             return mode
         return None if self.is_loss_callee(call.func.value) else mode

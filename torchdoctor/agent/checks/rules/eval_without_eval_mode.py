@@ -33,6 +33,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_mode_calls,
     publish_mode_layers,
 )
+from torchdoctor.agent.checks.analysis.reachability import mode_flag, mode_switch
 from torchdoctor.agent.checks.analysis.roles import evaluation_helpers
 from torchdoctor.agent.checks.analysis.vocabulary import (
     HELD_OUT_SPLITS,
@@ -51,6 +52,7 @@ from torchdoctor.agent.checks.loops import (
     walk_scope,
     walk_tree,
 )
+from torchdoctor.agent.checks.patterns import switches_to_eval
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
 from torchdoctor.agent.models import Severity
 
@@ -92,7 +94,8 @@ class EvalWithoutEvalMode(Rule):
     (`self._run_one_epoch(epoch, cross_valid=True)`), or a
     `for phase in ("train", "val"):` loop that runs the model for both phases and never
     switches the mode (`model.train(phase == "train")` and an `.eval()` branch count). `.eval()`
-    counts when it is called in that function, in a function it calls, in any function that
+    (and what it calls, `.train(False)` or `.train(mode=False)`: not a switch back to training
+    mode) counts when it is called in that function, in a function it calls, in any function that
     calls it (up to three levels), or on the model object itself (`model = Net().eval()`,
     `self.model.eval()`); an `.eval()` in a branch that returns (`if args.test_only:`) does
     not reach the code after it, nor does one the function makes only after the evaluation
@@ -376,7 +379,7 @@ def _sibling_left_in_training(
         if isinstance(t, ast.Name)
     }
     for node in walk_scope(scope):
-        if not (isinstance(node, ast.Call) and method_name(node) == "eval" and not node.args):
+        if not (isinstance(node, ast.Call) and switches_to_eval(node)):
             continue
         receiver = node.func.value if isinstance(node.func, ast.Attribute) else None
         if not isinstance(receiver, ast.Name | ast.Attribute):
@@ -413,11 +416,7 @@ def _trained_by_name(ctx: ModuleContext) -> frozenset[str]:
     if "" not in memo:
         names: set[str] = set()
         for node in ctx.flow.nodes(ast.Call):
-            if method_name(node) != "train" or not isinstance(node.func, ast.Attribute):
-                continue
-            if node.args and not (
-                isinstance(node.args[0], ast.Constant) and node.args[0].value is True
-            ):
+            if not isinstance(node.func, ast.Attribute) or not _plain_train(node):
                 continue
             fn = ctx.enclosing_function(node)
             if ctx.loops.backpropagates(fn.body if fn is not None else ctx.tree.body):
@@ -495,13 +494,8 @@ def _mode_switched(ctx: ModuleContext, model: ast.expr) -> bool:
     return any(
         isinstance(call.func, ast.Attribute)
         and ast.unparse(call.func.value) == text
-        and (
-            call.func.attr == "eval"
-            or bool(
-                call.args
-                and not (isinstance(call.args[0], ast.Constant) and call.args[0].value is True)
-            )
-        )
+        and mode_switch(call) is not None
+        and not _plain_train(call)
         for call in ctx.flow.calls_named(("eval", "train"))
     )
 
@@ -544,7 +538,7 @@ def _run_beside_a_switch(
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "train"
-            and not node.args
+            and mode_flag(node) is None
             and isinstance(node.func.value, ast.Name | ast.Attribute)
         ):
             continue
@@ -604,19 +598,17 @@ def _switches(branch: list[ast.stmt], model: str, to_train: bool) -> bool:
             and ast.dump(node.func.value) == model
         ):
             continue
-        attr, args = node.func.attr, node.args
-        training = attr == "train" and (
-            not args or (isinstance(args[0], ast.Constant) and args[0].value is True)
-        )
-        evaluating = attr == "eval" or (
-            attr == "train"
-            and bool(args)
-            and isinstance(args[0], ast.Constant)
-            and args[0].value is False
-        )
-        if (to_train and training) or (not to_train and evaluating):
+        if (to_train and _plain_train(node)) or (not to_train and switches_to_eval(node)):
             return True
     return False
+
+
+def _plain_train(call: ast.Call) -> bool:
+    """`x.train()` or `x.train(True)`: training mode for certain, not a flag's choice."""
+    flag = mode_flag(call)
+    return method_name(call) == "train" and (
+        flag is None or (isinstance(flag, ast.Constant) and flag.value is True)
+    )
 
 
 def _consequence(layers: ModeLayers) -> str:
@@ -1335,7 +1327,10 @@ def _train_mode_set_before(ctx: ModuleContext, owner: FunctionNode, call: ast.Ca
         n.lineno
         for stmt in before
         for n in walk_tree(stmt)
-        if isinstance(n, ast.Call) and method_name(n) == "train" and n.lineno < call.lineno
+        if isinstance(n, ast.Call)
+        and method_name(n) == "train"
+        and not switches_to_eval(n)
+        and n.lineno < call.lineno
     ]
     if not switches or _inside_a_training_step(ctx, call):
         # set in a function called before (not located), or a forward inside the training

@@ -31,7 +31,6 @@ from torchdoctor.agent.checks.patterns import (
     INFERENCE_FUNCTION,
     functions,
     has_main_guard,
-    is_false,
     is_main_guard,
     is_model_expr,
     mode_call_receivers,
@@ -931,9 +930,7 @@ def _pretrained_extractors_in_train_mode(ctx: ModuleContext) -> list[tuple[ast.C
     for call in nodes_of(ctx, ast.Call):
         assert isinstance(call, ast.Call)
         func = call.func
-        if isinstance(func, ast.Attribute) and (
-            func.attr == "eval" or (func.attr == "train" and call.args and is_false(call.args[0]))
-        ):
+        if isinstance(func, ast.Attribute) and switches_to_eval(call):
             switched.update(keys(func.value))
             continue
         for key in keys(func):

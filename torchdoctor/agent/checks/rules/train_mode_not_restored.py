@@ -24,6 +24,7 @@ from torchdoctor.agent.checks.loops import (
     phase_flags,
     walk_tree,
 )
+from torchdoctor.agent.checks.patterns import switches_to_eval
 from torchdoctor.agent.models import Severity
 
 _LOOPS = (ast.For, ast.While, ast.AsyncFor)
@@ -381,8 +382,8 @@ def _self_mode_switch(node: ast.AST, to_train: bool) -> str | None:
         and node.func.value.value.id == "self"
     ):
         return None
-    attr, args = node.func.attr, node.args
-    off = bool(args) and isinstance(args[0], ast.Constant) and args[0].value is False
+    attr = node.func.attr
+    off = attr == "train" and switches_to_eval(node)
     if to_train and attr == "train" and not off:
         return node.func.value.attr
     if not to_train and (attr == "eval" or (attr == "train" and off)):
