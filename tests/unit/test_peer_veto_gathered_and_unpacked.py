@@ -337,3 +337,34 @@ def test_deprecated_call_on_the_fallback_branch_of_a_version_check_is_ruled_out(
 def test_deprecated_call_without_the_replacement_beside_it_stays() -> None:
     assert _deprecated(15, "torch.qr") is None  # no check at all
     assert _deprecated(23, "torch.cpu.amp.autocast") is None  # a device branch: autocast('cuda')
+
+
+SERVING = """\
+import openai
+
+openai.api_key = "EMPTY"  # the local server checks no key
+os.environ["OPENAI_API_KEY"] = "empty"
+#     "api_key": "sk-******",
+#     "api_key": "sk-9f2cQ7wL1pV8sN3cF6yH0dG5",
+tokenizer = AutoTokenizer.from_pretrained(path, eos_token="<eod>", pad_token="<pad>")
+resize(special_tokens_dict=dict(pad_token="[PAD]"), tokenizer=tokenizer)
+client = connect(host, password="hunter2hunter2")
+"""
+
+
+def test_empty_or_masked_api_keys_are_ruled_out() -> None:
+    for line in (3, 4, 5):
+        assert "placeholder" in (_reason(SERVING, "detect-secrets", "Secret Keyword", line) or "")
+
+
+def test_a_real_looking_key_in_a_comment_stays() -> None:
+    assert _reason(SERVING, "detect-secrets", "Secret Keyword", 6) is None
+
+
+def test_special_tokens_given_by_keyword_are_ruled_out() -> None:
+    for line in (7, 8):
+        assert "special token" in (_reason(SERVING, "bandit", "B106", line) or "")
+
+
+def test_a_password_given_by_keyword_stays() -> None:
+    assert _reason(SERVING, "bandit", "B106", 9) is None

@@ -38,10 +38,12 @@ _MODEL_NAME = re.compile(
     re.IGNORECASE,
 )
 # `trainer.get_model()`, `build_model(cfg)`, `unwrap_model(m)`: a verb before the model noun
-# names a function that fetches, builds or handles a model, not the model's forward pass.
+# names a function that fetches, builds or handles a model, not the model's forward pass; so
+# do a serving controller's `list_models()` and `show_available_models()` (names of models).
 _MODEL_ACCESSOR = re.compile(
     r"^(get|build|create|make|load|init|initialize|setup|prepare|instantiate|construct|wrap|"
-    r"unwrap|save|export|copy|clone|freeze|unfreeze|set|reset|update|sync|print|log|count)_",
+    r"unwrap|save|export|copy|clone|freeze|unfreeze|set|reset|update|sync|print|log|count|"
+    r"list|show|register|unregister|refresh|add|remove|delete|find|select|lookup)_",
     re.IGNORECASE,
 )
 _MODE_METHODS = frozenset(

@@ -226,6 +226,15 @@ def _names_a_setting(name: str) -> bool:
     return bool(tokens) and tokens[-1] in _NOT_DATA_TOKENS
 
 
+def _names_a_pool(node: ast.expr) -> bool:
+    """`train_and_valid`, `train_val_data`: the name says it holds the training split and a
+    held-out one together."""
+    if not isinstance(node, ast.Name | ast.Attribute):
+        return False
+    tokens = [t.lower() for t in _TOKEN_SPLIT.split(identifier(node)) if t]
+    return any(t in ("train", "training") for t in tokens)
+
+
 def training_name(name: str) -> bool:
     """'train_data', 'trainset', 'train_loader': the name says it holds the training split
     ('train_mask', 'train' and 'training' alone do not name data)."""
@@ -256,7 +265,11 @@ class HeldOut(DefUse):
         return identifier(call.func) in _SPLIT_SIMPLE_NAMES
 
     def held_out_kind(
-        self, expr: ast.expr, kinds: frozenset[str] = frozenset({"test", "val"})
+        self,
+        expr: ast.expr,
+        kinds: frozenset[str] = frozenset({"test", "val"}),
+        *,
+        pools: bool = True,
     ) -> str | None:
         """'test' or 'val' when `expr` may derive from that held-out split, else None.
 
@@ -264,12 +277,16 @@ class HeldOut(DefUse):
         `train=False` or `split="test"`, the held-out half of `train_test_split`/`random_split`
         (kind 'split' for an unnamed `random_split` part), the tail `x[k:]` of a sequence whose
         head `x[:k]` is taken too, and anything computed from those (calls, loaders, loops).
+
+        `pools=False`: a name for the union of the training and a held-out split
+        (`train_and_valid`, `train_val_set`, the pool later cut into both by indices) is no
+        evidence: what is cut from it may be either side.
         """
         seen: set[int] = set()
         stack: list[tuple[ast.expr, int]] = [(expr, 0)]
         # per node, shared by every question of this module (loops ask about many iterables
         # that derive from the same few names)
-        direct = self.ctx.memo_table("held_out.direct")
+        direct = self.ctx.memo_table("held_out.direct" if pools else "held_out.direct.no_pools")
         children = self.ctx.memo_table("held_out.children")
         while stack and len(seen) < MAX_VISITS:
             node, depth = stack.pop()
@@ -279,6 +296,8 @@ class HeldOut(DefUse):
             kind = direct.get(id(node), _UNSEEN)
             if kind is _UNSEEN:
                 kind = direct[id(node)] = self._direct_held_out(node)
+                if kind is not None and not pools and _names_a_pool(node):
+                    kind = direct[id(node)] = None
             if kind is not None and kind in kinds:
                 return str(kind)
             nexts = children.get(id(node))

@@ -13,7 +13,9 @@ the file's place in the project:
   token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
   secret looks like: empty, a number, `<...>` or `[...]` markup, a short string).
 - bandit B107 (hard-coded password as a default) where every default bandit matched is such
-  a tokenizer token (`bos_token="<s>"`, `pad_token="[PAD]"` in a tokenizer's `__init__`).
+  a tokenizer token (`bos_token="<s>"`, `pad_token="[PAD]"` in a tokenizer's `__init__`), and
+  bandit B106 (as a keyword argument) likewise (`dict(pad_token="[PAD]")`,
+  `eos_token="<eod>"` given to a tokenizer).
 - bandit B311 ("random is not for cryptography") where nothing in the statement or the
   enclosing function names a secret, token, password, key, salt or nonce: in training code,
   `random` samples data, crops and flips.
@@ -47,7 +49,9 @@ the file's place in the project:
   than 2.6, where weights-only is the default everywhere the code runs.
 
 - detect-secrets "Secret Keyword" where every string on the line is a placeholder word
-  (`client_keys='default'`, `'none'`, `''`) or markup (`<API_KEY>`, `${TOKEN}`).
+  (`client_keys='default'`, `'none'`, `''`, an OpenAI-compatible local server's
+  `api_key = "EMPTY"`), markup (`<API_KEY>`, `${TOKEN}`) or a masked key (`"sk-******"`, also
+  on a commented-out example configuration).
 - TorchFix TOR101 (a deprecated function) on the fallback branch of a compatibility check
   whose other branch calls the replacement (`if TORCH_GE_1_8_0: torch.linalg.qr(...) else:
   torch.qr(...)`), as deprecated-torch-api reads it.
@@ -556,7 +560,8 @@ def _binding_names(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Iterator[s
 
 
 def _named_constants(nodes: Iterator[ast.AST]) -> Iterator[tuple[str, object]]:
-    """(name, constant) pairs on the line: assignments, dict entries and comparisons."""
+    """(name, constant) pairs on the line: assignments, dict entries, comparisons and keyword
+    arguments."""
     for node in nodes:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             for target in node.targets:
@@ -569,6 +574,8 @@ def _named_constants(nodes: Iterator[ast.AST]) -> Iterator[tuple[str, object]]:
             right = node.comparators[0]
             if isinstance(right, ast.Constant):
                 yield _terminal(node.left), right.value
+        elif isinstance(node, ast.keyword) and node.arg and isinstance(node.value, ast.Constant):
+            yield node.arg, node.value.value  # `dict(pad_token="[PAD]")`, `eos_token="<eod>"`
 
 
 def _vocabulary_token(name: str, value: object) -> bool:
@@ -768,28 +775,66 @@ def _sets_key(node: ast.AST, names: set[str], key: str) -> bool:
 
 
 _PLACEHOLDER_VALUES = frozenset(
-    {"", "default", "none", "null", "auto", "disabled", "placeholder", "changeme", "xxx"}
-)
+    {"", "default", "none", "null", "auto", "disabled", "placeholder", "changeme", "xxx",
+     "empty", "dummy"}
+)  # fmt: skip
+_MASKED = re.compile(r"^[A-Za-z]{0,4}[-_]?(\*{3,}|x{6,}|X{6,})$")
+"""A key shown masked in documentation (`"sk-******"`, `"xxxxxxxx"`)."""
 
 
-def _placeholder_keyword_value(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+def _placeholder_text(text: str) -> bool:
+    return (
+        text.lower() in _PLACEHOLDER_VALUES
+        or bool(_MARKUP.match(text))
+        or bool(_TEMPLATE.match(text))
+        or bool(_MASKED.match(text))
+    )
+
+
+_QUOTED = re.compile(r"""(["'])(.*?)\1""")
+
+
+def _commented_placeholder(line: str) -> str | None:
+    """detect-secrets' "Secret Keyword" on a commented-out configuration line whose values are
+    placeholders or masked keys (`#     "api_key": "sk-******",`, an example config in a
+    comment): nothing runs, nothing real is shown."""
+    text = line.strip()
+    if not text.startswith("#"):
+        return None
+    values = [m.group(2).strip() for m in _QUOTED.finditer(text)]
+    keyish = [v for v in values if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)]
+    if keyish and all(_placeholder_text(v) for v in keyish):
+        return "a commented-out example whose key is a placeholder or masked, not a credential"
+    return None
+
+
+def _placeholder_keyword_value(
+    nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]
+) -> str | None:
     """detect-secrets' "Secret Keyword" where every string on the line is a placeholder word
     (`client_keys='default'`, BasicSR's LMDB client, a key *name* whose default is
-    'default'), or markup (`<API_KEY>`, `${TOKEN}`): nothing a secret would be."""
+    'default'), or markup (`<API_KEY>`, `${TOKEN}`): nothing a secret would be. The key a
+    value is stored under (`os.environ["OPENAI_API_KEY"] = "empty"`) is a name, not a value."""
     strings = [
         node.value.strip()
         for node in nodes
-        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and not _a_key(node, parents.get(node))
     ]
-    if strings and all(
-        text.lower() in _PLACEHOLDER_VALUES or _MARKUP.match(text) or _TEMPLATE.match(text)
-        for text in strings
-    ):
+    if strings and all(_placeholder_text(text) for text in strings):
         return "the keyword's value is a placeholder word or markup, not a credential"
     return None
 
 
 _TEMPLATE = re.compile(r"^\$?\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def _a_key(node: ast.AST, parent: ast.AST | None) -> bool:
+    """`node` is the key of a subscript (`os.environ["KEY"]`) or of a dict entry."""
+    if isinstance(parent, ast.Subscript):
+        return parent.slice is node
+    return isinstance(parent, ast.Dict) and any(k is node for k in parent.keys)
 
 
 def _first_reason(*checks: _Check) -> _Check:
@@ -809,6 +854,7 @@ _load_weights_only_elsewhere = _first_reason(
 _LINE_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("detect-secrets", "Basic Auth Credentials"): _placeholder_credentials,
     ("detect-secrets", "Hex High Entropy String"): _digest_named_by_the_comment,
+    ("detect-secrets", "Secret Keyword"): _commented_placeholder,
 }
 _UNSAFE_LOAD = (("bandit", "B614"), ("torchfix", "TOR102"))
 _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
@@ -819,6 +865,7 @@ _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
 _CHECKS: dict[tuple[str, str], _Check] = {
     ("torchfix", "TOR401"): _first_reason(_loader_with_star_kwargs, _loader_over_in_memory_tensors),
     ("bandit", "B105"): _tokenizer_token,
+    ("bandit", "B106"): _tokenizer_token,
     ("bandit", "B107"): _tokenizer_token_defaults,
     ("bandit", "B602"): _constant_shell_command,
     ("ruff", "E722"): _bare_except_after_interrupt,

@@ -66,8 +66,9 @@ class DeviceMismatchFactoryInForward(Rule):
     `nn.Module.forward` (or the `__call__` of a plain class called on each batch, a loss
     object, and the methods of its own it runs) without `device=` and without an
     `.to(...)`/`.cuda()`/`.type_as(...)` in the same chain (`torch.arange(n).view(-1, 1)
-    .to(device)`). Not reported: scalar `torch.tensor(0.5)` and `torch.tensor(2.0 /
-    torch.pi)` (0-dim CPU tensors mix with CUDA tensors in arithmetic; not in a list that
+    .to(device)`). Not reported: scalar `torch.tensor(0.5)`, `torch.tensor(2.0 /
+    torch.pi)` and `torch.tensor(y_th)` of a parameter defaulting to a number (`y_th=10.`)
+    (0-dim CPU tensors mix with CUDA tensors in arithmetic; not in a list that
     `torch.stack`/`torch.cat` joins, which is reported), index tensors
     (`x[torch.arange(B), idx]`: a CUDA tensor may be indexed with CPU indices), tensors
     whose values only serve the host (sizes counted with `torch.unique_consecutive` and
@@ -610,7 +611,9 @@ def _placed(ctx: ModuleContext, call: ast.Call) -> bool:
     if kwarg(call, "out") is not None or _moved_up_the_expression(ctx, call):
         return True  # written into `out=` (its device), or the expression around it is moved
     scalar = bool(call.args) and (
-        isinstance(call.args[0], ast.Constant) or _scalar_arithmetic(call.args[0])
+        isinstance(call.args[0], ast.Constant)
+        or _scalar_arithmetic(call.args[0])
+        or _number_parameter(ctx, call.args[0])
     )
     if scalar and ctx.flow.qualname_of(call) == "torch.tensor":
         return not _stacked_with_tensors(ctx, call)
@@ -1102,6 +1105,39 @@ _DEVICE_FLAG = re.compile(r"(use_|on_|with_|is_|enable_)?(cuda|gpu)(_enabled)?")
 """A module's own device switch (`self.cuda = cuda` from its constructor, `self.use_gpu`):
 graphsage-simple's aggregator moves with `.cuda()` under `if self.cuda:` and stays on the CPU
 on the other branch."""
+
+
+def _number_parameter(ctx: ModuleContext, expr: ast.expr) -> bool:
+    """`torch.tensor(y_th)` where `y_th` is a parameter of the enclosing function that
+    defaults to a number (`def forward(self, x, singularity_avoiding=False, y_th=10.)`) or is
+    annotated `float`/`int`, and is not bound again in it: a Python scalar, so a 0-dim
+    tensor."""
+    if not isinstance(expr, ast.Name):
+        return False
+    fn = ctx.enclosing_function(expr)
+    if fn is None:
+        return False
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: dict[str, ast.expr | None] = dict(
+        zip(
+            [a.arg for a in positional[len(positional) - len(args.defaults) :]],
+            args.defaults,
+            strict=True,
+        )
+    )
+    defaults.update(zip([a.arg for a in args.kwonlyargs], args.kw_defaults, strict=True))
+    params = {a.arg: a for a in [*positional, *args.kwonlyargs]}
+    param = params.get(expr.id)
+    if param is None:
+        return False
+    annotated = isinstance(param.annotation, ast.Name) and param.annotation.id in ("float", "int")
+    if not (_number(defaults.get(expr.id) or ast.Constant(None)) or annotated):
+        return False
+    return not any(
+        isinstance(node, ast.Name) and node.id == expr.id and isinstance(node.ctx, ast.Store)
+        for node in walk_scope(fn.body)
+    )
 
 
 def _scalar_arithmetic(expr: ast.expr) -> bool:

@@ -39,7 +39,9 @@ class EpochMetricNotReset(Rule):
     and validation batches. Reported at the validation loop's update.
 
     Not reported: accumulators re-bound or reset anywhere in the outer loop (also the
-    tutorial's `running_loss = 0.0` every 2000 batches), `meter.reset()`, accumulators
+    tutorial's `running_loss = 0.0` every 2000 batches, and a validation loop's counters
+    reset before it by a tuple assignment, `n_predictions, n_correct = 0, 0`),
+    `meter.reset()`, accumulators
     created inside a loop around the outer one, outer loops over a loader (running averages
     within an epoch), counters
     (`step += 1`), names that say nothing of a loss or metric, accumulators read only after
@@ -223,7 +225,8 @@ def _reset_between(outer: Loop, name: str, first: Loop, second: Loop) -> bool:
             continue
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            # `n_predictions, n_correct = 0, 0` resets both names of the tuple
+            if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in walk_tree(t)):
                 return True
         if (
             isinstance(node, ast.Call)

@@ -47,7 +47,8 @@ class FactoryWithoutDeviceInStep(Rule):
 
     Not reported: factories with `device=` or `*_like` variants, results moved before use,
     sequence lengths (CTC's `input_lengths`/`target_lengths`, which it takes on the host, or
-    a tensor named for lengths handed to a model: packing needs them on the CPU),
+    a tensor named for lengths handed to a model, `length_tensor` included: packing needs them
+    on the CPU),
     results used only in CPU-side bookkeeping, factories on the CPU branch of a device test
     (the `else:` of `if self.cuda:`), steps that move none of their data to a
     device themselves and are not handed one (the model places its inputs: pipeline shards,
@@ -116,7 +117,8 @@ class FactoryWithoutDeviceInStep(Rule):
 _AUTOGRAD_GRAD = frozenset({"torch.autograd.grad", "torch.autograd.functional.vjp"})
 _CTC = frozenset({"torch.nn.functional.ctc_loss", "torch.ctc_loss", "torch.nn.CTCLoss"})
 _CTC_LENGTHS = {2: "input_lengths", 3: "target_lengths"}
-_LENGTHS_NAME = re.compile(r"(^|_)(lengths?|lens)$")
+# `lengths`, `seq_lens`, and the tensor of them so named (`length_tensor`, `lengths_t`)
+_LENGTHS_NAME = re.compile(r"(^|_)(lengths?|lens)(_(tensor|t))?$")
 
 
 def _host_side(ctx: ModuleContext, call: ast.Call, consumer: ast.Call) -> bool:

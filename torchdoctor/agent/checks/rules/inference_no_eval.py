@@ -101,11 +101,13 @@ class InferenceNoEval(Rule):
     dropout or batch statistics, no `self.training` branch), models built in eval mode
     (`Net().eval()`, a transformers/diffusers `from_pretrained`, which returns the model in
     eval mode), `predict_*` methods of an `nn.Module` itself (they run inside the model,
-    in its mode), and a helper given the model (or an ensemble it loops over) by callers in
+    in its mode), a helper given the model (or an ensemble it loops over) by callers in
     other files that put it in eval mode first, directly or through functions of its own
-    module that pass it on (a task run in threads included), nor the call of a constructor
+    module that pass it on (a task run in threads included), the call of a constructor
     whose result the code loads or puts in eval mode (`model = model_fn(resolution=r)` with
-    `model_fn = eval(args.model)`; the network's own forward is still checked).
+    `model_fn = eval(args.model)`; the network's own forward is still checked), and methods
+    named for handling models rather than running one (`service.show_available_models()`,
+    `list_models()`).
 
     Fix: call `model.eval()` once after loading (and run under `torch.inference_mode()`).
     """

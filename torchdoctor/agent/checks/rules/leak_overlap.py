@@ -45,6 +45,10 @@ class LeakOverlap(Rule):
     then `valid_data = train_valid_data["train"]`: the "test" part of a DatasetDict's
     `train_test_split` lost to a copied line).
 
+    Not reported: a training loop over a subset of a pool named for both sides
+    (`train_dataset = Subset(train_and_valid, train_indices)`: the name says the pool holds
+    the validation rows too, not that this subset does).
+
     Rows drawn with replacement count as oversampling (`minority.sample(n=k, replace=True)`
     concatenated back before `train_test_split`).
 
@@ -133,7 +137,9 @@ class LeakOverlap(Rule):
             node = loop.node
             if not isinstance(node, ast.For | ast.AsyncFor):
                 continue
-            kind = flow.held_out_kind(node.iter, _HELD_OUT)
+            # a pool of training and validation rows (`train_and_valid`) is cut into both
+            # sides by indices: only a held-out name of its own counts
+            kind = flow.held_out_kind(node.iter, _HELD_OUT, pools=False)
             if (
                 kind is not None
                 and not _phase_flag_picks_data(ctx, node)

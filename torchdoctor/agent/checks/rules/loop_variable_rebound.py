@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.batch_outputs import in_loader_loop
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import walk_scope, walk_tree
 from torchdoctor.agent.models import Severity
@@ -40,7 +41,9 @@ class LoopVariableRebound(Rule):
     torch.view_as_complex(x)` after updating it in place through the view), in-place methods
     that return their receiver (`m = m.eval()` over `model.named_modules()`, `p = p.clamp_(0,
     1)`: the element itself changed), moves and casts of a network's submodules (`module =
-    module.to(torch.bfloat16)` over `named_modules()`: `Module.to` works in place), plain calls
+    module.to(torch.bfloat16)` over `named_modules()`: `Module.to` works in place), moves and
+    casts of a batch from a data loader (`y = y.to(device)` as the last line of `for x, y in
+    train_loader:`: the loader keeps no batch to update), plain calls
     (`img = save_figure(img, path)` runs for its side effect), updates that do not read the
     variable, moves and casts of a dict's values (`tensor-move-discarded`), names declared
     `global`/`nonlocal`.
@@ -140,7 +143,9 @@ def _updates(ctx: ModuleContext, value: ast.expr, name: str, loop: ast.For | ast
         return False  # `module = module.to(torch.bfloat16)`: `Module.to` works in place
     if isinstance(receiver, ast.Name) and receiver.id == name:
         assert isinstance(func, ast.Attribute)
-        return not (func.attr in _MOVES and _over_dict_view(loop))
+        # a batch a data loader yields is made afresh each iteration and kept by nothing:
+        # moving it (`y = y.to(device)`) loses no update of an element someone reads
+        return not (func.attr in _MOVES and (_over_dict_view(loop) or in_loader_loop(ctx, value)))
     qual = ctx.flow.qualname_of(value) or ""
     return qual.startswith("torch.")
 

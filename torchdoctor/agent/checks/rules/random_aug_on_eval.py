@@ -32,7 +32,9 @@ class RandomAugOnEval(Rule):
     transforms.Compose([])`, `ops.append(...)` on the list a `Compose(ops)` wraps).
 
     Not reported: held-out data given a transform whose appended ops are all deterministic,
-    or a random op appended to another transform.
+    a random op appended to another transform, or the entry of a dict of transforms keyed by
+    split that holds none (`transform=data_transforms["test"]` while the random ops are under
+    the "train" key).
 
     Why it matters: evaluation metrics become random (two runs of the same checkpoint
     disagree), are biased low, and are not comparable with published numbers that use a
@@ -85,6 +87,7 @@ class RandomAugOnEval(Rule):
     def _check(
         self, ctx: ModuleContext, node: ast.AST, transform: ast.expr, seen: set[int]
     ) -> None:
+        transform = _table_entry(ctx, transform)
         op = ctx.flow.sources_include(transform, _is_random_op)
         if not isinstance(op, ast.Call):
             op = _appended_random_op(ctx, transform)
@@ -98,6 +101,33 @@ class RandomAugOnEval(Rule):
             f"(line {op.lineno}): metrics become noisy and biased",
             data={"augmentation_line": op.lineno},
         )
+
+
+def _table_entry(ctx: ModuleContext, transform: ast.expr) -> ast.expr:
+    """`data_transforms["test"]` read from a dict literal of transforms keyed by split: that
+    entry's pipeline alone (the "train" entry's random ops are not the test set's); the
+    expression itself when the table or the key is not known."""
+    if not (
+        isinstance(transform, ast.Subscript)
+        and isinstance(transform.value, ast.Name)
+        and isinstance(transform.slice, ast.Constant)
+    ):
+        return transform
+    key = transform.slice.value
+    tables = ctx.flow.definitions(transform.value)
+    entries: list[ast.expr] = []
+    for table in tables:
+        if not isinstance(table, ast.Dict):
+            return transform
+        found = [
+            v
+            for k, v in zip(table.keys, table.values, strict=True)
+            if isinstance(k, ast.Constant) and k.value == key
+        ]
+        if len(found) != 1 or any(k is None for k in table.keys):
+            return transform  # the key is missing, repeated, or a `**` may bring it
+        entries += found
+    return entries[0] if len(entries) == 1 else transform
 
 
 def _transform_arguments(ctx: ModuleContext, call: ast.Call) -> list[ast.expr]:

@@ -42,7 +42,10 @@ class TensorAttributeNotBuffer(Rule):
     `dim`: lightly's memory bank), in any module but a script that never names a device (a
     library module runs wherever its caller moves it).
 
-    Not reported: tensors created with `device=`, 0-dim tensors of a number
+    Not reported: tensors created with `device=`, tensors the reading method first rebinds to
+    a moved copy (`self.eps = self.eps.to(self.tau.device)` at the top of `forward`), tensors
+    read only as indices of another tensor (`x[:, self.input_id.long()]`: a CUDA tensor takes
+    CPU indices), 0-dim tensors of a number
     (`torch.tensor(0.0625)`, `torch.tensor(cfg.POS_WEIGHT)`: they mix with CUDA tensors),
     registered buffers and parameters, reads
     that move the tensor (`self.mask.to(x.device)`), attributes the class's own `to()` moves,
@@ -179,6 +182,7 @@ def _unmoved_read(ctx: ModuleContext, methods: dict[str, ast.FunctionDef], attr:
     for name, method in methods.items():
         if name == "__init__" or name in _DEVICE_HOOKS:
             continue
+        moved_from = _moved_in_place(method, attr)
         for node in walk_scope(method.body):
             if not (
                 isinstance(node, ast.Attribute)
@@ -191,5 +195,40 @@ def _unmoved_read(ctx: ModuleContext, methods: dict[str, ast.FunctionDef], attr:
             holder = ctx.parents.get(node)
             if isinstance(holder, ast.Attribute) and holder.attr in (*_MOVES, "device", "shape"):
                 continue
+            if node.lineno > moved_from or _index_only(ctx, node):
+                continue
             return f"{name}()"
     return None
+
+
+def _moved_in_place(method: ast.FunctionDef, attr: str) -> int:
+    """The line where the method rebinds the attribute to a moved copy of itself
+    (`self.eps = self.eps.to(self.tau.device)`, a filter-response norm's forward): reads after
+    it see the tensor on the device. A large number when it does not."""
+    for stmt in walk_scope(method.body):
+        if (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and self_attribute(stmt.targets[0]) == attr
+            and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Attribute)
+            and stmt.value.func.attr in _MOVES
+            and self_attribute(stmt.value.func.value) == attr
+            and any(s is stmt for s in method.body)  # not under a condition or in a loop
+        ):
+            return stmt.end_lineno or stmt.lineno
+    return 1 << 30
+
+
+def _index_only(ctx: ModuleContext, node: ast.Attribute) -> bool:
+    """`x[:, self.input_id.long()]`: the tensor (or a cast of it) only indexes another one;
+    a CUDA tensor takes CPU indices."""
+    child: ast.AST = node
+    parent = ctx.parents.get(child)
+    while isinstance(parent, ast.Attribute) or (
+        isinstance(parent, ast.Call) and parent.func is child
+    ):
+        child, parent = parent, ctx.parents.get(parent)
+    if isinstance(parent, ast.Tuple):  # `x[:, idx]`: one of several indices
+        child, parent = parent, ctx.parents.get(parent)
+    return isinstance(parent, ast.Subscript) and parent.slice is child

@@ -18,7 +18,7 @@ from torchdoctor.agent.checks.analysis.project import (
     publish_cpu_device,
 )
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
-from torchdoctor.agent.checks.dataflow import kwarg
+from torchdoctor.agent.checks.dataflow import identifier, kwarg
 from torchdoctor.agent.checks.device_scope import is_script
 from torchdoctor.agent.checks.loops import FunctionNode, walk_tree
 from torchdoctor.agent.models import Severity
@@ -137,7 +137,9 @@ class TorchLoadNoMapLocation(Rule):
     a cache this code fills on the host (`if os.path.exists(fn): corpus = torch.load(fn)`
     whose `else` builds the corpus with no device in sight and saves it to `fn`), a chunk
     whose elements are copied into the object's NumPy arrays (a replay buffer's saved
-    transitions), projects without a CPU fallback or option (GPU-only scripts).
+    transitions), a file whose name is built from the device (`'model_%s.pt' % device`: one
+    checkpoint saved per device), projects without a CPU fallback or option (GPU-only
+    scripts).
 
     Example:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -191,7 +193,7 @@ class TorchLoadNoMapLocation(Rule):
                 continue
             if _copied_into_numpy_buffers(ctx, call):
                 continue
-            if _dataset_processed_file(ctx, call):
+            if _dataset_processed_file(ctx, call) or _path_names_the_device(ctx, call):
                 continue
             if ctx.suppressed(self.id, call.lineno):
                 continue
@@ -237,6 +239,25 @@ _EVERY_RANK = (
     "memory first)"
 )
 _DEVICE_WORD = re.compile(r"cuda|gpu|device|accelerat", re.IGNORECASE)
+
+
+_DEVICE_NAME = re.compile(r"(^|_)device$", re.IGNORECASE)
+
+
+def _path_names_the_device(ctx: ModuleContext, load: ast.Call) -> bool:
+    """The file name is built from the device (`'autoencoder_i_20_%s.pt' % device`,
+    `f"model_{device}.pt"`): the run saved one checkpoint per device, so the file loaded is
+    the one written for the device this run is on."""
+    path = load.args[0]
+    values = [path, *(ctx.flow.definitions(path) if isinstance(path, ast.Name) else [])]
+    return any(
+        isinstance(value, ast.JoinedStr | ast.BinOp | ast.Call)
+        and any(
+            isinstance(n, ast.Name | ast.Attribute) and _DEVICE_NAME.search(identifier(n))
+            for n in walk_tree(value)
+        )
+        for value in values
+    )
 
 
 def _converted_on_the_host(ctx: ModuleContext, load: ast.Call) -> bool:

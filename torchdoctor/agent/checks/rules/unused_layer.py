@@ -41,9 +41,11 @@ class UnusedLayer(Rule):
 
     Not reported: modules that never run (no `forward`, or one that is only `...`, `pass` or
     `raise NotImplementedError`): parameter containers for state-dict, device or sharding
-    tests; containers built empty and never read (`nn.ModuleList()`: nothing in them); and
-    pytest modules (a test's stand-in model holds a layer so that it has
-    parameters for the optimizer or the checkpoint under test).
+    tests; subclasses of a model class imported from elsewhere whose methods hand over to
+    the base's (`return super().forward(...)` in a class over transformers'
+    `LlamaForCausalLM`, which reads `self.lm_head` itself); containers built empty and never
+    read (`nn.ModuleList()`: nothing in them); and pytest modules (a test's stand-in model
+    holds a layer so that it has parameters for the optimizer or the checkpoint under test).
 
     Fix: use the layer in `forward`, or delete it.
     """
@@ -68,6 +70,8 @@ class UnusedLayer(Rule):
                 continue
             if not _runs(ctx, cls):
                 continue  # a container of parameters (state-dict, device or sharding tests)
+            if _hands_over_to_an_imported_base(ctx, cls):
+                continue  # the base's own methods read what it names (`self.lm_head`)
             for stmt in walk_tree(init):
                 if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
                     continue
@@ -126,6 +130,33 @@ def _runs(ctx: ModuleContext, cls: ast.ClassDef, depth: int = 0) -> bool:
         elif not (ctx.qualname(base) or name).endswith(("nn.Module", "modules.module.Module")):
             return True  # a base whose forward is not seen here
     return False
+
+
+def _hands_over_to_an_imported_base(ctx: ModuleContext, cls: ast.ClassDef) -> bool:
+    """A class built on another library's or file's model class whose methods run the base's
+    own (`return super().forward(...)`: LLaVA's `LlavaLlamaForCausalLM` over transformers'
+    `LlamaForCausalLM`): the base's code, not seen here, reads the layers it expects under
+    fixed names (`self.lm_head`), which the subclass only builds."""
+    local = {c.name for c in module_class_defs(ctx)}
+    imported = [
+        base
+        for base in cls.bases
+        if ast.unparse(base) not in local
+        and not (ctx.qualname(base) or ast.unparse(base)).endswith(
+            ("nn.Module", "modules.module.Module")
+        )
+    ]
+    if not imported:
+        return False
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "super"
+        and node.func.attr != "__init__"
+        for node in ast.walk(cls)
+    )
 
 
 def _computes(forward: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

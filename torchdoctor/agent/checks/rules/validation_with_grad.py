@@ -100,9 +100,12 @@ class ValidationWithGrad(Rule):
     itself and then runs it on what it was given (a detector's `do_detect(model, img)`: one
     forward per call, the whole purpose of the function; also on the elements of what it was
     given, moved to the device: NCF's `evaluate(self, evaluate_data, epoch_id)` running
-    `self.model(test_users, test_items)` on `evaluate_data[0]`, `evaluate_data[1]`). So does
-    serving: a web request handler (`@app.route`, `@app.post`, `@router.get`) and the local
-    functions it calls, where every request is one more forward.
+    `self.model(test_users, test_items)` on `evaluate_data[0]`, `evaluate_data[1]`), unless it
+    clears the model's gradients first (`model.zero_grad()`: a forward function whose caller
+    differentiates it, as Captum's attribution methods do). So does serving: a web request
+    handler (`@app.route`, `@app.post`, `@router.get`) and the local functions it calls, where
+    every request is one more forward (not a method named for handling models, such as a
+    serving controller's `controller.list_models()`: it returns their names).
 
     So does a module-level function that runs a model over data in a loop only to keep what
     it computes (`extract_hiddens`, `get_activations`, `compute_embeddings`): a feature
@@ -479,6 +482,10 @@ def _forward_after_own_eval(ctx: ModuleContext, fn: FunctionNode) -> ast.Call | 
         if isinstance(call.func, ast.Attribute)
     }
     if not evals or ctx.loops.backpropagates(fn.body) or _input_gradients(ctx, fn.body):
+        return None
+    if any(ctx.enclosing_function(call) is fn for call in ctx.flow.calls_named(("zero_grad",))):
+        # `model.zero_grad()` before the forward: the caller takes gradients of what it
+        # returns (a forward function handed to Captum's attribution methods)
         return None
     params = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
     for node in walk_tree(fn):
