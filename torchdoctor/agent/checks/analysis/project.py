@@ -903,7 +903,7 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                         params=[a.arg for a in stmt.args.args],
                         steps_optimizer=True,
                     )
-    if "eval()" in text:
+    if "eval()" in text or "from_pretrained" in text:
         for stmt in ctx.tree.body:
             if not isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
@@ -1149,8 +1149,10 @@ def leaves_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 
 def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """Every `return` gives back a model put in eval mode: `return model.eval()`, or a name
-    whose `.eval()` ran in the function with no `.train()` on it after (a loader helper)."""
+    """Every `return` gives back a model put in eval mode: `return model.eval()`, a name
+    whose `.eval()` ran in the function with no `.train()` on it after (a loader helper), or
+    one loaded with a Hugging Face `from_pretrained` (which returns it in eval mode); of a
+    returned tuple, the model among its items."""
     evals: dict[str, int] = {}
     trains: dict[str, int] = {}
     returns: list[ast.expr | None] = []
@@ -1168,7 +1170,18 @@ def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             elif mode == "train":
                 trains[receiver] = max(trains.get(receiver, node.lineno), node.lineno)
 
+    bindings: dict[str, list[ast.expr]] = {}
+    for node in walk_scope(fn.body):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                bindings.setdefault(target.id, []).append(node.value)
+
     def in_eval(value: ast.expr | None) -> bool:
+        if isinstance(value, ast.Tuple):
+            # `return tokenizer, model, image_processor, context_len` (LLaVA's
+            # `load_pretrained_model`): the model among what it returns
+            return any(in_eval(item) for item in value.elts)
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
             if mode_switch(value) == "eval":
                 return True
@@ -1182,9 +1195,40 @@ def returns_eval(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             # a container of models each appended in eval mode (yolov7's `attempt_load`:
             # `model.append(ckpt['model'].float().fuse().eval())`, then `return model[-1]`)
             return all(in_eval(item) for item in appended[name])
+        if name and name not in trains and _loaded_pretrained(name, bindings.get(name, [])):
+            return True
         return name in evals and trains.get(name, 0) < evals[name]
 
     return bool(returns) and all(in_eval(value) for value in returns)
+
+
+_PRETRAINED_MODEL_CLASS = re.compile(
+    r"(Model|LM|For[A-Z]\w*|PeftModel|Transformer|Diffusion\w*Pipeline)$"
+)
+"""Classes whose `from_pretrained` is Hugging Face's (transformers, diffusers, peft, and the
+project classes built on them: `LlavaLlamaForCausalLM`), which returns the model in eval
+mode; not a tokenizer's, a config's or a processor's, nor another library's namesake
+(`EfficientNet.from_pretrained` returns its network in training mode)."""
+
+
+def _loaded_pretrained(name: str, values: list[ast.expr]) -> bool:
+    """Every binding of `name` in the function loads a Hugging Face model with
+    `from_pretrained` or transforms the model it already holds (`model =
+    model.merge_and_unload()`, `.to(device)`), none switches it to `.train()`."""
+    loads = False
+    for value in values:
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)):
+            return False
+        receiver = value.func.value
+        if value.func.attr == "from_pretrained":
+            if not _PRETRAINED_MODEL_CLASS.search(identifier(receiver).rsplit(".", 1)[-1]):
+                return False
+            loads = True
+        elif not (
+            isinstance(receiver, ast.Name) and receiver.id == name and value.func.attr != "train"
+        ):
+            return False
+    return loads
 
 
 def _imported_submodules(ctx: ModuleContext, cls: ast.ClassDef) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
@@ -31,9 +32,10 @@ class DdpMetricRankLocal(Rule):
     while it is computed on a fraction of the set (and a different fraction when the world
     size changes).
 
-    Not reported: metrics reduced across ranks anywhere in the module, torchmetrics (it syncs
-    itself), loaders without a DistributedSampler, logs on every rank (each line then says
-    which rank it is), Lightning / Accelerate / the Hugging Face Trainer.
+    Not reported: metrics reduced across ranks anywhere in the module, step counters
+    (`train_step += 1`: every rank counts the same steps), torchmetrics (it syncs itself),
+    loaders without a DistributedSampler, logs on every rank (each line then says which rank
+    it is), Lightning / Accelerate / the Hugging Face Trainer.
 
     Example:
         val_loader = DataLoader(val_set, sampler=DistributedSampler(val_set, shuffle=False))
@@ -134,6 +136,11 @@ def _iterates(expr: ast.expr, loaders: set[str]) -> bool:
     return isinstance(expr, ast.Call) and any(_iterates(arg, loaders) for arg in expr.args)
 
 
+_STEP_COUNTER = re.compile(r"(^|_)(steps?|iters?|iterations?|it|epochs?|updates?)$", re.I)
+"""`train_step += 1`: every rank counts the same steps (a DistributedSampler gives each rank
+as many batches), so the count is the whole run's, not a shard's metric."""
+
+
 def _accumulators(loop: ast.For) -> set[str]:
     return {
         node.target.id
@@ -141,6 +148,7 @@ def _accumulators(loop: ast.For) -> set[str]:
         if isinstance(node, ast.AugAssign)
         and isinstance(node.op, ast.Add)
         and isinstance(node.target, ast.Name)
+        and not (isinstance(node.value, ast.Constant) and _STEP_COUNTER.search(node.target.id))
     }
 
 

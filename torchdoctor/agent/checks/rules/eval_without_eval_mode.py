@@ -112,16 +112,21 @@ class EvalWithoutEvalMode(Rule):
     with the batch's own statistics (and updates its running averages with validation data),
     so validation metrics are noisy, batch-size dependent and lower than the model's real
     quality; model selection built on them is wrong. Models known to have no dropout or
-    normalisation layer, functions that set `.train()` before the model runs with no update in
-    between (recomputing BatchNorm statistics; a `.train()` after the loop only restores the
-    mode, one at the top of the epoch is for its training loop) and methods
+    normalisation layer (a model parameter is known by what every call in its module passes:
+    `compute_accuracy(model, loader)` with `model = MultilayerPerceptron(...)`, a plain class
+    of the file with hand-written layers), functions that set `.train()` before the model
+    runs with no update in between (recomputing BatchNorm statistics; a `.train()` after the
+    loop only restores the mode, one at the top of the epoch is for its training loop) and
+    methods
     of `nn.Module`s (`forward`, `generate`: their caller owns the mode) and the `forward` of
     any local class (an ensemble kept as a plain object), and a no-grad block
     in a closure of a training step (targets of an EMA encoder) or in a function that fits a
     model's output with grad to a loss (DQN's target network under no_grad in `dqn_loss`), and
     an RL agent's action choice under no_grad (`get_action`, `select_action`, an `*Agent`
     class's `__call__`, decorated or with a block: experience collected for training) are not
-    reported;
+    reported, nor is a model returned by a loader of another file that builds it with Hugging
+    Face's `from_pretrained` (eval mode), also among the items of a tuple (LLaVA's
+    `tokenizer, model, image_processor, context_len = load_pretrained_model(...)`);
     prediction/serving functions are left to `inference-no-eval`.
 
     Also reported: a test whose one branch calls `model.train()` and whose other branch runs
@@ -153,7 +158,8 @@ class EvalWithoutEvalMode(Rule):
 
     def applies(self, ctx: ModuleContext) -> bool:
         return (
-            any(True for _ in _evaluation_regions(ctx))
+            "from_pretrained" in ctx.source  # a loader: its summary tells what it returns
+            or any(True for _ in _evaluation_regions(ctx))
             or bool(_phase_loops(ctx))
             or bool(_flagged_evaluation_calls(ctx))
             or bool(_one_branch_runs(ctx))
@@ -180,7 +186,11 @@ class EvalWithoutEvalMode(Rule):
     def finish(self, ctx: ModuleContext) -> None:
         publish_mode_calls(ctx, mode_calls(ctx))
         publish_mode_layers(ctx)
-        if "forward" in ctx.source or is_package_init(ctx):
+        if (
+            "forward" in ctx.source
+            or is_package_init(ctx)
+            or "from_pretrained" in ctx.source  # a loader that may return a model in eval mode
+        ):
             publish(ctx)  # whether its classes are mode-free, for the modules importing them
         self._mode_set_on_one_branch_only(ctx)
         if (
@@ -1405,7 +1415,15 @@ def _mode_dependent(
     flow = ctx.flow
     constructors = [c for c in flow.constructors(model) if id(c) not in wrappers]
     if not constructors:
-        return "unknown"
+        passed = _passed_by_local_callers(ctx, model) if len(wrappers) < 4 else None
+        if not passed:
+            return "unknown"
+        # a parameter: what every caller of this module hands it (`compute_accuracy(model,
+        # loader)` after `model = MultilayerPerceptron(...)`, a plain class of this file)
+        verdicts = {_mode_dependent(ctx, value, wrappers | {id(model)}) for value in passed}
+        if "known" in verdicts:
+            return "known"
+        return "unknown" if "unknown" in verdicts else "none"
     verdict: ModeLayers = "none"
     for call in constructors:
         if flow.qualname_of(call) in MODULE_WRAPPERS:
@@ -1432,6 +1450,26 @@ def _mode_dependent(
         if not qual.startswith("torch.nn."):
             verdict = "unknown"
     return verdict
+
+
+def _passed_by_local_callers(ctx: ModuleContext, model: ast.expr) -> list[ast.expr] | None:
+    """The arguments every call in this module passes for `model`, a parameter of the
+    function that runs it; None when it is not one, nothing here calls the function, or a
+    call passes it by `*args`/`**kwargs`."""
+    if not isinstance(model, ast.Name) or model.id == "self":
+        return None
+    fn = ctx.enclosing_function(model)
+    if fn is None or model.id not in {a.arg for a in [*fn.args.posonlyargs, *fn.args.args]}:
+        return None
+    sites = ctx.flow.callers.get(fn.name, [])
+    if not sites or len(sites) > 8:
+        return None
+    values = [_argument_expr(site, fn, model.id) for site in sites]
+    if any(isinstance(a, ast.Starred) for site in sites for a in site.args) or any(
+        k.arg is None for site in sites for k in site.keywords
+    ):
+        return None
+    return [v for v in values if v is not None] if all(v is not None for v in values) else None
 
 
 def _class_mode_dependent(ctx: ModuleContext, cls: ast.ClassDef, seen: set[str]) -> ModeLayers:

@@ -119,7 +119,11 @@ class InferenceNoEval(Rule):
     items: ClassVar[tuple[str, ...]] = ("7.4",)
 
     def finish(self, ctx: ModuleContext) -> None:
-        if "forward" in ctx.source or is_package_init(ctx):
+        if (
+            "forward" in ctx.source
+            or is_package_init(ctx)
+            or "from_pretrained" in ctx.source  # a loader that may return a model in eval mode
+        ):
             publish(ctx)  # its classes' dropout/batch norm, for the modules importing them
         publish_mode_calls(ctx, mode_calls(ctx))  # the mode each imported helper runs in
         for call, model in _sampling_after_training(ctx):

@@ -71,7 +71,10 @@ class NoTorchSeed(Rule):
     (`zero.set_randomness`, `delu.random.seed`), in the script or in a helper of the same project
     that it imports and calls (`from utils import seed_all`), directly or through other
     helpers of the project (yolov7's `init_seeds` in utils/general.py calls
-    `init_torch_seeds` of utils/torch_utils.py, which seeds).
+    `init_torch_seeds` of utils/torch_utils.py, which seeds), or by building an instance of a
+    project class whose constructor seeds (pykan's `KAN(width, seed=1)`, an alias of
+    `MultKAN`, whose `__init__` calls `torch.manual_seed(seed)`), reached through a package
+    that re-exports it (`from kan import *`, `kan/__init__.py`: `from .MultKAN import *`).
 
     `torch.cuda.manual_seed(_all)` alone does not seed torch: it seeds the GPUs' generators,
     while the weights are drawn on the CPU before the model moves and the DataLoader
@@ -111,6 +114,13 @@ class NoTorchSeed(Rule):
         has_seed_text = "seed" in source
         generators = _global_generators(ctx) if "random" in source or "sklearn" in source else []
         if "torch" not in source and not has_seed_text and not generators:
+            if reexports := _star_reexports(ctx):
+                ctx.facts[_KEY] = {
+                    "seeding_functions": [],
+                    "module_seeds": False,
+                    "imports": reexports,
+                    "reexports": True,
+                }
             return
         seeding_functions = self._seeding_functions(ctx) if has_seed_text else set()
         module_seeds = has_seed_text and any(
@@ -140,7 +150,10 @@ class NoTorchSeed(Rule):
                     for n in nodes_of(ctx, ast.Call)
                 ),
             }
-        if seeded or relays or "entry" in fact:
+        reexports = _star_reexports(ctx) if not fact["imports"] else []
+        if reexports and not (seeded or relays or "entry" in fact):
+            fact["imports"], fact["reexports"] = reexports, True
+        if seeded or relays or "entry" in fact or fact.get("reexports"):
             ctx.facts[_KEY] = fact
         if "torch" in source or generators:
             # an entry script, or a module one imports, may draw from `random` or NumPy's
@@ -199,7 +212,7 @@ class NoTorchSeed(Rule):
             callers = set().union(*(called_by.get(name, set()) for name in frontier))
             frontier = callers - found
             found |= frontier
-        return found
+        return found | _seeding_classes(ctx, found)
 
     @staticmethod
     def _entry_anchor(ctx: ModuleContext) -> ast.stmt | None:
@@ -284,6 +297,45 @@ class NoTorchSeed(Rule):
                 )
             )
         return findings
+
+
+def _seeding_classes(ctx: ModuleContext, seeding: set[str]) -> set[str]:
+    """Classes whose constructor seeds torch (pykan's `MultKAN.__init__` calls
+    `torch.manual_seed(seed)`), and the module-level aliases of them (`KAN = MultKAN`):
+    building one seeds, as calling a seeding helper does."""
+    if "__init__" not in seeding:
+        return set()
+    classes: set[str] = set()
+    for cls in nodes_of(ctx, ast.ClassDef):
+        assert isinstance(cls, ast.ClassDef)
+        init = next(
+            (s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"),
+            None,
+        )
+        if init is not None and any(
+            isinstance(n, ast.Call) and _is_seed_call(ctx, n) for n in walk_scope(init.body)
+        ):
+            classes.add(cls.name)
+    for stmt in ctx.tree.body:
+        if (
+            isinstance(stmt, ast.Assign)
+            and isinstance(stmt.value, ast.Name)
+            and stmt.value.id in classes
+        ):
+            classes |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+    return classes
+
+
+def _star_reexports(ctx: ModuleContext) -> list[list[str]]:
+    """A package's `__init__.py` that only passes its modules' names on (`from .MultKAN import
+    *`): the imports through which an entry script's `from kan import *` reaches them."""
+    if not ctx.path.replace("\\", "/").endswith("__init__.py"):
+        return []
+    return [
+        ["." * node.level + (node.module or ""), "*"]
+        for node in ctx.tree.body
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
+    ]
 
 
 def _top_level_training_call(ctx: ModuleContext, loops: list[Any]) -> ast.stmt | None:
@@ -402,12 +454,20 @@ def _seeded_through_imports(
     mine: dict[str, dict[str, Any]],
     files: _ProjectFiles,
     seeders: dict[str, set[str]],
+    depth: int = 0,
 ) -> bool:
     imported_seeds, links = files.links(path, fact, mine)
     if imported_seeds:
         return True
     called = set(calls)
     for target, imported in links:
+        if imported == "*" and mine[target].get("reexports") and depth < 3:
+            # `from kan import *` through the package's `from .MultKAN import *`
+            if _seeded_through_imports(
+                target, mine[target], calls, mine, files, seeders, depth + 1
+            ):
+                return True
+            continue
         seeding = seeders.get(target)
         if not seeding:
             continue
