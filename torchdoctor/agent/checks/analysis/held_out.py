@@ -226,6 +226,16 @@ def _names_a_setting(name: str) -> bool:
     return bool(tokens) and tokens[-1] in _NOT_DATA_TOKENS
 
 
+def _given_a_named_split(call: ast.Call) -> bool:
+    """An argument of the call is a name that says which split it is (`val_loader`,
+    `train_data`, `X_test`)."""
+    return any(
+        isinstance(arg, ast.Name | ast.Attribute)
+        and (held_out_name_kind(identifier(arg)) is not None or training_name(identifier(arg)))
+        for arg in [*call.args, *(k.value for k in call.keywords)]
+    )
+
+
 def _names_a_pool(node: ast.expr) -> bool:
     """`train_and_valid`, `train_val_data`: the name says it holds the training split and a
     held-out one together."""
@@ -388,8 +398,11 @@ class HeldOut(DefUse):
                     if k.arg is not None and k.arg not in _NON_DATA_KEYWORDS
                 )
                 # A returned tuple mixes splits (`return train, test`): its parts are not all
-                # held out, and unpacking positions are not tracked through returns.
-                yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))
+                # held out, and unpacking positions are not tracked through returns. A helper
+                # handed a split by name (`test_model(net, val_loader)`) computes on what it is
+                # given: its own locals' names (`test_acc`) say nothing of the caller's split.
+                if not _given_a_named_split(node):
+                    yield from (r for r in self.returns_of(node) if not isinstance(r, ast.Tuple))
             if isinstance(node.func, ast.Attribute):
                 yield node.func.value
         elif isinstance(node, ast.Subscript):

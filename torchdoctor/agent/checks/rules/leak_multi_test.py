@@ -37,7 +37,9 @@ class LeakMultiTest(Rule):
     test split returns (`val_loss = evaluate(Data, Data.test[0], Data.test[1], model)`: the
     data says what it measures). A test evaluation used only for the final report is fine, and
     so is a loop's counter compared to a bound taken from the test set's size (`if batch_idx
-    >= ood_num_examples // batch_size: break`).
+    >= ood_num_examples // batch_size: break`), and a metric a helper computes from the split
+    its call names (`val_acc = test_model(net, val_loader)`: the helper's name and its local
+    `test_acc` say nothing of the data it is given).
 
     Why it matters: every decision taken on the test set fits the model to it; the final
     test score is then optimistically biased and no longer an unbiased estimate (Yang et al.,

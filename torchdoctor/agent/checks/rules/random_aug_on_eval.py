@@ -6,6 +6,7 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.dataflow import identifier, kwarg
 from torchdoctor.agent.models import Severity
@@ -34,7 +35,10 @@ class RandomAugOnEval(Rule):
     Not reported: held-out data given a transform whose appended ops are all deterministic,
     a random op appended to another transform, or the entry of a dict of transforms keyed by
     split that holds none (`transform=data_transforms["test"]` while the random ops are under
-    the "train" key).
+    the "train" key), and what other cells of a notebook bind to the same names: a pipeline
+    bound again before the dataset is built (`transform = ...` with no random op, after an
+    augmenting `transform` of an earlier cell) is the one it gets, and a training dataset
+    whose name another cell rebinds to a subset of a `train_and_valid` pool is still one.
 
     Why it matters: evaluation metrics become random (two runs of the same checkpoint
     disagree), are biased low, and are not comparable with published numbers that use a
@@ -80,15 +84,23 @@ class RandomAugOnEval(Rule):
         if ctx.flow.held_out_kind(call, _HELD_OUT) is not None:
             return True
         parent = ctx.parents.get(call)
+        # the name this call's dataset is bound to says what it is; other bindings of the
+        # same name (a notebook cell that rebinds `train_dataset` to a subset of a
+        # `train_and_valid` pool) say nothing of this one
         return isinstance(parent, ast.Assign) and any(
-            ctx.flow.held_out_kind(t, _HELD_OUT) is not None for t in parent.targets
+            held_out_name_kind(identifier(t)) in _HELD_OUT
+            for t in parent.targets
+            if isinstance(t, ast.Name | ast.Attribute)
         )
 
     def _check(
         self, ctx: ModuleContext, node: ast.AST, transform: ast.expr, seen: set[int]
     ) -> None:
         transform = _table_entry(ctx, transform)
-        op = ctx.flow.sources_include(transform, _is_random_op)
+        built = transform
+        if isinstance(transform, ast.Name) and (reached := ctx.flow.reaching(transform)):
+            built = reached  # the pipeline bound last before this cell, not an earlier one
+        op = ctx.flow.sources_include(built, _is_random_op)
         if not isinstance(op, ast.Call):
             op = _appended_random_op(ctx, transform)
         if not isinstance(op, ast.Call) or id(op) in seen:

@@ -47,7 +47,9 @@ class TrainLoaderNoShuffle(Rule):
     `DistributedSampler` that is None when the run is not distributed (the DataLoader
     refuses a sampler with `shuffle=True`; the other path then never shuffles).
 
-    Not reported: `shuffle=False` beside a sampler built to keep its order on some path
+    Not reported: an unshuffled loader whose name is bound again, shuffled, before the
+    training loop (a notebook's mean-and-std pass over the images in order), `shuffle=False`
+    beside a sampler built to keep its order on some path
     (`DistributedSampler(ds, shuffle=False)`, a `SequentialSampler`: the order is chosen on
     every path), a training loop that carries a state from batch to batch (`output, hidden =
     model(x, hidden)`: consecutive chunks of one sequence, truncated back-propagation
@@ -506,8 +508,16 @@ def _iterated_loaders(ctx: ModuleContext, expr: ast.expr, depth: int) -> list[as
     unpacked from a local function returning `dataset, loader`), and
     from a parameter of the loop's function to what each call of that function in the module
     passes for it (`def train(args, train_loader, model)` called as `train(args,
-    train_loader, model)` with `train_loader = DataLoader(...)` in `main`)."""
+    train_loader, model)` with `train_loader = DataLoader(...)` in `main`). A name bound again
+    before the loop on every path holds that binding only (a notebook's unshuffled loader
+    for computing the mean and std, rebound to a shuffled one before the training cell)."""
     found: list[ast.Call] = []
+    if (
+        isinstance(expr, ast.Name)
+        and isinstance(reached := ctx.flow.reaching(expr), ast.Call)
+        and ctx.flow.qualname_of(reached) in DATALOADERS
+    ):
+        expr = reached
     for source in ctx.flow.sources(expr):
         if isinstance(source, ast.Call):
             if identifier(source.func) in _WRAPPERS and source.args and depth < 4:
