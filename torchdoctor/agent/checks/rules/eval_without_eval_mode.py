@@ -52,7 +52,7 @@ from torchdoctor.agent.checks.loops import (
     walk_scope,
     walk_tree,
 )
-from torchdoctor.agent.checks.patterns import switches_to_eval
+from torchdoctor.agent.checks.patterns import shape_check_only, switches_to_eval
 from torchdoctor.agent.checks.smoke_tests import is_model_smoke_function
 from torchdoctor.agent.models import Severity
 
@@ -126,7 +126,9 @@ class EvalWithoutEvalMode(Rule):
     class's `__call__`, decorated or with a block: experience collected for training) are not
     reported, nor is a model returned by a loader of another file that builds it with Hugging
     Face's `from_pretrained` (eval mode), also among the items of a tuple (LLaVA's
-    `tokenizer, model, image_processor, context_len = load_pretrained_model(...)`);
+    `tokenizer, model, image_processor, context_len = load_pretrained_model(...)`), nor a
+    forward whose output is only looked at for its shape (`print(encoder(img).shape)` on one
+    test batch: a check that the model runs);
     prediction/serving functions are left to `inference-no-eval`.
 
     Also reported: a test whose one branch calls `model.train()` and whose other branch runs
@@ -253,6 +255,8 @@ class EvalWithoutEvalMode(Rule):
             call, model_call = found_call
             if id(call) in reported or ctx.loops.backpropagates(body):
                 continue
+            if shape_check_only(ctx, model_call):
+                continue  # `print(encoder(img).shape)`: a check that the model runs
             elsewhere = owner is not None and _helper_of_a_caller_elsewhere(ctx, owner, call)
             if owner is not None and is_model_smoke_function(ctx, owner):
                 continue  # a model file's shape check on random input, not an evaluation

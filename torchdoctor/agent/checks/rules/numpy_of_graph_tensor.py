@@ -47,8 +47,9 @@ class NumpyOfGraphTensor(Rule):
     `.item()`, `.tolist()` on the way for the graph, `.cpu()` for the device; values made with
     grad off (`torch.no_grad()`, `inference_mode`, an evaluation helper only called so);
     modules that also import TensorFlow, Keras or JAX (a backend's tensors have `.numpy()`);
-    integer results (`argmax`, `.long()`: never in the graph); scripts that never use CUDA for
-    the device.
+    integer results (`argmax`, `.long()`: never in the graph); outputs of a local module with
+    no parameter (also run as `module.forward(...)`) on an input that needs no grad; scripts
+    that never use CUDA for the device.
 
     Example:
         print('train loss: %.4f' % loss.data.numpy())
@@ -113,7 +114,8 @@ class NumpyOfGraphTensor(Rule):
     def _producer(cls, ctx: ModuleContext, base: ast.expr, depth: int = 0) -> ast.Call | None:
         """The model or loss call that made `base` (through names, views and casts, and
         through parameter-free layers, built inline, `nn.Softmax(dim=-1)(logits)`, or local
-        modules with no parameter, `Swish()(d)`: their input made it)."""
+        modules with no parameter, `Swish()(d)` or `dequant.forward(inp, ldj)`: their input
+        made it)."""
         flow = ctx.flow
         for call in flow.producers(base):
             func = call.func
@@ -138,7 +140,10 @@ class NumpyOfGraphTensor(Rule):
 
 def _stateless(ctx: ModuleContext, model: ast.expr) -> bool:
     """A model built as a module with no parameter (`s = Swish(); res = s(d)`): its output
-    requires grad only if its input does."""
+    requires grad only if its input does; also run through its `forward`
+    (`dequant_module.forward(inp, ldj, reverse=True)`)."""
+    if isinstance(model, ast.Attribute) and model.attr == "forward":
+        model = model.value
     return isinstance(model, ast.Name) and any(
         stateless_module(ctx, built) for built in ctx.flow.producers(model)
     )

@@ -34,6 +34,7 @@ from torchdoctor.agent.checks.patterns import (
     mode_call_receivers,
     model_calls,
     model_runs,
+    shape_check_only,
     switches_to_eval,
 )
 from torchdoctor.agent.models import Severity
@@ -128,7 +129,9 @@ class ValidationWithGrad(Rule):
     else: loss = loss_fn(model, batch)`, its `no_grad` lost). Not when both branches
     back-propagate (an AMP or accumulation switch), nor a test of another flag.
 
-    Not reported: code under `set_grad_enabled(flag)` (the mode is decided at run time), a
+    Not reported: a forward whose output is only looked at for its shape
+    (`print(encoder(img).shape)`), code under `set_grad_enabled(flag)` (the mode is decided
+    at run time), a
     helper every call of which already runs under `no_grad` (in its own file, or, for a
     module-level helper its file never calls, in the other files of the project: melgan's
     `validate()` of `utils/validation.py`, called under `no_grad` by `utils/train.py`; for an
@@ -371,6 +374,8 @@ class ValidationWithGrad(Rule):
         for call in model_runs(ctx, body):
             if call.lineno in reported or grad_may_be_off(ctx, call):
                 continue
+            if shape_check_only(ctx, call):
+                continue  # `print(encoder(img).shape)`: one forward to see that it runs
             if function is not None and not _repeated(ctx, call, function):
                 continue
             needs_grad = ctx.loops.backpropagates(body) or _input_gradients(ctx, body)
