@@ -35,10 +35,12 @@ class RandomAugOnEval(Rule):
     Not reported: held-out data given a transform whose appended ops are all deterministic,
     a random op appended to another transform, or the entry of a dict of transforms keyed by
     split that holds none (`transform=data_transforms["test"]` while the random ops are under
-    the "train" key), and what other cells of a notebook bind to the same names: a pipeline
-    bound again before the dataset is built (`transform = ...` with no random op, after an
-    augmenting `transform` of an earlier cell) is the one it gets, and a training dataset
-    whose name another cell rebinds to a subset of a `train_and_valid` pool is still one.
+    the "train" key; `{x: ImageFolder(root, data_transforms[x]) for x in ["train", "val"]}`,
+    each split given its own entry), and what other cells of a notebook bind to the same
+    names: a pipeline bound again before the dataset is built (`transform = ...` with no
+    random op, after an augmenting `transform` of an earlier cell) is the one it gets, and a
+    training dataset whose name another cell rebinds to a subset of a `train_and_valid` pool
+    is still one.
 
     Why it matters: evaluation metrics become random (two runs of the same checkpoint
     disagree), are biased low, and are not comparable with published numbers that use a
@@ -96,13 +98,16 @@ class RandomAugOnEval(Rule):
     def _check(
         self, ctx: ModuleContext, node: ast.AST, transform: ast.expr, seen: set[int]
     ) -> None:
-        transform = _table_entry(ctx, transform)
-        built = transform
-        if isinstance(transform, ast.Name) and (reached := ctx.flow.reaching(transform)):
-            built = reached  # the pipeline bound last before this cell, not an earlier one
-        op = ctx.flow.sources_include(built, _is_random_op)
-        if not isinstance(op, ast.Call):
-            op = _appended_random_op(ctx, transform)
+        op: ast.AST | None = None
+        for entry in _table_entries(ctx, transform):
+            built = entry
+            if isinstance(entry, ast.Name) and (reached := ctx.flow.reaching(entry)):
+                built = reached  # the pipeline bound last before this cell, not an earlier one
+            op = ctx.flow.sources_include(built, _is_random_op)
+            if not isinstance(op, ast.Call):
+                op = _appended_random_op(ctx, entry)
+            if isinstance(op, ast.Call):
+                break
         if not isinstance(op, ast.Call) or id(op) in seen:
             return
         seen.add(id(op))
@@ -115,31 +120,60 @@ class RandomAugOnEval(Rule):
         )
 
 
-def _table_entry(ctx: ModuleContext, transform: ast.expr) -> ast.expr:
-    """`data_transforms["test"]` read from a dict literal of transforms keyed by split: that
-    entry's pipeline alone (the "train" entry's random ops are not the test set's); the
-    expression itself when the table or the key is not known."""
-    if not (
-        isinstance(transform, ast.Subscript)
-        and isinstance(transform.value, ast.Name)
-        and isinstance(transform.slice, ast.Constant)
-    ):
-        return transform
-    key = transform.slice.value
-    tables = ctx.flow.definitions(transform.value)
+def _table_entries(ctx: ModuleContext, transform: ast.expr) -> list[ast.expr]:
+    """The pipelines a held-out dataset may get from a dict literal of transforms keyed by
+    split: `data_transforms["test"]`, that entry alone (the "train" entry's random ops are not
+    the test set's); `data_transforms[x]` in `{x: ImageFolder(..., data_transforms[x]) for x
+    in ["train", "val"]}` (the transfer-learning tutorial's idiom), the entries of the
+    held-out keys of the loop, each split getting its own. The expression itself when the
+    table or the key is not known."""
+    if not (isinstance(transform, ast.Subscript) and isinstance(transform.value, ast.Name)):
+        return [transform]
+    key = transform.slice
+    if isinstance(key, ast.Constant):
+        keys = [key.value]
+    elif isinstance(key, ast.Name) and (looped := _looped_split_names(ctx, key)) is not None:
+        keys = [k for k in looped if held_out_name_kind(k) is not None]
+    else:
+        return [transform]
     entries: list[ast.expr] = []
-    for table in tables:
-        if not isinstance(table, ast.Dict):
-            return transform
-        found = [
-            v
-            for k, v in zip(table.keys, table.values, strict=True)
-            if isinstance(k, ast.Constant) and k.value == key
-        ]
-        if len(found) != 1 or any(k is None for k in table.keys):
-            return transform  # the key is missing, repeated, or a `**` may bring it
-        entries += found
-    return entries[0] if len(entries) == 1 else transform
+    for table in ctx.flow.definitions(transform.value):
+        if not isinstance(table, ast.Dict) or any(k is None for k in table.keys):
+            return [transform]  # not a literal table, or a `**` may bring the key
+        for wanted in keys:
+            found = [
+                v
+                for k, v in zip(table.keys, table.values, strict=True)
+                if isinstance(k, ast.Constant) and k.value == wanted
+            ]
+            if len(found) != 1:
+                return [transform]  # the key is missing or repeated
+            entries += found
+    return entries if entries or keys == [] else [transform]
+
+
+def _looped_split_names(ctx: ModuleContext, name: ast.Name) -> list[str] | None:
+    """The strings a comprehension (or `for`) around `name` binds it to (`for x in ["train",
+    "val", "test"]`); None when `name` is not bound so."""
+    for anc in ctx.ancestors(name):
+        generators = (
+            anc.generators
+            if isinstance(anc, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp)
+            else [anc]
+            if isinstance(anc, ast.For)
+            else []
+        )
+        for gen in generators:
+            if isinstance(gen.target, ast.Name) and gen.target.id == name.id:
+                items = gen.iter.elts if isinstance(gen.iter, ast.List | ast.Tuple) else None
+                if items is None or not all(
+                    isinstance(i, ast.Constant) and isinstance(i.value, str) for i in items
+                ):
+                    return None
+                return [str(i.value) for i in items if isinstance(i, ast.Constant)]
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return None
+    return None
 
 
 def _transform_arguments(ctx: ModuleContext, call: ast.Call) -> list[ast.expr]:
