@@ -90,9 +90,9 @@ class NoTorchSeed(Rule):
             train(model, DataLoader(data, shuffle=True))
 
     Not reported: a script that trains nothing and only exports a model (random tensors are
-    example inputs for tracing) or only checks that two computations agree
-    (`torch.testing.assert_close` after converting a checkpoint: lit-llama's conversion
-    script feeds both models one random token sample).
+    example inputs for tracing; an AOTInductor `torch._export.aot_compile` included) or only
+    checks that two computations agree (`torch.testing.assert_close` after converting a
+    checkpoint: lit-llama's conversion script feeds both models one random token sample).
 
     Fix: seed once at start-up, before building the model and the loaders:
     `torch.manual_seed(seed)` (plus `random.seed` and `np.random.seed` where the program
@@ -645,7 +645,16 @@ def _uses_torch_randomness(ctx: ModuleContext) -> bool:
 
 
 _EXPORTERS = frozenset(
-    {"torch.onnx.export", "torch.onnx.dynamo_export", "torch.jit.trace", "torch.export.export"}
+    {
+        "torch.onnx.export",
+        "torch.onnx.dynamo_export",
+        "torch.jit.trace",
+        "torch.export.export",
+        # ahead-of-time compilation to a shared library (TorchServe's AOTInductor examples)
+        "torch._export.aot_compile",
+        "torch._inductor.aot_compile",
+        "torch._inductor.aoti_compile_and_package",
+    }
 )
 
 
