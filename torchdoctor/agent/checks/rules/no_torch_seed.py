@@ -461,8 +461,9 @@ def _seeded_through_imports(
         return True
     called = set(calls)
     for target, imported in links:
-        if imported == "*" and mine[target].get("reexports") and depth < 3:
-            # `from kan import *` through the package's `from .MultKAN import *`
+        if mine[target].get("reexports") and depth < 3:
+            # `from kan import *` (or `from kan import KAN`) through the package's `from
+            # .MultKAN import *`
             if _seeded_through_imports(
                 target, mine[target], calls, mine, files, seeders, depth + 1
             ):
