@@ -260,31 +260,40 @@ def _runs_a_model_memoised(ctx: ModuleContext, node: ast.Call) -> bool:
 
 
 def shape_check_only(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The call's output is only looked at for its shape (`print(encoder(img).shape)` in a
-    loop over one batch that then `break`s, `out = net(x); assert out.size(0) == 4`): a
-    check that the model runs, not a pass whose values are used."""
-    parent = ctx.parents.get(call)
-    if isinstance(parent, ast.Attribute):
-        return parent.attr == "shape" or (
-            parent.attr == "size" and isinstance(ctx.parents.get(parent), ast.Call)
+    """The call's output is only printed for its shape (`print(encoder(img).shape)` in a loop
+    over one batch that then `break`s; `out = net(x)` then `print(out.size())`): a look at
+    what the model returns, not a pass whose values are used."""
+
+    def printed_shape(node: ast.AST) -> bool:
+        holder = ctx.parents.get(node)
+        if not isinstance(holder, ast.Attribute):
+            return False
+        if holder.attr == "size" and isinstance(sized := ctx.parents.get(holder), ast.Call):
+            holder = sized
+        elif holder.attr != "shape":
+            return False
+        printer = ctx.parents.get(holder)
+        return (
+            isinstance(printer, ast.Call)
+            and isinstance(printer.func, ast.Name)
+            and printer.func.id == "print"
+            and any(a is holder for a in printer.args)
         )
+
+    parent = ctx.parents.get(call)
     if not (
         isinstance(parent, ast.Assign)
         and len(parent.targets) == 1
         and isinstance(target := parent.targets[0], ast.Name)
     ):
-        return False
+        return printed_shape(call)
     scope = ctx.enclosing_function(call)
     uses = [
         n
         for n in walk_scope(scope.body if scope is not None else ctx.tree.body)
         if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
     ]
-    return bool(uses) and all(
-        isinstance(p := ctx.parents.get(n), ast.Attribute)
-        and (p.attr == "shape" or (p.attr == "size" and isinstance(ctx.parents.get(p), ast.Call)))
-        for n in uses
-    )
+    return bool(uses) and all(printed_shape(n) for n in uses)
 
 
 def model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
