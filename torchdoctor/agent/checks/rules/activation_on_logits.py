@@ -6,7 +6,7 @@ import ast
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import ModuleContext, Rule
-from torchdoctor.agent.checks.loops import nodes_of, walk_tree
+from torchdoctor.agent.checks.loops import nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.checks.patterns import (
     class_methods,
@@ -37,6 +37,16 @@ _LOGIT_LOSSES = (
     "BCEWithLogitsLoss",
     "binary_cross_entropy_with_logits",
 )
+# A (log-)softmax over classes: what it receives are logits, whatever loss follows.
+_SOFTMAXES = frozenset(
+    {
+        "torch.softmax",
+        "torch.log_softmax",
+        "torch.nn.functional.softmax",
+        "torch.nn.functional.log_softmax",
+    }
+)
+_LINEAR_LAYERS = frozenset({"Linear", "LazyLinear"})
 
 
 class ActivationOnLogits(Rule):
@@ -48,6 +58,14 @@ class ActivationOnLogits(Rule):
     Why it matters: those losses expect unbounded logits. A ReLU clips every negative logit to
     zero (classes become indistinguishable and gradients die), a sigmoid or tanh squeezes them
     into a narrow range so the softmax can never become confident: training stalls.
+
+    Also reported, whatever the loss: an activation applied to the output of a `Linear`
+    layer that then goes straight into a softmax or log-softmax (`i = F.relu(self.i3(i))`
+    then `F.log_softmax(i, dim=1)` in a policy head trained with `nll_loss`, sfujim/BCQ
+    `4876f7e`), nested or through a name the function binds last to the activation. Not
+    reported: a hidden activation followed by another layer before the softmax, an activation
+    of something other than a `Linear` output (attention scores, a convolution's features),
+    a softmax over a name re-bound after the activation.
 
     Example:
         model = nn.Sequential(nn.Linear(128, 10), nn.ReLU())
@@ -62,13 +80,15 @@ class ActivationOnLogits(Rule):
     severity = Severity.MEDIUM
     title = "Activation applied to the logits"
     items: ClassVar[tuple[str, ...]] = ("4.3",)
-    triggers = Triggers(_LOGIT_LOSSES)
+    triggers = Triggers((*_LOGIT_LOSSES, "softmax"))
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return any(loss in ctx.source for loss in _LOGIT_LOSSES)
+        return any(loss in ctx.source for loss in _LOGIT_LOSSES) or "softmax" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if not self.applies(ctx):
+        if "softmax" in ctx.source:
+            self._activation_into_softmax(ctx)
+        if not any(loss in ctx.source for loss in _LOGIT_LOSSES):
             return
         for node in nodes_of(ctx, ast.Call):
             if isinstance(node, ast.Call) and terminal_name(node.func) == "Sequential":
@@ -94,6 +114,88 @@ class ActivationOnLogits(Rule):
                     name = self._activation(ctx, ret.value)
                     if name:
                         self._report(ctx, ret.value, name)
+
+    def _activation_into_softmax(self, ctx: ModuleContext) -> None:
+        """`F.log_softmax(F.relu(self.fc(x)))`, or the same through a name bound last to the
+        activation before the softmax in the same function."""
+        for function in nodes_of(ctx, ast.FunctionDef, ast.AsyncFunctionDef):
+            assert isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+            bindings: dict[str, list[tuple[int, ast.expr | None]]] = {}
+            softmaxes: list[ast.Call] = []
+            for node in walk_scope(function.body):
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        for bound in walk_tree(target):
+                            if isinstance(bound, ast.Name):
+                                value = node.value if isinstance(target, ast.Name) else None
+                                bindings.setdefault(bound.id, []).append((node.lineno, value))
+                elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and isinstance(
+                    node.target, ast.Name
+                ):
+                    bindings.setdefault(node.target.id, []).append((node.lineno, None))
+                elif isinstance(node, ast.Call) and self._softmax_input(ctx, node) is not None:
+                    softmaxes.append(node)
+            for call in softmaxes:
+                value = self._softmax_input(ctx, call)
+                if isinstance(value, ast.Name):
+                    earlier = [b for b in bindings.get(value.id, []) if b[0] < call.lineno]
+                    value = max(earlier, key=lambda b: b[0])[1] if earlier else None
+                if not isinstance(value, ast.Call):
+                    continue
+                activation = self._activation(ctx, value)
+                if activation and self._of_a_linear_layer(ctx, self._activation_input(value)):
+                    ctx.report(
+                        self,
+                        value,
+                        f"the Linear layer's output goes through {activation} before "
+                        f"`{ast.unparse(call.func)}`: the softmax expects raw logits, negative "
+                        "or large ones are squashed and the probabilities cannot separate",
+                    )
+
+    @staticmethod
+    def _softmax_input(ctx: ModuleContext, call: ast.Call) -> ast.expr | None:
+        """The tensor a softmax/log-softmax call normalises, or None for any other call."""
+        if ctx.call_qualname(call) in _SOFTMAXES:
+            return call.args[0] if call.args else None
+        func = call.func
+        if not isinstance(func, ast.Attribute):
+            return None
+        if isinstance(func.value, ast.Name) and func.value.id == "self":
+            if "softmax" not in func.attr.lower():
+                return None
+            # self.log_softmax(x) where self.log_softmax = nn.LogSoftmax(dim=1)
+            layers = {nn_layer(ctx, value) for value in ctx.flow.definitions(func)}
+            if layers & {"Softmax", "LogSoftmax"} and call.args:
+                return call.args[0]
+            return None
+        if func.attr in ("softmax", "log_softmax") and ctx.qualname(func) is None:
+            return func.value  # x.softmax(dim=-1)
+        return None
+
+    @staticmethod
+    def _activation_input(call: ast.Call) -> ast.expr | None:
+        if call.args:
+            return call.args[0]
+        func = call.func
+        return func.value if isinstance(func, ast.Attribute) else None  # x.relu()
+
+    @staticmethod
+    def _of_a_linear_layer(ctx: ModuleContext, node: ast.expr | None) -> bool:
+        """`self.fc(x)` where `self.fc = nn.Linear(...)`, or `nn.Linear(...)(x)`."""
+        if not isinstance(node, ast.Call):
+            return False
+        if nn_layer(ctx, node.func) in _LINEAR_LAYERS:
+            return True
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "self"
+        ):
+            return any(
+                nn_layer(ctx, value) in _LINEAR_LAYERS for value in ctx.flow.definitions(func)
+            )
+        return False
 
     @staticmethod
     def _whole_network(ctx: ModuleContext, node: ast.Call) -> bool:
