@@ -47,6 +47,7 @@ _SOFTMAXES = frozenset(
     }
 )
 _LINEAR_LAYERS = frozenset({"Linear", "LazyLinear"})
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 class ActivationOnLogits(Rule):
@@ -122,7 +123,8 @@ class ActivationOnLogits(Rule):
             assert isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
             bindings: dict[str, list[tuple[int, ast.expr | None]]] = {}
             softmaxes: list[ast.Call] = []
-            for node in walk_scope(function.body):
+            own = [s for s in function.body if not isinstance(s, _NESTED_SCOPES)]
+            for node in walk_scope(own):
                 if isinstance(node, ast.Assign):
                     for target in node.targets:
                         for bound in walk_tree(target):
