@@ -118,6 +118,7 @@ NEW_RULES: tuple[str, ...] = (
     "parameter-uninitialised",
     "init-flag-not-buffer",
     "logprobs-of-detached-input",
+    "layer-added-after-move",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
