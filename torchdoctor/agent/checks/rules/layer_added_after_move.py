@@ -138,7 +138,7 @@ class LayerAddedAfterMove(Rule):
         added: list[tuple[str, str, ast.Assign | ast.Call, ast.Call]] = []
         for node in walk_scope(body):
             if isinstance(node, ast.Call):
-                moved = _moved(node)
+                moved = moved_expression(node)
                 if moved:
                     moves.append((moved, node.lineno))
                 module_added = _added_layer(ctx, node)
@@ -153,7 +153,7 @@ class LayerAddedAfterMove(Rule):
                 for target in node.targets:
                     for bound in _bound_expressions(target):
                         placed.append((bound, node.lineno))
-                        if isinstance(node.value, ast.Call) and _is_move(node.value):
+                        if isinstance(node.value, ast.Call) and is_device_move(node.value):
                             moves.append((bound, node.lineno))
                     if (
                         isinstance(target, ast.Attribute | ast.Subscript)
@@ -197,7 +197,7 @@ def _bound_expressions(target: ast.expr) -> list[str]:
     return [ast.unparse(target)]
 
 
-def _is_move(call: ast.Call) -> bool:
+def is_device_move(call: ast.Call) -> bool:
     """`.to(device)` / `.cuda()`: not to the CPU, not a dtype cast."""
     func = call.func
     if not isinstance(func, ast.Attribute) or func.attr not in _MOVES:
@@ -216,9 +216,9 @@ def _is_move(call: ast.Call) -> bool:
     return True
 
 
-def _moved(call: ast.Call) -> str:
+def moved_expression(call: ast.Call) -> str:
     """`model.to(device)`, `self.net.cuda()`: the text of what is moved, or ''."""
-    if not _is_move(call):
+    if not is_device_move(call):
         return ""
     assert isinstance(call.func, ast.Attribute)
     receiver = call.func.value
@@ -270,7 +270,7 @@ def _functions_moving_an_argument(ctx: ModuleContext) -> set[str]:
         params = {a.arg for a in (*function.args.posonlyargs, *function.args.args)}
         params |= {a.arg for a in function.args.kwonlyargs}
         for node in walk_scope(function.body):
-            if isinstance(node, ast.Call) and _moved(node).split(".")[0] in params:
+            if isinstance(node, ast.Call) and moved_expression(node).split(".")[0] in params:
                 names.add(function.name)
                 break
     return names
