@@ -90,7 +90,12 @@ class DeviceMismatchFactoryInForward(Rule):
     `h * torch.ones(n, 1)`): no later move can place it; or when it is bound to a name
     the method never re-binds and then compares or combines with a tensor made from one of
     its parameters (a mask helper's `row_vector = torch.arange(0, maxlen, 1)` then
-    `row_vector < torch.unsqueeze(lengths, -1)`: shenweichen/DeepCTR-Torch `322e316`).
+    `row_vector < torch.unsqueeze(lengths, -1)`: shenweichen/DeepCTR-Torch `322e316`); or
+    when it is cached, through calls that keep its device, in a plain attribute the method
+    returns and never moves (`self._future_mask = torch.triu(fill_with_neg_inf(torch.zeros(
+    [dim, dim])), 1)` then `return self._future_mask[:dim, :dim]`: facebookresearch/fairseq
+    `810e61a`); not when the method moves the cached tensor (`self._future_mask =
+    self._future_mask.to(tensor)`) or the chain does.
 
     Also reported, in those other methods: a factory bound through scaling and casts (`inv_freq
     = 1.0 / (10000 ** (torch.arange(0, channels, 2).float() / channels))`) then combined with
@@ -251,6 +256,7 @@ class DeviceMismatchFactoryInForward(Rule):
                 and not _consumed_beside_a_tensor(ctx, node, forward)
                 and not _bound_then_met(ctx, node, forward)
                 and not (caller is not None and _returned_unmoved(ctx, node, forward, caller))
+                and not _cached_on_self_and_returned(ctx, node, forward)
             ):
                 continue
             if _placed(ctx, node) or _host_only(ctx, node, forward):
@@ -803,6 +809,52 @@ def _bound_to(call: ast.Call, ctx: ModuleContext) -> tuple[str, ast.Assign] | No
     ):
         return None
     return parent.targets[0].id, parent
+
+
+def _cached_on_self_and_returned(
+    ctx: ModuleContext, factory: ast.Call, method: ast.FunctionDef
+) -> bool:
+    """The factory's tensor, through torch or helper calls that keep its device
+    (`torch.triu(utils.fill_with_neg_inf(torch.zeros([dim, dim])), 1)`), is cached in a plain
+    attribute (`self._future_mask = ...`) that the method returns (`return
+    self._future_mask[:dim, :dim]`) and never moves: fairseq's decoder built its causal
+    mask on the CPU once and handed it to the attention on the GPU (`810e61a`)."""
+    node: ast.AST = factory
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Call) and node in parent.args:
+        if terminal_name(parent.func) in _MOVES:
+            return False
+        node, parent = parent, ctx.parents.get(parent)
+    if not (
+        isinstance(parent, ast.Assign)
+        and parent.value is node
+        and len(parent.targets) == 1
+        and isinstance(parent.targets[0], ast.Attribute)
+        and isinstance(parent.targets[0].value, ast.Name)
+        and parent.targets[0].value.id == "self"
+    ):
+        return False
+    attribute = parent.targets[0].attr
+    returned = False
+    for inner in walk_scope(method.body):
+        if (
+            isinstance(inner, ast.Call)
+            and isinstance(inner.func, ast.Attribute)
+            and inner.func.attr in _MOVES
+            and attribute in ast.unparse(inner.func.value)
+        ):
+            return False  # `self._mask = self._mask.to(x)`: moved before it is handed on
+        if isinstance(inner, ast.Return) and inner.value is not None:
+            value = inner.value
+            while isinstance(value, ast.Subscript):
+                value = value.value
+            returned = returned or (
+                isinstance(value, ast.Attribute)
+                and value.attr == attribute
+                and isinstance(value.value, ast.Name)
+                and value.value.id == "self"
+            )
+    return returned
 
 
 def _moved_at_each_use(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
