@@ -16,7 +16,7 @@ from torchdoctor.agent.checks.analysis.project import (
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import kwarg
 from torchdoctor.agent.checks.device_scope import is_script, touches_accelerator
-from torchdoctor.agent.checks.loops import enclosing_ifs, walk_scope, walk_tree
+from torchdoctor.agent.checks.loops import enclosing_ifs, nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.patterns import terminal_name
 from torchdoctor.agent.models import Severity
 
@@ -109,6 +109,14 @@ class DeviceMismatchFactoryInForward(Rule):
     pinned to CUDA (`.cuda()`, `device='cuda'`) outside a CUDA check, which fail on a CPU
     run (facebookresearch/DomainBed `3184788`, "Replace .cuda() with .to(device)").
 
+    Also reported, in any other function or method: a factory without `device=` bound to a
+    name beside a sibling factory that is given `device=`, then combined by arithmetic with
+    one of the function's inputs (flair's Viterbi decoder: `backpointers = torch.ones(...,
+    device=flair.device)` beside `scores_upto_t = torch.zeros(batch_size, seq_len + 1,
+    tagset_size)`, then `scores_upto_t[:n, t - 1].unsqueeze(-1) + features[:n, t]`,
+    flairNLP/flair `0e54fa2`). Not when the name is re-bound or moved, when the sibling is
+    placed on the CPU, or when it only meets other host values.
+
     Also reported, in any module-level function (a forward's helper such as drop-connect or
     a mask builder, often in another file than the model): a factory given the dtype of one of
     the function's parameters (`dtype=x.dtype`) but not its device, with the same exclusions.
@@ -147,12 +155,17 @@ class DeviceMismatchFactoryInForward(Rule):
         if "[0]" in ctx.source:
             publish(ctx)  # its functions that read only an argument's elements
         forwards = "def forward" in ctx.source or "def __call__" in ctx.source
-        if not forwards and ".dtype" not in ctx.source:
+        siblings = "device=" in ctx.source
+        if not forwards and ".dtype" not in ctx.source and not siblings:
             return
         if not touches_accelerator(ctx.source) and is_script(ctx.tree):
             return  # a CPU-only script: there is no other device to mismatch
         if ctx.test_module:
             return  # test doubles returning fixed tensors: a mismatch fails the test itself
+        if siblings:
+            self._check_siblings(ctx)
+        if not forwards and ".dtype" not in ctx.source:
+            return
         if ".dtype" in ctx.source:
             copying = _functions_with_dtype_copies(ctx)
             for fn in ctx.tree.body:
@@ -176,6 +189,55 @@ class DeviceMismatchFactoryInForward(Rule):
             if cls.name not in flow.module_classes:
                 for method in _called_per_batch(cls):
                     self._check_forward(ctx, method)
+
+    def _check_siblings(self, ctx: ModuleContext) -> None:
+        """Outside a module's forward and its helpers: a factory without `device=` bound to a
+        name in a function whose sibling factory is given `device=`, then combined by
+        arithmetic with one of the function's input tensors (flair's Viterbi decoder:
+        `backpointers = torch.ones(..., device=flair.device)` beside `scores_upto_t =
+        torch.zeros(batch_size, seq_len + 1, tagset_size)`, then `scores_upto_t[:n, t - 1]
+        .unsqueeze(-1) + features[:n, t]`)."""
+        checked = {
+            id(method)
+            for name in ctx.flow.module_classes
+            for method in _forward_and_helpers(ctx.flow.classes[name])
+        }
+        for fn in nodes_of(ctx, ast.FunctionDef):
+            assert isinstance(fn, ast.FunctionDef)
+            if id(fn) in checked:
+                continue
+            own = [s for s in fn.body if not isinstance(s, _NESTED_SCOPES)]
+            nodes = list(walk_scope(own))
+            factories = [
+                n
+                for n in nodes
+                if isinstance(n, ast.Call) and ctx.flow.qualname_of(n) in _FACTORIES
+            ]
+            if not any(_given_a_device(f) for f in factories):
+                continue
+            inputs = _input_names(fn, nodes)
+            for factory in factories:
+                if _given_a_device(factory) or _placed(ctx, factory):
+                    continue
+                bound = _bound_to(factory, ctx)
+                if bound is None or _moved_when_bound(factory, fn, ctx):
+                    continue
+                name, assign = bound
+                if any(_rebound_or_moved(n, name) for n in nodes if n is not assign):
+                    continue
+                met = _met_by_arithmetic(nodes, name, inputs)
+                if met is None:
+                    continue
+                qual = ctx.flow.qualname_of(factory)
+                ctx.report(
+                    self,
+                    factory,
+                    f"`{qual}` in {fn.name}() makes `{name}` on the CPU while a tensor beside it "
+                    f"is given device=, and `{name}` then meets `{met}` from the function's "
+                    "inputs: on the GPU the arithmetic mixes devices and fails; pass the same "
+                    "device= here",
+                    data={"factory": qual},
+                )
 
     def _check_dtype_copies(self, ctx: ModuleContext, fn: ast.FunctionDef) -> None:
         """A module-level function (a forward's helper: drop-connect, a mask builder) that
@@ -855,6 +917,96 @@ def _cached_on_self_and_returned(
                 and value.value.id == "self"
             )
     return returned
+
+
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _given_a_device(call: ast.Call) -> bool:
+    device = kwarg(call, "device")
+    return device is not None and not (
+        isinstance(device, ast.Constant) and str(device.value).startswith("cpu")
+    )
+
+
+def _input_names(fn: ast.FunctionDef, nodes: list[ast.AST]) -> set[str]:
+    """The function's parameters and the names unpacked or sliced straight from them
+    (`features, lengths, transitions = features_tuple`)."""
+    names = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+    names.discard("self")
+    for node in nodes:
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Name | ast.Subscript)
+            and _root(node.value) in names
+        ):
+            for target in node.targets:
+                elements = target.elts if isinstance(target, ast.Tuple | ast.List) else [target]
+                names |= {e.id for e in elements if isinstance(e, ast.Name)}
+    return names
+
+
+def _root(node: ast.AST) -> str:
+    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _rebound_or_moved(node: ast.AST, name: str) -> bool:
+    """`name = ...` again (not a slice of itself, `name = name[:, :-1]`), or
+    `name.to(...)`/`name.cuda()`: the name may be placed."""
+    if isinstance(node, ast.Assign):
+        sliced = _root(node.value) == name and not any(
+            isinstance(n, ast.Call) and terminal_name(n.func) in _MOVES
+            for n in ast.walk(node.value)
+        )
+        return not sliced and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in _MOVES
+        and _root(node.func.value) == name
+    )
+
+
+def _met_by_arithmetic(nodes: list[ast.AST], name: str, inputs: set[str]) -> str | None:
+    """An arithmetic operation of `name` (sliced or reshaped) with an input tensor: the
+    input's text, or None."""
+    for node in nodes:
+        if not isinstance(node, ast.BinOp) or isinstance(node.op, ast.Mod):
+            continue
+        sides = (_root(node.left), _root(node.right))
+        if name in sides:
+            other = node.right if sides[0] == name else node.left
+            root = _root(other)
+            if root in inputs and root != name and _tensor_like(other, root, nodes):
+                return ast.unparse(other)
+    return None
+
+
+_TENSOR_READS = frozenset(
+    {"shape", "size", "device", "dtype", "numel", "dim", "unsqueeze", "view", "reshape",
+     "flatten", "bool", "float", "long", "sum", "mean", "max", "min", "masked_fill"}
+)  # fmt: skip
+
+
+_NUMBER_READS = frozenset({"numel", "size", "shape", "item", "dim", "tolist", "ndim"})
+
+
+def _tensor_like(operand: ast.expr, root: str, nodes: list[ast.AST]) -> bool:
+    """A slice or method result of an input (`features[:n, t]`), or an input the function
+    reads as a tensor (`masks.shape`, `masks.numel()`): not a size handed in as a number."""
+    if any(isinstance(n, ast.Attribute) and n.attr in _NUMBER_READS for n in ast.walk(operand)):
+        return False  # `values.numel()`, `x.shape[0]`, `x.size(1)`: a number
+    if not isinstance(operand, ast.Name):
+        return True
+    return any(
+        isinstance(n, ast.Subscript | ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == root
+        and (isinstance(n, ast.Subscript) or n.attr in _TENSOR_READS)
+        for n in nodes
+    )
 
 
 def _moved_at_each_use(call: ast.Call, forward: ast.FunctionDef, ctx: ModuleContext) -> bool:
