@@ -30,6 +30,13 @@ class EvalLoaderDropLast(Rule):
     loader's `drop_last` to False after the metrics of a whole line of forecasting papers
     were found to skip the last test windows).
 
+    Also reported: a loader, whatever its name, whose every read hands it to a function of
+    the same file that evaluates (named for validation or testing, or switching to eval mode
+    or no_grad) and never calls `backward()` or `step()`: a validation script copied from the
+    training script keeps `train_loader = DataLoader(..., drop_last=True)` and only passes it
+    to `validate_model` (tier4/Diffusion-Planner `df7cad1`). Not when the loader is also
+    iterated or handed to a training function or to a function of another file.
+
     Not reported: training loaders (any loader not named or built for held-out data, the
     `else` branch of a `flag == 'test'` test), held-out loaders with `drop_last=False` or
     none, a branch that also sets a batch size of 1 (nothing to drop), loaders whose
@@ -110,13 +117,26 @@ def _held_out_loader(ctx: ModuleContext, loader: ast.Call) -> str | None:
         if isinstance(target, ast.Attribute):
             name = target.attr
         if name and "train" in name.lower():
-            return None
+            return _evaluation_only(ctx, target, statement)
         if name and held_out_name_kind(name):
             return f"bound to `{name}`"
     if ctx.flow.held_out_kind(loader) is not None:
         dataset = loader.args[0] if loader.args else kwarg(loader, "dataset")
         return f"dataset `{ast.unparse(dataset)}`" if dataset is not None else "held-out data"
+    for target in targets:
+        where = _evaluation_only(ctx, target, statement)
+        if where:
+            return where
     return None
+
+
+def _evaluation_only(ctx: ModuleContext, target: ast.expr, statement: ast.AST | None) -> str | None:
+    if not isinstance(target, ast.Name):
+        return None
+    evaluator = _read_only_by_an_evaluation(ctx, target.id, statement)
+    if not evaluator:
+        return None
+    return f"`{target.id}` is only given to `{evaluator}`, which never trains"
 
 
 def _held_out_branch_sets(
@@ -173,3 +193,48 @@ def _sets_batch_of_one(body: list[ast.stmt]) -> bool:
         and any(isinstance(t, ast.Name) and "batch" in t.id.lower() for t in statement.targets)
         for statement in body
     )
+
+
+_EVALUATION_WORDS = ("valid", "eval", "test", "predict", "infer")
+
+
+def _read_only_by_an_evaluation(ctx: ModuleContext, name: str, binding: ast.AST | None) -> str:
+    """Every read of the loader's name hands it to a function of this file that evaluates
+    (named for validation or testing, or switching to eval mode or no_grad) and never calls
+    `backward()` or `step()`: a validation script copied from the training one keeps its
+    `train_loader` name (tier4/Diffusion-Planner `df7cad1`). The evaluating function's name,
+    or ''."""
+    functions = {
+        f.name: f for f in ctx.flow.nodes(ast.FunctionDef) if isinstance(f, ast.FunctionDef)
+    }
+    bound = {id(n) for n in walk_tree(binding) if isinstance(n, ast.Name)} if binding else set()
+    evaluator = ""
+    for node in ctx.flow.nodes(ast.Name):
+        if not isinstance(node, ast.Name) or node.id != name or id(node) in bound:
+            continue
+        if isinstance(node.ctx, ast.Store):
+            return ""  # re-bound: which loader a read sees is not followed
+        call = ctx.parents.get(node)
+        if isinstance(call, ast.keyword):
+            call = ctx.parents.get(call)
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            return ""
+        function = functions.get(call.func.id)
+        if function is None or not _evaluates(function):
+            return ""
+        evaluator = function.name
+    return evaluator
+
+
+def _evaluates(function: ast.FunctionDef) -> bool:
+    calls = [n for n in walk_tree(function) if isinstance(n, ast.Call)]
+    if any(
+        isinstance(c.func, ast.Attribute) and c.func.attr in ("backward", "step") for c in calls
+    ):
+        return False
+    named = any(word in function.name.lower() for word in _EVALUATION_WORDS)
+    switches = any(
+        isinstance(c.func, ast.Attribute) and c.func.attr in ("eval", "no_grad", "inference_mode")
+        for c in calls
+    )
+    return named or switches
