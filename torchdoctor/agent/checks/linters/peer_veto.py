@@ -67,6 +67,11 @@ the file's place in the project:
   True)`), and bandit B614 / TorchFix TOR102 on a `torch.load` unpacking a dict the function
   fills with `weights_only` (whisper's `kwargs = {"weights_only": True} if ... else {}`).
 
+- bandit B615 (a Hugging Face download without `revision=`) where the repository comes from
+  outside the code on every download of the line: a parameter of the enclosing function, an
+  attribute or entry of a configuration (`args.model_name_or_path`), or a path built by a call.
+  A literal hub name, or a name the code binds, stays reported.
+
 A ruled-out finding is kept as context for the reasoner, with the reason; it is no finding.
 """
 
@@ -667,6 +672,60 @@ def _placeholder_credentials(line: str) -> str | None:
     return None
 
 
+_HUB_DOWNLOADS = frozenset(
+    {"from_pretrained", "hf_hub_download", "snapshot_download", "load_dataset"}
+)
+_REPOSITORY_KEYWORDS = frozenset({"pretrained_model_name_or_path", "repo_id", "path"})
+
+
+def _repository_chosen_elsewhere(
+    nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]
+) -> str | None:
+    """bandit B615 (a Hugging Face download without a pinned revision) where every download on
+    the line takes its repository from outside the code: an attribute or entry of a
+    configuration (`args.model_name_or_path`, `cfg["model"]`), a parameter of the enclosing
+    function, or a path built by a call (`os.path.join(ckpt_dir, "best")`). Which repository,
+    and at which revision, is the caller's or the command line's choice, often a local folder;
+    a pin belongs where a hub name is written, so a literal name (or a name bound in the code)
+    stays reported."""
+    downloads = [
+        n
+        for n in nodes
+        if isinstance(n, ast.Call)
+        and (n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", ""))
+        in _HUB_DOWNLOADS
+    ]
+    if not downloads:
+        return None
+    chosen: list[str] = []
+    for call in downloads:
+        repository = call.args[0] if call.args else None
+        if repository is None:
+            repository = next(
+                (k.value for k in call.keywords if k.arg in _REPOSITORY_KEYWORDS), None
+            )
+        if repository is None or isinstance(repository, ast.Starred):
+            return None
+        if isinstance(repository, ast.Name):
+            fn = _enclosing_function(call, parents)
+            arguments = fn.args if fn is not None else None
+            names = (
+                {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
+                if arguments is not None
+                else set()
+            )
+            if repository.id not in names:
+                return None  # bound in the code: it may be a hub name written here
+        elif not isinstance(repository, ast.Attribute | ast.Subscript | ast.Call):
+            return None  # a literal (or an f-string) names the repository here
+        chosen.append(ast.unparse(repository))
+    return (
+        f"the repository comes from outside this code (`{chosen[0]}`: a parameter, a "
+        "command-line or configuration value, often a local folder); pinning a revision "
+        "belongs where a hub name is written"
+    )
+
+
 def _enclosing_function(
     node: ast.AST, parents: dict[ast.AST, ast.AST]
 ) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
@@ -879,4 +938,5 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B301"): _gathered_objects,
     ("detect-secrets", "Secret Keyword"): _placeholder_keyword_value,
     ("torchfix", "TOR003"): _keyword_in_unpacked("checkpoint", "use_reentrant"),
+    ("bandit", "B615"): _repository_chosen_elsewhere,
 }
