@@ -6,57 +6,15 @@ import ast
 import re
 from typing import ClassVar
 
+from torchdoctor.agent.checks.analysis.vocabulary import PARAMETER_FREE_LAYERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import nodes_of, walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
-from torchdoctor.agent.checks.patterns import nn_layer, terminal_name
+from torchdoctor.agent.checks.patterns import nn_layer, peel_mode_calls, terminal_name
 from torchdoctor.agent.models import Severity
 
 _MOVES = frozenset({"to", "cuda", "to_device"})
-# torch.nn layers that hold no parameter and no buffer: on any device they compute the same.
-_PARAMETER_FREE = frozenset(
-    {
-        "Identity",
-        "Flatten",
-        "Unflatten",
-        "Dropout",
-        "Dropout1d",
-        "Dropout2d",
-        "Dropout3d",
-        "AlphaDropout",
-        "ReLU",
-        "ReLU6",
-        "LeakyReLU",
-        "ELU",
-        "GELU",
-        "SiLU",
-        "Mish",
-        "Sigmoid",
-        "Tanh",
-        "Softmax",
-        "LogSoftmax",
-        "Softplus",
-        "Hardswish",
-        "Hardsigmoid",
-        "MaxPool1d",
-        "MaxPool2d",
-        "MaxPool3d",
-        "AvgPool1d",
-        "AvgPool2d",
-        "AvgPool3d",
-        "AdaptiveAvgPool1d",
-        "AdaptiveAvgPool2d",
-        "AdaptiveAvgPool3d",
-        "AdaptiveMaxPool1d",
-        "AdaptiveMaxPool2d",
-        "AdaptiveMaxPool3d",
-        "Upsample",
-        "PixelShuffle",
-    }
-)
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-# Methods that return the module they are called on.
-_SAME_MODULE = frozenset({"float", "half", "double", "bfloat16", "train", "eval", "cuda", "cpu"})
 # Wrappers of a model already built: they hold its parameters, they add none.
 _WRAPPERS = frozenset({"DataParallel", "DistributedDataParallel", "FullyShardedDataParallel"})
 _CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
@@ -221,14 +179,7 @@ def moved_expression(call: ast.Call) -> str:
     if not is_device_move(call):
         return ""
     assert isinstance(call.func, ast.Attribute)
-    receiver = call.func.value
-    while (
-        isinstance(receiver, ast.Call)
-        and isinstance(receiver.func, ast.Attribute)
-        and receiver.func.attr in _SAME_MODULE
-        and not receiver.args
-    ):
-        receiver = receiver.func.value  # model.float().to(device): the model itself
+    receiver = peel_mode_calls(call.func.value)  # model.float().to(device): the model itself
     if isinstance(receiver, ast.Name | ast.Attribute | ast.Subscript):
         return ast.unparse(receiver)
     return ""
@@ -258,7 +209,7 @@ def _parameterful(ctx: ModuleContext, node: ast.AST) -> bool:
     if layer in _CONTAINERS:
         assert isinstance(node, ast.Call)
         return any(_parameterful(ctx, arg) for arg in node.args)
-    return layer not in _PARAMETER_FREE
+    return layer not in PARAMETER_FREE_LAYERS
 
 
 def _functions_moving_an_argument(ctx: ModuleContext) -> set[str]:
