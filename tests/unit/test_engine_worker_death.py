@@ -1,6 +1,7 @@
 """A pool worker killed mid-pass (the kernel's OOM killer, a crash on a hostile file) must
-not take the audit with it: the static pass redoes what that worker left, file by file. The
-kill here is real: SIGKILL to a live forkserver worker while the pass runs."""
+not take the audit with it: the static pass redoes what that worker left, file by file; nor
+may a worker that cannot exit hang the pass when its pool is left. The kills here are real:
+SIGKILL to a live forkserver worker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 
 import psutil
 
-from torchdoctor.agent.checks.engine import analyse_files
+from torchdoctor.agent.checks.base import EngineConfig
+from torchdoctor.agent.checks.engine import _analyse_chunk, _worker_pool, analyse_files
 
 SCRIPT = """\
 import torch
@@ -40,11 +42,19 @@ def train(loader):
 
 def _kill_a_worker(killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the first pool worker seen (a grandchild of this process: the forkserver's
-    child), while the pass is running."""
+    child), while the pass is running. Grandchildren older than the pass (a server an earlier
+    test of this process started, another pool's workers) are not the pass's: left alone."""
     me = psutil.Process(os.getpid())
+    older = {process.pid for process in me.children(recursive=True)}
     while not stop.is_set():
         for child in me.children(recursive=True):
-            if child.ppid() != os.getpid():  # the forkserver's children are the workers
+            if child.pid in older:
+                continue
+            try:
+                parent = child.ppid()
+            except psutil.NoSuchProcess:
+                continue
+            if parent != os.getpid():  # the forkserver's children are the workers
                 try:
                     os.kill(child.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -72,3 +82,38 @@ def test_a_worker_killed_mid_pass_costs_no_file() -> None:
     by_path = {r.path: r for r in result.files}
     for want in expected.files:  # and analysed as a single process analyses them
         assert [f.rule for f in by_path[want.path].findings] == [f.rule for f in want.findings]
+
+
+def test_a_worker_that_cannot_exit_does_not_hang_the_pass_when_its_pool_is_left() -> None:
+    """The pool's own shutdown asks each worker to exit through the task queue they share; a
+    worker killed as the pool shuts down can die holding that queue's lock, and its sibling
+    then never reads its exit message (CPython's `ProcessPoolExecutor.shutdown(wait=True)`
+    waited for it forever). A stopped worker stands for one that cannot read it: leaving the
+    pool must end it, not wait for it."""
+    config = EngineConfig()
+    workers: list[int] = []
+    left = threading.Event()
+
+    def use_the_pool() -> None:
+        with _worker_pool(config, 1) as pool:
+            (result,) = pool.submit(_analyse_chunk, ([("a.py", "x = 1\n")], config)).result()
+            assert result.path == "a.py" and result.note is None
+            workers.extend(pool._processes or {})
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+        left.set()
+
+    thread = threading.Thread(target=use_the_pool, daemon=True)
+    thread.start()
+    try:
+        assert left.wait(60), "leaving the pool waited on a worker that cannot exit"
+    finally:
+        for pid in workers:  # a hung shutdown is released, so this process can still exit
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        thread.join(timeout=30)
+    assert workers
+    for pid in workers:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

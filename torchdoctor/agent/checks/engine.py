@@ -11,9 +11,10 @@ import ast
 import gc
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -494,13 +495,28 @@ def analyse_files(
     )
 
 
-def _worker_pool(config: EngineConfig, workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
+@contextmanager
+def _worker_pool(config: EngineConfig, workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of forkserver workers, their processes ended when the block is left.
+
+    `ProcessPoolExecutor.shutdown(wait=True)` alone can wait forever: it asks each worker to
+    exit through the one task queue they share, and a worker killed while the pool shuts down
+    (the OOM killer) can die holding that queue's read lock, so that a live sibling never
+    reads its exit message and is waited for without end. Every task is finished or given up
+    when the block is left: the workers are killed first, and the shutdown only reaps them."""
+    pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("forkserver"),
         initializer=_prepare_worker,
         initargs=(config, os.getpid()),
     )
+    try:
+        yield pool
+    finally:
+        for process in list((pool._processes or {}).values()):
+            if process.is_alive():
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _in_worker_processes(
