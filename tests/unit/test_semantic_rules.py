@@ -119,6 +119,7 @@ NEW_RULES: tuple[str, ...] = (
     "init-flag-not-buffer",
     "logprobs-of-detached-input",
     "layer-added-after-move",
+    "reduced-without-keepdim",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.vocabulary import SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import ModuleContext, Rule
+from torchdoctor.agent.checks.loops import walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -65,14 +66,20 @@ class LogOfProbabilities(Rule):
     change-of-variables term of a tanh-squashed Gaussian policy (SAC): tanh rounds to exactly
     ±1 in float32 once its input passes about 9, and the log is -inf.
 
+    Also reported: the log of what a model of the module's own class returns when every
+    `return` of its `forward` is a softmax or sigmoid output, or every one is a tuple holding
+    one at the position the caller unpacks (`policy, value = model(x)` on `return
+    F.softmax(self.pi(x), dim=1), self.v(x)`, then `policy[0].log()`: ptan's A2C sample
+    until `1207ffb`), or some of its elements (`torch.log(policy_net(s).flatten()[a])`).
+
     Not reported: `torch.log(p + eps)`, `p.clamp(min=eps).log()`, `torch.log(p.clamp(...))`,
     `torch.log(1 - a.pow(2) + 1e-6)`, `1 - x ** 2` of a value that is no tanh output,
-    probabilities from another source (a model's output, a dataset) logged whole, or only
-    their complement (`torch.log(1 - p)` alone), `log1p`; gathered entries picked by the
-    argmax or a draw, or gathered from values kept above 0 (`exp`, a clamp, `+ eps`), or
-    overwritten with a constant where they may be 0 (`pi_taken[mask == 0] = 1.0`); a uniform
-    draw with a lower bound above 0 (`u.uniform_(1e-5, 1 - 1e-5)`, logistic sampling's
-    `log(u) - log(1 - u)`).
+    probabilities from another source (an imported model's output, a local model whose `forward`
+    returns logits on some path, a dataset) logged whole, or only their complement
+    (`torch.log(1 - p)` alone), `log1p`; gathered entries picked by the argmax or a draw, or
+    gathered from values kept above 0 (`exp`, a clamp, `+ eps`), or overwritten with a
+    constant where they may be 0 (`pi_taken[mask == 0] = 1.0`); a uniform draw with a lower
+    bound above 0 (`u.uniform_(1e-5, 1 - 1e-5)`, logistic sampling's `log(u) - log(1 - u)`).
 
     Example:
         log_probs = torch.log(F.softmax(logits, dim=-1))
@@ -556,7 +563,12 @@ def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | Non
         positions = {p for v, p, _ in ctx.flow.unpackings(expr) if v is values[0]}
         if positions:  # `vals, idx = p.topk(k)`: only the values are probabilities
             ranked = _ranked_source(ctx, values[0])
-            return _activation(ctx, ranked, hops + 1) if ranked and positions == {0} else None
+            if ranked is not None:
+                return _activation(ctx, ranked, hops + 1) if positions == {0} else None
+            if len(positions) == 1 and isinstance(values[0], ast.Call):
+                # `policy, value = model(x)`: the element the model's forward returns there
+                return _forward_activation(ctx, values[0], positions.pop(), hops + 1)
+            return None
         return _activation(ctx, values[0], hops + 1)
     picked = _selected_source(ctx, expr)
     if picked is not None:
@@ -571,7 +583,46 @@ def _activation(ctx: ModuleContext, expr: ast.expr, hops: int) -> ast.Call | Non
     func = expr.func
     if isinstance(func, ast.Attribute) and func.attr in _VIEWS and not ctx.qualname(func):
         return _activation(ctx, func.value, hops + 1)
-    return None
+    return _forward_activation(ctx, expr, None, hops + 1)
+
+
+def _forward_activation(
+    ctx: ModuleContext, call: ast.Call, position: int | None, hops: int
+) -> ast.Call | None:
+    """The softmax/sigmoid that a call of the module's own model class returns: every
+    `return` of its `forward` is one (`position` None), or every `return` is a tuple whose
+    element at `position` is one (`policy, value = model(x)` on `return F.softmax(...),
+    self.v(x)`). A model of another module, or a forward with some other return, gives
+    None: what it returns is not seen."""
+    if hops > _MAX_HOPS or not ctx.flow.is_model_call(call):
+        return None
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr == "forward":
+        func = func.value
+    cls = ctx.flow.local_class(func) if isinstance(func, ast.Name | ast.Attribute) else None
+    forward = (
+        next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "forward"), None)
+        if cls is not None
+        else None
+    )
+    if forward is None:
+        return None
+    returned = [
+        node.value
+        for node in walk_scope(forward.body)
+        if isinstance(node, ast.Return) and node.value is not None
+    ]
+    found: ast.Call | None = None
+    for value in returned:
+        if position is not None:
+            if not isinstance(value, ast.Tuple) or position >= len(value.elts):
+                return None
+            value = value.elts[position]
+        producer = _activation(ctx, value, hops + 1)
+        if producer is None:
+            return None
+        found = found or producer
+    return found
 
 
 # Selections that keep some elements' values: a probability picked out can be 0 as well.
