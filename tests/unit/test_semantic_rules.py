@@ -120,6 +120,7 @@ NEW_RULES: tuple[str, ...] = (
     "logprobs-of-detached-input",
     "layer-added-after-move",
     "reduced-without-keepdim",
+    "precedence-hidden-by-spacing",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (
