@@ -121,6 +121,7 @@ NEW_RULES: tuple[str, ...] = (
     "layer-added-after-move",
     "reduced-without-keepdim",
     "precedence-hidden-by-spacing",
+    "frozen-model-in-train-mode",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

@@ -4,6 +4,7 @@ builds is seen (local classes, `torch.nn` layers); anything else counts as mode-
 from __future__ import annotations
 
 import ast
+import re
 from typing import TYPE_CHECKING
 
 from torchdoctor.agent.checks.analysis.defuse import identifier
@@ -184,6 +185,55 @@ _MODE_LAYERS = frozenset(
 )  # fmt: skip
 MODE_WORDS = ("Dropout", "dropout", "BatchNorm", "batch_norm", ".training")
 """Text a module must contain for one of its classes to have a mode-dependent layer."""
+
+
+# torchvision's model families built with batch norm or dropout (`vgg16` without `_bn` has
+# dropout only in its classifier; `vit_*` and `swin_*` default to no dropout at all).
+_ZOO_MODE_FAMILIES = re.compile(
+    r"^(resnet|resnext|wide_resnet|densenet|mobilenet|efficientnet|inception|googlenet|"
+    r"regnet|shufflenet|mnasnet|alexnet|squeezenet|vgg\d+_bn)"
+)
+
+
+def model_mode_layer(ctx: ModuleContext, model: ast.expr) -> str | None:
+    """A layer that acts differently in training mode in what `model` is built as: a local
+    class's (`mode_layer`), a `torch.nn` container's item (`nn.Sequential(..., nn.Dropout(0.5))`)
+    or a torchvision family known to hold one (`resnet18(...)`, `timm.create_model("resnet50")`:
+    `BatchNorm2d`); None when no construction shows one."""
+    for call in ctx.flow.constructors(model):
+        found = _built_mode_layer(ctx, call, 0)
+        if found:
+            return found
+    return None
+
+
+def _built_mode_layer(ctx: ModuleContext, call: ast.Call, depth: int) -> str | None:
+    if depth > _MAX_DEPTH:
+        return None
+    name = identifier(call.func)
+    if isinstance(call.func, ast.Name) and name in ctx.flow.classes:
+        return mode_layer(ctx, ctx.flow.classes[name])
+    qual = ctx.flow.qualname_of(call) or ""
+    if qual == "timm.create_model" and call.args and isinstance(call.args[0], ast.Constant):
+        name = str(call.args[0].value)  # `timm.create_model("resnet50", pretrained=True)`
+        qual = "torchvision.models."  # the same families, the same layers
+    if qual.startswith("torchvision.models.") and _ZOO_MODE_FAMILIES.match(name):
+        return "`Dropout`" if name.startswith(("alexnet", "squeezenet")) else "`BatchNorm2d`"
+    if qual.startswith("torch.nn.") and name in _CONTAINERS:
+        for part in walk_tree(call):
+            if part is call or not isinstance(part, ast.Call):
+                continue
+            inner = identifier(part.func)
+            found = (
+                _torch_mode_layer(ctx, part, inner)
+                if inner in _MODE_LAYERS
+                else _built_mode_layer(ctx, part, depth + 1)
+                if isinstance(part.func, ast.Name) and inner in ctx.flow.classes
+                else None
+            )
+            if found:
+                return found
+    return None
 
 
 def mode_layer(ctx: ModuleContext, cls: ast.ClassDef) -> str | None:

@@ -4,11 +4,15 @@ through its model, only through another optimizer's."""
 from __future__ import annotations
 
 import ast
-import re
 from collections import deque
 from typing import ClassVar
 
-from torchdoctor.agent.checks.analysis.optimizers import model_key, model_root, parameter_owners
+from torchdoctor.agent.checks.analysis.optimizers import (
+    model_key,
+    model_root,
+    optimizer_constructions,
+    synced_copies,
+)
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import (
     is_backward_call,
@@ -95,8 +99,8 @@ class LossFromOtherModel(Rule):
     triggers = Triggers(all_of=(("backward",), ("zero_grad",), ("parameters",)))
 
     def finish(self, ctx: ModuleContext) -> None:
-        constructions = _constructions(ctx)
-        copies = _synced_copies(ctx) if constructions else {}
+        constructions = optimizer_constructions(ctx).sure
+        copies = synced_copies(ctx) if constructions else {}
         if len(constructions) < 2 and not copies:
             return  # another model is what the loss must be shown to reach
         optimizers = {name: keys for name, (keys, _) in constructions.items()}
@@ -192,74 +196,6 @@ def _model_names(ctx: ModuleContext, params: list[ast.expr]) -> set[str] | None:
                 ):
                     roots.append(found)
     return names
-
-
-def _constructions(ctx: ModuleContext) -> dict[str, tuple[set[str], list[ast.expr]]]:
-    """Optimizer (as written: `optimizer_D`, `self.opt_g`) -> (the models it was built over,
-    the `params` expressions it was built from), for optimizers every construction of which
-    names its models."""
-    found: dict[str, tuple[set[str], list[ast.expr]]] = {}
-    unsure: set[str] = set()
-    for node in ctx.flow.nodes(ast.Assign):
-        value = node.value
-        if not (isinstance(value, ast.Call) and len(node.targets) == 1):
-            continue
-        qual = ctx.flow.qualname_of(value) or ast.unparse(value.func)
-        if not qual.startswith(("torch.optim.", "optim.")) or "lr_scheduler" in qual:
-            continue
-        target = ast.unparse(node.targets[0])
-        params = value.args[0] if value.args else None
-        for keyword in value.keywords:
-            if keyword.arg == "params":
-                params = keyword.value
-        owners = parameter_owners(params) if params is not None else None
-        if owners is None or params is None:
-            unsure.add(target)
-        else:
-            keys, built = found.setdefault(target, (set(), []))
-            keys.update(owners)
-            built.append(params)
-    return {name: entry for name, entry in found.items() if name not in unsure}
-
-
-_SYNC_HELPER = re.compile(r"(soft|hard|polyak|target)_?update|update_target|sync|copy_params")
-
-
-def _synced_copies(ctx: ModuleContext) -> dict[str, set[str]]:
-    """Model -> the lagging copies the module syncs from it: `soft_update(self.qnetwork_local,
-    self.qnetwork_target, tau)` (a helper named for the update, given both),
-    `target.load_state_dict(model.state_dict())`, `target = copy.deepcopy(model)`. A
-    copy's parameters are its own: no gradient of a loss through it reaches the model."""
-    found: dict[str, set[str]] = {}
-    for call in ctx.flow.nodes(ast.Call):
-        func = call.func
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if name == "load_state_dict" and isinstance(func, ast.Attribute) and call.args:
-            source = call.args[0]
-            if (
-                isinstance(source, ast.Call)
-                and isinstance(source.func, ast.Attribute)
-                and source.func.attr == "state_dict"
-            ):
-                _pair(found, source.func.value, func.value)
-        elif name == "deepcopy" and call.args:
-            bound = ctx.parents.get(call)
-            if isinstance(bound, ast.Assign) and len(bound.targets) == 1:
-                _pair(found, call.args[0], bound.targets[0])
-        elif _SYNC_HELPER.search(name.lower()) and len(call.args) >= 2:
-            first, second = call.args[0], call.args[1]
-            keys = [model_key(first), model_key(second)]
-            if None not in keys and keys[0] != keys[1]:
-                # either order: `soft_update(local, target, tau)`, `hard_update(target, source)`
-                _pair(found, first, second)
-                _pair(found, second, first)
-    return found
-
-
-def _pair(found: dict[str, set[str]], model: ast.expr, copy: ast.expr) -> None:
-    source, target = model_key(model), model_key(copy)
-    if source is not None and target is not None and source != target:
-        found.setdefault(source, set()).add(target)
 
 
 def _clears(ctx: ModuleContext, stmt: ast.stmt, receiver: str, keys: set[str]) -> bool:
