@@ -1,7 +1,8 @@
 """Is autograd recording here? One answer for every rule: 'on', 'off' or 'maybe'.
 
 A `with` block or decorator (`no_grad`, `inference_mode`, `enable_grad`, `set_grad_enabled`),
-a bare `torch.set_grad_enabled(False)` statement earlier in the same function or script, and
+such a context entered on the exit stack of a `with ExitStack() as stack:` block
+(`stack.enter_context(torch.no_grad())`, detectron2's `inference_on_dataset`), a bare `torch.set_grad_enabled(False)` statement earlier in the same function or script, and
 the function's call sites (a helper every local call of which runs under `no_grad` runs without
 grad too) decide. `set_grad_enabled(phase == "train")` and `inference_mode(flag)` are 'maybe':
 rules that fire when grad is on treat 'maybe' as off, rules that fire when it is off treat it
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 GradMode = Literal["on", "off", "maybe"]
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 _ENABLE_GRAD = frozenset({"torch.enable_grad", "torch.autograd.enable_grad"})
+_EXIT_STACKS = frozenset({"contextlib.ExitStack", "contextlib.AsyncExitStack"})
 _MAX_CALLER_DEPTH = 3
 
 
@@ -165,6 +167,9 @@ def _mode_at(ctx: ModuleContext, node: ast.AST, depth: int) -> GradMode:
                 return _switched_by_the_branch(ctx, node, anc) or "maybe"
             if modes:
                 return modes[-1]
+            stacked = _entered_on_stack(ctx, anc, line)
+            if stacked is not None:
+                return stacked
         elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
             decorated = function_mode(ctx, anc)
             if decorated is not None:
@@ -176,6 +181,44 @@ def _mode_at(ctx: ModuleContext, node: ast.AST, depth: int) -> GradMode:
         elif isinstance(anc, ast.Lambda | ast.ClassDef):
             return "on"
     return _switch_before(ctx, ctx.tree, line) or "on"
+
+
+def _entered_on_stack(
+    ctx: ModuleContext, block: ast.With | ast.AsyncWith, line: int
+) -> GradMode | None:
+    """The mode a grad-mode context entered on the block's own exit stack before `line` sets
+    (`with ExitStack() as stack: stack.enter_context(torch.no_grad())`): the last one entered
+    by a statement of the block's body decides; one entered only under an `if` or in a loop
+    of the body makes it 'maybe' (the code chooses at run time). None when the block opens no
+    `ExitStack` or enters no grad-mode context on it."""
+    stacks = {
+        item.optional_vars.id
+        for item in block.items
+        if isinstance(item.optional_vars, ast.Name)
+        and isinstance(item.context_expr, ast.Call)
+        and ctx.qualname(item.context_expr.func) in _EXIT_STACKS
+    }
+    if not stacks:
+        return None
+    direct = {id(stmt) for stmt in block.body}
+    found: GradMode | None = None
+    for stmt in _straight_statements(block.body):
+        if stmt.lineno >= line:
+            break
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if not (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "enter_context"
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id in stacks
+            and len(call.args) == 1
+        ):
+            continue
+        mode = context_mode(ctx, call.args[0])
+        if mode is not None:
+            found = mode if id(stmt) in direct else "maybe"
+    return found
 
 
 def _switched_by_the_branch(
@@ -254,6 +297,9 @@ def grad_off_in_function(ctx: ModuleContext, node: ast.AST) -> bool:
             modes = [m for i in anc.items if (m := context_mode(ctx, i.context_expr)) is not None]
             if modes:
                 return modes[-1] != "on"
+            stacked = _entered_on_stack(ctx, anc, line)
+            if stacked is not None:
+                return stacked != "on"
         elif isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
             mode = function_mode(ctx, anc) or _switch_before(ctx, anc, line)
             return mode is not None and mode != "on"

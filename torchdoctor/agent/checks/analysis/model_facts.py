@@ -29,6 +29,8 @@ _MODEL_NAME = re.compile(
     re.IGNORECASE,
 )
 LOSS_NAME = re.compile(r"loss|criterion", re.IGNORECASE)
+# Calls that iterate over a container's items (`for i, g in enumerate(self.generators)`).
+_ITERATION_WRAPPERS = frozenset({"enumerate", "reversed", "iter", "list", "tuple", "sorted"})
 # The torch losses whose names hold no "loss" (`cross_entropy`, `kl_div`): the text of a
 # module calling one need not say "loss" (`text_names_a_loss`).
 _LOSSES_NOT_NAMED_LOSS = tuple(sorted(n for n in LOSS_FUNCTIONS if "loss" not in n.lower()))
@@ -90,6 +92,8 @@ class ModelFacts(DefUse):
             return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
         if not name:
             return False
+        if self._holds_plain_objects(expr):
+            return False  # a collator's `mask_generator`: one of its `_MaskGenerator(object)`s
         if rebound:
             return True
         if isinstance(expr, ast.Attribute) and self._own_method(expr):
@@ -153,6 +157,78 @@ class ModelFacts(DefUse):
         if isinstance(expr, ast.Name):
             return self._module_name(expr)
         return isinstance(expr, ast.Attribute) and ast.unparse(expr) in self._module_receivers
+
+    def _holds_plain_objects(self, expr: ast.expr, filling: frozenset[str] = frozenset()) -> bool:
+        """Every value `expr` may hold is an object of a plain class of this module (no base
+        but `object` or other such classes), built here or taken from a container that the
+        module fills only with such objects (`for i, mask_generator in
+        enumerate(self.mask_generators)`, the list filled by `self.mask_generators.append(
+        _MaskGenerator(...))`: V-JEPA's and I-JEPA's mask collators). Called, such an object
+        runs its own `__call__`, no network. False when any value is unknown. `filling`: the
+        containers being read already (a loop over a list that names what it appends)."""
+        values = self.definitions(expr) if isinstance(expr, ast.Name | ast.Attribute) else []
+        if not values or len(filling) > 3:
+            return False
+        for value in values:
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+                if value.func.id in _ITERATION_WRAPPERS and value.args:
+                    if not self._filled_with_plain_objects(value.args[0], filling):
+                        return False
+                    continue
+                if self._plain_class(value.func.id):
+                    continue
+                return False
+            if isinstance(value, ast.Name | ast.Attribute):
+                if not self._filled_with_plain_objects(value, filling):
+                    return False
+                continue
+            return False
+        return True
+
+    def _filled_with_plain_objects(self, container: ast.expr, filling: frozenset[str]) -> bool:
+        """`container` (a name or `self.x`) is a list the module fills only with objects of
+        plain local classes (`container.append(v)`, or the items of the list literal it is
+        bound to); False when nothing is seen put in it. A container already being read
+        answers True: what it holds is decided by the other items."""
+        if not isinstance(container, ast.Name | ast.Attribute):
+            return False
+        text = ast.unparse(container)
+        if text in filling:
+            return True
+        filling = filling | {text}
+        items: list[ast.expr] = [
+            call.args[0]
+            for call in self.calls_named(("append",))
+            if isinstance(call.func, ast.Attribute)
+            and len(call.args) == 1
+            and ast.unparse(call.func.value) == text
+        ]
+        for value in self.definitions(container):
+            if isinstance(value, ast.List | ast.Tuple):
+                items.extend(value.elts)
+            elif not (isinstance(value, ast.Call) and identifier(value.func) == "list"):
+                return False  # bound to something else: it may hold anything
+        if not items:
+            return False
+        for item in items:
+            if isinstance(item, ast.Call) and isinstance(item.func, ast.Name):
+                if not self._plain_class(item.func.id):
+                    return False
+            elif not (isinstance(item, ast.Name) and self._holds_plain_objects(item, filling)):
+                return False
+        return True
+
+    def _plain_class(self, name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """A class of this module that is no `nn.Module` and whose bases are only `object` or
+        other such classes (a base from another file may be a module)."""
+        cls = self.classes.get(name)
+        if cls is None or name in self.module_classes or name in seen:
+            return False
+        return all(
+            (isinstance(base, ast.Name) and base.id == "object")
+            or (isinstance(base, ast.Name) and self._plain_class(base.id, seen | {name}))
+            for base in cls.bases
+        )
 
     def _plain_local_object(self, expr: ast.expr) -> bool:
         """`expr` is built by a class of this module (`DynamicNet(...)`,

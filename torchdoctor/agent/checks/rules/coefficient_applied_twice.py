@@ -33,7 +33,9 @@ class CoefficientAppliedTwice(Rule):
     Not reported: a coefficient that a function's parameter or local variable shadows, a
     function with some return not scaled by it, a product inside a sum (`k * x + (1 - k) *
     y` interpolates), coefficients bound to computed values (a mask, a tensor: masking twice
-    changes nothing), and callers that use the result without the coefficient.
+    changes nothing), callers that use the result without the coefficient, and an override
+    that scales what the base class's method returns (`df = super()._downsampling_factor();
+    return df * self.ds_factor`: `super()` runs the base's method, not this one).
 
     Example:
         lambda_gp = 10
@@ -236,10 +238,19 @@ def _setting_value(value: ast.expr) -> bool:
 
 def _calls(ctx: ModuleContext, call: ast.Call, fn: FunctionNode) -> bool:
     """`call` reaches `fn`: `f(...)` of a module function, `self.f(...)` of a method of the
-    caller's own class."""
+    caller's own class. `super().f(...)` runs the base class's `f`, never the caller's own
+    class's (an override that scales what the base returns: audiocraft's
+    `_downsampling_factor`, `df = super()._downsampling_factor(); return df * self.ds_factor`)."""
     owner = ctx.parents.get(fn)
     if isinstance(call.func, ast.Name):
         return isinstance(owner, ast.Module)
+    receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+    if (
+        isinstance(receiver, ast.Call)
+        and isinstance(receiver.func, ast.Name)
+        and receiver.func.id == "super"
+    ):
+        return False
     return (
         isinstance(owner, ast.ClassDef)
         and local_callee(call) == fn.name

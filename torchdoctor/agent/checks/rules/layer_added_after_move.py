@@ -61,7 +61,10 @@ class LayerAddedAfterMove(Rule):
     `model = model.to(device)`), or given afterwards to a call that places it
     (`accelerator.prepare(model)`, `trainer.fit(model)`, `DistributedDataParallel(model)`, a
     function of the same file that moves its argument), moves to the CPU or to a dtype, and
-    layers without parameters (`nn.Identity()`, `nn.Dropout()`, pooling, activations).
+    layers without parameters (`nn.Identity()`, `nn.Dropout()`, pooling, activations), and
+    an `nn.Parameter` made from a tensor of the moved model (`deform.weight =
+    nn.Parameter(torch.ones_like(deform.weight))`, `.clone()`, `.new_zeros(...)`: on the
+    model's device already); one made by a fresh factory (`torch.ones(...)`) is reported.
 
     Example:
         model.to(device)
@@ -129,6 +132,8 @@ class LayerAddedAfterMove(Rule):
             model = before[-1][0]
             if any(at > line and _part_of(attribute, m) for m, at in moves + placed):
                 continue
+            if _made_from_a_moved_tensor(ctx, layer, [m for m, at in moves if at < line]):
+                continue
             moved_line = max(at for _, at in before)
             ctx.report(
                 self,
@@ -139,6 +144,76 @@ class LayerAddedAfterMove(Rule):
                 "the model after replacing the layer, or build it with `.to(device)`",
                 data={"moved_line": moved_line},
             )
+
+
+# Tensor calls whose result lies on the device of the tensor they are made from.
+_LIKE_FACTORIES = frozenset(
+    {"ones_like", "zeros_like", "full_like", "empty_like", "rand_like", "randn_like"}
+)
+_SAME_DEVICE_METHODS = frozenset(
+    {
+        "clone",
+        "detach",
+        "new_ones",
+        "new_zeros",
+        "new_full",
+        "new_empty",
+        "new_tensor",
+        "contiguous",
+        "chunk",
+        "split",
+        "narrow",
+        "view",
+        "reshape",
+        "t",
+        "transpose",
+        "permute",
+        "flatten",
+        "squeeze",
+        "unsqueeze",
+        "expand",
+        "repeat",
+    }
+)
+
+
+def _made_from_a_moved_tensor(ctx: ModuleContext, layer: ast.Call, moved: list[str]) -> bool:
+    """`deform.weight = nn.Parameter(torch.ones_like(deform.weight))` after `deform` was
+    moved: the new parameter's data is made from a tensor of a model moved before it (this
+    one, or another: `nn.Parameter(stock.w1.weight.chunk(R, 0)[rank].contiguous())`) by
+    calls that keep the device (`torch.*_like(t)`, `t.new_zeros(...)`, `t.clone()`,
+    `t.detach()`, `t.data`, views, chunks and items, times a number), so it lies on the
+    device already (detectron2's deformable-convolution and torchtitan's sharding tests)."""
+    if nn_layer(ctx, layer) not in ("Parameter", "Buffer") or not layer.args:
+        return False
+    data = layer.args[0]
+    while True:
+        if isinstance(data, ast.Attribute) and data.attr == "data":
+            data = data.value
+        elif isinstance(data, ast.Subscript):
+            data = data.value
+        elif isinstance(data, ast.BinOp) and isinstance(data.right, ast.Constant):
+            data = data.left  # `w.clone() * 0`: arithmetic with a number keeps the device
+        elif isinstance(data, ast.BinOp) and isinstance(data.left, ast.Constant):
+            data = data.right
+        elif (
+            isinstance(data, ast.Call)
+            and isinstance(data.func, ast.Attribute)
+            and data.func.attr in _SAME_DEVICE_METHODS
+        ):
+            data = data.func.value
+        elif (
+            isinstance(data, ast.Call)
+            and (ctx.call_qualname(data) or "").rsplit(".", 1)[-1] in _LIKE_FACTORIES
+            and (ctx.call_qualname(data) or "").startswith("torch.")
+            and data.args
+            and not any(k.arg == "device" for k in data.keywords)
+        ):
+            data = data.args[0]
+        else:
+            break
+    text = ast.unparse(data)
+    return data is not layer.args[0] and any(_part_of(text, m) for m in moved)
 
 
 def _part_of(owner: str, model: str) -> bool:

@@ -28,7 +28,10 @@ class OutputsStoredWithGrad(Rule):
     iteration back-propagates (a step over sub-batches), are not reported, nor integer or
     boolean results (`torch.BoolTensor(...)`, `.argmax(1)`, `.long()`), which hold no graph,
     nor the outputs of a module frozen in the same scope (`model.requires_grad_(False)`) on
-    inputs that carry no graph.
+    inputs that carry no graph, nor what objects of a plain class of the file return (no base
+    but `object`: a collator's `_MaskGenerator`s, built in a list it fills itself and called
+    per batch for index tensors), whatever their name; `nn.Module`s kept the same way are
+    reported.
     Nor are pytest modules: a test decoding a few steps to compare them with one parallel pass
     holds a few small graphs for the length of the test.
 
