@@ -2,8 +2,9 @@
 
 A `with` block or decorator (`no_grad`, `inference_mode`, `enable_grad`, `set_grad_enabled`),
 such a context entered on the exit stack of a `with ExitStack() as stack:` block
-(`stack.enter_context(torch.no_grad())`, detectron2's `inference_on_dataset`), a bare `torch.set_grad_enabled(False)` statement earlier in the same function or script, and
-the function's call sites (a helper every local call of which runs under `no_grad` runs without
+(`stack.enter_context(torch.no_grad())`, detectron2's `inference_on_dataset`), a bare
+`torch.set_grad_enabled(False)` statement earlier in the same function or script, and the
+function's call sites (a helper every local call of which runs under `no_grad` runs without
 grad too) decide. `set_grad_enabled(phase == "train")` and `inference_mode(flag)` are 'maybe':
 rules that fire when grad is on treat 'maybe' as off, rules that fire when it is off treat it
 as on, so both stay silent where the code decides at run time.

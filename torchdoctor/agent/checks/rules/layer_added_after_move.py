@@ -188,9 +188,9 @@ def _made_from_a_moved_tensor(ctx: ModuleContext, layer: ast.Call, moved: list[s
         return False
     data = layer.args[0]
     while True:
-        if isinstance(data, ast.Attribute) and data.attr == "data":
-            data = data.value
-        elif isinstance(data, ast.Subscript):
+        if (isinstance(data, ast.Attribute) and data.attr == "data") or isinstance(
+            data, ast.Subscript
+        ):
             data = data.value
         elif isinstance(data, ast.BinOp) and isinstance(data.right, ast.Constant):
             data = data.left  # `w.clone() * 0`: arithmetic with a number keeps the device
