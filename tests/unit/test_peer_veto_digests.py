@@ -124,3 +124,47 @@ def test_hex_naming_a_file_or_run_is_ruled_out_unless_named_like_a_secret() -> N
     """ignite's segmentation configs name a tracked run's weights by their artifact id."""
     assert "artifact id" in (_reason(8) or "")
     assert _reason(9) is None  # a token's path: the secret's name wins
+
+
+ZOO = """\
+_MODEL_ZOO = {
+    "COCO-Detection/faster_rcnn_R_101_FPN_3x": "137851257/model_final_f6e8b1.pkl",
+    "35858791/e2e_mask_rcnn_C4_1x": "35858791/12_2017/e2e_mask_rcnn_C4_1x.yaml.01_45_57.ZgkA7hPB",
+}
+CREDENTIALS = {
+    "COCO-Detection/faster_rcnn_R_101_FPN_3x": "Zk4qT9wB2mX7rL1pV8sN3cF6yH0dG5aJ",
+    "api_key_COCO-Detection/mask_rcnn": "137851257/model_final_f6e8b1.pkl",
+}
+"""
+
+
+def test_model_zoo_entries_are_ruled_out() -> None:
+    for line in (2, 3):  # a config name keyed to its published .pkl / .yaml file
+        assert "model zoo" in (_reason_in(ZOO, line, "Base64 High Entropy String") or ""), line
+
+
+def test_entries_without_a_file_or_with_a_secret_name_stay() -> None:
+    assert _reason_in(ZOO, 6, "Base64 High Entropy String") is None  # the value is no path
+    assert _reason_in(ZOO, 7, "Base64 High Entropy String") is None  # a key naming a secret
+
+
+CHECKED = '''\
+def test_deterministic(model_hash, grad_hash, refresh_token):
+    assert_expected_inline(
+        model_hash,
+        """135abf5bcdaac7d1a0cbf1b8e0f2bf84ac788ce202f3ec4b23bc8b05d5ee2f1e""",
+    )
+    assert sha256(blob).hexdigest() == "fe39cc3a984828640c2b9a95458f76cd82046f3147d9ad96"
+    assert_expected_inline(refresh_token, "9e3c1b27f04d5a6b8c7d2e1f0a9b8c7d")
+    expected = "77aa10bd02c94f3e8e51b0c6d2a4f9e1"
+'''
+
+
+def test_hex_checked_against_a_digest_is_ruled_out() -> None:
+    assert "digest" in (_reason_in(CHECKED, 4, "Hex High Entropy String") or "")
+    assert "digest" in (_reason_in(CHECKED, 6, "Hex High Entropy String") or "")
+
+
+def test_hex_beside_a_secret_or_alone_stays() -> None:
+    assert _reason_in(CHECKED, 7, "Hex High Entropy String") is None  # checked against a token
+    assert _reason_in(CHECKED, 8, "Hex High Entropy String") is None  # nothing says digest

@@ -368,3 +368,27 @@ def test_special_tokens_given_by_keyword_are_ruled_out() -> None:
 
 def test_a_password_given_by_keyword_stays() -> None:
     assert _reason(SERVING, "bandit", "B106", 9) is None
+
+
+COPIES = """\
+import pickle
+from pickle import dumps, loads
+
+
+class FragmentLoader:
+    def reinit(self):
+        self.fragment = loads(dumps(self.fragment))
+        self.state = pickle.loads(pickle.dumps(self.state, protocol=4))
+        self.cache = pickle.loads(self.read_blob())
+        self.both = loads(dumps(self.fragment)), pickle.loads(self.read_blob())
+"""
+
+
+def test_a_deep_copy_through_pickle_is_ruled_out() -> None:
+    assert "deep copy" in (_reason(COPIES, "bandit", "B301", 7) or "")
+    assert "deep copy" in (_reason(COPIES, "bandit", "B301", 8) or "")
+
+
+def test_bytes_pickled_elsewhere_stay() -> None:
+    assert _reason(COPIES, "bandit", "B301", 9) is None  # bytes read from somewhere
+    assert _reason(COPIES, "bandit", "B301", 10) is None  # one unpickling reads outside bytes

@@ -11,7 +11,10 @@ the file's place in the project:
   or a name its scope binds only to one), where a batch is an index into loaded tensors.
 - bandit B105 ("hard-coded password") where the only word bandit matched is "token" and the
   token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
-  secret looks like: empty, a number, `<...>` or `[...]` markup, a short string).
+  secret looks like: empty, a number, `<...>` or `[...]` markup, a short string); or where
+  the string spells the name it is bound to (`_EP_TOKEN_EXCHANGE = "EP_token_exchange"`, a
+  tag), or is the name of a compiler or profiler pass (`pass_name = "enc"`, `jit_pass_name ==
+  "auto_bucketing"`: an identifier without digits). `db_pass = "admin"` stays.
 - bandit B107 (hard-coded password as a default) where every default bandit matched is such
   a tokenizer token (`bos_token="<s>"`, `pad_token="[PAD]"` in a tokenizer's `__init__`), and
   bandit B106 (as a keyword argument) likewise (`dict(pad_token="[PAD]")`,
@@ -38,6 +41,12 @@ the file's place in the project:
   symbol set (`'SEPabcdefghijklmnopqrstuvwxyz'`, a char-RNN's or OCR model's alphabet,
   `'0123456789abcdef'`): it holds a run of eight or more consecutive letters or digits, which
   a random secret of that length practically never does, and is bound to no secret's name.
+- detect-secrets "Base64 High Entropy String" where every long literal on the line is a key
+  or the value of a table entry whose value is the relative path of a published file
+  (`"COCO-Detection/faster_rcnn_R_50_FPN_3x": "137849458/model_final_280758.pkl"`, a model
+  zoo); and "Hex High Entropy String" where every hex literal is the expected value a digest
+  is checked against (`assert_expected_inline(model_hash, "135abf...")`,
+  `sha256(b).hexdigest() == "..."`), beside nothing named like a secret.
 - detect-secrets "Base64 High Entropy String" where every long literal on the line is the
   value of a file name in a table (`{"Set5.zip": "1RtyIeUFT..."}`) or of a file-id key
   (`'gdrive_id': '15tUx-...'`): a download script's or a model zoo's public file ids.
@@ -58,6 +67,8 @@ the file's place in the project:
 - ruff F821 (undefined name) where the name is on the line only inside a string annotation
   (a forward reference such as `Union["optuna.Trial", ...]`, never evaluated), or in a module
   that runs `exec` at its top level (setup.py's `exec(version_file.read())`).
+- bandit B301 (`pickle.loads`) on what `dumps` makes on the same line (`loads(dumps(obj))`,
+  a deep copy through pickle: nothing from outside is read).
 - bandit B301 (`pickle.loads`) on the bytes of a tensor (`buffer.cpu().numpy().tobytes()`)
   in a function that pickles its own object into it (`pickle.dumps`): the broadcast or
   `all_gather` of arbitrary objects, where each process unpickles what another process of the
@@ -68,9 +79,12 @@ the file's place in the project:
   fills with `weights_only` (whisper's `kwargs = {"weights_only": True} if ... else {}`).
 
 - bandit B615 (a Hugging Face download without `revision=`) where the repository comes from
-  outside the code on every download of the line: a parameter of the enclosing function, an
-  attribute or entry of a configuration (`args.model_name_or_path`), or a path built by a call.
-  A literal hub name, or a name the code binds, stays reported.
+  outside the code on every download of the line: a parameter of the enclosing function (or
+  of a function around it), an attribute or entry of a configuration
+  (`args.model_name_or_path`, also `a or b` of such values), a path built by a call, or a
+  local name bound only to such values (`text_model = args.text_model`); or where
+  `load_dataset` runs a builder packaged with `datasets` on local files (`"parquet"`,
+  `"json"`). A literal hub name, or a name bound to one, stays reported.
 
 A ruled-out finding is kept as context for the reasoner, with the reason; it is no finding.
 """
@@ -415,9 +429,44 @@ _SHORTEST_SECRET = 8
 
 def _tokenizer_token(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
     pairs = [(n, v) for n, v in _named_constants(nodes) if _BANDIT_WORDS.search(n)]
-    if not pairs or not all(_vocabulary_token(name, value) for name, value in pairs):
+    if not pairs:
         return None
-    return "a tokenizer's special token or token id, not a credential"
+    if all(_vocabulary_token(name, value) for name, value in pairs):
+        return "a tokenizer's special token or token id, not a credential"
+    if all(
+        _vocabulary_token(name, value) or _names_itself(name, value) or _pass_name(name, value)
+        for name, value in pairs
+    ):
+        return (
+            "the string names a thing, not a credential: a constant spelling its own name "
+            '(`_EP_TOKEN_EXCHANGE = "EP_token_exchange"`) or a compiler or profiler pass\'s '
+            'name (`pass_name = "enc"`)'
+        )
+    return None
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]*([_-][A-Za-z0-9]+)*$")
+# `pass` qualified as a thing that has a name: a compiler, profiler or render pass.
+_PASS_NAME = re.compile(r"(^|_)pass(es)?_(name|names|type|kind)$", re.IGNORECASE)
+
+
+def _names_itself(name: str, value: object) -> bool:
+    """`_EP_TOKEN_COUNT_EXCHANGE = "EP_token_count_exchange"`: the value spells the name it
+    is bound to (case and leading underscores aside), a tag or key, never a secret."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        return False
+    return name.strip("_").lower().replace("-", "_") == value.lower().replace("-", "_")
+
+
+def _pass_name(name: str, value: object) -> bool:
+    """`pass_name = "enc"`, `jit_pass_name == "auto_bucketing"`: `pass` is a pass of a
+    compiler or profiler whose name is an identifier (words joined by `_`), not a password."""
+    return (
+        isinstance(value, str)
+        and bool(_PASS_NAME.search(name))
+        and bool(_IDENTIFIER.match(value))
+        and not any(c.isdigit() for c in value)
+    )
 
 
 def _tokenizer_token_defaults(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
@@ -452,6 +501,57 @@ _FILE_NAME = re.compile(r"^[\w.+-]+\.[A-Za-z][A-Za-z0-9]{1,4}$")
 
 _FILE_ID_KEY = re.compile(r"^(g?drive|gdrive_file|file|download|doc|sheet)_?id$", re.IGNORECASE)
 """Keys that name a hosted file's public id (`gdrive_id`, `file_id`, `drive_id`)."""
+
+
+# A relative path to a published file: `139173657/model_final_68b088.pkl`, also with a
+# timestamped suffix after the extension (`.../e2e_mask_rcnn_R-50-C4_1x.yaml.01_45_57.ZgkA7hPB`).
+_RELATIVE_PATH = re.compile(r"^[\w.+-]+(/[\w.+-]+)+$")
+_PUBLISHED_FILE = re.compile(
+    r"\.(yaml|yml|pkl|pth|pt|ckpt|bin|json|npz|npy|h5|onnx|zip|tar|gz)(\.|$)"
+)
+
+
+def _model_zoo_entries(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """Every long literal on the line is a key or the value of an entry of a table whose
+    value is the relative path of a published file (`"COCO-Detection/faster_rcnn_R_50_FPN_3x":
+    "137849458/model_final_280758.pkl"`, detectron2's model zoo and Detectron1 catalogue): a
+    model's name and its file, public, not a credential."""
+    literals = [
+        n
+        for n in nodes
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and len(n.value) >= 16
+    ]
+    if not literals:
+        return None
+    for literal in literals:
+        table = parents.get(literal)
+        if not isinstance(table, ast.Dict):
+            return None
+        entry = next(
+            (
+                (key, value)
+                for key, value in zip(table.keys, table.values, strict=True)
+                if literal is key or literal is value
+            ),
+            None,
+        )
+        if entry is None:
+            return None
+        key, value = entry
+        if not (
+            isinstance(value, ast.Constant)
+            and isinstance(value.value, str)
+            and _RELATIVE_PATH.match(value.value)
+            and _PUBLISHED_FILE.search(value.value)
+        ):
+            return None
+        texts = [
+            str(key.value) if isinstance(key, ast.Constant) else "",
+            *_binding_names(table, parents),
+        ]
+        if any(_SECURITY_WORDS.search(t) for t in texts):
+            return None
+    return "a model zoo's entry: a model's name and the path of its published file"
 
 
 def _download_table_ids(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
@@ -522,9 +622,40 @@ def _digest_or_symbol_set(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.A
     on_line = list(nodes)
     return (
         _published_digest(iter(on_line), parents)
+        or _compared_with_a_digest(iter(on_line), parents)
         or _artifact_identifier(iter(on_line), parents)
         or _symbol_set(iter(on_line), parents)
     )
+
+
+def _compared_with_a_digest(
+    nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]
+) -> str | None:
+    """Every hex literal on the line is the expected value a digest is checked against: an
+    argument of a call, or an operand of a comparison, beside a value named like a digest and
+    like no secret (`assert_expected_inline(model_hash, "135abf...")` in torchtitan's
+    determinism tests, `assert sha256(data).hexdigest() == "9e3c..."`)."""
+    literals = [
+        n
+        for n in nodes
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and _HEX.search(n.value)
+    ]
+    if not literals:
+        return None
+    for literal in literals:
+        holder = parents.get(literal)
+        if isinstance(holder, ast.Call) and literal in holder.args:
+            others = [a for a in holder.args if a is not literal]
+        elif isinstance(holder, ast.Compare):
+            others = [o for o in (holder.left, *holder.comparators) if o is not literal]
+        else:
+            return None
+        texts = [ast.unparse(o) for o in others if not isinstance(o, ast.Constant)]
+        if not any(_DIGEST_WORDS.search(t) for t in texts) or any(
+            _SECURITY_WORDS.search(t) for t in texts
+        ):
+            return None
+    return "the expected value of a digest the code checks (a hash in a test), not a credential"
 
 
 _ARTIFACT_WORDS = re.compile(
@@ -706,24 +837,133 @@ def _repository_chosen_elsewhere(
             )
         if repository is None or isinstance(repository, ast.Starred):
             return None
-        if isinstance(repository, ast.Name):
-            fn = _enclosing_function(call, parents)
-            arguments = fn.args if fn is not None else None
-            names = (
-                {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
-                if arguments is not None
-                else set()
-            )
-            if repository.id not in names:
-                return None  # bound in the code: it may be a hub name written here
-        elif not isinstance(repository, ast.Attribute | ast.Subscript | ast.Call):
-            return None  # a literal (or an f-string) names the repository here
+        if _packaged_builder(call, repository):
+            chosen.append(ast.unparse(repository))
+            continue
+        if not _outside_value(repository, _enclosing_function(call, parents), parents, 0):
+            return None  # a literal, or a name bound to one: a hub name written here
         chosen.append(ast.unparse(repository))
+    if all(_packaged_builder(call, call.args[0] if call.args else None) for call in downloads):
+        return (
+            f"`load_dataset({chosen[0]}, ...)` runs a builder packaged with `datasets` on the "
+            "files it is given: no repository is downloaded, so there is no revision to pin"
+        )
     return (
         f"the repository comes from outside this code (`{chosen[0]}`: a parameter, a "
         "command-line or configuration value, often a local folder); pinning a revision "
         "belongs where a hub name is written"
     )
+
+
+# The builders `datasets` ships for local files: `load_dataset("parquet", data_files=...)`.
+_PACKAGED_BUILDERS = frozenset(
+    {
+        "arrow",
+        "audiofolder",
+        "csv",
+        "generator",
+        "imagefolder",
+        "json",
+        "pandas",
+        "parquet",
+        "sql",
+        "text",
+        "videofolder",
+        "webdataset",
+        "xml",
+    }
+)
+_MAX_ALIASES = 2
+
+
+def _packaged_builder(call: ast.Call, repository: ast.expr | None) -> bool:
+    """`load_dataset("parquet", data_files=path)`: a builder of `datasets` itself, given files."""
+    return (
+        _terminal(call.func) == "load_dataset"
+        and isinstance(repository, ast.Constant)
+        and repository.value in _PACKAGED_BUILDERS
+    )
+
+
+def _outside_value(
+    value: ast.expr,
+    fn: ast.AST | None,
+    parents: dict[ast.AST, ast.AST],
+    depth: int,
+) -> bool:
+    """`value` comes from outside the code: an attribute or entry of a configuration, a path
+    built by a call, a parameter of the enclosing function or of a function around it (a
+    nested helper reading its loader's `file_or_url_or_id`), either side of `a or b` /
+    `a if c else b` when both are, or a local name every binding of which in its function
+    is such a value (`text_model = args.text_model`, `name = config.hf_name`, `with
+    self._handle_download(uri) as repo_id:`)."""
+    if isinstance(value, ast.Attribute | ast.Subscript | ast.Call):
+        return True
+    if isinstance(value, ast.BoolOp):
+        return all(_outside_value(v, fn, parents, depth) for v in value.values)
+    if isinstance(value, ast.IfExp):
+        return _outside_value(value.body, fn, parents, depth) and _outside_value(
+            value.orelse, fn, parents, depth
+        )
+    if not isinstance(value, ast.Name):
+        return False
+    scope: ast.AST | None = fn
+    while isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+        arguments = scope.args
+        parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+        if any(a.arg == value.id for a in parameters):
+            return True
+        if _binds(scope, value.id):
+            break  # a local of this function, not its outer one's parameter
+        scope = _enclosing_function(scope, parents)
+    if scope is None:  # a script's top level: `text_model = args.text_model` under `__main__`
+        scope = _module_of(value, parents)
+    if scope is None or depth >= _MAX_ALIASES:
+        return False
+    bound = _bindings(scope, value.id)
+    return bool(bound) and all(
+        v is not None and _outside_value(v, scope, parents, depth + 1) for v in bound
+    )
+
+
+def _module_of(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> ast.Module | None:
+    while node in parents:
+        node = parents[node]
+    return node if isinstance(node, ast.Module) else None
+
+
+def _binds(fn: ast.AST, name: str) -> bool:
+    """`name` is assigned anywhere in `fn` (its own body or nested blocks)."""
+    return any(
+        isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store)
+        for node in ast.walk(fn)
+    )
+
+
+def _bindings(fn: ast.AST, name: str) -> list[ast.expr | None]:
+    """What `name` is bound to in `fn`: assigned values and `with` items; None for any other
+    binding (a loop target, an unpacking, `except ... as`), which says nothing."""
+    found: list[ast.expr | None] = []
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id == name:
+                    found.append(node.value)
+                elif any(isinstance(t, ast.Name) and t.id == name for t in ast.walk(target)):
+                    found.append(None)
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
+            target = node.target
+            if isinstance(target, ast.Name) and target.id == name:
+                found.append(node.value if isinstance(node, ast.AnnAssign) else None)
+        elif isinstance(node, ast.withitem):
+            var = node.optional_vars
+            if isinstance(var, ast.Name) and var.id == name:
+                found.append(node.context_expr)
+        elif isinstance(node, ast.For | ast.comprehension) and any(
+            isinstance(t, ast.Name) and t.id == name for t in ast.walk(node.target)
+        ):
+            found.append(None)
+    return found
 
 
 def _enclosing_function(
@@ -771,6 +1011,20 @@ def _gathered_objects(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST])
                 "from an object one of them pickled (`pickle.dumps`) in this function: no "
                 "file or outside data is read"
             )
+    return None
+
+
+def _pickled_copy(nodes: Iterator[ast.AST], _: dict[ast.AST, ast.AST]) -> str | None:
+    """`loads(dumps(self.fragment))`: every unpickling on the line reads bytes pickled by the
+    same expression a moment before (a deep copy through pickle), never a file or a peer."""
+    loads = _calls_named(nodes, "loads")
+    if loads and all(
+        len(call.args) == 1
+        and isinstance(call.args[0], ast.Call)
+        and _terminal(call.args[0].func) == "dumps"
+        for call in loads
+    ):
+        return "the bytes unpickled are pickled on the same line (a deep copy): nothing outside"
     return None
 
 
@@ -931,11 +1185,11 @@ _CHECKS: dict[tuple[str, str], _Check] = {
     ("bandit", "B311"): _random_not_for_security,
     ("detect-secrets", "Hex High Entropy String"): _digest_or_symbol_set,
     ("detect-secrets", "Base64 High Entropy String"): _first_reason(
-        _symbol_set, _download_table_ids
+        _symbol_set, _download_table_ids, _model_zoo_entries
     ),
     ("bandit", "B614"): _load_weights_only_elsewhere,
     ("torchfix", "TOR102"): _load_weights_only_elsewhere,
-    ("bandit", "B301"): _gathered_objects,
+    ("bandit", "B301"): _first_reason(_gathered_objects, _pickled_copy),
     ("detect-secrets", "Secret Keyword"): _placeholder_keyword_value,
     ("torchfix", "TOR003"): _keyword_in_unpacked("checkpoint", "use_reentrant"),
     ("bandit", "B615"): _repository_chosen_elsewhere,
