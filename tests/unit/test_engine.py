@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +38,25 @@ def test_a_pre_python_3_7_cuda_call_is_told_its_new_argument_name() -> None:
     assert finding.message.endswith("renamed the argument `non_blocking=True`")
     (plain,) = analyse_files([("bad.py", "def f(:\n    pass\n")]).all_findings()
     assert "non_blocking" not in plain.message
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="this Python parses PEP 695 syntax")
+def test_python_3_12_type_parameters_are_a_note_not_a_syntax_error() -> None:
+    """lerobot (requires Python >= 3.12) writes `type` aliases and generic classes: valid code
+    this interpreter cannot parse, so a note says the file was not audited. A syntax error
+    on any other line (here beside a variable named `type`) is still one."""
+    newer = {
+        "aliases.py": "from typing import Any\ntype FeatureDict = dict[str, Any]\n",
+        "generic.py": "class Backtrackable[T]:\n    pass\n",
+        "function.py": "def load[T: dict](path: str, obj: T) -> T:\n    return obj\n",
+    }
+    result = analyse_files(list(newer.items()))
+    assert not result.all_findings()
+    for r in result.files:
+        assert r.note is not None and "Python 3.12" in r.note, r.path
+    typo = "type = 3\ndef f(:\n    pass\n"
+    (finding,) = analyse_files([("typo.py", typo)]).all_findings()
+    assert finding.rule == "syntax-error" and finding.line == 2
 
 
 def test_deadline_stops_a_pathological_file_with_a_note() -> None:

@@ -36,7 +36,7 @@ from torchdoctor.agent.checks.loops import node_fields, scope_memo
 from torchdoctor.agent.checks.manifests import declared_floor, parse_manifests
 from torchdoctor.agent.checks.module_text import ModuleText, TriggerTable
 from torchdoctor.agent.checks.registry import enabled_rules
-from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule
+from torchdoctor.agent.checks.rules.syntax_error import SyntaxErrorRule, newer_python_syntax
 from torchdoctor.agent.checks.smoke_tests import TEST_NAMED_SCRIPT_KEY, is_test_module
 from torchdoctor.agent.checks.test_scope import outside_tests, production_only
 from torchdoctor.agent.cpus import usable_cpus
@@ -290,6 +290,13 @@ def _analyse(
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as err:
+        newer = newer_python_syntax(source, err)
+        if newer is not None:  # valid where the project runs it: no finding, a note
+            return FileResult(
+                path=path,
+                note=f"written for Python {newer} (line {err.lineno}: type parameters or a "
+                f"`type` alias), which this Python cannot parse: not audited",
+            )
         unparsed = SyntaxErrorRule.finding(path, source, err)
         read = _read_as_python3(source, path)
         if read is None:

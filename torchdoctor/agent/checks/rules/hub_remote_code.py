@@ -25,6 +25,11 @@ class HubRemoteCode(Rule):
     Example:
         model = AutoModel.from_pretrained("org/model", trust_remote_code=True)
 
+    Not reported: `trust_remote_code=True` given to a concrete class of `transformers`
+    (`Qwen2VLImageProcessor.from_pretrained(name, trust_remote_code=True)`): only the `Auto*`
+    factories (and `pipeline`) read the flag and fetch a model's own code; a class the library
+    ships runs its own code, whatever the repository holds.
+
     Fix: prefer architectures available in the installed libraries; otherwise review the
     remote code and pin it (`revision=<commit sha>` for Hugging Face, `repo:tag` or a local
     clone with `source="local"` for torch.hub).
@@ -51,6 +56,8 @@ class HubRemoteCode(Rule):
     def _check(self, ctx: ModuleContext, node: ast.Call) -> None:
         trust = kwarg(node, "trust_remote_code")
         if isinstance(trust, ast.Constant) and trust.value is True:
+            if _concrete_transformers_class(ctx, node):
+                return  # the flag only matters to the Auto* factories: nothing remote runs
             pinned = kwarg(node, "revision") is not None
             ctx.report(
                 self,
@@ -71,3 +78,18 @@ class HubRemoteCode(Rule):
                 "torch.hub runs the remote repository's hubconf.py: pin a tag or commit and "
                 "review it, or load from a local clone",
             )
+
+
+def _concrete_transformers_class(ctx: ModuleContext, node: ast.Call) -> bool:
+    """`Qwen3VLMoeForConditionalGeneration.from_pretrained(...)`: a loader of a class that
+    `transformers` defines itself (not an `Auto*` factory)."""
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr in ("from_pretrained", "from_config")):
+        return False
+    qual = ctx.qualname(func.value) or ""
+    name = qual.rsplit(".", 1)[-1]
+    return (
+        qual.startswith("transformers.")
+        and name[:1].isupper()
+        and not name.startswith(("Auto", "TF", "Flax"))
+    )

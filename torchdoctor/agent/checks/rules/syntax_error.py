@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from typing import ClassVar
 
 from torchdoctor.agent.checks.base import RawFinding, Rule
@@ -18,6 +19,11 @@ class SyntaxErrorRule(Rule):
     Example:
         def train(model
             loss = model(x)
+
+    Not reported: a file that fails only because it uses syntax of a newer Python than the
+    one torchdoctor runs on (PEP 695's `type Alias = ...`, `class Box[T]:`, `def f[T](...)`,
+    Python 3.12): the code is valid where its project runs it (lerobot requires 3.12); the
+    file is noted as not audited instead.
 
     Fix: correct the syntax at the reported line (the parser's message says what it expected).
     """
@@ -52,6 +58,25 @@ class SyntaxErrorRule(Rule):
 
 
 _ASYNC_KEYWORD = re.compile(r"[(,]\s*async\s*=")
+# PEP 695 (Python 3.12): a `type` alias statement, type parameters on a class or a function.
+_TYPE_PARAMETER_SYNTAX = re.compile(
+    r"^\s*(type\s+[A-Za-z_]\w*\s*(\[[^\]]*\])?\s*="
+    r"|class\s+[A-Za-z_]\w*\s*\[[^\]]*\]\s*[(:]"
+    r"|(async\s+)?def\s+[A-Za-z_]\w*\s*\[[^\]]*\]\s*\()"
+)
+
+
+def newer_python_syntax(source: str, err: SyntaxError) -> str | None:
+    """What newer Python a file that fails to parse here is written for, when the failing
+    line is valid there (`type FeatureDict = dict[str, Any]`, `class Pipeline[T](Base):`);
+    None on this interpreter if it already reads that syntax, or for any other error."""
+    if sys.version_info >= (3, 12):
+        return None
+    lines = source.splitlines()
+    line = lines[err.lineno - 1] if err.lineno and 0 < err.lineno <= len(lines) else ""
+    if _TYPE_PARAMETER_SYNTAX.match(line):
+        return "3.12"
+    return None
 
 
 def _hint(code: str) -> str:
