@@ -24,7 +24,7 @@ from torchdoctor.agent.checks.analysis.reachability import mode_switch
 from torchdoctor.agent.checks.analysis.vocabulary import MODULE_WRAPPERS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.dataflow import FunctionNode
-from torchdoctor.agent.checks.loops import is_backward_call, nodes_of, walk_scope
+from torchdoctor.agent.checks.loops import is_backward_call, walk_scope
 from torchdoctor.agent.checks.module_text import Triggers
 from torchdoctor.agent.models import Severity
 
@@ -87,10 +87,13 @@ class FrozenModelInTrainMode(Rule):
     )
 
     def finish(self, ctx: ModuleContext) -> None:
+        regions = _training_regions(ctx)
+        if not regions:
+            return
         trained = _trained_models(ctx)
         copies = set().union(*synced_copies(ctx).values())
         reported: set[str] = set()
-        for body in _training_regions(ctx):
+        for body in regions:
             calls = _model_calls(ctx, body)
             for call in calls:
                 key = model_key(call.func)
@@ -247,16 +250,18 @@ def _untracked_optimizers(ctx: ModuleContext) -> bool:
 
 
 def _training_regions(ctx: ModuleContext) -> list[list[ast.stmt]]:
-    """The bodies that back-propagate: functions, and the script's own statements."""
-    regions: list[list[ast.stmt]] = []
-    top = [s for s in ctx.tree.body if not isinstance(s, _NESTED_SCOPES)]
-    for body in [top] + [
-        fn.body  # type: ignore[attr-defined]
-        for fn in nodes_of(ctx, ast.FunctionDef, ast.AsyncFunctionDef)
-    ]:
-        if any(isinstance(n, ast.Call) and is_backward_call(n) for n in walk_scope(body)):
-            regions.append(body)
-    return regions
+    """The bodies that back-propagate: functions, and the script's own statements (found
+    from the module's `backward` calls, not by walking every body)."""
+    regions: dict[int, list[ast.stmt]] = {}
+    for call in ctx.flow.calls_named(("backward",)):
+        if not is_backward_call(call):
+            continue
+        fn = ctx.enclosing_function(call)
+        if fn is not None:
+            regions[id(fn)] = fn.body
+        elif ctx.enclosing_class(call) is None:
+            regions[id(ctx.tree)] = [s for s in ctx.tree.body if not isinstance(s, _NESTED_SCOPES)]
+    return list(regions.values())
 
 
 def _model_calls(ctx: ModuleContext, body: list[ast.stmt]) -> list[ast.Call]:
@@ -306,17 +311,23 @@ def _output_cut(ctx: ModuleContext, call: ast.Call, body: list[ast.stmt]) -> boo
 def _parameters_frozen(ctx: ModuleContext, key: str) -> bool:
     """`teacher.requires_grad_(False)`, or `for p in teacher.parameters(): p.requires_grad =
     False`."""
-    for call in ctx.flow.nodes(ast.Call):
+    memo = ctx.memo_table("frozen_model_in_train_mode.frozen")
+    if "" not in memo:
+        memo[""] = _frozen_keys(ctx)
+    return key in memo[""]
+
+
+def _frozen_keys(ctx: ModuleContext) -> frozenset[str]:
+    found: set[str | None] = set()
+    for call in ctx.flow.calls_named(_FREEZE_CALLS):
         func = call.func
         if (
             isinstance(func, ast.Attribute)
-            and func.attr in _FREEZE_CALLS
-            and model_key(func.value) == key
             and call.args
             and isinstance(call.args[0], ast.Constant)
             and call.args[0].value is False
         ):
-            return True
+            found.add(model_key(func.value))
     for loop in ctx.flow.nodes(ast.For):
         assert isinstance(loop, ast.For)
         source = loop.iter
@@ -324,7 +335,6 @@ def _parameters_frozen(ctx: ModuleContext, key: str) -> bool:
             isinstance(source, ast.Call)
             and isinstance(source.func, ast.Attribute)
             and source.func.attr in ("parameters", "named_parameters")
-            and model_key(source.func.value) == key
         ):
             continue
         for node in walk_scope(loop.body):
@@ -336,8 +346,9 @@ def _parameters_frozen(ctx: ModuleContext, key: str) -> bool:
                 and isinstance(node.value, ast.Constant)
                 and node.value.value is False
             ):
-                return True
-    return False
+                found.add(model_key(source.func.value))
+                break
+    return frozenset(k for k in found if k is not None)
 
 
 def _mode_may_be_set(ctx: ModuleContext, model: ast.expr, key: str) -> bool:
