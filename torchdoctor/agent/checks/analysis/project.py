@@ -55,6 +55,7 @@ Property = Literal[
     "convolutional",
     "accumulates-argument",
     "returns-backpropagated-loss",
+    "returns-backpropagated-loss-first",
     "clips-gradients",
     "leaves-model-in-eval",
     "not-returned-in-eval",
@@ -138,6 +139,9 @@ class FunctionSummary(_Model):
     returns_loss: bool = False
     """Runs `backward()` on a loss and returns that loss, graph and all (a training step
     `return loss` rather than `loss.item()`): what its caller sums keeps every graph."""
+    returns_loss_first: bool = False
+    """Runs `backward()` on a loss and returns it, graph and all, first in a tuple (`return
+    loss, mape, rmse`): what its caller sums of that element keeps every graph."""
     """A method (keyed `Class.method`) that adds its first argument into its object's state
     (a meter's `update(val, n)`)."""
     leaves_eval: bool = False
@@ -931,11 +935,16 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
     if "backward" in text and "return" in text:
         backpropagating = _backward_holders(ctx)
         for key, step in _functions_and_methods(ctx):
-            if id(step) in backpropagating and _returns_its_backpropagated_loss(ctx, step):
+            if id(step) not in backpropagating:
+                continue
+            whole = _returns_its_backpropagated_loss(ctx, step)
+            first = not whole and _returns_its_backpropagated_loss(ctx, step, first=True)
+            if whole or first:
                 entry = summary.functions.get(key) or FunctionSummary(
                     line=step.lineno, params=[a.arg for a in step.args.args]
                 )
-                summary.functions[key] = entry.model_copy(update={"returns_loss": True})
+                update = {"returns_loss": True} if whole else {"returns_loss_first": True}
+                summary.functions[key] = entry.model_copy(update=update)
     if "grad" in text:
         clipping = _top_level_holders(ctx, ctx.flow.calls_named(GRAD_CLIPS | _IN_PLACE_ON_GRAD))
         for stmt in ctx.tree.body:
@@ -1002,10 +1011,12 @@ def _backward_holders(ctx: ModuleContext) -> set[int]:
 
 
 def _returns_its_backpropagated_loss(
-    ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef
+    ctx: ModuleContext, fn: ast.FunctionDef | ast.AsyncFunctionDef, first: bool = False
 ) -> bool:
     """`loss.backward(); opt.step(); return loss`: the function back-propagates a name and
-    every value it returns is that name (no `.item()`, no `.detach()`), outside no_grad."""
+    every value it returns is that name (no `.item()`, no `.detach()`), outside no_grad.
+    With `first`, every value it returns is a tuple that starts with that name (`return
+    loss, mape, rmse`; `typing.cast(Tensor, loss)` seen through)."""
     backpropagated = {
         node.func.value.id
         for node in walk_scope(fn.body)
@@ -1017,6 +1028,11 @@ def _returns_its_backpropagated_loss(
     if not backpropagated:
         return False
     returned = [node.value for node in walk_scope(fn.body) if isinstance(node, ast.Return)]
+    if first:
+        returned = [
+            _uncast(value.elts[0]) if isinstance(value, ast.Tuple) and value.elts else None
+            for value in returned
+        ]
     return bool(returned) and all(
         isinstance(value, ast.Name)
         and value.id in backpropagated
@@ -1024,6 +1040,18 @@ def _returns_its_backpropagated_loss(
         and ctx.flow.graph_origin(value) == "loss"
         for value in returned
     )
+
+
+def _uncast(value: ast.expr) -> ast.expr:
+    """`x` for `cast(Tensor, x)` / `typing.cast(Tensor, x)`: the same value, typed."""
+    if (
+        isinstance(value, ast.Call)
+        and len(value.args) == 2
+        and isinstance(value.func, ast.Name | ast.Attribute)
+        and (value.func.id if isinstance(value.func, ast.Name) else value.func.attr) == "cast"
+    ):
+        return value.args[1]
+    return value
 
 
 def _top_level_holders(ctx: ModuleContext, nodes: list[ast.Call]) -> set[int]:
@@ -1613,6 +1641,7 @@ class ProjectIndex:
             "splits-data",
             "accumulates-argument",
             "returns-backpropagated-loss",
+            "returns-backpropagated-loss-first",
         ):
             # `pkg.mod.Class.method`
             module, _, owner = module.rpartition(".")
@@ -1635,6 +1664,8 @@ class ProjectIndex:
             return fn is not None and fn.accumulates
         if needs == "returns-backpropagated-loss":
             return fn is not None and fn.returns_loss
+        if needs == "returns-backpropagated-loss-first":
+            return fn is not None and fn.returns_loss_first
         if needs == "clips-gradients":
             return fn is not None and fn.clips_grad
         if needs == "leaves-model-in-eval":

@@ -59,6 +59,11 @@ class ArgmaxWithoutDim(Rule):
     per sentence), the tensor a model's output or its own method's (`model.decode(...)`):
     an index per example was meant; the flat index is 0-d and cannot be walked.
 
+    And one that is the index of a `gather` (`q.gather(1, q_net(s).argmax().unsqueeze(-1))`,
+    `torch.gather(q, 1, best)`, directly, through `unsqueeze`/`view`/casts, or through the
+    name it is bound to): gather picks one entry per row, so one index per row was meant
+    (Double DQN's greedy next action); the flat index points past the rows.
+
     And one whose result is reshaped to a grid of examples (`y_pred = torch.softmax(
     model(grid), dim=1).argmax()`, then `y_pred.reshape(xx.shape)`, a decision-boundary
     plot): a prediction per point was meant; the flat index is one value, and the reshape
@@ -66,7 +71,9 @@ class ArgmaxWithoutDim(Rule):
 
     Not reported: argmax with `dim` (positional or keyword), argmax of values that are not a
     model's output (unless compared with such an index vector), single forwards outside a
-    loop (one example, `model(x[None]).argmax()`), results that are not compared.
+    loop (one example, `model(x[None]).argmax()`), results that are not compared, a dim-less
+    argmax that picks one action for one state (`q_net(state).argmax().item()`) or a `gather`
+    whose index has a `dim`.
 
     Example:
         for x, y in test_loader:
@@ -120,6 +127,7 @@ class ArgmaxWithoutDim(Rule):
                 not batch_prediction
                 and not _compared_with_index_vector(ctx, call)
                 and not _indexes_rows(ctx, call)
+                and not _gather_index(ctx, call)
             ):
                 continue
             ctx.report(
@@ -305,6 +313,63 @@ def _indexes_rows(ctx: ModuleContext, call: ast.Call) -> bool:
         if any(other is not use and _row_range(ctx, other) for other in tup.elts):
             return True
     return False
+
+
+# what keeps one index per row in shape for `gather` (`.unsqueeze(-1)`, `.view(-1, 1)`)
+_INDEX_SHAPING = _SAME_VALUE | frozenset({"unsqueeze", "view", "reshape", "expand", "expand_as"})
+
+
+def _gather_index(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The argmax (through `.unsqueeze(-1)`, `.view(-1, 1)`, casts), or a name it is bound
+    to in its function, is the index of a `gather` (`t.gather(dim, index)`,
+    `torch.gather(t, dim, index)`, or `index=`): one pick per row."""
+    uses: list[ast.AST] = [_shaped_index(ctx, call)]
+    parent = ctx.parents.get(uses[0])
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
+        target = parent.targets[0]
+        if isinstance(target, ast.Name):
+            scope = ctx.enclosing_function(call)
+            uses += [
+                _shaped_index(ctx, r)
+                for r in ctx.flow.reads_of(target.id)
+                if ctx.enclosing_function(r) is scope and r.lineno >= call.lineno
+            ]
+    return any(_is_gather_index(ctx, use) for use in uses)
+
+
+def _shaped_index(ctx: ModuleContext, node: ast.AST) -> ast.AST:
+    """The outermost call of `node`'s index-shaping methods (`.unsqueeze(-1).long()`)."""
+    parent = ctx.parents.get(node)
+    while isinstance(parent, ast.Attribute) and parent.attr in _INDEX_SHAPING:
+        grand = ctx.parents.get(parent)
+        if not isinstance(grand, ast.Call) or grand.func is not parent:
+            break
+        node, parent = grand, ctx.parents.get(grand)
+    return node
+
+
+def _is_gather_index(ctx: ModuleContext, node: ast.AST) -> bool:
+    gather = ctx.parents.get(node)
+    if isinstance(gather, ast.keyword):
+        call = ctx.parents.get(gather)
+        return (
+            gather.arg == "index"
+            and isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute | ast.Name)
+            and _called_name(call) == "gather"
+        )
+    if not isinstance(gather, ast.Call) or _called_name(gather) != "gather":
+        return False
+    if ctx.flow.qualname_of(gather) == "torch.gather":
+        return len(gather.args) > 2 and gather.args[2] is node
+    return (
+        isinstance(gather.func, ast.Attribute) and len(gather.args) > 1 and gather.args[1] is node
+    )
+
+
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
 
 
 def _row_range(ctx: ModuleContext, expr: ast.expr) -> bool:

@@ -10,6 +10,7 @@ from torchdoctor.agent.checks.analysis.meters import accumulating_methods, kept_
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
+    Property,
     class_symbols,
     defer,
     imported_classes,
@@ -48,7 +49,10 @@ class LossGraphAccumulation(Rule):
     ...; return loss`, the object of another file's class by construction or annotation,
     `bpr: utils.BPRLoss`; or an imported `train_step(...)`), summed across the loop: the
     project pass confirms the callee returns the back-propagated tensor itself (not
-    `loss.item()`).
+    `loss.item()`). So is the first element of a tuple such a step returns (`return loss,
+    mape, rmse`, or `cast(Tensor, loss), n`), kept as `metrics[0]` or unpacked (`loss, n =
+    step(...)`); not another element (`_, n = step(...)`, `metrics[1]`), nor a step that
+    returns `loss.item()` first.
 
     Example:
         running_loss = 0.0
@@ -112,30 +116,42 @@ class LossGraphAccumulation(Rule):
         method of another file's class (`bpr: utils.BPRLoss`) that back-propagates its loss
         and returns it with its graph: pending on the project pass finding it so."""
         value = acc.value
-        if not isinstance(value, ast.Name):
+        first = False
+        if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
+            # `metrics = engine.train(x, y)`, then `train_loss.append(metrics[0])`
+            if not (isinstance(value.slice, ast.Constant) and value.slice.value == 0):
+                return
+            name, first = value.value, True
+        elif isinstance(value, ast.Name):
+            name = value
+        else:
             return
-        bound = ctx.flow.reaching(value)
+        bound = ctx.flow.reaching(name)
         if not isinstance(bound, ast.Call) or not ctx.flow.carried_across_iterations(acc):
             return
+        position = _unpacked_position(ctx, bound, name.id) if not first else None
+        if position not in (None, 0) or (first and _unpacked_position(ctx, bound, "") == -1):
+            return
+        first = first or position == 0
         symbols = _project_callees(ctx, bound)
         if not symbols:
             return  # (a total of such losses is no loss to back-propagate: they were)
         target = ast.unparse(acc.target)
         callee = ast.unparse(bound.func)
+        shown = ast.unparse(value)
         found = ctx.finding(
             self,
             acc.node,
-            f"`{target}` accumulates `{value.id}`, the loss `{callee}` back-propagates and "
+            f"`{target}` accumulates `{shown}`, the loss `{callee}` back-propagates and "
             "returns with its autograd graph: every iteration's graph stays in memory (return "
             "`loss.item()` or accumulate `.detach()`)",
-            data={"accumulator": target, "value": value.id, "fix": "detach"},
+            data={"accumulator": target, "value": shown, "fix": "detach"},
+        )
+        needs: Property = (
+            "returns-backpropagated-loss-first" if first else "returns-backpropagated-loss"
         )
         for symbol in symbols if found is not None else []:
-            defer(
-                ctx,
-                self.id,
-                Pending(symbol=symbol, needs="returns-backpropagated-loss", finding=found),
-            )
+            defer(ctx, self.id, Pending(symbol=symbol, needs=needs, finding=found))
 
     def _kept_by_methods(self, ctx: ModuleContext) -> None:
         """`meter.update(loss, n)` in a loop, `meter` built before it from a class whose
@@ -206,6 +222,21 @@ class LossGraphAccumulation(Rule):
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
         return ProjectIndex.from_facts(facts).confirmed(facts, cls.id)
+
+
+def _unpacked_position(ctx: ModuleContext, call: ast.Call, name: str) -> int | None:
+    """Where `name` sits in the tuple `call`'s result is unpacked into (`loss, n = f(...)`:
+    0 for `loss`); None when the result is bound whole, -1 when unpacked but not into it."""
+    assign = ctx.parents.get(call)
+    if not (isinstance(assign, ast.Assign) and assign.value is call and len(assign.targets) == 1):
+        return None
+    target = assign.targets[0]
+    if not isinstance(target, ast.Tuple | ast.List):
+        return None
+    for i, element in enumerate(target.elts):
+        if isinstance(element, ast.Name) and element.id == name:
+            return i
+    return -1
 
 
 def _project_callees(ctx: ModuleContext, call: ast.Call) -> list[str]:

@@ -45,7 +45,9 @@ class TrainLoaderNoShuffle(Rule):
     loader, or turned off while debugging, is the usual cause; mature training code on the
     precision corpus never iterates such a loader to train), also beside a
     `DistributedSampler` that is None when the run is not distributed (the DataLoader
-    refuses a sampler with `shuffle=True`; the other path then never shuffles).
+    refuses a sampler with `shuffle=True`; the other path then never shuffles). So is the
+    inverted test `shuffle=(train_sampler is not None)` beside `sampler=train_sampler` when
+    the sampler is None on some path (`shuffle=(train_sampler is None)` was meant).
 
     Not reported: an unshuffled loader whose name is bound again, shuffled, before the
     training loop (a notebook's mean-and-std pass over the images in order), `shuffle=False`
@@ -663,7 +665,9 @@ def _orders(ctx: ModuleContext, loader: ast.Call, forwarded: str | None = None) 
     # and written alone it keeps the file order as surely as no `shuffle` at all
     skipped = {forwarded, "shuffle" if _off_for_the_sampler(ctx, loader) else None}
     flag = kwarg(loader, "shuffle")
-    if flag is not None and _always_false(ctx, flag):
+    if flag is not None and _inverted_sampler_test(loader, flag):
+        skipped.add("shuffle")  # false wherever the sampler is None
+    elif flag is not None and _always_false(ctx, flag):
         if _order_kept_on_purpose(ctx, loader):
             return True
         skipped.add("shuffle")
@@ -907,6 +911,29 @@ def _always_false(ctx: ModuleContext, value: ast.expr) -> bool:
         return False
     bound = [b for b in ctx.flow.definitions(value) if b is not value]
     return bool(bound) and all(isinstance(b, ast.Constant) and b.value is False for b in bound)
+
+
+def _inverted_sampler_test(loader: ast.Call, flag: ast.expr) -> bool:
+    """`shuffle=(train_sampler is not None)` (or `not train_sampler is None`) beside
+    `sampler=train_sampler`: the test `shuffle=(train_sampler is None)` inverted, false
+    exactly on the path with no sampler (and an error on the other)."""
+    if isinstance(flag, ast.UnaryOp) and isinstance(flag.op, ast.Not):
+        inner = flag.operand
+        if not (isinstance(inner, ast.Compare) and isinstance(inner.ops[0], ast.Is)):
+            return False
+        compare = inner
+    elif isinstance(flag, ast.Compare) and isinstance(flag.ops[0], ast.IsNot):
+        compare = flag
+    else:
+        return False
+    if len(compare.ops) != 1 or not _none(compare.comparators[0]):
+        return False
+    sampler = kwarg(loader, "sampler")
+    return (
+        isinstance(compare.left, ast.Name)
+        and isinstance(sampler, ast.Name)
+        and sampler.id == compare.left.id
+    )
 
 
 def _may_be_none(ctx: ModuleContext, value: ast.expr) -> bool:

@@ -17,6 +17,7 @@ from torchdoctor.agent.checks.analysis.project import (
     project_symbol,
     star_modules,
 )
+from torchdoctor.agent.checks.analysis.vocabulary import OPTIMIZER_NAMES, OPTIMIZERS
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     Effects,
@@ -47,7 +48,14 @@ class ZeroGradMissing(Rule):
     `self.actor_optim = Adam(self.actor.parameters())`). So is an update function with no loop
     of its own, called once per step from elsewhere (TD3's `train(self, replay_buffer)`:
     the critic's and the actor's updates), that clears some of the optimizers it steps but
-    not another. A loop whose only `zero_grad()` sits on
+    not another. And an update function with no loop of its own that back-propagates and
+    steps an optimizer built in the same file (a trainer's or an agent's `train(self, x, y)`
+    around `self.optimizer = Adam(self.model.parameters())`, run by a loop in another file)
+    in a file that clears no gradients anywhere: each call steps on the sum of every earlier
+    call's gradients. Not when the file clears gradients anywhere (the caller's loop may clear
+    through it), when a loop of the same file calls the function (that loop is judged), or
+    when the optimizer arrives from outside (a parameter, another file). A loop whose only
+    `zero_grad()` sits on
     one branch of an `if` (the AMP path) while the other branch calls `backward()` and
     `step()` is reported at that other branch's `backward()`. An engine that runs both the
     backward and the step (`engine.backward(loss)`, `engine.step()`: DeepSpeed) clears the
@@ -123,6 +131,18 @@ class ZeroGradMissing(Rule):
                     )
         for fn, effects in _update_functions(ctx):
             self._report_uncleared(ctx, effects, reported, f"`{fn.name}`", "the calls")
+        for fn, step in _never_cleared_update_functions(ctx):
+            if id(step) in reported:
+                continue
+            reported.add(id(step))
+            assert isinstance(step.func, ast.Attribute)
+            ctx.report(
+                self,
+                step,
+                f"`{ast.unparse(step.func.value)}` steps in `{fn.name}`, which back-propagates "
+                "once per call, but nothing in this file ever clears its gradients: they "
+                "accumulate across calls",
+            )
         if "backward" in ctx.source and "zero_grad" in ctx.source:
             for loop in ctx.loops.training_loops:
                 if loop.kind != "loop" or len(loop.effects.step) < 2:
@@ -209,6 +229,56 @@ def _update_functions(ctx: ModuleContext) -> list[tuple[FunctionNode, Effects]]:
                 continue  # the loop's analysis judges it
             found.append((fn, effects))
     return found
+
+
+# any way of clearing gradients, by name or by hand
+_CLEARING_TEXT = ("zero_grad", "grad = None", "grad=None", "grad.zero_", "grad.data.zero_")
+
+
+def _never_cleared_update_functions(ctx: ModuleContext) -> list[tuple[FunctionNode, ast.Call]]:
+    """(function, its first optimizer step) for functions with no loop around their
+    `backward()` and `step()` that step an optimizer built in this file, in a file that
+    clears gradients nowhere and runs no loop calling them."""
+    source = ctx.source
+    if any(text in source for text in _CLEARING_TEXT) or "backward" not in source:
+        return []
+    looped = set().union(*(loop.effects.callees for loop in ctx.loops.training_loops))
+    found: list[tuple[FunctionNode, ast.Call]] = []
+    for name, defs in ctx.loops.functions.items():
+        if name in looped:
+            continue
+        for fn in defs:
+            effects = ctx.loops.effects_of(fn.body)
+            if not (effects.backward and effects.step) or effects.zero_grad:
+                continue
+            if any(_in_loop_of(ctx, node, fn) for node in [*effects.step, *effects.backward]):
+                continue  # the loop's analysis judges it
+            if _engine_steps(ctx, effects) or _steps_values_only(ctx, effects):
+                continue
+            steps = [
+                step
+                for step in effects.step
+                if isinstance(step.func, ast.Attribute)
+                and ctx.enclosing_function(step) is fn
+                and _built_here(ctx, step)
+            ]
+            if steps:
+                found.append((fn, steps[0]))
+    return found
+
+
+def _built_here(ctx: ModuleContext, step: ast.Call) -> bool:
+    """The stepped optimizer is constructed in this file (`self.optimizer = optim.Adam(...)`
+    in the class's `__init__`, `opt = torch.optim.SGD(...)`)."""
+    assert isinstance(step.func, ast.Attribute)
+    target = step.func.value
+    if step.args and "scaler" in receiver_name(step).lower():
+        target = step.args[0]
+    return any(
+        ctx.flow.qualname_of(built) in OPTIMIZERS
+        or ast.unparse(built.func).rpartition(".")[2] in OPTIMIZER_NAMES
+        for built in ctx.flow.constructors(target)
+    )
 
 
 def _in_loop_of(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> bool:

@@ -43,7 +43,9 @@ class ZeroGradOrder(Rule):
     Also reported: a call of a local helper that only clears gradients (`self.reset_grad()`,
     whose body is `self.unet.zero_grad()`) placed there, and the same order inside a local
     function the loop calls on each iteration that back-propagates, clears and steps itself
-    (a DQN notebook's `compute_td_loss(batch_size)`).
+    (a DQN notebook's `compute_td_loss(batch_size)`), or inside any function with no loop of
+    its own that does all three (an RL agent's `train(self)` whose loop is in another file:
+    DDPG's `a_loss.backward(); self.actor_optimizer.zero_grad(); self.actor_optimizer.step()`).
 
     Not reported: a clear followed by another `backward()` before the step (adversarial
     training: the attack's backward fills the weights' gradients too, `opt.zero_grad()`
@@ -69,12 +71,14 @@ class ZeroGradOrder(Rule):
     items: ClassVar[tuple[str, ...]] = ("4.3",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return bool(ctx.loops.training_loops)
+        return bool(ctx.loops.training_loops) or (
+            "zero_grad" in ctx.source and "backward" in ctx.source
+        )
 
     def finish(self, ctx: ModuleContext) -> None:
         if "zero_grad" not in ctx.source and ".grad = None" not in ctx.source:
             return
-        checked: set[int] = set()
+        checked = {id(loop.node) for loop in ctx.loops.training_loops}
         for loop in ctx.loops.training_loops:
             effects = direct_effects(loop.body)
             effects.zero_grad += _clearing_helper_calls(ctx, loop.node)
@@ -95,6 +99,10 @@ class ZeroGradOrder(Rule):
                     "the last step are discarded, each step uses one micro-batch",
                     data={"step_line": step.lineno},
                 )
+        for update in _update_functions(ctx):
+            if id(update) not in checked:
+                checked.add(id(update))
+                self._clears_between(ctx, direct_effects(update.body), set())
 
     def _clears_between(self, ctx: ModuleContext, effects: Effects, reported: set[int]) -> None:
         """Report each clear that runs after a backward and before a step of one pass."""
@@ -103,8 +111,9 @@ class ZeroGradOrder(Rule):
             backward_lines = _lines_on_its_path(ctx, clear, effects.backward)
             step_lines = _lines_on_its_path(ctx, clear, effects.step)
             if any(b < line for b in backward_lines) and any(s > line for s in step_lines):
-                if any(s < line for s in step_lines if s > backward_lines[0]):
-                    continue  # step() already ran after backward in this iteration
+                last_backward = max(b for b in backward_lines if b < line)
+                if any(last_backward < s < line for s in step_lines):
+                    continue  # step() already ran after the latest backward
                 step_after = min(s for s in step_lines if s > line)
                 if any(line < b < step_after for b in backward_lines):
                     continue  # an input-gradient backward cleared before the real one
@@ -153,6 +162,34 @@ def _step_functions(ctx: ModuleContext, loop: ast.AST) -> list[ast.FunctionDef]:
             if own.zero_grad and own.backward and own.step:
                 found.append(helper)
     return found
+
+
+def _update_functions(ctx: ModuleContext) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Functions that back-propagate, clear and step in their own body with no loop around
+    any of those calls (an RL agent's `train(self)`, run once per step by a loop in another
+    file; a soft target update's loop over parameters beside them is no matter): their order
+    is each call's order."""
+    found: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    for defs in ctx.loops.functions.values():
+        for fn in defs:
+            own = direct_effects(fn.body)
+            if not (own.zero_grad and own.backward and own.step):
+                continue
+            if any(
+                _looped_in(ctx, node, fn) for node in [*own.zero_grad, *own.backward, *own.step]
+            ):
+                continue
+            found.append(fn)
+    return found
+
+
+def _looped_in(ctx: ModuleContext, node: ast.AST, fn: ast.AST) -> bool:
+    for anc in ctx.ancestors(node):
+        if anc is fn:
+            return False
+        if isinstance(anc, ast.For | ast.AsyncFor | ast.While):
+            return True
+    return False
 
 
 def _lines_on_its_path(ctx: ModuleContext, clear: ast.AST, calls: list[ast.Call]) -> list[int]:
