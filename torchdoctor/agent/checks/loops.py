@@ -102,45 +102,81 @@ def walk_tree(root: ast.AST) -> Iterator[ast.AST]:
 
 ScopeMemo = dict[int, tuple[object, list[ast.AST]]]
 _SCOPE_MEMO: ContextVar[ScopeMemo | None] = ContextVar("scope_memo", default=None)
+_Span = tuple[ast.AST, list[ast.AST], int, int]
+_SPANS: ContextVar[dict[int, _Span] | None] = ContextVar("scope_spans", default=None)
 
 
 @contextmanager
 def scope_memo(table: ScopeMemo) -> Iterator[None]:
     """`walk_scope` keeps its walks in `table` (a module context's memo table) while this is
     open: the rules and analyses of one module walk the same function and loop bodies again
-    and again (each node about four times over torch's own sources, 18% of the whole pass)."""
+    and again (each node about four times over torch's own sources, 18% of the whole pass).
+    A walk also remembers where each statement's own nodes lie in it (a pre-order walk keeps
+    a subtree together), so a loop or branch body inside a function already walked is cut
+    from that walk, not walked again (half the nodes `walk_scope` met on torch's sources)."""
     token = _SCOPE_MEMO.set(table)
+    spans = _SPANS.set({})
     try:
         yield
     finally:
+        _SPANS.reset(spans)
         _SCOPE_MEMO.reset(token)
 
 
 def walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
-    """Every node under `nodes`, not descending into nested functions, classes or lambdas.
+    """Every node under `nodes`, not descending into nested functions, classes or lambdas
+    (the nodes of a list are each walked so, in turn, even when one is a function).
 
     Pre-order, children in `ast.iter_child_nodes` order. Inside `scope_memo`, each body or
     node is walked once per module (keyed by identity; the memo keeps the key alive, so an
     identity is never reused while it is kept)."""
     memo = _SCOPE_MEMO.get()
     if memo is None:
-        return _walk_scope(nodes)
+        return iter(_walk_scope(nodes))
     kept = memo.get(id(nodes))
     if kept is None or kept[0] is not nodes:
-        kept = memo[id(nodes)] = (nodes, list(_walk_scope(nodes)))
+        kept = memo[id(nodes)] = (nodes, _walk_scope(nodes))
     return iter(kept[1])
 
 
-def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
-    """`walk_scope`'s walk, read straight from the node-bearing fields (it runs over every
-    loop and function body, so generators and scalar fields cost)."""
-    stack: list[ast.AST] = list(reversed(nodes)) if isinstance(nodes, list) else [nodes]
+def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> list[ast.AST]:
+    """`walk_scope`'s nodes: a list's are its nodes' walks one after the other; a node's are
+    cut from an enclosing walk already made in this module (`scope_memo`), else walked."""
+    spans = _SPANS.get()
+    if not isinstance(nodes, list):
+        return _spanned(nodes, spans) if spans is not None else _walk_one(nodes, None)
+    found: list[ast.AST] = []
+    for node in nodes:
+        found += _spanned(node, spans) if spans is not None else _walk_one(node, None)
+    return found
+
+
+def _spanned(node: ast.AST, spans: dict[int, _Span]) -> list[ast.AST]:
+    span = spans.get(id(node))
+    if span is not None and span[0] is node:
+        return span[1][span[2] : span[3]]
+    return _walk_one(node, spans)
+
+
+def _walk_one(root: ast.AST, spans: dict[int, _Span] | None) -> list[ast.AST]:
+    """`root` and every node under it but nested functions, classes and lambdas (`root` is
+    walked whatever it is), read straight from the node-bearing fields. With `spans`, each
+    statement met records where its nodes lie in the list returned (the list is never
+    changed): the nodes of its own walk, since it is no scope of its own."""
+    found: list[ast.AST] = []
+    stack: list[ast.AST | tuple[ast.AST, int]] = [root]
     known = _NODE_FIELDS
     scopes = _SCOPE_KINDS
-    node_class = ast.AST
+    node_class, stmt_class = ast.AST, ast.stmt
     while stack:
         node = stack.pop()
-        yield node
+        if node.__class__ is tuple:  # the end of a statement's nodes: (statement, start)
+            statement, first = node
+            spans[id(statement)] = (statement, found, first, len(found))  # type: ignore[index]
+            continue
+        if spans is not None and isinstance(node, stmt_class):
+            stack.append((node, len(found)))
+        found.append(node)  # type: ignore[arg-type]
         fields = known.get(node.__class__)
         if fields is None:
             fields = node_fields(node.__class__)
@@ -157,6 +193,7 @@ def _walk_scope(nodes: list[ast.stmt] | ast.AST) -> Iterator[ast.AST]:
                 children.append(value)
         children.reverse()
         stack.extend(children)
+    return found
 
 
 def named_calls(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:
