@@ -98,22 +98,23 @@ class BatchInputNotMoved(Rule):
             for f in nodes_of(ctx, ast.FunctionDef, ast.AsyncFunctionDef)
             if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
         }
-        host_makers = {name for name, f in functions.items() if _returns_host_tensor(f)}
-        movers = {name for name, f in functions.items() if _moves_an_argument(f)}
+        helpers: list[set[str]] = []
         scopes: list[list[ast.stmt]] = [ctx.tree.body]
         scopes.extend(f.body for f in functions.values())
         for body in scopes:
             own = [s for s in body if not isinstance(s, _NESTED_SCOPES)]
-            self._host_input_to_moved_model(ctx, own, host_makers, movers, functions)
+            self._host_input_to_moved_model(ctx, own, helpers, functions)
 
     def _host_input_to_moved_model(
         self,
         ctx: ModuleContext,
         body: list[ast.stmt],
-        host_makers: set[str],
-        movers: set[str],
+        helpers: list[set[str]],
         functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef],
     ) -> None:
+        """`helpers`: the module's functions that make host tensors and those that move an
+        argument, found once a scope first moves a model (empty until then: most modules
+        never do, and judging every function costs more than the rest of the rule)."""
         models: dict[str, int] = {}  # model name -> first line where it is moved
         bindings: dict[str, list[tuple[int, ast.expr | None]]] = {}
         touched: dict[str, list[int]] = {}  # names moved (or rebound from a move) -> lines
@@ -148,6 +149,12 @@ class BatchInputNotMoved(Rule):
                 del models[model]  # nn.DataParallel(model.cuda()) scatters CPU inputs itself
         if not models:
             return
+        if not helpers:
+            helpers += [
+                {name for name, f in functions.items() if _returns_host_tensor(f)},
+                {name for name, f in functions.items() if _moves_an_argument(f)},
+            ]
+        host_makers, movers = helpers
         for call in calls:
             model = _run_model(call, models, movers, functions)
             if not model:
