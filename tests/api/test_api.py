@@ -294,10 +294,13 @@ def test_a_tarball_and_a_server_path_are_accepted(server: Server, acme: httpx.Cl
 
 def test_the_rate_limit_answers_429_with_retry_after(server: Server, keys: dict[str, str]) -> None:
     limited = server.client(keys["limited"])
-    answers = [limited.get("/v1/audits").status_code for _ in range(150)]
+    responses = [limited.get("/v1/audits") for _ in range(150)]
+    answers = [r.status_code for r in responses]
     assert answers.count(429) > 0 and answers[0] == 200
-    late = limited.get("/v1/audits")
-    assert late.status_code == 429 and int(late.headers["retry-after"]) >= 1
+    # every refusal says when to come back (a request after the burst may find the bucket
+    # refilled on a slow machine, so the refusals themselves are checked)
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
 
 
 def _jobs_with(marker: str) -> list[psutil.Process]:
