@@ -25,6 +25,7 @@ from torchdoctor.agent.checks.analysis.gradmode import grad_may_be_off
 from torchdoctor.agent.checks.analysis.meters import accumulating_methods
 from torchdoctor.agent.checks.analysis.mode_layers import MODE_WORDS, class_mode_free, mode_layer
 from torchdoctor.agent.checks.analysis.reachability import mode_switch
+from torchdoctor.agent.checks.analysis.schedules import hand_written_schedules
 from torchdoctor.agent.checks.analysis.vocabulary import LOG_SOFTMAX, SIGMOID, SOFTMAX
 from torchdoctor.agent.checks.base import RawFinding, SourceSite, related_place
 from torchdoctor.agent.checks.catalogue import suppressed_inline
@@ -62,6 +63,7 @@ Property = Literal[
     "attribute-not-evaluated-by-base",
     "argument-used-whole",
     "clears-no-gradients",
+    "not-a-hand-written-schedule",
 ]
 _REMOVABLE_OUTPUTS: frozenset[Property] = frozenset(
     {"output:softmax", "output:log_softmax", "output:sigmoid"}
@@ -154,6 +156,9 @@ class FunctionSummary(_Model):
     clips_grad: bool = False
     """Clips or clamps the gradients it reaches (`clip_grad_norm_`, `p.grad.data.clamp_(-c,
     c)`) and neither back-propagates nor steps: a clipping helper its callers order."""
+    hand_written_schedule: bool = False
+    """A schedule class's `step` (keyed `Class.step`) that is not torch's: it sets the
+    optimizer's values for the step it is called at, before `optimizer.step()` on purpose."""
     element_params: list[str] = Field(default_factory=list)
     """Parameters it reads only one element at a time (`n_channels[0]`): a one-element
     tensor passed for one meets no other tensor, whatever its device."""
@@ -926,6 +931,10 @@ def summarise(ctx: ModuleContext) -> ModuleSummary:
                 summary.functions[f"{cls_name}.__init__"] = FunctionSummary(
                     line=init.lineno, params=[a.arg for a in init.args.args], evaluates=evaluated
                 )
+    for cls in hand_written_schedules(ctx):
+        summary.functions[f"{cls.name}.step"] = FunctionSummary(
+            line=cls.lineno, hand_written_schedule=True
+        )
     if "+=" in text or "append" in text:
         for cls_name, cls in ctx.flow.classes.items():
             for method, fn in accumulating_methods(ctx, cls).items():
@@ -1631,6 +1640,9 @@ class ProjectIndex:
         if needs == "not-mode-free":  # unless the class is found and known to be mode-free
             cls = self._class(symbol, near)
             return cls is None or not cls.mode_free
+        if needs == "not-a-hand-written-schedule":  # unless the class is found to be one
+            step = self._function(f"{self._through_reexports(symbol)}.step", near, owner_depth=1)
+            return step is None or not step.hand_written_schedule
         if needs == "not-returned-in-eval":  # unless the function is found to return eval mode
             fn = self._function(symbol, near)
             return fn is None or not fn.returns_eval

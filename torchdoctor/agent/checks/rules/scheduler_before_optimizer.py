@@ -11,8 +11,10 @@ from torchdoctor.agent.checks.analysis.project import (
     callee_symbol,
     defer,
     is_package_init,
+    passed_for_parameter,
     publish,
 )
+from torchdoctor.agent.checks.analysis.schedules import hand_written_schedule
 from torchdoctor.agent.checks.base import ModuleContext, RawFinding, Rule
 from torchdoctor.agent.checks.loops import (
     is_optimizer_step,
@@ -61,7 +63,11 @@ class SchedulerBeforeOptimizer(Rule):
     step cannot be seen (a method of an object built elsewhere, a function of an installed
     library); a schedule whose `step()` returns the value it set (`new_lr =
     scheduler.step()` anywhere in the module: hand-written, it sets this step's value itself,
-    torch's returns None).
+    torch's returns None); a hand-written schedule class (its own `step` writes
+    `group["lr"]` or `group["weight_decay"]` and it derives from no torch scheduler: I-JEPA's
+    `WarmupCosineSchedule`, a Noam schedule), in this file or another file of the project,
+    even when it reaches the loop through a tuple a local function returns and a parameter.
+    A subclass of a torch scheduler keeps torch's contract and is reported.
 
     Fix: call `scheduler.step()` after `optimizer.step()` (per batch) or after the inner
     batch loop (per epoch).
@@ -77,8 +83,8 @@ class SchedulerBeforeOptimizer(Rule):
         return "sched" in ctx.source.lower() and ".step(" in ctx.source
 
     def finish(self, ctx: ModuleContext) -> None:
-        if ".step(" in ctx.source or is_package_init(ctx):
-            publish(ctx)
+        if ".step(" in ctx.source or "def step" in ctx.source or is_package_init(ctx):
+            publish(ctx)  # `def step`: a hand-written schedule other files step
         if not self.applies(ctx):
             return
         reported: set[int] = set()
@@ -93,6 +99,7 @@ class SchedulerBeforeOptimizer(Rule):
                 and not _given_its_position(call)
                 and receiver_name(call) not in custom
                 and not _skips_the_iteration(ctx, call, loop)
+                and not _built_by_hand(ctx, call)
             ]
             if not schedulers:
                 continue
@@ -101,7 +108,7 @@ class SchedulerBeforeOptimizer(Rule):
             for call in schedulers:
                 if first is not None and call.lineno < first:
                     reported.add(call.lineno)
-                    ctx.report(self, call, _MESSAGE, data={"optimizer_step_line": first})
+                    self._report(ctx, call, first)
                 elif first is None:
                     on_path = [(c, s) for c, s in imported if not _exclusive(ctx, c, call)]
                     earlier = [s for c, s in on_path if c.lineno < call.lineno]
@@ -127,7 +134,23 @@ class SchedulerBeforeOptimizer(Rule):
             for call, first in _straight_line_order(ctx, fn, custom):
                 if call.lineno not in reported:
                     reported.add(call.lineno)
-                    ctx.report(self, call, _MESSAGE, data={"optimizer_step_line": first})
+                    self._report(ctx, call, first)
+
+    def _report(self, ctx: ModuleContext, call: ast.Call, first: int) -> None:
+        """Reported at once, or, where the schedule is another file's class, once the project
+        pass finds that class is not a hand-written schedule."""
+        found = ctx.finding(self, call, _MESSAGE, data={"optimizer_step_line": first})
+        if found is None:
+            return
+        imported = _imported_schedule_class(ctx, call)
+        if imported is None:
+            ctx.findings.append(found)
+        else:
+            defer(
+                ctx,
+                self.id,
+                Pending(symbol=imported, needs="not-a-hand-written-schedule", finding=found),
+            )
 
     @classmethod
     def check_project(cls, facts: dict[str, dict[str, Any]]) -> list[RawFinding]:
@@ -175,7 +198,7 @@ def _straight_line_order(
     for call in _steps_in(ctx, fn.body):
         if _loop_within(ctx, call, fn) or _given_its_position(call):
             continue
-        if receiver_name(call) in custom:
+        if receiver_name(call) in custom or _built_by_hand(ctx, call):
             continue
         if any(step.lineno < call.lineno for step in local):
             continue  # stepped after an optimizer step: nothing skipped
@@ -204,6 +227,61 @@ def _returning_schedules(ctx: ModuleContext) -> set[str]:
         for call in ctx.flow.calls_named(("step",))
         if receiver_name(call) and not isinstance(ctx.parents.get(call), ast.Expr)
     }
+
+
+def _built_by_hand(ctx: ModuleContext, call: ast.Call) -> bool:
+    """The schedule stepped is a class of this module that sets the optimizer's values itself
+    (`schedules.hand_written_schedule`), not a torch scheduler: stepped first by design."""
+    classes = ctx.flow.classes
+    return any(
+        isinstance(built.func, ast.Name)
+        and built.func.id in classes
+        and hand_written_schedule(ctx, classes[built.func.id])
+        for built in _constructions(ctx, call)
+    )
+
+
+def _constructions(ctx: ModuleContext, call: ast.Call) -> list[ast.Call]:
+    """The calls that build the stepped schedule, through the callers of this module that
+    pass it for a parameter (`run_one_epoch(..., scheduler, ...)`)."""
+    assert isinstance(call.func, ast.Attribute)
+    receiver = call.func.value
+    found: list[ast.Call] = []
+    for value in [receiver, *passed_for_parameter(ctx, receiver)]:
+        found += ctx.flow.constructors(value)
+        if isinstance(value, ast.Name):  # `opt, scheduler = init_opt(...)`: its 2nd item
+            found += _unpacked_from_a_local_function(ctx, value)
+    return found
+
+
+def _unpacked_from_a_local_function(ctx: ModuleContext, name: ast.Name) -> list[ast.Call]:
+    """What builds the item a tuple unpacking binds `name` to, from the tuples the local
+    function called returns (`return optimizer, scaler, scheduler`)."""
+    found: list[ast.Call] = []
+    for value, position, arity in ctx.flow.unpackings(name):
+        if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name):
+            continue
+        for returned in ctx.flow.local_returns().get(value.func.id, []):
+            if isinstance(returned, ast.Tuple) and len(returned.elts) == arity:
+                found += ctx.flow.constructors(returned.elts[position])
+    return found
+
+
+def _imported_schedule_class(ctx: ModuleContext, call: ast.Call) -> str | None:
+    """The class of another file the stepped schedule is built from (`WarmupCosineSchedule(
+    optimizer, ...)` imported from `src.utils.schedulers`): the project pass asks whether it
+    is a hand-written schedule. None when it is built otherwise, or from several classes."""
+    found: set[str] = set()
+    for built in _constructions(ctx, call):
+        if ctx.calls.resolve(built):
+            continue  # a local function (`init_opt(...)`): what it builds is listed too
+        symbol = callee_symbol(ctx, built.func)
+        if symbol is None or not symbol.rpartition(".")[2][:1].isupper():
+            return None  # a factory (`get_cosine_schedule_with_warmup`) or a local build
+        if symbol.startswith("torch."):
+            return None  # `MultiStepLR`: torch's own
+        found.add(symbol)
+    return found.pop() if len(found) == 1 else None
 
 
 def _given_its_position(call: ast.Call) -> bool:
@@ -246,9 +324,9 @@ def _optimizer_steps(
     local: list[ast.Call] = []
     imported: list[tuple[ast.Call, str]] = []
     for node in walk_scope(body):
-        if not isinstance(node, ast.Call):
-            continue
-        if is_optimizer_step(node) and not is_scheduler_step(ctx, node):
+        if not isinstance(node, ast.Call) or is_scheduler_step(ctx, node):
+            continue  # a schedule's own `step` (a local subclass's override) steps no optimizer
+        if is_optimizer_step(node):
             local.append(node)
             continue
         names = {fn.name for fn in ctx.calls.resolve(node)} or {local_callee(node)}
