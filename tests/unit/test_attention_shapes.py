@@ -63,6 +63,8 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
     folded = (torch.randn(6, 5, 4), torch.randn(6, 7, 4), torch.randn(6, 7, 4))
     hidden = torch.zeros(6, 5, 7, dtype=torch.bool)
     hidden[:, :, 5:] = True
+    keys = torch.ones(6, 6)  # the last two keys padded out, no row fully masked
+    keys[:, 4:] = 0
     table: dict[str, tuple[str, dict[str, object], tuple[object, ...]]] = {
         "baddbmm_beta_zero": ("AttnProcessor", {"dim": 16, "heads": 2}, (torch.randn(2, 5, 16),)),
         "bmm_softmax_dim2": ("ScaledDotProductAttention", {"temperature": 2.0}, (*folded, hidden)),
@@ -221,6 +223,17 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             {"dim": 16, "dropout": 0.1},
             (torch.randn(2, 5, 16),),
         ),
+        "scale_module_before_attention": (
+            "Attention",
+            {"dim": 16, "head_dim": 4, "attn_drop": 0.1},
+            (torch.randn(2, 5, 16),),
+        ),
+        "causal_buffer_in_other_class": ("EncoderAttention", {"d_head": 4, "mask": keys}, heads),
+        "einsum_operand_list": (
+            "Attention",
+            {"dim": 16, "num_heads": 2, "attn_drop": 0.1},
+            (torch.randn(2, 5, 16),),
+        ),
     }
     return table[name]
 
@@ -272,6 +285,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "guarded_dropout_custom_module",
         "rel_pos_under_flag",
         "relative_content_position",
+        "nonlocal_tuple_operands_branch",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:

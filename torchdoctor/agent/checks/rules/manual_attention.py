@@ -229,7 +229,8 @@ def _right_operand(node: ast.AST) -> ast.AST | None:
 
 def _weights_operand(node: ast.AST) -> ast.AST | None:
     """The weights side of `w @ v`, `torch.matmul(w, v)`, `torch.bmm(w, v)` or an einsum
-    `(..., i, j) x (..., j, d) -> (..., i, d)`."""
+    `(..., i, j) x (..., j, d) -> (..., i, d)`, its operands also handed over as one list or
+    tuple (`torch.einsum("bhlt,bhtv->bhlv", [attn, v])`, microsoft/CvT)."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
         return node.left
     if isinstance(node, ast.Call) and _is_matmul_call(node):
@@ -238,6 +239,8 @@ def _weights_operand(node: ast.AST) -> ast.AST | None:
     if parsed is not None and eq.contracts_keys(*parsed):
         assert isinstance(node, ast.Call)
         operands = node.args[1:] if isinstance(node.args[0], ast.Constant) else node.args[:-1]
+        if len(operands) == 1 and isinstance(operands[0], ast.List | ast.Tuple):
+            operands = operands[0].elts
         return operands[0] if operands else None
     return None
 

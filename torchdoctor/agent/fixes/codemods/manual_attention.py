@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -80,6 +81,11 @@ _NEG_INF = frozenset(
 )
 """Negative infinity as people spell it, lower-cased (`-float('Inf')`, `float("-infinity")`,
 `-np.Inf`, `np.NINF`): compare `_neg_inf(text)`, never the text as written."""
+
+_OWNER: ContextVar[cst.ClassDef | None] = ContextVar("_OWNER", default=None)
+"""The class whose method holds the attention being matched: its `self.X` are looked up
+there (and in its bases in the file), not in whichever class of the file assigns `self.X`
+first."""
 
 
 def _neg_inf(text: str) -> bool:
@@ -309,7 +315,12 @@ def _find(ctx: SourceContext, target: FixTarget) -> _Attention | None:
         block = ctx.parent(stmt) if stmt is not None else None
         if stmt is None or not isinstance(block, cst.IndentedBlock):
             continue
-        found = _match(ctx, list(block.body), block.body.index(stmt), call, *softmax)
+        owner = next((a for a in ctx.ancestors(call) if isinstance(a, cst.ClassDef)), None)
+        token = _OWNER.set(owner)
+        try:
+            found = _match(ctx, list(block.body), block.body.index(stmt), call, *softmax)
+        finally:
+            _OWNER.reset(token)
         if found is None and isinstance(ctx.parent(block), cst.If | cst.Else):
             raise AttentionRefused(
                 "the softmax sits in one branch of an if/else and the scores come from "
@@ -1594,14 +1605,43 @@ def _top_left_square(sub: cst.Subscript) -> bool:
 
 
 def _buffer_value(ctx: SourceContext, name: str) -> cst.BaseExpression | None:
-    """What `self.X` (a registered buffer or attribute) or a module-level name was built from."""
+    """What `self.X` (a registered buffer or attribute) or a module-level name was built from.
+    `self.X` is looked up in the class that holds the attention and its bases in the file:
+    a `Scale` module's `self.scale = nn.Parameter(...)` or another block's causal `self.mask`
+    says nothing about the attention class's own (metaformer's Attention and Scale)."""
+    owner = _OWNER.get()
+    if name.startswith("self.") and owner is not None:
+        for cls in _class_and_bases(ctx, owner):
+            built = _built_in(ctx, name, cls)
+            if built is not None:
+                return built
+        return None
+    return _built_in(ctx, name, None)
+
+
+def _class_and_bases(ctx: SourceContext, owner: cst.ClassDef) -> list[cst.ClassDef]:
+    """`owner`, then the classes of this file it derives from (nearest first)."""
+    classes = {c.name.value: c for c in ctx.find(cst.ClassDef)}
+    order, pending = [owner], [owner]
+    while pending:
+        for base in pending.pop(0).bases:
+            found = classes.get(dotted_name(base.value) or "")
+            if found is not None and found not in order:
+                order.append(found)
+                pending.append(found)
+    return order
+
+
+def _built_in(
+    ctx: SourceContext, name: str, inside: cst.CSTNode | None
+) -> cst.BaseExpression | None:
     attribute = name.removeprefix("self.")
-    for call in ctx.find(cst.Call):
+    for call in ctx.find(cst.Call, inside=inside):
         if method_call(call, "register_buffer") and len(call.args) >= 2:
             key = call.args[0].value
             if isinstance(key, cst.SimpleString) and key.evaluated_value == attribute:
                 return call.args[1].value
-    for assign in ctx.find(cst.Assign):
+    for assign in ctx.find(cst.Assign, inside=inside):
         if len(assign.targets) == 1 and dotted_name(assign.targets[0].target) == name:
             return assign.value
     return None
