@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL server for tests, from Debian's `postgresql` package: initdb in a
 temporary folder, a free port on 127.0.0.1, trust auth, stopped and removed afterwards.
 
-As root, the server runs as the `postgres` user (initdb refuses root), via `runuser`.
+As root, the server runs as the `postgres` user (initdb refuses root), via `runuser`. A watcher
+stops it and removes its folder if this process ends without doing so (`tests.lifeline`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.lifeline import Sweeper
 
 
 class PostgresUnavailable(RuntimeError):
@@ -56,6 +59,7 @@ def postgres_server() -> Iterator[str]:
         os.chown(scratch, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     data, port = scratch / "data", free_port()
+    sweeper = Sweeper(scratch)  # an interrupted run's server dies with its worker
 
     def run(*argv: str) -> None:
         done = subprocess.run(
@@ -99,6 +103,7 @@ def postgres_server() -> Iterator[str]:
                 check=False,
             )
     finally:
+        sweeper.cancel()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

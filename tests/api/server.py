@@ -1,4 +1,5 @@
-"""A real `torchdoctor serve` on 127.0.0.1 for the API tests, on SQLite or PostgreSQL."""
+"""A real `torchdoctor serve` on 127.0.0.1 for the API tests, on SQLite or PostgreSQL; it dies
+with the test process that started it (an interrupted run leaves none behind)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from tests.lifeline import die_with_us
 from tests.pg_server import free_port
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.store.store import Store
@@ -60,6 +62,7 @@ class Server:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=open(self.home / "server.log", "ab"),  # noqa: SIM115 - the server owns it
+            preexec_fn=die_with_us(),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

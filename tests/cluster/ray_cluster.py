@@ -2,7 +2,7 @@
 with `ray start` as separate processes on 127.0.0.1, every port chosen free, usage statistics
 and the dashboard off, a private temporary folder. Its processes are found by that folder and
 the node's own port, and stopped by PID (never `ray stop`, which would stop every Ray on the
-machine)."""
+machine); a watcher stops them if this process ends without doing so (`tests.lifeline`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.lifeline import Sweeper
 from tests.pg_server import free_port
 
 RAY = Path(sys.executable).with_name("ray")
@@ -81,6 +82,8 @@ class RayCluster:
     taken: set[int] = field(default_factory=set)
     """Ports handed out: the kernel may give a port just released to the next free_port(), and
     Ray refuses to start when two of its components were given the same one."""
+    sweeper: Sweeper | None = None
+    """Ends the cluster (every process naming its folder) if this process exits first."""
 
     def __post_init__(self) -> None:
         self.taken.add(self.port)
@@ -129,6 +132,7 @@ class RayCluster:
 
     def start(self, head_cpus: int, workers: list[tuple[int, dict[str, float]]]) -> None:
         """The head and its workers at once: a worker's `ray start` waits for the head."""
+        self.sweeper = self.sweeper or Sweeper(self.temp_dir)
         starting = [self._launch(head_cpus, {}, head=True)]
         starting += [self._launch(cpus, resources, head=False) for cpus, resources in workers]
         for process in starting:
@@ -209,3 +213,5 @@ class RayCluster:
         wait_dead(rest)
         time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.sweeper is not None:
+            self.sweeper.cancel()
