@@ -429,23 +429,90 @@ def under_periodic_guard(
 ) -> bool:
     """Whether an `if` between `node` and `stop` (a loop or function; without one, the
     enclosing function) runs it only periodically: `step % N == 0` itself, or a flag bound to
-    one earlier (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`).
+    one earlier (`is_log_step = step % log_every == 0 or last_batch`, then `if is_log_step:`);
+    an earlier periodic exit in its block (`if not should_log(step): return`); or a branch
+    that ends the run (`if not math.isfinite(loss.item()): ...; raise`), entered once.
     With `beside_the_step`, a guard around the backward pass itself does not count: it makes
     the training step periodic (cleanrl's `if global_step % args.train_frequency == 0:`), not
     what runs in it."""
     bound = stop if stop is not None else ctx.enclosing_function(node)
-    return any(
+    if any(
         part != "test"
-        and holds_through_flags(ctx, guard.test, is_periodic_guard, (ast.Name,))
-        and not (beside_the_step and _holds_backward(guard))
+        and (
+            (
+                holds_through_flags(ctx, guard.test, is_periodic_guard, (ast.Name,))
+                and not (beside_the_step and _holds_backward(guard.body))
+            )
+            or (part == "body" and _ends_the_run(guard.body))
+        )
         for guard, part in enclosing_ifs(ctx, node, bound)
-    )
+    ):
+        return True
+    return _after_a_periodic_exit(ctx, node, bound, beside_the_step)
 
 
-def _holds_backward(guard: ast.If) -> bool:
+def _after_a_periodic_exit(
+    ctx: ModuleContext, node: ast.AST, bound: ast.AST | None, beside_the_step: bool
+) -> bool:
+    """An earlier statement of a block around `node` leaves on most steps: `if not
+    should_log(step): return` or `if step % k: continue` before the logging (torchtitan's
+    `train_step`). With `beside_the_step`, not when the rest of the block still runs the
+    backward pass (a periodic training step, not periodic logging)."""
+    child: ast.AST = node
+    for anc in ctx.ancestors(node):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(anc, field, None)
+            if not isinstance(block, list) or not any(s is child for s in block):
+                continue
+            index = next(i for i, s in enumerate(block) if s is child)
+            for i, stmt in enumerate(block[:index]):
+                if (
+                    isinstance(stmt, ast.If)
+                    and not stmt.orelse
+                    and isinstance(stmt.body[-1], ast.Return | ast.Continue)
+                    and holds_through_flags(ctx, stmt.test, is_periodic_guard, (ast.Name,))
+                    and not (beside_the_step and _holds_backward(block[i + 1 :]))
+                ):
+                    return True
+        if anc is bound or isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
+        child = anc
+    return False
+
+
+def _ends_the_run(body: list[ast.stmt]) -> bool:
+    """A branch that stops the run: it raises, exits or leaves the loop (a last `if`/`else`
+    whose arms each raise, exit or return, one of them raising), as a non-finite-loss check
+    does: what it reads is read once, not every step. A plain `return` may end only this
+    step (a per-step function's AMP arm), so it does not count alone."""
+    return _leaves(body, raised=False)
+
+
+def _leaves(body: list[ast.stmt], raised: bool) -> bool:
+    last = body[-1]
+    if isinstance(last, ast.If):
+        if not last.orelse:
+            return False
+        arms = [_leaves(last.body, raised=True), _leaves(last.orelse, raised=True)]
+        return all(arms) and (_raises(last.body) or _raises(last.orelse))
+    if isinstance(last, ast.Return):
+        return raised  # beside an arm that raises: the error path
+    return _raises(body) or isinstance(last, ast.Break)
+
+
+def _raises(body: list[ast.stmt]) -> bool:
+    last = body[-1]
+    if isinstance(last, ast.Expr) and isinstance(last.value, ast.Call):
+        return ast.unparse(last.value.func) in ("sys.exit", "exit", "quit", "os._exit")
+    if isinstance(last, ast.If) and last.orelse:
+        return _raises(last.body) or _raises(last.orelse)
+    return isinstance(last, ast.Raise)
+
+
+def _holds_backward(body: list[ast.stmt]) -> bool:
     return any(
         isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
-        for stmt in guard.body
+        for stmt in body
         for n in ast.walk(stmt)
     )
 

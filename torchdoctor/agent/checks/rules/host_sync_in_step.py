@@ -34,7 +34,9 @@ class HostSyncInStep(Rule):
     to the host, so the CPU cannot queue the next step ahead: the GPU idles between steps.
     Logging under `if step % N == 0:` is fine and is not reported (a guard around the backward
     pass itself, `if global_step % train_frequency == 0:`, makes the step periodic: reads in
-    it still run on every step), nor a read in full-batch training (an epoch loop whose step
+    it still run on every step), nor logging after an early exit on the other steps (`if not
+    should_log(step): return`), nor a read in a branch that stops the run (a non-finite-loss
+    check whose arms raise or return), nor a read in full-batch training (an epoch loop whose step
     draws no batch: a GCN trained on the whole graph steps once per epoch), nor is a read
     whose value an environment's `step()` takes (a reinforcement-learning rollout: the
     simulator runs on the host, so the policy's actions must come back every step whatever
