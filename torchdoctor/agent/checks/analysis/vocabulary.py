@@ -38,6 +38,9 @@ DATALOADERS = _names("dataloaders")
 # Names of held-out splits (a `split="val"` argument, a `{"train": ..., "test": ...}` key, a
 # `val_loader`, a `for phase in ("train", "eval")` loop), and those of validation alone.
 HELD_OUT_SPLITS = _names("held_out_splits")
+# Cross-validation splitters whose folds come back as sorted index arrays: their `shuffle=`
+# draws which rows fall in each fold, never the order the rows are visited in.
+FOLD_SPLITTERS = _names("fold_splitters")
 VALIDATION_SPLITS = _names("validation_splits")
 SCHEDULER_HINTS = tuple(sorted(_names("scheduler_hints")))
 LOSS_FUNCTIONS = _names("loss_functions")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from torchdoctor.agent.checks.analysis.held_out import held_out_name_kind
+from torchdoctor.agent.checks.analysis.vocabulary import FOLD_SPLITTERS
 from torchdoctor.agent.checks.base import ModuleContext, Rule
 from torchdoctor.agent.checks.loops import TrainingLoop, nodes_of, walk_scope, walk_tree
 from torchdoctor.agent.checks.module_text import Triggers
@@ -24,7 +25,7 @@ _REORDERING_CALLS = frozenset(
 _ORDERED_CHUNKS = re.compile(
     r"^(hid|hx|cx|h0|c0|mems|state|states)$|(^|_)(hidden|bptt)(_|$)|_states?$", re.IGNORECASE
 )
-_SLICE_BY_STEP = re.compile(r"\[\s*(\w+)\s*:\s*\1\s*\+")
+_SLICE_BY_STEP = re.compile(r"\[\s*(\w+)\s*:\s*(\1\s*\+|\w+\s*\])")
 _BATCH_SIZE = re.compile(r"^(bs|bsz|batch|(\w+_)?batch_?size|(\w+_)?bs)$", re.IGNORECASE)
 _WRAPPERS = frozenset({"enumerate", "tqdm", "list", "iter", "trange"})
 
@@ -34,8 +35,13 @@ class ManualBatchesUnshuffled(Rule):
     len(X), bs): xb = X[i:i + bs]`, or a helper returning `[graphs[i:i + bs] for i in
     range(0, len(graphs), bs)]` that the epoch loop iterates) when nothing in the module
     reorders that sequence: no `random.shuffle`, `np.random.permutation`, `torch.randperm`,
-    `.sample(...)` or sampler. The loop must run once per epoch (inside another loop) and
-    train (back-propagate and step, itself or through a method it calls).
+    `.sample(...)` or sampler. The loop must run once per epoch (inside another loop, or in a
+    function this module calls from one: `for epoch in ...: train()`) and train
+    (back-propagate and step, itself or through a method it calls). The batch may be cut as
+    `X[i:i + bs]` or up to an end the body computes (`for b, start in enumerate(range(0, N,
+    bs)): end = min(start + bs, N); data = X[idx[start:end]]`, a VAE recommender's users).
+    A cross-validation splitter's `shuffle=True` (`StratifiedKFold(n_splits=10,
+    shuffle=True)`, sorted folds for the evaluation) does not count as a reordering.
 
     Why it matters: it is the hand-written twin of a `DataLoader` without `shuffle=True`:
     every epoch sees the same batches in the same order, and data stored sorted (by class, by
@@ -159,12 +165,15 @@ def _fixed_head_of_a_range(node: ast.AST, varying: set[str]) -> bool:
 
 def _reorders_or_carries_state(ctx: ModuleContext) -> bool:
     """A call that may reorder data (`random.shuffle`, `torch.randperm`, a sampler, any
-    `shuffle=` keyword), or a name of a recurrent state (`hidden`, `bptt`)."""
+    `shuffle=` keyword but a cross-validation splitter's: `KFold(shuffle=True).split(x)`
+    returns each fold's indices sorted), or a name of a recurrent state (`hidden`, `bptt`)."""
     for call in nodes_of(ctx, ast.Call):
         assert isinstance(call, ast.Call)
         if terminal_name(call.func) in _REORDERING_CALLS:
             return True
         if any(k.arg == "shuffle" for k in call.keywords):
+            if terminal_name(call.func) in FOLD_SPLITTERS:
+                continue  # `StratifiedKFold(shuffle=True)`: sorted folds, rows not reordered
             return True
     return any(
         _ORDERED_CHUNKS.search(node.id if isinstance(node, ast.Name) else node.attr)
@@ -173,10 +182,18 @@ def _reorders_or_carries_state(ctx: ModuleContext) -> bool:
     )
 
 
-def _inside_a_loop(ctx: ModuleContext, node: ast.AST) -> bool:
-    """An epoch loop encloses `node` in its function (or at module level)."""
+def _inside_a_loop(ctx: ModuleContext, node: ast.AST, hops: int = 0) -> bool:
+    """An epoch loop encloses `node` in its function (or at module level), or encloses a call
+    of this module to the function holding `node` (`for epoch in ...: train()`, the batches
+    cut in `def train():`)."""
     for ancestor in ctx.ancestors(node):
-        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        if isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
+            if hops >= 2:
+                return False
+            return any(
+                _inside_a_loop(ctx, site, hops + 1) for site in ctx.calls.call_sites(ancestor)
+            )
+        if isinstance(ancestor, ast.Lambda):
             return False
         if isinstance(ancestor, ast.For | ast.While):
             return True
@@ -184,12 +201,51 @@ def _inside_a_loop(ctx: ModuleContext, node: ast.AST) -> bool:
 
 
 def _batches_cut_here(loop: ast.For) -> tuple[ast.AST, str] | None:
-    """`for i in range(0, len(X), bs): ... X[i:i + bs]`: (the loop, 'X')."""
-    step = _stepped_range(loop.iter)
-    if step is None or not isinstance(loop.target, ast.Name):
+    """`for i in range(0, len(X), bs): ... X[i:i + bs]`: (the loop, 'X'). Also `for b, start
+    in enumerate(range(0, N, bs))` and a slice ending at a name the body binds to `start +
+    bs` or `min(start + bs, N)` (`end = min(start + bs, N); X[idx[start:end]]`)."""
+    iterated, target = loop.iter, loop.target
+    if (
+        isinstance(iterated, ast.Call)
+        and isinstance(iterated.func, ast.Name)
+        and iterated.func.id == "enumerate"
+        and len(iterated.args) == 1
+        and isinstance(target, ast.Tuple)
+        and len(target.elts) == 2
+    ):
+        iterated, target = iterated.args[0], target.elts[1]
+    step = _stepped_range(iterated)
+    if step is None or not isinstance(target, ast.Name):
         return None
-    sequence = _sliced_by(walk_scope(loop.body), loop.target.id, step)
+    body = list(walk_scope(loop.body))
+    ends = _ends_of_a_window(body, target.id, step)
+    sequence = _sliced_by(body, target.id, step, ends)
     return (loop, sequence) if sequence else None
+
+
+def _ends_of_a_window(body: list[ast.AST], index: str, step: str) -> frozenset[str]:
+    """Names the body binds to `index + step` or `min(index + step, n)`: a batch's end."""
+    ends: set[str] = set()
+    for node in body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target, value = node.targets[0], node.value
+        if not isinstance(target, ast.Name):
+            continue
+        if isinstance(value, ast.Call) and terminal_name(value.func) == "min" and value.args:
+            value = value.args[0]
+        if _is_window_end(value, index, step):
+            ends.add(target.id)
+    return frozenset(ends)
+
+
+def _is_window_end(upper: ast.expr, index: str, step: str) -> bool:
+    return (
+        isinstance(upper, ast.BinOp)
+        and isinstance(upper.op, ast.Add)
+        and ast.unparse(upper.left) == index
+        and ast.unparse(upper.right) == step
+    )
 
 
 def _batches_from_a_helper(ctx: ModuleContext, loop: TrainingLoop) -> tuple[ast.AST, str] | None:
@@ -239,19 +295,17 @@ def _stepped_range(expr: ast.expr) -> str | None:
     return ast.unparse(step)
 
 
-def _sliced_by(nodes: Iterable[ast.AST], index: str, step: str) -> str:
-    """The sequence of the first `seq[index:index + step]` among `nodes`, else ''."""
+def _sliced_by(
+    nodes: Iterable[ast.AST], index: str, step: str, ends: frozenset[str] = frozenset()
+) -> str:
+    """The sequence of the first `seq[index:index + step]` (or `seq[index:end]`, `end` one of
+    `ends`) among `nodes`, else ''."""
     for node in nodes:
         if not (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice)):
             continue
         lower, upper = node.slice.lower, node.slice.upper
-        if (
-            isinstance(lower, ast.Name)
-            and lower.id == index
-            and isinstance(upper, ast.BinOp)
-            and isinstance(upper.op, ast.Add)
-            and ast.unparse(upper.left) == index
-            and ast.unparse(upper.right) == step
-        ):
+        if not (isinstance(lower, ast.Name) and lower.id == index) or upper is None:
+            continue
+        if _is_window_end(upper, index, step) or (isinstance(upper, ast.Name) and upper.id in ends):
             return ast.unparse(node.value)
     return ""

@@ -72,7 +72,11 @@ class ReductionOverBatchDim(Rule):
     along dim 1 (`np.argmax(nn.Softmax(dim=0)(scores).numpy(), axis=1)`: the pick says the
     classes are on dim 1, so the softmax normalised across the examples), and a log_softmax
     over dim 0 whose result a written-out cross-entropy sums along dim 1 (`log_prb =
-    F.log_softmax(pred, dim=0)`, then `-(one_hot * log_prb).sum(dim=1)`: label smoothing).
+    F.log_softmax(pred, dim=0)`, then `-(one_hot * log_prb).sum(dim=1)`: label smoothing),
+    or along the last dim when those sums are then averaged (`-torch.mean(torch.sum(
+    F.log_softmax(logits, 0) * clicks, -1))`, a VAE recommender's multinomial likelihood:
+    one sum per row, so the rows are the examples; a last-dim sum left alone may be the one
+    sum of a single vector and is not judged).
     Also a VAE's Gaussian KL term (`1 + log_var - mu.pow(2) - log_var.exp()`) summed over
     dim 0 and then averaged (`.sum(0).mean()`): the examples summed, the latent units averaged.
     And in a helper (`def accuracy(prediction, label)`) whose parameter every call
@@ -119,6 +123,10 @@ class ReductionOverBatchDim(Rule):
     dim=0)`: DA-RNN's input attention): the rows are the examples, so the weights are
     normalised across the batch instead of over each example's inputs. A view whose width is
     named as the batch (`scores.view(-1, batch_size)`, time-major attention) is not judged.
+    The same for the scores of a batched matrix product regrouped that way (`energy =
+    torch.bmm(queries, keys.transpose(1, 2))`, then `F.softmax(energy.view(-1, frames),
+    dim=0)`: a listen-attend-spell attention); not for `torch.matmul`/`mm`, whose operands
+    may be single matrices.
 
     Not reported: reductions over dim 1/-1 (unless the view names that axis the batch),
     values that are not a model's whole output (a row `logits[0]`, a stack of several
@@ -395,7 +403,10 @@ class ReductionOverBatchDim(Rule):
             if found is None or (summed is not None and not _is_log_softmax(ctx, found[0])):
                 continue
             if picked[1] < 0:  # the last dim: past dim 0 when the input has two dims or more
-                if found[1] != 0 or _least_rank(ctx, _first_arg(found[0], value)) < 2:
+                rows = summed is not None  # a last-dim sum then averaged: rows of examples
+                if found[1] != 0 or (
+                    not rows and _least_rank(ctx, _first_arg(found[0], value)) < 2
+                ):
                     continue
             elif not 0 <= found[1] < picked[1]:
                 continue
@@ -629,7 +640,10 @@ def _cross_entropy_sum(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, in
     """A cross-entropy written out: `-(one_hot * log_prb).sum(dim=1)` or `torch.sum(-true_dist
     * log_probs, dim=1)`, a target distribution times log-probabilities summed over the class
     dim (label smoothing). The factor that is a name (or call) other than the target, with
-    that dim: the log-probabilities are normalised over it."""
+    that dim: the log-probabilities are normalised over it. The last dim (`torch.sum(
+    F.log_softmax(logits, 0) * clicks, -1)`) counts only when the sums are then averaged
+    (`torch.mean(...)`, `.mean()`): one sum per row, so the rows are the examples (a
+    multinomial likelihood of a VAE recommender)."""
     if _reduction_tail(call) != "sum":
         return None
     qualname = ctx.flow.qualname_of(call)
@@ -641,11 +655,11 @@ def _cross_entropy_sum(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, in
         return None
     while isinstance(summed, ast.UnaryOp) and isinstance(summed.op, ast.USub):
         summed = summed.operand
-    if (
-        dim is None
-        or dim < 1
-        or not (isinstance(summed, ast.BinOp) and isinstance(summed.op, ast.Mult))
-    ):
+    if dim == -1 and _then_averaged(ctx, call):
+        pass  # `torch.mean(torch.sum(log_probs * x, -1))`: one sum per row, rows averaged
+    elif dim is None or dim < 1:
+        return None
+    if not (isinstance(summed, ast.BinOp) and isinstance(summed.op, ast.Mult)):
         return None
     for factor in (summed.left, summed.right):
         while isinstance(factor, ast.UnaryOp) and isinstance(factor.op, ast.USub):
@@ -930,7 +944,9 @@ def _layer_scores_regrouped(ctx: ModuleContext, value: ast.expr) -> bool:
     leading `-1` collects the batch into rows of a fixed width (`x.view(-1, self.input_size)`,
     the width not named as the batch): each row is one example's scores, so dim 0 counts the
     examples. A width named as the batch (`scores.view(-1, batch_size)`: positions by batch,
-    time-major attention) is not judged."""
+    time-major attention) is not judged. The same for the scores of a batched matrix product
+    (`energy = torch.bmm(queries, keys.transpose(1, 2))`, then `energy.view(-1, frames)`):
+    the rows are (example, step) pairs."""
     view = value
     if isinstance(value, ast.Name):
         values = ctx.flow.live_definitions(value)
@@ -946,12 +962,32 @@ def _layer_scores_regrouped(ctx: ModuleContext, value: ast.expr) -> bool:
     scores: ast.expr | None = view.func.value
     if isinstance(scores, ast.Name):
         scores = _last_binding(ctx, scores)
+    if isinstance(scores, ast.Call) and _batched_product(ctx, scores):
+        return True  # `torch.bmm(q, k.transpose(1, 2))`: dim 0 of the product is the batch
     return (
         isinstance(scores, ast.Call)
         and isinstance(scores.func, ast.Attribute)
         and isinstance(scores.func.value, ast.Name)
         and scores.func.value.id == "self"
         and ctx.enclosing_class(view) is not None
+    )
+
+
+_BATCHED_PRODUCTS = frozenset({"torch.bmm", "torch.baddbmm"})
+
+
+def _batched_product(ctx: ModuleContext, call: ast.Call) -> bool:
+    """`torch.bmm(q, k.transpose(1, 2))`, `torch.baddbmm(...)` or `q.bmm(k)`: a batched
+    matrix product, whose operands and result are 3-D with the batch first (a listen-attend-
+    spell decoder's attention energies). `torch.matmul`/`mm` are not: their operands may be
+    single matrices."""
+    if ctx.flow.qualname_of(call) in _BATCHED_PRODUCTS:
+        return True
+    return (
+        ctx.flow.qualname_of(call) is None
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "bmm"
+        and len(call.args) == 1
     )
 
 
