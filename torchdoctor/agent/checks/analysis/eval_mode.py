@@ -186,11 +186,30 @@ def model_put_in_eval(ctx: ModuleContext, model: ast.expr) -> bool:
                 and isinstance(sub.func, ast.Attribute)
                 and sub.func.attr == "eval"
                 and not sub.args
+                and not _bound_for_its_own_run(ctx, sub, model)
             ):
                 return True
     if not isinstance(model, ast.Attribute):
         return False
     return ast.unparse(model) in _eval_receivers(ctx)
+
+
+def _bound_for_its_own_run(ctx: ModuleContext, switch: ast.Call, model: ast.expr) -> bool:
+    """`self.model = self.model.eval()` at the top of a method that then runs `self.model`
+    itself (an unsupervised runner's `evaluate`), or in a method of another class than the
+    one reading `self.model` (a sibling runner's): that binding puts the model in eval mode
+    for that method's own run, not for every method that reads the attribute. A read in the
+    binding method itself still counts as switched."""
+    receiver = ast.unparse(model)
+    if not receiver.startswith("self."):
+        return False
+    reader, binder = ctx.enclosing_class(model), ctx.enclosing_class(switch)
+    if reader is not None and binder is not None and reader is not binder:
+        return True
+    fn = ctx.enclosing_function(switch)
+    if fn is None or fn is ctx.enclosing_function(model):
+        return False  # read after the switch in the same method: it is in eval mode there
+    return fn.name != "__init__" and _runs_it_after(ctx, switch, receiver)
 
 
 def _switched_before_binding(ctx: ModuleContext, source: ast.expr) -> bool:

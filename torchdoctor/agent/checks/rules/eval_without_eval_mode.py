@@ -100,7 +100,10 @@ class EvalWithoutEvalMode(Rule):
     `self.model.eval()`); an `.eval()` in a branch that returns (`if args.test_only:`) does
     not reach the code after it, nor does one the function makes only after the evaluation
     and outside every loop around it (a solver's `train()` validating inside its epoch loop
-    and switching to `.eval()` only for the final test), and a helper is judged at every
+    and switching to `.eval()` only for the final test), nor does a rebinding `self.model =
+    self.model.eval()` made by a method of another class (a sibling runner's `evaluate`) or
+    by a method that then runs the model itself, for the attribute read by other methods,
+    and a helper is judged at every
     call of it in the module, not only at one. A region that runs the model only through a
     local helper (`self._forward_pass(x, y)`, shared with the training loop, or a
     `self.val_step(x, y)` that only evaluation regions call) is reported at that call. A
