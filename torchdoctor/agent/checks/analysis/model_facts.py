@@ -23,6 +23,30 @@ if TYPE_CHECKING:
 
 _MODULE_ONLY_METHODS = ("parameters", "named_parameters", "named_modules", "children", "modules")
 _MODE_METHODS = ("eval", "train", "zero_grad")
+_TEXT_TOOL = re.compile(r"(?i)(tokeni[sz]er|processor|vocab)s?$")
+"""What makes text encoders and decoders, not networks (`tokenizer`, `self.text_processor`)."""
+
+
+def _text_literal(expr: ast.expr) -> bool:
+    """Text written in the call: a string literal, an f-string, a literal joined to
+    something (`"a photo of " + prompt`) or formatted (`"{}".format(x)`, `"%s" % x`): no
+    network's input."""
+    if isinstance(expr, ast.JoinedStr):
+        return True
+    if isinstance(expr, ast.Constant):
+        return isinstance(expr.value, str)
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add | ast.Mod):
+        return _text_literal(expr.left) or (
+            isinstance(expr.op, ast.Add) and _text_literal(expr.right)
+        )
+    return (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Attribute)
+        and expr.func.attr == "format"
+        and _text_literal(expr.func.value)
+    )
+
+
 _MODEL_NAME = re.compile(
     r"(^|_)(model|net|network|encoder|decoder|classifier|backbone|generator|discriminator|"
     r"transformer)s?$|^(model|net)\d*$",
@@ -94,6 +118,8 @@ class ModelFacts(DefUse):
             return False
         if self._holds_plain_objects(expr):
             return False  # a collator's `mask_generator`: one of its `_MaskGenerator(object)`s
+        if self._made_by_a_tokenizer(expr):
+            return False  # `self._text_encoder = tokenizer.create_encoder()`: text in, ids out
         if rebound:
             return True
         if isinstance(expr, ast.Attribute) and self._own_method(expr):
@@ -184,6 +210,18 @@ class ModelFacts(DefUse):
                 continue
             return False
         return True
+
+    def _made_by_a_tokenizer(self, expr: ast.expr) -> bool:
+        """Every value `expr` may hold is made by a method of a tokenizer or a text processor
+        (`tokenizer.create_encoder(...)`, `self.tokenizer.create_decoder()`: fairseq2's text
+        encoders and decoders): named like a network, it maps text to token ids and back."""
+        values = self.definitions(expr) if isinstance(expr, ast.Name | ast.Attribute) else []
+        return bool(values) and all(
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and _TEXT_TOOL.search(identifier(value.func.value)) is not None
+            for value in values
+        )
 
     def _filled_with_plain_objects(self, container: ast.expr, filling: frozenset[str]) -> bool:
         """`container` (a name or `self.x`) is a list the module fills only with objects of
@@ -367,6 +405,8 @@ class ModelFacts(DefUse):
             return False
         if self.is_loss_callee(func):
             return False
+        if call.args and _text_literal(call.args[0]):
+            return False  # `self._text_encoder(f"[INST] {prompt}")`: a network takes tensors
         if self.ctx.qualname(func) is not None and not self._rebinds_import(func):
             return False
         return self.is_module_value(func)
