@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from torchdoctor.agent.checks.base import ModuleContext
 
 
+_JOINING_FUNCTIONS = frozenset({"torch.stack", "torch.cat", "torch.concat", "torch.concatenate"})
+
+
 class Producers(ModelFacts):
     """The calls a value comes from, through names, views, casts and forwards."""
 
@@ -41,6 +44,44 @@ class Producers(ModelFacts):
             # toward the depth: a chain of `x = x.view(...)` rebindings is followed whole
             step = 0 if self._single_path(current) else 1
             stack.extend((value, level + step) for value in reversed(self._produced_from(current)))
+
+    def stacked_elements(self, call: ast.Call) -> list[ast.expr]:
+        """The per-step values that `torch.stack(outputs, 1)` / `torch.cat(outputs)` joins when
+        `outputs` is a local list built empty (`outputs = []`) and filled by `.append(v)` in
+        the same function, or a list comprehension (`[step(x) for x in xs]`): each `v` (the
+        comprehension's element). A seq2seq decoder's per-step predictions, stacked before
+        the loss. Empty when the list comes from elsewhere or is filled otherwise."""
+        if self.qualname_of(call) not in _JOINING_FUNCTIONS or not call.args:
+            return []
+        joined = call.args[0]
+        if isinstance(joined, ast.ListComp):
+            return [joined.elt]
+        if not isinstance(joined, ast.Name):
+            return []
+        scope = self.ctx.enclosing_function(call)
+        bindings = [  # what reaches this read: `y_all = []` before `y_all = torch.stack(y_all)`
+            b for b in self.reaching_or_all(joined) if self.ctx.enclosing_function(b) is scope
+        ]
+        if not bindings:
+            return []
+        if all(isinstance(b, ast.ListComp) for b in bindings):
+            return [b.elt for b in bindings if isinstance(b, ast.ListComp)]
+        if not all(isinstance(b, ast.List) and not b.elts for b in bindings):
+            return []
+        body = scope.body if scope is not None else self.ctx.tree.body
+        values: list[ast.expr] = []
+        for node in walk_scope(body):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == joined.id
+            ):
+                if node.func.attr in ("extend", "insert", "__setitem__"):
+                    return []  # not one value per step
+                if node.func.attr == "append" and len(node.args) == 1:
+                    values.append(node.args[0])
+        return values
 
     def passes_through(self, call: ast.Call) -> bool:
         """`call` hands on what it is given or what a local function returns, meaning kept:

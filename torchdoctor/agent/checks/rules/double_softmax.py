@@ -64,7 +64,10 @@ def _softmax_dim(ctx: ModuleContext, call: ast.Call) -> tuple[ast.expr, object] 
 class DoubleSoftmax(Rule):
     """Detects a softmax or log-softmax output passed as the input of `nn.CrossEntropyLoss`
     or `F.cross_entropy`: `F.softmax(...)`, `x.softmax(dim)`, an `nn.Softmax` module,
-    `torch.exp` of a log-softmax (a softmax written the long way), or a
+    `torch.exp` of a log-softmax (a softmax written the long way), the per-step softmax
+    outputs a local list collects and `torch.stack`/`torch.cat` joins (a decoder's
+    `y_all.append(F.softmax(self.mlp(h), dim=1))`, then `torch.stack(y_all, dim=1)`; not when
+    any appended value is not a softmax's output), or a
     model whose last layer (`nn.Sequential(..., nn.Softmax(1))`, the last `add_module` of an
     empty `nn.Sequential()` built by a helper, the layer a wrapper module is called with:
     `self.cd4(x, nn.Sequential(self.fc4, self.softmax))`) or `forward` return is a softmax,
@@ -187,6 +190,8 @@ class DoubleSoftmax(Rule):
         softmax = None
         if "oftmax" in ctx.source:
             softmax = next((p for p in flow.value_producers(logits) if _is_softmax(ctx, p)), None)
+            if softmax is None:
+                softmax = _stacked_softmax(ctx, logits)
         if softmax is not None and not (
             _is_log_softmax(ctx, softmax) and _may_expect_log_probabilities(ctx, node)
         ):
@@ -312,6 +317,25 @@ class DoubleSoftmax(Rule):
 # trainer classes): `Wrapper(Module, criterion=nn.CrossEntropyLoss)`.
 _CRITERIA = frozenset({"criterion", "loss", "loss_fn", "loss_func", "loss_function"})
 _MODELS = frozenset({"module", "model", "net", "network"})
+
+
+def _stacked_softmax(ctx: ModuleContext, logits: ast.expr) -> ast.Call | None:
+    """A softmax whose per-step outputs a local list collects and `torch.stack`/`torch.cat`
+    joins into `logits` (a decoder's `y_all.append(F.softmax(self.mlp(h), dim=1))`, then
+    `torch.stack(y_all, dim=1).view(-1, vocab)`): every step's scores are probabilities.
+    Only when every appended value is a softmax's output."""
+    flow = ctx.flow
+    for joined in flow.producers(logits):
+        elements = flow.stacked_elements(joined)
+        if not elements:
+            continue
+        found = [
+            next((p for p in flow.value_producers(e) if _is_softmax(ctx, p)), None)
+            for e in elements
+        ]
+        if all(f is not None for f in found):
+            return found[0]
+    return None
 
 
 def _place(ctx: ModuleContext, node: ast.AST) -> str:
