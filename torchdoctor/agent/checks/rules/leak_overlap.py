@@ -45,6 +45,11 @@ class LeakOverlap(Rule):
     then `valid_data = train_valid_data["train"]`: the "test" part of a DatasetDict's
     `train_test_split` lost to a copied line).
 
+    Also reported: an estimator fitted on the whole data inside a cross-validation loop
+    (`for train_index, test_index in kf.split(x, y): ... classifier.fit(x, y)`, then scored
+    on `x[test_index]`): every fold's test rows are in the fit. Not when the loop fits on the
+    fold (`x[train_index]`, `x_train`), never reads the test indices, or rebinds `x`.
+
     Not reported: a training loop over a subset of a pool named for both sides
     (`train_dataset = Subset(train_and_valid, train_indices)`: the name says the pool holds
     the validation rows too, not that this subset does).
@@ -67,17 +72,60 @@ class LeakOverlap(Rule):
     items: ClassVar[tuple[str, ...]] = ("3.1",)
 
     def applies(self, ctx: ModuleContext) -> bool:
-        return bool(ctx.flow.split_inputs) or (
-            "backward" in ctx.source and bool(ctx.loops.training_loops)
+        return (
+            bool(ctx.flow.split_inputs)
+            or ("backward" in ctx.source and bool(ctx.loops.training_loops))
+            or (".split(" in ctx.source and ".fit(" in ctx.source)
         )
 
     def finish(self, ctx: ModuleContext) -> None:
         if not any(w in ctx.source for w in ("split", "test", "val", "Test", "Val")):
             return
+        if ".split(" in ctx.source and ".fit(" in ctx.source:
+            self._fit_on_every_row_of_a_fold_loop(ctx)
         self._resampled_before_split(ctx)
         self._held_out_in_training(ctx)
         if "train" in ctx.source:
             self._same_rows_both_sides(ctx)
+
+    def _fit_on_every_row_of_a_fold_loop(self, ctx: ModuleContext) -> None:
+        """`for train_index, test_index in kf.split(x, y):` whose body fits an estimator on
+        `x` itself (`classifier.fit(x, y)`, a copy of the line meant for `x_train`) and reads
+        the fold's test indices: every fold's test rows are in the fit, so the fold scores
+        measure recall. `kf` must be built by a cross-validation splitter (`KFold`,
+        `StratifiedKFold`, `ShuffleSplit`, ...); `x` must not be rebound in the loop."""
+        for loop in ctx.flow.nodes(ast.For):
+            assert isinstance(loop, ast.For)
+            folds = _fold_split(ctx, loop)
+            if folds is None:
+                continue
+            data, test_index = folds
+            body = list(walk_scope(loop.body))
+            if not any(isinstance(n, ast.Name) and n.id == test_index for n in body):
+                continue  # the test rows are never scored here
+            if any(
+                isinstance(n, ast.Name) and n.id == data and isinstance(n.ctx, ast.Store)
+                for n in body
+            ):
+                continue
+            for node in body:
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "fit"
+                    and node.args
+                    and isinstance(node.args[0], ast.Name)
+                    and node.args[0].id == data
+                ):
+                    ctx.report(
+                        self,
+                        node,
+                        f"`{ast.unparse(node)}` fits on every row of `{data}` inside the "
+                        f"cross-validation loop over `{ast.unparse(loop.iter)}`: each fold's "
+                        f"test rows (`{test_index}`) are in the fit; fit on the fold's "
+                        "training rows",
+                        data={"data": data, "test_index": test_index},
+                    )
 
     def _same_rows_both_sides(self, ctx: ModuleContext) -> None:
         """`train_df = train[train['kfold'] != fold]` and `valid_df = train[train['kfold'] !=
@@ -341,3 +389,34 @@ def _speaks_of_training(name: str) -> bool:
     return training_name(name) or (
         len(tokens) > 1 and any(t in ("train", "training") for t in tokens)
     )
+
+
+# Cross-validation splitters (scikit-learn's `KFold`, `StratifiedKFold`, `ShuffleSplit`,
+# `TimeSeriesSplit`, `LeaveOneOut`, ...), by the ending of their class name.
+_SPLITTER = re.compile(r"(Fold|Split|LeaveOneOut|LeavePOut|LeaveOneGroupOut)$")
+
+
+def _fold_split(ctx: ModuleContext, loop: ast.For) -> tuple[str, str] | None:
+    """('x', 'test_index') for `for train_index, test_index in kf.split(x, y):` with `kf` a
+    cross-validation splitter built in this module (or the splitter built inline)."""
+    call, target = loop.iter, loop.target
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "split"
+        and call.args
+        and isinstance(call.args[0], ast.Name)
+        and isinstance(target, ast.Tuple)
+        and len(target.elts) == 2
+        and all(isinstance(e, ast.Name) for e in target.elts)
+    ):
+        return None
+    receiver = call.func.value
+    built = [receiver] if isinstance(receiver, ast.Call) else []
+    if isinstance(receiver, ast.Name):
+        built = [b for b in ctx.flow.definitions(receiver) if isinstance(b, ast.Call)]
+    if not built or not all(_SPLITTER.search(identifier(b.func) or "") for b in built):
+        return None
+    test = target.elts[1]
+    assert isinstance(test, ast.Name)
+    return call.args[0].id, test.id
