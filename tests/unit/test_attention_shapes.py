@@ -229,6 +229,11 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             (torch.randn(2, 5, 16),),
         ),
         "causal_buffer_in_other_class": ("EncoderAttention", {"d_head": 4, "mask": keys}, heads),
+        "learned_head_temperature": (
+            "Attention",
+            {"dim": 8, "num_heads": 2},
+            (torch.randn(2, 8, 3, 4),),
+        ),
         "einsum_operand_list": (
             "Attention",
             {"dim": 16, "num_heads": 2, "attn_drop": 0.1},
@@ -547,3 +552,23 @@ def test_a_large_finite_fill_in_capitals_is_still_refused() -> None:
     source = (SHAPES / "bmm_inf_capitalised.py").read_text().replace("-float('Inf')", "-1E9")
     assert _codemod().transform(source, _target(source)) is None
     assert "fully masked row uniform" in (_codemod().explain(source, _target(source)) or "")
+
+
+def test_a_per_head_temperature_folded_into_the_query_gives_the_same_values_and_gradient() -> None:
+    """learned_head_temperature with a different temperature per head (the fixture starts
+    them all at 1): the output and the temperature's gradient agree before and after the fix."""
+    torch = pytest.importorskip("torch")
+    results = []
+    for name in ("learned_head_temperature.py", "learned_head_temperature.after.py"):
+        namespace: dict[str, object] = {"__name__": "shape_temperature"}
+        exec(compile((SHAPES / name).read_text(), name, "exec"), namespace)  # our own fixture
+        torch.manual_seed(1)
+        module = namespace["Attention"](dim=8, num_heads=2)  # type: ignore[operator]
+        with torch.no_grad():
+            module.temperature.copy_(torch.tensor([0.5, 3.0]).view(2, 1, 1))
+        torch.manual_seed(2)
+        out = module(torch.randn(2, 8, 3, 4))
+        out.square().sum().backward()
+        results.append((out.detach(), module.temperature.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)

@@ -30,15 +30,28 @@ _LOGGERS = frozenset(
         "add_scalar",
         "add_scalars",
         "log_metrics",
+        "log_metric",
         "set_postfix",
         "set_postfix_str",
         "set_description",
         "set_description_str",
     }
 )
-"""Calls that only show or record a number: a tqdm bar's postfix and description included."""
+"""Calls that only show or record a number: a tqdm bar's postfix and description included,
+MLflow's and Comet's `log_metric`."""
 _STREAMS = frozenset({"sys.stdout.write", "sys.stderr.write"})
 """Progress lines written straight to a stream (`sys.stdout.write("[Epoch %d] ..." % ...)`)."""
+_PLOTS = frozenset({"line", "scatter"})
+"""Visdom's plot calls: a log only with the `win=` (window) keyword visdom's plots take
+(`viz.line([loss.item()], [step], win="train_loss", update="append")`); a `.line(...)` of
+anything else is no log."""
+
+
+def _logger_call(call: cst.Call) -> bool:
+    """Whether `call` only shows or records the numbers it is given."""
+    name = (dotted_name(call.func) or "").split(".")[-1]
+    windowed = any(a.keyword is not None and a.keyword.value == "win" for a in call.args)
+    return name in _LOGGERS or (name in _PLOTS and windowed)
 
 
 class HostSyncInStepFix(Codemod):
@@ -47,7 +60,8 @@ class HostSyncInStepFix(Codemod):
     `losses = [float(v) for v in losses]` after the loop. Applied only when the accumulator
     is not read inside the loop, so nothing sees the tensor before it is converted back.
 
-    A print or logger call that reads `.item()` on every step is put under
+    A print or logger call (logging, tensorboard, wandb, MLflow's or Comet's `log_metric`, a
+    tqdm bar, a visdom plot into a `win=` window) that reads `.item()` on every step is put under
     `if step % LOG_EVERY == 0:`, `step` being the loop's own counter (`for step in range`,
     `for i, batch in enumerate(...)`, or a `step += 1` in the loop's body): the same lines,
     every LOG_EVERY steps, and the GPU runs ahead in between. A weighted sum
@@ -156,7 +170,7 @@ class HostSyncInStepFix(Codemod):
                 )
         for call in ctx.find(cst.Call, within=span):
             taker = dotted_name(call.func) or ""
-            if taker.split(".")[-1] in {*_LOGGERS, "append"}:
+            if taker.split(".")[-1] == "append" or _logger_call(call):
                 continue
             if any(method_call(arg.value, "item") for arg in call.args):
                 method = _own_method(ctx, call)
@@ -295,8 +309,9 @@ def _is_log_line(stmt: cst.SimpleStatementLine) -> bool:
     if len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Expr):
         return False
     call = stmt.body[0].value
-    called = dotted_name(call.func) if isinstance(call, cst.Call) else None
-    return called is not None and (called.split(".")[-1] in _LOGGERS or called in _STREAMS)
+    if not isinstance(call, cst.Call):
+        return False
+    return _logger_call(call) or dotted_name(call.func) in _STREAMS
 
 
 def _keep_shown_on_device(ctx: SourceContext, assign: cst.Assign) -> bool:
@@ -451,7 +466,7 @@ def _packed_for_a_log(ctx: SourceContext, assign: cst.Assign) -> tuple[str, str]
     for call in ctx.find(cst.Call, inside=loop.body):
         taker = dotted_name(call.func) or ""
         given = any(dotted_name(arg.value) == name for arg in call.args)
-        if given and taker.split(".")[-1] in _LOGGERS:
+        if given and _logger_call(call):
             return name, taker
     return None
 
@@ -489,7 +504,7 @@ def _logs_item(stmt: cst.SimpleStatementLine, ctx: SourceContext) -> bool:
         return False
     called = dotted_name(call.func) or ""
     name = called.split(".")[-1]
-    if name not in _LOGGERS and called not in _STREAMS and not _log_file_write(ctx, stmt, call):
+    if not _logger_call(call) and called not in _STREAMS and not _log_file_write(ctx, stmt, call):
         return False
     formats_a_name = any(_formats_a_name(node) for node in descendants(call))
     reads_item = any(  # `.item()`, or a copy out (`d_loss.data.cpu().numpy()`)

@@ -139,6 +139,8 @@ class _Attention:
     retyped: list[tuple[cst.BaseStatement, str]] = field(default_factory=list)
     """Statements between the product and the softmax that read only the scores' dtype or
     device (`wdtype = weight.dtype`), with the scores' name: kept, reading the query's."""
+    query_factor: str | None = None
+    """A learned temperature multiplied into the query (`q * self.temperature`, scale 1.0)."""
 
 
 class ManualAttentionFix(Codemod):
@@ -167,7 +169,10 @@ class ManualAttentionFix(Codemod):
         keywords.append(f"scale={found.scale}")
         if found.dropout is not None:
             keywords.append(f"dropout_p={found.dropout}")
-        operands, lift = [found.query, found.key, found.value], ""
+        query = found.query
+        if found.query_factor is not None:
+            query = f"{atom(query)} * {found.query_factor}"
+        operands, lift = [query, found.key, found.value], ""
         if found.rank == 3 and found.mask.attn_mask is None:
             # the fused kernels take (batch, heads, tokens, dim) with the dim contiguous only:
             # on 3-D tensors (heads folded into the batch) or channels-first ones (a VAE or
@@ -454,7 +459,11 @@ def _match(
     scale = product.scale
     for factor in (*reversed(early), *reversed(late)):
         scale = times(scale, factor)
-    _refuse_tensor_scale(ctx, scale)
+    query_factor = _per_head_temperature(ctx, scale)
+    if query_factor is not None:
+        scale = "1.0"
+    else:
+        _refuse_tensor_scale(ctx, scale)
     if mask.like is not None and mask.attn_mask is not None:
         mask.attn_mask = _like_query(mask.attn_mask, mask.like, product.query)
     if scores_name is not None and _reads(cst.parse_expression(scale), scores_name):
@@ -490,6 +499,7 @@ def _match(
             softmax=softmax,
             rank=product.rank,
             retyped=retyped,
+            query_factor=query_factor,
         )
     # the weights, after the softmax (and an optional dropout statement, maybe after lines
     # that do not touch them: `assert k.shape[-1] == self.head_dim`)
@@ -562,6 +572,7 @@ def _match(
         reorder=output.reorder,
         rank=product.rank,
         retyped=retyped,
+        query_factor=query_factor,
     )
 
 
@@ -833,7 +844,8 @@ def _assigns(stmt: cst.CSTNode, name: str) -> bool:
 def _refuse_tensor_scale(ctx: SourceContext, scale: str) -> None:
     """The fused call's `scale` is a Python float: a factor computed by a torch call, here
     (`/ torch.sqrt(torch.tensor(d))`) or where the name it reads was built
-    (`self.scale = torch.sqrt(torch.FloatTensor([d]))`, an nn.Parameter), is a tensor."""
+    (`self.scale = torch.sqrt(torch.FloatTensor([d]))`, an nn.Parameter), is a tensor (a
+    per-head parameter is multiplied into q before this is asked: _per_head_temperature)."""
     expr = cst.parse_expression(scale)
     for node in (expr, *descendants(expr)):
         name = dotted_name(node) if isinstance(node, cst.Name | cst.Attribute) else None
@@ -851,10 +863,40 @@ def _refuse_tensor_scale(ctx: SourceContext, scale: str) -> None:
                 if isinstance(n, cst.Call)
             )
         ):
+            if isinstance(source, cst.Call) and ctx.qualname(source.func) == "torch.nn.Parameter":
+                raise AttentionRefused(
+                    f"the scale `{name or code(node)}` is a learned tensor (an nn.Parameter) "
+                    "whose shape shows no one factor per head (last two dims 1) to multiply "
+                    "into q: the fused call's scale is a Python float"
+                )
             raise AttentionRefused(
                 f"the scale `{name or code(node)}` is a tensor: the fused call takes a Python "
                 "float (build it with math.sqrt)"
             )
+
+
+_FILLED = frozenset({"torch.ones", "torch.zeros", "torch.rand", "torch.randn", "torch.empty"})
+
+
+def _per_head_temperature(ctx: SourceContext, scale: str) -> str | None:
+    """`self.temperature`, a learned nn.Parameter whose last two dims are 1 (`torch.ones(
+    num_heads, 1, 1)`, swz30/Restormer's transposed attention): one factor per head, the
+    same for every query and key, so `(q @ k^T) * t` is `(q * t) @ k^T` and the fused call
+    takes `q * t` with scale 1.0 (the gradient reaching t is the same). A parameter of any
+    other shape, or a tensor that is not a parameter, is no such factor: None."""
+    if dotted_name(cst.parse_expression(scale)) != scale or not scale.startswith("self."):
+        return None
+    built = _buffer_value(ctx, scale)
+    if not (isinstance(built, cst.Call) and ctx.qualname(built.func) == "torch.nn.Parameter"):
+        return None
+    made = built.args[0].value if built.args else None
+    if not (isinstance(made, cst.Call) and ctx.qualname(made.func) in _FILLED):
+        return None
+    sizes = [a.value for a in made.args if a.keyword is None]
+    if len(sizes) == 1 and isinstance(sizes[0], cst.Tuple | cst.List):
+        sizes = [e.value for e in sizes[0].elements]
+    tail = [s.value for s in sizes[-2:] if isinstance(s, cst.Integer)]
+    return scale if len(sizes) >= 3 and tail == ["1", "1"] else None
 
 
 _SCALAR_MATH = frozenset({"torch.sqrt", "torch.rsqrt", "torch.exp", "torch.log", "torch.pow"})
