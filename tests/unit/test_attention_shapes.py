@@ -229,6 +229,11 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             (torch.randn(2, 5, 16),),
         ),
         "causal_buffer_in_other_class": ("EncoderAttention", {"d_head": 4, "mask": keys}, heads),
+        "causal_flag_ones_like": (
+            "SelfAttention",
+            {"n_heads": 2, "d_embed": 16},
+            (torch.randn(2, 6, 16), True),
+        ),
         "learned_head_temperature": (
             "Attention",
             {"dim": 8, "num_heads": 2},
@@ -291,6 +296,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "rel_pos_under_flag",
         "relative_content_position",
         "nonlocal_tuple_operands_branch",
+        "causal_flag_offset_diagonal",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:
@@ -572,3 +578,19 @@ def test_a_per_head_temperature_folded_into_the_query_gives_the_same_values_and_
         results.append((out.detach(), module.temperature.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_causal_flag_becomes_is_causal_with_either_value(causal: bool) -> None:
+    """causal_flag_ones_like run both ways: `is_causal=causal_mask` masks exactly when the
+    hand-written `if causal_mask:` did."""
+    torch = pytest.importorskip("torch")
+    outputs = []
+    for name in ("causal_flag_ones_like.py", "causal_flag_ones_like.after.py"):
+        namespace: dict[str, object] = {"__name__": "shape_causal_flag"}
+        exec(compile((SHAPES / name).read_text(), name, "exec"), namespace)  # our own fixture
+        torch.manual_seed(1)
+        module = namespace["SelfAttention"](n_heads=2, d_embed=16).eval()  # type: ignore[operator]
+        torch.manual_seed(2)
+        outputs.append(module(torch.randn(2, 6, 16), causal_mask=causal))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

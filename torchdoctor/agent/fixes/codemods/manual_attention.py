@@ -82,6 +82,10 @@ _NEG_INF = frozenset(
 """Negative infinity as people spell it, lower-cased (`-float('Inf')`, `float("-infinity")`,
 `-np.Inf`, `np.NINF`): compare `_neg_inf(text)`, never the text as written."""
 
+_SCORES: ContextVar[str | None] = ContextVar("_SCORES", default=None)
+"""The name the scores go by where a mask step is read: `torch.ones_like(scores).triu(1)`
+is a triangle over the scores' own (queries, keys) shape."""
+
 _OWNER: ContextVar[cst.ClassDef | None] = ContextVar("_OWNER", default=None)
 """The class whose method holds the attention being matched: its `self.X` are looked up
 there (and in its bases in the file), not in whichever class of the file assigns `self.X`
@@ -106,6 +110,8 @@ _LARGE_NEGATIVE = 1e4
 class _Mask:
     attn_mask: str | None = None
     causal: bool = False
+    causal_flag: str | None = None
+    """A bool argument the causal mask is applied under (`if causal_mask:`): is_causal=it."""
     additive: bool = False
     """Added to the scores (a scale applied after it would scale the mask too)."""
     statements: list[cst.BaseStatement] = field(default_factory=list)
@@ -165,7 +171,7 @@ class ManualAttentionFix(Codemod):
         if found.mask.attn_mask is not None:
             keywords.append(f"attn_mask={found.mask.attn_mask}")
         if found.mask.causal:
-            keywords.append("is_causal=True")
+            keywords.append(f"is_causal={found.mask.causal_flag or 'True'}")
         keywords.append(f"scale={found.scale}")
         if found.dropout is not None:
             keywords.append(f"dropout_p={found.dropout}")
@@ -406,7 +412,7 @@ def _match(
         elif factor is not None:
             (late if mask.attn_mask is None and not mask.causal else early).append(factor)
             removed.append(stmt)
-        elif (step := _mask_step(ctx, stmt, scores_name, before)) is not None:
+        elif (step := _scores_mask_step(ctx, stmt, scores_name, before)) is not None:
             if step.additive and late:
                 raise AttentionRefused(
                     "the scores are scaled after an additive mask was added: the fused "
@@ -927,6 +933,7 @@ def _merge(mask: _Mask, step: _Mask) -> None:
     if mask.causal or mask.attn_mask is not None:
         raise AttentionRefused("two masks are applied: merge them into one attn_mask by hand")
     mask.causal, mask.attn_mask, mask.like = step.causal, step.attn_mask, step.like
+    mask.causal_flag = step.causal_flag
     mask.statements += step.statements
     mask.bindings += step.bindings
 
@@ -1195,6 +1202,19 @@ def _mask_step(
     before: Sequence[cst.BaseStatement],
 ) -> _Mask | None:
     """One masking statement on `scores` -> its mask; None when `stmt` is not one."""
+    if isinstance(stmt, cst.If) and not stmt.orelse and (flag := _bool_flag(ctx, stmt)):
+        inner = [s for s in stmt.body.body if isinstance(s, cst.BaseStatement)]
+        locals_first = all(
+            (b := assigned(s)) is not None and "." not in b[0] and b[0] != scores
+            for s in inner[:-1]
+        )
+        if inner and len(inner) == len(stmt.body.body) and locals_first:
+            step = _mask_step(ctx, inner[-1], scores, [*before, *inner[:-1]])
+            if step is not None and step.causal:
+                # `if causal_mask: S.masked_fill_(ones_like(S).triu(1), -inf)`: applied as
+                # the flag says, which is what is_causal=flag does
+                return _Mask(causal=True, causal_flag=flag, statements=[stmt])
+        return None
     if isinstance(stmt, cst.If) and not stmt.orelse:
         guarded = _guarded_name(stmt.test, ctx)
         inner = [s for s in stmt.body.body if isinstance(s, cst.BaseStatement)]
@@ -1248,6 +1268,39 @@ def _mask_step(
             return None  # the out-of-place result is thrown away: no mask at all
         return _fill(ctx, call.args[0].value, call.args[1].value, stmt, before)
     return None
+
+
+def _scores_mask_step(
+    ctx: SourceContext,
+    stmt: cst.BaseStatement,
+    scores: str,
+    before: Sequence[cst.BaseStatement],
+) -> _Mask | None:
+    """`_mask_step` with the scores' name known to the triangles it reads."""
+    token = _SCORES.set(scores)
+    try:
+        return _mask_step(ctx, stmt, scores, before)
+    finally:
+        _SCORES.reset(token)
+
+
+def _bool_flag(ctx: SourceContext, stmt: cst.If) -> str | None:
+    """`if causal:` on an argument of the enclosing function that is a bool (a `: bool`
+    annotation or a True/False default) and is not rebound there: its name; else None."""
+    if not isinstance(stmt.test, cst.Name):
+        return None
+    name = stmt.test.value
+    function = next((a for a in ctx.ancestors(stmt) if isinstance(a, cst.FunctionDef)), None)
+    if function is None:
+        return None
+    params = [*function.params.params, *function.params.kwonly_params]
+    param = next((p for p in params if p.name.value == name), None)
+    if param is None:
+        return None
+    annotated = param.annotation is not None and flat(param.annotation.annotation) == "bool"
+    defaulted = param.default is not None and flat(param.default) in ("True", "False")
+    rebound = any(_assigns(s, name) for s in function.body.body if isinstance(s, cst.BaseStatement))
+    return name if (annotated or defaulted) and not rebound else None
 
 
 def _additive(
@@ -1606,11 +1659,18 @@ def _square_triangle(call: cst.Call, additive: bool) -> str | None:
 
 def _square(base: cst.BaseExpression, additive: bool) -> bool:
     """`torch.ones(T, T, ...)` / `torch.ones((T, T))`, or for an additive mask
-    `torch.full((T, T), -inf)`: a square the mask's broadcast makes queries x keys."""
+    `torch.full((T, T), -inf)`: a square the mask's broadcast makes queries x keys. Also
+    `torch.ones_like(scores, dtype=torch.bool)`, the scores' own (queries, keys) shape: its
+    strict upper triangle masks key j > query i, the fused call's top-left is_causal, square
+    or not (hkproj/pytorch-stable-diffusion)."""
     base = strip(base)
     if not isinstance(base, cst.Call):
         return False
     name = (dotted_name(base.func) or "").rsplit(".", 1)[-1]
+    if name == "ones_like" and not additive:
+        first = base.args[0].value if base.args and base.args[0].keyword is None else None
+        scores = _SCORES.get()
+        return scores is not None and first is not None and dotted_name(first) == scores
     sizes = [a.value for a in base.args if a.keyword is None]
     fill = None
     if name == "full" and len(sizes) == 2:
