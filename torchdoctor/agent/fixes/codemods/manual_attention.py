@@ -427,6 +427,14 @@ def _match(
                     "which no reshape here shows: on 4-D tensors it swaps heads and tokens; "
                     "write the flip as transpose(-2, -1) if it is the key's"
                 )
+            reshaped = _reshaped_scores(bound[1], scores_name)
+            if reshaped is not None:
+                raise AttentionRefused(
+                    f"`{scores_name}` is reshaped between the product and the softmax "
+                    f"(`{code(reshaped)}`), as when a mask is added per window (Swin's shifted "
+                    "windows): build that mask as one (batch, heads, queries, keys) attn_mask "
+                    "first, then one fused call"
+                )
             raise AttentionRefused(
                 f"`{scores_name}` is changed between the product and the softmax in a "
                 "way the fused kernel does not reproduce (softcapping, a bias...)"
@@ -825,6 +833,20 @@ def _row_max_shift(stmt: cst.BaseStatement, scores: str) -> bool:
     dim = named.get("dim", positional[0] if positional else None)
     keepdim = named.get("keepdim", positional[1] if len(positional) > 1 else None)
     return dotted_name(call.func.value) == scores and dim == "-1" and keepdim == "True"
+
+
+def _reshaped_scores(value: cst.BaseExpression, scores: str) -> cst.Call | None:
+    """`scores.view(...)` / `scores.reshape(...)` inside what the scores are rebound to
+    (`attn = attn.view(B_ // nW, nW, H, N, N) + mask.unsqueeze(1).unsqueeze(0)`)."""
+    for node in descendants(value):
+        call = method_call(node, "view") or method_call(node, "reshape")
+        if (
+            call is not None
+            and isinstance(call.func, cst.Attribute)
+            and dotted_name(call.func.value) == scores
+        ):
+            return call
+    return None
 
 
 def _assigns(stmt: cst.CSTNode, name: str) -> bool:
