@@ -168,3 +168,33 @@ def test_hex_checked_against_a_digest_is_ruled_out() -> None:
 def test_hex_beside_a_secret_or_alone_stays() -> None:
     assert _reason_in(CHECKED, 7, "Hex High Entropy String") is None  # checked against a token
     assert _reason_in(CHECKED, 8, "Hex High Entropy String") is None  # nothing says digest
+
+
+# A dataset test pins its fixture's checksums through pytest's setters (torchgeo's tests): the
+# hex literal is the value of the attribute or key the setter names, which says it is a digest.
+SETTERS = """\
+def dataset(monkeypatch, tmp_path):
+    monkeypatch.setattr(Landcover, "md5", "3d6f1b2a9c8e7d5f4a2b1c0d9e8f7a6b")
+    monkeypatch.setitem(Landcover.metadata["train"], "md5", "a90e2c4b6d8f1a3c5e7b9d0f2a4c6e8b")
+    monkeypatch.setattr(Landcover, "split_md5s", {"val": "5c2e8a1f3b7d9e0c4a6f8b2d1e3c5a7f"})
+    monkeypatch.setitem(
+        Landcover.metadata["test"],
+        "md5",
+        "0b9d7f5e3c1a8b6d4f2e0c9a7b5d3f1e",
+    )
+    monkeypatch.setattr(Landcover, "api_token", "7f3a9c1e5b2d8f4a6c0e2b9d1f3a5c7e")
+    monkeypatch.setattr(Landcover, "url", "9e1c3a5f7b2d4f6a8c0e1b3d5f7a9c2e")
+    setattr(Landcover, "checksum", "c4e6a8b0d2f4a6c8e0b2d4f6a8c0e2b4")
+"""
+
+
+def test_hex_a_setter_binds_to_a_digest_name_is_ruled_out() -> None:
+    code = "Hex High Entropy String"
+    for line in (2, 3, 4, 8, 12):
+        assert "digest" in (_reason_in(SETTERS, line, code) or ""), line
+
+
+def test_hex_a_setter_binds_to_a_secret_or_a_plain_name_stays() -> None:
+    code = "Hex High Entropy String"
+    assert _reason_in(SETTERS, 10, code) is None  # a token set on the class: a secret's name
+    assert _reason_in(SETTERS, 11, code) is None  # nothing says the value is a digest

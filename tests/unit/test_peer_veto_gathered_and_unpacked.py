@@ -392,3 +392,31 @@ def test_a_deep_copy_through_pickle_is_ruled_out() -> None:
 def test_bytes_pickled_elsewhere_stay() -> None:
     assert _reason(COPIES, "bandit", "B301", 9) is None  # bytes read from somewhere
     assert _reason(COPIES, "bandit", "B301", 10) is None  # one unpickling reads outside bytes
+
+
+# minimind's trainers build a loader only to count its batches for the schedule, then iterate a
+# resumable loader made per epoch: the counted one never loads a batch.
+COUNTED = """\
+from torch.utils.data import DataLoader
+
+
+def main(args, train_ds, train_sampler, collate_fn):
+    loader_for_count = DataLoader(train_ds, batch_size=args.batch_size, sampler=train_sampler)
+    total_steps = len(loader_for_count) * args.epochs
+    loader = DataLoader(train_ds, batch_size=args.batch_size, collate_fn=collate_fn)
+    for batch in loader:
+        print(batch, total_steps)
+    probe = DataLoader(train_ds, batch_size=args.batch_size)
+    steps = len(probe)
+    first = next(iter(probe))
+    return steps, first
+"""
+
+
+def test_a_loader_only_counted_is_ruled_out() -> None:
+    assert "only counted" in (_reason(COUNTED, "torchfix", "TOR401", 5) or "")
+
+
+def test_a_loader_iterated_or_also_iterated_stays() -> None:
+    assert _reason(COUNTED, "torchfix", "TOR401", 7) is None  # the training loader
+    assert _reason(COUNTED, "torchfix", "TOR401", 10) is None  # counted, then iterated

@@ -70,6 +70,8 @@ def eval_before(ctx: ModuleContext, site: ast.Call, depth: int = 0) -> bool:
 
 
 def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
+    if "eval" in ctx.source and _under_an_eval_mode_helper(ctx, site):
+        return True
     if not mode_text(ctx.source, "eval") or not ctx.flow.calls_reaching("eval"):
         return False  # no call of the module sets eval mode, here or through a local function
     caller = ctx.enclosing_function(site)
@@ -79,6 +81,31 @@ def _eval_before(ctx: ModuleContext, site: ast.Call, depth: int) -> bool:
     if caller is None or depth + 1 >= _MAX_CALLER_DEPTH:
         return False
     return any(eval_before(ctx, s, depth + 1) for s in ctx.flow.callers.get(caller.name, []))
+
+
+# Decorators and context managers that put a model in eval mode for their extent and restore
+# its mode after (k-diffusion's `K.utils.eval_mode(model)`, `evaluating(model)`).
+_EVAL_MODE_HELPERS = frozenset({"eval_mode", "evaluating", "in_eval_mode", "evaluation_mode"})
+
+
+def _under_an_eval_mode_helper(ctx: ModuleContext, site: ast.AST) -> bool:
+    """`site` runs inside `with eval_mode(model):` or in a function decorated
+    `@eval_mode(model)` (also a function nested in one: a sampling closure): the helper given
+    a model switches it to eval mode for the extent and restores it after."""
+    for ancestor in ctx.ancestors(site):
+        helpers: list[ast.expr] = []
+        if isinstance(ancestor, ast.With | ast.AsyncWith):
+            helpers = [item.context_expr for item in ancestor.items]
+        elif isinstance(ancestor, ast.FunctionDef | ast.AsyncFunctionDef):
+            helpers = list(ancestor.decorator_list)
+        for helper in helpers:
+            if not isinstance(helper, ast.Call) or not helper.args:
+                continue
+            func = helper.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in _EVAL_MODE_HELPERS:
+                return True
+    return False
 
 
 def _last_switch_before(

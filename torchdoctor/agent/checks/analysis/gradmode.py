@@ -5,9 +5,12 @@ such a context entered on the exit stack of a `with ExitStack() as stack:` block
 (`stack.enter_context(torch.no_grad())`, detectron2's `inference_on_dataset`), a bare
 `torch.set_grad_enabled(False)` statement earlier in the same function or script, and the
 function's call sites (a helper every local call of which runs under `no_grad` runs without
-grad too) decide. `set_grad_enabled(phase == "train")` and `inference_mode(flag)` are 'maybe':
-rules that fire when grad is on treat 'maybe' as off, rules that fire when it is off treat it
-as on, so both stay silent where the code decides at run time.
+grad too) decide; a closure never called by name but only handed to calls inside its
+enclosing function (a `sample_fn` given to a feature extractor) runs in that function's mode,
+unless it escapes (returned, stored, registered as a hook). `set_grad_enabled(phase ==
+"train")` and `inference_mode(flag)` are 'maybe': rules that fire when grad is on treat
+'maybe' as off, rules that fire when it is off treat it as on, so both stay silent where the
+code decides at run time.
 """
 
 from __future__ import annotations
@@ -274,9 +277,40 @@ def _callers_mode(ctx: ModuleContext, fn: FunctionNode, depth: int) -> GradMode:
         memo[id(fn)] = "on"  # a recursive call finds no grad-off caller through itself
         sites = ctx.calls.call_sites(fn)
         modes = {_mode_at(ctx, site, depth + 1) for site in sites}
+        if not sites and _closure_kept_within(ctx, fn):
+            modes = {_mode_at(ctx, fn, depth + 1)}  # runs inside its enclosing function's call
         found = "off" if modes == {"off"} else ("on" if modes <= {"on"} else "maybe")
         memo[id(fn)] = found
     return found
+
+
+def _closure_kept_within(ctx: ModuleContext, fn: FunctionNode) -> bool:
+    """`fn` is defined in another function and only handed to calls there (k-diffusion's
+    `sample_fn` given to `compute_features` inside an `@torch.no_grad()` evaluation): it runs
+    during that function's call, in its grad mode. Not when it escapes: returned, yielded,
+    stored (an attribute, a container) or handed to a `register_*`/hook call that keeps it
+    for later."""
+    outer = next(
+        (a for a in ctx.ancestors(fn) if isinstance(a, ast.FunctionDef | ast.AsyncFunctionDef)),
+        None,
+    )
+    if outer is None:
+        return False
+    handed = False
+    for node in ast.walk(outer):
+        if not (isinstance(node, ast.Name) and node.id == fn.name):
+            continue
+        if isinstance(node.ctx, ast.Store):
+            continue
+        holder = ctx.parents.get(node)
+        if not isinstance(holder, ast.Call) or node not in holder.args:
+            return False  # returned, yielded, stored, or called through another name
+        func = holder.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if called.startswith("register") or "hook" in called.lower():
+            return False
+        handed = True
+    return handed
 
 
 def _may_switch(ctx: ModuleContext) -> bool:

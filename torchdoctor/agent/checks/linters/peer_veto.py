@@ -8,7 +8,9 @@ the file's place in the project:
   `num_workers` may be (and in mature code usually is) inside the unpacked dict, which
   TorchFix cannot see; or in a pytest module, whose loaders feed a few rows to a unit test
   and would only pay the workers' start-up; or over an in-memory `TensorDataset` (by call,
-  or a name its scope binds only to one), where a batch is an index into loaded tensors.
+  or a name its scope binds only to one), where a batch is an index into loaded tensors; or
+  bound to a name its scope only counts (`len(loader_for_count)` to size a schedule, never
+  iterated: a loader that is also iterated stays reported).
 - bandit B105 ("hard-coded password") where the only word bandit matched is "token" and the
   token is a tokenizer's (a special token such as `bos_token`, a `*_token_id`, or a value no
   secret looks like: empty, a number, `<...>` or `[...]` markup, a short string); or where
@@ -29,9 +31,11 @@ the file's place in the project:
   caught (a download retry loop).
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it is a content digest (`MD5_MAP`, `AT_HASH`, `sha256`, `checksum`,
-  `commit`) and to no secret's name, or where the line's comment says so (`self.version =
-  '701eb7...'  # MD5 hash of the intended dataset file`): a checksum or a torrent/commit hash
-  is public by nature.
+  `commit`; also the name a setter gives it: a test's `monkeypatch.setattr(Dataset, "md5",
+  "071e...")` or `monkeypatch.setitem(Dataset.metadata["train"], "md5", "...")`, torchgeo)
+  and to no secret's name (`monkeypatch.setattr(Client, "api_token", "...")` stays), or
+  where the line's comment says so (`self.version = '701eb7...'  # MD5 hash of the intended
+  dataset file`): a checksum or a torrent/commit hash is public by nature.
 - detect-secrets "Hex High Entropy String" where every hex literal on the line is bound to a
   name that says it locates a file or a run (`weights_path`, `artifact_id`, `run_id`) and to
   no secret's name: an experiment tracker's artifact id.
@@ -295,6 +299,41 @@ def _loader_over_in_memory_tensors(
                 "the DataLoader reads an in-memory TensorDataset: a batch is an index into "
                 "tensors already loaded, workers would only copy them between processes"
             )
+    return None
+
+
+def _loader_only_counted(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AST]) -> str | None:
+    """`loader = DataLoader(...)` whose name its scope reads only as `len(loader)`
+    (minimind's `loader_for_count`, built to size a learning-rate schedule): never iterated,
+    no batch is ever loaded, so workers would do nothing."""
+    for call in _calls_named(nodes, "DataLoader"):
+        statement = parents.get(call)
+        if not (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+        ):
+            continue
+        name = statement.targets[0].id
+        scope: ast.AST | None = statement
+        while scope is not None and not isinstance(scope, _SCOPES):
+            scope = parents.get(scope)
+        if scope is None:
+            continue
+        reads = [
+            node
+            for node in ast.walk(scope)
+            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load)
+        ]
+        counted = all(
+            isinstance(holder := parents.get(node), ast.Call)
+            and isinstance(holder.func, ast.Name)
+            and holder.func.id == "len"
+            and holder.args == [node]
+            for node in reads
+        )
+        if reads and counted:
+            return "the DataLoader is only counted (`len(...)`), never iterated: it loads nothing"
     return None
 
 
@@ -682,17 +721,35 @@ def _artifact_identifier(nodes: Iterator[ast.AST], parents: dict[ast.AST, ast.AS
 
 
 def _binding_names(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> Iterator[str]:
-    """The names a literal is bound to: assignment targets and dict keys up to its statement."""
+    """The names a literal is bound to: assignment targets, dict keys, and the attribute or key
+    a setter call gives it (`setattr(obj, "md5", ...)`, pytest's `monkeypatch.setattr(Dataset,
+    "md5", "...")` or `monkeypatch.setitem(table, "md5", "...")`), up to its statement."""
     child, parent = node, parents.get(node)
     while parent is not None and not isinstance(parent, ast.stmt):
         if isinstance(parent, ast.Dict):
             for key, value in zip(parent.keys, parent.values, strict=True):
                 if value is child and isinstance(key, ast.Constant):
                     yield str(key.value)
+        elif isinstance(parent, ast.Call) and _setter_name(parent, child):
+            yield _setter_name(parent, child)
         child, parent = parent, parents.get(parent)
     if isinstance(parent, ast.Assign | ast.AnnAssign):
         targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
         yield from (_terminal(t) for t in targets)
+
+
+_SETTERS = frozenset({"setattr", "setitem"})
+
+
+def _setter_name(call: ast.Call, value: ast.AST) -> str:
+    """The name `call` sets to `value` when it is a setter (`setattr(obj, "name", value)`,
+    `monkeypatch.setitem(table, "name", value)`): its second argument, a string; else ""."""
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if called not in _SETTERS or len(call.args) != 3 or call.args[2] is not value:
+        return ""
+    name = call.args[1]
+    return name.value if isinstance(name, ast.Constant) and isinstance(name.value, str) else ""
 
 
 def _named_constants(nodes: Iterator[ast.AST]) -> Iterator[tuple[str, object]]:
@@ -1176,7 +1233,9 @@ _PATH_CHECKS: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("bandit", "B301"): _unpickle_in_a_test,
 }
 _CHECKS: dict[tuple[str, str], _Check] = {
-    ("torchfix", "TOR401"): _first_reason(_loader_with_star_kwargs, _loader_over_in_memory_tensors),
+    ("torchfix", "TOR401"): _first_reason(
+        _loader_with_star_kwargs, _loader_over_in_memory_tensors, _loader_only_counted
+    ),
     ("bandit", "B105"): _tokenizer_token,
     ("bandit", "B106"): _tokenizer_token,
     ("bandit", "B107"): _tokenizer_token_defaults,

@@ -25,7 +25,10 @@ class AccumulationStepInverted(Rule):
     every n-th batch leak into the next step, and with `n == 1` the model never trains.
     Nothing fails.
 
-    Not reported: the guard `== 0` (the usual form), a step in the `else` branch (the
+    Not reported: the guard `== 0` (the usual form), a guard after an inner loop that
+    already steps when the same count is a multiple (the flush of the last, partial
+    accumulation once the batches run out: `if step % n != 0: optimizer.step()` after the
+    loop, minimind's trainers), a step in the `else` branch (the
     inverted test written on purpose), alternating updates with a step in both branches (a
     GAN's discriminator and generator), and guards in loops without a backward outside the
     guard (a backward inside it accumulates nothing).
@@ -74,6 +77,8 @@ class AccumulationStepInverted(Rule):
                 continue
             modulo = _not_multiple(ctx, guard.test)
             assert modulo is not None
+            if _flushes_the_remainder(ctx, node, guard, modulo):
+                continue
             written = _written_at(ctx, guard.test)
             through = (
                 ""
@@ -156,6 +161,27 @@ def _residue(
 
 def _steps(body: list[ast.stmt]) -> bool:
     return any(isinstance(n, ast.Call) and is_optimizer_step(n) for n in walk_scope(body))
+
+
+def _flushes_the_remainder(
+    ctx: ModuleContext, loop: ast.AST, guard: ast.If, modulo: ast.BinOp
+) -> bool:
+    """The guard follows an inner loop of `loop` that already steps when the same count is a
+    multiple (`if step % n == 0: optimizer.step()`): after that loop, `if step % n != 0:`
+    steps once more on the gradients of the last, partial accumulation."""
+    text = ast.unparse(modulo)
+    for inner in walk_scope(getattr(loop, "body", [])):
+        if not isinstance(inner, ast.For | ast.AsyncFor | ast.While):
+            continue
+        if (inner.end_lineno or inner.lineno) >= guard.lineno:
+            continue  # not before the guard
+        for branch in walk_scope(inner.body):
+            if not isinstance(branch, ast.If) or not _steps(branch.body):
+                continue
+            found = _residue(ctx, branch.test, _HOPS)
+            if found is not None and not found[1] and ast.unparse(found[0]) == text:
+                return True
+    return False
 
 
 def _nested_loop_between(loop: ast.AST, guard: ast.If) -> bool:

@@ -30,7 +30,11 @@ class BackwardIgnoresGradOutput(Rule):
 
     A returned value depends on the incoming gradient when it reads one of `backward`'s
     gradient parameters, or a local name assigned from (or updated in place with) one.
-    Not reported: names left None (`grad_alpha = None`), buffers a kernel fills given the
+    Not reported: the request half of an asynchronous collective, whose backward waits on a
+    handle kept on its context (`myreq = ctx.myreq; myreq.req.wait()`, torchrec's all-to-all
+    Req/Wait pairs) and returns what the collective delivered: the incoming gradient belongs
+    to a dummy output; a backward that waits on nothing of its context stays reported. Also
+    not reported: names left None (`grad_alpha = None`), buffers a kernel fills given the
     gradient (also as pointers: `grad_u.data_ptr()`), helpers defined inside `backward`,
     returns under a test of the incoming gradient (a fused kernel that
     computes the gradients in `forward` and returns them as they are when `grad_output` is
@@ -73,6 +77,8 @@ class BackwardIgnoresGradOutput(Rule):
         if not grads:
             return
         statements = list(walk_scope(method.body))
+        if positional and _waits_on_a_request(statements, positional[0].arg):
+            return  # the gradient arrives through the collective this backward waits for
         dependent = _dependent_names(statements, grads)
         zeros = _untouched_zeros(statements)
         for statement in statements:
@@ -95,6 +101,35 @@ class BackwardIgnoresGradOutput(Rule):
                     "nothing scales this output (AMP, loss weights, accumulation). Multiply "
                     "it by the incoming gradient.",
                 )
+
+
+def _waits_on_a_request(statements: list[ast.AST], context: str) -> bool:
+    """Whether the backward waits on a handle it keeps on its context (`myreq = ctx.myreq;
+    myreq.req.wait()`, `ctx.work.wait()`): the request half of an asynchronous collective,
+    whose gradient is what the collective delivers, not the incoming one (the output was a
+    dummy tensor that only orders the autograd graph)."""
+    from_context = {context}
+    for node in statements:
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Attribute)
+            and _root_name(node.value) in from_context
+        ):
+            from_context |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "wait"
+        and isinstance(node.func.value, ast.Attribute)  # a handle kept on an object, not a name
+        and _root_name(node.func.value) in from_context
+        for node in statements
+    )
+
+
+def _root_name(node: ast.expr) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _under_a_test_of(

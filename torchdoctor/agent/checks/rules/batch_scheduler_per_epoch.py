@@ -67,7 +67,9 @@ class BatchSchedulerPerEpoch(Rule):
     never ends, a cosine decay never leaves the maximum learning rate, and training finishes
     with the LR it started with.
 
-    Not reported: steps inside the batch loop, steps with an argument (`step(epoch)`,
+    Not reported: steps inside the batch loop, a step after the batch loop of a scheduler
+    that is also stepped inside it (the flush of a last, partial gradient accumulation,
+    which steps the optimizer and the schedule once more), steps with an argument (`step(epoch)`,
     `step(metric)`), periods written in epochs (`T_max=args.epochs`), schedulers from
     libraries or from another file's classes (their period is not known).
 
@@ -108,6 +110,8 @@ class BatchSchedulerPerEpoch(Rule):
             if loop is None or id(loop) in training or not ctx.loops.trains(loop.body):
                 continue  # per batch, or not in a loop that trains through an inner one
             receiver = node.func.value
+            if _also_stepped_in_an_inner_loop(ctx, node, loop):
+                continue  # per batch already: this step flushes a last partial accumulation
             period = _batch_period(ctx, receiver)
             if period is not None:
                 ctx.report(self, node, _message(receiver, period, loop))
@@ -197,6 +201,24 @@ def _returned_by_another_file(
             if symbol is not None:
                 return symbol, None
     return None
+
+
+def _also_stepped_in_an_inner_loop(
+    ctx: ModuleContext, step: ast.Call, loop: ast.For | ast.While
+) -> bool:
+    """The same scheduler is stepped, without argument, in a loop nested in `loop`: it runs
+    per batch, and the step after the inner loop goes with a flush of the optimizer."""
+    assert isinstance(step.func, ast.Attribute)
+    receiver = ast.unparse(step.func.value)
+    for other in ctx.flow.calls_named(("step",)):
+        if other is step or other.args or other.keywords:
+            continue
+        if not isinstance(other.func, ast.Attribute) or ast.unparse(other.func.value) != receiver:
+            continue
+        inner = _innermost_loop(ctx, other)
+        if inner is not None and inner is not loop and any(a is loop for a in ctx.ancestors(inner)):
+            return True
+    return False
 
 
 def _innermost_loop(ctx: ModuleContext, node: ast.AST) -> ast.For | ast.While | None:

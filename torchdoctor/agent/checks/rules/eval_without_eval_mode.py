@@ -131,7 +131,11 @@ class EvalWithoutEvalMode(Rule):
     Face's `from_pretrained` (eval mode), also among the items of a tuple (LLaVA's
     `tokenizer, model, image_processor, context_len = load_pretrained_model(...)`), nor a
     forward whose output is only looked at for its shape (`print(encoder(img).shape)` on one
-    test batch: a check that the model runs);
+    test batch: a check that the model runs), nor a call inside `with eval_mode(model):` or a
+    function decorated `@eval_mode(model)` (also a closure nested in one: k-diffusion's
+    sampling `demo()` calls its samplers under `@K.utils.eval_mode(model_ema)`; `evaluating`
+    counts too), helpers that switch the model to eval mode for their extent; a decorator of
+    another name given the model still counts for nothing;
     prediction/serving functions are left to `inference-no-eval`.
 
     Also reported: a test whose one branch calls `model.train()` and whose other branch runs

@@ -52,7 +52,9 @@ class InPlaceResultAssigned(Rule):
     whose model is then lost), or when the bound name is later used as the object (`.eval()`,
     `.to(...)`, `.parameters()`, called). Not reported: the report kept under its own name and
     read as one (`missing = model.load_state_dict(sd, strict=False)`, `print(missing)`,
-    `missing.missing_keys`); list methods on a name not bound to a list in the same scope
+    `missing.missing_keys`), also in an override that delegates to its base (`result =
+    super().load_state_dict(state_dict, strict)`, then returned: `super()` builds nothing, the
+    module loaded is `self`); list methods on a name not bound to a list in the same scope
     (`df = df.append(row)` is pandas, which returns a new frame).
 
     Example:
@@ -119,11 +121,16 @@ class InPlaceResultAssigned(Rule):
     ) -> bool:
         if _same(loaded, target):
             return True
-        if isinstance(loaded, ast.Call):  # `Net().load_state_dict(sd)`: the model is lost
-            return True
+        if isinstance(loaded, ast.Call) and not _is_super(loaded):
+            return True  # `Net().load_state_dict(sd)`: the model is lost
         if not isinstance(target, ast.Name):
             return False
         return _used_as_object(target.id, node, ctx)
+
+
+def _is_super(call: ast.Call) -> bool:
+    """`super()`: the object itself, its override delegating to the base class."""
+    return isinstance(call.func, ast.Name) and call.func.id == "super"
 
 
 def _same(a: ast.expr, b: ast.expr) -> bool:

@@ -59,7 +59,9 @@ class OverrideNameMisspelt(Rule):
     entropy over action dimensions) was dead code, so PPO's entropy bonus used per-dimension
     entropies until `67b0115`.
 
-    Not reported: a near-miss name some file of the project reads as an attribute
+    Not reported: the hook's name behind leading underscores (`_reset_parameters`,
+    `_forward`: a private helper by convention, as torch's `nn.MultiheadAttention` has one;
+    `_reset_parameter` stays), a near-miss name some file of the project reads as an attribute
     (`dist.log_probs(actions)`: a helper on purpose, next to the hook `log_prob`), a class
     that also defines the hook (also by assignment in its body: `forward = _forward`), and
     classes with no torch base.
@@ -92,7 +94,12 @@ class OverrideNameMisspelt(Rule):
                 if name in hooks:
                     continue
                 meant = sorted(
-                    h for h in hooks if h not in methods and h not in aliased and near_miss(name, h)
+                    h
+                    for h in hooks
+                    if h not in methods
+                    and h not in aliased
+                    and near_miss(name, h)
+                    and not _private_variant(name, h)
                 )
                 found = (
                     ctx.finding(
@@ -142,6 +149,13 @@ def _hooks(ctx: ModuleContext, cls: ast.ClassDef, modules: set[str]) -> frozense
                 found |= hooks
                 break
     return found
+
+
+def _private_variant(name: str, hook: str) -> bool:
+    """`name` is the hook's name behind leading underscores (`_reset_parameters`, `_forward`):
+    a private helper by convention (torch's own `nn.MultiheadAttention._reset_parameters`),
+    not a slip of the hook's spelling."""
+    return not hook.startswith("_") and name.startswith("_") and name.lstrip("_") == hook
 
 
 def _class_level_names(cls: ast.ClassDef) -> set[str]:

@@ -133,7 +133,10 @@ class ValidationWithGrad(Rule):
     (`print(encoder(img).shape)`), code under `set_grad_enabled(flag)` (the mode is decided
     at run time) or under a `no_grad` entered on the block's `ExitStack` before it
     (`stack.enter_context(torch.no_grad())`, detectron2's `inference_on_dataset`; one
-    entering only `autocast`, or `no_grad` after the loop, is reported), a
+    entering only `autocast`, or `no_grad` after the loop, is reported), a closure only
+    handed to calls inside a `no_grad` function (k-diffusion's `sample_fn` given to
+    `compute_features` in an `@torch.no_grad()` evaluation; one returned, stored or
+    registered as a hook runs later and is judged by its callers), a
     helper every call of which already runs under `no_grad` (in its own file, or, for a
     module-level helper its file never calls, in the other files of the project: melgan's
     `validate()` of `utils/validation.py`, called under `no_grad` by `utils/train.py`; for an
