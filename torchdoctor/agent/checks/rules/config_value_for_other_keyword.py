@@ -29,8 +29,11 @@ class ConfigValueForOtherKeyword(Rule):
     Not reported: fields given to related keywords (`lr=args.lr, initial_lr=args.lr`,
     `min_lr`/`max_lr`: they share a word), plain names and tensors (`attn(query=x, key=x,
     value=x)`, self-attention), `self.` attributes, a field named for neither keyword
-    (`in_channels=cfg.dim, out_channels=cfg.dim`), and labels of one run (`name=opt.id,
-    id=opt.id` in a logger: a run named by its id).
+    (`in_channels=cfg.dim, out_channels=cfg.dim`), labels of one run (`name=opt.id,
+    id=opt.id` in a logger: a run named by its id), and a record rebuilt field by field from
+    another (`embedding_dim=cfg.embedding_dim, local_cols=cfg.embedding_dim` among three or
+    more other verbatim copies `name=cfg.name, pooling=cfg.pooling, ...`, torchrec's shard
+    configs: the extra keyword is a derived value; with fewer copies it stays reported).
 
     Example:
         scheduler = get_polynomial_decay_schedule_with_warmup(
@@ -66,6 +69,8 @@ class ConfigValueForOtherKeyword(Rule):
             if not owners:
                 continue
             owner = owners[0].arg or ""
+            if _copies_a_record(node, group[0].value, owner):
+                continue  # a record built field by field: the second keyword is derived
             words = set(_TOKEN.findall(field.lower()))
             for other in group:
                 name = other.arg or ""
@@ -82,6 +87,30 @@ class ConfigValueForOtherKeyword(Rule):
                     f"renamed, so `{name}` never gets its own setting. Pass `{name}`'s own "
                     "field.",
                 )
+
+
+_RECORD_COPIES = 3
+
+
+def _copies_a_record(call: ast.Call, value: ast.expr, owner: str) -> bool:
+    """The field is passed verbatim under its own name (`embedding_dim=cfg.embedding_dim`)
+    in a call that copies at least three more fields of the same object the same way
+    (`name=cfg.name, pooling=cfg.pooling, ...`): a record rebuilt from another, where a field
+    also feeding another keyword (`local_cols=cfg.embedding_dim`, a shard's width) is a
+    derived value, not a copied line left unrenamed."""
+    if not isinstance(value, ast.Attribute) or value.attr != owner:
+        return False
+    source = ast.dump(value.value)
+    copies = sum(
+        1
+        for keyword in call.keywords
+        if keyword.arg is not None
+        and keyword.arg != owner
+        and isinstance(keyword.value, ast.Attribute)
+        and keyword.value.attr == keyword.arg
+        and ast.dump(keyword.value.value) == source
+    )
+    return copies >= _RECORD_COPIES
 
 
 def _config_field(value: ast.expr) -> str | None:
