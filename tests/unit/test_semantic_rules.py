@@ -123,6 +123,13 @@ NEW_RULES: tuple[str, ...] = (
     "precedence-hidden-by-spacing",
     "frozen-model-in-train-mode",
     "kl-log-ratio-inverted",
+    "return-in-training-loop",
+    "loss-truncated-to-int",
+    "collective-on-python-number",
+    "mask-fill-near-zero",
+    "loss-targets-not-shifted",
+    "lr-schedule-compounds",
+    "backward-before-training-loop",
 )
 # Rules whose own test module reads single files only: their folder cases run here.
 CROSS_FILE = (

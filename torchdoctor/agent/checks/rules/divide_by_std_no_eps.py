@@ -54,7 +54,11 @@ class DivideByStdNoEps(Rule):
     `if`/`assert`/`torch.where` tests); and an epsilon that precedence adds to the quotient
     instead of the divisor (`np.abs(y_hat - y) / np.abs(y) + 1e-5`, the divisor a magnitude,
     spread or sum); and a min-max normalisation's range (`(x - x.min()) / (x.max() -
-    x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`) with no epsilon, clamp or test;
+    x.min())`, or `x.div_(x.max())` after `x.sub_(x.min())`, or `(x - lo) / (hi - lo)` with
+    `lo`, `hi` a statistics mapping's `"min"` and `"max"` entries, directly or bound to
+    names: a dataset feature that never changes; not configured bounds such as a schedule's
+    `sigma_min`/`sigma_max`, an action space's `low`/`high`, nor reductions bound to names)
+    with no epsilon, clamp or test;
     and a Dice or IoU ratio with no smoothing term in a function or class named for it
     (`dsc = (2. * (p * t).sum()) / (p.sum() + t.sum())` in `DiceLoss.forward`): an empty
     prediction and an empty target give 0 / 0.
@@ -407,7 +411,7 @@ def _unguarded_range(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -
     numerator = _numerator(division)
     if numerator.isidentifier() and _tested_around(ctx, division, numerator):
         return False  # `if x.max() > 0:` before the division: the author handled the zero case
-    if _range_of_one_tensor(divisor):
+    if _range_of_one_tensor(divisor) or _range_of_stored_extremes(ctx, division, divisor):
         return True
     top = _extremum(divisor)
     if top is None or top[0] != "max":
@@ -421,6 +425,54 @@ def _range_of_one_tensor(value: ast.expr) -> bool:
         return False
     high, low = _extremum(value.left), _extremum(value.right)
     return high is not None and low is not None and high == ("max", low[1]) and low[0] == "min"
+
+
+def _range_of_stored_extremes(ctx: ModuleContext, division: ast.AST, divisor: ast.expr) -> bool:
+    """`(x - lo) / (hi - lo)` written inline, `hi` and `lo` the `"max"` and `"min"` entries of
+    one statistics mapping (`stats["max"]`, `buffer["min"]`), or names bound once in the
+    division's function to them. Per-feature extremes of a dataset are equal for a feature
+    that never changes (a fixed joint, a constant channel). Not names bound to anything else
+    (a schedule's configured `sigma_min` and `sigma_max`, arguments, reductions such as
+    `x_min = np.min(X, 0)` of a t-SNE embedding)."""
+    if not (isinstance(division, ast.BinOp) and isinstance(divisor, ast.BinOp)):
+        return False
+    numerator = division.left
+    if not (
+        isinstance(divisor.op, ast.Sub)
+        and isinstance(numerator, ast.BinOp)
+        and isinstance(numerator.op, ast.Sub)
+        and ast.unparse(numerator.right) == ast.unparse(divisor.right)
+    ):
+        return False
+    high = _stored_extreme(ctx, division, divisor.left)
+    low = _stored_extreme(ctx, division, divisor.right)
+    return (
+        high is not None
+        and low is not None
+        and high[0] == "max"
+        and (low[0], low[1]) == ("min", high[1])
+    )
+
+
+def _stored_extreme(
+    ctx: ModuleContext, division: ast.AST, value: ast.expr
+) -> tuple[str, str] | None:
+    """('max' or 'min', its source) for `stats["max"]`, or a name the division's function
+    binds once to such an entry."""
+    if isinstance(value, ast.Name):
+        fn = ctx.enclosing_function(division)
+        values = [v for v in ctx.flow.definitions(value) if ctx.enclosing_function(v) is fn]
+        if len(values) != 1 or isinstance(values[0], ast.Name):
+            return None
+        value = values[0]
+    if (
+        isinstance(value, ast.Subscript)
+        and isinstance(value.slice, ast.Constant)
+        and isinstance(value.slice.value, str)
+        and value.slice.value in _EXTREMA
+    ):
+        return _EXTREMA[value.slice.value], ast.unparse(value.value)
+    return None
 
 
 def _extremum(value: ast.expr) -> tuple[str, str] | None:
@@ -870,11 +922,12 @@ def _compared_around(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bo
     division (BERT-NER's FGM projection `if torch.norm(r) > epsilon: r = epsilon * r /
     torch.norm(r)`, ivadomed's `if sample.std() < 1e-5: ... else: ... / sample.std()`), or
     by an `if` before it in the same function that leaves the block (`if s.max() == s.min():
-    continue`, then `(s - s.min()) / (s.max() - s.min())`: a range's two ends compared)."""
+    continue`, then `(s - s.min()) / (s.max() - s.min())`: a range's two ends compared),
+    also at the top of the function (`if torch.any(high == low): raise ...`)."""
     sides = _tested_sides(divisor)
     child: ast.AST = node
     for anc in ctx.ancestors(node):
-        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        if isinstance(anc, ast.Lambda):
             return False
         if isinstance(anc, ast.If | ast.IfExp | ast.While) and _tests(anc.test, sides):
             return True
@@ -885,6 +938,8 @@ def _compared_around(ctx: ModuleContext, node: ast.AST, divisor: ast.expr) -> bo
                         break
                     if _exits_when(stmt, sides):
                         return True
+        if isinstance(anc, ast.FunctionDef | ast.AsyncFunctionDef):
+            return False
         child = anc
     return False
 

@@ -40,6 +40,12 @@ class LossGraphAccumulation(Rule):
     into the total a loss function returns (one term per head or scale, back-propagated by its
     caller) is not reported.
 
+    Also reported: a running extreme kept as the loss tensor (`if loss < best_loss:
+    best_loss = loss` in a loop that calls `.backward()`, `best_loss` bound before it): the
+    best batch's graph stays alive and the loop leaves a graph tensor where a number was
+    meant. Not `loss.item()` or a detached value, nor under `torch.no_grad()`, nor a loop
+    that does not back-propagate (an attack's search scoring candidates).
+
     Also reported: a loss handed to an object's method that keeps it (`losses.update(loss,
     n)` on a meter whose `update` does `self.sum += val * n`), the class in this file or in
     another one.
@@ -82,6 +88,7 @@ class LossGraphAccumulation(Rule):
             return
         flow = ctx.flow
         self._kept_by_methods(ctx)
+        self._running_extremes(ctx)
         for acc in flow.accumulations:
             if flow.grad_disabled_at(acc.node):
                 continue
@@ -109,6 +116,41 @@ class LossGraphAccumulation(Rule):
                 f"`{target}` accumulates `{ast.unparse(acc.value)}`, which still holds the "
                 "autograd graph: every iteration's graph stays in memory",
                 data={"accumulator": target, "value": ast.unparse(acc.value), "fix": "detach"},
+            )
+
+    def _running_extremes(self, ctx: ModuleContext) -> None:
+        """`if best_loss > loss: best_loss = loss` in a loop, `best_loss` bound before the loop
+        and `loss` still holding its graph: the best batch's graph is kept across iterations,
+        and the value the loop leaves behind is a graph tensor, not a number."""
+        flow = ctx.flow
+        for node in flow.nodes(ast.Assign):
+            if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+                continue
+            target, value = node.targets[0], node.value
+            if not isinstance(value, ast.Name):
+                continue
+            guard = ctx.parents.get(node)
+            if not (
+                isinstance(guard, ast.If)
+                and node in guard.body
+                and _compares(guard.test, target.id, value.id)
+            ):
+                continue
+            loop = flow.innermost_loop(node)
+            if loop is None or flow.grad_disabled_at(node) or not _trains(loop):
+                continue
+            if not _bound_before(ctx, target.id, loop):
+                continue
+            if flow.graph_origin(value) != "loss":
+                continue
+            ctx.report(
+                self,
+                node,
+                f"`{target.id}` keeps `{value.id}`, the loss with its autograd graph, across "
+                "iterations: the best batch's graph stays in memory and what the loop leaves "
+                f"in `{target.id}` is a graph tensor; keep `{value.id}.item()` (or "
+                f"`{value.id}.detach()`)",
+                data={"accumulator": target.id, "value": value.id},
             )
 
     def _defer_returned_losses(self, ctx: ModuleContext, acc: Accumulation) -> None:
@@ -365,5 +407,44 @@ def _never_read(ctx: ModuleContext, acc: Accumulation) -> bool:
 def _may_have_losses(ctx: ModuleContext) -> bool:
     text = ctx.source
     return ("loss" in text or "criterion" in text) and (
-        "+=" in text or "append" in text or "+ " in text or "update(" in text
+        "+=" in text
+        or "append" in text
+        or "+ " in text
+        or "update(" in text
+        or " < " in text  # a running extreme: `if loss < best: best = loss`
+        or " > " in text
+    )
+
+
+def _compares(test: ast.expr, first: str, second: str) -> bool:
+    """`a > b`, `b < a`, `a >= b`... between the two names, and nothing else."""
+    return (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Lt | ast.Gt | ast.LtE | ast.GtE)
+        and isinstance(test.left, ast.Name)
+        and isinstance(test.comparators[0], ast.Name)
+        and {test.left.id, test.comparators[0].id} == {first, second}
+    )
+
+
+def _bound_before(ctx: ModuleContext, name: str, loop: ast.AST) -> bool:
+    """An assignment to `name` in the loop's function (or module), above the loop."""
+    fn = ctx.enclosing_function(loop)
+    body = fn.body if fn is not None else ctx.tree.body
+    line = getattr(loop, "lineno", 0)
+    return any(
+        isinstance(n, ast.Assign)
+        and n.lineno < line
+        and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)
+        for n in walk_scope(body)
+    )
+
+
+def _trains(loop: ast.AST) -> bool:
+    """The loop back-propagates (`.backward()`) in its own body: a search loop that scores
+    candidates with a `loss` callable under `no_grad` keeps no graph."""
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
+        for n in walk_scope(getattr(loop, "body", []))
     )
