@@ -48,6 +48,32 @@ def test_performance_and_loading_rules_stand_down_in_a_test_module_only() -> Non
     assert "softmax-without-dim" in in_tests  # a correctness rule still reports in tests
 
 
+# torchtitan's numerics tests: a few steps of each parallelism, their losses kept with their
+# graphs to compare the runs. Memory a long run would pile up is no test's concern.
+NUMERICS_TEST = """
+import torch
+
+def run_steps(model, optim, loss_fn, inputs, labels, steps=20):
+    losses = []
+    for _ in range(steps):
+        optim.zero_grad()
+        loss = loss_fn(model(inputs), labels)
+        loss.backward()
+        optim.step()
+        losses.append(loss)
+    return losses
+
+def test_fsdp_matches_single_device(model, optim, loss_fn, inputs, labels):
+    ref = run_steps(model, optim, loss_fn, inputs, labels)
+    assert all(torch.allclose(a, b) for a, b in zip(ref, ref))
+"""
+
+
+def test_memory_rules_stand_down_in_a_test_module_only() -> None:
+    assert "loss-graph-accumulation" in _rules_at("train/run_steps.py", NUMERICS_TEST)
+    assert "loss-graph-accumulation" not in _rules_at("tests/test_numerics.py", NUMERICS_TEST)
+
+
 def test_the_rules_that_stand_down_are_those_of_production_points() -> None:
     production = production_only(all_rules())
     assert {"cpu-then-move", "torchscript-for-deploy", "no-torch-compile"} <= production

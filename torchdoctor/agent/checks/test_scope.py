@@ -18,9 +18,18 @@ from torchdoctor.agent.checks.smoke_tests import is_test_module
 
 PRODUCTION_POINTS = frozenset({6, 7, 8})
 """Checklist points about production runs: performance, inference and deployment, energy."""
-PRODUCTION_RULES = frozenset({"torch-load-unsafe", "torch-load-no-map-location"})
+PRODUCTION_RULES = frozenset(
+    {
+        "torch-load-unsafe",
+        "torch-load-no-map-location",
+        "loss-graph-accumulation",
+        "outputs-stored-with-grad",
+    }
+)
 """Rules of other points whose concern is a checkpoint from elsewhere (untrusted, or saved on
-another device): a test loads what it wrote itself, on the machine that runs it."""
+another device): a test loads what it wrote itself, on the machine that runs it; or memory a
+long run accumulates (every step's graph kept): a test runs a few steps and keeps their
+losses to compare them (torchtitan's numerics tests)."""
 
 
 def production_only(rule_types: Iterable[type[Rule]]) -> frozenset[str]:
