@@ -22,8 +22,9 @@ class ReturnInTrainingLoop(Rule):
     `return losses.avg` indented into the loop over the loader until `b90f878`.
 
     Not reported: a `return` under an `if` in the loop (early stopping, a step budget), in a
-    `try` (a retry loop that returns on success), a `return` after the loop, loops that do
-    not train (a search that returns the first match), and a nested function's `return`.
+    `try`, or after a `continue` of the same loop (a retry loop that returns on its first
+    success), a `return` after the loop, loops that do not train (a search that returns the
+    first match), and a nested function's `return`.
 
     Example:
         for i, (x, y) in enumerate(loader):
@@ -56,6 +57,8 @@ class ReturnInTrainingLoop(Rule):
             last = loop.body[-1]
             if not isinstance(last, ast.Return) or not _trains(loop.body[:-1]):
                 continue
+            if _continues(loop.body):
+                continue  # a retry loop: `continue` on failure, `return` on the first success
             over = (
                 f"the loop over `{ast.unparse(loop.iter)}`"
                 if isinstance(loop, ast.For | ast.AsyncFor)
@@ -82,4 +85,28 @@ def _trains(body: list[ast.stmt]) -> bool:
             receiver = identifier(node.func.value).lower()
             if "optim" in receiver or receiver in ("opt", "scaler") or receiver.endswith("_opt"):
                 return True
+    return False
+
+
+def _continues(body: list[ast.stmt]) -> bool:
+    """A `continue` of this loop (not of a loop nested in it, nor in a nested function)."""
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Continue):
+            return True
+        if isinstance(
+            node,
+            ast.For
+            | ast.AsyncFor
+            | ast.While
+            | ast.FunctionDef
+            | ast.AsyncFunctionDef
+            | ast.ClassDef
+            | ast.Lambda,
+        ):
+            if isinstance(node, ast.For | ast.AsyncFor | ast.While):
+                todo.extend(node.orelse)  # a nested loop's `else` belongs to this one
+            continue
+        todo.extend(ast.iter_child_nodes(node))
     return False
