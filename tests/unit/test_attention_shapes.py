@@ -229,6 +229,11 @@ def _inputs(name: str) -> tuple[str, dict[str, object], tuple[object, ...]]:
             (torch.randn(2, 5, 16),),
         ),
         "causal_buffer_in_other_class": ("EncoderAttention", {"d_head": 4, "mask": keys}, heads),
+        "causal_ones_like_binding": (
+            "MaskedSelfAttention",
+            {"d_model": 16, "n_heads": 2},
+            (torch.randn(2, 6, 16),),
+        ),
         "causal_flag_ones_like": (
             "SelfAttention",
             {"n_heads": 2, "d_embed": 16},
@@ -297,6 +302,7 @@ def test_the_fused_call_computes_what_the_hand_written_one_did(name: str) -> Non
         "relative_content_position",
         "nonlocal_tuple_operands_branch",
         "causal_flag_offset_diagonal",
+        "causal_ones_like_mask_reused",
     ],
 )
 def test_the_rule_reports_each_shape_on_its_softmax(name: str) -> None:

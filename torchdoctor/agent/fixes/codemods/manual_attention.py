@@ -459,6 +459,17 @@ def _match(
             removed.append(stmt)  # `assert list(w.shape) == [B, HW, HW]`: no scores to check
         elif _metadata_binding(ctx, stmt, scores_name):
             retyped.append((stmt, scores_name))  # `wdtype = weight.dtype` (GLIDE)
+        elif stmt in mask.bindings and _shaped_like(ctx, stmt, scores_name):
+            # `mask = torch.ones_like(weight, dtype=torch.bool).triu(1)`: built from the
+            # scores' shape only, it goes with them (with the mask's bindings, below), and
+            # nothing else may read it
+            name = _assigned_name(stmt)
+            skip = [stmt, *removed, *mask.statements]
+            if name_is_read(ctx, name, scope_of(ctx, stmt), skip=skip):
+                raise AttentionRefused(
+                    f"`{name}` is built from the scores' shape and read again after the "
+                    "masking: the fused call never builds the scores it is shaped like"
+                )
         elif _reads(stmt, scores_name):
             helper = _passed_to(stmt, scores_name)
             if helper is not None:
@@ -1070,6 +1081,27 @@ def _scaled_name(
             return left, factor
         return None, None
     return dotted_name(expr), None
+
+
+def _shaped_like(ctx: SourceContext, stmt: cst.BaseStatement, scores: str) -> bool:
+    """`name = torch.ones_like(scores, ...)...`: every read of the scores is the first
+    argument of a `*_like` factory, which takes only their shape, dtype and device."""
+    bound = assigned(stmt)
+    if bound is None or "." in bound[0]:
+        return False
+    reads = [n for n in descendants(bound[1]) if isinstance(n, cst.Name) and n.value == scores]
+    for node in reads:
+        arg = ctx.parent(node)
+        call = ctx.parent(arg) if isinstance(arg, cst.Arg) else None
+        if not (
+            isinstance(call, cst.Call)
+            and isinstance(arg, cst.Arg)
+            and call.args
+            and call.args[0] is arg
+            and (dotted_name(call.func) or "").endswith("_like")
+        ):
+            return False
+    return bool(reads)
 
 
 def _metadata_binding(ctx: SourceContext, stmt: cst.BaseStatement, scores: str) -> bool:
