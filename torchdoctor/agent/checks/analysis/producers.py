@@ -111,7 +111,8 @@ class Producers(ModelFacts):
     def _produced_from(self, expr: ast.expr) -> list[ast.expr]:
         """What `expr` passes through unchanged in meaning (see `producers`)."""
         if isinstance(expr, ast.Name):  # the binding that reaches this read, when one does
-            return [v for v in self.reaching_or_all(expr) if v is not expr]
+            values = [v for v in self.reaching_or_all(expr) if v is not expr]
+            return values + self._unpacked_return_elements(expr, values)
         if isinstance(expr, ast.Attribute):
             return [v for v in self.definitions(expr) if v is not expr]
         if isinstance(expr, ast.Subscript | ast.Starred):
@@ -126,6 +127,26 @@ class Producers(ModelFacts):
                 return [expr.args[0]]
             return list(self.returns_of(expr)) or self._single_return(expr)
         return []
+
+    def _unpacked_return_elements(self, name: ast.Name, values: list[ast.expr]) -> list[ast.expr]:
+        """For a name bound by unpacking a local call's result (`logits, h1, h2 =
+        model(x)`), the element at its position of each tuple the callee returns (`return
+        self.sigm(scores), h_1, h_2` -> `self.sigm(scores)`): only when every return of the
+        callee is a tuple of that arity."""
+        found: list[ast.expr] = []
+        for value, position, arity in self.unpackings(name):
+            if not isinstance(value, ast.Call) or all(value is not v for v in values):
+                continue
+            returns = self.returns_of(value) or self._single_return(value)
+            if not returns or not all(
+                isinstance(r, ast.Tuple)
+                and len(r.elts) == arity
+                and not any(isinstance(e, ast.Starred) for e in r.elts)
+                for r in returns
+            ):
+                continue
+            found += [r.elts[position] for r in returns if isinstance(r, ast.Tuple)]
+        return found
 
     def _single_return(self, call: ast.Call) -> list[ast.expr]:
         """What the one local function `call` runs returns (`self(x)` -> `forward`), when it

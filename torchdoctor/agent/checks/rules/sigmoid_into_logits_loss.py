@@ -23,7 +23,10 @@ _LOGITS_FUNCTION = "torch.nn.functional.binary_cross_entropy_with_logits"
 
 class SigmoidIntoLogitsLoss(Rule):
     """Detects a sigmoid output (`torch.sigmoid(...)`, `x.sigmoid()`, an `nn.Sigmoid` module,
-    followed through variables, views and local functions) passed as the input of
+    followed through variables, views, local functions and the unpacking of a local model's
+    tuple output at the sigmoid's position: `scores, _, _ = model(x, shuffled, adj)` with
+    `forward` returning `self.sigm(self.disc(...)), h_1, h_2`; not another position's, nor
+    a callee whose returns differ in arity) passed as the input of
     `nn.BCEWithLogitsLoss` or `F.binary_cross_entropy_with_logits`, also when the criterion is
     chosen by a condition (`CrossEntropyLoss() if n_classes > 1 else BCEWithLogitsLoss()`).
 
