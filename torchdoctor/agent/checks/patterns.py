@@ -260,40 +260,57 @@ def _runs_a_model_memoised(ctx: ModuleContext, node: ast.Call) -> bool:
 
 
 def shape_check_only(ctx: ModuleContext, call: ast.Call) -> bool:
-    """The call's output is only printed for its shape (`print(encoder(img).shape)` in a loop
-    over one batch that then `break`s; `out = net(x)` then `print(out.size())`): a look at
-    what the model returns, not a pass whose values are used."""
-
-    def printed_shape(node: ast.AST) -> bool:
-        holder = ctx.parents.get(node)
-        if not isinstance(holder, ast.Attribute):
-            return False
-        if holder.attr == "size" and isinstance(sized := ctx.parents.get(holder), ast.Call):
-            holder = sized
-        elif holder.attr != "shape":
-            return False
-        printer = ctx.parents.get(holder)
-        return (
-            isinstance(printer, ast.Call)
-            and isinstance(printer.func, ast.Name)
-            and printer.func.id == "print"
-            and any(a is holder for a in printer.args)
-        )
-
+    """The call's output is read only for its shape (`print(encoder(img).shape)` in a loop
+    over one batch that then `break`s; `out = net(x)` then `print(out.size())`; a helper that
+    runs a dummy input to size a layer, `return tuple(module(dummy).shape)`,
+    `features(zeros(1, *shape)).view(1, -1).size(1)`): a look at what the model returns,
+    not a pass whose values are used."""
     parent = ctx.parents.get(call)
     if not (
         isinstance(parent, ast.Assign)
         and len(parent.targets) == 1
         and isinstance(target := parent.targets[0], ast.Name)
     ):
-        return printed_shape(call)
+        return _reads_only_its_shape(ctx, call)
     scope = ctx.enclosing_function(call)
     uses = [
         n
         for n in walk_scope(scope.body if scope is not None else ctx.tree.body)
         if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
     ]
-    return bool(uses) and all(printed_shape(n) for n in uses)
+    return bool(uses) and all(_reads_only_its_shape(ctx, n) for n in uses)
+
+
+_SHAPE_ATTRIBUTES = frozenset({"shape", "ndim"})
+_SHAPE_METHODS = frozenset({"size", "numel", "nelement", "dim"})
+_SHAPE_KEEPING = frozenset(
+    {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "contiguous"}
+)
+"""Methods whose result has the values' count, so a shape read through them reads the
+output's shape only (`out.view(1, -1).size(1)`)."""
+
+
+def _reads_only_its_shape(ctx: ModuleContext, node: ast.expr) -> bool:
+    """`node` is read for its shape and nothing else: `.shape`, `.ndim`, `.size()`,
+    `.numel()`, `.dim()` or `len(...)`, through reshaping methods."""
+    holder: ast.expr = node
+    for _ in range(8):
+        parent = ctx.parents.get(holder)
+        if isinstance(parent, ast.Call) and any(a is holder for a in parent.args):
+            return isinstance(parent.func, ast.Name) and parent.func.id == "len"
+        if not isinstance(parent, ast.Attribute) or parent.value is not holder:
+            return False
+        if parent.attr in _SHAPE_ATTRIBUTES:
+            return True
+        called = ctx.parents.get(parent)
+        if not (isinstance(called, ast.Call) and called.func is parent):
+            return False
+        if parent.attr in _SHAPE_METHODS:
+            return True
+        if parent.attr not in _SHAPE_KEEPING:
+            return False
+        holder = called
+    return False
 
 
 def model_runs(ctx: ModuleContext, body: list[ast.stmt]) -> Iterator[ast.Call]:

@@ -130,13 +130,14 @@ class EvalWithoutEvalMode(Rule):
     reported, nor is a model returned by a loader of another file that builds it with Hugging
     Face's `from_pretrained` (eval mode), also among the items of a tuple (LLaVA's
     `tokenizer, model, image_processor, context_len = load_pretrained_model(...)`), nor a
-    forward whose output is only looked at for its shape (`print(encoder(img).shape)` on one
-    test batch: a check that the model runs), nor a call inside `with eval_mode(model):` or a
-    function decorated `@eval_mode(model)` (also a closure nested in one: k-diffusion's
-    sampling `demo()` calls its samplers under `@K.utils.eval_mode(model_ema)`; `evaluating`
-    counts too), helpers that switch the model to eval mode for their extent; a decorator of
-    another name given the model still counts for nothing;
-    prediction/serving functions are left to `inference-no-eval`.
+    forward whose output is only read for its shape (`print(encoder(img).shape)` on one
+    test batch: a check that the model runs; a helper sizing the next layer from a dummy
+    input, `return tuple(module(dummy).shape)`, `.view(1, -1).size(1)`), nor a call inside
+    `with eval_mode(model):` or a function decorated `@eval_mode(model)` (also a closure
+    nested in one: k-diffusion's sampling `demo()` calls its samplers under
+    `@K.utils.eval_mode(model_ema)`; `evaluating` counts too), helpers that switch the model
+    to eval mode for their extent; a decorator of another name given the model still counts
+    for nothing; prediction/serving functions are left to `inference-no-eval`.
 
     Also reported: a test whose one branch calls `model.train()` and whose other branch runs
     the model with no `.eval()` (score_sde's `get_model_fn`: `if not train: return model(x,
