@@ -26,6 +26,9 @@ from torchdoctor.agent.checks.smoke_tests import (
 from torchdoctor.agent.models import Severity
 
 _SEEDERS = frozenset({"torch.manual_seed", "torch.random.manual_seed"}) | ALL_LIBRARY_SEEDERS
+_SEEDER_WORDS = frozenset(name.rpartition(".")[2] for name in _SEEDERS)
+"""The seeders' own names: a script seeded by `default_setup(cfg, args)` (detectron2) or
+`improve_reproducibility(0)` says "seed" nowhere."""
 # They seed the GPUs' generators only: weights initialised on the CPU before `.cuda()`, the
 # DataLoader's shuffling and CPU dropout still draw from an unseeded generator.
 _CUDA_SEEDERS = frozenset({"torch.cuda.manual_seed_all", "torch.cuda.manual_seed"})
@@ -111,7 +114,7 @@ class NoTorchSeed(Rule):
 
     def finish(self, ctx: ModuleContext) -> None:
         source = ctx.source
-        has_seed_text = "seed" in source
+        has_seed_text = "seed" in source or any(word in source for word in _SEEDER_WORDS)
         generators = _global_generators(ctx) if "random" in source or "sklearn" in source else []
         if "torch" not in source and not has_seed_text and not generators:
             if reexports := _star_reexports(ctx):
