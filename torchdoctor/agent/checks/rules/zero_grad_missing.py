@@ -6,7 +6,8 @@ import ast
 import re
 from typing import Any, ClassVar
 
-from torchdoctor.agent.checks.analysis.defuse import identifier
+from torchdoctor.agent.checks.analysis.defuse import identifier, kwarg
+from torchdoctor.agent.checks.analysis.optimizers import parameter_owners
 from torchdoctor.agent.checks.analysis.project import (
     Pending,
     ProjectIndex,
@@ -53,8 +54,10 @@ class ZeroGradMissing(Rule):
     around `self.optimizer = Adam(self.model.parameters())`, run by a loop in another file)
     in a file that clears no gradients anywhere: each call steps on the sum of every earlier
     call's gradients. Not when the file clears gradients anywhere (the caller's loop may clear
-    through it), when a loop of the same file calls the function (that loop is judged), or
-    when the optimizer arrives from outside (a parameter, another file). A loop whose only
+    through it), when a loop of the same file calls the function (that loop is judged),
+    when the optimizer arrives from outside (a parameter, another file), or when the function
+    builds both the optimizer and every parameter or model it updates (a test's one step to
+    give the optimizer state: each call starts from empty gradients). A loop whose only
     `zero_grad()` sits on
     one branch of an `if` (the AMP path) while the other branch calls `backward()` and
     `step()` is reported at that other branch's `backward()`. An engine that runs both the
@@ -261,6 +264,7 @@ def _never_cleared_update_functions(ctx: ModuleContext) -> list[tuple[FunctionNo
                 if isinstance(step.func, ast.Attribute)
                 and ctx.enclosing_function(step) is fn
                 and _built_here(ctx, step)
+                and not _fresh_per_call(ctx, fn, step)
             ]
             if steps:
                 found.append((fn, steps[0]))
@@ -279,6 +283,46 @@ def _built_here(ctx: ModuleContext, step: ast.Call) -> bool:
         or ast.unparse(built.func).rpartition(".")[2] in OPTIMIZER_NAMES
         for built in ctx.flow.constructors(target)
     )
+
+
+def _fresh_per_call(ctx: ModuleContext, fn: FunctionNode, step: ast.Call) -> bool:
+    """The stepped optimizer and every model or parameter it updates are built in `fn`
+    itself (a test's `p = nn.Parameter(torch.zeros(0))`, `opt = SGD([p])`; `policy =
+    make_dummy_policy()`, `Adam(policy.parameters())`): each call starts from new
+    parameters with no gradient, so nothing accumulates across calls."""
+    made = {
+        target.id
+        for node in walk_scope(fn.body)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert isinstance(step.func, ast.Attribute)
+    receiver = step.func.value
+    if not (isinstance(receiver, ast.Name) and receiver.id in made):
+        return False
+    built = list(ctx.flow.constructors(receiver))
+    for call in built:
+        params = call.args[0] if call.args else kwarg(call, "params")
+        if params is None or ctx.enclosing_function(call) is not fn:
+            return False
+        owners = parameter_owners(params)
+        if (
+            owners is None
+            and isinstance(params, ast.Call)
+            and isinstance(params.func, ast.Attribute)
+            and isinstance(params.func.value, ast.Name)
+            and "param" in params.func.attr
+        ):
+            owners = {params.func.value.id}  # `policy.get_optim_params()`
+        if owners is None and isinstance(params, ast.List | ast.Tuple):
+            elements = params.elts
+            owners = {e.id for e in elements if isinstance(e, ast.Name)}
+            if len(owners) != len(elements):
+                return False
+        if not owners or not owners <= made:
+            return False
+    return bool(built)
 
 
 def _in_loop_of(ctx: ModuleContext, node: ast.AST, fn: FunctionNode) -> bool:
