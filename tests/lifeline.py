@@ -2,12 +2,12 @@
 interrupted run (Ctrl-C, a worker killed or crashed, its fixtures never torn down) leaves no
 PostgreSQL, Ray cluster or `torchdoctor serve` behind.
 
-A server started as our own child gets the kernel's parent-death signal (`die_with_us`). A
-server that daemonizes (`pg_ctl start`, `ray start`) has no such parent: a watcher (`Sweeper`),
-in a session of its own so that it outlives us, waits for this process to exit and then ends
-every process whose command line names the server's private folder (its data or temporary
-folder: `pg_ctl`'s postmaster, Ray's GCS, raylets and agents) and everything under them, and
-removes the folder. A fixture that stops its server normally cancels its sweeper first.
+A server started as our own child gets the kernel's parent-death signal (the sandbox's
+`die_with_parent`). A server that daemonizes (`pg_ctl start`, `ray start`) has no such parent:
+a watcher (`Sweeper`), in a session of its own so that it outlives us, waits for this process to
+exit and then ends every process whose command line names the server's private folder (its data
+or temporary folder: `pg_ctl`'s postmaster, Ray's GCS, raylets and agents) and everything under
+them, and removes the folder. A fixture that stops its server normally cancels its sweeper first.
 
     python -m tests.lifeline PID FOLDER   # the watcher itself
 """
@@ -21,30 +21,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from torchdoctor.sandbox.lifeline import libc
-
-PR_SET_PDEATHSIG = 1
 REPO = Path(__file__).resolve().parent.parent
 GRACE_S = 5.0
 """How long the folder's processes get to end on SIGQUIT (PostgreSQL's immediate shutdown, which
 also releases its shared memory) before SIGKILL."""
-
-
-def die_with_us(signum: int = signal.SIGKILL) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets `signum` when the thread that started it exits (it runs
-    after `subprocess` has changed the child's uid, which would clear the setting)."""
-
-    def arm() -> None:
-        found = libc()
-        if found is not None:
-            found.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-    return arm
 
 
 class Sweeper:

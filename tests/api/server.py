@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from tests.lifeline import die_with_us
 from tests.pg_server import free_port
 from torchdoctor.api.store.engine import migrate, open_engine
 from torchdoctor.api.store.store import Store
+from torchdoctor.sandbox.lifeline import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ class Server:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=open(self.home / "server.log", "ab"),  # noqa: SIM115 - the server owns it
-            preexec_fn=die_with_us(),
+            preexec_fn=die_with_parent,  # an interrupted run leaves no server
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -128,6 +128,13 @@ class Producers(ModelFacts):
             return list(self.returns_of(expr)) or self._single_return(expr)
         return []
 
+    def unpacked_elements(self, name: ast.Name) -> list[ast.expr]:
+        """What a name bound by unpacking a local call's result holds: the element at its
+        position of each tuple the callee returns (`optimizer, scheduler = init_opt(...)` ->
+        the `WarmupCosine(...)` of `return optimizer, WarmupCosine(...)`)."""
+        values = [v for v in self.reaching_or_all(name) if v is not name]
+        return self._unpacked_return_elements(name, values)
+
     def _unpacked_return_elements(self, name: ast.Name, values: list[ast.expr]) -> list[ast.expr]:
         """For a name bound by unpacking a local call's result (`logits, h1, h2 =
         model(x)`), the element at its position of each tuple the callee returns (`return

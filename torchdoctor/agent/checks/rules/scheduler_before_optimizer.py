@@ -250,20 +250,8 @@ def _constructions(ctx: ModuleContext, call: ast.Call) -> list[ast.Call]:
     for value in [receiver, *passed_for_parameter(ctx, receiver)]:
         found += ctx.flow.constructors(value)
         if isinstance(value, ast.Name):  # `opt, scheduler = init_opt(...)`: its 2nd item
-            found += _unpacked_from_a_local_function(ctx, value)
-    return found
-
-
-def _unpacked_from_a_local_function(ctx: ModuleContext, name: ast.Name) -> list[ast.Call]:
-    """What builds the item a tuple unpacking binds `name` to, from the tuples the local
-    function called returns (`return optimizer, scaler, scheduler`)."""
-    found: list[ast.Call] = []
-    for value, position, arity in ctx.flow.unpackings(name):
-        if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name):
-            continue
-        for returned in ctx.flow.local_returns().get(value.func.id, []):
-            if isinstance(returned, ast.Tuple) and len(returned.elts) == arity:
-                found += ctx.flow.constructors(returned.elts[position])
+            for element in ctx.flow.unpacked_elements(value):
+                found += ctx.flow.constructors(element)
     return found
 
 
